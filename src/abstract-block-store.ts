@@ -1,0 +1,160 @@
+// Base class for block-store backends: validates arguments and lifecycle, then calls small protected
+// hooks, in the manner of abstract-level. Backends override only the underscored methods.
+
+import { GalleonError, assertBytes, assertUint, describe } from './errors.js'
+import {
+  MAX_BLOCK_VALUE_BYTES,
+  type BlockAddress, type BlockOp, type BlockStore, type BlockStoreStats, type BlockStoreSupports, type DriverStatus
+} from './drivers.js'
+
+/**
+ * Base class for `BlockStore` implementations. Public methods check state and arguments and make
+ * open/close run exactly once even when called concurrently; subclasses implement `_open`, `_close`,
+ * `_get`, `_batch`, `_sync`, `_addresses`, `_stats`, and optionally `_deleteVolume`.
+ */
+export abstract class AbstractBlockStore implements BlockStore {
+  abstract readonly name: string
+  abstract readonly supports: BlockStoreSupports
+  #status: DriverStatus = 'closed'
+  #opening: Promise<void> | undefined
+  #closing: Promise<void> | undefined
+
+  get status (): DriverStatus { return this.#status }
+
+  async open (): Promise<void> {
+    if (this.#status === 'open') return
+    if (this.#opening !== undefined) return await this.#opening
+    if (this.#closing !== undefined) await this.#closing
+    this.#status = 'opening'
+    this.#opening = (async () => {
+      try {
+        await this._open()
+        this.#status = 'open'
+      } catch (err) {
+        this.#status = 'closed'
+        throw wrapIo(err, `could not open the ${this.name} block store`)
+      } finally {
+        this.#opening = undefined
+      }
+    })()
+    return await this.#opening
+  }
+
+  async close (): Promise<void> {
+    if (this.#opening !== undefined) await this.#opening.catch(() => {})
+    if (this.#status === 'closed') return
+    if (this.#closing !== undefined) return await this.#closing
+    this.#status = 'closing'
+    this.#closing = (async () => {
+      try {
+        await this._close()
+      } finally {
+        this.#status = 'closed'
+        this.#closing = undefined
+      }
+    })()
+    return await this.#closing
+  }
+
+  async get (address: BlockAddress): Promise<Uint8Array | undefined> {
+    this.#assertOpen()
+    checkAddress(address)
+    return await this._get(address)
+  }
+
+  async batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
+    this.#assertOpen()
+    if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
+    for (const op of ops) checkOp(op)
+    if (ops.length === 0 && options?.sync !== true) return
+    await this._batch(ops, options?.sync === true)
+  }
+
+  async sync (): Promise<void> {
+    this.#assertOpen()
+    await this._sync()
+  }
+
+  async * addresses (options?: { volume?: number }): AsyncIterable<BlockAddress> {
+    this.#assertOpen()
+    if (options?.volume !== undefined) assertUint(options.volume, 'volume')
+    yield * this._addresses(options?.volume)
+  }
+
+  async deleteVolume (volume: number): Promise<void> {
+    this.#assertOpen()
+    assertUint(volume, 'volume')
+    await this._deleteVolume(volume)
+  }
+
+  async stats (): Promise<BlockStoreStats> {
+    this.#assertOpen()
+    return await this._stats()
+  }
+
+  protected abstract _open (): Promise<void>
+  protected abstract _close (): Promise<void>
+  protected abstract _get (address: BlockAddress): Promise<Uint8Array | undefined>
+  /** Applies ops in order; when `sync`, resolves only once they (and all earlier batches) are durable. */
+  protected abstract _batch (ops: readonly BlockOp[], sync: boolean): Promise<void>
+  protected abstract _sync (): Promise<void>
+  protected abstract _addresses (volume: number | undefined): AsyncIterable<BlockAddress>
+  protected abstract _stats (): Promise<BlockStoreStats>
+
+  /** Default: collect the volume's addresses and delete them in one batch. */
+  protected async _deleteVolume (volume: number): Promise<void> {
+    const ops: BlockOp[] = []
+    for await (const address of this._addresses(volume)) ops.push({ type: 'del', address })
+    if (ops.length > 0) await this._batch(ops, false)
+  }
+
+  #assertOpen (): void {
+    if (this.#status !== 'open') {
+      throw new GalleonError('NOT_OPEN', `the ${this.name} block store is ${this.#status}; open() it first`)
+    }
+  }
+}
+
+function checkAddress (address: BlockAddress): void {
+  if (address === null || typeof address !== 'object') {
+    throw new GalleonError('INVALID_ARGUMENT', `block address must be an object { volume, index, gen }, got ${describe(address)}`)
+  }
+  assertUint(address.volume, 'address.volume')
+  if (address.volume > 0xffffffff) throw new GalleonError('INVALID_ARGUMENT', 'address.volume must fit in 32 bits')
+  assertUint(address.index, 'address.index')
+  assertUint(address.gen, 'address.gen')
+}
+
+function checkOp (op: BlockOp): void {
+  if (op === null || typeof op !== 'object') throw new GalleonError('INVALID_ARGUMENT', `batch op must be an object, got ${describe(op)}`)
+  checkAddress(op.address)
+  if (op.type === 'put') {
+    assertBytes(op.data, 'put data')
+    if (op.data.byteLength === 0 || op.data.byteLength > MAX_BLOCK_VALUE_BYTES) {
+      throw new GalleonError('INVALID_ARGUMENT', `put data must be 1..${MAX_BLOCK_VALUE_BYTES} bytes, got ${op.data.byteLength}`)
+    }
+  } else if (op.type !== 'del') {
+    throw new GalleonError('INVALID_ARGUMENT', `batch op type must be 'put' or 'del', got ${describe((op as { type: unknown }).type)}`)
+  }
+}
+
+/** Wraps a non-Galleon error as IO_ERROR with context; passes GalleonErrors through. */
+export function wrapIo (err: unknown, context: string): GalleonError {
+  if (err instanceof GalleonError) return err
+  const detail = err instanceof Error ? err.message : String(err)
+  return new GalleonError('IO_ERROR', `${context}: ${detail}`, { cause: err })
+}
+
+/** Compact, order-preserving string form of an address, for Map keys and key-value stores. */
+export function addressKey (address: BlockAddress): string {
+  return address.volume.toString(16).padStart(8, '0') + address.index.toString(16).padStart(13, '0') + address.gen.toString(16).padStart(13, '0')
+}
+
+/** Inverse of `addressKey`. */
+export function parseAddressKey (key: string): BlockAddress {
+  return {
+    volume: parseInt(key.slice(0, 8), 16),
+    index: parseInt(key.slice(8, 21), 16),
+    gen: parseInt(key.slice(21, 34), 16)
+  }
+}

@@ -1,0 +1,87 @@
+// The driver interfaces GalleonFS composes: each has backends in backends/<name>/ and a shared
+// conformance suite in test/conformance/. Nothing but interfaces lives here.
+
+/**
+ * Where one stored block version lives. `volume` is the volume's compact storage id (not its UUID),
+ * `index` the block number inside the volume, and `gen` the volume's write generation that produced
+ * this version. Including the generation lets several versions of one block coexist, which is what
+ * copy-on-write snapshots and clones are built on.
+ */
+export interface BlockAddress {
+  /** Compact numeric volume storage id (uint32). */
+  readonly volume: number
+  /** Block number within the volume (safe integer). */
+  readonly index: number
+  /** Write generation (safe integer, unique per volume). */
+  readonly gen: number
+}
+
+/** One operation of an atomic batch. */
+export type BlockOp =
+  | { readonly type: 'put', readonly address: BlockAddress, readonly data: Uint8Array }
+  | { readonly type: 'del', readonly address: BlockAddress }
+
+/** What a block store can do; the conformance suite skips what a backend declares it lacks. */
+export interface BlockStoreSupports {
+  /** Data survives close() and reopen of the same location. */
+  readonly persistent: boolean
+  /** `sync()` and `batch(..., { sync: true })` make data survive power loss and kill -9. */
+  readonly durableSync: boolean
+  /** A batch is all-or-nothing across a crash. */
+  readonly atomicBatch: boolean
+  /** The backend reclaims space of deleted/overwritten blocks (by compaction or in place). */
+  readonly reclaimsSpace: boolean
+}
+
+/** Space accounting of a block store. */
+export interface BlockStoreStats {
+  /** Number of live block versions. */
+  readonly blocks: number
+  /** Bytes of live block values. */
+  readonly liveBytes: number
+  /** Bytes the backend occupies on its medium (including garbage awaiting compaction). */
+  readonly storedBytes: number
+}
+
+/** Lifecycle status of a driver. */
+export type DriverStatus = 'opening' | 'open' | 'closing' | 'closed'
+
+/**
+ * Block store driver: a small durable key-value store of block versions.
+ *
+ * Contract (checked by `blockStoreSuite`):
+ * - `get` returns exactly the bytes last `put` at that address, or `undefined`.
+ * - `batch` applies its ops in order; after it resolves, `get` sees them. With `atomicBatch`, a crash
+ *   leaves either all or none of a batch.
+ * - With `durableSync`, everything whose `batch` resolved before a `sync()` resolved (or a batch
+ *   called with `{ sync: true }`) survives kill -9 and power loss.
+ * - Values are opaque bytes of 1 .. `MAX_BLOCK_VALUE_BYTES`; the store never interprets them.
+ * - Calls may be issued concurrently; batches are applied in call order.
+ */
+export interface BlockStore {
+  /** Backend name, e.g. `file`. */
+  readonly name: string
+  /** Declared capabilities. */
+  readonly supports: BlockStoreSupports
+  /** Current lifecycle status. */
+  readonly status: DriverStatus
+  /** Opens the store (creating it if needed) and recovers from any crash. Idempotent. */
+  open (): Promise<void>
+  /** Flushes everything acknowledged and releases resources. Idempotent. */
+  close (): Promise<void>
+  /** Reads one block version. */
+  get (address: BlockAddress): Promise<Uint8Array | undefined>
+  /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */
+  batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void>
+  /** Makes every batch resolved so far durable. */
+  sync (): Promise<void>
+  /** Every stored address, optionally of one volume, in no particular order. */
+  addresses (options?: { volume?: number }): AsyncIterable<BlockAddress>
+  /** Deletes every version of every block of a volume. */
+  deleteVolume (volume: number): Promise<void>
+  /** Space accounting. */
+  stats (): Promise<BlockStoreStats>
+}
+
+/** Largest value a block store must accept (engine header + a 1 MiB block + room for future framing). */
+export const MAX_BLOCK_VALUE_BYTES = (1 << 20) + 4096

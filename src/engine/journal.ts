@@ -1,0 +1,121 @@
+// The write journal: orders every mutation with a log sequence number (LSN) and group-commits them
+// into the block store, whose log is the physical write-ahead journal (segment log for `file`,
+// LevelDB's log for `level`). Concurrent durable writes share one sync.
+
+import type { BlockOp, BlockStore } from '../drivers.js'
+import type { WriteConcern } from '../types.js'
+
+/** One appended group of operations, as replication will receive it. */
+export interface JournalEntry {
+  /** LSN of this entry (monotonic per instance). */
+  readonly lsn: number
+  readonly ops: readonly BlockOp[]
+  /** True when the caller asked for durability. */
+  readonly durable: boolean
+}
+
+/**
+ * Called after an entry is in the local journal and before the write resolves; replication plugs in
+ * here (ship the entry to replicas and wait for their acknowledgement according to the write
+ * concern). With no hook, replicated concerns are refused before anything is written.
+ */
+export interface ReplicationHook {
+  /**
+   * Ships `entry` and resolves once `concern` is met, or rejects with WRITE_CONCERN_UNSATISFIED.
+   * The entry is already durable locally when this is called.
+   */
+  afterAppend (entry: JournalEntry, concern: WriteConcern.WriteReplicated | WriteConcern.WriteDistributed): Promise<void>
+}
+
+interface Pending {
+  ops: readonly BlockOp[]
+  durable: boolean
+  lsn: number
+  resolve: (lsn: number) => void
+  reject: (err: unknown) => void
+}
+
+/** Sequences and group-commits block-store batches. */
+export class WriteJournal {
+  readonly #store: BlockStore
+  #queue: Pending[] = []
+  #deferred: BlockOp[] = []
+  #running: Promise<void> | undefined
+  #lastLsn = 0
+  #committedLsn = 0
+  #groups = 0
+  #syncs = 0
+
+  constructor (store: BlockStore) {
+    this.#store = store
+  }
+
+  /** Highest LSN handed out. */
+  get lastLsn (): number { return this.#lastLsn }
+  /** Highest LSN applied to the store. */
+  get committedLsn (): number { return this.#committedLsn }
+  /** Store batches issued, and how many of them synced (group-commit effectiveness). */
+  get stats (): { groups: number, syncs: number } { return { groups: this.#groups, syncs: this.#syncs } }
+
+  /**
+   * Appends ops as one atomic entry; resolves with its LSN once applied (and synced when `durable`).
+   * Entries are applied in append order.
+   */
+  async append (ops: readonly BlockOp[], durable: boolean): Promise<number> {
+    return await new Promise<number>((resolve, reject) => {
+      const lsn = ++this.#lastLsn
+      this.#queue.push({ ops, durable, lsn, resolve, reject })
+      this.#kick()
+    })
+  }
+
+  /**
+   * Queues ops with no waiter (garbage deletes of superseded block versions): they ride along with
+   * the next group, costing no I/O of their own.
+   */
+  defer (ops: readonly BlockOp[]): void {
+    for (const op of ops) this.#deferred.push(op)
+  }
+
+  /** Resolves once everything appended so far (and deferred) is applied; syncs when `durable`. */
+  async flush (durable: boolean): Promise<void> {
+    if (this.#deferred.length > 0 || durable) await this.append([], durable)
+    else if (this.#running !== undefined) await this.#running
+  }
+
+  #kick (): void {
+    if (this.#running === undefined) this.#running = this.#run().finally(() => { this.#running = undefined })
+  }
+
+  async #run (): Promise<void> {
+    while (this.#queue.length > 0) {
+      const group = this.#queue
+      this.#queue = []
+      let ops: readonly BlockOp[]
+      let durable = false
+      if (group.length === 1 && this.#deferred.length === 0) {
+        const only = group[0] as Pending
+        ops = only.ops
+        durable = only.durable
+      } else {
+        const merged: BlockOp[] = this.#deferred
+        this.#deferred = []
+        for (const pending of group) {
+          for (const op of pending.ops) merged.push(op)
+          if (pending.durable) durable = true
+        }
+        ops = merged
+      }
+      try {
+        this.#groups++
+        if (durable) this.#syncs++
+        await this.#store.batch(ops, { sync: durable })
+        const last = group[group.length - 1] as Pending
+        this.#committedLsn = last.lsn
+        for (const pending of group) pending.resolve(pending.lsn)
+      } catch (err) {
+        for (const pending of group) pending.reject(err)
+      }
+    }
+  }
+}

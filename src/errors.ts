@@ -1,0 +1,70 @@
+// The one error class of GalleonFS and the stable codes it carries.
+
+/** Stable error codes. Tests and callers match on these, never on messages. */
+export type GalleonErrorCode =
+  | 'VOLUME_NOT_FOUND'
+  | 'VOLUME_EXISTS'
+  | 'STORAGE_CLASS_NOT_FOUND'
+  | 'STORAGE_CLASS_EXISTS'
+  | 'INVALID_ARGUMENT'
+  | 'OUT_OF_RANGE'
+  | 'READ_ONLY'
+  | 'CHECKSUM_MISMATCH'
+  | 'DECRYPTION_FAILED'
+  | 'WRITE_CONCERN_UNSATISFIED'
+  | 'NO_SPACE'
+  | 'BUSY'
+  | 'NOT_LEADER'
+  | 'NOT_OPEN'
+  | 'NOT_IMPLEMENTED'
+  | 'CORRUPTION'
+  | 'IO_ERROR'
+  | 'BACKEND_UNAVAILABLE'
+
+/**
+ * Every failure GalleonFS reports is a `GalleonError`. `code` is stable; `message` says what went
+ * wrong and what to do about it; `cause` holds the underlying error when one was wrapped.
+ */
+export class GalleonError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: GalleonErrorCode
+
+  constructor (code: GalleonErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'GalleonError'
+    this.code = code
+  }
+}
+
+/** True when `err` is a GalleonError, optionally with the given code. */
+export function isGalleonError (err: unknown, code?: GalleonErrorCode): err is GalleonError {
+  return err instanceof GalleonError && (code === undefined || err.code === code)
+}
+
+/** Throws INVALID_ARGUMENT unless `value` is a safe non-negative integer. */
+export function assertUint (value: unknown, what: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new GalleonError('INVALID_ARGUMENT', `${what} must be a non-negative safe integer, got ${describe(value)}`)
+  }
+}
+
+/** Throws INVALID_ARGUMENT unless `value` is a Uint8Array (Buffer included). */
+export function assertBytes (value: unknown, what: string): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw new GalleonError('INVALID_ARGUMENT', `${what} must be a Uint8Array or Buffer, got ${describe(value)}`)
+  }
+}
+
+/** Short printable description of a value for error messages. */
+export function describe (value: unknown): string {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'an array'
+  if (value instanceof Uint8Array) return `${value.constructor.name}(${value.byteLength})`
+  switch (typeof value) {
+    case 'string': return JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value)
+    case 'number': case 'bigint': case 'boolean': return String(value)
+    case 'undefined': return 'undefined'
+    case 'function': return 'a function'
+    default: return 'an object'
+  }
+}

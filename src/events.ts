@@ -1,0 +1,27 @@
+// Typed event map of the GalleonFS facade.
+
+import type { Volume, StorageClass } from './types.js'
+
+/** Payload of `checksum:mismatch`. */
+export interface ChecksumMismatchEvent {
+  readonly volumeId: string
+  readonly volumeName: string
+  readonly blockIndex: number
+  readonly generation: number
+  readonly reason: string
+  readonly expected?: number
+  readonly actual?: number
+}
+
+/** Events emitted by GalleonFS, named noun:verb. */
+export interface GalleonEvents {
+  'volume:created': (volume: Volume) => void
+  'volume:deleted': (volume: Volume) => void
+  'volume:expanded': (volume: Volume, previousSizeBytes: number) => void
+  'volume:state': (volume: Volume, previousState: string) => void
+  'storage-class:created': (storageClass: StorageClass) => void
+  'storage-class:deleted': (storageClass: StorageClass) => void
+  'checksum:mismatch': (event: ChecksumMismatchEvent) => void
+  'scrub:completed': (report: { volumeId: string, blocksChecked: number, badBlocks: number }) => void
+  'instance:closed': () => void
+}

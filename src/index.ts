@@ -1,0 +1,21 @@
+// Public entry point of the galleonfs package.
+
+export { GalleonFS, type VolumeRef } from './galleonfs.js'
+export { GalleonError, isGalleonError, type GalleonErrorCode } from './errors.js'
+export {
+  WriteConcern, VolumeType, AccessMode, BackupStrategy, VolumeState,
+  type Volume, type StorageClass, type CreateVolumeOptions, type ScrubReport, type VolumeUsage,
+  type ReclaimPolicy, type VolumeBindingMode
+} from './types.js'
+export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
+export type { GalleonEvents, ChecksumMismatchEvent } from './events.js'
+export { parseSize, formatSize } from './size.js'
+export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
+export type { MetadataDatabase } from './volumes/catalog.js'
+export {
+  MAX_BLOCK_VALUE_BYTES,
+  type BlockStore, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
+} from './drivers.js'
+export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
+export type { ReplicationHook, JournalEntry } from './engine/journal.js'
+export type { VolumeMetrics, VolumeMetricsSnapshot } from './metrics/recorder.js'

@@ -1,0 +1,104 @@
+// Turns GalleonFS.open() options into a metadata database and a block store, loading native
+// backends lazily so importing galleonfs never needs them.
+
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { GalleonError, describe } from './errors.js'
+import type { BlockStore } from './drivers.js'
+import type { MetadataDatabase } from './volumes/catalog.js'
+
+/** Block-store backends that `GalleonFS.open({ storagePath, backend })` can create by name. */
+export type BuiltInBackend = 'file' | 'level' | 'memory'
+
+/** Options of `GalleonFS.open`. */
+export interface OpenOptions {
+  /** Directory for durable storage: classic-level metadata plus the chosen block store. */
+  storagePath?: string
+  /** Keep everything in memory (memory-level metadata and memory block store): for tests. */
+  inMemory?: boolean
+  /** Block store to use under `storagePath` (default `file`, the log-structured store). */
+  backend?: BuiltInBackend
+  /** Advanced: an abstract-level database for metadata (opened by GalleonFS if needed). */
+  metadata?: MetadataDatabase
+  /** Advanced: a block store instance (opened and closed by GalleonFS). */
+  blockStore?: BlockStore
+  /** Block size in bytes for a new storage: a power of two from 512 to 1 MiB (default 4096). */
+  blockSize?: number
+  /** Blocks held in the read cache (default 2048; 0 disables it). */
+  cacheBlocks?: number
+  /** Sliding window of getVolumeMetrics(), in seconds (default 10). */
+  metricsWindowSeconds?: number
+}
+
+/** What open() resolved the options to. */
+export interface ResolvedDrivers {
+  metadata: MetadataDatabase
+  blockStore: BlockStore
+  /** Where the data lives, for messages ('memory' when in memory). */
+  location: string
+}
+
+const BACKENDS: readonly BuiltInBackend[] = ['file', 'level', 'memory']
+
+/** Validates open options and creates the drivers they name. */
+export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDrivers> {
+  if (options === null || typeof options !== 'object') {
+    throw new GalleonError('INVALID_ARGUMENT', `GalleonFS.open() needs an options object such as { storagePath: './data' } or { inMemory: true }, got ${describe(options)}`)
+  }
+  const { storagePath, inMemory, backend } = options
+  if (storagePath !== undefined && (typeof storagePath !== 'string' || storagePath.length === 0)) {
+    throw new GalleonError('INVALID_ARGUMENT', `storagePath must be a non-empty directory path, got ${describe(storagePath)}`)
+  }
+  if (inMemory !== undefined && typeof inMemory !== 'boolean') {
+    throw new GalleonError('INVALID_ARGUMENT', `inMemory must be true or false, got ${describe(inMemory)}`)
+  }
+  if (inMemory === true && storagePath !== undefined) {
+    throw new GalleonError('INVALID_ARGUMENT', 'pass either storagePath (durable) or inMemory: true, not both')
+  }
+  if (backend !== undefined && !BACKENDS.includes(backend)) {
+    throw new GalleonError('INVALID_ARGUMENT', `backend must be one of ${BACKENDS.join(', ')}, got ${describe(backend)}`)
+  }
+  if (backend !== undefined && options.blockStore !== undefined) {
+    throw new GalleonError('INVALID_ARGUMENT', 'pass either backend (a built-in block store by name) or blockStore (an instance), not both')
+  }
+  if (storagePath === undefined && inMemory !== true && (options.metadata === undefined || options.blockStore === undefined)) {
+    throw new GalleonError('INVALID_ARGUMENT', 'GalleonFS.open() needs { storagePath } for durable storage, { inMemory: true } for tests, or both { metadata, blockStore } drivers')
+  }
+
+  if (storagePath !== undefined) await mkdir(storagePath, { recursive: true })
+  const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
+  const chosen: BuiltInBackend = backend ?? (storagePath !== undefined ? 'file' : 'memory')
+  const blockStore = options.blockStore ?? await createBackend(chosen, storagePath)
+  return { metadata, blockStore, location: storagePath ?? 'memory' }
+}
+
+async function createBackend (backend: BuiltInBackend, storagePath: string | undefined): Promise<BlockStore> {
+  if (backend === 'memory') {
+    const { MemoryBlockStore } = await import('../backends/memory/index.js')
+    return new MemoryBlockStore()
+  }
+  if (storagePath === undefined) {
+    throw new GalleonError('INVALID_ARGUMENT', `the ${backend} backend stores data on disk; give storagePath too`)
+  }
+  if (backend === 'level') {
+    const { LevelBlockStore } = await import('../backends/level/index.js')
+    return new LevelBlockStore({ location: join(storagePath, 'blocks-level') })
+  }
+  const { FileBlockStore } = await import('../backends/file/index.js')
+  return new FileBlockStore({ location: join(storagePath, 'blocks') })
+}
+
+async function openClassicLevel (location: string): Promise<MetadataDatabase> {
+  let ClassicLevel: typeof import('classic-level').ClassicLevel
+  try {
+    ({ ClassicLevel } = await import('classic-level'))
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', 'the classic-level package could not be loaded; install it with `npm install classic-level` (it ships prebuilt binaries for common platforms)', { cause: err })
+  }
+  return new ClassicLevel(location) as unknown as MetadataDatabase
+}
+
+async function openMemoryLevel (): Promise<MetadataDatabase> {
+  const { MemoryLevel } = await import('memory-level')
+  return new MemoryLevel() as unknown as MetadataDatabase
+}

@@ -1,0 +1,126 @@
+// Public enums and record types of the GalleonFS API.
+
+/** How durable a write must be before its promise resolves. */
+export enum WriteConcern {
+  /** Accepted by the engine and handed to the OS: survives `close()` and a process crash, not power loss. */
+  WriteAcknowledged = 'WriteAcknowledged',
+  /** Synced to stable storage (group-committed): survives kill -9 and power loss. */
+  WriteDurable = 'WriteDurable',
+  /** Durable on the primary and at least one other node. */
+  WriteReplicated = 'WriteReplicated',
+  /** Durable on the primary and on nodes in at least two zones. */
+  WriteDistributed = 'WriteDistributed'
+}
+
+/** Lifetime class of a volume. */
+export enum VolumeType {
+  /** Removed when the instance closes or reopens. */
+  Ephemeral = 'ephemeral',
+  /** Kept until deleted. */
+  Persistent = 'persistent',
+  /** Kept until deleted; meant to be attached by several consumers. */
+  Shared = 'shared'
+}
+
+/** How consumers may attach a volume (Kubernetes semantics). */
+export enum AccessMode {
+  ReadWriteOnce = 'ReadWriteOnce',
+  ReadOnlyMany = 'ReadOnlyMany',
+  ReadWriteMany = 'ReadWriteMany'
+}
+
+/** Backup strategies (used by the backup feature). */
+export enum BackupStrategy {
+  Full = 'full',
+  Incremental = 'incremental',
+  Differential = 'differential'
+}
+
+/** Lifecycle state of a volume. */
+export enum VolumeState {
+  /** Being created. */
+  Creating = 'creating',
+  /** Ready for I/O. */
+  Available = 'available',
+  /** Growing to a new size. */
+  Expanding = 'expanding',
+  /** Being deleted. */
+  Deleting = 'deleting',
+  /** Unusable; see events and logs. */
+  Failed = 'failed'
+}
+
+/** What happens to a volume's data when it is deleted through its claim. */
+export type ReclaimPolicy = 'Delete' | 'Retain'
+/** When a volume is bound to storage. */
+export type VolumeBindingMode = 'Immediate' | 'WaitForFirstConsumer'
+
+/** A volume as the API reports it (a snapshot of its record; mutate through the API only). */
+export interface Volume {
+  /** UUID. */
+  readonly id: string
+  /** Unique name. */
+  readonly name: string
+  readonly type: VolumeType
+  readonly state: VolumeState
+  /** Size in bytes (a multiple of `blockSize`). */
+  readonly sizeBytes: number
+  /** Block size in bytes. */
+  readonly blockSize: number
+  /** Storage class name. */
+  readonly storageClass: string
+  /** Number of copies of the data (1 = this node only). */
+  readonly replicas: number
+  readonly accessModes: readonly AccessMode[]
+  readonly labels: Readonly<Record<string, string>>
+  /** ISO-8601 creation time. */
+  readonly createdAt: string
+  /** ISO-8601 time of the last change to the record. */
+  readonly updatedAt: string
+}
+
+/** A storage class: a named template for volumes. */
+export interface StorageClass {
+  readonly name: string
+  readonly provisioner: string
+  readonly parameters: Readonly<Record<string, string>>
+  readonly reclaimPolicy: ReclaimPolicy
+  readonly volumeBindingMode: VolumeBindingMode
+  readonly allowedTopologies: readonly string[]
+  readonly mountOptions: readonly string[]
+  /** True for the classes every instance has. */
+  readonly builtIn: boolean
+}
+
+/** Options of `createVolume`. */
+export interface CreateVolumeOptions {
+  /** Unique name; generated when omitted. */
+  name?: string
+  type?: VolumeType | `${VolumeType}`
+  /** Size in bytes, or a size string such as `100M` or `1G`. */
+  sizeBytes: number | string
+  /** Storage class name (default `fast-local-ssd`). */
+  storageClass?: string
+  /** Overrides the class's replica count. */
+  replicas?: number
+  accessModes?: ReadonlyArray<AccessMode | `${AccessMode}`>
+  labels?: Record<string, string>
+}
+
+/** Result of `scrub`. */
+export interface ScrubReport {
+  readonly volumeId: string
+  readonly blocksChecked: number
+  /** Blocks whose stored checksum did not match, or that could not be read. */
+  readonly badBlocks: ReadonlyArray<{ readonly index: number, readonly code: string, readonly message: string }>
+}
+
+/** Space used by a volume. */
+export interface VolumeUsage {
+  /** Bytes of blocks the volume itself has written (thin provisioning: never-written blocks cost nothing). */
+  readonly allocatedBytes: number
+  /** Provisioned size. */
+  readonly sizeBytes: number
+  /** Written blocks. */
+  readonly allocatedBlocks: number
+}

@@ -1,0 +1,168 @@
+// The metadata catalog: volume records, storage classes and instance settings, kept in any
+// abstract-level database (memory-level in tests, classic-level on disk), cached in memory.
+
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import { randomUUID } from 'node:crypto'
+import { GalleonError, describe } from '../errors.js'
+import { VolumeState, type StorageClass, type Volume } from '../types.js'
+import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
+
+/** A volume's persisted record: the public fields plus its compact storage id. */
+export interface VolumeRecord extends Volume {
+  readonly storageId: number
+}
+
+/** Any abstract-level database usable as GalleonFS metadata. */
+export type MetadataDatabase = AbstractLevel<any, any, any>
+type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
+
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+const VOLUME_NAME_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
+/** Layout version of the metadata; bumped on incompatible changes. */
+const CATALOG_FORMAT = 1
+/** classic-level's option to fsync its log before resolving; abstract-level passes it through sublevels. */
+const SYNC = { sync: true } as unknown as Record<string, never>
+
+/** Validates a volume name: 1-63 letters, digits, '-', '_', '.', not shaped like a UUID. */
+export function checkVolumeName (name: unknown): asserts name is string {
+  if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
+    throw new GalleonError('INVALID_ARGUMENT', `volume name must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got ${describe(name)}`)
+  }
+  if (UUID_PATTERN.test(name)) {
+    throw new GalleonError('INVALID_ARGUMENT', `volume name ${JSON.stringify(name)} looks like a volume id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
+  }
+}
+
+/** Persistent, cached catalog of volumes and storage classes. */
+export class Catalog {
+  readonly #db: MetadataDatabase
+  readonly #volumesDb: JsonSublevel
+  readonly #classesDb: JsonSublevel
+  readonly #settingsDb: JsonSublevel
+  readonly #volumes = new Map<string, VolumeRecord>()
+  readonly #names = new Map<string, string>()
+  readonly #classes = new Map<string, StorageClass>()
+  #nextStorageId = 1
+  #blockSize = 0
+
+  constructor (db: MetadataDatabase) {
+    this.#db = db
+    this.#volumesDb = db.sublevel('volumes', { valueEncoding: 'json' }) as JsonSublevel
+    this.#classesDb = db.sublevel('classes', { valueEncoding: 'json' }) as JsonSublevel
+    this.#settingsDb = db.sublevel('settings', { valueEncoding: 'json' }) as JsonSublevel
+  }
+
+  get blockSize (): number { return this.#blockSize }
+
+  /**
+   * Loads everything into memory. On a fresh database, records `blockSize`; on an existing one,
+   * checks it matches (a different block size would misread every volume).
+   */
+  async load (blockSize: number | undefined): Promise<void> {
+    const settings = new Map<string, unknown>(await this.#settingsDb.iterator().all())
+    const storedFormat = settings.get('format')
+    if (storedFormat !== undefined && storedFormat !== CATALOG_FORMAT) {
+      throw new GalleonError('CORRUPTION', `metadata format ${String(storedFormat)} is not supported by this version (expects ${CATALOG_FORMAT}); use the GalleonFS version that wrote it`)
+    }
+    const storedBlockSize = settings.get('blockSize') as number | undefined
+    if (storedBlockSize === undefined) {
+      this.#blockSize = blockSize ?? 4096
+      await this.#settingsDb.batch([
+        { type: 'put', key: 'format', value: CATALOG_FORMAT },
+        { type: 'put', key: 'blockSize', value: this.#blockSize },
+        { type: 'put', key: 'nextStorageId', value: 1 }
+      ], SYNC)
+    } else {
+      if (blockSize !== undefined && blockSize !== storedBlockSize) {
+        throw new GalleonError('INVALID_ARGUMENT', `this storage was created with block size ${storedBlockSize}, not ${blockSize}; omit blockSize or pass ${storedBlockSize}`)
+      }
+      this.#blockSize = storedBlockSize
+      this.#nextStorageId = (settings.get('nextStorageId') as number | undefined) ?? 1
+    }
+    for (const storageClass of BUILT_IN_STORAGE_CLASSES) this.#classes.set(storageClass.name, storageClass)
+    for (const [name, storageClass] of await this.#classesDb.iterator().all()) {
+      this.#classes.set(name as string, { ...(storageClass as StorageClass), builtIn: false })
+    }
+    for (const [id, record] of await this.#volumesDb.iterator().all()) {
+      const volume = record as VolumeRecord
+      this.#volumes.set(id as string, volume)
+      this.#names.set(volume.name, volume.id)
+      if (volume.storageId >= this.#nextStorageId) this.#nextStorageId = volume.storageId + 1
+    }
+  }
+
+  volumes (): VolumeRecord[] {
+    return [...this.#volumes.values()]
+  }
+
+  /** Finds a volume by id or name; throws VOLUME_NOT_FOUND / INVALID_ARGUMENT. */
+  resolve (ref: unknown): VolumeRecord {
+    if (typeof ref === 'object' && ref !== null && typeof (ref as { id?: unknown }).id === 'string') ref = (ref as { id: string }).id
+    if (typeof ref !== 'string' || ref.length === 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `a volume is named by its id or name (a non-empty string), got ${describe(ref)}`)
+    }
+    const record = this.#volumes.get(ref) ?? this.#volumes.get(this.#names.get(ref) ?? '')
+    if (record === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${JSON.stringify(ref)}; listVolumes() shows the existing ones`)
+    return record
+  }
+
+  /** Reserves a name synchronously so concurrent creates cannot both take it. */
+  reserveName (name: string): () => void {
+    if (this.#names.has(name)) throw new GalleonError('VOLUME_EXISTS', `a volume named ${JSON.stringify(name)} already exists; choose another name or delete it first`)
+    this.#names.set(name, '')
+    return () => { if (this.#names.get(name) === '') this.#names.delete(name) }
+  }
+
+  /** Persists a new volume (with its storage id) and caches it. */
+  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'>): Promise<VolumeRecord> {
+    const now = new Date().toISOString()
+    const record: VolumeRecord = { ...fields, id: randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
+    if (record.storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
+    await this.#db.batch([
+      { type: 'put', sublevel: this.#volumesDb, key: record.id, value: record },
+      { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
+    ] as any, SYNC)
+    this.#volumes.set(record.id, record)
+    this.#names.set(record.name, record.id)
+    return record
+  }
+
+  /** Persists changed fields of a volume. */
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels'>>): Promise<VolumeRecord> {
+    const current = this.#volumes.get(id)
+    if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
+    const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
+    await this.#volumesDb.put(id, record, SYNC)
+    this.#volumes.set(id, record)
+    return record
+  }
+
+  /** Removes a volume record. */
+  async deleteVolume (id: string): Promise<void> {
+    const record = this.#volumes.get(id)
+    if (record === undefined) return
+    await this.#volumesDb.del(id, SYNC)
+    this.#volumes.delete(id)
+    if (this.#names.get(record.name) === id) this.#names.delete(record.name)
+  }
+
+  storageClasses (): StorageClass[] {
+    return [...this.#classes.values()]
+  }
+
+  storageClass (name: string): StorageClass | undefined {
+    return this.#classes.get(name)
+  }
+
+  async putStorageClass (storageClass: StorageClass): Promise<void> {
+    await this.#classesDb.put(storageClass.name, storageClass, SYNC)
+    this.#classes.set(storageClass.name, storageClass)
+  }
+
+  async deleteStorageClass (name: string): Promise<void> {
+    await this.#classesDb.del(name, SYNC)
+    this.#classes.delete(name)
+  }
+}
+
+export { VolumeState }

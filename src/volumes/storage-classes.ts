@@ -1,0 +1,164 @@
+// Storage classes: the built-ins, validation of user-supplied classes, and the capability check
+// that refuses to create a weaker volume than the class asks for.
+
+import { GalleonError, describe } from '../errors.js'
+import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
+
+/** Names of the classes every instance has. */
+export const BUILT_IN_STORAGE_CLASSES: readonly StorageClass[] = Object.freeze([
+  Object.freeze({
+    name: 'fast-local-ssd',
+    provisioner: 'galleonfs.io/local-ssd',
+    parameters: Object.freeze({ disk_type: 'ssd', fs_type: 'ext4', encryption: 'false' }),
+    reclaimPolicy: 'Delete' as const,
+    volumeBindingMode: 'Immediate' as const,
+    allowedTopologies: Object.freeze([]),
+    mountOptions: Object.freeze([]),
+    builtIn: true
+  }),
+  Object.freeze({
+    name: 'encrypted-storage',
+    provisioner: 'galleonfs.io/distributed',
+    parameters: Object.freeze({ encryption: 'true', encryption_algorithm: 'AES-256-GCM', replication: '3' }),
+    reclaimPolicy: 'Retain' as const,
+    volumeBindingMode: 'WaitForFirstConsumer' as const,
+    allowedTopologies: Object.freeze([]),
+    mountOptions: Object.freeze([]),
+    builtIn: true
+  })
+])
+
+/** The storage class a volume gets when none is named. */
+export const DEFAULT_STORAGE_CLASS = 'fast-local-ssd'
+
+// Accepted spellings of each field: the API's camelCase and the snake_case of JSON/YAML files.
+const FIELD_ALIASES: Record<string, keyof StorageClass> = {
+  name: 'name',
+  provisioner: 'provisioner',
+  parameters: 'parameters',
+  reclaimPolicy: 'reclaimPolicy',
+  reclaim_policy: 'reclaimPolicy',
+  volumeBindingMode: 'volumeBindingMode',
+  volume_binding_mode: 'volumeBindingMode',
+  allowedTopologies: 'allowedTopologies',
+  allowed_topologies: 'allowedTopologies',
+  mountOptions: 'mountOptions',
+  mount_options: 'mountOptions'
+}
+
+const NAME_PATTERN = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
+const RECLAIM_POLICIES: readonly ReclaimPolicy[] = ['Delete', 'Retain']
+const BINDING_MODES: readonly VolumeBindingMode[] = ['Immediate', 'WaitForFirstConsumer']
+/** Cipher names the encryption feature will accept. */
+const ENCRYPTION_ALGORITHMS = ['AES-256-GCM']
+
+/**
+ * Validates a plain object (parsed from JSON or YAML, camelCase or snake_case keys) and returns a
+ * normalised `StorageClass`. Every problem is an INVALID_ARGUMENT naming the field and the fix.
+ */
+export function parseStorageClass (input: unknown): StorageClass {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw invalid(`a storage class must be an object, got ${describe(input)}`)
+  }
+  const fields: Partial<Record<keyof StorageClass, unknown>> = {}
+  for (const [key, value] of Object.entries(input)) {
+    const field = FIELD_ALIASES[key]
+    if (field === undefined) {
+      throw invalid(`unknown storage class field ${JSON.stringify(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
+    }
+    if (field in fields) throw invalid(`storage class field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
+    fields[field] = value
+  }
+
+  const name = fields.name
+  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) {
+    throw invalid(`storage class "name" must be lowercase letters, digits, '-' or '.', starting and ending with a letter or digit (max 253), got ${describe(name)}`)
+  }
+  const provisioner = fields.provisioner ?? 'galleonfs.io/local'
+  if (typeof provisioner !== 'string' || provisioner.length === 0 || provisioner.length > 253) {
+    throw invalid(`storage class "provisioner" must be a non-empty string such as "galleonfs.io/local-ssd", got ${describe(provisioner)}`)
+  }
+  const parameters = parseParameters(fields.parameters ?? {})
+  const reclaimPolicy = fields.reclaimPolicy ?? 'Delete'
+  if (!RECLAIM_POLICIES.includes(reclaimPolicy as ReclaimPolicy)) {
+    throw invalid(`storage class "reclaim_policy" must be one of ${RECLAIM_POLICIES.join(', ')}, got ${describe(reclaimPolicy)}`)
+  }
+  const volumeBindingMode = fields.volumeBindingMode ?? 'Immediate'
+  if (!BINDING_MODES.includes(volumeBindingMode as VolumeBindingMode)) {
+    throw invalid(`storage class "volume_binding_mode" must be one of ${BINDING_MODES.join(', ')}, got ${describe(volumeBindingMode)}`)
+  }
+  return {
+    name,
+    provisioner,
+    parameters,
+    reclaimPolicy: reclaimPolicy as ReclaimPolicy,
+    volumeBindingMode: volumeBindingMode as VolumeBindingMode,
+    allowedTopologies: parseStringList(fields.allowedTopologies, 'allowed_topologies'),
+    mountOptions: parseStringList(fields.mountOptions, 'mount_options'),
+    builtIn: false
+  }
+}
+
+function parseParameters (input: unknown): Record<string, string> {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw invalid(`storage class "parameters" must be an object of string values, got ${describe(input)}`)
+  }
+  const parameters: Record<string, string> = {}
+  for (const [key, value] of Object.entries(input)) {
+    if (!/^[A-Za-z0-9_.\-/]{1,128}$/.test(key)) throw invalid(`storage class parameter name ${describe(key)} must be 1-128 letters, digits, '_', '-', '.', '/'`)
+    if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
+      throw invalid(`storage class parameter "${key}" must be a string (numbers and booleans are converted), got ${describe(value)}`)
+    }
+    parameters[key] = String(value)
+  }
+  const encryption = parameters.encryption
+  if (encryption !== undefined && encryption !== 'true' && encryption !== 'false') {
+    throw invalid(`storage class parameter "encryption" must be "true" or "false", got ${describe(encryption)}`)
+  }
+  const algorithm = parameters.encryption_algorithm
+  if (algorithm !== undefined && !ENCRYPTION_ALGORITHMS.includes(algorithm)) {
+    throw invalid(`storage class parameter "encryption_algorithm" must be one of ${ENCRYPTION_ALGORITHMS.join(', ')}, got ${describe(algorithm)}`)
+  }
+  const replication = parameters.replication
+  if (replication !== undefined && !(/^[1-9]\d{0,2}$/.test(replication))) {
+    throw invalid(`storage class parameter "replication" must be a whole number from 1 to 999, got ${describe(replication)}`)
+  }
+  return parameters
+}
+
+function parseStringList (input: unknown, field: string): string[] {
+  if (input === undefined || input === null) return []
+  if (!Array.isArray(input) || !input.every((item) => typeof item === 'string' && item.length > 0)) {
+    throw invalid(`storage class "${field}" must be a list of non-empty strings, got ${describe(input)}`)
+  }
+  return [...input] as string[]
+}
+
+/** Replica count a class asks for (parameter `replication`, default 1). */
+export function classReplicas (storageClass: StorageClass): number {
+  return Number(storageClass.parameters.replication ?? '1')
+}
+
+/** Features this release provides; a class or volume asking for more is refused, never weakened. */
+export const RELEASE_CAPABILITIES = { encryption: false, maxReplicas: 1 } as const
+
+/**
+ * Throws NOT_IMPLEMENTED when a volume with this class and replica count would need a feature this
+ * release does not have yet, naming each missing feature.
+ */
+export function assertClassSupported (storageClass: StorageClass, replicas: number): void {
+  const missing: string[] = []
+  if (storageClass.parameters.encryption === 'true' && !RELEASE_CAPABILITIES.encryption) {
+    missing.push(`encryption at rest (${storageClass.parameters.encryption_algorithm ?? 'AES-256-GCM'})`)
+  }
+  if (replicas > RELEASE_CAPABILITIES.maxReplicas) {
+    missing.push(`${replicas} replicas (this release stores ${RELEASE_CAPABILITIES.maxReplicas} copy; network replication is not built yet)`)
+  }
+  if (missing.length > 0) {
+    throw new GalleonError('NOT_IMPLEMENTED', `storage class "${storageClass.name}" needs ${missing.join(' and ')}, which this release does not provide; refusing to create a weaker volume. Use storage class "${DEFAULT_STORAGE_CLASS}" with replicas: 1`)
+  }
+}
+
+function invalid (message: string): GalleonError {
+  return new GalleonError('INVALID_ARGUMENT', message)
+}
