@@ -13,6 +13,15 @@ export interface ChecksumMismatchEvent {
   readonly actual?: number
 }
 
+/** Payload of `io:error`: an I/O call failed for a reason other than bad arguments. */
+export interface IoErrorEvent {
+  readonly volumeId: string
+  readonly volumeName: string
+  readonly operation: 'read' | 'write' | 'trim' | 'flush'
+  readonly code: string
+  readonly message: string
+}
+
 /** Events emitted by GalleonFS, named noun:verb. */
 export interface GalleonEvents {
   'volume:created': (volume: Volume) => void
@@ -22,6 +31,7 @@ export interface GalleonEvents {
   'storage-class:created': (storageClass: StorageClass) => void
   'storage-class:deleted': (storageClass: StorageClass) => void
   'checksum:mismatch': (event: ChecksumMismatchEvent) => void
+  'io:error': (event: IoErrorEvent) => void
   'scrub:completed': (report: { volumeId: string, blocksChecked: number, badBlocks: number }) => void
   'instance:closed': () => void
 }

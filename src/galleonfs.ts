@@ -228,6 +228,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #destroy (record: VolumeRecord): Promise<void> {
     const deleting = await this.#catalog.updateVolume(record.id, { state: VolumeState.Deleting })
+    this.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
     await this.#engine.destroy(volume)
     await this.#catalog.deleteVolume(record.id)
@@ -316,42 +317,61 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const volume = this.#ioVolume(vol)
+    const record = this.#catalog.resolve(vol)
+    const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
-    await this.#engine.writeBlock(volume, blockIndex, data, this.#checkConcern(concern))
+    const checked = this.#checkConcern(concern)
+    try {
+      await this.#engine.writeBlock(volume, blockIndex, data, checked)
+    } catch (err) { throw this.#ioFailed(record, 'write', err) }
   }
 
   /** Reads one block: always `blockSize` bytes; never-written blocks read as zeros. */
   async readBlock (vol: VolumeRef, blockIndex: number): Promise<Uint8Array> {
     this.#assertOpen()
-    return await this.#engine.readBlock(this.#ioVolume(vol), blockIndex)
+    const record = this.#catalog.resolve(vol)
+    try {
+      return await this.#engine.readBlock(this.#ioVolume(record), blockIndex)
+    } catch (err) { throw this.#ioFailed(record, 'read', err) }
   }
 
   /** Writes bytes at any offset (read-modify-write at partial blocks); atomic as a whole. */
   async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const volume = this.#ioVolume(vol)
+    const record = this.#catalog.resolve(vol)
+    const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
-    await this.#engine.write(volume, offset, data, this.#checkConcern(concern))
+    const checked = this.#checkConcern(concern)
+    try {
+      await this.#engine.write(volume, offset, data, checked)
+    } catch (err) { throw this.#ioFailed(record, 'write', err) }
   }
 
   /** Reads `length` bytes at `offset`. */
   async read (vol: VolumeRef, offset: number, length: number): Promise<Uint8Array> {
     this.#assertOpen()
-    return await this.#engine.read(this.#ioVolume(vol), offset, length)
+    const record = this.#catalog.resolve(vol)
+    try {
+      return await this.#engine.read(this.#ioVolume(record), offset, length)
+    } catch (err) { throw this.#ioFailed(record, 'read', err) }
   }
 
   /** Makes every write acknowledged so far durable (writes of all volumes share the sync). */
   async flush (vol?: VolumeRef): Promise<void> {
     this.#assertOpen()
-    if (vol !== undefined) this.#ioVolume(vol)
-    await this.#engine.flush()
+    const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
+    try {
+      await this.#engine.flush()
+    } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
   }
 
   /** Discards a byte range: whole blocks are freed and read as zeros, partial edges are zeroed. */
   async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
     this.#assertOpen()
-    await this.#engine.trim(this.#ioVolume(vol), offset, length, WriteConcern.WriteAcknowledged)
+    const record = this.#catalog.resolve(vol)
+    try {
+      await this.#engine.trim(this.#ioVolume(record), offset, length, WriteConcern.WriteAcknowledged)
+    } catch (err) { throw this.#ioFailed(record, 'trim', err) }
   }
 
   /** Reads and verifies every allocated block of a volume; reports (and emits) each bad block. */
@@ -430,6 +450,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const record = this.#catalog.resolve(vol)
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     return this.#volumeBlocks(record)
+  }
+
+  /** Reports failures that are not the caller's fault (I/O, corruption) as `io:error` events. */
+  #ioFailed (record: VolumeRecord, operation: 'read' | 'write' | 'trim' | 'flush', err: unknown): unknown {
+    const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
+    if (code === 'IO_ERROR' || code === 'CORRUPTION' || code === 'CHECKSUM_MISMATCH') {
+      this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation, code, message: err instanceof Error ? err.message : String(err) })
+    }
+    return err
   }
 
   #checkConcern (concern: unknown): WriteConcern {

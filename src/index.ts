@@ -8,7 +8,7 @@ export {
   type ReclaimPolicy, type VolumeBindingMode
 } from './types.js'
 export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
-export type { GalleonEvents, ChecksumMismatchEvent } from './events.js'
+export type { GalleonEvents, ChecksumMismatchEvent, IoErrorEvent } from './events.js'
 export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
 export type { MetadataDatabase } from './volumes/catalog.js'

@@ -1,5 +1,7 @@
 // Stored form of a block: an 8-byte header with a CRC32 that covers the block's address and payload,
 // so a corrupted, torn or misplaced block is detected on read.
+// Header: [0..3] CRC32 of (volume u32, index f64, gen f64, flags u8, payload), [4] format version,
+// [5] flags, [6..7] reserved (zero).
 
 import { crc32 } from 'node:zlib'
 import type { BlockAddress } from '../drivers.js'
@@ -11,19 +13,20 @@ const FORMAT_VERSION = 1
 export const BLOCK_FLAG_PLAIN = 0
 
 // Scratch for hashing the address; safe because encode/verify are synchronous.
-const addressScratch = new DataView(new ArrayBuffer(20))
+const addressScratch = new DataView(new ArrayBuffer(21))
 const addressBytes = new Uint8Array(addressScratch.buffer)
 
-function addressCrc (address: BlockAddress): number {
+function addressCrc (address: BlockAddress, flags: number): number {
   addressScratch.setUint32(0, address.volume)
   addressScratch.setFloat64(4, address.index)
   addressScratch.setFloat64(12, address.gen)
+  addressScratch.setUint8(20, flags)
   return crc32(addressBytes)
 }
 
-/** Checksum binding `payload` to `address`. */
-export function blockChecksum (address: BlockAddress, payload: Uint8Array): number {
-  return crc32(payload, addressCrc(address))
+/** Checksum binding `payload` and its `flags` to `address`. */
+export function blockChecksum (address: BlockAddress, payload: Uint8Array, flags = BLOCK_FLAG_PLAIN): number {
+  return crc32(payload, addressCrc(address, flags))
 }
 
 /**
@@ -35,7 +38,7 @@ export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedL
   const body = value.subarray(BLOCK_HEADER_BYTES)
   body.set(payload.byteLength > storedLength ? payload.subarray(0, storedLength) : payload)
   const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
-  view.setUint32(0, blockChecksum(address, body))
+  view.setUint32(0, blockChecksum(address, body, flags))
   view.setUint8(4, FORMAT_VERSION)
   view.setUint8(5, flags)
   return value
@@ -53,8 +56,9 @@ export function decodeBlock (address: BlockAddress, value: Uint8Array): DecodeRe
   const version = view.getUint8(4)
   if (version !== FORMAT_VERSION) return { ok: false, reason: `unknown block format version ${version}` }
   const payload = value.subarray(BLOCK_HEADER_BYTES)
+  const flags = view.getUint8(5)
   const expected = view.getUint32(0)
-  const actual = blockChecksum(address, payload)
+  const actual = blockChecksum(address, payload, flags)
   if (expected !== actual) return { ok: false, reason: 'checksum mismatch', expected, actual }
-  return { ok: true, payload, flags: view.getUint8(5) }
+  return { ok: true, payload, flags }
 }
