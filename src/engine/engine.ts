@@ -169,7 +169,11 @@ export class BlockEngine {
     let ok = false
     const release = this.#lock(volume, index, index)
     try {
-      await release.ready
+      // The caller may reuse its buffer once we return a promise: encode before any await, or copy.
+      if (release.ready !== undefined) {
+        data = data.slice()
+        await release.ready
+      }
       const gen = volume.nextGen++
       const address: BlockAddress = { volume: volume.storageId, index, gen }
       await this.#commit(volume, [{ type: 'put', address, data: encodeBlock(address, data, this.blockSize) }], concern)
@@ -225,7 +229,10 @@ export class BlockEngine {
     const last = Math.floor((offset + data.byteLength - 1) / this.blockSize)
     const release = this.#lock(volume, first, last)
     try {
-      await release.ready
+      const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
+      // The caller may reuse its buffer once we return a promise: copy if we must wait first.
+      if (release.ready !== undefined || !aligned) data = data.slice()
+      if (release.ready !== undefined) await release.ready
       const ops: BlockOp[] = []
       const gens: number[] = []
       for (let index = first; index <= last; index++) {
@@ -265,7 +272,7 @@ export class BlockEngine {
     const last = Math.floor((offset + length - 1) / this.blockSize)
     const release = this.#lock(volume, first, last)
     try {
-      await release.ready
+      if (release.ready !== undefined) await release.ready
       const ops: BlockOp[] = []
       const unmapped: number[] = []
       const rewritten: Array<[number, number]> = []
@@ -406,7 +413,7 @@ export class BlockEngine {
    * Claims blocks first..last for one operation. Claims are registered synchronously, so waits
    * always point at earlier registrations and can never deadlock.
    */
-  #lock (volume: VolumeBlocks, first: number, last: number): { ready: Promise<unknown>, done: () => void } {
+  #lock (volume: VolumeBlocks, first: number, last: number): { ready: Promise<unknown> | undefined, done: () => void } {
     let done!: () => void
     const mine = new Promise<void>((resolve) => { done = resolve })
     let waits: Array<Promise<void>> | undefined
@@ -415,7 +422,8 @@ export class BlockEngine {
       if (previous !== undefined) (waits ??= []).push(previous)
       volume.locks.set(index, mine)
     }
-    const ready = waits === undefined ? Promise.resolve() : waits.length === 1 ? waits[0] as Promise<void> : Promise.all(waits)
+    // Undefined when uncontended, so the caller can proceed without yielding to the event loop.
+    const ready = waits === undefined ? undefined : waits.length === 1 ? waits[0] as Promise<void> : Promise.all(waits)
     return {
       ready,
       done: () => {
