@@ -24,7 +24,11 @@ export abstract class AbstractBlockStore implements BlockStore {
   async open (): Promise<void> {
     if (this.#status === 'open') return
     if (this.#opening !== undefined) return await this.#opening
-    if (this.#closing !== undefined) await this.#closing
+    if (this.#closing !== undefined) {
+      // Another caller may have started opening while we waited; start over to join it.
+      await this.#closing
+      return await this.open()
+    }
     this.#status = 'opening'
     this.#opening = (async () => {
       try {
@@ -77,13 +81,13 @@ export abstract class AbstractBlockStore implements BlockStore {
 
   async * addresses (options?: { volume?: number }): AsyncIterable<BlockAddress> {
     this.#assertOpen()
-    if (options?.volume !== undefined) assertUint(options.volume, 'volume')
+    if (options?.volume !== undefined) checkVolume(options.volume, 'volume')
     yield * this._addresses(options?.volume)
   }
 
   async deleteVolume (volume: number): Promise<void> {
     this.#assertOpen()
-    assertUint(volume, 'volume')
+    checkVolume(volume, 'volume')
     await this._deleteVolume(volume)
   }
 
@@ -115,12 +119,16 @@ export abstract class AbstractBlockStore implements BlockStore {
   }
 }
 
+function checkVolume (volume: unknown, what: string): void {
+  assertUint(volume, what)
+  if (volume > 0xffffffff) throw new GalleonError('INVALID_ARGUMENT', `${what} must fit in 32 bits (0..4294967295), got ${volume}`)
+}
+
 function checkAddress (address: BlockAddress): void {
   if (address === null || typeof address !== 'object') {
     throw new GalleonError('INVALID_ARGUMENT', `block address must be an object { volume, index, gen }, got ${describe(address)}`)
   }
-  assertUint(address.volume, 'address.volume')
-  if (address.volume > 0xffffffff) throw new GalleonError('INVALID_ARGUMENT', 'address.volume must fit in 32 bits')
+  checkVolume(address.volume, 'address.volume')
   assertUint(address.index, 'address.index')
   assertUint(address.gen, 'address.gen')
 }
@@ -147,14 +155,14 @@ export function wrapIo (err: unknown, context: string): GalleonError {
 
 /** Compact, order-preserving string form of an address, for Map keys and key-value stores. */
 export function addressKey (address: BlockAddress): string {
-  return address.volume.toString(16).padStart(8, '0') + address.index.toString(16).padStart(13, '0') + address.gen.toString(16).padStart(13, '0')
+  return address.volume.toString(16).padStart(8, '0') + address.index.toString(16).padStart(14, '0') + address.gen.toString(16).padStart(14, '0')
 }
 
 /** Inverse of `addressKey`. */
 export function parseAddressKey (key: string): BlockAddress {
   return {
     volume: parseInt(key.slice(0, 8), 16),
-    index: parseInt(key.slice(8, 21), 16),
-    gen: parseInt(key.slice(21, 34), 16)
+    index: parseInt(key.slice(8, 22), 16),
+    gen: parseInt(key.slice(22, 36), 16)
   }
 }

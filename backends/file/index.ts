@@ -1,0 +1,873 @@
+// File block store: a log-structured (Bitcask-style) store of block versions in append-only segment
+// files with an in-memory index. It is also the engine's write-ahead journal, so every write path
+// here is ordered for crash safety first.
+
+import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
+import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import { GalleonError, describe } from '../../src/errors.js'
+import { lockDirectory, type DirectoryLock } from './lock.js'
+import {
+  FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
+} from './record.js'
+import {
+  hintPath, isCode, parseHintFileName, parseSegmentFileName, readFully, scanSegment, segmentPath, syncDirectory
+} from './segment.js'
+
+/** Options of the file block store. */
+export interface FileBlockStoreOptions {
+  /** Directory of the store; created (with its parents) on open. */
+  location: string
+  /**
+   * Size at which the active segment is sealed and a new one started (default 64 MiB). A segment
+   * exceeds it only when a single batch is larger, since a batch never spans two segments.
+   */
+  segmentBytes?: number
+  /**
+   * A sealed segment whose live bytes fall below this fraction of its size is compacted: its live
+   * records are copied forward and the file deleted (default 0.5; 0 disables background compaction,
+   * leaving it to `compact()`).
+   */
+  compactionThreshold?: number
+  /**
+   * Receives errors of background work (hint files, compaction) that no caller is waiting for.
+   * Without it they are kept in `lastBackgroundError`. Either way the data stays correct: a failed
+   * compaction leaves the old segment in place.
+   */
+  onBackgroundError?: (err: GalleonError) => void
+}
+
+const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+const DEFAULT_COMPACTION_THRESHOLD = 0.5
+// One write call carries at most this much (unless a single batch is larger): big enough to amortise
+// the syscall, small enough that a burst does not hold the batches behind it for long.
+const GROUP_BYTES = 4 * 1024 * 1024
+// Compaction copies in batches of about this size, so user writes interleave with it.
+const COMPACTION_BATCH_BYTES = 2 * 1024 * 1024
+
+/** Where the current version of a block lives. `data` holds the value until it has been written. */
+class BlockLocation {
+  constructor (
+    readonly segment: number,
+    /** Offset of the record (not of the payload) in the segment. */
+    readonly offset: number,
+    readonly length: number,
+    public data: Uint8Array | undefined
+  ) {}
+}
+
+/** In-memory state of one segment file. */
+class Segment {
+  /** Open from the moment the writer creates the file (or open() finds it) until it is deleted. */
+  handle: FileHandle | undefined = undefined
+  /** Bytes of header and payload of records that are the current version of their block. */
+  liveBytes = 0
+  /** Bytes of tombstone records, which matter only while an older segment may hold what they delete. */
+  tombstoneBytes = 0
+  /** No record will ever be appended again. */
+  sealed = false
+  /** Compaction found this segment unusable; never pick it again in this session. */
+  skipCompaction = false
+
+  constructor (
+    readonly id: number,
+    readonly path: string,
+    /** Bytes of the file, including records queued for it but not yet written. */
+    public size: number,
+    /** Entries for its hint file, kept until the hint is written; undefined once it is (or when not needed). */
+    public hint: HintBuilder | undefined
+  ) {}
+}
+
+/** A batch waiting for the writer, already applied to the index. */
+interface PendingBatch {
+  /** Segment its records go to; -1 for a pure sync request. */
+  segment: number
+  /** Offset of its first record in that segment. */
+  offset: number
+  bytes: number
+  /** volume, index and gen of each op, captured at call time. */
+  fields: number[]
+  /** Per op: the put's location (its payload in `data`), or undefined for a delete. */
+  entries: Array<BlockLocation | undefined>
+  sync: boolean
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+/** One record a compaction is about to copy forward. */
+interface Move {
+  key: string
+  address: BlockAddress
+  /** Record offset in the segment being compacted, to re-check that the index still points there. */
+  offset: number
+  /** The payload of a put, undefined for a tombstone. */
+  data: Uint8Array | undefined
+}
+
+class CompactionAborted extends Error {}
+
+function noop (): void {}
+
+/**
+ * Block store in append-only segment files (`seg-<16 hex>.log`) in one directory.
+ *
+ * - Every batch is appended as consecutive records, all but the last flagged "continues"; recovery
+ *   applies a batch only when its last record is present and every crc matches, so a batch is
+ *   atomic across a crash. The torn tail of the active segment is truncated on open.
+ * - One writer appends everything queued in one write call and, if any of those batches asked for it
+ *   (or `sync()` was called), issues one fdatasync for all of them: concurrent durable batches share a
+ *   sync (group commit). Batches resolve in call order; a batch without sync resolves once the OS has
+ *   its bytes (it survives kill -9 of the process, not a power loss).
+ * - An in-memory index maps each block version to its record; reads are positional reads.
+ * - Segments are sealed at `segmentBytes` and get a hint file so open() need not read them. Sealed
+ *   segments with mostly dead records are compacted in the background.
+ * - A `LOCK` file with the owner's pid keeps a second store (of this or another process) out: BUSY.
+ */
+export class FileBlockStore extends AbstractBlockStore {
+  readonly name = 'file'
+  readonly supports: BlockStoreSupports = { persistent: true, durableSync: true, atomicBatch: true, reclaimsSpace: true }
+
+  readonly #location: string
+  readonly #segmentBytes: number
+  readonly #compactionThreshold: number
+  readonly #onBackgroundError: ((err: GalleonError) => void) | undefined
+
+  #lock: DirectoryLock | undefined
+  #index = new Map<string, BlockLocation>()
+  #liveBytes = 0
+  /** Every segment, in ascending id order (Map keeps insertion order and ids only grow). */
+  #segments = new Map<number, Segment>()
+  /** Segment that receives newly queued batches (may be ahead of the writer's). */
+  #tail!: Segment
+  /** Segment the writer appends to, and how many of its bytes are written. */
+  #current!: Segment
+  #written = 0
+  /** Bytes written to `#current` since its last fdatasync. */
+  #dirty = false
+
+  #queue: PendingBatch[] = []
+  #queueHead = 0
+  #writerActive = false
+  #idleWaiters: Array<() => void> = []
+  #groupBuffer: Buffer | undefined
+  #failure: GalleonError | undefined
+  #syncCount = 0
+
+  /** Background work (hint files, compaction), one task at a time. */
+  #maintenance: Promise<void> = Promise.resolve()
+  #compactionScheduled = false
+  /** Something changed that may have made a sealed segment worth compacting. */
+  #compactionWanted = false
+  #closing = false
+  #lastBackgroundError: GalleonError | undefined
+  /** Scratch header for `_get` (filled and checked synchronously, so one object serves every read). */
+  readonly #readHeader: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+
+  constructor (options: FileBlockStoreOptions) {
+    super()
+    if (options === null || typeof options !== 'object' || typeof options.location !== 'string' || options.location.length === 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `the file block store needs { location: '<directory>' }, got ${describe(options)}`)
+    }
+    const { segmentBytes = DEFAULT_SEGMENT_BYTES, compactionThreshold = DEFAULT_COMPACTION_THRESHOLD } = options
+    if (!Number.isSafeInteger(segmentBytes) || segmentBytes <= 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `segmentBytes must be a positive integer, got ${describe(segmentBytes)}`)
+    }
+    if (typeof compactionThreshold !== 'number' || !(compactionThreshold >= 0 && compactionThreshold <= 1)) {
+      throw new GalleonError('INVALID_ARGUMENT', `compactionThreshold must be a number from 0 to 1, got ${describe(compactionThreshold)}`)
+    }
+    this.#location = options.location
+    this.#segmentBytes = segmentBytes
+    this.#compactionThreshold = compactionThreshold
+    this.#onBackgroundError = options.onBackgroundError
+  }
+
+  /** Number of fsync/fdatasync calls on segment files since the store was constructed (for group-commit checks). */
+  get syncCount (): number { return this.#syncCount }
+
+  /** The last error of background work not passed to `onBackgroundError`, if any. */
+  get lastBackgroundError (): GalleonError | undefined { return this.#lastBackgroundError }
+
+  /**
+   * Runs a compaction pass now and resolves when it is done: every sealed segment whose live ratio is
+   * below `compactionThreshold` (the default 0.5 when background compaction is disabled with 0) is
+   * copied forward and deleted. Runs after background work already under way; rejects with the error
+   * of a failed compaction.
+   */
+  async compact (): Promise<void> {
+    if (this.status !== 'open') throw new GalleonError('NOT_OPEN', `the file block store is ${this.status}; open() it first`)
+    // A threshold of 0 turns off only the background work: with it, a pass would never pick anything.
+    const threshold = this.#compactionThreshold > 0 ? this.#compactionThreshold : DEFAULT_COMPACTION_THRESHOLD
+    await this.#maintain(async () => await this.#compactPass(threshold))
+  }
+
+  // ---- lifecycle -----------------------------------------------------------------------------------
+
+  protected async _open (): Promise<void> {
+    this.#resetState()
+    const location = this.#location
+    try {
+      await mkdir(location, { recursive: true })
+    } catch (err) {
+      throw wrapIo(err, `could not create the block store directory ${location}`)
+    }
+    this.#lock = await lockDirectory(location).catch((err: unknown) => { throw wrapIo(err, `could not lock ${location}`) })
+    try {
+      await this.#recover()
+    } catch (err) {
+      await this.#releaseResources()
+      throw err
+    }
+    this.#compactionWanted = true
+    this.#maybeScheduleCompaction()
+  }
+
+  protected async _close (): Promise<void> {
+    this.#closing = true
+    let failure: unknown
+    try {
+      // Compaction and the writer feed each other (compaction queues batches, the writer seals
+      // segments that then need hints): wait until both are quiet at the same time.
+      for (;;) {
+        const maintenance = this.#maintenance
+        await maintenance
+        await this.#whenWriterIdle()
+        if (maintenance === this.#maintenance && !this.#writerActive) break
+      }
+      if (this.#failure === undefined && this.#dirty) {
+        this.#dirty = false
+        await this.#current.handle?.datasync()
+        this.#syncCount++
+      }
+    } catch (err) {
+      failure = wrapIo(err, `could not flush the block store at ${this.#location}`)
+    }
+    try {
+      await this.#releaseResources()
+    } catch (err) {
+      failure ??= wrapIo(err, `could not close the block store at ${this.#location}`)
+    }
+    if (failure !== undefined) throw failure
+  }
+
+  #resetState (): void {
+    this.#index = new Map()
+    this.#liveBytes = 0
+    this.#segments = new Map()
+    this.#written = 0
+    this.#dirty = false
+    this.#queue = []
+    this.#queueHead = 0
+    this.#writerActive = false
+    this.#idleWaiters = []
+    this.#failure = undefined
+    this.#maintenance = Promise.resolve()
+    this.#compactionScheduled = false
+    this.#compactionWanted = false
+    this.#closing = false
+  }
+
+  async #releaseResources (): Promise<void> {
+    let failure: unknown
+    for (const segment of this.#segments.values()) {
+      const handle = segment.handle
+      segment.handle = undefined
+      if (handle !== undefined) await handle.close().catch((err: unknown) => { failure ??= err })
+    }
+    this.#segments = new Map()
+    this.#index = new Map()
+    this.#groupBuffer = undefined
+    const lock = this.#lock
+    this.#lock = undefined
+    if (lock !== undefined) await lock.release().catch((err: unknown) => { failure ??= err })
+    if (failure !== undefined) throw failure
+  }
+
+  /**
+   * Rebuilds the index: sealed segments from their hints (or by scanning them when a hint is missing
+   * or invalid), then the last segment by scanning, truncating it after its last complete batch.
+   */
+  async #recover (): Promise<void> {
+    const location = this.#location
+    const names = await readdir(location).catch((err: unknown) => { throw wrapIo(err, `could not list ${location}`) })
+    const segmentIds: number[] = []
+    const hintIds = new Set<number>()
+    for (const name of names) {
+      const segmentId = parseSegmentFileName(name)
+      if (segmentId !== undefined) segmentIds.push(segmentId)
+      const hintId = parseHintFileName(name)
+      if (hintId !== undefined) hintIds.add(hintId)
+      // A hint that was being written when the process died.
+      if (name.endsWith('.hint.tmp')) await this.#removeFile(join(location, name))
+    }
+    segmentIds.sort((a, b) => a - b)
+    const lastId = segmentIds[segmentIds.length - 1]
+    let removedHints = false
+    for (const hintId of hintIds) {
+      // Hints of deleted segments (compaction died between the two unlinks) and of the active one
+      // (never written by us, but it would go stale as the segment grows) must not be trusted.
+      if (!segmentIds.includes(hintId) || hintId === lastId) {
+        await this.#removeFile(hintPath(location, hintId))
+        hintIds.delete(hintId)
+        removedHints = true
+      }
+    }
+    if (removedHints) await syncDirectory(location).catch((err: unknown) => { throw wrapIo(err, `could not sync ${location}`) })
+
+    for (const id of segmentIds) {
+      const path = segmentPath(location, id)
+      let handle: FileHandle
+      try {
+        handle = await open(path, 'r+')
+      } catch (err) {
+        throw wrapIo(err, `could not open segment ${path}`)
+      }
+      const segment = new Segment(id, path, 0, undefined)
+      segment.handle = handle
+      this.#segments.set(id, segment)
+      try {
+        segment.size = (await handle.stat()).size
+        const isLast = id === lastId
+        if (!isLast && hintIds.has(id) && await this.#loadHint(segment)) {
+          segment.sealed = true
+          continue
+        }
+        await this.#scanForRecovery(segment, isLast)
+        segment.sealed = !isLast
+      } catch (err) {
+        throw wrapIo(err, `could not recover segment ${path}`)
+      }
+    }
+
+    if (lastId === undefined) {
+      const segment = new Segment(1, segmentPath(location, 1), 0, new HintBuilder())
+      try {
+        segment.handle = await open(segment.path, 'wx+')
+        this.#segments.set(1, segment)
+        await syncDirectory(location)
+      } catch (err) {
+        throw wrapIo(err, `could not create segment ${segment.path}`)
+      }
+    }
+    const last = [...this.#segments.values()].pop() as Segment
+    this.#tail = last
+    this.#current = last
+    this.#written = last.size
+    // Whatever the last segment holds may still be only in the page cache (a process killed after
+    // batches without sync). Count it as unsynced, so the next sync, roll or close fsyncs it: a roll
+    // must never seal a segment whose tail a power loss could still tear, or the next open would find
+    // a damaged sealed segment and refuse to open.
+    this.#dirty = last.size > 0
+    for (const segment of this.#segments.values()) {
+      // Sealed segments that had to be scanned get their hint now, so the next open is fast.
+      if (segment.sealed && segment.hint !== undefined) this.#scheduleHint(segment)
+    }
+  }
+
+  /** Applies a sealed segment's hint file; false when it is unreadable or does not match the segment. */
+  async #loadHint (segment: Segment): Promise<boolean> {
+    let file: Buffer
+    try {
+      file = await readFile(hintPath(this.#location, segment.id))
+    } catch {
+      return false // a hint is only a shortcut: the segment itself is the truth
+    }
+    return decodeHint(file, segment.size, (entry) => {
+      this.#applyRecovered(segment, entry.type, entry.volume, entry.index, entry.gen, entry.offset, entry.length)
+    })
+  }
+
+  async #scanForRecovery (segment: Segment, isLast: boolean): Promise<void> {
+    const handle = segment.handle as FileHandle
+    const hint = new HintBuilder()
+    // Records of the batch being read; applied only when its last record arrives.
+    const batch: number[] = []
+    const result = await scanSegment(handle, segment.size, (header, offset) => {
+      batch.push(header.type, header.volume, header.index, header.gen, offset, header.length)
+    }, () => {
+      for (let i = 0; i < batch.length; i += 6) {
+        const type = batch[i] as number
+        const volume = batch[i + 1] as number
+        const index = batch[i + 2] as number
+        const gen = batch[i + 3] as number
+        const offset = batch[i + 4] as number
+        const length = batch[i + 5] as number
+        this.#applyRecovered(segment, type, volume, index, gen, offset, length)
+        hint.add(type, volume, index, gen, offset, length)
+      }
+      batch.length = 0
+    })
+    segment.hint = hint
+    if (result.committedEnd === segment.size) return
+    if (!isLast) {
+      // Sealed segments were fsynced before the next one was created: a bad record here is damage,
+      // not a crash, and dropping it silently could lose acknowledged data.
+      throw new GalleonError('CORRUPTION', `segment ${segment.path} is damaged at offset ${result.stoppedAt} (${result.problem ?? 'incomplete batch'}); ` +
+        `restore it from a backup, or truncate it to ${result.committedEnd} bytes to keep what precedes the damage`)
+    }
+    // The tail of the active segment after its last complete batch was never acknowledged as durable
+    // (or is a batch cut short): drop it so new records follow valid ones.
+    await handle.truncate(result.committedEnd)
+    await handle.sync()
+    segment.size = result.committedEnd
+  }
+
+  #applyRecovered (segment: Segment, type: number, volume: number, index: number, gen: number, offset: number, length: number): void {
+    const key = addressKey({ volume, index, gen })
+    const previous = this.#index.get(key)
+    if (previous !== undefined) this.#forget(previous)
+    if (type === TYPE_PUT) {
+      this.#index.set(key, new BlockLocation(segment.id, offset, length, undefined))
+      segment.liveBytes += HEADER_BYTES + length
+      this.#liveBytes += length
+    } else {
+      if (previous !== undefined) this.#index.delete(key)
+      segment.tombstoneBytes += HEADER_BYTES
+    }
+  }
+
+  /** Accounts for a location that is no longer the current version of its block. */
+  #forget (location: BlockLocation): void {
+    const segment = this.#segments.get(location.segment)
+    if (segment !== undefined) {
+      segment.liveBytes -= HEADER_BYTES + location.length
+      if (segment.sealed) this.#compactionWanted = true
+    }
+    this.#liveBytes -= location.length
+  }
+
+  async #removeFile (path: string): Promise<void> {
+    try {
+      await unlink(path)
+    } catch (err) {
+      if (!isCode(err, 'ENOENT')) throw wrapIo(err, `could not remove ${path}`)
+    }
+  }
+
+  // ---- reads ---------------------------------------------------------------------------------------
+
+  protected async _get (address: BlockAddress): Promise<Uint8Array | undefined> {
+    const location = this.#index.get(addressKey(address))
+    if (location === undefined) return undefined
+    const pending = location.data
+    if (pending !== undefined) return new Uint8Array(pending) // a copy: the caller may keep and change it
+    const segment = this.#segments.get(location.segment)
+    const handle = segment?.handle
+    if (segment === undefined || handle === undefined) {
+      throw new GalleonError('CORRUPTION', `block ${addressKey(address)} points to segment ${location.segment}, which is gone; reopen the store`)
+    }
+    // The whole record, header included, so its crc can be checked: a sealed segment loaded from its
+    // hint is never scanned, and without this check damage inside it would be returned as data.
+    const total = HEADER_BYTES + location.length
+    const record = new Uint8Array(total)
+    let read: number
+    try {
+      // Issued in this same tick as the index lookup, so compaction cannot close the file under it.
+      read = await readFully(handle, record, 0, total, location.offset)
+    } catch (err) {
+      throw wrapIo(err, `could not read ${segment.path}`)
+    }
+    if (read !== total) {
+      throw new GalleonError('CORRUPTION', `segment ${segment.path} ends before the block stored at offset ${location.offset}; reopen the store to recover`)
+    }
+    const source = Buffer.from(record.buffer, record.byteOffset, total)
+    const header = this.#readHeader
+    if (!decodeHeader(source, 0, header) || header.type !== TYPE_PUT || header.length !== location.length ||
+      header.volume !== address.volume || header.index !== address.index || header.gen !== address.gen) {
+      throw new GalleonError('CORRUPTION', `segment ${segment.path} does not hold block ${addressKey(address)} at offset ${location.offset} (damaged record header); ` +
+        'the stored data was not returned: restore it from a backup')
+    }
+    if (!recordCrcMatches(source, 0, location.length)) {
+      throw new GalleonError('CHECKSUM_MISMATCH', `block ${addressKey(address)} in segment ${segment.path} at offset ${location.offset} failed its checksum; ` +
+        'the stored data is damaged and was not returned: restore it from a backup')
+    }
+    return record.subarray(HEADER_BYTES)
+  }
+
+  protected async * _addresses (volume: number | undefined): AsyncIterable<BlockAddress> {
+    const prefix = volume === undefined ? '' : volume.toString(16).padStart(8, '0')
+    // A snapshot of the keys, so writes during the iteration neither break it nor get listed twice.
+    for (const key of [...this.#index.keys()]) {
+      if (key.startsWith(prefix) && this.#index.has(key)) yield parseAddressKey(key)
+    }
+  }
+
+  protected async _stats (): Promise<BlockStoreStats> {
+    let storedBytes = 0
+    for (const segment of this.#segments.values()) storedBytes += segment.size
+    return { blocks: this.#index.size, liveBytes: this.#liveBytes, storedBytes }
+  }
+
+  // ---- writes --------------------------------------------------------------------------------------
+
+  protected async _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
+    await this.#enqueue(ops, sync)
+  }
+
+  protected async _sync (): Promise<void> {
+    await this.#enqueue([], true)
+  }
+
+  protected override async _deleteVolume (volume: number): Promise<void> {
+    // Collected and queued in one tick, so the deletes land exactly between the batches called
+    // before and after, as one atomic batch of tombstones.
+    const prefix = volume.toString(16).padStart(8, '0')
+    const ops: BlockOp[] = []
+    for (const key of this.#index.keys()) {
+      if (key.startsWith(prefix)) ops.push({ type: 'del', address: parseAddressKey(key) })
+    }
+    if (ops.length > 0) await this.#enqueue(ops, false)
+  }
+
+  /**
+   * Applies `ops` to the index at once (so reads see them immediately and batches apply in call
+   * order), reserves their place in the log, and queues them for the writer. Everything before the
+   * returned promise is synchronous, which compaction relies on.
+   */
+  #enqueue (ops: readonly BlockOp[], sync: boolean): Promise<void> {
+    if (this.#failure !== undefined) return Promise.reject(this.#failure)
+    let bytes = 0
+    for (const op of ops) bytes += op.type === 'put' ? HEADER_BYTES + op.data.byteLength : HEADER_BYTES
+    let segment = this.#tail
+    // Roll only between batches: a batch must be whole within one segment to be atomic.
+    if (bytes > 0 && segment.size > 0 && segment.size + bytes > this.#segmentBytes) segment = this.#newTailSegment()
+    const start = segment.size
+    const fields = new Array<number>(ops.length * 3)
+    const entries = new Array<BlockLocation | undefined>(ops.length)
+    const hint = segment.hint as HintBuilder
+    let offset = start
+    for (let i = 0; i < ops.length; i++) {
+      const op = ops[i] as BlockOp
+      const { volume, index, gen } = op.address
+      fields[i * 3] = volume
+      fields[i * 3 + 1] = index
+      fields[i * 3 + 2] = gen
+      const key = addressKey(op.address)
+      const previous = this.#index.get(key)
+      if (previous !== undefined) this.#forget(previous)
+      if (op.type === 'put') {
+        const length = op.data.byteLength
+        const location = new BlockLocation(segment.id, offset, length, op.data)
+        this.#index.set(key, location)
+        segment.liveBytes += HEADER_BYTES + length
+        this.#liveBytes += length
+        entries[i] = location
+        hint.add(TYPE_PUT, volume, index, gen, offset, length)
+        offset += HEADER_BYTES + length
+      } else {
+        if (previous !== undefined) this.#index.delete(key)
+        segment.tombstoneBytes += HEADER_BYTES
+        entries[i] = undefined
+        hint.add(TYPE_DEL, volume, index, gen, offset, 0)
+        offset += HEADER_BYTES
+      }
+    }
+    segment.size = offset
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ segment: bytes > 0 ? segment.id : -1, offset: start, bytes, fields, entries, sync, resolve, reject })
+      if (!this.#writerActive) {
+        this.#writerActive = true
+        // Deferred to the next turn of the event loop so that batches called together (in the same
+        // tick or the continuations of the previous group) are written and synced together.
+        setImmediate(() => { void this.#runWriter() })
+      }
+    })
+  }
+
+  /** The segment after the tail; its file is created by the writer when it gets there. */
+  #newTailSegment (): Segment {
+    const id = this.#tail.id + 1
+    const segment = new Segment(id, segmentPath(this.#location, id), 0, new HintBuilder())
+    this.#segments.set(id, segment)
+    this.#tail = segment
+    return segment
+  }
+
+  async #runWriter (): Promise<void> {
+    const queue = this.#queue
+    try {
+      while (this.#queueHead < queue.length) {
+        const head = this.#queueHead
+        const first = queue[head] as PendingBatch
+        if (first.segment !== -1 && first.segment !== this.#current.id) await this.#roll(first.segment)
+        const segment = this.#current
+        let end = head
+        let bytes = 0
+        let sync = false
+        while (end < queue.length) {
+          const batch = queue[end] as PendingBatch
+          if (batch.segment !== -1 && batch.segment !== segment.id) break
+          if (bytes > 0 && bytes + batch.bytes > GROUP_BYTES) break
+          bytes += batch.bytes
+          sync ||= batch.sync
+          end++
+        }
+        if (bytes > 0) await this.#writeGroup(segment, head, end, bytes)
+        if (sync && this.#dirty) {
+          this.#dirty = false
+          this.#syncCount++
+          await (segment.handle as FileHandle).datasync()
+        }
+        this.#queueHead = end
+        for (let i = head; i < end; i++) (queue[i] as PendingBatch).resolve()
+        if (end > 4096 && end * 2 > queue.length) {
+          queue.splice(0, end)
+          this.#queueHead = 0
+        }
+        this.#maybeScheduleCompaction()
+      }
+      queue.length = 0
+      this.#queueHead = 0
+    } catch (err) {
+      this.#fail(err)
+    }
+    this.#writerActive = false
+    const waiters = this.#idleWaiters
+    this.#idleWaiters = []
+    for (const wake of waiters) wake()
+  }
+
+  /** Encodes batches `head..end` of the queue into one buffer and appends it in one write. */
+  async #writeGroup (segment: Segment, head: number, end: number, bytes: number): Promise<void> {
+    const queue = this.#queue
+    this.#groupBuffer ??= Buffer.allocUnsafeSlow(GROUP_BYTES)
+    // Copying into one buffer (rather than writev of the callers' buffers) costs a memcpy but means
+    // the crc is computed over exactly the bytes written, whatever callers do with their buffers.
+    const buffer = bytes <= this.#groupBuffer.byteLength ? this.#groupBuffer : Buffer.allocUnsafeSlow(bytes)
+    let position = 0
+    let fileOffset = -1
+    for (let i = head; i < end; i++) {
+      const batch = queue[i] as PendingBatch
+      if (batch.bytes === 0) continue
+      if (fileOffset === -1) fileOffset = batch.offset
+      const { fields, entries } = batch
+      const last = entries.length - 1
+      for (let op = 0; op <= last; op++) {
+        const location = entries[op]
+        position = encodeRecord(buffer, position, location === undefined ? TYPE_DEL : TYPE_PUT, op < last ? FLAG_CONTINUES : 0,
+          fields[op * 3] as number, fields[op * 3 + 1] as number, fields[op * 3 + 2] as number, location?.data)
+      }
+    }
+    if (position !== bytes || fileOffset !== this.#written) {
+      throw new GalleonError('CORRUPTION', `internal error: a write group of ${position} bytes at ${fileOffset} does not match the ${bytes} bytes reserved at ${this.#written}`)
+    }
+    const handle = segment.handle as FileHandle
+    let done = 0
+    while (done < bytes) {
+      const { bytesWritten } = await handle.write(buffer, done, bytes - done, fileOffset + done)
+      done += bytesWritten
+    }
+    this.#written += bytes
+    this.#dirty = true
+    // Only now can reads go to the file instead of the pending value.
+    for (let i = head; i < end; i++) {
+      for (const location of (queue[i] as PendingBatch).entries) if (location !== undefined) location.data = undefined
+    }
+  }
+
+  /**
+   * Seals the current segment and makes `nextId` current: the old file is fsynced before the new one
+   * exists, so recovery may treat any damage in a non-last segment as corruption, not a torn write.
+   */
+  async #roll (nextId: number): Promise<void> {
+    const old = this.#current
+    const next = this.#segments.get(nextId)
+    if (next === undefined || nextId !== old.id + 1) throw new GalleonError('CORRUPTION', `internal error: cannot roll from segment ${old.id} to ${nextId}`)
+    if (this.#dirty) {
+      this.#dirty = false
+      this.#syncCount++
+      await (old.handle as FileHandle).sync()
+    }
+    next.handle = await open(next.path, 'wx+')
+    await syncDirectory(this.#location)
+    old.sealed = true
+    this.#current = next
+    this.#written = 0
+    this.#compactionWanted = true
+    this.#scheduleHint(old)
+  }
+
+  /** After a failed write or sync nothing more is written: what reached the disk is uncertain. */
+  #fail (err: unknown): void {
+    const cause = isCode(err, 'ENOSPC') || isCode(err, 'EDQUOT')
+      ? new GalleonError('NO_SPACE', `the disk holding ${this.#location} is full; free space, then close and reopen the block store`, { cause: err })
+      : wrapIo(err, `the file block store at ${this.#location} stopped after a write failed; close and reopen it (recovery keeps every acknowledged batch)`)
+    this.#failure ??= cause
+    const queue = this.#queue
+    for (let i = this.#queueHead; i < queue.length; i++) (queue[i] as PendingBatch).reject(this.#failure)
+    queue.length = 0
+    this.#queueHead = 0
+  }
+
+  #whenWriterIdle (): Promise<void> {
+    if (!this.#writerActive) return Promise.resolve()
+    return new Promise((resolve) => this.#idleWaiters.push(resolve))
+  }
+
+  // ---- background work: hints and compaction ------------------------------------------------------
+
+  /** Queues `task` after all background work already queued. */
+  #maintain (task: () => Promise<void>): Promise<void> {
+    const run = this.#maintenance.then(task)
+    this.#maintenance = run.then(noop, noop)
+    return run
+  }
+
+  #reportBackground (err: unknown): void {
+    const error = wrapIo(err, `background work of the block store at ${this.#location} failed`)
+    if (this.#onBackgroundError !== undefined) this.#onBackgroundError(error)
+    else this.#lastBackgroundError = error
+  }
+
+  #scheduleHint (segment: Segment): void {
+    this.#maintain(async () => await this.#writeHint(segment)).catch((err: unknown) => this.#reportBackground(err))
+  }
+
+  /** Writes the hint of a sealed segment: to a temporary name, fsynced, then renamed into place. */
+  async #writeHint (segment: Segment): Promise<void> {
+    const hint = segment.hint
+    if (hint === undefined || this.#segments.get(segment.id) !== segment || this.#failure !== undefined) return
+    const path = hintPath(this.#location, segment.id)
+    const temporary = `${path}.tmp`
+    const file = hint.finish(segment.size)
+    const handle = await open(temporary, 'w')
+    try {
+      let done = 0
+      while (done < file.byteLength) done += (await handle.write(file, done, file.byteLength - done, done)).bytesWritten
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+    await rename(temporary, path)
+    await syncDirectory(this.#location)
+    segment.hint = undefined
+  }
+
+  #maybeScheduleCompaction (): void {
+    if (!this.#compactionWanted || this.#compactionScheduled || this.#closing || this.#failure !== undefined) return
+    this.#compactionWanted = false
+    if (this.#compactionThreshold === 0 || this.#pickVictim(this.#compactionThreshold) === undefined) return
+    this.#compactionScheduled = true
+    this.#maintain(async () => {
+      this.#compactionScheduled = false
+      await this.#compactPass(this.#compactionThreshold)
+    }).catch((err: unknown) => this.#reportBackground(err))
+  }
+
+  /**
+   * The oldest sealed segment worth compacting. Tombstones count as live unless the segment is the
+   * oldest: they must outlive the older records they delete, and counting them dead would make a
+   * segment of tombstones be copied forward again and again.
+   */
+  #pickVictim (threshold: number): Segment | undefined {
+    let oldest = true
+    for (const segment of this.#segments.values()) {
+      if (segment.sealed && !segment.skipCompaction && segment.handle !== undefined) {
+        const kept = segment.liveBytes + (oldest ? 0 : segment.tombstoneBytes)
+        if (kept < segment.size * threshold) return segment
+      }
+      oldest = false
+    }
+    return undefined
+  }
+
+  async #compactPass (threshold: number): Promise<void> {
+    for (;;) {
+      if (this.#closing || this.#failure !== undefined) return
+      const victim = this.#pickVictim(threshold)
+      if (victim === undefined) return
+      await this.#compactSegment(victim)
+    }
+  }
+
+  /**
+   * Copies the live records (and still-needed tombstones) of a sealed segment to the tail through the
+   * normal write path, syncs, then deletes the segment and its hint.
+   */
+  async #compactSegment (segment: Segment): Promise<void> {
+    const hasOlder = this.#segments.keys().next().value !== segment.id
+    if (segment.liveBytes > 0 || (hasOlder && segment.tombstoneBytes > 0)) {
+      let moves: Move[] = []
+      let movedBytes = 0
+      const flush = async (sync: boolean): Promise<void> => {
+        // Re-check each record against the index in the same tick as queueing the copy: a block
+        // overwritten or deleted while the segment was being read must not be brought back.
+        const ops: BlockOp[] = []
+        for (const move of moves) {
+          if (move.data !== undefined) {
+            const location = this.#index.get(move.key)
+            if (location !== undefined && location.segment === segment.id && location.offset === move.offset) {
+              ops.push({ type: 'put', address: move.address, data: move.data })
+            }
+          } else if (!this.#index.has(move.key)) {
+            ops.push({ type: 'del', address: move.address })
+          }
+        }
+        moves = []
+        movedBytes = 0
+        if (ops.length > 0 || sync) await this.#enqueue(ops, sync)
+      }
+      let problem: string | undefined
+      try {
+        const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
+          if (this.#closing || this.#failure !== undefined) throw new CompactionAborted()
+          const address = { volume: header.volume, index: header.index, gen: header.gen }
+          const key = addressKey(address)
+          if (header.type === TYPE_PUT) {
+            const location = this.#index.get(key)
+            if (location === undefined || location.segment !== segment.id || location.offset !== offset) return
+            moves.push({ key, address, offset, data: new Uint8Array(source.subarray(payloadStart, payloadStart + header.length)) })
+            movedBytes += HEADER_BYTES + header.length
+          } else if (hasOlder && !this.#index.has(key)) {
+            moves.push({ key, address, offset, data: undefined })
+            movedBytes += HEADER_BYTES
+          }
+          if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
+        })
+        if (result.committedEnd !== segment.size) problem = `${result.problem ?? 'incomplete batch'} at offset ${result.stoppedAt}`
+      } catch (err) {
+        if (err instanceof CompactionAborted) {
+          await flush(false) // what was read is still worth keeping; the segment stays
+          return
+        }
+        throw err
+      }
+      await flush(true)
+      if (problem !== undefined || segment.liveBytes !== 0) {
+        segment.skipCompaction = true
+        throw new GalleonError('CORRUPTION', `compaction kept segment ${segment.path}: ${problem ?? `${segment.liveBytes} live bytes were not found in it`}`)
+      }
+    } else {
+      // Nothing to copy, but the records that superseded this segment's must be durable before it goes.
+      await this.#enqueue([], true)
+    }
+    await this.#dropSegment(segment)
+  }
+
+  async #dropSegment (segment: Segment): Promise<void> {
+    const handle = segment.handle
+    // No handle: never picked for compaction again, and any read reaching it would report it.
+    segment.handle = undefined
+    // Any read of this segment was issued before its last live block moved, and close() waits for it.
+    let closeError: unknown
+    await handle?.close().catch((err: unknown) => { closeError = err })
+    await this.#removeFile(segment.path)
+    await this.#removeFile(hintPath(this.#location, segment.id))
+    await syncDirectory(this.#location)
+    // Forgotten only once its removal is durable: while it is listed it counts as an older segment,
+    // so later compactions keep the tombstones that delete its dead puts. Forgetting it first and then
+    // failing to unlink it (or to sync the unlink) would let those tombstones be dropped and its puts
+    // come back on the next open.
+    this.#segments.delete(segment.id)
+    this.#compactionWanted = true
+    if (closeError !== undefined) throw wrapIo(closeError, `could not close ${segment.path}`)
+  }
+}
+
+/** Backend descriptor: name, availability, and a factory. */
+export const fileBackend = {
+  name: 'file',
+  isAvailable: async (): Promise<boolean> => true,
+  create: (options: FileBlockStoreOptions): FileBlockStore => new FileBlockStore(options)
+}

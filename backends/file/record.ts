@@ -1,0 +1,220 @@
+// On-disk formats of the file block store: the log record (header + payload) and the hint file entry.
+
+import { crc32 } from 'node:zlib'
+import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
+
+/**
+ * Record header, little-endian, 36 bytes, followed by `length` payload bytes:
+ *
+ * | offset | size | field                                                          |
+ * |--------|------|----------------------------------------------------------------|
+ * | 0      | 4    | magic `RECORD_MAGIC`                                           |
+ * | 4      | 4    | crc32 (zlib) of bytes 8..36 of the header and of the payload   |
+ * | 8      | 1    | type: 1 put, 2 del (a del has no payload)                      |
+ * | 9      | 1    | flags: bit 0 = the batch continues with the next record        |
+ * | 10     | 2    | reserved, 0                                                    |
+ * | 12     | 4    | volume (u32)                                                   |
+ * | 16     | 8    | index as two u32, high word first                              |
+ * | 24     | 8    | gen as two u32, high word first                                |
+ * | 32     | 4    | payload length (u32)                                           |
+ */
+export const HEADER_BYTES = 36
+/** First word of every record: 'GFR1' read as little-endian bytes. */
+export const RECORD_MAGIC = 0x31524647
+/** Record type of a put (has a payload). */
+export const TYPE_PUT = 1
+/** Record type of a delete, a tombstone (no payload). */
+export const TYPE_DEL = 2
+/** Flag of every record of a batch but its last: a batch is applied only once its last record is seen. */
+export const FLAG_CONTINUES = 1
+
+const TWO_POW_32 = 0x1_0000_0000
+// A safe integer's high word is below 2^21; anything larger is a damaged record, not an address.
+const MAX_HIGH_WORD = 0x1f_ffff
+
+/** The fields of one decoded record header. */
+export interface RecordHeader {
+  type: number
+  flags: number
+  volume: number
+  index: number
+  gen: number
+  length: number
+}
+
+/**
+ * Writes one record (header and payload) at `position` of `target` and returns the position after
+ * it. The crc is computed over the bytes as copied into `target`, so a caller changing its buffer
+ * later cannot make the record on disk disagree with its checksum.
+ */
+export function encodeRecord (
+  target: Buffer, position: number, type: number, flags: number,
+  volume: number, index: number, gen: number, payload: Uint8Array | undefined
+): number {
+  const length = payload === undefined ? 0 : payload.byteLength
+  target.writeUInt32LE(RECORD_MAGIC, position)
+  target[position + 8] = type
+  target[position + 9] = flags
+  target[position + 10] = 0
+  target[position + 11] = 0
+  target.writeUInt32LE(volume, position + 12)
+  target.writeUInt32LE(Math.floor(index / TWO_POW_32), position + 16)
+  target.writeUInt32LE(index >>> 0, position + 20)
+  target.writeUInt32LE(Math.floor(gen / TWO_POW_32), position + 24)
+  target.writeUInt32LE(gen >>> 0, position + 28)
+  target.writeUInt32LE(length, position + 32)
+  const end = position + HEADER_BYTES + length
+  if (payload !== undefined) target.set(payload, position + HEADER_BYTES)
+  target.writeUInt32LE(crc32(target.subarray(position + 8, end)), position + 4)
+  return end
+}
+
+/**
+ * Decodes the header at `position` of `source` into `into`, checking everything that can be
+ * checked without the payload. Returns false when the bytes are not a plausible header (torn or
+ * garbage); the crc is checked separately by `recordCrcMatches` once the payload is at hand.
+ */
+export function decodeHeader (source: Buffer, position: number, into: RecordHeader): boolean {
+  if (source.readUInt32LE(position) !== RECORD_MAGIC) return false
+  const type = source[position + 8] as number
+  const flags = source[position + 9] as number
+  if ((type !== TYPE_PUT && type !== TYPE_DEL) || (flags & ~FLAG_CONTINUES) !== 0) return false
+  if (source[position + 10] !== 0 || source[position + 11] !== 0) return false
+  const indexHigh = source.readUInt32LE(position + 16)
+  const genHigh = source.readUInt32LE(position + 24)
+  if (indexHigh > MAX_HIGH_WORD || genHigh > MAX_HIGH_WORD) return false
+  const length = source.readUInt32LE(position + 32)
+  if (type === TYPE_PUT ? (length === 0 || length > MAX_BLOCK_VALUE_BYTES) : length !== 0) return false
+  into.type = type
+  into.flags = flags
+  into.volume = source.readUInt32LE(position + 12)
+  into.index = indexHigh * TWO_POW_32 + source.readUInt32LE(position + 20)
+  into.gen = genHigh * TWO_POW_32 + source.readUInt32LE(position + 28)
+  into.length = length
+  return true
+}
+
+/** True when the stored crc of the record at `position` (header and payload in `source`) matches. */
+export function recordCrcMatches (source: Buffer, position: number, length: number): boolean {
+  return crc32(source.subarray(position + 8, position + HEADER_BYTES + length)) === source.readUInt32LE(position + 4)
+}
+
+/** Total bytes of a record with a payload of `length` bytes. */
+export function recordBytes (length: number): number {
+  return HEADER_BYTES + length
+}
+
+// ---- hint files ------------------------------------------------------------------------------------
+
+/**
+ * Hint file: a 32-byte header then one 40-byte entry per record of a sealed segment, in log order, so
+ * open() can rebuild the index without reading the segment.
+ *
+ * Header: magic `HINT_MAGIC` (u32), version 1 (u32), crc32 of bytes 12.. of the file (u32), entry
+ * count (u32), size of the segment described, as two u32 high word first (8), reserved (8).
+ * Entry: type (u8), flags (u8), reserved (u16), volume (u32), index (2×u32), gen (2×u32),
+ * record offset in the segment (2×u32), payload length (u32), reserved (u32).
+ */
+export const HINT_HEADER_BYTES = 32
+/** Size of one hint entry. */
+export const HINT_ENTRY_BYTES = 40
+/** First word of a hint file: 'GFH1' read as little-endian bytes. */
+export const HINT_MAGIC = 0x31484647
+const HINT_VERSION = 1
+
+/** Appends hint entries to a growing buffer; one per segment while it is written. */
+export class HintBuilder {
+  #buffer: Buffer
+  #length = HINT_HEADER_BYTES
+  #count = 0
+
+  constructor (initialEntries = 1024) {
+    this.#buffer = Buffer.alloc(HINT_HEADER_BYTES + initialEntries * HINT_ENTRY_BYTES)
+  }
+
+  /** Number of entries so far. */
+  get count (): number { return this.#count }
+
+  /** Records one log record at `offset` of the segment. */
+  add (type: number, volume: number, index: number, gen: number, offset: number, length: number): void {
+    if (this.#length + HINT_ENTRY_BYTES > this.#buffer.byteLength) {
+      const grown = Buffer.alloc(this.#buffer.byteLength * 2)
+      this.#buffer.copy(grown, 0, 0, this.#length)
+      this.#buffer = grown
+    }
+    const b = this.#buffer
+    const p = this.#length
+    b[p] = type
+    b[p + 1] = 0
+    b.writeUInt16LE(0, p + 2)
+    b.writeUInt32LE(volume, p + 4)
+    b.writeUInt32LE(Math.floor(index / TWO_POW_32), p + 8)
+    b.writeUInt32LE(index >>> 0, p + 12)
+    b.writeUInt32LE(Math.floor(gen / TWO_POW_32), p + 16)
+    b.writeUInt32LE(gen >>> 0, p + 20)
+    b.writeUInt32LE(Math.floor(offset / TWO_POW_32), p + 24)
+    b.writeUInt32LE(offset >>> 0, p + 28)
+    b.writeUInt32LE(length, p + 32)
+    b.writeUInt32LE(0, p + 36)
+    this.#length += HINT_ENTRY_BYTES
+    this.#count++
+  }
+
+  /** The complete hint file for a segment of `segmentSize` bytes (a view of the internal buffer). */
+  finish (segmentSize: number): Buffer {
+    const b = this.#buffer
+    b.writeUInt32LE(HINT_MAGIC, 0)
+    b.writeUInt32LE(HINT_VERSION, 4)
+    b.writeUInt32LE(this.#count, 12)
+    b.writeUInt32LE(Math.floor(segmentSize / TWO_POW_32), 16)
+    b.writeUInt32LE(segmentSize >>> 0, 20)
+    b.fill(0, 24, 32)
+    const file = b.subarray(0, this.#length)
+    b.writeUInt32LE(crc32(file.subarray(12)), 8)
+    return file
+  }
+}
+
+/** One entry of a hint file, as passed to the `decodeHint` callback (the same object each time). */
+export interface HintEntry {
+  type: number
+  volume: number
+  index: number
+  gen: number
+  offset: number
+  length: number
+}
+
+/**
+ * Validates a whole hint file against the segment it claims to describe and calls `onEntry` for each
+ * entry in log order. Returns false (having called nothing) when the hint cannot be trusted, in which
+ * case the caller scans the segment instead.
+ */
+export function decodeHint (file: Buffer, segmentSize: number, onEntry: (entry: HintEntry) => void): boolean {
+  if (file.byteLength < HINT_HEADER_BYTES) return false
+  if (file.readUInt32LE(0) !== HINT_MAGIC || file.readUInt32LE(4) !== HINT_VERSION) return false
+  const count = file.readUInt32LE(12)
+  if (file.byteLength !== HINT_HEADER_BYTES + count * HINT_ENTRY_BYTES) return false
+  if (file.readUInt32LE(16) * TWO_POW_32 + file.readUInt32LE(20) !== segmentSize) return false
+  if (crc32(file.subarray(12)) !== file.readUInt32LE(8)) return false
+  // Check every entry before applying any, so a bad hint never half-updates the index.
+  for (let p = HINT_HEADER_BYTES; p < file.byteLength; p += HINT_ENTRY_BYTES) {
+    const type = file[p] as number
+    const offset = file.readUInt32LE(p + 24) * TWO_POW_32 + file.readUInt32LE(p + 28)
+    const length = file.readUInt32LE(p + 32)
+    if (type !== TYPE_PUT && type !== TYPE_DEL) return false
+    if (file.readUInt32LE(p + 8) > MAX_HIGH_WORD || file.readUInt32LE(p + 16) > MAX_HIGH_WORD) return false
+    if (offset + HEADER_BYTES + length > segmentSize) return false
+  }
+  const entry: HintEntry = { type: 0, volume: 0, index: 0, gen: 0, offset: 0, length: 0 }
+  for (let p = HINT_HEADER_BYTES; p < file.byteLength; p += HINT_ENTRY_BYTES) {
+    entry.type = file[p] as number
+    entry.volume = file.readUInt32LE(p + 4)
+    entry.index = file.readUInt32LE(p + 8) * TWO_POW_32 + file.readUInt32LE(p + 12)
+    entry.gen = file.readUInt32LE(p + 16) * TWO_POW_32 + file.readUInt32LE(p + 20)
+    entry.offset = file.readUInt32LE(p + 24) * TWO_POW_32 + file.readUInt32LE(p + 28)
+    entry.length = file.readUInt32LE(p + 32)
+    onEntry(entry)
+  }
+  return true
+}

@@ -1,0 +1,137 @@
+// Segment files of the file block store: naming, directory sync, and the verifying record scanner
+// used by recovery and compaction.
+
+import type { FileHandle } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
+import { join } from 'node:path'
+import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
+import { FLAG_CONTINUES, HEADER_BYTES, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
+
+const SEGMENT_NAME = /^seg-([0-9a-f]{16})\.log$/
+const HINT_NAME = /^seg-([0-9a-f]{16})\.hint$/
+// Large enough for the largest record, so a record always fits in one read.
+const SCAN_CHUNK_BYTES = 4 * 1024 * 1024 > HEADER_BYTES + MAX_BLOCK_VALUE_BYTES ? 4 * 1024 * 1024 : HEADER_BYTES + MAX_BLOCK_VALUE_BYTES
+
+/** File name of segment `id`. */
+export function segmentFileName (id: number): string {
+  return `seg-${id.toString(16).padStart(16, '0')}.log`
+}
+
+/** File name of the hint of segment `id`. */
+export function hintFileName (id: number): string {
+  return `seg-${id.toString(16).padStart(16, '0')}.hint`
+}
+
+/** Segment id of a segment file name, or undefined if `name` is not one. */
+export function parseSegmentFileName (name: string): number | undefined {
+  const match = SEGMENT_NAME.exec(name)
+  return match === null ? undefined : parseInt(match[1] as string, 16)
+}
+
+/** Segment id of a hint file name, or undefined if `name` is not one. */
+export function parseHintFileName (name: string): number | undefined {
+  const match = HINT_NAME.exec(name)
+  return match === null ? undefined : parseInt(match[1] as string, 16)
+}
+
+/**
+ * Makes creations, renames and deletions in `directory` durable. Platforms that cannot open a
+ * directory for syncing (Windows) report EISDIR/EPERM; there is nothing more to do there.
+ */
+export async function syncDirectory (directory: string): Promise<void> {
+  let handle: FileHandle
+  try {
+    handle = await open(directory, 'r')
+  } catch (err) {
+    if (isCode(err, 'EISDIR') || isCode(err, 'EPERM')) return
+    throw err
+  }
+  try {
+    await handle.sync()
+  } catch (err) {
+    if (!isCode(err, 'EINVAL') && !isCode(err, 'EPERM')) throw err
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Reads exactly `length` bytes at `position` (pread may return less than asked). */
+export async function readFully (handle: FileHandle, target: Uint8Array, offset: number, length: number, position: number): Promise<number> {
+  let done = 0
+  while (done < length) {
+    const { bytesRead } = await handle.read(target, offset + done, length - done, position + done)
+    if (bytesRead === 0) break
+    done += bytesRead
+  }
+  return done
+}
+
+/** True when `err` is a Node system error with `code`. */
+export function isCode (err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code
+}
+
+/**
+ * Called for each verified record. `source` holds the record from `payloadStart` for
+ * `header.length` bytes and is reused once the visitor returns (or its promise settles): copy what
+ * must outlive the call. `header` is the same object on every call.
+ */
+export type RecordVisitor = (header: RecordHeader, offset: number, source: Buffer, payloadStart: number) => void | Promise<void>
+
+/** Outcome of `scanSegment`. */
+export interface ScanResult {
+  /** Offset just past the last record that ended a batch: everything before it is whole and verified. */
+  committedEnd: number
+  /** Where the scan stopped: the file size if every record was whole and valid. */
+  stoppedAt: number
+  /** Why the scan stopped before the end of the file; undefined if it did not. */
+  problem: string | undefined
+}
+
+/**
+ * Reads a segment from the start, verifying each record's header and crc, and calls `onRecord` for
+ * every valid record and `onBatchEnd` after each record that ends a batch. Stops at the first record
+ * that is torn or invalid. Records after `committedEnd` belong to a batch that never completed.
+ */
+export async function scanSegment (handle: FileHandle, size: number, onRecord: RecordVisitor, onBatchEnd?: () => void): Promise<ScanResult> {
+  const buffer = Buffer.allocUnsafeSlow(Math.max(1, Math.min(SCAN_CHUNK_BYTES, size)))
+  let bufferStart = 0
+  let bufferLength = 0
+  const ensure = async (position: number, length: number): Promise<void> => {
+    if (position >= bufferStart && position + length <= bufferStart + bufferLength) return
+    bufferStart = position
+    bufferLength = await readFully(handle, buffer, 0, Math.min(buffer.byteLength, size - position), position)
+  }
+  const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+  let position = 0
+  let committedEnd = 0
+  while (position < size) {
+    if (size - position < HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'torn record header' }
+    await ensure(position, HEADER_BYTES)
+    if (bufferStart + bufferLength < position + HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
+    if (!decodeHeader(buffer, position - bufferStart, header)) return { committedEnd, stoppedAt: position, problem: 'invalid record header' }
+    const total = HEADER_BYTES + header.length
+    if (position + total > size) return { committedEnd, stoppedAt: position, problem: 'torn record' }
+    await ensure(position, total)
+    if (bufferStart + bufferLength < position + total) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
+    if (!recordCrcMatches(buffer, position - bufferStart, header.length)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
+    const pending = onRecord(header, position, buffer, position - bufferStart + HEADER_BYTES)
+    if (pending !== undefined) await pending
+    position += total
+    if ((header.flags & FLAG_CONTINUES) === 0) {
+      committedEnd = position
+      onBatchEnd?.()
+    }
+  }
+  return { committedEnd, stoppedAt: position, problem: undefined }
+}
+
+/** Path of segment `id` in `directory`. */
+export function segmentPath (directory: string, id: number): string {
+  return join(directory, segmentFileName(id))
+}
+
+/** Path of the hint of segment `id` in `directory`. */
+export function hintPath (directory: string, id: number): string {
+  return join(directory, hintFileName(id))
+}

@@ -1,0 +1,312 @@
+// End-to-end benchmark: GalleonFS I/O on each backend against raw FileHandle I/O measured in the same
+// run, on the same disk, printed as a markdown table of absolute numbers and ratios (DESIGN.md §4),
+// and saved as JSON to bench/results/latest.json.
+//
+// Env: BENCH_SECONDS (measured seconds per case, default 2), BENCH_WARMUP_SECONDS (default 0.3),
+//      BENCH_DIR (parent of the temporary directory, default the OS temp dir),
+//      BENCH_BACKENDS (comma-separated, default file,level,memory).
+
+import { randomFillSync } from 'node:crypto'
+import { mkdir, mkdtemp, open, rm, statfs, writeFile, type FileHandle } from 'node:fs/promises'
+import { cpus, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { GalleonFS, WriteConcern } from '../src/index.js'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+const BLOCK = 4 * KiB
+const BIG = MiB
+/** Size of the engine volume and of the raw baseline file: random I/O lands anywhere in it. */
+const SPAN = 64 * MiB
+const QUEUE_DEPTH = 32
+const SECONDS = positiveNumber('BENCH_SECONDS', 2)
+const WARMUP_SECONDS = positiveNumber('BENCH_WARMUP_SECONDS', 0.3)
+const BACKENDS = (process.env.BENCH_BACKENDS ?? 'file,level,memory').split(',').map((name) => name.trim()).filter(Boolean) as Array<'file' | 'level' | 'memory'>
+const RESULTS_FILE = fileURLToPath(new URL('./results/latest.json', import.meta.url))
+const TMPFS_MAGIC = 0x01021994
+
+function positiveNumber (name: string, fallback: number): number {
+  const text = process.env[name]
+  if (text === undefined || text === '') return fallback
+  const value = Number(text)
+  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number of seconds, got ${text}`)
+  return value
+}
+
+// ------------------------------------------------------------------------------------------------
+// Measuring
+
+interface Measurement {
+  ops: number
+  seconds: number
+  opsPerSec: number
+  mbPerSec: number
+}
+
+/**
+ * Runs `op` from `depth` concurrent loops: a warmup, then `SECONDS` in which completed operations
+ * are counted. `op(worker)` moves `bytesPerOp` bytes. Deadlines are checked on the clock after each
+ * operation, not with timers: an in-memory operation completes in microtasks and would starve them.
+ */
+async function measure (depth: number, bytesPerOp: number, op: (worker: number) => Promise<unknown>): Promise<Measurement> {
+  const countFrom = performance.now() + WARMUP_SECONDS * 1000
+  const stopAt = countFrom + SECONDS * 1000
+  let ops = 0
+  await Promise.all(Array.from({ length: depth }, async (_, worker) => {
+    while (true) {
+      await op(worker)
+      const now = performance.now()
+      if (now >= stopAt) return
+      if (now >= countFrom) ops++
+    }
+  }))
+  const opsPerSec = ops / SECONDS
+  return { ops, seconds: SECONDS, opsPerSec, mbPerSec: opsPerSec * bytesPerOp / 1e6 }
+}
+
+const randomBlockOffset = (): number => Math.floor(Math.random() * (SPAN / BLOCK)) * BLOCK
+
+/** One buffer of random bytes per in-flight operation (a buffer in flight must not be shared). */
+function buffers (count: number, size: number): Uint8Array[] {
+  return Array.from({ length: count }, () => randomFillSync(new Uint8Array(size)))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cases
+
+type CaseId = 'randwrite-ack' | 'randwrite-durable' | 'randread-nocache' | 'randread-cache' | 'seqwrite-1m' | 'seqread-1m'
+
+interface CaseInfo {
+  title: string
+  baseline: string
+  /** Minimum ratio against the baseline, when DESIGN.md sets one. */
+  target?: number
+}
+
+const CASES: Record<CaseId, CaseInfo> = {
+  'randwrite-ack': { title: '4 KiB random writeBlock, WriteAcknowledged, QD32', baseline: 'FileHandle.write 4 KiB random, QD32', target: 0.5 },
+  'randwrite-durable': { title: '4 KiB random writeBlock, WriteDurable, QD32', baseline: 'write + fdatasync loop, QD1', target: 5 },
+  'randread-nocache': { title: '4 KiB random readBlock, cacheBlocks 0, QD32', baseline: 'FileHandle.read 4 KiB random, QD32' },
+  'randread-cache': { title: '4 KiB random readBlock, default cache, QD32', baseline: 'FileHandle.read 4 KiB random, QD32' },
+  'seqwrite-1m': { title: '1 MiB sequential write(), WriteAcknowledged, QD1', baseline: 'FileHandle.write 1 MiB sequential, QD1' },
+  'seqread-1m': { title: '1 MiB sequential read(), QD1', baseline: 'FileHandle.read 1 MiB sequential, QD1' }
+}
+const CASE_BASELINE: Record<CaseId, string> = {
+  'randwrite-ack': 'raw-randwrite',
+  'randwrite-durable': 'raw-write-fdatasync',
+  'randread-nocache': 'raw-randread',
+  'randread-cache': 'raw-randread',
+  'seqwrite-1m': 'raw-seqwrite',
+  'seqread-1m': 'raw-seqread'
+}
+
+async function measureBaselines (directory: string): Promise<Record<string, Measurement>> {
+  const file = join(directory, 'raw.bin')
+  const handle = await open(file, 'w+')
+  try {
+    // Preallocate with real data, so no case pays for block allocation of a sparse file.
+    const fill = randomFillSync(new Uint8Array(BIG))
+    for (let position = 0; position < SPAN; position += BIG) await handle.write(fill, 0, BIG, position)
+    await handle.datasync()
+    const results: Record<string, Measurement> = {}
+    const small = buffers(QUEUE_DEPTH, BLOCK)
+    const big = buffers(1, BIG)[0] as Uint8Array
+    log('baseline: raw random 4 KiB writes')
+    results['raw-randwrite'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await handle.write(small[w] as Uint8Array, 0, BLOCK, randomBlockOffset()))
+    log('baseline: write + fdatasync')
+    results['raw-write-fdatasync'] = await measure(1, BLOCK, async () => {
+      await handle.write(small[0] as Uint8Array, 0, BLOCK, randomBlockOffset())
+      await handle.datasync()
+    })
+    log('baseline: raw random 4 KiB reads')
+    results['raw-randread'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await handle.read(small[w] as Uint8Array, 0, BLOCK, randomBlockOffset()))
+    log('baseline: raw 1 MiB sequential writes')
+    let writePosition = 0
+    results['raw-seqwrite'] = await measure(1, BIG, async () => {
+      await handle.write(big, 0, BIG, writePosition)
+      writePosition = (writePosition + BIG) % SPAN
+    })
+    log('baseline: raw 1 MiB sequential reads')
+    let readPosition = 0
+    results['raw-seqread'] = await measure(1, BIG, async () => {
+      await handle.read(big, 0, BIG, readPosition)
+      readPosition = (readPosition + BIG) % SPAN
+    })
+    return results
+  } finally {
+    await handle.close()
+    await rm(file, { force: true })
+  }
+}
+
+interface JournalDelta { backend: string, journalEntries: number, storeBatches: number, syncs: number, entriesPerSync: number }
+
+interface BackendRun { results: Partial<Record<CaseId, Measurement>>, journal?: JournalDelta, error?: string }
+
+async function measureBackend (backend: 'file' | 'level' | 'memory', directory: string): Promise<BackendRun> {
+  const storagePath = join(directory, backend)
+  const results: Partial<Record<CaseId, Measurement>> = {}
+  const openInstance = async (cacheBlocks?: number): Promise<GalleonFS> =>
+    backend === 'memory' ? await GalleonFS.open({ inMemory: true, cacheBlocks }) : await GalleonFS.open({ storagePath, backend, cacheBlocks })
+  const prefill = async (g: GalleonFS): Promise<string> => {
+    const volume = await g.createVolume({ name: 'bench', sizeBytes: SPAN })
+    const fill = randomFillSync(new Uint8Array(BIG))
+    for (let offset = 0; offset < SPAN; offset += BIG) await g.write(volume.id, offset, fill)
+    await g.flush()
+    return volume.id
+  }
+  const small = buffers(QUEUE_DEPTH, BLOCK)
+  const big = buffers(1, BIG)[0] as Uint8Array
+  const randomBlock = (): number => Math.floor(Math.random() * (SPAN / BLOCK))
+  let journal: JournalDelta | undefined
+
+  let g = await openInstance()
+  try {
+    const vol = await prefill(g)
+    log(`${backend}: 1 MiB sequential write()`)
+    let writeOffset = 0
+    results['seqwrite-1m'] = await measure(1, BIG, async () => {
+      await g.write(vol, writeOffset, big, WriteConcern.WriteAcknowledged)
+      writeOffset = (writeOffset + BIG) % SPAN
+    })
+    log(`${backend}: 4 KiB random writeBlock, WriteAcknowledged`)
+    results['randwrite-ack'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteAcknowledged))
+    await g.flush()
+    log(`${backend}: 4 KiB random writeBlock, WriteDurable`)
+    const before = g.journalStats()
+    results['randwrite-durable'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteDurable))
+    const after = g.journalStats()
+    // Deltas over the whole run, warmup included: each durable writeBlock is one journal entry.
+    const syncs = after.syncs - before.syncs
+    journal = {
+      backend,
+      journalEntries: after.lastLsn - before.lastLsn,
+      storeBatches: after.groups - before.groups,
+      syncs,
+      entriesPerSync: syncs === 0 ? NaN : (after.lastLsn - before.lastLsn) / syncs
+    }
+    log(`${backend}: 1 MiB sequential read()`)
+    let readOffset = 0
+    results['seqread-1m'] = await measure(1, BIG, async () => {
+      await g.read(vol, readOffset, BIG)
+      readOffset = (readOffset + BIG) % SPAN
+    })
+    log(`${backend}: 4 KiB random readBlock, default cache`)
+    results['randread-cache'] = await measure(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock()))
+  } finally {
+    await g.close()
+  }
+
+  g = await openInstance(0)
+  try {
+    const vol = backend === 'memory' ? await prefill(g) : (await g.getVolume('bench')).id
+    log(`${backend}: 4 KiB random readBlock, cacheBlocks 0`)
+    results['randread-nocache'] = await measure(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock()))
+  } finally {
+    await g.close()
+  }
+  return { results, journal }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Report
+
+function log (message: string): void {
+  process.stderr.write(`  … ${message}\n`)
+}
+
+function fmt (value: number | undefined, digits = 0): string {
+  if (value === undefined || !Number.isFinite(value)) return 'n/a'
+  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+}
+
+async function main (): Promise<void> {
+  const parent = process.env.BENCH_DIR ?? tmpdir()
+  await mkdir(parent, { recursive: true })
+  const directory = await mkdtemp(join(parent, 'galleon-bench-'))
+  const fsType = (await statfs(directory)).type
+  const startedAt = new Date()
+  console.log(`\n## End-to-end benchmark\n`)
+  console.log(`Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${SECONDS} s per case after ${WARMUP_SECONDS} s warmup, data in ${directory}`)
+  if (fsType === TMPFS_MAGIC) console.log('WARNING: the benchmark directory is on tmpfs, where fdatasync costs nothing; set BENCH_DIR to a directory on a real disk.')
+
+  const backends: Record<string, BackendRun> = {}
+  let baselines: Record<string, Measurement>
+  try {
+    baselines = await measureBaselines(directory)
+    for (const backend of BACKENDS) {
+      try {
+        backends[backend] = await measureBackend(backend, directory)
+      } catch (err) {
+        backends[backend] = { results: {}, error: err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err) }
+        log(`${backend}: failed: ${backends[backend].error}`)
+      }
+    }
+  } finally {
+    await rm(directory, { recursive: true, force: true })
+  }
+
+  const rows: Array<Record<string, unknown>> = []
+  console.log('')
+  console.log('| case | backend | GalleonFS ops/s | GalleonFS MB/s | baseline | baseline ops/s | baseline MB/s | ratio | target | result |')
+  console.log('|---|---|---:|---:|---|---:|---:|---:|---:|---|')
+  for (const id of Object.keys(CASES) as CaseId[]) {
+    const info = CASES[id]
+    const baseline = baselines[CASE_BASELINE[id]] as Measurement
+    for (const backend of BACKENDS) {
+      const run = backends[backend] as BackendRun
+      const result = run.results[id]
+      const ratio = result === undefined ? NaN : result.opsPerSec / baseline.opsPerSec
+      let verdict = info.target === undefined ? '—' : ratio >= info.target ? 'PASS' : 'BELOW'
+      // The memory backend does no disk I/O: its ratio against a disk baseline is shown, not judged.
+      if (backend === 'memory' && info.target !== undefined) verdict = `(${verdict})`
+      if (result === undefined) verdict = run.error === undefined ? 'not run' : `error: ${run.error}`
+      console.log(`| ${info.title} | ${backend} | ${fmt(result?.opsPerSec)} | ${fmt(result?.mbPerSec, 1)} | ${info.baseline} | ${fmt(baseline.opsPerSec)} | ${fmt(baseline.mbPerSec, 1)} | ${Number.isFinite(ratio) ? `${fmt(ratio, 2)}×` : 'n/a'} | ${info.target === undefined ? '—' : `≥ ${info.target}×`} | ${verdict} |`)
+      rows.push({
+        case: id,
+        title: info.title,
+        backend,
+        opsPerSec: result?.opsPerSec ?? null,
+        mbPerSec: result?.mbPerSec ?? null,
+        ops: result?.ops ?? null,
+        baseline: CASE_BASELINE[id],
+        baselineTitle: info.baseline,
+        baselineOpsPerSec: baseline.opsPerSec,
+        baselineMbPerSec: baseline.mbPerSec,
+        ratio: Number.isFinite(ratio) ? ratio : null,
+        target: info.target ?? null,
+        pass: info.target === undefined || !Number.isFinite(ratio) ? null : ratio >= info.target,
+        error: run.error ?? null
+      })
+    }
+  }
+
+  const journals = BACKENDS.map((backend) => backends[backend]?.journal).filter((j): j is JournalDelta => j !== undefined)
+  console.log('\nGroup commit during the WriteDurable run (journalStats() deltas):\n')
+  console.log('| backend | journal entries | store batches | syncs | entries per sync |')
+  console.log('|---|---:|---:|---:|---:|')
+  for (const j of journals) {
+    console.log(`| ${j.backend} | ${fmt(j.journalEntries)} | ${fmt(j.storeBatches)} | ${fmt(j.syncs)} | ${fmt(j.entriesPerSync, 1)} |`)
+  }
+
+  await mkdir(fileURLToPath(new URL('./results/', import.meta.url)), { recursive: true })
+  await writeFile(RESULTS_FILE, JSON.stringify({
+    date: startedAt.toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? null,
+    seconds: SECONDS,
+    warmupSeconds: WARMUP_SECONDS,
+    queueDepth: QUEUE_DEPTH,
+    spanBytes: SPAN,
+    directoryOnTmpfs: fsType === TMPFS_MAGIC,
+    baselines,
+    results: rows,
+    journal: journals
+  }, null, 2) + '\n')
+  console.log(`\nResults written to ${RESULTS_FILE}`)
+}
+
+await main()
