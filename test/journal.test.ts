@@ -38,16 +38,28 @@ describe('WriteJournal', () => {
     assert.equal(journal.committedLsn, 3)
     assert.deepEqual(await store.get({ volume: 1, index: 1, gen: 1 }), Uint8Array.of(30))
   })
-  it('merges concurrent appends into one batch that syncs if any waiter needs it', async () => {
+  it('keeps several groups in flight and merges what queues behind them, syncing if any waiter needs it', async () => {
     const store = new RecordingStore()
     await store.open()
-    const journal = new WriteJournal(store)
+    const journal = new WriteJournal(store, { maxInFlight: 2 })
     const first = journal.append([put(0, 1)], false)
-    const rest = Array.from({ length: 31 }, async (_, i) => await journal.append([put(i + 1, 1)], i === 5))
-    await Promise.all([first, ...rest])
-    // The first append goes alone; the 31 queued behind it share one synced batch.
-    assert.deepEqual(store.batches, [{ ops: 1, sync: false }, { ops: 31, sync: true }])
-    assert.deepEqual(journal.stats, { groups: 2, syncs: 1 })
+    const second = journal.append([put(1, 1)], false)
+    const rest = Array.from({ length: 30 }, async (_, i) => await journal.append([put(i + 2, 1)], i === 5))
+    await Promise.all([first, second, ...rest])
+    // Two appends go out at once; the 30 queued behind them share one synced batch.
+    assert.deepEqual(store.batches, [{ ops: 1, sync: false }, { ops: 1, sync: false }, { ops: 30, sync: true }])
+    assert.deepEqual(journal.stats, { groups: 3, syncs: 1 })
+    assert.equal(journal.committedLsn, 32)
+  })
+  it('flush(false) waits for groups still queued behind the in-flight limit', async () => {
+    const store = new RecordingStore()
+    await store.open()
+    const journal = new WriteJournal(store, { maxInFlight: 1 })
+    void journal.append([put(0, 1)], false)
+    void journal.append([put(1, 1)], false)
+    await journal.flush(false)
+    assert.deepEqual(await store.get({ volume: 1, index: 1, gen: 1 }), Uint8Array.of(1))
+    assert.equal(journal.committedLsn, 3)
   })
   it('carries deferred ops with the next group and flush applies them', async () => {
     const store = new RecordingStore()
@@ -67,7 +79,7 @@ describe('WriteJournal', () => {
   it('rejects every waiter of a failed group and keeps working afterwards', async () => {
     const store = new RecordingStore()
     await store.open()
-    const journal = new WriteJournal(store)
+    const journal = new WriteJournal(store, { maxInFlight: 1 })
     // The first append is issued at once; the next two queue behind it and form one group.
     const blocker = journal.append([put(0, 1)], false)
     const group = [journal.append([put(1, 1)], true), journal.append([put(2, 1)], false)]

@@ -1,6 +1,6 @@
 // On-disk formats of the file block store: the log record (header + payload) and the hint file entry.
 
-import { crc32 } from 'node:zlib'
+import { crc32 } from '../../src/checksum.js'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
 
 /**

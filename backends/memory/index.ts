@@ -29,7 +29,7 @@ export class MemoryBlockStore extends AbstractBlockStore {
 
   protected async _get (address: BlockAddress): Promise<Uint8Array | undefined> {
     const value = this.#blocks.get(addressKey(address))
-    return value === undefined ? undefined : new Uint8Array(value)
+    return value === undefined ? undefined : Uint8Array.prototype.slice.call(value)
   }
 
   protected async _batch (ops: readonly BlockOp[]): Promise<void> {
@@ -39,7 +39,7 @@ export class MemoryBlockStore extends AbstractBlockStore {
       if (previous !== undefined) this.#liveBytes -= previous.byteLength
       if (op.type === 'put') {
         // Copy: the caller may reuse its buffer after the batch resolves.
-        this.#blocks.set(key, new Uint8Array(op.data))
+        this.#blocks.set(key, Uint8Array.prototype.slice.call(op.data))
         this.#liveBytes += op.data.byteLength
       } else {
         this.#blocks.delete(key)

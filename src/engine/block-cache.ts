@@ -12,6 +12,8 @@ export class BlockCache {
   }
 
   get enabled (): boolean { return this.#capacity > 0 }
+  /** Blocks currently cached. */
+  get size (): number { return this.#entries.size }
 
   get (key: string): Uint8Array | undefined {
     const value = this.#entries.get(key)

@@ -3,8 +3,9 @@
 // Header: [0..3] CRC32 of (volume u32, index f64, gen f64, flags u8, payload), [4] format version,
 // [5] flags, [6..7] reserved (zero).
 
-import { crc32 } from 'node:zlib'
+import { crc32 } from '../checksum.js'
 import type { BlockAddress } from '../drivers.js'
+import { SlabAllocator } from './slab.js'
 
 /** Bytes of engine header in front of every stored payload. */
 export const BLOCK_HEADER_BYTES = 8
@@ -29,12 +30,15 @@ export function blockChecksum (address: BlockAddress, payload: Uint8Array, flags
   return crc32(payload, addressCrc(address, flags))
 }
 
+const slabs = new SlabAllocator()
+
 /**
  * Encodes `payload` (copied, zero-padded to `storedLength` when given) behind a header.
- * Returns the value to hand to the block store.
+ * Returns the value to hand to the block store. It may share a slab with other values (see
+ * SlabAllocator), so do not keep it for long: stores copy or write it and let it go.
  */
 export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedLength = payload.byteLength, flags = BLOCK_FLAG_PLAIN): Uint8Array {
-  const value = new Uint8Array(BLOCK_HEADER_BYTES + storedLength)
+  const value = slabs.alloc(BLOCK_HEADER_BYTES + storedLength)
   const body = value.subarray(BLOCK_HEADER_BYTES)
   body.set(payload.byteLength > storedLength ? payload.subarray(0, storedLength) : payload)
   const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)

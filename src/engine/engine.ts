@@ -31,6 +31,28 @@ export interface EngineOptions {
   readonly metricsWindowSeconds?: number
 }
 
+/**
+ * One operation's claim on some blocks. Most claims are never waited for, so the promise that a
+ * later operation waits on is made only when one asks.
+ */
+class BlockClaim {
+  #done = false
+  #promise: Promise<void> | undefined
+  #resolve: (() => void) | undefined
+
+  /** Resolves when the claim is released. */
+  released (): Promise<void> {
+    if (this.#done) return Promise.resolve()
+    this.#promise ??= new Promise<void>((resolve) => { this.#resolve = resolve })
+    return this.#promise
+  }
+
+  release (): void {
+    this.#done = true
+    this.#resolve?.()
+  }
+}
+
 /** Engine-side state of one volume. */
 export class VolumeBlocks {
   readonly storageId: number
@@ -39,8 +61,8 @@ export class VolumeBlocks {
   readonly blocks = new Map<number, number>()
   /** Next write generation; monotonic for the volume's lifetime. */
   nextGen = 1
-  /** Per-block ordering: the promise of the last operation that claimed each block. */
-  readonly locks = new Map<number, Promise<void>>()
+  /** Per-block ordering: the claim of the last operation on each block. */
+  readonly locks = new Map<number, BlockClaim>()
   readonly metrics: MetricsRecorder
   #inflight = 0
   #idleWaiters: Array<() => void> = []
@@ -148,7 +170,8 @@ export class BlockEngine {
     try {
       const payload = await this.#readPayload(volume, index, true)
       ok = true
-      return payload.slice()
+      // The zero block and (with the cache on) every payload are shared; one fresh from the store is not.
+      return payload === this.#zeroBlock || this.#cache.enabled ? payload.slice() : payload
     } finally {
       volume.metrics.end('read', this.blockSize, startedAt, ok)
       volume.leave()
@@ -367,7 +390,7 @@ export class BlockEngine {
     volume.blocks.set(index, gen)
     if (previous !== undefined && previous < gen) {
       const address = { volume: volume.storageId, index, gen: previous }
-      this.#cache.delete(addressKey(address))
+      if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
       this.journal.defer([{ type: 'del', address }])
     }
   }
@@ -414,12 +437,11 @@ export class BlockEngine {
    * always point at earlier registrations and can never deadlock.
    */
   #lock (volume: VolumeBlocks, first: number, last: number): { ready: Promise<unknown> | undefined, done: () => void } {
-    let done!: () => void
-    const mine = new Promise<void>((resolve) => { done = resolve })
+    const mine = new BlockClaim()
     let waits: Array<Promise<void>> | undefined
     for (let index = first; index <= last; index++) {
       const previous = volume.locks.get(index)
-      if (previous !== undefined) (waits ??= []).push(previous)
+      if (previous !== undefined) (waits ??= []).push(previous.released())
       volume.locks.set(index, mine)
     }
     // Undefined when uncontended, so the caller can proceed without yielding to the event loop.
@@ -430,7 +452,7 @@ export class BlockEngine {
         for (let index = first; index <= last; index++) {
           if (volume.locks.get(index) === mine) volume.locks.delete(index)
         }
-        done()
+        mine.release()
       }
     }
   }

@@ -35,26 +35,37 @@ interface Pending {
   reject: (err: unknown) => void
 }
 
+/**
+ * Groups handed to the store at once. The store applies batches in call order (a `BlockStore`
+ * contract), so several may be in flight: while one is being written or synced, the next ones are
+ * already queued in the store, which merges them into its own next write and sync.
+ */
+const DEFAULT_MAX_IN_FLIGHT = 4
+
 /** Sequences and group-commits block-store batches. */
 export class WriteJournal {
   readonly #store: BlockStore
+  readonly #maxInFlight: number
   #queue: Pending[] = []
   #deferred: BlockOp[] = []
-  #running: Promise<void> | undefined
+  #inFlight = 0
+  /** Settles after the last group issued so far has settled (groups settle in issue order). */
+  #tail: Promise<unknown> = Promise.resolve()
   #lastLsn = 0
   #committedLsn = 0
   #groups = 0
   #syncs = 0
 
-  constructor (store: BlockStore) {
+  constructor (store: BlockStore, options: { maxInFlight?: number } = {}) {
     this.#store = store
+    this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT
   }
 
   /** Highest LSN handed out. */
   get lastLsn (): number { return this.#lastLsn }
   /** Highest LSN applied to the store. */
   get committedLsn (): number { return this.#committedLsn }
-  /** Store batches issued, and how many of them synced (group-commit effectiveness). */
+  /** Store batches issued, and how many of them asked for a sync (group-commit effectiveness). */
   get stats (): { groups: number, syncs: number } { return { groups: this.#groups, syncs: this.#syncs } }
 
   /**
@@ -65,7 +76,7 @@ export class WriteJournal {
     return await new Promise<number>((resolve, reject) => {
       const lsn = ++this.#lastLsn
       this.#queue.push({ ops, durable, lsn, resolve, reject })
-      this.#kick()
+      if (this.#inFlight < this.#maxInFlight) this.#issue()
     })
   }
 
@@ -79,43 +90,46 @@ export class WriteJournal {
 
   /** Resolves once everything appended so far (and deferred) is applied; syncs when `durable`. */
   async flush (durable: boolean): Promise<void> {
-    if (this.#deferred.length > 0 || durable) await this.append([], durable)
-    else if (this.#running !== undefined) await this.#running
+    if (this.#deferred.length > 0 || durable || this.#queue.length > 0) await this.append([], durable)
+    else await this.#tail.catch(() => {})
   }
 
-  #kick (): void {
-    if (this.#running === undefined) this.#running = this.#run().finally(() => { this.#running = undefined })
-  }
-
-  async #run (): Promise<void> {
-    while (this.#queue.length > 0) {
-      const group = this.#queue
-      this.#queue = []
-      let ops: readonly BlockOp[]
-      let durable = false
-      if (group.length === 1 && this.#deferred.length === 0) {
-        const only = group[0] as Pending
-        ops = only.ops
-        durable = only.durable
-      } else {
-        const merged: BlockOp[] = this.#deferred
-        this.#deferred = []
-        for (const pending of group) {
-          for (const op of pending.ops) merged.push(op)
-          if (pending.durable) durable = true
-        }
-        ops = merged
+  /** Hands everything queued to the store as one batch. */
+  #issue (): void {
+    const group = this.#queue
+    this.#queue = []
+    let ops: readonly BlockOp[]
+    let durable = false
+    if (group.length === 1 && this.#deferred.length === 0) {
+      const only = group[0] as Pending
+      ops = only.ops
+      durable = only.durable
+    } else {
+      // Deferred deletes go first: they supersede nothing in this group (they delete versions
+      // replaced by writes that were applied earlier), and an empty flush() append carries them.
+      const merged: BlockOp[] = this.#deferred
+      this.#deferred = []
+      for (const pending of group) {
+        for (const op of pending.ops) merged.push(op)
+        if (pending.durable) durable = true
       }
-      try {
-        this.#groups++
-        if (durable) this.#syncs++
-        await this.#store.batch(ops, { sync: durable })
-        const last = group[group.length - 1] as Pending
-        this.#committedLsn = last.lsn
-        for (const pending of group) pending.resolve(pending.lsn)
-      } catch (err) {
-        for (const pending of group) pending.reject(err)
-      }
+      ops = merged
     }
+    this.#groups++
+    if (durable) this.#syncs++
+    this.#inFlight++
+    const last = (group[group.length - 1] as Pending).lsn
+    // An empty unsynced batch would resolve at once in the store, ahead of the groups before it.
+    const applied = ops.length === 0 && !durable ? this.#tail.then(() => {}, () => {}) : this.#store.batch(ops, { sync: durable })
+    const done = applied.then(() => {
+      if (last > this.#committedLsn) this.#committedLsn = last
+      for (const pending of group) pending.resolve(pending.lsn)
+    }, (err: unknown) => {
+      for (const pending of group) pending.reject(err)
+    }).finally(() => {
+      this.#inFlight--
+      if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
+    })
+    this.#tail = done
   }
 }
