@@ -19,3 +19,4 @@ export {
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
 export type { VolumeMetrics, VolumeMetricsSnapshot } from './metrics/recorder.js'
+export { PROMETHEUS_CONTENT_TYPE } from './metrics/prometheus.js'

@@ -61,6 +61,9 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
   if (backend !== undefined && options.blockStore !== undefined) {
     throw new GalleonError('INVALID_ARGUMENT', 'pass either backend (a built-in block store by name) or blockStore (an instance), not both')
   }
+  if (backend === 'memory' && storagePath !== undefined) {
+    throw new GalleonError('INVALID_ARGUMENT', "backend 'memory' keeps blocks in process memory, so they would be lost while the volume records in storagePath remain; use { inMemory: true } for tests, or backend 'file' or 'level' with storagePath")
+  }
   if (storagePath === undefined && inMemory !== true && (options.metadata === undefined || options.blockStore === undefined)) {
     throw new GalleonError('INVALID_ARGUMENT', 'GalleonFS.open() needs { storagePath } for durable storage, { inMemory: true } for tests, or both { metadata, blockStore } drivers')
   }
@@ -69,7 +72,8 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
   const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
   const chosen: BuiltInBackend = backend ?? (storagePath !== undefined ? 'file' : 'memory')
   const blockStore = options.blockStore ?? await createBackend(chosen, storagePath)
-  return { metadata, blockStore, location: storagePath ?? 'memory' }
+  const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : 'memory')
+  return { metadata, blockStore, location }
 }
 
 async function createBackend (backend: BuiltInBackend, storagePath: string | undefined): Promise<BlockStore> {

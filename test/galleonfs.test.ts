@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeType, AccessMode, VolumeState, GalleonError, type ReplicationHook } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
+import { FileBlockStore } from '../backends/file/index.js'
 import { MemoryLevel } from 'memory-level'
 
 const MiB = 1024 * 1024
@@ -181,7 +182,7 @@ describe('GalleonFS in memory', () => {
       const vol = await g.createVolume({ name: 'io', sizeBytes: '1M' })
       assert.deepEqual(await g.readBlock(vol, 7), new Uint8Array(4096))
       const data = pattern(7, 4096)
-      await g.writeBlock(vol, 7, data, WriteConcern.WriteDurable)
+      await g.writeBlock(vol, 7, data, WriteConcern.WriteAcknowledged)
       assert.deepEqual(await g.readBlock(vol, 7), data)
       await g.writeBlock('io', 7, Buffer.from('Hello, GalleonFS!'))
       const block = await g.readBlock('io', 7)
@@ -267,7 +268,20 @@ describe('GalleonFS in memory', () => {
       }
       assert.equal(await g.getVolumeUsage(vol), 0)
     })
-    it('hands replicated writes to the replication hook after the journal append', async () => {
+    it('refuses WriteDurable on the memory backend rather than pretend, and writes nothing', async () => {
+      const vol = await g.createVolume({ name: 'volatile', sizeBytes: '64K' })
+      await assert.rejects(g.writeBlock(vol, 0, pattern(1, 4096), WriteConcern.WriteDurable), (err: GalleonError) =>
+        err.code === 'WRITE_CONCERN_UNSATISFIED' && /memory/.test(err.message) && /storagePath/.test(err.message))
+      await assert.rejects(g.write(vol, 100, pattern(2, 10), WriteConcern.WriteDurable), { code: 'WRITE_CONCERN_UNSATISFIED' })
+      assert.deepEqual(await g.readBlock(vol, 0), new Uint8Array(4096))
+      assert.equal(await g.getVolumeUsage(vol), 0)
+    })
+    it('hands replicated writes to the replication hook after the journal append', async (t) => {
+      const dir = await mkdtemp(join(tmpdir(), 'galleon-hook-'))
+      t.after(async () => { await rm(dir, { recursive: true, force: true }) })
+      // Replicated concerns include local durability, so this needs a durable store.
+      const g = await GalleonFS.open({ storagePath: dir })
+      t.after(async () => { await g.close() })
       const vol = await g.createVolume({ name: 'hooked', sizeBytes: '64K' })
       const seen: Array<{ lsn: number, ops: number, durable: boolean, concern: string }> = []
       const hook: ReplicationHook = {
@@ -286,13 +300,22 @@ describe('GalleonFS in memory', () => {
       assert.deepEqual(seen.map((s) => [s.ops, s.durable, s.concern]), [[1, true, 'WriteReplicated'], [2, true, 'WriteReplicated'], [1, true, 'WriteDistributed']])
       g.setReplicationHook(undefined)
     })
-    it('group-commits concurrent durable writes into few syncs', async () => {
+    it('group-commits concurrent durable writes into few syncs', async (t) => {
+      const dir = await mkdtemp(join(tmpdir(), 'galleon-group-'))
+      t.after(async () => { await rm(dir, { recursive: true, force: true }) })
+      const store = new FileBlockStore({ location: join(dir, 'blocks') })
+      const g = await GalleonFS.open({ metadata: new MemoryLevel() as never, blockStore: store })
+      t.after(async () => { await g.close() })
       const vol = await g.createVolume({ name: 'group', sizeBytes: '1M' })
+      const syncsBefore = store.syncCount
       const before = g.journalStats()
       await Promise.all(Array.from({ length: 64 }, async (_, i) => await g.writeBlock(vol, i, pattern(i, 4096), WriteConcern.WriteDurable)))
       const after = g.journalStats()
       assert.ok(after.syncs - before.syncs < 64, `expected shared syncs, got ${after.syncs - before.syncs} for 64 writes`)
       assert.ok(after.lastLsn - before.lastLsn >= 64)
+      const syncs = store.syncCount - syncsBefore
+      assert.ok(syncs >= 1 && syncs < 32, `64 concurrent durable writes took ${syncs} fdatasync calls`)
+      for (let i = 0; i < 64; i++) assert.deepEqual(await g.readBlock(vol, i), pattern(i, 4096))
     })
     it('detects a corrupted block: CHECKSUM_MISMATCH, an event, and scrub reports it', async () => {
       const store = new MemoryBlockStore()
@@ -379,6 +402,7 @@ describe('GalleonFS.open options', () => {
     ['both storagePath and inMemory', { storagePath: '/tmp/x', inMemory: true }],
     ['empty storagePath', { storagePath: '' }],
     ['unknown backend', { inMemory: true, backend: 'tape' }],
+    ['memory blocks with on-disk volume records', { storagePath: '/tmp/x', backend: 'memory' }],
     ['block size not a power of two', { inMemory: true, blockSize: 3000 }],
     ['block size too small', { inMemory: true, blockSize: 256 }],
     ['negative cache', { inMemory: true, cacheBlocks: -1 }],

@@ -380,6 +380,9 @@ export class BlockEngine {
       throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} needs copies on other nodes, but this instance has no replication configured; use WriteDurable or run a cluster. Nothing was written`)
     }
     const durable = concern !== WriteConcern.WriteAcknowledged
+    if (durable && !this.store.supports.durableSync) {
+      throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
+    }
     const lsn = await this.journal.append(ops, durable)
     if (replicated) await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern)
   }
