@@ -41,6 +41,11 @@ export interface BlockStoreStats {
   readonly liveBytes: number
   /** Bytes the backend occupies on its medium (including garbage awaiting compaction). */
   readonly storedBytes: number
+  /**
+   * Syncs to stable storage (fdatasync, fsync, or a database's synced write) since the store was
+   * constructed; 0 for a store without `durableSync`. Shows how well group commit works.
+   */
+  readonly syncs: number
 }
 
 /** Lifecycle status of a driver. */

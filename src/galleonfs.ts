@@ -2,7 +2,7 @@
 
 import { EventEmitter } from 'eventemitter3'
 import { GalleonError, assertBytes, describe } from './errors.js'
-import type { BlockStore } from './drivers.js'
+import type { BlockStore, BlockStoreStats } from './drivers.js'
 import { BlockEngine, type VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
@@ -411,7 +411,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     })
   }
 
-  /** Journal statistics: batches issued to the store and how many synced (group commit). */
+  /**
+   * The block store's figures: its backend, live blocks and bytes, bytes on its medium (garbage
+   * awaiting compaction included), and syncs to stable storage so far.
+   */
+  async getStorageStats (): Promise<BlockStoreStats & { backend: string }> {
+    this.#assertOpen()
+    return { backend: this.#store.name, ...await this.#store.stats() }
+  }
+
+  /** Journal statistics: store batches issued and how many asked for a sync (see getStorageStats for device syncs). */
   journalStats (): { lastLsn: number, committedLsn: number, groups: number, syncs: number } {
     const journal = this.#engine.journal
     return { lastLsn: journal.lastLsn, committedLsn: journal.committedLsn, ...journal.stats }

@@ -314,6 +314,10 @@ describe('GalleonFS in memory', () => {
       assert.ok(after.syncs - before.syncs < 64, `expected shared syncs, got ${after.syncs - before.syncs} for 64 writes`)
       assert.ok(after.lastLsn - before.lastLsn >= 64)
       const syncs = store.syncCount - syncsBefore
+      const stats = await g.getStorageStats()
+      assert.equal(stats.backend, 'file')
+      assert.equal(stats.syncs, store.syncCount, 'getStorageStats() reports the store\'s device syncs')
+      assert.ok(stats.blocks >= 64 && stats.liveBytes >= 64 * 4096)
       assert.ok(syncs >= 1 && syncs < 32, `64 concurrent durable writes took ${syncs} fdatasync calls`)
       for (let i = 0; i < 64; i++) assert.deepEqual(await g.readBlock(vol, i), pattern(i, 4096))
     })

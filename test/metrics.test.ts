@@ -265,8 +265,13 @@ const EXTRA_LABEL: Record<string, { key: string, values: string[] }> = {
   galleonfs_volume_throughput_bytes_per_second: { key: 'direction', values: ['read', 'write'] },
   galleonfs_volume_latency_seconds: { key: 'quantile', values: ['0.5', '0.99'] }
 }
-const STORE_FAMILIES = ['galleonfs_store_blocks', 'galleonfs_store_live_bytes', 'galleonfs_store_stored_bytes']
-const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), ...STORE_FAMILIES]
+const STORE_FAMILIES: Record<string, 'GAUGE' | 'COUNTER'> = {
+  galleonfs_store_blocks: 'GAUGE',
+  galleonfs_store_live_bytes: 'GAUGE',
+  galleonfs_store_stored_bytes: 'GAUGE',
+  galleonfs_store_syncs_total: 'COUNTER'
+}
+const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), ...Object.keys(STORE_FAMILIES)]
 const SAMPLE_VALUE = /^(NaN|[+-]Inf|-?\d+(\.\d+)?(e[+-]\d+)?)$/
 
 /** Parses `text` and checks what holds for any rendering; returns the families by name. */
@@ -320,7 +325,7 @@ describe('renderPrometheus', () => {
       volumeWithTraffic('vol-"2"', 'we"ird\\name\nwith {braces}, commas=and spaces ', clock),
       volumeWithTraffic('vol-3', '', clock)
     ]
-    const store = { backend: 'mem\\"ory"\n', blocks: 123, liveBytes: 456_789, storedBytes: 1_000_000 }
+    const store = { backend: 'mem\\"ory"\n', blocks: 123, liveBytes: 456_789, storedBytes: 1_000_000, syncs: 42 }
     const text = renderPrometheus({ volumes, store })
     const families = parseChecked(text)
 
@@ -344,15 +349,16 @@ describe('renderPrometheus', () => {
         }
       }
     }
-    for (const name of STORE_FAMILIES) {
+    for (const [name, type] of Object.entries(STORE_FAMILIES)) {
       const family = families.get(name)!
-      assert.equal(family.type, 'GAUGE')
+      assert.equal(family.type, type, `${name} type`)
       assert.equal(family.metrics.length, 1)
       assert.deepEqual(family.metrics[0]!.labels, { backend: store.backend }, 'backend round-trips')
     }
     assert.equal(families.get('galleonfs_store_blocks')!.metrics[0]!.value, '123')
     assert.equal(families.get('galleonfs_store_live_bytes')!.metrics[0]!.value, '456789')
     assert.equal(families.get('galleonfs_store_stored_bytes')!.metrics[0]!.value, '1000000')
+    assert.equal(families.get('galleonfs_store_syncs_total')!.metrics[0]!.value, '42')
 
     // Spot checks of units on the first volume: base units, no float noise from the conversion.
     const first = volumes[0]!.metrics

@@ -67,6 +67,7 @@ export class LevelBlockStore extends AbstractBlockStore {
   /** True when this store opened the database and so must close it. */
   #closeDbOnClose = false
   #queue: QueueItem[] = []
+  #syncs = 0
   #draining: Promise<void> | undefined
   #blocks = 0
   #liveBytes = 0
@@ -214,7 +215,7 @@ export class LevelBlockStore extends AbstractBlockStore {
         this.#countsStale = false
       })
     }
-    return { blocks: this.#blocks, liveBytes: this.#liveBytes, storedBytes: await this.#storedBytes() }
+    return { blocks: this.#blocks, liveBytes: this.#liveBytes, storedBytes: await this.#storedBytes(), syncs: this.#syncs }
   }
 
   /** Bytes on disk: the database directory when the store owns it, else LevelDB's estimate, else live bytes. */
@@ -305,7 +306,10 @@ export class LevelBlockStore extends AbstractBlockStore {
       }
     }
     if (levelOps.length === 0) {
-      if (sync) await db.put<string, Uint8Array>(SYNC_MARKER_KEY, SYNC_MARKER_VALUE, SYNC_WRITE)
+      if (sync) {
+        await db.put<string, Uint8Array>(SYNC_MARKER_KEY, SYNC_MARKER_VALUE, SYNC_WRITE)
+        this.#syncs++
+      }
       return
     }
 
@@ -328,6 +332,7 @@ export class LevelBlockStore extends AbstractBlockStore {
     }
     try {
       await db.batch<string, Uint8Array>(levelOps, sync ? SYNC_WRITE : ASYNC_WRITE)
+      if (sync) this.#syncs++
     } catch (err) {
       // A failed sync may still have applied the batch; recount before trusting the counters again.
       this.#countsStale = true

@@ -57,7 +57,7 @@ export class MemoryBlockStore extends AbstractBlockStore {
   }
 
   protected async _stats (): Promise<BlockStoreStats> {
-    return { blocks: this.#blocks.size, liveBytes: this.#liveBytes, storedBytes: this.#liveBytes }
+    return { blocks: this.#blocks.size, liveBytes: this.#liveBytes, storedBytes: this.#liveBytes, syncs: 0 }
   }
 }
 

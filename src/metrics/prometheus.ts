@@ -30,6 +30,8 @@ export interface PrometheusStore {
   readonly liveBytes: number
   /** Bytes the store occupies, overheads included. */
   readonly storedBytes: number
+  /** Syncs to stable storage since the store was constructed (a counter). */
+  readonly syncs: number
 }
 
 /** Input of {@link renderPrometheus}. */
@@ -99,10 +101,11 @@ const VOLUME_FAMILIES: readonly VolumeFamily[] = [
   { name: 'galleonfs_volume_used_bytes', type: 'gauge', help: 'Bytes allocated in the store for the volume.', samples: (v) => one(v.usedBytes) }
 ]
 
-const STORE_FAMILIES: ReadonlyArray<{ name: string, help: string, value: (store: PrometheusStore) => number }> = [
-  { name: 'galleonfs_store_blocks', help: 'Blocks held by the block store.', value: (s) => s.blocks },
-  { name: 'galleonfs_store_live_bytes', help: 'Bytes of live block data in the block store.', value: (s) => s.liveBytes },
-  { name: 'galleonfs_store_stored_bytes', help: 'Bytes the block store occupies, overheads included.', value: (s) => s.storedBytes }
+const STORE_FAMILIES: ReadonlyArray<{ name: string, type: 'gauge' | 'counter', help: string, value: (store: PrometheusStore) => number }> = [
+  { name: 'galleonfs_store_blocks', type: 'gauge', help: 'Blocks held by the block store.', value: (s) => s.blocks },
+  { name: 'galleonfs_store_live_bytes', type: 'gauge', help: 'Bytes of live block data in the block store.', value: (s) => s.liveBytes },
+  { name: 'galleonfs_store_stored_bytes', type: 'gauge', help: 'Bytes the block store occupies, overheads included.', value: (s) => s.storedBytes },
+  { name: 'galleonfs_store_syncs_total', type: 'counter', help: 'Syncs to stable storage issued by the block store (group commit shares one among many writes).', value: (s) => s.syncs }
 ]
 
 /**
@@ -140,7 +143,7 @@ export function renderPrometheus (input: PrometheusInput): string {
   }
 
   for (const family of STORE_FAMILIES) {
-    header(family.name, 'gauge', family.help)
+    header(family.name, family.type, family.help)
     if (input.store !== undefined) {
       lines.push(`${family.name}{backend="${escapeLabelValue(input.store.backend)}"} ${formatValue(family.value(input.store))}`)
     }

@@ -357,6 +357,15 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         await store.sync()
         assertBytes(await store.get(addr(1, 2)), bytesOf(64, 2))
       })
+
+      storeTest('stats().syncs counts syncs to stable storage, and only stores that can sync have any', [], async ({ store }) => {
+        const before = (await store.stats()).syncs
+        assert.ok(Number.isSafeInteger(before) && before >= 0, `syncs must be a non-negative integer, got ${before}`)
+        await store.batch([put(addr(1, 1), bytesOf(64, 1))], { sync: true })
+        const after = (await store.stats()).syncs
+        if (store.supports.durableSync) assert.ok(after > before, `a synced batch must sync (syncs ${before} -> ${after})`)
+        else assert.equal(after, 0, 'a store without durableSync reports no syncs')
+      })
     })
 
     describe('listing, volumes and stats', () => {
