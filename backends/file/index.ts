@@ -32,8 +32,8 @@ export interface FileBlockStoreOptions {
   compactionThreshold?: number
   /**
    * Receives errors of background work (hint files, compaction) that no caller is waiting for.
-   * Without it they are kept in `lastBackgroundError`. Either way the data stays correct: a failed
-   * compaction leaves the old segment in place.
+   * Without it (or when it throws) they are kept in `lastBackgroundError`. Either way the data stays
+   * correct: a failed compaction leaves the old segment in place.
    */
   onBackgroundError?: (err: GalleonError) => void
 }
@@ -186,7 +186,7 @@ export class FileBlockStore extends AbstractBlockStore {
   /** Number of fsync/fdatasync calls on segment files since the store was constructed (for group-commit checks). */
   get syncCount (): number { return this.#syncCount }
 
-  /** The last error of background work not passed to `onBackgroundError`, if any. */
+  /** The last error of background work not taken by `onBackgroundError`, if any. */
   get lastBackgroundError (): GalleonError | undefined { return this.#lastBackgroundError }
 
   /**
@@ -199,7 +199,10 @@ export class FileBlockStore extends AbstractBlockStore {
     if (this.status !== 'open') throw new GalleonError('NOT_OPEN', `the file block store is ${this.status}; open() it first`)
     // A threshold of 0 turns off only the background work: with it, a pass would never pick anything.
     const threshold = this.#compactionThreshold > 0 ? this.#compactionThreshold : DEFAULT_COMPACTION_THRESHOLD
-    await this.#maintain(async () => await this.#compactPass(threshold))
+    // Only segments that exist now: under sustained writes new victims keep appearing, and a pass
+    // that chased them would never resolve.
+    const newestId = this.#tail.id
+    await this.#maintain(async () => await this.#compactPass(threshold, newestId))
   }
 
   // ---- lifecycle -----------------------------------------------------------------------------------
@@ -496,7 +499,7 @@ export class FileBlockStore extends AbstractBlockStore {
   protected async _stats (): Promise<BlockStoreStats> {
     let storedBytes = 0
     for (const segment of this.#segments.values()) storedBytes += segment.size
-    return { blocks: this.#index.size, liveBytes: this.#liveBytes, storedBytes }
+    return { blocks: this.#index.size, liveBytes: this.#liveBytes, storedBytes, syncs: this.#syncCount }
   }
 
   // ---- writes --------------------------------------------------------------------------------------
@@ -716,8 +719,17 @@ export class FileBlockStore extends AbstractBlockStore {
 
   #reportBackground (err: unknown): void {
     const error = wrapIo(err, `background work of the block store at ${this.#location} failed`)
-    if (this.#onBackgroundError !== undefined) this.#onBackgroundError(error)
-    else this.#lastBackgroundError = error
+    if (this.#onBackgroundError === undefined) {
+      this.#lastBackgroundError = error
+      return
+    }
+    try {
+      this.#onBackgroundError(error)
+    } catch {
+      // Called from a promise handler: a throwing listener would become an unhandled rejection and
+      // stop the process. Keep the error where it can still be found.
+      this.#lastBackgroundError = error
+    }
   }
 
   #scheduleHint (segment: Segment): void {
@@ -747,11 +759,16 @@ export class FileBlockStore extends AbstractBlockStore {
   #maybeScheduleCompaction (): void {
     if (!this.#compactionWanted || this.#compactionScheduled || this.#closing || this.#failure !== undefined) return
     this.#compactionWanted = false
-    if (this.#compactionThreshold === 0 || this.#pickVictim(this.#compactionThreshold) === undefined) return
+    if (this.#compactionThreshold === 0 || this.#pickVictim(this.#compactionThreshold, Infinity) === undefined) return
     this.#compactionScheduled = true
     this.#maintain(async () => {
       this.#compactionScheduled = false
-      await this.#compactPass(this.#compactionThreshold)
+      // Only the segments that exist now, then queue the next pass behind whatever was queued
+      // meanwhile: a pass chasing the victims that sustained writes keep creating would never end,
+      // and the hint files and compact() calls queued behind it would wait as long as the writes go on.
+      await this.#compactPass(this.#compactionThreshold, this.#tail.id)
+      this.#compactionWanted = true
+      this.#maybeScheduleCompaction()
     }).catch((err: unknown) => this.#reportBackground(err))
   }
 
@@ -760,9 +777,10 @@ export class FileBlockStore extends AbstractBlockStore {
    * oldest: they must outlive the older records they delete, and counting them dead would make a
    * segment of tombstones be copied forward again and again.
    */
-  #pickVictim (threshold: number): Segment | undefined {
+  #pickVictim (threshold: number, newestId: number): Segment | undefined {
     let oldest = true
     for (const segment of this.#segments.values()) {
+      if (segment.id > newestId) break
       if (segment.sealed && !segment.skipCompaction && segment.handle !== undefined) {
         const kept = segment.liveBytes + (oldest ? 0 : segment.tombstoneBytes)
         if (kept < segment.size * threshold) return segment
@@ -772,10 +790,11 @@ export class FileBlockStore extends AbstractBlockStore {
     return undefined
   }
 
-  async #compactPass (threshold: number): Promise<void> {
+  /** Compacts every victim among the segments up to `newestId`, oldest first. */
+  async #compactPass (threshold: number, newestId: number): Promise<void> {
     for (;;) {
       if (this.#closing || this.#failure !== undefined) return
-      const victim = this.#pickVictim(threshold)
+      const victim = this.#pickVictim(threshold, newestId)
       if (victim === undefined) return
       await this.#compactSegment(victim)
     }

@@ -2,7 +2,7 @@
 // takeover of locks left by processes that died.
 
 import { randomBytes } from 'node:crypto'
-import { link, readFile, rename, unlink, writeFile } from 'node:fs/promises'
+import { link, readFile, realpath, rename, unlink, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import { isCode } from './segment.js'
@@ -38,7 +38,9 @@ export interface DirectoryLock {
  * process makes a stale lock look held, and a directory shared between hosts is not protected.
  */
 export async function lockDirectory (directory: string): Promise<DirectoryLock> {
-  const key = resolve(directory)
+  // The real path: through a symlink (or another spelling of the path) a second store of this
+  // process would otherwise find its own pid in the lock, take it over as stale, and share the directory.
+  const key = await realpath(directory).catch(() => resolve(directory))
   if (heldByThisProcess.has(key)) throw busy(directory, undefined)
   heldByThisProcess.add(key)
   try {

@@ -1,0 +1,475 @@
+// Crash test of the file block store alone, under constant compaction: a child process (this file,
+// run with GALLEON_FILE_CRASH_CHILD=1) issues concurrent batches of puts and deletes (some synced,
+// some not) and deleteVolume() calls on a store with tiny segments while compaction runs in a loop;
+// the test kills it with SIGKILL (often right after a compaction pass started), reopens the store and
+// checks the state against the batches the child issued.
+//
+// What engine-crash.test.ts does not cover: it drives the store through the engine with 64 MiB
+// segments, so compaction, hint files and segment rolls barely happen there. Here they happen
+// hundreds of times per run, and the check is exact for the store's own contract.
+//
+// Model. The store applies batches in call order and its log is append-only in that order, and
+// compaction only copies current values forward, so after any crash the recovered state must be
+// exactly the state after some prefix of the issued batches (in issue order): this is atomicity
+// (no partial batch) and ordering in one check. The prefix must include every batch acknowledged
+// before the kill: a batch resolves once the OS has its bytes (synced or not), which survives kill -9.
+//
+// Env: GALLEON_CRASH_TRIALS (default 50, 25 when CI=true), GALLEON_CRASH_SEED (base seed, default random).
+
+import { spawn } from 'node:child_process'
+import { writeSync } from 'node:fs'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { FileBlockStore } from '../../backends/file/index.js'
+import type { BlockAddress, BlockOp } from '../../src/drivers.js'
+
+const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5 }
+/**
+ * Keys: volume 1 has 100 blocks (the first 16 hot), volume 2 has 30 (deleted as a whole now and then),
+ * volume 3 has 1000 cold blocks, rarely touched: they keep old segments mostly live (so not compacted)
+ * while the tombstones of the few deleted ones sit in newer segments that are, which is where a
+ * compaction dropping a still-needed tombstone would bring deleted blocks back.
+ */
+const VOLUME_KEYS: ReadonlyArray<readonly [number, number]> = [[1, 100], [2, 30], [3, 1000]]
+const HOT_KEYS = 16
+const WORKERS = 8
+const VALUE_MAGIC = 0x56434647 // 'GFCV'
+const VALUE_HEADER_BYTES = 20
+
+function addressOf (volume: number, index: number): BlockAddress {
+  return { volume, index, gen: index % 3 }
+}
+
+function keyOf (volume: number, index: number): string {
+  return `${volume}/${index}`
+}
+
+function mix32 (x: number): number {
+  x = Math.imul(x ^ (x >>> 16), 0x7feb352d)
+  x = Math.imul(x ^ (x >>> 15), 0x846ca68b)
+  return (x ^ (x >>> 16)) >>> 0
+}
+
+/** The value of op `op` of batch `seq`, writing key (volume, index): self-describing, so a mix-up is visible. */
+function valueOf (seq: number, op: number, volume: number, index: number, length: number): Uint8Array {
+  const value = new Uint8Array(length)
+  const view = new DataView(value.buffer)
+  view.setUint32(0, VALUE_MAGIC, true)
+  view.setUint32(4, seq, true)
+  view.setUint32(8, op, true)
+  view.setUint32(12, volume * 0x10000 + index, true)
+  view.setUint32(16, length, true)
+  let x = mix32(mix32(seq ^ 0x9e3779b9) ^ (op * 0x10001 + volume * 977 + index)) || 1
+  for (let at = VALUE_HEADER_BYTES; at < length; at++) {
+    x ^= x << 13; x ^= x >>> 17; x ^= x << 5
+    value[at] = x & 0xff
+  }
+  return value
+}
+
+/** What a stored value says about itself: the batch and op that wrote it, or why it is garbage. */
+function decodeValue (value: Uint8Array, volume: number, index: number): { seq: number, op: number, length: number } | string {
+  if (value.byteLength < VALUE_HEADER_BYTES) return `value of ${value.byteLength} bytes is shorter than its header`
+  const view = new DataView(value.buffer, value.byteOffset, value.byteLength)
+  if (view.getUint32(0, true) !== VALUE_MAGIC) return 'no value magic'
+  const seq = view.getUint32(4, true)
+  const op = view.getUint32(8, true)
+  if (view.getUint32(12, true) !== volume * 0x10000 + index) return `value of another key (seq ${seq})`
+  if (view.getUint32(16, true) !== value.byteLength) return `value of seq ${seq} has ${value.byteLength} bytes, its header says ${view.getUint32(16, true)}`
+  const expected = valueOf(seq, op, volume, index, value.byteLength)
+  if (!Buffer.from(expected).equals(Buffer.from(value.buffer, value.byteOffset, value.byteLength))) return `value of seq ${seq} op ${op} differs from its pattern`
+  return { seq, op, length: value.byteLength }
+}
+
+function seededRandom (seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The child
+//
+// Protocol, one line each, written synchronously before the next operation is issued:
+//   opening / ready                     around store.open()
+//   B <seq> <S|N> <op>,<op>,...         batch issued (in the same tick as store.batch()); op is
+//                                       p<volume>.<index>.<length> or d<volume>.<index>
+//   V <seq> <volume>                    deleteVolume issued (in the same tick as the call)
+//   A <seq>                             batch resolved
+//   c / C                               a compact() call started / ended
+
+function report (line: string): void {
+  const bytes = Buffer.from(line + '\n')
+  let written = 0
+  while (written < bytes.byteLength) {
+    try {
+      written += writeSync(1, bytes, written)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
+    }
+  }
+}
+
+async function childMain (): Promise<void> {
+  const [location, seqBaseText, seedText] = process.argv.slice(2)
+  if (location === undefined || seqBaseText === undefined || seedText === undefined) throw new Error('usage: file-store-crash.test.ts <location> <seqBase> <seed>')
+  const random = seededRandom(Number(seedText))
+  let nextSeq = Number(seqBaseText)
+  report('opening')
+  const store = new FileBlockStore({ location, ...STORE_OPTIONS })
+  await store.open()
+  report('ready')
+
+  const pickKey = (): readonly [number, number] => {
+    const roll = random()
+    if (roll < 0.5) return [1, Math.floor(random() * HOT_KEYS)]
+    if (roll < 0.8) return [1, Math.floor(random() * 100)]
+    if (roll < 0.92) return [2, Math.floor(random() * 30)]
+    return [3, Math.floor(random() * 1000)]
+  }
+
+  async function worker (): Promise<void> {
+    for (;;) {
+      const roll = random()
+      if (roll < 0.01) {
+        const seq = nextSeq++
+        report(`V ${seq} 2`)
+        await store.deleteVolume(2)
+        continue
+      }
+      if (roll < 0.03) {
+        await store.sync()
+        continue
+      }
+      const seq = nextSeq++
+      const ops: BlockOp[] = []
+      const described: string[] = []
+      const count = 1 + Math.floor(random() * 6)
+      for (let op = 0; op < count; op++) {
+        const [volume, index] = pickKey()
+        if (random() < 0.25) {
+          ops.push({ type: 'del', address: addressOf(volume, index) })
+          described.push(`d${volume}.${index}`)
+        } else {
+          const length = random() < 0.05 ? 8192 + Math.floor(random() * 8192) : VALUE_HEADER_BYTES + Math.floor(random() * 3000)
+          ops.push({ type: 'put', address: addressOf(volume, index), data: valueOf(seq, op, volume, index, length) })
+          described.push(`p${volume}.${index}.${length}`)
+        }
+      }
+      const sync = random() < 0.6
+      report(`B ${seq} ${sync ? 'S' : 'N'} ${described.join(',')}`)
+      await store.batch(ops, { sync })
+      report(`A ${seq}`)
+    }
+  }
+
+  async function compactor (): Promise<void> {
+    for (;;) {
+      report('c')
+      await store.compact()
+      report('C')
+      await sleep(1)
+    }
+  }
+
+  await Promise.all([...Array.from({ length: WORKERS }, worker), compactor()])
+}
+
+// ------------------------------------------------------------------------------------------------
+// The test
+
+/** A key's state: the batch and op whose put it holds, or undefined when absent. */
+interface Written { seq: number, op: number, length: number }
+type State = Map<string, Written | undefined>
+
+type Event =
+  | { kind: 'batch', seq: number, sync: boolean, ops: Array<{ key: string, put: Written | undefined }> }
+  | { kind: 'deleteVolume', seq: number, volume: number }
+
+interface ChildRun {
+  events: Event[]
+  acked: Set<number>
+  /** compact() calls that completed. */
+  compactCalls: number
+  killedDuringCompaction: boolean
+  killedByUs: boolean
+  code: number | null
+  signal: NodeJS.Signals | null
+  stderr: string
+  errorLine: string | undefined
+}
+
+/** When to kill: a delay after open starts, after writes start, or just after a compact() call starts (once `delayMs` into the writes). */
+type KillPlan = { phase: 'open', delayMs: number } | { phase: 'writes', delayMs: number } | { phase: 'compaction', delayMs: number, jitterMs: number }
+
+async function runChild (location: string, seqBase: number, seed: number, plan: KillPlan): Promise<ChildRun> {
+  const self = fileURLToPath(import.meta.url)
+  const child = spawn(process.execPath, ['--import', 'tsx', self, location, String(seqBase), String(seed)], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    env: { ...process.env, GALLEON_FILE_CRASH_CHILD: '1' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const run: ChildRun = {
+    events: [], acked: new Set(), compactCalls: 0, killedDuringCompaction: false,
+    killedByUs: false, code: null, signal: null, stderr: '', errorLine: undefined
+  }
+  let compacting = false
+  let waitingForCompaction = false
+  let killTimer: NodeJS.Timeout | undefined
+  const kill = (): void => {
+    if (run.killedByUs || child.exitCode !== null || child.signalCode !== null) return
+    run.killedByUs = true
+    run.killedDuringCompaction = compacting
+    child.kill('SIGKILL')
+  }
+  const deadline = setTimeout(kill, 30_000)
+  const arm = (delayMs: number): void => { if (killTimer === undefined) killTimer = setTimeout(kill, delayMs) }
+  const onLine = (line: string): void => {
+    const [tag, a, b, c] = line.split(' ')
+    switch (tag) {
+      case 'opening': if (plan.phase === 'open') arm(plan.delayMs); break
+      case 'ready':
+        if (plan.phase === 'writes') arm(plan.delayMs)
+        // A compact() call may wait behind background compaction: kill anyway if none starts soon.
+        if (plan.phase === 'compaction') setTimeout(() => { waitingForCompaction = true; arm(100) }, plan.delayMs).unref()
+        break
+      case 'B': {
+        const seq = Number(a)
+        const ops = (c ?? '').split(',').map((text, op) => {
+          const [volume, index, length] = text.slice(1).split('.').map(Number) as [number, number, number?]
+          return { key: keyOf(volume, index), put: text[0] === 'p' ? { seq, op, length: length as number } : undefined }
+        })
+        run.events.push({ kind: 'batch', seq, sync: b === 'S', ops })
+        break
+      }
+      case 'V': run.events.push({ kind: 'deleteVolume', seq: Number(a), volume: Number(b) }); break
+      case 'A': run.acked.add(Number(a)); break
+      case 'c':
+        compacting = true
+        if (plan.phase === 'compaction' && waitingForCompaction) {
+          clearTimeout(killTimer)
+          killTimer = setTimeout(kill, plan.jitterMs)
+          waitingForCompaction = false
+        }
+        break
+      case 'C':
+        compacting = false
+        run.compactCalls++
+        break
+      case 'error': run.errorLine = line; break
+    }
+  }
+  let pending = ''
+  child.stdout.setEncoding('utf8')
+  child.stdout.on('data', (chunk: string) => {
+    pending += chunk
+    let newline: number
+    while ((newline = pending.indexOf('\n')) >= 0) {
+      onLine(pending.slice(0, newline))
+      pending = pending.slice(newline + 1)
+    }
+  })
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (chunk: string) => { if (run.stderr.length < 20_000) run.stderr += chunk })
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject)
+    child.once('close', (code, signal) => { run.code = code; run.signal = signal; resolve() })
+  })
+  clearTimeout(deadline)
+  if (killTimer !== undefined) clearTimeout(killTimer)
+  return run
+}
+
+function allKeys (): Array<{ key: string, volume: number, index: number }> {
+  return VOLUME_KEYS.flatMap(([volume, count]) => Array.from({ length: count }, (_, index) => ({ key: keyOf(volume, index), volume, index })))
+}
+
+function same (a: Written | undefined, b: Written | undefined): boolean {
+  return a === undefined ? b === undefined : b !== undefined && a.seq === b.seq && a.op === b.op && a.length === b.length
+}
+
+function show (w: Written | undefined): string {
+  return w === undefined ? 'absent' : `seq ${w.seq} op ${w.op} (${w.length} bytes)`
+}
+
+/** Opens the store as recovery would and reads every key; problems go to `violations`. */
+async function readState (location: string, violations: string[]): Promise<State | undefined> {
+  const store = new FileBlockStore({ location, ...STORE_OPTIONS })
+  try {
+    await store.open()
+  } catch (err) {
+    violations.push(`open after the crash failed: ${(err as { code?: string }).code ?? ''} ${(err as Error).message}`)
+    return undefined
+  }
+  try {
+    const state: State = new Map()
+    let blocks = 0
+    let liveBytes = 0
+    for (const { key, volume, index } of allKeys()) {
+      let value: Uint8Array | undefined
+      try {
+        value = await store.get(addressOf(volume, index))
+      } catch (err) {
+        violations.push(`${key}: get failed: ${(err as { code?: string }).code ?? ''} ${(err as Error).message}`)
+        continue
+      }
+      if (value === undefined) { state.set(key, undefined); continue }
+      const decoded = decodeValue(value, volume, index)
+      if (typeof decoded === 'string') { violations.push(`${key}: garbage: ${decoded}`); continue }
+      state.set(key, decoded)
+      blocks++
+      liveBytes += decoded.length
+    }
+    const stats = await store.stats()
+    if (stats.blocks !== blocks || stats.liveBytes !== liveBytes) {
+      violations.push(`stats say ${stats.blocks} blocks / ${stats.liveBytes} live bytes, reads found ${blocks} / ${liveBytes}`)
+    }
+    let listed = 0
+    for await (const address of store.addresses()) {
+      listed++
+      if (address.gen !== address.index % 3) violations.push(`addresses() lists unexpected ${address.volume}/${address.index}/${address.gen}`)
+    }
+    if (listed !== blocks) violations.push(`addresses() lists ${listed} blocks, reads found ${blocks}`)
+    return state
+  } finally {
+    await store.close()
+  }
+}
+
+function apply (state: State, event: Event, touched?: Set<string>): void {
+  if (event.kind === 'batch') {
+    for (const op of event.ops) { state.set(op.key, op.put); touched?.add(op.key) }
+  } else {
+    for (const [key] of state) {
+      if (key.startsWith(`${event.volume}/`)) { state.set(key, undefined); touched?.add(key) }
+    }
+  }
+}
+
+/**
+ * Finds a prefix of the run's events (at least through the last acknowledged batch) whose
+ * application to `baseline` gives `recovered`; reports a violation if there is none.
+ */
+function checkPrefix (baseline: State, run: ChildRun, recovered: State, violations: string[]): void {
+  const state: State = new Map(baseline)
+  let lastAcked = -1
+  for (const seq of run.acked) if (seq > lastAcked) lastAcked = seq
+  let position = 0
+  while (position < run.events.length && (run.events[position] as Event).seq <= lastAcked) apply(state, run.events[position++] as Event)
+  const mismatched = new Set<string>()
+  for (const [key, value] of recovered) if (!same(state.get(key), value)) mismatched.add(key)
+  const atAcked = [...mismatched]
+  let applied = position
+  while (mismatched.size > 0 && applied < run.events.length) {
+    const touched = new Set<string>()
+    apply(state, run.events[applied++] as Event, touched)
+    for (const key of touched) {
+      if (same(state.get(key), recovered.get(key))) mismatched.delete(key)
+      else mismatched.add(key)
+    }
+  }
+  if (mismatched.size === 0) return
+  const expected: State = new Map(baseline)
+  for (let i = 0; i < position; i++) apply(expected, run.events[i] as Event)
+  violations.push(`the recovered state is no prefix of the issued batches (${run.events.length} issued, last acknowledged seq ${lastAcked}); ` +
+    `compared with the state after the last acknowledged batch: ` +
+    atAcked.slice(0, 10).map((key) => `${key} holds ${show(recovered.get(key))}, expected ${show(expected.get(key))}`).join('; '))
+}
+
+function trialCount (): number {
+  const fromEnv = process.env.GALLEON_CRASH_TRIALS
+  if (fromEnv !== undefined && fromEnv !== '') {
+    const trials = Number(fromEnv)
+    if (!Number.isSafeInteger(trials) || trials < 1) throw new Error(`GALLEON_CRASH_TRIALS must be a positive integer, got ${fromEnv}`)
+    return trials
+  }
+  return process.env.CI === 'true' ? 25 : 50
+}
+
+async function registerTests (): Promise<void> {
+  const { describe, it } = await import('node:test')
+  const assert: typeof import('node:assert/strict') = (await import('node:assert/strict')).default
+  const trials = trialCount()
+  const baseSeed = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
+
+  describe('file block store crash consistency under SIGKILL', () => {
+    it(`${trials} kill -9 trials during writes and compaction keep every acknowledged batch and no partial one`, async (t) => {
+      const location = await mkdtemp(join(tmpdir(), 'galleon-file-crash-'))
+      const random = seededRandom(baseSeed)
+      let passed = false
+      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0 }
+      try {
+        let baseline: State = new Map(allKeys().map(({ key }) => [key, undefined]))
+        let seqBase = 1
+        for (let trial = 0; trial < trials; trial++) {
+          const pick = random()
+          const plan: KillPlan = pick < 0.1
+            ? { phase: 'open', delayMs: Math.floor(random() * 40) }
+            : pick < 0.55
+              ? { phase: 'compaction', delayMs: 20 + Math.floor(random() * 300), jitterMs: Math.floor(random() * 4) }
+              : { phase: 'writes', delayMs: 20 + Math.floor(random() * 300) }
+          const seed = Math.floor(random() * 0x7fffffff)
+          const run = await runChild(location, seqBase, seed, plan)
+          const violations: string[] = []
+          if (!run.killedByUs) violations.push(`the child ended by itself (code ${run.code}, signal ${run.signal}): ${run.errorLine ?? ''}\n${run.stderr}`)
+          const recovered = await readState(location, violations)
+          if (recovered !== undefined) checkPrefix(baseline, run, recovered, violations)
+          if (violations.length > 0) {
+            assert.fail(`trial ${trial + 1}/${trials} (seed ${baseSeed}, child seed ${seed}, kill plan ${JSON.stringify(plan)}): ` +
+              `${violations.length} violation(s), storage kept at ${location}\n  ${violations.slice(0, 20).join('\n  ')}`)
+          }
+          baseline = recovered as State
+          const maxSeq = run.events.reduce((max, event) => Math.max(max, event.seq), seqBase - 1)
+          seqBase = maxSeq + 1
+          totals.issued += run.events.length
+          totals.acked += run.acked.size
+          totals.ackedSynced += run.events.filter((event) => event.kind === 'batch' && event.sync && run.acked.has(event.seq)).length
+          totals.compactCalls += run.compactCalls
+          if (plan.phase === 'open') totals.killedInOpen++
+          if (run.killedDuringCompaction) totals.killedDuringCompaction++
+        }
+        // Finally: a full compaction of what the crashes left, then a reopen, changes nothing.
+        const store = new FileBlockStore({ location, ...STORE_OPTIONS })
+        await store.open()
+        await store.compact()
+        await store.close()
+        const violations: string[] = []
+        const final = await readState(location, violations)
+        assert.deepEqual(violations, [])
+        for (const [key, value] of baseline) assert.ok(same(final?.get(key), value), `${key} after the final compaction: ${show(final?.get(key))}, expected ${show(value)}`)
+        assert.ok(!(await readdir(location)).some((name) => name.endsWith('.tmp')), 'no temporary file is left after a clean close')
+        // Segment ids are consecutive from 1, so the ones missing were compacted away.
+        const ids = (await readdir(location)).map((name) => /^seg-([0-9a-f]{16})\.log$/.exec(name)).filter((m) => m !== null).map((m) => parseInt(m[1] as string, 16))
+        const compactedAway = Math.max(...ids) - ids.length
+        // Each run of a few hundred milliseconds writes dozens of segments: compaction must have been busy.
+        if (totals.issued > 2000) assert.ok(compactedAway > 10, `only ${compactedAway} segments were compacted away while ${totals.issued} operations were issued`)
+        passed = true
+        t.diagnostic(`${trials} trials (seed ${baseSeed}): ${totals.issued} operations issued, ${totals.acked} acknowledged batches checked (${totals.ackedSynced} synced), ` +
+          `${totals.killedInOpen} kills aimed at open/recovery, ${totals.killedDuringCompaction} kills while compact() was running, ` +
+          `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away`)
+      } finally {
+        if (passed) await rm(location, { recursive: true, force: true })
+        else process.stderr.write(`file store crash test storage kept at ${location}\n`)
+      }
+    })
+  })
+}
+
+if (process.env.GALLEON_FILE_CRASH_CHILD === '1') {
+  childMain().catch((err: unknown) => {
+    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
+    try { report(`error ${message.replace(/\n/g, ' ')}`) } catch {}
+    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
+    process.exit(3)
+  })
+} else {
+  await registerTests()
+}

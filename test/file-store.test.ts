@@ -1,0 +1,945 @@
+// Tests of what is specific to the file block store (backends/file): segment files, compaction, hint
+// files, torn-tail recovery, corruption, the directory lock and group commit. The behaviour every
+// block store shares is checked by the conformance suite (test/conformance/block-store.ts).
+
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { appendFile, mkdtemp, readFile, readdir, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
+import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT, encodeRecord } from '../backends/file/record.js'
+import { hintFileName, segmentFileName } from '../backends/file/segment.js'
+import type { BlockAddress, BlockOp } from '../src/drivers.js'
+import { GalleonError } from '../src/errors.js'
+
+const FILE_STORE_MODULE = fileURLToPath(new URL('../backends/file/index.ts', import.meta.url))
+
+// ---- helpers ---------------------------------------------------------------------------------------
+
+/** Runs `body` with a fresh directory, removed afterwards; every store made by `make` is closed first. */
+async function withStore (
+  options: Omit<FileBlockStoreOptions, 'location'>,
+  body: (context: { location: string, make: (extra?: Omit<FileBlockStoreOptions, 'location'>) => FileBlockStore, reopen: (store: FileBlockStore) => Promise<FileBlockStore> }) => Promise<void>
+): Promise<void> {
+  const location = await mkdtemp(join(tmpdir(), 'galleonfs-file-store-'))
+  const stores: FileBlockStore[] = []
+  const make = (extra: Omit<FileBlockStoreOptions, 'location'> = {}): FileBlockStore => {
+    const store = new FileBlockStore({ ...options, ...extra, location })
+    stores.push(store)
+    return store
+  }
+  const reopen = async (store: FileBlockStore): Promise<FileBlockStore> => {
+    await store.close()
+    const next = make()
+    await next.open()
+    return next
+  }
+  try {
+    await body({ location, make, reopen })
+  } finally {
+    try {
+      for (const store of stores) await store.close().catch(() => {})
+    } finally {
+      await rm(location, { recursive: true, force: true })
+    }
+  }
+}
+
+function addr (volume: number, index: number, gen = 0): BlockAddress {
+  return { volume, index, gen }
+}
+
+function put (address: BlockAddress, data: Uint8Array): BlockOp {
+  return { type: 'put', address, data }
+}
+
+function del (address: BlockAddress): BlockOp {
+  return { type: 'del', address }
+}
+
+/** Deterministic pseudo-random bytes, different for each (size, seed). */
+function bytesOf (size: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(size)
+  let state = (Math.imul(seed + 1, 0x9e3779b1) ^ size) >>> 0
+  if (state === 0) state = 1
+  for (let i = 0; i < size; i++) {
+    state ^= state << 13
+    state ^= state >>> 17
+    state ^= state << 5
+    bytes[i] = state & 0xff
+  }
+  return bytes
+}
+
+function mulberry32 (seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+function assertBytes (actual: Uint8Array | undefined, expected: Uint8Array, what: string): void {
+  assert.ok(actual instanceof Uint8Array, `${what}: expected ${expected.byteLength} bytes, got ${String(actual)}`)
+  assert.ok(Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(Buffer.from(expected)), `${what}: bytes differ`)
+}
+
+async function rejectsWithCode (promise: Promise<unknown>, codes: string | string[], what: string): Promise<GalleonError> {
+  const wanted = Array.isArray(codes) ? codes : [codes]
+  let caught: unknown
+  await assert.rejects(promise, (err: unknown) => { caught = err; return true }, `${what}: expected a rejection`)
+  assert.ok(caught instanceof GalleonError, `${what}: expected a GalleonError, got ${String(caught)}`)
+  assert.ok(wanted.includes(caught.code), `${what}: expected ${wanted.join(' or ')}, got ${caught.code}: ${caught.message}`)
+  return caught
+}
+
+/** Segment files of a store directory, in id order, with their sizes. */
+async function segments (location: string): Promise<Array<{ id: number, name: string, size: number }>> {
+  const result: Array<{ id: number, name: string, size: number }> = []
+  for (const name of await readdir(location)) {
+    const match = /^seg-([0-9a-f]{16})\.log$/.exec(name)
+    if (match === null) continue
+    // Compaction may remove a segment between the listing and the stat.
+    const size = await stat(join(location, name)).then((s) => s.size, (err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err })
+    if (size !== undefined) result.push({ id: parseInt(match[1] as string, 16), name, size })
+  }
+  return result.sort((a, b) => a.id - b.id)
+}
+
+async function hintIds (location: string): Promise<number[]> {
+  const ids: number[] = []
+  for (const name of await readdir(location)) {
+    const match = /^seg-([0-9a-f]{16})\.hint$/.exec(name)
+    if (match !== null) ids.push(parseInt(match[1] as string, 16))
+  }
+  return ids.sort((a, b) => a - b)
+}
+
+async function diskBytes (location: string): Promise<number> {
+  return (await segments(location)).reduce((sum, segment) => sum + segment.size, 0)
+}
+
+/** XORs one byte of `bytes` with `mask` (in place) and returns `bytes`. */
+function flipByte (bytes: Buffer, offset: number, mask: number): Buffer {
+  bytes[offset] = (bytes[offset] as number) ^ mask
+  return bytes
+}
+
+/** Bytes of one record with a payload of `length` bytes. */
+function recordSize (length: number): number {
+  return HEADER_BYTES + length
+}
+
+/** What a store should hold: ops applied in call order. */
+class Model {
+  readonly values = new Map<string, { address: BlockAddress, data: Uint8Array }>()
+  readonly touched = new Map<string, BlockAddress>()
+
+  apply (ops: readonly BlockOp[]): void {
+    for (const op of ops) {
+      const key = `${op.address.volume}/${op.address.index}/${op.address.gen}`
+      this.touched.set(key, op.address)
+      if (op.type === 'put') this.values.set(key, { address: op.address, data: op.data })
+      else this.values.delete(key)
+    }
+  }
+
+  deleteVolume (volume: number): void {
+    for (const [key, { address }] of this.values) if (address.volume === volume) this.values.delete(key)
+  }
+
+  async check (store: FileBlockStore, what: string): Promise<void> {
+    for (const [key, address] of this.touched) {
+      const expected = this.values.get(key)
+      const actual = await store.get(address)
+      if (expected === undefined) assert.equal(actual, undefined, `${what}: ${key} must be absent (deleted), found ${actual?.byteLength} bytes`)
+      else assertBytes(actual, expected.data, `${what}: ${key}`)
+    }
+    const stats = await store.stats()
+    let liveBytes = 0
+    for (const { data } of this.values.values()) liveBytes += data.byteLength
+    assert.deepEqual({ blocks: stats.blocks, liveBytes: stats.liveBytes }, { blocks: this.values.size, liveBytes }, `${what}: stats`)
+  }
+}
+
+// ---- tests -----------------------------------------------------------------------------------------
+
+describe('file block store', () => {
+  describe('segments', () => {
+    it('rolls to a new segment at segmentBytes, keeps a batch whole in one segment, and reopens intact', async () => {
+      await withStore({ segmentBytes: 8192, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        for (let i = 0; i < 20; i++) {
+          const ops = [put(addr(1, i), bytesOf(1000, i))]
+          model.apply(ops)
+          await store.batch(ops)
+        }
+        // A batch larger than a segment is not split: it fills a segment of its own.
+        const big = [put(addr(2, 0), bytesOf(5000, 100)), put(addr(2, 1), bytesOf(5000, 101)), del(addr(1, 0))]
+        model.apply(big)
+        await store.batch(big, { sync: true })
+        const after = [put(addr(2, 2), bytesOf(10, 102))]
+        model.apply(after)
+        await store.batch(after)
+
+        const files = await segments(location)
+        assert.ok(files.length >= 4, `expected several segments, found ${files.length}`)
+        assert.deepEqual(files.map((f) => f.id), files.map((_, i) => (files[0] as { id: number }).id + i), 'segment ids are consecutive')
+        const bigBytes = recordSize(5000) * 2 + recordSize(0)
+        for (const file of files) {
+          assert.ok(file.size <= 8192 || file.size === bigBytes, `${file.name} is ${file.size} bytes, over segmentBytes without being the one big batch`)
+        }
+        assert.ok(files.some((f) => f.size === bigBytes), 'the big batch sits alone in one segment')
+        assert.equal(files.reduce((sum, f) => sum + f.size, 0), 20 * recordSize(1000) + bigBytes + recordSize(10), 'nothing but records is stored')
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location), 'storedBytes equals the segment files on disk')
+        await model.check(store, 'before reopen')
+
+        store = await reopen(store)
+        await model.check(store, 'after reopen')
+        assert.deepEqual((await segments(location)).map((f) => f.size), files.map((f) => f.size), 'reopen changes no segment')
+      })
+    })
+  })
+
+  describe('compaction', () => {
+    it('compact() reclaims overwritten blocks: files shrink, stats say so, data reads back identical before and after reopen', async () => {
+      // compactionThreshold 0: nothing in the background, so the sizes before compact() are all garbage kept.
+      await withStore({ segmentBytes: 16 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        for (let round = 0; round < 12; round++) {
+          for (let i = 0; i < 16; i++) {
+            const ops = [put(addr(1, i), bytesOf(1024, round * 16 + i))]
+            model.apply(ops)
+            await store.batch(ops)
+          }
+        }
+        await store.sync()
+        const written = 12 * 16 * recordSize(1024)
+        const before = await store.stats()
+        assert.equal(await diskBytes(location), written, 'background compaction is off: everything written is still on disk')
+        assert.equal(before.storedBytes, written)
+        assert.deepEqual({ blocks: before.blocks, liveBytes: before.liveBytes }, { blocks: 16, liveBytes: 16 * 1024 })
+
+        await store.compact()
+        const after = await store.stats()
+        const onDisk = await diskBytes(location)
+        assert.equal(after.storedBytes, onDisk, 'storedBytes equals the segment files on disk after compaction')
+        assert.ok(onDisk <= written / 4, `compaction left ${onDisk} of ${written} bytes for ${16 * recordSize(1024)} live bytes`)
+        assert.deepEqual({ blocks: after.blocks, liveBytes: after.liveBytes }, { blocks: 16, liveBytes: 16 * 1024 })
+        await model.check(store, 'after compact()')
+
+        store = await reopen(store)
+        await model.check(store, 'after compact() and reopen')
+        assert.equal(await diskBytes(location), onDisk, 'reopen finds what compaction left')
+        assert.equal((await store.stats()).storedBytes, onDisk)
+        // A second pass finds nothing more to do.
+        await store.compact()
+        assert.equal(await diskBytes(location), onDisk)
+      })
+    })
+
+    it('background compaction runs on its own when the threshold is set', async () => {
+      await withStore({ segmentBytes: 16 * 1024, compactionThreshold: 0.5 }, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        for (let round = 0; round < 12; round++) {
+          for (let i = 0; i < 16; i++) await store.batch([put(addr(1, i), bytesOf(1024, round * 16 + i))])
+        }
+        const written = 12 * 16 * recordSize(1024)
+        const deadline = Date.now() + 10_000
+        while (await diskBytes(location) > written / 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+        assert.ok(await diskBytes(location) <= written / 3, `background compaction left ${await diskBytes(location)} of ${written} bytes`)
+        assert.equal(store.lastBackgroundError, undefined)
+        for (let i = 0; i < 16; i++) assertBytes(await store.get(addr(1, i)), bytesOf(1024, 11 * 16 + i), `block ${i}`)
+      })
+    })
+
+    it('compact() resolves while sustained writes keep creating garbage', async () => {
+      // Background compaction must not chase the victims that ongoing writes keep creating in one
+      // endless pass: compact() calls and hint files are queued behind it.
+      await withStore({ segmentBytes: 64 * 1024, compactionThreshold: 0.5 }, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        let writing = true
+        let seed = 0
+        const random = mulberry32(42)
+        const writers = Array.from({ length: 8 }, async () => {
+          while (writing) {
+            const ops: BlockOp[] = []
+            for (let i = 1 + Math.floor(random() * 5); i > 0; i--) {
+              const address = addr(1, Math.floor(random() * 130))
+              ops.push(random() < 0.25 ? del(address) : put(address, bytesOf(20 + Math.floor(random() * 3000), ++seed)))
+            }
+            await store.batch(ops, { sync: random() < 0.6 })
+          }
+        })
+        const deadline = setTimeout(() => { writing = false }, 15_000)
+        try {
+          // Let the writes get going: a few hundred segments written, compaction busy.
+          while (writing && Math.max(0, ...(await segments(location)).map((s) => s.id)) < 300) await new Promise((resolve) => setTimeout(resolve, 20))
+          for (let pass = 0; pass < 3; pass++) {
+            await store.compact()
+            assert.ok(writing, `compact() call ${pass + 1} resolved only once the writes stopped`)
+          }
+        } finally {
+          writing = false
+          clearTimeout(deadline)
+          await Promise.all(writers)
+        }
+        assert.equal(store.lastBackgroundError, undefined)
+      })
+    })
+
+    it('a deleted block stays deleted after compaction and reopen (its tombstone in a newer segment than the put)', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        const apply = async (ops: BlockOp[], sync = false): Promise<void> => { model.apply(ops); await store.batch(ops, { sync }) }
+        // Segment 1: the victim put X, among three blocks that stay live, so segment 1 is never worth compacting.
+        const x = addr(7, 1)
+        await apply([put(x, bytesOf(100, 1))])
+        for (let i = 0; i < 3; i++) await apply([put(addr(7, 100 + i), bytesOf(1000, 10 + i))])
+        // Segment 2: X's tombstone (in a batch too big for what is left of segment 1), then blocks
+        // overwritten later, so segment 2 is mostly garbage.
+        await apply([del(x), put(addr(7, 200), bytesOf(1000, 20))])
+        for (let i = 1; i < 3; i++) await apply([put(addr(7, 200 + i), bytesOf(1000, 20 + i))])
+        for (let round = 0; round < 4; round++) {
+          for (let i = 0; i < 3; i++) await apply([put(addr(7, 200 + i), bytesOf(1000, 30 + round * 3 + i))])
+        }
+        const [first, second] = await segments(location) as Array<{ id: number, size: number }>
+        assert.deepEqual([first?.id, first?.size], [1, recordSize(100) + 3 * recordSize(1000)], 'segment 1 holds the put of X and three blocks')
+        assert.deepEqual([second?.id, second?.size], [2, recordSize(0) + 3 * recordSize(1000)], 'segment 2 starts with the tombstone of X')
+        assert.equal(await store.get(x), undefined)
+
+        await store.compact()
+        const remaining = await segments(location)
+        assert.ok(remaining.some((s) => s.id === 1), 'segment 1 (holding the put of X, mostly live) is kept')
+        assert.ok(!remaining.some((s) => s.id === 2), 'segment 2 (holding the tombstone of X, mostly dead) is compacted away')
+        assert.equal(await store.get(x), undefined, 'X after compaction')
+        store = await reopen(store)
+        assert.equal(await store.get(x), undefined, 'X after compaction and reopen: the tombstone was carried forward')
+        await model.check(store, 'after the tombstone segment was compacted')
+
+        // Now the put's segment goes too (its live blocks are overwritten), then the tombstone may go.
+        for (let i = 0; i < 3; i++) await apply([put(addr(7, 100 + i), bytesOf(1000, 50 + i))])
+        for (let round = 0; round < 3; round++) {
+          for (let i = 0; i < 3; i++) await apply([put(addr(7, 200 + i), bytesOf(1000, 60 + round * 3 + i))])
+        }
+        await store.compact()
+        assert.ok(!(await segments(location)).some((s) => s.id === 1), 'segment 1 is compacted away once mostly dead')
+        store = await reopen(store)
+        await store.compact()
+        store = await reopen(store)
+        assert.equal(await store.get(x), undefined, 'X after both segments were compacted and two reopens')
+        await model.check(store, 'after everything was compacted')
+      })
+    })
+
+    it('deleteVolume() followed by compaction and reopen brings nothing back', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        for (let i = 0; i < 12; i++) {
+          const ops = [put(addr(3, i), bytesOf(700, i)), put(addr(4, i), bytesOf(300, i))]
+          model.apply(ops)
+          await store.batch(ops)
+        }
+        await store.deleteVolume(3)
+        model.deleteVolume(3)
+        for (let i = 0; i < 12; i++) {
+          const ops = [put(addr(4, i), bytesOf(300, 100 + i))]
+          model.apply(ops)
+          await store.batch(ops)
+        }
+        await store.compact()
+        await model.check(store, 'after compaction')
+        store = await reopen(store)
+        await model.check(store, 'after compaction and reopen')
+        assert.deepEqual(await collect(store.addresses({ volume: 3 })), [])
+      })
+    })
+
+    it('a block re-put after its delete keeps its newest value through compaction and reopen', async () => {
+      await withStore({ segmentBytes: 2048, compactionThreshold: 0 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        const x = addr(1, 5)
+        const filler = async (seed: number): Promise<void> => {
+          for (let i = 0; i < 3; i++) await store.batch([put(addr(2, i), bytesOf(900, seed + i))])
+        }
+        await store.batch([put(x, bytesOf(500, 1))])
+        await filler(10)
+        await store.batch([del(x)])
+        await filler(20)
+        await store.batch([put(x, bytesOf(600, 2))])
+        await filler(30)
+        await filler(40)
+        await store.compact()
+        assertBytes(await store.get(x), bytesOf(600, 2), 'X after compaction')
+        store = await reopen(store)
+        assertBytes(await store.get(x), bytesOf(600, 2), 'X after compaction and reopen (the older tombstone must not delete the newer put)')
+        await store.batch([del(x)])
+        await filler(50)
+        await filler(60)
+        await store.compact()
+        store = await reopen(store)
+        assert.equal(await store.get(x), undefined, 'X deleted again')
+      })
+    })
+
+    it('random puts, deletes and deleteVolume() with compaction and reopens match a model', async () => {
+      const random = mulberry32(0xc0ffee)
+      await withStore({ segmentBytes: 2048, compactionThreshold: 0.6 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        const keys = [1, 2].flatMap((volume) => Array.from({ length: 24 }, (_, i) => addr(volume, i % 12, Math.floor(i / 12))))
+        let seed = 0
+        for (let round = 1; round <= 40; round++) {
+          const pending: Array<Promise<void>> = []
+          for (let b = 0; b < 12; b++) {
+            const ops: BlockOp[] = []
+            const count = 1 + Math.floor(random() * 4)
+            for (let o = 0; o < count; o++) {
+              const address = keys[Math.floor(random() * keys.length)] as BlockAddress
+              ops.push(random() < 0.3 ? del(address) : put(address, bytesOf(1 + Math.floor(random() * 900), ++seed)))
+            }
+            model.apply(ops)
+            pending.push(store.batch(ops, { sync: random() < 0.2 }))
+          }
+          if (random() < 0.05) {
+            const volume = random() < 0.5 ? 1 : 2
+            model.deleteVolume(volume)
+            pending.push(store.deleteVolume(volume))
+          }
+          await Promise.all(pending)
+          if (round % 4 === 0) {
+            await store.compact()
+            await model.check(store, `round ${round}, after compact()`)
+          }
+          if (round % 10 === 0) {
+            store = await reopen(store)
+            await model.check(store, `round ${round}, after reopen`)
+          }
+        }
+        assert.equal(store.lastBackgroundError, undefined)
+      })
+    })
+  })
+
+  describe('hint files', () => {
+    it('are written for sealed segments (not the active one) and give the same data on reopen', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        for (let i = 0; i < 24; i++) {
+          const ops: BlockOp[] = [put(addr(1, i), bytesOf(900, i))]
+          if (i % 5 === 4) ops.push(del(addr(1, i - 2)))
+          model.apply(ops)
+          await store.batch(ops)
+        }
+        await store.close() // waits for background work, hints included
+        const files = await segments(location)
+        assert.ok(files.length >= 4)
+        assert.deepEqual(await hintIds(location), files.slice(0, -1).map((f) => f.id), 'one hint per sealed segment, none for the active one')
+        store = make()
+        await store.open()
+        await model.check(store, 'after reopen from hints')
+        store = await reopen(store)
+        await model.check(store, 'after a second reopen')
+      })
+    })
+
+    it('are used on reopen: damage inside a hinted segment is not scanned at open but caught on read', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 12; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
+        await store.close()
+        // Segment 1 holds blocks 0..2, 1036 bytes each: damage a payload byte of its middle record.
+        const path = join(location, segmentFileName(1))
+        const bytes = await readFile(path)
+        flipByte(bytes, recordSize(1000) + HEADER_BYTES + 500, 0x40)
+        await writeFile(path, bytes)
+
+        store = make()
+        await store.open() // from the hint: the segment is not read
+        await rejectsWithCode(store.get(addr(1, 1)), 'CHECKSUM_MISMATCH', 'reading the damaged block')
+        assertBytes(await store.get(addr(1, 0)), bytesOf(1000, 0), 'the record before the damage')
+        assertBytes(await store.get(addr(1, 2)), bytesOf(1000, 2), 'the record after the damage')
+        assertBytes(await store.get(addr(1, 7)), bytesOf(1000, 7), 'a block of another segment')
+        await store.close()
+
+        // Without the hint, open scans the segment and refuses the damage instead of dropping data.
+        await unlink(join(location, hintFileName(1)))
+        store = make()
+        await rejectsWithCode(store.open(), 'CORRUPTION', 'opening with a damaged sealed segment and no hint')
+        assert.equal(store.status, 'closed')
+      })
+    })
+
+    it('a damaged, truncated or mismatched hint falls back to scanning the segment, with correct results, and is rewritten', async () => {
+      const damages: Array<[string, (hint: Buffer) => Buffer]> = [
+        ['a flipped bit in an entry', (hint) => flipByte(Buffer.from(hint), 40, 1)],
+        ['a flipped bit in the header', (hint) => flipByte(Buffer.from(hint), 13, 1)],
+        ['a truncated file', (hint) => hint.subarray(0, hint.byteLength - 7)],
+        ['an empty file', () => Buffer.alloc(0)],
+        ['garbage', (hint) => Buffer.from(bytesOf(hint.byteLength, 99))],
+        ['the hint of another segment', () => Buffer.alloc(0)] // replaced below by segment 2's hint
+      ]
+      for (const [what, damage] of damages) {
+        await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+          let store = make()
+          await store.open()
+          const model = new Model()
+          for (let i = 0; i < 16; i++) {
+            const ops: BlockOp[] = [put(addr(1, i), bytesOf(900, i))]
+            if (i === 2) ops.push(del(addr(1, 0)))
+            model.apply(ops)
+            await store.batch(ops)
+          }
+          await store.close()
+          const hint = join(location, hintFileName(1))
+          const original = await readFile(hint)
+          const replacement = what === 'the hint of another segment' ? await readFile(join(location, hintFileName(2))) : damage(original)
+          assert.ok(!replacement.equals(original), `${what}: the damage changes the hint`)
+          await writeFile(hint, replacement)
+          store = make()
+          await store.open()
+          await model.check(store, `with ${what}`)
+          await store.close()
+          assert.ok((await readFile(hint)).equals(original), `${what}: the hint is rewritten from the scan`)
+        })
+      }
+    })
+
+    it('hints of missing segments, of the active segment and unfinished ones are removed on open', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 8; i++) await store.batch([put(addr(1, i), bytesOf(1500, i))])
+        await store.close()
+        const files = await segments(location)
+        const last = files[files.length - 1] as { id: number }
+        const firstHint = await readFile(join(location, hintFileName(1)))
+        await writeFile(join(location, hintFileName(last.id)), firstHint) // a stale hint for the active segment
+        await writeFile(join(location, hintFileName(last.id + 5)), firstHint) // a segment that is gone
+        await writeFile(join(location, `${hintFileName(2)}.tmp`), 'half written')
+        store = make()
+        await store.open()
+        for (let i = 0; i < 8; i++) assertBytes(await store.get(addr(1, i)), bytesOf(1500, i), `block ${i}`)
+        const names = await readdir(location)
+        assert.ok(!names.includes(hintFileName(last.id)), 'the hint of the active segment is removed')
+        assert.ok(!names.includes(hintFileName(last.id + 5)), 'the hint of a missing segment is removed')
+        assert.ok(!names.some((name) => name.endsWith('.tmp')), 'unfinished hints are removed')
+      })
+    })
+  })
+
+  describe('recovery of the active segment', () => {
+    /** Writes three synced batches and returns the active segment's path and where the third batch starts. */
+    async function threeBatches (store: FileBlockStore, location: string): Promise<{ path: string, thirdStart: number, thirdEnd: number }> {
+      await store.batch([put(addr(1, 1), bytesOf(300, 1)), put(addr(1, 2), bytesOf(300, 2))], { sync: true })
+      await store.batch([put(addr(1, 3), bytesOf(300, 3))], { sync: true })
+      // The third batch: overwrite 1, add 4, delete 2. All or nothing.
+      await store.batch([put(addr(1, 1), bytesOf(400, 11)), put(addr(1, 4), bytesOf(400, 4)), del(addr(1, 2))], { sync: true })
+      const thirdStart = 3 * recordSize(300)
+      const thirdEnd = thirdStart + 2 * recordSize(400) + recordSize(0)
+      const files = await segments(location)
+      assert.equal(files.length, 1)
+      assert.equal((files[0] as { size: number }).size, thirdEnd)
+      return { path: join(location, (files[0] as { name: string }).name), thirdStart, thirdEnd }
+    }
+
+    async function assertFirstTwoOnly (store: FileBlockStore, what: string): Promise<void> {
+      assertBytes(await store.get(addr(1, 1)), bytesOf(300, 1), `${what}: block 1 keeps its value from before the torn batch`)
+      assertBytes(await store.get(addr(1, 2)), bytesOf(300, 2), `${what}: block 2 is not deleted by the torn batch`)
+      assertBytes(await store.get(addr(1, 3)), bytesOf(300, 3), `${what}: block 3`)
+      assert.equal(await store.get(addr(1, 4)), undefined, `${what}: block 4 of the torn batch is absent`)
+      assert.deepEqual({ blocks: (await store.stats()).blocks, liveBytes: (await store.stats()).liveBytes }, { blocks: 3, liveBytes: 900 }, `${what}: stats`)
+    }
+
+    for (const [what, cutFromEnd] of [
+      ['the last record cut inside its header', 10],
+      ['the last record missing entirely (cut at a record boundary inside the batch)', recordSize(0)],
+      ['the batch cut inside its second record', recordSize(0) + 100],
+      ['the batch cut inside its first record', recordSize(0) + recordSize(400) + 100]
+    ] as const) {
+      it(`a multi-record batch with ${what} is dropped whole; earlier batches are intact`, async () => {
+        await withStore({ compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+          let store = make()
+          await store.open()
+          const { path, thirdStart, thirdEnd } = await threeBatches(store, location)
+          await store.close()
+          await truncate(path, thirdEnd - cutFromEnd)
+          store = make()
+          await store.open()
+          await assertFirstTwoOnly(store, 'after recovery')
+          assert.equal((await stat(path)).size, thirdStart, 'the torn tail is truncated at the last whole batch')
+          // New writes follow the recovered log and survive another reopen.
+          await store.batch([put(addr(1, 5), bytesOf(200, 5))], { sync: true })
+          store = await reopen(store)
+          assertBytes(await store.get(addr(1, 5)), bytesOf(200, 5), 'a batch written after recovery')
+          assert.equal(await store.get(addr(1, 4)), undefined)
+        })
+      })
+    }
+
+    it('garbage appended to the active segment is truncated and every batch stays', async () => {
+      await withStore({ compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        const { path, thirdEnd } = await threeBatches(store, location)
+        await store.close()
+        await appendFile(path, Buffer.from(bytesOf(5000, 7)))
+        store = make()
+        await store.open()
+        assertBytes(await store.get(addr(1, 1)), bytesOf(400, 11), 'block 1')
+        assert.equal(await store.get(addr(1, 2)), undefined, 'block 2')
+        assertBytes(await store.get(addr(1, 4)), bytesOf(400, 4), 'block 4')
+        assert.equal((await stat(path)).size, thirdEnd)
+      })
+    })
+
+    it('whole, valid records of a batch whose last record never arrived are not applied', async () => {
+      await withStore({ compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        const { path, thirdEnd } = await threeBatches(store, location)
+        await store.close()
+        // Two perfectly valid records, both flagged "the batch continues": the batch never ended.
+        const tail = Buffer.alloc(2 * recordSize(64))
+        let position = encodeRecord(tail, 0, TYPE_PUT, FLAG_CONTINUES, 1, 3, 0, bytesOf(64, 33))
+        position = encodeRecord(tail, position, TYPE_PUT, FLAG_CONTINUES, 1, 9, 0, bytesOf(64, 9))
+        assert.equal(position, tail.byteLength)
+        await appendFile(path, tail)
+        store = make()
+        await store.open()
+        assertBytes(await store.get(addr(1, 3)), bytesOf(300, 3), 'block 3 keeps its committed value')
+        assert.equal(await store.get(addr(1, 9)), undefined, 'block 9 of the unfinished batch')
+        assert.equal((await stat(path)).size, thirdEnd)
+      })
+    })
+
+    it('damage in the middle of the active segment loses the records from there on, never returning wrong data', async () => {
+      // By design: the active segment's tail cannot be told apart from a torn write, so recovery keeps
+      // the batches before the first bad record. What it must never do is return damaged bytes.
+      await withStore({ compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 5; i++) await store.batch([put(addr(1, i), bytesOf(500, i))], { sync: true })
+        await store.close()
+        const path = join(location, segmentFileName(1))
+        const bytes = await readFile(path)
+        flipByte(bytes, 2 * recordSize(500) + HEADER_BYTES + 10, 0xff)
+        await writeFile(path, bytes)
+        store = make()
+        await store.open()
+        for (let i = 0; i < 5; i++) {
+          const value = await store.get(addr(1, i))
+          if (i < 2) assertBytes(value, bytesOf(500, i), `block ${i} before the damage`)
+          else assert.equal(value, undefined, `block ${i} at or after the damage`)
+        }
+      })
+    })
+  })
+
+  describe('corruption in sealed segments', () => {
+    it('compaction of a damaged sealed segment fails with CORRUPTION, keeps the segment and loses nothing readable', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        // Segment 1: blocks 0..2, of which 0 and 1 get overwritten so segment 1 becomes a compaction victim.
+        for (let i = 0; i < 3; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
+        for (let i = 3; i < 9; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
+        await store.batch([put(addr(1, 0), bytesOf(1000, 100))])
+        await store.batch([put(addr(1, 1), bytesOf(1000, 101))])
+        await store.close()
+        // Damage the header of segment 1's middle record (block 1, already overwritten): the scan stops there.
+        const path = join(location, segmentFileName(1))
+        const bytes = await readFile(path)
+        flipByte(bytes, recordSize(1000) + 14, 0x01) // inside the volume field: crc mismatch
+        await writeFile(path, bytes)
+        const errors: GalleonError[] = []
+        store = make({ onBackgroundError: (err) => errors.push(err) })
+        await store.open()
+        await rejectsWithCode(store.compact(), 'CORRUPTION', 'compact() over the damaged segment')
+        assert.ok((await segments(location)).some((s) => s.id === 1), 'the damaged segment is kept')
+        assertBytes(await store.get(addr(1, 0)), bytesOf(1000, 100), 'block 0')
+        assertBytes(await store.get(addr(1, 1)), bytesOf(1000, 101), 'block 1')
+        assertBytes(await store.get(addr(1, 2)), bytesOf(1000, 2), 'block 2, live in the damaged segment after the damage')
+        await store.batch([put(addr(1, 50), bytesOf(10, 50))], { sync: true })
+        assertBytes(await store.get(addr(1, 50)), bytesOf(10, 50), 'the store still takes writes')
+        assert.deepEqual(errors, [], 'an explicit compact() reports its error to its caller only')
+        await store.close()
+
+        // Background compaction finds the same damage; a listener that throws must not take the process down.
+        store = make({ compactionThreshold: 0.5, onBackgroundError: () => { throw new Error('a faulty listener') } })
+        await store.open()
+        const deadline = Date.now() + 10_000
+        while (store.lastBackgroundError === undefined && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+        assert.equal(store.lastBackgroundError?.code, 'CORRUPTION', 'the error the listener failed to take is kept')
+        assertBytes(await store.get(addr(1, 2)), bytesOf(1000, 2), 'block 2 after the failed background compaction')
+      })
+    })
+  })
+
+  describe('directory lock', () => {
+    it('a second store on the same directory gets BUSY while the first is open, and opens once it is closed', async () => {
+      await withStore({}, async ({ location, make }) => {
+        const first = make()
+        await first.open()
+        const second = make()
+        await rejectsWithCode(second.open(), 'BUSY', 'second store in this process')
+        assert.equal(second.status, 'closed')
+        await first.batch([put(addr(1, 1), bytesOf(10, 1))], { sync: true })
+        await first.close()
+        await second.open()
+        assertBytes(await second.get(addr(1, 1)), bytesOf(10, 1), 'data of the first store')
+      })
+    })
+
+    it('a second store of this process reaching the directory through a symlink gets BUSY too', async () => {
+      await withStore({}, async ({ location, make }) => {
+        const first = make()
+        await first.open()
+        const alias = `${location}-alias`
+        await symlink(location, alias)
+        try {
+          const second = new FileBlockStore({ location: alias })
+          try {
+            await rejectsWithCode(second.open(), 'BUSY', 'second store through a symlink')
+            await first.close()
+            await second.open()
+          } finally {
+            await second.close()
+          }
+        } finally {
+          await unlink(alias)
+        }
+      })
+    })
+
+    it('a store held by another process gives BUSY; once that process is killed its stale lock is taken over', async () => {
+      await withStore({}, async ({ location, make }) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+          const { FileBlockStore } = await import(${JSON.stringify(FILE_STORE_MODULE)})
+          const store = new FileBlockStore({ location: process.argv[1] })
+          await store.open()
+          await store.batch([{ type: 'put', address: { volume: 1, index: 1, gen: 0 }, data: new Uint8Array(100).fill(7) }], { sync: true })
+          process.stdout.write('ready\\n')
+          setInterval(() => {}, 1000)
+        `, location], { stdio: ['ignore', 'pipe', 'pipe'] })
+        try {
+          await waitForLine(child, 'ready', 30_000)
+          const lock = await readFile(join(location, 'LOCK'), 'utf8')
+          assert.equal(Number.parseInt(lock, 10), child.pid, 'the LOCK file names the owner')
+          const store = make()
+          const error = await rejectsWithCode(store.open(), 'BUSY', 'store held by a live process')
+          assert.match(error.message, new RegExp(String(child.pid)))
+          child.kill('SIGKILL')
+          await new Promise((resolve) => child.once('close', resolve))
+          await store.open()
+          assert.deepEqual(await store.get(addr(1, 1)), new Uint8Array(100).fill(7), 'the killed process\'s synced batch')
+          assert.equal(Number.parseInt(await readFile(join(location, 'LOCK'), 'utf8'), 10), process.pid, 'the lock is ours now')
+          await store.close()
+          assert.ok(!(await readdir(location)).some((name) => name.startsWith('LOCK')), 'close removes the lock and leaves no temporary lock files')
+        } finally {
+          if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+        }
+      })
+    })
+
+    it('lock files naming a dead process, this process (a store never closed) or nothing are stale', async () => {
+      const deadPid = await new Promise<number>((resolve, reject) => {
+        const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' })
+        child.once('error', reject)
+        child.once('exit', () => resolve(child.pid as number))
+      })
+      for (const content of [`${deadPid}\n`, `${process.pid}\n`, '', 'garbage']) {
+        await withStore({}, async ({ location, make }) => {
+          await writeFile(join(location, 'LOCK'), content)
+          const store = make()
+          await store.open()
+          assert.equal(await readFile(join(location, 'LOCK'), 'utf8'), `${process.pid}\n`, `lock taken over from ${JSON.stringify(content)}`)
+        })
+      }
+    })
+  })
+
+  describe('writer', () => {
+    it('group commit: concurrent synced batches share few fdatasyncs', async () => {
+      await withStore({ compactionThreshold: 0 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        await store.batch([put(addr(1, 0), bytesOf(10, 0))], { sync: true })
+        const n = 64
+        let before = store.syncCount
+        await Promise.all(Array.from({ length: n }, (_, i) => store.batch([put(addr(1, i), bytesOf(4096, i))], { sync: true })))
+        const batchSyncs = store.syncCount - before
+        assert.ok(batchSyncs >= 1 && batchSyncs <= 4, `${n} concurrent synced batches took ${batchSyncs} syncs`)
+
+        before = store.syncCount
+        await Promise.all(Array.from({ length: n }, () => store.sync()))
+        assert.ok(store.syncCount - before <= 1, `${n} concurrent sync() calls with nothing written took ${store.syncCount - before} syncs`)
+
+        before = store.syncCount
+        await Promise.all(Array.from({ length: n }, (_, i) => store.batch([put(addr(2, i), bytesOf(512, i))])))
+        assert.equal(store.syncCount - before, 0, 'batches without sync do not sync')
+        await Promise.all([...Array.from({ length: 8 }, () => store.sync()), store.batch([put(addr(2, 99), bytesOf(8, 1))], { sync: true })])
+        assert.ok(store.syncCount - before <= 2, `sync() calls after unsynced batches took ${store.syncCount - before} syncs`)
+
+        store = await reopen(store)
+        for (let i = 0; i < n; i++) assertBytes(await store.get(addr(1, i)), bytesOf(4096, i), `block 1/${i}`)
+      })
+    })
+
+    it('close() while writes are queued resolves every batch called before it and refuses later ones', async () => {
+      await withStore({ segmentBytes: 64 * 1024 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        const writes = Array.from({ length: 200 }, (_, i) => store.batch([put(addr(1, i), bytesOf(2048, i)), ...(i > 0 ? [del(addr(1, i - 1))] : [])], { sync: i % 7 === 0 }))
+        const closing = store.close()
+        await rejectsWithCode(store.batch([put(addr(1, 999), bytesOf(10, 1))]), 'NOT_OPEN', 'a batch called after close()')
+        await rejectsWithCode(store.compact(), 'NOT_OPEN', 'compact() called after close()')
+        const results = await Promise.allSettled(writes)
+        assert.deepEqual(results.filter((r) => r.status === 'rejected'), [], 'every batch called before close() resolves')
+        await closing
+        store = make()
+        await store.open()
+        for (let i = 0; i < 199; i++) assert.equal(await store.get(addr(1, i)), undefined, `block ${i} was deleted by the next batch`)
+        assertBytes(await store.get(addr(1, 199)), bytesOf(2048, 199), 'the last block')
+        assert.equal(await store.get(addr(1, 999)), undefined)
+        store = await reopen(store)
+        assert.equal((await store.stats()).blocks, 1)
+      })
+    })
+
+    it('close() during compaction settles both and keeps every block', async () => {
+      await withStore({ segmentBytes: 256 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new Model()
+        for (let round = 0; round < 8; round++) {
+          const pending: Array<Promise<void>> = []
+          for (let i = 0; i < 64; i++) {
+            const ops = [put(addr(1, i), bytesOf(16 * 1024, round * 64 + i))]
+            model.apply(ops)
+            pending.push(store.batch(ops))
+          }
+          await Promise.all(pending)
+        }
+        const before = (await segments(location)).length
+        const compacting = store.compact()
+        // Close once compaction has visibly started (its first segment is gone), while it still has work.
+        const deadline = Date.now() + 10_000
+        while ((await segments(location)).length >= before && Date.now() < deadline) await new Promise((resolve) => setImmediate(resolve))
+        const closing = store.close()
+        await Promise.all([compacting, closing])
+        assert.equal(store.status, 'closed')
+        assert.ok(!(await readdir(location)).some((name) => name.endsWith('.tmp')), 'no unfinished hint is left behind')
+        store = make()
+        await store.open()
+        await model.check(store, 'after close() during compaction')
+        await store.compact()
+        store = await reopen(store)
+        await model.check(store, 'after a full compaction and reopen')
+        assert.ok(await diskBytes(location) <= 3 * 64 * recordSize(16 * 1024), 'the full compaction reclaimed the garbage')
+      })
+    })
+
+    it('a failed write rejects its batch and every later one with a GalleonError; acknowledged data survives reopen', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        await store.batch([put(addr(1, 1), bytesOf(3000, 1))], { sync: true })
+        // The next segment's name is taken behind the store's back, so rolling to it fails.
+        const [active] = await segments(location)
+        await writeFile(join(location, segmentFileName((active as { id: number }).id + 1)), '')
+        const failing = store.batch([put(addr(1, 2), bytesOf(3000, 2))], { sync: true })
+        const queuedBehind = store.batch([put(addr(1, 3), bytesOf(10, 3))])
+        const first = await rejectsWithCode(failing, 'IO_ERROR', 'the batch whose roll failed')
+        const second = await rejectsWithCode(queuedBehind, 'IO_ERROR', 'the batch queued behind it')
+        assert.equal(second, first, 'the same failure is reported')
+        await rejectsWithCode(store.batch([put(addr(1, 4), bytesOf(10, 4))]), 'IO_ERROR', 'a batch after the failure')
+        await rejectsWithCode(store.sync(), 'IO_ERROR', 'sync() after the failure')
+        assertBytes(await store.get(addr(1, 1)), bytesOf(3000, 1), 'acknowledged data is still readable')
+        await store.close()
+        store = make()
+        await store.open()
+        assertBytes(await store.get(addr(1, 1)), bytesOf(3000, 1), 'acknowledged data after reopen')
+        for (const index of [2, 3, 4]) assert.equal(await store.get(addr(1, index)), undefined, `rejected block ${index}`)
+        await store.batch([put(addr(1, 5), bytesOf(3000, 5))], { sync: true })
+        assertBytes(await store.get(addr(1, 5)), bytesOf(3000, 5), 'the reopened store writes again')
+      })
+    })
+
+    it('a segment recovered from a killed process is fsynced before it is sealed', async () => {
+      // A killed process's unsynced batches sit in the page cache. Sealing the segment without
+      // fsyncing it would let a power loss tear a sealed segment, which open() refuses as damage.
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+          const { FileBlockStore } = await import(${JSON.stringify(FILE_STORE_MODULE)})
+          const store = new FileBlockStore({ location: process.argv[1], segmentBytes: 4096 })
+          await store.open()
+          await store.batch([{ type: 'put', address: { volume: 1, index: 1, gen: 0 }, data: new Uint8Array(2000).fill(1) }])
+          process.stdout.write('written ' + store.syncCount + '\\n')
+          setInterval(() => {}, 1000)
+        `, location], { stdio: ['ignore', 'pipe', 'pipe'] })
+        try {
+          await waitForLine(child, 'written 0', 30_000)
+        } finally {
+          child.kill('SIGKILL')
+          await new Promise((resolve) => child.once('close', resolve))
+        }
+        const store = make()
+        await store.open()
+        assert.equal(store.syncCount, 0)
+        await store.batch([put(addr(1, 2), bytesOf(3000, 2))]) // does not fit: seals segment 1
+        assert.equal((await segments(location)).length, 2)
+        assert.ok(store.syncCount >= 1, 'segment 1 was fsynced before segment 2 was created')
+        assert.deepEqual(await store.get(addr(1, 1)), new Uint8Array(2000).fill(1))
+      })
+    })
+  })
+})
+
+async function collect<T> (items: AsyncIterable<T>): Promise<T[]> {
+  const result: T[] = []
+  for await (const item of items) result.push(item)
+  return result
+}
+
+/** Resolves when the child prints `line`; rejects if it exits first or the deadline passes. */
+async function waitForLine (child: ReturnType<typeof spawn>, line: string, deadlineMs: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    let output = ''
+    let errors = ''
+    const timer = setTimeout(() => reject(new Error(`child did not print ${JSON.stringify(line)} within ${deadlineMs} ms; stderr: ${errors}`)), deadlineMs)
+    child.stderr?.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.split('\n').includes(line)) {
+        clearTimeout(timer)
+        resolve()
+      }
+    })
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer)
+      reject(new Error(`child exited (${code ?? signal}) before printing ${JSON.stringify(line)}; stderr: ${errors}`))
+    })
+  })
+}
