@@ -1,7 +1,7 @@
 // Tests of the GalleonFS facade: volumes, storage classes, the I/O path, concerns, events, errors.
 import { describe, it, beforeEach, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeType, AccessMode, VolumeState, GalleonError, type ReplicationHook } from '../src/index.js'
@@ -468,6 +468,40 @@ for (const backend of ['file', 'level'] as const) {
         await g.close()
       }
     })
+
+    // LevelDB checks its own log and tables and serves recent writes from memory, so a flipped byte
+    // there is LevelDB's to report; the file store's records are what this test damages.
+    it('reports damage found on disk as CHECKSUM_MISMATCH with a checksum:mismatch event', { skip: backend !== 'file' && 'the file backend\'s on-disk records' }, async () => {
+      const g = await GalleonFS.open({ storagePath: dir, backend, cacheBlocks: 0 })
+      try {
+        const vol = await g.createVolume({ name: 'rot', sizeBytes: '1M' })
+        const victim = pattern(424242, 4096)
+        await g.writeBlock(vol, 3, victim, WriteConcern.WriteDurable)
+        await g.writeBlock(vol, 4, pattern(5, 4096), WriteConcern.WriteDurable)
+        const events: Array<{ blockIndex: number }> = []
+        g.on('checksum:mismatch', (event) => events.push(event))
+        // Flip one byte of block 3's payload in whichever file holds it, behind the library's back.
+        const needle = Buffer.from(victim.subarray(0, 64))
+        let flipped = false
+        for await (const path of walk(dir)) {
+          const bytes = await readFile(path)
+          const at = bytes.indexOf(needle)
+          if (at < 0) continue
+          const handle = await open(path, 'r+')
+          await handle.write(Uint8Array.of(bytes[at + 10]! ^ 0x40), 0, 1, at + 10)
+          await handle.close()
+          flipped = true
+        }
+        assert.ok(flipped, 'found the block on disk')
+        await assert.rejects(g.readBlock(vol, 3), { code: 'CHECKSUM_MISMATCH' })
+        assert.deepEqual(await g.readBlock(vol, 4), pattern(5, 4096), 'other blocks still read')
+        assert.ok(events.length >= 1 && events[0]!.blockIndex === 3, 'a checksum:mismatch event names the block')
+        const report = await g.scrub(vol)
+        assert.deepEqual(report.badBlocks.map((b) => [b.index, b.code]), [[3, 'CHECKSUM_MISMATCH']])
+      } finally {
+        await g.close()
+      }
+    })
     it('refuses a second instance on the same storage path with BUSY', async () => {
       const g = await GalleonFS.open({ storagePath: dir, backend })
       try {
@@ -502,4 +536,13 @@ async function collect<T> (iterable: AsyncIterable<T>, keep: (item: T) => boolea
   const out: T[] = []
   for await (const item of iterable) if (keep(item)) out.push(item)
   return out
+}
+
+/** Every file under `root`, depth first. */
+async function * walk (root: string): AsyncGenerator<string> {
+  for (const entry of await readdir(root, { withFileTypes: true })) {
+    const path = join(root, entry.name)
+    if (entry.isDirectory()) yield * walk(path)
+    else if (entry.isFile()) yield path
+  }
 }

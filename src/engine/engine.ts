@@ -409,7 +409,17 @@ export class BlockEngine {
         if (cached !== undefined) { volume.metrics.cacheHit(); return cached }
         volume.metrics.cacheMiss()
       }
-      const value = await this.store.get(address)
+      let value: Uint8Array | undefined
+      try {
+        value = await this.store.get(address)
+      } catch (err) {
+        // A store that verifies its own records (file) reports damage before the engine sees bytes:
+        // count and report it like the engine's own checksum failures.
+        if (err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION')) {
+          this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `${this.store.name} store: ${err.message}` })
+        }
+        throw err
+      }
       if (value === undefined) {
         // A concurrent write may have superseded and deleted this version: retry with the new one.
         if (volume.blocks.get(index) !== gen && attempt < 8) continue
