@@ -41,8 +41,13 @@ export interface FileBlockStoreOptions {
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 const DEFAULT_COMPACTION_THRESHOLD = 0.5
 // One write call carries at most this much (unless a single batch is larger): big enough to amortise
-// the syscall, small enough that a burst does not hold the batches behind it for long.
-const GROUP_BYTES = 4 * 1024 * 1024
+// the syscall, small enough that a burst of small writes becomes several groups in flight at once,
+// so the callers of the first group run (and queue their next writes) while the later ones are
+// still being written. One big group would leave the process idle for its whole write.
+const GROUP_BYTES = 64 * 1024
+// Write calls in flight at once. Their bytes land at reserved offsets, so they may complete in any
+// order; batches are still acknowledged in call order, and a sync covers every write before it.
+const MAX_WRITES_IN_FLIGHT = 4
 // Compaction copies in batches of about this size, so user writes interleave with it.
 const COMPACTION_BATCH_BYTES = 2 * 1024 * 1024
 
@@ -96,6 +101,18 @@ interface PendingBatch {
   reject: (err: unknown) => void
 }
 
+/** Queued batches `head..end` being written by one call; acknowledged in order once `done`. */
+interface WriteGroup {
+  head: number
+  end: number
+  sync: boolean
+  done: boolean
+  /** Why the write failed, once done. */
+  error: unknown
+  /** Settles (never rejects) when the write has finished. */
+  written: Promise<void>
+}
+
 /** One record a compaction is about to copy forward. */
 interface Move {
   key: string
@@ -141,17 +158,26 @@ export class FileBlockStore extends AbstractBlockStore {
   #segments = new Map<number, Segment>()
   /** Segment that receives newly queued batches (may be ahead of the writer's). */
   #tail!: Segment
-  /** Segment the writer appends to, and how many of its bytes are written. */
+  /** Segment the writer appends to. */
   #current!: Segment
-  #written = 0
   /** Bytes written to `#current` since its last fdatasync. */
   #dirty = false
 
+  /** Batches in call order: `..#queueHead` acknowledged, `..#issued` being written, the rest waiting. */
   #queue: PendingBatch[] = []
   #queueHead = 0
+  #issued = 0
+  /** Write groups not yet acknowledged, oldest first. */
+  #inflight: WriteGroup[] = []
+  /** Offset in `#current` up to which bytes have been handed to write calls. */
+  #issuedBytes = 0
   #writerActive = false
+  /** Wakes the writer when it waits for a write to finish or for batches to arrive. */
+  #wake: (() => void) | undefined
+  #wakeScheduled = false
   #idleWaiters: Array<() => void> = []
-  #groupBuffer: Buffer | undefined
+  /** Reusable buffers of GROUP_BYTES for write groups. */
+  #buffers: Buffer[] = []
   #failure: GalleonError | undefined
   #syncCount = 0
 
@@ -258,10 +284,15 @@ export class FileBlockStore extends AbstractBlockStore {
     this.#index = new Map()
     this.#liveBytes = 0
     this.#segments = new Map()
-    this.#written = 0
+    this.#issuedBytes = 0
     this.#dirty = false
     this.#queue = []
     this.#queueHead = 0
+    this.#issued = 0
+    this.#inflight = []
+    this.#issuedBytes = 0
+    this.#wake = undefined
+    this.#wakeScheduled = false
     this.#writerActive = false
     this.#idleWaiters = []
     this.#failure = undefined
@@ -280,7 +311,7 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     this.#segments = new Map()
     this.#index = new Map()
-    this.#groupBuffer = undefined
+    this.#buffers = []
     const lock = this.#lock
     this.#lock = undefined
     if (lock !== undefined) await lock.release().catch((err: unknown) => { failure ??= err })
@@ -356,7 +387,7 @@ export class FileBlockStore extends AbstractBlockStore {
     const last = [...this.#segments.values()].pop() as Segment
     this.#tail = last
     this.#current = last
-    this.#written = last.size
+    this.#issuedBytes = last.size
     // Whatever the last segment holds may still be only in the page cache (a process killed after
     // batches without sync). Count it as unsynced, so the next sync, roll or close fsyncs it: a roll
     // must never seal a segment whose tail a power loss could still tear, or the next open would find
@@ -569,11 +600,17 @@ export class FileBlockStore extends AbstractBlockStore {
     segment.size = offset
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ segment: bytes > 0 ? segment.id : -1, offset: start, bytes, fields, entries, sync, resolve, reject })
+      // Deferred to the next turn of the event loop so that batches called together (in the same
+      // tick or the continuations of the previous group) are written and synced together.
       if (!this.#writerActive) {
         this.#writerActive = true
-        // Deferred to the next turn of the event loop so that batches called together (in the same
-        // tick or the continuations of the previous group) are written and synced together.
         setImmediate(() => { void this.#runWriter() })
+      } else if (this.#wake !== undefined && !this.#wakeScheduled) {
+        this.#wakeScheduled = true
+        setImmediate(() => {
+          this.#wakeScheduled = false
+          this.#wakeWriter()
+        })
       }
     })
   }
@@ -587,43 +624,50 @@ export class FileBlockStore extends AbstractBlockStore {
     return segment
   }
 
+  #wakeWriter (): void {
+    const wake = this.#wake
+    this.#wake = undefined
+    wake?.()
+  }
+
+  /**
+   * Writes queued batches in groups, up to MAX_WRITES_IN_FLIGHT calls at once, and acknowledges
+   * them strictly in call order: a group resolves only when it and every group before it are
+   * written, and, if any of them asked for it, synced by one fdatasync issued after all of them
+   * finished. A crash can therefore lose only unacknowledged batches, and recovery's torn-tail
+   * truncation (at the first gap or damaged record) never drops an acknowledged one.
+   */
   async #runWriter (): Promise<void> {
     const queue = this.#queue
+    const inflight = this.#inflight
     try {
-      while (this.#queueHead < queue.length) {
-        const head = this.#queueHead
-        const first = queue[head] as PendingBatch
-        if (first.segment !== -1 && first.segment !== this.#current.id) await this.#roll(first.segment)
-        const segment = this.#current
-        let end = head
-        let bytes = 0
-        let sync = false
-        while (end < queue.length) {
-          const batch = queue[end] as PendingBatch
-          if (batch.segment !== -1 && batch.segment !== segment.id) break
-          if (bytes > 0 && bytes + batch.bytes > GROUP_BYTES) break
-          bytes += batch.bytes
-          sync ||= batch.sync
-          end++
+      for (;;) {
+        while (this.#issued < queue.length && inflight.length < MAX_WRITES_IN_FLIGHT) {
+          const first = queue[this.#issued] as PendingBatch
+          if (first.segment !== -1 && first.segment !== this.#current.id) {
+            // A segment is sealed (and fsynced) only once everything written to it has finished.
+            if (inflight.length > 0) break
+            await this.#roll(first.segment)
+          }
+          inflight.push(this.#startGroup())
         }
-        if (bytes > 0) await this.#writeGroup(segment, head, end, bytes)
-        if (sync && this.#dirty) {
-          this.#dirty = false
-          this.#syncCount++
-          await (segment.handle as FileHandle).datasync()
+        const oldest = inflight[0]
+        if (oldest !== undefined && oldest.done) {
+          await this.#acknowledge()
+          continue
         }
-        this.#queueHead = end
-        for (let i = head; i < end; i++) (queue[i] as PendingBatch).resolve()
-        if (end > 4096 && end * 2 > queue.length) {
-          queue.splice(0, end)
-          this.#queueHead = 0
-        }
-        this.#maybeScheduleCompaction()
+        if (oldest === undefined && this.#issued >= queue.length) break
+        // Wait for a write to finish or for new batches (see #enqueue).
+        await new Promise<void>((resolve) => { this.#wake = resolve })
       }
       queue.length = 0
       this.#queueHead = 0
+      this.#issued = 0
     } catch (err) {
       this.#fail(err)
+      // Let the writes still running finish before anyone may close their files.
+      await Promise.all(inflight.map(async (group) => await group.written))
+      inflight.length = 0
     }
     this.#writerActive = false
     const waiters = this.#idleWaiters
@@ -631,15 +675,74 @@ export class FileBlockStore extends AbstractBlockStore {
     for (const wake of waiters) wake()
   }
 
-  /** Encodes batches `head..end` of the queue into one buffer and appends it in one write. */
-  async #writeGroup (segment: Segment, head: number, end: number, bytes: number): Promise<void> {
+  /** Acknowledges the finished groups at the head of `#inflight`, syncing first if one needs it. */
+  async #acknowledge (): Promise<void> {
+    const inflight = this.#inflight
+    let count = 0
+    let sync = false
+    while (count < inflight.length) {
+      const group = inflight[count] as WriteGroup
+      if (!group.done) break
+      if (group.error !== undefined) {
+        if (count === 0) throw group.error
+        break
+      }
+      sync ||= group.sync
+      count++
+    }
+    if (sync && this.#dirty) {
+      this.#dirty = false
+      this.#syncCount++
+      await (this.#current.handle as FileHandle).datasync()
+    }
+    const finished = inflight.splice(0, count)
     const queue = this.#queue
-    this.#groupBuffer ??= Buffer.allocUnsafeSlow(GROUP_BYTES)
+    const end = (finished[count - 1] as WriteGroup).end
+    for (let i = this.#queueHead; i < end; i++) (queue[i] as PendingBatch).resolve()
+    this.#queueHead = end
+    if (end > 4096 && end * 2 > queue.length) {
+      queue.splice(0, end)
+      this.#queueHead = 0
+      this.#issued -= end
+      for (const group of inflight) {
+        group.head -= end
+        group.end -= end
+      }
+    }
+    this.#maybeScheduleCompaction()
+  }
+
+  /**
+   * Takes the next batches (up to GROUP_BYTES, at least one, all in the current segment), encodes
+   * them into one buffer and starts writing it at their reserved offset.
+   */
+  #startGroup (): WriteGroup {
+    const queue = this.#queue
+    const segment = this.#current
+    const head = this.#issued
+    let end = head
+    let bytes = 0
+    let sync = false
+    while (end < queue.length) {
+      const batch = queue[end] as PendingBatch
+      if (batch.segment !== -1 && batch.segment !== segment.id) break
+      if (bytes > 0 && bytes + batch.bytes > GROUP_BYTES) break
+      bytes += batch.bytes
+      sync ||= batch.sync
+      end++
+    }
+    this.#issued = end
+    const group: WriteGroup = { head, end, sync, done: false, error: undefined, written: Promise.resolve() }
+    if (bytes === 0) {
+      group.done = true
+      return group
+    }
     // Copying into one buffer (rather than writev of the callers' buffers) costs a memcpy but means
     // the crc is computed over exactly the bytes written, whatever callers do with their buffers.
-    const buffer = bytes <= this.#groupBuffer.byteLength ? this.#groupBuffer : Buffer.allocUnsafeSlow(bytes)
+    const buffer = bytes <= GROUP_BYTES ? this.#buffers.pop() ?? Buffer.allocUnsafeSlow(GROUP_BYTES) : Buffer.allocUnsafeSlow(bytes)
     let position = 0
     let fileOffset = -1
+    const locations: BlockLocation[] = []
     for (let i = head; i < end; i++) {
       const batch = queue[i] as PendingBatch
       if (batch.bytes === 0) continue
@@ -648,25 +751,34 @@ export class FileBlockStore extends AbstractBlockStore {
       const last = entries.length - 1
       for (let op = 0; op <= last; op++) {
         const location = entries[op]
+        if (location !== undefined) locations.push(location)
         position = encodeRecord(buffer, position, location === undefined ? TYPE_DEL : TYPE_PUT, op < last ? FLAG_CONTINUES : 0,
           fields[op * 3] as number, fields[op * 3 + 1] as number, fields[op * 3 + 2] as number, location?.data)
       }
     }
-    if (position !== bytes || fileOffset !== this.#written) {
-      throw new GalleonError('CORRUPTION', `internal error: a write group of ${position} bytes at ${fileOffset} does not match the ${bytes} bytes reserved at ${this.#written}`)
+    if (position !== bytes || fileOffset !== this.#issuedBytes) {
+      throw new GalleonError('CORRUPTION', `internal error: a write group of ${position} bytes at ${fileOffset} does not match the ${bytes} bytes reserved at ${this.#issuedBytes}`)
     }
+    this.#issuedBytes += bytes
     const handle = segment.handle as FileHandle
-    let done = 0
-    while (done < bytes) {
-      const { bytesWritten } = await handle.write(buffer, done, bytes - done, fileOffset + done)
-      done += bytesWritten
-    }
-    this.#written += bytes
-    this.#dirty = true
-    // Only now can reads go to the file instead of the pending value.
-    for (let i = head; i < end; i++) {
-      for (const location of (queue[i] as PendingBatch).entries) if (location !== undefined) location.data = undefined
-    }
+    group.written = (async () => {
+      let done = 0
+      while (done < bytes) {
+        const { bytesWritten } = await handle.write(buffer, done, bytes - done, fileOffset + done)
+        done += bytesWritten
+      }
+    })().then(() => {
+      this.#dirty = true
+      // Only now can reads go to the file instead of the pending value.
+      for (const location of locations) location.data = undefined
+    }, (err: unknown) => {
+      group.error = err
+    }).finally(() => {
+      group.done = true
+      if (buffer.byteLength === GROUP_BYTES && this.#buffers.length < MAX_WRITES_IN_FLIGHT) this.#buffers.push(buffer)
+      this.#wakeWriter()
+    })
+    return group
   }
 
   /**
@@ -686,7 +798,7 @@ export class FileBlockStore extends AbstractBlockStore {
     await syncDirectory(this.#location)
     old.sealed = true
     this.#current = next
-    this.#written = 0
+    this.#issuedBytes = 0
     this.#compactionWanted = true
     this.#scheduleHint(old)
   }
@@ -698,9 +810,12 @@ export class FileBlockStore extends AbstractBlockStore {
       : wrapIo(err, `the file block store at ${this.#location} stopped after a write failed; close and reopen it (recovery keeps every acknowledged batch)`)
     this.#failure ??= cause
     const queue = this.#queue
+    // Batches being written are rejected too: they were never acknowledged, and may or may not be
+    // found by recovery.
     for (let i = this.#queueHead; i < queue.length; i++) (queue[i] as PendingBatch).reject(this.#failure)
     queue.length = 0
     this.#queueHead = 0
+    this.#issued = 0
   }
 
   #whenWriterIdle (): Promise<void> {
