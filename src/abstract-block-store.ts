@@ -66,6 +66,13 @@ export abstract class AbstractBlockStore implements BlockStore {
     return await this._get(address)
   }
 
+  async getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
+    this.#assertOpen()
+    if (!Array.isArray(addresses)) throw new GalleonError('INVALID_ARGUMENT', `getMany needs an array of addresses, got ${describe(addresses)}`)
+    for (const address of addresses) checkAddress(address)
+    return await this._getMany(addresses)
+  }
+
   async batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
     this.#assertOpen()
     if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
@@ -104,6 +111,11 @@ export abstract class AbstractBlockStore implements BlockStore {
   protected abstract _sync (): Promise<void>
   protected abstract _addresses (volume: number | undefined): AsyncIterable<BlockAddress>
   protected abstract _stats (): Promise<BlockStoreStats>
+
+  /** Default: one `_get` per address, all started at once. */
+  protected async _getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
+    return await Promise.all(addresses.map(async (address) => await this._get(address)))
+  }
 
   /** Default: collect the volume's addresses and delete them in one batch. */
   protected async _deleteVolume (volume: number): Promise<void> {

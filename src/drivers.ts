@@ -76,6 +76,12 @@ export interface BlockStore {
   close (): Promise<void>
   /** Reads one block version. */
   get (address: BlockAddress): Promise<Uint8Array | undefined>
+  /**
+   * Reads several block versions: the same results as `get` for each, in order. A store may merge
+   * the reads of versions stored next to each other (the file store reads a run of adjacent records
+   * with one call). `AbstractBlockStore` provides it from `get`.
+   */
+  getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>>
   /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */
   batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void>
   /** Makes every batch resolved so far durable. */

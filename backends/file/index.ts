@@ -48,6 +48,8 @@ const GROUP_BYTES = 64 * 1024
 // Write calls in flight at once. Their bytes land at reserved offsets, so they may complete in any
 // order; batches are still acknowledged in call order, and a sync covers every write before it.
 const MAX_WRITES_IN_FLIGHT = 4
+// getMany() reads at most this much with one call.
+const MAX_READ_RUN_BYTES = 4 * 1024 * 1024
 // Compaction copies in batches of about this size, so user writes interleave with it.
 const COMPACTION_BATCH_BYTES = 2 * 1024 * 1024
 
@@ -111,6 +113,12 @@ interface WriteGroup {
   error: unknown
   /** Settles (never rejects) when the write has finished. */
   written: Promise<void>
+}
+
+/** A record `getMany` reads from disk, and where its result goes. */
+interface RunItem {
+  slot: number
+  location: BlockLocation
 }
 
 /** One record a compaction is about to copy forward. */
@@ -486,37 +494,86 @@ export class FileBlockStore extends AbstractBlockStore {
     if (location === undefined) return undefined
     const pending = location.data
     if (pending !== undefined) return new Uint8Array(pending) // a copy: the caller may keep and change it
-    const segment = this.#segments.get(location.segment)
+    const results: Array<Uint8Array | undefined> = [undefined]
+    await this.#readRun([{ slot: 0, location }], [address], results, HEADER_BYTES + location.length)
+    return results[0]
+  }
+
+  /**
+   * Like `_get` for each address, but records stored next to each other in a segment (a multi-block
+   * write puts them there) are read with one call per run of up to MAX_READ_RUN_BYTES.
+   */
+  protected override async _getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
+    const results = new Array<Uint8Array | undefined>(addresses.length).fill(undefined)
+    const onDisk: RunItem[] = []
+    for (let slot = 0; slot < addresses.length; slot++) {
+      const location = this.#index.get(addressKey(addresses[slot] as BlockAddress))
+      if (location === undefined) continue
+      if (location.data !== undefined) results[slot] = new Uint8Array(location.data)
+      else onDisk.push({ slot, location })
+    }
+    onDisk.sort((a, b) => a.location.segment - b.location.segment || a.location.offset - b.location.offset)
+    // Every read starts in this tick, as in _get: compaction cannot close a file under them.
+    const reads: Array<Promise<void>> = []
+    for (let start = 0; start < onDisk.length;) {
+      const first = (onDisk[start] as RunItem).location
+      let runEnd = first.offset + HEADER_BYTES + first.length
+      let end = start + 1
+      while (end < onDisk.length) {
+        const next = (onDisk[end] as RunItem).location
+        const nextEnd = next.offset + HEADER_BYTES + next.length
+        if (next.segment !== first.segment || next.offset !== runEnd || nextEnd - first.offset > MAX_READ_RUN_BYTES) break
+        runEnd = nextEnd
+        end++
+      }
+      reads.push(this.#readRun(onDisk.slice(start, end), addresses, results, runEnd - first.offset))
+      start = end
+    }
+    await Promise.all(reads)
+    return results
+  }
+
+  /**
+   * Reads `bytes` bytes holding the adjacent records of `items` (in offset order) with one call,
+   * checks each record's header and crc, and stores each payload in `results[slot]`.
+   */
+  async #readRun (items: readonly RunItem[], addresses: readonly BlockAddress[], results: Array<Uint8Array | undefined>, bytes: number): Promise<void> {
+    const first = (items[0] as RunItem).location
+    const segment = this.#segments.get(first.segment)
     const handle = segment?.handle
     if (segment === undefined || handle === undefined) {
-      throw new GalleonError('CORRUPTION', `block ${addressKey(address)} points to segment ${location.segment}, which is gone; reopen the store`)
+      throw new GalleonError('CORRUPTION', `block ${addressKey(addresses[(items[0] as RunItem).slot] as BlockAddress)} points to segment ${first.segment}, which is gone; reopen the store`)
     }
-    // The whole record, header included, so its crc can be checked: a sealed segment loaded from its
+    // Whole records, headers included, so their crcs can be checked: a sealed segment loaded from its
     // hint is never scanned, and without this check damage inside it would be returned as data.
-    const total = HEADER_BYTES + location.length
-    const record = new Uint8Array(total)
+    const run = new Uint8Array(bytes)
     let read: number
     try {
-      // Issued in this same tick as the index lookup, so compaction cannot close the file under it.
-      read = await readFully(handle, record, 0, total, location.offset)
+      // Called in the same tick as the index lookup, so compaction cannot close the file under it.
+      read = await readFully(handle, run, 0, bytes, first.offset)
     } catch (err) {
       throw wrapIo(err, `could not read ${segment.path}`)
     }
-    if (read !== total) {
-      throw new GalleonError('CORRUPTION', `segment ${segment.path} ends before the block stored at offset ${location.offset}; reopen the store to recover`)
-    }
-    const source = Buffer.from(record.buffer, record.byteOffset, total)
+    const source = Buffer.from(run.buffer, run.byteOffset, bytes)
     const header = this.#readHeader
-    if (!decodeHeader(source, 0, header) || header.type !== TYPE_PUT || header.length !== location.length ||
-      header.volume !== address.volume || header.index !== address.index || header.gen !== address.gen) {
-      throw new GalleonError('CORRUPTION', `segment ${segment.path} does not hold block ${addressKey(address)} at offset ${location.offset} (damaged record header); ` +
-        'the stored data was not returned: restore it from a backup')
+    for (const { slot, location } of items) {
+      const address = addresses[slot] as BlockAddress
+      const at = location.offset - first.offset
+      if (at + HEADER_BYTES + location.length > read) {
+        throw new GalleonError('CORRUPTION', `segment ${segment.path} ends before the block stored at offset ${location.offset}; reopen the store to recover`)
+      }
+      if (!decodeHeader(source, at, header) || header.type !== TYPE_PUT || header.length !== location.length ||
+        header.volume !== address.volume || header.index !== address.index || header.gen !== address.gen) {
+        throw new GalleonError('CORRUPTION', `segment ${segment.path} does not hold block ${addressKey(address)} at offset ${location.offset} (damaged record header); ` +
+          'the stored data was not returned: restore it from a backup')
+      }
+      if (!recordCrcMatches(source, at, location.length)) {
+        throw new GalleonError('CHECKSUM_MISMATCH', `block ${addressKey(address)} in segment ${segment.path} at offset ${location.offset} failed its checksum; ` +
+          'the stored data is damaged and was not returned: restore it from a backup')
+      }
+      // Views into one buffer that only this call's caller holds.
+      results[slot] = run.subarray(at + HEADER_BYTES, at + HEADER_BYTES + location.length)
     }
-    if (!recordCrcMatches(source, 0, location.length)) {
-      throw new GalleonError('CHECKSUM_MISMATCH', `block ${addressKey(address)} in segment ${segment.path} at offset ${location.offset} failed its checksum; ` +
-        'the stored data is damaged and was not returned: restore it from a backup')
-    }
-    return record.subarray(HEADER_BYTES)
   }
 
   protected async * _addresses (volume: number | undefined): AsyncIterable<BlockAddress> {

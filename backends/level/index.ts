@@ -143,6 +143,16 @@ export class LevelBlockStore extends AbstractBlockStore {
     return value === undefined || this.#givenDb === undefined ? value : copyBytes(value)
   }
 
+  protected override async _getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
+    let values: Array<Uint8Array | undefined>
+    try {
+      values = await this.#openDb().getMany<string, Uint8Array>(addresses.map(addressKey), ENCODINGS)
+    } catch (err) {
+      throw wrapIo(err, 'could not read from the level block store')
+    }
+    return this.#givenDb === undefined ? values : values.map((value) => value === undefined ? undefined : copyBytes(value))
+  }
+
   protected async _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
     await new Promise<void>((resolve, reject) => {
       this.#enqueue({ kind: 'write', ops, sync, resolve, reject })

@@ -220,16 +220,17 @@ export class BlockEngine {
     try {
       const first = Math.floor(offset / this.blockSize)
       const last = Math.floor((offset + length - 1) / this.blockSize)
-      const reads: Array<Promise<void>> = []
-      for (let index = first; index <= last; index++) {
-        reads.push(this.#readPayload(volume, index, true).then((payload) => {
-          const blockStart = index * this.blockSize
-          const from = Math.max(offset, blockStart)
-          const to = Math.min(offset + length, blockStart + this.blockSize)
-          out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
-        }))
+      const place = (index: number, payload: Uint8Array): void => {
+        const blockStart = index * this.blockSize
+        const from = Math.max(offset, blockStart)
+        const to = Math.min(offset + length, blockStart + this.blockSize)
+        out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
       }
-      await Promise.all(reads)
+      if (first === last) {
+        place(first, await this.#readPayload(volume, first, true))
+      } else {
+        await this.#readMany(volume, first, last, place)
+      }
       ok = true
       return out
     } finally {
@@ -387,6 +388,49 @@ export class BlockEngine {
     if (replicated) await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern)
   }
 
+  /**
+   * Reads blocks first..last with one `getMany` (which the file store turns into a few large reads)
+   * and hands each verified payload to `place`; unwritten blocks are skipped (they read as zeros).
+   * Blocks found in the cache are used, but a multi-block read does not fill the cache: a scan
+   * would only evict the blocks that are read again and again.
+   */
+  async #readMany (volume: VolumeBlocks, first: number, last: number, place: (index: number, payload: Uint8Array) => void): Promise<void> {
+    const indices: number[] = []
+    const addresses: BlockAddress[] = []
+    const useCache = this.#cache.enabled && this.#cache.size > 0
+    for (let index = first; index <= last; index++) {
+      const gen = volume.blocks.get(index)
+      if (gen === undefined) continue
+      const address: BlockAddress = { volume: volume.storageId, index, gen }
+      if (useCache) {
+        const cached = this.#cache.get(addressKey(address))
+        if (cached !== undefined) {
+          volume.metrics.cacheHit()
+          place(index, cached)
+          continue
+        }
+      }
+      if (this.#cache.enabled) volume.metrics.cacheMiss()
+      indices.push(index)
+      addresses.push(address)
+    }
+    if (addresses.length === 0) return
+    let values: Array<Uint8Array | undefined> | undefined
+    try {
+      values = await this.store.getMany(addresses)
+    } catch (err) {
+      // Damage somewhere in the range: read block by block, which finds and reports the bad one.
+      if (!(err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION'))) throw err
+    }
+    for (let i = 0; i < addresses.length; i++) {
+      const index = indices[i] as number
+      const value = values?.[i]
+      // Missing: a concurrent write superseded this version (or the store reported damage); the
+      // single-block path retries with the current version and reports real damage.
+      place(index, value === undefined ? await this.#readPayload(volume, index, false) : this.#verified(volume, addresses[i] as BlockAddress, value))
+    }
+  }
+
   /** Makes a committed version visible and queues the superseded one for deletion. */
   #publish (volume: VolumeBlocks, index: number, gen: number): void {
     const previous = volume.blocks.get(index)
@@ -426,18 +470,25 @@ export class BlockEngine {
         this.#fail(volume, { storageId: volume.storageId, index, gen, reason: 'block version missing from the store' })
         throw new GalleonError('CORRUPTION', `block ${index} (generation ${gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
       }
-      const decoded = decodeBlock(address, value)
-      if (!decoded.ok) {
-        this.#fail(volume, { storageId: volume.storageId, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
-        throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} failed verification (${decoded.reason}); the stored data is damaged and was not returned. Restore the volume from a snapshot or backup`)
-      }
-      if (decoded.payload.byteLength !== this.blockSize) {
-        this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
-        throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
-      }
-      if (key !== undefined) this.#cache.set(key, decoded.payload)
-      return decoded.payload
+      const payload = this.#verified(volume, address, value)
+      if (key !== undefined) this.#cache.set(key, payload)
+      return payload
     }
+  }
+
+  /** Checks a stored value against its address and returns its payload, or reports and throws. */
+  #verified (volume: VolumeBlocks, address: BlockAddress, value: Uint8Array): Uint8Array {
+    const { index, gen } = address
+    const decoded = decodeBlock(address, value)
+    if (!decoded.ok) {
+      this.#fail(volume, { storageId: volume.storageId, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
+      throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} failed verification (${decoded.reason}); the stored data is damaged and was not returned. Restore the volume from a snapshot or backup`)
+    }
+    if (decoded.payload.byteLength !== this.blockSize) {
+      this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
+      throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
+    }
+    return decoded.payload
   }
 
   #fail (volume: VolumeBlocks, failure: ChecksumFailure): void {

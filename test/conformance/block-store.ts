@@ -151,6 +151,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
             await store.close()
           }
           await rejectsWith(() => store.get(addr(1, 1)), 'NOT_OPEN', `get ${when}`)
+          await rejectsWith(() => store.getMany([addr(1, 1)]), 'NOT_OPEN', `getMany ${when}`)
           await rejectsWith(() => store.batch([put(addr(1, 1), bytesOf(4, 1))]), 'NOT_OPEN', `batch ${when}`)
           await rejectsWith(() => store.batch([]), 'NOT_OPEN', `empty batch ${when}`)
           await rejectsWith(() => store.sync(), 'NOT_OPEN', `sync ${when}`)
@@ -237,6 +238,43 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         assert.equal((await collect(store.addresses({ volume: 5 }))).length, 18)
       })
 
+      storeTest('getMany() returns what get() returns for each address, in order, isolated copies', [], async ({ store, reopen }) => {
+        // Adjacent versions written in one batch (a multi-block write), others scattered, some
+        // deleted, some never written, one repeated; then again after reopen (read from the medium).
+        await store.batch(Array.from({ length: 64 }, (_, i) => put(addr(3, i, 1), bytesOf(4096 + (i % 3), i))))
+        await store.batch([put(addr(4, 7, 2), bytesOf(100, 200)), put(addr(3, 100, 1), bytesOf(1, 201))])
+        await store.batch([del(addr(3, 10, 1)), del(addr(3, 11, 1))])
+        const wanted = [
+          ...Array.from({ length: 64 }, (_, i) => addr(3, i, 1)),
+          addr(4, 7, 2), addr(3, 5, 1), addr(9, 9, 9), addr(3, 100, 1), addr(3, 63, 1), addr(3, 0, 1)
+        ]
+        const check = async (s: BlockStore, when: string): Promise<void> => {
+          const many = await s.getMany(wanted)
+          assert.equal(many.length, wanted.length, `one result per address ${when}`)
+          for (let i = 0; i < wanted.length; i++) assert.deepEqual(many[i], await s.get(wanted[i] as BlockAddress), `address ${i} ${when}`)
+          assert.equal(many[10], undefined, `deleted ${when}`)
+          assert.equal(many[66], undefined, `never written ${when}`)
+          // Every value is the caller's own: changing one changes no other result and no stored value.
+          for (const value of many) value?.fill(0xee)
+          assertBytes(await s.get(addr(3, 0, 1)), bytesOf(4096, 0), `stored bytes unchanged ${when}`)
+          assert.deepEqual(await s.getMany([]), [], `empty list ${when}`)
+        }
+        await check(store, 'while open')
+        if (store.supports.persistent) await check(await reopen(store), 'after reopen')
+      })
+
+      storeTest('getMany() during writes returns whole values', [], async ({ store }) => {
+        // Each round reads the versions the previous round wrote while the next batch is in flight.
+        let previous = store.batch(Array.from({ length: 16 }, (_, i) => put(addr(1, i, 0), bytesOf(4096, 0))))
+        for (let round = 1; round <= 20; round++) {
+          await previous
+          previous = store.batch(Array.from({ length: 16 }, (_, i) => put(addr(1, i, round), bytesOf(4096, round))))
+          const many = await store.getMany(Array.from({ length: 16 }, (_, i) => addr(1, i, round - 1)))
+          for (const value of many) assertBytes(value, bytesOf(4096, round - 1), `round ${round}`)
+        }
+        await previous
+      })
+
       storeTest('the largest address components round-trip through get() and addresses()', [], async ({ store }) => {
         const max = Number.MAX_SAFE_INTEGER
         const addresses = [addr(0, 0, 0), addr(0xffffffff, 0, 0), addr(1, max, 0), addr(1, 0, max), addr(0xffffffff, max, max), addr(2, 2 ** 52, 2 ** 52 - 1)]
@@ -265,6 +303,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
       storeTest('rejects malformed addresses with INVALID_ARGUMENT', [], async ({ store }) => {
         for (const [what, address] of BAD_ADDRESSES) {
           await rejectsWith(() => store.get(address as BlockAddress), 'INVALID_ARGUMENT', `get(${what})`)
+          await rejectsWith(() => store.getMany([addr(1, 1), address as BlockAddress]), 'INVALID_ARGUMENT', `getMany(${what})`)
           await rejectsWith(() => store.batch([{ type: 'put', address: address as BlockAddress, data: bytesOf(4, 1) }]), 'INVALID_ARGUMENT', `put(${what})`)
           await rejectsWith(() => store.batch([{ type: 'del', address: address as BlockAddress }]), 'INVALID_ARGUMENT', `del(${what})`)
         }
