@@ -79,9 +79,10 @@ export interface BlockStore {
   /**
    * Reads several block versions: the same results as `get` for each, in order. A store may merge
    * the reads of versions stored next to each other (the file store reads a run of adjacent records
-   * with one call). `AbstractBlockStore` provides it from `get`.
+   * with one call). `AbstractBlockStore` provides it from `get`; without it the engine calls `get`
+   * for each address.
    */
-  getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>>
+  getMany? (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>>
   /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */
   batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void>
   /** Makes every batch resolved so far durable. */

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, open, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern, VolumeType, AccessMode, VolumeState, GalleonError, type ReplicationHook } from '../src/index.js'
+import { GalleonFS, WriteConcern, VolumeType, AccessMode, VolumeState, GalleonError, type ReplicationHook, type BlockStore } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { MemoryLevel } from 'memory-level'
@@ -320,6 +320,33 @@ describe('GalleonFS in memory', () => {
       assert.ok(stats.blocks >= 64 && stats.liveBytes >= 64 * 4096)
       assert.ok(syncs >= 1 && syncs < 32, `64 concurrent durable writes took ${syncs} fdatasync calls`)
       for (let i = 0; i < 64; i++) assert.deepEqual(await g.readBlock(vol, i), pattern(i, 4096))
+    })
+    it('serves multi-block reads from a block store without the optional getMany()', async () => {
+      const inner = new MemoryBlockStore()
+      // A plain object with every required method but getMany, as a hand-written JS driver might be.
+      const plain: BlockStore = {
+        name: 'plain',
+        supports: inner.supports,
+        get status () { return inner.status },
+        open: async () => await inner.open(),
+        close: async () => await inner.close(),
+        get: async (address) => await inner.get(address),
+        batch: async (ops, options) => await inner.batch(ops, options),
+        sync: async () => await inner.sync(),
+        addresses: (options) => inner.addresses(options),
+        deleteVolume: async (volume) => await inner.deleteVolume(volume),
+        stats: async () => await inner.stats()
+      }
+      const h = await GalleonFS.open({ metadata: new MemoryLevel() as never, blockStore: plain })
+      try {
+        const vol = await h.createVolume({ name: 'plain', sizeBytes: '1M' })
+        const data = pattern(77, 5 * 4096)
+        await h.write(vol, 4096, data)
+        assert.deepEqual(await h.read(vol, 4096, data.byteLength), data)
+        assert.deepEqual(await h.read(vol, 100, 3 * 4096), (() => { const e = new Uint8Array(3 * 4096); e.set(data.subarray(0, 3 * 4096 + 100 - 4096), 4096 - 100); return e })())
+      } finally {
+        await h.close()
+      }
     })
     it('detects a corrupted block: CHECKSUM_MISMATCH, an event, and scrub reports it', async () => {
       const store = new MemoryBlockStore()

@@ -265,7 +265,7 @@ export class BlockEngine {
         const to = Math.min(offset + data.byteLength, blockStart + this.blockSize)
         let payload = data.subarray(from - offset, to - offset)
         if (to - from < this.blockSize) {
-          const merged = (await this.#readPayload(volume, index, false)).slice()
+          const merged = (await this.#readPayload(volume, index, false, true)).slice()
           merged.set(payload, from - blockStart)
           payload = merged
         }
@@ -310,7 +310,7 @@ export class BlockEngine {
           ops.push({ type: 'del', address: { volume: volume.storageId, index, gen: current } })
           unmapped.push(index)
         } else {
-          const merged = (await this.#readPayload(volume, index, false)).slice()
+          const merged = (await this.#readPayload(volume, index, false, true)).slice()
           merged.fill(0, from - blockStart, to - blockStart)
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
@@ -417,7 +417,9 @@ export class BlockEngine {
     if (addresses.length === 0) return
     let values: Array<Uint8Array | undefined> | undefined
     try {
-      values = await this.store.getMany(addresses)
+      values = this.store.getMany !== undefined
+        ? await this.store.getMany(addresses)
+        : await Promise.all(addresses.map(async (address) => await this.store.get(address)))
     } catch (err) {
       // Damage somewhere in the range: read block by block, which finds and reports the bad one.
       if (!(err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION'))) throw err
@@ -442,7 +444,8 @@ export class BlockEngine {
     }
   }
 
-  async #readPayload (volume: VolumeBlocks, index: number, useCache: boolean): Promise<Uint8Array> {
+  /** `holdsClaim`: the caller has claimed the block (write/trim edges), so it must not wait for claims. */
+  async #readPayload (volume: VolumeBlocks, index: number, useCache: boolean, holdsClaim = false): Promise<Uint8Array> {
     for (let attempt = 0; ; attempt++) {
       const gen = volume.blocks.get(index)
       if (gen === undefined) return this.#zeroBlock
@@ -467,6 +470,13 @@ export class BlockEngine {
       if (value === undefined) {
         // A concurrent write may have superseded and deleted this version: retry with the new one.
         if (volume.blocks.get(index) !== gen && attempt < 8) continue
+        // A trim deletes the version first and unmaps the block only once its batch resolved, under
+        // the block's claim: a caller holding no claim waits for the last one and looks again.
+        const claim = holdsClaim ? undefined : volume.locks.get(index)
+        if (claim !== undefined && attempt < 8) {
+          await claim.released()
+          continue
+        }
         this.#fail(volume, { storageId: volume.storageId, index, gen, reason: 'block version missing from the store' })
         throw new GalleonError('CORRUPTION', `block ${index} (generation ${gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
       }

@@ -3,7 +3,7 @@
 import { GalleonError } from '../errors.js'
 import type { VolumeMetricsSnapshot } from './recorder.js'
 
-/** The HTTP Content-Type of {@link renderPrometheus}'s output. */
+/** The HTTP Content-Type of the Prometheus text that `metricsText()` returns. */
 export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 
 /** One volume as {@link renderPrometheus} reports it. */

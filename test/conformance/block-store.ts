@@ -30,8 +30,9 @@ export interface BlockStoreSuiteOptions {
   describe?: typeof nodeTest.describe
 }
 
-type Capability = keyof BlockStoreSupports
-const CAPABILITIES: readonly Capability[] = ['persistent', 'durableSync', 'atomicBatch', 'reclaimsSpace']
+/** A declared capability, or an optional method the store has. */
+type Capability = keyof BlockStoreSupports | 'getMany'
+const CAPABILITIES: ReadonlyArray<keyof BlockStoreSupports> = ['persistent', 'durableSync', 'atomicBatch', 'reclaimsSpace']
 
 interface StoreContext {
   /** A store at a fresh location, open unless the test asked otherwise. */
@@ -106,7 +107,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
           assert.ok(store.name.length > 0, 'name must not be empty')
           for (const capability of CAPABILITIES) assert.equal(typeof store.supports[capability], 'boolean', `supports.${capability}`)
           for (const [capability, wanted] of Object.entries(options.supports ?? {})) {
-            if (wanted === true) assert.equal(store.supports[capability as Capability], true, `the suite was told ${name} supports ${capability}`)
+            if (wanted === true) assert.equal(store.supports[capability as keyof BlockStoreSupports], true, `the suite was told ${name} supports ${capability}`)
           }
           assert.equal(store.status, 'closed')
         } finally {
@@ -151,7 +152,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
             await store.close()
           }
           await rejectsWith(() => store.get(addr(1, 1)), 'NOT_OPEN', `get ${when}`)
-          await rejectsWith(() => store.getMany([addr(1, 1)]), 'NOT_OPEN', `getMany ${when}`)
+          if (store.getMany !== undefined) await rejectsWith(() => store.getMany!([addr(1, 1)]), 'NOT_OPEN', `getMany ${when}`)
           await rejectsWith(() => store.batch([put(addr(1, 1), bytesOf(4, 1))]), 'NOT_OPEN', `batch ${when}`)
           await rejectsWith(() => store.batch([]), 'NOT_OPEN', `empty batch ${when}`)
           await rejectsWith(() => store.sync(), 'NOT_OPEN', `sync ${when}`)
@@ -238,7 +239,8 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         assert.equal((await collect(store.addresses({ volume: 5 }))).length, 18)
       })
 
-      storeTest('getMany() returns what get() returns for each address, in order, isolated copies', [], async ({ store, reopen }) => {
+      // getMany() is optional in the interface (AbstractBlockStore provides it): a store without it skips these.
+      storeTest('getMany() returns what get() returns for each address, in order, isolated copies', ['getMany'], async ({ store, reopen }) => {
         // Adjacent versions written in one batch (a multi-block write), others scattered, some
         // deleted, some never written, one repeated; then again after reopen (read from the medium).
         await store.batch(Array.from({ length: 64 }, (_, i) => put(addr(3, i, 1), bytesOf(4096 + (i % 3), i))))
@@ -249,7 +251,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
           addr(4, 7, 2), addr(3, 5, 1), addr(9, 9, 9), addr(3, 100, 1), addr(3, 63, 1), addr(3, 0, 1)
         ]
         const check = async (s: BlockStore, when: string): Promise<void> => {
-          const many = await s.getMany(wanted)
+          const many = await s.getMany!(wanted)
           assert.equal(many.length, wanted.length, `one result per address ${when}`)
           for (let i = 0; i < wanted.length; i++) assert.deepEqual(many[i], await s.get(wanted[i] as BlockAddress), `address ${i} ${when}`)
           assert.equal(many[10], undefined, `deleted ${when}`)
@@ -257,19 +259,19 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
           // Every value is the caller's own: changing one changes no other result and no stored value.
           for (const value of many) value?.fill(0xee)
           assertBytes(await s.get(addr(3, 0, 1)), bytesOf(4096, 0), `stored bytes unchanged ${when}`)
-          assert.deepEqual(await s.getMany([]), [], `empty list ${when}`)
+          assert.deepEqual(await s.getMany!([]), [], `empty list ${when}`)
         }
         await check(store, 'while open')
         if (store.supports.persistent) await check(await reopen(store), 'after reopen')
       })
 
-      storeTest('getMany() during writes returns whole values', [], async ({ store }) => {
+      storeTest('getMany() during writes returns whole values', ['getMany'], async ({ store }) => {
         // Each round reads the versions the previous round wrote while the next batch is in flight.
         let previous = store.batch(Array.from({ length: 16 }, (_, i) => put(addr(1, i, 0), bytesOf(4096, 0))))
         for (let round = 1; round <= 20; round++) {
           await previous
           previous = store.batch(Array.from({ length: 16 }, (_, i) => put(addr(1, i, round), bytesOf(4096, round))))
-          const many = await store.getMany(Array.from({ length: 16 }, (_, i) => addr(1, i, round - 1)))
+          const many = await store.getMany!(Array.from({ length: 16 }, (_, i) => addr(1, i, round - 1)))
           for (const value of many) assertBytes(value, bytesOf(4096, round - 1), `round ${round}`)
         }
         await previous
@@ -303,7 +305,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
       storeTest('rejects malformed addresses with INVALID_ARGUMENT', [], async ({ store }) => {
         for (const [what, address] of BAD_ADDRESSES) {
           await rejectsWith(() => store.get(address as BlockAddress), 'INVALID_ARGUMENT', `get(${what})`)
-          await rejectsWith(() => store.getMany([addr(1, 1), address as BlockAddress]), 'INVALID_ARGUMENT', `getMany(${what})`)
+          if (store.getMany !== undefined) await rejectsWith(() => store.getMany!([addr(1, 1), address as BlockAddress]), 'INVALID_ARGUMENT', `getMany(${what})`)
           await rejectsWith(() => store.batch([{ type: 'put', address: address as BlockAddress, data: bytesOf(4, 1) }]), 'INVALID_ARGUMENT', `put(${what})`)
           await rejectsWith(() => store.batch([{ type: 'del', address: address as BlockAddress }]), 'INVALID_ARGUMENT', `del(${what})`)
         }
@@ -623,8 +625,8 @@ const BAD_ADDRESSES: ReadonlyArray<[string, unknown]> = [
   ['string index', { volume: 0, index: '1', gen: 0 }], ['bigint gen', { volume: 0, index: 0, gen: 1n }]
 ]
 
-function capabilities (store: BlockStore, narrowed: Partial<BlockStoreSupports> | undefined): BlockStoreSupports {
-  const result = { ...store.supports }
+function capabilities (store: BlockStore, narrowed: Partial<BlockStoreSupports> | undefined): Record<Capability, boolean> {
+  const result: Record<Capability, boolean> = { ...store.supports, getMany: typeof store.getMany === 'function' }
   for (const capability of CAPABILITIES) if (narrowed?.[capability] === false) result[capability] = false
   return result
 }
