@@ -7,7 +7,7 @@
 //      BENCH_BACKENDS (comma-separated, default file,level,memory).
 
 import { randomFillSync } from 'node:crypto'
-import { mkdir, mkdtemp, open, rm, statfs, writeFile, type FileHandle } from 'node:fs/promises'
+import { mkdir, mkdtemp, open, rm, statfs, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'

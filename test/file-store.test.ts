@@ -14,6 +14,8 @@ import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT, encodeRecord } from '../backend
 import { hintFileName, segmentFileName } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
+import { addr, bytesOf, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
+import { BlockStoreModel } from './conformance/block-store.js'
 
 const FILE_STORE_MODULE = fileURLToPath(new URL('../backends/file/index.ts', import.meta.url))
 
@@ -48,42 +50,8 @@ async function withStore (
   }
 }
 
-function addr (volume: number, index: number, gen = 0): BlockAddress {
-  return { volume, index, gen }
-}
 
-function put (address: BlockAddress, data: Uint8Array): BlockOp {
-  return { type: 'put', address, data }
-}
 
-function del (address: BlockAddress): BlockOp {
-  return { type: 'del', address }
-}
-
-/** Deterministic pseudo-random bytes, different for each (size, seed). */
-function bytesOf (size: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(size)
-  let state = (Math.imul(seed + 1, 0x9e3779b1) ^ size) >>> 0
-  if (state === 0) state = 1
-  for (let i = 0; i < size; i++) {
-    state ^= state << 13
-    state ^= state >>> 17
-    state ^= state << 5
-    bytes[i] = state & 0xff
-  }
-  return bytes
-}
-
-function mulberry32 (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 function assertBytes (actual: Uint8Array | undefined, expected: Uint8Array, what: string): void {
   assert.ok(actual instanceof Uint8Array, `${what}: expected ${expected.byteLength} bytes, got ${String(actual)}`)
@@ -136,37 +104,6 @@ function recordSize (length: number): number {
   return HEADER_BYTES + length
 }
 
-/** What a store should hold: ops applied in call order. */
-class Model {
-  readonly values = new Map<string, { address: BlockAddress, data: Uint8Array }>()
-  readonly touched = new Map<string, BlockAddress>()
-
-  apply (ops: readonly BlockOp[]): void {
-    for (const op of ops) {
-      const key = `${op.address.volume}/${op.address.index}/${op.address.gen}`
-      this.touched.set(key, op.address)
-      if (op.type === 'put') this.values.set(key, { address: op.address, data: op.data })
-      else this.values.delete(key)
-    }
-  }
-
-  deleteVolume (volume: number): void {
-    for (const [key, { address }] of this.values) if (address.volume === volume) this.values.delete(key)
-  }
-
-  async check (store: FileBlockStore, what: string): Promise<void> {
-    for (const [key, address] of this.touched) {
-      const expected = this.values.get(key)
-      const actual = await store.get(address)
-      if (expected === undefined) assert.equal(actual, undefined, `${what}: ${key} must be absent (deleted), found ${actual?.byteLength} bytes`)
-      else assertBytes(actual, expected.data, `${what}: ${key}`)
-    }
-    const stats = await store.stats()
-    let liveBytes = 0
-    for (const { data } of this.values.values()) liveBytes += data.byteLength
-    assert.deepEqual({ blocks: stats.blocks, liveBytes: stats.liveBytes }, { blocks: this.values.size, liveBytes }, `${what}: stats`)
-  }
-}
 
 // ---- tests -----------------------------------------------------------------------------------------
 
@@ -176,7 +113,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 8192, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         for (let i = 0; i < 20; i++) {
           const ops = [put(addr(1, i), bytesOf(1000, i))]
           model.apply(ops)
@@ -215,7 +152,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 16 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         for (let round = 0; round < 12; round++) {
           for (let i = 0; i < 16; i++) {
             const ops = [put(addr(1, i), bytesOf(1024, round * 16 + i))]
@@ -304,7 +241,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         const apply = async (ops: BlockOp[], sync = false): Promise<void> => { model.apply(ops); await store.batch(ops, { sync }) }
         // Segment 1: the victim put X, among three blocks that stay live, so segment 1 is never worth compacting.
         const x = addr(7, 1)
@@ -350,7 +287,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         for (let i = 0; i < 12; i++) {
           const ops = [put(addr(3, i), bytesOf(700, i)), put(addr(4, i), bytesOf(300, i))]
           model.apply(ops)
@@ -404,7 +341,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 2048, compactionThreshold: 0.6 }, async ({ make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         const keys = [1, 2].flatMap((volume) => Array.from({ length: 24 }, (_, i) => addr(volume, i % 12, Math.floor(i / 12))))
         let seed = 0
         for (let round = 1; round <= 40; round++) {
@@ -444,7 +381,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         for (let i = 0; i < 24; i++) {
           const ops: BlockOp[] = [put(addr(1, i), bytesOf(900, i))]
           if (i % 5 === 4) ops.push(del(addr(1, i - 2)))
@@ -504,7 +441,7 @@ describe('file block store', () => {
         await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
           let store = make()
           await store.open()
-          const model = new Model()
+          const model = new BlockStoreModel()
           for (let i = 0; i < 16; i++) {
             const ops: BlockOp[] = [put(addr(1, i), bytesOf(900, i))]
             if (i === 2) ops.push(del(addr(1, 0)))
@@ -832,7 +769,7 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 256 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
-        const model = new Model()
+        const model = new BlockStoreModel()
         for (let round = 0; round < 8; round++) {
           const pending: Array<Promise<void>> = []
           for (let i = 0; i < 64; i++) {

@@ -9,6 +9,7 @@ import * as nodeTest from 'node:test'
 import { setImmediate as nextMacrotask, setTimeout as sleep } from 'node:timers/promises'
 import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStore, type BlockStoreSupports } from '../../src/drivers.js'
 import type { GalleonErrorCode } from '../../src/errors.js'
+import { addr, bytesOf, del, put, seededRandom as mulberry32 } from './fixtures.js'
 
 /** Options of {@link blockStoreSuite}. */
 export interface BlockStoreSuiteOptions {
@@ -465,7 +466,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
 
     describe('concurrency', () => {
       storeTest('200 concurrent batches from many tasks apply in call order', [], async ({ store }) => {
-        const model = new Model()
+        const model = new BlockStoreModel()
         const random = mulberry32(200)
         const keys = Array.from({ length: 32 }, (_, i) => addr(i % 2, (i >> 1) % 8, i >> 4))
         let sequence = 0
@@ -522,7 +523,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
 
     describe('durability', () => {
       storeTest('everything written survives close() and reopen, deletes included', ['persistent'], async ({ store, reopen }) => {
-        const model = new Model()
+        const model = new BlockStoreModel()
         const random = mulberry32(7)
         const keys = Array.from({ length: 60 }, (_, i) => addr(i % 3, i, i % 2))
         let sequence = 0
@@ -579,7 +580,7 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
       storeTest('5,000 random ops match a model, before and after reopen', [], async ({ store, reopen }) => {
         const seed = 5000
         const random = mulberry32(seed)
-        const model = new Model()
+        const model = new BlockStoreModel()
         const keys = [0, 7, 0xffffffff].flatMap((volume) => Array.from({ length: 120 }, (_, i) => addr(volume, i % 40, Math.floor(i / 40))))
         let ops = 0
         let sequence = 0
@@ -631,17 +632,6 @@ function capabilities (store: BlockStore, narrowed: Partial<BlockStoreSupports> 
   return result
 }
 
-function addr (volume: number, index: number, gen = 0): BlockAddress {
-  return { volume, index, gen }
-}
-
-function put (address: BlockAddress, data: Uint8Array): BlockOp {
-  return { type: 'put', address, data }
-}
-
-function del (address: BlockAddress): BlockOp {
-  return { type: 'del', address }
-}
 
 function show (address: BlockAddress): string {
   return `${address.volume}/${address.index}/${address.gen}`
@@ -651,29 +641,7 @@ function sortedKeys (addresses: readonly BlockAddress[]): string[] {
   return addresses.map(show).sort()
 }
 
-/** Deterministic pseudo-random bytes, different for each (size, seed). */
-function bytesOf (size: number, seed: number): Uint8Array {
-  const bytes = new Uint8Array(size)
-  let state = (Math.imul(seed + 1, 0x9e3779b1) ^ size) >>> 0
-  for (let i = 0; i < size; i++) {
-    state ^= state << 13
-    state ^= state >>> 17
-    state ^= state << 5
-    bytes[i] = state & 0xff
-  }
-  return bytes
-}
 
-function mulberry32 (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Random puts (sizes mostly small, sometimes 64 KiB) and deletes over `keys`. */
 function randomOps (random: () => number, keys: readonly BlockAddress[], count: number, nextSeed: () => number): BlockOp[] {
@@ -732,8 +700,11 @@ async function eventually (condition: () => Promise<boolean>, deadlineMs = 10_00
   }
 }
 
-/** What a store should hold: ops applied in call order to a Map, plus every address ever touched. */
-class Model {
+/**
+ * A reference model of a block store (ops applied in call order, plus every address ever touched): apply the same ops to it and to a store, then `check` that the
+ * store returns exactly the model's values, lists exactly its addresses and counts its blocks and bytes.
+ */
+export class BlockStoreModel {
   readonly values = new Map<string, { address: BlockAddress, data: Uint8Array }>()
   readonly touched = new Map<string, BlockAddress>()
 

@@ -1,3 +1,4 @@
 // Public entry of the conformance suites (`galleonfs/test/conformance`), so third-party backends can run them.
 
-export { blockStoreSuite, type BlockStoreSuiteOptions } from './block-store.js'
+export { blockStoreSuite, BlockStoreModel, type BlockStoreSuiteOptions } from './block-store.js'
+export { addr, put, del, bytesOf, seededRandom } from './fixtures.js'

@@ -18,8 +18,9 @@
 // Sequence numbers grow in issue order, and each operation is issued (its blocks claimed by the
 // engine) in the same tick as its `W`/`T` line, so per block, seq order is application order.
 
-import { writeSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
+import { seededRandom } from '../conformance/fixtures.js'
+import { reportLine } from './support.js'
 
 /** Bytes of one self-describing unit. Byte-range writes are aligned to it, not to blocks. */
 export const SECTOR_BYTES = 512
@@ -119,33 +120,8 @@ export function writePayload (tag: number, seq: number, first: number, count: nu
   return out
 }
 
-/** Small seeded PRNG (mulberry32) for the choice of operations. */
-export function seededRandom (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { seededRandom }
 
-// Synchronous so the line is in the pipe before the next operation is issued; retried on EAGAIN in
-// case something made the pipe non-blocking.
-const waitCell = new Int32Array(new SharedArrayBuffer(4))
-function report (line: string): void {
-  const bytes = Buffer.from(line + '\n')
-  let written = 0
-  while (written < bytes.byteLength) {
-    try {
-      written += writeSync(1, bytes, written)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
-      Atomics.wait(waitCell, 0, 0, 1)
-    }
-  }
-}
 
 async function main (): Promise<void> {
   const [storagePath, backend, seqBaseText, seedText] = process.argv.slice(2)
@@ -156,11 +132,11 @@ async function main (): Promise<void> {
   const random = seededRandom(Number(seedText))
   let nextSeq = Number(seqBaseText)
 
-  report('opening')
+  reportLine('opening')
   const g = await GalleonFS.open({ storagePath, backend })
   const volume = await g.getVolume(VOLUME_NAME)
   const tag = volumeTag(volume.id)
-  report(`ready ${tag}`)
+  reportLine(`ready ${tag}`)
 
   const pickBlock = (): number => random() < 0.5 ? Math.floor(random() * HOT_BLOCKS) : Math.floor(random() * VOLUME_BLOCKS)
 
@@ -174,9 +150,9 @@ async function main (): Promise<void> {
     const seq = nextSeq++
     const first = block * SECTORS_PER_BLOCK
     const data = writePayload(tag, seq, first, SECTORS_PER_BLOCK)
-    report(`W ${seq} ${first} ${SECTORS_PER_BLOCK} ${durable ? 'D' : 'A'} b`)
+    reportLine(`W ${seq} ${first} ${SECTORS_PER_BLOCK} ${durable ? 'D' : 'A'} b`)
     await g.writeBlock(volume.id, block, data, durable ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
-    report(`${durable ? 'ack' : 'acka'} ${block} ${seq}`)
+    reportLine(`${durable ? 'ack' : 'acka'} ${block} ${seq}`)
   }
 
   /** A byte-range write spanning 2-6 blocks, usually starting and ending inside a block. */
@@ -186,24 +162,24 @@ async function main (): Promise<void> {
     const first = startBlock * SECTORS_PER_BLOCK + (random() < 0.8 ? 1 + Math.floor(random() * (SECTORS_PER_BLOCK - 1)) : 0)
     const count = Math.min(SECTORS_PER_BLOCK + 1 + Math.floor(random() * 4 * SECTORS_PER_BLOCK), VOLUME_SECTORS - first)
     const data = writePayload(tag, seq, first, count)
-    report(`W ${seq} ${first} ${count} ${durable ? 'D' : 'A'} r`)
+    reportLine(`W ${seq} ${first} ${count} ${durable ? 'D' : 'A'} r`)
     await g.write(volume.id, first * SECTOR_BYTES, data, durable ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
-    report(`${durable ? 'ack' : 'acka'} ${startBlock} ${seq}`)
+    reportLine(`${durable ? 'ack' : 'acka'} ${startBlock} ${seq}`)
   }
 
   async function flush (): Promise<void> {
     const seq = nextSeq++
-    report(`F ${seq}`)
+    reportLine(`F ${seq}`)
     await g.flush(volume.id)
-    report(`flushed ${seq}`)
+    reportLine(`flushed ${seq}`)
   }
 
   async function trimThenFlush (): Promise<void> {
     const block = pickBlock()
     const seq = nextSeq++
-    report(`T ${seq} ${block}`)
+    reportLine(`T ${seq} ${block}`)
     await g.trim(volume.id, block * BLOCK_BYTES, BLOCK_BYTES)
-    report(`trimmed ${block} ${seq}`)
+    reportLine(`trimmed ${block} ${seq}`)
     await flush()
   }
 
@@ -230,7 +206,7 @@ async function main (): Promise<void> {
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((err: unknown) => {
     const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { report(`error ${message.replace(/\n/g, ' ')}`) } catch {}
+    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
     process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
     process.exit(3)
   })

@@ -37,6 +37,7 @@ import {
   BLOCK_BYTES, SECTORS_PER_BLOCK, SECTOR_BYTES, VOLUME_BLOCKS, VOLUME_BYTES, VOLUME_NAME, VOLUME_SECTORS,
   decodeSector, seededRandom, volumeTag, type DecodedSector
 } from './crash-child.js'
+import { readChildLines, trialCount } from './support.js'
 
 const BACKENDS = ['file', 'level'] as const
 type Backend = typeof BACKENDS[number]
@@ -51,16 +52,6 @@ const SEQ_STRIDE = 1 << 24
 /** A child that prints nothing useful for this long is killed and the trial fails. */
 const CHILD_DEADLINE_MS = 60_000
 const MAX_REPORTED_VIOLATIONS = 25
-
-function trialCount (): number {
-  const fromEnv = process.env.GALLEON_CRASH_TRIALS
-  if (fromEnv !== undefined && fromEnv !== '') {
-    const trials = Number(fromEnv)
-    if (!Number.isSafeInteger(trials) || trials < 1) throw new Error(`GALLEON_CRASH_TRIALS must be a positive integer, got ${fromEnv}`)
-    return trials
-  }
-  return process.env.CI === 'true' ? 25 : 50
-}
 
 // ------------------------------------------------------------------------------------------------
 // Running one child
@@ -99,27 +90,14 @@ async function runChild (storagePath: string, backend: Backend, seqBase: number,
       killTimer = setTimeout(kill, killDelayMs)
     }
   }
-  let pending = ''
-  child.stdout.setEncoding('utf8')
-  child.stdout.on('data', (chunk: string) => {
-    pending += chunk
-    let newline: number
-    while ((newline = pending.indexOf('\n')) >= 0) {
-      onLine(pending.slice(0, newline))
-      pending = pending.slice(newline + 1)
-    }
-  })
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (chunk: string) => { if (run.stderr.length < 20_000) run.stderr += chunk })
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject)
-    // 'close' waits for stdout to end, so every line the child wrote has been seen.
-    child.once('close', (code, signal) => { run.code = code; run.signal = signal; resolve() })
-  })
+  const exit = await readChildLines(child, onLine)
+  run.code = exit.code
+  run.signal = exit.signal
+  run.stderr = exit.stderr
   clearTimeout(deadline)
   if (killTimer !== undefined) clearTimeout(killTimer)
   // A line without its newline cannot exist (short pipe writes are atomic), but keep it visible.
-  if (pending.length > 0) run.lines.push(`partial ${pending}`)
+  if (exit.partial !== undefined) run.lines.push(`partial ${exit.partial}`)
   return run
 }
 

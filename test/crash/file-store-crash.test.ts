@@ -17,7 +17,6 @@
 // Env: GALLEON_CRASH_TRIALS (default 50, 25 when CI=true), GALLEON_CRASH_SEED (base seed, default random).
 
 import { spawn } from 'node:child_process'
-import { writeSync } from 'node:fs'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,6 +24,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
+import { seededRandom } from '../conformance/fixtures.js'
+import { readChildLines, reportLine, trialCount } from './support.js'
 
 const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5 }
 /**
@@ -84,16 +85,6 @@ function decodeValue (value: Uint8Array, volume: number, index: number): { seq: 
   return { seq, op, length: value.byteLength }
 }
 
-function seededRandom (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // The child
@@ -106,27 +97,16 @@ function seededRandom (seed: number): () => number {
 //   A <seq>                             batch resolved
 //   c / C                               a compact() call started / ended
 
-function report (line: string): void {
-  const bytes = Buffer.from(line + '\n')
-  let written = 0
-  while (written < bytes.byteLength) {
-    try {
-      written += writeSync(1, bytes, written)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
-    }
-  }
-}
 
 async function childMain (): Promise<void> {
   const [location, seqBaseText, seedText] = process.argv.slice(2)
   if (location === undefined || seqBaseText === undefined || seedText === undefined) throw new Error('usage: file-store-crash.test.ts <location> <seqBase> <seed>')
   const random = seededRandom(Number(seedText))
   let nextSeq = Number(seqBaseText)
-  report('opening')
+  reportLine('opening')
   const store = new FileBlockStore({ location, ...STORE_OPTIONS })
   await store.open()
-  report('ready')
+  reportLine('ready')
 
   const pickKey = (): readonly [number, number] => {
     const roll = random()
@@ -141,7 +121,7 @@ async function childMain (): Promise<void> {
       const roll = random()
       if (roll < 0.01) {
         const seq = nextSeq++
-        report(`V ${seq} 2`)
+        reportLine(`V ${seq} 2`)
         await store.deleteVolume(2)
         continue
       }
@@ -165,17 +145,17 @@ async function childMain (): Promise<void> {
         }
       }
       const sync = random() < 0.6
-      report(`B ${seq} ${sync ? 'S' : 'N'} ${described.join(',')}`)
+      reportLine(`B ${seq} ${sync ? 'S' : 'N'} ${described.join(',')}`)
       await store.batch(ops, { sync })
-      report(`A ${seq}`)
+      reportLine(`A ${seq}`)
     }
   }
 
   async function compactor (): Promise<void> {
     for (;;) {
-      report('c')
+      reportLine('c')
       await store.compact()
-      report('C')
+      reportLine('C')
       await sleep(1)
     }
   }
@@ -267,22 +247,10 @@ async function runChild (location: string, seqBase: number, seed: number, plan: 
       case 'error': run.errorLine = line; break
     }
   }
-  let pending = ''
-  child.stdout.setEncoding('utf8')
-  child.stdout.on('data', (chunk: string) => {
-    pending += chunk
-    let newline: number
-    while ((newline = pending.indexOf('\n')) >= 0) {
-      onLine(pending.slice(0, newline))
-      pending = pending.slice(newline + 1)
-    }
-  })
-  child.stderr.setEncoding('utf8')
-  child.stderr.on('data', (chunk: string) => { if (run.stderr.length < 20_000) run.stderr += chunk })
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject)
-    child.once('close', (code, signal) => { run.code = code; run.signal = signal; resolve() })
-  })
+  const exit = await readChildLines(child, onLine)
+  run.code = exit.code
+  run.signal = exit.signal
+  run.stderr = exit.stderr + (exit.partial === undefined ? '' : `\n(partial stdout line: ${exit.partial})`)
   clearTimeout(deadline)
   if (killTimer !== undefined) clearTimeout(killTimer)
   return run
@@ -384,16 +352,6 @@ function checkPrefix (baseline: State, run: ChildRun, recovered: State, violatio
     atAcked.slice(0, 10).map((key) => `${key} holds ${show(recovered.get(key))}, expected ${show(expected.get(key))}`).join('; '))
 }
 
-function trialCount (): number {
-  const fromEnv = process.env.GALLEON_CRASH_TRIALS
-  if (fromEnv !== undefined && fromEnv !== '') {
-    const trials = Number(fromEnv)
-    if (!Number.isSafeInteger(trials) || trials < 1) throw new Error(`GALLEON_CRASH_TRIALS must be a positive integer, got ${fromEnv}`)
-    return trials
-  }
-  return process.env.CI === 'true' ? 25 : 50
-}
-
 async function registerTests (): Promise<void> {
   const { describe, it } = await import('node:test')
   const assert: typeof import('node:assert/strict') = (await import('node:assert/strict')).default
@@ -466,7 +424,7 @@ async function registerTests (): Promise<void> {
 if (process.env.GALLEON_FILE_CRASH_CHILD === '1') {
   childMain().catch((err: unknown) => {
     const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { report(`error ${message.replace(/\n/g, ' ')}`) } catch {}
+    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
     process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
     process.exit(3)
   })

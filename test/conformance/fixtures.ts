@@ -1,0 +1,43 @@
+// Test data shared by the conformance suite and the other tests: block addresses and ops, a seeded
+// PRNG and seeded byte patterns, so a failing case can be replayed exactly.
+
+import type { BlockAddress, BlockOp } from '../../src/drivers.js'
+
+/** A block address; `gen` defaults to 0. */
+export function addr (volume: number, index: number, gen = 0): BlockAddress {
+  return { volume, index, gen }
+}
+
+export function put (address: BlockAddress, data: Uint8Array): BlockOp {
+  return { type: 'put', address, data }
+}
+
+export function del (address: BlockAddress): BlockOp {
+  return { type: 'del', address }
+}
+
+/** A small seeded PRNG (mulberry32) returning numbers in [0, 1). */
+export function seededRandom (seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), different for each (size, seed). */
+export function bytesOf (size: number, seed: number): Uint8Array {
+  const bytes = new Uint8Array(size)
+  let state = (Math.imul(seed + 1, 0x9e3779b1) ^ size) >>> 0
+  if (state === 0) state = 1 // xorshift would stay at zero
+  for (let i = 0; i < size; i++) {
+    state ^= state << 13
+    state ^= state >>> 17
+    state ^= state << 5
+    bytes[i] = state & 0xff
+  }
+  return bytes
+}

@@ -1,0 +1,67 @@
+// Shared by the crash tests: the trial count, and the line protocol with their child processes (the
+// child writes each line synchronously, so it is in the pipe before its next operation starts and
+// survives a SIGKILL that follows; the parent reads whole lines until the child is gone).
+
+import type { ChildProcessByStdio } from 'node:child_process'
+import { writeSync } from 'node:fs'
+import type { Readable } from 'node:stream'
+
+const waitCell = new Int32Array(new SharedArrayBuffer(4))
+
+/** Writes one line to stdout synchronously; retried on EAGAIN in case the pipe is non-blocking. */
+export function reportLine (line: string): void {
+  const bytes = Buffer.from(line + '\n')
+  let written = 0
+  while (written < bytes.byteLength) {
+    try {
+      written += writeSync(1, bytes, written)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
+      Atomics.wait(waitCell, 0, 0, 1)
+    }
+  }
+}
+
+/** How a child ended, and the start of what it wrote to stderr. */
+export interface ChildExit {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stderr: string
+  /** A last line without its newline (cannot happen with atomic pipe writes; kept visible). */
+  partial: string | undefined
+}
+
+/** Calls `onLine` for every line the child writes to stdout; resolves once the child has exited and every line was seen. */
+export async function readChildLines (child: ChildProcessByStdio<null, Readable, Readable>, onLine: (line: string) => void): Promise<ChildExit> {
+  const exit: ChildExit = { code: null, signal: null, stderr: '', partial: undefined }
+  let pending = ''
+  child.stdout.setEncoding('utf8')
+  child.stdout.on('data', (chunk: string) => {
+    pending += chunk
+    let newline: number
+    while ((newline = pending.indexOf('\n')) >= 0) {
+      onLine(pending.slice(0, newline))
+      pending = pending.slice(newline + 1)
+    }
+  })
+  child.stderr.setEncoding('utf8')
+  child.stderr.on('data', (chunk: string) => { if (exit.stderr.length < 20_000) exit.stderr += chunk })
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject)
+    // 'close' waits for stdout to end, so every line the child wrote has been seen.
+    child.once('close', (code, signal) => { exit.code = code; exit.signal = signal; resolve() })
+  })
+  if (pending.length > 0) exit.partial = pending
+  return exit
+}
+
+/** Kill trials per backend: GALLEON_CRASH_TRIALS, else 50 (25 when CI=true and the variable is unset). */
+export function trialCount (): number {
+  const fromEnv = process.env.GALLEON_CRASH_TRIALS
+  if (fromEnv !== undefined && fromEnv !== '') {
+    const trials = Number(fromEnv)
+    if (!Number.isSafeInteger(trials) || trials < 1) throw new Error(`GALLEON_CRASH_TRIALS must be a positive integer, got ${fromEnv}`)
+    return trials
+  }
+  return process.env.CI === 'true' ? 25 : 50
+}
