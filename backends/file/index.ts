@@ -427,7 +427,8 @@ export class FileBlockStore extends AbstractBlockStore {
     const batch: number[] = []
     const result = await scanSegment(handle, segment.size, (header, offset) => {
       batch.push(header.type, header.volume, header.index, header.gen, offset, header.length)
-    }, () => {
+    }, {
+      onBatchEnd: () => {
       for (let i = 0; i < batch.length; i += 6) {
         const type = batch[i] as number
         const volume = batch[i + 1] as number
@@ -439,6 +440,7 @@ export class FileBlockStore extends AbstractBlockStore {
         hint.add(type, volume, index, gen, offset, length)
       }
       batch.length = 0
+      }
     })
     segment.hint = hint
     if (result.committedEnd === segment.size) return
@@ -1001,21 +1003,30 @@ export class FileBlockStore extends AbstractBlockStore {
       }
       let problem: string | undefined
       try {
-        const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
+        // Only records worth keeping are crc-checked and copied: a live put, or a tombstone that an
+        // older segment may still need. The index is checked again when the copies are queued.
+        let key = ''
+        const wants = (header: RecordHeader, offset: number): boolean => {
           if (this.#closing || this.#failure !== undefined) throw new CompactionAborted()
-          const address = { volume: header.volume, index: header.index, gen: header.gen }
-          const key = addressKey(address)
+          key = addressKey(header)
           if (header.type === TYPE_PUT) {
             const location = this.#index.get(key)
-            if (location === undefined || location.segment !== segment.id || location.offset !== offset) return
-            moves.push({ key, address, offset, data: new Uint8Array(source.subarray(payloadStart, payloadStart + header.length)) })
+            return location !== undefined && location.segment === segment.id && location.offset === offset
+          }
+          return hasOlder && !this.#index.has(key)
+        }
+        const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
+          const address = { volume: header.volume, index: header.index, gen: header.gen }
+          if (header.type === TYPE_PUT) {
+            // A view, not a copy: the scan reads every chunk into a new buffer (freshChunks).
+            moves.push({ key, address, offset, data: source.subarray(payloadStart, payloadStart + header.length) })
             movedBytes += HEADER_BYTES + header.length
-          } else if (hasOlder && !this.#index.has(key)) {
+          } else {
             moves.push({ key, address, offset, data: undefined })
             movedBytes += HEADER_BYTES
           }
           if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
-        })
+        }, { wants, freshChunks: true })
         if (result.committedEnd !== segment.size) problem = `${result.problem ?? 'incomplete batch'} at offset ${result.stoppedAt}`
       } catch (err) {
         if (err instanceof CompactionAborted) {

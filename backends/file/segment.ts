@@ -74,9 +74,23 @@ export function isCode (err: unknown, code: string): boolean {
 /**
  * Called for each verified record. `source` holds the record from `payloadStart` for
  * `header.length` bytes and is reused once the visitor returns (or its promise settles): copy what
- * must outlive the call. `header` is the same object on every call.
+ * must outlive the call, unless the scan was given `freshChunks`. `header` is the same object on
+ * every call.
  */
 export type RecordVisitor = (header: RecordHeader, offset: number, source: Buffer, payloadStart: number) => void | Promise<void>
+
+/** Options of `scanSegment`. */
+export interface ScanOptions {
+  /** Called after each record that ends a batch. */
+  onBatchEnd?: () => void
+  /**
+   * Decides from the (structurally valid) header whether a record matters; records it refuses are
+   * stepped over without checking their crc or calling `onRecord`. Compaction skips dead records so.
+   */
+  wants?: (header: RecordHeader, offset: number) => boolean
+  /** Read each chunk into a new buffer, so `source` views stay valid after the visitor returns. */
+  freshChunks?: boolean
+}
 
 /** Outcome of `scanSegment`. */
 export interface ScanResult {
@@ -93,13 +107,16 @@ export interface ScanResult {
  * every valid record and `onBatchEnd` after each record that ends a batch. Stops at the first record
  * that is torn or invalid. Records after `committedEnd` belong to a batch that never completed.
  */
-export async function scanSegment (handle: FileHandle, size: number, onRecord: RecordVisitor, onBatchEnd?: () => void): Promise<ScanResult> {
-  const buffer = Buffer.allocUnsafeSlow(Math.max(1, Math.min(SCAN_CHUNK_BYTES, size)))
+export async function scanSegment (handle: FileHandle, size: number, onRecord: RecordVisitor, options: ScanOptions = {}): Promise<ScanResult> {
+  const { onBatchEnd, wants, freshChunks = false } = options
+  const chunkBytes = Math.max(1, Math.min(SCAN_CHUNK_BYTES, size))
+  let buffer = Buffer.allocUnsafeSlow(chunkBytes)
   let bufferStart = 0
   let bufferLength = 0
   const ensure = async (position: number, length: number): Promise<void> => {
     if (position >= bufferStart && position + length <= bufferStart + bufferLength) return
     bufferStart = position
+    if (freshChunks) buffer = Buffer.allocUnsafeSlow(chunkBytes)
     bufferLength = await readFully(handle, buffer, 0, Math.min(buffer.byteLength, size - position), position)
   }
   const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
@@ -112,11 +129,13 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
     if (!decodeHeader(buffer, position - bufferStart, header)) return { committedEnd, stoppedAt: position, problem: 'invalid record header' }
     const total = HEADER_BYTES + header.length
     if (position + total > size) return { committedEnd, stoppedAt: position, problem: 'torn record' }
-    await ensure(position, total)
-    if (bufferStart + bufferLength < position + total) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
-    if (!recordCrcMatches(buffer, position - bufferStart, header.length)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
-    const pending = onRecord(header, position, buffer, position - bufferStart + HEADER_BYTES)
-    if (pending !== undefined) await pending
+    if (wants === undefined || wants(header, position)) {
+      await ensure(position, total)
+      if (bufferStart + bufferLength < position + total) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
+      if (!recordCrcMatches(buffer, position - bufferStart, header.length)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
+      const pending = onRecord(header, position, buffer, position - bufferStart + HEADER_BYTES)
+      if (pending !== undefined) await pending
+    }
     position += total
     if ((header.flags & FLAG_CONTINUES) === 0) {
       committedEnd = position
