@@ -24,7 +24,11 @@ export interface OpenOptions {
   blockStore?: BlockStore
   /** Block size in bytes for a new storage: a power of two from 512 to 1 MiB (default 4096). */
   blockSize?: number
-  /** Blocks held in the read cache (default 2048; 0 disables it). */
+  /**
+   * Blocks held in the engine's read cache of verified payloads (default 0: off). The OS page cache
+   * already keeps recently read segment data; the engine cache saves the read call and checksum for
+   * hot blocks, at the cost of a copy per read. Worth it when a small set of blocks is read over and over.
+   */
   cacheBlocks?: number
   /** Sliding window of getVolumeMetrics(), in seconds (default 10). */
   metricsWindowSeconds?: number

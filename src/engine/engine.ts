@@ -23,7 +23,7 @@ export interface ChecksumFailure {
 /** Options of the engine. */
 export interface EngineOptions {
   readonly blockSize: number
-  /** Blocks kept in the read cache (default 2048). */
+  /** Blocks kept in the read cache (default 0: off). */
   readonly cacheBlocks?: number
   /** Called for every checksum failure found on read or scrub. */
   readonly onChecksumFailure?: (failure: ChecksumFailure) => void
@@ -108,7 +108,7 @@ export class BlockEngine {
     this.journal = new WriteJournal(store)
     this.blockSize = options.blockSize
     this.#options = options
-    this.#cache = new BlockCache(options.cacheBlocks ?? 2048)
+    this.#cache = new BlockCache(options.cacheBlocks ?? 0)
     this.#zeroBlock = new Uint8Array(options.blockSize)
   }
 
