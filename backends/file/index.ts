@@ -4,7 +4,8 @@
 
 import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { BlockIndex } from './block-index.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -56,6 +57,7 @@ const COMPACTION_BATCH_BYTES = 2 * 1024 * 1024
 /** Where the current version of a block lives. `data` holds the value until it has been written. */
 class BlockLocation {
   constructor (
+    readonly gen: number,
     readonly segment: number,
     /** Offset of the record (not of the payload) in the segment. */
     readonly offset: number,
@@ -123,7 +125,6 @@ interface RunItem {
 
 /** One record a compaction is about to copy forward. */
 interface Move {
-  key: string
   address: BlockAddress
   /** Record offset in the segment being compacted, to re-check that the index still points there. */
   offset: number
@@ -160,7 +161,7 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #onBackgroundError: ((err: GalleonError) => void) | undefined
 
   #lock: DirectoryLock | undefined
-  #index = new Map<string, BlockLocation>()
+  #index = new BlockIndex<BlockLocation>()
   #liveBytes = 0
   /** Every segment, in ascending id order (Map keeps insertion order and ids only grow). */
   #segments = new Map<number, Segment>()
@@ -289,7 +290,7 @@ export class FileBlockStore extends AbstractBlockStore {
   }
 
   #resetState (): void {
-    this.#index = new Map()
+    this.#index = new BlockIndex()
     this.#liveBytes = 0
     this.#segments = new Map()
     this.#issuedBytes = 0
@@ -318,7 +319,7 @@ export class FileBlockStore extends AbstractBlockStore {
       if (handle !== undefined) await handle.close().catch((err: unknown) => { failure ??= err })
     }
     this.#segments = new Map()
-    this.#index = new Map()
+    this.#index = new BlockIndex()
     this.#buffers = []
     const lock = this.#lock
     this.#lock = undefined
@@ -458,15 +459,15 @@ export class FileBlockStore extends AbstractBlockStore {
   }
 
   #applyRecovered (segment: Segment, type: number, volume: number, index: number, gen: number, offset: number, length: number): void {
-    const key = addressKey({ volume, index, gen })
-    const previous = this.#index.get(key)
+    const address = { volume, index, gen }
+    const previous = this.#index.get(address)
     if (previous !== undefined) this.#forget(previous)
     if (type === TYPE_PUT) {
-      this.#index.set(key, new BlockLocation(segment.id, offset, length, undefined))
+      this.#index.set(volume, index, new BlockLocation(gen, segment.id, offset, length, undefined))
       segment.liveBytes += HEADER_BYTES + length
       this.#liveBytes += length
     } else {
-      if (previous !== undefined) this.#index.delete(key)
+      if (previous !== undefined) this.#index.delete(address)
       segment.tombstoneBytes += HEADER_BYTES
     }
   }
@@ -492,7 +493,7 @@ export class FileBlockStore extends AbstractBlockStore {
   // ---- reads ---------------------------------------------------------------------------------------
 
   protected async _get (address: BlockAddress): Promise<Uint8Array | undefined> {
-    const location = this.#index.get(addressKey(address))
+    const location = this.#index.get(address)
     if (location === undefined) return undefined
     const pending = location.data
     if (pending !== undefined) return new Uint8Array(pending) // a copy: the caller may keep and change it
@@ -509,7 +510,7 @@ export class FileBlockStore extends AbstractBlockStore {
     const results = new Array<Uint8Array | undefined>(addresses.length).fill(undefined)
     const onDisk: RunItem[] = []
     for (let slot = 0; slot < addresses.length; slot++) {
-      const location = this.#index.get(addressKey(addresses[slot] as BlockAddress))
+      const location = this.#index.get(addresses[slot] as BlockAddress)
       if (location === undefined) continue
       if (location.data !== undefined) results[slot] = new Uint8Array(location.data)
       else onDisk.push({ slot, location })
@@ -579,10 +580,9 @@ export class FileBlockStore extends AbstractBlockStore {
   }
 
   protected async * _addresses (volume: number | undefined): AsyncIterable<BlockAddress> {
-    const prefix = volume === undefined ? '' : volume.toString(16).padStart(8, '0')
-    // A snapshot of the keys, so writes during the iteration neither break it nor get listed twice.
-    for (const key of [...this.#index.keys()]) {
-      if (key.startsWith(prefix) && this.#index.has(key)) yield parseAddressKey(key)
+    // A snapshot of the addresses, so writes during the iteration neither break it nor get listed twice.
+    for (const address of this.#index.addresses(volume)) {
+      if (this.#index.has(address)) yield address
     }
   }
 
@@ -605,11 +605,7 @@ export class FileBlockStore extends AbstractBlockStore {
   protected override async _deleteVolume (volume: number): Promise<void> {
     // Collected and queued in one tick, so the deletes land exactly between the batches called
     // before and after, as one atomic batch of tombstones.
-    const prefix = volume.toString(16).padStart(8, '0')
-    const ops: BlockOp[] = []
-    for (const key of this.#index.keys()) {
-      if (key.startsWith(prefix)) ops.push({ type: 'del', address: parseAddressKey(key) })
-    }
+    const ops: BlockOp[] = this.#index.addresses(volume).map((address) => ({ type: 'del', address }))
     if (ops.length > 0) await this.#enqueue(ops, false)
   }
 
@@ -636,20 +632,19 @@ export class FileBlockStore extends AbstractBlockStore {
       fields[i * 3] = volume
       fields[i * 3 + 1] = index
       fields[i * 3 + 2] = gen
-      const key = addressKey(op.address)
-      const previous = this.#index.get(key)
+      const previous = this.#index.get(op.address)
       if (previous !== undefined) this.#forget(previous)
       if (op.type === 'put') {
         const length = op.data.byteLength
-        const location = new BlockLocation(segment.id, offset, length, op.data)
-        this.#index.set(key, location)
+        const location = new BlockLocation(gen, segment.id, offset, length, op.data)
+        this.#index.set(volume, index, location)
         segment.liveBytes += HEADER_BYTES + length
         this.#liveBytes += length
         entries[i] = location
         hint.add(TYPE_PUT, volume, index, gen, offset, length)
         offset += HEADER_BYTES + length
       } else {
-        if (previous !== undefined) this.#index.delete(key)
+        if (previous !== undefined) this.#index.delete(op.address)
         segment.tombstoneBytes += HEADER_BYTES
         entries[i] = undefined
         hint.add(TYPE_DEL, volume, index, gen, offset, 0)
@@ -989,11 +984,11 @@ export class FileBlockStore extends AbstractBlockStore {
         const ops: BlockOp[] = []
         for (const move of moves) {
           if (move.data !== undefined) {
-            const location = this.#index.get(move.key)
+            const location = this.#index.get(move.address)
             if (location !== undefined && location.segment === segment.id && location.offset === move.offset) {
               ops.push({ type: 'put', address: move.address, data: move.data })
             }
-          } else if (!this.#index.has(move.key)) {
+          } else if (!this.#index.has(move.address)) {
             ops.push({ type: 'del', address: move.address })
           }
         }
@@ -1005,24 +1000,22 @@ export class FileBlockStore extends AbstractBlockStore {
       try {
         // Only records worth keeping are crc-checked and copied: a live put, or a tombstone that an
         // older segment may still need. The index is checked again when the copies are queued.
-        let key = ''
         const wants = (header: RecordHeader, offset: number): boolean => {
           if (this.#closing || this.#failure !== undefined) throw new CompactionAborted()
-          key = addressKey(header)
           if (header.type === TYPE_PUT) {
-            const location = this.#index.get(key)
+            const location = this.#index.get(header)
             return location !== undefined && location.segment === segment.id && location.offset === offset
           }
-          return hasOlder && !this.#index.has(key)
+          return hasOlder && !this.#index.has(header)
         }
         const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
           const address = { volume: header.volume, index: header.index, gen: header.gen }
           if (header.type === TYPE_PUT) {
             // A view, not a copy: the scan reads every chunk into a new buffer (freshChunks).
-            moves.push({ key, address, offset, data: source.subarray(payloadStart, payloadStart + header.length) })
+            moves.push({ address, offset, data: source.subarray(payloadStart, payloadStart + header.length) })
             movedBytes += HEADER_BYTES + header.length
           } else {
-            moves.push({ key, address, offset, data: undefined })
+            moves.push({ address, offset, data: undefined })
             movedBytes += HEADER_BYTES
           }
           if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
