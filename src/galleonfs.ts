@@ -63,6 +63,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (cacheBlocks !== undefined && (!Number.isSafeInteger(cacheBlocks) || cacheBlocks < 0)) {
       throw new GalleonError('INVALID_ARGUMENT', `cacheBlocks must be a non-negative integer, got ${describe(cacheBlocks)}`)
     }
+    const windowSeconds = options?.metricsWindowSeconds
+    if (windowSeconds !== undefined && (typeof windowSeconds !== 'number' || !Number.isFinite(windowSeconds) || windowSeconds <= 0 || windowSeconds > 3600)) {
+      throw new GalleonError('INVALID_ARGUMENT', `metricsWindowSeconds must be a number of seconds above 0 and at most 3600, got ${describe(windowSeconds)}`)
+    }
     const { metadata, blockStore, location } = await resolveDrivers(options)
     try {
       await metadata.open()
@@ -313,7 +317,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /**
    * Writes one block. Shorter data is zero-padded to the block size. Resolves when the write
-   * concern is met: `WriteAcknowledged` (default) once the engine holds it, `WriteDurable` once synced.
+   * concern is met: `WriteAcknowledged` (default) once the block store has applied it, `WriteDurable` once synced.
    */
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
@@ -422,6 +426,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Journal statistics: store batches issued and how many asked for a sync (see getStorageStats for device syncs). */
   journalStats (): { lastLsn: number, committedLsn: number, groups: number, syncs: number } {
+    this.#assertOpen()
     const journal = this.#engine.journal
     return { lastLsn: journal.lastLsn, committedLsn: journal.committedLsn, ...journal.stats }
   }

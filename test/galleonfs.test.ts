@@ -434,6 +434,8 @@ describe('GalleonFS in memory', () => {
       await Promise.all([h.close(), h.close()])
       await assert.rejects(h.listVolumes(), { code: 'NOT_OPEN' })
       await assert.rejects(h.readBlock('v', 0), { code: 'NOT_OPEN' })
+      assert.throws(() => h.journalStats(), { code: 'NOT_OPEN' })
+      await assert.rejects(h.getStorageStats(), { code: 'NOT_OPEN' })
     })
     it('reports features of later releases as NOT_IMPLEMENTED', async () => {
       const vol = await g.createVolume({ name: 'later', sizeBytes: 4096 })
@@ -452,6 +454,9 @@ describe('GalleonFS.open options', () => {
     ['empty storagePath', { storagePath: '' }],
     ['unknown backend', { inMemory: true, backend: 'tape' }],
     ['memory blocks with on-disk volume records', { storagePath: '/tmp/x', backend: 'memory' }],
+    ['negative metrics window', { inMemory: true, metricsWindowSeconds: -1 }],
+    ['metrics window of a day', { inMemory: true, metricsWindowSeconds: 86_400 }],
+    ['metrics window not a number', { inMemory: true, metricsWindowSeconds: '10' }],
     ['block size not a power of two', { inMemory: true, blockSize: 3000 }],
     ['block size too small', { inMemory: true, blockSize: 256 }],
     ['negative cache', { inMemory: true, cacheBlocks: -1 }],

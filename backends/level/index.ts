@@ -277,7 +277,7 @@ export class LevelBlockStore extends AbstractBlockStore {
         await this.#commit(group)
         for (const write of group) write.resolve()
       } catch (err) {
-        const error = wrapIo(err, 'could not write to the level block store')
+        const error = writeError(err, this.#location)
         for (const write of group) write.reject(error)
       }
     }
@@ -351,6 +351,15 @@ export class LevelBlockStore extends AbstractBlockStore {
     this.#blocks += blocks
     this.#liveBytes += liveBytes
   }
+}
+
+/** A failed write as a GalleonError: a full disk (LevelDB says so only in its message) is NO_SPACE. */
+function writeError (err: unknown, location: string | undefined): GalleonError {
+  const text = err instanceof Error ? `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message} ${String((err as { cause?: unknown }).cause ?? '')}` : String(err)
+  if (/ENOSPC|EDQUOT|No space left on device|Disk quota exceeded/i.test(text)) {
+    return new GalleonError('NO_SPACE', `the disk holding the level block store${location === undefined ? '' : ` at ${location}`} is full; free space, then retry the write`, { cause: err })
+  }
+  return wrapIo(err, 'could not write to the level block store')
 }
 
 /** Backend descriptor: name, availability (classic-level loads), and a factory. */
