@@ -486,6 +486,33 @@ for (const backend of ['file', 'level'] as const) {
     beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), `galleon-${backend}-`)) })
     afterEach(async () => { await rm(dir, { recursive: true, force: true }) })
 
+    it('returns plain Uint8Array copies that callers may change, with and without the read cache', async () => {
+      for (const cacheBlocks of [0, 64]) {
+        const g = await GalleonFS.open({ storagePath: dir, backend, cacheBlocks })
+        try {
+          const vol = await g.createVolume({ name: `copies-${cacheBlocks}`, sizeBytes: '1M' })
+          await g.write(vol, 0, pattern(cacheBlocks, 3 * 4096))
+          for (let round = 0; round < 2; round++) {
+            const block = await g.readBlock(vol, 1)
+            assert.equal(Object.getPrototypeOf(block), Uint8Array.prototype, 'a plain Uint8Array')
+            block.fill(0xff)
+            const range = await g.read(vol, 100, 2 * 4096)
+            assert.equal(Object.getPrototypeOf(range), Uint8Array.prototype)
+            range.fill(0xee)
+          }
+          // A partial write reads, patches and rewrites the edge block: the stored old version and any
+          // cached copy of it must not change under readers.
+          await g.write(vol, 4096 + 10, Uint8Array.of(1, 2, 3))
+          const expected = pattern(cacheBlocks, 3 * 4096)
+          expected.set([1, 2, 3], 4096 + 10)
+          assert.deepEqual(await g.read(vol, 0, 3 * 4096), expected)
+          assert.deepEqual(await g.readBlock(vol, 2), expected.subarray(2 * 4096))
+        } finally {
+          await g.close()
+        }
+      }
+    })
+
     it('reopening sees every volume, class and acknowledged write; ephemeral volumes are gone', async () => {
       let g = await GalleonFS.open({ storagePath: dir, backend })
       const vol = await g.createVolume({ name: 'keep', sizeBytes: '4M', labels: { tier: 'gold' } })

@@ -498,7 +498,10 @@ export class BlockEngine {
       this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
       throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
     }
-    return decoded.payload
+    // Stores may hand out Buffers (level does), whose slice() is a view, not a copy: make it a plain
+    // Uint8Array over the same bytes, so that slice() copies and callers always get one type.
+    const payload = decoded.payload
+    return Buffer.isBuffer(payload) ? new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength) : payload
   }
 
   #fail (volume: VolumeBlocks, failure: ChecksumFailure): void {
