@@ -77,7 +77,7 @@ export abstract class AbstractBlockStore implements BlockStore {
     this.#assertOpen()
     if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
     for (const op of ops) checkOp(op)
-    if (ops.length === 0 && options?.sync !== true) return
+    // Even an empty batch goes to the backend: it must resolve after the batches called before it.
     await this._batch(ops, options?.sync === true)
   }
 

@@ -55,6 +55,21 @@ export function assertBytes (value: unknown, what: string): asserts value is Uin
   }
 }
 
+/**
+ * A copy of `bytes` as a plain Uint8Array that shares nothing with it. (`Buffer#slice` returns a
+ * view, so `.slice()` is not a copy when callers pass Buffers.)
+ */
+export function copyBytes (bytes: Uint8Array): Uint8Array {
+  const copy = new Uint8Array(bytes.byteLength)
+  copy.set(bytes)
+  return copy
+}
+
+/** A plain Uint8Array over the same memory as `bytes` (no copy), so that its `slice()` copies. */
+export function plainView (bytes: Uint8Array): Uint8Array {
+  return Buffer.isBuffer(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : bytes
+}
+
 /** Short printable description of a value for error messages. */
 export function describe (value: unknown): string {
   if (value === null) return 'null'

@@ -190,6 +190,23 @@ describe('GalleonFS in memory', () => {
       assert.equal(Buffer.from(block.subarray(0, 17)).toString(), 'Hello, GalleonFS!')
       assert.ok(block.subarray(17).every((b) => b === 0), 'short block writes are zero-padded')
     })
+    it('keeps what a Buffer held at call time, even when the write must wait or merge', async () => {
+      const vol = await g.createVolume({ name: 'buffers', sizeBytes: '1M' })
+      // Contended: the second write to block 0 waits for the first, and its Buffer changes meanwhile.
+      const first = g.writeBlock(vol, 0, Buffer.alloc(4096, 1))
+      const waiting = Buffer.alloc(4096, 2)
+      const second = g.writeBlock(vol, 0, waiting)
+      waiting.fill(9)
+      // Unaligned: the range is merged into its blocks after the call returns.
+      const partial = Buffer.alloc(100, 3)
+      const third = g.write(vol, 4096 + 50, partial)
+      partial.fill(9)
+      await Promise.all([first, second, third])
+      assert.deepEqual(await g.readBlock(vol, 0), new Uint8Array(4096).fill(2))
+      const expected = new Uint8Array(4096)
+      expected.fill(3, 50, 150)
+      assert.deepEqual(await g.readBlock(vol, 1), expected)
+    })
     it('does not let callers change stored data through buffers', async () => {
       const vol = await g.createVolume({ name: 'alias', sizeBytes: '1M' })
       const data = pattern(1, 4096)

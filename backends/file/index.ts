@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
-import { GalleonError, describe } from '../../src/errors.js'
+import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
@@ -496,7 +496,7 @@ export class FileBlockStore extends AbstractBlockStore {
     const location = this.#index.get(address)
     if (location === undefined) return undefined
     const pending = location.data
-    if (pending !== undefined) return new Uint8Array(pending) // a copy: the caller may keep and change it
+    if (pending !== undefined) return copyBytes(pending) // a copy: the caller may keep and change it
     const results: Array<Uint8Array | undefined> = [undefined]
     await this.#readRun([{ slot: 0, location }], [address], results, HEADER_BYTES + location.length)
     return results[0]
@@ -512,7 +512,7 @@ export class FileBlockStore extends AbstractBlockStore {
     for (let slot = 0; slot < addresses.length; slot++) {
       const location = this.#index.get(addresses[slot] as BlockAddress)
       if (location === undefined) continue
-      if (location.data !== undefined) results[slot] = new Uint8Array(location.data)
+      if (location.data !== undefined) results[slot] = copyBytes(location.data)
       else onDisk.push({ slot, location })
     }
     onDisk.sort((a, b) => a.location.segment - b.location.segment || a.location.offset - b.location.offset)

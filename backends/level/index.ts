@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
 import { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
-import { GalleonError, describe } from '../../src/errors.js'
+import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -140,7 +140,7 @@ export class LevelBlockStore extends AbstractBlockStore {
       throw wrapIo(err, 'could not read from the level block store')
     }
     // classic-level hands out fresh buffers; other databases (memory-level) may return their own.
-    return value === undefined || this.#givenDb === undefined ? value : copyBytes(value)
+    return value === undefined ? undefined : this.#givenDb === undefined ? plainView(value) : copyBytes(value)
   }
 
   protected override async _getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
@@ -150,7 +150,7 @@ export class LevelBlockStore extends AbstractBlockStore {
     } catch (err) {
       throw wrapIo(err, 'could not read from the level block store')
     }
-    return this.#givenDb === undefined ? values : values.map((value) => value === undefined ? undefined : copyBytes(value))
+    return values.map((value) => value === undefined ? undefined : this.#givenDb === undefined ? plainView(value) : copyBytes(value))
   }
 
   protected async _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
@@ -407,11 +407,6 @@ function volumeRange (volume: number | undefined): { gte: string, lt: string } |
   if (volume > 0xffffffff) return undefined
   const prefix = addressKey({ volume, index: 0, gen: 0 }).slice(0, 8)
   return { gte: prefix, lt: prefix + 'g' }
-}
-
-/** A copy that owns its memory (`Buffer#slice` would return a view of the same bytes). */
-function copyBytes (bytes: Uint8Array): Uint8Array {
-  return new Uint8Array(bytes)
 }
 
 async function countBlocks (db: LevelDatabase): Promise<{ blocks: number, liveBytes: number }> {

@@ -2,6 +2,7 @@
 
 import { AbstractBlockStore, addressKey, parseAddressKey } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import { copyBytes } from '../../src/errors.js'
 
 /** Options of the memory block store (none yet; kept for symmetry with other backends). */
 export interface MemoryBlockStoreOptions {}
@@ -29,7 +30,7 @@ export class MemoryBlockStore extends AbstractBlockStore {
 
   protected async _get (address: BlockAddress): Promise<Uint8Array | undefined> {
     const value = this.#blocks.get(addressKey(address))
-    return value === undefined ? undefined : Uint8Array.prototype.slice.call(value)
+    return value === undefined ? undefined : copyBytes(value)
   }
 
   protected async _batch (ops: readonly BlockOp[]): Promise<void> {
@@ -39,7 +40,7 @@ export class MemoryBlockStore extends AbstractBlockStore {
       if (previous !== undefined) this.#liveBytes -= previous.byteLength
       if (op.type === 'put') {
         // Copy: the caller may reuse its buffer after the batch resolves.
-        this.#blocks.set(key, Uint8Array.prototype.slice.call(op.data))
+        this.#blocks.set(key, copyBytes(op.data))
         this.#liveBytes += op.data.byteLength
       } else {
         this.#blocks.delete(key)

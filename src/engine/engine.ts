@@ -1,7 +1,7 @@
 // The block I/O path: per-volume block maps (block index -> newest generation), per-block ordering,
 // read-modify-write at byte-range edges, checksums on every read, and the journal below.
 
-import { GalleonError } from '../errors.js'
+import { GalleonError, copyBytes, plainView } from '../errors.js'
 import { addressKey } from '../abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
@@ -171,7 +171,7 @@ export class BlockEngine {
       const payload = await this.#readPayload(volume, index, true)
       ok = true
       // The zero block and (with the cache on) every payload are shared; one fresh from the store is not.
-      return payload === this.#zeroBlock || this.#cache.enabled ? payload.slice() : payload
+      return payload === this.#zeroBlock || this.#cache.enabled ? copyBytes(payload) : payload
     } finally {
       volume.metrics.end('read', this.blockSize, startedAt, ok)
       volume.leave()
@@ -194,7 +194,7 @@ export class BlockEngine {
     try {
       // The caller may reuse its buffer once we return a promise: encode before any await, or copy.
       if (release.ready !== undefined) {
-        data = data.slice()
+        data = copyBytes(data)
         await release.ready
       }
       const gen = volume.nextGen++
@@ -255,7 +255,7 @@ export class BlockEngine {
     try {
       const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
       // The caller may reuse its buffer once we return a promise: copy if we must wait first.
-      if (release.ready !== undefined || !aligned) data = data.slice()
+      if (release.ready !== undefined || !aligned) data = copyBytes(data)
       if (release.ready !== undefined) await release.ready
       const ops: BlockOp[] = []
       const gens: number[] = []
@@ -265,7 +265,7 @@ export class BlockEngine {
         const to = Math.min(offset + data.byteLength, blockStart + this.blockSize)
         let payload = data.subarray(from - offset, to - offset)
         if (to - from < this.blockSize) {
-          const merged = (await this.#readPayload(volume, index, false, true)).slice()
+          const merged = copyBytes(await this.#readPayload(volume, index, false, true))
           merged.set(payload, from - blockStart)
           payload = merged
         }
@@ -310,7 +310,7 @@ export class BlockEngine {
           ops.push({ type: 'del', address: { volume: volume.storageId, index, gen: current } })
           unmapped.push(index)
         } else {
-          const merged = (await this.#readPayload(volume, index, false, true)).slice()
+          const merged = copyBytes(await this.#readPayload(volume, index, false, true))
           merged.fill(0, from - blockStart, to - blockStart)
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
@@ -498,10 +498,8 @@ export class BlockEngine {
       this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
       throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
     }
-    // Stores may hand out Buffers (level does), whose slice() is a view, not a copy: make it a plain
-    // Uint8Array over the same bytes, so that slice() copies and callers always get one type.
-    const payload = decoded.payload
-    return Buffer.isBuffer(payload) ? new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength) : payload
+    // A store may hand out Buffers: callers always get plain Uint8Arrays.
+    return plainView(decoded.payload)
   }
 
   #fail (volume: VolumeBlocks, failure: ChecksumFailure): void {

@@ -49,8 +49,6 @@ export class WriteJournal {
   #queue: Pending[] = []
   #deferred: BlockOp[] = []
   #inFlight = 0
-  /** Settles after the last group issued so far has settled (groups settle in issue order). */
-  #tail: Promise<unknown> = Promise.resolve()
   #lastLsn = 0
   #committedLsn = 0
   #groups = 0
@@ -90,8 +88,8 @@ export class WriteJournal {
 
   /** Resolves once everything appended so far (and deferred) is applied; syncs when `durable`. */
   async flush (durable: boolean): Promise<void> {
-    if (this.#deferred.length > 0 || durable || this.#queue.length > 0) await this.append([], durable)
-    else await this.#tail.catch(() => {})
+    // An empty entry resolves after every entry before it (stores apply batches in call order).
+    await this.append([], durable)
   }
 
   /** Hands everything queued to the store as one batch. */
@@ -119,9 +117,7 @@ export class WriteJournal {
     if (durable) this.#syncs++
     this.#inFlight++
     const last = (group[group.length - 1] as Pending).lsn
-    // An empty unsynced batch would resolve at once in the store, ahead of the groups before it.
-    const applied = ops.length === 0 && !durable ? this.#tail.then(() => {}, () => {}) : this.#store.batch(ops, { sync: durable })
-    const done = applied.then(() => {
+    void this.#store.batch(ops, { sync: durable }).then(() => {
       if (last > this.#committedLsn) this.#committedLsn = last
       for (const pending of group) pending.resolve(pending.lsn)
     }, (err: unknown) => {
@@ -130,6 +126,5 @@ export class WriteJournal {
       this.#inFlight--
       if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
     })
-    this.#tail = done
   }
 }

@@ -391,6 +391,19 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         assert.deepEqual(await collect(store.addresses()), [])
       })
 
+      storeTest('batches resolve in call order, empty ones included', [], async ({ store }) => {
+        const order: string[] = []
+        const calls = [
+          store.batch([put(addr(1, 1), bytesOf(4096, 1))]).then(() => order.push('put 1')),
+          store.batch([]).then(() => order.push('empty')),
+          store.batch([put(addr(1, 2), bytesOf(4096, 2))]).then(() => order.push('put 2')),
+          store.batch([], { sync: true }).then(() => order.push('empty sync')),
+          store.sync().then(() => order.push('sync'))
+        ]
+        await Promise.all(calls)
+        assert.deepEqual(order, ['put 1', 'empty', 'put 2', 'empty sync', 'sync'])
+      })
+
       storeTest('sync() and batch({ sync: true }) resolve with the data visible', [], async ({ store }) => {
         await store.sync()
         await store.batch([put(addr(1, 1), bytesOf(64, 1))], { sync: true })
