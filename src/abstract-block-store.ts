@@ -61,20 +61,20 @@ export abstract class AbstractBlockStore implements BlockStore {
   }
 
   async get (address: BlockAddress): Promise<Uint8Array | undefined> {
-    this.#assertOpen()
+    this.assertOpen()
     checkAddress(address)
     return await this._get(address)
   }
 
   async getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
-    this.#assertOpen()
+    this.assertOpen()
     if (!Array.isArray(addresses)) throw new GalleonError('INVALID_ARGUMENT', `getMany needs an array of addresses, got ${describe(addresses)}`)
     for (const address of addresses) checkAddress(address)
     return await this._getMany(addresses)
   }
 
   async batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
-    this.#assertOpen()
+    this.assertOpen()
     if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
     for (const op of ops) checkOp(op)
     // Even an empty batch goes to the backend: it must resolve after the batches called before it.
@@ -82,24 +82,24 @@ export abstract class AbstractBlockStore implements BlockStore {
   }
 
   async sync (): Promise<void> {
-    this.#assertOpen()
+    this.assertOpen()
     await this._sync()
   }
 
   async * addresses (options?: { volume?: number }): AsyncIterable<BlockAddress> {
-    this.#assertOpen()
+    this.assertOpen()
     if (options?.volume !== undefined) checkVolume(options.volume, 'volume')
     yield * this._addresses(options?.volume)
   }
 
   async deleteVolume (volume: number): Promise<void> {
-    this.#assertOpen()
+    this.assertOpen()
     checkVolume(volume, 'volume')
     await this._deleteVolume(volume)
   }
 
   async stats (): Promise<BlockStoreStats> {
-    this.#assertOpen()
+    this.assertOpen()
     return await this._stats()
   }
 
@@ -124,7 +124,8 @@ export abstract class AbstractBlockStore implements BlockStore {
     if (ops.length > 0) await this._batch(ops, false)
   }
 
-  #assertOpen (): void {
+  /** Throws NOT_OPEN unless the store is open (for subclass methods beyond the interface). */
+  protected assertOpen (): void {
     if (this.#status !== 'open') {
       throw new GalleonError('NOT_OPEN', `the ${this.name} block store is ${this.#status}; open() it first`)
     }
@@ -163,6 +164,18 @@ export function wrapIo (err: unknown, context: string): GalleonError {
   if (err instanceof GalleonError) return err
   const detail = err instanceof Error ? err.message : String(err)
   return new GalleonError('IO_ERROR', `${context}: ${detail}`, { cause: err })
+}
+
+/**
+ * Whether a failed write means the disk (or the user's quota) is full: by errno code, or in the
+ * message or cause, as LevelDB reports it ("No space left on device").
+ */
+export function isNoSpaceError (err: unknown): boolean {
+  if (err === null || typeof err !== 'object') return false
+  const { code, message, cause } = err as { code?: unknown, message?: unknown, cause?: unknown }
+  if (code === 'ENOSPC' || code === 'EDQUOT') return true
+  if (typeof message === 'string' && /No space left on device|Disk quota exceeded/i.test(message)) return true
+  return cause !== undefined && cause !== err && isNoSpaceError(cause)
 }
 
 /** Compact, order-preserving string form of an address, for Map keys and key-value stores. */

@@ -28,6 +28,4 @@ const native = loadNative()
 export const crc32Implementation: 'native' | 'zlib' = native === undefined ? 'zlib' : 'native'
 
 /** CRC-32 of `data`, continuing from `initial` (the CRC of the bytes before it) when given. */
-export const crc32: Crc32 = native === undefined
-  ? (data, initial = 0) => zlibCrc32(data, initial)
-  : (data, initial = 0) => native(data, initial)
+export const crc32: Crc32 = native ?? zlibCrc32

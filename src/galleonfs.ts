@@ -7,7 +7,7 @@ import { BlockEngine, type VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
 import { renderPrometheus } from './metrics/prometheus.js'
-import type { VolumeMetrics } from './metrics/recorder.js'
+import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
 import { resolveDrivers, type OpenOptions } from './open-drivers.js'
 import { parseSize } from './size.js'
 import {
@@ -63,10 +63,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (cacheBlocks !== undefined && (!Number.isSafeInteger(cacheBlocks) || cacheBlocks < 0)) {
       throw new GalleonError('INVALID_ARGUMENT', `cacheBlocks must be a non-negative integer, got ${describe(cacheBlocks)}`)
     }
-    const windowSeconds = options?.metricsWindowSeconds
-    if (windowSeconds !== undefined && (typeof windowSeconds !== 'number' || !Number.isFinite(windowSeconds) || windowSeconds <= 0 || windowSeconds > 3600)) {
-      throw new GalleonError('INVALID_ARGUMENT', `metricsWindowSeconds must be a number of seconds above 0 and at most 3600, got ${describe(windowSeconds)}`)
-    }
+    if (options?.metricsWindowSeconds !== undefined) assertWindowSeconds(options.metricsWindowSeconds, 'metricsWindowSeconds')
     const { metadata, blockStore, location } = await resolveDrivers(options)
     try {
       await metadata.open()
@@ -398,8 +395,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** All metrics in the Prometheus text exposition format (version 0.0.4). */
   async metricsText (): Promise<string> {
-    this.#assertOpen()
-    const stats = await this.#store.stats()
+    const store = await this.getStorageStats()
     return renderPrometheus({
       volumes: this.#catalog.volumes().map((record) => {
         const volume = this.#volumeBlocks(record)
@@ -411,7 +407,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           usedBytes: this.#engine.allocatedBlocks(volume) * this.#engine.blockSize
         }
       }),
-      store: { backend: this.#store.name, ...stats }
+      store
     })
   }
 

@@ -4,7 +4,7 @@
 
 import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
@@ -231,7 +231,7 @@ export class FileBlockStore extends AbstractBlockStore {
    * of a failed compaction.
    */
   async compact (): Promise<void> {
-    if (this.status !== 'open') throw new GalleonError('NOT_OPEN', `the file block store is ${this.status}; open() it first`)
+    this.assertOpen()
     // A threshold of 0 turns off only the background work: with it, a pass would never pick anything.
     const threshold = this.#compactionThreshold > 0 ? this.#compactionThreshold : DEFAULT_COMPACTION_THRESHOLD
     // Only segments that exist now: under sustained writes new victims keep appearing, and a pass
@@ -299,7 +299,6 @@ export class FileBlockStore extends AbstractBlockStore {
     this.#queueHead = 0
     this.#issued = 0
     this.#inflight = []
-    this.#issuedBytes = 0
     this.#wake = undefined
     this.#wakeScheduled = false
     this.#writerActive = false
@@ -859,7 +858,7 @@ export class FileBlockStore extends AbstractBlockStore {
 
   /** After a failed write or sync nothing more is written: what reached the disk is uncertain. */
   #fail (err: unknown): void {
-    const cause = isCode(err, 'ENOSPC') || isCode(err, 'EDQUOT')
+    const cause = isNoSpaceError(err)
       ? new GalleonError('NO_SPACE', `the disk holding ${this.#location} is full; free space, then close and reopen the block store`, { cause: err })
       : wrapIo(err, `the file block store at ${this.#location} stopped after a write failed; close and reopen it (recovery keeps every acknowledged batch)`)
     this.#failure ??= cause

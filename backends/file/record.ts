@@ -99,11 +99,6 @@ export function recordCrcMatches (source: Buffer, position: number, length: numb
   return crc32(source.subarray(position + 8, position + HEADER_BYTES + length)) === source.readUInt32LE(position + 4)
 }
 
-/** Total bytes of a record with a payload of `length` bytes. */
-export function recordBytes (length: number): number {
-  return HEADER_BYTES + length
-}
-
 // ---- hint files ------------------------------------------------------------------------------------
 
 /**
@@ -131,9 +126,6 @@ export class HintBuilder {
   constructor (initialEntries = 1024) {
     this.#buffer = Buffer.alloc(HINT_HEADER_BYTES + initialEntries * HINT_ENTRY_BYTES)
   }
-
-  /** Number of entries so far. */
-  get count (): number { return this.#count }
 
   /** Records one log record at `offset` of the segment. */
   add (type: number, volume: number, index: number, gen: number, offset: number, length: number): void {

@@ -4,7 +4,7 @@
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
-import { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
 
@@ -355,8 +355,7 @@ export class LevelBlockStore extends AbstractBlockStore {
 
 /** A failed write as a GalleonError: a full disk (LevelDB says so only in its message) is NO_SPACE. */
 function writeError (err: unknown, location: string | undefined): GalleonError {
-  const text = err instanceof Error ? `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message} ${String((err as { cause?: unknown }).cause ?? '')}` : String(err)
-  if (/ENOSPC|EDQUOT|No space left on device|Disk quota exceeded/i.test(text)) {
+  if (isNoSpaceError(err)) {
     return new GalleonError('NO_SPACE', `the disk holding the level block store${location === undefined ? '' : ` at ${location}`} is full; free space, then retry the write`, { cause: err })
   }
   return wrapIo(err, 'could not write to the level block store')

@@ -1,7 +1,7 @@
 // Per-volume I/O statistics: a ring of time buckets (counts, bytes, latency histogram) kept in typed
 // arrays so that recording an operation allocates nothing, plus lifetime counters.
 
-import { GalleonError } from '../errors.js'
+import { GalleonError, describe } from '../errors.js'
 
 /**
  * I/O statistics of one volume: rates and latencies over the sliding window, lifetime counters.
@@ -116,6 +116,16 @@ function histogramBucket (us: number): number {
   return index > OVERFLOW_BUCKET ? OVERFLOW_BUCKET : index
 }
 
+/** Longest metrics window accepted: a day of one-second buckets would be memory for nothing. */
+export const MAX_WINDOW_SECONDS = 3600
+
+/** Throws INVALID_ARGUMENT unless `value` is a number of seconds above 0 and at most MAX_WINDOW_SECONDS. */
+export function assertWindowSeconds (value: unknown, what: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > MAX_WINDOW_SECONDS) {
+    throw new GalleonError('INVALID_ARGUMENT', `${what} must be a number of seconds above 0 and at most ${MAX_WINDOW_SECONDS}, got ${describe(value)}`)
+  }
+}
+
 /**
  * Records the I/O of one volume. The hot-path methods (`begin`, `end`, `cacheHit`, `cacheMiss`,
  * `checksumError`) are O(1) and allocate nothing: each operation lands in the time bucket of its
@@ -147,9 +157,7 @@ export class MetricsRecorder {
   constructor (options: MetricsRecorderOptions = {}) {
     const windowSeconds = options.windowSeconds ?? 10
     const bucketMs = options.bucketMs ?? 1000
-    if (typeof windowSeconds !== 'number' || !(windowSeconds > 0) || !Number.isFinite(windowSeconds)) {
-      throw new GalleonError('INVALID_ARGUMENT', `metrics windowSeconds must be a positive number of seconds, got ${String(windowSeconds)}`)
-    }
+    assertWindowSeconds(windowSeconds, 'metrics windowSeconds')
     if (typeof bucketMs !== 'number' || !(bucketMs > 0) || !Number.isFinite(bucketMs)) {
       throw new GalleonError('INVALID_ARGUMENT', `metrics bucketMs must be a positive number of milliseconds, got ${String(bucketMs)}`)
     }
