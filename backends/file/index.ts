@@ -416,7 +416,7 @@ export class FileBlockStore extends AbstractBlockStore {
       return false // a hint is only a shortcut: the segment itself is the truth
     }
     return decodeHint(file, segment.size, (entry) => {
-      this.#applyRecovered(segment, entry.type, entry.volume, entry.index, entry.gen, entry.offset, entry.length)
+      this.#applyRecord(segment, { volume: entry.volume, index: entry.index, gen: entry.gen }, entry.offset, entry.type === TYPE_PUT ? { length: entry.length, data: undefined } : undefined)
     })
   }
 
@@ -436,7 +436,7 @@ export class FileBlockStore extends AbstractBlockStore {
         const gen = batch[i + 3] as number
         const offset = batch[i + 4] as number
         const length = batch[i + 5] as number
-        this.#applyRecovered(segment, type, volume, index, gen, offset, length)
+        this.#applyRecord(segment, { volume, index, gen }, offset, type === TYPE_PUT ? { length, data: undefined } : undefined)
         hint.add(type, volume, index, gen, offset, length)
       }
       batch.length = 0
@@ -457,18 +457,24 @@ export class FileBlockStore extends AbstractBlockStore {
     segment.size = result.committedEnd
   }
 
-  #applyRecovered (segment: Segment, type: number, volume: number, index: number, gen: number, offset: number, length: number): void {
-    const address = { volume, index, gen }
+  /**
+   * Applies one record at `offset` of `segment` to the index and the space accounting: a put
+   * (with its payload while it is not yet written, or undefined) becomes the current version of its
+   * address; a tombstone removes it. Returns the new location of a put.
+   */
+  #applyRecord (segment: Segment, address: BlockAddress, offset: number, put: { length: number, data: Uint8Array | undefined } | undefined): BlockLocation | undefined {
     const previous = this.#index.get(address)
     if (previous !== undefined) this.#forget(previous)
-    if (type === TYPE_PUT) {
-      this.#index.set(volume, index, new BlockLocation(gen, segment.id, offset, length, undefined))
-      segment.liveBytes += HEADER_BYTES + length
-      this.#liveBytes += length
-    } else {
-      if (previous !== undefined) this.#index.delete(address)
-      segment.tombstoneBytes += HEADER_BYTES
+    if (put !== undefined) {
+      const location = new BlockLocation(address.gen, segment.id, offset, put.length, put.data)
+      this.#index.set(address.volume, address.index, location)
+      segment.liveBytes += HEADER_BYTES + put.length
+      this.#liveBytes += put.length
+      return location
     }
+    if (previous !== undefined) this.#index.delete(address)
+    segment.tombstoneBytes += HEADER_BYTES
+    return undefined
   }
 
   /** Accounts for a location that is no longer the current version of its block. */
@@ -631,21 +637,13 @@ export class FileBlockStore extends AbstractBlockStore {
       fields[i * 3] = volume
       fields[i * 3 + 1] = index
       fields[i * 3 + 2] = gen
-      const previous = this.#index.get(op.address)
-      if (previous !== undefined) this.#forget(previous)
       if (op.type === 'put') {
         const length = op.data.byteLength
-        const location = new BlockLocation(gen, segment.id, offset, length, op.data)
-        this.#index.set(volume, index, location)
-        segment.liveBytes += HEADER_BYTES + length
-        this.#liveBytes += length
-        entries[i] = location
+        entries[i] = this.#applyRecord(segment, op.address, offset, { length, data: op.data })
         hint.add(TYPE_PUT, volume, index, gen, offset, length)
         offset += HEADER_BYTES + length
       } else {
-        if (previous !== undefined) this.#index.delete(op.address)
-        segment.tombstoneBytes += HEADER_BYTES
-        entries[i] = undefined
+        entries[i] = this.#applyRecord(segment, op.address, offset, undefined)
         hint.add(TYPE_DEL, volume, index, gen, offset, 0)
         offset += HEADER_BYTES
       }
