@@ -14,7 +14,7 @@ import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT, encodeRecord } from '../backend
 import { hintFileName, segmentFileName } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
-import { addr, bytesOf, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
+import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
 import { BlockStoreModel } from './conformance/block-store.js'
 
 const FILE_STORE_MODULE = fileURLToPath(new URL('../backends/file/index.ts', import.meta.url))
@@ -53,10 +53,6 @@ async function withStore (
 
 
 
-function assertBytes (actual: Uint8Array | undefined, expected: Uint8Array, what: string): void {
-  assert.ok(actual instanceof Uint8Array, `${what}: expected ${expected.byteLength} bytes, got ${String(actual)}`)
-  assert.ok(Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(Buffer.from(expected)), `${what}: bytes differ`)
-}
 
 async function rejectsWithCode (promise: Promise<unknown>, codes: string | string[], what: string): Promise<GalleonError> {
   const wanted = Array.isArray(codes) ? codes : [codes]
@@ -873,11 +869,6 @@ describe('file block store', () => {
   })
 })
 
-async function collect<T> (items: AsyncIterable<T>): Promise<T[]> {
-  const result: T[] = []
-  for await (const item of items) result.push(item)
-  return result
-}
 
 /** Resolves when the child prints `line`; rejects if it exits first or the deadline passes. */
 async function waitForLine (child: ReturnType<typeof spawn>, line: string, deadlineMs: number): Promise<void> {

@@ -9,7 +9,7 @@ import * as nodeTest from 'node:test'
 import { setImmediate as nextMacrotask, setTimeout as sleep } from 'node:timers/promises'
 import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStore, type BlockStoreSupports } from '../../src/drivers.js'
 import type { GalleonErrorCode } from '../../src/errors.js'
-import { addr, bytesOf, del, put, seededRandom as mulberry32 } from './fixtures.js'
+import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './fixtures.js'
 
 /** Options of {@link blockStoreSuite}. */
 export interface BlockStoreSuiteOptions {
@@ -672,11 +672,6 @@ function randomOps (random: () => number, keys: readonly BlockAddress[], count: 
   return ops
 }
 
-async function collect (addresses: AsyncIterable<BlockAddress>): Promise<BlockAddress[]> {
-  const result: BlockAddress[] = []
-  for await (const address of addresses) result.push(address)
-  return result
-}
 
 async function rejectsWith (call: () => Promise<unknown>, code: GalleonErrorCode, what: string): Promise<void> {
   await assert.rejects(call, (err: unknown) => {
@@ -685,17 +680,6 @@ async function rejectsWith (call: () => Promise<unknown>, code: GalleonErrorCode
   }, `${what}: expected a rejection with code ${code}`)
 }
 
-function assertBytes (actual: Uint8Array | undefined, expected: Uint8Array, what = 'value'): void {
-  assert.ok(actual instanceof Uint8Array, `${what}: expected ${expected.byteLength} bytes, got ${String(actual)}`)
-  assert.equal(actual.byteLength, expected.byteLength, `${what}: length`)
-  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength)
-  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.byteLength)
-  if (!a.equals(b)) {
-    let offset = 0
-    while (a[offset] === b[offset]) offset++
-    assert.fail(`${what}: bytes differ from offset ${offset}`)
-  }
-}
 
 async function assertStats (store: BlockStore, expected: { blocks: number, liveBytes: number }): Promise<void> {
   const stats = await store.stats()

@@ -1,6 +1,7 @@
 // Test data shared by the conformance suite and the other tests: block addresses and ops, a seeded
 // PRNG and seeded byte patterns, so a failing case can be replayed exactly.
 
+import assert from 'node:assert/strict'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 
 /** A block address; `gen` defaults to 0. */
@@ -40,4 +41,31 @@ export function bytesOf (size: number, seed: number): Uint8Array {
     bytes[i] = state & 0xff
   }
   return bytes
+}
+
+/** A 32-bit integer hash (the murmur3 finaliser's constants): deterministic and well mixed. */
+export function mix32 (x: number): number {
+  x = Math.imul(x ^ (x >>> 16), 0x7feb352d)
+  x = Math.imul(x ^ (x >>> 15), 0x846ca68b)
+  return (x ^ (x >>> 16)) >>> 0
+}
+
+/** Everything an async iterable yields. */
+export async function collect<T> (items: AsyncIterable<T>): Promise<T[]> {
+  const result: T[] = []
+  for await (const item of items) result.push(item)
+  return result
+}
+
+/** Asserts that `actual` holds exactly the bytes of `expected`, naming the first offset that differs. */
+export function assertBytes (actual: Uint8Array | undefined, expected: Uint8Array, what = 'value'): void {
+  assert.ok(actual instanceof Uint8Array, `${what}: expected ${expected.byteLength} bytes, got ${String(actual)}`)
+  assert.equal(actual.byteLength, expected.byteLength, `${what}: length`)
+  const a = Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength)
+  const b = Buffer.from(expected.buffer, expected.byteOffset, expected.byteLength)
+  if (!a.equals(b)) {
+    let offset = 0
+    while (a[offset] === b[offset]) offset++
+    assert.fail(`${what}: bytes differ from offset ${offset}`)
+  }
 }

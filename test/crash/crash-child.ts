@@ -19,7 +19,7 @@
 // engine) in the same tick as its `W`/`T` line, so per block, seq order is application order.
 
 import { pathToFileURL } from 'node:url'
-import { seededRandom } from '../conformance/fixtures.js'
+import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { reportLine } from './support.js'
 
 /** Bytes of one self-describing unit. Byte-range writes are aligned to it, not to blocks. */
@@ -48,11 +48,6 @@ export function volumeTag (volumeId: string): number {
   return hash
 }
 
-function mix32 (x: number): number {
-  x = Math.imul(x ^ (x >>> 16), 0x7feb352d)
-  x = Math.imul(x ^ (x >>> 15), 0x846ca68b)
-  return (x ^ (x >>> 16)) >>> 0
-}
 
 function sectorSeed (tag: number, sector: number, seq: number, first: number, count: number): number {
   let seed = mix32(tag ^ 0x9e3779b9)

@@ -24,7 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
-import { seededRandom } from '../conformance/fixtures.js'
+import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { readChildLines, reportLine, trialCount } from './support.js'
 
 const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5 }
@@ -48,11 +48,6 @@ function keyOf (volume: number, index: number): string {
   return `${volume}/${index}`
 }
 
-function mix32 (x: number): number {
-  x = Math.imul(x ^ (x >>> 16), 0x7feb352d)
-  x = Math.imul(x ^ (x >>> 15), 0x846ca68b)
-  return (x ^ (x >>> 16)) >>> 0
-}
 
 /** The value of op `op` of batch `seq`, writing key (volume, index): self-describing, so a mix-up is visible. */
 function valueOf (seq: number, op: number, volume: number, index: number, length: number): Uint8Array {
