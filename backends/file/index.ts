@@ -27,8 +27,9 @@ export interface FileBlockStoreOptions {
   segmentBytes?: number
   /**
    * A sealed segment whose live bytes fall below this fraction of its size is compacted: its live
-   * records are copied forward and the file deleted (default 0.5; 0 disables background compaction,
-   * leaving it to `compact()`).
+   * records are copied forward and the file deleted (default 0.4; 0 disables background compaction,
+   * leaving it to `compact()`). Lower values copy less (each byte reclaimed costs threshold /
+   * (1 - threshold) bytes of copying: 0.67 at 0.4, 1 at 0.5) and keep more dead records on disk.
    */
   compactionThreshold?: number
   /**
@@ -40,7 +41,10 @@ export interface FileBlockStoreOptions {
 }
 
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-const DEFAULT_COMPACTION_THRESHOLD = 0.5
+// Bitcask's default merge trigger is 60% fragmentation, the same point. Measured on 4 KiB random
+// overwrites of a 64 MiB volume, 10 s: 0.5 -> 31.5k writes/s with 2.05x the live bytes on disk,
+// 0.4 -> 36.4k (2.32x), 0.3 -> 40.0k (2.46x).
+const DEFAULT_COMPACTION_THRESHOLD = 0.4
 // One write call carries at most this much (unless a single batch is larger): big enough to amortise
 // the syscall, small enough that a burst of small writes becomes several groups in flight at once,
 // so the callers of the first group run (and queue their next writes) while the later ones are
@@ -226,7 +230,7 @@ export class FileBlockStore extends AbstractBlockStore {
 
   /**
    * Runs a compaction pass now and resolves when it is done: every sealed segment whose live ratio is
-   * below `compactionThreshold` (the default 0.5 when background compaction is disabled with 0) is
+   * below `compactionThreshold` (the default 0.4 when background compaction is disabled with 0) is
    * copied forward and deleted. Runs after background work already under way; rejects with the error
    * of a failed compaction.
    */
