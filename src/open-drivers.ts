@@ -4,6 +4,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
+import { loadClassicLevel } from './classic-level.js'
 import type { BlockStore } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
 
@@ -97,12 +98,7 @@ async function createBackend (backend: BuiltInBackend, storagePath: string | und
 }
 
 async function openClassicLevel (location: string): Promise<MetadataDatabase> {
-  let ClassicLevel: typeof import('classic-level').ClassicLevel
-  try {
-    ({ ClassicLevel } = await import('classic-level'))
-  } catch (err) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', 'the classic-level package could not be loaded; install it with `npm install classic-level` (it ships prebuilt binaries for common platforms)', { cause: err })
-  }
+  const ClassicLevel = await loadClassicLevel('the on-disk metadata database')
   return new ClassicLevel(location) as unknown as MetadataDatabase
 }
 

@@ -7,6 +7,7 @@ import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from
 import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
+import { loadClassicLevel } from '../../src/classic-level.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -376,12 +377,7 @@ export const levelBackend = {
 }
 
 async function openClassicLevel (location: string): Promise<LevelDatabase> {
-  let ClassicLevel: typeof import('classic-level').ClassicLevel
-  try {
-    ({ ClassicLevel } = await import('classic-level'))
-  } catch (err) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', 'the level block store needs the classic-level package, which could not be loaded; install it with `npm install classic-level` (it ships prebuilt binaries for common platforms) or choose another backend', { cause: err })
-  }
+  const ClassicLevel = await loadClassicLevel('the level block store (or choose another backend)')
   return new ClassicLevel<string, Uint8Array>(location, ENCODINGS) as unknown as LevelDatabase
 }
 

@@ -422,7 +422,7 @@ export class BlockEngine {
         : await Promise.all(addresses.map(async (address) => await this.store.get(address)))
     } catch (err) {
       // Damage somewhere in the range: read block by block, which finds and reports the bad one.
-      if (!(err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION'))) throw err
+      if (!isDamage(err)) throw err
     }
     for (let i = 0; i < addresses.length; i++) {
       const index = indices[i] as number
@@ -462,7 +462,7 @@ export class BlockEngine {
       } catch (err) {
         // A store that verifies its own records (file) reports damage before the engine sees bytes:
         // count and report it like the engine's own checksum failures.
-        if (err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION')) {
+        if (isDamage(err)) {
           this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `${this.store.name} store: ${err.message}` })
         }
         throw err
@@ -556,6 +556,11 @@ export class BlockEngine {
       throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the volume (${volume.sizeBytes} bytes); expand the volume first`)
     }
   }
+}
+
+/** Whether a store error reports damaged stored data (as opposed to an I/O or usage error). */
+function isDamage (err: unknown): err is GalleonError {
+  return err instanceof GalleonError && (err.code === 'CHECKSUM_MISMATCH' || err.code === 'CORRUPTION')
 }
 
 /** Largest byte range one read/write/trim call may cover. */
