@@ -1,6 +1,6 @@
 // Typed event map of the GalleonFS facade.
 
-import type { Volume, StorageClass } from './types.js'
+import type { Volume, Snapshot, StorageClass } from './types.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -28,6 +28,10 @@ export interface GalleonEvents {
   'volume:deleted': (volume: Volume) => void
   'volume:expanded': (volume: Volume, previousSizeBytes: number) => void
   'volume:state': (volume: Volume, previousState: string) => void
+  'volume:cloned': (clone: Volume, source: Snapshot) => void
+  'snapshot:created': (snapshot: Snapshot) => void
+  'snapshot:deleted': (snapshot: Snapshot) => void
+  'snapshot:restored': (volume: Volume, snapshot: Snapshot, blocksReverted: number) => void
   'storage-class:created': (storageClass: StorageClass) => void
   'storage-class:deleted': (storageClass: StorageClass) => void
   'checksum:mismatch': (event: ChecksumMismatchEvent) => void

@@ -3,7 +3,8 @@
 import { EventEmitter } from 'eventemitter3'
 import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats } from './drivers.js'
-import { BlockEngine, type VolumeBlocks } from './engine/engine.js'
+import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
+import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
 import { renderPrometheus } from './metrics/prometheus.js'
@@ -12,15 +13,24 @@ import { resolveDrivers, type OpenOptions } from './open-drivers.js'
 import { parseSize } from './size.js'
 import {
   AccessMode, VolumeState, VolumeType, WriteConcern,
-  type CreateVolumeOptions, type ScrubReport, type StorageClass, type Volume, type VolumeUsage
+  type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
 } from './types.js'
-import { Catalog, checkVolumeName, type MetadataDatabase, type VolumeRecord } from './volumes/catalog.js'
+import { Catalog, checkVolumeName, type MetadataDatabase, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
 import {
   DEFAULT_STORAGE_CLASS, assertClassSupported, classReplicas, parseStorageClass
 } from './volumes/storage-classes.js'
 
 /** Anything that names a volume: its id, its name, or a Volume object. */
 export type VolumeRef = string | Pick<Volume, 'id'>
+
+/** A snapshot of a volume, each named by id or name (or a Snapshot object): a read-only view. */
+export type SnapshotRef = { readonly volume: VolumeRef, readonly snapshot: string | Pick<Snapshot, 'id'> } | Pick<Snapshot, 'id' | 'volumeId'>
+
+/** What reads accept: a volume (its live contents) or one of its snapshots. */
+export type ReadSource = VolumeRef | SnapshotRef
+
+/** What `cloneVolume` copies: a live volume (an implicit snapshot is taken) or a snapshot. */
+export type CloneSource = VolumeRef | SnapshotRef
 
 const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
@@ -39,6 +49,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly location: string
   #closed = false
   #closing: Promise<void> | undefined
+  /** Snapshot, clone, revert, expand and delete run one at a time (they change block maps together). */
+  #adminQueue: Promise<unknown> = Promise.resolve()
+  /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
+  readonly #snapshotReaders = new Map<string, { count: number, drained?: () => void }>()
+  readonly #snapshotsGoing = new Set<string>()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
     super()
@@ -98,11 +113,50 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Recovery after open: rebuild block maps, finish interrupted deletes, drop ephemeral volumes. */
   async #recover (): Promise<void> {
     const records = this.#catalog.volumes()
-    await this.#engine.recover(records.map((record) => ({ storageId: record.storageId, sizeBytes: record.sizeBytes })))
+    await this.#engine.recover(records.map((record) => {
+      const source = record.source === undefined ? undefined : this.#catalog.snapshotById(record.source.snapshotId)
+      const parent = source === undefined ? undefined : this.#catalog.resolve(source.volumeId)
+      if (record.source !== undefined && (source === undefined || parent === undefined)) {
+        throw new GalleonError('CORRUPTION', `clone ${record.name} reads from snapshot ${record.source.snapshotId}, which is missing from the metadata`)
+      }
+      return {
+        storageId: record.storageId,
+        sizeBytes: record.sizeBytes,
+        snapshotGens: this.#catalog.snapshots(record.id).map((snapshot) => snapshot.gen),
+        parent: source === undefined || parent === undefined ? undefined : { storageId: parent.storageId, gen: source.gen, sizeBytes: source.sizeBytes }
+      }
+    }))
     for (const record of records) {
-      if (record.state === VolumeState.Deleting || record.type === VolumeType.Ephemeral) await this.#destroy(record)
-      else if (record.state !== VolumeState.Available) await this.#catalog.updateVolume(record.id, { state: VolumeState.Available })
+      // A revert cut short by a crash: finish it, so the volume reads as the snapshot, not as a mix.
+      if (record.revertTo === undefined || record.state === VolumeState.Deleting) continue
+      const snapshot = this.#catalog.snapshotById(record.revertTo)
+      if (snapshot !== undefined) await this.#engine.revert(this.#volumeBlocks(record), { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
+      await this.#catalog.updateVolume(record.id, { revertTo: undefined })
     }
+    // Implicit snapshots whose clone was never recorded (a crash in cloneVolume) hold space for nobody.
+    for (const record of this.#catalog.volumes()) {
+      for (const snapshot of this.#catalog.snapshots(record.id)) {
+        if (snapshot.implicit && this.#catalog.clonesOf(record.id, snapshot.id).length === 0) await this.#dropSnapshot(record, snapshot)
+      }
+    }
+    for (const record of this.#destroyOrder(records.filter((record) => record.state === VolumeState.Deleting || record.type === VolumeType.Ephemeral))) {
+      await this.#destroy(this.#catalog.resolve(record.id), true)
+    }
+    for (const record of this.#catalog.volumes()) {
+      if (record.state !== VolumeState.Available) await this.#catalog.updateVolume(record.id, { state: VolumeState.Available })
+    }
+  }
+
+  /** Orders volumes to delete so that clones go before their sources (fewer copies to make). */
+  #destroyOrder (records: VolumeRecord[]): VolumeRecord[] {
+    const depth = (record: VolumeRecord): number => {
+      let n = 0
+      for (let at: VolumeRecord | undefined = record; at?.source !== undefined; n++) {
+        at = this.#catalog.volumes().find((candidate) => candidate.id === at?.source?.volumeId)
+      }
+      return n
+    }
+    return [...records].sort((a, b) => depth(b) - depth(a))
   }
 
   /** True once close() has begun. */
@@ -128,8 +182,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#closed = true
     this.#closing = (async () => {
       try {
-        for (const record of this.#catalog.volumes()) {
-          if (record.type === VolumeType.Ephemeral) await this.#destroy(record)
+        await this.#adminQueue.catch(() => {})
+        for (const record of this.#destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
+          await this.#destroy(this.#catalog.resolve(record.id), true)
         }
         await this.#engine.close()
       } finally {
@@ -224,24 +279,63 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
     }
-    await this.#destroy(record)
+    await this.#admin(async () => {
+      const current = this.#catalog.resolve(record.id)
+      const clones = this.#catalog.clonesOf(current.id)
+      if (clones.length > 0 && options?.force !== true) {
+        throw new GalleonError('BUSY', `volume ${current.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+      }
+      await this.#destroy(current, true)
+    })
   }
 
-  async #destroy (record: VolumeRecord): Promise<void> {
+  /**
+   * Deletes a volume, its snapshots and its blocks. Clones that still read from it get their own
+   * copies first (`flattenClones`); a clone's implicit source snapshot goes when its last clone does.
+   */
+  async #destroy (record: VolumeRecord, flattenClones: boolean): Promise<void> {
+    const clones = this.#catalog.clonesOf(record.id)
+    if (clones.length > 0) {
+      if (!flattenClones) throw new GalleonError('BUSY', `volume ${record.name} has clones (${names(clones)})`)
+      for (const clone of clones) await this.#flatten(clone)
+    }
     const deleting = await this.#catalog.updateVolume(record.id, { state: VolumeState.Deleting })
     this.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
     await this.#engine.destroy(volume)
     await this.#catalog.deleteVolume(record.id)
     this.emit('volume:deleted', toVolume(deleting))
+    if (record.source !== undefined) await this.#releaseSource(record.source)
+  }
+
+  /** Drops a clone's source snapshot if it was implicit and no other clone reads from it. */
+  async #releaseSource (source: { volumeId: string, snapshotId: string }): Promise<void> {
+    const snapshot = this.#catalog.snapshotById(source.snapshotId)
+    if (snapshot === undefined || !snapshot.implicit) return
+    if (this.#catalog.clonesOf(source.volumeId, snapshot.id).length > 0) return
+    await this.#dropSnapshot(this.#catalog.resolve(source.volumeId), snapshot)
+  }
+
+  /** Gives a clone its own copy of everything it reads from its source, then unlinks it. */
+  async #flatten (clone: VolumeRecord): Promise<void> {
+    const source = clone.source
+    if (source === undefined) return
+    await this.#engine.flatten(this.#volumeBlocks(clone))
+    await this.#catalog.updateVolume(clone.id, { source: undefined })
+    await this.#releaseSource(source)
   }
 
   /** Grows a volume online; the new space reads as zeros. Shrinking is refused. */
   async expandVolume (vol: VolumeRef, newSizeBytes: number | string): Promise<Volume> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
     const sizeBytes = parseSize(newSizeBytes)
     this.#checkVolumeSize(sizeBytes)
+    this.#catalog.resolve(vol)
+    return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
+  }
+
+  async #expand (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (sizeBytes < record.sizeBytes) {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is ${record.sizeBytes} bytes; shrinking to ${sizeBytes} would destroy data and is not supported. Create a smaller volume and copy the data instead`)
     }
@@ -254,17 +348,30 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return result
   }
 
-  /** Bytes actually allocated to the volume (thin provisioning: never-written blocks cost nothing). */
+  /**
+   * Bytes the volume really occupies: its current blocks plus older versions kept only for its
+   * snapshots (thin provisioning: never-written blocks cost nothing). See getVolumeUsageDetails for
+   * the two figures apart.
+   */
   async getVolumeUsage (vol: VolumeRef): Promise<number> {
     return (await this.getVolumeUsageDetails(vol)).allocatedBytes
   }
 
-  /** Allocated bytes, allocated blocks and provisioned size of a volume. */
+  /** Allocated bytes split into what the current contents use and what only snapshots keep, and the provisioned size. */
   async getVolumeUsageDetails (vol: VolumeRef): Promise<VolumeUsage> {
     this.#assertOpen()
     const record = this.#catalog.resolve(vol)
-    const blocks = this.#engine.allocatedBlocks(this.#volumeBlocks(record))
-    return { allocatedBytes: blocks * this.#engine.blockSize, allocatedBlocks: blocks, sizeBytes: record.sizeBytes }
+    const volume = this.#volumeBlocks(record)
+    const live = this.#engine.allocatedBlocks(volume)
+    const held = this.#engine.heldBlocks(volume)
+    const blockSize = this.#engine.blockSize
+    return {
+      allocatedBytes: (live + held) * blockSize,
+      allocatedBlocks: live + held,
+      liveBytes: live * blockSize,
+      snapshotBytes: held * blockSize,
+      sizeBytes: record.sizeBytes
+    }
   }
 
   // ---------------------------------------------------------------- storage classes
@@ -318,7 +425,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
+    const record = this.#writable(vol)
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -327,19 +434,27 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } catch (err) { throw this.#ioFailed(record, 'write', err) }
   }
 
-  /** Reads one block: always `blockSize` bytes; never-written blocks read as zeros. */
-  async readBlock (vol: VolumeRef, blockIndex: number): Promise<Uint8Array> {
+  /**
+   * Reads one block of a volume, or of a snapshot (`{ volume, snapshot }`): always `blockSize`
+   * bytes; never-written blocks read as zeros.
+   */
+  async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
+    const { record, snapshot } = this.#readSource(source)
+    const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
-      return await this.#engine.readBlock(this.#ioVolume(record), blockIndex)
-    } catch (err) { throw this.#ioFailed(record, 'read', err) }
+      return await this.#engine.readBlock(this.#ioVolume(record), blockIndex, viewOf(snapshot))
+    } catch (err) {
+      throw this.#ioFailed(record, 'read', err)
+    } finally {
+      unpin?.()
+    }
   }
 
   /** Writes bytes at any offset (read-modify-write at partial blocks); atomic as a whole. */
   async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
+    const record = this.#writable(vol)
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -348,13 +463,18 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } catch (err) { throw this.#ioFailed(record, 'write', err) }
   }
 
-  /** Reads `length` bytes at `offset`. */
-  async read (vol: VolumeRef, offset: number, length: number): Promise<Uint8Array> {
+  /** Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`). */
+  async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
+    const { record, snapshot } = this.#readSource(source)
+    const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
-      return await this.#engine.read(this.#ioVolume(record), offset, length)
-    } catch (err) { throw this.#ioFailed(record, 'read', err) }
+      return await this.#engine.read(this.#ioVolume(record), offset, length, viewOf(snapshot))
+    } catch (err) {
+      throw this.#ioFailed(record, 'read', err)
+    } finally {
+      unpin?.()
+    }
   }
 
   /** Makes every write acknowledged so far durable (writes of all volumes share the sync). */
@@ -369,7 +489,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Discards a byte range: whole blocks are freed and read as zeros, partial edges are zeroed. */
   async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
+    const record = this.#writable(vol)
     try {
       await this.#engine.trim(this.#ioVolume(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) { throw this.#ioFailed(record, 'trim', err) }
@@ -381,7 +501,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const record = this.#catalog.resolve(vol)
     const { checked, bad } = await this.#engine.scrub(this.#ioVolume(record))
     this.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
-    return { volumeId: record.id, blocksChecked: checked, badBlocks: bad }
+    return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
   }
 
   // ---------------------------------------------------------------- metrics
@@ -429,16 +549,253 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   // ---------------------------------------------------------------- not in this release
 
-  /** Snapshots arrive with copy-on-write support; until then this throws NOT_IMPLEMENTED. */
-  async createSnapshot (_vol: VolumeRef, _name: string): Promise<never> { throw notYet('snapshots') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async listSnapshots (_vol: VolumeRef): Promise<never> { throw notYet('snapshots') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async deleteSnapshot (_vol: VolumeRef, _snapshot: string): Promise<never> { throw notYet('snapshots') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async restoreSnapshot (_vol: VolumeRef, _snapshot: string): Promise<never> { throw notYet('snapshots') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async cloneVolume (_source: unknown, _newName: string): Promise<never> { throw notYet('clones') }
+  // ---------------------------------------------------------------- snapshots and clones
+
+  /**
+   * Takes a read-only, point-in-time snapshot of a volume. O(1): nothing is copied, whatever the
+   * volume's size; later writes keep the blocks the snapshot reads (copy-on-write). Writes that
+   * were in flight when it was called are in it or not as a whole; it is durable when it resolves.
+   */
+  async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
+    this.#assertOpen()
+    checkSnapshotName(name)
+    this.#catalog.resolve(vol)
+    return await this.#admin(async () => {
+      const record = this.#catalog.resolve(vol)
+      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
+      if (this.#catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
+        throw new GalleonError('SNAPSHOT_EXISTS', `volume ${record.name} already has a snapshot named ${JSON.stringify(name)}; pick another name or delete that snapshot first`)
+      }
+      const snapshot = this.#toSnapshot(await this.#takeSnapshot(record, name, false))
+      this.emit('snapshot:created', snapshot)
+      return snapshot
+    })
+  }
+
+  /** Snapshots of a volume, oldest first (implicit ones that clones were made from included). */
+  async listSnapshots (vol: VolumeRef): Promise<Snapshot[]> {
+    this.#assertOpen()
+    const record = this.#catalog.resolve(vol)
+    return this.#catalog.snapshots(record.id).map((snapshot) => this.#toSnapshot(snapshot))
+  }
+
+  /** One snapshot of a volume, by id or name. */
+  async getSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Snapshot> {
+    this.#assertOpen()
+    const record = this.#catalog.resolve(vol)
+    return this.#toSnapshot(this.#catalog.resolveSnapshot(record, snapshot))
+  }
+
+  /**
+   * Deletes a snapshot and frees the block versions only it kept (work proportional to those).
+   * A snapshot that clones still read from is kept unless `force`: then each such clone first gets
+   * its own copy of the data it shares. Waits for reads of the snapshot in flight.
+   */
+  async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean } = {}): Promise<void> {
+    this.#assertOpen()
+    this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    await this.#admin(async () => {
+      const record = this.#catalog.resolve(vol)
+      const found = this.#catalog.resolveSnapshot(record, snapshot)
+      const clones = this.#catalog.clonesOf(record.id, found.id)
+      if (clones.length > 0 && options?.force !== true) {
+        throw new GalleonError('BUSY', `snapshot ${found.name} of volume ${record.name} is the source of clones (${names(clones)}); delete them first, or pass { force: true } to give each its own copy of the data`)
+      }
+      for (const clone of clones) {
+        await this.#engine.flatten(this.#volumeBlocks(clone))
+        await this.#catalog.updateVolume(clone.id, { source: undefined })
+      }
+      await this.#dropSnapshot(record, found)
+    })
+  }
+
+  /**
+   * Reverts a volume in place to a snapshot: afterwards it reads exactly as the snapshot did (bytes
+   * past the snapshot's size, after an expansion, read as zeros; the volume keeps its size). Later
+   * snapshots stay usable. Work is proportional to the blocks changed since the snapshot; I/O
+   * waits meanwhile. Refused while writes are in flight. A crash mid-way is finished on open.
+   */
+  async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
+    this.#assertOpen()
+    this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    return await this.#admin(async () => {
+      const record = this.#catalog.resolve(vol)
+      const found = this.#catalog.resolveSnapshot(record, snapshot)
+      const volume = this.#ioVolume(record)
+      if (volume.tickets.size > 0 || volume.locks.size > 0) {
+        throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
+      }
+      await this.#catalog.updateVolume(record.id, { revertTo: found.id })
+      const reverted = await this.#engine.revert(volume, viewOf(found) as View)
+      const updated = await this.#catalog.updateVolume(record.id, { revertTo: undefined })
+      const result = toVolume(updated)
+      this.emit('snapshot:restored', result, this.#toSnapshot(found), reverted)
+      return result
+    })
+  }
+
+  /**
+   * Creates a writable volume that shares its source's blocks: a snapshot (`{ volume, snapshot }`),
+   * or a live volume, of which an implicit snapshot is taken. O(1): nothing is copied. Writes to
+   * either side never show on the other. The clone starts with the source's size and settings.
+   */
+  async cloneVolume (source: CloneSource, newName: string, options: { labels?: Record<string, string> } = {}): Promise<Volume> {
+    this.#assertOpen()
+    checkVolumeName(newName)
+    const labels = options?.labels === undefined ? undefined : checkLabels(options.labels)
+    this.#cloneSource(source)
+    const unreserve = this.#catalog.reserveName(newName)
+    try {
+      return await this.#admin(async () => {
+        const { record, snapshot: chosen } = this.#cloneSource(source)
+        if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; it cannot be cloned`)
+        const snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
+        let clone: VolumeRecord
+        try {
+          clone = await this.#catalog.createVolume({
+            name: newName,
+            type: record.type,
+            state: VolumeState.Available,
+            sizeBytes: snapshot.sizeBytes,
+            blockSize: record.blockSize,
+            storageClass: record.storageClass,
+            replicas: record.replicas,
+            accessModes: [...record.accessModes],
+            labels: labels ?? { ...record.labels },
+            source: { volumeId: record.id, snapshotId: snapshot.id }
+          })
+        } catch (err) {
+          if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
+          throw err
+        }
+        const volume = this.#engine.attach(clone.storageId, clone.sizeBytes)
+        this.#engine.linkClone(volume, this.#volumeBlocks(record), snapshot.gen, snapshot.sizeBytes)
+        const result = toVolume(clone)
+        this.emit('volume:created', result)
+        this.emit('volume:cloned', result, this.#toSnapshot(snapshot))
+        return result
+      })
+    } finally {
+      unreserve()
+    }
+  }
+
+  /**
+   * Blocks that differ between two views of a volume, ascending: from the snapshot `from` to the
+   * snapshot `to` (default: the live volume). Work is proportional to the blocks that changed, not
+   * to the volume's size. Without `from`, every block the `to` view holds data in (a full listing).
+   */
+  async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
+    this.#assertOpen()
+    const record = this.#catalog.resolve(vol)
+    const volume = this.#volumeBlocks(record)
+    const from = options?.from === undefined ? undefined : this.#catalog.resolveSnapshot(record, options.from)
+    const to = options?.to === undefined ? undefined : this.#catalog.resolveSnapshot(record, options.to)
+    if (from !== undefined && to !== undefined && to.gen < from.gen) {
+      throw new GalleonError('INVALID_ARGUMENT', `snapshot ${to.name} is older than ${from.name}; pass the older one as from`)
+    }
+    if (from === undefined) return this.#engine.allocatedAt(volume, to?.gen ?? LIVE)
+    return this.#engine.changedBlocks(volume, from.gen, to?.gen ?? LIVE)
+  }
+
+  /** Takes a snapshot and records it; undoes the engine side if recording fails. */
+  async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean): Promise<SnapshotRecord> {
+    const volume = this.#ioVolume(record)
+    const gen = await this.#engine.snapshot(volume)
+    try {
+      return await this.#catalog.createSnapshot({ name, volumeId: record.id, gen, sizeBytes: volume.sizeBytes, implicit })
+    } catch (err) {
+      await this.#engine.dropSnapshot(volume, gen).catch(() => {})
+      throw err
+    }
+  }
+
+  /** Removes a snapshot's record (first, so a crash never leaves a record whose blocks are gone), then its blocks. */
+  async #dropSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
+    this.#snapshotsGoing.add(snapshot.id)
+    try {
+      const readers = this.#snapshotReaders.get(snapshot.id)
+      if (readers !== undefined) await new Promise<void>((resolve) => { readers.drained = resolve })
+      const clones = this.#catalog.clonesOf(record.id, snapshot.id).map((clone) => clone.id)
+      await this.#catalog.deleteSnapshot(snapshot)
+      await this.#engine.dropSnapshot(this.#volumeBlocks(record), snapshot.gen)
+      this.emit('snapshot:deleted', { ...this.#toSnapshot(snapshot), clones })
+    } finally {
+      this.#snapshotsGoing.delete(snapshot.id)
+    }
+  }
+
+  #implicitName (record: VolumeRecord, cloneName: string): string {
+    const taken = new Set(this.#catalog.snapshots(record.id).map((snapshot) => snapshot.name))
+    const base = `clone-${cloneName}`.slice(0, 56)
+    let name = base
+    for (let n = 2; taken.has(name); n++) name = `${base}-${n}`
+    return name
+  }
+
+  #toSnapshot (record: SnapshotRecord): Snapshot {
+    return {
+      id: record.id,
+      name: record.name,
+      volumeId: record.volumeId,
+      sizeBytes: record.sizeBytes,
+      createdAt: record.createdAt,
+      implicit: record.implicit,
+      clones: this.#catalog.clonesOf(record.volumeId, record.id).map((clone) => clone.id)
+    }
+  }
+
+  /** Keeps a snapshot's blocks alive for one read; refuses once its deletion began. */
+  #pinSnapshot (snapshot: SnapshotRecord): () => void {
+    if (this.#snapshotsGoing.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
+    let readers = this.#snapshotReaders.get(snapshot.id)
+    if (readers === undefined) this.#snapshotReaders.set(snapshot.id, readers = { count: 0 })
+    readers.count++
+    return () => {
+      const current = readers as { count: number, drained?: () => void }
+      if (--current.count === 0) {
+        this.#snapshotReaders.delete(snapshot.id)
+        current.drained?.()
+      }
+    }
+  }
+
+  /** Runs an administrative operation after the ones before it. */
+  async #admin<T> (task: () => Promise<T>): Promise<T> {
+    const run = this.#adminQueue.catch(() => {}).then(async () => {
+      this.#assertOpen()
+      return await task()
+    })
+    this.#adminQueue = run
+    return await run
+  }
+
+  /** A read's target: a volume's live contents, or one of its snapshots. */
+  #readSource (source: unknown): { record: VolumeRecord, snapshot?: SnapshotRecord } {
+    if (isSnapshotObject(source)) {
+      const record = this.#catalog.resolve(source.volumeId)
+      return { record, snapshot: this.#catalog.resolveSnapshot(record, source.id) }
+    }
+    if (typeof source === 'object' && source !== null && 'snapshot' in source) {
+      const ref = source as { volume?: unknown, snapshot?: unknown }
+      const record = this.#catalog.resolve(ref.volume)
+      return { record, snapshot: this.#catalog.resolveSnapshot(record, ref.snapshot) }
+    }
+    return { record: this.#catalog.resolve(source) }
+  }
+
+  #cloneSource (source: unknown): { record: VolumeRecord, snapshot?: SnapshotRecord } {
+    return this.#readSource(source)
+  }
+
+  /** A volume that may be written: a snapshot reference is refused with READ_ONLY. */
+  #writable (target: unknown): VolumeRecord {
+    if (isSnapshotObject(target) || (typeof target === 'object' && target !== null && 'snapshot' in target)) {
+      throw new GalleonError('READ_ONLY', 'snapshots are read-only; write to the volume, or clone the snapshot (cloneVolume) to get a writable copy')
+    }
+    return this.#catalog.resolve(target)
+  }
+
   /** Not in this release: throws NOT_IMPLEMENTED. */
   async createBackup (_vol: VolumeRef, _options: unknown): Promise<never> { throw notYet('backups') }
   /** Not in this release: throws NOT_IMPLEMENTED. */
@@ -513,7 +870,8 @@ function toVolume (record: VolumeRecord): Volume {
     accessModes: [...record.accessModes],
     labels: { ...record.labels },
     createdAt: record.createdAt,
-    updatedAt: record.updatedAt
+    updatedAt: record.updatedAt,
+    ...(record.source === undefined ? {} : { source: { ...record.source } })
   }
 }
 
@@ -528,6 +886,26 @@ function checkLabels (labels: unknown): Record<string, string> {
     out[key] = value
   }
   return out
+}
+
+/** The engine view of a snapshot record (undefined: the live volume). */
+function viewOf (snapshot: SnapshotRecord | undefined): View | undefined {
+  return snapshot === undefined ? undefined : { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes }
+}
+
+/** A Snapshot object as returned by the API (has an id and a volumeId). */
+function isSnapshotObject (value: unknown): value is Pick<Snapshot, 'id' | 'volumeId'> {
+  return typeof value === 'object' && value !== null && typeof (value as { id?: unknown }).id === 'string' && typeof (value as { volumeId?: unknown }).volumeId === 'string'
+}
+
+function checkSnapshotName (name: unknown): asserts name is string {
+  if (typeof name !== 'string' || !/^[A-Za-z0-9]([A-Za-z0-9_.:@-]{0,61}[A-Za-z0-9])?$/.test(name)) {
+    throw new GalleonError('INVALID_ARGUMENT', `snapshot name must be 1-63 letters, digits, '-', '_', '.', ':' or '@', starting and ending with a letter or digit, got ${describe(name)}`)
+  }
+}
+
+function names (records: readonly VolumeRecord[]): string {
+  return records.slice(0, 5).map((record) => record.name).join(', ') + (records.length > 5 ? `, and ${records.length - 5} more` : '')
 }
 
 function notYet (feature: string): GalleonError {

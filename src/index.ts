@@ -1,10 +1,10 @@
 // Public entry point of the galleonfs package.
 
-export { GalleonFS, type VolumeRef } from './galleonfs.js'
+export { GalleonFS, type VolumeRef, type SnapshotRef, type ReadSource, type CloneSource } from './galleonfs.js'
 export { GalleonError, isGalleonError, type GalleonErrorCode } from './errors.js'
 export {
   WriteConcern, VolumeType, AccessMode, BackupStrategy, VolumeState,
-  type Volume, type StorageClass, type CreateVolumeOptions, type ScrubReport, type VolumeUsage,
+  type Volume, type StorageClass, type CreateVolumeOptions, type ScrubReport, type VolumeUsage, type Snapshot,
   type ReclaimPolicy, type VolumeBindingMode
 } from './types.js'
 export type { OpenOptions, BuiltInBackend } from './open-drivers.js'

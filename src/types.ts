@@ -77,6 +77,25 @@ export interface Volume {
   readonly createdAt: string
   /** ISO-8601 time of the last change to the record. */
   readonly updatedAt: string
+  /** For a clone: the volume and snapshot it was cloned from (absent once it has its own copy of everything). */
+  readonly source?: { readonly volumeId: string, readonly snapshotId: string }
+}
+
+/** A point-in-time, read-only view of a volume. */
+export interface Snapshot {
+  /** UUID. */
+  readonly id: string
+  /** Unique among the volume's snapshots. */
+  readonly name: string
+  readonly volumeId: string
+  /** Size of the volume when the snapshot was taken. */
+  readonly sizeBytes: number
+  /** ISO-8601 creation time. */
+  readonly createdAt: string
+  /** True for a snapshot `cloneVolume` took of a live volume; it goes away with its last clone. */
+  readonly implicit: boolean
+  /** Ids of the clones made from this snapshot that still read from it. */
+  readonly clones: readonly string[]
 }
 
 /** A storage class: a named template for volumes. */
@@ -112,15 +131,23 @@ export interface ScrubReport {
   readonly volumeId: string
   readonly blocksChecked: number
   /** Blocks whose stored checksum did not match, or that could not be read. */
-  readonly badBlocks: ReadonlyArray<{ readonly index: number, readonly code: string, readonly message: string }>
+  readonly badBlocks: ReadonlyArray<{ readonly index: number, readonly generation: number, readonly code: string, readonly message: string }>
 }
 
 /** Space used by a volume. */
 export interface VolumeUsage {
-  /** Bytes of blocks the volume itself has written (thin provisioning: never-written blocks cost nothing). */
+  /**
+   * Bytes the volume really occupies in the block store: the blocks its current contents use plus
+   * older versions kept only for its snapshots (thin provisioning: never-written blocks cost nothing;
+   * a clone is not charged for blocks it still shares with its source).
+   */
   readonly allocatedBytes: number
+  /** Blocks behind `allocatedBytes`. */
+  readonly allocatedBlocks: number
+  /** Bytes of the blocks the volume's current contents use from its own storage. */
+  readonly liveBytes: number
+  /** Bytes kept only because snapshots still read them (freed when those snapshots are deleted). */
+  readonly snapshotBytes: number
   /** Provisioned size. */
   readonly sizeBytes: number
-  /** Written blocks. */
-  readonly allocatedBlocks: number
 }

@@ -144,7 +144,7 @@ describe('GalleonFS in memory', () => {
       assert.equal(await g.getVolumeUsage(vol), 4096)
       assert.deepEqual(await g.readBlock(vol, 100000), new Uint8Array(4096))
       const details = await g.getVolumeUsageDetails(vol)
-      assert.deepEqual(details, { allocatedBytes: 4096, allocatedBlocks: 1, sizeBytes: 1024 ** 3 })
+      assert.deepEqual(details, { allocatedBytes: 4096, allocatedBlocks: 1, liveBytes: 4096, snapshotBytes: 0, sizeBytes: 1024 ** 3 })
     })
   })
 
@@ -456,8 +456,6 @@ describe('GalleonFS in memory', () => {
     })
     it('reports features of later releases as NOT_IMPLEMENTED', async () => {
       const vol = await g.createVolume({ name: 'later', sizeBytes: 4096 })
-      await assert.rejects(g.createSnapshot(vol, 's'), { code: 'NOT_IMPLEMENTED' })
-      await assert.rejects(g.cloneVolume(vol, 'c'), { code: 'NOT_IMPLEMENTED' })
       await assert.rejects(g.createBackup(vol, {}), { code: 'NOT_IMPLEMENTED' })
     })
   })

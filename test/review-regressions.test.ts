@@ -62,7 +62,7 @@ describe('engine reads racing a trim', () => {
       const volume = engine.attach(1, 1 << 20)
       await engine.write(volume, 0, new Uint8Array(BLOCK).fill(1), WriteConcern.WriteAcknowledged)
       // Lose the stored version behind the engine's back: real damage, not a race.
-      const gen = volume.blocks.get(0) as number
+      const gen = volume.map.current(0) as number
       await engine.store.batch([{ type: 'del', address: { volume: 1, index: 0, gen } }])
       const timeout = new Promise<string>((resolve) => setTimeout(() => resolve('timeout'), 5000).unref())
       const outcome = await Promise.race([

@@ -12,6 +12,8 @@ export const BLOCK_HEADER_BYTES = 8
 const FORMAT_VERSION = 1
 /** Header flag values (room for compression/encryption flags later). */
 export const BLOCK_FLAG_PLAIN = 0
+/** A tombstone: a trimmed block that hides older data (no payload; see block-map.ts). */
+export const BLOCK_FLAG_TOMBSTONE = 1
 
 // Scratch for hashing the address; safe because encode/verify are synchronous.
 const addressScratch = new DataView(new ArrayBuffer(21))

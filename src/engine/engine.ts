@@ -1,12 +1,14 @@
-// The block I/O path: per-volume block maps (block index -> newest generation), per-block ordering,
-// read-modify-write at byte-range edges, checksums on every read, and the journal below.
+// The block I/O path: per-volume copy-on-write block maps (see block-map.ts), per-block ordering,
+// read-modify-write at byte-range edges, checksums on every read, snapshots, clones and reverts,
+// and the journal below.
 
 import { GalleonError, copyBytes, plainView } from '../errors.js'
 import { addressKey } from '../abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
-import { decodeBlock, encodeBlock } from './codec.js'
+import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
+import { BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock } from './codec.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import { WriteConcern } from '../types.js'
 
@@ -57,15 +59,19 @@ class BlockClaim {
 export class VolumeBlocks {
   readonly storageId: number
   sizeBytes: number
-  /** Block index -> generation of its newest stored version. */
-  readonly blocks = new Map<number, number>()
+  /** Which stored version every view of each block reads (copy-on-write generations). */
+  readonly map: BlockMap
   /** Next write generation; monotonic for the volume's lifetime. */
   nextGen = 1
   /** Per-block ordering: the claim of the last operation on each block. */
   readonly locks = new Map<number, BlockClaim>()
+  /** Writes that hold generations but are not yet published (a snapshot waits for these). */
+  readonly tickets = new Set<BlockClaim>()
   readonly metrics: MetricsRecorder
   #inflight = 0
   #idleWaiters: Array<() => void> = []
+  /** While set, new operations wait for it (a revert or a snapshot deletion in progress). */
+  gate: Promise<void> | undefined
   /** Set when the volume is going away: new I/O is refused. */
   closing = false
 
@@ -73,7 +79,11 @@ export class VolumeBlocks {
     this.storageId = storageId
     this.sizeBytes = sizeBytes
     this.metrics = metrics
+    this.map = new BlockMap(storageId)
   }
+
+  /** Operations in flight (reads and writes). */
+  get inflight (): number { return this.#inflight }
 
   enter (): void { this.#inflight++ }
   leave (): void {
@@ -89,7 +99,49 @@ export class VolumeBlocks {
     if (this.#inflight === 0) return
     await new Promise<void>((resolve) => this.#idleWaiters.push(resolve))
   }
+
+  /** Takes a ticket for a write that just took its generations; call `release` once published. */
+  ticket (): BlockClaim {
+    const ticket = new BlockClaim()
+    this.tickets.add(ticket)
+    return ticket
+  }
+
+  /** Resolves when every write holding generations right now is published. */
+  async drainTickets (): Promise<void> {
+    const waits = [...this.tickets].map(async (ticket) => await ticket.released())
+    await Promise.all(waits)
+  }
+
+  /**
+   * Stops new operations until the returned function is called, and resolves once those already
+   * in flight are done.
+   */
+  async closeGate (): Promise<() => void> {
+    while (this.gate !== undefined) await this.gate
+    let open!: () => void
+    this.gate = new Promise<void>((resolve) => { open = resolve })
+    await this.idle()
+    return () => { this.gate = undefined; open() }
+  }
 }
+
+/** Where a snapshot view reads: its generation and the volume size it had. */
+export interface View {
+  readonly gen: number
+  readonly sizeBytes: number
+}
+
+/** A volume as recovery needs it: its snapshots' generations and, for a clone, its source. */
+export interface RecoverableVolume {
+  readonly storageId: number
+  readonly sizeBytes: number
+  readonly snapshotGens?: readonly number[]
+  readonly parent?: { readonly storageId: number, readonly gen: number, readonly sizeBytes: number }
+}
+
+/** Blocks copied per batch by a revert or a flatten. */
+const COPY_BATCH_BLOCKS = 64
 
 /** The I/O engine shared by all volumes of an instance. */
 export class BlockEngine {
@@ -113,25 +165,47 @@ export class BlockEngine {
   }
 
   /**
-   * Rebuilds every volume's block map from the store after open: keeps the newest generation of
-   * each block, deletes superseded versions left by a crash and blocks of volumes that no longer
-   * exist (a crash during deleteVolume). Returns what was cleaned.
+   * Rebuilds every volume's block map from the store after open: keeps, per block, the newest
+   * version and the newest below each snapshot; deletes versions no view reads (superseded versions
+   * left by a crash, versions of deleted snapshots) and blocks of volumes that no longer exist (a
+   * crash during deleteVolume). Returns what was cleaned.
    */
-  async recover (volumes: ReadonlyArray<{ storageId: number, sizeBytes: number }>): Promise<{ staleVersions: number, orphanVolumes: number[] }> {
-    for (const { storageId, sizeBytes } of volumes) this.attach(storageId, sizeBytes)
-    const garbage: BlockOp[] = []
+  async recover (volumes: readonly RecoverableVolume[]): Promise<{ staleVersions: number, orphanVolumes: number[] }> {
+    for (const { storageId, sizeBytes, snapshotGens } of volumes) {
+      const volume = this.attach(storageId, sizeBytes)
+      for (const gen of [...(snapshotGens ?? [])].sort((a, b) => a - b)) {
+        volume.map.addSnapshot(gen)
+        if (gen > volume.nextGen) volume.nextGen = gen
+      }
+    }
+    for (const { storageId, parent } of volumes) {
+      if (parent === undefined) continue
+      const source = this.#volumes.get(parent.storageId)
+      if (source === undefined) throw new GalleonError('CORRUPTION', `clone with storage id ${storageId} names source ${parent.storageId}, which does not exist; the metadata is damaged`)
+      this.linkClone(this.#volumes.get(storageId) as VolumeBlocks, source, parent.gen, parent.sizeBytes)
+    }
+    const found = new Map<number, Map<number, number | number[]>>()
     const orphans = new Set<number>()
     for await (const address of this.store.addresses()) {
       const volume = this.#volumes.get(address.volume)
       if (volume === undefined) { orphans.add(address.volume); continue }
-      const current = volume.blocks.get(address.index)
-      if (current === undefined || address.gen > current) {
-        volume.blocks.set(address.index, address.gen)
-        if (current !== undefined) garbage.push({ type: 'del', address: { volume: address.volume, index: address.index, gen: current } })
-      } else {
-        garbage.push({ type: 'del', address })
+      let blocks = found.get(address.volume)
+      if (blocks === undefined) found.set(address.volume, blocks = new Map())
+      const version = versionOf(address.gen)
+      const seen = blocks.get(address.index)
+      if (seen === undefined) blocks.set(address.index, version)
+      else if (typeof seen === 'number') blocks.set(address.index, [seen, version])
+      else seen.push(version)
+      if (genOf(version) >= volume.nextGen) volume.nextGen = genOf(version) + 1
+    }
+    const garbage: BlockOp[] = []
+    for (const [storageId, blocks] of found) {
+      const volume = this.#volumes.get(storageId) as VolumeBlocks
+      for (const [index, seen] of blocks) {
+        for (const version of volume.map.load(index, typeof seen === 'number' ? [seen] : seen)) {
+          garbage.push({ type: 'del', address: { volume: storageId, index, gen: storeGen(version) } })
+        }
       }
-      if (address.gen >= volume.nextGen) volume.nextGen = address.gen + 1
     }
     for (const volume of orphans) await this.store.deleteVolume(volume)
     if (garbage.length > 0) await this.store.batch(garbage, { sync: true })
@@ -145,6 +219,11 @@ export class BlockEngine {
     const volume = new VolumeBlocks(storageId, sizeBytes, new MetricsRecorder({ windowSeconds: this.#options.metricsWindowSeconds }))
     this.#volumes.set(storageId, volume)
     return volume
+  }
+
+  /** Makes `clone` read, where it has no version of its own, what `source` read at `gen` (O(1)). */
+  linkClone (clone: VolumeBlocks, source: VolumeBlocks, gen: number, sourceSizeBytes: number): void {
+    clone.map.parent = { map: source.map, gen, blocks: sourceSizeBytes / this.blockSize }
   }
 
   /** The engine state of a volume, if attached. */
@@ -161,14 +240,18 @@ export class BlockEngine {
     this.#volumes.delete(volume.storageId)
   }
 
-  /** Reads one whole block: zeros if never written. The result is the caller's to keep. */
-  async readBlock (volume: VolumeBlocks, index: number): Promise<Uint8Array> {
-    this.#checkIndex(volume, index)
+  /**
+   * Reads one whole block (of the live view, or of the snapshot `view`): zeros if never written.
+   * The result is the caller's to keep.
+   */
+  async readBlock (volume: VolumeBlocks, index: number, view?: View): Promise<Uint8Array> {
+    this.#checkIndex(volume, index, view)
+    if (volume.gate !== undefined) await this.#waitGate(volume)
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
     try {
-      const payload = await this.#readPayload(volume, index, true)
+      const payload = await this.#readPayload(volume, index, true, false, view?.gen ?? LIVE)
       ok = true
       // The zero block and (with the cache on) every payload are shared; one fresh from the store is not.
       return payload === this.#zeroBlock || this.#cache.enabled ? copyBytes(payload) : payload
@@ -187,10 +270,15 @@ export class BlockEngine {
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
     }
+    if (volume.gate !== undefined) {
+      data = copyBytes(data)
+      await this.#waitGate(volume)
+    }
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
     const release = this.#lock(volume, index, index)
+    let ticket: BlockClaim | undefined
     try {
       // The caller may reuse its buffer once we return a promise: encode before any await, or copy.
       if (release.ready !== undefined) {
@@ -198,26 +286,30 @@ export class BlockEngine {
         await release.ready
       }
       const gen = volume.nextGen++
+      ticket = volume.ticket()
       const address: BlockAddress = { volume: volume.storageId, index, gen }
       await this.#commit(volume, [{ type: 'put', address, data: encodeBlock(address, data, this.blockSize) }], concern)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
+      if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
       volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
   }
 
-  /** Reads a byte range, which may span blocks. */
-  async read (volume: VolumeBlocks, offset: number, length: number): Promise<Uint8Array> {
-    this.#checkRange(volume, offset, length)
+  /** Reads a byte range (of the live view, or of the snapshot `view`), which may span blocks. */
+  async read (volume: VolumeBlocks, offset: number, length: number, view?: View): Promise<Uint8Array> {
+    this.#checkRange(volume, offset, length, view)
     const out = new Uint8Array(length)
     if (length === 0) return out
+    if (volume.gate !== undefined) await this.#waitGate(volume)
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
     try {
+      const at = view?.gen ?? LIVE
       const first = Math.floor(offset / this.blockSize)
       const last = Math.floor((offset + length - 1) / this.blockSize)
       const place = (index: number, payload: Uint8Array): void => {
@@ -227,9 +319,9 @@ export class BlockEngine {
         out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
       }
       if (first === last) {
-        place(first, await this.#readPayload(volume, first, true))
+        place(first, await this.#readPayload(volume, first, true, false, at))
       } else {
-        await this.#readMany(volume, first, last, place)
+        await this.#readMany(volume, first, last, at, place)
       }
       ok = true
       return out
@@ -246,38 +338,49 @@ export class BlockEngine {
   async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern): Promise<void> {
     this.#checkRange(volume, offset, data.byteLength)
     if (data.byteLength === 0) return
+    const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
+    if (volume.gate !== undefined) {
+      data = copyBytes(data)
+      await this.#waitGate(volume)
+    }
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + data.byteLength - 1) / this.blockSize)
     const release = this.#lock(volume, first, last)
+    let ticket: BlockClaim | undefined
     try {
-      const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
       // The caller may reuse its buffer once we return a promise: copy if we must wait first.
       if (release.ready !== undefined || !aligned) data = copyBytes(data)
       if (release.ready !== undefined) await release.ready
-      const ops: BlockOp[] = []
-      const gens: number[] = []
-      for (let index = first; index <= last; index++) {
+      // Edges first: every await happens before the generations are taken, so the write's blocks
+      // get consecutive generations and a snapshot sees all of it or none of it.
+      const edges = new Map<number, Uint8Array>()
+      for (const index of first === last ? [first] : [first, last]) {
         const blockStart = index * this.blockSize
         const from = Math.max(offset, blockStart)
         const to = Math.min(offset + data.byteLength, blockStart + this.blockSize)
-        let payload = data.subarray(from - offset, to - offset)
         if (to - from < this.blockSize) {
-          const merged = copyBytes(await this.#readPayload(volume, index, false, true))
-          merged.set(payload, from - blockStart)
-          payload = merged
+          const merged = copyBytes(await this.#readPayload(volume, index, false, true, LIVE))
+          merged.set(data.subarray(from - offset, to - offset), from - blockStart)
+          edges.set(index, merged)
         }
-        const gen = volume.nextGen++
-        const address: BlockAddress = { volume: volume.storageId, index, gen }
+      }
+      const ops: BlockOp[] = []
+      const firstGen = volume.nextGen
+      ticket = volume.ticket()
+      for (let index = first; index <= last; index++) {
+        const blockStart = index * this.blockSize
+        const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
+        const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
         ops.push({ type: 'put', address, data: encodeBlock(address, payload, this.blockSize) })
-        gens.push(gen)
       }
       await this.#commit(volume, ops, concern)
-      for (let i = 0; i < gens.length; i++) this.#publish(volume, first + i, gens[i] as number)
+      for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first)
       ok = true
     } finally {
+      if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
       volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
@@ -285,48 +388,54 @@ export class BlockEngine {
   }
 
   /**
-   * Discards a byte range: whole blocks are unmapped (their space freed, they read as zeros),
-   * partial blocks at the edges are zero-filled.
+   * Discards a byte range: whole blocks are unmapped (their space freed unless a snapshot keeps
+   * them; they read as zeros), partial blocks at the edges are zero-filled.
    */
   async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern): Promise<void> {
     this.#checkRange(volume, offset, length)
     if (length === 0) return
+    if (volume.gate !== undefined) await this.#waitGate(volume)
     volume.enter()
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + length - 1) / this.blockSize)
     const release = this.#lock(volume, first, last)
+    let ticket: BlockClaim | undefined
     try {
       if (release.ready !== undefined) await release.ready
+      const edges = new Map<number, Uint8Array>()
+      for (const index of first === last ? [first] : [first, last]) {
+        const blockStart = index * this.blockSize
+        const from = Math.max(offset, blockStart)
+        const to = Math.min(offset + length, blockStart + this.blockSize)
+        if (to - from < this.blockSize && volume.map.locate(index) !== undefined) {
+          const merged = copyBytes(await this.#readPayload(volume, index, false, true, LIVE))
+          merged.fill(0, from - blockStart, to - blockStart)
+          edges.set(index, merged)
+        }
+      }
+      ticket = volume.ticket()
       const ops: BlockOp[] = []
-      const unmapped: number[] = []
-      const rewritten: Array<[number, number]> = []
+      const apply: Array<() => void> = []
       for (let index = first; index <= last; index++) {
-        const current = volume.blocks.get(index)
-        if (current === undefined) continue
         const blockStart = index * this.blockSize
         const from = Math.max(offset, blockStart)
         const to = Math.min(offset + length, blockStart + this.blockSize)
         if (to - from === this.blockSize) {
-          ops.push({ type: 'del', address: { volume: volume.storageId, index, gen: current } })
-          unmapped.push(index)
+          this.#planUnmap(volume, index, ops, apply)
         } else {
-          const merged = copyBytes(await this.#readPayload(volume, index, false, true))
-          merged.fill(0, from - blockStart, to - blockStart)
+          const merged = edges.get(index)
+          if (merged === undefined) continue
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
           ops.push({ type: 'put', address, data: encodeBlock(address, merged, this.blockSize) })
-          rewritten.push([index, gen])
+          apply.push(() => this.#publish(volume, index, gen))
         }
       }
       if (ops.length === 0) return
       await this.#commit(volume, ops, concern)
-      for (const index of unmapped) {
-        const gen = volume.blocks.get(index)
-        volume.blocks.delete(index)
-        if (gen !== undefined) this.#cache.delete(addressKey({ volume: volume.storageId, index, gen }))
-      }
-      for (const [index, gen] of rewritten) this.#publish(volume, index, gen)
+      for (const step of apply) step()
     } finally {
+      if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
       volume.leave()
     }
@@ -337,30 +446,183 @@ export class BlockEngine {
     await this.journal.flush(true)
   }
 
+  // ---------------------------------------------------------------- snapshots and clones
+
   /**
-   * Reads and verifies every written block of a volume, bypassing the cache. Returns bad blocks;
-   * each failure is also reported through `onChecksumFailure`.
+   * Takes a snapshot: O(1) in the volume's size. Returns its generation once every write that
+   * started before it is published and the store is synced (the snapshot's contents are durable).
    */
-  async scrub (volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, code: string, message: string }> }> {
-    const bad: Array<{ index: number, code: string, message: string }> = []
+  async snapshot (volume: VolumeBlocks): Promise<number> {
+    if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; no snapshot was taken')
+    const gen = volume.nextGen
+    volume.map.addSnapshot(gen)
+    try {
+      await volume.drainTickets()
+      await this.journal.flush(true)
+    } catch (err) {
+      this.#discard(volume, volume.map.dropSnapshot(gen))
+      throw err
+    }
+    return gen
+  }
+
+  /** Forgets the snapshot at `gen` and deletes the versions only it kept. */
+  async dropSnapshot (volume: VolumeBlocks, gen: number): Promise<void> {
+    const open = await volume.closeGate()
+    try {
+      this.#discard(volume, volume.map.dropSnapshot(gen))
+      await this.journal.flush(false)
+    } finally {
+      open()
+    }
+  }
+
+  /** Blocks that differ between the snapshot at `fromGen` and the view at `toGen` (LIVE: now), ascending. */
+  changedBlocks (volume: VolumeBlocks, fromGen: number, toGen: number = LIVE): number[] {
+    return volume.map.changedBetween(fromGen, toGen)
+  }
+
+  /** Blocks the view at `at` reads data for (own or through a clone's source), ascending. */
+  allocatedAt (volume: VolumeBlocks, at: number = LIVE): number[] {
+    return volume.map.allocatedAt(at)
+  }
+
+  /**
+   * Reverts the live view to the snapshot at `view.gen`: every block changed since then gets a new
+   * version with the snapshot's data (or is unmapped), so later snapshots stay intact. Work is
+   * proportional to the blocks changed since the snapshot. New operations wait until it is done.
+   * Idempotent: after a crash, running it again finishes the job.
+   */
+  async revert (volume: VolumeBlocks, view: View): Promise<number> {
+    const open = await volume.closeGate()
+    try {
+      const changed = volume.map.changedBetween(view.gen, LIVE)
+      await this.#copyInto(volume, changed, (index) => index < view.sizeBytes / this.blockSize ? volume.map.locate(index, view.gen) : undefined, true)
+      await this.journal.flush(true)
+      return changed.length
+    } finally {
+      open()
+    }
+  }
+
+  /**
+   * Gives a clone its own copy of every block it still reads from its source, then cuts the link.
+   * Copies go below the clone's own versions (gen 0), so the clone's snapshots read them too.
+   */
+  async flatten (clone: VolumeBlocks): Promise<number> {
+    const parent = clone.map.parent
+    if (parent === undefined) return 0
+    const open = await clone.closeGate()
+    try {
+      const needed = parent.map.allocatedAt(parent.gen).filter((index) => index < parent.blocks && clone.map.needsBaseCopy(index))
+      await this.#copyInto(clone, needed, (index) => parent.map.locate(index, parent.gen), false)
+      await this.journal.flush(true)
+      clone.map.parent = undefined
+      return needed.length
+    } finally {
+      open()
+    }
+  }
+
+  /**
+   * Writes, for each index, the data `source(index)` locates (or unmaps the block when it locates
+   * nothing): as new versions (`asNew`, a revert) or as gen-0 base versions (a flatten).
+   */
+  async #copyInto (volume: VolumeBlocks, indices: readonly number[], source: (index: number) => Located | undefined, asNew: boolean): Promise<void> {
+    for (let at = 0; at < indices.length; at += COPY_BATCH_BLOCKS) {
+      const chunk = indices.slice(at, at + COPY_BATCH_BLOCKS)
+      const payloads = await Promise.all(chunk.map(async (index) => {
+        const found = source(index)
+        return found === undefined ? undefined : await this.#readLocated(volume, index, found)
+      }))
+      const ops: BlockOp[] = []
+      const apply: Array<() => void> = []
+      for (let i = 0; i < chunk.length; i++) {
+        const index = chunk[i] as number
+        const payload = payloads[i]
+        if (payload === undefined) {
+          if (asNew) this.#planUnmap(volume, index, ops, apply)
+          continue
+        }
+        const gen = asNew ? volume.nextGen++ : 0
+        const address: BlockAddress = { volume: volume.storageId, index, gen }
+        ops.push({ type: 'put', address, data: encodeBlock(address, payload, this.blockSize) })
+        apply.push(asNew ? () => this.#publish(volume, index, gen) : () => volume.map.insertBase(index))
+      }
+      if (ops.length === 0) continue
+      await this.#commit(volume, ops, WriteConcern.WriteAcknowledged)
+      for (const step of apply) step()
+    }
+  }
+
+  /** Plans the unmapping of a whole block: ops to store now, and the map update once stored. */
+  #planUnmap (volume: VolumeBlocks, index: number, ops: BlockOp[], apply: Array<() => void>): void {
+    const gen = volume.nextGen
+    const plan = volume.map.planUnmap(index, gen)
+    if (plan.remove === undefined && !plan.tombstone) return
+    volume.nextGen++
+    if (plan.remove !== undefined) {
+      const address = { volume: volume.storageId, index, gen: storeGen(plan.remove) }
+      ops.push({ type: 'del', address })
+      if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
+    }
+    if (plan.tombstone) {
+      const address: BlockAddress = { volume: volume.storageId, index, gen: storeGen(-gen) }
+      ops.push({ type: 'put', address, data: encodeBlock(address, new Uint8Array(0), 0, BLOCK_FLAG_TOMBSTONE) })
+    }
+    apply.push(() => volume.map.applyUnmap(index, gen, plan))
+  }
+
+  /** Queues deletion of versions no view reads any more. */
+  #discard (volume: VolumeBlocks, garbage: ReadonlyArray<[number, number]>): void {
+    if (garbage.length === 0) return
+    const ops: BlockOp[] = []
+    for (const [index, version] of garbage) {
+      const address = { volume: volume.storageId, index, gen: storeGen(version) }
+      if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
+      ops.push({ type: 'del', address })
+    }
+    this.journal.defer(ops)
+  }
+
+  /**
+   * Reads and verifies every data version the volume stores (the live view and what its snapshots
+   * keep), bypassing the cache. Returns bad blocks; each failure is also reported through
+   * `onChecksumFailure`.
+   */
+  async scrub (volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
+    const bad: Array<{ index: number, gen: number, code: string, message: string }> = []
     let checked = 0
-    const indices = [...volume.blocks.keys()].sort((a, b) => a - b)
-    for (const index of indices) {
-      if (!volume.blocks.has(index)) continue
+    const versions = [...volume.map.storedData()].sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    for (const [index, gen] of versions) {
+      if (!volume.map.versions(index).includes(gen)) continue
       checked++
       try {
-        await this.#readPayload(volume, index, false)
+        await this.#readLocated(volume, index, { map: volume.map, gen }, false)
       } catch (err) {
+        if (err instanceof GalleonError && err.code === 'CORRUPTION') {
+          // A trim or revert deletes a version before it updates the map, under the block's claim.
+          const claim = volume.locks.get(index)
+          if (claim !== undefined) await claim.released()
+          if (volume.gate !== undefined) await this.#waitGate(volume)
+          if (!volume.map.versions(index).includes(gen)) { checked--; continue }
+          this.#fail(volume, { storageId: volume.storageId, index, gen, reason: 'block version missing from the store' })
+        }
         const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
-        bad.push({ index, code, message: err instanceof Error ? err.message : String(err) })
+        bad.push({ index, gen, code, message: err instanceof Error ? err.message : String(err) })
       }
     }
     return { checked, bad }
   }
 
-  /** Written blocks of a volume (thin provisioning: only these take space). */
+  /** Blocks the live view reads from the volume's own storage (thin provisioning: only these take space). */
   allocatedBlocks (volume: VolumeBlocks): number {
-    return volume.blocks.size
+    return volume.map.liveBlocks
+  }
+
+  /** Data versions the volume stores only because snapshots keep them. */
+  heldBlocks (volume: VolumeBlocks): number {
+    return volume.map.heldBlocks
   }
 
   /** Applies outstanding deferred work and syncs. */
@@ -389,19 +651,19 @@ export class BlockEngine {
   }
 
   /**
-   * Reads blocks first..last with one `getMany` (which the file store turns into a few large reads)
-   * and hands each verified payload to `place`; unwritten blocks are skipped (they read as zeros).
-   * Blocks found in the cache are used, but a multi-block read does not fill the cache: a scan
-   * would only evict the blocks that are read again and again.
+   * Reads blocks first..last of the view at `at` with one `getMany` (which the file store turns into
+   * a few large reads) and hands each verified payload to `place`; blocks that read as zeros are
+   * skipped. Blocks found in the cache are used, but a multi-block read does not fill the cache: a
+   * scan would only evict the blocks that are read again and again.
    */
-  async #readMany (volume: VolumeBlocks, first: number, last: number, place: (index: number, payload: Uint8Array) => void): Promise<void> {
+  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void): Promise<void> {
     const indices: number[] = []
     const addresses: BlockAddress[] = []
     const useCache = this.#cache.enabled && this.#cache.size > 0
     for (let index = first; index <= last; index++) {
-      const gen = volume.blocks.get(index)
-      if (gen === undefined) continue
-      const address: BlockAddress = { volume: volume.storageId, index, gen }
+      const found = volume.map.locate(index, at)
+      if (found === undefined) continue
+      const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
       if (useCache) {
         const cached = this.#cache.get(addressKey(address))
         if (cached !== undefined) {
@@ -429,27 +691,34 @@ export class BlockEngine {
       const value = values?.[i]
       // Missing: a concurrent write superseded this version (or the store reported damage); the
       // single-block path retries with the current version and reports real damage.
-      place(index, value === undefined ? await this.#readPayload(volume, index, false) : this.#verified(volume, addresses[i] as BlockAddress, value))
+      place(index, value === undefined ? await this.#readPayload(volume, index, false, false, at) : this.#verified(volume, addresses[i] as BlockAddress, value))
     }
   }
 
-  /** Makes a committed version visible and queues the superseded one for deletion. */
+  /** Makes a committed version visible and queues the superseded one for deletion (unless a snapshot keeps it). */
   #publish (volume: VolumeBlocks, index: number, gen: number): void {
-    const previous = volume.blocks.get(index)
-    volume.blocks.set(index, gen)
-    if (previous !== undefined && previous < gen) {
-      const address = { volume: volume.storageId, index, gen: previous }
-      if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
-      this.journal.defer([{ type: 'del', address }])
-    }
+    const superseded = volume.map.publish(index, gen)
+    if (superseded !== undefined) this.#discard(volume, [[index, superseded]])
   }
 
-  /** `holdsClaim`: the caller has claimed the block (write/trim edges), so it must not wait for claims. */
-  async #readPayload (volume: VolumeBlocks, index: number, useCache: boolean, holdsClaim = false): Promise<Uint8Array> {
+  #endTicket (volume: VolumeBlocks, ticket: BlockClaim): void {
+    volume.tickets.delete(ticket)
+    ticket.release()
+  }
+
+  async #waitGate (volume: VolumeBlocks): Promise<void> {
+    while (volume.gate !== undefined) await volume.gate
+  }
+
+  /**
+   * Reads a block of the view at `at`. `holdsClaim`: the caller has claimed the block (write/trim
+   * edges), so it must not wait for claims.
+   */
+  async #readPayload (volume: VolumeBlocks, index: number, useCache: boolean, holdsClaim: boolean, at: number): Promise<Uint8Array> {
     for (let attempt = 0; ; attempt++) {
-      const gen = volume.blocks.get(index)
-      if (gen === undefined) return this.#zeroBlock
-      const address: BlockAddress = { volume: volume.storageId, index, gen }
+      const found = volume.map.locate(index, at)
+      if (found === undefined) return this.#zeroBlock
+      const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
       const key = useCache && this.#cache.enabled ? addressKey(address) : undefined
       if (key !== undefined) {
         const cached = this.#cache.get(key)
@@ -463,13 +732,14 @@ export class BlockEngine {
         // A store that verifies its own records (file) reports damage before the engine sees bytes:
         // count and report it like the engine's own checksum failures.
         if (isDamage(err)) {
-          this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `${this.store.name} store: ${err.message}` })
+          this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: `${this.store.name} store: ${err.message}` })
         }
         throw err
       }
       if (value === undefined) {
         // A concurrent write may have superseded and deleted this version: retry with the new one.
-        if (volume.blocks.get(index) !== gen && attempt < 8) continue
+        const now = volume.map.locate(index, at)
+        if ((now?.map !== found.map || now?.gen !== found.gen) && attempt < 8) continue
         // A trim deletes the version first and unmaps the block only once its batch resolved, under
         // the block's claim: a caller holding no claim waits for the last one and looks again.
         const claim = holdsClaim ? undefined : volume.locks.get(index)
@@ -477,8 +747,8 @@ export class BlockEngine {
           await claim.released()
           continue
         }
-        this.#fail(volume, { storageId: volume.storageId, index, gen, reason: 'block version missing from the store' })
-        throw new GalleonError('CORRUPTION', `block ${index} (generation ${gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
+        this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: 'block version missing from the store' })
+        throw new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
       }
       const payload = this.#verified(volume, address, value)
       if (key !== undefined) this.#cache.set(key, payload)
@@ -486,16 +756,33 @@ export class BlockEngine {
     }
   }
 
+  /** Reads and verifies one located version (no cache, no retry: the caller keeps it alive). */
+  async #readLocated (volume: VolumeBlocks, index: number, found: Located, reportMissing = true): Promise<Uint8Array> {
+    const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
+    let value: Uint8Array | undefined
+    try {
+      value = await this.store.get(address)
+    } catch (err) {
+      if (isDamage(err)) this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: `${this.store.name} store: ${err.message}` })
+      throw err
+    }
+    if (value === undefined) {
+      if (reportMissing) this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: 'block version missing from the store' })
+      throw new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
+    }
+    return this.#verified(volume, address, value)
+  }
+
   /** Checks a stored value against its address and returns its payload, or reports and throws. */
   #verified (volume: VolumeBlocks, address: BlockAddress, value: Uint8Array): Uint8Array {
     const { index, gen } = address
     const decoded = decodeBlock(address, value)
     if (!decoded.ok) {
-      this.#fail(volume, { storageId: volume.storageId, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
+      this.#fail(volume, { storageId: address.volume, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
       throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} failed verification (${decoded.reason}); the stored data is damaged and was not returned. Restore the volume from a snapshot or backup`)
     }
     if (decoded.payload.byteLength !== this.blockSize) {
-      this.#fail(volume, { storageId: volume.storageId, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
+      this.#fail(volume, { storageId: address.volume, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
       throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
     }
     // A store may hand out Buffers: callers always get plain Uint8Arrays.
@@ -532,17 +819,18 @@ export class BlockEngine {
     }
   }
 
-  #checkIndex (volume: VolumeBlocks, index: number): void {
+  #checkIndex (volume: VolumeBlocks, index: number, view?: View): void {
     if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 0) {
       throw new GalleonError('INVALID_ARGUMENT', `block index must be a non-negative integer, got ${String(index)}`)
     }
-    const blocks = volume.sizeBytes / this.blockSize
+    const blocks = (view?.sizeBytes ?? volume.sizeBytes) / this.blockSize
     if (index >= blocks) {
+      if (view !== undefined) throw new GalleonError('OUT_OF_RANGE', `block index ${index} is beyond the end of the snapshot (${blocks} blocks of ${this.blockSize} bytes)`)
       throw new GalleonError('OUT_OF_RANGE', `block index ${index} is beyond the end of the volume (${blocks} blocks of ${this.blockSize} bytes); expand the volume first`)
     }
   }
 
-  #checkRange (volume: VolumeBlocks, offset: number, length: number): void {
+  #checkRange (volume: VolumeBlocks, offset: number, length: number, view?: View): void {
     if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) {
       throw new GalleonError('INVALID_ARGUMENT', `offset must be a non-negative integer, got ${String(offset)}`)
     }
@@ -552,8 +840,10 @@ export class BlockEngine {
     if (length > MAX_IO_BYTES) {
       throw new GalleonError('INVALID_ARGUMENT', `a single I/O may move at most ${MAX_IO_BYTES} bytes, got ${length}; split the request`)
     }
-    if (offset + length > volume.sizeBytes) {
-      throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the volume (${volume.sizeBytes} bytes); expand the volume first`)
+    const size = view?.sizeBytes ?? volume.sizeBytes
+    if (offset + length > size) {
+      if (view !== undefined) throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the snapshot (${size} bytes)`)
+      throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the volume (${size} bytes); expand the volume first`)
     }
   }
 }

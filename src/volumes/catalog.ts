@@ -10,6 +10,20 @@ import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
 /** A volume's persisted record: the public fields plus its compact storage id. */
 export interface VolumeRecord extends Volume {
   readonly storageId: number
+  /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
+  readonly revertTo?: string
+}
+
+/** A snapshot's persisted record. */
+export interface SnapshotRecord {
+  readonly id: string
+  readonly name: string
+  readonly volumeId: string
+  /** The volume generation it reads at (see engine/block-map.ts). */
+  readonly gen: number
+  readonly sizeBytes: number
+  readonly createdAt: string
+  readonly implicit: boolean
 }
 
 /** Any abstract-level database usable as GalleonFS metadata. */
@@ -39,7 +53,10 @@ export class Catalog {
   readonly #volumesDb: JsonSublevel
   readonly #classesDb: JsonSublevel
   readonly #settingsDb: JsonSublevel
+  readonly #snapshotsDb: JsonSublevel
   readonly #volumes = new Map<string, VolumeRecord>()
+  /** Volume id -> its snapshots by id, in creation order. */
+  readonly #snapshots = new Map<string, Map<string, SnapshotRecord>>()
   readonly #names = new Map<string, string>()
   readonly #classes = new Map<string, StorageClass>()
   #nextStorageId = 1
@@ -50,6 +67,7 @@ export class Catalog {
     this.#volumesDb = db.sublevel('volumes', { valueEncoding: 'json' }) as JsonSublevel
     this.#classesDb = db.sublevel('classes', { valueEncoding: 'json' }) as JsonSublevel
     this.#settingsDb = db.sublevel('settings', { valueEncoding: 'json' }) as JsonSublevel
+    this.#snapshotsDb = db.sublevel('snapshots', { valueEncoding: 'json' }) as JsonSublevel
   }
 
   get blockSize (): number { return this.#blockSize }
@@ -89,6 +107,9 @@ export class Catalog {
       this.#names.set(volume.name, volume.id)
       if (volume.storageId >= this.#nextStorageId) this.#nextStorageId = volume.storageId + 1
     }
+    const snapshots = (await this.#snapshotsDb.iterator().all()).map(([, record]) => record as SnapshotRecord)
+    snapshots.sort((a, b) => a.gen - b.gen || a.createdAt.localeCompare(b.createdAt))
+    for (const snapshot of snapshots) this.#volumeSnapshots(snapshot.volumeId).set(snapshot.id, snapshot)
   }
 
   volumes (): VolumeRecord[] {
@@ -128,7 +149,7 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels'>>): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo'>>): Promise<VolumeRecord> {
     const current = this.#volumes.get(id)
     if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
     const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
@@ -137,13 +158,69 @@ export class Catalog {
     return record
   }
 
-  /** Removes a volume record. */
+  /** Removes a volume record and its snapshots' records in one batch. */
   async deleteVolume (id: string): Promise<void> {
     const record = this.#volumes.get(id)
     if (record === undefined) return
-    await this.#volumesDb.del(id, SYNC)
+    const snapshots = [...this.#volumeSnapshots(id).keys()]
+    await this.#db.batch([
+      { type: 'del', sublevel: this.#volumesDb, key: id },
+      ...snapshots.map((key) => ({ type: 'del', sublevel: this.#snapshotsDb, key }))
+    ] as any, SYNC)
     this.#volumes.delete(id)
+    this.#snapshots.delete(id)
     if (this.#names.get(record.name) === id) this.#names.delete(record.name)
+  }
+
+  /** Snapshots of a volume, oldest first. */
+  snapshots (volumeId: string): SnapshotRecord[] {
+    return [...(this.#snapshots.get(volumeId)?.values() ?? [])]
+  }
+
+  /** Finds a snapshot of a volume by id or name; throws SNAPSHOT_NOT_FOUND / INVALID_ARGUMENT. */
+  resolveSnapshot (volume: VolumeRecord, ref: unknown): SnapshotRecord {
+    if (typeof ref === 'object' && ref !== null && typeof (ref as { id?: unknown }).id === 'string') ref = (ref as { id: string }).id
+    if (typeof ref !== 'string' || ref.length === 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `a snapshot is named by its id or name (a non-empty string), got ${describe(ref)}`)
+    }
+    const snapshots = this.#volumeSnapshots(volume.id)
+    const found = snapshots.get(ref) ?? [...snapshots.values()].find((snapshot) => snapshot.name === ref)
+    if (found === undefined) throw new GalleonError('SNAPSHOT_NOT_FOUND', `volume ${volume.name} has no snapshot with id or name ${JSON.stringify(ref)}; listSnapshots() shows its snapshots`)
+    return found
+  }
+
+  /** A snapshot by id, whatever its volume. */
+  snapshotById (id: string): SnapshotRecord | undefined {
+    for (const snapshots of this.#snapshots.values()) {
+      const found = snapshots.get(id)
+      if (found !== undefined) return found
+    }
+    return undefined
+  }
+
+  /** Persists a new snapshot record. */
+  async createSnapshot (fields: Omit<SnapshotRecord, 'id' | 'createdAt'>): Promise<SnapshotRecord> {
+    const record: SnapshotRecord = { ...fields, id: randomUUID(), createdAt: new Date().toISOString() }
+    await this.#snapshotsDb.put(record.id, record, SYNC)
+    this.#volumeSnapshots(record.volumeId).set(record.id, record)
+    return record
+  }
+
+  /** Removes a snapshot record. */
+  async deleteSnapshot (snapshot: SnapshotRecord): Promise<void> {
+    await this.#snapshotsDb.del(snapshot.id, SYNC)
+    this.#snapshots.get(snapshot.volumeId)?.delete(snapshot.id)
+  }
+
+  /** Volumes cloned from a volume (optionally from one of its snapshots) that still read from it. */
+  clonesOf (volumeId: string, snapshotId?: string): VolumeRecord[] {
+    return this.volumes().filter((record) => record.source?.volumeId === volumeId && (snapshotId === undefined || record.source.snapshotId === snapshotId))
+  }
+
+  #volumeSnapshots (volumeId: string): Map<string, SnapshotRecord> {
+    let snapshots = this.#snapshots.get(volumeId)
+    if (snapshots === undefined) this.#snapshots.set(volumeId, snapshots = new Map())
+    return snapshots
   }
 
   storageClasses (): StorageClass[] {
