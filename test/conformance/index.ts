@@ -2,3 +2,4 @@
 
 export { blockStoreSuite, BlockStoreModel, type BlockStoreSuiteOptions } from './block-store.js'
 export { addr, put, del, bytesOf, seededRandom } from './fixtures.js'
+export { snapshotSuite, type SnapshotSuiteOptions } from './volume-snapshots.js'
