@@ -306,11 +306,18 @@ export class BlockMap {
     if (from < 0) throw new GalleonError('SNAPSHOT_NOT_FOUND', `no snapshot at generation ${fromGen}`)
     const to = toGen === LIVE ? this.#epochs.length - 1 : this.#snapGens.indexOf(toGen)
     if (to < 0) throw new GalleonError('SNAPSHOT_NOT_FOUND', `no snapshot at generation ${toGen}`)
-    const out = new Set<number>()
-    for (let k = from + 1; k <= to; k++) {
-      for (const index of this.#epochs[k] as Set<number>) out.add(index)
+    if (to <= from) return []
+    // One interval (the usual incremental case) needs no merging; several are merged in a set.
+    let indices: Set<number>
+    if (to === from + 1) {
+      indices = this.#epochs[to] as Set<number>
+    } else {
+      indices = new Set<number>()
+      for (let k = from + 1; k <= to; k++) {
+        for (const index of this.#epochs[k] as Set<number>) indices.add(index)
+      }
     }
-    return [...out].sort((a, b) => a - b)
+    return sortedIndices(indices)
   }
 
   /** Indices the view at `at` reads data for (own or through the parent), ascending. */
@@ -323,7 +330,7 @@ export class BlockMap {
         if (index < parent.blocks && !out.has(index) && this.locate(index, at) !== undefined) out.add(index)
       }
     }
-    return [...out].sort((a, b) => a - b)
+    return sortedIndices(out)
   }
 
   /** Every own data version (index, gen) stored: what scrub verifies. */
@@ -416,4 +423,16 @@ export class BlockMap {
     else if (history.length === 0) this.#history.delete(index)
     return version
   }
+}
+
+/** The indices in ascending order (a typed-array sort: numeric and much faster than a comparator). */
+function sortedIndices (indices: Iterable<number> & { readonly size: number }): number[] {
+  const sorted = new Float64Array(indices.size)
+  let at = 0
+  for (const index of indices) sorted[at++] = index
+  sorted.sort()
+  // A plain loop: Array.from() of a typed array is several times slower.
+  const out = new Array<number>(sorted.length)
+  for (let i = 0; i < sorted.length; i++) out[i] = sorted[i] as number
+  return out
 }
