@@ -18,9 +18,8 @@
 // Sequence numbers grow in issue order, and each operation is issued (its blocks claimed by the
 // engine) in the same tick as its `W`/`T` line, so per block, seq order is application order.
 
-import { pathToFileURL } from 'node:url'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
-import { reportLine } from './support.js'
+import { childArguments, reportLine, runAsChild } from './support.js'
 
 /** Bytes of one self-describing unit. Byte-range writes are aligned to it, not to blocks. */
 export const SECTOR_BYTES = 512
@@ -119,13 +118,10 @@ export { seededRandom }
 
 
 async function main (): Promise<void> {
-  const [storagePath, backend, seqBaseText, seedText] = process.argv.slice(2)
-  if (storagePath === undefined || (backend !== 'file' && backend !== 'level') || seqBaseText === undefined || seedText === undefined) {
-    throw new Error('usage: crash-child.ts <storagePath> <file|level> <seqBase> <seed>')
-  }
+  const { storagePath, backend, seqBase, seed } = childArguments('crash-child.ts')
   const { GalleonFS, WriteConcern } = await import('../../src/index.js')
-  const random = seededRandom(Number(seedText))
-  let nextSeq = Number(seqBaseText)
+  const random = seededRandom(seed)
+  let nextSeq = seqBase
 
   reportLine('opening')
   const g = await GalleonFS.open({ storagePath, backend })
@@ -198,11 +194,4 @@ async function main (): Promise<void> {
   await Promise.all(Array.from({ length: CONCURRENCY }, worker))
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((err: unknown) => {
-    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
-    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
-    process.exit(3)
-  })
-}
+runAsChild(import.meta.url, main)

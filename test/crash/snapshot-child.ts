@@ -20,9 +20,8 @@
 //   error <message>                     something failed; exit code 3
 
 import { createHash } from 'node:crypto'
-import { pathToFileURL } from 'node:url'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
-import { reportLine } from './support.js'
+import { childArguments, reportLine, runAsChild } from './support.js'
 
 export const BLOCK_BYTES = 4096
 export const VOLUME_BLOCKS = 256
@@ -64,13 +63,10 @@ export function sha256 (bytes: Uint8Array): string {
 }
 
 async function main (): Promise<void> {
-  const [storagePath, backend, seqBaseText, seedText] = process.argv.slice(2)
-  if (storagePath === undefined || (backend !== 'file' && backend !== 'level') || seqBaseText === undefined || seedText === undefined) {
-    throw new Error('usage: snapshot-child.ts <storagePath> <file|level> <seqBase> <seed>')
-  }
+  const { storagePath, backend, seqBase, seed } = childArguments('snapshot-child.ts')
   const { GalleonFS, WriteConcern } = await import('../../src/index.js')
-  const random = seededRandom(Number(seedText))
-  let nextSeq = Number(seqBaseText)
+  const random = seededRandom(seed)
+  let nextSeq = seqBase
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T
 
   reportLine('opening')
@@ -163,11 +159,4 @@ async function main (): Promise<void> {
   await Promise.all([admin(), ...Array.from({ length: WRITERS }, writer)])
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  main().catch((err: unknown) => {
-    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
-    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
-    process.exit(3)
-  })
-}
+runAsChild(import.meta.url, main)

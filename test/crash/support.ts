@@ -3,6 +3,7 @@
 // survives a SIGKILL that follows; the parent reads whole lines until the child is gone).
 
 import type { ChildProcessByStdio } from 'node:child_process'
+import { pathToFileURL } from 'node:url'
 import { writeSync } from 'node:fs'
 import type { Readable } from 'node:stream'
 
@@ -64,4 +65,27 @@ export function trialCount (): number {
     return trials
   }
   return process.env.CI === 'true' ? 25 : 50
+}
+
+/** Arguments every crash child takes: `<storagePath> <file|level> <seqBase> <seed>`. */
+export function childArguments (script: string): { storagePath: string, backend: 'file' | 'level', seqBase: number, seed: number } {
+  const [storagePath, backend, seqBaseText, seedText] = process.argv.slice(2)
+  if (storagePath === undefined || (backend !== 'file' && backend !== 'level') || seqBaseText === undefined || seedText === undefined) {
+    throw new Error(`usage: ${script} <storagePath> <file|level> <seqBase> <seed>`)
+  }
+  return { storagePath, backend, seqBase: Number(seqBaseText), seed: Number(seedText) }
+}
+
+/**
+ * Runs a child's main when its module is the script node was started with; a failure is reported
+ * as an `error` line and exit code 3.
+ */
+export function runAsChild (moduleUrl: string, main: () => Promise<void>): void {
+  if (process.argv[1] === undefined || moduleUrl !== pathToFileURL(process.argv[1]).href) return
+  main().catch((err: unknown) => {
+    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
+    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
+    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
+    process.exit(3)
+  })
 }
