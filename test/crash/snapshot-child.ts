@@ -15,8 +15,9 @@
 //   CA <clone>                          either clone resolved
 //   DS <volume> <snapshot>              deleteSnapshot (force) issued; ds ... when it resolved
 //   DV <volume>                         deleteVolume (force) issued; dv ... when it resolved
-//   R <volume> <snapshot>               restoreSnapshot issued (no write to that volume is in flight
-//                                       or issued until RH); RH <volume> <sha256> when it resolved
+//   RB <volume> <sha256>                what the volume reads just before a revert (no write to it is in
+//                                       flight or issued from here until RH)
+//   R <volume> <snapshot>               restoreSnapshot issued; RH <volume> <sha256> when it resolved
 //   error <message>                     something failed; exit code 3
 
 import { createHash } from 'node:crypto'
@@ -146,6 +147,7 @@ async function main (): Promise<void> {
         paused.add(volume)
         try {
           await Promise.all([...(inFlight.get(volume) ?? [])].map(async (w) => await w.catch(() => {})))
+          reportLine(`RB ${volume} ${await hashOf(volume)}`)
           reportLine(`R ${volume} ${snapshot}`)
           await g.restoreSnapshot(volume, snapshot)
           reportLine(`RH ${volume} ${await hashOf(volume)}`)

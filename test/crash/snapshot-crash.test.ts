@@ -10,8 +10,9 @@
 //   - every clone whose creation resolved exists unless its deletion was issued;
 //   - every acknowledged WriteDurable write is there (the block holds it or a later write), unless a
 //     revert of that volume was issued after it;
-//   - a volume whose last operation was a revert (resolved or cut short by the kill) reads exactly
-//     as the snapshot it was reverted to;
+//   - a volume whose last operation was a revert reads exactly as the snapshot it was reverted to,
+//     or, when the kill came before the revert resolved, possibly as it read just before (a revert
+//     is all or nothing: recovery finishes one that had started);
 //   - listChangedBlocks(volume, { from: snapshot }) lists every block where the two differ.
 //
 // Env: GALLEON_CRASH_TRIALS (trials per backend, default 50; 25 when CI=true), GALLEON_CRASH_SEED.
@@ -45,8 +46,9 @@ class Model {
   readonly clones = new Set<string>()
   /** volume -> block -> newest acknowledged durable write. */
   readonly acks = new Map<string, Map<number, number>>()
-  /** volume -> snapshot it was last reverted to, while no write to it followed. */
-  readonly reverted = new Map<string, string>()
+  /** volume -> the revert issued last, while no write to it followed. */
+  readonly reverted = new Map<string, { snapshot: string, before: string | undefined, resolved: boolean }>()
+  #before = new Map<string, string>()
 
   absorb (lines: readonly string[]): string | undefined {
     for (const line of lines) {
@@ -80,14 +82,16 @@ class Model {
             if (key.startsWith(`${a}@`) || snapshot === `clone-${a}` || snapshot.startsWith(`clone-${a}-`)) this.mustExist.delete(key)
           }
           break
+        case 'RB': this.#before.set(a, b); break
         case 'R':
           this.acks.delete(a)
-          this.reverted.set(a, b)
+          this.reverted.set(a, { snapshot: b, before: this.#before.get(a), resolved: false })
           break
         case 'RH': {
-          const snapshot = this.reverted.get(a)
-          const expected = snapshot === undefined ? undefined : this.hashes.get(`${a}@${snapshot}`)
-          if (expected !== undefined && expected !== b) return `volume ${a} hashed ${b} right after its revert to ${snapshot}, whose hash is ${expected}`
+          const revert = this.reverted.get(a)
+          if (revert !== undefined) revert.resolved = true
+          const expected = revert === undefined ? undefined : this.hashes.get(`${a}@${revert.snapshot}`)
+          if (expected !== undefined && expected !== b) return `volume ${a} hashed ${b} right after its revert to ${revert?.snapshot}, whose hash is ${expected}`
           break
         }
         case 'error': return `child failed: ${line}`
@@ -155,10 +159,14 @@ async function verify (storagePath: string, backend: 'file' | 'level', model: Mo
           if (!changed.has(i) && !Buffer.from(a).equals(Buffer.from(b))) problems.push(`${volume.name} block ${i} differs from ${snapshot.name} but is not listed as changed`)
         }
       }
-      const revertedTo = model.reverted.get(volume.name)
-      if (revertedTo !== undefined) {
-        const expected = model.hashes.get(`${volume.name}@${revertedTo}`)
-        if (expected !== undefined && sha256(live) !== expected) problems.push(`${volume.name} was reverted to ${revertedTo} (no write since) but does not read as it`)
+      const revert = model.reverted.get(volume.name)
+      if (revert !== undefined) {
+        const expected = model.hashes.get(`${volume.name}@${revert.snapshot}`)
+        const hash = sha256(live)
+        const unchanged = !revert.resolved && hash === revert.before
+        if (expected !== undefined && hash !== expected && !unchanged) {
+          problems.push(`${volume.name} was reverted to ${revert.snapshot} (${revert.resolved ? 'resolved' : 'cut short'}, no write since) but reads neither as it${revert.resolved ? '' : ' nor as before the revert'}`)
+        }
       }
     }
   } finally {
