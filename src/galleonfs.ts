@@ -54,6 +54,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
   readonly #snapshotReaders = new Map<string, { count: number, drained?: () => void }>()
   readonly #snapshotsGoing = new Set<string>()
+  /** Volumes whose revert is running now (their I/O waits for it rather than being refused). */
+  readonly #reverting = new Set<string>()
+  /** Why the last revert of a volume failed, when it did. */
+  readonly #revertFailures = new Map<string, string>()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
     super()
@@ -130,8 +134,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       // A revert cut short by a crash: finish it, so the volume reads as the snapshot, not as a mix.
       if (record.revertTo === undefined || record.state === VolumeState.Deleting) continue
       const snapshot = this.#catalog.snapshotById(record.revertTo)
-      if (snapshot !== undefined) await this.#engine.revert(this.#volumeBlocks(record), { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
-      await this.#catalog.updateVolume(record.id, { revertTo: undefined })
+      try {
+        if (snapshot !== undefined) await this.#engine.revert(this.#volumeBlocks(record), { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
+        await this.#catalog.updateVolume(record.id, { revertTo: undefined })
+      } catch (err) {
+        // Leave the intent: the volume refuses I/O (see #ioVolume) until a revert succeeds, and the
+        // rest of the instance opens.
+        this.#revertFailures.set(record.id, err instanceof Error ? err.message : String(err))
+      }
     }
     // Implicit snapshots whose clone was never recorded (a crash in cloneVolume) hold space for nobody.
     for (const record of this.#catalog.volumes()) {
@@ -621,12 +631,27 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
-      const volume = this.#ioVolume(record)
+      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      const volume = this.#volumeBlocks(record)
       if (volume.tickets.size > 0 || volume.locks.size > 0) {
         throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
       }
       await this.#catalog.updateVolume(record.id, { revertTo: found.id })
-      const reverted = await this.#engine.revert(volume, viewOf(found) as View)
+      this.#reverting.add(record.id)
+      let reverted: number
+      try {
+        reverted = await this.#engine.revert(volume, viewOf(found) as View)
+      } catch (err) {
+        // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
+        // reopen does not silently finish this one over writes made in between.
+        const message = err instanceof Error ? err.message : String(err)
+        this.#revertFailures.set(record.id, message)
+        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `revert to snapshot ${found.name} failed: ${message}` })
+        throw err
+      } finally {
+        this.#reverting.delete(record.id)
+      }
+      this.#revertFailures.delete(record.id)
       const updated = await this.#catalog.updateVolume(record.id, { revertTo: undefined })
       const result = toVolume(updated)
       this.emit('snapshot:restored', result, this.#toSnapshot(found), reverted)
@@ -816,6 +841,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #ioVolume (vol: VolumeRef | VolumeRecord): VolumeBlocks {
     const record = this.#catalog.resolve(vol)
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (record.revertTo !== undefined && !this.#reverting.has(record.id)) {
+      const snapshot = this.#catalog.snapshotById(record.revertTo)
+      const why = this.#revertFailures.get(record.id)
+      throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${snapshot?.name ?? record.revertTo}${why === undefined ? '' : ` (it failed: ${why})`}, so part of it may read as the snapshot and part not; call restoreSnapshot(${JSON.stringify(record.name)}, ${JSON.stringify(snapshot?.name ?? record.revertTo)}) again to finish it, revert to another snapshot, or delete the volume`)
+    }
     return this.#volumeBlocks(record)
   }
 

@@ -273,7 +273,15 @@ export class BlockMap {
       if (version === undefined) return
       if (version >= 0) this.#heldBlocks--
       garbage.push([index, version])
+      // A tombstone left with nothing to hide is garbage too.
+      const current = this.#current.get(index) as number
+      if (current < 0 && !this.#history.has(index) && !this.parentHasData(index)) {
+        this.#current.delete(index)
+        garbage.push([index, current])
+        prunedTombstones.push([index, current])
+      }
     }
+    const prunedTombstones: Array<[number, number]> = []
     let merged: Set<number> | null
     if (older === null) {
       for (const index of newer) superseded(index)
@@ -294,6 +302,7 @@ export class BlockMap {
     this.#snapGens.splice(j, 1)
     this.#epochs.splice(j, 2, merged)
     if (this.#snapGens.length === 0) this.#epochs = [null]
+    for (const [index, tombstone] of prunedTombstones) this.#epochDelete(index, genOf(tombstone))
     return garbage
   }
 

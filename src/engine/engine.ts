@@ -460,7 +460,13 @@ export class BlockEngine {
       await volume.drainTickets()
       await this.journal.flush(true)
     } catch (err) {
-      this.#discard(volume, volume.map.dropSnapshot(gen))
+      // Trims in flight may have planned around this snapshot: let them finish before it goes.
+      const open = await volume.closeGate()
+      try {
+        this.#discard(volume, volume.map.dropSnapshot(gen))
+      } finally {
+        open()
+      }
       throw err
     }
     return gen

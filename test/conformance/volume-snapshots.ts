@@ -329,9 +329,10 @@ export function snapshotSuite (options: SnapshotSuiteOptions): void {
         assert.deepEqual(await g.listChangedBlocks('v', { to: 'a' }), [1, 2, 3, 10])
         assert.deepEqual(await g.listChangedBlocks('v'), [1, 2, 3, 7, 50])
         await assert.rejects(g.listChangedBlocks('v', { from: 'c', to: 'a' }), { code: 'INVALID_ARGUMENT' })
-        // Deleting the middle snapshot merges its changes into the next interval.
+        // Deleting the middle snapshot merges its changes into the next interval; block 40, written
+        // and trimmed in between, no longer differs once b no longer holds its data.
         await g.deleteSnapshot('v', 'b')
-        assert.deepEqual(await g.listChangedBlocks('v', { from: 'a', to: 'c' }), [2, 10, 40, 50])
+        assert.deepEqual(await g.listChangedBlocks('v', { from: 'a', to: 'c' }), [2, 10, 50])
         assert.deepEqual((await tokens(g, { volume: 'v', snapshot: 'a' })).filter((t) => t !== 0).length, 4)
       })
     })
