@@ -97,3 +97,36 @@ export interface BlockStore {
 
 /** Largest value a block store must accept (engine header + a 1 MiB block + room for future framing). */
 export const MAX_BLOCK_VALUE_BYTES = (1 << 20) + 4096
+
+/**
+ * Backup target driver: where backups live. Two flat namespaces of immutable objects: chunks
+ * (content-addressed: the id is the SHA-256 of the chunk's uncompressed data, 64 lowercase hex
+ * digits) and manifests (one per backup, named by the backup's UUID). GalleonFS writes every chunk
+ * of a backup before its manifest, so a manifest on the target means a complete backup.
+ *
+ * Contract (checked by `backupTargetSuite`):
+ * - `put*` is atomic: a reader never sees part of an object, also after a crash mid-put; putting an
+ *   id that exists replaces it with the same bytes (chunks) or the new bytes (manifests).
+ * - A resolved `put*` is durable (survives kill -9 and power loss on a durable medium).
+ * - `get*` returns exactly the bytes put, or `undefined`; `list*` yields every id once.
+ * - Ids that are not of the right shape are refused with INVALID_ARGUMENT (no path tricks).
+ */
+export interface BackupTarget {
+  /** Backend name, e.g. `directory`. */
+  readonly name: string
+  /** Where it stores, for messages and listings (a path, a URL). */
+  readonly location: string
+  /** Prepares the target (creating it if needed). Idempotent. */
+  open (): Promise<void>
+  /** Releases resources. Idempotent. */
+  close (): Promise<void>
+  hasChunk (id: string): Promise<boolean>
+  putChunk (id: string, data: Uint8Array): Promise<void>
+  getChunk (id: string): Promise<Uint8Array | undefined>
+  deleteChunk (id: string): Promise<void>
+  listChunks (): AsyncIterable<string>
+  putManifest (id: string, data: Uint8Array): Promise<void>
+  getManifest (id: string): Promise<Uint8Array | undefined>
+  deleteManifest (id: string): Promise<void>
+  listManifests (): AsyncIterable<string>
+}

@@ -1,6 +1,7 @@
 // Typed event map of the GalleonFS facade.
 
 import type { Volume, Snapshot, StorageClass } from './types.js'
+import type { Backup } from './backup/manager.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -22,6 +23,15 @@ export interface IoErrorEvent {
   readonly message: string
 }
 
+/** Payload of `backup:progress` and `restore:progress`: bytes of blocks handled so far, of the total to handle. */
+export interface BackupProgressEvent {
+  readonly backupId: string
+  readonly volumeId: string
+  readonly volumeName: string
+  readonly bytesDone: number
+  readonly bytesTotal: number
+}
+
 /** Events emitted by GalleonFS, named noun:verb. */
 export interface GalleonEvents {
   'volume:created': (volume: Volume) => void
@@ -32,6 +42,10 @@ export interface GalleonEvents {
   'snapshot:created': (snapshot: Snapshot) => void
   'snapshot:deleted': (snapshot: Snapshot) => void
   'snapshot:restored': (volume: Volume, snapshot: Snapshot, blocksReverted: number) => void
+  'backup:progress': (event: BackupProgressEvent) => void
+  'backup:completed': (backup: Backup) => void
+  'backup:deleted': (backup: Backup) => void
+  'restore:progress': (event: BackupProgressEvent) => void
   'storage-class:created': (storageClass: StorageClass) => void
   'storage-class:deleted': (storageClass: StorageClass) => void
   'checksum:mismatch': (event: ChecksumMismatchEvent) => void

@@ -3,6 +3,7 @@
 import { EventEmitter } from 'eventemitter3'
 import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats } from './drivers.js'
+import { BackupManager, type Backup, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
 import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
@@ -49,6 +50,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly location: string
   #closed = false
   #closing: Promise<void> | undefined
+  #backups!: BackupManager
   /** Snapshot, clone, revert, expand and delete run one at a time (they change block maps together). */
   #adminQueue: Promise<unknown> = Promise.resolve()
   /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
@@ -105,6 +107,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         onChecksumFailure: (failure) => { if (instance !== undefined) instance.#onChecksumFailure(failure) }
       })
       instance = new GalleonFS(metadata, blockStore, catalog, engine, location)
+      instance.#backups = new BackupManager(instance, options.backupTarget)
       await instance.#recover()
       return instance
     } catch (err) {
@@ -821,12 +824,59 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return this.#catalog.resolve(target)
   }
 
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async createBackup (_vol: VolumeRef, _options: unknown): Promise<never> { throw notYet('backups') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async listBackups (_vol?: VolumeRef): Promise<never> { throw notYet('backups') }
-  /** Not in this release: throws NOT_IMPLEMENTED. */
-  async restoreBackup (_backupId: string, _options?: unknown): Promise<never> { throw notYet('backups') }
+  // ---------------------------------------------------------------- backups
+
+  /**
+   * Backs a volume up to a target (a directory path or a BackupTarget; default: the instance's
+   * `backupTarget`), from a snapshot taken for it. `full` stores every block holding data;
+   * `incremental` the blocks changed since the volume's last backup there; `differential` those
+   * changed since its last full (the first one of a volume is a full). Only changed blocks are
+   * read; chunks already on the target are not stored again. Emits `backup:progress`.
+   */
+  async createBackup (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
+    this.#assertOpen()
+    return await this.#backups.create(vol, options)
+  }
+
+  /** Backups on a target, oldest first; of one volume (by id, or by name once the volume is gone) when given. */
+  async listBackups (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
+    this.#assertOpen()
+    return await this.#backups.list(vol, options)
+  }
+
+  /** One backup by id. */
+  async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
+    this.#assertOpen()
+    return await this.#backups.get(backupId, options)
+  }
+
+  /** Re-reads every chunk of a backup and of the backups it builds on, and checks each against its checksum. */
+  async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
+    this.#assertOpen()
+    return await this.#backups.verify(backupId, options)
+  }
+
+  /**
+   * Deletes a backup and every chunk no remaining backup references. A backup that later ones build
+   * on is kept unless `force`, which deletes those too.
+   */
+  async deleteBackup (backupId: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+    this.#assertOpen()
+    return await this.#backups.delete(backupId, options)
+  }
+
+  /**
+   * Restores a backup (walking the chain of backups it builds on) into a new volume (`{ name }`,
+   * default `<volume>-restored-<id>`) or over an existing one (`{ volume }`, at least as large; its
+   * old contents are discarded). Resolves to the restored volume.
+   */
+  async restoreBackup (backupId: string, options: { name?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+    this.#assertOpen()
+    return await this.#backups.restore(backupId, options)
+  }
+
+  /** Backup policies (schedules, retention) are not in this release: throws NOT_IMPLEMENTED. */
+  async createBackupPolicy (_policy: unknown): Promise<never> { throw notYet('backup policies (schedules and retention)') }
 
   // ---------------------------------------------------------------- internals
 

@@ -8,15 +8,16 @@ export {
   type ReclaimPolicy, type VolumeBindingMode
 } from './types.js'
 export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
-export type { GalleonEvents, ChecksumMismatchEvent, IoErrorEvent } from './events.js'
+export type { GalleonEvents, ChecksumMismatchEvent, IoErrorEvent, BackupProgressEvent } from './events.js'
 export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
 export type { MetadataDatabase } from './volumes/catalog.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockStore, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
+  type BlockStore, type BackupTarget, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
+export type { Backup, BackupHooks, BackupTargetRef, BackupVerification, CreateBackupOptions } from './backup/manager.js'
 export type { VolumeMetrics, VolumeMetricsSnapshot } from './metrics/recorder.js'
 export { PROMETHEUS_CONTENT_TYPE } from './metrics/prometheus.js'

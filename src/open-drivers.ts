@@ -33,6 +33,8 @@ export interface OpenOptions {
   cacheBlocks?: number
   /** Sliding window of getVolumeMetrics(), in seconds (default 10). */
   metricsWindowSeconds?: number
+  /** Default target of backup calls: a directory path, or a BackupTarget driver. */
+  backupTarget?: string | import('./drivers.js').BackupTarget
 }
 
 /** What open() resolved the options to. */

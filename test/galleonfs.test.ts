@@ -456,7 +456,8 @@ describe('GalleonFS in memory', () => {
     })
     it('reports features of later releases as NOT_IMPLEMENTED', async () => {
       const vol = await g.createVolume({ name: 'later', sizeBytes: 4096 })
-      await assert.rejects(g.createBackup(vol, {}), { code: 'NOT_IMPLEMENTED' })
+      await assert.rejects(g.createBackupPolicy({ name: 'nightly' }), { code: 'NOT_IMPLEMENTED' })
+      await assert.rejects(g.createBackup(vol, {}), { code: 'INVALID_ARGUMENT', message: /no backup target/ })
     })
   })
 })

@@ -1,0 +1,204 @@
+// Directory backup target: chunks and manifests as files under one directory (local disk or a
+// network mount). Layout:
+//   galleonfs-backup.json        what this directory is (format version), written once
+//   chunks/<aa>/<sha256 hex>     content-addressed chunks, fanned out by their first two hex digits
+//   manifests/<uuid>.json        one manifest per complete backup
+// Every object is written to a temporary file in the same directory, fsynced, renamed into place
+// and the directory fsynced, so a crash leaves the old object or the new one, never part of one.
+// Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
+
+import { randomBytes } from 'node:crypto'
+import { mkdir, open, readFile, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { BackupTarget } from '../../src/drivers.js'
+import { GalleonError, describe } from '../../src/errors.js'
+
+/** Options of the directory backup target. */
+export interface DirectoryBackupTargetOptions {
+  /** The directory (created if missing). */
+  readonly path: string
+}
+
+const CHUNK_ID = /^[0-9a-f]{64}$/
+const MANIFEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+const MARKER = 'galleonfs-backup.json'
+const FORMAT = 1
+
+export class DirectoryBackupTarget implements BackupTarget {
+  readonly name = 'directory'
+  readonly location: string
+  #opened: Promise<void> | undefined
+
+  constructor (options: DirectoryBackupTargetOptions) {
+    if (options === null || typeof options !== 'object' || typeof options.path !== 'string' || options.path.length === 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `a directory backup target needs { path: '/some/dir' }, got ${describe(options)}`)
+    }
+    this.location = resolve(options.path)
+  }
+
+  async open (): Promise<void> {
+    this.#opened ??= this.#open().catch((err: unknown) => {
+      this.#opened = undefined
+      throw err
+    })
+    await this.#opened
+  }
+
+  async #open (): Promise<void> {
+    try {
+      await mkdir(join(this.location, 'chunks'), { recursive: true })
+      await mkdir(join(this.location, 'manifests'), { recursive: true })
+    } catch (err) {
+      throw ioError(`could not create the backup directory ${this.location}`, err)
+    }
+    const marker = await readFile(join(this.location, MARKER), 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined
+      throw ioError(`could not read ${MARKER} in ${this.location}`, err)
+    })
+    if (marker === undefined) {
+      await this.#atomicWrite(this.location, MARKER, Buffer.from(JSON.stringify({ kind: 'galleonfs-backup-target', format: FORMAT, createdAt: new Date().toISOString() }, null, 2) + '\n'))
+    } else {
+      let parsed: { kind?: unknown, format?: unknown }
+      try { parsed = JSON.parse(marker) } catch { parsed = {} }
+      if (parsed.kind !== 'galleonfs-backup-target') throw new GalleonError('CORRUPTION', `${join(this.location, MARKER)} is not a GalleonFS backup target marker; point the target at another directory`)
+      if (parsed.format !== FORMAT) throw new GalleonError('CORRUPTION', `backup target ${this.location} has format ${String(parsed.format)}; this version reads format ${FORMAT}`)
+    }
+    // Leftovers of puts a crash interrupted.
+    await this.#removeTemporaries(join(this.location, 'manifests'))
+    for (const fan of await readdir(join(this.location, 'chunks')).catch(() => [] as string[])) {
+      if (/^[0-9a-f]{2}$/.test(fan)) await this.#removeTemporaries(join(this.location, 'chunks', fan))
+    }
+  }
+
+  async close (): Promise<void> {
+    this.#opened = undefined
+  }
+
+  async hasChunk (id: string): Promise<boolean> {
+    return (await this.getChunkSize(id)) !== undefined
+  }
+
+  /** Size of a stored chunk, if present. */
+  async getChunkSize (id: string): Promise<number | undefined> {
+    const file = this.#chunkPath(id)
+    try {
+      const handle = await open(file, 'r')
+      try { return (await handle.stat()).size } finally { await handle.close() }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw ioError(`could not look up chunk ${id}`, err)
+    }
+  }
+
+  async putChunk (id: string, data: Uint8Array): Promise<void> {
+    this.#chunkPath(id)
+    assertData(data)
+    const dir = join(this.location, 'chunks', id.slice(0, 2))
+    await mkdir(dir, { recursive: true }).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
+    await this.#atomicWrite(dir, id, data)
+  }
+
+  async getChunk (id: string): Promise<Uint8Array | undefined> {
+    return await this.#read(this.#chunkPath(id), `chunk ${id}`)
+  }
+
+  async deleteChunk (id: string): Promise<void> {
+    await this.#delete(this.#chunkPath(id), `chunk ${id}`)
+  }
+
+  async * listChunks (): AsyncIterable<string> {
+    const root = join(this.location, 'chunks')
+    for (const fan of (await readdir(root).catch(() => [] as string[])).sort()) {
+      if (!/^[0-9a-f]{2}$/.test(fan)) continue
+      for (const name of (await readdir(join(root, fan)).catch(() => [] as string[])).sort()) {
+        if (CHUNK_ID.test(name) && name.startsWith(fan)) yield name
+      }
+    }
+  }
+
+  async putManifest (id: string, data: Uint8Array): Promise<void> {
+    this.#manifestPath(id)
+    assertData(data)
+    await this.#atomicWrite(join(this.location, 'manifests'), `${id}.json`, data)
+  }
+
+  async getManifest (id: string): Promise<Uint8Array | undefined> {
+    return await this.#read(this.#manifestPath(id), `manifest ${id}`)
+  }
+
+  async deleteManifest (id: string): Promise<void> {
+    await this.#delete(this.#manifestPath(id), `manifest ${id}`)
+  }
+
+  async * listManifests (): AsyncIterable<string> {
+    for (const name of (await readdir(join(this.location, 'manifests')).catch(() => [] as string[])).sort()) {
+      const id = name.endsWith('.json') ? name.slice(0, -5) : ''
+      if (MANIFEST_ID.test(id)) yield id
+    }
+  }
+
+  #chunkPath (id: unknown): string {
+    if (typeof id !== 'string' || !CHUNK_ID.test(id)) throw new GalleonError('INVALID_ARGUMENT', `a chunk id is 64 lowercase hex digits (a SHA-256), got ${describe(id)}`)
+    return join(this.location, 'chunks', id.slice(0, 2), id)
+  }
+
+  #manifestPath (id: unknown): string {
+    if (typeof id !== 'string' || !MANIFEST_ID.test(id)) throw new GalleonError('INVALID_ARGUMENT', `a manifest id is a lowercase UUID, got ${describe(id)}`)
+    return join(this.location, 'manifests', `${id}.json`)
+  }
+
+  async #read (file: string, what: string): Promise<Uint8Array | undefined> {
+    try {
+      return new Uint8Array(await readFile(file))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw ioError(`could not read ${what} from ${this.location}`, err)
+    }
+  }
+
+  async #delete (file: string, what: string): Promise<void> {
+    try {
+      await unlink(file)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw ioError(`could not delete ${what} from ${this.location}`, err)
+    }
+  }
+
+  /** Writes `name` in `dir` atomically and durably: temporary file, fsync, rename, fsync of the directory. */
+  async #atomicWrite (dir: string, name: string, data: Uint8Array): Promise<void> {
+    const temporary = join(dir, `.tmp-${name}-${randomBytes(6).toString('hex')}`)
+    try {
+      const handle = await open(temporary, 'w', 0o644)
+      try {
+        await handle.writeFile(data)
+        await handle.datasync()
+      } finally {
+        await handle.close()
+      }
+      await rename(temporary, join(dir, name))
+      const directory = await open(dir, 'r')
+      try { await directory.sync() } finally { await directory.close() }
+    } catch (err) {
+      await rm(temporary, { force: true }).catch(() => {})
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new GalleonError('NO_SPACE', `the backup target ${this.location} is full; free space there or delete old backups`, { cause: err })
+      throw ioError(`could not write ${name} to ${dir}`, err)
+    }
+  }
+
+  async #removeTemporaries (dir: string): Promise<void> {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (name.startsWith('.tmp-')) await rm(join(dir, name), { force: true }).catch(() => {})
+    }
+  }
+}
+
+function assertData (data: unknown): asserts data is Uint8Array {
+  if (!(data instanceof Uint8Array)) throw new GalleonError('INVALID_ARGUMENT', `backup target data must be a Uint8Array, got ${describe(data)}`)
+}
+
+function ioError (what: string, err: unknown): GalleonError {
+  if (err instanceof GalleonError) return err
+  return new GalleonError('IO_ERROR', `${what}: ${(err as Error).message}`, { cause: err })
+}

@@ -1,0 +1,471 @@
+// Backups: full, incremental and differential backups of volumes to a BackupTarget, read from a
+// snapshot through the engine's change tracking (only changed blocks are read), deduplicated by
+// content-addressed chunks, and restored by walking a backup's chain of bases. Uses only the
+// public GalleonFS API, so it is also an example of building on the library.
+
+import { randomUUID } from 'node:crypto'
+import { DirectoryBackupTarget } from '../../backends/directory/index.js'
+import type { BackupTarget } from '../drivers.js'
+import { GalleonError, describe } from '../errors.js'
+import type { GalleonFS, VolumeRef } from '../galleonfs.js'
+import { BackupStrategy, type Volume } from '../types.js'
+import { chunkId, decodeChunk, decodeManifest, encodeChunk, encodeManifest, type Extent, type Manifest } from './format.js'
+
+/** Blocks per chunk at most: a chunk holds a run of blocks inside one aligned region of this many blocks. */
+export const CHUNK_REGION_BLOCKS = 64
+/** Chunks read, compressed and stored at once. */
+const PARALLEL_CHUNKS = 4
+const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
+
+/** A target: a directory path, or a BackupTarget driver. */
+export type BackupTargetRef = string | BackupTarget
+
+/** Application hooks around a backup: `pre` runs before the snapshot is taken (a failure aborts the backup), `post` after the manifest is stored. */
+export interface BackupHooks {
+  readonly pre?: (context: { volume: Volume, strategy: BackupStrategy }) => unknown
+  readonly post?: (backup: Backup) => unknown
+}
+
+/** Options of `createBackup`. */
+export interface CreateBackupOptions {
+  /** Default `full`. `incremental`: blocks changed since the volume's last backup on the target; `differential`: since its last full. */
+  readonly strategy?: BackupStrategy | `${BackupStrategy}`
+  /** Where to store it (default: the instance's `backupTarget`). */
+  readonly target?: BackupTargetRef
+  readonly hooks?: BackupHooks
+  /** Aborting cancels the backup: nothing is recorded, chunks already stored are reused next time. */
+  readonly signal?: AbortSignal
+}
+
+/** A backup as listed from its target. */
+export interface Backup {
+  readonly id: string
+  readonly volumeId: string
+  readonly volumeName: string
+  /** Strategy used: a first incremental or differential of a volume is taken as a full. */
+  readonly strategy: BackupStrategy
+  readonly requestedStrategy: BackupStrategy
+  /** The backup this one applies on top of (null for a full). */
+  readonly baseId: string | null
+  readonly createdAt: string
+  /** Size of the volume when it was backed up. */
+  readonly sizeBytes: number
+  /** Blocks and bytes this backup holds (changed blocks for incremental and differential). */
+  readonly blocks: number
+  readonly bytes: number
+  /** Distinct chunks it references, how many it added to the target, and their stored bytes. */
+  readonly chunks: number
+  readonly newChunks: number
+  readonly storedBytes: number
+  /** Name of the snapshot of the volume it was read from. */
+  readonly snapshotName: string
+  /** Where it is stored. */
+  readonly target: string
+}
+
+/** Result of `verifyBackup`. */
+export interface BackupVerification {
+  readonly backupId: string
+  readonly ok: boolean
+  /** Backups in the chain checked (this one and its bases). */
+  readonly backupsChecked: number
+  readonly chunksChecked: number
+  readonly problems: ReadonlyArray<{ readonly backupId: string, readonly chunk?: string, readonly code: string, readonly message: string }>
+}
+
+/** Per-target operations run one at a time, so garbage collection never races a backup in progress. */
+class TargetQueue {
+  #tail: Promise<unknown> = Promise.resolve()
+  async run<T> (task: () => Promise<T>): Promise<T> {
+    const run = this.#tail.catch(() => {}).then(task)
+    this.#tail = run
+    return await run
+  }
+}
+
+export class BackupManager {
+  readonly #g: GalleonFS
+  readonly #defaultTarget: BackupTargetRef | undefined
+  readonly #directories = new Map<string, DirectoryBackupTarget>()
+  readonly #queues = new WeakMap<BackupTarget, TargetQueue>()
+
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined) {
+    this.#g = g
+    this.#defaultTarget = defaultTarget
+    if (defaultTarget !== undefined) this.#target(defaultTarget)
+  }
+
+  async create (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
+    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `createBackup() options must be an object such as { strategy: 'incremental' }, got ${describe(options)}`)
+    const requested = (options.strategy ?? BackupStrategy.Full) as BackupStrategy
+    if (!STRATEGIES.has(requested)) throw new GalleonError('INVALID_ARGUMENT', `backup strategy must be one of ${[...STRATEGIES].join(', ')}, got ${describe(options.strategy)}`)
+    const target = this.#target(options.target)
+    const volume = await this.#g.getVolume(vol)
+    const signal = options.signal
+    checkAborted(signal)
+    return await this.#queue(target).run(async () => {
+      await target.open()
+      if (options.hooks?.pre !== undefined) {
+        try {
+          await options.hooks.pre({ volume, strategy: requested })
+        } catch (err) {
+          throw new GalleonError('HOOK_FAILED', `the pre-backup hook of volume ${volume.name} failed, so no backup was taken: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+        }
+      }
+      const ours = (await this.#manifests(target)).filter((m) => m.volume.id === volume.id)
+      const snapshots = new Set((await this.#g.listSnapshots(volume.id)).map((s) => s.id))
+      const usable = ours.filter((m) => snapshots.has(m.snapshot.id))
+      const base = requested === BackupStrategy.Incremental
+        ? usable.at(-1)
+        : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
+      const strategy = base === undefined ? BackupStrategy.Full : requested
+      const id = randomUUID()
+      const snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
+      try {
+        const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
+        const blockSize = volume.blockSize
+        const total = indices.length * blockSize
+        let done = 0
+        const progress = (): void => { this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total }) }
+        progress()
+        const runs = toRuns(indices)
+        const extents: Extent[] = new Array(runs.length)
+        const referenced = new Set<string>()
+        let newChunks = 0
+        let storedBytes = 0
+        const stored = new Set<string>()
+        let next = 0
+        const worker = async (): Promise<void> => {
+          while (next < runs.length) {
+            checkAborted(signal)
+            const at = next++
+            const [index, blocks] = runs[at] as [number, number]
+            const data = await this.#g.read({ volume: volume.id, snapshot: snapshot.id }, index * blockSize, blocks * blockSize)
+            let chunk: string | null = null
+            if (!isZero(data)) {
+              chunk = chunkId(data)
+              referenced.add(chunk)
+              if (!stored.has(chunk)) {
+                stored.add(chunk)
+                if (!await target.hasChunk(chunk)) {
+                  const envelope = await encodeChunk(data)
+                  await target.putChunk(chunk, envelope)
+                  newChunks++
+                  storedBytes += envelope.byteLength
+                }
+              }
+            }
+            extents[at] = [index, blocks, chunk]
+            done += blocks * blockSize
+            progress()
+          }
+        }
+        await Promise.all(Array.from({ length: PARALLEL_CHUNKS }, worker))
+        checkAborted(signal)
+        const manifest: Manifest = {
+          kind: 'galleonfs-backup',
+          format: 1,
+          id,
+          createdAt: new Date().toISOString(),
+          strategy,
+          requestedStrategy: requested,
+          base: base?.id ?? null,
+          volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, labels: { ...volume.labels } },
+          snapshot: { id: snapshot.id, name: snapshot.name },
+          extents,
+          stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
+        }
+        await target.putManifest(id, encodeManifest(manifest))
+        const backup = toBackup(manifest, target)
+        // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
+        const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
+        for (const older of ours) {
+          if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) {
+            await this.#g.deleteSnapshot(volume.id, older.snapshot.id).catch(() => {})
+          }
+        }
+        this.#g.emit('backup:completed', backup)
+        if (options.hooks?.post !== undefined) {
+          try {
+            await options.hooks.post(backup)
+          } catch (err) {
+            throw new GalleonError('HOOK_FAILED', `backup ${id} of volume ${volume.name} is complete and stored, but its post-backup hook failed: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+          }
+        }
+        return backup
+      } catch (err) {
+        if (!(await target.getManifest(id).catch(() => undefined) !== undefined)) {
+          await this.#g.deleteSnapshot(volume.id, snapshot.id).catch(() => {})
+        }
+        throw err
+      }
+    })
+  }
+
+  async list (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
+    const target = this.#target(options?.target)
+    await target.open()
+    let manifests = await this.#manifests(target)
+    if (vol !== undefined) {
+      const volume = await this.#g.getVolume(vol).catch(() => undefined)
+      const ref = typeof vol === 'string' ? vol : vol.id
+      manifests = manifests.filter((m) => volume !== undefined ? m.volume.id === volume.id : (m.volume.id === ref || m.volume.name === ref))
+    }
+    return manifests.map((m) => toBackup(m, target))
+  }
+
+  async get (id: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
+    const target = this.#target(options?.target)
+    await target.open()
+    return toBackup(await this.#manifest(target, id), target)
+  }
+
+  async verify (id: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
+    const target = this.#target(options?.target)
+    await target.open()
+    const problems: Array<{ backupId: string, chunk?: string, code: string, message: string }> = []
+    const chain: Manifest[] = []
+    let at: string | null = id
+    while (at !== null) {
+      const current: string = at
+      try {
+        const manifest: Manifest = await this.#manifest(target, current)
+        chain.push(manifest)
+        at = manifest.base
+      } catch (err) {
+        if (current === id) throw err
+        problems.push({ backupId: current, code: errorCode(err), message: `base backup ${current} cannot be read: ${(err as Error).message}` })
+        break
+      }
+    }
+    const checked = new Set<string>()
+    for (const manifest of chain) {
+      for (const [, , chunk] of manifest.extents) {
+        if (chunk === null || checked.has(chunk)) continue
+        checked.add(chunk)
+        try {
+          const envelope = await target.getChunk(chunk)
+          if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} is missing from the target`)
+          await decodeChunk(chunk, envelope)
+        } catch (err) {
+          problems.push({ backupId: manifest.id, chunk, code: errorCode(err), message: (err as Error).message })
+        }
+      }
+    }
+    return { backupId: id, ok: problems.length === 0, backupsChecked: chain.length, chunksChecked: checked.size, problems }
+  }
+
+  async delete (id: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+    const target = this.#target(options?.target)
+    await target.open()
+    return await this.#queue(target).run(async () => {
+      const manifests = await this.#manifests(target)
+      const doomed = manifests.find((m) => m.id === id)
+      if (doomed === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${describe(id)} on ${target.location}; listBackups() shows the backups there`)
+      // Backups whose chain goes through this one (newest first, so a crash leaves valid chains).
+      const byId = new Map(manifests.map((m) => [m.id, m]))
+      const dependsOnIt = (m: Manifest): boolean => {
+        for (let base = m.base; base !== null; base = byId.get(base)?.base ?? null) if (base === id) return true
+        return false
+      }
+      const dependents = manifests.filter(dependsOnIt)
+      if (dependents.length > 0 && options?.force !== true) {
+        throw new GalleonError('BUSY', `backup ${id} is the base of ${dependents.length} later backup(s) (${dependents.slice(0, 3).map((m) => m.id).join(', ')}); delete those first, or pass { force: true } to delete them with it`)
+      }
+      const deleted = [...dependents.reverse(), doomed]
+      for (const manifest of deleted) {
+        await target.deleteManifest(manifest.id)
+        await this.#g.deleteSnapshot(manifest.volume.id, manifest.snapshot.id).catch(() => {})
+      }
+      const kept = manifests.filter((m) => !deleted.includes(m))
+      const referenced = new Set<string>()
+      for (const manifest of kept) for (const [, , chunk] of manifest.extents) if (chunk !== null) referenced.add(chunk)
+      let deletedChunks = 0
+      for await (const chunk of target.listChunks()) {
+        if (!referenced.has(chunk)) { await target.deleteChunk(chunk); deletedChunks++ }
+      }
+      for (const manifest of deleted) this.#g.emit('backup:deleted', toBackup(manifest, target))
+      return { deletedBackups: deleted.map((m) => m.id), deletedChunks }
+    })
+  }
+
+  async restore (id: string, options: { name?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `restoreBackup() options must be an object such as { name: 'restored' }, got ${describe(options)}`)
+    if ((options.name === undefined) === (options.volume === undefined) && options.volume !== undefined) {
+      throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
+    }
+    const target = this.#target(options.target)
+    await target.open()
+    const manifest = await this.#manifest(target, id)
+    const chain: Manifest[] = [manifest]
+    while ((chain[0] as Manifest).base !== null) {
+      const base = (chain[0] as Manifest).base as string
+      try {
+        chain.unshift(await this.#manifest(target, base))
+      } catch (err) {
+        throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err) as never, `backup ${id} builds on backup ${base}, which cannot be read (${(err as Error).message}); this backup cannot be restored`, { cause: err })
+      }
+    }
+    // Newest data for every block along the chain: block -> [chunk, offset of the block in it].
+    const blocks = new Map<number, [string | null, number]>()
+    for (const step of chain) {
+      for (const [index, count, chunk] of step.extents) {
+        for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, i])
+      }
+    }
+    const blockSize = manifest.volume.blockSize
+    let volume: Volume
+    let created = false
+    if (options.volume !== undefined) {
+      volume = await this.#g.getVolume(options.volume)
+      if (volume.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks but volume ${volume.name} has ${volume.blockSize}-byte blocks`)
+      if (volume.sizeBytes < manifest.volume.sizeBytes) {
+        throw new GalleonError('OUT_OF_RANGE', `backup ${id} is of a ${manifest.volume.sizeBytes}-byte volume but ${volume.name} has ${volume.sizeBytes} bytes; expand it first or restore into a new volume`)
+      }
+      if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}`)
+      await this.#g.trim(volume.id, 0, volume.sizeBytes)
+    } else {
+      if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}, so restore it into an instance opened with blockSize ${blockSize}`)
+      const classes = new Set((await this.#g.listStorageClasses()).map((c) => c.name))
+      volume = await this.#g.createVolume({
+        name: options.name ?? `${manifest.volume.name}-restored-${id.slice(0, 8)}`,
+        sizeBytes: manifest.volume.sizeBytes,
+        storageClass: classes.has(manifest.volume.storageClass) ? manifest.volume.storageClass : undefined,
+        labels: { ...manifest.volume.labels }
+      })
+      created = true
+    }
+    try {
+      const byChunk = new Map<string, Array<[number, number]>>()
+      for (const [index, [chunk, offset]] of blocks) {
+        if (chunk === null) continue
+        let list = byChunk.get(chunk)
+        if (list === undefined) byChunk.set(chunk, list = [])
+        list.push([index, offset])
+      }
+      const total = [...byChunk.values()].reduce((sum, list) => sum + list.length, 0) * blockSize
+      let done = 0
+      const chunks = [...byChunk]
+      let next = 0
+      const worker = async (): Promise<void> => {
+        while (next < chunks.length) {
+          checkAborted(options.signal)
+          const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
+          const envelope = await target.getChunk(chunk)
+          if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${id} is missing from ${target.location}; the backup cannot be restored (verifyBackup lists every damaged part)`)
+          const data = await decodeChunk(chunk, envelope)
+          list.sort((a, b) => a[0] - b[0])
+          for (let at = 0; at < list.length;) {
+            let end = at + 1
+            while (end < list.length && (list[end] as [number, number])[0] === (list[end - 1] as [number, number])[0] + 1 && (list[end] as [number, number])[1] === (list[end - 1] as [number, number])[1] + 1) end++
+            const [index, offset] = list[at] as [number, number]
+            const count = end - at
+            await this.#g.write(volume.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
+            done += count * blockSize
+            at = end
+          }
+          this.#g.emit('restore:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
+        }
+      }
+      await Promise.all(Array.from({ length: PARALLEL_CHUNKS }, worker))
+      await this.#g.flush(volume.id)
+    } catch (err) {
+      if (created) await this.#g.deleteVolume(volume.id, { force: true }).catch(() => {})
+      throw err
+    }
+    return await this.#g.getVolume(volume.id)
+  }
+
+  #target (ref: BackupTargetRef | undefined): BackupTarget {
+    const chosen = ref ?? this.#defaultTarget
+    if (chosen === undefined) {
+      throw new GalleonError('INVALID_ARGUMENT', 'no backup target: pass { target: \'/path/to/backups\' } or open GalleonFS with { backupTarget }')
+    }
+    if (typeof chosen === 'string') {
+      if (chosen.length === 0) throw new GalleonError('INVALID_ARGUMENT', 'a backup target path must not be empty')
+      let target = this.#directories.get(chosen)
+      if (target === undefined) this.#directories.set(chosen, target = new DirectoryBackupTarget({ path: chosen }))
+      return target
+    }
+    const methods = ['open', 'close', 'hasChunk', 'putChunk', 'getChunk', 'deleteChunk', 'listChunks', 'putManifest', 'getManifest', 'deleteManifest', 'listManifests'] as const
+    if (chosen === null || typeof chosen !== 'object' || methods.some((name) => typeof (chosen as unknown as Record<string, unknown>)[name] !== 'function')) {
+      throw new GalleonError('INVALID_ARGUMENT', `a backup target is a directory path or a BackupTarget (with ${methods.join(', ')}), got ${describe(chosen)}`)
+    }
+    return chosen
+  }
+
+  #queue (target: BackupTarget): TargetQueue {
+    let queue = this.#queues.get(target)
+    if (queue === undefined) this.#queues.set(target, queue = new TargetQueue())
+    return queue
+  }
+
+  async #manifest (target: BackupTarget, id: string): Promise<Manifest> {
+    if (typeof id !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
+      throw new GalleonError('INVALID_ARGUMENT', `a backup id is a lowercase UUID, got ${describe(id)}`)
+    }
+    const bytes = await target.getManifest(id)
+    if (bytes === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${id} on ${target.location}; listBackups() shows the backups there`)
+    return decodeManifest(id, bytes)
+  }
+
+  /** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */
+  async #manifests (target: BackupTarget): Promise<Manifest[]> {
+    const out: Manifest[] = []
+    for await (const id of target.listManifests()) {
+      const bytes = await target.getManifest(id)
+      if (bytes === undefined) continue
+      try { out.push(decodeManifest(id, bytes)) } catch {}
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+  }
+}
+
+/** Sorted block indices -> runs of consecutive blocks, none crossing a CHUNK_REGION_BLOCKS boundary. */
+export function toRuns (indices: readonly number[]): Array<[number, number]> {
+  const runs: Array<[number, number]> = []
+  for (const index of indices) {
+    const last = runs[runs.length - 1]
+    if (last !== undefined && last[0] + last[1] === index && index % CHUNK_REGION_BLOCKS !== 0) last[1]++
+    else runs.push([index, 1])
+  }
+  return runs
+}
+
+function isZero (data: Uint8Array): boolean {
+  const words = data.byteLength % 8 === 0 && data.byteOffset % 8 === 0 ? new BigUint64Array(data.buffer, data.byteOffset, data.byteLength / 8) : undefined
+  if (words !== undefined) {
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
+    return true
+  }
+  for (let i = 0; i < data.byteLength; i++) if (data[i] !== 0) return false
+  return true
+}
+
+function checkAborted (signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the backup was cancelled; nothing was recorded (chunks already stored are reused by the next backup)')
+}
+
+function errorCode (err: unknown): string {
+  return err instanceof GalleonError ? err.code : 'IO_ERROR'
+}
+
+function toBackup (manifest: Manifest, target: BackupTarget): Backup {
+  return {
+    id: manifest.id,
+    volumeId: manifest.volume.id,
+    volumeName: manifest.volume.name,
+    strategy: manifest.strategy as BackupStrategy,
+    requestedStrategy: manifest.requestedStrategy as BackupStrategy,
+    baseId: manifest.base,
+    createdAt: manifest.createdAt,
+    sizeBytes: manifest.volume.sizeBytes,
+    blocks: manifest.stats.blocks,
+    bytes: manifest.stats.bytes,
+    chunks: manifest.stats.chunks,
+    newChunks: manifest.stats.newChunks,
+    storedBytes: manifest.stats.storedBytes,
+    snapshotName: manifest.snapshot.name,
+    target: target.location
+  }
+}

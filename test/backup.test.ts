@@ -1,0 +1,248 @@
+// Backups end to end on the durable default (file block store, directory target): round trips of
+// every strategy and chain length, restores of every backup in a chain, dedup, corruption found by
+// verify and restore, deletion with garbage collection, a new instance reading the same target,
+// cancellation, hooks, progress and bad input.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { readdir, readFile, rm, writeFile, mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, BackupStrategy } from '../src/index.js'
+import { bytesOf, seededRandom } from './conformance/fixtures.js'
+
+const BS = 4096
+const BLOCKS = 512
+
+let root: string
+let count = 0
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-backup-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const place = (): string => join(root, String(count++))
+
+async function withInstance (fn: (g: GalleonFS, target: string) => Promise<void>): Promise<void> {
+  const target = place()
+  const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })
+  try { await fn(g, target) } finally { await g.close() }
+}
+
+async function image (g: GalleonFS, vol: string): Promise<Buffer> {
+  return Buffer.from(await g.read(vol, 0, (await g.getVolume(vol)).sizeBytes))
+}
+
+async function chunkFiles (target: string): Promise<string[]> {
+  const out: string[] = []
+  for (const fan of await readdir(join(target, 'chunks'))) for (const name of await readdir(join(target, 'chunks', fan))) out.push(join(target, 'chunks', fan, name))
+  return out
+}
+
+describe('backups', () => {
+  it('round-trips full, incremental and differential chains; every backup in a chain restores as its point in time', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'db', sizeBytes: BLOCKS * BS, labels: { app: 'db' } })
+      const random = seededRandom(5)
+      const images: Buffer[] = []
+      const backups: string[] = []
+      const strategies = [BackupStrategy.Full, BackupStrategy.Incremental, BackupStrategy.Incremental, BackupStrategy.Differential, BackupStrategy.Incremental, BackupStrategy.Full, BackupStrategy.Differential]
+      for (const [step, strategy] of strategies.entries()) {
+        for (let i = 0; i < 40; i++) await g.writeBlock('db', Math.floor(random() * BLOCKS), bytesOf(BS, step * 1000 + i))
+        if (step === 2) await g.trim('db', 10 * BS, 20 * BS)
+        if (step === 4) await g.write('db', 3 * BS + 17, Uint8Array.of(1, 2, 3))
+        const backup = await g.createBackup('db', { strategy })
+        assert.equal(backup.strategy, strategy)
+        backups.push(backup.id)
+        images.push(await image(g, 'db'))
+      }
+      const listed = await g.listBackups('db')
+      assert.deepEqual(listed.map((b) => b.id), backups)
+      assert.equal(listed[1]?.baseId, backups[0])
+      assert.equal(listed[2]?.baseId, backups[1])
+      assert.equal(listed[3]?.baseId, backups[0], 'a differential builds on the last full')
+      assert.equal(listed[6]?.baseId, backups[5])
+      assert.ok((listed[1]?.blocks ?? 0) <= 40, 'an incremental holds only the changed blocks')
+      for (const [i, id] of backups.entries()) {
+        const restored = await g.restoreBackup(id, { name: `r${i}` })
+        assert.deepEqual(restored.labels, { app: 'db' })
+        assert.ok((await image(g, restored.name)).equals(images[i] as Buffer), `backup ${i} (${strategies[i]}) restores as its point in time`)
+        const check = await g.verifyBackup(id)
+        assert.equal(check.ok, true)
+      }
+    })
+  })
+
+  it('a first incremental or differential is a full; the snapshots kept are only the ones later backups build on', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.writeBlock('v', 1, bytesOf(BS, 1))
+      const first = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(first.strategy, 'full')
+      assert.equal(first.requestedStrategy, 'incremental')
+      await g.createBackup('v', { strategy: 'incremental' })
+      const third = await g.createBackup('v', { strategy: 'incremental' })
+      const names = (await g.listSnapshots('v')).map((s) => s.name).sort()
+      assert.deepEqual(names, [`backup-${first.id}`, `backup-${third.id}`].sort())
+      // The user deletes the base snapshot: the next incremental falls back to a differential-free full chain start.
+      await g.deleteSnapshot('v', `backup-${third.id}`)
+      const fourth = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(fourth.baseId, first.id, 'the newest backup whose snapshot still exists is the base')
+    })
+  })
+
+  it('deduplicates chunks across volumes and backups, and skips zeros', async () => {
+    await withInstance(async (g, target) => {
+      const data = new Uint8Array(64 * BS)
+      for (let i = 0; i < 64; i++) data.set(bytesOf(BS, 77 + i), i * BS)
+      for (const name of ['a', 'b']) {
+        await g.createVolume({ name, sizeBytes: BLOCKS * BS })
+        await g.write(name, 0, data)
+        await g.write(name, 128 * BS, new Uint8Array(64 * BS)) // written zeros: stored as nothing
+      }
+      const a = await g.createBackup('a')
+      const b = await g.createBackup('b')
+      assert.equal(a.newChunks, 1)
+      assert.equal(b.newChunks, 0, 'the same data on another volume adds no chunk')
+      assert.equal(b.storedBytes, 0)
+      assert.equal((await chunkFiles(target)).length, 1)
+      const again = await g.createBackup('a')
+      assert.equal(again.newChunks, 0)
+    })
+  })
+
+  it('compresses what compresses', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, new Uint8Array(64 * BS).fill(0x61))
+      const backup = await g.createBackup('v')
+      assert.ok(backup.storedBytes < backup.bytes / 20, `${backup.storedBytes} stored for ${backup.bytes} bytes of 'a'`)
+    })
+  })
+
+  it('finds a damaged or missing chunk in verify and refuses to restore from it', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(200 * BS, 9))
+      const full = await g.createBackup('v')
+      await g.writeBlock('v', 300, bytesOf(BS, 10))
+      const incremental = await g.createBackup('v', { strategy: 'incremental' })
+      const files = await chunkFiles(target)
+      const victim = files[0] as string
+      const bytes = await readFile(victim)
+      bytes[bytes.length - 1] ^= 0xff
+      await writeFile(victim, bytes)
+      const report = await g.verifyBackup(incremental.id)
+      assert.equal(report.ok, false)
+      assert.equal(report.backupsChecked, 2)
+      assert.equal(report.problems.length, 1)
+      assert.equal(report.problems[0]?.code, 'CHECKSUM_MISMATCH')
+      assert.equal(report.problems[0]?.backupId, full.id)
+      await assert.rejects(g.restoreBackup(incremental.id, { name: 'broken' }), { code: 'CHECKSUM_MISMATCH' })
+      assert.deepEqual((await g.listVolumes()).map((v) => v.name), ['v'], 'a failed restore leaves no half-restored volume')
+      await rm(victim)
+      assert.equal((await g.verifyBackup(full.id)).problems[0]?.code, 'CORRUPTION')
+    })
+  })
+
+  it('deletes backups with garbage collection, refusing to break a chain unless forced', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(100 * BS, 1))
+      const full = await g.createBackup('v')
+      await g.write('v', 200 * BS, bytesOf(10 * BS, 2))
+      const inc = await g.createBackup('v', { strategy: 'incremental' })
+      await g.createVolume({ name: 'other', sizeBytes: BLOCKS * BS })
+      await g.write('other', 0, bytesOf(3 * BS, 3))
+      const other = await g.createBackup('other')
+      const before = (await chunkFiles(target)).length
+      await assert.rejects(g.deleteBackup(full.id), { code: 'BUSY', message: new RegExp(inc.id) })
+      const result = await g.deleteBackup(inc.id)
+      assert.deepEqual(result.deletedBackups, [inc.id])
+      assert.ok(result.deletedChunks >= 1)
+      const forced = await g.deleteBackup(full.id, { force: true })
+      assert.deepEqual(forced.deletedBackups, [full.id])
+      assert.equal((await chunkFiles(target)).length, before - result.deletedChunks - forced.deletedChunks)
+      assert.deepEqual((await g.listBackups()).map((b) => b.id), [other.id])
+      assert.equal((await g.verifyBackup(other.id)).ok, true)
+      await assert.rejects(g.getBackup(full.id), { code: 'BACKUP_NOT_FOUND' })
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name), [], 'the deleted backups\' snapshots are gone')
+    })
+  })
+
+  it('a new instance pointed at the same target lists and restores every backup, also after the source volume is gone', async () => {
+    const target = place()
+    const first = await GalleonFS.open({ storagePath: place(), backupTarget: target })
+    await first.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+    await first.write('v', 0, bytesOf(50 * BS, 4))
+    const full = await first.createBackup('v')
+    await first.write('v', 10 * BS, bytesOf(5 * BS, 5))
+    const inc = await first.createBackup('v', { strategy: 'incremental' })
+    const expected = await image(first, 'v')
+    await first.deleteVolume('v')
+    await first.close()
+    const second = await GalleonFS.open({ inMemory: true })
+    try {
+      const listed = await second.listBackups('v', { target })
+      assert.deepEqual(listed.map((b) => b.id), [full.id, inc.id])
+      const restored = await second.restoreBackup(inc.id, { target })
+      assert.equal(restored.name, `v-restored-${inc.id.slice(0, 8)}`)
+      assert.ok((await image(second, restored.name)).equals(expected))
+      // Over an existing, larger volume: its old contents go.
+      await second.createVolume({ name: 'big', sizeBytes: 2 * BLOCKS * BS })
+      await second.write('big', (BLOCKS + 5) * BS, bytesOf(BS, 6))
+      await second.restoreBackup(full.id, { target, volume: 'big' })
+      const big = await image(second, 'big')
+      assert.ok(big.subarray(0, 50 * BS).equals(Buffer.from(bytesOf(50 * BS, 4))))
+      assert.ok(big.subarray(50 * BS).every((b) => b === 0))
+      await second.createVolume({ name: 'small', sizeBytes: BS })
+      await assert.rejects(second.restoreBackup(full.id, { target, volume: 'small' }), { code: 'OUT_OF_RANGE' })
+    } finally {
+      await second.close()
+    }
+  })
+
+  it('reports progress, runs hooks, and cancels cleanly', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(BLOCKS * BS, 8))
+      const seen: Array<[number, number]> = []
+      g.on('backup:progress', (event) => seen.push([event.bytesDone, event.bytesTotal]))
+      const order: string[] = []
+      const backup = await g.createBackup('v', { hooks: { pre: () => { order.push('pre') }, post: (b) => { order.push(`post ${b.id}`) } } })
+      assert.deepEqual(order, ['pre', `post ${backup.id}`])
+      assert.deepEqual(seen[0], [0, BLOCKS * BS])
+      assert.deepEqual(seen.at(-1), [BLOCKS * BS, BLOCKS * BS])
+      assert.ok(seen.every(([done], i) => i === 0 || done >= (seen[i - 1] as [number, number])[0]))
+      // A failing pre-hook: no snapshot, no backup.
+      await assert.rejects(g.createBackup('v', { strategy: 'incremental', hooks: { pre: () => { throw new Error('database would not freeze') } } }), { code: 'HOOK_FAILED', message: /database would not freeze/ })
+      assert.equal((await g.listBackups('v')).length, 1)
+      // Cancelled mid-way: nothing recorded, no leftover snapshot.
+      await g.write('v', 0, bytesOf(BLOCKS * BS, 9))
+      const controller = new AbortController()
+      const cancelled = g.createBackup('v', { strategy: 'incremental', signal: controller.signal })
+      g.once('backup:progress', () => controller.abort())
+      await assert.rejects(cancelled, { code: 'CANCELLED' })
+      assert.equal((await g.listBackups('v')).length, 1)
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name), [`backup-${backup.id}`])
+      const retry = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(retry.baseId, backup.id)
+      assert.equal((await readdir(join(target, 'manifests'))).length, 2)
+    })
+  })
+
+  it('refuses bad input with stable codes', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await assert.rejects(g.createBackup('v', { strategy: 'weekly' as never }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.createBackup('nope'), { code: 'VOLUME_NOT_FOUND' })
+      await assert.rejects(g.createBackup('v', { target: { put: 1 } as never }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.createBackup('v', { target: '' }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.getBackup('not-a-uuid'), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.getBackup('00000000-0000-4000-8000-000000000000'), { code: 'BACKUP_NOT_FOUND' })
+      await assert.rejects(g.restoreBackup('00000000-0000-4000-8000-000000000000', { name: 'x' }), { code: 'BACKUP_NOT_FOUND' })
+      await assert.rejects(g.deleteBackup('00000000-0000-4000-8000-000000000000'), { code: 'BACKUP_NOT_FOUND' })
+      const backup = await g.createBackup('v')
+      await assert.rejects(g.restoreBackup(backup.id, { name: 'v' }), { code: 'VOLUME_EXISTS' })
+      await assert.rejects(g.restoreBackup(backup.id, { name: 'a', volume: 'v' }), { code: 'INVALID_ARGUMENT' })
+      assert.deepEqual((await g.listVolumes()).map((v) => v.name), ['v'])
+    })
+  })
+})

@@ -1,0 +1,115 @@
+// Conformance suite of the BackupTarget driver (src/drivers.ts): every backend runs it unchanged
+// (backup-target.test.ts). A third-party target is done when it passes.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createHash, randomUUID } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { BackupTarget } from '../../src/drivers.js'
+import { bytesOf } from './fixtures.js'
+
+export interface BackupTargetSuiteOptions {
+  readonly name: string
+  /** A target at `location` (a fresh directory per test; the same location must find the same objects). */
+  readonly factory: (location: string) => BackupTarget
+}
+
+const idOf = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex')
+
+async function collect (items: AsyncIterable<string>): Promise<string[]> {
+  const out: string[] = []
+  for await (const item of items) out.push(item)
+  return out.sort()
+}
+
+export function backupTargetSuite (options: BackupTargetSuiteOptions): void {
+  describe(`BackupTarget conformance: ${options.name}`, () => {
+    let root: string
+    let n = 0
+    before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-target-')) })
+    after(async () => { await rm(root, { recursive: true, force: true }) })
+    const fresh = async (): Promise<{ target: BackupTarget, location: string }> => {
+      const location = join(root, String(n++))
+      const target = options.factory(location)
+      await target.open()
+      return { target, location }
+    }
+
+    it('stores, reads, lists and deletes chunks', async () => {
+      const { target } = await fresh()
+      const a = bytesOf(5000, 1)
+      const b = bytesOf(1, 2)
+      assert.equal(await target.hasChunk(idOf(a)), false)
+      assert.equal(await target.getChunk(idOf(a)), undefined)
+      await target.putChunk(idOf(a), a)
+      await target.putChunk(idOf(b), b)
+      await target.putChunk(idOf(a), a)
+      assert.equal(await target.hasChunk(idOf(a)), true)
+      assert.deepEqual(await target.getChunk(idOf(a)), a)
+      assert.deepEqual(await target.getChunk(idOf(b)), b)
+      assert.deepEqual(await collect(target.listChunks()), [idOf(a), idOf(b)].sort())
+      await target.deleteChunk(idOf(a))
+      await target.deleteChunk(idOf(a))
+      assert.equal(await target.hasChunk(idOf(a)), false)
+      assert.deepEqual(await collect(target.listChunks()), [idOf(b)])
+      await target.close()
+    })
+
+    it('stores, replaces, lists and deletes manifests', async () => {
+      const { target } = await fresh()
+      const one = randomUUID()
+      const two = randomUUID()
+      await target.putManifest(one, new TextEncoder().encode('first'))
+      await target.putManifest(two, new TextEncoder().encode('second'))
+      await target.putManifest(one, new TextEncoder().encode('first, replaced'))
+      assert.equal(new TextDecoder().decode(await target.getManifest(one)), 'first, replaced')
+      assert.deepEqual(await collect(target.listManifests()), [one, two].sort())
+      await target.deleteManifest(two)
+      assert.equal(await target.getManifest(two), undefined)
+      assert.deepEqual(await collect(target.listManifests()), [one])
+      await target.close()
+    })
+
+    it('keeps everything across close and a new instance on the same location', async () => {
+      const { target, location } = await fresh()
+      const data = bytesOf(70000, 3)
+      const id = randomUUID()
+      await target.putChunk(idOf(data), data)
+      await target.putManifest(id, data)
+      await target.close()
+      const again = options.factory(location)
+      await again.open()
+      assert.deepEqual(await again.getChunk(idOf(data)), data)
+      assert.deepEqual(await again.getManifest(id), data)
+      await again.close()
+    })
+
+    it('refuses ids of the wrong shape (no path tricks) and data that is not bytes', async () => {
+      const { target } = await fresh()
+      for (const bad of ['', '../x', 'A'.repeat(64), 'g'.repeat(64), '0'.repeat(63), 42]) {
+        await assert.rejects(target.putChunk(bad as string, Uint8Array.of(1)), { code: 'INVALID_ARGUMENT' })
+        await assert.rejects(target.getChunk(bad as string), { code: 'INVALID_ARGUMENT' })
+      }
+      for (const bad of ['', '../../etc/passwd', 'not-a-uuid', randomUUID().toUpperCase()]) {
+        await assert.rejects(target.putManifest(bad, Uint8Array.of(1)), { code: 'INVALID_ARGUMENT' })
+        await assert.rejects(target.getManifest(bad), { code: 'INVALID_ARGUMENT' })
+      }
+      await assert.rejects(target.putChunk('0'.repeat(64), 'text' as never), { code: 'INVALID_ARGUMENT' })
+      assert.deepEqual(await collect(target.listChunks()), [])
+      assert.deepEqual(await collect(target.listManifests()), [])
+      await target.close()
+    })
+
+    it('handles many concurrent puts of the same and different chunks', async () => {
+      const { target } = await fresh()
+      const chunks = Array.from({ length: 40 }, (_, i) => bytesOf(4096, 100 + (i % 20)))
+      await Promise.all(chunks.map(async (data) => { await target.putChunk(idOf(data), data) }))
+      const ids = [...new Set(chunks.map(idOf))].sort()
+      assert.deepEqual(await collect(target.listChunks()), ids)
+      for (const data of chunks) assert.deepEqual(await target.getChunk(idOf(data)), data)
+      await target.close()
+    })
+  })
+}
