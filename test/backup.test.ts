@@ -127,7 +127,7 @@ describe('backups', () => {
       const files = await chunkFiles(target)
       const victim = files[0] as string
       const bytes = await readFile(victim)
-      bytes[bytes.length - 1] ^= 0xff
+      bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0xff
       await writeFile(victim, bytes)
       const report = await g.verifyBackup(incremental.id)
       assert.equal(report.ok, false)
