@@ -199,6 +199,19 @@ describe('backups', () => {
     }
   })
 
+  it('restores over an existing volume larger than one trim call covers', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.writeBlock('v', 3, bytesOf(BS, 1))
+      const backup = await g.createBackup('v')
+      await g.createVolume({ name: 'huge', sizeBytes: '600M' })
+      await g.writeBlock('huge', 150_000, bytesOf(BS, 2))
+      await g.restoreBackup(backup.id, { volume: 'huge' })
+      assert.deepEqual(await g.readBlock('huge', 3), bytesOf(BS, 1))
+      assert.deepEqual(await g.readBlock('huge', 150_000), new Uint8Array(BS))
+    })
+  })
+
   it('reports progress, runs hooks, and cancels cleanly', async () => {
     await withInstance(async (g, target) => {
       await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })

@@ -323,7 +323,11 @@ export class BackupManager {
         throw new GalleonError('OUT_OF_RANGE', `backup ${id} is of a ${manifest.volume.sizeBytes}-byte volume but ${volume.name} has ${volume.sizeBytes} bytes; expand it first or restore into a new volume`)
       }
       if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}`)
-      await this.#g.trim(volume.id, 0, volume.sizeBytes)
+      // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
+      const piece = 128 * 1024 * 1024
+      for (let offset = 0; offset < volume.sizeBytes; offset += piece) {
+        await this.#g.trim(volume.id, offset, Math.min(piece, volume.sizeBytes - offset))
+      }
     } else {
       if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}, so restore it into an instance opened with blockSize ${blockSize}`)
       const classes = new Set((await this.#g.listStorageClasses()).map((c) => c.name))
