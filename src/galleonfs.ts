@@ -671,11 +671,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     checkVolumeName(newName)
     const labels = options?.labels === undefined ? undefined : checkLabels(options.labels)
-    this.#cloneSource(source)
+    this.#readSource(source)
     const unreserve = this.#catalog.reserveName(newName)
     try {
       return await this.#admin(async () => {
-        const { record, snapshot: chosen } = this.#cloneSource(source)
+        const { record, snapshot: chosen } = this.#readSource(source)
         if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; it cannot be cloned`)
         const snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
         let clone: VolumeRecord
@@ -810,10 +810,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return { record, snapshot: this.#catalog.resolveSnapshot(record, ref.snapshot) }
     }
     return { record: this.#catalog.resolve(source) }
-  }
-
-  #cloneSource (source: unknown): { record: VolumeRecord, snapshot?: SnapshotRecord } {
-    return this.#readSource(source)
   }
 
   /** A volume that may be written: a snapshot reference is refused with READ_ONLY. */

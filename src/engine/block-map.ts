@@ -134,11 +134,6 @@ export class BlockMap {
     return undefined
   }
 
-  /** Whether a block has a version of this volume's own (data or tombstone). */
-  hasOwn (index: number): boolean {
-    return this.#current.has(index)
-  }
-
   /** Whether the live view would read data for `index` from below this volume's versions (its parent). */
   parentHasData (index: number): boolean {
     const parent = this.parent
