@@ -107,7 +107,9 @@ export const MAX_BLOCK_VALUE_BYTES = (1 << 20) + 4096
  * Contract (checked by `backupTargetSuite`):
  * - `put*` is atomic: a reader never sees part of an object, also after a crash mid-put; putting an
  *   id that exists replaces it with the same bytes (chunks) or the new bytes (manifests).
- * - A resolved `put*` is durable (survives kill -9 and power loss on a durable medium).
+ * - A resolved `putManifest` is durable (survives kill -9 and power loss on a durable medium), and
+ *   so is every chunk put before `flush()` resolved (GalleonFS flushes before it puts a manifest).
+ *   A target without `flush` makes every put durable before it resolves.
  * - `get*` returns exactly the bytes put, or `undefined`; `list*` yields every id once.
  * - Ids that are not of the right shape are refused with INVALID_ARGUMENT (no path tricks).
  */
@@ -122,6 +124,8 @@ export interface BackupTarget {
   close (): Promise<void>
   hasChunk (id: string): Promise<boolean>
   putChunk (id: string, data: Uint8Array): Promise<void>
+  /** Makes every chunk put so far durable (optional; see the contract above). */
+  flush? (): Promise<void>
   getChunk (id: string): Promise<Uint8Array | undefined>
   deleteChunk (id: string): Promise<void>
   listChunks (): AsyncIterable<string>

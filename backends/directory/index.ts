@@ -28,6 +28,8 @@ export class DirectoryBackupTarget implements BackupTarget {
   readonly name = 'directory'
   readonly location: string
   #opened: Promise<void> | undefined
+  /** Chunk directories with renames not yet made durable (see flush). */
+  readonly #dirtyDirs = new Set<string>()
 
   constructor (options: DirectoryBackupTargetOptions) {
     if (options === null || typeof options !== 'object' || typeof options.path !== 'string' || options.path.length === 0) {
@@ -95,7 +97,20 @@ export class DirectoryBackupTarget implements BackupTarget {
     assertData(data)
     const dir = join(this.location, 'chunks', id.slice(0, 2))
     await mkdir(dir, { recursive: true }).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
-    await this.#atomicWrite(dir, id, data)
+    // The rename is made durable by flush(), once for the many chunks of a backup.
+    await this.#atomicWrite(dir, id, data, false)
+  }
+
+  /** Makes every chunk put so far durable: one fsync per chunk directory touched. */
+  async flush (): Promise<void> {
+    const dirs = [...this.#dirtyDirs]
+    this.#dirtyDirs.clear()
+    try {
+      await Promise.all(dirs.map(async (dir) => { await syncDirectory(dir) }))
+    } catch (err) {
+      for (const dir of dirs) this.#dirtyDirs.add(dir)
+      throw ioError(`could not sync the chunk directories of ${this.location}`, err)
+    }
   }
 
   async getChunk (id: string): Promise<Uint8Array | undefined> {
@@ -119,6 +134,7 @@ export class DirectoryBackupTarget implements BackupTarget {
   async putManifest (id: string, data: Uint8Array): Promise<void> {
     this.#manifestPath(id)
     assertData(data)
+    await this.flush()
     await this.#atomicWrite(join(this.location, 'manifests'), `${id}.json`, data)
   }
 
@@ -165,8 +181,11 @@ export class DirectoryBackupTarget implements BackupTarget {
     }
   }
 
-  /** Writes `name` in `dir` atomically and durably: temporary file, fsync, rename, fsync of the directory. */
-  async #atomicWrite (dir: string, name: string, data: Uint8Array): Promise<void> {
+  /**
+   * Writes `name` in `dir` atomically: temporary file, fsync, rename; then fsyncs the directory
+   * (`syncDir`) or leaves that to flush().
+   */
+  async #atomicWrite (dir: string, name: string, data: Uint8Array, syncDir = true): Promise<void> {
     const temporary = join(dir, `.tmp-${name}-${randomBytes(6).toString('hex')}`)
     try {
       const handle = await open(temporary, 'w', 0o644)
@@ -177,8 +196,8 @@ export class DirectoryBackupTarget implements BackupTarget {
         await handle.close()
       }
       await rename(temporary, join(dir, name))
-      const directory = await open(dir, 'r')
-      try { await directory.sync() } finally { await directory.close() }
+      if (syncDir) await syncDirectory(dir)
+      else this.#dirtyDirs.add(dir)
     } catch (err) {
       await rm(temporary, { force: true }).catch(() => {})
       const code = (err as NodeJS.ErrnoException).code
@@ -192,6 +211,11 @@ export class DirectoryBackupTarget implements BackupTarget {
       if (name.startsWith('.tmp-')) await rm(join(dir, name), { force: true }).catch(() => {})
     }
   }
+}
+
+async function syncDirectory (dir: string): Promise<void> {
+  const directory = await open(dir, 'r')
+  try { await directory.sync() } finally { await directory.close() }
 }
 
 function assertData (data: unknown): asserts data is Uint8Array {

@@ -28,11 +28,20 @@ export function chunkId (data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex')
 }
 
+/** Bytes tried first: data whose sample does not compress is stored as it is, without a full attempt. */
+const SAMPLE_BYTES = 16 * 1024
+
 /** Wraps chunk data in its envelope, deflated when that pays. */
 export async function encodeChunk (data: Uint8Array): Promise<Uint8Array> {
-  const compressed = await deflate(data, { level: 1 })
-  const deflated = compressed.byteLength < data.byteLength * WORTH_COMPRESSING
-  const payload = deflated ? compressed : data
+  let compressed: Uint8Array | undefined
+  if (data.byteLength > SAMPLE_BYTES) {
+    const sample = await deflate(data.subarray(0, SAMPLE_BYTES), { level: 1 })
+    if (sample.byteLength < SAMPLE_BYTES * WORTH_COMPRESSING) compressed = await deflate(data, { level: 1 })
+  } else {
+    compressed = await deflate(data, { level: 1 })
+  }
+  const deflated = compressed !== undefined && compressed.byteLength < data.byteLength * WORTH_COMPRESSING
+  const payload = deflated ? compressed as Uint8Array : data
   const out = new Uint8Array(HEADER_BYTES + payload.byteLength)
   const view = new DataView(out.buffer)
   view.setUint32(0, MAGIC, true)
@@ -66,8 +75,11 @@ export async function decodeChunk (id: string, envelope: Uint8Array): Promise<Ui
   return data
 }
 
-/** A run of blocks in a backup: `blocks` blocks from `index`, held by chunk `chunk` (null: zeros). */
-export type Extent = [index: number, blocks: number, chunk: string | null]
+/**
+ * A run of blocks in a backup: `blocks` blocks from `index`, held by chunk `chunk` from its block
+ * `offset` on (null: the blocks are zeros).
+ */
+export type Extent = [index: number, blocks: number, chunk: string | null, offset: number]
 
 /** A backup's manifest: everything needed to list, verify and restore it from the target alone. */
 export interface Manifest {

@@ -11,10 +11,16 @@ import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, decodeChunk, decodeManifest, encodeChunk, encodeManifest, type Extent, type Manifest } from './format.js'
 
-/** Blocks per chunk at most: a chunk holds a run of blocks inside one aligned region of this many blocks. */
-export const CHUNK_REGION_BLOCKS = 64
+/**
+ * Blocks per chunk at most. A chunk holds the changed blocks of one aligned window of
+ * CHUNK_WINDOW_BLOCKS, up to this many, and never a run crossing a multiple of it: dense data is
+ * cut at the same places in every backup and on every volume (so it deduplicates), and scattered
+ * changes still share chunks.
+ */
+export const CHUNK_BLOCKS = 64
+const CHUNK_WINDOW_BLOCKS = 1024
 /** Chunks read, compressed and stored at once. */
-const PARALLEL_CHUNKS = 4
+const PARALLEL_CHUNKS = 8
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 
 /** A target: a directory path, or a BackupTarget driver. */
@@ -128,22 +134,35 @@ export class BackupManager {
         let done = 0
         const progress = (): void => { this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total }) }
         progress()
-        const runs = toRuns(indices)
-        const extents: Extent[] = new Array(runs.length)
+        const pieces = toPieces(toRuns(indices))
+        const extents: Extent[][] = new Array(pieces.length)
         const referenced = new Set<string>()
         let newChunks = 0
         let storedBytes = 0
         const stored = new Set<string>()
         let next = 0
         const worker = async (): Promise<void> => {
-          while (next < runs.length) {
+          while (next < pieces.length) {
             checkAborted(signal)
             const at = next++
-            const [index, blocks] = runs[at] as [number, number]
-            const data = await this.#g.read({ volume: volume.id, snapshot: snapshot.id }, index * blockSize, blocks * blockSize)
-            let chunk: string | null = null
-            if (!isZero(data)) {
-              chunk = chunkId(data)
+            const piece = pieces[at] as Array<[number, number]>
+            const parts: Uint8Array[] = []
+            const pieceExtents: Extent[] = []
+            let offset = 0
+            for (const [index, blocks] of piece) {
+              const data = await this.#g.read({ volume: volume.id, snapshot: snapshot.id }, index * blockSize, blocks * blockSize)
+              if (isZero(data)) {
+                pieceExtents.push([index, blocks, null, 0])
+              } else {
+                pieceExtents.push([index, blocks, '', offset])
+                parts.push(data)
+                offset += blocks
+              }
+            }
+            if (parts.length > 0) {
+              const data = parts.length === 1 ? parts[0] as Uint8Array : concat(parts, offset * blockSize)
+              const chunk = chunkId(data)
+              for (const extent of pieceExtents) if (extent[2] === '') extent[2] = chunk
               referenced.add(chunk)
               if (!stored.has(chunk)) {
                 stored.add(chunk)
@@ -155,8 +174,8 @@ export class BackupManager {
                 }
               }
             }
-            extents[at] = [index, blocks, chunk]
-            done += blocks * blockSize
+            extents[at] = pieceExtents
+            for (const [, blocks] of piece) done += blocks * blockSize
             progress()
           }
         }
@@ -172,9 +191,10 @@ export class BackupManager {
           base: base?.id ?? null,
           volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, labels: { ...volume.labels } },
           snapshot: { id: snapshot.id, name: snapshot.name },
-          extents,
+          extents: extents.flat(),
           stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
         }
+        await target.flush?.()
         await target.putManifest(id, encodeManifest(manifest))
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
@@ -309,8 +329,8 @@ export class BackupManager {
     // Newest data for every block along the chain: block -> [chunk, offset of the block in it].
     const blocks = new Map<number, [string | null, number]>()
     for (const step of chain) {
-      for (const [index, count, chunk] of step.extents) {
-        for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, i])
+      for (const [index, count, chunk, offset] of step.extents) {
+        for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
       }
     }
     const blockSize = manifest.volume.blockSize
@@ -425,15 +445,42 @@ export class BackupManager {
   }
 }
 
-/** Sorted block indices -> runs of consecutive blocks, none crossing a CHUNK_REGION_BLOCKS boundary. */
+/** Sorted block indices -> runs of consecutive blocks, none crossing a multiple of CHUNK_BLOCKS. */
 export function toRuns (indices: readonly number[]): Array<[number, number]> {
   const runs: Array<[number, number]> = []
   for (const index of indices) {
     const last = runs[runs.length - 1]
-    if (last !== undefined && last[0] + last[1] === index && index % CHUNK_REGION_BLOCKS !== 0) last[1]++
+    if (last !== undefined && last[0] + last[1] === index && index % CHUNK_BLOCKS !== 0) last[1]++
     else runs.push([index, 1])
   }
   return runs
+}
+
+/** Runs -> the runs of each chunk: at most CHUNK_BLOCKS blocks, all in one CHUNK_WINDOW_BLOCKS window. */
+export function toPieces (runs: ReadonlyArray<[number, number]>): Array<Array<[number, number]>> {
+  const pieces: Array<Array<[number, number]>> = []
+  let current: Array<[number, number]> = []
+  let blocks = 0
+  for (const run of runs) {
+    const window = Math.floor(run[0] / CHUNK_WINDOW_BLOCKS)
+    const first = current[0]
+    if (first !== undefined && (blocks + run[1] > CHUNK_BLOCKS || Math.floor(first[0] / CHUNK_WINDOW_BLOCKS) !== window)) {
+      pieces.push(current)
+      current = []
+      blocks = 0
+    }
+    current.push(run)
+    blocks += run[1]
+  }
+  if (current.length > 0) pieces.push(current)
+  return pieces
+}
+
+function concat (parts: readonly Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length)
+  let at = 0
+  for (const part of parts) { out.set(part, at); at += part.byteLength }
+  return out
 }
 
 function isZero (data: Uint8Array): boolean {
