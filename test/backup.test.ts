@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, BackupStrategy } from '../src/index.js'
 import { bytesOf, seededRandom } from './conformance/fixtures.js'
+import { toPieces, toRuns } from '../src/backup/manager.js'
 
 const BS = 4096
 const BLOCKS = 512
@@ -122,10 +123,10 @@ describe('backups', () => {
       await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
       await g.write('v', 0, bytesOf(200 * BS, 9))
       const full = await g.createBackup('v')
+      const fullChunks = await chunkFiles(target)
       await g.writeBlock('v', 300, bytesOf(BS, 10))
       const incremental = await g.createBackup('v', { strategy: 'incremental' })
-      const files = await chunkFiles(target)
-      const victim = files[0] as string
+      const victim = fullChunks[0] as string
       const bytes = await readFile(victim)
       bytes[bytes.length - 1] = (bytes[bytes.length - 1] as number) ^ 0xff
       await writeFile(victim, bytes)
@@ -239,6 +240,32 @@ describe('backups', () => {
       assert.equal(retry.baseId, backup.id)
       assert.equal((await readdir(join(target, 'manifests'))).length, 2)
     })
+  })
+
+  it('cuts changed blocks into chunks at fixed places: runs at chunk multiples, pieces within a window', () => {
+    assert.deepEqual(toRuns([0, 1, 2, 3, 4, 7, 8, 9], 4), [[0, 4], [4, 1], [7, 1], [8, 2]])
+    assert.deepEqual(toPieces(toRuns([0, 1, 2, 3, 4, 7, 8, 9], 4), 4, 8), [[[0, 4]], [[4, 1], [7, 1]], [[8, 2]]])
+    // Scattered blocks of one window share a chunk; a new window starts a new one.
+    assert.deepEqual(toPieces(toRuns([1, 5, 9, 17, 40], 256), 256, 1024), [[[1, 1], [5, 1], [9, 1], [17, 1], [40, 1]]])
+    assert.deepEqual(toPieces(toRuns([1, 1023, 1024], 256), 256, 1024), [[[1, 1], [1023, 1]], [[1024, 1]]])
+  })
+
+  it('round-trips with large blocks', async () => {
+    const target = place()
+    const g = await GalleonFS.open({ storagePath: place(), blockSize: 65536, backupTarget: target })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: 64 * 65536 })
+      await g.write('v', 0, bytesOf(40 * 65536, 3))
+      const full = await g.createBackup('v')
+      await g.writeBlock('v', 50, bytesOf(65536, 4))
+      const inc = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(inc.blocks, 1)
+      const restored = await g.restoreBackup(inc.id, { name: 'r' })
+      assert.ok((await image(g, restored.name)).equals(await image(g, 'v')))
+      assert.equal((await g.verifyBackup(full.id)).ok, true)
+    } finally {
+      await g.close()
+    }
   })
 
   it('refuses bad input with stable codes', async () => {

@@ -12,13 +12,13 @@ import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, decodeChunk, decodeManifest, encodeChunk, encodeManifest, type Extent, type Manifest } from './format.js'
 
 /**
- * Blocks per chunk at most. A chunk holds the changed blocks of one aligned window of
- * CHUNK_WINDOW_BLOCKS, up to this many, and never a run crossing a multiple of it: dense data is
- * cut at the same places in every backup and on every volume (so it deduplicates), and scattered
- * changes still share chunks.
+ * Bytes per chunk at most. A chunk holds the changed blocks of one aligned window of
+ * CHUNK_WINDOW_BYTES of the volume, up to this many bytes, and never a run crossing a multiple of
+ * it: dense data is cut at the same places in every backup and on every volume (so it
+ * deduplicates), and scattered changes still share chunks.
  */
-export const CHUNK_BLOCKS = 64
-const CHUNK_WINDOW_BLOCKS = 1024
+export const CHUNK_BYTES = 1024 * 1024
+const CHUNK_WINDOW_BYTES = 4 * 1024 * 1024
 /** Chunks read, compressed and stored at once. */
 const PARALLEL_CHUNKS = 8
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
@@ -134,7 +134,8 @@ export class BackupManager {
         let done = 0
         const progress = (): void => { this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total }) }
         progress()
-        const pieces = toPieces(toRuns(indices))
+        const chunkBlocks = Math.max(1, CHUNK_BYTES / blockSize)
+        const pieces = toPieces(toRuns(indices, chunkBlocks), chunkBlocks, Math.max(1, CHUNK_WINDOW_BYTES / blockSize))
         const extents: Extent[][] = new Array(pieces.length)
         const referenced = new Set<string>()
         let newChunks = 0
@@ -445,26 +446,26 @@ export class BackupManager {
   }
 }
 
-/** Sorted block indices -> runs of consecutive blocks, none crossing a multiple of CHUNK_BLOCKS. */
-export function toRuns (indices: readonly number[]): Array<[number, number]> {
+/** Sorted block indices -> runs of consecutive blocks, none crossing a multiple of `chunkBlocks`. */
+export function toRuns (indices: readonly number[], chunkBlocks: number): Array<[number, number]> {
   const runs: Array<[number, number]> = []
   for (const index of indices) {
     const last = runs[runs.length - 1]
-    if (last !== undefined && last[0] + last[1] === index && index % CHUNK_BLOCKS !== 0) last[1]++
+    if (last !== undefined && last[0] + last[1] === index && index % chunkBlocks !== 0) last[1]++
     else runs.push([index, 1])
   }
   return runs
 }
 
-/** Runs -> the runs of each chunk: at most CHUNK_BLOCKS blocks, all in one CHUNK_WINDOW_BLOCKS window. */
-export function toPieces (runs: ReadonlyArray<[number, number]>): Array<Array<[number, number]>> {
+/** Runs -> the runs of each chunk: at most `chunkBlocks` blocks, all in one window of `windowBlocks`. */
+export function toPieces (runs: ReadonlyArray<[number, number]>, chunkBlocks: number, windowBlocks: number): Array<Array<[number, number]>> {
   const pieces: Array<Array<[number, number]>> = []
   let current: Array<[number, number]> = []
   let blocks = 0
   for (const run of runs) {
-    const window = Math.floor(run[0] / CHUNK_WINDOW_BLOCKS)
+    const window = Math.floor(run[0] / windowBlocks)
     const first = current[0]
-    if (first !== undefined && (blocks + run[1] > CHUNK_BLOCKS || Math.floor(first[0] / CHUNK_WINDOW_BLOCKS) !== window)) {
+    if (first !== undefined && (blocks + run[1] > chunkBlocks || Math.floor(first[0] / windowBlocks) !== window)) {
       pieces.push(current)
       current = []
       blocks = 0
