@@ -7,6 +7,8 @@ export type GalleonErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'SNAPSHOT_EXISTS'
   | 'BACKUP_NOT_FOUND'
+  | 'POLICY_NOT_FOUND'
+  | 'POLICY_EXISTS'
   | 'HOOK_FAILED'
   | 'CANCELLED'
   | 'STORAGE_CLASS_NOT_FOUND'

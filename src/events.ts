@@ -2,6 +2,7 @@
 
 import type { Volume, Snapshot, StorageClass } from './types.js'
 import type { Backup } from './backup/manager.js'
+import type { BackupPolicyRun } from './backup/policies.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -46,6 +47,8 @@ export interface GalleonEvents {
   'backup:completed': (backup: Backup) => void
   'backup:deleted': (backup: Backup) => void
   'restore:progress': (event: BackupProgressEvent) => void
+  'backup-policy:ran': (run: BackupPolicyRun) => void
+  'backup-policy:missed': (event: { policy: string, missed: string[] }) => void
   'storage-class:created': (storageClass: StorageClass) => void
   'storage-class:deleted': (storageClass: StorageClass) => void
   'checksum:mismatch': (event: ChecksumMismatchEvent) => void

@@ -3,7 +3,8 @@
 import { EventEmitter } from 'eventemitter3'
 import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats } from './drivers.js'
-import { BackupManager, type Backup, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
+import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
+import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
@@ -51,6 +52,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #closed = false
   #closing: Promise<void> | undefined
   #backups!: BackupManager
+  #scheduler!: BackupScheduler
   /** Snapshot, clone, revert, expand and delete run one at a time (they change block maps together). */
   #adminQueue: Promise<unknown> = Promise.resolve()
   /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
@@ -107,8 +109,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         onChecksumFailure: (failure) => { if (instance !== undefined) instance.#onChecksumFailure(failure) }
       })
       instance = new GalleonFS(metadata, blockStore, catalog, engine, location)
-      instance.#backups = new BackupManager(instance, options.backupTarget)
+      const clock = options.clock ?? { now: Date.now }
+      if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
+      instance.#backups = new BackupManager(instance, options.backupTarget, () => clock.now())
+      instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined)
       await instance.#recover()
+      await instance.#scheduler.start()
       return instance
     } catch (err) {
       await blockStore.close().catch(() => {})
@@ -195,6 +201,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#closed = true
     this.#closing = (async () => {
       try {
+        this.#scheduler.stop()
+        await this.#scheduler.idle()
         await this.#adminQueue.catch(() => {})
         for (const record of this.#destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
           await this.#destroy(this.#catalog.resolve(record.id), true)
@@ -871,8 +879,53 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#backups.restore(backupId, options)
   }
 
-  /** Backup policies (schedules, retention) are not in this release: throws NOT_IMPLEMENTED. */
-  async createBackupPolicy (_policy: unknown): Promise<never> { throw notYet('backup policies (schedules and retention)') }
+  /**
+   * Creates a backup policy: a cron schedule (UTC unless `timezone`) that backs up the volumes it
+   * names or selects by labels, then prunes that policy's backups grandfather-father-son style
+   * (`retention: { daily, weekly, monthly }`). The scheduler runs inside this instance while it is
+   * open; runs that fall due while it is not are reported (`backup-policy:missed`, `missedRuns`)
+   * and made up by one catch-up run.
+   */
+  async createBackupPolicy (policy: BackupPolicyOptions): Promise<BackupPolicy> {
+    this.#assertOpen()
+    return await this.#scheduler.create(policy)
+  }
+
+  /** Backup policies, by name. */
+  async listBackupPolicies (): Promise<BackupPolicy[]> {
+    this.#assertOpen()
+    return this.#scheduler.list()
+  }
+
+  /** One backup policy with its run record. */
+  async getBackupPolicy (name: string): Promise<BackupPolicy> {
+    this.#assertOpen()
+    return this.#scheduler.get(name)
+  }
+
+  /** Deletes a backup policy (its backups stay); waits for a run in progress. */
+  async deleteBackupPolicy (name: string): Promise<void> {
+    this.#assertOpen()
+    await this.#scheduler.delete(name)
+  }
+
+  /** Sets (or clears) the hook functions of a policy, which are not stored: call this again after each open. */
+  setBackupPolicyHooks (name: string, hooks: BackupHooks | undefined): void {
+    this.#assertOpen()
+    this.#scheduler.setHooks(name, hooks)
+  }
+
+  /** Runs a policy now, outside its schedule (backups, then pruning). */
+  async runBackupPolicy (name: string): Promise<BackupPolicyRun> {
+    this.#assertOpen()
+    return (await this.#scheduler.run(name, false))[0] as BackupPolicyRun
+  }
+
+  /** Runs every policy whose scheduled time has come (the scheduler's timer does this by itself; useful with a controlled clock). */
+  async runDueBackupPolicies (): Promise<BackupPolicyRun[]> {
+    this.#assertOpen()
+    return await this.#scheduler.runDue()
+  }
 
   // ---------------------------------------------------------------- internals
 
@@ -984,6 +1037,3 @@ function names (records: readonly VolumeRecord[]): string {
   return records.slice(0, 5).map((record) => record.name).join(', ') + (records.length > 5 ? `, and ${records.length - 5} more` : '')
 }
 
-function notYet (feature: string): GalleonError {
-  return new GalleonError('NOT_IMPLEMENTED', `${feature} are not available in this release of GalleonFS yet`)
-}

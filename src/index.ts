@@ -19,5 +19,7 @@ export {
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
 export type { Backup, BackupHooks, BackupTargetRef, BackupVerification, CreateBackupOptions } from './backup/manager.js'
+export type { BackupPolicy, BackupPolicyOptions, BackupPolicyRun, BackupRetention } from './backup/policies.js'
+export { DirectoryBackupTarget } from '../backends/directory/index.js'
 export type { VolumeMetrics, VolumeMetricsSnapshot } from './metrics/recorder.js'
 export { PROMETHEUS_CONTENT_TYPE } from './metrics/prometheus.js'

@@ -35,6 +35,12 @@ export interface OpenOptions {
   metricsWindowSeconds?: number
   /** Default target of backup calls: a directory path, or a BackupTarget driver. */
   backupTarget?: string | import('./drivers.js').BackupTarget
+  /**
+   * Advanced: where backup policies read the time (and backups their timestamps) from. With a
+   * clock given, the scheduler sets no timers: call runDueBackupPolicies() to run what is due
+   * (tests and simulations).
+   */
+  clock?: { now: () => number }
 }
 
 /** What open() resolved the options to. */

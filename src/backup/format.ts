@@ -103,6 +103,8 @@ export interface Manifest {
   }
   /** The snapshot of the source volume the backup was read from. */
   readonly snapshot: { readonly id: string, readonly name: string }
+  /** The backup policy that took it, if any. */
+  readonly policy?: string
   /** Blocks written since the base (or every block holding data, for a full), as runs. */
   readonly extents: readonly Extent[]
   readonly stats: {

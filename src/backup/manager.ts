@@ -41,6 +41,8 @@ export interface CreateBackupOptions {
   readonly hooks?: BackupHooks
   /** Aborting cancels the backup: nothing is recorded, chunks already stored are reused next time. */
   readonly signal?: AbortSignal
+  /** Name of the backup policy taking it (set by the scheduler; retention prunes only its own). */
+  readonly policy?: string
 }
 
 /** A backup as listed from its target. */
@@ -67,6 +69,8 @@ export interface Backup {
   readonly snapshotName: string
   /** Where it is stored. */
   readonly target: string
+  /** The backup policy that took it, if any. */
+  readonly policy: string | null
 }
 
 /** Result of `verifyBackup`. */
@@ -94,9 +98,11 @@ export class BackupManager {
   readonly #defaultTarget: BackupTargetRef | undefined
   readonly #directories = new Map<string, DirectoryBackupTarget>()
   readonly #queues = new WeakMap<BackupTarget, TargetQueue>()
+  readonly #now: () => number
 
-  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined) {
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, now: () => number = Date.now) {
     this.#g = g
+    this.#now = now
     this.#defaultTarget = defaultTarget
     if (defaultTarget !== undefined) this.#target(defaultTarget)
   }
@@ -186,12 +192,13 @@ export class BackupManager {
           kind: 'galleonfs-backup',
           format: 1,
           id,
-          createdAt: new Date().toISOString(),
+          createdAt: new Date(this.#now()).toISOString(),
           strategy,
           requestedStrategy: requested,
           base: base?.id ?? null,
           volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, labels: { ...volume.labels } },
           snapshot: { id: snapshot.id, name: snapshot.name },
+          ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
           extents: extents.flat(),
           stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
         }
@@ -518,6 +525,7 @@ function toBackup (manifest: Manifest, target: BackupTarget): Backup {
     newChunks: manifest.stats.newChunks,
     storedBytes: manifest.stats.storedBytes,
     snapshotName: manifest.snapshot.name,
-    target: target.location
+    target: target.location,
+    policy: manifest.policy ?? null
   }
 }

@@ -1,0 +1,424 @@
+// Backup policies: named cron schedules that back volumes up and prune old backups grandfather-
+// father-son style. Policies live in the metadata database; a scheduler inside the open instance
+// runs them. After a restart (or a long sleep) runs whose time passed are reported as missed and
+// one catch-up run is made, never silently skipped.
+
+import { Cron } from 'croner'
+import type { AbstractSublevel } from 'abstract-level'
+import { GalleonError, describe } from '../errors.js'
+import type { GalleonFS } from '../galleonfs.js'
+import { BackupStrategy } from '../types.js'
+import type { MetadataDatabase } from '../volumes/catalog.js'
+import type { Backup, BackupHooks } from './manager.js'
+
+/** How many backups to keep per day, ISO week and month (UTC): the newest of each of the last N. */
+export interface BackupRetention {
+  readonly daily?: number
+  readonly weekly?: number
+  readonly monthly?: number
+}
+
+/** A policy as given to `createBackupPolicy`. */
+export interface BackupPolicyOptions {
+  /** Unique name. */
+  readonly name: string
+  /** Cron expression (5 fields, or 6 with seconds first), in UTC unless `timezone` is given. */
+  readonly schedule: string
+  /** IANA time zone of the schedule, e.g. `Europe/Berlin` (default UTC). */
+  readonly timezone?: string
+  readonly strategy?: BackupStrategy | `${BackupStrategy}`
+  /**
+   * With `incremental` or `differential`: take a full instead once a volume's chain since its last
+   * full holds this many backups (default 7), so that retention can drop whole old chains.
+   */
+  readonly fullEvery?: number
+  readonly retention?: BackupRetention
+  /** Volumes it backs up, by name or id... */
+  readonly volumes?: readonly string[]
+  /** ...and/or every volume carrying all of these labels. */
+  readonly labels?: Readonly<Record<string, string>>
+  /** Directory of the backups (default: the instance's `backupTarget`, which must then be a path). */
+  readonly target?: string
+  /** Hooks run around each backup. Functions are not stored: after a restart, set them again with `setBackupPolicyHooks`. */
+  readonly hooks?: BackupHooks
+}
+
+/** A stored policy with its run record. */
+export interface BackupPolicy {
+  readonly name: string
+  readonly schedule: string
+  readonly timezone: string
+  readonly strategy: BackupStrategy
+  readonly fullEvery: number
+  readonly retention: Required<BackupRetention>
+  readonly volumes: readonly string[]
+  readonly labels: Readonly<Record<string, string>>
+  readonly target: string | null
+  readonly createdAt: string
+  /** Scheduled time of the last run made (ISO), null before the first. */
+  readonly lastRunAt: string | null
+  /** When it runs next (ISO), null if the schedule never fires again. */
+  readonly nextRunAt: string | null
+  /** Scheduled times that passed while the instance was not running (the most recent 100), oldest first. */
+  readonly missedRuns: readonly string[]
+  /** Outcome of the last run. */
+  readonly lastResult: { readonly at: string, readonly backups: number, readonly pruned: number, readonly errors: readonly string[] } | null
+}
+
+/** Result of one run of a policy. */
+export interface BackupPolicyRun {
+  readonly policy: string
+  readonly scheduledAt: string
+  readonly backups: readonly Backup[]
+  readonly pruned: readonly string[]
+  readonly errors: ReadonlyArray<{ readonly volume: string, readonly message: string }>
+}
+
+/** What the scheduler reads the time from (replaceable in tests). */
+export interface Clock {
+  now: () => number
+}
+
+type PolicySublevel = AbstractSublevel<MetadataDatabase, any, string, any>
+const SYNC = { sync: true } as unknown as Record<string, never>
+const NAME = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
+const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
+const MAX_MISSED = 100
+/** Longest timer Node accepts; the scheduler re-arms past it. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+export class BackupScheduler {
+  readonly #g: GalleonFS
+  readonly #db: PolicySublevel
+  readonly #clock: Clock
+  /** False with a caller's clock: then the caller runs due policies itself (runDue). */
+  readonly #timers: boolean
+  readonly #policies = new Map<string, BackupPolicy>()
+  readonly #hooks = new Map<string, BackupHooks>()
+  readonly #running = new Map<string, Promise<BackupPolicyRun[]>>()
+  #timer: NodeJS.Timeout | undefined
+  #stopped = false
+
+  constructor (g: GalleonFS, metadata: MetadataDatabase, clock: Clock, timers: boolean) {
+    this.#g = g
+    this.#db = metadata.sublevel('backupPolicies', { valueEncoding: 'json' }) as PolicySublevel
+    this.#clock = clock
+    this.#timers = timers
+  }
+
+  /** Loads the policies, records runs missed while closed (a catch-up run follows at once), and arms the timer. */
+  async start (): Promise<void> {
+    for (const [, stored] of await this.#db.iterator().all()) {
+      const policy = stored as BackupPolicy
+      const now = new Date(this.#clock.now())
+      const passed = this.#slots(policy, new Date(policy.lastRunAt ?? policy.createdAt), now)
+      const updated: BackupPolicy = { ...policy, missedRuns: [...new Set([...policy.missedRuns, ...passed])].slice(-MAX_MISSED), nextRunAt: this.#next(policy, now) }
+      if (passed.length > 0) await this.#db.put(policy.name, updated, SYNC)
+      this.#policies.set(policy.name, updated)
+    }
+    this.#arm()
+  }
+
+  stop (): void {
+    this.#stopped = true
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  /** Waits for runs in progress. */
+  async idle (): Promise<void> {
+    await Promise.allSettled([...this.#running.values()])
+  }
+
+  async create (options: BackupPolicyOptions): Promise<BackupPolicy> {
+    const policy = this.#validate(options)
+    if (this.#policies.has(policy.name)) throw new GalleonError('POLICY_EXISTS', `a backup policy named ${JSON.stringify(policy.name)} already exists; pick another name or delete it first`)
+    await this.#db.put(policy.name, policy, SYNC)
+    this.#policies.set(policy.name, policy)
+    if (options.hooks !== undefined) this.#hooks.set(policy.name, checkHooks(options.hooks))
+    this.#arm()
+    return policy
+  }
+
+  list (): BackupPolicy[] {
+    return [...this.#policies.values()].sort((a, b) => a.name.localeCompare(b.name))
+  }
+
+  get (name: string): BackupPolicy {
+    const policy = typeof name === 'string' ? this.#policies.get(name) : undefined
+    if (policy === undefined) throw new GalleonError('POLICY_NOT_FOUND', `no backup policy ${describe(name)}; listBackupPolicies() shows them`)
+    return policy
+  }
+
+  async delete (name: string): Promise<void> {
+    this.get(name)
+    await this.#running.get(name)?.catch(() => {})
+    await this.#db.del(name, SYNC)
+    this.#policies.delete(name)
+    this.#hooks.delete(name)
+    this.#arm()
+  }
+
+  setHooks (name: string, hooks: BackupHooks | undefined): void {
+    this.get(name)
+    if (hooks === undefined) this.#hooks.delete(name)
+    else this.#hooks.set(name, checkHooks(hooks))
+  }
+
+  /** Runs every policy whose next run time has come (what the timer calls). */
+  async runDue (): Promise<BackupPolicyRun[]> {
+    const now = this.#clock.now()
+    const due = this.list().filter((policy) => policy.missedRuns.length > 0 || (policy.nextRunAt !== null && Date.parse(policy.nextRunAt) <= now))
+    const runs: BackupPolicyRun[] = []
+    for (const policy of due) runs.push(...await this.run(policy.name, true))
+    return runs
+  }
+
+  /**
+   * Runs a policy now: backs up each of its volumes, then prunes by retention. `scheduled`: this
+   * run stands for the slot that came due (and any missed ones), which it marks as done.
+   */
+  async run (name: string, scheduled = false): Promise<BackupPolicyRun[]> {
+    this.get(name)
+    const previous = this.#running.get(name)
+    const task = (async (): Promise<BackupPolicyRun[]> => {
+      await previous?.catch(() => {})
+      return [await this.#runOnce(name, scheduled)]
+    })()
+    this.#running.set(name, task)
+    try {
+      return await task
+    } finally {
+      if (this.#running.get(name) === task) this.#running.delete(name)
+    }
+  }
+
+  async #runOnce (name: string, scheduled: boolean): Promise<BackupPolicyRun> {
+    const policy = this.get(name)
+    const now = new Date(this.#clock.now())
+    let scheduledAt = now.toISOString()
+    if (scheduled) {
+      // This run stands for the latest slot that came due; earlier ones since the last run were missed.
+      const slots = [...new Set([...policy.missedRuns, ...this.#slots(policy, new Date(policy.lastRunAt ?? policy.createdAt), now)])].sort()
+      scheduledAt = slots.at(-1) ?? scheduledAt
+      const skipped = slots.slice(0, -1)
+      if (skipped.length > 0) this.#g.emit('backup-policy:missed', { policy: name, missed: skipped })
+    }
+    const volumes = await this.#volumesOf(policy)
+    const backups: Backup[] = []
+    const errors: Array<{ volume: string, message: string }> = []
+    const target = policy.target ?? undefined
+    for (const volume of volumes) {
+      try {
+        let strategy = policy.strategy
+        if (strategy !== BackupStrategy.Full) {
+          const ours = (await this.#g.listBackups(volume, { target })).filter((backup) => backup.policy === name)
+          const lastFull = ours.map((backup) => backup.strategy).lastIndexOf(BackupStrategy.Full)
+          if (lastFull < 0 || ours.length - lastFull >= policy.fullEvery) strategy = BackupStrategy.Full
+        }
+        backups.push(await this.#g.createBackup(volume, { strategy, target, hooks: this.#hooks.get(name), policy: name }))
+      } catch (err) {
+        errors.push({ volume, message: err instanceof Error ? err.message : String(err) })
+      }
+    }
+    const pruned: string[] = []
+    for (const volume of volumes) {
+      try {
+        pruned.push(...await this.#prune(policy, volume, now))
+      } catch (err) {
+        errors.push({ volume, message: `pruning: ${err instanceof Error ? err.message : String(err)}` })
+      }
+    }
+    const current = this.#policies.get(name)
+    if (current !== undefined) {
+      const updated: BackupPolicy = {
+        ...current,
+        lastRunAt: scheduled ? scheduledAt : current.lastRunAt,
+        nextRunAt: this.#next(current, now),
+        missedRuns: scheduled ? [] : current.missedRuns,
+        lastResult: { at: now.toISOString(), backups: backups.length, pruned: pruned.length, errors: errors.map((e) => `${e.volume}: ${e.message}`) }
+      }
+      await this.#db.put(name, updated, SYNC)
+      this.#policies.set(name, updated)
+    }
+    const run: BackupPolicyRun = { policy: name, scheduledAt, backups, pruned, errors }
+    this.#g.emit('backup-policy:ran', run)
+    this.#arm()
+    return run
+  }
+
+  /** Deletes this policy's backups of a volume that the retention does not keep (and no kept backup builds on). */
+  async #prune (policy: BackupPolicy, volume: string, now: Date): Promise<string[]> {
+    const target = policy.target ?? undefined
+    const all = await this.#g.listBackups(volume, { target })
+    const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+    const keep = retained(ours, policy.retention, now)
+    const byId = new Map(all.map((backup) => [backup.id, backup]))
+    const needed = new Set<string>()
+    for (const backup of all) {
+      if (backup.policy === policy.name && !keep.has(backup.id)) continue
+      for (let base = backup.baseId; base !== null; base = byId.get(base)?.baseId ?? null) needed.add(base)
+    }
+    const pruned: string[] = []
+    for (const backup of ours) {
+      if (keep.has(backup.id) || needed.has(backup.id)) continue
+      await this.#g.deleteBackup(backup.id, { target })
+      pruned.push(backup.id)
+    }
+    return pruned
+  }
+
+  async #volumesOf (policy: BackupPolicy): Promise<string[]> {
+    const all = await this.#g.listVolumes()
+    const chosen = new Set<string>()
+    for (const ref of policy.volumes) {
+      const found = all.find((volume) => volume.id === ref || volume.name === ref)
+      if (found !== undefined) chosen.add(found.id)
+    }
+    const selector = Object.entries(policy.labels)
+    if (selector.length > 0) {
+      for (const volume of all) if (selector.every(([key, value]) => volume.labels[key] === value)) chosen.add(volume.id)
+    }
+    return [...chosen]
+  }
+
+  #validate (options: BackupPolicyOptions): BackupPolicy {
+    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `a backup policy is an object such as { name, schedule: '0 2 * * *', strategy: 'incremental', retention: { daily: 7 }, volumes: ['db'] }, got ${describe(options)}`)
+    const known = new Set(['name', 'schedule', 'timezone', 'strategy', 'fullEvery', 'retention', 'volumes', 'labels', 'target', 'hooks'])
+    for (const key of Object.keys(options)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown backup policy field ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+    if (typeof options.name !== 'string' || !NAME.test(options.name)) throw new GalleonError('INVALID_ARGUMENT', `backup policy name must be 1-63 letters, digits, '-', '_' or '.', got ${describe(options.name)}`)
+    const timezone = options.timezone ?? 'UTC'
+    if (typeof options.schedule !== 'string') throw new GalleonError('INVALID_ARGUMENT', `schedule must be a cron expression such as '0 2 * * *', got ${describe(options.schedule)}`)
+    try {
+      new Cron(options.schedule, { paused: true, timezone }).nextRun()
+    } catch (err) {
+      throw new GalleonError('INVALID_ARGUMENT', `schedule ${JSON.stringify(options.schedule)}${timezone === 'UTC' ? '' : ` in ${timezone}`} is not a valid cron expression (${(err as Error).message}); for example '0 2 * * *' runs at 02:00 every day`)
+    }
+    const strategy = options.strategy ?? BackupStrategy.Incremental
+    if (!STRATEGIES.has(strategy)) throw new GalleonError('INVALID_ARGUMENT', `strategy must be one of ${[...STRATEGIES].join(', ')}, got ${describe(strategy)}`)
+    const fullEvery = options.fullEvery ?? 7
+    if (!Number.isSafeInteger(fullEvery) || fullEvery < 1 || fullEvery > 1000) throw new GalleonError('INVALID_ARGUMENT', `fullEvery must be a whole number from 1 to 1000, got ${describe(fullEvery)}`)
+    const retention = options.retention ?? {}
+    if (retention === null || typeof retention !== 'object') throw new GalleonError('INVALID_ARGUMENT', `retention must be an object such as { daily: 7, weekly: 4, monthly: 3 }, got ${describe(retention)}`)
+    for (const key of Object.keys(retention)) if (!['daily', 'weekly', 'monthly'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown retention field ${JSON.stringify(key)}; allowed: daily, weekly, monthly`)
+    const counts = { daily: retention.daily ?? 0, weekly: retention.weekly ?? 0, monthly: retention.monthly ?? 0 }
+    for (const [key, value] of Object.entries(counts)) {
+      if (!Number.isSafeInteger(value) || value < 0 || value > 10000) throw new GalleonError('INVALID_ARGUMENT', `retention.${key} must be a whole number from 0 to 10000, got ${describe(value)}`)
+    }
+    if (counts.daily + counts.weekly + counts.monthly === 0) {
+      throw new GalleonError('INVALID_ARGUMENT', 'retention keeps nothing: give at least one of daily, weekly, monthly (every backup but the ones kept is deleted after each run)')
+    }
+    const volumes = options.volumes ?? []
+    if (!Array.isArray(volumes) || !volumes.every((v) => typeof v === 'string' && v.length > 0)) throw new GalleonError('INVALID_ARGUMENT', `volumes must be a list of volume names or ids, got ${describe(volumes)}`)
+    const labels = options.labels ?? {}
+    if (labels === null || typeof labels !== 'object' || Array.isArray(labels) || !Object.values(labels).every((v) => typeof v === 'string')) {
+      throw new GalleonError('INVALID_ARGUMENT', `labels must be an object of string values, got ${describe(labels)}`)
+    }
+    if (volumes.length === 0 && Object.keys(labels).length === 0) throw new GalleonError('INVALID_ARGUMENT', 'a backup policy needs volumes (names or ids) or labels that select volumes')
+    if (options.target !== undefined && (typeof options.target !== 'string' || options.target.length === 0)) {
+      throw new GalleonError('INVALID_ARGUMENT', `a policy's target is a directory path (a stored policy cannot hold a driver object), got ${describe(options.target)}`)
+    }
+    const now = new Date(this.#clock.now())
+    const policy: BackupPolicy = {
+      name: options.name,
+      schedule: options.schedule,
+      timezone,
+      strategy: strategy as BackupStrategy,
+      fullEvery,
+      retention: counts,
+      volumes: [...volumes],
+      labels: { ...labels },
+      target: options.target ?? null,
+      createdAt: now.toISOString(),
+      lastRunAt: null,
+      nextRunAt: null,
+      missedRuns: [],
+      lastResult: null
+    }
+    return { ...policy, nextRunAt: this.#next(policy, now) }
+  }
+
+  /** Next run strictly after `after`. */
+  #next (policy: Pick<BackupPolicy, 'schedule' | 'timezone'>, after: Date): string | null {
+    return new Cron(policy.schedule, { paused: true, timezone: policy.timezone }).nextRun(after)?.toISOString() ?? null
+  }
+
+  /** Scheduled times in (from, to]. */
+  #slots (policy: BackupPolicy, from: Date, to: Date): string[] {
+    const cron = new Cron(policy.schedule, { paused: true, timezone: policy.timezone })
+    const out: string[] = []
+    for (let at = cron.nextRun(from); at !== null && at.getTime() <= to.getTime(); at = cron.nextRun(at)) {
+      out.push(at.toISOString())
+      if (out.length > 10 * MAX_MISSED) out.splice(0, out.length - MAX_MISSED)
+    }
+    return out.slice(-MAX_MISSED)
+  }
+
+  /** Sets one timer for the soonest due policy (missed runs are due at once). */
+  #arm (): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
+    if (this.#stopped || !this.#timers) return
+    let soonest = Number.POSITIVE_INFINITY
+    for (const policy of this.#policies.values()) {
+      if (policy.missedRuns.length > 0) soonest = Math.min(soonest, this.#clock.now())
+      if (policy.nextRunAt !== null) soonest = Math.min(soonest, Date.parse(policy.nextRunAt))
+    }
+    if (!Number.isFinite(soonest)) return
+    const delay = Math.min(Math.max(0, soonest - this.#clock.now()), MAX_TIMER_MS)
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined
+      void this.#fire()
+    }, delay)
+    this.#timer.unref()
+  }
+
+  async #fire (): Promise<void> {
+    try {
+      // Catch-up runs for policies that missed runs while closed, and whatever is due now.
+      if (!this.#stopped) await this.runDue()
+    } catch (err) {
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `backup scheduler: ${(err as Error).message}` })
+    } finally {
+      this.#arm()
+    }
+  }
+}
+
+/** Ids of the backups GFS retention keeps: the newest of each of the last N days, ISO weeks and months (UTC). */
+export function retained (newestFirst: readonly Backup[], retention: Required<BackupRetention>, _now: Date): Set<string> {
+  const keep = new Set<string>()
+  const buckets: Array<[number, (date: Date) => string]> = [
+    [retention.daily, (date) => date.toISOString().slice(0, 10)],
+    [retention.weekly, isoWeek],
+    [retention.monthly, (date) => date.toISOString().slice(0, 7)]
+  ]
+  for (const [count, bucketOf] of buckets) {
+    if (count === 0) continue
+    const seen = new Set<string>()
+    for (const backup of newestFirst) {
+      const bucket = bucketOf(new Date(backup.createdAt))
+      if (seen.has(bucket)) continue
+      seen.add(bucket)
+      keep.add(backup.id)
+      if (seen.size >= count) break
+    }
+  }
+  return keep
+}
+
+function isoWeek (date: Date): string {
+  const day = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()))
+  const weekday = day.getUTCDay() === 0 ? 7 : day.getUTCDay()
+  day.setUTCDate(day.getUTCDate() + 4 - weekday)
+  const yearStart = Date.UTC(day.getUTCFullYear(), 0, 1)
+  const week = Math.ceil(((day.getTime() - yearStart) / 86_400_000 + 1) / 7)
+  return `${day.getUTCFullYear()}-W${String(week).padStart(2, '0')}`
+}
+
+function checkHooks (hooks: BackupHooks): BackupHooks {
+  if (hooks === null || typeof hooks !== 'object' || (hooks.pre !== undefined && typeof hooks.pre !== 'function') || (hooks.post !== undefined && typeof hooks.post !== 'function')) {
+    throw new GalleonError('INVALID_ARGUMENT', `hooks must be { pre?: function, post?: function }, got ${describe(hooks)}`)
+  }
+  return hooks
+}
