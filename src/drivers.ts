@@ -133,4 +133,10 @@ export interface BackupTarget {
   getManifest (id: string): Promise<Uint8Array | undefined>
   deleteManifest (id: string): Promise<void>
   listManifests (): AsyncIterable<string>
+  /**
+   * Optional: stores / reads the target's index, a summary of every backup that GalleonFS rewrites
+   * (atomically) after each backup and deletion. The manifests stay the source of truth.
+   */
+  putIndex? (data: Uint8Array): Promise<void>
+  getIndex? (): Promise<Uint8Array | undefined>
 }

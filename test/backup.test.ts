@@ -39,7 +39,7 @@ async function chunkFiles (target: string): Promise<string[]> {
 
 describe('backups', () => {
   it('round-trips full, incremental and differential chains; every backup in a chain restores as its point in time', async () => {
-    await withInstance(async (g) => {
+    await withInstance(async (g, target) => {
       await g.createVolume({ name: 'db', sizeBytes: BLOCKS * BS, labels: { app: 'db' } })
       const random = seededRandom(5)
       const images: Buffer[] = []
@@ -56,6 +56,11 @@ describe('backups', () => {
       }
       const listed = await g.listBackups('db')
       assert.deepEqual(listed.map((b) => b.id), backups)
+      // The target's index summarizes them, with a checksum of itself and of each manifest.
+      const index = JSON.parse(await readFile(join(target, 'index.json'), 'utf8')) as { checksum: string, index: { backups: Array<{ id: string, base: string | null }> } }
+      assert.deepEqual(index.index.backups.map((b) => b.id), backups)
+      assert.equal(index.index.backups[1]?.base, backups[0])
+      assert.equal((await g.verifyBackup(backups[2] as string)).indexCurrent, true)
       assert.equal(listed[1]?.baseId, backups[0])
       assert.equal(listed[2]?.baseId, backups[1])
       assert.equal(listed[3]?.baseId, backups[0], 'a differential builds on the last full')
@@ -163,6 +168,9 @@ describe('backups', () => {
       assert.equal((await chunkFiles(target)).length, before - result.deletedChunks - forced.deletedChunks)
       assert.deepEqual((await g.listBackups()).map((b) => b.id), [other.id])
       assert.equal((await g.verifyBackup(other.id)).ok, true)
+      assert.equal((await g.verifyBackup(other.id)).indexCurrent, true)
+      const index = JSON.parse(await readFile(join(target, 'index.json'), 'utf8')) as { index: { backups: Array<{ id: string }> } }
+      assert.deepEqual(index.index.backups.map((b) => b.id), [other.id], 'deletions rewrite the index')
       await assert.rejects(g.getBackup(full.id), { code: 'BACKUP_NOT_FOUND' })
       assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name), [], 'the deleted backups\' snapshots are gone')
     })

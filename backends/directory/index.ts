@@ -3,6 +3,7 @@
 //   galleonfs-backup.json        what this directory is (format version), written once
 //   chunks/<aa>/<sha256 hex>     content-addressed chunks, fanned out by their first two hex digits
 //   manifests/<uuid>.json        one manifest per complete backup
+//   index.json                   a summary of every backup (rewritten after each change)
 // Every object is written to a temporary file in the same directory, fsynced, renamed into place
 // and the directory fsynced, so a crash leaves the old object or the new one, never part of one.
 // Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
@@ -144,6 +145,15 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async deleteManifest (id: string): Promise<void> {
     await this.#delete(this.#manifestPath(id), `manifest ${id}`)
+  }
+
+  async putIndex (data: Uint8Array): Promise<void> {
+    assertData(data)
+    await this.#atomicWrite(this.location, 'index.json', data)
+  }
+
+  async getIndex (): Promise<Uint8Array | undefined> {
+    return await this.#read(join(this.location, 'index.json'), 'the index')
   }
 
   async * listManifests (): AsyncIterable<string> {

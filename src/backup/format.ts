@@ -145,3 +145,36 @@ export function decodeManifest (id: string, bytes: Uint8Array): Manifest {
   if (manifest.id !== id) throw new GalleonError('CORRUPTION', `manifest stored as backup ${id} describes backup ${manifest.id}`)
   return manifest
 }
+
+/** The target's index: one line per backup, with the SHA-256 of its manifest file, and a checksum of the whole. */
+export interface BackupIndex {
+  readonly kind: 'galleonfs-backup-index'
+  readonly format: number
+  readonly updatedAt: string
+  readonly backups: ReadonlyArray<{
+    readonly id: string
+    readonly volumeId: string
+    readonly volumeName: string
+    readonly strategy: string
+    readonly base: string | null
+    readonly createdAt: string
+    readonly manifestSha256: string
+  }>
+}
+
+export function encodeIndex (index: BackupIndex): Uint8Array {
+  const body = JSON.stringify(index)
+  return new TextEncoder().encode(JSON.stringify({ checksum: chunkId(new TextEncoder().encode(body)), index: JSON.parse(body) as unknown }, null, 1) + '\n')
+}
+
+/** Parses and verifies an index; undefined when it is damaged or not an index. */
+export function decodeIndex (bytes: Uint8Array): BackupIndex | undefined {
+  try {
+    const parsed = JSON.parse(new TextDecoder().decode(bytes)) as { checksum?: unknown, index?: BackupIndex }
+    const index = parsed.index
+    if (index?.kind !== 'galleonfs-backup-index' || parsed.checksum !== chunkId(new TextEncoder().encode(JSON.stringify(index)))) return undefined
+    return index
+  } catch {
+    return undefined
+  }
+}

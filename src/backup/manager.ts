@@ -9,7 +9,7 @@ import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
-import { chunkId, decodeChunk, decodeManifest, encodeChunk, encodeManifest, type Extent, type Manifest } from './format.js'
+import { chunkId, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type Extent, type Manifest } from './format.js'
 
 /**
  * Bytes per chunk at most. A chunk holds the changed blocks of one aligned window of
@@ -81,6 +81,11 @@ export interface BackupVerification {
   readonly backupsChecked: number
   readonly chunksChecked: number
   readonly problems: ReadonlyArray<{ readonly backupId: string, readonly chunk?: string, readonly code: string, readonly message: string }>
+  /**
+   * Whether the target's index lists this backup with its current manifest (null: the target keeps
+   * no index). A stale index is rewritten by the next backup or deletion and does not affect `ok`.
+   */
+  readonly indexCurrent: boolean | null
 }
 
 /** Per-target operations run one at a time, so garbage collection never races a backup in progress. */
@@ -204,6 +209,7 @@ export class BackupManager {
         }
         await target.flush?.()
         await target.putManifest(id, encodeManifest(manifest))
+        await this.#writeIndex(target)
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
         const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
@@ -280,7 +286,17 @@ export class BackupManager {
         }
       }
     }
-    return { backupId: id, ok: problems.length === 0, backupsChecked: chain.length, chunksChecked: checked.size, problems }
+    // The index is a summary the next backup or deletion rewrites: a stale one (a crash between a
+    // manifest and the index) does not make the backup bad, so it is reported on its own.
+    let indexCurrent: boolean | null = null
+    if (target.getIndex !== undefined) {
+      const bytes = await target.getIndex()
+      const index = bytes === undefined ? undefined : decodeIndex(bytes)
+      const manifestBytes = await target.getManifest(id)
+      const entry = index?.backups.find((backup) => backup.id === id)
+      indexCurrent = entry !== undefined && manifestBytes !== undefined && entry.manifestSha256 === chunkId(manifestBytes)
+    }
+    return { backupId: id, ok: problems.length === 0, backupsChecked: chain.length, chunksChecked: checked.size, problems, indexCurrent }
   }
 
   async delete (id: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
@@ -308,6 +324,7 @@ export class BackupManager {
       const kept = manifests.filter((m) => !deleted.includes(m))
       const referenced = new Set<string>()
       for (const manifest of kept) for (const [, , chunk] of manifest.extents) if (chunk !== null) referenced.add(chunk)
+      await this.#writeIndex(target)
       let deletedChunks = 0
       for await (const chunk of target.listChunks()) {
         if (!referenced.has(chunk)) { await target.deleteChunk(chunk); deletedChunks++ }
@@ -439,6 +456,21 @@ export class BackupManager {
     const bytes = await target.getManifest(id)
     if (bytes === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${id} on ${target.location}; listBackups() shows the backups there`)
     return decodeManifest(id, bytes)
+  }
+
+  /** Rewrites the target's index from its manifests (targets without an index skip this). */
+  async #writeIndex (target: BackupTarget): Promise<void> {
+    if (target.putIndex === undefined) return
+    const backups = []
+    for await (const id of target.listManifests()) {
+      const bytes = await target.getManifest(id)
+      if (bytes === undefined) continue
+      let manifest: Manifest
+      try { manifest = decodeManifest(id, bytes) } catch { continue }
+      backups.push({ id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, manifestSha256: chunkId(bytes) })
+    }
+    backups.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+    await target.putIndex(encodeIndex({ kind: 'galleonfs-backup-index', format: 1, updatedAt: new Date(this.#now()).toISOString(), backups }))
   }
 
   /** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */

@@ -102,6 +102,23 @@ export function backupTargetSuite (options: BackupTargetSuiteOptions): void {
       await target.close()
     })
 
+    it('stores and replaces the index, when the target keeps one', async (t) => {
+      const { target, location } = await fresh()
+      if (target.putIndex === undefined || target.getIndex === undefined) {
+        t.skip(`${options.name} keeps no index (optional)`)
+        return
+      }
+      assert.equal(await target.getIndex(), undefined)
+      await target.putIndex(new TextEncoder().encode('one'))
+      await target.putIndex(new TextEncoder().encode('two'))
+      assert.equal(new TextDecoder().decode(await target.getIndex()), 'two')
+      await target.close()
+      const again = options.factory(location)
+      await again.open()
+      assert.equal(new TextDecoder().decode(await again.getIndex?.()), 'two')
+      await again.close()
+    })
+
     it('handles many concurrent puts of the same and different chunks', async () => {
       const { target } = await fresh()
       const chunks = Array.from({ length: 40 }, (_, i) => bytesOf(4096, 100 + (i % 20)))
