@@ -157,6 +157,35 @@ describe('backup policies', () => {
     } finally { await g.close() }
   })
 
+  it('a scheduled run cut short by close() is made up after reopening; a slot is served once', async () => {
+    const storagePath = place()
+    const target = place()
+    const clock = new FakeClock(Date.UTC(2026, 4, 1))
+    let g = await GalleonFS.open({ storagePath, backupTarget: target, clock })
+    await g.createVolume({ name: 'v', sizeBytes: 64 * BS })
+    await g.createBackupPolicy({ name: 'a', schedule: '0 3 * * *', strategy: 'full', retention: { daily: 5 }, volumes: ['v'] })
+    clock.time = Date.UTC(2026, 4, 1, 3, 5)
+    // Two callers at once: the slot of 03:00 is served by one run only.
+    const [one, two] = await Promise.all([g.runDueBackupPolicies(), g.runDueBackupPolicies()])
+    assert.equal(one.length + two.length, 1)
+    assert.equal((await g.listBackups('v')).length, 1)
+    // The next slot's run is cut short by close().
+    clock.time = Date.UTC(2026, 4, 2, 3, 5)
+    const running = g.runDueBackupPolicies()
+    await g.close()
+    const cut = await running
+    assert.equal(cut[0]?.backups.length, 0)
+    g = await GalleonFS.open({ storagePath, backupTarget: target, clock })
+    try {
+      const policy = await g.getBackupPolicy('a')
+      assert.equal(policy.lastRunAt, '2026-05-01T03:00:00.000Z')
+      assert.deepEqual(policy.missedRuns, ['2026-05-02T03:00:00.000Z'])
+      const runs = await g.runDueBackupPolicies()
+      assert.equal(runs[0]?.scheduledAt, '2026-05-02T03:00:00.000Z')
+      assert.equal(runs[0]?.backups.length, 1)
+    } finally { await g.close() }
+  })
+
   it('fires by itself on a real timer', async () => {
     const g = await GalleonFS.open({ inMemory: true, backupTarget: place() })
     try {

@@ -208,6 +208,34 @@ describe('backups', () => {
     }
   })
 
+  it('a failed restore over an existing volume puts it back as it was', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'src', sizeBytes: BLOCKS * BS })
+      await g.write('src', 0, bytesOf(300 * BS, 1))
+      const backup = await g.createBackup('src')
+      await g.createVolume({ name: 'prod', sizeBytes: BLOCKS * BS })
+      await g.write('prod', 0, bytesOf(BLOCKS * BS, 2))
+      await rm((await chunkFiles(target))[0] as string)
+      await assert.rejects(g.restoreBackup(backup.id, { volume: 'prod' }), { code: 'CORRUPTION' })
+      assert.ok((await image(g, 'prod')).equals(Buffer.from(bytesOf(BLOCKS * BS, 2))), 'prod reads as before the failed restore')
+      assert.deepEqual(await g.listSnapshots('prod'), [], 'the safety snapshot is gone')
+    })
+  })
+
+  it('one target spelled two ways is one target: deleting a backup never collects the chunks of one being taken', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(BLOCKS * BS, 3))
+      const first = await g.createBackup('v')
+      await g.write('v', 0, bytesOf(BLOCKS * BS, 4))
+      const taking = g.createBackup('v', { strategy: 'full' })
+      await g.deleteBackup(first.id, { target: `${target}/` })
+      const second = await taking
+      assert.equal((await g.verifyBackup(second.id)).ok, true)
+      await assert.rejects(g.listBackups(null as never), { code: 'INVALID_ARGUMENT' })
+    })
+  })
+
   it('restores over an existing volume larger than one trim call covers', async () => {
     await withInstance(async (g) => {
       await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })

@@ -9,7 +9,7 @@
 // Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
 
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, readdir, rename, rm, unlink } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
@@ -23,6 +23,8 @@ export interface DirectoryBackupTargetOptions {
 const CHUNK_ID = /^[0-9a-f]{64}$/
 const MANIFEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const MARKER = 'galleonfs-backup.json'
+/** Temporary files older than this are leftovers of a crash (younger ones may be another process's put). */
+const TEMPORARY_MAX_AGE_MS = 60 * 60 * 1000
 const FORMAT = 1
 
 export class DirectoryBackupTarget implements BackupTarget {
@@ -66,10 +68,17 @@ export class DirectoryBackupTarget implements BackupTarget {
       if (parsed.kind !== 'galleonfs-backup-target') throw new GalleonError('CORRUPTION', `${join(this.location, MARKER)} is not a GalleonFS backup target marker; point the target at another directory`)
       if (parsed.format !== FORMAT) throw new GalleonError('CORRUPTION', `backup target ${this.location} has format ${String(parsed.format)}; this version reads format ${FORMAT}`)
     }
-    // Leftovers of puts a crash interrupted.
+    // Leftovers of puts a crash interrupted (old enough not to be another process's put in flight),
+    // and durability for chunks a killed process renamed into place but never synced: a later
+    // backup finds them with hasChunk() and relies on them.
     await this.#removeTemporaries(join(this.location, 'manifests'))
-    for (const fan of await readdir(join(this.location, 'chunks')).catch(() => [] as string[])) {
-      if (/^[0-9a-f]{2}$/.test(fan)) await this.#removeTemporaries(join(this.location, 'chunks', fan))
+    const fans = (await readdir(join(this.location, 'chunks')).catch(() => [] as string[])).filter((fan) => /^[0-9a-f]{2}$/.test(fan))
+    for (const fan of fans) await this.#removeTemporaries(join(this.location, 'chunks', fan))
+    try {
+      await Promise.all(fans.map(async (fan) => { await syncDirectory(join(this.location, 'chunks', fan)) }))
+      await syncDirectory(join(this.location, 'chunks'))
+    } catch (err) {
+      throw ioError(`could not sync the chunk directories of ${this.location}`, err)
     }
   }
 
@@ -143,8 +152,10 @@ export class DirectoryBackupTarget implements BackupTarget {
     return await this.#read(this.#manifestPath(id), `manifest ${id}`)
   }
 
+  /** Deletes a manifest durably: a chunk deleted afterwards can never be missing from a manifest that comes back. */
   async deleteManifest (id: string): Promise<void> {
     await this.#delete(this.#manifestPath(id), `manifest ${id}`)
+    await syncDirectory(join(this.location, 'manifests')).catch((err: unknown) => { throw ioError(`could not sync the manifests of ${this.location}`, err) })
   }
 
   async putIndex (data: Uint8Array): Promise<void> {
@@ -217,8 +228,11 @@ export class DirectoryBackupTarget implements BackupTarget {
   }
 
   async #removeTemporaries (dir: string): Promise<void> {
+    const now = Date.now()
     for (const name of await readdir(dir).catch(() => [] as string[])) {
-      if (name.startsWith('.tmp-')) await rm(join(dir, name), { force: true }).catch(() => {})
+      if (!name.startsWith('.tmp-')) continue
+      const info = await stat(join(dir, name)).catch(() => undefined)
+      if (info !== undefined && now - info.mtimeMs > TEMPORARY_MAX_AGE_MS) await rm(join(dir, name), { force: true }).catch(() => {})
     }
   }
 }

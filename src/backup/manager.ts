@@ -4,6 +4,7 @@
 // public GalleonFS API, so it is also an example of building on the library.
 
 import { randomUUID } from 'node:crypto'
+import { resolve } from 'node:path'
 import { DirectoryBackupTarget } from '../../backends/directory/index.js'
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
@@ -153,8 +154,8 @@ export class BackupManager {
         let storedBytes = 0
         const stored = new Set<string>()
         let next = 0
-        const worker = async (): Promise<void> => {
-          while (next < pieces.length) {
+        const worker = async (stop: () => boolean): Promise<void> => {
+          while (next < pieces.length && !stop()) {
             checkAborted(signal)
             const at = next++
             const piece = pieces[at] as Array<[number, number]>
@@ -191,7 +192,7 @@ export class BackupManager {
             progress()
           }
         }
-        await Promise.all(Array.from({ length: PARALLEL_CHUNKS }, worker))
+        await runWorkers(worker)
         checkAborted(signal)
         const manifest: Manifest = {
           kind: 'galleonfs-backup',
@@ -209,7 +210,7 @@ export class BackupManager {
         }
         await target.flush?.()
         await target.putManifest(id, encodeManifest(manifest))
-        await this.#writeIndex(target)
+        await this.#writeIndexOrReport(target)
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
         const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
@@ -241,8 +242,9 @@ export class BackupManager {
     await target.open()
     let manifests = await this.#manifests(target)
     if (vol !== undefined) {
-      const volume = await this.#g.getVolume(vol).catch(() => undefined)
-      const ref = typeof vol === 'string' ? vol : vol.id
+      const ref: unknown = typeof vol === 'string' ? vol : (vol as { id?: unknown } | null)?.id
+      if (typeof ref !== 'string' || ref.length === 0) throw new GalleonError('INVALID_ARGUMENT', `listBackups() takes a volume id or name (or nothing for every backup), got ${describe(vol)}`)
+      const volume = await this.#g.getVolume(ref).catch(() => undefined)
       manifests = manifests.filter((m) => volume !== undefined ? m.volume.id === volume.id : (m.volume.id === ref || m.volume.name === ref))
     }
     return manifests.map((m) => toBackup(m, target))
@@ -324,7 +326,7 @@ export class BackupManager {
       const kept = manifests.filter((m) => !deleted.includes(m))
       const referenced = new Set<string>()
       for (const manifest of kept) for (const [, , chunk] of manifest.extents) if (chunk !== null) referenced.add(chunk)
-      await this.#writeIndex(target)
+      await this.#writeIndexOrReport(target)
       let deletedChunks = 0
       for await (const chunk of target.listChunks()) {
         if (!referenced.has(chunk)) { await target.deleteChunk(chunk); deletedChunks++ }
@@ -361,6 +363,7 @@ export class BackupManager {
     const blockSize = manifest.volume.blockSize
     let volume: Volume
     let created = false
+    let safety: { id: string } | undefined
     if (options.volume !== undefined) {
       volume = await this.#g.getVolume(options.volume)
       if (volume.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks but volume ${volume.name} has ${volume.blockSize}-byte blocks`)
@@ -368,6 +371,8 @@ export class BackupManager {
         throw new GalleonError('OUT_OF_RANGE', `backup ${id} is of a ${manifest.volume.sizeBytes}-byte volume but ${volume.name} has ${volume.sizeBytes} bytes; expand it first or restore into a new volume`)
       }
       if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}`)
+      // A snapshot (O(1)) to put the volume back as it was if the restore fails half-way.
+      safety = await this.#g.createSnapshot(volume.id, `pre-restore-${randomUUID()}`)
       // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
       const piece = 128 * 1024 * 1024
       for (let offset = 0; offset < volume.sizeBytes; offset += piece) {
@@ -396,8 +401,8 @@ export class BackupManager {
       let done = 0
       const chunks = [...byChunk]
       let next = 0
-      const worker = async (): Promise<void> => {
-        while (next < chunks.length) {
+      const worker = async (stop: () => boolean): Promise<void> => {
+        while (next < chunks.length && !stop()) {
           checkAborted(options.signal)
           const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
           const envelope = await target.getChunk(chunk)
@@ -416,12 +421,17 @@ export class BackupManager {
           this.#g.emit('restore:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
         }
       }
-      await Promise.all(Array.from({ length: PARALLEL_CHUNKS }, worker))
+      await runWorkers(worker)
       await this.#g.flush(volume.id)
     } catch (err) {
       if (created) await this.#g.deleteVolume(volume.id, { force: true }).catch(() => {})
+      if (safety !== undefined) {
+        await this.#g.restoreSnapshot(volume.id, safety.id).catch(() => {})
+        await this.#g.deleteSnapshot(volume.id, safety.id).catch(() => {})
+      }
       throw err
     }
+    if (safety !== undefined) await this.#g.deleteSnapshot(volume.id, safety.id).catch(() => {})
     return await this.#g.getVolume(volume.id)
   }
 
@@ -432,8 +442,10 @@ export class BackupManager {
     }
     if (typeof chosen === 'string') {
       if (chosen.length === 0) throw new GalleonError('INVALID_ARGUMENT', 'a backup target path must not be empty')
-      let target = this.#directories.get(chosen)
-      if (target === undefined) this.#directories.set(chosen, target = new DirectoryBackupTarget({ path: chosen }))
+      // One object (and so one queue) per directory, however the path is spelled.
+      const key = resolve(chosen)
+      let target = this.#directories.get(key)
+      if (target === undefined) this.#directories.set(key, target = new DirectoryBackupTarget({ path: key }))
       return target
     }
     const methods = ['open', 'close', 'hasChunk', 'putChunk', 'getChunk', 'deleteChunk', 'listChunks', 'putManifest', 'getManifest', 'deleteManifest', 'listManifests'] as const
@@ -456,6 +468,15 @@ export class BackupManager {
     const bytes = await target.getManifest(id)
     if (bytes === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${id} on ${target.location}; listBackups() shows the backups there`)
     return decodeManifest(id, bytes)
+  }
+
+  /** The index is a summary: failing to rewrite it is reported, not a failure of the backup or deletion. */
+  async #writeIndexOrReport (target: BackupTarget): Promise<void> {
+    try {
+      await this.#writeIndex(target)
+    } catch (err) {
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `could not rewrite the index of backup target ${target.location} (the next backup or deletion tries again): ${(err as Error).message}` })
+    }
   }
 
   /** Rewrites the target's index from its manifests (targets without an index skip this). */
@@ -521,6 +542,24 @@ function concat (parts: readonly Uint8Array[], length: number): Uint8Array {
   let at = 0
   for (const part of parts) { out.set(part, at); at += part.byteLength }
   return out
+}
+
+/**
+ * Runs PARALLEL_CHUNKS copies of `worker`; once one fails the others stop taking work, and this
+ * rejects with the first failure only after all have stopped (so nothing is still writing).
+ */
+async function runWorkers (worker: (stop: () => boolean) => Promise<void>): Promise<void> {
+  let failed = false
+  const results = await Promise.allSettled(Array.from({ length: PARALLEL_CHUNKS }, async () => {
+    try {
+      await worker(() => failed)
+    } catch (err) {
+      failed = true
+      throw err
+    }
+  }))
+  const failure = results.find((result): result is PromiseRejectedResult => result.status === 'rejected')
+  if (failure !== undefined) throw failure.reason
 }
 
 function isZero (data: Uint8Array): boolean {

@@ -98,6 +98,8 @@ export class BackupScheduler {
   readonly #running = new Map<string, Promise<BackupPolicyRun[]>>()
   #timer: NodeJS.Timeout | undefined
   #stopped = false
+  /** While the timer's run is going, re-arming waits for it (it re-arms when done). */
+  #firing = false
 
   constructor (g: GalleonFS, metadata: MetadataDatabase, clock: Clock, timers: boolean) {
     this.#g = g
@@ -167,11 +169,16 @@ export class BackupScheduler {
 
   /** Runs every policy whose next run time has come (what the timer calls). */
   async runDue (): Promise<BackupPolicyRun[]> {
-    const now = this.#clock.now()
-    const due = this.list().filter((policy) => policy.missedRuns.length > 0 || (policy.nextRunAt !== null && Date.parse(policy.nextRunAt) <= now))
+    const due = this.list().filter((policy) => this.#due(policy.name))
     const runs: BackupPolicyRun[] = []
     for (const policy of due) runs.push(...await this.run(policy.name, true))
     return runs
+  }
+
+  #due (name: string): boolean {
+    const policy = this.#policies.get(name)
+    if (policy === undefined) return false
+    return policy.missedRuns.length > 0 || (policy.nextRunAt !== null && Date.parse(policy.nextRunAt) <= this.#clock.now())
   }
 
   /**
@@ -183,6 +190,8 @@ export class BackupScheduler {
     const previous = this.#running.get(name)
     const task = (async (): Promise<BackupPolicyRun[]> => {
       await previous?.catch(() => {})
+      // A scheduled run queued behind another may find its slot already served.
+      if (scheduled && !this.#due(name)) return []
       return [await this.#runOnce(name, scheduled)]
     })()
     this.#running.set(name, task)
@@ -204,9 +213,17 @@ export class BackupScheduler {
       const skipped = slots.slice(0, -1)
       if (skipped.length > 0) this.#g.emit('backup-policy:missed', { policy: name, missed: skipped })
     }
-    const volumes = await this.#volumesOf(policy)
+    let volumes: string[]
+    try {
+      volumes = await this.#volumesOf(policy)
+    } catch (err) {
+      // The instance is closing: nothing ran, so nothing is recorded (the next open makes it up).
+      if (err instanceof GalleonError && err.code === 'NOT_OPEN') return { policy: name, scheduledAt, backups: [], pruned: [], errors: [{ volume: '*', message: err.message }] }
+      throw err
+    }
     const backups: Backup[] = []
     const errors: Array<{ volume: string, message: string }> = []
+    const interruptedBy: unknown[] = []
     const target = policy.target ?? undefined
     for (const volume of volumes) {
       try {
@@ -218,24 +235,28 @@ export class BackupScheduler {
         }
         backups.push(await this.#g.createBackup(volume, { strategy, target, hooks: this.#hooks.get(name), policy: name }))
       } catch (err) {
+        if (err instanceof GalleonError && err.code === 'NOT_OPEN') interruptedBy.push(err)
         errors.push({ volume, message: err instanceof Error ? err.message : String(err) })
       }
     }
     const pruned: string[] = []
-    for (const volume of volumes) {
+    for (const volume of interruptedBy.length > 0 ? [] : volumes) {
       try {
         pruned.push(...await this.#prune(policy, volume, now))
       } catch (err) {
         errors.push({ volume, message: `pruning: ${err instanceof Error ? err.message : String(err)}` })
       }
     }
+    // Cut short by close(): not done and not recorded, so the next open reports it as missed and makes it up.
+    const interrupted = this.#stopped || interruptedBy.length > 0
+    const done = scheduled && !interrupted
     const current = this.#policies.get(name)
-    if (current !== undefined) {
+    if (current !== undefined && !interrupted) {
       const updated: BackupPolicy = {
         ...current,
-        lastRunAt: scheduled ? scheduledAt : current.lastRunAt,
+        lastRunAt: done ? scheduledAt : current.lastRunAt,
         nextRunAt: this.#next(current, now),
-        missedRuns: scheduled ? [] : current.missedRuns,
+        missedRuns: done ? [] : current.missedRuns,
         lastResult: { at: now.toISOString(), backups: backups.length, pruned: pruned.length, errors: errors.map((e) => `${e.volume}: ${e.message}`) }
       }
       await this.#db.put(name, updated, SYNC)
@@ -358,7 +379,7 @@ export class BackupScheduler {
   #arm (): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer)
     this.#timer = undefined
-    if (this.#stopped || !this.#timers) return
+    if (this.#stopped || !this.#timers || this.#firing) return
     let soonest = Number.POSITIVE_INFINITY
     for (const policy of this.#policies.values()) {
       if (policy.missedRuns.length > 0) soonest = Math.min(soonest, this.#clock.now())
@@ -374,12 +395,14 @@ export class BackupScheduler {
   }
 
   async #fire (): Promise<void> {
+    this.#firing = true
     try {
       // Catch-up runs for policies that missed runs while closed, and whatever is due now.
       if (!this.#stopped) await this.runDue()
     } catch (err) {
       this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `backup scheduler: ${(err as Error).message}` })
     } finally {
+      this.#firing = false
       this.#arm()
     }
   }
