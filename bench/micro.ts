@@ -9,6 +9,7 @@ import { crc32, crc32Implementation } from '../src/checksum.js'
 import { Bench } from 'tinybench'
 import { decodeBlock, encodeBlock } from '../src/engine/codec.js'
 import { GalleonFS, WriteConcern } from '../src/index.js'
+import { nobleCipher, nodeCipher } from '../src/crypto/cipher.js'
 
 const BLOCK = 4096
 const TIME_MS = Number(process.env.BENCH_MICRO_MS ?? 500)
@@ -39,6 +40,13 @@ const CRC_ENGINE = `crc32 4 KiB (engine: ${crc32Implementation})`
 add(CRC_ENGINE, BLOCK, () => { sink ^= crc32(data) })
 add('crc32 4 KiB (node:zlib)', BLOCK, () => { sink ^= zlibCrc32(data) })
 add('sha256 4 KiB (node:crypto)', BLOCK, () => { sink ^= createHash('sha256').update(data).digest()[0] as number })
+const aesKey = randomFillSync(new Uint8Array(32))
+const aesNonce = randomFillSync(new Uint8Array(12))
+const aesAad = new Uint8Array(24)
+const big = randomFillSync(new Uint8Array(1 << 20))
+add('AES-256-GCM seal 4 KiB (node:crypto)', BLOCK, () => { sink ^= nodeCipher.seal(aesKey, aesNonce, data, aesAad).byteLength })
+add('AES-256-GCM seal 4 KiB (@noble/ciphers)', BLOCK, () => { sink ^= nobleCipher.seal(aesKey, aesNonce, data, aesAad).byteLength })
+add('AES-256-GCM seal 1 MiB (node:crypto)', 1 << 20, () => { sink ^= nodeCipher.seal(aesKey, aesNonce, big, aesAad).byteLength })
 add('codec encodeBlock 4 KiB', BLOCK, () => { sink ^= encodeBlock(address, data).byteLength })
 add('codec decodeBlock 4 KiB (verify)', BLOCK, () => { const r = decodeBlock(address, encoded); if (!r.ok) throw new Error(r.reason) })
 add('memory writeBlock 4 KiB (WriteAcknowledged)', BLOCK, async () => {
@@ -81,6 +89,7 @@ for (const row of rows) {
 console.log('')
 console.log(`engine crc32 vs node:zlib crc32 (same 4 KiB): ${fmt(opsOf(CRC_ENGINE) / opsOf('crc32 4 KiB (node:zlib)'), 1)}x`)
 console.log(`engine crc32 vs sha256 (same 4 KiB): ${fmt(opsOf(CRC_ENGINE) / opsOf('sha256 4 KiB (node:crypto)'), 1)}x`)
+console.log(`AES-256-GCM 4 KiB, node:crypto vs @noble/ciphers: ${fmt(opsOf('AES-256-GCM seal 4 KiB (node:crypto)') / opsOf('AES-256-GCM seal 4 KiB (@noble/ciphers)'), 1)}x`)
 console.log(`decodeBlock (crc verify + header) vs bare crc32: ${fmt(opsOf('codec decodeBlock 4 KiB (verify)') / opsOf(CRC_ENGINE), 2)}x`)
 if (sink === 0.5) console.log('') // keep `sink` observable so the work is not optimised away
 

@@ -140,3 +140,18 @@ export interface BackupTarget {
   putIndex? (data: Uint8Array): Promise<void>
   getIndex? (): Promise<Uint8Array | undefined>
 }
+
+/**
+ * Key provider driver: wraps and unwraps data-encryption keys (DEKs) with a key-encryption key it
+ * holds (a key file, a passphrase, a KMS, an HSM). GalleonFS stores only wrapped DEKs. `context`
+ * (a volume id) is bound to the wrapped key, so a wrapped key cannot be moved to another volume.
+ * `unwrap` of a key wrapped under another KEK or context rejects with DECRYPTION_FAILED.
+ */
+export interface KeyProvider {
+  /** Provider name, e.g. `internal`, `passphrase`, `external`. */
+  readonly name: string
+  /** Identifies the KEK in use (changes when it is rotated), stored beside each wrapped key. */
+  readonly keyId: string
+  wrap (dek: Uint8Array, context: string): Promise<Uint8Array>
+  unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array>
+}

@@ -1,0 +1,87 @@
+// AES-256-GCM behind one interface, in two implementations that produce identical bytes:
+// node:crypto (OpenSSL, the fast path) and @noble/ciphers (pure JavaScript, the portable one).
+// `defaultCipher()` picks node:crypto when this Node.js build offers AES-256-GCM.
+// Sealed form: ciphertext followed by the 16-byte authentication tag.
+
+import { createCipheriv, createDecipheriv, getCiphers } from 'node:crypto'
+import { gcm } from '@noble/ciphers/aes.js'
+import { GalleonError } from '../errors.js'
+
+export const KEY_BYTES = 32
+export const NONCE_BYTES = 12
+export const TAG_BYTES = 16
+
+/** An AES-256-GCM implementation. */
+export interface AeadCipher {
+  readonly name: 'node' | 'noble'
+  /** Encrypts and authenticates `plaintext` and `aad`; returns ciphertext || tag. */
+  seal: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array) => Uint8Array
+  /** Checks and decrypts what `seal` returned; throws DECRYPTION_FAILED on any mismatch. */
+  open: (key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array) => Uint8Array
+}
+
+function checkInputs (key: Uint8Array, nonce: Uint8Array): void {
+  if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES) throw new GalleonError('INVALID_ARGUMENT', `an AES-256 key is ${KEY_BYTES} bytes, got ${key?.byteLength ?? typeof key}`)
+  if (!(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES) throw new GalleonError('INVALID_ARGUMENT', `a GCM nonce is ${NONCE_BYTES} bytes, got ${nonce?.byteLength ?? typeof nonce}`)
+}
+
+function failed (cause?: unknown): GalleonError {
+  return new GalleonError('DECRYPTION_FAILED', 'the data failed authentication: it was altered, moved, replayed, or encrypted under another key; nothing was returned', cause === undefined ? undefined : { cause })
+}
+
+export const nodeCipher: AeadCipher = {
+  name: 'node',
+  seal (key, nonce, plaintext, aad) {
+    checkInputs(key, nonce)
+    const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES })
+    cipher.setAAD(aad)
+    const head = cipher.update(plaintext)
+    const tail = cipher.final()
+    const out = new Uint8Array(plaintext.byteLength + TAG_BYTES)
+    out.set(head, 0)
+    out.set(tail, head.byteLength)
+    out.set(cipher.getAuthTag(), plaintext.byteLength)
+    return out
+  },
+  open (key, nonce, sealed, aad) {
+    checkInputs(key, nonce)
+    if (sealed.byteLength < TAG_BYTES) throw failed()
+    const length = sealed.byteLength - TAG_BYTES
+    const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES })
+    decipher.setAAD(aad)
+    decipher.setAuthTag(sealed.subarray(length))
+    try {
+      const head = decipher.update(sealed.subarray(0, length))
+      const tail = decipher.final()
+      if (tail.byteLength === 0) return new Uint8Array(head.buffer, head.byteOffset, head.byteLength)
+      const out = new Uint8Array(length)
+      out.set(head, 0)
+      out.set(tail, head.byteLength)
+      return out
+    } catch (err) {
+      throw failed(err)
+    }
+  }
+}
+
+export const nobleCipher: AeadCipher = {
+  name: 'noble',
+  seal (key, nonce, plaintext, aad) {
+    checkInputs(key, nonce)
+    return gcm(key, nonce, aad).encrypt(plaintext)
+  },
+  open (key, nonce, sealed, aad) {
+    checkInputs(key, nonce)
+    if (sealed.byteLength < TAG_BYTES) throw failed()
+    try {
+      return gcm(key, nonce, aad).decrypt(sealed)
+    } catch (err) {
+      throw failed(err)
+    }
+  }
+}
+
+/** node:crypto when it offers AES-256-GCM (every standard build), else @noble/ciphers. */
+export function defaultCipher (): AeadCipher {
+  return getCiphers().includes('aes-256-gcm') ? nodeCipher : nobleCipher
+}
