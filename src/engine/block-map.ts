@@ -120,6 +120,12 @@ export class BlockMap {
 
   /** Where the view at `at` reads block `index` from; undefined when it reads zeros. */
   locate (index: number, at: number = LIVE): Located | undefined {
+    if (at === LIVE) {
+      // The hot path: the live view of a block this volume has written.
+      const current = this.#current.get(index)
+      if (current !== undefined) return current < 0 ? undefined : { map: this, gen: current }
+      if (this.parent === undefined) return undefined
+    }
     // eslint-disable-next-line @typescript-eslint/no-this-alias
     let map: BlockMap | undefined = this
     let view = at
