@@ -58,16 +58,45 @@ function keyIdOf (kek: Uint8Array): string {
   return Buffer.from(sha256(hkdf(sha256, kek, undefined, new TextEncoder().encode('galleonfs key id'), 32))).toString('hex').slice(0, 16)
 }
 
-/** Key provider with a master key file in the storage path. */
-export class InternalKeyProvider implements KeyProvider {
-  readonly name = 'internal'
+/** A provider that holds its KEK in memory and wraps with wrapKey. */
+abstract class LocalKeyProvider implements KeyProvider {
+  abstract readonly name: string
   readonly keyId: string
   readonly #kek: Uint8Array
 
-  private constructor (kek: Uint8Array) {
+  protected constructor (kek: Uint8Array) {
     this.#kek = kek
     this.keyId = keyIdOf(kek)
   }
+
+  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
+  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
+}
+
+/**
+ * Creates `path` with mode 0600 holding `text`, durably. Returns false when it already exists
+ * (another process created it first: the caller reads that one).
+ */
+async function createSecretFile (path: string, text: string, what: string): Promise<boolean> {
+  try {
+    const handle = await open(path, 'wx', 0o600)
+    try {
+      await handle.writeFile(text)
+      await handle.datasync()
+    } finally {
+      await handle.close()
+    }
+    await chmod(path, 0o600)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw new GalleonError('IO_ERROR', `could not create the ${what} ${path}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+/** Key provider with a master key file in the storage path. */
+export class InternalKeyProvider extends LocalKeyProvider {
+  readonly name = 'internal'
 
   /** Loads the master key file at `path`, creating it (mode 0600) if it does not exist. */
   static async open (path: string): Promise<InternalKeyProvider> {
@@ -84,40 +113,18 @@ export class InternalKeyProvider implements KeyProvider {
     }
     if (text === undefined) {
       const kek = generateKey()
-      try {
-        const handle = await open(path, 'wx', 0o600)
-        try {
-          await handle.writeFile(Buffer.from(kek).toString('hex') + '\n')
-          await handle.datasync()
-        } finally {
-          await handle.close()
-        }
-        await chmod(path, 0o600)
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return await InternalKeyProvider.open(path)
-        throw new GalleonError('IO_ERROR', `could not create the master key file ${path}: ${(err as Error).message}`, { cause: err })
-      }
+      if (!await createSecretFile(path, Buffer.from(kek).toString('hex') + '\n', 'master key file')) return await InternalKeyProvider.open(path)
       return new InternalKeyProvider(kek)
     }
     const hex = text.trim()
     if (!/^[0-9a-f]{64}$/.test(hex)) throw new GalleonError('CORRUPTION', `the master key file ${path} does not hold a 256-bit hex key; restore it from your key backup`)
     return new InternalKeyProvider(new Uint8Array(Buffer.from(hex, 'hex')))
   }
-
-  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
-  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
 }
 
 /** Key provider with a KEK derived from a passphrase. */
-export class PassphraseKeyProvider implements KeyProvider {
+export class PassphraseKeyProvider extends LocalKeyProvider {
   readonly name = 'passphrase'
-  readonly keyId: string
-  readonly #kek: Uint8Array
-
-  private constructor (kek: Uint8Array) {
-    this.#kek = kek
-    this.keyId = keyIdOf(kek)
-  }
 
   /**
    * Derives the KEK from `passphrase` with the salt kept at `saltPath` (created on first use).
@@ -136,18 +143,7 @@ export class PassphraseKeyProvider implements KeyProvider {
       const salt = new Uint8Array(randomBytes(16))
       const kek = await scryptAsync(passphrase, salt, { N, r: 8, p: 1, dkLen: KEY_BYTES })
       const record = { salt: Buffer.from(salt).toString('hex'), N, check: checkValue(kek) }
-      try {
-        const handle = await open(saltPath, 'wx', 0o600)
-        try {
-          await handle.writeFile(JSON.stringify(record) + '\n')
-          await handle.datasync()
-        } finally {
-          await handle.close()
-        }
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'EEXIST') return await PassphraseKeyProvider.open(passphrase, saltPath, cost)
-        throw new GalleonError('IO_ERROR', `could not create the passphrase salt file ${saltPath}: ${(err as Error).message}`, { cause: err })
-      }
+      if (!await createSecretFile(saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')) return await PassphraseKeyProvider.open(passphrase, saltPath, cost)
       return new PassphraseKeyProvider(kek)
     }
     if (typeof stored?.salt !== 'string' || typeof stored.check !== 'string' || !Number.isSafeInteger(stored.N)) {
@@ -161,9 +157,6 @@ export class PassphraseKeyProvider implements KeyProvider {
     }
     return new PassphraseKeyProvider(kek)
   }
-
-  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
-  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
 }
 
 function checkValue (kek: Uint8Array): string {
