@@ -40,6 +40,8 @@ export interface GalleonEvents {
   'volume:expanded': (volume: Volume, previousSizeBytes: number) => void
   'volume:state': (volume: Volume, previousState: string) => void
   'volume:cloned': (clone: Volume, source: Snapshot) => void
+  /** A data-key rotation finished: every block is sealed with key version `keyVersion`. */
+  'volume:key-rotated': (volume: Volume, keyVersion: number) => void
   'snapshot:created': (snapshot: Snapshot) => void
   'snapshot:deleted': (snapshot: Snapshot) => void
   'snapshot:restored': (volume: Volume, snapshot: Snapshot, blocksReverted: number) => void

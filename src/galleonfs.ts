@@ -2,7 +2,9 @@
 
 import { EventEmitter } from 'eventemitter3'
 import { GalleonError, assertBytes, describe } from './errors.js'
-import type { BlockStore, BlockStoreStats } from './drivers.js'
+import type { BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
+import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
+import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
 import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
@@ -62,6 +64,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #reverting = new Set<string>()
   /** Why the last revert of a volume failed, when it did. */
   readonly #revertFailures = new Map<string, string>()
+  #keys!: KeyManager
+  /** Data-key rotations running in the background, by volume id. */
+  readonly #rotations = new Map<string, Promise<void>>()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
     super()
@@ -109,12 +114,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         onChecksumFailure: (failure) => { if (instance !== undefined) instance.#onChecksumFailure(failure) }
       })
       instance = new GalleonFS(metadata, blockStore, catalog, engine, location)
+      instance.#keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider: options.keyProvider, passphrase: options.passphrase, inMemory: options.inMemory === true })
+      await instance.#keys.load()
       const clock = options.clock ?? { now: Date.now }
       if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
-      instance.#backups = new BackupManager(instance, options.backupTarget, () => clock.now())
+      instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined)
       await instance.#recover()
       await instance.#scheduler.start()
+      for (const record of catalog.volumes()) {
+        if (instance.#keys.rotation(record.id) !== undefined) instance.#startRotation(record)
+      }
       return instance
     } catch (err) {
       await blockStore.close().catch(() => {})
@@ -139,6 +149,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         parent: source === undefined || parent === undefined ? undefined : { storageId: parent.storageId, gen: source.gen, sizeBytes: source.sizeBytes }
       }
     }))
+    await this.#attachKeys(records)
     for (const record of records) {
       // A revert cut short by a crash: finish it, so the volume reads as the snapshot, not as a mix.
       if (record.revertTo === undefined || record.state === VolumeState.Deleting) continue
@@ -164,6 +175,25 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     for (const record of this.#catalog.volumes()) {
       if (record.state !== VolumeState.Available) await this.#catalog.updateVolume(record.id, { state: VolumeState.Available })
     }
+  }
+
+  /**
+   * Gives every encrypted volume its cipher (DEKs unwrapped), creates the keys a crash kept a new
+   * volume from getting (it cannot hold data yet), forgets keys of volumes that are gone, and
+   * finishes a key-encryption-key rotation a crash interrupted.
+   */
+  async #attachKeys (records: readonly VolumeRecord[]): Promise<void> {
+    const ids = new Set(records.map((record) => record.id))
+    for (const volumeId of this.#keys.volumeIds()) if (!ids.has(volumeId)) await this.#keys.delete(volumeId)
+    for (const record of records) {
+      if (record.encrypted !== true) continue
+      const volume = this.#volumeBlocks(record)
+      volume.cipher = this.#keys.has(record.id) ? await this.#keys.attach(record.id, record.storageId) : await this.#keys.create(record.id, record.storageId)
+    }
+    // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
+    // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
+    const unavailable = records.some((record) => this.#engine.volume(record.storageId)?.cipher?.unavailable !== undefined)
+    if (!unavailable && await this.#keys.staleWraps().catch(() => false)) await this.#keys.rewrapAll(await this.#keys.provider()).catch(() => {})
   }
 
   /** Orders volumes to delete so that clones go before their sources (fewer copies to make). */
@@ -204,6 +234,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         this.#scheduler.stop()
         await this.#scheduler.idle()
         await this.#adminQueue.catch(() => {})
+        await Promise.all([...this.#rotations.values()])
         for (const record of this.#destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
           await this.#destroy(this.#catalog.resolve(record.id), true)
         }
@@ -252,6 +283,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     const labels = checkLabels(options.labels ?? {})
     assertClassSupported(storageClass, replicas)
+    const encrypted = storageClass.parameters.encryption === 'true'
+    // Open the key provider first: a missing master key or a failing KMS stops the create here.
+    if (encrypted) await this.#keys.provider()
 
     const unreserve = this.#catalog.reserveName(name)
     let record: VolumeRecord
@@ -265,15 +299,28 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         storageClass: storageClass.name,
         replicas,
         accessModes: [...new Set(accessModes)] as AccessMode[],
-        labels
+        labels,
+        encrypted
       })
     } finally {
       unreserve()
     }
-    this.#engine.attach(record.storageId, record.sizeBytes)
+    const blocks = this.#engine.attach(record.storageId, record.sizeBytes)
+    if (encrypted) await this.#giveKeys(record, blocks)
     const volume = toVolume(record)
     this.emit('volume:created', volume)
     return volume
+  }
+
+  /** Creates a new encrypted volume's keys; if that fails, the volume is removed again. */
+  async #giveKeys (record: VolumeRecord, blocks: VolumeBlocks): Promise<void> {
+    try {
+      blocks.cipher = await this.#keys.create(record.id, record.storageId)
+    } catch (err) {
+      await this.#engine.destroy(blocks).catch(() => {})
+      await this.#catalog.deleteVolume(record.id).catch(() => {})
+      throw err
+    }
   }
 
   /** Looks a volume up by id or name. */
@@ -325,6 +372,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const volume = this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
     await this.#engine.destroy(volume)
     await this.#catalog.deleteVolume(record.id)
+    if (this.#keys.has(record.id)) await this.#keys.delete(record.id)
     this.emit('volume:deleted', toVolume(deleting))
     if (record.source !== undefined) await this.#releaseSource(record.source)
   }
@@ -698,13 +746,23 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             replicas: record.replicas,
             accessModes: [...record.accessModes],
             labels: labels ?? { ...record.labels },
-            source: { volumeId: record.id, snapshotId: snapshot.id }
+            source: { volumeId: record.id, snapshotId: snapshot.id },
+            encrypted: record.encrypted === true
           })
         } catch (err) {
           if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
           throw err
         }
         const volume = this.#engine.attach(clone.storageId, clone.sizeBytes)
+        // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
+        if (clone.encrypted === true) {
+          try {
+            await this.#giveKeys(clone, volume)
+          } catch (err) {
+            if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
+            throw err
+          }
+        }
         this.#engine.linkClone(volume, this.#volumeBlocks(record), snapshot.gen, snapshot.sizeBytes)
         const result = toVolume(clone)
         this.emit('volume:created', result)
@@ -927,6 +985,97 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#scheduler.runDue()
   }
 
+  // ---------------------------------------------------------------- encryption
+
+  /** How a volume is encrypted: key versions, the KEK id, a rotation in progress. */
+  async getVolumeEncryption (vol: VolumeRef): Promise<VolumeEncryption> {
+    this.#assertOpen()
+    const record = this.#catalog.resolve(vol)
+    return this.#keys.describe(record.id, this.#engine.volume(record.storageId)?.cipher)
+  }
+
+  /**
+   * Rotates an encrypted volume's data key: a new key seals every write from now on, and the
+   * blocks sealed by the old one (snapshots included) are re-encrypted in the background while the
+   * volume stays online. A crash mid-way resumes at the next open. Resolves once the new key is
+   * active; with `{ wait: true }`, once every block is re-encrypted and the old key is gone.
+   */
+  async rotateVolumeKey (vol: VolumeRef, options: { wait?: boolean } = {}): Promise<VolumeEncryption> {
+    this.#assertOpen()
+    const record = this.#catalog.resolve(vol)
+    if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
+    const volume = this.#ioVolume(record)
+    if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
+    if (this.#rotations.has(record.id) || this.#keys.rotation(record.id) !== undefined) {
+      throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
+    }
+    await this.#keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+    const running = this.#startRotation(record)
+    if (options?.wait === true) await running
+    const state = this.#keys.describe(record.id, volume.cipher)
+    if (options?.wait === true && state.rotation !== undefined) throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} stopped before it finished; it resumes at the next open`)
+    return state
+  }
+
+  /** Runs (or resumes) the background re-encryption of a volume after a DEK rotation. */
+  #startRotation (record: VolumeRecord): Promise<void> {
+    const existing = this.#rotations.get(record.id)
+    if (existing !== undefined) return existing
+    const run = (async () => {
+      const volume = this.#volumeBlocks(record)
+      const cipher = volume.cipher
+      const rotation = this.#keys.rotation(record.id)
+      if (cipher === undefined || rotation === undefined) return
+      try {
+        await this.#engine.reseal(volume, rotation.cursor, async (next) => {
+          await this.#keys.advanceRotation(record.id, next)
+          if (this.#closed) throw new GalleonError('CANCELLED', 'the instance is closing; the re-encryption resumes at the next open')
+        })
+        await this.#keys.finishRotation(record.id, cipher)
+        this.emit('volume:key-rotated', toVolume(this.#catalog.resolve(record.id)), this.#keys.describe(record.id, cipher).keyVersion as number)
+      } catch (err) {
+        if (this.#closed || (err instanceof GalleonError && (err.code === 'CANCELLED' || err.code === 'VOLUME_NOT_FOUND'))) return
+        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `re-encryption with the new data key stopped (it resumes at the next open): ${(err as Error)?.message ?? String(err)}` })
+      } finally {
+        this.#rotations.delete(record.id)
+      }
+    })()
+    this.#rotations.set(record.id, run)
+    return run
+  }
+
+  /**
+   * Rotates the key-encryption key: every data key and backup key is re-wrapped (no data is
+   * rewritten). With the internal provider, a new master key is generated (older ones stay in the
+   * key file, retired, so older backups remain restorable); with `{ passphrase }` the passphrase
+   * changes; with `{ keyProvider }` the keys move to that provider (pass it to open() from then on).
+   */
+  async rotateKeyEncryptionKey (options: { keyProvider?: KeyProvider, passphrase?: string } = {}): Promise<{ keyId: string, provider: string, rewrapped: number }> {
+    this.#assertOpen()
+    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `rotateKeyEncryptionKey() options must be an object, got ${describe(options)}`)
+    if (options.keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+    return await this.#admin(async () => {
+      const current = await this.#keys.provider()
+      let next: KeyProvider
+      if (options.keyProvider !== undefined) {
+        const provider = options.keyProvider
+        if (provider === null || typeof provider !== 'object' || typeof provider.wrap !== 'function' || typeof provider.unwrap !== 'function' || typeof provider.keyId !== 'string') {
+          throw new GalleonError('INVALID_ARGUMENT', `keyProvider must implement { name, keyId, wrap(dek, context), unwrap(wrapped, context) }, got ${describe(provider)}`)
+        }
+        next = provider
+      } else if (options.passphrase !== undefined) {
+        if (!(current instanceof PassphraseKeyProvider)) throw new GalleonError('INVALID_ARGUMENT', `this instance uses the ${current.name} key provider, not a passphrase; pass { keyProvider } to move its keys elsewhere`)
+        next = await current.change(options.passphrase)
+      } else if (current instanceof InternalKeyProvider) {
+        next = await current.rotate()
+      } else {
+        throw new GalleonError('INVALID_ARGUMENT', `the ${current.name} key provider cannot make a new key by itself; pass { keyProvider } (or { passphrase } for the passphrase provider)`)
+      }
+      const rewrapped = await this.#keys.rewrapAll(next)
+      return { keyId: next.keyId, provider: next.name, rewrapped }
+    })
+  }
+
   // ---------------------------------------------------------------- internals
 
   #assertOpen (): void {
@@ -996,6 +1145,7 @@ function toVolume (record: VolumeRecord): Volume {
     blockSize: record.blockSize,
     storageClass: record.storageClass,
     replicas: record.replicas,
+    encrypted: record.encrypted === true,
     accessModes: [...record.accessModes],
     labels: { ...record.labels },
     createdAt: record.createdAt,

@@ -14,7 +14,7 @@ export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } fr
 export type { MetadataDatabase } from './volumes/catalog.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockStore, type BackupTarget, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
+  type BlockStore, type BackupTarget, type KeyProvider, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
@@ -23,3 +23,6 @@ export type { BackupPolicy, BackupPolicyOptions, BackupPolicyRun, BackupRetentio
 export { DirectoryBackupTarget } from '../backends/directory/index.js'
 export type { VolumeMetrics, VolumeMetricsSnapshot } from './metrics/recorder.js'
 export { PROMETHEUS_CONTENT_TYPE } from './metrics/prometheus.js'
+export { InternalKeyProvider, PassphraseKeyProvider, ExternalKeyProvider, generateKey } from './crypto/keys.js'
+export { nodeCipher, nobleCipher, defaultCipher, type AeadCipher } from './crypto/cipher.js'
+export type { VolumeEncryption } from './crypto/key-manager.js'

@@ -41,6 +41,14 @@ export interface OpenOptions {
    * (tests and simulations).
    */
   clock?: { now: () => number }
+  /**
+   * Wraps the data keys of encrypted volumes (see KeyProvider). Default: the internal provider, a
+   * master key file `master.key` (mode 0600) in storagePath, created when the first encrypted
+   * volume is. Supply your own for a KMS or an HSM.
+   */
+  keyProvider?: import('./drivers.js').KeyProvider
+  /** Derive the key-encryption key from this passphrase instead (salt kept in storagePath). */
+  passphrase?: string
 }
 
 /** What open() resolved the options to. */

@@ -71,6 +71,8 @@ export interface Volume {
   readonly storageClass: string
   /** Number of copies of the data (1 = this node only). */
   readonly replicas: number
+  /** Whether its blocks are encrypted at rest (AES-256-GCM), from its storage class. */
+  readonly encrypted: boolean
   readonly accessModes: readonly AccessMode[]
   readonly labels: Readonly<Record<string, string>>
   /** ISO-8601 creation time. */

@@ -80,7 +80,7 @@ describe('GalleonFS in memory', () => {
       ['bad replicas', { name: 'v', sizeBytes: '1M', replicas: 0 }, 'INVALID_ARGUMENT'],
       ['unknown option', { name: 'v', sizeBytes: '1M', colour: 'blue' }, 'INVALID_ARGUMENT'],
       ['unknown class', { name: 'v', sizeBytes: '1M', storageClass: 'nope' }, 'STORAGE_CLASS_NOT_FOUND'],
-      ['encrypted class', { name: 'v', sizeBytes: '1M', storageClass: 'encrypted-storage', replicas: 1 }, 'NOT_IMPLEMENTED'],
+      ['the encrypted class with its 3 replicas', { name: 'v', sizeBytes: '1M', storageClass: 'encrypted-storage' }, 'NOT_IMPLEMENTED'],
       ['more replicas than one node', { name: 'v', sizeBytes: '1M', replicas: 3 }, 'NOT_IMPLEMENTED']
     ]
     for (const [what, options, code] of badCreates) {

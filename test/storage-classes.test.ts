@@ -74,9 +74,10 @@ describe('built-in classes and capabilities', () => {
     assert.equal(encrypted?.reclaimPolicy, 'Retain')
     assert.equal(encrypted?.volumeBindingMode, 'WaitForFirstConsumer')
   })
-  it('refuses encryption and extra replicas with NOT_IMPLEMENTED naming what is missing', () => {
+  it('accepts encryption, refuses extra replicas with NOT_IMPLEMENTED naming what is missing', () => {
     const encrypted = BUILT_IN_STORAGE_CLASSES[1]!
-    assert.throws(() => assertClassSupported(encrypted, 1), (err: Error & { code?: string }) => err.code === 'NOT_IMPLEMENTED' && /encryption/.test(err.message))
+    assert.doesNotThrow(() => assertClassSupported(encrypted, 1))
+    assert.throws(() => assertClassSupported(encrypted, 3), (err: Error & { code?: string }) => err.code === 'NOT_IMPLEMENTED' && /3 replicas/.test(err.message) && !/encryption/.test(err.message))
     const fast = BUILT_IN_STORAGE_CLASSES[0]!
     assert.throws(() => assertClassSupported(fast, 2), (err: Error & { code?: string }) => err.code === 'NOT_IMPLEMENTED' && /2 replicas/.test(err.message))
     assert.doesNotThrow(() => assertClassSupported(fast, 1))

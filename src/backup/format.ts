@@ -2,10 +2,20 @@
 // a chunk's id is the SHA-256 of its data, and a manifest carries the SHA-256 of its own content.
 //
 // Chunk envelope (16-byte header, then the payload):
-//   [0..3] magic 'GBCK'  [4] format version  [5] flags (bit 0: payload is deflated; bit 1 is
-//   reserved for encrypted payloads)  [6..7] reserved  [8..11] length of the data  [12..15] reserved
+//   [0..3] magic 'GBCK'  [4] format version  [5] flags (bit 0: payload is deflated; bit 1: payload
+//   is encrypted)  [6..7] reserved  [8..11] length of the data  [12..15] reserved
+//
+// Chunks of an encrypted volume: the id is an HMAC-SHA256 of the data under a key derived from the
+// volume's backup key (a plain hash would let anyone with the target test guesses of the contents),
+// and the payload (deflated first, when that pays) is sealed with AES-256-GCM under a second derived
+// key: a random 12-byte nonce, then ciphertext and tag; the chunk id is the authenticated data, so a
+// chunk stored under another id fails. Random nonces are safe here: a backup key seals a chunk per
+// MiB of changed data, far below the 2^32 seals that random 96-bit nonces allow per key.
 
-import { createHash } from 'node:crypto'
+import { createHash, createHmac, randomBytes } from 'node:crypto'
+import { hkdf } from '@noble/hashes/hkdf.js'
+import { sha256 } from '@noble/hashes/sha2.js'
+import { NONCE_BYTES, defaultCipher } from '../crypto/cipher.js'
 import { promisify } from 'node:util'
 import { deflateRaw, inflateRaw } from 'node:zlib'
 import { GalleonError } from '../errors.js'
@@ -17,22 +27,39 @@ const MAGIC = 0x4b434247 // 'GBCK' read little-endian
 const CHUNK_FORMAT = 1
 const HEADER_BYTES = 16
 const FLAG_DEFLATED = 1
+const FLAG_ENCRYPTED = 2
 /** Compression is kept only when it saves at least this fraction. */
 const WORTH_COMPRESSING = 0.9
 
 export const MANIFEST_KIND = 'galleonfs-backup'
 export const MANIFEST_FORMAT = 1
 
-/** SHA-256 of `data`, lowercase hex: a chunk's id. */
+/** SHA-256 of `data`, lowercase hex: a chunk's id (and the checksum of manifests). */
 export function chunkId (data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex')
+}
+
+/** Keys derived from a volume's backup key: one names chunks, one seals them. */
+export interface ChunkKeys {
+  readonly id: Uint8Array
+  readonly seal: Uint8Array
+}
+
+export function chunkKeys (backupKey: Uint8Array): ChunkKeys {
+  const derive = (info: string): Uint8Array => hkdf(sha256, backupKey, undefined, new TextEncoder().encode(info), 32)
+  return { id: derive('galleonfs backup chunk id'), seal: derive('galleonfs backup chunk seal') }
+}
+
+/** A chunk's id: SHA-256 of the data, or for an encrypted volume an HMAC of it under `keys.id`. */
+export function chunkIdOf (data: Uint8Array, keys?: ChunkKeys): string {
+  return keys === undefined ? chunkId(data) : createHmac('sha256', keys.id).update(data).digest('hex')
 }
 
 /** Bytes tried first: data whose sample does not compress is stored as it is, without a full attempt. */
 const SAMPLE_BYTES = 16 * 1024
 
-/** Wraps chunk data in its envelope, deflated when that pays. */
-export async function encodeChunk (data: Uint8Array): Promise<Uint8Array> {
+/** Wraps chunk data in its envelope, deflated when that pays, sealed when `keys` are given. */
+export async function encodeChunk (data: Uint8Array, keys?: { readonly id: string, readonly keys: ChunkKeys }): Promise<Uint8Array> {
   let compressed: Uint8Array | undefined
   if (data.byteLength > SAMPLE_BYTES) {
     const sample = await deflate(data.subarray(0, SAMPLE_BYTES), { level: 1 })
@@ -41,35 +68,53 @@ export async function encodeChunk (data: Uint8Array): Promise<Uint8Array> {
     compressed = await deflate(data, { level: 1 })
   }
   const deflated = compressed !== undefined && compressed.byteLength < data.byteLength * WORTH_COMPRESSING
-  const payload = deflated ? compressed as Uint8Array : data
+  let payload = deflated ? compressed as Uint8Array : data
+  if (keys !== undefined) {
+    const nonce = new Uint8Array(randomBytes(NONCE_BYTES))
+    const sealed = defaultCipher().seal(keys.keys.seal, nonce, payload, new TextEncoder().encode(keys.id))
+    payload = new Uint8Array(NONCE_BYTES + sealed.byteLength)
+    payload.set(nonce, 0)
+    payload.set(sealed, NONCE_BYTES)
+  }
   const out = new Uint8Array(HEADER_BYTES + payload.byteLength)
   const view = new DataView(out.buffer)
   view.setUint32(0, MAGIC, true)
   view.setUint8(4, CHUNK_FORMAT)
-  view.setUint8(5, deflated ? FLAG_DEFLATED : 0)
+  view.setUint8(5, (deflated ? FLAG_DEFLATED : 0) | (keys === undefined ? 0 : FLAG_ENCRYPTED))
   view.setUint32(8, data.byteLength, true)
   out.set(payload, HEADER_BYTES)
   return out
 }
 
 /** Unwraps and verifies a chunk envelope against its id; throws CHECKSUM_MISMATCH or CORRUPTION. */
-export async function decodeChunk (id: string, envelope: Uint8Array): Promise<Uint8Array> {
+export async function decodeChunk (id: string, envelope: Uint8Array, keys?: ChunkKeys): Promise<Uint8Array> {
   if (envelope.byteLength < HEADER_BYTES) throw new GalleonError('CORRUPTION', `backup chunk ${id} is ${envelope.byteLength} bytes, shorter than its header`)
   const view = new DataView(envelope.buffer, envelope.byteOffset, envelope.byteLength)
   if (view.getUint32(0, true) !== MAGIC) throw new GalleonError('CORRUPTION', `backup chunk ${id} does not start with the chunk magic; it is not a GalleonFS chunk or it is damaged`)
   const version = view.getUint8(4)
   if (version !== CHUNK_FORMAT) throw new GalleonError('CORRUPTION', `backup chunk ${id} has format ${version}; this version reads format ${CHUNK_FORMAT}`)
   const flags = view.getUint8(5)
-  if ((flags & ~FLAG_DEFLATED) !== 0) throw new GalleonError('NOT_IMPLEMENTED', `backup chunk ${id} uses flags 0x${flags.toString(16)} (encrypted chunks), which this release cannot read`)
+  if ((flags & ~(FLAG_DEFLATED | FLAG_ENCRYPTED)) !== 0) throw new GalleonError('NOT_IMPLEMENTED', `backup chunk ${id} uses flags 0x${flags.toString(16)}, which this release cannot read`)
+  const encrypted = (flags & FLAG_ENCRYPTED) !== 0
+  if (encrypted && keys === undefined) throw new GalleonError('DECRYPTION_FAILED', `backup chunk ${id} is encrypted, and the backup it belongs to does not say so (or no key was given); it cannot be read`)
+  if (!encrypted && keys !== undefined) throw new GalleonError('DECRYPTION_FAILED', `backup chunk ${id} of an encrypted backup is stored unencrypted; it was planted or altered`)
   const length = view.getUint32(8, true)
-  const payload = envelope.subarray(HEADER_BYTES)
+  let payload = envelope.subarray(HEADER_BYTES)
+  if (keys !== undefined) {
+    if (payload.byteLength < NONCE_BYTES) throw new GalleonError('DECRYPTION_FAILED', `backup chunk ${id} is too short to be an encrypted chunk; it was altered`)
+    try {
+      payload = defaultCipher().open(keys.seal, payload.subarray(0, NONCE_BYTES), payload.subarray(NONCE_BYTES), new TextEncoder().encode(id))
+    } catch (err) {
+      throw new GalleonError('DECRYPTION_FAILED', `backup chunk ${id} failed authentication: it was altered, stored under another id, or sealed with another volume's key; nothing was returned`, { cause: err })
+    }
+  }
   let data: Uint8Array
   try {
     data = (flags & FLAG_DEFLATED) !== 0 ? new Uint8Array(await inflate(payload)) : payload
   } catch (err) {
     throw new GalleonError('CHECKSUM_MISMATCH', `backup chunk ${id} does not decompress (${(err as Error).message}); it is damaged`, { cause: err })
   }
-  if (data.byteLength !== length || chunkId(data) !== id) {
+  if (data.byteLength !== length || chunkIdOf(data, keys) !== id) {
     throw new GalleonError('CHECKSUM_MISMATCH', `backup chunk ${id} does not match its checksum; it is damaged on the target`)
   }
   return data
@@ -99,7 +144,19 @@ export interface Manifest {
     readonly sizeBytes: number
     readonly blockSize: number
     readonly storageClass: string
+    readonly replicas?: number
     readonly labels: Readonly<Record<string, string>>
+  }
+  /**
+   * Set when the volume is encrypted: its chunks are sealed with the volume's backup key, which is
+   * stored here wrapped by the key-encryption key (restoring needs that KEK).
+   */
+  readonly encryption?: {
+    readonly algorithm: 'AES-256-GCM'
+    readonly fingerprint: string
+    readonly wrappedKey: string
+    readonly kekId: string
+    readonly provider: string
   }
   /** The snapshot of the source volume the backup was read from. */
   readonly snapshot: { readonly id: string, readonly name: string }

@@ -10,7 +10,14 @@ import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
-import { chunkId, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type Extent, type Manifest } from './format.js'
+import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type ChunkKeys, type Extent, type Manifest } from './format.js'
+import type { BackupKey } from '../crypto/key-manager.js'
+
+/** Where backups of encrypted volumes get their keys (the instance's KeyManager). */
+export interface BackupKeySource {
+  backupKey: (volumeId: string) => Promise<BackupKey>
+  openBackupKey: (volumeId: string, stored: { wrapped: string, kekId: string, fingerprint: string }) => Promise<Uint8Array>
+}
 
 /**
  * Bytes per chunk at most. A chunk holds the changed blocks of one aligned window of
@@ -72,6 +79,8 @@ export interface Backup {
   readonly target: string
   /** The backup policy that took it, if any. */
   readonly policy: string | null
+  /** Whether its chunks are encrypted (a backup of an encrypted volume). */
+  readonly encrypted: boolean
 }
 
 /** Result of `verifyBackup`. */
@@ -105,9 +114,11 @@ export class BackupManager {
   readonly #directories = new Map<string, DirectoryBackupTarget>()
   readonly #queues = new WeakMap<BackupTarget, TargetQueue>()
   readonly #now: () => number
+  readonly #keys: BackupKeySource
 
-  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, now: () => number = Date.now) {
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now) {
     this.#g = g
+    this.#keys = keys
     this.#now = now
     this.#defaultTarget = defaultTarget
     if (defaultTarget !== undefined) this.#target(defaultTarget)
@@ -138,6 +149,8 @@ export class BackupManager {
         : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
       const strategy = base === undefined ? BackupStrategy.Full : requested
       const id = randomUUID()
+      const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
+      const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
       const snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
       try {
         const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
@@ -174,13 +187,13 @@ export class BackupManager {
             }
             if (parts.length > 0) {
               const data = parts.length === 1 ? parts[0] as Uint8Array : concat(parts, offset * blockSize)
-              const chunk = chunkId(data)
+              const chunk = chunkIdOf(data, keys)
               for (const extent of pieceExtents) if (extent[2] === '') extent[2] = chunk
               referenced.add(chunk)
               if (!stored.has(chunk)) {
                 stored.add(chunk)
                 if (!await target.hasChunk(chunk)) {
-                  const envelope = await encodeChunk(data)
+                  const envelope = await encodeChunk(data, keys === undefined ? undefined : { id: chunk, keys })
                   await target.putChunk(chunk, envelope)
                   newChunks++
                   storedBytes += envelope.byteLength
@@ -202,7 +215,8 @@ export class BackupManager {
           strategy,
           requestedStrategy: requested,
           base: base?.id ?? null,
-          volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, labels: { ...volume.labels } },
+          volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels } },
+          ...(backupKey === undefined ? {} : { encryption: { algorithm: 'AES-256-GCM' as const, fingerprint: backupKey.fingerprint, wrappedKey: backupKey.wrapped, kekId: backupKey.kekId, provider: backupKey.provider } }),
           snapshot: { id: snapshot.id, name: snapshot.name },
           ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
           extents: extents.flat(),
@@ -276,13 +290,20 @@ export class BackupManager {
     }
     const checked = new Set<string>()
     for (const manifest of chain) {
+      let keys: ChunkKeys | undefined
+      try {
+        keys = await this.#chunkKeys(manifest)
+      } catch (err) {
+        problems.push({ backupId: manifest.id, code: errorCode(err), message: (err as Error).message })
+        continue
+      }
       for (const [, , chunk] of manifest.extents) {
         if (chunk === null || checked.has(chunk)) continue
         checked.add(chunk)
         try {
           const envelope = await target.getChunk(chunk)
           if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} is missing from the target`)
-          await decodeChunk(chunk, envelope)
+          await decodeChunk(chunk, envelope, keys)
         } catch (err) {
           problems.push({ backupId: manifest.id, chunk, code: errorCode(err), message: (err as Error).message })
         }
@@ -361,12 +382,17 @@ export class BackupManager {
       }
     }
     const blockSize = manifest.volume.blockSize
+    // Every backup of a chain is of one volume, sealed with its one backup key.
+    const keys = await this.#chunkKeys(manifest)
     let volume: Volume
     let created = false
     let safety: { id: string } | undefined
     if (options.volume !== undefined) {
       volume = await this.#g.getVolume(options.volume)
       if (volume.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks but volume ${volume.name} has ${volume.blockSize}-byte blocks`)
+      if (manifest.encryption !== undefined && !volume.encrypted) {
+        throw new GalleonError('INVALID_ARGUMENT', `backup ${id} is of an encrypted volume and ${volume.name} is not encrypted; restore it into an encrypted volume, or into a new one ({ name })`)
+      }
       if (volume.sizeBytes < manifest.volume.sizeBytes) {
         throw new GalleonError('OUT_OF_RANGE', `backup ${id} is of a ${manifest.volume.sizeBytes}-byte volume but ${volume.name} has ${volume.sizeBytes} bytes; expand it first or restore into a new volume`)
       }
@@ -380,11 +406,15 @@ export class BackupManager {
       }
     } else {
       if (this.#g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${this.#g.blockSize}, so restore it into an instance opened with blockSize ${blockSize}`)
-      const classes = new Set((await this.#g.listStorageClasses()).map((c) => c.name))
+      const classes = await this.#g.listStorageClasses()
+      let storageClass = classes.find((c) => c.name === manifest.volume.storageClass)
+      // An encrypted backup is restored into an encrypted volume, whatever happened to its class.
+      if (manifest.encryption !== undefined && storageClass?.parameters.encryption !== 'true') storageClass = classes.find((c) => c.name === 'encrypted-storage')
       volume = await this.#g.createVolume({
         name: options.name ?? `${manifest.volume.name}-restored-${id.slice(0, 8)}`,
         sizeBytes: manifest.volume.sizeBytes,
-        storageClass: classes.has(manifest.volume.storageClass) ? manifest.volume.storageClass : undefined,
+        storageClass: storageClass?.name,
+        ...(manifest.volume.replicas === undefined ? {} : { replicas: manifest.volume.replicas }),
         labels: { ...manifest.volume.labels }
       })
       created = true
@@ -407,7 +437,7 @@ export class BackupManager {
           const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
           const envelope = await target.getChunk(chunk)
           if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${id} is missing from ${target.location}; the backup cannot be restored (verifyBackup lists every damaged part)`)
-          const data = await decodeChunk(chunk, envelope)
+          const data = await decodeChunk(chunk, envelope, keys)
           list.sort((a, b) => a[0] - b[0])
           for (let at = 0; at < list.length;) {
             let end = at + 1
@@ -433,6 +463,16 @@ export class BackupManager {
     }
     if (safety !== undefined) await this.#g.deleteSnapshot(volume.id, safety.id).catch(() => {})
     return await this.#g.getVolume(volume.id)
+  }
+
+  /** The chunk keys of an encrypted backup (undefined for a plain one). */
+  async #chunkKeys (manifest: Manifest): Promise<ChunkKeys | undefined> {
+    const encryption = manifest.encryption
+    if (encryption === undefined) return undefined
+    if (encryption.algorithm !== 'AES-256-GCM' || typeof encryption.wrappedKey !== 'string' || typeof encryption.fingerprint !== 'string') {
+      throw new GalleonError('CORRUPTION', `backup ${manifest.id} names encryption ${describe(encryption)}, which this version cannot read`)
+    }
+    return chunkKeys(await this.#keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
   }
 
   #target (ref: BackupTargetRef | undefined): BackupTarget {
@@ -597,6 +637,7 @@ function toBackup (manifest: Manifest, target: BackupTarget): Backup {
     storedBytes: manifest.stats.storedBytes,
     snapshotName: manifest.snapshot.name,
     target: target.location,
-    policy: manifest.policy ?? null
+    policy: manifest.policy ?? null,
+    encrypted: manifest.encryption !== undefined
   }
 }

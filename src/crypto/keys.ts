@@ -12,7 +12,8 @@
 //   external    wrap/unwrap by functions the application supplies (a KMS client, an HSM).
 
 import { randomBytes, timingSafeEqual } from 'node:crypto'
-import { chmod, open, readFile, stat } from 'node:fs/promises'
+import { chmod, open, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { scryptAsync } from '@noble/hashes/scrypt.js'
 import { sha256 } from '@noble/hashes/sha2.js'
@@ -58,19 +59,60 @@ function keyIdOf (kek: Uint8Array): string {
   return Buffer.from(sha256(hkdf(sha256, kek, undefined, new TextEncoder().encode('galleonfs key id'), 32))).toString('hex').slice(0, 16)
 }
 
-/** A provider that holds its KEK in memory and wraps with wrapKey. */
+/**
+ * A provider that holds its KEK in memory and wraps with wrapKey. It may also hold retired KEKs
+ * (from earlier rotations): they still unwrap what they wrapped (old backups), but never wrap.
+ */
 abstract class LocalKeyProvider implements KeyProvider {
   abstract readonly name: string
   readonly keyId: string
   readonly #kek: Uint8Array
+  readonly #retired: readonly Uint8Array[]
 
-  protected constructor (kek: Uint8Array) {
+  protected constructor (kek: Uint8Array, retired: readonly Uint8Array[] = []) {
     this.#kek = kek
+    this.#retired = retired
     this.keyId = keyIdOf(kek)
   }
 
+  /** Ids of the retired KEKs still held. */
+  get retiredKeyIds (): string[] { return this.#retired.map(keyIdOf) }
+
+  /** For subclasses that rotate: the KEKs held, current first. */
+  protected get keks (): Uint8Array[] { return [this.#kek, ...this.#retired] }
+
   async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
-  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
+
+  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> {
+    try {
+      return unwrapKey(this.#kek, wrapped, context)
+    } catch (err) {
+      for (const kek of this.#retired) {
+        try { return unwrapKey(kek, wrapped, context) } catch {}
+      }
+      throw err
+    }
+  }
+}
+
+/** Writes `text` to `path` atomically (temporary file, fsync, rename, directory fsync), mode 0600. */
+async function replaceSecretFile (path: string, text: string, what: string): Promise<void> {
+  const temp = `${path}.${process.pid}.${Date.now()}.tmp`
+  try {
+    const handle = await open(temp, 'wx', 0o600)
+    try {
+      await handle.writeFile(text)
+      await handle.datasync()
+    } finally {
+      await handle.close()
+    }
+    await rename(temp, path)
+    const dir = await open(dirname(path), 'r')
+    try { await dir.sync() } finally { await dir.close() }
+  } catch (err) {
+    await unlink(temp).catch(() => {})
+    throw new GalleonError('IO_ERROR', `could not replace the ${what} ${path}: ${(err as Error).message}; the old one is unchanged`, { cause: err })
+  }
 }
 
 /**
@@ -94,12 +136,25 @@ async function createSecretFile (path: string, text: string, what: string): Prom
   }
 }
 
-/** Key provider with a master key file in the storage path. */
+/**
+ * Key provider with a master key file in the storage path. The file holds one 256-bit key per line
+ * in hex: the current KEK first, then the ones earlier rotations retired (kept so backups taken
+ * before a rotation stay restorable).
+ */
 export class InternalKeyProvider extends LocalKeyProvider {
   readonly name = 'internal'
+  readonly path: string
 
-  /** Loads the master key file at `path`, creating it (mode 0600) if it does not exist. */
-  static async open (path: string): Promise<InternalKeyProvider> {
+  private constructor (path: string, keks: Uint8Array[]) {
+    super(keks[0] as Uint8Array, keks.slice(1))
+    this.path = path
+  }
+
+  /**
+   * Loads the master key file at `path`, creating it (mode 0600) if it does not exist, unless
+   * `create` is false (volumes already depend on it: a new key could not unwrap theirs).
+   */
+  static async open (path: string, options: { create?: boolean } = {}): Promise<InternalKeyProvider> {
     let text: string | undefined
     try {
       const info = await stat(path)
@@ -112,41 +167,73 @@ export class InternalKeyProvider extends LocalKeyProvider {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new GalleonError('IO_ERROR', `could not read the master key file ${path}: ${(err as Error).message}`, { cause: err })
     }
     if (text === undefined) {
+      if (options.create === false) {
+        throw new GalleonError('DECRYPTION_FAILED', `the master key file ${path} is missing, and encrypted volumes need it; restore it from your key backup (a new key cannot read their data)`)
+      }
       const kek = generateKey()
-      if (!await createSecretFile(path, Buffer.from(kek).toString('hex') + '\n', 'master key file')) return await InternalKeyProvider.open(path)
-      return new InternalKeyProvider(kek)
+      if (!await createSecretFile(path, Buffer.from(kek).toString('hex') + '\n', 'master key file')) return await InternalKeyProvider.open(path, options)
+      return new InternalKeyProvider(path, [kek])
     }
-    const hex = text.trim()
-    if (!/^[0-9a-f]{64}$/.test(hex)) throw new GalleonError('CORRUPTION', `the master key file ${path} does not hold a 256-bit hex key; restore it from your key backup`)
-    return new InternalKeyProvider(new Uint8Array(Buffer.from(hex, 'hex')))
+    const lines = text.split('\n').map((line) => line.trim()).filter((line) => line.length > 0)
+    if (lines.length === 0 || !lines.every((line) => /^[0-9a-f]{64}$/.test(line))) {
+      throw new GalleonError('CORRUPTION', `the master key file ${path} does not hold 256-bit hex keys, one per line; restore it from your key backup`)
+    }
+    return new InternalKeyProvider(path, lines.map((line) => new Uint8Array(Buffer.from(line, 'hex'))))
+  }
+
+  /**
+   * Makes a new master key current, atomically: the file afterwards holds the new key, then every
+   * older one (retired). Returns the provider for the new file.
+   */
+  async rotate (): Promise<InternalKeyProvider> {
+    const keks = [generateKey(), ...this.keks]
+    await replaceSecretFile(this.path, keks.map((kek) => Buffer.from(kek).toString('hex')).join('\n') + '\n', 'master key file')
+    return new InternalKeyProvider(this.path, keks)
   }
 }
 
-/** Key provider with a KEK derived from a passphrase. */
+interface SaltRecord {
+  salt: string
+  N: number
+  check: string
+  /** KEKs of earlier passphrases, each wrapped under this passphrase's KEK (hex). */
+  retired?: string[]
+}
+
+/**
+ * Key provider with a KEK derived from a passphrase. Changing the passphrase keeps the earlier KEKs
+ * in the salt file, wrapped under the new one, so backups taken before stay restorable.
+ */
 export class PassphraseKeyProvider extends LocalKeyProvider {
   readonly name = 'passphrase'
+  readonly saltPath: string
+  readonly #N: number
+
+  private constructor (saltPath: string, N: number, kek: Uint8Array, retired: Uint8Array[]) {
+    super(kek, retired)
+    this.saltPath = saltPath
+    this.#N = N
+  }
 
   /**
    * Derives the KEK from `passphrase` with the salt kept at `saltPath` (created on first use).
    * A wrong passphrase fails with DECRYPTION_FAILED saying so.
    */
   static async open (passphrase: string, saltPath: string, cost: { N?: number } = {}): Promise<PassphraseKeyProvider> {
-    if (typeof passphrase !== 'string' || passphrase.length < 8) throw new GalleonError('INVALID_ARGUMENT', 'a passphrase must be a string of at least 8 characters')
+    checkPassphrase(passphrase)
     const N = cost.N ?? 2 ** 15
-    let stored: { salt: string, N: number, check: string } | undefined
+    let stored: SaltRecord | undefined
     try {
       stored = JSON.parse(await readFile(saltPath, 'utf8'))
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} cannot be read: ${(err as Error).message}`, { cause: err })
     }
     if (stored === undefined) {
-      const salt = new Uint8Array(randomBytes(16))
-      const kek = await scryptAsync(passphrase, salt, { N, r: 8, p: 1, dkLen: KEY_BYTES })
-      const record = { salt: Buffer.from(salt).toString('hex'), N, check: checkValue(kek) }
+      const { record, kek } = await newSaltRecord(passphrase, N)
       if (!await createSecretFile(saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')) return await PassphraseKeyProvider.open(passphrase, saltPath, cost)
-      return new PassphraseKeyProvider(kek)
+      return new PassphraseKeyProvider(saltPath, N, kek, [])
     }
-    if (typeof stored?.salt !== 'string' || typeof stored.check !== 'string' || !Number.isSafeInteger(stored.N)) {
+    if (typeof stored?.salt !== 'string' || typeof stored.check !== 'string' || !Number.isSafeInteger(stored.N) || (stored.retired !== undefined && !Array.isArray(stored.retired))) {
       throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} is damaged; restore it from a backup of the storage path`)
     }
     const kek = await scryptAsync(passphrase, new Uint8Array(Buffer.from(stored.salt, 'hex')), { N: stored.N, r: 8, p: 1, dkLen: KEY_BYTES })
@@ -155,8 +242,29 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
     if (expected.byteLength !== actual.byteLength || !timingSafeEqual(expected, actual)) {
       throw new GalleonError('DECRYPTION_FAILED', 'wrong passphrase: it does not match the one this storage was set up with')
     }
-    return new PassphraseKeyProvider(kek)
+    const retired = (stored.retired ?? []).map((hex) => unwrapKey(kek, new Uint8Array(Buffer.from(hex, 'hex')), 'retired-kek'))
+    return new PassphraseKeyProvider(saltPath, stored.N, kek, retired)
   }
+
+  /** Switches to a new passphrase, atomically; the old KEK is kept, retired. Returns the new provider. */
+  async change (passphrase: string): Promise<PassphraseKeyProvider> {
+    checkPassphrase(passphrase)
+    const { record, kek } = await newSaltRecord(passphrase, this.#N)
+    const retired = this.keks
+    record.retired = retired.map((old) => Buffer.from(wrapKey(kek, old, 'retired-kek')).toString('hex'))
+    await replaceSecretFile(this.saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')
+    return new PassphraseKeyProvider(this.saltPath, this.#N, kek, retired)
+  }
+}
+
+function checkPassphrase (passphrase: unknown): asserts passphrase is string {
+  if (typeof passphrase !== 'string' || passphrase.length < 8) throw new GalleonError('INVALID_ARGUMENT', 'a passphrase must be a string of at least 8 characters')
+}
+
+async function newSaltRecord (passphrase: string, N: number): Promise<{ record: SaltRecord, kek: Uint8Array }> {
+  const salt = new Uint8Array(randomBytes(16))
+  const kek = await scryptAsync(passphrase, salt, { N, r: 8, p: 1, dkLen: KEY_BYTES })
+  return { record: { salt: Buffer.from(salt).toString('hex'), N, check: checkValue(kek) }, kek }
 }
 
 function checkValue (kek: Uint8Array): string {

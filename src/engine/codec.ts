@@ -14,6 +14,8 @@ const FORMAT_VERSION = 1
 export const BLOCK_FLAG_PLAIN = 0
 /** A tombstone: a trimmed block that hides older data (no payload; see block-map.ts). */
 export const BLOCK_FLAG_TOMBSTONE = 1
+/** The payload is sealed with the volume's data key (see crypto/volume-cipher.ts). */
+export const BLOCK_FLAG_ENCRYPTED = 2
 
 // Scratch for hashing the address; safe because encode/verify are synchronous.
 const addressScratch = new DataView(new ArrayBuffer(21))

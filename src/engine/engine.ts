@@ -8,7 +8,8 @@ import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock } from './codec.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock } from './codec.js'
+import type { VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import { WriteConcern } from '../types.js'
 
@@ -74,6 +75,8 @@ export class VolumeBlocks {
   gate: Promise<void> | undefined
   /** Set when the volume is going away: new I/O is refused. */
   closing = false
+  /** Seals this volume's blocks when it is encrypted. */
+  cipher: VolumeCipher | undefined
 
   constructor (storageId: number, sizeBytes: number, metrics: MetricsRecorder) {
     this.storageId = storageId
@@ -285,10 +288,14 @@ export class BlockEngine {
         data = copyBytes(data)
         await release.ready
       }
+      if (volume.cipher !== undefined && !volume.cipher.ready(1)) {
+        data = copyBytes(data)
+        await volume.cipher.reserve(1)
+      }
       const gen = volume.nextGen++
       ticket = volume.ticket()
       const address: BlockAddress = { volume: volume.storageId, index, gen }
-      await this.#commit(volume, [{ type: 'put', address, data: encodeBlock(address, data, this.blockSize) }], concern)
+      await this.#commit(volume, [{ type: 'put', address, data: this.#encode(volume, address, data) }], concern)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
@@ -352,7 +359,7 @@ export class BlockEngine {
     let ticket: BlockClaim | undefined
     try {
       // The caller may reuse its buffer once we return a promise: copy if we must wait first.
-      if (release.ready !== undefined || !aligned) data = copyBytes(data)
+      if (release.ready !== undefined || !aligned || (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1))) data = copyBytes(data)
       if (release.ready !== undefined) await release.ready
       // Edges first: every await happens before the generations are taken, so the write's blocks
       // get consecutive generations and a snapshot sees all of it or none of it.
@@ -367,6 +374,7 @@ export class BlockEngine {
           edges.set(index, merged)
         }
       }
+      if (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1)) await volume.cipher.reserve(last - first + 1)
       const ops: BlockOp[] = []
       const firstGen = volume.nextGen
       ticket = volume.ticket()
@@ -374,7 +382,7 @@ export class BlockEngine {
         const blockStart = index * this.blockSize
         const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
         const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
-        ops.push({ type: 'put', address, data: encodeBlock(address, payload, this.blockSize) })
+        ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
       }
       await this.#commit(volume, ops, concern)
       for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first)
@@ -413,6 +421,7 @@ export class BlockEngine {
           edges.set(index, merged)
         }
       }
+      if (volume.cipher !== undefined && !volume.cipher.ready(edges.size)) await volume.cipher.reserve(edges.size)
       ticket = volume.ticket()
       const ops: BlockOp[] = []
       const apply: Array<() => void> = []
@@ -427,7 +436,7 @@ export class BlockEngine {
           if (merged === undefined) continue
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
-          ops.push({ type: 'put', address, data: encodeBlock(address, merged, this.blockSize) })
+          ops.push({ type: 'put', address, data: this.#encode(volume, address, merged) })
           apply.push(() => this.#publish(volume, index, gen))
         }
       }
@@ -531,6 +540,63 @@ export class BlockEngine {
   }
 
   /**
+   * Re-seals with the volume's current key every data version it stores (live, held by snapshots,
+   * and a clone's own copies) that another key sealed: in place, same address, under each block's
+   * claim, while the volume stays online. Starts at block `from`; after each batch, once the batch
+   * is durable, calls `progress(next)` with the first block index not yet done (resume there after
+   * a crash). Versions already under the current key are skipped, so running it again is harmless.
+   */
+  async reseal (volume: VolumeBlocks, from: number, progress: (next: number, resealed: number) => Promise<void>): Promise<number> {
+    const cipher = volume.cipher
+    if (cipher === undefined) return 0
+    if (cipher.unavailable !== undefined) throw cipher.unavailable
+    const byIndex = new Map<number, number[]>()
+    for (const [index, gen] of volume.map.storedData()) {
+      if (index < from) continue
+      const list = byIndex.get(index)
+      if (list === undefined) byIndex.set(index, [gen])
+      else list.push(gen)
+    }
+    const indices = [...byIndex.keys()].sort((a, b) => a - b)
+    let resealed = 0
+    for (let at = 0; at < indices.length; at += COPY_BATCH_BLOCKS) {
+      const batch = indices.slice(at, at + COPY_BATCH_BLOCKS)
+      if (volume.gate !== undefined) await this.#waitGate(volume)
+      if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; its key rotation stopped')
+      volume.enter()
+      const claims = batch.map((index) => this.#lock(volume, index, index))
+      try {
+        await Promise.all(claims.map(async (claim) => await claim.ready))
+        const work: Array<{ address: BlockAddress, payload: Uint8Array }> = []
+        for (const index of batch) {
+          for (const gen of byIndex.get(index) as number[]) {
+            // Gone since the list was made (superseded, trimmed, its snapshot deleted): nothing to do.
+            if (!volume.map.versions(index).includes(gen)) continue
+            const address: BlockAddress = { volume: volume.storageId, index, gen }
+            const value = await this.store.get(address)
+            if (value === undefined) continue
+            const decoded = decodeBlock(address, value)
+            if (decoded.ok && (decoded.flags & BLOCK_FLAG_ENCRYPTED) !== 0 && cipherVersion(decoded.payload) === cipher.current) continue
+            work.push({ address, payload: copyBytes(this.#verified(volume, address, value)) })
+          }
+        }
+        if (work.length > 0) {
+          if (!cipher.ready(work.length)) await cipher.reserve(work.length)
+          const ops: BlockOp[] = work.map(({ address, payload }) => ({ type: 'put', address, data: this.#encode(volume, address, payload) }))
+          await this.#commit(volume, ops, WriteConcern.WriteAcknowledged)
+          resealed += ops.length
+        }
+      } finally {
+        for (const claim of claims) claim.done()
+        volume.leave()
+      }
+      await this.journal.flush(true)
+      await progress((batch[batch.length - 1] as number) + 1, resealed)
+    }
+    return resealed
+  }
+
+  /**
    * Writes, for each index, the data `source(index)` locates (or unmaps the block when it locates
    * nothing): as new versions (`asNew`, a revert) or as gen-0 base versions (a flatten).
    */
@@ -541,6 +607,7 @@ export class BlockEngine {
         const found = source(index)
         return found === undefined ? undefined : await this.#readLocated(volume, index, found)
       }))
+      if (volume.cipher !== undefined && !volume.cipher.ready(chunk.length)) await volume.cipher.reserve(chunk.length)
       const ops: BlockOp[] = []
       const apply: Array<() => void> = []
       for (let i = 0; i < chunk.length; i++) {
@@ -552,7 +619,7 @@ export class BlockEngine {
         }
         const gen = asNew ? volume.nextGen++ : 0
         const address: BlockAddress = { volume: volume.storageId, index, gen }
-        ops.push({ type: 'put', address, data: encodeBlock(address, payload, this.blockSize) })
+        ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
         apply.push(asNew ? () => this.#publish(volume, index, gen) : () => volume.map.insertBase(index))
       }
       if (ops.length === 0) continue
@@ -787,12 +854,39 @@ export class BlockEngine {
       this.#fail(volume, { storageId: address.volume, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
       throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} failed verification (${decoded.reason}); the stored data is damaged and was not returned. Restore the volume from a snapshot or backup`)
     }
-    if (decoded.payload.byteLength !== this.blockSize) {
-      this.#fail(volume, { storageId: address.volume, index, gen, reason: `payload is ${decoded.payload.byteLength} bytes, expected ${this.blockSize}` })
-      throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${decoded.payload.byteLength} bytes but the block size is ${this.blockSize}`)
+    let payload = decoded.payload
+    // The volume that wrote the block (a clone reads its source's blocks with the source's key).
+    const owner = address.volume === volume.storageId ? volume : this.#volumes.get(address.volume)
+    if ((decoded.flags & BLOCK_FLAG_ENCRYPTED) !== 0 || owner?.cipher !== undefined) {
+      try {
+        if (owner?.cipher === undefined) throw new GalleonError('DECRYPTION_FAILED', `block ${index} (generation ${gen}) is encrypted but its volume has no data key; it does not belong here`)
+        if ((decoded.flags & BLOCK_FLAG_ENCRYPTED) === 0) throw new GalleonError('DECRYPTION_FAILED', `block ${index} (generation ${gen}) of an encrypted volume is stored unencrypted; it was planted or altered and was not returned`)
+        payload = owner.cipher.open(address, payload)
+      } catch (err) {
+        if (!(err instanceof GalleonError) || err.code !== 'DECRYPTION_FAILED') throw err
+        this.#fail(volume, { storageId: address.volume, index, gen, reason: err.message })
+        throw err
+      }
+    }
+    if (payload.byteLength !== this.blockSize) {
+      this.#fail(volume, { storageId: address.volume, index, gen, reason: `payload is ${payload.byteLength} bytes, expected ${this.blockSize}` })
+      throw new GalleonError('CORRUPTION', `block ${index} has a payload of ${payload.byteLength} bytes but the block size is ${this.blockSize}`)
     }
     // A store may hand out Buffers: callers always get plain Uint8Arrays.
-    return plainView(decoded.payload)
+    return plainView(payload)
+  }
+
+  /** The stored value of one block version: encrypted with the volume's current key when it has one. */
+  #encode (volume: VolumeBlocks, address: BlockAddress, payload: Uint8Array): Uint8Array {
+    const cipher = volume.cipher
+    if (cipher === undefined) return encodeBlock(address, payload, this.blockSize)
+    let plain = payload
+    if (plain.byteLength !== this.blockSize) {
+      plain = new Uint8Array(this.blockSize)
+      plain.set(payload.byteLength > this.blockSize ? payload.subarray(0, this.blockSize) : payload)
+    }
+    const sealed = cipher.seal(address, plain)
+    return encodeBlock(address, sealed, sealed.byteLength, BLOCK_FLAG_ENCRYPTED)
   }
 
   #fail (volume: VolumeBlocks, failure: ChecksumFailure): void {
@@ -852,6 +946,11 @@ export class BlockEngine {
       throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the volume (${size} bytes); expand the volume first`)
     }
   }
+}
+
+/** Key version of a sealed payload (its first 4 bytes, see volume-cipher.ts). */
+function cipherVersion (sealed: Uint8Array): number {
+  return sealed.byteLength < 4 ? -1 : new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0)
 }
 
 /** Whether a store error reports damaged stored data (as opposed to an I/O or usage error). */

@@ -140,7 +140,7 @@ export function classReplicas (storageClass: StorageClass): number {
 }
 
 /** Features this release provides; a class or volume asking for more is refused, never weakened. */
-export const RELEASE_CAPABILITIES = { encryption: false, maxReplicas: 1 } as const
+export const RELEASE_CAPABILITIES = { encryption: true, maxReplicas: 1 } as const
 
 /**
  * Throws NOT_IMPLEMENTED when a volume with this class and replica count would need a feature this

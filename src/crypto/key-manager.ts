@@ -1,0 +1,354 @@
+// Data keys of encrypted volumes: created, wrapped by the instance's key provider (the KEK), kept in
+// the metadata database (only wrapped), unwrapped at open, rotated.
+//
+// Per volume, one record: its DEKs by version (the current one seals new blocks; older ones remain
+// while a rotation re-seals what they sealed), each DEK's persisted nonce limit (see
+// volume-cipher.ts), the volume's backup key (seals its backup chunks), and the progress of a DEK
+// rotation. Deleting the record makes whatever is left of the volume's blocks unreadable.
+
+import type { AbstractSublevel } from 'abstract-level'
+import { join } from 'node:path'
+import { hkdf } from '@noble/hashes/hkdf.js'
+import { sha256 } from '@noble/hashes/sha2.js'
+import type { KeyProvider } from '../drivers.js'
+import { GalleonError, describe } from '../errors.js'
+import type { MetadataDatabase } from '../volumes/catalog.js'
+import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
+import { VolumeCipher } from './volume-cipher.js'
+
+type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
+const SYNC = { sync: true } as unknown as Record<string, never>
+
+interface DataKeyRecord {
+  readonly version: number
+  /** The DEK wrapped by the KEK, base64. */
+  readonly wrapped: string
+  /** Id of the KEK that wrapped it. */
+  readonly kekId: string
+  /** Nonces below this may have been used; counting resumes here. */
+  readonly reservedUpTo: number
+}
+
+/** What the metadata holds about an encrypted volume's keys. */
+export interface VolumeKeyRecord {
+  readonly volumeId: string
+  readonly current: number
+  readonly keys: readonly DataKeyRecord[]
+  /** The key that seals the volume's backup chunks, wrapped (base64), and its public fingerprint. */
+  readonly backup: { readonly wrapped: string, readonly kekId: string, readonly fingerprint: string }
+  /** A DEK rotation in progress: blocks below `cursor` are re-sealed with the current key. */
+  readonly rotation?: { readonly cursor: number, readonly startedAt: string }
+}
+
+/** A volume's backup key, unwrapped, with what a backup manifest records about it. */
+export interface BackupKey {
+  readonly key: Uint8Array
+  readonly fingerprint: string
+  readonly wrapped: string
+  readonly kekId: string
+  readonly provider: string
+}
+
+/** Encryption facts of a volume, as getVolumeEncryption() reports them. */
+export interface VolumeEncryption {
+  readonly encrypted: boolean
+  readonly algorithm?: 'AES-256-GCM'
+  /** Version of the DEK sealing new writes. */
+  readonly keyVersion?: number
+  /** DEK versions still holding data (more than one while a rotation runs). */
+  readonly keyVersions?: readonly number[]
+  /** The key provider and the id of the KEK wrapping the DEKs. */
+  readonly provider?: string
+  readonly kekId?: string
+  /** A DEK rotation in progress: the next block index to re-seal. */
+  readonly rotation?: { readonly cursor: number, readonly startedAt: string }
+  /** Why the keys could not be loaded, if they could not. */
+  readonly unavailable?: string
+}
+
+/** How the instance gets its key provider. */
+export interface KeySource {
+  /** Storage directory: the internal provider keeps `master.key` there, the passphrase one `passphrase.salt`. */
+  readonly storagePath?: string
+  readonly keyProvider?: KeyProvider
+  readonly passphrase?: string
+  /** scrypt cost for a new passphrase (tests use small values). */
+  readonly passphraseCost?: number
+  /** True for in-memory instances: an internal provider with a key that lives as long as the process. */
+  readonly inMemory?: boolean
+}
+
+const dekContext = (volumeId: string, version: number): string => `volume:${volumeId}:dek:${version}`
+/** The backup key's context does not depend on the instance: a restore elsewhere unwraps it too. */
+export const backupKeyContext = (volumeId: string): string => `volume:${volumeId}:backup`
+
+/** Public, stable fingerprint of a backup key (not the key: an HKDF output of it, hashed). */
+export function backupKeyFingerprint (key: Uint8Array): string {
+  return Buffer.from(sha256(hkdf(sha256, key, undefined, new TextEncoder().encode('galleonfs backup key id'), 32))).toString('hex').slice(0, 24)
+}
+
+const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
+const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
+
+export class KeyManager {
+  readonly #db: JsonSublevel
+  readonly #source: KeySource
+  readonly #records = new Map<string, VolumeKeyRecord>()
+  #provider: KeyProvider | undefined
+  #opening: Promise<KeyProvider> | undefined
+  /** Serializes record writes (nonce reservations and rotations update the same records). */
+  #tail: Promise<unknown> = Promise.resolve()
+
+  constructor (db: MetadataDatabase, source: KeySource) {
+    this.#db = db.sublevel('keys', { valueEncoding: 'json' }) as JsonSublevel
+    this.#source = source
+    const { keyProvider, passphrase } = source
+    if (keyProvider !== undefined && passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+    if (keyProvider !== undefined && (keyProvider === null || typeof keyProvider !== 'object' || typeof keyProvider.wrap !== 'function' || typeof keyProvider.unwrap !== 'function' || typeof keyProvider.keyId !== 'string' || typeof keyProvider.name !== 'string')) {
+      throw new GalleonError('INVALID_ARGUMENT', `keyProvider must implement { name, keyId, wrap(dek, context), unwrap(wrapped, context) }, got ${describe(keyProvider)}`)
+    }
+    if (passphrase !== undefined && source.storagePath === undefined) {
+      throw new GalleonError('INVALID_ARGUMENT', 'a passphrase needs storagePath (its salt is kept there); with other drivers pass a keyProvider')
+    }
+    this.#provider = keyProvider
+  }
+
+  /** Loads the key records; with a passphrase, checks it now (a wrong one fails open). */
+  async load (): Promise<void> {
+    for (const [id, record] of await this.#db.iterator().all()) this.#records.set(id as string, record as VolumeKeyRecord)
+    if (this.#source.passphrase !== undefined) await this.provider()
+  }
+
+  /** The key provider, opened on first use (the internal one creates its key file then). */
+  async provider (): Promise<KeyProvider> {
+    if (this.#provider !== undefined) return this.#provider
+    this.#opening ??= this.#open().then((provider) => { this.#provider = provider; return provider }, (err) => { this.#opening = undefined; throw err })
+    return await this.#opening
+  }
+
+  async #open (): Promise<KeyProvider> {
+    const { storagePath, passphrase, inMemory } = this.#source
+    if (storagePath !== undefined && passphrase !== undefined) {
+      return await PassphraseKeyProvider.open(passphrase, join(storagePath, 'passphrase.salt'), { N: this.#source.passphraseCost })
+    }
+    if (storagePath !== undefined) return await InternalKeyProvider.open(join(storagePath, 'master.key'), { create: this.#records.size === 0 })
+    if (inMemory === true) return new MemoryKeyProvider()
+    throw new GalleonError('INVALID_ARGUMENT', 'encrypted volumes need a key provider: open with storagePath (the internal provider keeps a master key there), a passphrase, or a keyProvider')
+  }
+
+  /** Ids of volumes that have key records. */
+  volumeIds (): string[] { return [...this.#records.keys()] }
+
+  has (volumeId: string): boolean { return this.#records.has(volumeId) }
+
+  /** Creates the keys of a new encrypted volume and returns its cipher. */
+  async create (volumeId: string, storageId: number): Promise<VolumeCipher> {
+    const provider = await this.provider()
+    const dek = generateKey()
+    const backupKey = generateKey()
+    const record: VolumeKeyRecord = {
+      volumeId,
+      current: 1,
+      keys: [{ version: 1, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, 1))), kekId: provider.keyId, reservedUpTo: 0 }],
+      backup: { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
+    }
+    await this.#put(record)
+    const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
+    cipher.addKey(1, dek, 0, true)
+    return cipher
+  }
+
+  /**
+   * The cipher of an existing encrypted volume, its DEKs unwrapped. When they cannot be unwrapped
+   * (wrong or missing KEK), the cipher is marked unavailable: the volume's I/O fails with the reason
+   * and the rest of the instance works.
+   */
+  async attach (volumeId: string, storageId: number): Promise<VolumeCipher> {
+    const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
+    const record = this.#records.get(volumeId)
+    try {
+      if (record === undefined) throw new GalleonError('CORRUPTION', `the keys of encrypted volume ${volumeId} are missing from the metadata`)
+      const provider = await this.provider()
+      for (const key of record.keys) {
+        let dek: Uint8Array
+        try {
+          dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
+        } catch (err) {
+          throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open with the key provider, passphrase or master key file used before: ${(err as Error).message}`, { cause: err })
+        }
+        cipher.addKey(key.version, dek, key.reservedUpTo, key.version === record.current)
+      }
+    } catch (err) {
+      cipher.unavailable = err instanceof GalleonError ? err : new GalleonError('DECRYPTION_FAILED', String(err))
+    }
+    return cipher
+  }
+
+  /** Forgets a volume's keys (crypto-shredding what is left of its blocks). */
+  async delete (volumeId: string): Promise<void> {
+    await this.#serial(async () => {
+      await this.#db.del(volumeId, SYNC)
+      this.#records.delete(volumeId)
+    })
+  }
+
+  /** Encryption facts of a volume. */
+  describe (volumeId: string, cipher: VolumeCipher | undefined): VolumeEncryption {
+    const record = this.#records.get(volumeId)
+    if (record === undefined) return { encrypted: false }
+    return {
+      encrypted: true,
+      algorithm: 'AES-256-GCM',
+      keyVersion: record.current,
+      keyVersions: record.keys.map((key) => key.version),
+      provider: this.#provider?.name,
+      kekId: record.keys.find((key) => key.version === record.current)?.kekId,
+      ...(record.rotation === undefined ? {} : { rotation: record.rotation }),
+      ...(cipher?.unavailable === undefined ? {} : { unavailable: cipher.unavailable.message })
+    }
+  }
+
+  rotation (volumeId: string): VolumeKeyRecord['rotation'] {
+    return this.#records.get(volumeId)?.rotation
+  }
+
+  /**
+   * Starts a DEK rotation: a new DEK becomes current (new writes use it) and the rotation record
+   * says what is left to re-seal. Returns the new version.
+   */
+  async beginRotation (volumeId: string, cipher: VolumeCipher): Promise<number> {
+    const provider = await this.provider()
+    const dek = generateKey()
+    return await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      const version = Math.max(...record.keys.map((key) => key.version)) + 1
+      const wrapped = b64(await provider.wrap(dek, dekContext(volumeId, version)))
+      await this.#put({
+        ...record,
+        current: version,
+        keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: 0 }],
+        rotation: { cursor: 0, startedAt: new Date().toISOString() }
+      })
+      cipher.addKey(version, dek, 0, true)
+      return version
+    })
+  }
+
+  /** Records rotation progress (call only once the re-sealed blocks below `cursor` are durable). */
+  async advanceRotation (volumeId: string, cursor: number): Promise<void> {
+    await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      if (record.rotation === undefined) return
+      await this.#put({ ...record, rotation: { ...record.rotation, cursor } })
+    })
+  }
+
+  /** Ends a rotation: every block is durable under the current key, so the older DEKs go. */
+  async finishRotation (volumeId: string, cipher: VolumeCipher): Promise<void> {
+    await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      const { rotation: _done, ...rest } = record
+      await this.#put({ ...rest, keys: record.keys.filter((key) => key.version === record.current) })
+      for (const version of cipher.versions()) if (version !== record.current) cipher.dropKey(version)
+    })
+  }
+
+  /** The volume's backup key, unwrapped. */
+  async backupKey (volumeId: string): Promise<BackupKey> {
+    const record = this.#record(volumeId)
+    const provider = await this.provider()
+    const key = await provider.unwrap(unb64(record.backup.wrapped), backupKeyContext(volumeId))
+    return { key, fingerprint: record.backup.fingerprint, wrapped: record.backup.wrapped, kekId: record.backup.kekId, provider: provider.name }
+  }
+
+  /**
+   * Opens the backup key a manifest carries: from the source volume's record when it is still here
+   * (whatever KEK rotations happened since), else by unwrapping the manifest's copy.
+   */
+  async openBackupKey (volumeId: string, stored: { wrapped: string, kekId: string, fingerprint: string }): Promise<Uint8Array> {
+    const record = this.#records.get(volumeId)
+    if (record !== undefined && record.backup.fingerprint === stored.fingerprint) return (await this.backupKey(volumeId)).key
+    const provider = await this.provider()
+    let key: Uint8Array
+    try {
+      key = await provider.unwrap(unb64(stored.wrapped), backupKeyContext(volumeId))
+    } catch (err) {
+      throw new GalleonError('DECRYPTION_FAILED', `the backup is encrypted with a key wrapped by KEK ${stored.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open GalleonFS with the key provider, passphrase or master key file in use when the backup was taken`, { cause: err })
+    }
+    if (backupKeyFingerprint(key) !== stored.fingerprint) throw new GalleonError('DECRYPTION_FAILED', 'the backup key does not match its fingerprint; the manifest was altered')
+    return key
+  }
+
+  /**
+   * Re-wraps every DEK and backup key under `next` (no data is rewritten) in one atomic batch, then
+   * makes it the provider. Returns how many keys were re-wrapped.
+   */
+  async rewrapAll (next: KeyProvider): Promise<number> {
+    const current = await this.provider()
+    return await this.#serial(async () => {
+      const batch: Array<{ type: 'put', key: string, value: VolumeKeyRecord }> = []
+      let count = 0
+      for (const record of this.#records.values()) {
+        const keys: DataKeyRecord[] = []
+        for (const key of record.keys) {
+          const dek = await current.unwrap(unb64(key.wrapped), dekContext(record.volumeId, key.version))
+          keys.push({ ...key, wrapped: b64(await next.wrap(dek, dekContext(record.volumeId, key.version))), kekId: next.keyId })
+          count++
+        }
+        const backupKey = await current.unwrap(unb64(record.backup.wrapped), backupKeyContext(record.volumeId))
+        const backup = { ...record.backup, wrapped: b64(await next.wrap(backupKey, backupKeyContext(record.volumeId))), kekId: next.keyId }
+        count++
+        batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup } })
+      }
+      if (batch.length > 0) await this.#db.batch(batch, SYNC)
+      for (const { value } of batch) this.#records.set(value.volumeId, value)
+      this.#provider = next
+      return count
+    })
+  }
+
+  /** Whether some key is wrapped by a KEK other than the provider's current one (an interrupted rotation). */
+  async staleWraps (): Promise<boolean> {
+    if (this.#records.size === 0) return false
+    const provider = await this.provider()
+    return [...this.#records.values()].some((record) => record.backup.kekId !== provider.keyId || record.keys.some((key) => key.kekId !== provider.keyId))
+  }
+
+  async #reserve (volumeId: string, version: number, limit: number): Promise<void> {
+    await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      await this.#put({ ...record, keys: record.keys.map((key) => key.version === version && key.reservedUpTo < limit ? { ...key, reservedUpTo: limit } : key) })
+    })
+  }
+
+  #record (volumeId: string): VolumeKeyRecord {
+    const record = this.#records.get(volumeId)
+    if (record === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} has no encryption keys (it is not encrypted, or it was deleted)`)
+    return record
+  }
+
+  async #put (record: VolumeKeyRecord): Promise<void> {
+    await this.#db.put(record.volumeId, record, SYNC)
+    this.#records.set(record.volumeId, record)
+  }
+
+  async #serial<T> (task: () => Promise<T>): Promise<T> {
+    const run = this.#tail.catch(() => {}).then(task)
+    this.#tail = run
+    return await run
+  }
+}
+
+/** The internal provider of an in-memory instance: a random KEK that lives as long as the process. */
+class MemoryKeyProvider implements KeyProvider {
+  readonly name = 'internal'
+  readonly keyId: string
+  readonly #kek = generateKey()
+
+  constructor () {
+    this.keyId = 'memory-' + backupKeyFingerprint(this.#kek).slice(0, 12)
+  }
+
+  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
+  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
+}

@@ -1,0 +1,172 @@
+// Per-volume block encryption: AES-256-GCM with the volume's data keys (DEKs).
+//
+// Sealed payload of an encrypted block (what follows the engine's 8-byte block header):
+//   [0..3]   key version (u32 BE): which of the volume's DEKs sealed it (a DEK rotation adds one)
+//   [4..15]  nonce: 4 zero bytes, then a 64-bit big-endian counter
+//   [16..]   ciphertext of the block (block size bytes), then the 16-byte GCM tag
+// Authenticated data: 'GFS1', the storage id of the volume, the block index, the stored generation
+// and the key version. A block copied to another volume, another index or another generation (a
+// replay of an older version) fails authentication: DECRYPTION_FAILED.
+//
+// Nonces: every seal takes the next value of a counter kept per DEK. A (key, nonce) pair can never
+// repeat because the counter only moves forward, also across crashes: before a nonce is used, a
+// range [next, limit) that contains it is reserved by persisting `limit` in the metadata (synced).
+// After a crash, counting resumes at the persisted limit, past every nonce that may have been used
+// (the unused rest of the range is skipped). Generations play no part in nonces: a generation can
+// be taken again after a crash (a lost write), a counter value cannot. Every path that seals
+// (writes, trims, reverts, flatten copies at generation 0, DEK rotation) draws from the same
+// counter, and a clone has its own DEK and counter; it opens its source's blocks with the source's key.
+
+import { GalleonError } from '../errors.js'
+import type { BlockAddress } from '../drivers.js'
+import { NONCE_BYTES, TAG_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
+
+/** Bytes an encrypted block's payload adds to the block size. */
+export const SEALED_OVERHEAD = 4 + NONCE_BYTES + TAG_BYTES
+/** Nonces reserved (persisted) at a time. */
+export const NONCE_RESERVATION = 1 << 20
+/** Largest counter value: nonces stay exact JavaScript integers. */
+const MAX_COUNTER = Number.MAX_SAFE_INTEGER
+
+/** Persists that the counter of key `version` may run up to `limit` (exclusive). */
+export type ReserveNonces = (version: number, limit: number) => Promise<void>
+
+interface KeyState {
+  readonly key: Uint8Array
+  /** Next counter value. */
+  next: number
+  /** Counter values below this are reserved (persisted); `next` must stay below it. */
+  limit: number
+}
+
+/** Seals and opens one volume's blocks. */
+export class VolumeCipher {
+  readonly storageId: number
+  readonly cipher: AeadCipher
+  readonly #keys = new Map<number, KeyState>()
+  #current = 0
+  readonly #reserve: ReserveNonces
+  #extending: Promise<void> | undefined
+  #reserveError: unknown
+  /** Set when the keys could not be loaded: every seal and open fails with it. */
+  unavailable: GalleonError | undefined
+
+  constructor (storageId: number, reserve: ReserveNonces, cipher: AeadCipher = defaultCipher()) {
+    this.storageId = storageId
+    this.#reserve = reserve
+    this.cipher = cipher
+  }
+
+  /** Key version new blocks are sealed with. */
+  get current (): number { return this.#current }
+
+  /** Versions of the keys held. */
+  versions (): number[] { return [...this.#keys.keys()] }
+
+  /**
+   * Adds a DEK. `reservedUpTo` is the persisted counter limit of that key: counting starts there,
+   * past any nonce used before (a fresh key starts at 0).
+   */
+  addKey (version: number, key: Uint8Array, reservedUpTo: number, current: boolean): void {
+    this.#keys.set(version, { key, next: reservedUpTo, limit: reservedUpTo })
+    if (current) this.#current = version
+  }
+
+  /** Forgets a key version (after a rotation re-encrypted everything it sealed). */
+  dropKey (version: number): void {
+    if (version === this.#current) throw new GalleonError('INVALID_ARGUMENT', 'the current data key cannot be dropped')
+    this.#keys.delete(version)
+  }
+
+  /** Whether `count` seals can happen now without waiting for a reservation. */
+  ready (count: number): boolean {
+    const state = this.#keys.get(this.#current)
+    return state !== undefined && state.next + count <= state.limit
+  }
+
+  /** Makes sure `count` nonces of the current key are reserved (persisted). */
+  async reserve (count: number): Promise<void> {
+    if (this.unavailable !== undefined) throw this.unavailable
+    while (!this.ready(count)) {
+      if (this.#extending === undefined) this.#extend(count)
+      await this.#extending
+      if (this.#reserveError !== undefined) {
+        const err = this.#reserveError
+        this.#reserveError = undefined
+        throw new GalleonError('IO_ERROR', `could not reserve encryption nonces in the metadata (${(err as Error)?.message ?? String(err)}); nothing was written`, { cause: err })
+      }
+    }
+  }
+
+  #extend (count: number): void {
+    const version = this.#current
+    const state = this.#keys.get(version) as KeyState
+    const limit = Math.max(state.limit, state.next + count) + NONCE_RESERVATION
+    if (limit > MAX_COUNTER) {
+      this.#reserveError = new GalleonError('NO_SPACE', 'the data key of this volume has used all its nonces; rotate the volume key (rotateVolumeKey)')
+      this.#extending = Promise.resolve()
+      return
+    }
+    this.#extending = this.#reserve(version, limit).then(
+      () => { if (limit > state.limit) state.limit = limit },
+      (err) => { this.#reserveError = err }
+    ).finally(() => { this.#extending = undefined })
+  }
+
+  /**
+   * Encrypts one block for `address`. Call `ready`/`reserve` first: sealing without a reserved
+   * nonce is refused rather than risking a repeat.
+   */
+  seal (address: BlockAddress, plaintext: Uint8Array): Uint8Array {
+    if (this.unavailable !== undefined) throw this.unavailable
+    const version = this.#current
+    const state = this.#keys.get(version)
+    if (state === undefined || state.next >= state.limit) {
+      throw new GalleonError('INVALID_ARGUMENT', 'internal: no reserved nonce for this seal (reserve() was not awaited); nothing was written')
+    }
+    const counter = state.next++
+    // Extend early, so writes rarely wait for the metadata.
+    if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) this.#extend(0)
+    const out = new Uint8Array(SEALED_OVERHEAD - TAG_BYTES + plaintext.byteLength + TAG_BYTES)
+    const view = new DataView(out.buffer)
+    view.setUint32(0, version)
+    view.setUint32(8, Math.floor(counter / 0x1_0000_0000))
+    view.setUint32(12, counter >>> 0)
+    const nonce = out.subarray(4, 4 + NONCE_BYTES)
+    out.set(this.cipher.seal(state.key, nonce, plaintext, aad(address, version)), 4 + NONCE_BYTES)
+    return out
+  }
+
+  /** Decrypts a sealed payload stored at `address`; DECRYPTION_FAILED unless it is authentic. */
+  open (address: BlockAddress, sealed: Uint8Array): Uint8Array {
+    if (this.unavailable !== undefined) throw this.unavailable
+    if (sealed.byteLength < SEALED_OVERHEAD) throw new GalleonError('DECRYPTION_FAILED', `block ${address.index} holds ${sealed.byteLength} bytes, too few for an encrypted block; it was altered`)
+    const version = new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0)
+    const state = this.#keys.get(version)
+    if (state === undefined) {
+      throw new GalleonError('DECRYPTION_FAILED', `block ${address.index} (generation ${address.gen}) names data key version ${version}, which this volume does not have; it was altered or belongs elsewhere`)
+    }
+    try {
+      return this.cipher.open(state.key, sealed.subarray(4, 4 + NONCE_BYTES), sealed.subarray(4 + NONCE_BYTES), aad(address, version))
+    } catch (err) {
+      throw new GalleonError('DECRYPTION_FAILED', `block ${address.index} (generation ${address.gen}) failed authentication: it was altered, moved or replayed; nothing was returned. Restore the volume from a snapshot or backup`, { cause: err })
+    }
+  }
+
+  /** Key version and nonce counter of a sealed payload (for tests and tools; not secret). */
+  static inspect (sealed: Uint8Array): { version: number, counter: number } {
+    const view = new DataView(sealed.buffer, sealed.byteOffset, sealed.byteLength)
+    return { version: view.getUint32(0), counter: view.getUint32(8) * 0x1_0000_0000 + view.getUint32(12) }
+  }
+}
+
+function aad (address: BlockAddress, version: number): Uint8Array {
+  const out = new Uint8Array(28)
+  const view = new DataView(out.buffer)
+  view.setUint32(0, 0x47465331) // 'GFS1'
+  view.setUint32(4, address.volume)
+  view.setFloat64(8, address.index)
+  view.setFloat64(16, address.gen)
+  view.setUint32(24, version)
+  return out
+}
