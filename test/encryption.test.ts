@@ -456,7 +456,11 @@ describe('data-key rotation', () => {
       const clone = await g.cloneVolume({ volume: vol, snapshot: 'snap' }, 'clone')
       const rotated: number[] = []
       g.on('volume:key-rotated', (volume, version) => { if (volume.id === vol.id) rotated.push(version) })
+      // Writes sealed with the old key but still in flight when the rotation starts.
+      const early: Array<Promise<void>> = []
+      for (let i = 2; i < 300; i += 5) early.push(g.writeBlock(vol, i, marker(`early-${i}`, BLOCK), WriteConcern.WriteDurable))
       const started = await g.rotateVolumeKey(vol)
+      await Promise.all(early)
       assert.equal(started.keyVersion, 2)
       assert.deepEqual(started.keyVersions, [1, 2])
       assert.ok(started.rotation !== undefined)
@@ -471,7 +475,7 @@ describe('data-key rotation', () => {
       }
       assert.deepEqual(rotated, [2])
       assert.deepEqual((await g.getVolumeEncryption(vol)).keyVersions, [2])
-      const expectLive = (i: number): Uint8Array => i % 5 === 1 ? marker(`v2-${i}`, BLOCK) : i % 3 === 0 ? marker(`v1b-${i}`, BLOCK) : marker(`v1-${i}`, BLOCK)
+      const expectLive = (i: number): Uint8Array => i % 5 === 2 ? marker(`early-${i}`, BLOCK) : i % 5 === 1 ? marker(`v2-${i}`, BLOCK) : i % 3 === 0 ? marker(`v1b-${i}`, BLOCK) : marker(`v1-${i}`, BLOCK)
       for (let i = 0; i < 300; i += 7) {
         assert.deepEqual(await g.readBlock(vol, i), expectLive(i), `live ${i}`)
         assert.deepEqual(await g.readBlock({ volume: vol, snapshot: 'snap' }, i), marker(`v1-${i}`, BLOCK), `snapshot ${i}`)

@@ -550,6 +550,10 @@ export class BlockEngine {
     const cipher = volume.cipher
     if (cipher === undefined) return 0
     if (cipher.unavailable !== undefined) throw cipher.unavailable
+    // Writes, trims and reverts that sealed with an older key before it was replaced may not be
+    // published yet: wait for them, so the list below holds every version an older key sealed.
+    if (volume.gate !== undefined) await this.#waitGate(volume)
+    await volume.drainTickets()
     const byIndex = new Map<number, number[]>()
     for (const [index, gen] of volume.map.storedData()) {
       if (index < from) continue
