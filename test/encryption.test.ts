@@ -36,7 +36,7 @@ async function filesContaining (dir: string, needle: Uint8Array): Promise<string
     for (const entry of await readdir(at, { withFileTypes: true })) {
       const path = join(at, entry.name)
       if (entry.isDirectory()) await walk(path)
-      else if (entry.isFile() && (await readFile(path)).includes(needle)) found.push(path)
+      else if (entry.isFile() && (await readFile(path)).includes(Buffer.from(needle))) found.push(path)
     }
   }
   await walk(dir)

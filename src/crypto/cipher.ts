@@ -16,6 +16,8 @@ export interface AeadCipher {
   readonly name: 'node' | 'noble'
   /** Encrypts and authenticates `plaintext` and `aad`; returns ciphertext || tag. */
   seal: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array) => Uint8Array
+  /** Like `seal`, but writes ciphertext || tag into `out` (plaintext length + 16 bytes). */
+  sealInto: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, out: Uint8Array) => void
   /** Checks and decrypts what `seal` returned; throws DECRYPTION_FAILED on any mismatch. */
   open: (key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad: Uint8Array) => Uint8Array
 }
@@ -25,6 +27,10 @@ function checkInputs (key: Uint8Array, nonce: Uint8Array): void {
   if (!(nonce instanceof Uint8Array) || nonce.byteLength !== NONCE_BYTES) throw new GalleonError('INVALID_ARGUMENT', `a GCM nonce is ${NONCE_BYTES} bytes, got ${nonce?.byteLength ?? typeof nonce}`)
 }
 
+function checkOut (plaintext: Uint8Array, out: Uint8Array): void {
+  if (!(out instanceof Uint8Array) || out.byteLength !== plaintext.byteLength + TAG_BYTES) throw new GalleonError('INVALID_ARGUMENT', `the output of a seal is the plaintext length + ${TAG_BYTES} bytes, got ${out?.byteLength ?? typeof out}`)
+}
+
 function failed (cause?: unknown): GalleonError {
   return new GalleonError('DECRYPTION_FAILED', 'the data failed authentication: it was altered, moved, replayed, or encrypted under another key; nothing was returned', cause === undefined ? undefined : { cause })
 }
@@ -32,16 +38,20 @@ function failed (cause?: unknown): GalleonError {
 export const nodeCipher: AeadCipher = {
   name: 'node',
   seal (key, nonce, plaintext, aad) {
+    const out = new Uint8Array(plaintext.byteLength + TAG_BYTES)
+    nodeCipher.sealInto(key, nonce, plaintext, aad, out)
+    return out
+  },
+  sealInto (key, nonce, plaintext, aad, out) {
     checkInputs(key, nonce)
+    checkOut(plaintext, out)
     const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES })
     cipher.setAAD(aad)
     const head = cipher.update(plaintext)
-    const tail = cipher.final()
-    const out = new Uint8Array(plaintext.byteLength + TAG_BYTES)
     out.set(head, 0)
-    out.set(tail, head.byteLength)
+    const tail = cipher.final()
+    if (tail.byteLength > 0) out.set(tail, head.byteLength)
     out.set(cipher.getAuthTag(), plaintext.byteLength)
-    return out
   },
   open (key, nonce, sealed, aad) {
     checkInputs(key, nonce)
@@ -69,6 +79,10 @@ export const nobleCipher: AeadCipher = {
   seal (key, nonce, plaintext, aad) {
     checkInputs(key, nonce)
     return gcm(key, nonce, aad).encrypt(plaintext)
+  },
+  sealInto (key, nonce, plaintext, aad, out) {
+    checkOut(plaintext, out)
+    out.set(nobleCipher.seal(key, nonce, plaintext, aad))
   },
   open (key, nonce, sealed, aad) {
     checkInputs(key, nonce)

@@ -118,6 +118,13 @@ export class VolumeCipher {
    * nonce is refused rather than risking a repeat.
    */
   seal (address: BlockAddress, plaintext: Uint8Array): Uint8Array {
+    const out = new Uint8Array(SEALED_OVERHEAD + plaintext.byteLength)
+    this.sealInto(address, plaintext, out)
+    return out
+  }
+
+  /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */
+  sealInto (address: BlockAddress, plaintext: Uint8Array, out: Uint8Array): void {
     if (this.unavailable !== undefined) throw this.unavailable
     const version = this.#current
     const state = this.#keys.get(version)
@@ -127,14 +134,13 @@ export class VolumeCipher {
     const counter = state.next++
     // Extend early, so writes rarely wait for the metadata.
     if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) this.#extend(0)
-    const out = new Uint8Array(SEALED_OVERHEAD - TAG_BYTES + plaintext.byteLength + TAG_BYTES)
-    const view = new DataView(out.buffer)
+    const view = new DataView(out.buffer, out.byteOffset, 4 + NONCE_BYTES)
     view.setUint32(0, version)
+    view.setUint32(4, 0)
     view.setUint32(8, Math.floor(counter / 0x1_0000_0000))
     view.setUint32(12, counter >>> 0)
     const nonce = out.subarray(4, 4 + NONCE_BYTES)
-    out.set(this.cipher.seal(state.key, nonce, plaintext, aad(address, version)), 4 + NONCE_BYTES)
-    return out
+    this.cipher.sealInto(state.key, nonce, plaintext, aad(address, version), out.subarray(4 + NONCE_BYTES))
   }
 
   /** Decrypts a sealed payload stored at `address`; DECRYPTION_FAILED unless it is authentic. */

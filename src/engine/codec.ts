@@ -52,6 +52,22 @@ export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedL
   return value
 }
 
+/**
+ * Like encodeBlock, for a payload of `length` bytes that `fill` writes in place (an encrypted block
+ * is sealed straight into the stored value, without intermediate copies).
+ */
+export function encodeBlockWith (address: BlockAddress, length: number, flags: number, fill: (body: Uint8Array) => void): Uint8Array {
+  const value = slabs.alloc(BLOCK_HEADER_BYTES + length)
+  const body = value.subarray(BLOCK_HEADER_BYTES)
+  fill(body)
+  const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
+  view.setUint32(0, blockChecksum(address, body, flags))
+  view.setUint8(4, FORMAT_VERSION)
+  view.setUint8(5, flags)
+  view.setUint16(6, 0)
+  return value
+}
+
 /** Outcome of decoding: the payload view, or why it is unusable. */
 export type DecodeResult =
   | { ok: true, payload: Uint8Array, flags: number }

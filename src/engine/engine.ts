@@ -8,8 +8,8 @@ import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock } from './codec.js'
-import type { VolumeCipher } from '../crypto/volume-cipher.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock, encodeBlockWith } from './codec.js'
+import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import { WriteConcern } from '../types.js'
 
@@ -889,8 +889,7 @@ export class BlockEngine {
       plain = new Uint8Array(this.blockSize)
       plain.set(payload.byteLength > this.blockSize ? payload.subarray(0, this.blockSize) : payload)
     }
-    const sealed = cipher.seal(address, plain)
-    return encodeBlock(address, sealed, sealed.byteLength, BLOCK_FLAG_ENCRYPTED)
+    return encodeBlockWith(address, SEALED_OVERHEAD + this.blockSize, BLOCK_FLAG_ENCRYPTED, (body) => cipher.sealInto(address, plain, body))
   }
 
   #fail (volume: VolumeBlocks, failure: ChecksumFailure): void {

@@ -1,0 +1,140 @@
+// Encryption benchmark (file backend), each figure a ratio against a baseline measured in the same
+// run on the same instance:
+//   1. 4 KiB random writeBlock throughput (WriteAcknowledged, 32 in flight): encrypted volume vs an
+//      unencrypted one (target >= 0.6);
+//   2. 1 MiB sequential write throughput (4 in flight): encrypted vs unencrypted (target >= 0.6);
+//   3. 1 MiB sequential read throughput: encrypted vs unencrypted (target >= 0.6);
+//   4. AES-256-GCM seal of one 4 KiB block: node:crypto vs @noble/ciphers, and the 4 KiB
+//      encrypted-write rate against the node:crypto seal rate (what share of the cipher's speed
+//      the I/O path keeps).
+// Saved to bench/results/encryption.json.
+//
+// Env: BENCH_SECONDS (seconds per case, default 2), BENCH_DIR (parent of the temporary directory),
+//      BENCH_VOLUME (volume size, default 512M).
+
+import { randomBytes } from 'node:crypto'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { GalleonFS, WriteConcern, parseSize } from '../src/index.js'
+import { nobleCipher, nodeCipher, type AeadCipher } from '../src/crypto/cipher.js'
+
+const BLOCK = 4096
+const MIB = 1 << 20
+const VOLUME = parseSize(process.env.BENCH_VOLUME ?? '512M')
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
+const RESULTS_FILE = fileURLToPath(new URL('./results/encryption.json', import.meta.url))
+
+/** 4 KiB random writes per second, 32 in flight. */
+async function randomWrites (g: GalleonFS, volume: string): Promise<number> {
+  const data = new Uint8Array(randomBytes(BLOCK))
+  const blocks = VOLUME / BLOCK
+  let state = 0x9e3779b9
+  const next = (): number => { state ^= state << 13; state ^= state >>> 17; state ^= state << 5; return (state >>> 0) % blocks }
+  const stopAt = performance.now() + SECONDS * 1000
+  let ops = 0
+  await Promise.all(Array.from({ length: 32 }, async () => {
+    while (performance.now() < stopAt) {
+      await g.writeBlock(volume, next(), data, WriteConcern.WriteAcknowledged)
+      ops++
+    }
+  }))
+  await g.flush()
+  return ops / SECONDS
+}
+
+/** 1 MiB sequential writes, bytes per second, 4 in flight, wrapping around the volume. */
+async function sequentialWrites (g: GalleonFS, volume: string): Promise<number> {
+  const data = new Uint8Array(randomBytes(MIB))
+  let offset = 0
+  let bytes = 0
+  const started = performance.now()
+  const stopAt = started + SECONDS * 1000
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    while (performance.now() < stopAt) {
+      const at = offset
+      offset = (offset + MIB) % VOLUME
+      await g.write(volume, at, data)
+      bytes += MIB
+    }
+  }))
+  await g.flush()
+  return bytes / ((performance.now() - started) / 1000)
+}
+
+/** 1 MiB sequential reads over the written volume, bytes per second. */
+async function sequentialReads (g: GalleonFS, volume: string): Promise<number> {
+  let offset = 0
+  let bytes = 0
+  const started = performance.now()
+  const stopAt = started + SECONDS * 1000
+  while (performance.now() < stopAt) {
+    await g.read(volume, offset, MIB)
+    offset = (offset + MIB) % VOLUME
+    bytes += MIB
+  }
+  return bytes / ((performance.now() - started) / 1000)
+}
+
+/** Seals of one 4 KiB block per second. */
+function sealRate (cipher: AeadCipher): number {
+  const key = new Uint8Array(randomBytes(32))
+  const nonce = new Uint8Array(12)
+  const data = new Uint8Array(randomBytes(BLOCK))
+  const aad = new Uint8Array(28)
+  let ops = 0
+  const stopAt = performance.now() + Math.min(SECONDS, 1) * 1000
+  const started = performance.now()
+  while (performance.now() < stopAt) {
+    for (let i = 0; i < 100; i++) cipher.seal(key, nonce, data, aad)
+    ops += 100
+  }
+  return ops / ((performance.now() - started) / 1000)
+}
+
+async function fill (g: GalleonFS, volume: string): Promise<void> {
+  const chunk = new Uint8Array(randomBytes(4 * MIB))
+  for (let offset = 0; offset < VOLUME; offset += chunk.byteLength) await g.write(volume, offset, chunk)
+  await g.flush()
+}
+
+async function main (): Promise<void> {
+  const parent = process.env.BENCH_DIR ?? tmpdir()
+  await mkdir(parent, { recursive: true })
+  const dir = await mkdtemp(join(parent, 'galleon-encbench-'))
+  const g = await GalleonFS.open({ storagePath: dir })
+  try {
+    await g.createVolume({ name: 'plain', sizeBytes: VOLUME })
+    await g.createVolume({ name: 'secret', sizeBytes: VOLUME, storageClass: 'encrypted-storage', replicas: 1 })
+    await fill(g, 'plain')
+    await fill(g, 'secret')
+    // Alternate the order so neither side always runs on a warmer machine.
+    const plainWrite = await randomWrites(g, 'plain')
+    const secretWrite = await randomWrites(g, 'secret')
+    const secretSeq = await sequentialWrites(g, 'secret')
+    const plainSeq = await sequentialWrites(g, 'plain')
+    const plainRead = await sequentialReads(g, 'plain')
+    const secretRead = await sequentialReads(g, 'secret')
+    const node = sealRate(nodeCipher)
+    const noble = sealRate(nobleCipher)
+    const mb = (bytesPerSecond: number): number => bytesPerSecond / MIB
+    const rows = [
+      { case: '4 KiB random writeBlock QD32: encrypted vs plain', value: secretWrite, baseline: plainWrite, unit: 'ops/s', ratio: secretWrite / plainWrite, target: '>= 0.6' },
+      { case: '1 MiB sequential write: encrypted vs plain', value: mb(secretSeq), baseline: mb(plainSeq), unit: 'MiB/s', ratio: secretSeq / plainSeq, target: '>= 0.6' },
+      { case: '1 MiB sequential read: encrypted vs plain', value: mb(secretRead), baseline: mb(plainRead), unit: 'MiB/s', ratio: secretRead / plainRead, target: '>= 0.6' },
+      { case: 'AES-256-GCM seal of a 4 KiB block: node:crypto vs @noble/ciphers', value: node, baseline: noble, unit: 'ops/s', ratio: node / noble, target: null },
+      { case: 'encrypted 4 KiB writes vs node:crypto seals alone', value: secretWrite, baseline: node, unit: 'ops/s', ratio: secretWrite / node, target: null }
+    ]
+    console.log('| case | value | baseline | ratio | target |')
+    console.log('|---|---:|---:|---:|---|')
+    for (const row of rows) console.log(`| ${row.case} | ${row.value.toFixed(0)} ${row.unit} | ${row.baseline.toFixed(0)} ${row.unit} | ${row.ratio.toFixed(2)}x | ${row.target ?? ''} |`)
+    await mkdir(fileURLToPath(new URL('./results/', import.meta.url)), { recursive: true })
+    await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, volumeBytes: VOLUME, seconds: SECONDS, rows }, null, 2) + '\n')
+  } finally {
+    await g.close()
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+await main()
