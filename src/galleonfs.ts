@@ -1,6 +1,9 @@
 // The GalleonFS facade: composes the catalog, the engine and the drivers, owns lifecycle and events.
 
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'eventemitter3'
+import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
+import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
 import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
@@ -19,7 +22,7 @@ import {
   AccessMode, VolumeState, VolumeType, WriteConcern,
   type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
 } from './types.js'
-import { Catalog, checkVolumeName, type MetadataDatabase, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
+import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type MetadataDatabase, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
 import {
   DEFAULT_STORAGE_CLASS, assertClassSupported, classReplicas, parseStorageClass
 } from './volumes/storage-classes.js'
@@ -35,6 +38,13 @@ export type ReadSource = VolumeRef | SnapshotRef
 
 /** What `cloneVolume` copies: a live volume (an implicit snapshot is taken) or a snapshot. */
 export type CloneSource = VolumeRef | SnapshotRef
+
+/** Who is calling: a principal (through `as()` / `runAs()`) or, when absent, the application itself. */
+interface CallContext {
+  readonly principal: Principal | undefined
+  /** Inside a guarded call: calls it makes are part of it (not checked or audited again). */
+  readonly nested: boolean
+}
 
 const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
@@ -65,6 +75,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Why the last revert of a volume failed, when it did. */
   readonly #revertFailures = new Map<string, string>()
   #keys!: KeyManager
+  #access!: AccessControl
+  #audit!: AuditLog
+  readonly #context = new AsyncLocalStorage<CallContext>()
   /** Data-key rotations running in the background, by volume id. */
   readonly #rotations = new Map<string, Promise<void>>()
 
@@ -118,6 +131,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       await instance.#keys.load()
       const clock = options.clock ?? { now: Date.now }
       if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
+      const self = instance
+      instance.#access = new AccessControl(metadata)
+      await instance.#access.load()
+      instance.#audit = new AuditLog(metadata, () => clock.now())
+      await instance.#audit.load()
+      catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined)
       await instance.#recover()
@@ -256,12 +275,18 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options === null || typeof options !== 'object') {
       throw new GalleonError('INVALID_ARGUMENT', `createVolume() needs an options object such as { name: 'data', sizeBytes: '1G' }, got ${describe(options)}`)
     }
-    const known = new Set(['name', 'type', 'sizeBytes', 'storageClass', 'replicas', 'accessModes', 'labels'])
+    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'accessModes', 'labels'])
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
     }
     const name = options.name ?? `vol-${Math.random().toString(16).slice(2, 10)}`
     checkVolumeName(name)
+    const namespace = options.namespace ?? this.#catalog.currentNamespace()
+    checkNamespace(namespace)
+    return await this.#guard('createVolume', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`, async () => await this.#createVolume(options, name, namespace))
+  }
+
+  async #createVolume (options: CreateVolumeOptions, name: string, namespace: string): Promise<Volume> {
     const type = options.type ?? VolumeType.Persistent
     if (!VOLUME_TYPES.has(type)) throw new GalleonError('INVALID_ARGUMENT', `volume type must be one of ${[...VOLUME_TYPES].join(', ')}, got ${describe(type)}`)
     if (options.sizeBytes === undefined) throw new GalleonError('INVALID_ARGUMENT', 'createVolume() needs sizeBytes (bytes, or a string like "100M" or "1G")')
@@ -287,11 +312,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     // Open the key provider first: a missing master key or a failing KMS stops the create here.
     if (encrypted) await this.#keys.provider()
 
-    const unreserve = this.#catalog.reserveName(name)
+    const unreserve = this.#catalog.reserveName(name, namespace)
     let record: VolumeRecord
     try {
       record = await this.#catalog.createVolume({
         name,
+        namespace,
         type: type as VolumeType,
         state: VolumeState.Available,
         sizeBytes,
@@ -326,13 +352,19 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Looks a volume up by id or name. */
   async getVolume (vol: VolumeRef): Promise<Volume> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getVolume', 'volume:read', object, label)
     return toVolume(this.#catalog.resolve(vol))
   }
 
-  /** All volumes, oldest first. */
-  async listVolumes (): Promise<Volume[]> {
+  /** All volumes the caller may read, oldest first; of one namespace when given. */
+  async listVolumes (options: { namespace?: string } = {}): Promise<Volume[]> {
     this.#assertOpen()
-    return this.#catalog.volumes().map(toVolume).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
+    const namespace = options?.namespace
+    if (namespace !== undefined) checkNamespace(namespace)
+    return this.#catalog.volumes()
+      .filter((record) => (namespace === undefined || namespaceOf(record) === namespace) && this.#allowed('volume:read', this.#volumeObject(record).object))
+      .map(toVolume).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
   }
 
   /**
@@ -341,6 +373,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async deleteVolume (vol: VolumeRef, options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#guard('deleteVolume', 'volume:delete', object, label, async () => { await this.#deleteVolume(vol, options) }, options?.force === true ? { force: true } : undefined)
+  }
+
+  async #deleteVolume (vol: VolumeRef, options: { force?: boolean }): Promise<void> {
     const record = this.#catalog.resolve(vol)
     if (record.state === VolumeState.Deleting) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
     const storageClass = this.#catalog.storageClass(record.storageClass)
@@ -399,8 +436,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const sizeBytes = parseSize(newSizeBytes)
     this.#checkVolumeSize(sizeBytes)
-    this.#catalog.resolve(vol)
-    return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
+    const { object, label } = this.#refObject(vol)
+    return await this.#guard('expandVolume', 'volume:write', object, label, async () => {
+      this.#catalog.resolve(vol)
+      return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
+    }, { sizeBytes })
   }
 
   async #expand (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
@@ -429,6 +469,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Allocated bytes split into what the current contents use and what only snapshots keep, and the provisioned size. */
   async getVolumeUsageDetails (vol: VolumeRef): Promise<VolumeUsage> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getVolumeUsage', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
     const volume = this.#volumeBlocks(record)
     const live = this.#engine.allocatedBlocks(volume)
@@ -466,6 +508,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createStorageClass (definition: unknown): Promise<StorageClass> {
     this.#assertOpen()
     const storageClass = parseStorageClass(definition)
+    return await this.#guard('createStorageClass', 'admin', undefined, `storage-class:${storageClass.name}`, async () => await this.#createStorageClass(storageClass))
+  }
+
+  async #createStorageClass (storageClass: StorageClass): Promise<StorageClass> {
     if (this.#catalog.storageClass(storageClass.name) !== undefined) {
       throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(storageClass.name)} already exists; pick another name or delete it first`)
     }
@@ -476,6 +522,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Deletes a custom storage class that no volume uses. */
   async deleteStorageClass (name: string): Promise<void> {
+    this.#assertOpen()
+    await this.#guard('deleteStorageClass', 'admin', undefined, `storage-class:${String(name)}`, async () => { await this.#deleteStorageClass(name) })
+  }
+
+  async #deleteStorageClass (name: string): Promise<void> {
     const storageClass = await this.getStorageClass(name)
     if (storageClass.builtIn) throw new GalleonError('INVALID_ARGUMENT', `storage class ${name} is built in and cannot be deleted`)
     const users = this.#catalog.volumes().filter((record) => record.storageClass === name)
@@ -495,6 +546,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
     const record = this.#writable(vol)
+    const denied = this.#ioCheck('writeBlock', 'volume:write', record)
+    if (denied !== undefined) await denied
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -510,6 +563,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
     this.#assertOpen()
     const { record, snapshot } = this.#readSource(source)
+    const denied = this.#ioCheck('readBlock', snapshot === undefined ? 'volume:read' : 'snapshot:read', record)
+    if (denied !== undefined) await denied
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.readBlock(this.#ioVolume(record), blockIndex, viewOf(snapshot))
@@ -524,6 +579,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
     const record = this.#writable(vol)
+    const denied = this.#ioCheck('write', 'volume:write', record)
+    if (denied !== undefined) await denied
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -536,6 +593,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
     this.#assertOpen()
     const { record, snapshot } = this.#readSource(source)
+    const denied = this.#ioCheck('read', snapshot === undefined ? 'volume:read' : 'snapshot:read', record)
+    if (denied !== undefined) await denied
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.read(this.#ioVolume(record), offset, length, viewOf(snapshot))
@@ -550,6 +609,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async flush (vol?: VolumeRef): Promise<void> {
     this.#assertOpen()
     const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
+    if (record !== undefined) {
+      const denied = this.#ioCheck('flush', 'volume:write', record)
+      if (denied !== undefined) await denied
+    }
     try {
       await this.#engine.flush()
     } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
@@ -559,6 +622,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
     this.#assertOpen()
     const record = this.#writable(vol)
+    const denied = this.#ioCheck('trim', 'volume:write', record)
+    if (denied !== undefined) await denied
     try {
       await this.#engine.trim(this.#ioVolume(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) { throw this.#ioFailed(record, 'trim', err) }
@@ -568,6 +633,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async scrub (vol: VolumeRef): Promise<ScrubReport> {
     this.#assertOpen()
     const record = this.#catalog.resolve(vol)
+    const denied = this.#ioCheck('scrub', 'volume:read', record)
+    if (denied !== undefined) await denied
     const { checked, bad } = await this.#engine.scrub(this.#ioVolume(record))
     this.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
     return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
@@ -578,12 +645,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** I/O statistics of a volume over the sliding window, plus lifetime counters. */
   async getVolumeMetrics (vol: VolumeRef): Promise<VolumeMetrics> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getVolumeMetrics', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
     return { volumeId: record.id, volumeName: record.name, ...this.#volumeBlocks(record).metrics.snapshot() }
   }
 
   /** All metrics in the Prometheus text exposition format (version 0.0.4). */
   async metricsText (): Promise<string> {
+    this.#assertOpen()
+    await this.#check('metricsText', 'admin', undefined, 'metrics')
     const store = await this.getStorageStats()
     return renderPrometheus({
       volumes: this.#catalog.volumes().map((record) => {
@@ -606,12 +677,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async getStorageStats (): Promise<BlockStoreStats & { backend: string }> {
     this.#assertOpen()
+    await this.#check('getStorageStats', 'admin', undefined, 'metrics')
     return { backend: this.#store.name, ...await this.#store.stats() }
   }
 
   /** Journal statistics: store batches issued and how many asked for a sync (see getStorageStats for device syncs). */
   journalStats (): { lastLsn: number, committedLsn: number, groups: number, syncs: number } {
     this.#assertOpen()
+    if (!this.#allowed('admin', undefined)) {
+      void this.#check('journalStats', 'admin', undefined, 'metrics')?.catch(() => {})
+      this.#access.check(this.#context.getStore()?.principal as Principal, 'admin', undefined)
+    }
     const journal = this.#engine.journal
     return { lastLsn: journal.lastLsn, committedLsn: journal.committedLsn, ...journal.stats }
   }
@@ -628,6 +704,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
     this.#assertOpen()
     checkSnapshotName(name)
+    const { object, label } = this.#refObject(vol)
+    return await this.#guard('createSnapshot', 'snapshot:create', object, `snapshot:${label.slice(7)}@${name}`, async () => await this.#createSnapshot(vol, name))
+  }
+
+  async #createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
     this.#catalog.resolve(vol)
     return await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
@@ -644,6 +725,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Snapshots of a volume, oldest first (implicit ones that clones were made from included). */
   async listSnapshots (vol: VolumeRef): Promise<Snapshot[]> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('listSnapshots', 'snapshot:read', object, label)
     const record = this.#catalog.resolve(vol)
     return this.#catalog.snapshots(record.id).map((snapshot) => this.#toSnapshot(snapshot))
   }
@@ -651,6 +734,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** One snapshot of a volume, by id or name. */
   async getSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Snapshot> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getSnapshot', 'snapshot:read', object, label)
     const record = this.#catalog.resolve(vol)
     return this.#toSnapshot(this.#catalog.resolveSnapshot(record, snapshot))
   }
@@ -662,6 +747,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
+    await this.#guard('deleteSnapshot', 'snapshot:delete', object, `snapshot:${label.slice(7)}@${snapshotName}`, async () => { await this.#deleteSnapshot(vol, snapshot, options) }, options?.force === true ? { force: true } : undefined)
+  }
+
+  async #deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
     this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
     await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
@@ -686,6 +777,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
+    return await this.#guard('restoreSnapshot', 'snapshot:restore', object, `snapshot:${label.slice(7)}@${snapshotName}`, async () => await this.#restoreSnapshot(vol, snapshot))
+  }
+
+  async #restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
     return await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
@@ -723,12 +820,22 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * or a live volume, of which an implicit snapshot is taken. O(1): nothing is copied. Writes to
    * either side never show on the other. The clone starts with the source's size and settings.
    */
-  async cloneVolume (source: CloneSource, newName: string, options: { labels?: Record<string, string> } = {}): Promise<Volume> {
+  async cloneVolume (source: CloneSource, newName: string, options: { labels?: Record<string, string>, namespace?: string } = {}): Promise<Volume> {
     this.#assertOpen()
     checkVolumeName(newName)
+    const from = this.#refObject(source)
+    const fromSnapshot = isSnapshotObject(source) || (typeof source === 'object' && source !== null && 'snapshot' in source)
+    const namespace = options?.namespace ?? from.object.namespace
+    checkNamespace(namespace)
+    const denied = this.#check('cloneVolume', fromSnapshot ? 'snapshot:read' : 'volume:read', from.object, from.label)
+    if (denied !== undefined) await denied
+    return await this.#guard('cloneVolume', 'volume:create', { namespace, volume: newName }, `volume:${namespace}/${newName}`, async () => await this.#cloneVolume(source, newName, namespace, options), { source: from.label })
+  }
+
+  async #cloneVolume (source: CloneSource, newName: string, namespace: string, options: { labels?: Record<string, string> }): Promise<Volume> {
     const labels = options?.labels === undefined ? undefined : checkLabels(options.labels)
     this.#readSource(source)
-    const unreserve = this.#catalog.reserveName(newName)
+    const unreserve = this.#catalog.reserveName(newName, namespace)
     try {
       return await this.#admin(async () => {
         const { record, snapshot: chosen } = this.#readSource(source)
@@ -738,6 +845,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         try {
           clone = await this.#catalog.createVolume({
             name: newName,
+            namespace,
             type: record.type,
             state: VolumeState.Available,
             sizeBytes: snapshot.sizeBytes,
@@ -781,6 +889,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('listChangedBlocks', 'snapshot:read', object, label)
     const record = this.#catalog.resolve(vol)
     const volume = this.#volumeBlocks(record)
     const from = options?.from === undefined ? undefined : this.#catalog.resolveSnapshot(record, options.from)
@@ -897,24 +1007,35 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async createBackup (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
     this.#assertOpen()
-    return await this.#backups.create(vol, options)
+    const { object, label } = this.#refObject(vol)
+    const details = { strategy: String(options?.strategy ?? 'full'), ...(options?.policy === undefined ? {} : { policy: String(options.policy) }) }
+    return await this.#guard('createBackup', 'backup:create', object, label, async () => await this.#backups.create(vol, options), details)
+  }
+
+  /** A backup's source volume as an access object (its namespace and name at backup time). */
+  #backupObject (backup: Backup): AccessObject {
+    return { namespace: backup.volumeNamespace, volume: backup.volumeName }
   }
 
   /** Backups on a target, oldest first; of one volume (by id, or by name once the volume is gone) when given. */
   async listBackups (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
     this.#assertOpen()
-    return await this.#backups.list(vol, options)
+    return (await this.#nested(async () => await this.#backups.list(vol, options))).filter((backup) => this.#allowed('backup:read', this.#backupObject(backup)))
   }
 
   /** One backup by id. */
   async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
     this.#assertOpen()
-    return await this.#backups.get(backupId, options)
+    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    await this.#check('getBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
+    return backup
   }
 
   /** Re-reads every chunk of a backup and of the backups it builds on, and checks each against its checksum. */
   async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
     this.#assertOpen()
+    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    await this.#check('verifyBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
   }
 
@@ -924,7 +1045,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async deleteBackup (backupId: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
-    return await this.#backups.delete(backupId, options)
+    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    return await this.#guard('deleteBackup', 'backup:delete', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
   }
 
   /**
@@ -932,9 +1054,22 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * default `<volume>-restored-<id>`) or over an existing one (`{ volume }`, at least as large; its
    * old contents are discarded). Resolves to the restored volume.
    */
-  async restoreBackup (backupId: string, options: { name?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+  async restoreBackup (backupId: string, options: { name?: string, namespace?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
     this.#assertOpen()
-    return await this.#backups.restore(backupId, options)
+    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    // The restore writes somewhere: the caller must be allowed that too.
+    if (options?.volume !== undefined) {
+      const into = this.#refObject(options.volume)
+      const denied = this.#check('restoreBackup', 'volume:write', into.object, into.label)
+      if (denied !== undefined) await denied
+    } else {
+      const namespace = options?.namespace ?? this.#catalog.currentNamespace()
+      checkNamespace(namespace)
+      const name = options?.name ?? `${backup.volumeName}-restored-${backup.id.slice(0, 8)}`
+      const denied = this.#check('restoreBackup', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`)
+      if (denied !== undefined) await denied
+    }
+    return await this.#guard('restoreBackup', 'backup:restore', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.restore(backupId, options))
   }
 
   /**
@@ -946,42 +1081,50 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async createBackupPolicy (policy: BackupPolicyOptions): Promise<BackupPolicy> {
     this.#assertOpen()
-    return await this.#scheduler.create(policy)
+    return await this.#guard('createBackupPolicy', 'backup:schedule', undefined, `backup-policy:${String((policy as { name?: unknown })?.name)}`, async () => await this.#scheduler.create(policy))
   }
 
   /** Backup policies, by name. */
   async listBackupPolicies (): Promise<BackupPolicy[]> {
     this.#assertOpen()
+    await this.#check('listBackupPolicies', 'backup:read', undefined, 'backup-policies')
     return this.#scheduler.list()
   }
 
   /** One backup policy with its run record. */
   async getBackupPolicy (name: string): Promise<BackupPolicy> {
     this.#assertOpen()
+    await this.#check('getBackupPolicy', 'backup:read', undefined, `backup-policy:${String(name)}`)
     return this.#scheduler.get(name)
   }
 
   /** Deletes a backup policy (its backups stay); waits for a run in progress. */
   async deleteBackupPolicy (name: string): Promise<void> {
     this.#assertOpen()
-    await this.#scheduler.delete(name)
+    await this.#guard('deleteBackupPolicy', 'backup:schedule', undefined, `backup-policy:${String(name)}`, async () => { await this.#scheduler.delete(name) })
   }
 
   /** Sets (or clears) the hook functions of a policy, which are not stored: call this again after each open. */
   setBackupPolicyHooks (name: string, hooks: BackupHooks | undefined): void {
     this.#assertOpen()
+    if (!this.#allowed('backup:schedule', undefined)) {
+      void this.#check('setBackupPolicyHooks', 'backup:schedule', undefined, `backup-policy:${String(name)}`)?.catch(() => {})
+      this.#access.check(this.#context.getStore()?.principal as Principal, 'backup:schedule', undefined)
+    }
     this.#scheduler.setHooks(name, hooks)
   }
 
   /** Runs a policy now, outside its schedule (backups, then pruning). */
   async runBackupPolicy (name: string): Promise<BackupPolicyRun> {
     this.#assertOpen()
-    return (await this.#scheduler.run(name, false))[0] as BackupPolicyRun
+    return await this.#guard('runBackupPolicy', 'backup:schedule', undefined, `backup-policy:${String(name)}`, async () => (await this.#scheduler.run(name, false))[0] as BackupPolicyRun)
   }
 
   /** Runs every policy whose scheduled time has come (the scheduler's timer does this by itself; useful with a controlled clock). */
   async runDueBackupPolicies (): Promise<BackupPolicyRun[]> {
     this.#assertOpen()
+    const denied = this.#check('runDueBackupPolicies', 'backup:schedule', undefined, 'backup-policies')
+    if (denied !== undefined) await denied
     return await this.#scheduler.runDue()
   }
 
@@ -990,6 +1133,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** How a volume is encrypted: key versions, the KEK id, a rotation in progress. */
   async getVolumeEncryption (vol: VolumeRef): Promise<VolumeEncryption> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getVolumeEncryption', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
     return this.#keys.describe(record.id, this.#engine.volume(record.storageId)?.cipher)
   }
@@ -1002,6 +1147,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async rotateVolumeKey (vol: VolumeRef, options: { wait?: boolean } = {}): Promise<VolumeEncryption> {
     this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    return await this.#guard('rotateVolumeKey', 'volume:write', object, label, async () => await this.#rotateVolumeKey(vol, options))
+  }
+
+  async #rotateVolumeKey (vol: VolumeRef, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const record = this.#catalog.resolve(vol)
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
     const volume = this.#ioVolume(record)
@@ -1054,7 +1204,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `rotateKeyEncryptionKey() options must be an object, got ${describe(options)}`)
     if (options.keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
-    return await this.#admin(async () => {
+    return await this.#guard('rotateKeyEncryptionKey', 'admin', undefined, 'instance', async () => await this.#admin(async () => {
       const current = await this.#keys.provider()
       let next: KeyProvider
       if (options.keyProvider !== undefined) {
@@ -1073,7 +1223,178 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       }
       const rewrapped = await this.#keys.rewrapAll(next)
       return { keyId: next.keyId, provider: next.name, rewrapped }
+    }))
+  }
+
+  // ---------------------------------------------------------------- access control and audit
+
+  /**
+   * A handle on this instance whose calls act as `principal`: checked against the access policies
+   * (once any exists) and audited under its id; bare volume names resolve in its namespace. The
+   * GalleonFS object itself acts as the application that embeds it: never denied, audited as
+   * `application`. A principal is what the application says it is: authenticate callers before
+   * handing them a handle (the daemon maps API tokens to principals).
+   */
+  as (principal: Principal): GalleonFS {
+    const context: CallContext = { principal: checkPrincipal(principal), nested: false }
+    return new Proxy(this, {
+      get: (target, prop) => {
+        if (prop === 'principal') return context.principal
+        const value = Reflect.get(target, prop, target) as unknown
+        if (typeof value !== 'function') return value
+        if (prop === 'as' || prop === 'runAs') return value.bind(target)
+        return (...args: unknown[]) => this.#context.run(context, () => (value as (...a: unknown[]) => unknown).apply(target, args))
+      }
     })
+  }
+
+  /** Runs `task` with every call it makes on this instance acting as `principal` (see `as`). */
+  async runAs<T> (principal: Principal, task: () => Promise<T>): Promise<T> {
+    const context: CallContext = { principal: checkPrincipal(principal), nested: false }
+    if (typeof task !== 'function') throw new GalleonError('INVALID_ARGUMENT', `runAs() needs a function to run, got ${describe(task)}`)
+    return await this.#context.run(context, task)
+  }
+
+  /**
+   * Adds or replaces an access policy: it grants `verbs` to `principals` (`user:<id>`,
+   * `role:<role>`, `group:<group>`, `*`) on volumes in `namespaces` whose names match `volumes`
+   * (patterns with `*` and `?`; both default to all). Once any policy exists, principals get only
+   * what policies grant (default deny).
+   */
+  async createAccessPolicy (definition: AccessPolicy): Promise<AccessPolicy> {
+    this.#assertOpen()
+    const policy = parseAccessPolicy(definition)
+    return await this.#guard('createAccessPolicy', 'admin', undefined, `access-policy:${policy.name}`, async () => {
+      await this.#access.put(policy)
+      return policy
+    })
+  }
+
+  /** Access policies, by name. */
+  async listAccessPolicies (): Promise<AccessPolicy[]> {
+    this.#assertOpen()
+    await this.#check('listAccessPolicies', 'admin', undefined, 'access-policies')
+    return this.#access.policies()
+  }
+
+  /** Deletes an access policy. Deleting the last one turns enforcement off (everything is allowed). */
+  async deleteAccessPolicy (name: string): Promise<void> {
+    this.#assertOpen()
+    if (typeof name !== 'string' || this.#access.policy(name) === undefined) throw new GalleonError('INVALID_ARGUMENT', `no access policy named ${describe(name)}; listAccessPolicies() shows them`)
+    await this.#guard('deleteAccessPolicy', 'admin', undefined, `access-policy:${name}`, async () => { await this.#access.delete(name) })
+  }
+
+  /** Audit entries (oldest first) by time range, principal, object (a `prefix*` works), action or result. */
+  async queryAuditLog (query: AuditQuery = {}): Promise<AuditEntry[]> {
+    this.#assertOpen()
+    await this.#check('queryAuditLog', 'admin', undefined, 'audit-log')
+    return await this.#audit.query(query)
+  }
+
+  /**
+   * Checks the audit log's hash chain end to end: an edited, removed or reordered entry is reported.
+   * Pass a head saved earlier (`auditHead()`) to detect a rewrite of the whole log as well.
+   */
+  async verifyAuditLog (expectedHead?: { seq: number, hash: string }): Promise<AuditVerification> {
+    this.#assertOpen()
+    await this.#check('verifyAuditLog', 'admin', undefined, 'audit-log')
+    return await this.#audit.verify(expectedHead)
+  }
+
+  /** The last audit entry's sequence number and hash: keep copies outside to anchor the log. */
+  async auditHead (): Promise<{ seq: number, hash: string }> {
+    this.#assertOpen()
+    await this.#check('auditHead', 'admin', undefined, 'audit-log')
+    return this.#audit.head()
+  }
+
+  /** The access object of a volume record, and how audit entries name it. */
+  #volumeObject (record: VolumeRecord): { object: AccessObject, label: string } {
+    const namespace = namespaceOf(record)
+    return { object: { namespace, volume: record.name }, label: `volume:${namespace}/${record.name}` }
+  }
+
+  /**
+   * The access object a volume reference names, found without failing: a caller is told
+   * PERMISSION_DENIED before it can learn whether a volume it may not see exists.
+   */
+  #refObject (ref: unknown): { object: AccessObject, label: string } {
+    let id: unknown = ref
+    if (isSnapshotObject(ref)) id = ref.volumeId
+    else if (typeof ref === 'object' && ref !== null && 'snapshot' in ref) id = (ref as { volume?: unknown }).volume
+    if (typeof id === 'object' && id !== null) id = (id as { id?: unknown }).id
+    const text = typeof id === 'string' ? id : String(id)
+    try {
+      return this.#volumeObject(this.#catalog.resolve(text))
+    } catch {
+      const slash = text.indexOf('/')
+      const namespace = slash > 0 ? text.slice(0, slash) : this.#catalog.currentNamespace()
+      const volume = slash > 0 ? text.slice(slash + 1) : text
+      return { object: { namespace, volume }, label: `volume:${namespace}/${volume}` }
+    }
+  }
+
+  /**
+   * Whether the caller may `verb` on `object`. The application itself always may, and so may calls
+   * made inside a call that was checked already.
+   */
+  #allowed (verb: Verb, object: AccessObject | undefined): boolean {
+    const context = this.#context.getStore()
+    if (context === undefined || context.nested || context.principal === undefined) return true
+    return this.#access.allows(context.principal, verb, object)
+  }
+
+  /**
+   * Checks the caller may `verb` on `object`; a denial is audited, then thrown as PERMISSION_DENIED.
+   * Returns undefined when allowed (no await on the I/O path), else a rejected promise.
+   */
+  #check (action: string, verb: Verb, object: AccessObject | undefined, label: string): Promise<never> | undefined {
+    if (this.#allowed(verb, object)) return undefined
+    const principal = this.#context.getStore()?.principal as Principal
+    let denial: unknown
+    try { this.#access.check(principal, verb, object) } catch (err) { denial = err }
+    return (async () => {
+      await this.#audit.append({ principal: principal.id, roles: principal.roles, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
+      throw denial
+    })()
+  }
+
+  /** Runs `task` as part of the current call: what it calls is not checked or audited on its own. */
+  async #nested<T> (task: () => Promise<T>): Promise<T> {
+    const context = this.#context.getStore()
+    if (context === undefined || context.nested) return await task()
+    return await this.#context.run({ principal: context.principal, nested: true }, task)
+  }
+
+  /** `#check` for a resolved volume on the I/O path. */
+  #ioCheck (action: string, verb: Verb, record: VolumeRecord): Promise<never> | undefined {
+    const context = this.#context.getStore()
+    if (context === undefined || context.nested || context.principal === undefined) return undefined
+    const { object, label } = this.#volumeObject(record)
+    return this.#check(action, verb, object, label)
+  }
+
+  /**
+   * A checked and audited call: the caller must be allowed `verb` on `object`; `task` then runs as
+   * part of this call (the calls it makes are not checked or audited again), and its outcome is
+   * recorded in the audit log.
+   */
+  async #guard<T> (action: string, verb: Verb, object: AccessObject | undefined, label: string, task: () => Promise<T>, details?: Record<string, string | number | boolean>): Promise<T> {
+    const context = this.#context.getStore()
+    if (context?.nested === true) return await task()
+    const denied = this.#check(action, verb, object, label)
+    if (denied !== undefined) await denied
+    const principal = context?.principal
+    const who = { principal: principal?.id ?? 'application', ...(principal === undefined ? {} : { roles: principal.roles }) }
+    let result: T
+    try {
+      result = await this.#context.run({ principal, nested: true }, task)
+    } catch (err) {
+      await this.#audit.append({ ...who, action, verb, object: label, result: 'failed', code: err instanceof GalleonError ? err.code : 'IO_ERROR', ...(details === undefined ? {} : { details }) }).catch(() => {})
+      throw err
+    }
+    await this.#audit.append({ ...who, action, verb, object: label, result: 'ok', ...(details === undefined ? {} : { details }) })
+    return result
   }
 
   // ---------------------------------------------------------------- internals
@@ -1139,6 +1460,7 @@ function toVolume (record: VolumeRecord): Volume {
   return {
     id: record.id,
     name: record.name,
+    namespace: namespaceOf(record),
     type: record.type,
     state: record.state,
     sizeBytes: record.sizeBytes,

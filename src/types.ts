@@ -59,8 +59,10 @@ export type VolumeBindingMode = 'Immediate' | 'WaitForFirstConsumer'
 export interface Volume {
   /** UUID. */
   readonly id: string
-  /** Unique name. */
+  /** Name, unique within its namespace. */
   readonly name: string
+  /** Tenant namespace (`default` unless created in another); `namespace/name` names it anywhere. */
+  readonly namespace: string
   readonly type: VolumeType
   readonly state: VolumeState
   /** Size in bytes (a multiple of `blockSize`). */
@@ -115,8 +117,10 @@ export interface StorageClass {
 
 /** Options of `createVolume`. */
 export interface CreateVolumeOptions {
-  /** Unique name; generated when omitted. */
+  /** Name, unique within its namespace; generated when omitted. */
   name?: string
+  /** Namespace (default: the caller's, `default` for the application). */
+  namespace?: string
   type?: VolumeType | `${VolumeType}`
   /** Size in bytes, or a size string such as `100M` or `1G`. */
   sizeBytes: number | string

@@ -141,6 +141,7 @@ export interface Manifest {
   readonly volume: {
     readonly id: string
     readonly name: string
+    readonly namespace?: string
     readonly sizeBytes: number
     readonly blockSize: number
     readonly storageClass: string

@@ -58,6 +58,8 @@ export interface Backup {
   readonly id: string
   readonly volumeId: string
   readonly volumeName: string
+  /** Namespace of the volume when it was backed up. */
+  readonly volumeNamespace: string
   /** Strategy used: a first incremental or differential of a volume is taken as a full. */
   readonly strategy: BackupStrategy
   readonly requestedStrategy: BackupStrategy
@@ -215,7 +217,7 @@ export class BackupManager {
           strategy,
           requestedStrategy: requested,
           base: base?.id ?? null,
-          volume: { id: volume.id, name: volume.name, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels } },
+          volume: { id: volume.id, name: volume.name, namespace: volume.namespace, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels } },
           ...(backupKey === undefined ? {} : { encryption: { algorithm: 'AES-256-GCM' as const, fingerprint: backupKey.fingerprint, wrappedKey: backupKey.wrapped, kekId: backupKey.kekId, provider: backupKey.provider } }),
           snapshot: { id: snapshot.id, name: snapshot.name },
           ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
@@ -357,7 +359,7 @@ export class BackupManager {
     })
   }
 
-  async restore (id: string, options: { name?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+  async restore (id: string, options: { name?: string, namespace?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `restoreBackup() options must be an object such as { name: 'restored' }, got ${describe(options)}`)
     if ((options.name === undefined) === (options.volume === undefined) && options.volume !== undefined) {
       throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
@@ -412,6 +414,7 @@ export class BackupManager {
       if (manifest.encryption !== undefined && storageClass?.parameters.encryption !== 'true') storageClass = classes.find((c) => c.name === 'encrypted-storage')
       volume = await this.#g.createVolume({
         name: options.name ?? `${manifest.volume.name}-restored-${id.slice(0, 8)}`,
+        ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
         sizeBytes: manifest.volume.sizeBytes,
         storageClass: storageClass?.name,
         ...(manifest.volume.replicas === undefined ? {} : { replicas: manifest.volume.replicas }),
@@ -625,6 +628,7 @@ function toBackup (manifest: Manifest, target: BackupTarget): Backup {
     id: manifest.id,
     volumeId: manifest.volume.id,
     volumeName: manifest.volume.name,
+    volumeNamespace: manifest.volume.namespace ?? 'default',
     strategy: manifest.strategy as BackupStrategy,
     requestedStrategy: manifest.requestedStrategy as BackupStrategy,
     baseId: manifest.base,

@@ -37,6 +37,22 @@ const CATALOG_FORMAT = 1
 /** classic-level's option to fsync its log before resolving; abstract-level passes it through sublevels. */
 const SYNC = { sync: true } as unknown as Record<string, never>
 
+/** Namespace of volumes created without one. */
+export const DEFAULT_NAMESPACE = 'default'
+const NAMESPACE_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
+
+/** Validates a namespace name: 1-63 lowercase letters, digits and '-', like a DNS label. */
+export function checkNamespace (namespace: unknown): asserts namespace is string {
+  if (typeof namespace !== 'string' || !NAMESPACE_PATTERN.test(namespace)) {
+    throw new GalleonError('INVALID_ARGUMENT', `a namespace is 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit, got ${describe(namespace)}`)
+  }
+}
+
+/** The namespace of a volume record (records from before namespaces are in the default one). */
+export function namespaceOf (record: { readonly namespace?: string }): string {
+  return record.namespace ?? DEFAULT_NAMESPACE
+}
+
 /** Validates a volume name: 1-63 letters, digits, '-', '_', '.', not shaped like a UUID. */
 export function checkVolumeName (name: unknown): asserts name is string {
   if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
@@ -60,6 +76,8 @@ export class Catalog {
   readonly #names = new Map<string, string>()
   readonly #classes = new Map<string, StorageClass>()
   #nextStorageId = 1
+  /** Namespace that bare volume names are looked up and reserved in (the caller's). */
+  currentNamespace: () => string = () => DEFAULT_NAMESPACE
   #blockSize = 0
 
   constructor (db: MetadataDatabase) {
@@ -104,7 +122,7 @@ export class Catalog {
     for (const [id, record] of await this.#volumesDb.iterator().all()) {
       const volume = record as VolumeRecord
       this.#volumes.set(id as string, volume)
-      this.#names.set(volume.name, volume.id)
+      this.#names.set(nameKey(namespaceOf(volume), volume.name), volume.id)
       if (volume.storageId >= this.#nextStorageId) this.#nextStorageId = volume.storageId + 1
     }
     const snapshots = (await this.#snapshotsDb.iterator().all()).map(([, record]) => record as SnapshotRecord)
@@ -116,22 +134,30 @@ export class Catalog {
     return [...this.#volumes.values()]
   }
 
-  /** Finds a volume by id or name; throws VOLUME_NOT_FOUND / INVALID_ARGUMENT. */
+  /**
+   * Finds a volume by id, by name (in the current namespace) or by `namespace/name`; throws
+   * VOLUME_NOT_FOUND / INVALID_ARGUMENT.
+   */
   resolve (ref: unknown): VolumeRecord {
     if (typeof ref === 'object' && ref !== null && typeof (ref as { id?: unknown }).id === 'string') ref = (ref as { id: string }).id
     if (typeof ref !== 'string' || ref.length === 0) {
       throw new GalleonError('INVALID_ARGUMENT', `a volume is named by its id or name (a non-empty string), got ${describe(ref)}`)
     }
-    const record = this.#volumes.get(ref) ?? this.#volumes.get(this.#names.get(ref) ?? '')
-    if (record === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${JSON.stringify(ref)}; listVolumes() shows the existing ones`)
+    const slash = ref.indexOf('/')
+    const key = slash < 0 ? nameKey(this.currentNamespace(), ref) : ref
+    const record = this.#volumes.get(ref) ?? this.#volumes.get(this.#names.get(key) ?? '')
+    if (record === undefined) {
+      throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${JSON.stringify(ref)}${slash < 0 ? ` in namespace ${this.currentNamespace()}` : ''}; listVolumes() shows the existing ones`)
+    }
     return record
   }
 
-  /** Reserves a name synchronously so concurrent creates cannot both take it. */
-  reserveName (name: string): () => void {
-    if (this.#names.has(name)) throw new GalleonError('VOLUME_EXISTS', `a volume named ${JSON.stringify(name)} already exists; choose another name or delete it first`)
-    this.#names.set(name, '')
-    return () => { if (this.#names.get(name) === '') this.#names.delete(name) }
+  /** Reserves a name in a namespace synchronously so concurrent creates cannot both take it. */
+  reserveName (name: string, namespace: string): () => void {
+    const key = nameKey(namespace, name)
+    if (this.#names.has(key)) throw new GalleonError('VOLUME_EXISTS', `a volume named ${JSON.stringify(name)} already exists in namespace ${namespace}; choose another name or delete it first`)
+    this.#names.set(key, '')
+    return () => { if (this.#names.get(key) === '') this.#names.delete(key) }
   }
 
   /** Persists a new volume (with its storage id) and caches it. */
@@ -144,7 +170,7 @@ export class Catalog {
       { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
     ] as any, SYNC)
     this.#volumes.set(record.id, record)
-    this.#names.set(record.name, record.id)
+    this.#names.set(nameKey(namespaceOf(record), record.name), record.id)
     return record
   }
 
@@ -169,7 +195,8 @@ export class Catalog {
     ] as any, SYNC)
     this.#volumes.delete(id)
     this.#snapshots.delete(id)
-    if (this.#names.get(record.name) === id) this.#names.delete(record.name)
+    const key = nameKey(namespaceOf(record), record.name)
+    if (this.#names.get(key) === id) this.#names.delete(key)
   }
 
   /** Snapshots of a volume, oldest first. */
@@ -240,6 +267,10 @@ export class Catalog {
     await this.#classesDb.del(name, SYNC)
     this.#classes.delete(name)
   }
+}
+
+function nameKey (namespace: string, name: string): string {
+  return `${namespace}/${name}`
 }
 
 export { VolumeState }

@@ -1,0 +1,178 @@
+// The audit log: one entry per mutating call and per denial (who, what, on which object, the
+// result, when), appended to the metadata database with a synced write, and hash-chained: each
+// entry holds the SHA-256 of the previous entry and its own, so an edited, removed or reordered
+// entry breaks the chain. A head record (last sequence number and hash) is written in the same
+// batch, so removing entries from the end is detected too. Anyone who can rewrite the whole
+// database can rewrite the whole chain: keep a copy of auditHead() elsewhere (a log shipper, a
+// ticket) and pass it to verifyAuditLog() to detect that as well.
+
+import type { AbstractSublevel } from 'abstract-level'
+import { createHash } from 'node:crypto'
+import { GalleonError, describe } from '../errors.js'
+import type { MetadataDatabase } from '../volumes/catalog.js'
+
+type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
+const SYNC = { sync: true } as unknown as Record<string, never>
+const GENESIS = '0'.repeat(64)
+const HEAD_KEY = 'head'
+
+/** One audit entry. */
+export interface AuditEntry {
+  /** 1, 2, 3, ... with no gaps. */
+  readonly seq: number
+  /** ISO-8601 time. */
+  readonly time: string
+  /** Principal id (`anonymous` for calls without one, `system` for the instance's own work). */
+  readonly principal: string
+  readonly roles?: readonly string[]
+  /** The call, e.g. `createVolume`, and the verb it needed. */
+  readonly action: string
+  readonly verb?: string
+  /** What it acted on, e.g. `volume:tenant-a/db`, `snapshot:tenant-a/db@nightly`, `policy:ops`. */
+  readonly object: string
+  readonly result: 'ok' | 'denied' | 'failed'
+  /** Error code for denied and failed calls. */
+  readonly code?: string
+  readonly details?: Readonly<Record<string, string | number | boolean>>
+  /** SHA-256 of the previous entry (zeros for the first), and of this one. */
+  readonly prev: string
+  readonly hash: string
+}
+
+/** What to append: everything but the chain fields. */
+export type AuditRecord = Omit<AuditEntry, 'seq' | 'time' | 'prev' | 'hash'>
+
+/** A filter for queryAuditLog. */
+export interface AuditQuery {
+  /** From this time (inclusive), to this time (exclusive): Date, ISO string or epoch milliseconds. */
+  readonly from?: Date | string | number
+  readonly to?: Date | string | number
+  readonly principal?: string
+  /** Exact object, or a prefix ending in `*` (`volume:tenant-a/*`). */
+  readonly object?: string
+  readonly action?: string
+  readonly result?: AuditEntry['result']
+  /** At most this many entries (the oldest first); default 1000. */
+  readonly limit?: number
+}
+
+/** The outcome of verifyAuditLog. */
+export interface AuditVerification {
+  readonly ok: boolean
+  readonly entries: number
+  readonly head: { readonly seq: number, readonly hash: string }
+  readonly problems: ReadonlyArray<{ readonly seq: number, readonly problem: string }>
+}
+
+/** The hash of an entry: SHA-256 over its fields in a fixed order. */
+function entryHash (entry: Omit<AuditEntry, 'hash'>): string {
+  const canonical = JSON.stringify([entry.seq, entry.time, entry.principal, entry.roles ?? [], entry.action, entry.verb ?? null, entry.object, entry.result, entry.code ?? null,
+    entry.details === undefined ? null : Object.keys(entry.details).sort().map((key) => [key, (entry.details as Record<string, unknown>)[key]]), entry.prev])
+  return createHash('sha256').update(canonical).digest('hex')
+}
+
+const keyOf = (seq: number): string => seq.toString().padStart(16, '0')
+
+function toTime (value: Date | string | number | undefined, what: string): number | undefined {
+  if (value === undefined) return undefined
+  const time = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : Date.parse(value)
+  if (!Number.isFinite(time)) throw new GalleonError('INVALID_ARGUMENT', `${what} must be a Date, an ISO-8601 string or epoch milliseconds, got ${describe(value)}`)
+  return time
+}
+
+export class AuditLog {
+  readonly #db: MetadataDatabase
+  readonly #entries: JsonSublevel
+  readonly #meta: JsonSublevel
+  readonly #now: () => number
+  #head = { seq: 0, hash: GENESIS }
+  #tail: Promise<unknown> = Promise.resolve()
+
+  constructor (db: MetadataDatabase, now: () => number) {
+    this.#db = db
+    this.#entries = db.sublevel('audit', { valueEncoding: 'json' }) as JsonSublevel
+    this.#meta = db.sublevel('audit-head', { valueEncoding: 'json' }) as JsonSublevel
+    this.#now = now
+  }
+
+  async load (): Promise<void> {
+    const head = await this.#meta.get(HEAD_KEY) as { seq: number, hash: string } | undefined
+    if (head !== undefined) this.#head = { seq: head.seq, hash: head.hash }
+  }
+
+  /** The last entry's sequence number and hash: keep a copy outside to detect a rewritten log. */
+  head (): { seq: number, hash: string } { return { ...this.#head } }
+
+  /** Appends an entry durably (entries are written one at a time, in call order). */
+  async append (record: AuditRecord): Promise<AuditEntry> {
+    const run = this.#tail.catch(() => {}).then(async () => {
+      const body: Omit<AuditEntry, 'hash'> = { ...record, seq: this.#head.seq + 1, time: new Date(this.#now()).toISOString(), prev: this.#head.hash }
+      const entry: AuditEntry = { ...body, hash: entryHash(body) }
+      await this.#db.batch([
+        { type: 'put', sublevel: this.#entries, key: keyOf(entry.seq), value: entry },
+        { type: 'put', sublevel: this.#meta, key: HEAD_KEY, value: { seq: entry.seq, hash: entry.hash } }
+      ] as any, SYNC)
+      this.#head = { seq: entry.seq, hash: entry.hash }
+      return entry
+    })
+    this.#tail = run
+    return await run
+  }
+
+  /** Entries matching `query`, oldest first. */
+  async query (query: AuditQuery = {}): Promise<AuditEntry[]> {
+    if (query === null || typeof query !== 'object') throw new GalleonError('INVALID_ARGUMENT', `queryAuditLog() takes a filter object, got ${describe(query)}`)
+    const from = toTime(query.from, 'from')
+    const to = toTime(query.to, 'to')
+    const limit = query.limit ?? 1000
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new GalleonError('INVALID_ARGUMENT', `limit must be a positive integer, got ${describe(query.limit)}`)
+    const object = query.object
+    const matchObject = object === undefined ? () => true : object.endsWith('*') ? (o: string) => o.startsWith(object.slice(0, -1)) : (o: string) => o === object
+    const out: AuditEntry[] = []
+    for await (const [, value] of this.#entries.iterator()) {
+      const entry = value as AuditEntry
+      const time = Date.parse(entry.time)
+      if (from !== undefined && time < from) continue
+      if (to !== undefined && time >= to) continue
+      if (query.principal !== undefined && entry.principal !== query.principal) continue
+      if (query.action !== undefined && entry.action !== query.action) continue
+      if (query.result !== undefined && entry.result !== query.result) continue
+      if (!matchObject(entry.object)) continue
+      out.push(entry)
+      if (out.length >= limit) break
+    }
+    return out
+  }
+
+  /**
+   * Walks the whole chain: every entry's hash, its link to the one before, no gap in the sequence,
+   * and the last one matching the head record (and `expected`, a head saved earlier, when given).
+   */
+  async verify (expected?: { seq: number, hash: string }): Promise<AuditVerification> {
+    const problems: Array<{ seq: number, problem: string }> = []
+    let previous = { seq: 0, hash: GENESIS }
+    let entries = 0
+    for await (const [key, value] of this.#entries.iterator()) {
+      const entry = value as AuditEntry
+      entries++
+      if (keyOf(entry.seq) !== key) problems.push({ seq: entry.seq, problem: `stored under key ${String(key)}, not its sequence number` })
+      if (entry.seq !== previous.seq + 1) problems.push({ seq: entry.seq, problem: `follows entry ${previous.seq}: entries ${previous.seq + 1}..${entry.seq - 1} are missing` })
+      if (entry.prev !== previous.hash) problems.push({ seq: entry.seq, problem: 'does not link to the entry before it (that one was changed or removed)' })
+      const { hash, ...body } = entry
+      if (entryHash(body) !== hash) problems.push({ seq: entry.seq, problem: 'its content does not match its hash (it was edited)' })
+      previous = { seq: entry.seq, hash }
+    }
+    const head = await this.#meta.get(HEAD_KEY) as { seq: number, hash: string } | undefined ?? { seq: 0, hash: GENESIS }
+    if (head.seq !== previous.seq || head.hash !== previous.hash) {
+      problems.push({ seq: head.seq, problem: `the log ends at entry ${previous.seq} but the head record names entry ${head.seq}: entries were removed from the end (or the head was altered)` })
+    }
+    if (expected !== undefined) {
+      if (expected.seq > previous.seq) problems.push({ seq: expected.seq, problem: `a head saved earlier names entry ${expected.seq}, beyond the end of the log (${previous.seq})` })
+      else if (expected.seq > 0) {
+        const entry = await this.#entries.get(keyOf(expected.seq)) as AuditEntry | undefined
+        if (entry?.hash !== expected.hash) problems.push({ seq: expected.seq, problem: 'entry differs from the head saved earlier: the log was rewritten' })
+      }
+    }
+    return { ok: problems.length === 0, entries, head: previous, problems }
+  }
+}
