@@ -1,6 +1,7 @@
 // File block store: a log-structured (Bitcask-style) store of block versions in append-only segment
 // files with an in-memory index. It is also the engine's write-ahead journal, so every write path
-// here is ordered for crash safety first.
+// here is ordered for crash safety first, and recovery tells a torn tail (cut off) from corruption
+// (reported, never cut off).
 
 import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -9,11 +10,12 @@ import { BlockIndex } from './block-index.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
+import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
 } from './record.js'
 import {
-  hintPath, isCode, parseHintFileName, parseSegmentFileName, readFully, scanSegment, segmentPath, syncDirectory
+  findBatchAfter, hintPath, isCode, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, scanSegment, segmentPath, syncDirectory
 } from './segment.js'
 
 /** Options of the file block store. */
@@ -146,6 +148,12 @@ function noop (): void {}
  * - Every batch is appended as consecutive records, all but the last flagged "continues"; recovery
  *   applies a batch only when its last record is present and every crc matches, so a batch is
  *   atomic across a crash. The torn tail of the active segment is truncated on open.
+ * - Damage is a torn tail only if a crash could have left it. Open fails with CORRUPTION, and cuts
+ *   nothing, when the damage is in a sealed segment (fsynced before its successor existed), when a
+ *   `CLEAN` marker says the store was closed (after a final sync) with the active segment at exactly
+ *   its present size, or when a complete, valid batch follows the damage with no run of zeros (what
+ *   unwritten bytes read as) between them. The marker is written by close() and removed, durably,
+ *   by open() before anything is appended.
  * - One writer appends everything queued in one write call and, if any of those batches asked for it
  *   (or `sync()` was called), issues one fdatasync for all of them: concurrent durable batches share a
  *   sync (group commit). Batches resolve in call order; a batch without sync resolves once the OS has
@@ -201,6 +209,8 @@ export class FileBlockStore extends AbstractBlockStore {
   #compactionWanted = false
   #closing = false
   #lastBackgroundError: GalleonError | undefined
+  /** A clean-shutdown marker file was found on open and has not been removed yet. */
+  #cleanMarkerFound = false
   /** Scratch header for `_get` (filled and checked synchronously, so one object serves every read). */
   readonly #readHeader: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
 
@@ -285,6 +295,12 @@ export class FileBlockStore extends AbstractBlockStore {
     } catch (err) {
       failure = wrapIo(err, `could not flush the block store at ${this.#location}`)
     }
+    if (failure === undefined && this.#failure === undefined) {
+      // Best effort: everything is synced already. Without the marker (a full disk, a directory
+      // removed under the store) the next open only treats damage in the active segment's last
+      // batch as a torn write, as after a crash.
+      await this.#markCleanClose().catch(() => {})
+    }
     try {
       await this.#releaseResources()
     } catch (err) {
@@ -312,6 +328,26 @@ export class FileBlockStore extends AbstractBlockStore {
     this.#compactionScheduled = false
     this.#compactionWanted = false
     this.#closing = false
+    this.#cleanMarkerFound = false
+  }
+
+  /**
+   * Records that everything is synced and the active segment ends at its present size. Called with
+   * the writer and background work stopped, so nothing is appended after it in this session.
+   */
+  async #markCleanClose (): Promise<void> {
+    const current = this.#current
+    const handle = current.handle
+    // A tail ahead of the writer, or a file whose size is not what was written, is nothing to vouch for.
+    if (handle === undefined || current !== this.#tail || (await handle.stat()).size !== current.size) return
+    await writeCleanMarker(this.#location, { segment: current.id, size: current.size })
+  }
+
+  /** Removes the clean-shutdown marker found on open, before anything changes the active segment. */
+  async #dropCleanMarker (): Promise<void> {
+    if (!this.#cleanMarkerFound) return
+    await removeCleanMarker(this.#location).catch((err: unknown) => { throw wrapIo(err, `could not remove the clean-shutdown marker of ${this.#location}`) })
+    this.#cleanMarkerFound = false
   }
 
   async #releaseResources (): Promise<void> {
@@ -332,11 +368,20 @@ export class FileBlockStore extends AbstractBlockStore {
 
   /**
    * Rebuilds the index: sealed segments from their hints (or by scanning them when a hint is missing
-   * or invalid), then the last segment by scanning, truncating it after its last complete batch.
+   * or invalid), then the last segment by scanning, truncating a torn tail after its last complete
+   * batch (see `#scanForRecovery` for what counts as torn). Removes the clean-shutdown marker.
    */
   async #recover (): Promise<void> {
     const location = this.#location
     const names = await readdir(location).catch((err: unknown) => { throw wrapIo(err, `could not list ${location}`) })
+    let cleanMarker: CleanMarker | undefined
+    try {
+      const found = await readCleanMarker(location)
+      this.#cleanMarkerFound = found.present
+      cleanMarker = found.marker
+    } catch (err) {
+      throw wrapIo(err, `could not read the clean-shutdown marker of ${location}`)
+    }
     const segmentIds: number[] = []
     const hintIds = new Set<number>()
     for (const name of names) {
@@ -344,8 +389,8 @@ export class FileBlockStore extends AbstractBlockStore {
       if (segmentId !== undefined) segmentIds.push(segmentId)
       const hintId = parseHintFileName(name)
       if (hintId !== undefined) hintIds.add(hintId)
-      // A hint that was being written when the process died.
-      if (name.endsWith('.hint.tmp')) await this.#removeFile(join(location, name))
+      // A hint or a marker that was being written when the process died.
+      if (name.endsWith('.hint.tmp') || name === CLEAN_MARKER_TEMPORARY_NAME) await this.#removeFile(join(location, name))
     }
     segmentIds.sort((a, b) => a - b)
     const lastId = segmentIds[segmentIds.length - 1]
@@ -379,12 +424,18 @@ export class FileBlockStore extends AbstractBlockStore {
           segment.sealed = true
           continue
         }
-        await this.#scanForRecovery(segment, isLast)
+        // The marker vouches for the active segment only at the size it recorded: appended to or cut
+        // since, the file is not what was closed.
+        const closedCleanly = isLast && cleanMarker !== undefined && cleanMarker.segment === id && cleanMarker.size === segment.size
+        await this.#scanForRecovery(segment, isLast, closedCleanly)
         segment.sealed = !isLast
       } catch (err) {
         throw wrapIo(err, `could not recover segment ${path}`)
       }
     }
+    // Gone before open() resolves, so before any append: a marker left on disk while the active
+    // segment grows could vouch for a later torn tail.
+    await this.#dropCleanMarker()
 
     if (lastId === undefined) {
       const segment = new Segment(1, segmentPath(location, 1), 0, new HintBuilder())
@@ -424,7 +475,15 @@ export class FileBlockStore extends AbstractBlockStore {
     })
   }
 
-  async #scanForRecovery (segment: Segment, isLast: boolean): Promise<void> {
+  /**
+   * Scans a segment into the index. Damage in it (a record that is torn or fails its checks, or a
+   * batch that never ends) is corruption, reported with CORRUPTION and left as it is, unless a crash
+   * can explain it: only in the last segment, not after a clean close, and with no complete, valid
+   * batch after it unless what lies between is unwritten (zeros). A torn tail is truncated: a kill
+   * tears only writes not yet acknowledged (batches are acknowledged in log order), a power loss only
+   * writes not yet synced, so nothing from the damage on was acknowledged as durable.
+   */
+  async #scanForRecovery (segment: Segment, isLast: boolean, closedCleanly: boolean): Promise<void> {
     const handle = segment.handle as FileHandle
     const hint = new HintBuilder()
     // Records of the batch being read; applied only when its last record arrives.
@@ -448,14 +507,25 @@ export class FileBlockStore extends AbstractBlockStore {
     })
     segment.hint = hint
     if (result.committedEnd === segment.size) return
-    if (!isLast) {
-      // Sealed segments were fsynced before the next one was created: a bad record here is damage,
-      // not a crash, and dropping it silently could lose acknowledged data.
-      throw new GalleonError('CORRUPTION', `segment ${segment.path} is damaged at offset ${result.stoppedAt} (${result.problem ?? 'incomplete batch'}); ` +
-        `restore it from a backup, or truncate it to ${result.committedEnd} bytes to keep what precedes the damage`)
+    // A batch that never ended is damaged from its first record; otherwise from the bad record.
+    const damagedAt = result.problem === undefined ? result.committedEnd : result.stoppedAt
+    const corruption = (why: string): GalleonError => new GalleonError('CORRUPTION',
+      `segment ${segment.path} is damaged at offset ${damagedAt} (${result.problem ?? 'incomplete batch'}), ${why}; ` +
+      `restore it from a backup, or truncate it to ${result.committedEnd} bytes to keep what precedes the damage` +
+      (isLast ? ' (and lose every batch after it)' : ''))
+    // Sealed segments were fsynced before the next one was created: a bad record here is damage,
+    // not a crash, and dropping it silently could lose acknowledged data.
+    if (!isLast) throw corruption('and it is sealed, so no write was cut short')
+    if (closedCleanly) throw corruption(`although the store was closed cleanly with this segment at ${segment.size} bytes, so no write was cut short`)
+    if (result.stoppedAt < segment.size) {
+      const later = await findBatchAfter(handle, segment.size, result.stoppedAt)
+      if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start)) {
+        throw corruption(`yet a complete, valid batch follows at offset ${later.start}, so it is not a write cut short by a crash`)
+      }
     }
     // The tail of the active segment after its last complete batch was never acknowledged as durable
     // (or is a batch cut short): drop it so new records follow valid ones.
+    await this.#dropCleanMarker()
     await handle.truncate(result.committedEnd)
     await handle.sync()
     segment.size = result.committedEnd

@@ -1,16 +1,22 @@
-// Segment files of the file block store: naming, directory sync, and the verifying record scanner
-// used by recovery and compaction.
+// Segment files of the file block store: naming, directory sync, the verifying record scanner used
+// by recovery and compaction, and the search past damage that tells corruption from a torn tail.
 
 import type { FileHandle } from 'node:fs/promises'
 import { open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
-import { FLAG_CONTINUES, HEADER_BYTES, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
+import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
 
 const SEGMENT_NAME = /^seg-([0-9a-f]{16})\.log$/
 const HINT_NAME = /^seg-([0-9a-f]{16})\.hint$/
 // Large enough for the largest record, so a record always fits in one read.
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024 > HEADER_BYTES + MAX_BLOCK_VALUE_BYTES ? 4 * 1024 * 1024 : HEADER_BYTES + MAX_BLOCK_VALUE_BYTES
+// Bytes a crash can leave unwritten come in aligned units of at least this size: a write cut short by
+// a kill stops at a page boundary (4 KiB or more), and a power loss loses whole file-system blocks
+// (512 bytes or more). Whatever was not written up to the next write that landed reads as zeros on
+// the usual file systems; where it reads as stale bytes instead, open reports CORRUPTION, cutting nothing.
+const UNWRITTEN_UNIT_BYTES = 512
+const MAGIC_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff, RECORD_MAGIC >>> 24])
 
 /** File name of segment `id`. */
 export function segmentFileName (id: number): string {
@@ -90,6 +96,8 @@ export interface ScanOptions {
   wants?: (header: RecordHeader, offset: number) => boolean
   /** Read each chunk into a new buffer, so `source` views stay valid after the visitor returns. */
   freshChunks?: boolean
+  /** Offset of the first record to read (default 0); `committedEnd` starts there. */
+  start?: number
 }
 
 /** Outcome of `scanSegment`. */
@@ -108,8 +116,8 @@ export interface ScanResult {
  * that is torn or invalid. Records after `committedEnd` belong to a batch that never completed.
  */
 export async function scanSegment (handle: FileHandle, size: number, onRecord: RecordVisitor, options: ScanOptions = {}): Promise<ScanResult> {
-  const { onBatchEnd, wants, freshChunks = false } = options
-  const chunkBytes = Math.max(1, Math.min(SCAN_CHUNK_BYTES, size))
+  const { onBatchEnd, wants, freshChunks = false, start = 0 } = options
+  const chunkBytes = Math.max(1, Math.min(SCAN_CHUNK_BYTES, size - start))
   let buffer = Buffer.allocUnsafeSlow(chunkBytes)
   let bufferStart = 0
   let bufferLength = 0
@@ -120,8 +128,8 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
     bufferLength = await readFully(handle, buffer, 0, Math.min(buffer.byteLength, size - position), position)
   }
   const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
-  let position = 0
-  let committedEnd = 0
+  let position = start
+  let committedEnd = start
   while (position < size) {
     if (size - position < HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'torn record header' }
     await ensure(position, HEADER_BYTES)
@@ -143,6 +151,78 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
     }
   }
   return { committedEnd, stoppedAt: position, problem: undefined }
+}
+
+/** A run of valid records found past damage by `findBatchAfter`. */
+export interface BatchAfterDamage {
+  /** Offset of its first record. */
+  start: number
+  /** Offset just past its last complete batch. */
+  end: number
+}
+
+/**
+ * Looks past the damaged record at `damagedAt` for a complete batch written after it: an offset
+ * where a record header decodes and its crc matches, from which valid records follow one another up
+ * to at least one record that ends a batch. Every offset holding the record magic is a candidate, so
+ * the search finds the next record whatever the damage did to the lengths before it.
+ *
+ * A block's payload may itself hold log records (a volume can contain a copy of a store), so a run
+ * found inside the damaged record counts only if it goes on past the end that record's header
+ * claims: a genuine record boundary there is followed by the real log, a copy inside a payload ends
+ * with it. When the damaged header does not decode, it claims nothing and any run counts.
+ */
+export async function findBatchAfter (handle: FileHandle, size: number, damagedAt: number): Promise<BatchAfterDamage | undefined> {
+  const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+  let mustEndAfter = damagedAt
+  if (damagedAt + HEADER_BYTES <= size) {
+    const damagedHeader = Buffer.alloc(HEADER_BYTES)
+    if (await readFully(handle, damagedHeader, 0, HEADER_BYTES, damagedAt) === HEADER_BYTES && decodeHeader(damagedHeader, 0, header)) {
+      mustEndAfter = damagedAt + HEADER_BYTES + header.length
+    }
+  }
+  // A record claiming to reach past the end of the file holds everything after its start: a torn record.
+  if (mustEndAfter >= size) return undefined
+  const chunkBytes = Math.max(HEADER_BYTES, Math.min(SCAN_CHUNK_BYTES, size - damagedAt))
+  const chunk = Buffer.allocUnsafeSlow(chunkBytes)
+  // Records already followed as part of a run that did not count: a run from any of them is a suffix
+  // of that run and would not count either. Keeps the search linear when a payload holds many records.
+  const followed = new Set<number>()
+  let chunkStart = damagedAt + 1
+  while (chunkStart + HEADER_BYTES <= size) {
+    const length = await readFully(handle, chunk, 0, Math.min(chunkBytes, size - chunkStart), chunkStart)
+    if (length < HEADER_BYTES) break
+    const view = chunk.subarray(0, length)
+    // Candidates whose whole header is in this chunk; the next chunk starts at the first one that is not.
+    const lastCandidate = length - HEADER_BYTES
+    for (let at = view.indexOf(MAGIC_BYTES); at !== -1 && at <= lastCandidate; at = view.indexOf(MAGIC_BYTES, at + 1)) {
+      const candidate = chunkStart + at
+      if (followed.has(candidate) || !decodeHeader(view, at, header)) continue
+      const recordEnd = at + HEADER_BYTES + header.length
+      if (chunkStart + recordEnd > size || (recordEnd <= length && !recordCrcMatches(view, at, header.length))) continue
+      const run = await scanSegment(handle, size, (_record, offset) => { followed.add(offset) }, { start: candidate })
+      if (run.committedEnd > candidate && run.committedEnd > mustEndAfter) return { start: candidate, end: run.committedEnd }
+    }
+    if (chunkStart + length >= size) break
+    chunkStart += lastCandidate + 1
+  }
+  return undefined
+}
+
+/**
+ * True when the bytes between damage at `damagedAt` and a later batch at `batchStart` end the way a
+ * crash leaves them: zeros from the damage, or from an aligned unit boundary, up to the batch. The
+ * writer has several writes in flight at reserved offsets, so a kill (or a power loss, which may
+ * persist pages in any order) can leave a later batch on disk without an earlier one; neither was
+ * acknowledged, since batches are acknowledged in order. A bit flip or overwrite leaves nonzero bytes.
+ */
+export async function looksUnwritten (handle: FileHandle, damagedAt: number, batchStart: number): Promise<boolean> {
+  const unitStart = Math.floor((batchStart - 1) / UNWRITTEN_UNIT_BYTES) * UNWRITTEN_UNIT_BYTES
+  const from = Math.max(damagedAt, unitStart)
+  const gap = Buffer.alloc(batchStart - from)
+  if (await readFully(handle, gap, 0, gap.byteLength, from) !== gap.byteLength) return false
+  for (const byte of gap) if (byte !== 0) return false
+  return true
 }
 
 /** Path of segment `id` in `directory`. */

@@ -1,0 +1,403 @@
+// Tests of how the file block store (backends/file) tells damage from a torn tail in its active
+// segment: damage followed by a valid batch, or found after a clean close, fails open with CORRUPTION
+// and cuts nothing; what a crash leaves (a cut-off or unwritten tail) is truncated as before.
+
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { appendFile, copyFile, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { FileBlockStore } from '../backends/file/index.js'
+import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT, encodeRecord } from '../backends/file/record.js'
+import { segmentFileName } from '../backends/file/segment.js'
+import { GalleonError } from '../src/errors.js'
+import { addr, assertBytes, bytesOf, put } from './conformance/fixtures.js'
+
+const FILE_STORE_MODULE = fileURLToPath(new URL('../backends/file/index.ts', import.meta.url))
+const MARKER = 'CLEAN'
+const VALUE_BYTES = 500
+const RECORD_BYTES = HEADER_BYTES + VALUE_BYTES
+
+// ---- helpers ---------------------------------------------------------------------------------------
+
+/** Runs `body` with fresh directories made by `directory()`, all removed afterwards, and closes every store made by `make`. */
+async function withDirectories (body: (context: { directory: () => Promise<string>, make: (location: string) => FileBlockStore }) => Promise<void>): Promise<void> {
+  const directories: string[] = []
+  const stores: FileBlockStore[] = []
+  const directory = async (): Promise<string> => {
+    const made = await mkdtemp(join(tmpdir(), 'galleonfs-file-damage-'))
+    directories.push(made)
+    return made
+  }
+  const make = (location: string): FileBlockStore => {
+    const store = new FileBlockStore({ location, compactionThreshold: 0 })
+    stores.push(store)
+    return store
+  }
+  try {
+    await body({ directory, make })
+  } finally {
+    try {
+      for (const store of stores) await store.close().catch(() => {})
+    } finally {
+      for (const made of directories) await rm(made, { recursive: true, force: true })
+    }
+  }
+}
+
+async function rejectsWithCode (promise: Promise<unknown>, code: string, what: string): Promise<GalleonError> {
+  let caught: unknown
+  await assert.rejects(promise, (err: unknown) => { caught = err; return true }, `${what}: expected a rejection`)
+  assert.ok(caught instanceof GalleonError, `${what}: expected a GalleonError, got ${String(caught)}`)
+  assert.equal(caught.code, code, `${what}: expected ${code}, got ${caught.code}: ${caught.message}`)
+  return caught
+}
+
+async function exists (path: string): Promise<boolean> {
+  return await stat(path).then(() => true, (err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return false; throw err })
+}
+
+/**
+ * What a kill -9 of the owner would leave: the segment files as they are now (everything written is
+ * in the page cache, so in the files), without the lock and without a clean-shutdown marker.
+ */
+async function crashCopy (from: string, to: string): Promise<void> {
+  for (const name of await readdir(from)) {
+    if (/^seg-[0-9a-f]{16}\.(log|hint)$/.test(name)) await copyFile(join(from, name), join(to, name))
+  }
+}
+
+/** XORs the byte at `offset` of `bytes` with `mask` (in place) and returns `bytes`. */
+function flipByte (bytes: Buffer, offset: number, mask: number): Buffer {
+  bytes[offset] = (bytes[offset] as number) ^ mask
+  return bytes
+}
+
+/** Encodes one batch of puts (all but the last flagged "continues"). */
+function encodeBatch (puts: ReadonlyArray<{ index: number, data: Uint8Array }>): Buffer {
+  const target = Buffer.alloc(puts.reduce((sum, p) => sum + HEADER_BYTES + p.data.byteLength, 0))
+  let position = 0
+  puts.forEach((p, i) => { position = encodeRecord(target, position, TYPE_PUT, i < puts.length - 1 ? FLAG_CONTINUES : 0, 1, p.index, 0, p.data) })
+  return target
+}
+
+/** Writes `count` synced single-record batches, block i holding bytesOf(VALUE_BYTES, i); batch i starts at i * RECORD_BYTES. */
+async function writeBatches (store: FileBlockStore, count: number): Promise<void> {
+  for (let i = 0; i < count; i++) await store.batch([put(addr(1, i), bytesOf(VALUE_BYTES, i))], { sync: true })
+}
+
+async function assertBlocks (store: FileBlockStore, present: number, absentUpTo: number, what: string): Promise<void> {
+  for (let i = 0; i < absentUpTo; i++) {
+    const value = await store.get(addr(1, i))
+    if (i < present) assertBytes(value, bytesOf(VALUE_BYTES, i), `${what}: block ${i}`)
+    else assert.equal(value, undefined, `${what}: block ${i} is absent`)
+  }
+}
+
+/**
+ * Makes a store with `count` synced batches and returns the directory to damage: the store's own,
+ * closed cleanly, or a crash copy taken while it was open (no clean close).
+ */
+async function prepared (
+  context: { directory: () => Promise<string>, make: (location: string) => FileBlockStore }, count: number, cleanClose: boolean
+): Promise<{ location: string, path: string }> {
+  const original = await context.directory()
+  const store = context.make(original)
+  await store.open()
+  await writeBatches(store, count)
+  let location = original
+  if (!cleanClose) {
+    location = await context.directory()
+    await crashCopy(original, location)
+  }
+  await store.close()
+  assert.equal(await exists(join(location, MARKER)), cleanClose, 'a clean-shutdown marker exactly after a clean close')
+  return { location, path: join(location, segmentFileName(1)) }
+}
+
+const SHUTDOWNS = [['after a clean close', true], ['with no clean close (crash copy)', false]] as const
+
+// ---- tests -----------------------------------------------------------------------------------------
+
+describe('file block store: damage in the active segment', () => {
+  describe('damage followed by valid batches is corruption', () => {
+    for (const [shutdown, cleanClose] of SHUTDOWNS) {
+      it(`a flipped payload byte in an early batch fails open with CORRUPTION, ${shutdown}, and nothing is truncated`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 5, cleanClose)
+          // Inside batch 1 (block 1): batch 0 precedes the damage, batches 2..4 follow it.
+          const bytes = flipByte(await readFile(path), RECORD_BYTES + HEADER_BYTES + 100, 0xff)
+          await writeFile(path, bytes)
+          const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open over the damage')
+          // Codes are what tests check, but here the message is the user's only way to act on the
+          // damage: it must name the file, where the damage is, and how much can be kept.
+          assert.ok(error.message.includes(path) && error.message.includes(`offset ${RECORD_BYTES}`) &&
+            error.message.includes(`truncate it to ${RECORD_BYTES} bytes`), error.message)
+          assert.ok((await readFile(path)).equals(bytes), 'the segment has its size and bytes (only the flip)')
+          // Opening again (as an application that retries would) must not succeed by cutting the log.
+          await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'a second open')
+          assert.ok((await readFile(path)).equals(bytes), 'still untouched after the second open')
+
+          // Following the advice: cut at the end of the last batch before the damage.
+          await truncate(path, RECORD_BYTES)
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, 1, 5, 'after truncating as advised')
+          await store.batch([put(addr(1, 9), bytesOf(10, 9))], { sync: true })
+          await store.close()
+          const reopened = context.make(location)
+          await reopened.open()
+          assertBytes(await reopened.get(addr(1, 9)), bytesOf(10, 9), 'a batch written after the repair')
+        })
+      })
+    }
+
+    // Damage to a header: the scan cannot use its length to find the next record, the search past it must.
+    for (const [field, offset, mask] of [
+      ['magic', 0, 0x01], ['crc', 4, 0x80], ['type', 8, 0x04], ['flags', 9, 0x02], ['volume', 12, 0x01],
+      ['length, one more byte', 32, 0x01], ['length, fewer bytes', 32, 0x10], ['length, too large', 35, 0x40]
+    ] as const) {
+      it(`damage to the ${field} field of an early record, with later batches, fails open with CORRUPTION (no clean close)`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 4, false)
+          const bytes = flipByte(await readFile(path), RECORD_BYTES + offset, mask)
+          await writeFile(path, bytes)
+          await rejectsWithCode(context.make(location).open(), 'CORRUPTION', `open over the damaged ${field}`)
+          assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
+        })
+      })
+    }
+
+    it('a batch after a gap of nonzero bytes (not what unwritten bytes read as) is evidence of corruption', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 2, false)
+        // Garbage over what would be batch 2, then a valid batch 3.
+        await appendFile(path, Buffer.from(bytesOf(RECORD_BYTES, 77)))
+        await appendFile(path, encodeBatch([{ index: 3, data: bytesOf(VALUE_BYTES, 3) }]))
+        const size = (await stat(path)).size
+        await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
+        assert.equal((await stat(path)).size, size, 'nothing truncated')
+      })
+    })
+  })
+
+  describe('damage after a clean close is corruption', () => {
+    for (const [what, count, at] of [
+      ['the only batch', 1, HEADER_BYTES + 7],
+      ['the last batch', 3, 2 * RECORD_BYTES + HEADER_BYTES + VALUE_BYTES - 1],
+      ['the header of the last batch', 3, 2 * RECORD_BYTES + 32]
+    ] as const) {
+      it(`a flipped byte in ${what} fails open with CORRUPTION and nothing is truncated`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, count, true)
+          const bytes = flipByte(await readFile(path), at, 0x20)
+          await writeFile(path, bytes)
+          await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
+          assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
+          assert.ok(await exists(join(location, MARKER)), 'the marker stays, so a retry reports the damage again')
+          await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'a second open')
+        })
+      })
+    }
+
+    it('a batch whose last record lost its end (flags damaged) after a clean close is corruption', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 2, true)
+        // Re-encode the last record flagged "continues": every crc matches, but the batch never ends.
+        const bytes = await readFile(path)
+        encodeRecord(bytes, RECORD_BYTES, TYPE_PUT, FLAG_CONTINUES, 1, 1, 0, bytesOf(VALUE_BYTES, 1))
+        await writeFile(path, bytes)
+        await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
+        assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
+      })
+    })
+
+    it('without a clean close, the same damage in the last batch cannot be told from a torn write and is cut off', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, false)
+        await writeFile(path, flipByte(await readFile(path), 2 * RECORD_BYTES + HEADER_BYTES + 7, 0x20))
+        const store = context.make(location)
+        await store.open()
+        await assertBlocks(store, 2, 3, 'after recovery')
+        assert.equal((await stat(path)).size, 2 * RECORD_BYTES)
+      })
+    })
+  })
+
+  describe('what a crash leaves is still a torn tail', () => {
+    for (const [what, damage] of [
+      ['cut inside the last batch\'s payload', async (path: string) => { await truncate(path, 3 * RECORD_BYTES + 200) }],
+      ['cut inside the last batch\'s header', async (path: string) => { await truncate(path, 3 * RECORD_BYTES + 20) }],
+      ['followed by appended garbage', async (path: string) => { await appendFile(path, Buffer.from(bytesOf(5000, 5))) }],
+      ['followed by zeros', async (path: string) => { await appendFile(path, Buffer.alloc(3000)) }]
+    ] as const) {
+      it(`a tail ${what}, with no clean close, opens and drops only what is incomplete`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 4, false)
+          await damage(path)
+          const expectedBlocks = what.startsWith('cut') ? 3 : 4
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, expectedBlocks, 4, 'after recovery')
+          assert.equal((await stat(path)).size, expectedBlocks * RECORD_BYTES, 'truncated after the last whole batch')
+          await store.batch([put(addr(1, 8), bytesOf(VALUE_BYTES, 8))], { sync: true })
+          await store.close()
+          const reopened = context.make(location)
+          await reopened.open()
+          assertBytes(await reopened.get(addr(1, 8)), bytesOf(VALUE_BYTES, 8), 'a batch written after recovery')
+        })
+      })
+    }
+
+    // The writer has several writes in flight at reserved offsets: a kill can leave a later batch on
+    // disk and an earlier one unwritten (zeros), or written only up to a page boundary.
+    for (const [what, keptOfBatch] of [['an unwritten batch', 0], ['a batch written only up to a page boundary', 2560 - 3 * RECORD_BYTES]] as const) {
+      it(`a valid batch after ${what} (zeros) is what out-of-order writes leave: both are cut off`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 3, false)
+          // Batch 3: two records of 1000 bytes, of which only `keptOfBatch` bytes were written.
+          const lost = encodeBatch([{ index: 3, data: bytesOf(1000, 3) }, { index: 4, data: bytesOf(1000, 4) }])
+          lost.fill(0, keptOfBatch)
+          if (keptOfBatch > 0) assert.equal((3 * RECORD_BYTES + keptOfBatch) % 512, 0, 'the written part ends at an aligned boundary')
+          await appendFile(path, lost)
+          await appendFile(path, encodeBatch([{ index: 5, data: bytesOf(VALUE_BYTES, 5) }]))
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, 3, 6, 'after recovery')
+          assert.equal((await stat(path)).size, 3 * RECORD_BYTES, 'cut at the end of the last whole batch')
+        })
+      })
+    }
+
+    it('log records stored inside the payload of the damaged record are not taken for later batches', async () => {
+      // A volume can hold a copy of a store, so a block's bytes may be valid log records.
+      const inner = Buffer.concat([encodeBatch([{ index: 20, data: bytesOf(300, 20) }, { index: 21, data: bytesOf(300, 21) }]), encodeBatch([{ index: 22, data: bytesOf(300, 22) }])])
+      const payload = Buffer.concat([Buffer.from(bytesOf(100, 1)), inner, Buffer.from(bytesOf(400, 2))])
+      const outer = encodeBatch([{ index: 3, data: payload }])
+      for (const [what, tail] of [
+        ['torn after the inner records', outer.subarray(0, HEADER_BYTES + 100 + inner.byteLength + 50)],
+        ['whole with a damaged last byte', flipByte(Buffer.from(outer), outer.byteLength - 1, 0x01)],
+        ['whole with a damaged last byte, then zeros', Buffer.concat([flipByte(Buffer.from(outer), outer.byteLength - 1, 0x01), Buffer.alloc(300)])]
+      ] as const) {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 3, false)
+          await appendFile(path, tail)
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, 3, 4, what)
+          for (const index of [20, 21, 22]) assert.equal(await store.get(addr(1, index)), undefined, `${what}: inner block ${index}`)
+          assert.equal((await stat(path)).size, 3 * RECORD_BYTES, `${what}: the torn record is cut off`)
+        })
+      }
+    })
+  })
+
+  describe('the clean-shutdown marker', () => {
+    it('exists only while the store is closed; after a reopen, more writes and a kill -9, a torn tail is recovered', async () => {
+      await withDirectories(async (context) => {
+        const location = await context.directory()
+        const path = join(location, segmentFileName(1))
+        let store = context.make(location)
+        await store.open()
+        assert.equal(await exists(join(location, MARKER)), false, 'no marker in a fresh store')
+        await writeBatches(store, 2)
+        await store.close()
+        assert.ok(await exists(join(location, MARKER)), 'the marker after close')
+        store = context.make(location)
+        await store.open()
+        assert.equal(await exists(join(location, MARKER)), false, 'removed by open')
+        await store.close()
+
+        // A child reopens the store, appends two more synced batches and is killed.
+        const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `
+          const { FileBlockStore } = await import(${JSON.stringify(FILE_STORE_MODULE)})
+          const store = new FileBlockStore({ location: process.argv[1], compactionThreshold: 0 })
+          await store.open()
+          for (const index of [2, 3]) {
+            await store.batch([{ type: 'put', address: { volume: 1, index, gen: 0 }, data: new Uint8Array(${VALUE_BYTES}).fill(index + 1) }], { sync: true })
+          }
+          process.stdout.write('ready\\n')
+          setInterval(() => {}, 1000)
+        `, location], { stdio: ['ignore', 'pipe', 'pipe'] })
+        const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+        try {
+          await new Promise<void>((resolve, reject) => {
+            let output = ''
+            let errors = ''
+            const timer = setTimeout(() => reject(new Error(`the child did not get ready: ${errors}`)), 30_000)
+            child.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+            child.stdout.on('data', (chunk: Buffer) => {
+              output += chunk.toString()
+              if (output.includes('ready\n')) { clearTimeout(timer); resolve() }
+            })
+            child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`the child exited with ${code}: ${errors}`)) })
+          })
+        } finally {
+          child.kill('SIGKILL')
+          await exited
+        }
+        assert.equal(await exists(join(location, MARKER)), false, 'no marker after a kill')
+        assert.equal((await stat(path)).size, 4 * RECORD_BYTES)
+        // The child's last batch torn, as if the kill had come during its write.
+        await truncate(path, 3 * RECORD_BYTES + 100)
+        store = context.make(location)
+        await store.open()
+        await assertBlocks(store, 2, 2, 'blocks from before the first close')
+        assertBytes(await store.get(addr(1, 2)), new Uint8Array(VALUE_BYTES).fill(3), 'the child\'s first batch')
+        assert.equal(await store.get(addr(1, 3)), undefined, 'the child\'s torn batch')
+        assert.equal((await stat(path)).size, 3 * RECORD_BYTES)
+      })
+    })
+
+    it('a marker that does not match the segment, or is damaged, or half-written, is ignored and removed', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, true)
+        const marker = await readFile(join(location, MARKER))
+        for (const [what, prepare, markerBytes] of [
+          // The marker recorded 3 batches; cut to 2 (as the CORRUPTION message advises) it vouches for nothing.
+          ['a segment cut since the close', async () => { await truncate(path, 2 * RECORD_BYTES) }, marker],
+          ['a damaged marker', async () => { await appendFile(path, Buffer.from(bytesOf(100, 1))) }, flipByte(Buffer.from(marker), 20, 0x01)],
+          ['a truncated marker', async () => { await appendFile(path, Buffer.from(bytesOf(100, 2))) }, marker.subarray(0, 10)]
+        ] as const) {
+          await prepare()
+          await writeFile(join(location, MARKER), markerBytes)
+          await writeFile(join(location, `${MARKER}.tmp`), marker)
+          const store = context.make(location)
+          await store.open()
+          assert.deepEqual((await readdir(location)).filter((name) => name.startsWith(MARKER)), [], `${what}: marker files removed`)
+          await assertBlocks(store, 2, 3, what)
+          await store.close()
+          assert.ok(await exists(join(location, MARKER)), `${what}: a new marker after close`)
+        }
+      })
+    })
+
+    it('open and close cycles, with and without writes, keep every batch and leave one valid marker', async () => {
+      await withDirectories(async (context) => {
+        const location = await context.directory()
+        for (let round = 0; round < 4; round++) {
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, round, round + 1, `round ${round}`)
+          if (round % 2 === 0) {
+            await store.batch([put(addr(1, round), bytesOf(VALUE_BYTES, round))]) // not synced: close must sync it
+            await store.close()
+          } else {
+            await store.close()
+            const again = context.make(location)
+            await again.open()
+            await again.batch([put(addr(1, round), bytesOf(VALUE_BYTES, round))], { sync: true })
+            await again.close()
+          }
+          assert.equal((await stat(join(location, segmentFileName(1)))).size, (round + 1) * RECORD_BYTES)
+        }
+        // After the last clean close, damage to the first batch is reported, not cut off.
+        const path = join(location, segmentFileName(1))
+        await writeFile(path, flipByte(await readFile(path), HEADER_BYTES, 0x01))
+        await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open after the cycles')
+      })
+    })
+  })
+})
