@@ -46,6 +46,9 @@ interface CallContext {
   readonly nested: boolean
 }
 
+/** Event methods a principal's handle refuses. */
+const EVENT_METHODS = new Set(['on', 'once', 'off', 'addListener', 'removeListener', 'removeAllListeners', 'emit', 'listeners', 'listenerCount', 'eventNames'])
+
 const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
 const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
@@ -138,7 +141,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       await instance.#audit.load()
       catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
-      instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined)
+      instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
       await instance.#scheduler.start()
       for (const record of catalog.volumes()) {
@@ -197,9 +200,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /**
-   * Gives every encrypted volume its cipher (DEKs unwrapped), creates the keys a crash kept a new
-   * volume from getting (it cannot hold data yet), forgets keys of volumes that are gone, and
-   * finishes a key-encryption-key rotation a crash interrupted.
+   * Gives every encrypted volume its cipher (DEKs unwrapped; a volume whose keys cannot be loaded
+   * refuses I/O saying why), forgets keys of volumes that are gone (a crash during a create or a
+   * delete), and finishes a key-encryption-key rotation a crash interrupted.
    */
   async #attachKeys (records: readonly VolumeRecord[]): Promise<void> {
     const ids = new Set(records.map((record) => record.id))
@@ -207,7 +210,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     for (const record of records) {
       if (record.encrypted !== true) continue
       const volume = this.#volumeBlocks(record)
-      volume.cipher = this.#keys.has(record.id) ? await this.#keys.attach(record.id, record.storageId) : await this.#keys.create(record.id, record.storageId)
+      volume.cipher = await this.#keys.attach(record.id, record.storageId)
     }
     // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
     // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
@@ -238,6 +241,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Advanced: the replication hook the engine calls after each journal append. */
   setReplicationHook (hook: ReplicationHook | undefined): void {
+    this.#assertApplication('setReplicationHook')
     this.#engine.replication = hook
   }
 
@@ -246,6 +250,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * Idempotent; further calls on the instance fail with NOT_OPEN.
    */
   async close (): Promise<void> {
+    if (this.#context.getStore()?.principal !== undefined) {
+      const denied = this.#check('close', 'admin', undefined, 'instance')
+      if (denied !== undefined) await denied
+    }
     if (this.#closing !== undefined) return await this.#closing
     this.#closed = true
     this.#closing = (async () => {
@@ -315,7 +323,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const unreserve = this.#catalog.reserveName(name, namespace)
     let record: VolumeRecord
     try {
-      record = await this.#catalog.createVolume({
+      record = await this.#newVolume({
         name,
         namespace,
         type: type as VolumeType,
@@ -331,20 +339,31 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } finally {
       unreserve()
     }
-    const blocks = this.#engine.attach(record.storageId, record.sizeBytes)
-    if (encrypted) await this.#giveKeys(record, blocks)
     const volume = toVolume(record)
     this.emit('volume:created', volume)
     return volume
   }
 
-  /** Creates a new encrypted volume's keys; if that fails, the volume is removed again. */
-  async #giveKeys (record: VolumeRecord, blocks: VolumeBlocks): Promise<void> {
+  /**
+   * Records a new volume. Before the record is stored or visible, the volume is attached to the
+   * engine with its keys (when encrypted) and, for a clone, its link to the source: no I/O can
+   * reach it half set up. On failure nothing of it remains.
+   */
+  async #newVolume (fields: Parameters<Catalog['createVolume']>[0], link?: { source: VolumeBlocks, gen: number, sizeBytes: number }): Promise<VolumeRecord> {
+    let prepared: { id: string, storageId: number } | undefined
     try {
-      blocks.cipher = await this.#keys.create(record.id, record.storageId)
+      return await this.#catalog.createVolume(fields, async (record) => {
+        const cipher = fields.encrypted === true ? await this.#keys.create(record.id, record.storageId) : undefined
+        prepared = { id: record.id, storageId: record.storageId }
+        const blocks = this.#engine.attach(record.storageId, record.sizeBytes)
+        blocks.cipher = cipher
+        if (link !== undefined) this.#engine.linkClone(blocks, link.source, link.gen, link.sizeBytes)
+      })
     } catch (err) {
-      await this.#engine.destroy(blocks).catch(() => {})
-      await this.#catalog.deleteVolume(record.id).catch(() => {})
+      if (prepared !== undefined) {
+        this.#engine.forget(prepared.storageId)
+        if (this.#keys.has(prepared.id)) await this.#keys.delete(prepared.id).catch(() => {})
+      }
       throw err
     }
   }
@@ -545,9 +564,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const record = this.#writable(vol)
-    const denied = this.#ioCheck('writeBlock', 'volume:write', record)
+    const denied = this.#refCheck('writeBlock', 'volume:write', vol)
     if (denied !== undefined) await denied
+    const record = this.#writable(vol)
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -562,9 +581,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
     this.#assertOpen()
-    const { record, snapshot } = this.#readSource(source)
-    const denied = this.#ioCheck('readBlock', snapshot === undefined ? 'volume:read' : 'snapshot:read', record)
+    const denied = this.#refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
     if (denied !== undefined) await denied
+    const { record, snapshot } = this.#readSource(source)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.readBlock(this.#ioVolume(record), blockIndex, viewOf(snapshot))
@@ -578,9 +597,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Writes bytes at any offset (read-modify-write at partial blocks); atomic as a whole. */
   async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
     this.#assertOpen()
-    const record = this.#writable(vol)
-    const denied = this.#ioCheck('write', 'volume:write', record)
+    const denied = this.#refCheck('write', 'volume:write', vol)
     if (denied !== undefined) await denied
+    const record = this.#writable(vol)
     const volume = this.#ioVolume(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
@@ -592,9 +611,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`). */
   async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
     this.#assertOpen()
-    const { record, snapshot } = this.#readSource(source)
-    const denied = this.#ioCheck('read', snapshot === undefined ? 'volume:read' : 'snapshot:read', record)
+    const denied = this.#refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
     if (denied !== undefined) await denied
+    const { record, snapshot } = this.#readSource(source)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.read(this.#ioVolume(record), offset, length, viewOf(snapshot))
@@ -608,11 +627,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Makes every write acknowledged so far durable (writes of all volumes share the sync). */
   async flush (vol?: VolumeRef): Promise<void> {
     this.#assertOpen()
-    const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
-    if (record !== undefined) {
-      const denied = this.#ioCheck('flush', 'volume:write', record)
+    if (vol !== undefined) {
+      const denied = this.#refCheck('flush', 'volume:write', vol)
       if (denied !== undefined) await denied
     }
+    const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
     try {
       await this.#engine.flush()
     } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
@@ -621,9 +640,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Discards a byte range: whole blocks are freed and read as zeros, partial edges are zeroed. */
   async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
     this.#assertOpen()
-    const record = this.#writable(vol)
-    const denied = this.#ioCheck('trim', 'volume:write', record)
+    const denied = this.#refCheck('trim', 'volume:write', vol)
     if (denied !== undefined) await denied
+    const record = this.#writable(vol)
     try {
       await this.#engine.trim(this.#ioVolume(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) { throw this.#ioFailed(record, 'trim', err) }
@@ -632,9 +651,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Reads and verifies every allocated block of a volume; reports (and emits) each bad block. */
   async scrub (vol: VolumeRef): Promise<ScrubReport> {
     this.#assertOpen()
-    const record = this.#catalog.resolve(vol)
-    const denied = this.#ioCheck('scrub', 'volume:read', record)
+    const denied = this.#refCheck('scrub', 'volume:read', vol)
     if (denied !== undefined) await denied
+    const record = this.#catalog.resolve(vol)
     const { checked, bad } = await this.#engine.scrub(this.#ioVolume(record))
     this.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
     return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
@@ -843,7 +862,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         const snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
         let clone: VolumeRecord
         try {
-          clone = await this.#catalog.createVolume({
+          clone = await this.#newVolume({
             name: newName,
             namespace,
             type: record.type,
@@ -855,23 +874,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             accessModes: [...record.accessModes],
             labels: labels ?? { ...record.labels },
             source: { volumeId: record.id, snapshotId: snapshot.id },
+            // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
             encrypted: record.encrypted === true
-          })
+          }, { source: this.#volumeBlocks(record), gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
         } catch (err) {
           if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
           throw err
         }
-        const volume = this.#engine.attach(clone.storageId, clone.sizeBytes)
-        // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
-        if (clone.encrypted === true) {
-          try {
-            await this.#giveKeys(clone, volume)
-          } catch (err) {
-            if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
-            throw err
-          }
-        }
-        this.#engine.linkClone(volume, this.#volumeBlocks(record), snapshot.gen, snapshot.sizeBytes)
         const result = toVolume(clone)
         this.emit('volume:created', result)
         this.emit('volume:cloned', result, this.#toSnapshot(snapshot))
@@ -1008,8 +1017,20 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createBackup (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
     this.#assertOpen()
     const { object, label } = this.#refObject(vol)
+    this.#checkTarget('createBackup', options)
     const details = { strategy: String(options?.strategy ?? 'full'), ...(options?.policy === undefined ? {} : { policy: String(options.policy) }) }
     return await this.#guard('createBackup', 'backup:create', object, label, async () => await this.#backups.create(vol, options), details)
+  }
+
+  /**
+   * A principal may use the instance's backup target only: naming another one (any directory the
+   * process can write, or a target holding forged manifests) takes `admin`.
+   */
+  #checkTarget (action: string, options: { target?: unknown } | undefined): void {
+    if (options?.target === undefined || this.#allowed('admin', undefined)) return
+    const principal = this.#context.getStore()?.principal as Principal
+    void this.#audit.append({ principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb: 'admin', object: 'backup-target', result: 'denied', code: 'PERMISSION_DENIED' }).catch(() => {})
+    throw new GalleonError('PERMISSION_DENIED', `${principal.id} may not choose a backup target: that takes "admin"; omit target to use the instance's`)
   }
 
   /** A backup's source volume as an access object (its namespace and name at backup time). */
@@ -1020,12 +1041,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Backups on a target, oldest first; of one volume (by id, or by name once the volume is gone) when given. */
   async listBackups (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
     this.#assertOpen()
+    this.#checkTarget('listBackups', options)
     return (await this.#nested(async () => await this.#backups.list(vol, options))).filter((backup) => this.#allowed('backup:read', this.#backupObject(backup)))
   }
 
   /** One backup by id. */
   async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
     this.#assertOpen()
+    this.#checkTarget('getBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     await this.#check('getBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return backup
@@ -1034,6 +1057,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Re-reads every chunk of a backup and of the backups it builds on, and checks each against its checksum. */
   async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
     this.#assertOpen()
+    this.#checkTarget('verifyBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     await this.#check('verifyBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
@@ -1045,6 +1069,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async deleteBackup (backupId: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
+    this.#checkTarget('deleteBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     return await this.#guard('deleteBackup', 'backup:delete', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
   }
@@ -1056,6 +1081,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async restoreBackup (backupId: string, options: { name?: string, namespace?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
     this.#assertOpen()
+    if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
+    this.#checkTarget('restoreBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
@@ -1069,7 +1096,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const denied = this.#check('restoreBackup', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`)
       if (denied !== undefined) await denied
     }
-    return await this.#guard('restoreBackup', 'backup:restore', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.restore(backupId, options))
+    const into = options?.volume !== undefined ? this.#refObject(options.volume).label : `volume:${options?.namespace ?? this.#catalog.currentNamespace()}/${options?.name ?? `${backup.volumeName}-restored-${backup.id.slice(0, 8)}`}`
+    return await this.#guard('restoreBackup', 'backup:restore', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.restore(backupId, options), { into })
   }
 
   /**
@@ -1156,10 +1184,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
     const volume = this.#ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
-    if (this.#rotations.has(record.id) || this.#keys.rotation(record.id) !== undefined) {
+    if (this.#rotations.has(record.id)) {
       throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
-    await this.#keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+    // A rotation that stopped (an error was reported) is resumed, not started over.
+    if (this.#keys.rotation(record.id) === undefined) await this.#keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
     const running = this.#startRotation(record)
     if (options?.wait === true) await running
     const state = this.#keys.describe(record.id, volume.cipher)
@@ -1171,7 +1200,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #startRotation (record: VolumeRecord): Promise<void> {
     const existing = this.#rotations.get(record.id)
     if (existing !== undefined) return existing
-    const run = (async () => {
+    // Background work of the instance: it does not run as the caller that started it.
+    const run = this.#context.exit(async () => {
       const volume = this.#volumeBlocks(record)
       const cipher = volume.cipher
       const rotation = this.#keys.rotation(record.id)
@@ -1181,7 +1211,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           await this.#keys.advanceRotation(record.id, next)
           if (this.#closed) throw new GalleonError('CANCELLED', 'the instance is closing; the re-encryption resumes at the next open')
         })
-        await this.#keys.finishRotation(record.id, cipher)
+        const retired = await this.#keys.finishRotation(record.id)
+        // Reads that fetched a block before it was re-sealed may still open it with the old key:
+        // let those in flight finish (new ones wait a moment), then forget the old keys.
+        const open = await volume.closeGate()
+        try {
+          for (const version of retired) cipher.dropKey(version)
+        } finally {
+          open()
+        }
         this.emit('volume:key-rotated', toVolume(this.#catalog.resolve(record.id)), this.#keys.describe(record.id, cipher).keyVersion as number)
       } catch (err) {
         if (this.#closed || (err instanceof GalleonError && (err.code === 'CANCELLED' || err.code === 'VOLUME_NOT_FOUND'))) return
@@ -1189,7 +1227,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       } finally {
         this.#rotations.delete(record.id)
       }
-    })()
+    })
     this.#rotations.set(record.id, run)
     return run
   }
@@ -1209,7 +1247,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       let next: KeyProvider
       if (options.keyProvider !== undefined) {
         const provider = options.keyProvider
-        if (provider === null || typeof provider !== 'object' || typeof provider.wrap !== 'function' || typeof provider.unwrap !== 'function' || typeof provider.keyId !== 'string') {
+        if (provider === null || typeof provider !== 'object' || typeof provider.wrap !== 'function' || typeof provider.unwrap !== 'function' || typeof provider.keyId !== 'string' || typeof provider.name !== 'string') {
           throw new GalleonError('INVALID_ARGUMENT', `keyProvider must implement { name, keyId, wrap(dek, context), unwrap(wrapped, context) }, got ${describe(provider)}`)
         }
         next = provider
@@ -1236,13 +1274,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * handing them a handle (the daemon maps API tokens to principals).
    */
   as (principal: Principal): GalleonFS {
+    this.#assertApplication('as')
     const context: CallContext = { principal: checkPrincipal(principal), nested: false }
     return new Proxy(this, {
       get: (target, prop) => {
         if (prop === 'principal') return context.principal
         const value = Reflect.get(target, prop, target) as unknown
         if (typeof value !== 'function') return value
-        if (prop === 'as' || prop === 'runAs') return value.bind(target)
+        // Events are the application's: they carry every namespace's volumes.
+        if (typeof prop === 'string' && EVENT_METHODS.has(prop)) {
+          return () => { throw new GalleonError('PERMISSION_DENIED', `${context.principal?.id ?? 'a principal'} may not use ${prop}(): events are instance-wide; listen on the application's GalleonFS object`) }
+        }
         return (...args: unknown[]) => this.#context.run(context, () => (value as (...a: unknown[]) => unknown).apply(target, args))
       }
     })
@@ -1250,9 +1292,22 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Runs `task` with every call it makes on this instance acting as `principal` (see `as`). */
   async runAs<T> (principal: Principal, task: () => Promise<T>): Promise<T> {
+    this.#assertApplication('runAs')
     const context: CallContext = { principal: checkPrincipal(principal), nested: false }
     if (typeof task !== 'function') throw new GalleonError('INVALID_ARGUMENT', `runAs() needs a function to run, got ${describe(task)}`)
     return await this.#context.run(context, task)
+  }
+
+  /** Only the application itself may act as principals (a principal must not become another). */
+  #assertApplication (call: string): void {
+    const principal = this.#context.getStore()?.principal
+    if (principal !== undefined) throw new GalleonError('PERMISSION_DENIED', `${principal.id} may not call ${call}(): only the application acts as other principals`)
+  }
+
+  /** Emits with listeners running outside any caller's context: they are the application's code. */
+  override emit<T extends EventEmitter.EventNames<GalleonEvents>> (event: T, ...args: EventEmitter.EventArgs<GalleonEvents, T>): boolean {
+    if (this.#context.getStore() === undefined) return super.emit(event, ...args)
+    return this.#context.exit(() => super.emit(event, ...args))
   }
 
   /**
@@ -1280,8 +1335,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Deletes an access policy. Deleting the last one turns enforcement off (everything is allowed). */
   async deleteAccessPolicy (name: string): Promise<void> {
     this.#assertOpen()
-    if (typeof name !== 'string' || this.#access.policy(name) === undefined) throw new GalleonError('INVALID_ARGUMENT', `no access policy named ${describe(name)}; listAccessPolicies() shows them`)
-    await this.#guard('deleteAccessPolicy', 'admin', undefined, `access-policy:${name}`, async () => { await this.#access.delete(name) })
+    await this.#guard('deleteAccessPolicy', 'admin', undefined, `access-policy:${String(name)}`, async () => {
+      if (typeof name !== 'string' || this.#access.policy(name) === undefined) throw new GalleonError('INVALID_ARGUMENT', `no access policy named ${describe(name)}; listAccessPolicies() shows them`)
+      await this.#access.delete(name)
+    })
   }
 
   /** Audit entries (oldest first) by time range, principal, object (a `prefix*` works), action or result. */
@@ -1354,7 +1411,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     let denial: unknown
     try { this.#access.check(principal, verb, object) } catch (err) { denial = err }
     return (async () => {
-      await this.#audit.append({ principal: principal.id, roles: principal.roles, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
+      await this.#audit.append({ principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
       throw denial
     })()
   }
@@ -1366,11 +1423,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#context.run({ principal: context.principal, nested: true }, task)
   }
 
-  /** `#check` for a resolved volume on the I/O path. */
-  #ioCheck (action: string, verb: Verb, record: VolumeRecord): Promise<never> | undefined {
+  /**
+   * `#check` on the I/O path, on the volume a reference names, before the reference is resolved
+   * (so a denied caller learns nothing about what exists). Nothing to do for the application.
+   */
+  #refCheck (action: string, verb: Verb, ref: unknown): Promise<never> | undefined {
     const context = this.#context.getStore()
     if (context === undefined || context.nested || context.principal === undefined) return undefined
-    const { object, label } = this.#volumeObject(record)
+    const { object, label } = this.#refObject(ref)
     return this.#check(action, verb, object, label)
   }
 
@@ -1385,7 +1445,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#check(action, verb, object, label)
     if (denied !== undefined) await denied
     const principal = context?.principal
-    const who = { principal: principal?.id ?? 'application', ...(principal === undefined ? {} : { roles: principal.roles }) }
+    const who = { principal: principal?.id ?? 'application', ...(principal === undefined ? {} : { roles: principal.roles, groups: principal.groups }) }
     let result: T
     try {
       result = await this.#context.run({ principal, nested: true }, task)
@@ -1495,6 +1555,11 @@ function viewOf (snapshot: SnapshotRecord | undefined): View | undefined {
 }
 
 /** A Snapshot object as returned by the API (has an id and a volumeId). */
+/** Whether a read source names a snapshot rather than a live volume. */
+function isSnapshotRef (source: unknown): boolean {
+  return isSnapshotObject(source) || (typeof source === 'object' && source !== null && 'snapshot' in source)
+}
+
 function isSnapshotObject (value: unknown): value is Pick<Snapshot, 'id' | 'volumeId'> {
   return typeof value === 'object' && value !== null && typeof (value as { id?: unknown }).id === 'string' && typeof (value as { volumeId?: unknown }).volumeId === 'string'
 }

@@ -64,13 +64,20 @@ describe('access control', () => {
       await assert.rejects(b.getVolume('tenant-a/db'), denied('volume:read'))
       await assert.rejects(b.cloneVolume('tenant-a/db', 'stolen'), denied('volume:read'))
       await assert.rejects(b.createSnapshot('tenant-a/db', 's'), denied('snapshot:create'))
-      await assert.rejects(b.createBackup('tenant-a/db', { target: join(root, 'bk-steal') }), denied('backup:create'))
+      await assert.rejects(b.createBackup('tenant-a/db'), denied('backup:create'))
+      await assert.rejects(b.createBackup('db', { target: join(root, 'anywhere') }), (err: Error & { code?: string }) => err.code === 'PERMISSION_DENIED' && /backup target/.test(err.message))
       await assert.rejects(b.deleteVolume('tenant-a/db', { force: true }), denied('volume:delete'))
       await assert.rejects(b.createVolume({ name: 'x', sizeBytes: '1M', namespace: 'tenant-a' }), denied('volume:create'))
       assert.deepEqual((await b.listVolumes()).map((v) => `${v.namespace}/${v.name}`), ['tenant-b/db'])
       assert.deepEqual((await a.listVolumes()).map((v) => `${v.namespace}/${v.name}`), ['tenant-a/db', 'tenant-a/logs-1'])
-      // A missing volume in another namespace is denied, not reported missing (no probing).
+      // A missing volume or snapshot in another namespace is denied, not reported missing (no probing).
       await assert.rejects(b.getVolume('tenant-a/nothing-here'), denied('volume:read'))
+      await assert.rejects(b.writeBlock('tenant-a/nothing-here', 0, block(1)), denied('volume:write'))
+      await assert.rejects(b.read('tenant-a/nothing-here', 0, 10), denied('volume:read'))
+      await assert.rejects(b.read({ volume: 'tenant-a/db', snapshot: 'no-such' }, 0, 10), denied('snapshot:read'))
+      await assert.rejects(b.trim('tenant-a/nothing-here', 0, 4096), denied('volume:write'))
+      await assert.rejects(b.scrub('tenant-a/nothing-here'), denied('volume:read'))
+      await assert.rejects(b.flush('tenant-a/nothing-here'), denied('volume:write'))
       await assert.rejects(a.getVolume('nothing-here'), { code: 'VOLUME_NOT_FOUND' })
       // Data untouched by the denials.
       assert.deepEqual(await g.readBlock('tenant-a/db', 0), block(0xa))
@@ -307,6 +314,103 @@ describe('audit log', () => {
       assert.equal((await h.verifyAuditLog()).ok, false)
     } finally {
       await h.close()
+    }
+  })
+})
+
+describe('review regressions: handles, contexts and policies', () => {
+  it('a principal cannot become another one, listen to events, close the instance or hook replication', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await tenants(g)
+      const a = g.as(alice)
+      assert.throws(() => a.as({ id: 'x', groups: ['tenant-b'] }), { code: 'PERMISSION_DENIED' })
+      await assert.rejects(a.runAs(bob, async () => {}), { code: 'PERMISSION_DENIED' })
+      await assert.rejects(g.runAs(alice, async () => await g.runAs(bob, async () => 1)), { code: 'PERMISSION_DENIED' })
+      assert.throws(() => a.on('volume:created', () => {}), { code: 'PERMISSION_DENIED' })
+      assert.throws(() => a.emit('instance:closed'), { code: 'PERMISSION_DENIED' })
+      assert.throws(() => a.setReplicationHook(undefined), { code: 'PERMISSION_DENIED' })
+      await assert.rejects(a.close(), denied('admin'))
+      assert.equal(g.closed, false)
+      assert.throws(() => g.as({ id: 'application' }), { code: 'INVALID_ARGUMENT' })
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('listeners run as the application, not as the principal whose call emitted the event', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await tenants(g)
+      await g.createVolume({ name: 'template', sizeBytes: '1M' })
+      const seen: string[] = []
+      g.on('volume:created', (volume) => {
+        if (volume.name !== 'db') return
+        void (async () => {
+          // Bare names resolve in the application's namespace, and the call is audited as its own.
+          seen.push((await g.getVolume('template')).namespace)
+          await g.createSnapshot('template', 'on-create')
+          seen.push('snapshot')
+        })().catch((err) => seen.push(String(err)))
+      })
+      await g.as(alice).createVolume({ name: 'db', sizeBytes: '1M' })
+      for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 5))
+      assert.deepEqual(seen, ['default', 'snapshot'])
+      const entry = (await g.queryAuditLog({ action: 'createSnapshot' }))[0]
+      assert.equal(entry?.principal, 'application')
+      assert.equal(entry?.object, 'snapshot:default/template@on-create')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('scheduled backups run as the application and are audited, also after a principal created the policy', async () => {
+    const g = await GalleonFS.open({ storagePath: fresh(), backupTarget: fresh() })
+    try {
+      await g.createAccessPolicy({ name: 'ops', principals: ['role:ops'], verbs: ['backup:*', 'volume:read'] })
+      await g.createVolume({ name: 'db', sizeBytes: '1M' })
+      await g.writeBlock('db', 0, block(1))
+      // Every second (croner's six-field form).
+      await g.as({ id: 'olga', roles: ['ops'] }).createBackupPolicy({ name: 'often', schedule: '* * * * * *', volumes: ['db'], retention: { daily: 100 } })
+      for (let i = 0; i < 400 && (await g.listBackups('db')).length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+      const backups = await g.listBackups('db')
+      assert.ok(backups.length >= 2, `${backups.length} scheduled backups`)
+      const audited = await g.queryAuditLog({ action: 'createBackup' })
+      assert.ok(audited.length >= backups.length, `${audited.length} audit entries for ${backups.length} backups`)
+      assert.ok(audited.every((entry) => entry.principal === 'application' && entry.details?.policy === 'often'))
+      assert.equal((await g.queryAuditLog({ action: 'createBackupPolicy' }))[0]?.principal, 'olga')
+      await g.deleteBackupPolicy('often')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('backup policies name volumes by namespace: a bare name is the default namespace\'s', async () => {
+    const g = await GalleonFS.open({ inMemory: true, backupTarget: fresh() })
+    try {
+      await g.createVolume({ name: 'db', sizeBytes: '1M', namespace: 'tenant-b' })
+      await g.createVolume({ name: 'db', sizeBytes: '1M', namespace: 'tenant-a' })
+      await g.createBackupPolicy({ name: 'a-only', schedule: '0 3 * * *', volumes: ['tenant-a/db'], retention: { daily: 1 } })
+      await g.createBackupPolicy({ name: 'bare', schedule: '0 3 * * *', volumes: ['db'], retention: { daily: 1 } })
+      const run = await g.runBackupPolicy('a-only')
+      assert.deepEqual(run.backups.map((b) => `${b.volumeNamespace}/${b.volumeName}`), ['tenant-a/db'])
+      assert.deepEqual((await g.runBackupPolicy('bare')).backups, [])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('validates audit queries, saved heads and policy patterns', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await assert.rejects(g.queryAuditLog({ object: 123 as never }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.queryAuditLog({ result: 'maybe' as never }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.verifyAuditLog({} as never), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.verifyAuditLog('x' as never), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(g.createAccessPolicy({ name: 'p', principals: ['*'], verbs: ['admin'], namespaces: ['Tenant-A'] }), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /never match/.test(err.message))
+      await assert.rejects(g.restoreBackup('x', { volume: 'v', namespace: 'a' }), { code: 'INVALID_ARGUMENT' })
+    } finally {
+      await g.close()
     }
   })
 })

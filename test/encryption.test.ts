@@ -646,3 +646,167 @@ describe('clones of encrypted volumes', () => {
     }
   })
 })
+
+describe('encryption: review regressions', () => {
+  /** An external provider whose wrap takes `delay` ms. */
+  const slowProvider = (keyId: string, key: Uint8Array, delay: number): ExternalKeyProvider => new ExternalKeyProvider({
+    keyId,
+    wrap: async (dek, context) => { await new Promise((resolve) => setTimeout(resolve, delay)); return wrapKey(key, dek, context) },
+    unwrap: async (wrapped, context) => unwrapKey(key, wrapped, context)
+  })
+
+  it('a volume is invisible until its keys (and a clone\'s link) are in place: no plaintext can reach the store', async () => {
+    const dir = fresh()
+    const { store, puts } = recording(new FileBlockStore({ location: join(dir, 'blocks') }))
+    const g = await GalleonFS.open({ storagePath: dir, blockStore: store, keyProvider: slowProvider('k', generateKey(), 30) })
+    try {
+      const source = await g.createVolume({ name: 'src', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock(source, 0, marker('src', BLOCK))
+      const cases: Array<[string, () => Promise<unknown>]> = [
+        ['fresh', async () => await g.createVolume({ name: 'fresh', sizeBytes: '1M', ...ENCRYPTED })],
+        ['clone', async () => await g.cloneVolume(source, 'clone')]
+      ]
+      for (const [name, create] of cases) {
+        // Writes by name while the (slow) key wrapping runs: refused as missing, never stored in the clear.
+        let done = false
+        const creating = create().finally(() => { done = true })
+        const attempts: string[] = []
+        while (!done) {
+          await g.writeBlock(name, 1, marker('early', BLOCK)).then(() => attempts.push('written'), (err) => attempts.push(err.code))
+          await new Promise((resolve) => setTimeout(resolve, 2))
+        }
+        await creating
+        assert.ok(attempts.includes('VOLUME_NOT_FOUND'), `${name}: ${attempts.join(',')}`)
+        assert.ok(attempts.every((code) => code === 'VOLUME_NOT_FOUND' || code === 'written'), `${name}: ${attempts.join(',')}`)
+      }
+      // Whatever got written is sealed, and reads back.
+      for (const { address, data } of puts) {
+        const decoded = decodeBlock(address, data)
+        assert.ok(decoded.ok && ((decoded.flags & BLOCK_FLAG_ENCRYPTED) !== 0 || data.byteLength <= 8), `plain put at ${JSON.stringify(address)}`)
+      }
+      assert.deepEqual(await g.readBlock('clone', 0), marker('src', BLOCK))
+      await g.writeBlock('clone', 2, marker('later', BLOCK))
+      assert.deepEqual(await g.readBlock('clone', 2), marker('later', BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a KEK moved to another provider while volumes are created and keys rotated leaves no key behind', async () => {
+    const dir = fresh()
+    const a = generateKey()
+    const b = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: slowProvider('kms-a', a, 15) })
+    await g.writeBlock(await g.createVolume({ name: 'old', sizeBytes: '1M', ...ENCRYPTED }), 0, marker('old', BLOCK), WriteConcern.WriteDurable)
+    const racing = [
+      g.createVolume({ name: 'new', sizeBytes: '1M', ...ENCRYPTED }),
+      g.rotateVolumeKey('old', { wait: true }),
+      g.rotateKeyEncryptionKey({ keyProvider: slowProvider('kms-b', b, 15) })
+    ]
+    await Promise.all(racing)
+    await g.writeBlock('new', 0, marker('new', BLOCK), WriteConcern.WriteDurable)
+    assert.equal((await g.getVolumeEncryption('new')).kekId, 'kms-b')
+    assert.equal((await g.getVolumeEncryption('old')).kekId, 'kms-b')
+    await g.close()
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: slowProvider('kms-b', b, 1) })
+    try {
+      assert.deepEqual(await g.readBlock('old', 0), marker('old', BLOCK))
+      assert.deepEqual(await g.readBlock('new', 0), marker('new', BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a read that fetched a block before the rotation re-sealed it still decrypts after the rotation ends', async () => {
+    const { MemoryBlockStore } = await import('../backends/memory/index.js')
+    const store = new MemoryBlockStore()
+    let slow = false
+    const get = store.get.bind(store)
+    store.get = async (address) => {
+      const delayed = slow
+      slow = false
+      const value = await get(address)
+      if (delayed) await new Promise((resolve) => setTimeout(resolve, 200))
+      return value
+    }
+    const g = await GalleonFS.open({ inMemory: true, blockStore: store })
+    try {
+      const alarms: string[] = []
+      g.on('checksum:mismatch', (event) => alarms.push(event.reason))
+      await g.createVolume({ name: 'v', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock('v', 0, marker('v', BLOCK))
+      slow = true
+      const reading = g.readBlock('v', 0)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+      await g.rotateVolumeKey('v', { wait: true })
+      assert.deepEqual(await reading, marker('v', BLOCK))
+      assert.deepEqual((await g.getVolumeEncryption('v')).keyVersions, [2])
+      assert.deepEqual(alarms, [])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('reports a key that ran out of nonces with NO_SPACE, and a stopped rotation can be resumed', async () => {
+    const cipher = new VolumeCipher(1, async () => {})
+    cipher.addKey(1, generateKey(), { next: Number.MAX_SAFE_INTEGER - 10, limit: Number.MAX_SAFE_INTEGER - 10 }, true)
+    await assert.rejects(cipher.reserve(1), (err: Error & { code?: string }) => err.code === 'NO_SPACE' && /rotate/.test(err.message))
+
+    const { MemoryBlockStore } = await import('../backends/memory/index.js')
+    const store = new MemoryBlockStore()
+    let failGets = 0
+    const get = store.get.bind(store)
+    store.get = async (address) => {
+      if (failGets > 0) { failGets--; throw new Error('disk hiccup') }
+      return await get(address)
+    }
+    const g = await GalleonFS.open({ inMemory: true, blockStore: store })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '1M', ...ENCRYPTED })
+      for (let i = 0; i < 10; i++) await g.writeBlock('v', i, marker(`r${i}`, BLOCK))
+      const errors: string[] = []
+      g.on('io:error', (event) => errors.push(event.message))
+      failGets = 1
+      await assert.rejects(g.rotateVolumeKey('v', { wait: true }), { code: 'IO_ERROR' })
+      assert.equal(errors.length, 1)
+      assert.ok((await g.getVolumeEncryption('v')).rotation !== undefined)
+      const resumed = await g.rotateVolumeKey('v', { wait: true })
+      assert.equal(resumed.keyVersion, 2) // resumed, not a third key
+      assert.deepEqual(resumed.keyVersions, [2])
+      for (let i = 0; i < 10; i++) assert.deepEqual(await g.readBlock('v', i), marker(`r${i}`, BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('encryption: large requests on worker threads', () => {
+  it('seal and open 1 MiB requests in parallel with the same bytes and the same tamper detection as block by block', async () => {
+    const dir = fresh()
+    const { g, store, puts } = await openRecorded(dir)
+    try {
+      const vol = await g.createVolume({ name: 'big', sizeBytes: '8M', ...ENCRYPTED })
+      const data = new Uint8Array(randomBytes(1 << 20))
+      const copy = Uint8Array.from(data)
+      const writing = g.write(vol, 4096 * 3, data)
+      data.fill(0) // the caller may reuse its buffer once write() returned its promise
+      await writing
+      assert.deepEqual(await g.read(vol, 4096 * 3, 1 << 20), copy)
+      // Every block was sealed (256 puts with unique nonces), and each one opens on its own too.
+      assert.equal(assertNoncesUnique(puts), 256)
+      for (const index of [3, 100, 258]) assert.deepEqual(await g.readBlock(vol, index), copy.subarray((index - 3) * 4096, (index - 2) * 4096))
+      // A block altered in the middle of a large read fails the whole read.
+      let victim: BlockAddress | undefined
+      for await (const address of store.addresses()) if (address.index === 150) victim = address
+      const decoded = decodeBlock(victim as BlockAddress, await store.get(victim as BlockAddress) as Uint8Array)
+      assert.ok(decoded.ok)
+      const payload = Uint8Array.from(decoded.payload)
+      payload[200]! ^= 4
+      await store.batch([{ type: 'put', address: victim as BlockAddress, data: Uint8Array.from(encodeBlock(victim as BlockAddress, payload, payload.byteLength, BLOCK_FLAG_ENCRYPTED)) }], { sync: true })
+      await assert.rejects(g.read(vol, 0, 2 << 20), { code: 'DECRYPTION_FAILED' })
+      assert.deepEqual(await g.read(vol, 4096 * 3, 100 * 4096), copy.subarray(0, 100 * 4096))
+    } finally {
+      await g.close()
+    }
+  })
+})

@@ -34,7 +34,7 @@ export type Verb = typeof VERBS[number]
 /** A grant of verbs to principals on volumes. */
 export interface AccessPolicy {
   readonly name: string
-  /** Who it applies to: `user:<id>`, `role:<role>`, `group:<group>`, or `*` (anyone, also anonymous callers). */
+  /** Who it applies to: `user:<id>`, `role:<role>`, `group:<group>`, or `*` (every principal). */
   readonly principals: readonly string[]
   /** What it allows: verbs from VERBS, or `volume:*`, `snapshot:*`, `backup:*`, `*`. `admin` also covers every other verb. */
   readonly verbs: readonly string[]
@@ -51,9 +51,6 @@ export interface AccessObject {
   readonly volume?: string
 }
 
-/** The caller of calls made without a principal once policies exist. */
-export const ANONYMOUS: Principal = Object.freeze({ id: 'anonymous' })
-
 const WILDCARD_VERBS = new Set(['*', 'volume:*', 'snapshot:*', 'backup:*'])
 const POLICY_NAME = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 const PRINCIPAL_REF = /^(\*|(user|role|group):.+)$/
@@ -64,6 +61,7 @@ export function checkPrincipal (principal: unknown): Principal {
   if (p === null || typeof p !== 'object' || typeof p.id !== 'string' || p.id.length === 0 || p.id.length > 256) {
     throw new GalleonError('INVALID_ARGUMENT', `a principal is an object { id, roles?, groups?, namespace? } with a non-empty id, got ${describe(principal)}`)
   }
+  if (p.id === 'application') throw new GalleonError('INVALID_ARGUMENT', 'principal id "application" is reserved: the audit log names the application\'s own calls so')
   for (const field of ['roles', 'groups'] as const) {
     const list = p[field]
     if (list !== undefined && (!Array.isArray(list) || !list.every((item) => typeof item === 'string' && item.length > 0))) {
@@ -103,7 +101,13 @@ export function parseAccessPolicy (input: unknown): AccessPolicy {
   }
   if (p.description !== undefined && typeof p.description !== 'string') throw new GalleonError('INVALID_ARGUMENT', `access policy ${p.name}: description must be a string`)
   const namespaces = list('namespaces', false)
+  for (const pattern of namespaces ?? []) {
+    if (!/^[a-z0-9*?-]{1,63}$/.test(pattern)) throw new GalleonError('INVALID_ARGUMENT', `access policy ${p.name}: namespace pattern ${JSON.stringify(pattern)} can never match; namespaces are lowercase letters, digits and '-' (with * and ? as wildcards)`)
+  }
   const volumes = list('volumes', false)
+  for (const pattern of volumes ?? []) {
+    if (!/^[A-Za-z0-9_.*?-]{1,63}$/.test(pattern)) throw new GalleonError('INVALID_ARGUMENT', `access policy ${p.name}: volume pattern ${JSON.stringify(pattern)} can never match; volume names are letters, digits, '-', '_' and '.' (with * and ? as wildcards)`)
+  }
   return Object.freeze({
     name: p.name,
     principals,

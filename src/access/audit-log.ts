@@ -25,6 +25,7 @@ export interface AuditEntry {
   /** Principal id (`anonymous` for calls without one, `system` for the instance's own work). */
   readonly principal: string
   readonly roles?: readonly string[]
+  readonly groups?: readonly string[]
   /** The call, e.g. `createVolume`, and the verb it needed. */
   readonly action: string
   readonly verb?: string
@@ -66,7 +67,7 @@ export interface AuditVerification {
 
 /** The hash of an entry: SHA-256 over its fields in a fixed order. */
 function entryHash (entry: Omit<AuditEntry, 'hash'>): string {
-  const canonical = JSON.stringify([entry.seq, entry.time, entry.principal, entry.roles ?? [], entry.action, entry.verb ?? null, entry.object, entry.result, entry.code ?? null,
+  const canonical = JSON.stringify([entry.seq, entry.time, entry.principal, entry.roles ?? [], entry.groups ?? [], entry.action, entry.verb ?? null, entry.object, entry.result, entry.code ?? null,
     entry.details === undefined ? null : Object.keys(entry.details).sort().map((key) => [key, (entry.details as Record<string, unknown>)[key]]), entry.prev])
   return createHash('sha256').update(canonical).digest('hex')
 }
@@ -126,6 +127,10 @@ export class AuditLog {
     const to = toTime(query.to, 'to')
     const limit = query.limit ?? 1000
     if (!Number.isSafeInteger(limit) || limit < 1) throw new GalleonError('INVALID_ARGUMENT', `limit must be a positive integer, got ${describe(query.limit)}`)
+    for (const field of ['principal', 'object', 'action'] as const) {
+      if (query[field] !== undefined && (typeof query[field] !== 'string' || query[field] === '')) throw new GalleonError('INVALID_ARGUMENT', `${field} must be a non-empty string, got ${describe(query[field])}`)
+    }
+    if (query.result !== undefined && !['ok', 'denied', 'failed'].includes(query.result)) throw new GalleonError('INVALID_ARGUMENT', `result must be ok, denied or failed, got ${describe(query.result)}`)
     const object = query.object
     const matchObject = object === undefined ? () => true : object.endsWith('*') ? (o: string) => o.startsWith(object.slice(0, -1)) : (o: string) => o === object
     const out: AuditEntry[] = []
@@ -149,6 +154,9 @@ export class AuditLog {
    * and the last one matching the head record (and `expected`, a head saved earlier, when given).
    */
   async verify (expected?: { seq: number, hash: string }): Promise<AuditVerification> {
+    if (expected !== undefined && (expected === null || typeof expected !== 'object' || !Number.isSafeInteger(expected.seq) || expected.seq < 0 || typeof expected.hash !== 'string' || !/^[0-9a-f]{64}$/.test(expected.hash))) {
+      throw new GalleonError('INVALID_ARGUMENT', `a saved audit head is { seq, hash } as auditHead() returns it, got ${describe(expected)}`)
+    }
     const problems: Array<{ seq: number, problem: string }> = []
     let previous = { seq: 0, hash: GENESIS }
     let entries = 0

@@ -101,8 +101,12 @@ export class BackupScheduler {
   /** While the timer's run is going, re-arming waits for it (it re-arms when done). */
   #firing = false
 
-  constructor (g: GalleonFS, metadata: MetadataDatabase, clock: Clock, timers: boolean) {
+  /** Runs a function outside the caller's context (so timers armed during a call do not inherit it). */
+  readonly #detach: <T>(fn: () => T) => T
+
+  constructor (g: GalleonFS, metadata: MetadataDatabase, clock: Clock, timers: boolean, detach: <T>(fn: () => T) => T = (fn) => fn()) {
     this.#g = g
+    this.#detach = detach
     this.#db = metadata.sublevel('backupPolicies', { valueEncoding: 'json' }) as PolicySublevel
     this.#clock = clock
     this.#timers = timers
@@ -293,7 +297,8 @@ export class BackupScheduler {
     const all = await this.#g.listVolumes()
     const chosen = new Set<string>()
     for (const ref of policy.volumes) {
-      const found = all.find((volume) => volume.id === ref || volume.name === ref)
+      // By id, by namespace/name, or by a bare name in the default namespace.
+      const found = all.find((volume) => volume.id === ref || `${volume.namespace}/${volume.name}` === ref || (volume.namespace === 'default' && volume.name === ref))
       if (found !== undefined) chosen.add(found.id)
     }
     const selector = Object.entries(policy.labels)
@@ -387,10 +392,10 @@ export class BackupScheduler {
     }
     if (!Number.isFinite(soonest)) return
     const delay = Math.min(Math.max(0, soonest - this.#clock.now()), MAX_TIMER_MS)
-    this.#timer = setTimeout(() => {
+    this.#timer = this.#detach(() => setTimeout(() => {
       this.#timer = undefined
       void this.#fire()
-    }, delay)
+    }, delay))
     this.#timer.unref()
   }
 

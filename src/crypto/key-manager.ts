@@ -14,7 +14,7 @@ import type { KeyProvider } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
-import { VolumeCipher } from './volume-cipher.js'
+import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
@@ -143,18 +143,21 @@ export class KeyManager {
 
   /** Creates the keys of a new encrypted volume and returns its cipher. */
   async create (volumeId: string, storageId: number): Promise<VolumeCipher> {
-    const provider = await this.provider()
     const dek = generateKey()
     const backupKey = generateKey()
-    const record: VolumeKeyRecord = {
-      volumeId,
-      current: 1,
-      keys: [{ version: 1, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, 1))), kekId: provider.keyId, reservedUpTo: 0 }],
-      backup: { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
-    }
-    await this.#put(record)
+    // Inside the queue, so a KEK rotation running meanwhile re-wraps this key too (or wraps it itself).
+    await this.#serial(async () => {
+      const provider = await this.provider()
+      await this.#put({
+        volumeId,
+        current: 1,
+        keys: [{ version: 1, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, 1))), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
+        backup: { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
+      })
+    })
     const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
-    cipher.addKey(1, dek, 0, true)
+    // A fresh key's first nonces are reserved with its record: the first writes need not wait.
+    cipher.addKey(1, dek, { next: 0, limit: NONCE_RESERVATION }, true)
     return cipher
   }
 
@@ -176,7 +179,7 @@ export class KeyManager {
         } catch (err) {
           throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open with the key provider, passphrase or master key file used before: ${(err as Error).message}`, { cause: err })
         }
-        cipher.addKey(key.version, dek, key.reservedUpTo, key.version === record.current)
+        cipher.addKey(key.version, dek, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
       }
     } catch (err) {
       cipher.unavailable = err instanceof GalleonError ? err : new GalleonError('DECRYPTION_FAILED', String(err))
@@ -217,19 +220,20 @@ export class KeyManager {
    * says what is left to re-seal. Returns the new version.
    */
   async beginRotation (volumeId: string, cipher: VolumeCipher): Promise<number> {
-    const provider = await this.provider()
     const dek = generateKey()
     return await this.#serial(async () => {
+      const provider = await this.provider()
       const record = this.#record(volumeId)
       const version = Math.max(...record.keys.map((key) => key.version)) + 1
       const wrapped = b64(await provider.wrap(dek, dekContext(volumeId, version)))
       await this.#put({
         ...record,
         current: version,
-        keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: 0 }],
+        keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
         rotation: { cursor: 0, startedAt: new Date().toISOString() }
       })
-      cipher.addKey(version, dek, 0, true)
+      // Its first nonces are reserved with it: a write sealing right after the switch never waits or fails.
+      cipher.addKey(version, dek, { next: 0, limit: NONCE_RESERVATION }, true)
       return version
     })
   }
@@ -243,13 +247,16 @@ export class KeyManager {
     })
   }
 
-  /** Ends a rotation: every block is durable under the current key, so the older DEKs go. */
-  async finishRotation (volumeId: string, cipher: VolumeCipher): Promise<void> {
-    await this.#serial(async () => {
+  /**
+   * Ends a rotation: every block is durable under the current key, so the older DEKs leave the
+   * metadata. Returns the versions to drop from the cipher (once reads in flight are done).
+   */
+  async finishRotation (volumeId: string): Promise<number[]> {
+    return await this.#serial(async () => {
       const record = this.#record(volumeId)
       const { rotation: _done, ...rest } = record
       await this.#put({ ...rest, keys: record.keys.filter((key) => key.version === record.current) })
-      for (const version of cipher.versions()) if (version !== record.current) cipher.dropKey(version)
+      return record.keys.filter((key) => key.version !== record.current).map((key) => key.version)
     })
   }
 

@@ -20,6 +20,7 @@
 import { GalleonError } from '../errors.js'
 import type { BlockAddress } from '../drivers.js'
 import { NONCE_BYTES, TAG_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
+import type { OpenJob, SealJob } from './cipher-pool.js'
 
 /** Bytes an encrypted block's payload adds to the block size. */
 export const SEALED_OVERHEAD = 4 + NONCE_BYTES + TAG_BYTES
@@ -64,11 +65,12 @@ export class VolumeCipher {
   versions (): number[] { return [...this.#keys.keys()] }
 
   /**
-   * Adds a DEK. `reservedUpTo` is the persisted counter limit of that key: counting starts there,
-   * past any nonce used before (a fresh key starts at 0).
+   * Adds a DEK. `counter.limit` is the persisted counter limit of that key; `counter.next` where
+   * counting starts: at the limit for a key loaded at open (past any nonce used before), at 0 for a
+   * fresh key whose record reserved [0, limit).
    */
-  addKey (version: number, key: Uint8Array, reservedUpTo: number, current: boolean): void {
-    this.#keys.set(version, { key, next: reservedUpTo, limit: reservedUpTo })
+  addKey (version: number, key: Uint8Array, counter: { next: number, limit: number }, current: boolean): void {
+    this.#keys.set(version, { key, next: counter.next, limit: counter.limit })
     if (current) this.#current = version
   }
 
@@ -93,6 +95,7 @@ export class VolumeCipher {
       if (this.#reserveError !== undefined) {
         const err = this.#reserveError
         this.#reserveError = undefined
+        if (err instanceof GalleonError && err.code === 'NO_SPACE') throw err
         throw new GalleonError('IO_ERROR', `could not reserve encryption nonces in the metadata (${(err as Error)?.message ?? String(err)}); nothing was written`, { cause: err })
       }
     }
@@ -123,8 +126,35 @@ export class VolumeCipher {
     return out
   }
 
+  /**
+   * Takes a nonce for `address` and writes the payload header (key version, nonce) into `out`;
+   * returns what the cipher needs to write ciphertext || tag into `out` after the header. For
+   * sealing elsewhere (a worker thread); `seal`/`sealInto` do it all in one go.
+   */
+  prepareSeal (address: BlockAddress, plaintext: Uint8Array, out: Uint8Array): { key: Uint8Array, job: SealJob } {
+    const { key, version, counter } = this.#take()
+    const nonce = writeHeader(out, version, counter)
+    return { key, job: { nonce, aad: aad(address, version), plain: plaintext, out: out.subarray(4 + NONCE_BYTES) } }
+  }
+
+  /** What opening `sealed` (stored at `address`) needs, or undefined when its key is unknown (`open` then reports why). */
+  prepareOpen (address: BlockAddress, sealed: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
+    if (this.unavailable !== undefined || sealed.byteLength < SEALED_OVERHEAD) return undefined
+    const version = new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0)
+    const state = this.#keys.get(version)
+    if (state === undefined) return undefined
+    return { key: state.key, job: { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, version), sealed: sealed.subarray(4 + NONCE_BYTES) } }
+  }
+
   /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */
   sealInto (address: BlockAddress, plaintext: Uint8Array, out: Uint8Array): void {
+    const { key, version, counter } = this.#take()
+    const nonce = writeHeader(out, version, counter)
+    this.cipher.sealInto(key, nonce, plaintext, aad(address, version), out.subarray(4 + NONCE_BYTES))
+  }
+
+  /** The current key and the next nonce counter value (reserved: see reserve()). */
+  #take (): { key: Uint8Array, version: number, counter: number } {
     if (this.unavailable !== undefined) throw this.unavailable
     const version = this.#current
     const state = this.#keys.get(version)
@@ -134,13 +164,7 @@ export class VolumeCipher {
     const counter = state.next++
     // Extend early, so writes rarely wait for the metadata.
     if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) this.#extend(0)
-    const view = new DataView(out.buffer, out.byteOffset, 4 + NONCE_BYTES)
-    view.setUint32(0, version)
-    view.setUint32(4, 0)
-    view.setUint32(8, Math.floor(counter / 0x1_0000_0000))
-    view.setUint32(12, counter >>> 0)
-    const nonce = out.subarray(4, 4 + NONCE_BYTES)
-    this.cipher.sealInto(state.key, nonce, plaintext, aad(address, version), out.subarray(4 + NONCE_BYTES))
+    return { key: state.key, version, counter }
   }
 
   /** Decrypts a sealed payload stored at `address`; DECRYPTION_FAILED unless it is authentic. */
@@ -164,6 +188,16 @@ export class VolumeCipher {
     const view = new DataView(sealed.buffer, sealed.byteOffset, sealed.byteLength)
     return { version: view.getUint32(0), counter: view.getUint32(8) * 0x1_0000_0000 + view.getUint32(12) }
   }
+}
+
+/** Writes key version and nonce at the start of a sealed payload; returns the nonce's view. */
+function writeHeader (out: Uint8Array, version: number, counter: number): Uint8Array {
+  const view = new DataView(out.buffer, out.byteOffset, 4 + NONCE_BYTES)
+  view.setUint32(0, version)
+  view.setUint32(4, 0)
+  view.setUint32(8, Math.floor(counter / 0x1_0000_0000))
+  view.setUint32(12, counter >>> 0)
+  return out.subarray(4, 4 + NONCE_BYTES)
 }
 
 function aad (address: BlockAddress, version: number): Uint8Array {

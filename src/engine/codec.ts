@@ -57,9 +57,19 @@ export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedL
  * is sealed straight into the stored value, without intermediate copies).
  */
 export function encodeBlockWith (address: BlockAddress, length: number, flags: number, fill: (body: Uint8Array) => void): Uint8Array {
-  const value = slabs.alloc(BLOCK_HEADER_BYTES + length)
+  const value = allocBlock(length)
+  fill(value.subarray(BLOCK_HEADER_BYTES))
+  return finishBlock(address, value, flags)
+}
+
+/** A zeroed value for a payload of `length` bytes: fill `value.subarray(BLOCK_HEADER_BYTES)`, then call finishBlock. */
+export function allocBlock (length: number): Uint8Array {
+  return slabs.alloc(BLOCK_HEADER_BYTES + length)
+}
+
+/** Writes the header (checksum over address, flags and the filled payload) of a value from allocBlock. */
+export function finishBlock (address: BlockAddress, value: Uint8Array, flags: number): Uint8Array {
   const body = value.subarray(BLOCK_HEADER_BYTES)
-  fill(body)
   const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
   view.setUint32(0, blockChecksum(address, body, flags))
   view.setUint8(4, FORMAT_VERSION)

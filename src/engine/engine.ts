@@ -8,7 +8,8 @@ import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, decodeBlock, encodeBlock, encodeBlockWith } from './codec.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock } from './codec.js'
+import { PARALLEL_MIN_BLOCKS, cipherPool, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
 import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import { WriteConcern } from '../types.js'
@@ -224,6 +225,11 @@ export class BlockEngine {
     return volume
   }
 
+  /** Forgets a volume that was attached but never used (its creation failed). */
+  forget (storageId: number): void {
+    this.#volumes.delete(storageId)
+  }
+
   /** Makes `clone` read, where it has no version of its own, what `source` read at `gen` (O(1)). */
   linkClone (clone: VolumeBlocks, source: VolumeBlocks, gen: number, sourceSizeBytes: number): void {
     clone.map.parent = { map: source.map, gen, blocks: sourceSizeBytes / this.blockSize }
@@ -375,14 +381,27 @@ export class BlockEngine {
         }
       }
       if (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1)) await volume.cipher.reserve(last - first + 1)
-      const ops: BlockOp[] = []
+      let ops: BlockOp[] = []
       const firstGen = volume.nextGen
       ticket = volume.ticket()
-      for (let index = first; index <= last; index++) {
-        const blockStart = index * this.blockSize
-        const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
-        const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
-        ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
+      if (volume.cipher !== undefined && last - first + 1 >= PARALLEL_MIN_BLOCKS && cipherPool.usable && volume.cipher.cipher.name === 'node') {
+        // A large encrypted write: blocks are sealed on this thread and on worker threads at once.
+        const addresses: BlockAddress[] = []
+        const payloads: Uint8Array[] = []
+        for (let index = first; index <= last; index++) {
+          const blockStart = index * this.blockSize
+          addresses.push({ volume: volume.storageId, index, gen: volume.nextGen++ })
+          payloads.push(edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize))
+        }
+        const values = await this.#sealMany(volume, addresses, payloads)
+        ops = addresses.map((address, i) => ({ type: 'put', address, data: values[i] as Uint8Array }))
+      } else {
+        for (let index = first; index <= last; index++) {
+          const blockStart = index * this.blockSize
+          const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
+          const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
+          ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
+        }
       }
       await this.#commit(volume, ops, concern)
       for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first)
@@ -672,11 +691,22 @@ export class BlockEngine {
     let checked = 0
     const versions = [...volume.map.storedData()].sort((a, b) => a[0] - b[0] || a[1] - b[1])
     for (const [index, gen] of versions) {
+      if (volume.gate !== undefined) await this.#waitGate(volume)
       if (!volume.map.versions(index).includes(gen)) continue
       checked++
+      // Each read counts as in flight, like any read: what waits for the volume's I/O (a revert,
+      // the end of a key rotation) waits for it.
+      volume.enter()
+      let failure: unknown
       try {
         await this.#readLocated(volume, index, { map: volume.map, gen }, false)
       } catch (err) {
+        failure = err
+      } finally {
+        volume.leave()
+      }
+      if (failure !== undefined) {
+        const err = failure
         if (err instanceof GalleonError && err.code === 'CORRUPTION') {
           // A trim or revert deletes a version before it updates the map, under the block's claim.
           const claim = volume.locks.get(index)
@@ -763,9 +793,18 @@ export class BlockEngine {
       // Damage somewhere in the range: read block by block, which finds and reports the bad one.
       if (!isDamage(err)) throw err
     }
+    // Large reads of encrypted blocks: decrypt on worker threads too.
+    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && cipherPool.usable && this.#anyCipher(volume)
+      ? await this.#openMany(volume, addresses, values)
+      : undefined
     for (let i = 0; i < addresses.length; i++) {
       const index = indices[i] as number
       const value = values?.[i]
+      const plain = opened?.[i]
+      if (plain !== undefined) {
+        place(index, plain)
+        continue
+      }
       // Missing: a concurrent write superseded this version (or the store reported damage); the
       // single-block path retries with the current version and reports real damage.
       place(index, value === undefined ? await this.#readPayload(volume, index, false, false, at) : this.#verified(volume, addresses[i] as BlockAddress, value))
@@ -880,6 +919,71 @@ export class BlockEngine {
     return plainView(payload)
   }
 
+  /**
+   * Stored values of many full blocks of an encrypted volume, sealed partly here and partly on
+   * worker threads. Every payload is consumed (sealed or copied) before this returns its promise.
+   */
+  #sealMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], payloads: readonly Uint8Array[]): Promise<Uint8Array[]> {
+    const cipher = volume.cipher as VolumeCipher
+    const values: Uint8Array[] = []
+    const jobs: SealJob[] = []
+    let key: Uint8Array | undefined
+    for (let i = 0; i < addresses.length; i++) {
+      const value = allocBlock(SEALED_OVERHEAD + this.blockSize)
+      const prepared = cipher.prepareSeal(addresses[i] as BlockAddress, payloads[i] as Uint8Array, value.subarray(BLOCK_HEADER_BYTES))
+      key = prepared.key
+      values.push(value)
+      jobs.push(prepared.job)
+    }
+    const aead = cipher.cipher
+    return cipherPool.seal(key as Uint8Array, jobs, (job) => aead.sealInto(key as Uint8Array, job.nonce, job.plain, job.aad, job.out)).then(() => {
+      for (let i = 0; i < values.length; i++) finishBlock(addresses[i] as BlockAddress, values[i] as Uint8Array, BLOCK_FLAG_ENCRYPTED)
+      return values
+    })
+  }
+
+  /**
+   * Opens many stored values of encrypted blocks on this thread and on worker threads at once.
+   * Returns the payload per position, or undefined where the ordinary path must decide (not
+   * encrypted, damaged, unknown key, failed authentication: #verified reports it).
+   */
+  async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>): Promise<Array<Uint8Array | undefined>> {
+    const out: Array<Uint8Array | undefined> = new Array(addresses.length)
+    const groups = new Map<Uint8Array, { aead: VolumeCipher['cipher'], positions: number[], jobs: OpenJob[] }>()
+    for (let i = 0; i < addresses.length; i++) {
+      const value = values[i]
+      const address = addresses[i] as BlockAddress
+      if (value === undefined) continue
+      const owner = address.volume === volume.storageId ? volume : this.#volumes.get(address.volume)
+      const cipher = owner?.cipher
+      if (cipher === undefined || cipher.cipher.name !== 'node') continue
+      const decoded = decodeBlock(address, value)
+      if (!decoded.ok || (decoded.flags & BLOCK_FLAG_ENCRYPTED) === 0) continue
+      const prepared = cipher.prepareOpen(address, decoded.payload)
+      if (prepared === undefined || prepared.job.sealed.byteLength !== this.blockSize + 16) continue
+      let group = groups.get(prepared.key)
+      if (group === undefined) groups.set(prepared.key, group = { aead: cipher.cipher, positions: [], jobs: [] })
+      group.positions.push(i)
+      group.jobs.push(prepared.job)
+    }
+    for (const [key, group] of groups) {
+      const opened = group.jobs.length >= PARALLEL_MIN_BLOCKS
+        ? await cipherPool.open(key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
+        : group.jobs.map((job) => openOrUndefined(group.aead, key, job))
+      group.positions.forEach((position, i) => { out[position] = opened[i] })
+    }
+    return out
+  }
+
+  /** Whether the volume or the source it reads through (a clone's) is encrypted. */
+  #anyCipher (volume: VolumeBlocks): boolean {
+    if (volume.cipher !== undefined) return true
+    for (let parent = volume.map.parent; parent !== undefined; parent = parent.map.parent) {
+      if (this.#volumes.get(parent.map.storageId)?.cipher !== undefined) return true
+    }
+    return false
+  }
+
   /** The stored value of one block version: encrypted with the volume's current key when it has one. */
   #encode (volume: VolumeBlocks, address: BlockAddress, payload: Uint8Array): Uint8Array {
     const cipher = volume.cipher
@@ -948,6 +1052,15 @@ export class BlockEngine {
       if (view !== undefined) throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the snapshot (${size} bytes)`)
       throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end of the volume (${size} bytes); expand the volume first`)
     }
+  }
+}
+
+/** Opens one block, or undefined when it fails authentication (the caller's ordinary path reports it). */
+function openOrUndefined (aead: VolumeCipher['cipher'], key: Uint8Array, job: OpenJob): Uint8Array | undefined {
+  try {
+    return aead.open(key, job.nonce, job.sealed, job.aad)
+  } catch {
+    return undefined
   }
 }
 

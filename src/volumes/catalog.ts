@@ -160,11 +160,16 @@ export class Catalog {
     return () => { if (this.#names.get(key) === '') this.#names.delete(key) }
   }
 
-  /** Persists a new volume (with its storage id) and caches it. */
-  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'>): Promise<VolumeRecord> {
+  /**
+   * Persists a new volume (with its storage id) and caches it. `prepare` runs once the id and storage
+   * id are chosen, before the record is stored or visible (an encrypted volume gets its keys there,
+   * so no I/O can reach it without them).
+   */
+  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'>, prepare?: (record: VolumeRecord) => Promise<void>): Promise<VolumeRecord> {
     const now = new Date().toISOString()
     const record: VolumeRecord = { ...fields, id: randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
     if (record.storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
+    if (prepare !== undefined) await prepare(record)
     await this.#db.batch([
       { type: 'put', sublevel: this.#volumesDb, key: record.id, value: record },
       { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
