@@ -155,3 +155,36 @@ export interface KeyProvider {
   wrap (dek: Uint8Array, context: string): Promise<Uint8Array>
   unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array>
 }
+
+/** What a mount driver presents at a mount point. */
+export interface MountedVolume {
+  /** Mount id, and the absolute path of the mount point. */
+  readonly id: string
+  readonly path: string
+  readonly readOnly: boolean
+  /** Mount options besides ro/rw/sync (from the storage class and the call), for the driver to apply. */
+  readonly options: readonly string[]
+  /** The volume's bytes, as the `data` file. */
+  readonly data: {
+    size: () => number
+    read: (offset: number, length: number) => Promise<Uint8Array>
+    write: (offset: number, data: Uint8Array) => Promise<void>
+    flush: () => Promise<void>
+  }
+  /** Contents of `README.txt` (volume facts, for people) and `.galleonfs_metadata` (JSON, for programs). */
+  readme: () => string
+  metadata: () => string
+}
+
+/**
+ * Mount driver: presents volumes to the operating system. `virtual` (the default) registers mounts
+ * for the VolumeFile API only; `fuse` makes each mount point a directory holding `data`,
+ * `README.txt` and `.galleonfs_metadata`.
+ */
+export interface MountDriver {
+  readonly name: string
+  mount (volume: MountedVolume): Promise<void>
+  unmount (path: string): Promise<void>
+  /** Unmounts whatever is left; called by GalleonFS.close(). */
+  close? (): Promise<void>
+}

@@ -4,8 +4,9 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'eventemitter3'
 import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
 import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
+import { MountManager, VirtualMountDriver, type MountTarget } from './mount/mount-manager.js'
 import { GalleonError, assertBytes, describe } from './errors.js'
-import type { BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
+import type { BlockStore, BlockStoreStats, KeyProvider, MountDriver } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
 import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
@@ -80,6 +81,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #keys!: KeyManager
   #access!: AccessControl
   #audit!: AuditLog
+  #mounts!: MountManager
   readonly #context = new AsyncLocalStorage<CallContext>()
   /** Data-key rotations running in the background, by volume id. */
   readonly #rotations = new Map<string, Promise<void>>()
@@ -140,6 +142,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#audit = new AuditLog(metadata, () => clock.now())
       await instance.#audit.load()
       catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
+      instance.#mounts = new MountManager(await resolveMountDriver(options.mount), instance.#mountHost())
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
@@ -230,6 +233,68 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return [...records].sort((a, b) => depth(b) - depth(a))
   }
 
+  /** Mounts of volumes and snapshots, and VolumeFiles (see MountManager). */
+  get mounts (): MountManager { return this.#mounts }
+
+  /** What the mount manager needs from the instance. */
+  #mountHost (): ConstructorParameters<typeof MountManager>[1] {
+    const verbOf = (ref: unknown, readOnly: boolean): Verb => isSnapshotRef(ref) ? 'snapshot:read' : readOnly ? 'volume:read' : 'volume:write'
+    return {
+      target: (ref) => this.#mountTarget(ref),
+      guard: async (action, ref, readOnly, task) => {
+        this.#assertOpen()
+        const { object, label } = this.#refObject(ref)
+        if (action === 'openVolumeFile') {
+          const denied = this.#check(action, verbOf(ref, readOnly), object, label)
+          if (denied !== undefined) await denied
+          return await this.#nested(task)
+        }
+        return await this.#guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
+      },
+      visible: (namespace, volume) => this.#allowed('volume:read', { namespace, volume })
+    }
+  }
+
+  /**
+   * A volume or snapshot for the mount manager. Its I/O runs as the caller resolving it (who was
+   * checked when mounting or opening, like a file descriptor), not as whoever calls later.
+   */
+  #mountTarget (ref: unknown): MountTarget {
+    this.#assertOpen()
+    const { record, snapshot } = this.#readSource(ref)
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    const context = this.#context.getStore()
+    const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#context.run(context, task)
+    const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
+    const volume = this.#volumeBlocks(record)
+    const facts = (): Record<string, unknown> => {
+      const current = this.#catalog.volumes().find((r) => r.id === record.id) ?? record
+      return {
+        volume: toVolume(current),
+        ...(snapshot === undefined ? {} : { snapshot: this.#toSnapshot(snapshot) }),
+        blockSize: this.#engine.blockSize,
+        sizeBytes: snapshot?.sizeBytes ?? current.sizeBytes,
+        encryption: this.#keys.describe(record.id, volume.cipher)
+      }
+    }
+    return {
+      volumeId: record.id,
+      volumeName: record.name,
+      namespace: namespaceOf(record),
+      ...(snapshot === undefined ? {} : { snapshotId: snapshot.id, snapshotName: snapshot.name }),
+      accessModes: record.accessModes,
+      classOptions: this.#catalog.storageClass(record.storageClass)?.mountOptions ?? [],
+      size: () => snapshot?.sizeBytes ?? volume.sizeBytes,
+      io: {
+        read: async (offset, length) => await run(async () => await this.read(source, offset, length)),
+        write: async (offset, data, concern) => await run(async () => { await this.write(record.id, offset, data, concern) }),
+        flush: async () => await run(async () => { await this.flush(record.id) })
+      },
+      readme: () => renderReadme(facts()),
+      metadata: () => JSON.stringify(facts(), null, 2) + '\n'
+    }
+  }
+
   /** True once close() has begun. */
   get closed (): boolean { return this.#closed }
 
@@ -262,6 +327,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         await this.#scheduler.idle()
         await this.#adminQueue.catch(() => {})
         await Promise.all([...this.#rotations.values()])
+        await this.#mounts.close()
         for (const record of this.#destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
           await this.#destroy(this.#catalog.resolve(record.id), true)
         }
@@ -402,6 +468,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const storageClass = this.#catalog.storageClass(record.storageClass)
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
+    }
+    const mounts = this.#mounts.mountsOf(record.id)
+    if (mounts.length > 0) {
+      if (options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+      await this.#mounts.releaseVolume(record.id)
     }
     await this.#admin(async () => {
       const current = this.#catalog.resolve(record.id)
@@ -807,6 +878,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      const writer = this.#mounts.mountsOf(record.id).find((m) => !m.readOnly)
+      if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
       const volume = this.#volumeBlocks(record)
       if (volume.tickets.size > 0 || volume.locks.size > 0) {
         throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
@@ -1086,6 +1159,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
+      const mounted = this.#nested(async () => this.#catalog.resolve(options.volume)).then((record) => this.#mounts.mountsOf(record.id))
+      const mounts = await mounted.catch(() => [])
+      if (mounts.length > 0) throw new GalleonError('BUSY', `volume ${mounts[0]?.volumeName} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it before restoring a backup over it`)
       const into = this.#refObject(options.volume)
       const denied = this.#check('restoreBackup', 'volume:write', into.object, into.label)
       if (denied !== undefined) await denied
@@ -1279,6 +1355,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return new Proxy(this, {
       get: (target, prop) => {
         if (prop === 'principal') return context.principal
+        if (prop === 'mounts') {
+          // The mount manager's calls act as the principal too.
+          const mounts = target.#mounts
+          return new Proxy(mounts, {
+            get: (m, key) => {
+              const member = Reflect.get(m, key, m) as unknown
+              return typeof member === 'function' ? (...args: unknown[]) => this.#context.run(context, () => (member as (...a: unknown[]) => unknown).apply(m, args)) : member
+            }
+          })
+        }
         const value = Reflect.get(target, prop, target) as unknown
         if (typeof value !== 'function') return value
         // Events are the application's: they carry every namespace's volumes.
@@ -1574,3 +1660,38 @@ function names (records: readonly VolumeRecord[]): string {
   return records.slice(0, 5).map((record) => record.name).join(', ') + (records.length > 5 ? `, and ${records.length - 5} more` : '')
 }
 
+
+/** The mount driver `open()` was asked for. */
+async function resolveMountDriver (choice: unknown): Promise<MountDriver> {
+  if (choice === undefined || choice === 'virtual') return new VirtualMountDriver()
+  if (choice === 'fuse') {
+    const { FuseMountDriver } = await import('../backends/fuse/index.js')
+    return await FuseMountDriver.create()
+  }
+  const driver = choice as MountDriver
+  if (driver !== null && typeof driver === 'object' && typeof driver.mount === 'function' && typeof driver.unmount === 'function' && typeof driver.name === 'string') return driver
+  throw new GalleonError('INVALID_ARGUMENT', `mount must be 'virtual' (default), 'fuse' or a MountDriver { name, mount, unmount }, got ${describe(choice)}`)
+}
+
+/** README.txt of a mount point: the volume's facts for a person. */
+function renderReadme (facts: Record<string, unknown>): string {
+  const volume = facts.volume as Volume
+  const snapshot = facts.snapshot as Snapshot | undefined
+  const encryption = facts.encryption as VolumeEncryption
+  const lines = [
+    `GalleonFS volume ${volume.namespace}/${volume.name}${snapshot === undefined ? '' : ` (snapshot ${snapshot.name}, read-only)`}`,
+    '',
+    'data                  the volume\'s bytes: read and write it like a disk image (dd, cmp, fio, mkfs + a loop device)',
+    '.galleonfs_metadata   these facts as JSON',
+    '',
+    `id            ${volume.id}`,
+    `size          ${String(facts.sizeBytes)} bytes in blocks of ${String(facts.blockSize)}`,
+    `type          ${volume.type}`,
+    `storage class ${volume.storageClass} (replicas: ${volume.replicas})`,
+    `access modes  ${volume.accessModes.join(', ')}`,
+    `encrypted     ${encryption.encrypted ? `yes, AES-256-GCM, data key version ${String(encryption.keyVersion)}` : 'no'}`,
+    `created       ${volume.createdAt}`,
+    ...Object.entries(volume.labels).map(([key, value]) => `label         ${key}=${value}`)
+  ]
+  return lines.join('\n') + '\n'
+}

@@ -49,6 +49,11 @@ export interface OpenOptions {
   keyProvider?: import('./drivers.js').KeyProvider
   /** Derive the key-encryption key from this passphrase instead (salt kept in storagePath). */
   passphrase?: string
+  /**
+   * How `g.mounts.mountVolume()` presents volumes: `virtual` (default: for the VolumeFile API only),
+   * `fuse` (a FUSE file system per mount point; needs libfuse), or your own MountDriver.
+   */
+  mount?: 'virtual' | 'fuse' | import('./drivers.js').MountDriver
 }
 
 /** What open() resolved the options to. */

@@ -1,0 +1,221 @@
+// FUSE mount driver (fuse-native, libfuse 2): each mount point becomes a small file system holding
+//   data                 the volume's bytes (size = volume size): dd, cp, cmp, fio work on it
+//   README.txt           the volume's facts, for people
+//   .galleonfs_metadata  the same as JSON, for programs
+// so a daemon's `--mount-point /mnt/galleonfs` shows /mnt/galleonfs/<volume>/data.
+//
+// Every operation is answered asynchronously on the event loop (fuse-native hands the kernel's
+// requests over from its own thread), so nothing blocks the loop. The process may read its own
+// mounts with async fs calls; each such call holds one of libuv's thread-pool threads while the
+// kernel waits for the answer, and the answer may itself need one (the file block store reads
+// through the pool), so keep fewer concurrent in-process calls than UV_THREADPOOL_SIZE (default 4)
+// minus one, or raise it. Never use the *Sync fs calls on a mount from the process serving it: the
+// event loop would wait for itself.
+//
+// Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
+// `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
+// the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes).
+
+import { createRequire } from 'node:module'
+import { access, constants, mkdir, stat } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { GalleonError } from '../../src/errors.js'
+import type { MountDriver, MountedVolume } from '../../src/drivers.js'
+
+const run = promisify(execFile)
+const MAX_WRITE = 128 * 1024
+const FILES = ['data', 'README.txt', '.galleonfs_metadata'] as const
+
+type Callback = (code: number, ...results: unknown[]) => void
+interface FuseInstance {
+  mount: (cb: (err: Error | null) => void) => void
+  unmount: (cb: (err: Error | null) => void) => void
+}
+interface FuseClass {
+  new (mnt: string, ops: Record<string, unknown>, opts: Record<string, unknown>): FuseInstance
+  EIO: number
+  ENOENT: number
+  EROFS: number
+  ENOSPC: number
+  EFBIG: number
+  EACCES: number
+  EISDIR: number
+  EINVAL: number
+  unmount: (mnt: string, cb: (err: Error | null) => void) => void
+  prototype: { _fuseOptions: () => string }
+}
+
+let loaded: FuseClass | undefined
+
+/** Loads fuse-native, with the options it lacks (big writes); a clear error when FUSE is missing. */
+async function loadFuse (): Promise<FuseClass> {
+  if (loaded !== undefined) return loaded
+  try {
+    await access('/dev/fuse', constants.R_OK | constants.W_OK)
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need /dev/fuse, which this machine does not offer (${(err as Error).message}); load the fuse kernel module (modprobe fuse), or in a container pass --device /dev/fuse --cap-add SYS_ADMIN`, { cause: err })
+  }
+  let Fuse: FuseClass
+  try {
+    Fuse = createRequire(import.meta.url)('fuse-native') as FuseClass
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fuse-native package and libfuse 2: install Debian's libfuse2 and fuse packages (apt-get install libfuse2 fuse), then reinstall galleonfs (${(err as Error).message})`, { cause: err })
+  }
+  try {
+    await run('fusermount', ['-V'])
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fusermount program: install Debian's fuse package (apt-get install fuse) (${(err as Error).message})`, { cause: err })
+  }
+  loaded = Fuse
+  return Fuse
+}
+
+/** Mount driver presenting each mount as a FUSE file system. */
+export class FuseMountDriver implements MountDriver {
+  readonly name = 'fuse'
+  readonly #Fuse: FuseClass
+  readonly #mounts = new Map<string, FuseInstance>()
+
+  private constructor (Fuse: FuseClass) {
+    this.#Fuse = Fuse
+  }
+
+  /** Checks FUSE is usable here (BACKEND_UNAVAILABLE naming what to install if not). */
+  static async create (): Promise<FuseMountDriver> {
+    return new FuseMountDriver(await loadFuse())
+  }
+
+  async mount (volume: MountedVolume): Promise<void> {
+    const path = volume.path
+    await this.#clearStale(path)
+    await mkdir(path, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+      throw new GalleonError('IO_ERROR', `could not create the mount point ${path}: ${err.message}`, { cause: err })
+    })
+    const info = await stat(path)
+    if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
+    const fuse = new this.#Fuse(path, this.#ops(volume), { force: true, mkdir: true, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
+    // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
+    const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
+    ;(fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => {
+      const own = base()
+      const extra = `big_writes,max_write=${MAX_WRITE}${volume.options.includes('allow_other') ? ',allow_other' : ''}`
+      return own === '' ? `-o${extra}` : `${own},${extra}`
+    }
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
+      throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
+    })
+    this.#mounts.set(path, fuse)
+  }
+
+  async unmount (path: string): Promise<void> {
+    const fuse = this.#mounts.get(path)
+    if (fuse === undefined) return
+    await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
+      throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
+    })
+    this.#mounts.delete(path)
+  }
+
+  async close (): Promise<void> {
+    for (const path of [...this.#mounts.keys()]) await this.unmount(path).catch(() => {})
+  }
+
+  /** A mount left behind by a process that died reads as "transport endpoint is not connected": lazily unmount it. */
+  async #clearStale (path: string): Promise<void> {
+    try {
+      await stat(path)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') {
+        await run('fusermount', ['-uz', path]).catch((cause: Error) => {
+          throw new GalleonError('BUSY', `${path} is a stale FUSE mount that could not be cleared (${cause.message}); run fusermount -uz ${path}`, { cause })
+        })
+      }
+    }
+  }
+
+  #ops (volume: MountedVolume): Record<string, unknown> {
+    const Fuse = this.#Fuse
+    const uid = process.getuid?.() ?? 0
+    const gid = process.getgid?.() ?? 0
+    const text = (name: string): Buffer | undefined => name === '/README.txt' ? Buffer.from(volume.readme()) : name === '/.galleonfs_metadata' ? Buffer.from(volume.metadata()) : undefined
+    const stats = (mode: number, size: number): Record<string, unknown> => {
+      const now = new Date()
+      return { mtime: now, atime: now, ctime: now, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) }
+    }
+    const fail = (cb: Callback, err: unknown): void => {
+      const code = (err as { code?: string })?.code
+      cb(code === 'READ_ONLY' ? Fuse.EROFS : code === 'OUT_OF_RANGE' ? Fuse.ENOSPC : Fuse.EIO)
+    }
+    return {
+      readdir: (path: string, cb: Callback) => {
+        if (path !== '/') { cb(Fuse.ENOENT); return }
+        cb(0, [...FILES])
+      },
+      getattr: (path: string, cb: Callback) => {
+        if (path === '/') { cb(0, stats(0o40755, 4096)); return }
+        if (path === '/data') { cb(0, stats(volume.readOnly ? 0o100444 : 0o100644, volume.data.size())); return }
+        const body = text(path)
+        if (body === undefined) { cb(Fuse.ENOENT); return }
+        cb(0, stats(0o100444, body.byteLength))
+      },
+      open: (path: string, flags: number, cb: Callback) => {
+        const writing = (flags & 3) !== 0
+        if (path === '/data') { cb(writing && volume.readOnly ? Fuse.EROFS : 0, 42); return }
+        if (text(path) === undefined) { cb(Fuse.ENOENT); return }
+        cb(writing ? Fuse.EACCES : 0, 43)
+      },
+      release: (_path: string, _fd: number, cb: Callback) => { cb(0) },
+      read: (path: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) => {
+        if (path !== '/data') {
+          const body = text(path)
+          if (body === undefined) { cb(Fuse.ENOENT); return }
+          const n = Math.max(0, Math.min(len, body.byteLength - pos))
+          if (n > 0) body.copy(buf, 0, pos, pos + n)
+          cb(n)
+          return
+        }
+        const n = Math.max(0, Math.min(len, volume.data.size() - pos))
+        if (n === 0) { cb(0); return }
+        volume.data.read(pos, n).then((bytes) => {
+          buf.set(bytes, 0)
+          cb(n)
+        }, (err) => fail(cb, err))
+      },
+      write: (path: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) => {
+        if (path !== '/data') { cb(Fuse.EACCES); return }
+        if (volume.readOnly) { cb(Fuse.EROFS); return }
+        const room = volume.data.size() - pos
+        if (room <= 0) { cb(Fuse.ENOSPC); return }
+        const n = Math.min(len, room)
+        // The kernel's buffer is reused once we answer: copy what we keep.
+        volume.data.write(pos, Uint8Array.from(buf.subarray(0, n))).then(() => cb(n), (err) => fail(cb, err))
+      },
+      truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
+      ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
+      fsync: (path: string, _fd: number, _datasync: boolean, cb: Callback) => {
+        if (path !== '/data' || volume.readOnly) { cb(0); return }
+        volume.data.flush().then(() => cb(0), (err) => fail(cb, err))
+      },
+      flush: (_path: string, _fd: number, cb: Callback) => { cb(0) },
+      statfs: (_path: string, cb: Callback) => {
+        const blocks = Math.ceil(volume.data.size() / 4096)
+        cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })
+      },
+      utimens: (_path: string, _atime: unknown, _mtime: unknown, cb: Callback) => { cb(0) },
+      chmod: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
+      create: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
+      unlink: (_path: string, cb: Callback) => { cb(Fuse.EACCES) },
+      mkdir: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
+      rename: (_src: string, _dest: string, cb: Callback) => { cb(Fuse.EACCES) }
+    }
+  }
+
+  #truncate (volume: MountedVolume, path: string, size: number, cb: Callback): void {
+    const Fuse = this.#Fuse
+    if (path !== '/data') { cb(Fuse.EACCES); return }
+    if (volume.readOnly) { cb(Fuse.EROFS); return }
+    // A disk keeps its size: shrinking requests (O_TRUNC) change nothing, growing ones are refused.
+    cb(size > volume.data.size() ? Fuse.EFBIG : 0)
+  }
+}

@@ -1,0 +1,214 @@
+// A volume (or a snapshot) as a file: a position, read/write/seek, positional pread/pwrite, async
+// iteration and Node streams. A volume is a block device, not a growing file: writes past its end
+// are refused (OUT_OF_RANGE), reads past it return nothing.
+
+import { Readable, Writable } from 'node:stream'
+import { GalleonError, assertBytes, describe } from '../errors.js'
+import { WriteConcern } from '../types.js'
+
+/** What a VolumeFile needs from the instance (bound to the caller that opened it). */
+export interface VolumeFileIo {
+  read: (offset: number, length: number) => Promise<Uint8Array>
+  write: (offset: number, data: Uint8Array, concern: WriteConcern) => Promise<void>
+  flush: () => Promise<void>
+  /** Current size in bytes (a volume can grow while open). */
+  size: () => number
+}
+
+/** Largest piece one read or write call moves (longer requests are split). */
+const PIECE_BYTES = 8 * 1024 * 1024
+/** Chunk size of async iteration and of read streams by default. */
+const CHUNK_BYTES = 1024 * 1024
+
+const WHENCE: Record<string, 'set' | 'cur' | 'end'> = { set: 'set', cur: 'cur', end: 'end', 0: 'set', 1: 'cur', 2: 'end' }
+
+/** An open file over a volume or a snapshot. */
+export class VolumeFile implements AsyncIterable<Uint8Array> {
+  /** The volume's id, and the snapshot's when the file shows one. */
+  readonly volumeId: string
+  readonly snapshotId: string | undefined
+  readonly readOnly: boolean
+  /** Every write is WriteDurable (the `sync` mount option). */
+  readonly sync: boolean
+  #position = 0
+  #closed = false
+  readonly #io: VolumeFileIo
+  readonly #onClose: () => void
+
+  constructor (io: VolumeFileIo, facts: { volumeId: string, snapshotId?: string, readOnly: boolean, sync: boolean }, onClose: () => void = () => {}) {
+    this.#io = io
+    this.volumeId = facts.volumeId
+    this.snapshotId = facts.snapshotId
+    this.readOnly = facts.readOnly
+    this.sync = facts.sync
+    this.#onClose = onClose
+  }
+
+  /** Size of the volume (or snapshot) in bytes. */
+  get size (): number { return this.#io.size() }
+
+  /** Current position. */
+  get position (): number { return this.#position }
+
+  get closed (): boolean { return this.#closed }
+
+  /**
+   * Reads up to `length` bytes (default: the buffer's length) at the position into `buffer`
+   * (from `bufferOffset`), advancing the position. Resolves to the bytes read: 0 at the end.
+   */
+  async read (buffer: Uint8Array, length?: number, bufferOffset = 0): Promise<number> {
+    const n = await this.pread(buffer, this.#position, length, bufferOffset)
+    this.#position += n
+    return n
+  }
+
+  /** Reads up to `length` bytes at `position` into `buffer`, without moving the position. */
+  async pread (buffer: Uint8Array, position: number, length?: number, bufferOffset = 0): Promise<number> {
+    this.#assertOpen()
+    assertBytes(buffer, 'buffer')
+    checkPosition(position, 'position')
+    checkPosition(bufferOffset, 'bufferOffset')
+    if (bufferOffset > buffer.byteLength) throw new GalleonError('INVALID_ARGUMENT', `bufferOffset ${bufferOffset} is past the end of the ${buffer.byteLength}-byte buffer`)
+    const wanted = length ?? buffer.byteLength - bufferOffset
+    checkPosition(wanted, 'length')
+    if (bufferOffset + wanted > buffer.byteLength) throw new GalleonError('INVALID_ARGUMENT', `a read of ${wanted} bytes at buffer offset ${bufferOffset} does not fit the ${buffer.byteLength}-byte buffer`)
+    const n = Math.max(0, Math.min(wanted, this.size - position))
+    for (let done = 0; done < n;) {
+      const piece = Math.min(PIECE_BYTES, n - done)
+      buffer.set(await this.#io.read(position + done, piece), bufferOffset + done)
+      done += piece
+    }
+    return n
+  }
+
+  /** Writes `data` at the position, advancing it. Resolves to the bytes written (all of them). */
+  async write (data: Uint8Array): Promise<number> {
+    const n = await this.pwrite(data, this.#position)
+    this.#position += n
+    return n
+  }
+
+  /** Writes `data` at `position`, without moving the position; refused past the end of the volume. */
+  async pwrite (data: Uint8Array, position: number): Promise<number> {
+    this.#assertOpen()
+    if (this.readOnly) throw new GalleonError('READ_ONLY', this.snapshotId !== undefined ? 'this file shows a snapshot, which is read-only' : 'this file was opened read-only (or its mount is read-only)')
+    assertBytes(data, 'data')
+    checkPosition(position, 'position')
+    if (position + data.byteLength > this.size) {
+      throw new GalleonError('OUT_OF_RANGE', `a write of ${data.byteLength} bytes at ${position} goes past the end of the volume (${this.size} bytes); a volume does not grow by writing: expand it first`)
+    }
+    const concern = this.sync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
+    for (let done = 0; done < data.byteLength;) {
+      const piece = Math.min(PIECE_BYTES, data.byteLength - done)
+      await this.#io.write(position + done, data.subarray(done, done + piece), concern)
+      done += piece
+    }
+    return data.byteLength
+  }
+
+  /** Moves the position: `whence` is `set` (0, default), `cur` (1) or `end` (2). Returns the new position. */
+  seek (offset: number, whence: 'set' | 'cur' | 'end' | 0 | 1 | 2 = 'set'): number {
+    this.#assertOpen()
+    const from = WHENCE[String(whence)]
+    if (from === undefined) throw new GalleonError('INVALID_ARGUMENT', `whence must be 'set', 'cur' or 'end' (or 0, 1, 2), got ${describe(whence)}`)
+    if (typeof offset !== 'number' || !Number.isSafeInteger(offset)) throw new GalleonError('INVALID_ARGUMENT', `offset must be an integer, got ${describe(offset)}`)
+    const base = from === 'set' ? 0 : from === 'cur' ? this.#position : this.size
+    const next = base + offset
+    if (next < 0) throw new GalleonError('INVALID_ARGUMENT', `seeking to ${next} would go before the start of the file`)
+    this.#position = next
+    return next
+  }
+
+  /** Makes every write so far durable. */
+  async flush (): Promise<void> {
+    this.#assertOpen()
+    if (!this.readOnly) await this.#io.flush()
+  }
+
+  /** Flushes (when writable) and closes; later calls reject with NOT_OPEN. Idempotent. */
+  async close (): Promise<void> {
+    if (this.#closed) return
+    try {
+      if (!this.readOnly) await this.#io.flush()
+    } finally {
+      this.#closed = true
+      this.#onClose()
+    }
+  }
+
+  /** The bytes from the position to the end, in chunks of up to 1 MiB (the position follows). */
+  async * [Symbol.asyncIterator] (): AsyncIterator<Uint8Array> {
+    while (true) {
+      const chunk = new Uint8Array(Math.min(CHUNK_BYTES, Math.max(0, this.size - this.#position)))
+      if (chunk.byteLength === 0) return
+      const n = await this.read(chunk)
+      if (n === 0) return
+      yield n === chunk.byteLength ? chunk : chunk.subarray(0, n)
+    }
+  }
+
+  /** A Readable of bytes `start` to `end` (inclusive, like fs.createReadStream; default: all). */
+  createReadStream (options: { start?: number, end?: number, highWaterMark?: number } = {}): Readable {
+    this.#assertOpen()
+    const start = options.start ?? 0
+    checkPosition(start, 'start')
+    if (options.end !== undefined) checkPosition(options.end, 'end')
+    const chunkBytes = options.highWaterMark ?? CHUNK_BYTES
+    checkPosition(chunkBytes, 'highWaterMark')
+    if (chunkBytes === 0) throw new GalleonError('INVALID_ARGUMENT', 'highWaterMark must be positive')
+    let at = start
+    const file = this
+    return new Readable({
+      highWaterMark: chunkBytes,
+      async read () {
+        try {
+          const stop = Math.min(file.size, options.end === undefined ? Number.POSITIVE_INFINITY : options.end + 1)
+          const length = Math.min(chunkBytes, stop - at)
+          if (length <= 0) { this.push(null); return }
+          const chunk = new Uint8Array(length)
+          const n = await file.pread(chunk, at)
+          at += n
+          this.push(n === 0 ? null : Buffer.from(chunk.buffer, chunk.byteOffset, n))
+        } catch (err) {
+          this.destroy(err as Error)
+        }
+      }
+    })
+  }
+
+  /** A Writable that writes what it is given from `start` on (default: the position); refused past the end. */
+  createWriteStream (options: { start?: number } = {}): Writable {
+    this.#assertOpen()
+    let at = options.start ?? this.#position
+    checkPosition(at, 'start')
+    const file = this
+    return new Writable({
+      async write (chunk: Buffer, _encoding, callback) {
+        try {
+          at += await file.pwrite(chunk, at)
+          callback()
+        } catch (err) {
+          callback(err as Error)
+        }
+      },
+      async final (callback) {
+        try {
+          await file.flush()
+          callback()
+        } catch (err) {
+          callback(err as Error)
+        }
+      }
+    })
+  }
+
+  #assertOpen (): void {
+    if (this.#closed) throw new GalleonError('NOT_OPEN', 'this volume file is closed; open another with openVolumeFile()')
+  }
+}
+
+function checkPosition (value: unknown, what: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new GalleonError('INVALID_ARGUMENT', `${what} must be a non-negative integer, got ${describe(value)}`)
+  }
+}
