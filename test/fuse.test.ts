@@ -1,0 +1,159 @@
+// The FUSE mount driver against the real kernel FUSE, with real tools (dd, cmp, cat, truncate, fio)
+// run as separate processes (asynchronously: the process serving the mount must never wait for it
+// synchronously). Skipped, visibly, where the machine has no /dev/fuse or fusermount.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { accessSync, constants, existsSync } from 'node:fs'
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { GalleonFS } from '../src/index.js'
+
+const exec = promisify(execFile)
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+
+function fuseMissing (): string | undefined {
+  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
+  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
+  return undefined
+}
+function toolMissing (tool: string): string | undefined {
+  return ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed`
+}
+const skip = fuseMissing()
+if (skip !== undefined) process.stdout.write(`# SKIP FUSE tests: ${skip}\n`)
+
+let root: string
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-fuse-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+
+describe('FUSE mount driver', { skip }, () => {
+  it('shows data, README.txt and .galleonfs_metadata; dd, cmp, cat and truncate work on data both ways', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 's1'), mount: 'fuse' })
+    const mnt = join(root, 'm1')
+    try {
+      assert.equal(g.mounts.driver, 'fuse')
+      const vol = await g.createVolume({ name: 'disk', sizeBytes: '16M', labels: { app: 'test' } })
+      await g.mounts.mountVolume(vol, mnt)
+      assert.deepEqual((await readdir(mnt)).sort(), ['.galleonfs_metadata', 'README.txt', 'data'])
+      assert.equal((await stat(join(mnt, 'data'))).size, 16 << 20)
+      assert.match((await exec('cat', [join(mnt, 'README.txt')])).stdout, /GalleonFS volume default\/disk/)
+      const metadata = JSON.parse((await exec('cat', [join(mnt, '.galleonfs_metadata')])).stdout)
+      assert.equal(metadata.volume.id, vol.id)
+      assert.equal(metadata.sizeBytes, 16 << 20)
+
+      // dd in, API out.
+      const image = join(root, 'in.bin')
+      const input = new Uint8Array(randomBytes(4 << 20))
+      await writeFile(image, input)
+      await exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=1M', 'seek=2', 'conv=notrunc,fsync', 'status=none'])
+      assert.deepEqual(await g.read(vol, 2 << 20, 4 << 20), input)
+      // API in, dd and cmp out.
+      const other = new Uint8Array(randomBytes(1 << 20))
+      await g.write(vol, 10 << 20, other)
+      const out = join(root, 'out.bin')
+      await exec('dd', [`if=${join(mnt, 'data')}`, `of=${out}`, 'bs=256K', 'skip=40', 'count=4', 'status=none'])
+      assert.deepEqual(new Uint8Array(await readFile(out)), other)
+      await writeFile(image, other)
+      await exec('cmp', ['-n', String(1 << 20), '-i', `0:${10 << 20}`, image, join(mnt, 'data')])
+      // dd without notrunc opens with O_TRUNC: a disk keeps its size and its data.
+      await exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=64K', 'count=1', 'status=none'])
+      assert.equal((await stat(join(mnt, 'data'))).size, 16 << 20)
+      assert.deepEqual(await g.read(vol, 2 << 20, 4 << 20), input)
+      // truncate: to the size or less is a no-op, beyond it refused.
+      await exec('truncate', ['-s', String(16 << 20), join(mnt, 'data')])
+      await assert.rejects(exec('truncate', ['-s', String(32 << 20), join(mnt, 'data')]), /File too large/)
+      // Writing past the end fails; the README cannot be written.
+      await assert.rejects(exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=1M', 'seek=16', 'conv=notrunc', 'status=none']), /No space left/)
+      await assert.rejects(exec('dd', [`if=${image}`, `of=${join(mnt, 'README.txt')}`, 'bs=1K', 'count=1', 'conv=notrunc', 'status=none']))
+      // The serving process reads its own mount (async fs: no deadlock).
+      const own = await readFile(join(mnt, 'data'))
+      assert.equal(own.byteLength, 16 << 20)
+      assert.deepEqual(new Uint8Array(own.subarray(10 << 20, 11 << 20)), other)
+      await g.mounts.unmountVolume(mnt)
+      assert.deepEqual(await readdir(mnt), [])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('read-only mounts and snapshots refuse writes from tools', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 's2'), mount: 'fuse' })
+    try {
+      const vol = await g.createVolume({ name: 'disk', sizeBytes: '4M' })
+      await g.write(vol, 0, new Uint8Array(4096).fill(5))
+      await g.createSnapshot(vol, 'snap')
+      await g.write(vol, 0, new Uint8Array(4096).fill(6))
+      const snap = join(root, 'snap')
+      await g.mounts.mountVolume({ volume: 'disk', snapshot: 'snap' }, snap)
+      const head = await exec('dd', [`if=${join(snap, 'data')}`, 'bs=4096', 'count=1', 'status=none'], { encoding: 'buffer' })
+      assert.deepEqual(new Uint8Array(head.stdout), new Uint8Array(4096).fill(5))
+      await assert.rejects(exec('dd', ['if=/dev/zero', `of=${join(snap, 'data')}`, 'bs=4096', 'count=1', 'conv=notrunc', 'status=none']), /Read-only file system|Permission denied/)
+      assert.deepEqual(await g.readBlock({ volume: 'disk', snapshot: 'snap' }, 0), new Uint8Array(4096).fill(5))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('passes an fio verify workload (crc32c) on data', { skip: toolMissing('fio') }, async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 's3'), mount: 'fuse' })
+    const mnt = join(root, 'm3')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'fio', sizeBytes: '32M' }), mnt)
+      const { stdout } = await exec('fio', ['--name=verify', `--filename=${join(mnt, 'data')}`, '--rw=randwrite', '--bs=4k', '--size=16M', '--ioengine=psync',
+        '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--iodepth=1', '--numjobs=1', '--output-format=json'], { maxBuffer: 16 << 20 })
+      const report = JSON.parse(stdout.slice(stdout.indexOf('{')))
+      assert.equal(report.jobs[0].error, 0)
+      assert.ok(report.jobs[0].write.io_bytes >= 16 << 20)
+      assert.ok(report.jobs[0].read.io_bytes >= 16 << 20, 'the verify pass read everything back')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('clears a stale mount left by a process killed with SIGKILL when mounting there again', async () => {
+    const storage = join(root, 's4')
+    const mnt = join(root, 'm4')
+    const child = spawn(process.execPath, ['--import', 'tsx', '-e', `
+      const { GalleonFS } = await import(${JSON.stringify(join(ROOT, 'src/index.ts'))})
+      const g = await GalleonFS.open({ storagePath: ${JSON.stringify(storage)}, mount: 'fuse' })
+      const vol = await g.createVolume({ name: 'v', sizeBytes: '1M' })
+      await g.write(vol, 0, new Uint8Array(4096).fill(8), 'WriteDurable')
+      await g.mounts.mountVolume(vol, ${JSON.stringify(mnt)})
+      console.log('mounted')
+      setInterval(() => {}, 1000)
+    `], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => { if (chunk.toString().includes('mounted')) resolve() })
+      child.once('exit', (code) => reject(new Error(`child exited with ${code} before mounting`)))
+    })
+    child.kill('SIGKILL')
+    await new Promise((resolve) => child.once('exit', resolve))
+    await assert.rejects(stat(join(mnt, 'data')), /ENOTCONN|not connected/)
+    const g = await GalleonFS.open({ storagePath: storage, mount: 'fuse' })
+    try {
+      await g.mounts.mountVolume('v', mnt)
+      const block = await exec('dd', [`if=${join(mnt, 'data')}`, 'bs=4096', 'count=1', 'status=none'], { encoding: 'buffer' })
+      assert.deepEqual(new Uint8Array(block.stdout), new Uint8Array(4096).fill(8))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('FUSE driver without FUSE', () => {
+  it('importing galleonfs never loads fuse-native; a bad mount option is refused clearly', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      assert.equal(g.mounts.driver, 'virtual')
+    } finally {
+      await g.close()
+    }
+    await assert.rejects(GalleonFS.open({ inMemory: true, mount: 'nfs' as never }), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /virtual/.test(err.message))
+  })
+})
