@@ -1,0 +1,330 @@
+// The NBD export against real clients nobody here wrote (nbdinfo, nbdcopy, qemu-img, fio's nbd
+// engine), plus raw-socket checks of the protocol's corners: options, pipelining, trims, read-only
+// exports, and malformed or truncated frames that must end only their own connection.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { AccessMode, GalleonFS } from '../src/index.js'
+import { NbdServer } from '../backends/nbd/index.js'
+
+const exec = promisify(execFile)
+const missing = (tool: string): string | undefined => ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed (see .ci/run)`
+for (const tool of ['nbdinfo', 'nbdcopy', 'qemu-img', 'fio']) {
+  const why = missing(tool)
+  if (why !== undefined) process.stdout.write(`# SKIP some NBD tests: ${why}\n`)
+}
+
+let root: string
+let g: GalleonFS
+let server: NbdServer
+let uri: string
+let image: Uint8Array
+const MiB = 1 << 20
+
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'galleon-nbd-'))
+  g = await GalleonFS.open({ storagePath: join(root, 'storage') })
+  await g.createVolume({ name: 'disk', sizeBytes: '32M' })
+  image = new Uint8Array(randomBytes(32 * MiB))
+  await g.write('disk', 0, image)
+  await g.createSnapshot('disk', 'snap')
+  await g.createVolume({ name: 'scratch', sizeBytes: '8M' })
+  await g.createVolume({ name: 'shelf', sizeBytes: '1M', accessModes: [AccessMode.ReadOnlyMany] })
+  server = await NbdServer.listen(g, { port: 0 })
+  uri = `nbd://127.0.0.1:${server.port}`
+})
+after(async () => {
+  await server?.close()
+  await g?.close()
+  await rm(root, { recursive: true, force: true })
+})
+
+/** A minimal NBD client for the protocol's corners (the real clients cover the common paths). */
+class RawClient {
+  readonly socket: Socket
+  #data = Buffer.alloc(0)
+  #waiters: Array<() => void> = []
+  closed = false
+
+  private constructor (socket: Socket) {
+    this.socket = socket
+    socket.on('data', (chunk: Buffer) => { this.#data = Buffer.concat([this.#data, chunk]); this.#wake() })
+    socket.on('close', () => { this.closed = true; this.#wake() })
+    socket.on('error', () => {})
+  }
+
+  static async connect (port: number): Promise<RawClient> {
+    const socket = connect(port, '127.0.0.1')
+    await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject) })
+    return new RawClient(socket)
+  }
+
+  #wake (): void { for (const wake of this.#waiters.splice(0)) wake() }
+
+  async read (n: number, timeoutMs = 5000): Promise<Buffer | undefined> {
+    const deadline = Date.now() + timeoutMs
+    while (this.#data.byteLength < n) {
+      if (this.closed || Date.now() > deadline) return undefined
+      await new Promise<void>((resolve) => { this.#waiters.push(resolve); setTimeout(resolve, 50) })
+    }
+    const out = this.#data.subarray(0, n)
+    this.#data = this.#data.subarray(n)
+    return out
+  }
+
+  /** Waits until the server closes the connection (true) or the timeout passes (false). */
+  async closedByServer (timeoutMs = 3000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs
+    while (!this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+    return this.closed
+  }
+
+  /** Handshake up to option haggling; returns the server's handshake flags. */
+  async hello (clientFlags = 3): Promise<number> {
+    const greeting = await this.read(18)
+    assert.ok(greeting !== undefined)
+    assert.equal(greeting.readBigUInt64BE(0), 0x4e42444d41474943n)
+    assert.equal(greeting.readBigUInt64BE(8), 0x49484156454f5054n)
+    const flags = Buffer.alloc(4)
+    flags.writeUInt32BE(clientFlags)
+    this.socket.write(flags)
+    return greeting.readUInt16BE(16)
+  }
+
+  option (option: number, data: Buffer = Buffer.alloc(0)): void {
+    const head = Buffer.alloc(16)
+    head.writeBigUInt64BE(0x49484156454f5054n, 0)
+    head.writeUInt32BE(option, 8)
+    head.writeUInt32BE(data.byteLength, 12)
+    this.socket.write(Buffer.concat([head, data]))
+  }
+
+  async optionReply (): Promise<{ option: number, type: number, data: Buffer }> {
+    const head = await this.read(20)
+    assert.ok(head !== undefined, 'an option reply')
+    assert.equal(head.readBigUInt64BE(0), 0x3e889045565a9n)
+    const data = await this.read(head.readUInt32BE(16)) as Buffer
+    return { option: head.readUInt32BE(8), type: head.readUInt32BE(12), data }
+  }
+
+  /** NBD_OPT_GO to `name`; resolves to the export size and transmission flags. */
+  async go (name: string): Promise<{ size: number, flags: number }> {
+    const nameBytes = Buffer.from(name)
+    const data = Buffer.alloc(4 + nameBytes.byteLength + 2)
+    data.writeUInt32BE(nameBytes.byteLength, 0)
+    nameBytes.copy(data, 4)
+    this.option(7, data)
+    let size = -1
+    let flags = -1
+    while (true) {
+      const reply = await this.optionReply()
+      if (reply.type === 3 && reply.data.readUInt16BE(0) === 0) {
+        size = Number(reply.data.readBigUInt64BE(2))
+        flags = reply.data.readUInt16BE(10)
+      }
+      if (reply.type === 1) return { size, flags }
+      if (reply.type >= 0x80000000) throw new Error(`GO refused: ${reply.type.toString(16)} ${reply.data.toString()}`)
+    }
+  }
+
+  request (type: number, handle: number, offset: number, length: number, flags = 0, data?: Uint8Array): void {
+    const head = Buffer.alloc(28)
+    head.writeUInt32BE(0x25609513, 0)
+    head.writeUInt16BE(flags, 4)
+    head.writeUInt16BE(type, 6)
+    head.writeBigUInt64BE(BigInt(handle), 8)
+    head.writeBigUInt64BE(BigInt(offset), 16)
+    head.writeUInt32BE(length, 24)
+    this.socket.write(data === undefined ? head : Buffer.concat([head, data]))
+  }
+
+  /** A simple reply; for reads pass the expected data length. */
+  async reply (dataLength = 0): Promise<{ error: number, handle: number, data: Buffer }> {
+    const head = await this.read(16)
+    assert.ok(head !== undefined, 'a reply')
+    assert.equal(head.readUInt32BE(0), 0x67446698)
+    const error = head.readUInt32BE(4)
+    const data = error === 0 && dataLength > 0 ? await this.read(dataLength) as Buffer : Buffer.alloc(0)
+    return { error, handle: Number(head.readBigUInt64BE(8)), data }
+  }
+}
+
+describe('NBD export with real clients', () => {
+  it('nbdinfo shows exports, sizes and read-only snapshots', { skip: missing('nbdinfo') }, async () => {
+    const info = (await exec('nbdinfo', ['--json', `${uri}/disk`])).stdout
+    const parsed = JSON.parse(info)
+    assert.equal(parsed.exports[0]['export-size'], 32 * MiB)
+    assert.equal(parsed.exports[0]['is_read_only'], false)
+    assert.equal(parsed.exports[0]['block_size_preferred'], 4096)
+    const snap = JSON.parse((await exec('nbdinfo', ['--json', `${uri}/disk@snap`])).stdout)
+    assert.equal(snap.exports[0]['is_read_only'], true)
+    const list = (await exec('nbdinfo', ['--list', '--json', uri])).stdout
+    assert.deepEqual(JSON.parse(list).exports.map((e: { 'export-name': string }) => e['export-name']).sort(), ['disk', 'scratch', 'shelf'])
+    await assert.rejects(exec('nbdinfo', [`${uri}/nope`]))
+  })
+
+  it('qemu-img convert copies a volume out and in byte-exact', { skip: missing('qemu-img') }, async () => {
+    const out = join(root, 'out.raw')
+    await exec('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', `${uri}/disk`, out])
+    assert.deepEqual(new Uint8Array(await readFile(out)), image)
+    const input = join(root, 'in.raw')
+    const other = new Uint8Array(randomBytes(8 * MiB))
+    await writeFile(input, other)
+    await exec('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', input, `${uri}/scratch`])
+    assert.deepEqual(await g.read('scratch', 0, 8 * MiB), other)
+    // A snapshot export refuses writes.
+    await assert.rejects(exec('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', input, `${uri}/disk@snap`]))
+    assert.deepEqual(await g.read({ volume: 'disk', snapshot: 'snap' }, 0, 8 * MiB), image.subarray(0, 8 * MiB))
+  })
+
+  it('nbdcopy round trip through a file', { skip: missing('nbdcopy') }, async () => {
+    const file = join(root, 'copy.raw')
+    await exec('nbdcopy', [`${uri}/disk@snap`, file])
+    assert.deepEqual(new Uint8Array(await readFile(file)), image)
+    const back = new Uint8Array(randomBytes(8 * MiB))
+    await writeFile(file, back)
+    await exec('nbdcopy', [file, `${uri}/scratch`])
+    assert.deepEqual(await g.read('scratch', 0, 8 * MiB), back)
+  })
+
+  it('fio --ioengine=nbd with crc32c verification passes, also with several clients at once', { skip: missing('fio') }, async () => {
+    const run = async (name: string, offset: string): Promise<void> => {
+      const { stdout } = await exec('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${uri}/scratch`, '--rw=randwrite', '--bs=4k', `--offset=${offset}`, '--size=4M',
+        '--iodepth=16', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--output-format=json'], { maxBuffer: 16 << 20 })
+      const report = JSON.parse(stdout.slice(stdout.indexOf('{')))
+      assert.equal(report.jobs[0].error, 0)
+      assert.ok(report.jobs[0].read.io_bytes >= 4 * MiB, 'verified everything it wrote')
+    }
+    await Promise.all([run('a', '0'), run('b', '4M')])
+  })
+})
+
+describe('NBD protocol corners (raw socket)', () => {
+  it('answers LIST, INFO for an unknown export, unsupported options, then GO; ABORT ends the session', async () => {
+    const client = await RawClient.connect(server.port)
+    const flags = await client.hello()
+    assert.equal(flags & 3, 3) // fixed newstyle, no zeroes
+    client.option(3)
+    const names: string[] = []
+    while (true) {
+      const reply = await client.optionReply()
+      if (reply.type === 1) break
+      assert.equal(reply.type, 2)
+      names.push(reply.data.subarray(4, 4 + reply.data.readUInt32BE(0)).toString())
+    }
+    assert.deepEqual(names.sort(), ['disk', 'scratch', 'shelf'])
+    client.option(1234)
+    assert.equal((await client.optionReply()).type, 0x80000001) // ERR_UNSUP
+    client.option(5) // STARTTLS
+    assert.equal((await client.optionReply()).type, 0x80000001)
+    const unknown = Buffer.alloc(4 + 4 + 2)
+    unknown.writeUInt32BE(4, 0)
+    unknown.write('nope', 4)
+    client.option(6, unknown)
+    assert.equal((await client.optionReply()).type, 0x80000006) // ERR_UNKNOWN
+    client.option(6, Buffer.from([0, 0, 0, 50, 1])) // name length past the end
+    assert.equal((await client.optionReply()).type, 0x80000003) // ERR_INVALID
+    client.option(2)
+    assert.equal((await client.optionReply()).type, 1)
+    assert.equal(await client.closedByServer(), true)
+  })
+
+  it('serves pipelined requests, trims and zeroes, refuses writes to read-only exports with EPERM and past the end with ENOSPC', async () => {
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    const { size, flags } = await client.go('scratch')
+    assert.equal(size, 8 * MiB)
+    assert.ok((flags & (1 << 5)) !== 0 && (flags & (1 << 6)) !== 0, 'trim and write zeroes advertised')
+    const block = new Uint8Array(randomBytes(8192))
+    client.request(1, 1, 4096, 8192, 0, block)
+    client.request(1, 2, 65536, 8192, 1, block) // FUA
+    client.request(3, 3, 0, 0)
+    const acks = [await client.reply(), await client.reply(), await client.reply()]
+    assert.deepEqual(acks.map((r) => r.error), [0, 0, 0])
+    assert.deepEqual(acks.map((r) => r.handle).sort(), [1, 2, 3])
+    client.request(0, 4, 4096, 8192)
+    const read = await client.reply(8192)
+    assert.equal(read.handle, 4)
+    assert.deepEqual(new Uint8Array(read.data), block)
+    client.request(4, 5, 4096, 4096) // TRIM the first block of the write
+    assert.equal((await client.reply()).error, 0)
+    client.request(6, 6, 65536 + 100, 200) // WRITE_ZEROES, unaligned
+    assert.equal((await client.reply()).error, 0)
+    client.request(6, 7, 65536 + 4096, 4096, 2) // WRITE_ZEROES with NO_HOLE
+    assert.equal((await client.reply()).error, 0)
+    assert.deepEqual(await g.read('scratch', 4096, 4096), new Uint8Array(4096))
+    assert.deepEqual(await g.read('scratch', 8192, 4096), block.subarray(4096))
+    const zeroed = Uint8Array.from(block)
+    zeroed.fill(0, 100, 300)
+    zeroed.fill(0, 4096)
+    assert.deepEqual(await g.read('scratch', 65536, 8192), zeroed)
+    client.request(1, 8, 8 * MiB - 4096, 8192, 0, new Uint8Array(8192))
+    assert.equal((await client.reply()).error, 28) // ENOSPC
+    client.request(0, 9, 8 * MiB, 4096)
+    assert.equal((await client.reply()).error, 22) // EINVAL
+    client.request(2, 10, 0, 0) // DISC
+    assert.equal(await client.closedByServer(), true)
+
+    const ro = await RawClient.connect(server.port)
+    await ro.hello()
+    const snap = await ro.go('disk@snap')
+    assert.ok((snap.flags & 2) !== 0, 'read-only flag')
+    ro.request(1, 1, 0, 4096, 0, new Uint8Array(4096))
+    assert.equal((await ro.reply()).error, 1) // EPERM
+    ro.request(4, 2, 0, 4096)
+    assert.equal((await ro.reply()).error, 1)
+    ro.socket.destroy()
+    const shelf = await RawClient.connect(server.port)
+    await shelf.hello()
+    assert.ok(((await shelf.go('shelf')).flags & 2) !== 0, 'a ReadOnlyMany volume is exported read-only')
+    shelf.socket.destroy()
+  })
+
+  it('malformed and truncated frames end only their own connection; the server and other clients carry on', async () => {
+    const healthy = await RawClient.connect(server.port)
+    await healthy.hello()
+    await healthy.go('disk')
+    const attacks: Array<(client: RawClient) => Promise<void>> = [
+      async (c) => { await c.read(18); c.socket.write(Buffer.from([0xff, 0xff, 0xff, 0xff])) }, // unknown client flags
+      async (c) => { await c.hello(); c.socket.write(Buffer.alloc(16, 0x41)) }, // bad option magic
+      async (c) => { await c.hello(); const h = Buffer.alloc(16); h.writeBigUInt64BE(0x49484156454f5054n); h.writeUInt32BE(7, 8); h.writeUInt32BE(0x7fffffff, 12); c.socket.write(h) }, // huge option
+      async (c) => { await c.hello(); c.option(7, Buffer.from([0, 0])) }, // GO too short
+      async (c) => { await c.hello(); await c.go('disk'); c.socket.write(Buffer.alloc(28, 0x42)) }, // bad request magic
+      async (c) => { await c.hello(); await c.go('disk'); c.request(1, 1, 0, 0x7fffffff) }, // write longer than allowed
+      async (c) => { await c.hello(); await c.go('disk'); c.socket.write(Buffer.from([0x25, 0x60, 0x95])); c.socket.end() }, // truncated request
+      async (c) => { await c.hello(); await c.go('disk'); c.request(1, 1, 0, 4096, 0, new Uint8Array(100)); c.socket.end() }, // truncated payload
+      async (c) => { c.socket.write(randomBytes(5000)) }, // noise
+      async (c) => { await c.hello(); await c.go('disk'); c.request(99, 1, 0, 0) } // unknown command: an error reply, the connection stays
+    ]
+    for (const attack of attacks) {
+      const client = await RawClient.connect(server.port)
+      await attack(client)
+      await client.closedByServer(300)
+      client.socket.destroy()
+    }
+    // The healthy client still reads correct data, and new clients connect.
+    healthy.request(0, 77, 5 * MiB, 4096)
+    const reply = await healthy.reply(4096)
+    assert.equal(reply.error, 0)
+    assert.deepEqual(new Uint8Array(reply.data), image.subarray(5 * MiB, 5 * MiB + 4096))
+    const fresh = await RawClient.connect(server.port)
+    await fresh.hello()
+    assert.equal((await fresh.go('disk')).size, 32 * MiB)
+    fresh.socket.destroy()
+    healthy.socket.destroy()
+  })
+
+  it('listen validates its options and reports a taken port', async () => {
+    await assert.rejects(NbdServer.listen(g, { port: -1 }), { code: 'INVALID_ARGUMENT' })
+    await assert.rejects(NbdServer.listen(null as never), { code: 'INVALID_ARGUMENT' })
+    await assert.rejects(NbdServer.listen(g, { port: server.port }), { code: 'BUSY' })
+  })
+})
