@@ -162,6 +162,8 @@ export interface MountedVolume {
   readonly id: string
   readonly path: string
   readonly readOnly: boolean
+  /** Every write is WriteDurable: the driver must not acknowledge a write before it is stored. */
+  readonly sync: boolean
   /** Mount options besides ro/rw/sync (from the storage class and the call), for the driver to apply. */
   readonly options: readonly string[]
   /** The volume's bytes, as the `data` file. */

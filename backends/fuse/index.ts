@@ -12,6 +12,12 @@
 // minus one, or raise it. Never use the *Sync fs calls on a mount from the process serving it: the
 // event loop would wait for itself.
 //
+// Writes are acknowledged to the kernel once accepted, like a page cache: they reach the volume in
+// the background (at most 16 MiB pending per mount), a read waits for pending writes it overlaps,
+// fsync waits for all of them and makes them durable, and a write that failed in the background is
+// reported by the next fsync or close (EIO). With the `sync` mount option every write is durable
+// before it is acknowledged.
+//
 // Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
 // `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
 // the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes).
@@ -24,6 +30,54 @@ import { GalleonError } from '../../src/errors.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 
 const run = promisify(execFile)
+/** Bytes of accepted writes a mount may have on their way to the volume. */
+const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
+
+/**
+ * Writes accepted before they are stored: overlapping writes are issued in order, reads wait for
+ * the writes they overlap, and a failure is kept for the next drain().
+ */
+class WriteBehind {
+  readonly #pending = new Set<{ start: number, end: number, done: Promise<void> }>()
+  #bytes = 0
+  #failure: unknown
+
+  /** Accepts a write (waiting only when too much is pending); `store` does the real write. */
+  async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
+    while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
+    const before = this.#overlapping(start, start + data.byteLength)
+    const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
+    entry.done = (async () => {
+      if (before.length > 0) await Promise.all(before)
+      await store(start, data)
+    })().catch((err: unknown) => { this.#failure ??= err }).finally(() => {
+      this.#pending.delete(entry)
+      this.#bytes -= data.byteLength
+    })
+    this.#pending.add(entry)
+    this.#bytes += data.byteLength
+  }
+
+  /** Waits for the pending writes that overlap [start, end). */
+  async settle (start: number, end: number): Promise<void> {
+    const waits = this.#overlapping(start, end)
+    if (waits.length > 0) await Promise.all(waits)
+  }
+
+  /** Waits for every pending write; throws (once) what failed in the background. */
+  async drain (): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
+    const failure = this.#failure
+    this.#failure = undefined
+    if (failure !== undefined) throw failure
+  }
+
+  #overlapping (start: number, end: number): Array<Promise<void>> {
+    const out: Array<Promise<void>> = []
+    for (const entry of this.#pending) if (entry.start < end && start < entry.end) out.push(entry.done)
+    return out
+  }
+}
 const MAX_WRITE = 128 * 1024
 const FILES = ['data', 'README.txt', '.galleonfs_metadata'] as const
 
@@ -76,6 +130,7 @@ export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
   readonly #Fuse: FuseClass
   readonly #mounts = new Map<string, FuseInstance>()
+  readonly #writes = new Map<string, WriteBehind>()
 
   private constructor (Fuse: FuseClass) {
     this.#Fuse = Fuse
@@ -94,7 +149,8 @@ export class FuseMountDriver implements MountDriver {
     })
     const info = await stat(path)
     if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
-    const fuse = new this.#Fuse(path, this.#ops(volume), { force: true, mkdir: true, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
+    const writes = new WriteBehind()
+    const fuse = new this.#Fuse(path, this.#ops(volume, writes), { force: true, mkdir: true, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
     // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
     const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
     ;(fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => {
@@ -106,15 +162,19 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
     this.#mounts.set(path, fuse)
+    this.#writes.set(path, writes)
   }
 
   async unmount (path: string): Promise<void> {
     const fuse = this.#mounts.get(path)
     if (fuse === undefined) return
+    // What was acknowledged reaches the volume before the mount goes.
+    await this.#writes.get(path)?.drain().catch(() => {})
     await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
     this.#mounts.delete(path)
+    this.#writes.delete(path)
   }
 
   async close (): Promise<void> {
@@ -134,7 +194,7 @@ export class FuseMountDriver implements MountDriver {
     }
   }
 
-  #ops (volume: MountedVolume): Record<string, unknown> {
+  #ops (volume: MountedVolume, writes: WriteBehind): Record<string, unknown> {
     const Fuse = this.#Fuse
     const uid = process.getuid?.() ?? 0
     const gid = process.getgid?.() ?? 0
@@ -177,7 +237,7 @@ export class FuseMountDriver implements MountDriver {
         }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
         if (n === 0) { cb(0); return }
-        volume.data.read(pos, n).then((bytes) => {
+        writes.settle(pos, pos + n).then(async () => await volume.data.read(pos, n)).then((bytes) => {
           buf.set(bytes, 0)
           cb(n)
         }, (err) => fail(cb, err))
@@ -189,15 +249,25 @@ export class FuseMountDriver implements MountDriver {
         if (room <= 0) { cb(Fuse.ENOSPC); return }
         const n = Math.min(len, room)
         // The kernel's buffer is reused once we answer: copy what we keep.
-        volume.data.write(pos, Uint8Array.from(buf.subarray(0, n))).then(() => cb(n), (err) => fail(cb, err))
+        const data = Uint8Array.from(buf.subarray(0, n))
+        if (volume.sync) {
+          volume.data.write(pos, data).then(() => cb(n), (err) => fail(cb, err))
+          return
+        }
+        writes.accept(pos, data, volume.data.write).then(() => cb(n), (err) => fail(cb, err))
       },
       truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
       ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
       fsync: (path: string, _fd: number, _datasync: boolean, cb: Callback) => {
         if (path !== '/data' || volume.readOnly) { cb(0); return }
-        volume.data.flush().then(() => cb(0), (err) => fail(cb, err))
+        writes.drain().then(async () => { await volume.data.flush() }).then(() => cb(0), (err) => fail(cb, err))
       },
-      flush: (_path: string, _fd: number, cb: Callback) => { cb(0) },
+      // close(2): what was written is in the volume (not yet durable: that is fsync's job), and a
+      // background failure is reported here.
+      flush: (path: string, _fd: number, cb: Callback) => {
+        if (path !== '/data' || volume.readOnly) { cb(0); return }
+        writes.drain().then(() => cb(0), (err) => fail(cb, err))
+      },
       statfs: (_path: string, cb: Callback) => {
         const blocks = Math.ceil(volume.data.size() / 4096)
         cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })

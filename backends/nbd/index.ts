@@ -371,7 +371,18 @@ export class NbdServer {
       if (inFlight < MAX_IN_FLIGHT) reader.resume()
       if (inFlight === 0) drained?.()
     }
-    const send = (buffers: Buffer[]): void => { if (!socket.destroyed) socket.write(buffers.length === 1 ? buffers[0] as Buffer : Buffer.concat(buffers)) }
+    // Replies finished in the same turn of the event loop go out in one writev (cork), and a
+    // reply's header and data are written as they are, without copying them together.
+    let corked = false
+    const send = (buffers: Buffer[]): void => {
+      if (socket.destroyed) return
+      if (!corked) {
+        corked = true
+        socket.cork()
+        setImmediate(() => { corked = false; socket.uncork() })
+      }
+      for (const buffer of buffers) if (buffer.byteLength > 0) socket.write(buffer)
+    }
     const simple = (handle: Buffer, error: number, data?: Uint8Array): void => {
       const head = Buffer.alloc(16)
       head.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)

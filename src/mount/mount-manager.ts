@@ -156,6 +156,7 @@ export class MountManager {
         id: mount.id,
         path: where,
         readOnly,
+        sync,
         options: driverOptions,
         data: {
           size: target.size,
