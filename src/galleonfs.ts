@@ -969,6 +969,31 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * snapshot `to` (default: the live volume). Work is proportional to the blocks that changed, not
    * to the volume's size. Without `from`, every block the `to` view holds data in (a full listing).
    */
+  /**
+   * Which parts of a byte range of a volume (or snapshot) hold data and which read as zeros without
+   * storing anything (never written, or trimmed), as extents in order, rounded out to whole blocks
+   * and clipped to the range. What NBD block status and sparse copies are built on.
+   */
+  async getAllocation (source: ReadSource, offset: number, length: number): Promise<Array<{ offset: number, length: number, allocated: boolean }>> {
+    this.#assertOpen()
+    const denied = this.#refCheck('getAllocation', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+    if (denied !== undefined) await denied
+    const { record, snapshot } = this.#readSource(source)
+    const size = snapshot?.sizeBytes ?? record.sizeBytes
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `offset and length must be non-negative integers, got ${describe(offset)} and ${describe(length)}`)
+    }
+    if (offset + length > size) throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end (${size} bytes)`)
+    if (length === 0) return []
+    const blockSize = this.#engine.blockSize
+    const runs = this.#engine.allocationRuns(this.#ioVolume(record), Math.floor(offset / blockSize), Math.floor((offset + length - 1) / blockSize), snapshot?.gen ?? LIVE)
+    return runs.map(([first, count, allocated]) => {
+      const start = Math.max(offset, first * blockSize)
+      const end = Math.min(offset + length, (first + count) * blockSize)
+      return { offset: start, length: end - start, allocated }
+    })
+  }
+
   async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
     this.#assertOpen()
     const { object, label } = this.#refObject(vol)

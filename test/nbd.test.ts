@@ -38,6 +38,9 @@ before(async () => {
   await g.createSnapshot('disk', 'snap')
   await g.createVolume({ name: 'scratch', sizeBytes: '8M' })
   await g.createVolume({ name: 'shelf', sizeBytes: '1M', accessModes: [AccessMode.ReadOnlyMany] })
+  await g.createVolume({ name: 'sparse', sizeBytes: '16M' })
+  await g.write('sparse', 4 * MiB, new Uint8Array(MiB).fill(1))
+  await g.write('sparse', 10 * MiB + 100, new Uint8Array(10).fill(1))
   server = await NbdServer.listen(g, { port: 0 })
   uri = `nbd://127.0.0.1:${server.port}`
 })
@@ -167,7 +170,7 @@ describe('NBD export with real clients', () => {
     const snap = JSON.parse((await exec('nbdinfo', ['--json', `${uri}/disk@snap`])).stdout)
     assert.equal(snap.exports[0]['is_read_only'], true)
     const list = (await exec('nbdinfo', ['--list', '--json', uri])).stdout
-    assert.deepEqual(JSON.parse(list).exports.map((e: { 'export-name': string }) => e['export-name']).sort(), ['disk', 'scratch', 'shelf'])
+    assert.deepEqual(JSON.parse(list).exports.map((e: { 'export-name': string }) => e['export-name']).sort(), ['disk', 'scratch', 'shelf', 'sparse'])
     await assert.rejects(exec('nbdinfo', [`${uri}/nope`]))
   })
 
@@ -195,6 +198,21 @@ describe('NBD export with real clients', () => {
     assert.deepEqual(await g.read('scratch', 0, 8 * MiB), back)
   })
 
+  it('reports which blocks hold data (base:allocation): nbdinfo --map and qemu-img map see the holes', { skip: missing('nbdinfo') ?? missing('qemu-img') }, async () => {
+    const map = (await exec('nbdinfo', ['--map', `${uri}/sparse`])).stdout.trim().split('\n').map((line) => line.trim().split(/\s+/).slice(0, 3).map(Number))
+    assert.deepEqual(map, [[0, 4 * MiB, 3], [4 * MiB, MiB, 0], [5 * MiB, 5 * MiB, 3], [10 * MiB, 4096, 0], [10 * MiB + 4096, 6 * MiB - 4096, 3]])
+    const extents = JSON.parse((await exec('qemu-img', ['map', '--output=json', '-f', 'raw', `${uri}/sparse`])).stdout) as Array<{ start: number, length: number, data: boolean }>
+    assert.deepEqual(extents.filter((e) => e.data).map((e) => [e.start, e.length]), [[4 * MiB, MiB], [10 * MiB, 4096]])
+    assert.deepEqual(await g.getAllocation('sparse', 4 * MiB - 100, 200), [{ offset: 4 * MiB - 100, length: 100, allocated: false }, { offset: 4 * MiB, length: 100, allocated: true }])
+    await assert.rejects(g.getAllocation('sparse', 16 * MiB, 1), { code: 'OUT_OF_RANGE' })
+    // A sparse copy: nbdcopy reads only the data.
+    const out = join(root, 'sparse.raw')
+    await exec('nbdcopy', [`${uri}/sparse`, out])
+    const copied = new Uint8Array(await readFile(out))
+    assert.deepEqual(copied.subarray(4 * MiB, 5 * MiB), new Uint8Array(MiB).fill(1))
+    assert.equal(copied.subarray(0, 4 * MiB).some((b) => b !== 0), false)
+  })
+
   it('fio --ioengine=nbd with crc32c verification passes, also with several clients at once', { skip: missing('fio') }, async () => {
     const run = async (name: string, offset: string): Promise<void> => {
       const { stdout } = await exec('fio', [`--name=${name}`, '--ioengine=nbd', `--uri=${uri}/scratch`, '--rw=randwrite', '--bs=4k', `--offset=${offset}`, '--size=4M',
@@ -220,7 +238,7 @@ describe('NBD protocol corners (raw socket)', () => {
       assert.equal(reply.type, 2)
       names.push(reply.data.subarray(4, 4 + reply.data.readUInt32BE(0)).toString())
     }
-    assert.deepEqual(names.sort(), ['disk', 'scratch', 'shelf'])
+    assert.deepEqual(names.sort(), ['disk', 'scratch', 'shelf', 'sparse'])
     client.option(1234)
     assert.equal((await client.optionReply()).type, 0x80000001) // ERR_UNSUP
     client.option(5) // STARTTLS
@@ -270,6 +288,8 @@ describe('NBD protocol corners (raw socket)', () => {
     assert.equal((await client.reply()).error, 28) // ENOSPC
     client.request(0, 9, 8 * MiB, 4096)
     assert.equal((await client.reply()).error, 22) // EINVAL
+    client.request(7, 11, 0, 4096) // BLOCK_STATUS without base:allocation negotiated
+    assert.equal((await client.reply()).error, 22)
     client.request(2, 10, 0, 0) // DISC
     assert.equal(await client.closedByServer(), true)
 

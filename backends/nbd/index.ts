@@ -7,9 +7,10 @@
 //
 // Export names: a volume's name (or `namespace/name`, or its id); `<volume>@<snapshot>` exports a
 // snapshot read-only. Handshake: fixed newstyle only, with NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
-// NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_ABORT and NBD_OPT_STRUCTURED_REPLY; any other option is
-// answered NBD_REP_ERR_UNSUP. Transmission: READ, WRITE (FUA: WriteDurable), FLUSH, TRIM,
-// WRITE_ZEROES (NO_HOLE writes real zeros), DISC; requests are pipelined (up to 64 in flight per
+// NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY and the meta context options
+// for base:allocation; any other option is answered NBD_REP_ERR_UNSUP. Transmission: READ, WRITE
+// (FUA: WriteDurable), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE writes real zeros), BLOCK_STATUS (which
+// blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64 in flight per
 // connection) and answered as they complete; many clients at once. The server has no
 // authentication (NBD has none without TLS): it listens on loopback unless told otherwise; serve
 // `g.as(principal)` to limit what clients reach.
@@ -38,10 +39,13 @@ const OPT_LIST = 3
 const OPT_INFO = 6
 const OPT_GO = 7
 const OPT_STRUCTURED_REPLY = 8
+const OPT_LIST_META_CONTEXT = 9
+const OPT_SET_META_CONTEXT = 10
 
 const REP_ACK = 1
 const REP_SERVER = 2
 const REP_INFO = 3
+const REP_META_CONTEXT = 4
 const REP_ERR_UNSUP = 0x80000001
 const REP_ERR_POLICY = 0x80000002
 const REP_ERR_INVALID = 0x80000003
@@ -67,13 +71,23 @@ const CMD_DISC = 2
 const CMD_FLUSH = 3
 const CMD_TRIM = 4
 const CMD_WRITE_ZEROES = 6
+const CMD_BLOCK_STATUS = 7
 
 const CMD_FLAG_FUA = 1 << 0
 const CMD_FLAG_NO_HOLE = 1 << 1
+const CMD_FLAG_REQ_ONE = 1 << 3
 
 const REPLY_FLAG_DONE = 1
 const REPLY_TYPE_NONE = 0
 const REPLY_TYPE_OFFSET_DATA = 1
+const REPLY_TYPE_BLOCK_STATUS = 5
+/** The one metadata context served: base:allocation (hole = 1, zero = 2). */
+const BASE_ALLOCATION = 'base:allocation'
+const BASE_ALLOCATION_ID = 1
+const STATE_HOLE = 1
+const STATE_ZERO = 2
+/** Largest range one block status reply describes (the client asks again for the rest). */
+const MAX_STATUS_BYTES = 1024 * 1024 * 1024
 const REPLY_TYPE_ERROR = 0x8001
 
 const EPERM = 1
@@ -241,12 +255,13 @@ export class NbdServer {
     const noZeroes = (flags & FLAG_NO_ZEROES) !== 0
     const chosen = await this.#negotiate(socket, reader, noZeroes)
     if (chosen === undefined) return
-    await this.#transmit(socket, reader, chosen.export, chosen.structured)
+    await this.#transmit(socket, reader, chosen.export, chosen.structured, chosen.allocation)
   }
 
   /** Option haggling; resolves to the export to serve, or undefined when the client left. */
-  async #negotiate (socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, structured: boolean } | undefined> {
+  async #negotiate (socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, structured: boolean, allocation: boolean } | undefined> {
     let structured = false
+    let allocation = false
     while (true) {
       const header = await reader.read(16)
       if (header === undefined) return undefined
@@ -274,7 +289,7 @@ export class NbdServer {
           out.writeBigUInt64BE(BigInt(found.size), 0)
           out.writeUInt16BE(this.#transmissionFlags(found), 8)
           socket.write(out)
-          return { export: found, structured }
+          return { export: found, structured, allocation }
         }
         case OPT_ABORT:
           reply(REP_ACK)
@@ -332,7 +347,31 @@ export class NbdServer {
           sizes.writeUInt32BE(MAX_REQUEST_BYTES, 8)
           info(INFO_BLOCK_SIZE, sizes)
           reply(REP_ACK)
-          if (option === OPT_GO) return { export: found, structured }
+          if (option === OPT_GO) return { export: found, structured, allocation }
+          break
+        }
+        case OPT_LIST_META_CONTEXT:
+        case OPT_SET_META_CONTEXT: {
+          const queries = parseMetaContextOption(data)
+          if (queries === undefined) { error(REP_ERR_INVALID, 'malformed meta context option'); break }
+          if (option === OPT_SET_META_CONTEXT && !structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
+          try {
+            await this.#export(queries.exportName)
+          } catch (err) {
+            error(REP_ERR_UNKNOWN, (err as Error).message)
+            break
+          }
+          // base:allocation is the one context: listed for an empty query, "base:" or itself.
+          const wanted = (option === OPT_LIST_META_CONTEXT && queries.queries.length === 0) || queries.queries.some((q) => q === BASE_ALLOCATION || q === 'base:')
+          if (option === OPT_SET_META_CONTEXT) allocation = queries.queries.includes(BASE_ALLOCATION)
+          if (wanted && (option === OPT_LIST_META_CONTEXT || allocation)) {
+            const name = Buffer.from(BASE_ALLOCATION)
+            const body = Buffer.alloc(4 + name.byteLength)
+            body.writeUInt32BE(option === OPT_SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, 0)
+            name.copy(body, 4)
+            reply(REP_META_CONTEXT, body)
+          }
+          reply(REP_ACK)
           break
         }
         default:
@@ -363,7 +402,7 @@ export class NbdServer {
   }
 
   /** The transmission phase: requests read in order, served concurrently, answered as they finish. */
-  async #transmit (socket: Socket, reader: SocketReader, exp: Export, structured: boolean): Promise<void> {
+  async #transmit (socket: Socket, reader: SocketReader, exp: Export, structured: boolean, allocation: boolean): Promise<void> {
     let inFlight = 0
     let drained: (() => void) | undefined
     const done = (): void => {
@@ -427,6 +466,13 @@ export class NbdServer {
       }
       inFlight++
       if (inFlight >= MAX_IN_FLIGHT) reader.pause()
+      if (type === CMD_BLOCK_STATUS) {
+        void this.#blockStatus(exp, allocation && structured, flags, offset, length).then((result) => {
+          if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
+          chunk(handle, REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE, [result.body as Buffer])
+        }).finally(done)
+        continue
+      }
       void this.#request(exp, type, flags, offset, length, payload).then((result) => {
         if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
         if (type !== CMD_READ) {
@@ -492,9 +538,47 @@ export class NbdServer {
     }
   }
 
+  /** base:allocation extents of a range: allocated (0) or hole and zero (3). */
+  async #blockStatus (exp: Export, negotiated: boolean, flags: number, offset: number, length: number): Promise<{ error: number, message?: string, body?: Buffer }> {
+    if (!negotiated) return { error: EINVAL, message: 'block status needs structured replies and the base:allocation meta context' }
+    if (length === 0 || offset + length > exp.size) return { error: EINVAL, message: `range ${offset}+${length} is empty or past the end (${exp.size} bytes)` }
+    try {
+      const extents = await this.#g.getAllocation(exp.source, offset, Math.min(length, MAX_STATUS_BYTES))
+      const chosen = (flags & CMD_FLAG_REQ_ONE) !== 0 ? extents.slice(0, 1) : extents
+      const body = Buffer.alloc(4 + chosen.length * 8)
+      body.writeUInt32BE(BASE_ALLOCATION_ID, 0)
+      chosen.forEach((extent, i) => {
+        body.writeUInt32BE(extent.length, 4 + i * 8)
+        body.writeUInt32BE(extent.allocated ? 0 : STATE_HOLE | STATE_ZERO, 8 + i * 8)
+      })
+      return { error: 0, body }
+    } catch (err) {
+      return { error: EIO, message: (err as Error)?.message ?? String(err) }
+    }
+  }
+
   /** Trims in pieces (one trim call covers at most 256 MiB); the range reads as zeros afterwards. */
   async #trim (exp: Export, offset: number, length: number): Promise<void> {
     const piece = 128 * 1024 * 1024
     for (let at = 0; at < length; at += piece) await this.#g.trim(exp.volumeId, offset + at, Math.min(piece, length - at))
   }
+}
+
+/** The payload of NBD_OPT_LIST/SET_META_CONTEXT: export name and query strings (undefined if malformed). */
+function parseMetaContextOption (data: Buffer): { exportName: string, queries: string[] } | undefined {
+  if (data.byteLength < 8) return undefined
+  const nameLength = data.readUInt32BE(0)
+  if (4 + nameLength + 4 > data.byteLength) return undefined
+  const exportName = data.subarray(4, 4 + nameLength).toString('utf8')
+  const count = data.readUInt32BE(4 + nameLength)
+  const queries: string[] = []
+  let at = 8 + nameLength
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > data.byteLength) return undefined
+    const length = data.readUInt32BE(at)
+    if (at + 4 + length > data.byteLength) return undefined
+    queries.push(data.subarray(at + 4, at + 4 + length).toString('utf8'))
+    at += 4 + length
+  }
+  return at === data.byteLength ? { exportName, queries } : undefined
 }

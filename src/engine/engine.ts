@@ -522,6 +522,22 @@ export class BlockEngine {
   }
 
   /**
+   * Runs of blocks first..last of the view at `at` that hold data (own or a clone source's) or do
+   * not (they read as zeros), in order: [first block, count, allocated]. Work is proportional to
+   * the range.
+   */
+  allocationRuns (volume: VolumeBlocks, first: number, last: number, at: number = LIVE): Array<[number, number, boolean]> {
+    const runs: Array<[number, number, boolean]> = []
+    for (let index = first; index <= last; index++) {
+      const allocated = volume.map.locate(index, at) !== undefined
+      const run = runs[runs.length - 1]
+      if (run !== undefined && run[2] === allocated) run[1]++
+      else runs.push([index, 1, allocated])
+    }
+    return runs
+  }
+
+  /**
    * Reverts the live view to the snapshot at `view.gen`: every block changed since then gets a new
    * version with the snapshot's data (or is unmapped), so later snapshots stay intact. Work is
    * proportional to the blocks changed since the snapshot. New operations wait until it is done.
