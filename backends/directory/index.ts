@@ -9,10 +9,11 @@
 // Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
 
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rm, stat, unlink } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
+import { syncDirectory, writeFileAtomically } from '../../src/durable-files.js'
 
 /** Options of the directory backup target. */
 export interface DirectoryBackupTargetOptions {
@@ -209,18 +210,9 @@ export class DirectoryBackupTarget implements BackupTarget {
   async #atomicWrite (dir: string, name: string, data: Uint8Array, syncDir = true): Promise<void> {
     const temporary = join(dir, `.tmp-${name}-${randomBytes(6).toString('hex')}`)
     try {
-      const handle = await open(temporary, 'w', 0o644)
-      try {
-        await handle.writeFile(data)
-        await handle.datasync()
-      } finally {
-        await handle.close()
-      }
-      await rename(temporary, join(dir, name))
-      if (syncDir) await syncDirectory(dir)
-      else this.#dirtyDirs.add(dir)
+      await writeFileAtomically(join(dir, name), data, { temporary, syncDir })
+      if (!syncDir) this.#dirtyDirs.add(dir)
     } catch (err) {
-      await rm(temporary, { force: true }).catch(() => {})
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'ENOSPC' || code === 'EDQUOT') throw new GalleonError('NO_SPACE', `the backup target ${this.location} is full; free space there or delete old backups`, { cause: err })
       throw ioError(`could not write ${name} to ${dir}`, err)
@@ -235,11 +227,6 @@ export class DirectoryBackupTarget implements BackupTarget {
       if (info !== undefined && now - info.mtimeMs > TEMPORARY_MAX_AGE_MS) await rm(join(dir, name), { force: true }).catch(() => {})
     }
   }
-}
-
-async function syncDirectory (dir: string): Promise<void> {
-  const directory = await open(dir, 'r')
-  try { await directory.sync() } finally { await directory.close() }
 }
 
 function assertData (data: unknown): asserts data is Uint8Array {

@@ -1,9 +1,10 @@
 // The clean-shutdown marker of the file block store: a small file that close() writes after its final
 // sync, naming the active segment and its size, so that open() knows damage there is no torn write.
 
-import { open, readFile, rename, unlink } from 'node:fs/promises'
+import { readFile, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { crc32 } from '../../src/checksum.js'
+import { writeFileAtomically } from '../../src/durable-files.js'
 import { isCode, syncDirectory } from './segment.js'
 
 /** File name of the marker in the store directory. */
@@ -36,17 +37,7 @@ export async function writeCleanMarker (directory: string, marker: CleanMarker):
   bytes.writeUInt32LE(Math.floor(marker.size / TWO_POW_32), 24)
   bytes.writeUInt32LE(marker.size >>> 0, 28)
   bytes.writeUInt32LE(crc32(bytes.subarray(12)), 8)
-  const temporary = join(directory, CLEAN_MARKER_TEMPORARY_NAME)
-  const handle = await open(temporary, 'w')
-  try {
-    let done = 0
-    while (done < bytes.byteLength) done += (await handle.write(bytes, done, bytes.byteLength - done, done)).bytesWritten
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  await rename(temporary, join(directory, CLEAN_MARKER_NAME))
-  await syncDirectory(directory)
+  await writeFileAtomically(join(directory, CLEAN_MARKER_NAME), bytes, { temporary: join(directory, CLEAN_MARKER_TEMPORARY_NAME) })
 }
 
 /**

@@ -3,11 +3,12 @@
 // here is ordered for crash safety first, and recovery tells a torn tail (cut off) from corruption
 // (reported, never cut off).
 
-import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import { writeFileAtomically } from '../../src/durable-files.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
@@ -980,19 +981,7 @@ export class FileBlockStore extends AbstractBlockStore {
   async #writeHint (segment: Segment): Promise<void> {
     const hint = segment.hint
     if (hint === undefined || this.#segments.get(segment.id) !== segment || this.#failure !== undefined) return
-    const path = hintPath(this.#location, segment.id)
-    const temporary = `${path}.tmp`
-    const file = hint.finish(segment.size)
-    const handle = await open(temporary, 'w')
-    try {
-      let done = 0
-      while (done < file.byteLength) done += (await handle.write(file, done, file.byteLength - done, done)).bytesWritten
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    await rename(temporary, path)
-    await syncDirectory(this.#location)
+    await writeFileAtomically(hintPath(this.#location, segment.id), hint.finish(segment.size))
     segment.hint = undefined
   }
 

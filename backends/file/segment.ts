@@ -2,7 +2,6 @@
 // by recovery and compaction, and the search past damage that tells corruption from a torn tail.
 
 import type { FileHandle } from 'node:fs/promises'
-import { open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
 import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
@@ -40,26 +39,7 @@ export function parseHintFileName (name: string): number | undefined {
   return match === null ? undefined : parseInt(match[1] as string, 16)
 }
 
-/**
- * Makes creations, renames and deletions in `directory` durable. Platforms that cannot open a
- * directory for syncing (Windows) report EISDIR/EPERM; there is nothing more to do there.
- */
-export async function syncDirectory (directory: string): Promise<void> {
-  let handle: FileHandle
-  try {
-    handle = await open(directory, 'r')
-  } catch (err) {
-    if (isCode(err, 'EISDIR') || isCode(err, 'EPERM')) return
-    throw err
-  }
-  try {
-    await handle.sync()
-  } catch (err) {
-    if (!isCode(err, 'EINVAL') && !isCode(err, 'EPERM')) throw err
-  } finally {
-    await handle.close()
-  }
-}
+export { syncDirectory } from '../../src/durable-files.js'
 
 /** Reads exactly `length` bytes at `position` (pread may return less than asked). */
 export async function readFully (handle: FileHandle, target: Uint8Array, offset: number, length: number, position: number): Promise<number> {

@@ -12,8 +12,8 @@
 //   external    wrap/unwrap by functions the application supplies (a KMS client, an HSM).
 
 import { randomBytes, timingSafeEqual } from 'node:crypto'
-import { chmod, open, readFile, rename, stat, unlink } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { chmod, readFile, stat } from 'node:fs/promises'
+import { createFileExclusively, writeFileAtomically } from '../durable-files.js'
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { scryptAsync } from '@noble/hashes/scrypt.js'
 import { sha256 } from '@noble/hashes/sha2.js'
@@ -95,22 +95,11 @@ abstract class LocalKeyProvider implements KeyProvider {
   }
 }
 
-/** Writes `text` to `path` atomically (temporary file, fsync, rename, directory fsync), mode 0600. */
+/** Writes `text` to `path` atomically and durably, mode 0600. */
 async function replaceSecretFile (path: string, text: string, what: string): Promise<void> {
-  const temp = `${path}.${process.pid}.${Date.now()}.tmp`
   try {
-    const handle = await open(temp, 'wx', 0o600)
-    try {
-      await handle.writeFile(text)
-      await handle.datasync()
-    } finally {
-      await handle.close()
-    }
-    await rename(temp, path)
-    const dir = await open(dirname(path), 'r')
-    try { await dir.sync() } finally { await dir.close() }
+    await writeFileAtomically(path, new TextEncoder().encode(text), { temporary: `${path}.${process.pid}.${Date.now()}.tmp`, mode: 0o600 })
   } catch (err) {
-    await unlink(temp).catch(() => {})
     throw new GalleonError('IO_ERROR', `could not replace the ${what} ${path}: ${(err as Error).message}; the old one is unchanged`, { cause: err })
   }
 }
@@ -121,17 +110,10 @@ async function replaceSecretFile (path: string, text: string, what: string): Pro
  */
 async function createSecretFile (path: string, text: string, what: string): Promise<boolean> {
   try {
-    const handle = await open(path, 'wx', 0o600)
-    try {
-      await handle.writeFile(text)
-      await handle.datasync()
-    } finally {
-      await handle.close()
-    }
+    if (!await createFileExclusively(path, new TextEncoder().encode(text), 0o600)) return false
     await chmod(path, 0o600)
     return true
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
     throw new GalleonError('IO_ERROR', `could not create the ${what} ${path}: ${(err as Error).message}`, { cause: err })
   }
 }

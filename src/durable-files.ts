@@ -1,0 +1,79 @@
+// Writing small files so that they survive a crash: whole or not at all, and durably named.
+
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { dirname } from 'node:path'
+
+function isCode (err: unknown, code: string): boolean {
+  return (err as NodeJS.ErrnoException | undefined)?.code === code
+}
+
+/**
+ * Makes creations, renames and deletions in `directory` durable. Platforms that cannot open a
+ * directory for syncing (Windows) report EISDIR/EPERM; there is nothing more to do there.
+ */
+export async function syncDirectory (directory: string): Promise<void> {
+  let handle: FileHandle
+  try {
+    handle = await open(directory, 'r')
+  } catch (err) {
+    if (isCode(err, 'EISDIR') || isCode(err, 'EPERM')) return
+    throw err
+  }
+  try {
+    await handle.sync()
+  } catch (err) {
+    if (!isCode(err, 'EINVAL') && !isCode(err, 'EPERM')) throw err
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Writes all of `data` to an open file and syncs it. */
+async function writeAndSync (handle: FileHandle, data: Uint8Array): Promise<void> {
+  let done = 0
+  while (done < data.byteLength) done += (await handle.write(data, done, data.byteLength - done, done)).bytesWritten
+  await handle.sync()
+}
+
+/**
+ * Replaces `path` with `data` atomically: written to `temporary` (default `<path>.tmp`), synced,
+ * renamed over `path`, and the directory synced (unless `syncDir` is false: the caller syncs it
+ * later). A failure leaves the old file as it was and removes the temporary one.
+ */
+export async function writeFileAtomically (path: string, data: Uint8Array, options: { temporary?: string, mode?: number, syncDir?: boolean } = {}): Promise<void> {
+  const temporary = options.temporary ?? `${path}.tmp`
+  try {
+    const handle = await open(temporary, 'w', options.mode ?? 0o644)
+    try {
+      await writeAndSync(handle, data)
+    } finally {
+      await handle.close()
+    }
+    await rename(temporary, path)
+  } catch (err) {
+    await unlink(temporary).catch(() => {})
+    throw err
+  }
+  if (options.syncDir !== false) await syncDirectory(dirname(path))
+}
+
+/**
+ * Creates `path` holding `data`, durably, only if it does not exist: false when it does (another
+ * process created it first).
+ */
+export async function createFileExclusively (path: string, data: Uint8Array, mode = 0o644): Promise<boolean> {
+  let handle: FileHandle
+  try {
+    handle = await open(path, 'wx', mode)
+  } catch (err) {
+    if (isCode(err, 'EEXIST')) return false
+    throw err
+  }
+  try {
+    await writeAndSync(handle, data)
+  } finally {
+    await handle.close()
+  }
+  await syncDirectory(dirname(path))
+  return true
+}
