@@ -10,6 +10,7 @@ import type { AbstractSublevel } from 'abstract-level'
 import { createHash } from 'node:crypto'
 import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
+import { SerialQueue } from '../serial-queue.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
@@ -87,7 +88,7 @@ export class AuditLog {
   readonly #meta: JsonSublevel
   readonly #now: () => number
   #head = { seq: 0, hash: GENESIS }
-  #tail: Promise<unknown> = Promise.resolve()
+  readonly #queue = new SerialQueue()
 
   constructor (db: MetadataDatabase, now: () => number) {
     this.#db = db
@@ -106,7 +107,7 @@ export class AuditLog {
 
   /** Appends an entry durably (entries are written one at a time, in call order). */
   async append (record: AuditRecord): Promise<AuditEntry> {
-    const run = this.#tail.catch(() => {}).then(async () => {
+    return await this.#queue.run(async () => {
       const body: Omit<AuditEntry, 'hash'> = { ...record, seq: this.#head.seq + 1, time: new Date(this.#now()).toISOString(), prev: this.#head.hash }
       const entry: AuditEntry = { ...body, hash: entryHash(body) }
       await this.#db.batch([
@@ -116,8 +117,6 @@ export class AuditLog {
       this.#head = { seq: entry.seq, hash: entry.hash }
       return entry
     })
-    this.#tail = run
-    return await run
   }
 
   /** Entries matching `query`, oldest first. */

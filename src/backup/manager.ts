@@ -12,6 +12,7 @@ import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type ChunkKeys, type Extent, type Manifest } from './format.js'
 import type { BackupKey } from '../crypto/key-manager.js'
+import { SerialQueue } from '../serial-queue.js'
 
 /** Where backups of encrypted volumes get their keys (the instance's KeyManager). */
 export interface BackupKeySource {
@@ -100,21 +101,12 @@ export interface BackupVerification {
   readonly indexCurrent: boolean | null
 }
 
-/** Per-target operations run one at a time, so garbage collection never races a backup in progress. */
-class TargetQueue {
-  #tail: Promise<unknown> = Promise.resolve()
-  async run<T> (task: () => Promise<T>): Promise<T> {
-    const run = this.#tail.catch(() => {}).then(task)
-    this.#tail = run
-    return await run
-  }
-}
 
 export class BackupManager {
   readonly #g: GalleonFS
   readonly #defaultTarget: BackupTargetRef | undefined
   readonly #directories = new Map<string, DirectoryBackupTarget>()
-  readonly #queues = new WeakMap<BackupTarget, TargetQueue>()
+  readonly #queues = new WeakMap<BackupTarget, SerialQueue>()
   readonly #now: () => number
   readonly #keys: BackupKeySource
 
@@ -498,9 +490,9 @@ export class BackupManager {
     return chosen
   }
 
-  #queue (target: BackupTarget): TargetQueue {
+  #queue (target: BackupTarget): SerialQueue {
     let queue = this.#queues.get(target)
-    if (queue === undefined) this.#queues.set(target, queue = new TargetQueue())
+    if (queue === undefined) this.#queues.set(target, queue = new SerialQueue())
     return queue
   }
 

@@ -15,6 +15,7 @@ import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
 import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
+import { SerialQueue } from '../serial-queue.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
@@ -96,8 +97,8 @@ export class KeyManager {
   readonly #records = new Map<string, VolumeKeyRecord>()
   #provider: KeyProvider | undefined
   #opening: Promise<KeyProvider> | undefined
-  /** Serializes record writes (nonce reservations and rotations update the same records). */
-  #tail: Promise<unknown> = Promise.resolve()
+  /** Record writes one at a time (nonce reservations and rotations update the same records). */
+  readonly #queue = new SerialQueue()
 
   constructor (db: MetadataDatabase, source: KeySource) {
     this.#db = db.sublevel('keys', { valueEncoding: 'json' }) as JsonSublevel
@@ -340,9 +341,7 @@ export class KeyManager {
   }
 
   async #serial<T> (task: () => Promise<T>): Promise<T> {
-    const run = this.#tail.catch(() => {}).then(task)
-    this.#tail = run
-    return await run
+    return await this.#queue.run(task)
   }
 }
 

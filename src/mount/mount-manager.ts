@@ -9,6 +9,7 @@ import type { MountDriver, MountedVolume } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import { AccessMode, WriteConcern } from '../types.js'
 import { VolumeFile, type VolumeFileIo } from './volume-file.js'
+import { SerialQueue } from '../serial-queue.js'
 
 /** A mount, as listMounts() reports it. */
 export interface Mount {
@@ -82,8 +83,8 @@ export class MountManager {
   readonly #driver: MountDriver
   readonly #host: MountHost
   readonly #mounts = new Map<string, MountState>()
-  /** Serializes mount and unmount (checks and driver calls). */
-  #tail: Promise<unknown> = Promise.resolve()
+  /** Mounts and unmounts one at a time (checks and driver calls). */
+  readonly #queue = new SerialQueue()
   #closed = false
 
   constructor (driver: MountDriver, host: MountHost) {
@@ -266,9 +267,7 @@ export class MountManager {
   }
 
   async #serial<T> (task: () => Promise<T>): Promise<T> {
-    const run = this.#tail.catch(() => {}).then(task)
-    this.#tail = run
-    return await run
+    return await this.#queue.run(task)
   }
 }
 
