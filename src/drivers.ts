@@ -186,7 +186,10 @@ export interface MountedVolume {
 export interface MountDriver {
   readonly name: string
   mount (volume: MountedVolume): Promise<void>
-  unmount (path: string): Promise<void>
+  /** Refuses (BUSY) while the mount is in use, unless `force`. */
+  unmount (path: string, options?: { force?: boolean }): Promise<void>
+  /** Waits until every write the driver acknowledged is in the volume (drivers that buffer writes). */
+  quiesce? (path: string): Promise<void>
   /** Unmounts whatever is left; called by GalleonFS.close(). */
   close? (): Promise<void>
 }

@@ -4,7 +4,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'eventemitter3'
 import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
 import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
-import { MountManager, VirtualMountDriver, type MountTarget } from './mount/mount-manager.js'
+import { MountManager, VirtualMountDriver, mountControl, type MountTarget } from './mount/mount-manager.js'
 import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats, KeyProvider, MountDriver } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
@@ -85,6 +85,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #context = new AsyncLocalStorage<CallContext>()
   /** Data-key rotations running in the background, by volume id. */
   readonly #rotations = new Map<string, Promise<void>>()
+  /** Volumes being deleted: nothing new may mount them. */
+  readonly #goingAway = new Set<string>()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
     super()
@@ -251,7 +253,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         }
         return await this.#guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
       },
-      visible: (namespace, volume) => this.#allowed('volume:read', { namespace, volume })
+      visible: (namespace, volume) => this.#allowed('volume:read', { namespace, volume }),
+      requireAdmin: async (action, what) => {
+        const denied = this.#check(action, 'admin', undefined, what)
+        if (denied !== undefined) await denied
+      }
     }
   }
 
@@ -262,7 +268,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #mountTarget (ref: unknown): MountTarget {
     this.#assertOpen()
     const { record, snapshot } = this.#readSource(ref)
-    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (record.state === VolumeState.Deleting || this.#goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     const context = this.#context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
@@ -320,14 +326,18 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (denied !== undefined) await denied
     }
     if (this.#closing !== undefined) return await this.#closing
-    this.#closed = true
     this.#closing = (async () => {
+      // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
+      // (FUSE write-behind) reach the volumes before anything is refused.
+      await mountControl(this.#mounts).close().catch((err: unknown) => {
+        this.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
+      })
+      this.#closed = true
       try {
         this.#scheduler.stop()
         await this.#scheduler.idle()
         await this.#adminQueue.catch(() => {})
         await Promise.all([...this.#rotations.values()])
-        await this.#mounts.close()
         for (const record of this.#destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
           await this.#destroy(this.#catalog.resolve(record.id), true)
         }
@@ -469,19 +479,29 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
     }
-    const mounts = this.#mounts.mountsOf(record.id)
-    if (mounts.length > 0) {
-      if (options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
-      await this.#mounts.releaseVolume(record.id)
+    const mounts = mountControl(this.#mounts).mountsOf(record.id)
+    if (mounts.length > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     }
-    await this.#admin(async () => {
-      const current = this.#catalog.resolve(record.id)
-      const clones = this.#catalog.clonesOf(current.id)
-      if (clones.length > 0 && options?.force !== true) {
-        throw new GalleonError('BUSY', `volume ${current.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
-      }
-      await this.#destroy(current, true)
-    })
+    // From here no new mount may attach to it (the unmount below and the deletion take a while).
+    this.#goingAway.add(record.id)
+    try {
+      await this.#admin(async () => {
+        await mountControl(this.#mounts).release(record.id)
+        await this.#deleteChecked(record, options)
+      })
+    } finally {
+      this.#goingAway.delete(record.id)
+    }
+  }
+
+  async #deleteChecked (record: VolumeRecord, options: { force?: boolean }): Promise<void> {
+    const current = this.#catalog.resolve(record.id)
+    const clones = this.#catalog.clonesOf(current.id)
+    if (clones.length > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${current.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+    }
+    await this.#destroy(current, true)
   }
 
   /**
@@ -843,7 +863,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   async #deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
-    this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    const target = this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    const mounts = mountControl(this.#mounts).snapshotMounts(target.id)
+    if (mounts.length > 0) {
+      if (options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+      await mountControl(this.#mounts).release(target.volumeId, target.id)
+    }
     await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
@@ -878,7 +903,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
-      const writer = this.#mounts.mountsOf(record.id).find((m) => !m.readOnly)
+      const writer = mountControl(this.#mounts).mountsOf(record.id).find((m) => !m.readOnly)
       if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
       const volume = this.#volumeBlocks(record)
       if (volume.tickets.size > 0 || volume.locks.size > 0) {
@@ -965,11 +990,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /**
-   * Blocks that differ between two views of a volume, ascending: from the snapshot `from` to the
-   * snapshot `to` (default: the live volume). Work is proportional to the blocks that changed, not
-   * to the volume's size. Without `from`, every block the `to` view holds data in (a full listing).
-   */
-  /**
    * Which parts of a byte range of a volume (or snapshot) hold data and which read as zeros without
    * storing anything (never written, or trimmed), as extents in order, rounded out to whole blocks
    * and clipped to the range. What NBD block status and sparse copies are built on.
@@ -994,6 +1014,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     })
   }
 
+  /**
+   * Blocks that differ between two views of a volume, ascending: from the snapshot `from` to the
+   * snapshot `to` (default: the live volume). Work is proportional to the blocks that changed, not
+   * to the volume's size. Without `from`, every block the `to` view holds data in (a full listing).
+   */
   async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
     this.#assertOpen()
     const { object, label } = this.#refObject(vol)
@@ -1012,6 +1037,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
   async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean): Promise<SnapshotRecord> {
     const volume = this.#ioVolume(record)
+    // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
+    await mountControl(this.#mounts).quiesce(record.id)
     const gen = await this.#engine.snapshot(volume)
     try {
       return await this.#catalog.createSnapshot({ name, volumeId: record.id, gen, sizeBytes: volume.sizeBytes, implicit })
@@ -1184,12 +1211,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
-      const mounted = this.#nested(async () => this.#catalog.resolve(options.volume)).then((record) => this.#mounts.mountsOf(record.id))
-      const mounts = await mounted.catch(() => [])
-      if (mounts.length > 0) throw new GalleonError('BUSY', `volume ${mounts[0]?.volumeName} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it before restoring a backup over it`)
       const into = this.#refObject(options.volume)
       const denied = this.#check('restoreBackup', 'volume:write', into.object, into.label)
       if (denied !== undefined) await denied
+      const mounts = await this.#nested(async () => this.#catalog.resolve(options.volume)).then((record) => mountControl(this.#mounts).mountsOf(record.id), () => [])
+      if (mounts.length > 0) throw new GalleonError('BUSY', `volume ${mounts[0]?.volumeName} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it before restoring a backup over it`)
     } else {
       const namespace = options?.namespace ?? this.#catalog.currentNamespace()
       checkNamespace(namespace)

@@ -146,6 +146,129 @@ describe('FUSE mount driver', { skip }, () => {
   })
 })
 
+describe('FUSE mount driver: review regressions', { skip }, () => {
+  /** A file store whose batches take `delay` ms, and that fails them once `failing` is set. */
+  async function slowStore (dir: string, delay: number): Promise<{ store: import('../src/index.js').BlockStore, control: { failing: boolean } }> {
+    const { FileBlockStore } = await import('../backends/file/index.js')
+    const inner = new FileBlockStore({ location: join(dir, 'blocks') })
+    const control = { failing: false }
+    const store = new Proxy(inner, {
+      get (target, prop) {
+        if (prop === 'batch') {
+          return async (...args: Parameters<typeof inner.batch>) => {
+            await new Promise((resolve) => setTimeout(resolve, delay))
+            if (control.failing && args[0].some((op) => op.type === 'put')) throw new Error('injected write failure')
+            return await target.batch(...args)
+          }
+        }
+        const value = Reflect.get(target, prop, target)
+        return typeof value === 'function' ? value.bind(target) : value
+      }
+    })
+    return { store, control }
+  }
+
+  it('close() waits for writes the mount acknowledged: nothing dd wrote (without fsync) is lost', async () => {
+    const storage = join(root, 'r1')
+    const { store } = await slowStore(storage, 15)
+    let g = await GalleonFS.open({ storagePath: storage, blockStore: store, mount: 'fuse' })
+    const mnt = join(root, 'r1m')
+    const data = new Uint8Array(randomBytes(4 << 20))
+    await writeFile(join(root, 'r1.bin'), data)
+    await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '8M' }), mnt)
+    // Overlapping rewrites too: the second pass waits for the first in the background.
+    await exec('dd', [`if=${join(root, 'r1.bin')}`, `of=${join(mnt, 'data')}`, 'bs=128K', 'conv=notrunc', 'status=none'])
+    await exec('dd', [`if=${join(root, 'r1.bin')}`, `of=${join(mnt, 'data')}`, 'bs=64K', 'seek=32', 'conv=notrunc', 'status=none'])
+    await g.close()
+    g = await GalleonFS.open({ storagePath: storage })
+    try {
+      assert.deepEqual(await g.read('v', 0, 2 << 20), data.subarray(0, 2 << 20))
+      assert.deepEqual(await g.read('v', 2 << 20, 4 << 20), data)
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a write that failed in the background fails every later fsync and write of the mount, for every writer', async () => {
+    const storage = join(root, 'r2')
+    const { store, control } = await slowStore(storage, 1)
+    const g = await GalleonFS.open({ storagePath: storage, blockStore: store, mount: 'fuse' })
+    const mnt = join(root, 'r2m')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '4M' }), mnt)
+      control.failing = true
+      // dd's own close reports it; so do later fsyncs and writes from other processes.
+      await assert.rejects(exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=64K', 'count=4', 'conv=notrunc', 'status=none']), /Input\/output error/)
+      await assert.rejects(exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=4K', 'count=1', 'conv=notrunc,fsync', 'status=none']), /Input\/output error/)
+      await assert.rejects(g.mounts.unmountVolume(mnt), (err: Error & { code?: string }) => err.code === 'IO_ERROR' && /failed to reach the volume/.test(err.message))
+      assert.deepEqual(g.mounts.listMounts(), [])
+    } finally {
+      control.failing = false
+      await g.close()
+    }
+  })
+
+  it('unmount is refused while a process has data open, unless forced; after that the process gets EIO, never the volume', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'r3'), mount: 'fuse' })
+    const mnt = join(root, 'r3m')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '1M' }), mnt)
+      // A process that opens data, waits, then writes through its old descriptor.
+      const child = spawn('python3', ['-c', `
+import os, sys, time
+fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_RDWR)
+print('open', flush=True)
+time.sleep(1.5)
+try:
+    os.pwrite(fd, b'x' * 4096, 0)
+    os.fsync(fd)
+    print('wrote', flush=True)
+except OSError as e:
+    print('error', e.errno, flush=True)
+`], { stdio: ['ignore', 'pipe', 'inherit'] })
+      const lines: string[] = []
+      child.stdout.on('data', (chunk: Buffer) => lines.push(...chunk.toString().trim().split('\n')))
+      while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
+      await assert.rejects(g.mounts.unmountVolume(mnt), (err: Error & { code?: string }) => err.code === 'BUSY' && /open/.test(err.message))
+      await g.mounts.unmountVolume(mnt, { force: true })
+      await new Promise((resolve) => child.once('exit', resolve))
+      assert.deepEqual(lines, ['open', 'error 5'])
+      assert.deepEqual(await g.read('v', 0, 4096), new Uint8Array(4096))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('reads through the mount see writes made any other way (no stale page cache), also on an open descriptor', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'r4'), mount: 'fuse' })
+    const mnt = join(root, 'r4m')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '1M' }), mnt)
+      await g.write('v', 0, new Uint8Array(4096).fill(0x11))
+      const child = spawn('python3', ['-c', `
+import os, sys, time
+fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_RDONLY)
+print(os.pread(fd, 4, 0).hex(), flush=True)
+sys.stdin.readline()
+print(os.pread(fd, 4, 0).hex(), flush=True)
+`], { stdio: ['pipe', 'pipe', 'inherit'] })
+      const lines: string[] = []
+      child.stdout.on('data', (chunk: Buffer) => lines.push(...chunk.toString().trim().split('\n')))
+      while (lines.length < 1) await new Promise((resolve) => setTimeout(resolve, 20))
+      await g.write('v', 0, new Uint8Array(4096).fill(0x22))
+      child.stdin.write('\n')
+      await new Promise((resolve) => child.once('exit', resolve))
+      assert.deepEqual(lines, ['11111111', '22222222'])
+      // And a snapshot taken right after writes through the mount holds them.
+      await exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=4096', 'count=1', 'conv=notrunc', 'status=none'])
+      await g.createSnapshot('v', 'after')
+      assert.deepEqual(await g.read({ volume: 'v', snapshot: 'after' }, 0, 4096), new Uint8Array(4096))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
 describe('FUSE driver without FUSE', () => {
   it('importing galleonfs never loads fuse-native; a bad mount option is refused clearly', async () => {
     const g = await GalleonFS.open({ inMemory: true })

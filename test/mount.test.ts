@@ -183,6 +183,39 @@ describe('mount manager (virtual driver)', () => {
     }
   })
 
+  it('applies access modes to files opened straight on a volume, refuses deleting a mounted snapshot, and takes the call\'s options over the class\'s', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass({ name: 'ro-default', mountOptions: ['ro'] })
+      await g.createVolume({ name: 'rox', sizeBytes: '1M', accessModes: [AccessMode.ReadOnlyMany] })
+      await assert.rejects(g.mounts.openVolumeFile('rox'), { code: 'READ_ONLY' })
+      const reader = await g.mounts.openVolumeFile('rox', { readOnly: true })
+      await reader.close()
+      await g.createVolume({ name: 'rwo', sizeBytes: '1M' })
+      const direct = await g.mounts.openVolumeFile('rwo')
+      await assert.rejects(g.mounts.mountVolume('rwo', '/m/rwo'), (err: Error & { code?: string }) => err.code === 'BUSY' && /writable file open/.test(err.message))
+      await direct.close()
+      await g.mounts.mountVolume('rwo', '/m/rwo')
+      await assert.rejects(g.mounts.openVolumeFile('rwo'), (err: Error & { code?: string }) => err.code === 'BUSY' && /mounted read-write/.test(err.message))
+      await g.createSnapshot('rwo', 's')
+      await g.mounts.mountVolume({ volume: 'rwo', snapshot: 's' }, '/m/s')
+      await assert.rejects(g.deleteSnapshot('rwo', 's'), (err: Error & { code?: string }) => err.code === 'BUSY' && /mounted/.test(err.message))
+      await g.deleteSnapshot('rwo', 's', { force: true })
+      assert.deepEqual(g.mounts.listMounts().map((m) => m.path), ['/m/rwo'])
+      await g.createVolume({ name: 'classy', sizeBytes: '1M', storageClass: 'ro-default' })
+      await g.mounts.mountVolume('classy', '/m/c1')
+      await g.mounts.mountVolume('classy', '/m/c2', { options: ['rw'] })
+      assert.deepEqual(g.mounts.listMounts().filter((m) => m.volumeName === 'classy').map((m) => m.readOnly), [true, false])
+      // Racing a forced delete: the mount either fails or is gone with the volume.
+      await g.createVolume({ name: 'doomed', sizeBytes: '1M' })
+      const [, mounting] = await Promise.allSettled([g.deleteVolume('doomed', { force: true }), g.mounts.mountVolume('doomed', '/m/doomed')])
+      void mounting
+      assert.equal(g.mounts.listMounts().some((m) => m.volumeName === 'doomed'), false)
+    } finally {
+      await g.close()
+    }
+  })
+
   it('mount calls act as the principal of a handle: other tenants\' volumes are denied, listings filtered', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {
@@ -196,7 +229,9 @@ describe('mount manager (virtual driver)', () => {
       await g.mounts.mountVolume('b/db', '/b/db')
       assert.deepEqual(alice.mounts.listMounts().map((m) => m.path), ['/a/db'])
       assert.equal(g.mounts.listMounts().length, 2)
-      await assert.rejects(alice.mounts.unmountVolume('/b/db'), { code: 'PERMISSION_DENIED' })
+      // Another tenant's mount is as invisible as a missing one.
+      await assert.rejects(alice.mounts.unmountVolume('/b/db'), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /nothing is mounted/.test(err.message))
+      assert.equal((alice.mounts as unknown as Record<string, unknown>).close, undefined, 'the manager\'s internals are not reachable')
       const file = await alice.mounts.openVolumeFile('/a/db')
       await file.pwrite(new Uint8Array([1, 2, 3]), 0)
       assert.deepEqual(await g.read('a/db', 0, 3), new Uint8Array([1, 2, 3]))

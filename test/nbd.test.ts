@@ -342,6 +342,64 @@ describe('NBD protocol corners (raw socket)', () => {
     healthy.socket.destroy()
   })
 
+  it('follows the spec\'s finer points: DF only with structured replies, an empty structured read is NONE, unknown flags EINVAL, meta contexts need structured replies, FLUSH on a read-only export succeeds', async () => {
+    const plain = await RawClient.connect(server.port)
+    await plain.hello()
+    const metaQuery = Buffer.alloc(4 + 4 + 4)
+    metaQuery.writeUInt32BE(4, 0)
+    metaQuery.write('disk', 4)
+    metaQuery.writeUInt32BE(0, 8)
+    plain.option(9, metaQuery) // LIST_META_CONTEXT before STRUCTURED_REPLY
+    assert.equal((await plain.optionReply()).type, 0x80000003)
+    const { flags } = await plain.go('disk')
+    assert.equal(flags & (1 << 7), 0, 'no DF without structured replies')
+    plain.request(1, 1, 0, 4096, 1 << 9, new Uint8Array(4096)) // an unknown command flag
+    assert.equal((await plain.reply()).error, 22)
+    plain.socket.destroy()
+
+    const structured = await RawClient.connect(server.port)
+    await structured.hello()
+    structured.option(8)
+    assert.equal((await structured.optionReply()).type, 1)
+    const go = await structured.go('disk@snap')
+    assert.ok((go.flags & (1 << 7)) !== 0, 'DF with structured replies')
+    structured.request(0, 5, 0, 0) // empty read
+    const head = await structured.read(20)
+    assert.ok(head !== undefined)
+    assert.equal(head.readUInt32BE(0), 0x668e33ef)
+    assert.equal(head.readUInt16BE(6), 0) // NBD_REPLY_TYPE_NONE
+    assert.equal(head.readUInt32BE(16), 0)
+    structured.request(3, 6, 0, 0) // FLUSH on a read-only export
+    const flush = await structured.read(20)
+    assert.equal(flush?.readUInt16BE(6), 0)
+    structured.socket.destroy()
+  })
+
+  it('exports a ReadWriteOnce volume that is mounted read-write as read-only; close() answers requests in flight first', async () => {
+    const mountId = await g.mounts.mountVolume('scratch', join(root, 'virtual-scratch'))
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    assert.ok(((await client.go('scratch')).flags & 2) !== 0)
+    client.socket.destroy()
+    await g.mounts.unmountVolume(mountId)
+
+    const own = await NbdServer.listen(g, { port: 0 })
+    const writer = await RawClient.connect(own.port)
+    await writer.hello()
+    await writer.go('scratch')
+    const data = new Uint8Array(randomBytes(MiB))
+    writer.request(1, 42, 0, MiB, 0, data)
+    // Once the server has the whole request (a slow store keeps it in flight is not needed: close
+    // waits for whatever was received).
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    await own.close()
+    const reply = await writer.reply()
+    assert.equal(reply.handle, 42)
+    assert.equal(reply.error, 0)
+    assert.deepEqual(await g.read('scratch', 0, MiB), data)
+    writer.socket.destroy()
+  })
+
   it('listen validates its options and reports a taken port', async () => {
     await assert.rejects(NbdServer.listen(g, { port: -1 }), { code: 'INVALID_ARGUMENT' })
     await assert.rejects(NbdServer.listen(null as never), { code: 'INVALID_ARGUMENT' })

@@ -15,8 +15,12 @@
 // Writes are acknowledged to the kernel once accepted, like a page cache: they reach the volume in
 // the background (at most 16 MiB pending per mount), a read waits for pending writes it overlaps,
 // fsync waits for all of them and makes them durable, and a write that failed in the background is
-// reported by the next fsync or close (EIO). With the `sync` mount option every write is durable
-// before it is acknowledged.
+// reported (EIO) by every later fsync, close and write until the volume is mounted again. Other
+// ways into the volume (the API, NBD) see such writes once they landed: after an fsync or close
+// through the mount; a snapshot waits for them. With the `sync` mount option every write is durable
+// before it is acknowledged. There is no kernel page cache (direct_io): a read always asks the
+// volume, so it sees writes made any other way. Unmounting is refused while a process has `data`
+// open, unless forced; after that such a process gets EIO.
 //
 // Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
 // `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
@@ -44,6 +48,7 @@ class WriteBehind {
 
   /** Accepts a write (waiting only when too much is pending); `store` does the real write. */
   async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
+    if (this.#failure !== undefined) throw this.#failure
     while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
     const before = this.#overlapping(start, start + data.byteLength)
     const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
@@ -64,13 +69,18 @@ class WriteBehind {
     if (waits.length > 0) await Promise.all(waits)
   }
 
-  /** Waits for every pending write; throws (once) what failed in the background. */
+  /**
+   * Waits for every pending write; throws if any write ever failed in the background. The failure
+   * stays: every later fsync, close and write of the mount reports it, until it is mounted again
+   * (like a file system that turned read-only after an I/O error), so no writer misses it.
+   */
   async drain (): Promise<void> {
     while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
-    const failure = this.#failure
-    this.#failure = undefined
-    if (failure !== undefined) throw failure
+    if (this.#failure !== undefined) throw this.#failure
   }
+
+  /** What failed in the background, if anything. */
+  get failure (): unknown { return this.#failure }
 
   #overlapping (start: number, end: number): Array<Promise<void>> {
     const out: Array<Promise<void>> = []
@@ -80,6 +90,15 @@ class WriteBehind {
 }
 const MAX_WRITE = 128 * 1024
 const FILES = ['data', 'README.txt', '.galleonfs_metadata'] as const
+
+/** One mount: the FUSE instance, its write-behind, its open handles of `data`, and whether it still serves. */
+interface MountState {
+  fuse: FuseInstance | undefined
+  readonly writes: WriteBehind
+  openData: number
+  /** False once unmounted: a process that kept a handle gets EIO, never the volume. */
+  active: boolean
+}
 
 type Callback = (code: number, ...results: unknown[]) => void
 interface FuseInstance {
@@ -129,8 +148,7 @@ async function loadFuse (): Promise<FuseClass> {
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
   readonly #Fuse: FuseClass
-  readonly #mounts = new Map<string, FuseInstance>()
-  readonly #writes = new Map<string, WriteBehind>()
+  readonly #mounts = new Map<string, MountState>()
 
   private constructor (Fuse: FuseClass) {
     this.#Fuse = Fuse
@@ -149,36 +167,60 @@ export class FuseMountDriver implements MountDriver {
     })
     const info = await stat(path)
     if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
-    const writes = new WriteBehind()
-    const fuse = new this.#Fuse(path, this.#ops(volume, writes), { force: true, mkdir: true, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
+    const state: MountState = { fuse: undefined, writes: new WriteBehind(), openData: 0, active: true }
+    // No operation timeout: fuse-native's default (15 s) would answer a slow request with ETIMEDOUT
+    // and then let the late answer write into a buffer it already released.
+    const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: true, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
+    state.fuse = fuse
     // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
     const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
     ;(fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => {
       const own = base()
-      const extra = `big_writes,max_write=${MAX_WRITE}${volume.options.includes('allow_other') ? ',allow_other' : ''}`
+      // direct_io: no kernel page cache, so reads through the mount always see what the volume holds
+      // (writes through the API, NBD, another mount or a revert are never hidden by stale pages).
+      const extra = `big_writes,max_write=${MAX_WRITE},direct_io${volume.options.includes('allow_other') ? ',allow_other' : ''}`
       return own === '' ? `-o${extra}` : `${own},${extra}`
     }
     await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
-    this.#mounts.set(path, fuse)
-    this.#writes.set(path, writes)
+    this.#mounts.set(path, state)
   }
 
-  async unmount (path: string): Promise<void> {
-    const fuse = this.#mounts.get(path)
-    if (fuse === undefined) return
-    // What was acknowledged reaches the volume before the mount goes.
-    await this.#writes.get(path)?.drain().catch(() => {})
+  /** Waits until every acknowledged write of the mount is in the volume (before a snapshot, say). */
+  async quiesce (path: string): Promise<void> {
+    await this.#mounts.get(path)?.writes.drain()
+  }
+
+  /**
+   * Unmounts: refused with BUSY while a process has `data` open, unless `force`. Every acknowledged
+   * write reaches the volume first; one that failed in the background is reported (IO_ERROR) after
+   * the mount is gone. Handles kept open past a forced unmount get EIO from then on.
+   */
+  async unmount (path: string, options: { force?: boolean } = {}): Promise<void> {
+    const state = this.#mounts.get(path)
+    if (state === undefined) return
+    // The kernel tells of a close (release) asynchronously: give handles just closed a moment.
+    for (let waited = 0; state.openData > 0 && options.force !== true && waited < 1000; waited += 20) await new Promise((resolve) => setTimeout(resolve, 20))
+    if (state.openData > 0 && options.force !== true) {
+      throw new GalleonError('BUSY', `${path}/data is open in ${state.openData} place(s); close it (fuser -m ${path} shows who has it), or unmount with { force: true }`)
+    }
+    let failure: unknown
+    await state.writes.drain().catch((err: unknown) => { failure = err })
+    state.active = false
+    const fuse = state.fuse as FuseInstance
     await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
+      state.active = true
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
     this.#mounts.delete(path)
-    this.#writes.delete(path)
+    if (failure !== undefined) {
+      throw new GalleonError('IO_ERROR', `${path} is unmounted, but writes acknowledged through it failed to reach the volume: ${(failure as Error)?.message ?? String(failure)}`, { cause: failure })
+    }
   }
 
   async close (): Promise<void> {
-    for (const path of [...this.#mounts.keys()]) await this.unmount(path).catch(() => {})
+    for (const path of [...this.#mounts.keys()]) await this.unmount(path, { force: true }).catch(() => {})
   }
 
   /** A mount left behind by a process that died reads as "transport endpoint is not connected": lazily unmount it. */
@@ -194,7 +236,8 @@ export class FuseMountDriver implements MountDriver {
     }
   }
 
-  #ops (volume: MountedVolume, writes: WriteBehind): Record<string, unknown> {
+  #ops (volume: MountedVolume, state: MountState): Record<string, unknown> {
+    const writes = state.writes
     const Fuse = this.#Fuse
     const uid = process.getuid?.() ?? 0
     const gid = process.getgid?.() ?? 0
@@ -220,12 +263,21 @@ export class FuseMountDriver implements MountDriver {
         cb(0, stats(0o100444, body.byteLength))
       },
       open: (path: string, flags: number, cb: Callback) => {
+        if (!state.active) { cb(Fuse.EIO); return }
         const writing = (flags & 3) !== 0
-        if (path === '/data') { cb(writing && volume.readOnly ? Fuse.EROFS : 0, 42); return }
+        if (path === '/data') {
+          if (writing && volume.readOnly) { cb(Fuse.EROFS); return }
+          state.openData++
+          cb(0, 42)
+          return
+        }
         if (text(path) === undefined) { cb(Fuse.ENOENT); return }
         cb(writing ? Fuse.EACCES : 0, 43)
       },
-      release: (_path: string, _fd: number, cb: Callback) => { cb(0) },
+      release: (path: string, _fd: number, cb: Callback) => {
+        if (path === '/data' && state.openData > 0) state.openData--
+        cb(0)
+      },
       read: (path: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) => {
         if (path !== '/data') {
           const body = text(path)
@@ -235,6 +287,7 @@ export class FuseMountDriver implements MountDriver {
           cb(n)
           return
         }
+        if (!state.active) { cb(Fuse.EIO); return }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
         if (n === 0) { cb(0); return }
         writes.settle(pos, pos + n).then(async () => await volume.data.read(pos, n)).then((bytes) => {
@@ -244,6 +297,7 @@ export class FuseMountDriver implements MountDriver {
       },
       write: (path: string, _fd: number, buf: Buffer, len: number, pos: number, cb: Callback) => {
         if (path !== '/data') { cb(Fuse.EACCES); return }
+        if (!state.active) { cb(Fuse.EIO); return }
         if (volume.readOnly) { cb(Fuse.EROFS); return }
         const room = volume.data.size() - pos
         if (room <= 0) { cb(Fuse.ENOSPC); return }
@@ -260,6 +314,7 @@ export class FuseMountDriver implements MountDriver {
       ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
       fsync: (path: string, _fd: number, _datasync: boolean, cb: Callback) => {
         if (path !== '/data' || volume.readOnly) { cb(0); return }
+        if (!state.active) { cb(Fuse.EIO); return }
         writes.drain().then(async () => { await volume.data.flush() }).then(() => cb(0), (err) => fail(cb, err))
       },
       // close(2): what was written is in the volume (not yet durable: that is fsync's job), and a

@@ -182,6 +182,8 @@ export class NbdServer {
   readonly #g: GalleonFS
   readonly #server: Server
   readonly #connections = new Set<Socket>()
+  /** Per connection: stop taking requests and resolve once the ones in flight are answered. */
+  readonly #stoppers = new Map<Socket, () => Promise<void>>()
   readonly host: string
   #port = 0
   #closing: Promise<void> | undefined
@@ -226,7 +228,11 @@ export class NbdServer {
   async close (): Promise<void> {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
-      for (const socket of this.#connections) socket.end()
+      // Requests in flight are answered first (their writes are applied and acknowledged).
+      await Promise.all([...this.#connections].map(async (socket) => {
+        await this.#stoppers.get(socket)?.().catch(() => {})
+        socket.end()
+      }))
       const deadline = setTimeout(() => { for (const socket of this.#connections) socket.destroy() }, 5000)
       await closed
       clearTimeout(deadline)
@@ -237,7 +243,7 @@ export class NbdServer {
   #accept (socket: Socket): void {
     this.#connections.add(socket)
     socket.on('error', () => {}) // a client that vanishes is not the server's problem
-    socket.once('close', () => { this.#connections.delete(socket) })
+    socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(socket) })
     void this.#serve(socket).catch(() => {}).finally(() => { if (!socket.destroyed) socket.destroy() })
   }
 
@@ -287,7 +293,7 @@ export class NbdServer {
           if (found === undefined) return undefined
           const out = Buffer.alloc(noZeroes ? 10 : 134)
           out.writeBigUInt64BE(BigInt(found.size), 0)
-          out.writeUInt16BE(this.#transmissionFlags(found), 8)
+          out.writeUInt16BE(this.#transmissionFlags(found, structured), 8)
           socket.write(out)
           return { export: found, structured, allocation }
         }
@@ -336,7 +342,7 @@ export class NbdServer {
           }
           const exportInfo = Buffer.alloc(10)
           exportInfo.writeBigUInt64BE(BigInt(found.size), 0)
-          exportInfo.writeUInt16BE(this.#transmissionFlags(found), 8)
+          exportInfo.writeUInt16BE(this.#transmissionFlags(found, structured), 8)
           info(INFO_EXPORT, exportInfo)
           const asked = new Set(Array.from({ length: requests }, (_, i) => data.readUInt16BE(4 + nameLength + 2 + i * 2)))
           if (asked.has(INFO_NAME)) info(INFO_NAME, Buffer.from(found.name))
@@ -354,7 +360,7 @@ export class NbdServer {
         case OPT_SET_META_CONTEXT: {
           const queries = parseMetaContextOption(data)
           if (queries === undefined) { error(REP_ERR_INVALID, 'malformed meta context option'); break }
-          if (option === OPT_SET_META_CONTEXT && !structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
+          if (!structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
           try {
             await this.#export(queries.exportName)
           } catch (err) {
@@ -390,12 +396,15 @@ export class NbdServer {
       return { name, source: { volume: volume.id, snapshot: snapshot.id }, volumeId: volume.id, size: snapshot.sizeBytes, readOnly: true, description: `GalleonFS snapshot ${snapshot.name} of ${volume.namespace}/${volume.name} (read-only)` }
     }
     const volume = await this.#g.getVolume(name)
-    const readOnly = !volume.accessModes.some((mode) => mode === 'ReadWriteOnce' || mode === 'ReadWriteMany')
+    // A ReadWriteOnce volume mounted read-write has its one writer: export it read-only then.
+    const mountedWriter = !volume.accessModes.includes('ReadWriteMany' as never) && this.#g.mounts.listMounts().some((m) => m.volumeId === volume.id && m.snapshotId === undefined && !m.readOnly)
+    const readOnly = mountedWriter || !volume.accessModes.some((mode) => mode === 'ReadWriteOnce' || mode === 'ReadWriteMany')
     return { name, source: volume.id, volumeId: volume.id, size: volume.sizeBytes, readOnly, description: `GalleonFS volume ${volume.namespace}/${volume.name}` }
   }
 
-  #transmissionFlags (exp: Export): number {
-    let flags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_DF | TFLAG_CAN_MULTI_CONN
+  #transmissionFlags (exp: Export, structured: boolean): number {
+    // DF (don't fragment) only means something with structured replies.
+    let flags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN | (structured ? TFLAG_SEND_DF : 0)
     if (exp.readOnly) flags |= TFLAG_READ_ONLY
     else flags |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
     return flags
@@ -405,11 +414,19 @@ export class NbdServer {
   async #transmit (socket: Socket, reader: SocketReader, exp: Export, structured: boolean, allocation: boolean): Promise<void> {
     let inFlight = 0
     let drained: (() => void) | undefined
+    let slot: (() => void) | undefined
+    let stopping = false
     const done = (): void => {
       inFlight--
-      if (inFlight < MAX_IN_FLIGHT) reader.resume()
+      if (inFlight < MAX_IN_FLIGHT) { reader.resume(); slot?.() }
       if (inFlight === 0) drained?.()
     }
+    const idle = async (): Promise<void> => { if (inFlight > 0) await new Promise<void>((resolve) => { drained = resolve }) }
+    this.#stoppers.set(socket, async () => {
+      stopping = true
+      reader.pause()
+      await idle()
+    })
     // Replies finished in the same turn of the event loop go out in one writev (cork), and a
     // reply's header and data are written as they are, without copying them together.
     let corked = false
@@ -448,9 +465,11 @@ export class NbdServer {
       chunk(handle, REPLY_TYPE_ERROR, REPLY_FLAG_DONE, [body, text])
     }
 
-    while (true) {
+    while (!stopping) {
+      // At most MAX_IN_FLIGHT requests at once, also when more are already buffered.
+      while (inFlight >= MAX_IN_FLIGHT) await new Promise<void>((resolve) => { slot = resolve })
       const header = await reader.read(28)
-      if (header === undefined) break
+      if (header === undefined || stopping) break
       if (header.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic')
       const flags = header.readUInt16BE(4)
       const type = header.readUInt16BE(6)
@@ -482,15 +501,17 @@ export class NbdServer {
         }
         const data = result.data as Uint8Array
         if (!structured) { simple(handle, 0, data); return }
+        // A structured chunk covers at least one byte: an empty read is answered with NONE.
+        if (data.byteLength === 0) { chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, []); return }
         const where = Buffer.alloc(8)
         where.writeBigUInt64BE(BigInt(offset), 0)
         chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
       }).finally(done)
     }
     // Let requests in flight finish (and flush what they wrote), then close.
-    if (inFlight > 0) await new Promise<void>((resolve) => { drained = resolve })
-    await this.#g.flush(exp.volumeId).catch(() => {})
-    socket.end()
+    await idle()
+    if (!exp.readOnly) await this.#g.flush(exp.volumeId).catch(() => {})
+    if (!stopping) socket.end()
   }
 
   /** Runs one request; resolves to its outcome (never rejects). */
@@ -501,6 +522,8 @@ export class NbdServer {
       if (offset + length > exp.size || !Number.isSafeInteger(offset + length)) return { error: writing ? ENOSPC : EINVAL, message: `offset ${offset} + length ${length} is past the end of the export (${exp.size} bytes)` }
       if (type === CMD_READ && length > MAX_REQUEST_BYTES) return { error: EINVAL, message: `a read may be at most ${MAX_REQUEST_BYTES} bytes` }
     }
+    const known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE | (1 << 2) | (1 << 4)
+    if ((flags & ~known) !== 0) return { error: EINVAL, message: `unknown command flags 0x${flags.toString(16)}` }
     const fua = (flags & CMD_FLAG_FUA) !== 0
     try {
       switch (type) {
@@ -510,7 +533,8 @@ export class NbdServer {
           if (length > 0) await this.#g.write(exp.volumeId, offset, payload as Buffer, fua ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
           return { error: 0 }
         case CMD_FLUSH:
-          await this.#g.flush(exp.volumeId)
+          // Nothing to make durable on a read-only export (and its client may not be allowed writes).
+          if (!exp.readOnly) await this.#g.flush(exp.volumeId)
           return { error: 0 }
         case CMD_TRIM:
           await this.#trim(exp, offset, length)

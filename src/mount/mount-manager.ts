@@ -69,6 +69,29 @@ export interface MountHost {
   guard: <T>(action: string, ref: unknown, readOnly: boolean, task: () => Promise<T>) => Promise<T>
   /** Whether the caller may see mounts of this volume. */
   visible: (namespace: string, volumeName: string) => boolean
+  /** Throws PERMISSION_DENIED (audited) unless the caller may administer the instance. */
+  requireAdmin: (action: string, what: string) => Promise<void>
+}
+
+/** What only the instance may do with its mounts (not reachable through `g.mounts` or a principal's handle). */
+export interface MountControl {
+  /** Mounts of a volume (its snapshots' included). */
+  mountsOf: (volumeId: string) => Mount[]
+  /** Mounts of one snapshot. */
+  snapshotMounts: (snapshotId: string) => Mount[]
+  /** Unmounts every mount of a volume (or of one of its snapshots), closing their files (deletions with force). */
+  release: (volumeId: string, snapshotId?: string) => Promise<void>
+  /** Waits until every write acknowledged through the volume's mounts is in the volume (before a snapshot). */
+  quiesce: (volumeId: string) => Promise<void>
+  /** Unmounts everything (at close). */
+  close: () => Promise<void>
+}
+
+const controls = new WeakMap<MountManager, MountControl>()
+
+/** The instance's side of a mount manager. */
+export function mountControl (manager: MountManager): MountControl {
+  return controls.get(manager) as MountControl
 }
 
 interface MountState {
@@ -87,9 +110,36 @@ export class MountManager {
   readonly #queue = new SerialQueue()
   #closed = false
 
+  /** Writable VolumeFiles opened straight on a volume (not through a mount), by volume id. */
+  readonly #directWriters = new Map<string, Set<VolumeFile>>()
+
   constructor (driver: MountDriver, host: MountHost) {
     this.#driver = driver
     this.#host = host
+    const view = (state: MountState): Mount => ({ ...state.mount, openFiles: state.files.size })
+    controls.set(this, {
+      mountsOf: (volumeId) => [...this.#mounts.values()].filter((state) => state.mount.volumeId === volumeId).map(view),
+      snapshotMounts: (snapshotId) => [...this.#mounts.values()].filter((state) => state.mount.snapshotId === snapshotId).map(view),
+      release: async (volumeId, snapshotId) => {
+        await this.#serial(async () => {
+          for (const state of [...this.#mounts.values()]) {
+            if (state.mount.volumeId === volumeId && (snapshotId === undefined || state.mount.snapshotId === snapshotId)) await this.#release(state, true)
+          }
+        })
+      },
+      quiesce: async (volumeId) => {
+        for (const state of [...this.#mounts.values()]) {
+          if (state.mount.volumeId === volumeId && !state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path)
+        }
+      },
+      close: async () => {
+        await this.#serial(async () => {
+          this.#closed = true
+          for (const state of [...this.#mounts.values()]) await this.#release(state, true).catch(() => {})
+          await this.#driver.close?.()
+        })
+      }
+    })
   }
 
   /** Name of the mount driver in use (`virtual`, `fuse`, ...). */
@@ -111,32 +161,36 @@ export class MountManager {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `mount option ${flag} must be true or false, got ${describe(options[flag])}`)
     }
     const where = resolvePath(path)
-    const probe = this.#host.target(ref)
-    const strings = [...probe.classOptions, ...(options.options ?? [])]
-    let readOnly = probe.snapshotId !== undefined || strings.includes('ro')
-    if (strings.includes('rw')) readOnly = false
-    if (options.readOnly !== undefined) readOnly = options.readOnly
-    if (options.ro === true) readOnly = true
-    if (options.rw === true) readOnly = false
     if (options.ro === true && options.rw === true) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either ro or rw, not both')
-    let sync = strings.includes('sync') && !strings.includes('async')
-    if (options.sync !== undefined) sync = options.sync
-    const driverOptions = [...new Set(strings.filter((o) => !['ro', 'rw', 'sync', 'async'].includes(o)))]
-    return await this.#host.guard('mountVolume', ref, readOnly, async () => await this.#serial(async () => {
+    const own = options.options ?? []
+    // Option strings a driver applies (allow_other, ...) are the administrator's to choose.
+    if (own.some((o) => !['ro', 'rw', 'sync', 'async'].includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
+    // Checked on what the caller asks for, before anything is looked up (nothing leaks to a caller who may not).
+    const asked = isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
+    return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
       const target = this.#host.target(ref)
+      const strings = [...target.classOptions, ...own]
+      // The call's options win over the storage class's, and the last word of each wins.
+      const last = (list: readonly string[], a: string, b: string): string | undefined => [...list].reverse().find((o) => o === a || o === b)
+      let readOnly = target.snapshotId !== undefined
+      const classMode = last(target.classOptions, 'ro', 'rw')
+      if (classMode !== undefined) readOnly = classMode === 'ro'
+      const ownMode = last(own, 'ro', 'rw')
+      if (ownMode !== undefined) readOnly = ownMode === 'ro'
+      if (options.readOnly !== undefined) readOnly = options.readOnly
+      if (options.ro === true) readOnly = true
+      if (options.rw === true) readOnly = false
+      let sync = last(strings, 'sync', 'async') === 'sync'
+      if (options.sync !== undefined) sync = options.sync
+      const driverOptions = [...new Set(strings.filter((o) => !['ro', 'rw', 'sync', 'async'].includes(o)))]
       if (this.#atPath(where) !== undefined) throw new GalleonError('BUSY', `${where} is already a mount point (${this.#atPath(where)?.mount.volumeName}); unmount it first or pick another path`)
       if (!readOnly) {
         if (target.snapshotId !== undefined) throw new GalleonError('READ_ONLY', `snapshot ${target.snapshotName} of volume ${target.volumeName} can only be mounted read-only`)
         if (!target.accessModes.includes(AccessMode.ReadWriteOnce) && !target.accessModes.includes(AccessMode.ReadWriteMany)) {
           throw new GalleonError('READ_ONLY', `volume ${target.volumeName} allows only read-only access (${target.accessModes.join(', ')}); mount it with { readOnly: true }`)
         }
-        if (!target.accessModes.includes(AccessMode.ReadWriteMany)) {
-          const writer = [...this.#mounts.values()].find((state) => state.mount.volumeId === target.volumeId && state.mount.snapshotId === undefined && !state.mount.readOnly)
-          if (writer !== undefined) {
-            throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and already mounted read-write at ${writer.mount.path}; unmount it there, or mount this one read-only`)
-          }
-        }
+        if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target)
       }
       const mount: Omit<Mount, 'openFiles'> = {
         id: randomUUID(),
@@ -188,7 +242,7 @@ export class MountManager {
       if (state.files.size > 0 && options?.force !== true) {
         throw new GalleonError('BUSY', `${state.files.size} file(s) are open on the mount at ${state.mount.path}; close them first, or pass { force: true }`)
       }
-      await this.#release(state)
+      await this.#release(state, options?.force === true)
     }))
   }
 
@@ -207,7 +261,8 @@ export class MountManager {
     this.#assertOpen()
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `openVolumeFile() options must be an object such as { readOnly: true }, got ${describe(options)}`)
     if (options.readOnly !== undefined && typeof options.readOnly !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `readOnly must be true or false, got ${describe(options.readOnly)}`)
-    const mounted = typeof pathOrRef === 'string' ? this.#atPath(resolvePath(pathOrRef)) : undefined
+    const found = typeof pathOrRef === 'string' ? this.#atPath(resolvePath(pathOrRef)) : undefined
+    const mounted = found !== undefined && this.#host.visible(found.mount.namespace, found.mount.volumeName) ? found : undefined
     if (mounted !== undefined) {
       // The caller must be allowed what the file will do, like any I/O.
       const ref = mounted.target.snapshotId === undefined ? mounted.mount.volumeId : { volume: mounted.mount.volumeId, snapshot: mounted.target.snapshotId }
@@ -217,43 +272,59 @@ export class MountManager {
       mounted.files.add(file)
       return file
     }
-    const probe = this.#host.target(pathOrRef)
-    const readOnly = probe.snapshotId !== undefined || options.readOnly === true
+    // Straight on a volume: the same access-mode rules as a mount (a direct writable file counts as
+    // a read-write attachment of a ReadWriteOnce volume).
+    const readOnly = isSnapshotRef(pathOrRef) || options.readOnly === true
     const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef))
-    return new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false })
-  }
-
-  /** Mounts of a volume (its snapshots' included). */
-  mountsOf (volumeId: string): Mount[] {
-    return [...this.#mounts.values()].filter((state) => state.mount.volumeId === volumeId).map((state) => ({ ...state.mount, openFiles: state.files.size }))
-  }
-
-  /** Unmounts every mount of a volume, closing their files (for deleteVolume with force). */
-  async releaseVolume (volumeId: string): Promise<void> {
-    await this.#serial(async () => {
-      for (const state of [...this.#mounts.values()]) if (state.mount.volumeId === volumeId) await this.#release(state)
+    if (!readOnly) {
+      if (!target.accessModes.includes(AccessMode.ReadWriteOnce) && !target.accessModes.includes(AccessMode.ReadWriteMany)) {
+        throw new GalleonError('READ_ONLY', `volume ${target.volumeName} allows only read-only access (${target.accessModes.join(', ')}); open it with { readOnly: true }`)
+      }
+      if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target, true)
+    }
+    let writers = this.#directWriters.get(target.volumeId)
+    const file = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
+      writers?.delete(file)
+      if (writers?.size === 0) this.#directWriters.delete(target.volumeId)
     })
+    if (!readOnly) {
+      if (writers === undefined) this.#directWriters.set(target.volumeId, writers = new Set())
+      writers.add(file)
+    }
+    return file
   }
 
-  /** Unmounts everything (at close). */
-  async close (): Promise<void> {
-    await this.#serial(async () => {
-      this.#closed = true
-      for (const state of [...this.#mounts.values()]) await this.#release(state).catch(() => {})
-      await this.#driver.close?.()
-    })
+  /** BUSY when a ReadWriteOnce volume already has a writer: a read-write mount, or (unless `direct`) a writable file opened straight on it. */
+  #assertNoWriter (target: MountTarget, direct = false): void {
+    const writer = [...this.#mounts.values()].find((state) => state.mount.volumeId === target.volumeId && state.mount.snapshotId === undefined && !state.mount.readOnly)
+    if (writer !== undefined) {
+      throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and already mounted read-write at ${writer.mount.path}; ${direct ? 'open the file on that mount point, or read-only' : 'unmount it there, or mount this one read-only'}`)
+    }
+    if (!direct && (this.#directWriters.get(target.volumeId)?.size ?? 0) > 0) {
+      throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and has a writable file open (openVolumeFile); close it, or mount read-only`)
+    }
   }
 
-  async #release (state: MountState): Promise<void> {
+  async #release (state: MountState, force: boolean): Promise<void> {
     for (const file of [...state.files]) await file.close().catch(() => {})
-    await this.#driver.unmount(state.mount.path)
+    try {
+      await this.#driver.unmount(state.mount.path, { force })
+    } catch (err) {
+      // Unmounted, but background writes failed: the mount is gone all the same.
+      if ((err as { code?: string }).code !== 'IO_ERROR') throw err
+      this.#mounts.delete(state.mount.id)
+      throw err
+    }
     this.#mounts.delete(state.mount.id)
   }
 
+  /** A mount by id or path; mounts the caller may not see are reported like missing ones. */
   #find (idOrPath: unknown): MountState {
     if (typeof idOrPath !== 'string' || idOrPath.length === 0) throw new GalleonError('INVALID_ARGUMENT', `unmountVolume() takes a mount id or a mount point, got ${describe(idOrPath)}`)
     const state = this.#mounts.get(idOrPath) ?? this.#atPath(resolvePath(idOrPath))
-    if (state === undefined) throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted as ${JSON.stringify(idOrPath)}; listMounts() shows the mounts`)
+    if (state === undefined || !this.#host.visible(state.mount.namespace, state.mount.volumeName)) {
+      throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted as ${JSON.stringify(idOrPath)}; listMounts() shows the mounts`)
+    }
     return state
   }
 
@@ -269,6 +340,10 @@ export class MountManager {
   async #serial<T> (task: () => Promise<T>): Promise<T> {
     return await this.#queue.run(task)
   }
+}
+
+function isSnapshotRef (ref: unknown): boolean {
+  return typeof ref === 'object' && ref !== null && ('snapshot' in ref || ('volumeId' in ref && 'id' in ref))
 }
 
 /** The default mount driver: mounts exist for the VolumeFile API only; nothing appears in the file system. */

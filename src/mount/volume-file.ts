@@ -57,9 +57,17 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
    * (from `bufferOffset`), advancing the position. Resolves to the bytes read: 0 at the end.
    */
   async read (buffer: Uint8Array, length?: number, bufferOffset = 0): Promise<number> {
-    const n = await this.pread(buffer, this.#position, length, bufferOffset)
-    this.#position += n
-    return n
+    // The position moves before the read starts, so concurrent reads get consecutive ranges.
+    const at = this.#position
+    const wanted = length ?? (buffer instanceof Uint8Array ? buffer.byteLength - bufferOffset : 0)
+    const moved = Math.max(0, Math.min(typeof wanted === 'number' && wanted > 0 ? wanted : 0, this.size - at))
+    this.#position += moved
+    try {
+      return await this.pread(buffer, at, length, bufferOffset)
+    } catch (err) {
+      if (this.#position === at + moved) this.#position = at
+      throw err
+    }
   }
 
   /** Reads up to `length` bytes at `position` into `buffer`, without moving the position. */
@@ -83,9 +91,17 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
 
   /** Writes `data` at the position, advancing it. Resolves to the bytes written (all of them). */
   async write (data: Uint8Array): Promise<number> {
-    const n = await this.pwrite(data, this.#position)
-    this.#position += n
-    return n
+    // The position moves before the write starts, so concurrent writes land one after the other;
+    // a write that fails leaves it where it was if nothing else moved it meanwhile.
+    const at = this.#position
+    const length = data instanceof Uint8Array ? data.byteLength : 0
+    if (at + length <= this.size) this.#position = at + length
+    try {
+      return await this.pwrite(data, at)
+    } catch (err) {
+      if (this.#position === at + length) this.#position = at
+      throw err
+    }
   }
 
   /** Writes `data` at `position`, without moving the position; refused past the end of the volume. */
