@@ -14,7 +14,7 @@ export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } fr
 export type { MetadataDatabase } from './volumes/catalog.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockStore, type BackupTarget, type KeyProvider, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
+  type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
@@ -28,3 +28,5 @@ export { nodeCipher, nobleCipher, defaultCipher, type AeadCipher } from './crypt
 export type { VolumeEncryption } from './crypto/key-manager.js'
 export { VERBS, parseAccessPolicy, type Principal, type AccessPolicy, type AccessObject, type Verb } from './access/access-control.js'
 export type { AuditEntry, AuditQuery, AuditVerification } from './access/audit-log.js'
+export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from './mount/mount-manager.js'
+export { VolumeFile } from './mount/volume-file.js'

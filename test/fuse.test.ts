@@ -65,6 +65,15 @@ describe('FUSE mount driver', { skip }, () => {
       await exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=64K', 'count=1', 'status=none'])
       assert.equal((await stat(join(mnt, 'data'))).size, 16 << 20)
       assert.deepEqual(await g.read(vol, 2 << 20, 4 << 20), input)
+      // cp over data (it opens with O_TRUNC, which a disk ignores), then cmp.
+      const small = join(root, 'small.bin')
+      await writeFile(small, new Uint8Array(randomBytes(3 << 20)))
+      await exec('cp', [small, join(mnt, 'data')])
+      await exec('cmp', ['-n', String(3 << 20), small, join(mnt, 'data')])
+      assert.deepEqual(await g.read(vol, 0, 3 << 20), new Uint8Array(await readFile(small)))
+      await exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=1M', 'seek=2', 'count=1', 'conv=notrunc', 'status=none'])
+      await writeFile(image, input)
+      await exec('dd', [`if=${image}`, `of=${join(mnt, 'data')}`, 'bs=1M', 'seek=2', 'conv=notrunc,fsync', 'status=none'])
       // truncate: to the size or less is a no-op, beyond it refused.
       await exec('truncate', ['-s', String(16 << 20), join(mnt, 'data')])
       await assert.rejects(exec('truncate', ['-s', String(32 << 20), join(mnt, 'data')]), /File too large/)
@@ -146,6 +155,21 @@ describe('FUSE mount driver', { skip }, () => {
   })
 })
 
+/** Collects a child's stdout as whole lines (a line may arrive in several chunks). */
+function collectLines (stream: NodeJS.ReadableStream): string[] {
+  const lines: string[] = []
+  let pending = ''
+  stream.on('data', (chunk: Buffer) => {
+    pending += chunk.toString()
+    let newline: number
+    while ((newline = pending.indexOf('\n')) >= 0) {
+      lines.push(pending.slice(0, newline).trim())
+      pending = pending.slice(newline + 1)
+    }
+  })
+  return lines
+}
+
 describe('FUSE mount driver: review regressions', { skip }, () => {
   /** A file store whose batches take `delay` ms, and that fails them once `failing` is set. */
   async function slowStore (dir: string, delay: number): Promise<{ store: import('../src/index.js').BlockStore, control: { failing: boolean } }> {
@@ -226,8 +250,7 @@ try:
 except OSError as e:
     print('error', e.errno, flush=True)
 `], { stdio: ['ignore', 'pipe', 'inherit'] })
-      const lines: string[] = []
-      child.stdout.on('data', (chunk: Buffer) => lines.push(...chunk.toString().trim().split('\n')))
+      const lines = collectLines(child.stdout)
       while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
       await assert.rejects(g.mounts.unmountVolume(mnt), (err: Error & { code?: string }) => err.code === 'BUSY' && /open/.test(err.message))
       await g.mounts.unmountVolume(mnt, { force: true })
@@ -252,8 +275,7 @@ print(os.pread(fd, 4, 0).hex(), flush=True)
 sys.stdin.readline()
 print(os.pread(fd, 4, 0).hex(), flush=True)
 `], { stdio: ['pipe', 'pipe', 'inherit'] })
-      const lines: string[] = []
-      child.stdout.on('data', (chunk: Buffer) => lines.push(...chunk.toString().trim().split('\n')))
+      const lines = collectLines(child.stdout)
       while (lines.length < 1) await new Promise((resolve) => setTimeout(resolve, 20))
       await g.write('v', 0, new Uint8Array(4096).fill(0x22))
       child.stdin.write('\n')
