@@ -242,6 +242,7 @@ export class NbdServer {
 
   #accept (socket: Socket): void {
     this.#connections.add(socket)
+    socket.setNoDelay(true)
     socket.on('error', () => {}) // a client that vanishes is not the server's problem
     socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(socket) })
     void this.#serve(socket).catch(() => {}).finally(() => { if (!socket.destroyed) socket.destroy() })
