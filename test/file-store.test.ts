@@ -725,6 +725,22 @@ describe('file block store', () => {
         })
       }
     })
+
+    it('removes temporary and set-aside lock files that dead processes left behind, and only those', async () => {
+      const deadPid = await new Promise<number>((resolve, reject) => {
+        const child = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' })
+        child.once('error', reject)
+        child.once('exit', () => resolve(child.pid as number))
+      })
+      await withStore({}, async ({ location, make }) => {
+        const livePid = process.ppid
+        for (const name of [`LOCK.${deadPid}.0a1b2c3d.tmp`, `LOCK.stale-${deadPid}-0a1b2c3d`, `LOCK.${livePid}.0a1b2c3d.tmp`]) await writeFile(join(location, name), `${deadPid}\n`)
+        const store = make()
+        await store.open()
+        const left = (await readdir(location)).filter((name) => name.startsWith('LOCK')).sort()
+        assert.deepEqual(left, ['LOCK', `LOCK.${livePid}.0a1b2c3d.tmp`].sort())
+      })
+    })
   })
 
   describe('writer', () => {

@@ -2,7 +2,7 @@
 // takeover of locks left by processes that died.
 
 import { randomBytes } from 'node:crypto'
-import { link, readFile, realpath, rename, unlink, writeFile } from 'node:fs/promises'
+import { link, readFile, readdir, realpath, rename, unlink, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import { isCode } from './segment.js'
@@ -69,6 +69,7 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
     } finally {
       await unlink(temporary).catch(() => {}) // best effort: the link (if any) holds the content
     }
+    await removeLeftovers(directory)
     return {
       release: async () => {
         try {
@@ -82,6 +83,20 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
   } catch (err) {
     heldByThisProcess.delete(key)
     throw err
+  }
+}
+
+/**
+ * Removes what processes that died while taking or taking over the lock left behind: their
+ * temporary and set-aside lock files (named after their pid). Best effort.
+ */
+async function removeLeftovers (directory: string): Promise<void> {
+  const names = await readdir(directory).catch(() => [] as string[])
+  for (const name of names) {
+    const match = /^LOCK\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name) ?? /^LOCK\.stale-(\d+)-[0-9a-f]+$/.exec(name)
+    if (match === null) continue
+    const pid = Number(match[1])
+    if (pid !== process.pid && !isAlive(pid)) await unlink(join(directory, name)).catch(() => {})
   }
 }
 
