@@ -1,0 +1,143 @@
+// `galleonfs <command>`: the CLI, a thin client of the daemon's HTTP/JSON API. Exit codes: 0 done,
+// 1 the operation failed (the daemon said no, or is not running), 2 the command line is wrong.
+
+import { readFile } from 'node:fs/promises'
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { parseSize } from '../src/index.js'
+import { runtimeTokenPath } from './daemon.js'
+import { parseAddress } from './daemon-config.js'
+
+/** A failure to report in one line (exit 1), never with a stack trace. */
+class CliError extends Error {}
+
+interface Globals { daemonAddress: string, token?: string, json?: boolean }
+
+async function tokenFor (globals: Globals): Promise<string> {
+  const given = globals.token ?? process.env.GALLEONFS_TOKEN
+  if (given !== undefined && given !== '') return given
+  try {
+    return (await readFile(runtimeTokenPath(globals.daemonAddress), 'utf8')).trim()
+  } catch {
+    return ''
+  }
+}
+
+/** One API call; daemon errors become CliError with the daemon's message. */
+async function call (globals: Globals, method: string, path: string, body?: unknown): Promise<unknown> {
+  const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
+  let response: Response
+  try {
+    response = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${await tokenFor(globals)}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+  } catch {
+    throw new CliError(`no GalleonFS daemon answers at ${globals.daemonAddress}; start it with \`galleonfs -d --ipc-address ${globals.daemonAddress}\`, or point the CLI at it with --daemon-address`)
+  }
+  const text = await response.text()
+  const parsed = text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
+  if (!response.ok) {
+    const error = (parsed as { error?: { code?: string, message?: string } })?.error
+    if (response.status === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
+    throw new CliError(`${error?.code ?? response.status}: ${error?.message ?? text}`)
+  }
+  return parsed
+}
+
+function print (globals: Globals, value: unknown, table?: () => string): void {
+  process.stdout.write(globals.json === true || table === undefined ? JSON.stringify(value, null, 2) + '\n' : table())
+}
+
+/** Rows as aligned columns. */
+function columns (headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd()
+  return [line(headers), ...rows.map(line)].join('\n') + '\n'
+}
+
+function sizeOption (value: string): number {
+  try {
+    return parseSize(value)
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message)
+  }
+}
+
+interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string }
+
+/** Builds the command tree. */
+export function buildCli (): Command {
+  const program = new Command('galleonfs')
+    .description('GalleonFS command-line client (start the daemon with `galleonfs -d`)')
+    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').default('127.0.0.1:8090'))
+    .option('--token <token>', 'API token (default: GALLEONFS_TOKEN, or the one the daemon left for this user)')
+    .option('--json', 'print JSON')
+    .showHelpAfterError()
+    .exitOverride()
+  const globals = (): Globals => program.opts<Globals>()
+
+  const volume = program.command('volume').description('manage volumes')
+  volume.command('create').description('create a volume')
+    .option('-n, --name <name>', 'volume name (generated when omitted)')
+    .addOption(new Option('-t, --volume-type <type>', 'volume type').choices(['ephemeral', 'persistent', 'shared']).default('persistent'))
+    .addOption(new Option('-s, --size <size>', 'size with suffix K/M/G/T').argParser(sizeOption).default(parseSize('1G'), '1G'))
+    .option('-c, --storage-class <class>', 'storage class', 'encrypted-storage')
+    .option('-r, --replicas <count>', 'replicas (overrides the storage class)', (v) => {
+      const n = Number(v)
+      if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('a positive whole number')
+      return n
+    })
+    .action(async (options: { name?: string, volumeType: string, size: number, storageClass: string, replicas?: number }) => {
+      const created = await call(globals(), 'POST', '/v1/volumes', { name: options.name, type: options.volumeType, sizeBytes: options.size, storageClass: options.storageClass, ...(options.replicas === undefined ? {} : { replicas: options.replicas }) }) as VolumeView
+      print(globals(), created, () => `created volume ${created.name} (${created.id}), ${created.sizeBytes} bytes, class ${created.storageClass}\n`)
+    })
+  volume.command('list').description('list volumes').action(async () => {
+    const list = await call(globals(), 'GET', '/v1/volumes') as VolumeView[]
+    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CLASS', 'REPLICAS', 'STATE'], list.map((v) => [v.namespace === 'default' ? v.name : `${v.namespace}/${v.name}`, v.id, String(v.sizeBytes), v.storageClass, String(v.replicas), v.state])))
+  })
+  volume.command('get').description('show a volume (by name or id)').argument('<volume>').action(async (ref: string) => {
+    const found = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}`) as VolumeView & { usage: { allocatedBytes: number } }
+    print(globals(), found, () => columns(['FIELD', 'VALUE'], Object.entries({ ...found, usage: found.usage.allocatedBytes }).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])))
+  })
+  volume.command('delete').description('delete a volume (by name or id)').argument('<volume>').option('-f, --force', 'also when its class retains volumes, it is mounted or has clones')
+    .action(async (ref: string, options: { force?: boolean }) => {
+      await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}${options.force === true ? '?force=true' : ''}`)
+      print(globals(), { deleted: ref }, () => `deleted volume ${ref}\n`)
+    })
+
+  const daemon = program.command('daemon').description('the running daemon')
+  daemon.command('status').description('show the daemon\'s state').action(async () => {
+    const status = await call(globals(), 'GET', '/v1/status') as Record<string, unknown>
+    print(globals(), status, () => columns(['FIELD', 'VALUE'], Object.entries(status).map(([k, v]) => [k, String(v)])))
+  })
+  daemon.command('config').description('show the daemon\'s configuration').action(async () => {
+    print(globals(), await call(globals(), 'GET', '/v1/config'))
+  })
+  daemon.command('stop').description('stop the daemon gracefully').action(async () => {
+    await call(globals(), 'POST', '/v1/shutdown')
+    print(globals(), { state: 'stopping' }, () => 'the daemon is stopping\n')
+  })
+
+  program.command('storage-class').description('storage classes').command('list').description('list storage classes').action(async () => {
+    const list = await call(globals(), 'GET', '/v1/storage-classes') as Array<{ name: string, reclaimPolicy: string, parameters: Record<string, string>, builtIn: boolean }>
+    print(globals(), list, () => columns(['NAME', 'RECLAIM', 'ENCRYPTION', 'BUILT-IN'], list.map((c) => [c.name, c.reclaimPolicy, c.parameters.encryption ?? 'false', String(c.builtIn)])))
+  })
+  return program
+}
+
+/** Runs the CLI; resolves to the exit code. */
+export async function runCli (argv: string[]): Promise<number> {
+  const program = buildCli()
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return 0
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version end with code 0; everything else about the command line is a usage error.
+      return err.exitCode === 0 ? 0 : 2
+    }
+    process.stderr.write(`galleonfs: ${(err as Error).message}\n`)
+    return 1
+  }
+}

@@ -1,0 +1,180 @@
+// `galleonfs -d`: a thin daemon over the library. It opens one GalleonFS instance and serves an
+// HTTP/JSON API on the IPC address for the CLI (and GET /metrics for Prometheus). Every request
+// carries the API token (Authorization: Bearer ...), generated at first start and kept, mode 0600,
+// in the storage path and in a per-user runtime file named after the IPC address, where the CLI on
+// the same machine finds it.
+
+import { randomBytes, timingSafeEqual } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode } from '../src/index.js'
+import { parseAddress, type DaemonConfig } from './daemon-config.js'
+
+/** Largest request body accepted. */
+const MAX_BODY_BYTES = 1024 * 1024
+
+const LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
+type Level = typeof LEVELS[number]
+
+/** Structured logs (one JSON object per line on stderr); the level from GALLEONFS_LOG or RUST_LOG. */
+export function createLogger (env: NodeJS.ProcessEnv = process.env): (level: Level, message: string, fields?: Record<string, unknown>) => void {
+  const wanted = (env.GALLEONFS_LOG ?? env.RUST_LOG ?? 'info').toLowerCase().split(',')[0]?.split('=').pop() as Level
+  const limit = LEVELS.includes(wanted) ? LEVELS.indexOf(wanted) : LEVELS.indexOf('info')
+  return (level, message, fields = {}) => {
+    if (LEVELS.indexOf(level) > limit) return
+    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, message, ...fields }) + '\n')
+  }
+}
+
+/** Where the CLI finds the token of the daemon at `ipcAddress` (per user, mode 0600 in a 0700 directory). */
+export function runtimeTokenPath (ipcAddress: string): string {
+  const base = process.env.XDG_RUNTIME_DIR ?? join(tmpdir(), `galleonfs-${process.getuid?.() ?? 'user'}`)
+  return join(base, 'galleonfs', `token-${ipcAddress.replace(/[^A-Za-z0-9.-]/g, '_')}`)
+}
+
+const STATUS: Partial<Record<GalleonErrorCode, number>> = {
+  VOLUME_NOT_FOUND: 404, SNAPSHOT_NOT_FOUND: 404, BACKUP_NOT_FOUND: 404, POLICY_NOT_FOUND: 404, STORAGE_CLASS_NOT_FOUND: 404,
+  VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, BUSY: 409,
+  INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507
+}
+
+class HttpError extends Error {
+  constructor (readonly status: number, readonly code: string, message: string) { super(message) }
+}
+
+/** A running daemon. */
+export interface Daemon {
+  readonly ipcAddress: string
+  stop: () => Promise<void>
+  /** Resolves when the daemon has stopped (by stop(), a signal or POST /v1/shutdown). */
+  readonly stopped: Promise<void>
+}
+
+/** Starts the daemon: opens the storage, writes the token, listens. */
+export async function startDaemon (config: DaemonConfig, log = createLogger()): Promise<Daemon> {
+  const ipc = parseAddress(config.ipcAddress, 'ipc address')
+  const g = await GalleonFS.open({ storagePath: config.storagePath, blockSize: config.blockSize, ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }) })
+  const startedAt = Date.now()
+  let server: Server | undefined
+  let tokenFile: string | undefined
+  let finish!: () => void
+  const stopped = new Promise<void>((resolve) => { finish = resolve })
+  let stopping: Promise<void> | undefined
+  const stop = async (): Promise<void> => {
+    stopping ??= (async () => {
+      log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
+      await new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
+      await g.close()
+      if (tokenFile !== undefined) await rm(tokenFile, { force: true })
+      log('info', 'stopped')
+      finish()
+    })()
+    await stopping
+  }
+  try {
+    const token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
+    server = createServer((request, response) => { void handle(request, response).catch(() => {}) })
+    const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
+      const send = (status: number, body: unknown, type = 'application/json'): void => {
+        const text = typeof body === 'string' ? body : JSON.stringify(body)
+        response.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) })
+        response.end(text)
+      }
+      try {
+        const offered = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? ''
+        if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
+        const url = new URL(request.url ?? '/', 'http://daemon')
+        const body = await readBody(request)
+        const result = await route(g, config, request.method ?? 'GET', url, body, { startedAt, stop })
+        if (typeof result === 'string') send(200, result, PROMETHEUS_CONTENT_TYPE)
+        else send(result === undefined ? 204 : 200, result ?? '')
+      } catch (err) {
+        if (err instanceof HttpError) { send(err.status, { error: { code: err.code, message: err.message } }); return }
+        if (isGalleonError(err)) { send(STATUS[err.code] ?? 500, { error: { code: err.code, message: err.message } }); return }
+        log('error', 'request failed', { method: request.method, url: request.url, error: (err as Error)?.message })
+        send(500, { error: { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) } })
+      }
+    }
+    await new Promise<void>((resolve, reject) => {
+      (server as Server).once('error', reject)
+      ;(server as Server).listen(ipc.port, ipc.host, () => resolve())
+    })
+    const address = server.address()
+    const actual = typeof address === 'object' && address !== null ? `${ipc.host}:${address.port}` : config.ipcAddress
+    tokenFile = runtimeTokenPath(actual)
+    await mkdir(join(tokenFile, '..'), { recursive: true, mode: 0o700 })
+    await writeFile(tokenFile, token + '\n', { mode: 0o600 })
+    await chmod(tokenFile, 0o600)
+    log('info', 'ready', { ipcAddress: actual, storagePath: resolve(config.storagePath), pid: process.pid })
+    return { ipcAddress: actual, stop, stopped }
+  } catch (err) {
+    server?.close()
+    await g.close().catch(() => {})
+    throw err
+  }
+}
+
+async function loadOrCreateToken (path: string): Promise<string> {
+  try {
+    const text = (await readFile(path, 'utf8')).trim()
+    if (/^[0-9a-f]{64}$/.test(text)) return text
+  } catch {}
+  const token = randomBytes(32).toString('hex')
+  await writeFile(path, token + '\n', { mode: 0o600 })
+  await chmod(path, 0o600)
+  return token
+}
+
+function sameToken (offered: string, token: string): boolean {
+  const a = Buffer.from(offered)
+  const b = Buffer.from(token)
+  return a.byteLength === b.byteLength && timingSafeEqual(a, b)
+}
+
+async function readBody (request: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of request) {
+    size += (chunk as Buffer).byteLength
+    // Past the limit the rest is read and dropped (so the client gets the 413, not a reset), up to a bound.
+    if (size > MAX_BODY_BYTES * 16) request.destroy()
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk as Buffer)
+  }
+  if (size > MAX_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `request bodies are limited to ${MAX_BODY_BYTES} bytes`)
+  if (size === 0) return undefined
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new HttpError(400, 'INVALID_ARGUMENT', 'the request body is not valid JSON')
+  }
+}
+
+/** The API: library calls, nothing more. */
+async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: { startedAt: number, stop: () => Promise<void> }): Promise<unknown> {
+  const parts = url.pathname.split('/').filter((p) => p.length > 0).map(decodeURIComponent)
+  const key = `${method} /${parts.map((p, i) => i >= 2 ? ':' : p).join('/')}`
+  const ref = parts[2] as string
+  const options = (body ?? {}) as Record<string, unknown>
+  switch (key) {
+    case 'GET /metrics': return await g.metricsText()
+    case 'GET /v1/status': {
+      const volumes = await g.listVolumes()
+      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length }
+    }
+    case 'GET /v1/config': return config
+    case 'POST /v1/shutdown':
+      setImmediate(() => { void daemon.stop() })
+      return { state: 'stopping' }
+    case 'GET /v1/volumes': return await g.listVolumes()
+    case 'POST /v1/volumes': return await g.createVolume(options as never)
+    case 'GET /v1/volumes/:': return { ...await g.getVolume(ref), usage: await g.getVolumeUsageDetails(ref) }
+    case 'DELETE /v1/volumes/:':
+      await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
+      return undefined
+    case 'GET /v1/storage-classes': return await g.listStorageClasses()
+    default:
+      throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
+  }
+}

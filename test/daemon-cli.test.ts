@@ -1,0 +1,208 @@
+// The daemon and the CLI as real processes: `galleonfs -d` on a free loopback port, driven by the
+// `galleonfs` CLI (examples/galleonfs.ts run with tsx, as the package's bin runs its build).
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createRequire } from 'node:module'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
+// Absolute, so that the loader is found from a working directory without node_modules.
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
+
+let root: string
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-daemon-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+
+interface Running { child: ChildProcess, address: string, logs: string[], exited: Promise<number | null> }
+
+/** Starts `galleonfs -d` and resolves once it logged "ready" (or rejects with what it logged). */
+async function startDaemon (args: string[]): Promise<Running> {
+  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+  const logs: string[] = []
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const address = await new Promise<string>((resolve, reject) => {
+    let pending = ''
+    child.stderr?.on('data', (chunk: Buffer) => {
+      pending += chunk.toString()
+      let newline: number
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, newline)
+        pending = pending.slice(newline + 1)
+        logs.push(line)
+        try {
+          const entry = JSON.parse(line) as { message?: string, ipcAddress?: string }
+          if (entry.message === 'ready' && entry.ipcAddress !== undefined) resolve(entry.ipcAddress)
+        } catch {}
+      }
+    })
+    void exited.then((code) => reject(new Error(`the daemon exited with ${code}: ${logs.join(' | ')}`)))
+  })
+  return { child, address, logs, exited }
+}
+
+/** Runs the CLI; resolves to its exit code and output. */
+async function cli (address: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise((resolve) => {
+    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: root, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
+    })
+  })
+}
+
+describe('daemon and CLI', () => {
+  it('creates, lists, shows and deletes volumes; JSON and tables; status and storage classes', async () => {
+    const storage = join(root, 'node1')
+    const daemon = await startDaemon(['--storage-path', storage])
+    try {
+      const created = await cli(daemon.address, ['--json', 'volume', 'create', '--name', 'web-data', '--size', '16M', '--storage-class', 'fast-local-ssd'])
+      assert.equal(created.code, 0, created.stderr)
+      assert.equal(JSON.parse(created.stdout).sizeBytes, 16 << 20)
+      // The seed's defaults: 1G, encrypted-storage (here with one replica, all a single node offers).
+      const db = await cli(daemon.address, ['volume', 'create', '-n', 'db-data', '-r', '1'])
+      assert.equal(db.code, 0, db.stderr)
+      assert.match(db.stdout, /created volume db-data .*1073741824 bytes, class encrypted-storage/)
+      const list = await cli(daemon.address, ['volume', 'list'])
+      assert.match(list.stdout.split('\n')[0] ?? '', /^NAME\s+ID\s+SIZE\s+CLASS\s+REPLICAS\s+STATE$/)
+      assert.deepEqual(JSON.parse((await cli(daemon.address, ['--json', 'volume', 'list'])).stdout).map((v: { name: string }) => v.name), ['web-data', 'db-data'])
+      const shown = JSON.parse((await cli(daemon.address, ['--json', 'volume', 'get', 'db-data'])).stdout)
+      assert.equal(shown.encrypted, true)
+      assert.equal(shown.usage.allocatedBytes, 0)
+      const status = JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'status'])).stdout)
+      assert.equal(status.state, 'running')
+      assert.equal(status.volumes, 2)
+      assert.match((await cli(daemon.address, ['storage-class', 'list'])).stdout, /encrypted-storage\s+Retain\s+true/)
+      assert.equal(JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'config'])).stdout).storagePath, storage)
+      // Retain class: refused without --force.
+      const refused = await cli(daemon.address, ['volume', 'delete', 'db-data'])
+      assert.equal(refused.code, 1)
+      assert.match(refused.stderr, /BUSY: .*Retain/)
+      assert.equal((await cli(daemon.address, ['volume', 'delete', 'db-data', '--force'])).code, 0)
+      assert.equal((await cli(daemon.address, ['volume', 'delete', 'web-data'])).code, 0)
+      assert.deepEqual(JSON.parse((await cli(daemon.address, ['--json', 'volume', 'list'])).stdout), [])
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
+  it('reports user errors in one line with exit codes 1 and 2, never a stack trace', async () => {
+    const daemon = await startDaemon(['--storage-path', join(root, 'node2')])
+    try {
+      const unknown = await cli(daemon.address, ['volume', 'get', 'nope'])
+      assert.equal(unknown.code, 1)
+      assert.match(unknown.stderr, /^galleonfs: VOLUME_NOT_FOUND: no volume with id or name "nope"/)
+      const badSize = await cli(daemon.address, ['volume', 'create', '--size', 'lots'])
+      assert.equal(badSize.code, 2)
+      assert.match(badSize.stderr, /cannot parse size "lots"/)
+      const badType = await cli(daemon.address, ['volume', 'create', '-t', 'forever'])
+      assert.equal(badType.code, 2)
+      const unknownCommand = await cli(daemon.address, ['volume', 'explode'])
+      assert.equal(unknownCommand.code, 2)
+      const wrongToken = await cli(daemon.address, ['daemon', 'status'], { GALLEONFS_TOKEN: 'not-the-token' })
+      assert.equal(wrongToken.code, 1)
+      assert.match(wrongToken.stderr, /rejected the API token/)
+      const tooBig = await cli(daemon.address, ['volume', 'create', '-n', 'x', '-s', '1M', '-c', 'no-such-class'])
+      assert.equal(tooBig.code, 1)
+      assert.match(tooBig.stderr, /STORAGE_CLASS_NOT_FOUND/)
+      for (const result of [unknown, badSize, wrongToken, tooBig]) assert.doesNotMatch(result.stderr, /\n\s+at /)
+      // The API itself: no token, an oversized body, an unknown route; Prometheus metrics with the token.
+      const token = (await readFile(join(root, 'node2', 'ipc.token'), 'utf8')).trim()
+      const base = `http://${daemon.address}`
+      assert.equal((await fetch(`${base}/v1/volumes`)).status, 401)
+      const big = await fetch(`${base}/v1/volumes`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: 'x'.repeat(2 * 1024 * 1024) })
+      assert.equal(big.status, 413)
+      assert.equal((await fetch(`${base}/v1/nothing`, { headers: { authorization: `Bearer ${token}` } })).status, 404)
+      const metrics = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${token}` } })
+      assert.equal(metrics.status, 200)
+      assert.match(await metrics.text(), /galleonfs_volumes 0/)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      await daemon.exited
+    }
+    const noDaemon = await cli(daemon.address, ['volume', 'list'])
+    assert.equal(noDaemon.code, 1)
+    assert.match(noDaemon.stderr, /no GalleonFS daemon answers at .*start it with `galleonfs -d/)
+  })
+
+  it('keeps volumes across a graceful stop, a SIGKILL and a restart; refuses a second daemon on the same storage', async () => {
+    const storage = join(root, 'node3')
+    let daemon = await startDaemon(['--storage-path', storage])
+    assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'kept', '-s', '4M', '-c', 'fast-local-ssd'])).code, 0)
+    const second = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', storage, '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    let secondLog = ''
+    second.stderr.on('data', (chunk: Buffer) => { secondLog += chunk.toString() })
+    assert.equal(await new Promise((resolve) => second.once('exit', resolve)), 1)
+    assert.match(secondLog, /already open/)
+    assert.equal((await cli(daemon.address, ['daemon', 'stop'])).code, 0)
+    assert.equal(await daemon.exited, 0)
+
+    daemon = await startDaemon(['--storage-path', storage])
+    assert.deepEqual(JSON.parse((await cli(daemon.address, ['--json', 'volume', 'list'])).stdout).map((v: { name: string }) => v.name), ['kept'])
+    assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'after-kill', '-s', '4M', '-c', 'fast-local-ssd'])).code, 0)
+    daemon.child.kill('SIGKILL')
+    await daemon.exited
+    daemon = await startDaemon(['--storage-path', storage])
+    try {
+      assert.deepEqual(JSON.parse((await cli(daemon.address, ['--json', 'volume', 'list'])).stdout).map((v: { name: string }) => v.name).sort(), ['after-kill', 'kept'])
+    } finally {
+      daemon.child.kill('SIGINT')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
+  it('creates and lists 100 volumes through the API (the seed\'s performance loop), reporting the time', async () => {
+    const storage = join(root, 'node5')
+    const daemon = await startDaemon(['--storage-path', storage])
+    try {
+      const token = (await readFile(join(storage, 'ipc.token'), 'utf8')).trim()
+      const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
+      const started = performance.now()
+      for (let i = 0; i < 100; i++) {
+        const response = await fetch(`http://${daemon.address}/v1/volumes`, { method: 'POST', headers, body: JSON.stringify({ name: `perf-${i}`, sizeBytes: '1M', storageClass: 'fast-local-ssd' }) })
+        assert.equal(response.status, 200, await response.text())
+      }
+      const created = performance.now() - started
+      const list = await cli(daemon.address, ['--json', 'volume', 'list'])
+      assert.equal(JSON.parse(list.stdout).length, 100)
+      process.stdout.write(`# 100 volumes created through the API in ${Math.round(created)} ms (${(created / 100).toFixed(1)} ms each), listed by the CLI\n`)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      await daemon.exited
+    }
+  })
+
+  it('reads the TOML configuration file, lets flags override it, and refuses bad configuration with exit code 2', async () => {
+    const config = join(root, 'daemon.conf')
+    await writeFile(config, `[daemon]\nstorage_path = "${join(root, 'from-file')}"\nblock_size = 8192\nipc_address = "127.0.0.1:1"\n\n[cluster]\nauto_join = true\n\n[replication]\nstrategy = "synchronous"\n`)
+    const daemon = await startDaemon(['--config', config])
+    try {
+      const shown = JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'config'])).stdout)
+      assert.equal(shown.storagePath, join(root, 'from-file'))
+      assert.equal(shown.blockSize, 8192)
+      assert.equal(shown.ipcAddress, '127.0.0.1:0') // the flag won over the file
+      assert.ok(daemon.logs.some((line) => /not used by this release/.test(line) && line.includes('cluster.auto_join')))
+    } finally {
+      daemon.child.kill('SIGTERM')
+      await daemon.exited
+    }
+    for (const [text, message] of [
+      ['[daemon]\nblock_size = 1000\n', /block size must be a power of two/],
+      ['[daemon]\ncolour = "red"\n', /unknown key colour in \[daemon\]/],
+      ['[nonsense]\n', /unknown section \[nonsense\]/],
+      ['[daemon\n', /not valid TOML/]
+    ] as const) {
+      await writeFile(config, text)
+      const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--config', config], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+      let log = ''
+      child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
+      assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, log)
+      assert.match(log, message)
+    }
+  })
+})
