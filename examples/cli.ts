@@ -3,6 +3,7 @@
 
 import { readFile } from 'node:fs/promises'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { parse as parseYaml } from 'yaml'
 import { parseSize } from '../src/index.js'
 import { runtimeTokenPath } from './daemon.js'
 import { parseAddress } from './daemon-config.js'
@@ -106,6 +107,83 @@ export function buildCli (): Command {
       print(globals(), { deleted: ref }, () => `deleted volume ${ref}\n`)
     })
 
+  volume.command('expand').description('grow a volume online').argument('<volume>').argument('<size>', 'new size with suffix K/M/G/T', sizeOption)
+    .action(async (ref: string, size: number) => {
+      const grown = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/expand`, { sizeBytes: size }) as VolumeView
+      print(globals(), grown, () => `volume ${grown.name} is now ${grown.sizeBytes} bytes\n`)
+    })
+  volume.command('clone').description('clone a volume (or one of its snapshots)').argument('<volume>').argument('<new-name>').option('--snapshot <snapshot>', 'clone this snapshot instead of the live volume')
+    .action(async (ref: string, name: string, options: { snapshot?: string }) => {
+      const clone = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/clone`, { name, snapshot: options.snapshot }) as VolumeView
+      print(globals(), clone, () => `cloned ${ref} as ${clone.name} (${clone.id})\n`)
+    })
+  volume.command('mount').description('mount a volume (the daemon needs --mount-point)').argument('<volume>').argument('[path]', 'mount point (default: <mount-point>/<volume>)').option('-o, --options <options>', 'mount options, comma-separated (ro, rw, sync, ...)')
+    .action(async (ref: string, path: string | undefined, options: { options?: string }) => {
+      const mount = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/mount`, { path, options: options.options }) as { path: string, readOnly: boolean }
+      print(globals(), mount, () => `mounted ${ref} at ${mount.path} (${mount.readOnly ? 'read-only' : 'read-write'}); its bytes are ${mount.path}/data\n`)
+    })
+  volume.command('unmount').description('unmount a volume (by name, id or mount point)').argument('<target>').option('-f, --force', 'also when files are open on it')
+    .action(async (target: string, options: { force?: boolean }) => {
+      await call(globals(), 'POST', '/v1/unmount', { target, force: options.force === true })
+      print(globals(), { unmounted: target }, () => `unmounted ${target}\n`)
+    })
+
+  const snapshot = program.command('snapshot').description('snapshots of volumes')
+  snapshot.command('create').argument('<volume>').argument('<name>').description('take a snapshot').action(async (ref: string, name: string) => {
+    const taken = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/snapshots`, { name }) as { id: string, name: string }
+    print(globals(), taken, () => `snapshot ${taken.name} of ${ref} taken (${taken.id})\n`)
+  })
+  snapshot.command('list').argument('<volume>').description('list a volume\'s snapshots').action(async (ref: string) => {
+    const list = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}/snapshots`) as Array<{ name: string, id: string, sizeBytes: number, createdAt: string }>
+    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CREATED'], list.map((s) => [s.name, s.id, String(s.sizeBytes), s.createdAt])))
+  })
+  snapshot.command('delete').argument('<volume>').argument('<snapshot>').option('-f, --force', 'also when clones read from it').description('delete a snapshot')
+    .action(async (ref: string, name: string, options: { force?: boolean }) => {
+      await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}${options.force === true ? '?force=true' : ''}`)
+      print(globals(), { deleted: name }, () => `deleted snapshot ${name} of ${ref}\n`)
+    })
+  snapshot.command('restore').argument('<volume>').argument('<snapshot>').description('revert a volume to a snapshot').action(async (ref: string, name: string) => {
+    await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}/restore`)
+    print(globals(), { restored: name }, () => `volume ${ref} reverted to snapshot ${name}\n`)
+  })
+
+  const backup = program.command('backup').description('backups of volumes')
+  backup.command('create').argument('<volume>').description('back a volume up')
+    .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']).default('full'))
+    .option('--target <dir>', 'backup target directory (seen by the daemon)')
+    .action(async (ref: string, options: { strategy: string, target?: string }) => {
+      const made = await call(globals(), 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
+      print(globals(), made, () => `backup ${made.id} (${made.strategy}): ${made.blocks} blocks, ${made.storedBytes} bytes stored\n`)
+    })
+  backup.command('list').argument('[volume]').option('--target <dir>', 'backup target directory').description('list backups').action(async (ref: string | undefined, options: { target?: string }) => {
+    const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: options.target }) })
+    const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
+    print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, String(b.bytes)])))
+  })
+  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--target <dir>', 'backup target directory').description('restore a backup')
+    .action(async (id: string, options: { name?: string, volume?: string, target?: string }) => {
+      const restored = await call(globals(), 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
+      print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
+    })
+  backup.command('verify').argument('<backup>').option('--target <dir>', 'backup target directory').description('check a backup\'s chunks').action(async (id: string, options: { target?: string }) => {
+    const report = await call(globals(), 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, options) as { ok: boolean, chunksChecked: number, problems: unknown[] }
+    print(globals(), report, () => `backup ${id}: ${report.ok ? 'ok' : 'DAMAGED'} (${report.chunksChecked} chunks checked, ${report.problems.length} problems)\n`)
+    if (!report.ok) throw new CliError(`backup ${id} failed verification`)
+  })
+
+  const cluster = program.command('cluster').description('cluster membership')
+  cluster.command('status').description('nodes, health and leader').action(async () => {
+    const status = await call(globals(), 'GET', '/v1/cluster') as { nodes: Array<{ id: string, address: string, healthy: boolean, leader: boolean, volumes: number }> }
+    print(globals(), status, () => columns(['NODE', 'ADDRESS', 'HEALTHY', 'LEADER', 'VOLUMES'], status.nodes.map((n) => [n.id, n.address, String(n.healthy), String(n.leader), String(n.volumes)])))
+  })
+  cluster.command('peers').description('other nodes').action(async () => {
+    const status = await call(globals(), 'GET', '/v1/cluster') as { nodes: Array<{ id: string, address: string }> }
+    const peers = status.nodes.filter((n) => n.id !== 'local')
+    print(globals(), peers, () => peers.length === 0 ? 'no peers: this daemon runs as a single node\n' : columns(['NODE', 'ADDRESS'], peers.map((n) => [n.id, n.address])))
+  })
+  cluster.command('join').argument('<address>').description('join a cluster').action(async (address: string) => { await call(globals(), 'POST', '/v1/cluster/join', { address }) })
+  cluster.command('leave').option('-f, --force').description('leave the cluster').action(async () => { await call(globals(), 'POST', '/v1/cluster/leave') })
+
   const daemon = program.command('daemon').description('the running daemon')
   daemon.command('status').description('show the daemon\'s state').action(async () => {
     const status = await call(globals(), 'GET', '/v1/status') as Record<string, unknown>
@@ -119,7 +197,24 @@ export function buildCli (): Command {
     print(globals(), { state: 'stopping' }, () => 'the daemon is stopping\n')
   })
 
-  program.command('storage-class').description('storage classes').command('list').description('list storage classes').action(async () => {
+  const storageClass = program.command('storage-class').description('storage classes')
+  storageClass.command('create').argument('<file>', 'a JSON or YAML definition').description('create a storage class from a file').action(async (file: string) => {
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
+    }
+    let definition: unknown
+    try {
+      definition = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
+    } catch (err) {
+      throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
+    }
+    const created = await call(globals(), 'POST', '/v1/storage-classes', definition) as { name: string }
+    print(globals(), created, () => `created storage class ${created.name}\n`)
+  })
+  storageClass.command('list').description('list storage classes').action(async () => {
     const list = await call(globals(), 'GET', '/v1/storage-classes') as Array<{ name: string, reclaimPolicy: string, parameters: Record<string, string>, builtIn: boolean }>
     print(globals(), list, () => columns(['NAME', 'RECLAIM', 'ENCRYPTION', 'BUILT-IN'], list.map((c) => [c.name, c.reclaimPolicy, c.parameters.encryption ?? 'false', String(c.builtIn)])))
   })

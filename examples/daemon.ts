@@ -116,6 +116,12 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
   }
 }
 
+/** The backup target a request names (body or query), if any. */
+function target (url: URL, options: Record<string, unknown> = {}): { target?: string } {
+  const value = (options.target as string | undefined) ?? url.searchParams.get('target') ?? undefined
+  return value === undefined ? {} : { target: value }
+}
+
 async function loadOrCreateToken (path: string): Promise<string> {
   try {
     const text = (await readFile(path, 'utf8')).trim()
@@ -154,8 +160,10 @@ async function readBody (request: IncomingMessage): Promise<unknown> {
 /** The API: library calls, nothing more. */
 async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: { startedAt: number, stop: () => Promise<void> }): Promise<unknown> {
   const parts = url.pathname.split('/').filter((p) => p.length > 0).map(decodeURIComponent)
-  const key = `${method} /${parts.map((p, i) => i >= 2 ? ':' : p).join('/')}`
+  // Path shape: /v1/<collection>/<name>/<sub-collection>/<name>: names become ':'.
+  const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
   const ref = parts[2] as string
+  const sub = parts[4] as string
   const options = (body ?? {}) as Record<string, unknown>
   switch (key) {
     case 'GET /metrics': return await g.metricsText()
@@ -173,7 +181,42 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'DELETE /v1/volumes/:':
       await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
       return undefined
+    case 'POST /v1/volumes/:/expand': return await g.expandVolume(ref, options.sizeBytes as number)
+    case 'POST /v1/volumes/:/clone': return await g.cloneVolume(options.snapshot === undefined ? ref : { volume: ref, snapshot: options.snapshot as string }, options.name as string)
+    case 'POST /v1/volumes/:/mount': {
+      if (config.mountPoint === undefined) throw new HttpError(409, 'NO_MOUNT_POINT', 'this daemon was started without --mount-point, so it cannot mount volumes; restart it with --mount-point <dir>')
+      const path = typeof options.path === 'string' && options.path.length > 0 ? options.path : join(config.mountPoint, ref)
+      const strings = typeof options.options === 'string' ? options.options.split(',').map((o) => o.trim()).filter((o) => o.length > 0) : []
+      const id = await g.mounts.mountVolume(ref, path, { options: strings })
+      return g.mounts.listMounts().find((m) => m.id === id)
+    }
+    case 'POST /v1/unmount': {
+      const target = options.target as string
+      const mount = g.mounts.listMounts().find((m) => m.id === target || m.path === resolve(target) || m.volumeName === target || m.volumeId === target)
+      await g.mounts.unmountVolume(mount?.id ?? target, { force: options.force === true })
+      return undefined
+    }
+    case 'GET /v1/mounts': return g.mounts.listMounts()
+    case 'GET /v1/volumes/:/snapshots': return await g.listSnapshots(ref)
+    case 'POST /v1/volumes/:/snapshots': return await g.createSnapshot(ref, options.name as string)
+    case 'DELETE /v1/volumes/:/snapshots/:':
+      await g.deleteSnapshot(ref, sub, { force: url.searchParams.get('force') === 'true' })
+      return undefined
+    case 'POST /v1/volumes/:/snapshots/:/restore': return await g.restoreSnapshot(ref, sub)
+    case 'GET /v1/backups': return await g.listBackups(url.searchParams.get('volume') ?? undefined, target(url))
+    case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options) })
+    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...target(url, options) })
+    case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
+    case 'POST /v1/storage-classes': return await g.createStorageClass(options)
+    case 'GET /v1/cluster': {
+      // One node, this one: healthy and the leader, until clustering (a later release).
+      const volumes = await g.listVolumes()
+      return { nodes: [{ id: 'local', address: config.bindAddress, healthy: true, leader: true, volumes: volumes.length }], leader: 'local', clustering: false }
+    }
+    case 'POST /v1/cluster/:':
+      if (ref !== 'join' && ref !== 'leave') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
+      throw new HttpError(501, 'NOT_IMPLEMENTED', 'clustering is not in this release: this daemon runs as a single node, so it cannot join or leave a cluster')
     default:
       throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
   }

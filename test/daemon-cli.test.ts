@@ -4,6 +4,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -203,6 +204,66 @@ describe('daemon and CLI', () => {
       child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
       assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, log)
       assert.match(log, message)
+    }
+  })
+})
+
+describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, mounts', () => {
+  it('runs every volume, snapshot, backup and storage-class command against a real daemon', async () => {
+    const storage = join(root, 'node6')
+    const mounts = join(root, 'mnt6')
+    const target = join(root, 'backups6')
+    const daemon = await startDaemon(['--storage-path', storage, '--mount-point', mounts])
+    const ok = async (args: string[]): Promise<string> => {
+      const result = await cli(daemon.address, args)
+      assert.equal(result.code, 0, `${args.join(' ')}: ${result.stderr}`)
+      return result.stdout
+    }
+    try {
+      await ok(['volume', 'create', '-n', 'app', '-s', '4M', '-c', 'fast-local-ssd'])
+      assert.match(await ok(['volume', 'expand', 'app', '8M']), /is now 8388608 bytes/)
+      assert.match(await ok(['snapshot', 'create', 'app', 'first']), /snapshot first of app taken/)
+      assert.deepEqual(JSON.parse(await ok(['--json', 'snapshot', 'list', 'app'])).map((s: { name: string }) => s.name), ['first'])
+      assert.match(await ok(['volume', 'clone', 'app', 'app-copy', '--snapshot', 'first']), /cloned app as app-copy/)
+      const backup = JSON.parse(await ok(['--json', 'backup', 'create', 'app', '--target', target]))
+      assert.equal(backup.strategy, 'full')
+      assert.equal(JSON.parse(await ok(['--json', 'backup', 'list', 'app', '--target', target]))[0].id, backup.id)
+      assert.match(await ok(['backup', 'verify', backup.id, '--target', target]), /: ok/)
+      assert.match(await ok(['backup', 'restore', backup.id, '--name', 'app-restored', '--target', target]), /into volume app-restored/)
+      assert.match(await ok(['snapshot', 'restore', 'app', 'first']), /reverted to snapshot first/)
+      await ok(['volume', 'delete', 'app-copy'])
+      assert.match(await ok(['snapshot', 'delete', 'app', 'first']), /deleted snapshot first/)
+      // Storage classes from JSON and YAML files; a broken file is refused clearly.
+      await writeFile(join(root, 'bulk.yaml'), 'name: bulk-hdd\nprovisioner: galleonfs.io/local\nreclaim_policy: Delete\nparameters:\n  disk_type: hdd\n')
+      await writeFile(join(root, 'fast.json'), JSON.stringify({ name: 'fast-2', parameters: { encryption: 'false' } }))
+      await ok(['storage-class', 'create', join(root, 'bulk.yaml')])
+      await ok(['storage-class', 'create', join(root, 'fast.json')])
+      assert.match(await ok(['storage-class', 'list']), /bulk-hdd/)
+      await writeFile(join(root, 'broken.json'), '{ nope')
+      const broken = await cli(daemon.address, ['storage-class', 'create', join(root, 'broken.json')])
+      assert.equal(broken.code, 1)
+      assert.match(broken.stderr, /is not valid JSON/)
+      // One node: healthy and the leader; joining is refused until clustering exists.
+      const status = JSON.parse(await ok(['--json', 'cluster', 'status']))
+      assert.deepEqual(status.nodes.map((n: { healthy: boolean, leader: boolean }) => [n.healthy, n.leader]), [[true, true]])
+      assert.match(await ok(['cluster', 'peers']), /single node/)
+      const join6 = await cli(daemon.address, ['cluster', 'join', '10.0.0.1:8081'])
+      assert.equal(join6.code, 1)
+      assert.match(join6.stderr, /NOT_IMPLEMENTED: clustering is not in this release/)
+      // Mounts through FUSE where the machine has it (the daemon was given --mount-point).
+      const mounted = await cli(daemon.address, ['--json', 'volume', 'mount', 'app-restored', '--options', 'ro'])
+      if (existsSync('/dev/fuse')) {
+        assert.equal(mounted.code, 0, mounted.stderr)
+        const mount = JSON.parse(mounted.stdout)
+        assert.equal(mount.path, join(mounts, 'app-restored'))
+        assert.equal(mount.readOnly, true)
+        assert.match(await ok(['volume', 'unmount', 'app-restored']), /unmounted/)
+      } else {
+        assert.equal(mounted.code, 1)
+      }
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
     }
   })
 })
