@@ -10,6 +10,7 @@ import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode } from '../src/index.js'
+import { NbdServer } from '../backends/nbd/index.js'
 import { parseAddress, type DaemonConfig } from './daemon-config.js'
 
 /** Largest request body accepted. */
@@ -58,6 +59,7 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
   const g = await GalleonFS.open({ storagePath: config.storagePath, blockSize: config.blockSize, ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }) })
   const startedAt = Date.now()
   let server: Server | undefined
+  let nbd: NbdServer | undefined
   let tokenFile: string | undefined
   let finish!: () => void
   const stopped = new Promise<void>((resolve) => { finish = resolve })
@@ -66,6 +68,7 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
       await new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
+      await nbd?.close()
       await g.close()
       if (tokenFile !== undefined) await rm(tokenFile, { force: true })
       log('info', 'stopped')
@@ -107,10 +110,16 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
     await mkdir(join(tokenFile, '..'), { recursive: true, mode: 0o700 })
     await writeFile(tokenFile, token + '\n', { mode: 0o600 })
     await chmod(tokenFile, 0o600)
-    log('info', 'ready', { ipcAddress: actual, storagePath: resolve(config.storagePath), pid: process.pid })
+    if (config.nbdAddress !== undefined) {
+      const where = parseAddress(config.nbdAddress, 'nbd address')
+      nbd = await NbdServer.listen(g, where)
+      log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
+    }
+    log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: `${nbd.host}:${nbd.port}` }), storagePath: resolve(config.storagePath), pid: process.pid })
     return { ipcAddress: actual, stop, stopped }
   } catch (err) {
     server?.close()
+    await nbd?.close().catch(() => {})
     await g.close().catch(() => {})
     throw err
   }

@@ -2,7 +2,7 @@
 // The `galleonfs` program: `galleonfs -d [flags]` runs the daemon, anything else is the CLI.
 
 import { Command, CommanderError } from 'commander'
-import { check, ConfigError, merge, readConfigFile } from './daemon-config.js'
+import { check, ConfigError, DEFAULTS, merge, readConfigFile } from './daemon-config.js'
 import { createLogger, startDaemon } from './daemon.js'
 import { runCli } from './cli.js'
 
@@ -29,6 +29,10 @@ async function daemonMain (argv: string[]): Promise<number> {
     const { config: _c, daemon: _d, ...rest } = flags
     const config = merge(file.settings, check(rest, 'command line'))
     if (config.peerAddresses.length > 0) log('warn', 'peer addresses are given but clustering is not in this release: running as a single node', { peers: config.peerAddresses })
+    // Settings of clustering and replication, which this release does not have: said, not silently dropped.
+    for (const key of ['bindAddress', 'replicationStrategy', 'persistenceLevel'] as const) {
+      if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (single node, no replication)`, { [key]: config[key] })
+    }
     const daemon = await startDaemon(config, log)
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })

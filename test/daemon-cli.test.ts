@@ -157,6 +157,21 @@ describe('daemon and CLI', () => {
     }
   })
 
+  it('serves NBD exports when given --nbd-address', { skip: existsSync('/usr/bin/nbdinfo') ? undefined : 'nbdinfo is not installed' }, async () => {
+    const storage = join(root, 'node7')
+    const daemon = await startDaemon(['--storage-path', storage, '--nbd-address', '127.0.0.1:0', '--replication-strategy', 'asynchronous'])
+    try {
+      assert.ok(daemon.logs.some((line) => /replicationStrategy is set but not used/.test(line)))
+      assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'exported', '-s', '2M', '-c', 'fast-local-ssd'])).code, 0)
+      const ready = daemon.logs.map((line) => JSON.parse(line) as { message?: string, nbdAddress?: string }).find((entry) => entry.message === 'ready')
+      const info = await new Promise<string>((resolve, reject) => execFile('nbdinfo', ['--json', `nbd://${ready?.nbdAddress}/exported`], (err, stdout) => err === null ? resolve(stdout) : reject(err)))
+      assert.equal(JSON.parse(info).exports[0]['export-size'], 2 << 20)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
   it('creates and lists 100 volumes through the API (the seed\'s performance loop), reporting the time', async () => {
     const storage = join(root, 'node5')
     const daemon = await startDaemon(['--storage-path', storage])
