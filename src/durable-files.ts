@@ -40,10 +40,11 @@ async function writeAndSync (handle: FileHandle, data: Uint8Array): Promise<void
  * renamed over `path`, and the directory synced (unless `syncDir` is false: the caller syncs it
  * later). A failure leaves the old file as it was and removes the temporary one.
  */
-export async function writeFileAtomically (path: string, data: Uint8Array, options: { temporary?: string, mode?: number, syncDir?: boolean } = {}): Promise<void> {
+export async function writeFileAtomically (path: string, data: Uint8Array, options: { temporary?: string, mode?: number, syncDir?: boolean, exclusive?: boolean } = {}): Promise<void> {
   const temporary = options.temporary ?? `${path}.tmp`
   try {
-    const handle = await open(temporary, 'w', options.mode ?? 0o644)
+    // `exclusive`: never follow or reuse a file already at the temporary name (secrets).
+    const handle = await open(temporary, options.exclusive === true ? 'wx' : 'w', options.mode ?? 0o644)
     try {
       await writeAndSync(handle, data)
     } finally {

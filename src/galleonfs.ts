@@ -257,7 +257,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       requireAdmin: async (action, what) => {
         const denied = this.#check(action, 'admin', undefined, what)
         if (denied !== undefined) await denied
-      }
+      },
+      requireWrite: async (action, ref) => {
+        const context = this.#context.getStore()
+        if (context?.principal === undefined) return
+        const { object, label } = this.#refObject(ref)
+        // Inside the guarded mount call: check as the caller, not as the (trusted) nested call.
+        if (this.#access.allows(context.principal, 'volume:write', object)) return
+        await this.#context.run({ principal: context.principal, nested: false }, async () => { await this.#check(action, 'volume:write', object, label) })
+      },
+      isSnapshotRef
     }
   }
 
@@ -269,6 +278,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { record, snapshot } = this.#readSource(ref)
     if (record.state === VolumeState.Deleting || this.#goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (snapshot !== undefined && this.#goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
     const context = this.#context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
@@ -487,6 +497,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#goingAway.add(record.id)
     try {
       await this.#admin(async () => {
+        // A mount that was being set up when the deletion began has finished by now: look again.
+        await mountControl(this.#mounts).settled()
+        const late = mountControl(this.#mounts).mountsOf(record.id)
+        if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
         await mountControl(this.#mounts).release(record.id)
         await this.#deleteChecked(record, options)
       })
@@ -864,11 +878,21 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
     const target = this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
-    const mounts = mountControl(this.#mounts).snapshotMounts(target.id)
-    if (mounts.length > 0) {
-      if (options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    const mounted = (): string[] => mountControl(this.#mounts).snapshotMounts(target.id).map((m) => m.path)
+    if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    // No new mount may attach to it from here; one being set up is waited for and looked at again.
+    this.#goingAway.add(target.id)
+    try {
+      await mountControl(this.#mounts).settled()
+      if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
       await mountControl(this.#mounts).release(target.volumeId, target.id)
+      await this.#deleteSnapshotNow(vol, snapshot, options)
+    } finally {
+      this.#goingAway.delete(target.id)
     }
+  }
+
+  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
     await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)

@@ -224,6 +224,9 @@ describe('FUSE mount driver: review regressions', { skip }, () => {
       // dd's own close reports it; so do later fsyncs and writes from other processes.
       await assert.rejects(exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=64K', 'count=4', 'conv=notrunc', 'status=none']), /Input\/output error/)
       await assert.rejects(exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=4K', 'count=1', 'conv=notrunc,fsync', 'status=none']), /Input\/output error/)
+      // The failure is the mount's writers' to hear: snapshots of the volume still work.
+      control.failing = false
+      await g.createSnapshot('v', 'after-failure')
       await assert.rejects(g.mounts.unmountVolume(mnt), (err: Error & { code?: string }) => err.code === 'IO_ERROR' && /failed to reach the volume/.test(err.message))
       assert.deepEqual(g.mounts.listMounts(), [])
     } finally {

@@ -216,6 +216,53 @@ describe('mount manager (virtual driver)', () => {
     }
   })
 
+  it('review regressions: a reader cannot mount read-write by any spelling; closing a read-only file keeps the writer count; a snapshot being deleted cannot be mounted', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createAccessPolicy({ name: 'readers', principals: ['user:mallory'], verbs: ['volume:read', 'snapshot:read'] })
+      await g.createStorageClass({ name: 'rw-default', mountOptions: ['rw'] })
+      const vol = await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'rw-default' })
+      const mallory = g.as({ id: 'mallory' })
+      await assert.rejects(mallory.mounts.mountVolume('v', '/x/1', { readOnly: true, rw: true }), { code: 'INVALID_ARGUMENT' })
+      await assert.rejects(mallory.mounts.mountVolume('v', '/x/2'), { code: 'PERMISSION_DENIED' })
+      await assert.rejects(mallory.mounts.mountVolume({ id: vol.id, volumeId: 0 } as never, '/x/3'), { code: 'PERMISSION_DENIED' })
+      await mallory.mounts.mountVolume('v', '/x/4', { readOnly: true })
+      assert.deepEqual(g.mounts.listMounts().map((m) => m.readOnly), [true])
+
+      const a = await g.mounts.openVolumeFile('v')
+      const c = await g.mounts.openVolumeFile('v', { readOnly: true })
+      await a.close()
+      const b = await g.mounts.openVolumeFile('v')
+      await c.close()
+      await assert.rejects(g.mounts.mountVolume('v', '/x/5'), { code: 'BUSY' })
+      await b.close()
+
+      // A mount driver whose mount() waits, to start a mount while the snapshot's deletion runs.
+      let release!: () => void
+      const held = new Promise<void>((resolve) => { release = resolve })
+      let hold = false
+      const h = await GalleonFS.open({ inMemory: true, mount: { name: 'slow', mount: async () => { if (hold) await held }, unmount: async () => {} } })
+      try {
+        await h.createVolume({ name: 'w', sizeBytes: '1M' })
+        await h.createSnapshot('w', 's')
+        hold = true
+        const mounting = h.mounts.mountVolume({ volume: 'w', snapshot: 's' }, '/y/s')
+        await new Promise((resolve) => setTimeout(resolve, 10))
+        const deleting = h.deleteSnapshot('w', 's')
+        release()
+        await mounting
+        await assert.rejects(deleting, (err: Error & { code?: string }) => err.code === 'BUSY' && /mounted meanwhile/.test(err.message))
+        assert.deepEqual((await h.listSnapshots('w')).map((x) => x.name), ['s'])
+        await h.deleteSnapshot('w', 's', { force: true })
+        assert.deepEqual(h.mounts.listMounts(), [])
+      } finally {
+        await h.close()
+      }
+    } finally {
+      await g.close()
+    }
+  })
+
   it('mount calls act as the principal of a handle: other tenants\' volumes are denied, listings filtered', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {

@@ -400,6 +400,28 @@ describe('NBD protocol corners (raw socket)', () => {
     writer.socket.destroy()
   })
 
+  it('close() with many pipelined requests in flight answers all of them and returns', async () => {
+    const own = await NbdServer.listen(g, { port: 0 })
+    const client = await RawClient.connect(own.port)
+    await client.hello()
+    await client.go('disk')
+    for (let i = 0; i < 100; i++) client.request(0, i, (i % 32) * MiB, 65536)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    const started = Date.now()
+    await own.close()
+    assert.ok(Date.now() - started < 8000, 'close returned promptly')
+    let answered = 0
+    while (answered < 100) {
+      const head = await client.read(16, 2000)
+      if (head === undefined) break
+      assert.equal(head.readUInt32BE(4), 0)
+      await client.read(65536)
+      answered++
+    }
+    assert.ok(answered >= 64, `${answered} replies`)
+    client.socket.destroy()
+  })
+
   it('listen validates its options and reports a taken port', async () => {
     await assert.rejects(NbdServer.listen(g, { port: -1 }), { code: 'INVALID_ARGUMENT' })
     await assert.rejects(NbdServer.listen(null as never), { code: 'INVALID_ARGUMENT' })

@@ -30,6 +30,7 @@ import { createRequire } from 'node:module'
 import { access, constants, mkdir, stat } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
+import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 
@@ -81,6 +82,11 @@ class WriteBehind {
 
   /** What failed in the background, if anything. */
   get failure (): unknown { return this.#failure }
+
+  /** Waits until nothing is pending, without reporting failures (those are the mount's writers' to hear). */
+  async settleAll (): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
+  }
 
   #overlapping (start: number, end: number): Array<Promise<void>> {
     const out: Array<Promise<void>> = []
@@ -144,6 +150,21 @@ async function loadFuse (): Promise<FuseClass> {
   return Fuse
 }
 
+/** Whether `path` is a mount point now (Linux: /proc/self/mountinfo). */
+async function isMountPoint (path: string): Promise<boolean> {
+  const { readFile } = await import('node:fs/promises')
+  const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined)
+  if (info === undefined) return true // cannot tell: assume it is, and report the failure
+  return info.split('\n').some((line) => line.split(' ')[4]?.replace(/\\040/g, ' ') === path)
+}
+
+/** fuse-native's own last step of an unmount: stops its thread for `path`. */
+function stopNativeThread (path: string, fuse: FuseInstance): void {
+  const require = createRequire(import.meta.url)
+  const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as { fuse_native_unmount: (mnt: string, thread: unknown) => void }
+  binding.fuse_native_unmount(path, (fuse as unknown as { _thread: unknown })._thread)
+}
+
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
@@ -189,7 +210,7 @@ export class FuseMountDriver implements MountDriver {
 
   /** Waits until every acknowledged write of the mount is in the volume (before a snapshot, say). */
   async quiesce (path: string): Promise<void> {
-    await this.#mounts.get(path)?.writes.drain()
+    await this.#mounts.get(path)?.writes.settleAll()
   }
 
   /**
@@ -209,7 +230,13 @@ export class FuseMountDriver implements MountDriver {
     await state.writes.drain().catch((err: unknown) => { failure = err })
     state.active = false
     const fuse = state.fuse as FuseInstance
-    await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
+    await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
+      // Unmounted from outside (fusermount -u, umount): fusermount fails, but fuse-native's thread
+      // still runs and would keep the process alive. Stop it directly.
+      if (!await isMountPoint(path)) {
+        stopNativeThread(path, fuse)
+        return
+      }
       state.active = true
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })

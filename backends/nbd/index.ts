@@ -174,6 +174,18 @@ class SocketReader {
   resume (): void { this.#socket.resume() }
 }
 
+/**
+ * Ends a session: replies already written go out (uncorked, then end), the client's own end is
+ * read so the socket closes promptly, and a client that never closes is cut off after a minute.
+ */
+function finish (socket: Socket): void {
+  if (socket.destroyed) return
+  while (socket.writableCorked > 0) socket.uncork()
+  socket.end()
+  socket.resume()
+  setTimeout(() => { if (!socket.destroyed) socket.destroy() }, 60_000).unref()
+}
+
 /** A protocol violation: the connection is closed. */
 class ProtocolError extends Error {}
 
@@ -228,12 +240,13 @@ export class NbdServer {
   async close (): Promise<void> {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
+      // Whatever happens below, no connection outlives this by more than 10 seconds.
+      const deadline = setTimeout(() => { for (const socket of this.#connections) socket.destroy() }, 10_000)
       // Requests in flight are answered first (their writes are applied and acknowledged).
       await Promise.all([...this.#connections].map(async (socket) => {
         await this.#stoppers.get(socket)?.().catch(() => {})
-        socket.end()
+        finish(socket)
       }))
-      const deadline = setTimeout(() => { for (const socket of this.#connections) socket.destroy() }, 5000)
       await closed
       clearTimeout(deadline)
     })()
@@ -245,7 +258,8 @@ export class NbdServer {
     socket.setNoDelay(true)
     socket.on('error', () => {}) // a client that vanishes is not the server's problem
     socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(socket) })
-    void this.#serve(socket).catch(() => {}).finally(() => { if (!socket.destroyed) socket.destroy() })
+    // When the session ends, replies already written still go out (end, not destroy).
+    void this.#serve(socket).catch(() => {}).finally(() => { finish(socket) })
   }
 
   async #serve (socket: Socket): Promise<void> {
@@ -414,18 +428,19 @@ export class NbdServer {
   /** The transmission phase: requests read in order, served concurrently, answered as they finish. */
   async #transmit (socket: Socket, reader: SocketReader, exp: Export, structured: boolean, allocation: boolean): Promise<void> {
     let inFlight = 0
-    let drained: (() => void) | undefined
+    const drained: Array<() => void> = []
     let slot: (() => void) | undefined
     let stopping = false
     const done = (): void => {
       inFlight--
-      if (inFlight < MAX_IN_FLIGHT) { reader.resume(); slot?.() }
-      if (inFlight === 0) drained?.()
+      if (inFlight < MAX_IN_FLIGHT && !stopping) { reader.resume(); slot?.() }
+      if (inFlight === 0) for (const wake of drained.splice(0)) wake()
     }
-    const idle = async (): Promise<void> => { if (inFlight > 0) await new Promise<void>((resolve) => { drained = resolve }) }
+    const idle = async (): Promise<void> => { if (inFlight > 0) await new Promise<void>((resolve) => { drained.push(resolve) }) }
     this.#stoppers.set(socket, async () => {
       stopping = true
       reader.pause()
+      slot?.()
       await idle()
     })
     // Replies finished in the same turn of the event loop go out in one writev (cork), and a
@@ -468,7 +483,8 @@ export class NbdServer {
 
     while (!stopping) {
       // At most MAX_IN_FLIGHT requests at once, also when more are already buffered.
-      while (inFlight >= MAX_IN_FLIGHT) await new Promise<void>((resolve) => { slot = resolve })
+      while (inFlight >= MAX_IN_FLIGHT && !stopping) await new Promise<void>((resolve) => { slot = resolve })
+      if (stopping) break
       const header = await reader.read(28)
       if (header === undefined || stopping) break
       if (header.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic')
@@ -509,10 +525,9 @@ export class NbdServer {
         chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
       }).finally(done)
     }
-    // Let requests in flight finish (and flush what they wrote), then close.
+    // Let requests in flight finish (and flush what they wrote); the caller then ends the session.
     await idle()
     if (!exp.readOnly) await this.#g.flush(exp.volumeId).catch(() => {})
-    if (!stopping) socket.end()
   }
 
   /** Runs one request; resolves to its outcome (never rejects). */

@@ -98,7 +98,7 @@ abstract class LocalKeyProvider implements KeyProvider {
 /** Writes `text` to `path` atomically and durably, mode 0600. */
 async function replaceSecretFile (path: string, text: string, what: string): Promise<void> {
   try {
-    await writeFileAtomically(path, new TextEncoder().encode(text), { temporary: `${path}.${process.pid}.${Date.now()}.tmp`, mode: 0o600 })
+    await writeFileAtomically(path, new TextEncoder().encode(text), { temporary: `${path}.${process.pid}.${Date.now()}.tmp`, mode: 0o600, exclusive: true })
   } catch (err) {
     throw new GalleonError('IO_ERROR', `could not replace the ${what} ${path}: ${(err as Error).message}; the old one is unchanged`, { cause: err })
   }

@@ -71,6 +71,10 @@ export interface MountHost {
   visible: (namespace: string, volumeName: string) => boolean
   /** Throws PERMISSION_DENIED (audited) unless the caller may administer the instance. */
   requireAdmin: (action: string, what: string) => Promise<void>
+  /** Throws PERMISSION_DENIED (audited) unless the caller may write the volume `ref` names. */
+  requireWrite: (action: string, ref: unknown) => Promise<void>
+  /** Whether a reference names a snapshot (the instance's own rule). */
+  isSnapshotRef: (ref: unknown) => boolean
 }
 
 /** What only the instance may do with its mounts (not reachable through `g.mounts` or a principal's handle). */
@@ -85,6 +89,8 @@ export interface MountControl {
   quiesce: (volumeId: string) => Promise<void>
   /** Unmounts everything (at close). */
   close: () => Promise<void>
+  /** Resolves once mounts and unmounts already started have finished. */
+  settled: () => Promise<void>
 }
 
 const controls = new WeakMap<MountManager, MountControl>()
@@ -123,7 +129,9 @@ export class MountManager {
       release: async (volumeId, snapshotId) => {
         await this.#serial(async () => {
           for (const state of [...this.#mounts.values()]) {
-            if (state.mount.volumeId === volumeId && (snapshotId === undefined || state.mount.snapshotId === snapshotId)) await this.#release(state, true)
+            if (state.mount.volumeId !== volumeId || (snapshotId !== undefined && state.mount.snapshotId !== snapshotId)) continue
+            // The volume or snapshot is going away: a write that failed in the background no longer matters.
+            await this.#release(state, true).catch((err: unknown) => { if ((err as { code?: string }).code !== 'IO_ERROR') throw err })
           }
         })
       },
@@ -132,6 +140,7 @@ export class MountManager {
           if (state.mount.volumeId === volumeId && !state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path)
         }
       },
+      settled: async () => { await this.#serial(async () => {}) },
       close: async () => {
         await this.#serial(async () => {
           this.#closed = true
@@ -161,12 +170,12 @@ export class MountManager {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `mount option ${flag} must be true or false, got ${describe(options[flag])}`)
     }
     const where = resolvePath(path)
-    if (options.ro === true && options.rw === true) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either ro or rw, not both')
+    if ((options.ro === true || options.readOnly === true) && (options.rw === true || options.readOnly === false)) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both')
     const own = options.options ?? []
     // Option strings a driver applies (allow_other, ...) are the administrator's to choose.
     if (own.some((o) => !['ro', 'rw', 'sync', 'async'].includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
     // Checked on what the caller asks for, before anything is looked up (nothing leaks to a caller who may not).
-    const asked = isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
+    const asked = this.#host.isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
     return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
       const target = this.#host.target(ref)
@@ -181,6 +190,9 @@ export class MountManager {
       if (options.readOnly !== undefined) readOnly = options.readOnly
       if (options.ro === true) readOnly = true
       if (options.rw === true) readOnly = false
+      // Checked as a read (what was asked), it turned out read-write (the storage class's options):
+      // the caller must be allowed to write too.
+      if (!readOnly && asked) await this.#host.requireWrite('mountVolume', ref)
       let sync = last(strings, 'sync', 'async') === 'sync'
       if (options.sync !== undefined) sync = options.sync
       const driverOptions = [...new Set(strings.filter((o) => !['ro', 'rw', 'sync', 'async'].includes(o)))]
@@ -274,7 +286,7 @@ export class MountManager {
     }
     // Straight on a volume: the same access-mode rules as a mount (a direct writable file counts as
     // a read-write attachment of a ReadWriteOnce volume).
-    const readOnly = isSnapshotRef(pathOrRef) || options.readOnly === true
+    const readOnly = this.#host.isSnapshotRef(pathOrRef) || options.readOnly === true
     const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef))
     if (!readOnly) {
       if (!target.accessModes.includes(AccessMode.ReadWriteOnce) && !target.accessModes.includes(AccessMode.ReadWriteMany)) {
@@ -282,12 +294,14 @@ export class MountManager {
       }
       if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target, true)
     }
-    let writers = this.#directWriters.get(target.volumeId)
-    const file = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
+    const file: VolumeFile = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
+      if (readOnly) return
+      const writers = this.#directWriters.get(target.volumeId)
       writers?.delete(file)
       if (writers?.size === 0) this.#directWriters.delete(target.volumeId)
     })
     if (!readOnly) {
+      let writers = this.#directWriters.get(target.volumeId)
       if (writers === undefined) this.#directWriters.set(target.volumeId, writers = new Set())
       writers.add(file)
     }
@@ -340,10 +354,6 @@ export class MountManager {
   async #serial<T> (task: () => Promise<T>): Promise<T> {
     return await this.#queue.run(task)
   }
-}
-
-function isSnapshotRef (ref: unknown): boolean {
-  return typeof ref === 'object' && ref !== null && ('snapshot' in ref || ('volumeId' in ref && 'id' in ref))
 }
 
 /** The default mount driver: mounts exist for the VolumeFile API only; nothing appears in the file system. */
