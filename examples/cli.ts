@@ -171,6 +171,53 @@ export function buildCli (): Command {
     if (!report.ok) throw new CliError(`backup ${id} failed verification`)
   })
 
+  const policy = backup.command('policy').description('scheduled backups')
+  policy.command('create').argument('<name>').description('create a backup policy')
+    .requiredOption('--schedule <cron>', 'cron expression (UTC unless --timezone)')
+    .option('--timezone <zone>', 'IANA time zone of the schedule')
+    .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']))
+    .option('--volumes <list>', 'comma-separated volume names or ids')
+    .option('--labels <list>', 'comma-separated key=value labels selecting volumes')
+    .option('--daily <n>', 'daily backups kept', Number)
+    .option('--weekly <n>', 'weekly backups kept', Number)
+    .option('--monthly <n>', 'monthly backups kept', Number)
+    .option('--target <dir>', 'backup target directory')
+    .action(async (name: string, options: { schedule: string, timezone?: string, strategy?: string, volumes?: string, labels?: string, daily?: number, weekly?: number, monthly?: number, target?: string }) => {
+      const labels = options.labels === undefined ? undefined : Object.fromEntries(options.labels.split(',').map((pair) => {
+        const at = pair.indexOf('=')
+        if (at <= 0) throw new CliError(`--labels takes key=value pairs, got ${JSON.stringify(pair)}`)
+        return [pair.slice(0, at), pair.slice(at + 1)]
+      }))
+      const retention = Object.fromEntries(Object.entries({ daily: options.daily, weekly: options.weekly, monthly: options.monthly }).filter(([, v]) => v !== undefined))
+      const created = await call(globals(), 'POST', '/v1/backup-policies', {
+        name,
+        schedule: options.schedule,
+        ...(options.timezone === undefined ? {} : { timezone: options.timezone }),
+        ...(options.strategy === undefined ? {} : { strategy: options.strategy }),
+        ...(options.volumes === undefined ? {} : { volumes: options.volumes.split(',').map((v) => v.trim()).filter((v) => v.length > 0) }),
+        ...(labels === undefined ? {} : { labels }),
+        ...(Object.keys(retention).length === 0 ? {} : { retention }),
+        ...(options.target === undefined ? {} : { target: options.target })
+      }) as { name: string, nextRunAt: string | null }
+      print(globals(), created, () => `created backup policy ${created.name}; next run ${created.nextRunAt ?? 'never'}\n`)
+    })
+  policy.command('list').description('list backup policies').action(async () => {
+    const list = await call(globals(), 'GET', '/v1/backup-policies') as Array<{ name: string, schedule: string, strategy: string, nextRunAt: string | null, lastRunAt: string | null }>
+    print(globals(), list, () => columns(['NAME', 'SCHEDULE', 'STRATEGY', 'NEXT RUN', 'LAST RUN'], list.map((p) => [p.name, p.schedule, p.strategy, p.nextRunAt ?? '-', p.lastRunAt ?? '-'])))
+  })
+  policy.command('get').argument('<name>').description('show a backup policy and its last run').action(async (name: string) => {
+    print(globals(), await call(globals(), 'GET', `/v1/backup-policies/${encodeURIComponent(name)}`))
+  })
+  policy.command('delete').argument('<name>').description('delete a backup policy (its backups stay)').action(async (name: string) => {
+    await call(globals(), 'DELETE', `/v1/backup-policies/${encodeURIComponent(name)}`)
+    print(globals(), { deleted: name }, () => `deleted backup policy ${name}\n`)
+  })
+  policy.command('run').argument('<name>').description('run a backup policy now').action(async (name: string) => {
+    const run = await call(globals(), 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[] }
+    print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n`)
+    if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${f.message})`).join(', ')}`)
+  })
+
   const cluster = program.command('cluster').description('cluster membership')
   cluster.command('status').description('nodes, health and leader').action(async () => {
     const status = await call(globals(), 'GET', '/v1/cluster') as { nodes: Array<{ id: string, address: string, healthy: boolean, leader: boolean, volumes: number }> }
@@ -191,6 +238,19 @@ export function buildCli (): Command {
   })
   daemon.command('config').description('show the daemon\'s configuration').action(async () => {
     print(globals(), await call(globals(), 'GET', '/v1/config'))
+  })
+  daemon.command('restart').description('restart the daemon (same arguments; mounts come back)').action(async () => {
+    const before = await call(globals(), 'POST', '/v1/restart') as { pid: number }
+    // Wait for the new process to answer (its token is new only if the storage's was lost).
+    for (let waited = 0; waited < 60_000; waited += 250) {
+      await new Promise((resolve) => setTimeout(resolve, 250))
+      const status = await call(globals(), 'GET', '/v1/status').catch(() => undefined) as { pid?: number } | undefined
+      if (status?.pid !== undefined && status.pid !== before.pid) {
+        print(globals(), status, () => `the daemon restarted (pid ${status.pid})\n`)
+        return
+      }
+    }
+    throw new CliError(`the daemon at ${globals().daemonAddress} did not come back within a minute; see its log`)
   })
   daemon.command('stop').description('stop the daemon gracefully').action(async () => {
     await call(globals(), 'POST', '/v1/shutdown')

@@ -4,6 +4,7 @@
 // in the storage path and in a per-user runtime file named after the IPC address, where the CLI on
 // the same machine finds it.
 
+import { spawn } from 'node:child_process'
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
@@ -45,6 +46,23 @@ class HttpError extends Error {
   constructor (readonly status: number, readonly code: string, message: string) { super(message) }
 }
 
+/** Mounts made through the API, kept in the storage path so a restart mounts them again. */
+interface SavedMount { volumeId: string, path: string, options: string[] }
+
+async function readSavedMounts (storagePath: string): Promise<SavedMount[]> {
+  try {
+    const list = JSON.parse(await readFile(join(storagePath, 'daemon-mounts.json'), 'utf8')) as SavedMount[]
+    return Array.isArray(list) ? list : []
+  } catch {
+    return []
+  }
+}
+
+async function writeSavedMounts (storagePath: string, list: SavedMount[]): Promise<void> {
+  const { writeFileAtomically } = await import('../src/durable-files.js')
+  await writeFileAtomically(join(storagePath, 'daemon-mounts.json'), new TextEncoder().encode(JSON.stringify(list, null, 2) + '\n'))
+}
+
 /** A running daemon. */
 export interface Daemon {
   readonly ipcAddress: string
@@ -64,6 +82,7 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
   let finish!: () => void
   const stopped = new Promise<void>((resolve) => { finish = resolve })
   let stopping: Promise<void> | undefined
+  let restartAfterStop = false
   const stop = async (): Promise<void> => {
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
@@ -72,6 +91,12 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
       await g.close()
       if (tokenFile !== undefined) await rm(tokenFile, { force: true })
       log('info', 'stopped')
+      if (restartAfterStop) {
+        // The same program with the same arguments, on the same stderr; it mounts again what was mounted.
+        const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { detached: true, stdio: ['ignore', 'inherit', 'inherit'] })
+        child.unref()
+        log('info', 'restarting', { pid: child.pid })
+      }
       finish()
     })()
     await stopping
@@ -90,7 +115,7 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = new URL(request.url ?? '/', 'http://daemon')
         const body = await readBody(request)
-        const result = await route(g, config, request.method ?? 'GET', url, body, { startedAt, stop })
+        const result = await route(g, config, request.method ?? 'GET', url, body, { startedAt, stop, restart: () => { restartAfterStop = true; void stop() } })
         if (typeof result === 'string') send(200, result, PROMETHEUS_CONTENT_TYPE)
         else send(result === undefined ? 204 : 200, result ?? '')
       } catch (err) {
@@ -110,6 +135,15 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
     await mkdir(join(tokenFile, '..'), { recursive: true, mode: 0o700 })
     await writeFile(tokenFile, token + '\n', { mode: 0o600 })
     await chmod(tokenFile, 0o600)
+    // Mounts made before a restart (or before a crash) come back.
+    if (config.mountPoint !== undefined) {
+      for (const saved of await readSavedMounts(config.storagePath)) {
+        await g.mounts.mountVolume(saved.volumeId, saved.path, { options: saved.options }).then(
+          () => log('info', 'mounted again', { volumeId: saved.volumeId, path: saved.path }),
+          (err: Error) => log('warn', 'could not mount again', { volumeId: saved.volumeId, path: saved.path, error: err.message })
+        )
+      }
+    }
     if (config.nbdAddress !== undefined) {
       const where = parseAddress(config.nbdAddress, 'nbd address')
       nbd = await NbdServer.listen(g, where)
@@ -167,7 +201,7 @@ async function readBody (request: IncomingMessage): Promise<unknown> {
 }
 
 /** The API: library calls, nothing more. */
-async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: { startedAt: number, stop: () => Promise<void> }): Promise<unknown> {
+async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: { startedAt: number, stop: () => Promise<void>, restart: () => void }): Promise<unknown> {
   const parts = url.pathname.split('/').filter((p) => p.length > 0).map(decodeURIComponent)
   // Path shape: /v1/<collection>/<name>/<sub-collection>/<name>: names become ':'.
   const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
@@ -184,6 +218,9 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/shutdown':
       setImmediate(() => { void daemon.stop() })
       return { state: 'stopping' }
+    case 'POST /v1/restart':
+      setImmediate(() => { daemon.restart() })
+      return { state: 'restarting', pid: process.pid }
     case 'GET /v1/volumes': return await g.listVolumes()
     case 'POST /v1/volumes': return await g.createVolume(options as never)
     case 'GET /v1/volumes/:': return { ...await g.getVolume(ref), usage: await g.getVolumeUsageDetails(ref) }
@@ -197,12 +234,18 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       const path = typeof options.path === 'string' && options.path.length > 0 ? options.path : join(config.mountPoint, ref)
       const strings = typeof options.options === 'string' ? options.options.split(',').map((o) => o.trim()).filter((o) => o.length > 0) : []
       const id = await g.mounts.mountVolume(ref, path, { options: strings })
-      return g.mounts.listMounts().find((m) => m.id === id)
+      const mount = g.mounts.listMounts().find((m) => m.id === id)
+      if (mount !== undefined) {
+        const saved = (await readSavedMounts(config.storagePath)).filter((m) => m.path !== mount.path)
+        await writeSavedMounts(config.storagePath, [...saved, { volumeId: mount.volumeId, path: mount.path, options: strings }])
+      }
+      return mount
     }
     case 'POST /v1/unmount': {
       const target = options.target as string
       const mount = g.mounts.listMounts().find((m) => m.id === target || m.path === resolve(target) || m.volumeName === target || m.volumeId === target)
       await g.mounts.unmountVolume(mount?.id ?? target, { force: options.force === true })
+      if (mount !== undefined) await writeSavedMounts(config.storagePath, (await readSavedMounts(config.storagePath)).filter((m) => m.path !== mount.path))
       return undefined
     }
     case 'GET /v1/mounts': return g.mounts.listMounts()
@@ -216,6 +259,13 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options) })
     case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...target(url, options) })
     case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
+    case 'GET /v1/backup-policies': return await g.listBackupPolicies()
+    case 'POST /v1/backup-policies': return await g.createBackupPolicy(options as never)
+    case 'GET /v1/backup-policies/:': return await g.getBackupPolicy(ref)
+    case 'DELETE /v1/backup-policies/:':
+      await g.deleteBackupPolicy(ref)
+      return undefined
+    case 'POST /v1/backup-policies/:/run': return await g.runBackupPolicy(ref)
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
     case 'GET /v1/cluster': {

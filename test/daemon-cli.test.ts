@@ -248,6 +248,15 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
       assert.match(await ok(['snapshot', 'restore', 'app', 'first']), /reverted to snapshot first/)
       await ok(['volume', 'delete', 'app-copy'])
       assert.match(await ok(['snapshot', 'delete', 'app', 'first']), /deleted snapshot first/)
+      // Backup policies: created, listed, run now, deleted.
+      assert.match(await ok(['backup', 'policy', 'create', 'nightly', '--schedule', '0 2 * * *', '--volumes', 'app', '--strategy', 'incremental', '--daily', '7', '--target', target]), /created backup policy nightly; next run 20/)
+      assert.deepEqual(JSON.parse(await ok(['--json', 'backup', 'policy', 'list'])).map((p: { name: string }) => p.name), ['nightly'])
+      assert.match(await ok(['backup', 'policy', 'run', 'nightly']), /policy nightly: 1 backup\(s\)/)
+      assert.equal(JSON.parse(await ok(['backup', 'policy', 'get', 'nightly'])).retention.daily, 7)
+      const badPolicy = await cli(daemon.address, ['backup', 'policy', 'create', 'broken', '--schedule', 'whenever'])
+      assert.equal(badPolicy.code, 1)
+      assert.match(badPolicy.stderr, /INVALID_ARGUMENT/)
+      await ok(['backup', 'policy', 'delete', 'nightly'])
       // Storage classes from JSON and YAML files; a broken file is refused clearly.
       await writeFile(join(root, 'bulk.yaml'), 'name: bulk-hdd\nprovisioner: galleonfs.io/local\nreclaim_policy: Delete\nparameters:\n  disk_type: hdd\n')
       await writeFile(join(root, 'fast.json'), JSON.stringify({ name: 'fast-2', parameters: { encryption: 'false' } }))
@@ -279,6 +288,59 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
     } finally {
       daemon.child.kill('SIGTERM')
       assert.equal(await daemon.exited, 0)
+    }
+  })
+})
+
+describe('daemon restart', () => {
+  it('daemon restart re-executes on the same address; acknowledged writes and mounts come back', async () => {
+    const { createServer } = await import('node:net')
+    const port = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const address = probe.address() as { port: number }
+        probe.close(() => resolve(address.port))
+      })
+    })
+    const storage = join(root, 'node8')
+    const mounts = join(root, 'mnt8')
+    const fuse = existsSync('/dev/fuse')
+    const first = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', storage, '--ipc-address', `127.0.0.1:${port}`, ...(fuse ? ['--mount-point', mounts] : [])], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    const firstExited = new Promise((resolve) => first.once('exit', resolve))
+    let log = ''
+    first.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
+    const address = `127.0.0.1:${port}`
+    for (let i = 0; i < 200 && !log.includes('"ready"'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    const ok = async (args: string[]): Promise<string> => {
+      const result = await cli(address, args)
+      assert.equal(result.code, 0, `${args.join(' ')}: ${result.stderr}`)
+      return result.stdout
+    }
+    try {
+      await ok(['volume', 'create', '-n', 'kept', '-s', '4M', '-c', 'fast-local-ssd'])
+      const data = join(root, 'restart.bin')
+      await writeFile(data, Buffer.alloc(1 << 20, 0x5a))
+      if (fuse) {
+        await ok(['volume', 'mount', 'kept'])
+        await new Promise<void>((resolve, reject) => execFile('dd', [`if=${data}`, `of=${join(mounts, 'kept', 'data')}`, 'bs=1M', 'conv=notrunc,fsync', 'status=none'], (err) => err === null ? resolve() : reject(err)))
+      }
+      const firstPid = JSON.parse(await ok(['--json', 'daemon', 'status'])).pid
+      assert.match(await ok(['daemon', 'restart']), /the daemon restarted \(pid \d+\)/)
+      assert.equal(await firstExited, 0)
+      const status = JSON.parse(await ok(['--json', 'daemon', 'status']))
+      assert.notEqual(status.pid, firstPid)
+      assert.deepEqual(JSON.parse(await ok(['--json', 'volume', 'list'])).map((v: { name: string }) => v.name), ['kept'])
+      if (fuse) {
+        assert.equal(status.mounts, 1, 'the mount came back')
+        const back = await new Promise<Buffer>((resolve, reject) => execFile('dd', [`if=${join(mounts, 'kept', 'data')}`, 'bs=1M', 'count=1', 'status=none'], { encoding: 'buffer', maxBuffer: 4 << 20 }, (err, stdout) => err === null ? resolve(stdout) : reject(err)))
+        assert.deepEqual(back, Buffer.alloc(1 << 20, 0x5a))
+      }
+    } finally {
+      await cli(address, ['daemon', 'stop'])
+      // The restarted daemon is not our child: wait until its address is free again.
+      for (let i = 0; i < 200; i++) {
+        if ((await cli(address, ['daemon', 'status'])).code !== 0) break
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
     }
   })
 })
