@@ -808,10 +808,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Journal statistics: store batches issued and how many asked for a sync (see getStorageStats for device syncs). */
   journalStats (): { lastLsn: number, committedLsn: number, groups: number, syncs: number } {
     this.#assertOpen()
-    if (!this.#allowed('admin', undefined)) {
-      void this.#check('journalStats', 'admin', undefined, 'metrics')?.catch(() => {})
-      this.#access.check(this.#context.getStore()?.principal as Principal, 'admin', undefined)
-    }
+    this.#checkSync('journalStats', 'admin', undefined, 'metrics')
     const journal = this.#engine.journal
     return { lastLsn: journal.lastLsn, committedLsn: journal.committedLsn, ...journal.stats }
   }
@@ -1176,10 +1173,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * process can write, or a target holding forged manifests) takes `admin`.
    */
   #checkTarget (action: string, options: { target?: unknown } | undefined): void {
-    if (options?.target === undefined || this.#allowed('admin', undefined)) return
-    const principal = this.#context.getStore()?.principal as Principal
-    void this.#audit.append({ principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb: 'admin', object: 'backup-target', result: 'denied', code: 'PERMISSION_DENIED' }).catch(() => {})
-    throw new GalleonError('PERMISSION_DENIED', `${principal.id} may not choose a backup target: that takes "admin"; omit target to use the instance's`)
+    if (options?.target === undefined) return
+    this.#checkSync(action, 'admin', undefined, 'backup-target', (who) => `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`)
   }
 
   /** A backup's source volume as an access object (its namespace and name at backup time). */
@@ -1286,10 +1281,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Sets (or clears) the hook functions of a policy, which are not stored: call this again after each open. */
   setBackupPolicyHooks (name: string, hooks: BackupHooks | undefined): void {
     this.#assertOpen()
-    if (!this.#allowed('backup:schedule', undefined)) {
-      void this.#check('setBackupPolicyHooks', 'backup:schedule', undefined, `backup-policy:${String(name)}`)?.catch(() => {})
-      this.#access.check(this.#context.getStore()?.principal as Principal, 'backup:schedule', undefined)
-    }
+    this.#checkSync('setBackupPolicyHooks', 'backup:schedule', undefined, `backup-policy:${String(name)}`)
     this.#scheduler.setHooks(name, hooks)
   }
 
@@ -1593,6 +1585,18 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (context === undefined || context.nested || context.principal === undefined) return undefined
     const { object, label } = this.#refObject(ref)
     return this.#check(action, verb, object, label)
+  }
+
+  /**
+   * `#check` for synchronous calls: throws PERMISSION_DENIED at once (with `message(principal id)`
+   * when given) and records the denial in the audit log in the background.
+   */
+  #checkSync (action: string, verb: Verb, object: AccessObject | undefined, label: string, message?: (who: string) => string): void {
+    if (this.#allowed(verb, object)) return
+    void this.#check(action, verb, object, label)?.catch(() => {})
+    const principal = this.#context.getStore()?.principal as Principal
+    if (message !== undefined) throw new GalleonError('PERMISSION_DENIED', message(principal.id))
+    this.#access.check(principal, verb, object)
   }
 
   /**
