@@ -9,7 +9,7 @@ import { GalleonError, assertBytes, describe } from './errors.js'
 import type { BlockStore, BlockStoreStats, KeyProvider, MountDriver } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
-import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions } from './backup/manager.js'
+import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
@@ -1223,7 +1223,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * default `<volume>-restored-<id>`) or over an existing one (`{ volume }`, at least as large; its
    * old contents are discarded). Resolves to the restored volume.
    */
-  async restoreBackup (backupId: string, options: { name?: string, namespace?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+  async restoreBackup (backupId: string, options: RestoreBackupOptions = {}): Promise<Volume> {
     this.#assertOpen()
     if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
     this.#checkTarget('restoreBackup', options)

@@ -278,6 +278,27 @@ describe('backups', () => {
     })
   })
 
+  it('calls an onProgress listener of a backup and of a restore; a listener that throws breaks neither', async () => {
+    await withInstance(async (g) => {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(BLOCKS * BS, 21))
+      const backupSeen: Array<[number, number]> = []
+      const backup = await g.createBackup('v', { onProgress: ({ bytesDone, bytesTotal }) => { backupSeen.push([bytesDone, bytesTotal]) } })
+      assert.deepEqual(backupSeen[0], [0, BLOCKS * BS])
+      assert.deepEqual(backupSeen.at(-1), [BLOCKS * BS, BLOCKS * BS])
+      const restoreSeen: Array<[number, number]> = []
+      const restored = await g.restoreBackup(backup.id, { name: 'r', onProgress: ({ bytesDone, bytesTotal }) => { restoreSeen.push([bytesDone, bytesTotal]) } })
+      assert.deepEqual(restoreSeen[0], [0, BLOCKS * BS])
+      assert.deepEqual(restoreSeen.at(-1), [BLOCKS * BS, BLOCKS * BS])
+      assert.ok(restoreSeen.every(([done], i) => i === 0 || done >= (restoreSeen[i - 1] as [number, number])[0]))
+      assert.ok((await image(g, restored.name)).equals(await image(g, 'v')))
+      const throwing = (): void => { throw new Error('a broken progress bar') }
+      const again = await g.createBackup('v', { strategy: 'incremental', onProgress: throwing })
+      const second = await g.restoreBackup(again.id, { name: 'r2', onProgress: throwing })
+      assert.ok((await image(g, second.name)).equals(await image(g, 'v')))
+    })
+  })
+
   it('cuts changed blocks into chunks at fixed places: runs at chunk multiples, pieces within a window', () => {
     assert.deepEqual(toRuns([0, 1, 2, 3, 4, 7, 8, 9], 4), [[0, 4], [4, 1], [7, 1], [8, 2]])
     assert.deepEqual(toPieces(toRuns([0, 1, 2, 3, 4, 7, 8, 9], 4), 4, 8), [[[0, 4]], [[4, 1], [7, 1]], [[8, 2]]])

@@ -52,6 +52,37 @@ export interface CreateBackupOptions {
   readonly signal?: AbortSignal
   /** Name of the backup policy taking it (set by the scheduler; retention prunes only its own). */
   readonly policy?: string
+  /** Called as blocks are stored (also emitted as `backup:progress`); an exception it throws is ignored. */
+  readonly onProgress?: ProgressListener
+}
+
+/** Options of `restoreBackup`: `name` (a new volume) or `volume` (overwrite an existing one). */
+export interface RestoreBackupOptions {
+  readonly name?: string
+  readonly namespace?: string
+  readonly volume?: VolumeRef
+  readonly target?: BackupTargetRef
+  /** Aborting stops the restore (a new volume is removed; an overwritten one is left partly restored). */
+  readonly signal?: AbortSignal
+  /** Called as blocks are written (also emitted as `restore:progress`); an exception it throws is ignored. */
+  readonly onProgress?: ProgressListener
+}
+
+/** How far a long operation has come. */
+export interface Progress {
+  readonly bytesDone: number
+  readonly bytesTotal: number
+}
+
+/** Receives progress; must not throw (what it throws is ignored, the operation goes on). */
+export type ProgressListener = (progress: Progress) => void
+
+/** Calls a caller's progress listener, which must never break the operation it watches. */
+function report (listener: ProgressListener | undefined, bytesDone: number, bytesTotal: number): void {
+  if (typeof listener !== 'function') return
+  try {
+    listener({ bytesDone, bytesTotal })
+  } catch {}
 }
 
 /** A backup as listed from its target. */
@@ -151,7 +182,10 @@ export class BackupManager {
         const blockSize = volume.blockSize
         const total = indices.length * blockSize
         let done = 0
-        const progress = (): void => { this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total }) }
+        const progress = (): void => {
+          this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
+          report(options.onProgress, done, total)
+        }
         progress()
         const chunkBlocks = Math.max(1, CHUNK_BYTES / blockSize)
         const pieces = toPieces(toRuns(indices, chunkBlocks), chunkBlocks, Math.max(1, CHUNK_WINDOW_BYTES / blockSize))
@@ -351,7 +385,7 @@ export class BackupManager {
     })
   }
 
-  async restore (id: string, options: { name?: string, namespace?: string, volume?: VolumeRef, target?: BackupTargetRef, signal?: AbortSignal } = {}): Promise<Volume> {
+  async restore (id: string, options: RestoreBackupOptions = {}): Promise<Volume> {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `restoreBackup() options must be an object such as { name: 'restored' }, got ${describe(options)}`)
     if ((options.name === undefined) === (options.volume === undefined) && options.volume !== undefined) {
       throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
@@ -424,6 +458,7 @@ export class BackupManager {
       }
       const total = [...byChunk.values()].reduce((sum, list) => sum + list.length, 0) * blockSize
       let done = 0
+      report(options.onProgress, 0, total)
       const chunks = [...byChunk]
       let next = 0
       const worker = async (stop: () => boolean): Promise<void> => {
@@ -444,6 +479,7 @@ export class BackupManager {
             at = end
           }
           this.#g.emit('restore:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
+          report(options.onProgress, done, total)
         }
       }
       await runWorkers(worker)

@@ -1,0 +1,149 @@
+// Key providers that reach a KMS outside the process: a real command (test/fixtures/kms-command.mjs,
+// run as a child process for every wrap and unwrap) and a real HTTP endpoint on loopback.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { createServer, type Server } from 'node:http'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { GalleonFS, WriteConcern, commandKeyProvider, httpKeyProvider } from '../src/index.js'
+
+const KMS_COMMAND = fileURLToPath(new URL('./fixtures/kms-command.mjs', import.meta.url))
+const ENCRYPTED = { storageClass: 'encrypted-storage', replicas: 1 } as const
+const BLOCK = 4096
+
+let root: string
+let counter = 0
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-kms-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const fresh = (): string => join(root, `t${++counter}`)
+
+const block = (fill: number): Uint8Array => new Uint8Array(BLOCK).fill(fill)
+
+/** An HTTP KMS speaking GalleonFS's protocol, with its own key, a token, and a switch to fail. */
+async function httpKms (token: string): Promise<{ server: Server, url: string, calls: string[], setDown: (down: boolean) => void }> {
+  const key = randomBytes(32)
+  const calls: string[] = []
+  let down = false
+  const server = createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      const reply = (status: number, body: unknown): void => { response.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body)) }
+      if (request.headers.authorization !== `Bearer ${token}`) { reply(401, { error: 'bad token' }); return }
+      if (down) { reply(503, { error: 'KMS in maintenance' }); return }
+      const { operation, keyId, context, data } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, string>
+      calls.push(`${operation} ${keyId} ${context}`)
+      const input = Buffer.from(data as string, 'base64')
+      const aad = Buffer.from(`${keyId}\n${context}`)
+      try {
+        if (operation === 'wrap') {
+          const nonce = randomBytes(12)
+          const cipher = createCipheriv('aes-256-gcm', key, nonce).setAAD(aad)
+          const body = Buffer.concat([cipher.update(input), cipher.final()])
+          reply(200, { data: Buffer.concat([nonce, body, cipher.getAuthTag()]).toString('base64') })
+        } else {
+          const decipher = createDecipheriv('aes-256-gcm', key, input.subarray(0, 12)).setAAD(aad)
+          decipher.setAuthTag(input.subarray(input.length - 16))
+          reply(200, { data: Buffer.concat([decipher.update(input.subarray(12, input.length - 16)), decipher.final()]).toString('base64') })
+        }
+      } catch {
+        reply(400, { error: 'cannot unwrap' })
+      }
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const address = server.address() as { port: number }
+  return { server, url: `http://127.0.0.1:${address.port}/kms`, calls, setDown: (value) => { down = value } }
+}
+
+describe('KMS key providers', () => {
+  it('command: every data key is wrapped and unwrapped by the command; data survives a reopen; failures are named', async () => {
+    const dir = fresh()
+    const keyFile = join(root, `kms-${counter}.key`)
+    const log = join(root, `kms-${counter}.log`)
+    await writeFile(keyFile, randomBytes(32).toString('hex'))
+    process.env.KMS_KEY_FILE = keyFile
+    process.env.KMS_LOG = log
+    try {
+      const provider = (): ReturnType<typeof commandKeyProvider> => commandKeyProvider({ keyId: 'kek-a', command: process.execPath, args: [KMS_COMMAND] })
+      let g = await GalleonFS.open({ storagePath: dir, keyProvider: provider() })
+      const vol = await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock(vol, 3, block(7), WriteConcern.WriteDurable)
+      await g.close()
+      assert.match(await readFile(log, 'utf8'), new RegExp(`^wrap kek-a volume:${vol.id}:dek:1$`, 'm'))
+      g = await GalleonFS.open({ storagePath: dir, keyProvider: provider() })
+      try {
+        assert.deepEqual(await g.readBlock('secret', 3), block(7))
+        assert.equal((await g.getVolumeEncryption('secret')).kekId, 'kek-a')
+      } finally {
+        await g.close()
+      }
+      assert.match(await readFile(log, 'utf8'), new RegExp(`^unwrap kek-a volume:${vol.id}:dek:1$`, 'm'))
+      // The KMS refusing: the volume is unavailable with the KMS's own words; the instance is fine.
+      process.env.KMS_FAIL = 'key kek-a is disabled'
+      g = await GalleonFS.open({ storagePath: dir, keyProvider: provider() })
+      try {
+        await assert.rejects(g.readBlock('secret', 3), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /exited with status 3: key kek-a is disabled/.test(err.message))
+        await assert.rejects(g.createVolume({ name: 'more', sizeBytes: '1M', ...ENCRYPTED }), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /key kek-a is disabled/.test(err.message))
+        await g.createVolume({ name: 'plain', sizeBytes: '1M' })
+      } finally {
+        await g.close()
+      }
+    } finally {
+      delete process.env.KMS_KEY_FILE
+      delete process.env.KMS_LOG
+      delete process.env.KMS_FAIL
+    }
+  })
+
+  it('command: a missing program, a hung one, and garbage output each fail clearly', async () => {
+    const missing = commandKeyProvider({ keyId: 'k', command: join(root, 'no-such-kms') })
+    await assert.rejects(missing.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /could not be started/.test(err.message))
+    const hung = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'setTimeout(() => {}, 60000)'], timeoutMs: 300 })
+    await assert.rejects(hung.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /killed by SIGKILL/.test(err.message))
+    const garbage = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'process.stdout.write("not base64!")'] })
+    await assert.rejects(garbage.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer with base64/.test(err.message))
+    assert.throws(() => commandKeyProvider({ keyId: '', command: 'x' }), { code: 'INVALID_ARGUMENT', message: /keyId/ })
+    assert.throws(() => commandKeyProvider({ keyId: 'k', command: '' }), { code: 'INVALID_ARGUMENT', message: /command/ })
+    assert.throws(() => commandKeyProvider({ keyId: 'k', command: 'x', args: [1] as never }), { code: 'INVALID_ARGUMENT', message: /args/ })
+    assert.throws(() => commandKeyProvider({ keyId: 'k', command: 'x', timeoutMs: -1 }), { code: 'INVALID_ARGUMENT', message: /timeoutMs/ })
+  })
+
+  it('http: keys wrapped by an HTTP KMS with a token; the KMS down or a wrong token fail clearly', async () => {
+    const kms = await httpKms('s3cret')
+    try {
+      const dir = fresh()
+      let g = await GalleonFS.open({ storagePath: dir, keyProvider: httpKeyProvider({ keyId: 'kek-h', url: kms.url, token: 's3cret' }) })
+      const vol = await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock(vol, 0, block(9), WriteConcern.WriteDurable)
+      await g.close()
+      assert.ok(kms.calls.includes(`wrap kek-h volume:${vol.id}:dek:1`))
+      g = await GalleonFS.open({ storagePath: dir, keyProvider: httpKeyProvider({ keyId: 'kek-h', url: kms.url, token: 's3cret' }) })
+      try {
+        assert.deepEqual(await g.readBlock('secret', 0), block(9))
+      } finally {
+        await g.close()
+      }
+      kms.setDown(true)
+      g = await GalleonFS.open({ storagePath: dir, keyProvider: httpKeyProvider({ keyId: 'kek-h', url: kms.url, token: 's3cret' }) })
+      try {
+        await assert.rejects(g.readBlock('secret', 0), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /answered 503: .*maintenance/.test(err.message))
+      } finally {
+        await g.close()
+      }
+      kms.setDown(false)
+      const wrongToken = httpKeyProvider({ keyId: 'kek-h', url: kms.url, token: 'guess' })
+      await assert.rejects(wrongToken.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /answered 401/.test(err.message))
+      const nobody = httpKeyProvider({ keyId: 'k', url: 'http://127.0.0.1:1/kms', timeoutMs: 2000 })
+      await assert.rejects(nobody.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer/.test(err.message))
+      assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'ftp://kms' }), { code: 'INVALID_ARGUMENT', message: /http: or https:/ })
+      assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'not a url' }), { code: 'INVALID_ARGUMENT', message: /url/ })
+    } finally {
+      kms.server.close()
+    }
+  })
+})
