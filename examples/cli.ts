@@ -4,14 +4,19 @@
 import { readFile } from 'node:fs/promises'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
-import { parseSize } from '../src/index.js'
+import { formatSize, parseSize } from '../src/index.js'
+import { Presets, SingleBar } from 'cli-progress'
+import Table from 'cli-table3'
 import { runtimeTokenPath } from './daemon.js'
 import { parseAddress } from './daemon-config.js'
 
 /** A failure to report in one line (exit 1), never with a stack trace. */
 class CliError extends Error {}
 
-interface Globals { daemonAddress: string, token?: string, json?: boolean }
+interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean }
+
+/** Media type of a streamed answer (progress lines, then the result). */
+const NDJSON = 'application/x-ndjson'
 
 async function tokenFor (globals: Globals): Promise<string> {
   const given = globals.token ?? process.env.GALLEONFS_TOKEN
@@ -23,38 +28,98 @@ async function tokenFor (globals: Globals): Promise<string> {
   }
 }
 
-/** One API call; daemon errors become CliError with the daemon's message. */
-async function call (globals: Globals, method: string, path: string, body?: unknown): Promise<unknown> {
+/** Sends one API request; a daemon that is not there, a rejected token or an error status become CliError. */
+async function request (globals: Globals, method: string, path: string, body?: unknown, accept?: string): Promise<Response> {
   const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
   let response: Response
   try {
     response = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}${path}`, {
       method,
-      headers: { authorization: `Bearer ${await tokenFor(globals)}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { authorization: `Bearer ${await tokenFor(globals)}`, ...(accept === undefined ? {} : { accept }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })
     })
   } catch {
     throw new CliError(`no GalleonFS daemon answers at ${globals.daemonAddress}; start it with \`galleonfs -d --ipc-address ${globals.daemonAddress}\`, or point the CLI at it with --daemon-address`)
   }
-  const text = await response.text()
-  const parsed = text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
   if (!response.ok) {
-    const error = (parsed as { error?: { code?: string, message?: string } })?.error
+    const text = await response.text()
+    const error = (() => { try { return (JSON.parse(text) as { error?: { code?: string, message?: string } }).error } catch { return undefined } })()
     if (response.status === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
     throw new CliError(`${error?.code ?? response.status}: ${error?.message ?? text}`)
   }
-  return parsed
+  return response
+}
+
+/** One API call; its JSON answer. */
+async function call (globals: Globals, method: string, path: string, body?: unknown): Promise<unknown> {
+  const text = await (await request(globals, method, path, body)).text()
+  return text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
+}
+
+/**
+ * A long operation: on a terminal (or with --progress) the daemon streams progress, drawn as a bar
+ * on stderr, then the result; otherwise a plain call.
+ */
+async function callWithProgress (globals: Globals, label: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  const show = globals.progress ?? (process.stderr.isTTY === true && globals.json !== true)
+  if (!show) return await call(globals, method, path, body)
+  const response = await request(globals, method, path, body, NDJSON)
+  const bar = new SingleBar({
+    format: `${label} [{bar}] {percentage}% | {done} of {all} | {eta_formatted} left`,
+    stream: process.stderr,
+    hideCursor: true,
+    noTTYOutput: process.stderr.isTTY !== true,
+    notTTYSchedule: 1000
+  }, Presets.shades_classic)
+  let started = false
+  let outcome: { result?: unknown, error?: { code?: string, message?: string } } | undefined
+  let pending = ''
+  const decoder = new TextDecoder()
+  const take = (line: string): void => {
+    if (line.trim() === '') return
+    const message = JSON.parse(line) as { progress?: { bytesDone: number, bytesTotal: number }, result?: unknown, error?: { code?: string, message?: string } }
+    if (message.progress !== undefined) {
+      const { bytesDone, bytesTotal } = message.progress
+      const sizes = { done: formatSize(bytesDone), all: formatSize(bytesTotal) }
+      if (!started) {
+        bar.start(bytesTotal, bytesDone, sizes)
+        started = true
+      } else {
+        bar.setTotal(bytesTotal)
+        bar.update(bytesDone, sizes)
+      }
+    } else {
+      outcome = message
+    }
+  }
+  try {
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      pending += decoder.decode(chunk, { stream: true })
+      let newline: number
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        take(pending.slice(0, newline))
+        pending = pending.slice(newline + 1)
+      }
+    }
+    take(pending)
+  } finally {
+    if (started) bar.stop()
+  }
+  if (outcome === undefined) throw new CliError(`the daemon at ${globals.daemonAddress} ended the answer before the operation finished; see its log`)
+  if (outcome.error !== undefined) throw new CliError(`${outcome.error.code ?? 'ERROR'}: ${outcome.error.message ?? ''}`)
+  return outcome.result
 }
 
 function print (globals: Globals, value: unknown, table?: () => string): void {
   process.stdout.write(globals.json === true || table === undefined ? JSON.stringify(value, null, 2) + '\n' : table())
 }
 
-/** Rows as aligned columns. */
+/** Rows as aligned columns without borders (cli-table3), headers first. */
 function columns (headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd()
-  return [line(headers), ...rows.map(line)].join('\n') + '\n'
+  const none = { top: '', 'top-mid': '', 'top-left': '', 'top-right': '', bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '', left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ' }
+  const table = new Table({ head: headers, chars: none, style: { head: [], border: [], 'padding-left': 0, 'padding-right': 0 } })
+  table.push(...rows)
+  return table.toString().split('\n').map((line) => line.trimEnd()).join('\n') + '\n'
 }
 
 function sizeOption (value: string): number {
@@ -74,6 +139,8 @@ export function buildCli (): Command {
     .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').default('127.0.0.1:8090'))
     .option('--token <token>', 'API token (default: GALLEONFS_TOKEN, or the one the daemon left for this user)')
     .option('--json', 'print JSON')
+    .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')
+    .option('--no-progress', 'no progress bars, also on a terminal')
     .showHelpAfterError()
     .exitOverride()
   const globals = (): Globals => program.opts<Globals>()
@@ -95,7 +162,7 @@ export function buildCli (): Command {
     })
   volume.command('list').description('list volumes').action(async () => {
     const list = await call(globals(), 'GET', '/v1/volumes') as VolumeView[]
-    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CLASS', 'REPLICAS', 'STATE'], list.map((v) => [v.namespace === 'default' ? v.name : `${v.namespace}/${v.name}`, v.id, String(v.sizeBytes), v.storageClass, String(v.replicas), v.state])))
+    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CLASS', 'REPLICAS', 'STATE'], list.map((v) => [v.namespace === 'default' ? v.name : `${v.namespace}/${v.name}`, v.id, formatSize(v.sizeBytes), v.storageClass, String(v.replicas), v.state])))
   })
   volume.command('get').description('show a volume (by name or id)').argument('<volume>').action(async (ref: string) => {
     const found = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}`) as VolumeView & { usage: { allocatedBytes: number } }
@@ -135,7 +202,7 @@ export function buildCli (): Command {
   })
   snapshot.command('list').argument('<volume>').description('list a volume\'s snapshots').action(async (ref: string) => {
     const list = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}/snapshots`) as Array<{ name: string, id: string, sizeBytes: number, createdAt: string }>
-    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CREATED'], list.map((s) => [s.name, s.id, String(s.sizeBytes), s.createdAt])))
+    print(globals(), list, () => columns(['NAME', 'ID', 'SIZE', 'CREATED'], list.map((s) => [s.name, s.id, formatSize(s.sizeBytes), s.createdAt])))
   })
   snapshot.command('delete').argument('<volume>').argument('<snapshot>').option('-f, --force', 'also when clones read from it').description('delete a snapshot')
     .action(async (ref: string, name: string, options: { force?: boolean }) => {
@@ -152,17 +219,17 @@ export function buildCli (): Command {
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']).default('full'))
     .option('--target <dir>', 'backup target directory (seen by the daemon)')
     .action(async (ref: string, options: { strategy: string, target?: string }) => {
-      const made = await call(globals(), 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
+      const made = await callWithProgress(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
       print(globals(), made, () => `backup ${made.id} (${made.strategy}): ${made.blocks} blocks, ${made.storedBytes} bytes stored\n`)
     })
   backup.command('list').argument('[volume]').option('--target <dir>', 'backup target directory').description('list backups').action(async (ref: string | undefined, options: { target?: string }) => {
     const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: options.target }) })
     const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
-    print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, String(b.bytes)])))
+    print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
   })
   backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--target <dir>', 'backup target directory').description('restore a backup')
     .action(async (id: string, options: { name?: string, volume?: string, target?: string }) => {
-      const restored = await call(globals(), 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
+      const restored = await callWithProgress(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
       print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
     })
   backup.command('verify').argument('<backup>').option('--target <dir>', 'backup target directory').description('check a backup\'s chunks').action(async (id: string, options: { target?: string }) => {
@@ -251,6 +318,10 @@ export function buildCli (): Command {
       }
     }
     throw new CliError(`the daemon at ${globals().daemonAddress} did not come back within a minute; see its log`)
+  })
+  daemon.command('reload').description('read the configuration file again and apply what can change while running (as SIGHUP does)').action(async () => {
+    const report = await call(globals(), 'POST', '/v1/reload') as { applied: string[], needsRestart: string[] }
+    print(globals(), report, () => `reloaded: ${report.applied.length === 0 ? 'nothing changed that applies live' : `applied ${report.applied.join(', ')}`}${report.needsRestart.length === 0 ? '' : `; changed but waiting for a restart: ${report.needsRestart.join(', ')}`}\n`)
   })
   daemon.command('stop').description('stop the daemon gracefully').action(async () => {
     await call(globals(), 'POST', '/v1/shutdown')

@@ -19,7 +19,24 @@ export interface DaemonConfig {
   mountPoint: string | undefined
   /** Serve NBD exports here, if set. */
   nbdAddress: string | undefined
+  /** Log level; when unset, GALLEONFS_LOG or RUST_LOG, else info. */
+  logLevel: LogLevel | undefined
+  /** Who wraps the volumes' data keys: a key file in the storage path, a passphrase, a KMS command or an HTTP KMS. */
+  keyProvider: 'internal' | 'passphrase' | 'command' | 'http'
+  /** The key's name in the KMS (command and http). */
+  kmsKeyId: string | undefined
+  /** The KMS program and its arguments (command). */
+  kmsCommand: string[] | undefined
+  /** The KMS endpoint (http). */
+  kmsUrl: string | undefined
+  /** A file holding the bearer token for the KMS endpoint (http). */
+  kmsTokenFile: string | undefined
+  /** A file holding the passphrase (passphrase; else GALLEONFS_PASSPHRASE). */
+  passphraseFile: string | undefined
 }
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
+export type LogLevel = typeof LOG_LEVELS[number]
 
 export const DEFAULTS: DaemonConfig = {
   storagePath: './galleonfs_storage',
@@ -30,7 +47,14 @@ export const DEFAULTS: DaemonConfig = {
   replicationStrategy: 'synchronous',
   persistenceLevel: 'enhanced',
   mountPoint: undefined,
-  nbdAddress: undefined
+  nbdAddress: undefined,
+  logLevel: undefined,
+  keyProvider: 'internal',
+  kmsKeyId: undefined,
+  kmsCommand: undefined,
+  kmsUrl: undefined,
+  kmsTokenFile: undefined,
+  passphraseFile: undefined
 }
 
 /** A configuration problem: the daemon does not start, and says why. */
@@ -48,11 +72,11 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
-  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress' },
+  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
   cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
-  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null }
+  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile' }
 }
 
 /** Reads a TOML configuration file into settings (and the keys it holds that this release ignores). */
@@ -100,6 +124,35 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: mount point must be a directory path, got ${JSON.stringify(value)}`)
         out.mountPoint = value
         break
+      case 'kmsKeyId':
+      case 'kmsTokenFile':
+      case 'passphraseFile':
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
+        out[key as 'kmsKeyId'] = value
+        break
+      case 'logLevel':
+        if (!LOG_LEVELS.includes(value as LogLevel)) throw new ConfigError(`${where}: log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(value)}`)
+        out.logLevel = value as LogLevel
+        break
+      case 'keyProvider':
+        if (value !== 'internal' && value !== 'passphrase' && value !== 'command' && value !== 'http') throw new ConfigError(`${where}: key provider must be internal, passphrase, command or http, got ${JSON.stringify(value)}`)
+        out.keyProvider = value
+        break
+      case 'kmsCommand': {
+        const list = typeof value === 'string' ? [value] : value
+        if (!Array.isArray(list) || list.length === 0 || !list.every((part) => typeof part === 'string' && part.length > 0)) {
+          throw new ConfigError(`${where}: KMS command must be a program path or a list such as ["/usr/local/bin/kms", "--profile", "prod"], got ${JSON.stringify(value)}`)
+        }
+        out.kmsCommand = list as string[]
+        break
+      }
+      case 'kmsUrl': {
+        let url: URL | undefined
+        try { url = new URL(String(value)) } catch {}
+        if (typeof value !== 'string' || url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`${where}: KMS url must be an http: or https: address, got ${JSON.stringify(value)}`)
+        out.kmsUrl = value
+        break
+      }
       case 'blockSize': {
         const size = typeof value === 'string' ? Number(value) : value
         if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 512 || size > 1 << 20 || (size & (size - 1)) !== 0) {
@@ -132,9 +185,14 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
   return out
 }
 
-/** Defaults, then the file, then the flags. */
+/** Defaults, then the file, then the flags; then the settings that depend on each other are checked. */
 export function merge (...layers: Array<Partial<DaemonConfig>>): DaemonConfig {
   const config: DaemonConfig = { ...DEFAULTS, peerAddresses: [...DEFAULTS.peerAddresses] }
   for (const layer of layers) Object.assign(config, Object.fromEntries(Object.entries(layer).filter(([, v]) => v !== undefined)))
+  const needs = (field: keyof DaemonConfig, setting: string): void => {
+    if (config[field] === undefined) throw new ConfigError(`key provider ${config.keyProvider} needs ${setting} in [security]`)
+  }
+  if (config.keyProvider === 'command') { needs('kmsKeyId', 'kms_key_id'); needs('kmsCommand', 'kms_command') }
+  if (config.keyProvider === 'http') { needs('kmsKeyId', 'kms_key_id'); needs('kmsUrl', 'kms_url') }
   return config
 }

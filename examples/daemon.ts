@@ -10,24 +10,48 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode } from '../src/index.js'
+import { commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, type KeyProvider, type ProgressListener } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { parseAddress, type DaemonConfig } from './daemon-config.js'
+import { ConfigError, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 1024 * 1024
+/** Media type of a streamed answer: progress lines, then the result (asked for with Accept). */
+const NDJSON = 'application/x-ndjson'
+/** Progress lines are sent at most this often. */
+const PROGRESS_INTERVAL_MS = 100
 
-const LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
-type Level = typeof LEVELS[number]
+/** What a route may use besides the library. */
+interface RouteContext {
+  startedAt: number
+  stop: () => Promise<void>
+  restart: () => void
+  reload: () => Promise<ReloadReport>
+  nbd: () => NbdServer | undefined
+  /** Set when the client streams: long operations report to it. */
+  progress?: ProgressListener
+}
 
-/** Structured logs (one JSON object per line on stderr); the level from GALLEONFS_LOG or RUST_LOG. */
-export function createLogger (env: NodeJS.ProcessEnv = process.env): (level: Level, message: string, fields?: Record<string, unknown>) => void {
-  const wanted = (env.GALLEONFS_LOG ?? env.RUST_LOG ?? 'info').toLowerCase().split(',')[0]?.split('=').pop() as Level
-  const limit = LEVELS.includes(wanted) ? LEVELS.indexOf(wanted) : LEVELS.indexOf('info')
-  return (level, message, fields = {}) => {
-    if (LEVELS.indexOf(level) > limit) return
-    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, message, ...fields }) + '\n')
-  }
+/** Structured logs (one JSON object per line on stderr). */
+export interface Logger {
+  (level: LogLevel, message: string, fields?: Record<string, unknown>): void
+  /** The level in effect: the configured one, else GALLEONFS_LOG or RUST_LOG, else info. */
+  setLevel: (configured: LogLevel | undefined) => void
+  readonly level: LogLevel
+}
+
+/** A logger; `RUST_LOG`-style values such as `galleonfs=debug` are understood. */
+export function createLogger (env: NodeJS.ProcessEnv = process.env, configured?: LogLevel): Logger {
+  const fromEnv = (env.GALLEONFS_LOG ?? env.RUST_LOG ?? 'info').toLowerCase().split(',')[0]?.split('=').pop() as LogLevel
+  let level: LogLevel = 'info'
+  const log = ((at: LogLevel, message: string, fields: Record<string, unknown> = {}): void => {
+    if (LOG_LEVELS.indexOf(at) > LOG_LEVELS.indexOf(level)) return
+    process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: at, message, ...fields }) + '\n')
+  }) as Logger
+  log.setLevel = (wanted) => { level = wanted ?? (LOG_LEVELS.includes(fromEnv) ? fromEnv : 'info') }
+  Object.defineProperty(log, 'level', { get: () => level })
+  log.setLevel(configured)
+  return log
 }
 
 /** Where the CLI finds the token of the daemon at `ipcAddress` (per user, mode 0600 in a 0700 directory). */
@@ -69,12 +93,61 @@ export interface Daemon {
   stop: () => Promise<void>
   /** Resolves when the daemon has stopped (by stop(), a signal or POST /v1/shutdown). */
   readonly stopped: Promise<void>
+  /** Reads the configuration again (SIGHUP, POST /v1/reload) and applies what can change while running. */
+  reload: () => Promise<ReloadReport>
 }
 
-/** Starts the daemon: opens the storage, writes the token, listens. */
-export async function startDaemon (config: DaemonConfig, log = createLogger()): Promise<Daemon> {
+/** What a reload changed, and which changed settings wait for a restart. */
+export interface ReloadReport {
+  applied: string[]
+  needsRestart: string[]
+}
+
+/** Settings a reload applies in place; any other change waits for a restart. */
+const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint'])
+
+/** A secret kept in a file (one line). */
+async function readSecret (path: string, what: string): Promise<string> {
+  let text: string
+  try {
+    text = (await readFile(path, 'utf8')).trim()
+  } catch (err) {
+    throw new ConfigError(`cannot read the ${what} ${path}: ${(err as Error).message}`)
+  }
+  if (text.length === 0) throw new ConfigError(`the ${what} ${path} is empty`)
+  return text
+}
+
+/** The key provider options of GalleonFS.open() that the configuration asks for. */
+async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyProvider, passphrase?: string }> {
+  switch (config.keyProvider) {
+    case 'internal': return {}
+    case 'passphrase': {
+      const passphrase = config.passphraseFile !== undefined ? await readSecret(config.passphraseFile, 'passphrase file') : process.env.GALLEONFS_PASSPHRASE
+      if (passphrase === undefined || passphrase === '') throw new ConfigError('key provider passphrase needs passphrase_file in [security] or the GALLEONFS_PASSPHRASE environment variable')
+      return { passphrase }
+    }
+    case 'command': {
+      const [command, ...args] = config.kmsCommand as string[]
+      return { keyProvider: commandKeyProvider({ keyId: config.kmsKeyId as string, command: command as string, args }) }
+    }
+    case 'http': {
+      const token = config.kmsTokenFile === undefined ? undefined : await readSecret(config.kmsTokenFile, 'KMS token file')
+      return { keyProvider: httpKeyProvider({ keyId: config.kmsKeyId as string, url: config.kmsUrl as string, ...(token === undefined ? {} : { token }) }) }
+    }
+  }
+}
+
+/**
+ * Starts the daemon: opens the storage, writes the token, listens. `loadConfig` reads the
+ * configuration again for a reload (the file and the flags it started with).
+ */
+export async function startDaemon (initial: DaemonConfig, log: Logger = createLogger(), loadConfig?: () => Promise<DaemonConfig>): Promise<Daemon> {
+  // What is in effect: a reload changes the live settings in here.
+  const config: DaemonConfig = { ...initial }
+  log.setLevel(config.logLevel)
   const ipc = parseAddress(config.ipcAddress, 'ipc address')
-  const g = await GalleonFS.open({ storagePath: config.storagePath, blockSize: config.blockSize, ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }) })
+  const g = await GalleonFS.open({ storagePath: config.storagePath, blockSize: config.blockSize, ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }), ...await keyOptions(config) })
   const startedAt = Date.now()
   let server: Server | undefined
   let nbd: NbdServer | undefined
@@ -101,6 +174,36 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
     })()
     await stopping
   }
+  let reloading: Promise<unknown> = Promise.resolve()
+  const reload = async (): Promise<ReloadReport> => {
+    const run = reloading.then(async () => {
+      if (stopping !== undefined) throw new HttpError(409, 'BUSY', 'the daemon is stopping')
+      if (loadConfig === undefined) return { applied: [], needsRestart: [] }
+      const next = await loadConfig()
+      const report: ReloadReport = { applied: [], needsRestart: [] }
+      for (const key of Object.keys(next) as Array<keyof DaemonConfig>) {
+        if (JSON.stringify(next[key]) === JSON.stringify(config[key])) continue
+        // The mount driver is chosen at open: a mount point can move, not appear or go.
+        const live = LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
+        if (!live) { report.needsRestart.push(key); continue }
+        if (key === 'logLevel') log.setLevel(next.logLevel)
+        if (key === 'nbdAddress') {
+          // The new listener first: if it cannot listen, the old one keeps serving.
+          const moved = next.nbdAddress === undefined ? undefined : await NbdServer.listen(g, parseAddress(next.nbdAddress, 'nbd address'))
+          await nbd?.close()
+          nbd = moved
+          if (nbd !== undefined) log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
+        }
+        Object.assign(config, { [key]: next[key] })
+        report.applied.push(key)
+      }
+      log('info', 'configuration reloaded', { ...report })
+      if (report.needsRestart.length > 0) log('warn', 'changed settings that take effect only after a restart (galleonfs daemon restart)', { settings: report.needsRestart })
+      return report
+    })
+    reloading = run.catch(() => {})
+    return await run
+  }
   try {
     const token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
     server = createServer((request, response) => { void handle(request, response).catch(() => {}) })
@@ -110,19 +213,42 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
         response.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) })
         response.end(text)
       }
+      let streaming = false
+      const began = performance.now()
+      response.once('finish', () => log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10 }))
       try {
         const offered = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? ''
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = new URL(request.url ?? '/', 'http://daemon')
         const body = await readBody(request)
-        const result = await route(g, config, request.method ?? 'GET', url, body, { startedAt, stop, restart: () => { restartAfterStop = true; void stop() } })
+        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd }
+        if ((request.headers.accept ?? '').includes(NDJSON)) {
+          // Progress lines while the operation runs, then one line with its result or error.
+          streaming = true
+          response.writeHead(200, { 'content-type': NDJSON })
+          let last = 0
+          context.progress = ({ bytesDone, bytesTotal }) => {
+            const now = Date.now()
+            if (bytesDone < bytesTotal && bytesDone > 0 && now - last < PROGRESS_INTERVAL_MS) return
+            last = now
+            response.write(JSON.stringify({ progress: { bytesDone, bytesTotal } }) + '\n')
+          }
+          const result = await route(g, config, request.method ?? 'GET', url, body, context)
+          response.end(JSON.stringify({ result: result ?? null }) + '\n')
+          return
+        }
+        const result = await route(g, config, request.method ?? 'GET', url, body, context)
         if (typeof result === 'string') send(200, result, PROMETHEUS_CONTENT_TYPE)
         else send(result === undefined ? 204 : 200, result ?? '')
       } catch (err) {
-        if (err instanceof HttpError) { send(err.status, { error: { code: err.code, message: err.message } }); return }
-        if (isGalleonError(err)) { send(STATUS[err.code] ?? 500, { error: { code: err.code, message: err.message } }); return }
-        log('error', 'request failed', { method: request.method, url: request.url, error: (err as Error)?.message })
-        send(500, { error: { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) } })
+        const [status, error] = err instanceof HttpError
+          ? [err.status, { code: err.code, message: err.message }]
+          : err instanceof ConfigError
+            ? [400, { code: 'INVALID_CONFIG', message: `${err.message}; the daemon keeps the configuration it had` }]
+            : isGalleonError(err) ? [STATUS[err.code] ?? 500, { code: err.code, message: err.message }] : [500, { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }]
+        if (status === 500) log('error', 'request failed', { method: request.method, url: request.url, error: error.message })
+        if (streaming) response.end(JSON.stringify({ error }) + '\n')
+        else send(status, { error })
       }
     }
     await new Promise<void>((resolve, reject) => {
@@ -150,13 +276,17 @@ export async function startDaemon (config: DaemonConfig, log = createLogger()): 
       log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
     }
     log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: `${nbd.host}:${nbd.port}` }), storagePath: resolve(config.storagePath), pid: process.pid })
-    return { ipcAddress: actual, stop, stopped }
+    return { ipcAddress: actual, stop, stopped, reload }
   } catch (err) {
     server?.close()
     await nbd?.close().catch(() => {})
     await g.close().catch(() => {})
     throw err
   }
+}
+
+function progress (daemon: RouteContext): { onProgress?: ProgressListener } {
+  return daemon.progress === undefined ? {} : { onProgress: daemon.progress }
 }
 
 /** The backup target a request names (body or query), if any. */
@@ -201,7 +331,7 @@ async function readBody (request: IncomingMessage): Promise<unknown> {
 }
 
 /** The API: library calls, nothing more. */
-async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: { startedAt: number, stop: () => Promise<void>, restart: () => void }): Promise<unknown> {
+async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: RouteContext): Promise<unknown> {
   const parts = url.pathname.split('/').filter((p) => p.length > 0).map(decodeURIComponent)
   // Path shape: /v1/<collection>/<name>/<sub-collection>/<name>: names become ':'.
   const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
@@ -212,12 +342,14 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'GET /metrics': return await g.metricsText()
     case 'GET /v1/status': {
       const volumes = await g.listVolumes()
-      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length }
+      const nbd = daemon.nbd()
+      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : `${nbd.host}:${nbd.port}` }
     }
     case 'GET /v1/config': return config
     case 'POST /v1/shutdown':
       setImmediate(() => { void daemon.stop() })
       return { state: 'stopping' }
+    case 'POST /v1/reload': return await daemon.reload()
     case 'POST /v1/restart':
       setImmediate(() => { daemon.restart() })
       return { state: 'restarting', pid: process.pid }
@@ -256,8 +388,8 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       return undefined
     case 'POST /v1/volumes/:/snapshots/:/restore': return await g.restoreSnapshot(ref, sub)
     case 'GET /v1/backups': return await g.listBackups(url.searchParams.get('volume') ?? undefined, target(url))
-    case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options) })
-    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...target(url, options) })
+    case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options), ...progress(daemon) })
+    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...target(url, options), ...progress(daemon) })
     case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
     case 'GET /v1/backup-policies': return await g.listBackupPolicies()
     case 'POST /v1/backup-policies': return await g.createBackupPolicy(options as never)

@@ -2,9 +2,10 @@
 // The `galleonfs` program: `galleonfs -d [flags]` runs the daemon, anything else is the CLI.
 
 import { Command, CommanderError } from 'commander'
-import { check, ConfigError, DEFAULTS, merge, readConfigFile } from './daemon-config.js'
+import { check, ConfigError, DEFAULTS, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
 import { createLogger, startDaemon } from './daemon.js'
 import { runCli } from './cli.js'
+import { runDemo } from './demo.js'
 
 async function daemonMain (argv: string[]): Promise<number> {
   const program = new Command('galleonfs -d')
@@ -19,27 +20,37 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--persistence-level <level>', 'persistence level (default enhanced)')
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
+    .option('--log-level <level>', 'error, warn, info, debug or trace (default: GALLEONFS_LOG or RUST_LOG, else info)')
+    .option('--key-provider <provider>', 'internal, passphrase, command or http (KMS settings go in [security] of the config file)')
     .exitOverride()
   const log = createLogger()
   try {
     program.parse(argv, { from: 'user' })
     const flags = program.opts<Record<string, unknown>>()
-    const file = typeof flags.config === 'string' ? await readConfigFile(flags.config) : { settings: {}, ignored: [] }
-    if (file.ignored.length > 0) log('warn', 'configuration keys not used by this release', { keys: file.ignored })
-    const { config: _c, daemon: _d, ...rest } = flags
-    const config = merge(file.settings, check(rest, 'command line'))
+    const { config: configFile, daemon: _d, ...rest } = flags
+    // The file and the flags, read again on every reload (SIGHUP).
+    const loadConfig = async (): Promise<DaemonConfig> => {
+      const file = typeof configFile === 'string' ? await readConfigFile(configFile) : { settings: {}, ignored: [] }
+      if (file.ignored.length > 0) log('warn', 'configuration keys not used by this release', { keys: file.ignored })
+      return merge(file.settings, check(rest, 'command line'))
+    }
+    const config = await loadConfig()
     if (config.peerAddresses.length > 0) log('warn', 'peer addresses are given but clustering is not in this release: running as a single node', { peers: config.peerAddresses })
     // Settings of clustering and replication, which this release does not have: said, not silently dropped.
     for (const key of ['bindAddress', 'replicationStrategy', 'persistenceLevel'] as const) {
       if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (single node, no replication)`, { [key]: config[key] })
     }
-    const daemon = await startDaemon(config, log)
+    const daemon = await startDaemon(config, log, loadConfig)
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })
       void daemon.stop()
     }
     process.once('SIGTERM', () => shutdown('SIGTERM'))
     process.once('SIGINT', () => shutdown('SIGINT'))
+    process.on('SIGHUP', () => {
+      log('info', 'signal received', { signal: 'SIGHUP' })
+      daemon.reload().catch((err: Error) => log('error', `the configuration was not reloaded; the daemon keeps the one it had: ${err.message}`))
+    })
     await daemon.stopped
     return 0
   } catch (err) {
@@ -53,6 +64,38 @@ async function daemonMain (argv: string[]): Promise<number> {
   }
 }
 
+/** The seed's legacy forms: `--demo-mode [--setup-defaults]`, `--test-replication`. */
+async function legacyMain (argv: string[]): Promise<number> {
+  const program = new Command('galleonfs')
+    .option('--demo-mode', 'a guided demo of volumes, snapshots, clones, backups, encryption and metrics')
+    .option('--setup-defaults', 'with --demo-mode: also set up a storage class and a nightly backup policy')
+    .option('--storage-path <path>', 'with --demo-mode: work here and keep the results (default: a temporary directory)')
+    .option('--test-replication', 'the replication self-test')
+    .exitOverride()
+  try {
+    program.parse(argv, { from: 'user' })
+  } catch (err) {
+    return err instanceof CommanderError && err.exitCode === 0 ? 0 : 2
+  }
+  const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean }>()
+  if (options.testReplication === true) {
+    process.stderr.write('galleonfs: NOT_IMPLEMENTED: the replication self-test needs clustering and network replication, which this release does not have; it runs volumes on a single node\n')
+    return 1
+  }
+  try {
+    await runDemo({ ...(options.storagePath === undefined ? {} : { storagePath: options.storagePath }), setupDefaults: options.setupDefaults === true })
+    return 0
+  } catch (err) {
+    process.stderr.write(`galleonfs: the demo stopped: ${(err as Error)?.message ?? String(err)}\n`)
+    return 1
+  }
+}
+
 const argv = process.argv.slice(2)
-const code = argv.includes('-d') || argv.includes('--daemon') ? await daemonMain(argv) : await runCli(argv)
+// `galleonfs --mount-point DIR --bind-address ...` without a command: the seed's legacy way to run the daemon.
+const COMMANDS = new Set(['volume', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'help'])
+const legacyDaemon = !argv.some((a) => COMMANDS.has(a)) && argv.some((a) => /^--(mount-point|bind-address|storage-path|config|peer-addresses)(=|$)/.test(a)) && !argv.includes('--demo-mode')
+const code = argv.includes('-d') || argv.includes('--daemon') || legacyDaemon
+  ? await daemonMain(argv)
+  : argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults') ? await legacyMain(argv) : await runCli(argv)
 process.exitCode = code

@@ -4,6 +4,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -15,6 +16,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
 // Absolute, so that the loader is found from a working directory without node_modules.
 const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
+const KMS_COMMAND = join(ROOT, 'test', 'fixtures', 'kms-command.mjs')
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-daemon-')) })
@@ -23,8 +25,8 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 interface Running { child: ChildProcess, address: string, logs: string[], exited: Promise<number | null> }
 
 /** Starts `galleonfs -d` and resolves once it logged "ready" (or rejects with what it logged). */
-async function startDaemon (args: string[]): Promise<Running> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+async function startDaemon (args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Running> {
+  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env })
   const logs: string[] = []
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   const address = await new Promise<string>((resolve, reject) => {
@@ -47,10 +49,15 @@ async function startDaemon (args: string[]): Promise<Running> {
   return { child, address, logs, exited }
 }
 
-/** Runs the CLI; resolves to its exit code and output. */
+/** Runs the CLI against the daemon at `address`; resolves to its exit code and output. */
 async function cli (address: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await galleonfs(['--daemon-address', address, ...args], env)
+}
+
+/** Runs the `galleonfs` program with `args`. */
+async function galleonfs (args: string[], env: Record<string, string> = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   return await new Promise((resolve) => {
-    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: root, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['--import', TSX, ENTRY, ...args], { cwd: root, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
     })
   })
@@ -342,5 +349,158 @@ describe('daemon restart', () => {
         await new Promise((resolve) => setTimeout(resolve, 50))
       }
     }
+  })
+})
+
+/** Runs `nbdcopy from to`. */
+async function nbdcopy (from: string, to: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => execFile('nbdcopy', [from, to], (err, _stdout, stderr) => err === null ? resolve() : reject(new Error(`nbdcopy ${from} ${to}: ${stderr}`))))
+}
+
+/** The NBD address a daemon logged last ("serving NBD exports"). */
+function nbdAddressOf (daemon: Running): string | undefined {
+  return daemon.logs.map((line) => JSON.parse(line) as { message?: string, nbdAddress?: string }).filter((entry) => entry.message === 'serving NBD exports').at(-1)?.nbdAddress
+}
+
+const NBDCOPY = existsSync('/usr/bin/nbdcopy') ? undefined : 'nbdcopy is not installed (Debian package libnbd-bin)'
+
+describe('daemon and CLI: progress, reload, KMS, legacy forms', () => {
+  it('draws progress of a backup and a restore from the daemon\'s streamed progress; --json and plain calls get the result alone', { skip: NBDCOPY }, async () => {
+    const storage = join(root, 'node9')
+    const target = join(root, 'backups9')
+    const daemon = await startDaemon(['--storage-path', storage, '--nbd-address', '127.0.0.1:0'])
+    try {
+      assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'big', '-s', '32M', '-c', 'fast-local-ssd'])).code, 0)
+      const image = join(root, 'big.img')
+      await writeFile(image, randomBytes(24 << 20))
+      await nbdcopy(image, `nbd://${nbdAddressOf(daemon)}/big`)
+      // --progress draws the bar on stderr although it is not a terminal here.
+      const made = await cli(daemon.address, ['--progress', 'backup', 'create', 'big', '--target', target])
+      assert.equal(made.code, 0, made.stderr)
+      assert.match(made.stdout, /^backup [0-9a-f-]+ \(full\): 6144 blocks/)
+      assert.match(made.stderr, /backup of big \[.*\] 100% \| 24M of 24M/)
+      const id = /^backup ([0-9a-f-]+)/.exec(made.stdout)?.[1] as string
+      const restored = await cli(daemon.address, ['--progress', 'backup', 'restore', id, '--name', 'big-2', '--target', target])
+      assert.equal(restored.code, 0, restored.stderr)
+      assert.match(restored.stderr, /restore of [0-9a-f]{8} \[.*\] 100% \| 24M of 24M/)
+      const copy = join(root, 'big-2.img')
+      await nbdcopy(`nbd://${nbdAddressOf(daemon)}/big-2`, copy)
+      assert.ok((await readFile(copy)).subarray(0, 24 << 20).equals(await readFile(image)))
+      // Without a terminal and without --progress: no bar, the same answer.
+      const plain = await cli(daemon.address, ['--json', 'backup', 'create', 'big', '--strategy', 'incremental', '--target', target])
+      assert.equal(plain.code, 0, plain.stderr)
+      assert.equal(JSON.parse(plain.stdout).strategy, 'incremental')
+      assert.equal(plain.stderr, '')
+      // An error in a streamed operation reaches the user as one line.
+      const missing = await cli(daemon.address, ['--progress', 'backup', 'restore', '00000000-0000-0000-0000-000000000000', '--name', 'x', '--target', target])
+      assert.equal(missing.code, 1)
+      assert.match(missing.stderr, /^galleonfs: BACKUP_NOT_FOUND: /)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
+  it('reloads the configuration on SIGHUP and `daemon reload`: live settings change, the rest waits for a restart, a bad file changes nothing', async () => {
+    const config = join(root, 'reload.conf')
+    const storage = join(root, 'node10')
+    const write = async (extra: string): Promise<void> => { await writeFile(config, `[daemon]\nstorage_path = "${storage}"\n${extra}`) }
+    await write('nbd_address = "127.0.0.1:0"\n')
+    const daemon = await startDaemon(['--config', config])
+    try {
+      const before = JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'status'])).stdout).nbdAddress as string
+      assert.match(before, /^127\.0\.0\.1:\d+$/)
+      await write('log_level = "debug"\nblock_size = 8192\n')
+      daemon.child.kill('SIGHUP')
+      for (let i = 0; i < 100 && !daemon.logs.some((line) => line.includes('configuration reloaded')); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+      const reloaded = daemon.logs.map((line) => JSON.parse(line) as { message?: string, applied?: string[], needsRestart?: string[] }).find((entry) => entry.message === 'configuration reloaded')
+      assert.deepEqual(reloaded?.applied?.sort(), ['logLevel', 'nbdAddress'])
+      assert.deepEqual(reloaded?.needsRestart, ['blockSize'])
+      const status = JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'status'])).stdout)
+      assert.equal(status.nbdAddress, null, 'NBD stopped: the file no longer asks for it')
+      assert.equal(JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'config'])).stdout).blockSize, 4096, 'the block size in effect is still the old one')
+      // Debug level is live: requests are now logged.
+      assert.ok(daemon.logs.some((line) => /"level":"debug","message":"request"/.test(line)))
+      // A broken file: refused with the reason, everything stays as it was.
+      await write('colour = "red"\n')
+      const refused = await cli(daemon.address, ['daemon', 'reload'])
+      assert.equal(refused.code, 1)
+      assert.match(refused.stderr, /INVALID_CONFIG: .*unknown key colour in \[daemon\].*keeps the configuration it had/)
+      daemon.child.kill('SIGHUP')
+      for (let i = 0; i < 100 && !daemon.logs.some((line) => line.includes('was not reloaded')); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+      assert.ok(daemon.logs.some((line) => line.includes('was not reloaded')))
+      assert.equal(JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'status'])).stdout).state, 'running')
+      await write('nbd_address = "127.0.0.1:0"\n')
+      assert.match((await cli(daemon.address, ['daemon', 'reload'])).stdout, /applied .*nbdAddress/)
+      assert.match(JSON.parse((await cli(daemon.address, ['--json', 'daemon', 'status'])).stdout).nbdAddress, /^127\.0\.0\.1:\d+$/)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
+  it('wraps data keys with a KMS command named in the configuration file; a key provider without its settings is refused', { skip: NBDCOPY }, async () => {
+    const storage = join(root, 'node11')
+    const keyFile = join(root, 'kms11.key')
+    const kmsLog = join(root, 'kms11.log')
+    await writeFile(keyFile, randomBytes(32).toString('hex'))
+    const config = join(root, 'kms.conf')
+    await writeFile(config, `[daemon]\nstorage_path = "${storage}"\nnbd_address = "127.0.0.1:0"\n\n[security]\nkey_provider = "command"\nkms_key_id = "prod-kek"\nkms_command = ${JSON.stringify([process.execPath, KMS_COMMAND])}\n`)
+    const env = { ...process.env, KMS_KEY_FILE: keyFile, KMS_LOG: kmsLog }
+    let daemon = await startDaemon(['--config', config], env)
+    const secret = Buffer.from('KMS-GUARDED-TEXT-'.repeat(4096).slice(0, 1 << 16))
+    const image = join(root, 'kms.img')
+    await writeFile(image, secret)
+    try {
+      const created = await cli(daemon.address, ['--json', 'volume', 'create', '-n', 'vault', '-s', '1M', '-r', '1'])
+      assert.equal(created.code, 0, created.stderr)
+      assert.equal(JSON.parse(created.stdout).encrypted, true)
+      await nbdcopy(image, `nbd://${nbdAddressOf(daemon)}/vault`)
+      assert.match(await readFile(kmsLog, 'utf8'), /^wrap prod-kek volume:[0-9a-f-]+:dek:1$/m)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+    daemon = await startDaemon(['--config', config], env)
+    try {
+      const back = join(root, 'kms-back.img')
+      await nbdcopy(`nbd://${nbdAddressOf(daemon)}/vault`, back)
+      assert.ok((await readFile(back)).subarray(0, secret.byteLength).equals(secret))
+      assert.match(await readFile(kmsLog, 'utf8'), /^unwrap prod-kek volume:[0-9a-f-]+:dek:1$/m)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+    const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, 'node12'), '--ipc-address', '127.0.0.1:0', '--key-provider', 'http'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    let log = ''
+    child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
+    assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, log)
+    assert.match(log, /key provider http needs kms_key_id in \[security\]/)
+  })
+
+  it('runs the legacy forms: --demo-mode --setup-defaults, --test-replication, and the daemon without -d', async () => {
+    const demo = await galleonfs(['--demo-mode', '--setup-defaults'])
+    assert.equal(demo.code, 0, demo.stderr)
+    assert.match(demo.stdout, /Set up defaults\n.*storage class demo-bulk/)
+    assert.match(demo.stdout, /Backed up and restored\n/)
+    assert.match(demo.stdout, /galleonfs_volume_write_bytes_total\{.*volume_name="demo-web"\} \d+/)
+    assert.match(demo.stdout, /All \d+ steps passed\.\n$/)
+    // With a storage path the results stay; a second run picks names that do not clash.
+    const kept = join(root, 'demo-kept')
+    assert.equal((await galleonfs(['--demo-mode', '--storage-path', kept])).code, 0)
+    const again = await galleonfs(['--demo-mode', '--storage-path', kept])
+    assert.equal(again.code, 0, again.stderr)
+    assert.match(again.stdout, /demo-web-2: 64M/)
+    const replication = await galleonfs(['--test-replication'])
+    assert.equal(replication.code, 1)
+    assert.match(replication.stderr, /NOT_IMPLEMENTED: the replication self-test needs clustering/)
+    // `galleonfs --storage-path ... --ipc-address ...` with no command runs the daemon.
+    const child = spawn(process.execPath, ['--import', TSX, ENTRY, '--storage-path', join(root, 'legacy'), '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    let log = ''
+    child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
+    for (let i = 0; i < 200 && !log.includes('"ready"'); i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    assert.match(log, /"message":"ready"/)
+    child.kill('SIGTERM')
+    assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 0)
   })
 })
