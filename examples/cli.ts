@@ -136,7 +136,7 @@ interface VolumeView { id: string, name: string, namespace: string, type: string
 export function buildCli (): Command {
   const program = new Command('galleonfs')
     .description('GalleonFS command-line client (start the daemon with `galleonfs -d`)')
-    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').default('127.0.0.1:8090'))
+    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090'))
     .option('--token <token>', 'API token (default: GALLEONFS_TOKEN, or the one the daemon left for this user)')
     .option('--json', 'print JSON')
     .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')
@@ -299,10 +299,30 @@ export function buildCli (): Command {
   cluster.command('leave').option('-f, --force').description('leave the cluster').action(async () => { await call(globals(), 'POST', '/v1/cluster/leave') })
 
   const daemon = program.command('daemon').description('the running daemon')
-  daemon.command('status').description('show the daemon\'s state').action(async () => {
-    const status = await call(globals(), 'GET', '/v1/status') as Record<string, unknown>
-    print(globals(), status, () => columns(['FIELD', 'VALUE'], Object.entries(status).map(([k, v]) => [k, String(v)])))
-  })
+  daemon.command('status').description('show the daemon\'s state')
+    .option('--wait <seconds>', 'wait up to this long for the daemon to answer (for scripts that just started it)', (v) => {
+      const n = Number(v)
+      if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('a number of seconds')
+      return n
+    })
+    .action(async (options: { wait?: number }) => {
+      const until = Date.now() + (options.wait ?? 0) * 1000
+      let status: Record<string, unknown>
+      while (true) {
+        try {
+          status = await call(globals(), 'GET', '/v1/status') as Record<string, unknown>
+          break
+        } catch (err) {
+          // "Nobody answers" is waited out, and so is a refused token read from the runtime file: a
+          // daemon that just started listens a moment before it writes that file. Other errors are final.
+          const fromFile = globals().token === undefined && (process.env.GALLEONFS_TOKEN ?? '') === ''
+          const waitable = err instanceof CliError && (err.message.startsWith('no GalleonFS daemon answers') || (fromFile && err.message.includes('rejected the API token')))
+          if (!waitable || Date.now() >= until) throw err
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+      }
+      print(globals(), status, () => columns(['FIELD', 'VALUE'], Object.entries(status).map(([k, v]) => [k, String(v)])))
+    })
   daemon.command('config').description('show the daemon\'s configuration').action(async () => {
     print(globals(), await call(globals(), 'GET', '/v1/config'))
   })

@@ -17,7 +17,8 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -39,6 +40,8 @@ interface RunnableBlock {
   heading: string
   code: string
   expects: string[]
+  /** `ts`: a program importing galleonfs; `sh`: a bash script using the galleonfs program. */
+  lang: 'ts' | 'sh'
 }
 
 /** The runnable blocks of a markdown text (see the comment at the top of this file). */
@@ -52,7 +55,8 @@ function runnableBlocks (markdown: string): RunnableBlock[] {
     if (/^(```|~~~)/.test(line)) {
       if (inFence) { inFence = false; continue }
       inFence = true
-      if (!/^```(ts|typescript)\s*$/.test(line)) continue
+      const lang = /^```(ts|typescript|sh|bash)\s*$/.exec(line)?.[1]
+      if (lang === undefined) continue
       let above = i - 1
       while (above >= 0 && (lines[above] as string).trim() === '') above--
       const marker = /^<!--\s*runnable\b(.*?)-->\s*$/.exec((lines[above] ?? '').trim())
@@ -60,7 +64,7 @@ function runnableBlocks (markdown: string): RunnableBlock[] {
       const expects = [...(marker[1] as string).matchAll(/expect="([^"]*)"/g)].map((match) => match[1] as string)
       const end = lines.findIndex((candidate, j) => j > i && /^```\s*$/.test(candidate))
       if (end === -1) throw new Error(`README.md:${i + 1}: the runnable block is never closed`)
-      blocks.push({ line: i + 1, heading, code: lines.slice(i + 1, end).join('\n') + '\n', expects })
+      blocks.push({ line: i + 1, heading, code: lines.slice(i + 1, end).join('\n') + '\n', expects, lang: lang === 'sh' || lang === 'bash' ? 'sh' : 'ts' })
       i = end
       inFence = false
       continue
@@ -98,12 +102,31 @@ interface ChildResult {
 
 /** Runs `node --import tsx ...args` and collects its output. */
 async function runNode (args: string[], options: { cwd: string, env?: Record<string, string | undefined> }): Promise<ChildResult> {
+  return await runProgram(process.execPath, ['--import', TSX, ...args], options)
+}
+
+/** A loopback port that was free a moment ago. */
+async function freePort (): Promise<number> {
+  return await new Promise<number>((resolve, reject) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const address = probe.address() as { port: number }
+      probe.close(() => resolve(address.port))
+    }).once('error', reject)
+  })
+}
+
+/**
+ * Runs a program in its own process group and collects its output; whatever it left running in
+ * the background (a daemon a script started) is killed with the group when it ends.
+ */
+async function runProgram (command: string, args: string[], options: { cwd: string, env?: Record<string, string | undefined> }): Promise<ChildResult> {
   const env: Record<string, string | undefined> = { ...process.env, ...options.env }
   // The child is a plain program, not part of this test run.
   delete env.NODE_TEST_CONTEXT
   for (const [key, value] of Object.entries(env)) if (value === undefined) delete env[key]
   return await new Promise<ChildResult>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', TSX, ...args], { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(command, args, { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    child.once('exit', () => { try { process.kill(-(child.pid as number), 'SIGKILL') } catch {} })
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
@@ -142,12 +165,31 @@ describe('README examples', () => {
     assert.ok(blocks.length > 0, 'README.md has no ```ts block marked <!-- runnable expect="..." -->')
     for (const block of blocks) {
       assert.ok(block.expects.length > 0, `README.md:${block.line} (${block.heading}) is runnable but has no expect="..." in its marker`)
-      assert.match(block.code, /from\s*['"]galleonfs['"]/, `README.md:${block.line} (${block.heading}) does not import galleonfs`)
+      if (block.lang === 'ts') assert.match(block.code, /from\s*['"]galleonfs['"]/, `README.md:${block.line} (${block.heading}) does not import galleonfs`)
+      else assert.match(block.code, /^galleonfs /m, `README.md:${block.line} (${block.heading}) does not run galleonfs`)
     }
-    assert.ok(blocks.some((block) => /quick start/i.test(block.heading)), 'the Quick start section has no runnable block')
+    assert.ok(blocks.some((block) => /quick start/i.test(block.heading) && block.lang === 'ts'), 'the Quick start section has no runnable program')
+    assert.ok(blocks.some((block) => /quick start/i.test(block.heading) && block.lang === 'sh' && /galleonfs -d /.test(block.code)), 'the Quick start has no runnable daemon and CLI script')
   })
 
-  for (const block of blocks) {
+  for (const block of blocks.filter((b) => b.lang === 'sh')) {
+    it(`README.md:${block.line} (${block.heading}) runs as a bash script and prints what it promises`, async () => {
+      await withTempDir('galleonfs-readme-sh-', async (dir) => {
+        // `galleonfs` on PATH is this checkout's program; the script's loopback ports become free ones.
+        await mkdir(join(dir, 'bin'))
+        await writeFile(join(dir, 'bin', 'galleonfs'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --import ${JSON.stringify(TSX)} ${JSON.stringify(join(ROOT, 'examples', 'galleonfs.ts'))} "$@"\n`, { mode: 0o755 })
+        let script = block.code
+        for (const address of new Set(block.code.match(/127\.0\.0\.1:\d+/g) ?? [])) script = script.split(address).join(`127.0.0.1:${await freePort()}`)
+        await writeFile(join(dir, 'script.sh'), script)
+        const result = await runProgram('bash', ['-e', '-o', 'pipefail', 'script.sh'], { cwd: dir, env: { PATH: `${join(dir, 'bin')}:${process.env.PATH ?? ''}`, XDG_RUNTIME_DIR: join(dir, 'run') } })
+        const what = `the README script at line ${block.line}`
+        assertSucceeded(result, what)
+        for (const expected of block.expects) assertPrinted(result, expected, what)
+      })
+    })
+  }
+
+  for (const block of blocks.filter((b) => b.lang === 'ts')) {
     it(`README.md:${block.line} (${block.heading}) runs and prints what it promises`, async () => {
       await withTempDir('galleonfs-readme-', async (dir) => {
         await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'readme-example', private: true, type: 'module' }) + '\n')
