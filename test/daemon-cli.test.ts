@@ -471,11 +471,33 @@ describe('daemon and CLI: progress, reload, KMS, legacy forms', () => {
       daemon.child.kill('SIGTERM')
       assert.equal(await daemon.exited, 0)
     }
-    const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, 'node12'), '--ipc-address', '127.0.0.1:0', '--key-provider', 'http'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
-    let log = ''
-    child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
-    assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, log)
-    assert.match(log, /key provider http needs kms_key_id in \[security\]/)
+    const refused = await galleonfs(['-d', '--storage-path', join(root, 'node12'), '--ipc-address', '127.0.0.1:0', '--key-provider', 'http'])
+    assert.equal(refused.code, 2, refused.stderr)
+    assert.match(refused.stderr, /key provider http needs kms_key_id in \[security\]/)
+  })
+
+  it('derives the key from a passphrase (GALLEONFS_PASSPHRASE); a wrong one keeps the daemon from starting, a missing one is a configuration error', async () => {
+    const storage = join(root, 'node13')
+    const daemon = await startDaemon(['--storage-path', storage, '--key-provider', 'passphrase'], { ...process.env, GALLEONFS_PASSPHRASE: 'correct horse battery staple' })
+    try {
+      assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'locked', '-s', '1M', '-r', '1'])).code, 0)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+    const wrong = await galleonfs(['-d', '--storage-path', storage, '--ipc-address', '127.0.0.1:0', '--key-provider', 'passphrase'], { GALLEONFS_PASSPHRASE: 'incorrect' })
+    assert.equal(wrong.code, 1, wrong.stderr)
+    assert.match(wrong.stderr, /could not start: .*passphrase/)
+    const missing = await galleonfs(['-d', '--storage-path', storage, '--ipc-address', '127.0.0.1:0', '--key-provider', 'passphrase'], { GALLEONFS_PASSPHRASE: '' })
+    assert.equal(missing.code, 2, missing.stderr)
+    assert.match(missing.stderr, /passphrase_file in \[security\] or the GALLEONFS_PASSPHRASE/)
+    const again = await startDaemon(['--storage-path', storage, '--key-provider', 'passphrase'], { ...process.env, GALLEONFS_PASSPHRASE: 'correct horse battery staple' })
+    try {
+      assert.equal(JSON.parse((await cli(again.address, ['--json', 'volume', 'get', 'locked'])).stdout).encrypted, true)
+    } finally {
+      again.child.kill('SIGTERM')
+      assert.equal(await again.exited, 0)
+    }
   })
 
   it('runs the legacy forms: --demo-mode --setup-defaults, --test-replication, and the daemon without -d', async () => {
