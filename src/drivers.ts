@@ -193,3 +193,145 @@ export interface MountDriver {
   /** Unmounts whatever is left; called by GalleonFS.close(). */
   close? (): Promise<void>
 }
+
+/**
+ * A message between nodes: a small JSON header (what to do, ids, epochs) and an optional binary
+ * payload (block data), carried without copying into JSON.
+ */
+export interface TransportMessage {
+  /** What the message asks for, e.g. `replicate`, `resync-blocks`, `ping`. */
+  readonly kind: string
+  /** JSON-serializable fields. */
+  readonly header: Readonly<Record<string, unknown>>
+  readonly payload?: Uint8Array
+}
+
+/**
+ * Serves a request from an authenticated peer (`from` is its node id) and returns the reply.
+ * A handler that throws a `GalleonError` makes the sender's `request` reject with the same code
+ * and message (how NOT_LEADER and a stale epoch reach the sender); any other exception arrives as
+ * `IO_ERROR`.
+ */
+export type TransportHandler = (from: string, request: TransportMessage) => Promise<TransportMessage>
+
+/** Options of `Transport.request`. */
+export interface TransportRequestOptions {
+  /** The request fails with BACKEND_UNAVAILABLE when no reply arrived in time (default 10 s). */
+  readonly timeoutMs?: number
+  readonly signal?: AbortSignal
+}
+
+/**
+ * Transport driver: request/reply messages between the nodes of one cluster. Many requests may be
+ * in flight to the same peer at once (pipelining); a sender with too many bytes in flight to a peer
+ * waits (backpressure) instead of buffering without bound. A connection that breaks is re-established
+ * on the next request. Peers prove membership of the cluster (a shared secret): a stranger can
+ * neither send requests nor receive them. Delivery is at most once: a request whose reply was lost
+ * rejects with BACKEND_UNAVAILABLE, and the caller decides whether repeating it is safe.
+ */
+export interface Transport {
+  /** Backend name, e.g. `memory`, `tcp`. */
+  readonly name: string
+  /** This node's id. */
+  readonly nodeId: string
+  /**
+   * Starts accepting requests for `handler`; resolves to the address peers reach this node at
+   * (host:port for tcp, with the real port when 0 was asked for).
+   */
+  listen (handler: TransportHandler): Promise<string>
+  /** Sends `message` to the node at `address` and waits for its reply. */
+  request (address: string, message: TransportMessage, options?: TransportRequestOptions): Promise<TransportMessage>
+  /** Stops listening and closes every connection; requests in flight reject with BACKEND_UNAVAILABLE. */
+  close (): Promise<void>
+}
+
+/** A node as the coordinator records it. */
+export interface ClusterNode {
+  readonly id: string
+  /** Where its transport listens. */
+  readonly address: string
+  /** Failure domain, for WriteDistributed and placement (default `default`). */
+  readonly zone: string
+  readonly labels: Readonly<Record<string, string>>
+  /** Free and total capacity in bytes as the node last reported them (placement by balance). */
+  readonly capacityBytes: number
+  readonly freeBytes: number
+}
+
+/** A member as seen through the coordinator: healthy while its lease is alive. */
+export interface ClusterMember extends ClusterNode {
+  readonly healthy: boolean
+  /** When it joined (ISO 8601). */
+  readonly joinedAt: string
+}
+
+/** A value in the coordinator's store with its revision (changes on every write of the key). */
+export interface CoordinatorEntry {
+  readonly key: string
+  readonly value: string
+  /** Greater than 0; compare-and-swap writes name the revision they expect. */
+  readonly revision: number
+}
+
+/** What a watch reports: a key written (`put`, with the new entry) or removed (`delete`). */
+export interface CoordinatorEvent {
+  readonly type: 'put' | 'delete'
+  readonly key: string
+  readonly entry?: CoordinatorEntry
+}
+
+/** Leadership won in an election. */
+export interface Leadership {
+  readonly election: string
+  readonly nodeId: string
+  /**
+   * Fencing token: strictly greater than the epoch of every earlier leader of this election.
+   * Messages carry it; receivers reject an epoch older than one they have seen.
+   */
+  readonly epoch: number
+  /** Resolves when the leadership is lost (lease expired, resigned, coordinator closed). */
+  readonly lost: Promise<void>
+  /** Gives the leadership up (the next campaigner wins). */
+  resign (): Promise<void>
+}
+
+/**
+ * Coordinator driver: membership with leases, leader election with fencing epochs, and a small
+ * consistent key-value store with compare-and-swap and watches (placement records, primary epochs,
+ * cluster settings). One handle per node. Values are strings (JSON by convention); keys are
+ * `/`-separated paths. Every write is linearizable: a compare-and-swap that reports success was the
+ * only one to succeed for that revision.
+ */
+export interface Coordinator {
+  /** Backend name, e.g. `memory`, `etcd`. */
+  readonly name: string
+  /**
+   * Registers this node under a lease of `ttlMs` that the handle keeps alive. If the process dies,
+   * the lease expires and the node becomes unhealthy, then is removed. Joining twice updates the record.
+   */
+  join (node: ClusterNode, options?: { ttlMs?: number }): Promise<void>
+  /** Removes this node's record and releases its lease (and any leadership it holds). */
+  leave (): Promise<void>
+  /** Every member: those whose lease is alive are healthy. */
+  members (): Promise<ClusterMember[]>
+  /** Calls `listener` with the members after every change; returns a function that stops it. */
+  watchMembers (listener: (members: ClusterMember[]) => void): () => void
+  /** Waits until this node leads `election` (tied to its lease); see Leadership. */
+  campaign (election: string, options?: { signal?: AbortSignal }): Promise<Leadership>
+  /** The current leader of `election` and its epoch, if any. */
+  leader (election: string): Promise<{ nodeId: string, epoch: number } | undefined>
+  get (key: string): Promise<CoordinatorEntry | undefined>
+  /**
+   * Writes `value`. With `expectRevision`, only if the key's revision is that one (0: only if the
+   * key does not exist); resolves to the new entry, or undefined when the expectation failed.
+   */
+  put (key: string, value: string, options?: { expectRevision?: number }): Promise<CoordinatorEntry | undefined>
+  /** Removes the key (with `expectRevision`, only at that revision); resolves to whether it did. */
+  delete (key: string, options?: { expectRevision?: number }): Promise<boolean>
+  /** Entries whose key starts with `prefix`, sorted by key. */
+  list (prefix: string): Promise<CoordinatorEntry[]>
+  /** Reports every change under `prefix` in order; returns a function that stops it. */
+  watch (prefix: string, listener: (event: CoordinatorEvent) => void): () => void
+  /** Stops keeping the lease alive and releases resources (the node then expires as after a crash, unless it left). */
+  close (): Promise<void>
+}

@@ -14,7 +14,8 @@ export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } fr
 export type { MetadataDatabase } from './volumes/catalog.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus
+  type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus,
+  type Transport, type TransportMessage, type TransportHandler, type TransportRequestOptions, type Coordinator, type CoordinatorEntry, type CoordinatorEvent, type ClusterNode, type ClusterMember, type Leadership
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
