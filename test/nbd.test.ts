@@ -400,6 +400,33 @@ describe('NBD protocol corners (raw socket)', () => {
     writer.socket.destroy()
   })
 
+
+  it('a client connected read-write to a ReadWriteOnce volume is its writer: a read-write mount is refused until it disconnects, read-only mounts and more NBD clients are not', async () => {
+    const first = await RawClient.connect(server.port)
+    await first.hello()
+    assert.equal((await first.go('scratch')).flags & 2, 0, 'writable export')
+    const second = await RawClient.connect(server.port)
+    await second.hello()
+    assert.equal((await second.go('scratch')).flags & 2, 0, 'a second NBD client (multi-conn) may write too')
+    await assert.rejects(g.mounts.mountVolume('scratch', join(root, 'virtual-rw')), (err: Error & { code?: string }) => err.code === 'BUSY' && /NBD client connected read-write/.test(err.message))
+    const readOnly = await g.mounts.mountVolume('scratch', join(root, 'virtual-ro'), { readOnly: true })
+    await g.mounts.unmountVolume(readOnly)
+    // A session holds the claim for as long as it lasts, whatever it sends.
+    first.request(3, 1, 0, 0) // FLUSH
+    assert.equal((await first.reply()).error, 0)
+    first.socket.destroy()
+    second.socket.destroy()
+    let mountId: string | undefined
+    for (let i = 0; i < 100 && mountId === undefined; i++) {
+      mountId = await g.mounts.mountVolume('scratch', join(root, 'virtual-rw')).catch((err: { code?: string }) => {
+        if (err.code !== 'BUSY') throw err
+        return undefined
+      })
+      if (mountId === undefined) await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    assert.ok(mountId !== undefined, 'the mount succeeds once the NBD clients are gone')
+    await g.mounts.unmountVolume(mountId)
+  })
   it('close() with many pipelined requests in flight answers all of them and returns', async () => {
     const own = await NbdServer.listen(g, { port: 0 })
     const client = await RawClient.connect(own.port)

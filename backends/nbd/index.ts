@@ -120,7 +120,12 @@ interface Export {
   readonly size: number
   readonly readOnly: boolean
   readonly description: string
+  /** ReadWriteMany: writers need not be counted. */
+  readonly shared: boolean
 }
+
+/** What a session holds open while it serves a writable export of a ReadWriteOnce volume. */
+interface WriterClaim { close: () => Promise<void> }
 
 /** Reads exact byte counts from a socket (a small queue of chunks). */
 class SocketReader {
@@ -276,11 +281,15 @@ export class NbdServer {
     const noZeroes = (flags & FLAG_NO_ZEROES) !== 0
     const chosen = await this.#negotiate(socket, reader, noZeroes)
     if (chosen === undefined) return
-    await this.#transmit(socket, reader, chosen.export, chosen.structured, chosen.allocation)
+    try {
+      await this.#transmit(socket, reader, chosen.export, chosen.structured, chosen.allocation)
+    } finally {
+      await chosen.writer?.close().catch(() => {})
+    }
   }
 
   /** Option haggling; resolves to the export to serve, or undefined when the client left. */
-  async #negotiate (socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, structured: boolean, allocation: boolean } | undefined> {
+  async #negotiate (socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, writer?: WriterClaim, structured: boolean, allocation: boolean } | undefined> {
     let structured = false
     let allocation = false
     while (true) {
@@ -304,13 +313,13 @@ export class NbdServer {
       switch (option) {
         case OPT_EXPORT_NAME: {
           // No way to report an error here: an unknown export ends the connection.
-          const found = await this.#export(data.toString('utf8')).catch(() => undefined)
-          if (found === undefined) return undefined
+          const claimed = await this.#export(data.toString('utf8')).then(async (found) => await this.#claim(found)).catch(() => undefined)
+          if (claimed === undefined) return undefined
           const out = Buffer.alloc(noZeroes ? 10 : 134)
-          out.writeBigUInt64BE(BigInt(found.size), 0)
-          out.writeUInt16BE(this.#transmissionFlags(found, structured), 8)
+          out.writeBigUInt64BE(BigInt(claimed.export.size), 0)
+          out.writeUInt16BE(this.#transmissionFlags(claimed.export, structured), 8)
           socket.write(out)
-          return { export: found, structured, allocation }
+          return { ...claimed, structured, allocation }
         }
         case OPT_ABORT:
           reply(REP_ACK)
@@ -342,8 +351,11 @@ export class NbdServer {
           const requests = data.readUInt16BE(4 + nameLength)
           if (4 + nameLength + 2 + requests * 2 !== length) { error(REP_ERR_INVALID, 'the information requests do not match the option length'); break }
           let found: Export
+          let writer: WriterClaim | undefined
           try {
             found = await this.#export(name)
+            // GO starts the session: claim the writer before the flags go out.
+            if (option === OPT_GO) ({ export: found, writer } = await this.#claim(found))
           } catch (err) {
             const code = (err as { code?: string }).code
             error(code === 'PERMISSION_DENIED' ? REP_ERR_POLICY : code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND' || code === 'INVALID_ARGUMENT' ? REP_ERR_UNKNOWN : REP_ERR_INVALID, (err as Error).message)
@@ -368,7 +380,7 @@ export class NbdServer {
           sizes.writeUInt32BE(MAX_REQUEST_BYTES, 8)
           info(INFO_BLOCK_SIZE, sizes)
           reply(REP_ACK)
-          if (option === OPT_GO) return { export: found, structured, allocation }
+          if (option === OPT_GO) return { export: found, writer, structured, allocation }
           break
         }
         case OPT_LIST_META_CONTEXT:
@@ -408,13 +420,31 @@ export class NbdServer {
     if (at > 0) {
       const volume = await this.#g.getVolume(name.slice(0, at))
       const snapshot = await this.#g.getSnapshot(volume.id, name.slice(at + 1))
-      return { name, source: { volume: volume.id, snapshot: snapshot.id }, volumeId: volume.id, size: snapshot.sizeBytes, readOnly: true, description: `GalleonFS snapshot ${snapshot.name} of ${volume.namespace}/${volume.name} (read-only)` }
+      return { name, source: { volume: volume.id, snapshot: snapshot.id }, volumeId: volume.id, size: snapshot.sizeBytes, readOnly: true, description: `GalleonFS snapshot ${snapshot.name} of ${volume.namespace}/${volume.name} (read-only)`, shared: false }
     }
     const volume = await this.#g.getVolume(name)
     // A ReadWriteOnce volume mounted read-write has its one writer: export it read-only then.
-    const mountedWriter = !volume.accessModes.includes('ReadWriteMany' as never) && this.#g.mounts.listMounts().some((m) => m.volumeId === volume.id && m.snapshotId === undefined && !m.readOnly)
+    const shared = volume.accessModes.includes('ReadWriteMany' as never)
+    const mountedWriter = !shared && this.#g.mounts.listMounts().some((m) => m.volumeId === volume.id && m.snapshotId === undefined && !m.readOnly)
     const readOnly = mountedWriter || !volume.accessModes.some((mode) => mode === 'ReadWriteOnce' || mode === 'ReadWriteMany')
-    return { name, source: volume.id, volumeId: volume.id, size: volume.sizeBytes, readOnly, description: `GalleonFS volume ${volume.namespace}/${volume.name}` }
+    return { name, source: volume.id, volumeId: volume.id, size: volume.sizeBytes, readOnly, description: `GalleonFS volume ${volume.namespace}/${volume.name}`, shared }
+  }
+
+  /**
+   * The export a session will serve. A writable export of a ReadWriteOnce volume is registered as a
+   * writer with the mount manager (a writable VolumeFile held for the session), so a read-write
+   * mount is refused while an NBD client may write; when a mount took the writer's place in the
+   * meantime, the export is served read-only instead.
+   */
+  async #claim (found: Export): Promise<{ export: Export, writer?: WriterClaim }> {
+    if (found.readOnly || found.shared) return { export: found }
+    try {
+      const writer = await this.#g.mounts.openVolumeFile(found.volumeId, {})
+      return { export: found, writer }
+    } catch (err) {
+      if ((err as { code?: string }).code === 'BUSY' || (err as { code?: string }).code === 'READ_ONLY') return { export: { ...found, readOnly: true } }
+      throw err
+    }
   }
 
   #transmissionFlags (exp: Export, structured: boolean): number {

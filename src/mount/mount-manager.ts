@@ -315,7 +315,7 @@ export class MountManager {
       throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and already mounted read-write at ${writer.mount.path}; ${direct ? 'open the file on that mount point, or read-only' : 'unmount it there, or mount this one read-only'}`)
     }
     if (!direct && (this.#directWriters.get(target.volumeId)?.size ?? 0) > 0) {
-      throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and has a writable file open (openVolumeFile); close it, or mount read-only`)
+      throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and has a writer: a writable file open on it (openVolumeFile) or an NBD client connected read-write; close it or disconnect, or mount read-only`)
     }
   }
 
