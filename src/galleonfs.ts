@@ -279,6 +279,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { record, snapshot } = this.#readSource(ref)
     if (record.state === VolumeState.Deleting || this.#goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (snapshot !== undefined && this.#goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
+    if (snapshot === undefined && this.#reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
     const context = this.#context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
@@ -926,22 +927,27 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
       const writer = mountControl(this.#mounts).mountsOf(record.id).find((m) => !m.readOnly)
       if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
+      const writers = mountControl(this.#mounts).directWriters(record.id)
+      if (writers > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before reverting it`)
       const volume = this.#volumeBlocks(record)
       if (volume.tickets.size > 0 || volume.locks.size > 0) {
         throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
       }
-      await this.#catalog.updateVolume(record.id, { revertTo: found.id })
+      // From the checks on, no mount or writable file can start (#mountTarget refuses it).
       this.#reverting.add(record.id)
       let reverted: number
       try {
-        reverted = await this.#engine.revert(volume, viewOf(found) as View)
-      } catch (err) {
-        // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
-        // reopen does not silently finish this one over writes made in between.
-        const message = err instanceof Error ? err.message : String(err)
-        this.#revertFailures.set(record.id, message)
-        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `revert to snapshot ${found.name} failed: ${message}` })
-        throw err
+        await this.#catalog.updateVolume(record.id, { revertTo: found.id })
+        try {
+          reverted = await this.#engine.revert(volume, viewOf(found) as View)
+        } catch (err) {
+          // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
+          // reopen does not silently finish this one over writes made in between.
+          const message = err instanceof Error ? err.message : String(err)
+          this.#revertFailures.set(record.id, message)
+          this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `revert to snapshot ${found.name} failed: ${message}` })
+          throw err
+        }
       } finally {
         this.#reverting.delete(record.id)
       }

@@ -89,3 +89,57 @@ describe('snapshot operations when the block store fails', () => {
     await g.close()
   })
 })
+
+/** A memory store whose batches wait at a gate while `hold` is set. */
+class GatedStore extends MemoryBlockStore {
+  hold = false
+  #waiting: Array<() => void> = []
+  entered = 0
+  override async batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
+    if (this.hold) {
+      this.entered++
+      await new Promise<void>((resolve) => { this.#waiting.push(resolve) })
+    }
+    await super.batch(ops, options)
+  }
+
+  release (): void {
+    this.hold = false
+    for (const wake of this.#waiting.splice(0)) wake()
+  }
+}
+
+describe('a revert and the volume\'s writers', () => {
+  it('nothing mounts or opens the volume for writing while a revert runs; a writable file or an NBD-style writer blocks the revert', async () => {
+    const store = new GatedStore()
+    const g = await GalleonFS.open({ metadata: new MemoryLevel(), blockStore: store })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: 16 * BS })
+      await g.write('v', 0, fill(1, 8))
+      await g.createSnapshot('v', 's')
+      await g.write('v', 0, fill(2, 8))
+      // A writable file open straight on the volume: the revert is refused, nothing changes.
+      const file = await g.mounts.openVolumeFile('v')
+      await assert.rejects(g.restoreSnapshot('v', 's'), (err: Error & { code?: string }) => err.code === 'BUSY' && /1 writer\(s\).*openVolumeFile/.test(err.message))
+      await file.close()
+      assert.deepEqual(await g.read('v', 0, BS), fill(2))
+      // The revert held mid-way: mounts (read-only too) and writable files are refused meanwhile.
+      store.hold = true
+      const revert = g.restoreSnapshot('v', 's')
+      for (let i = 0; i < 500 && store.entered === 0; i++) await new Promise((resolve) => setTimeout(resolve, 5))
+      assert.ok(store.entered > 0, 'the revert reached the store')
+      await assert.rejects(g.mounts.mountVolume('v', '/tmp/galleonfs-never-mounted-rw'), (err: Error & { code?: string }) => err.code === 'BUSY' && /being reverted/.test(err.message))
+      await assert.rejects(g.mounts.mountVolume('v', '/tmp/galleonfs-never-mounted-ro', { readOnly: true }), (err: Error & { code?: string }) => err.code === 'BUSY' && /being reverted/.test(err.message))
+      await assert.rejects(g.mounts.openVolumeFile('v'), (err: Error & { code?: string }) => err.code === 'BUSY' && /being reverted/.test(err.message))
+      assert.deepEqual(g.mounts.listMounts(), [])
+      store.release()
+      await revert
+      assert.deepEqual(await g.read('v', 0, BS), fill(1))
+      const after = await g.mounts.mountVolume('v', '/tmp/galleonfs-after-revert')
+      await g.mounts.unmountVolume(after)
+    } finally {
+      store.release()
+      await g.close()
+    }
+  })
+})

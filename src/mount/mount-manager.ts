@@ -81,6 +81,8 @@ export interface MountHost {
 export interface MountControl {
   /** Mounts of a volume (its snapshots' included). */
   mountsOf: (volumeId: string) => Mount[]
+  /** Writable files open straight on a volume (openVolumeFile, NBD sessions). */
+  directWriters: (volumeId: string) => number
   /** Mounts of one snapshot. */
   snapshotMounts: (snapshotId: string) => Mount[]
   /** Unmounts every mount of a volume (or of one of its snapshots), closing their files (deletions with force). */
@@ -118,13 +120,16 @@ export class MountManager {
 
   /** Writable VolumeFiles opened straight on a volume (not through a mount), by volume id. */
   readonly #directWriters = new Map<string, Set<VolumeFile>>()
+  /** Mounts the driver is still making. */
+  readonly #pending = new Map<string, MountState>()
 
   constructor (driver: MountDriver, host: MountHost) {
     this.#driver = driver
     this.#host = host
     const view = (state: MountState): Mount => ({ ...state.mount, openFiles: state.files.size })
     controls.set(this, {
-      mountsOf: (volumeId) => [...this.#mounts.values()].filter((state) => state.mount.volumeId === volumeId).map(view),
+      mountsOf: (volumeId) => [...this.#mounts.values(), ...this.#pending.values()].filter((state) => state.mount.volumeId === volumeId).map(view),
+      directWriters: (volumeId) => this.#directWriters.get(volumeId)?.size ?? 0,
       snapshotMounts: (snapshotId) => [...this.#mounts.values()].filter((state) => state.mount.snapshotId === snapshotId).map(view),
       release: async (volumeId, snapshotId) => {
         await this.#serial(async () => {
@@ -237,8 +242,16 @@ export class MountManager {
         readme: target.readme,
         metadata: target.metadata
       }
-      await this.#driver.mount(presented)
-      this.#mounts.set(mount.id, state)
+      // Visible to mountsOf (a revert's check) while the driver mounts; the volume is checked again
+      // once it is, so a revert or a deletion that began meanwhile is not mounted over.
+      this.#pending.set(mount.id, state)
+      try {
+        this.#host.target(ref)
+        await this.#driver.mount(presented)
+        this.#mounts.set(mount.id, state)
+      } finally {
+        this.#pending.delete(mount.id)
+      }
       return mount.id
     }))
   }
@@ -304,6 +317,13 @@ export class MountManager {
       let writers = this.#directWriters.get(target.volumeId)
       if (writers === undefined) this.#directWriters.set(target.volumeId, writers = new Set())
       writers.add(file)
+      // Checked again now that it counts: a revert or deletion that began meanwhile wins.
+      try {
+        this.#host.target(pathOrRef)
+      } catch (err) {
+        await file.close().catch(() => {})
+        throw err
+      }
     }
     return file
   }
