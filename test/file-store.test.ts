@@ -5,8 +5,8 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { appendFile, mkdtemp, readFile, readdir, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { appendFile, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
@@ -721,7 +721,38 @@ describe('file block store', () => {
           await writeFile(join(location, 'LOCK'), content)
           const store = make()
           await store.open()
-          assert.equal(await readFile(join(location, 'LOCK'), 'utf8'), `${process.pid}\n`, `lock taken over from ${JSON.stringify(content)}`)
+          const taken = await readFile(join(location, 'LOCK'), 'utf8')
+          assert.equal(Number.parseInt(taken, 10), process.pid, `lock taken over from ${JSON.stringify(content)}`)
+          assert.match(taken, new RegExp(`^host=${hostname()}$`, 'm'))
+        })
+      }
+    })
+
+    it('a lock from another host or another PID namespace is never taken over; one from an earlier boot always is', async () => {
+      const live = process.ppid
+      const ns = await readlink('/proc/self/ns/pid').catch(() => undefined)
+      const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => '')).trim()
+      await withStore({}, async ({ location, make }) => {
+        await writeFile(join(location, 'LOCK'), `4242\nhost=some-other-host\n`)
+        const error = await rejectsWithCode(make().open(), 'BUSY', 'a lock from another host')
+        assert.match(error.message, /process 4242 on host some-other-host.*delete .*LOCK/)
+      })
+      if (ns !== undefined) {
+        await withStore({}, async ({ location, make }) => {
+          // A pid that is dead here may be alive in the container that wrote it.
+          await writeFile(join(location, 'LOCK'), `999999\nhost=${hostname()}\npidns=pid:[1]\nboot=${boot}\n`)
+          const error = await rejectsWithCode(make().open(), 'BUSY', 'a lock from another PID namespace')
+          assert.match(error.message, /another PID namespace/)
+        })
+      }
+      if (boot !== '') {
+        await withStore({}, async ({ location, make }) => {
+          // The pid is alive now, but the lock was taken before the last boot: stale.
+          await writeFile(join(location, 'LOCK'), `${live}\nhost=${hostname()}\npidns=${ns ?? ''}\nboot=00000000-0000-0000-0000-000000000000\n`)
+          const store = make()
+          await store.open()
+          assert.equal(Number.parseInt(await readFile(join(location, 'LOCK'), 'utf8'), 10), process.pid)
+          await store.close()
         })
       }
     })

@@ -1,8 +1,10 @@
-// Exclusive ownership of a file block store directory: a LOCK file holding the owner's pid, with
-// takeover of locks left by processes that died.
+// Exclusive ownership of a file block store directory: a LOCK file naming the owner (pid, host,
+// PID namespace, boot), with takeover of locks left by processes that died.
 
 import { randomBytes } from 'node:crypto'
+import { readFileSync, readlinkSync } from 'node:fs'
 import { link, readFile, readdir, realpath, rename, unlink, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import { isCode } from './segment.js'
@@ -25,6 +27,56 @@ function busy (directory: string, pid: number | undefined): GalleonError {
   return new GalleonError('BUSY', `the block store at ${directory} is already open by ${owner}; close it first, or open a different location`)
 }
 
+/** Who holds a lock: enough to tell whether its pid can be checked from here. */
+interface Owner {
+  pid: number
+  host?: string
+  /** `pid:[inode]` of the owner's PID namespace (Linux): a pid means something only inside it. */
+  pidNamespace?: string
+  /** Changes at every boot (Linux): a lock from an earlier boot is stale whatever its pid. */
+  bootId?: string
+}
+
+function readProc (read: () => string): string | undefined {
+  try {
+    return read().trim()
+  } catch {
+    return undefined
+  }
+}
+
+const self: Owner = {
+  pid: process.pid,
+  host: hostname(),
+  pidNamespace: readProc(() => readlinkSync('/proc/self/ns/pid')),
+  bootId: readProc(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8'))
+}
+
+/** The lock file's text: the pid on the first line (what older releases wrote and read), then key=value lines. */
+function ownerText (owner: Owner): string {
+  return `${owner.pid}\n` + Object.entries({ host: owner.host, pidns: owner.pidNamespace, boot: owner.bootId }).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v as string}\n`).join('')
+}
+
+function parseOwner (text: string): Owner | undefined {
+  const [first, ...rest] = text.split('\n')
+  const pid = Number.parseInt(first ?? '', 10)
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined
+  const fields = Object.fromEntries(rest.map((line) => line.split('=')).filter((pair) => pair.length === 2)) as Record<string, string>
+  return { pid, host: fields.host, pidNamespace: fields.pidns, bootId: fields.boot }
+}
+
+/**
+ * Whether the lock's owner may still be running: 'alive', 'dead', or 'unknown' when its pid cannot
+ * be checked from here (another host, another PID namespace such as another container).
+ */
+function ownerState (owner: Owner): 'alive' | 'dead' | 'unknown' {
+  if (owner.host !== undefined && owner.host !== self.host) return 'unknown'
+  // Same host, an earlier boot: whatever ran then is gone.
+  if (owner.bootId !== undefined && self.bootId !== undefined && owner.bootId !== self.bootId) return 'dead'
+  if (owner.pidNamespace !== undefined && owner.pidNamespace !== self.pidNamespace) return 'unknown'
+  return isAlive(owner.pid) ? 'alive' : 'dead'
+}
+
 /** A held directory lock; `release()` gives it up. */
 export interface DirectoryLock {
   /** Removes the lock file (if it is still ours) and forgets the location. */
@@ -34,8 +86,10 @@ export interface DirectoryLock {
 /**
  * Takes the lock of `directory` or rejects with BUSY. The lock file appears atomically with its
  * content (written to a temporary name, then hard-linked), so a reader never sees a half-written pid.
- * A lock whose pid is no longer alive is stale and taken over. Limits: a pid reused by an unrelated
- * process makes a stale lock look held, and a directory shared between hosts is not protected.
+ * A lock whose pid is no longer alive, or that was taken before the machine last booted, is stale
+ * and taken over. A lock taken on another host or in another PID namespace (another container)
+ * cannot be checked, so it is never taken over: the error says how to remove it by hand. Limit: a
+ * pid reused by an unrelated process makes a stale lock look held.
  */
 export async function lockDirectory (directory: string): Promise<DirectoryLock> {
   // The real path: through a symlink (or another spelling of the path) a second store of this
@@ -45,7 +99,7 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
   heldByThisProcess.add(key)
   try {
     const lockPath = join(directory, 'LOCK')
-    const content = `${process.pid}\n`
+    const content = ownerText(self)
     const temporary = join(directory, `LOCK.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
     await writeFile(temporary, content)
     try {
@@ -61,9 +115,17 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
           throw err
         })
         if (existing === undefined) continue // released meanwhile: try again
-        const pid = Number.parseInt(existing, 10)
-        // Our own pid in a lock no store of this process holds: left by a store that was never closed.
-        if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) throw busy(directory, pid)
+        const owner = parseOwner(existing)
+        if (owner !== undefined) {
+          const state = ownerState(owner)
+          if (state === 'unknown') {
+            const where = owner.host !== self.host ? `on host ${owner.host as string}` : `in another PID namespace (${owner.pidNamespace as string}: another container?)`
+            throw new GalleonError('BUSY', `the block store at ${directory} is locked by process ${owner.pid} ${where}, which cannot be checked from here; stop that process, or if it is gone for sure, delete ${lockPath}`)
+          }
+          // Our own pid in a lock no store of this process holds: left by a store that was never closed.
+          const ours = owner.pid === process.pid && (owner.pidNamespace === undefined || owner.pidNamespace === self.pidNamespace)
+          if (state === 'alive' && !ours) throw busy(directory, owner.pid)
+        }
         await takeOver(lockPath, existing, directory)
       }
     } finally {
@@ -114,7 +176,9 @@ async function takeOver (lockPath: string, staleContent: string, directory: stri
   }
   const moved = await readFile(aside, 'utf8')
   if (moved !== staleContent) {
-    await rename(aside, lockPath)
+    // A fresh lock was moved aside: put it back, never over a lock taken meanwhile (link, not rename).
+    await link(aside, lockPath).catch(() => {})
+    await unlink(aside).catch(() => {})
     throw busy(directory, Number.parseInt(moved, 10))
   }
   await unlink(aside)
