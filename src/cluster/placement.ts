@@ -1,0 +1,126 @@
+// Where a volume's copies go: a pure function of the cluster's members and the volume's needs, so
+// the cluster leader, a test and an operator asking "why there?" all get the same answer.
+//
+// Strategies:
+//   spread    as many zones as possible, then the nodes holding the fewest volumes
+//   balanced  the nodes with the most free capacity
+//   affinity / anti-affinity are constraints on node labels that apply with either strategy:
+//             `affinity` labels a node must have, `antiAffinity` labels it must not have.
+// The first node chosen is the primary: the preferred node (the one creating the volume) when it is
+// eligible, else the best by the strategy. Fewer eligible nodes than replicas: the volume is placed
+// on those it has and marked degraded, with the reason.
+
+import { GalleonError, describe } from '../errors.js'
+import type { ClusterMember } from '../drivers.js'
+
+export type PlacementStrategy = 'spread' | 'balanced'
+
+export const PLACEMENT_STRATEGIES: readonly PlacementStrategy[] = ['spread', 'balanced']
+
+/** What a volume needs from the nodes holding it. */
+export interface PlacementRequest {
+  /** Copies wanted, the primary included. */
+  readonly replicas: number
+  readonly strategy?: PlacementStrategy
+  /** Bytes each copy needs (thin volumes: what they are expected to fill; 0 to ignore capacity). */
+  readonly requiredBytes?: number
+  /** Only these zones (a storage class's allowed topologies); default any. */
+  readonly zones?: readonly string[]
+  /** Labels a node must carry, all of them. */
+  readonly affinity?: Readonly<Record<string, string>>
+  /** Labels a node must not carry, any of them. */
+  readonly antiAffinity?: Readonly<Record<string, string>>
+  /** The primary, if it is eligible (usually the node the volume is created on). */
+  readonly preferredPrimary?: string
+  /** Nodes that already hold a copy (adding replicas): kept, and counted towards `replicas`. */
+  readonly current?: readonly string[]
+  /** Volumes each node holds now (spread); missing nodes count 0. */
+  readonly load?: Readonly<Record<string, number>>
+}
+
+export interface Placement {
+  /** Node ids, the primary first. */
+  readonly nodes: readonly string[]
+  readonly primary: string
+  /** Fewer copies than asked for. */
+  readonly degraded: boolean
+  /** Why, when degraded (which constraint left too few nodes). */
+  readonly reason?: string
+  /** Zones of the chosen nodes, in order. */
+  readonly zones: readonly string[]
+}
+
+function checkRequest (request: PlacementRequest): void {
+  if (request === null || typeof request !== 'object') throw new GalleonError('INVALID_ARGUMENT', `a placement request is an object such as { replicas: 3 }, got ${describe(request)}`)
+  if (!Number.isSafeInteger(request.replicas) || request.replicas < 1) throw new GalleonError('INVALID_ARGUMENT', `replicas must be a whole number of at least 1, got ${describe(request.replicas)}`)
+  if (request.strategy !== undefined && !PLACEMENT_STRATEGIES.includes(request.strategy)) throw new GalleonError('INVALID_ARGUMENT', `placement strategy must be one of ${PLACEMENT_STRATEGIES.join(', ')}, got ${describe(request.strategy)}`)
+  if (request.requiredBytes !== undefined && (typeof request.requiredBytes !== 'number' || !Number.isFinite(request.requiredBytes) || request.requiredBytes < 0)) {
+    throw new GalleonError('INVALID_ARGUMENT', `requiredBytes must be a number of bytes, got ${describe(request.requiredBytes)}`)
+  }
+  for (const key of ['affinity', 'antiAffinity'] as const) {
+    const labels = request[key]
+    if (labels !== undefined && (labels === null || typeof labels !== 'object' || !Object.values(labels).every((v) => typeof v === 'string'))) {
+      throw new GalleonError('INVALID_ARGUMENT', `${key} must be an object of label values such as { disk: 'ssd' }, got ${describe(labels)}`)
+    }
+  }
+  if (request.zones !== undefined && (!Array.isArray(request.zones) || !request.zones.every((z) => typeof z === 'string'))) {
+    throw new GalleonError('INVALID_ARGUMENT', `zones must be a list of zone names, got ${describe(request.zones)}`)
+  }
+}
+
+/** Chooses the nodes of a volume (see the top of this file). */
+export function placeVolume (members: readonly ClusterMember[], request: PlacementRequest): Placement {
+  checkRequest(request)
+  const strategy = request.strategy ?? 'spread'
+  const required = request.requiredBytes ?? 0
+  const current = new Set(request.current ?? [])
+  // Each constraint in turn, remembering which one left too few nodes.
+  let eligible = members.filter((m) => m.healthy)
+  const reasons: string[] = []
+  const narrow = (keep: (m: ClusterMember) => boolean, what: string): void => {
+    const before = eligible.length
+    eligible = eligible.filter((m) => current.has(m.id) || keep(m))
+    if (eligible.length < before && eligible.length < request.replicas) reasons.push(what)
+  }
+  if (eligible.length < request.replicas) reasons.push(`${eligible.length} healthy node(s)`)
+  if (request.zones !== undefined && request.zones.length > 0) narrow((m) => (request.zones as readonly string[]).includes(m.zone), `zones ${request.zones.join(', ')}`)
+  const affinity = Object.entries(request.affinity ?? {})
+  if (affinity.length > 0) narrow((m) => affinity.every(([k, v]) => m.labels[k] === v), `affinity ${affinity.map(([k, v]) => `${k}=${v}`).join(',')}`)
+  const anti = Object.entries(request.antiAffinity ?? {})
+  if (anti.length > 0) narrow((m) => !anti.some(([k, v]) => m.labels[k] === v), `anti-affinity ${anti.map(([k, v]) => `${k}=${v}`).join(',')}`)
+  if (required > 0) narrow((m) => m.freeBytes >= required, `${required} free bytes`)
+  if (eligible.length === 0) {
+    throw new GalleonError('NO_SPACE', `no node can hold this volume (${reasons.length > 0 ? reasons.join('; ') : 'no healthy nodes'}); add nodes or relax the storage class's constraints`)
+  }
+
+  const load = request.load ?? {}
+  const byStrategy = (a: ClusterMember, b: ClusterMember): number => {
+    if (strategy === 'balanced') return (b.freeBytes - a.freeBytes) || a.id.localeCompare(b.id)
+    return ((load[a.id] ?? 0) - (load[b.id] ?? 0)) || (b.freeBytes - a.freeBytes) || a.id.localeCompare(b.id)
+  }
+  const chosen: ClusterMember[] = eligible.filter((m) => current.has(m.id)).sort(byStrategy)
+  const pool = eligible.filter((m) => !current.has(m.id)).sort(byStrategy)
+  // The preferred primary first, when it is eligible; the strategy places the rest around it.
+  const preferredAt = pool.findIndex((m) => m.id === request.preferredPrimary)
+  if (preferredAt >= 0 && chosen.length < request.replicas) chosen.unshift(...pool.splice(preferredAt, 1))
+  while (chosen.length < request.replicas && pool.length > 0) {
+    let at = 0
+    if (strategy === 'spread') {
+      // A zone not used yet, if there is one; the pool is already in preference order.
+      const used = new Set(chosen.map((m) => m.zone))
+      const fresh = pool.findIndex((m) => !used.has(m.zone))
+      if (fresh >= 0) at = fresh
+    }
+    chosen.push(pool.splice(at, 1)[0] as ClusterMember)
+  }
+  const preferred = chosen.findIndex((m) => m.id === request.preferredPrimary)
+  if (preferred > 0) chosen.unshift(...chosen.splice(preferred, 1))
+  const degraded = chosen.length < request.replicas
+  return {
+    nodes: chosen.map((m) => m.id),
+    primary: (chosen[0] as ClusterMember).id,
+    degraded,
+    ...(degraded ? { reason: `${chosen.length} of ${request.replicas} copies placed: ${reasons.join('; ') || 'too few eligible nodes'}` } : {}),
+    zones: chosen.map((m) => m.zone)
+  }
+}
