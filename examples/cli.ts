@@ -1,6 +1,7 @@
 // `galleonfs <command>`: the CLI, a thin client of the daemon's HTTP/JSON API. Exit codes: 0 done,
 // 1 the operation failed (the daemon said no, or is not running), 2 the command line is wrong.
 
+import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
@@ -14,6 +15,17 @@ import { parseAddress } from './daemon-config.js'
 class CliError extends Error {}
 
 interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean }
+
+/** This package's version (from its package.json, one or two levels up from the running file). */
+const VERSION = (() => {
+  for (const up of ['../package.json', '../../package.json']) {
+    try {
+      const found = JSON.parse(readFileSync(new URL(up, import.meta.url), 'utf8')) as { name?: string, version?: string }
+      if (found.name === 'galleonfs' && typeof found.version === 'string') return found.version
+    } catch {}
+  }
+  return 'unknown'
+})()
 
 /** Media type of a streamed answer (progress lines, then the result). */
 const NDJSON = 'application/x-ndjson'
@@ -69,15 +81,24 @@ async function callWithProgress (globals: Globals, label: string, method: string
     stream: process.stderr,
     hideCursor: true,
     noTTYOutput: process.stderr.isTTY !== true,
-    notTTYSchedule: 1000
+    notTTYSchedule: 1000,
+    // Ctrl-C gives the terminal its cursor and line wrap back (the daemon cancels the operation).
+    gracefulExit: true
   }, Presets.shades_classic)
   let started = false
   let outcome: { result?: unknown, error?: { code?: string, message?: string } } | undefined
   let pending = ''
   const decoder = new TextDecoder()
+  const cut = (): CliError => new CliError(`the daemon at ${globals.daemonAddress} ended the answer before the operation finished; see its log`)
   const take = (line: string): void => {
     if (line.trim() === '') return
-    const message = JSON.parse(line) as { progress?: { bytesDone: number, bytesTotal: number }, result?: unknown, error?: { code?: string, message?: string } }
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(line)
+    } catch {
+      throw cut()
+    }
+    const message = parsed as { progress?: { bytesDone: number, bytesTotal: number }, result?: unknown, error?: { code?: string, message?: string } }
     if (message.progress !== undefined) {
       const { bytesDone, bytesTotal } = message.progress
       const sizes = { done: formatSize(bytesDone), all: formatSize(bytesTotal) }
@@ -102,10 +123,13 @@ async function callWithProgress (globals: Globals, label: string, method: string
       }
     }
     take(pending)
+  } catch (err) {
+    // The connection cut (the daemon died or was stopped) or a garbled line.
+    throw err instanceof CliError ? err : cut()
   } finally {
     if (started) bar.stop()
   }
-  if (outcome === undefined) throw new CliError(`the daemon at ${globals.daemonAddress} ended the answer before the operation finished; see its log`)
+  if (outcome === undefined) throw cut()
   if (outcome.error !== undefined) throw new CliError(`${outcome.error.code ?? 'ERROR'}: ${outcome.error.message ?? ''}`)
   return outcome.result
 }
@@ -141,6 +165,7 @@ export function buildCli (): Command {
     .option('--json', 'print JSON')
     .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')
     .option('--no-progress', 'no progress bars, also on a terminal')
+    .version(VERSION, '-V, --version')
     .showHelpAfterError()
     .exitOverride()
   const globals = (): Globals => program.opts<Globals>()

@@ -33,6 +33,8 @@ export interface DaemonConfig {
   kmsTokenFile: string | undefined
   /** A file holding the passphrase (passphrase; else GALLEONFS_PASSPHRASE). */
   passphraseFile: string | undefined
+  /** Allow kms_url to be plain http to another host. */
+  kmsInsecure: boolean
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -54,7 +56,8 @@ export const DEFAULTS: DaemonConfig = {
   kmsCommand: undefined,
   kmsUrl: undefined,
   kmsTokenFile: undefined,
-  passphraseFile: undefined
+  passphraseFile: undefined,
+  kmsInsecure: false
 }
 
 /** A configuration problem: the daemon does not start, and says why. */
@@ -76,7 +79,7 @@ const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
-  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile' }
+  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' }
 }
 
 /** Reads a TOML configuration file into settings (and the keys it holds that this release ignores). */
@@ -138,7 +141,12 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         if (value !== 'internal' && value !== 'passphrase' && value !== 'command' && value !== 'http') throw new ConfigError(`${where}: key provider must be internal, passphrase, command or http, got ${JSON.stringify(value)}`)
         out.keyProvider = value
         break
+      case 'kmsInsecure':
+        if (typeof value !== 'boolean') throw new ConfigError(`${where}: kms_insecure must be true or false, got ${JSON.stringify(value)}`)
+        out.kmsInsecure = value
+        break
       case 'kmsCommand': {
+        if (typeof value === 'string' && /\s/.test(value)) throw new ConfigError(`${where}: KMS command ${JSON.stringify(value)} holds spaces; give the program and its arguments as a list, such as ["/usr/local/bin/kms", "--profile", "prod"]`)
         const list = typeof value === 'string' ? [value] : value
         if (!Array.isArray(list) || list.length === 0 || !list.every((part) => typeof part === 'string' && part.length > 0)) {
           throw new ConfigError(`${where}: KMS command must be a program path or a list such as ["/usr/local/bin/kms", "--profile", "prod"], got ${JSON.stringify(value)}`)
@@ -150,6 +158,7 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         let url: URL | undefined
         try { url = new URL(String(value)) } catch {}
         if (typeof value !== 'string' || url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`${where}: KMS url must be an http: or https: address, got ${JSON.stringify(value)}`)
+        if (url.username !== '' || url.password !== '') throw new ConfigError(`${where}: the KMS url must not carry credentials (user:password@); put the token in a file named by kms_token_file`)
         out.kmsUrl = value
         break
       }

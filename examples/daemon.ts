@@ -7,7 +7,8 @@
 import { spawn } from 'node:child_process'
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { constants as fsConstants } from 'node:fs'
+import { access, chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, type KeyProvider, type ProgressListener } from '../src/index.js'
@@ -30,6 +31,8 @@ interface RouteContext {
   nbd: () => NbdServer | undefined
   /** Set when the client streams: long operations report to it. */
   progress?: ProgressListener
+  /** Aborted when the client goes away before the answer is complete. */
+  signal: AbortSignal
 }
 
 /** Structured logs (one JSON object per line on stderr). */
@@ -63,7 +66,8 @@ export function runtimeTokenPath (ipcAddress: string): string {
 const STATUS: Partial<Record<GalleonErrorCode, number>> = {
   VOLUME_NOT_FOUND: 404, SNAPSHOT_NOT_FOUND: 404, BACKUP_NOT_FOUND: 404, POLICY_NOT_FOUND: 404, STORAGE_CLASS_NOT_FOUND: 404,
   VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, BUSY: 409,
-  INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507
+  INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507,
+  CANCELLED: 499, HOOK_FAILED: 424, BACKEND_UNAVAILABLE: 503, NOT_LEADER: 421, WRITE_CONCERN_UNSATISFIED: 503
 }
 
 class HttpError extends Error {
@@ -106,16 +110,41 @@ export interface ReloadReport {
 /** Settings a reload applies in place; any other change waits for a restart. */
 const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint'])
 
-/** A secret kept in a file (one line). */
+/** A secret kept in a file: its text without the final line break; refused if others may read it. */
 async function readSecret (path: string, what: string): Promise<string> {
   let text: string
   try {
-    text = (await readFile(path, 'utf8')).trim()
+    const mode = (await stat(path)).mode
+    if ((mode & 0o077) !== 0) throw new ConfigError(`the ${what} ${path} may be read by other users (mode ${(mode & 0o777).toString(8)}); chmod 600 it`)
+    text = (await readFile(path, 'utf8')).replace(/\r?\n$/, '')
   } catch (err) {
+    if (err instanceof ConfigError) throw err
     throw new ConfigError(`cannot read the ${what} ${path}: ${(err as Error).message}`)
   }
   if (text.length === 0) throw new ConfigError(`the ${what} ${path} is empty`)
   return text
+}
+
+/** Whether `command` names a program that can be run (a path, or a name found on PATH). */
+async function runnable (command: string): Promise<boolean> {
+  const candidates = command.includes('/') ? [command] : (process.env.PATH ?? '').split(':').filter((dir) => dir.length > 0).map((dir) => join(dir, command))
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, fsConstants.X_OK)
+      if ((await stat(candidate)).isFile()) return true
+    } catch {}
+  }
+  return false
+}
+
+/** What `GET /v1/config` shows: KMS arguments and URL parts that may hold secrets left out. */
+function redacted (config: DaemonConfig): Record<string, unknown> {
+  const url = config.kmsUrl === undefined ? undefined : new URL(config.kmsUrl)
+  return {
+    ...config,
+    ...(config.kmsCommand === undefined ? {} : { kmsCommand: [config.kmsCommand[0], ...(config.kmsCommand.length > 1 ? [`(${config.kmsCommand.length - 1} argument(s) not shown)`] : [])] }),
+    ...(url === undefined ? {} : { kmsUrl: `${url.origin}${url.pathname}${url.search === '' ? '' : '?(not shown)'}` })
+  }
 }
 
 /** The key provider options of GalleonFS.open() that the configuration asks for. */
@@ -129,11 +158,16 @@ async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyPro
     }
     case 'command': {
       const [command, ...args] = config.kmsCommand as string[]
+      if (!await runnable(command as string)) throw new ConfigError(`the KMS command ${command as string} is not an executable program${(command as string).includes('/') ? '' : ' on PATH'}; check kms_command in [security]`)
       return { keyProvider: commandKeyProvider({ keyId: config.kmsKeyId as string, command: command as string, args }) }
     }
     case 'http': {
       const token = config.kmsTokenFile === undefined ? undefined : await readSecret(config.kmsTokenFile, 'KMS token file')
-      return { keyProvider: httpKeyProvider({ keyId: config.kmsKeyId as string, url: config.kmsUrl as string, ...(token === undefined ? {} : { token }) }) }
+      try {
+        return { keyProvider: httpKeyProvider({ keyId: config.kmsKeyId as string, url: config.kmsUrl as string, insecure: config.kmsInsecure, ...(token === undefined ? {} : { token }) }) }
+      } catch (err) {
+        throw new ConfigError(`[security] kms_url: ${(err as Error).message}`)
+      }
     }
   }
 }
@@ -160,6 +194,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
       await new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
+      // A reload in progress finishes first (it may be moving the NBD listener); none starts now.
+      await reloading
       await nbd?.close()
       await g.close()
       if (tokenFile !== undefined) await rm(tokenFile, { force: true })
@@ -181,15 +217,22 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       if (loadConfig === undefined) return { applied: [], needsRestart: [] }
       const next = await loadConfig()
       const report: ReloadReport = { applied: [], needsRestart: [] }
-      for (const key of Object.keys(next) as Array<keyof DaemonConfig>) {
-        if (JSON.stringify(next[key]) === JSON.stringify(config[key])) continue
-        // The mount driver is chosen at open: a mount point can move, not appear or go.
-        const live = LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
-        if (!live) { report.needsRestart.push(key); continue }
+      const changed = (Object.keys(next) as Array<keyof DaemonConfig>).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(config[key]))
+      // The mount driver is chosen at open: a mount point can move, not appear or go.
+      const live = (key: keyof DaemonConfig): boolean => LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
+      // The one step that can fail (listening on the new NBD address) comes first, so a reload
+      // either applies every live change or none.
+      let moved: NbdServer | undefined
+      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, parseAddress(next.nbdAddress, 'nbd address'))
+      if (stopping !== undefined) {
+        await moved?.close()
+        throw new HttpError(409, 'BUSY', 'the daemon is stopping')
+      }
+      for (const key of changed) {
+        if (!live(key)) { report.needsRestart.push(key); continue }
         if (key === 'logLevel') log.setLevel(next.logLevel)
         if (key === 'nbdAddress') {
-          // The new listener first: if it cannot listen, the old one keeps serving.
-          const moved = next.nbdAddress === undefined ? undefined : await NbdServer.listen(g, parseAddress(next.nbdAddress, 'nbd address'))
+          // Sessions on the old address end (their requests in flight are answered first).
           await nbd?.close()
           nbd = moved
           if (nbd !== undefined) log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
@@ -215,13 +258,18 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       }
       let streaming = false
       const began = performance.now()
-      response.once('finish', () => log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10 }))
+      // A client that goes away mid-answer cancels what it asked for (a backup, a restore).
+      const gone = new AbortController()
+      response.once('close', () => {
+        if (!response.writableFinished) gone.abort()
+        log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10, ...(response.writableFinished ? {} : { cancelled: true }) })
+      })
       try {
         const offered = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? ''
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = new URL(request.url ?? '/', 'http://daemon')
         const body = await readBody(request)
-        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd }
+        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal }
         if ((request.headers.accept ?? '').includes(NDJSON)) {
           // Progress lines while the operation runs, then one line with its result or error.
           streaming = true
@@ -285,8 +333,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   }
 }
 
-function progress (daemon: RouteContext): { onProgress?: ProgressListener } {
-  return daemon.progress === undefined ? {} : { onProgress: daemon.progress }
+/** Options of a long operation: progress to a streaming client, cancelled when the client goes. */
+function progress (daemon: RouteContext): { onProgress?: ProgressListener, signal: AbortSignal } {
+  return { signal: daemon.signal, ...(daemon.progress === undefined ? {} : { onProgress: daemon.progress }) }
 }
 
 /** The backup target a request names (body or query), if any. */
@@ -345,7 +394,7 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       const nbd = daemon.nbd()
       return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : `${nbd.host}:${nbd.port}` }
     }
-    case 'GET /v1/config': return config
+    case 'GET /v1/config': return redacted(config)
     case 'POST /v1/shutdown':
       setImmediate(() => { void daemon.stop() })
       return { state: 'stopping' }

@@ -3,7 +3,7 @@
 
 import { Command, CommanderError } from 'commander'
 import { check, ConfigError, DEFAULTS, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
-import { createLogger, startDaemon } from './daemon.js'
+import { createLogger, startDaemon, type Daemon } from './daemon.js'
 import { runCli } from './cli.js'
 import { runDemo } from './demo.js'
 
@@ -40,17 +40,27 @@ async function daemonMain (argv: string[]): Promise<number> {
     for (const key of ['bindAddress', 'replicationStrategy', 'persistenceLevel'] as const) {
       if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (single node, no replication)`, { [key]: config[key] })
     }
-    const daemon = await startDaemon(config, log, loadConfig)
+    // SIGHUP would end a process that has no handler: one is there from the start, and a reload
+    // asked for while the daemon is starting runs once it has started.
+    let daemon: Daemon | undefined
+    let reloadWanted = false
+    const reload = (): void => {
+      if (daemon === undefined) { reloadWanted = true; return }
+      daemon.reload().catch((err: Error) => log('error', `the configuration was not reloaded; the daemon keeps the one it had: ${err.message}`))
+    }
+    process.on('SIGHUP', () => {
+      log('info', 'signal received', { signal: 'SIGHUP' })
+      reload()
+    })
+    daemon = await startDaemon(config, log, loadConfig)
+    const running = daemon
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })
-      void daemon.stop()
+      void running.stop()
     }
     process.once('SIGTERM', () => shutdown('SIGTERM'))
     process.once('SIGINT', () => shutdown('SIGINT'))
-    process.on('SIGHUP', () => {
-      log('info', 'signal received', { signal: 'SIGHUP' })
-      daemon.reload().catch((err: Error) => log('error', `the configuration was not reloaded; the daemon keeps the one it had: ${err.message}`))
-    })
+    if (reloadWanted) reload()
     await daemon.stopped
     return 0
   } catch (err) {
@@ -78,6 +88,10 @@ async function legacyMain (argv: string[]): Promise<number> {
     return err instanceof CommanderError && err.exitCode === 0 ? 0 : 2
   }
   const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean }>()
+  if (options.demoMode !== true && options.testReplication !== true) {
+    process.stderr.write('galleonfs: --setup-defaults and --storage-path here go with --demo-mode: galleonfs --demo-mode --setup-defaults\n')
+    return 2
+  }
   if (options.testReplication === true) {
     process.stderr.write('galleonfs: NOT_IMPLEMENTED: the replication self-test needs clustering and network replication, which this release does not have; it runs volumes on a single node\n')
     return 1
@@ -92,10 +106,11 @@ async function legacyMain (argv: string[]): Promise<number> {
 }
 
 const argv = process.argv.slice(2)
-// `galleonfs --mount-point DIR --bind-address ...` without a command: the seed's legacy way to run the daemon.
 const COMMANDS = new Set(['volume', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'help'])
-const legacyDaemon = !argv.some((a) => COMMANDS.has(a)) && argv.some((a) => /^--(mount-point|bind-address|storage-path|config|peer-addresses)(=|$)/.test(a)) && !argv.includes('--demo-mode')
-const code = argv.includes('-d') || argv.includes('--daemon') || legacyDaemon
-  ? await daemonMain(argv)
-  : argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults') ? await legacyMain(argv) : await runCli(argv)
-process.exitCode = code
+const command = argv.some((a) => COMMANDS.has(a))
+// The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
+const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
+// `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider)(=|$)/
+const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
+process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -104,13 +104,48 @@ describe('KMS key providers', () => {
     const missing = commandKeyProvider({ keyId: 'k', command: join(root, 'no-such-kms') })
     await assert.rejects(missing.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /could not be started/.test(err.message))
     const hung = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'setTimeout(() => {}, 60000)'], timeoutMs: 300 })
-    await assert.rejects(hung.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /killed by SIGKILL/.test(err.message))
+    await assert.rejects(hung.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer within 300 ms and was killed/.test(err.message))
     const garbage = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'process.stdout.write("not base64!")'] })
     await assert.rejects(garbage.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer with base64/.test(err.message))
+    // A shell whose child holds the pipes: the whole process group goes at the timeout.
+    const pidFile = join(root, `grandchild-${counter++}.pid`)
+    const script = commandKeyProvider({ keyId: 'k', command: '/bin/sh', args: ['-c', `sleep 60 & echo $! > ${pidFile}; wait`], timeoutMs: 500 })
+    await assert.rejects(script.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer within 500 ms and was killed/.test(err.message))
+    const grandchild = Number((await readFile(pidFile, 'utf8')).trim())
+    let gone = false
+    for (let i = 0; i < 100 && !gone; i++) {
+      try { process.kill(grandchild, 0); await new Promise((resolve) => setTimeout(resolve, 20)) } catch { gone = true }
+    }
+    assert.ok(gone, 'the command\'s own child was killed with it')
+    // What a KMS answers is never quoted: for an unwrap it is a plaintext key.
+    const key = randomBytes(32)
+    const chatty = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', `process.stdout.write(JSON.stringify({ Plaintext: ${JSON.stringify(key.toString('base64'))} }))`] })
+    await assert.rejects(chatty.unwrap(new Uint8Array(60), 'ctx'), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /not plain base64/.test(err.message) && !err.message.includes(key.toString('base64').slice(0, 12)))
     assert.throws(() => commandKeyProvider({ keyId: '', command: 'x' }), { code: 'INVALID_ARGUMENT', message: /keyId/ })
     assert.throws(() => commandKeyProvider({ keyId: 'k', command: '' }), { code: 'INVALID_ARGUMENT', message: /command/ })
     assert.throws(() => commandKeyProvider({ keyId: 'k', command: 'x', args: [1] as never }), { code: 'INVALID_ARGUMENT', message: /args/ })
     assert.throws(() => commandKeyProvider({ keyId: 'k', command: 'x', timeoutMs: -1 }), { code: 'INVALID_ARGUMENT', message: /timeoutMs/ })
+  })
+
+  it('http: a redirect is refused (the body holds a data key); a 200 answer is never quoted in errors', async () => {
+    let elsewhere = 0
+    const other = createServer((_request, response) => { elsewhere++; response.end('{}') })
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve))
+    const key = randomBytes(32).toString('base64')
+    const redirecting = createServer((request, response) => {
+      if (request.url === '/leaky') { response.writeHead(200).end(`not json, but the key ${key}`); return }
+      response.writeHead(307, { location: `http://127.0.0.1:${(other.address() as { port: number }).port}/kms` }).end()
+    })
+    await new Promise<void>((resolve) => redirecting.listen(0, '127.0.0.1', resolve))
+    try {
+      const base = `http://127.0.0.1:${(redirecting.address() as { port: number }).port}`
+      await assert.rejects(httpKeyProvider({ keyId: 'k', url: `${base}/kms?api_key=SECRET` }).wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && !err.message.includes('SECRET'))
+      assert.equal(elsewhere, 0, 'nothing was sent to where the redirect pointed')
+      await assert.rejects(httpKeyProvider({ keyId: 'k', url: `${base}/leaky` }).unwrap(new Uint8Array(60), 'ctx'), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /not JSON/.test(err.message) && !err.message.includes(key.slice(0, 12)))
+    } finally {
+      redirecting.close()
+      other.close()
+    }
   })
 
   it('http: keys wrapped by an HTTP KMS with a token; the KMS down or a wrong token fail clearly', async () => {
@@ -141,6 +176,9 @@ describe('KMS key providers', () => {
       const nobody = httpKeyProvider({ keyId: 'k', url: 'http://127.0.0.1:1/kms', timeoutMs: 2000 })
       await assert.rejects(nobody.wrap(new Uint8Array(32), 'ctx'), (err: Error & { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' && /did not answer/.test(err.message))
       assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'ftp://kms' }), { code: 'INVALID_ARGUMENT', message: /http: or https:/ })
+      assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'https://user:pw@kms.example/wrap' }), { code: 'INVALID_ARGUMENT', message: /credentials/ })
+      assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'http://kms.example/wrap' }), { code: 'INVALID_ARGUMENT', message: /plain http to another host/ })
+      assert.equal(httpKeyProvider({ keyId: 'k', url: 'http://kms.example/wrap', insecure: true }).name, 'external')
       assert.throws(() => httpKeyProvider({ keyId: 'k', url: 'not a url' }), { code: 'INVALID_ARGUMENT', message: /url/ })
     } finally {
       kms.server.close()

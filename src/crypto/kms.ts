@@ -37,11 +37,34 @@ export interface CommandKeyProviderOptions {
 /** Options of `httpKeyProvider`. */
 export interface HttpKeyProviderOptions {
   readonly keyId: string
-  /** The endpoint, http: or https:. */
+  /** The endpoint: https:, or http: to this machine (loopback) unless `insecure`. No credentials in it. */
   readonly url: string
   /** Sent as `Authorization: Bearer <token>`. */
   readonly token?: string
   readonly timeoutMs?: number
+  /** Allow plain http to another host (data keys then cross the network unencrypted). */
+  readonly insecure?: boolean
+}
+
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]', '::1'])
+
+/** A response body up to MAX_OUTPUT_BYTES, or undefined when it is longer. */
+async function readLimited (response: Response): Promise<string | undefined> {
+  const chunks: Uint8Array[] = []
+  let size = 0
+  try {
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      size += chunk.byteLength
+      if (size > MAX_OUTPUT_BYTES) {
+        await response.body?.cancel().catch(() => {})
+        return undefined
+      }
+      chunks.push(chunk)
+    }
+  } catch {
+    // A body cut short: what arrived is judged as it is.
+  }
+  return Buffer.concat(chunks).toString('utf8')
 }
 
 function checkCommon (what: string, options: { keyId?: unknown, timeoutMs?: unknown } | null | undefined): number {
@@ -52,9 +75,10 @@ function checkCommon (what: string, options: { keyId?: unknown, timeoutMs?: unkn
   return timeout
 }
 
+/** The KMS's answer as bytes. Never quotes what it got: an unwrap's answer is a plaintext key. */
 function decodeBase64 (text: string, source: string): Uint8Array {
   const trimmed = text.trim()
-  if (trimmed.length === 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed)) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer with base64 data (got ${JSON.stringify(trimmed.slice(0, 80))})`)
+  if (trimmed.length === 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed)) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer with base64 data (got ${trimmed.length} characters that are not plain base64; the protocol wants the bytes alone, base64-encoded)`)
   return new Uint8Array(Buffer.from(trimmed, 'base64'))
 }
 
@@ -68,31 +92,63 @@ export function commandKeyProvider (options: CommandKeyProviderOptions): Externa
   const run = async (operation: Operation, input: Uint8Array, context: string): Promise<Uint8Array> => {
     const source = `the KMS command ${command} (${operation})`
     const output = await new Promise<string>((resolve, reject) => {
+      // In its own process group, so that a timeout kills whatever it started too (a shell
+      // script's children would otherwise keep its pipes, and this call, open).
       const child = spawn(command, [...args, operation], {
         stdio: ['pipe', 'pipe', 'pipe'],
         env: { ...process.env, GALLEONFS_KEY_ID: keyId, GALLEONFS_KEY_CONTEXT: context },
-        timeout: timeoutMs,
-        killSignal: 'SIGKILL'
+        detached: true
       })
       const out: Buffer[] = []
       const err: Buffer[] = []
       let size = 0
+      let failure: string | undefined
+      let settled = false
+      const killGroup = (): void => {
+        try {
+          process.kill(-(child.pid as number), 'SIGKILL')
+        } catch {
+          child.kill('SIGKILL')
+        }
+      }
+      const finish = (error: GalleonError | undefined, text?: string): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        child.stdout.destroy()
+        child.stderr.destroy()
+        if (error !== undefined) reject(error)
+        else resolve(text as string)
+      }
+      const timer = setTimeout(() => {
+        failure = `did not answer within ${timeoutMs} ms and was killed`
+        killGroup()
+      }, timeoutMs)
       child.stdout.on('data', (chunk: Buffer) => {
         size += chunk.byteLength
-        if (size > MAX_OUTPUT_BYTES) child.kill('SIGKILL')
-        else out.push(chunk)
+        if (size > MAX_OUTPUT_BYTES) {
+          failure ??= `wrote more than ${MAX_OUTPUT_BYTES} bytes and was killed`
+          killGroup()
+        } else {
+          out.push(chunk)
+        }
       })
       child.stderr.on('data', (chunk: Buffer) => { if (err.length < 64) err.push(chunk) })
-      child.once('error', (error) => { reject(new GalleonError('BACKEND_UNAVAILABLE', `${source} could not be started: ${error.message}; check the command and PATH`, { cause: error })) })
+      child.once('error', (error) => { finish(new GalleonError('BACKEND_UNAVAILABLE', `${source} could not be started: ${error.message}; check the command and PATH`, { cause: error })) })
       // A command that exits without reading its input must not crash us with EPIPE.
       child.stdin.on('error', () => {})
-      child.once('close', (code, signal) => {
-        if (code === 0 && size <= MAX_OUTPUT_BYTES) { resolve(Buffer.concat(out).toString('utf8')); return }
-        const why = size > MAX_OUTPUT_BYTES
-          ? `wrote more than ${MAX_OUTPUT_BYTES} bytes`
-          : signal !== null ? `was killed by ${signal}${signal === 'SIGKILL' ? ` (after ${timeoutMs} ms?)` : ''}` : `exited with status ${code}`
-        const stderr = Buffer.concat(err).toString('utf8').trim().slice(0, 500)
-        reject(new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`))
+      child.once('exit', (code, signal) => {
+        // Output still in the pipes arrives before 'close'; wait for it only briefly, as a
+        // grandchild holding the pipes open must not keep the call waiting.
+        const settle = (): void => {
+          if (failure === undefined && code === 0) { finish(undefined, Buffer.concat(out).toString('utf8')); return }
+          killGroup()
+          const why = failure ?? (signal !== null ? `was killed by ${signal}` : `exited with status ${code}`)
+          const stderr = Buffer.concat(err).toString('utf8').trim().slice(0, 500)
+          finish(new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`))
+        }
+        const grace = setTimeout(settle, 200)
+        child.once('close', () => { clearTimeout(grace); settle() })
       })
       child.stdin.end(Buffer.from(input).toString('base64') + '\n')
     })
@@ -115,28 +171,41 @@ export function httpKeyProvider (options: HttpKeyProviderOptions): ExternalKeyPr
     throw new GalleonError('INVALID_ARGUMENT', `httpKeyProvider() needs url, an http: or https: address, got ${describe(options.url)}`)
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new GalleonError('INVALID_ARGUMENT', `httpKeyProvider() needs an http: or https: url, got ${url.protocol}`)
+  if (url.username !== '' || url.password !== '') throw new GalleonError('INVALID_ARGUMENT', 'httpKeyProvider(): the url must not carry credentials (user:password@); pass the token as { token } (the daemon: kms_token_file)')
+  // Data keys cross the wire in the clear inside the request: plain http only to this machine.
+  if (url.protocol === 'http:' && !LOOPBACK.has(url.hostname) && options.insecure !== true) {
+    throw new GalleonError('INVALID_ARGUMENT', `httpKeyProvider(): ${url.origin} is plain http to another host, which would send data keys unencrypted over the network; use https, or pass { insecure: true } if the network is trusted`)
+  }
   if (options.token !== undefined && (typeof options.token !== 'string' || options.token.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `httpKeyProvider(): token must be a non-empty string, got ${describe(options.token)}`)
   const { keyId, token } = options
+  // Messages name the endpoint without its query string (which may hold an API key).
+  const where = `${url.origin}${url.pathname}`
   const call = async (operation: Operation, input: Uint8Array, context: string): Promise<Uint8Array> => {
-    const source = `the KMS at ${url.origin}${url.pathname} (${operation})`
+    const source = `the KMS at ${where} (${operation})`
     let response: Response
     try {
       response = await fetch(url, {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }) },
         body: JSON.stringify({ operation, keyId, context, data: Buffer.from(input).toString('base64') }),
+        // A redirect would send the request body, a plaintext data key for a wrap, somewhere else.
+        redirect: 'error',
         signal: AbortSignal.timeout(timeoutMs)
       })
     } catch (err) {
-      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+      const cause = (err as { cause?: { code?: string, message?: string } })?.cause
+      const why = (err as Error)?.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : cause?.code ?? cause?.message ?? (err as Error)?.name ?? 'request failed'
+      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer: ${why}`, { cause: err })
     }
-    const text = await response.text().catch(() => '')
+    const text = await readLimited(response)
+    if (text === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} answered ${response.status} with more than ${MAX_OUTPUT_BYTES} bytes`)
+    // An error answer is quoted (it explains itself); a 200 answer never is (it may hold a key).
     if (response.status !== 200) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} answered ${response.status}: ${text.slice(0, 300)}`)
     let body: unknown
     try {
       body = JSON.parse(text)
     } catch {
-      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer with JSON: ${text.slice(0, 80)}`)
+      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} answered 200 with ${text.length} characters that are not JSON; the protocol wants { "data": base64 }`)
     }
     const data = (body as { data?: unknown } | null)?.data
     if (typeof data !== 'string') throw new GalleonError('BACKEND_UNAVAILABLE', `${source} answered without a base64 "data" field`)
