@@ -58,6 +58,8 @@ export interface TcpTransportStats {
   readonly failed: number
   /** Bytes of received requests being served (or whose replies wait to be written). */
   readonly servingBytes: number
+  /** Bytes of frames this node's connections queued because the socket's write() returned false (waiting for 'drain'). */
+  readonly queuedBytes: number
   /** Open connections this node dialed / accepted. */
   readonly outboundConnections: number
   readonly inboundConnections: number
@@ -120,7 +122,10 @@ export class TcpTransport extends AbstractTransport {
   }
 
   override stats (): TcpTransportStats {
-    return { ...super.stats(), servingBytes: this.servingBytes, outboundConnections: this.#outbound.size, inboundConnections: this.#inbound.size }
+    let queuedBytes = 0
+    for (const connection of this.#outbound.values()) queuedBytes += connection.framed.queuedBytes
+    for (const connection of this.#inbound) queuedBytes += connection.framed.queuedBytes
+    return { ...super.stats(), servingBytes: this.servingBytes, queuedBytes, outboundConnections: this.#outbound.size, inboundConnections: this.#inbound.size }
   }
 
   protected async _listen (): Promise<string> {
