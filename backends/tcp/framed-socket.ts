@@ -72,10 +72,12 @@ export class FramedSocket {
     this.#parse()
   }
 
-  /** Sends GOODBYE-style last words (if given) and closes after they are flushed. */
+  /** Sends last words (a GOODBYE frame) and closes once they are flushed; frames still queued are dropped. */
   finish (type: FrameType, headerJson: string, reason: string): void {
     if (this.ended) return
-    this.send(type, 0, headerJson)
+    // Straight to the socket, past a queue waiting for 'drain' that end() would cut off.
+    this.socket.write(encodeFrame(type, 0, headerJson))
+    this.#writeQueue = []
     this.endReason = reason
     this.socket.end()
     // A peer that never reads would keep the socket half-open: do not wait for it long.
