@@ -1,0 +1,492 @@
+// The tcp transport: node-to-node requests over TCP (optionally TLS) with length-prefixed frames,
+// a mutual HMAC handshake on a cluster secret, pipelining, backpressure and reconnect on demand.
+//
+//   const t = new TcpTransport({ nodeId: 'a', clusterSecret: secret, host: '127.0.0.1', port: 0 })
+//   const address = await t.listen(handler)       // '127.0.0.1:40123'
+//   const reply = await other.request(address, { kind: 'ping', header: {} })
+//
+// Each node dials the peers it sends to (one connection per peer address, many requests in flight on
+// it, replies matched by id in any order); connections it accepts carry only the dialer's requests.
+// A request waits while `maxInFlightBytes` of requests to that peer are unanswered; a receiver stops
+// reading a connection while `maxInFlightBytes` of its requests are being served, which TCP flow
+// control turns into socket.write() returning false on the sender, which then queues until 'drain'.
+
+import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
+import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage } from '../../src/abstract-transport.js'
+import type { TransportMessage } from '../../src/drivers.js'
+import { GalleonError, describe } from '../../src/errors.js'
+import { FramedSocket } from './framed-socket.js'
+import { FRAMING_SLACK, FrameType, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, newNonce, proof, proofMatches, validNonce, type Frame } from './frames.js'
+
+/** TLS material (PEM strings or buffers), as node:tls takes it. */
+export interface TcpTlsOptions {
+  readonly key: string | Buffer
+  readonly cert: string | Buffer
+  /**
+   * Trusted CA certificates. When given, the server also requires and verifies client
+   * certificates (mutual TLS); clients always verify the server against it.
+   */
+  readonly ca?: string | Buffer | Array<string | Buffer>
+  /** Verify the peer's certificate (default true). Turning it off leaves only the HMAC handshake. */
+  readonly rejectUnauthorized?: boolean
+  /** Name to check the server certificate against, when it differs from the host dialed. */
+  readonly servername?: string
+}
+
+/** Options of {@link TcpTransport}. */
+export interface TcpTransportOptions extends AbstractTransportOptions {
+  /** Shared by every node of the cluster; peers without it are refused. Non-empty. */
+  readonly clusterSecret: string | Uint8Array
+  /** Interface to listen on (default 127.0.0.1). */
+  readonly host?: string
+  /** Port to listen on; 0 (the default) picks a free one. */
+  readonly port?: number
+  /** Host to put in the address `listen()` returns, when peers reach this node by another name. */
+  readonly advertiseHost?: string
+  /** Speak TLS (both when listening and when dialing). */
+  readonly tls?: TcpTlsOptions
+  /** A connection must complete the handshake within this long (default 10 s). */
+  readonly handshakeTimeoutMs?: number
+}
+
+/** Counters of a TcpTransport. */
+export interface TcpTransportStats {
+  readonly inFlightRequests: number
+  readonly inFlightBytes: number
+  readonly completed: number
+  readonly failed: number
+  /** Bytes of received requests being served (or whose replies wait to be written). */
+  readonly servingBytes: number
+  /** Bytes of frames this node's connections queued because the socket's write() returned false (waiting for 'drain'). */
+  readonly queuedBytes: number
+  /** Open connections this node dialed / accepted. */
+  readonly outboundConnections: number
+  readonly inboundConnections: number
+}
+
+/** A request waiting for its reply on a dialed connection. */
+interface PendingReply {
+  readonly message: EncodedMessage
+  sent: boolean
+  readonly resolve: (reply: TransportMessage) => void
+  readonly reject: (err: GalleonError) => void
+}
+
+/** The tcp transport. See the file comment. */
+export class TcpTransport extends AbstractTransport {
+  readonly name = 'tcp'
+  readonly #secret: string | Uint8Array
+  readonly #host: string
+  readonly #port: number
+  readonly #advertiseHost: string | undefined
+  readonly #tls: TcpTlsOptions | undefined
+  readonly #handshakeTimeoutMs: number
+  readonly #maxFrame: number
+  #server: Server | undefined
+  #address: string | undefined
+  /** Every socket accepted (raw, also those still in the TLS handshake), for close(). */
+  #acceptedSockets = new Set<Socket>()
+  #inbound = new Set<InboundConnection>()
+  #outbound = new Map<string, OutboundConnection>()
+  /** Resolve when a socket of this transport has closed; only live ones are kept. */
+  #socketsClosing = new Set<Promise<void>>()
+
+  constructor (options: TcpTransportOptions) {
+    super(options)
+    const secret = options.clusterSecret
+    if (!((typeof secret === 'string' || secret instanceof Uint8Array) && secret.length > 0)) {
+      throw new GalleonError('INVALID_ARGUMENT', `clusterSecret must be a non-empty string or Uint8Array shared by every node of the cluster, got ${describe(secret)}`)
+    }
+    this.#secret = secret
+    this.#host = options.host ?? '127.0.0.1'
+    if (typeof this.#host !== 'string' || this.#host.length === 0) throw new GalleonError('INVALID_ARGUMENT', `host must be a non-empty string, got ${describe(options.host)}`)
+    this.#port = options.port ?? 0
+    if (!Number.isInteger(this.#port) || this.#port < 0 || this.#port > 65535) throw new GalleonError('INVALID_ARGUMENT', `port must be an integer from 0 to 65535, got ${describe(options.port)}`)
+    this.#advertiseHost = options.advertiseHost
+    this.#tls = options.tls
+    if (this.#tls !== undefined && (this.#tls.key === undefined || this.#tls.cert === undefined)) throw new GalleonError('INVALID_ARGUMENT', 'tls needs at least key and cert (PEM)')
+    this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000
+    if (!Number.isSafeInteger(this.#handshakeTimeoutMs) || this.#handshakeTimeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a positive integer, got ${describe(options.handshakeTimeoutMs)}`)
+    this.#maxFrame = this.maxMessageBytes + FRAMING_SLACK
+  }
+
+  /** The address `listen()` resolved to, once listening. */
+  get address (): string | undefined { return this.#address }
+
+  /** Bytes of received requests being served or whose replies are still queued. */
+  get servingBytes (): number {
+    let bytes = 0
+    for (const connection of this.#inbound) bytes += connection.servingBytes
+    return bytes
+  }
+
+  override stats (): TcpTransportStats {
+    let queuedBytes = 0
+    for (const connection of this.#outbound.values()) queuedBytes += connection.framed.queuedBytes
+    for (const connection of this.#inbound) queuedBytes += connection.framed.queuedBytes
+    return { ...super.stats(), servingBytes: this.servingBytes, queuedBytes, outboundConnections: this.#outbound.size, inboundConnections: this.#inbound.size }
+  }
+
+  protected async _listen (): Promise<string> {
+    const tls = this.#tls
+    const server: Server = tls === undefined
+      ? netCreateServer({ noDelay: true }, (socket) => { this.#accept(socket) })
+      : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false }, (socket) => { this.#accept(socket) })
+    server.on('connection', (socket: Socket) => {
+      this.#acceptedSockets.add(socket)
+      this.#trackClose(new Promise((resolve) => { socket.once('close', () => { this.#acceptedSockets.delete(socket); resolve() }) }))
+      socket.on('error', () => {}) // reported through the framed socket, or a failed TLS handshake nobody waits for
+      if (this.closed) socket.destroy()
+    })
+    server.on('tlsClientError', () => {}) // a stranger's failed TLS handshake only ends its own connection
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        reject(err.code === 'EADDRINUSE'
+          ? new GalleonError('BUSY', `${formatAddress(this.#host, this.#port)} is already in use; pick another port (0 picks a free one)`, { cause: err })
+          : new GalleonError('BACKEND_UNAVAILABLE', `could not listen on ${formatAddress(this.#host, this.#port)}: ${err.message}`, { cause: err }))
+      })
+      server.listen({ host: this.#host, port: this.#port }, () => { resolve() })
+    })
+    server.on('error', () => {}) // after listening, errors concern single connections
+    this.#server = server
+    const bound = server.address() as AddressInfo
+    this.#address = formatAddress(this.#advertiseHost ?? bound.address, bound.port)
+    return this.#address
+  }
+
+  protected async _request (address: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+    let connection = this.#outbound.get(address)
+    if (connection === undefined || connection.ended) {
+      const { host, port } = parseAddress(address)
+      connection = this.#dial(address, host, port)
+    }
+    return await connection.request(message, signal)
+  }
+
+  protected async _close (): Promise<void> {
+    const serverClosed = this.#server === undefined
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => { (this.#server as Server).close(() => { resolve() }) })
+    for (const connection of [...this.#outbound.values()]) connection.framed.end(`node ${this.nodeId} closed its transport`)
+    for (const connection of [...this.#inbound]) connection.framed.end(`node ${this.nodeId} closed its transport`)
+    for (const socket of [...this.#acceptedSockets]) socket.destroy()
+    await Promise.all([serverClosed, ...this.#socketsClosing])
+  }
+
+  #trackClose (closed: Promise<void>): void {
+    this.#socketsClosing.add(closed)
+    void closed.then(() => { this.#socketsClosing.delete(closed) })
+  }
+
+  #dial (address: string, host: string, port: number): OutboundConnection {
+    const tls = this.#tls
+    const socket = tls === undefined
+      ? netConnect({ host, port })
+      : tlsConnect({ host, port, key: tls.key, cert: tls.cert, ca: tls.ca, rejectUnauthorized: tls.rejectUnauthorized !== false, servername: tls.servername ?? (isIp(host) ? undefined : host) })
+    const connection = new OutboundConnection(this, address, socket, tls === undefined ? 'connect' : 'secureConnect', this.#secret, this.#handshakeTimeoutMs, this.#maxFrame)
+    this.#outbound.set(address, connection)
+    this.#trackClose(connection.framed.closed)
+    void connection.framed.closed.then(() => {
+      if (this.#outbound.get(address) === connection) this.#outbound.delete(address)
+    })
+    return connection
+  }
+
+  #accept (socket: Socket): void {
+    if (this.closed) {
+      socket.destroy()
+      return
+    }
+    const connection = new InboundConnection(this, socket, this.#secret, this.#handshakeTimeoutMs, this.#maxFrame, this.maxInFlightBytes)
+    this.#inbound.add(connection)
+    void connection.framed.closed.then(() => { this.#inbound.delete(connection) })
+  }
+
+  /** @internal Serves an authenticated request (AbstractTransport.serve for the connections). */
+  async serveRequest (from: string, request: TransportMessage): ReturnType<AbstractTransport['serve']> {
+    return await this.serve(from, request)
+  }
+}
+
+/** A connection this node dialed: handshake as client, then requests out, replies in. */
+class OutboundConnection {
+  readonly framed: FramedSocket
+  readonly #transport: TcpTransport
+  readonly #address: string
+  readonly #secret: string | Uint8Array
+  readonly #maxFrame: number
+  readonly #nonce = newNonce()
+  #state: 'connecting' | 'challenged' | 'authenticating' | 'ready' = 'connecting'
+  #peerNode: string | undefined
+  #serverNonce = ''
+  /** Set when the connection ends: what requests on it fail with. */
+  #failure: GalleonError | undefined
+  /** Why the peer said it hung up (GOODBYE), if it did. */
+  #goodbye: GalleonError | undefined
+  #pending = new Map<number, PendingReply>()
+  #nextId = 1
+  #handshakeTimer: NodeJS.Timeout
+
+  constructor (transport: TcpTransport, address: string, socket: Socket, connectEvent: 'connect' | 'secureConnect', secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number) {
+    this.#transport = transport
+    this.#address = address
+    this.#secret = secret
+    this.#maxFrame = maxFrame
+    this.framed = new FramedSocket(socket, MAX_HANDSHAKE_FRAME, (frame) => { this.#onFrame(frame) }, (reason) => { this.#onEnd(reason) })
+    socket.once(connectEvent, () => {
+      this.#state = 'challenged'
+      this.framed.send(FrameType.Hello, 0, JSON.stringify({ v: PROTOCOL_VERSION, node: transport.nodeId, nonce: this.#nonce }))
+    })
+    this.#handshakeTimer = setTimeout(() => {
+      this.framed.end(`no handshake with ${address} within ${handshakeTimeoutMs} ms`)
+    }, handshakeTimeoutMs)
+  }
+
+  get ended (): boolean { return this.framed.ended }
+
+  async request (message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+    if (this.#failure !== undefined) throw this.#failure
+    const id = this.#allocateId()
+    return await new Promise<TransportMessage>((resolve, reject) => {
+      const onAbort = (): void => {
+        // The reply, if it still comes, finds no id and is ignored.
+        if (this.#pending.delete(id)) reject(signal.reason)
+      }
+      const settle = (): void => { signal.removeEventListener('abort', onAbort) }
+      this.#pending.set(id, {
+        message,
+        sent: false,
+        resolve: (reply) => { settle(); resolve(reply) },
+        reject: (err) => { settle(); reject(err) }
+      })
+      signal.addEventListener('abort', onAbort, { once: true })
+      if (this.#state === 'ready') this.#send(id)
+    })
+  }
+
+  #send (id: number): void {
+    const entry = this.#pending.get(id)
+    if (entry === undefined || entry.sent) return
+    entry.sent = true
+    const { kind, headerJson, payload } = entry.message
+    this.framed.send(FrameType.Request, id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload)
+  }
+
+  #allocateId (): number {
+    do {
+      this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1
+    } while (this.#pending.has(this.#nextId))
+    return this.#nextId
+  }
+
+  #peer (): string {
+    return this.#peerNode === undefined ? this.#address : `${this.#address} (node ${this.#peerNode})`
+  }
+
+  #onFrame (frame: Frame): void {
+    const header = frame.header as Record<string, unknown> | null
+    if (frame.type === FrameType.Goodbye) {
+      this.#goodbye = errorFromWire(header?.code, `${this.#peer()} closed the connection: ${String(header?.message)}`)
+      this.framed.end('the peer said goodbye')
+      return
+    }
+    switch (this.#state) {
+      case 'challenged': {
+        if (frame.type !== FrameType.Challenge || header === null || typeof header !== 'object') return this.#violation('expected a CHALLENGE frame')
+        if (header.v !== PROTOCOL_VERSION) return this.#refuse('IO_ERROR', `${this.#address} speaks transport protocol version ${String(header.v)}, this node ${PROTOCOL_VERSION}; upgrade the older node`)
+        if (typeof header.node !== 'string' || header.node.length === 0 || header.node.length > 256 || !validNonce(header.nonce)) return this.#violation('malformed CHALLENGE')
+        this.#peerNode = header.node
+        this.#serverNonce = header.nonce
+        const me = this.#transport.nodeId
+        if (!proofMatches(header.proof, proof(this.#secret, 'server', me, header.node, this.#nonce, header.nonce))) {
+          return this.#refuse('PERMISSION_DENIED', `${this.#peer()} failed to prove it knows the cluster secret: the cluster secrets differ; give every node the same clusterSecret`)
+        }
+        this.#state = 'authenticating'
+        this.framed.send(FrameType.Proof, 0, JSON.stringify({ proof: proof(this.#secret, 'client', me, header.node, this.#nonce, this.#serverNonce) }))
+        return
+      }
+      case 'authenticating': {
+        if (frame.type !== FrameType.Welcome) return this.#violation('expected a WELCOME frame')
+        clearTimeout(this.#handshakeTimer)
+        this.#state = 'ready'
+        this.framed.reader.maxFrame = this.#maxFrame
+        for (const id of [...this.#pending.keys()]) this.#send(id)
+        return
+      }
+      case 'ready': {
+        const entry = this.#pending.get(frame.id)
+        if (entry === undefined) return // answered after its request timed out or was aborted
+        if (frame.type === FrameType.Reply) {
+          if (header === null || typeof header !== 'object' || typeof header.k !== 'string' || header.h === null || typeof header.h !== 'object') return this.#violation('malformed REPLY')
+          this.#pending.delete(frame.id)
+          entry.resolve({ kind: header.k, header: header.h as Record<string, unknown>, payload: frame.payload })
+        } else if (frame.type === FrameType.Failure) {
+          this.#pending.delete(frame.id)
+          entry.reject(errorFromWire(header?.code, header?.message))
+        } else {
+          this.#violation(`unexpected frame type ${frame.type}`)
+        }
+        return
+      }
+      default:
+        this.#violation(`frame type ${frame.type} before the connection was set up`)
+    }
+  }
+
+  /** Ends the connection because the peer cannot be trusted or understood, telling it why. */
+  #refuse (code: 'PERMISSION_DENIED' | 'IO_ERROR', message: string): void {
+    this.#failure = new GalleonError(code, message)
+    const toPeer = code === 'PERMISSION_DENIED'
+      ? `node ${this.#transport.nodeId} refused node ${String(this.#peerNode)}: the cluster secrets differ; give every node the same clusterSecret`
+      : message
+    this.framed.finish(FrameType.Goodbye, JSON.stringify({ code, message: toPeer }), message)
+  }
+
+  #violation (what: string): void {
+    this.#refuse('IO_ERROR', `${this.#peer()} broke the transport protocol (${what}); is it a GalleonFS node of the same version?`)
+  }
+
+  #onEnd (reason: string): void {
+    clearTimeout(this.#handshakeTimer)
+    this.#failure ??= this.#goodbye ?? (this.#state === 'connecting'
+      ? new GalleonError('BACKEND_UNAVAILABLE', `cannot connect to ${this.#address}: ${reason}; is the node running and listening there?`)
+      : this.#state === 'ready'
+        ? new GalleonError('BACKEND_UNAVAILABLE', `the connection to ${this.#peer()} broke (${reason}); requests in flight may or may not have been applied`)
+        : new GalleonError('BACKEND_UNAVAILABLE', `the handshake with ${this.#peer()} failed: ${reason}`))
+    const failure = this.#failure
+    const pending = [...this.#pending.values()]
+    this.#pending.clear()
+    for (const entry of pending) entry.reject(failure)
+  }
+}
+
+/** A connection this node accepted: handshake as server, then requests in, replies out. */
+class InboundConnection {
+  readonly framed: FramedSocket
+  servingBytes = 0
+  readonly #transport: TcpTransport
+  readonly #secret: string | Uint8Array
+  readonly #maxFrame: number
+  readonly #maxServingBytes: number
+  readonly #nonce = newNonce()
+  readonly #remote: string
+  #state: 'hello' | 'proof' | 'ready' = 'hello'
+  #peerNode = ''
+  #clientNonce = ''
+  #held = false
+  #handshakeTimer: NodeJS.Timeout
+
+  constructor (transport: TcpTransport, socket: Socket, secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, maxServingBytes: number) {
+    this.#transport = transport
+    this.#secret = secret
+    this.#maxFrame = maxFrame
+    this.#maxServingBytes = maxServingBytes
+    this.#remote = formatAddress(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0)
+    this.framed = new FramedSocket(socket, MAX_HANDSHAKE_FRAME, (frame) => { this.#onFrame(frame) }, () => { clearTimeout(this.#handshakeTimer) })
+    this.#handshakeTimer = setTimeout(() => {
+      this.framed.finish(FrameType.Goodbye, JSON.stringify({ code: 'BACKEND_UNAVAILABLE', message: `no handshake within ${handshakeTimeoutMs} ms` }), 'handshake timeout')
+    }, handshakeTimeoutMs)
+  }
+
+  #onFrame (frame: Frame): void {
+    const header = frame.header as Record<string, unknown> | null
+    if (frame.type === FrameType.Goodbye) {
+      this.framed.end('the peer said goodbye')
+      return
+    }
+    if (this.#state === 'ready' && frame.type === FrameType.Request) {
+      this.#onRequest(frame, header)
+      return
+    }
+    if (this.#state === 'hello' && frame.type === FrameType.Hello && header !== null && typeof header === 'object') {
+      if (header.v !== PROTOCOL_VERSION) return this.#refuse('IO_ERROR', `this node speaks transport protocol version ${PROTOCOL_VERSION}, the dialer ${String(header.v)}; upgrade the older node`)
+      try {
+        assertNodeId(header.node)
+      } catch {
+        return this.#refuse('IO_ERROR', 'malformed HELLO (node id)')
+      }
+      if (!validNonce(header.nonce)) return this.#refuse('IO_ERROR', 'malformed HELLO (nonce)')
+      this.#peerNode = header.node
+      this.#clientNonce = header.nonce
+      this.#state = 'proof'
+      const me = this.#transport.nodeId
+      this.framed.send(FrameType.Challenge, 0, JSON.stringify({ v: PROTOCOL_VERSION, node: me, nonce: this.#nonce, proof: proof(this.#secret, 'server', this.#peerNode, me, this.#clientNonce, this.#nonce) }))
+      return
+    }
+    if (this.#state === 'proof' && frame.type === FrameType.Proof && header !== null && typeof header === 'object') {
+      const me = this.#transport.nodeId
+      if (!proofMatches(header.proof, proof(this.#secret, 'client', this.#peerNode, me, this.#clientNonce, this.#nonce))) {
+        return this.#refuse('PERMISSION_DENIED', `node ${me} refused node ${this.#peerNode} from ${this.#remote}: the cluster secrets differ; give every node the same clusterSecret`)
+      }
+      clearTimeout(this.#handshakeTimer)
+      this.#state = 'ready'
+      this.framed.reader.maxFrame = this.#maxFrame
+      this.framed.send(FrameType.Welcome, 0, '{}')
+      return
+    }
+    this.#refuse('IO_ERROR', `unexpected frame type ${frame.type} in state ${this.#state}; is the dialer a GalleonFS node of the same version?`)
+  }
+
+  #onRequest (frame: Frame, header: Record<string, unknown> | null): void {
+    if (header === null || typeof header !== 'object' || typeof header.k !== 'string' || header.h === null || typeof header.h !== 'object' || Array.isArray(header.h)) {
+      return this.#refuse('IO_ERROR', 'malformed REQUEST header')
+    }
+    const bytes = frame.payload.byteLength + 64
+    this.servingBytes += bytes
+    if (this.servingBytes > this.#maxServingBytes && !this.#held) {
+      this.#held = true
+      this.framed.hold()
+    }
+    const request: TransportMessage = { kind: header.k, header: header.h as Record<string, unknown>, payload: frame.payload }
+    void this.#transport.serveRequest(this.#peerNode, request).then((outcome) => {
+      const done = (): void => { this.#release(bytes) }
+      if (this.framed.ended) return done()
+      if (outcome.ok) {
+        const { kind, headerJson, payload } = outcome.reply
+        this.framed.send(FrameType.Reply, frame.id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload, done)
+      } else {
+        this.framed.send(FrameType.Failure, frame.id, JSON.stringify({ code: outcome.code, message: outcome.message }), undefined, done)
+      }
+      if (this.framed.ended) done() // send() drops frames on an ended connection without calling back
+    })
+  }
+
+  #release (bytes: number): void {
+    this.servingBytes -= bytes
+    if (this.#held && this.servingBytes <= this.#maxServingBytes) {
+      this.#held = false
+      this.framed.release()
+    }
+  }
+
+  #refuse (code: 'PERMISSION_DENIED' | 'IO_ERROR', message: string): void {
+    this.framed.finish(FrameType.Goodbye, JSON.stringify({ code, message }), message)
+  }
+}
+
+/** `host:port`, with brackets around an IPv6 host. */
+export function formatAddress (host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`
+}
+
+/** Parses `host:port` or `[v6]:port`; throws INVALID_ARGUMENT otherwise. */
+export function parseAddress (address: string): { host: string, port: number } {
+  const match = /^\[([^\]]+)\]:(\d{1,5})$/.exec(address) ?? /^([^:[\]]+):(\d{1,5})$/.exec(address)
+  const port = match === null ? NaN : Number(match[2])
+  if (match === null || !(port >= 1 && port <= 65535)) {
+    throw new GalleonError('INVALID_ARGUMENT', `a tcp transport address is host:port (or [ipv6]:port) with a port from 1 to 65535, got ${describe(address)}`)
+  }
+  return { host: match[1] as string, port }
+}
+
+function isIp (host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':')
+}
+
+/** Backend descriptor: name, availability, and a factory. */
+export const tcpTransportBackend = {
+  name: 'tcp',
+  isAvailable: async (): Promise<boolean> => true,
+  create: (options: TcpTransportOptions): TcpTransport => new TcpTransport(options)
+}
