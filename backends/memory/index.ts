@@ -68,3 +68,4 @@ export const memoryBackend = {
   isAvailable: async (): Promise<boolean> => true,
   create: (options: MemoryBlockStoreOptions = {}): MemoryBlockStore => new MemoryBlockStore(options)
 }
+export { MemoryNetwork, MemoryTransport, type MemoryNetworkOptions, type MemoryNetworkStats, type MemoryMessageInfo } from './transport.js'
