@@ -18,6 +18,8 @@ export {
   type Transport, type TransportMessage, type TransportHandler, type TransportRequestOptions, type Coordinator, type CoordinatorEntry, type CoordinatorEvent, type ClusterNode, type ClusterMember, type Leadership
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
+export { AbstractCoordinator, type AbstractCoordinatorOptions } from './cluster/abstract-coordinator.js'
+export type { StoredEntry, StoreOp, StoreCondition, StoreTxnResult, StoreEvent, StoreLease } from './cluster/coordinator-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
 export type { Backup, BackupHooks, BackupTargetRef, BackupVerification, CreateBackupOptions, Progress, ProgressListener, RestoreBackupOptions } from './backup/manager.js'
 export type { BackupPolicy, BackupPolicyOptions, BackupPolicyRun, BackupRetention } from './backup/policies.js'
