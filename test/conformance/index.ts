@@ -4,3 +4,4 @@ export { blockStoreSuite, BlockStoreModel, type BlockStoreSuiteOptions } from '.
 export { addr, put, del, bytesOf, seededRandom } from './fixtures.js'
 export { snapshotSuite, type SnapshotSuiteOptions } from './volume-snapshots.js'
 export { backupTargetSuite, type BackupTargetSuiteOptions } from './backup-target.js'
+export { coordinatorSuite, testNode, type CoordinatorSuiteOptions, type CoordinatorTestCluster } from './coordinator.js'
