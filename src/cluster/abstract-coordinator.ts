@@ -174,6 +174,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     this.#assertOpen()
     this.#membership = undefined
     await this.#membershipQueue.run(async () => {
+      this.#membership = undefined // again: a join queued before this leave may have set it
       const session = this.#session
       if (session === undefined) return
       this.#session = undefined
