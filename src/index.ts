@@ -19,6 +19,8 @@ export {
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
 export { AbstractTransport, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, type AbstractTransportOptions, type TransportStats, type EncodedMessage, type HandlerOutcome } from './abstract-transport.js'
+export { AbstractCoordinator, type AbstractCoordinatorOptions } from './cluster/abstract-coordinator.js'
+export type { StoredEntry, StoreOp, StoreCondition, StoreTxnResult, StoreEvent, StoreLease } from './cluster/coordinator-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'
 export type { Backup, BackupHooks, BackupTargetRef, BackupVerification, CreateBackupOptions, Progress, ProgressListener, RestoreBackupOptions } from './backup/manager.js'
 export type { BackupPolicy, BackupPolicyOptions, BackupPolicyRun, BackupRetention } from './backup/policies.js'

@@ -69,3 +69,4 @@ export const memoryBackend = {
   create: (options: MemoryBlockStoreOptions = {}): MemoryBlockStore => new MemoryBlockStore(options)
 }
 export { MemoryNetwork, MemoryTransport, type MemoryNetworkOptions, type MemoryNetworkStats, type MemoryMessageInfo } from './transport.js'
+export { MemoryCoordinatorCluster, MemoryCoordinator, ManualClock, type MemoryCoordinatorClusterOptions, type CoordinatorClock } from './coordinator.js'

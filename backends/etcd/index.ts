@@ -1,0 +1,291 @@
+// etcd coordinator: the Coordinator contract over a real etcd v3 cluster through the `etcd3` client
+// (loaded lazily, so `import 'galleonfs'` never needs it). Membership on leases, CAS through
+// transactions on ModRevision/CreateRevision, watches, elections by lowest CreateRevision.
+
+import type { Etcd3, IKeyValue, IOptions, IRequestOp, ICompare } from 'etcd3'
+import { AbstractCoordinator, type AbstractCoordinatorOptions } from '../../src/cluster/abstract-coordinator.js'
+import type { StoreCondition, StoredEntry, StoreEvent, StoreLease, StoreOp, StoreTxnResult } from '../../src/cluster/coordinator-store.js'
+import { GalleonError } from '../../src/errors.js'
+
+/** Options of the etcd coordinator. */
+export interface EtcdCoordinatorOptions extends AbstractCoordinatorOptions {
+  /** Client URLs of the etcd members, e.g. `['http://127.0.0.1:2379']` (https:// with `tls`). */
+  readonly endpoints: readonly string[]
+  /** Namespace of every key GalleonFS writes (default `/galleonfs/`); clusters sharing an etcd use different ones. */
+  readonly prefix?: string
+  /** etcd user and password, when etcd has authentication enabled. */
+  readonly auth?: { readonly username: string, readonly password: string }
+  /** TLS material (PEM): the CA that signed etcd's certificate, and a client certificate and key if etcd asks for one. */
+  readonly tls?: { readonly ca: Uint8Array | string, readonly cert?: Uint8Array | string, readonly key?: Uint8Array | string }
+  /** Deadline of each request (default 5 s). */
+  readonly requestTimeoutMs?: number
+  /** How long connect() waits for etcd to answer (default 5 s). */
+  readonly connectTimeoutMs?: number
+}
+
+type Etcd3Module = typeof import('etcd3')
+
+async function loadEtcd3 (): Promise<Etcd3Module> {
+  try {
+    const mod = await import('etcd3') as Etcd3Module & { default?: Etcd3Module }
+    return mod.Etcd3 === undefined && mod.default !== undefined ? mod.default : mod
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', 'the etcd coordinator needs the etcd3 package, which is not installed: run `npm install etcd3` (it is an optional dependency of galleonfs)', { cause: err })
+  }
+}
+
+function assertOptions (options: EtcdCoordinatorOptions): void {
+  const bad = (message: string): GalleonError => new GalleonError('INVALID_ARGUMENT', message)
+  if (typeof options !== 'object' || options === null) throw bad('etcd coordinator options must be an object with `endpoints`')
+  const { endpoints, prefix, requestTimeoutMs, connectTimeoutMs } = options
+  if (!Array.isArray(endpoints) || endpoints.length === 0 || !endpoints.every((e) => typeof e === 'string' && /^https?:\/\/[^/]+/.test(e))) {
+    throw bad(`endpoints must be a non-empty array of etcd client URLs such as 'http://127.0.0.1:2379', got ${JSON.stringify(endpoints)}`)
+  }
+  if (prefix !== undefined && (typeof prefix !== 'string' || prefix.length === 0)) throw bad(`prefix must be a non-empty string such as '/galleonfs/', got ${JSON.stringify(prefix)}`)
+  for (const [name, ms] of [['requestTimeoutMs', requestTimeoutMs], ['connectTimeoutMs', connectTimeoutMs]] as const) {
+    if (ms !== undefined && (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms <= 0)) throw bad(`${name} must be a positive whole number of milliseconds, got ${String(ms)}`)
+  }
+}
+
+/** The first key after every key starting with `prefix` (etcd's range_end for a prefix). */
+function prefixEnd (prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix)
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]! += 1
+      return end.subarray(0, i + 1)
+    }
+  }
+  return Buffer.from([0]) // every byte 0xff: to the end of the keyspace
+}
+
+/** A kept-alive etcd lease: the local deadline says when etcd may already have expired it. */
+interface LeaseKeeper {
+  readonly lease: StoreLease
+  readonly onLost: () => void
+  timer: NodeJS.Timeout | undefined
+  deadline: NodeJS.Timeout | undefined
+  stopped: boolean
+}
+
+/**
+ * Coordinator on etcd v3. Create it with `EtcdCoordinator.connect(options)`, which fails with
+ * BACKEND_UNAVAILABLE (naming the endpoints) when the etcd3 package is missing or etcd does not
+ * answer. Leases count whole seconds (a TTL is rounded up, and etcd may raise it to its minimum,
+ * about 2 s with default settings). Each handle keeps its leases alive every third of their TTL and
+ * treats a lease as lost as soon as a TTL has passed since the last keepalive etcd confirmed, which
+ * is no later than etcd expires it: a leader stops believing it leads before another can be elected.
+ */
+export class EtcdCoordinator extends AbstractCoordinator {
+  readonly name = 'etcd'
+  readonly #client: Etcd3
+  readonly #prefix: Buffer
+  readonly #endpoints: string
+  readonly #requestTimeoutMs: number
+  readonly #keepers = new Map<string, LeaseKeeper>()
+  readonly #watchers = new Set<{ cancel: () => Promise<void> }>()
+  readonly #pending = new Set<Promise<unknown>>()
+
+  private constructor (client: Etcd3, options: EtcdCoordinatorOptions) {
+    super(options)
+    this.#client = client
+    this.#prefix = Buffer.from(options.prefix ?? '/galleonfs/')
+    this.#endpoints = options.endpoints.join(', ')
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? 5000
+  }
+
+  /** Connects to etcd and checks that it answers. */
+  static async connect (options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
+    assertOptions(options)
+    const { Etcd3 } = await loadEtcd3()
+    const requestTimeoutMs = options.requestTimeoutMs ?? 5000
+    const pem = (value: Uint8Array | string | undefined): Buffer | undefined => (value === undefined ? undefined : Buffer.from(value))
+    const clientOptions: IOptions = {
+      hosts: [...options.endpoints],
+      dialTimeout: options.connectTimeoutMs ?? 5000,
+      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
+      ...(options.auth === undefined ? {} : { auth: { username: options.auth.username, password: options.auth.password } }),
+      ...(options.tls === undefined ? {} : { credentials: { rootCertificate: Buffer.from(options.tls.ca), privateKey: pem(options.tls.key), certChain: pem(options.tls.cert) } })
+    }
+    const client = new Etcd3(clientOptions)
+    const coordinator = new EtcdCoordinator(client, options)
+    try {
+      const response = await client.kv.range({ key: coordinator.#prefix, limit: 1 }, { deadline: Date.now() + (options.connectTimeoutMs ?? 5000) })
+      coordinator.noteRevision(Number(response.header.revision))
+    } catch (err) {
+      client.close()
+      throw coordinator.#error(err, 'connect')
+    }
+    return coordinator
+  }
+
+  protected async _range (key: string, prefix: boolean): Promise<{ entries: StoredEntry[], revision: number }> {
+    const full = this.#key(key)
+    const response = await this.#call('read', this.#client.kv.range(prefix ? { key: full, range_end: prefixEnd(full) } : { key: full }))
+    return { entries: response.kvs.map((kv) => this.#entry(kv)), revision: Number(response.header.revision) }
+  }
+
+  protected async _txn (conditions: readonly StoreCondition[], ops: readonly StoreOp[]): Promise<StoreTxnResult> {
+    const compare: ICompare[] = conditions.map((condition) => (condition.target === 'mod'
+      ? { key: this.#key(condition.key), target: 'Mod', result: 'Equal', mod_revision: String(condition.revision) }
+      : { key: this.#key(condition.key), target: 'Create', result: 'Equal', create_revision: String(condition.revision) }))
+    const success: IRequestOp[] = ops.map((op) => (op.type === 'put'
+      ? { request_put: { key: this.#key(op.key), value: Buffer.from(op.value), ...(op.lease === undefined ? {} : { lease: op.lease }) } }
+      : { request_delete_range: { key: this.#key(op.key) } }))
+    const response = await this.#call('write', this.#client.kv.txn({ compare, success, failure: [] }))
+    let deleted = 0
+    for (const reply of response.responses ?? []) deleted += Number(reply.response_delete_range?.deleted ?? 0)
+    return { succeeded: response.succeeded, revision: Number(response.header.revision), deleted }
+  }
+
+  protected _watch (key: string, options: { prefix: boolean, fromRevision: number }, onEvents: (events: StoreEvent[]) => void, onError: (err: GalleonError) => void): () => void {
+    const full = this.#key(key)
+    const builder = this.#client.watch().startRevision(String(options.fromRevision))
+    const watcher = (options.prefix ? builder.prefix(full) : builder.key(full)).watcher()
+    let stopped = false
+    const handle = { cancel: async (): Promise<void> => { await watcher.cancel() } }
+    this.#watchers.add(handle)
+    watcher.on('data', (response) => {
+      if (stopped) return
+      // One call per revision: a response may carry several.
+      let batch: StoreEvent[] = []
+      for (const event of response.events) {
+        const entry = this.#entry(event.kv)
+        if (batch.length > 0 && batch[0]!.entry.modRevision !== entry.modRevision) { onEvents(batch); batch = [] }
+        batch.push({ type: event.type === 'Delete' ? 'delete' : 'put', entry })
+      }
+      if (batch.length > 0) onEvents(batch)
+    })
+    watcher.on('error', (err) => {
+      if (stopped) return
+      stop()
+      onError(this.#error(err, 'watch'))
+    })
+    const stop = (): void => {
+      if (stopped) return
+      stopped = true
+      this.#watchers.delete(handle)
+      this.#track(watcher.cancel().catch(() => {}))
+    }
+    return stop
+  }
+
+  protected async _grantLease (ttlMs: number, onLost: () => void): Promise<StoreLease> {
+    // etcd starts counting before it answers: the local deadline starts before the request.
+    const sentAt = Date.now()
+    const response = await this.#call('write', this.#client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000) }))
+    const lease: StoreLease = { id: response.ID, ttlMs: Number(response.TTL) * 1000 }
+    const keeper: LeaseKeeper = { lease, onLost, timer: undefined, deadline: undefined, stopped: false }
+    this.#keepers.set(lease.id, keeper)
+    this.#armDeadline(keeper, sentAt)
+    this.#scheduleKeepalive(keeper, lease.ttlMs / 3)
+    return lease
+  }
+
+  protected async _revokeLease (lease: StoreLease): Promise<void> {
+    this._releaseLease(lease)
+    try {
+      await this.#call('write', this.#client.leaseClient.leaseRevoke({ ID: lease.id }))
+    } catch (err) {
+      // Already expired: the goal of a revoke is reached.
+      if (!(err instanceof GalleonError && err.cause instanceof Error && err.cause.name === 'EtcdLeaseInvalidError')) throw err
+    }
+  }
+
+  protected _releaseLease (lease: StoreLease): void {
+    const keeper = this.#keepers.get(lease.id)
+    if (keeper === undefined) return
+    keeper.stopped = true
+    clearTimeout(keeper.timer)
+    clearTimeout(keeper.deadline)
+    this.#keepers.delete(lease.id)
+  }
+
+  protected async _close (): Promise<void> {
+    for (const keeper of [...this.#keepers.values()]) this._releaseLease(keeper.lease)
+    await Promise.all([...this.#watchers].map(async (watcher) => { await watcher.cancel().catch(() => {}) }))
+    await Promise.allSettled([...this.#pending])
+    this.#client.close()
+  }
+
+  /** The lease counts as lost a TTL after the send time of the last keepalive etcd confirmed. */
+  #armDeadline (keeper: LeaseKeeper, sentAt: number): void {
+    clearTimeout(keeper.deadline)
+    keeper.deadline = setTimeout(() => this.#lose(keeper), Math.max(0, sentAt + keeper.lease.ttlMs - Date.now()))
+  }
+
+  #scheduleKeepalive (keeper: LeaseKeeper, delayMs: number): void {
+    if (keeper.stopped) return
+    keeper.timer = setTimeout(() => { this.#track(this.#keepalive(keeper)) }, delayMs)
+  }
+
+  async #keepalive (keeper: LeaseKeeper): Promise<void> {
+    if (keeper.stopped) return
+    const sentAt = Date.now()
+    const interval = keeper.lease.ttlMs / 3
+    try {
+      const stream = await this.#client.leaseClient.leaseKeepAlive({ deadline: sentAt + Math.min(this.#requestTimeoutMs, interval) })
+      const ttl = await new Promise<number>((resolve, reject) => {
+        stream.on('data', (response) => resolve(Number(response.TTL)))
+        stream.on('error', reject)
+        stream.write({ ID: keeper.lease.id })
+      }).finally(() => { try { stream.end() } catch {} })
+      if (keeper.stopped) return
+      if (ttl <= 0) { this.#lose(keeper); return }
+      this.#armDeadline(keeper, sentAt)
+      this.#scheduleKeepalive(keeper, interval)
+    } catch {
+      // Try again soon; the deadline ends the lease if no keepalive gets through in time.
+      this.#scheduleKeepalive(keeper, Math.min(500, interval))
+    }
+  }
+
+  #lose (keeper: LeaseKeeper): void {
+    if (keeper.stopped) return
+    this._releaseLease(keeper.lease)
+    keeper.onLost()
+  }
+
+  #track (promise: Promise<unknown>): void {
+    this.#pending.add(promise)
+    void promise.finally(() => this.#pending.delete(promise))
+  }
+
+  async #call<T> (what: 'read' | 'write', request: Promise<T>): Promise<T> {
+    try {
+      return await request
+    } catch (err) {
+      throw this.#error(err, what)
+    }
+  }
+
+  #error (err: unknown, what: string): GalleonError {
+    if (err instanceof GalleonError) return err
+    const name = err instanceof Error ? err.name : ''
+    const detail = err instanceof Error ? err.message : String(err)
+    if (name === 'EtcdPermissionDeniedError' || name === 'EtcdAuthenticationFailedError' || name === 'EtcdInvalidAuthTokenError') {
+      return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: ${detail}; check the auth username and password and the user's role on the prefix`, { cause: err })
+    }
+    return new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} failed a ${what}: ${detail}; check that etcd is running and reachable at these endpoints (the endpoints option)`, { cause: err })
+  }
+
+  #key (key: string): Buffer {
+    return Buffer.concat([this.#prefix, Buffer.from(key)])
+  }
+
+  #entry (kv: IKeyValue): StoredEntry {
+    return {
+      key: kv.key.subarray(this.#prefix.length).toString(),
+      value: kv.value.toString(),
+      createRevision: Number(kv.create_revision),
+      modRevision: Number(kv.mod_revision)
+    }
+  }
+}
+
+/** Backend descriptor: name, availability of the etcd3 client, and a factory that connects. */
+export const etcdBackend = {
+  name: 'etcd',
+  isAvailable: async (): Promise<boolean> => { try { await loadEtcd3(); return true } catch { return false } },
+  create: async (options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> => await EtcdCoordinator.connect(options)
+}

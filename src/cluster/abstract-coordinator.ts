@@ -1,0 +1,477 @@
+// AbstractCoordinator: the Coordinator contract (argument checks, state, membership, elections,
+// watches, rejoining after a lost lease) written once over a small etcd-shaped store that each
+// backend implements through protected hooks (_range, _txn, _watch, _grantLease, ...).
+
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { ClusterMember, ClusterNode, Coordinator, CoordinatorEntry, CoordinatorEvent, Leadership } from '../drivers.js'
+import { GalleonError } from '../errors.js'
+import { SerialQueue } from '../serial-queue.js'
+import {
+  assertElection, assertExpectRevision, assertKey, assertNode, assertPrefix, assertTtl, assertValue, DEFAULT_TTL_MS, layout,
+  type StoreCondition, type StoredEntry, type StoreEvent, type StoreLease, type StoreOp, type StoreTxnResult
+} from './coordinator-store.js'
+import { campaign, currentLeader, type ElectionStore, type HeldLeadership } from './election.js'
+
+/** Options every coordinator backend accepts. */
+export interface AbstractCoordinatorOptions {
+  /** Lease TTL of join() when the call names none (default 10 s). */
+  readonly ttlMs?: number
+}
+
+/** The leases of one membership: `liveness` (health, elections) and `record` (the record outlives health). */
+interface Session {
+  readonly nodeId: string
+  readonly lease: StoreLease
+  readonly recordLease: StoreLease
+  readonly controller: AbortController
+  readonly ended: AbortSignal
+}
+
+/** What join() asked for, kept so a lost lease can be replaced by a new membership. */
+interface Membership {
+  readonly node: ClusterNode
+  readonly ttlMs: number
+  readonly joinedAt: string
+}
+
+const RETRY_MIN_MS = 100
+const RETRY_MAX_MS = 5000
+
+function assertListener (listener: unknown): asserts listener is (...args: never[]) => void {
+  if (typeof listener !== 'function') throw new GalleonError('INVALID_ARGUMENT', `listener must be a function, got ${listener === null ? 'null' : typeof listener}`)
+}
+
+function assertOptions (options: unknown): asserts options is Record<string, unknown> | undefined {
+  if (options !== undefined && (typeof options !== 'object' || options === null)) {
+    throw new GalleonError('INVALID_ARGUMENT', `options must be an object when given, got ${options === null ? 'null' : typeof options}`)
+  }
+}
+
+/** Calls a user listener; one that throws must not break the watch or the other listeners. */
+function callListener<T> (listener: (value: T) => void, value: T): void {
+  try {
+    listener(value)
+  } catch {
+    // Deliberately ignored: a listener's failure is its own, and the watch must go on for the others.
+  }
+}
+
+/** Members from the raw keys under `nodes/`: a record makes a member, its alive key makes it healthy. */
+function membersOf (keys: ReadonlyMap<string, string>): ClusterMember[] {
+  const members: ClusterMember[] = []
+  for (const [key, value] of keys) {
+    if (!key.endsWith('/record')) continue
+    let record: ClusterNode & { joinedAt: string }
+    try {
+      record = JSON.parse(value)
+    } catch {
+      continue // not written by a coordinator handle; a member record is always JSON
+    }
+    const healthy = keys.has(key.slice(0, -'record'.length) + 'alive')
+    members.push(Object.freeze({
+      id: record.id,
+      address: record.address,
+      zone: record.zone,
+      labels: Object.freeze({ ...record.labels }),
+      capacityBytes: record.capacityBytes,
+      freeBytes: record.freeBytes,
+      healthy,
+      joinedAt: record.joinedAt
+    }))
+  }
+  return members.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
+}
+
+/**
+ * Base class of coordinator backends. The public methods validate arguments, track the handle's
+ * state and implement membership, elections and watches; a backend provides only the store hooks.
+ *
+ * Membership uses two leases: a member is healthy while its `liveness` lease (the join TTL) lives,
+ * and its record stays listed, unhealthy, until its `record` lease (twice the TTL) ends as well. If
+ * the handle's lease is lost while the process lives (keepalives failed for a TTL), every leadership
+ * of the handle is lost and the handle joins again with new leases.
+ */
+export abstract class AbstractCoordinator implements Coordinator {
+  /** Backend name, e.g. `memory`, `etcd`. */
+  abstract readonly name: string
+  readonly #defaultTtlMs: number
+  #closed = false
+  readonly #closing = new AbortController()
+  /** Highest store revision this handle has observed: a new watch starts right after it. */
+  #seenRevision = 0
+  readonly #membershipQueue = new SerialQueue()
+  #membership: Membership | undefined
+  #session: Session | undefined
+  readonly #leaderships = new Map<string, HeldLeadership>()
+  readonly #campaigning = new Set<string>()
+  readonly #watchStops = new Set<() => void>()
+  readonly #electionStore: ElectionStore = {
+    range: async (key, prefix) => await this.#range(key, prefix),
+    txn: async (conditions, ops) => await this.#txn(conditions, ops),
+    watch: (key, options, onEvents, onError) => this.#watchOnce(key, options, onEvents, onError)
+  }
+
+  constructor (options: AbstractCoordinatorOptions = {}) {
+    assertOptions(options)
+    const ttlMs = options.ttlMs ?? DEFAULT_TTL_MS
+    assertTtl(ttlMs)
+    this.#defaultTtlMs = ttlMs
+  }
+
+  /** Entries of `key` (or of every key starting with it when `prefix`), and the store's revision. */
+  protected abstract _range (key: string, prefix: boolean): Promise<{ entries: StoredEntry[], revision: number }>
+  /** If every condition holds, applies every op atomically. */
+  protected abstract _txn (conditions: readonly StoreCondition[], ops: readonly StoreOp[]): Promise<StoreTxnResult>
+  /**
+   * Reports the changes of `key` (or under it when `prefix`) from `fromRevision` on, in revision
+   * order, one call per revision; `onError` when the watch cannot go on. Returns a function that stops it.
+   */
+  protected abstract _watch (key: string, options: { prefix: boolean, fromRevision: number }, onEvents: (events: StoreEvent[]) => void, onError: (err: GalleonError) => void): () => void
+  /** Grants a lease of at least `ttlMs` and keeps it alive; `onLost` when it ends other than by revoke or release. */
+  protected abstract _grantLease (ttlMs: number, onLost: () => void): Promise<StoreLease>
+  /** Ends the lease now: its keys are deleted. */
+  protected abstract _revokeLease (lease: StoreLease): Promise<void>
+  /** Stops keeping the lease alive without revoking it (it expires after its TTL). */
+  protected abstract _releaseLease (lease: StoreLease): void
+  /** Releases the backend's resources (connections, timers); leases are already released. */
+  protected abstract _close (): Promise<void>
+
+  /** Records a store revision the backend observed outside the hooks (e.g. when connecting). */
+  protected noteRevision (revision: number): void {
+    if (revision > this.#seenRevision) this.#seenRevision = revision
+  }
+
+  /** True once close() was called. */
+  get closed (): boolean {
+    return this.#closed
+  }
+
+  async join (node: ClusterNode, options?: { ttlMs?: number }): Promise<void> {
+    this.#assertOpen()
+    assertNode(node)
+    assertOptions(options)
+    if (options?.ttlMs !== undefined) assertTtl(options.ttlMs)
+    const copy: ClusterNode = Object.freeze({
+      id: node.id, address: node.address, zone: node.zone, labels: Object.freeze({ ...node.labels }), capacityBytes: node.capacityBytes, freeBytes: node.freeBytes
+    })
+    await this.#membershipQueue.run(async () => {
+      this.#assertOpen()
+      const previous = this.#membership
+      if (previous !== undefined && previous.node.id !== copy.id) {
+        throw new GalleonError('INVALID_ARGUMENT', `this coordinator handle is node '${previous.node.id}'; a handle is one node: leave() before joining as '${copy.id}', or open another handle`)
+      }
+      const ttlMs = options?.ttlMs ?? previous?.ttlMs ?? this.#defaultTtlMs
+      if (previous !== undefined && ttlMs !== previous.ttlMs) {
+        throw new GalleonError('INVALID_ARGUMENT', `node '${copy.id}' joined with ttlMs ${previous.ttlMs}; leave() first to change its TTL to ${ttlMs}`)
+      }
+      const membership: Membership = { node: copy, ttlMs, joinedAt: previous?.joinedAt ?? new Date().toISOString() }
+      await this.#register(membership)
+      this.#membership = membership
+    })
+  }
+
+  async leave (): Promise<void> {
+    this.#assertOpen()
+    this.#membership = undefined
+    await this.#membershipQueue.run(async () => {
+      this.#membership = undefined // again: a join queued before this leave may have set it
+      const session = this.#session
+      if (session === undefined) return
+      this.#session = undefined
+      session.controller.abort(new GalleonError('NOT_LEADER', `node '${session.nodeId}' left the cluster`))
+      try {
+        await this.#txn([], [{ type: 'delete', key: layout.nodeKey(session.nodeId, 'record') }, { type: 'delete', key: layout.nodeKey(session.nodeId, 'alive') }])
+        await this._revokeLease(session.lease)
+        await this._revokeLease(session.recordLease)
+      } finally {
+        // Whatever failed, stop the keepalives: the leases then expire on their own.
+        this._releaseLease(session.lease)
+        this._releaseLease(session.recordLease)
+      }
+    })
+  }
+
+  async members (): Promise<ClusterMember[]> {
+    this.#assertOpen()
+    const { entries } = await this.#range(layout.nodes, true)
+    return membersOf(new Map(entries.map((entry) => [entry.key, entry.value])))
+  }
+
+  watchMembers (listener: (members: ClusterMember[]) => void): () => void {
+    this.#assertOpen()
+    assertListener(listener)
+    const keys = new Map<string, string>()
+    let listed = false
+    return this.#follow(layout.nodes, true, 0, (events) => {
+      for (const event of events) {
+        if (event.type === 'put') keys.set(event.entry.key, event.entry.value)
+        else keys.delete(event.entry.key)
+      }
+      callListener(listener, membersOf(keys))
+    }, (entries) => {
+      // Listed again after a failed watch: changes may have been missed, so report a difference.
+      const before = JSON.stringify(membersOf(keys))
+      keys.clear()
+      for (const entry of entries) keys.set(entry.key, entry.value)
+      const members = membersOf(keys)
+      if (listed && JSON.stringify(members) !== before) callListener(listener, members)
+      listed = true
+    })
+  }
+
+  async campaign (election: string, options?: { signal?: AbortSignal }): Promise<Leadership> {
+    this.#assertOpen()
+    assertElection(election)
+    assertOptions(options)
+    const signal = options?.signal
+    if (signal !== undefined && !(signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', 'options.signal must be an AbortSignal')
+    const session = this.#session
+    if (session === undefined) {
+      throw new GalleonError('NOT_OPEN', `join() the cluster before campaigning in election '${election}': leadership is tied to the node's lease`)
+    }
+    if (this.#campaigning.has(election) || this.#leaderships.has(election)) {
+      throw new GalleonError('BUSY', `node '${session.nodeId}' already campaigns in or leads election '${election}'; await that campaign or resign() first`)
+    }
+    const cancelled = (): GalleonError => new GalleonError('CANCELLED', `the campaign of node '${session.nodeId}' in election '${election}' was aborted`)
+    if (signal?.aborted === true) throw cancelled()
+    const abort = new AbortController()
+    const onAbort = (): void => abort.abort(cancelled())
+    signal?.addEventListener('abort', onAbort, { once: true })
+    this.#campaigning.add(election)
+    try {
+      const held = await campaign(this.#electionStore, election, { nodeId: session.nodeId, lease: session.lease, ended: session.ended }, abort.signal, (ended) => {
+        if (this.#leaderships.get(election) === ended) this.#leaderships.delete(election)
+      })
+      this.#leaderships.set(election, held)
+      if (session.ended.aborted) held.end()
+      return Object.freeze({ election: held.election, nodeId: held.nodeId, epoch: held.epoch, lost: held.lost, resign: held.resign })
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+      this.#campaigning.delete(election)
+    }
+  }
+
+  async leader (election: string): Promise<{ nodeId: string, epoch: number } | undefined> {
+    this.#assertOpen()
+    assertElection(election)
+    return await currentLeader(this.#electionStore, election)
+  }
+
+  async get (key: string): Promise<CoordinatorEntry | undefined> {
+    this.#assertOpen()
+    assertKey(key)
+    const { entries } = await this.#range(layout.kv + key, false)
+    const entry = entries[0]
+    return entry === undefined ? undefined : { key, value: entry.value, revision: entry.modRevision }
+  }
+
+  async put (key: string, value: string, options?: { expectRevision?: number }): Promise<CoordinatorEntry | undefined> {
+    this.#assertOpen()
+    assertKey(key)
+    assertValue(value)
+    assertOptions(options)
+    assertExpectRevision(options?.expectRevision)
+    const conditions: StoreCondition[] = options?.expectRevision === undefined ? [] : [{ key: layout.kv + key, target: 'mod', revision: options.expectRevision }]
+    const result = await this.#txn(conditions, [{ type: 'put', key: layout.kv + key, value }])
+    return result.succeeded ? { key, value, revision: result.revision } : undefined
+  }
+
+  async delete (key: string, options?: { expectRevision?: number }): Promise<boolean> {
+    this.#assertOpen()
+    assertKey(key)
+    assertOptions(options)
+    assertExpectRevision(options?.expectRevision)
+    const conditions: StoreCondition[] = options?.expectRevision === undefined ? [] : [{ key: layout.kv + key, target: 'mod', revision: options.expectRevision }]
+    const result = await this.#txn(conditions, [{ type: 'delete', key: layout.kv + key }])
+    return result.succeeded && result.deleted > 0
+  }
+
+  async list (prefix: string): Promise<CoordinatorEntry[]> {
+    this.#assertOpen()
+    assertPrefix(prefix)
+    const { entries } = await this.#range(layout.kv + prefix, true)
+    return entries
+      .map((entry) => ({ key: entry.key.slice(layout.kv.length), value: entry.value, revision: entry.modRevision }))
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+  }
+
+  watch (prefix: string, listener: (event: CoordinatorEvent) => void): () => void {
+    this.#assertOpen()
+    assertPrefix(prefix)
+    assertListener(listener)
+    return this.#follow(layout.kv + prefix, true, this.#seenRevision + 1, (events) => {
+      for (const { type, entry } of events) {
+        const key = entry.key.slice(layout.kv.length)
+        callListener(listener, type === 'put' ? { type, key, entry: { key, value: entry.value, revision: entry.modRevision } } : { type, key })
+      }
+    })
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#membership = undefined
+    this.#closing.abort()
+    const session = this.#session
+    this.#session = undefined
+    if (session !== undefined) {
+      // As after a crash: the leases are not revoked, they expire; this handle's leaderships end now.
+      this._releaseLease(session.lease)
+      this._releaseLease(session.recordLease)
+      session.controller.abort(new GalleonError('NOT_OPEN', `the coordinator handle of node '${session.nodeId}' was closed`))
+    }
+    for (const stop of [...this.#watchStops]) stop()
+    await this._close()
+  }
+
+  #assertOpen (): void {
+    if (this.#closed) throw new GalleonError('NOT_OPEN', `this ${this.name} coordinator handle is closed; create a new one`)
+  }
+
+  async #range (key: string, prefix: boolean): Promise<{ entries: StoredEntry[], revision: number }> {
+    const result = await this._range(key, prefix)
+    this.noteRevision(result.revision)
+    return result
+  }
+
+  async #txn (conditions: readonly StoreCondition[], ops: readonly StoreOp[]): Promise<StoreTxnResult> {
+    const result = await this._txn(conditions, ops)
+    this.noteRevision(result.revision)
+    return result
+  }
+
+  /** A store watch that ends with the handle. */
+  #watchOnce (key: string, options: { prefix: boolean, fromRevision: number }, onEvents: (events: StoreEvent[]) => void, onError: (err: GalleonError) => void): () => void {
+    if (this.#closed) {
+      queueMicrotask(() => onError(new GalleonError('NOT_OPEN', `this ${this.name} coordinator handle is closed`)))
+      return () => {}
+    }
+    let stopped = false
+    const stopStore = this._watch(key, options, (events) => {
+      if (stopped) return
+      const last = events[events.length - 1]
+      if (last !== undefined) this.noteRevision(last.entry.modRevision)
+      onEvents(events)
+    }, (err) => {
+      if (!stopped) { stop(); onError(err) }
+    })
+    const stop = (): void => {
+      if (stopped) return
+      stopped = true
+      this.#watchStops.delete(stop)
+      stopStore()
+    }
+    this.#watchStops.add(stop)
+    return stop
+  }
+
+  /**
+   * A watch that survives store errors: it resumes after the last revision it delivered, or with
+   * `relist` given, lists the keys again (calling `relist`) and resumes from the listing.
+   * `fromRevision` 0 means: list first.
+   */
+  #follow (key: string, prefix: boolean, fromRevision: number, onEvents: (events: StoreEvent[]) => void, relist?: (entries: StoredEntry[]) => void): () => void {
+    let stopped = false
+    let stopCurrent = (): void => {}
+    let nextRevision = fromRevision
+    let delayMs = RETRY_MIN_MS
+    const start = async (): Promise<void> => {
+      while (!stopped && !this.#closed) {
+        try {
+          if (relist !== undefined && nextRevision === 0) {
+            const { entries, revision } = await this.#range(key, prefix)
+            if (stopped) return
+            relist(entries)
+            nextRevision = revision + 1
+          }
+          // Runs until the store watch fails; then it resumes (after a pause) where it stopped.
+          await new Promise<void>((resolve) => {
+            stopCurrent = this.#watchOnce(key, { prefix, fromRevision: nextRevision }, (events) => {
+              delayMs = RETRY_MIN_MS
+              const last = events[events.length - 1]
+              if (last !== undefined) nextRevision = last.entry.modRevision + 1
+              onEvents(events)
+            }, () => resolve())
+          })
+          if (stopped || this.#closed) return
+          if (relist !== undefined) nextRevision = 0
+        } catch {
+          if (stopped || this.#closed) return
+        }
+        await sleep(delayMs, undefined, { signal: this.#closing.signal }).catch(() => {})
+        delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)
+      }
+    }
+    void start()
+    const stop = (): void => {
+      stopped = true
+      stopCurrent()
+    }
+    return stop
+  }
+
+  /** Grants the session's leases if needed and writes the member record and alive key (serialized). */
+  async #register (membership: Membership): Promise<void> {
+    let session = this.#session
+    if (session === undefined) {
+      session = await this.#startSession(membership.node.id, membership.ttlMs)
+    }
+    const { node, joinedAt } = membership
+    await this.#txn([], [
+      { type: 'put', key: layout.nodeKey(node.id, 'record'), value: JSON.stringify({ ...node, joinedAt }), lease: session.recordLease.id },
+      { type: 'put', key: layout.nodeKey(node.id, 'alive'), value: '', lease: session.lease.id }
+    ])
+  }
+
+  async #startSession (nodeId: string, ttlMs: number): Promise<Session> {
+    let session: Session | undefined
+    const onLost = (): void => { if (session !== undefined) this.#sessionLost(session) }
+    const lease = await this._grantLease(ttlMs, onLost)
+    let recordLease: StoreLease
+    try {
+      recordLease = await this._grantLease(lease.ttlMs * 2, onLost)
+    } catch (err) {
+      await this._revokeLease(lease).catch(() => {})
+      this._releaseLease(lease)
+      throw err
+    }
+    const controller = new AbortController()
+    session = { nodeId, lease, recordLease, controller, ended: controller.signal }
+    if (this.#closed) {
+      this._releaseLease(lease)
+      this._releaseLease(recordLease)
+      throw new GalleonError('NOT_OPEN', `this ${this.name} coordinator handle was closed while node '${nodeId}' joined`)
+    }
+    this.#session = session
+    return session
+  }
+
+  /** A lease of the session ended without leave(): leaderships are lost, and the node joins again. */
+  #sessionLost (session: Session): void {
+    if (this.#session !== session) return
+    this.#session = undefined
+    this._releaseLease(session.lease)
+    this._releaseLease(session.recordLease)
+    session.controller.abort(new GalleonError('BACKEND_UNAVAILABLE', `the lease of node '${session.nodeId}' ended (its keepalives did not reach the coordinator in time); its leaderships are lost, campaign again`))
+    const membership = this.#membership
+    if (membership !== undefined) void this.#rejoin(membership, session)
+  }
+
+  async #rejoin (membership: Membership, lost: Session): Promise<void> {
+    let delayMs = RETRY_MIN_MS
+    while (this.#membership === membership && !this.#closed) {
+      try {
+        await this.#membershipQueue.run(async () => {
+          if (this.#membership === membership && this.#session === undefined && !this.#closed) await this.#register(membership)
+        })
+        // The record and alive keys are on the new leases now; the old ones can go (best effort).
+        await this._revokeLease(lost.lease).catch(() => {})
+        await this._revokeLease(lost.recordLease).catch(() => {})
+        return
+      } catch {
+        await sleep(delayMs, undefined, { signal: this.#closing.signal }).catch(() => {})
+        delayMs = Math.min(delayMs * 2, membership.ttlMs, RETRY_MAX_MS)
+      }
+    }
+  }
+}

@@ -1,0 +1,78 @@
+// The etcd coordinator beyond the conformance suite: option checks, a clear error when etcd is not
+// there, the key prefix, and a process that exits by itself after close().
+
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:net'
+import { after, test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+import { EtcdCoordinator, etcdBackend } from '../backends/etcd/index.js'
+import { isGalleonError } from '../src/errors.js'
+import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+
+const skip = etcdSkipReason()
+let etcd: Promise<EtcdServer> | undefined
+after(async () => { if (etcd !== undefined) await (await etcd).stop() })
+const endpoint = async (): Promise<string> => (await (etcd ??= startEtcd())).endpoint
+
+test('bad options are refused with INVALID_ARGUMENT', async () => {
+  for (const options of [{}, { endpoints: [] }, { endpoints: ['127.0.0.1:2379'] }, { endpoints: ['http://127.0.0.1:2379'], prefix: '' }, { endpoints: ['http://127.0.0.1:2379'], requestTimeoutMs: 0 }, { endpoints: ['http://127.0.0.1:2379'], ttlMs: 0 }]) {
+    await assert.rejects(EtcdCoordinator.connect(options as never), (err: unknown) => isGalleonError(err, 'INVALID_ARGUMENT'), JSON.stringify(options))
+  }
+})
+
+test('an endpoint where no etcd answers fails with BACKEND_UNAVAILABLE naming it', async () => {
+  assert.equal(await etcdBackend.isAvailable(), true)
+  // A port that was free a moment ago: nothing listens there.
+  const port = await new Promise<number>((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+  const url = `http://127.0.0.1:${port}`
+  await assert.rejects(EtcdCoordinator.connect({ endpoints: [url], connectTimeoutMs: 2000, requestTimeoutMs: 2000 }), (err: unknown) => {
+    assert.ok(isGalleonError(err, 'BACKEND_UNAVAILABLE'), String(err))
+    assert.ok(err.message.includes(url), `the message names the endpoint: ${err.message}`)
+    return true
+  })
+})
+
+test('keys live under the prefix; coordinators with different prefixes do not see each other', { skip }, async () => {
+  const url = await endpoint()
+  const one = await EtcdCoordinator.connect({ endpoints: [url], prefix: '/one/' })
+  const two = await EtcdCoordinator.connect({ endpoints: [url], prefix: '/two/' })
+  try {
+    await one.put('shared/key', 'from one')
+    await one.join({ id: 'n1', address: 'a:1', zone: 'z', labels: {}, capacityBytes: 1, freeBytes: 1 })
+    assert.equal(await two.get('shared/key'), undefined)
+    assert.deepEqual(await two.members(), [])
+    const { Etcd3 } = await import('etcd3')
+    const raw = new Etcd3({ hosts: [url] })
+    try {
+      assert.equal(await raw.get('/one/kv/shared/key').string(), 'from one')
+      assert.deepEqual((await raw.getAll().prefix('/one/nodes/').keys()).sort(), ['/one/nodes/n1/alive', '/one/nodes/n1/record'])
+    } finally {
+      raw.close()
+    }
+  } finally {
+    await one.leave()
+    await one.close()
+    await two.close()
+  }
+})
+
+test('a process that used a handle exits by itself after close()', { skip }, async () => {
+  const url = await endpoint()
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fixtures/etcd-coordinator-child.ts', import.meta.url)), url], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (chunk) => { output += String(chunk) })
+  child.stderr.on('data', (chunk) => { output += String(chunk) })
+  // A failure bound, not a threshold: a handle left open would keep the child alive until killed here.
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('exit', (c, s) => resolve([c, s])))
+  clearTimeout(timer)
+  assert.equal(signal, null, `the child had to be killed: something kept it alive after close()\n${output}`)
+  assert.equal(code, 0, output)
+  assert.match(output, /closed/)
+})
