@@ -15,6 +15,7 @@ import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
+import { ClusterManager, type ClusterStatus } from './cluster/manager.js'
 import { renderPrometheus } from './metrics/prometheus.js'
 import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
 import { resolveDrivers, type OpenOptions } from './open-drivers.js'
@@ -87,6 +88,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #rotations = new Map<string, Promise<void>>()
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
+  #cluster: ClusterManager | undefined
+  readonly #openedAt = new Date().toISOString()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
     super()
@@ -148,6 +151,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
+      if (options.cluster !== undefined) {
+        instance.#cluster = await ClusterManager.start(options.cluster, { storagePath: options.storagePath, emit: (event, ...args) => { self.emit(event, ...(args as [never])) } })
+      }
       await instance.#scheduler.start()
       for (const record of catalog.volumes()) {
         if (instance.#keys.rotation(record.id) !== undefined) instance.#startRotation(record)
@@ -158,6 +164,40 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       await metadata.close().catch(() => {})
       throw err
     }
+  }
+
+  /** This node's part in its cluster, when opened with `{ cluster }`. */
+  get cluster (): ClusterManager | undefined {
+    return this.#cluster
+  }
+
+  /**
+   * The cluster as this node sees it: members with health, zone and labels, and the leader. A
+   * single node (opened without `{ cluster }`) reports itself, healthy and leader.
+   */
+  async clusterStatus (): Promise<ClusterStatus> {
+    this.#assertOpen()
+    if (this.#cluster !== undefined) return await this.#cluster.status()
+    return {
+      clustering: false,
+      nodeId: 'local',
+      leader: 'local',
+      leaderEpoch: undefined,
+      members: [{ id: 'local', address: '', zone: 'default', labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: this.#openedAt, leader: true }]
+    }
+  }
+
+  /**
+   * Leaves the cluster (admin). Volumes whose only copy is on this node keep it from leaving unless
+   * `force`: they stay here, out of the cluster.
+   */
+  async leaveCluster (options: { force?: boolean } = {}): Promise<void> {
+    this.#assertOpen()
+    const denied = this.#check('leaveCluster', 'admin', undefined, 'cluster')
+    if (denied !== undefined) await denied
+    if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (open it with { cluster } to join one)')
+    const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
+    await this.#cluster.leave({ force: options?.force === true, holds })
   }
 
   /** Recovery after open: rebuild block maps, finish interrupted deletes, drop ephemeral volumes. */
@@ -345,6 +385,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       })
       this.#closed = true
       try {
+        await this.#cluster?.close()
         this.#scheduler.stop()
         await this.#scheduler.idle()
         await this.#adminQueue.catch(() => {})

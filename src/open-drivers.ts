@@ -54,6 +54,11 @@ export interface OpenOptions {
    * `fuse` (a FUSE file system per mount point; needs libfuse), or your own MountDriver.
    */
   mount?: 'virtual' | 'fuse' | import('./drivers.js').MountDriver
+  /**
+   * Take part in a cluster: this node's id, its Transport and Coordinator drivers, its zone and
+   * labels (see ClusterOptions). Without it the instance is a single node.
+   */
+  cluster?: import('./cluster/manager.js').ClusterOptions
 }
 
 /** What open() resolved the options to. */
