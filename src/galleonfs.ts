@@ -15,7 +15,7 @@ import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
-import { ClusterManager, type ClusterStatus } from './cluster/manager.js'
+import { ClusterManager, type ClusterOptions, type ClusterStatus } from './cluster/manager.js'
 import { renderPrometheus } from './metrics/prometheus.js'
 import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
 import { resolveDrivers, type OpenOptions } from './open-drivers.js'
@@ -89,6 +89,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
   #cluster: ClusterManager | undefined
+  #storagePath: string | undefined
   readonly #openedAt = new Date().toISOString()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
@@ -151,9 +152,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
-      if (options.cluster !== undefined) {
-        instance.#cluster = await ClusterManager.start(options.cluster, { storagePath: options.storagePath, emit: (event, ...args) => { self.emit(event, ...(args as [never])) } })
-      }
+      instance.#storagePath = options.storagePath
+      if (options.cluster !== undefined) await instance.joinCluster(options.cluster)
       await instance.#scheduler.start()
       for (const record of catalog.volumes()) {
         if (instance.#keys.rotation(record.id) !== undefined) instance.#startRotation(record)
@@ -188,16 +188,31 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /**
+   * Joins a cluster (admin): as `open({ cluster })` does, on a running instance. Refused with BUSY
+   * while it is in one already.
+   */
+  async joinCluster (options: ClusterOptions): Promise<ClusterStatus> {
+    this.#assertOpen()
+    const denied = this.#check('joinCluster', 'admin', undefined, 'cluster')
+    if (denied !== undefined) await denied
+    if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
+    const joining = ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) } })
+    this.#cluster = await joining
+    return await this.#cluster.status()
+  }
+
+  /**
    * Leaves the cluster (admin). Volumes whose only copy is on this node keep it from leaving unless
-   * `force`: they stay here, out of the cluster.
+   * `force`: they stay here, out of the cluster. Afterwards the instance is a single node again.
    */
   async leaveCluster (options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()
     const denied = this.#check('leaveCluster', 'admin', undefined, 'cluster')
     if (denied !== undefined) await denied
-    if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (open it with { cluster } to join one)')
+    if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
     const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
     await this.#cluster.leave({ force: options?.force === true, holds })
+    this.#cluster = undefined
   }
 
   /** Recovery after open: rebuild block maps, finish interrupted deletes, drop ephemeral volumes. */

@@ -94,9 +94,12 @@ describe('cluster membership (memory transport and coordinator)', () => {
     await b.g.leaveCluster({ force: true })
     await until('a saw b leave', () => a.events.includes('left b'))
     assert.deepEqual((await a.g.clusterStatus()).members.map((m) => m.id), ['a'])
-    await assert.rejects(b.g.clusterStatus(), { code: 'NOT_OPEN', message: /has left the cluster/ })
-    // Its volumes are still there, out of the cluster.
+    assert.equal((await b.g.clusterStatus()).clustering, false, 'a single node again')
+    // Its volumes are still there, out of the cluster; it can join again.
     assert.deepEqual((await b.g.listVolumes()).map((v) => v.name), ['only-here'])
+    const rejoined = await b.g.joinCluster({ nodeId: 'b', transport: new MemoryTransport({ network, nodeId: 'b' }), coordinator: coordinators.coordinator() })
+    assert.deepEqual(rejoined.members.map((m) => m.id), ['a', 'b'])
+    await assert.rejects(b.g.joinCluster({ nodeId: 'b2', transport: new MemoryTransport({ network, nodeId: 'b2' }), coordinator: coordinators.coordinator() }), { code: 'BUSY', message: /in a cluster already, as node b/ })
     await a.g.leaveCluster()
   })
 

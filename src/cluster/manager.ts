@@ -217,6 +217,7 @@ export class ClusterManager {
     await this.#stop()
     await this.#options.coordinator.leave()
     this.#state = 'left'
+    await Promise.allSettled([this.#options.transport.close(), this.#options.coordinator.close()])
   }
 
   async #stop (): Promise<void> {
@@ -229,7 +230,7 @@ export class ClusterManager {
 
   /** Stops taking part: the lease is no longer renewed (others see this node expire unless it left). */
   async close (): Promise<void> {
-    if (this.#state === 'closed') return
+    if (this.#state === 'closed' || this.#state === 'left') return
     const wasRunning = this.#state === 'running'
     this.#state = 'closed'
     if (wasRunning) await this.#stop()
