@@ -311,17 +311,26 @@ export function buildCli (): Command {
   })
 
   const cluster = program.command('cluster').description('cluster membership')
+  interface Member { id: string, address: string, zone: string, healthy: boolean, leader: boolean, volumes?: number }
+  interface Status { clustering: boolean, nodeId: string, leader?: string, leaderEpoch?: number, members: Member[] }
+  const memberTable = (members: Member[]): string => columns(['NODE', 'ADDRESS', 'ZONE', 'HEALTHY', 'LEADER', 'VOLUMES'], members.map((n) => [n.id, n.address, n.zone, n.healthy ? 'yes' : 'NO', n.leader ? 'yes' : '', n.volumes === undefined ? '-' : String(n.volumes)]))
   cluster.command('status').description('nodes, health and leader').action(async () => {
-    const status = await call(globals(), 'GET', '/v1/cluster') as { nodes: Array<{ id: string, address: string, healthy: boolean, leader: boolean, volumes: number }> }
-    print(globals(), status, () => columns(['NODE', 'ADDRESS', 'HEALTHY', 'LEADER', 'VOLUMES'], status.nodes.map((n) => [n.id, n.address, String(n.healthy), String(n.leader), String(n.volumes)])))
+    const status = await call(globals(), 'GET', '/v1/cluster') as Status
+    print(globals(), status, () => `${status.clustering ? `cluster seen from node ${status.nodeId}; leader ${status.leader ?? '(none yet)'}${status.leaderEpoch === undefined ? '' : ` (epoch ${status.leaderEpoch})`}` : 'a single node, not in a cluster'}\n${memberTable(status.members)}`)
   })
-  cluster.command('peers').description('other nodes').action(async () => {
-    const status = await call(globals(), 'GET', '/v1/cluster') as { nodes: Array<{ id: string, address: string }> }
-    const peers = status.nodes.filter((n) => n.id !== 'local')
-    print(globals(), peers, () => peers.length === 0 ? 'no peers: this daemon runs as a single node\n' : columns(['NODE', 'ADDRESS'], peers.map((n) => [n.id, n.address])))
+  cluster.command('peers').description('the other nodes').action(async () => {
+    const status = await call(globals(), 'GET', '/v1/cluster') as Status
+    const peers = status.members.filter((n) => n.id !== status.nodeId)
+    print(globals(), peers, () => peers.length === 0 ? (status.clustering ? 'no peers: this node is alone in its cluster\n' : 'no peers: this daemon runs as a single node\n') : memberTable(peers))
   })
-  cluster.command('join').argument('<address>').description('join a cluster').action(async (address: string) => { await call(globals(), 'POST', '/v1/cluster/join', { address }) })
-  cluster.command('leave').option('-f, --force').description('leave the cluster').action(async () => { await call(globals(), 'POST', '/v1/cluster/leave') })
+  cluster.command('join').argument('<address>', 'bind address (host:port) of a node of the cluster').description('join the cluster of the node at <address> (needs the cluster secret)').action(async (address: string) => {
+    const status = await call(globals(), 'POST', '/v1/cluster/join', { address }) as Status
+    print(globals(), status, () => `joined the cluster as node ${status.nodeId}: ${status.members.length} member(s), leader ${status.leader ?? '(none yet)'}\n`)
+  })
+  cluster.command('leave').option('-f, --force', 'also when this node holds the only copy of volumes (they stay here, out of the cluster)').description('leave the cluster').action(async (options: { force?: boolean }) => {
+    const status = await call(globals(), 'POST', '/v1/cluster/leave', { force: options.force === true }) as Status
+    print(globals(), status, () => 'left the cluster; this daemon is a single node now\n')
+  })
 
   const daemon = program.command('daemon').description('the running daemon')
   daemon.command('status').description('show the daemon\'s state')

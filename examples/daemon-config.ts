@@ -35,6 +35,18 @@ export interface DaemonConfig {
   passphraseFile: string | undefined
   /** Allow kms_url to be plain http to another host. */
   kmsInsecure: boolean
+  /** This node's id in the cluster (default: the host name and the bind port). */
+  nodeId: string | undefined
+  /** This node's failure domain. */
+  zone: string
+  /** This node's labels, for placement. */
+  labels: Record<string, string>
+  /** etcd client URLs: the cluster's coordinator. */
+  etcdEndpoints: string[]
+  /** Key prefix of this cluster in etcd. */
+  etcdPrefix: string
+  /** A file holding the cluster's shared secret (else GALLEONFS_CLUSTER_SECRET). */
+  clusterSecretFile: string | undefined
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -57,7 +69,13 @@ export const DEFAULTS: DaemonConfig = {
   kmsUrl: undefined,
   kmsTokenFile: undefined,
   passphraseFile: undefined,
-  kmsInsecure: false
+  kmsInsecure: false,
+  nodeId: undefined,
+  zone: 'default',
+  labels: {},
+  etcdEndpoints: [],
+  etcdPrefix: '/galleonfs/',
+  clusterSecretFile: undefined
 }
 
 /** A configuration problem: the daemon does not start, and says why. */
@@ -76,7 +94,7 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' }
@@ -141,6 +159,34 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         if (value !== 'internal' && value !== 'passphrase' && value !== 'command' && value !== 'http') throw new ConfigError(`${where}: key provider must be internal, passphrase, command or http, got ${JSON.stringify(value)}`)
         out.keyProvider = value
         break
+      case 'nodeId':
+        if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) throw new ConfigError(`${where}: node id must be 1 to 63 letters, digits, '.', '_' or '-', got ${JSON.stringify(value)}`)
+        out.nodeId = value
+        break
+      case 'zone':
+      case 'etcdPrefix':
+      case 'clusterSecretFile':
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
+        out[key as 'zone'] = value
+        break
+      case 'labels': {
+        const parsed = typeof value === 'string'
+          ? Object.fromEntries(value.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {
+            const at = pair.indexOf('=')
+            if (at <= 0) throw new ConfigError(`${where}: labels are key=value pairs, got ${JSON.stringify(pair)}`)
+            return [pair.slice(0, at), pair.slice(at + 1)]
+          }))
+          : value
+        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) || !Object.values(parsed).every((v) => typeof v === 'string')) throw new ConfigError(`${where}: labels must be a table of strings such as { disk = "ssd" }, got ${JSON.stringify(value)}`)
+        out.labels = parsed as Record<string, string>
+        break
+      }
+      case 'etcdEndpoints': {
+        const list = typeof value === 'string' ? value.split(',').map((v) => v.trim()).filter((v) => v.length > 0) : value
+        if (!Array.isArray(list) || list.length === 0 || !list.every((v) => typeof v === 'string' && /^https?:\/\/[^/]+/.test(v))) throw new ConfigError(`${where}: etcd endpoints must be a list of URLs such as http://127.0.0.1:2379, got ${JSON.stringify(value)}`)
+        out.etcdEndpoints = list as string[]
+        break
+      }
       case 'kmsInsecure':
         if (typeof value !== 'boolean') throw new ConfigError(`${where}: kms_insecure must be true or false, got ${JSON.stringify(value)}`)
         out.kmsInsecure = value

@@ -9,10 +9,13 @@ import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { constants as fsConstants } from 'node:fs'
 import { access, chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { hostname, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, type KeyProvider, type ProgressListener } from '../src/index.js'
+import { commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, type KeyProvider, type ProgressListener, GalleonError } from '../src/index.js'
+import type { ClusterOptions } from '../src/cluster/manager.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { TcpTransport } from '../backends/tcp/index.js'
+import { EtcdCoordinator } from '../backends/etcd/index.js'
 import { ConfigError, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
 /** Largest request body accepted. */
@@ -33,6 +36,7 @@ interface RouteContext {
   progress?: ProgressListener
   /** Aborted when the client goes away before the answer is complete. */
   signal: AbortSignal
+  cluster: { join: (address: string) => Promise<unknown>, leave: (force: boolean) => Promise<unknown> }
 }
 
 /** Structured logs (one JSON object per line on stderr). */
@@ -172,6 +176,82 @@ async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyPro
   }
 }
 
+/** Where a clustered daemon finds its coordinator; kept in the storage path so a restart joins again. */
+interface ClusterSettings { etcdEndpoints: string[], etcdPrefix: string }
+
+const CLUSTER_FILE = 'daemon-cluster.json'
+
+async function readSavedCluster (storagePath: string): Promise<ClusterSettings | undefined> {
+  try {
+    const saved = JSON.parse(await readFile(join(storagePath, CLUSTER_FILE), 'utf8')) as ClusterSettings
+    return Array.isArray(saved.etcdEndpoints) && saved.etcdEndpoints.length > 0 && typeof saved.etcdPrefix === 'string' ? saved : undefined
+  } catch {
+    return undefined
+  }
+}
+
+async function writeSavedCluster (storagePath: string, settings: ClusterSettings | undefined): Promise<void> {
+  if (settings === undefined) { await rm(join(storagePath, CLUSTER_FILE), { force: true }); return }
+  const { writeFileAtomically } = await import('../src/durable-files.js')
+  await writeFileAtomically(join(storagePath, CLUSTER_FILE), new TextEncoder().encode(JSON.stringify(settings, null, 2) + '\n'))
+}
+
+/** The cluster's shared secret: the file named in [cluster] secret_file, else GALLEONFS_CLUSTER_SECRET. */
+async function clusterSecret (config: DaemonConfig): Promise<string | undefined> {
+  if (config.clusterSecretFile !== undefined) return await readSecret(config.clusterSecretFile, 'cluster secret file')
+  const fromEnv = process.env.GALLEONFS_CLUSTER_SECRET
+  return fromEnv === undefined || fromEnv === '' ? undefined : fromEnv
+}
+
+const NO_SECRET = 'clustering needs the cluster\'s shared secret: put it in a file named by secret_file in [cluster] (mode 0600), or in GALLEONFS_CLUSTER_SECRET'
+
+function nodeIdOf (config: DaemonConfig): string {
+  if (config.nodeId !== undefined) return config.nodeId
+  const port = parseAddress(config.bindAddress, 'bind address').port
+  return `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 50) || 'node'}-${port}`
+}
+
+/** This node's cluster drivers: TCP on the bind address, etcd as coordinator. */
+async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, secret: string): Promise<ClusterOptions> {
+  const bind = parseAddress(config.bindAddress, 'bind address')
+  const nodeId = nodeIdOf(config)
+  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port })
+  try {
+    const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix })
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels }
+  } catch (err) {
+    await transport.close().catch(() => {})
+    throw err
+  }
+}
+
+/** Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers). */
+async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[]): Promise<ClusterSettings> {
+  const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret })
+  const failures: string[] = []
+  try {
+    for (const address of addresses) {
+      try {
+        const reply = await probe.request(address, { kind: 'cluster-info', header: {} }, { timeoutMs: 5000 })
+        const settings = reply.header as unknown as ClusterSettings
+        if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
+        failures.push(`${address}: no coordinator in its answer`)
+      } catch (err) {
+        const code = (err as { code?: string }).code
+        failures.push(`${address}: ${code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message}`)
+      }
+    }
+  } finally {
+    await probe.close().catch(() => {})
+  }
+  throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is (${failures.join('; ')}); the first node of a cluster is started with --etcd-endpoints (clustering needs etcd), the others join it by its bind address`)
+}
+
+/** A clustered daemon tells joining nodes (who know the secret) where the coordinator is. */
+function answerClusterInfo (g: GalleonFS, settings: ClusterSettings): void {
+  g.cluster?.handle('cluster-info', async () => ({ kind: 'cluster-info', header: { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix } }))
+}
+
 /**
  * Starts the daemon: opens the storage, writes the token, listens. `loadConfig` reads the
  * configuration again for a reload (the file and the flags it started with).
@@ -181,7 +261,50 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const config: DaemonConfig = { ...initial }
   log.setLevel(config.logLevel)
   const ipc = parseAddress(config.ipcAddress, 'ipc address')
-  const g = await GalleonFS.open({ storagePath: config.storagePath, blockSize: config.blockSize, ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }), ...await keyOptions(config) })
+  // Clustered when etcd is named, when peers are (they say where etcd is), or when an earlier
+  // `cluster join` left its settings in the storage path.
+  const secret = await clusterSecret(config)
+  let cluster: ClusterSettings | undefined
+  if (config.etcdEndpoints.length > 0) cluster = { etcdEndpoints: config.etcdEndpoints, etcdPrefix: config.etcdPrefix }
+  else if (config.peerAddresses.length > 0) {
+    if (secret === undefined) throw new ConfigError(`--peer-addresses: ${NO_SECRET}`)
+    cluster = await discoverCluster(config, secret, config.peerAddresses)
+  } else cluster = await readSavedCluster(config.storagePath)
+  if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
+  const g = await GalleonFS.open({
+    storagePath: config.storagePath,
+    blockSize: config.blockSize,
+    ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }),
+    ...await keyOptions(config),
+    ...(cluster === undefined ? {} : { cluster: await clusterOptions(config, cluster, secret as string) })
+  })
+  let clusterSettings = cluster
+  if (clusterSettings !== undefined) {
+    answerClusterInfo(g, clusterSettings)
+    await writeSavedCluster(config.storagePath, clusterSettings)
+    log('info', 'joined the cluster', { nodeId: g.cluster?.nodeId, bindAddress: g.cluster?.address, etcd: clusterSettings.etcdEndpoints })
+  }
+  const clusterControl = {
+    join: async (address: string): Promise<unknown> => {
+      if (g.cluster !== undefined) throw new GalleonError('BUSY', `this daemon is in a cluster already, as node ${g.cluster.nodeId}; leave it first`)
+      const joinSecret = await clusterSecret(config)
+      if (joinSecret === undefined) throw new HttpError(409, 'NO_CLUSTER_SECRET', NO_SECRET)
+      const found = await discoverCluster(config, joinSecret, [address])
+      const status = await g.joinCluster(await clusterOptions(config, found, joinSecret))
+      clusterSettings = found
+      answerClusterInfo(g, found)
+      await writeSavedCluster(config.storagePath, found)
+      log('info', 'joined the cluster', { nodeId: (status as { nodeId?: string }).nodeId, through: address })
+      return status
+    },
+    leave: async (force: boolean): Promise<unknown> => {
+      await g.leaveCluster({ force })
+      clusterSettings = undefined
+      await writeSavedCluster(config.storagePath, undefined)
+      log('info', 'left the cluster')
+      return await g.clusterStatus()
+    }
+  }
   const startedAt = Date.now()
   let server: Server | undefined
   let nbd: NbdServer | undefined
@@ -269,7 +392,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = new URL(request.url ?? '/', 'http://daemon')
         const body = await readBody(request)
-        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal }
+        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl }
         if ((request.headers.accept ?? '').includes(NDJSON)) {
           // Progress lines while the operation runs, then one line with its result or error.
           streaming = true
@@ -450,13 +573,21 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
     case 'GET /v1/cluster': {
-      // One node, this one: healthy and the leader, until clustering (a later release).
-      const volumes = await g.listVolumes()
-      return { nodes: [{ id: 'local', address: config.bindAddress, healthy: true, leader: true, volumes: volumes.length }], leader: 'local', clustering: false }
+      const status = await g.clusterStatus()
+      const volumes = (await g.listVolumes()).length
+      // Volumes are counted where they live: this node knows its own.
+      return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address, ...(m.id === status.nodeId ? { volumes } : {}) })) }
     }
     case 'POST /v1/cluster/:':
-      if (ref !== 'join' && ref !== 'leave') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
-      throw new HttpError(501, 'NOT_IMPLEMENTED', 'clustering is not in this release: this daemon runs as a single node, so it cannot join or leave a cluster')
+      if (ref === 'leave') return await daemon.cluster.leave(options.force === true)
+      if (ref !== 'join') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
+      if (typeof options.address !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'cluster join needs { address }: the bind address (host:port) of a node of the cluster')
+      try {
+        parseAddress(options.address, 'the address of a cluster node')
+      } catch (err) {
+        throw new HttpError(400, 'INVALID_ARGUMENT', (err as Error).message)
+      }
+      return await daemon.cluster.join(options.address)
     default:
       throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
   }

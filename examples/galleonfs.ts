@@ -22,6 +22,11 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--nbd-address <host:port>', 'serve NBD exports here')
     .option('--log-level <level>', 'error, warn, info, debug or trace (default: GALLEONFS_LOG or RUST_LOG, else info)')
     .option('--key-provider <provider>', 'internal, passphrase, command or http (KMS settings go in [security] of the config file)')
+    .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs: start or join the cluster they coordinate')
+    .option('--node-id <id>', 'this node\'s id in the cluster (default: host name and bind port)')
+    .option('--zone <zone>', 'this node\'s failure domain (default "default")')
+    .option('--labels <pairs>', 'this node\'s labels, comma-separated key=value')
+    .option('--cluster-secret-file <file>', 'the cluster\'s shared secret (mode 0600; else GALLEONFS_CLUSTER_SECRET)')
     .exitOverride()
   const log = createLogger()
   try {
@@ -35,10 +40,9 @@ async function daemonMain (argv: string[]): Promise<number> {
       return merge(file.settings, check(rest, 'command line'))
     }
     const config = await loadConfig()
-    if (config.peerAddresses.length > 0) log('warn', 'peer addresses are given but clustering is not in this release: running as a single node', { peers: config.peerAddresses })
-    // Settings of clustering and replication, which this release does not have: said, not silently dropped.
-    for (const key of ['bindAddress', 'replicationStrategy', 'persistenceLevel'] as const) {
-      if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (single node, no replication)`, { [key]: config[key] })
+    // Settings of replication, which this release does not have yet: said, not silently dropped.
+    for (const key of ['replicationStrategy', 'persistenceLevel'] as const) {
+      if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (volumes are not replicated yet)`, { [key]: config[key] })
     }
     // SIGHUP would end a process that has no handler: one is there from the start, and a reload
     // asked for while the daemon is starting runs once it has started.
@@ -111,6 +115,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

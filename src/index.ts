@@ -35,3 +35,5 @@ export { VERBS, parseAccessPolicy, type Principal, type AccessPolicy, type Acces
 export type { AuditEntry, AuditQuery, AuditVerification } from './access/audit-log.js'
 export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from './mount/mount-manager.js'
 export { VolumeFile } from './mount/volume-file.js'
+export { ClusterManager, CLUSTER_ELECTION, type ClusterOptions, type ClusterStatus, type ClusterEvents } from './cluster/manager.js'
+export { placeVolume, PLACEMENT_STRATEGIES, type Placement, type PlacementRequest, type PlacementStrategy } from './cluster/placement.js'

@@ -274,13 +274,17 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
       const broken = await cli(daemon.address, ['storage-class', 'create', join(root, 'broken.json')])
       assert.equal(broken.code, 1)
       assert.match(broken.stderr, /is not valid JSON/)
-      // One node: healthy and the leader; joining is refused until clustering exists.
+      // One node: healthy and the leader; joining needs the cluster secret, leaving a cluster.
       const status = JSON.parse(await ok(['--json', 'cluster', 'status']))
-      assert.deepEqual(status.nodes.map((n: { healthy: boolean, leader: boolean }) => [n.healthy, n.leader]), [[true, true]])
+      assert.equal(status.clustering, false)
+      assert.deepEqual(status.members.map((n: { healthy: boolean, leader: boolean }) => [n.healthy, n.leader]), [[true, true]])
       assert.match(await ok(['cluster', 'peers']), /single node/)
       const join6 = await cli(daemon.address, ['cluster', 'join', '10.0.0.1:8081'])
       assert.equal(join6.code, 1)
-      assert.match(join6.stderr, /NOT_IMPLEMENTED: clustering is not in this release/)
+      assert.match(join6.stderr, /NO_CLUSTER_SECRET: clustering needs the cluster's shared secret/)
+      const leave6 = await cli(daemon.address, ['cluster', 'leave'])
+      assert.equal(leave6.code, 1)
+      assert.match(leave6.stderr, /INVALID_ARGUMENT: this instance is not in a cluster/)
       // Mounts through FUSE where the machine has it (the daemon was given --mount-point).
       const mounted = await cli(daemon.address, ['--json', 'volume', 'mount', 'app-restored', '--options', 'ro'])
       if (existsSync('/dev/fuse')) {

@@ -1,0 +1,189 @@
+// A cluster of real daemon processes on 127.0.0.1 coordinated by a real etcd: the first node names
+// etcd, the second joins through the first's bind address (--peer-addresses), a third joins at run
+// time (`cluster join`) and keeps its membership across a restart; a node killed with SIGKILL turns
+// unhealthy and the leadership moves; a wrong secret is refused; a node leaves.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createRequire } from 'node:module'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
+const SKIP = etcdSkipReason()
+
+let root: string
+let etcd: EtcdServer | undefined
+const children = new Set<ChildProcess>()
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), 'galleon-cluster-'))
+  if (SKIP === undefined) etcd = await startEtcd()
+})
+after(async () => {
+  for (const child of children) child.kill('SIGKILL')
+  await etcd?.stop()
+  await rm(root, { recursive: true, force: true })
+})
+
+async function freePort (): Promise<number> {
+  return await new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const port = (probe.address() as { port: number }).port
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
+interface Daemon { child: ChildProcess, address: string, bind: string, logs: string[], exited: Promise<number | null> }
+
+async function daemon (name: string, args: string[], secret = 'the-cluster-secret', bindPort?: number): Promise<Daemon> {
+  const bind = `127.0.0.1:${bindPort ?? await freePort()}`
+  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, name), '--ipc-address', '127.0.0.1:0', '--bind-address', bind, '--node-id', name, ...args], {
+    cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret }
+  })
+  children.add(child)
+  const logs: string[] = []
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
+  const address = await new Promise<string>((resolve, reject) => {
+    let pending = ''
+    child.stderr?.on('data', (chunk: Buffer) => {
+      pending += chunk.toString()
+      let newline: number
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, newline)
+        pending = pending.slice(newline + 1)
+        logs.push(line)
+        try {
+          const entry = JSON.parse(line) as { message?: string, ipcAddress?: string }
+          if (entry.message === 'ready' && entry.ipcAddress !== undefined) resolve(entry.ipcAddress)
+        } catch {}
+      }
+    })
+    void exited.then((code) => reject(new Error(`daemon ${name} exited with ${code}: ${logs.join(' | ')}`)))
+  })
+  return { child, address, bind, logs, exited }
+}
+
+async function cli (address: string, args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise((resolve) => {
+    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: root }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
+    })
+  })
+}
+
+interface Status { clustering: boolean, nodeId: string, leader?: string, leaderEpoch?: number, members: Array<{ id: string, healthy: boolean, leader: boolean, address: string }> }
+
+async function status (d: Daemon): Promise<Status> {
+  const result = await cli(d.address, ['--json', 'cluster', 'status'])
+  assert.equal(result.code, 0, result.stderr)
+  return JSON.parse(result.stdout) as Status
+}
+
+async function until (what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+}
+
+describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
+  it('forms, grows at run time, survives a restart and a SIGKILL, refuses a wrong secret, and lets a node leave', async () => {
+    const endpoint = (etcd as EtcdServer).endpoint
+    const a = await daemon('node-a', ['--etcd-endpoints', endpoint, '--zone', 'zone-a', '--labels', 'disk=ssd'])
+    // etcd's address is kept in the storage path: the other nodes learn it from node-a.
+    const b = await daemon('node-b', ['--peer-addresses', a.bind, '--zone', 'zone-b'])
+    try {
+      await until('both nodes see two healthy members and a leader', async () => {
+        const [sa, sb] = [await status(a), await status(b)]
+        return [sa, sb].every((s) => s.members.length === 2 && s.members.every((m) => m.healthy) && s.leader !== undefined)
+      })
+      const sa = await status(a)
+      assert.equal(sa.clustering, true)
+      assert.deepEqual(sa.members.map((m) => m.id), ['node-a', 'node-b'])
+      assert.equal(sa.members.find((m) => m.id === 'node-b')?.address, b.bind)
+      assert.match((await cli(a.address, ['cluster', 'status'])).stdout, /node-a\s+127\.0\.0\.1:\d+\s+zone-a\s+yes/)
+      assert.deepEqual(JSON.parse((await cli(a.address, ['--json', 'cluster', 'peers'])).stdout).map((m: { id: string }) => m.id), ['node-b'])
+
+      // A third node, alone at first, joins at run time; after a restart it is still a member.
+      const cPort = await freePort()
+      let c = await daemon('node-c', [], 'the-cluster-secret', cPort)
+      assert.equal((await status(c)).clustering, false)
+      const joined = await cli(c.address, ['cluster', 'join', b.bind])
+      assert.equal(joined.code, 0, joined.stderr)
+      assert.match(joined.stdout, /joined the cluster as node node-c: 3 member\(s\)/)
+      c.child.kill('SIGTERM')
+      assert.equal(await c.exited, 0)
+      c = await daemon('node-c', [], 'the-cluster-secret', cPort)
+      await until('node-c is back in the cluster', async () => (await status(c)).members.filter((m) => m.healthy).length === 3)
+
+      // A node with another secret cannot join.
+      const stranger = await daemon('stranger', [], 'not-the-secret')
+      const refused = await cli(stranger.address, ['cluster', 'join', a.bind])
+      assert.equal(refused.code, 1)
+      assert.match(refused.stderr, /secret/i)
+      stranger.child.kill('SIGTERM')
+      await stranger.exited
+
+      // The leader dies: it turns unhealthy and another node leads, with a greater epoch.
+      const before = await status(a)
+      const byName = new Map<string, Daemon>([['node-a', a], ['node-b', b], ['node-c', c]])
+      const leader = byName.get(before.leader as string) as Daemon
+      const survivors = [...byName.values()].filter((d) => d !== leader)
+      leader.child.kill('SIGKILL')
+      await leader.exited
+      const watcher = survivors[0] as Daemon
+      await until('the dead leader is unhealthy and another node leads', async () => {
+        const s = await status(watcher)
+        return s.members.find((m) => m.id === before.leader)?.healthy !== true && s.leader !== undefined && s.leader !== before.leader
+      })
+      const afterKill = await status(watcher)
+      assert.ok((afterKill.leaderEpoch as number) > (before.leaderEpoch as number))
+
+      // A survivor leaves (it holds no volume); the other sees it go.
+      const leaving = survivors[1] as Daemon
+      const left = await cli(leaving.address, ['cluster', 'leave'])
+      assert.equal(left.code, 0, left.stderr)
+      assert.equal((await status(leaving)).clustering, false)
+      const leaverName = [...byName].find(([, d]) => d === leaving)?.[0]
+      await until('the leaver is gone', async () => !(await status(watcher)).members.some((m) => m.id === leaverName))
+      for (const d of survivors) {
+        d.child.kill('SIGTERM')
+        assert.equal(await d.exited, 0)
+      }
+    } finally {
+      for (const child of children) child.kill('SIGKILL')
+    }
+  })
+
+  it('refuses clustering without a secret, and peers that are not in a cluster, with clear errors', async () => {
+    const noSecret = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, 'lonely'), '--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', (etcd as EtcdServer).endpoint], {
+      cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: '' }
+    })
+    let log = ''
+    noSecret.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
+    assert.equal(await new Promise((resolve) => noSecret.once('exit', resolve)), 2, log)
+    assert.match(log, /clustering needs the cluster's shared secret/)
+    // A single daemon's bind address answers nothing: it is not in a cluster.
+    const single = await daemon('single', [])
+    try {
+      const other = await daemon('other', [])
+      const joined = await cli(other.address, ['cluster', 'join', single.bind])
+      assert.equal(joined.code, 1)
+      assert.match(joined.stderr, /no peer told where the cluster's coordinator is.*clustering needs etcd/)
+      other.child.kill('SIGTERM')
+      await other.exited
+    } finally {
+      single.child.kill('SIGTERM')
+      await single.exited
+    }
+  })
+})
