@@ -10,13 +10,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createRequire } from 'node:module'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
 const SKIP = etcdSkipReason()
 
 let root: string
@@ -41,34 +37,21 @@ async function freePort (): Promise<number> {
   })
 }
 
-interface Daemon { child: ChildProcess, address: string, bind: string, logs: string[], exited: Promise<number | null> }
+interface Daemon extends RunningDaemon { bind: string }
 
 async function daemon (name: string, args: string[], secret = 'the-cluster-secret', bindPort?: number): Promise<Daemon> {
   const bind = `127.0.0.1:${bindPort ?? await freePort()}`
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, name), '--ipc-address', '127.0.0.1:0', '--bind-address', bind, '--node-id', name, ...args], {
-    cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret }
-  })
-  children.add(child)
-  const logs: string[] = []
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
-  const address = await new Promise<string>((resolve, reject) => {
-    let pending = ''
-    child.stderr?.on('data', (chunk: Buffer) => {
-      pending += chunk.toString()
-      let newline: number
-      while ((newline = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, newline)
-        pending = pending.slice(newline + 1)
-        logs.push(line)
-        try {
-          const entry = JSON.parse(line) as { message?: string, ipcAddress?: string }
-          if (entry.message === 'ready' && entry.ipcAddress !== undefined) resolve(entry.ipcAddress)
-        } catch {}
-      }
-    })
-    void exited.then((code) => reject(new Error(`daemon ${name} exited with ${code}: ${logs.join(' | ')}`)))
-  })
-  return { child, address, bind, logs, exited }
+  let spawned: ChildProcess | undefined
+  const running = await startDaemonProcess(['--storage-path', join(root, name), '--ipc-address', '127.0.0.1:0', '--bind-address', bind, '--node-id', name, ...args], {
+    cwd: root,
+    env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret },
+    onSpawn: (child) => {
+      spawned = child
+      children.add(child)
+      child.once('exit', () => children.delete(child))
+    }
+  }).catch((err: Error) => { if (spawned !== undefined) children.delete(spawned); throw err })
+  return { ...running, bind }
 }
 
 async function cli (address: string, args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {

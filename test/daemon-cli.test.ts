@@ -9,44 +9,19 @@ import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createRequire } from 'node:module'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { ENTRY, ROOT, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
-const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
-// Absolute, so that the loader is found from a working directory without node_modules.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
 const KMS_COMMAND = join(ROOT, 'test', 'fixtures', 'kms-command.mjs')
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-daemon-')) })
 after(async () => { await rm(root, { recursive: true, force: true }) })
 
-interface Running { child: ChildProcess, address: string, logs: string[], exited: Promise<number | null> }
+type Running = RunningDaemon
 
-/** Starts `galleonfs -d` and resolves once it logged "ready" (or rejects with what it logged). */
+/** Starts `galleonfs -d` on a free loopback IPC port and resolves once it is ready. */
 async function startDaemon (args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Running> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env })
-  const logs: string[] = []
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
-  const address = await new Promise<string>((resolve, reject) => {
-    let pending = ''
-    child.stderr?.on('data', (chunk: Buffer) => {
-      pending += chunk.toString()
-      let newline: number
-      while ((newline = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, newline)
-        pending = pending.slice(newline + 1)
-        logs.push(line)
-        try {
-          const entry = JSON.parse(line) as { message?: string, ipcAddress?: string }
-          if (entry.message === 'ready' && entry.ipcAddress !== undefined) resolve(entry.ipcAddress)
-        } catch {}
-      }
-    })
-    void exited.then((code) => reject(new Error(`the daemon exited with ${code}: ${logs.join(' | ')}`)))
-  })
-  return { child, address, logs, exited }
+  return await startDaemonProcess(['--ipc-address', '127.0.0.1:0', ...args], { cwd: root, env })
 }
 
 /** Runs the CLI against the daemon at `address`; resolves to its exit code and output. */

@@ -1,6 +1,7 @@
 // In-process transport for tests: a MemoryNetwork connects MemoryTransports (one per node, addressed
 // by node id) and injects faults (drop, delay, partition, reorder, kill), deterministically per seed.
 
+import { seededRandom } from '../../src/seeded-random.js'
 import { AbstractTransport, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type HandlerOutcome } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
@@ -82,7 +83,7 @@ export class MemoryNetwork {
   constructor (options: MemoryNetworkOptions = {}) {
     const seed = options.seed ?? 1
     if (typeof seed !== 'number' || !Number.isInteger(seed)) throw new GalleonError('INVALID_ARGUMENT', `seed must be an integer, got ${describe(seed)}`)
-    this.#random = mulberry32(seed)
+    this.#random = seededRandom(seed)
   }
 
   /** A transport for `nodeId` on this network. */
@@ -345,14 +346,3 @@ function unavailable (reason: string): GalleonError {
   return new GalleonError('BACKEND_UNAVAILABLE', reason)
 }
 
-/** mulberry32: a small, fast, seeded PRNG in [0, 1). */
-function mulberry32 (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}

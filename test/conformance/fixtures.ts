@@ -18,16 +18,7 @@ export function del (address: BlockAddress): BlockOp {
 }
 
 /** A small seeded PRNG (mulberry32) returning numbers in [0, 1). */
-export function seededRandom (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { seededRandom } from '../../src/seeded-random.js'
 
 /** Deterministic pseudo-random bytes (xorshift32), different for each (size, seed). */
 export function bytesOf (size: number, seed: number): Uint8Array {

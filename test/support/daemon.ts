@@ -1,0 +1,48 @@
+// Starts `galleonfs -d` (examples/galleonfs.ts under tsx) as a child process for tests, and waits
+// until it logs "ready" with its IPC address.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+export const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
+/** Absolute, so that the loader is found from a working directory without node_modules. */
+export const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
+
+/** A daemon started by {@link startDaemonProcess}. */
+export interface RunningDaemon {
+  readonly child: ChildProcess
+  /** Its IPC address (host:port), from its "ready" log line. */
+  readonly address: string
+  /** Its log lines (JSON), as they come. */
+  readonly logs: string[]
+  readonly exited: Promise<number | null>
+}
+
+/** Runs `galleonfs -d ...args` in `cwd`; rejects with its log when it exits before it is ready. */
+export async function startDaemonProcess (args: string[], options: { cwd: string, env?: NodeJS.ProcessEnv, onSpawn?: (child: ChildProcess) => void }): Promise<RunningDaemon> {
+  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', ...args], { cwd: options.cwd, stdio: ['ignore', 'ignore', 'pipe'], env: options.env ?? process.env })
+  options.onSpawn?.(child)
+  const logs: string[] = []
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  const address = await new Promise<string>((resolve, reject) => {
+    let pending = ''
+    child.stderr?.on('data', (chunk: Buffer) => {
+      pending += chunk.toString()
+      let newline: number
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, newline)
+        pending = pending.slice(newline + 1)
+        logs.push(line)
+        try {
+          const entry = JSON.parse(line) as { message?: string, ipcAddress?: string }
+          if (entry.message === 'ready' && entry.ipcAddress !== undefined) resolve(entry.ipcAddress)
+        } catch {}
+      }
+    })
+    void exited.then((code) => reject(new Error(`the daemon exited with ${code}: ${logs.join(' | ')}`)))
+  })
+  return { child, address, logs, exited }
+}
