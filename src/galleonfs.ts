@@ -672,7 +672,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('writeBlock', 'volume:write', vol)
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
-    const volume = this.#ioVolume(record)
+    const volume = this.#ioVolumeOf(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
     try {
@@ -691,7 +691,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { record, snapshot } = this.#readSource(source)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
-      return await this.#engine.readBlock(this.#ioVolume(record), blockIndex, viewOf(snapshot))
+      return await this.#engine.readBlock(this.#ioVolumeOf(record), blockIndex, viewOf(snapshot))
     } catch (err) {
       throw this.#ioFailed(record, 'read', err)
     } finally {
@@ -705,7 +705,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('write', 'volume:write', vol)
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
-    const volume = this.#ioVolume(record)
+    const volume = this.#ioVolumeOf(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
     try {
@@ -721,7 +721,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { record, snapshot } = this.#readSource(source)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
-      return await this.#engine.read(this.#ioVolume(record), offset, length, viewOf(snapshot))
+      return await this.#engine.read(this.#ioVolumeOf(record), offset, length, viewOf(snapshot))
     } catch (err) {
       throw this.#ioFailed(record, 'read', err)
     } finally {
@@ -749,7 +749,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
     try {
-      await this.#engine.trim(this.#ioVolume(record), offset, length, WriteConcern.WriteAcknowledged)
+      await this.#engine.trim(this.#ioVolumeOf(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) { throw this.#ioFailed(record, 'trim', err) }
   }
 
@@ -919,7 +919,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   async #restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
-    this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    const target = this.#catalog.resolve(vol)
+    this.#catalog.resolveSnapshot(target, snapshot)
+    // Writes in flight when the call is made are refused now, however quickly they complete
+    // while the call waits for its turn; those that start meanwhile are checked again below.
+    this.#refuseRevertWhileWriting(target, this.#engine.volume(target.storageId))
     return await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
@@ -927,9 +931,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const writer = mountControl(this.#mounts).mountsOf(record.id).find((m) => !m.readOnly)
       if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
       const volume = this.#volumeBlocks(record)
-      if (volume.tickets.size > 0 || volume.locks.size > 0) {
-        throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
-      }
+      this.#refuseRevertWhileWriting(record, volume)
       await this.#catalog.updateVolume(record.id, { revertTo: found.id })
       this.#reverting.add(record.id)
       let reverted: number
@@ -1127,6 +1129,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     })
     this.#adminQueue = run
     return await run
+  }
+
+  #refuseRevertWhileWriting (record: VolumeRecord, volume: VolumeBlocks | undefined): void {
+    if (volume !== undefined && (volume.tickets.size > 0 || volume.locks.size > 0)) {
+      throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
+    }
   }
 
   /** A read's target: a volume's live contents, or one of its snapshots. */
@@ -1636,7 +1644,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   #ioVolume (vol: VolumeRef | VolumeRecord): VolumeBlocks {
-    const record = this.#catalog.resolve(vol)
+    return this.#ioVolumeOf(this.#catalog.resolve(vol))
+  }
+
+  /** `#ioVolume` of a record resolved in the same synchronous stretch (the I/O path resolves once). */
+  #ioVolumeOf (record: VolumeRecord): VolumeBlocks {
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (record.revertTo !== undefined && !this.#reverting.has(record.id)) {
       const snapshot = this.#catalog.snapshotById(record.revertTo)

@@ -674,8 +674,8 @@ export class FileBlockStore extends AbstractBlockStore {
 
   // ---- writes --------------------------------------------------------------------------------------
 
-  protected async _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
-    await this.#enqueue(ops, sync)
+  protected _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
+    return this.#enqueue(ops, sync)
   }
 
   protected async _sync (): Promise<void> {

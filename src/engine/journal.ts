@@ -42,6 +42,9 @@ interface Pending {
  */
 const DEFAULT_MAX_IN_FLIGHT = 4
 
+const SYNC = { sync: true } as const
+const NO_SYNC = { sync: false } as const
+
 /** Sequences and group-commits block-store batches. */
 export class WriteJournal {
   readonly #store: BlockStore
@@ -70,8 +73,8 @@ export class WriteJournal {
    * Appends ops as one atomic entry; resolves with its LSN once applied (and synced when `durable`).
    * Entries are applied in append order.
    */
-  async append (ops: readonly BlockOp[], durable: boolean): Promise<number> {
-    return await new Promise<number>((resolve, reject) => {
+  append (ops: readonly BlockOp[], durable: boolean): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
       const lsn = ++this.#lastLsn
       this.#queue.push({ ops, durable, lsn, resolve, reject })
       if (this.#inFlight < this.#maxInFlight) this.#issue()
@@ -117,14 +120,19 @@ export class WriteJournal {
     if (durable) this.#syncs++
     this.#inFlight++
     const last = (group[group.length - 1] as Pending).lsn
-    void this.#store.batch(ops, { sync: durable }).then(() => {
+    void this.#store.batch(ops, durable ? SYNC : NO_SYNC).then(() => {
       if (last > this.#committedLsn) this.#committedLsn = last
       for (const pending of group) pending.resolve(pending.lsn)
+      this.#issued()
     }, (err: unknown) => {
       for (const pending of group) pending.reject(err)
-    }).finally(() => {
-      this.#inFlight--
-      if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
+      this.#issued()
     })
+  }
+
+  /** One store batch has settled: issue what queued up meanwhile. */
+  #issued (): void {
+    this.#inFlight--
+    if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
   }
 }
