@@ -768,7 +768,8 @@ export class FileBlockStore extends AbstractBlockStore {
     const inflight = this.#inflight
     try {
       for (;;) {
-        while (this.#issued < queue.length && inflight.length < MAX_WRITES_IN_FLIGHT) {
+        // A finished group that waits for writes still in flight before its sync starts no more.
+        while (this.#issued < queue.length && inflight.length < MAX_WRITES_IN_FLIGHT && !this.#holdingForSync()) {
           const first = queue[this.#issued] as PendingBatch
           if (first.segment !== -1 && first.segment !== this.#current.id) {
             // A segment is sealed (and fsynced) only once everything written to it has finished.
@@ -778,7 +779,7 @@ export class FileBlockStore extends AbstractBlockStore {
           inflight.push(this.#startGroup())
         }
         const oldest = inflight[0]
-        if (oldest !== undefined && oldest.done) {
+        if (oldest !== undefined && oldest.done && !this.#holdingForSync()) {
           await this.#acknowledge()
           continue
         }
@@ -799,6 +800,21 @@ export class FileBlockStore extends AbstractBlockStore {
     const waiters = this.#idleWaiters
     this.#idleWaiters = []
     for (const wake of waiters) wake()
+  }
+
+  /**
+   * Whether the finished groups at the head of `#inflight` need a sync while later groups are still
+   * being written: then they wait for those (already issued, so soon done) and one sync covers
+   * them all, rather than a sync now and another for the rest a moment later.
+   */
+  #holdingForSync (): boolean {
+    let sync = false
+    for (const group of this.#inflight) {
+      if (!group.done) return sync
+      if (group.error !== undefined) return false
+      sync ||= group.sync
+    }
+    return false
   }
 
   /** Acknowledges the finished groups at the head of `#inflight`, syncing first if one needs it. */

@@ -52,6 +52,7 @@ export class WriteJournal {
   #queue: Pending[] = []
   #deferred: BlockOp[] = []
   #inFlight = 0
+  #issueScheduled = false
   #lastLsn = 0
   #committedLsn = 0
   #groups = 0
@@ -77,8 +78,20 @@ export class WriteJournal {
     return new Promise<number>((resolve, reject) => {
       const lsn = ++this.#lastLsn
       this.#queue.push({ ops, durable, lsn, resolve, reject })
-      if (this.#inFlight < this.#maxInFlight) this.#issue()
+      if (this.#inFlight < this.#maxInFlight && !this.#issueScheduled) {
+        // Issued from a microtask, so every entry appended by the callers that the same store batch
+        // just woke up (they run in one microtask round) goes to the store as one batch and, when
+        // durable, shares one sync: issuing the first entry at once would leave it a batch (and a
+        // sync) of its own, and the others queued behind it.
+        this.#issueScheduled = true
+        queueMicrotask(this.#issueScheduledEntries)
+      }
     })
+  }
+
+  readonly #issueScheduledEntries = (): void => {
+    this.#issueScheduled = false
+    if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
   }
 
   /**
