@@ -7,7 +7,7 @@ import { mkdir, open, readFile, readdir, unlink, type FileHandle } from 'node:fs
 import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
-import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStoreStats, type BlockStoreSupports } from '../../src/drivers.js'
 import { writeFileAtomically } from '../../src/durable-files.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -186,7 +186,7 @@ export class FileBlockStore extends AbstractBlockStore {
   #dirty = false
 
   /** Batches in call order: `..#queueHead` acknowledged, `..#issued` being written, the rest waiting. */
-  #queue: PendingBatch[] = []
+  #queue: Array<PendingBatch | undefined> = []
   #queueHead = 0
   #issued = 0
   /** Write groups not yet acknowledged, oldest first. */
@@ -840,7 +840,13 @@ export class FileBlockStore extends AbstractBlockStore {
     const finished = inflight.splice(0, count)
     const queue = this.#queue
     const end = (finished[count - 1] as WriteGroup).end
-    for (let i = this.#queueHead; i < end; i++) (queue[i] as PendingBatch).resolve()
+    for (let i = this.#queueHead; i < end; i++) {
+      const batch = queue[i] as PendingBatch
+      // Forget it now, not at the next trim of the queue: kept for thousands of batches, with its
+      // locations and callbacks, it outlives young-generation collections and fills the old one.
+      queue[i] = undefined
+      batch.resolve()
+    }
     this.#queueHead = end
     if (end > 4096 && end * 2 > queue.length) {
       queue.splice(0, end)
@@ -1054,6 +1060,12 @@ export class FileBlockStore extends AbstractBlockStore {
     if (segment.liveBytes > 0 || (hasOlder && segment.tombstoneBytes > 0)) {
       let moves: Move[] = []
       let movedBytes = 0
+      // The payloads to copy forward, gathered in one buffer that is reused once the batch holding
+      // them is acknowledged (written: the index then keeps no view of it). Reading each chunk of
+      // the segment into a new buffer instead allocated the whole segment again, and that much
+      // external memory set off a full garbage collection every 64 MiB or so.
+      const arena = Buffer.allocUnsafeSlow(COMPACTION_BATCH_BYTES + MAX_BLOCK_VALUE_BYTES)
+      let arenaUsed = 0
       const flush = async (sync: boolean): Promise<void> => {
         // Re-check each record against the index in the same tick as queueing the copy: a block
         // overwritten or deleted while the segment was being read must not be brought back.
@@ -1071,6 +1083,7 @@ export class FileBlockStore extends AbstractBlockStore {
         moves = []
         movedBytes = 0
         if (ops.length > 0 || sync) await this.#enqueue(ops, sync)
+        arenaUsed = 0
       }
       let problem: string | undefined
       try {
@@ -1087,15 +1100,18 @@ export class FileBlockStore extends AbstractBlockStore {
         const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
           const address = { volume: header.volume, index: header.index, gen: header.gen }
           if (header.type === TYPE_PUT) {
-            // A view, not a copy: the scan reads every chunk into a new buffer (freshChunks).
-            moves.push({ address, offset, data: source.subarray(payloadStart, payloadStart + header.length) })
+            // A copy: the scan reuses `source` for its next chunk.
+            const data = arena.subarray(arenaUsed, arenaUsed + header.length)
+            source.copy(data, 0, payloadStart, payloadStart + header.length)
+            arenaUsed += header.length
+            moves.push({ address, offset, data })
             movedBytes += HEADER_BYTES + header.length
           } else {
             moves.push({ address, offset, data: undefined })
             movedBytes += HEADER_BYTES
           }
           if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
-        }, { wants, freshChunks: true })
+        }, { wants })
         if (result.committedEnd !== segment.size) problem = `${result.problem ?? 'incomplete batch'} at offset ${result.stoppedAt}`
       } catch (err) {
         if (err instanceof CompactionAborted) {
