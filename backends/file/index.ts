@@ -629,7 +629,8 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     // Whole records, headers included, so their crcs can be checked: a sealed segment loaded from its
     // hint is never scanned, and without this check damage inside it would be returned as data.
-    const run = new Uint8Array(bytes)
+    // Not zero-filled: every byte handed out below was read from the file (a short read throws).
+    const run = new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes)
     let read: number
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.

@@ -818,7 +818,7 @@ export class BlockEngine {
       if (!isDamage(err)) throw err
     }
     // Large reads of encrypted blocks: decrypt on worker threads too.
-    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && cipherPool.usable && this.#anyCipher(volume)
+    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && this.#anyCipher(volume) && cipherPool.usable
       ? await this.#openMany(volume, addresses, values)
       : undefined
     for (let i = 0; i < addresses.length; i++) {
