@@ -88,6 +88,20 @@ describe('WriteJournal', () => {
     await journal.flush(true)
     assert.equal(store.batches.at(-1)?.sync, true)
   })
+  it('rejects the waiters of a store that throws instead of rejecting', async () => {
+    const store = new RecordingStore()
+    await store.open()
+    let throwNext = true
+    const batch = store.batch.bind(store)
+    store.batch = (ops, options) => {
+      if (throwNext) { throwNext = false; throw new GalleonError('IO_ERROR', 'thrown, not rejected') }
+      return batch(ops, options)
+    }
+    const journal = new WriteJournal(store)
+    const results = await Promise.allSettled([journal.append([put(1, 1)], false), journal.append([put(2, 1)], true)])
+    assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected'])
+    assert.equal(await journal.append([put(3, 1)], true), 3)
+  })
   it('rejects every waiter of a failed group and keeps working afterwards', async () => {
     const store = new RecordingStore()
     await store.open()

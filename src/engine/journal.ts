@@ -133,7 +133,15 @@ export class WriteJournal {
     if (durable) this.#syncs++
     this.#inFlight++
     const last = (group[group.length - 1] as Pending).lsn
-    void this.#store.batch(ops, durable ? SYNC : NO_SYNC).then(() => {
+    let applied: Promise<void>
+    try {
+      applied = this.#store.batch(ops, durable ? SYNC : NO_SYNC)
+    } catch (err) {
+      // A store that throws instead of rejecting: #issue runs from a microtask, where a throw
+      // would be uncaught and leave the group waiting forever.
+      applied = Promise.reject(err)
+    }
+    void applied.then(() => {
       if (last > this.#committedLsn) this.#committedLsn = last
       for (const pending of group) pending.resolve(pending.lsn)
       this.#issued()
