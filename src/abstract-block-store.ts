@@ -73,12 +73,17 @@ export abstract class AbstractBlockStore implements BlockStore {
     return await this._getMany(addresses)
   }
 
-  async batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
-    this.assertOpen()
-    if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
-    for (const op of ops) checkOp(op)
-    // Even an empty batch goes to the backend: it must resolve after the batches called before it.
-    await this._batch(ops, options?.sync === true)
+  batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
+    // Not async (one promise less per batch on the write path), but it still only ever rejects.
+    try {
+      this.assertOpen()
+      if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
+      for (const op of ops) checkOp(op)
+      // Even an empty batch goes to the backend: it must resolve after the batches called before it.
+      return this._batch(ops, options?.sync === true)
+    } catch (err) {
+      return Promise.reject(err)
+    }
   }
 
   async sync (): Promise<void> {

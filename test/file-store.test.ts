@@ -784,7 +784,9 @@ describe('file block store', () => {
         let before = store.syncCount
         await Promise.all(Array.from({ length: n }, (_, i) => store.batch([put(addr(1, i), bytesOf(4096, i))], { sync: true })))
         const batchSyncs = store.syncCount - before
-        assert.ok(batchSyncs >= 1 && batchSyncs <= 4, `${n} concurrent synced batches took ${batchSyncs} syncs`)
+        // About 264 KiB: five write groups, four in flight at once, which one sync covers when all
+        // four are written (finished groups wait for those in flight); then the fifth.
+        assert.ok(batchSyncs >= 1 && batchSyncs <= 2, `${n} concurrent synced batches took ${batchSyncs} syncs`)
 
         before = store.syncCount
         await Promise.all(Array.from({ length: n }, () => store.sync()))

@@ -42,14 +42,26 @@ describe('WriteJournal', () => {
     const store = new RecordingStore()
     await store.open()
     const journal = new WriteJournal(store, { maxInFlight: 2 })
+    // Entries are issued from a microtask: one appended alone in a tick goes out alone.
     const first = journal.append([put(0, 1)], false)
+    await null
     const second = journal.append([put(1, 1)], false)
+    await null
     const rest = Array.from({ length: 30 }, async (_, i) => await journal.append([put(i + 2, 1)], i === 5))
     await Promise.all([first, second, ...rest])
     // Two appends go out at once; the 30 queued behind them share one synced batch.
     assert.deepEqual(store.batches, [{ ops: 1, sync: false }, { ops: 1, sync: false }, { ops: 30, sync: true }])
     assert.deepEqual(journal.stats, { groups: 3, syncs: 1 })
     assert.equal(journal.committedLsn, 32)
+  })
+  it('issues the entries appended in one tick as one batch, with one sync if any needs it', async () => {
+    const store = new RecordingStore()
+    await store.open()
+    const journal = new WriteJournal(store)
+    const lsns = await Promise.all(Array.from({ length: 8 }, async (_, i) => await journal.append([put(i, 1)], i === 3)))
+    assert.deepEqual(lsns, [1, 2, 3, 4, 5, 6, 7, 8])
+    assert.deepEqual(store.batches, [{ ops: 8, sync: true }])
+    assert.deepEqual(journal.stats, { groups: 1, syncs: 1 })
   })
   it('flush(false) waits for groups still queued behind the in-flight limit', async () => {
     const store = new RecordingStore()
@@ -76,12 +88,27 @@ describe('WriteJournal', () => {
     await journal.flush(true)
     assert.equal(store.batches.at(-1)?.sync, true)
   })
+  it('rejects the waiters of a store that throws instead of rejecting', async () => {
+    const store = new RecordingStore()
+    await store.open()
+    let throwNext = true
+    const batch = store.batch.bind(store)
+    store.batch = (ops, options) => {
+      if (throwNext) { throwNext = false; throw new GalleonError('IO_ERROR', 'thrown, not rejected') }
+      return batch(ops, options)
+    }
+    const journal = new WriteJournal(store)
+    const results = await Promise.allSettled([journal.append([put(1, 1)], false), journal.append([put(2, 1)], true)])
+    assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected'])
+    assert.equal(await journal.append([put(3, 1)], true), 3)
+  })
   it('rejects every waiter of a failed group and keeps working afterwards', async () => {
     const store = new RecordingStore()
     await store.open()
     const journal = new WriteJournal(store, { maxInFlight: 1 })
-    // The first append is issued at once; the next two queue behind it and form one group.
+    // The first append is issued (from a microtask); the next two queue behind it and form one group.
     const blocker = journal.append([put(0, 1)], false)
+    await null
     const group = [journal.append([put(1, 1)], true), journal.append([put(2, 1)], false)]
     store.failNext = true
     await blocker

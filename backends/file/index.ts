@@ -7,7 +7,7 @@ import { mkdir, open, readFile, readdir, unlink, type FileHandle } from 'node:fs
 import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
-import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStoreStats, type BlockStoreSupports } from '../../src/drivers.js'
 import { writeFileAtomically } from '../../src/durable-files.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -186,7 +186,7 @@ export class FileBlockStore extends AbstractBlockStore {
   #dirty = false
 
   /** Batches in call order: `..#queueHead` acknowledged, `..#issued` being written, the rest waiting. */
-  #queue: PendingBatch[] = []
+  #queue: Array<PendingBatch | undefined> = []
   #queueHead = 0
   #issued = 0
   /** Write groups not yet acknowledged, oldest first. */
@@ -629,7 +629,8 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     // Whole records, headers included, so their crcs can be checked: a sealed segment loaded from its
     // hint is never scanned, and without this check damage inside it would be returned as data.
-    const run = new Uint8Array(bytes)
+    // Not zero-filled: every byte handed out below was read from the file (a short read throws).
+    const run = new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes)
     let read: number
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.
@@ -674,8 +675,8 @@ export class FileBlockStore extends AbstractBlockStore {
 
   // ---- writes --------------------------------------------------------------------------------------
 
-  protected async _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
-    await this.#enqueue(ops, sync)
+  protected _batch (ops: readonly BlockOp[], sync: boolean): Promise<void> {
+    return this.#enqueue(ops, sync)
   }
 
   protected async _sync (): Promise<void> {
@@ -768,7 +769,8 @@ export class FileBlockStore extends AbstractBlockStore {
     const inflight = this.#inflight
     try {
       for (;;) {
-        while (this.#issued < queue.length && inflight.length < MAX_WRITES_IN_FLIGHT) {
+        // A finished group that waits for writes still in flight before its sync starts no more.
+        while (this.#issued < queue.length && inflight.length < MAX_WRITES_IN_FLIGHT && !this.#holdingForSync()) {
           const first = queue[this.#issued] as PendingBatch
           if (first.segment !== -1 && first.segment !== this.#current.id) {
             // A segment is sealed (and fsynced) only once everything written to it has finished.
@@ -778,7 +780,7 @@ export class FileBlockStore extends AbstractBlockStore {
           inflight.push(this.#startGroup())
         }
         const oldest = inflight[0]
-        if (oldest !== undefined && oldest.done) {
+        if (oldest !== undefined && oldest.done && !this.#holdingForSync()) {
           await this.#acknowledge()
           continue
         }
@@ -799,6 +801,21 @@ export class FileBlockStore extends AbstractBlockStore {
     const waiters = this.#idleWaiters
     this.#idleWaiters = []
     for (const wake of waiters) wake()
+  }
+
+  /**
+   * Whether the finished groups at the head of `#inflight` need a sync while later groups are still
+   * being written: then they wait for those (already issued, so soon done) and one sync covers
+   * them all, rather than a sync now and another for the rest a moment later.
+   */
+  #holdingForSync (): boolean {
+    let sync = false
+    for (const group of this.#inflight) {
+      if (!group.done) return sync
+      if (group.error !== undefined) return false
+      sync ||= group.sync
+    }
+    return false
   }
 
   /** Acknowledges the finished groups at the head of `#inflight`, syncing first if one needs it. */
@@ -824,7 +841,13 @@ export class FileBlockStore extends AbstractBlockStore {
     const finished = inflight.splice(0, count)
     const queue = this.#queue
     const end = (finished[count - 1] as WriteGroup).end
-    for (let i = this.#queueHead; i < end; i++) (queue[i] as PendingBatch).resolve()
+    for (let i = this.#queueHead; i < end; i++) {
+      const batch = queue[i] as PendingBatch
+      // Forget it now, not at the next trim of the queue: kept for thousands of batches, with its
+      // locations and callbacks, it outlives young-generation collections and fills the old one.
+      queue[i] = undefined
+      batch.resolve()
+    }
     this.#queueHead = end
     if (end > 4096 && end * 2 > queue.length) {
       queue.splice(0, end)
@@ -1038,6 +1061,12 @@ export class FileBlockStore extends AbstractBlockStore {
     if (segment.liveBytes > 0 || (hasOlder && segment.tombstoneBytes > 0)) {
       let moves: Move[] = []
       let movedBytes = 0
+      // The payloads to copy forward, gathered in one buffer that is reused once the batch holding
+      // them is acknowledged (written: the index then keeps no view of it). Reading each chunk of
+      // the segment into a new buffer instead allocated the whole segment again, and that much
+      // external memory set off a full garbage collection every 64 MiB or so.
+      const arena = Buffer.allocUnsafeSlow(COMPACTION_BATCH_BYTES + MAX_BLOCK_VALUE_BYTES)
+      let arenaUsed = 0
       const flush = async (sync: boolean): Promise<void> => {
         // Re-check each record against the index in the same tick as queueing the copy: a block
         // overwritten or deleted while the segment was being read must not be brought back.
@@ -1055,6 +1084,7 @@ export class FileBlockStore extends AbstractBlockStore {
         moves = []
         movedBytes = 0
         if (ops.length > 0 || sync) await this.#enqueue(ops, sync)
+        arenaUsed = 0
       }
       let problem: string | undefined
       try {
@@ -1071,15 +1101,18 @@ export class FileBlockStore extends AbstractBlockStore {
         const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
           const address = { volume: header.volume, index: header.index, gen: header.gen }
           if (header.type === TYPE_PUT) {
-            // A view, not a copy: the scan reads every chunk into a new buffer (freshChunks).
-            moves.push({ address, offset, data: source.subarray(payloadStart, payloadStart + header.length) })
+            // A copy: the scan reuses `source` for its next chunk.
+            const data = arena.subarray(arenaUsed, arenaUsed + header.length)
+            source.copy(data, 0, payloadStart, payloadStart + header.length)
+            arenaUsed += header.length
+            moves.push({ address, offset, data })
             movedBytes += HEADER_BYTES + header.length
           } else {
             moves.push({ address, offset, data: undefined })
             movedBytes += HEADER_BYTES
           }
           if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
-        }, { wants, freshChunks: true })
+        }, { wants })
         if (result.committedEnd !== segment.size) problem = `${result.problem ?? 'incomplete batch'} at offset ${result.stoppedAt}`
       } catch (err) {
         if (err instanceof CompactionAborted) {

@@ -123,13 +123,14 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
   let committedEnd = start
   while (position < size) {
     if (size - position < HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'torn record header' }
-    await ensure(position, HEADER_BYTES)
+    // Checked here first: most records are in the chunk already, and an await per record adds up.
+    if (position < bufferStart || position + HEADER_BYTES > bufferStart + bufferLength) await ensure(position, HEADER_BYTES)
     if (bufferStart + bufferLength < position + HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
     if (!decodeHeader(buffer, position - bufferStart, header)) return { committedEnd, stoppedAt: position, problem: 'invalid record header' }
     const total = HEADER_BYTES + header.length
     if (position + total > size) return { committedEnd, stoppedAt: position, problem: 'torn record' }
     if (wants === undefined || wants(header, position)) {
-      await ensure(position, total)
+      if (position < bufferStart || position + total > bufferStart + bufferLength) await ensure(position, total)
       if (bufferStart + bufferLength < position + total) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
       if (!recordCrcMatches(buffer, position - bufferStart, header.length)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
       const pending = onRecord(header, position, buffer, position - bufferStart + HEADER_BYTES)

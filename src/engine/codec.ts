@@ -45,11 +45,25 @@ export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedL
   const value = slabs.alloc(BLOCK_HEADER_BYTES + storedLength)
   const body = value.subarray(BLOCK_HEADER_BYTES)
   body.set(payload.byteLength > storedLength ? payload.subarray(0, storedLength) : payload)
-  const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
-  view.setUint32(0, blockChecksum(address, body, flags))
-  view.setUint8(4, FORMAT_VERSION)
-  view.setUint8(5, flags)
+  writeHeader(value, blockChecksum(address, body, flags), flags)
   return value
+}
+
+// Header fields written and read byte by byte (the crc big-endian, as a DataView would): no
+// DataView object per block on the I/O path.
+function writeHeader (value: Uint8Array, checksum: number, flags: number): void {
+  value[0] = checksum >>> 24
+  value[1] = checksum >>> 16
+  value[2] = checksum >>> 8
+  value[3] = checksum
+  value[4] = FORMAT_VERSION
+  value[5] = flags
+  value[6] = 0
+  value[7] = 0
+}
+
+function readChecksum (value: Uint8Array): number {
+  return ((value[0] as number) * 0x1000000) + (((value[1] as number) << 16) | ((value[2] as number) << 8) | (value[3] as number))
 }
 
 /**
@@ -70,11 +84,7 @@ export function allocBlock (length: number): Uint8Array {
 /** Writes the header (checksum over address, flags and the filled payload) of a value from allocBlock. */
 export function finishBlock (address: BlockAddress, value: Uint8Array, flags: number): Uint8Array {
   const body = value.subarray(BLOCK_HEADER_BYTES)
-  const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
-  view.setUint32(0, blockChecksum(address, body, flags))
-  view.setUint8(4, FORMAT_VERSION)
-  view.setUint8(5, flags)
-  view.setUint16(6, 0)
+  writeHeader(value, blockChecksum(address, body, flags), flags)
   return value
 }
 
@@ -86,12 +96,11 @@ export type DecodeResult =
 /** Verifies and unwraps a stored value. Never throws. */
 export function decodeBlock (address: BlockAddress, value: Uint8Array): DecodeResult {
   if (value.byteLength < BLOCK_HEADER_BYTES) return { ok: false, reason: `stored value is ${value.byteLength} bytes, shorter than the ${BLOCK_HEADER_BYTES}-byte header` }
-  const view = new DataView(value.buffer, value.byteOffset, BLOCK_HEADER_BYTES)
-  const version = view.getUint8(4)
+  const version = value[4] as number
   if (version !== FORMAT_VERSION) return { ok: false, reason: `unknown block format version ${version}` }
   const payload = value.subarray(BLOCK_HEADER_BYTES)
-  const flags = view.getUint8(5)
-  const expected = view.getUint32(0)
+  const flags = value[5] as number
+  const expected = readChecksum(value)
   const actual = blockChecksum(address, payload, flags)
   if (expected !== actual) return { ok: false, reason: 'checksum mismatch', expected, actual }
   return { ok: true, payload, flags }

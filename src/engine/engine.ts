@@ -286,27 +286,33 @@ export class BlockEngine {
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
-    const release = this.#lock(volume, index, index)
-    let ticket: BlockClaim | undefined
+    // #lock for one block, inlined: no closure and no result object per write. The claim is also
+    // the write's ticket once it holds a generation (both end at the same moment).
+    const claim = new BlockClaim()
+    const previous = volume.locks.get(index)
+    volume.locks.set(index, claim)
+    let ticketed = false
     try {
       // The caller may reuse its buffer once we return a promise: encode before any await, or copy.
-      if (release.ready !== undefined) {
+      if (previous !== undefined) {
         data = copyBytes(data)
-        await release.ready
+        await previous.released()
       }
       if (volume.cipher !== undefined && !volume.cipher.ready(1)) {
         data = copyBytes(data)
         await volume.cipher.reserve(1)
       }
       const gen = volume.nextGen++
-      ticket = volume.ticket()
+      volume.tickets.add(claim)
+      ticketed = true
       const address: BlockAddress = { volume: volume.storageId, index, gen }
       await this.#commit(volume, [{ type: 'put', address, data: this.#encode(volume, address, data) }], concern)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
-      if (ticket !== undefined) this.#endTicket(volume, ticket)
-      release.done()
+      if (ticketed) volume.tickets.delete(claim)
+      if (volume.locks.get(index) === claim) volume.locks.delete(index)
+      claim.release()
       volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
@@ -758,7 +764,9 @@ export class BlockEngine {
    * Appends to the journal, then (for replicated concerns) hands the entry to the replication hook
    * and resolves only when it has met the concern. Replicated writes are made durable locally first.
    */
-  async #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern): Promise<void> {
+  #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern): Promise<unknown> {
+    // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
+    // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise alone.
     if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; the write was not applied')
     const replicated = concern === WriteConcern.WriteReplicated || concern === WriteConcern.WriteDistributed
     const hook = this.replication
@@ -769,8 +777,8 @@ export class BlockEngine {
     if (durable && !this.store.supports.durableSync) {
       throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
     }
-    const lsn = await this.journal.append(ops, durable)
-    if (replicated) await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern)
+    if (!replicated) return this.journal.append(ops, durable)
+    return this.journal.append(ops, durable).then(async (lsn) => { await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern) })
   }
 
   /**
@@ -810,7 +818,7 @@ export class BlockEngine {
       if (!isDamage(err)) throw err
     }
     // Large reads of encrypted blocks: decrypt on worker threads too.
-    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && cipherPool.usable && this.#anyCipher(volume)
+    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && this.#anyCipher(volume) && cipherPool.usable
       ? await this.#openMany(volume, addresses, values)
       : undefined
     for (let i = 0; i < addresses.length; i++) {

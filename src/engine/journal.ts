@@ -42,6 +42,9 @@ interface Pending {
  */
 const DEFAULT_MAX_IN_FLIGHT = 4
 
+const SYNC = { sync: true } as const
+const NO_SYNC = { sync: false } as const
+
 /** Sequences and group-commits block-store batches. */
 export class WriteJournal {
   readonly #store: BlockStore
@@ -49,6 +52,7 @@ export class WriteJournal {
   #queue: Pending[] = []
   #deferred: BlockOp[] = []
   #inFlight = 0
+  #issueScheduled = false
   #lastLsn = 0
   #committedLsn = 0
   #groups = 0
@@ -70,12 +74,24 @@ export class WriteJournal {
    * Appends ops as one atomic entry; resolves with its LSN once applied (and synced when `durable`).
    * Entries are applied in append order.
    */
-  async append (ops: readonly BlockOp[], durable: boolean): Promise<number> {
-    return await new Promise<number>((resolve, reject) => {
+  append (ops: readonly BlockOp[], durable: boolean): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
       const lsn = ++this.#lastLsn
       this.#queue.push({ ops, durable, lsn, resolve, reject })
-      if (this.#inFlight < this.#maxInFlight) this.#issue()
+      if (this.#inFlight < this.#maxInFlight && !this.#issueScheduled) {
+        // Issued from a microtask, so every entry appended by the callers that the same store batch
+        // just woke up (they run in one microtask round) goes to the store as one batch and, when
+        // durable, shares one sync: issuing the first entry at once would leave it a batch (and a
+        // sync) of its own, and the others queued behind it.
+        this.#issueScheduled = true
+        queueMicrotask(this.#issueScheduledEntries)
+      }
     })
+  }
+
+  readonly #issueScheduledEntries = (): void => {
+    this.#issueScheduled = false
+    if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
   }
 
   /**
@@ -117,14 +133,27 @@ export class WriteJournal {
     if (durable) this.#syncs++
     this.#inFlight++
     const last = (group[group.length - 1] as Pending).lsn
-    void this.#store.batch(ops, { sync: durable }).then(() => {
+    let applied: Promise<void>
+    try {
+      applied = this.#store.batch(ops, durable ? SYNC : NO_SYNC)
+    } catch (err) {
+      // A store that throws instead of rejecting: #issue runs from a microtask, where a throw
+      // would be uncaught and leave the group waiting forever.
+      applied = Promise.reject(err)
+    }
+    void applied.then(() => {
       if (last > this.#committedLsn) this.#committedLsn = last
       for (const pending of group) pending.resolve(pending.lsn)
+      this.#issued()
     }, (err: unknown) => {
       for (const pending of group) pending.reject(err)
-    }).finally(() => {
-      this.#inFlight--
-      if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
+      this.#issued()
     })
+  }
+
+  /** One store batch has settled: issue what queued up meanwhile. */
+  #issued (): void {
+    this.#inFlight--
+    if (this.#queue.length > 0 && this.#inFlight < this.#maxInFlight) this.#issue()
   }
 }

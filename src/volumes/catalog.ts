@@ -143,9 +143,12 @@ export class Catalog {
     if (typeof ref !== 'string' || ref.length === 0) {
       throw new GalleonError('INVALID_ARGUMENT', `a volume is named by its id or name (a non-empty string), got ${describe(ref)}`)
     }
+    // By id first: the I/O path names volumes by id, and the name key needs the caller's namespace.
+    const byId = this.#volumes.get(ref)
+    if (byId !== undefined) return byId
     const slash = ref.indexOf('/')
     const key = slash < 0 ? nameKey(this.currentNamespace(), ref) : ref
-    const record = this.#volumes.get(ref) ?? this.#volumes.get(this.#names.get(key) ?? '')
+    const record = this.#volumes.get(this.#names.get(key) ?? '')
     if (record === undefined) {
       throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${JSON.stringify(ref)}${slash < 0 ? ` in namespace ${this.currentNamespace()}` : ''}; listVolumes() shows the existing ones`)
     }
