@@ -47,6 +47,8 @@ export interface DaemonConfig {
   etcdPrefix: string
   /** A file holding the cluster's shared secret (else GALLEONFS_CLUSTER_SECRET). */
   clusterSecretFile: string | undefined
+  /** host:port peers reach this node at, when the bind address is a wildcard or behind NAT. */
+  advertiseAddress: string | undefined
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -75,7 +77,8 @@ export const DEFAULTS: DaemonConfig = {
   labels: {},
   etcdEndpoints: [],
   etcdPrefix: '/galleonfs/',
-  clusterSecretFile: undefined
+  clusterSecretFile: undefined,
+  advertiseAddress: undefined
 }
 
 /** A configuration problem: the daemon does not start, and says why. */
@@ -94,7 +97,7 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' }
@@ -163,8 +166,11 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) throw new ConfigError(`${where}: node id must be 1 to 63 letters, digits, '.', '_' or '-', got ${JSON.stringify(value)}`)
         out.nodeId = value
         break
-      case 'zone':
       case 'etcdPrefix':
+        if (typeof value !== 'string' || !value.startsWith('/') || !value.endsWith('/') || value.length < 2) throw new ConfigError(`${where}: etcd prefix must start and end with / (such as "/galleonfs-prod/"), and clusters sharing an etcd need prefixes that do not nest; got ${JSON.stringify(value)}`)
+        out.etcdPrefix = value
+        break
+      case 'zone':
       case 'clusterSecretFile':
         if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'zone'] = value
@@ -219,6 +225,7 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
       case 'bindAddress':
       case 'ipcAddress':
       case 'nbdAddress':
+      case 'advertiseAddress':
         parseAddress(value, `${where}: ${key}`)
         out[key as 'ipcAddress'] = value as string
         break

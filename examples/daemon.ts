@@ -182,12 +182,22 @@ interface ClusterSettings { etcdEndpoints: string[], etcdPrefix: string }
 const CLUSTER_FILE = 'daemon-cluster.json'
 
 async function readSavedCluster (storagePath: string): Promise<ClusterSettings | undefined> {
+  const path = join(storagePath, CLUSTER_FILE)
+  let text: string
   try {
-    const saved = JSON.parse(await readFile(join(storagePath, CLUSTER_FILE), 'utf8')) as ClusterSettings
-    return Array.isArray(saved.etcdEndpoints) && saved.etcdEndpoints.length > 0 && typeof saved.etcdPrefix === 'string' ? saved : undefined
-  } catch {
-    return undefined
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') return undefined
+    throw new ConfigError(`cannot read ${path}, where an earlier \`cluster join\` left this node's cluster: ${(err as Error).message}`)
   }
+  let saved: ClusterSettings | undefined
+  try {
+    saved = JSON.parse(text) as ClusterSettings
+  } catch {}
+  if (saved === undefined || !Array.isArray(saved.etcdEndpoints) || saved.etcdEndpoints.length === 0 || typeof saved.etcdPrefix !== 'string') {
+    throw new ConfigError(`${path} is damaged; fix it, or delete it to start this node outside its cluster (then \`galleonfs cluster join\` again)`)
+  }
+  return saved
 }
 
 async function writeSavedCluster (storagePath: string, settings: ClusterSettings | undefined): Promise<void> {
@@ -198,10 +208,14 @@ async function writeSavedCluster (storagePath: string, settings: ClusterSettings
 
 /** The cluster's shared secret: the file named in [cluster] secret_file, else GALLEONFS_CLUSTER_SECRET. */
 async function clusterSecret (config: DaemonConfig): Promise<string | undefined> {
-  if (config.clusterSecretFile !== undefined) return await readSecret(config.clusterSecretFile, 'cluster secret file')
-  const fromEnv = process.env.GALLEONFS_CLUSTER_SECRET
-  return fromEnv === undefined || fromEnv === '' ? undefined : fromEnv
+  const secret = config.clusterSecretFile !== undefined ? await readSecret(config.clusterSecretFile, 'cluster secret file') : process.env.GALLEONFS_CLUSTER_SECRET
+  if (secret === undefined || secret === '') return undefined
+  // The handshake's proofs travel in the clear: a short secret could be guessed from them offline.
+  if (secret.length < MIN_SECRET_LENGTH) throw new ConfigError(`the cluster secret is ${secret.length} characters long; use at least ${MIN_SECRET_LENGTH} (for example: openssl rand -hex 32)`)
+  return secret
 }
+
+const MIN_SECRET_LENGTH = 16
 
 const NO_SECRET = 'clustering needs the cluster\'s shared secret: put it in a file named by secret_file in [cluster] (mode 0600), or in GALLEONFS_CLUSTER_SECRET'
 
@@ -215,10 +229,15 @@ function nodeIdOf (config: DaemonConfig): string {
 async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, secret: string): Promise<ClusterOptions> {
   const bind = parseAddress(config.bindAddress, 'bind address')
   const nodeId = nodeIdOf(config)
-  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port })
+  const wildcard = bind.host === '0.0.0.0' || bind.host === '::'
+  if (wildcard && config.advertiseAddress === undefined) {
+    throw new ConfigError(`bind address ${config.bindAddress} listens on every interface, so peers cannot be told where to reach this node; set --advertise-address (advertise_address in [cluster]) to host:port as the peers see it`)
+  }
+  const advertise = config.advertiseAddress === undefined ? undefined : parseAddress(config.advertiseAddress, 'advertise address')
+  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix })
-    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels }
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
   } catch (err) {
     await transport.close().catch(() => {})
     throw err
@@ -268,7 +287,15 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   if (config.etcdEndpoints.length > 0) cluster = { etcdEndpoints: config.etcdEndpoints, etcdPrefix: config.etcdPrefix }
   else if (config.peerAddresses.length > 0) {
     if (secret === undefined) throw new ConfigError(`--peer-addresses: ${NO_SECRET}`)
-    cluster = await discoverCluster(config, secret, config.peerAddresses)
+    const saved = await readSavedCluster(config.storagePath)
+    try {
+      cluster = await discoverCluster(config, secret, config.peerAddresses)
+    } catch (err) {
+      // Every peer down (a whole cluster restarting): the coordinator this node knew will do.
+      if (saved === undefined) throw err
+      log('warn', 'no peer answered; joining the cluster this node was in before', { error: (err as Error).message, etcd: saved.etcdEndpoints })
+      cluster = saved
+    }
   } else cluster = await readSavedCluster(config.storagePath)
   if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
   const g = await GalleonFS.open({

@@ -27,6 +27,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--zone <zone>', 'this node\'s failure domain (default "default")')
     .option('--labels <pairs>', 'this node\'s labels, comma-separated key=value')
     .option('--cluster-secret-file <file>', 'the cluster\'s shared secret (mode 0600; else GALLEONFS_CLUSTER_SECRET)')
+    .option('--advertise-address <host:port>', 'where peers reach this node (needed with a wildcard --bind-address)')
     .exitOverride()
   const log = createLogger()
   try {
@@ -115,6 +116,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|advertise-address)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

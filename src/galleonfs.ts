@@ -89,6 +89,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
   #cluster: ClusterManager | undefined
+  /** The last join or leave: they run one at a time. */
+  #clusterChange: Promise<unknown> = Promise.resolve()
   #storagePath: string | undefined
   readonly #openedAt = new Date().toISOString()
 
@@ -195,10 +197,22 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const denied = this.#check('joinCluster', 'admin', undefined, 'cluster')
     if (denied !== undefined) await denied
-    if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
-    const joining = ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) } })
-    this.#cluster = await joining
-    return await this.#cluster.status()
+    // Joins and leaves run one at a time, and close() waits for them.
+    const run = this.#clusterChange.then(async () => {
+      this.#assertOpen()
+      if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
+      const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) } })
+      if (this.#closed) {
+        await manager.leave({ force: true }).catch(async () => { await manager.close() })
+        throw new GalleonError('NOT_OPEN', 'the instance was closed while it joined the cluster; it has left again')
+      }
+      this.#cluster = manager
+      return manager
+    })
+    this.#clusterChange = run.catch(() => {})
+    const manager = await run
+    // Joined: a status that cannot be read now does not undo that.
+    return await manager.status().catch(() => ({ clustering: true, nodeId: manager.nodeId, leader: undefined, leaderEpoch: undefined, members: manager.members.map((m) => ({ ...m, leader: false })) }))
   }
 
   /**
@@ -209,10 +223,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const denied = this.#check('leaveCluster', 'admin', undefined, 'cluster')
     if (denied !== undefined) await denied
-    if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
-    const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
-    await this.#cluster.leave({ force: options?.force === true, holds })
-    this.#cluster = undefined
+    const run = this.#clusterChange.then(async () => {
+      this.#assertOpen()
+      if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
+      const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
+      await this.#cluster.leave({ force: options?.force === true, holds })
+      this.#cluster = undefined
+    })
+    this.#clusterChange = run.catch(() => {})
+    await run
   }
 
   /** Recovery after open: rebuild block maps, finish interrupted deletes, drop ephemeral volumes. */
@@ -400,6 +419,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       })
       this.#closed = true
       try {
+        await this.#clusterChange
         await this.#cluster?.close()
         this.#scheduler.stop()
         await this.#scheduler.idle()

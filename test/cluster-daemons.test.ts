@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -109,7 +109,7 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
       await until('node-c is back in the cluster', async () => (await status(c)).members.filter((m) => m.healthy).length === 3)
 
       // A node with another secret cannot join.
-      const stranger = await daemon('stranger', [], 'not-the-secret')
+      const stranger = await daemon('stranger', [], 'not-the-cluster-secret')
       const refused = await cli(stranger.address, ['cluster', 'join', a.bind])
       assert.equal(refused.code, 1)
       assert.match(refused.stderr, /secret/i)
@@ -155,6 +155,20 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
     noSecret.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
     assert.equal(await new Promise((resolve) => noSecret.once('exit', resolve)), 2, log)
     assert.match(log, /clustering needs the cluster's shared secret/)
+    // A short secret, a wildcard bind address without an advertised one, a damaged membership file.
+    const refuse = async (args: string[], secret: string, message: RegExp): Promise<void> => {
+      const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret } })
+      let out = ''
+      child.stderr.on('data', (chunk: Buffer) => { out += chunk.toString() })
+      assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, out)
+      assert.match(out, message)
+    }
+    const etcdArgs = ['--etcd-endpoints', (etcd as EtcdServer).endpoint]
+    await refuse(['--storage-path', join(root, 'short'), '--bind-address', `127.0.0.1:${await freePort()}`, ...etcdArgs], 'short', /secret is 5 characters long; use at least 16/)
+    await refuse(['--storage-path', join(root, 'wild'), '--bind-address', `0.0.0.0:${await freePort()}`, ...etcdArgs], 'a-long-enough-cluster-secret', /listens on every interface.*--advertise-address/)
+    await mkdir(join(root, 'damaged'), { recursive: true })
+    await writeFile(join(root, 'damaged', 'daemon-cluster.json'), '{ "etcdEndpoints": ')
+    await refuse(['--storage-path', join(root, 'damaged'), '--bind-address', `127.0.0.1:${await freePort()}`], 'a-long-enough-cluster-secret', /daemon-cluster\.json is damaged/)
     // A single daemon's bind address answers nothing: it is not in a cluster.
     const single = await daemon('single', [])
     try {

@@ -1,9 +1,11 @@
 // Cluster membership of GalleonFS instances: three nodes in one process on the memory transport and
-// the memory coordinator (with a manual clock for lease expiry), then the same on a real etcd.
+// the memory coordinator (with a manual clock for lease expiry), then joins and quick closes on a real etcd.
 
-import { after, describe, it } from 'node:test'
+import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { GalleonFS, type ClusterMember } from '../src/index.js'
+import { EtcdCoordinator } from '../backends/etcd/index.js'
+import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 import { ManualClock, MemoryCoordinator, MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 
 interface Node { g: GalleonFS, id: string, events: string[], coordinator: MemoryCoordinator, transport: MemoryTransport }
@@ -32,6 +34,30 @@ const open: GalleonFS[] = []
 after(async () => { await Promise.allSettled(open.map(async (g) => await g.close())) })
 
 describe('cluster membership (memory transport and coordinator)', () => {
+  it('closing or leaving at once after joining leaves no leader behind, and a join racing close() is undone', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const watcher = await node(network, coordinators, 'watcher')
+    open.push(watcher.g)
+    for (let round = 0; round < 10; round++) {
+      const n = await node(network, coordinators, `brief-${round}`)
+      if (round % 2 === 0) await n.g.close()
+      else await n.g.leaveCluster()
+      await n.g.close()
+    }
+    await until('only the watcher is healthy and it leads', async () => {
+      const status = await watcher.g.clusterStatus()
+      return status.members.filter((m) => m.healthy).map((m) => m.id).join() === 'watcher' && status.leader === 'watcher'
+    })
+    // close() while joinCluster() is under way: the join is undone, nothing stays in the cluster.
+    const g = await GalleonFS.open({ inMemory: true })
+    const joining = g.joinCluster({ nodeId: 'racer', transport: new MemoryTransport({ network, nodeId: 'racer' }), coordinator: coordinators.coordinator() })
+    const closing = g.close()
+    await assert.rejects(joining, { code: 'NOT_OPEN' })
+    await closing
+    await until('the racer is not a healthy member', async () => !(await watcher.g.clusterStatus()).members.some((m) => m.id === 'racer' && m.healthy))
+  })
+
   it('three nodes see each other, healthy, with one leader; they talk over the transport', async () => {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()
@@ -116,7 +142,11 @@ describe('cluster membership (memory transport and coordinator)', () => {
     const one = await node(otherNetwork, shared, 'dup')
     open.push(one.g)
     // The same id at another address while the first is alive (the same address is the node restarting).
-    await assert.rejects(GalleonFS.open({ inMemory: true, cluster: { nodeId: 'dup', transport: new MemoryTransport({ network: new MemoryNetwork(), nodeId: 'dup' }), coordinator: shared.coordinator(), advertiseAddress: 'elsewhere' } }), { code: 'BUSY', message: /already in the cluster, alive at dup/ })
+    await assert.rejects(GalleonFS.open({ inMemory: true, cluster: { nodeId: 'dup', transport: new MemoryTransport({ network: new MemoryNetwork(), nodeId: 'dup' }), coordinator: shared.coordinator(), advertiseAddress: 'elsewhere', leaseTtlMs: 1000 } }), { code: 'BUSY', message: /node id dup is in use by another running instance \(at dup\)/ })
+    // Two instances claiming one id at the same moment: exactly one gets it.
+    const race = await Promise.allSettled(['x1', 'x2'].map(async (address) => await GalleonFS.open({ inMemory: true, cluster: { nodeId: 'same', transport: new MemoryTransport({ network: new MemoryNetwork(), nodeId: 'same' }), coordinator: shared.coordinator(), advertiseAddress: address, leaseTtlMs: 1000 } })))
+    assert.equal(race.filter((r) => r.status === 'fulfilled').length, 1, 'one of two instances with the same id')
+    for (const r of race) if (r.status === 'fulfilled') open.push(r.value)
     const single = await GalleonFS.open({ inMemory: true })
     try {
       const status = await single.clusterStatus()
@@ -129,3 +159,30 @@ describe('cluster membership (memory transport and coordinator)', () => {
   })
 })
 
+
+describe('cluster membership on a real etcd', { skip: etcdSkipReason() }, () => {
+  let etcd: EtcdServer
+  before(async () => { etcd = await startEtcd() })
+  after(async () => { await etcd?.stop() })
+
+  it('joining then closing or leaving at once, again and again, leaves no leader or healthy member behind', async () => {
+    const network = new MemoryNetwork()
+    const prefix = `/galleonfs-brief-${process.pid}/`
+    const connect = async (): Promise<EtcdCoordinator> => await EtcdCoordinator.connect({ endpoints: [etcd.endpoint], prefix, ttlMs: 2000 })
+    for (let round = 0; round < 6; round++) {
+      const nodeId = `brief-${round}`
+      const g = await GalleonFS.open({ inMemory: true, cluster: { nodeId, transport: new MemoryTransport({ network, nodeId }), coordinator: await connect(), leaseTtlMs: 2000 } })
+      if (round % 2 === 0) await g.leaveCluster()
+      await g.close()
+    }
+    const observer = await connect()
+    try {
+      await until('no member of the brief nodes is healthy and nobody leads', async () => {
+        const members = await observer.members()
+        return members.every((m) => !m.healthy) && (await observer.leader('cluster')) === undefined
+      }, 20_000)
+    } finally {
+      await observer.close()
+    }
+  })
+})

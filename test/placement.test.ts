@@ -57,6 +57,12 @@ describe('placement', () => {
     assert.throws(() => placeVolume([], { replicas: 1 }), { code: 'NO_SPACE', message: /0 healthy node/ })
   })
 
+  it('fewer replicas than nodes holding copies: the preferred one stays, then the best by the strategy', () => {
+    const fewer = placeVolume(cluster, { replicas: 2, current: ['a1', 'b1', 'c1'], preferredPrimary: 'c1' })
+    assert.equal(fewer.nodes.length, 2)
+    assert.equal(fewer.primary, 'c1')
+  })
+
   it('adding replicas keeps the nodes that hold copies', () => {
     const more = placeVolume(cluster, { replicas: 3, current: ['b2'], preferredPrimary: 'b2' })
     assert.equal(more.primary, 'b2')

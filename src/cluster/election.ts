@@ -87,6 +87,8 @@ export async function campaign (store: ElectionStore, election: string, session:
       if (predecessor === undefined) { watchFrom = revision + 1; break }
       await waitForDelete(store, predecessor.key, revision + 1, signals)
     }
+    // An abort that came during the last read wins over the leadership found by it.
+    for (const s of signals) if (s.aborted) throw s.reason
   } catch (err) {
     // Leave the line, but only with the key this campaign created (never a newer one).
     await store.txn([{ key: myKey, target: 'create', revision: myRevision }], [{ type: 'delete', key: myKey }]).catch(() => {})

@@ -3,7 +3,9 @@
 // placement and failover decisions, with its epoch as fencing token) and reports membership
 // changes as events. Replication of volumes builds on this (see DESIGN.md §3, Replication).
 
+import { randomUUID } from 'node:crypto'
 import { statfs } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
 
@@ -38,6 +40,8 @@ export interface ClusterEvents {
   'cluster:member-left': (member: ClusterMember) => void
   'cluster:member-health': (member: ClusterMember) => void
   'cluster:leader': (event: { nodeId: string, epoch: number }) => void
+  /** Background cluster work failed (campaigning, refreshing the node's record); it is retried where that can help. */
+  'cluster:error': (event: { nodeId: string, code: string, message: string }) => void
 }
 
 /** What the manager needs from its instance. */
@@ -48,6 +52,18 @@ export interface ClusterHost {
 }
 
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
+/** A claim's value: the claiming instance and when it claimed (ms). Anything unreadable is an old claim. */
+function parseClaim (value: string): { instance: string, at: number } {
+  try {
+    const parsed = JSON.parse(value) as { instance?: unknown, at?: unknown }
+    if (typeof parsed.instance === 'string' && typeof parsed.at === 'number') return { instance: parsed.instance, at: parsed.at }
+  } catch {}
+  return { instance: '', at: 0 }
+}
+
+/** Coordinator keys claiming node ids (value: the claiming instance). */
+const CLAIM_PREFIX = 'node-claims/'
+const RECORD_REFRESH_MS = 30_000
 /** The election every node campaigns in; its leader decides placement and failover. */
 export const CLUSTER_ELECTION = 'cluster'
 
@@ -75,11 +91,13 @@ export class ClusterManager {
   #address = ''
   #members: ClusterMember[] = []
   #leadership: Leadership | undefined
-  #leader: { nodeId: string, epoch: number } | undefined
   #stopWatching: (() => void) | undefined
-  readonly #campaignAbort = new AbortController()
+  #campaignAbort = new AbortController()
   #campaigning: Promise<void> | undefined
-  #state: 'starting' | 'running' | 'left' | 'closed' = 'starting'
+  #refresh: NodeJS.Timeout | undefined
+  #state: 'starting' | 'running' | 'leaving' | 'left' | 'closed' = 'starting'
+  /** Tells this instance's claim of the node id from another's. */
+  readonly #instance = randomUUID()
 
   private constructor (options: ClusterOptions, host: ClusterHost) {
     this.nodeId = options.nodeId
@@ -105,15 +123,62 @@ export class ClusterManager {
     const { transport, coordinator } = this.#options
     const listening = await transport.listen(async (from, request) => await this.#dispatch(from, request))
     this.#address = this.#options.advertiseAddress ?? listening
-    const existing = (await coordinator.members()).find((m) => m.id === this.nodeId && m.healthy)
-    if (existing !== undefined && existing.address !== this.#address) {
-      throw new GalleonError('BUSY', `node id ${this.nodeId} is already in the cluster, alive at ${existing.address}; give this node another id, or stop that one first`)
-    }
-    await coordinator.join(await this.#record(), { ttlMs: this.#options.leaseTtlMs ?? 10_000 })
+    await this.#claimNodeId()
+    await coordinator.join(await this.#record(), { ttlMs: this.#ttlMs })
     this.#members = await coordinator.members()
-    this.#stopWatching = coordinator.watchMembers((members) => { this.#membersChanged(members) })
+    this.#startWatching()
     this.#state = 'running'
-    this.#campaigning = this.#campaign()
+    // The record's free space goes stale as volumes fill: refreshed now and then (placement uses it).
+    this.#refresh = setInterval(() => {
+      void this.#record().then(async (record) => { if (this.#state === 'running') await coordinator.join(record, { ttlMs: this.#ttlMs }) }).catch((err: unknown) => { this.#reportError('refreshing this node\'s record', err) })
+    }, RECORD_REFRESH_MS)
+    this.#refresh.unref()
+  }
+
+  get #ttlMs (): number { return this.#options.leaseTtlMs ?? 10_000 }
+
+  /**
+   * Claims the node id in the coordinator with compare-and-swap, so that two instances can never
+   * both hold it: a claim by another instance stands while that node is healthy (waiting up to a
+   * lease for a node that just died, as after a crash and a quick restart); otherwise it is taken over.
+   */
+  async #claimNodeId (): Promise<void> {
+    const { coordinator } = this.#options
+    const key = `${CLAIM_PREFIX}${this.nodeId}`
+    const deadline = Date.now() + this.#ttlMs * 1.5
+    const mine = (): string => JSON.stringify({ instance: this.#instance, at: Date.now() })
+    for (;;) {
+      const current = await coordinator.get(key)
+      if (current === undefined) {
+        if (await coordinator.put(key, mine(), { expectRevision: 0 }) !== undefined) return
+        continue
+      }
+      const claim = parseClaim(current.value)
+      if (claim.instance === this.#instance) return
+      const holder = (await coordinator.members()).find((m) => m.id === this.nodeId)
+      // Another instance's claim stands while its node is healthy, and for a lease after it was
+      // made (that instance may be joining right now); after that, it is taken over.
+      const fresh = Date.now() - claim.at < this.#ttlMs * 1.5
+      if (holder?.healthy !== true && !fresh) {
+        if (await coordinator.put(key, mine(), { expectRevision: current.revision }) !== undefined) return
+        continue
+      }
+      if (Date.now() >= deadline) {
+        throw new GalleonError('BUSY', `node id ${this.nodeId} is in use by another running instance${holder === undefined ? ' (joining now)' : ` (at ${holder.address})`}; give this node another id, or stop that one first`)
+      }
+      await sleep(Math.min(500, this.#ttlMs / 4))
+    }
+  }
+
+  #startWatching (): void {
+    this.#stopWatching = this.#options.coordinator.watchMembers((members) => { this.#membersChanged(members) })
+    this.#campaignAbort = new AbortController()
+    this.#campaigning = this.#campaign(this.#campaignAbort.signal)
+  }
+
+  /** Something failed in the background: said as an event, never swallowed. */
+  #reportError (what: string, err: unknown): void {
+    this.#host.emit('cluster:error', { nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `${what}: ${(err as Error)?.message ?? String(err)}` })
   }
 
   /** This node as the coordinator records it, with the free space of its storage. */
@@ -125,30 +190,50 @@ export class ClusterManager {
         const fs = await statfs(this.#host.storagePath)
         capacityBytes = fs.blocks * fs.bsize
         freeBytes = fs.bavail * fs.bsize
-      } catch {}
+      } catch (err) {
+        this.#reportError(`measuring the free space of ${this.#host.storagePath}`, err)
+      }
     }
     return { id: this.nodeId, address: this.#address, zone: this.#options.zone ?? 'default', labels: { ...(this.#options.labels ?? {}) }, capacityBytes, freeBytes }
   }
 
   /** Campaigns for the leadership again whenever it is lost, until the node leaves or closes. */
-  async #campaign (): Promise<void> {
-    const signal = this.#campaignAbort.signal
+  async #campaign (signal: AbortSignal): Promise<void> {
+    let pause = 250
     while (!signal.aborted) {
       let won: Leadership
       try {
         won = await this.#options.coordinator.campaign(CLUSTER_ELECTION, { signal })
       } catch (err) {
         if (signal.aborted) return
-        // The coordinator is unreachable for now: try again after a pause.
-        await new Promise((resolve) => setTimeout(resolve, 1000).unref())
+        const code = (err as { code?: string })?.code
+        this.#reportError('campaigning for the cluster leadership', err)
+        // Errors that waiting does not cure end the campaign; others are retried with backoff.
+        if (code === 'NOT_OPEN' || code === 'INVALID_ARGUMENT' || code === 'PERMISSION_DENIED') return
+        await sleep(pause, undefined, { signal }).catch(() => {})
+        pause = Math.min(pause * 2, 5000)
         continue
       }
+      pause = 250
+      if (signal.aborted) {
+        // Won while stopping: give it back at once.
+        await won.resign().catch(() => {})
+        return
+      }
       this.#leadership = won
-      this.#leader = { nodeId: won.nodeId, epoch: won.epoch }
       this.#host.emit('cluster:leader', { nodeId: won.nodeId, epoch: won.epoch })
-      await Promise.race([won.lost, new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))])
+      let onAbort: (() => void) | undefined
+      const aborted = new Promise<void>((resolve) => {
+        onAbort = resolve
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
+      await Promise.race([won.lost, aborted])
+      signal.removeEventListener('abort', onAbort as () => void)
       if (this.#leadership === won) this.#leadership = undefined
-      if (signal.aborted) return
+      if (signal.aborted) {
+        await won.resign().catch(() => {})
+        return
+      }
     }
   }
 
@@ -201,7 +286,7 @@ export class ClusterManager {
       nodeId: this.nodeId,
       leader: leader?.nodeId,
       leaderEpoch: leader?.epoch,
-      members: members.map((m) => ({ ...m, leader: m.id === leader?.nodeId })).sort((a, b) => a.id.localeCompare(b.id))
+      members: members.map((m) => ({ ...m, leader: m.id === leader?.nodeId })).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
     }
   }
 
@@ -214,18 +299,34 @@ export class ClusterManager {
     if ((options.holds?.length ?? 0) > 0 && options.force !== true) {
       throw new GalleonError('BUSY', `node ${this.nodeId} holds the only copy of ${options.holds?.join(', ')}; move or replicate them first, or leave with force (their data stays on this node, out of the cluster)`)
     }
+    this.#state = 'leaving'
     await this.#stop()
-    await this.#options.coordinator.leave()
+    try {
+      await this.#options.coordinator.leave()
+      await this.#releaseClaim().catch(() => {})
+    } catch (err) {
+      // Still a member: take part again (watch, campaign), and say why the leave failed.
+      this.#state = 'running'
+      this.#startWatching()
+      throw err
+    }
     this.#state = 'left'
-    await Promise.allSettled([this.#options.transport.close(), this.#options.coordinator.close()])
+    await this.#closeDrivers()
   }
 
+  /** Stops campaigning and watching; resolves once the campaign loop has ended and resigned. */
   async #stop (): Promise<void> {
+    clearInterval(this.#refresh)
     this.#campaignAbort.abort()
-    await this.#leadership?.resign().catch(() => {})
     await this.#campaigning?.catch(() => {})
+    await this.#leadership?.resign().catch(() => {})
+    this.#leadership = undefined
     this.#stopWatching?.()
     this.#stopWatching = undefined
+  }
+
+  async #closeDrivers (): Promise<void> {
+    await Promise.allSettled([this.#options.transport.close(), this.#options.coordinator.close()])
   }
 
   /** Stops taking part: the lease is no longer renewed (others see this node expire unless it left). */
@@ -233,8 +334,16 @@ export class ClusterManager {
     if (this.#state === 'closed' || this.#state === 'left') return
     const wasRunning = this.#state === 'running'
     this.#state = 'closed'
-    if (wasRunning) await this.#stop()
-    await Promise.allSettled([this.#options.transport.close(), this.#options.coordinator.close()])
+    await this.#stop()
+    // A clean stop gives the node id back, so that a restart need not wait for the lease to end.
+    if (wasRunning) await this.#releaseClaim().catch(() => {})
+    await this.#closeDrivers()
+  }
+
+  async #releaseClaim (): Promise<void> {
+    const key = `${CLAIM_PREFIX}${this.nodeId}`
+    const current = await this.#options.coordinator.get(key)
+    if (current !== undefined && parseClaim(current.value).instance === this.#instance) await this.#options.coordinator.delete(key, { expectRevision: current.revision })
   }
 
   #assertRunning (): void {

@@ -95,10 +95,13 @@ export function placeVolume (members: readonly ClusterMember[], request: Placeme
 
   const load = request.load ?? {}
   const byStrategy = (a: ClusterMember, b: ClusterMember): number => {
-    if (strategy === 'balanced') return (b.freeBytes - a.freeBytes) || a.id.localeCompare(b.id)
-    return ((load[a.id] ?? 0) - (load[b.id] ?? 0)) || (b.freeBytes - a.freeBytes) || a.id.localeCompare(b.id)
+    // Ties broken by id in code-unit order: the same answer on every node, whatever its locale.
+    const byId = a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+    if (strategy === 'balanced') return (b.freeBytes - a.freeBytes) || byId
+    return ((load[a.id] ?? 0) - (load[b.id] ?? 0)) || (b.freeBytes - a.freeBytes) || byId
   }
-  const chosen: ClusterMember[] = eligible.filter((m) => current.has(m.id)).sort(byStrategy)
+  // Nodes holding copies stay (the preferred one first), as many as are wanted.
+  const chosen: ClusterMember[] = eligible.filter((m) => current.has(m.id)).sort((a, b) => (b.id === request.preferredPrimary ? 1 : 0) - (a.id === request.preferredPrimary ? 1 : 0) || byStrategy(a, b)).slice(0, request.replicas)
   const pool = eligible.filter((m) => !current.has(m.id)).sort(byStrategy)
   // The preferred primary first, when it is eligible; the strategy places the rest around it.
   const preferredAt = pool.findIndex((m) => m.id === request.preferredPrimary)

@@ -22,6 +22,13 @@ const DEFAULT_TIMEOUT_MS = 30_000
 /** Most output accepted from a KMS (a wrapped 32-byte key is far smaller). */
 const MAX_OUTPUT_BYTES = 64 * 1024
 
+/** This process's environment without GalleonFS's own secrets: a KMS program needs none of them. */
+function childEnvironment (): NodeJS.ProcessEnv {
+  const env = { ...process.env }
+  for (const name of ['GALLEONFS_CLUSTER_SECRET', 'GALLEONFS_PASSPHRASE', 'GALLEONFS_TOKEN']) delete env[name]
+  return env
+}
+
 /** Options of `commandKeyProvider`. */
 export interface CommandKeyProviderOptions {
   /** Names the KEK in the KMS (recorded with the volumes' keys; passed as GALLEONFS_KEY_ID). */
@@ -96,7 +103,7 @@ export function commandKeyProvider (options: CommandKeyProviderOptions): Externa
       // script's children would otherwise keep its pipes, and this call, open).
       const child = spawn(command, [...args, operation], {
         stdio: ['pipe', 'pipe', 'pipe'],
-        env: { ...process.env, GALLEONFS_KEY_ID: keyId, GALLEONFS_KEY_CONTEXT: context },
+        env: { ...childEnvironment(), GALLEONFS_KEY_ID: keyId, GALLEONFS_KEY_CONTEXT: context },
         detached: true
       })
       const out: Buffer[] = []
