@@ -13,7 +13,7 @@
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
-import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage } from '../../src/abstract-transport.js'
+import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { FramedSocket } from './framed-socket.js'
@@ -155,13 +155,13 @@ export class TcpTransport extends AbstractTransport {
     return this.#address
   }
 
-  protected async _request (address: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+  protected async _request (address: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     let connection = this.#outbound.get(address)
     if (connection === undefined || connection.ended) {
       const { host, port } = parseAddress(address)
       connection = this.#dial(address, host, port)
     }
-    return await connection.request(message, signal)
+    return await connection.request(message, cancellation)
   }
 
   protected async _close (): Promise<void> {
@@ -245,22 +245,13 @@ class OutboundConnection {
 
   get ended (): boolean { return this.framed.ended }
 
-  async request (message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+  async request (message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     if (this.#failure !== undefined) throw this.#failure
     const id = this.#allocateId()
     return await new Promise<TransportMessage>((resolve, reject) => {
-      const onAbort = (): void => {
-        // The reply, if it still comes, finds no id and is ignored.
-        if (this.#pending.delete(id)) reject(signal.reason)
-      }
-      const settle = (): void => { signal.removeEventListener('abort', onAbort) }
-      this.#pending.set(id, {
-        message,
-        sent: false,
-        resolve: (reply) => { settle(); resolve(reply) },
-        reject: (err) => { settle(); reject(err) }
-      })
-      signal.addEventListener('abort', onAbort, { once: true })
+      this.#pending.set(id, { message, sent: false, resolve, reject })
+      // The caller has settled the request already; a reply that still comes finds no id and is ignored.
+      cancellation.onCancel = () => { this.#pending.delete(id) }
       if (this.#state === 'ready') this.#send(id)
     })
   }
