@@ -15,9 +15,13 @@
 // ["galleonfs-transport-frames", 2, "client->server" | "server->client", client node, server node]).
 // Every client frame after PROOF and every server frame after WELCOME ends with a tag:
 //
-//   tag = HMAC-SHA256(key of the direction, u64 sequence number (big-endian) | frame bytes from the
-//         length field to the end of the payload), truncated to 16 bytes
+//   tag = the Poly1305 tag of ChaCha20-Poly1305 (RFC 8439) under the key of the direction, with
+//         nonce = 4 zero bytes | u64 sequence number (big-endian), no plaintext, and as associated
+//         data the frame bytes from the length field to the end of the payload
 //
+// (the per-record construction of TLS 1.3 and SSH, here without encryption: TLS is the option for
+// confidentiality; a nonce never repeats under a key, as keys are per connection and direction).
+// Poly1305 runs at several GB/s where HMAC-SHA256 manages ~1.5, which matters for 1 MiB frames.
 // The sequence number counts the authenticated frames of that direction from 0 and is not sent: the
 // receiver expects the next one. So a frame that is altered, injected, replayed (also from another
 // connection: other nonces, other keys), reordered, dropped before a later one, or reflected back
@@ -25,7 +29,7 @@
 // connection (GOODBYE BACKEND_UNAVAILABLE) without acting on the frame. Tags are compared in
 // constant time. The length field includes the tag.
 
-import { createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto'
+import { createCipheriv, createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto'
 
 export const PROTOCOL_VERSION = 2
 /** Bytes before the header: type, request id, header length. */
@@ -109,22 +113,23 @@ export function sessionKeys (secret: string | Uint8Array, clientNode: string, se
  */
 export class FrameMac {
   readonly #key: KeyObject
-  readonly #sequence = Buffer.alloc(8)
+  readonly #nonce = Buffer.alloc(12)
   #next = 0
 
   constructor (key: KeyObject) {
     this.#key = key
   }
 
-  #hmac (parts: readonly Uint8Array[]): Buffer {
-    const sequence = this.#sequence
+  #tag (parts: readonly Uint8Array[]): Buffer {
+    const nonce = this.#nonce
     // 2^53 frames cannot happen on one connection; the high word keeps the encoding a true u64.
-    sequence.writeUInt32BE(Math.floor(this.#next / 0x100000000), 0)
-    sequence.writeUInt32BE(this.#next >>> 0, 4)
+    nonce.writeUInt32BE(Math.floor(this.#next / 0x100000000), 4)
+    nonce.writeUInt32BE(this.#next >>> 0, 8)
     this.#next++
-    const hmac = createHmac('sha256', this.#key).update(sequence)
-    for (const part of parts) hmac.update(part)
-    return hmac.digest()
+    const cipher = createCipheriv('chacha20-poly1305', this.#key, nonce, { authTagLength: MAC_BYTES })
+    for (const part of parts) cipher.setAAD(part, { plaintextLength: 0 })
+    cipher.final()
+    return cipher.getAuthTag()
   }
 
   /**
@@ -133,14 +138,14 @@ export class FrameMac {
    */
   sign (frame: Buffer, start: number, end: number, detached?: Uint8Array): void {
     const bytes = frame.subarray(start, end)
-    const tag = this.#hmac(detached === undefined ? [bytes] : [bytes, detached])
+    const tag = this.#tag(detached === undefined ? [bytes] : [bytes, detached])
     tag.copy(frame, end, 0, MAC_BYTES)
   }
 
   /** True when `tag` authenticates `frame` as the next frame of this direction. */
   verify (frame: Uint8Array, tag: Uint8Array): boolean {
-    const expected = this.#hmac([frame])
-    return tag.byteLength === MAC_BYTES && timingSafeEqual(expected.subarray(0, MAC_BYTES), tag)
+    const expected = this.#tag([frame])
+    return tag.byteLength === MAC_BYTES && timingSafeEqual(expected, tag)
   }
 }
 
