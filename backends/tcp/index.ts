@@ -59,7 +59,7 @@ export interface TcpTransportStats {
   readonly failed: number
   /** Bytes of received requests being served (or whose replies wait to be written). */
   readonly servingBytes: number
-  /** Bytes of frames this node's connections queued because the socket's write() returned false (waiting for 'drain'). */
+  /** Bytes of frames this node's connections have not yet handed to their sockets (waiting for the end of the tick, or for 'drain' after write() returned false). */
   readonly queuedBytes: number
   /** Open connections this node dialed / accepted. */
   readonly outboundConnections: number
