@@ -53,6 +53,33 @@ export interface TransportStats {
 }
 
 /**
+ * Handed to `_request` with each request. When the request is settled otherwise (timeout, the
+ * caller's AbortSignal, close, or an error), the base class calls `onCancel` once, if the backend
+ * set it, so that the backend can forget the request.
+ */
+export interface RequestCancellation {
+  onCancel: ((reason: GalleonError) => void) | undefined
+}
+
+/** One request from `request()` until it settles (kept as one object: no closures or AbortController per request). */
+class PendingRequest implements RequestCancellation {
+  onCancel: ((reason: GalleonError) => void) | undefined = undefined
+  admitted = false
+  onAbort: (() => void) | undefined = undefined
+  constructor (
+    readonly address: string,
+    readonly message: EncodedMessage,
+    readonly budget: ByteBudget,
+    /** performance.now() by which it times out. */
+    readonly deadline: number,
+    readonly timeoutMs: number,
+    readonly signal: AbortSignal | undefined,
+    readonly resolve: (reply: TransportMessage) => void,
+    readonly reject: (err: GalleonError) => void
+  ) {}
+}
+
+/**
  * Base class of `Transport` implementations. Public methods check arguments and state, make
  * `close()` idempotent, bound every request by a timeout and its AbortSignal, and hold requests
  * back while a peer has `maxInFlightBytes` outstanding. Subclasses implement `_listen`, `_request`
@@ -68,10 +95,17 @@ export abstract class AbstractTransport implements Transport {
   #listening: Promise<string> | undefined
   #closing: Promise<void> | undefined
   #handler: TransportHandler | undefined
-  #pending = new Set<(err: GalleonError) => void>()
+  #pending = new Set<PendingRequest>()
   #budgets = new Map<string, ByteBudget>()
   #completed = 0
   #failed = 0
+  /**
+   * One timer for every request's timeout: armed for the earliest deadline it knows of, it expires
+   * what is due and re-arms for the rest. Referenced only while requests are pending.
+   */
+  #timer: NodeJS.Timeout | undefined
+  #timerAt = Infinity
+  #timerReferenced = false
 
   constructor (options: AbstractTransportOptions) {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `transport options must be an object, got ${describe(options)}`)
@@ -123,52 +157,102 @@ export abstract class AbstractTransport implements Transport {
     this.#assertOpen()
     if (signal?.aborted === true) throw cancelled(address, signal)
 
-    const controller = new AbortController()
     let budget = this.#budgets.get(address)
     if (budget === undefined) {
       budget = new ByteBudget(this.maxInFlightBytes)
       this.#budgets.set(address, budget)
     }
     const peerBudget = budget
-    let admitted = false
     return await new Promise<TransportMessage>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined
-      const onAbort = (): void => { settle(cancelled(address, signal as AbortSignal)) }
-      const settle = (err: GalleonError | undefined, reply?: TransportMessage): void => {
-        if (!this.#pending.delete(settle)) return
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-        if (admitted) peerBudget.release(encoded.bytes)
-        if (peerBudget.idle) this.#budgets.delete(address)
-        if (err === undefined) {
-          this.#completed++
-          resolve(reply as TransportMessage)
-        } else {
-          this.#failed++
-          controller.abort(err) // lets the backend forget the request
-          reject(err)
-        }
+      const request = new PendingRequest(address, encoded, peerBudget, performance.now() + timeoutMs, timeoutMs, signal, resolve, reject)
+      this.#pending.add(request)
+      this.#watchDeadline(request.deadline)
+      if (signal !== undefined) {
+        request.onAbort = () => { this.#settle(request, cancelled(address, signal)) }
+        signal.addEventListener('abort', request.onAbort, { once: true })
       }
-      this.#pending.add(settle)
-      timer = setTimeout(() => {
-        settle(new GalleonError('BACKEND_UNAVAILABLE', `no reply from ${address} within ${timeoutMs} ms (the peer is down, overloaded or cut off); the request may or may not have been applied`))
-      }, timeoutMs)
-      signal?.addEventListener('abort', onAbort, { once: true })
-      void (async () => {
-        await peerBudget.acquire(encoded.bytes, controller.signal)
-        admitted = true
-        return await this._request(address, encoded, controller.signal)
-      })().then((reply) => { settle(undefined, reply) }, (err: unknown) => {
-        settle(err instanceof GalleonError ? err : new GalleonError('BACKEND_UNAVAILABLE', `request to ${address} failed: ${errorText(err)}`, { cause: err }))
-      })
+      if (peerBudget.acquire(request)) this.#start(request)
     })
+  }
+
+  /** Hands an admitted request to the backend. */
+  #start (request: PendingRequest): void {
+    request.admitted = true
+    let delivery: Promise<TransportMessage>
+    try {
+      delivery = this._request(request.address, request.message, request)
+    } catch (err) {
+      delivery = Promise.reject(err)
+    }
+    delivery.then((reply) => { this.#settle(request, undefined, reply) }, (err: unknown) => {
+      this.#settle(request, err instanceof GalleonError ? err : new GalleonError('BACKEND_UNAVAILABLE', `request to ${request.address} failed: ${errorText(err)}`, { cause: err }))
+    })
+  }
+
+  #settle (request: PendingRequest, err: GalleonError | undefined, reply?: TransportMessage): void {
+    if (!this.#pending.delete(request)) return
+    if (request.onAbort !== undefined) request.signal?.removeEventListener('abort', request.onAbort)
+    const budget = request.budget
+    if (request.admitted) {
+      budget.release(request.message.bytes)
+    } else {
+      budget.forget(request)
+    }
+    for (const next of budget.admit()) this.#start(next)
+    if (budget.idle && this.#budgets.get(request.address) === budget) this.#budgets.delete(request.address)
+    if (this.#pending.size === 0 && this.#timerReferenced) {
+      this.#timer?.unref()
+      this.#timerReferenced = false
+    }
+    if (err === undefined) {
+      this.#completed++
+      request.resolve(reply as TransportMessage)
+    } else {
+      this.#failed++
+      const onCancel = request.onCancel
+      request.onCancel = undefined
+      onCancel?.(err) // lets the backend forget the request
+      request.reject(err)
+    }
+  }
+
+  /** Makes sure the timer fires by `deadline` (and keeps the process alive while requests are pending). */
+  #watchDeadline (deadline: number): void {
+    if (deadline < this.#timerAt) {
+      if (this.#timer !== undefined) clearTimeout(this.#timer)
+      this.#timerAt = deadline
+      this.#timer = setTimeout(() => { this.#expire() }, Math.max(1, Math.ceil(deadline - performance.now())))
+      this.#timerReferenced = true
+    } else if (!this.#timerReferenced) {
+      this.#timer?.ref()
+      this.#timerReferenced = true
+    }
+  }
+
+  #expire (): void {
+    this.#timer = undefined
+    this.#timerAt = Infinity
+    this.#timerReferenced = false
+    const now = performance.now()
+    let next = Infinity
+    for (const request of [...this.#pending]) {
+      if (request.deadline <= now) {
+        this.#settle(request, new GalleonError('BACKEND_UNAVAILABLE', `no reply from ${request.address} within ${request.timeoutMs} ms (the peer is down, overloaded or cut off); the request may or may not have been applied`))
+      } else if (request.deadline < next) {
+        next = request.deadline
+      }
+    }
+    if (next !== Infinity) this.#watchDeadline(next)
   }
 
   async close (): Promise<void> {
     if (this.#closing !== undefined) return await this.#closing
     this.#state = 'closed'
     const closing = new GalleonError('BACKEND_UNAVAILABLE', `the ${this.name} transport of node ${this.nodeId} was closed while the request was in flight`)
-    for (const settle of [...this.#pending]) settle(closing)
+    for (const request of [...this.#pending]) this.#settle(request, closing)
+    if (this.#timer !== undefined) clearTimeout(this.#timer)
+    this.#timer = undefined
+    this.#timerAt = Infinity
     this.#closing = (async () => {
       await this.#listening?.catch(() => {})
       await this._close()
@@ -201,11 +285,12 @@ export abstract class AbstractTransport implements Transport {
   /** Starts accepting requests (handing them to `serve`); resolves to the address peers use. */
   protected abstract _listen (): Promise<string>
   /**
-   * Delivers one request and resolves to its reply. `signal` aborts when the request is settled
-   * otherwise (timeout, caller's abort, close): forget it then. Reject with BACKEND_UNAVAILABLE
-   * when the peer cannot be reached, or with the error the peer's handler reported.
+   * Delivers one request and resolves to its reply. If the request is settled otherwise (timeout,
+   * caller's abort, close), `cancellation.onCancel` (when set) is called: forget the request then.
+   * Reject with BACKEND_UNAVAILABLE when the peer cannot be reached, or with the error the peer's
+   * handler reported.
    */
-  protected abstract _request (address: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage>
+  protected abstract _request (address: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage>
   /** Stops listening and closes every connection; called once. */
   protected abstract _close (): Promise<void>
 
@@ -267,13 +352,14 @@ function positiveInt (value: unknown, fallback: number, what: string): number {
 }
 
 /**
- * A FIFO byte semaphore: `acquire` waits while admitting the bytes would exceed the limit. A message
- * larger than the whole limit is admitted alone, so it cannot wait forever.
+ * A FIFO byte semaphore over pending requests: `acquire` admits a request at once or queues it
+ * while admitting its bytes would exceed the limit; `admit` hands out the queued requests that fit
+ * now. A message larger than the whole limit is admitted alone, so it cannot wait forever.
  */
 class ByteBudget {
   used = 0
   readonly #limit: number
-  #waiters: Array<{ bytes: number, wake: () => void }> = []
+  #waiters: PendingRequest[] = []
 
   constructor (limit: number) {
     this.#limit = limit
@@ -281,43 +367,41 @@ class ByteBudget {
 
   get idle (): boolean { return this.used === 0 && this.#waiters.length === 0 }
 
-  async acquire (bytes: number, signal: AbortSignal): Promise<void> {
-    if (this.#waiters.length === 0 && this.#fits(bytes)) {
-      this.used += bytes
-      return
+  /** True when `request` is admitted now; otherwise it waits for `admit()`. */
+  acquire (request: PendingRequest): boolean {
+    if (this.#waiters.length === 0 && this.#fits(request.message.bytes)) {
+      this.used += request.message.bytes
+      return true
     }
-    await new Promise<void>((resolve, reject) => {
-      const waiter = {
-        bytes,
-        wake: () => {
-          signal.removeEventListener('abort', onAbort)
-          this.used += bytes
-          resolve()
-        }
-      }
-      const onAbort = (): void => {
-        const at = this.#waiters.indexOf(waiter)
-        if (at >= 0) this.#waiters.splice(at, 1)
-        this.#wakeWaiters() // the next one may fit now
-        reject(signal.reason)
-      }
-      this.#waiters.push(waiter)
-      signal.addEventListener('abort', onAbort, { once: true })
-    })
+    this.#waiters.push(request)
+    return false
+  }
+
+  /** Removes a waiting request that settled before it was admitted. */
+  forget (request: PendingRequest): void {
+    const at = this.#waiters.indexOf(request)
+    if (at >= 0) this.#waiters.splice(at, 1)
   }
 
   release (bytes: number): void {
     this.used -= bytes
-    this.#wakeWaiters()
+  }
+
+  /** The waiting requests that fit now, in order, counted as admitted. */
+  admit (): PendingRequest[] {
+    if (this.#waiters.length === 0) return NONE
+    const admitted: PendingRequest[] = []
+    while (this.#waiters.length > 0 && this.#fits((this.#waiters[0] as PendingRequest).message.bytes)) {
+      const request = this.#waiters.shift() as PendingRequest
+      this.used += request.message.bytes
+      admitted.push(request)
+    }
+    return admitted
   }
 
   #fits (bytes: number): boolean {
     return this.used === 0 || this.used + bytes <= this.#limit
   }
-
-  #wakeWaiters (): void {
-    while (this.#waiters.length > 0 && this.#fits((this.#waiters[0] as { bytes: number }).bytes)) {
-      (this.#waiters.shift() as { wake: () => void }).wake()
-    }
-  }
 }
+
+const NONE: PendingRequest[] = []

@@ -6,13 +6,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createRequire } from 'node:module'
-import { connect, type Socket } from 'node:net'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { promisify } from 'node:util'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { FrameReader, FrameType, NONCE_BYTES, encodeFrame, proof, type Frame } from '../backends/tcp/frames.js'
+import { FrameMac, FrameReader, FrameType, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, encodeFrame, proof, sessionKeys, type Frame } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress, type TcpTransportOptions } from '../backends/tcp/index.js'
 import type { TransportHandler } from '../src/drivers.js'
 import { GalleonError, type GalleonErrorCode } from '../src/errors.js'
@@ -61,6 +61,9 @@ class RawPeer {
   readonly frames: Frame[] = []
   readonly closed: Promise<void>
   #reader = new FrameReader(1 << 20)
+  /** Tags frames sent after PROOF; the server's frames after WELCOME are checked with the other key. */
+  #sendMac: FrameMac | undefined
+  #receiveMac: FrameMac | undefined
 
   constructor (address: string) {
     const { host, port } = parseAddress(address)
@@ -68,13 +71,16 @@ class RawPeer {
     this.socket.on('error', () => {})
     this.socket.on('data', (chunk: Buffer) => {
       this.#reader.push(chunk)
-      for (let frame = this.#reader.next(); frame !== undefined; frame = this.#reader.next()) this.frames.push(frame)
+      for (let frame = this.#reader.next(); frame !== undefined; frame = this.#reader.next()) {
+        this.frames.push(frame)
+        if (frame.type === FrameType.Welcome) this.#reader.mac = this.#receiveMac
+      }
     })
     this.closed = new Promise((resolve) => { this.socket.once('close', () => { resolve() }) })
   }
 
   send (type: number, header: unknown, payload?: Uint8Array, id = 0): void {
-    this.socket.write(encodeFrame(type as FrameType, id, JSON.stringify(header), payload))
+    this.socket.write(encodeFrame(type as FrameType, id, JSON.stringify(header), payload, this.#sendMac))
   }
 
   async frame (type: number): Promise<Frame> {
@@ -85,9 +91,12 @@ class RawPeer {
   /** Performs the client side of the handshake with `secret`; resolves to the server's reply (WELCOME or GOODBYE). */
   async handshake (nodeId: string, secret: string): Promise<Frame> {
     const nonce = randomBytes(NONCE_BYTES).toString('base64')
-    this.send(FrameType.Hello, { v: 1, node: nodeId, nonce })
+    this.send(FrameType.Hello, { v: PROTOCOL_VERSION, node: nodeId, nonce })
     const challenge = (await this.frame(FrameType.Challenge)).header as { node: string, nonce: string }
     this.send(FrameType.Proof, { proof: proof(secret, 'client', nodeId, challenge.node, nonce, challenge.nonce) })
+    const keys = sessionKeys(secret, nodeId, challenge.node, nonce, challenge.nonce)
+    this.#sendMac = new FrameMac(keys.clientToServer)
+    this.#receiveMac = new FrameMac(keys.serverToClient)
     await until(() => this.frames.some((frame) => frame.type === FrameType.Welcome || frame.type === FrameType.Goodbye), 'the handshake outcome')
     return this.frames.find((frame) => frame.type === FrameType.Welcome || frame.type === FrameType.Goodbye) as Frame
   }
@@ -314,6 +323,210 @@ test('TLS: round trip over TLS with a self-signed certificate; plaintext and unt
   } finally {
     await rm(dir, { recursive: true, force: true })
   }
+})
+
+type Direction = 'to-server' | 'to-client'
+
+/**
+ * What a man-in-the-middle does with the `index`th frame (counted per direction, handshake
+ * included) of the `connection`th connection: returns the frames to forward (to the same side,
+ * unless `reflect` sends them back). `history` holds that direction's earlier frames.
+ */
+type Tamper = (direction: Direction, connection: number, index: number, frame: Buffer, history: Buffer[]) => { forward: Buffer[], reflect?: Buffer[] }
+
+/** A TCP proxy in front of `target` that relays whole frames, each through `tamper`. */
+class FrameProxy {
+  readonly server: Server
+  #target: { host: string, port: number }
+  #tamper: Tamper
+  #connections = 0
+  #sockets = new Set<Socket>()
+
+  constructor (target: string, tamper: Tamper) {
+    this.#target = parseAddress(target)
+    this.#tamper = tamper
+    this.server = createServer((client) => { this.#relay(client) })
+  }
+
+  async listen (): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve))
+    return `127.0.0.1:${(this.server.address() as AddressInfo).port}`
+  }
+
+  async close (): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy()
+    await new Promise<void>((resolve) => { this.server.close(() => { resolve() }) })
+  }
+
+  #relay (client: Socket): void {
+    const connection = this.#connections++
+    const server = connect(this.#target)
+    for (const socket of [client, server]) {
+      this.#sockets.add(socket)
+      socket.on('error', () => {})
+      socket.on('close', () => { client.destroy(); server.destroy() })
+    }
+    const pipe = (direction: Direction, from: Socket, to: Socket): void => {
+      let buffered = Buffer.alloc(0)
+      const history: Buffer[] = []
+      from.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk])
+        while (buffered.byteLength >= 4 && buffered.byteLength >= 4 + buffered.readUInt32BE(0)) {
+          const frame = Buffer.from(buffered.subarray(0, 4 + buffered.readUInt32BE(0)))
+          buffered = buffered.subarray(frame.byteLength)
+          const { forward, reflect = [] } = this.#tamper(direction, connection, history.length, frame, history)
+          history.push(frame)
+          for (const out of forward) to.write(out)
+          for (const out of reflect) from.write(out)
+        }
+      })
+    }
+    pipe('to-server', client, server)
+    pipe('to-client', server, client)
+  }
+}
+
+// Frames of the first connection through the proxy: to the server HELLO (0), PROOF (1), then the
+// requests from 2; to the client CHALLENGE (0), WELCOME (1), then the replies from 2.
+const honestRelay: Tamper = (_direction, _connection, _index, frame) => ({ forward: [frame] })
+
+test('an honest proxy between two nodes relays everything: requests of all sizes, pipelined, both ways', async () => {
+  const server = transport('server')
+  const address = await server.listen(echo)
+  const proxy = new FrameProxy(address, honestRelay)
+  const client = transport('client')
+  try {
+    const via = await proxy.listen()
+    const sizes = [0, 1, 4096, 64 * 1024, 64 * 1024 + 1, 3 * 1024 * 1024]
+    const replies = await Promise.all(Array.from({ length: 64 }, async (_, n) => {
+      const payload = bytesOf(sizes[n % sizes.length] as number, n)
+      const reply = await client.request(via, { kind: 'x', header: { n }, payload }, { timeoutMs: 60_000 })
+      assertBytes(reply.payload, payload)
+      return reply.header.n
+    }))
+    assert.deepEqual(replies, Array.from({ length: 64 }, (_, n) => n))
+    assert.equal(client.stats().outboundConnections, 1)
+  } finally {
+    await Promise.all([client.close(), server.close()])
+    await proxy.close()
+  }
+})
+
+/** Flips the last payload byte of a frame (the tag, at its end, stays as it was). */
+function flipped (frame: Buffer): Buffer {
+  const copy = Buffer.from(frame)
+  const at = copy.byteLength - MAC_BYTES - 1
+  copy.writeUInt8(copy.readUInt8(at) ^ 0x01, at)
+  return copy
+}
+
+const attacks: Array<{ name: string, tamper: Tamper, concurrent?: boolean, detectedBy: 'server' | 'client', handled: number[] }> = [
+  {
+    name: 'a request altered in flight (one payload byte flipped)',
+    tamper: (direction, connection, index, frame) => ({ forward: [direction === 'to-server' && connection === 0 && index === 3 ? flipped(frame) : frame] }),
+    detectedBy: 'server',
+    handled: [1]
+  },
+  {
+    name: 'an earlier request replayed (a byte-for-byte copy injected before the next request)',
+    tamper: (direction, connection, index, frame, history) => ({ forward: direction === 'to-server' && connection === 0 && index === 3 ? [history[2] as Buffer, frame] : [frame] }),
+    detectedBy: 'server',
+    handled: [1]
+  },
+  {
+    name: 'a request dropped and the next one forwarded',
+    tamper: (direction, connection, index, frame) => ({ forward: direction === 'to-server' && connection === 0 && index === 3 ? [] : [frame] }),
+    concurrent: true,
+    detectedBy: 'server',
+    handled: [1]
+  },
+  {
+    name: 'two requests swapped',
+    tamper: (() => {
+      let held: Buffer | undefined
+      return (direction: Direction, connection: number, index: number, frame: Buffer) => {
+        if (direction !== 'to-server' || connection !== 0 || index < 3 || index > 4) return { forward: [frame] }
+        if (index === 3) {
+          held = frame
+          return { forward: [] }
+        }
+        return { forward: [frame, held as Buffer] }
+      }
+    })(),
+    concurrent: true,
+    detectedBy: 'server',
+    handled: [1]
+  },
+  {
+    name: 'a request reflected back to its sender as if it were a reply',
+    tamper: (direction, connection, index, frame) => direction === 'to-server' && connection === 0 && index === 3 ? { forward: [], reflect: [frame] } : { forward: [frame] },
+    detectedBy: 'client',
+    handled: [1]
+  },
+  {
+    name: 'a reply altered in flight',
+    tamper: (direction, connection, index, frame) => ({ forward: [direction === 'to-client' && connection === 0 && index === 3 ? flipped(frame) : frame] }),
+    detectedBy: 'client',
+    handled: [1, 2]
+  }
+]
+
+for (const attack of attacks) {
+  test(`a man in the middle is detected: ${attack.name}; the connection closes and the callers get BACKEND_UNAVAILABLE`, async () => {
+    const handled: number[] = []
+    const server = transport('server')
+    const address = await server.listen(async (from, request) => {
+      handled.push(request.header.n as number)
+      return await echo(from, request)
+    })
+    const proxy = new FrameProxy(address, attack.tamper)
+    const client = transport('client')
+    try {
+      const via = await proxy.listen()
+      const payload = bytesOf(64, 1)
+      assert.equal((await client.request(via, { kind: 'x', header: { n: 1 }, payload })).header.n, 1)
+      const attacked = attack.concurrent === true ? [2, 3] : [2]
+      const outcomes = attacked.map(async (n) => await client.request(via, { kind: 'x', header: { n }, payload: bytesOf(64, n) }))
+      for (const outcome of outcomes) {
+        const err = await expectCode(outcome, 'BACKEND_UNAVAILABLE', 'authentication')
+        assert.ok(err.message.includes(via), `the error names the peer: ${err.message}`)
+      }
+      assert.deepEqual(handled, attack.handled, 'no forged, replayed or reordered request reached the handler')
+      await until(() => server.stats().inboundConnections === 0 && client.stats().outboundConnections === 0, 'both ends to close the connection')
+      // The next request gets a fresh connection (new keys) and goes through untouched.
+      assert.equal((await client.request(via, { kind: 'x', header: { n: 9 } })).header.n, 9)
+      assert.deepEqual(handled, [...attack.handled, 9])
+    } finally {
+      await Promise.all([client.close(), server.close()])
+      await proxy.close()
+    }
+  })
+}
+
+test('frame MACs: a frame tagged for another position, direction or connection fails the check', () => {
+  const keys = sessionKeys(SECRET, 'c', 's', randomBytes(NONCE_BYTES).toString('base64'), randomBytes(NONCE_BYTES).toString('base64'))
+  const other = sessionKeys(SECRET, 'c', 's', randomBytes(NONCE_BYTES).toString('base64'), randomBytes(NONCE_BYTES).toString('base64'))
+  const tagged = (mac: FrameMac, n: number): Buffer => encodeFrame(FrameType.Request, n, '{}', bytesOf(100, n), mac)
+  const check = (mac: FrameMac, frame: Buffer): boolean => mac.verify(frame.subarray(0, frame.byteLength - MAC_BYTES), frame.subarray(frame.byteLength - MAC_BYTES))
+  const sender = new FrameMac(keys.clientToServer)
+  const first = tagged(sender, 1)
+  const second = tagged(sender, 2)
+  const receiver = new FrameMac(keys.clientToServer)
+  assert.ok(check(receiver, first))
+  assert.ok(check(receiver, second))
+  assert.equal(check(new FrameMac(keys.clientToServer), second), false, 'out of order')
+  assert.equal(check(new FrameMac(keys.serverToClient), first), false, 'other direction')
+  assert.equal(check(new FrameMac(other.clientToServer), first), false, 'other connection')
+  assert.equal(check(new FrameMac(keys.clientToServer), flipped(first)), false, 'altered')
+  // Frames read through a FrameReader: the tagged ones pass in order, and the reader stops at a bad one.
+  const reader = new FrameReader(1 << 20)
+  reader.mac = new FrameMac(keys.clientToServer)
+  reader.push(Buffer.concat([first, second, first]))
+  assert.equal(reader.next()?.id, 1)
+  const frame = reader.next() as Frame
+  assert.equal(frame.id, 2)
+  assertBytes(frame.payload, bytesOf(100, 2))
+  assert.throws(() => reader.next(), /authentication/)
 })
 
 interface Child { process: ChildProcess, address: string, exited: Promise<void> }

@@ -2,7 +2,7 @@
 // by node id) and injects faults (drop, delay, partition, reorder, kill), deterministically per seed.
 
 import { seededRandom } from '../../src/seeded-random.js'
-import { AbstractTransport, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type HandlerOutcome } from '../../src/abstract-transport.js'
+import { AbstractTransport, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type HandlerOutcome, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 
@@ -185,7 +185,7 @@ export class MemoryNetwork {
   }
 
   /** @internal Carries a request from `sender` to `to` and its outcome back. */
-  async exchange (sender: MemoryTransport, to: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+  async exchange (sender: MemoryTransport, to: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     const from = sender.nodeId
     if (this.#killed.has(from)) throw unavailable(`node ${from} is killed and cannot send to ${to}`)
     // Copied now: the sender may reuse its buffer, and nodes share no memory.
@@ -201,13 +201,12 @@ export class MemoryNetwork {
       const finish = (): boolean => {
         if (exchange.settled) return false
         exchange.settled = true
-        signal.removeEventListener('abort', onAbort)
+        cancellation.onCancel = undefined
         this.#serving.get(to)?.delete(exchange)
         this.#sending.get(from)?.delete(exchange)
         return true
       }
-      const onAbort = (): void => { if (finish()) reject(signal.reason) }
-      signal.addEventListener('abort', onAbort, { once: true })
+      cancellation.onCancel = (reason) => { if (finish()) reject(reason) }
       track(this.#sending, from, exchange)
       this.#transmit(exchange, 'request', request.kind, () => { this.#deliverRequest(exchange, request) })
     })
@@ -311,8 +310,8 @@ export class MemoryTransport extends AbstractTransport {
     return this.network.register(this)
   }
 
-  protected async _request (address: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
-    return await this.network.exchange(this, address, message, signal)
+  protected async _request (address: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
+    return await this.network.exchange(this, address, message, cancellation)
   }
 
   protected async _close (): Promise<void> {

@@ -1,8 +1,29 @@
 // A socket speaking frames: reads them in order (and can stop reading for backpressure), writes them
-// respecting write() returning false, and reports once why it ended.
+// respecting write() returning false, and reports once why it ended. Frames sent in the same tick
+// go out in one socket write (small payloads copied into one buffer, large ones written from their
+// own memory), tagged with their MAC once the direction is authenticated.
 
 import type { Socket } from 'node:net'
-import { FrameReader, FrameType, ProtocolError, encodeFrame, type Frame } from './frames.js'
+import { FRAME_PREFIX, FrameAuthenticationError, FrameMac, FrameReader, FrameType, MAC_BYTES, ProtocolError, encodeFrame, writeFramePrefix, type Frame } from './frames.js'
+
+/** Payloads up to this size are copied into the batch buffer; larger ones are written from their own memory. */
+const INLINE_PAYLOAD_BYTES = 64 * 1024
+/** A flush stops adding frames to a socket write past this many bytes (the socket's buffer is full by then). */
+const BATCH_BYTES = 256 * 1024
+
+/** A frame waiting for the end-of-tick flush (or for 'drain'). */
+interface QueuedFrame {
+  readonly type: FrameType
+  readonly id: number
+  readonly headerJson: string
+  readonly headerLength: number
+  readonly payload: Uint8Array | undefined
+  /** Sent after the direction became authenticated: gets a tag (and the next sequence number) when flushed. */
+  readonly authenticated: boolean
+  /** Bytes on the wire. */
+  readonly size: number
+  readonly written: (() => void) | undefined
+}
 
 /**
  * Wraps a connected socket (plain or TLS). `onFrame` gets each frame; a frame that breaks the
@@ -16,7 +37,10 @@ export class FramedSocket {
   readonly closed: Promise<void>
   #onFrame: (frame: Frame) => void
   #onEnd: (reason: string) => void
-  #writeQueue: Array<{ frame: Buffer, written?: () => void }> = []
+  #writeQueue: QueuedFrame[] = []
+  #queuedBytes = 0
+  #flushScheduled = false
+  #sendMac: FrameMac | undefined
   #blocked = false
   #holds = 0
   #parsing = false
@@ -32,7 +56,10 @@ export class FramedSocket {
       this.reader.push(chunk)
       this.#parse()
     })
-    socket.on('drain', () => { this.#flush() })
+    socket.on('drain', () => {
+      this.#blocked = false
+      this.#flush()
+    })
     socket.on('error', (err) => { this.end(err.message) })
     socket.on('end', () => { this.end('the peer closed the connection') })
     socket.on('close', () => { this.end('the connection closed') })
@@ -41,24 +68,45 @@ export class FramedSocket {
   get ended (): boolean { return this.endReason !== undefined }
 
   /**
-   * Sends a frame. Frames queue (in order) while the socket's buffer is over its high-water mark;
-   * `written` runs once the frame was handed to the socket.
+   * Sends a frame: it is written with the other frames sent in this tick, or once the socket drained
+   * if its buffer is over the high-water mark. `written` runs once the frame was handed to the
+   * socket, or dropped because the connection ended.
    */
   send (type: FrameType, id: number, headerJson: string, payload?: Uint8Array, written?: () => void): void {
-    if (this.ended) return
-    const frame = encodeFrame(type, id, headerJson, payload)
-    if (this.#blocked) {
-      this.#writeQueue.push({ frame, written })
+    if (this.ended) {
+      written?.()
       return
     }
-    this.#write(frame, written)
+    const headerLength = Buffer.byteLength(headerJson)
+    const authenticated = this.#sendMac !== undefined
+    const size = FRAME_PREFIX + headerLength + (payload?.byteLength ?? 0) + (authenticated ? MAC_BYTES : 0)
+    this.#writeQueue.push({ type, id, headerJson, headerLength, payload, authenticated, size, written })
+    this.#queuedBytes += size
+    if (!this.#flushScheduled && !this.#blocked) {
+      this.#flushScheduled = true
+      process.nextTick(() => {
+        this.#flushScheduled = false
+        this.#flush()
+      })
+    }
   }
 
-  /** Bytes waiting in this object's queue (not yet handed to the socket). */
+  /**
+   * Tags every frame sent from now on with `mac` (frames already sent stay untagged): the peer
+   * checks them from the same point of the handshake.
+   */
+  authenticateSending (mac: FrameMac): void {
+    this.#sendMac = mac
+  }
+
+  /** Requires a valid tag (under `mac`) on every frame received from now on. */
+  authenticateReceiving (mac: FrameMac): void {
+    this.reader.mac = mac
+  }
+
+  /** Bytes of frames waiting in this object's queue (not yet handed to the socket). */
   get queuedBytes (): number {
-    let bytes = 0
-    for (const entry of this.#writeQueue) bytes += entry.frame.byteLength
-    return bytes
+    return this.#queuedBytes
   }
 
   /** Stops reading frames (and, through TCP flow control, the peer's writes) until `release()`. */
@@ -75,10 +123,11 @@ export class FramedSocket {
   /** Sends last words (a GOODBYE frame) and closes once they are flushed; frames still queued are dropped. */
   finish (type: FrameType, headerJson: string, reason: string): void {
     if (this.ended) return
-    // Straight to the socket, past a queue waiting for 'drain' that end() would cut off.
-    this.socket.write(encodeFrame(type, 0, headerJson))
-    this.#writeQueue = []
+    // Straight to the socket, past a queue waiting for 'drain' that end() would cut off. The queued
+    // frames were never tagged, so the GOODBYE takes the next sequence number.
+    this.socket.write(encodeFrame(type, 0, headerJson, undefined, this.#sendMac))
     this.endReason = reason
+    this.#dropQueue()
     this.socket.end()
     // A peer that never reads would keep the socket half-open: do not wait for it long.
     setTimeout(() => { this.socket.destroy() }, 1000).unref()
@@ -90,20 +139,68 @@ export class FramedSocket {
     if (!this.socket.destroyed) this.socket.destroy()
     if (this.ended) return
     this.endReason = reason
-    this.#writeQueue = []
+    this.#dropQueue()
     this.#onEnd(reason)
   }
 
-  #write (frame: Buffer, written?: () => void): void {
-    if (!this.socket.write(frame)) this.#blocked = true
-    written?.()
+  #dropQueue (): void {
+    const dropped = this.#writeQueue
+    this.#writeQueue = []
+    this.#queuedBytes = 0
+    for (const frame of dropped) frame.written?.()
   }
 
+  /** Hands queued frames to the socket in batches until it is full or the queue is empty. */
   #flush (): void {
-    this.#blocked = false
-    while (!this.#blocked && this.#writeQueue.length > 0) {
-      const entry = this.#writeQueue.shift() as { frame: Buffer, written?: () => void }
-      this.#write(entry.frame, entry.written)
+    const queue = this.#writeQueue
+    while (!this.#blocked && !this.ended && queue.length > 0) {
+      let count = 0
+      let batchBytes = 0
+      let inlineBytes = 0
+      for (const frame of queue) {
+        if (count > 0 && batchBytes + frame.size > BATCH_BYTES) break
+        count++
+        batchBytes += frame.size
+        inlineBytes += frame.payload !== undefined && frame.payload.byteLength > INLINE_PAYLOAD_BYTES ? frame.size - frame.payload.byteLength : frame.size
+      }
+      const batch = queue.splice(0, count)
+      this.#queuedBytes -= batchBytes
+      const buffer = Buffer.allocUnsafe(inlineBytes)
+      const pieces: Uint8Array[] = []
+      let pieceStart = 0
+      let offset = 0
+      for (const frame of batch) {
+        const payload = frame.payload
+        const payloadLength = payload?.byteLength ?? 0
+        const frameStart = offset
+        offset = writeFramePrefix(buffer, offset, frame.type, frame.id, frame.headerJson, frame.headerLength, payloadLength + (frame.authenticated ? MAC_BYTES : 0))
+        let detached: Uint8Array | undefined
+        if (payload !== undefined && payloadLength > INLINE_PAYLOAD_BYTES) {
+          // Written from the caller's memory; the tag follows it in the next piece.
+          detached = payload
+          pieces.push(buffer.subarray(pieceStart, offset), payload)
+          pieceStart = offset
+        } else if (payload !== undefined) {
+          buffer.set(payload, offset)
+          offset += payloadLength
+        }
+        if (frame.authenticated) {
+          // Flushed in send order, so tags take sequence numbers in the order the peer reads frames.
+          ;(this.#sendMac as FrameMac).sign(buffer, frameStart, offset, detached)
+          offset += MAC_BYTES
+        }
+      }
+      if (pieceStart < offset) pieces.push(buffer.subarray(pieceStart, offset))
+      let accepted = true
+      if (pieces.length === 1) {
+        accepted = this.socket.write(pieces[0] as Uint8Array)
+      } else {
+        this.socket.cork()
+        for (const piece of pieces) accepted = this.socket.write(piece)
+        this.socket.uncork()
+      }
+      if (!accepted) this.#blocked = true
+      for (const frame of batch) frame.written?.()
     }
   }
 
@@ -117,7 +214,12 @@ export class FramedSocket {
         this.#onFrame(frame)
       }
     } catch (err) {
-      if (err instanceof ProtocolError) {
+      if (err instanceof FrameAuthenticationError) {
+        // The peer may be honest and the path hostile: say why (BACKEND_UNAVAILABLE, as for any cut
+        // connection), in a frame the peer can check, and act on nothing more from this stream.
+        const reason = `frame authentication failed: ${err.message}`
+        this.finish(FrameType.Goodbye, JSON.stringify({ code: 'BACKEND_UNAVAILABLE', message: `the peer closed the connection because ${reason}` }), reason)
+      } else if (err instanceof ProtocolError) {
         // Tell the peer why before hanging up, so its requests fail with the reason rather than a bare reset.
         const reason = `protocol error: ${err.message}`
         this.finish(FrameType.Goodbye, JSON.stringify({ code: 'IO_ERROR', message: `the peer closed the connection after a ${reason}` }), reason)

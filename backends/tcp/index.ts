@@ -1,5 +1,6 @@
 // The tcp transport: node-to-node requests over TCP (optionally TLS) with length-prefixed frames,
-// a mutual HMAC handshake on a cluster secret, pipelining, backpressure and reconnect on demand.
+// a mutual HMAC handshake on a cluster secret, every later frame authenticated by a MAC under session
+// keys derived from it (see frames.ts), pipelining, backpressure and reconnect on demand.
 //
 //   const t = new TcpTransport({ nodeId: 'a', clusterSecret: secret, host: '127.0.0.1', port: 0 })
 //   const address = await t.listen(handler)       // '127.0.0.1:40123'
@@ -13,11 +14,11 @@
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
-import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage } from '../../src/abstract-transport.js'
+import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { FramedSocket } from './framed-socket.js'
-import { FRAMING_SLACK, FrameType, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, newNonce, proof, proofMatches, validNonce, type Frame } from './frames.js'
+import { FRAMING_SLACK, FrameMac, FrameType, MAC_BYTES, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, newNonce, proof, proofMatches, sessionKeys, validNonce, type Frame } from './frames.js'
 
 /** TLS material (PEM strings or buffers), as node:tls takes it. */
 export interface TcpTlsOptions {
@@ -58,7 +59,7 @@ export interface TcpTransportStats {
   readonly failed: number
   /** Bytes of received requests being served (or whose replies wait to be written). */
   readonly servingBytes: number
-  /** Bytes of frames this node's connections queued because the socket's write() returned false (waiting for 'drain'). */
+  /** Bytes of frames this node's connections have not yet handed to their sockets (waiting for the end of the tick, or for 'drain' after write() returned false). */
   readonly queuedBytes: number
   /** Open connections this node dialed / accepted. */
   readonly outboundConnections: number
@@ -108,7 +109,7 @@ export class TcpTransport extends AbstractTransport {
     if (this.#tls !== undefined && (this.#tls.key === undefined || this.#tls.cert === undefined)) throw new GalleonError('INVALID_ARGUMENT', 'tls needs at least key and cert (PEM)')
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000
     if (!Number.isSafeInteger(this.#handshakeTimeoutMs) || this.#handshakeTimeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a positive integer, got ${describe(options.handshakeTimeoutMs)}`)
-    this.#maxFrame = this.maxMessageBytes + FRAMING_SLACK
+    this.#maxFrame = this.maxMessageBytes + FRAMING_SLACK + MAC_BYTES
   }
 
   /** The address `listen()` resolved to, once listening. */
@@ -155,13 +156,13 @@ export class TcpTransport extends AbstractTransport {
     return this.#address
   }
 
-  protected async _request (address: string, message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+  protected async _request (address: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     let connection = this.#outbound.get(address)
     if (connection === undefined || connection.ended) {
       const { host, port } = parseAddress(address)
       connection = this.#dial(address, host, port)
     }
-    return await connection.request(message, signal)
+    return await connection.request(message, cancellation)
   }
 
   protected async _close (): Promise<void> {
@@ -220,6 +221,8 @@ class OutboundConnection {
   #state: 'connecting' | 'challenged' | 'authenticating' | 'ready' = 'connecting'
   #peerNode: string | undefined
   #serverNonce = ''
+  /** Checks the server's frames once WELCOME arrived. */
+  #receiveMac: FrameMac | undefined
   /** Set when the connection ends: what requests on it fail with. */
   #failure: GalleonError | undefined
   /** Why the peer said it hung up (GOODBYE), if it did. */
@@ -245,22 +248,13 @@ class OutboundConnection {
 
   get ended (): boolean { return this.framed.ended }
 
-  async request (message: EncodedMessage, signal: AbortSignal): Promise<TransportMessage> {
+  async request (message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     if (this.#failure !== undefined) throw this.#failure
     const id = this.#allocateId()
     return await new Promise<TransportMessage>((resolve, reject) => {
-      const onAbort = (): void => {
-        // The reply, if it still comes, finds no id and is ignored.
-        if (this.#pending.delete(id)) reject(signal.reason)
-      }
-      const settle = (): void => { signal.removeEventListener('abort', onAbort) }
-      this.#pending.set(id, {
-        message,
-        sent: false,
-        resolve: (reply) => { settle(); resolve(reply) },
-        reject: (err) => { settle(); reject(err) }
-      })
-      signal.addEventListener('abort', onAbort, { once: true })
+      this.#pending.set(id, { message, sent: false, resolve, reject })
+      // The caller has settled the request already; a reply that still comes finds no id and is ignored.
+      cancellation.onCancel = () => { this.#pending.delete(id) }
       if (this.#state === 'ready') this.#send(id)
     })
   }
@@ -304,12 +298,16 @@ class OutboundConnection {
         }
         this.#state = 'authenticating'
         this.framed.send(FrameType.Proof, 0, JSON.stringify({ proof: proof(this.#secret, 'client', me, header.node, this.#nonce, this.#serverNonce) }))
+        const keys = sessionKeys(this.#secret, me, header.node, this.#nonce, this.#serverNonce)
+        this.framed.authenticateSending(new FrameMac(keys.clientToServer))
+        this.#receiveMac = new FrameMac(keys.serverToClient)
         return
       }
       case 'authenticating': {
         if (frame.type !== FrameType.Welcome) return this.#violation('expected a WELCOME frame')
         clearTimeout(this.#handshakeTimer)
         this.#state = 'ready'
+        this.framed.authenticateReceiving(this.#receiveMac as FrameMac)
         this.framed.reader.maxFrame = this.#maxFrame
         for (const id of [...this.#pending.keys()]) this.#send(id)
         return
@@ -421,8 +419,11 @@ class InboundConnection {
       }
       clearTimeout(this.#handshakeTimer)
       this.#state = 'ready'
+      const keys = sessionKeys(this.#secret, this.#peerNode, me, this.#clientNonce, this.#nonce)
+      this.framed.authenticateReceiving(new FrameMac(keys.clientToServer))
       this.framed.reader.maxFrame = this.#maxFrame
       this.framed.send(FrameType.Welcome, 0, '{}')
+      this.framed.authenticateSending(new FrameMac(keys.serverToClient))
       return
     }
     this.#refuse('IO_ERROR', `unexpected frame type ${frame.type} in state ${this.#state}; is the dialer a GalleonFS node of the same version?`)
@@ -440,15 +441,14 @@ class InboundConnection {
     }
     const request: TransportMessage = { kind: header.k, header: header.h as Record<string, unknown>, payload: frame.payload }
     void this.#transport.serveRequest(this.#peerNode, request).then((outcome) => {
+      // send() calls back once the reply is handed to the socket, or dropped with the connection.
       const done = (): void => { this.#release(bytes) }
-      if (this.framed.ended) return done()
       if (outcome.ok) {
         const { kind, headerJson, payload } = outcome.reply
         this.framed.send(FrameType.Reply, frame.id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload, done)
       } else {
         this.framed.send(FrameType.Failure, frame.id, JSON.stringify({ code: outcome.code, message: outcome.message }), undefined, done)
       }
-      if (this.framed.ended) done() // send() drops frames on an ended connection without calling back
     })
   }
 
