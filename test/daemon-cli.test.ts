@@ -38,6 +38,18 @@ async function galleonfs (args: string[], env: Record<string, string> = {}): Pro
   })
 }
 
+/** Runs `nbdcopy from to`. */
+async function nbdcopy (from: string, to: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => execFile('nbdcopy', [from, to], (err, _stdout, stderr) => err === null ? resolve() : reject(new Error(`nbdcopy ${from} ${to}: ${stderr}`))))
+}
+
+/** The NBD address a daemon logged last ("serving NBD exports"). */
+function nbdAddressOf (daemon: Running): string | undefined {
+  return daemon.logs.map((line) => JSON.parse(line) as { message?: string, nbdAddress?: string }).filter((entry) => entry.message === 'serving NBD exports').at(-1)?.nbdAddress
+}
+
+const NBDCOPY = existsSync('/usr/bin/nbdcopy') ? undefined : 'nbdcopy is not installed (Debian package libnbd-bin)'
+
 describe('daemon and CLI', () => {
   it('creates, lists, shows and deletes volumes; JSON and tables; status and storage classes', async () => {
     const storage = join(root, 'node1')
@@ -148,6 +160,31 @@ describe('daemon and CLI', () => {
       const ready = daemon.logs.map((line) => JSON.parse(line) as { message?: string, nbdAddress?: string }).find((entry) => entry.message === 'ready')
       const info = await new Promise<string>((resolve, reject) => execFile('nbdinfo', ['--json', `nbd://${ready?.nbdAddress}/exported`], (err, stdout) => err === null ? resolve(stdout) : reject(err)))
       assert.equal(JSON.parse(info).exports[0]['export-size'], 2 << 20)
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
+  it('keeps every flushed write when the daemon is killed with SIGKILL: written and read back over NBD', { skip: NBDCOPY }, async () => {
+    const storage = join(root, 'node15')
+    let daemon = await startDaemon(['--storage-path', storage, '--nbd-address', '127.0.0.1:0'])
+    const image = join(root, 'durable.img')
+    const data = randomBytes(8 << 20)
+    await writeFile(image, data)
+    try {
+      assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'durable', '-s', '8M', '-c', 'fast-local-ssd'])).code, 0)
+      // nbdcopy ends with NBD_CMD_FLUSH: once it returns, the daemon has made every write durable.
+      await nbdcopy(image, `nbd://${nbdAddressOf(daemon)}/durable`)
+    } finally {
+      daemon.child.kill('SIGKILL')
+      await daemon.exited
+    }
+    daemon = await startDaemon(['--storage-path', storage, '--nbd-address', '127.0.0.1:0'])
+    try {
+      const back = join(root, 'durable-back.img')
+      await nbdcopy(`nbd://${nbdAddressOf(daemon)}/durable`, back)
+      assert.ok((await readFile(back)).equals(data), 'every byte written before the SIGKILL reads back')
     } finally {
       daemon.child.kill('SIGTERM')
       assert.equal(await daemon.exited, 0)
@@ -331,17 +368,6 @@ describe('daemon restart', () => {
   })
 })
 
-/** Runs `nbdcopy from to`. */
-async function nbdcopy (from: string, to: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => execFile('nbdcopy', [from, to], (err, _stdout, stderr) => err === null ? resolve() : reject(new Error(`nbdcopy ${from} ${to}: ${stderr}`))))
-}
-
-/** The NBD address a daemon logged last ("serving NBD exports"). */
-function nbdAddressOf (daemon: Running): string | undefined {
-  return daemon.logs.map((line) => JSON.parse(line) as { message?: string, nbdAddress?: string }).filter((entry) => entry.message === 'serving NBD exports').at(-1)?.nbdAddress
-}
-
-const NBDCOPY = existsSync('/usr/bin/nbdcopy') ? undefined : 'nbdcopy is not installed (Debian package libnbd-bin)'
 
 describe('daemon and CLI: progress, reload, KMS, legacy forms', () => {
   it('draws progress of a backup and a restore from the daemon\'s streamed progress; --json and plain calls get the result alone', { skip: NBDCOPY }, async () => {
