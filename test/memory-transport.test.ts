@@ -6,6 +6,7 @@ import { test } from 'node:test'
 import { MemoryNetwork, type MemoryTransport } from '../backends/memory/transport.js'
 import type { TransportHandler, TransportMessage } from '../src/drivers.js'
 import { GalleonError, type GalleonErrorCode } from '../src/errors.js'
+import { expectCode, failure } from './support/assertions.js'
 
 const echo: TransportHandler = async (from, request) => ({ kind: 'r', header: { from, ...request.header }, payload: request.payload })
 
@@ -19,22 +20,6 @@ async function nodes (network: MemoryNetwork, ids: string[], handler: TransportH
 
 async function closeAll (transports: MemoryTransport[]): Promise<void> {
   await Promise.all(transports.map(async (t) => { await t.close() }))
-}
-
-async function failure (promise: Promise<unknown>): Promise<GalleonError> {
-  try {
-    await promise
-  } catch (err) {
-    assert.ok(err instanceof GalleonError, String(err))
-    return err
-  }
-  assert.fail('expected the request to fail')
-}
-
-async function expectCode (promise: Promise<unknown>, code: GalleonErrorCode, ...mentions: string[]): Promise<void> {
-  const err = await failure(promise)
-  assert.equal(err.code, code, err.message)
-  for (const text of mentions) assert.ok(err.message.includes(text), `message should mention ${text}: ${err.message}`)
 }
 
 function gate (): { promise: Promise<void>, open: () => void } {

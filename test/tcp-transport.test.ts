@@ -17,6 +17,7 @@ import { TcpTransport, parseAddress, type TcpTransportOptions } from '../backend
 import type { TransportHandler } from '../src/drivers.js'
 import { GalleonError, type GalleonErrorCode } from '../src/errors.js'
 import { assertBytes, bytesOf } from './conformance/fixtures.js'
+import { expectCode, failure } from './support/assertions.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NODE_SCRIPT = join(ROOT, 'test', 'fixtures', 'transport-node.ts')
@@ -28,23 +29,6 @@ const echo: TransportHandler = async (from, request) => ({ kind: 'r', header: { 
 
 function transport (nodeId: string, options: Partial<TcpTransportOptions> = {}): TcpTransport {
   return new TcpTransport({ nodeId, clusterSecret: SECRET, host: '127.0.0.1', port: 0, ...options })
-}
-
-async function failure (promise: Promise<unknown>): Promise<GalleonError> {
-  try {
-    await promise
-  } catch (err) {
-    assert.ok(err instanceof GalleonError, String(err))
-    return err
-  }
-  assert.fail('expected a failure')
-}
-
-async function expectCode (promise: Promise<unknown>, code: GalleonErrorCode, ...mentions: string[]): Promise<GalleonError> {
-  const err = await failure(promise)
-  assert.equal(err.code, code, err.message)
-  for (const text of mentions) assert.ok(err.message.includes(text), `message should mention ${text}: ${err.message}`)
-  return err
 }
 
 async function until (predicate: () => boolean, what: string, ms = 30_000): Promise<void> {

@@ -1,0 +1,23 @@
+// Assertions shared by the transport tests.
+
+import assert from 'node:assert/strict'
+import { GalleonError, type GalleonErrorCode } from '../../src/errors.js'
+
+/** The GalleonError `promise` rejects with (the test fails when it resolves or rejects otherwise). */
+export async function failure (promise: Promise<unknown>): Promise<GalleonError> {
+  try {
+    await promise
+  } catch (err) {
+    assert.ok(err instanceof GalleonError, String(err))
+    return err
+  }
+  assert.fail('expected a failure')
+}
+
+/** `promise` rejects with a GalleonError of `code` whose message mentions each of `mentions`. */
+export async function expectCode (promise: Promise<unknown>, code: GalleonErrorCode, ...mentions: string[]): Promise<GalleonError> {
+  const err = await failure(promise)
+  assert.equal(err.code, code, err.message)
+  for (const text of mentions) assert.ok(err.message.includes(text), `message should mention ${text}: ${err.message}`)
+  return err
+}
