@@ -601,9 +601,7 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
     case 'GET /v1/cluster': {
       const status = await g.clusterStatus()
-      const volumes = (await g.listVolumes()).length
-      // Volumes are counted where they live: this node knows its own.
-      return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address, ...(m.id === status.nodeId ? { volumes } : {}) })) }
+      return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address })) }
     }
     case 'POST /v1/cluster/:':
       if (ref === 'leave') return await daemon.cluster.leave(options.force === true)

@@ -185,7 +185,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       nodeId: 'local',
       leader: 'local',
       leaderEpoch: undefined,
-      members: [{ id: 'local', address: '', zone: 'default', labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: this.#openedAt, leader: true }]
+      members: [{ id: 'local', address: '', zone: 'default', labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: this.#openedAt, leader: true, volumes: this.#catalog.volumes().length }]
     }
   }
 
@@ -201,7 +201,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const run = this.#clusterChange.then(async () => {
       this.#assertOpen()
       if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
-      const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) } })
+      const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) }, volumeCount: () => this.#catalog.volumes().length })
       if (this.#closed) {
         await manager.leave({ force: true }).catch(async () => { await manager.close() })
         throw new GalleonError('NOT_OPEN', 'the instance was closed while it joined the cluster; it has left again')

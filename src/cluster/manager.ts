@@ -31,7 +31,8 @@ export interface ClusterStatus {
   /** Current leader and its epoch, if there is one. */
   readonly leader: string | undefined
   readonly leaderEpoch: number | undefined
-  readonly members: ReadonlyArray<ClusterMember & { readonly leader: boolean }>
+  /** `volumes`: what the node said it holds; absent when it did not answer (unhealthy, unreachable). */
+  readonly members: ReadonlyArray<ClusterMember & { readonly leader: boolean, readonly volumes?: number }>
 }
 
 /** Events of a ClusterManager (also re-emitted by GalleonFS). */
@@ -49,6 +50,8 @@ export interface ClusterHost {
   /** Where capacity is measured (the storage path), if on disk. */
   readonly storagePath: string | undefined
   emit: <K extends keyof ClusterEvents>(event: K, ...args: Parameters<ClusterEvents[K]>) => void
+  /** How many volumes this node holds (reported to peers asking for cluster status). */
+  volumeCount: () => number
 }
 
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
@@ -64,6 +67,8 @@ function parseClaim (value: string): { instance: string, at: number } {
 /** Coordinator keys claiming node ids (value: the claiming instance). */
 const CLAIM_PREFIX = 'node-claims/'
 const RECORD_REFRESH_MS = 30_000
+/** How long cluster status waits for each node's answer. */
+const STATUS_TIMEOUT_MS = 2000
 /** The election every node campaigns in; its leader decides placement and failover. */
 export const CLUSTER_ELECTION = 'cluster'
 
@@ -104,6 +109,7 @@ export class ClusterManager {
     this.#options = options
     this.#host = host
     this.handle('ping', async () => ({ kind: 'pong', header: { nodeId: this.nodeId } }))
+    this.handle('node-info', async () => ({ kind: 'node-info', header: { nodeId: this.nodeId, volumes: this.#host.volumeCount() } }))
   }
 
   /** Listens on the transport, joins the coordinator and starts campaigning. */
@@ -281,12 +287,23 @@ export class ClusterManager {
   async status (): Promise<ClusterStatus> {
     this.#assertRunning()
     const [members, leader] = await Promise.all([this.#options.coordinator.members(), this.#options.coordinator.leader(CLUSTER_ELECTION)])
+    // Each healthy node says how many volumes it holds (a short deadline: status must not hang on one node).
+    const volumes = await Promise.all(members.map(async (m) => {
+      if (m.id === this.nodeId) return this.#host.volumeCount()
+      if (!m.healthy) return undefined
+      try {
+        const reply = await this.#options.transport.request(m.address, { kind: 'node-info', header: {} }, { timeoutMs: STATUS_TIMEOUT_MS })
+        return typeof reply.header.volumes === 'number' ? reply.header.volumes : undefined
+      } catch {
+        return undefined
+      }
+    }))
     return {
       clustering: true,
       nodeId: this.nodeId,
       leader: leader?.nodeId,
       leaderEpoch: leader?.epoch,
-      members: members.map((m) => ({ ...m, leader: m.id === leader?.nodeId })).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+      members: members.map((m, i) => ({ ...m, leader: m.id === leader?.nodeId, ...(volumes[i] === undefined ? {} : { volumes: volumes[i] }) })).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
     }
   }
 
