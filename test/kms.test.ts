@@ -121,6 +121,14 @@ describe('KMS key providers', () => {
     const key = randomBytes(32)
     const chatty = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', `process.stdout.write(JSON.stringify({ Plaintext: ${JSON.stringify(key.toString('base64'))} }))`] })
     await assert.rejects(chatty.unwrap(new Uint8Array(60), 'ctx'), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /not plain base64/.test(err.message) && !err.message.includes(key.toString('base64').slice(0, 12)))
+    // GalleonFS's own secrets stay out of the program's environment.
+    process.env.GALLEONFS_CLUSTER_SECRET = 'a-secret-the-kms-must-not-see'
+    try {
+      const nosy = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'process.stdout.write(Buffer.from(process.env.GALLEONFS_CLUSTER_SECRET ?? "none").toString("base64"))'] })
+      assert.equal(Buffer.from(await nosy.wrap(new Uint8Array(32), 'ctx')).toString(), 'none')
+    } finally {
+      delete process.env.GALLEONFS_CLUSTER_SECRET
+    }
     assert.throws(() => commandKeyProvider({ keyId: '', command: 'x' }), { code: 'INVALID_ARGUMENT', message: /keyId/ })
     assert.throws(() => commandKeyProvider({ keyId: 'k', command: '' }), { code: 'INVALID_ARGUMENT', message: /command/ })
     assert.throws(() => commandKeyProvider({ keyId: 'k', command: 'x', args: [1] as never }), { code: 'INVALID_ARGUMENT', message: /args/ })

@@ -29,6 +29,7 @@
 import { createRequire } from 'node:module'
 import { access, constants, mkdir, stat } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
+import { childEnvironment } from '../../src/child-env.js'
 import { promisify } from 'node:util'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
@@ -142,7 +143,7 @@ async function loadFuse (): Promise<FuseClass> {
     throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fuse-native package and libfuse 2: install Debian's libfuse2 and fuse packages (apt-get install libfuse2 fuse), then reinstall galleonfs (${(err as Error).message})`, { cause: err })
   }
   try {
-    await run('fusermount', ['-V'])
+    await run('fusermount', ['-V'], { env: childEnvironment() })
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fusermount program: install Debian's fuse package (apt-get install fuse) (${(err as Error).message})`, { cause: err })
   }
@@ -256,7 +257,7 @@ export class FuseMountDriver implements MountDriver {
       await stat(path)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') {
-        await run('fusermount', ['-uz', path]).catch((cause: Error) => {
+        await run('fusermount', ['-uz', path], { env: childEnvironment() }).catch((cause: Error) => {
           throw new GalleonError('BUSY', `${path} is a stale FUSE mount that could not be cleared (${cause.message}); run fusermount -uz ${path}`, { cause })
         })
       }

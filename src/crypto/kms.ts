@@ -13,6 +13,7 @@
 // answer carries { "data": base64 }. Any other status is a failure (its body is reported).
 
 import { spawn } from 'node:child_process'
+import { childEnvironment } from '../child-env.js'
 import { GalleonError, describe } from '../errors.js'
 import { ExternalKeyProvider } from './keys.js'
 
@@ -21,13 +22,6 @@ type Operation = 'wrap' | 'unwrap'
 const DEFAULT_TIMEOUT_MS = 30_000
 /** Most output accepted from a KMS (a wrapped 32-byte key is far smaller). */
 const MAX_OUTPUT_BYTES = 64 * 1024
-
-/** This process's environment without GalleonFS's own secrets: a KMS program needs none of them. */
-function childEnvironment (): NodeJS.ProcessEnv {
-  const env = { ...process.env }
-  for (const name of ['GALLEONFS_CLUSTER_SECRET', 'GALLEONFS_PASSPHRASE', 'GALLEONFS_TOKEN']) delete env[name]
-  return env
-}
 
 /** Options of `commandKeyProvider`. */
 export interface CommandKeyProviderOptions {
