@@ -4,6 +4,7 @@ import type { Volume, Snapshot, StorageClass } from './types.js'
 import type { Backup } from './backup/manager.js'
 import type { BackupPolicyRun } from './backup/policies.js'
 import type { ClusterEvents } from './cluster/manager.js'
+import type { ReplicationEvents } from './replication/manager.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -35,7 +36,7 @@ export interface BackupProgressEvent {
 }
 
 /** Events emitted by GalleonFS, named noun:verb. */
-export interface GalleonEvents extends ClusterEvents {
+export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'volume:created': (volume: Volume) => void
   'volume:deleted': (volume: Volume) => void
   'volume:expanded': (volume: Volume, previousSizeBytes: number) => void

@@ -16,6 +16,9 @@ import { LIVE } from './engine/block-map.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
 import { ClusterManager, type ClusterOptions, type ClusterStatus } from './cluster/manager.js'
+import { ReplicationManager, type ForwardedRequest, type ReplicationHost, type ReplicationStatus } from './replication/manager.js'
+import type { VolumeSpec } from './replication/records.js'
+import { randomUUID } from 'node:crypto'
 import { renderPrometheus } from './metrics/prometheus.js'
 import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
 import { resolveDrivers, type OpenOptions } from './open-drivers.js'
@@ -89,6 +92,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
   #cluster: ClusterManager | undefined
+  /** Replication of volumes, while in a cluster. */
+  #replication: ReplicationManager | undefined
   /** The last join or leave: they run one at a time. */
   #clusterChange: Promise<unknown> = Promise.resolve()
   #storagePath: string | undefined
@@ -202,11 +207,20 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#assertOpen()
       if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
       const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) }, volumeCount: () => this.#catalog.volumes().length })
+      let replication: ReplicationManager
+      try {
+        replication = await ReplicationManager.start(this.#replicationHost(), manager, options.coordinator, options.zone ?? 'default')
+      } catch (err) {
+        await manager.close().catch(() => {})
+        throw err
+      }
       if (this.#closed) {
+        await replication.close()
         await manager.leave({ force: true }).catch(async () => { await manager.close() })
         throw new GalleonError('NOT_OPEN', 'the instance was closed while it joined the cluster; it has left again')
       }
       this.#cluster = manager
+      this.#replication = replication
       return manager
     })
     this.#clusterChange = run.catch(() => {})
@@ -229,6 +243,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
       await this.#cluster.leave({ force: options?.force === true, holds })
       this.#cluster = undefined
+      await this.#replication?.close()
+      this.#replication = undefined
     })
     this.#clusterChange = run.catch(() => {})
     await run
@@ -420,6 +436,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#closed = true
       try {
         await this.#clusterChange
+        await this.#replication?.close()
         await this.#cluster?.close()
         this.#scheduler.stop()
         await this.#scheduler.idle()
@@ -478,7 +495,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw new GalleonError('INVALID_ARGUMENT', `accessModes must be a non-empty list of ${[...ACCESS_MODES].join(', ')}, got ${describe(accessModes)}`)
     }
     const labels = checkLabels(options.labels ?? {})
-    assertClassSupported(storageClass, replicas)
+    assertClassSupported(storageClass, replicas, this.#replication !== undefined)
     const encrypted = storageClass.parameters.encryption === 'true'
     // Open the key provider first: a missing master key or a failing KMS stops the create here.
     if (encrypted) await this.#keys.provider()
@@ -497,12 +514,23 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         replicas,
         accessModes: [...new Set(accessModes)] as AccessMode[],
         labels,
-        encrypted
+        encrypted,
+        ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 } } : {})
       })
     } finally {
       unreserve()
     }
-    const volume = toVolume(record)
+    if (replicas > 1) {
+      // Its copies on other nodes: placed, recorded in the coordinator, created and brought in sync.
+      try {
+        await (this.#replication as ReplicationManager).register(specOf(record))
+      } catch (err) {
+        ;(this.#replication as ReplicationManager).forget(record.id)
+        await this.#destroy(record, false).catch(() => {})
+        throw err
+      }
+    }
+    const volume = this.#volumeView(record)
     this.emit('volume:created', volume)
     return volume
   }
@@ -536,7 +564,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#refObject(vol)
     await this.#check('getVolume', 'volume:read', object, label)
-    return toVolume(this.#catalog.resolve(vol))
+    return this.#volumeView(this.#catalog.resolve(vol))
   }
 
   /** All volumes the caller may read, oldest first; of one namespace when given. */
@@ -546,7 +574,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (namespace !== undefined) checkNamespace(namespace)
     return this.#catalog.volumes()
       .filter((record) => (namespace === undefined || namespaceOf(record) === namespace) && this.#allowed('volume:read', this.#volumeObject(record).object))
-      .map(toVolume).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
+      .map((record) => this.#volumeView(record)).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
   }
 
   /**
@@ -562,6 +590,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async #deleteVolume (vol: VolumeRef, options: { force?: boolean }): Promise<void> {
     const record = this.#catalog.resolve(vol)
     if (record.state === VolumeState.Deleting) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
+    if (this.#replication?.forwards(record.id) === true) {
+      await this.#forward(record, { op: 'deleteVolume', force: options?.force === true })
+      return
+    }
     const storageClass = this.#catalog.storageClass(record.storageClass)
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
@@ -573,6 +605,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     // From here no new mount may attach to it (the unmount below and the deletion take a while).
     this.#goingAway.add(record.id)
     try {
+      // A replicated volume goes everywhere: its record first (no failover brings it back), then the
+      // other copies (outside the admin queue: their nodes may be waiting on ours), then this one.
+      if (this.#replication?.replicated(record.id) === true) await this.#replication.unregister(record.id)
       await this.#admin(async () => {
         // A mount that was being set up when the deletion began has finished by now: look again.
         await mountControl(this.#mounts).settled()
@@ -605,6 +640,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (!flattenClones) throw new GalleonError('BUSY', `volume ${record.name} has clones (${names(clones)})`)
       for (const clone of clones) await this.#flatten(clone)
     }
+    this.#replication?.forget(record.id)
     const deleting = await this.#catalog.updateVolume(record.id, { state: VolumeState.Deleting })
     this.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
@@ -639,7 +675,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#checkVolumeSize(sizeBytes)
     const { object, label } = this.#refObject(vol)
     return await this.#guard('expandVolume', 'volume:write', object, label, async () => {
-      this.#catalog.resolve(vol)
+      this.#refuseReplicated(this.#catalog.resolve(vol), 'expanding')
       return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
     }, { sizeBytes })
   }
@@ -749,9 +785,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('writeBlock', 'volume:write', vol)
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
-    const volume = this.#ioVolumeOf(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
+    if (record.replication !== undefined && this.#replication !== undefined) {
+      if (this.#replication.forwards(record.id)) {
+        await this.#forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
+        return
+      }
+      this.#replication.checkConcern(record.id, checked)
+    }
+    const volume = this.#ioVolumeOf(record)
     try {
       await this.#engine.writeBlock(volume, blockIndex, data, checked)
     } catch (err) { throw this.#ioFailed(record, 'write', err) }
@@ -766,6 +809,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
     if (denied !== undefined) await denied
     const { record, snapshot } = this.#readSource(source)
+    if (this.#replication?.forwards(record.id) === true) {
+      return (await this.#forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+    }
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.readBlock(this.#ioVolumeOf(record), blockIndex, viewOf(snapshot))
@@ -782,9 +828,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('write', 'volume:write', vol)
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
-    const volume = this.#ioVolumeOf(record)
     assertBytes(data, 'data')
     const checked = this.#checkConcern(concern)
+    if (record.replication !== undefined && this.#replication !== undefined) {
+      if (this.#replication.forwards(record.id)) {
+        await this.#forward(record, { op: 'write', offset, concern: checked }, data)
+        return
+      }
+      this.#replication.checkConcern(record.id, checked)
+    }
+    const volume = this.#ioVolumeOf(record)
     try {
       await this.#engine.write(volume, offset, data, checked)
     } catch (err) { throw this.#ioFailed(record, 'write', err) }
@@ -796,6 +849,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
     if (denied !== undefined) await denied
     const { record, snapshot } = this.#readSource(source)
+    if (this.#replication?.forwards(record.id) === true) {
+      return (await this.#forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+    }
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     try {
       return await this.#engine.read(this.#ioVolumeOf(record), offset, length, viewOf(snapshot))
@@ -814,6 +870,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (denied !== undefined) await denied
     }
     const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
+    if (record !== undefined && this.#replication?.forwards(record.id) === true) {
+      await this.#forward(record, { op: 'flush' })
+      return
+    }
     try {
       await this.#engine.flush()
     } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
@@ -825,6 +885,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#refCheck('trim', 'volume:write', vol)
     if (denied !== undefined) await denied
     const record = this.#writable(vol)
+    if (this.#replication?.forwards(record.id) === true) {
+      await this.#forward(record, { op: 'trim', offset, length })
+      return
+    }
     try {
       await this.#engine.trim(this.#ioVolumeOf(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) { throw this.#ioFailed(record, 'trim', err) }
@@ -869,7 +933,40 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         }
       }),
       store
-    })
+    }) + this.#replicationMetrics()
+  }
+
+  /** Prometheus families of replication: per volume and copy, lag, bytes shipped and resync progress. */
+  #replicationMetrics (): string {
+    const statuses = this.#replication?.statuses() ?? []
+    const lines: string[] = []
+    const families: Array<[string, 'gauge' | 'counter', string, (link: ReplicationStatus['links'][number]) => number]> = [
+      ['galleonfs_replication_lag_changes', 'gauge', 'Changes the primary recorded that the copy has not acknowledged yet.', (l) => l.lagChanges],
+      ['galleonfs_replication_lag_bytes', 'gauge', 'Bytes of changes queued for the copy.', (l) => l.lagBytes],
+      ['galleonfs_replication_shipped_bytes_total', 'counter', 'Block bytes shipped to the copy (stream and resync).', (l) => l.shippedBytes],
+      ['galleonfs_replication_resyncs_total', 'counter', 'Resyncs of the copy started by this primary.', (l) => l.resyncs],
+      ['galleonfs_replication_resync_blocks_done', 'gauge', 'Blocks compared or sent by the resync under way (0 when none).', (l) => l.resync?.blocksDone ?? 0],
+      ['galleonfs_replication_resync_blocks_total', 'gauge', 'Blocks the resync under way covers (0 when none).', (l) => l.resync?.blocksTotal ?? 0],
+      ['galleonfs_replication_in_sync', 'gauge', '1 when the copy is in the in-sync list.', () => 0]
+    ]
+    const label = (value: string): string => value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+    for (const [name, type, help, value] of families) {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+      for (const status of statuses) {
+        const record = this.#recordById(status.volumeId)
+        if (record === undefined) continue
+        for (const link of status.links) {
+          const v = name === 'galleonfs_replication_in_sync' ? (status.inSync.includes(link.node) ? 1 : 0) : value(link)
+          lines.push(`${name}{volume_id="${label(record.id)}",volume_name="${label(record.name)}",node="${label(link.node)}"} ${v}`)
+        }
+      }
+    }
+    lines.push('# HELP galleonfs_replication_primary 1 when this node is the primary of the volume.', '# TYPE galleonfs_replication_primary gauge')
+    for (const status of statuses) {
+      const record = this.#recordById(status.volumeId)
+      if (record !== undefined) lines.push(`galleonfs_replication_primary{volume_id="${label(record.id)}",volume_name="${label(record.name)}"} ${status.role === 'primary' ? 1 : 0}`)
+    }
+    return lines.join('\n') + '\n'
   }
 
   /**
@@ -907,7 +1004,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   async #createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
-    this.#catalog.resolve(vol)
+    const target = this.#catalog.resolve(vol)
+    if (this.#replication?.forwards(target.id) === true) {
+      const reply = await this.#forward(target, { op: 'createSnapshot', snapshotName: name })
+      return reply.header.snapshot as Snapshot
+    }
     return await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
@@ -952,6 +1053,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
     const target = this.#catalog.resolveSnapshot(this.#catalog.resolve(vol), snapshot)
+    const owner = this.#catalog.resolve(vol)
+    if (this.#replication?.forwards(owner.id) === true) {
+      await this.#forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+      return
+    }
     const mounted = (): string[] => mountControl(this.#mounts).snapshotMounts(target.id).map((m) => m.path)
     if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     // No new mount may attach to it from here; one being set up is waited for and looked at again.
@@ -997,6 +1103,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     const target = this.#catalog.resolve(vol)
+    this.#refuseReplicated(target, 'reverting to a snapshot')
     this.#catalog.resolveSnapshot(target, snapshot)
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
@@ -1140,15 +1247,25 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
-  async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean): Promise<SnapshotRecord> {
+  async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID()): Promise<SnapshotRecord> {
     const volume = this.#ioVolume(record)
     // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
     await mountControl(this.#mounts).quiesce(record.id)
-    const gen = await this.#engine.snapshot(volume)
+    // On a replicated volume's primary the snapshot takes its place in the stream at its cut.
+    const replicator = volume.replicator
+    let recorded = false
+    let gen: number
     try {
-      return await this.#catalog.createSnapshot({ name, volumeId: record.id, gen, sizeBytes: volume.sizeBytes, implicit })
+      gen = await this.#engine.snapshot(volume, replicator === undefined ? undefined : () => { replicator.record({ type: 'snapshot', id, name }); recorded = true })
+    } catch (err) {
+      if (recorded) replicator?.record({ type: 'delete-snapshot', id })
+      throw err
+    }
+    try {
+      return await this.#catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: volume.sizeBytes, implicit })
     } catch (err) {
       await this.#engine.dropSnapshot(volume, gen).catch(() => {})
+      if (recorded) replicator?.record({ type: 'delete-snapshot', id })
       throw err
     }
   }
@@ -1161,7 +1278,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (readers !== undefined) await new Promise<void>((resolve) => { readers.drained = resolve })
       const clones = this.#catalog.clonesOf(record.id, snapshot.id).map((clone) => clone.id)
       await this.#catalog.deleteSnapshot(snapshot)
-      await this.#engine.dropSnapshot(this.#volumeBlocks(record), snapshot.gen)
+      const volume = this.#volumeBlocks(record)
+      volume.replicator?.record({ type: 'delete-snapshot', id: snapshot.id })
+      await this.#engine.dropSnapshot(volume, snapshot.gen)
       this.emit('snapshot:deleted', { ...this.#toSnapshot(snapshot), clones })
     } finally {
       this.#snapshotsGoing.delete(snapshot.id)
@@ -1715,6 +1834,153 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return result
   }
 
+  // ---------------------------------------------------------------- replication
+
+  /**
+   * How a volume's replication stands as this node sees it: the primary and its epoch, the nodes
+   * holding copies and those in sync, and on the primary each copy's link (lag, bytes shipped,
+   * resync progress). A volume with one copy reports just this node.
+   */
+  async replicationStatus (vol: VolumeRef): Promise<ReplicationStatus> {
+    this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('replicationStatus', 'volume:read', object, label)
+    const record = this.#catalog.resolve(vol)
+    const status = this.#replication?.status(record.id)
+    if (status !== undefined) return status
+    const self = this.#cluster?.nodeId ?? 'local'
+    return { volumeId: record.id, role: 'primary', primary: self, epoch: undefined, nodes: [self], inSync: [self], replicas: record.replicas, degraded: record.replicas > 1, links: [] }
+  }
+
+  /** A volume as callers see it: a replicated one short of in-sync copies is Degraded. */
+  #volumeView (record: VolumeRecord): Volume {
+    const volume = toVolume(record)
+    if (record.replication === undefined || volume.state !== VolumeState.Available) return volume
+    const status = this.#replication?.status(record.id)
+    return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
+  }
+
+  #refuseReplicated (record: VolumeRecord, what: string): void {
+    if (record.replication !== undefined) {
+      throw new GalleonError('NOT_IMPLEMENTED', `${what} a replicated volume (${record.name}, ${record.replicas} copies) is not built yet; clone it to a volume with replicas: 1 and work on that`)
+    }
+  }
+
+  /** Sends an I/O call on a replicated volume to its primary. */
+  async #forward (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array): Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }> {
+    const replication = this.#replication
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now`)
+    try {
+      return await replication.forward(record.id, request, payload)
+    } catch (err) {
+      throw this.#ioFailed(record, request.op === 'read' || request.op === 'readBlock' ? 'read' : request.op === 'trim' ? 'trim' : request.op === 'flush' ? 'flush' : 'write', err)
+    }
+  }
+
+  /** Runs an I/O call another node forwarded to this one (the primary), outside any caller's context. */
+  async #serveForwarded (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined): Promise<{ header: Record<string, unknown>, payload?: Uint8Array }> {
+    return await this.#context.exit(async () => {
+      const source = (): ReadSource => request.readSnapshot === undefined ? volumeId : { volume: volumeId, snapshot: { id: request.readSnapshot } }
+      const data = payload ?? new Uint8Array(0)
+      const concern = (request.concern ?? WriteConcern.WriteAcknowledged) as WriteConcern
+      switch (request.op) {
+        case 'write': await this.write(volumeId, request.offset as number, data, concern); return { header: {} }
+        case 'writeBlock': await this.writeBlock(volumeId, request.index as number, data, concern); return { header: {} }
+        case 'trim': await this.trim(volumeId, request.offset as number, request.length as number); return { header: {} }
+        case 'read': return { header: {}, payload: await this.read(source(), request.offset as number, request.length as number) }
+        case 'readBlock': return { header: {}, payload: await this.readBlock(source(), request.index as number) }
+        case 'flush': await this.flush(volumeId); return { header: {} }
+        case 'createSnapshot': return { header: { snapshot: await this.createSnapshot(volumeId, String(request.snapshotName)) } }
+        case 'deleteSnapshot': await this.deleteSnapshot(volumeId, { id: String(request.snapshot) }, { force: request.force === true }); return { header: {} }
+        case 'deleteVolume': await this.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
+        default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
+      }
+    })
+  }
+
+  #recordById (id: string): VolumeRecord | undefined {
+    try {
+      return this.#catalog.resolve(id)
+    } catch {
+      return undefined
+    }
+  }
+
+  /** What replication uses of this instance. */
+  #replicationHost (): ReplicationHost {
+    return {
+      engine: this.#engine,
+      localCopies: () => this.#catalog.volumes().filter((r) => r.replication !== undefined && r.state !== VolumeState.Deleting).map((r) => ({ id: r.id, position: r.replication as { epoch: number, seq: number } })),
+      blocks: (id) => {
+        const record = this.#recordById(id)
+        return record === undefined || record.state === VolumeState.Deleting ? undefined : this.#volumeBlocks(record)
+      },
+      createCopy: async (spec) => {
+        await this.#admin(async () => {
+          if (this.#recordById(spec.id) !== undefined) return
+          const storageClass = this.#catalog.storageClass(spec.storageClass)
+          if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} uses; create it on every node`)
+          if (spec.blockSize !== this.#engine.blockSize) throw new GalleonError('INVALID_ARGUMENT', `volume ${spec.name} has ${spec.blockSize}-byte blocks, this node ${this.#engine.blockSize}-byte ones; every node of a cluster needs the same block size`)
+          const encrypted = storageClass.parameters.encryption === 'true'
+          if (encrypted) await this.#keys.provider()
+          const unreserve = this.#catalog.reserveName(spec.name, spec.namespace)
+          let record: VolumeRecord
+          try {
+            record = await this.#newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 } })
+          } finally {
+            unreserve()
+          }
+          this.emit('volume:created', toVolume(record))
+        })
+      },
+      deleteCopy: async (id) => {
+        await this.#admin(async () => {
+          const record = this.#recordById(id)
+          if (record === undefined || record.state === VolumeState.Deleting) return
+          await mountControl(this.#mounts).release(id)
+          await this.#destroy(record, true)
+        })
+      },
+      savePosition: async (id, position) => {
+        if (this.#closed && this.#closing === undefined) return
+        const record = this.#recordById(id)
+        if (record === undefined || record.state === VolumeState.Deleting) return
+        await this.#catalog.updateVolume(id, { replication: position }, { sync: false })
+      },
+      snapshots: (id) => this.#catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })),
+      applySnapshot: async (id, snapshotId, name) => {
+        await this.#admin(async () => {
+          const record = this.#catalog.resolve(id)
+          if (this.#catalog.snapshotById(snapshotId) !== undefined) return
+          // A snapshot of that name with another id is one the primary no longer has.
+          const stale = this.#catalog.snapshots(id).find((snapshot) => snapshot.name === name)
+          if (stale !== undefined) await this.#dropReplicaSnapshot(record, stale)
+          this.emit('snapshot:created', this.#toSnapshot(await this.#takeSnapshot(record, name, false, snapshotId)))
+        })
+      },
+      applyDeleteSnapshot: async (id, snapshotId) => {
+        await this.#admin(async () => {
+          const snapshot = this.#catalog.snapshotById(snapshotId)
+          if (snapshot === undefined || snapshot.volumeId !== id) return
+          await this.#dropReplicaSnapshot(this.#catalog.resolve(id), snapshot)
+        })
+      },
+      exclusive: async (task) => await this.#admin(task),
+      serveForwarded: async (id, request, payload) => await this.#serveForwarded(id, request, payload),
+      emit: (event, payload) => { (this.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }
+    }
+  }
+
+  /** Drops a snapshot of a replica copy as its primary did: clones made from it here get their own copy first. */
+  async #dropReplicaSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
+    await mountControl(this.#mounts).release(record.id, snapshot.id)
+    for (const clone of this.#catalog.clonesOf(record.id, snapshot.id)) {
+      await this.#engine.flatten(this.#volumeBlocks(clone))
+      await this.#catalog.updateVolume(clone.id, { source: undefined })
+    }
+    await this.#dropSnapshot(record, snapshot)
+  }
+
   // ---------------------------------------------------------------- internals
 
   #assertOpen (): void {
@@ -1776,6 +2042,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       actual: failure.actual
     })
   }
+}
+
+/** What another node needs to create its copy of a volume. */
+function specOf (record: VolumeRecord): VolumeSpec {
+  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels } }
 }
 
 function toVolume (record: VolumeRecord): Volume {

@@ -44,6 +44,8 @@ export enum VolumeState {
   Available = 'available',
   /** Growing to a new size. */
   Expanding = 'expanding',
+  /** Replicated, with fewer in-sync copies than it asks for (I/O works; redundancy is reduced). */
+  Degraded = 'degraded',
   /** Being deleted. */
   Deleting = 'deleting',
   /** Unusable; see events and logs. */

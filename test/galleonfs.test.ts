@@ -80,8 +80,8 @@ describe('GalleonFS in memory', () => {
       ['bad replicas', { name: 'v', sizeBytes: '1M', replicas: 0 }, 'INVALID_ARGUMENT'],
       ['unknown option', { name: 'v', sizeBytes: '1M', colour: 'blue' }, 'INVALID_ARGUMENT'],
       ['unknown class', { name: 'v', sizeBytes: '1M', storageClass: 'nope' }, 'STORAGE_CLASS_NOT_FOUND'],
-      ['the encrypted class with its 3 replicas', { name: 'v', sizeBytes: '1M', storageClass: 'encrypted-storage' }, 'NOT_IMPLEMENTED'],
-      ['more replicas than one node', { name: 'v', sizeBytes: '1M', replicas: 3 }, 'NOT_IMPLEMENTED']
+      ['the encrypted class with its 3 replicas outside a cluster', { name: 'v', sizeBytes: '1M', storageClass: 'encrypted-storage' }, 'INVALID_ARGUMENT'],
+      ['more replicas than one node outside a cluster', { name: 'v', sizeBytes: '1M', replicas: 3 }, 'INVALID_ARGUMENT']
     ]
     for (const [what, options, code] of badCreates) {
       it(`refuses ${what} with ${code} and creates nothing`, async () => {
@@ -160,9 +160,9 @@ describe('GalleonFS in memory', () => {
       const vol = await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'ultra-fast-ssd' })
       assert.equal(vol.storageClass, 'ultra-fast-ssd')
     })
-    it('refuses a class asking for more replicas than this release has', async () => {
+    it('refuses a class asking for more replicas than a node outside a cluster has', async () => {
       await g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
-      await assert.rejects(g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'triple' }), (err: GalleonError) => err.code === 'NOT_IMPLEMENTED' && /3 replicas/.test(err.message))
+      await assert.rejects(g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'triple' }), (err: GalleonError) => err.code === 'INVALID_ARGUMENT' && /3 replicas/.test(err.message) && /not in a cluster/.test(err.message))
       // An explicit replica count overrides the class.
       assert.equal((await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'triple', replicas: 1 })).replicas, 1)
     })

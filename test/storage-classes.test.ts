@@ -74,12 +74,13 @@ describe('built-in classes and capabilities', () => {
     assert.equal(encrypted?.reclaimPolicy, 'Retain')
     assert.equal(encrypted?.volumeBindingMode, 'WaitForFirstConsumer')
   })
-  it('accepts encryption, refuses extra replicas with NOT_IMPLEMENTED naming what is missing', () => {
+  it('accepts encryption, refuses extra replicas outside a cluster naming the fix', () => {
     const encrypted = BUILT_IN_STORAGE_CLASSES[1]!
     assert.doesNotThrow(() => assertClassSupported(encrypted, 1))
-    assert.throws(() => assertClassSupported(encrypted, 3), (err: Error & { code?: string }) => err.code === 'NOT_IMPLEMENTED' && /3 replicas/.test(err.message) && !/encryption/.test(err.message))
+    assert.throws(() => assertClassSupported(encrypted, 3), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /3 replicas/.test(err.message) && /cluster/.test(err.message))
+    assert.doesNotThrow(() => assertClassSupported(encrypted, 3, true))
     const fast = BUILT_IN_STORAGE_CLASSES[0]!
-    assert.throws(() => assertClassSupported(fast, 2), (err: Error & { code?: string }) => err.code === 'NOT_IMPLEMENTED' && /2 replicas/.test(err.message))
+    assert.throws(() => assertClassSupported(fast, 2), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /2 replicas/.test(err.message))
     assert.doesNotThrow(() => assertClassSupported(fast, 1))
   })
 })

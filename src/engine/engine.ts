@@ -12,6 +12,7 @@ import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBl
 import { PARALLEL_MIN_BLOCKS, cipherPool, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
 import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
+import type { VolumeReplicator } from './replicator.js'
 import { WriteConcern } from '../types.js'
 
 /** Details of a checksum failure, as reported to the engine's owner. */
@@ -78,6 +79,8 @@ export class VolumeBlocks {
   closing = false
   /** Seals this volume's blocks when it is encrypted. */
   cipher: VolumeCipher | undefined
+  /** Set on the primary of a replicated volume: sees every change in order (see replicator.ts). */
+  replicator: VolumeReplicator | undefined
 
   constructor (storageId: number, sizeBytes: number, metrics: MetricsRecorder) {
     this.storageId = storageId
@@ -142,6 +145,13 @@ export interface RecoverableVolume {
   readonly sizeBytes: number
   readonly snapshotGens?: readonly number[]
   readonly parent?: { readonly storageId: number, readonly gen: number, readonly sizeBytes: number }
+}
+
+/** `data` zero-padded to `size` bytes (a copy either way: the caller may reuse its buffer). */
+function padTo (data: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(size)
+  out.set(data)
+  return out
 }
 
 /** Blocks copied per batch by a revert or a flatten. */
@@ -305,8 +315,9 @@ export class BlockEngine {
       const gen = volume.nextGen++
       volume.tickets.add(claim)
       ticketed = true
+      const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = { volume: volume.storageId, index, gen }
-      await this.#commit(volume, [{ type: 'put', address, data: this.#encode(volume, address, data) }], concern)
+      await this.#commit(volume, [{ type: 'put', address, data: this.#encode(volume, address, data) }], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
@@ -390,6 +401,8 @@ export class BlockEngine {
       let ops: BlockOp[] = []
       const firstGen = volume.nextGen
       ticket = volume.ticket()
+      // Recorded as the generations are taken, so the replication order agrees with snapshot cuts.
+      const seq = volume.replicator?.record({ type: 'write', offset, data: copyBytes(data) })
       if (volume.cipher !== undefined && last - first + 1 >= PARALLEL_MIN_BLOCKS && cipherPool.usable && volume.cipher.cipher.name === 'node') {
         // A large encrypted write: blocks are sealed on this thread and on worker threads at once.
         const addresses: BlockAddress[] = []
@@ -399,7 +412,13 @@ export class BlockEngine {
           addresses.push({ volume: volume.storageId, index, gen: volume.nextGen++ })
           payloads.push(edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize))
         }
-        const values = await this.#sealMany(volume, addresses, payloads)
+        let values: Uint8Array[]
+        try {
+          values = await this.#sealMany(volume, addresses, payloads)
+        } catch (err) {
+          if (seq !== undefined) volume.replicator?.failed(seq)
+          throw err
+        }
         ops = addresses.map((address, i) => ({ type: 'put', address, data: values[i] as Uint8Array }))
       } else {
         for (let index = first; index <= last; index++) {
@@ -409,7 +428,7 @@ export class BlockEngine {
           ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
         }
       }
-      await this.#commit(volume, ops, concern)
+      await this.#commit(volume, ops, concern, seq)
       for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first)
       ok = true
     } finally {
@@ -448,6 +467,7 @@ export class BlockEngine {
       }
       if (volume.cipher !== undefined && !volume.cipher.ready(edges.size)) await volume.cipher.reserve(edges.size)
       ticket = volume.ticket()
+      const seq = volume.replicator?.record({ type: 'trim', offset, length })
       const ops: BlockOp[] = []
       const apply: Array<() => void> = []
       for (let index = first; index <= last; index++) {
@@ -465,8 +485,11 @@ export class BlockEngine {
           apply.push(() => this.#publish(volume, index, gen))
         }
       }
-      if (ops.length === 0) return
-      await this.#commit(volume, ops, concern)
+      if (ops.length === 0) {
+        if (seq !== undefined) await (volume.replicator as VolumeReplicator).committed(seq, concern)
+        return
+      }
+      await this.#commit(volume, ops, concern, seq)
       for (const step of apply) step()
     } finally {
       if (ticket !== undefined) this.#endTicket(volume, ticket)
@@ -486,10 +509,12 @@ export class BlockEngine {
    * Takes a snapshot: O(1) in the volume's size. Returns its generation once every write that
    * started before it is published and the store is synced (the snapshot's contents are durable).
    */
-  async snapshot (volume: VolumeBlocks): Promise<number> {
+  async snapshot (volume: VolumeBlocks, onCut?: () => void): Promise<number> {
     if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; no snapshot was taken')
     const gen = volume.nextGen
     volume.map.addSnapshot(gen)
+    // At the cut, synchronously: replication orders the snapshot between the same writes.
+    onCut?.()
     try {
       await volume.drainTickets()
       await this.journal.flush(true)
@@ -764,18 +789,29 @@ export class BlockEngine {
    * Appends to the journal, then (for replicated concerns) hands the entry to the replication hook
    * and resolves only when it has met the concern. Replicated writes are made durable locally first.
    */
-  #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern): Promise<unknown> {
+  #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number): Promise<unknown> {
     // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
     // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise alone.
-    if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; the write was not applied')
+    if (volume.closing) {
+      if (seq !== undefined) volume.replicator?.failed(seq)
+      throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; the write was not applied')
+    }
     const replicated = concern === WriteConcern.WriteReplicated || concern === WriteConcern.WriteDistributed
     const hook = this.replication
-    if (replicated && hook === undefined) {
+    if (replicated && hook === undefined && seq === undefined) {
       throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} needs copies on other nodes, but this instance has no replication configured; use WriteDurable or run a cluster. Nothing was written`)
     }
     const durable = concern !== WriteConcern.WriteAcknowledged
     if (durable && !this.store.supports.durableSync) {
+      if (seq !== undefined) volume.replicator?.failed(seq)
       throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
+    }
+    if (seq !== undefined) {
+      // A replicated volume: its replicator ships the change and says when the concern is met.
+      const replicator = volume.replicator as VolumeReplicator
+      return this.journal.append(ops, durable).then(
+        async () => { await replicator.committed(seq, concern) },
+        (err: unknown) => { replicator.failed(seq); throw err })
     }
     if (!replicated) return this.journal.append(ops, durable)
     return this.journal.append(ops, durable).then(async (lsn) => { await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern) })

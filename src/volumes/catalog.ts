@@ -10,6 +10,8 @@ import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
 /** A volume's persisted record: the public fields plus its compact storage id. */
 export interface VolumeRecord extends Volume {
   readonly storageId: number
+  /** Set on every copy of a replicated volume: the copy's applied position in its primary's stream. */
+  readonly replication?: { readonly epoch: number, readonly seq: number }
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
 }
@@ -168,9 +170,10 @@ export class Catalog {
    * id are chosen, before the record is stored or visible (an encrypted volume gets its keys there,
    * so no I/O can reach it without them).
    */
-  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'>, prepare?: (record: VolumeRecord) => Promise<void>): Promise<VolumeRecord> {
+  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'> & { id?: string }, prepare?: (record: VolumeRecord) => Promise<void>): Promise<VolumeRecord> {
     const now = new Date().toISOString()
-    const record: VolumeRecord = { ...fields, id: randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
+    if (fields.id !== undefined && this.#volumes.has(fields.id)) throw new GalleonError('VOLUME_EXISTS', `a volume with id ${fields.id} exists already`)
+    const record: VolumeRecord = { ...fields, id: fields.id ?? randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
     if (record.storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
     if (prepare !== undefined) await prepare(record)
     await this.#db.batch([
@@ -183,11 +186,11 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo'>>): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
     const current = this.#volumes.get(id)
     if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
     const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
-    await this.#volumesDb.put(id, record, SYNC)
+    await this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC)
     this.#volumes.set(id, record)
     return record
   }
@@ -234,8 +237,8 @@ export class Catalog {
   }
 
   /** Persists a new snapshot record. */
-  async createSnapshot (fields: Omit<SnapshotRecord, 'id' | 'createdAt'>): Promise<SnapshotRecord> {
-    const record: SnapshotRecord = { ...fields, id: randomUUID(), createdAt: new Date().toISOString() }
+  async createSnapshot (fields: Omit<SnapshotRecord, 'id' | 'createdAt'> & { id?: string }): Promise<SnapshotRecord> {
+    const record: SnapshotRecord = { ...fields, id: fields.id ?? randomUUID(), createdAt: new Date().toISOString() }
     await this.#snapshotsDb.put(record.id, record, SYNC)
     this.#volumeSnapshots(record.volumeId).set(record.id, record)
     return record

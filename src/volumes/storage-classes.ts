@@ -140,22 +140,19 @@ export function classReplicas (storageClass: StorageClass): number {
 }
 
 /** Features this release provides; a class or volume asking for more is refused, never weakened. */
-export const RELEASE_CAPABILITIES = { encryption: true, maxReplicas: 1 } as const
+export const RELEASE_CAPABILITIES = { encryption: true } as const
 
 /**
- * Throws NOT_IMPLEMENTED when a volume with this class and replica count would need a feature this
- * release does not have yet, naming each missing feature.
+ * Refuses (never weakens) a volume this instance cannot give what its class and replica count ask
+ * for: NOT_IMPLEMENTED for a feature this release lacks, INVALID_ARGUMENT for more than one copy
+ * on an instance that is not in a cluster.
  */
-export function assertClassSupported (storageClass: StorageClass, replicas: number): void {
-  const missing: string[] = []
+export function assertClassSupported (storageClass: StorageClass, replicas: number, clustered = false): void {
   if (storageClass.parameters.encryption === 'true' && !RELEASE_CAPABILITIES.encryption) {
-    missing.push(`encryption at rest (${storageClass.parameters.encryption_algorithm ?? 'AES-256-GCM'})`)
+    throw new GalleonError('NOT_IMPLEMENTED', `storage class "${storageClass.name}" needs encryption at rest (${storageClass.parameters.encryption_algorithm ?? 'AES-256-GCM'}), which this release does not provide; refusing to create a weaker volume`)
   }
-  if (replicas > RELEASE_CAPABILITIES.maxReplicas) {
-    missing.push(`${replicas} replicas (this release stores ${RELEASE_CAPABILITIES.maxReplicas} copy; network replication is not built yet)`)
-  }
-  if (missing.length > 0) {
-    throw new GalleonError('NOT_IMPLEMENTED', `storage class "${storageClass.name}" needs ${missing.join(' and ')}, which this release does not provide; refusing to create a weaker volume. Use storage class "${DEFAULT_STORAGE_CLASS}" with replicas: 1`)
+  if (replicas > 1 && !clustered) {
+    throw new GalleonError('INVALID_ARGUMENT', `${replicas} replicas (storage class "${storageClass.name}") need copies on other nodes, but this instance is not in a cluster; open it with { cluster } (or joinCluster), or create the volume with replicas: 1. Refusing to create a weaker volume`)
   }
 }
 

@@ -1,0 +1,28 @@
+// The seam between the engine and replication: on the primary of a replicated volume, every change
+// is recorded, in order, at the moment it takes its place in the volume's history (when a write
+// takes its generations, when a snapshot makes its cut), and the write then waits for its concern.
+
+import type { WriteConcern } from '../types.js'
+
+/** A change to a volume as replicas replay it (logical: each replica seals and stores it itself). */
+export type ReplicatedChange =
+  | { readonly type: 'write', readonly offset: number, readonly data: Uint8Array }
+  | { readonly type: 'trim', readonly offset: number, readonly length: number }
+  | { readonly type: 'snapshot', readonly id: string, readonly name: string }
+  | { readonly type: 'delete-snapshot', readonly id: string }
+
+/** What the engine calls on a replicated volume's primary. */
+export interface VolumeReplicator {
+  /**
+   * Records a change; returns its sequence number. Called synchronously at the change's place in
+   * the volume's order (two changes to one block are recorded in the order they are applied).
+   */
+  record: (change: ReplicatedChange) => number
+  /**
+   * The change `seq` is applied locally (and synced unless `concern` is WriteAcknowledged):
+   * resolves once `concern` is met, or rejects with WRITE_CONCERN_UNSATISFIED.
+   */
+  committed: (seq: number, concern: WriteConcern) => Promise<void>
+  /** The change `seq` was recorded but not applied locally: replicas must be brought back in line. */
+  failed: (seq: number) => void
+}

@@ -1,0 +1,1220 @@
+// Network replication of volumes (DESIGN.md §3, Replication).
+//
+// Every replicated volume has one primary, named with an epoch in its coordinator record (see
+// records.ts). The primary records each change of the volume in order (the engine's
+// VolumeReplicator seam), applies it locally, and ships it to every other copy over the transport
+// through one ordered link per copy. Replicas apply changes in order, make them durable, and answer
+// with the last sequence number applied; they refuse changes from an epoch older than one they
+// know of (fencing).
+//
+// Write concerns: WriteReplicated resolves once the write is durable on the primary and on every
+// in-sync copy (at least one besides the primary); WriteDistributed also needs an in-sync copy in a
+// zone other than the primary's. A copy that fails or falls behind is first removed from the
+// record's in-sync list by compare-and-swap, and only then are writes acknowledged without it. So
+// every in-sync copy holds every write acknowledged as WriteReplicated or stronger, and failover
+// promotes only in-sync copies: the cluster leader watches the primary's health and, when it is
+// gone, names an in-sync copy primary under epoch + 1.
+//
+// Resync: a copy that comes back (or a new one) is brought in line before it streams again. Within
+// one primary epoch the primary knows, per block, the sequence number of its last change, so it
+// sends only the blocks changed since the copy's last applied change. Across epochs (after a
+// failover, or a copy whose position is unknown) both sides compare per-block digests and only the
+// blocks that differ are sent. Snapshots the copy lacks are rebuilt in order before the live view.
+//
+// Any node holding a copy serves the volume's I/O by forwarding it to the primary, so clients
+// reach the new primary after a failover without knowing which node it is.
+
+import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { GalleonError } from '../errors.js'
+import type { ClusterMember, Coordinator, TransportMessage } from '../drivers.js'
+import type { ClusterManager } from '../cluster/manager.js'
+import { placeVolume } from '../cluster/placement.js'
+import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
+import { LIVE } from '../engine/block-map.js'
+import type { ReplicatedChange, VolumeReplicator } from '../engine/replicator.js'
+import { WriteConcern } from '../types.js'
+import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+
+/** A copy's applied position: the primary epoch it follows and the last change applied. */
+export interface ReplicaPosition {
+  readonly epoch: number
+  readonly seq: number
+}
+
+/** A snapshot as replication compares them (ids are the same on every copy). */
+export interface SnapshotInfo {
+  readonly id: string
+  readonly name: string
+  readonly gen: number
+  readonly sizeBytes: number
+}
+
+/** What replication needs from its GalleonFS instance. */
+export interface ReplicationHost {
+  readonly engine: BlockEngine
+  /** Replicated volumes this node holds a copy of, with their applied positions. */
+  localCopies: () => Array<{ id: string, position: ReplicaPosition }>
+  /** The engine state of a local copy, or undefined if there is none. */
+  blocks: (volumeId: string) => VolumeBlocks | undefined
+  /** Creates the local copy of a volume (same id, name and class), at position 0/0. */
+  createCopy: (spec: VolumeSpec) => Promise<void>
+  /** Deletes the local copy (the volume was deleted, or this copy was dropped). */
+  deleteCopy: (volumeId: string) => Promise<void>
+  /** Persists a copy's applied position (after the data it covers is durable). */
+  savePosition: (volumeId: string, position: ReplicaPosition) => Promise<void>
+  snapshots: (volumeId: string) => SnapshotInfo[]
+  /** Takes a snapshot of the local copy with the primary's id (replaying the primary's). */
+  applySnapshot: (volumeId: string, id: string, name: string) => Promise<void>
+  applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
+  /** Runs `task` while no snapshot of any volume is being taken or deleted. */
+  exclusive: <T>(task: () => Promise<T>) => Promise<T>
+  /** Runs an I/O request forwarded from another node, on this node (the primary). */
+  serveForwarded: (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined) => Promise<{ header: Record<string, unknown>, payload?: Uint8Array }>
+  emit: (event: string, payload: unknown) => void
+}
+
+/** Events of replication (emitted by GalleonFS). */
+export interface ReplicationEvents {
+  /** This node took up the primary role of a volume (created it, was promoted, or restarted as its primary). */
+  'replication:primary': (event: { volumeId: string, nodeId: string, epoch: number }) => void
+  /** This node learnt that another node is the volume's primary now. */
+  'replication:demoted': (event: { volumeId: string, nodeId: string, reason: string }) => void
+  /** The cluster leader promoted an in-sync copy because the primary was gone. */
+  'replication:failover': (event: { volumeId: string, from: string, to: string, epoch: number }) => void
+  /** The leader added nodes to a replica set that had fewer copies than wanted. */
+  'replication:replica-added': (event: { volumeId: string, nodes: string[] }) => void
+  /** A copy was taken out of the in-sync list (it failed or fell behind). */
+  'replication:out-of-sync': (event: { volumeId: string, node: string }) => void
+  /** A copy caught up and is in sync again. */
+  'replication:in-sync': (event: { volumeId: string, node: string }) => void
+  /** A copy's link broke; it is retried with backoff. */
+  'replication:link-down': (event: { volumeId: string, node: string, message: string }) => void
+  /** A copy was brought in line: `delta` (blocks changed since it left) or `digest` (blocks that differ). */
+  'replication:resynced': (event: { volumeId: string, node: string, mode: 'delta' | 'digest' }) => void
+  'replication:error': (event: { volumeId: string, nodeId: string, code: string, message: string }) => void
+}
+
+/** An I/O call forwarded to the primary. */
+export interface ForwardedRequest {
+  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume'
+  readonly offset?: number
+  readonly length?: number
+  readonly index?: number
+  readonly concern?: string
+  readonly snapshot?: string
+  readonly snapshotName?: string
+  readonly readSnapshot?: string
+  readonly force?: boolean
+}
+
+/** How replication of a volume stands, as the node asked sees it. */
+export interface ReplicationStatus {
+  readonly volumeId: string
+  /** This node's part: serving and shipping (`primary`), following (`replica`), or `unknown` (no record yet). */
+  readonly role: 'primary' | 'replica' | 'unknown'
+  readonly primary: string | undefined
+  readonly epoch: number | undefined
+  readonly nodes: readonly string[]
+  readonly inSync: readonly string[]
+  /** Copies wanted (the storage class's or the volume's `replicas`). */
+  readonly replicas: number
+  /** Fewer in-sync copies than wanted. */
+  readonly degraded: boolean
+  /** On the primary: each other copy's link. */
+  readonly links: ReadonlyArray<{
+    readonly node: string
+    readonly state: LinkState
+    /** Changes recorded but not yet acknowledged by the copy. */
+    readonly lagChanges: number
+    /** Bytes of changes waiting to be shipped or acknowledged. */
+    readonly lagBytes: number
+    readonly shippedBytes: number
+    readonly resyncs: number
+    readonly resync?: { readonly mode: 'delta' | 'digest', readonly blocksDone: number, readonly blocksTotal: number, readonly blocksSent: number }
+    readonly lastError?: string
+  }>
+}
+
+type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
+
+const APPLY_TIMEOUT_MS = 5000
+const RESYNC_TIMEOUT_MS = 30_000
+const BATCH_MAX_CHANGES = 1024
+const BATCH_MAX_BYTES = 4 << 20
+const RESYNC_BLOCKS_PER_MESSAGE = 128
+const DIGEST_BLOCKS_PER_MESSAGE = 1024
+const DIGEST_BYTES = 16
+const LEADER_LOOP_MS = 1000
+const FORWARD_DEADLINE_MS = 30_000
+/** How long createVolume waits for new copies to be in sync before it returns a degraded volume. */
+const CREATE_SYNC_WAIT_MS = 15_000
+
+function digestOf (block: Uint8Array): Buffer {
+  return createHash('sha256').update(block).digest().subarray(0, DIGEST_BYTES)
+}
+
+function isZero (block: Uint8Array): boolean {
+  for (let i = 0; i < block.length; i++) if (block[i] !== 0) return false
+  return true
+}
+
+function unsatisfied (message: string): GalleonError {
+  return new GalleonError('WRITE_CONCERN_UNSATISFIED', message)
+}
+
+function errorText (err: unknown): string {
+  return err instanceof Error ? `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}` : String(err)
+}
+
+/** Encodes changes as a message: headers in JSON, write data concatenated in the payload. */
+function encodeChanges (changes: ReadonlyArray<{ seq: number, change: ReplicatedChange }>): { list: unknown[], payload: Uint8Array } {
+  const list: unknown[] = []
+  let bytes = 0
+  for (const { change } of changes) if (change.type === 'write') bytes += change.data.byteLength
+  const payload = new Uint8Array(bytes)
+  let at = 0
+  for (const { change } of changes) {
+    switch (change.type) {
+      case 'write':
+        payload.set(change.data, at)
+        at += change.data.byteLength
+        list.push({ t: 'w', o: change.offset, n: change.data.byteLength })
+        break
+      case 'trim': list.push({ t: 't', o: change.offset, n: change.length }); break
+      case 'snapshot': list.push({ t: 's', id: change.id, name: change.name }); break
+      case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
+    }
+  }
+  return { list, payload }
+}
+
+function decodeChanges (list: unknown, payload: Uint8Array | undefined): ReplicatedChange[] {
+  if (!Array.isArray(list)) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch needs a list of changes')
+  const out: ReplicatedChange[] = []
+  let at = 0
+  for (const item of list as Array<Record<string, unknown>>) {
+    if (item.t === 'w') {
+      const n = item.n as number
+      if (payload === undefined || at + n > payload.byteLength) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch is shorter than its changes say')
+      out.push({ type: 'write', offset: item.o as number, data: payload.subarray(at, at + n) })
+      at += n
+    } else if (item.t === 't') {
+      out.push({ type: 'trim', offset: item.o as number, length: item.n as number })
+    } else if (item.t === 's') {
+      out.push({ type: 'snapshot', id: String(item.id), name: String(item.name) })
+    } else if (item.t === 'd') {
+      out.push({ type: 'delete-snapshot', id: String(item.id) })
+    } else {
+      throw new GalleonError('INVALID_ARGUMENT', `unknown replicated change ${JSON.stringify(item.t)}`)
+    }
+  }
+  return out
+}
+
+function changeBytes (change: ReplicatedChange): number {
+  return change.type === 'write' ? change.data.byteLength + 32 : 64
+}
+
+/** The local side of one replicated volume. */
+interface LocalSet {
+  readonly volumeId: string
+  record: ReplicaSetRecord | undefined
+  revision: number
+  /** Highest primary epoch seen (record or messages): changes from older epochs are refused. */
+  knownEpoch: number
+  primary: Primary | undefined
+  /** This copy's applied position (as a replica). */
+  position: ReplicaPosition
+  /** Replica-side work on this copy runs one message at a time. */
+  chain: Promise<unknown>
+  /** Set while a resync is rebuilding this copy: stream batches are refused meanwhile. */
+  resyncing: boolean
+  saveTimer: NodeJS.Timeout | undefined
+}
+
+/** The replication of one node: replica-side handlers, the primaries it runs, failover when it leads. */
+export class ReplicationManager {
+  readonly #host: ReplicationHost
+  readonly #cluster: ClusterManager
+  readonly #coordinator: Coordinator
+  readonly #zone: string
+  readonly #sets = new Map<string, LocalSet>()
+  #stopWatch: (() => void) | undefined
+  #leaderTimer: NodeJS.Timeout | undefined
+  #leaderBusy = false
+  #closed = false
+
+  private constructor (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string) {
+    this.#host = host
+    this.#cluster = cluster
+    this.#coordinator = coordinator
+    this.#zone = zone
+  }
+
+  get nodeId (): string { return this.#cluster.nodeId }
+
+  /** Registers the handlers, loads the records of local copies and takes up each copy's role. */
+  static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string): Promise<ReplicationManager> {
+    const manager = new ReplicationManager(host, cluster, coordinator, zone)
+    manager.#registerHandlers()
+    manager.#stopWatch = coordinator.watch(RECORD_PREFIX, (event) => {
+      const volumeId = event.key.slice(RECORD_PREFIX.length)
+      const set = manager.#sets.get(volumeId)
+      if (set === undefined) return
+      if (event.type === 'delete') { manager.#recordGone(set); return }
+      const record = event.entry === undefined ? undefined : parseRecord(event.entry.value)
+      if (record !== undefined && event.entry !== undefined) manager.#adopt(set, record, event.entry.revision)
+    })
+    for (const copy of host.localCopies()) {
+      const set = manager.#setOf(copy.id, copy.position)
+      const entry = await coordinator.get(recordKey(copy.id))
+      const record = entry === undefined ? undefined : parseRecord(entry.value)
+      if (record === undefined || entry === undefined) {
+        host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume (deleted while this node was away?); the local copy is kept but serves no I/O' })
+        continue
+      }
+      if (record.primary === cluster.nodeId) {
+        // This node was primary before it stopped: it takes the role again under a new epoch, so
+        // that anything its earlier incarnation sent is fenced off.
+        await manager.#reclaim(set)
+      } else {
+        manager.#adopt(set, record, entry.revision)
+      }
+    }
+    manager.#leaderTimer = setInterval(() => { void manager.#leaderPass() }, LEADER_LOOP_MS)
+    manager.#leaderTimer.unref()
+    return manager
+  }
+
+  #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
+    let set = this.#sets.get(volumeId)
+    if (set === undefined) {
+      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
+      this.#sets.set(volumeId, set)
+    }
+    return set
+  }
+
+  /** Whether I/O on this volume must go to another node (the primary). */
+  forwards (volumeId: string): boolean {
+    const set = this.#sets.get(volumeId)
+    return set !== undefined && set.primary === undefined
+  }
+
+  /** Whether the volume is replicated (this node holds a copy). */
+  replicated (volumeId: string): boolean {
+    return this.#sets.has(volumeId)
+  }
+
+  /**
+   * Checks up front that a replicated concern can be met now, so that a write that cannot be is
+   * refused before anything is written.
+   */
+  checkConcern (volumeId: string, concern: WriteConcern): void {
+    if (concern !== WriteConcern.WriteReplicated && concern !== WriteConcern.WriteDistributed) return
+    const primary = this.#sets.get(volumeId)?.primary
+    if (primary === undefined) return
+    const failure = primary.possible(concern)
+    if (failure !== undefined) throw unsatisfied(`${failure}. Nothing was written`)
+  }
+
+  // ------------------------------------------------------------------ creating and deleting
+
+  /**
+   * Makes a freshly created local volume replicated: places its copies, records the replica set
+   * (this node primary, epoch 1) and creates the other copies. Waits a while for them to be in
+   * sync; returns the record (fewer in-sync copies than wanted: the volume is degraded).
+   */
+  async register (spec: VolumeSpec, options: { strategy?: 'spread' | 'balanced' } = {}): Promise<ReplicaSetRecord> {
+    const members = this.#cluster.members.filter((m) => m.healthy)
+    const placement = placeVolume(members.some((m) => m.id === this.nodeId) ? members : [...members, this.#selfMember()], { replicas: spec.replicas, preferredPrimary: this.nodeId, strategy: options.strategy })
+    const nodes = [this.nodeId, ...placement.nodes.filter((n) => n !== this.nodeId)].slice(0, spec.replicas)
+    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId] }
+    const set = this.#setOf(spec.id)
+    const entry = await this.#coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision: 0 })
+    if (entry === undefined) {
+      this.#sets.delete(spec.id)
+      throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
+    }
+    set.record = record
+    set.revision = entry.revision
+    set.knownEpoch = 1
+    this.#becomePrimary(set, record)
+    const deadline = Date.now() + CREATE_SYNC_WAIT_MS
+    while (Date.now() < deadline && !this.#closed) {
+      const current = set.record
+      if (current === undefined || set.primary === undefined) break
+      if (current.inSync.length >= current.nodes.length) break
+      if (set.primary.allLinksFailedOnce()) break
+      await sleep(20)
+    }
+    return set.record ?? record
+  }
+
+  #selfMember (): ClusterMember {
+    return { id: this.nodeId, address: this.#cluster.address, zone: this.#zone, labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: new Date().toISOString() }
+  }
+
+  /** Deletes a replicated volume everywhere (called on the primary, before the local copy goes). */
+  async unregister (volumeId: string): Promise<void> {
+    const set = this.#sets.get(volumeId)
+    if (set === undefined) return
+    const nodes = set.record?.nodes ?? []
+    set.primary?.stop('the volume is being deleted')
+    set.primary = undefined
+    this.#sets.delete(volumeId)
+    clearTimeout(set.saveTimer)
+    await this.#coordinator.delete(recordKey(volumeId))
+    await Promise.all(nodes.filter((n) => n !== this.nodeId).map(async (node) => {
+      await this.#cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).catch(() => {})
+    }))
+  }
+
+  /** Forgets a local copy that was deleted here. */
+  forget (volumeId: string): void {
+    const set = this.#sets.get(volumeId)
+    if (set === undefined) return
+    set.primary?.stop('the local copy was deleted')
+    clearTimeout(set.saveTimer)
+    this.#sets.delete(volumeId)
+  }
+
+  // ------------------------------------------------------------------ roles
+
+  /** A record was read or watched: take up the role it gives this node. */
+  #adopt (set: LocalSet, record: ReplicaSetRecord, revision: number): void {
+    if (revision < set.revision) return
+    set.record = record
+    set.revision = revision
+    if (record.epoch > set.knownEpoch) set.knownEpoch = record.epoch
+    const mine = record.primary === this.nodeId
+    if (set.primary !== undefined) {
+      if (!mine || record.epoch !== set.primary.epoch) {
+        this.#stepDown(set, `node ${record.primary} is primary now (epoch ${record.epoch})`)
+        return
+      }
+      set.primary.recordChanged(record)
+      return
+    }
+    if (mine && !this.#closed) {
+      if (record.epoch < set.knownEpoch) return
+      this.#becomePrimary(set, record)
+    }
+  }
+
+  #recordGone (set: LocalSet): void {
+    set.primary?.stop('the replica-set record was deleted')
+    set.primary = undefined
+    set.record = undefined
+  }
+
+  #becomePrimary (set: LocalSet, record: ReplicaSetRecord): void {
+    const blocks = this.#host.blocks(set.volumeId)
+    if (blocks === undefined) return
+    const primary = new Primary(this, set, record, blocks)
+    set.primary = primary
+    blocks.replicator = primary
+    // Our copy now leads; its place in any earlier epoch's stream means nothing any more.
+    set.position = { epoch: 0, seq: 0 }
+    void this.#host.savePosition(set.volumeId, set.position).catch(() => {})
+    this.#host.emit('replication:primary', { volumeId: set.volumeId, nodeId: this.nodeId, epoch: record.epoch })
+    primary.start()
+  }
+
+  #stepDown (set: LocalSet, why: string): void {
+    const primary = set.primary
+    if (primary === undefined) return
+    set.primary = undefined
+    const blocks = this.#host.blocks(set.volumeId)
+    if (blocks !== undefined && blocks.replicator === primary) blocks.replicator = undefined
+    primary.stop(`this node is no longer the primary: ${why}`)
+    this.#host.emit('replication:demoted', { volumeId: set.volumeId, nodeId: this.nodeId, reason: why })
+  }
+
+  /** After a restart as the recorded primary: raise the epoch and lead again. */
+  async #reclaim (set: LocalSet): Promise<void> {
+    const updated = await this.update(set.volumeId, (record) => record.primary !== this.nodeId ? undefined : { ...record, epoch: record.epoch + 1, inSync: [this.nodeId] })
+    if (updated === undefined) return
+    this.#adopt(set, updated.record, updated.revision)
+  }
+
+  /**
+   * Compare-and-swap on a volume's record: `change` returns the new record, or undefined to leave
+   * it. Retried on conflicts; resolves to the record written, or undefined.
+   */
+  async update (volumeId: string, change: (record: ReplicaSetRecord) => ReplicaSetRecord | undefined): Promise<{ record: ReplicaSetRecord, revision: number } | undefined> {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const entry = await this.#coordinator.get(recordKey(volumeId))
+      if (entry === undefined) return undefined
+      const record = parseRecord(entry.value)
+      if (record === undefined) return undefined
+      const next = change(record)
+      if (next === undefined) {
+        const set = this.#sets.get(volumeId)
+        if (set !== undefined) this.#adopt(set, record, entry.revision)
+        return undefined
+      }
+      const written = await this.#coordinator.put(recordKey(volumeId), JSON.stringify(next), { expectRevision: entry.revision })
+      if (written !== undefined) {
+        const set = this.#sets.get(volumeId)
+        if (set !== undefined) this.#adopt(set, next, written.revision)
+        return { record: next, revision: written.revision }
+      }
+    }
+    throw new GalleonError('BUSY', `the record of volume ${volumeId} kept changing; try again`)
+  }
+
+  zoneOf (nodeId: string): string | undefined {
+    if (nodeId === this.nodeId) return this.#zone
+    return this.#cluster.members.find((m) => m.id === nodeId)?.zone
+  }
+
+  get zone (): string { return this.#zone }
+  get host (): ReplicationHost { return this.#host }
+
+  async request (nodeId: string, message: TransportMessage, timeoutMs: number): Promise<TransportMessage> {
+    return await this.#cluster.request(nodeId, message, { timeoutMs })
+  }
+
+  // ------------------------------------------------------------------ failover (cluster leader)
+
+  /** On the cluster leader: promotes an in-sync copy of volumes whose primary is gone, adds copies to short replica sets. */
+  async #leaderPass (): Promise<void> {
+    if (this.#leaderBusy || this.#closed || this.#cluster.leadership === undefined) return
+    this.#leaderBusy = true
+    try {
+      const members = await this.#coordinator.members()
+      const healthy = new Set(members.filter((m) => m.healthy).map((m) => m.id))
+      for (const entry of await this.#coordinator.list(RECORD_PREFIX)) {
+        if (this.#closed || this.#cluster.leadership === undefined) return
+        const record = parseRecord(entry.value)
+        if (record === undefined) continue
+        const volumeId = record.spec.id
+        if (!healthy.has(record.primary)) {
+          const candidate = record.inSync.find((n) => n !== record.primary && healthy.has(n))
+          if (candidate === undefined) continue
+          const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, primary: candidate, epoch: record.epoch + 1, inSync: [candidate] }), { expectRevision: entry.revision })
+          if (written !== undefined) {
+            this.#host.emit('replication:failover', { volumeId, from: record.primary, to: candidate, epoch: record.epoch + 1 })
+          }
+          continue
+        }
+        if (record.nodes.length < record.spec.replicas) {
+          const eligible = members.filter((m) => m.healthy)
+          const placement = placeVolume(eligible, { replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary })
+          const added = placement.nodes.filter((n) => !record.nodes.includes(n))
+          if (added.length === 0) continue
+          const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, nodes: [...record.nodes, ...added] }), { expectRevision: entry.revision })
+          if (written !== undefined) this.#host.emit('replication:replica-added', { volumeId, nodes: added })
+        }
+      }
+    } catch (err) {
+      this.#host.emit('replication:error', { volumeId: '', nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `failover pass: ${(err as Error)?.message ?? String(err)}` })
+    } finally {
+      this.#leaderBusy = false
+    }
+  }
+
+  // ------------------------------------------------------------------ forwarding
+
+  /**
+   * Sends an I/O call to the volume's primary and returns its reply. Waits through a failover
+   * (until a primary answers, up to 30 s).
+   */
+  async forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
+    const deadline = Date.now() + FORWARD_DEADLINE_MS
+    let lastError: unknown
+    for (let attempt = 0; ; attempt++) {
+      const set = this.#sets.get(volumeId)
+      if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`)
+      const primary = set.record?.primary
+      if (set.primary !== undefined) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
+      if (primary !== undefined && primary !== this.nodeId) {
+        try {
+          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: 15_000 })
+        } catch (err) {
+          const code = (err as { code?: string })?.code
+          if (code !== 'NOT_LEADER' && code !== 'BACKEND_UNAVAILABLE') throw err
+          lastError = err
+        }
+      }
+      if (Date.now() >= deadline || this.#closed) {
+        throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`)
+      }
+      await sleep(Math.min(100 * (attempt + 1), 500))
+      await this.#refresh(set)
+    }
+  }
+
+  // ------------------------------------------------------------------ status
+
+  status (volumeId: string): ReplicationStatus | undefined {
+    const set = this.#sets.get(volumeId)
+    if (set === undefined) return undefined
+    const record = set.record
+    return {
+      volumeId,
+      role: set.primary !== undefined ? 'primary' : record === undefined ? 'unknown' : 'replica',
+      primary: record?.primary,
+      epoch: record?.epoch,
+      nodes: record?.nodes ?? [],
+      inSync: record?.inSync ?? [],
+      replicas: record?.spec.replicas ?? 0,
+      degraded: record === undefined || record.inSync.length < record.spec.replicas,
+      links: set.primary?.linkStatus() ?? []
+    }
+  }
+
+  /** Every replicated volume this node holds, for metrics. */
+  statuses (): ReplicationStatus[] {
+    return [...this.#sets.keys()].map((id) => this.status(id)).filter((s): s is ReplicationStatus => s !== undefined)
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    clearInterval(this.#leaderTimer)
+    this.#stopWatch?.()
+    for (const set of this.#sets.values()) {
+      set.primary?.stop('the node is closing')
+      clearTimeout(set.saveTimer)
+      await set.chain.catch(() => {})
+      if (set.primary === undefined && set.record !== undefined) await this.#host.savePosition(set.volumeId, set.position).catch(() => {})
+    }
+  }
+
+  // ------------------------------------------------------------------ replica side
+
+  #registerHandlers (): void {
+    const on = (kind: string, handler: (set: LocalSet, header: Record<string, unknown>, payload: Uint8Array | undefined, from: string) => Promise<TransportMessage>): void => {
+      this.#cluster.handle(kind, async (from, request) => {
+        const volumeId = request.header.volumeId
+        if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', `${kind} needs a volumeId`)
+        if (kind === 'repl:resync-begin') {
+          // A new copy: created here first.
+          if (!this.#sets.has(volumeId) && this.#host.blocks(volumeId) === undefined) {
+            await this.#host.createCopy(request.header.spec as VolumeSpec)
+          }
+          if (!this.#sets.has(volumeId)) {
+            const set = this.#setOf(volumeId)
+            void this.#refresh(set)
+          }
+        }
+        const set = this.#sets.get(volumeId)
+        if (set === undefined) {
+          if (kind === 'repl:delete') return { kind: 'ok', header: {} }
+          throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.nodeId} holds no copy of volume ${volumeId}`)
+        }
+        if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
+        if (kind !== 'repl:delete') this.#fence(set, request.header.epoch)
+        const run = set.chain.then(async () => await handler(set, request.header, request.payload, from))
+        set.chain = run.catch(() => {})
+        return await run
+      })
+    }
+    on('repl:apply', async (set, header, payload) => {
+      const epoch = header.epoch as number
+      const from = header.from as number
+      if (set.resyncing || set.position.epoch !== epoch || set.position.seq + 1 !== from) {
+        return { kind: 'resync', header: { epoch: set.position.epoch, seq: set.position.seq } }
+      }
+      const changes = decodeChanges(header.changes, payload)
+      const blocks = this.#copy(set)
+      await this.#applyAll(set, blocks, changes)
+      await this.#host.engine.flush()
+      set.position = { epoch, seq: from + changes.length - 1 }
+      this.#savePositionSoon(set)
+      return { kind: 'applied', header: { seq: set.position.seq } }
+    })
+    on('repl:resync-begin', async (set, header) => {
+      set.resyncing = true
+      this.#adoptPrimaryHint(set, header)
+      return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#host.snapshots(set.volumeId).map((s) => s.id) } }
+    })
+    on('repl:resync-prune', async (set, header) => {
+      for (const id of header.snapshots as string[]) await this.#host.applyDeleteSnapshot(set.volumeId, id)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:digests', async (set, header) => {
+      const blocks = this.#copy(set)
+      const { indices, digests } = await digestRange(this.#host.engine, blocks, header.first as number, header.count as number, LIVE)
+      return { kind: 'digests', header: { indices }, payload: digests }
+    })
+    on('repl:resync-blocks', async (set, header, payload) => {
+      const blocks = this.#copy(set)
+      const bs = this.#host.engine.blockSize
+      const indices = header.indices as number[]
+      const zero = header.zero as number[]
+      let at = 0
+      if (payload === undefined ? indices.length > 0 : payload.byteLength < indices.length * bs) throw new GalleonError('INVALID_ARGUMENT', 'resync blocks are shorter than their list says')
+      const changes: ReplicatedChange[] = zero.map((index) => ({ type: 'trim', offset: index * bs, length: bs }))
+      for (const index of indices) {
+        changes.push({ type: 'write', offset: index * bs, data: (payload as Uint8Array).subarray(at, at + bs) })
+        at += bs
+      }
+      await this.#applyAll(set, blocks, changes)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:resync-snapshot', async (set, header) => {
+      await this.#host.engine.flush()
+      await this.#host.applySnapshot(set.volumeId, String(header.id), String(header.name))
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:resync-end', async (set, header) => {
+      await this.#host.engine.flush()
+      set.position = { epoch: header.epoch as number, seq: header.seq as number }
+      set.resyncing = false
+      await this.#host.savePosition(set.volumeId, set.position)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:delete', async (set) => {
+      this.forget(set.volumeId)
+      await this.#host.deleteCopy(set.volumeId)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:io', async (set, header, payload) => {
+      if (set.primary === undefined) {
+        throw new GalleonError('NOT_LEADER', `node ${this.nodeId} is not the primary of volume ${set.volumeId} (it is ${set.record?.primary ?? 'unknown'})`)
+      }
+      const reply = await this.#host.serveForwarded(set.volumeId, header as unknown as ForwardedRequest, payload)
+      return { kind: 'io', header: reply.header, ...(reply.payload === undefined ? {} : { payload: reply.payload }) }
+    })
+  }
+
+  /** Reads the volume's record again and takes up the role it gives. */
+  async #refresh (set: LocalSet): Promise<void> {
+    const entry = await this.#coordinator.get(recordKey(set.volumeId)).catch(() => undefined)
+    const record = entry === undefined ? undefined : parseRecord(entry.value)
+    if (record !== undefined && entry !== undefined) this.#adopt(set, record, entry.revision)
+  }
+
+  /** Refuses a message from an epoch older than one this copy knows of. */
+  #fence (set: LocalSet, epoch: unknown): void {
+    if (typeof epoch !== 'number') throw new GalleonError('INVALID_ARGUMENT', 'replication messages carry the primary epoch')
+    if (epoch < set.knownEpoch || (set.primary !== undefined && epoch <= set.primary.epoch)) {
+      throw new GalleonError('NOT_LEADER', `stale epoch ${epoch}: node ${this.nodeId} knows of epoch ${Math.max(set.knownEpoch, set.primary?.epoch ?? 0)} for volume ${set.volumeId}`)
+    }
+    if (epoch > set.knownEpoch) {
+      set.knownEpoch = epoch
+      // A newer primary exists: if this node still thinks it leads, it does not.
+      if (set.primary !== undefined) this.#stepDown(set, `a primary with epoch ${epoch} is shipping changes`)
+    }
+  }
+
+  #adoptPrimaryHint (set: LocalSet, header: Record<string, unknown>): void {
+    if (typeof header.primary === 'string' && typeof header.epoch === 'number' && (set.record === undefined || header.epoch > set.record.epoch)) {
+      set.record = { ...(set.record ?? { spec: header.spec as VolumeSpec, nodes: [], inSync: [] }), primary: header.primary, epoch: header.epoch }
+    }
+  }
+
+  #copy (set: LocalSet): VolumeBlocks {
+    const blocks = this.#host.blocks(set.volumeId)
+    if (blocks === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.nodeId} lost its copy of volume ${set.volumeId}`)
+    return blocks
+  }
+
+  /**
+   * Applies changes in order. Writes and trims are issued without waiting for each other: the
+   * engine takes each one's block claims as it is called, so two changes to one block still apply
+   * in order, and the batch shares store writes. A snapshot waits for everything before it.
+   */
+  async #applyAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[]): Promise<void> {
+    const engine = this.#host.engine
+    let pending: Array<Promise<void>> = []
+    const drain = async (): Promise<void> => {
+      const waiting = pending
+      pending = []
+      const results = await Promise.allSettled(waiting)
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed !== undefined) throw failed.reason
+    }
+    try {
+      for (const change of changes) {
+        switch (change.type) {
+          case 'write': pending.push(engine.write(blocks, change.offset, change.data, WriteConcern.WriteAcknowledged)); break
+          case 'trim': pending.push(engine.trim(blocks, change.offset, change.length, WriteConcern.WriteAcknowledged)); break
+          case 'snapshot':
+            await drain()
+            await engine.flush()
+            await this.#host.applySnapshot(set.volumeId, change.id, change.name)
+            break
+          case 'delete-snapshot':
+            await drain()
+            await this.#host.applyDeleteSnapshot(set.volumeId, change.id)
+            break
+        }
+      }
+    } finally {
+      await drain()
+    }
+  }
+
+  /** The applied position is saved now and then (an older saved position only means a longer resync). */
+  #savePositionSoon (set: LocalSet): void {
+    if (set.saveTimer !== undefined) return
+    set.saveTimer = setTimeout(() => {
+      set.saveTimer = undefined
+      void this.#host.savePosition(set.volumeId, set.position).catch(() => {})
+    }, 200)
+    set.saveTimer.unref()
+  }
+}
+
+/** Allocated blocks of a view in [first, first + count) with their digests (16 bytes each). */
+async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, first: number, count: number, at: number, sizeBytes?: number): Promise<{ indices: number[], digests: Uint8Array }> {
+  const bs = engine.blockSize
+  const limit = Math.floor((sizeBytes ?? blocks.sizeBytes) / bs)
+  const last = Math.min(first + count, limit) - 1
+  const indices: number[] = []
+  if (last < first) return { indices, digests: new Uint8Array(0) }
+  const runs = engine.allocationRuns(blocks, first, last, at)
+  for (const [start, length, allocated] of runs) if (allocated) for (let i = start; i < start + length; i++) indices.push(i)
+  const digests = new Uint8Array(indices.length * DIGEST_BYTES)
+  const view = at === LIVE ? undefined : { gen: at, sizeBytes: sizeBytes ?? blocks.sizeBytes }
+  for (let i = 0; i < indices.length;) {
+    // Contiguous runs are read at once.
+    let j = i
+    while (j + 1 < indices.length && indices[j + 1] === (indices[j] as number) + 1 && j - i < 255) j++
+    const start = indices[i] as number
+    const data = await engine.read(blocks, start * bs, (j - i + 1) * bs, view)
+    for (let k = i; k <= j; k++) digests.set(digestOf(data.subarray((k - i) * bs, (k - i + 1) * bs)), k * DIGEST_BYTES)
+    i = j + 1
+  }
+  return { indices, digests }
+}
+
+interface Waiter {
+  readonly seq: number
+  readonly concern: WriteConcern
+  readonly resolve: () => void
+  readonly reject: (err: unknown) => void
+}
+
+/** The primary of one volume: records changes, runs a link per other copy, settles replicated writes. */
+class Primary implements VolumeReplicator {
+  readonly epoch: number
+  readonly #manager: ReplicationManager
+  readonly #set: LocalSet
+  readonly #blocks: VolumeBlocks
+  #record: ReplicaSetRecord
+  #seq = 0
+  /** Per block: the sequence number of its last change in this epoch (0: none). */
+  #dirty: Float64Array
+  readonly #links = new Map<string, Link>()
+  #waiters: Waiter[] = []
+  #stopped: string | undefined
+
+  constructor (manager: ReplicationManager, set: LocalSet, record: ReplicaSetRecord, blocks: VolumeBlocks) {
+    this.#manager = manager
+    this.#set = set
+    this.#record = record
+    this.#blocks = blocks
+    this.epoch = record.epoch
+    this.#dirty = new Float64Array(Math.ceil(blocks.sizeBytes / manager.host.engine.blockSize))
+  }
+
+  get seq (): number { return this.#seq }
+  get volumeId (): string { return this.#set.volumeId }
+  get blocks (): VolumeBlocks { return this.#blocks }
+  get setRecord (): ReplicaSetRecord { return this.#record }
+  get manager (): ReplicationManager { return this.#manager }
+  get stopped (): boolean { return this.#stopped !== undefined }
+
+  start (): void {
+    this.recordChanged(this.#record)
+  }
+
+  /** The record changed (our own compare-and-swap or another's): follow its nodes and in-sync list. */
+  recordChanged (record: ReplicaSetRecord): void {
+    this.#record = record
+    if (this.#stopped !== undefined) return
+    for (const node of record.nodes) {
+      if (node === this.#manager.nodeId || this.#links.has(node)) continue
+      const link = new Link(this, node)
+      this.#links.set(node, link)
+      link.start()
+    }
+    for (const [node, link] of this.#links) {
+      if (!record.nodes.includes(node)) { link.stop(); this.#links.delete(node) }
+    }
+    this.#settle()
+  }
+
+  record (change: ReplicatedChange): number {
+    const seq = ++this.#seq
+    const bs = this.#manager.host.engine.blockSize
+    if (change.type === 'write' || change.type === 'trim') {
+      const length = change.type === 'write' ? change.data.byteLength : change.length
+      const first = Math.floor(change.offset / bs)
+      const last = Math.floor((change.offset + length - 1) / bs)
+      if (last >= this.#dirty.length) {
+        const grown = new Float64Array(last + 1)
+        grown.set(this.#dirty)
+        this.#dirty = grown
+      }
+      for (let i = first; i <= last; i++) this.#dirty[i] = seq
+    }
+    for (const link of this.#links.values()) link.offer(seq, change)
+    return seq
+  }
+
+  /** Blocks changed after `seq` in this epoch. */
+  changedSince (seq: number): number[] {
+    const out: number[] = []
+    const dirty = this.#dirty
+    for (let i = 0; i < dirty.length; i++) if ((dirty[i] as number) > seq) out.push(i)
+    return out
+  }
+
+  async committed (seq: number, concern: WriteConcern): Promise<void> {
+    if (concern !== WriteConcern.WriteReplicated && concern !== WriteConcern.WriteDistributed) return
+    const verdict = this.#verdict(seq, concern)
+    if (verdict === true) return
+    if (verdict instanceof Error) throw verdict
+    await new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject }) })
+  }
+
+  failed (_seq: number): void {
+    // The copies may have (or get) a change this node does not have: every link starts over with a
+    // digest comparison.
+    for (const link of this.#links.values()) link.restart('a change failed on the primary', true)
+  }
+
+  /** Why `concern` cannot be met now, or undefined. */
+  possible (concern: WriteConcern): string | undefined {
+    if (this.#stopped !== undefined) return `this node is no longer the primary of the volume (${this.#stopped})`
+    const replicas = this.#record.inSync.filter((n) => n !== this.#manager.nodeId)
+    if (replicas.length === 0) {
+      return `${concern} needs an in-sync copy on another node, and volume ${this.#record.spec.name} has none now (copies: ${this.#record.nodes.join(', ')}; in sync: ${this.#record.inSync.join(', ')}); use WriteDurable, or wait until a copy has resynced`
+    }
+    if (concern === WriteConcern.WriteDistributed && !replicas.some((n) => this.#manager.zoneOf(n) !== this.#manager.zone)) {
+      return `WriteDistributed needs an in-sync copy in a zone other than ${this.#manager.zone}, and volume ${this.#record.spec.name} has none (in sync: ${replicas.map((n) => `${n} in ${this.#manager.zoneOf(n) ?? 'unknown zone'}`).join(', ')})`
+    }
+    return undefined
+  }
+
+  /** true: met; an error: cannot be met; false: wait. */
+  #verdict (seq: number, concern: WriteConcern): true | false | Error {
+    const why = this.possible(concern)
+    if (why !== undefined) return unsatisfied(`${why}. The write is stored on this node but not acknowledged as ${concern}`)
+    for (const node of this.#record.inSync) {
+      if (node === this.#manager.nodeId) continue
+      const link = this.#links.get(node)
+      if (link === undefined || link.acked < seq) return false
+    }
+    return true
+  }
+
+  /** Re-evaluates waiting writes (after an acknowledgement or a change of the in-sync list). */
+  #settle (): void {
+    if (this.#waiters.length === 0) return
+    const still: Waiter[] = []
+    for (const waiter of this.#waiters) {
+      const verdict = this.#verdict(waiter.seq, waiter.concern)
+      if (verdict === true) waiter.resolve()
+      else if (verdict instanceof Error) waiter.reject(verdict)
+      else still.push(waiter)
+    }
+    this.#waiters = still
+  }
+
+  acked (): void { this.#settle() }
+
+  /** A copy failed or fell behind: out of the in-sync list (compare-and-swap) before writes go on without it. */
+  async dropFromInSync (node: string): Promise<void> {
+    if (!this.#record.inSync.includes(node) || this.#stopped !== undefined) return
+    try {
+      await this.#manager.update(this.volumeId, (record) => {
+        if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
+        if (!record.inSync.includes(node)) return undefined
+        return { ...record, inSync: record.inSync.filter((n) => n !== node) }
+      })
+    } catch (err) {
+      // The coordinator cannot be reached: writes needing this copy keep waiting, and fail at
+      // their callers' deadline; the link tries again.
+      this.#manager.host.emit('replication:error', { volumeId: this.volumeId, nodeId: this.#manager.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `taking ${node} out of the in-sync list: ${(err as Error)?.message ?? String(err)}` })
+      throw err
+    }
+    this.#manager.host.emit('replication:out-of-sync', { volumeId: this.volumeId, node })
+  }
+
+  /** A copy caught up with the stream: into the in-sync list. */
+  async addToInSync (node: string): Promise<void> {
+    if (this.#record.inSync.includes(node) || this.#stopped !== undefined) return
+    await this.#manager.update(this.volumeId, (record) => {
+      if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
+      if (record.inSync.includes(node) || !record.nodes.includes(node)) return undefined
+      return { ...record, inSync: [...record.inSync, node] }
+    })
+    if (this.#record.inSync.includes(node)) this.#manager.host.emit('replication:in-sync', { volumeId: this.volumeId, node })
+  }
+
+  allLinksFailedOnce (): boolean {
+    return this.#links.size > 0 && [...this.#links.values()].every((link) => link.failures > 0)
+  }
+
+  linkStatus (): ReplicationStatus['links'] {
+    return [...this.#links.values()].map((link) => link.status())
+  }
+
+  stop (why: string): void {
+    if (this.#stopped !== undefined) return
+    this.#stopped = why
+    for (const link of this.#links.values()) link.stop()
+    this.#links.clear()
+    const waiters = this.#waiters
+    this.#waiters = []
+    for (const waiter of waiters) waiter.reject(unsatisfied(`${why}; the write is stored on this node but not acknowledged as ${waiter.concern}`))
+  }
+}
+
+/** The primary's ordered stream to one other copy, with its resync. */
+class Link {
+  readonly node: string
+  readonly #primary: Primary
+  state: LinkState = 'down'
+  acked = 0
+  failures = 0
+  #queue: Array<{ seq: number, change: ReplicatedChange }> = []
+  #queuedBytes = 0
+  #sending = false
+  #shippedBytes = 0
+  #resyncs = 0
+  #progress: { mode: 'delta' | 'digest', blocksDone: number, blocksTotal: number, blocksSent: number } | undefined
+  #lastError: string | undefined
+  #broken: ((err: unknown) => void) | undefined
+  #forceDigest = false
+  #stopped = false
+  #wake: (() => void) | undefined
+
+  constructor (primary: Primary, node: string) {
+    this.#primary = primary
+    this.node = node
+  }
+
+  start (): void { void this.#run() }
+
+  stop (): void {
+    this.#stopped = true
+    this.state = 'stopped'
+    this.#queue = []
+    this.#queuedBytes = 0
+    this.#broken?.(new GalleonError('CANCELLED', 'link stopped'))
+    this.#wake?.()
+  }
+
+  /** Drops the stream and resyncs (with digests when `digest`). */
+  restart (why: string, digest: boolean): void {
+    if (digest) this.#forceDigest = true
+    this.#broken?.(new GalleonError('IO_ERROR', why))
+  }
+
+  offer (seq: number, change: ReplicatedChange): void {
+    if (this.state !== 'streaming' && this.state !== 'resyncing') return
+    if (this.state === 'resyncing' && !this.#collecting) return
+    this.#queue.push({ seq, change })
+    this.#queuedBytes += changeBytes(change)
+    if (this.state === 'streaming') this.#pump()
+  }
+
+  /** Set once the resync has made its cut: changes after it are kept for the stream. */
+  #collecting = false
+
+  async #run (): Promise<void> {
+    let pause = 200
+    while (!this.#stopped && !this.#primary.stopped) {
+      try {
+        // A copy is rebuilt only once it is out of the in-sync list: a half-rebuilt copy must never
+        // be promoted.
+        if (this.#primary.setRecord.inSync.includes(this.node)) await this.#primary.dropFromInSync(this.node)
+        this.state = 'resyncing'
+        await this.#resync()
+        if (this.#stopped) return
+        this.state = 'streaming'
+        this.#lastError = undefined
+        pause = 200
+        const broken = new Promise<never>((_resolve, reject) => { this.#broken = reject })
+        this.#pump()
+        this.#maybeInSync()
+        await broken
+      } catch (err) {
+        if (this.#stopped || this.#primary.stopped) return
+        this.failures++
+        this.#lastError = errorText(err)
+        this.state = 'down'
+        this.#collecting = false
+        this.#queue = []
+        this.#queuedBytes = 0
+        this.#progress = undefined
+        await this.#primary.dropFromInSync(this.node).catch(() => {})
+        if (this.#stopped || this.#primary.stopped) return
+        this.#primary.manager.host.emit('replication:link-down', { volumeId: this.#primary.volumeId, node: this.node, message: this.#lastError })
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, pause)
+          timer.unref()
+          this.#wake = () => { clearTimeout(timer); resolve() }
+        })
+        this.#wake = undefined
+        pause = Math.min(pause * 2, 2000)
+      } finally {
+        this.#broken = undefined
+      }
+    }
+  }
+
+  #pump (): void {
+    if (this.#sending || this.state !== 'streaming' || this.#queue.length === 0) return
+    this.#sending = true
+    void (async () => {
+      try {
+        while (this.state === 'streaming' && this.#queue.length > 0) {
+          let bytes = 0
+          let count = 0
+          while (count < this.#queue.length && count < BATCH_MAX_CHANGES && bytes < BATCH_MAX_BYTES) {
+            bytes += changeBytes((this.#queue[count] as { change: ReplicatedChange }).change)
+            count++
+          }
+          const batch = this.#queue.slice(0, count)
+          const { list, payload } = encodeChanges(batch)
+          const from = (batch[0] as { seq: number }).seq
+          const reply = await this.#primary.manager.request(this.node, {
+            kind: 'repl:apply',
+            header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, from, changes: list },
+            payload
+          }, APPLY_TIMEOUT_MS)
+          if (this.state !== 'streaming') return
+          if (reply.kind !== 'applied') throw new GalleonError('IO_ERROR', `node ${this.node} asked for a resync (it is at epoch ${String(reply.header.epoch)}, change ${String(reply.header.seq)})`)
+          this.#queue.splice(0, count)
+          this.#queuedBytes -= bytes
+          this.#shippedBytes += payload.byteLength
+          this.acked = batch[batch.length - 1]?.seq ?? this.acked
+          this.#primary.acked()
+          this.#maybeInSync()
+        }
+      } catch (err) {
+        this.#broken?.(err)
+      } finally {
+        this.#sending = false
+      }
+      if (this.state === 'streaming' && this.#queue.length > 0) this.#pump()
+    })()
+  }
+
+  #joining = false
+  #maybeInSync (): void {
+    if (this.#joining || this.state !== 'streaming' || this.acked < this.#primary.seq) return
+    if (this.#primary.setRecord.inSync.includes(this.node)) return
+    this.#joining = true
+    void this.#primary.addToInSync(this.node).catch(() => {}).finally(() => { this.#joining = false })
+  }
+
+  async #call (kind: string, header: Record<string, unknown>, payload?: Uint8Array): Promise<TransportMessage> {
+    if (this.#stopped) throw new GalleonError('CANCELLED', 'link stopped')
+    return await this.#primary.manager.request(this.node, { kind, header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, ...header }, ...(payload === undefined ? {} : { payload }) }, RESYNC_TIMEOUT_MS)
+  }
+
+  /** Brings the copy in line with this primary, up to a cut; changes after the cut are queued meanwhile. */
+  async #resync (): Promise<void> {
+    const primary = this.#primary
+    const manager = primary.manager
+    const host = manager.host
+    const engine = host.engine
+    const bs = engine.blockSize
+    this.#resyncs++
+    const begin = await this.#call('repl:resync-begin', { spec: primary.setRecord.spec, primary: manager.nodeId })
+    const theirs = { epoch: begin.header.epoch as number, seq: begin.header.seq as number, snapshots: begin.header.snapshots as string[] }
+    // The cut: snapshots cannot change meanwhile, and every change after it is queued for the stream.
+    const { cut, snapshots } = await host.exclusive(async () => {
+      this.#queue = []
+      this.#queuedBytes = 0
+      this.#collecting = true
+      return { cut: primary.seq, snapshots: host.snapshots(primary.volumeId) }
+    })
+    // Writes recorded before the cut are published once these drain.
+    await primary.blocks.drainTickets()
+    const delta = !this.#forceDigest && theirs.epoch === primary.epoch && theirs.seq <= cut
+    this.#forceDigest = false
+    const mine = new Set(snapshots.map((s) => s.id))
+    const extra = theirs.snapshots.filter((id) => !mine.has(id))
+    if (extra.length > 0) await this.#call('repl:resync-prune', { snapshots: extra })
+    const have = new Set(theirs.snapshots)
+    const views: Array<{ snapshot?: SnapshotInfo }> = [...snapshots.filter((s) => !have.has(s.id)).map((snapshot) => ({ snapshot })), {}]
+    const changed = delta ? primary.changedSince(theirs.seq) : undefined
+    const blockCount = Math.ceil(primary.blocks.sizeBytes / bs)
+    this.#progress = { mode: delta ? 'delta' : 'digest', blocksDone: 0, blocksTotal: (changed?.length ?? blockCount) * views.length, blocksSent: 0 }
+    for (const view of views) {
+      const at = view.snapshot?.gen ?? LIVE
+      const viewSize = view.snapshot?.sizeBytes ?? primary.blocks.sizeBytes
+      if (changed !== undefined) {
+        for (let i = 0; i < changed.length; i += RESYNC_BLOCKS_PER_MESSAGE) {
+          await this.#sendBlocks(changed.slice(i, i + RESYNC_BLOCKS_PER_MESSAGE).filter((index) => index * bs < viewSize), at, viewSize)
+          this.#progress.blocksDone += Math.min(RESYNC_BLOCKS_PER_MESSAGE, changed.length - i)
+        }
+      } else {
+        for (let first = 0; first < blockCount; first += DIGEST_BLOCKS_PER_MESSAGE) {
+          const count = Math.min(DIGEST_BLOCKS_PER_MESSAGE, blockCount - first)
+          const [remote, local] = await Promise.all([
+            this.#call('repl:digests', { first, count }),
+            digestRange(engine, primary.blocks, first, count, at, viewSize)
+          ])
+          const remoteIndices = remote.header.indices as number[]
+          const remoteDigests = remote.payload ?? new Uint8Array(0)
+          const theirsByIndex = new Map<number, number>()
+          remoteIndices.forEach((index, k) => theirsByIndex.set(index, k))
+          const differ: number[] = []
+          local.indices.forEach((index, k) => {
+            const r = theirsByIndex.get(index)
+            theirsByIndex.delete(index)
+            if (r === undefined || Buffer.compare(local.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES), remoteDigests.subarray(r * DIGEST_BYTES, (r + 1) * DIGEST_BYTES)) !== 0) differ.push(index)
+          })
+          // Blocks only the copy has: zeros here.
+          for (const index of theirsByIndex.keys()) differ.push(index)
+          differ.sort((a, b) => a - b)
+          for (let i = 0; i < differ.length; i += RESYNC_BLOCKS_PER_MESSAGE) await this.#sendBlocks(differ.slice(i, i + RESYNC_BLOCKS_PER_MESSAGE), at, viewSize)
+          this.#progress.blocksDone += count
+        }
+      }
+      if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name })
+    }
+    await this.#call('repl:resync-end', { seq: cut })
+    this.acked = cut
+    this.#collecting = false
+    this.#progress = undefined
+    host.emit('replication:resynced', { volumeId: primary.volumeId, node: this.node, mode: delta ? 'delta' : 'digest' })
+  }
+
+  /** Sends the current contents of `indices` in the view at `at` (zeros as trims). */
+  async #sendBlocks (indices: number[], at: number, viewSize: number): Promise<void> {
+    if (indices.length === 0) return
+    const engine = this.#primary.manager.host.engine
+    const bs = engine.blockSize
+    const view = at === LIVE ? undefined : { gen: at, sizeBytes: viewSize }
+    const data: Uint8Array[] = []
+    const withData: number[] = []
+    const zero: number[] = []
+    for (const index of indices) {
+      if (index * bs >= viewSize) { zero.push(index); continue }
+      const block = await engine.read(this.#primary.blocks, index * bs, bs, view)
+      if (isZero(block)) zero.push(index)
+      else { withData.push(index); data.push(block) }
+    }
+    const payload = new Uint8Array(withData.length * bs)
+    data.forEach((block, k) => payload.set(block, k * bs))
+    await this.#call('repl:resync-blocks', { indices: withData, zero }, payload)
+    this.#shippedBytes += payload.byteLength
+    if (this.#progress !== undefined) this.#progress.blocksSent += indices.length
+  }
+
+  status (): ReplicationStatus['links'][number] {
+    return {
+      node: this.node,
+      state: this.state,
+      lagChanges: Math.max(0, this.#primary.seq - this.acked),
+      lagBytes: this.#queuedBytes,
+      shippedBytes: this.#shippedBytes,
+      resyncs: this.#resyncs,
+      ...(this.#progress === undefined ? {} : { resync: { ...this.#progress } }),
+      ...(this.#lastError === undefined ? {} : { lastError: this.#lastError })
+    }
+  }
+}

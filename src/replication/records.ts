@@ -1,0 +1,59 @@
+// The coordinator's record of a replicated volume: which nodes hold copies, which one is the primary
+// and under which epoch, and which copies are in sync. Every change is a compare-and-swap, so the
+// record is the single truth that failover and fencing rest on.
+
+import type { AccessMode, VolumeType } from '../types.js'
+
+/** Coordinator key prefix of replica-set records (`replication/volumes/<volumeId>`). */
+export const RECORD_PREFIX = 'replication/volumes/'
+
+/** What a node needs to create its copy of a volume. */
+export interface VolumeSpec {
+  readonly id: string
+  readonly name: string
+  readonly namespace: string
+  readonly type: VolumeType
+  readonly sizeBytes: number
+  readonly blockSize: number
+  readonly storageClass: string
+  readonly replicas: number
+  readonly accessModes: readonly AccessMode[]
+  readonly labels: Readonly<Record<string, string>>
+}
+
+/** A replicated volume as the coordinator records it. */
+export interface ReplicaSetRecord {
+  readonly spec: VolumeSpec
+  /** The node that serves I/O and ships changes. */
+  readonly primary: string
+  /**
+   * Fencing token of the primary: raised on every change of primary (and on a primary's restart).
+   * Replicas refuse changes from an older epoch.
+   */
+  readonly epoch: number
+  /** Nodes holding a copy, the primary included. */
+  readonly nodes: readonly string[]
+  /**
+   * Nodes whose copy has every change acknowledged as WriteReplicated or stronger (the primary
+   * included). Only these may be promoted; the primary removes a copy from here (compare-and-swap)
+   * before it acknowledges a write without it.
+   */
+  readonly inSync: readonly string[]
+}
+
+export function recordKey (volumeId: string): string {
+  return `${RECORD_PREFIX}${volumeId}`
+}
+
+/** Parses a record's value; undefined for anything that is not one (never trusted blindly). */
+export function parseRecord (value: string): ReplicaSetRecord | undefined {
+  try {
+    const parsed = JSON.parse(value) as Partial<ReplicaSetRecord>
+    if (parsed === null || typeof parsed !== 'object') return undefined
+    if (typeof parsed.primary !== 'string' || typeof parsed.epoch !== 'number' || !Array.isArray(parsed.nodes) || !Array.isArray(parsed.inSync)) return undefined
+    if (parsed.spec === undefined || typeof parsed.spec.id !== 'string' || typeof parsed.spec.sizeBytes !== 'number') return undefined
+    return parsed as ReplicaSetRecord
+  } catch {
+    return undefined
+  }
+}
