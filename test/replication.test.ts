@@ -119,4 +119,127 @@ describe('replication (memory transport, on-disk nodes)', () => {
     const held = await copies(nodes, 'triple', 8 * 4096)
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
+
+  it('refuses WriteDistributed before writing when every copy is in one zone', async () => {
+    const { nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    await n1.g.createVolume({ name: 'onezone', sizeBytes: '256K', replicas: 2 })
+    await n1.g.writeBlock('onezone', 0, block(1), WriteConcern.WriteReplicated)
+    await assert.rejects(n1.g.writeBlock('onezone', 1, block(2), WriteConcern.WriteDistributed), (err: Error & { code?: string }) => err.code === 'WRITE_CONCERN_UNSATISFIED' && /zone other than default/.test(err.message) && /Nothing was written/.test(err.message))
+    assert.ok((await n1.g.readBlock('onezone', 1)).every((b) => b === 0))
+    for (const node of nodes) await node.g.close()
+  })
+
+  it('a volume with fewer nodes than copies is Degraded, and gets its copy when a node joins', async () => {
+    const { network, coordinators, nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    const vol = await n1.g.createVolume({ name: 'short', sizeBytes: '256K', replicas: 3 })
+    assert.equal(vol.state, VolumeState.Degraded)
+    await n1.g.writeBlock('short', 3, block(3), WriteConcern.WriteReplicated)
+    const n3 = await startNode(network, coordinators, 'n3')
+    nodes.push(n3)
+    await until('the new node holds an in-sync copy', async () => (await n1.g.replicationStatus('short')).inSync.length === 3)
+    assert.equal((await n1.g.getVolume('short')).state, VolumeState.Available)
+    assert.equal((await n3.g.getVolume('short')).id, vol.id)
+    const held = await copies(nodes, 'short', 256 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id)?.subarray(3 * 4096, 4 * 4096), block(3), `copy on ${node.id}`)
+  })
+
+  it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'snappy', sizeBytes: '256K', replicas: 3 })
+    await n1.g.writeBlock('snappy', 0, block(1), WriteConcern.WriteReplicated)
+    const snap = await n2.g.createSnapshot('snappy', 'before') // forwarded to the primary
+    await n1.g.writeBlock('snappy', 0, block(2), WriteConcern.WriteReplicated)
+    for (const node of nodes) {
+      await until(`${node.id} has the snapshot`, async () => (await node.g.listSnapshots('snappy')).some((s) => s.id === snap.id))
+    }
+    assert.deepEqual(await n3.g.readBlock({ volume: 'snappy', snapshot: 'before' }, 0), block(1))
+    await n1.g.createSnapshot('snappy', 'doomed')
+    await n1.g.deleteSnapshot('snappy', 'doomed')
+    await n1.g.writeBlock('snappy', 1, block(5), WriteConcern.WriteReplicated)
+    for (const node of nodes) assert.deepEqual((await node.g.listSnapshots('snappy')).map((s) => s.name), ['before'])
+    await n3.g.deleteVolume('snappy') // forwarded to the primary, which deletes everywhere
+    for (const node of nodes) await until(`${node.id} no longer has the volume`, async () => (await node.g.listVolumes()).length === 0)
+  })
+
+  it('a partitioned copy drops out of sync, writes go on, and after healing it resyncs only the changed blocks', async () => {
+    const { network, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    const blocks = 256
+    await n1.g.createVolume({ name: 'healing', sizeBytes: blocks * 4096, replicas: 3 })
+    for (let i = 0; i < blocks; i++) await n1.g.writeBlock('healing', i, block(i), WriteConcern.WriteAcknowledged)
+    await n1.g.flush('healing')
+    await n1.g.writeBlock('healing', 0, block(1000), WriteConcern.WriteReplicated)
+    network.partition(['n3'], ['n1', 'n2'])
+    // n3 is unreachable: the primary takes it out of the in-sync list, then acknowledges with n2 alone.
+    await n1.g.writeBlock('healing', 5, block(5005), WriteConcern.WriteReplicated)
+    assert.deepEqual([...(await n1.g.replicationStatus('healing')).inSync].sort(), ['n1', 'n2'])
+    assert.equal((await n1.g.getVolume('healing')).state, VolumeState.Degraded)
+    const snap = await n1.g.createSnapshot('healing', 'while-away')
+    for (const i of [7, 8, 9]) await n1.g.writeBlock('healing', i, block(7000 + i), WriteConcern.WriteReplicated)
+    await n1.g.trim('healing', 10 * 4096, 4096)
+    const shippedBefore = (await n1.g.replicationStatus('healing')).links.find((l) => l.node === 'n3')?.shippedBytes ?? 0
+    network.heal()
+    await until('n3 is in sync again', async () => (await n1.g.replicationStatus('healing')).inSync.length === 3)
+    assert.ok(n1.events.some((e) => e.startsWith('replication:resynced') && e.includes('"node":"n3"') && e.includes('"mode":"delta"')), n1.events.join('\n'))
+    const shipped = ((await n1.g.replicationStatus('healing')).links.find((l) => l.node === 'n3')?.shippedBytes ?? 0) - shippedBefore
+    // Changed while away: block 5, 7, 8, 9 (and 10, trimmed: no data). The snapshot view is rebuilt
+    // from the same changed blocks: at most 2 x 5 blocks, far from the volume's 256.
+    assert.ok(shipped > 0 && shipped <= 10 * 4096, `resync shipped ${shipped} bytes`)
+    assert.equal((await n1.g.getVolume('healing')).state, VolumeState.Available)
+    const expected = await n1.g.read('healing', 0, blocks * 4096)
+    const expectedSnap = await n1.g.read({ volume: 'healing', snapshot: 'while-away' }, 0, blocks * 4096)
+    void n2
+    const held = await copies(nodes, 'healing', blocks * 4096)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+    const g3 = await GalleonFS.open({ storagePath: n3.dir })
+    try {
+      const snaps = await g3.listSnapshots('healing')
+      assert.deepEqual(snaps.map((s) => s.id), [snap.id])
+      assert.deepEqual(await g3.read({ volume: 'healing', snapshot: 'while-away' }, 0, blocks * 4096), expectedSnap)
+    } finally {
+      await g3.close()
+    }
+  })
+
+  it('fails over to an in-sync copy when the primary goes; every WriteReplicated write is there; the old primary comes back as a replica and resyncs', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'phoenix', sizeBytes: '512K', replicas: 3 })
+    const acked: number[] = []
+    for (let i = 0; i < 64; i++) {
+      await n1.g.writeBlock('phoenix', i, block(i + 1), WriteConcern.WriteReplicated)
+      acked.push(i)
+    }
+    // The primary stops without leaving: its lease runs out and the cluster leader promotes a copy.
+    await n1.g.close()
+    await until('a new primary serves the volume', async () => {
+      const s = await n2.g.replicationStatus('phoenix')
+      return s.primary !== undefined && s.primary !== 'n1' && s.epoch === 2
+    })
+    const promoted = (await n2.g.replicationStatus('phoenix')).primary as string
+    assert.ok(n2.events.concat(n3.events).some((e) => e.startsWith('replication:primary') && e.includes(`"nodeId":"${promoted}"`)))
+    for (const i of acked) assert.deepEqual(await n3.g.readBlock('phoenix', i), block(i + 1), `block ${i} after failover`)
+    // Writes go on through either survivor.
+    await n3.g.writeBlock('phoenix', 100, block(100), WriteConcern.WriteDurable)
+    await until('the other survivor is in sync with the new primary', async () => (await n2.g.replicationStatus('phoenix')).inSync.length === 2)
+    await n2.g.writeBlock('phoenix', 101, block(101), WriteConcern.WriteReplicated)
+    // A change from the old epoch is refused by the copies (fencing).
+    network.revive('n1')
+    const stale = new MemoryTransport({ network, nodeId: 'stale' })
+    await stale.listen(async () => ({ kind: 'ok', header: {} }))
+    const survivor = promoted === 'n2' ? n3 : n2
+    await assert.rejects(stale.request(survivor.g.cluster?.address as string, { kind: 'repl:apply', header: { volumeId: (await n2.g.getVolume('phoenix')).id, epoch: 1, from: 1, changes: [] } }), { code: 'NOT_LEADER' })
+    await stale.close()
+    // The old primary restarts: it follows the new primary and is resynced by digest comparison.
+    const back = await startNode(network, coordinators, 'n1', { dir: n1.dir })
+    nodes[0] = back
+    await until('the old primary is in sync again', async () => (await n2.g.replicationStatus('phoenix')).inSync.length === 3, 20_000)
+    assert.equal((await back.g.replicationStatus('phoenix')).role, 'replica')
+    const expected = await n2.g.read('phoenix', 0, 512 * 1024)
+    const held = await copies(nodes, 'phoenix', 512 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+  })
 })
