@@ -49,6 +49,8 @@ export interface DaemonConfig {
   clusterSecretFile: string | undefined
   /** host:port peers reach this node at, when the bind address is a wildcard or behind NAT. */
   advertiseAddress: string | undefined
+  /** Seconds a node may be silent before it counts as failed (its volumes fail over). */
+  leaseTtlSeconds: number
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -78,7 +80,8 @@ export const DEFAULTS: DaemonConfig = {
   etcdEndpoints: [],
   etcdPrefix: '/galleonfs/',
   clusterSecretFile: undefined,
-  advertiseAddress: undefined
+  advertiseAddress: undefined,
+  leaseTtlSeconds: 10
 }
 
 /** A configuration problem: the daemon does not start, and says why. */
@@ -97,7 +100,7 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' }
@@ -234,6 +237,12 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         if (!Array.isArray(list)) throw new ConfigError(`${where}: peer addresses must be a list of host:port, got ${JSON.stringify(value)}`)
         for (const peer of list) parseAddress(peer, `${where}: peer address`)
         out.peerAddresses = list as string[]
+        break
+      }
+      case 'leaseTtlSeconds': {
+        const seconds = typeof value === 'string' ? Number(value) : value
+        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 3600) throw new ConfigError(`${where}: lease TTL must be a number of seconds from 1 to 3600, got ${JSON.stringify(value)}`)
+        out.leaseTtlSeconds = seconds
         break
       }
       case 'replicationStrategy':

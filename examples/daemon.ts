@@ -237,7 +237,7 @@ async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, 
   const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix })
-    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
   } catch (err) {
     await transport.close().catch(() => {})
     throw err
@@ -558,6 +558,18 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'DELETE /v1/volumes/:':
       await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
       return undefined
+    case 'GET /v1/volumes/:/replication': return await g.replicationStatus(ref)
+    case 'POST /v1/volumes/:/write': {
+      // Block I/O for scripts and checks: data in base64, with a write concern.
+      if (typeof options.offset !== 'number' || typeof options.data !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'write needs { offset, data (base64), concern? }')
+      await g.write(ref, options.offset, Buffer.from(options.data, 'base64'), (options.concern ?? 'WriteAcknowledged') as never)
+      return undefined
+    }
+    case 'POST /v1/volumes/:/read': {
+      if (typeof options.offset !== 'number' || typeof options.length !== 'number') throw new HttpError(400, 'INVALID_ARGUMENT', 'read needs { offset, length }')
+      if (options.length > 16 << 20) throw new HttpError(400, 'INVALID_ARGUMENT', `read at most 16 MiB at once, not ${options.length} bytes`)
+      return { data: Buffer.from(await g.read(ref, options.offset, options.length)).toString('base64') }
+    }
     case 'POST /v1/volumes/:/expand': return await g.expandVolume(ref, options.sizeBytes as number)
     case 'POST /v1/volumes/:/clone': return await g.cloneVolume(options.snapshot === undefined ? ref : { volume: ref, snapshot: options.snapshot as string }, options.name as string)
     case 'POST /v1/volumes/:/mount': {

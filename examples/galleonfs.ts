@@ -28,6 +28,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--labels <pairs>', 'this node\'s labels, comma-separated key=value')
     .option('--cluster-secret-file <file>', 'the cluster\'s shared secret (mode 0600; else GALLEONFS_CLUSTER_SECRET)')
     .option('--advertise-address <host:port>', 'where peers reach this node (needed with a wildcard --bind-address)')
+    .option('--lease-ttl-seconds <seconds>', 'seconds a silent node counts as alive; then its volumes fail over (default 10)')
     .exitOverride()
   const log = createLogger()
   try {
@@ -41,10 +42,8 @@ async function daemonMain (argv: string[]): Promise<number> {
       return merge(file.settings, check(rest, 'command line'))
     }
     const config = await loadConfig()
-    // Settings of replication, which this release does not have yet: said, not silently dropped.
-    for (const key of ['replicationStrategy', 'persistenceLevel'] as const) {
-      if (config[key] !== DEFAULTS[key]) log('warn', `${key} is set but not used by this release (volumes are not replicated yet)`, { [key]: config[key] })
-    }
+    // A setting this release does not use: said, not silently dropped.
+    if (config.persistenceLevel !== DEFAULTS.persistenceLevel) log('warn', 'persistenceLevel is set but not used by this release', { persistenceLevel: config.persistenceLevel })
     // SIGHUP would end a process that has no handler: one is there from the start, and a reload
     // asked for while the daemon is starting runs once it has started.
     let daemon: Daemon | undefined
@@ -116,6 +115,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|advertise-address)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|advertise-address|lease-ttl-seconds)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

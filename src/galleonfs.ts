@@ -94,6 +94,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #cluster: ClusterManager | undefined
   /** Replication of volumes, while in a cluster. */
   #replication: ReplicationManager | undefined
+  #replicationMode: 'synchronous' | 'asynchronous' = 'synchronous'
   /** The last join or leave: they run one at a time. */
   #clusterChange: Promise<unknown> = Promise.resolve()
   #storagePath: string | undefined
@@ -221,6 +222,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       }
       this.#cluster = manager
       this.#replication = replication
+      this.#replicationMode = options.replication ?? 'synchronous'
       return manager
     })
     this.#clusterChange = run.catch(() => {})
@@ -240,6 +242,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const run = this.#clusterChange.then(async () => {
       this.#assertOpen()
       if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
+      // Replicated volumes are handed off first (copies elsewhere, the primary role passed on);
+      // with force they stay here, out of the cluster, and the cluster fails them over.
+      if (options?.force !== true) await this.#replication?.handOff()
       const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
       await this.#cluster.leave({ force: options?.force === true, holds })
       this.#cluster = undefined
@@ -607,7 +612,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     try {
       // A replicated volume goes everywhere: its record first (no failover brings it back), then the
       // other copies (outside the admin queue: their nodes may be waiting on ours), then this one.
-      if (this.#replication?.replicated(record.id) === true) await this.#replication.unregister(record.id)
+      if (this.#replication?.holds(record.id) === true) await this.#replication.unregister(record.id)
       await this.#admin(async () => {
         // A mount that was being set up when the deletion began has finished by now: look again.
         await mountControl(this.#mounts).settled()
@@ -797,7 +802,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const volume = this.#ioVolumeOf(record)
     try {
       await this.#engine.writeBlock(volume, blockIndex, data, checked)
-    } catch (err) { throw this.#ioFailed(record, 'write', err) }
+    } catch (err) {
+      if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
+      throw this.#ioFailed(record, 'write', err)
+    }
   }
 
   /**
@@ -840,7 +848,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const volume = this.#ioVolumeOf(record)
     try {
       await this.#engine.write(volume, offset, data, checked)
-    } catch (err) { throw this.#ioFailed(record, 'write', err) }
+    } catch (err) {
+      if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'write', offset, concern: checked }, data); return }
+      throw this.#ioFailed(record, 'write', err)
+    }
   }
 
   /** Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`). */
@@ -876,6 +887,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     try {
       await this.#engine.flush()
+      // Synchronous replication: a flush of a replicated volume also waits for its in-sync copies.
+      if (record?.replication !== undefined && this.#replicationMode === 'synchronous') await this.#replication?.replicated(record.id)
     } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
   }
 
@@ -891,7 +904,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     try {
       await this.#engine.trim(this.#ioVolumeOf(record), offset, length, WriteConcern.WriteAcknowledged)
-    } catch (err) { throw this.#ioFailed(record, 'trim', err) }
+    } catch (err) {
+      if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'trim', offset, length }); return }
+      throw this.#ioFailed(record, 'trim', err)
+    }
   }
 
   /** Reads and verifies every allocated block of a volume; reports (and emits) each bad block. */
@@ -1860,6 +1876,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
   }
 
+  /** A write refused because this node is handing the volume's primary role over: it goes to the next primary. */
+  #handedOver (record: VolumeRecord, err: unknown): boolean {
+    return record.replication !== undefined && err instanceof GalleonError && err.code === 'NOT_LEADER' && this.#replication?.forwards(record.id) === true
+  }
+
   #refuseReplicated (record: VolumeRecord, what: string): void {
     if (record.replication !== undefined) {
       throw new GalleonError('NOT_IMPLEMENTED', `${what} a replicated volume (${record.name}, ${record.replicas} copies) is not built yet; clone it to a volume with replicas: 1 and work on that`)
@@ -1873,6 +1894,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     try {
       return await replication.forward(record.id, request, payload)
     } catch (err) {
+      // This node became the primary while the call waited for one: it runs here.
+      if (err instanceof GalleonError && err.code === 'NOT_LEADER' && !replication.forwards(record.id) && replication.holds(record.id)) return await this.#serveForwarded(record.id, request, payload)
       throw this.#ioFailed(record, request.op === 'read' || request.op === 'readBlock' ? 'read' : request.op === 'trim' ? 'trim' : request.op === 'flush' ? 'flush' : 'write', err)
     }
   }

@@ -242,4 +242,44 @@ describe('replication (memory transport, on-disk nodes)', () => {
     const held = await copies(nodes, 'phoenix', 512 * 1024)
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
+
+  it('leaving hands every copy off first: a new copy is synced, the primary role moves, writes go on; with no spare node leaving is refused unless forced', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'mover', sizeBytes: '512K', replicas: 2 })
+    const copyHolder = (await n1.g.replicationStatus('mover')).nodes.find((n) => n !== 'n1') as string
+    const other = copyHolder === 'n2' ? n2 : n3
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('mover', i, block(i), WriteConcern.WriteReplicated)
+    // Writes keep coming through the other copy's node while n1 leaves.
+    let stop = false
+    let written = 0
+    const load = (async () => {
+      for (let i = 0; !stop; i++) {
+        await other.g.writeBlock('mover', 32 + (i % 32), block(1000 + i), WriteConcern.WriteReplicated)
+        written = i + 1
+      }
+    })()
+    await n1.g.leaveCluster()
+    stop = true
+    await load
+    assert.ok(written > 0)
+    const status = await other.g.replicationStatus('mover')
+    assert.deepEqual([...status.nodes].sort(), ['n2', 'n3'])
+    assert.deepEqual([...status.inSync].sort(), ['n2', 'n3'])
+    assert.notEqual(status.primary, 'n1')
+    assert.equal(status.epoch, 2)
+    assert.deepEqual(await n1.g.listVolumes(), [])
+    for (let i = 0; i < 32; i++) assert.deepEqual(await other.g.readBlock('mover', i), block(i))
+    const last = written - 1
+    assert.deepEqual(await n2.g.readBlock('mover', 32 + (last % 32)), block(1000 + last))
+    // Two nodes left, two copies: neither can leave without losing a copy.
+    await assert.rejects(n2.g.leaveCluster(), (err: Error & { code?: string }) => err.code === 'BUSY' && /would lose its in-sync copy/.test(err.message) && /force/.test(err.message))
+    assert.equal((await n2.g.clusterStatus()).clustering, true)
+    await n2.g.leaveCluster({ force: true })
+    assert.equal((await n2.g.clusterStatus()).clustering, false)
+    await n1.g.close()
+    const expected = await n3.g.read('mover', 0, 512 * 1024)
+    await until('n3 leads the volume alone', async () => (await n3.g.replicationStatus('mover')).primary === 'n3')
+    assert.deepEqual(await n3.g.read('mover', 0, 512 * 1024), expected)
+  })
 })

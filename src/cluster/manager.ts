@@ -22,6 +22,13 @@ export interface ClusterOptions {
   readonly leaseTtlMs?: number
   /** Where peers reach this node (default: the address the transport listens on). */
   readonly advertiseAddress?: string
+  /**
+   * What `flush(volume)` of a replicated volume waits for (and so NBD flushes and FUA writes, and
+   * fsync on a FUSE mount): `synchronous` (default) until every in-sync copy has every change made
+   * so far; `asynchronous` until this node has them durably, the copies following in the background.
+   * Writes that name WriteReplicated or WriteDistributed always wait for the copies.
+   */
+  readonly replication?: 'synchronous' | 'asynchronous'
 }
 
 /** The cluster as one node sees it. */
@@ -84,6 +91,7 @@ function checkOptions (options: ClusterOptions): void {
   if (options.labels !== undefined && (options.labels === null || typeof options.labels !== 'object' || !Object.values(options.labels).every((v) => typeof v === 'string'))) {
     throw new GalleonError('INVALID_ARGUMENT', `cluster labels must be an object of strings such as { disk: 'ssd' }, got ${describe(options.labels)}`)
   }
+  if (options.replication !== undefined && options.replication !== 'synchronous' && options.replication !== 'asynchronous') throw new GalleonError('INVALID_ARGUMENT', `cluster replication must be synchronous or asynchronous, got ${describe(options.replication)}`)
   if (options.leaseTtlMs !== undefined && (!Number.isFinite(options.leaseTtlMs) || options.leaseTtlMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster leaseTtlMs must be at least 1000, got ${describe(options.leaseTtlMs)}`)
 }
 

@@ -299,11 +299,11 @@ export class ReplicationManager {
   /** Whether I/O on this volume must go to another node (the primary). */
   forwards (volumeId: string): boolean {
     const set = this.#sets.get(volumeId)
-    return set !== undefined && set.primary === undefined
+    return set !== undefined && (set.primary === undefined || set.primary.frozen)
   }
 
   /** Whether the volume is replicated (this node holds a copy). */
-  replicated (volumeId: string): boolean {
+  holds (volumeId: string): boolean {
     return this.#sets.has(volumeId)
   }
 
@@ -317,6 +317,17 @@ export class ReplicationManager {
     if (primary === undefined) return
     const failure = primary.possible(concern)
     if (failure !== undefined) throw unsatisfied(`${failure}. Nothing was written`)
+  }
+
+  /**
+   * Resolves once every in-sync copy has every change the primary recorded so far (at once when
+   * this node is not the primary, or no other copy is in sync).
+   */
+  async replicated (volumeId: string): Promise<void> {
+    const primary = this.#sets.get(volumeId)?.primary
+    if (primary === undefined || primary.seq === 0) return
+    if (primary.possible(WriteConcern.WriteReplicated) !== undefined) return
+    await primary.committed(primary.seq, WriteConcern.WriteReplicated)
   }
 
   // ------------------------------------------------------------------ creating and deleting
@@ -337,10 +348,12 @@ export class ReplicationManager {
       this.#sets.delete(spec.id)
       throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
     }
-    set.record = record
-    set.revision = entry.revision
-    set.knownEpoch = 1
-    this.#becomePrimary(set, record)
+    if (set.revision < entry.revision) {
+      set.record = record
+      set.revision = entry.revision
+    }
+    set.knownEpoch = Math.max(set.knownEpoch, 1)
+    this.#becomePrimary(set, set.record ?? record)
     const deadline = Date.now() + CREATE_SYNC_WAIT_MS
     while (Date.now() < deadline && !this.#closed) {
       const current = set.record
@@ -380,6 +393,58 @@ export class ReplicationManager {
     this.#sets.delete(volumeId)
   }
 
+  // ------------------------------------------------------------------ leaving
+
+  /**
+   * Before this node leaves the cluster: every copy it holds is handed off. Where its copy is in
+   * sync, a copy on another node is added first and waited for (the volume keeps the redundancy it
+   * had); where it is the primary, the role goes to an in-sync copy; then it leaves the replica set
+   * and the local copy is deleted. BUSY (nothing more is done) when a volume cannot be handed off.
+   */
+  async handOff (options: { timeoutMs?: number } = {}): Promise<void> {
+    for (const set of [...this.#sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+  }
+
+  async #handOffOne (set: LocalSet, deadline: number): Promise<void> {
+    const self = this.nodeId
+    const current = async (): Promise<ReplicaSetRecord | undefined> => {
+      const entry = await this.#coordinator.get(recordKey(set.volumeId))
+      return entry === undefined ? undefined : parseRecord(entry.value)
+    }
+    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean): Promise<void> => {
+      for (;;) {
+        const record = await current()
+        if (record === undefined || check(record)) return
+        if (Date.now() > deadline) throw new GalleonError('BUSY', `leaving: timed out waiting until ${what}; the node is still a member, try again`)
+        await sleep(100)
+      }
+    }
+    let record = await current()
+    if (record === undefined || !record.nodes.includes(self)) {
+      this.forget(set.volumeId)
+      return
+    }
+    const name = record.spec.name
+    if (record.inSync.includes(self)) {
+      const others = record.nodes.filter((n) => n !== self)
+      const members = (await this.#coordinator.members()).filter((m) => m.healthy && m.id !== self)
+      const placement = placeVolume(members, { replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) })
+      const added = placement.nodes.find((n) => !record?.nodes.includes(n))
+      if (added === undefined) {
+        throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
+      }
+      await this.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
+      this.#host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
+      await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added))
+    }
+    if (set.primary !== undefined) await set.primary.handOver()
+    await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
+    await this.update(set.volumeId, (r) => !r.nodes.includes(self) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== self), inSync: r.inSync.filter((n) => n !== self) })
+    record = undefined
+    this.forget(set.volumeId)
+    await this.#host.deleteCopy(set.volumeId)
+  }
+
   // ------------------------------------------------------------------ roles
 
   /** A record was read or watched: take up the role it gives this node. */
@@ -411,7 +476,7 @@ export class ReplicationManager {
 
   #becomePrimary (set: LocalSet, record: ReplicaSetRecord): void {
     const blocks = this.#host.blocks(set.volumeId)
-    if (blocks === undefined) return
+    if (blocks === undefined || set.primary !== undefined) return
     const primary = new Primary(this, set, record, blocks)
     set.primary = primary
     blocks.replicator = primary
@@ -434,7 +499,7 @@ export class ReplicationManager {
 
   /** After a restart as the recorded primary: raise the epoch and lead again. */
   async #reclaim (set: LocalSet): Promise<void> {
-    const updated = await this.update(set.volumeId, (record) => record.primary !== this.nodeId ? undefined : { ...record, epoch: record.epoch + 1, inSync: [this.nodeId] })
+    const updated = await this.update(set.volumeId, (record) => record.primary !== this.nodeId ? undefined : { ...record, epoch: record.epoch + 1, inSync: [this.nodeId], handoff: undefined })
     if (updated === undefined) return
     this.#adopt(set, updated.record, updated.revision)
   }
@@ -494,7 +559,7 @@ export class ReplicationManager {
         if (!healthy.has(record.primary)) {
           const candidate = record.inSync.find((n) => n !== record.primary && healthy.has(n))
           if (candidate === undefined) continue
-          const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, primary: candidate, epoch: record.epoch + 1, inSync: [candidate] }), { expectRevision: entry.revision })
+          const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, primary: candidate, epoch: record.epoch + 1, inSync: [candidate], handoff: undefined }), { expectRevision: entry.revision })
           if (written !== undefined) {
             this.#host.emit('replication:failover', { volumeId, from: record.primary, to: candidate, epoch: record.epoch + 1 })
           }
@@ -529,7 +594,7 @@ export class ReplicationManager {
       const set = this.#sets.get(volumeId)
       if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`)
       const primary = set.record?.primary
-      if (set.primary !== undefined) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
+      if (set.primary !== undefined && !set.primary.frozen) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
       if (primary !== undefined && primary !== this.nodeId) {
         try {
           return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: 15_000 })
@@ -803,6 +868,8 @@ class Primary implements VolumeReplicator {
   readonly #links = new Map<string, Link>()
   #waiters: Waiter[] = []
   #stopped: string | undefined
+  /** Set while the role is being handed over: new changes are refused (callers retry on the next primary). */
+  frozen = false
 
   constructor (manager: ReplicationManager, set: LocalSet, record: ReplicaSetRecord, blocks: VolumeBlocks) {
     this.#manager = manager
@@ -841,6 +908,7 @@ class Primary implements VolumeReplicator {
   }
 
   record (change: ReplicatedChange): number {
+    if (this.frozen || this.#stopped !== undefined) throw new GalleonError('NOT_LEADER', `node ${this.#manager.nodeId} is handing volume ${this.#record.spec.name} to another primary; retry`)
     const seq = ++this.#seq
     const bs = this.#manager.host.engine.blockSize
     if (change.type === 'write' || change.type === 'trim') {
@@ -949,6 +1017,40 @@ class Primary implements VolumeReplicator {
     if (this.#record.inSync.includes(node)) this.#manager.host.emit('replication:in-sync', { volumeId: this.volumeId, node })
   }
 
+  /**
+   * Hands the primary role to an in-sync copy: new changes are refused, those under way finish and
+   * reach every in-sync copy, then the record names the other node (epoch + 1) with a hand-off
+   * marker so that the copies stay in sync.
+   */
+  async handOver (): Promise<void> {
+    const host = this.#manager.host
+    await host.exclusive(async () => {
+      this.frozen = true
+      try {
+        await this.#blocks.drainTickets()
+        const deadline = Date.now() + 60_000
+        for (;;) {
+          const others = this.#record.inSync.filter((n) => n !== this.#manager.nodeId)
+          if (others.length === 0) throw new GalleonError('BUSY', `volume ${this.#record.spec.name} has no in-sync copy to hand the primary role to`)
+          if (others.every((n) => (this.#links.get(n)?.acked ?? -1) >= this.#seq)) break
+          if (Date.now() > deadline || this.#stopped !== undefined) throw new GalleonError('BUSY', `the copies of volume ${this.#record.spec.name} did not catch up within a minute; the primary role was not handed over`)
+          await sleep(10)
+        }
+        const seq = this.#seq
+        const written = await this.#manager.update(this.volumeId, (record) => {
+          if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
+          const target = record.inSync.find((n) => n !== this.#manager.nodeId)
+          if (target === undefined) return undefined
+          return { ...record, primary: target, epoch: record.epoch + 1, inSync: record.inSync.filter((n) => n !== this.#manager.nodeId), handoff: { epoch: this.epoch, seq } }
+        })
+        if (written === undefined) throw new GalleonError('BUSY', `the record of volume ${this.#record.spec.name} changed meanwhile; the primary role was not handed over`)
+      } catch (err) {
+        this.frozen = false
+        throw err
+      }
+    })
+  }
+
   allLinksFailedOnce (): boolean {
     return this.#links.size > 0 && [...this.#links.values()].every((link) => link.failures > 0)
   }
@@ -990,7 +1092,13 @@ class Link {
   constructor (primary: Primary, node: string) {
     this.#primary = primary
     this.node = node
+    // After a graceful hand-over, a copy may hold exactly what this primary started from: every
+    // change from the first is kept for it until its resync says whether it does.
+    this.#fromStart = primary.setRecord.handoff !== undefined && primary.seq === 0
+    if (this.#fromStart) { this.state = 'resyncing'; this.#collecting = true }
   }
+
+  #fromStart: boolean
 
   start (): void { void this.#run() }
 
@@ -1024,9 +1132,6 @@ class Link {
     let pause = 200
     while (!this.#stopped && !this.#primary.stopped) {
       try {
-        // A copy is rebuilt only once it is out of the in-sync list: a half-rebuilt copy must never
-        // be promoted.
-        if (this.#primary.setRecord.inSync.includes(this.node)) await this.#primary.dropFromInSync(this.node)
         this.state = 'resyncing'
         await this.#resync()
         if (this.#stopped) return
@@ -1123,6 +1228,23 @@ class Link {
     this.#resyncs++
     const begin = await this.#call('repl:resync-begin', { spec: primary.setRecord.spec, primary: manager.nodeId })
     const theirs = { epoch: begin.header.epoch as number, seq: begin.header.seq as number, snapshots: begin.header.snapshots as string[] }
+    const handoff = primary.setRecord.handoff
+    const fromStart = this.#fromStart
+    this.#fromStart = false
+    if (fromStart && handoff !== undefined && theirs.epoch === handoff.epoch && theirs.seq === handoff.seq && !this.#forceDigest) {
+      // The copy holds what this primary started from (a graceful hand-over): it stays in sync
+      // and gets every change of this epoch, kept for it from the first, through the stream.
+      await this.#call('repl:resync-end', { seq: 0 })
+      this.acked = 0
+      this.#collecting = false
+      host.emit('replication:resynced', { volumeId: primary.volumeId, node: this.node, mode: 'delta' })
+      return
+    }
+    if (primary.setRecord.inSync.includes(this.node)) {
+      // A copy is rebuilt only once it is out of the in-sync list: a half-rebuilt copy must never
+      // be promoted.
+      await primary.dropFromInSync(this.node)
+    }
     // The cut: snapshots cannot change meanwhile, and every change after it is queued for the stream.
     const { cut, snapshots } = await host.exclusive(async () => {
       this.#queue = []

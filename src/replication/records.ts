@@ -39,6 +39,12 @@ export interface ReplicaSetRecord {
    * before it acknowledges a write without it.
    */
   readonly inSync: readonly string[]
+  /**
+   * Set by a graceful hand-over of the primary role: copies at this position of the previous
+   * primary's stream hold exactly what the new primary started from, so they resync only the
+   * changes made since (and stay in sync meanwhile).
+   */
+  readonly handoff?: { readonly epoch: number, readonly seq: number }
 }
 
 export function recordKey (volumeId: string): string {
