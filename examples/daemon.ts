@@ -559,6 +559,9 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
       return undefined
     case 'GET /v1/volumes/:/replication': return await g.replicationStatus(ref)
+    case 'POST /v1/volumes/:/flush':
+      await g.flush(ref)
+      return undefined
     case 'POST /v1/volumes/:/write': {
       // Block I/O for scripts and checks: data in base64, with a write concern.
       if (typeof options.offset !== 'number' || typeof options.data !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'write needs { offset, data (base64), concern? }')

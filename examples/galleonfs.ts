@@ -4,7 +4,7 @@
 import { Command, CommanderError } from 'commander'
 import { check, ConfigError, DEFAULTS, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
 import { createLogger, startDaemon, type Daemon } from './daemon.js'
-import { runCli } from './cli.js'
+import { runCli, runReplicationSelfTest } from './cli.js'
 import { runDemo } from './demo.js'
 
 async function daemonMain (argv: string[]): Promise<number> {
@@ -84,21 +84,26 @@ async function legacyMain (argv: string[]): Promise<number> {
     .option('--demo-mode', 'a guided demo of volumes, snapshots, clones, backups, encryption and metrics')
     .option('--setup-defaults', 'with --demo-mode: also set up a storage class and a nightly backup policy')
     .option('--storage-path <path>', 'with --demo-mode: work here and keep the results (default: a temporary directory)')
-    .option('--test-replication', 'the replication self-test')
+    .option('--test-replication', 'the replication self-test, against the cluster of the running daemon')
+    .option('--daemon-address <host:port>', 'with --test-replication: the daemon\'s IPC address', process.env.GALLEONFS_DAEMON_ADDRESS ?? '127.0.0.1:8090')
+    .option('--token <token>', 'with --test-replication: the daemon\'s API token (else GALLEONFS_TOKEN or the runtime file)')
     .exitOverride()
   try {
     program.parse(argv, { from: 'user' })
   } catch (err) {
     return err instanceof CommanderError && err.exitCode === 0 ? 0 : 2
   }
-  const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean }>()
+  const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean, daemonAddress: string, token?: string }>()
   if (options.demoMode !== true && options.testReplication !== true) {
     process.stderr.write('galleonfs: --setup-defaults and --storage-path here go with --demo-mode: galleonfs --demo-mode --setup-defaults\n')
     return 2
   }
   if (options.testReplication === true) {
-    process.stderr.write('galleonfs: NOT_IMPLEMENTED: the replication self-test needs clustering and network replication, which this release does not have; it runs volumes on a single node\n')
-    return 1
+    if (options.storagePath !== undefined || options.setupDefaults === true) {
+      process.stderr.write('galleonfs: --test-replication checks a running cluster through its daemon (--daemon-address); --storage-path and --setup-defaults go with --demo-mode\n')
+      return 2
+    }
+    return await runReplicationSelfTest({ daemonAddress: options.daemonAddress, ...(options.token === undefined ? {} : { token: options.token }) })
   }
   try {
     await runDemo({ ...(options.storagePath === undefined ? {} : { storagePath: options.storagePath }), setupDefaults: options.setupDefaults === true })

@@ -7,13 +7,13 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { type ChildProcess } from 'node:child_process'
+import { execFile, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS } from '../src/index.js'
-import { startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 
 const SKIP = etcdSkipReason()
@@ -191,6 +191,16 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
       const primary = nodes.get(after.primary as string) as Node
       await until('the restarted node is in sync again', async () => (await replication(primary)).inSync.length === 3, 60_000)
       assert.equal((await replication(restarted)).role, 'replica')
+      // The CLI's self-check against the healed cluster, through the restarted node.
+      const selfTest = await new Promise<{ code: number, stdout: string, stderr: string }>((resolve) => {
+        execFile(process.execPath, ['--import', TSX, ENTRY, '--test-replication', '--daemon-address', restarted.address, '--token', restarted.token], { cwd: root }, (err, stdout, stderr) => {
+          resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
+        })
+      })
+      assert.equal(selfTest.code, 0, selfTest.stderr)
+      assert.match(selfTest.stdout, /a 3-copy volume is in sync/)
+      assert.match(selfTest.stdout, /WriteAcknowledged, WriteDurable, WriteReplicated, WriteDistributed read back/)
+      assert.match(selfTest.stdout, /replication self-test passed\n$/)
       const expected = Buffer.from((await api(primary, 'POST', '/v1/volumes/register/read', { offset: 0, length: VOLUME_BYTES }) as { data: string }).data, 'base64')
       for (const node of nodes.values()) {
         node.child.kill('SIGTERM')
