@@ -29,7 +29,7 @@ import {
 } from './types.js'
 import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type MetadataDatabase, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
 import {
-  DEFAULT_STORAGE_CLASS, assertClassSupported, classReplicas, parseStorageClass
+  DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classReplicas, parseStorageClass
 } from './volumes/storage-classes.js'
 
 /** Anything that names a volume: its id, its name, or a Volume object. */
@@ -528,7 +528,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (replicas > 1) {
       // Its copies on other nodes: placed, recorded in the coordinator, created and brought in sync.
       try {
-        await (this.#replication as ReplicationManager).register(specOf(record))
+        await (this.#replication as ReplicationManager).register(specOf(record), classPlacement(storageClass))
       } catch (err) {
         ;(this.#replication as ReplicationManager).forget(record.id)
         await this.#destroy(record, false).catch(() => {})

@@ -20,13 +20,13 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string } = {}): Promise<Node> {
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string> } = {}): Promise<Node> {
   const dir = options.dir ?? await mkdtemp(join(tmpdir(), `galleon-repl-${id}-`))
   if (options.dir === undefined) dirs.push(dir)
   const events: string[] = []
   const g = await GalleonFS.open({
     storagePath: dir,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...(options.zone === undefined ? {} : { zone: options.zone }) }
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
   })
   opened.push(g)
   for (const event of ['replication:failover', 'replication:out-of-sync', 'replication:in-sync', 'replication:resynced', 'replication:primary', 'replication:demoted'] as const) {
@@ -281,5 +281,32 @@ describe('replication (memory transport, on-disk nodes)', () => {
     const expected = await n3.g.read('mover', 0, 512 * 1024)
     await until('n3 leads the volume alone', async () => (await n3.g.replicationStatus('mover')).primary === 'n3')
     assert.deepEqual(await n3.g.read('mover', 0, 512 * 1024), expected)
+  })
+
+  it('places copies by the storage class: label affinity, anti-affinity and allowed zones', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes = [
+      await startNode(network, coordinators, 'p1', { zone: 'z1', labels: { disk: 'ssd' } }),
+      await startNode(network, coordinators, 'p2', { zone: 'z2', labels: { disk: 'hdd' } }),
+      await startNode(network, coordinators, 'p3', { zone: 'z3', labels: { disk: 'ssd' } }),
+      await startNode(network, coordinators, 'p4', { zone: 'z4', labels: { disk: 'ssd', rack: 'old' } })
+    ]
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 4))
+    const p1 = nodes[0] as Node
+    await assert.rejects(p1.g.createStorageClass({ name: 'bad', parameters: { placement: 'random' } }), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /placement/.test(err.message))
+    await assert.rejects(p1.g.createStorageClass({ name: 'bad', parameters: { affinity: 'ssd' } }), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /key=value/.test(err.message))
+    // Classes are per node: every node that may hold a copy needs them.
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'ssd-pair', parameters: { replication: '2', affinity: 'disk=ssd', anti_affinity: 'rack=old' } })
+      await node.g.createStorageClass({ name: 'zone-pair', parameters: { replication: '2' }, allowedTopologies: ['z1', 'z2'] })
+    }
+    await p1.g.createVolume({ name: 'fast', sizeBytes: '256K', storageClass: 'ssd-pair' })
+    assert.deepEqual([...(await p1.g.replicationStatus('fast')).nodes].sort(), ['p1', 'p3'])
+    await p1.g.createVolume({ name: 'zoned', sizeBytes: '256K', storageClass: 'zone-pair' })
+    assert.deepEqual([...(await p1.g.replicationStatus('zoned')).nodes].sort(), ['p1', 'p2'])
+    await until('both volumes are in sync', async () => (await p1.g.replicationStatus('fast')).inSync.length === 2 && (await p1.g.replicationStatus('zoned')).inSync.length === 2)
+    await p1.g.writeBlock('zoned', 0, block(1), WriteConcern.WriteDistributed)
+    for (const node of nodes) await node.g.close()
   })
 })

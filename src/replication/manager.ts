@@ -27,9 +27,9 @@
 import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
-import type { ClusterMember, Coordinator, TransportMessage } from '../drivers.js'
+import type { Coordinator, TransportMessage } from '../drivers.js'
 import type { ClusterManager } from '../cluster/manager.js'
-import { placeVolume } from '../cluster/placement.js'
+import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
 import type { ReplicatedChange, VolumeReplicator } from '../engine/replicator.js'
@@ -141,6 +141,8 @@ type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
 const APPLY_TIMEOUT_MS = 5000
 const RESYNC_TIMEOUT_MS = 30_000
 const BATCH_MAX_CHANGES = 1024
+/** Changes held for one copy before it is resynced instead (memory bound of a slow copy). */
+const MAX_QUEUED_BYTES = 256 << 20
 const BATCH_MAX_BYTES = 4 << 20
 const RESYNC_BLOCKS_PER_MESSAGE = 128
 const DIGEST_BLOCKS_PER_MESSAGE = 1024
@@ -337,11 +339,18 @@ export class ReplicationManager {
    * (this node primary, epoch 1) and creates the other copies. Waits a while for them to be in
    * sync; returns the record (fewer in-sync copies than wanted: the volume is degraded).
    */
-  async register (spec: VolumeSpec, options: { strategy?: 'spread' | 'balanced' } = {}): Promise<ReplicaSetRecord> {
+  async register (spec: VolumeSpec, options: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'> = {}): Promise<ReplicaSetRecord> {
     const members = this.#cluster.members.filter((m) => m.healthy)
-    const placement = placeVolume(members.some((m) => m.id === this.nodeId) ? members : [...members, this.#selfMember()], { replicas: spec.replicas, preferredPrimary: this.nodeId, strategy: options.strategy })
-    const nodes = [this.nodeId, ...placement.nodes.filter((n) => n !== this.nodeId)].slice(0, spec.replicas)
-    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId] }
+    // The creating node holds the primary copy; the others are placed by the class's rules.
+    let others: readonly string[] = []
+    try {
+      others = placeVolume(members.filter((m) => m.id !== this.nodeId), { ...options, replicas: spec.replicas - 1 }).nodes
+    } catch (err) {
+      // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
+      if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
+    }
+    const nodes = [this.nodeId, ...others].slice(0, spec.replicas)
+    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined ? {} : { placement: options }) }
     const set = this.#setOf(spec.id)
     const entry = await this.#coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision: 0 })
     if (entry === undefined) {
@@ -363,10 +372,6 @@ export class ReplicationManager {
       await sleep(20)
     }
     return set.record ?? record
-  }
-
-  #selfMember (): ClusterMember {
-    return { id: this.nodeId, address: this.#cluster.address, zone: this.#zone, labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: new Date().toISOString() }
   }
 
   /** Deletes a replicated volume everywhere (called on the primary, before the local copy goes). */
@@ -428,7 +433,7 @@ export class ReplicationManager {
     if (record.inSync.includes(self)) {
       const others = record.nodes.filter((n) => n !== self)
       const members = (await this.#coordinator.members()).filter((m) => m.healthy && m.id !== self)
-      const placement = placeVolume(members, { replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) })
+      const placement = placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) })
       const added = placement.nodes.find((n) => !record?.nodes.includes(n))
       if (added === undefined) {
         throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
@@ -567,8 +572,13 @@ export class ReplicationManager {
         }
         if (record.nodes.length < record.spec.replicas) {
           const eligible = members.filter((m) => m.healthy)
-          const placement = placeVolume(eligible, { replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary })
-          const added = placement.nodes.filter((n) => !record.nodes.includes(n))
+          let chosen: readonly string[] = []
+          try {
+            chosen = placeVolume(eligible, { ...(record.placement ?? {}), replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary }).nodes
+          } catch (err) {
+            if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
+          }
+          const added = chosen.filter((n) => !record.nodes.includes(n)).slice(0, record.spec.replicas - record.nodes.length)
           if (added.length === 0) continue
           const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, nodes: [...record.nodes, ...added] }), { expectRevision: entry.revision })
           if (written !== undefined) this.#host.emit('replication:replica-added', { volumeId, nodes: added })
@@ -1099,6 +1109,8 @@ class Link {
   }
 
   #fromStart: boolean
+  /** Set when the changes kept during a resync outgrew the limit: that resync fails and starts over. */
+  #overflow: string | undefined
 
   start (): void { void this.#run() }
 
@@ -1122,6 +1134,21 @@ class Link {
     if (this.state === 'resyncing' && !this.#collecting) return
     this.#queue.push({ seq, change })
     this.#queuedBytes += changeBytes(change)
+    if (this.#queuedBytes > MAX_QUEUED_BYTES) {
+      // The copy cannot keep up: rather than hold ever more changes in memory, it is resynced
+      // (from the blocks changed since its last acknowledged change).
+      const why = `the copy fell more than ${MAX_QUEUED_BYTES >> 20} MiB of changes behind`
+      if (this.state === 'streaming') {
+        this.restart(why, false)
+      } else {
+        // Mid-resync: the changes kept for after it are dropped, and the resync starts over.
+        this.#queue = []
+        this.#queuedBytes = 0
+        this.#collecting = false
+        this.#overflow = why
+      }
+      return
+    }
     if (this.state === 'streaming') this.#pump()
   }
 
@@ -1148,6 +1175,7 @@ class Link {
         this.#lastError = errorText(err)
         this.state = 'down'
         this.#collecting = false
+        this.#overflow = undefined
         this.#queue = []
         this.#queuedBytes = 0
         this.#progress = undefined
@@ -1234,6 +1262,11 @@ class Link {
     if (fromStart && handoff !== undefined && theirs.epoch === handoff.epoch && theirs.seq === handoff.seq && !this.#forceDigest) {
       // The copy holds what this primary started from (a graceful hand-over): it stays in sync
       // and gets every change of this epoch, kept for it from the first, through the stream.
+      if (this.#overflow !== undefined) {
+        const why = this.#overflow
+        this.#overflow = undefined
+        throw new GalleonError('BUSY', why)
+      }
       await this.#call('repl:resync-end', { seq: 0 })
       this.acked = 0
       this.#collecting = false
@@ -1297,6 +1330,11 @@ class Link {
         }
       }
       if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name })
+    }
+    if (this.#overflow !== undefined) {
+      const why = this.#overflow
+      this.#overflow = undefined
+      throw new GalleonError('BUSY', why)
     }
     await this.#call('repl:resync-end', { seq: cut })
     this.acked = cut

@@ -45,6 +45,8 @@ export interface ReplicaSetRecord {
    * changes made since (and stay in sync meanwhile).
    */
   readonly handoff?: { readonly epoch: number, readonly seq: number }
+  /** The storage class's placement rules, applied again when copies are added. */
+  readonly placement?: { readonly strategy?: 'spread' | 'balanced', readonly zones?: readonly string[], readonly affinity?: Readonly<Record<string, string>>, readonly antiAffinity?: Readonly<Record<string, string>> }
 }
 
 export function recordKey (volumeId: string): string {

@@ -123,7 +123,39 @@ function parseParameters (input: unknown): Record<string, string> {
   if (replication !== undefined && !(/^[1-9]\d{0,2}$/.test(replication))) {
     throw invalid(`storage class parameter "replication" must be a whole number from 1 to 999, got ${describe(replication)}`)
   }
+  const placement = parameters.placement
+  if (placement !== undefined && placement !== 'spread' && placement !== 'balanced') {
+    throw invalid(`storage class parameter "placement" must be "spread" or "balanced", got ${describe(placement)}`)
+  }
+  for (const key of ['affinity', 'anti_affinity']) {
+    if (parameters[key] !== undefined) parseLabelList(parameters[key], key)
+  }
   return parameters
+}
+
+/** `disk=ssd,rack=r1` as an object; INVALID_ARGUMENT naming the parameter otherwise. */
+function parseLabelList (value: string, key: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  for (const pair of value.split(',').map((p) => p.trim()).filter((p) => p.length > 0)) {
+    const at = pair.indexOf('=')
+    if (at <= 0) throw invalid(`storage class parameter "${key}" must be comma-separated key=value labels such as "disk=ssd,rack=r1", got ${describe(value)}`)
+    out[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  return out
+}
+
+/**
+ * Where a class's replicated volumes go: parameter `placement` (spread, the default, or balanced),
+ * `affinity` and `anti_affinity` (node labels, `key=value,...`), and the allowed topologies (zones).
+ */
+export function classPlacement (storageClass: StorageClass): { strategy?: 'spread' | 'balanced', zones?: string[], affinity?: Record<string, string>, antiAffinity?: Record<string, string> } {
+  const { placement, affinity, anti_affinity: antiAffinity } = storageClass.parameters
+  return {
+    ...(placement === 'spread' || placement === 'balanced' ? { strategy: placement } : {}),
+    ...(storageClass.allowedTopologies.length > 0 ? { zones: [...storageClass.allowedTopologies] } : {}),
+    ...(affinity === undefined ? {} : { affinity: parseLabelList(affinity, 'affinity') }),
+    ...(antiAffinity === undefined ? {} : { antiAffinity: parseLabelList(antiAffinity, 'anti_affinity') })
+  }
 }
 
 function parseStringList (input: unknown, field: string): string[] {
