@@ -141,6 +141,8 @@ type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
 const APPLY_TIMEOUT_MS = 5000
 const RESYNC_TIMEOUT_MS = 30_000
 const BATCH_MAX_CHANGES = 1024
+/** Batches in flight to one copy. */
+const STREAM_WINDOW = 4
 /** Changes held for one copy before it is resynced instead (memory bound of a slow copy). */
 const MAX_QUEUED_BYTES = 256 << 20
 const BATCH_MAX_BYTES = 4 << 20
@@ -228,6 +230,8 @@ interface LocalSet {
   primary: Primary | undefined
   /** This copy's applied position (as a replica). */
   position: ReplicaPosition
+  /** The applied position known to be durable (the one saved). */
+  durable: ReplicaPosition
   /** Replica-side work on this copy runs one message at a time. */
   chain: Promise<unknown>
   /** Set while a resync is rebuilding this copy: stream batches are refused meanwhile. */
@@ -243,6 +247,8 @@ export class ReplicationManager {
   readonly #zone: string
   readonly #sets = new Map<string, LocalSet>()
   #stopWatch: (() => void) | undefined
+  /** Completion of the changes an `applied` reply covers (see repl:apply). */
+  readonly #pendingApply = new WeakMap<TransportMessage, Promise<void>>()
   #leaderTimer: NodeJS.Timeout | undefined
   #leaderBusy = false
   #closed = false
@@ -292,7 +298,7 @@ export class ReplicationManager {
   #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
-      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
+      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
       this.#sets.set(volumeId, set)
     }
     return set
@@ -487,6 +493,7 @@ export class ReplicationManager {
     blocks.replicator = primary
     // Our copy now leads; its place in any earlier epoch's stream means nothing any more.
     set.position = { epoch: 0, seq: 0 }
+    set.durable = set.position
     void this.#host.savePosition(set.volumeId, set.position).catch(() => {})
     this.#host.emit('replication:primary', { volumeId: set.volumeId, nodeId: this.nodeId, epoch: record.epoch })
     primary.start()
@@ -654,7 +661,7 @@ export class ReplicationManager {
       set.primary?.stop('the node is closing')
       clearTimeout(set.saveTimer)
       await set.chain.catch(() => {})
-      if (set.primary === undefined && set.record !== undefined) await this.#host.savePosition(set.volumeId, set.position).catch(() => {})
+      if (set.primary === undefined && set.record !== undefined) await this.#host.savePosition(set.volumeId, set.durable).catch(() => {})
     }
   }
 
@@ -684,7 +691,23 @@ export class ReplicationManager {
         if (kind !== 'repl:delete') this.#fence(set, request.header.epoch)
         const run = set.chain.then(async () => await handler(set, request.header, request.payload, from))
         set.chain = run.catch(() => {})
-        return await run
+        const reply = await run
+        if (kind === 'repl:apply' && reply.kind === 'applied') {
+          // Issued in order under the chain; applied and made durable outside it, so that batches
+          // in flight together share their store writes and syncs (the journal groups them).
+          const position = { epoch: request.header.epoch as number, seq: reply.header.seq as number }
+          try {
+            await this.#pendingApply.get(reply)
+          } catch (err) {
+            // What this copy holds is no longer known exactly: the next resync compares everything.
+            set.position = { epoch: 0, seq: 0 }
+            throw err
+          }
+          await this.#host.engine.flush()
+          if (position.epoch > set.durable.epoch || (position.epoch === set.durable.epoch && position.seq > set.durable.seq)) set.durable = position
+          this.#savePositionSoon(set)
+        }
+        return reply
       })
     }
     on('repl:apply', async (set, header, payload) => {
@@ -695,11 +718,12 @@ export class ReplicationManager {
       }
       const changes = decodeChanges(header.changes, payload)
       const blocks = this.#copy(set)
-      await this.#applyAll(set, blocks, changes)
-      await this.#host.engine.flush()
+      // Issued in order here; the reply waits (outside the chain) until they are applied and durable.
+      const { done: applied } = await this.#issueAll(set, blocks, changes)
       set.position = { epoch, seq: from + changes.length - 1 }
-      this.#savePositionSoon(set)
-      return { kind: 'applied', header: { seq: set.position.seq } }
+      const reply: TransportMessage = { kind: 'applied', header: { seq: set.position.seq } }
+      this.#pendingApply.set(reply, applied)
+      return reply
     })
     on('repl:resync-begin', async (set, header) => {
       set.resyncing = true
@@ -738,6 +762,7 @@ export class ReplicationManager {
     on('repl:resync-end', async (set, header) => {
       await this.#host.engine.flush()
       set.position = { epoch: header.epoch as number, seq: header.seq as number }
+      set.durable = set.position
       set.resyncing = false
       await this.#host.savePosition(set.volumeId, set.position)
       return { kind: 'ok', header: {} }
@@ -789,6 +814,43 @@ export class ReplicationManager {
   }
 
   /**
+   * Issues changes in order without waiting for writes and trims to finish (the engine takes each
+   * one's block claims as it is called, so changes to one block apply in the order issued);
+   * a snapshot waits for everything before it. Resolves, once all are issued, to a promise of
+   * their completion.
+   */
+  async #issueAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[]): Promise<{ done: Promise<void> }> {
+    const engine = this.#host.engine
+    let pending: Array<Promise<void>> = []
+    const settle = async (waiting: Array<Promise<void>>): Promise<void> => {
+      const results = await Promise.allSettled(waiting)
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed !== undefined) throw failed.reason
+    }
+    for (const change of changes) {
+      if (change.type === 'write') {
+        pending.push(engine.write(blocks, change.offset, change.data, WriteConcern.WriteAcknowledged))
+      } else if (change.type === 'trim') {
+        pending.push(engine.trim(blocks, change.offset, change.length, WriteConcern.WriteAcknowledged))
+      } else {
+        const before = pending
+        pending = []
+        await settle(before)
+        if (change.type === 'snapshot') {
+          await engine.flush()
+          await this.#host.applySnapshot(set.volumeId, change.id, change.name)
+        } else {
+          await this.#host.applyDeleteSnapshot(set.volumeId, change.id)
+        }
+      }
+    }
+    const done = settle(pending)
+    done.catch(() => {})
+    // Wrapped: an async function returning a promise would wait for it.
+    return { done }
+  }
+
+  /**
    * Applies changes in order. Writes and trims are issued without waiting for each other: the
    * engine takes each one's block claims as it is called, so two changes to one block still apply
    * in order, and the batch shares store writes. A snapshot waits for everything before it.
@@ -829,7 +891,7 @@ export class ReplicationManager {
     if (set.saveTimer !== undefined) return
     set.saveTimer = setTimeout(() => {
       set.saveTimer = undefined
-      void this.#host.savePosition(set.volumeId, set.position).catch(() => {})
+      void this.#host.savePosition(set.volumeId, set.durable).catch(() => {})
     }, 200)
     set.saveTimer.unref()
   }
@@ -1089,7 +1151,6 @@ class Link {
   failures = 0
   #queue: Array<{ seq: number, change: ReplicatedChange }> = []
   #queuedBytes = 0
-  #sending = false
   #shippedBytes = 0
   #resyncs = 0
   #progress: { mode: 'delta' | 'digest', blocksDone: number, blocksTotal: number, blocksSent: number } | undefined
@@ -1117,8 +1178,7 @@ class Link {
   stop (): void {
     this.#stopped = true
     this.state = 'stopped'
-    this.#queue = []
-    this.#queuedBytes = 0
+    this.#resetStream()
     this.#broken?.(new GalleonError('CANCELLED', 'link stopped'))
     this.#wake?.()
   }
@@ -1142,15 +1202,20 @@ class Link {
         this.restart(why, false)
       } else {
         // Mid-resync: the changes kept for after it are dropped, and the resync starts over.
-        this.#queue = []
-        this.#queuedBytes = 0
+        this.#resetStream()
         this.#collecting = false
         this.#overflow = why
       }
       return
     }
-    if (this.state === 'streaming') this.#pump()
+    if (this.state === 'streaming' && !this.#pumpScheduled) {
+      // From a microtask: the changes recorded by the callers woken together go in one batch.
+      this.#pumpScheduled = true
+      queueMicrotask(() => { this.#pumpScheduled = false; this.#pump() })
+    }
   }
+
+  #pumpScheduled = false
 
   /** Set once the resync has made its cut: changes after it are kept for the stream. */
   #collecting = false
@@ -1176,8 +1241,7 @@ class Link {
         this.state = 'down'
         this.#collecting = false
         this.#overflow = undefined
-        this.#queue = []
-        this.#queuedBytes = 0
+        this.#resetStream()
         this.#progress = undefined
         await this.#primary.dropFromInSync(this.node).catch(() => {})
         if (this.#stopped || this.#primary.stopped) return
@@ -1195,42 +1259,68 @@ class Link {
     }
   }
 
+  /** Batches sent and not yet acknowledged, oldest first. */
+  #inflight: Array<{ last: number, count: number, bytes: number, payloadBytes: number, done: boolean }> = []
+  /** Queue entries already sent (a prefix of the queue). */
+  #sent = 0
+  /** Bumped whenever the stream is reset: answers to batches of an earlier stream are ignored. */
+  #stream = 0
+
+  /**
+   * Sends queued changes in batches, up to STREAM_WINDOW batches in flight (the copy applies them
+   * in order and shares its syncs among them); acknowledgements are taken in order.
+   */
   #pump (): void {
-    if (this.#sending || this.state !== 'streaming' || this.#queue.length === 0) return
-    this.#sending = true
-    void (async () => {
-      try {
-        while (this.state === 'streaming' && this.#queue.length > 0) {
-          let bytes = 0
-          let count = 0
-          while (count < this.#queue.length && count < BATCH_MAX_CHANGES && bytes < BATCH_MAX_BYTES) {
-            bytes += changeBytes((this.#queue[count] as { change: ReplicatedChange }).change)
-            count++
-          }
-          const batch = this.#queue.slice(0, count)
-          const { list, payload } = encodeChanges(batch)
-          const from = (batch[0] as { seq: number }).seq
-          const reply = await this.#primary.manager.request(this.node, {
-            kind: 'repl:apply',
-            header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, from, changes: list },
-            payload
-          }, APPLY_TIMEOUT_MS)
-          if (this.state !== 'streaming') return
-          if (reply.kind !== 'applied') throw new GalleonError('IO_ERROR', `node ${this.node} asked for a resync (it is at epoch ${String(reply.header.epoch)}, change ${String(reply.header.seq)})`)
-          this.#queue.splice(0, count)
-          this.#queuedBytes -= bytes
-          this.#shippedBytes += payload.byteLength
-          this.acked = batch[batch.length - 1]?.seq ?? this.acked
+    while (this.state === 'streaming' && this.#inflight.length < STREAM_WINDOW && this.#sent < this.#queue.length) {
+      let bytes = 0
+      let count = 0
+      while (this.#sent + count < this.#queue.length && count < BATCH_MAX_CHANGES && bytes < BATCH_MAX_BYTES) {
+        bytes += changeBytes((this.#queue[this.#sent + count] as { change: ReplicatedChange }).change)
+        count++
+      }
+      const batch = this.#queue.slice(this.#sent, this.#sent + count)
+      this.#sent += count
+      const { list, payload } = encodeChanges(batch)
+      const from = (batch[0] as { seq: number }).seq
+      const entry = { last: (batch[batch.length - 1] as { seq: number }).seq, count, bytes, payloadBytes: payload.byteLength, done: false }
+      this.#inflight.push(entry)
+      const stream = this.#stream
+      this.#primary.manager.request(this.node, {
+        kind: 'repl:apply',
+        header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, from, changes: list },
+        payload
+      }, APPLY_TIMEOUT_MS).then((reply) => {
+        if (stream !== this.#stream || this.state !== 'streaming') return
+        if (reply.kind !== 'applied') throw new GalleonError('IO_ERROR', `node ${this.node} asked for a resync (it is at epoch ${String(reply.header.epoch)}, change ${String(reply.header.seq)})`)
+        entry.done = true
+        let progressed = false
+        while (this.#inflight[0]?.done === true) {
+          const head = this.#inflight.shift() as typeof entry
+          this.#queue.splice(0, head.count)
+          this.#sent -= head.count
+          this.#queuedBytes -= head.bytes
+          this.#shippedBytes += head.payloadBytes
+          this.acked = head.last
+          progressed = true
+        }
+        if (progressed) {
           this.#primary.acked()
           this.#maybeInSync()
         }
-      } catch (err) {
-        this.#broken?.(err)
-      } finally {
-        this.#sending = false
-      }
-      if (this.state === 'streaming' && this.#queue.length > 0) this.#pump()
-    })()
+        this.#pump()
+      }).catch((err: unknown) => {
+        if (stream === this.#stream) this.#broken?.(err)
+      })
+    }
+  }
+
+  /** Forgets the stream's queue and batches in flight. */
+  #resetStream (): void {
+    this.#stream++
+    this.#queue = []
+    this.#queuedBytes = 0
+    this.#inflight = []
+    this.#sent = 0
   }
 
   #joining = false
@@ -1280,8 +1370,7 @@ class Link {
     }
     // The cut: snapshots cannot change meanwhile, and every change after it is queued for the stream.
     const { cut, snapshots } = await host.exclusive(async () => {
-      this.#queue = []
-      this.#queuedBytes = 0
+      this.#resetStream()
       this.#collecting = true
       return { cut: primary.seq, snapshots: host.snapshots(primary.volumeId) }
     })
