@@ -612,7 +612,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     try {
       // A replicated volume goes everywhere: its record first (no failover brings it back), then the
       // other copies (outside the admin queue: their nodes may be waiting on ours), then this one.
-      if (this.#replication?.holds(record.id) === true) await this.#replication.unregister(record.id)
+      if (this.#replication?.holds(record.id) === true) {
+        // Refusals first: once the record is gone, the other copies go too.
+        const clones = this.#catalog.clonesOf(record.id)
+        if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+        await this.#replication.unregister(record.id)
+      }
       await this.#admin(async () => {
         // A mount that was being set up when the deletion began has finished by now: look again.
         await mountControl(this.#mounts).settled()
@@ -1185,6 +1190,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return await this.#admin(async () => {
         const { record, snapshot: chosen } = this.#readSource(source)
         if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; it cannot be cloned`)
+        if (this.#replication?.forwards(record.id) === true) {
+          // This node's copy may lag (or be mid-resync): clones are made where the primary is.
+          throw new GalleonError('NOT_LEADER', `volume ${record.name} is replicated and its primary is node ${this.#replication.status(record.id)?.primary ?? 'unknown'}; clone it there (the clone is a 1-copy volume on that node)`)
+        }
         const snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
         let clone: VolumeRecord
         try {
@@ -1196,7 +1205,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             sizeBytes: snapshot.sizeBytes,
             blockSize: record.blockSize,
             storageClass: record.storageClass,
-            replicas: record.replicas,
+            // A clone of a replicated volume is a local volume of this node (its source's blocks are here).
+            replicas: record.replication === undefined ? record.replicas : 1,
             accessModes: [...record.accessModes],
             labels: labels ?? { ...record.labels },
             source: { volumeId: record.id, snapshotId: snapshot.id },

@@ -309,4 +309,77 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await p1.g.writeBlock('zoned', 0, block(1), WriteConcern.WriteDistributed)
     for (const node of nodes) await node.g.close()
   })
+
+  it('a snapshot taken while a copy resyncs holds the same data on the copy (the resync reads the view at its cut)', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    const blocks = 2048 // two resync messages of 1024 blocks
+    await n1.g.createVolume({ name: 'racy', sizeBytes: blocks * 4096, replicas: 2 })
+    network.partition(['n2'], ['n1'])
+    await assert.rejects(n1.g.writeBlock('racy', 0, block(1), WriteConcern.WriteReplicated), { code: 'WRITE_CONCERN_UNSATISFIED' })
+    const chunk = new Uint8Array(256 * 4096)
+    for (let at = 0; at < blocks; at += 256) {
+      for (let i = 0; i < chunk.length; i++) chunk[i] = (at + i * 3) & 0xff
+      await n1.g.write('racy', at * 4096, chunk, WriteConcern.WriteAcknowledged)
+    }
+    const before = await n1.g.readBlock('racy', blocks - 1)
+    network.delay(100)
+    network.heal()
+    await until('the resync has made its cut', async () => (await n1.g.replicationStatus('racy')).links[0]?.resync !== undefined, 20_000)
+    const snap = await n1.g.createSnapshot('racy', 'mid-resync')
+    await n1.g.writeBlock('racy', blocks - 1, block(4242), WriteConcern.WriteAcknowledged)
+    network.delay(0)
+    await until('n2 is in sync', async () => (await n1.g.replicationStatus('racy')).inSync.length === 2, 30_000)
+    assert.deepEqual(await n1.g.readBlock({ volume: 'racy', snapshot: 'mid-resync' }, blocks - 1), before)
+    const expectedSnap = await n1.g.read({ volume: 'racy', snapshot: 'mid-resync' }, 0, blocks * 4096)
+    const expected = await n1.g.read('racy', 0, blocks * 4096)
+    for (const node of nodes) await node.g.close()
+    const g2 = await GalleonFS.open({ storagePath: n2.dir })
+    try {
+      assert.deepEqual((await g2.listSnapshots('racy')).map((s) => s.id), [snap.id])
+      assert.deepEqual(await g2.read({ volume: 'racy', snapshot: 'mid-resync' }, 0, blocks * 4096), expectedSnap)
+      assert.deepEqual(await g2.read('racy', 0, blocks * 4096), expected)
+    } finally {
+      await g2.close()
+    }
+  })
+
+  it('a copy rejoins the in-sync list while writes keep coming; large writes, clones and a refused delete keep replication working', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    await n1.g.createVolume({ name: 'busy', sizeBytes: '16M', replicas: 2 })
+    network.partition(['n2'], ['n1'])
+    await assert.rejects(n1.g.writeBlock('busy', 0, block(1), WriteConcern.WriteReplicated), { code: 'WRITE_CONCERN_UNSATISFIED' })
+    network.delay(2)
+    network.heal()
+    let stop = false
+    const writers = Array.from({ length: 8 }, async (_, w) => {
+      for (let i = 0; !stop; i++) await n1.g.writeBlock('busy', (w * 97 + i) % 4096, block(i), WriteConcern.WriteAcknowledged)
+    })
+    await until('n2 is back in sync under load', async () => (await n1.g.replicationStatus('busy')).inSync.length === 2, 30_000)
+    stop = true
+    await Promise.all(writers)
+    network.delay(0)
+    // A write larger than a message travels in pieces.
+    const big = new Uint8Array(9 << 20)
+    for (let i = 0; i < big.length; i++) big[i] = (i * 7 + 3) & 0xff
+    await n1.g.write('busy', 4096 * 100 + 17, big, WriteConcern.WriteReplicated)
+    // A clone of a replicated volume is a local 1-copy volume; on a node that is not primary it is refused.
+    const clone = await n1.g.cloneVolume('busy', 'busy-clone')
+    assert.equal(clone.replicas, 1)
+    await assert.rejects(n2.g.cloneVolume('busy', 'other-clone'), { code: 'NOT_LEADER' })
+    // Deleting a volume that has clones is refused before anything is deleted anywhere.
+    await assert.rejects(n1.g.deleteVolume('busy'), { code: 'BUSY' })
+    await n1.g.writeBlock('busy', 1, block(11), WriteConcern.WriteReplicated)
+    await n1.g.createSnapshot('busy', 'still-works')
+    const expected = await n1.g.read('busy', 0, 16 << 20)
+    await n1.g.deleteVolume('busy-clone')
+    for (const node of nodes) await node.g.close()
+    const g2 = await GalleonFS.open({ storagePath: n2.dir })
+    try {
+      assert.deepEqual(await g2.read('busy', 0, 16 << 20), expected)
+    } finally {
+      await g2.close()
+    }
+  })
 })

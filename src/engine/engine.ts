@@ -317,7 +317,14 @@ export class BlockEngine {
       ticketed = true
       const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = { volume: volume.storageId, index, gen }
-      await this.#commit(volume, [{ type: 'put', address, data: this.#encode(volume, address, data) }], concern, seq)
+      let value: Uint8Array
+      try {
+        value = this.#encode(volume, address, data)
+      } catch (err) {
+        if (seq !== undefined) volume.replicator?.failed(seq)
+        throw err
+      }
+      await this.#commit(volume, [{ type: 'put', address, data: value }], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
@@ -421,11 +428,16 @@ export class BlockEngine {
         }
         ops = addresses.map((address, i) => ({ type: 'put', address, data: values[i] as Uint8Array }))
       } else {
-        for (let index = first; index <= last; index++) {
-          const blockStart = index * this.blockSize
-          const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
-          const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
-          ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
+        try {
+          for (let index = first; index <= last; index++) {
+            const blockStart = index * this.blockSize
+            const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
+            const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
+            ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
+          }
+        } catch (err) {
+          if (seq !== undefined) volume.replicator?.failed(seq)
+          throw err
         }
       }
       await this.#commit(volume, ops, concern, seq)
@@ -481,7 +493,14 @@ export class BlockEngine {
           if (merged === undefined) continue
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
-          ops.push({ type: 'put', address, data: this.#encode(volume, address, merged) })
+          let value: Uint8Array
+          try {
+            value = this.#encode(volume, address, merged)
+          } catch (err) {
+            if (seq !== undefined) volume.replicator?.failed(seq)
+            throw err
+          }
+          ops.push({ type: 'put', address, data: value })
           apply.push(() => this.#publish(volume, index, gen))
         }
       }
@@ -512,9 +531,10 @@ export class BlockEngine {
   async snapshot (volume: VolumeBlocks, onCut?: () => void): Promise<number> {
     if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; no snapshot was taken')
     const gen = volume.nextGen
-    volume.map.addSnapshot(gen)
-    // At the cut, synchronously: replication orders the snapshot between the same writes.
+    // At the cut, synchronously: replication orders the snapshot between the same writes (a
+    // replicator that refuses the change leaves nothing behind).
     onCut?.()
+    volume.map.addSnapshot(gen)
     try {
       await volume.drainTickets()
       await this.journal.flush(true)

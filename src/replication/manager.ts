@@ -141,15 +141,20 @@ type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
 const APPLY_TIMEOUT_MS = 5000
 const RESYNC_TIMEOUT_MS = 30_000
 const BATCH_MAX_CHANGES = 1024
+/** A copy at most this many changes behind may start joining the in-sync list. */
+const JOIN_MAX_LAG = 4096
 /** Batches in flight to one copy. */
 const STREAM_WINDOW = 4
 /** Changes held for one copy before it is resynced instead (memory bound of a slow copy). */
 const MAX_QUEUED_BYTES = 256 << 20
 const BATCH_MAX_BYTES = 4 << 20
-const RESYNC_BLOCKS_PER_MESSAGE = 128
+/** Block bytes per resync message and per read of a digest pass (well under the transport's message limit). */
+const RESYNC_MESSAGE_BYTES = 4 << 20
 const DIGEST_BLOCKS_PER_MESSAGE = 1024
 const DIGEST_BYTES = 16
 const LEADER_LOOP_MS = 1000
+/** How long a replicated write waits for its copies before it fails. */
+const COMMIT_WAIT_MS = 60_000
 const FORWARD_DEADLINE_MS = 30_000
 /** How long createVolume waits for new copies to be in sync before it returns a degraded volume. */
 const CREATE_SYNC_WAIT_MS = 15_000
@@ -197,7 +202,13 @@ function decodeChanges (list: unknown, payload: Uint8Array | undefined): Replica
   if (!Array.isArray(list)) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch needs a list of changes')
   const out: ReplicatedChange[] = []
   let at = 0
+  const count = (value: unknown): number => {
+    if (!Number.isSafeInteger(value) || (value as number) < 0) throw new GalleonError('INVALID_ARGUMENT', `a replicated change has a bad offset or length: ${JSON.stringify(value)}`)
+    return value as number
+  }
   for (const item of list as Array<Record<string, unknown>>) {
+    if (item === null || typeof item !== 'object') throw new GalleonError('INVALID_ARGUMENT', 'a replicated change must be an object')
+    if (item.t === 'w' || item.t === 't') { count(item.o); count(item.n) }
     if (item.t === 'w') {
       const n = item.n as number
       if (payload === undefined || at + n > payload.byteLength) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch is shorter than its changes say')
@@ -232,6 +243,9 @@ interface LocalSet {
   position: ReplicaPosition
   /** The applied position known to be durable (the one saved). */
   durable: ReplicaPosition
+  /** The first change of the next stream batch expected (ordering of batches, see #turn). */
+  nextFrom: number | undefined
+  readonly turns: Map<number, () => void>
   /** Replica-side work on this copy runs one message at a time. */
   chain: Promise<unknown>
   /** Set while a resync is rebuilding this copy: stream batches are refused meanwhile. */
@@ -298,7 +312,7 @@ export class ReplicationManager {
   #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
-      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
+      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
       this.#sets.set(volumeId, set)
     }
     return set
@@ -385,8 +399,7 @@ export class ReplicationManager {
     const set = this.#sets.get(volumeId)
     if (set === undefined) return
     const nodes = set.record?.nodes ?? []
-    set.primary?.stop('the volume is being deleted')
-    set.primary = undefined
+    this.#retire(set, 'the volume is being deleted')
     this.#sets.delete(volumeId)
     clearTimeout(set.saveTimer)
     await this.#coordinator.delete(recordKey(volumeId))
@@ -399,7 +412,7 @@ export class ReplicationManager {
   forget (volumeId: string): void {
     const set = this.#sets.get(volumeId)
     if (set === undefined) return
-    set.primary?.stop('the local copy was deleted')
+    this.#retire(set, 'the local copy was deleted')
     clearTimeout(set.saveTimer)
     this.#sets.delete(volumeId)
   }
@@ -480,8 +493,7 @@ export class ReplicationManager {
   }
 
   #recordGone (set: LocalSet): void {
-    set.primary?.stop('the replica-set record was deleted')
-    set.primary = undefined
+    this.#retire(set, 'the replica-set record was deleted')
     set.record = undefined
   }
 
@@ -500,13 +512,18 @@ export class ReplicationManager {
   }
 
   #stepDown (set: LocalSet, why: string): void {
+    if (set.primary === undefined) return
+    this.#retire(set, `this node is no longer the primary: ${why}`)
+    this.#host.emit('replication:demoted', { volumeId: set.volumeId, nodeId: this.nodeId, reason: why })
+  }
+
+  /** Stops this node's primary of a volume (if any) and unhooks it from the engine. */
+  #retire (set: LocalSet, why: string): void {
     const primary = set.primary
     if (primary === undefined) return
     set.primary = undefined
-    const blocks = this.#host.blocks(set.volumeId)
-    if (blocks !== undefined && blocks.replicator === primary) blocks.replicator = undefined
-    primary.stop(`this node is no longer the primary: ${why}`)
-    this.#host.emit('replication:demoted', { volumeId: set.volumeId, nodeId: this.nodeId, reason: why })
+    if (primary.blocks.replicator === primary) primary.blocks.replicator = undefined
+    primary.stop(why)
   }
 
   /** After a restart as the recorded primary: raise the epoch and lead again. */
@@ -617,7 +634,10 @@ export class ReplicationManager {
           return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: 15_000 })
         } catch (err) {
           const code = (err as { code?: string })?.code
-          if (code !== 'NOT_LEADER' && code !== 'BACKEND_UNAVAILABLE') throw err
+          // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
+          // was lost may have happened, so it is retried only when the node said it is not primary.
+          const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume'
+          if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
           lastError = err
         }
       }
@@ -658,7 +678,7 @@ export class ReplicationManager {
     clearInterval(this.#leaderTimer)
     this.#stopWatch?.()
     for (const set of this.#sets.values()) {
-      set.primary?.stop('the node is closing')
+      this.#retire(set, 'the node is closing')
       clearTimeout(set.saveTimer)
       await set.chain.catch(() => {})
       if (set.primary === undefined && set.record !== undefined) await this.#host.savePosition(set.volumeId, set.durable).catch(() => {})
@@ -689,6 +709,7 @@ export class ReplicationManager {
         }
         if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
         if (kind !== 'repl:delete') this.#fence(set, request.header.epoch)
+        if (kind === 'repl:apply') await this.#turn(set, request.header)
         const run = set.chain.then(async () => await handler(set, request.header, request.payload, from))
         set.chain = run.catch(() => {})
         const reply = await run
@@ -727,6 +748,7 @@ export class ReplicationManager {
     })
     on('repl:resync-begin', async (set, header) => {
       set.resyncing = true
+      set.nextFrom = undefined
       this.#adoptPrimaryHint(set, header)
       return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#host.snapshots(set.volumeId).map((s) => s.id) } }
     })
@@ -744,6 +766,10 @@ export class ReplicationManager {
       const bs = this.#host.engine.blockSize
       const indices = header.indices as number[]
       const zero = header.zero as number[]
+      const limit = Math.ceil(blocks.sizeBytes / bs)
+      for (const list of [indices, zero]) {
+        if (!Array.isArray(list) || !list.every((i) => Number.isSafeInteger(i) && i >= 0 && i < limit)) throw new GalleonError('INVALID_ARGUMENT', 'resync blocks need lists of block indices within the volume')
+      }
       let at = 0
       if (payload === undefined ? indices.length > 0 : payload.byteLength < indices.length * bs) throw new GalleonError('INVALID_ARGUMENT', 'resync blocks are shorter than their list says')
       const changes: ReplicatedChange[] = zero.map((index) => ({ type: 'trim', offset: index * bs, length: bs }))
@@ -760,9 +786,11 @@ export class ReplicationManager {
       return { kind: 'ok', header: {} }
     })
     on('repl:resync-end', async (set, header) => {
+      if (!Number.isSafeInteger(header.seq) || (header.seq as number) < 0) throw new GalleonError('INVALID_ARGUMENT', 'resync-end needs the sequence number of the cut')
       await this.#host.engine.flush()
       set.position = { epoch: header.epoch as number, seq: header.seq as number }
       set.durable = set.position
+      set.nextFrom = set.position.seq + 1
       set.resyncing = false
       await this.#host.savePosition(set.volumeId, set.position)
       return { kind: 'ok', header: {} }
@@ -779,6 +807,27 @@ export class ReplicationManager {
       const reply = await this.#host.serveForwarded(set.volumeId, header as unknown as ForwardedRequest, payload)
       return { kind: 'io', header: reply.header, ...(reply.payload === undefined ? {} : { payload: reply.payload }) }
     })
+  }
+
+  /**
+   * Stream batches enter the copy's queue in sequence order even if the transport hands them over
+   * out of order: a batch that comes early waits (briefly) for the ones before it.
+   */
+  async #turn (set: LocalSet, header: Record<string, unknown>): Promise<void> {
+    const from = header.from
+    const changes = header.changes
+    if (typeof from !== 'number' || !Array.isArray(changes)) return
+    const expected = set.nextFrom
+    if (expected !== undefined && from > expected && header.epoch === set.position.epoch) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 2000)
+        timer.unref()
+        set.turns.set(from, () => { clearTimeout(timer); resolve() })
+      })
+      set.turns.delete(from)
+    }
+    set.nextFrom = from + changes.length
+    set.turns.get(set.nextFrom)?.()
   }
 
   /** Reads the volume's record again and takes up the role it gives. */
@@ -911,7 +960,7 @@ async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, first: nu
   for (let i = 0; i < indices.length;) {
     // Contiguous runs are read at once.
     let j = i
-    while (j + 1 < indices.length && indices[j + 1] === (indices[j] as number) + 1 && j - i < 255) j++
+    while (j + 1 < indices.length && indices[j + 1] === (indices[j] as number) + 1 && (j - i + 2) * bs <= RESYNC_MESSAGE_BYTES) j++
     const start = indices[i] as number
     const data = await engine.read(blocks, start * bs, (j - i + 1) * bs, view)
     for (let k = i; k <= j; k++) digests.set(digestOf(data.subarray((k - i) * bs, (k - i + 1) * bs)), k * DIGEST_BYTES)
@@ -921,6 +970,7 @@ async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, first: nu
 }
 
 interface Waiter {
+  readonly deadline: number
   readonly seq: number
   readonly concern: WriteConcern
   readonly resolve: () => void
@@ -935,13 +985,18 @@ class Primary implements VolumeReplicator {
   readonly #blocks: VolumeBlocks
   #record: ReplicaSetRecord
   #seq = 0
-  /** Per block: the sequence number of its last change in this epoch (0: none). */
-  #dirty: Float64Array
+  /** Per changed block: the sequence number of its last change in this epoch (sparse: thin volumes stay cheap). */
+  readonly #dirty = new Map<number, number>()
   readonly #links = new Map<string, Link>()
   #waiters: Waiter[] = []
   #stopped: string | undefined
   /** Set while the role is being handed over: new changes are refused (callers retry on the next primary). */
   frozen = false
+  /**
+   * Copies about to join the in-sync list, with the sequence number at which they started: writes
+   * recorded from then on wait for them too, and they join once they have acknowledged that one.
+   */
+  readonly #joining = new Map<string, number>()
 
   constructor (manager: ReplicationManager, set: LocalSet, record: ReplicaSetRecord, blocks: VolumeBlocks) {
     this.#manager = manager
@@ -949,7 +1004,6 @@ class Primary implements VolumeReplicator {
     this.#record = record
     this.#blocks = blocks
     this.epoch = record.epoch
-    this.#dirty = new Float64Array(Math.ceil(blocks.sizeBytes / manager.host.engine.blockSize))
   }
 
   get seq (): number { return this.#seq }
@@ -981,18 +1035,22 @@ class Primary implements VolumeReplicator {
 
   record (change: ReplicatedChange): number {
     if (this.frozen || this.#stopped !== undefined) throw new GalleonError('NOT_LEADER', `node ${this.#manager.nodeId} is handing volume ${this.#record.spec.name} to another primary; retry`)
+    if (change.type === 'write' && change.data.byteLength > BATCH_MAX_BYTES) {
+      // A large write travels as consecutive pieces, each within a message's size; its concern is
+      // met when the last one is (copies acknowledge in order).
+      let seq = 0
+      for (let at = 0; at < change.data.byteLength; at += BATCH_MAX_BYTES) {
+        seq = this.record({ type: 'write', offset: change.offset + at, data: change.data.subarray(at, Math.min(at + BATCH_MAX_BYTES, change.data.byteLength)) })
+      }
+      return seq
+    }
     const seq = ++this.#seq
     const bs = this.#manager.host.engine.blockSize
     if (change.type === 'write' || change.type === 'trim') {
       const length = change.type === 'write' ? change.data.byteLength : change.length
       const first = Math.floor(change.offset / bs)
       const last = Math.floor((change.offset + length - 1) / bs)
-      if (last >= this.#dirty.length) {
-        const grown = new Float64Array(last + 1)
-        grown.set(this.#dirty)
-        this.#dirty = grown
-      }
-      for (let i = first; i <= last; i++) this.#dirty[i] = seq
+      for (let i = first; i <= last; i++) this.#dirty.set(i, seq)
     }
     for (const link of this.#links.values()) link.offer(seq, change)
     return seq
@@ -1001,9 +1059,8 @@ class Primary implements VolumeReplicator {
   /** Blocks changed after `seq` in this epoch. */
   changedSince (seq: number): number[] {
     const out: number[] = []
-    const dirty = this.#dirty
-    for (let i = 0; i < dirty.length; i++) if ((dirty[i] as number) > seq) out.push(i)
-    return out
+    for (const [index, changed] of this.#dirty) if (changed > seq) out.push(index)
+    return out.sort((a, b) => a - b)
   }
 
   async committed (seq: number, concern: WriteConcern): Promise<void> {
@@ -1011,12 +1068,29 @@ class Primary implements VolumeReplicator {
     const verdict = this.#verdict(seq, concern)
     if (verdict === true) return
     if (verdict instanceof Error) throw verdict
-    await new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject }) })
+    await new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject, deadline: Date.now() + COMMIT_WAIT_MS }) })
+    this.#watchDeadlines()
+  }
+
+  #deadlineTimer: NodeJS.Timeout | undefined
+  /** Waiting writes fail after COMMIT_WAIT_MS (a copy that neither acknowledges nor can be dropped, e.g. without the coordinator). */
+  #watchDeadlines (): void {
+    if (this.#deadlineTimer !== undefined || this.#waiters.length === 0) return
+    this.#deadlineTimer = setInterval(() => {
+      const now = Date.now()
+      const expired = this.#waiters.filter((w) => w.deadline <= now)
+      if (expired.length > 0) {
+        this.#waiters = this.#waiters.filter((w) => w.deadline > now)
+        for (const w of expired) w.reject(unsatisfied(`the copies of volume ${this.#record.spec.name} did not acknowledge the write within ${COMMIT_WAIT_MS / 1000} s (in sync: ${this.#record.inSync.join(', ')}); it is stored on this node but not acknowledged as ${w.concern}`))
+      }
+      if (this.#waiters.length === 0 || this.#stopped !== undefined) { clearInterval(this.#deadlineTimer); this.#deadlineTimer = undefined }
+    }, 1000)
+    this.#deadlineTimer.unref()
   }
 
   failed (_seq: number): void {
     // The copies may have (or get) a change this node does not have: every link starts over with a
-    // digest comparison.
+    // digest comparison (a resync under way is abandoned before it ends).
     for (const link of this.#links.values()) link.restart('a change failed on the primary', true)
   }
 
@@ -1042,7 +1116,23 @@ class Primary implements VolumeReplicator {
       const link = this.#links.get(node)
       if (link === undefined || link.acked < seq) return false
     }
+    for (const [node, since] of this.#joining) {
+      if (since >= seq || this.#record.inSync.includes(node)) continue
+      const link = this.#links.get(node)
+      if (link === undefined || link.acked < seq) return false
+    }
     return true
+  }
+
+  joiningSince (node: string): number | undefined { return this.#joining.get(node) }
+
+  /** From now on, writes wait for this copy as well (see #joining). */
+  startJoining (node: string): void {
+    if (!this.#joining.has(node)) this.#joining.set(node, this.#seq)
+  }
+
+  stopJoining (node: string): void {
+    if (this.#joining.delete(node)) this.#settle()
   }
 
   /** Re-evaluates waiting writes (after an acknowledgement or a change of the in-sync list). */
@@ -1134,6 +1224,8 @@ class Primary implements VolumeReplicator {
   stop (why: string): void {
     if (this.#stopped !== undefined) return
     this.#stopped = why
+    clearInterval(this.#deadlineTimer)
+    this.#deadlineTimer = undefined
     for (const link of this.#links.values()) link.stop()
     this.#links.clear()
     const waiters = this.#waiters
@@ -1171,7 +1263,7 @@ class Link {
 
   #fromStart: boolean
   /** Set when the changes kept during a resync outgrew the limit: that resync fails and starts over. */
-  #overflow: string | undefined
+  #abort: string | undefined
 
   start (): void { void this.#run() }
 
@@ -1186,6 +1278,7 @@ class Link {
   /** Drops the stream and resyncs (with digests when `digest`). */
   restart (why: string, digest: boolean): void {
     if (digest) this.#forceDigest = true
+    if (this.state === 'resyncing') this.#abort ??= why
     this.#broken?.(new GalleonError('IO_ERROR', why))
   }
 
@@ -1204,7 +1297,7 @@ class Link {
         // Mid-resync: the changes kept for after it are dropped, and the resync starts over.
         this.#resetStream()
         this.#collecting = false
-        this.#overflow = why
+        this.#abort ??= why
       }
       return
     }
@@ -1228,6 +1321,7 @@ class Link {
         await this.#resync()
         if (this.#stopped) return
         this.state = 'streaming'
+        this.#collecting = false
         this.#lastError = undefined
         pause = 200
         const broken = new Promise<never>((_resolve, reject) => { this.#broken = reject })
@@ -1240,9 +1334,10 @@ class Link {
         this.#lastError = errorText(err)
         this.state = 'down'
         this.#collecting = false
-        this.#overflow = undefined
+        this.#abort = undefined
         this.#resetStream()
         this.#progress = undefined
+        this.#primary.stopJoining(this.node)
         await this.#primary.dropFromInSync(this.node).catch(() => {})
         if (this.#stopped || this.#primary.stopped) return
         this.#primary.manager.host.emit('replication:link-down', { volumeId: this.#primary.volumeId, node: this.node, message: this.#lastError })
@@ -1323,12 +1418,27 @@ class Link {
     this.#sent = 0
   }
 
-  #joining = false
+  #adding = false
+  /**
+   * A streaming copy close enough behind joins the in-sync list: first writes start waiting for
+   * it, then, once it has acknowledged everything recorded before that, the record lists it.
+   */
   #maybeInSync (): void {
-    if (this.#joining || this.state !== 'streaming' || this.acked < this.#primary.seq) return
-    if (this.#primary.setRecord.inSync.includes(this.node)) return
-    this.#joining = true
-    void this.#primary.addToInSync(this.node).catch(() => {}).finally(() => { this.#joining = false })
+    const primary = this.#primary
+    if (this.#adding || this.state !== 'streaming' || primary.setRecord.inSync.includes(this.node)) return
+    let since = primary.joiningSince(this.node)
+    if (since === undefined) {
+      if (primary.seq - this.acked > JOIN_MAX_LAG) return
+      primary.startJoining(this.node)
+      since = primary.joiningSince(this.node) as number
+    }
+    if (this.acked < since) return
+    this.#adding = true
+    void primary.addToInSync(this.node).catch(() => {}).finally(() => {
+      this.#adding = false
+      primary.stopJoining(this.node)
+      // Not added (the record changed meanwhile): tried again with the next acknowledgement.
+    })
   }
 
   async #call (kind: string, header: Record<string, unknown>, payload?: Uint8Array): Promise<TransportMessage> {
@@ -1352,14 +1462,13 @@ class Link {
     if (fromStart && handoff !== undefined && theirs.epoch === handoff.epoch && theirs.seq === handoff.seq && !this.#forceDigest) {
       // The copy holds what this primary started from (a graceful hand-over): it stays in sync
       // and gets every change of this epoch, kept for it from the first, through the stream.
-      if (this.#overflow !== undefined) {
-        const why = this.#overflow
-        this.#overflow = undefined
+      if (this.#abort !== undefined) {
+        const why = this.#abort
+        this.#abort = undefined
         throw new GalleonError('BUSY', why)
       }
       await this.#call('repl:resync-end', { seq: 0 })
       this.acked = 0
-      this.#collecting = false
       host.emit('replication:resynced', { volumeId: primary.volumeId, node: this.node, mode: 'delta' })
       return
     }
@@ -1368,14 +1477,32 @@ class Link {
       // be promoted.
       await primary.dropFromInSync(this.node)
     }
-    // The cut: snapshots cannot change meanwhile, and every change after it is queued for the stream.
-    const { cut, snapshots } = await host.exclusive(async () => {
+    // The cut: snapshots cannot change meanwhile, every change after it is queued for the stream,
+    // and the live view is read as it was at the cut (a private engine snapshot pins it), so that
+    // replaying the stream on top gives the copy exactly the primary's history.
+    let cut = 0
+    let snapshots: SnapshotInfo[] = []
+    const pinSize = primary.blocks.sizeBytes
+    const pin = await host.exclusive(async () => await engine.snapshot(primary.blocks, () => {
       this.#resetStream()
       this.#collecting = true
-      return { cut: primary.seq, snapshots: host.snapshots(primary.volumeId) }
-    })
-    // Writes recorded before the cut are published once these drain.
-    await primary.blocks.drainTickets()
+      cut = primary.seq
+      snapshots = host.snapshots(primary.volumeId)
+    }))
+    try {
+      await this.#resyncFrom(theirs, cut, snapshots, pin, pinSize)
+    } finally {
+      await engine.dropSnapshot(primary.blocks, pin).catch(() => {})
+    }
+  }
+
+  /** The resync after its cut: the views the copy lacks, block by block, then the cut as its position. */
+  async #resyncFrom (theirs: { epoch: number, seq: number, snapshots: string[] }, cut: number, snapshots: SnapshotInfo[], pin: number, pinSize: number): Promise<void> {
+    const primary = this.#primary
+    const host = primary.manager.host
+    const engine = host.engine
+    const bs = engine.blockSize
+    const perMessage = Math.max(1, Math.floor(RESYNC_MESSAGE_BYTES / bs))
     const delta = !this.#forceDigest && theirs.epoch === primary.epoch && theirs.seq <= cut
     this.#forceDigest = false
     const mine = new Set(snapshots.map((s) => s.id))
@@ -1387,12 +1514,12 @@ class Link {
     const blockCount = Math.ceil(primary.blocks.sizeBytes / bs)
     this.#progress = { mode: delta ? 'delta' : 'digest', blocksDone: 0, blocksTotal: (changed?.length ?? blockCount) * views.length, blocksSent: 0 }
     for (const view of views) {
-      const at = view.snapshot?.gen ?? LIVE
-      const viewSize = view.snapshot?.sizeBytes ?? primary.blocks.sizeBytes
+      const at = view.snapshot?.gen ?? pin
+      const viewSize = view.snapshot?.sizeBytes ?? pinSize
       if (changed !== undefined) {
-        for (let i = 0; i < changed.length; i += RESYNC_BLOCKS_PER_MESSAGE) {
-          await this.#sendBlocks(changed.slice(i, i + RESYNC_BLOCKS_PER_MESSAGE).filter((index) => index * bs < viewSize), at, viewSize)
-          this.#progress.blocksDone += Math.min(RESYNC_BLOCKS_PER_MESSAGE, changed.length - i)
+        for (let i = 0; i < changed.length; i += perMessage) {
+          await this.#sendBlocks(changed.slice(i, i + perMessage).filter((index) => index * bs < viewSize), at, viewSize)
+          this.#progress.blocksDone += Math.min(perMessage, changed.length - i)
         }
       } else {
         for (let first = 0; first < blockCount; first += DIGEST_BLOCKS_PER_MESSAGE) {
@@ -1414,20 +1541,20 @@ class Link {
           // Blocks only the copy has: zeros here.
           for (const index of theirsByIndex.keys()) differ.push(index)
           differ.sort((a, b) => a - b)
-          for (let i = 0; i < differ.length; i += RESYNC_BLOCKS_PER_MESSAGE) await this.#sendBlocks(differ.slice(i, i + RESYNC_BLOCKS_PER_MESSAGE), at, viewSize)
+          for (let i = 0; i < differ.length; i += perMessage) await this.#sendBlocks(differ.slice(i, i + perMessage), at, viewSize)
           this.#progress.blocksDone += count
         }
       }
       if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name })
     }
-    if (this.#overflow !== undefined) {
-      const why = this.#overflow
-      this.#overflow = undefined
+    if (this.#abort !== undefined) {
+      const why = this.#abort
+      this.#abort = undefined
       throw new GalleonError('BUSY', why)
     }
     await this.#call('repl:resync-end', { seq: cut })
     this.acked = cut
-    this.#collecting = false
+    // Still collecting: changes keep being queued until the stream takes over (see #run).
     this.#progress = undefined
     host.emit('replication:resynced', { volumeId: primary.volumeId, node: this.node, mode: delta ? 'delta' : 'digest' })
   }
