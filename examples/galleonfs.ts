@@ -56,14 +56,18 @@ async function daemonMain (argv: string[]): Promise<number> {
       log('info', 'signal received', { signal: 'SIGHUP' })
       reload()
     })
-    daemon = await startDaemon(config, log, loadConfig)
-    const running = daemon
+    // SIGTERM and SIGINT likewise: one that arrives while the daemon is starting (it may already
+    // have said "ready") stops it as soon as it has started.
+    let stopWanted = false
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })
-      void running.stop()
+      if (daemon === undefined) stopWanted = true
+      else void daemon.stop()
     }
     process.once('SIGTERM', () => shutdown('SIGTERM'))
     process.once('SIGINT', () => shutdown('SIGINT'))
+    daemon = await startDaemon(config, log, loadConfig)
+    if (stopWanted) void daemon.stop()
     if (reloadWanted) reload()
     await daemon.stopped
     return 0

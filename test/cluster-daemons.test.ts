@@ -7,11 +7,11 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+import { freePort } from './support/net.js'
 
 const SKIP = etcdSkipReason()
 
@@ -27,15 +27,6 @@ after(async () => {
   await etcd?.stop()
   await rm(root, { recursive: true, force: true })
 })
-
-async function freePort (): Promise<number> {
-  return await new Promise<number>((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const port = (probe.address() as { port: number }).port
-      probe.close(() => resolve(port))
-    })
-  })
-}
 
 interface Daemon extends RunningDaemon { bind: string }
 

@@ -18,11 +18,11 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import { freePort } from './support/net.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const README = join(ROOT, 'README.md')
@@ -106,14 +106,6 @@ async function runNode (args: string[], options: { cwd: string, env?: Record<str
 }
 
 /** A loopback port that was free a moment ago. */
-async function freePort (): Promise<number> {
-  return await new Promise<number>((resolve, reject) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const address = probe.address() as { port: number }
-      probe.close(() => resolve(address.port))
-    }).once('error', reject)
-  })
-}
 
 /**
  * Runs a program in its own process group and collects its output; whatever it left running in

@@ -9,12 +9,12 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS } from '../src/index.js'
 import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+import { freePort } from './support/net.js'
 
 const SKIP = etcdSkipReason()
 const BLOCK = 4096
@@ -34,15 +34,6 @@ after(async () => {
   await etcd?.stop()
   await rm(root, { recursive: true, force: true })
 })
-
-async function freePort (): Promise<number> {
-  return await new Promise<number>((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const port = (probe.address() as { port: number }).port
-      probe.close(() => resolve(port))
-    })
-  })
-}
 
 interface Node extends RunningDaemon { name: string, bind: string, token: string }
 

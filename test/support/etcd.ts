@@ -4,10 +4,10 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { freePort } from './net.js'
 
 /** A running etcd started by {@link startEtcd}. */
 export interface EtcdServer {
@@ -36,18 +36,6 @@ export function findEtcd (): string | undefined {
 /** Why etcd tests cannot run here, or undefined when they can (for `test(..., { skip })`). */
 export function etcdSkipReason (): string | undefined {
   return findEtcd() === undefined ? 'etcd is not installed (apt-get install etcd-server, or set ETCD_BIN); .ci/run installs it' : undefined
-}
-
-async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      server.close(() => { typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')) })
-    })
-  })
 }
 
 const running = new Set<ChildProcess>()
