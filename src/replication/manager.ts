@@ -153,6 +153,8 @@ const RESYNC_MESSAGE_BYTES = 4 << 20
 const DIGEST_BLOCKS_PER_MESSAGE = 1024
 const DIGEST_BYTES = 16
 const LEADER_LOOP_MS = 1000
+/** Coordinator keys of nodes that are leaving (`replication/leaving/<nodeId>`). */
+const LEAVING_PREFIX = 'replication/leaving/'
 /** How long a replicated write waits for its copies before it fails. */
 const COMMIT_WAIT_MS = 60_000
 const FORWARD_DEADLINE_MS = 30_000
@@ -279,6 +281,10 @@ export class ReplicationManager {
   /** Registers the handlers, loads the records of local copies and takes up each copy's role. */
   static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string): Promise<ReplicationManager> {
     const manager = new ReplicationManager(host, cluster, coordinator, zone)
+    // Local copies first, with their saved positions: a peer's message may come as soon as the
+    // handlers are in place.
+    const copies = host.localCopies()
+    for (const copy of copies) manager.#setOf(copy.id, copy.position)
     manager.#registerHandlers()
     manager.#stopWatch = coordinator.watch(RECORD_PREFIX, (event) => {
       const volumeId = event.key.slice(RECORD_PREFIX.length)
@@ -288,21 +294,26 @@ export class ReplicationManager {
       const record = event.entry === undefined ? undefined : parseRecord(event.entry.value)
       if (record !== undefined && event.entry !== undefined) manager.#adopt(set, record, event.entry.revision)
     })
-    for (const copy of host.localCopies()) {
-      const set = manager.#setOf(copy.id, copy.position)
-      const entry = await coordinator.get(recordKey(copy.id))
-      const record = entry === undefined ? undefined : parseRecord(entry.value)
-      if (record === undefined || entry === undefined) {
-        host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume (deleted while this node was away?); the local copy is kept but serves no I/O' })
-        continue
+    try {
+      for (const copy of copies) {
+        const set = manager.#setOf(copy.id)
+        const entry = await coordinator.get(recordKey(copy.id))
+        const record = entry === undefined ? undefined : parseRecord(entry.value)
+        if (record === undefined || entry === undefined) {
+          host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume (deleted while this node was away?); the local copy is kept but serves no I/O' })
+          continue
+        }
+        if (record.primary === cluster.nodeId) {
+          // This node was primary before it stopped: it takes the role again under a new epoch, so
+          // that anything its earlier incarnation sent is fenced off.
+          await manager.#reclaim(set)
+        } else {
+          manager.#adopt(set, record, entry.revision)
+        }
       }
-      if (record.primary === cluster.nodeId) {
-        // This node was primary before it stopped: it takes the role again under a new epoch, so
-        // that anything its earlier incarnation sent is fenced off.
-        await manager.#reclaim(set)
-      } else {
-        manager.#adopt(set, record, entry.revision)
-      }
+    } catch (err) {
+      await manager.close().catch(() => {})
+      throw err
     }
     manager.#leaderTimer = setInterval(() => { void manager.#leaderPass() }, LEADER_LOOP_MS)
     manager.#leaderTimer.unref()
@@ -426,7 +437,19 @@ export class ReplicationManager {
    * and the local copy is deleted. BUSY (nothing more is done) when a volume cannot be handed off.
    */
   async handOff (options: { timeoutMs?: number } = {}): Promise<void> {
-    for (const set of [...this.#sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+    // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
+    const mark = `${LEAVING_PREFIX}${this.nodeId}`
+    await this.#coordinator.put(mark, JSON.stringify({ at: Date.now() }))
+    try {
+      for (const set of [...this.#sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+    } finally {
+      await this.#coordinator.delete(mark).catch(() => {})
+    }
+  }
+
+  /** Nodes handing their copies off before they leave (not eligible for new copies). */
+  async #leaving (): Promise<Set<string>> {
+    return new Set((await this.#coordinator.list(LEAVING_PREFIX)).map((entry) => entry.key.slice(LEAVING_PREFIX.length)))
   }
 
   async #handOffOne (set: LocalSet, deadline: number): Promise<void> {
@@ -451,7 +474,8 @@ export class ReplicationManager {
     const name = record.spec.name
     if (record.inSync.includes(self)) {
       const others = record.nodes.filter((n) => n !== self)
-      const members = (await this.#coordinator.members()).filter((m) => m.healthy && m.id !== self)
+      const leaving = await this.#leaving()
+      const members = (await this.#coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
       const placement = placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) })
       const added = placement.nodes.find((n) => !record?.nodes.includes(n))
       if (added === undefined) {
@@ -595,7 +619,8 @@ export class ReplicationManager {
           continue
         }
         if (record.nodes.length < record.spec.replicas) {
-          const eligible = members.filter((m) => m.healthy)
+          const leaving = await this.#leaving()
+          const eligible = members.filter((m) => m.healthy && !leaving.has(m.id))
           let chosen: readonly string[] = []
           try {
             chosen = placeVolume(eligible, { ...(record.placement ?? {}), replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary }).nodes
