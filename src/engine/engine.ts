@@ -317,14 +317,7 @@ export class BlockEngine {
       ticketed = true
       const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = { volume: volume.storageId, index, gen }
-      let value: Uint8Array
-      try {
-        value = this.#encode(volume, address, data)
-      } catch (err) {
-        if (seq !== undefined) volume.replicator?.failed(seq)
-        throw err
-      }
-      await this.#commit(volume, [{ type: 'put', address, data: value }], concern, seq)
+      await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
@@ -428,16 +421,11 @@ export class BlockEngine {
         }
         ops = addresses.map((address, i) => ({ type: 'put', address, data: values[i] as Uint8Array }))
       } else {
-        try {
-          for (let index = first; index <= last; index++) {
-            const blockStart = index * this.blockSize
-            const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
-            const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
-            ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
-          }
-        } catch (err) {
-          if (seq !== undefined) volume.replicator?.failed(seq)
-          throw err
+        for (let index = first; index <= last; index++) {
+          const blockStart = index * this.blockSize
+          const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
+          const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
+          ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, payload, seq) })
         }
       }
       await this.#commit(volume, ops, concern, seq)
@@ -493,14 +481,7 @@ export class BlockEngine {
           if (merged === undefined) continue
           const gen = volume.nextGen++
           const address: BlockAddress = { volume: volume.storageId, index, gen }
-          let value: Uint8Array
-          try {
-            value = this.#encode(volume, address, merged)
-          } catch (err) {
-            if (seq !== undefined) volume.replicator?.failed(seq)
-            throw err
-          }
-          ops.push({ type: 'put', address, data: value })
+          ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, merged, seq) })
           apply.push(() => this.#publish(volume, index, gen))
         }
       }
@@ -1065,6 +1046,19 @@ export class BlockEngine {
   }
 
   /** The stored value of one block version: encrypted with the volume's current key when it has one. */
+  /**
+   * `#encode` for a change already recorded for replication as `seq`: if it fails, the replicator
+   * learns that the change was not applied here.
+   */
+  #encodeRecorded (volume: VolumeBlocks, address: BlockAddress, payload: Uint8Array, seq: number | undefined): Uint8Array {
+    try {
+      return this.#encode(volume, address, payload)
+    } catch (err) {
+      if (seq !== undefined) volume.replicator?.failed(seq)
+      throw err
+    }
+  }
+
   #encode (volume: VolumeBlocks, address: BlockAddress, payload: Uint8Array): Uint8Array {
     const cipher = volume.cipher
     if (cipher === undefined) return encodeBlock(address, payload, this.blockSize)
