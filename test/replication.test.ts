@@ -4,12 +4,21 @@
 // replication-daemons.test.ts.
 
 import { after, describe, it } from 'node:test'
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
+import { promisify } from 'node:util'
 import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeState } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { NbdServer } from '../backends/nbd/index.js'
+
+const exec = promisify(execFile)
+const NO_NBDCOPY = ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, 'nbdcopy'))) ? undefined : 'nbdcopy is not installed (see .ci/run)'
 
 interface Node { g: GalleonFS, id: string, dir: string, events: string[] }
 
@@ -380,6 +389,38 @@ describe('replication (memory transport, on-disk nodes)', () => {
       assert.deepEqual(await g2.read('busy', 0, 16 << 20), expected)
     } finally {
       await g2.close()
+    }
+  })
+
+  it('an NBD client of a replica node keeps working across a failover (nbdcopy in and out)', { skip: NO_NBDCOPY }, async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'exported', sizeBytes: '4M', replicas: 3 })
+    await until('three copies are in sync', async () => (await n1.g.replicationStatus('exported')).inSync.length === 3)
+    const server = await NbdServer.listen(n3.g, { port: 0 })
+    try {
+      const uri = `nbd://127.0.0.1:${server.port}/exported`
+      const first = randomBytes(4 << 20)
+      const file = join(n3.dir, '..', `nbd-${Date.now()}.img`)
+      dirs.push(file)
+      await writeFile(file, first)
+      await exec('nbdcopy', [file, uri]) // through n3, forwarded to the primary n1 (nbdcopy flushes)
+      assert.deepEqual(Buffer.from(await n1.g.read('exported', 0, 4 << 20)), first)
+      await n1.g.close()
+      await until('a new primary serves the volume', async () => {
+        const primary = (await n3.g.replicationStatus('exported')).primary
+        return primary === 'n2' || primary === 'n3'
+      })
+      // The same export on n3, after the failover: the data is there and takes new writes.
+      await exec('nbdcopy', [uri, `${file}.out`])
+      dirs.push(`${file}.out`)
+      assert.ok((await readFile(`${file}.out`)).equals(first))
+      const second = randomBytes(4 << 20)
+      await writeFile(file, second)
+      await exec('nbdcopy', [file, uri])
+      assert.deepEqual(Buffer.from(await n2.g.read('exported', 0, 4 << 20)), second)
+    } finally {
+      await server.close()
     }
   })
 })
