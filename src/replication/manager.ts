@@ -488,7 +488,6 @@ export class ReplicationManager {
     if (set.primary !== undefined) await set.primary.handOver()
     await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
     await this.update(set.volumeId, (r) => !r.nodes.includes(self) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== self), inSync: r.inSync.filter((n) => n !== self) })
-    record = undefined
     this.forget(set.volumeId)
     await this.#host.deleteCopy(set.volumeId)
   }
@@ -924,40 +923,9 @@ export class ReplicationManager {
     return { done }
   }
 
-  /**
-   * Applies changes in order. Writes and trims are issued without waiting for each other: the
-   * engine takes each one's block claims as it is called, so two changes to one block still apply
-   * in order, and the batch shares store writes. A snapshot waits for everything before it.
-   */
+  /** Applies changes in order (as #issueAll issues them) and resolves once all are applied. */
   async #applyAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[]): Promise<void> {
-    const engine = this.#host.engine
-    let pending: Array<Promise<void>> = []
-    const drain = async (): Promise<void> => {
-      const waiting = pending
-      pending = []
-      const results = await Promise.allSettled(waiting)
-      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-      if (failed !== undefined) throw failed.reason
-    }
-    try {
-      for (const change of changes) {
-        switch (change.type) {
-          case 'write': pending.push(engine.write(blocks, change.offset, change.data, WriteConcern.WriteAcknowledged)); break
-          case 'trim': pending.push(engine.trim(blocks, change.offset, change.length, WriteConcern.WriteAcknowledged)); break
-          case 'snapshot':
-            await drain()
-            await engine.flush()
-            await this.#host.applySnapshot(set.volumeId, change.id, change.name)
-            break
-          case 'delete-snapshot':
-            await drain()
-            await this.#host.applyDeleteSnapshot(set.volumeId, change.id)
-            break
-        }
-      }
-    } finally {
-      await drain()
-    }
+    await (await this.#issueAll(set, blocks, changes)).done
   }
 
   /** The applied position is saved now and then (an older saved position only means a longer resync). */
@@ -1477,7 +1445,6 @@ class Link {
     const manager = primary.manager
     const host = manager.host
     const engine = host.engine
-    const bs = engine.blockSize
     this.#resyncs++
     const begin = await this.#call('repl:resync-begin', { spec: primary.setRecord.spec, primary: manager.nodeId })
     const theirs = { epoch: begin.header.epoch as number, seq: begin.header.seq as number, snapshots: begin.header.snapshots as string[] }
