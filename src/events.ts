@@ -5,6 +5,8 @@ import type { Backup } from './backup/manager.js'
 import type { BackupPolicyRun } from './backup/policies.js'
 import type { ClusterEvents } from './cluster/manager.js'
 import type { ReplicationEvents } from './replication/manager.js'
+import type { QoSGuaranteeMissedEvent, QoSThrottledEvent } from './qos/scheduler.js'
+import type { QoSPolicy, QoSPolicySource } from './qos/policy.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -59,4 +61,10 @@ export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'io:error': (event: IoErrorEvent) => void
   'scrub:completed': (report: { volumeId: string, blocksChecked: number, badBlocks: number }) => void
   'instance:closed': () => void
+  /** A volume's operations started waiting for its QoS limits (at most once per volume per second). */
+  'qos:throttled': (event: QoSThrottledEvent) => void
+  /** A guaranteed volume was served less than its floor for a whole second while it had work queued. */
+  'qos:guarantee-missed': (event: QoSGuaranteeMissedEvent) => void
+  /** The QoS policy in force for a volume changed (setQoSPolicy / clearQoSPolicy). */
+  'qos:policy-changed': (event: { volumeId: string, volumeName: string, policy?: QoSPolicy, source: QoSPolicySource }) => void
 }

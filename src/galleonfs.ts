@@ -23,6 +23,9 @@ import { renderPrometheus } from './metrics/prometheus.js'
 import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
 import { resolveDrivers, type OpenOptions } from './open-drivers.js'
 import { parseSize } from './size.js'
+import { QoSScheduler } from './qos/scheduler.js'
+import { renderQoSMetrics } from './qos/prometheus.js'
+import { isEmptyPolicy, parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSPolicySource } from './qos/policy.js'
 import {
   AccessMode, VolumeState, VolumeType, WriteConcern,
   type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
@@ -98,6 +101,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** The last join or leave: they run one at a time. */
   #clusterChange: Promise<unknown> = Promise.resolve()
   #storagePath: string | undefined
+  /** The QoS stage of the I/O path: volume limiters and the node dispatcher. */
+  #qos!: QoSScheduler
   readonly #openedAt = new Date().toISOString()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
@@ -124,6 +129,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw new GalleonError('INVALID_ARGUMENT', `cacheBlocks must be a non-negative integer, got ${describe(cacheBlocks)}`)
     }
     if (options?.metricsWindowSeconds !== undefined) assertWindowSeconds(options.metricsWindowSeconds, 'metricsWindowSeconds')
+    // Built before any driver opens, so a bad qos option fails without touching the storage.
+    let emitQoS: (event: string, payload: unknown) => void = () => {}
+    const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) })
     const { metadata, blockStore, location } = await resolveDrivers(options)
     try {
       await metadata.open()
@@ -146,6 +154,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         onChecksumFailure: (failure) => { if (instance !== undefined) instance.#onChecksumFailure(failure) }
       })
       instance = new GalleonFS(metadata, blockStore, catalog, engine, location)
+      instance.#qos = qos
+      const emitter = instance
+      emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
       instance.#keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider: options.keyProvider, passphrase: options.passphrase, inMemory: options.inMemory === true })
       await instance.#keys.load()
       const clock = options.clock ?? { now: Date.now }
@@ -160,6 +171,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
+      for (const record of catalog.volumes()) instance.#applyQoS(record)
       instance.#storagePath = options.storagePath
       if (options.cluster !== undefined) await instance.joinCluster(options.cluster)
       await instance.#scheduler.start()
@@ -439,6 +451,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         this.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
       })
       this.#closed = true
+      this.#qos.close()
       try {
         await this.#clusterChange
         await this.#replication?.close()
@@ -468,7 +481,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options === null || typeof options !== 'object') {
       throw new GalleonError('INVALID_ARGUMENT', `createVolume() needs an options object such as { name: 'data', sizeBytes: '1G' }, got ${describe(options)}`)
     }
-    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'accessModes', 'labels'])
+    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'accessModes', 'labels', 'qos'])
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
     }
@@ -500,6 +513,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw new GalleonError('INVALID_ARGUMENT', `accessModes must be a non-empty list of ${[...ACCESS_MODES].join(', ')}, got ${describe(accessModes)}`)
     }
     const labels = checkLabels(options.labels ?? {})
+    const qos = options.qos === undefined ? undefined : parseQoSPolicy(options.qos)
+    if (qos !== undefined && replicas > 1) throw new GalleonError('NOT_IMPLEMENTED', 'a QoS policy of its own on a replicated volume is not built yet; put the policy in its storage class (qos_* parameters), which every node applies')
     assertClassSupported(storageClass, replicas, this.#replication !== undefined)
     const encrypted = storageClass.parameters.encryption === 'true'
     // Open the key provider first: a missing master key or a failing KMS stops the create here.
@@ -520,6 +535,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         accessModes: [...new Set(accessModes)] as AccessMode[],
         labels,
         encrypted,
+        ...(qos === undefined ? {} : { qos }),
         ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 } } : {})
       })
     } finally {
@@ -551,6 +567,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return await this.#catalog.createVolume(fields, async (record) => {
         const cipher = fields.encrypted === true ? await this.#keys.create(record.id, record.storageId) : undefined
         prepared = { id: record.id, storageId: record.storageId }
+        this.#applyQoS(record)
         const blocks = this.#engine.attach(record.storageId, record.sizeBytes)
         blocks.cipher = cipher
         if (link !== undefined) this.#engine.linkClone(blocks, link.source, link.gen, link.sizeBytes)
@@ -558,6 +575,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } catch (err) {
       if (prepared !== undefined) {
         this.#engine.forget(prepared.storageId)
+        this.#qos.forget(prepared.id)
         if (this.#keys.has(prepared.id)) await this.#keys.delete(prepared.id).catch(() => {})
       }
       throw err
@@ -651,6 +669,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       for (const clone of clones) await this.#flatten(clone)
     }
     this.#replication?.forget(record.id)
+    this.#qos.forget(record.id)
     const deleting = await this.#catalog.updateVolume(record.id, { state: VolumeState.Deleting })
     this.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
@@ -805,11 +824,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
+    const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await this.#engine.writeBlock(volume, blockIndex, data, checked)
     } catch (err) {
       if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
       throw this.#ioFailed(record, 'write', err)
+    } finally {
+      if (held) this.#qos.release()
     }
   }
 
@@ -826,12 +849,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return (await this.#forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
     }
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
+    const admitted = this.#qos.admit(record.id, 'read', this.#engine.blockSize)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       return await this.#engine.readBlock(this.#ioVolumeOf(record), blockIndex, viewOf(snapshot))
     } catch (err) {
       throw this.#ioFailed(record, 'read', err)
     } finally {
       unpin?.()
+      if (held) this.#qos.release()
     }
   }
 
@@ -851,11 +877,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
+    const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await this.#engine.write(volume, offset, data, checked)
     } catch (err) {
       if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'write', offset, concern: checked }, data); return }
       throw this.#ioFailed(record, 'write', err)
+    } finally {
+      if (held) this.#qos.release()
     }
   }
 
@@ -869,12 +899,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return (await this.#forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
     }
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
+    const admitted = this.#qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       return await this.#engine.read(this.#ioVolumeOf(record), offset, length, viewOf(snapshot))
     } catch (err) {
       throw this.#ioFailed(record, 'read', err)
     } finally {
       unpin?.()
+      if (held) this.#qos.release()
     }
   }
 
@@ -907,11 +940,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       await this.#forward(record, { op: 'trim', offset, length })
       return
     }
+    // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
+    const admitted = this.#qos.admit(record.id, 'write', 0)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await this.#engine.trim(this.#ioVolumeOf(record), offset, length, WriteConcern.WriteAcknowledged)
     } catch (err) {
       if (this.#handedOver(record, err)) { await this.#forward(record, { op: 'trim', offset, length }); return }
       throw this.#ioFailed(record, 'trim', err)
+    } finally {
+      if (held) this.#qos.release()
     }
   }
 
@@ -926,6 +964,57 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
   }
 
+  // ---------------------------------------------------------------- QoS
+
+  /**
+   * Sets a volume's own QoS policy (limits, guarantees, bursting, weight; see QoSPolicy), which
+   * replaces its storage class's while set. Takes effect at once, for operations already waiting
+   * too; persisted. `null` removes the volume's own policy (as clearQoSPolicy does).
+   */
+  async setQoSPolicy (vol: VolumeRef, policy: QoSPolicy | null): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
+    this.#assertOpen()
+    if (policy === undefined) throw new GalleonError('INVALID_ARGUMENT', 'setQoSPolicy() needs a policy object such as { limits: { iops: 1000 } }, or null to remove the volume\'s own policy')
+    const parsed = policy === null ? undefined : parseQoSPolicy(policy)
+    const { object, label } = this.#refObject(vol)
+    // Limits bound what a tenant may take from the node: changing them is an admin's job.
+    return await this.#guard(policy === null ? 'clearQoSPolicy' : 'setQoSPolicy', 'admin', object, label, async () => await this.#admin(async () => {
+      const record = this.#catalog.resolve(vol)
+      this.#refuseReplicated(record, 'a QoS policy of its own on')
+      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      const updated = await this.#catalog.updateVolume(record.id, { qos: parsed })
+      const effective = this.#applyQoS(updated)
+      this.emit('qos:policy-changed', { volumeId: record.id, volumeName: record.name, ...effective })
+      return effective
+    }))
+  }
+
+  /** Removes a volume's own QoS policy: its storage class's applies again (if it has one). */
+  async clearQoSPolicy (vol: VolumeRef): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
+    return await this.setQoSPolicy(vol, null)
+  }
+
+  /** The QoS policy in force for a volume and where it comes from (`volume`, `storage-class` or `none`). */
+  async getQoSPolicy (vol: VolumeRef): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
+    this.#assertOpen()
+    const { object, label } = this.#refObject(vol)
+    await this.#check('getQoSPolicy', 'volume:read', object, label)
+    return this.#effectiveQoS(this.#catalog.resolve(vol))
+  }
+
+  #effectiveQoS (record: VolumeRecord): { policy?: QoSPolicy, source: QoSPolicySource } {
+    if (record.qos !== undefined) return { policy: structuredClone(record.qos), source: 'volume' }
+    const storageClass = this.#catalog.storageClass(record.storageClass)
+    const fromClass = storageClass === undefined ? undefined : qosFromParameters(storageClass.parameters)
+    return fromClass === undefined ? { source: 'none' } : { policy: fromClass, source: 'storage-class' }
+  }
+
+  /** Hands a volume's policy in force to the I/O path; returns it. */
+  #applyQoS (record: VolumeRecord): { policy?: QoSPolicy, source: QoSPolicySource } {
+    const effective = this.#effectiveQoS(record)
+    this.#qos.setPolicy(record.id, record.name, isEmptyPolicy(effective.policy) ? undefined : effective.policy, effective.source)
+    return effective
+  }
+
   // ---------------------------------------------------------------- metrics
 
   /** I/O statistics of a volume over the sliding window, plus lifetime counters. */
@@ -934,7 +1023,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { object, label } = this.#refObject(vol)
     await this.#check('getVolumeMetrics', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
-    return { volumeId: record.id, volumeName: record.name, ...this.#volumeBlocks(record).metrics.snapshot() }
+    const snapshot = this.#volumeBlocks(record).metrics.snapshot()
+    const qos = this.#qos.metrics(record.id)
+    const target = qos.policy?.limits?.latencyMs
+    return {
+      volumeId: record.id,
+      volumeName: record.name,
+      ...snapshot,
+      qos: target === undefined ? qos : { ...qos, latencyTargetMs: target, latencyTargetMet: snapshot.latencyP99Ms <= target }
+    }
   }
 
   /** All metrics in the Prometheus text exposition format (version 0.0.4). */
@@ -954,7 +1051,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         }
       }),
       store
-    }) + this.#replicationMetrics()
+    }) + this.#replicationMetrics() + renderQoSMetrics(this.#catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: this.#qos.metrics(record.id) })))
   }
 
   /** Prometheus families of replication: per volume and copy, lag, bytes shipped and resync progress. */
@@ -2098,7 +2195,8 @@ function toVolume (record: VolumeRecord): Volume {
     labels: { ...record.labels },
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
-    ...(record.source === undefined ? {} : { source: { ...record.source } })
+    ...(record.source === undefined ? {} : { source: { ...record.source } }),
+    ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) })
   }
 }
 

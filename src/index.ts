@@ -40,3 +40,6 @@ export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from 
 export { VolumeFile } from './mount/volume-file.js'
 export { ClusterManager, CLUSTER_ELECTION, type ClusterOptions, type ClusterStatus, type ClusterEvents } from './cluster/manager.js'
 export { placeVolume, PLACEMENT_STRATEGIES, type Placement, type PlacementRequest, type PlacementStrategy } from './cluster/placement.js'
+export { parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSLimits, type QoSGuarantees, type BurstableQoS, type QoSPolicySource } from './qos/policy.js'
+export { QoSScheduler, type QoSNodeOptions, type QoSMetrics, type QoSThrottledEvent, type QoSGuaranteeMissedEvent } from './qos/scheduler.js'
+export { TokenBucket, realClock, type QoSClock } from './qos/bucket.js'

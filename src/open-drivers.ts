@@ -59,6 +59,12 @@ export interface OpenOptions {
    * labels (see ClusterOptions). Without it the instance is a single node.
    */
   cluster?: import('./cluster/manager.js').ClusterOptions
+  /**
+   * The node's QoS dispatcher: how many operations run at once (`maxInFlight`, default 64) and,
+   * if known, what the backend sustains (`capacityIops`, `capacityMBps`). Volumes with a QoS
+   * guarantee get their floor out of this; volumes without a policy are not limited.
+   */
+  qos?: import('./qos/scheduler.js').QoSNodeOptions
 }
 
 /** What open() resolved the options to. */

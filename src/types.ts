@@ -85,6 +85,8 @@ export interface Volume {
   readonly updatedAt: string
   /** For a clone: the volume and snapshot it was cloned from (absent once it has its own copy of everything). */
   readonly source?: { readonly volumeId: string, readonly snapshotId: string }
+  /** The volume's own QoS policy (setQoSPolicy), which overrides its storage class's `qos_*` parameters. */
+  readonly qos?: import('./qos/policy.js').QoSPolicy
 }
 
 /** A point-in-time, read-only view of a volume. */
@@ -132,6 +134,8 @@ export interface CreateVolumeOptions {
   replicas?: number
   accessModes?: ReadonlyArray<AccessMode | `${AccessMode}`>
   labels?: Record<string, string>
+  /** A QoS policy of this volume, overriding its storage class's (see setQoSPolicy). */
+  qos?: import('./qos/policy.js').QoSPolicy
 }
 
 /** Result of `scrub`. */

@@ -59,6 +59,8 @@ export interface VolumeMetrics extends VolumeMetricsSnapshot {
   readonly volumeId: string
   /** Name of the volume. */
   readonly volumeName: string
+  /** QoS: the policy in force, throttling, burst credits, guarantee and latency target status. */
+  readonly qos?: import('../qos/scheduler.js').QoSMetrics & { readonly latencyTargetMs?: number, readonly latencyTargetMet?: boolean }
 }
 
 /** Options of a {@link MetricsRecorder}. */

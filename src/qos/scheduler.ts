@@ -1,0 +1,464 @@
+// The QoS stage of the I/O path. Each operation passes two gates: its volume's limiter (token
+// buckets per limit, with burst credits), then the node's dispatcher, which bounds the work in
+// flight (and, if declared, the backend's capacity) and, when operations queue for it, serves them
+// in mClock order: reservations (guarantees) that are due first, then operations close to their
+// latency target, then weighted fair share. A noisy neighbour therefore queues behind a guaranteed
+// volume's floor instead of starving it.
+
+import { GalleonError, describe } from '../errors.js'
+import { TokenBucket, realClock, type QoSClock } from './bucket.js'
+import type { QoSPolicy, QoSPolicySource } from './policy.js'
+
+/** Node-wide QoS settings (`GalleonFS.open({ qos })`). */
+export interface QoSNodeOptions {
+  /**
+   * Operations the dispatcher lets into the engine at once; more wait in its queue, in guarantee
+   * and fair-share order (default 64).
+   */
+  maxInFlight?: number
+  /** What the backend sustains, in operations per second: the dispatcher never admits more. */
+  capacityIops?: number
+  /** What the backend sustains, in MB (10^6 bytes) per second. */
+  capacityMBps?: number
+  /** Advanced: time source and timers (tests drive a manual clock). */
+  clock?: QoSClock
+}
+
+/** QoS figures of one volume, part of `getVolumeMetrics()`. */
+export interface QoSMetrics {
+  /** The policy in force and where it comes from. */
+  readonly policy?: QoSPolicy
+  readonly source: QoSPolicySource
+  /** Seconds operations spent waiting for the volume's own limits, over the lifetime. */
+  readonly throttledSeconds: number
+  /** Operations that had to wait for the volume's own limits, over the lifetime. */
+  readonly throttledOps: number
+  /** Operations waiting for the volume's limits right now. */
+  readonly throttledQueue: number
+  /** Operations waiting for the node's dispatcher right now. */
+  readonly dispatchQueue: number
+  /** Burst credits held now: operations (IOPS limit) and MB (throughput limit); absent without bursting. */
+  readonly burstCredits?: { readonly iops?: number, readonly throughputMB?: number }
+  /** Most credits the balance can hold. */
+  readonly burstCreditCapacity?: { readonly iops?: number, readonly throughputMB?: number }
+  /**
+   * The floor and whether the last full second met it: `met` is false only when the volume had
+   * operations queued at the dispatcher all that second and was served less than its floor.
+   */
+  readonly guarantee?: { readonly iops?: number, readonly throughputMBps?: number, readonly achievedIops: number, readonly achievedThroughputMBps: number, readonly met: boolean, readonly missedSeconds: number }
+}
+
+/** Payload of `qos:throttled` (at most one per volume per second). */
+export interface QoSThrottledEvent { volumeId: string, volumeName: string, limit: string, waitMs: number }
+/** Payload of `qos:guarantee-missed`. */
+export interface QoSGuaranteeMissedEvent { volumeId: string, volumeName: string, guaranteedIops?: number, guaranteedThroughputMBps?: number, achievedIops: number, achievedThroughputMBps: number }
+
+type Kind = 'read' | 'write'
+type Dimension = 'iops' | 'readIops' | 'writeIops' | 'bytes' | 'readBytes' | 'writeBytes'
+const DIMENSIONS: ReadonlyArray<[Dimension, 'ops' | 'bytes', Kind | undefined, string]> = [
+  ['iops', 'ops', undefined, 'limits.iops'],
+  ['readIops', 'ops', 'read', 'limits.read_iops'],
+  ['writeIops', 'ops', 'write', 'limits.write_iops'],
+  ['bytes', 'bytes', undefined, 'limits.throughput_mbps'],
+  ['readBytes', 'bytes', 'read', 'limits.read_throughput_mbps'],
+  ['writeBytes', 'bytes', 'write', 'limits.write_throughput_mbps']
+]
+
+interface Pending {
+  readonly kind: Kind
+  readonly bytes: number
+  readonly arrived: number
+  resolve: (held: boolean) => void
+  rTag: number
+  pTag: number
+}
+
+class VolumeState {
+  readonly id: string
+  name: string
+  policy: QoSPolicy | undefined
+  source: QoSPolicySource = 'none'
+  buckets: Array<[TokenBucket, 'ops' | 'bytes', Kind | undefined, string]> = []
+  limited = false
+  /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
+  readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
+  readonly timers: [read: unknown, write: unknown] = [undefined, undefined]
+  throttledMs = 0
+  throttledOps = 0
+  lastThrottleEvent = -Infinity
+  // dispatcher
+  readonly queued: Pending[] = []
+  reservationIops = 0
+  reservationBps = 0
+  weight = 1
+  latencyMs = 0
+  rLast = -Infinity
+  pLast = 0
+  backloggedSince: number | undefined
+  servedOps = 0
+  servedBytes = 0
+  achievedIops = 0
+  achievedBps = 0
+  met = true
+  missedSeconds = 0
+
+  constructor (id: string, name: string) {
+    this.id = id
+    this.name = name
+  }
+}
+
+const INTERVAL_MS = 1000
+/**
+ * How far back a reservation tag may start: a guaranteed volume whose operations were delayed
+ * (timer and event-loop jitter, its own think time) catches up on up to this much of its floor
+ * instead of losing it; an idle volume banks no more than this.
+ */
+const RESERVATION_SLACK_MS = 250
+
+/** The QoS stage: per-volume limiters and the node dispatcher. One per GalleonFS instance. */
+export class QoSScheduler {
+  readonly #clock: QoSClock
+  readonly #emit: (event: string, payload: unknown) => void
+  readonly #volumes = new Map<string, VolumeState>()
+  readonly #maxInFlight: number
+  readonly #capacity: Array<[TokenBucket, 'ops' | 'bytes']> = []
+  readonly #explicit: boolean
+  #dispatching: boolean
+  #inFlight = 0
+  #backlog = 0
+  #vtime = 0
+  #pumpTimer: unknown = undefined
+  #intervalStart: number
+  #closed = false
+
+  constructor (options: QoSNodeOptions = {}, emit: (event: string, payload: unknown) => void = () => {}) {
+    if (options === null || typeof options !== 'object') throw invalid(`qos options must be an object such as { maxInFlight: 64, capacityIops: 20000 }, got ${describe(options)}`)
+    const known = new Set(['maxInFlight', 'capacityIops', 'capacityMBps', 'clock'])
+    for (const key of Object.keys(options)) if (!known.has(key)) throw invalid(`unknown qos option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+    const { maxInFlight = 64, capacityIops, capacityMBps } = options
+    if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 65_536) throw invalid(`qos.maxInFlight must be a whole number from 1 to 65536, got ${describe(maxInFlight)}`)
+    for (const [field, value] of [['capacityIops', capacityIops], ['capacityMBps', capacityMBps]] as const) {
+      if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) throw invalid(`qos.${field} must be a number above 0, got ${describe(value)}`)
+    }
+    this.#clock = options.clock ?? realClock
+    this.#emit = emit
+    this.#maxInFlight = maxInFlight
+    const now = this.#clock.now()
+    if (capacityIops !== undefined) this.#capacity.push([new TokenBucket(capacityIops, now), 'ops'])
+    if (capacityMBps !== undefined) this.#capacity.push([new TokenBucket(capacityMBps * 1e6, now), 'bytes'])
+    // The dispatcher runs when the node's capacity was described, or once a volume asks for a
+    // guarantee, a weight or a latency target; until then operations skip it.
+    this.#explicit = options.maxInFlight !== undefined || this.#capacity.length > 0
+    this.#dispatching = this.#explicit
+    this.#intervalStart = now
+  }
+
+  /** Sets (or, with undefined, removes) the policy of a volume; takes effect for waiting operations too. */
+  setPolicy (volumeId: string, volumeName: string, policy: QoSPolicy | undefined, source: QoSPolicySource): void {
+    let state = this.#volumes.get(volumeId)
+    if (state === undefined) {
+      if (policy === undefined) return
+      state = new VolumeState(volumeId, volumeName)
+      this.#volumes.set(volumeId, state)
+    }
+    state.name = volumeName
+    state.policy = policy
+    state.source = policy === undefined ? 'none' : source
+    const now = this.#clock.now()
+    const limits = policy?.limits
+    const burst = policy?.burstable?.enabled === true ? policy.burstable : undefined
+    const values: Record<Dimension, number | undefined> = {
+      iops: limits?.iops,
+      readIops: limits?.readIops,
+      writeIops: limits?.writeIops,
+      bytes: limits?.throughputMBps === undefined ? undefined : limits.throughputMBps * 1e6,
+      readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
+      writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
+    }
+    state.buckets = []
+    for (const [dimension, unit, kind, label] of DIMENSIONS) {
+      const rate = values[dimension]
+      if (rate === undefined) continue
+      const multiplier = burst === undefined ? 1 : unit === 'ops' ? burst.iopsMultiplier : burst.throughputMultiplier
+      state.buckets.push([new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined), unit, kind, label])
+    }
+    state.limited = state.buckets.length > 0
+    state.reservationIops = policy?.guarantees?.iops ?? 0
+    state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
+    state.weight = policy?.weight ?? 1
+    state.latencyMs = limits?.latencyMs ?? 0
+    if (state.reservationIops > 0 || state.reservationBps > 0 || policy?.weight !== undefined || state.latencyMs > 0) this.#dispatching = true
+    for (const lane of [0, 1] as const) {
+      if (state.timers[lane] !== undefined) { this.#clock.clearTimeout(state.timers[lane]); state.timers[lane] = undefined }
+      this.#drain(state, lane)
+    }
+  }
+
+  /** Drops a deleted volume: its waiting operations go on (and fail in the engine as they should). */
+  forget (volumeId: string): void {
+    const state = this.#volumes.get(volumeId)
+    if (state === undefined) return
+    this.#volumes.delete(volumeId)
+    for (const lane of [0, 1] as const) {
+      if (state.timers[lane] !== undefined) this.#clock.clearTimeout(state.timers[lane])
+      for (const op of state.waiting[lane].splice(0)) op.resolve(false)
+    }
+    this.#backlog -= state.queued.length
+    for (const op of state.queued.splice(0)) op.resolve(false)
+  }
+
+  /**
+   * Admits one operation. Returns whether `release()` must follow its completion: `false` or
+   * `true` at once, or a promise of it when the operation has to wait.
+   */
+  admit (volumeId: string, kind: Kind, bytes: number): boolean | Promise<boolean> {
+    const state = this.#volumes.get(volumeId)
+    if (state !== undefined && state.limited) {
+      const now = this.#clock.now()
+      const lane = kind === 'read' ? 0 : 1
+      const waiting = state.waiting[lane]
+      if (waiting.length === 0 && this.#limitWait(state, kind, bytes, now) === 0) {
+        this.#take(state, kind, bytes)
+      } else {
+        return new Promise<boolean>((resolve) => {
+          waiting.push({ kind, bytes, arrived: now, resolve, rTag: 0, pTag: 0 })
+          if (waiting.length === 1) this.#drain(state, lane)
+        })
+      }
+    }
+    if (!this.#dispatching) return false
+    if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight && this.#capacityWait(bytes) === 0) {
+      this.#start(bytes, state)
+      return true
+    }
+    return new Promise<boolean>((resolve) => { this.#enqueue(state ?? this.#anonymous(volumeId), kind, bytes, this.#clock.now(), resolve) })
+  }
+
+  /** Ends an operation `admit` answered `true` for. */
+  release (): void {
+    this.#inFlight--
+    if (this.#backlog > 0) this.#pump()
+  }
+
+  /** QoS figures of a volume (undefined when it has neither policy nor queued work). */
+  metrics (volumeId: string): QoSMetrics {
+    const state = this.#volumes.get(volumeId)
+    if (state === undefined) return { source: 'none', throttledSeconds: 0, throttledOps: 0, throttledQueue: 0, dispatchQueue: 0 }
+    const now = this.#clock.now()
+    this.#evaluate(now)
+    const credits: { iops?: number, throughputMB?: number } = {}
+    const capacity: { iops?: number, throughputMB?: number } = {}
+    for (const [bucket, unit, kind] of state.buckets) {
+      if (bucket.creditCapacity === 0 || kind !== undefined) continue
+      if (unit === 'ops') { credits.iops = bucket.credits(now); capacity.iops = bucket.creditCapacity } else { credits.throughputMB = bucket.credits(now) / 1e6; capacity.throughputMB = bucket.creditCapacity / 1e6 }
+    }
+    const guarantees = state.policy?.guarantees
+    return {
+      ...(state.policy === undefined ? {} : { policy: state.policy }),
+      source: state.source,
+      throttledSeconds: state.throttledMs / 1000,
+      throttledOps: state.throttledOps,
+      throttledQueue: state.waiting[0].length + state.waiting[1].length,
+      dispatchQueue: state.queued.length,
+      ...(Object.keys(credits).length > 0 ? { burstCredits: credits, burstCreditCapacity: capacity } : {}),
+      ...(guarantees === undefined
+        ? {}
+        : { guarantee: { ...guarantees, achievedIops: state.achievedIops, achievedThroughputMBps: state.achievedBps / 1e6, met: state.met, missedSeconds: state.missedSeconds } })
+    }
+  }
+
+  /** Lets every waiting operation go (the instance is closing; the engine refuses them). */
+  close (): void {
+    this.#closed = true
+    if (this.#pumpTimer !== undefined) this.#clock.clearTimeout(this.#pumpTimer)
+    for (const id of [...this.#volumes.keys()]) this.forget(id)
+  }
+
+  // ---------------------------------------------------------------- limiter
+
+  #limitWait (state: VolumeState, kind: Kind, bytes: number, now: number): number {
+    let wait = 0
+    for (const [bucket, unit, only] of state.buckets) {
+      if (only !== undefined && only !== kind) continue
+      const cost = unit === 'ops' ? 1 : bytes
+      if (cost === 0) continue
+      const ms = bucket.waitMs(cost, now)
+      if (ms > wait) wait = ms
+    }
+    return wait
+  }
+
+  #take (state: VolumeState, kind: Kind, bytes: number): void {
+    for (const [bucket, unit, only] of state.buckets) {
+      if (only !== undefined && only !== kind) continue
+      const cost = unit === 'ops' ? 1 : bytes
+      if (cost > 0) bucket.take(cost)
+    }
+  }
+
+  /** Admits a volume's waiting reads (lane 0) or writes (1) in order while its buckets allow; sleeps until they do. */
+  #drain (state: VolumeState, lane: 0 | 1): void {
+    const waiting = state.waiting[lane]
+    while (waiting.length > 0) {
+      const op = waiting[0] as Pending
+      const now = this.#clock.now()
+      const wait = this.#closed ? 0 : this.#limitWait(state, op.kind, op.bytes, now)
+      if (wait > 0) {
+        if (state.timers[lane] === undefined) {
+          state.timers[lane] = this.#clock.setTimeout(() => { state.timers[lane] = undefined; this.#drain(state, lane) }, Math.max(1, Math.ceil(wait)))
+        }
+        if (now - state.lastThrottleEvent >= INTERVAL_MS) {
+          state.lastThrottleEvent = now
+          this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: this.#tightest(state, op, now), waitMs: wait } satisfies QoSThrottledEvent)
+        }
+        return
+      }
+      waiting.shift()
+      this.#take(state, op.kind, op.bytes)
+      state.throttledMs += now - op.arrived
+      state.throttledOps++
+      if (this.#closed || !this.#dispatching) { op.resolve(false); continue }
+      if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight && this.#capacityWait(op.bytes) === 0) {
+        this.#start(op.bytes, state)
+        op.resolve(true)
+      } else {
+        this.#enqueue(state, op.kind, op.bytes, now, op.resolve)
+      }
+    }
+  }
+
+  #tightest (state: VolumeState, op: Pending, now: number): string {
+    let worst = ''
+    let longest = -1
+    for (const [bucket, unit, only, label] of state.buckets) {
+      if (only !== undefined && only !== op.kind) continue
+      const ms = bucket.waitMs(unit === 'ops' ? 1 : Math.max(op.bytes, 1), now)
+      if (ms > longest) { longest = ms; worst = label }
+    }
+    return worst
+  }
+
+  // ---------------------------------------------------------------- dispatcher
+
+  #anonymous (volumeId: string): VolumeState {
+    const state = new VolumeState(volumeId, volumeId)
+    this.#volumes.set(volumeId, state)
+    return state
+  }
+
+  #capacityWait (bytes: number): number {
+    if (this.#capacity.length === 0) return 0
+    const now = this.#clock.now()
+    let wait = 0
+    for (const [bucket, unit] of this.#capacity) {
+      const cost = unit === 'ops' ? 1 : bytes
+      if (cost > 0) wait = Math.max(wait, bucket.waitMs(cost, now))
+    }
+    return wait
+  }
+
+  #start (bytes: number, state: VolumeState | undefined): void {
+    this.#inFlight++
+    for (const [bucket, unit] of this.#capacity) {
+      const cost = unit === 'ops' ? 1 : bytes
+      if (cost > 0) bucket.take(cost)
+    }
+    if (state !== undefined) { state.servedOps++; state.servedBytes += bytes }
+  }
+
+  #enqueue (state: VolumeState, kind: Kind, bytes: number, now: number, resolve: (held: boolean) => void): void {
+    // mClock tags: the reservation tag spaces the volume's operations at its guaranteed rate (a
+    // tag due now or earlier means the floor is behind; see RESERVATION_SLACK_MS); the proportional tag advances by 1/weight
+    // from the fair-share clock, so idle volumes do not bank an advantage.
+    let rTag = Infinity
+    if (state.reservationIops > 0 || state.reservationBps > 0) {
+      const spacing = Math.max(state.reservationIops > 0 ? 1000 / state.reservationIops : 0, state.reservationBps > 0 ? bytes / state.reservationBps * 1000 : 0)
+      rTag = Math.max(state.rLast + spacing, now - RESERVATION_SLACK_MS)
+      state.rLast = rTag
+    }
+    const pTag = Math.max(state.pLast, this.#vtime) + 1 / state.weight
+    state.pLast = pTag
+    if (state.queued.length === 0) state.backloggedSince = now
+    state.queued.push({ kind, bytes, arrived: now, resolve, rTag, pTag })
+    this.#backlog++
+    this.#pump()
+  }
+
+  #pump (): void {
+    const now = this.#clock.now()
+    this.#evaluate(now)
+    while (this.#backlog > 0 && this.#inFlight < this.#maxInFlight) {
+      const state = this.#pick(now)
+      if (state === undefined) return
+      const op = state.queued[0] as Pending
+      const wait = this.#capacityWait(op.bytes)
+      if (wait > 0) {
+        if (this.#pumpTimer === undefined) this.#pumpTimer = this.#clock.setTimeout(() => { this.#pumpTimer = undefined; this.#pump() }, Math.max(1, Math.ceil(wait)))
+        return
+      }
+      state.queued.shift()
+      this.#backlog--
+      if (state.queued.length === 0) state.backloggedSince = undefined
+      if (op.rTag <= now) {
+        // Served from its reservation: mClock does not charge that to the volume's fair share, so
+        // its later operations' proportional tags move back by what this one added, and the
+        // fair-share clock stays where fair share put it.
+        for (const later of state.queued) later.pTag -= 1 / state.weight
+        state.pLast -= 1 / state.weight
+      } else if (op.pTag > this.#vtime) {
+        this.#vtime = op.pTag
+      }
+      this.#start(op.bytes, state)
+      op.resolve(true)
+    }
+  }
+
+  /** Whose head operation goes next: a due reservation, then a latency target at risk, then fair share. */
+  #pick (now: number): VolumeState | undefined {
+    let due: VolumeState | undefined
+    let urgent: VolumeState | undefined
+    let fair: VolumeState | undefined
+    for (const state of this.#volumes.values()) {
+      const head = state.queued[0]
+      if (head === undefined) continue
+      if (head.rTag <= now && (due === undefined || head.rTag < (due.queued[0] as Pending).rTag)) due = state
+      if (state.latencyMs > 0 && now - head.arrived >= state.latencyMs / 2 && (urgent === undefined || head.arrived < (urgent.queued[0] as Pending).arrived)) urgent = state
+      if (fair === undefined || head.pTag < (fair.queued[0] as Pending).pTag) fair = state
+    }
+    return due ?? urgent ?? fair
+  }
+
+  /** Closes finished one-second intervals: what each guaranteed volume got, and whether that met its floor. */
+  #evaluate (now: number): void {
+    const elapsed = now - this.#intervalStart
+    if (elapsed < INTERVAL_MS) return
+    for (const state of this.#volumes.values()) {
+      state.achievedIops = state.servedOps * 1000 / elapsed
+      state.achievedBps = state.servedBytes * 1000 / elapsed
+      state.servedOps = 0
+      state.servedBytes = 0
+      if (state.reservationIops === 0 && state.reservationBps === 0) continue
+      // Only a volume that wanted more all along can have been denied its floor.
+      const starved = state.backloggedSince !== undefined && state.backloggedSince <= this.#intervalStart
+      const short = (state.reservationIops > 0 && state.achievedIops < state.reservationIops * 0.95) || (state.reservationBps > 0 && state.achievedBps < state.reservationBps * 0.95)
+      state.met = !(starved && short)
+      if (!state.met) {
+        state.missedSeconds += elapsed / 1000
+        this.#emit('qos:guarantee-missed', {
+          volumeId: state.id,
+          volumeName: state.name,
+          ...(state.reservationIops > 0 ? { guaranteedIops: state.reservationIops } : {}),
+          ...(state.reservationBps > 0 ? { guaranteedThroughputMBps: state.reservationBps / 1e6 } : {}),
+          achievedIops: state.achievedIops,
+          achievedThroughputMBps: state.achievedBps / 1e6
+        } satisfies QoSGuaranteeMissedEvent)
+      }
+    }
+    this.#intervalStart = now
+  }
+}
+
+function invalid (message: string): GalleonError {
+  return new GalleonError('INVALID_ARGUMENT', message)
+}

@@ -1,0 +1,155 @@
+// QoS through the facade: policies on volumes and storage classes (persisted, changed online),
+// metrics and events, and a real-time run where a limited volume stays within 10% of its limit
+// and a guaranteed one gets its floor next to a noisy neighbour.
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { createRequire } from 'node:module'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern } from '../src/index.js'
+import type { QoSPolicy } from '../src/qos/policy.js'
+import { expectCode } from './support/assertions.js'
+
+interface ParsedFamily { name: string, type: string, metrics: Array<{ value?: string, labels?: Record<string, string> }> }
+const parsePrometheusTextFormat = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => ParsedFamily[]
+
+const BLOCK = new Uint8Array(4096).fill(7)
+
+/** Writes with `depth` callers until `stop()`; counts completions after `countFrom`. */
+function hammer (g: GalleonFS, volume: string, depth: number): { stop: () => Promise<void>, count: () => number, reset: () => void } {
+  let running = true
+  let done = 0
+  const workers = Array.from({ length: depth }, async (_, w) => {
+    let i = w
+    while (running) {
+      await g.writeBlock(volume, i % 256, BLOCK, WriteConcern.WriteAcknowledged)
+      done++
+      i += depth
+    }
+  })
+  return {
+    stop: async () => { running = false; await Promise.all(workers) },
+    count: () => done,
+    reset: () => { done = 0 }
+  }
+}
+
+const sleep = async (ms: number): Promise<void> => await new Promise((resolve) => setTimeout(resolve, ms))
+
+describe('QoS policies on volumes', () => {
+  it('sets, changes and clears a volume policy online, persisted across reopen, with the class policy underneath', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'galleon-qos-'))
+    try {
+      let g = await GalleonFS.open({ storagePath: dir })
+      const changes: unknown[] = []
+      g.on('qos:policy-changed', (event) => changes.push(event))
+      await g.createStorageClass({ name: 'metered', parameters: { qos_limit_iops: '5000', qos_burst_duration_seconds: '60', qos_burst_iops_multiplier: '2' } })
+      await g.createVolume({ name: 'plain', sizeBytes: '1M' })
+      await g.createVolume({ name: 'classy', sizeBytes: '1M', storageClass: 'metered' })
+      const own: QoSPolicy = { name: 'db', limits: { iops: 1000, latencyMs: 10 }, guarantees: { iops: 200 } }
+      const created = await g.createVolume({ name: 'own', sizeBytes: '1M', qos: own })
+      assert.deepEqual(created.qos, own)
+
+      assert.deepEqual(await g.getQoSPolicy('plain'), { source: 'none' })
+      assert.deepEqual(await g.getQoSPolicy('classy'), { source: 'storage-class', policy: { limits: { iops: 5000 }, burstable: { enabled: true, durationSeconds: 60, iopsMultiplier: 2, throughputMultiplier: 1 } } })
+      assert.deepEqual(await g.getQoSPolicy('own'), { source: 'volume', policy: own })
+
+      // A volume policy replaces the class's; clearing it brings the class's back.
+      await g.setQoSPolicy('classy', { limits: { write_iops: 50 } })
+      assert.deepEqual(await g.getQoSPolicy('classy'), { source: 'volume', policy: { limits: { writeIops: 50 } } })
+      assert.equal(changes.length, 1)
+      // Bad input changes nothing.
+      await expectCode(g.setQoSPolicy('classy', { limits: { iops: -1 } } as never), 'INVALID_ARGUMENT', 'limits.iops')
+      await expectCode(g.setQoSPolicy('classy', undefined as never), 'INVALID_ARGUMENT', 'null')
+      await expectCode(g.setQoSPolicy('nope', { limits: { iops: 1 } }), 'VOLUME_NOT_FOUND')
+      await expectCode(g.createVolume({ name: 'bad', sizeBytes: '1M', qos: { guarantees: { iops: 10 }, limits: { iops: 5 } } }), 'INVALID_ARGUMENT', 'ceiling')
+      assert.equal((await g.listVolumes()).some((v) => v.name === 'bad'), false)
+      assert.deepEqual((await g.getQoSPolicy('classy')).policy, { limits: { writeIops: 50 } })
+      await g.close()
+
+      g = await GalleonFS.open({ storagePath: dir })
+      assert.deepEqual(await g.getQoSPolicy('classy'), { source: 'volume', policy: { limits: { writeIops: 50 } } })
+      assert.deepEqual((await g.getVolume('own')).qos, own)
+      // The reopened instance enforces it: writes queue for the 50 IOPS limit, reads do not.
+      const started = performance.now()
+      await Promise.all(Array.from({ length: 20 }, async (_, i) => await g.writeBlock('classy', i, BLOCK)))
+      const writesMs = performance.now() - started
+      assert.ok(writesMs >= 150, `20 writes at 50 IOPS (2.5 of them in the bucket) took ${writesMs.toFixed(0)} ms`)
+      const metrics = await g.getVolumeMetrics('classy')
+      assert.ok((metrics.qos?.throttledOps ?? 0) >= 15)
+      assert.ok((metrics.qos?.throttledSeconds ?? 0) > 0)
+      assert.equal(metrics.qos?.source, 'volume')
+      const reads = await g.getVolumeMetrics('own')
+      assert.equal(reads.qos?.latencyTargetMs, 10)
+      assert.equal(typeof reads.qos?.latencyTargetMet, 'boolean')
+
+      assert.deepEqual(await g.clearQoSPolicy('classy'), { source: 'storage-class', policy: { limits: { iops: 5000 }, burstable: { enabled: true, durationSeconds: 60, iopsMultiplier: 2, throughputMultiplier: 1 } } })
+      assert.equal((await g.getVolume('classy')).qos, undefined)
+      await g.close()
+      g = await GalleonFS.open({ storagePath: dir })
+      assert.equal((await g.getQoSPolicy('classy')).source, 'storage-class')
+      await g.close()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('shows throttling and burst credits in Prometheus text a real parser accepts, and emits qos:throttled', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      const throttled: Array<{ volumeName: string, limit: string }> = []
+      g.on('qos:throttled', (event) => throttled.push(event))
+      await g.createVolume({ name: 'slow', sizeBytes: '1M', qos: { limits: { iops: 100 }, burstable: { enabled: true, duration_seconds: 1, iops_multiplier: 2 } as never } })
+      await Promise.all(Array.from({ length: 200 }, async (_, i) => await g.writeBlock('slow', i % 256, BLOCK)))
+      assert.ok(throttled.length >= 1 && throttled.length <= 3, `${throttled.length} throttle events`)
+      assert.deepEqual(throttled[0], { ...throttled[0], volumeName: 'slow', limit: 'limits.iops' })
+      const families = new Map(parsePrometheusTextFormat(await g.metricsText()).map((f) => [f.name, f]))
+      const sample = (name: string): number => Number(families.get(name)?.metrics.find((m) => m.labels?.volume_name === 'slow')?.value)
+      assert.ok(sample('galleonfs_qos_throttled_operations_total') >= 100)
+      assert.ok(sample('galleonfs_qos_throttled_seconds_total') > 0)
+      assert.ok(sample('galleonfs_qos_burst_credits_operations') < 20)
+      assert.equal(families.get('galleonfs_qos_throttled_seconds_total')?.type, 'COUNTER')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('refuses bad node QoS options before opening anything', async () => {
+    await expectCode(GalleonFS.open({ inMemory: true, qos: { maxInFlight: -3 } }), 'INVALID_ARGUMENT', 'maxInFlight')
+    await expectCode(GalleonFS.open({ inMemory: true, qos: { capacityIops: 'lots' as never } }), 'INVALID_ARGUMENT', 'capacityIops')
+  })
+
+  it('under load, keeps a limited volume within 10% of its limit and gives a guaranteed one its floor beside a noisy neighbour', async () => {
+    // The node is declared to sustain 1500 IOPS; the noisy volume asks for all of it at weight 10.
+    const run = async (guaranteed: boolean): Promise<{ limited: number, gold: number, noisy: number, met?: boolean }> => {
+      const g = await GalleonFS.open({ inMemory: true, qos: { capacityIops: 1500, maxInFlight: 32 } })
+      try {
+        // The limited volume's weight lets fair share give it its whole limit: what is measured is the limit.
+        await g.createVolume({ name: 'limited', sizeBytes: '1M', qos: { limits: { iops: 300 }, weight: 10 } })
+        await g.createVolume({ name: 'gold', sizeBytes: '1M', qos: guaranteed ? { guarantees: { iops: 400 } } : {} })
+        await g.createVolume({ name: 'noisy', sizeBytes: '1M', qos: { weight: 10 } })
+        const loads = { limited: hammer(g, 'limited', 8), gold: hammer(g, 'gold', 4), noisy: hammer(g, 'noisy', 64) }
+        await sleep(1000)
+        for (const l of Object.values(loads)) l.reset()
+        const started = performance.now()
+        await sleep(3000)
+        const seconds = (performance.now() - started) / 1000
+        const rates = { limited: loads.limited.count() / seconds, gold: loads.gold.count() / seconds, noisy: loads.noisy.count() / seconds }
+        const met = (await g.getVolumeMetrics('gold')).qos?.guarantee?.met
+        await Promise.all(Object.values(loads).map(async (l) => await l.stop()))
+        return { ...rates, ...(met === undefined ? {} : { met }) }
+      } finally {
+        await g.close()
+      }
+    }
+    const without = await run(false)
+    // Control: with fair share alone the gold volume (weight 1 against 10) stays far below 400.
+    assert.ok(without.gold < 300, `without a guarantee: ${JSON.stringify(without)}`)
+    const result = await run(true)
+    assert.ok(Math.abs(result.limited - 300) <= 30, `limited volume at ${result.limited.toFixed(0)} IOPS against a 300 limit`)
+    assert.ok(result.gold >= 400, `gold volume at ${result.gold.toFixed(0)} IOPS against a 400 floor`)
+    assert.equal(result.met, true)
+    assert.ok(result.limited + result.gold + result.noisy <= 1500 * 1.05, `total ${JSON.stringify(result)} within the declared capacity`)
+  })
+})
