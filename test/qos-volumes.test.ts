@@ -56,7 +56,7 @@ describe('QoS policies on volumes', () => {
       assert.deepEqual(await g.getQoSPolicy('own'), { source: 'volume', policy: own })
 
       // A volume policy replaces the class's; clearing it brings the class's back.
-      await g.setQoSPolicy('classy', { limits: { write_iops: 50 } })
+      await g.setQoSPolicy('classy', { limits: { writeIops: 50 } })
       assert.deepEqual(await g.getQoSPolicy('classy'), { source: 'volume', policy: { limits: { writeIops: 50 } } })
       assert.equal(changes.length, 1)
       // Bad input changes nothing.
