@@ -156,6 +156,35 @@ function sizeOption (value: string): number {
 
 interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string }
 
+/** A QoS policy from `qos set` flags (the API validates it and names any bad field). */
+function policyFromFlags (options: Record<string, number | string | undefined>): Record<string, unknown> {
+  const pick = (entries: Array<[string, string]>): Record<string, unknown> | undefined => {
+    const out = Object.fromEntries(entries.filter(([, flag]) => options[flag] !== undefined).map(([field, flag]) => [field, options[flag]]))
+    return Object.keys(out).length === 0 ? undefined : out
+  }
+  const limits = pick([['iops', 'limitIops'], ['read_iops', 'limitReadIops'], ['write_iops', 'limitWriteIops'], ['throughput_mbps', 'limitMbps'], ['read_throughput_mbps', 'limitReadMbps'], ['write_throughput_mbps', 'limitWriteMbps'], ['latency_ms', 'latencyMs']])
+  const guarantees = pick([['iops', 'guaranteeIops'], ['throughput_mbps', 'guaranteeMbps']])
+  const burstable = pick([['duration_seconds', 'burstSeconds'], ['iops_multiplier', 'burstIopsMultiplier'], ['throughput_multiplier', 'burstMbpsMultiplier']])
+  const policy = { ...(limits === undefined ? {} : { limits }), ...(guarantees === undefined ? {} : { guarantees }), ...(burstable === undefined ? {} : { burstable }), ...(options.weight === undefined ? {} : { weight: options.weight }) }
+  if (Object.keys(policy).length === 0) throw new CliError('qos set needs a policy: flags such as --limit-iops 1000 or --guarantee-iops 200, or --file policy.yaml; `qos clear` removes one')
+  return policy
+}
+
+async function policyFromFile (file: string, options: Record<string, unknown>): Promise<unknown> {
+  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new CliError('give the policy either as --file or as flags, not both')
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
+  }
+  try {
+    return /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
+  } catch (err) {
+    throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
+  }
+}
+
 /** Builds the command tree. */
 export function buildCli (): Command {
   const program = new Command('galleonfs')
@@ -414,6 +443,53 @@ export function buildCli (): Command {
   storageClass.command('list').description('list storage classes').action(async () => {
     const list = await call(globals(), 'GET', '/v1/storage-classes') as Array<{ name: string, reclaimPolicy: string, parameters: Record<string, string>, builtIn: boolean }>
     print(globals(), list, () => columns(['NAME', 'RECLAIM', 'ENCRYPTION', 'BUILT-IN'], list.map((c) => [c.name, c.reclaimPolicy, c.parameters.encryption ?? 'false', String(c.builtIn)])))
+  })
+
+  const qos = program.command('qos').description('QoS policies of volumes: limits, guarantees, bursting')
+  const positive = (v: string): number => {
+    const n = Number(v)
+    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number above 0')
+    return n
+  }
+  qos.command('set').argument('<volume>').description('set a volume\'s own QoS policy (replaces the whole policy; its storage class\'s applies again after `qos clear`)')
+    .option('-f, --file <file>', 'the policy as a JSON or YAML file (limits, guarantees, burstable, weight)')
+    .option('--limit-iops <n>', 'IOPS ceiling, reads and writes together', positive)
+    .option('--limit-read-iops <n>', 'read IOPS ceiling', positive)
+    .option('--limit-write-iops <n>', 'write IOPS ceiling', positive)
+    .option('--limit-mbps <n>', 'throughput ceiling in MB/s', positive)
+    .option('--limit-read-mbps <n>', 'read throughput ceiling in MB/s', positive)
+    .option('--limit-write-mbps <n>', 'write throughput ceiling in MB/s', positive)
+    .option('--latency-ms <n>', 'latency target in milliseconds', positive)
+    .option('--guarantee-iops <n>', 'IOPS floor under contention', positive)
+    .option('--guarantee-mbps <n>', 'throughput floor in MB/s under contention', positive)
+    .option('--burst-seconds <n>', 'how long full burst credits last at the full multiplier', positive)
+    .option('--burst-iops-multiplier <n>', 'peak IOPS as a multiple of the limit', positive)
+    .option('--burst-mbps-multiplier <n>', 'peak throughput as a multiple of the limit', positive)
+    .option('--weight <n>', 'share of spare I/O relative to other volumes (default 1)', positive)
+    .action(async (ref: string, options: Record<string, number | string | undefined>) => {
+      const policy = options.file === undefined ? policyFromFlags(options) : await policyFromFile(String(options.file), options)
+      const result = await call(globals(), 'PUT', `/v1/volumes/${encodeURIComponent(ref)}/qos`, policy) as { policy?: unknown, source: string }
+      print(globals(), result, () => `QoS policy of ${ref} set: ${JSON.stringify(result.policy)}\n`)
+    })
+  qos.command('get').argument('<volume>').description('show the QoS policy in force for a volume and how it is doing').action(async (ref: string) => {
+    interface QoSView { policy?: unknown, source: string, metrics?: { throttledSeconds: number, throttledOps: number, throttledQueue: number, dispatchQueue: number, burstCredits?: { iops?: number, throughputMB?: number }, guarantee?: { achievedIops: number, met: boolean }, latencyTargetMet?: boolean } }
+    const view = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}/qos`) as QoSView
+    print(globals(), view, () => {
+      if (view.policy === undefined) return `volume ${ref} has no QoS policy (neither its own nor from its storage class)\n`
+      const m = view.metrics
+      const rows: string[][] = [['policy', JSON.stringify(view.policy)], ['from', view.source]]
+      if (m !== undefined) {
+        rows.push(['throttled', `${m.throttledOps} operations, ${m.throttledSeconds.toFixed(3)} s in all; ${m.throttledQueue} waiting now`], ['dispatcher queue', String(m.dispatchQueue)])
+        if (m.burstCredits !== undefined) rows.push(['burst credits', JSON.stringify(m.burstCredits)])
+        if (m.guarantee !== undefined) rows.push(['guarantee', `${m.guarantee.met ? 'met' : 'MISSED'} (last second ${m.guarantee.achievedIops.toFixed(0)} IOPS)`])
+        if (m.latencyTargetMet !== undefined) rows.push(['latency target', m.latencyTargetMet ? 'met' : 'MISSED'])
+      }
+      return columns(['FIELD', 'VALUE'], rows)
+    })
+  })
+  qos.command('clear').argument('<volume>').description('remove a volume\'s own QoS policy (its storage class\'s applies again)').action(async (ref: string) => {
+    const result = await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/qos`) as { policy?: unknown, source: string }
+    print(globals(), result, () => `QoS policy of ${ref} cleared; in force now: ${result.policy === undefined ? 'none' : `${JSON.stringify(result.policy)} (from its ${result.source})`}\n`)
   })
   return program
 }

@@ -559,6 +559,9 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
       return undefined
     case 'GET /v1/volumes/:/replication': return await g.replicationStatus(ref)
+    case 'GET /v1/volumes/:/qos': return { ...await g.getQoSPolicy(ref), metrics: (await g.getVolumeMetrics(ref)).qos }
+    case 'PUT /v1/volumes/:/qos': return await g.setQoSPolicy(ref, options as never)
+    case 'DELETE /v1/volumes/:/qos': return await g.clearQoSPolicy(ref)
     case 'POST /v1/volumes/:/flush':
       await g.flush(ref)
       return undefined

@@ -1,7 +1,7 @@
 // Starts `galleonfs -d` (examples/galleonfs.ts under tsx) as a child process for tests, and waits
 // until it logs "ready" with its IPC address.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -45,4 +45,13 @@ export async function startDaemonProcess (args: string[], options: { cwd: string
     void exited.then((code) => reject(new Error(`the daemon exited with ${code}: ${logs.join(' | ')}`)))
   })
   return { child, address, logs, exited }
+}
+
+/** Runs the `galleonfs` CLI against the daemon at `address`; resolves to its exit code and output. */
+export async function runCli (address: string, args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
+  return await new Promise((resolve) => {
+    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: options.cwd ?? ROOT, env: { ...process.env, ...options.env } }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
+    })
+  })
 }
