@@ -85,6 +85,8 @@ export interface Volume {
   readonly updatedAt: string
   /** For a clone: the volume and snapshot it was cloned from (absent once it has its own copy of everything). */
   readonly source?: { readonly volumeId: string, readonly snapshotId: string }
+  /** The storage pool it is provisioned in (from `createVolume({ pool })` or its class's `pool` parameter). */
+  readonly pool?: string
 }
 
 /** A point-in-time, read-only view of a volume. */
@@ -130,6 +132,11 @@ export interface CreateVolumeOptions {
   storageClass?: string
   /** Overrides the class's replica count. */
   replicas?: number
+  /**
+   * Storage pool to provision the volume in (default: the class's `pool` parameter, if any; naming
+   * another pool than the class does is refused). NO_SPACE when the pool cannot take `sizeBytes`.
+   */
+  pool?: string
   accessModes?: ReadonlyArray<AccessMode | `${AccessMode}`>
   labels?: Record<string, string>
 }

@@ -3,6 +3,7 @@
 
 import { GalleonError, describe } from '../errors.js'
 import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
+import { checkPoolName } from './pools.js'
 
 /** Names of the classes every instance has. */
 export const BUILT_IN_STORAGE_CLASSES: readonly StorageClass[] = Object.freeze([
@@ -130,6 +131,7 @@ function parseParameters (input: unknown): Record<string, string> {
   for (const key of ['affinity', 'anti_affinity']) {
     if (parameters[key] !== undefined) parseLabelList(parameters[key], key)
   }
+  if (parameters.pool !== undefined) checkPoolName(parameters.pool, 'storage class parameter "pool"')
   return parameters
 }
 
