@@ -471,6 +471,20 @@ export function buildCli (): Command {
       }) as PoolView
       print(globals(), created, () => `created storage pool ${created.name}: ${formatSize(created.capacityBytes)}${created.overcommitRatio === 1 ? '' : ` (up to ${formatSize(created.limitBytes)} provisioned)`}\n`)
     })
+  pool.command('update').argument('<name>').description('resize a storage pool or change its description (not below what its volumes provision)')
+    .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T', sizeOption)
+    .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', Number)
+    .option('--description <text>', 'new description')
+    .action(async (name: string, options: { capacity?: number, overcommit?: number, description?: string }) => {
+      const changes = {
+        ...(options.capacity === undefined ? {} : { capacityBytes: options.capacity }),
+        ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
+        ...(options.description === undefined ? {} : { description: options.description })
+      }
+      if (Object.keys(changes).length === 0) throw new CliError('pool update needs --capacity, --overcommit or --description')
+      const updated = await call(globals(), 'PATCH', `/v1/pools/${encodeURIComponent(name)}`, changes) as PoolView
+      print(globals(), updated, () => `storage pool ${updated.name}: ${formatSize(updated.capacityBytes)}, up to ${formatSize(updated.limitBytes)} provisioned, ${formatSize(updated.freeBytes)} free\n`)
+    })
   pool.command('delete').argument('<name>').description('delete a storage pool no volume or storage class uses').action(async (name: string) => {
     await call(globals(), 'DELETE', `/v1/pools/${encodeURIComponent(name)}`)
     print(globals(), { deleted: name }, () => `deleted storage pool ${name}\n`)

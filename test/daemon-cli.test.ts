@@ -352,6 +352,12 @@ describe('storage pools through the daemon and CLI', () => {
       assert.match(bad.stderr, /INVALID_ARGUMENT: pool name/)
       assert.equal((await cli(daemon.address, ['pool', 'create', 'x', '-s', '1M', '--overcommit', '0.5'])).code, 2)
       assert.equal((await cli(daemon.address, ['pool', 'create', 'x'])).code, 2, '--capacity is required')
+      // Resized through PATCH: not below what is provisioned.
+      const shrink = await cli(daemon.address, ['pool', 'update', 'gold', '--capacity', '4M'])
+      assert.equal(shrink.code, 1)
+      assert.match(shrink.stderr, /BUSY: pool gold has 10485760 bytes .*provisioned/)
+      assert.match(await ok(['pool', 'update', 'gold', '--capacity', '16M', '--overcommit', '1']), /storage pool gold: 16M, up to 16M provisioned, 6M free/)
+      assert.equal(JSON.parse(await ok(['--json', 'pool', 'update', 'gold', '--description', 'bigger'])).description, 'bigger')
       const busy = await cli(daemon.address, ['pool', 'delete', 'gold'])
       assert.equal(busy.code, 1)
       assert.match(busy.stderr, /BUSY: pool gold holds 1 volume\(s\) \(in-gold\)/)

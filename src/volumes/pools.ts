@@ -277,6 +277,7 @@ export class PoolManager {
     return pool
   }
 
+  /** Every pool, by name (one being created or deleted right now is left out). */
   list (): StoragePool[] {
     return this.#catalog.pools().filter((pool) => !this.#changing.has(pool.name)).sort((a, b) => a.name.localeCompare(b.name))
   }
@@ -296,6 +297,7 @@ export class PoolManager {
     }
   }
 
+  /** Validates and stores a new pool; POOL_EXISTS for a taken name. */
   async create (input: unknown): Promise<StoragePool> {
     const spec = parsePool(input)
     if (this.#catalog.pool(spec.name) !== undefined || this.#changing.has(spec.name)) {
@@ -312,6 +314,7 @@ export class PoolManager {
     return structuredClone(pool)
   }
 
+  /** Applies validated changes; BUSY when the new limit would be below what is provisioned. */
   async update (name: unknown, changes: unknown): Promise<StoragePool> {
     const current = this.get(name)
     const parsed = parsePoolUpdate(changes)
