@@ -154,7 +154,21 @@ function sizeOption (value: string): number {
   }
 }
 
-interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string }
+interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string, pool?: string }
+
+/** `key=value,key=value` as an object; CliError naming the option otherwise. */
+function keyValues (text: string, option: string): Record<string, string> {
+  return Object.fromEntries(text.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {
+    const at = pair.indexOf('=')
+    if (at <= 0) throw new CliError(`${option} takes key=value pairs separated by commas, got ${JSON.stringify(pair)}`)
+    return [pair.slice(0, at), pair.slice(at + 1)]
+  }))
+}
+
+/** `a,b,c` as a list without empty items. */
+function commaList (text: string): string[] {
+  return text.split(',').map((item) => item.trim()).filter((item) => item.length > 0)
+}
 
 /** A QoS policy from `qos set` flags (the API validates it and names any bad field). */
 function policyFromFlags (options: Record<string, number | string | undefined>): Record<string, unknown> {
@@ -210,9 +224,10 @@ export function buildCli (): Command {
       if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('a positive whole number')
       return n
     })
-    .action(async (options: { name?: string, volumeType: string, size: number, storageClass: string, replicas?: number }) => {
-      const created = await call(globals(), 'POST', '/v1/volumes', { name: options.name, type: options.volumeType, sizeBytes: options.size, storageClass: options.storageClass, ...(options.replicas === undefined ? {} : { replicas: options.replicas }) }) as VolumeView
-      print(globals(), created, () => `created volume ${created.name} (${created.id}), ${created.sizeBytes} bytes, class ${created.storageClass}\n`)
+    .option('-p, --pool <pool>', 'storage pool (default: the storage class\'s, if it names one)')
+    .action(async (options: { name?: string, volumeType: string, size: number, storageClass: string, replicas?: number, pool?: string }) => {
+      const created = await call(globals(), 'POST', '/v1/volumes', { name: options.name, type: options.volumeType, sizeBytes: options.size, storageClass: options.storageClass, ...(options.replicas === undefined ? {} : { replicas: options.replicas }), ...(options.pool === undefined ? {} : { pool: options.pool }) }) as VolumeView
+      print(globals(), created, () => `created volume ${created.name} (${created.id}), ${created.sizeBytes} bytes, class ${created.storageClass}${created.pool === undefined ? '' : `, pool ${created.pool}`}\n`)
     })
   volume.command('list').description('list volumes').action(async () => {
     const list = await call(globals(), 'GET', '/v1/volumes') as VolumeView[]
@@ -293,8 +308,8 @@ export function buildCli (): Command {
     const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
     print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
   })
-  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--target <dir>', 'backup target directory').description('restore a backup')
-    .action(async (id: string, options: { name?: string, volume?: string, target?: string }) => {
+  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
+    .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
       const restored = await callWithProgress(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
       print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
     })
@@ -490,6 +505,65 @@ export function buildCli (): Command {
   qos.command('clear').argument('<volume>').description('remove a volume\'s own QoS policy (its storage class\'s applies again)').action(async (ref: string) => {
     const result = await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/qos`) as { policy?: unknown, source: string }
     print(globals(), result, () => `QoS policy of ${ref} cleared; in force now: ${result.policy === undefined ? 'none' : `${JSON.stringify(result.policy)} (from its ${result.source})`}\n`)
+  })
+
+  const pool = program.command('pool').description('storage pools: capacities that volumes are provisioned against')
+  interface PoolView { name: string, capacityBytes: number, overcommitRatio: number, limitBytes: number, provisionedBytes: number, allocatedBytes: number, freeBytes: number, volumes: number, nodes: string[], nodeSelector: { labels: Record<string, string>, zones: string[] }, description: string }
+  const poolRow = (p: PoolView): string[] => [p.name, formatSize(p.capacityBytes), String(p.overcommitRatio), formatSize(p.provisionedBytes), formatSize(p.allocatedBytes), formatSize(p.freeBytes), String(p.volumes), p.nodes.length === 0 ? '*' : p.nodes.join(',')]
+  const poolHeaders = ['NAME', 'CAPACITY', 'OVERCOMMIT', 'PROVISIONED', 'ALLOCATED', 'FREE', 'VOLUMES', 'NODES']
+  pool.command('list').description('list storage pools with their capacity and use').action(async () => {
+    const pools = await call(globals(), 'GET', '/v1/pools') as PoolView[]
+    print(globals(), pools, () => columns(poolHeaders, pools.map(poolRow)))
+  })
+  pool.command('get').argument('<name>').description('show a storage pool').action(async (name: string) => {
+    const found = await call(globals(), 'GET', `/v1/pools/${encodeURIComponent(name)}`) as PoolView
+    print(globals(), found, () => columns(['FIELD', 'VALUE'], Object.entries(found).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])))
+  })
+  pool.command('create').argument('<name>').description('create a storage pool')
+    .requiredOption('-s, --capacity <size>', 'capacity with suffix K/M/G/T', sizeOption)
+    .option('--overcommit <ratio>', 'how far provisioned sizes may exceed the capacity (thin provisioning; default 1)', (v) => {
+      const n = Number(v)
+      if (!Number.isFinite(n) || n < 1) throw new InvalidArgumentError('a number of at least 1')
+      return n
+    })
+    .option('--nodes <ids>', 'comma-separated cluster node ids the pool\'s volumes may be placed on')
+    .option('--node-labels <labels>', 'comma-separated key=value labels a node needs')
+    .option('--zones <zones>', 'comma-separated zones a node must be in')
+    .option('--description <text>', 'free text')
+    .option('--labels <labels>', 'comma-separated key=value labels of the pool')
+    .action(async (name: string, options: { capacity: number, overcommit?: number, nodes?: string, nodeLabels?: string, zones?: string, description?: string, labels?: string }) => {
+      const selector = {
+        ...(options.nodeLabels === undefined ? {} : { labels: keyValues(options.nodeLabels, '--node-labels') }),
+        ...(options.zones === undefined ? {} : { zones: commaList(options.zones) })
+      }
+      const created = await call(globals(), 'POST', '/v1/pools', {
+        name,
+        capacityBytes: options.capacity,
+        ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
+        ...(options.nodes === undefined ? {} : { nodes: commaList(options.nodes) }),
+        ...(Object.keys(selector).length === 0 ? {} : { nodeSelector: selector }),
+        ...(options.description === undefined ? {} : { description: options.description }),
+        ...(options.labels === undefined ? {} : { labels: keyValues(options.labels, '--labels') })
+      }) as PoolView
+      print(globals(), created, () => `created storage pool ${created.name}: ${formatSize(created.capacityBytes)}${created.overcommitRatio === 1 ? '' : ` (up to ${formatSize(created.limitBytes)} provisioned)`}\n`)
+    })
+  pool.command('update').argument('<name>').description('resize a storage pool or change its description (not below what its volumes provision)')
+    .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T', sizeOption)
+    .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', Number)
+    .option('--description <text>', 'new description')
+    .action(async (name: string, options: { capacity?: number, overcommit?: number, description?: string }) => {
+      const changes = {
+        ...(options.capacity === undefined ? {} : { capacityBytes: options.capacity }),
+        ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
+        ...(options.description === undefined ? {} : { description: options.description })
+      }
+      if (Object.keys(changes).length === 0) throw new CliError('pool update needs --capacity, --overcommit or --description')
+      const updated = await call(globals(), 'PATCH', `/v1/pools/${encodeURIComponent(name)}`, changes) as PoolView
+      print(globals(), updated, () => `storage pool ${updated.name}: ${formatSize(updated.capacityBytes)}, up to ${formatSize(updated.limitBytes)} provisioned, ${formatSize(updated.freeBytes)} free\n`)
+    })
+  pool.command('delete').argument('<name>').description('delete a storage pool no volume or storage class uses').action(async (name: string) => {
+    await call(globals(), 'DELETE', `/v1/pools/${encodeURIComponent(name)}`)
+    print(globals(), { deleted: name }, () => `deleted storage pool ${name}\n`)
   })
   return program
 }

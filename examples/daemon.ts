@@ -68,8 +68,8 @@ export function runtimeTokenPath (ipcAddress: string): string {
 }
 
 const STATUS: Partial<Record<GalleonErrorCode, number>> = {
-  VOLUME_NOT_FOUND: 404, SNAPSHOT_NOT_FOUND: 404, BACKUP_NOT_FOUND: 404, POLICY_NOT_FOUND: 404, STORAGE_CLASS_NOT_FOUND: 404,
-  VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, BUSY: 409,
+  VOLUME_NOT_FOUND: 404, SNAPSHOT_NOT_FOUND: 404, BACKUP_NOT_FOUND: 404, POLICY_NOT_FOUND: 404, STORAGE_CLASS_NOT_FOUND: 404, POOL_NOT_FOUND: 404,
+  VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, POOL_EXISTS: 409, BUSY: 409,
   INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507,
   CANCELLED: 499, HOOK_FAILED: 424, BACKEND_UNAVAILABLE: 503, NOT_LEADER: 421, WRITE_CONCERN_UNSATISFIED: 503
 }
@@ -606,7 +606,7 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/volumes/:/snapshots/:/restore': return await g.restoreSnapshot(ref, sub)
     case 'GET /v1/backups': return await g.listBackups(url.searchParams.get('volume') ?? undefined, target(url))
     case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options), ...progress(daemon) })
-    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...target(url, options), ...progress(daemon) })
+    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...(options.pool === undefined ? {} : { pool: options.pool as string }), ...target(url, options), ...progress(daemon) })
     case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
     case 'GET /v1/backup-policies': return await g.listBackupPolicies()
     case 'POST /v1/backup-policies': return await g.createBackupPolicy(options as never)
@@ -617,6 +617,13 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/backup-policies/:/run': return await g.runBackupPolicy(ref)
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
+    case 'GET /v1/pools': return await g.listPools()
+    case 'POST /v1/pools': return await g.createPool(options as never)
+    case 'GET /v1/pools/:': return await g.getPool(ref)
+    case 'PATCH /v1/pools/:': return await g.updatePool(ref, options as never)
+    case 'DELETE /v1/pools/:':
+      await g.deletePool(ref)
+      return undefined
     case 'GET /v1/cluster': {
       const status = await g.clusterStatus()
       return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address })) }

@@ -1,6 +1,7 @@
 // Typed event map of the GalleonFS facade.
 
 import type { Volume, Snapshot, StorageClass } from './types.js'
+import type { StoragePool } from './volumes/pools.js'
 import type { Backup } from './backup/manager.js'
 import type { BackupPolicyRun } from './backup/policies.js'
 import type { ClusterEvents } from './cluster/manager.js'
@@ -57,6 +58,9 @@ export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'backup-policy:missed': (event: { policy: string, missed: string[] }) => void
   'storage-class:created': (storageClass: StorageClass) => void
   'storage-class:deleted': (storageClass: StorageClass) => void
+  'pool:created': (pool: StoragePool) => void
+  'pool:updated': (pool: StoragePool) => void
+  'pool:deleted': (pool: StoragePool) => void
   'checksum:mismatch': (event: ChecksumMismatchEvent) => void
   'io:error': (event: IoErrorEvent) => void
   'scrub:completed': (report: { volumeId: string, blocksChecked: number, badBlocks: number }) => void

@@ -34,6 +34,7 @@ import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceO
 import {
   DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classReplicas, parseStorageClass
 } from './volumes/storage-classes.js'
+import { PoolManager, poolAdmits, poolPlacement, type CreatePoolOptions, type PoolPlacement, type StoragePool, type StoragePoolStatus, type UpdatePoolOptions } from './volumes/pools.js'
 
 /** Anything that names a volume: its id, its name, or a Volume object. */
 export type VolumeRef = string | Pick<Volume, 'id'>
@@ -67,6 +68,7 @@ const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
  */
 export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #catalog: Catalog
+  readonly #pools: PoolManager
   readonly #engine: BlockEngine
   readonly #metadata: MetadataDatabase
   readonly #store: BlockStore
@@ -110,6 +112,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#metadata = metadata
     this.#store = store
     this.#catalog = catalog
+    this.#pools = new PoolManager(catalog)
     this.#engine = engine
     this.location = location
   }
@@ -481,7 +484,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options === null || typeof options !== 'object') {
       throw new GalleonError('INVALID_ARGUMENT', `createVolume() needs an options object such as { name: 'data', sizeBytes: '1G' }, got ${describe(options)}`)
     }
-    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'accessModes', 'labels', 'qos'])
+    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'pool', 'accessModes', 'labels', 'qos'])
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
     }
@@ -516,13 +519,18 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const qos = options.qos === undefined ? undefined : parseQoSPolicy(options.qos)
     if (qos !== undefined && replicas > 1) throw new GalleonError('NOT_IMPLEMENTED', 'a QoS policy of its own on a replicated volume is not built yet; put the policy in its storage class (qos_* parameters), which every node applies')
     assertClassSupported(storageClass, replicas, this.#replication !== undefined)
+    const pool = this.#pools.choose(options.pool, storageClass)
+    const placement = pool === undefined ? classPlacement(storageClass) : this.#poolPlacement(pool, classPlacement(storageClass))
     const encrypted = storageClass.parameters.encryption === 'true'
     // Open the key provider first: a missing master key or a failing KMS stops the create here.
     if (encrypted) await this.#keys.provider()
 
     const unreserve = this.#catalog.reserveName(name, namespace)
     let record: VolumeRecord
+    // The pool's bytes are taken before anything is recorded, and held until the record counts.
+    let release: (() => void) | undefined
     try {
+      if (pool !== undefined) release = this.#pools.reserve(pool.name, sizeBytes, `volume ${name}`)
       record = await this.#newVolume({
         name,
         namespace,
@@ -536,15 +544,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         labels,
         encrypted,
         ...(qos === undefined ? {} : { qos }),
+        ...(pool === undefined ? {} : { pool: pool.name }),
         ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 } } : {})
       })
     } finally {
+      release?.()
       unreserve()
     }
     if (replicas > 1) {
       // Its copies on other nodes: placed, recorded in the coordinator, created and brought in sync.
       try {
-        await (this.#replication as ReplicationManager).register(specOf(record), classPlacement(storageClass))
+        await (this.#replication as ReplicationManager).register(specOf(record), placement)
       } catch (err) {
         ;(this.#replication as ReplicationManager).forget(record.id)
         await this.#destroy(record, false).catch(() => {})
@@ -715,7 +725,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is ${record.sizeBytes} bytes; shrinking to ${sizeBytes} would destroy data and is not supported. Create a smaller volume and copy the data instead`)
     }
     if (sizeBytes === record.sizeBytes) return toVolume(record)
-    const updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
+    const release = record.pool === undefined ? undefined : this.#pools.reserve(record.pool, sizeBytes - record.sizeBytes, `expanding volume ${record.name} from ${record.sizeBytes} to ${sizeBytes} bytes`)
+    let updated: VolumeRecord
+    try {
+      updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
+    } finally {
+      release?.()
+    }
     const volume = this.#volumeBlocks(updated)
     volume.sizeBytes = sizeBytes
     const result = toVolume(updated)
@@ -781,6 +797,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (this.#catalog.storageClass(storageClass.name) !== undefined) {
       throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(storageClass.name)} already exists; pick another name or delete it first`)
     }
+    const pool = storageClass.parameters.pool
+    if (pool !== undefined && this.#catalog.pool(pool) === undefined) {
+      throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`)
+    }
     await this.#catalog.putStorageClass(storageClass)
     this.emit('storage-class:created', structuredClone(storageClass))
     return structuredClone(storageClass)
@@ -801,6 +821,81 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     await this.#catalog.deleteStorageClass(name)
     this.emit('storage-class:deleted', storageClass)
+  }
+
+  // ---------------------------------------------------------------- storage pools
+
+  /**
+   * Creates a storage pool: a named capacity that volumes are provisioned against (`createVolume({
+   * pool })` or a storage class's `pool` parameter), optionally restricted in a cluster to some nodes
+   * (`nodes`, `nodeSelector: { labels, zones }`). `capacityBytes` is bytes or a size string;
+   * `overcommitRatio` (default 1) lets provisioned sizes exceed it (thin provisioning). Emits
+   * `pool:created`. INVALID_ARGUMENT for a bad field, POOL_EXISTS for a taken name.
+   */
+  async createPool (spec: CreatePoolOptions): Promise<StoragePoolStatus> {
+    this.#assertOpen()
+    const name = (spec as { name?: unknown } | null)?.name
+    return await this.#guard('createPool', 'admin', undefined, `pool:${String(name)}`, async () => {
+      const pool = await this.#pools.create(spec)
+      this.emit('pool:created', pool)
+      return this.#poolStatus(pool)
+    })
+  }
+
+  /** One pool with its accounting (provisioned, allocated and free bytes, volumes); POOL_NOT_FOUND otherwise. */
+  async getPool (name: string): Promise<StoragePoolStatus> {
+    this.#assertOpen()
+    return this.#poolStatus(this.#pools.get(name))
+  }
+
+  /** Every pool with its accounting, by name. */
+  async listPools (): Promise<StoragePoolStatus[]> {
+    this.#assertOpen()
+    return this.#pools.list().map((pool) => this.#poolStatus(pool))
+  }
+
+  /**
+   * Changes a pool's capacity, overcommit ratio, description or labels. A limit below what its
+   * volumes already provision is refused with BUSY. Emits `pool:updated`.
+   */
+  async updatePool (name: string, changes: UpdatePoolOptions): Promise<StoragePoolStatus> {
+    this.#assertOpen()
+    return await this.#guard('updatePool', 'admin', undefined, `pool:${String(name)}`, async () => {
+      const pool = await this.#pools.update(name, changes)
+      this.emit('pool:updated', pool)
+      return this.#poolStatus(pool)
+    })
+  }
+
+  /** Deletes a pool; BUSY while volumes are in it or storage classes name it. Emits `pool:deleted`. */
+  async deletePool (name: string): Promise<void> {
+    this.#assertOpen()
+    await this.#guard('deletePool', 'admin', undefined, `pool:${String(name)}`, async () => {
+      const pool = await this.#pools.delete(name)
+      this.emit('pool:deleted', structuredClone(pool))
+    })
+  }
+
+  #poolStatus (pool: StoragePool): StoragePoolStatus {
+    return this.#pools.status(pool, (record: VolumeRecord) => {
+      const volume = this.#volumeBlocks(record)
+      return (this.#engine.allocatedBlocks(volume) + this.#engine.heldBlocks(volume)) * this.#engine.blockSize
+    })
+  }
+
+  /**
+   * Where a pool's volume may go in a cluster: the class's rules narrowed to the pool's nodes. The
+   * volume's first copy is made here, so this node must be one of them. Outside a cluster the
+   * pool's nodes do not apply (there is one node).
+   */
+  #poolPlacement (pool: StoragePool, placement: Omit<PoolPlacement, 'nodes'>): PoolPlacement {
+    const narrowed = poolPlacement(pool, placement)
+    const cluster = this.#cluster
+    if (cluster !== undefined && !poolAdmits(pool, { id: cluster.nodeId, zone: cluster.zone, labels: cluster.labels })) {
+      const admitted = cluster.members.filter((m) => m.healthy && poolAdmits(pool, m)).map((m) => m.id)
+      throw new GalleonError('INVALID_ARGUMENT', `this node (${cluster.nodeId}) is not in pool ${pool.name}${pool.nodes.length > 0 ? ` (nodes ${pool.nodes.join(', ')})` : ''}, and a volume's first copy is made on the node that creates it; create the volume on ${admitted.length > 0 ? `one of ${admitted.join(', ')}` : 'a node of the pool'}`)
+    }
+    return narrowed
   }
 
   // ---------------------------------------------------------------- I/O
@@ -1050,7 +1145,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           usedBytes: this.#engine.allocatedBlocks(volume) * this.#engine.blockSize
         }
       }),
-      store
+      store,
+      pools: this.#pools.list().map((pool) => this.#poolStatus(pool))
     }) + this.#replicationMetrics() + renderQoSMetrics(this.#catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: this.#qos.metrics(record.id) })))
   }
 
@@ -1291,9 +1387,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           // This node's copy may lag (or be mid-resync): clones are made where the primary is.
           throw new GalleonError('NOT_LEADER', `volume ${record.name} is replicated and its primary is node ${this.#replication.status(record.id)?.primary ?? 'unknown'}; clone it there (the clone is a 1-copy volume on that node)`)
         }
-        const snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
+        // The clone is charged its full size in its source's pool, before the implicit snapshot is taken.
+        const release = record.pool === undefined ? undefined : this.#pools.reserve(record.pool, chosen?.sizeBytes ?? record.sizeBytes, `clone ${newName} of ${record.name}`)
+        let snapshot: SnapshotRecord | undefined
         let clone: VolumeRecord
         try {
+          snapshot = chosen ?? await this.#takeSnapshot(record, this.#implicitName(record, newName), true)
           clone = await this.#newVolume({
             name: newName,
             namespace,
@@ -1308,11 +1407,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             labels: labels ?? { ...record.labels },
             source: { volumeId: record.id, snapshotId: snapshot.id },
             // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
-            encrypted: record.encrypted === true
+            encrypted: record.encrypted === true,
+            ...(record.pool === undefined ? {} : { pool: record.pool })
           }, { source: this.#volumeBlocks(record), gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
         } catch (err) {
-          if (chosen === undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
+          if (chosen === undefined && snapshot !== undefined) await this.#dropSnapshot(record, snapshot).catch(() => {})
           throw err
+        } finally {
+          release?.()
         }
         const result = toVolume(clone)
         this.emit('volume:created', result)
@@ -1558,6 +1660,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async restoreBackup (backupId: string, options: RestoreBackupOptions = {}): Promise<Volume> {
     this.#assertOpen()
     if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
+    if (options?.volume !== undefined && options.pool !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a pool only for a new volume ({ name }); { volume } names an existing one, which stays in its pool')
     this.#checkTarget('restoreBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     // The restore writes somewhere: the caller must be allowed that too.
@@ -2056,7 +2159,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           const unreserve = this.#catalog.reserveName(spec.name, spec.namespace)
           let record: VolumeRecord
           try {
-            record = await this.#newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 } })
+            // A copy counts in this node's pool of the same name, if it has one; it is never refused for
+            // space here: the cluster placed it, and the primary's node checked its pool.
+            const pool = spec.pool !== undefined && this.#catalog.pool(spec.pool) !== undefined ? { pool: spec.pool } : {}
+            record = await this.#newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 }, ...pool })
           } finally {
             unreserve()
           }
@@ -2176,7 +2282,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
 /** What another node needs to create its copy of a volume. */
 function specOf (record: VolumeRecord): VolumeSpec {
-  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels } }
+  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, ...(record.pool === undefined ? {} : { pool: record.pool }) }
 }
 
 function toVolume (record: VolumeRecord): Volume {
@@ -2196,7 +2302,8 @@ function toVolume (record: VolumeRecord): Volume {
     createdAt: record.createdAt,
     updatedAt: record.updatedAt,
     ...(record.source === undefined ? {} : { source: { ...record.source } }),
-    ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) })
+    ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) }),
+    ...(record.pool === undefined ? {} : { pool: record.pool })
   }
 }
 

@@ -11,6 +11,7 @@ export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
 export type { GalleonEvents, ChecksumMismatchEvent, IoErrorEvent, BackupProgressEvent } from './events.js'
 export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
+export { parsePool, type StoragePool, type StoragePoolStatus, type CreatePoolOptions, type UpdatePoolOptions } from './volumes/pools.js'
 export type { MetadataDatabase } from './volumes/catalog.js'
 export {
   MAX_BLOCK_VALUE_BYTES,

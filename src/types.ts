@@ -87,6 +87,8 @@ export interface Volume {
   readonly source?: { readonly volumeId: string, readonly snapshotId: string }
   /** The volume's own QoS policy (setQoSPolicy), which overrides its storage class's `qos_*` parameters. */
   readonly qos?: import('./qos/policy.js').QoSPolicy
+  /** The storage pool it is provisioned in (from `createVolume({ pool })` or its class's `pool` parameter). */
+  readonly pool?: string
 }
 
 /** A point-in-time, read-only view of a volume. */
@@ -132,6 +134,11 @@ export interface CreateVolumeOptions {
   storageClass?: string
   /** Overrides the class's replica count. */
   replicas?: number
+  /**
+   * Storage pool to provision the volume in (default: the class's `pool` parameter, if any; naming
+   * another pool than the class does is refused). NO_SPACE when the pool cannot take `sizeBytes`.
+   */
+  pool?: string
   accessModes?: ReadonlyArray<AccessMode | `${AccessMode}`>
   labels?: Record<string, string>
   /** A QoS policy of this volume, overriding its storage class's (see setQoSPolicy). */

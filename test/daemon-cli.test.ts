@@ -314,6 +314,67 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
   })
 })
 
+describe('storage pools through the daemon and CLI', () => {
+  it('pool create, list, get and delete, with --json and tables; a full pool refuses a volume with NO_SPACE', async () => {
+    const daemon = await startDaemon(['--storage-path', join(root, 'pools')])
+    const ok = async (args: string[]): Promise<string> => {
+      const result = await cli(daemon.address, args)
+      assert.equal(result.code, 0, `${args.join(' ')}: ${result.stderr}`)
+      return result.stdout
+    }
+    try {
+      assert.match(await ok(['pool', 'create', 'gold', '--capacity', '8M', '--overcommit', '1.5', '--nodes', 'n1,n2', '--node-labels', 'disk=ssd', '--zones', 'z1', '--description', 'fast shelf', '--labels', 'tier=gold']), /created storage pool gold: 8M \(up to 12M provisioned\)/)
+      const plain = JSON.parse(await ok(['--json', 'pool', 'create', 'plain', '-s', '1M']))
+      assert.deepEqual([plain.name, plain.capacityBytes, plain.overcommitRatio, plain.freeBytes], ['plain', 1 << 20, 1, 1 << 20])
+      await ok(['volume', 'create', '-n', 'in-gold', '-s', '10M', '-c', 'fast-local-ssd', '--pool', 'gold'])
+      const pools = JSON.parse(await ok(['--json', 'pool', 'list']))
+      assert.deepEqual(pools.map((p: { name: string }) => p.name), ['gold', 'plain'])
+      const gold = pools[0]
+      assert.equal(gold.provisionedBytes, 10 << 20)
+      assert.equal(gold.freeBytes, 2 << 20)
+      assert.equal(gold.volumes, 1)
+      assert.deepEqual(gold.nodes, ['n1', 'n2'])
+      assert.deepEqual(gold.nodeSelector, { labels: { disk: 'ssd' }, zones: ['z1'] })
+      assert.deepEqual(gold.labels, { tier: 'gold' })
+      const table = (await ok(['pool', 'list'])).split('\n')
+      assert.match(table[0] ?? '', /^NAME\s+CAPACITY\s+OVERCOMMIT\s+PROVISIONED\s+ALLOCATED\s+FREE\s+VOLUMES\s+NODES$/)
+      assert.match(table[1] ?? '', /^gold\s+8M\s+1\.5\s+10M\s+0\s+2M\s+1\s+n1,n2$/)
+      assert.match(table[2] ?? '', /^plain\s+1M\s+1\s+0\s+0\s+1M\s+0\s+\*$/)
+      assert.equal(JSON.parse(await ok(['--json', 'pool', 'get', 'gold'])).description, 'fast shelf')
+      // Full: refused in one line with the daemon's code, nothing created.
+      const full = await cli(daemon.address, ['volume', 'create', '-n', 'too-big', '-s', '4M', '-c', 'fast-local-ssd', '--pool', 'gold'])
+      assert.equal(full.code, 1)
+      assert.match(full.stderr, /^galleonfs: NO_SPACE: storage pool gold is full: volume too-big needs 4194304 bytes/)
+      assert.equal(JSON.parse(await ok(['--json', 'volume', 'list'])).length, 1)
+      // Bad input and missing pools: exit 1 with the code; a bad flag value: exit 2.
+      const bad = await cli(daemon.address, ['pool', 'create', 'Bad_Name', '-s', '1M'])
+      assert.equal(bad.code, 1)
+      assert.match(bad.stderr, /INVALID_ARGUMENT: pool name/)
+      assert.equal((await cli(daemon.address, ['pool', 'create', 'x', '-s', '1M', '--overcommit', '0.5'])).code, 2)
+      assert.equal((await cli(daemon.address, ['pool', 'create', 'x'])).code, 2, '--capacity is required')
+      // Resized through PATCH: not below what is provisioned.
+      const shrink = await cli(daemon.address, ['pool', 'update', 'gold', '--capacity', '4M'])
+      assert.equal(shrink.code, 1)
+      assert.match(shrink.stderr, /BUSY: pool gold has 10485760 bytes .*provisioned/)
+      assert.match(await ok(['pool', 'update', 'gold', '--capacity', '16M', '--overcommit', '1']), /storage pool gold: 16M, up to 16M provisioned, 6M free/)
+      assert.equal(JSON.parse(await ok(['--json', 'pool', 'update', 'gold', '--description', 'bigger'])).description, 'bigger')
+      const busy = await cli(daemon.address, ['pool', 'delete', 'gold'])
+      assert.equal(busy.code, 1)
+      assert.match(busy.stderr, /BUSY: pool gold holds 1 volume\(s\) \(in-gold\)/)
+      const missing = await cli(daemon.address, ['pool', 'delete', 'nope'])
+      assert.equal(missing.code, 1)
+      assert.match(missing.stderr, /POOL_NOT_FOUND/)
+      assert.deepEqual(JSON.parse(await ok(['--json', 'pool', 'delete', 'plain'])), { deleted: 'plain' })
+      await ok(['volume', 'delete', 'in-gold'])
+      assert.match(await ok(['pool', 'delete', 'gold']), /deleted storage pool gold/)
+      assert.deepEqual(JSON.parse(await ok(['--json', 'pool', 'list'])), [])
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+})
+
 describe('daemon restart', () => {
   it('daemon restart re-executes on the same address; acknowledged writes and mounts come back', async () => {
     const { createServer } = await import('node:net')

@@ -271,7 +271,8 @@ const STORE_FAMILIES: Record<string, 'GAUGE' | 'COUNTER'> = {
   galleonfs_store_stored_bytes: 'GAUGE',
   galleonfs_store_syncs_total: 'COUNTER'
 }
-const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), ...Object.keys(STORE_FAMILIES)]
+const POOL_FAMILIES = ['galleonfs_pool_capacity_bytes', 'galleonfs_pool_limit_bytes', 'galleonfs_pool_provisioned_bytes', 'galleonfs_pool_allocated_bytes', 'galleonfs_pool_free_bytes', 'galleonfs_pool_volumes']
+const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), ...Object.keys(STORE_FAMILIES), ...POOL_FAMILIES]
 const SAMPLE_VALUE = /^(NaN|[+-]Inf|-?\d+(\.\d+)?(e[+-]\d+)?)$/
 
 /** Parses `text` and checks what holds for any rendering; returns the families by name. */

@@ -57,6 +57,16 @@ describe('placement', () => {
     assert.throws(() => placeVolume([], { replicas: 1 }), { code: 'NO_SPACE', message: /0 healthy node/ })
   })
 
+  it('a pool\'s nodes: only they are chosen, with either strategy; too few of them give a degraded placement naming the pool', () => {
+    assert.deepEqual([...placeVolume(cluster, { replicas: 2, nodes: ['a1', 'b2', 'd1'] }).nodes].sort(), ['a1', 'b2'], 'd1 is unhealthy')
+    assert.deepEqual(placeVolume(cluster, { replicas: 2, strategy: 'balanced', nodes: ['b1', 'b2', 'c1'] }).nodes, ['c1', 'b1'])
+    const short = placeVolume(cluster, { replicas: 3, nodes: ['a1', 'c1'] })
+    assert.equal(short.degraded, true)
+    assert.deepEqual([...short.nodes].sort(), ['a1', 'c1'])
+    assert.match(short.reason ?? '', /2 of 3 copies placed: pool nodes a1, c1/)
+    assert.throws(() => placeVolume(cluster, { replicas: 1, nodes: ['zz'] }), { code: 'NO_SPACE', message: /pool nodes zz/ })
+  })
+
   it('fewer replicas than nodes holding copies: the preferred one stays, then the best by the strategy', () => {
     const fewer = placeVolume(cluster, { replicas: 2, current: ['a1', 'b1', 'c1'], preferredPrimary: 'c1' })
     assert.equal(fewer.nodes.length, 2)
@@ -71,7 +81,7 @@ describe('placement', () => {
   })
 
   it('refuses bad requests with INVALID_ARGUMENT', () => {
-    for (const bad of [{ replicas: 0 }, { replicas: 1.5 }, { replicas: 1, strategy: 'random' }, { replicas: 1, requiredBytes: -1 }, { replicas: 1, affinity: { disk: 1 } }, { replicas: 1, zones: 'zone-a' }, null]) {
+    for (const bad of [{ replicas: 0 }, { replicas: 1.5 }, { replicas: 1, strategy: 'random' }, { replicas: 1, requiredBytes: -1 }, { replicas: 1, affinity: { disk: 1 } }, { replicas: 1, zones: 'zone-a' }, { replicas: 1, nodes: 'a1' }, { replicas: 1, nodes: [1] }, null]) {
       assert.throws(() => placeVolume(cluster, bad as never), { code: 'INVALID_ARGUMENT' })
     }
   })

@@ -147,6 +147,8 @@ export interface Manifest {
     readonly storageClass: string
     readonly replicas?: number
     readonly labels: Readonly<Record<string, string>>
+    /** The storage pool the volume was in, if any (a restore into a new volume goes there too). */
+    readonly pool?: string
   }
   /**
    * Set when the volume is encrypted: its chunks are sealed with the volume's backup key, which is

@@ -60,6 +60,11 @@ export interface CreateBackupOptions {
 export interface RestoreBackupOptions {
   readonly name?: string
   readonly namespace?: string
+  /**
+   * Storage pool of a new volume (default: its storage class's, else the backed-up volume's pool if
+   * it still exists). NO_SPACE before anything is written when the pool cannot take it.
+   */
+  readonly pool?: string
   readonly volume?: VolumeRef
   readonly target?: BackupTargetRef
   /** Aborting stops the restore (a new volume is removed; an overwritten one is left partly restored). */
@@ -243,7 +248,7 @@ export class BackupManager {
           strategy,
           requestedStrategy: requested,
           base: base?.id ?? null,
-          volume: { id: volume.id, name: volume.name, namespace: volume.namespace, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels } },
+          volume: { id: volume.id, name: volume.name, namespace: volume.namespace, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels }, ...(volume.pool === undefined ? {} : { pool: volume.pool }) },
           ...(backupKey === undefined ? {} : { encryption: { algorithm: 'AES-256-GCM' as const, fingerprint: backupKey.fingerprint, wrappedKey: backupKey.wrapped, kekId: backupKey.kekId, provider: backupKey.provider } }),
           snapshot: { id: snapshot.id, name: snapshot.name },
           ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
@@ -438,12 +443,16 @@ export class BackupManager {
       let storageClass = classes.find((c) => c.name === manifest.volume.storageClass)
       // An encrypted backup is restored into an encrypted volume, whatever happened to its class.
       if (manifest.encryption !== undefined && storageClass?.parameters.encryption !== 'true') storageClass = classes.find((c) => c.name === 'encrypted-storage')
+      // The volume's pool, unless its class places it (then the class's pool applies) or the pool is gone.
+      const formerPool = manifest.volume.pool !== undefined && storageClass?.parameters.pool === undefined && (await this.#g.listPools()).some((p) => p.name === manifest.volume.pool) ? manifest.volume.pool : undefined
+      const pool = options.pool ?? formerPool
       volume = await this.#g.createVolume({
         name: options.name ?? `${manifest.volume.name}-restored-${id.slice(0, 8)}`,
         ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
         sizeBytes: manifest.volume.sizeBytes,
         storageClass: storageClass?.name,
         ...(manifest.volume.replicas === undefined ? {} : { replicas: manifest.volume.replicas }),
+        ...(pool === undefined ? {} : { pool }),
         labels: { ...manifest.volume.labels }
       })
       created = true

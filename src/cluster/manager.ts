@@ -289,6 +289,12 @@ export class ClusterManager {
 
   get address (): string { return this.#address }
 
+  /** This node's zone (`default` unless given). */
+  get zone (): string { return this.#options.zone ?? 'default' }
+
+  /** This node's labels. */
+  get labels (): Readonly<Record<string, string>> { return this.#options.labels ?? {} }
+
   /** Members as last seen (refreshed by the coordinator's watch). */
   get members (): readonly ClusterMember[] { return this.#members }
 

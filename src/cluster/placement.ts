@@ -6,6 +6,7 @@
 //   balanced  the nodes with the most free capacity
 //   affinity / anti-affinity are constraints on node labels that apply with either strategy:
 //             `affinity` labels a node must have, `antiAffinity` labels it must not have.
+//   nodes     a storage pool's nodes: only these may be chosen (with either strategy).
 // The first node chosen is the primary: the preferred node (the one creating the volume) when it is
 // eligible, else the best by the strategy. Fewer eligible nodes than replicas: the volume is placed
 // on those it has and marked degraded, with the reason.
@@ -26,6 +27,8 @@ export interface PlacementRequest {
   readonly requiredBytes?: number
   /** Only these zones (a storage class's allowed topologies); default any. */
   readonly zones?: readonly string[]
+  /** Only these node ids (a storage pool's nodes); default any. */
+  readonly nodes?: readonly string[]
   /** Labels a node must carry, all of them. */
   readonly affinity?: Readonly<Record<string, string>>
   /** Labels a node must not carry, any of them. */
@@ -66,6 +69,9 @@ function checkRequest (request: PlacementRequest): void {
   if (request.zones !== undefined && (!Array.isArray(request.zones) || !request.zones.every((z) => typeof z === 'string'))) {
     throw new GalleonError('INVALID_ARGUMENT', `zones must be a list of zone names, got ${describe(request.zones)}`)
   }
+  if (request.nodes !== undefined && (!Array.isArray(request.nodes) || !request.nodes.every((n) => typeof n === 'string'))) {
+    throw new GalleonError('INVALID_ARGUMENT', `nodes must be a list of node ids, got ${describe(request.nodes)}`)
+  }
 }
 
 /** Chooses the nodes of a volume (see the top of this file). */
@@ -83,6 +89,7 @@ export function placeVolume (members: readonly ClusterMember[], request: Placeme
     if (eligible.length < before && eligible.length < request.replicas) reasons.push(what)
   }
   if (eligible.length < request.replicas) reasons.push(`${eligible.length} healthy node(s)`)
+  if (request.nodes !== undefined && request.nodes.length > 0) narrow((m) => (request.nodes as readonly string[]).includes(m.id), `pool nodes ${request.nodes.join(', ')}`)
   if (request.zones !== undefined && request.zones.length > 0) narrow((m) => (request.zones as readonly string[]).includes(m.zone), `zones ${request.zones.join(', ')}`)
   const affinity = Object.entries(request.affinity ?? {})
   if (affinity.length > 0) narrow((m) => affinity.every(([k, v]) => m.labels[k] === v), `affinity ${affinity.map(([k, v]) => `${k}=${v}`).join(',')}`)

@@ -34,12 +34,27 @@ export interface PrometheusStore {
   readonly syncs: number
 }
 
+/** One storage pool as {@link renderPrometheus} reports it, labelled `pool`. */
+export interface PrometheusPool {
+  /** Pool name, the `pool` label; unique within one rendering. */
+  readonly name: string
+  readonly capacityBytes: number
+  /** Most bytes that may be provisioned (capacity times overcommit ratio). */
+  readonly limitBytes: number
+  readonly provisionedBytes: number
+  readonly allocatedBytes: number
+  readonly freeBytes: number
+  readonly volumes: number
+}
+
 /** Input of {@link renderPrometheus}. */
 export interface PrometheusInput {
   /** The volumes to report. */
   readonly volumes: readonly PrometheusVolume[]
   /** The block store's figures; its families are left without samples when absent. */
   readonly store?: PrometheusStore
+  /** Storage pools; their families are written (without samples) also when there are none. */
+  readonly pools?: readonly PrometheusPool[]
 }
 
 type MetricType = 'counter' | 'gauge'
@@ -108,13 +123,23 @@ const STORE_FAMILIES: ReadonlyArray<{ name: string, type: 'gauge' | 'counter', h
   { name: 'galleonfs_store_syncs_total', type: 'counter', help: 'Syncs to stable storage issued by the block store (group commit shares one among many writes).', value: (s) => s.syncs }
 ]
 
+const POOL_FAMILIES: ReadonlyArray<{ name: string, help: string, value: (pool: PrometheusPool) => number }> = [
+  { name: 'galleonfs_pool_capacity_bytes', help: 'Capacity of the storage pool.', value: (p) => p.capacityBytes },
+  { name: 'galleonfs_pool_limit_bytes', help: 'Most bytes the pool lets volumes provision (capacity times overcommit ratio).', value: (p) => p.limitBytes },
+  { name: 'galleonfs_pool_provisioned_bytes', help: 'Sum of the sizes of the volumes in the pool.', value: (p) => p.provisionedBytes },
+  { name: 'galleonfs_pool_allocated_bytes', help: 'Bytes the volumes of the pool really occupy (thin provisioning).', value: (p) => p.allocatedBytes },
+  { name: 'galleonfs_pool_free_bytes', help: 'Bytes that may still be provisioned in the pool.', value: (p) => p.freeBytes },
+  { name: 'galleonfs_pool_volumes', help: 'Volumes in the pool.', value: (p) => p.volumes }
+]
+
 /**
  * Renders the metrics of the given volumes and block store in the Prometheus text exposition format
  * 0.0.4 (serve it with {@link PROMETHEUS_CONTENT_TYPE}). Every family is written once, with HELP
  * and TYPE lines, even when it has no sample. Volume series carry `volume_id` and `volume_name`
- * labels; store series a `backend` label. Units are seconds and bytes.
+ * labels; store series a `backend` label; pool series a `pool` label. Units are seconds and bytes.
  *
- * Throws INVALID_ARGUMENT when two volumes share an id, since their series would collide.
+ * Throws INVALID_ARGUMENT when two volumes share an id, or two pools a name, since their series
+ * would collide.
  */
 export function renderPrometheus (input: PrometheusInput): string {
   const seen = new Set<string>()
@@ -123,6 +148,10 @@ export function renderPrometheus (input: PrometheusInput): string {
       throw new GalleonError('INVALID_ARGUMENT', `volume id ${JSON.stringify(volume.id)} appears twice in the metrics input; pass each volume once`)
     }
     seen.add(volume.id)
+  }
+  const pools = input.pools ?? []
+  if (new Set(pools.map((pool) => pool.name)).size !== pools.length) {
+    throw new GalleonError('INVALID_ARGUMENT', 'a pool name appears twice in the metrics input; pass each pool once')
   }
   const lines: string[] = []
   const header = (name: string, type: MetricType, help: string): void => {
@@ -147,6 +176,11 @@ export function renderPrometheus (input: PrometheusInput): string {
     if (input.store !== undefined) {
       lines.push(`${family.name}{backend="${escapeLabelValue(input.store.backend)}"} ${formatValue(family.value(input.store))}`)
     }
+  }
+
+  for (const family of POOL_FAMILIES) {
+    header(family.name, 'gauge', family.help)
+    for (const pool of pools) lines.push(`${family.name}{pool="${escapeLabelValue(pool.name)}"} ${formatValue(family.value(pool))}`)
   }
   return lines.join('\n') + '\n'
 }

@@ -381,7 +381,7 @@ export class ReplicationManager {
       if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
     }
     const nodes = [this.nodeId, ...others].slice(0, spec.replicas)
-    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined ? {} : { placement: options }) }
+    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
     const set = this.#setOf(spec.id)
     const entry = await this.#coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision: 0 })
     if (entry === undefined) {

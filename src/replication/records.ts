@@ -19,6 +19,8 @@ export interface VolumeSpec {
   readonly replicas: number
   readonly accessModes: readonly AccessMode[]
   readonly labels: Readonly<Record<string, string>>
+  /** The storage pool of the volume, if any: a copy is accounted in this node's pool of that name. */
+  readonly pool?: string
 }
 
 /** A replicated volume as the coordinator records it. */
@@ -45,8 +47,8 @@ export interface ReplicaSetRecord {
    * changes made since (and stay in sync meanwhile).
    */
   readonly handoff?: { readonly epoch: number, readonly seq: number }
-  /** The storage class's placement rules, applied again when copies are added. */
-  readonly placement?: { readonly strategy?: 'spread' | 'balanced', readonly zones?: readonly string[], readonly affinity?: Readonly<Record<string, string>>, readonly antiAffinity?: Readonly<Record<string, string>> }
+  /** The storage class's placement rules (narrowed to its pool's nodes), applied again when copies are added. */
+  readonly placement?: { readonly strategy?: 'spread' | 'balanced', readonly zones?: readonly string[], readonly affinity?: Readonly<Record<string, string>>, readonly antiAffinity?: Readonly<Record<string, string>>, readonly nodes?: readonly string[] }
 }
 
 export function recordKey (volumeId: string): string {

@@ -1,4 +1,4 @@
-// The metadata catalog: volume records, storage classes and instance settings, kept in any
+// The metadata catalog: volume records, storage classes, storage pools and instance settings, kept in any
 // abstract-level database (memory-level in tests, classic-level on disk), cached in memory.
 
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto'
 import { GalleonError, describe } from '../errors.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
+import type { StoragePool } from './pools.js'
 
 /** A volume's persisted record: the public fields plus its compact storage id. */
 export interface VolumeRecord extends Volume {
@@ -14,6 +15,8 @@ export interface VolumeRecord extends Volume {
   readonly replication?: { readonly epoch: number, readonly seq: number }
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
+  /** The storage pool whose capacity the volume is provisioned against, if any. */
+  readonly pool?: string
 }
 
 /** A snapshot's persisted record. */
@@ -72,6 +75,8 @@ export class Catalog {
   readonly #classesDb: JsonSublevel
   readonly #settingsDb: JsonSublevel
   readonly #snapshotsDb: JsonSublevel
+  readonly #poolsDb: JsonSublevel
+  readonly #pools = new Map<string, StoragePool>()
   readonly #volumes = new Map<string, VolumeRecord>()
   /** Volume id -> its snapshots by id, in creation order. */
   readonly #snapshots = new Map<string, Map<string, SnapshotRecord>>()
@@ -88,6 +93,7 @@ export class Catalog {
     this.#classesDb = db.sublevel('classes', { valueEncoding: 'json' }) as JsonSublevel
     this.#settingsDb = db.sublevel('settings', { valueEncoding: 'json' }) as JsonSublevel
     this.#snapshotsDb = db.sublevel('snapshots', { valueEncoding: 'json' }) as JsonSublevel
+    this.#poolsDb = db.sublevel('pools', { valueEncoding: 'json' }) as JsonSublevel
   }
 
   get blockSize (): number { return this.#blockSize }
@@ -121,6 +127,7 @@ export class Catalog {
     for (const [name, storageClass] of await this.#classesDb.iterator().all()) {
       this.#classes.set(name as string, { ...(storageClass as StorageClass), builtIn: false })
     }
+    for (const [name, pool] of await this.#poolsDb.iterator().all()) this.#pools.set(name as string, pool as StoragePool)
     for (const [id, record] of await this.#volumesDb.iterator().all()) {
       const volume = record as VolumeRecord
       this.#volumes.set(id as string, volume)
@@ -277,6 +284,25 @@ export class Catalog {
   async deleteStorageClass (name: string): Promise<void> {
     await this.#classesDb.del(name, SYNC)
     this.#classes.delete(name)
+  }
+
+  pools (): StoragePool[] {
+    return [...this.#pools.values()]
+  }
+
+  pool (name: string): StoragePool | undefined {
+    return this.#pools.get(name)
+  }
+
+  /** Stores a pool (new or changed). */
+  async putPool (pool: StoragePool): Promise<void> {
+    await this.#poolsDb.put(pool.name, pool, SYNC)
+    this.#pools.set(pool.name, pool)
+  }
+
+  async deletePool (name: string): Promise<void> {
+    await this.#poolsDb.del(name, SYNC)
+    this.#pools.delete(name)
   }
 }
 

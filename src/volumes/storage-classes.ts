@@ -4,6 +4,7 @@
 import { GalleonError, describe } from '../errors.js'
 import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
 import { qosFromParameters } from '../qos/policy.js'
+import { checkPoolName } from './pools.js'
 
 /** Names of the classes every instance has. */
 export const BUILT_IN_STORAGE_CLASSES: readonly StorageClass[] = Object.freeze([
@@ -132,6 +133,7 @@ function parseParameters (input: unknown): Record<string, string> {
     if (parameters[key] !== undefined) parseLabelList(parameters[key], key)
   }
   qosFromParameters(parameters)
+  if (parameters.pool !== undefined) checkPoolName(parameters.pool, 'storage class parameter "pool"')
   return parameters
 }
 
