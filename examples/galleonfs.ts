@@ -119,7 +119,7 @@ async function legacyMain (argv: string[]): Promise<number> {
 }
 
 const argv = process.argv.slice(2)
-const COMMANDS = new Set(['volume', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'help'])
+const COMMANDS = new Set(['volume', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'qos', 'help'])
 const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
