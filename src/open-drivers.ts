@@ -156,6 +156,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
       : isDriverRef(mount)
         ? await createDriver('mountDriver', mount.driver, mount.options ?? {}, context, 'mount')
         : await createDriver('mountDriver', typeof mount === 'string' ? mount : 'virtual', {}, context, 'mount')
+    if (mountDriver !== mount) created.push(async () => { await mountDriver.close?.() })
     // Created last: an abstract-level database opens itself (and takes its lock) once constructed.
     const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
     const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : backend !== undefined && backend !== 'memory' ? `block store ${blockStore.name}` : 'memory')
