@@ -2,6 +2,7 @@
 // flags, each overriding the one before. Every bad value is reported with where it came from.
 
 import { readFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 import { parse as parseToml } from 'smol-toml'
 
 /** What the daemon runs with. */
@@ -21,8 +22,24 @@ export interface DaemonConfig {
   nbdAddress: string | undefined
   /** Log level; when unset, GALLEONFS_LOG or RUST_LOG, else info. */
   logLevel: LogLevel | undefined
-  /** Who wraps the volumes' data keys: a key file in the storage path, a passphrase, a KMS command or an HTTP KMS. */
-  keyProvider: 'internal' | 'passphrase' | 'command' | 'http'
+  /**
+   * Who wraps the volumes' data keys: a key file in the storage path, a passphrase, a KMS command,
+   * an HTTP KMS, or a key provider a driver module registered (by its name).
+   */
+  keyProvider: string
+  /** Options of a registered key provider (not of the four above, which have settings of their own). */
+  keyProviderOptions: Record<string, unknown> | undefined
+  /** Modules imported at start-up, before the storage is opened, to register drivers (paths or package names). */
+  driverModules: string[]
+  /** The block store by its registered name (default: the built-in `file`). */
+  blockStore: string | undefined
+  blockStoreOptions: Record<string, unknown> | undefined
+  /** The default backup target by its registered name (backups without --target go there). */
+  backupTarget: string | undefined
+  backupTargetOptions: Record<string, unknown> | undefined
+  /** The mount driver by its registered name, for mounts under the mount point (default: `fuse`). */
+  mountDriver: string | undefined
+  mountDriverOptions: Record<string, unknown> | undefined
   /** The key's name in the KMS (command and http). */
   kmsKeyId: string | undefined
   /** The KMS program and its arguments (command). */
@@ -68,6 +85,14 @@ export const DEFAULTS: DaemonConfig = {
   nbdAddress: undefined,
   logLevel: undefined,
   keyProvider: 'internal',
+  keyProviderOptions: undefined,
+  driverModules: [],
+  blockStore: undefined,
+  blockStoreOptions: undefined,
+  backupTarget: undefined,
+  backupTargetOptions: undefined,
+  mountDriver: undefined,
+  mountDriverOptions: undefined,
   kmsKeyId: undefined,
   kmsCommand: undefined,
   kmsUrl: undefined,
@@ -83,6 +108,11 @@ export const DEFAULTS: DaemonConfig = {
   advertiseAddress: undefined,
   leaseTtlSeconds: 10
 }
+
+/** The key providers the daemon sets up from [security] settings of their own (any other name is a registered driver). */
+export const DAEMON_KEY_PROVIDERS = ['internal', 'passphrase', 'command', 'http'] as const
+
+const DRIVER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
 
 /** A configuration problem: the daemon does not start, and says why. */
 export class ConfigError extends Error {}
@@ -103,7 +133,8 @@ const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
-  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' }
+  security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
+  drivers: { modules: 'driverModules', block_store: 'blockStore', block_store_options: 'blockStoreOptions', backup_target: 'backupTarget', backup_target_options: 'backupTargetOptions', mount_driver: 'mountDriver', mount_driver_options: 'mountDriverOptions' }
 }
 
 /** Reads a TOML configuration file into settings (and the keys it holds that this release ignores). */
@@ -133,7 +164,10 @@ export async function readConfigFile (path: string): Promise<{ settings: Partial
       settings[field] = value
     }
   }
-  return { settings: check(settings, path), ignored }
+  const checked = check(settings, path)
+  // Module paths are relative to the file that names them; package names stay as they are.
+  if (checked.driverModules !== undefined) checked.driverModules = checked.driverModules.map((spec) => spec.startsWith('./') || spec.startsWith('../') ? resolve(dirname(path), spec) : spec)
+  return { settings: checked, ignored }
 }
 
 /** Checks and normalizes settings from one source (`where`: a file path or "command line"). */
@@ -162,9 +196,28 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         out.logLevel = value as LogLevel
         break
       case 'keyProvider':
-        if (value !== 'internal' && value !== 'passphrase' && value !== 'command' && value !== 'http') throw new ConfigError(`${where}: key provider must be internal, passphrase, command or http, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${where}: key provider must be internal, passphrase, command, http or the name of a key provider a driver module registers, got ${JSON.stringify(value)}`)
         out.keyProvider = value
         break
+      case 'blockStore':
+      case 'backupTarget':
+      case 'mountDriver':
+        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${where}: ${key} must be the name of a registered driver (1 to 63 letters, digits, '.', '_' or '-'), got ${JSON.stringify(value)}`)
+        out[key as 'blockStore'] = value
+        break
+      case 'keyProviderOptions':
+      case 'blockStoreOptions':
+      case 'backupTargetOptions':
+      case 'mountDriverOptions':
+        if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Date) throw new ConfigError(`${where}: ${key} must be a table of the driver's options, such as { location = "/srv/blocks" }, got ${JSON.stringify(value)}`)
+        out[key as 'blockStoreOptions'] = { ...value as Record<string, unknown> }
+        break
+      case 'driverModules': {
+        const list = typeof value === 'string' ? [value] : value
+        if (!Array.isArray(list) || !list.every((spec) => typeof spec === 'string' && spec.length > 0)) throw new ConfigError(`${where}: driver modules must be a list of module paths (relative to the configuration file) or package names, such as ["./my-driver.js"], got ${JSON.stringify(value)}`)
+        out.driverModules = [...list as string[]]
+        break
+      }
       case 'nodeId':
         if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) throw new ConfigError(`${where}: node id must be 1 to 63 letters, digits, '.', '_' or '-', got ${JSON.stringify(value)}`)
         out.nodeId = value
@@ -265,5 +318,12 @@ export function merge (...layers: Array<Partial<DaemonConfig>>): DaemonConfig {
   }
   if (config.keyProvider === 'command') { needs('kmsKeyId', 'kms_key_id'); needs('kmsCommand', 'kms_command') }
   if (config.keyProvider === 'http') { needs('kmsKeyId', 'kms_key_id'); needs('kmsUrl', 'kms_url') }
+  if (config.keyProviderOptions !== undefined && (DAEMON_KEY_PROVIDERS as readonly string[]).includes(config.keyProvider)) {
+    throw new ConfigError(`key_provider_options in [security] are the options of a key provider a driver module registers; key provider ${config.keyProvider} takes its settings from the other keys of [security]`)
+  }
+  for (const [name, options, setting] of [['blockStore', 'blockStoreOptions', 'block_store'], ['backupTarget', 'backupTargetOptions', 'backup_target'], ['mountDriver', 'mountDriverOptions', 'mount_driver']] as const) {
+    if (config[options] !== undefined && config[name] === undefined) throw new ConfigError(`${setting}_options in [drivers] needs ${setting}, the name of the driver they are for`)
+  }
+  if (config.mountDriver !== undefined && config.mountPoint === undefined) throw new ConfigError('mount_driver in [drivers] presents the volumes mounted under the mount point; set mount_point in [daemon] (or --mount-point) too')
   return config
 }

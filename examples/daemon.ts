@@ -10,13 +10,17 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { constants as fsConstants } from 'node:fs'
 import { access, chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import { commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, type KeyProvider, type ProgressListener, GalleonError } from '../src/index.js'
+import { isAbsolute, join, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import {
+  checkDriverOptions, commandKeyProvider, GalleonFS, httpKeyProvider, isGalleonError, listDrivers, PROMETHEUS_CONTENT_TYPE,
+  type DriverKind, type DriverRef, type GalleonErrorCode, type KeyProvider, type OpenOptions, type ProgressListener, GalleonError
+} from '../src/index.js'
 import type { ClusterOptions } from '../src/cluster/manager.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator } from '../backends/etcd/index.js'
-import { ConfigError, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
+import { ConfigError, DAEMON_KEY_PROVIDERS, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 1024 * 1024
@@ -141,18 +145,28 @@ async function runnable (command: string): Promise<boolean> {
   return false
 }
 
+/** Driver options as `GET /v1/config` shows them: values that may be secrets (or, with `all`, every value) left out. */
+function redactedOptions (options: Record<string, unknown> | undefined, all: boolean): Record<string, unknown> | undefined {
+  if (options === undefined) return undefined
+  return Object.fromEntries(Object.entries(options).map(([key, value]) => [key, all || /secret|token|password|passphrase|credential|key/i.test(key) ? '(not shown)' : value]))
+}
+
 /** What `GET /v1/config` shows: KMS arguments and URL parts that may hold secrets left out. */
 function redacted (config: DaemonConfig): Record<string, unknown> {
   const url = config.kmsUrl === undefined ? undefined : new URL(config.kmsUrl)
   return {
     ...config,
+    keyProviderOptions: redactedOptions(config.keyProviderOptions, true),
+    blockStoreOptions: redactedOptions(config.blockStoreOptions, false),
+    backupTargetOptions: redactedOptions(config.backupTargetOptions, false),
+    mountDriverOptions: redactedOptions(config.mountDriverOptions, false),
     ...(config.kmsCommand === undefined ? {} : { kmsCommand: [config.kmsCommand[0], ...(config.kmsCommand.length > 1 ? [`(${config.kmsCommand.length - 1} argument(s) not shown)`] : [])] }),
     ...(url === undefined ? {} : { kmsUrl: `${url.origin}${url.pathname}${url.search === '' ? '' : '?(not shown)'}` })
   }
 }
 
 /** The key provider options of GalleonFS.open() that the configuration asks for. */
-async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyProvider, passphrase?: string }> {
+async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyProvider | DriverRef, passphrase?: string }> {
   switch (config.keyProvider) {
     case 'internal': return {}
     case 'passphrase': {
@@ -173,6 +187,52 @@ async function keyOptions (config: DaemonConfig): Promise<{ keyProvider?: KeyPro
         throw new ConfigError(`[security] kms_url: ${(err as Error).message}`)
       }
     }
+    // A key provider a driver module registered (checked by driverOptions()).
+    default: return { keyProvider: { driver: config.keyProvider, options: config.keyProviderOptions ?? {} } }
+  }
+}
+
+/**
+ * Imports the modules named in [drivers] modules (absolute paths, or package names), each of which
+ * registers drivers as it loads; logs what each one registered.
+ */
+async function loadDriverModules (modules: readonly string[], log: Logger): Promise<void> {
+  for (const spec of modules) {
+    const before = new Set(listDrivers().map((driver) => `${driver.kind}:${driver.name}`))
+    try {
+      await import(isAbsolute(spec) ? pathToFileURL(spec).href : spec)
+    } catch (err) {
+      throw new ConfigError(`cannot load the driver module ${spec} named in [drivers] modules (paths there are relative to the configuration file): ${(err as Error)?.message ?? String(err)}`)
+    }
+    const added = listDrivers().filter((driver) => !before.has(`${driver.kind}:${driver.name}`)).map((driver) => `${driver.kind} ${driver.name}`)
+    log(added.length === 0 ? 'warn' : 'info', added.length === 0 ? 'the driver module registered no driver' : 'driver module loaded', { module: spec, registered: added })
+  }
+}
+
+/** Checks that a driver the configuration names is registered and accepts its options. */
+function checkConfiguredDriver (kind: DriverKind, name: string | undefined, options: Record<string, unknown> | undefined, setting: string): void {
+  if (name === undefined) return
+  const registered = listDrivers(kind).map((driver) => driver.name)
+  if (!registered.includes(name)) throw new ConfigError(`${setting} names ${JSON.stringify(name)}, which no loaded module registered (registered: ${registered.join(', ')}); list the module that registers it in [drivers] modules`)
+  try {
+    checkDriverOptions(kind, name, options ?? {}, setting)
+  } catch (err) {
+    if (!isGalleonError(err, 'INVALID_ARGUMENT')) throw err
+    throw new ConfigError(err.message)
+  }
+}
+
+/** The drivers GalleonFS.open() gets from [drivers] (and a registered key provider from [security]). */
+async function driverOptions (config: DaemonConfig, log: Logger): Promise<Pick<OpenOptions, 'backend' | 'backendOptions' | 'backupTarget' | 'mount'>> {
+  await loadDriverModules(config.driverModules, log)
+  checkConfiguredDriver('blockStore', config.blockStore, config.blockStoreOptions, '[drivers] block_store')
+  checkConfiguredDriver('backupTarget', config.backupTarget, config.backupTargetOptions, '[drivers] backup_target')
+  checkConfiguredDriver('mountDriver', config.mountDriver, config.mountDriverOptions, '[drivers] mount_driver')
+  if (!(DAEMON_KEY_PROVIDERS as readonly string[]).includes(config.keyProvider)) checkConfiguredDriver('keyProvider', config.keyProvider, config.keyProviderOptions, '[security] key_provider')
+  return {
+    ...(config.blockStore === undefined ? {} : { backend: config.blockStore, backendOptions: config.blockStoreOptions ?? {} }),
+    ...(config.backupTarget === undefined ? {} : { backupTarget: { driver: config.backupTarget, options: config.backupTargetOptions ?? {} } }),
+    ...(config.mountPoint === undefined ? {} : { mount: config.mountDriver === undefined ? 'fuse' : { driver: config.mountDriver, options: config.mountDriverOptions ?? {} } })
   }
 }
 
@@ -280,6 +340,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const config: DaemonConfig = { ...initial }
   log.setLevel(config.logLevel)
   const ipc = parseAddress(config.ipcAddress, 'ipc address')
+  // Driver modules load (and the drivers named are checked) before anything else is set up.
+  const drivers = await driverOptions(config, log)
   // Clustered when etcd is named, when peers are (they say where etcd is), or when an earlier
   // `cluster join` left its settings in the storage path.
   const secret = await clusterSecret(config)
@@ -301,7 +363,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const g = await GalleonFS.open({
     storagePath: config.storagePath,
     blockSize: config.blockSize,
-    ...(config.mountPoint === undefined ? {} : { mount: 'fuse' as const }),
+    ...drivers,
     ...await keyOptions(config),
     ...(cluster === undefined ? {} : { cluster: await clusterOptions(config, cluster, secret as string) })
   })

@@ -21,7 +21,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
     .option('--log-level <level>', 'error, warn, info, debug or trace (default: GALLEONFS_LOG or RUST_LOG, else info)')
-    .option('--key-provider <provider>', 'internal, passphrase, command or http (KMS settings go in [security] of the config file)')
+    .option('--key-provider <provider>', 'internal, passphrase, command, http, or a key provider a module in [drivers] modules registers (KMS settings go in [security] of the config file)')
     .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs: start or join the cluster they coordinate')
     .option('--node-id <id>', 'this node\'s id in the cluster (default: host name and bind port)')
     .option('--zone <zone>', 'this node\'s failure domain (default "default")')

@@ -4,9 +4,9 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'eventemitter3'
 import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
 import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
-import { MountManager, VirtualMountDriver, mountControl, type MountTarget } from './mount/mount-manager.js'
+import { MountManager, mountControl, type MountTarget } from './mount/mount-manager.js'
 import { GalleonError, assertBytes, describe } from './errors.js'
-import type { BlockStore, BlockStoreStats, KeyProvider, MountDriver } from './drivers.js'
+import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
 import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
@@ -105,6 +105,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   #storagePath: string | undefined
   /** The QoS stage of the I/O path: volume limiters and the node dispatcher. */
   #qos!: QoSScheduler
+  /** The default backup target when open() created it from the registry: closed with the instance. */
+  #ownedBackupTarget: BackupTarget | undefined
   readonly #openedAt = new Date().toISOString()
 
   private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
@@ -135,10 +137,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     // Built before any driver opens, so a bad qos option fails without touching the storage.
     let emitQoS: (event: string, payload: unknown) => void = () => {}
     const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) })
-    const { metadata, blockStore, location } = await resolveDrivers(options)
+    const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options)
     try {
       await metadata.open()
     } catch (err) {
+      await ownedBackupTarget?.close().catch(() => {})
+      await mountDriver.close?.().catch(() => {})
       const code = (err as { code?: string }).code
       if (code === 'LEVEL_LOCKED' || String((err as Error)?.cause ?? '').includes('lock')) {
         throw new GalleonError('BUSY', `the storage at ${location} is already open in another GalleonFS instance or process; close that one first`, { cause: err })
@@ -160,7 +164,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#qos = qos
       const emitter = instance
       emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
-      instance.#keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider: options.keyProvider, passphrase: options.passphrase, inMemory: options.inMemory === true })
+      instance.#keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider, passphrase: passphrase ?? options.passphrase, inMemory: options.inMemory === true })
       await instance.#keys.load()
       const clock = options.clock ?? { now: Date.now }
       if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
@@ -170,8 +174,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       instance.#audit = new AuditLog(metadata, () => clock.now())
       await instance.#audit.load()
       catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
-      instance.#mounts = new MountManager(await resolveMountDriver(options.mount), instance.#mountHost())
-      instance.#backups = new BackupManager(instance, options.backupTarget, instance.#keys, () => clock.now())
+      instance.#mounts = new MountManager(mountDriver, instance.#mountHost())
+      instance.#ownedBackupTarget = ownedBackupTarget
+      instance.#backups = new BackupManager(instance, backupTarget, instance.#keys, () => clock.now())
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
       for (const record of catalog.volumes()) instance.#applyQoS(record)
@@ -185,6 +190,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } catch (err) {
       await blockStore.close().catch(() => {})
       await metadata.close().catch(() => {})
+      await ownedBackupTarget?.close().catch(() => {})
+      await mountDriver.close?.().catch(() => {})
       throw err
     }
   }
@@ -470,6 +477,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       } finally {
         await this.#store.close()
         await this.#metadata.close()
+        await this.#ownedBackupTarget?.close()
         this.emit('instance:closed')
       }
     })()
@@ -2345,18 +2353,6 @@ function names (records: readonly VolumeRecord[]): string {
   return records.slice(0, 5).map((record) => record.name).join(', ') + (records.length > 5 ? `, and ${records.length - 5} more` : '')
 }
 
-
-/** The mount driver `open()` was asked for. */
-async function resolveMountDriver (choice: unknown): Promise<MountDriver> {
-  if (choice === undefined || choice === 'virtual') return new VirtualMountDriver()
-  if (choice === 'fuse') {
-    const { FuseMountDriver } = await import('../backends/fuse/index.js')
-    return await FuseMountDriver.create()
-  }
-  const driver = choice as MountDriver
-  if (driver !== null && typeof driver === 'object' && typeof driver.mount === 'function' && typeof driver.unmount === 'function' && typeof driver.name === 'string') return driver
-  throw new GalleonError('INVALID_ARGUMENT', `mount must be 'virtual' (default), 'fuse' or a MountDriver { name, mount, unmount }, got ${describe(choice)}`)
-}
 
 /** README.txt of a mount point: the volume's facts for a person. */
 function renderReadme (facts: Record<string, unknown>): string {

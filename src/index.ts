@@ -8,6 +8,10 @@ export {
   type ReclaimPolicy, type VolumeBindingMode
 } from './types.js'
 export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
+export {
+  registerDriver, unregisterDriver, listDrivers, getDriver, createDriver, checkDriverOptions, DRIVER_KINDS,
+  type DriverKind, type DriverTypes, type DriverDescriptor, type DriverOption, type DriverOptionType, type DriverContext, type DriverRef, type RegisteredDriver
+} from './registry.js'
 export type { GalleonEvents, ChecksumMismatchEvent, IoErrorEvent, BackupProgressEvent } from './events.js'
 export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'

@@ -1,14 +1,16 @@
-// Turns GalleonFS.open() options into a metadata database and a block store, loading native
-// backends lazily so importing galleonfs never needs them.
+// Turns GalleonFS.open() options into a metadata database, a block store and the other drivers,
+// creating those named by their registered names (registry.ts) and loading native backends lazily,
+// so importing galleonfs never needs them.
 
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
 import { loadClassicLevel } from './classic-level.js'
-import type { BlockStore } from './drivers.js'
+import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
+import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
 
-/** Block-store backends that `GalleonFS.open({ storagePath, backend })` can create by name. */
+/** Block-store backends that come with GalleonFS; `backend` also takes the name of any registered block store. */
 export type BuiltInBackend = 'file' | 'level' | 'memory'
 
 /** Options of `GalleonFS.open`. */
@@ -17,8 +19,13 @@ export interface OpenOptions {
   storagePath?: string
   /** Keep everything in memory (memory-level metadata and memory block store): for tests. */
   inMemory?: boolean
-  /** Block store to use under `storagePath` (default `file`, the log-structured store). */
-  backend?: BuiltInBackend
+  /**
+   * Block store by its registered name (default `file`, the log-structured store, under
+   * `storagePath`; `memory` with `inMemory`): a built-in one or one added with `registerDriver()`.
+   */
+  backend?: BuiltInBackend | (string & {})
+  /** Options for the `create()` of the block store named by `backend`. */
+  backendOptions?: Readonly<Record<string, unknown>>
   /** Advanced: an abstract-level database for metadata (opened by GalleonFS if needed). */
   metadata?: MetadataDatabase
   /** Advanced: a block store instance (opened and closed by GalleonFS). */
@@ -33,8 +40,11 @@ export interface OpenOptions {
   cacheBlocks?: number
   /** Sliding window of getVolumeMetrics(), in seconds (default 10). */
   metricsWindowSeconds?: number
-  /** Default target of backup calls: a directory path, or a BackupTarget driver. */
-  backupTarget?: string | import('./drivers.js').BackupTarget
+  /**
+   * Default target of backup calls: a directory path, a BackupTarget driver, or a registered backup
+   * target by name, `{ driver: 'name', options }` (created at open, closed at close).
+   */
+  backupTarget?: string | BackupTarget | DriverRef
   /**
    * Advanced: where backup policies read the time (and backups their timestamps) from. With a
    * clock given, the scheduler sets no timers: call runDueBackupPolicies() to run what is due
@@ -44,16 +54,18 @@ export interface OpenOptions {
   /**
    * Wraps the data keys of encrypted volumes (see KeyProvider). Default: the internal provider, a
    * master key file `master.key` (mode 0600) in storagePath, created when the first encrypted
-   * volume is. Supply your own for a KMS or an HSM.
+   * volume is. Supply your own for a KMS or an HSM, as an instance or as a registered key provider
+   * by name, `{ driver: 'name', options }`.
    */
-  keyProvider?: import('./drivers.js').KeyProvider
+  keyProvider?: KeyProvider | DriverRef
   /** Derive the key-encryption key from this passphrase instead (salt kept in storagePath). */
   passphrase?: string
   /**
    * How `g.mounts.mountVolume()` presents volumes: `virtual` (default: for the VolumeFile API only),
-   * `fuse` (a FUSE file system per mount point; needs libfuse), or your own MountDriver.
+   * `fuse` (a FUSE file system per mount point; needs libfuse), your own MountDriver, or any
+   * registered mount driver by name (`'name'` or `{ driver: 'name', options }`).
    */
-  mount?: 'virtual' | 'fuse' | import('./drivers.js').MountDriver
+  mount?: 'virtual' | 'fuse' | (string & {}) | MountDriver | DriverRef
   /**
    * Take part in a cluster: this node's id, its Transport and Coordinator drivers, its zone and
    * labels (see ClusterOptions). Without it the instance is a single node.
@@ -73,16 +85,22 @@ export interface ResolvedDrivers {
   blockStore: BlockStore
   /** Where the data lives, for messages ('memory' when in memory). */
   location: string
+  /** The key provider or passphrase for the key manager (neither: its default). */
+  keyProvider?: KeyProvider
+  passphrase?: string
+  /** The default backup target, if any. */
+  backupTarget?: string | BackupTarget
+  /** A backup target created here from the registry: GalleonFS closes it. */
+  ownedBackupTarget?: BackupTarget
+  mountDriver: MountDriver
 }
-
-const BACKENDS: readonly BuiltInBackend[] = ['file', 'level', 'memory']
 
 /** Validates open options and creates the drivers they name. */
 export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDrivers> {
   if (options === null || typeof options !== 'object') {
     throw new GalleonError('INVALID_ARGUMENT', `GalleonFS.open() needs an options object such as { storagePath: './data' } or { inMemory: true }, got ${describe(options)}`)
   }
-  const { storagePath, inMemory, backend } = options
+  const { storagePath, inMemory, backend, backendOptions } = options
   if (storagePath !== undefined && (typeof storagePath !== 'string' || storagePath.length === 0)) {
     throw new GalleonError('INVALID_ARGUMENT', `storagePath must be a non-empty directory path, got ${describe(storagePath)}`)
   }
@@ -92,41 +110,89 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
   if (inMemory === true && storagePath !== undefined) {
     throw new GalleonError('INVALID_ARGUMENT', 'pass either storagePath (durable) or inMemory: true, not both')
   }
-  if (backend !== undefined && !BACKENDS.includes(backend)) {
-    throw new GalleonError('INVALID_ARGUMENT', `backend must be one of ${BACKENDS.join(', ')}, got ${describe(backend)}`)
+  if (backend !== undefined && typeof backend !== 'string') {
+    throw new GalleonError('INVALID_ARGUMENT', `backend must be the name of a registered block store (${names('blockStore')}), got ${describe(backend)}`)
   }
+  if (backendOptions !== undefined && backend === undefined) {
+    throw new GalleonError('INVALID_ARGUMENT', 'backendOptions are options of the block store named by backend; give backend too')
+  }
+  if (backend !== undefined) checkDriverOptions('blockStore', backend, backendOptions ?? {}, 'backend')
   if (backend !== undefined && options.blockStore !== undefined) {
-    throw new GalleonError('INVALID_ARGUMENT', 'pass either backend (a built-in block store by name) or blockStore (an instance), not both')
+    throw new GalleonError('INVALID_ARGUMENT', 'pass either backend (a registered block store by name) or blockStore (an instance), not both')
   }
   if (backend === 'memory' && storagePath !== undefined) {
     throw new GalleonError('INVALID_ARGUMENT', "backend 'memory' keeps blocks in process memory, so they would be lost while the volume records in storagePath remain; use { inMemory: true } for tests, or backend 'file' or 'level' with storagePath")
   }
-  if (storagePath === undefined && inMemory !== true && (options.metadata === undefined || options.blockStore === undefined)) {
+  if (storagePath === undefined && inMemory !== true && (options.metadata === undefined || (options.blockStore === undefined && backend === undefined))) {
     throw new GalleonError('INVALID_ARGUMENT', 'GalleonFS.open() needs { storagePath } for durable storage, { inMemory: true } for tests, or both { metadata, blockStore } drivers')
+  }
+  // Every driver reference is checked before anything is created or touched on disk.
+  const { keyProvider, backupTarget, mount } = options
+  if (keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+  if (isDriverRef(keyProvider)) checkDriverRef('keyProvider', keyProvider, 'keyProvider')
+  if (isDriverRef(backupTarget)) checkDriverRef('backupTarget', backupTarget, 'backupTarget')
+  if (isDriverRef(mount)) checkDriverRef('mountDriver', mount, 'mount')
+  else if (typeof mount === 'string') checkDriverOptions('mountDriver', mount, {}, 'mount')
+  else if (mount !== undefined && !isMountDriver(mount)) {
+    throw new GalleonError('INVALID_ARGUMENT', `mount must be a registered mount driver by name (${names('mountDriver')}), { driver, options }, or a MountDriver { name, mount, unmount }, got ${describe(mount)}`)
   }
 
   if (storagePath !== undefined) await mkdir(storagePath, { recursive: true })
-  const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
-  const chosen: BuiltInBackend = backend ?? (storagePath !== undefined ? 'file' : 'memory')
-  const blockStore = options.blockStore ?? await createBackend(chosen, storagePath)
-  const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : 'memory')
-  return { metadata, blockStore, location }
+  const context: DriverContext = { inMemory: inMemory === true, ...(storagePath === undefined ? {} : { storagePath }) }
+  const created: Array<() => Promise<void>> = []
+  try {
+    const chosen = backend ?? (storagePath !== undefined ? 'file' : 'memory')
+    const blockStore = options.blockStore ?? await createDriver('blockStore', chosen, backendOptions ?? {}, context, 'backend')
+    if (options.blockStore === undefined && storagePath !== undefined && blockStore.supports.persistent !== true) {
+      throw new GalleonError('INVALID_ARGUMENT', `block store '${chosen}' is not persistent (supports.persistent is false), so its blocks would be lost while the volume records in storagePath remain; use { inMemory: true } with it, or a persistent block store`)
+    }
+    const keys = await resolveKeyProvider(keyProvider, context)
+    let ownedBackupTarget: BackupTarget | undefined
+    let defaultTarget: string | BackupTarget | undefined
+    if (isDriverRef(backupTarget)) {
+      // A directory stays a path: GalleonFS keeps one target object (one queue) per directory.
+      if (backupTarget.driver === 'directory') defaultTarget = backupTarget.options?.path as string
+      else {
+        ownedBackupTarget = defaultTarget = await createDriver('backupTarget', backupTarget.driver, backupTarget.options ?? {}, context, 'backupTarget')
+        created.push(async () => { await (ownedBackupTarget as BackupTarget).close() })
+      }
+    } else defaultTarget = backupTarget
+    const mountDriver = isMountDriver(mount)
+      ? mount
+      : isDriverRef(mount)
+        ? await createDriver('mountDriver', mount.driver, mount.options ?? {}, context, 'mount')
+        : await createDriver('mountDriver', typeof mount === 'string' ? mount : 'virtual', {}, context, 'mount')
+    if (mountDriver !== mount) created.push(async () => { await mountDriver.close?.() })
+    // Created last: an abstract-level database opens itself (and takes its lock) once constructed.
+    const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
+    const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : backend !== undefined && backend !== 'memory' ? `block store ${blockStore.name}` : 'memory')
+    return { metadata, blockStore, location, ...keys, ...(defaultTarget === undefined ? {} : { backupTarget: defaultTarget }), ...(ownedBackupTarget === undefined ? {} : { ownedBackupTarget }), mountDriver }
+  } catch (err) {
+    for (const close of created) await close().catch(() => {})
+    throw err
+  }
 }
 
-async function createBackend (backend: BuiltInBackend, storagePath: string | undefined): Promise<BlockStore> {
-  if (backend === 'memory') {
-    const { MemoryBlockStore } = await import('../backends/memory/index.js')
-    return new MemoryBlockStore()
-  }
-  if (storagePath === undefined) {
-    throw new GalleonError('INVALID_ARGUMENT', `the ${backend} backend stores data on disk; give storagePath too`)
-  }
-  if (backend === 'level') {
-    const { LevelBlockStore } = await import('../backends/level/index.js')
-    return new LevelBlockStore({ location: join(storagePath, 'blocks-level') })
-  }
-  const { FileBlockStore } = await import('../backends/file/index.js')
-  return new FileBlockStore({ location: join(storagePath, 'blocks') })
+/**
+ * The key provider open() was given. The internal provider without options and the passphrase one
+ * with only a passphrase stay with the key manager's own handling (a master key file is created
+ * only while no volume depends on one; a wrong passphrase fails open).
+ */
+async function resolveKeyProvider (keyProvider: OpenOptions['keyProvider'], context: DriverContext): Promise<{ keyProvider?: KeyProvider, passphrase?: string }> {
+  if (!isDriverRef(keyProvider)) return keyProvider === undefined ? {} : { keyProvider }
+  const given = Object.keys(keyProvider.options ?? {}).filter((key) => keyProvider.options?.[key] !== undefined)
+  if (keyProvider.driver === 'internal' && given.length === 0) return {}
+  if (keyProvider.driver === 'passphrase' && given.every((key) => key === 'passphrase')) return { passphrase: keyProvider.options?.passphrase as string }
+  return { keyProvider: await createDriver('keyProvider', keyProvider.driver, keyProvider.options ?? {}, context, 'keyProvider') }
+}
+
+function isMountDriver (value: unknown): value is MountDriver {
+  const driver = value as MountDriver
+  return driver !== null && typeof driver === 'object' && !isDriverRef(driver) && typeof driver.mount === 'function' && typeof driver.unmount === 'function' && typeof driver.name === 'string'
+}
+
+function names (kind: 'blockStore' | 'mountDriver'): string {
+  return listDrivers(kind).map((driver) => driver.name).join(', ')
 }
 
 async function openClassicLevel (location: string): Promise<MetadataDatabase> {

@@ -1,0 +1,151 @@
+// Descriptors of the drivers that come with GalleonFS, registered before any other (see registry.ts).
+// Each loads its implementation with import() when a driver is created, so that importing galleonfs
+// never loads a native module.
+
+import { join } from 'node:path'
+import { GalleonError } from './errors.js'
+import type { DriverContext, DriverDescriptor, DriverOption } from './registry.js'
+
+const positiveInteger = (value: unknown): void => {
+  if (!Number.isSafeInteger(value) || (value as number) <= 0) throw new Error(`must be a positive integer, got ${String(value)}`)
+}
+
+const nonEmpty = (value: unknown): void => {
+  if (value === '') throw new Error('must not be empty')
+}
+
+const KMS_COMMON: Record<string, DriverOption> = {
+  keyId: { type: 'string', required: true, validate: nonEmpty, description: 'the name of the key in the KMS' },
+  timeoutMs: { type: 'number', description: 'a call taking longer fails (default 30000)' }
+}
+
+/** A directory beneath the storage path, or the `location` option; refused for in-memory instances. */
+function onDisk (backend: string, location: unknown, context: DriverContext, folder: string): string {
+  if (context.inMemory || (location === undefined && context.storagePath === undefined)) {
+    throw new GalleonError('INVALID_ARGUMENT', `the ${backend} backend stores data on disk; give storagePath too`)
+  }
+  return (location as string | undefined) ?? join(context.storagePath as string, folder)
+}
+
+/** The built-in drivers, in the order listings show them. */
+export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
+  {
+    kind: 'blockStore',
+    name: 'memory',
+    description: 'blocks in a Map, lost at close: for tests',
+    options: {},
+    create: async () => new (await import('../backends/memory/index.js')).MemoryBlockStore()
+  },
+  {
+    kind: 'blockStore',
+    name: 'level',
+    description: 'one LevelDB key per block version (classic-level), in <storagePath>/blocks-level',
+    options: { location: { type: 'string', validate: nonEmpty, description: 'directory of the database (default <storagePath>/blocks-level)' } },
+    isAvailable: async () => await (await import('../backends/level/index.js')).levelBackend.isAvailable(),
+    create: async (options: { location?: string }, context: DriverContext) => {
+      const { LevelBlockStore } = await import('../backends/level/index.js')
+      return new LevelBlockStore({ location: onDisk('level', options.location, context, 'blocks-level') })
+    }
+  },
+  {
+    kind: 'blockStore',
+    name: 'file',
+    description: 'log-structured segment files in <storagePath>/blocks (the default on disk)',
+    options: {
+      location: { type: 'string', validate: nonEmpty, description: 'directory of the segments (default <storagePath>/blocks)' },
+      segmentBytes: { type: 'number', validate: positiveInteger, description: 'size at which a segment is sealed (default 64 MiB)' },
+      compactionThreshold: { type: 'number', description: 'live fraction under which a sealed segment is compacted (default 0.4)' },
+      onBackgroundError: { type: 'function', description: 'receives errors of background work' }
+    },
+    create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
+      const { FileBlockStore } = await import('../backends/file/index.js')
+      return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks') })
+    }
+  },
+  {
+    kind: 'backupTarget',
+    name: 'directory',
+    description: 'chunks and manifests in a directory (local disk or NFS)',
+    options: { path: { type: 'string', required: true, validate: nonEmpty, description: 'the directory, created if missing' } },
+    create: async (options: { path: string }) => new (await import('../backends/directory/index.js')).DirectoryBackupTarget({ path: options.path })
+  },
+  {
+    kind: 'keyProvider',
+    name: 'internal',
+    description: 'a master key file (mode 0600), by default <storagePath>/master.key',
+    options: {
+      path: { type: 'string', validate: nonEmpty, description: 'the master key file (default <storagePath>/master.key)' },
+      create: { type: 'boolean', description: 'create the key file when it is missing (default true)' }
+    },
+    create: async (options: { path?: string, create?: boolean }, context: DriverContext) => {
+      const path = options.path ?? (context.storagePath === undefined ? undefined : join(context.storagePath, 'master.key'))
+      if (path === undefined) throw new GalleonError('INVALID_ARGUMENT', 'the internal key provider keeps its key file in storagePath; open with storagePath or give the path option')
+      const { InternalKeyProvider } = await import('./crypto/keys.js')
+      return await InternalKeyProvider.open(path, { create: options.create ?? true })
+    }
+  },
+  {
+    kind: 'keyProvider',
+    name: 'passphrase',
+    description: 'a key derived from a passphrase (scrypt), its salt by default in <storagePath>/passphrase.salt',
+    options: {
+      passphrase: { type: 'string', required: true, description: 'at least 8 characters' },
+      saltPath: { type: 'string', validate: nonEmpty, description: 'the salt file (default <storagePath>/passphrase.salt)' }
+    },
+    create: async (options: { passphrase: string, saltPath?: string }, context: DriverContext) => {
+      const saltPath = options.saltPath ?? (context.storagePath === undefined ? undefined : join(context.storagePath, 'passphrase.salt'))
+      if (saltPath === undefined) throw new GalleonError('INVALID_ARGUMENT', 'a passphrase needs storagePath (its salt is kept there) or the saltPath option')
+      const { PassphraseKeyProvider } = await import('./crypto/keys.js')
+      return await PassphraseKeyProvider.open(options.passphrase, saltPath)
+    }
+  },
+  {
+    kind: 'keyProvider',
+    name: 'command',
+    description: 'a KMS program that wraps and unwraps keys (base64 on stdin and stdout)',
+    options: {
+      ...KMS_COMMON,
+      command: { type: 'string', required: true, validate: nonEmpty, description: 'the program, run without a shell' },
+      args: { type: 'array', description: 'arguments before the operation' }
+    },
+    create: async (options: { keyId: string, command: string, args?: string[], timeoutMs?: number }) => (await import('./crypto/kms.js')).commandKeyProvider(options)
+  },
+  {
+    kind: 'keyProvider',
+    name: 'http',
+    description: 'an HTTP KMS endpoint (POST { operation, keyId, context, data })',
+    options: {
+      ...KMS_COMMON,
+      url: { type: 'string', required: true, description: 'https:, or http: to this machine unless insecure' },
+      token: { type: 'string', description: 'sent as Authorization: Bearer <token>' },
+      insecure: { type: 'boolean', description: 'allow plain http to another host' }
+    },
+    create: async (options: { keyId: string, url: string, token?: string, timeoutMs?: number, insecure?: boolean }) => (await import('./crypto/kms.js')).httpKeyProvider(options)
+  },
+  {
+    kind: 'keyProvider',
+    name: 'external',
+    description: 'wrap and unwrap functions the application supplies',
+    options: {
+      keyId: KMS_COMMON.keyId as DriverOption,
+      wrap: { type: 'function', required: true, description: '(dek, context) => Promise<wrapped>' },
+      unwrap: { type: 'function', required: true, description: '(wrapped, context) => Promise<dek>' }
+    },
+    create: async (options: { keyId: string, wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>, unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array> }) => new (await import('./crypto/keys.js')).ExternalKeyProvider(options)
+  },
+  {
+    kind: 'mountDriver',
+    name: 'virtual',
+    description: 'mounts for the VolumeFile API only (the default)',
+    options: {},
+    create: async () => new (await import('./mount/mount-manager.js')).VirtualMountDriver()
+  },
+  {
+    kind: 'mountDriver',
+    name: 'fuse',
+    description: 'a FUSE file system per mount point (fuse-native, libfuse 2)',
+    options: {},
+    // No isAvailable(): create() says exactly what is missing (/dev/fuse, libfuse, fusermount).
+    create: async () => await (await import('../backends/fuse/index.js')).FuseMountDriver.create()
+  }
+]
