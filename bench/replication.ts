@@ -4,10 +4,15 @@
 //     a 1-copy volume of the same node (target >= 0.5x);
 //   - resync of a copy that was away while 1% of the blocks changed (delta), vs a full copy of the
 //     same volume to a new, empty copy.
-// Run with `node --import tsx bench/replication.ts`; BENCH_REPLICATION_MS sets the time per write
-// case (default 3000), BENCH_REPLICATION_MB the resync volume's size (default 256). Saved to
-// bench/results/replication.json.
+// Where etcd is installed (as CI installs it), the second node runs in its own process
+// (bench/replication-peer.ts) and the two coordinate through a throwaway etcd, as real nodes do;
+// otherwise both run in this process on an in-process coordinator (BENCH_REPLICATION_PEER=inline
+// forces that). Run with `node --import tsx bench/replication.ts`; BENCH_REPLICATION_MS sets the
+// time per write case (default 3000), BENCH_REPLICATION_MB the resync volume's size (default 256).
+// Saved to bench/results/replication.json.
 
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -15,6 +20,8 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { MemoryCoordinatorCluster } from '../backends/memory/index.js'
 import { TcpTransport } from '../backends/tcp/index.js'
+import { EtcdCoordinator } from '../backends/etcd/index.js'
+import { findEtcd, startEtcd, type EtcdServer } from '../test/support/etcd.js'
 
 const TIME_MS = Number(process.env.BENCH_REPLICATION_MS ?? 3000)
 const RESYNC_MB = Number(process.env.BENCH_REPLICATION_MB ?? 256)
@@ -25,12 +32,38 @@ const RESULTS_FILE = fileURLToPath(new URL('./results/replication.json', import.
 
 const root = await mkdtemp(join(tmpdir(), 'galleon-bench-repl-'))
 const coordinators = new MemoryCoordinatorCluster()
+const separate = process.env.BENCH_REPLICATION_PEER !== 'inline' && findEtcd() !== undefined
+const etcd: EtcdServer | undefined = separate ? await startEtcd() : undefined
 
 async function node (id: string): Promise<GalleonFS> {
+  const coordinator = etcd === undefined ? coordinators.coordinator() : await EtcdCoordinator.connect({ endpoints: [etcd.endpoint] })
   return await GalleonFS.open({
     storagePath: join(root, id),
-    cluster: { nodeId: id, transport: new TcpTransport({ nodeId: id, clusterSecret: SECRET }), coordinator: coordinators.coordinator(), leaseTtlMs: 3000 }
+    cluster: { nodeId: id, transport: new TcpTransport({ nodeId: id, clusterSecret: SECRET }), coordinator, leaseTtlMs: 3000 }
   })
+}
+
+/** The second node: a child process when etcd is there, else an instance in this process. */
+interface Peer { close: () => Promise<void> }
+async function peer (id: string): Promise<Peer> {
+  if (etcd === undefined) {
+    const g = await node(id)
+    return { close: async () => { await g.close() } }
+  }
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./replication-peer.ts', import.meta.url)), id, join(root, id), etcd.endpoint, SECRET], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let output = ''
+  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  await until(async () => {
+    if (child.exitCode !== null) throw new Error(`the peer process exited with code ${child.exitCode}`)
+    return output.includes('ready')
+  }, 60_000)
+  return {
+    close: async () => {
+      if (child.exitCode !== null) return
+      child.kill('SIGTERM')
+      await once(child, 'exit')
+    }
+  }
 }
 
 async function until (check: () => Promise<boolean>, timeoutMs = 600_000): Promise<void> {
@@ -64,8 +97,8 @@ async function randomWrites (g: GalleonFS, volume: string, blocks: number, conce
 interface Row { case: string, value: number, baseline: number, unit: string, ratio: number }
 const rows: Row[] = []
 try {
-  let n1 = await node('n1')
-  let n2 = await node('n2')
+  const n1 = await node('n1')
+  let n2 = await peer('n2')
   await until(async () => (n1.cluster?.members.filter((m) => m.healthy).length ?? 0) === 2)
 
   // Writes: the same node, the same kind of volume, one or two copies.
@@ -87,7 +120,7 @@ try {
   for (let at = 0; at < big; at += 256) await n1.write('big', at * BLOCK, chunk, WriteConcern.WriteAcknowledged)
   await n1.flush('big')
   let began = performance.now()
-  n2 = await node('n2')
+  n2 = await peer('n2')
   await until(async () => (await n1.replicationStatus('big')).inSync.length === 2)
   const full = (performance.now() - began) / 1000
   await n2.close()
@@ -96,20 +129,20 @@ try {
   for (let i = 0; i < changed; i++) await n1.writeBlock('big', Math.floor(Math.random() * big), data, WriteConcern.WriteAcknowledged)
   await n1.flush('big')
   began = performance.now()
-  n2 = await node('n2')
+  n2 = await peer('n2')
   await until(async () => (await n1.replicationStatus('big')).inSync.length === 2)
   const delta = (performance.now() - began) / 1000
   rows.push({ case: `resync of a ${RESYNC_MB} MiB volume: 1% of blocks changed vs a full copy`, value: delta, baseline: full, unit: 's', ratio: delta / full })
   await n2.close()
   await n1.close()
-  void n1
 } finally {
+  await etcd?.stop()
   await rm(root, { recursive: true, force: true })
 }
 
-console.log(`replication between 2 nodes on loopback (Node ${process.version})`)
+console.log(`replication between 2 nodes on loopback (Node ${process.version}; ${separate ? 'the second node in its own process, etcd coordinating' : 'both nodes in this process, in-process coordinator'})`)
 for (const row of rows) {
   console.log(`${row.case.padEnd(80)} ${row.value.toFixed(row.unit === 's' ? 2 : 0).padStart(8)} vs ${row.baseline.toFixed(row.unit === 's' ? 2 : 0).padStart(8)} ${row.unit.padEnd(5)} ratio ${row.ratio.toFixed(2)}`)
 }
 await mkdir(fileURLToPath(new URL('./results/', import.meta.url)), { recursive: true })
-await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, seconds: TIME_MS / 1000, resyncMiB: RESYNC_MB, rows }, null, 2) + '\n')
+await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, peer: separate ? 'process' : 'inline', seconds: TIME_MS / 1000, resyncMiB: RESYNC_MB, rows }, null, 2) + '\n')

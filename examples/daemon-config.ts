@@ -68,6 +68,8 @@ export interface DaemonConfig {
   advertiseAddress: string | undefined
   /** Seconds a node may be silent before it counts as failed (its volumes fail over). */
   leaseTtlSeconds: number
+  /** Seconds a failed node's copies wait before the cluster replaces them on other nodes. */
+  replicaReplacementDelaySeconds: number
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -106,7 +108,8 @@ export const DEFAULTS: DaemonConfig = {
   etcdPrefix: '/galleonfs/',
   clusterSecretFile: undefined,
   advertiseAddress: undefined,
-  leaseTtlSeconds: 10
+  leaseTtlSeconds: 10,
+  replicaReplacementDelaySeconds: 600
 }
 
 /** The key providers the daemon sets up from [security] settings of their own (any other name is a registered driver). */
@@ -130,7 +133,7 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
@@ -296,6 +299,12 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         const seconds = typeof value === 'string' ? Number(value) : value
         if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 3600) throw new ConfigError(`${where}: lease TTL must be a number of seconds from 1 to 3600, got ${JSON.stringify(value)}`)
         out.leaseTtlSeconds = seconds
+        break
+      }
+      case 'replicaReplacementDelaySeconds': {
+        const seconds = typeof value === 'string' ? Number(value) : value
+        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 7 * 86_400) throw new ConfigError(`${where}: replica replacement delay must be a number of seconds from 1 to 604800, got ${JSON.stringify(value)}`)
+        out.replicaReplacementDelaySeconds = seconds
         break
       }
       case 'replicationStrategy':

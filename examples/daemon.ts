@@ -297,7 +297,7 @@ async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, 
   const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix })
-    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
   } catch (err) {
     await transport.close().catch(() => {})
     throw err

@@ -232,7 +232,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) }, volumeCount: () => this.#catalog.volumes().length })
       let replication: ReplicationManager
       try {
-        replication = await ReplicationManager.start(this.#replicationHost(), manager, options.coordinator, options.zone ?? 'default')
+        replication = await ReplicationManager.start(this.#replicationHost(), manager, options.coordinator, options.zone ?? 'default', options.replicaReplacementDelayMs === undefined ? {} : { replacementDelayMs: options.replicaReplacementDelayMs })
       } catch (err) {
         await manager.close().catch(() => {})
         throw err

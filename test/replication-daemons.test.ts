@@ -41,7 +41,7 @@ async function startNode (name: string, zone: string, bind?: string): Promise<No
   const address = bind ?? `127.0.0.1:${await freePort()}`
   const running = await startDaemonProcess([
     '--storage-path', join(root, name), '--ipc-address', '127.0.0.1:0', '--bind-address', address, '--node-id', name,
-    '--zone', zone, '--etcd-endpoints', (etcd as EtcdServer).endpoint, '--lease-ttl-seconds', '2'
+    '--zone', zone, '--etcd-endpoints', (etcd as EtcdServer).endpoint, '--lease-ttl-seconds', '2', '--replica-replacement-delay-seconds', '3600'
   ], {
     cwd: root,
     env: { ...process.env, GALLEONFS_CLUSTER_SECRET: 'replication-test-secret' },

@@ -29,16 +29,16 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string> } = {}): Promise<Node> {
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string>, replicaReplacementDelayMs?: number } = {}): Promise<Node> {
   const dir = options.dir ?? await mkdtemp(join(tmpdir(), `galleon-repl-${id}-`))
   if (options.dir === undefined) dirs.push(dir)
   const events: string[] = []
   const g = await GalleonFS.open({
     storagePath: dir,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...(options.replicaReplacementDelayMs === undefined ? {} : { replicaReplacementDelayMs: options.replicaReplacementDelayMs }), ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
   })
   opened.push(g)
-  for (const event of ['replication:failover', 'replication:out-of-sync', 'replication:in-sync', 'replication:resynced', 'replication:primary', 'replication:demoted'] as const) {
+  for (const event of ['replication:failover', 'replication:out-of-sync', 'replication:in-sync', 'replication:resynced', 'replication:primary', 'replication:demoted', 'replication:replica-removed', 'replication:copy-dropped'] as const) {
     g.on(event, (payload: unknown) => { events.push(`${event} ${JSON.stringify(payload)}`) })
   }
   return { g, id, dir, events }
@@ -152,6 +152,43 @@ describe('replication (memory transport, on-disk nodes)', () => {
     assert.equal((await n3.g.getVolume('short')).id, vol.id)
     const held = await copies(nodes, 'short', 256 * 1024)
     for (const node of nodes) assert.deepEqual(held.get(node.id)?.subarray(3 * 4096, 4 * 4096), block(3), `copy on ${node.id}`)
+  })
+
+  it('replaces the copy of a node that stays dead past the replacement delay; the node drops its stale copy when it comes back', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: Node[] = []
+    for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id, { replicaReplacementDelayMs: 1500 }))
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    const n1 = nodes[0] as Node
+    await n1.g.createVolume({ name: 'lasting', sizeBytes: '256K', replicas: 2 })
+    for (let i = 0; i < 16; i++) await n1.g.writeBlock('lasting', i, block(i + 1), WriteConcern.WriteReplicated)
+    const before = await n1.g.replicationStatus('lasting')
+    const lostId = before.nodes.find((n) => n !== 'n1') as string
+    const lost = nodes.find((n) => n.id === lostId) as Node
+    const spare = nodes.find((n) => n.id !== 'n1' && n.id !== lostId) as Node
+    assert.equal(before.nodes.includes(spare.id), false)
+    // The node holding the second copy dies and stays away: past the delay its copy is given up
+    // and a new one is made on the spare node, while writes go on.
+    await lost.g.close()
+    for (let i = 16; i < 24; i++) await n1.g.writeBlock('lasting', i, block(i + 1), WriteConcern.WriteAcknowledged)
+    await until('the spare node holds an in-sync copy', async () => {
+      const s = await n1.g.replicationStatus('lasting')
+      return s.nodes.includes(spare.id) && !s.nodes.includes(lostId) && s.inSync.length === 2
+    }, 30_000)
+    assert.ok([...n1.events, ...spare.events].some((e) => e.startsWith('replication:replica-removed') && e.includes(lostId)), 'the leader said it gave the copy up')
+    await n1.g.writeBlock('lasting', 30, block(31), WriteConcern.WriteReplicated)
+    // The dead node comes back: the cluster no longer counts on its copy, so it deletes it.
+    const back = await startNode(network, coordinators, lostId, { dir: lost.dir, replicaReplacementDelayMs: 1500 })
+    nodes[nodes.indexOf(lost)] = back
+    await until('the returning node dropped its stale copy', async () => await back.g.getVolume('lasting').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    assert.deepEqual([...(await n1.g.replicationStatus('lasting')).nodes].sort(), ['n1', spare.id].sort())
+    const expected = await n1.g.read('lasting', 0, 256 * 1024)
+    const held = await copies([n1, spare], 'lasting', 256 * 1024)
+    assert.deepEqual(held.get('n1'), expected)
+    assert.deepEqual(held.get(spare.id), expected, 'the replacement copy holds every block')
+    assert.deepEqual(expected.subarray(30 * 4096, 31 * 4096), block(31))
+    await back.g.close()
   })
 
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {

@@ -29,6 +29,12 @@ export interface ClusterOptions {
    * Writes that name WriteReplicated or WriteDistributed always wait for the copies.
    */
   readonly replication?: 'synchronous' | 'asynchronous'
+  /**
+   * How long a node holding a copy may be unhealthy before the cluster leader gives its copy up
+   * and places a new one on another node (default 10 minutes, as Longhorn waits before
+   * replenishing a replica; at least 1000). A node that comes back after that drops its stale copy.
+   */
+  readonly replicaReplacementDelayMs?: number
 }
 
 /** The cluster as one node sees it. */
@@ -93,6 +99,7 @@ function checkOptions (options: ClusterOptions): void {
   }
   if (options.replication !== undefined && options.replication !== 'synchronous' && options.replication !== 'asynchronous') throw new GalleonError('INVALID_ARGUMENT', `cluster replication must be synchronous or asynchronous, got ${describe(options.replication)}`)
   if (options.leaseTtlMs !== undefined && (!Number.isFinite(options.leaseTtlMs) || options.leaseTtlMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster leaseTtlMs must be at least 1000, got ${describe(options.leaseTtlMs)}`)
+  if (options.replicaReplacementDelayMs !== undefined && (!Number.isFinite(options.replicaReplacementDelayMs) || options.replicaReplacementDelayMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster replicaReplacementDelayMs must be at least 1000 (milliseconds a dead node's copies wait before being replaced), got ${describe(options.replicaReplacementDelayMs)}`)
 }
 
 /** One node's part in the cluster. */

@@ -84,6 +84,10 @@ export interface ReplicationEvents {
   'replication:failover': (event: { volumeId: string, from: string, to: string, epoch: number }) => void
   /** The leader added nodes to a replica set that had fewer copies than wanted. */
   'replication:replica-added': (event: { volumeId: string, nodes: string[] }) => void
+  /** The cluster leader gave up copies whose nodes stayed unhealthy past the replacement delay (new ones follow). */
+  'replication:replica-removed': (event: { volumeId: string, nodes: string[], reason: string }) => void
+  /** This node deleted its copy of a volume because the copy was replaced on other nodes while it was away. */
+  'replication:copy-dropped': (event: { volumeId: string, nodeId: string, nodes: string[] }) => void
   /** A copy was taken out of the in-sync list (it failed or fell behind). */
   'replication:out-of-sync': (event: { volumeId: string, node: string }) => void
   /** A copy caught up and is in sync again. */
@@ -155,6 +159,8 @@ const DIGEST_BYTES = 16
 const LEADER_LOOP_MS = 1000
 /** Coordinator keys of nodes that are leaving (`replication/leaving/<nodeId>`). */
 const LEAVING_PREFIX = 'replication/leaving/'
+/** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
+const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
 /** How long a replicated write waits for its copies before it fails. */
 const COMMIT_WAIT_MS = 60_000
 const FORWARD_DEADLINE_MS = 30_000
@@ -268,19 +274,25 @@ export class ReplicationManager {
   #leaderTimer: NodeJS.Timeout | undefined
   #leaderBusy = false
   #closed = false
+  /** While this node hands its copies off (leave), it deletes them itself. */
+  #handingOff = false
+  readonly #replacementDelayMs: number
+  /** Since when (by this leader's clock) each node holding copies has been seen unhealthy. */
+  readonly #unhealthySince = new Map<string, number>()
 
-  private constructor (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string) {
+  private constructor (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, replacementDelayMs: number) {
     this.#host = host
     this.#cluster = cluster
     this.#coordinator = coordinator
     this.#zone = zone
+    this.#replacementDelayMs = replacementDelayMs
   }
 
   get nodeId (): string { return this.#cluster.nodeId }
 
   /** Registers the handlers, loads the records of local copies and takes up each copy's role. */
-  static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string): Promise<ReplicationManager> {
-    const manager = new ReplicationManager(host, cluster, coordinator, zone)
+  static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, options: { replacementDelayMs?: number } = {}): Promise<ReplicationManager> {
+    const manager = new ReplicationManager(host, cluster, coordinator, zone, options.replacementDelayMs ?? DEFAULT_REPLACEMENT_DELAY_MS)
     // Local copies first, with their saved positions: a peer's message may come as soon as the
     // handlers are in place.
     const copies = host.localCopies()
@@ -307,6 +319,9 @@ export class ReplicationManager {
           // This node was primary before it stopped: it takes the role again under a new epoch, so
           // that anything its earlier incarnation sent is fenced off.
           await manager.#reclaim(set)
+        } else if (!record.nodes.includes(cluster.nodeId)) {
+          // Replaced while this node was away: another node holds the copy now.
+          await manager.#dropStale(set, record)
         } else {
           manager.#adopt(set, record, entry.revision)
         }
@@ -440,9 +455,11 @@ export class ReplicationManager {
     // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
     const mark = `${LEAVING_PREFIX}${this.nodeId}`
     await this.#coordinator.put(mark, JSON.stringify({ at: Date.now() }))
+    this.#handingOff = true
     try {
       for (const set of [...this.#sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
     } finally {
+      this.#handingOff = false
       await this.#coordinator.delete(mark).catch(() => {})
     }
   }
@@ -499,6 +516,10 @@ export class ReplicationManager {
     if (revision < set.revision) return
     set.record = record
     set.revision = revision
+    if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#handingOff && !this.#closed) {
+      void this.#dropStale(set, record)
+      return
+    }
     if (record.epoch > set.knownEpoch) set.knownEpoch = record.epoch
     const mine = record.primary === this.nodeId
     if (set.primary !== undefined) {
@@ -512,6 +533,19 @@ export class ReplicationManager {
     if (mine && !this.#closed) {
       if (record.epoch < set.knownEpoch) return
       this.#becomePrimary(set, record)
+    }
+  }
+
+  /** Deletes the copy of a volume whose record no longer lists this node (it was replaced). */
+  async #dropStale (set: LocalSet, record: ReplicaSetRecord): Promise<void> {
+    if (this.#sets.get(set.volumeId) !== set) return
+    this.#stepDown(set, 'its copy was replaced on another node')
+    this.forget(set.volumeId)
+    try {
+      await this.#host.deleteCopy(set.volumeId)
+      this.#host.emit('replication:copy-dropped', { volumeId: set.volumeId, nodeId: this.nodeId, nodes: [...record.nodes] })
+    } catch (err) {
+      this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `dropping the copy that was replaced on ${record.nodes.join(', ')}: ${(err as Error)?.message ?? String(err)}` })
     }
   }
 
@@ -603,6 +637,8 @@ export class ReplicationManager {
     try {
       const members = await this.#coordinator.members()
       const healthy = new Set(members.filter((m) => m.healthy).map((m) => m.id))
+      const now = Date.now()
+      for (const node of [...this.#unhealthySince.keys()]) if (healthy.has(node)) this.#unhealthySince.delete(node)
       for (const entry of await this.#coordinator.list(RECORD_PREFIX)) {
         if (this.#closed || this.#cluster.leadership === undefined) return
         const record = parseRecord(entry.value)
@@ -615,6 +651,14 @@ export class ReplicationManager {
           if (written !== undefined) {
             this.#host.emit('replication:failover', { volumeId, from: record.primary, to: candidate, epoch: record.epoch + 1 })
           }
+          continue
+        }
+        // A copy whose node stayed unhealthy past the replacement delay is given up (never the
+        // primary's, and never the last in-sync one): the branch below places a new copy.
+        const dead = record.nodes.filter((n) => n !== record.primary && !healthy.has(n) && now - this.#firstSeenUnhealthy(n, now) >= this.#replacementDelayMs)
+        if (dead.length > 0) {
+          const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, nodes: record.nodes.filter((n) => !dead.includes(n)), inSync: record.inSync.filter((n) => !dead.includes(n)) }), { expectRevision: entry.revision })
+          if (written !== undefined) this.#host.emit('replication:replica-removed', { volumeId, nodes: dead, reason: `unhealthy for more than ${Math.round(this.#replacementDelayMs / 1000)} s` })
           continue
         }
         if (record.nodes.length < record.spec.replicas) {
@@ -637,6 +681,14 @@ export class ReplicationManager {
     } finally {
       this.#leaderBusy = false
     }
+  }
+
+  /** When this leader first saw `node` unhealthy (now, if it had not). */
+  #firstSeenUnhealthy (node: string, now: number): number {
+    const since = this.#unhealthySince.get(node)
+    if (since !== undefined) return since
+    this.#unhealthySince.set(node, now)
+    return now
   }
 
   // ------------------------------------------------------------------ forwarding
