@@ -432,8 +432,11 @@ describe('NBD protocol corners (raw socket)', () => {
     const client = await RawClient.connect(own.port)
     await client.hello()
     await client.go('disk')
+    const before = (await g.getVolumeMetrics('disk')).readOps
     for (let i = 0; i < 100; i++) client.request(0, i, (i % 32) * MiB, 65536)
-    await new Promise((resolve) => setTimeout(resolve, 20))
+    // Close once the server is well into the pipeline (a fixed pause is too short on a busy machine).
+    const deadline = Date.now() + 10_000
+    while ((await g.getVolumeMetrics('disk')).readOps - before < 64 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1))
     const started = Date.now()
     await own.close()
     assert.ok(Date.now() - started < 8000, 'close returned promptly')
