@@ -7,6 +7,8 @@ import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator } from '../backends/etcd/index.js'
 
 const [nodeId, storagePath, endpoint, secret] = process.argv.slice(2) as [string, string, string, string]
+// Said before opening: the bench times a resync from here, not from the process's start-up.
+process.stdout.write('opening\n')
 const g = await GalleonFS.open({
   storagePath,
   cluster: { nodeId, transport: new TcpTransport({ nodeId, clusterSecret: secret }), coordinator: await EtcdCoordinator.connect({ endpoints: [endpoint] }), leaseTtlMs: 3000 }

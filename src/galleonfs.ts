@@ -722,7 +722,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#checkVolumeSize(sizeBytes)
     const { object, label } = this.#refObject(vol)
     return await this.#guard('expandVolume', 'volume:write', object, label, async () => {
-      this.#refuseReplicated(this.#catalog.resolve(vol), 'expanding')
+      const record = this.#catalog.resolve(vol)
+      if (record.replication !== undefined) return await this.#expandReplicated(record, sizeBytes)
       return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
     }, { sizeBytes })
   }
@@ -742,9 +743,44 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     const volume = this.#volumeBlocks(updated)
     volume.sizeBytes = sizeBytes
-    const result = toVolume(updated)
+    // On a replicated volume's primary the expansion takes its place in the change stream here,
+    // before any write that reaches past the old end can be recorded.
+    volume.replicator?.record({ type: 'expand', sizeBytes })
+    const result = this.#volumeView(updated)
     this.emit('volume:expanded', result, record.sizeBytes)
     return result
+  }
+
+  /**
+   * Expands a replicated volume: on its primary (other nodes forward the call), the cluster's
+   * record first, so that copies created or resynced from then on get the new size, then the
+   * primary's copy; the other copies grow when the change reaches them in the stream.
+   */
+  async #expandReplicated (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+    const replication = this.#replication
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to expand the volume`)
+    if (replication.forwards(record.id)) {
+      return (await this.#forward(record, { op: 'expandVolume', sizeBytes })).header.volume as Volume
+    }
+    return await this.#admin(async () => {
+      const current = this.#catalog.resolve(record.id)
+      if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      if (sizeBytes > current.sizeBytes) {
+        await replication.update(current.id, (r) => r.spec.sizeBytes >= sizeBytes ? undefined : { ...r, spec: { ...r.spec, sizeBytes } })
+      }
+      return await this.#expand(current, sizeBytes)
+    })
+  }
+
+  /** Grows this node's copy of a replicated volume to the size its primary expanded it to. */
+  async #applyExpand (volumeId: string, sizeBytes: number): Promise<void> {
+    await this.#admin(async () => {
+      const record = this.#recordById(volumeId)
+      if (record === undefined || record.state === VolumeState.Deleting || sizeBytes <= record.sizeBytes) return
+      const updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
+      this.#volumeBlocks(updated).sizeBytes = sizeBytes
+      this.emit('volume:expanded', this.#volumeView(updated), record.sizeBytes)
+    })
   }
 
   /**
@@ -2134,6 +2170,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         case 'createSnapshot': return { header: { snapshot: await this.createSnapshot(volumeId, String(request.snapshotName)) } }
         case 'deleteSnapshot': await this.deleteSnapshot(volumeId, { id: String(request.snapshot) }, { force: request.force === true }); return { header: {} }
         case 'deleteVolume': await this.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
+        case 'expandVolume': return { header: { volume: await this.expandVolume(volumeId, request.sizeBytes as number) } }
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
@@ -2209,6 +2246,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           await this.#dropReplicaSnapshot(this.#catalog.resolve(id), snapshot)
         })
       },
+      applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
       exclusive: async (task) => await this.#admin(task),
       serveForwarded: async (id, request, payload) => await this.#serveForwarded(id, request, payload),
       emit: (event, payload) => { (this.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }

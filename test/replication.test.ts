@@ -191,6 +191,28 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await back.g.close()
   })
 
+  it('expands a replicated volume online from any node; a copy that was away grows when it resyncs', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'growing', sizeBytes: '256K', replicas: 3 })
+    for (let i = 0; i < 64; i++) await n1.g.writeBlock('growing', i, block(i + 1), WriteConcern.WriteReplicated)
+    await n3.g.close()
+    // Asked of a replica: forwarded to the primary; the copies grow as the change reaches them.
+    const grown = await n2.g.expandVolume('growing', '512K')
+    assert.equal(grown.sizeBytes, 512 * 1024)
+    await assert.rejects(n2.g.expandVolume('growing', '128K'), { code: 'INVALID_ARGUMENT' })
+    for (let i = 64; i < 128; i++) await n2.g.writeBlock('growing', i, block(i + 1), WriteConcern.WriteReplicated)
+    await until('the replica sees the new size', async () => (await n2.g.getVolume('growing')).sizeBytes === 512 * 1024)
+    const back = await startNode(network, coordinators, 'n3', { dir: n3.dir })
+    nodes[2] = back
+    await until('the returning copy is in sync', async () => (await n1.g.replicationStatus('growing')).inSync.length === 3, 20_000)
+    assert.equal((await back.g.getVolume('growing')).sizeBytes, 512 * 1024)
+    const expected = new Uint8Array(512 * 1024)
+    for (let i = 0; i < 128; i++) expected.set(block(i + 1), i * 4096)
+    const held = await copies(nodes, 'growing', 512 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+  })
+
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

@@ -10,6 +10,7 @@ export type ReplicatedChange =
   | { readonly type: 'trim', readonly offset: number, readonly length: number }
   | { readonly type: 'snapshot', readonly id: string, readonly name: string }
   | { readonly type: 'delete-snapshot', readonly id: string }
+  | { readonly type: 'expand', readonly sizeBytes: number }
 
 /** What the engine calls on a replicated volume's primary. */
 export interface VolumeReplicator {

@@ -67,6 +67,8 @@ export interface ReplicationHost {
   /** Takes a snapshot of the local copy with the primary's id (replaying the primary's). */
   applySnapshot: (volumeId: string, id: string, name: string) => Promise<void>
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
+  /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
+  applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
   exclusive: <T>(task: () => Promise<T>) => Promise<T>
   /** Runs an I/O request forwarded from another node, on this node (the primary). */
@@ -101,8 +103,9 @@ export interface ReplicationEvents {
 
 /** An I/O call forwarded to the primary. */
 export interface ForwardedRequest {
-  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume'
+  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume' | 'expandVolume'
   readonly offset?: number
+  readonly sizeBytes?: number
   readonly length?: number
   readonly index?: number
   readonly concern?: string
@@ -201,6 +204,7 @@ function encodeChanges (changes: ReadonlyArray<{ seq: number, change: Replicated
       case 'trim': list.push({ t: 't', o: change.offset, n: change.length }); break
       case 'snapshot': list.push({ t: 's', id: change.id, name: change.name }); break
       case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
+      case 'expand': list.push({ t: 'x', n: change.sizeBytes }); break
     }
   }
   return { list, payload }
@@ -228,6 +232,8 @@ function decodeChanges (list: unknown, payload: Uint8Array | undefined): Replica
       out.push({ type: 'snapshot', id: String(item.id), name: String(item.name) })
     } else if (item.t === 'd') {
       out.push({ type: 'delete-snapshot', id: String(item.id) })
+    } else if (item.t === 'x') {
+      out.push({ type: 'expand', sizeBytes: count(item.n) })
     } else {
       throw new GalleonError('INVALID_ARGUMENT', `unknown replicated change ${JSON.stringify(item.t)}`)
     }
@@ -315,6 +321,9 @@ export class ReplicationManager {
           host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume (deleted while this node was away?); the local copy is kept but serves no I/O' })
           continue
         }
+        // An expansion recorded in the cluster that this copy never got (the node stopped between
+        // the two): it grows now, before it serves or receives anything.
+        if (record.spec.sizeBytes > (host.blocks(copy.id)?.sizeBytes ?? Infinity)) await host.applyExpand(copy.id, record.spec.sizeBytes)
         if (record.primary === cluster.nodeId) {
           // This node was primary before it stopped: it takes the role again under a new epoch, so
           // that anything its earlier incarnation sent is fenced off.
@@ -826,6 +835,9 @@ export class ReplicationManager {
       set.resyncing = true
       set.nextFrom = undefined
       this.#adoptPrimaryHint(set, header)
+      // A copy that missed an expansion grows first, so the blocks beyond its old end can come.
+      const size = (header.spec as { sizeBytes?: unknown } | undefined)?.sizeBytes
+      if (Number.isSafeInteger(size) && (size as number) > this.#copy(set).sizeBytes) await this.#host.applyExpand(set.volumeId, size as number)
       return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#host.snapshots(set.volumeId).map((s) => s.id) } }
     })
     on('repl:resync-prune', async (set, header) => {
@@ -964,6 +976,8 @@ export class ReplicationManager {
         if (change.type === 'snapshot') {
           await engine.flush()
           await this.#host.applySnapshot(set.volumeId, change.id, change.name)
+        } else if (change.type === 'expand') {
+          await this.#host.applyExpand(set.volumeId, change.sizeBytes)
         } else {
           await this.#host.applyDeleteSnapshot(set.volumeId, change.id)
         }
