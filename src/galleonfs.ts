@@ -1361,8 +1361,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     const target = this.#catalog.resolve(vol)
-    this.#refuseReplicated(target, 'reverting to a snapshot')
-    this.#catalog.resolveSnapshot(target, snapshot)
+    const wanted = this.#catalog.resolveSnapshot(target, snapshot)
+    if (target.replication !== undefined) {
+      if (this.#replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${target.name} is replicated, but this instance is not in a cluster now; join it to revert the volume`)
+      // Reverted on the primary, which sends the revert to every copy in its change stream.
+      if (this.#replication.forwards(target.id)) return (await this.#forward(target, { op: 'restoreSnapshot', snapshot: wanted.id })).header.volume as Volume
+    }
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
     this.#refuseRevertWhileWriting(target, this.#engine.volume(target.storageId))
@@ -1382,7 +1386,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       try {
         await this.#catalog.updateVolume(record.id, { revertTo: found.id })
         try {
-          reverted = await this.#engine.revert(volume, viewOf(found) as View)
+          reverted = await this.#engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed }) })
         } catch (err) {
           // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
           // reopen does not silently finish this one over writes made in between.
@@ -1396,7 +1400,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       }
       this.#revertFailures.delete(record.id)
       const updated = await this.#catalog.updateVolume(record.id, { revertTo: undefined })
-      const result = toVolume(updated)
+      const result = this.#volumeView(updated)
       this.emit('snapshot:restored', result, this.#toSnapshot(found), reverted)
       return result
     })
@@ -2171,6 +2175,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         case 'deleteSnapshot': await this.deleteSnapshot(volumeId, { id: String(request.snapshot) }, { force: request.force === true }); return { header: {} }
         case 'deleteVolume': await this.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
         case 'expandVolume': return { header: { volume: await this.expandVolume(volumeId, request.sizeBytes as number) } }
+        case 'restoreSnapshot': return { header: { volume: await this.restoreSnapshot(volumeId, { id: String(request.snapshot) }) } }
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
@@ -2247,6 +2252,16 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         })
       },
       applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
+      applyRevert: async (id, snapshotId) => {
+        await this.#admin(async () => {
+          const record = this.#catalog.resolve(id)
+          const snapshot = this.#catalog.snapshotById(snapshotId)
+          // A copy without the snapshot has diverged: failing the change makes the primary resync it.
+          if (snapshot === undefined || snapshot.volumeId !== id) throw new GalleonError('SNAPSHOT_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no copy of snapshot ${snapshotId} of volume ${record.name} to revert to`)
+          const reverted = await this.#engine.revert(this.#volumeBlocks(record), viewOf(snapshot) as View)
+          this.emit('snapshot:restored', this.#volumeView(record), this.#toSnapshot(snapshot), reverted)
+        })
+      },
       exclusive: async (task) => await this.#admin(task),
       serveForwarded: async (id, request, payload) => await this.#serveForwarded(id, request, payload),
       emit: (event, payload) => { (this.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }

@@ -213,6 +213,29 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
+  it('reverts a replicated volume to a snapshot on every copy; a copy that was away catches up', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'rewind', sizeBytes: '256K', replicas: 3 })
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('rewind', i, block(i + 1), WriteConcern.WriteReplicated)
+    await n2.g.createSnapshot('rewind', 'good')
+    for (let i = 0; i < 48; i++) await n1.g.writeBlock('rewind', i, block(1000 + i), WriteConcern.WriteReplicated)
+    await n1.g.trim('rewind', 0, 4096)
+    await n3.g.close()
+    // Asked of a replica: the primary reverts and streams the revert to the copies in order.
+    await n2.g.restoreSnapshot('rewind', 'good')
+    await n2.g.writeBlock('rewind', 40, block(4040), WriteConcern.WriteReplicated)
+    const expected = new Uint8Array(256 * 1024)
+    for (let i = 0; i < 32; i++) expected.set(block(i + 1), i * 4096)
+    expected.set(block(4040), 40 * 4096)
+    assert.deepEqual(await n2.g.read('rewind', 0, 256 * 1024), expected)
+    const back = await startNode(network, coordinators, 'n3', { dir: n3.dir })
+    nodes[2] = back
+    await until('the returning copy is in sync', async () => (await n1.g.replicationStatus('rewind')).inSync.length === 3, 20_000)
+    const held = await copies(nodes, 'rewind', 256 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+  })
+
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

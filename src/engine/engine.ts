@@ -575,10 +575,13 @@ export class BlockEngine {
    * proportional to the blocks changed since the snapshot. New operations wait until it is done.
    * Idempotent: after a crash, running it again finishes the job.
    */
-  async revert (volume: VolumeBlocks, view: View): Promise<number> {
+  async revert (volume: VolumeBlocks, view: View, onClosed?: (changed: readonly number[]) => void): Promise<number> {
     const open = await volume.closeGate()
     try {
       const changed = volume.map.changedBetween(view.gen, LIVE)
+      // With no write in flight: a replicated volume's primary records the revert here, between
+      // the writes before it and those after.
+      onClosed?.(changed)
       await this.#copyInto(volume, changed, (index) => index < view.sizeBytes / this.blockSize ? volume.map.locate(index, view.gen) : undefined, true)
       await this.journal.flush(true)
       return changed.length

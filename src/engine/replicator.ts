@@ -11,6 +11,8 @@ export type ReplicatedChange =
   | { readonly type: 'snapshot', readonly id: string, readonly name: string }
   | { readonly type: 'delete-snapshot', readonly id: string }
   | { readonly type: 'expand', readonly sizeBytes: number }
+  /** `blocks`: on the primary, the blocks the revert changes (for resyncs; not shipped: each copy reverts its own). */
+  | { readonly type: 'revert', readonly snapshotId: string, readonly blocks?: readonly number[] }
 
 /** What the engine calls on a replicated volume's primary. */
 export interface VolumeReplicator {

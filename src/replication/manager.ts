@@ -69,6 +69,8 @@ export interface ReplicationHost {
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
   /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
+  /** Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary reverted). */
+  applyRevert: (volumeId: string, snapshotId: string) => Promise<void>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
   exclusive: <T>(task: () => Promise<T>) => Promise<T>
   /** Runs an I/O request forwarded from another node, on this node (the primary). */
@@ -103,7 +105,7 @@ export interface ReplicationEvents {
 
 /** An I/O call forwarded to the primary. */
 export interface ForwardedRequest {
-  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume' | 'expandVolume'
+  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume' | 'expandVolume' | 'restoreSnapshot'
   readonly offset?: number
   readonly sizeBytes?: number
   readonly length?: number
@@ -205,6 +207,7 @@ function encodeChanges (changes: ReadonlyArray<{ seq: number, change: Replicated
       case 'snapshot': list.push({ t: 's', id: change.id, name: change.name }); break
       case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
       case 'expand': list.push({ t: 'x', n: change.sizeBytes }); break
+      case 'revert': list.push({ t: 'r', id: change.snapshotId }); break
     }
   }
   return { list, payload }
@@ -234,6 +237,8 @@ function decodeChanges (list: unknown, payload: Uint8Array | undefined): Replica
       out.push({ type: 'delete-snapshot', id: String(item.id) })
     } else if (item.t === 'x') {
       out.push({ type: 'expand', sizeBytes: count(item.n) })
+    } else if (item.t === 'r') {
+      out.push({ type: 'revert', snapshotId: String(item.id) })
     } else {
       throw new GalleonError('INVALID_ARGUMENT', `unknown replicated change ${JSON.stringify(item.t)}`)
     }
@@ -978,6 +983,8 @@ export class ReplicationManager {
           await this.#host.applySnapshot(set.volumeId, change.id, change.name)
         } else if (change.type === 'expand') {
           await this.#host.applyExpand(set.volumeId, change.sizeBytes)
+        } else if (change.type === 'revert') {
+          await this.#host.applyRevert(set.volumeId, change.snapshotId)
         } else {
           await this.#host.applyDeleteSnapshot(set.volumeId, change.id)
         }
@@ -1110,6 +1117,8 @@ class Primary implements VolumeReplicator {
       const first = Math.floor(change.offset / bs)
       const last = Math.floor((change.offset + length - 1) / bs)
       for (let i = first; i <= last; i++) this.#dirty.set(i, seq)
+    } else if (change.type === 'revert') {
+      for (const i of change.blocks ?? []) this.#dirty.set(i, seq)
     }
     for (const link of this.#links.values()) link.offer(seq, change)
     return seq
