@@ -525,7 +525,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     const labels = checkLabels(options.labels ?? {})
     const qos = options.qos === undefined ? undefined : parseQoSPolicy(options.qos)
-    if (qos !== undefined && replicas > 1) throw new GalleonError('NOT_IMPLEMENTED', 'a QoS policy of its own on a replicated volume is not built yet; put the policy in its storage class (qos_* parameters), which every node applies')
     assertClassSupported(storageClass, replicas, this.#replication !== undefined)
     const pool = this.#pools.choose(options.pool, storageClass)
     const placement = pool === undefined ? classPlacement(storageClass) : this.#poolPlacement(pool, classPlacement(storageClass))
@@ -1118,8 +1117,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     // Limits bound what a tenant may take from the node: changing them is an admin's job.
     return await this.#guard(policy === null ? 'clearQoSPolicy' : 'setQoSPolicy', 'admin', object, label, async () => await this.#admin(async () => {
       const record = this.#catalog.resolve(vol)
-      this.#refuseReplicated(record, 'a QoS policy of its own on')
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      if (record.replication !== undefined) {
+        // Recorded in the cluster's record of the volume, which every node holding a copy applies.
+        const replication = this.#replication
+        if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to change the volume's QoS policy`)
+        await replication.update(record.id, (r) => ({ ...r, spec: { ...withoutQoS(r.spec), ...(parsed === undefined ? {} : { qos: parsed }) } }))
+      }
       const updated = await this.#catalog.updateVolume(record.id, { qos: parsed })
       const effective = this.#applyQoS(updated)
       this.emit('qos:policy-changed', { volumeId: record.id, volumeName: record.name, ...effective })
@@ -1145,6 +1149,21 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const storageClass = this.#catalog.storageClass(record.storageClass)
     const fromClass = storageClass === undefined ? undefined : qosFromParameters(storageClass.parameters)
     return fromClass === undefined ? { source: 'none' } : { policy: fromClass, source: 'storage-class' }
+  }
+
+  /** A replicated volume's QoS policy as its cluster record says: stored and applied here if it differs. */
+  #applySpecQoS (volumeId: string, spec: VolumeSpec): void {
+    const record = this.#recordById(volumeId)
+    if (record === undefined || JSON.stringify(record.qos ?? null) === JSON.stringify(spec.qos ?? null)) return
+    void this.#admin(async () => {
+      const current = this.#recordById(volumeId)
+      if (current === undefined || current.state === VolumeState.Deleting || JSON.stringify(current.qos ?? null) === JSON.stringify(spec.qos ?? null)) return
+      const updated = await this.#catalog.updateVolume(volumeId, { qos: spec.qos })
+      const effective = this.#applyQoS(updated)
+      this.emit('qos:policy-changed', { volumeId, volumeName: updated.name, ...effective })
+    }).catch((err: unknown) => {
+      this.emit('io:error', { volumeId, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `applying the QoS policy of the cluster's record: ${(err as Error)?.message ?? String(err)}` })
+    })
   }
 
   /** Hands a volume's policy in force to the I/O path; returns it. */
@@ -2139,11 +2158,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return record.replication !== undefined && err instanceof GalleonError && err.code === 'NOT_LEADER' && this.#replication?.forwards(record.id) === true
   }
 
-  #refuseReplicated (record: VolumeRecord, what: string): void {
-    if (record.replication !== undefined) {
-      throw new GalleonError('NOT_IMPLEMENTED', `${what} a replicated volume (${record.name}, ${record.replicas} copies) is not built yet; clone it to a volume with replicas: 1 and work on that`)
-    }
-  }
 
   /** Sends an I/O call on a replicated volume to its primary. */
   async #forward (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array): Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }> {
@@ -2212,7 +2226,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             // A copy counts in this node's pool of the same name, if it has one; it is never refused for
             // space here: the cluster placed it, and the primary's node checked its pool.
             const pool = spec.pool !== undefined && this.#catalog.pool(spec.pool) !== undefined ? { pool: spec.pool } : {}
-            record = await this.#newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 }, ...pool })
+            record = await this.#newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 }, ...pool, ...(spec.qos === undefined ? {} : { qos: spec.qos }) })
           } finally {
             unreserve()
           }
@@ -2252,6 +2266,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         })
       },
       applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
+      applySpec: (id, spec) => { this.#applySpecQoS(id, spec) },
       applyRevert: async (id, snapshotId) => {
         await this.#admin(async () => {
           const record = this.#catalog.resolve(id)
@@ -2342,8 +2357,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 }
 
 /** What another node needs to create its copy of a volume. */
+function withoutQoS (spec: VolumeSpec): VolumeSpec {
+  const { qos: _qos, ...rest } = spec
+  return rest
+}
+
 function specOf (record: VolumeRecord): VolumeSpec {
-  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, ...(record.pool === undefined ? {} : { pool: record.pool }) }
+  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, ...(record.pool === undefined ? {} : { pool: record.pool }), ...(record.qos === undefined ? {} : { qos: record.qos }) }
 }
 
 function toVolume (record: VolumeRecord): Volume {

@@ -236,6 +236,21 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
+  it('a replicated volume\'s own QoS policy is kept in the cluster record: set on any node, applied on every copy, enforced by the primary', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'metered', sizeBytes: '256K', replicas: 3, qos: { limits: { iops: 5000 } } })
+    await until('every copy has the policy', async () => (await Promise.all(nodes.map(async (n) => (await n.g.getQoSPolicy('metered')).policy?.limits?.iops))).every((v) => v === 5000))
+    await n3.g.setQoSPolicy('metered', { limits: { write_iops: 40 } } as never)
+    await until('the change reached every node', async () => (await Promise.all(nodes.map(async (n) => (await n.g.getQoSPolicy('metered')).policy?.limits?.writeIops))).every((v) => v === 40))
+    // Writes sent through a replica run on the primary, under its limiter.
+    await Promise.all(Array.from({ length: 12 }, async (_, i) => await n2.g.writeBlock('metered', i, block(i + 1), WriteConcern.WriteReplicated)))
+    const primary = nodes.find((n) => n.id === 'n1') as Node
+    assert.ok(((await primary.g.getVolumeMetrics('metered')).qos?.throttledOps ?? 0) >= 6, 'the primary throttled the forwarded writes')
+    await n2.g.clearQoSPolicy('metered')
+    await until('the policy is gone everywhere', async () => (await Promise.all(nodes.map(async (n) => (await n.g.getQoSPolicy('metered')).source))).every((s) => s === 'none'))
+  })
+
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

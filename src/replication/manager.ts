@@ -69,6 +69,8 @@ export interface ReplicationHost {
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
   /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
+  /** The replica-set record of a local copy was read or changed: settings in its spec (the QoS policy) apply here. */
+  applySpec: (volumeId: string, spec: VolumeSpec) => void
   /** Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary reverted). */
   applyRevert: (volumeId: string, snapshotId: string) => Promise<void>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
@@ -530,6 +532,7 @@ export class ReplicationManager {
     if (revision < set.revision) return
     set.record = record
     set.revision = revision
+    this.#host.applySpec(set.volumeId, record.spec)
     if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#handingOff && !this.#closed) {
       void this.#dropStale(set, record)
       return

@@ -21,6 +21,8 @@ export interface VolumeSpec {
   readonly labels: Readonly<Record<string, string>>
   /** The storage pool of the volume, if any: a copy is accounted in this node's pool of that name. */
   readonly pool?: string
+  /** The volume's own QoS policy, if any: every node applies it to its copy (it counts where the copy is primary). */
+  readonly qos?: import('../qos/policy.js').QoSPolicy
 }
 
 /** A replicated volume as the coordinator records it. */
