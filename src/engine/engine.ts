@@ -625,6 +625,8 @@ export class BlockEngine {
       const chunk = indices.slice(from, from + batch)
       await this.#copyInto(target, chunk, (index) => source.map.locate(index, at), true)
       progress?.(chunk.length)
+      // A background copy: the volume's own I/O gets the event loop between batches.
+      if (source.gate === undefined) await new Promise((resolve) => setImmediate(resolve))
     }
   }
 
