@@ -638,6 +638,16 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       if (options.length > 16 << 20) throw new HttpError(400, 'INVALID_ARGUMENT', `read at most 16 MiB at once, not ${options.length} bytes`)
       return { data: Buffer.from(await g.read(ref, options.offset, options.length)).toString('base64') }
     }
+    case 'POST /v1/volumes/:/migrate': {
+      // Progress in blocks, reported to a streaming client in bytes (what the CLI's bar draws).
+      const blockSize = (await g.getVolume(ref)).blockSize
+      const onProgress = daemon.progress
+      return await g.migrateVolume(ref, {
+        ...(options.storageClass === undefined ? {} : { storageClass: options.storageClass as string }),
+        ...(options.pool === undefined ? {} : { pool: options.pool as string }),
+        ...(options.node === undefined ? {} : { node: options.node as string })
+      }, { signal: daemon.signal, ...(onProgress === undefined ? {} : { onProgress: (event) => { onProgress({ bytesDone: event.blocksDone * blockSize, bytesTotal: event.blocksTotal * blockSize }) } }) })
+    }
     case 'POST /v1/volumes/:/expand': return await g.expandVolume(ref, options.sizeBytes as number)
     case 'POST /v1/volumes/:/clone': return await g.cloneVolume(options.snapshot === undefined ? ref : { volume: ref, snapshot: options.snapshot as string }, options.name as string)
     case 'POST /v1/volumes/:/mount': {

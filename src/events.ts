@@ -8,6 +8,7 @@ import type { ClusterEvents } from './cluster/manager.js'
 import type { ReplicationEvents } from './replication/manager.js'
 import type { QoSGuaranteeMissedEvent, QoSThrottledEvent } from './qos/scheduler.js'
 import type { QoSPolicy, QoSPolicySource } from './qos/policy.js'
+import type { MigrationProgressEvent } from './volumes/migration.js'
 
 /** Payload of `checksum:mismatch`. */
 export interface ChecksumMismatchEvent {
@@ -47,6 +48,10 @@ export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'volume:cloned': (clone: Volume, source: Snapshot) => void
   /** A data-key rotation finished: every block is sealed with key version `keyVersion`. */
   'volume:key-rotated': (volume: Volume, keyVersion: number) => void
+  /** A live migration copied more blocks or entered a new phase (see migrateVolume). */
+  'volume:migration-progress': (event: MigrationProgressEvent) => void
+  /** A live migration switched the volume over; `from` is where it was. */
+  'volume:migrated': (volume: Volume, from: { storageClass: string, pool?: string }) => void
   'snapshot:created': (snapshot: Snapshot) => void
   'snapshot:deleted': (snapshot: Snapshot) => void
   'snapshot:restored': (volume: Volume, snapshot: Snapshot, blocksReverted: number) => void

@@ -30,7 +30,8 @@ import {
   AccessMode, VolumeState, VolumeType, WriteConcern,
   type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
 } from './types.js'
-import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type MetadataDatabase, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
+import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type MetadataDatabase, type MigrationRecord, type SnapshotRecord, type VolumeRecord } from './volumes/catalog.js'
+import { copyLastDelta, copyUntilConverged, migrationCancelled, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from './volumes/migration.js'
 import {
   DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classReplicas, parseStorageClass
 } from './volumes/storage-classes.js'
@@ -94,6 +95,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #context = new AsyncLocalStorage<CallContext>()
   /** Data-key rotations running in the background, by volume id. */
   readonly #rotations = new Map<string, Promise<void>>()
+  /** Live migrations running, by volume id: how to cancel each and when it has ended. */
+  readonly #migrations = new Map<string, { abort: AbortController, done: Promise<void>, finish: () => void }>()
+  /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
+  readonly #retired = new Map<number, VolumeBlocks>()
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
   #cluster: ClusterManager | undefined
@@ -294,6 +299,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       }
     }))
     await this.#attachKeys(records)
+    // Migrations a crash cut short before their switch-over: the destination storage (named by no
+    // volume record) was removed above as an orphan, its staged keys by #attachKeys. The volume is
+    // on its source, untouched.
+    for (const migration of this.#catalog.migrations()) await this.#catalog.abandonMigration(migration.volumeId)
     for (const record of records) {
       // A revert cut short by a crash: finish it, so the volume reads as the snapshot, not as a mix.
       if (record.revertTo === undefined || record.state === VolumeState.Deleting) continue
@@ -455,6 +464,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     if (this.#closing !== undefined) return await this.#closing
     this.#closing = (async () => {
+      // Migrations still copying are cancelled: their volumes stay where they were.
+      for (const migration of this.#migrations.values()) migration.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
+      await Promise.all([...this.#migrations.values()].map(async (migration) => await migration.done))
       // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
       // (FUSE write-behind) reach the volumes before anything is refused.
       await mountControl(this.#mounts).close().catch((err: unknown) => {
@@ -630,6 +642,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async #deleteVolume (vol: VolumeRef, options: { force?: boolean }): Promise<void> {
     const record = this.#catalog.resolve(vol)
     if (record.state === VolumeState.Deleting) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
+
     if (this.#replication?.forwards(record.id) === true) {
       await this.#forward(record, { op: 'deleteVolume', force: options?.force === true })
       return
@@ -653,14 +666,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
         await this.#replication.unregister(record.id)
       }
-      await this.#admin(async () => {
+      // A migration of the volume is cancelled: copying data that is about to go is pointless.
+      await this.#adminAfterMigration(record.id, async () => {
         // A mount that was being set up when the deletion began has finished by now: look again.
         await mountControl(this.#mounts).settled()
         const late = mountControl(this.#mounts).mountsOf(record.id)
         if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
         await mountControl(this.#mounts).release(record.id)
         await this.#deleteChecked(record, options)
-      })
+      }, true)
     } finally {
       this.#goingAway.delete(record.id)
     }
@@ -723,7 +737,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#guard('expandVolume', 'volume:write', object, label, async () => {
       const record = this.#catalog.resolve(vol)
       if (record.replication !== undefined) return await this.#expandReplicated(record, sizeBytes)
-      return await this.#admin(async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
+      return await this.#adminAfterMigration(record.id, async () => await this.#expand(this.#catalog.resolve(vol), sizeBytes))
     }, { sizeBytes })
   }
 
@@ -864,6 +878,206 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     await this.#catalog.deleteStorageClass(name)
     this.emit('storage-class:deleted', storageClass)
+  }
+
+  // ---------------------------------------------------------------- live migration
+
+  /**
+   * Moves a volume online to another storage class and/or storage pool on this instance, while it
+   * is read and written: its data (and every snapshot, oldest first) is copied in the background
+   * to new storage laid out by the target class (encrypted when the class encrypts, in the clear
+   * when it does not), the blocks written meanwhile are copied again in passes until little is
+   * left, then writes pause for the last delta and one atomic metadata batch switches the volume
+   * (same id, same name) over; the old storage is released after. A crash at any point leaves
+   * either the old or the new copy authoritative and complete: the other is removed at the next
+   * open. Emits `volume:migration-progress` and, at the end, `volume:migrated`. Cancel it with
+   * `control.signal` (rejects with CANCELLED; nothing changes). Snapshot and clone operations on
+   * the volume wait until it ends; deleting the volume cancels it.
+   *
+   * Refused: a replicated volume, a target class with more than one replica, and `node` (moves
+   * between nodes) with NOT_IMPLEMENTED; a volume clones read from, or one already migrating or
+   * re-encrypting, with BUSY; a target pool without room for the volume with NO_SPACE, up front.
+   */
+  async migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl = {}): Promise<Volume> {
+    this.#assertOpen()
+    if (target === null || typeof target !== 'object' || Array.isArray(target)) {
+      throw new GalleonError('INVALID_ARGUMENT', `migrateVolume() needs a target such as { storageClass: 'encrypted-local' } or { pool: 'big' }, got ${describe(target)}`)
+    }
+    for (const key of Object.keys(target)) {
+      if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${JSON.stringify(key)}; allowed: storageClass, pool, node`)
+    }
+    if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress? }, got ${describe(control)}`)
+    if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)
+    if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
+    if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
+    if (target.node !== undefined) {
+      throw new GalleonError('NOT_IMPLEMENTED', 'moving a volume to another node is not built yet; migrateVolume() moves it between storage classes and pools of this instance. Omit node, or back the volume up and restore it on the other node')
+    }
+    const { object, label } = this.#refObject(vol)
+    return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateVolume(vol, target, control), {
+      ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }),
+      ...(target.pool === undefined ? {} : { pool: String(target.pool) })
+    })
+  }
+
+  async #migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
+    const { signal, onProgress } = control
+    const started = await this.#admin(async () => await this.#startMigration(vol, target, signal))
+    const { record, migration, source, destination, release, abort } = started
+    const stagingId = migration.encrypted ? migrationKeyId(record.id) : undefined
+    let lastReported = 0
+    const report = (phase: MigrationPhase, blocksDone: number, blocksTotal: number, pass: number): void => {
+      // One event per batch would flood listeners on a big volume: every 1024 blocks and at phase ends.
+      if (phase !== 'done' && phase !== 'switchover' && blocksDone - lastReported < 1024 && blocksDone < blocksTotal) return
+      lastReported = blocksDone
+      const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass }
+      this.emit('volume:migration-progress', event)
+      onProgress?.(event)
+    }
+    const checkCancelled = (): void => {
+      if (abort.signal.aborted) throw migrationCancelled(record.name, abort.signal.reason)
+      if (this.#closed) throw migrationCancelled(record.name, 'the instance is closing')
+    }
+    const onAbort = (): void => { abort.abort(signal?.reason) }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    let lastCut: number | undefined
+    let switched = false
+    try {
+      const copied = await copyUntilConverged({ engine: this.#engine, source, target: destination, snapshots: this.#catalog.snapshots(record.id), report, checkCancelled })
+      lastCut = copied.lastCut
+      let { done, total } = copied
+      const result = await this.#admin(async () => {
+        checkCancelled()
+        // Writes pause here: those in flight finish first, new ones wait at the gate.
+        const open = await source.closeGate()
+        try {
+          checkCancelled()
+          const indices = lastCut === undefined ? this.#engine.allocatedAt(source) : this.#engine.changedBlocks(source, lastCut)
+          total += indices.length
+          report('switchover', done, total, copied.passes)
+          await copyLastDelta(this.#engine, source, destination, lastCut, (count) => { done += count })
+          checkCancelled()
+          const keys = await this.#keys.handOver(stagingId, record.id)
+          const current = this.#catalog.resolve(record.id)
+          const updated = await this.#catalog.commitMigration(record.id, { storageId: migration.storageId, storageClass: migration.storageClass, encrypted: migration.encrypted, pool: migration.pool }, copied.gens, keys.ops)
+          switched = true
+          keys.apply()
+          // The destination's cipher reserved its nonces under the staging record: a fresh one
+          // continues past every nonce that record reserved.
+          if (migration.encrypted) destination.cipher = await this.#keys.attach(record.id, migration.storageId)
+          const snapshotGens = new Map<number, number>()
+          for (const snapshot of this.#catalog.snapshots(record.id)) {
+            const before = started.snapshotGens.get(snapshot.id)
+            if (before !== undefined) snapshotGens.set(before, snapshot.gen)
+          }
+          source.movedTo = { volume: destination, gens: snapshotGens }
+          this.#retired.set(source.storageId, source)
+          this.#applyQoS(updated)
+          return { updated, previous: current }
+        } finally {
+          open()
+        }
+      })
+      // The old storage: nothing names it any more (a crash from here on removes it at open).
+      try {
+        await this.#engine.destroy(source)
+        if (result.previous.source !== undefined) await this.#admin(async () => { await this.#releaseSource(result.previous.source as NonNullable<VolumeRecord['source']>) })
+      } catch (err) {
+        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `the volume was migrated, but releasing its old storage failed (it is removed at the next open): ${(err as Error)?.message ?? String(err)}` })
+      }
+      report('done', done, total, copied.passes)
+      const volume = this.#volumeView(result.updated)
+      this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
+      return volume
+    } catch (err) {
+      if (switched) throw err
+      // Not switched over: the volume stays on its source; the destination and its keys go.
+      if (lastCut !== undefined && !source.closing) await this.#engine.dropSnapshot(source, lastCut).catch(() => {})
+      await this.#engine.destroy(destination).catch(() => {})
+      if (stagingId !== undefined && this.#keys.has(stagingId)) await this.#keys.delete(stagingId).catch(() => {})
+      await this.#catalog.abandonMigration(record.id).catch(() => {})
+      if (abort.signal.aborted || this.#closed) throw migrationCancelled(record.name, abort.signal.reason)
+      throw err
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+      release()
+      this.#migrations.get(record.id)?.finish()
+      this.#migrations.delete(record.id)
+    }
+  }
+
+  /** Checks a migration may start and sets up its destination; in the admin queue. */
+  async #startMigration (vol: VolumeRef, target: MigrateVolumeOptions, signal: AbortSignal | undefined): Promise<{
+    record: VolumeRecord, migration: MigrationRecord, source: VolumeBlocks, destination: VolumeBlocks, release: () => void, abort: AbortController, snapshotGens: Map<string, number>
+  }> {
+    const record = this.#catalog.resolve(vol)
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (record.replication !== undefined || record.replicas > 1) {
+      throw new GalleonError('NOT_IMPLEMENTED', `migrating a replicated volume (${record.name}, ${record.replicas} copies) is not built yet; clone it to a volume with replicas: 1 and migrate that`)
+    }
+    const className = target.storageClass ?? record.storageClass
+    const storageClass = this.#catalog.storageClass(className)
+    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    const replicas = classReplicas(storageClass)
+    if (replicas > 1) {
+      throw new GalleonError('NOT_IMPLEMENTED', `storage class ${storageClass.name} keeps ${replicas} replicas, and migrating a volume into more replicas (copies on other nodes) is not built yet; migrate to a class with replication 1`)
+    }
+    assertClassSupported(storageClass, 1)
+    const pool = this.#pools.choose(target.pool, storageClass)
+    const poolName = pool?.name ?? record.pool
+    if (storageClass.name === record.storageClass && poolName === record.pool) {
+      throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${record.storageClass}${record.pool === undefined ? '' : ` and pool ${record.pool}`}: nothing to migrate; name another storageClass or pool`)
+    }
+    if (this.#migrations.has(record.id) || this.#catalog.migrations().some((m) => m.volumeId === record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated already; wait for that migration or cancel it`)
+    if (this.#rotations.has(record.id) || this.#keys.rotation(record.id) !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then migrate it`)
+    if (record.revertTo !== undefined) throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert; finish it (restoreSnapshot) before migrating it`)
+    const clones = this.#catalog.clonesOf(record.id)
+    if (clones.length > 0) throw new GalleonError('BUSY', `volume ${record.name} has clones that read its blocks (${names(clones)}); delete them, or flatten them by deleting the snapshots they came from with { force: true }, then migrate it`)
+    const source = this.#ioVolumeOf(record)
+    if (source.cipher?.unavailable !== undefined) throw source.cipher.unavailable
+    if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
+    const encrypted = storageClass.parameters.encryption === 'true'
+    if (encrypted) await this.#keys.provider()
+    // The target pool's bytes are held until the switch-over makes the record count there.
+    const release = poolName !== undefined && poolName !== record.pool ? this.#pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
+    let migration: MigrationRecord | undefined
+    try {
+      migration = await this.#catalog.beginMigration(record.id, { storageClass: storageClass.name, encrypted, ...(poolName === undefined ? {} : { pool: poolName }) })
+      const destination = this.#engine.attach(migration.storageId, record.sizeBytes)
+      if (encrypted) destination.cipher = await this.#keys.create(migrationKeyId(record.id), migration.storageId)
+      const abort = new AbortController()
+      let finish!: () => void
+      const done = new Promise<void>((resolve) => { finish = resolve })
+      this.#migrations.set(record.id, { abort, done, finish })
+      const snapshotGens = new Map(this.#catalog.snapshots(record.id).map((snapshot) => [snapshot.id, snapshot.gen]))
+      return { record, migration, source, destination, release, abort, snapshotGens }
+    } catch (err) {
+      release()
+      if (migration !== undefined) {
+        const attached = this.#engine.volume(migration.storageId)
+        if (attached !== undefined) await this.#engine.destroy(attached).catch(() => {})
+        if (this.#keys.has(migrationKeyId(record.id))) await this.#keys.delete(migrationKeyId(record.id)).catch(() => {})
+        await this.#catalog.abandonMigration(record.id).catch(() => {})
+      }
+      throw err
+    }
+  }
+
+  /**
+   * `#admin(task)` for an operation on a volume that must not overlap its migration (snapshot,
+   * clone, expand, revert: the snapshot list and the size stay fixed while one copies): waits for a
+   * running migration to end, whatever its outcome, then runs in the admin queue. Waiting happens
+   * outside the queue (the migration's switch-over needs it). `cancel`: cancel the migration instead.
+   */
+  async #adminAfterMigration<T> (volumeId: string, task: () => Promise<T>, cancel = false): Promise<T> {
+    const again = Symbol('again')
+    for (;;) {
+      const running = this.#migrations.get(volumeId)
+      if (running !== undefined && cancel) running.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
+      if (running !== undefined) await running.done
+      const result = await this.#admin(async () => this.#migrations.has(volumeId) ? again : await task())
+      if (result !== again) return result as T
+    }
   }
 
   // ---------------------------------------------------------------- storage pools
@@ -1286,7 +1500,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const reply = await this.#forward(target, { op: 'createSnapshot', snapshotName: name })
       return reply.header.snapshot as Snapshot
     }
-    return await this.#admin(async () => {
+    return await this.#adminAfterMigration(target.id, async () => {
       const record = this.#catalog.resolve(vol)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
       if (this.#catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
@@ -1350,7 +1564,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
-    await this.#admin(async () => {
+    await this.#adminAfterMigration(this.#catalog.resolve(vol).id, async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
       const clones = this.#catalog.clonesOf(record.id, found.id)
@@ -1389,7 +1603,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
     this.#refuseRevertWhileWriting(target, this.#engine.volume(target.storageId))
-    return await this.#admin(async () => {
+    return await this.#adminAfterMigration(target.id, async () => {
       const record = this.#catalog.resolve(vol)
       const found = this.#catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
@@ -1447,7 +1661,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#readSource(source)
     const unreserve = this.#catalog.reserveName(newName, namespace)
     try {
-      return await this.#admin(async () => {
+      return await this.#adminAfterMigration(this.#readSource(source).record.id, async () => {
         const { record, snapshot: chosen } = this.#readSource(source)
         if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; it cannot be cloned`)
         if (this.#replication?.forwards(record.id) === true) {
@@ -1829,6 +2043,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
     const volume = this.#ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
+    if (this.#migrations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated; rotate its key once the migration ends (a move to an encrypting class gives it a new data key anyway)`)
     if (this.#rotations.has(record.id)) {
       throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
@@ -2300,7 +2515,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   #volumeBlocks (record: VolumeRecord): VolumeBlocks {
-    return this.#engine.volume(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
+    return this.#engine.volume(record.storageId) ?? this.#retired.get(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
   }
 
   #ioVolume (vol: VolumeRef | VolumeRecord): VolumeBlocks {
@@ -2420,6 +2635,11 @@ function checkSnapshotName (name: unknown): asserts name is string {
   if (typeof name !== 'string' || !/^[A-Za-z0-9]([A-Za-z0-9_.:@-]{0,61}[A-Za-z0-9])?$/.test(name)) {
     throw new GalleonError('INVALID_ARGUMENT', `snapshot name must be 1-63 letters, digits, '-', '_', '.', ':' or '@', starting and ending with a letter or digit, got ${describe(name)}`)
   }
+}
+
+/** Key-record id under which a migration's destination keys are staged until the switch-over. */
+function migrationKeyId (volumeId: string): string {
+  return `migration:${volumeId}`
 }
 
 function names (records: readonly VolumeRecord[]): string {

@@ -17,6 +17,7 @@ export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
 export { parsePool, type StoragePool, type StoragePoolStatus, type CreatePoolOptions, type UpdatePoolOptions } from './volumes/pools.js'
 export type { MetadataDatabase } from './volumes/catalog.js'
+export type { MigrateVolumeOptions, MigrateControl, MigrationPhase, MigrationProgressEvent } from './volumes/migration.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
   type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus,

@@ -188,6 +188,40 @@ export class KeyManager {
     return cipher
   }
 
+  /**
+   * Live migration's key hand-over: the metadata operations (for one atomic batch with the volume's
+   * switch-over) that make the keys staged under `stagingId` (by `create`) the keys of `volumeId`,
+   * or, with no staging id, remove `volumeId`'s keys (a move to a class without encryption). DEKs
+   * are re-wrapped for their new owner (a wrapped key names the volume it belongs to). The volume's
+   * backup key stays when it had one, so its backups stay readable with the same key. Call `apply`
+   * once the batch is stored.
+   */
+  async handOver (stagingId: string | undefined, volumeId: string): Promise<{ ops: object[], apply: () => void }> {
+    return await this.#serial(async () => {
+      const previous = this.#records.get(volumeId)
+      if (stagingId === undefined) {
+        return { ops: previous === undefined ? [] : [{ type: 'del', sublevel: this.#db, key: volumeId }], apply: () => { this.#records.delete(volumeId) } }
+      }
+      const staged = this.#record(stagingId)
+      const provider = await this.provider()
+      const keys: DataKeyRecord[] = []
+      for (const key of staged.keys) {
+        const dek = await provider.unwrap(unb64(key.wrapped), dekContext(stagingId, key.version))
+        keys.push({ ...key, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, key.version))), kekId: provider.keyId })
+      }
+      let backup = previous?.backup
+      if (backup === undefined) {
+        const backupKey = await provider.unwrap(unb64(staged.backup.wrapped), backupKeyContext(stagingId))
+        backup = { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
+      }
+      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup }
+      return {
+        ops: [{ type: 'put', sublevel: this.#db, key: volumeId, value: record }, { type: 'del', sublevel: this.#db, key: stagingId }],
+        apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) }
+      }
+    })
+  }
+
   /** Forgets a volume's keys (crypto-shredding what is left of its blocks). */
   async delete (volumeId: string): Promise<void> {
     await this.#serial(async () => {

@@ -81,6 +81,12 @@ export class VolumeBlocks {
   cipher: VolumeCipher | undefined
   /** Set on the primary of a replicated volume: sees every change in order (see replicator.ts). */
   replicator: VolumeReplicator | undefined
+  /**
+   * Set when a live migration switched the volume over to another storage: I/O that still names
+   * this one (it waited at the gate, or resolved the volume before the switch) goes there, with
+   * snapshot generations translated through `gens`.
+   */
+  movedTo: { readonly volume: VolumeBlocks, readonly gens: ReadonlyMap<number, number> } | undefined
 
   constructor (storageId: number, sizeBytes: number, metrics: MetricsRecorder) {
     this.storageId = storageId
@@ -265,7 +271,7 @@ export class BlockEngine {
    */
   async readBlock (volume: VolumeBlocks, index: number, view?: View): Promise<Uint8Array> {
     this.#checkIndex(volume, index, view)
-    if (volume.gate !== undefined) await this.#waitGate(volume)
+    if (volume.gate !== undefined || volume.movedTo !== undefined) [volume, view] = await this.#settle(volume, view)
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
@@ -289,9 +295,9 @@ export class BlockEngine {
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
     }
-    if (volume.gate !== undefined) {
+    if (volume.gate !== undefined || volume.movedTo !== undefined) {
       data = copyBytes(data)
-      await this.#waitGate(volume)
+      volume = (await this.#settle(volume))[0]
     }
     volume.enter()
     const startedAt = volume.metrics.begin()
@@ -334,7 +340,7 @@ export class BlockEngine {
     this.#checkRange(volume, offset, length, view)
     const out = new Uint8Array(length)
     if (length === 0) return out
-    if (volume.gate !== undefined) await this.#waitGate(volume)
+    if (volume.gate !== undefined || volume.movedTo !== undefined) [volume, view] = await this.#settle(volume, view)
     volume.enter()
     const startedAt = volume.metrics.begin()
     let ok = false
@@ -369,9 +375,9 @@ export class BlockEngine {
     this.#checkRange(volume, offset, data.byteLength)
     if (data.byteLength === 0) return
     const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
-    if (volume.gate !== undefined) {
+    if (volume.gate !== undefined || volume.movedTo !== undefined) {
       data = copyBytes(data)
-      await this.#waitGate(volume)
+      volume = (await this.#settle(volume))[0]
     }
     volume.enter()
     const startedAt = volume.metrics.begin()
@@ -446,7 +452,7 @@ export class BlockEngine {
   async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern): Promise<void> {
     this.#checkRange(volume, offset, length)
     if (length === 0) return
-    if (volume.gate !== undefined) await this.#waitGate(volume)
+    if (volume.gate !== undefined || volume.movedTo !== undefined) volume = (await this.#settle(volume))[0]
     volume.enter()
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + length - 1) / this.blockSize)
@@ -606,6 +612,24 @@ export class BlockEngine {
       return needed.length
     } finally {
       open()
+    }
+  }
+
+  /**
+   * Live migration: writes into `target`, as new versions, the blocks `indices` of `source` as the
+   * source's view at `at` reads them (a block the view reads as zeros is unmapped in the target, so
+   * trims move too). Reads go around the source's gate: the caller keeps the view alive (a snapshot
+   * generation, or LIVE while the source's gate is closed). Blocks are sealed with the target's
+   * key when it has one. Calls `progress` after every batch; a throw from it stops the copy.
+   */
+  async copyBlocks (target: VolumeBlocks, source: VolumeBlocks, indices: readonly number[], at: number, progress?: (copied: number) => void): Promise<void> {
+    const batch = COPY_BATCH_BLOCKS * 4
+    for (let from = 0; from < indices.length; from += batch) {
+      const chunk = indices.slice(from, from + batch)
+      await this.#copyInto(target, chunk, (index) => source.map.locate(index, at), true)
+      progress?.(chunk.length)
+      // A background copy: the volume's own I/O gets the event loop between batches.
+      if (source.gate === undefined) await new Promise((resolve) => setImmediate(resolve))
     }
   }
 
@@ -888,6 +912,25 @@ export class BlockEngine {
 
   async #waitGate (volume: VolumeBlocks): Promise<void> {
     while (volume.gate !== undefined) await volume.gate
+  }
+
+  /**
+   * Waits out a closed gate, then follows the volume to where a live migration moved it (the
+   * snapshot view translated to the destination's generation). Returns where the I/O goes.
+   */
+  async #settle (volume: VolumeBlocks, view?: View): Promise<[VolumeBlocks, View | undefined]> {
+    await this.#waitGate(volume)
+    while (volume.movedTo !== undefined) {
+      const { volume: next, gens } = volume.movedTo
+      if (view !== undefined) {
+        const gen = gens.get(view.gen)
+        if (gen === undefined) throw new GalleonError('SNAPSHOT_NOT_FOUND', `the snapshot at generation ${view.gen} did not move with its volume (it was deleted); list the snapshots again`)
+        view = { gen, sizeBytes: view.sizeBytes }
+      }
+      volume = next
+      await this.#waitGate(volume)
+    }
+    return [volume, view]
   }
 
   /**

@@ -31,6 +31,30 @@ export interface SnapshotRecord {
   readonly implicit: boolean
 }
 
+/**
+ * A live migration in progress, recorded before its destination storage gets any block: after a
+ * crash, recovery finds it, and the destination (whose storage id no volume record names until
+ * the switch-over) is removed as an orphan.
+ */
+export interface MigrationRecord {
+  readonly volumeId: string
+  /** Storage id of the destination copy. */
+  readonly storageId: number
+  readonly fromStorageId: number
+  readonly storageClass: string
+  readonly pool?: string
+  readonly encrypted: boolean
+  readonly startedAt: string
+}
+
+/** What a live migration's switch-over changes in a volume record. */
+export interface MigrationSwitch {
+  readonly storageId: number
+  readonly storageClass: string
+  readonly encrypted: boolean
+  readonly pool: string | undefined
+}
+
 /** Any abstract-level database usable as GalleonFS metadata. */
 export type MetadataDatabase = AbstractLevel<any, any, any>
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
@@ -76,6 +100,8 @@ export class Catalog {
   readonly #settingsDb: JsonSublevel
   readonly #snapshotsDb: JsonSublevel
   readonly #poolsDb: JsonSublevel
+  readonly #migrationsDb: JsonSublevel
+  readonly #migrations = new Map<string, MigrationRecord>()
   readonly #pools = new Map<string, StoragePool>()
   readonly #volumes = new Map<string, VolumeRecord>()
   /** Volume id -> its snapshots by id, in creation order. */
@@ -94,6 +120,7 @@ export class Catalog {
     this.#settingsDb = db.sublevel('settings', { valueEncoding: 'json' }) as JsonSublevel
     this.#snapshotsDb = db.sublevel('snapshots', { valueEncoding: 'json' }) as JsonSublevel
     this.#poolsDb = db.sublevel('pools', { valueEncoding: 'json' }) as JsonSublevel
+    this.#migrationsDb = db.sublevel('migrations', { valueEncoding: 'json' }) as JsonSublevel
   }
 
   get blockSize (): number { return this.#blockSize }
@@ -133,6 +160,11 @@ export class Catalog {
       this.#volumes.set(id as string, volume)
       this.#names.set(nameKey(namespaceOf(volume), volume.name), volume.id)
       if (volume.storageId >= this.#nextStorageId) this.#nextStorageId = volume.storageId + 1
+    }
+    for (const [id, migration] of await this.#migrationsDb.iterator().all()) {
+      const record = migration as MigrationRecord
+      this.#migrations.set(id as string, record)
+      if (record.storageId >= this.#nextStorageId) this.#nextStorageId = record.storageId + 1
     }
     const snapshots = (await this.#snapshotsDb.iterator().all()).map(([, record]) => record as SnapshotRecord)
     snapshots.sort((a, b) => a.gen - b.gen || a.createdAt.localeCompare(b.createdAt))
@@ -215,6 +247,67 @@ export class Catalog {
     this.#snapshots.delete(id)
     const key = nameKey(namespaceOf(record), record.name)
     if (this.#names.get(key) === id) this.#names.delete(key)
+  }
+
+  /** Live migrations recorded as in progress (after a crash: the ones it interrupted). */
+  migrations (): MigrationRecord[] {
+    return [...this.#migrations.values()]
+  }
+
+  /**
+   * Records the start of a live migration of a volume and gives its destination a fresh storage
+   * id (persisted with it, so the id is never handed out again).
+   */
+  async beginMigration (volumeId: string, target: Omit<MigrationRecord, 'volumeId' | 'storageId' | 'fromStorageId' | 'startedAt'>): Promise<MigrationRecord> {
+    const volume = this.#volumes.get(volumeId)
+    if (volume === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} no longer exists`)
+    if (this.#migrations.has(volumeId)) throw new GalleonError('BUSY', `volume ${volume.name} is being migrated already`)
+    const storageId = this.#nextStorageId++
+    if (storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
+    const record: MigrationRecord = { ...target, volumeId, storageId, fromStorageId: volume.storageId, startedAt: new Date().toISOString() }
+    await this.#db.batch([
+      { type: 'put', sublevel: this.#migrationsDb, key: volumeId, value: record },
+      { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
+    ] as any, SYNC)
+    this.#migrations.set(volumeId, record)
+    return record
+  }
+
+  /** Forgets a migration that did not switch over (cancelled, failed, or cut short by a crash). */
+  async abandonMigration (volumeId: string): Promise<void> {
+    if (!this.#migrations.has(volumeId)) return
+    await this.#migrationsDb.del(volumeId, SYNC)
+    this.#migrations.delete(volumeId)
+  }
+
+  /**
+   * The switch-over of a live migration, in one atomic metadata batch: the volume record (same id
+   * and name) points at the destination storage with its new class, encryption and pool, each
+   * snapshot record reads at its destination generation, a clone's link to its source is cut (the
+   * destination holds all its data), the migration record goes, and `extra` (key records) applies.
+   * A crash leaves either all of it or none.
+   */
+  async commitMigration (volumeId: string, change: MigrationSwitch, snapshotGens: ReadonlyMap<string, number>, extra: readonly object[] = []): Promise<VolumeRecord> {
+    const current = this.#volumes.get(volumeId)
+    if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} no longer exists`)
+    const { pool: _pool, source: _source, ...rest } = current
+    const record: VolumeRecord = { ...rest, storageId: change.storageId, storageClass: change.storageClass, encrypted: change.encrypted, ...(change.pool === undefined ? {} : { pool: change.pool }), updatedAt: new Date().toISOString() }
+    const snapshots = this.snapshots(volumeId).map((snapshot) => {
+      const gen = snapshotGens.get(snapshot.id)
+      if (gen === undefined) throw new GalleonError('CORRUPTION', `snapshot ${snapshot.name} of volume ${current.name} was not copied by the migration`)
+      return { ...snapshot, gen }
+    })
+    await this.#db.batch([
+      { type: 'put', sublevel: this.#volumesDb, key: volumeId, value: record },
+      ...snapshots.map((snapshot) => ({ type: 'put', sublevel: this.#snapshotsDb, key: snapshot.id, value: snapshot })),
+      { type: 'del', sublevel: this.#migrationsDb, key: volumeId },
+      ...extra
+    ] as any, SYNC)
+    this.#volumes.set(volumeId, record)
+    const byId = this.#volumeSnapshots(volumeId)
+    for (const snapshot of snapshots) byId.set(snapshot.id, snapshot)
+    this.#migrations.delete(volumeId)
+    return record
   }
 
   /** Snapshots of a volume, oldest first. */

@@ -1,0 +1,327 @@
+// Live migration between storage classes and pools: under a write load, encryption on and off,
+// snapshots, pools, cancel, bad input, persistence across reopen.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, GalleonError, type BlockAddress, type BlockOp, type BlockStore, type MigrationProgressEvent } from '../src/index.js'
+import { FileBlockStore } from '../backends/file/index.js'
+
+let root = ''
+let counter = 0
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-migration-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const fresh = (): string => join(root, `t${++counter}`)
+
+const BLOCK = 4096
+const SECRET = { name: 'secret-local', parameters: { encryption: 'true', replication: '1' } }
+
+const code = (expected: string) => (err: unknown): boolean => {
+  assert.ok(err instanceof GalleonError, `expected a GalleonError, got ${String(err)}`)
+  assert.equal(err.code, expected, err.message)
+  return true
+}
+
+/** A block whose bytes say which writer wrote it, in which sequence, at which block. */
+function stamp (writer: number, seq: number, index: number, tag = 'GALLEON-MIGRATION-MARKER'): Uint8Array {
+  const text = `${tag}|w${writer}|s${seq}|b${index}|`
+  return new Uint8Array(Buffer.from(text.repeat(Math.ceil(BLOCK / text.length)).slice(0, BLOCK)))
+}
+
+function pattern (seed: number, index: number): Uint8Array {
+  const out = new Uint8Array(BLOCK)
+  for (let i = 0; i < BLOCK; i++) out[i] = (seed * 31 + index * 7 + i) & 0xff
+  return out
+}
+
+/** A block store that records every value put through batches. */
+function recording (inner: BlockStore): { store: BlockStore, puts: Array<{ address: BlockAddress, data: Uint8Array }> } {
+  const puts: Array<{ address: BlockAddress, data: Uint8Array }> = []
+  const store = new Proxy(inner, {
+    get (target, prop) {
+      if (prop === 'batch') {
+        return async (ops: BlockOp[], options?: { sync?: boolean }) => {
+          for (const op of ops) if (op.type === 'put') puts.push({ address: { ...op.address }, data: Uint8Array.from(op.data) })
+          return await target.batch(ops, options)
+        }
+      }
+      const value = Reflect.get(target, prop, target)
+      return typeof value === 'function' ? value.bind(target) : value
+    }
+  })
+  return { store, puts }
+}
+
+const contains = (data: Uint8Array, needle: string): boolean => Buffer.from(data).includes(Buffer.from(needle))
+
+/**
+ * Writers each owning a set of blocks, writing stamped blocks in sequence; `acked` keeps, per
+ * block, the last sequence whose write resolved. After the load stops, every block must read as
+ * the stamp of its last acknowledged write (the register check).
+ */
+function writeLoad (g: GalleonFS, volume: string, writers: number, blocks: number): { stop: () => Promise<void>, acked: Map<number, { writer: number, seq: number }>, count: () => number } {
+  const acked = new Map<number, { writer: number, seq: number }>()
+  let running = true
+  let writes = 0
+  const loops = Array.from({ length: writers }, async (_, writer) => {
+    for (let seq = 1; running; seq++) {
+      const index = writer + writers * ((seq * 7919) % Math.floor(blocks / writers))
+      await g.writeBlock(volume, index, stamp(writer, seq, index))
+      acked.set(index, { writer, seq })
+      writes++
+      if (seq % 16 === 0) await new Promise((resolve) => setImmediate(resolve))
+    }
+  })
+  return {
+    acked,
+    count: () => writes,
+    stop: async () => { running = false; await Promise.all(loops) }
+  }
+}
+
+async function checkRegisters (g: GalleonFS, volume: string, acked: Map<number, { writer: number, seq: number }>): Promise<void> {
+  for (const [index, { writer, seq }] of acked) {
+    assert.deepEqual(await g.readBlock(volume, index), stamp(writer, seq, index), `block ${index}: last acknowledged write was writer ${writer} seq ${seq}`)
+  }
+}
+
+describe('live migration', () => {
+  it('moves a volume to an encrypting class under a concurrent write load: every acknowledged write reads back, nothing in the clear reaches the new storage', async () => {
+    const { store, puts } = recording(new FileBlockStore({ location: join(fresh(), 'blocks') }))
+    const g = await GalleonFS.open({ inMemory: true, blockStore: store })
+    try {
+      await g.createStorageClass(SECRET)
+      const vol = await g.createVolume({ name: 'data', sizeBytes: 4 * 1024 * 1024 })
+      for (let i = 0; i < 512; i++) await g.writeBlock('data', i, stamp(99, 0, i))
+      const before = new Set(puts.map((p) => p.address.volume))
+      const load = writeLoad(g, 'data', 4, 1024)
+      const events: MigrationProgressEvent[] = []
+      let migrated = 0
+      g.on('volume:migrated', () => { migrated++ })
+      const moved = await g.migrateVolume('data', { storageClass: 'secret-local' }, { onProgress: (e) => events.push(e) })
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      await load.stop()
+      assert.equal(moved.id, vol.id)
+      assert.equal(moved.name, 'data')
+      assert.equal(moved.storageClass, 'secret-local')
+      assert.equal(moved.encrypted, true)
+      assert.equal(migrated, 1)
+      assert.ok(load.acked.size > 0)
+      await checkRegisters(g, 'data', load.acked)
+      for (let i = 0; i < 1024; i += 2) if (!load.acked.has(i) && i < 512) assert.deepEqual(await g.readBlock('data', i), stamp(99, 0, i))
+      assert.deepEqual(events.map((e) => e.phase).filter((p, i, all) => all.indexOf(p) === i), ['copy', 'switchover', 'done'])
+      const last = events[events.length - 1] as MigrationProgressEvent
+      assert.equal(last.blocksDone, last.blocksTotal)
+      assert.equal((await g.getVolumeEncryption('data')).encrypted, true)
+      // The destination's storage id is the one that appeared during the migration.
+      const newIds = new Set(puts.map((p) => p.address.volume).filter((id) => !before.has(id)))
+      assert.equal(newIds.size, 1)
+      const destination = puts.filter((p) => newIds.has(p.address.volume))
+      assert.ok(destination.length >= 512)
+      assert.ok(puts.some((p) => before.has(p.address.volume) && contains(p.data, 'GALLEON-MIGRATION-MARKER')), 'control: the plain source held the marker')
+      assert.equal(destination.filter((p) => contains(p.data, 'GALLEON-MIGRATION-MARKER')).length, 0)
+      // Writes after the switch-over are encrypted too.
+      const count = puts.length
+      await g.writeBlock('data', 3, stamp(7, 7, 3))
+      assert.ok(puts.slice(count).every((p) => !contains(p.data, 'GALLEON-MIGRATION-MARKER')))
+      assert.deepEqual(await g.readBlock('data', 3), stamp(7, 7, 3))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('moves an encrypted volume to a plain class with its snapshots, which read exactly as before (trims and expansions included)', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 64 * BLOCK, storageClass: 'secret-local' })
+      for (let i = 0; i < 40; i++) await g.writeBlock('v', i, pattern(1, i))
+      await g.createSnapshot('v', 's1')
+      for (let i = 10; i < 20; i++) await g.writeBlock('v', i, pattern(2, i))
+      await g.trim('v', 30 * BLOCK, 5 * BLOCK)
+      await g.createSnapshot('v', 's2')
+      await g.createSnapshot('v', 's2b')
+      await g.expandVolume('v', 80 * BLOCK)
+      await g.writeBlock('v', 70, pattern(3, 70))
+      await g.trim('v', 0, 2 * BLOCK)
+      await g.createSnapshot('v', 's3')
+      await g.writeBlock('v', 0, pattern(4, 0))
+      const views = ['s1', 's2', 's2b', 's3'] as const
+      const expected = new Map<string, Uint8Array>()
+      for (const s of views) { const snap = await g.getSnapshot('v', s); expected.set(s, await g.read({ volume: 'v', snapshot: s }, 0, snap.sizeBytes)) }
+      const live = await g.read('v', 0, 80 * BLOCK)
+      const changedBefore = await g.listChangedBlocks('v', { from: 's1', to: 's2' })
+      const moved = await g.migrateVolume('v', { storageClass: 'fast-local-ssd' })
+      assert.equal(moved.encrypted, false)
+      assert.equal((await g.getVolumeEncryption('v')).encrypted, false)
+      for (const s of views) assert.deepEqual(await g.read({ volume: 'v', snapshot: s }, 0, expected.get(s)?.byteLength ?? 0), expected.get(s), `snapshot ${s}`)
+      assert.deepEqual(await g.read('v', 0, 80 * BLOCK), live)
+      assert.deepEqual(await g.listChangedBlocks('v', { from: 's1', to: 's2' }), changedBefore)
+      assert.deepEqual((await g.getAllocation({ volume: 'v', snapshot: 's2' }, 30 * BLOCK, 5 * BLOCK)).map((e) => e.allocated), [false])
+      // Snapshots keep working after the move: restore, clone, delete.
+      await g.restoreSnapshot('v', 's1')
+      assert.deepEqual(await g.read('v', 0, 64 * BLOCK), expected.get('s1'))
+      const clone = await g.cloneVolume({ volume: 'v', snapshot: 's2' }, 'c')
+      assert.deepEqual(await g.read(clone.id, 0, 64 * BLOCK), expected.get('s2'))
+      await g.deleteSnapshot('v', 's3')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('moves a volume between pools, checking the target pool has room before anything is copied', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createPool({ name: 'small', capacityBytes: 64 * BLOCK })
+      await g.createPool({ name: 'big', capacityBytes: 1024 * BLOCK })
+      await g.createVolume({ name: 'v', sizeBytes: 128 * BLOCK, pool: 'big' })
+      await g.writeBlock('v', 5, pattern(5, 5))
+      let progress = 0
+      g.on('volume:migration-progress', () => { progress++ })
+      await assert.rejects(g.migrateVolume('v', { pool: 'small' }), code('NO_SPACE'))
+      assert.equal(progress, 0)
+      assert.equal((await g.getVolume('v')).pool, 'big')
+      await g.updatePool('small', { capacityBytes: 256 * BLOCK })
+      const moved = await g.migrateVolume('v', { pool: 'small' })
+      assert.equal(moved.pool, 'small')
+      assert.equal((await g.getPool('small')).provisionedBytes, 128 * BLOCK)
+      assert.equal((await g.getPool('big')).provisionedBytes, 0)
+      assert.deepEqual(await g.readBlock('v', 5), pattern(5, 5))
+      await assert.rejects(g.migrateVolume('v', { pool: 'small' }), code('INVALID_ARGUMENT'))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('cancels through an AbortSignal: rejects with CANCELLED, the volume stays where it was, unchanged and usable', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 8192 * BLOCK })
+      for (let i = 0; i < 4096; i += 64) await g.write('v', i * BLOCK, new Uint8Array(64 * BLOCK).fill(i & 0xff))
+      await g.createSnapshot('v', 'keep')
+      const controller = new AbortController()
+      const migration = g.migrateVolume('v', { storageClass: 'secret-local' }, {
+        signal: controller.signal,
+        onProgress: (e) => { if (e.blocksDone > 0) controller.abort() }
+      })
+      await assert.rejects(migration, code('CANCELLED'))
+      const v = await g.getVolume('v')
+      assert.equal(v.storageClass, 'fast-local-ssd')
+      assert.equal(v.encrypted, false)
+      assert.deepEqual(await g.read('v', 64 * BLOCK, BLOCK), new Uint8Array(BLOCK).fill(64))
+      assert.deepEqual(await g.read({ volume: 'v', snapshot: 'keep' }, 128 * BLOCK, BLOCK), new Uint8Array(BLOCK).fill(128))
+      assert.equal(await g.getVolumeUsage('v'), 4096 * BLOCK)
+      // An already aborted signal stops it before anything starts.
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'secret-local' }, { signal: AbortSignal.abort() }), code('CANCELLED'))
+      // And a new migration runs fine afterwards.
+      assert.equal((await g.migrateVolume('v', { storageClass: 'secret-local' })).encrypted, true)
+      assert.deepEqual(await g.read('v', 64 * BLOCK, BLOCK), new Uint8Array(BLOCK).fill(64))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('refuses bad input and unsupported moves with stable codes, changing nothing', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+      await g.createVolume({ name: 'v', sizeBytes: 16 * BLOCK })
+      await g.writeBlock('v', 1, pattern(1, 1))
+      await assert.rejects(g.migrateVolume('nope', { storageClass: 'secret-local' }), code('VOLUME_NOT_FOUND'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'no-such-class' }), code('STORAGE_CLASS_NOT_FOUND'))
+      await assert.rejects(g.migrateVolume('v', { pool: 'no-such-pool' }), code('POOL_NOT_FOUND'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'fast-local-ssd' }), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', {}), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', null as never), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 42 } as never), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', { speed: 'fast' } as never), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'secret-local' }, { signal: 'stop' } as never), code('INVALID_ARGUMENT'))
+      await assert.rejects(g.migrateVolume('v', { node: 'node-2' }), code('NOT_IMPLEMENTED'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'triple' }), code('NOT_IMPLEMENTED'))
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'encrypted-storage' }), code('NOT_IMPLEMENTED'))
+      await assert.rejects(g.migrateVolume({ volume: 'v', snapshot: 'x' } as never, { storageClass: 'secret-local' }), code('INVALID_ARGUMENT'))
+      // A volume clones read from: BUSY.
+      await g.cloneVolume('v', 'c')
+      await assert.rejects(g.migrateVolume('v', { storageClass: 'secret-local' }), code('BUSY'))
+      // Two at once: the second is BUSY.
+      await g.createVolume({ name: 'w', sizeBytes: 4096 * BLOCK })
+      for (let i = 0; i < 4096; i += 256) await g.write('w', i * BLOCK, new Uint8Array(256 * BLOCK).fill(1))
+      const first = g.migrateVolume('w', { storageClass: 'secret-local' })
+      await assert.rejects(g.migrateVolume('w', { storageClass: 'secret-local' }), code('BUSY'))
+      await first
+      const v = await g.getVolume('v')
+      assert.equal(v.storageClass, 'fast-local-ssd')
+      assert.deepEqual(await g.readBlock('v', 1), pattern(1, 1))
+      // The clone itself (it reads through its source) moves, and gets its own copy of everything.
+      const moved = await g.migrateVolume('c', { storageClass: 'secret-local' })
+      assert.equal(moved.source, undefined)
+      assert.deepEqual(await g.readBlock('c', 1), pattern(1, 1))
+      await g.deleteVolume('v')
+      assert.deepEqual(await g.readBlock('c', 1), pattern(1, 1))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('waits snapshot operations out, and a deletion of the volume cancels its migration', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 4096 * BLOCK })
+      for (let i = 0; i < 4096; i += 256) await g.write('v', i * BLOCK, new Uint8Array(256 * BLOCK).fill(2))
+      const migration = g.migrateVolume('v', { storageClass: 'secret-local' })
+      const snapshot = g.createSnapshot('v', 'during')
+      await migration
+      const taken = await snapshot
+      assert.deepEqual(await g.read(taken, 0, BLOCK), new Uint8Array(BLOCK).fill(2))
+      const second = g.migrateVolume('v', { storageClass: 'fast-local-ssd' })
+      await g.deleteVolume('v', { force: true })
+      await assert.rejects(second, code('CANCELLED'))
+      await assert.rejects(g.getVolume('v'), code('VOLUME_NOT_FOUND'))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('persists across close and reopen on a real storage path, with snapshots and keys', async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 64 * BLOCK })
+      for (let i = 0; i < 32; i++) await g.writeBlock('v', i, pattern(1, i))
+      await g.createSnapshot('v', 'old')
+      for (let i = 0; i < 8; i++) await g.writeBlock('v', i, pattern(2, i))
+      await g.migrateVolume('v', { storageClass: 'secret-local' })
+      await g.writeBlock('v', 40, pattern(3, 40))
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir })
+    try {
+      const v = await g.getVolume('v')
+      assert.equal(v.storageClass, 'secret-local')
+      assert.equal(v.encrypted, true)
+      for (let i = 0; i < 32; i++) assert.deepEqual(await g.readBlock({ volume: 'v', snapshot: 'old' }, i), pattern(1, i))
+      for (let i = 0; i < 8; i++) assert.deepEqual(await g.readBlock('v', i), pattern(2, i))
+      assert.deepEqual(await g.readBlock('v', 40), pattern(3, 40))
+      assert.equal((await g.scrub('v')).badBlocks.length, 0)
+      // Back to plain, and once more across a reopen.
+      await g.migrateVolume('v', { storageClass: 'fast-local-ssd' })
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir })
+    try {
+      assert.equal((await g.getVolume('v')).encrypted, false)
+      assert.deepEqual(await g.readBlock('v', 40), pattern(3, 40))
+      assert.deepEqual(await g.readBlock({ volume: 'v', snapshot: 'old' }, 9), pattern(1, 9))
+    } finally {
+      await g.close()
+    }
+  })
+})
