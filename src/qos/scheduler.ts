@@ -64,6 +64,8 @@ const DIMENSIONS: ReadonlyArray<[Dimension, 'ops' | 'bytes', Kind | undefined, s
   ['writeBytes', 'bytes', 'write', 'limits.write_throughput_mbps']
 ]
 
+interface LaneBucket { readonly bucket: TokenBucket, readonly bytes: boolean }
+
 interface Pending {
   readonly kind: Kind
   readonly bytes: number
@@ -79,6 +81,8 @@ class VolumeState {
   policy: QoSPolicy | undefined
   source: QoSPolicySource = 'none'
   buckets: Array<[TokenBucket, 'ops' | 'bytes', Kind | undefined, string]> = []
+  /** Per lane (reads, writes): the buckets that apply and whether each counts bytes (else operations); the hot path's view. */
+  lanes: [read: LaneBucket[], write: LaneBucket[]] = [[], []]
   limited = false
   /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
   readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
@@ -184,6 +188,10 @@ export class QoSScheduler {
       state.buckets.push([new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined), unit, kind, label])
     }
     state.limited = state.buckets.length > 0
+    state.lanes = [
+      state.buckets.filter(([, , kind]) => kind !== 'write').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' })),
+      state.buckets.filter(([, , kind]) => kind !== 'read').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' }))
+    ]
     state.reservationIops = policy?.guarantees?.iops ?? 0
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
     state.weight = policy?.weight ?? 1
@@ -277,23 +285,26 @@ export class QoSScheduler {
 
   // ---------------------------------------------------------------- limiter
 
+  // Plain indexed loops over the lane's buckets: these run on every I/O call of a limited volume.
   #limitWait (state: VolumeState, kind: Kind, bytes: number, now: number): number {
+    const lane = state.lanes[kind === 'read' ? 0 : 1]
     let wait = 0
-    for (const [bucket, unit, only] of state.buckets) {
-      if (only !== undefined && only !== kind) continue
-      const cost = unit === 'ops' ? 1 : bytes
+    for (let i = 0; i < lane.length; i++) {
+      const entry = lane[i] as LaneBucket
+      const cost = entry.bytes ? bytes : 1
       if (cost === 0) continue
-      const ms = bucket.waitMs(cost, now)
+      const ms = entry.bucket.waitMs(cost, now)
       if (ms > wait) wait = ms
     }
     return wait
   }
 
   #take (state: VolumeState, kind: Kind, bytes: number): void {
-    for (const [bucket, unit, only] of state.buckets) {
-      if (only !== undefined && only !== kind) continue
-      const cost = unit === 'ops' ? 1 : bytes
-      if (cost > 0) bucket.take(cost)
+    const lane = state.lanes[kind === 'read' ? 0 : 1]
+    for (let i = 0; i < lane.length; i++) {
+      const entry = lane[i] as LaneBucket
+      const cost = entry.bytes ? bytes : 1
+      if (cost > 0) entry.bucket.take(cost)
     }
   }
 
