@@ -922,6 +922,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   async #migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
     const { signal, onProgress } = control
+    const wanted = target.storageClass === undefined ? undefined : this.#catalog.storageClass(target.storageClass)
+    if (wanted !== undefined && classReplicas(wanted) > 1) return await this.#migrateToReplicated(vol, wanted, target, signal)
     const started = await this.#admin(async () => await this.#startMigration(vol, target, signal))
     const { record, migration, source, destination, release, abort } = started
     const stagingId = migration.encrypted ? migrationKeyId(record.id) : undefined
@@ -1004,6 +1006,51 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#migrations.get(record.id)?.finish()
       this.#migrations.delete(record.id)
     }
+  }
+
+  /**
+   * Migration into a class that keeps copies on other nodes: the volume becomes replicated where it
+   * is (this node its primary), its copies are placed by the class and filled by the resync of
+   * new copies while I/O goes on; resolves once they are in sync (or the signal aborts the wait:
+   * the volume stays replicated, its copies still filling). The data is not moved locally, so
+   * the class must encrypt as the volume's does, and the pool stays.
+   */
+  async #migrateToReplicated (vol: VolumeRef, storageClass: StorageClass, target: MigrateVolumeOptions, signal: AbortSignal | undefined): Promise<Volume> {
+    const replication = this.#replication
+    const replicas = classReplicas(storageClass)
+    const record = await this.#admin(async () => {
+      const current = this.#catalog.resolve(vol)
+      if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      if (current.replication !== undefined) throw new GalleonError('NOT_IMPLEMENTED', `volume ${current.name} is replicated already; changing the storage class of a replicated volume is not built yet`)
+      if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
+      if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true)) {
+        throw new GalleonError('NOT_IMPLEMENTED', `moving volume ${current.name} into ${storageClass.name} would change both its encryption and its copies at once, which is not built yet; migrate it first to a 1-copy class that ${current.encrypted === true ? 'encrypts' : 'does not encrypt'} like ${storageClass.name}, then to ${storageClass.name}`)
+      }
+      if (target.pool !== undefined && target.pool !== current.pool) throw new GalleonError('NOT_IMPLEMENTED', `moving volume ${current.name} to another pool while adding copies is not built yet; move it to the pool first, then to ${storageClass.name}`)
+      if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it; a replicated volume cannot serve them. Delete or flatten them first`)
+      if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
+      if (mountControl(this.#mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted; unmount it while it becomes replicated`)
+      const updated = await this.#catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
+      try {
+        const pool = updated.pool === undefined ? undefined : this.#catalog.pool(updated.pool)
+        await replication.register(specOf(updated), pool === undefined ? classPlacement(storageClass) : this.#poolPlacement(pool, classPlacement(storageClass)))
+      } catch (err) {
+        replication.forget(current.id)
+        await this.#catalog.updateVolume(current.id, { storageClass: current.storageClass, replicas: current.replicas, replication: undefined }).catch(() => {})
+        throw err
+      }
+      this.#applyQoS(updated)
+      return updated
+    })
+    const deadline = Date.now() + 30 * 60_000
+    while (replication !== undefined && (replication.status(record.id)?.inSync.length ?? 0) < Math.min(replicas, replication.status(record.id)?.nodes.length ?? replicas)) {
+      if (signal?.aborted === true) break
+      if (Date.now() > deadline) break
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    const volume = this.#volumeView(this.#catalog.resolve(record.id))
+    this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
+    return volume
   }
 
   /** Checks a migration may start and sets up its destination; in the admin queue. */

@@ -52,6 +52,10 @@ async function until (what: string, check: () => boolean | Promise<boolean>, tim
   }
 }
 
+async function expectRejects (promise: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(promise, (err: { code?: string }) => err.code === code)
+}
+
 function block (seed: number, size = 4096): Uint8Array {
   const out = new Uint8Array(size)
   for (let i = 0; i < size; i++) out[i] = (seed * 31 + i * 7) & 0xff
@@ -249,6 +253,35 @@ describe('replication (memory transport, on-disk nodes)', () => {
     assert.ok(((await primary.g.getVolumeMetrics('metered')).qos?.throttledOps ?? 0) >= 6, 'the primary throttled the forwarded writes')
     await n2.g.clearQoSPolicy('metered')
     await until('the policy is gone everywhere', async () => (await Promise.all(nodes.map(async (n) => (await n.g.getQoSPolicy('metered')).source))).every((s) => s === 'none'))
+  })
+
+  it('migrating a 1-copy volume into a class with 3 replicas adds copies while writes go on; snapshots come along', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2] = nodes as [Node, Node, Node]
+    for (const node of nodes) await node.g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+    await n1.g.createVolume({ name: 'upgraded', sizeBytes: '256K' })
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('upgraded', i, block(i + 1), WriteConcern.WriteDurable)
+    await n1.g.createSnapshot('upgraded', 'before')
+    for (let i = 0; i < 8; i++) await n1.g.writeBlock('upgraded', i, block(500 + i), WriteConcern.WriteDurable)
+    await expectRejects(n1.g.writeBlock('upgraded', 0, block(1), WriteConcern.WriteReplicated), 'WRITE_CONCERN_UNSATISFIED')
+    let writing = true
+    const load = (async () => { let i = 100; while (writing) { await n1.g.writeBlock('upgraded', 32 + (i % 16), block(i), WriteConcern.WriteAcknowledged); i++ } })()
+    const migrated = await n1.g.migrateVolume('upgraded', { storageClass: 'triple' })
+    writing = false
+    await load
+    assert.equal(migrated.replicas, 3)
+    assert.equal(migrated.storageClass, 'triple')
+    const status = await n1.g.replicationStatus('upgraded')
+    assert.equal(status.inSync.length, 3)
+    await n2.g.writeBlock('upgraded', 60, block(60), WriteConcern.WriteReplicated)
+    const expected = await n1.g.read('upgraded', 0, 256 * 1024)
+    const before = await n1.g.read({ volume: 'upgraded', snapshot: 'before' }, 0, 256 * 1024)
+    assert.deepEqual(before.subarray(0, 4096), block(1))
+    for (const node of nodes) for (const [what, view] of [['live', 'upgraded'], ['snapshot', { volume: 'upgraded', snapshot: 'before' }]] as const) {
+      assert.deepEqual(await node.g.read(view, 0, 256 * 1024), what === 'live' ? expected : before, `${what} through ${node.id}`)
+    }
+    const held = await copies(nodes, 'upgraded', 256 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {

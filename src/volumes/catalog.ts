@@ -225,7 +225,7 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
     const current = this.#volumes.get(id)
     if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
     const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
