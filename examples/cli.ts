@@ -260,13 +260,14 @@ export function buildCli (): Command {
       const grown = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/expand`, { sizeBytes: size }) as VolumeView
       print(globals(), grown, () => `volume ${grown.name} is now ${grown.sizeBytes} bytes\n`)
     })
-  volume.command('migrate').description('move a volume online to another storage class and/or pool (it stays readable and writable)').argument('<volume>')
-    .option('-c, --storage-class <class>', 'the storage class to move to (e.g. one that encrypts)')
+  volume.command('migrate').description('move a volume online to another storage class, pool or cluster node (it stays readable and writable)').argument('<volume>')
+    .option('-c, --storage-class <class>', 'the storage class to move to (e.g. one that encrypts, or keeps more copies)')
     .option('-p, --pool <pool>', 'the storage pool to move to')
-    .action(async (ref: string, options: { storageClass?: string, pool?: string }) => {
-      if (options.storageClass === undefined && options.pool === undefined) throw new CliError('volume migrate needs --storage-class and/or --pool: where the volume goes')
-      const moved = await callWithProgress(globals(), `migrating ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/migrate`, { storageClass: options.storageClass, pool: options.pool }) as VolumeView & { encrypted?: boolean, pool?: string }
-      print(globals(), moved, () => `volume ${moved.name} migrated: storage class ${moved.storageClass}${moved.pool === undefined ? '' : `, pool ${moved.pool}`}${moved.encrypted === true ? ', encrypted' : ''}
+    .option('--node <node>', 'the cluster node to move this node\'s copy to')
+    .action(async (ref: string, options: { storageClass?: string, pool?: string, node?: string }) => {
+      if (options.storageClass === undefined && options.pool === undefined && options.node === undefined) throw new CliError('volume migrate needs --storage-class, --pool or --node: where the volume goes')
+      const moved = await callWithProgress(globals(), `migrating ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/migrate`, { storageClass: options.storageClass, pool: options.pool, node: options.node }) as VolumeView & { encrypted?: boolean, pool?: string }
+      print(globals(), moved, () => `volume ${moved.name} migrated: ${options.node === undefined ? '' : `now on node ${options.node}, `}storage class ${moved.storageClass}${moved.pool === undefined ? '' : `, pool ${moved.pool}`}${moved.encrypted === true ? ', encrypted' : ''}
 `)
     })
   volume.command('clone').description('clone a volume (or one of its snapshots)').argument('<volume>').argument('<new-name>').option('--snapshot <snapshot>', 'clone this snapshot instead of the live volume')

@@ -911,9 +911,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
     if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
     if (target.node !== undefined) {
-      throw new GalleonError('NOT_IMPLEMENTED', 'moving a volume to another node is not built yet; migrateVolume() moves it between storage classes and pools of this instance. Omit node, or back the volume up and restore it on the other node')
+      if (typeof target.node !== 'string' || target.node.length === 0) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
+      if (target.storageClass !== undefined || target.pool !== undefined) throw new GalleonError('NOT_IMPLEMENTED', 'moving a volume to another node and changing its storage class or pool in one call is not built yet; do one, then the other')
     }
     const { object, label } = this.#refObject(vol)
+    if (target.node !== undefined) {
+      const node = target.node
+      return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateToNode(vol, node, control.signal), { node })
+    }
     return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateVolume(vol, target, control), {
       ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }),
       ...(target.pool === undefined ? {} : { pool: String(target.pool) })
@@ -1051,6 +1056,42 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const volume = this.#volumeView(this.#catalog.resolve(record.id))
     this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
     return volume
+  }
+
+  /**
+   * Moves this node's copy of a volume to another node of the cluster: a 1-copy volume first
+   * becomes a replicated one with its single copy here, then the copy moves as a leaving node's
+   * would (a copy there, in sync while I/O goes on, the primary role handed over, this copy
+   * deleted). The volume keeps its id, name, snapshots and data; afterwards this node forwards
+   * its I/O to the new one.
+   */
+  async #migrateToNode (vol: VolumeRef, node: string, signal: AbortSignal | undefined): Promise<Volume> {
+    const replication = this.#replication
+    if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `moving a volume to node ${node} needs a cluster, and this instance is not in one; join one (joinCluster) first`)
+    if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the migration was cancelled before it started')
+    const record = await this.#admin(async () => {
+      const current = this.#catalog.resolve(vol)
+      if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      if (current.replication !== undefined) return current
+      if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it, which would stay here; delete or flatten them first`)
+      if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
+      if (mountControl(this.#mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted here; unmount it before moving it to node ${node}`)
+      const storageClass = this.#catalog.storageClass(current.storageClass)
+      const updated = await this.#catalog.updateVolume(current.id, { replication: { epoch: 0, seq: 0 } })
+      try {
+        await replication.register(specOf(updated), storageClass === undefined ? {} : classPlacement(storageClass))
+      } catch (err) {
+        replication.forget(current.id)
+        await this.#catalog.updateVolume(current.id, { replication: undefined }).catch(() => {})
+        throw err
+      }
+      return updated
+    })
+    const before = this.#volumeView(record)
+    await replication.moveCopy(record.id, node)
+    const moved = { ...before, state: VolumeState.Available }
+    this.emit('volume:migrated', moved, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
+    return moved
   }
 
   /** Checks a migration may start and sets up its destination; in the admin queue. */

@@ -284,6 +284,52 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
+  it('moves a volume to another node while it is written: data, snapshots and id come along', async () => {
+    const { nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    const created = await n1.g.createVolume({ name: 'mover', sizeBytes: '256K' })
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('mover', i, block(i + 1), WriteConcern.WriteDurable)
+    await n1.g.createSnapshot('mover', 'first')
+    for (let i = 0; i < 4; i++) await n1.g.writeBlock('mover', i, block(700 + i), WriteConcern.WriteDurable)
+    await expectRejects(n1.g.migrateVolume('mover', { node: 'n1' }), 'INVALID_ARGUMENT')
+    await expectRejects(n1.g.migrateVolume('mover', { node: 'nowhere' }), 'INVALID_ARGUMENT')
+    // Writes through n1 go on during the move (forwarded once n2 leads); once n1's copy is gone,
+    // n1 knows nothing of the volume and the writer must turn to n2.
+    let writing = true
+    const acked = new Map<number, number>()
+    const refused: string[] = []
+    const load = (async () => {
+      let i = 0
+      while (writing) {
+        const index = 40 + (i % 24)
+        try {
+          await n1.g.writeBlock('mover', index, block(2000 + i), WriteConcern.WriteDurable)
+        } catch (err) {
+          refused.push((err as { code?: string }).code ?? String(err))
+          break
+        }
+        acked.set(index, 2000 + i)
+        i++
+      }
+    })()
+    const moved = await n1.g.migrateVolume('mover', { node: 'n2' })
+    writing = false
+    await load
+    assert.equal(moved.id, created.id)
+    assert.ok(acked.size > 0)
+    assert.ok(refused.every((code) => code === 'VOLUME_NOT_FOUND'), `writes through the old node were refused with ${refused.join(', ')}`)
+    const status = await n2.g.replicationStatus('mover')
+    assert.equal(status.primary, 'n2')
+    assert.deepEqual([...status.nodes], ['n2'])
+    await assert.rejects(n1.g.getVolume('mover'), { code: 'VOLUME_NOT_FOUND' })
+    for (const [index, seed] of acked) assert.deepEqual(await n2.g.readBlock('mover', index), block(seed), `block ${index}`)
+    for (let i = 0; i < 4; i++) assert.deepEqual(await n2.g.readBlock('mover', i), block(700 + i))
+    assert.deepEqual(await n2.g.readBlock({ volume: 'mover', snapshot: 'first' }, 0), block(1))
+    await n2.g.writeBlock('mover', 100 % 64, block(100), WriteConcern.WriteDurable)
+    const held = await copies([n2], 'mover', 256 * 1024)
+    assert.deepEqual(held.get('n2')?.subarray(36 * 4096, 37 * 4096), block(100))
+  })
+
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

@@ -289,6 +289,8 @@ export class ReplicationManager {
   #closed = false
   /** While this node hands its copies off (leave), it deletes them itself. */
   #handingOff = false
+  /** Volumes whose copy on this node is moving to another node (it deletes the copy itself). */
+  readonly #moving = new Set<string>()
   readonly #replacementDelayMs: number
   /** Since when (by this leader's clock) each node holding copies has been seen unhealthy. */
   readonly #unhealthySince = new Map<string, number>()
@@ -406,7 +408,7 @@ export class ReplicationManager {
     // The creating node holds the primary copy; the others are placed by the class's rules.
     let others: readonly string[] = []
     try {
-      others = placeVolume(members.filter((m) => m.id !== this.nodeId), { ...options, replicas: spec.replicas - 1 }).nodes
+      if (spec.replicas > 1) others = placeVolume(members.filter((m) => m.id !== this.nodeId), { ...options, replicas: spec.replicas - 1 }).nodes
     } catch (err) {
       // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
       if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
@@ -485,7 +487,28 @@ export class ReplicationManager {
     return new Set((await this.#coordinator.list(LEAVING_PREFIX)).map((entry) => entry.key.slice(LEAVING_PREFIX.length)))
   }
 
-  async #handOffOne (set: LocalSet, deadline: number): Promise<void> {
+  /**
+   * Moves this node's copy of a volume to node `to`: a copy there first, in sync, then the primary
+   * role (if this node has it), then this node's copy goes. Resolves once it is gone.
+   */
+  async moveCopy (volumeId: string, to: string, options: { timeoutMs?: number } = {}): Promise<void> {
+    const set = this.#sets.get(volumeId)
+    if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.nodeId} holds no copy of volume ${volumeId}`)
+    if (to === this.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume's copy is on ${to} already: nothing to move`)
+    const member = (await this.#coordinator.members()).find((m) => m.id === to)
+    if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${to} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+    if ((await this.#leaving()).has(to)) throw new GalleonError('BUSY', `node ${to} is leaving the cluster; pick another node`)
+    const record = set.record ?? parseRecord((await this.#coordinator.get(recordKey(volumeId)))?.value ?? '')
+    if (record?.nodes.includes(to) === true) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
+    this.#moving.add(volumeId)
+    try {
+      await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to)
+    } finally {
+      this.#moving.delete(volumeId)
+    }
+  }
+
+  async #handOffOne (set: LocalSet, deadline: number, to?: string): Promise<void> {
     const self = this.nodeId
     const current = async (): Promise<ReplicaSetRecord | undefined> => {
       const entry = await this.#coordinator.get(recordKey(set.volumeId))
@@ -505,12 +528,12 @@ export class ReplicationManager {
       return
     }
     const name = record.spec.name
+    if (to !== undefined && !record.inSync.includes(self)) throw new GalleonError('BUSY', `the copy of volume ${name} on ${self} is not in sync; move the copy of an in-sync node (${record.inSync.join(', ')})`)
     if (record.inSync.includes(self)) {
       const others = record.nodes.filter((n) => n !== self)
       const leaving = await this.#leaving()
       const members = (await this.#coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
-      const placement = placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) })
-      const added = placement.nodes.find((n) => !record?.nodes.includes(n))
+      const added = to ?? placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
       if (added === undefined) {
         throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
       }
@@ -533,7 +556,7 @@ export class ReplicationManager {
     set.record = record
     set.revision = revision
     this.#host.applySpec(set.volumeId, record.spec)
-    if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#handingOff && !this.#closed) {
+    if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#handingOff && !this.#moving.has(set.volumeId) && !this.#closed) {
       void this.#dropStale(set, record)
       return
     }
