@@ -917,7 +917,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { object, label } = this.#refObject(vol)
     if (target.node !== undefined) {
       const node = target.node
-      return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateToNode(vol, node, control.signal), { node })
+      return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateToNode(vol, node, control), { node })
     }
     return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateVolume(vol, target, control), {
       ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }),
@@ -1065,7 +1065,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * deleted). The volume keeps its id, name, snapshots and data; afterwards this node forwards
    * its I/O to the new one.
    */
-  async #migrateToNode (vol: VolumeRef, node: string, signal: AbortSignal | undefined): Promise<Volume> {
+  async #migrateToNode (vol: VolumeRef, node: string, control: MigrateControl): Promise<Volume> {
+    const { signal, onProgress } = control
     const replication = this.#replication
     if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `moving a volume to node ${node} needs a cluster, and this instance is not in one; join one (joinCluster) first`)
     if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the migration was cancelled before it started')
@@ -1088,7 +1089,23 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return updated
     })
     const before = this.#volumeView(record)
-    await replication.moveCopy(record.id, node)
+    // Progress: the new copy's fill, as the primary's link to it reports it.
+    const report = (phase: MigrationPhase, blocksDone: number, blocksTotal: number): void => {
+      const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass: 1 }
+      this.emit('volume:migration-progress', event)
+      onProgress?.(event)
+    }
+    let last = -1
+    const timer = setInterval(() => {
+      const resync = replication.status(record.id)?.links.find((l) => l.node === node)?.resync
+      if (resync !== undefined && resync.blocksDone !== last) { last = resync.blocksDone; report('copy', resync.blocksDone, resync.blocksTotal) }
+    }, 100)
+    try {
+      await replication.moveCopy(record.id, node, signal === undefined ? {} : { signal })
+    } finally {
+      clearInterval(timer)
+    }
+    report('done', Math.max(last, 0), Math.max(last, 0))
     const moved = { ...before, state: VolumeState.Available }
     this.emit('volume:migrated', moved, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
     return moved

@@ -293,6 +293,16 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (let i = 0; i < 4; i++) await n1.g.writeBlock('mover', i, block(700 + i), WriteConcern.WriteDurable)
     await expectRejects(n1.g.migrateVolume('mover', { node: 'n1' }), 'INVALID_ARGUMENT')
     await expectRejects(n1.g.migrateVolume('mover', { node: 'nowhere' }), 'INVALID_ARGUMENT')
+    // Cancelled once the new copy is placed: it is given up and the volume stays where it was.
+    const abort = new AbortController()
+    const onAdded = (): void => { abort.abort() }
+    n1.g.on('replication:replica-added', onAdded)
+    await expectRejects(n1.g.migrateVolume('mover', { node: 'n2' }, { signal: abort.signal }), 'CANCELLED')
+    n1.g.off('replication:replica-added', onAdded)
+    assert.deepEqual([...(await n1.g.replicationStatus('mover')).nodes], ['n1'])
+    await until('n2 has no copy', async () => await n2.g.getVolume('mover').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    assert.deepEqual(await n1.g.readBlock('mover', 0), block(700))
+    const progress: number[] = []
     // Writes through n1 go on during the move (forwarded once n2 leads); once n1's copy is gone,
     // n1 knows nothing of the volume and the writer must turn to n2.
     let writing = true
@@ -312,10 +322,11 @@ describe('replication (memory transport, on-disk nodes)', () => {
         i++
       }
     })()
-    const moved = await n1.g.migrateVolume('mover', { node: 'n2' })
+    const moved = await n1.g.migrateVolume('mover', { node: 'n2' }, { onProgress: (event) => { if (event.phase === 'done') progress.push(event.blocksDone) } })
     writing = false
     await load
     assert.equal(moved.id, created.id)
+    assert.equal(progress.length, 1, 'one done event')
     assert.ok(acked.size > 0)
     assert.ok(refused.every((code) => code === 'VOLUME_NOT_FOUND'), `writes through the old node were refused with ${refused.join(', ')}`)
     const status = await n2.g.replicationStatus('mover')

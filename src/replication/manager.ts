@@ -491,7 +491,7 @@ export class ReplicationManager {
    * Moves this node's copy of a volume to node `to`: a copy there first, in sync, then the primary
    * role (if this node has it), then this node's copy goes. Resolves once it is gone.
    */
-  async moveCopy (volumeId: string, to: string, options: { timeoutMs?: number } = {}): Promise<void> {
+  async moveCopy (volumeId: string, to: string, options: { timeoutMs?: number, signal?: AbortSignal } = {}): Promise<void> {
     const set = this.#sets.get(volumeId)
     if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.nodeId} holds no copy of volume ${volumeId}`)
     if (to === this.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume's copy is on ${to} already: nothing to move`)
@@ -502,13 +502,13 @@ export class ReplicationManager {
     if (record?.nodes.includes(to) === true) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
     this.#moving.add(volumeId)
     try {
-      await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to)
+      await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to, options.signal)
     } finally {
       this.#moving.delete(volumeId)
     }
   }
 
-  async #handOffOne (set: LocalSet, deadline: number, to?: string): Promise<void> {
+  async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal): Promise<void> {
     const self = this.nodeId
     const current = async (): Promise<ReplicaSetRecord | undefined> => {
       const entry = await this.#coordinator.get(recordKey(set.volumeId))
@@ -539,7 +539,13 @@ export class ReplicationManager {
       }
       await this.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
       this.#host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
-      await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added))
+      await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
+      if (signal?.aborted === true) {
+        // Cancelled before the primary role moved: the new copy is given up (its node deletes it)
+        // and everything stays as it was.
+        await this.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) })
+        throw new GalleonError('CANCELLED', `moving volume ${name} to ${added} was cancelled; its copy there is being removed, the volume stays on ${self}`)
+      }
     }
     if (set.primary !== undefined) await set.primary.handOver()
     await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
