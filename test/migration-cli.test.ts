@@ -41,7 +41,7 @@ describe('volume migrate command', () => {
       const same = await run(['volume', 'migrate', 'db', '--storage-class', 'secret-local', '--pool', 'big'])
       assert.equal(same.code, 1)
       assert.match(same.stderr, /INVALID_ARGUMENT: .*nothing to migrate/)
-      assert.match((await run(['volume', 'migrate', 'db'])).stderr, /needs --storage-class and\/or --pool/)
+      assert.match((await run(['volume', 'migrate', 'db'])).stderr, /needs --storage-class, --pool or --node/)
       assert.match((await run(['volume', 'migrate', 'db', '-c', 'nope'])).stderr, /STORAGE_CLASS_NOT_FOUND/)
       assert.match((await run(['volume', 'migrate', 'ghost', '-c', 'secret-local'])).stderr, /VOLUME_NOT_FOUND/)
 
