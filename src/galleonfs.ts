@@ -778,6 +778,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#admin(async () => {
       const current = this.#catalog.resolve(record.id)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      // The primary role may have moved while the call waited for its turn.
+      if (this.#volumeBlocks(current).replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#cluster?.nodeId ?? ''} stopped being the primary of volume ${current.name} while the expansion waited; retry it`)
       if (sizeBytes > current.sizeBytes) {
         await replication.update(current.id, (r) => r.spec.sizeBytes >= sizeBytes ? undefined : { ...r, spec: { ...r.spec, sizeBytes } })
       }
@@ -1027,6 +1029,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const current = this.#catalog.resolve(vol)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       if (current.replication !== undefined) throw new GalleonError('NOT_IMPLEMENTED', `volume ${current.name} is replicated already; changing the storage class of a replicated volume is not built yet`)
+      if (this.#migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
       if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
       if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true)) {
         throw new GalleonError('NOT_IMPLEMENTED', `moving volume ${current.name} into ${storageClass.name} would change both its encryption and its copies at once, which is not built yet; migrate it first to a 1-copy class that ${current.encrypted === true ? 'encrypts' : 'does not encrypt'} like ${storageClass.name}, then to ${storageClass.name}`)
@@ -1038,7 +1041,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const updated = await this.#catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
       try {
         const pool = updated.pool === undefined ? undefined : this.#catalog.pool(updated.pool)
-        await replication.register(specOf(updated), pool === undefined ? classPlacement(storageClass) : this.#poolPlacement(pool, classPlacement(storageClass)))
+        // Not waiting here: the new copies' resyncs need this admin queue for their cuts.
+        await replication.register(specOf(updated), pool === undefined ? classPlacement(storageClass) : this.#poolPlacement(pool, classPlacement(storageClass)), false)
       } catch (err) {
         replication.forget(current.id)
         await this.#catalog.updateVolume(current.id, { storageClass: current.storageClass, replicas: current.replicas, replication: undefined }).catch(() => {})
@@ -1048,7 +1052,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return updated
     })
     const deadline = Date.now() + 30 * 60_000
-    while (replication !== undefined && (replication.status(record.id)?.inSync.length ?? 0) < Math.min(replicas, replication.status(record.id)?.nodes.length ?? replicas)) {
+    while (replication !== undefined && !this.#closed) {
+      const status = replication.status(record.id)
+      if (status === undefined || status.inSync.length >= Math.min(replicas, status.nodes.length)) break
       if (signal?.aborted === true) break
       if (Date.now() > deadline) break
       await new Promise((resolve) => setTimeout(resolve, 50))
@@ -1073,6 +1079,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const record = await this.#admin(async () => {
       const current = this.#catalog.resolve(vol)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      if (this.#migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
       if (current.replication !== undefined) return current
       if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it, which would stay here; delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
@@ -1278,6 +1285,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         await this.#forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
         return
       }
+      this.#assertCopyHeld(record)
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
@@ -1305,6 +1313,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (this.#replication?.forwards(record.id) === true) {
       return (await this.#forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
     }
+    this.#assertCopyHeld(record)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     const admitted = this.#qos.admit(record.id, 'read', this.#engine.blockSize)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
@@ -1331,6 +1340,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         await this.#forward(record, { op: 'write', offset, concern: checked }, data)
         return
       }
+      this.#assertCopyHeld(record)
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
@@ -1355,6 +1365,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (this.#replication?.forwards(record.id) === true) {
       return (await this.#forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
     }
+    this.#assertCopyHeld(record)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
     const admitted = this.#qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
@@ -1397,6 +1408,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       await this.#forward(record, { op: 'trim', offset, length })
       return
     }
+    this.#assertCopyHeld(record)
     // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
     const admitted = this.#qos.admit(record.id, 'write', 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
@@ -1717,6 +1729,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const writers = mountControl(this.#mounts).directWriters(record.id)
       if (writers > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before reverting it`)
       const volume = this.#volumeBlocks(record)
+      if (record.replication !== undefined && volume.replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#cluster?.nodeId ?? ''} is not the primary of volume ${record.name} (the role moved while the revert waited); retry it`)
       this.#refuseRevertWhileWriting(record, volume)
       // From the checks on, no mount or writable file can start (#mountTarget refuses it).
       this.#reverting.add(record.id)
@@ -2473,6 +2486,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
   }
 
+  /**
+   * A replicated volume whose copy here replication no longer tracks (moved to another node, or
+   * replaced while this node was away) is on its way out: its local blocks are not kept in step,
+   * so I/O on them would be lost or stale.
+   */
+  #assertCopyHeld (record: VolumeRecord): void {
+    if (record.replication !== undefined && this.#replication !== undefined && !this.#replication.holds(record.id)) {
+      throw new GalleonError('VOLUME_NOT_FOUND', `the copy of volume ${record.name} on this node was moved or replaced and is being deleted; use a node that holds the volume (replicationStatus on one lists them)`)
+    }
+  }
+
   /** A write refused because this node is handing the volume's primary role over: it goes to the next primary. */
   #handedOver (record: VolumeRecord, err: unknown): boolean {
     return record.replication !== undefined && err instanceof GalleonError && err.code === 'NOT_LEADER' && this.#replication?.forwards(record.id) === true
@@ -2586,7 +2610,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         })
       },
       applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
-      applySpec: (id, spec) => { this.#applySpecQoS(id, spec) },
+      applySpec: (id, spec) => {
+        this.#applySpecQoS(id, spec)
+        // A copy promoted before the expansion reached it grows to the size its record says.
+        const held = this.#recordById(id)
+        if (held !== undefined && spec.sizeBytes > held.sizeBytes) void this.#applyExpand(id, spec.sizeBytes).catch(() => {})
+      },
       applyRevert: async (id, snapshotId) => {
         await this.#admin(async () => {
           const record = this.#catalog.resolve(id)

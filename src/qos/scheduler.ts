@@ -221,6 +221,8 @@ export class QoSScheduler {
    * `true` at once, or a promise of it when the operation has to wait.
    */
   admit (volumeId: string, kind: Kind, bytes: number): boolean | Promise<boolean> {
+    // Closed: nothing waits any more (the engine refuses the operation).
+    if (this.#closed) return false
     const state = this.#volumes.get(volumeId)
     if (state !== undefined && state.limited) {
       const now = this.#clock.now()
@@ -280,6 +282,8 @@ export class QoSScheduler {
   close (): void {
     this.#closed = true
     if (this.#pumpTimer !== undefined) this.#clock.clearTimeout(this.#pumpTimer)
+    this.#pumpTimer = undefined
+    this.#dispatching = false
     for (const id of [...this.#volumes.keys()]) this.forget(id)
   }
 

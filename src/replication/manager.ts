@@ -403,7 +403,7 @@ export class ReplicationManager {
    * (this node primary, epoch 1) and creates the other copies. Waits a while for them to be in
    * sync; returns the record (fewer in-sync copies than wanted: the volume is degraded).
    */
-  async register (spec: VolumeSpec, options: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'> = {}): Promise<ReplicaSetRecord> {
+  async register (spec: VolumeSpec, options: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'> = {}, wait = true): Promise<ReplicaSetRecord> {
     const members = this.#cluster.members.filter((m) => m.healthy)
     // The creating node holds the primary copy; the others are placed by the class's rules.
     let others: readonly string[] = []
@@ -427,7 +427,8 @@ export class ReplicationManager {
     }
     set.knownEpoch = Math.max(set.knownEpoch, 1)
     this.#becomePrimary(set, set.record ?? record)
-    const deadline = Date.now() + CREATE_SYNC_WAIT_MS
+    // The new copies' resyncs take their cuts through host.exclusive: a caller holding it passes wait = false.
+    const deadline = wait ? Date.now() + CREATE_SYNC_WAIT_MS : 0
     while (Date.now() < deadline && !this.#closed) {
       const current = set.record
       if (current === undefined || set.primary === undefined) break
@@ -678,6 +679,7 @@ export class ReplicationManager {
 
   /** On the cluster leader: promotes an in-sync copy of volumes whose primary is gone, adds copies to short replica sets. */
   async #leaderPass (): Promise<void> {
+    if (this.#cluster.leadership === undefined) this.#unhealthySince.clear()
     if (this.#leaderBusy || this.#closed || this.#cluster.leadership === undefined) return
     this.#leaderBusy = true
     try {
@@ -758,7 +760,7 @@ export class ReplicationManager {
           const code = (err as { code?: string })?.code
           // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
           // was lost may have happened, so it is retried only when the node said it is not primary.
-          const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume'
+          const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume' && request.op !== 'restoreSnapshot'
           if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
           lastError = err
         }
