@@ -2162,8 +2162,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const volume = this.#ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
     if (this.#migrations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated; rotate its key once the migration ends (a move to an encrypting class gives it a new data key anyway)`)
-    if (this.#rotations.has(record.id)) {
-      throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
+    const previous = this.#rotations.get(record.id)
+    if (previous !== undefined) {
+      if (this.#keys.rotation(record.id) !== undefined) {
+        throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
+      }
+      // The previous rotation has re-encrypted everything (getVolumeEncryption says so) and is
+      // retiring the old key: a new one starts once that is done.
+      await previous
+      if (this.#rotations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
     // A rotation that stopped (an error was reported) is resumed, not started over.
     if (this.#keys.rotation(record.id) === undefined) await this.#keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)

@@ -501,6 +501,7 @@ export class ReplicationManager {
     if ((await this.#leaving()).has(to)) throw new GalleonError('BUSY', `node ${to} is leaving the cluster; pick another node`)
     const record = set.record ?? parseRecord((await this.#coordinator.get(recordKey(volumeId)))?.value ?? '')
     if (record?.nodes.includes(to) === true) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
+    if (this.#moving.has(volumeId)) throw new GalleonError('BUSY', `volume ${record?.spec.name ?? volumeId} is moving already; wait for that move`)
     this.#moving.add(volumeId)
     try {
       await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to, options.signal)
@@ -540,11 +541,20 @@ export class ReplicationManager {
       }
       await this.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
       this.#host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
-      await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
+      // A move that is cancelled or fails before the primary role moved gives the new copy up
+      // (its node deletes it), and everything stays as it was.
+      const giveUp = async (): Promise<void> => {
+        if (to === undefined) return
+        await this.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) }).catch(() => undefined)
+      }
+      try {
+        await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
+      } catch (err) {
+        await giveUp()
+        throw err
+      }
       if (signal?.aborted === true) {
-        // Cancelled before the primary role moved: the new copy is given up (its node deletes it)
-        // and everything stays as it was.
-        await this.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) })
+        await giveUp()
         throw new GalleonError('CANCELLED', `moving volume ${name} to ${added} was cancelled; its copy there is being removed, the volume stays on ${self}`)
       }
     }
