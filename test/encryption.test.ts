@@ -8,7 +8,8 @@ import { createHash, randomBytes } from 'node:crypto'
 import { chmod, copyFile, mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern, type BlockAddress, type BlockOp, type BlockStore } from '../src/index.js'
+import { GalleonFS, WriteConcern, type BlockAddress, type BlockStore } from '../src/index.js'
+import { recording } from './support/recording-store.js'
 import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
 import { VolumeCipher } from '../src/crypto/volume-cipher.js'
 import { BLOCK_FLAG_ENCRYPTED, decodeBlock, encodeBlock } from '../src/engine/codec.js'
@@ -43,23 +44,6 @@ async function filesContaining (dir: string, needle: Uint8Array): Promise<string
   return found
 }
 
-/** A block store that records every value put, and lets a test reach the real store under it. */
-function recording (inner: BlockStore): { store: BlockStore, puts: Array<{ address: BlockAddress, data: Uint8Array }> } {
-  const puts: Array<{ address: BlockAddress, data: Uint8Array }> = []
-  const store = new Proxy(inner, {
-    get (target, prop) {
-      if (prop === 'batch') {
-        return async (ops: BlockOp[], options?: { sync?: boolean }) => {
-          for (const op of ops) if (op.type === 'put') puts.push({ address: { ...op.address }, data: Uint8Array.from(op.data) })
-          return await target.batch(ops, options)
-        }
-      }
-      const value = Reflect.get(target, prop, target)
-      return typeof value === 'function' ? value.bind(target) : value
-    }
-  })
-  return { store, puts }
-}
 
 /** Opens an instance on `dir` whose file block store records every put. */
 async function openRecorded (dir: string, options: Record<string, unknown> = {}): Promise<{ g: GalleonFS, store: BlockStore, puts: Array<{ address: BlockAddress, data: Uint8Array }> }> {

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, GalleonError, type BlockAddress, type BlockOp, type BlockStore, type MigrationProgressEvent } from '../src/index.js'
+import { GalleonFS, GalleonError, type MigrationProgressEvent } from '../src/index.js'
+import { recording } from './support/recording-store.js'
 import { FileBlockStore } from '../backends/file/index.js'
 
 let root = ''
@@ -36,23 +37,6 @@ function pattern (seed: number, index: number): Uint8Array {
   return out
 }
 
-/** A block store that records every value put through batches. */
-function recording (inner: BlockStore): { store: BlockStore, puts: Array<{ address: BlockAddress, data: Uint8Array }> } {
-  const puts: Array<{ address: BlockAddress, data: Uint8Array }> = []
-  const store = new Proxy(inner, {
-    get (target, prop) {
-      if (prop === 'batch') {
-        return async (ops: BlockOp[], options?: { sync?: boolean }) => {
-          for (const op of ops) if (op.type === 'put') puts.push({ address: { ...op.address }, data: Uint8Array.from(op.data) })
-          return await target.batch(ops, options)
-        }
-      }
-      const value = Reflect.get(target, prop, target)
-      return typeof value === 'function' ? value.bind(target) : value
-    }
-  })
-  return { store, puts }
-}
 
 const contains = (data: Uint8Array, needle: string): boolean => Buffer.from(data).includes(Buffer.from(needle))
 

@@ -13,7 +13,6 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -21,13 +20,12 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS, WriteConcern } from '../../src/index.js'
 import { BLOCK_BYTES, blockPayload, decodeBlockAt } from './snapshot-child.js'
 import { VOLUME, VOLUME_BLOCKS } from './encryption-child.js'
-import { readChildLines, trialCount } from './support.js'
+import { killAfterReady, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
 
 const TRIALS = Math.max(6, Math.ceil(trialCount() / 3))
 const BASE_SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
 const CHILD = fileURLToPath(new URL('./encryption-child.ts', import.meta.url))
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SEQ_STRIDE = 1 << 24
 
 for (const backend of ['file', 'level'] as const) {
@@ -54,17 +52,7 @@ for (const backend of ['file', 'level'] as const) {
         let sealed = 0
         for (let trial = 0; trial < TRIALS; trial++) {
           const delay = 40 + Math.floor(random() * 500)
-          const child = spawn(process.execPath, ['--import', 'tsx', CHILD, storagePath, backend, String((trial + 1) * SEQ_STRIDE), String(Math.floor(random() * 0x7fffffff))], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-          let killed = false
-          let timer: NodeJS.Timeout | undefined
-          const deadline = setTimeout(() => { killed = true; child.kill('SIGKILL') }, 60_000)
-          const lines: string[] = []
-          const exit = await readChildLines(child, (line) => {
-            lines.push(line)
-            if (timer === undefined && line.startsWith('ready')) timer = setTimeout(() => { killed = true; child.kill('SIGKILL') }, delay)
-          })
-          clearTimeout(deadline)
-          if (timer !== undefined) clearTimeout(timer)
+          const { killed, lines, exit } = await killAfterReady(CHILD, [storagePath, backend, String((trial + 1) * SEQ_STRIDE), String(Math.floor(random() * 0x7fffffff))], delay)
           const context = `seed ${seed}, trial ${trial} (kill after ${delay} ms)`
           assert.ok(killed, `${context}: child exited with ${exit.code} before the kill: ${lines.slice(-3).join(' | ')} ${exit.stderr.slice(0, 2000)}`)
           for (const line of lines) {

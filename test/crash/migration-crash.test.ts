@@ -10,7 +10,6 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -18,13 +17,12 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS, WriteConcern } from '../../src/index.js'
 import { BLOCK_BYTES, blockPayload, decodeBlockAt } from './snapshot-child.js'
 import { PLAIN_CLASS, SECRET_CLASS, VOLUME, VOLUME_BLOCKS } from './migration-child.js'
-import { readChildLines, trialCount } from './support.js'
+import { killAfterReady, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
 
 const TRIALS = Math.max(10, Math.ceil(trialCount() / 5))
 const BASE_SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
 const CHILD = fileURLToPath(new URL('./migration-child.ts', import.meta.url))
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SEQ_STRIDE = 1 << 24
 
 describe('migration crash test', () => {
@@ -53,17 +51,7 @@ describe('migration crash test', () => {
       const storedBlocks: number[] = []
       for (let trial = 0; trial < TRIALS; trial++) {
         const delay = 100 + Math.floor(random() * 900)
-        const child = spawn(process.execPath, ['--import', 'tsx', CHILD, storagePath, backend, String((trial + 1) * SEQ_STRIDE), String(Math.floor(random() * 0x7fffffff))], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-        let killed = false
-        let timer: NodeJS.Timeout | undefined
-        const deadline = setTimeout(() => { killed = true; child.kill('SIGKILL') }, 60_000)
-        const lines: string[] = []
-        const exit = await readChildLines(child, (line) => {
-          lines.push(line)
-          if (timer === undefined && line.startsWith('ready')) timer = setTimeout(() => { killed = true; child.kill('SIGKILL') }, delay)
-        })
-        clearTimeout(deadline)
-        if (timer !== undefined) clearTimeout(timer)
+        const { killed, lines, exit } = await killAfterReady(CHILD, [storagePath, backend, String((trial + 1) * SEQ_STRIDE), String(Math.floor(random() * 0x7fffffff))], delay)
         const context = `seed ${seed}, trial ${trial} (kill after ${delay} ms)`
         assert.ok(killed, `${context}: child exited with ${exit.code} before the kill: ${lines.slice(-3).join(' | ')} ${exit.stderr.slice(0, 2000)}`)
         let started: string | undefined

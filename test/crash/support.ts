@@ -2,8 +2,8 @@
 // child writes each line synchronously, so it is in the pipe before its next operation starts and
 // survives a SIGKILL that follows; the parent reads whole lines until the child is gone).
 
-import type { ChildProcessByStdio } from 'node:child_process'
-import { pathToFileURL } from 'node:url'
+import { spawn, type ChildProcessByStdio } from 'node:child_process'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import { writeSync } from 'node:fs'
 import type { Readable } from 'node:stream'
 
@@ -88,4 +88,29 @@ export function runAsChild (moduleUrl: string, main: () => Promise<void>): void 
     process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
     process.exit(3)
   })
+}
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+
+/** What a child run by {@link killAfterReady} did: whether the kill came, its lines, how it ended. */
+export interface KilledRun { killed: boolean, lines: string[], exit: ChildExit }
+
+/**
+ * Runs a child script (under tsx) and SIGKILLs it `delayMs` after it reports `ready` (or after
+ * `deadlineMs` in any case); resolves once it is gone with every line it wrote.
+ */
+export async function killAfterReady (script: string, args: string[], delayMs: number, deadlineMs = 60_000): Promise<KilledRun> {
+  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  let killed = false
+  let timer: NodeJS.Timeout | undefined
+  const kill = (): void => { killed = true; child.kill('SIGKILL') }
+  const deadline = setTimeout(kill, deadlineMs)
+  const lines: string[] = []
+  const exit = await readChildLines(child, (line) => {
+    lines.push(line)
+    if (timer === undefined && line.startsWith('ready')) timer = setTimeout(kill, delayMs)
+  })
+  clearTimeout(deadline)
+  if (timer !== undefined) clearTimeout(timer)
+  return { killed, lines, exit }
 }
