@@ -741,7 +741,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }, { sizeBytes })
   }
 
-  async #expand (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+  /** `beforeUpdate`: runs once the pool has room, before the record changes (a replicated volume's cluster record). */
+  async #expand (record: VolumeRecord, sizeBytes: number, beforeUpdate?: () => Promise<void>): Promise<Volume> {
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (sizeBytes < record.sizeBytes) {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is ${record.sizeBytes} bytes; shrinking to ${sizeBytes} would destroy data and is not supported. Create a smaller volume and copy the data instead`)
@@ -750,6 +751,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const release = record.pool === undefined ? undefined : this.#pools.reserve(record.pool, sizeBytes - record.sizeBytes, `expanding volume ${record.name} from ${record.sizeBytes} to ${sizeBytes} bytes`)
     let updated: VolumeRecord
     try {
+      await beforeUpdate?.()
       updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
     } finally {
       release?.()
@@ -780,10 +782,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       // The primary role may have moved while the call waited for its turn.
       if (this.#volumeBlocks(current).replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#cluster?.nodeId ?? ''} stopped being the primary of volume ${current.name} while the expansion waited; retry it`)
-      if (sizeBytes > current.sizeBytes) {
+      return await this.#expand(current, sizeBytes, async () => {
         await replication.update(current.id, (r) => r.spec.sizeBytes >= sizeBytes ? undefined : { ...r, spec: { ...r.spec, sizeBytes } })
-      }
-      return await this.#expand(current, sizeBytes)
+      })
     })
   }
 

@@ -207,6 +207,13 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await assert.rejects(n2.g.expandVolume('growing', '128K'), { code: 'INVALID_ARGUMENT' })
     for (let i = 64; i < 128; i++) await n2.g.writeBlock('growing', i, block(i + 1), WriteConcern.WriteReplicated)
     await until('the replica sees the new size', async () => (await n2.g.getVolume('growing')).sizeBytes === 512 * 1024)
+    // A pool without room refuses the expansion before the cluster's record changes: no copy grows.
+    for (const node of [n1, n2]) await node.g.createPool({ name: 'small', capacityBytes: '1M' })
+    await n1.g.createVolume({ name: 'tight', sizeBytes: '256K', replicas: 2, pool: 'small' })
+    await expectRejects(n1.g.expandVolume('tight', '2M'), 'NO_SPACE')
+    await n1.g.expandVolume('tight', '384K')
+    await until('the copy sees the allowed size', async () => (await n2.g.getVolume('tight')).sizeBytes >= 384 * 1024)
+    assert.equal((await n2.g.getVolume('tight')).sizeBytes, 384 * 1024, 'the refused size never reached a copy')
     const back = await startNode(network, coordinators, 'n3', { dir: n3.dir })
     nodes[2] = back
     await until('the returning copy is in sync', async () => (await n1.g.replicationStatus('growing')).inSync.length === 3, 20_000)
