@@ -14,7 +14,7 @@
 
 import type { BlockOp, BlockStore } from '../../src/index.js'
 import { seededRandom } from '../conformance/fixtures.js'
-import { blockPayload } from './snapshot-child.js'
+import { announcedWrites, blockPayload } from './snapshot-child.js'
 import { childArguments, reportLine, runAsChild } from './support.js'
 
 export const VOLUME = 'secret'
@@ -64,13 +64,7 @@ async function main (): Promise<void> {
   reportLine(`ready ${rotating ? 1 : 0}`)
 
   async function writer (): Promise<void> {
-    while (true) {
-      const block = Math.floor(random() * VOLUME_BLOCKS)
-      const seq = nextSeq++
-      reportLine(`W ${block} ${seq}`)
-      await g.writeBlock(VOLUME, block, blockPayload(block, seq), WriteConcern.WriteDurable)
-      reportLine(`A ${block} ${seq}`)
-    }
+    await announcedWrites(async (block, data) => { await g.writeBlock(VOLUME, block, data, WriteConcern.WriteDurable) }, random, VOLUME_BLOCKS, () => nextSeq++)
   }
 
   async function admin (): Promise<void> {

@@ -12,7 +12,7 @@
 //   error <message>                    something failed; exit code 3
 
 import { seededRandom } from '../conformance/fixtures.js'
-import { blockPayload } from './snapshot-child.js'
+import { announcedWrites } from './snapshot-child.js'
 import { childArguments, reportLine, runAsChild } from './support.js'
 
 export const VOLUME = 'moving'
@@ -31,13 +31,7 @@ async function main (): Promise<void> {
   reportLine(`ready ${(await g.getVolume(VOLUME)).storageClass}`)
 
   async function writer (): Promise<void> {
-    while (true) {
-      const block = Math.floor(random() * VOLUME_BLOCKS)
-      const seq = nextSeq++
-      reportLine(`W ${block} ${seq}`)
-      await g.writeBlock(VOLUME, block, blockPayload(block, seq), WriteConcern.WriteDurable)
-      reportLine(`A ${block} ${seq}`)
-    }
+    await announcedWrites(async (block, data) => { await g.writeBlock(VOLUME, block, data, WriteConcern.WriteDurable) }, random, VOLUME_BLOCKS, () => nextSeq++)
   }
   async function migrator (): Promise<void> {
     while (true) {

@@ -59,6 +59,20 @@ export function decodeBlockAt (bytes: Uint8Array, offset: number, index: number)
   return { kind: 'data', seq }
 }
 
+/**
+ * Writes random blocks forever through `write`, each announced (`W block seq`) before and
+ * acknowledged (`A block seq`) after, so the parent knows which writes must survive a kill.
+ */
+export async function announcedWrites (write: (block: number, data: Uint8Array) => Promise<void>, random: () => number, blocks: number, nextSeq: () => number): Promise<never> {
+  while (true) {
+    const block = Math.floor(random() * blocks)
+    const seq = nextSeq()
+    reportLine(`W ${block} ${seq}`)
+    await write(block, blockPayload(block, seq))
+    reportLine(`A ${block} ${seq}`)
+  }
+}
+
 export function sha256 (bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex')
 }
