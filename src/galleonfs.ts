@@ -5,7 +5,7 @@ import { EventEmitter } from 'eventemitter3'
 import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
 import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl, type MountTarget } from './mount/mount-manager.js'
-import { GalleonError, assertBytes, describe } from './errors.js'
+import { GalleonError, assertBytes, describe, type GalleonErrorCode } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
@@ -97,6 +97,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly #rotations = new Map<string, Promise<void>>()
   /** Live migrations running, by volume id: how to cancel each and when it has ended. */
   readonly #migrations = new Map<string, { abort: AbortController, done: Promise<void>, finish: () => void }>()
+  /**
+   * Conversions of this node's copies of replicated volumes to the storage class their cluster
+   * record names (another node migrated the volume), by volume id; and the last failure of each.
+   */
+  readonly #copyConversions = new Map<string, { storageClass: string, abort: AbortController }>()
+  readonly #copyConversionErrors = new Map<string, { storageClass: string, code: string, message: string }>()
+  /** Replicated volumes whose class change this node started and waits for. */
+  readonly #reshaping = new Set<string>()
   /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
   readonly #retired = new Map<number, VolumeBlocks>()
   /** Volumes being deleted: nothing new may mount them. */
@@ -790,13 +798,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Grows this node's copy of a replicated volume to the size its primary expanded it to. */
   async #applyExpand (volumeId: string, sizeBytes: number): Promise<void> {
-    await this.#admin(async () => {
+    if ((this.#recordById(volumeId)?.sizeBytes ?? sizeBytes) >= sizeBytes) return
+    await this.#adminAfterMigration(volumeId, async () => {
       const record = this.#recordById(volumeId)
       if (record === undefined || record.state === VolumeState.Deleting || sizeBytes <= record.sizeBytes) return
       const updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
       this.#volumeBlocks(updated).sizeBytes = sizeBytes
       this.emit('volume:expanded', this.#volumeView(updated), record.sizeBytes)
-    })
+    }, true)
   }
 
   /**
@@ -897,9 +906,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * `control.signal` (rejects with CANCELLED; nothing changes). Snapshot and clone operations on
    * the volume wait until it ends; deleting the volume cancels it.
    *
-   * Refused: a replicated volume, a target class with more than one replica, and `node` (moves
-   * between nodes) with NOT_IMPLEMENTED; a volume clones read from, or one already migrating or
-   * re-encrypting, with BUSY; a target pool without room for the volume with NO_SPACE, up front.
+   * In a cluster: a class with more replicas makes a 1-copy volume replicated (laid out here for
+   * the class first if its encryption or pool differ); a replicated volume changes class on every
+   * copy, each converted on its own node, and its number of copies follows the class; `node`
+   * moves this node's copy to that node (after the class/pool change, if one is named too).
+   *
+   * Refused: a volume clones read from, or one already migrating or re-encrypting, with BUSY; a
+   * target pool without room for the volume with NO_SPACE, up front.
    */
   async migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl = {}): Promise<Volume> {
     this.#assertOpen()
@@ -913,14 +926,21 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)
     if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
     if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
-    if (target.node !== undefined) {
-      if (typeof target.node !== 'string' || target.node.length === 0) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
-      if (target.storageClass !== undefined || target.pool !== undefined) throw new GalleonError('NOT_IMPLEMENTED', 'moving a volume to another node and changing its storage class or pool in one call is not built yet; do one, then the other')
-    }
+    if (target.node !== undefined && (typeof target.node !== 'string' || target.node.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
     const { object, label } = this.#refObject(vol)
     if (target.node !== undefined) {
       const node = target.node
-      return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateToNode(vol, node, control), { node })
+      return await this.#guard('migrateVolume', 'admin', object, label, async () => {
+        if (target.storageClass === undefined && target.pool === undefined) return await this.#migrateToNode(vol, node, control)
+        // Class and/or pool first (here), then the move: each step is a complete migration of
+        // its own, so a crash between them leaves the volume in the new class on this node, and
+        // the same call again only moves it.
+        await this.#checkNodeTarget(node)
+        const record = this.#catalog.resolve(vol)
+        const there = (target.storageClass === undefined || target.storageClass === record.storageClass) && (target.pool === undefined || target.pool === record.pool)
+        if (!there) await this.#migrateVolume(vol, { ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }), ...(target.pool === undefined ? {} : { pool: target.pool }) }, control)
+        return await this.#migrateToNode(vol, node, control)
+      }, { node, ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }), ...(target.pool === undefined ? {} : { pool: String(target.pool) }) })
     }
     return await this.#guard('migrateVolume', 'admin', object, label, async () => await this.#migrateVolume(vol, target, control), {
       ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }),
@@ -928,11 +948,28 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     })
   }
 
-  async #migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
+  /** A node a volume may move to: a healthy member of this instance's cluster, not this node. */
+  async #checkNodeTarget (node: string): Promise<void> {
+    const cluster = this.#cluster
+    if (cluster === undefined || this.#replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `moving a volume to node ${node} needs a cluster, and this instance is not in one; join one (joinCluster) first`)
+    if (node === cluster.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume is on ${node} already: nothing to move; name another node`)
+    const member = cluster.members.find((m) => m.id === node)
+    if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${node} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+  }
+
+  /**
+   * `layout`: only lay the volume's data out as `target.storageClass` says (encryption, pool),
+   * whatever its replicas: `copy` for this node's copy of a replicated volume (no pool
+   * reservation: the cluster placed it), else a 1-copy volume's first step into a replicated class.
+   */
+  async #migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl, layout?: MigrationLayout): Promise<Volume> {
     const { signal, onProgress } = control
-    const wanted = target.storageClass === undefined ? undefined : this.#catalog.storageClass(target.storageClass)
-    if (wanted !== undefined && classReplicas(wanted) > 1) return await this.#migrateToReplicated(vol, wanted, target, signal)
-    const started = await this.#admin(async () => await this.#startMigration(vol, target, signal))
+    if (layout === undefined) {
+      if (this.#catalog.resolve(vol).replication !== undefined) return await this.#migrateReplicated(vol, target, control)
+      const wanted = target.storageClass === undefined ? undefined : this.#catalog.storageClass(target.storageClass)
+      if (wanted !== undefined && classReplicas(wanted) > 1) return await this.#migrateToReplicated(vol, wanted, target, control)
+    }
+    const started = await this.#admin(async () => await this.#startMigration(vol, target, signal, layout))
     const { record, migration, source, destination, release, abort } = started
     const stagingId = migration.encrypted ? migrationKeyId(record.id) : undefined
     let lastReported = 0
@@ -969,7 +1006,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           checkCancelled()
           const keys = await this.#keys.handOver(stagingId, record.id)
           const current = this.#catalog.resolve(record.id)
-          const updated = await this.#catalog.commitMigration(record.id, { storageId: migration.storageId, storageClass: migration.storageClass, encrypted: migration.encrypted, pool: migration.pool }, copied.gens, keys.ops)
+          let updated = await this.#catalog.commitMigration(record.id, { storageId: migration.storageId, storageClass: migration.storageClass, encrypted: migration.encrypted, pool: migration.pool }, copied.gens, keys.ops)
           switched = true
           keys.apply()
           // The destination's cipher reserved its nonces under the staging record: a fresh one
@@ -981,7 +1018,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             if (before !== undefined) snapshotGens.set(before, snapshot.gen)
           }
           source.movedTo = { volume: destination, gens: snapshotGens }
+          // A replicated volume's primary copy: its changes ship from the new storage on.
+          if (source.replicator !== undefined) {
+            destination.replicator = source.replicator
+            source.replicator = undefined
+          }
+          this.#replication?.rebind(record.id, destination)
           this.#retired.set(source.storageId, source)
+          if (layout !== undefined && updated.replicas !== layout.replicas) updated = await this.#catalog.updateVolume(record.id, { replicas: layout.replicas })
           this.#applyQoS(updated)
           return { updated, previous: current }
         } finally {
@@ -1023,22 +1067,34 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * the volume stays replicated, its copies still filling). The data is not moved locally, so
    * the class must encrypt as the volume's does, and the pool stays.
    */
-  async #migrateToReplicated (vol: VolumeRef, storageClass: StorageClass, target: MigrateVolumeOptions, signal: AbortSignal | undefined): Promise<Volume> {
+  async #migrateToReplicated (vol: VolumeRef, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
+    const { signal } = control
     const replication = this.#replication
     const replicas = classReplicas(storageClass)
-    const record = await this.#admin(async () => {
-      const current = this.#catalog.resolve(vol)
+    const check = (current: VolumeRecord): void => {
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
-      if (current.replication !== undefined) throw new GalleonError('NOT_IMPLEMENTED', `volume ${current.name} is replicated already; changing the storage class of a replicated volume is not built yet`)
+      if (current.replication !== undefined) throw new GalleonError('BUSY', `volume ${current.name} became replicated meanwhile; call migrateVolume again`)
       if (this.#migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
       if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
-      if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true)) {
-        throw new GalleonError('NOT_IMPLEMENTED', `moving volume ${current.name} into ${storageClass.name} would change both its encryption and its copies at once, which is not built yet; migrate it first to a 1-copy class that ${current.encrypted === true ? 'encrypts' : 'does not encrypt'} like ${storageClass.name}, then to ${storageClass.name}`)
-      }
-      if (target.pool !== undefined && target.pool !== current.pool) throw new GalleonError('NOT_IMPLEMENTED', `moving volume ${current.name} to another pool while adding copies is not built yet; move it to the pool first, then to ${storageClass.name}`)
       if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it; a replicated volume cannot serve them. Delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
       if (mountControl(this.#mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted; unmount it while it becomes replicated`)
+    }
+    const first = this.#catalog.resolve(vol)
+    check(first)
+    assertClassSupported(storageClass, replicas, true)
+    const poolName = this.#pools.choose(target.pool, storageClass)?.name ?? first.pool
+    if ((storageClass.parameters.encryption === 'true') !== (first.encrypted === true) || poolName !== first.pool) {
+      // First the data is laid out here as the class wants it (encrypted or not, in its pool):
+      // a complete local migration of its own. A crash after it leaves the volume in the class
+      // with one copy, and the same call again adds the copies.
+      await this.#migrateVolume(vol, { storageClass: storageClass.name, ...(poolName === first.pool || poolName === undefined ? {} : { pool: poolName }) }, control, { pool: poolName, replicas: first.replicas, copy: false })
+    }
+    const record = await this.#admin(async () => {
+      const current = this.#catalog.resolve(vol)
+      check(current)
+      if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', 'not in a cluster')
+      if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true) || current.pool !== poolName) throw new GalleonError('BUSY', `volume ${current.name} changed while it was laid out for ${storageClass.name}; call migrateVolume again`)
       const updated = await this.#catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
       try {
         const pool = updated.pool === undefined ? undefined : this.#catalog.pool(updated.pool)
@@ -1119,25 +1175,171 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return moved
   }
 
-  /** Checks a migration may start and sets up its destination; in the admin queue. */
-  async #startMigration (vol: VolumeRef, target: MigrateVolumeOptions, signal: AbortSignal | undefined): Promise<{
-    record: VolumeRecord, migration: MigrationRecord, source: VolumeBlocks, destination: VolumeBlocks, release: () => void, abort: AbortController, snapshotGens: Map<string, number>
-  }> {
+  /**
+   * Moves a replicated volume to another storage class (and/or pool): the class is changed in the
+   * volume's cluster record, and every copy converts itself, on its own node, while it keeps
+   * receiving the primary's changes: a copy whose layout stays (same encryption and pool) is only
+   * relabelled, the others are live-migrated locally (crash-safe like any local migration; a node
+   * that restarts midway converts again). The number of copies follows the class: new ones are
+   * placed and filled by resyncs, surplus ones (never the primary's) are deleted. Resolves once
+   * every copy is in the class and enough are in sync. Cancelling puts the old class back in the
+   * record, and the copies return to it the same way.
+   */
+  async #migrateReplicated (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
+    const { signal, onProgress } = control
+    const replication = this.#replication
     const record = this.#catalog.resolve(vol)
+    if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is replicated; changing its storage class needs this instance in the volume's cluster (open it with { cluster })`)
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
-    if (record.replication !== undefined || record.replicas > 1) {
-      throw new GalleonError('NOT_IMPLEMENTED', `migrating a replicated volume (${record.name}, ${record.replicas} copies) is not built yet; clone it to a volume with replicas: 1 and migrate that`)
-    }
     const className = target.storageClass ?? record.storageClass
     const storageClass = this.#catalog.storageClass(className)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
     const replicas = classReplicas(storageClass)
-    if (replicas > 1) {
-      throw new GalleonError('NOT_IMPLEMENTED', `storage class ${storageClass.name} keeps ${replicas} replicas, and migrating a volume into more replicas (copies on other nodes) is not built yet; migrate to a class with replication 1`)
-    }
-    assertClassSupported(storageClass, 1)
+    assertClassSupported(storageClass, replicas, true)
+    if (this.#reshaping.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is migrating already; wait for that migration, or cancel it`)
+    const converting = this.#copyConversions.get(record.id)
+    if (converting !== undefined || this.#migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
+    // The class in the cluster's record is the volume's; a copy may still be on its way to it.
+    const spec = replication.spec(record.id)
+    const currentClass = spec?.storageClass ?? record.storageClass
+    const currentPool = spec === undefined ? record.pool : spec.pool
     const pool = this.#pools.choose(target.pool, storageClass)
-    const poolName = pool?.name ?? record.pool
+    const poolName = pool?.name ?? currentPool
+    if (storageClass.name === currentClass && poolName === currentPool) {
+      throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
+    }
+    if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
+    if (storageClass.parameters.encryption === 'true') await this.#keys.provider()
+    const placement = pool === undefined ? classPlacement(storageClass) : poolPlacement(pool, classPlacement(storageClass))
+    this.#reshaping.add(record.id)
+    try {
+      const before = await replication.reshape(record.id, { storageClass: storageClass.name, replicas, keep: this.#cluster?.nodeId, ...(poolName === undefined ? {} : { pool: poolName }) }, placement)
+      const blocks = Math.ceil(record.sizeBytes / record.blockSize)
+      const failures = new Map<string, number>()
+      const aborted = (): boolean => signal?.aborted === true
+      let reported = -1
+      const deadline = Date.now() + 30 * 60_000
+      try {
+        for (;;) {
+          if (aborted()) throw migrationCancelled(record.name, signal?.reason)
+          if (this.#closed) throw migrationCancelled(record.name, 'the instance is closing')
+          const seen = await replication.copyLayouts(record.id, true)
+          if (seen === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} was deleted while it migrated`)
+          if (seen.record.spec.storageClass !== storageClass.name) throw new GalleonError('BUSY', `the storage class of volume ${record.name} was changed to ${seen.record.spec.storageClass} by another call meanwhile`)
+          const converted = seen.layouts.filter((l) => l.storageClass === storageClass.name && !l.busy).length
+          if (converted !== reported) {
+            reported = converted
+            const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'copy', blocksDone: converted * blocks, blocksTotal: seen.layouts.length * blocks, pass: 1 }
+            this.emit('volume:migration-progress', event)
+            onProgress?.(event)
+          }
+          for (const layout of seen.layouts) {
+            if (layout.error === undefined || layout.busy) continue
+            const count = (failures.get(layout.node) ?? 0) + 1
+            failures.set(layout.node, count)
+            if (count >= 3) {
+              throw new GalleonError(layout.error.code as GalleonErrorCode, `the copy of volume ${record.name} on node ${layout.node} could not convert to storage class ${storageClass.name} (tried ${count} times): ${layout.error.message}. The cluster's record names ${storageClass.name}: fix the cause and call migrateVolume again, or migrate it back to ${currentClass}`)
+            }
+          }
+          const wanted = Math.min(replicas, seen.record.nodes.length)
+          if (converted === seen.layouts.length && seen.record.inSync.length >= wanted) break
+          if (Date.now() > deadline) throw new GalleonError('BUSY', `the copies of volume ${record.name} did not all convert to ${storageClass.name} within 30 minutes; they go on in the background (replicationStatus and getVolume show where they are)`)
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+      } catch (err) {
+        if (err instanceof GalleonError && err.code === 'CANCELLED') {
+          await replication.unshape(record.id, before).catch(() => {})
+          throw new GalleonError('CANCELLED', `the migration of volume ${record.name} was cancelled; its copies return to storage class ${currentClass}`)
+        }
+        throw err
+      }
+      const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'done', blocksDone: blocks * replicas, blocksTotal: blocks * replicas, pass: 1 }
+      this.emit('volume:migration-progress', event)
+      onProgress?.(event)
+      const volume = this.#volumeView(this.#catalog.resolve(record.id))
+      this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
+      return volume
+    } finally {
+      this.#reshaping.delete(record.id)
+    }
+  }
+
+  /**
+   * Brings this node's copy of a replicated volume to the storage class its cluster record names,
+   * in the background (see #migrateReplicated); copyLayout reports how it goes. Called with every
+   * record this node reads, so cheap when there is nothing to do. `retry`: also after a failure.
+   */
+  #convergeCopy (volumeId: string, spec: VolumeSpec, retry = false): void {
+    if (this.#closed) return
+    const record = this.#recordById(volumeId)
+    if (record === undefined || record.state === VolumeState.Deleting || record.replication === undefined) return
+    const running = this.#copyConversions.get(volumeId)
+    if (running !== undefined) {
+      // Converting to a class the record no longer names: stop; the end of it converges again.
+      if (running.storageClass !== spec.storageClass) running.abort.abort(new GalleonError('CANCELLED', `the cluster's record of volume ${record.name} names storage class ${spec.storageClass} now`))
+      return
+    }
+    if (record.storageClass === spec.storageClass && record.replicas === spec.replicas) {
+      this.#copyConversionErrors.delete(volumeId)
+      return
+    }
+    const failed = this.#copyConversionErrors.get(volumeId)
+    if (failed !== undefined && failed.storageClass === spec.storageClass && !retry) return
+    this.#copyConversionErrors.delete(volumeId)
+    const abort = new AbortController()
+    this.#copyConversions.set(volumeId, { storageClass: spec.storageClass, abort })
+    void (async () => {
+      try {
+        await this.#convertCopy(volumeId, spec, abort.signal)
+      } catch (err) {
+        const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
+        // Cancelled (the record changed, a snapshot or expansion came, the instance closes): the
+        // next pass below, or the next start, converges again.
+        if (code !== 'CANCELLED' && !this.#closed) {
+          const message = (err as Error)?.message ?? String(err)
+          this.#copyConversionErrors.set(volumeId, { storageClass: spec.storageClass, code, message })
+          this.emit('replication:error', { volumeId, nodeId: this.#cluster?.nodeId ?? '', code, message: `converting the copy to storage class ${spec.storageClass}: ${message}` })
+        }
+      } finally {
+        this.#copyConversions.delete(volumeId)
+      }
+      const latest = this.#replication?.spec(volumeId)
+      if (latest !== undefined && !this.#closed) this.#convergeCopy(volumeId, latest)
+    })()
+  }
+
+  async #convertCopy (volumeId: string, spec: VolumeSpec, signal: AbortSignal): Promise<void> {
+    const storageClass = this.#catalog.storageClass(spec.storageClass)
+    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} moves to; create it on every node of the cluster`)
+    const record = this.#catalog.resolve(volumeId)
+    const encrypted = storageClass.parameters.encryption === 'true'
+    // Like a new copy: counted in this node's pool of the record's name, if it has one.
+    const pool = spec.pool !== undefined && this.#catalog.pool(spec.pool) !== undefined ? spec.pool : record.pool
+    if (encrypted === (record.encrypted === true) && pool === record.pool) {
+      await this.#admin(async () => {
+        const updated = await this.#catalog.updateVolume(volumeId, { storageClass: spec.storageClass, replicas: spec.replicas })
+        this.#applyQoS(updated)
+      })
+      return
+    }
+    await this.#migrateVolume(volumeId, { storageClass: spec.storageClass }, { signal }, { pool, replicas: spec.replicas, copy: true })
+  }
+
+  /** Checks a migration may start and sets up its destination; in the admin queue. */
+  async #startMigration (vol: VolumeRef, target: MigrateVolumeOptions, signal: AbortSignal | undefined, layout: MigrationLayout | undefined): Promise<{
+    record: VolumeRecord, migration: MigrationRecord, source: VolumeBlocks, destination: VolumeBlocks, release: () => void, abort: AbortController, snapshotGens: Map<string, number>
+  }> {
+    const record = this.#catalog.resolve(vol)
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (layout?.copy !== true && record.replication !== undefined) {
+      throw new GalleonError('BUSY', `volume ${record.name} became replicated meanwhile; call migrateVolume again`)
+    }
+    const className = target.storageClass ?? record.storageClass
+    const storageClass = this.#catalog.storageClass(className)
+    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    if (layout === undefined && classReplicas(storageClass) > 1) throw new GalleonError('BUSY', `storage class ${storageClass.name} keeps copies on other nodes; call migrateVolume again`)
+    assertClassSupported(storageClass, 1)
+    const poolName = layout !== undefined ? layout.pool : (this.#pools.choose(target.pool, storageClass)?.name ?? record.pool)
     if (storageClass.name === record.storageClass && poolName === record.pool) {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${record.storageClass}${record.pool === undefined ? '' : ` and pool ${record.pool}`}: nothing to migrate; name another storageClass or pool`)
     }
@@ -1152,7 +1354,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const encrypted = storageClass.parameters.encryption === 'true'
     if (encrypted) await this.#keys.provider()
     // The target pool's bytes are held until the switch-over makes the record count there.
-    const release = poolName !== undefined && poolName !== record.pool ? this.#pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
+    const release = layout?.copy !== true && poolName !== undefined && poolName !== record.pool ? this.#pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
     let migration: MigrationRecord | undefined
     try {
       migration = await this.#catalog.beginMigration(record.id, { storageClass: storageClass.name, encrypted, ...(poolName === undefined ? {} : { pool: poolName }) })
@@ -2585,13 +2787,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           this.emit('volume:created', toVolume(record))
         })
       },
+      // A conversion of the copy (see #convergeCopy) is cancelled by what changes its snapshots,
+      // size or existence; it starts again afterwards.
       deleteCopy: async (id) => {
-        await this.#admin(async () => {
+        await this.#adminAfterMigration(id, async () => {
           const record = this.#recordById(id)
           if (record === undefined || record.state === VolumeState.Deleting) return
           await mountControl(this.#mounts).release(id)
           await this.#destroy(record, true)
-        })
+        }, true)
       },
       savePosition: async (id, position) => {
         if (this.#closed && this.#closing === undefined) return
@@ -2601,38 +2805,51 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       },
       snapshots: (id) => this.#catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })),
       applySnapshot: async (id, snapshotId, name) => {
-        await this.#admin(async () => {
+        await this.#adminAfterMigration(id, async () => {
           const record = this.#catalog.resolve(id)
           if (this.#catalog.snapshotById(snapshotId) !== undefined) return
           // A snapshot of that name with another id is one the primary no longer has.
           const stale = this.#catalog.snapshots(id).find((snapshot) => snapshot.name === name)
           if (stale !== undefined) await this.#dropReplicaSnapshot(record, stale)
           this.emit('snapshot:created', this.#toSnapshot(await this.#takeSnapshot(record, name, false, snapshotId)))
-        })
+        }, true)
       },
       applyDeleteSnapshot: async (id, snapshotId) => {
-        await this.#admin(async () => {
+        await this.#adminAfterMigration(id, async () => {
           const snapshot = this.#catalog.snapshotById(snapshotId)
           if (snapshot === undefined || snapshot.volumeId !== id) return
           await this.#dropReplicaSnapshot(this.#catalog.resolve(id), snapshot)
-        })
+        }, true)
       },
       applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
+      copyLayout: (id, retry) => {
+        const record = this.#recordById(id)
+        const failed = this.#copyConversionErrors.get(id)
+        const layout = {
+          ...(record === undefined || record.state === VolumeState.Deleting ? {} : { storageClass: record.storageClass }),
+          busy: this.#copyConversions.has(id),
+          ...(failed === undefined ? {} : { error: { code: failed.code, message: failed.message } })
+        }
+        const spec = this.#replication?.spec(id)
+        if (retry && failed !== undefined && spec !== undefined) this.#convergeCopy(id, spec, true)
+        return layout
+      },
       applySpec: (id, spec) => {
         this.#applySpecQoS(id, spec)
+        this.#convergeCopy(id, spec)
         // A copy promoted before the expansion reached it grows to the size its record says.
         const held = this.#recordById(id)
         if (held !== undefined && spec.sizeBytes > held.sizeBytes) void this.#applyExpand(id, spec.sizeBytes).catch(() => {})
       },
       applyRevert: async (id, snapshotId) => {
-        await this.#admin(async () => {
+        await this.#adminAfterMigration(id, async () => {
           const record = this.#catalog.resolve(id)
           const snapshot = this.#catalog.snapshotById(snapshotId)
           // A copy without the snapshot has diverged: failing the change makes the primary resync it.
           if (snapshot === undefined || snapshot.volumeId !== id) throw new GalleonError('SNAPSHOT_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no copy of snapshot ${snapshotId} of volume ${record.name} to revert to`)
           const reverted = await this.#engine.revert(this.#volumeBlocks(record), viewOf(snapshot) as View)
           this.emit('snapshot:restored', this.#volumeView(record), this.#toSnapshot(snapshot), reverted)
-        })
+        }, true)
       },
       exclusive: async (task) => await this.#admin(task),
       serveForwarded: async (id, request, payload) => await this.#serveForwarded(id, request, payload),
@@ -2717,6 +2934,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 function withoutQoS (spec: VolumeSpec): VolumeSpec {
   const { qos: _qos, ...rest } = spec
   return rest
+}
+
+/** How #migrateVolume lays a volume out without the rest of a class change (see there). */
+interface MigrationLayout {
+  readonly pool: string | undefined
+  readonly replicas: number
+  readonly copy: boolean
 }
 
 function specOf (record: VolumeRecord): VolumeSpec {

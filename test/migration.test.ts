@@ -225,7 +225,7 @@ describe('live migration', () => {
       await assert.rejects(g.migrateVolume('v', { speed: 'fast' } as never), code('INVALID_ARGUMENT'))
       await assert.rejects(g.migrateVolume('v', { storageClass: 'secret-local' }, { signal: 'stop' } as never), code('INVALID_ARGUMENT'))
       await assert.rejects(g.migrateVolume('v', { node: 'node-2' }), code('INVALID_ARGUMENT'), 'moving to a node needs a cluster')
-      await assert.rejects(g.migrateVolume('v', { node: 'node-2', storageClass: 'secret-local' }), code('NOT_IMPLEMENTED'))
+      await assert.rejects(g.migrateVolume('v', { node: 'node-2', storageClass: 'secret-local' }), code('INVALID_ARGUMENT'), 'a node and a class: the node is checked first')
       await assert.rejects(g.migrateVolume('v', { node: 7 } as never), code('INVALID_ARGUMENT'))
       // Classes with copies on other nodes need a cluster (replication.test.ts migrates into one).
       await assert.rejects(g.migrateVolume('v', { storageClass: 'triple' }), code('INVALID_ARGUMENT'))

@@ -291,6 +291,126 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
+  it('changes the class of a replicated volume online: every copy converts on its node (encrypted), copies go from 3 to 2, writes go on; a cancel puts the old class back', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+      await node.g.createStorageClass({ name: 'secret-double', parameters: { replication: '2', encryption: 'true' } })
+    }
+    const created = await n1.g.createVolume({ name: 'reshaped', sizeBytes: '256K', storageClass: 'triple' })
+    assert.equal(created.encrypted, false)
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('reshaped', i, block(i + 1), WriteConcern.WriteReplicated)
+    await n1.g.createSnapshot('reshaped', 'before')
+    for (let i = 0; i < 4; i++) await n1.g.writeBlock('reshaped', i, block(300 + i), WriteConcern.WriteReplicated)
+    await expectRejects(n2.g.migrateVolume('reshaped', { storageClass: 'triple' }), 'INVALID_ARGUMENT')
+    await expectRejects(n2.g.migrateVolume('reshaped', { storageClass: 'no-such-class' }), 'STORAGE_CLASS_NOT_FOUND')
+    // A writer on n2 (forwarded to the primary) keeps going through the whole conversion.
+    let writing = true
+    const acked = new Map<number, number>()
+    const load = (async () => {
+      let i = 0
+      while (writing) {
+        const index = 40 + (i % 16)
+        await n2.g.writeBlock('reshaped', index, block(1000 + i), WriteConcern.WriteReplicated)
+        acked.set(index, 1000 + i)
+        i++
+      }
+    })()
+    const progress: string[] = []
+    const migrated = await n2.g.migrateVolume('reshaped', { storageClass: 'secret-double' }, { onProgress: (e) => progress.push(e.phase) })
+    writing = false
+    await load
+    assert.equal(migrated.storageClass, 'secret-double')
+    assert.equal(migrated.encrypted, true)
+    assert.equal(migrated.replicas, 2)
+    assert.equal(progress.at(-1), 'done')
+    assert.ok(acked.size > 0, 'writes went on during the conversion')
+    const status = await n1.g.replicationStatus('reshaped')
+    assert.equal(status.nodes.length, 2)
+    assert.ok(status.nodes.includes('n1') && status.nodes.includes('n2'), 'the primary and the asking node keep their copies')
+    await until('the in-sync copies are both', async () => (await n1.g.replicationStatus('reshaped')).inSync.length === 2)
+    await until('n3 deleted its copy', async () => await n3.g.getVolume('reshaped').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    for (const node of [n1, n2]) {
+      const volume = await node.g.getVolume('reshaped')
+      assert.equal(volume.storageClass, 'secret-double', `class on ${node.id}`)
+      assert.equal(volume.encrypted, true, `the copy on ${node.id} is encrypted`)
+      assert.equal(volume.id, created.id)
+      assert.equal(node.g.getVolumeEncryption !== undefined, true)
+    }
+    for (const [index, seed] of acked) assert.deepEqual(await n1.g.readBlock('reshaped', index), block(seed), `block ${index}`)
+    assert.deepEqual(await n2.g.readBlock('reshaped', 0), block(300))
+    assert.deepEqual(await n2.g.readBlock({ volume: 'reshaped', snapshot: 'before' }, 0), block(1))
+    await n1.g.writeBlock('reshaped', 60, block(60), WriteConcern.WriteReplicated)
+
+    // Back to three plain copies, cancelled as soon as the third copy is placed: the record names
+    // the old class again, the new copy goes, every copy stays encrypted.
+    const abort = new AbortController()
+    const onAdded = (): void => { abort.abort() }
+    n2.g.on('replication:replica-added', onAdded)
+    await expectRejects(n2.g.migrateVolume('reshaped', { storageClass: 'triple' }, { signal: abort.signal }), 'CANCELLED')
+    n2.g.off('replication:replica-added', onAdded)
+    await until('the copies are back in secret-double, two of them', async () => {
+      const s = await n1.g.replicationStatus('reshaped')
+      if (s.nodes.length !== 2) return false
+      const volumes = await Promise.all([n1, n2].map(async (n) => await n.g.getVolume('reshaped')))
+      return volumes.every((v) => v.storageClass === 'secret-double' && v.encrypted === true && v.replicas === 2)
+    })
+    await until('n3 has no copy again', async () => await n3.g.getVolume('reshaped').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    // Copies that had begun converting may still be on their way back: BUSY until they are.
+    let plain: Awaited<ReturnType<GalleonFS['migrateVolume']>> | undefined
+    await until('the migration back to triple is accepted and done', async () => {
+      try {
+        plain = await n1.g.migrateVolume('reshaped', { storageClass: 'triple' })
+        return true
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'BUSY') throw err
+        return false
+      }
+    })
+    assert.ok(plain !== undefined)
+    assert.equal(plain.encrypted, false)
+    assert.equal(plain.replicas, 3)
+    assert.equal((await n1.g.replicationStatus('reshaped')).inSync.length, 3)
+    for (const node of nodes) assert.equal((await node.g.getVolume('reshaped')).encrypted, false, `the copy on ${node.id} is plain again`)
+    const expected = await n1.g.read('reshaped', 0, 256 * 1024)
+    assert.deepEqual(expected.subarray(60 * 4096, 61 * 4096), block(60))
+    const held = await copies(nodes, 'reshaped', 256 * 1024)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+  })
+
+  it('one call moves a 1-copy volume into an encrypting class with 3 copies, and another moves a volume to a node and a class', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2] = nodes as [Node, Node, Node]
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'secret-triple', parameters: { replication: '3', encryption: 'true' } })
+      await node.g.createStorageClass({ name: 'secret-one', parameters: { encryption: 'true' } })
+    }
+    await n1.g.createVolume({ name: 'grow', sizeBytes: '128K' })
+    for (let i = 0; i < 32; i++) await n1.g.writeBlock('grow', i, block(i + 7), WriteConcern.WriteDurable)
+    await n1.g.createSnapshot('grow', 'old')
+    const grown = await n1.g.migrateVolume('grow', { storageClass: 'secret-triple' })
+    assert.equal(grown.encrypted, true)
+    assert.equal(grown.replicas, 3)
+    assert.equal((await n1.g.replicationStatus('grow')).inSync.length, 3)
+    for (const node of nodes) {
+      assert.equal((await node.g.getVolume('grow')).encrypted, true, `copy on ${node.id}`)
+      assert.deepEqual(await node.g.readBlock({ volume: 'grow', snapshot: 'old' }, 5), block(12))
+    }
+
+    await n1.g.createVolume({ name: 'travel', sizeBytes: '128K' })
+    for (let i = 0; i < 16; i++) await n1.g.writeBlock('travel', i, block(i + 70), WriteConcern.WriteDurable)
+    await expectRejects(n1.g.migrateVolume('travel', { node: 'nowhere', storageClass: 'secret-one' }), 'INVALID_ARGUMENT')
+    assert.equal((await n1.g.getVolume('travel')).encrypted, false, 'a bad node changes nothing')
+    const moved = await n1.g.migrateVolume('travel', { node: 'n2', storageClass: 'secret-one' })
+    assert.equal(moved.storageClass, 'secret-one')
+    const there = await n2.g.getVolume('travel')
+    assert.equal(there.encrypted, true)
+    assert.equal(there.storageClass, 'secret-one')
+    assert.deepEqual([...(await n2.g.replicationStatus('travel')).nodes], ['n2'])
+    for (let i = 0; i < 16; i++) assert.deepEqual(await n2.g.readBlock('travel', i), block(i + 70))
+  })
+
   it('moves a volume to another node while it is written: data, snapshots and id come along', async () => {
     const { nodes } = await cluster(2)
     const [n1, n2] = nodes as [Node, Node]

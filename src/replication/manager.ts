@@ -71,6 +71,12 @@ export interface ReplicationHost {
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
   /** The replica-set record of a local copy was read or changed: settings in its spec (the QoS policy) apply here. */
   applySpec: (volumeId: string, spec: VolumeSpec) => void
+  /**
+   * Where this node's copy stands against the storage class the record names: its class, whether
+   * it is being converted (re-laid out) to the record's class, and the last conversion failure.
+   * `retry`: start the conversion again if it failed.
+   */
+  copyLayout: (volumeId: string, retry: boolean) => CopyLayout
   /** Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary reverted). */
   applyRevert: (volumeId: string, snapshotId: string) => Promise<void>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
@@ -78,6 +84,16 @@ export interface ReplicationHost {
   /** Runs an I/O request forwarded from another node, on this node (the primary). */
   serveForwarded: (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined) => Promise<{ header: Record<string, unknown>, payload?: Uint8Array }>
   emit: (event: string, payload: unknown) => void
+}
+
+/** A node's copy measured against the class of its replica-set record (see ReplicationHost.copyLayout). */
+export interface CopyLayout {
+  /** The storage class the copy is laid out by now (undefined: the node holds no copy). */
+  readonly storageClass?: string
+  /** A conversion to the record's class is running. */
+  readonly busy: boolean
+  /** Why the last conversion failed, if it did. */
+  readonly error?: { readonly code: string, readonly message: string }
 }
 
 /** Events of replication (emitted by GalleonFS). */
@@ -510,6 +526,84 @@ export class ReplicationManager {
     }
   }
 
+  /**
+   * Changes the storage class of a replicated volume in its record: every copy converts itself to
+   * the class (ReplicationHost.applySpec), and the number of copies follows the class's replicas:
+   * more are placed now (filled by resyncs), fewer drop the copies that are not the primary's,
+   * out-of-sync ones first (their nodes delete them). Returns the record as it was before.
+   */
+  async reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
+    let before: ReplicaSetRecord | undefined
+    const members = this.#cluster.members.filter((m) => m.healthy)
+    const leaving = await this.#leaving()
+    const written = await this.update(volumeId, (r) => {
+      before = r
+      let nodes = [...r.nodes]
+      if (change.replicas < nodes.length) {
+        const rest = nodes.filter((n) => n !== r.primary)
+        // Kept first: the in-sync copies, and among them the one of the node that asked.
+        const rank = (n: string): number => (r.inSync.includes(n) ? 2 : 0) + (n === change.keep ? 1 : 0)
+        rest.sort((a, b) => rank(b) - rank(a))
+        nodes = [r.primary, ...rest].slice(0, Math.max(1, change.replicas))
+      } else if (change.replicas > nodes.length) {
+        try {
+          const chosen = placeVolume(members.filter((m) => !leaving.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary }).nodes
+          nodes.push(...chosen.filter((n) => !nodes.includes(n)).slice(0, change.replicas - nodes.length))
+        } catch (err) {
+          // Fewer eligible nodes than copies: the volume is degraded until nodes join.
+          if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
+        }
+      }
+      const { pool: _pool, ...spec } = r.spec
+      const hasPlacement = placement.strategy !== undefined || placement.zones !== undefined || placement.affinity !== undefined || placement.antiAffinity !== undefined || placement.nodes !== undefined
+      const { placement: _placement, ...rest } = r
+      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}) }
+    })
+    if (written === undefined || before === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `the cluster has no record of volume ${volumeId}`)
+    const added = written.record.nodes.filter((n) => !before?.nodes.includes(n))
+    if (added.length > 0) this.#host.emit('replication:replica-added', { volumeId, nodes: added })
+    const removed = before.nodes.filter((n) => !written.record.nodes.includes(n))
+    if (removed.length > 0) this.#host.emit('replication:replica-removed', { volumeId, nodes: removed, reason: `storage class ${change.storageClass} keeps ${change.replicas} cop${change.replicas === 1 ? 'y' : 'ies'}` })
+    return before
+  }
+
+  /** Puts a volume's record back as `reshape` found it (the class, copies and placement; not the nodes that were dropped). */
+  async unshape (volumeId: string, before: ReplicaSetRecord): Promise<void> {
+    await this.update(volumeId, (r) => {
+      const { placement: _placement, ...rest } = r
+      const nodes = r.nodes.filter((n) => n === r.primary || before.nodes.includes(n))
+      return { ...rest, spec: { ...r.spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
+    })
+  }
+
+  /** How each copy of a volume stands against the class of its record (asks the other nodes). */
+  async copyLayouts (volumeId: string, retry = false): Promise<{ record: ReplicaSetRecord, layouts: Array<CopyLayout & { node: string, unreachable?: string }> } | undefined> {
+    const entry = await this.#coordinator.get(recordKey(volumeId))
+    const record = entry === undefined ? undefined : parseRecord(entry.value)
+    if (record === undefined) return undefined
+    const layouts = await Promise.all(record.nodes.map(async (node) => {
+      if (node === this.nodeId) return { node, ...this.#host.copyLayout(volumeId, retry) }
+      try {
+        const reply = await this.#cluster.request(node, { kind: 'repl:layout', header: { volumeId, retry } }, { timeoutMs: APPLY_TIMEOUT_MS })
+        return { node, ...(reply.header as unknown as CopyLayout) }
+      } catch (err) {
+        // Not an answer about the copy: asked again on the next poll.
+        return { node, busy: true, unreachable: `node ${node} did not answer: ${(err as Error)?.message ?? String(err)}` }
+      }
+    }))
+    return { record, layouts }
+  }
+
+  /** The spec in the record of a volume this node holds a copy of, as last read. */
+  spec (volumeId: string): VolumeSpec | undefined {
+    return this.#sets.get(volumeId)?.record?.spec
+  }
+
+  /** This node's copy now lives in `blocks` (a live migration moved it): the primary, if here, ships from there. */
+  rebind (volumeId: string, blocks: VolumeBlocks): void {
+    this.#sets.get(volumeId)?.primary?.rebind(blocks)
+  }
+
   async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal): Promise<void> {
     const self = this.nodeId
     const current = async (): Promise<ReplicaSetRecord | undefined> => {
@@ -865,6 +959,11 @@ export class ReplicationManager {
         return reply
       })
     }
+    this.#cluster.handle('repl:layout', async (_from, request) => {
+      const volumeId = request.header.volumeId
+      if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', 'repl:layout needs a volumeId')
+      return { kind: 'layout', header: { ...this.#host.copyLayout(volumeId, request.header.retry === true) } }
+    })
     on('repl:apply', async (set, header, payload) => {
       const epoch = header.epoch as number
       const from = header.from as number
@@ -1092,7 +1191,7 @@ class Primary implements VolumeReplicator {
   readonly epoch: number
   readonly #manager: ReplicationManager
   readonly #set: LocalSet
-  readonly #blocks: VolumeBlocks
+  #blocks: VolumeBlocks
   #record: ReplicaSetRecord
   #seq = 0
   /** Per changed block: the sequence number of its last change in this epoch (sparse: thin volumes stay cheap). */
@@ -1119,6 +1218,8 @@ class Primary implements VolumeReplicator {
   get seq (): number { return this.#seq }
   get volumeId (): string { return this.#set.volumeId }
   get blocks (): VolumeBlocks { return this.#blocks }
+  /** The local copy moved to new storage (a live migration's switch-over, with writes paused). */
+  rebind (blocks: VolumeBlocks): void { this.#blocks = blocks }
   get setRecord (): ReplicaSetRecord { return this.#record }
   get manager (): ReplicationManager { return this.#manager }
   get stopped (): boolean { return this.#stopped !== undefined }

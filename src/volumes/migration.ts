@@ -13,7 +13,10 @@ export interface MigrateVolumeOptions {
   readonly storageClass?: string
   /** The storage pool to move to. Default: the target class's pool, else the current one. */
   readonly pool?: string
-  /** A cluster node to move to: not built yet (NOT_IMPLEMENTED). */
+  /**
+   * A cluster node to move this node's copy to (in a cluster). With `storageClass` or `pool` as
+   * well, the volume changes class here first, then moves.
+   */
   readonly node?: string
 }
 
