@@ -516,7 +516,9 @@ export class ReplicationManager {
     if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${to} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
     if ((await this.#leaving()).has(to)) throw new GalleonError('BUSY', `node ${to} is leaving the cluster; pick another node`)
     const record = set.record ?? parseRecord((await this.#coordinator.get(recordKey(volumeId)))?.value ?? '')
-    if (record?.nodes.includes(to) === true) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
+    // A copy there beyond the wanted number (left by a move that was interrupted) is the one the
+    // move fills and hands over to.
+    if (record?.nodes.includes(to) === true && record.nodes.length <= record.spec.replicas) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
     if (this.#moving.has(volumeId)) throw new GalleonError('BUSY', `volume ${record?.spec.name ?? volumeId} is moving already; wait for that move`)
     this.#moving.add(volumeId)
     try {
@@ -797,6 +799,10 @@ export class ReplicationManager {
         if (record === undefined) continue
         const volumeId = record.spec.id
         if (!healthy.has(record.primary)) {
+          // A volume that wants one copy and has two is moving between nodes: the copy being
+          // filled may lack the primary's latest WriteDurable writes, so it is never promoted;
+          // the volume waits for its primary's node, as a 1-copy volume does.
+          if (record.spec.replicas <= 1) continue
           const candidate = record.inSync.find((n) => n !== record.primary && healthy.has(n))
           if (candidate === undefined) continue
           const written = await this.#coordinator.put(entry.key, JSON.stringify({ ...record, primary: candidate, epoch: record.epoch + 1, inSync: [candidate], handoff: undefined }), { expectRevision: entry.revision })
