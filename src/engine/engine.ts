@@ -98,7 +98,10 @@ export class VolumeBlocks {
   /** Operations in flight (reads and writes). */
   get inflight (): number { return this.#inflight }
 
-  enter (): void { this.#inflight++ }
+  /** Operations started so far (the volume's own I/O: a background copy can tell it is busy). */
+  entered = 0
+
+  enter (): void { this.#inflight++; this.entered++ }
   leave (): void {
     if (--this.#inflight === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters
@@ -162,6 +165,8 @@ function padTo (data: Uint8Array, size: number): Uint8Array {
 
 /** Blocks copied per batch by a revert or a flatten. */
 const COPY_BATCH_BLOCKS = 64
+/** Longest pause of a background copy between two batches while the volume is busy. */
+const COPY_YIELD_MAX_MS = 50
 
 /** The I/O engine shared by all volumes of an instance. */
 export class BlockEngine {
@@ -626,10 +631,16 @@ export class BlockEngine {
     const batch = COPY_BATCH_BLOCKS * 4
     for (let from = 0; from < indices.length; from += batch) {
       const chunk = indices.slice(from, from + batch)
+      const startedAt = performance.now()
+      const entered = source.entered
       await this.#copyInto(target, chunk, (index) => source.map.locate(index, at), true)
       progress?.(chunk.length)
-      // A background copy: the volume's own I/O gets the event loop between batches.
-      if (source.gate === undefined) await new Promise((resolve) => setImmediate(resolve))
+      if (source.gate !== undefined) continue
+      // A background copy yields to the volume's own I/O: when that ran during the batch, the
+      // copy pauses as long as the batch took (the volume gets at least half of the time, the
+      // copy goes on at full speed on an idle volume); otherwise it only lets the event loop turn.
+      if (source.entered !== entered) await new Promise((resolve) => setTimeout(resolve, Math.min(COPY_YIELD_MAX_MS, performance.now() - startedAt)))
+      else await new Promise((resolve) => setImmediate(resolve))
     }
   }
 
