@@ -103,6 +103,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   readonly #copyConversions = new Map<string, { storageClass: string, abort: AbortController }>()
   readonly #copyConversionErrors = new Map<string, { storageClass: string, code: string, message: string }>()
+  /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
+  readonly #nodeMoves = new Map<string, { abort: AbortController, done: Promise<unknown> }>()
   /** Replicated volumes whose class change this node started and waits for. */
   readonly #reshaping = new Set<string>()
   /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
@@ -474,6 +476,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#closing = (async () => {
       // Migrations still copying are cancelled: their volumes stay where they were.
       for (const migration of this.#migrations.values()) migration.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
+      // Node moves not yet past the hand-over give their new copy up.
+      for (const move of this.#nodeMoves.values()) move.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
+      await Promise.all([...this.#nodeMoves.values()].map(async (move) => await move.done))
       await Promise.all([...this.#migrations.values()].map(async (migration) => await migration.done))
       // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
       // (FUSE write-behind) reach the volumes before anything is refused.
@@ -659,6 +664,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
     }
+    // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
+    this.#nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
     const mounts = mountControl(this.#mounts).mountsOf(record.id)
     if (mounts.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
@@ -1164,10 +1171,24 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const resync = replication.status(record.id)?.links.find((l) => l.node === node)?.resync
       if (resync !== undefined && resync.blocksDone !== last) { last = resync.blocksDone; report('copy', resync.blocksDone, resync.blocksTotal) }
     }, 100)
+    // Cancelled by the caller's signal, close() or deleteVolume.
+    const abort = new AbortController()
+    const onAbort = (): void => { abort.abort(signal?.reason) }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    const moving = replication.moveCopy(record.id, node, { signal: abort.signal })
+    const entry = { abort, done: moving.catch(() => {}) }
+    this.#nodeMoves.set(record.id, entry)
     try {
-      await replication.moveCopy(record.id, node, signal === undefined ? {} : { signal })
+      await moving
+    } catch (err) {
+      if (abort.signal.aborted && err instanceof GalleonError && err.code === 'CANCELLED' && abort.signal.reason instanceof GalleonError) {
+        throw new GalleonError('CANCELLED', `moving volume ${record.name} to node ${node} stopped: ${abort.signal.reason.message}; its copy there is being removed, the volume stays here`)
+      }
+      throw err
     } finally {
       clearInterval(timer)
+      signal?.removeEventListener('abort', onAbort)
+      if (this.#nodeMoves.get(record.id) === entry) this.#nodeMoves.delete(record.id)
     }
     report('done', Math.max(last, 0), Math.max(last, 0))
     const moved = { ...before, state: VolumeState.Available }

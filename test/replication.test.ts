@@ -468,6 +468,35 @@ describe('replication (memory transport, on-disk nodes)', () => {
     assert.deepEqual(held.get('n2')?.subarray(36 * 4096, 37 * 4096), block(100))
   })
 
+  it('deleting the volume or closing its node stops a move to another node before the hand-over', async () => {
+    const { network, coordinators, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    for (const name of ['gone', 'stays']) {
+      await n1.g.createVolume({ name, sizeBytes: '256K' })
+      for (let i = 0; i < 16; i++) await n1.g.writeBlock(name, i, block(i + 40), WriteConcern.WriteDurable)
+    }
+    // Slow messages: the new copy's fill takes several round trips of 300 ms.
+    network.delay(300)
+    const stopOnAdded = (stop: () => void) => (): void => { stop() }
+    let deleting: Promise<void> | undefined
+    const onGone = stopOnAdded(() => { deleting = n1.g.deleteVolume('gone') })
+    n1.g.once('replication:replica-added', onGone)
+    await expectRejects(n1.g.migrateVolume('gone', { node: 'n2' }), 'CANCELLED')
+    await deleting
+    await assert.rejects(n1.g.getVolume('gone'), { code: 'VOLUME_NOT_FOUND' })
+    await until('n2 has no copy of the deleted volume', async () => await n2.g.getVolume('gone').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+
+    let closing: Promise<void> | undefined
+    n1.g.once('replication:replica-added', () => { closing = n1.g.close() })
+    await expectRejects(n1.g.migrateVolume('stays', { node: 'n2' }), 'CANCELLED')
+    await closing
+    network.reset()
+    await until('n2 gave its new copy up', async () => await n2.g.getVolume('stays').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    const again = await startNode(network, coordinators, 'n1', { dir: n1.dir })
+    for (let i = 0; i < 16; i++) assert.deepEqual(await again.g.readBlock('stays', i), block(i + 40), `block ${i} stayed on n1`)
+    assert.deepEqual([...(await again.g.replicationStatus('stays')).nodes], ['n1'])
+  })
+
   it('snapshots replicate with the volume, and deleting the volume deletes every copy', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

@@ -929,7 +929,21 @@ export class ReplicationManager {
         if (kind === 'repl:resync-begin') {
           // A new copy: created here first.
           if (!this.#sets.has(volumeId) && this.#host.blocks(volumeId) === undefined) {
+            // Only for a volume whose record places a copy here, checked again once it exists: a
+            // resync that was on its way while the volume was deleted (or the copy given up) must
+            // not leave a copy nobody knows of.
+            const placed = async (): Promise<boolean> => {
+              const entry = await this.#coordinator.get(recordKey(volumeId))
+              const record = entry === undefined ? undefined : parseRecord(entry.value)
+              return record !== undefined && record.nodes.includes(this.nodeId)
+            }
+            const refused = (): GalleonError => new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} has no copy placed on node ${this.nodeId} (it was deleted, or the copy here was given up)`)
+            if (!(await placed())) throw refused()
             await this.#host.createCopy(request.header.spec as VolumeSpec)
+            if (!(await placed()) && !this.#sets.has(volumeId)) {
+              await this.#host.deleteCopy(volumeId)
+              throw refused()
+            }
           }
           if (!this.#sets.has(volumeId)) {
             const set = this.#setOf(volumeId)
