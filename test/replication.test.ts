@@ -379,6 +379,44 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
   })
 
+  it('a node that stops in the middle of converting its copy converts it when it comes back; the migration waits for it', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, , n3] = nodes as [Node, Node, Node]
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+      await node.g.createStorageClass({ name: 'secret-triple', parameters: { replication: '3', encryption: 'true' } })
+    }
+    await n1.g.createVolume({ name: 'interrupted', sizeBytes: '4M', storageClass: 'triple' })
+    for (let at = 0; at < 1024; at += 64) {
+      const run = new Uint8Array(64 * 4096)
+      for (let i = 0; i < 64; i++) run.set(block(at + i), i * 4096)
+      await n1.g.write('interrupted', at * 4096, run, WriteConcern.WriteReplicated)
+    }
+    await n1.g.createSnapshot('interrupted', 'first')
+    // n3 closes as soon as its own conversion reports progress (its copy is half converted).
+    let stopped: Promise<void> | undefined
+    n3.g.on('volume:migration-progress', () => { stopped ??= n3.g.close() })
+    const migration = n1.g.migrateVolume('interrupted', { storageClass: 'secret-triple' })
+    await until('n3 stopped mid-conversion', () => stopped !== undefined)
+    await stopped
+    let settled = false
+    void migration.then(() => { settled = true }, () => { settled = true })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    assert.equal(settled, false, 'the migration waits for the copy on n3')
+    const again = await startNode(network, coordinators, 'n3', { dir: n3.dir })
+    const migrated = await migration
+    assert.equal(migrated.encrypted, true)
+    const held = await again.g.getVolume('interrupted')
+    assert.equal(held.encrypted, true, 'n3 converted its copy after the restart')
+    assert.equal(held.storageClass, 'secret-triple')
+    await n1.g.writeBlock('interrupted', 5, block(9999), WriteConcern.WriteReplicated)
+    const expected = await n1.g.read('interrupted', 0, 4 << 20)
+    const snapshot = await n1.g.read({ volume: 'interrupted', snapshot: 'first' }, 0, 4 << 20)
+    assert.deepEqual(snapshot.subarray(5 * 4096, 6 * 4096), block(5))
+    const copiesHeld = await copies([n1, nodes[1] as Node, again], 'interrupted', 4 << 20)
+    for (const [id, data] of copiesHeld) assert.deepEqual(data, expected, `copy on ${id}`)
+  })
+
   it('one call moves a 1-copy volume into an encrypting class with 3 copies, and another moves a volume to a node and a class', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2] = nodes as [Node, Node, Node]
