@@ -178,6 +178,30 @@ describe('QoS scheduler', () => {
     assert.ok(Math.abs(earned - 300) < 2, `3 idle seconds earned ${earned} credits at a 100 IOPS limit`)
   })
 
+  it('a policy change keeps the level of a limit the old policy had: no fresh burst from re-setting it', async () => {
+    const clock = new ManualClock()
+    const s = new QoSScheduler({ clock })
+    const policy = parseQoSPolicy({ limits: { iops: 100 }, burstable: { duration_seconds: 5, iops_multiplier: 2 } })
+    s.setPolicy('v', 'v', policy, 'volume')
+    const run = load(s, clock, 'v', { depth: 8, until: 8000 })
+    await clock.advance(8000)
+    assert.ok((s.metrics('v').burstCredits?.iops ?? 500) < 10, 'the burst credits are spent')
+    // The same limits again, and then a higher burst multiplier: the credits stay spent.
+    s.setPolicy('v', 'v', parseQoSPolicy({ limits: { iops: 100 }, burstable: { duration_seconds: 5, iops_multiplier: 2 }, weight: 2 }), 'volume')
+    assert.ok((s.metrics('v').burstCredits?.iops ?? 500) < 10, `credits after re-setting the policy: ${s.metrics('v').burstCredits?.iops}`)
+    s.setPolicy('v', 'v', parseQoSPolicy({ limits: { iops: 100 }, burstable: { duration_seconds: 10, iops_multiplier: 3 } }), 'volume')
+    assert.ok((s.metrics('v').burstCredits?.iops ?? 2000) < 10, 'a bigger burst allowance does not fill up either')
+    assert.equal(s.metrics('v').burstCreditCapacity?.iops, 2000)
+    const after = load(s, clock, 'v', { depth: 8, from: 8000, until: 11_000 })
+    await clock.advance(3000)
+    assert.ok(rate(after.counted, 9, 11) <= 105, `right after the change the volume runs at its limit, not a burst: ${rate(after.counted, 9, 11)}/s`)
+    assert.ok(run.done > 0)
+    // A limit the old policy did not have starts full.
+    s.setPolicy('v', 'v', parseQoSPolicy({ limits: { iops: 100, throughput_mbps: 1 }, burstable: { duration_seconds: 5, iops_multiplier: 2, throughput_multiplier: 2 } }), 'volume')
+    assert.equal(s.metrics('v').burstCredits?.throughputMB, 5)
+    assert.ok((s.metrics('v').burstCredits?.iops ?? 500) < 400, 'the IOPS credits are only what 3 s at the limit left over')
+  })
+
   it('applies a changed policy to operations already waiting', async () => {
     const clock = new ManualClock()
     const s = new QoSScheduler({ clock })

@@ -54,6 +54,21 @@ export class TokenBucket {
     this.#last = now
   }
 
+  /**
+   * Continues where `previous` (the bucket of the same limit this one replaces: the policy
+   * changed) left off, within this bucket's depths: its tokens or debt, and its burst credits
+   * when both allow bursts. A policy change must not refill a drained bucket.
+   */
+  carryFrom (previous: TokenBucket, now: number): void {
+    previous.#refill(now)
+    this.#refill(now)
+    this.#tokens = Math.min(this.depth, previous.#tokens)
+    if (previous.creditCapacity > 0 && this.creditCapacity > 0) {
+      this.#credits = Math.min(this.creditCapacity, previous.#credits)
+      this.#peakTokens = Math.min(this.#peakDepth, previous.#peakTokens)
+    }
+  }
+
   /** Burst credits held now. */
   credits (now: number): number {
     this.#refill(now)

@@ -180,12 +180,17 @@ export class QoSScheduler {
       readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
       writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
     }
+    const previous = new Map(state.buckets.map(([bucket, , , label]) => [label, bucket]))
     state.buckets = []
     for (const [dimension, unit, kind, label] of DIMENSIONS) {
       const rate = values[dimension]
       if (rate === undefined) continue
       const multiplier = burst === undefined ? 1 : unit === 'ops' ? burst.iopsMultiplier : burst.throughputMultiplier
-      state.buckets.push([new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined), unit, kind, label])
+      const bucket = new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined)
+      // A limit the old policy had too keeps its level (a change is not a refill); a new one starts full.
+      const before = previous.get(label)
+      if (before !== undefined) bucket.carryFrom(before, now)
+      state.buckets.push([bucket, unit, kind, label])
     }
     state.limited = state.buckets.length > 0
     state.lanes = [
