@@ -87,6 +87,15 @@ describe('cluster membership (memory transport and coordinator)', () => {
     assert.equal(pong?.header.nodeId, 'node-c')
     await assert.rejects(a.g.cluster?.request('node-z', { kind: 'ping', header: {} }) as Promise<unknown>, { code: 'BACKEND_UNAVAILABLE', message: /node-z is not a member/ })
     await assert.rejects(a.g.cluster?.request('node-b', { kind: 'no-such-kind', header: {} }) as Promise<unknown>, { code: 'NOT_IMPLEMENTED', message: /does not serve no-such-kind/ })
+    // A request that reaches the wrong node (the sender's address for its target is stale) is refused unserved.
+    const addressOfB = (await a.g.clusterStatus()).members.find((m) => m.id === 'node-b')?.address as string
+    const stranger = network.transport('node-x')
+    try {
+      await assert.rejects(stranger.request(addressOfB, { kind: 'ping', header: { toNode: 'node-c' } }), { code: 'BACKEND_UNAVAILABLE', message: /for node node-c to node node-b: its address for node-c is stale/ })
+      assert.equal((await stranger.request(addressOfB, { kind: 'ping', header: { toNode: 'node-b' } })).header.nodeId, 'node-b')
+    } finally {
+      await stranger.close()
+    }
   })
 
   it('a node that dies (its lease expires) turns unhealthy, and the leadership moves to a live node with a greater epoch', async () => {

@@ -9,6 +9,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
 
+/** Header field of a cluster request naming the node it is meant for (see ClusterManager.request). */
+const TO_NODE = 'toNode'
+
 /** How an instance takes part in a cluster (`GalleonFS.open({ cluster })`). */
 export interface ClusterOptions {
   /** Unique in the cluster; letters, digits, `.`, `_` and `-`. */
@@ -277,6 +280,12 @@ export class ClusterManager {
   }
 
   async #dispatch (from: string, request: TransportMessage): Promise<TransportMessage> {
+    // Meant for another node: the sender's address for it is stale (that node moved, or this one
+    // now listens where it did). Refused before anything is done, like an unreachable node.
+    const meant = request.header[TO_NODE]
+    if (typeof meant === 'string' && meant !== this.nodeId) {
+      throw new GalleonError('BACKEND_UNAVAILABLE', `node ${from} sent a ${request.kind} message for node ${meant} to node ${this.nodeId}: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`)
+    }
     const handler = this.#handlers.get(request.kind)
     if (handler === undefined) throw new GalleonError('NOT_IMPLEMENTED', `node ${this.nodeId} does not serve ${request.kind} messages (a newer node talking to an older one?)`)
     return await handler(from, request)
@@ -286,7 +295,8 @@ export class ClusterManager {
   async request (nodeId: string, message: TransportMessage, options?: { timeoutMs?: number, signal?: AbortSignal }): Promise<TransportMessage> {
     const member = this.#members.find((m) => m.id === nodeId)
     if (member === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${nodeId} is not a member of the cluster`)
-    return await this.#options.transport.request(member.address, message, options)
+    // Names the node it is meant for: the receiver refuses it if that is not itself.
+    return await this.#options.transport.request(member.address, { ...message, header: { ...message.header, [TO_NODE]: nodeId } }, options)
   }
 
   /** Whether this node leads the cluster now, with its epoch. */
