@@ -64,6 +64,13 @@ export interface DaemonConfig {
   etcdPrefix: string
   /** A file holding the cluster's shared secret (else GALLEONFS_CLUSTER_SECRET). */
   clusterSecretFile: string | undefined
+  /** etcd user, when etcd has authentication on; its password in etcdPasswordFile or GALLEONFS_ETCD_PASSWORD. */
+  etcdUsername: string | undefined
+  etcdPasswordFile: string | undefined
+  /** PEM files for https etcd endpoints: the CA that signed etcd's certificate, and a client certificate and key. */
+  etcdCaFile: string | undefined
+  etcdCertFile: string | undefined
+  etcdKeyFile: string | undefined
   /** host:port peers reach this node at, when the bind address is a wildcard or behind NAT. */
   advertiseAddress: string | undefined
   /** Seconds a node may be silent before it counts as failed (its volumes fail over). */
@@ -107,6 +114,11 @@ export const DEFAULTS: DaemonConfig = {
   etcdEndpoints: [],
   etcdPrefix: '/galleonfs/',
   clusterSecretFile: undefined,
+  etcdUsername: undefined,
+  etcdPasswordFile: undefined,
+  etcdCaFile: undefined,
+  etcdCertFile: undefined,
+  etcdKeyFile: undefined,
   advertiseAddress: undefined,
   leaseTtlSeconds: 10,
   replicaReplacementDelaySeconds: 600
@@ -133,7 +145,7 @@ export function parseAddress (value: unknown, where: string): { host: string, po
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
@@ -231,6 +243,11 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         break
       case 'zone':
       case 'clusterSecretFile':
+      case 'etcdUsername':
+      case 'etcdPasswordFile':
+      case 'etcdCaFile':
+      case 'etcdCertFile':
+      case 'etcdKeyFile':
         if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'zone'] = value
         break

@@ -19,7 +19,7 @@ import {
 import type { ClusterOptions } from '../src/cluster/manager.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { TcpTransport } from '../backends/tcp/index.js'
-import { EtcdCoordinator } from '../backends/etcd/index.js'
+import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, DAEMON_KEY_PROVIDERS, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
 /** Largest request body accepted. */
@@ -277,6 +277,43 @@ async function clusterSecret (config: DaemonConfig): Promise<string | undefined>
 
 const MIN_SECRET_LENGTH = 16
 
+/**
+ * How this node signs in to etcd: user and password ([cluster] etcd_username, and the password in
+ * etcd_password_file or GALLEONFS_ETCD_PASSWORD), and TLS material for https endpoints. Each node
+ * is given its own: peers tell a joining node where etcd is, never how to sign in.
+ */
+async function etcdAccess (config: DaemonConfig, settings: ClusterSettings): Promise<Pick<EtcdCoordinatorOptions, 'auth' | 'tls'>> {
+  const out: { auth?: EtcdCoordinatorOptions['auth'], tls?: EtcdCoordinatorOptions['tls'] } = {}
+  const password = config.etcdPasswordFile !== undefined ? await readSecret(config.etcdPasswordFile, 'etcd password file') : process.env.GALLEONFS_ETCD_PASSWORD
+  if (config.etcdUsername !== undefined) {
+    if (password === undefined || password === '') throw new ConfigError(`etcd user ${config.etcdUsername} needs its password: put it in a file named by --etcd-password-file (etcd_password_file in [cluster], mode 0600), or in GALLEONFS_ETCD_PASSWORD`)
+    out.auth = { username: config.etcdUsername, password }
+  } else if (config.etcdPasswordFile !== undefined) {
+    throw new ConfigError('an etcd password file is set but no etcd user: add --etcd-username (etcd_username in [cluster])')
+  }
+  if ((config.etcdCertFile === undefined) !== (config.etcdKeyFile === undefined)) throw new ConfigError('an etcd client certificate needs both --etcd-cert-file and --etcd-key-file (etcd_cert_file and etcd_key_file in [cluster])')
+  const https = settings.etcdEndpoints.some((url) => url.startsWith('https://'))
+  if (config.etcdCaFile !== undefined || config.etcdCertFile !== undefined) {
+    if (!settings.etcdEndpoints.every((url) => url.startsWith('https://'))) throw new ConfigError(`etcd TLS files are set, but the etcd endpoints ${settings.etcdEndpoints.join(', ')} are not all https:// URLs`)
+    const read = async (path: string, what: string): Promise<string> => {
+      try {
+        return await readFile(path, 'utf8')
+      } catch (err) {
+        throw new ConfigError(`cannot read the ${what} ${path}: ${(err as Error).message}`)
+      }
+    }
+    const ca = config.etcdCaFile === undefined ? undefined : await read(config.etcdCaFile, 'etcd CA file')
+    if (ca === undefined) throw new ConfigError('an etcd client certificate needs the CA that signed etcd\'s certificate too: add --etcd-ca-file (etcd_ca_file in [cluster])')
+    out.tls = {
+      ca,
+      ...(config.etcdCertFile === undefined ? {} : { cert: await read(config.etcdCertFile, 'etcd client certificate'), key: await readSecret(config.etcdKeyFile as string, 'etcd client key') })
+    }
+  } else if (https) {
+    throw new ConfigError(`the etcd endpoints ${settings.etcdEndpoints.join(', ')} use https: name the CA that signed etcd's certificate with --etcd-ca-file (etcd_ca_file in [cluster])`)
+  }
+  return out
+}
+
 const NO_SECRET = 'clustering needs the cluster\'s shared secret: put it in a file named by secret_file in [cluster] (mode 0600), or in GALLEONFS_CLUSTER_SECRET'
 
 function nodeIdOf (config: DaemonConfig): string {
@@ -296,7 +333,7 @@ async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, 
   const advertise = config.advertiseAddress === undefined ? undefined : parseAddress(config.advertiseAddress, 'advertise address')
   const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
   try {
-    const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix })
+    const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix, ...await etcdAccess(config, settings) })
     return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
   } catch (err) {
     await transport.close().catch(() => {})

@@ -27,6 +27,11 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--zone <zone>', 'this node\'s failure domain (default "default")')
     .option('--labels <pairs>', 'this node\'s labels, comma-separated key=value')
     .option('--cluster-secret-file <file>', 'the cluster\'s shared secret (mode 0600; else GALLEONFS_CLUSTER_SECRET)')
+    .option('--etcd-username <user>', 'etcd user, when etcd has authentication on (password: --etcd-password-file or GALLEONFS_ETCD_PASSWORD)')
+    .option('--etcd-password-file <file>', 'the etcd user\'s password (mode 0600)')
+    .option('--etcd-ca-file <file>', 'PEM of the CA that signed the certificate of https etcd endpoints')
+    .option('--etcd-cert-file <file>', 'PEM client certificate for etcd (with --etcd-key-file), when etcd asks for one')
+    .option('--etcd-key-file <file>', 'PEM key of the etcd client certificate (mode 0600)')
     .option('--advertise-address <host:port>', 'where peers reach this node (needed with a wildcard --bind-address)')
     .option('--lease-ttl-seconds <seconds>', 'seconds a silent node counts as alive; then its volumes fail over (default 10)')
     .option('--replica-replacement-delay-seconds <seconds>', 'seconds a failed node\'s copies wait before the cluster places new ones on other nodes (default 600)')
@@ -125,6 +130,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -6,11 +6,11 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+import { enableEtcdAuth, etcdSkipReason, selfSignedCertificate, startEtcd, type EtcdServer } from './support/etcd.js'
 import { freePort } from './support/net.js'
 
 const SKIP = etcdSkipReason()
@@ -172,6 +172,42 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
     } finally {
       single.child.kill('SIGTERM')
       await single.exited
+    }
+  })
+
+  it('signs in to an etcd with TLS and authentication given the CA, a user and a password file; refuses clearly without them', async () => {
+    const dir = join(root, 'secure-etcd')
+    await mkdir(dir, { recursive: true })
+    const tls = await selfSignedCertificate(dir)
+    const secure = await startEtcd({ tls })
+    try {
+      await enableEtcdAuth(secure.endpoint, 'etcd-root-password', { ca: await readFile(tls.certFile, 'utf8') })
+      const passwordFile = join(dir, 'etcd-password')
+      await writeFile(passwordFile, 'etcd-root-password\n')
+      await chmod(passwordFile, 0o600)
+      const refuse = async (name: string, args: string[], message: RegExp): Promise<void> => {
+        const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', '--storage-path', join(root, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', secure.endpoint, ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: 'the-cluster-secret', GALLEONFS_ETCD_PASSWORD: '' } })
+        let out = ''
+        child.stderr.on('data', (chunk: Buffer) => { out += chunk.toString() })
+        assert.notEqual(await new Promise((resolve) => child.once('exit', resolve)), 0, out)
+        assert.match(out, message)
+      }
+      await refuse('no-ca', [], /use https: name the CA that signed etcd's certificate with --etcd-ca-file/)
+      await refuse('no-user', ['--etcd-ca-file', tls.certFile], /authentication on, and no user was given.*--etcd-username/)
+      await refuse('no-password', ['--etcd-ca-file', tls.certFile, '--etcd-username', 'root'], /etcd user root needs its password/)
+      await refuse('half-cert', ['--etcd-ca-file', tls.certFile, '--etcd-cert-file', tls.certFile], /needs both --etcd-cert-file and --etcd-key-file/)
+      const node = await daemon('secure-a', ['--etcd-endpoints', secure.endpoint, '--etcd-ca-file', tls.certFile, '--etcd-username', 'root', '--etcd-password-file', passwordFile])
+      try {
+        await until('the node is a healthy member of the secured cluster', async () => {
+          const s = await status(node)
+          return s.clustering && s.members.some((m) => m.id === 'secure-a' && m.healthy)
+        })
+      } finally {
+        node.child.kill('SIGTERM')
+        await node.exited
+      }
+    } finally {
+      await secure.stop()
     }
   })
 })

@@ -8,7 +8,10 @@ import { after, test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { EtcdCoordinator, etcdBackend } from '../backends/etcd/index.js'
 import { isGalleonError } from '../src/errors.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { enableEtcdAuth, etcdSkipReason, selfSignedCertificate, startEtcd, type EtcdServer } from './support/etcd.js'
 
 const skip = etcdSkipReason()
 let etcd: Promise<EtcdServer> | undefined
@@ -75,4 +78,61 @@ test('a process that used a handle exits by itself after close()', { skip }, asy
   assert.equal(signal, null, `the child had to be killed: something kept it alive after close()\n${output}`)
   assert.equal(code, 0, output)
   assert.match(output, /closed/)
+})
+
+test('with authentication on in etcd, the right user and password work; none, or a wrong password, fail with PERMISSION_DENIED', { skip }, async () => {
+  const server = await startEtcd()
+  try {
+    await enableEtcdAuth(server.endpoint, 'the-root-password')
+    const authed = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix: '/authed/', auth: { username: 'root', password: 'the-root-password' } })
+    try {
+      await authed.put('key', 'value')
+      assert.equal((await authed.get('key'))?.value, 'value')
+    } finally {
+      await authed.close()
+    }
+    for (const auth of [undefined, { username: 'root', password: 'not-the-password' }, { username: 'nobody', password: 'x' }]) {
+      await assert.rejects(async () => {
+        const coordinator = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix: '/authed/', connectTimeoutMs: 3000, requestTimeoutMs: 3000, ...(auth === undefined ? {} : { auth }) })
+        try {
+          await coordinator.put('key', 'changed')
+        } finally {
+          await coordinator.close()
+        }
+      }, (err: unknown) => {
+        assert.ok(isGalleonError(err, 'PERMISSION_DENIED'), `${JSON.stringify(auth)}: ${String(err)}`)
+        return true
+      })
+    }
+  } finally {
+    await server.stop()
+  }
+})
+
+test('https endpoints work with the CA that signed etcd\'s certificate; without it the connection fails, naming the endpoint', { skip }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'galleon-etcd-tls-'))
+  try {
+    const tls = await selfSignedCertificate(dir)
+    const server = await startEtcd({ tls })
+    try {
+      assert.ok(server.endpoint.startsWith('https://'))
+      const ca = await readFile(tls.certFile, 'utf8')
+      const secure = await EtcdCoordinator.connect({ endpoints: [server.endpoint], tls: { ca } })
+      try {
+        await secure.put('over-tls', 'yes')
+        assert.equal((await secure.get('over-tls'))?.value, 'yes')
+      } finally {
+        await secure.close()
+      }
+      await assert.rejects(EtcdCoordinator.connect({ endpoints: [server.endpoint], connectTimeoutMs: 3000, requestTimeoutMs: 3000 }), (err: unknown) => {
+        assert.ok(isGalleonError(err, 'BACKEND_UNAVAILABLE') || isGalleonError(err, 'INVALID_ARGUMENT'), String(err))
+        assert.ok((err as Error).message.includes(server.endpoint) || (err as Error).message.includes('tls'), (err as Error).message)
+        return true
+      })
+    } finally {
+      await server.stop()
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
 })

@@ -263,8 +263,11 @@ export class EtcdCoordinator extends AbstractCoordinator {
     if (err instanceof GalleonError) return err
     const name = err instanceof Error ? err.name : ''
     const detail = err instanceof Error ? err.message : String(err)
-    if (name === 'EtcdPermissionDeniedError' || name === 'EtcdAuthenticationFailedError' || name === 'EtcdInvalidAuthTokenError') {
+    if (name === 'EtcdPermissionDeniedError' || name === 'EtcdAuthenticationFailedError' || name === 'EtcdInvalidAuthTokenError' || /authentication failed|permission denied/.test(detail)) {
       return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: ${detail}; check the auth username and password and the user's role on the prefix`, { cause: err })
+    }
+    if (/user name is empty/.test(detail)) {
+      return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: it has authentication on, and no user was given; pass auth: { username, password } (the daemon: --etcd-username and --etcd-password-file)`, { cause: err })
     }
     return new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} failed a ${what}: ${detail}; check that etcd is running and reachable at these endpoints (the endpoints option)`, { cause: err })
   }

@@ -1,9 +1,9 @@
 // Starts a throwaway etcd server for tests: free loopback ports, a temporary data directory, waits
 // until it is healthy, and kills it afterwards (also when the test process exits early).
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { chmod, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -57,20 +57,23 @@ async function healthy (endpoint: string): Promise<boolean> {
  * Starts etcd on free loopback ports with a temporary data directory and resolves once `/health`
  * says it is healthy (rejecting, with etcd's last output, if it exits or is not healthy in time).
  */
-export async function startEtcd (options: { timeoutMs?: number } = {}): Promise<EtcdServer> {
+export async function startEtcd (options: { timeoutMs?: number, tls?: { certFile: string, keyFile: string } } = {}): Promise<EtcdServer> {
   const binary = findEtcd()
   if (binary === undefined) throw new Error(etcdSkipReason())
   const timeoutMs = options.timeoutMs ?? 30_000
   let lastError: Error | undefined
   // A port found free can be taken before etcd binds it: try again with new ports.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const [clientPort, peerPort] = [await freePort(), await freePort()]
+    const [clientPort, peerPort, metricsPort] = [await freePort(), await freePort(), await freePort()]
     const dataDir = await mkdtemp(join(tmpdir(), 'galleonfs-etcd-'))
-    const endpoint = `http://127.0.0.1:${clientPort}`
+    const endpoint = `${options.tls === undefined ? 'http' : 'https'}://127.0.0.1:${clientPort}`
     const peer = `http://127.0.0.1:${peerPort}`
+    // Health is asked over plain http on the metrics port (the client port may want TLS).
+    const metrics = `http://127.0.0.1:${metricsPort}`
     const child = spawn(binary, [
       '--name', 't', '--data-dir', dataDir,
-      '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint,
+      '--listen-client-urls', endpoint, '--advertise-client-urls', endpoint, '--listen-metrics-urls', metrics,
+      ...(options.tls === undefined ? [] : ['--cert-file', options.tls.certFile, '--key-file', options.tls.keyFile]),
       '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `t=${peer}`,
       '--logger', 'zap', '--log-outputs', 'stderr', '--log-level', 'warn'
     ], { stdio: ['ignore', 'ignore', 'pipe'] })
@@ -91,7 +94,7 @@ export async function startEtcd (options: { timeoutMs?: number } = {}): Promise<
     const deadline = Date.now() + timeoutMs
     let ok = false
     while (!exited && !ok && Date.now() < deadline) {
-      ok = await healthy(endpoint)
+      ok = await healthy(metrics)
       if (!ok) await sleep(100)
     }
     if (ok && !exited) return { endpoint, dataDir, process: child, stop }
@@ -100,4 +103,35 @@ export async function startEtcd (options: { timeoutMs?: number } = {}): Promise<
     if (!exited) break // not a port clash: retrying will not help
   }
   throw lastError ?? new Error('etcd did not start')
+}
+
+/**
+ * A self-signed certificate for 127.0.0.1 (openssl), written to `dir` as cert.pem and key.pem
+ * (mode 0600); the certificate is its own CA.
+ */
+export async function selfSignedCertificate (dir: string): Promise<{ certFile: string, keyFile: string }> {
+  const certFile = join(dir, 'cert.pem')
+  const keyFile = join(dir, 'key.pem')
+  await new Promise<void>((resolve, reject) => {
+    execFile('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], (err, _stdout, stderr) => {
+      if (err === null) resolve()
+      else reject(new Error(`openssl could not make a certificate: ${stderr}`))
+    })
+  })
+  await chmod(keyFile, 0o600)
+  return { certFile, keyFile }
+}
+
+/** Turns authentication on in a fresh etcd: user root (role root) with `password`. */
+export async function enableEtcdAuth (url: string, password: string, tls?: { ca: string }): Promise<void> {
+  const { Etcd3 } = await import('etcd3')
+  const admin = new Etcd3({ hosts: [url], ...(tls === undefined ? {} : { credentials: { rootCertificate: Buffer.from(tls.ca) } }) })
+  try {
+    await admin.role('root').create().catch(() => {}) // built in on some etcd versions
+    await admin.user('root').create(password)
+    await admin.user('root').addRole('root')
+    await admin.auth.authEnable()
+  } finally {
+    admin.close()
+  }
 }
