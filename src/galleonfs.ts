@@ -664,8 +664,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
     }
-    // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
-    this.#nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
     const mounts = mountControl(this.#mounts).mountsOf(record.id)
     if (mounts.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
@@ -679,6 +677,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         // Refusals first: once the record is gone, the other copies go too.
         const clones = this.#catalog.clonesOf(record.id)
         if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+        // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
+        this.#nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
         await this.#replication.unregister(record.id)
       }
       // A migration of the volume is cancelled: copying data that is about to go is pointless.
@@ -689,7 +689,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
         await mountControl(this.#mounts).release(record.id)
         await this.#deleteChecked(record, options)
-      }, true)
+      }, 'the volume is being deleted')
     } finally {
       this.#goingAway.delete(record.id)
     }
@@ -792,7 +792,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (replication.forwards(record.id)) {
       return (await this.#forward(record, { op: 'expandVolume', sizeBytes })).header.volume as Volume
     }
-    return await this.#admin(async () => {
+    // After a conversion of this copy (see #convergeCopy): it copies a fixed size.
+    return await this.#adminAfterMigration(record.id, async () => {
       const current = this.#catalog.resolve(record.id)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       // The primary role may have moved while the call waited for its turn.
@@ -812,7 +813,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const updated = await this.#catalog.updateVolume(record.id, { sizeBytes })
       this.#volumeBlocks(updated).sizeBytes = sizeBytes
       this.emit('volume:expanded', this.#volumeView(updated), record.sizeBytes)
-    }, true)
+    }, 'the primary expanded the volume; the conversion of this copy starts again after it')
   }
 
   /**
@@ -944,6 +945,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         // the same call again only moves it.
         await this.#checkNodeTarget(node)
         const record = this.#catalog.resolve(vol)
+        // Refused up front what the class step would make impossible for the move after it.
+        const wanted = target.storageClass === undefined ? undefined : this.#catalog.storageClass(target.storageClass)
+        if (wanted !== undefined && classReplicas(wanted) > Math.max(1, record.replicas)) {
+          throw new GalleonError('INVALID_ARGUMENT', `storage class ${wanted.name} keeps ${classReplicas(wanted)} copies and places them itself, so a node for this one cannot be named with it; migrate to ${wanted.name} first, then move this node's copy with { node } to a node without one`)
+        }
+        if (record.replication !== undefined && this.#replication?.status(record.id)?.nodes.includes(node) === true) {
+          throw new GalleonError('INVALID_ARGUMENT', `node ${node} holds a copy of volume ${record.name} already; move this node's copy to a node without one`)
+        }
         const there = (target.storageClass === undefined || target.storageClass === record.storageClass) && (target.pool === undefined || target.pool === record.pool)
         if (!there) await this.#migrateVolume(vol, { ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }), ...(target.pool === undefined ? {} : { pool: target.pool }) }, control)
         return await this.#migrateToNode(vol, node, control)
@@ -1218,23 +1227,30 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const replicas = classReplicas(storageClass)
     assertClassSupported(storageClass, replicas, true)
     if (this.#reshaping.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is migrating already; wait for that migration, or cancel it`)
-    const converting = this.#copyConversions.get(record.id)
-    if (converting !== undefined || this.#migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
     // The class in the cluster's record is the volume's; a copy may still be on its way to it.
     const spec = replication.spec(record.id)
     const currentClass = spec?.storageClass ?? record.storageClass
     const currentPool = spec === undefined ? record.pool : spec.pool
     const pool = this.#pools.choose(target.pool, storageClass)
     const poolName = pool?.name ?? currentPool
+    // The record names the target already: done, or an earlier call that failed or stopped
+    // waiting left copies to convert; then this call waits for them (retrying failed ones).
+    let resume = false
     if (storageClass.name === currentClass && poolName === currentPool) {
-      throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
+      const seen = await replication.copyLayouts(record.id)
+      resume = seen !== undefined && seen.layouts.some((l) => l.busy || !l.converged || l.error !== undefined)
+      if (!resume) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
+    } else {
+      const converting = this.#copyConversions.get(record.id)
+      if (converting !== undefined || this.#migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
     }
     if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
     if (storageClass.parameters.encryption === 'true') await this.#keys.provider()
     const placement = pool === undefined ? classPlacement(storageClass) : poolPlacement(pool, classPlacement(storageClass))
     this.#reshaping.add(record.id)
     try {
-      const before = await replication.reshape(record.id, { storageClass: storageClass.name, replicas, keep: this.#cluster?.nodeId, ...(poolName === undefined ? {} : { pool: poolName }) }, placement)
+      const change = { storageClass: storageClass.name, replicas, ...(poolName === undefined ? {} : { pool: poolName }) }
+      const before = resume ? undefined : await replication.reshape(record.id, { ...change, keep: this.#cluster?.nodeId }, placement)
       const blocks = Math.ceil(record.sizeBytes / record.blockSize)
       const failures = new Map<string, number>()
       const aborted = (): boolean => signal?.aborted === true
@@ -1247,7 +1263,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           const seen = await replication.copyLayouts(record.id, true)
           if (seen === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} was deleted while it migrated`)
           if (seen.record.spec.storageClass !== storageClass.name) throw new GalleonError('BUSY', `the storage class of volume ${record.name} was changed to ${seen.record.spec.storageClass} by another call meanwhile`)
-          const converted = seen.layouts.filter((l) => l.storageClass === storageClass.name && !l.busy).length
+          // Converted: the copy's node has read the new record and its copy is laid out by it.
+          const converted = seen.layouts.filter((l) => !l.busy && l.converged && l.spec?.storageClass === storageClass.name && l.spec.pool === poolName).length
           if (converted !== reported) {
             reported = converted
             const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'copy', blocksDone: converted * blocks, blocksTotal: seen.layouts.length * blocks, pass: 1 }
@@ -1269,7 +1286,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         }
       } catch (err) {
         if (err instanceof GalleonError && err.code === 'CANCELLED') {
-          await replication.unshape(record.id, before).catch(() => {})
+          if (before === undefined) throw new GalleonError('CANCELLED', `stopped waiting for the copies of volume ${record.name}; they go on converting to storage class ${storageClass.name} in the background`)
+          await replication.unshape(record.id, before, change).catch(() => {})
           throw new GalleonError('CANCELLED', `the migration of volume ${record.name} was cancelled; its copies return to storage class ${currentClass}`)
         }
         throw err
@@ -1277,8 +1295,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'done', blocksDone: blocks * replicas, blocksTotal: blocks * replicas, pass: 1 }
       this.emit('volume:migration-progress', event)
       onProgress?.(event)
-      const volume = this.#volumeView(this.#catalog.resolve(record.id))
-      this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
+      // This node's copy may have been one the class no longer keeps.
+      const latest = this.#recordById(record.id)
+      const volume = latest !== undefined && latest.state !== VolumeState.Deleting
+        ? this.#volumeView(latest)
+        : { ...toVolume(record), storageClass: storageClass.name, replicas, encrypted: storageClass.parameters.encryption === 'true', ...(poolName === undefined ? {} : { pool: poolName }) }
+      this.emit('volume:migrated', volume, { storageClass: currentClass, ...(currentPool === undefined ? {} : { pool: currentPool }) })
       return volume
     } finally {
       this.#reshaping.delete(record.id)
@@ -1300,7 +1322,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (running.storageClass !== spec.storageClass) running.abort.abort(new GalleonError('CANCELLED', `the cluster's record of volume ${record.name} names storage class ${spec.storageClass} now`))
       return
     }
-    if (record.storageClass === spec.storageClass && record.replicas === spec.replicas) {
+    if (this.#copyMatches(record, spec)) {
       this.#copyConversionErrors.delete(volumeId)
       return
     }
@@ -1329,13 +1351,23 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     })()
   }
 
+  /** The pool this node's copy belongs in by `spec`: the record's pool where this node has one of that name, else the one it is in. */
+  #copyPool (record: VolumeRecord, spec: VolumeSpec): string | undefined {
+    return spec.pool !== undefined && this.#catalog.pool(spec.pool) !== undefined ? spec.pool : record.pool
+  }
+
+  /** This node's copy is laid out as `spec` says: class, copies and pool. */
+  #copyMatches (record: VolumeRecord, spec: VolumeSpec): boolean {
+    return record.storageClass === spec.storageClass && record.replicas === spec.replicas && this.#copyPool(record, spec) === record.pool
+  }
+
   async #convertCopy (volumeId: string, spec: VolumeSpec, signal: AbortSignal): Promise<void> {
     const storageClass = this.#catalog.storageClass(spec.storageClass)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} moves to; create it on every node of the cluster`)
     const record = this.#catalog.resolve(volumeId)
     const encrypted = storageClass.parameters.encryption === 'true'
     // Like a new copy: counted in this node's pool of the record's name, if it has one.
-    const pool = spec.pool !== undefined && this.#catalog.pool(spec.pool) !== undefined ? spec.pool : record.pool
+    const pool = this.#copyPool(record, spec)
     if (encrypted === (record.encrypted === true) && pool === record.pool) {
       await this.#admin(async () => {
         const updated = await this.#catalog.updateVolume(volumeId, { storageClass: spec.storageClass, replicas: spec.replicas })
@@ -1405,11 +1437,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * running migration to end, whatever its outcome, then runs in the admin queue. Waiting happens
    * outside the queue (the migration's switch-over needs it). `cancel`: cancel the migration instead.
    */
-  async #adminAfterMigration<T> (volumeId: string, task: () => Promise<T>, cancel = false): Promise<T> {
+  async #adminAfterMigration<T> (volumeId: string, task: () => Promise<T>, cancel: false | string = false): Promise<T> {
     const again = Symbol('again')
     for (;;) {
       const running = this.#migrations.get(volumeId)
-      if (running !== undefined && cancel) running.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
+      if (running !== undefined && cancel !== false) running.abort.abort(new GalleonError('CANCELLED', cancel))
       if (running !== undefined) await running.done
       const result = await this.#admin(async () => this.#migrations.has(volumeId) ? again : await task())
       if (result !== again) return result as T
@@ -2816,7 +2848,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           if (record === undefined || record.state === VolumeState.Deleting) return
           await mountControl(this.#mounts).release(id)
           await this.#destroy(record, true)
-        }, true)
+        }, 'this copy is being deleted')
       },
       savePosition: async (id, position) => {
         if (this.#closed && this.#closing === undefined) return
@@ -2833,25 +2865,28 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           const stale = this.#catalog.snapshots(id).find((snapshot) => snapshot.name === name)
           if (stale !== undefined) await this.#dropReplicaSnapshot(record, stale)
           this.emit('snapshot:created', this.#toSnapshot(await this.#takeSnapshot(record, name, false, snapshotId)))
-        }, true)
+        }, 'the primary took a snapshot; the conversion of this copy starts again after it')
       },
       applyDeleteSnapshot: async (id, snapshotId) => {
         await this.#adminAfterMigration(id, async () => {
           const snapshot = this.#catalog.snapshotById(snapshotId)
           if (snapshot === undefined || snapshot.volumeId !== id) return
           await this.#dropReplicaSnapshot(this.#catalog.resolve(id), snapshot)
-        }, true)
+        }, 'the primary deleted a snapshot; the conversion of this copy starts again after it')
       },
       applyExpand: async (id, sizeBytes) => { await this.#applyExpand(id, sizeBytes) },
       copyLayout: (id, retry) => {
         const record = this.#recordById(id)
         const failed = this.#copyConversionErrors.get(id)
+        const spec = this.#replication?.spec(id)
+        const held = record === undefined || record.state === VolumeState.Deleting ? undefined : record
         const layout = {
-          ...(record === undefined || record.state === VolumeState.Deleting ? {} : { storageClass: record.storageClass }),
+          ...(held === undefined ? {} : { storageClass: held.storageClass }),
           busy: this.#copyConversions.has(id),
+          ...(spec === undefined ? {} : { spec: { storageClass: spec.storageClass, ...(spec.pool === undefined ? {} : { pool: spec.pool }) } }),
+          converged: held !== undefined && spec !== undefined && this.#copyMatches(held, spec),
           ...(failed === undefined ? {} : { error: { code: failed.code, message: failed.message } })
         }
-        const spec = this.#replication?.spec(id)
         if (retry && failed !== undefined && spec !== undefined) this.#convergeCopy(id, spec, true)
         return layout
       },
@@ -2870,7 +2905,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           if (snapshot === undefined || snapshot.volumeId !== id) throw new GalleonError('SNAPSHOT_NOT_FOUND', `node ${this.#cluster?.nodeId ?? ''} has no copy of snapshot ${snapshotId} of volume ${record.name} to revert to`)
           const reverted = await this.#engine.revert(this.#volumeBlocks(record), viewOf(snapshot) as View)
           this.emit('snapshot:restored', this.#volumeView(record), this.#toSnapshot(snapshot), reverted)
-        }, true)
+        }, 'the primary reverted the volume; the conversion of this copy starts again after it')
       },
       exclusive: async (task) => await this.#admin(task),
       serveForwarded: async (id, request, payload) => await this.#serveForwarded(id, request, payload),

@@ -311,10 +311,11 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         let where = await placement()
         outcomes.push(`${context}: move ${outcome}; then ${where.nodes.join('+')}, primary ${where.primary}`)
         if (where.nodes.length > 1) {
+          // As a user would: the same move again, from the node the volume was leaving.
           await until(`${context}: both copies in sync`, async () => (await placement()).inSync.length === 2, 90_000)
+          await api(node(from), 'POST', '/v1/volumes/moving/migrate', { node: to })
           where = await placement()
-          await api(node(where.primary), 'POST', '/v1/volumes/moving/migrate', { node: other(where.primary) })
-          where = await placement()
+          assert.equal(where.primary, to, `${context}: the move finished on ${to}`)
         }
         assert.equal(where.nodes.length, 1, `${context}: one copy at the end, not ${where.nodes.join(', ')}`)
         holder = where.primary

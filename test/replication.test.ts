@@ -336,7 +336,6 @@ describe('replication (memory transport, on-disk nodes)', () => {
       assert.equal(volume.storageClass, 'secret-double', `class on ${node.id}`)
       assert.equal(volume.encrypted, true, `the copy on ${node.id} is encrypted`)
       assert.equal(volume.id, created.id)
-      assert.equal(node.g.getVolumeEncryption !== undefined, true)
     }
     for (const [index, seed] of acked) assert.deepEqual(await n1.g.readBlock('reshaped', index), block(seed), `block ${index}`)
     assert.deepEqual(await n2.g.readBlock('reshaped', 0), block(300))
@@ -417,6 +416,53 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const [id, data] of copiesHeld) assert.deepEqual(data, expected, `copy on ${id}`)
   })
 
+  it('a replicated volume changes pool on every copy; snapshots and expansions during a conversion wait or restart it, and nothing is lost', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2] = nodes as [Node, Node, Node]
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+      await node.g.createStorageClass({ name: 'secret-triple', parameters: { replication: '3', encryption: 'true' } })
+      await node.g.createPool({ name: 'left', capacityBytes: '1G' })
+      await node.g.createPool({ name: 'right', capacityBytes: '1G' })
+    }
+    await n1.g.createVolume({ name: 'pooled', sizeBytes: '4M', storageClass: 'triple', pool: 'left' })
+    const run = new Uint8Array(64 * 4096)
+    for (let at = 0; at < 1024; at += 64) {
+      for (let i = 0; i < 64; i++) run.set(block(at + i), i * 4096)
+      await n1.g.write('pooled', at * 4096, run, WriteConcern.WriteReplicated)
+    }
+    const moved = await n2.g.migrateVolume('pooled', { pool: 'right' })
+    assert.equal(moved.pool, 'right')
+    for (const node of nodes) assert.equal((await node.g.getVolume('pooled')).pool, 'right', `the copy on ${node.id} is in pool right`)
+    await expectRejects(n2.g.migrateVolume('pooled', { pool: 'right' }), 'INVALID_ARGUMENT')
+
+    // During the conversion to an encrypting class: a snapshot (the copies' conversions start again
+    // after it) and an expansion (it waits for the primary's conversion).
+    let during: Promise<unknown> | undefined
+    n1.g.on('volume:migration-progress', (e) => {
+      if (during !== undefined || e.volumeName !== 'pooled' || e.phase !== 'copy') return
+      during = (async () => {
+        await n1.g.createSnapshot('pooled', 'mid')
+        await n1.g.expandVolume('pooled', 8 << 20)
+        await n1.g.writeBlock('pooled', 1500, block(1500), WriteConcern.WriteReplicated)
+      })()
+    })
+    const secret = await n2.g.migrateVolume('pooled', { storageClass: 'secret-triple' })
+    assert.ok(during !== undefined, 'the snapshot and the expansion were asked for during the conversion')
+    await during
+    assert.equal(secret.encrypted, true)
+    await until('every copy has the new size and the snapshot', async () => (await Promise.all(nodes.map(async (n) => {
+      const v = await n.g.getVolume('pooled')
+      return v.sizeBytes === 8 << 20 && v.encrypted && (await n.g.listSnapshots('pooled')).some((snap) => snap.name === 'mid')
+    }))).every(Boolean))
+    await until('the copies are in sync', async () => (await n1.g.replicationStatus('pooled')).inSync.length === 3)
+    const expected = await n1.g.read('pooled', 0, 8 << 20)
+    assert.deepEqual(expected.subarray(1500 * 4096, 1501 * 4096), block(1500))
+    assert.deepEqual(expected.subarray(7 * 4096, 8 * 4096), block(7))
+    const held = await copies(nodes, 'pooled', 8 << 20)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)
+  })
+
   it('one call moves a 1-copy volume into an encrypting class with 3 copies, and another moves a volume to a node and a class', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2] = nodes as [Node, Node, Node]
@@ -439,6 +485,7 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await n1.g.createVolume({ name: 'travel', sizeBytes: '128K' })
     for (let i = 0; i < 16; i++) await n1.g.writeBlock('travel', i, block(i + 70), WriteConcern.WriteDurable)
     await expectRejects(n1.g.migrateVolume('travel', { node: 'nowhere', storageClass: 'secret-one' }), 'INVALID_ARGUMENT')
+    await expectRejects(n1.g.migrateVolume('travel', { node: 'n2', storageClass: 'secret-triple' }), 'INVALID_ARGUMENT')
     assert.equal((await n1.g.getVolume('travel')).encrypted, false, 'a bad node changes nothing')
     const moved = await n1.g.migrateVolume('travel', { node: 'n2', storageClass: 'secret-one' })
     assert.equal(moved.storageClass, 'secret-one')

@@ -57,7 +57,8 @@ export class TokenBucket {
   /**
    * Continues where `previous` (the bucket of the same limit this one replaces: the policy
    * changed) left off, within this bucket's depths: its tokens or debt, and its burst credits
-   * when both allow bursts. A policy change must not refill a drained bucket.
+   * when both allow bursts (a limit that starts allowing them starts with none). A policy change
+   * must not refill a drained bucket.
    */
   carryFrom (previous: TokenBucket, now: number): void {
     previous.#refill(now)
@@ -66,6 +67,9 @@ export class TokenBucket {
     if (previous.creditCapacity > 0 && this.creditCapacity > 0) {
       this.#credits = Math.min(this.creditCapacity, previous.#credits)
       this.#peakTokens = Math.min(this.#peakDepth, previous.#peakTokens)
+    } else if (this.creditCapacity > 0) {
+      // Bursts allowed from now on: credits are earned from now on, not given.
+      this.#credits = 0
     }
   }
 

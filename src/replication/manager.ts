@@ -92,6 +92,10 @@ export interface CopyLayout {
   readonly storageClass?: string
   /** A conversion to the record's class is running. */
   readonly busy: boolean
+  /** The class (and pool) of the record as this node last read it. */
+  readonly spec?: { readonly storageClass: string, readonly pool?: string }
+  /** The copy is laid out as that record says (class, copies and, where this node has it, pool). */
+  readonly converged: boolean
   /** Why the last conversion failed, if it did. */
   readonly error?: { readonly code: string, readonly message: string }
 }
@@ -569,12 +573,17 @@ export class ReplicationManager {
     return before
   }
 
-  /** Puts a volume's record back as `reshape` found it (the class, copies and placement; not the nodes that were dropped). */
-  async unshape (volumeId: string, before: ReplicaSetRecord): Promise<void> {
+  /**
+   * Puts a volume's record back as `reshape` found it (the class, copies, pool and placement; not
+   * the nodes that were dropped), unless another change than `change` was made to it since.
+   */
+  async unshape (volumeId: string, before: ReplicaSetRecord, change: { storageClass: string, replicas: number, pool?: string }): Promise<void> {
     await this.update(volumeId, (r) => {
+      if (r.spec.storageClass !== change.storageClass || r.spec.replicas !== change.replicas || r.spec.pool !== change.pool) return undefined
       const { placement: _placement, ...rest } = r
+      const { pool: _pool, ...spec } = r.spec
       const nodes = r.nodes.filter((n) => n === r.primary || before.nodes.includes(n))
-      return { ...rest, spec: { ...r.spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
+      return { ...rest, spec: { ...spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
     })
   }
 
@@ -590,7 +599,7 @@ export class ReplicationManager {
         return { node, ...(reply.header as unknown as CopyLayout) }
       } catch (err) {
         // Not an answer about the copy: asked again on the next poll.
-        return { node, busy: true, unreachable: `node ${node} did not answer: ${(err as Error)?.message ?? String(err)}` }
+        return { node, busy: true, converged: false, unreachable: `node ${node} did not answer: ${(err as Error)?.message ?? String(err)}` }
       }
     }))
     return { record, layouts }
@@ -668,11 +677,12 @@ export class ReplicationManager {
     if (revision < set.revision) return
     set.record = record
     set.revision = revision
-    this.#host.applySpec(set.volumeId, record.spec)
     if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#handingOff && !this.#moving.has(set.volumeId) && !this.#closed) {
       void this.#dropStale(set, record)
       return
     }
+    // Only a copy the record keeps takes up its settings (a dropped one would start converting).
+    if (record.nodes.includes(this.nodeId) || record.primary === this.nodeId) this.#host.applySpec(set.volumeId, record.spec)
     if (record.epoch > set.knownEpoch) set.knownEpoch = record.epoch
     const mine = record.primary === this.nodeId
     if (set.primary !== undefined) {
@@ -1239,7 +1249,12 @@ class Primary implements VolumeReplicator {
   get volumeId (): string { return this.#set.volumeId }
   get blocks (): VolumeBlocks { return this.#blocks }
   /** The local copy moved to new storage (a live migration's switch-over, with writes paused). */
-  rebind (blocks: VolumeBlocks): void { this.#blocks = blocks }
+  rebind (blocks: VolumeBlocks): void {
+    this.#blocks = blocks
+    // A resync reads the old storage at its private cut, which did not move: it starts over, and
+    // compares everything (what it sent so far is not to be trusted).
+    for (const link of this.#links.values()) if (link.state === 'resyncing') link.restart('the primary\'s copy moved to new storage', true)
+  }
   get setRecord (): ReplicaSetRecord { return this.#record }
   get manager (): ReplicationManager { return this.#manager }
   get stopped (): boolean { return this.#stopped !== undefined }
@@ -1508,6 +1523,9 @@ class Link {
     this.#wake?.()
   }
 
+  /** The storage the running resync reads (see #resync). */
+  #source: VolumeBlocks | undefined
+
   /** Drops the stream and resyncs (with digests when `digest`). */
   restart (why: string, digest: boolean): void {
     if (digest) this.#forceDigest = true
@@ -1714,8 +1732,12 @@ class Link {
     // replaying the stream on top gives the copy exactly the primary's history.
     let cut = 0
     let snapshots: SnapshotInfo[] = []
-    const pinSize = primary.blocks.sizeBytes
-    const pin = await host.exclusive(async () => await engine.snapshot(primary.blocks, () => {
+    // The storage read from, fixed for the whole resync (the primary's copy may move meanwhile: then
+    // reads at the cut fail, and the resync starts over on the new storage).
+    const source = primary.blocks
+    this.#source = source
+    const pinSize = source.sizeBytes
+    const pin = await host.exclusive(async () => await engine.snapshot(source, () => {
       this.#resetStream()
       this.#collecting = true
       cut = primary.seq
@@ -1724,7 +1746,7 @@ class Link {
     try {
       await this.#resyncFrom(theirs, cut, snapshots, pin, pinSize)
     } finally {
-      await engine.dropSnapshot(primary.blocks, pin).catch(() => {})
+      await engine.dropSnapshot(source, pin).catch(() => {})
     }
   }
 
@@ -1743,7 +1765,8 @@ class Link {
     const have = new Set(theirs.snapshots)
     const views: Array<{ snapshot?: SnapshotInfo }> = [...snapshots.filter((s) => !have.has(s.id)).map((snapshot) => ({ snapshot })), {}]
     const changed = delta ? primary.changedSince(theirs.seq) : undefined
-    const blockCount = Math.ceil(primary.blocks.sizeBytes / bs)
+    const source = this.#source ?? primary.blocks
+    const blockCount = Math.ceil(source.sizeBytes / bs)
     this.#progress = { mode: delta ? 'delta' : 'digest', blocksDone: 0, blocksTotal: (changed?.length ?? blockCount) * views.length, blocksSent: 0 }
     for (const view of views) {
       const at = view.snapshot?.gen ?? pin
@@ -1758,7 +1781,7 @@ class Link {
           const count = Math.min(DIGEST_BLOCKS_PER_MESSAGE, blockCount - first)
           const [remote, local] = await Promise.all([
             this.#call('repl:digests', { first, count }),
-            digestRange(engine, primary.blocks, first, count, at, viewSize)
+            digestRange(engine, source, first, count, at, viewSize)
           ])
           const remoteIndices = remote.header.indices as number[]
           const remoteDigests = remote.payload ?? new Uint8Array(0)
@@ -1802,7 +1825,7 @@ class Link {
     const zero: number[] = []
     for (const index of indices) {
       if (index * bs >= viewSize) { zero.push(index); continue }
-      const block = await engine.read(this.#primary.blocks, index * bs, bs, view)
+      const block = await engine.read(this.#source ?? this.#primary.blocks, index * bs, bs, view)
       if (isZero(block)) zero.push(index)
       else { withData.push(index); data.push(block) }
     }

@@ -224,18 +224,41 @@ export class Catalog {
     return record
   }
 
+  /** Writes of each volume's record, chained: each reads the record the one before it left. */
+  readonly #recordWrites = new Map<string, Promise<unknown>>()
+
+  /**
+   * Runs `task` (a read-modify-write of a volume's record) after every earlier one of the same
+   * volume: two writers that overlap (a replica saving its position while a migration switches the
+   * volume over) must not store a copy of the record the other has replaced.
+   */
+  async #serial<T> (id: string, task: () => Promise<T>): Promise<T> {
+    const before = this.#recordWrites.get(id) ?? Promise.resolve()
+    const run = before.then(task, task)
+    const settled = run.catch(() => {})
+    this.#recordWrites.set(id, settled)
+    void settled.then(() => { if (this.#recordWrites.get(id) === settled) this.#recordWrites.delete(id) })
+    return await run
+  }
+
   /** Persists changed fields of a volume. */
   async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
-    const current = this.#volumes.get(id)
-    if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
-    const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
-    await this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC)
-    this.#volumes.set(id, record)
-    return record
+    return await this.#serial(id, async () => {
+      const current = this.#volumes.get(id)
+      if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
+      const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
+      await this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC)
+      this.#volumes.set(id, record)
+      return record
+    })
   }
 
   /** Removes a volume record and its snapshots' records in one batch. */
   async deleteVolume (id: string): Promise<void> {
+    await this.#serial(id, async () => { await this.#deleteVolume(id) })
+  }
+
+  async #deleteVolume (id: string): Promise<void> {
     const record = this.#volumes.get(id)
     if (record === undefined) return
     const snapshots = [...this.#volumeSnapshots(id).keys()]
@@ -288,6 +311,10 @@ export class Catalog {
    * A crash leaves either all of it or none.
    */
   async commitMigration (volumeId: string, change: MigrationSwitch, snapshotGens: ReadonlyMap<string, number>, extra: readonly object[] = []): Promise<VolumeRecord> {
+    return await this.#serial(volumeId, async () => await this.#commitMigration(volumeId, change, snapshotGens, extra))
+  }
+
+  async #commitMigration (volumeId: string, change: MigrationSwitch, snapshotGens: ReadonlyMap<string, number>, extra: readonly object[]): Promise<VolumeRecord> {
     const current = this.#volumes.get(volumeId)
     if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} no longer exists`)
     const { pool: _pool, source: _source, ...rest } = current
