@@ -982,7 +982,9 @@ export class ReplicationManager {
             set.position = { epoch: 0, seq: 0 }
             throw err
           }
-          await this.#host.engine.flush()
+          // The writes were synced with their data (#issueAll, durable); a store without syncs,
+          // or a batch of other changes, is flushed here.
+          if (!this.#host.engine.store.supports.durableSync || !changesOnlyData(request.header.changes)) await this.#host.engine.flush()
           if (position.epoch > set.durable.epoch || (position.epoch === set.durable.epoch && position.seq > set.durable.seq)) set.durable = position
           this.#savePositionSoon(set)
         }
@@ -1003,7 +1005,7 @@ export class ReplicationManager {
       const changes = decodeChanges(header.changes, payload)
       const blocks = this.#copy(set)
       // Issued in order here; the reply waits (outside the chain) until they are applied and durable.
-      const { done: applied } = await this.#issueAll(set, blocks, changes)
+      const { done: applied } = await this.#issueAll(set, blocks, changes, true)
       set.position = { epoch, seq: from + changes.length - 1 }
       const reply: TransportMessage = { kind: 'applied', header: { seq: set.position.seq } }
       this.#pendingApply.set(reply, applied)
@@ -1134,8 +1136,11 @@ export class ReplicationManager {
    * a snapshot waits for everything before it. Resolves, once all are issued, to a promise of
    * their completion.
    */
-  async #issueAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[]): Promise<{ done: Promise<void> }> {
+  async #issueAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[], durable = false): Promise<{ done: Promise<void> }> {
     const engine = this.#host.engine
+    // Durable: the batch's writes go to the journal as one synced group (the copy's acknowledgement
+    // needs them on disk anyway; one sync with the data instead of a second one after it).
+    const concern = durable && engine.store.supports.durableSync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
     let pending: Array<Promise<void>> = []
     const settle = async (waiting: Array<Promise<void>>): Promise<void> => {
       const results = await Promise.allSettled(waiting)
@@ -1144,9 +1149,9 @@ export class ReplicationManager {
     }
     for (const change of changes) {
       if (change.type === 'write') {
-        pending.push(engine.write(blocks, change.offset, change.data, WriteConcern.WriteAcknowledged))
+        pending.push(engine.write(blocks, change.offset, change.data, concern))
       } else if (change.type === 'trim') {
-        pending.push(engine.trim(blocks, change.offset, change.length, WriteConcern.WriteAcknowledged))
+        pending.push(engine.trim(blocks, change.offset, change.length, concern))
       } else {
         const before = pending
         pending = []
@@ -1848,4 +1853,12 @@ class Link {
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError })
     }
   }
+}
+
+/** Whether a stream batch (as its header lists it) holds only writes and trims. */
+function changesOnlyData (changes: unknown): boolean {
+  return Array.isArray(changes) && changes.every((c) => {
+    const type = (c as { t?: unknown } | null)?.t
+    return type === 'w' || type === 't'
+  })
 }
