@@ -1149,11 +1149,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const replication = this.#replication
     if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `moving a volume to node ${node} needs a cluster, and this instance is not in one; join one (joinCluster) first`)
     if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the migration was cancelled before it started')
+    let wasLocal = false
     const record = await this.#admin(async () => {
       const current = this.#catalog.resolve(vol)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       if (this.#migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
       if (current.replication !== undefined) return current
+      wasLocal = true
       if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it, which would stay here; delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
       if (mountControl(this.#mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted here; unmount it before moving it to node ${node}`)
@@ -1190,6 +1192,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     try {
       await moving
     } catch (err) {
+      // A volume that was local before this call is local again when the move did not happen.
+      if (wasLocal && !this.#closed) await this.#unreplicate(record.id, node).catch(() => {})
       if (abort.signal.aborted && err instanceof GalleonError && err.code === 'CANCELLED' && abort.signal.reason instanceof GalleonError) {
         throw new GalleonError('CANCELLED', `moving volume ${record.name} to node ${node} stopped: ${abort.signal.reason.message}; its copy there is being removed, the volume stays here`)
       }
@@ -1203,6 +1207,20 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const moved = { ...before, state: VolumeState.Available }
     this.emit('volume:migrated', moved, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
     return moved
+  }
+
+  /** A 1-copy volume whose move to `node` did not happen: local again (see ReplicationManager.dissolve). */
+  async #unreplicate (volumeId: string, node: string): Promise<void> {
+    const replication = this.#replication
+    if (replication === undefined) return
+    await this.#admin(async () => {
+      const current = this.#recordById(volumeId)
+      if (current === undefined || current.state === VolumeState.Deleting || current.replication === undefined) return
+      await replication.dissolve(volumeId, [node], async () => {
+        const updated = await this.#catalog.updateVolume(volumeId, { replication: undefined })
+        this.#applyQoS(updated)
+      })
+    })
   }
 
   /**

@@ -511,7 +511,9 @@ describe('replication (memory transport, on-disk nodes)', () => {
     n1.g.on('replication:replica-added', onAdded)
     await expectRejects(n1.g.migrateVolume('mover', { node: 'n2' }, { signal: abort.signal }), 'CANCELLED')
     n1.g.off('replication:replica-added', onAdded)
-    assert.deepEqual([...(await n1.g.replicationStatus('mover')).nodes], ['n1'])
+    const afterCancel = await n1.g.replicationStatus('mover')
+    assert.deepEqual([...afterCancel.nodes], ['n1'])
+    assert.equal(afterCancel.epoch, undefined, 'the volume is a local one again, with no cluster record')
     await until('n2 has no copy', async () => await n2.g.getVolume('mover').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
     assert.deepEqual(await n1.g.readBlock('mover', 0), block(700))
     const progress: number[] = []

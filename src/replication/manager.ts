@@ -473,6 +473,34 @@ export class ReplicationManager {
     }))
   }
 
+  /**
+   * Makes a replicated volume whose only copy is this node's (and which wants one) a local volume
+   * again: its primary stops, the caller clears the local record's replication (`local`), then the
+   * cluster's record goes and the nodes that held copies of it (`formerNodes`: a move that was
+   * given up) are told to delete theirs. Returns false, changing nothing, when the record keeps
+   * other copies or another primary.
+   */
+  async dissolve (volumeId: string, formerNodes: readonly string[], local: () => Promise<void>): Promise<boolean> {
+    const entry = await this.#coordinator.get(recordKey(volumeId))
+    const record = entry === undefined ? undefined : parseRecord(entry.value)
+    if (entry === undefined || record === undefined) return false
+    if (record.primary !== this.nodeId || record.spec.replicas !== 1 || record.nodes.length !== 1 || record.nodes[0] !== this.nodeId) return false
+    const set = this.#sets.get(volumeId)
+    if (set !== undefined) {
+      this.#retire(set, 'the volume is local again')
+      this.#sets.delete(volumeId)
+      clearTimeout(set.saveTimer)
+    }
+    // The local record first: a crash after it leaves at worst a record nobody uses in the
+    // coordinator, never a local copy that waits for a record that is gone.
+    await local()
+    await this.#coordinator.delete(recordKey(volumeId), { expectRevision: entry.revision })
+    await Promise.all(formerNodes.filter((n) => n !== this.nodeId).map(async (node) => {
+      await this.#cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).catch(() => {})
+    }))
+    return true
+  }
+
   /** Forgets a local copy that was deleted here. */
   forget (volumeId: string): void {
     const set = this.#sets.get(volumeId)
