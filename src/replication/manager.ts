@@ -550,7 +550,8 @@ export class ReplicationManager {
     const record = set.record ?? parseRecord((await this.#coordinator.get(recordKey(volumeId)))?.value ?? '')
     // A copy there beyond the wanted number (left by a move that was interrupted) is the one the
     // move fills and hands over to.
-    if (record?.nodes.includes(to) === true && record.nodes.length <= record.spec.replicas) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
+    // (Not one another node's hand-off is still filling: that one is not in sync yet.)
+    if (record?.nodes.includes(to) === true && (record.nodes.length <= record.spec.replicas || (record.spec.replicas > 1 && !record.inSync.includes(to)))) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
     if (this.#moving.has(volumeId)) throw new GalleonError('BUSY', `volume ${record?.spec.name ?? volumeId} is moving already; wait for that move`)
     this.#moving.add(volumeId)
     try {
