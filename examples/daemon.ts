@@ -65,6 +65,43 @@ export function createLogger (env: NodeJS.ProcessEnv = process.env, configured?:
   return log
 }
 
+/**
+ * What an operator reads in the daemon's log of what the instance does by itself: failures as
+ * warnings; migrations (each phase once), replication roles, copies placed, dropped and resynced,
+ * membership and leadership as info; replication links going down at debug (they retry).
+ */
+function logEvents (g: GalleonFS, log: Logger): void {
+  const on = (event: string, level: LogLevel, message: string, fields: (...args: never[]) => Record<string, unknown> = (payload: object) => ({ ...payload })): void => {
+    (g.on as (event: string, listener: (...args: unknown[]) => void) => unknown)(event, (...args: unknown[]) => { log(level, message, fields(...(args as never[]))) })
+  }
+  on('io:error', 'warn', 'I/O error')
+  on('checksum:mismatch', 'warn', 'checksum mismatch')
+  on('replication:error', 'warn', 'replication error')
+  on('replication:failover', 'warn', 'failed a volume over to another copy')
+  on('replication:out-of-sync', 'warn', 'a copy fell out of sync')
+  on('replication:link-down', 'debug', 'a replication link is down; retrying')
+  on('replication:in-sync', 'info', 'a copy is in sync')
+  on('replication:resynced', 'info', 'a copy was resynced')
+  on('replication:primary', 'info', 'this node is the primary of a volume')
+  on('replication:demoted', 'info', 'this node is no longer the primary of a volume')
+  on('replication:replica-added', 'info', 'copies placed')
+  on('replication:replica-removed', 'info', 'copies given up')
+  on('replication:copy-dropped', 'info', 'deleted a copy that was replaced')
+  on('cluster:member-joined', 'info', 'a node joined', (m: { id: string, zone: string }) => ({ nodeId: m.id, zone: m.zone }))
+  on('cluster:member-left', 'info', 'a node left', (m: { id: string }) => ({ nodeId: m.id }))
+  on('cluster:member-health', 'info', 'a node changed health', (m: { id: string, healthy: boolean }) => ({ nodeId: m.id, healthy: m.healthy }))
+  on('cluster:leader', 'info', 'this node leads the cluster')
+  on('volume:migrated', 'info', 'volume migrated', (volume: { id: string, name: string, storageClass: string, pool?: string }, from: { storageClass: string, pool?: string }) => ({ volumeId: volume.id, volume: volume.name, storageClass: volume.storageClass, ...(volume.pool === undefined ? {} : { pool: volume.pool }), from }))
+  // Progress comes often: only the first event of each phase of a volume's migration is logged.
+  const phases = new Map<string, string>()
+  g.on('volume:migration-progress', (e) => {
+    if (phases.get(e.volumeId) === e.phase) return
+    if (e.phase === 'done') phases.delete(e.volumeId)
+    else phases.set(e.volumeId, e.phase)
+    log('info', 'volume migrating', { volumeId: e.volumeId, volume: e.volumeName, phase: e.phase, blocksDone: e.blocksDone, blocksTotal: e.blocksTotal })
+  })
+}
+
 /** Where the CLI finds the token of the daemon at `ipcAddress` (per user, mode 0600 in a 0700 directory). */
 export function runtimeTokenPath (ipcAddress: string): string {
   const base = process.env.XDG_RUNTIME_DIR ?? join(tmpdir(), `galleonfs-${process.getuid?.() ?? 'user'}`)
@@ -404,6 +441,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     ...await keyOptions(config),
     ...(cluster === undefined ? {} : { cluster: await clusterOptions(config, cluster, secret as string) })
   })
+  logEvents(g, log)
   let clusterSettings = cluster
   if (clusterSettings !== undefined) {
     answerClusterInfo(g, clusterSettings)

@@ -7,7 +7,10 @@
 // Then a 1-copy volume is moved between two daemons under a WriteDurable load while one of them
 // (the one it leaves, or the one it goes to) is killed with SIGKILL at a random moment: after the
 // restart the volume reads complete (every acknowledged write, the data from before untouched),
-// and calling the move again leaves exactly one copy.
+// and calling the move again leaves exactly one copy. Last, a 2-copy volume changes class (into
+// encryption and back) while the node of one copy is killed with SIGKILL as its copy converts
+// (the replica's, then the primary's): after the restart every copy is in the new class and the
+// checker finds every acknowledged write.
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -323,6 +326,118 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         await check(`${context}, after finishing`)
       }
       t.diagnostic(outcomes.join('; '))
+    } finally {
+      for (const n of nodes.values()) n.child.kill('SIGKILL')
+    }
+  })
+
+  it('a replicated volume changing class converts on a node killed with SIGKILL mid-conversion once it restarts: data complete, every copy in the new class', async (t) => {
+    const BLOCKS = 8 * 1024
+    const WRITER_BLOCKS = 64
+    const nodes = new Map<string, Node>([['conv-p', await startNode('conv-p', 'zone-a')], ['conv-q', await startNode('conv-q', 'zone-b')]])
+    const node = (name: string): Node => nodes.get(name) as Node
+    const names = ['conv-p', 'conv-q']
+    try {
+      await until('both nodes see each other', async () => {
+        const status = await api(node('conv-p'), 'GET', '/v1/cluster') as { members: Array<{ id: string, healthy: boolean }> }
+        return names.every((id) => status.members.some((m) => m.id === id && m.healthy))
+      })
+      for (const name of names) {
+        await api(node(name), 'POST', '/v1/storage-classes', { name: 'pair', parameters: { replication: '2' } })
+        await api(node(name), 'POST', '/v1/storage-classes', { name: 'secret-pair', parameters: { replication: '2', encryption: 'true' } })
+      }
+      await api(node('conv-p'), 'POST', '/v1/volumes', { name: 'converting', sizeBytes: BLOCKS * BLOCK, storageClass: 'pair' })
+      const status = async (): Promise<Replication> => {
+        for (const name of names) {
+          const found = await api(node(name), 'GET', '/v1/volumes/converting/replication').catch(() => undefined) as Replication | undefined
+          if (found?.primary !== undefined) return found
+        }
+        throw new Error('no node reports the volume')
+      }
+      await until('both copies in sync', async () => (await status()).inSync.length === 2)
+      const base = createHash('sha256')
+      for (let at = WRITER_BLOCKS; at < BLOCKS; at += 128) {
+        const chunk = Buffer.alloc(Math.min(128, BLOCKS - at) * BLOCK)
+        for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE(((at * BLOCK + i) * 2246822519) >>> 0, i)
+        base.update(chunk)
+        await api(node('conv-p'), 'POST', '/v1/volumes/converting/write', { offset: at * BLOCK, data: chunk.toString('base64'), concern: 'WriteReplicated' })
+      }
+      const baseDigest = base.digest('hex')
+      const acked = new Map<number, number>()
+      let seq = 0
+      const outcomes: string[] = []
+      // Trial 0 kills the replica, trial 1 the primary (its copy fails over, then converts back at restart).
+      for (const [trial, targetClass] of [[0, 'secret-pair'], [1, 'pair']] as const) {
+        const before = await status()
+        const victim = trial === 0 ? before.nodes.find((n) => n !== before.primary) as string : before.primary as string
+        const context = `trial ${trial} (to ${targetClass}, killing ${victim})`
+        let stop = false
+        const writer = (async () => {
+          let target = 0
+          while (!stop) {
+            const index = seq % WRITER_BLOCKS
+            const next = ++seq
+            try {
+              await api(node(names[target % 2] as string), 'POST', '/v1/volumes/converting/write', { offset: index * BLOCK, data: record(1, next).toString('base64'), concern: 'WriteReplicated' })
+              acked.set(index, next)
+            } catch {
+              target++
+              await new Promise((resolve) => setTimeout(resolve, 50))
+            }
+          }
+        })()
+        const asker = names.find((n) => n !== victim) as string
+        const killed = node(victim)
+        const seen = killed.logs.length
+        const migration = api(node(asker), 'POST', '/v1/volumes/converting/migrate', { storageClass: targetClass }).then(() => 'done', (err: Error) => `failed: ${err.message}`)
+        // Killed while its own copy converts: its log says so (the daemon logs each phase of a migration).
+        await until(`${context}: the copy on ${victim} is converting`, async () => killed.logs.slice(seen).some((line) => line.includes('"volume migrating"') && line.includes('"volume":"converting"') && line.includes('"phase":"copy"')), 30_000)
+        await new Promise((resolve) => setTimeout(resolve, Math.floor(Math.random() * 150)))
+        killed.child.kill('SIGKILL')
+        await killed.exited
+        nodes.set(victim, await startNode(victim, victim === 'conv-p' ? 'zone-a' : 'zone-b', killed.bind))
+        let outcome = await migration
+        if (outcome !== 'done') {
+          // Gave up while the node was away (the call's own deadline): the same call again waits for it.
+          outcome = await api(node(asker), 'POST', '/v1/volumes/converting/migrate', { storageClass: targetClass }).then(() => 'done on the second call', (err: Error) => `failed again: ${err.message}`)
+        }
+        stop = true
+        await writer
+        assert.match(outcome, /^done/, context)
+        outcomes.push(`${context}: ${outcome}`)
+        await until(`${context}: both copies in sync`, async () => (await status()).inSync.length === 2, 90_000)
+        for (const name of names) {
+          const volume = await api(node(name), 'GET', '/v1/volumes/converting') as { storageClass: string, encrypted: boolean }
+          assert.equal(volume.storageClass, targetClass, `${context}: the class of the copy on ${name}`)
+          assert.equal(volume.encrypted, targetClass === 'secret-pair', `${context}: the copy on ${name} is ${targetClass === 'secret-pair' ? '' : 'not '}encrypted`)
+        }
+        const { primary } = await status()
+        const data = Buffer.from((await api(node(primary as string), 'POST', '/v1/volumes/converting/read', { offset: 0, length: WRITER_BLOCKS * BLOCK }) as { data: string }).data, 'base64')
+        for (const [index, written] of acked) {
+          const found = parse(data.subarray(index * BLOCK, (index + 1) * BLOCK), `${context}, block ${index}`)
+          assert.ok(found !== undefined && found.seq >= written, `${context}: block ${index} was acknowledged with s${written}, holds ${JSON.stringify(found)}`)
+        }
+        const digest = createHash('sha256')
+        for (let at = WRITER_BLOCKS; at < BLOCKS; at += 4096) {
+          digest.update(Buffer.from((await api(node(primary as string), 'POST', '/v1/volumes/converting/read', { offset: at * BLOCK, length: Math.min(4096, BLOCKS - at) * BLOCK }) as { data: string }).data, 'base64'))
+        }
+        assert.equal(digest.digest('hex'), baseDigest, `${context}: the data written before changed`)
+      }
+      t.diagnostic(outcomes.join('; '))
+      // Each node's own copy, read from its disk: the same bytes on both.
+      const expected = Buffer.from((await api(node((await status()).primary as string), 'POST', '/v1/volumes/converting/read', { offset: 0, length: 4 << 20 }) as { data: string }).data, 'base64')
+      for (const name of names) {
+        node(name).child.kill('SIGTERM')
+        assert.equal(await node(name).exited, 0)
+      }
+      for (const name of names) {
+        const g = await GalleonFS.open({ storagePath: join(root, name) })
+        try {
+          assert.ok(Buffer.from(await g.read('converting', 0, 4 << 20)).equals(expected), `the copy on ${name} differs`)
+        } finally {
+          await g.close()
+        }
+      }
     } finally {
       for (const n of nodes.values()) n.child.kill('SIGKILL')
     }
