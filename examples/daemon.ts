@@ -92,12 +92,15 @@ function logEvents (g: GalleonFS, log: Logger): void {
   on('cluster:member-health', 'info', 'a node changed health', (m: { id: string, healthy: boolean }) => ({ nodeId: m.id, healthy: m.healthy }))
   on('cluster:leader', 'info', 'this node leads the cluster')
   on('volume:migrated', 'info', 'volume migrated', (volume: { id: string, name: string, storageClass: string, pool?: string }, from: { storageClass: string, pool?: string }) => ({ volumeId: volume.id, volume: volume.name, storageClass: volume.storageClass, ...(volume.pool === undefined ? {} : { pool: volume.pool }), from }))
-  // Progress comes often: only the first event of each phase of a volume's migration is logged.
-  const phases = new Map<string, string>()
+  // Progress comes often: a volume's migration is logged when its phase changes, and at most every
+  // 5 s within one (so a migration that starts again after a failed one is seen).
+  const phases = new Map<string, { phase: string, at: number }>()
   g.on('volume:migration-progress', (e) => {
-    if (phases.get(e.volumeId) === e.phase) return
+    const last = phases.get(e.volumeId)
+    const now = Date.now()
+    if (last !== undefined && last.phase === e.phase && now - last.at < 5000) return
     if (e.phase === 'done') phases.delete(e.volumeId)
-    else phases.set(e.volumeId, e.phase)
+    else phases.set(e.volumeId, { phase: e.phase, at: now })
     log('info', 'volume migrating', { volumeId: e.volumeId, volume: e.volumeName, phase: e.phase, blocksDone: e.blocksDone, blocksTotal: e.blocksTotal })
   })
 }

@@ -792,8 +792,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (replication.forwards(record.id)) {
       return (await this.#forward(record, { op: 'expandVolume', sizeBytes })).header.volume as Volume
     }
-    // After a conversion of this copy (see #convergeCopy): it copies a fixed size.
-    return await this.#adminAfterMigration(record.id, async () => {
+    // Not while this copy converts (see #convergeCopy: it copies a fixed size): refused at once
+    // rather than waiting, which a call forwarded here could not do for long.
+    if (this.#migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
+    return await this.#admin(async () => {
+      if (this.#migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
       const current = this.#catalog.resolve(record.id)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       // The primary role may have moved while the call waited for its turn.
@@ -950,7 +953,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         if (wanted !== undefined && classReplicas(wanted) > Math.max(1, record.replicas)) {
           throw new GalleonError('INVALID_ARGUMENT', `storage class ${wanted.name} keeps ${classReplicas(wanted)} copies and places them itself, so a node for this one cannot be named with it; migrate to ${wanted.name} first, then move this node's copy with { node } to a node without one`)
         }
-        if (record.replication !== undefined && this.#replication?.status(record.id)?.nodes.includes(node) === true) {
+        const copies = record.replication === undefined ? undefined : this.#replication?.status(record.id)?.nodes
+        // (A surplus copy there, left by an interrupted move, is what the move finishes with.)
+        if (copies !== undefined && copies.includes(node) && copies.length <= record.replicas) {
           throw new GalleonError('INVALID_ARGUMENT', `node ${node} holds a copy of volume ${record.name} already; move this node's copy to a node without one`)
         }
         const there = (target.storageClass === undefined || target.storageClass === record.storageClass) && (target.pool === undefined || target.pool === record.pool)

@@ -416,7 +416,7 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const [id, data] of copiesHeld) assert.deepEqual(data, expected, `copy on ${id}`)
   })
 
-  it('a replicated volume changes pool on every copy; snapshots and expansions during a conversion wait or restart it, and nothing is lost', async () => {
+  it('a replicated volume changes pool on every copy; a snapshot during a conversion restarts it, an expansion is refused while the primary converts, nothing is lost', async () => {
     const { nodes } = await cluster(3)
     const [n1, n2] = nodes as [Node, Node, Node]
     for (const node of nodes) {
@@ -443,13 +443,19 @@ describe('replication (memory transport, on-disk nodes)', () => {
       if (during !== undefined || e.volumeName !== 'pooled' || e.phase !== 'copy') return
       during = (async () => {
         await n1.g.createSnapshot('pooled', 'mid')
-        await n1.g.expandVolume('pooled', 8 << 20)
-        await n1.g.writeBlock('pooled', 1500, block(1500), WriteConcern.WriteReplicated)
+        // Refused while the primary's own copy converts (it copies a fixed size), never half done.
+        await n1.g.expandVolume('pooled', 8 << 20).then(() => { expandedDuring = true }, (err: { code?: string, message?: string }) => {
+          assert.equal(err.code, 'BUSY', err.message)
+          assert.match(err.message ?? '', /converting to another storage class/)
+        })
       })()
     })
+    let expandedDuring = false
     const secret = await n2.g.migrateVolume('pooled', { storageClass: 'secret-triple' })
     assert.ok(during !== undefined, 'the snapshot and the expansion were asked for during the conversion')
     await during
+    if (!expandedDuring) await n1.g.expandVolume('pooled', 8 << 20)
+    await n1.g.writeBlock('pooled', 1500, block(1500), WriteConcern.WriteReplicated)
     assert.equal(secret.encrypted, true)
     await until('every copy has the new size and the snapshot', async () => (await Promise.all(nodes.map(async (n) => {
       const v = await n.g.getVolume('pooled')

@@ -434,9 +434,24 @@ export class ReplicationManager {
       if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
     }
     const nodes = [this.nodeId, ...others].slice(0, spec.replicas)
-    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch: 1, nodes, inSync: [this.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
+    // A record left by a volume that became local again (see dissolve) is replaced, one epoch on:
+    // a copy left from that time (its position in an older epoch) is never taken for one in line
+    // with the new history, but compared block by block.
+    let epoch = 1
+    let expectRevision = 0
+    const existing = await this.#coordinator.get(recordKey(spec.id))
+    if (existing !== undefined) {
+      const old = parseRecord(existing.value)
+      // This node's own record, with no other copy: a dissolve kept it (or was cut short).
+      if (old === undefined || old.primary !== this.nodeId || old.nodes.length !== 1 || old.nodes[0] !== this.nodeId) {
+        throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
+      }
+      expectRevision = existing.revision
+      epoch = Math.max(epoch, old.epoch + 1)
+    }
+    const record: ReplicaSetRecord = { spec, primary: this.nodeId, epoch, nodes, inSync: [this.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
     const set = this.#setOf(spec.id)
-    const entry = await this.#coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision: 0 })
+    const entry = await this.#coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision })
     if (entry === undefined) {
       this.#sets.delete(spec.id)
       throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
@@ -445,7 +460,7 @@ export class ReplicationManager {
       set.record = record
       set.revision = entry.revision
     }
-    set.knownEpoch = Math.max(set.knownEpoch, 1)
+    set.knownEpoch = Math.max(set.knownEpoch, epoch)
     this.#becomePrimary(set, set.record ?? record)
     // The new copies' resyncs take their cuts through host.exclusive: a caller holding it passes wait = false.
     const deadline = wait ? Date.now() + CREATE_SYNC_WAIT_MS : 0
@@ -475,9 +490,9 @@ export class ReplicationManager {
 
   /**
    * Makes a replicated volume whose only copy is this node's (and which wants one) a local volume
-   * again: its primary stops, the caller clears the local record's replication (`local`), then the
-   * cluster's record goes and the nodes that held copies of it (`formerNodes`: a move that was
-   * given up) are told to delete theirs. Returns false, changing nothing, when the record keeps
+   * again: its primary stops, the caller clears the local record's replication (`local`), the
+   * nodes that held copies of it (`formerNodes`: a move that was given up) are told to delete
+   * theirs, and once all did, the cluster's record goes. Returns false, changing nothing, when the record keeps
    * other copies or another primary.
    */
   async dissolve (volumeId: string, formerNodes: readonly string[], local: () => Promise<void>): Promise<boolean> {
@@ -492,12 +507,14 @@ export class ReplicationManager {
       clearTimeout(set.saveTimer)
     }
     // The local record first: a crash after it leaves at worst a record nobody uses in the
-    // coordinator, never a local copy that waits for a record that is gone.
+    // coordinator (register replaces it), never a local copy that waits for a record that is gone.
     await local()
-    await this.#coordinator.delete(recordKey(volumeId), { expectRevision: entry.revision })
-    await Promise.all(formerNodes.filter((n) => n !== this.nodeId).map(async (node) => {
-      await this.#cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).catch(() => {})
+    // The record goes only once every node that held a copy deleted it; otherwise it stays (this
+    // node's alone), and a later register replaces it one epoch on (see there).
+    const deleted = await Promise.all(formerNodes.filter((n) => n !== this.nodeId).map(async (node) => {
+      return await this.#cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).then(() => true, () => false)
     }))
+    if (deleted.every(Boolean)) await this.#coordinator.delete(recordKey(volumeId), { expectRevision: entry.revision })
     return true
   }
 
