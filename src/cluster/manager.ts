@@ -323,7 +323,7 @@ export class ClusterManager {
       if (m.id === this.nodeId) return this.#host.volumeCount()
       if (!m.healthy) return undefined
       try {
-        const reply = await this.#options.transport.request(m.address, { kind: 'node-info', header: {} }, { timeoutMs: STATUS_TIMEOUT_MS })
+        const reply = await this.#options.transport.request(m.address, { kind: 'node-info', header: { [TO_NODE]: m.id } }, { timeoutMs: STATUS_TIMEOUT_MS })
         return typeof reply.header.volumes === 'number' ? reply.header.volumes : undefined
       } catch {
         return undefined
