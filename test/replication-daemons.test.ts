@@ -334,7 +334,9 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
   it('a replicated volume changing class converts on a node killed with SIGKILL mid-conversion once it restarts: data complete, every copy in the new class', async (t) => {
     const BLOCKS = 8 * 1024
     const WRITER_BLOCKS = 64
-    const nodes = new Map<string, Node>([['conv-p', await startNode('conv-p', 'zone-a')], ['conv-q', await startNode('conv-q', 'zone-b')]])
+    // Zones of their own: the classes place copies only there, never on the nodes of the tests
+    // before (killed, but members until their leases run out).
+    const nodes = new Map<string, Node>([['conv-p', await startNode('conv-p', 'conv-a')], ['conv-q', await startNode('conv-q', 'conv-b')]])
     const node = (name: string): Node => nodes.get(name) as Node
     const names = ['conv-p', 'conv-q']
     try {
@@ -343,8 +345,8 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         return names.every((id) => status.members.some((m) => m.id === id && m.healthy))
       })
       for (const name of names) {
-        await api(node(name), 'POST', '/v1/storage-classes', { name: 'pair', parameters: { replication: '2' } })
-        await api(node(name), 'POST', '/v1/storage-classes', { name: 'secret-pair', parameters: { replication: '2', encryption: 'true' } })
+        await api(node(name), 'POST', '/v1/storage-classes', { name: 'pair', parameters: { replication: '2' }, allowedTopologies: ['conv-a', 'conv-b'] })
+        await api(node(name), 'POST', '/v1/storage-classes', { name: 'secret-pair', parameters: { replication: '2', encryption: 'true' }, allowedTopologies: ['conv-a', 'conv-b'] })
       }
       await api(node('conv-p'), 'POST', '/v1/volumes', { name: 'converting', sizeBytes: BLOCKS * BLOCK, storageClass: 'pair' })
       const status = async (): Promise<Replication> => {
@@ -395,7 +397,7 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         await new Promise((resolve) => setTimeout(resolve, Math.floor(Math.random() * 150)))
         killed.child.kill('SIGKILL')
         await killed.exited
-        nodes.set(victim, await startNode(victim, victim === 'conv-p' ? 'zone-a' : 'zone-b', killed.bind))
+        nodes.set(victim, await startNode(victim, victim === 'conv-p' ? 'conv-a' : 'conv-b', killed.bind))
         let outcome = await migration
         if (outcome !== 'done') {
           // Gave up while the node was away (the call's own deadline): the same call again waits for it.
