@@ -74,19 +74,23 @@ function logEvents (g: GalleonFS, log: Logger): void {
   const on = (event: string, level: LogLevel, message: string, fields: (...args: never[]) => Record<string, unknown> = (payload: object) => ({ ...payload })): void => {
     (g.on as (event: string, listener: (...args: unknown[]) => void) => unknown)(event, (...args: unknown[]) => { log(level, message, fields(...(args as never[]))) })
   }
-  on('io:error', 'warn', 'I/O error')
-  on('checksum:mismatch', 'warn', 'checksum mismatch')
-  on('replication:error', 'warn', 'replication error')
-  on('replication:failover', 'warn', 'failed a volume over to another copy')
-  on('replication:out-of-sync', 'warn', 'a copy fell out of sync')
-  on('replication:link-down', 'debug', 'a replication link is down; retrying')
-  on('replication:in-sync', 'info', 'a copy is in sync')
-  on('replication:resynced', 'info', 'a copy was resynced')
-  on('replication:primary', 'info', 'this node is the primary of a volume')
-  on('replication:demoted', 'info', 'this node is no longer the primary of a volume')
-  on('replication:replica-added', 'info', 'copies placed')
-  on('replication:replica-removed', 'info', 'copies given up')
-  on('replication:copy-dropped', 'info', 'deleted a copy that was replaced')
+  // Events whose payload is logged as it is.
+  const plain: Array<[string, LogLevel, string]> = [
+    ['io:error', 'warn', 'I/O error'],
+    ['checksum:mismatch', 'warn', 'checksum mismatch'],
+    ['replication:error', 'warn', 'replication error'],
+    ['replication:failover', 'warn', 'failed a volume over to another copy'],
+    ['replication:out-of-sync', 'warn', 'a copy fell out of sync'],
+    ['replication:link-down', 'debug', 'a replication link is down; retrying'],
+    ['replication:in-sync', 'info', 'a copy is in sync'],
+    ['replication:resynced', 'info', 'a copy was resynced'],
+    ['replication:primary', 'info', 'this node is the primary of a volume'],
+    ['replication:demoted', 'info', 'this node is no longer the primary of a volume'],
+    ['replication:replica-added', 'info', 'copies placed'],
+    ['replication:replica-removed', 'info', 'copies given up'],
+    ['replication:copy-dropped', 'info', 'deleted a copy that was replaced']
+  ]
+  for (const [event, level, message] of plain) on(event, level, message)
   on('cluster:member-joined', 'info', 'a node joined', (m: { id: string, zone: string }) => ({ nodeId: m.id, zone: m.zone }))
   on('cluster:member-left', 'info', 'a node left', (m: { id: string }) => ({ nodeId: m.id }))
   on('cluster:member-health', 'info', 'a node changed health', (m: { id: string, healthy: boolean }) => ({ nodeId: m.id, healthy: m.healthy }))
