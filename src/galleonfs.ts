@@ -1096,12 +1096,12 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       if (current.replication !== undefined) throw new GalleonError('BUSY', `volume ${current.name} became replicated meanwhile; call migrateVolume again`)
       if (this.#migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
-      if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
       if (this.#catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it; a replicated volume cannot serve them. Delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
       if (mountControl(this.#mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted; unmount it while it becomes replicated`)
     }
     const first = this.#catalog.resolve(vol)
+    if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
     check(first)
     assertClassSupported(storageClass, replicas, true)
     const poolName = this.#pools.choose(target.pool, storageClass)?.name ?? first.pool
@@ -1114,7 +1114,6 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const record = await this.#admin(async () => {
       const current = this.#catalog.resolve(vol)
       check(current)
-      if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', 'not in a cluster')
       if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true) || current.pool !== poolName) throw new GalleonError('BUSY', `volume ${current.name} changed while it was laid out for ${storageClass.name}; call migrateVolume again`)
       const updated = await this.#catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
       try {
