@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { appendFile, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -854,6 +854,91 @@ describe('file block store', () => {
         store = await reopen(store)
         await model.check(store, 'after a full compaction and reopen')
         assert.ok(await diskBytes(location) <= 3 * 64 * recordSize(16 * 1024), 'the full compaction reclaimed the garbage')
+      })
+    })
+
+    it('syncs in the background every 4 MiB of unsynced writes, which no batch waits for', async () => {
+      // Segments of 6 MiB: rolls happen while background syncs are under way or just done.
+      await withStore({ segmentBytes: 6 * 1024 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        const syncsBefore = store.syncCount
+        // 13.75 MiB in batches of 16 blocks (written on the event loop's thread), every tenth batch
+        // 80 blocks (320 KiB: handed to the thread pool), 32 batches in flight at a time.
+        let index = 0
+        for (let round = 0; round < 5; round++) {
+          const pending: Array<Promise<void>> = []
+          for (let b = 0; b < 32; b++) {
+            const ops: BlockOp[] = []
+            for (let i = 0; i < (b % 10 === 9 ? 80 : 16); i++, index++) ops.push(put(addr(1, index), bytesOf(4096, index)))
+            model.apply(ops)
+            pending.push(store.batch(ops))
+          }
+          await Promise.all(pending)
+        }
+        assert.equal(index * 4096, 13.75 * 1024 * 1024)
+        const segmentCount = (await segments(location)).length
+        assert.equal(segmentCount, 3, 'the writes rolled over into new segments')
+        assert.equal(store.syncCount - syncsBefore, segmentCount - 1, 'the only syncs waited for sealed full segments')
+        assert.ok(store.writebackSyncCount >= 2, `${store.writebackSyncCount} background syncs for ${index * 4} KiB written`)
+        await model.check(store, 'before reopen')
+        store = await reopen(store)
+        await model.check(store, 'after reopen')
+      })
+    })
+
+    it('a failed background sync stops the writer like a failed write; what was written survives reopen', async () => {
+      await withStore({ compactionThreshold: 0 }, async ({ make }) => {
+        let store = make()
+        await store.open()
+        const probe = await open(join(tmpdir(), '.'), 'r')
+        const prototype = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
+        await probe.close()
+        const datasync = prototype.datasync
+        let failedSyncs = 0
+        prototype.datasync = async function () {
+          failedSyncs++
+          throw Object.assign(new Error('EIO: i/o error, fdatasync (simulated)'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+        }
+        const acknowledged: number[] = []
+        const refused: number[] = []
+        const check = async (what: string): Promise<void> => {
+          for (const i of acknowledged) assertBytes(await store.get(addr(1, i)), bytesOf(4096, i), `${what}: acknowledged block ${i}`)
+          for (const i of refused) {
+            // A refused batch may or may not have reached the file before the failure: all or nothing.
+            const value = await store.get(addr(1, i))
+            if (value !== undefined) assertBytes(value, bytesOf(4096, i), `${what}: refused block ${i}`)
+          }
+        }
+        try {
+          // 5 MiB without sync: the background sync starts after 4 MiB, and fails.
+          const results = await Promise.allSettled(Array.from({ length: 1280 }, async (_, i) => {
+            await store.batch([put(addr(1, i), bytesOf(4096, i))])
+            return i
+          }))
+          for (const [i, result] of results.entries()) {
+            if (result.status === 'fulfilled') {
+              acknowledged.push(i)
+            } else {
+              refused.push(i)
+              assert.ok(result.reason instanceof GalleonError && result.reason.code === 'IO_ERROR', `batch ${i}: ${String(result.reason)}`)
+            }
+          }
+          assert.ok(acknowledged.length >= 1000, `only ${acknowledged.length} batches were acknowledged`)
+          const failure = await rejectsWithCode(store.sync(), 'IO_ERROR', 'sync() after the background sync failed')
+          assert.match(failure.message, /fdatasync \(simulated\).*|close and reopen/)
+          assert.equal(failedSyncs, 1, 'one background sync was attempted, and nothing after the failure')
+          await rejectsWithCode(store.batch([put(addr(1, 99999), bytesOf(10, 1))]), 'IO_ERROR', 'a batch after the failure')
+          await check('after the failure')
+        } finally {
+          prototype.datasync = datasync
+        }
+        await store.close()
+        store = make()
+        await store.open()
+        await check('after reopen')
+        assert.equal(await store.get(addr(1, 99999)), undefined, 'the refused batch is not there')
       })
     })
 
