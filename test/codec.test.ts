@@ -1,7 +1,10 @@
 // Tests of the block codec: checksums bind payload and address.
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { crc32 as zlibCrc32 } from 'node:zlib'
 import { encodeBlock, decodeBlock, BLOCK_HEADER_BYTES } from '../src/engine/codec.js'
+import { crc32, crc32Table } from '../src/checksum.js'
+import { seededRandom } from '../src/seeded-random.js'
 
 describe('block codec', () => {
   const address = { volume: 3, index: 17, gen: 99 }
@@ -29,5 +32,23 @@ describe('block codec', () => {
   })
   it('rejects truncated values', () => {
     assert.equal(decodeBlock(address, new Uint8Array(3)).ok, false)
+  })
+})
+
+describe('crc32', () => {
+  it('gives node:zlib\'s values for every input length and starting value, on both sides of the table/native switch', () => {
+    const random = seededRandom(7)
+    const data = new Uint8Array(300)
+    for (let i = 0; i < data.length; i++) data[i] = Math.floor(random() * 256)
+    for (let length = 0; length <= data.length; length++) {
+      const bytes = data.subarray(0, length)
+      for (const initial of [undefined, 0, 1, 0x12345678, 0xffffffff]) {
+        const expected = zlibCrc32(bytes, initial ?? 0)
+        assert.equal(crc32(bytes, initial), expected, `length ${length}, initial ${String(initial)}`)
+        assert.equal(crc32Table(bytes, initial), expected, `table, length ${length}, initial ${String(initial)}`)
+      }
+    }
+    // Continuing a CRC across a split gives the CRC of the whole, whichever side computes each part.
+    assert.equal(crc32(data.subarray(10), crc32(data.subarray(0, 10))), zlibCrc32(data))
   })
 })
