@@ -56,6 +56,24 @@ describe('AES-256-GCM ciphers', () => {
   })
 })
 
+describe('node:crypto key reuse', () => {
+  it('a key array changed in place seals and opens under its new bytes, never the old ones', () => {
+    const key = new Uint8Array(randomBytes(32))
+    const nonce = new Uint8Array(12).fill(3)
+    const aad = new Uint8Array(28).fill(5)
+    const plain = new Uint8Array(randomBytes(4096))
+    const before = nodeCipher.seal(key, nonce, plain, aad)
+    assert.deepEqual(nodeCipher.open(key, nonce, before, aad), plain)
+    const old = key.slice()
+    key[31] = (key[31] as number) ^ 1
+    const after = nodeCipher.seal(key, nonce, plain, aad)
+    assert.notDeepEqual(after, before, 'sealed under the changed key')
+    assert.deepEqual(after, nobleCipher.seal(key.slice(), nonce, plain, aad), 'the same bytes as a fresh key with the new bytes')
+    assert.throws(() => nodeCipher.open(key, nonce, before, aad), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED')
+    assert.deepEqual(nodeCipher.open(old, nonce, before, aad), plain)
+  })
+})
+
 describe('data keys and key providers', () => {
   it('wraps a data key bound to its context; another key or context cannot unwrap it', () => {
     const kek = generateKey()

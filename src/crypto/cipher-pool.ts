@@ -34,10 +34,11 @@ export interface OpenJob {
 // The worker's program (CommonJS, evaluated): seal or open a run of same-sized blocks under one key.
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads')
-const { createCipheriv, createDecipheriv } = require('node:crypto')
+const { createCipheriv, createDecipheriv, createSecretKey } = require('node:crypto')
 parentPort.on('message', (task) => {
-  const { id, op, key, nonces, aads, data, count, size } = task
+  const { id, op, nonces, aads, data, count, size } = task
   try {
+    const key = createSecretKey(task.key)
     if (op === 'seal') {
       const out = new Uint8Array(count * (size + 16))
       for (let i = 0; i < count; i++) {
