@@ -858,30 +858,30 @@ describe('file block store', () => {
     })
 
     it('syncs in the background every 4 MiB of unsynced writes, which no batch waits for', async () => {
-      // Segments of 6 MiB: rolls happen while background syncs are under way or just done.
-      await withStore({ segmentBytes: 6 * 1024 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
+      // Segments of 8 MiB: rolls happen while background syncs are under way or just done.
+      await withStore({ segmentBytes: 8 * 1024 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()
         await store.open()
         const model = new BlockStoreModel()
         const syncsBefore = store.syncCount
-        // 13.75 MiB in batches of 16 blocks (written on the event loop's thread), every tenth batch
-        // 80 blocks (320 KiB: handed to the thread pool), 32 batches in flight at a time.
+        // 16.5 MiB in batches of 16 blocks (written on the event loop's thread), one batch in 32 of
+        // 560 blocks (2.2 MiB: handed to the thread pool), 32 batches in flight at a time.
         let index = 0
-        for (let round = 0; round < 5; round++) {
+        for (let round = 0; round < 4; round++) {
           const pending: Array<Promise<void>> = []
           for (let b = 0; b < 32; b++) {
             const ops: BlockOp[] = []
-            for (let i = 0; i < (b % 10 === 9 ? 80 : 16); i++, index++) ops.push(put(addr(1, index), bytesOf(4096, index)))
+            for (let i = 0; i < (b === 20 ? 560 : 16); i++, index++) ops.push(put(addr(1, index), bytesOf(4096, index)))
             model.apply(ops)
             pending.push(store.batch(ops))
           }
           await Promise.all(pending)
         }
-        assert.equal(index * 4096, 13.75 * 1024 * 1024)
+        assert.equal(index * 4096, 16.5 * 1024 * 1024)
         const segmentCount = (await segments(location)).length
-        assert.equal(segmentCount, 3, 'the writes rolled over into new segments')
+        assert.ok(segmentCount >= 3, `the writes rolled over into new segments (${segmentCount})`)
         assert.equal(store.syncCount - syncsBefore, segmentCount - 1, 'the only syncs waited for sealed full segments')
-        assert.ok(store.writebackSyncCount >= 2, `${store.writebackSyncCount} background syncs for ${index * 4} KiB written`)
+        assert.ok(store.writebackSyncCount >= segmentCount - 1, `${store.writebackSyncCount} background syncs for ${index * 4} KiB written`)
         await model.check(store, 'before reopen')
         store = await reopen(store)
         await model.check(store, 'after reopen')

@@ -57,12 +57,14 @@ const GROUP_BYTES = 64 * 1024
 // order; batches are still acknowledged in call order, and a sync covers every write before it.
 const MAX_WRITES_IN_FLIGHT = 4
 // A group up to this size is written with a synchronous write() on the event loop's thread; larger
-// ones (compaction batches, 1 MiB writes) go to the thread pool. Copying into the page cache is
-// quick, and measured on 2 cores (4 KiB random writes at 32 in flight, file backend): handing a
-// 28 KiB group to the thread pool costs the event loop as much time as writing it (30-40 us, the
-// woken pool thread preempting it), while the caller also waits for the round trip: 37-44k
-// writes/s with the pool, 50-58k written synchronously.
-const SYNC_WRITE_MAX_BYTES = 256 * 1024
+// ones (compaction's batches of COMPACTION_BATCH_BYTES and more) go to the thread pool. Copying into
+// the page cache is quick, and measured on 2 cores (4 KiB random writes at 32 in flight, file
+// backend): handing a 28 KiB group to the thread pool costs the event loop as much time as writing
+// it (30-40 us, the woken pool thread preempting it), while the caller also waits for the round
+// trip: 37-44k writes/s with the pool, 50-58k written synchronously. A 1 MiB write() (256 blocks,
+// about 1.05 MiB with headers) is written synchronously too: 250-320 MiB/s against 240-290 through
+// the pool, with less CPU per MiB.
+const SYNC_WRITE_MAX_BYTES = 2 * 1024 * 1024
 // Once this much is written to the active segment without a sync, an fdatasync starts in the
 // background (nothing waits for it). Without it, all of a segment's bytes were left for the fsync
 // that seals it, during which nothing could be written: 30-40 ms per 64 MiB segment, 14% of the
