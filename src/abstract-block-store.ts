@@ -4,7 +4,7 @@
 import { GalleonError, assertBytes, assertUint, describe } from './errors.js'
 import {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockAddress, type BlockOp, type BlockStore, type BlockStoreStats, type BlockStoreSupports, type DriverStatus
+  type BlockAddress, type BlockOp, type BlockReadOptions, type BlockStore, type BlockStoreStats, type BlockStoreSupports, type DriverStatus
 } from './drivers.js'
 
 /**
@@ -60,17 +60,17 @@ export abstract class AbstractBlockStore implements BlockStore {
     return await this.#closing
   }
 
-  async get (address: BlockAddress): Promise<Uint8Array | undefined> {
+  async get (address: BlockAddress, options?: BlockReadOptions): Promise<Uint8Array | undefined> {
     this.assertOpen()
     checkAddress(address)
-    return await this._get(address)
+    return await this._get(address, options?.payloadChecked === true)
   }
 
-  async getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
+  async getMany (addresses: readonly BlockAddress[], options?: BlockReadOptions): Promise<Array<Uint8Array | undefined>> {
     this.assertOpen()
     if (!Array.isArray(addresses)) throw new GalleonError('INVALID_ARGUMENT', `getMany needs an array of addresses, got ${describe(addresses)}`)
     for (const address of addresses) checkAddress(address)
-    return await this._getMany(addresses)
+    return await this._getMany(addresses, options?.payloadChecked === true)
   }
 
   batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void> {
@@ -110,7 +110,8 @@ export abstract class AbstractBlockStore implements BlockStore {
 
   protected abstract _open (): Promise<void>
   protected abstract _close (): Promise<void>
-  protected abstract _get (address: BlockAddress): Promise<Uint8Array | undefined>
+  /** `payloadChecked`: see BlockReadOptions (a store may ignore it). */
+  protected abstract _get (address: BlockAddress, payloadChecked: boolean): Promise<Uint8Array | undefined>
   /** Applies ops in order; when `sync`, resolves only once they (and all earlier batches) are durable. */
   protected abstract _batch (ops: readonly BlockOp[], sync: boolean): Promise<void>
   protected abstract _sync (): Promise<void>
@@ -118,8 +119,8 @@ export abstract class AbstractBlockStore implements BlockStore {
   protected abstract _stats (): Promise<BlockStoreStats>
 
   /** Default: one `_get` per address, all started at once. */
-  protected async _getMany (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>> {
-    return await Promise.all(addresses.map(async (address) => await this._get(address)))
+  protected async _getMany (addresses: readonly BlockAddress[], payloadChecked: boolean): Promise<Array<Uint8Array | undefined>> {
+    return await Promise.all(addresses.map(async (address) => await this._get(address, payloadChecked)))
   }
 
   /** Default: collect the volume's addresses and delete them in one batch. */

@@ -48,6 +48,17 @@ export interface BlockStoreStats {
   readonly syncs: number
 }
 
+/** Options of a block store read. */
+export interface BlockReadOptions {
+  /**
+   * The caller checks every value it gets against a checksum of its own that covers the value and
+   * its address (the engine's block header does). A store that checksums its records may then skip
+   * checking the value, but still checks that what it read is the record asked for. Without it,
+   * the store never returns a value it has not verified.
+   */
+  readonly payloadChecked?: boolean
+}
+
 /** Lifecycle status of a driver. */
 export type DriverStatus = 'opening' | 'open' | 'closing' | 'closed'
 
@@ -75,14 +86,14 @@ export interface BlockStore {
   /** Flushes everything acknowledged and releases resources. Idempotent. */
   close (): Promise<void>
   /** Reads one block version. */
-  get (address: BlockAddress): Promise<Uint8Array | undefined>
+  get (address: BlockAddress, options?: BlockReadOptions): Promise<Uint8Array | undefined>
   /**
    * Reads several block versions: the same results as `get` for each, in order. A store may merge
    * the reads of versions stored next to each other (the file store reads a run of adjacent records
    * with one call). `AbstractBlockStore` provides it from `get`; without it the engine calls `get`
    * for each address.
    */
-  getMany? (addresses: readonly BlockAddress[]): Promise<Array<Uint8Array | undefined>>
+  getMany? (addresses: readonly BlockAddress[], options?: BlockReadOptions): Promise<Array<Uint8Array | undefined>>
   /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */
   batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void>
   /** Makes every batch resolved so far durable. */

@@ -586,6 +586,37 @@ describe('file block store', () => {
   })
 
   describe('corruption in sealed segments', () => {
+    it('a caller that checks payloads itself gets a damaged payload unchecked, but never another record or a damaged header', async () => {
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 6; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
+        await store.close()
+        // Segment 1 holds blocks 0..2. Damage the payload of block 1 and the header (volume) of block 2.
+        const path = join(location, segmentFileName(1))
+        const bytes = flipByte(flipByte(await readFile(path), recordSize(1000) + HEADER_BYTES + 10, 0x01), 2 * recordSize(1000) + 12, 0x01)
+        await writeFile(path, bytes)
+        store = make()
+        await store.open()
+        const checked = { payloadChecked: true }
+        // Without the option the store checks the payload's crc; with it, the caller's own checksum will.
+        await rejectsWithCode(store.get(addr(1, 1)), 'CHECKSUM_MISMATCH', 'a damaged payload, checked by the store')
+        const unchecked = await store.get(addr(1, 1), checked)
+        assert.ok(unchecked !== undefined && unchecked.byteLength === 1000, 'the record is returned as read')
+        assert.notDeepEqual(unchecked, bytesOf(1000, 1), 'the damage is the caller\'s to find')
+        await rejectsWithCode(store.getMany([addr(1, 0), addr(1, 1)]), 'CHECKSUM_MISMATCH', 'getMany checked by the store')
+        const many = await store.getMany([addr(1, 0), addr(1, 1)], checked)
+        assertBytes(many[0], bytesOf(1000, 0), 'an intact neighbour')
+        // A damaged header is refused either way: the record may not be the block asked for.
+        for (const options of [undefined, checked]) {
+          // The header's volume no longer matches the open index (loaded from the hint), so the read is refused.
+          await rejectsWithCode(store.get(addr(1, 2), options), 'CORRUPTION', `a damaged header (${options === undefined ? 'store checks' : 'caller checks'})`)
+        }
+        assertBytes(await store.get(addr(1, 0), checked), bytesOf(1000, 0), 'block 0')
+        await store.close()
+      })
+    })
+
     it('compaction ignores damage in dead records, and fails with CORRUPTION on a damaged live record, keeping the segment', async () => {
       await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
         // Segment 1 holds blocks 0..2 (three records fill it); 0 and 1 are overwritten later, 2 stays live.

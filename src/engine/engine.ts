@@ -163,6 +163,12 @@ function padTo (data: Uint8Array, size: number): Uint8Array {
   return out
 }
 
+/**
+ * Every value the engine reads from the store is checked against its block header's checksum (over
+ * the payload and the address) before use (#verified, decodeBlock): the store need not check it too.
+ */
+const CHECKED = { payloadChecked: true } as const
+
 /** Blocks copied per batch by a revert or a flatten. */
 const COPY_BATCH_BLOCKS = 64
 /** Longest pause of a background copy between two batches while the volume is busy. */
@@ -682,7 +688,7 @@ export class BlockEngine {
             // Gone since the list was made (superseded, trimmed, its snapshot deleted): nothing to do.
             if (!volume.map.versions(index).includes(gen)) continue
             const address: BlockAddress = { volume: volume.storageId, index, gen }
-            const value = await this.store.get(address)
+            const value = await this.store.get(address, CHECKED)
             if (value === undefined) continue
             const decoded = decodeBlock(address, value)
             if (decoded.ok && (decoded.flags & BLOCK_FLAG_ENCRYPTED) !== 0 && cipherVersion(decoded.payload) === cipher.current) continue
@@ -886,8 +892,8 @@ export class BlockEngine {
     let values: Array<Uint8Array | undefined> | undefined
     try {
       values = this.store.getMany !== undefined
-        ? await this.store.getMany(addresses)
-        : await Promise.all(addresses.map(async (address) => await this.store.get(address)))
+        ? await this.store.getMany(addresses, CHECKED)
+        : await Promise.all(addresses.map(async (address) => await this.store.get(address, CHECKED)))
     } catch (err) {
       // Damage somewhere in the range: read block by block, which finds and reports the bad one.
       if (!isDamage(err)) throw err
@@ -961,7 +967,7 @@ export class BlockEngine {
       }
       let value: Uint8Array | undefined
       try {
-        value = await this.store.get(address)
+        value = await this.store.get(address, CHECKED)
       } catch (err) {
         // A store that verifies its own records (file) reports damage before the engine sees bytes:
         // count and report it like the engine's own checksum failures.
@@ -995,7 +1001,7 @@ export class BlockEngine {
     const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
     let value: Uint8Array | undefined
     try {
-      value = await this.store.get(address)
+      value = await this.store.get(address, CHECKED)
     } catch (err) {
       if (isDamage(err)) this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: `${this.store.name} store: ${err.message}` })
       throw err
