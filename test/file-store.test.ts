@@ -10,7 +10,8 @@ import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
-import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT, encodeRecord } from '../backends/file/record.js'
+import { FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, TYPE_DEL, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, type HintEntry, type RecordHeader } from '../backends/file/record.js'
+import { crc32 as zlibCrc32 } from 'node:zlib'
 import { hintFileName, segmentFileName } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
@@ -104,6 +105,66 @@ function recordSize (length: number): number {
 // ---- tests -----------------------------------------------------------------------------------------
 
 describe('file block store', () => {
+  describe('on-disk formats', () => {
+    // Oracles written with DataView, independently of the byte-by-byte code in record.ts.
+    const cases = [
+      { type: TYPE_PUT, flags: FLAG_CONTINUES, volume: 0xfedcba98, index: 2 ** 40 + 0x1234_5678, gen: 2 ** 52 + 5, payload: bytesOf(100, 7) },
+      { type: TYPE_PUT, flags: 0, volume: 1, index: 0xffff_ffff, gen: 0x8000_0000, payload: bytesOf(4104, 3) },
+      { type: TYPE_DEL, flags: 0, volume: 7, index: 3, gen: Number.MAX_SAFE_INTEGER, payload: undefined }
+    ]
+
+    it('a record is laid out as documented, little-endian, and decodes back', () => {
+      for (const c of cases) {
+        const target = Buffer.alloc(HEADER_BYTES + 5000, 0xee)
+        const end = encodeRecord(target, 3, c.type, c.flags, c.volume, c.index, c.gen, c.payload)
+        const length = c.payload?.byteLength ?? 0
+        assert.equal(end, 3 + HEADER_BYTES + length)
+        const view = new DataView(target.buffer, target.byteOffset + 3)
+        assert.equal(view.getUint32(0, true), RECORD_MAGIC)
+        assert.equal(view.getUint8(8), c.type)
+        assert.equal(view.getUint8(9), c.flags)
+        assert.equal(view.getUint16(10, true), 0)
+        assert.equal(view.getUint32(12, true), c.volume)
+        assert.equal(view.getUint32(16, true) * 2 ** 32 + view.getUint32(20, true), c.index)
+        assert.equal(view.getUint32(24, true) * 2 ** 32 + view.getUint32(28, true), c.gen)
+        assert.equal(view.getUint32(32, true), length)
+        assert.equal(view.getUint32(4, true), zlibCrc32(target.subarray(3 + 8, end)))
+        if (c.payload !== undefined) assert.deepEqual(new Uint8Array(target.subarray(3 + HEADER_BYTES, end)), c.payload)
+        const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+        assert.ok(decodeHeader(target, 3, header))
+        assert.deepEqual(header, { type: c.type, flags: c.flags, volume: c.volume, index: c.index, gen: c.gen, length })
+      }
+    })
+
+    it('a hint file is laid out as documented and decodes back', () => {
+      const hint = new HintBuilder(1)
+      const offsets = [0, 2 ** 33 + 17, 4096]
+      cases.forEach((c, i) => hint.add(c.type, c.volume, c.index, c.gen, offsets[i] as number, c.payload?.byteLength ?? 0))
+      const segmentSize = 2 ** 34
+      const file = hint.finish(segmentSize)
+      assert.equal(file.byteLength, HINT_HEADER_BYTES + cases.length * HINT_ENTRY_BYTES)
+      const view = new DataView(file.buffer, file.byteOffset, file.byteLength)
+      assert.equal(view.getUint32(12, true), cases.length)
+      assert.equal(view.getUint32(16, true) * 2 ** 32 + view.getUint32(20, true), segmentSize)
+      assert.equal(view.getUint32(8, true), zlibCrc32(file.subarray(12)))
+      cases.forEach((c, i) => {
+        const p = HINT_HEADER_BYTES + i * HINT_ENTRY_BYTES
+        assert.equal(view.getUint8(p), c.type)
+        assert.equal(view.getUint8(p + 1), 0)
+        assert.equal(view.getUint16(p + 2, true), 0)
+        assert.equal(view.getUint32(p + 4, true), c.volume)
+        assert.equal(view.getUint32(p + 8, true) * 2 ** 32 + view.getUint32(p + 12, true), c.index)
+        assert.equal(view.getUint32(p + 16, true) * 2 ** 32 + view.getUint32(p + 20, true), c.gen)
+        assert.equal(view.getUint32(p + 24, true) * 2 ** 32 + view.getUint32(p + 28, true), offsets[i])
+        assert.equal(view.getUint32(p + 32, true), c.payload?.byteLength ?? 0)
+        assert.equal(view.getUint32(p + 36, true), 0)
+      })
+      const decoded: HintEntry[] = []
+      assert.ok(decodeHint(file, segmentSize, (entry) => decoded.push({ ...entry })))
+      assert.deepEqual(decoded, cases.map((c, i) => ({ type: c.type, volume: c.volume, index: c.index, gen: c.gen, offset: offsets[i], length: c.payload?.byteLength ?? 0 })))
+    })
+  })
+
   describe('segments', () => {
     it('rolls to a new segment at segmentBytes, keeps a batch whole in one segment, and reopens intact', async () => {
       await withStore({ segmentBytes: 8192, compactionThreshold: 0 }, async ({ location, make, reopen }) => {

@@ -32,6 +32,20 @@ const TWO_POW_32 = 0x1_0000_0000
 // A safe integer's high word is below 2^21; anything larger is a damaged record, not an address.
 const MAX_HIGH_WORD = 0x1f_ffff
 
+// Little-endian u32 fields written and read byte by byte: Buffer#writeUInt32LE/readUInt32LE check
+// their arguments on every call, which cost more than the stores (a quarter of a 4 KiB record's
+// encoding apart from the copy and the crc).
+function put32 (b: Uint8Array, p: number, v: number): void {
+  b[p] = v
+  b[p + 1] = v >>> 8
+  b[p + 2] = v >>> 16
+  b[p + 3] = v >>> 24
+}
+
+function get32 (b: Uint8Array, p: number): number {
+  return ((b[p] as number) | ((b[p + 1] as number) << 8) | ((b[p + 2] as number) << 16)) + (b[p + 3] as number) * 0x100_0000
+}
+
 /** The fields of one decoded record header. */
 export interface RecordHeader {
   type: number
@@ -52,20 +66,20 @@ export function encodeRecord (
   volume: number, index: number, gen: number, payload: Uint8Array | undefined
 ): number {
   const length = payload === undefined ? 0 : payload.byteLength
-  target.writeUInt32LE(RECORD_MAGIC, position)
+  put32(target, position, RECORD_MAGIC)
   target[position + 8] = type
   target[position + 9] = flags
   target[position + 10] = 0
   target[position + 11] = 0
-  target.writeUInt32LE(volume, position + 12)
-  target.writeUInt32LE(Math.floor(index / TWO_POW_32), position + 16)
-  target.writeUInt32LE(index >>> 0, position + 20)
-  target.writeUInt32LE(Math.floor(gen / TWO_POW_32), position + 24)
-  target.writeUInt32LE(gen >>> 0, position + 28)
-  target.writeUInt32LE(length, position + 32)
+  put32(target, position + 12, volume)
+  put32(target, position + 16, Math.floor(index / TWO_POW_32))
+  put32(target, position + 20, index >>> 0)
+  put32(target, position + 24, Math.floor(gen / TWO_POW_32))
+  put32(target, position + 28, gen >>> 0)
+  put32(target, position + 32, length)
   const end = position + HEADER_BYTES + length
   if (payload !== undefined) target.set(payload, position + HEADER_BYTES)
-  target.writeUInt32LE(crc32(target.subarray(position + 8, end)), position + 4)
+  put32(target, position + 4, crc32(target.subarray(position + 8, end)))
   return end
 }
 
@@ -75,28 +89,28 @@ export function encodeRecord (
  * garbage); the crc is checked separately by `recordCrcMatches` once the payload is at hand.
  */
 export function decodeHeader (source: Buffer, position: number, into: RecordHeader): boolean {
-  if (source.readUInt32LE(position) !== RECORD_MAGIC) return false
+  if (get32(source, position) !== RECORD_MAGIC) return false
   const type = source[position + 8] as number
   const flags = source[position + 9] as number
   if ((type !== TYPE_PUT && type !== TYPE_DEL) || (flags & ~FLAG_CONTINUES) !== 0) return false
   if (source[position + 10] !== 0 || source[position + 11] !== 0) return false
-  const indexHigh = source.readUInt32LE(position + 16)
-  const genHigh = source.readUInt32LE(position + 24)
+  const indexHigh = get32(source, position + 16)
+  const genHigh = get32(source, position + 24)
   if (indexHigh > MAX_HIGH_WORD || genHigh > MAX_HIGH_WORD) return false
-  const length = source.readUInt32LE(position + 32)
+  const length = get32(source, position + 32)
   if (type === TYPE_PUT ? (length === 0 || length > MAX_BLOCK_VALUE_BYTES) : length !== 0) return false
   into.type = type
   into.flags = flags
-  into.volume = source.readUInt32LE(position + 12)
-  into.index = indexHigh * TWO_POW_32 + source.readUInt32LE(position + 20)
-  into.gen = genHigh * TWO_POW_32 + source.readUInt32LE(position + 28)
+  into.volume = get32(source, position + 12)
+  into.index = indexHigh * TWO_POW_32 + get32(source, position + 20)
+  into.gen = genHigh * TWO_POW_32 + get32(source, position + 28)
   into.length = length
   return true
 }
 
 /** True when the stored crc of the record at `position` (header and payload in `source`) matches. */
 export function recordCrcMatches (source: Buffer, position: number, length: number): boolean {
-  return crc32(source.subarray(position + 8, position + HEADER_BYTES + length)) === source.readUInt32LE(position + 4)
+  return crc32(source.subarray(position + 8, position + HEADER_BYTES + length)) === get32(source, position + 4)
 }
 
 // ---- hint files ------------------------------------------------------------------------------------
@@ -138,16 +152,17 @@ export class HintBuilder {
     const p = this.#length
     b[p] = type
     b[p + 1] = 0
-    b.writeUInt16LE(0, p + 2)
-    b.writeUInt32LE(volume, p + 4)
-    b.writeUInt32LE(Math.floor(index / TWO_POW_32), p + 8)
-    b.writeUInt32LE(index >>> 0, p + 12)
-    b.writeUInt32LE(Math.floor(gen / TWO_POW_32), p + 16)
-    b.writeUInt32LE(gen >>> 0, p + 20)
-    b.writeUInt32LE(Math.floor(offset / TWO_POW_32), p + 24)
-    b.writeUInt32LE(offset >>> 0, p + 28)
-    b.writeUInt32LE(length, p + 32)
-    b.writeUInt32LE(0, p + 36)
+    b[p + 2] = 0
+    b[p + 3] = 0
+    put32(b, p + 4, volume)
+    put32(b, p + 8, Math.floor(index / TWO_POW_32))
+    put32(b, p + 12, index >>> 0)
+    put32(b, p + 16, Math.floor(gen / TWO_POW_32))
+    put32(b, p + 20, gen >>> 0)
+    put32(b, p + 24, Math.floor(offset / TWO_POW_32))
+    put32(b, p + 28, offset >>> 0)
+    put32(b, p + 32, length)
+    put32(b, p + 36, 0)
     this.#length += HINT_ENTRY_BYTES
     this.#count++
   }
@@ -155,11 +170,11 @@ export class HintBuilder {
   /** The complete hint file for a segment of `segmentSize` bytes (a view of the internal buffer). */
   finish (segmentSize: number): Buffer {
     const b = this.#buffer
-    b.writeUInt32LE(HINT_MAGIC, 0)
-    b.writeUInt32LE(HINT_VERSION, 4)
-    b.writeUInt32LE(this.#count, 12)
-    b.writeUInt32LE(Math.floor(segmentSize / TWO_POW_32), 16)
-    b.writeUInt32LE(segmentSize >>> 0, 20)
+    put32(b, 0, HINT_MAGIC)
+    put32(b, 4, HINT_VERSION)
+    put32(b, 12, this.#count)
+    put32(b, 16, Math.floor(segmentSize / TWO_POW_32))
+    put32(b, 20, segmentSize >>> 0)
     b.fill(0, 24, 32)
     const file = b.subarray(0, this.#length)
     b.writeUInt32LE(crc32(file.subarray(12)), 8)
