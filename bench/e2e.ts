@@ -1,8 +1,14 @@
 // End-to-end benchmark: GalleonFS I/O on each backend against raw FileHandle I/O measured in the same
 // run, on the same disk, printed as a markdown table of absolute numbers and ratios (DESIGN.md §4),
-// and saved as JSON to bench/results/latest.json.
+// and saved as JSON to bench/results/latest.json. Each case's baseline is measured right before and
+// right after it (half the time each), so both see the same conditions on a shared, noisy machine.
+// Before each of the three, GalleonFS settles: its writes are flushed, its background work
+// (compaction) is done, and the kernel has written back dirty pages, so that neither side pays for
+// the other's leftovers. A case runs without a break, so it pays for the compaction its own writes
+// cause while it runs, as a sustained workload would.
 //
-// Env: BENCH_SECONDS (measured seconds per case, default 2), BENCH_WARMUP_SECONDS (default 0.3),
+// Env: BENCH_SECONDS (measured seconds per case and per baseline, default 2), BENCH_WARMUP_SECONDS
+//      (before each measurement, default 0.3),
 //      BENCH_DIR (parent of the temporary directory, default the OS temp dir),
 //      BENCH_BACKENDS (comma-separated, default file,level,memory).
 
@@ -12,8 +18,11 @@ import { mkdir, mkdtemp, open, rm, statfs, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 
+const exec = promisify(execFile)
 const KiB = 1024
 const MiB = 1024 * KiB
 const BLOCK = 4 * KiB
@@ -45,14 +54,17 @@ interface Measurement {
   mbPerSec: number
 }
 
+/** A workload measured for a given number of seconds. */
+type Workload = (seconds: number) => Promise<Measurement>
+
 /**
- * Runs `op` from `depth` concurrent loops: a warmup, then `SECONDS` in which completed operations
+ * Runs `op` from `depth` concurrent loops: a warmup, then `seconds` in which completed operations
  * are counted. `op(worker)` moves `bytesPerOp` bytes. Deadlines are checked on the clock after each
  * operation, not with timers: an in-memory operation completes in microtasks and would starve them.
  */
-async function measure (depth: number, bytesPerOp: number, op: (worker: number) => Promise<unknown>): Promise<Measurement> {
+async function measure (depth: number, bytesPerOp: number, op: (worker: number) => Promise<unknown>, seconds: number): Promise<Measurement> {
   const countFrom = performance.now() + WARMUP_SECONDS * 1000
-  const stopAt = countFrom + SECONDS * 1000
+  const stopAt = countFrom + seconds * 1000
   let ops = 0
   await Promise.all(Array.from({ length: depth }, async (_, worker) => {
     while (true) {
@@ -62,8 +74,49 @@ async function measure (depth: number, bytesPerOp: number, op: (worker: number) 
       if (now >= countFrom) ops++
     }
   }))
-  const opsPerSec = ops / SECONDS
-  return { ops, seconds: SECONDS, opsPerSec, mbPerSec: opsPerSec * bytesPerOp / 1e6 }
+  const opsPerSec = ops / seconds
+  return { ops, seconds, opsPerSec, mbPerSec: opsPerSec * bytesPerOp / 1e6 }
+}
+
+/** `depth` loops of `op` as a Workload. */
+const workload = (depth: number, bytesPerOp: number, op: (worker: number) => Promise<unknown>): Workload =>
+  async (seconds) => await measure(depth, bytesPerOp, op, seconds)
+
+/** Sums slices of one workload. */
+function total (slices: readonly Measurement[]): Measurement {
+  const ops = slices.reduce((sum, m) => sum + m.ops, 0)
+  const seconds = slices.reduce((sum, m) => sum + m.seconds, 0)
+  const bytes = slices.reduce((sum, m) => sum + m.mbPerSec * m.seconds, 0)
+  return { ops, seconds, opsPerSec: ops / seconds, mbPerSec: bytes / seconds }
+}
+
+/** A GalleonFS case and its baseline (half before, half after it). */
+interface Paired { mine: Measurement, base: Measurement }
+
+async function paired (mine: Workload, base: Workload, settle: () => Promise<void>): Promise<Paired> {
+  await settle()
+  const before = await base(SECONDS / 2)
+  await settle()
+  const measured = await mine(SECONDS)
+  await settle()
+  const after = await base(SECONDS / 2)
+  return { mine: measured, base: total([before, after]) }
+}
+
+/**
+ * Waits until `g` is quiet: writes flushed, the store's size unchanged for a while (compaction
+ * done, or at most 30 s), and the kernel's dirty pages written back (`sync`).
+ */
+async function settle (g: GalleonFS): Promise<void> {
+  await g.flush()
+  let last = (await g.getStorageStats()).storedBytes
+  for (let quiet = 0, waited = 0; quiet < 3 && waited < 30_000; waited += 100) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const now = (await g.getStorageStats()).storedBytes
+    quiet = now === last ? quiet + 1 : 0
+    last = now
+  }
+  await exec('sync', [])
 }
 
 const randomBlockOffset = (): number => Math.floor(Math.random() * (SPAN / BLOCK)) * BLOCK
@@ -102,56 +155,58 @@ const CASE_BASELINE: Record<CaseId, string> = {
   'seqread-1m': 'raw-seqread'
 }
 
-async function measureBaselines (directory: string): Promise<Record<string, Measurement>> {
+/** The raw file the baselines run on: preallocated, open for the whole run. */
+interface RawFile { workloads: Record<string, Workload>, close: () => Promise<void> }
+
+async function openRawFile (directory: string): Promise<RawFile> {
   const file = join(directory, 'raw.bin')
   const handle = await open(file, 'w+')
-  try {
-    // Preallocate with real data, so no case pays for block allocation of a sparse file.
-    const fill = randomFillSync(new Uint8Array(BIG))
-    for (let position = 0; position < SPAN; position += BIG) await handle.write(fill, 0, BIG, position)
-    await handle.datasync()
-    const results: Record<string, Measurement> = {}
-    const small = buffers(QUEUE_DEPTH, BLOCK)
-    const big = buffers(1, BIG)[0] as Uint8Array
-    log('baseline: raw random 4 KiB writes')
-    results['raw-randwrite'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await handle.write(small[w] as Uint8Array, 0, BLOCK, randomBlockOffset()))
-    log('baseline: write + fdatasync')
-    results['raw-write-fdatasync'] = await measure(1, BLOCK, async () => {
+  // Preallocate with real data, so no case pays for block allocation of a sparse file.
+  const fill = randomFillSync(new Uint8Array(BIG))
+  for (let position = 0; position < SPAN; position += BIG) await handle.write(fill, 0, BIG, position)
+  await handle.datasync()
+  const small = buffers(QUEUE_DEPTH, BLOCK)
+  const big = buffers(1, BIG)[0] as Uint8Array
+  let writePosition = 0
+  let readPosition = 0
+  const workloads: Record<string, Workload> = {
+    'raw-randwrite': workload(QUEUE_DEPTH, BLOCK, async (w) => await handle.write(small[w] as Uint8Array, 0, BLOCK, randomBlockOffset())),
+    'raw-write-fdatasync': workload(1, BLOCK, async () => {
       await handle.write(small[0] as Uint8Array, 0, BLOCK, randomBlockOffset())
       await handle.datasync()
-    })
-    log('baseline: raw random 4 KiB reads')
+    }),
     // The callback fs.read on the descriptor: the fastest way to a positional read from Node (the
     // file store reads the same way).
-    results['raw-randread'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await new Promise<void>((resolve, reject) => {
+    'raw-randread': workload(QUEUE_DEPTH, BLOCK, async (w) => await new Promise<void>((resolve, reject) => {
       fsRead(handle.fd, small[w] as Uint8Array, 0, BLOCK, randomBlockOffset(), (err) => { if (err === null) resolve(); else reject(err) })
-    }))
-    log('baseline: raw 1 MiB sequential writes')
-    let writePosition = 0
-    results['raw-seqwrite'] = await measure(1, BIG, async () => {
+    })),
+    'raw-seqwrite': workload(1, BIG, async () => {
       await handle.write(big, 0, BIG, writePosition)
       writePosition = (writePosition + BIG) % SPAN
-    })
-    log('baseline: raw 1 MiB sequential reads')
-    let readPosition = 0
-    results['raw-seqread'] = await measure(1, BIG, async () => {
+    }),
+    'raw-seqread': workload(1, BIG, async () => {
       await handle.read(big, 0, BIG, readPosition)
       readPosition = (readPosition + BIG) % SPAN
     })
-    return results
-  } finally {
-    await handle.close()
-    await rm(file, { force: true })
+  }
+  return {
+    workloads,
+    close: async () => {
+      await handle.close()
+      await rm(file, { force: true })
+    }
   }
 }
 
 interface JournalDelta { backend: string, journalEntries: number, storeBatches: number, syncs: number, entriesPerSync: number }
 
-interface BackendRun { results: Partial<Record<CaseId, Measurement>>, journal?: JournalDelta, error?: string, skipped?: Partial<Record<CaseId, string>> }
+interface BackendRun { results: Partial<Record<CaseId, Paired>>, journal?: JournalDelta, error?: string, skipped?: Partial<Record<CaseId, string>> }
 
-async function measureBackend (backend: 'file' | 'level' | 'memory', directory: string): Promise<BackendRun> {
+async function measureBackend (backend: 'file' | 'level' | 'memory', directory: string, raw: RawFile): Promise<BackendRun> {
   const storagePath = join(directory, backend)
-  const results: Partial<Record<CaseId, Measurement>> = {}
+  const results: Partial<Record<CaseId, Paired>> = {}
+  /** Measures a case against its baseline (see `paired`), on the instance open now. */
+  const against = async (id: CaseId, mine: Workload): Promise<Paired> => await paired(mine, raw.workloads[CASE_BASELINE[id]] as Workload, async () => await settle(g))
   const skipped: Partial<Record<CaseId, string>> = {}
   const openInstance = async (cacheBlocks?: number): Promise<GalleonFS> =>
     backend === 'memory' ? await GalleonFS.open({ inMemory: true, cacheBlocks }) : await GalleonFS.open({ storagePath, backend, cacheBlocks })
@@ -172,12 +227,12 @@ async function measureBackend (backend: 'file' | 'level' | 'memory', directory: 
     const vol = await prefill(g)
     log(`${backend}: 1 MiB sequential write()`)
     let writeOffset = 0
-    results['seqwrite-1m'] = await measure(1, BIG, async () => {
+    results['seqwrite-1m'] = await against('seqwrite-1m', workload(1, BIG, async () => {
       await g.write(vol, writeOffset, big, WriteConcern.WriteAcknowledged)
       writeOffset = (writeOffset + BIG) % SPAN
-    })
+    }))
     log(`${backend}: 4 KiB random writeBlock, WriteAcknowledged`)
-    results['randwrite-ack'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteAcknowledged))
+    results['randwrite-ack'] = await against('randwrite-ack', workload(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteAcknowledged)))
     await g.flush()
     if (backend === 'memory') {
       // It cannot survive a crash, so it refuses WriteDurable rather than pretend.
@@ -186,7 +241,7 @@ async function measureBackend (backend: 'file' | 'level' | 'memory', directory: 
       log(`${backend}: 4 KiB random writeBlock, WriteDurable`)
       const before = g.journalStats()
       const storeBefore = await g.getStorageStats()
-      results['randwrite-durable'] = await measure(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteDurable))
+      results['randwrite-durable'] = await against('randwrite-durable', workload(QUEUE_DEPTH, BLOCK, async (w) => await g.writeBlock(vol, randomBlock(), small[w] as Uint8Array, WriteConcern.WriteDurable)))
       const after = g.journalStats()
       const storeAfter = await g.getStorageStats()
       // Deltas over the whole run, warmup included: each durable writeBlock is one journal entry.
@@ -202,12 +257,12 @@ async function measureBackend (backend: 'file' | 'level' | 'memory', directory: 
     }
     log(`${backend}: 1 MiB sequential read()`)
     let readOffset = 0
-    results['seqread-1m'] = await measure(1, BIG, async () => {
+    results['seqread-1m'] = await against('seqread-1m', workload(1, BIG, async () => {
       await g.read(vol, readOffset, BIG)
       readOffset = (readOffset + BIG) % SPAN
-    })
+    }))
     log(`${backend}: 4 KiB random readBlock, default (no engine cache)`)
-    results['randread-nocache'] = await measure(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock()))
+    results['randread-nocache'] = await against('randread-nocache', workload(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock())))
   } finally {
     await g.close()
   }
@@ -216,7 +271,7 @@ async function measureBackend (backend: 'file' | 'level' | 'memory', directory: 
   try {
     const vol = backend === 'memory' ? await prefill(g) : (await g.getVolume('bench')).id
     log(`${backend}: 4 KiB random readBlock, cacheBlocks 2048`)
-    results['randread-cache'] = await measure(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock()))
+    results['randread-cache'] = await against('randread-cache', workload(QUEUE_DEPTH, BLOCK, async () => await g.readBlock(vol, randomBlock())))
   } finally {
     await g.close()
   }
@@ -242,20 +297,23 @@ async function main (): Promise<void> {
   const fsType = (await statfs(directory)).type
   const startedAt = new Date()
   console.log(`\n## End-to-end benchmark\n`)
-  console.log(`Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${SECONDS} s per case after ${WARMUP_SECONDS} s warmup, data in ${directory}`)
+  console.log(`Node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${SECONDS} s per case and per baseline (half before, half after), each after ${WARMUP_SECONDS} s warmup, data in ${directory}`)
   if (fsType === TMPFS_MAGIC) console.log('WARNING: the benchmark directory is on tmpfs, where fdatasync costs nothing; set BENCH_DIR to a directory on a real disk.')
 
   const backends: Record<string, BackendRun> = {}
-  let baselines: Record<string, Measurement>
   try {
-    baselines = await measureBaselines(directory)
-    for (const backend of BACKENDS) {
-      try {
-        backends[backend] = await measureBackend(backend, directory)
-      } catch (err) {
-        backends[backend] = { results: {}, error: err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err) }
-        log(`${backend}: failed: ${backends[backend].error}`)
+    const raw = await openRawFile(directory)
+    try {
+      for (const backend of BACKENDS) {
+        try {
+          backends[backend] = await measureBackend(backend, directory, raw)
+        } catch (err) {
+          backends[backend] = { results: {}, error: err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err) }
+          log(`${backend}: failed: ${backends[backend].error}`)
+        }
       }
+    } finally {
+      await raw.close()
     }
   } finally {
     await rm(directory, { recursive: true, force: true })
@@ -267,16 +325,16 @@ async function main (): Promise<void> {
   console.log('|---|---|---:|---:|---|---:|---:|---:|---:|---|')
   for (const id of Object.keys(CASES) as CaseId[]) {
     const info = CASES[id]
-    const baseline = baselines[CASE_BASELINE[id]] as Measurement
     for (const backend of BACKENDS) {
       const run = backends[backend] as BackendRun
-      const result = run.results[id]
-      const ratio = result === undefined ? NaN : result.opsPerSec / baseline.opsPerSec
+      const result = run.results[id]?.mine
+      const baseline = run.results[id]?.base
+      const ratio = result === undefined || baseline === undefined ? NaN : result.opsPerSec / baseline.opsPerSec
       let verdict = info.target === undefined ? '—' : ratio >= info.target ? 'PASS' : 'BELOW'
       // The memory backend does no disk I/O: its ratio against a disk baseline is shown, not judged.
       if (backend === 'memory' && info.target !== undefined) verdict = `(${verdict})`
       if (result === undefined) verdict = run.error === undefined ? run.skipped?.[id] ?? 'not run' : `error: ${run.error}`
-      console.log(`| ${info.title} | ${backend} | ${fmt(result?.opsPerSec)} | ${fmt(result?.mbPerSec, 1)} | ${info.baseline} | ${fmt(baseline.opsPerSec)} | ${fmt(baseline.mbPerSec, 1)} | ${Number.isFinite(ratio) ? `${fmt(ratio, 2)}×` : 'n/a'} | ${info.target === undefined ? '—' : `≥ ${info.target}×`} | ${verdict} |`)
+      console.log(`| ${info.title} | ${backend} | ${fmt(result?.opsPerSec)} | ${fmt(result?.mbPerSec, 1)} | ${info.baseline} | ${fmt(baseline?.opsPerSec)} | ${fmt(baseline?.mbPerSec, 1)} | ${Number.isFinite(ratio) ? `${fmt(ratio, 2)}×` : 'n/a'} | ${info.target === undefined ? '—' : `≥ ${info.target}×`} | ${verdict} |`)
       rows.push({
         case: id,
         title: info.title,
@@ -286,8 +344,8 @@ async function main (): Promise<void> {
         ops: result?.ops ?? null,
         baseline: CASE_BASELINE[id],
         baselineTitle: info.baseline,
-        baselineOpsPerSec: baseline.opsPerSec,
-        baselineMbPerSec: baseline.mbPerSec,
+        baselineOpsPerSec: baseline?.opsPerSec ?? null,
+        baselineMbPerSec: baseline?.mbPerSec ?? null,
         ratio: Number.isFinite(ratio) ? ratio : null,
         target: info.target ?? null,
         pass: info.target === undefined || !Number.isFinite(ratio) ? null : ratio >= info.target,
@@ -316,7 +374,6 @@ async function main (): Promise<void> {
     queueDepth: QUEUE_DEPTH,
     spanBytes: SPAN,
     directoryOnTmpfs: fsType === TMPFS_MAGIC,
-    baselines,
     results: rows,
     journal: journals
   }, null, 2) + '\n')

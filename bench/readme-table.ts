@@ -11,8 +11,8 @@ interface Row {
   opsPerSec: number | null
   mbPerSec: number | null
   baselineTitle: string
-  baselineOpsPerSec: number
-  baselineMbPerSec: number
+  baselineOpsPerSec: number | null
+  baselineMbPerSec: number | null
   ratio: number | null
   target: number | null
   error: string | null
@@ -39,14 +39,14 @@ const figure = (title: string, ops: number, mb: number): string => title.include
 const data = JSON.parse(await readFile(RESULTS, 'utf8')) as Results
 const lines = [
   START,
-  `Measured ${data.date.slice(0, 10)} with Node ${data.node} on ${data.cpus} × ${data.cpuModel ?? 'cpu'}, ${data.seconds} s per case; baselines measured in the same run on the same disk.`,
+  `Measured ${data.date.slice(0, 10)} with Node ${data.node} on ${data.cpus} × ${data.cpuModel ?? 'cpu'}, ${data.seconds} s per case; each baseline measured on the same disk, half right before and half right after its case.`,
   '',
   '| case | backend | GalleonFS | baseline | ratio | target |',
   '|---|---|---:|---|---:|---|'
 ]
 for (const row of data.results) {
   const ours = row.opsPerSec === null || row.mbPerSec === null ? (row.error ?? 'n/a') : figure(row.title, row.opsPerSec, row.mbPerSec)
-  const baseline = `${row.baselineTitle}: ${figure(row.title, row.baselineOpsPerSec, row.baselineMbPerSec)}`
+  const baseline = `${row.baselineTitle}: ${row.baselineOpsPerSec === null || row.baselineMbPerSec === null ? 'n/a' : figure(row.title, row.baselineOpsPerSec, row.baselineMbPerSec)}`
   const ratio = row.ratio === null ? '—' : `${number(row.ratio, 2)}×`
   let target = '—'
   if (row.target !== null && row.backend !== 'memory') target = `≥ ${row.target}× (${row.ratio !== null && row.ratio >= row.target ? 'met' : 'not met'})`
