@@ -949,6 +949,27 @@ describe('file block store', () => {
       })
     })
 
+    it('syncWriteMaxBytes: validated; with 0 every group goes through the thread pool and the store behaves the same', async () => {
+      for (const bad of [-1, 1.5, '1M', Number.NaN]) {
+        assert.throws(() => new FileBlockStore({ location: tmpdir(), syncWriteMaxBytes: bad as number }), (err: GalleonError) => err.code === 'INVALID_ARGUMENT' && /syncWriteMaxBytes/.test(err.message))
+      }
+      await withStore({ syncWriteMaxBytes: 0, segmentBytes: 256 * 1024 }, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        const pending: Array<Promise<void>> = []
+        for (let i = 0; i < 300; i++) {
+          const ops = [put(addr(1, i % 120), bytesOf(2000, i))]
+          model.apply(ops)
+          pending.push(store.batch(ops, { sync: i % 50 === 0 }))
+        }
+        await Promise.all(pending)
+        await model.check(store, 'written through the thread pool')
+        store = await reopen(store)
+        await model.check(store, 'after reopen')
+      })
+    })
+
     it('syncs in the background every 4 MiB of unsynced writes, which no batch waits for', async () => {
       // Segments of 8 MiB: rolls happen while background syncs are under way or just done.
       await withStore({ segmentBytes: 8 * 1024 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {

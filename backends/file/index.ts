@@ -37,6 +37,13 @@ export interface FileBlockStoreOptions {
    */
   compactionThreshold?: number
   /**
+   * Write groups up to this many bytes are copied into the page cache with a synchronous write()
+   * on the event loop's thread; larger ones go to libuv's thread pool (default 2 MiB, see
+   * DEFAULT_SYNC_WRITE_MAX_BYTES). 0 sends every write to the thread pool: the event loop never
+   * waits for a write() (a disk so slow that the kernel throttles writers), at a cost in throughput.
+   */
+  syncWriteMaxBytes?: number
+  /**
    * Receives errors of background work (hint files, compaction) that no caller is waiting for.
    * Without it (or when it throws) they are kept in `lastBackgroundError`. Either way the data stays
    * correct: a failed compaction leaves the old segment in place.
@@ -50,7 +57,7 @@ const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 // 0.4 -> 36.4k (2.32x), 0.3 -> 40.0k (2.46x).
 const DEFAULT_COMPACTION_THRESHOLD = 0.4
 // One write call carries at most this much (unless a single batch is larger): big enough to amortise
-// the syscall, small enough to be written synchronously (SYNC_WRITE_MAX_BYTES) without holding up
+// the syscall, small enough to be written synchronously (DEFAULT_SYNC_WRITE_MAX_BYTES) without holding up
 // the event loop for long. 256 KiB measured no faster on 4 KiB random writes.
 const GROUP_BYTES = 64 * 1024
 // Write calls in flight at once. Their bytes land at reserved offsets, so they may complete in any
@@ -64,7 +71,7 @@ const MAX_WRITES_IN_FLIGHT = 4
 // trip: 37-44k writes/s with the pool, 50-58k written synchronously. A 1 MiB write() (256 blocks,
 // about 1.05 MiB with headers) is written synchronously too: 250-320 MiB/s against 240-290 through
 // the pool, with less CPU per MiB.
-const SYNC_WRITE_MAX_BYTES = 2 * 1024 * 1024
+const DEFAULT_SYNC_WRITE_MAX_BYTES = 2 * 1024 * 1024
 // Once this much is written to the active segment without a sync, an fdatasync starts in the
 // background (nothing waits for it). Without it, all of a segment's bytes were left for the fsync
 // that seals it, during which nothing could be written: 30-40 ms per 64 MiB segment, 14% of the
@@ -170,7 +177,7 @@ function noop (): void {}
  *   unwritten bytes read as) between them. The marker is written by close() and removed, durably,
  *   by open() before anything is appended.
  * - One writer appends what is queued in groups (small ones written synchronously, see
- *   SYNC_WRITE_MAX_BYTES) and, if any of those batches asked for it (or `sync()` was called), issues
+ *   syncWriteMaxBytes) and, if any of those batches asked for it (or `sync()` was called), issues
  *   one fdatasync for all of them: concurrent durable batches share a sync (group commit). Batches
  *   resolve in call order; a batch without sync resolves once the OS has its bytes (it survives
  *   kill -9 of the process, not a power loss). Unsynced bytes are synced in the background every
@@ -187,6 +194,7 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #location: string
   readonly #segmentBytes: number
   readonly #compactionThreshold: number
+  readonly #syncWriteMaxBytes: number
   readonly #onBackgroundError: ((err: GalleonError) => void) | undefined
 
   #lock: DirectoryLock | undefined
@@ -243,15 +251,19 @@ export class FileBlockStore extends AbstractBlockStore {
     if (options === null || typeof options !== 'object' || typeof options.location !== 'string' || options.location.length === 0) {
       throw new GalleonError('INVALID_ARGUMENT', `the file block store needs { location: '<directory>' }, got ${describe(options)}`)
     }
-    const { segmentBytes = DEFAULT_SEGMENT_BYTES, compactionThreshold = DEFAULT_COMPACTION_THRESHOLD } = options
+    const { segmentBytes = DEFAULT_SEGMENT_BYTES, compactionThreshold = DEFAULT_COMPACTION_THRESHOLD, syncWriteMaxBytes = DEFAULT_SYNC_WRITE_MAX_BYTES } = options
     if (!Number.isSafeInteger(segmentBytes) || segmentBytes <= 0) {
       throw new GalleonError('INVALID_ARGUMENT', `segmentBytes must be a positive integer, got ${describe(segmentBytes)}`)
     }
     if (typeof compactionThreshold !== 'number' || !(compactionThreshold >= 0 && compactionThreshold <= 1)) {
       throw new GalleonError('INVALID_ARGUMENT', `compactionThreshold must be a number from 0 to 1, got ${describe(compactionThreshold)}`)
     }
+    if (!Number.isSafeInteger(syncWriteMaxBytes) || syncWriteMaxBytes < 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `syncWriteMaxBytes must be a non-negative integer (0: every write through the thread pool), got ${describe(syncWriteMaxBytes)}`)
+    }
     this.#location = options.location
     this.#segmentBytes = segmentBytes
+    this.#syncWriteMaxBytes = syncWriteMaxBytes
     this.#compactionThreshold = compactionThreshold
     this.#onBackgroundError = options.onBackgroundError
   }
@@ -953,7 +965,7 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     this.#issuedBytes += bytes
     const handle = segment.handle as FileHandle
-    if (bytes <= SYNC_WRITE_MAX_BYTES) {
+    if (bytes <= this.#syncWriteMaxBytes) {
       try {
         let done = 0
         while (done < bytes) done += writeSync(handle.fd, buffer, done, bytes - done, fileOffset + done)
