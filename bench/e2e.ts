@@ -18,11 +18,9 @@ import { mkdir, mkdtemp, open, rm, statfs, writeFile } from 'node:fs/promises'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
+import { settle } from './settle.js'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 
-const exec = promisify(execFile)
 const KiB = 1024
 const MiB = 1024 * KiB
 const BLOCK = 4 * KiB
@@ -103,21 +101,6 @@ async function paired (mine: Workload, base: Workload, settle: () => Promise<voi
   return { mine: measured, base: total([before, after]) }
 }
 
-/**
- * Waits until `g` is quiet: writes flushed, the store's size unchanged for a while (compaction
- * done, or at most 30 s), and the kernel's dirty pages written back (`sync`).
- */
-async function settle (g: GalleonFS): Promise<void> {
-  await g.flush()
-  let last = (await g.getStorageStats()).storedBytes
-  for (let quiet = 0, waited = 0; quiet < 3 && waited < 30_000; waited += 100) {
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    const now = (await g.getStorageStats()).storedBytes
-    quiet = now === last ? quiet + 1 : 0
-    last = now
-  }
-  await exec('sync', [])
-}
 
 const randomBlockOffset = (): number => Math.floor(Math.random() * (SPAN / BLOCK)) * BLOCK
 

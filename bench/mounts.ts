@@ -6,6 +6,8 @@
 //      null fuse-native file system that stores nothing (goal >= 0.8x).
 // Needs fio, qemu-img and qemu-nbd (NBD part) and /dev/fuse with fusermount (FUSE part); a part
 // whose tools are missing is reported as skipped. Saved to bench/results/mounts.json.
+// The two sides take turns (each case twice, alternating who goes first), and GalleonFS settles
+// before every measurement (see settle.ts): flushed, compaction done, dirty pages written back.
 //
 // Env: BENCH_SECONDS (seconds per fio case, default 5), BENCH_DIR (parent of the temporary
 //      directory), BENCH_VOLUME (volume and image size, default 1G).
@@ -20,6 +22,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { GalleonFS, parseSize } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { settle } from './settle.js'
 
 const exec = promisify(execFile)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -84,6 +87,8 @@ async function nbdPart (dir: string, rows: Row[]): Promise<void> {
       for (let round = 0; round < 2; round++) {
         const order = round === 0 ? [ours, theirs] : [theirs, ours]
         for (const uri of order) {
+          // Neither side pays for the other's leftovers (GalleonFS's compaction, dirty pages).
+          await settle(g)
           const value = await fio(uri, rw, bs, depth, SECONDS / 2)
           if (uri === ours) mine += value / 2
           else baseline += value / 2
@@ -144,7 +149,9 @@ async function fusePart (dir: string, rows: Row[]): Promise<void> {
     const results = { write: [0, 0], read: [0, 0] }
     for (let round = 0; round < 2; round++) {
       for (const [index, where] of (round === 0 ? [[0, mine], [1, theirs]] : [[1, theirs], [0, mine]]) as Array<[number, string]>) {
+        await settle(g)
         ;(results.write[index] as number) += await dd(['if=/dev/zero', `of=${join(where, 'data')}`, 'conv=notrunc'], mib) / 2
+        await settle(g)
         ;(results.read[index] as number) += await dd([`if=${join(where, 'data')}`, 'of=/dev/null'], mib) / 2
       }
     }
