@@ -42,6 +42,12 @@ function put32 (b: Uint8Array, p: number, v: number): void {
   b[p + 3] = v >>> 24
 }
 
+/** A safe integer as two u32, high word first (the layout of index, gen and offset fields). */
+function putHighLow (b: Uint8Array, p: number, v: number): void {
+  put32(b, p, Math.floor(v / TWO_POW_32))
+  put32(b, p + 4, v >>> 0)
+}
+
 function get32 (b: Uint8Array, p: number): number {
   return ((b[p] as number) | ((b[p + 1] as number) << 8) | ((b[p + 2] as number) << 16)) + (b[p + 3] as number) * 0x100_0000
 }
@@ -72,10 +78,8 @@ export function encodeRecord (
   target[position + 10] = 0
   target[position + 11] = 0
   put32(target, position + 12, volume)
-  put32(target, position + 16, Math.floor(index / TWO_POW_32))
-  put32(target, position + 20, index >>> 0)
-  put32(target, position + 24, Math.floor(gen / TWO_POW_32))
-  put32(target, position + 28, gen >>> 0)
+  putHighLow(target, position + 16, index)
+  putHighLow(target, position + 24, gen)
   put32(target, position + 32, length)
   const end = position + HEADER_BYTES + length
   if (payload !== undefined) target.set(payload, position + HEADER_BYTES)
@@ -155,12 +159,9 @@ export class HintBuilder {
     b[p + 2] = 0
     b[p + 3] = 0
     put32(b, p + 4, volume)
-    put32(b, p + 8, Math.floor(index / TWO_POW_32))
-    put32(b, p + 12, index >>> 0)
-    put32(b, p + 16, Math.floor(gen / TWO_POW_32))
-    put32(b, p + 20, gen >>> 0)
-    put32(b, p + 24, Math.floor(offset / TWO_POW_32))
-    put32(b, p + 28, offset >>> 0)
+    putHighLow(b, p + 8, index)
+    putHighLow(b, p + 16, gen)
+    putHighLow(b, p + 24, offset)
     put32(b, p + 32, length)
     put32(b, p + 36, 0)
     this.#length += HINT_ENTRY_BYTES
