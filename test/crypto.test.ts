@@ -72,6 +72,18 @@ describe('node:crypto key reuse', () => {
     assert.throws(() => nodeCipher.open(key, nonce, before, aad), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED')
     assert.deepEqual(nodeCipher.open(old, nonce, before, aad), plain)
   })
+
+  it('the same holds for a Buffer key (whose slice() is a view, not a copy)', () => {
+    const key = randomBytes(32)
+    const nonce = new Uint8Array(12).fill(1)
+    const aad = new Uint8Array(28)
+    const plain = new Uint8Array(randomBytes(64))
+    const before = nodeCipher.seal(key, nonce, plain, aad)
+    key[0] = (key[0] as number) ^ 0xff
+    const after = nodeCipher.seal(key, nonce, plain, aad)
+    assert.deepEqual(after, nobleCipher.seal(new Uint8Array(key), nonce, plain, aad))
+    assert.notDeepEqual(after, before)
+  })
 })
 
 describe('data keys and key providers', () => {

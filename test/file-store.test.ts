@@ -1047,11 +1047,46 @@ describe('file block store', () => {
         } finally {
           prototype.datasync = datasync
         }
-        await store.close()
+        const closing = await rejectsWithCode(store.close(), 'IO_ERROR', 'close() after the background sync failed')
+        assert.match(closing.message, /background sync .* may be lost/)
+        assert.equal(store.status, 'closed')
         store = make()
         await store.open()
         await check('after reopen')
         assert.equal(await store.get(addr(1, 99999)), undefined, 'the refused batch is not there')
+      })
+    })
+
+    it('a synced batch is not acknowledged when the background sync running beside its own sync failed', async () => {
+      // Linux reports a write-back error to one fdatasync of the file only: the background one takes
+      // it (late, here), the batch's own returns 0. The batch must still fail.
+      await withStore({ compactionThreshold: 0 }, async ({ make }) => {
+        let store = make()
+        await store.open()
+        const probe = await open(join(tmpdir(), '.'), 'r')
+        const prototype = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
+        await probe.close()
+        const datasync = prototype.datasync
+        let calls = 0
+        prototype.datasync = async function (this: unknown) {
+          if (calls++ > 0) return await datasync.call(this)
+          await new Promise((resolve) => setTimeout(resolve, 200))
+          throw Object.assign(new Error('EIO: i/o error, fdatasync (simulated)'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+        }
+        try {
+          // Just over 4 MiB without sync starts the background sync; the synced batch follows at once.
+          const unsynced = Array.from({ length: 1020 }, (_, i) => store.batch([put(addr(1, i), bytesOf(4096, i))]))
+          const synced = store.batch([put(addr(1, 5000), bytesOf(100, 1))], { sync: true })
+          await Promise.allSettled(unsynced)
+          await rejectsWithCode(synced, 'IO_ERROR', 'the synced batch')
+          assert.ok(calls >= 2, `the batch's own sync ran beside the background one (${calls} calls)`)
+        } finally {
+          prototype.datasync = datasync
+        }
+        await rejectsWithCode(store.close(), 'IO_ERROR', 'close()')
+        store = make()
+        await store.open()
+        await store.close()
       })
     })
 

@@ -64,7 +64,7 @@ const GROUP_BYTES = 64 * 1024
 // order; batches are still acknowledged in call order, and a sync covers every write before it.
 const MAX_WRITES_IN_FLIGHT = 4
 // A group up to this size is written with a synchronous write() on the event loop's thread; larger
-// ones (compaction's batches of COMPACTION_BATCH_BYTES and more) go to the thread pool. Copying into
+// ones (compaction's full batches, COMPACTION_BATCH_BYTES and more) go to the thread pool. Copying into
 // the page cache is quick, and measured on 2 cores (4 KiB random writes at 32 in flight, file
 // backend): handing a 28 KiB group to the thread pool costs the event loop as much time as writing
 // it (30-40 us, the woken pool thread preempting it), while the caller also waits for the round
@@ -336,6 +336,10 @@ export class FileBlockStore extends AbstractBlockStore {
       }
     } catch (err) {
       failure = wrapIo(err, `could not flush the block store at ${this.#location}`)
+    }
+    // A failed background sync may have lost batches acknowledged without sync: close() says so.
+    if (failure === undefined && this.#writebackError !== undefined) {
+      failure = wrapIo(this.#writebackError, `a background sync of the block store at ${this.#location} failed, so batches written without sync may be lost; reopen it (recovery keeps what reached the disk)`)
     }
     if (failure === undefined && this.#failure === undefined) {
       // Best effort: everything is synced already. Without the marker (a full disk, a directory
@@ -891,7 +895,10 @@ export class FileBlockStore extends AbstractBlockStore {
       this.#dirty = false
       this.#unsyncedBytes = 0
       this.#syncCount++
-      await (this.#current.handle as FileHandle).datasync()
+      // With the background sync too: Linux reports a write-back error to only one of the
+      // fdatasyncs on a file, so if that one took it, this one returns 0 with the bytes not on disk.
+      await Promise.all([(this.#current.handle as FileHandle).datasync(), this.#writeback])
+      if (this.#writebackError !== undefined) throw this.#writebackError
     }
     const finished = inflight.splice(0, count)
     const queue = this.#queue

@@ -48,7 +48,8 @@ function keyObject (key: Uint8Array): KeyObject {
     for (let i = 0; i < KEY_BYTES; i++) if (bytes[i] !== key[i]) { same = false; break }
     if (same) return cached.key
   }
-  const made = { bytes: key.slice(), key: createSecretKey(key) }
+  // new Uint8Array copies (Buffer#slice would be a view of the same bytes).
+  const made = { bytes: new Uint8Array(key), key: createSecretKey(key) }
   keyObjects.set(key, made)
   return made.key
 }
