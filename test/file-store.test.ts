@@ -101,6 +101,26 @@ function recordSize (length: number): number {
   return HEADER_BYTES + length
 }
 
+/** An fdatasync failing as a disk's write-back error makes it fail. */
+const simulatedEio = (): Error => Object.assign(new Error('EIO: i/o error, fdatasync (simulated)'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+
+/**
+ * Runs `body` with FileHandle#datasync replaced by `replacement` (which gets the original to call),
+ * restored afterwards.
+ */
+async function withDatasync (replacement: (original: () => Promise<void>) => Promise<void>, body: () => Promise<void>): Promise<void> {
+  const probe = await open(join(tmpdir(), '.'), 'r')
+  const prototype = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
+  await probe.close()
+  const datasync = prototype.datasync
+  prototype.datasync = async function (this: unknown) { await replacement(async () => await datasync.call(this)) }
+  try {
+    await body()
+  } finally {
+    prototype.datasync = datasync
+  }
+}
+
 
 // ---- tests -----------------------------------------------------------------------------------------
 
@@ -1005,15 +1025,7 @@ describe('file block store', () => {
       await withStore({ compactionThreshold: 0 }, async ({ make }) => {
         let store = make()
         await store.open()
-        const probe = await open(join(tmpdir(), '.'), 'r')
-        const prototype = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
-        await probe.close()
-        const datasync = prototype.datasync
         let failedSyncs = 0
-        prototype.datasync = async function () {
-          failedSyncs++
-          throw Object.assign(new Error('EIO: i/o error, fdatasync (simulated)'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
-        }
         const acknowledged: number[] = []
         const refused: number[] = []
         const check = async (what: string): Promise<void> => {
@@ -1024,7 +1036,7 @@ describe('file block store', () => {
             if (value !== undefined) assertBytes(value, bytesOf(4096, i), `${what}: refused block ${i}`)
           }
         }
-        try {
+        await withDatasync(async () => { failedSyncs++; throw simulatedEio() }, async () => {
           // 5 MiB without sync: the background sync starts after 4 MiB, and fails.
           const results = await Promise.allSettled(Array.from({ length: 1280 }, async (_, i) => {
             await store.batch([put(addr(1, i), bytesOf(4096, i))])
@@ -1044,9 +1056,7 @@ describe('file block store', () => {
           assert.equal(failedSyncs, 1, 'one background sync was attempted, and nothing after the failure')
           await rejectsWithCode(store.batch([put(addr(1, 99999), bytesOf(10, 1))]), 'IO_ERROR', 'a batch after the failure')
           await check('after the failure')
-        } finally {
-          prototype.datasync = datasync
-        }
+        })
         const closing = await rejectsWithCode(store.close(), 'IO_ERROR', 'close() after the background sync failed')
         assert.match(closing.message, /background sync .* may be lost/)
         assert.equal(store.status, 'closed')
@@ -1063,26 +1073,20 @@ describe('file block store', () => {
       await withStore({ compactionThreshold: 0 }, async ({ make }) => {
         let store = make()
         await store.open()
-        const probe = await open(join(tmpdir(), '.'), 'r')
-        const prototype = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
-        await probe.close()
-        const datasync = prototype.datasync
         let calls = 0
-        prototype.datasync = async function (this: unknown) {
-          if (calls++ > 0) return await datasync.call(this)
+        const lateFailureFirst = async (original: () => Promise<void>): Promise<void> => {
+          if (calls++ > 0) return await original()
           await new Promise((resolve) => setTimeout(resolve, 200))
-          throw Object.assign(new Error('EIO: i/o error, fdatasync (simulated)'), { code: 'EIO', errno: -5, syscall: 'fdatasync' })
+          throw simulatedEio()
         }
-        try {
+        await withDatasync(lateFailureFirst, async () => {
           // Just over 4 MiB without sync starts the background sync; the synced batch follows at once.
           const unsynced = Array.from({ length: 1020 }, (_, i) => store.batch([put(addr(1, i), bytesOf(4096, i))]))
           const synced = store.batch([put(addr(1, 5000), bytesOf(100, 1))], { sync: true })
           await Promise.allSettled(unsynced)
           await rejectsWithCode(synced, 'IO_ERROR', 'the synced batch')
           assert.ok(calls >= 2, `the batch's own sync ran beside the background one (${calls} calls)`)
-        } finally {
-          prototype.datasync = datasync
-        }
+        })
         await rejectsWithCode(store.close(), 'IO_ERROR', 'close()')
         store = make()
         await store.open()
