@@ -5,12 +5,15 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { appendFile, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { appendFile, cp, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
-import { FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, TYPE_DEL, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, type HintEntry, type RecordHeader } from '../backends/file/record.js'
+import {
+  FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
+  decodeHeader, decodeHint, encodeRecord, recordCrcMatches, segmentSeed, type HintEntry, type RecordHeader
+} from '../backends/file/record.js'
 import { crc32 as zlibCrc32 } from 'node:zlib'
 import { hintFileName, segmentFileName } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
@@ -86,8 +89,23 @@ async function hintIds (location: string): Promise<number[]> {
   return ids.sort((a, b) => a - b)
 }
 
-async function diskBytes (location: string): Promise<number> {
+/** Bytes of the segment files. */
+async function segmentBytes (location: string): Promise<number> {
   return (await segments(location)).reduce((sum, segment) => sum + segment.size, 0)
+}
+
+/** Names and sizes of the spare files (emptied segment files kept for reuse). */
+async function spares (location: string): Promise<Array<{ name: string, size: number }>> {
+  const result: Array<{ name: string, size: number }> = []
+  for (const name of (await readdir(location)).sort()) {
+    if (/^spare-[0-9a-f]{16}\.log$/.test(name)) result.push({ name, size: (await stat(join(location, name))).size })
+  }
+  return result
+}
+
+/** Bytes of the segment files and of the spare files. */
+async function diskBytes (location: string): Promise<number> {
+  return (await spares(location)).reduce((sum, spare) => sum + spare.size, await segmentBytes(location))
 }
 
 /** XORs one byte of `bytes` with `mask` (in place) and returns `bytes`. */
@@ -154,6 +172,40 @@ describe('file block store', () => {
         assert.ok(decodeHeader(target, 3, header))
         assert.deepEqual(header, { type: c.type, flags: c.flags, volume: c.volume, index: c.index, gen: c.gen, length })
       }
+    })
+
+    it('a salted record differs only in its magic and its crc seed, and is valid only under its seed', () => {
+      const seed = segmentSeed(0x2a)
+      for (const c of cases) {
+        const target = Buffer.alloc(HEADER_BYTES + 5000, 0xee)
+        const end = encodeRecord(target, 3, c.type, c.flags, c.volume, c.index, c.gen, c.payload, seed)
+        const plain = Buffer.alloc(HEADER_BYTES + 5000, 0xee)
+        encodeRecord(plain, 3, c.type, c.flags, c.volume, c.index, c.gen, c.payload)
+        const view = new DataView(target.buffer, target.byteOffset + 3)
+        assert.equal(view.getUint32(0, true), SALTED_RECORD_MAGIC)
+        assert.equal(view.getUint32(4, true), zlibCrc32(target.subarray(3 + 8, end), seed))
+        assert.ok(target.subarray(3 + 8, end).equals(plain.subarray(3 + 8, end)), 'the same fields and payload')
+        const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+        const length = c.payload?.byteLength ?? 0
+        assert.ok(decodeHeader(target, 3, header, true))
+        assert.equal(decodeHeader(target, 3, header, false), false, 'not an unsalted record')
+        assert.equal(decodeHeader(plain, 3, header, true), false, 'an unsalted record is not a salted one')
+        assert.ok(recordCrcMatches(target, 3, length, seed))
+        assert.equal(recordCrcMatches(target, 3, length, segmentSeed(0x2b)), false, 'another segment\'s seed')
+        assert.equal(recordCrcMatches(target, 3, length), false, 'no seed')
+      }
+      // A mark: salted only, no payload, volume and gen 0.
+      const mark = Buffer.alloc(HEADER_BYTES)
+      encodeRecord(mark, 0, TYPE_MARK, 0, 0, 12345, 0, undefined, seed)
+      const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+      assert.ok(decodeHeader(mark, 0, header, true))
+      assert.deepEqual(header, { type: TYPE_MARK, flags: 0, volume: 0, index: 12345, gen: 0, length: 0 })
+      const unsaltedMark = Buffer.alloc(HEADER_BYTES)
+      encodeRecord(unsaltedMark, 0, TYPE_MARK, 0, 0, 12345, 0, undefined)
+      assert.equal(decodeHeader(unsaltedMark, 0, header, false), false, 'no mark in an unsalted segment')
+      const withVolume = Buffer.alloc(HEADER_BYTES)
+      encodeRecord(withVolume, 0, TYPE_MARK, 0, 1, 12345, 0, undefined, seed)
+      assert.equal(decodeHeader(withVolume, 0, header, true), false, 'a mark names no volume')
     })
 
     it('a hint file is laid out as documented and decodes back', () => {
@@ -247,18 +299,23 @@ describe('file block store', () => {
         await store.compact()
         const after = await store.stats()
         const onDisk = await diskBytes(location)
-        assert.equal(after.storedBytes, onDisk, 'storedBytes equals the segment files on disk after compaction')
-        assert.ok(onDisk <= written / 4, `compaction left ${onDisk} of ${written} bytes for ${16 * recordSize(1024)} live bytes`)
+        assert.equal(after.storedBytes, onDisk, 'storedBytes equals the segment and spare files on disk after compaction')
+        const kept = await segmentBytes(location)
+        assert.ok(kept <= written / 4, `compaction left ${kept} of ${written} bytes in segments for ${16 * recordSize(1024)} live bytes`)
+        // Emptied segment files are kept for reuse only up to a quarter of the live bytes: none here.
+        assert.deepEqual(await spares(location), [])
         assert.deepEqual({ blocks: after.blocks, liveBytes: after.liveBytes }, { blocks: 16, liveBytes: 16 * 1024 })
         await model.check(store, 'after compact()')
 
         store = await reopen(store)
         await model.check(store, 'after compact() and reopen')
-        assert.equal(await diskBytes(location), onDisk, 'reopen finds what compaction left')
-        assert.equal((await store.stats()).storedBytes, onDisk)
+        // Close cut off what the active segment's reused file held past its records; nothing else changed.
+        const reopened = await diskBytes(location)
+        assert.ok(reopened <= onDisk && reopened >= onDisk - 16 * 1024, `reopen found ${reopened} bytes, compaction left ${onDisk}`)
+        assert.equal((await store.stats()).storedBytes, reopened)
         // A second pass finds nothing more to do.
         await store.compact()
-        assert.equal(await diskBytes(location), onDisk)
+        assert.equal(await diskBytes(location), reopened)
       })
     })
 
@@ -271,8 +328,8 @@ describe('file block store', () => {
         }
         const written = 12 * 16 * recordSize(1024)
         const deadline = Date.now() + 10_000
-        while (await diskBytes(location) > written / 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
-        assert.ok(await diskBytes(location) <= written / 3, `background compaction left ${await diskBytes(location)} of ${written} bytes`)
+        while (await segmentBytes(location) > written / 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+        assert.ok(await segmentBytes(location) <= written / 3, `background compaction left ${await segmentBytes(location)} of ${written} bytes in segments`)
         assert.equal(store.lastBackgroundError, undefined)
         for (let i = 0; i < 16; i++) assertBytes(await store.get(addr(1, i)), bytesOf(1024, 11 * 16 + i), `block ${i}`)
       })
@@ -449,6 +506,231 @@ describe('file block store', () => {
           }
         }
         assert.equal(store.lastBackgroundError, undefined)
+      })
+    })
+  })
+
+  describe('spare segment files', () => {
+    const SMALL = { segmentBytes: 16 * 1024, compactionThreshold: 0 }
+
+    /** Whether a segment file starts with a salted record (a reused spare). */
+    async function salted (path: string): Promise<boolean> {
+      const head = (await readFile(path)).subarray(0, 4)
+      return head.byteLength === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC
+    }
+
+    // 160 KiB of live data: spares (16 KiB segments) may hold a quarter of it, so two are kept.
+    const LIVE_BLOCKS = 160
+
+    /** Overwrites the LIVE_BLOCKS blocks of 1 KiB once, in batches of 16. */
+    async function writeRound (store: FileBlockStore, model: BlockStoreModel, round: number): Promise<void> {
+      for (let first = 0; first < LIVE_BLOCKS; first += 16) {
+        const ops = Array.from({ length: 16 }, (_, i) => put(addr(1, first + i), bytesOf(1024, round * LIVE_BLOCKS + first + i)))
+        model.apply(ops)
+        await store.batch(ops)
+      }
+    }
+
+    /**
+     * Overwrites the live blocks twelve times, compacts (leaving spares), then writes batches until
+     * the active segment is a reused spare. Returns the model of everything written and that segment.
+     */
+    async function reachReusedTail (store: FileBlockStore, location: string): Promise<{ model: BlockStoreModel, tail: string, round: number }> {
+      const model = new BlockStoreModel()
+      for (let round = 0; round < 12; round++) await writeRound(store, model, round)
+      await store.compact()
+      assert.equal((await spares(location)).length, 2, 'compaction kept two emptied files as spares')
+      // Small batches, so the new segment's records end well before the reused file does.
+      for (let batch = 0; batch < 80; batch++) {
+        const first = (batch * 4) % LIVE_BLOCKS
+        const ops = Array.from({ length: 4 }, (_, i) => put(addr(1, first + i), bytesOf(1024, 5000 + batch * 4 + i)))
+        model.apply(ops)
+        await store.batch(ops)
+        const last = (await segments(location)).pop() as { name: string }
+        const path = join(location, last.name)
+        if (await salted(path)) return { model, tail: path, round: 13 }
+      }
+      throw new Error('no segment was made from a spare')
+    }
+
+    /** A copy of the store directory as a crash would leave it (the store stays open). */
+    async function crashImage (location: string): Promise<string> {
+      const copy = await mkdtemp(join(tmpdir(), 'galleonfs-file-store-crash-'))
+      await cp(location, copy, { recursive: true })
+      return copy
+    }
+
+    it('emptied segment files are kept (up to spareSegments) and become later segments; data and stats stay right across reopen', async () => {
+      await withStore(SMALL, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const { model, round } = await reachReusedTail(store, location)
+        const sparesBefore = (await spares(location)).map((spare) => spare.name)
+        // Writes go on through several more reused segments.
+        for (let r = round; r < round + 4; r++) {
+          await writeRound(store, model, r)
+          await store.compact()
+        }
+        const sparesAfter = (await spares(location)).map((spare) => spare.name)
+        assert.ok(sparesAfter.length <= 2)
+        assert.ok(sparesBefore.some((name) => !sparesAfter.includes(name)), `the spares were used: ${sparesBefore.join(', ')} then ${sparesAfter.join(', ')}`)
+        await model.check(store, 'with reused segments')
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location), 'storedBytes counts segment and spare files')
+        store = await reopen(store)
+        await model.check(store, 'after reopen')
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+        let reused = 0
+        for (const segment of await segments(location)) if (await salted(join(location, segment.name))) reused++
+        assert.ok(reused > 0, 'segments made from spares are found on reopen')
+
+        // Once the data is deleted, the spares go too: a store that shrinks gives its space back.
+        await store.deleteVolume(1)
+        await store.compact()
+        assert.deepEqual(await spares(location), [])
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+      })
+    })
+
+    it('spareSegments: 0 deletes emptied segment files; other values are validated', async () => {
+      await withStore({ ...SMALL, spareSegments: 0 }, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        for (let round = 0; round < 12; round++) await writeRound(store, model, round)
+        await store.compact()
+        await model.check(store, 'without spares')
+        assert.deepEqual(await spares(location), [])
+        for (const segment of await segments(location)) assert.equal(await salted(join(location, segment.name)), false)
+      })
+      for (const bad of [-1, 1.5, '2', Number.NaN]) {
+        assert.throws(() => new FileBlockStore({ location: '/nonexistent', spareSegments: bad as number }),
+          (err: unknown) => err instanceof GalleonError && err.code === 'INVALID_ARGUMENT' && err.message.includes('spareSegments'))
+      }
+    })
+
+    it('open keeps at most spareSegments spares, and none in a store without segments', async () => {
+      const spareName = (id: number): string => `spare-${id.toString(16).padStart(16, '0')}.log`
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        await writeRound(store, model, 0)
+        await store.close()
+        for (const id of [7, 8, 9]) await writeFile(join(location, spareName(id)), bytesOf(5000, id))
+        const one = make({ spareSegments: 1 })
+        await one.open()
+        assert.equal((await spares(location)).length, 1, 'spareSegments: 1')
+        assert.equal((await one.stats()).storedBytes, await diskBytes(location))
+        await model.check(one, 'beside spares')
+        await one.close()
+        // A budget of a quarter of the live bytes (40 KiB): two spares of 16 KiB fit, three do not.
+        for (const id of [7, 8, 9]) await writeFile(join(location, spareName(id)), bytesOf(16 * 1024, id))
+        const many = make({ spareSegments: 5 })
+        await many.open()
+        assert.equal((await spares(location)).length, 2, 'a quarter of the live bytes')
+        await many.close()
+      })
+      await withStore(SMALL, async ({ location, make }) => {
+        await writeFile(join(location, `spare-${(3).toString(16).padStart(16, '0')}.log`), bytesOf(5000, 3))
+        const store = make()
+        await store.open()
+        assert.deepEqual(await spares(location), [], 'segment ids restart at 1 in an empty store: its spares go')
+      })
+    })
+
+    it('a reused active segment recovered after a crash: the records of its earlier incarnations never come back', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const { model, tail } = await reachReusedTail(store, location)
+        // Acknowledged batches (synced and not) in the reused file, then a crash.
+        const ops = [put(addr(1, 3), bytesOf(700, 91)), del(addr(1, 4)), put(addr(2, 0), bytesOf(50, 92))]
+        model.apply(ops)
+        await store.batch(ops, { sync: true })
+        const more = [put(addr(1, 5), bytesOf(900, 93))]
+        model.apply(more)
+        await store.batch(more)
+        const image = await crashImage(location)
+        try {
+          const imageTail = join(image, basename(tail))
+          const crashedSize = (await stat(imageTail)).size
+          // The file still holds records of earlier incarnations past the new ones.
+          const old = (await readFile(imageTail)).subarray(HEADER_BYTES)
+          assert.ok(old.includes(Buffer.from('GFR1')) || old.lastIndexOf(Buffer.from('GFR2')) > 8 * 1024, 'earlier records remain past the new ones')
+          const recovered = new FileBlockStore({ location: image, ...SMALL })
+          await recovered.open()
+          try {
+            await model.check(recovered, 'after the crash')
+            assert.ok((await stat(imageTail)).size < crashedSize, 'what lay past the last batch is cut off')
+            assert.equal((await recovered.stats()).storedBytes, await diskBytes(image))
+          } finally {
+            await recovered.close()
+          }
+        } finally {
+          await rm(image, { recursive: true, force: true })
+        }
+      })
+    })
+
+    it('in a reused active segment, damage below what a mark says was synced is CORRUPTION; above it, a torn tail even with valid batches after it', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const { tail } = await reachReusedTail(store, location)
+        // Batches A, B, C synced, D not. After a sync, the next batch starts with a mark stating it.
+        const batches = [
+          [put(addr(3, 1), bytesOf(500, 1))],
+          [put(addr(3, 2), bytesOf(500, 2))],
+          [put(addr(3, 3), bytesOf(500, 3))],
+          [put(addr(3, 4), bytesOf(500, 4))]
+        ]
+        for (const [i, ops] of batches.entries()) await store.batch(ops, { sync: i < 3 })
+        const image = await crashImage(location)
+        try {
+          const imageTail = join(image, basename(tail))
+          const bytes = await readFile(imageTail)
+          // Find each batch's put by its header: volume 3, index 1..4.
+          const offsetOf = (index: number): number => {
+            const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+            for (let at = bytes.indexOf(Buffer.from('GFR2')); at !== -1; at = bytes.indexOf(Buffer.from('GFR2'), at + 1)) {
+              if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === index) return at
+            }
+            throw new Error(`no record of block 3/${index}`)
+          }
+          const [a, b, c, d] = [1, 2, 3, 4].map(offsetOf) as [number, number, number, number]
+          assert.ok(a < b && b < c && c < d)
+          // Each of B, C and D is preceded by a mark record stating where the synced batches ended.
+          for (const [at, syncedEnd] of [[b, a + recordSize(500)], [c, b + recordSize(500)], [d, c + recordSize(500)]] as const) {
+            const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+            assert.ok(decodeHeader(bytes, at - HEADER_BYTES, header, true))
+            assert.equal(header.type, TYPE_MARK)
+            assert.equal(header.index, syncedEnd)
+            assert.ok(recordCrcMatches(bytes, at - HEADER_BYTES, 0, segmentSeed(parseInt(basename(tail).slice(4, 20), 16))))
+          }
+
+          // Damage in A: D's mark (found past the damage) says C's end was synced.
+          const damagedA = Buffer.from(bytes)
+          flipByte(damagedA, a + HEADER_BYTES + 10, 0xff)
+          await writeFile(imageTail, damagedA)
+          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage below a mark')
+          assert.ok((await readFile(imageTail)).equals(damagedA), 'the segment is left as it is')
+
+          // Damage in D's put (after every mark): a torn tail, cut at D's batch (its mark included).
+          const damagedD = Buffer.from(bytes)
+          flipByte(damagedD, d + HEADER_BYTES + 10, 0xff)
+          await writeFile(imageTail, damagedD)
+          const recovered = new FileBlockStore({ location: image, ...SMALL })
+          await recovered.open()
+          try {
+            for (const i of [1, 2, 3]) assertBytes(await recovered.get(addr(3, i)), bytesOf(500, i), `synced batch ${i}`)
+            assert.equal(await recovered.get(addr(3, 4)), undefined, 'the torn batch')
+            assert.equal((await stat(imageTail)).size, d - HEADER_BYTES)
+          } finally {
+            await recovered.close()
+          }
+        } finally {
+          await rm(image, { recursive: true, force: true })
+        }
       })
     })
   })

@@ -17,14 +17,31 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * | 16     | 8    | index as two u32, high word first                              |
  * | 24     | 8    | gen as two u32, high word first                                |
  * | 32     | 4    | payload length (u32)                                           |
+ *
+ * Salted records ('GFR2') are the same but for the magic and the crc, which starts from a seed
+ * derived from the segment id (`segmentSeed`) instead of 0. They are written to segment files that
+ * are reused (a compacted segment's file renamed to a later id and overwritten from its start, so
+ * the writes land in pages the file already has, see FileBlockStoreOptions.spareSegments): the
+ * bytes past the new records are the previous incarnations' records, and a record from another
+ * incarnation never passes the crc check under this segment's seed (for a fixed record, the crc is
+ * a one-to-one function of the seed), nor does an unsalted one (its magic differs). A salted
+ * segment starts with a mark record and holds only salted records.
+ *
+ * A mark record (type 3, salted segments only, no payload, volume and gen 0) states in its index
+ * field an offset of its segment below which every byte had been synced when it was written;
+ * recovery reports damage below it as corruption rather than treating it as a torn write.
  */
 export const HEADER_BYTES = 36
-/** First word of every record: 'GFR1' read as little-endian bytes. */
+/** First word of every unsalted record: 'GFR1' read as little-endian bytes. */
 export const RECORD_MAGIC = 0x31524647
+/** First word of every salted record: 'GFR2'. */
+export const SALTED_RECORD_MAGIC = 0x32524647
 /** Record type of a put (has a payload). */
 export const TYPE_PUT = 1
 /** Record type of a delete, a tombstone (no payload). */
 export const TYPE_DEL = 2
+/** Record type of a mark (salted segments only): `index` is an offset synced when it was written. */
+export const TYPE_MARK = 3
 /** Flag of every record of a batch but its last: a batch is applied only once its last record is seen. */
 export const FLAG_CONTINUES = 1
 
@@ -63,16 +80,24 @@ export interface RecordHeader {
 }
 
 /**
+ * The crc seed of salted records in segment `id`: the id itself (modulo 2^32, never 0 for the ids a
+ * store uses), so two incarnations of one file never share a seed.
+ */
+export function segmentSeed (id: number): number {
+  return id % TWO_POW_32
+}
+
+/**
  * Writes one record (header and payload) at `position` of `target` and returns the position after
- * it. The crc is computed over the bytes as copied into `target`, so a caller changing its buffer
- * later cannot make the record on disk disagree with its checksum.
+ * it, salted with `seed` when given. The crc is computed over the bytes as copied into `target`, so
+ * a caller changing its buffer later cannot make the record on disk disagree with its checksum.
  */
 export function encodeRecord (
   target: Buffer, position: number, type: number, flags: number,
-  volume: number, index: number, gen: number, payload: Uint8Array | undefined
+  volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
 ): number {
   const length = payload === undefined ? 0 : payload.byteLength
-  put32(target, position, RECORD_MAGIC)
+  put32(target, position, seed === undefined ? RECORD_MAGIC : SALTED_RECORD_MAGIC)
   target[position + 8] = type
   target[position + 9] = flags
   target[position + 10] = 0
@@ -83,26 +108,28 @@ export function encodeRecord (
   put32(target, position + 32, length)
   const end = position + HEADER_BYTES + length
   if (payload !== undefined) target.set(payload, position + HEADER_BYTES)
-  put32(target, position + 4, crc32(target.subarray(position + 8, end)))
+  put32(target, position + 4, crc32(target.subarray(position + 8, end), seed))
   return end
 }
 
 /**
  * Decodes the header at `position` of `source` into `into`, checking everything that can be
- * checked without the payload. Returns false when the bytes are not a plausible header (torn or
- * garbage); the crc is checked separately by `recordCrcMatches` once the payload is at hand.
+ * checked without the payload: a salted record when `salted`, an unsalted one otherwise. Returns
+ * false when the bytes are not a plausible header (torn, garbage, or of the other kind); the crc is
+ * checked separately by `recordCrcMatches` once the payload is at hand.
  */
-export function decodeHeader (source: Buffer, position: number, into: RecordHeader): boolean {
-  if (get32(source, position) !== RECORD_MAGIC) return false
+export function decodeHeader (source: Buffer, position: number, into: RecordHeader, salted = false): boolean {
+  if (get32(source, position) !== (salted ? SALTED_RECORD_MAGIC : RECORD_MAGIC)) return false
   const type = source[position + 8] as number
   const flags = source[position + 9] as number
-  if ((type !== TYPE_PUT && type !== TYPE_DEL) || (flags & ~FLAG_CONTINUES) !== 0) return false
+  if ((type !== TYPE_PUT && type !== TYPE_DEL && (type !== TYPE_MARK || !salted)) || (flags & ~FLAG_CONTINUES) !== 0) return false
   if (source[position + 10] !== 0 || source[position + 11] !== 0) return false
   const indexHigh = get32(source, position + 16)
   const genHigh = get32(source, position + 24)
   if (indexHigh > MAX_HIGH_WORD || genHigh > MAX_HIGH_WORD) return false
   const length = get32(source, position + 32)
   if (type === TYPE_PUT ? (length === 0 || length > MAX_BLOCK_VALUE_BYTES) : length !== 0) return false
+  if (type === TYPE_MARK && (get32(source, position + 12) !== 0 || genHigh !== 0 || get32(source, position + 28) !== 0)) return false
   into.type = type
   into.flags = flags
   into.volume = get32(source, position + 12)
@@ -112,9 +139,12 @@ export function decodeHeader (source: Buffer, position: number, into: RecordHead
   return true
 }
 
-/** True when the stored crc of the record at `position` (header and payload in `source`) matches. */
-export function recordCrcMatches (source: Buffer, position: number, length: number): boolean {
-  return crc32(source.subarray(position + 8, position + HEADER_BYTES + length)) === get32(source, position + 4)
+/**
+ * True when the stored crc of the record at `position` (header and payload in `source`) matches;
+ * `seed`: the segment's seed for a salted record.
+ */
+export function recordCrcMatches (source: Buffer, position: number, length: number, seed?: number): boolean {
+  return crc32(source.subarray(position + 8, position + HEADER_BYTES + length), seed) === get32(source, position + 4)
 }
 
 // ---- hint files ------------------------------------------------------------------------------------

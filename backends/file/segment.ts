@@ -5,10 +5,11 @@ import { read } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
-import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
+import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_MARK, decodeHeader, recordCrcMatches, segmentSeed, type RecordHeader } from './record.js'
 
 const SEGMENT_NAME = /^seg-([0-9a-f]{16})\.log$/
 const HINT_NAME = /^seg-([0-9a-f]{16})\.hint$/
+const SPARE_NAME = /^spare-([0-9a-f]{16})\.log$/
 // Large enough for the largest record, so a record always fits in one read.
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024 > HEADER_BYTES + MAX_BLOCK_VALUE_BYTES ? 4 * 1024 * 1024 : HEADER_BYTES + MAX_BLOCK_VALUE_BYTES
 // Bytes a crash can leave unwritten come in aligned units of at least this size: a write cut short by
@@ -17,6 +18,7 @@ const SCAN_CHUNK_BYTES = 4 * 1024 * 1024 > HEADER_BYTES + MAX_BLOCK_VALUE_BYTES 
 // the usual file systems; where it reads as stale bytes instead, open reports CORRUPTION, cutting nothing.
 const UNWRITTEN_UNIT_BYTES = 512
 const MAGIC_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff, RECORD_MAGIC >>> 24])
+const SALTED_MAGIC_BYTES = Buffer.from([SALTED_RECORD_MAGIC & 0xff, (SALTED_RECORD_MAGIC >>> 8) & 0xff, (SALTED_RECORD_MAGIC >>> 16) & 0xff, SALTED_RECORD_MAGIC >>> 24])
 
 /** File name of segment `id`. */
 export function segmentFileName (id: number): string {
@@ -32,6 +34,28 @@ export function hintFileName (id: number): string {
 export function parseSegmentFileName (name: string): number | undefined {
   const match = SEGMENT_NAME.exec(name)
   return match === null ? undefined : parseInt(match[1] as string, 16)
+}
+
+/** File name of a spare (an emptied segment's file, kept for reuse), named after the segment it was. */
+export function spareFileName (id: number): string {
+  return `spare-${id.toString(16).padStart(16, '0')}.log`
+}
+
+/** Whether `name` is the name of a spare file. */
+export function isSpareFileName (name: string): boolean {
+  return SPARE_NAME.test(name)
+}
+
+/**
+ * The seed of a segment whose first record is salted (a reused file; see record.ts), undefined for
+ * an unsalted segment (or an empty one). Only the magic is looked at: the scan or read that follows
+ * checks the record itself.
+ */
+export async function readSegmentSeed (handle: FileHandle, id: number, size: number): Promise<number | undefined> {
+  if (size < HEADER_BYTES) return undefined
+  const first = Buffer.alloc(4)
+  if (await readFully(handle, first, 0, 4, 0) !== 4) return undefined
+  return first.readUInt32LE(0) === SALTED_RECORD_MAGIC ? segmentSeed(id) : undefined
 }
 
 /** Segment id of a hint file name, or undefined if `name` is not one. */
@@ -89,6 +113,8 @@ export interface ScanOptions {
   freshChunks?: boolean
   /** Offset of the first record to read (default 0); `committedEnd` starts there. */
   start?: number
+  /** The segment's seed when it is salted (see record.ts): then only salted records are valid. */
+  seed?: number
 }
 
 /** Outcome of `scanSegment`. */
@@ -107,7 +133,8 @@ export interface ScanResult {
  * that is torn or invalid. Records after `committedEnd` belong to a batch that never completed.
  */
 export async function scanSegment (handle: FileHandle, size: number, onRecord: RecordVisitor, options: ScanOptions = {}): Promise<ScanResult> {
-  const { onBatchEnd, wants, freshChunks = false, start = 0 } = options
+  const { onBatchEnd, wants, freshChunks = false, start = 0, seed } = options
+  const salted = seed !== undefined
   const chunkBytes = Math.max(1, Math.min(SCAN_CHUNK_BYTES, size - start))
   let buffer = Buffer.allocUnsafeSlow(chunkBytes)
   let bufferStart = 0
@@ -126,13 +153,13 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
     // Checked here first: most records are in the chunk already, and an await per record adds up.
     if (position < bufferStart || position + HEADER_BYTES > bufferStart + bufferLength) await ensure(position, HEADER_BYTES)
     if (bufferStart + bufferLength < position + HEADER_BYTES) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
-    if (!decodeHeader(buffer, position - bufferStart, header)) return { committedEnd, stoppedAt: position, problem: 'invalid record header' }
+    if (!decodeHeader(buffer, position - bufferStart, header, salted)) return { committedEnd, stoppedAt: position, problem: 'invalid record header' }
     const total = HEADER_BYTES + header.length
     if (position + total > size) return { committedEnd, stoppedAt: position, problem: 'torn record' }
     if (wants === undefined || wants(header, position)) {
       if (position < bufferStart || position + total > bufferStart + bufferLength) await ensure(position, total)
       if (bufferStart + bufferLength < position + total) return { committedEnd, stoppedAt: position, problem: 'file shorter than expected' }
-      if (!recordCrcMatches(buffer, position - bufferStart, header.length)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
+      if (!recordCrcMatches(buffer, position - bufferStart, header.length, seed)) return { committedEnd, stoppedAt: position, problem: 'record checksum mismatch' }
       const pending = onRecord(header, position, buffer, position - bufferStart + HEADER_BYTES)
       if (pending !== undefined) await pending
     }
@@ -199,6 +226,35 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
     chunkStart += lastCandidate + 1
   }
   return undefined
+}
+
+/**
+ * The highest offset that a valid mark record after `from` in a salted segment states had been
+ * synced (0 if none). Marks are header-only records, checked on their own: one that passes its crc
+ * under the segment's seed was written by this incarnation of the file (records of earlier ones
+ * fail it), and what it states held when it was written, whether or not its batch completed. (A
+ * block payload holding a copy of such a record could claim more; then recovery reports corruption,
+ * cutting nothing, rather than the reverse.)
+ */
+export async function syncedMarkedAfter (handle: FileHandle, size: number, from: number, seed: number): Promise<number> {
+  const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+  const chunkBytes = Math.max(HEADER_BYTES, Math.min(SCAN_CHUNK_BYTES, size - from))
+  const chunk = Buffer.allocUnsafeSlow(chunkBytes)
+  let synced = 0
+  let chunkStart = from
+  while (chunkStart + HEADER_BYTES <= size) {
+    const length = await readFully(handle, chunk, 0, Math.min(chunkBytes, size - chunkStart), chunkStart)
+    if (length < HEADER_BYTES) break
+    const view = chunk.subarray(0, length)
+    const lastCandidate = length - HEADER_BYTES
+    for (let at = view.indexOf(SALTED_MAGIC_BYTES); at !== -1 && at <= lastCandidate; at = view.indexOf(SALTED_MAGIC_BYTES, at + 1)) {
+      if (!decodeHeader(view, at, header, true) || header.type !== TYPE_MARK || !recordCrcMatches(view, at, 0, seed)) continue
+      synced = Math.max(synced, Math.min(header.index, chunkStart + at))
+    }
+    if (chunkStart + length >= size) break
+    chunkStart += lastCandidate + 1
+  }
+  return synced
 }
 
 /**

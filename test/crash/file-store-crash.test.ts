@@ -17,12 +17,13 @@
 // Env: GALLEON_CRASH_TRIALS (default 50, 25 when CI=true), GALLEON_CRASH_SEED (base seed, default random).
 
 import { spawn } from 'node:child_process'
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
+import { SALTED_RECORD_MAGIC } from '../../backends/file/record.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { readChildLines, reportLine, trialCount } from './support.js'
@@ -251,6 +252,23 @@ async function runChild (location: string, seqBase: number, seed: number, plan: 
   return run
 }
 
+/** Segment files that are reused spares: their first record is salted. */
+async function reusedSegmentFiles (location: string): Promise<number> {
+  let reused = 0
+  for (const name of await readdir(location)) {
+    if (!/^seg-[0-9a-f]{16}\.log$/.test(name)) continue
+    const file = await open(join(location, name), 'r')
+    try {
+      const head = Buffer.alloc(4)
+      const { bytesRead } = await file.read(head, 0, 4, 0)
+      if (bytesRead === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC) reused++
+    } finally {
+      await file.close()
+    }
+  }
+  return reused
+}
+
 function allKeys (): Array<{ key: string, volume: number, index: number }> {
   return VOLUME_KEYS.flatMap(([volume, count]) => Array.from({ length: count }, (_, index) => ({ key: keyOf(volume, index), volume, index })))
 }
@@ -358,7 +376,7 @@ async function registerTests (): Promise<void> {
       const location = await mkdtemp(join(tmpdir(), 'galleon-file-crash-'))
       const random = seededRandom(baseSeed)
       let passed = false
-      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0 }
+      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0 }
       try {
         let baseline: State = new Map(allKeys().map(({ key }) => [key, undefined]))
         let seqBase = 1
@@ -387,6 +405,7 @@ async function registerTests (): Promise<void> {
           totals.ackedSynced += run.events.filter((event) => event.kind === 'batch' && event.sync && run.acked.has(event.seq)).length
           totals.compactCalls += run.compactCalls
           if (plan.phase === 'open') totals.killedInOpen++
+          totals.reusedSegments += await reusedSegmentFiles(location)
           if (run.killedDuringCompaction) totals.killedDuringCompaction++
         }
         // Finally: a full compaction of what the crashes left, then a reopen, changes nothing.
@@ -404,10 +423,13 @@ async function registerTests (): Promise<void> {
         const compactedAway = Math.max(...ids) - ids.length
         // Each run of a few hundred milliseconds writes dozens of segments: compaction must have been busy.
         if (totals.issued > 2000) assert.ok(compactedAway > 10, `only ${compactedAway} segments were compacted away while ${totals.issued} operations were issued`)
+        // ... and emptied segment files must have been reused (salted), so recovery met their earlier contents.
+        if (totals.issued > 2000) assert.ok(totals.reusedSegments > 0, 'no segment made from a spare file was found after any trial')
         passed = true
         t.diagnostic(`${trials} trials (seed ${baseSeed}): ${totals.issued} operations issued, ${totals.acked} acknowledged batches checked (${totals.ackedSynced} synced), ` +
           `${totals.killedInOpen} kills aimed at open/recovery, ${totals.killedDuringCompaction} kills while compact() was running, ` +
-          `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away`)
+          `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away, ` +
+          `${totals.reusedSegments} segment files found reused (summed over the trials)`)
       } finally {
         if (passed) await rm(location, { recursive: true, force: true })
         else process.stderr.write(`file store crash test storage kept at ${location}\n`)
