@@ -25,6 +25,7 @@
 // stays O(1).
 
 import { GalleonError } from '../errors.js'
+import { PagedMap } from '../paged-map.js'
 
 /** Added to a tombstone's gen in its block-store address. */
 export const TOMBSTONE_BIT = 2 ** 52
@@ -62,8 +63,8 @@ export const LIVE = Number.POSITIVE_INFINITY
 
 export class BlockMap {
   readonly storageId: number
-  /** Block index -> newest version (signed). */
-  readonly #current = new Map<number, number>()
+  /** Block index -> newest version (signed). Paged: the hot path of every read and write. */
+  readonly #current = new PagedMap<number>()
   /** Block index -> older versions kept for snapshots, ascending by gen (a number when only one). */
   readonly #history = new Map<number, number | number[]>()
   /** Snapshot generations, ascending. */
