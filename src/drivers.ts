@@ -16,6 +16,18 @@ export interface BlockAddress {
   readonly gen: number
 }
 
+/**
+ * A BlockAddress made by a constructor. The engine and the file store create addresses on their hot
+ * paths with it rather than with object literals: once some literal of that shape holds a non-Smi
+ * index or gen (every tombstone's gen is 2^52 + gen), V8's optimized code goes on creating literals
+ * with the map that change deprecated, and each such object is migrated on first use (250,000
+ * migrations in a 5-second NBD write run, about one per block written). Instances of a class keep
+ * following the class's current map.
+ */
+export class Address implements BlockAddress {
+  constructor (readonly volume: number, readonly index: number, readonly gen: number) {}
+}
+
 /** One operation of an atomic batch. */
 export type BlockOp =
   | { readonly type: 'put', readonly address: BlockAddress, readonly data: Uint8Array }

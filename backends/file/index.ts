@@ -8,7 +8,7 @@ import { mkdir, open, readFile, readdir, rename, stat, unlink, type FileHandle }
 import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { BlockIndex } from './block-index.js'
-import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStoreStats, type BlockStoreSupports } from '../../src/drivers.js'
+import { Address, MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockStoreStats, type BlockStoreSupports } from '../../src/drivers.js'
 import { writeFileAtomically } from '../../src/durable-files.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -609,7 +609,7 @@ export class FileBlockStore extends AbstractBlockStore {
       return false // a hint is only a shortcut: the segment itself is the truth
     }
     return decodeHint(file, segment.size, (entry) => {
-      this.#applyRecord(segment, { volume: entry.volume, index: entry.index, gen: entry.gen }, entry.offset, entry.type === TYPE_PUT ? { length: entry.length, data: undefined } : undefined)
+      this.#applyRecord(segment, new Address(entry.volume, entry.index, entry.gen), entry.offset, entry.type === TYPE_PUT ? { length: entry.length, data: undefined } : undefined)
     })
   }
 
@@ -643,7 +643,7 @@ export class FileBlockStore extends AbstractBlockStore {
         const offset = batch[i + 4] as number
         const length = batch[i + 5] as number
         if (type === TYPE_MARK) continue
-        this.#applyRecord(segment, { volume, index, gen }, offset, type === TYPE_PUT ? { length, data: undefined } : undefined)
+        this.#applyRecord(segment, new Address(volume, index, gen), offset, type === TYPE_PUT ? { length, data: undefined } : undefined)
         hint.add(type, volume, index, gen, offset, length)
       }
       batch.length = 0
@@ -1373,7 +1373,7 @@ export class FileBlockStore extends AbstractBlockStore {
           return header.type === TYPE_DEL && hasOlder && !this.#index.has(header)
         }
         const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
-          const address = { volume: header.volume, index: header.index, gen: header.gen }
+          const address = new Address(header.volume, header.index, header.gen)
           if (header.type === TYPE_PUT) {
             // A copy: the scan reuses `source` for its next chunk.
             const data = arena.subarray(arenaUsed, arenaUsed + header.length)

@@ -4,7 +4,7 @@
 
 import { GalleonError, copyBytes, plainView } from '../errors.js'
 import { addressKey } from '../abstract-block-store.js'
-import type { BlockAddress, BlockOp, BlockStore } from '../drivers.js'
+import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
@@ -234,7 +234,7 @@ export class BlockEngine {
       const volume = this.#volumes.get(storageId) as VolumeBlocks
       for (const [index, seen] of blocks) {
         for (const version of volume.map.load(index, typeof seen === 'number' ? [seen] : seen)) {
-          garbage.push({ type: 'del', address: { volume: storageId, index, gen: storeGen(version) } })
+          garbage.push({ type: 'del', address: new Address(storageId, index, storeGen(version)) })
         }
       }
     }
@@ -333,7 +333,7 @@ export class BlockEngine {
       volume.tickets.add(claim)
       ticketed = true
       const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
-      const address: BlockAddress = { volume: volume.storageId, index, gen }
+      const address: BlockAddress = new Address(volume.storageId, index, gen)
       await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
@@ -426,7 +426,7 @@ export class BlockEngine {
         const payloads: Uint8Array[] = []
         for (let index = first; index <= last; index++) {
           const blockStart = index * this.blockSize
-          addresses.push({ volume: volume.storageId, index, gen: volume.nextGen++ })
+          addresses.push(new Address(volume.storageId, index, volume.nextGen++))
           payloads.push(edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize))
         }
         let values: Uint8Array[]
@@ -441,7 +441,7 @@ export class BlockEngine {
         for (let index = first; index <= last; index++) {
           const blockStart = index * this.blockSize
           const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
-          const address: BlockAddress = { volume: volume.storageId, index, gen: volume.nextGen++ }
+          const address: BlockAddress = new Address(volume.storageId, index, volume.nextGen++)
           ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, payload, seq) })
         }
       }
@@ -497,7 +497,7 @@ export class BlockEngine {
           const merged = edges.get(index)
           if (merged === undefined) continue
           const gen = volume.nextGen++
-          const address: BlockAddress = { volume: volume.storageId, index, gen }
+          const address: BlockAddress = new Address(volume.storageId, index, gen)
           ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, merged, seq) })
           apply.push(() => this.#publish(volume, index, gen))
         }
@@ -687,7 +687,7 @@ export class BlockEngine {
           for (const gen of byIndex.get(index) as number[]) {
             // Gone since the list was made (superseded, trimmed, its snapshot deleted): nothing to do.
             if (!volume.map.versions(index).includes(gen)) continue
-            const address: BlockAddress = { volume: volume.storageId, index, gen }
+            const address: BlockAddress = new Address(volume.storageId, index, gen)
             const value = await this.store.get(address, CHECKED)
             if (value === undefined) continue
             const decoded = decodeBlock(address, value)
@@ -733,7 +733,7 @@ export class BlockEngine {
           continue
         }
         const gen = asNew ? volume.nextGen++ : 0
-        const address: BlockAddress = { volume: volume.storageId, index, gen }
+        const address: BlockAddress = new Address(volume.storageId, index, gen)
         ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
         apply.push(asNew ? () => this.#publish(volume, index, gen) : () => volume.map.insertBase(index))
       }
@@ -750,12 +750,12 @@ export class BlockEngine {
     if (plan.remove === undefined && !plan.tombstone) return
     volume.nextGen++
     if (plan.remove !== undefined) {
-      const address = { volume: volume.storageId, index, gen: storeGen(plan.remove) }
+      const address = new Address(volume.storageId, index, storeGen(plan.remove))
       ops.push({ type: 'del', address })
       if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
     }
     if (plan.tombstone) {
-      const address: BlockAddress = { volume: volume.storageId, index, gen: storeGen(-gen) }
+      const address: BlockAddress = new Address(volume.storageId, index, storeGen(-gen))
       ops.push({ type: 'put', address, data: encodeBlock(address, new Uint8Array(0), 0, BLOCK_FLAG_TOMBSTONE) })
     }
     apply.push(() => volume.map.applyUnmap(index, gen, plan))
@@ -766,7 +766,7 @@ export class BlockEngine {
     if (garbage.length === 0) return
     const ops: BlockOp[] = []
     for (const [index, version] of garbage) {
-      const address = { volume: volume.storageId, index, gen: storeGen(version) }
+      const address = new Address(volume.storageId, index, storeGen(version))
       if (this.#cache.size > 0) this.#cache.delete(addressKey(address))
       ops.push({ type: 'del', address })
     }
@@ -875,7 +875,7 @@ export class BlockEngine {
     for (let index = first; index <= last; index++) {
       const found = volume.map.locate(index, at)
       if (found === undefined) continue
-      const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
+      const address: BlockAddress = new Address(found.map.storageId, index, found.gen)
       if (useCache) {
         const cached = this.#cache.get(addressKey(address))
         if (cached !== undefined) {
@@ -958,7 +958,7 @@ export class BlockEngine {
     for (let attempt = 0; ; attempt++) {
       const found = volume.map.locate(index, at)
       if (found === undefined) return this.#zeroBlock
-      const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
+      const address: BlockAddress = new Address(found.map.storageId, index, found.gen)
       const key = useCache && this.#cache.enabled ? addressKey(address) : undefined
       if (key !== undefined) {
         const cached = this.#cache.get(key)
@@ -998,7 +998,7 @@ export class BlockEngine {
 
   /** Reads and verifies one located version (no cache, no retry: the caller keeps it alive). */
   async #readLocated (volume: VolumeBlocks, index: number, found: Located, reportMissing = true): Promise<Uint8Array> {
-    const address: BlockAddress = { volume: found.map.storageId, index, gen: found.gen }
+    const address: BlockAddress = new Address(found.map.storageId, index, found.gen)
     let value: Uint8Array | undefined
     try {
       value = await this.store.get(address, CHECKED)
