@@ -65,7 +65,7 @@ async function exists (path: string): Promise<boolean> {
  */
 async function crashCopy (from: string, to: string): Promise<void> {
   for (const name of await readdir(from)) {
-    if (/^seg-[0-9a-f]{16}\.(log|hint)$/.test(name)) await copyFile(join(from, name), join(to, name))
+    if (/^seg-[0-9a-f]{16}(-[0-9a-f]{8})?\.log$|^seg-[0-9a-f]{16}\.hint$/.test(name)) await copyFile(join(from, name), join(to, name))
   }
 }
 

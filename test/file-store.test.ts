@@ -5,14 +5,14 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { appendFile, cp, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { appendFile, copyFile, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
-  decodeHeader, decodeHint, encodeRecord, recordCrcMatches, segmentSeed, type HintEntry, type RecordHeader
+  decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type HintEntry, type RecordHeader
 } from '../backends/file/record.js'
 import { crc32 as zlibCrc32 } from 'node:zlib'
 import { hintFileName, segmentFileName } from '../backends/file/segment.js'
@@ -71,7 +71,7 @@ async function rejectsWithCode (promise: Promise<unknown>, codes: string | strin
 async function segments (location: string): Promise<Array<{ id: number, name: string, size: number }>> {
   const result: Array<{ id: number, name: string, size: number }> = []
   for (const name of await readdir(location)) {
-    const match = /^seg-([0-9a-f]{16})\.log$/.exec(name)
+    const match = /^seg-([0-9a-f]{16})(?:-[0-9a-f]{8})?\.log$/.exec(name)
     if (match === null) continue
     // Compaction may remove a segment between the listing and the stat.
     const size = await stat(join(location, name)).then((s) => s.size, (err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err })
@@ -175,7 +175,7 @@ describe('file block store', () => {
     })
 
     it('a salted record differs only in its magic and its crc seed, and is valid only under its seed', () => {
-      const seed = segmentSeed(0x2a)
+      const seed = 0x2a
       for (const c of cases) {
         const target = Buffer.alloc(HEADER_BYTES + 5000, 0xee)
         const end = encodeRecord(target, 3, c.type, c.flags, c.volume, c.index, c.gen, c.payload, seed)
@@ -191,7 +191,7 @@ describe('file block store', () => {
         assert.equal(decodeHeader(target, 3, header, false), false, 'not an unsalted record')
         assert.equal(decodeHeader(plain, 3, header, true), false, 'an unsalted record is not a salted one')
         assert.ok(recordCrcMatches(target, 3, length, seed))
-        assert.equal(recordCrcMatches(target, 3, length, segmentSeed(0x2b)), false, 'another segment\'s seed')
+        assert.equal(recordCrcMatches(target, 3, length, 0x2b), false, 'another segment\'s seed')
         assert.equal(recordCrcMatches(target, 3, length), false, 'no seed')
       }
       // A mark: salted only, no payload, volume and gen 0.
@@ -514,9 +514,12 @@ describe('file block store', () => {
     const SMALL = { segmentBytes: 16 * 1024, compactionThreshold: 0 }
 
     /** Whether a segment file starts with a salted record (a reused spare). */
+    const SALTED_RECORD_MAGIC_BYTES = Buffer.from('GFR2')
+
+    /** Whether a segment file is salted (its name has a salt) and starts with a salted record. */
     async function salted (path: string): Promise<boolean> {
       const head = (await readFile(path)).subarray(0, 4)
-      return head.byteLength === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC
+      return /-[0-9a-f]{8}\.log$/.test(path) && head.byteLength === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC
     }
 
     // 160 KiB of live data: spares (16 KiB segments) may hold a quarter of it, so two are kept.
@@ -553,10 +556,17 @@ describe('file block store', () => {
       throw new Error('no segment was made from a spare')
     }
 
-    /** A copy of the store directory as a crash would leave it (the store stays open). */
+    /**
+     * A copy of the store's segment, hint and spare files as a kill -9 would leave them (everything
+     * written is in the page cache, so in the files), without the lock or a clean-shutdown marker.
+     * The store stays open; a hint it renames into place meanwhile may be missed, as a crash may.
+     */
     async function crashImage (location: string): Promise<string> {
       const copy = await mkdtemp(join(tmpdir(), 'galleonfs-file-store-crash-'))
-      await cp(location, copy, { recursive: true })
+      for (const name of await readdir(location)) {
+        if (!/^(seg-[0-9a-f]{16}(-[0-9a-f]{8})?\.log|seg-[0-9a-f]{16}\.hint|spare-[0-9a-f]{16}\.log)$/.test(name)) continue
+        await copyFile(join(location, name), join(copy, name)).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
+      }
       return copy
     }
 
@@ -672,6 +682,97 @@ describe('file block store', () => {
       })
     })
 
+    it('block data holding copies of salted records cannot forge marks in a reused file (its salt is random)', async () => {
+      // Each live block (4 KiB) holds 113 mark records claiming the whole segment was synced, salted
+      // with seeds 1..113 (even blocks) or 114..226 (odd ones): between them every seed an id-derived
+      // salt could be here, in every segment. Once such a segment's file is reused, they lie past
+      // the new records; a crash there must still recover as a torn tail.
+      const forgedBlock = (index: number): Buffer => {
+        const forged = Buffer.alloc(4096)
+        for (let k = 0; k < 113; k++) encodeRecord(forged, k * HEADER_BYTES, TYPE_MARK, 0, 0, 2 ** 40, 0, undefined, (index % 2) * 113 + k + 1)
+        return forged
+      }
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        for (let round = 0; round < 8; round++) {
+          for (let first = 0; first < LIVE_BLOCKS; first += 16) {
+            const ops = Array.from({ length: 16 }, (_, i) => put(addr(1, first + i), forgedBlock(first + i)))
+            model.apply(ops)
+            await store.batch(ops)
+          }
+        }
+        assert.ok(((await segments(location)).pop() as { id: number }).id < 200, 'segment ids stay within the forged seeds')
+        await store.compact()
+        let tail: string | undefined
+        for (let batch = 0; batch < 80 && tail === undefined; batch++) {
+          const ops = [put(addr(2, batch), bytesOf(500, batch))]
+          model.apply(ops)
+          await store.batch(ops, { sync: batch % 3 === 0 })
+          const last = join(location, ((await segments(location)).pop() as { name: string }).name)
+          if (await salted(last)) tail = last
+        }
+        assert.ok(tail !== undefined, 'no segment was made from a spare')
+        // A torn batch at the end: its record cut in the middle.
+        const image = await crashImage(location)
+        try {
+          const imageTail = join(image, basename(tail))
+          const bytes = await readFile(imageTail)
+          assert.ok(bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, 8 * 1024) !== -1, 'the reused file still holds forged marks past its new records')
+          const recovered = new FileBlockStore({ location: image, ...SMALL })
+          await recovered.open()
+          try {
+            await model.check(recovered, 'after the crash')
+          } finally {
+            await recovered.close()
+          }
+        } finally {
+          await rm(image, { recursive: true, force: true })
+        }
+      })
+    })
+
+    it('a reused active segment damaged at its first record is CORRUPTION once later marks prove it synced', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const { tail } = await reachReusedTail(store, location)
+        for (let i = 0; i < 4; i++) await store.batch([put(addr(3, i), bytesOf(300, i))], { sync: true })
+        const image = await crashImage(location)
+        try {
+          const imageTail = join(image, basename(tail))
+          const bytes = flipByte(await readFile(imageTail), 0, 0x01)
+          await writeFile(imageTail, bytes)
+          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage at offset 0')
+          assert.ok((await readFile(imageTail)).equals(bytes), 'the segment is left as it is')
+        } finally {
+          await rm(image, { recursive: true, force: true })
+        }
+      })
+    })
+
+    it('what an earlier session synced stays vouched for: damage in it after a reopen and a crash is CORRUPTION', async () => {
+      await withStore(SMALL, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const { tail } = await reachReusedTail(store, location)
+        await store.batch([put(addr(3, 1), bytesOf(300, 1))], { sync: true })
+        store = await reopen(store)
+        const damageAt = (await stat(tail)).size - 100 // inside the last synced record of the first session
+        // The second session writes without syncing, then crashes.
+        for (let i = 0; i < 3; i++) await store.batch([put(addr(4, i), bytesOf(300, i))])
+        const image = await crashImage(location)
+        try {
+          const imageTail = join(image, basename(tail))
+          await writeFile(imageTail, flipByte(await readFile(imageTail), damageAt, 0x01))
+          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in data an earlier session synced')
+        } finally {
+          await rm(image, { recursive: true, force: true })
+        }
+      })
+    })
+
     it('in a reused active segment, damage below what a mark says was synced is CORRUPTION; above it, a torn tail even with valid batches after it', async () => {
       await withStore(SMALL, async ({ location, make }) => {
         const store = make()
@@ -705,7 +806,7 @@ describe('file block store', () => {
             assert.ok(decodeHeader(bytes, at - HEADER_BYTES, header, true))
             assert.equal(header.type, TYPE_MARK)
             assert.equal(header.index, syncedEnd)
-            assert.ok(recordCrcMatches(bytes, at - HEADER_BYTES, 0, segmentSeed(parseInt(basename(tail).slice(4, 20), 16))))
+            assert.ok(recordCrcMatches(bytes, at - HEADER_BYTES, 0, parseInt(basename(tail).slice(21, 29), 16)))
           }
 
           // Damage in A: D's mark (found past the damage) says C's end was synced.

@@ -216,7 +216,7 @@ describe('examples/quickstart.ts (npm start)', () => {
 
       // The embedded default layout: classic-level metadata and file-store segments.
       assert.ok(existsSync(join(storagePath, 'metadata', 'CURRENT')), 'no classic-level database in <storagePath>/metadata')
-      const segments = (await readdir(join(storagePath, 'blocks'))).filter((name) => /^seg-[0-9a-f]{16}\.log$/.test(name))
+      const segments = (await readdir(join(storagePath, 'blocks'))).filter((name) => /^seg-[0-9a-f]{16}(-[0-9a-f]{8})?\.log$/.test(name))
       assert.ok(segments.length > 0, 'no segment file in <storagePath>/blocks')
     })
   })

@@ -3,6 +3,7 @@
 // here is ordered for crash safety first, and recovery tells a torn tail (cut off) from corruption
 // (reported, never cut off).
 
+import { randomBytes } from 'node:crypto'
 import { writeSync } from 'node:fs'
 import { mkdir, open, readFile, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -14,10 +15,10 @@ import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
 import {
-  FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, segmentSeed, type RecordHeader
+  FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
 } from './record.js'
 import {
-  findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, readSegmentSeed, scanSegment,
+  findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, scanSegment,
   segmentPath, spareFileName, syncDirectory, syncedMarkedAfter
 } from './segment.js'
 
@@ -481,12 +482,19 @@ export class FileBlockStore extends AbstractBlockStore {
       throw wrapIo(err, `could not read the clean-shutdown marker of ${location}`)
     }
     const segmentIds: number[] = []
+    const segmentSalts = new Map<number, number | undefined>()
     const hintIds = new Set<number>()
     const spares: string[] = []
     for (const name of names) {
       if (isSpareFileName(name)) spares.push(name)
-      const segmentId = parseSegmentFileName(name)
-      if (segmentId !== undefined) segmentIds.push(segmentId)
+      const parsed = parseSegmentFileName(name)
+      if (parsed !== undefined) {
+        if (segmentSalts.has(parsed.id)) {
+          throw new GalleonError('CORRUPTION', `${location} holds two files for segment ${parsed.id} (${name} and another); move the one that does not belong away, then open again`)
+        }
+        segmentIds.push(parsed.id)
+        segmentSalts.set(parsed.id, parsed.salt)
+      }
       const hintId = parseHintFileName(name)
       if (hintId !== undefined) hintIds.add(hintId)
       // A hint or a marker that was being written when the process died.
@@ -522,7 +530,8 @@ export class FileBlockStore extends AbstractBlockStore {
     if (removedHints) await syncDirectory(location).catch((err: unknown) => { throw wrapIo(err, `could not sync ${location}`) })
 
     for (const id of segmentIds) {
-      const path = segmentPath(location, id)
+      const salt = segmentSalts.get(id)
+      const path = segmentPath(location, id, salt)
       let handle: FileHandle
       try {
         handle = await open(path, 'r+')
@@ -534,7 +543,7 @@ export class FileBlockStore extends AbstractBlockStore {
       this.#segments.set(id, segment)
       try {
         segment.size = segment.fileBytes = (await handle.stat()).size
-        segment.seed = await readSegmentSeed(handle, id, segment.size)
+        segment.seed = salt
         const isLast = id === lastId
         if (!isLast && hintIds.has(id) && await this.#loadHint(segment)) {
           segment.sealed = true
@@ -572,11 +581,23 @@ export class FileBlockStore extends AbstractBlockStore {
     // must never seal a segment whose tail a power loss could still tear, or the next open would find
     // a damaged sealed segment and refuse to open.
     this.#dirty = last.size > 0
+    if (last.seed !== undefined && last.size > 0) {
+      // A salted active segment is synced now, so the next batch's mark states that all of it is:
+      // damage in what earlier sessions wrote is then corruption, not a torn tail (no zeros mark
+      // unwritten space in a reused file).
+      try {
+        await (last.handle as FileHandle).datasync()
+      } catch (err) {
+        throw wrapIo(err, `could not sync ${last.path}`)
+      }
+      this.#dirty = false
+      last.syncedBytes = last.size
+    }
     for (const segment of this.#segments.values()) {
       // Sealed segments that had to be scanned get their hint now, so the next open is fast.
       if (segment.sealed && segment.hint !== undefined) this.#scheduleHint(segment)
     }
-    await this.#trimSpares()
+    await this.#trimSpares().catch(() => {}) // spares are disposable; trimmed again later
   }
 
   /** Bytes the spares may hold in all: a quarter of the live bytes (a store that shrinks lets them go). */
@@ -590,12 +611,13 @@ export class FileBlockStore extends AbstractBlockStore {
     return bytes
   }
 
-  /** Deletes spares beyond spareSegments or beyond the spare budget, oldest first. */
+  /**
+   * Deletes spares beyond spareSegments or beyond the spare budget, oldest first. (The writer may
+   * take a spare meanwhile: the count is looked at again after each removal.)
+   */
   async #trimSpares (): Promise<void> {
-    let bytes = this.#spareBytes()
-    while (this.#spares.length > 0 && (this.#spares.length > this.#spareSegments || bytes > this.#spareBudget())) {
+    while (this.#spares.length > 0 && (this.#spares.length > this.#spareSegments || this.#spareBytes() > this.#spareBudget())) {
       const spare = this.#spares.shift() as Spare
-      bytes -= spare.bytes
       await this.#removeFile(spare.path)
     }
   }
@@ -856,9 +878,8 @@ export class FileBlockStore extends AbstractBlockStore {
     let bytes = 0
     for (const op of ops) bytes += op.type === 'put' ? HEADER_BYTES + op.data.byteLength : HEADER_BYTES
     let segment = this.#tail
-    // Roll only between batches: a batch must be whole within one segment to be atomic. (A segment
-    // made from a spare starts with its opening mark.)
-    if (bytes > 0 && segment.size > (segment.seed === undefined ? 0 : HEADER_BYTES) && segment.size + bytes > this.#segmentBytes) segment = this.#newTailSegment()
+    // Roll only between batches: a batch must be whole within one segment to be atomic.
+    if (bytes > 0 && segment.size > 0 && segment.size + bytes > this.#segmentBytes) segment = this.#newTailSegment()
     const start = segment.size
     // A salted segment synced further than its marks say gets a new mark, ahead of the batch.
     const mark = bytes > 0 && segment.seed !== undefined && segment.syncedBytes > segment.markedBytes ? 1 : 0
@@ -911,18 +932,17 @@ export class FileBlockStore extends AbstractBlockStore {
   }
 
   /**
-   * The segment after the tail; its file is created (or made from a spare, then salted and opened
-   * by a mark at offset 0) by the writer when it gets there.
+   * The segment after the tail; its file is created (or made from a spare) by the writer when it
+   * gets there.
    */
   #newTailSegment (): Segment {
     const id = this.#tail.id + 1
-    const segment = new Segment(id, segmentPath(this.#location, id), 0, new HintBuilder())
     const spare = this.#spares.pop()
-    if (spare !== undefined) {
-      segment.spare = spare
-      segment.seed = segmentSeed(id)
-      segment.size = HEADER_BYTES
-    }
+    // A reused file gets a random salt (in its name) for its records, see record.ts.
+    const salt = spare === undefined ? undefined : randomBytes(4).readUInt32LE(0) || 1
+    const segment = new Segment(id, segmentPath(this.#location, id, salt), 0, new HintBuilder())
+    segment.spare = spare
+    segment.seed = salt
     this.#segments.set(id, segment)
     this.#tail = segment
     return segment
@@ -1188,41 +1208,32 @@ export class FileBlockStore extends AbstractBlockStore {
     await syncDirectory(this.#location)
     old.sealed = true
     this.#current = next
-    this.#issuedBytes = next.seed === undefined ? 0 : HEADER_BYTES
+    this.#issuedBytes = 0
     this.#compactionWanted = true
     this.#scheduleHint(old)
   }
 
   /**
-   * Makes segment `next` from its spare file: the opening mark (salted with the new id) is written
-   * and synced at offset 0 before the file takes the segment's name, so a segment file never starts
-   * with a record of an earlier incarnation. A spare that has gone missing is replaced by a new file.
+   * Makes segment `next` from its spare file, renamed to the segment's salted name (the caller syncs
+   * the directory). A spare that has gone missing is replaced by a new file.
    */
   async #openSpare (next: Segment): Promise<FileHandle> {
-    const spare = (next.spare as Spare).path
-    next.fileBytes = (next.spare as Spare).bytes
+    const spare = next.spare as Spare
     next.spare = undefined
     let handle: FileHandle
-    let reused = true
     try {
-      handle = await open(spare, 'r+')
+      handle = await open(spare.path, 'r+')
     } catch (err) {
-      next.fileBytes = 0
       if (!isCode(err, 'ENOENT')) throw err
-      handle = await open(next.path, 'wx+')
-      reused = false
+      return await open(next.path, 'wx+')
     }
     try {
-      const mark = Buffer.alloc(HEADER_BYTES)
-      encodeRecord(mark, 0, TYPE_MARK, 0, 0, 0, 0, undefined, next.seed)
-      let done = 0
-      while (done < HEADER_BYTES) done += (await handle.write(mark, done, HEADER_BYTES - done, done)).bytesWritten
-      await handle.datasync()
-      if (reused) await rename(spare, next.path)
+      await rename(spare.path, next.path)
     } catch (err) {
       await handle.close().catch(() => {})
       throw err
     }
+    next.fileBytes = spare.bytes
     return handle
   }
 
@@ -1433,8 +1444,6 @@ export class FileBlockStore extends AbstractBlockStore {
     // Usable only now: overwriting its start while the rename might still be undone by a crash
     // would leave a damaged sealed segment under the old name.
     if (spare !== undefined) this.#spares.push(spare)
-    // Deletes may have shrunk the budget.
-    await this.#trimSpares()
     // Forgotten only once its removal is durable: while it is listed it counts as an older segment,
     // so later compactions keep the tombstones that delete its dead puts. Forgetting it first and then
     // failing to unlink it (or to sync the unlink) would let those tombstones be dropped and its puts
@@ -1442,6 +1451,8 @@ export class FileBlockStore extends AbstractBlockStore {
     this.#segments.delete(segment.id)
     this.#compactionWanted = true
     if (closeError !== undefined) throw wrapIo(closeError, `could not close ${segment.path}`)
+    // Deletes may have shrunk the budget.
+    await this.#trimSpares()
   }
 }
 

@@ -18,14 +18,15 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * | 24     | 8    | gen as two u32, high word first                                |
  * | 32     | 4    | payload length (u32)                                           |
  *
- * Salted records ('GFR2') are the same but for the magic and the crc, which starts from a seed
- * derived from the segment id (`segmentSeed`) instead of 0. They are written to segment files that
- * are reused (a compacted segment's file renamed to a later id and overwritten from its start, so
- * the writes land in pages the file already has, see FileBlockStoreOptions.spareSegments): the
- * bytes past the new records are the previous incarnations' records, and a record from another
- * incarnation never passes the crc check under this segment's seed (for a fixed record, the crc is
- * a one-to-one function of the seed), nor does an unsalted one (its magic differs). A salted
- * segment starts with a mark record and holds only salted records.
+ * Salted records ('GFR2') are the same but for the magic and the crc, which starts from the
+ * segment's salt (a random nonzero 32-bit value, part of the segment's file name) instead of 0. They
+ * are written to segment files that are reused (a compacted segment's file renamed to a later
+ * segment and overwritten from its start, so the writes land in pages the file already has, see
+ * FileBlockStoreOptions.spareSegments): the bytes past the new records are the earlier
+ * incarnations' records, and a record made under another salt passes the crc check under this one
+ * only by a 2^-32 chance (for a fixed record the crc is a one-to-one function of the seed), nor does
+ * an unsalted one (its magic differs). Nor can block data holding copies of records forge one
+ * without knowing the salt. A salted segment holds only salted records.
  *
  * A mark record (type 3, salted segments only, no payload, volume and gen 0) states in its index
  * field an offset of its segment below which every byte had been synced when it was written;
@@ -77,14 +78,6 @@ export interface RecordHeader {
   index: number
   gen: number
   length: number
-}
-
-/**
- * The crc seed of salted records in segment `id`: the id itself (modulo 2^32, never 0 for the ids a
- * store uses), so two incarnations of one file never share a seed.
- */
-export function segmentSeed (id: number): number {
-  return id % TWO_POW_32
 }
 
 /**

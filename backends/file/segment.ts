@@ -5,9 +5,9 @@ import { read } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
-import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_MARK, decodeHeader, recordCrcMatches, segmentSeed, type RecordHeader } from './record.js'
+import { FLAG_CONTINUES, HEADER_BYTES, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_MARK, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
 
-const SEGMENT_NAME = /^seg-([0-9a-f]{16})\.log$/
+const SEGMENT_NAME = /^seg-([0-9a-f]{16})(?:-([0-9a-f]{8}))?\.log$/
 const HINT_NAME = /^seg-([0-9a-f]{16})\.hint$/
 const SPARE_NAME = /^spare-([0-9a-f]{16})\.log$/
 // Large enough for the largest record, so a record always fits in one read.
@@ -20,9 +20,9 @@ const UNWRITTEN_UNIT_BYTES = 512
 const MAGIC_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff, RECORD_MAGIC >>> 24])
 const SALTED_MAGIC_BYTES = Buffer.from([SALTED_RECORD_MAGIC & 0xff, (SALTED_RECORD_MAGIC >>> 8) & 0xff, (SALTED_RECORD_MAGIC >>> 16) & 0xff, SALTED_RECORD_MAGIC >>> 24])
 
-/** File name of segment `id`. */
-export function segmentFileName (id: number): string {
-  return `seg-${id.toString(16).padStart(16, '0')}.log`
+/** File name of segment `id`; a salted segment (a reused file, see record.ts) has its salt in it. */
+export function segmentFileName (id: number, salt?: number): string {
+  return `seg-${id.toString(16).padStart(16, '0')}${salt === undefined ? '' : `-${salt.toString(16).padStart(8, '0')}`}.log`
 }
 
 /** File name of the hint of segment `id`. */
@@ -30,10 +30,13 @@ export function hintFileName (id: number): string {
   return `seg-${id.toString(16).padStart(16, '0')}.hint`
 }
 
-/** Segment id of a segment file name, or undefined if `name` is not one. */
-export function parseSegmentFileName (name: string): number | undefined {
+/** Segment id (and salt, for a salted segment) of a segment file name, or undefined if `name` is not one. */
+export function parseSegmentFileName (name: string): { id: number, salt: number | undefined } | undefined {
   const match = SEGMENT_NAME.exec(name)
-  return match === null ? undefined : parseInt(match[1] as string, 16)
+  if (match === null) return undefined
+  const salt = match[2] === undefined ? undefined : parseInt(match[2], 16)
+  // Salt 0 would be the seed of unsalted records: never made, never accepted.
+  return salt === 0 ? undefined : { id: parseInt(match[1] as string, 16), salt }
 }
 
 /** File name of a spare (an emptied segment's file, kept for reuse), named after the segment it was. */
@@ -44,18 +47,6 @@ export function spareFileName (id: number): string {
 /** Whether `name` is the name of a spare file. */
 export function isSpareFileName (name: string): boolean {
   return SPARE_NAME.test(name)
-}
-
-/**
- * The seed of a segment whose first record is salted (a reused file; see record.ts), undefined for
- * an unsalted segment (or an empty one). Only the magic is looked at: the scan or read that follows
- * checks the record itself.
- */
-export async function readSegmentSeed (handle: FileHandle, id: number, size: number): Promise<number | undefined> {
-  if (size < HEADER_BYTES) return undefined
-  const first = Buffer.alloc(4)
-  if (await readFully(handle, first, 0, 4, 0) !== 4) return undefined
-  return first.readUInt32LE(0) === SALTED_RECORD_MAGIC ? segmentSeed(id) : undefined
 }
 
 /** Segment id of a hint file name, or undefined if `name` is not one. */
@@ -232,9 +223,8 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
  * The highest offset that a valid mark record after `from` in a salted segment states had been
  * synced (0 if none). Marks are header-only records, checked on their own: one that passes its crc
  * under the segment's seed was written by this incarnation of the file (records of earlier ones
- * fail it), and what it states held when it was written, whether or not its batch completed. (A
- * block payload holding a copy of such a record could claim more; then recovery reports corruption,
- * cutting nothing, rather than the reverse.)
+ * fail it, and block data cannot forge one without the salt), and what it states held when it was
+ * written, whether or not its batch completed.
  */
 export async function syncedMarkedAfter (handle: FileHandle, size: number, from: number, seed: number): Promise<number> {
   const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
@@ -273,9 +263,9 @@ export async function looksUnwritten (handle: FileHandle, damagedAt: number, bat
   return true
 }
 
-/** Path of segment `id` in `directory`. */
-export function segmentPath (directory: string, id: number): string {
-  return join(directory, segmentFileName(id))
+/** Path of segment `id` (with `salt` when salted) in `directory`. */
+export function segmentPath (directory: string, id: number, salt?: number): string {
+  return join(directory, segmentFileName(id, salt))
 }
 
 /** Path of the hint of segment `id` in `directory`. */
