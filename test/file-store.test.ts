@@ -570,6 +570,16 @@ describe('file block store', () => {
       return copy
     }
 
+    /** Runs `body` on a crash image of the store at `location` (see crashImage), removed afterwards. */
+    async function withCrashImage (location: string, body: (image: string) => Promise<void>): Promise<void> {
+      const image = await crashImage(location)
+      try {
+        await body(image)
+      } finally {
+        await rm(image, { recursive: true, force: true })
+      }
+    }
+
     it('emptied segment files are kept (up to spareSegments) and become later segments; data and stats stay right across reopen', async () => {
       await withStore(SMALL, async ({ location, make, reopen }) => {
         let store = make()
@@ -660,8 +670,7 @@ describe('file block store', () => {
         const more = [put(addr(1, 5), bytesOf(900, 93))]
         model.apply(more)
         await store.batch(more)
-        const image = await crashImage(location)
-        try {
+        await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const crashedSize = (await stat(imageTail)).size
           // The file still holds records of earlier incarnations past the new ones.
@@ -676,9 +685,7 @@ describe('file block store', () => {
           } finally {
             await recovered.close()
           }
-        } finally {
-          await rm(image, { recursive: true, force: true })
-        }
+        })
       })
     })
 
@@ -715,8 +722,7 @@ describe('file block store', () => {
         }
         assert.ok(tail !== undefined, 'no segment was made from a spare')
         // A torn batch at the end: its record cut in the middle.
-        const image = await crashImage(location)
-        try {
+        await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
           assert.ok(bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, 8 * 1024) !== -1, 'the reused file still holds forged marks past its new records')
@@ -727,9 +733,7 @@ describe('file block store', () => {
           } finally {
             await recovered.close()
           }
-        } finally {
-          await rm(image, { recursive: true, force: true })
-        }
+        })
       })
     })
 
@@ -739,16 +743,13 @@ describe('file block store', () => {
         await store.open()
         const { tail } = await reachReusedTail(store, location)
         for (let i = 0; i < 4; i++) await store.batch([put(addr(3, i), bytesOf(300, i))], { sync: true })
-        const image = await crashImage(location)
-        try {
+        await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const bytes = flipByte(await readFile(imageTail), 0, 0x01)
           await writeFile(imageTail, bytes)
           await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage at offset 0')
           assert.ok((await readFile(imageTail)).equals(bytes), 'the segment is left as it is')
-        } finally {
-          await rm(image, { recursive: true, force: true })
-        }
+        })
       })
     })
 
@@ -762,14 +763,11 @@ describe('file block store', () => {
         const damageAt = (await stat(tail)).size - 100 // inside the last synced record of the first session
         // The second session writes without syncing, then crashes.
         for (let i = 0; i < 3; i++) await store.batch([put(addr(4, i), bytesOf(300, i))])
-        const image = await crashImage(location)
-        try {
+        await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           await writeFile(imageTail, flipByte(await readFile(imageTail), damageAt, 0x01))
           await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in data an earlier session synced')
-        } finally {
-          await rm(image, { recursive: true, force: true })
-        }
+        })
       })
     })
 
@@ -786,8 +784,7 @@ describe('file block store', () => {
           [put(addr(3, 4), bytesOf(500, 4))]
         ]
         for (const [i, ops] of batches.entries()) await store.batch(ops, { sync: i < 3 })
-        const image = await crashImage(location)
-        try {
+        await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
           // Find each batch's put by its header: volume 3, index 1..4.
@@ -829,9 +826,7 @@ describe('file block store', () => {
           } finally {
             await recovered.close()
           }
-        } finally {
-          await rm(image, { recursive: true, force: true })
-        }
+        })
       })
     })
   })
