@@ -771,6 +771,66 @@ describe('file block store', () => {
       })
     })
 
+    it('a sync() after batches written without one is stated by the next mark (the engine flushes so)', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const { tail } = await reachReusedTail(store, location)
+        for (let i = 1; i <= 3; i++) {
+          await store.batch([put(addr(3, i), bytesOf(300, i))])
+          await store.sync()
+        }
+        await withCrashImage(location, async (image) => {
+          const imageTail = join(image, basename(tail))
+          const bytes = await readFile(imageTail)
+          const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+          let first = -1
+          for (let at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES); at !== -1 && first === -1; at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, at + 1)) {
+            if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === 1) first = at
+          }
+          assert.ok(first > 0)
+          await writeFile(imageTail, flipByte(bytes, first + HEADER_BYTES + 5, 0x01))
+          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in a batch a sync() made durable')
+        })
+      })
+    })
+
+    it('after recovery cut a torn batch with its mark, the next batch states again what is synced', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const { tail } = await reachReusedTail(store, location)
+        await store.batch([put(addr(3, 1), bytesOf(500, 1))], { sync: true })
+        await store.batch([put(addr(3, 2), bytesOf(500, 2))], { sync: true }) // starts with a mark
+        await withCrashImage(location, async (image) => {
+          const imageTail = join(image, basename(tail))
+          const bytes = await readFile(imageTail)
+          const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+          let second = -1
+          for (let at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES); at !== -1 && second === -1; at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, at + 1)) {
+            if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === 2) second = at
+          }
+          const markAt = second - HEADER_BYTES
+          assert.ok(decodeHeader(bytes, markAt, header, true) && header.type === TYPE_MARK)
+          // The second batch torn inside its put: recovery cuts it, its mark included.
+          await writeFile(imageTail, flipByte(bytes, second + HEADER_BYTES + 5, 0x01))
+          const recovered = new FileBlockStore({ location: image, ...SMALL })
+          await recovered.open()
+          try {
+            assert.equal((await stat(imageTail)).size, markAt)
+            assert.equal(await recovered.get(addr(3, 2)), undefined)
+            await recovered.batch([put(addr(3, 3), bytesOf(500, 3))])
+            await recovered.sync()
+            const after = await readFile(imageTail)
+            assert.ok(decodeHeader(after, markAt, header, true) && header.type === TYPE_MARK, 'the first batch after recovery starts with a mark')
+            assert.equal(header.index, markAt, 'stating everything recovery kept as synced')
+          } finally {
+            await recovered.close()
+          }
+        })
+      })
+    })
+
     it('in a reused active segment, damage below what a mark says was synced is CORRUPTION; above it, a torn tail even with valid batches after it', async () => {
       await withStore(SMALL, async ({ location, make }) => {
         const store = make()

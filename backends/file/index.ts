@@ -132,6 +132,8 @@ class Segment {
   /** Salted segments: bytes known to be synced, and the most a mark record already states. */
   syncedBytes = 0
   markedBytes = 0
+  /** End of the last batch acknowledged in this segment (so written before any later sync). */
+  acknowledgedBytes = 0
 
   constructor (
     readonly id: number,
@@ -591,7 +593,9 @@ export class FileBlockStore extends AbstractBlockStore {
         throw wrapIo(err, `could not sync ${last.path}`)
       }
       this.#dirty = false
-      last.syncedBytes = last.size
+      last.syncedBytes = last.acknowledgedBytes = last.size
+      // A mark the recovery cut off (it opened the torn batch) states nothing any more.
+      last.markedBytes = 0
     }
     for (const segment of this.#segments.values()) {
       // Sealed segments that had to be scanned get their hint now, so the next open is fast.
@@ -1053,13 +1057,14 @@ export class FileBlockStore extends AbstractBlockStore {
     const current = this.#current
     for (let i = this.#queueHead; i < end; i++) {
       const batch = queue[i] as PendingBatch
-      // Every group up to this one is written, so the sync covered the segment up to its end.
-      if (synced && batch.segment === current.id && batch.bytes > 0) current.syncedBytes = batch.offset + batch.bytes
+      if (batch.segment === current.id && batch.bytes > 0) current.acknowledgedBytes = batch.offset + batch.bytes
       // Forget it now, not at the next trim of the queue: kept for thousands of batches, with its
       // locations and callbacks, it outlives young-generation collections and fills the old one.
       queue[i] = undefined
       batch.resolve()
     }
+    // Every batch acknowledged so far, in this call or before, was written before the sync started.
+    if (synced) current.syncedBytes = current.acknowledgedBytes
     this.#queueHead = end
     if (end > 4096 && end * 2 > queue.length) {
       queue.splice(0, end)
