@@ -516,6 +516,15 @@ describe('file block store', () => {
     /** Whether a segment file starts with a salted record (a reused spare). */
     const SALTED_RECORD_MAGIC_BYTES = Buffer.from('GFR2')
 
+    /** Offset of the salted put record of block `volume`/`index` in a segment file's bytes. */
+    function saltedPutAt (bytes: Buffer, volume: number, index: number): number {
+      const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+      for (let at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES); at !== -1; at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, at + 1)) {
+        if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === volume && header.index === index) return at
+      }
+      throw new Error(`no record of block ${volume}/${index}`)
+    }
+
     /** Whether a segment file is salted (its name has a salt) and starts with a salted record. */
     async function salted (path: string): Promise<boolean> {
       const head = (await readFile(path)).subarray(0, 4)
@@ -783,12 +792,7 @@ describe('file block store', () => {
         await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
-          const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
-          let first = -1
-          for (let at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES); at !== -1 && first === -1; at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, at + 1)) {
-            if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === 1) first = at
-          }
-          assert.ok(first > 0)
+          const first = saltedPutAt(bytes, 3, 1)
           await writeFile(imageTail, flipByte(bytes, first + HEADER_BYTES + 5, 0x01))
           await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in a batch a sync() made durable')
         })
@@ -806,10 +810,7 @@ describe('file block store', () => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
           const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
-          let second = -1
-          for (let at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES); at !== -1 && second === -1; at = bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, at + 1)) {
-            if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === 2) second = at
-          }
+          const second = saltedPutAt(bytes, 3, 2)
           const markAt = second - HEADER_BYTES
           assert.ok(decodeHeader(bytes, markAt, header, true) && header.type === TYPE_MARK)
           // The second batch torn inside its put: recovery cuts it, its mark included.
@@ -847,15 +848,8 @@ describe('file block store', () => {
         await withCrashImage(location, async (image) => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
-          // Find each batch's put by its header: volume 3, index 1..4.
-          const offsetOf = (index: number): number => {
-            const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
-            for (let at = bytes.indexOf(Buffer.from('GFR2')); at !== -1; at = bytes.indexOf(Buffer.from('GFR2'), at + 1)) {
-              if (decodeHeader(bytes, at, header, true) && header.type === TYPE_PUT && header.volume === 3 && header.index === index) return at
-            }
-            throw new Error(`no record of block 3/${index}`)
-          }
-          const [a, b, c, d] = [1, 2, 3, 4].map(offsetOf) as [number, number, number, number]
+          // Each batch's put, found by its header: volume 3, index 1..4.
+          const [a, b, c, d] = [1, 2, 3, 4].map((index) => saltedPutAt(bytes, 3, index)) as [number, number, number, number]
           assert.ok(a < b && b < c && c < d)
           // Each of B, C and D is preceded by a mark record stating where the synced batches ended.
           for (const [at, syncedEnd] of [[b, a + recordSize(500)], [c, b + recordSize(500)], [d, c + recordSize(500)]] as const) {

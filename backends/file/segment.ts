@@ -163,6 +163,26 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
   return { committedEnd, stoppedAt: position, problem: undefined }
 }
 
+/**
+ * Every offset from `from` on where `magic` starts a whole record header, found by reading the file
+ * in chunks: yields the chunk (reused for the next one), the candidate's position in it and the
+ * chunk's offset in the file. Chunks overlap by a header, so no candidate is missed or seen twice.
+ */
+async function * headerCandidates (handle: FileHandle, size: number, from: number, magic: Buffer): AsyncGenerator<{ view: Buffer, at: number, chunkStart: number }> {
+  const chunk = Buffer.allocUnsafeSlow(Math.max(HEADER_BYTES, Math.min(SCAN_CHUNK_BYTES, size - from)))
+  let chunkStart = from
+  while (chunkStart + HEADER_BYTES <= size) {
+    const length = await readFully(handle, chunk, 0, Math.min(chunk.byteLength, size - chunkStart), chunkStart)
+    if (length < HEADER_BYTES) return
+    const view = chunk.subarray(0, length)
+    // Candidates whose whole header is in this chunk; the next chunk starts at the first one that is not.
+    const lastCandidate = length - HEADER_BYTES
+    for (let at = view.indexOf(magic); at !== -1 && at <= lastCandidate; at = view.indexOf(magic, at + 1)) yield { view, at, chunkStart }
+    if (chunkStart + length >= size) return
+    chunkStart += lastCandidate + 1
+  }
+}
+
 /** A run of valid records found past damage by `findBatchAfter`. */
 export interface BatchAfterDamage {
   /** Offset of its first record. */
@@ -193,28 +213,16 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
   }
   // A record claiming to reach past the end of the file holds everything after its start: a torn record.
   if (mustEndAfter >= size) return undefined
-  const chunkBytes = Math.max(HEADER_BYTES, Math.min(SCAN_CHUNK_BYTES, size - damagedAt))
-  const chunk = Buffer.allocUnsafeSlow(chunkBytes)
   // Records already followed as part of a run that did not count: a run from any of them is a suffix
   // of that run and would not count either. Keeps the search linear when a payload holds many records.
   const followed = new Set<number>()
-  let chunkStart = damagedAt + 1
-  while (chunkStart + HEADER_BYTES <= size) {
-    const length = await readFully(handle, chunk, 0, Math.min(chunkBytes, size - chunkStart), chunkStart)
-    if (length < HEADER_BYTES) break
-    const view = chunk.subarray(0, length)
-    // Candidates whose whole header is in this chunk; the next chunk starts at the first one that is not.
-    const lastCandidate = length - HEADER_BYTES
-    for (let at = view.indexOf(MAGIC_BYTES); at !== -1 && at <= lastCandidate; at = view.indexOf(MAGIC_BYTES, at + 1)) {
-      const candidate = chunkStart + at
-      if (followed.has(candidate) || !decodeHeader(view, at, header)) continue
-      const recordEnd = at + HEADER_BYTES + header.length
-      if (chunkStart + recordEnd > size || (recordEnd <= length && !recordCrcMatches(view, at, header.length))) continue
-      const run = await scanSegment(handle, size, (_record, offset) => { followed.add(offset) }, { start: candidate })
-      if (run.committedEnd > candidate && run.committedEnd > mustEndAfter) return { start: candidate, end: run.committedEnd }
-    }
-    if (chunkStart + length >= size) break
-    chunkStart += lastCandidate + 1
+  for await (const { view, at, chunkStart } of headerCandidates(handle, size, damagedAt + 1, MAGIC_BYTES)) {
+    const candidate = chunkStart + at
+    if (followed.has(candidate) || !decodeHeader(view, at, header)) continue
+    const recordEnd = at + HEADER_BYTES + header.length
+    if (chunkStart + recordEnd > size || (recordEnd <= view.byteLength && !recordCrcMatches(view, at, header.length))) continue
+    const run = await scanSegment(handle, size, (_record, offset) => { followed.add(offset) }, { start: candidate })
+    if (run.committedEnd > candidate && run.committedEnd > mustEndAfter) return { start: candidate, end: run.committedEnd }
   }
   return undefined
 }
@@ -228,21 +236,10 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
  */
 export async function syncedMarkedAfter (handle: FileHandle, size: number, from: number, seed: number): Promise<number> {
   const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
-  const chunkBytes = Math.max(HEADER_BYTES, Math.min(SCAN_CHUNK_BYTES, size - from))
-  const chunk = Buffer.allocUnsafeSlow(chunkBytes)
   let synced = 0
-  let chunkStart = from
-  while (chunkStart + HEADER_BYTES <= size) {
-    const length = await readFully(handle, chunk, 0, Math.min(chunkBytes, size - chunkStart), chunkStart)
-    if (length < HEADER_BYTES) break
-    const view = chunk.subarray(0, length)
-    const lastCandidate = length - HEADER_BYTES
-    for (let at = view.indexOf(SALTED_MAGIC_BYTES); at !== -1 && at <= lastCandidate; at = view.indexOf(SALTED_MAGIC_BYTES, at + 1)) {
-      if (!decodeHeader(view, at, header, true) || header.type !== TYPE_MARK || !recordCrcMatches(view, at, 0, seed)) continue
-      synced = Math.max(synced, Math.min(header.index, chunkStart + at))
-    }
-    if (chunkStart + length >= size) break
-    chunkStart += lastCandidate + 1
+  for await (const { view, at, chunkStart } of headerCandidates(handle, size, from, SALTED_MAGIC_BYTES)) {
+    if (!decodeHeader(view, at, header, true) || header.type !== TYPE_MARK || !recordCrcMatches(view, at, 0, seed)) continue
+    synced = Math.max(synced, Math.min(header.index, chunkStart + at))
   }
   return synced
 }
