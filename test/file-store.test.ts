@@ -516,6 +516,17 @@ describe('file block store', () => {
     /** Whether a segment file starts with a salted record (a reused spare). */
     const SALTED_RECORD_MAGIC_BYTES = Buffer.from('GFR2')
 
+    /** Opens the store in a crash image (recovery runs), runs `body` on it, closes it. */
+    async function withRecovered (image: string, body: (recovered: FileBlockStore) => Promise<void>): Promise<void> {
+      const recovered = new FileBlockStore({ location: image, ...SMALL })
+      await recovered.open()
+      try {
+        await body(recovered)
+      } finally {
+        await recovered.close()
+      }
+    }
+
     /** Offset of the salted put record of block `volume`/`index` in a segment file's bytes. */
     function saltedPutAt (bytes: Buffer, volume: number, index: number): number {
       const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
@@ -685,15 +696,11 @@ describe('file block store', () => {
           // The file still holds records of earlier incarnations past the new ones.
           const old = (await readFile(imageTail)).subarray(HEADER_BYTES)
           assert.ok(old.includes(Buffer.from('GFR1')) || old.lastIndexOf(Buffer.from('GFR2')) > 8 * 1024, 'earlier records remain past the new ones')
-          const recovered = new FileBlockStore({ location: image, ...SMALL })
-          await recovered.open()
-          try {
+          await withRecovered(image, async (recovered) => {
             await model.check(recovered, 'after the crash')
             assert.ok((await stat(imageTail)).size < crashedSize, 'what lay past the last batch is cut off')
             assert.equal((await recovered.stats()).storedBytes, await diskBytes(image))
-          } finally {
-            await recovered.close()
-          }
+          })
         })
       })
     })
@@ -735,13 +742,9 @@ describe('file block store', () => {
           const imageTail = join(image, basename(tail))
           const bytes = await readFile(imageTail)
           assert.ok(bytes.indexOf(SALTED_RECORD_MAGIC_BYTES, 8 * 1024) !== -1, 'the reused file still holds forged marks past its new records')
-          const recovered = new FileBlockStore({ location: image, ...SMALL })
-          await recovered.open()
-          try {
+          await withRecovered(image, async (recovered) => {
             await model.check(recovered, 'after the crash')
-          } finally {
-            await recovered.close()
-          }
+          })
         })
       })
     })
@@ -815,9 +818,7 @@ describe('file block store', () => {
           assert.ok(decodeHeader(bytes, markAt, header, true) && header.type === TYPE_MARK)
           // The second batch torn inside its put: recovery cuts it, its mark included.
           await writeFile(imageTail, flipByte(bytes, second + HEADER_BYTES + 5, 0x01))
-          const recovered = new FileBlockStore({ location: image, ...SMALL })
-          await recovered.open()
-          try {
+          await withRecovered(image, async (recovered) => {
             assert.equal((await stat(imageTail)).size, markAt)
             assert.equal(await recovered.get(addr(3, 2)), undefined)
             await recovered.batch([put(addr(3, 3), bytesOf(500, 3))])
@@ -825,9 +826,7 @@ describe('file block store', () => {
             const after = await readFile(imageTail)
             assert.ok(decodeHeader(after, markAt, header, true) && header.type === TYPE_MARK, 'the first batch after recovery starts with a mark')
             assert.equal(header.index, markAt, 'stating everything recovery kept as synced')
-          } finally {
-            await recovered.close()
-          }
+          })
         })
       })
     })
@@ -871,15 +870,11 @@ describe('file block store', () => {
           const damagedD = Buffer.from(bytes)
           flipByte(damagedD, d + HEADER_BYTES + 10, 0xff)
           await writeFile(imageTail, damagedD)
-          const recovered = new FileBlockStore({ location: image, ...SMALL })
-          await recovered.open()
-          try {
+          await withRecovered(image, async (recovered) => {
             for (const i of [1, 2, 3]) assertBytes(await recovered.get(addr(3, i)), bytesOf(500, i), `synced batch ${i}`)
             assert.equal(await recovered.get(addr(3, 4)), undefined, 'the torn batch')
             assert.equal((await stat(imageTail)).size, d - HEADER_BYTES)
-          } finally {
-            await recovered.close()
-          }
+          })
         })
       })
     })
