@@ -675,7 +675,6 @@ export class FileBlockStore extends AbstractBlockStore {
       batch.length = 0
       }
     })
-    segment.syncedBytes = segment.markedBytes = synced
     segment.hint = hint
     if (result.committedEnd === segment.size) return
     // A batch that never ended is damaged from its first record; otherwise from the bad record.
