@@ -87,11 +87,15 @@ async function replication (node: Node): Promise<Replication> {
   return await api(node, 'GET', '/v1/volumes/register/replication') as Replication
 }
 
-async function until (what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+/** Polls `check` until it holds; on timeout the error carries what `explain` reports (state, logs). */
+async function until (what: string, check: () => Promise<boolean>, timeoutMs = 60_000, explain?: () => Promise<string>): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     if (await check().catch(() => false)) return
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
+    if (Date.now() > deadline) {
+      const detail = explain === undefined ? '' : await explain().then((text) => `\n${text}`, (err: Error) => `\n(no detail: ${err.message})`)
+      throw new Error(`timed out waiting until ${what}${detail}`)
+    }
     await new Promise((resolve) => setTimeout(resolve, 200))
   }
 }
@@ -277,6 +281,15 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         }
         assert.equal(digest.digest('hex'), baseDigest, `${context}: the data written before the move changed`)
       }
+      /** What each node reports about the volume, and the end of its log, for a failed wait. */
+      const explainMove = async (): Promise<string> => {
+        const parts: string[] = []
+        for (const [name, n] of nodes) {
+          const status = await api(n, 'GET', '/v1/volumes/moving/replication').then((s) => JSON.stringify(s), (err: Error) => err.message)
+          parts.push(`${name}: ${status}\n  log: ${n.logs.slice(-25).join('\n  log: ')}`)
+        }
+        return parts.join('\n')
+      }
       const outcomes: string[] = []
       for (let trial = 0; trial < TRIALS; trial++) {
         const from = holder
@@ -315,7 +328,7 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         outcomes.push(`${context}: move ${outcome}; then ${where.nodes.join('+')}, primary ${where.primary}`)
         if (where.nodes.length > 1) {
           // As a user would: the same move again, from the node the volume was leaving.
-          await until(`${context}: both copies in sync`, async () => (await placement()).inSync.length === 2, 90_000)
+          await until(`${context}: both copies in sync`, async () => (await placement()).inSync.length === 2, 90_000, async () => await explainMove())
           await api(node(from), 'POST', '/v1/volumes/moving/migrate', { node: to })
           where = await placement()
           assert.equal(where.primary, to, `${context}: the move finished on ${to}`)

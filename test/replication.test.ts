@@ -15,6 +15,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeState } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { GalleonError } from '../src/errors.js'
+import type { Coordinator } from '../src/drivers.js'
 import { NbdServer } from '../backends/nbd/index.js'
 
 const exec = promisify(execFile)
@@ -29,13 +31,13 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string>, replicaReplacementDelayMs?: number } = {}): Promise<Node> {
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string>, replicaReplacementDelayMs?: number, coordinator?: Coordinator } = {}): Promise<Node> {
   const dir = options.dir ?? await mkdtemp(join(tmpdir(), `galleon-repl-${id}-`))
   if (options.dir === undefined) dirs.push(dir)
   const events: string[] = []
   const g = await GalleonFS.open({
     storagePath: dir,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...(options.replicaReplacementDelayMs === undefined ? {} : { replicaReplacementDelayMs: options.replicaReplacementDelayMs }), ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: options.coordinator ?? coordinators.coordinator(), leaseTtlMs: 1000, ...(options.replicaReplacementDelayMs === undefined ? {} : { replicaReplacementDelayMs: options.replicaReplacementDelayMs }), ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
   })
   opened.push(g)
   for (const event of ['replication:failover', 'replication:out-of-sync', 'replication:in-sync', 'replication:resynced', 'replication:primary', 'replication:demoted', 'replication:replica-removed', 'replication:copy-dropped'] as const) {
@@ -787,6 +789,41 @@ describe('replication (memory transport, on-disk nodes)', () => {
     } finally {
       await g2.close()
     }
+  })
+
+  it('a copy that caught up joins the in-sync list even when the first try to list it fails and no write follows', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    // n1's coordinator refuses the first record update that lists n2 as in sync (as etcd under
+    // load or a lost connection would); nothing else is written afterwards to trigger another try.
+    const coordinator = coordinators.coordinator()
+    const put = coordinator.put.bind(coordinator)
+    let refuse = false
+    let refused = 0
+    coordinator.put = async (key, value, options) => {
+      const record = (() => { try { return JSON.parse(value) as { spec?: { name?: string }, inSync?: string[] } } catch { return undefined } })()
+      if (refuse && record?.spec?.name === 'retry-join' && record.inSync?.includes('n2') === true) {
+        refuse = false
+        refused++
+        throw new GalleonError('BACKEND_UNAVAILABLE', 'injected: the coordinator cannot be reached')
+      }
+      return await put(key, value, options)
+    }
+    const n1 = await startNode(network, coordinators, 'n1', { coordinator })
+    const n2 = await startNode(network, coordinators, 'n2')
+    await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+    await n1.g.createVolume({ name: 'retry-join', sizeBytes: '1M', replicas: 2 })
+    await until('n2 is in sync', async () => (await n1.g.replicationStatus('retry-join')).inSync.length === 2)
+    network.partition(['n2'], ['n1'])
+    await n1.g.writeBlock('retry-join', 3, block(3), WriteConcern.WriteAcknowledged)
+    await until('n2 is out of sync', async () => (await n1.g.replicationStatus('retry-join')).inSync.length === 1)
+    refuse = true
+    network.heal()
+    await until('n2 is back in sync without another write', async () => (await n1.g.replicationStatus('retry-join')).inSync.length === 2)
+    assert.equal(refused, 1, 'the injected failure happened')
+    await n1.g.writeBlock('retry-join', 4, block(4), WriteConcern.WriteReplicated)
+    const held = await copies([n1, n2], 'retry-join', 5 * 4096)
+    assert.deepEqual(held.get('n2'), held.get('n1'))
   })
 
   it('a copy rejoins the in-sync list while writes keep coming; large writes, clones and a refused delete keep replication working', async () => {

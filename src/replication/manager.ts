@@ -176,6 +176,8 @@ const BATCH_MAX_CHANGES = 1024
 const JOIN_MAX_LAG = 4096
 /** Batches in flight to one copy. */
 const STREAM_WINDOW = 4
+/** Pause before a streaming copy's failed listing as in sync is tried again (when no acknowledgement comes first). */
+const IN_SYNC_RETRY_MS = 500
 /** Changes held for one copy before it is resynced instead (memory bound of a slow copy). */
 const MAX_QUEUED_BYTES = 256 << 20
 const BATCH_MAX_BYTES = 4 << 20
@@ -1569,6 +1571,7 @@ class Link {
   stop (): void {
     this.#stopped = true
     this.state = 'stopped'
+    clearTimeout(this.#inSyncRetry)
     this.#resetStream()
     this.#broken?.(new GalleonError('CANCELLED', 'link stopped'))
     this.#wake?.()
@@ -1739,8 +1742,20 @@ class Link {
     void primary.addToInSync(this.node).catch(() => {}).finally(() => {
       this.#adding = false
       primary.stopJoining(this.node)
-      // Not added (the record changed meanwhile): tried again with the next acknowledgement.
+      // Not added (the record changed meanwhile, or the coordinator could not be reached): tried
+      // again with the next acknowledgement, and after a pause in case none comes (no writes).
+      if (this.state === 'streaming' && !primary.setRecord.inSync.includes(this.node)) this.#retryInSyncSoon()
     })
+  }
+
+  #inSyncRetry: NodeJS.Timeout | undefined
+  #retryInSyncSoon (): void {
+    if (this.#inSyncRetry !== undefined) return
+    this.#inSyncRetry = setTimeout(() => {
+      this.#inSyncRetry = undefined
+      this.#maybeInSync()
+    }, IN_SYNC_RETRY_MS)
+    this.#inSyncRetry.unref()
   }
 
   async #call (kind: string, header: Record<string, unknown>, payload?: Uint8Array): Promise<TransportMessage> {
