@@ -826,6 +826,26 @@ describe('replication (memory transport, on-disk nodes)', () => {
     assert.deepEqual(held.get('n2'), held.get('n1'))
   })
 
+  it('a resync sent to a node for a volume it holds only locally (not as a copy) is refused and overwrites nothing', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    const solo = await n1.g.createVolume({ name: 'solo', sizeBytes: '64K' })
+    for (let i = 0; i < 4; i++) await n1.g.writeBlock('solo', i, block(i + 500), WriteConcern.WriteDurable)
+    // A member that believes it is the volume's primary (a late message of a move given up, or a
+    // volume made local again) starts a resync, then sends blocks.
+    const stranger = network.transport('n9')
+    await stranger.listen(async () => ({ kind: 'ok', header: {} }))
+    try {
+      const spec = { id: solo.id, name: 'solo', namespace: 'default', type: solo.type, sizeBytes: solo.sizeBytes, blockSize: 4096, storageClass: solo.storageClass, replicas: 2, accessModes: [...solo.accessModes], labels: {} }
+      await assert.rejects(stranger.request('n1', { kind: 'repl:resync-begin', header: { volumeId: solo.id, epoch: 99, spec, primary: 'n9' } }), (err: { code?: string, message?: string }) => err.code === 'BUSY' && /not as a replicated copy/.test(err.message ?? ''))
+      await assert.rejects(stranger.request('n1', { kind: 'repl:resync-blocks', header: { volumeId: solo.id, epoch: 99, indices: [0], zero: [1] }, payload: block(1) }), { code: 'VOLUME_NOT_FOUND' })
+    } finally {
+      await stranger.close()
+    }
+    assert.equal((await n1.g.replicationStatus('solo')).epoch, undefined, 'still a local volume')
+    for (let i = 0; i < 4; i++) assert.deepEqual(await n1.g.readBlock('solo', i), block(i + 500), `block ${i}`)
+  })
+
   it('a copy rejoins the in-sync list while writes keep coming; large writes, clones and a refused delete keep replication working', async () => {
     const { network, nodes } = await cluster(2)
     const [n1, n2] = nodes as [Node, Node]

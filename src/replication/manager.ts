@@ -985,8 +985,18 @@ export class ReplicationManager {
         const volumeId = request.header.volumeId
         if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', `${kind} needs a volumeId`)
         if (kind === 'repl:resync-begin') {
+          if (this.#sets.has(volumeId) && this.#host.blocks(volumeId) === undefined) {
+            // Left over from a copy deleted here (every deletion forgets the set first; a message
+            // could make one again meanwhile): this is a new copy like any other.
+            this.forget(volumeId)
+          }
+          if (!this.#sets.has(volumeId) && this.#host.blocks(volumeId) !== undefined) {
+            // A local volume that is not a copy in the cluster (any more): a copy given up or moved
+            // away and being deleted, or one made local again. A resync must not overwrite it.
+            throw new GalleonError('BUSY', `node ${this.nodeId} holds volume ${volumeId} but not as a replicated copy (it is being deleted here, or it is local); a resync retries later`)
+          }
           // A new copy: created here first.
-          if (!this.#sets.has(volumeId) && this.#host.blocks(volumeId) === undefined) {
+          if (!this.#sets.has(volumeId)) {
             // Only for a volume whose record places a copy here, checked again once it exists: a
             // resync that was on its way while the volume was deleted (or the copy given up) must
             // not leave a copy nobody knows of.
@@ -1002,10 +1012,13 @@ export class ReplicationManager {
               await this.#host.deleteCopy(volumeId)
               throw refused()
             }
-          }
-          if (!this.#sets.has(volumeId)) {
-            const set = this.#setOf(volumeId)
-            void this.#refresh(set)
+            // The copy of the same id that was being deleted here is not gone yet (createCopy
+            // found its record): tried again once it is.
+            if (this.#host.blocks(volumeId) === undefined) throw new GalleonError('BUSY', `the earlier copy of volume ${volumeId} on node ${this.nodeId} is still being deleted; a resync retries later`)
+            if (!this.#sets.has(volumeId)) {
+              const set = this.#setOf(volumeId)
+              void this.#refresh(set)
+            }
           }
         }
         const set = this.#sets.get(volumeId)
