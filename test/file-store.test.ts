@@ -9,6 +9,7 @@ import { appendFile, copyFile, mkdtemp, open, readFile, readdir, readlink, rm, s
 import { hostname, tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { SyncReadGovernor, SLOW_READ_MS, BACKOFF_MS } from '../backends/file/sync-reads.js'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
@@ -1104,24 +1105,31 @@ describe('file block store', () => {
         const path = join(location, segmentFileName(1))
         const bytes = flipByte(flipByte(await readFile(path), recordSize(1000) + HEADER_BYTES + 10, 0x01), 2 * recordSize(1000) + 12, 0x01)
         await writeFile(path, bytes)
-        store = make()
-        await store.open()
-        const checked = { payloadChecked: true }
-        // Without the option the store checks the payload's crc; with it, the caller's own checksum will.
-        await rejectsWithCode(store.get(addr(1, 1)), 'CHECKSUM_MISMATCH', 'a damaged payload, checked by the store')
-        const unchecked = await store.get(addr(1, 1), checked)
-        assert.ok(unchecked !== undefined && unchecked.byteLength === 1000, 'the record is returned as read')
-        assert.notDeepEqual(unchecked, bytesOf(1000, 1), 'the damage is the caller\'s to find')
-        await rejectsWithCode(store.getMany([addr(1, 0), addr(1, 1)]), 'CHECKSUM_MISMATCH', 'getMany checked by the store')
-        const many = await store.getMany([addr(1, 0), addr(1, 1)], checked)
-        assertBytes(many[0], bytesOf(1000, 0), 'an intact neighbour')
-        // A damaged header is refused either way: the record may not be the block asked for.
-        for (const options of [undefined, checked]) {
-          // The header's volume no longer matches the open index (loaded from the hint), so the read is refused.
-          await rejectsWithCode(store.get(addr(1, 2), options), 'CORRUPTION', `a damaged header (${options === undefined ? 'store checks' : 'caller checks'})`)
+        // Both ways of reading: on the event loop's thread (the default, from the page cache) and
+        // through the thread pool.
+        for (const syncReadMaxBytes of [undefined, 0]) {
+          const mode = syncReadMaxBytes === 0 ? 'thread pool' : 'synchronous'
+          store = make(syncReadMaxBytes === undefined ? {} : { syncReadMaxBytes })
+          await store.open()
+          const checked = { payloadChecked: true }
+          // Without the option the store checks the payload's crc; with it, the caller's own checksum will.
+          await rejectsWithCode(store.get(addr(1, 1)), 'CHECKSUM_MISMATCH', `a damaged payload, checked by the store (${mode})`)
+          const unchecked = await store.get(addr(1, 1), checked)
+          assert.ok(unchecked !== undefined && unchecked.byteLength === 1000, 'the record is returned as read')
+          assert.notDeepEqual(unchecked, bytesOf(1000, 1), 'the damage is the caller\'s to find')
+          await rejectsWithCode(store.getMany([addr(1, 0), addr(1, 1)]), 'CHECKSUM_MISMATCH', 'getMany checked by the store')
+          const many = await store.getMany([addr(1, 0), addr(1, 1)], checked)
+          assertBytes(many[0], bytesOf(1000, 0), 'an intact neighbour')
+          // A damaged header is refused either way: the record may not be the block asked for.
+          for (const options of [undefined, checked]) {
+            // The header's volume no longer matches the open index (loaded from the hint), so the read is refused.
+            await rejectsWithCode(store.get(addr(1, 2), options), 'CORRUPTION', `a damaged header (${options === undefined ? 'store checks' : 'caller checks'}, ${mode})`)
+          }
+          assertBytes(await store.get(addr(1, 0), checked), bytesOf(1000, 0), 'block 0')
+          const calls = store.readCalls
+          assert.ok(syncReadMaxBytes === 0 ? calls.sync === 0 && calls.pool === 7 : calls.pool === 0 && calls.sync === 7, `reads made ${mode}: ${JSON.stringify(calls)}`)
+          await store.close()
         }
-        assertBytes(await store.get(addr(1, 0), checked), bytesOf(1000, 0), 'block 0')
-        await store.close()
       })
     })
 
@@ -1415,6 +1423,61 @@ describe('file block store', () => {
         store = await reopen(store)
         await model.check(store, 'after reopen')
       })
+    })
+
+    it('syncReadMaxBytes: validated; reads up to it are made on the event loop\'s thread, larger ones (and all with 0) through the thread pool, with the same results', async () => {
+      for (const bad of [-1, 1.5, '1M', Number.NaN]) {
+        assert.throws(() => new FileBlockStore({ location: tmpdir(), syncReadMaxBytes: bad as number }), (err: GalleonError) => err.code === 'INVALID_ARGUMENT' && /syncReadMaxBytes/.test(err.message))
+      }
+      // Runs of adjacent records: 8 blocks of 2000 bytes written together are read with one call.
+      const run = recordSize(2000) * 8
+      for (const [syncReadMaxBytes, expect] of [[undefined, 'sync'], [run, 'sync'], [run - 1, 'pool'], [0, 'pool']] as const) {
+        await withStore(syncReadMaxBytes === undefined ? {} : { syncReadMaxBytes }, async ({ make, reopen }) => {
+          let store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          for (let i = 0; i < 40; i++) {
+            const ops = Array.from({ length: 8 }, (_, k) => put(addr(1, i * 8 + k), bytesOf(2000, i * 8 + k + 1)))
+            model.apply(ops)
+            await store.batch(ops)
+          }
+          store = await reopen(store)
+          const before = store.readCalls
+          for (let i = 0; i < 40; i++) {
+            const got = await store.getMany(Array.from({ length: 8 }, (_, k) => addr(1, i * 8 + k)))
+            got.forEach((value, k) => assertBytes(value, bytesOf(2000, i * 8 + k + 1), `block ${i * 8 + k} (${String(syncReadMaxBytes)})`))
+          }
+          const after = store.readCalls
+          const made = { sync: after.sync - before.sync, pool: after.pool - before.pool }
+          assert.deepEqual(made, expect === 'sync' ? { sync: 40, pool: 0 } : { sync: 0, pool: 40 }, `syncReadMaxBytes ${String(syncReadMaxBytes)}: one ${expect} read per run`)
+          await model.check(store, `syncReadMaxBytes ${String(syncReadMaxBytes)}`)
+        })
+      }
+    })
+
+    it('a slow synchronous read alone changes nothing; a second one soon after sends reads to the thread pool for a while', () => {
+      const quick = (governor: SyncReadGovernor, at: number, bytes = 4096): void => { assert.ok(governor.synchronous(at)); governor.took(at, 0.01, bytes) }
+      const governor = new SyncReadGovernor()
+      let now = 1000
+      // Lone outliers (a preempted thread) among quick reads: reads stay synchronous.
+      for (let round = 0; round < 5; round++) {
+        governor.took(now, SLOW_READ_MS * 4, 4096)
+        for (let i = 0; i < 30; i++) quick(governor, now += 0.05)
+      }
+      // The allowance grows with the size: 1 MiB in 1.2 ms is a copy at a plausible speed, 4 KiB is not.
+      for (let i = 0; i < 5; i++) governor.took(now += 2, SLOW_READ_MS + 0.7, 1024 * 1024)
+      assert.ok(governor.synchronous(now), 'large reads within their allowance are not slow')
+      // Two slow reads close together: a slow device. Reads go through the pool for BACKOFF_MS.
+      governor.took(now += 1, 5, 4096)
+      quick(governor, now += 5)
+      governor.took(now += 0.1, 5, 4096)
+      const slowEnded = now + 5
+      assert.equal(governor.synchronous(slowEnded + 1), false, 'pool reads after the second slow read')
+      assert.equal(governor.synchronous(slowEnded + BACKOFF_MS - 1), false, 'still within the backoff')
+      assert.equal(governor.synchronous(slowEnded + BACKOFF_MS), true, 'tried synchronously again after the backoff')
+      governor.pooled()
+      assert.equal(governor.poolReads, 1)
+      assert.ok(governor.syncReads > 150)
     })
 
     it('syncs in the background every 4 MiB of unsynced writes, which no batch waits for', async () => {

@@ -18,9 +18,10 @@ import {
   FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
 } from './record.js'
 import {
-  findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, scanSegment,
+  findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, readFullySync, scanSegment,
   segmentPath, spareFileName, syncDirectory, syncedMarkedAfter
 } from './segment.js'
+import { SyncReadGovernor } from './sync-reads.js'
 
 /** Options of the file block store. */
 export interface FileBlockStoreOptions {
@@ -45,6 +46,14 @@ export interface FileBlockStoreOptions {
    * waits for a write() (a disk so slow that the kernel throttles writers), at a cost in throughput.
    */
   syncWriteMaxBytes?: number
+  /**
+   * Reads of up to this many bytes (one call per run of adjacent records) are made with a
+   * synchronous pread() on the event loop's thread while such reads stay quick, i.e. come from the
+   * page cache (default 2 MiB): a cached read costs a copy, where the thread pool adds a 40-55 us
+   * round trip. Slow ones (a slow device) send reads to libuv's thread pool for a second at a time;
+   * see sync-reads.ts. 0 sends every read to the thread pool: the event loop never waits for the disk.
+   */
+  syncReadMaxBytes?: number
   /**
    * How many emptied segment files (compacted away) are kept, renamed, to become later segments
    * instead of new files (default 2; 0 deletes them). Overwriting a file's existing pages costs the
@@ -85,6 +94,8 @@ const MAX_WRITES_IN_FLIGHT = 4
 // about 1.05 MiB with headers) is written synchronously too: 250-320 MiB/s against 240-290 through
 // the pool, with less CPU per MiB.
 const DEFAULT_SYNC_WRITE_MAX_BYTES = 2 * 1024 * 1024
+// Reads up to this size are tried on the event loop's thread (see sync-reads.ts).
+const DEFAULT_SYNC_READ_MAX_BYTES = 2 * 1024 * 1024
 const DEFAULT_SPARE_SEGMENTS = 2
 // Once this much is written to the active segment without a sync, an fdatasync starts in the
 // background (nothing waits for it). Without it, all of a segment's bytes were left for the fsync
@@ -229,6 +240,8 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #segmentBytes: number
   readonly #compactionThreshold: number
   readonly #syncWriteMaxBytes: number
+  readonly #syncReadMaxBytes: number
+  readonly #readMode = new SyncReadGovernor()
   readonly #spareSegments: number
   /** Spare files (emptied segment files kept for reuse), ready to become segments. */
   #spares: Spare[] = []
@@ -290,7 +303,7 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     const {
       segmentBytes = DEFAULT_SEGMENT_BYTES, compactionThreshold = DEFAULT_COMPACTION_THRESHOLD,
-      syncWriteMaxBytes = DEFAULT_SYNC_WRITE_MAX_BYTES, spareSegments = DEFAULT_SPARE_SEGMENTS
+      syncWriteMaxBytes = DEFAULT_SYNC_WRITE_MAX_BYTES, syncReadMaxBytes = DEFAULT_SYNC_READ_MAX_BYTES, spareSegments = DEFAULT_SPARE_SEGMENTS
     } = options
     if (!Number.isSafeInteger(segmentBytes) || segmentBytes <= 0) {
       throw new GalleonError('INVALID_ARGUMENT', `segmentBytes must be a positive integer, got ${describe(segmentBytes)}`)
@@ -301,12 +314,16 @@ export class FileBlockStore extends AbstractBlockStore {
     if (!Number.isSafeInteger(syncWriteMaxBytes) || syncWriteMaxBytes < 0) {
       throw new GalleonError('INVALID_ARGUMENT', `syncWriteMaxBytes must be a non-negative integer (0: every write through the thread pool), got ${describe(syncWriteMaxBytes)}`)
     }
+    if (!Number.isSafeInteger(syncReadMaxBytes) || syncReadMaxBytes < 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `syncReadMaxBytes must be a non-negative integer (0: every read through the thread pool), got ${describe(syncReadMaxBytes)}`)
+    }
     if (!Number.isSafeInteger(spareSegments) || spareSegments < 0) {
       throw new GalleonError('INVALID_ARGUMENT', `spareSegments must be a non-negative integer (0: delete emptied segment files), got ${describe(spareSegments)}`)
     }
     this.#location = options.location
     this.#segmentBytes = segmentBytes
     this.#syncWriteMaxBytes = syncWriteMaxBytes
+    this.#syncReadMaxBytes = syncReadMaxBytes
     this.#spareSegments = spareSegments
     this.#compactionThreshold = compactionThreshold
     this.#onBackgroundError = options.onBackgroundError
@@ -317,6 +334,12 @@ export class FileBlockStore extends AbstractBlockStore {
    * store was constructed (for group-commit checks). Background syncs are counted apart.
    */
   get syncCount (): number { return this.#syncCount }
+
+  /**
+   * Block reads made so far on the event loop's thread (`sync`, from the page cache) and through the
+   * thread pool (`pool`); see `syncReadMaxBytes`.
+   */
+  get readCalls (): { sync: number, pool: number } { return { sync: this.#readMode.syncReads, pool: this.#readMode.poolReads } }
 
   /** Number of background fdatasync calls that bound the unsynced bytes of the active segment. */
   get writebackSyncCount (): number { return this.#writebackSyncs }
@@ -814,7 +837,14 @@ export class FileBlockStore extends AbstractBlockStore {
     let read: number
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.
-      read = await readFully(handle, run, 0, bytes, first.offset)
+      const started = performance.now()
+      if (bytes <= this.#syncReadMaxBytes && this.#readMode.synchronous(started)) {
+        read = readFullySync(handle.fd, run, 0, bytes, first.offset)
+        this.#readMode.took(started, performance.now() - started, bytes)
+      } else {
+        this.#readMode.pooled()
+        read = await readFully(handle, run, 0, bytes, first.offset)
+      }
     } catch (err) {
       throw wrapIo(err, `could not read ${segment.path}`)
     }

@@ -1,7 +1,7 @@
 // Segment files of the file block store: naming, directory sync, the verifying record scanner used
 // by recovery and compaction, and the search past damage that tells corruption from a torn tail.
 
-import { read } from 'node:fs'
+import { read, readSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
@@ -62,6 +62,17 @@ export async function readFully (handle: FileHandle, target: Uint8Array, offset:
   let done = 0
   while (done < length) {
     const bytesRead = await preadFd(handle.fd, target, offset + done, length - done, position + done)
+    if (bytesRead === 0) break
+    done += bytesRead
+  }
+  return done
+}
+
+/** `readFully` on the calling thread (see FileBlockStoreOptions.syncReadMaxBytes). */
+export function readFullySync (fd: number, target: Uint8Array, offset: number, length: number, position: number): number {
+  let done = 0
+  while (done < length) {
+    const bytesRead = readSync(fd, target, offset + done, length - done, position + done)
     if (bytesRead === 0) break
     done += bytesRead
   }
