@@ -195,6 +195,12 @@ export interface MountedVolume {
     read: (offset: number, length: number) => Promise<Uint8Array>
     write: (offset: number, data: Uint8Array) => Promise<void>
     flush: () => Promise<void>
+    /**
+     * Changes whenever what `read` returns may have changed (a write, trim or revert published by
+     * any path); undefined when this node cannot know (a replicated volume served by another node).
+     * A driver that reads ahead uses data read at one version only while the version stays.
+     */
+    version: () => number | undefined
   }
   /** Contents of `README.txt` (volume facts, for people) and `.galleonfs_metadata` (JSON, for programs). */
   readme: () => string

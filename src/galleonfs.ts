@@ -438,6 +438,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       accessModes: record.accessModes,
       classOptions: this.#catalog.storageClass(record.storageClass)?.mountOptions ?? [],
       size: () => snapshot?.sizeBytes ?? volume.sizeBytes,
+      // A snapshot never changes; a live volume whose reads go to another node (the primary of its
+      // copies) changes unseen here.
+      version: () => snapshot !== undefined ? 0 : this.#replication?.forwards(record.id) === true ? undefined : this.#engine.changes,
       io: {
         read: async (offset, length) => await run(async () => await this.read(source, offset, length)),
         write: async (offset, data, concern) => await run(async () => { await this.write(record.id, offset, data, concern) }),

@@ -5,7 +5,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -288,6 +288,43 @@ print(os.pread(fd, 4, 0).hex(), flush=True)
       await exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=4096', 'count=1', 'conv=notrunc', 'status=none'])
       await g.createSnapshot('v', 'after')
       assert.deepEqual(await g.read({ volume: 'v', snapshot: 'after' }, 0, 4096), new Uint8Array(4096))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a sequential reader (read ahead) sees a write made any other way into the part already read ahead', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'r5'), mount: 'fuse' })
+    const mnt = join(root, 'r5m')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'seq', sizeBytes: '4M' }), mnt)
+      const pattern = new Uint8Array(4 << 20)
+      for (let i = 0; i < pattern.length; i++) pattern[i] = (i * 7 + (i >> 12)) & 0xff
+      await g.write('seq', 0, pattern)
+      // 128 KiB requests (direct_io) in order: after the first few, the next MiB is read ahead.
+      const child = spawn('python3', ['-c', `
+import os, sys, hashlib
+fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_RDONLY)
+h = hashlib.sha256()
+for i in range(8):
+    h.update(os.pread(fd, 131072, i * 131072))
+print('ready', flush=True)
+sys.stdin.readline()
+for i in range(8, 32):
+    h.update(os.pread(fd, 131072, i * 131072))
+print(h.hexdigest(), flush=True)
+`], { stdio: ['pipe', 'pipe', 'inherit'] })
+      const lines = collectLines(child.stdout)
+      while (lines.length < 1) await new Promise((resolve) => setTimeout(resolve, 20))
+      // Inside the part read ahead (the next MiB), and beyond it.
+      const changed = new Uint8Array(4096).fill(0x5a)
+      for (const at of [1 << 20, (1 << 20) + (256 << 10), 3 << 20]) {
+        await g.write('seq', at, changed)
+        pattern.set(changed, at)
+      }
+      child.stdin.write('\n')
+      await new Promise((resolve) => child.once('exit', resolve))
+      assert.deepEqual(lines, ['ready', createHash('sha256').update(pattern).digest('hex')], 'the reader saw every byte as the volume held it when read')
     } finally {
       await g.close()
     }

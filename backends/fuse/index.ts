@@ -34,6 +34,7 @@ import { promisify } from 'node:util'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
+import { ReadAhead } from './read-ahead.js'
 
 const run = promisify(execFile)
 /** Bytes of accepted writes a mount may have on their way to the volume. */
@@ -102,6 +103,7 @@ const FILES = ['data', 'README.txt', '.galleonfs_metadata'] as const
 interface MountState {
   fuse: FuseInstance | undefined
   readonly writes: WriteBehind
+  readonly readAhead: ReadAhead
   openData: number
   /** False once unmounted: a process that kept a handle gets EIO, never the volume. */
   active: boolean
@@ -189,7 +191,7 @@ export class FuseMountDriver implements MountDriver {
     })
     const info = await stat(path)
     if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
-    const state: MountState = { fuse: undefined, writes: new WriteBehind(), openData: 0, active: true }
+    const state: MountState = { fuse: undefined, writes: new WriteBehind(), readAhead: new ReadAhead(volume.data), openData: 0, active: true }
     // No operation timeout: fuse-native's default (15 s) would answer a slow request with ETIMEDOUT
     // and then let the late answer write into a buffer it already released.
     const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: true, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
@@ -230,6 +232,7 @@ export class FuseMountDriver implements MountDriver {
     let failure: unknown
     await state.writes.drain().catch((err: unknown) => { failure = err })
     state.active = false
+    state.readAhead.close()
     const fuse = state.fuse as FuseInstance
     await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
       // Unmounted from outside (fusermount -u, umount): fusermount fails, but fuse-native's thread
@@ -318,7 +321,7 @@ export class FuseMountDriver implements MountDriver {
         if (!state.active) { cb(Fuse.EIO); return }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
         if (n === 0) { cb(0); return }
-        writes.settle(pos, pos + n).then(async () => await volume.data.read(pos, n)).then((bytes) => {
+        writes.settle(pos, pos + n).then(async () => await state.readAhead.read(pos, n)).then((bytes) => {
           buf.set(bytes, 0)
           cb(n)
         }, (err) => fail(cb, err))
@@ -332,6 +335,7 @@ export class FuseMountDriver implements MountDriver {
         const n = Math.min(len, room)
         // The kernel's buffer is reused once we answer: copy what we keep.
         const data = Uint8Array.from(buf.subarray(0, n))
+        state.readAhead.clear()
         if (volume.sync) {
           volume.data.write(pos, data).then(() => cb(n), (err) => fail(cb, err))
           return

@@ -735,7 +735,7 @@ export class BlockEngine {
         const gen = asNew ? volume.nextGen++ : 0
         const address: BlockAddress = new Address(volume.storageId, index, gen)
         ops.push({ type: 'put', address, data: this.#encode(volume, address, payload) })
-        apply.push(asNew ? () => this.#publish(volume, index, gen) : () => volume.map.insertBase(index))
+        apply.push(asNew ? () => this.#publish(volume, index, gen) : () => { this.#changes++; volume.map.insertBase(index) })
       }
       if (ops.length === 0) continue
       await this.#commit(volume, ops, WriteConcern.WriteAcknowledged)
@@ -758,7 +758,7 @@ export class BlockEngine {
       const address: BlockAddress = new Address(volume.storageId, index, storeGen(-gen))
       ops.push({ type: 'put', address, data: encodeBlock(address, new Uint8Array(0), 0, BLOCK_FLAG_TOMBSTONE) })
     }
-    apply.push(() => volume.map.applyUnmap(index, gen, plan))
+    apply.push(() => { this.#changes++; volume.map.applyUnmap(index, gen, plan) })
   }
 
   /** Queues deletion of versions no view reads any more. */
@@ -916,8 +916,17 @@ export class BlockEngine {
     }
   }
 
+  #changes = 0
+  /**
+   * Counts the changes made visible to the live views of all volumes (each block written, trimmed,
+   * reverted or copied in): while it stays the same, a live view reads as it did. Read-ahead uses it
+   * to know that what it read is still current.
+   */
+  get changes (): number { return this.#changes }
+
   /** Makes a committed version visible and queues the superseded one for deletion (unless a snapshot keeps it). */
   #publish (volume: VolumeBlocks, index: number, gen: number): void {
+    this.#changes++
     const superseded = volume.map.publish(index, gen)
     if (superseded !== undefined) this.#discard(volume, [[index, superseded]])
   }

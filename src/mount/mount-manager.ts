@@ -55,6 +55,8 @@ export interface MountTarget {
   readonly accessModes: readonly AccessMode[]
   readonly classOptions: readonly string[]
   readonly size: () => number
+  /** See MountedVolume.data.version. */
+  readonly version: () => number | undefined
   /** Reads, writes and flushes of this target, acting as the caller who resolved it. */
   readonly io: Omit<VolumeFileIo, 'size'>
   readonly readme: () => string
@@ -237,7 +239,8 @@ export class MountManager {
             if (readOnly) throw new GalleonError('READ_ONLY', `the mount at ${where} is read-only`)
             await target.io.write(offset, data, concern)
           },
-          flush: target.io.flush
+          flush: target.io.flush,
+          version: target.version
         },
         readme: target.readme,
         metadata: target.metadata
