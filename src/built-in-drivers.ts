@@ -56,10 +56,11 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       segmentBytes: { type: 'number', validate: positiveInteger, description: 'size at which a segment is sealed (default 64 MiB)' },
       compactionThreshold: { type: 'number', description: 'live fraction under which a sealed segment is compacted (default 0.4)' },
       syncWriteMaxBytes: { type: 'number', description: 'write groups up to this size are written synchronously on the event loop (default 2 MiB; 0: always through the thread pool)' },
+      syncReadMaxBytes: { type: 'number', description: 'reads up to this size are made synchronously on the event loop while they come from the page cache (default 2 MiB; 0: always through the thread pool)' },
       spareSegments: { type: 'number', description: 'emptied segment files kept to be overwritten as later segments, cheaper than new files (default 2; 0: delete them)' },
       onBackgroundError: { type: 'function', description: 'receives errors of background work' }
     },
-    create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, spareSegments?: number, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
+    create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
       const { FileBlockStore } = await import('../backends/file/index.js')
       return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks') })
     }

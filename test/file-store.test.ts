@@ -7,9 +7,10 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { appendFile, copyFile, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
+import { createRequire, syncBuiltinESMExports } from 'node:module'
 import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { SyncReadGovernor, SLOW_READ_MS, BACKOFF_MS } from '../backends/file/sync-reads.js'
+import { SyncReadGovernor, SLOW_READ_MS, SLOW_READ_BYTES_PER_MS, BACKOFF_MS } from '../backends/file/sync-reads.js'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
@@ -1127,7 +1128,8 @@ describe('file block store', () => {
           }
           assertBytes(await store.get(addr(1, 0), checked), bytesOf(1000, 0), 'block 0')
           const calls = store.readCalls
-          assert.ok(syncReadMaxBytes === 0 ? calls.sync === 0 && calls.pool === 7 : calls.pool === 0 && calls.sync === 7, `reads made ${mode}: ${JSON.stringify(calls)}`)
+          // (Synchronous ones may turn to the pool on a loaded machine, where reads come out slow.)
+          assert.ok(syncReadMaxBytes === 0 ? calls.sync === 0 && calls.pool === 7 : calls.sync >= 1 && calls.sync + calls.pool === 7, `reads made ${mode}: ${JSON.stringify(calls)}`)
           await store.close()
         }
       })
@@ -1449,10 +1451,40 @@ describe('file block store', () => {
           }
           const after = store.readCalls
           const made = { sync: after.sync - before.sync, pool: after.pool - before.pool }
-          assert.deepEqual(made, expect === 'sync' ? { sync: 40, pool: 0 } : { sync: 0, pool: 40 }, `syncReadMaxBytes ${String(syncReadMaxBytes)}: one ${expect} read per run`)
+          // One read call per run; synchronous ones may turn to the pool on a loaded machine (slow reads).
+          if (expect === 'pool') assert.deepEqual(made, { sync: 0, pool: 40 }, `syncReadMaxBytes ${String(syncReadMaxBytes)}: through the pool`)
+          else assert.ok(made.sync >= 1 && made.sync + made.pool === 40, `syncReadMaxBytes ${String(syncReadMaxBytes)}: synchronous reads (${JSON.stringify(made)})`)
           await model.check(store, `syncReadMaxBytes ${String(syncReadMaxBytes)}`)
         })
       }
+    })
+
+    it('synchronous reads that fail slowly (a failing device) count as slow: reads then go through the thread pool, which still works', async () => {
+      await withStore({}, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 8; i++) await store.batch([put(addr(1, i), bytesOf(3000, i + 1))])
+        store = await reopen(store)
+        const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs')
+        const original = fs.readSync
+        // Every synchronous read takes 2 ms, then fails with EIO; reads through the pool are untouched.
+        fs.readSync = ((..._args: unknown[]) => {
+          const until = performance.now() + 2
+          while (performance.now() < until) { /* a device taking its time */ }
+          throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO', errno: -5, syscall: 'read' })
+        }) as typeof fs.readSync
+        syncBuiltinESMExports()
+        try {
+          await rejectsWithCode(store.get(addr(1, 0)), 'IO_ERROR', 'a failed synchronous read')
+          await rejectsWithCode(store.get(addr(1, 1)), 'IO_ERROR', 'a second one')
+          assert.deepEqual(store.readCalls, { sync: 2, pool: 0 })
+          for (let i = 0; i < 8; i++) assertBytes(await store.get(addr(1, i)), bytesOf(3000, i + 1), `block ${i} through the pool`)
+          assert.deepEqual(store.readCalls, { sync: 2, pool: 8 })
+        } finally {
+          fs.readSync = original
+          syncBuiltinESMExports()
+        }
+      })
     })
 
     it('a slow synchronous read alone changes nothing; a second one soon after sends reads to the thread pool for a while', () => {
@@ -1464,9 +1496,14 @@ describe('file block store', () => {
         governor.took(now, SLOW_READ_MS * 4, 4096)
         for (let i = 0; i < 30; i++) quick(governor, now += 0.05)
       }
-      // The allowance grows with the size: 1 MiB in 1.2 ms is a copy at a plausible speed, 4 KiB is not.
-      for (let i = 0; i < 5; i++) governor.took(now += 2, SLOW_READ_MS + 0.7, 1024 * 1024)
+      // The allowance grows with the size: what is quick for 1 MiB is slow for 4 KiB.
+      const mib = SLOW_READ_MS + 0.9 * (1024 * 1024) / SLOW_READ_BYTES_PER_MS
+      for (let i = 0; i < 5; i++) governor.took(now += 2, mib, 1024 * 1024)
       assert.ok(governor.synchronous(now), 'large reads within their allowance are not slow')
+      const small = new SyncReadGovernor()
+      small.took(now, mib, 4096)
+      small.took(now + 1, mib, 4096)
+      assert.equal(small.synchronous(now + 2), false, 'the same time for 4 KiB reads is slow')
       // Two slow reads close together: a slow device. Reads go through the pool for BACKOFF_MS.
       governor.took(now += 1, 5, 4096)
       quick(governor, now += 5)

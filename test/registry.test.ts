@@ -267,8 +267,11 @@ describe('GalleonFS.open() with registered drivers', () => {
     await g.close()
     // A built-in block store takes options too.
     const tuned = join(root, 'open-tuned')
-    g = await GalleonFS.open({ storagePath: tuned, backend: 'file', backendOptions: { segmentBytes: 1 << 20 } })
+    g = await GalleonFS.open({ storagePath: tuned, backend: 'file', backendOptions: { segmentBytes: 1 << 20, syncWriteMaxBytes: 0, syncReadMaxBytes: 0, spareSegments: 0 } })
     assert.equal(g.backend, 'file')
+    await g.createVolume({ name: 'v', sizeBytes: '1M' })
+    await g.writeBlock('v', 1, new Uint8Array(4096).fill(6))
+    assert.deepEqual(await g.readBlock('v', 1), new Uint8Array(4096).fill(6))
     await g.close()
     assert.ok((await readdir(join(tuned, 'blocks'))).some((name) => name.endsWith('.log')))
   })

@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeState } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { GalleonError } from '../src/errors.js'
-import type { Coordinator } from '../src/drivers.js'
+import type { Coordinator, MountDriver } from '../src/drivers.js'
 import { NbdServer } from '../backends/nbd/index.js'
 
 const exec = promisify(execFile)
@@ -837,13 +837,60 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await stranger.listen(async () => ({ kind: 'ok', header: {} }))
     try {
       const spec = { id: solo.id, name: 'solo', namespace: 'default', type: solo.type, sizeBytes: solo.sizeBytes, blockSize: 4096, storageClass: solo.storageClass, replicas: 2, accessModes: [...solo.accessModes], labels: {} }
-      await assert.rejects(stranger.request('n1', { kind: 'repl:resync-begin', header: { volumeId: solo.id, epoch: 99, spec, primary: 'n9' } }), (err: { code?: string, message?: string }) => err.code === 'BUSY' && /not as a replicated copy/.test(err.message ?? ''))
+      await assert.rejects(stranger.request('n1', { kind: 'repl:resync-begin', header: { volumeId: solo.id, epoch: 99, spec, primary: 'n9' } }), (err: { code?: string, message?: string }) => err.code === 'VOLUME_NOT_FOUND' && /no copy placed on node n1 by primary n9/.test(err.message ?? ''))
       await assert.rejects(stranger.request('n1', { kind: 'repl:resync-blocks', header: { volumeId: solo.id, epoch: 99, indices: [0], zero: [1] }, payload: block(1) }), { code: 'VOLUME_NOT_FOUND' })
     } finally {
       await stranger.close()
     }
     assert.equal((await n1.g.replicationStatus('solo')).epoch, undefined, 'still a local volume')
     for (let i = 0; i < 4; i++) assert.deepEqual(await n1.g.readBlock('solo', i), block(i + 500), `block ${i}`)
+  })
+
+  it('a copy whose deletion failed when it was given up is taken back (and resynced) when the volume is placed there again', async () => {
+    // Mounts whose unmount fails (a shell sitting in the mount point): deleting a copy fails.
+    let unmountFails = false
+    class StuckMounts implements MountDriver {
+      readonly name = 'stuck'
+      async mount (): Promise<void> {}
+      async unmount (path: string): Promise<void> { if (unmountFails) throw new GalleonError('BUSY', `could not unmount ${path}: device busy`) }
+    }
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: Node[] = []
+    for (const id of ['n1', 'n2', 'n3']) {
+      const dir = await mkdtemp(join(tmpdir(), `galleon-repl-${id}-`))
+      dirs.push(dir)
+      const g = await GalleonFS.open({ storagePath: dir, mount: new StuckMounts(), cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 } })
+      opened.push(g)
+      nodes.push({ g, id, dir, events: [] })
+    }
+    const [n1] = nodes as [Node, Node, Node]
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    for (const { g } of nodes) {
+      await g.createStorageClass({ name: 'triple', parameters: { replication: '3' } })
+      await g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
+    }
+    await n1.g.createVolume({ name: 'stuck', sizeBytes: '256K', storageClass: 'triple' })
+    for (let i = 0; i < 8; i++) await n1.g.writeBlock('stuck', i, block(i + 1), WriteConcern.WriteReplicated)
+    await until('three copies in sync', async () => (await n1.g.replicationStatus('stuck')).inSync.length === 3)
+    const primary = (await n1.g.replicationStatus('stuck')).primary
+    for (const node of nodes) {
+      if (node.id !== primary) await node.g.mounts.mountVolume('stuck', await mkdtemp(join(tmpdir(), 'galleon-stuck-mnt-')), { readOnly: true })
+    }
+    unmountFails = true
+    await n1.g.migrateVolume('stuck', { storageClass: 'double' })
+    const left = (await n1.g.replicationStatus('stuck')).nodes
+    const given = nodes.find((n) => !left.includes(n.id)) as Node
+    await until(`${given.id} tried to delete its copy`, async () => (await given.g.getVolume('stuck').then((v) => v.state, () => 'gone')) !== 'available', 10_000).catch(() => {})
+    assert.notEqual(await given.g.getVolume('stuck').then(() => 'kept', () => 'gone'), 'gone', `the deletion on ${given.id} failed, so its copy is still there`)
+    unmountFails = false
+    // Placed there again: the copy left over is taken back and brought up to date.
+    await n1.g.writeBlock('stuck', 9, block(99), WriteConcern.WriteReplicated)
+    await n1.g.migrateVolume('stuck', { storageClass: 'triple' })
+    await until('three copies in sync again', async () => (await n1.g.replicationStatus('stuck')).inSync.length === 3, 30_000)
+    const held = await copies(nodes, 'stuck', 16 * 4096)
+    for (const node of nodes) assert.deepEqual(held.get(node.id), held.get(n1.id), `the copy on ${node.id}`)
+    assert.deepEqual(held.get(given.id)?.subarray(9 * 4096, 10 * 4096), block(99))
   })
 
   it('a copy rejoins the in-sync list while writes keep coming; large writes, clones and a refused delete keep replication working', async () => {

@@ -50,8 +50,13 @@ export interface FileBlockStoreOptions {
    * Reads of up to this many bytes (one call per run of adjacent records) are made with a
    * synchronous pread() on the event loop's thread while such reads stay quick, i.e. come from the
    * page cache (default 2 MiB): a cached read costs a copy, where the thread pool adds a 40-55 us
-   * round trip. Slow ones (a slow device) send reads to libuv's thread pool for a second at a time;
-   * see sync-reads.ts. 0 sends every read to the thread pool: the event loop never waits for the disk.
+   * round trip. Reads that take device time (about two of them close together) send reads to
+   * libuv's thread pool for a second at a time; see sync-reads.ts. Meanwhile the event loop waits
+   * for the device: 0 sends every read to the thread pool, so that it never does. Use 0 where
+   * reads that miss the page cache are the rule and many run at once (they then overlap in the
+   * pool), where the device may hang, and always when the storage sits on a file system served by
+   * this same process (a FUSE mount or NBD device of its own volumes): a synchronous read would wait
+   * for itself.
    */
   syncReadMaxBytes?: number
   /**
@@ -839,8 +844,12 @@ export class FileBlockStore extends AbstractBlockStore {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.
       const started = performance.now()
       if (bytes <= this.#syncReadMaxBytes && this.#readMode.synchronous(started)) {
-        read = readFullySync(handle.fd, run, 0, bytes, first.offset)
-        this.#readMode.took(started, performance.now() - started, bytes)
+        try {
+          read = readFullySync(handle.fd, run, 0, bytes, first.offset)
+        } finally {
+          // A read that failed counts too: a failing device may take long to say so.
+          this.#readMode.took(started, performance.now() - started, bytes)
+        }
       } else {
         this.#readMode.pooled()
         read = await readFully(handle, run, 0, bytes, first.offset)

@@ -520,6 +520,20 @@ export class ReplicationManager {
     return true
   }
 
+  /** Copies being deleted by this manager (their sets forgotten, the local volume not gone yet). */
+  readonly #deleting = new Set<string>()
+
+  /** Forgets the set of a copy and deletes the copy; meanwhile resyncs of it are refused (see #registerHandlers). */
+  async #dropCopy (volumeId: string): Promise<void> {
+    this.forget(volumeId)
+    this.#deleting.add(volumeId)
+    try {
+      await this.#host.deleteCopy(volumeId)
+    } finally {
+      this.#deleting.delete(volumeId)
+    }
+  }
+
   /** Forgets a local copy that was deleted here. */
   forget (volumeId: string): void {
     const set = this.#sets.get(volumeId)
@@ -714,8 +728,7 @@ export class ReplicationManager {
     if (set.primary !== undefined) await set.primary.handOver()
     await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
     await this.update(set.volumeId, (r) => !r.nodes.includes(self) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== self), inSync: r.inSync.filter((n) => n !== self) })
-    this.forget(set.volumeId)
-    await this.#host.deleteCopy(set.volumeId)
+    await this.#dropCopy(set.volumeId)
   }
 
   // ------------------------------------------------------------------ roles
@@ -751,9 +764,8 @@ export class ReplicationManager {
   async #dropStale (set: LocalSet, record: ReplicaSetRecord): Promise<void> {
     if (this.#sets.get(set.volumeId) !== set) return
     this.#stepDown(set, 'its copy was replaced on another node')
-    this.forget(set.volumeId)
     try {
-      await this.#host.deleteCopy(set.volumeId)
+      await this.#dropCopy(set.volumeId)
       this.#host.emit('replication:copy-dropped', { volumeId: set.volumeId, nodeId: this.nodeId, nodes: [...record.nodes] })
     } catch (err) {
       this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `dropping the copy that was replaced on ${record.nodes.join(', ')}: ${(err as Error)?.message ?? String(err)}` })
@@ -990,23 +1002,29 @@ export class ReplicationManager {
             // could make one again meanwhile): this is a new copy like any other.
             this.forget(volumeId)
           }
-          if (!this.#sets.has(volumeId) && this.#host.blocks(volumeId) !== undefined) {
-            // A local volume that is not a copy in the cluster (any more): a copy given up or moved
-            // away and being deleted, or one made local again. A resync must not overwrite it.
-            throw new GalleonError('BUSY', `node ${this.nodeId} holds volume ${volumeId} but not as a replicated copy (it is being deleted here, or it is local); a resync retries later`)
+          if (this.#deleting.has(volumeId)) {
+            // Given up or moved away, and its deletion is under way: the resync comes again later
+            // and then finds no copy (or, if the deletion failed, the copy left over; see below).
+            throw new GalleonError('BUSY', `the copy of volume ${volumeId} on node ${this.nodeId} is being deleted; a resync retries later`)
           }
           // A new copy: created here first.
           if (!this.#sets.has(volumeId)) {
             // Only for a volume whose record places a copy here, checked again once it exists: a
             // resync that was on its way while the volume was deleted (or the copy given up) must
             // not leave a copy nobody knows of.
+            // And only from the node the record names as primary (not a stale one, nor for a record
+            // left naming this node alone after its volume was made local again).
             const placed = async (): Promise<boolean> => {
               const entry = await this.#coordinator.get(recordKey(volumeId))
               const record = entry === undefined ? undefined : parseRecord(entry.value)
-              return record !== undefined && record.nodes.includes(this.nodeId)
+              return record !== undefined && record.nodes.includes(this.nodeId) && record.primary === from && from !== this.nodeId
             }
-            const refused = (): GalleonError => new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} has no copy placed on node ${this.nodeId} (it was deleted, or the copy here was given up)`)
+            const refused = (): GalleonError => new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} has no copy placed on node ${this.nodeId} by primary ${from} (it was deleted, the copy here was given up, or ${from} is not its primary)`)
             if (!(await placed())) throw refused()
+            // A local volume of this id that is no copy in the cluster, although the record places
+            // one here, is the copy of an earlier placement whose deletion failed: it is taken back
+            // (and resynced). One the record does not place here (a volume made local again) was
+            // refused above: a resync must never overwrite it.
             await this.#host.createCopy(request.header.spec as VolumeSpec)
             if (!(await placed()) && !this.#sets.has(volumeId)) {
               await this.#host.deleteCopy(volumeId)
@@ -1125,8 +1143,7 @@ export class ReplicationManager {
       return { kind: 'ok', header: {} }
     })
     on('repl:delete', async (set) => {
-      this.forget(set.volumeId)
-      await this.#host.deleteCopy(set.volumeId)
+      await this.#dropCopy(set.volumeId)
       return { kind: 'ok', header: {} }
     })
     on('repl:io', async (set, header, payload) => {
