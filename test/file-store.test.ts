@@ -10,7 +10,7 @@ import { hostname, tmpdir } from 'node:os'
 import { createRequire, syncBuiltinESMExports } from 'node:module'
 import { basename, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { SyncReadGovernor, SLOW_READ_MS, SLOW_READ_BYTES_PER_MS, BACKOFF_MS } from '../backends/file/sync-reads.js'
+import { SyncReadGovernor, SLOW_READ_MS, SLOW_READ_BYTES_PER_MS, VERY_SLOW_READ_MS, BACKOFF_MS } from '../backends/file/sync-reads.js'
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
@@ -1487,34 +1487,37 @@ describe('file block store', () => {
       })
     })
 
-    it('a slow synchronous read alone changes nothing; a second one soon after sends reads to the thread pool for a while', () => {
-      const quick = (governor: SyncReadGovernor, at: number, bytes = 4096): void => { assert.ok(governor.synchronous(at)); governor.took(at, 0.01, bytes) }
-      const governor = new SyncReadGovernor()
+    it('reads turn to the thread pool when most recent synchronous reads were slow, or two very slow ones came in a row; noise does not do it', () => {
+      const quick = 0.01
+      const slow4k = SLOW_READ_MS * 2 // over the allowance of a 4 KiB read, not very slow
+      const verySlow = SLOW_READ_MS + VERY_SLOW_READ_MS + 1
       let now = 1000
-      // Lone outliers (a preempted thread) among quick reads: reads stay synchronous.
-      for (let round = 0; round < 5; round++) {
-        governor.took(now, SLOW_READ_MS * 4, 4096)
-        for (let i = 0; i < 30; i++) quick(governor, now += 0.05)
-      }
+      // Noise: one read in five slow, for a long time (a preempted thread on a loaded machine).
+      const noisy = new SyncReadGovernor()
+      for (let i = 0; i < 2000; i++) { assert.ok(noisy.synchronous(now), `read ${i} of a noisy but cached workload`); noisy.took(now, i % 5 === 0 ? slow4k : quick, 4096); now += 0.05 }
+      // A lone very slow read among quick ones changes nothing either.
+      for (let i = 0; i < 200; i++) { noisy.took(now, i % 50 === 0 ? verySlow : quick, 4096); now += 0.05 }
+      assert.ok(noisy.synchronous(now))
       // The allowance grows with the size: what is quick for 1 MiB is slow for 4 KiB.
       const mib = SLOW_READ_MS + 0.9 * (1024 * 1024) / SLOW_READ_BYTES_PER_MS
-      for (let i = 0; i < 5; i++) governor.took(now += 2, mib, 1024 * 1024)
-      assert.ok(governor.synchronous(now), 'large reads within their allowance are not slow')
-      const small = new SyncReadGovernor()
-      small.took(now, mib, 4096)
-      small.took(now + 1, mib, 4096)
-      assert.equal(small.synchronous(now + 2), false, 'the same time for 4 KiB reads is slow')
-      // Two slow reads close together: a slow device. Reads go through the pool for BACKOFF_MS.
-      governor.took(now += 1, 5, 4096)
-      quick(governor, now += 5)
-      governor.took(now += 0.1, 5, 4096)
-      const slowEnded = now + 5
-      assert.equal(governor.synchronous(slowEnded + 1), false, 'pool reads after the second slow read')
-      assert.equal(governor.synchronous(slowEnded + BACKOFF_MS - 1), false, 'still within the backoff')
-      assert.equal(governor.synchronous(slowEnded + BACKOFF_MS), true, 'tried synchronously again after the backoff')
-      governor.pooled()
-      assert.equal(governor.poolReads, 1)
-      assert.ok(governor.syncReads > 150)
+      for (let i = 0; i < 50; i++) { noisy.took(now, mib, 1024 * 1024); now += 2 }
+      assert.ok(noisy.synchronous(now), 'large reads within their allowance are not slow')
+      // Data not cached: every read slow. A dozen reads in, they go through the pool for BACKOFF_MS.
+      const cold = new SyncReadGovernor()
+      let count = 0
+      while (cold.synchronous(now) && count < 100) { cold.took(now, mib, 4096); now += 0.1; count++ }
+      assert.ok(count >= 8 && count <= 16, `switched after ${count} slow reads`)
+      assert.equal(cold.synchronous(now + BACKOFF_MS - 5), false, 'still within the backoff')
+      assert.equal(cold.synchronous(now + BACKOFF_MS + 1), true, 'tried synchronously again after the backoff')
+      // A failing or hung device: two very slow reads in a row.
+      const hung = new SyncReadGovernor()
+      hung.took(now, verySlow, 4096)
+      assert.ok(hung.synchronous(now + verySlow))
+      hung.took(now + verySlow, verySlow, 4096)
+      assert.equal(hung.synchronous(now + 2 * verySlow + 1), false)
+      hung.pooled()
+      assert.equal(hung.poolReads, 1)
+      assert.equal(hung.syncReads, 2)
     })
 
     it('syncs in the background every 4 MiB of unsynced writes, which no batch waits for', async () => {

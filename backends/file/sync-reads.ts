@@ -11,16 +11,21 @@
 // took 1.3-1.9 us at the median there, 3-5 us at p99; a disk read about 50 us, on an SSD 80 us, a
 // rotating disk milliseconds). The allowance per byte is generous because a large read into a
 // freshly allocated buffer also pays the page faults of that buffer (a cached 1.1 MiB read into a
-// reused buffer took 40-45 us, into a new one several hundred on that VM). A lone slow read is taken for the scheduler's noise (about 1 in
-// 1,000 cached 4 KiB reads there took over 20 us, 1 in 20,000 over 1 ms); a second one soon after
-// (the score, +1 per slow read and x0.9 per quick one, reaches SLOW_SCORE when the second comes
-// within 6 reads of the first) sends reads to the thread pool for BACKOFF_MS, after which they are
-// tried synchronously again. So a workload that misses the page cache pays about two synchronous
-// device reads per second; one that hits it never leaves the fast path.
+// reused buffer took 40-45 us, into a new one several hundred on that VM). Under load, though,
+// cached reads come out slow now and then (the thread preempted): the slow-read score is a moving
+// average of how many reads were slow (weight 1/16 each), and reads go to the thread pool for
+// BACKOFF_MS once half of the recent ones were. A read slower than VERY_SLOW_READ_MS more (a
+// rotating disk, a failing or hung device) weighs VERY_SLOW_WEIGHT, so two of them in a row do it.
+// So data that is not cached costs about a dozen synchronous device reads per second, and noise
+// on cached data (measured: with the score at "two slow reads within six", NBD random 4 KiB reads
+// at 16 in flight fell from 1.2-1.9x qemu-nbd to 0.68x) does not leave the fast path.
 
 export const SLOW_READ_MS = 0.05
 export const SLOW_READ_BYTES_PER_MS = 1024 * 1024
-export const SLOW_SCORE = 1.5
+export const VERY_SLOW_READ_MS = 1
+const WEIGHT = 1 / 16
+const VERY_SLOW_WEIGHT = 0.3
+export const SLOW_SCORE = 0.5
 export const BACKOFF_MS = 1000
 
 export class SyncReadGovernor {
@@ -35,12 +40,14 @@ export class SyncReadGovernor {
     return now >= this.#poolUntil
   }
 
-  /** A synchronous read of `bytes` started at `started` took `took` ms. */
+  /** A synchronous read of `bytes` started at `started` took `took` ms (failed or not). */
   took (started: number, took: number, bytes: number): void {
     this.syncReads++
-    if (took <= SLOW_READ_MS + bytes / SLOW_READ_BYTES_PER_MS) {
-      this.#score *= 0.9
-    } else if (++this.#score >= SLOW_SCORE) {
+    const allowance = SLOW_READ_MS + bytes / SLOW_READ_BYTES_PER_MS
+    this.#score *= 1 - WEIGHT
+    if (took > allowance + VERY_SLOW_READ_MS) this.#score += VERY_SLOW_WEIGHT
+    else if (took > allowance) this.#score += WEIGHT
+    if (this.#score >= SLOW_SCORE) {
       this.#score = 0
       this.#poolUntil = started + took + BACKOFF_MS
     }
