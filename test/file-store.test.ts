@@ -602,6 +602,16 @@ describe('file block store', () => {
       }
     }
 
+    /** A crash image of `location` whose copy of `tail` has a bit flipped at `at(bytes)` refuses to open with CORRUPTION. */
+    async function damagedImageRefuses (location: string, tail: string, at: (bytes: Buffer) => number, why: string): Promise<void> {
+      await withCrashImage(location, async (image) => {
+        const imageTail = join(image, basename(tail))
+        const bytes = await readFile(imageTail)
+        await writeFile(imageTail, flipByte(bytes, at(bytes), 0x01))
+        await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', why)
+      })
+    }
+
     it('emptied segment files are kept (up to spareSegments) and become later segments; data and stats stay right across reopen', async () => {
       await withStore(SMALL, async ({ location, make, reopen }) => {
         let store = make()
@@ -777,11 +787,7 @@ describe('file block store', () => {
         const damageAt = (await stat(tail)).size - 100 // inside the last synced record of the first session
         // The second session writes without syncing, then crashes.
         for (let i = 0; i < 3; i++) await store.batch([put(addr(4, i), bytesOf(300, i))])
-        await withCrashImage(location, async (image) => {
-          const imageTail = join(image, basename(tail))
-          await writeFile(imageTail, flipByte(await readFile(imageTail), damageAt, 0x01))
-          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in data an earlier session synced')
-        })
+        await damagedImageRefuses(location, tail, () => damageAt, 'damage in data an earlier session synced')
       })
     })
 
@@ -794,13 +800,7 @@ describe('file block store', () => {
           await store.batch([put(addr(3, i), bytesOf(300, i))])
           await store.sync()
         }
-        await withCrashImage(location, async (image) => {
-          const imageTail = join(image, basename(tail))
-          const bytes = await readFile(imageTail)
-          const first = saltedPutAt(bytes, 3, 1)
-          await writeFile(imageTail, flipByte(bytes, first + HEADER_BYTES + 5, 0x01))
-          await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'damage in a batch a sync() made durable')
-        })
+        await damagedImageRefuses(location, tail, (bytes) => saltedPutAt(bytes, 3, 1) + HEADER_BYTES + 5, 'damage in a batch a sync() made durable')
       })
     })
 
