@@ -334,7 +334,7 @@ export class FuseMountDriver implements MountDriver {
         if (room <= 0) { cb(Fuse.ENOSPC); return }
         const n = Math.min(len, room)
         // The kernel's buffer is reused once we answer: copy what we keep.
-        const data = Uint8Array.from(buf.subarray(0, n))
+        const data = new Uint8Array(buf.subarray(0, n))
         state.readAhead.clear()
         if (volume.sync) {
           volume.data.write(pos, data).then(() => cb(n), (err) => fail(cb, err))
