@@ -14,10 +14,10 @@ import { SyncReadGovernor, SLOW_READ_MS, SLOW_READ_BYTES_PER_MS, VERY_SLOW_READ_
 import { FileBlockStore, type FileBlockStoreOptions } from '../backends/file/index.js'
 import {
   FLAG_CONTINUES, HEADER_BYTES, HINT_ENTRY_BYTES, HINT_HEADER_BYTES, HintBuilder, RECORD_MAGIC, SALTED_RECORD_MAGIC, TYPE_DEL, TYPE_MARK, TYPE_PUT,
-  decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type HintEntry, type RecordHeader
+  decodeHeader, decodeHint, encodeRecord, encodeRecordHeader, recordCrcMatches, type HintEntry, type RecordHeader
 } from '../backends/file/record.js'
 import { crc32 as zlibCrc32 } from 'node:zlib'
-import { hintFileName, segmentFileName } from '../backends/file/segment.js'
+import { hintFileName, segmentFileName, writevFullySync } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
 import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
@@ -208,6 +208,52 @@ describe('file block store', () => {
       const withVolume = Buffer.alloc(HEADER_BYTES)
       encodeRecord(withVolume, 0, TYPE_MARK, 0, 1, 12345, 0, undefined, seed)
       assert.equal(decodeHeader(withVolume, 0, header, true), false, 'a mark names no volume')
+    })
+
+    it('a header encoded alone (for writev) is byte for byte the header encodeRecord writes, salted or not', () => {
+      for (const seed of [undefined, 0x2a, 0xffff_ffff]) {
+        for (const c of [...cases, { type: TYPE_MARK, flags: 0, volume: 0, index: 12345, gen: 0, payload: undefined }]) {
+          const whole = Buffer.alloc(HEADER_BYTES + 5000, 0xee)
+          const end = encodeRecord(whole, 5, c.type, c.flags, c.volume, c.index, c.gen, c.payload, seed)
+          const header = new Uint8Array(HEADER_BYTES + 9).fill(0x55)
+          encodeRecordHeader(header, 9, c.type, c.flags, c.volume, c.index, c.gen, c.payload, seed)
+          assert.deepEqual(header.subarray(9), new Uint8Array(whole.subarray(5, 5 + HEADER_BYTES)), `type ${c.type}, seed ${String(seed)}`)
+          assert.ok(header.subarray(0, 9).every((b) => b === 0x55), 'nothing written before the header')
+          // Header and payload back to back pass the reader's crc check.
+          const joined = Buffer.concat([header.subarray(9), c.payload ?? new Uint8Array(0)])
+          assert.equal(joined.byteLength, end - 5)
+          assert.ok(recordCrcMatches(joined, 0, c.payload?.byteLength ?? 0, seed))
+        }
+      }
+    })
+
+    it('writevFullySync writes every part in order and goes on after short writes', () => {
+      const parts = [bytesOf(36, 1), bytesOf(4104, 2), bytesOf(36, 3), bytesOf(0, 4), bytesOf(100, 5), bytesOf(36, 6)]
+      const expected = Buffer.concat(parts)
+      for (const limit of [1, 7, 36, 37, 4140, 5000, 1 << 20]) {
+        const file = new Uint8Array(expected.byteLength + 64)
+        const calls: number[] = []
+        // A system call that writes at most `limit` bytes per call.
+        const write = (_fd: number, given: readonly Uint8Array[], position: number): number => {
+          let n = 0
+          for (const part of given) {
+            const take = Math.min(part.byteLength, limit - n)
+            file.set(part.subarray(0, take), position + n)
+            n += take
+            if (n === limit) break
+          }
+          calls.push(position)
+          return n
+        }
+        writevFullySync(3, parts.map((p) => p), 64, write)
+        assert.deepEqual(file.subarray(64), new Uint8Array(expected), `limit ${limit}`)
+        assert.equal(calls.length, Math.ceil(expected.byteLength / limit))
+      }
+      // A call that writes nothing and reports no error is not retried forever.
+      assert.throws(() => writevFullySync(3, [bytesOf(10, 1)], 0, () => 0), /wrote 0 bytes at offset 0/)
+      // An error of the system call (ENOSPC, say) comes out as it is.
+      const full = Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+      assert.throws(() => writevFullySync(3, [bytesOf(10, 1)], 0, () => { throw full }), (err) => err === full)
     })
 
     it('a hint file is laid out as documented and decodes back', () => {

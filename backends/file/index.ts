@@ -4,7 +4,6 @@
 // (reported, never cut off).
 
 import { randomBytes } from 'node:crypto'
-import { writeSync } from 'node:fs'
 import { mkdir, open, readFile, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AbstractBlockStore, addressKey, isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
@@ -15,11 +14,11 @@ import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
 import {
-  FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, recordCrcMatches, type RecordHeader
+  FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, decodeHeader, decodeHint, encodeRecord, encodeRecordHeader, recordCrcMatches, type RecordHeader
 } from './record.js'
 import {
   findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, readFullySync, scanSegment,
-  segmentPath, spareFileName, syncDirectory, syncedMarkedAfter
+  segmentPath, spareFileName, syncDirectory, syncedMarkedAfter, writevFullySync
 } from './segment.js'
 import { SyncReadGovernor } from './sync-reads.js'
 
@@ -1141,48 +1140,34 @@ export class FileBlockStore extends AbstractBlockStore {
       group.done = true
       return group
     }
-    // Copying into one buffer (rather than writev of the callers' buffers) costs a memcpy but means
-    // the crc is computed over exactly the bytes written, whatever callers do with their buffers.
-    const buffer = bytes <= GROUP_BYTES ? this.#buffers.pop() ?? Buffer.allocUnsafeSlow(GROUP_BYTES) : Buffer.allocUnsafeSlow(bytes)
-    let position = 0
     let fileOffset = -1
-    const locations: BlockLocation[] = []
-    const seed = segment.seed
-    for (let i = head; i < end; i++) {
-      const batch = queue[i] as PendingBatch
-      if (batch.bytes === 0) continue
-      if (fileOffset === -1) fileOffset = batch.offset
-      const { fields, entries } = batch
-      const last = entries.length - 1
-      for (let op = 0; op <= last; op++) {
-        const location = entries[op]
-        let type = TYPE_DEL
-        if (location === MARK) type = TYPE_MARK
-        else if (location !== undefined) {
-          type = TYPE_PUT
-          locations.push(location)
-        }
-        position = encodeRecord(buffer, position, type, op < last ? FLAG_CONTINUES : 0,
-          fields[op * 3] as number, fields[op * 3 + 1] as number, fields[op * 3 + 2] as number, location?.data, seed)
-      }
+    for (let i = head; i < end && fileOffset === -1; i++) if ((queue[i] as PendingBatch).bytes > 0) fileOffset = (queue[i] as PendingBatch).offset
+    if (fileOffset !== this.#issuedBytes) {
+      throw new GalleonError('CORRUPTION', `internal error: a write group at ${fileOffset} does not start at the ${this.#issuedBytes} bytes issued`)
     }
-    if (position !== bytes || fileOffset !== this.#issuedBytes) {
-      throw new GalleonError('CORRUPTION', `internal error: a write group of ${position} bytes at ${fileOffset} does not match the ${bytes} bytes reserved at ${this.#issuedBytes}`)
-    }
-    this.#issuedBytes += bytes
     const handle = segment.handle as FileHandle
+    const locations: BlockLocation[] = []
     if (bytes <= this.#syncWriteMaxBytes) {
+      // Written on this thread with writev: the record headers go to one small buffer and each
+      // payload is written from the caller's buffer, with no copy into a group buffer first. Nothing
+      // runs between the crc and the write, so the records on disk match their crcs whatever
+      // callers do with their buffers later.
+      const parts = this.#encodeGroup(head, end, bytes, locations, undefined)
+      this.#issuedBytes += bytes
       try {
-        let done = 0
-        while (done < bytes) done += writeSync(handle.fd, buffer, done, bytes - done, fileOffset + done)
+        writevFullySync(handle.fd, parts, fileOffset)
         this.#written(locations, bytes)
       } catch (err) {
         group.error = err
       }
       group.done = true
-      this.#recycle(buffer)
       return group
     }
+    // Through the thread pool, copied into one buffer first: the crc is computed over exactly the
+    // bytes written, whatever callers do with their buffers while the write waits for a thread.
+    const buffer = bytes <= GROUP_BYTES ? this.#buffers.pop() ?? Buffer.allocUnsafeSlow(GROUP_BYTES) : Buffer.allocUnsafeSlow(bytes)
+    this.#encodeGroup(head, end, bytes, locations, buffer)
+    this.#issuedBytes += bytes
     group.written = (async () => {
       let done = 0
       while (done < bytes) {
@@ -1199,6 +1184,55 @@ export class FileBlockStore extends AbstractBlockStore {
       this.#wakeWriter()
     })
     return group
+  }
+
+  /**
+   * Encodes the records of the batches queue[head, end), `bytes` in all, in the current segment's
+   * format: into `buffer` (payloads copied) when given, else as the parts of a writev (headers in
+   * one small buffer, payloads the callers' own). Adds the puts' locations to `locations`.
+   */
+  #encodeGroup (head: number, end: number, bytes: number, locations: BlockLocation[], buffer: Buffer | undefined): Uint8Array[] {
+    const queue = this.#queue
+    const seed = this.#current.seed
+    let records = 0
+    if (buffer === undefined) for (let i = head; i < end; i++) if ((queue[i] as PendingBatch).bytes > 0) records += (queue[i] as PendingBatch).entries.length
+    const headers = buffer ?? Buffer.allocUnsafe(records * HEADER_BYTES)
+    const parts: Uint8Array[] = []
+    let position = 0
+    let total = 0
+    for (let i = head; i < end; i++) {
+      const batch = queue[i] as PendingBatch
+      if (batch.bytes === 0) continue
+      const { fields, entries } = batch
+      const last = entries.length - 1
+      for (let op = 0; op <= last; op++) {
+        const location = entries[op]
+        let type = TYPE_DEL
+        if (location === MARK) type = TYPE_MARK
+        else if (location !== undefined) {
+          type = TYPE_PUT
+          locations.push(location)
+        }
+        const flags = op < last ? FLAG_CONTINUES : 0
+        const volume = fields[op * 3] as number
+        const index = fields[op * 3 + 1] as number
+        const gen = fields[op * 3 + 2] as number
+        const payload = location?.data
+        if (buffer !== undefined) {
+          position = total = encodeRecord(buffer, position, type, flags, volume, index, gen, payload, seed)
+        } else {
+          encodeRecordHeader(headers, position, type, flags, volume, index, gen, payload, seed)
+          parts.push(headers.subarray(position, position + HEADER_BYTES))
+          if (payload !== undefined) parts.push(payload)
+          position += HEADER_BYTES
+          total += HEADER_BYTES + (payload?.byteLength ?? 0)
+        }
+      }
+    }
+    if (total !== bytes) {
+      throw new GalleonError('CORRUPTION', `internal error: a write group of ${total} bytes does not match the ${bytes} bytes reserved`)
+    }
+    return parts
   }
 
   /** A group's bytes are in the file. */

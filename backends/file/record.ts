@@ -89,7 +89,25 @@ export function encodeRecord (
   target: Buffer, position: number, type: number, flags: number,
   volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
 ): number {
-  const length = payload === undefined ? 0 : payload.byteLength
+  if (payload === undefined) {
+    encodeRecordHeader(target, position, type, flags, volume, index, gen, undefined, seed)
+    return position + HEADER_BYTES
+  }
+  const end = position + HEADER_BYTES + payload.byteLength
+  target.set(payload, position + HEADER_BYTES)
+  encodeRecordHeader(target, position, type, flags, volume, index, gen, target.subarray(position + HEADER_BYTES, end), seed)
+  return end
+}
+
+/**
+ * Writes only the header of a record at `position` of `target`, for a record whose payload is
+ * written from its own buffer right after it (writev): the crc covers header bytes 8..36 and then
+ * `payload`, exactly as encodeRecord's does. The payload must not change until it is written.
+ */
+export function encodeRecordHeader (
+  target: Uint8Array, position: number, type: number, flags: number,
+  volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
+): void {
   put32(target, position, seed === undefined ? RECORD_MAGIC : SALTED_RECORD_MAGIC)
   target[position + 8] = type
   target[position + 9] = flags
@@ -98,11 +116,10 @@ export function encodeRecord (
   put32(target, position + 12, volume)
   putHighLow(target, position + 16, index)
   putHighLow(target, position + 24, gen)
-  put32(target, position + 32, length)
-  const end = position + HEADER_BYTES + length
-  if (payload !== undefined) target.set(payload, position + HEADER_BYTES)
-  put32(target, position + 4, crc32(target.subarray(position + 8, end), seed))
-  return end
+  put32(target, position + 32, payload === undefined ? 0 : payload.byteLength)
+  // The crc of header and payload is the crc of the payload continued from the header's.
+  const headerCrc = crc32(target.subarray(position + 8, position + HEADER_BYTES), seed)
+  put32(target, position + 4, payload === undefined ? headerCrc : crc32(payload, headerCrc))
 }
 
 /**

@@ -1,7 +1,7 @@
 // Segment files of the file block store: naming, directory sync, the verifying record scanner used
 // by recovery and compaction, and the search past damage that tells corruption from a torn tail.
 
-import { read, readSync } from 'node:fs'
+import { read, readSync, writevSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
@@ -77,6 +77,24 @@ export function readFullySync (fd: number, target: Uint8Array, offset: number, l
     done += bytesRead
   }
   return done
+}
+
+/**
+ * Writes `parts` back to back at `position` on the calling thread with writev, going on after a
+ * short write until all are written (an error, such as ENOSPC, is thrown as it comes). `write` is
+ * the system call (a parameter for tests). Takes `parts` over: its entries may be replaced.
+ */
+export function writevFullySync (fd: number, parts: Uint8Array[], position: number,
+  write: (fd: number, parts: readonly Uint8Array[], position: number) => number = writevSync): void {
+  let first = 0
+  while (first < parts.length) {
+    const written = write(fd, first === 0 ? parts : parts.slice(first), position)
+    if (!(written > 0)) throw new Error(`writev wrote ${written} bytes at offset ${position} and reported no error`)
+    position += written
+    let left = written
+    while (first < parts.length && left >= (parts[first] as Uint8Array).byteLength) left -= (parts[first++] as Uint8Array).byteLength
+    if (left > 0) parts[first] = (parts[first] as Uint8Array).subarray(left)
+  }
 }
 
 /**
