@@ -17,7 +17,7 @@ import {
   decodeHeader, decodeHint, encodeRecord, encodeRecordHeader, recordCrcMatches, type HintEntry, type RecordHeader
 } from '../backends/file/record.js'
 import { crc32 as zlibCrc32 } from 'node:zlib'
-import { hintFileName, segmentFileName, writevFullySync } from '../backends/file/segment.js'
+import { hintFileName, segmentFileName, writevFully, writevFullySync } from '../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
 import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
@@ -227,33 +227,38 @@ describe('file block store', () => {
       }
     })
 
-    it('writevFullySync writes every part in order and goes on after short writes', () => {
+    it('writevFully and writevFullySync write every part in order and go on after short writes', async () => {
       const parts = [bytesOf(36, 1), bytesOf(4104, 2), bytesOf(36, 3), bytesOf(0, 4), bytesOf(100, 5), bytesOf(36, 6)]
       const expected = Buffer.concat(parts)
       for (const limit of [1, 7, 36, 37, 4140, 5000, 1 << 20]) {
-        const file = new Uint8Array(expected.byteLength + 64)
-        const calls: number[] = []
-        // A system call that writes at most `limit` bytes per call.
-        const write = (_fd: number, given: readonly Uint8Array[], position: number): number => {
-          let n = 0
-          for (const part of given) {
-            const take = Math.min(part.byteLength, limit - n)
-            file.set(part.subarray(0, take), position + n)
-            n += take
-            if (n === limit) break
+        for (const mode of ['sync', 'async'] as const) {
+          const file = new Uint8Array(expected.byteLength + 64)
+          let calls = 0
+          // A system call that writes at most `limit` bytes per call.
+          const write = (given: readonly Uint8Array[], position: number): number => {
+            let n = 0
+            for (const part of given) {
+              const take = Math.min(part.byteLength, limit - n)
+              file.set(part.subarray(0, take), position + n)
+              n += take
+              if (n === limit) break
+            }
+            calls++
+            return n
           }
-          calls.push(position)
-          return n
+          if (mode === 'sync') writevFullySync(3, parts.map((p) => p), 64, (_fd, given, position) => write(given, position))
+          else await writevFully({ writev: async (given, position) => ({ bytesWritten: write(given, position) }) }, parts.map((p) => p), 64)
+          assert.deepEqual(file.subarray(64), new Uint8Array(expected), `limit ${limit}, ${mode}`)
+          assert.equal(calls, Math.ceil(expected.byteLength / limit))
         }
-        writevFullySync(3, parts.map((p) => p), 64, write)
-        assert.deepEqual(file.subarray(64), new Uint8Array(expected), `limit ${limit}`)
-        assert.equal(calls.length, Math.ceil(expected.byteLength / limit))
       }
       // A call that writes nothing and reports no error is not retried forever.
       assert.throws(() => writevFullySync(3, [bytesOf(10, 1)], 0, () => 0), /wrote 0 bytes at offset 0/)
+      await assert.rejects(writevFully({ writev: async () => ({ bytesWritten: 0 }) }, [bytesOf(10, 1)], 8), /wrote 0 bytes at offset 8/)
       // An error of the system call (ENOSPC, say) comes out as it is.
       const full = Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
       assert.throws(() => writevFullySync(3, [bytesOf(10, 1)], 0, () => { throw full }), (err) => err === full)
+      await assert.rejects(writevFully({ writev: async () => { throw full } }, [bytesOf(10, 1)], 0), (err) => err === full)
     })
 
     it('a hint file is laid out as documented and decodes back', () => {

@@ -80,9 +80,10 @@ describe('file store writer with write calls completing out of order', () => {
     const { open } = await import('node:fs/promises')
     const { HEADER_BYTES } = await import('../backends/file/record.js')
     const probe = await open(tmpdir(), 'r')
-    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }>, datasync: () => Promise<void> }
+    const proto = Object.getPrototypeOf(probe) as { writev: (...args: unknown[]) => Promise<{ bytesWritten: number }>, datasync: () => Promise<void> }
     await probe.close()
-    const originalWrite = proto.write
+    // Groups go out with FileHandle.writev (buffers, position).
+    const originalWrite = proto.writev
     const originalDatasync = proto.datasync
     // Per handle: byte ranges whose write call has returned, and the prefix the last finished fdatasync covers.
     const written = new WeakMap<object, Array<[number, number]>>()
@@ -95,18 +96,17 @@ describe('file store writer with write calls completing out of order', () => {
     }
     let segmentHandle: object | undefined
     let calls = 0
-    proto.write = async function (this: object, ...args: unknown[]) {
+    proto.writev = async function (this: object, ...args: unknown[]) {
       // Later calls often finish first: delays of 0..3 turns of the event loop, in a fixed pattern.
       const delay = [3, 0, 2, 1, 0, 3, 1][calls++ % 7] as number
       for (let i = 0; i < delay; i++) await new Promise((resolve) => setImmediate(resolve))
       const result = await originalWrite.apply(this, args)
-      const [, offset, , position] = args as [unknown, number, number, number]
+      const [, position] = args as [unknown, number]
       if (typeof position === 'number') {
         segmentHandle ??= this
         const list = written.get(this) ?? []
         list.push([position, position + result.bytesWritten])
         written.set(this, list)
-        void offset
       }
       return result
     }
@@ -144,7 +144,7 @@ describe('file store writer with write calls completing out of order', () => {
       const values = await store.getMany(Array.from({ length: 400 }, (_, i) => ({ volume: 1, index: i, gen: 1 })))
       values.forEach((value, i) => assert.ok(value !== undefined && value.byteLength === 1 + ((i * 7919) % 9000) && value.every((byte) => byte === (i & 255)), `block ${i}`))
     } finally {
-      proto.write = originalWrite
+      proto.writev = originalWrite
       proto.datasync = originalDatasync
       await store.close().catch(() => {})
       await rm(location, { recursive: true, force: true })

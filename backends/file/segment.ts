@@ -79,22 +79,46 @@ export function readFullySync (fd: number, target: Uint8Array, offset: number, l
   return done
 }
 
+/** The file-handle call writevFully needs (a parameter for tests). */
+export interface Writev {
+  writev: (parts: readonly Uint8Array[], position: number) => Promise<{ bytesWritten: number }>
+}
+
 /**
- * Writes `parts` back to back at `position` on the calling thread with writev, going on after a
- * short write until all are written (an error, such as ENOSPC, is thrown as it comes). `write` is
- * the system call (a parameter for tests). Takes `parts` over: its entries may be replaced.
+ * Writes `parts` back to back at `position` with writev through the thread pool, going on after a
+ * short write until all are written (an error, such as ENOSPC, rejects as it comes). Takes `parts`
+ * over: its entries may be replaced.
  */
+export async function writevFully (handle: Writev, parts: Uint8Array[], position: number): Promise<void> {
+  let first = 0
+  while (first < parts.length) {
+    const { bytesWritten } = await handle.writev(first === 0 ? parts : parts.slice(first), position)
+    first = advanceParts(parts, first, bytesWritten, position)
+    position += bytesWritten
+  }
+}
+
+/** `writevFully` on the calling thread; `write` is the system call (a parameter for tests). */
 export function writevFullySync (fd: number, parts: Uint8Array[], position: number,
   write: (fd: number, parts: readonly Uint8Array[], position: number) => number = writevSync): void {
   let first = 0
   while (first < parts.length) {
     const written = write(fd, first === 0 ? parts : parts.slice(first), position)
-    if (!(written > 0)) throw new Error(`writev wrote ${written} bytes at offset ${position} and reported no error`)
+    first = advanceParts(parts, first, written, position)
     position += written
-    let left = written
-    while (first < parts.length && left >= (parts[first] as Uint8Array).byteLength) left -= (parts[first++] as Uint8Array).byteLength
-    if (left > 0) parts[first] = (parts[first] as Uint8Array).subarray(left)
   }
+}
+
+/**
+ * After a writev of parts[first..] wrote `written` bytes at `position`: the index of the first part
+ * not wholly written, the one written in part cut to its rest.
+ */
+function advanceParts (parts: Uint8Array[], first: number, written: number, position: number): number {
+  if (!(written > 0)) throw new Error(`writev wrote ${written} bytes at offset ${position} and reported no error`)
+  let left = written
+  while (first < parts.length && left >= (parts[first] as Uint8Array).byteLength) left -= (parts[first++] as Uint8Array).byteLength
+  if (left > 0) parts[first] = (parts[first] as Uint8Array).subarray(left)
+  return first
 }
 
 /**
