@@ -117,8 +117,13 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await n3.g.writeBlock('triple', 7, block(77), WriteConcern.WriteReplicated)
     assert.deepEqual(await n1.g.readBlock('triple', 7), block(77))
     assert.deepEqual(await n2.g.readBlock('triple', 7), block(77))
+    // A short writeBlock replaces the whole block, zero-padded, on the primary and on the copies alike.
+    await n1.g.writeBlock('triple', 5, block(5), WriteConcern.WriteReplicated)
+    await n1.g.writeBlock('triple', 5, block(55, 100), WriteConcern.WriteReplicated)
     const expected = await n1.g.read('triple', 0, 8 * 4096)
     assert.deepEqual(expected.subarray(0, 4096), block(1))
+    assert.deepEqual(expected.subarray(5 * 4096, 5 * 4096 + 100), block(55, 100))
+    assert.ok(expected.subarray(5 * 4096 + 100, 6 * 4096).every((b) => b === 0), 'the rest of the short block reads as zeros')
     assert.ok(expected.subarray(4096, 8192).every((b) => b === 0), 'the trimmed block reads as zeros')
     const links = (await n1.g.replicationStatus('triple')).links
     assert.equal(links.length, 2)

@@ -341,9 +341,19 @@ export class BlockEngine {
       const gen = volume.nextGen++
       volume.tickets.add(claim)
       ticketed = true
-      const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
-      await this.#commit(volume, [putOp(address, this.#encodeRecorded(volume, address, data, seq))], concern, seq)
+      let seq: number | undefined
+      let value: Uint8Array
+      if (volume.replicator !== undefined && volume.cipher === undefined) {
+        // The copies get the stored value's payload (the block, zero-padded), which nothing changes
+        // once encoded, instead of a copy of their own. Encoded first: a failure records nothing.
+        value = this.#encode(volume, address, data)
+        seq = volume.replicator.record({ type: 'write', offset: index * this.blockSize, data: value.subarray(BLOCK_HEADER_BYTES) })
+      } else {
+        seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
+        value = this.#encodeRecorded(volume, address, data, seq)
+      }
+      await this.#commit(volume, [putOp(address, value)], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
