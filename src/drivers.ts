@@ -93,7 +93,8 @@ export type DriverStatus = 'opening' | 'open' | 'closing' | 'closed'
  *   leaves either all or none of a batch.
  * - With `durableSync`, everything whose `batch` resolved before a `sync()` resolved (or a batch
  *   called with `{ sync: true }`) survives kill -9 and power loss.
- * - Values are opaque bytes of 1 .. `MAX_BLOCK_VALUE_BYTES`; the store never interprets them.
+ * - Values are opaque bytes of 1 .. `MAX_BLOCK_VALUE_BYTES`; the store never interprets them. A
+ *   store may keep and write the caller's buffer of a put: callers do not change it afterwards.
  * - Calls may be issued concurrently; batches are applied in call order.
  */
 export interface BlockStore {
