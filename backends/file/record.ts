@@ -82,28 +82,9 @@ export interface RecordHeader {
 }
 
 /**
- * Writes one record (header and payload) at `position` of `target` and returns the position after
- * it, salted with `seed` when given. The crc is computed over the bytes as copied into `target`, so
- * a caller changing its buffer later cannot make the record on disk disagree with its checksum.
- */
-export function encodeRecord (
-  target: Buffer, position: number, type: number, flags: number,
-  volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
-): number {
-  if (payload === undefined) {
-    encodeRecordHeader(target, position, type, flags, volume, index, gen, undefined, seed)
-    return position + HEADER_BYTES
-  }
-  const end = position + HEADER_BYTES + payload.byteLength
-  target.set(payload, position + HEADER_BYTES)
-  encodeRecordHeader(target, position, type, flags, volume, index, gen, target.subarray(position + HEADER_BYTES, end), seed)
-  return end
-}
-
-/**
- * Writes only the header of a record at `position` of `target`, for a record whose payload is
- * written from its own buffer right after it (writev): the crc covers header bytes 8..36 and then
- * `payload`, exactly as encodeRecord's does. The payload must not change until it is written.
+ * Writes the header of a record at `position` of `target`; the payload is written from its own
+ * buffer right after it (writev). The crc covers header bytes 8..36 and then `payload`, salted
+ * with `seed` when given. The payload must not change until it is written.
  * `payloadCrc`, when given, is crc32(payload) from 0, trusted: the record's crc is then derived
  * from it (crc32-combine.ts) instead of a pass over the payload.
  */
