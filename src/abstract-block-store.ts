@@ -160,9 +160,6 @@ function checkOp (op: BlockOp): void {
     if (op.data.byteLength === 0 || op.data.byteLength > MAX_BLOCK_VALUE_BYTES) {
       throw new GalleonError('INVALID_ARGUMENT', `put data must be 1..${MAX_BLOCK_VALUE_BYTES} bytes, got ${op.data.byteLength}`)
     }
-    if (op.crc32 !== undefined && !(Number.isInteger(op.crc32) && op.crc32 >= 0 && op.crc32 <= 0xffff_ffff)) {
-      throw new GalleonError('INVALID_ARGUMENT', `put crc32 must be an unsigned 32-bit integer (or left out), got ${describe(op.crc32)}`)
-    }
   } else if (op.type !== 'del') {
     throw new GalleonError('INVALID_ARGUMENT', `batch op type must be 'put' or 'del', got ${describe((op as { type: unknown }).type)}`)
   }

@@ -30,17 +30,7 @@ export class Address implements BlockAddress {
 
 /** One operation of an atomic batch. */
 export type BlockOp =
-  | {
-    readonly type: 'put'
-    readonly address: BlockAddress
-    readonly data: Uint8Array
-    /**
-     * CRC-32 (zlib polynomial, from 0) of `data`, when the caller already knows it: a store may use
-     * it instead of reading the bytes again (the file store derives its record checksum from it).
-     * It must be right: with a wrong one the stored block reads as damaged.
-     */
-    readonly crc32?: number
-  }
+  | { readonly type: 'put', readonly address: BlockAddress, readonly data: Uint8Array }
   | { readonly type: 'del', readonly address: BlockAddress }
 
 /** What a block store can do; the conformance suite skips what a backend declares it lacks. */

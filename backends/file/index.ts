@@ -167,16 +167,13 @@ interface Spare {
 }
 
 /** A batch waiting for the writer, already applied to the index. */
-/** Numbers per op in PendingBatch.fields. */
-const FIELDS = 4
-
 interface PendingBatch {
   /** Segment its records go to; -1 for a pure sync request. */
   segment: number
   /** Offset of its first record in that segment. */
   offset: number
   bytes: number
-  /** volume, index, gen and the put's crc32 (-1: not given) of each op, captured at call time. */
+  /** volume, index and gen of each op, captured at call time. */
   fields: number[]
   /** Per op: the put's location (its payload in `data`), undefined for a delete, MARK for a mark record. */
   entries: Array<BlockLocation | undefined>
@@ -926,7 +923,7 @@ export class FileBlockStore extends AbstractBlockStore {
     const mark = bytes > 0 && segment.seed !== undefined && segment.syncedBytes > segment.markedBytes ? 1 : 0
     if (mark === 1) bytes += HEADER_BYTES
     const count = ops.length + mark
-    const fields = new Array<number>(count * FIELDS)
+    const fields = new Array<number>(count * 3)
     const entries = new Array<BlockLocation | undefined>(count)
     const hint = segment.hint as HintBuilder
     let offset = start
@@ -934,17 +931,15 @@ export class FileBlockStore extends AbstractBlockStore {
       fields[0] = 0
       fields[1] = segment.markedBytes = segment.syncedBytes
       fields[2] = 0
-      fields[3] = -1
       entries[0] = MARK
       offset += HEADER_BYTES
     }
     for (let i = mark; i < count; i++) {
       const op = ops[i - mark] as BlockOp
       const { volume, index, gen } = op.address
-      fields[i * FIELDS] = volume
-      fields[i * FIELDS + 1] = index
-      fields[i * FIELDS + 2] = gen
-      fields[i * FIELDS + 3] = op.type === 'put' && op.crc32 !== undefined ? op.crc32 : -1
+      fields[i * 3] = volume
+      fields[i * 3 + 1] = index
+      fields[i * 3 + 2] = gen
       if (op.type === 'put') {
         const length = op.data.byteLength
         entries[i] = this.#applyRecord(segment, op.address, offset, { length, data: op.data })
@@ -1204,9 +1199,8 @@ export class FileBlockStore extends AbstractBlockStore {
           locations.push(location)
         }
         const payload = location?.data
-        const crc = fields[op * FIELDS + 3] as number
         encodeRecordHeader(headers, position, type, op < last ? FLAG_CONTINUES : 0,
-          fields[op * FIELDS] as number, fields[op * FIELDS + 1] as number, fields[op * FIELDS + 2] as number, payload, seed, crc >= 0 ? crc : undefined)
+          fields[op * 3] as number, fields[op * 3 + 1] as number, fields[op * 3 + 2] as number, payload, seed)
         parts.push(headers.subarray(position, position + HEADER_BYTES))
         if (payload !== undefined) parts.push(payload)
         position += HEADER_BYTES

@@ -1,7 +1,6 @@
 // On-disk formats of the file block store: the log record (header + payload) and the hint file entry.
 
 import { crc32 } from '../../src/checksum.js'
-import { crc32Shift } from '../../src/crc32-combine.js'
 import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
 
 /**
@@ -85,12 +84,10 @@ export interface RecordHeader {
  * Writes the header of a record at `position` of `target`; the payload is written from its own
  * buffer right after it (writev). The crc covers header bytes 8..36 and then `payload`, salted
  * with `seed` when given. The payload must not change until it is written.
- * `payloadCrc`, when given, is crc32(payload) from 0, trusted: the record's crc is then derived
- * from it (crc32-combine.ts) instead of a pass over the payload.
  */
 export function encodeRecordHeader (
   target: Uint8Array, position: number, type: number, flags: number,
-  volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number, payloadCrc?: number
+  volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
 ): void {
   put32(target, position, seed === undefined ? RECORD_MAGIC : SALTED_RECORD_MAGIC)
   target[position + 8] = type
@@ -103,9 +100,7 @@ export function encodeRecordHeader (
   put32(target, position + 32, payload === undefined ? 0 : payload.byteLength)
   // The crc of header and payload is the crc of the payload continued from the header's.
   const headerCrc = crc32(target.subarray(position + 8, position + HEADER_BYTES), seed)
-  put32(target, position + 4, payload === undefined
-    ? headerCrc
-    : payloadCrc === undefined ? crc32(payload, headerCrc) : crc32Shift(payload.byteLength)(headerCrc) ^ payloadCrc)
+  put32(target, position + 4, payload === undefined ? headerCrc : crc32(payload, headerCrc))
 }
 
 /**

@@ -4,7 +4,6 @@
 // [5] flags, [6..7] reserved (zero).
 
 import { crc32 } from '../checksum.js'
-import { crc32Shift } from '../crc32-combine.js'
 import type { BlockAddress } from '../drivers.js'
 import { SlabAllocator } from './slab.js'
 
@@ -48,19 +47,6 @@ export function encodeBlock (address: BlockAddress, payload: Uint8Array, storedL
   body.set(payload.byteLength > storedLength ? payload.subarray(0, storedLength) : payload)
   writeHeader(value, blockChecksum(address, body, flags), flags)
   return value
-}
-
-/**
- * CRC-32 (from 0) of a whole stored value made by this codec for `address` (encodeBlock,
- * encodeBlockWith or finishBlock), derived from the checksum in its header instead of a pass over
- * its bytes: the header's checksum is crc32(payload) continued from crc32(address fields), so
- * crc32(payload) follows, and the value's crc32 is that continued from crc32(header) (see
- * crc32-combine.ts). Handed to the store with the value (BlockOp.crc32). Only for values this
- * codec made for this address: for any other bytes the result is meaningless.
- */
-export function storedValueCrc (address: BlockAddress, value: Uint8Array): number {
-  const shift = crc32Shift(value.byteLength - BLOCK_HEADER_BYTES)
-  return (readChecksum(value) ^ shift((addressCrc(address, value[5] as number) ^ crc32(value.subarray(0, BLOCK_HEADER_BYTES))) >>> 0)) >>> 0
 }
 
 // Header fields written and read byte by byte (the crc big-endian, as a DataView would): no

@@ -8,7 +8,7 @@ import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../dr
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, storedValueCrc } from './codec.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock } from './codec.js'
 import { PARALLEL_MIN_BLOCKS, cipherPool, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
 import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
@@ -157,15 +157,6 @@ export interface RecoverableVolume {
 }
 
 /** `data` zero-padded to `size` bytes (a copy either way: the caller may reuse its buffer). */
-/**
- * The store op for a value the codec just made for `address`, with its CRC-32 (derived from the
- * value's header, see storedValueCrc), so that the store need not read the value's bytes again to
- * checksum it.
- */
-function putOp (address: BlockAddress, value: Uint8Array): BlockOp {
-  return { type: 'put', address, data: value, crc32: storedValueCrc(address, value) }
-}
-
 function padTo (data: Uint8Array, size: number): Uint8Array {
   const out = new Uint8Array(size)
   out.set(data)
@@ -341,19 +332,9 @@ export class BlockEngine {
       const gen = volume.nextGen++
       volume.tickets.add(claim)
       ticketed = true
+      const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
-      let seq: number | undefined
-      let value: Uint8Array
-      if (volume.replicator !== undefined && volume.cipher === undefined) {
-        // The copies get the stored value's payload (the block, zero-padded), which nothing changes
-        // once encoded, instead of a copy of their own. Encoded first: a failure records nothing.
-        value = this.#encode(volume, address, data)
-        seq = volume.replicator.record({ type: 'write', offset: index * this.blockSize, data: value.subarray(BLOCK_HEADER_BYTES) })
-      } else {
-        seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
-        value = this.#encodeRecorded(volume, address, data, seq)
-      }
-      await this.#commit(volume, [putOp(address, value)], concern, seq)
+      await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq)
       this.#publish(volume, index, gen)
       ok = true
     } finally {
@@ -455,13 +436,13 @@ export class BlockEngine {
           if (seq !== undefined) volume.replicator?.failed(seq)
           throw err
         }
-        ops = addresses.map((address, i) => putOp(address, values[i] as Uint8Array))
+        ops = addresses.map((address, i) => ({ type: 'put', address, data: values[i] as Uint8Array }))
       } else {
         for (let index = first; index <= last; index++) {
           const blockStart = index * this.blockSize
           const payload = edges.get(index) ?? data.subarray(blockStart - offset, blockStart - offset + this.blockSize)
           const address: BlockAddress = new Address(volume.storageId, index, volume.nextGen++)
-          ops.push(putOp(address, this.#encodeRecorded(volume, address, payload, seq)))
+          ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, payload, seq) })
         }
       }
       await this.#commit(volume, ops, concern, seq)
