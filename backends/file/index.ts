@@ -49,8 +49,8 @@ export interface FileBlockStoreOptions {
    * Reads of up to this many bytes (one call per run of adjacent records) are made with a
    * synchronous pread() on the event loop's thread while such reads stay quick, i.e. come from the
    * page cache (default 2 MiB): a cached read costs a copy, where the thread pool adds a 40-55 us
-   * round trip. Reads that take device time (about two of them close together) send reads to
-   * libuv's thread pool for a second at a time; see sync-reads.ts. Meanwhile the event loop waits
+   * round trip. Reads that take device time (about half of the recent ones, or two very slow ones
+   * in a row) send reads to libuv's thread pool for a second at a time; see sync-reads.ts. Meanwhile the event loop waits
    * for the device: 0 sends every read to the thread pool, so that it never does. Use 0 where
    * reads that miss the page cache are the rule and many run at once (they then overlap in the
    * pool), where the device may hang, and always when the storage sits on a file system served by
@@ -1137,18 +1137,13 @@ export class FileBlockStore extends AbstractBlockStore {
       group.done = true
       return group
     }
-    let fileOffset = -1
-    for (let i = head; i < end && fileOffset === -1; i++) if ((queue[i] as PendingBatch).bytes > 0) fileOffset = (queue[i] as PendingBatch).offset
-    if (fileOffset !== this.#issuedBytes) {
-      throw new GalleonError('CORRUPTION', `internal error: a write group at ${fileOffset} does not start at the ${this.#issuedBytes} bytes issued`)
-    }
     const handle = segment.handle as FileHandle
     const locations: BlockLocation[] = []
     // Written with writev: the record headers go to one small buffer and each payload is written
     // from the caller's buffer, with no copy into a group buffer first (about a sixth of the event
     // loop's time on 1 MiB writes). The crcs are computed here; callers do not change a buffer they
     // passed to batch() (reads are served from it until it is written), so they stay right.
-    const parts = this.#encodeGroup(head, end, bytes, locations)
+    const { parts, fileOffset } = this.#encodeGroup(head, end, bytes, locations)
     this.#issuedBytes += bytes
     if (bytes <= this.#syncWriteMaxBytes) {
       try {
@@ -1174,13 +1169,19 @@ export class FileBlockStore extends AbstractBlockStore {
   /**
    * Encodes the records of the batches queue[head, end), `bytes` in all, in the current segment's
    * format, as the parts of a writev: the headers in one small buffer, the payloads the callers'
-   * own. Adds the puts' locations to `locations`.
+   * own, and the file offset they start at. Adds the puts' locations to `locations`.
    */
-  #encodeGroup (head: number, end: number, bytes: number, locations: BlockLocation[]): Uint8Array[] {
+  #encodeGroup (head: number, end: number, bytes: number, locations: BlockLocation[]): { parts: Uint8Array[], fileOffset: number } {
     const queue = this.#queue
     const seed = this.#current.seed
     let records = 0
-    for (let i = head; i < end; i++) if ((queue[i] as PendingBatch).bytes > 0) records += (queue[i] as PendingBatch).entries.length
+    let fileOffset = -1
+    for (let i = head; i < end; i++) {
+      const batch = queue[i] as PendingBatch
+      if (batch.bytes === 0) continue
+      if (fileOffset === -1) fileOffset = batch.offset
+      records += batch.entries.length
+    }
     const headers = Buffer.allocUnsafe(records * HEADER_BYTES)
     const parts: Uint8Array[] = []
     let position = 0
@@ -1207,10 +1208,10 @@ export class FileBlockStore extends AbstractBlockStore {
         total += HEADER_BYTES + (payload?.byteLength ?? 0)
       }
     }
-    if (total !== bytes) {
-      throw new GalleonError('CORRUPTION', `internal error: a write group of ${total} bytes does not match the ${bytes} bytes reserved`)
+    if (total !== bytes || fileOffset !== this.#issuedBytes) {
+      throw new GalleonError('CORRUPTION', `internal error: a write group of ${total} bytes at ${fileOffset} does not match the ${bytes} bytes reserved at ${this.#issuedBytes}`)
     }
-    return parts
+    return { parts, fileOffset }
   }
 
   /** A group's bytes are in the file. */
