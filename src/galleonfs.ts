@@ -1825,14 +1825,17 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }) + this.#replicationMetrics() + renderQoSMetrics(this.#catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: this.#qos.metrics(record.id) })))
   }
 
-  /** Prometheus families of replication: per volume and copy, lag, bytes shipped and resync progress. */
+  /** Prometheus families of replication: per volume and copy, lag (changes, bytes, seconds), bytes shipped, acknowledgement round trips and resync progress. */
   #replicationMetrics (): string {
     const statuses = this.#replication?.statuses() ?? []
     const lines: string[] = []
     const families: Array<[string, 'gauge' | 'counter', string, (link: ReplicationStatus['links'][number]) => number]> = [
       ['galleonfs_replication_lag_changes', 'gauge', 'Changes the primary recorded that the copy has not acknowledged yet.', (l) => l.lagChanges],
       ['galleonfs_replication_lag_bytes', 'gauge', 'Bytes of changes queued for the copy.', (l) => l.lagBytes],
+      ['galleonfs_replication_lag_seconds', 'gauge', 'Age of the oldest change the copy has not acknowledged (0 when it has them all).', (l) => l.lagSeconds],
       ['galleonfs_replication_shipped_bytes_total', 'counter', 'Block bytes shipped to the copy (stream and resync).', (l) => l.shippedBytes],
+      ['galleonfs_replication_batches_acknowledged_total', 'counter', 'Stream batches the copy acknowledged.', (l) => l.batchesAcknowledged],
+      ['galleonfs_replication_ack_wait_seconds_total', 'counter', 'Seconds the acknowledged stream batches waited from sending to acknowledgement, summed (divide by the batch count for the mean round trip).', (l) => l.ackWaitSeconds],
       ['galleonfs_replication_resyncs_total', 'counter', 'Resyncs of the copy started by this primary.', (l) => l.resyncs],
       ['galleonfs_replication_resync_blocks_done', 'gauge', 'Blocks compared or sent by the resync under way (0 when none).', (l) => l.resync?.blocksDone ?? 0],
       ['galleonfs_replication_resync_blocks_total', 'gauge', 'Blocks the resync under way covers (0 when none).', (l) => l.resync?.blocksTotal ?? 0],

@@ -616,6 +616,53 @@ describe('replication (memory transport, on-disk nodes)', () => {
     for (const node of nodes) await until(`${node.id} no longer has the volume`, async () => (await node.g.listVolumes()).length === 0)
   })
 
+  it('tells each copy\'s lag in seconds and its acknowledgement round trips (status and metrics)', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    await n1.g.createVolume({ name: 'timed', sizeBytes: '256K', replicas: 2 })
+    const link = async (): Promise<{ lagChanges: number, lagSeconds: number, batchesAcknowledged: number, ackWaitSeconds: number }> => {
+      const found = (await n1.g.replicationStatus('timed')).links.find((l) => l.node === 'n2')
+      assert.ok(found !== undefined, 'the primary has a link to n2')
+      return found
+    }
+    await n1.g.writeBlock('timed', 0, block(1), WriteConcern.WriteReplicated)
+    const caughtUp = await link()
+    assert.equal(caughtUp.lagSeconds, 0)
+    assert.ok(caughtUp.batchesAcknowledged >= 1, `batches acknowledged: ${caughtUp.batchesAcknowledged}`)
+    // Every message takes 60 ms each way: each batch's round trip is at least 120 ms.
+    network.delay(60)
+    for (let i = 1; i <= 3; i++) await n1.g.writeBlock('timed', i, block(i + 1), WriteConcern.WriteReplicated)
+    network.reset()
+    const slow = await link()
+    const batches = slow.batchesAcknowledged - caughtUp.batchesAcknowledged
+    assert.ok(batches >= 3, `3 writes one after the other are at least 3 batches, got ${batches}`)
+    const mean = (slow.ackWaitSeconds - caughtUp.ackWaitSeconds) / batches
+    assert.ok(mean >= 0.115, `mean acknowledgement round trip ${mean} s with 60 ms each way`)
+    // Cut off, the copy falls behind: its lag is the age of the first change it has not acknowledged.
+    network.partition(['n2'], ['n1'])
+    await n1.g.writeBlock('timed', 10, block(10), WriteConcern.WriteAcknowledged)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    await n1.g.writeBlock('timed', 11, block(11), WriteConcern.WriteAcknowledged)
+    const behind = await link()
+    assert.ok(behind.lagChanges >= 2, `lag in changes ${behind.lagChanges}`)
+    assert.ok(behind.lagSeconds >= 0.3 && behind.lagSeconds < 60, `lag ${behind.lagSeconds} s, the first missing change was made over 300 ms ago`)
+    const metrics = await n1.g.metricsText()
+    const sample = (family: string): number => {
+      const match = new RegExp(`^${family}\\{volume_id="[^"]+",volume_name="timed",node="n2"\\} (\\S+)$`, 'm').exec(metrics)
+      assert.ok(match !== null, `${family} for n2 in:\n${metrics}`)
+      return Number(match[1])
+    }
+    assert.ok(sample('galleonfs_replication_lag_seconds') >= 0.3)
+    assert.equal(sample('galleonfs_replication_batches_acknowledged_total'), behind.batchesAcknowledged)
+    assert.ok(Math.abs(sample('galleonfs_replication_ack_wait_seconds_total') - behind.ackWaitSeconds) < 1e-6)
+    assert.match(metrics, /# TYPE galleonfs_replication_lag_seconds gauge/)
+    assert.match(metrics, /# TYPE galleonfs_replication_ack_wait_seconds_total counter/)
+    // Healed, it resyncs and has everything again: no lag.
+    network.heal()
+    await until('n2 caught up', async () => { const l = await link(); return l.lagChanges === 0 && l.lagSeconds === 0 })
+    assert.deepEqual(await nodes[1]?.g.readBlock('timed', 11), block(11))
+  })
+
   it('a partitioned copy drops out of sync, writes go on, and after healing it resyncs only the changed blocks', async () => {
     const { network, nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

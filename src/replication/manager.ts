@@ -32,6 +32,7 @@ import type { ClusterManager } from '../cluster/manager.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
+import { RecordClock } from './record-clock.js'
 import type { ReplicatedChange, VolumeReplicator } from '../engine/replicator.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
@@ -160,7 +161,12 @@ export interface ReplicationStatus {
     readonly lagChanges: number
     /** Bytes of changes waiting to be shipped or acknowledged. */
     readonly lagBytes: number
+    /** Age of the oldest change not yet acknowledged by the copy (0 when it has them all), to within 10 ms. */
+    readonly lagSeconds: number
     readonly shippedBytes: number
+    /** Stream batches the copy acknowledged, and the seconds they waited for it all together (send to acknowledgement). */
+    readonly batchesAcknowledged: number
+    readonly ackWaitSeconds: number
     readonly resyncs: number
     readonly resync?: { readonly mode: 'delta' | 'digest', readonly blocksDone: number, readonly blocksTotal: number, readonly blocksSent: number }
     readonly lastError?: string
@@ -1307,6 +1313,8 @@ class Primary implements VolumeReplicator {
   #blocks: VolumeBlocks
   #record: ReplicaSetRecord
   #seq = 0
+  /** When the changes were recorded (for the copies' lag in seconds). */
+  readonly clock = new RecordClock()
   /** Per changed block: the sequence number of its last change in this epoch (sparse: thin volumes stay cheap). */
   readonly #dirty = new Map<number, number>()
   readonly #links = new Map<string, Link>()
@@ -1374,6 +1382,7 @@ class Primary implements VolumeReplicator {
       return seq
     }
     const seq = ++this.#seq
+    this.clock.recorded(seq)
     const bs = this.#manager.host.engine.blockSize
     if (change.type === 'write' || change.type === 'trim') {
       const length = change.type === 'write' ? change.data.byteLength : change.length
@@ -1479,7 +1488,12 @@ class Primary implements VolumeReplicator {
     this.#waiters = still
   }
 
-  acked (): void { this.#settle() }
+  acked (): void {
+    this.#settle()
+    let oldest = this.#seq
+    for (const link of this.#links.values()) oldest = Math.min(oldest, link.acked)
+    this.clock.forgetBefore(oldest + 1)
+  }
 
   /** A copy failed or fell behind: out of the in-sync list (compare-and-swap) before writes go on without it. */
   async dropFromInSync (node: string): Promise<void> {
@@ -1575,6 +1589,8 @@ class Link {
   #queue: Array<{ seq: number, change: ReplicatedChange }> = []
   #queuedBytes = 0
   #shippedBytes = 0
+  #batchesAcknowledged = 0
+  #ackWaitMs = 0
   #resyncs = 0
   #progress: { mode: 'delta' | 'digest', blocksDone: number, blocksTotal: number, blocksSent: number } | undefined
   #lastError: string | undefined
@@ -1715,6 +1731,7 @@ class Link {
       const entry = { last: (batch[batch.length - 1] as { seq: number }).seq, count, bytes, payloadBytes: payload.byteLength, done: false }
       this.#inflight.push(entry)
       const stream = this.#stream
+      const sentAt = performance.now()
       this.#primary.manager.request(this.node, {
         kind: 'repl:apply',
         header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, from, changes: list },
@@ -1723,6 +1740,8 @@ class Link {
         if (stream !== this.#stream || this.state !== 'streaming') return
         if (reply.kind !== 'applied') throw new GalleonError('IO_ERROR', `node ${this.node} asked for a resync (it is at epoch ${String(reply.header.epoch)}, change ${String(reply.header.seq)})`)
         entry.done = true
+        this.#batchesAcknowledged++
+        this.#ackWaitMs += performance.now() - sentAt
         let progressed = false
         while (this.#inflight[0]?.done === true) {
           const head = this.#inflight.shift() as typeof entry
@@ -1938,7 +1957,10 @@ class Link {
       state: this.state,
       lagChanges: Math.max(0, this.#primary.seq - this.acked),
       lagBytes: this.#queuedBytes,
+      lagSeconds: this.#primary.seq > this.acked ? this.#primary.clock.ageSeconds(this.acked + 1) : 0,
       shippedBytes: this.#shippedBytes,
+      batchesAcknowledged: this.#batchesAcknowledged,
+      ackWaitSeconds: this.#ackWaitMs / 1000,
       resyncs: this.#resyncs,
       ...(this.#progress === undefined ? {} : { resync: { ...this.#progress } }),
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError })
