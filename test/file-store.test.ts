@@ -356,8 +356,10 @@ describe('file block store', () => {
         assert.equal(after.storedBytes, onDisk, 'storedBytes equals the segment and spare files on disk after compaction')
         const kept = await segmentBytes(location)
         assert.ok(kept <= written / 4, `compaction left ${kept} of ${written} bytes in segments for ${16 * recordSize(1024)} live bytes`)
-        // Emptied segment files are kept for reuse only up to a quarter of the live bytes: none here.
-        assert.deepEqual(await spares(location), [])
+        // Emptied segment files are kept for reuse up to a quarter of the live bytes or one segment's
+        // worth, whichever is more, and never more than the live bytes (16 KiB): one at most here.
+        const kept16 = await spares(location)
+        assert.ok(kept16.length <= 1 && kept16.every((spare) => spare.size <= 16 * 1024), `spares: ${JSON.stringify(kept16)}`)
         assert.deepEqual({ blocks: after.blocks, liveBytes: after.liveBytes }, { blocks: 16, liveBytes: 16 * 1024 })
         await model.check(store, 'after compact()')
 
@@ -691,6 +693,37 @@ describe('file block store', () => {
         await store.deleteVolume(1)
         await store.compact()
         assert.deepEqual(await spares(location), [])
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+      })
+    })
+
+    it('a small store keeps one emptied segment file although a quarter of its live bytes is less, but never more than its live bytes', async () => {
+      await withStore(SMALL, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        // 32 KiB live: a quarter (8 KiB) holds no 16 KiB segment file; one segment's worth is allowed.
+        for (let round = 0; round < 12; round++) {
+          // Batches of 8 (about 8.3 KiB): one per 16 KiB segment file.
+          for (let first = 0; first < 32; first += 8) {
+            const ops = Array.from({ length: 8 }, (_, i) => put(addr(1, first + i), bytesOf(1024, round * 32 + first + i)))
+            model.apply(ops)
+            await store.batch(ops)
+          }
+        }
+        await store.compact()
+        const kept = await spares(location)
+        assert.equal(kept.length, 1, `one spare kept: ${kept.map((s) => s.name).join(', ')}`)
+        assert.ok((kept[0] as { size: number }).size <= 16 * 1024)
+        assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+        await model.check(store, 'with a spare')
+        // Down to 4 KiB live: a spare of a whole segment is more than the live bytes, and goes.
+        const gone = Array.from({ length: 28 }, (_, i) => del(addr(1, 4 + i)))
+        model.apply(gone)
+        await store.batch(gone, { sync: true })
+        store = await reopen(store)
+        assert.deepEqual(await spares(location), [], 'the spare went with the data')
+        await model.check(store, 'after the deletes and reopen')
         assert.equal((await store.stats()).storedBytes, await diskBytes(location))
       })
     })

@@ -65,8 +65,8 @@ export interface FileBlockStoreOptions {
    * fdatasync with no size or extent change to commit): about 0.07 against 0.25 to 2.6 ms per MiB
    * copied, and 120-180 against 230-320 µs per 32 KiB write+fdatasync, measured on the 2-vCPU
    * development VM. Files are kept only while all of them together hold at most a quarter of the
-   * live bytes (so a store whose data is deleted gives its disk space back), and count in
-   * `storedBytes`.
+   * live bytes or one segment's worth, whichever is more, and never more than the live bytes (so a
+   * store whose data is deleted gives its disk space back), and count in `storedBytes`.
    */
   spareSegments?: number
   /**
@@ -628,9 +628,17 @@ export class FileBlockStore extends AbstractBlockStore {
     await this.#trimSpares().catch(() => {}) // spares are disposable; trimmed again later
   }
 
-  /** Bytes the spares may hold in all: a quarter of the live bytes (a store that shrinks lets them go). */
+  /**
+   * Bytes the spares may hold in all: a quarter of the live bytes or one segment's worth, whichever
+   * is more, but never more than the live bytes (a store that shrinks lets them go). Without the
+   * one segment, a store of less than four segments of live data kept no spare, and deleted every
+   * emptied file: on ext4 each such unlink of a 64 MiB file held up every fdatasync on the file
+   * system for 15-20 ms (measured on the 2-vCPU VM). Durable 4 KiB random writes at 32 in flight on
+   * a 64 MiB volume, once compaction runs: 25.1-25.5k per second with the quarter alone, 30.0-31.9k
+   * with one segment kept (three alternating pairs of runs).
+   */
   #spareBudget (): number {
-    return this.#liveBytes / 4
+    return Math.max(this.#liveBytes / 4, Math.min(this.#segmentBytes, this.#liveBytes))
   }
 
   #spareBytes (): number {
