@@ -9,7 +9,9 @@
 // otherwise both run in this process on an in-process coordinator (BENCH_REPLICATION_PEER=inline
 // forces that). Run with `node --import tsx bench/replication.ts`; BENCH_REPLICATION_MS sets the
 // time per write case (default 3000, in 5 alternating rounds; BENCH_DEBUG=1 prints each round),
-// BENCH_REPLICATION_MB the resync volume's size (default 256).
+// BENCH_REPLICATION_MB the resync volume's size (default 256). It also prints what the replicated
+// writes waited for: the stream's batches to the copy, their size and mean round trip (the link's
+// batchesAcknowledged and ackWaitSeconds).
 // Saved to bench/results/replication.json.
 
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -121,6 +123,7 @@ async function alternating (cases: Array<() => Promise<number>>): Promise<number
 
 interface Row { case: string, value: number, baseline: number, unit: string, ratio: number }
 const rows: Row[] = []
+let stream: { batches: number, changesPerBatch: number, meanRoundTripMs: number } | undefined
 try {
   const n1 = await node('n1')
   let n2 = await peer('n2')
@@ -136,6 +139,12 @@ try {
     async () => await randomWrites(n1, 'pair', blocks, WriteConcern.WriteReplicated, TIME_MS / ROUNDS)
   ]) as [number, number]
   rows.push({ case: `WriteReplicated 4 KiB random, ${DEPTH} in flight, 2 nodes vs local WriteDurable`, value: replicated, baseline: durable, unit: 'IOPS', ratio: replicated / durable })
+  // What the replicated writes waited for: the stream's batches and their round trips (send to
+  // acknowledgement, which includes the copy's write and fdatasync), from the copy's link.
+  const link = (await n1.replicationStatus('pair')).links[0]
+  if (link !== undefined && link.batchesAcknowledged > 0) {
+    stream = { batches: link.batchesAcknowledged, changesPerBatch: link.shippedBytes / BLOCK / link.batchesAcknowledged, meanRoundTripMs: link.ackWaitSeconds * 1000 / link.batchesAcknowledged }
+  }
 
   // Resync: a volume filled while its second node is away gets a full copy when that node comes;
   // later the node is away while 1% of the blocks change, and gets only those.
@@ -169,5 +178,6 @@ console.log(`replication between 2 nodes on loopback (Node ${process.version}; $
 for (const row of rows) {
   console.log(`${row.case.padEnd(80)} ${row.value.toFixed(row.unit === 's' ? 2 : 0).padStart(8)} vs ${row.baseline.toFixed(row.unit === 's' ? 2 : 0).padStart(8)} ${row.unit.padEnd(5)} ratio ${row.ratio.toFixed(2)}`)
 }
+if (stream !== undefined) console.log(`the stream to the copy: ${stream.batches} batches of ${stream.changesPerBatch.toFixed(1)} changes on average, mean round trip ${stream.meanRoundTripMs.toFixed(2)} ms (send to acknowledgement, the copy's write and fdatasync included)`)
 await mkdir(fileURLToPath(new URL('./results/', import.meta.url)), { recursive: true })
-await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, peer: separate ? 'process' : 'inline', seconds: TIME_MS / 1000, resyncMiB: RESYNC_MB, rows }, null, 2) + '\n')
+await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, peer: separate ? 'process' : 'inline', seconds: TIME_MS / 1000, resyncMiB: RESYNC_MB, rows, ...(stream === undefined ? {} : { stream }) }, null, 2) + '\n')
