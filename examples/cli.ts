@@ -244,13 +244,13 @@ export function buildCli (): Command {
     })
 
   volume.command('replication').description('show where a replicated volume\'s copies are, which are in sync, and their lag').argument('<volume>').action(async (ref: string) => {
-    interface Link { node: string, state: string, lagChanges: number, lagBytes: number, lagSeconds: number, shippedBytes: number, resync?: { mode: string, blocksDone: number, blocksTotal: number } }
+    interface Link { node: string, state: string, lagChanges: number, lagBytes: number, lagSeconds?: number, shippedBytes: number, resync?: { mode: string, blocksDone: number, blocksTotal: number } }
     const status = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}/replication`) as { role: string, primary?: string, epoch?: number, nodes: string[], inSync: string[], replicas: number, degraded: boolean, links: Link[] }
     print(globals(), status, () => {
       const head = `volume ${ref}: primary ${status.primary ?? 'unknown'} (epoch ${status.epoch ?? '-'}), ${status.inSync.length} of ${status.replicas} copies in sync${status.degraded ? ' (DEGRADED)' : ''}; this node is ${status.role}\n`
       const rows = status.nodes.map((node) => {
         const link = status.links.find((l) => l.node === node)
-        return [node, node === status.primary ? 'primary' : 'replica', status.inSync.includes(node) ? 'yes' : 'NO', link?.state ?? '-', link === undefined ? '-' : `${link.lagChanges} (${link.lagSeconds.toFixed(2)} s)`, link === undefined ? '-' : formatSize(link.shippedBytes), link?.resync === undefined ? '' : `${link.resync.mode} ${link.resync.blocksDone}/${link.resync.blocksTotal}`]
+        return [node, node === status.primary ? 'primary' : 'replica', status.inSync.includes(node) ? 'yes' : 'NO', link?.state ?? '-', link === undefined ? '-' : `${link.lagChanges}${typeof link.lagSeconds === 'number' ? ` (${link.lagSeconds.toFixed(2)} s)` : ''}`, link === undefined ? '-' : formatSize(link.shippedBytes), link?.resync === undefined ? '' : `${link.resync.mode} ${link.resync.blocksDone}/${link.resync.blocksTotal}`]
       })
       return head + columns(['NODE', 'ROLE', 'IN SYNC', 'LINK', 'LAG (CHANGES, AGE)', 'SHIPPED', 'RESYNC'], rows)
     })
