@@ -161,7 +161,7 @@ export interface ReplicationStatus {
     readonly lagChanges: number
     /** Bytes of changes waiting to be shipped or acknowledged. */
     readonly lagBytes: number
-    /** Age of the oldest change not yet acknowledged by the copy (0 when it has them all), overstated by at most 10 ms (20 ms per doubling while a copy stays away long, see record-clock.ts). */
+    /** Age of the oldest change not yet acknowledged by the copy (0 when it has them all), overstated by less than 10 ms (more while a copy has been away long: see record-clock.ts). */
     readonly lagSeconds: number
     readonly shippedBytes: number
     /** Stream batches the copy acknowledged, and the seconds they waited for it all together (send to acknowledgement). */
