@@ -19,9 +19,8 @@ export class RecordClock {
   #seqs: number[] = []
   #times: number[] = []
   #resolution = SAMPLE_MS
-  /** The first change recorded, and when. */
-  #firstSeq = 0
-  #firstTime = 0
+  /** When the first change was recorded (undefined before it). */
+  #firstTime: number | undefined
   readonly #now: () => number
 
   constructor (now: () => number = () => performance.now()) {
@@ -31,10 +30,7 @@ export class RecordClock {
   /** Change `seq` (higher than every one before) was recorded now. */
   recorded (seq: number): void {
     const now = this.#now()
-    if (this.#firstSeq === 0) {
-      this.#firstSeq = seq
-      this.#firstTime = now
-    }
+    this.#firstTime ??= now
     const last = this.#times.length - 1
     if (last >= 0 && now - (this.#times[last] as number) < this.#resolution) return
     this.#seqs.push(seq)
@@ -47,7 +43,7 @@ export class RecordClock {
    * resolution (twice it after thinning, see above); 0 before any change.
    */
   ageSeconds (seq: number): number {
-    if (this.#firstSeq === 0) return 0
+    if (this.#firstTime === undefined) return 0
     const index = this.#lastAtOrBefore(seq)
     // Before every sample kept: only a copy that has nothing asks for that (see forgetBefore).
     const at = index < 0 ? this.#firstTime : this.#times[index] as number
