@@ -156,8 +156,9 @@ export interface RecoverableVolume {
   readonly parent?: { readonly storageId: number, readonly gen: number, readonly sizeBytes: number }
 }
 
-/** `data` zero-padded to `size` bytes (a copy either way: the caller may reuse its buffer). */
+/** `data` zero-padded to `size` bytes: itself when it has that size already, else a padded copy. */
 function padTo (data: Uint8Array, size: number): Uint8Array {
+  if (data.byteLength === size) return data
   const out = new Uint8Array(size)
   out.set(data)
   return out
@@ -332,6 +333,7 @@ export class BlockEngine {
       const gen = volume.nextGen++
       volume.tickets.add(claim)
       ticketed = true
+      // record() copies what it keeps: `data` may be the caller's buffer.
       const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
       await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq)
@@ -419,7 +421,8 @@ export class BlockEngine {
       const firstGen = volume.nextGen
       ticket = volume.ticket()
       // Recorded as the generations are taken, so the replication order agrees with snapshot cuts.
-      const seq = volume.replicator?.record({ type: 'write', offset, data: copyBytes(data) })
+      // record() copies what it keeps: `data` may be the caller's buffer.
+      const seq = volume.replicator?.record({ type: 'write', offset, data })
       if (volume.cipher !== undefined && last - first + 1 >= PARALLEL_MIN_BLOCKS && cipherPool.usable && volume.cipher.cipher.name === 'node') {
         // A large encrypted write: blocks are sealed on this thread and on worker threads at once.
         const addresses: BlockAddress[] = []

@@ -18,7 +18,9 @@ export type ReplicatedChange =
 export interface VolumeReplicator {
   /**
    * Records a change; returns its sequence number. Called synchronously at the change's place in
-   * the volume's order (two changes to one block are recorded in the order they are applied).
+   * the volume's order (two changes to one block are recorded in the order they are applied). A
+   * write's `data` is lent for the call only (the caller may reuse its buffer afterwards): the
+   * replicator copies what it keeps.
    */
   record: (change: ReplicatedChange) => number
   /**

@@ -33,6 +33,7 @@ import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
 import { RecordClock } from './record-clock.js'
+import { ChangeArena, decodeChanges, encodeChanges } from './stream-codec.js'
 import type { ReplicatedChange, VolumeReplicator } from '../engine/replicator.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
@@ -217,63 +218,6 @@ function unsatisfied (message: string): GalleonError {
 
 function errorText (err: unknown): string {
   return err instanceof Error ? `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}` : String(err)
-}
-
-/** Encodes changes as a message: headers in JSON, write data concatenated in the payload. */
-function encodeChanges (changes: ReadonlyArray<{ seq: number, change: ReplicatedChange }>): { list: unknown[], payload: Uint8Array } {
-  const list: unknown[] = []
-  let bytes = 0
-  for (const { change } of changes) if (change.type === 'write') bytes += change.data.byteLength
-  const payload = new Uint8Array(bytes)
-  let at = 0
-  for (const { change } of changes) {
-    switch (change.type) {
-      case 'write':
-        payload.set(change.data, at)
-        at += change.data.byteLength
-        list.push({ t: 'w', o: change.offset, n: change.data.byteLength })
-        break
-      case 'trim': list.push({ t: 't', o: change.offset, n: change.length }); break
-      case 'snapshot': list.push({ t: 's', id: change.id, name: change.name }); break
-      case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
-      case 'expand': list.push({ t: 'x', n: change.sizeBytes }); break
-      case 'revert': list.push({ t: 'r', id: change.snapshotId }); break
-    }
-  }
-  return { list, payload }
-}
-
-function decodeChanges (list: unknown, payload: Uint8Array | undefined): ReplicatedChange[] {
-  if (!Array.isArray(list)) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch needs a list of changes')
-  const out: ReplicatedChange[] = []
-  let at = 0
-  const count = (value: unknown): number => {
-    if (!Number.isSafeInteger(value) || (value as number) < 0) throw new GalleonError('INVALID_ARGUMENT', `a replicated change has a bad offset or length: ${JSON.stringify(value)}`)
-    return value as number
-  }
-  for (const item of list as Array<Record<string, unknown>>) {
-    if (item === null || typeof item !== 'object') throw new GalleonError('INVALID_ARGUMENT', 'a replicated change must be an object')
-    if (item.t === 'w' || item.t === 't') { count(item.o); count(item.n) }
-    if (item.t === 'w') {
-      const n = item.n as number
-      if (payload === undefined || at + n > payload.byteLength) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch is shorter than its changes say')
-      out.push({ type: 'write', offset: item.o as number, data: payload.subarray(at, at + n) })
-      at += n
-    } else if (item.t === 't') {
-      out.push({ type: 'trim', offset: item.o as number, length: item.n as number })
-    } else if (item.t === 's') {
-      out.push({ type: 'snapshot', id: String(item.id), name: String(item.name) })
-    } else if (item.t === 'd') {
-      out.push({ type: 'delete-snapshot', id: String(item.id) })
-    } else if (item.t === 'x') {
-      out.push({ type: 'expand', sizeBytes: count(item.n) })
-    } else if (item.t === 'r') {
-      out.push({ type: 'revert', snapshotId: String(item.id) })
-    } else {
-      throw new GalleonError('INVALID_ARGUMENT', `unknown replicated change ${JSON.stringify(item.t)}`)
-    }
-  }
-  return out
 }
 
 function changeBytes (change: ReplicatedChange): number {
@@ -1315,6 +1259,8 @@ class Primary implements VolumeReplicator {
   #seq = 0
   /** When the changes were recorded (for the copies' lag in seconds). */
   readonly clock = new RecordClock()
+  /** Holds the write data of the changes the links keep (see stream-codec.ts). */
+  readonly #arena = new ChangeArena()
   /** Per changed block: the sequence number of its last change in this epoch (sparse: thin volumes stay cheap). */
   readonly #dirty = new Map<number, number>()
   readonly #links = new Map<string, Link>()
@@ -1392,7 +1338,13 @@ class Primary implements VolumeReplicator {
     } else if (change.type === 'revert') {
       for (const i of change.blocks ?? []) this.#dirty.set(i, seq)
     }
-    for (const link of this.#links.values()) link.offer(seq, change)
+    // A write's data is only lent (see VolumeReplicator): copied once, for every link that keeps it.
+    let kept: ReplicatedChange | undefined
+    for (const link of this.#links.values()) {
+      if (!link.takes) continue
+      kept ??= change.type === 'write' ? { type: 'write', offset: change.offset, data: this.#arena.copy(change.data) } : change
+      link.offer(seq, kept)
+    }
     return seq
   }
 
@@ -1633,9 +1585,13 @@ class Link {
     this.#broken?.(new GalleonError('IO_ERROR', why))
   }
 
+  /** Whether offer() keeps changes now: streaming, or collecting them for after a resync's cut. */
+  get takes (): boolean {
+    return this.state === 'streaming' || (this.state === 'resyncing' && this.#collecting)
+  }
+
   offer (seq: number, change: ReplicatedChange): void {
-    if (this.state !== 'streaming' && this.state !== 'resyncing') return
-    if (this.state === 'resyncing' && !this.#collecting) return
+    if (!this.takes) return
     this.#queue.push({ seq, change })
     this.#queuedBytes += changeBytes(change)
     if (this.#queuedBytes > MAX_QUEUED_BYTES) {
