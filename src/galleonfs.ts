@@ -2766,7 +2766,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const status = this.#replication?.status(record.id)
     if (status !== undefined) return status
     const self = this.#cluster?.nodeId ?? 'local'
-    return { volumeId: record.id, role: 'primary', primary: self, epoch: undefined, nodes: [self], inSync: [self], replicas: record.replicas, degraded: record.replicas > 1, links: [] }
+    return { volumeId: record.id, role: 'primary', primary: self, epoch: undefined, nodes: [self], inSync: [self], replicas: record.replicas, degraded: record.replicas > 1, streamBufferBytes: 0, links: [] }
   }
 
   /** A volume as callers see it: a replicated one short of in-sync copies is Degraded. */

@@ -628,6 +628,8 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await n1.g.writeBlock('timed', 0, block(1), WriteConcern.WriteReplicated)
     const caughtUp = await link()
     assert.equal(caughtUp.lagSeconds, 0)
+    // The write's bytes went through the primary's stream buffer, which it keeps while writes come.
+    assert.equal((await n1.g.replicationStatus('timed')).streamBufferBytes, 1024 * 1024)
     assert.ok(caughtUp.batchesAcknowledged >= 1, `batches acknowledged: ${caughtUp.batchesAcknowledged}`)
     // Every message takes 60 ms each way: each batch's round trip is about 120 ms (timers may fire a
     // little early, as the event loop's clock lags).
@@ -662,6 +664,12 @@ describe('replication (memory transport, on-disk nodes)', () => {
     network.heal()
     await until('n2 caught up', async () => { const l = await link(); return l.lagChanges === 0 && l.lagSeconds === 0 })
     assert.deepEqual(await nodes[1]?.g.readBlock('timed', 11), block(11))
+    // With nothing queued for a second, the primary lets its stream buffer go; a write takes one again.
+    await n1.g.writeBlock('timed', 12, block(12), WriteConcern.WriteReplicated)
+    await until('the idle primary let its stream buffer go', async () => (await n1.g.replicationStatus('timed')).streamBufferBytes === 0, 10_000)
+    await n1.g.writeBlock('timed', 13, block(13), WriteConcern.WriteReplicated)
+    assert.equal((await n1.g.replicationStatus('timed')).streamBufferBytes, 1024 * 1024)
+    assert.deepEqual(await nodes[1]?.g.readBlock('timed', 13), block(13))
   })
 
   it('a partitioned copy drops out of sync, writes go on, and after healing it resyncs only the changed blocks', async () => {

@@ -49,6 +49,20 @@ describe('change arena', () => {
     assert.equal(big.buffer.byteLength, ARENA_MAX_WRITE + 1)
     assert.equal(arena.copy(bytes(4096, 6)).byteOffset, next.byteOffset + 4096, 'a large write leaves the chunk as it was')
   })
+
+  it('release() lets the current chunk go; copies made before stay as they were, the next copy takes a new chunk', () => {
+    const arena = new ChangeArena()
+    assert.equal(arena.chunkBytes, 0, 'no chunk before the first copy')
+    const before = arena.copy(bytes(4096, 1))
+    assert.equal(arena.chunkBytes, CHUNK_BYTES)
+    arena.release()
+    assert.equal(arena.chunkBytes, 0)
+    const after = arena.copy(bytes(4096, 2))
+    assert.notEqual(after.buffer, before.buffer)
+    assert.equal(after.byteOffset, 0)
+    assert.deepEqual(before, bytes(4096, 1))
+    assert.deepEqual(after, bytes(4096, 2))
+  })
 })
 
 describe('stream batch codec', () => {

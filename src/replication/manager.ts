@@ -154,6 +154,12 @@ export interface ReplicationStatus {
   readonly replicas: number
   /** Fewer in-sync copies than wanted. */
   readonly degraded: boolean
+  /**
+   * On the primary: bytes of the buffer it is filling with write data for the copies (a 1 MiB
+   * chunk under writes; 0 once nothing has been queued for a second). What the queued changes hold
+   * is in each link's `lagBytes`.
+   */
+  readonly streamBufferBytes: number
   /** On the primary: each other copy's link. */
   readonly links: ReadonlyArray<{
     readonly node: string
@@ -177,6 +183,8 @@ export interface ReplicationStatus {
 type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
 
 const APPLY_TIMEOUT_MS = 5000
+/** How long the primary's links must have nothing queued before its arena lets its chunk go. */
+const ARENA_IDLE_MS = 1000
 const RESYNC_TIMEOUT_MS = 30_000
 const BATCH_MAX_CHANGES = 1024
 /** A copy at most this many changes behind may start joining the in-sync list. */
@@ -918,6 +926,7 @@ export class ReplicationManager {
       inSync: record?.inSync ?? [],
       replicas: record?.spec.replicas ?? 0,
       degraded: record === undefined || record.inSync.length < record.spec.replicas,
+      streamBufferBytes: set.primary?.arenaChunkBytes ?? 0,
       links: set.primary?.linkStatus() ?? []
     }
   }
@@ -1261,6 +1270,7 @@ class Primary implements VolumeReplicator {
   readonly clock = new RecordClock()
   /** Holds the write data of the changes the links keep (see stream-codec.ts). */
   readonly #arena = new ChangeArena()
+  #arenaTimer: NodeJS.Timeout | undefined
   /** Per changed block: the sequence number of its last change in this epoch (sparse: thin volumes stay cheap). */
   readonly #dirty = new Map<number, number>()
   readonly #links = new Map<string, Link>()
@@ -1445,7 +1455,28 @@ class Primary implements VolumeReplicator {
     let oldest = this.#seq
     for (const link of this.#links.values()) oldest = Math.min(oldest, link.acked)
     this.clock.forgetBefore(oldest + 1)
+    this.#releaseArenaWhenIdle()
   }
+
+  /**
+   * Once no link has had anything queued for ARENA_IDLE_MS (no change recorded meanwhile), the
+   * arena's current chunk is let go: an idle volume holds no write data. Not at once: under load the
+   * queues empty at every acknowledgement, and a new chunk per round would cost its page faults.
+   */
+  #releaseArenaWhenIdle (): void {
+    if (this.#arenaTimer !== undefined) return
+    for (const link of this.#links.values()) if (link.queuedBytes > 0) return
+    const seq = this.#seq
+    this.#arenaTimer = setTimeout(() => {
+      this.#arenaTimer = undefined
+      if (this.#seq !== seq) { this.#releaseArenaWhenIdle(); return }
+      this.#arena.release()
+    }, ARENA_IDLE_MS)
+    this.#arenaTimer.unref()
+  }
+
+  /** Bytes of the arena's current chunk. */
+  get arenaChunkBytes (): number { return this.#arena.chunkBytes }
 
   /** A copy failed or fell behind: out of the in-sync list (compare-and-swap) before writes go on without it. */
   async dropFromInSync (node: string): Promise<void> {
@@ -1584,6 +1615,9 @@ class Link {
     if (this.state === 'resyncing') this.#abort ??= why
     this.#broken?.(new GalleonError('IO_ERROR', why))
   }
+
+  /** Bytes of changes queued (to send, or sent and not acknowledged). */
+  get queuedBytes (): number { return this.#queuedBytes }
 
   /** Whether offer() keeps changes now: streaming, or collecting them for after a resync's cut. */
   get takes (): boolean {

@@ -8,7 +8,10 @@
 // a write's bytes are in it (a new chunk is taken when one is full), so a view stays valid for as
 // long as anything holds it, including a socket write in progress; a chunk is freed by the garbage
 // collector once no queued change holds a view of it. Chunks are filled in recording order, so what
-// the queues pin is what they hold plus at most one chunk at either end.
+// the queues pin is what they hold, plus what chunks leave unused at their ends (a write that does
+// not fit starts a new chunk: under 1/16 with writes of at most ARENA_MAX_WRITE), plus at most one
+// chunk at either end. The primary drops its current chunk once its copies have had nothing queued
+// for a while (release()), so an idle volume holds none.
 
 import { GalleonError } from '../errors.js'
 import type { ReplicatedChange } from '../engine/replicator.js'
@@ -16,7 +19,7 @@ import type { ReplicatedChange } from '../engine/replicator.js'
 /** Bytes per arena chunk. */
 export const CHUNK_BYTES = 1024 * 1024
 /** Writes larger than this get a copy of their own. */
-export const ARENA_MAX_WRITE = 256 * 1024
+export const ARENA_MAX_WRITE = 64 * 1024
 
 export class ChangeArena {
   #chunk = new Uint8Array(0)
@@ -39,6 +42,15 @@ export class ChangeArena {
     this.#used += length
     return out
   }
+
+  /** Forgets the current chunk (the views handed out stay valid); the next copy takes a new one. */
+  release (): void {
+    this.#chunk = new Uint8Array(0)
+    this.#used = 0
+  }
+
+  /** Bytes of the current chunk (0 before the first copy and after release()). */
+  get chunkBytes (): number { return this.#chunk.byteLength }
 }
 
 /**
