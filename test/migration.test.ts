@@ -9,6 +9,9 @@ import { join } from 'node:path'
 import { GalleonFS, GalleonError, type MigrationProgressEvent } from '../src/index.js'
 import { recording } from './support/recording-store.js'
 import { FileBlockStore } from '../backends/file/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { decodeManifest, encodeManifest, type Extent } from '../src/backup/format.js'
+import { randomUUID } from 'node:crypto'
 
 let root = ''
 let counter = 0
@@ -307,6 +310,55 @@ describe('live migration', () => {
       assert.equal((await g.getVolume('v')).encrypted, false)
       assert.deepEqual(await g.readBlock('v', 40), pattern(3, 40))
       assert.deepEqual(await g.readBlock({ volume: 'v', snapshot: 'old' }, 9), pattern(1, 9))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('takes a full backup after a move between a plain and an encrypting class, and restores a chain that spans one', async () => {
+    const dir = fresh()
+    const targetDir = join(dir, 'backups')
+    const g = await GalleonFS.open({ storagePath: join(dir, 'store'), backupTarget: targetDir })
+    try {
+      await g.createStorageClass(SECRET)
+      for (const [from, to] of [['fast-local-ssd', 'secret-local'], ['secret-local', 'fast-local-ssd']] as const) {
+        const name = `v-${from}`
+        await g.createVolume({ name, sizeBytes: 16 * BLOCK, storageClass: from, replicas: 1 })
+        await g.writeBlock(name, 0, pattern(1, 0))
+        const first = await g.createBackup(name, { strategy: 'full' })
+        assert.equal(first.encrypted, from === 'secret-local')
+        await g.migrateVolume(name, { storageClass: to })
+        await g.writeBlock(name, 1, pattern(2, 1))
+        // The base is sealed the other way: this incremental is taken as a full, sealed as the volume now is.
+        const second = await g.createBackup(name, { strategy: 'incremental' })
+        assert.equal(second.strategy, 'full')
+        assert.equal(second.baseId, null)
+        assert.equal(second.encrypted, to === 'secret-local')
+        const later = await g.createBackup(name, { strategy: 'incremental' })
+        assert.equal(later.strategy, 'incremental')
+        assert.equal(later.baseId, second.id)
+        const restored = await g.restoreBackup(second.id, { name: `r-${from}` })
+        assert.deepEqual(await g.readBlock(restored, 0), pattern(1, 0))
+        assert.deepEqual(await g.readBlock(restored, 1), pattern(2, 1))
+
+        // A chain written before bases had to match (an incremental over the other kind of base):
+        // each chunk opens with the keys of the backup that stored it.
+        const target = new DirectoryBackupTarget({ path: targetDir })
+        await target.open()
+        const full = decodeManifest(second.id, await target.getManifest(second.id) as Uint8Array)
+        const extents: Extent[] = []
+        for (const [index, count, chunk, offset] of full.extents) {
+          for (let i = 0; i < count; i++) if (index + i !== 0) extents.push([index + i, 1, chunk, chunk === null ? 0 : offset + i])
+        }
+        const id = randomUUID()
+        await target.putManifest(id, encodeManifest({ ...full, id, strategy: 'incremental', base: first.id, extents }))
+        await target.close()
+        assert.equal((await g.verifyBackup(id)).ok, true)
+        const mixed = await g.restoreBackup(id, { name: `m-${from}` })
+        assert.deepEqual(await g.readBlock(mixed, 0), pattern(1, 0), 'block 0 comes from the base, sealed the other way')
+        assert.deepEqual(await g.readBlock(mixed, 1), pattern(2, 1))
+        assert.deepEqual(await g.readBlock(mixed, 2), new Uint8Array(BLOCK))
+      }
     } finally {
       await g.close()
     }

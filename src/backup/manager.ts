@@ -173,13 +173,16 @@ export class BackupManager {
       }
       const ours = (await this.#manifests(target)).filter((m) => m.volume.id === volume.id)
       const snapshots = new Set((await this.#g.listSnapshots(volume.id)).map((s) => s.id))
-      const usable = ours.filter((m) => snapshots.has(m.snapshot.id))
+      const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
+      // A base must still have its snapshot, and be sealed as this backup will be: after the volume
+      // moved between a plain and an encrypting class, the next backup is full, so an encrypted
+      // volume's backups never lean on plaintext ones (which can then be deleted) or the reverse.
+      const usable = ours.filter((m) => snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint)
       const base = requested === BackupStrategy.Incremental
         ? usable.at(-1)
         : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
       const strategy = base === undefined ? BackupStrategy.Full : requested
       const id = randomUUID()
-      const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
       const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
       const snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
       try {
@@ -409,14 +412,17 @@ export class BackupManager {
     }
     // Newest data for every block along the chain: block -> [chunk, offset of the block in it].
     const blocks = new Map<number, [string | null, number]>()
+    // Each chunk is opened with the keys of the backup that stored it: a chain may span a move of
+    // the volume between a plain and an encrypting class (backups written before bases had to match).
+    const chunkKeysOf = new Map<string, ChunkKeys | undefined>()
     for (const step of chain) {
+      const keys = await this.#chunkKeys(step)
       for (const [index, count, chunk, offset] of step.extents) {
         for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
+        if (chunk !== null) chunkKeysOf.set(chunk, keys)
       }
     }
     const blockSize = manifest.volume.blockSize
-    // Every backup of a chain is of one volume, sealed with its one backup key.
-    const keys = await this.#chunkKeys(manifest)
     let volume: Volume
     let created = false
     let safety: { id: string } | undefined
@@ -476,7 +482,7 @@ export class BackupManager {
           const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
           const envelope = await target.getChunk(chunk)
           if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${id} is missing from ${target.location}; the backup cannot be restored (verifyBackup lists every damaged part)`)
-          const data = await decodeChunk(chunk, envelope, keys)
+          const data = await decodeChunk(chunk, envelope, chunkKeysOf.get(chunk))
           list.sort((a, b) => a[0] - b[0])
           for (let at = 0; at < list.length;) {
             let end = at + 1
