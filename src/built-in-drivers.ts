@@ -93,13 +93,14 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     description: 'a key derived from a passphrase (scrypt), its salt by default in <storagePath>/passphrase.salt',
     options: {
       passphrase: { type: 'string', required: true, description: 'at least 8 characters' },
-      saltPath: { type: 'string', validate: nonEmpty, description: 'the salt file (default <storagePath>/passphrase.salt)' }
+      saltPath: { type: 'string', validate: nonEmpty, description: 'the salt file (default <storagePath>/passphrase.salt)' },
+      create: { type: 'boolean', description: 'create the salt file when it is missing (default true)' }
     },
-    create: async (options: { passphrase: string, saltPath?: string }, context: DriverContext) => {
+    create: async (options: { passphrase: string, saltPath?: string, create?: boolean }, context: DriverContext) => {
       const saltPath = options.saltPath ?? (context.storagePath === undefined ? undefined : join(context.storagePath, 'passphrase.salt'))
       if (saltPath === undefined) throw new GalleonError('INVALID_ARGUMENT', 'a passphrase needs storagePath (its salt is kept there) or the saltPath option')
       const { PassphraseKeyProvider } = await import('./crypto/keys.js')
-      return await PassphraseKeyProvider.open(options.passphrase, saltPath)
+      return await PassphraseKeyProvider.open(options.passphrase, saltPath, {}, { create: options.create ?? true })
     }
   },
   {

@@ -5,7 +5,7 @@ import { EventEmitter } from 'eventemitter3'
 import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
 import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl, type MountTarget } from './mount/mount-manager.js'
-import { GalleonError, assertBytes, describe, type GalleonErrorCode } from './errors.js'
+import { GalleonError, assertBytes, describe, errorCode, type GalleonErrorCode } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
@@ -486,7 +486,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
       // (FUSE write-behind) reach the volumes before anything is refused.
       await mountControl(this.#mounts).close().catch((err: unknown) => {
-        this.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
+        this.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
       })
       this.#closed = true
       this.#qos.close()
@@ -1061,7 +1061,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         await this.#engine.destroy(source)
         if (result.previous.source !== undefined) await this.#admin(async () => { await this.#releaseSource(result.previous.source as NonNullable<VolumeRecord['source']>) })
       } catch (err) {
-        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `the volume was migrated, but releasing its old storage failed (it is removed at the next open): ${(err as Error)?.message ?? String(err)}` })
+        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `the volume was migrated, but releasing its old storage failed (it is removed at the next open): ${(err as Error)?.message ?? String(err)}` })
       }
       report('done', done, total, copied.passes)
       const volume = this.#volumeView(result.updated)
@@ -1360,7 +1360,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       try {
         await this.#convertCopy(volumeId, spec, abort.signal)
       } catch (err) {
-        const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
+        const code = errorCode(err)
         // Cancelled (the record changed, a snapshot or expansion came, the instance closes): the
         // next pass below, or the next start, converges again.
         if (code !== 'CANCELLED' && !this.#closed) {
@@ -1774,7 +1774,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       const effective = this.#applyQoS(updated)
       this.emit('qos:policy-changed', { volumeId, volumeName: updated.name, ...effective })
     }).catch((err: unknown) => {
-      this.emit('io:error', { volumeId, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `applying the QoS policy of the cluster's record: ${(err as Error)?.message ?? String(err)}` })
+      this.emit('io:error', { volumeId, volumeName: record.name, operation: 'write', code: errorCode(err), message: `applying the QoS policy of the cluster's record: ${(err as Error)?.message ?? String(err)}` })
     })
   }
 
@@ -2027,7 +2027,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           // reopen does not silently finish this one over writes made in between.
           const message = err instanceof Error ? err.message : String(err)
           this.#revertFailures.set(record.id, message)
-          this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `revert to snapshot ${found.name} failed: ${message}` })
+          this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `revert to snapshot ${found.name} failed: ${message}` })
           throw err
         }
       } finally {
@@ -2492,7 +2492,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         this.emit('volume:key-rotated', toVolume(this.#catalog.resolve(record.id)), this.#keys.describe(record.id, cipher).keyVersion as number)
       } catch (err) {
         if (this.#closed || (err instanceof GalleonError && (err.code === 'CANCELLED' || err.code === 'VOLUME_NOT_FOUND'))) return
-        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `re-encryption with the new data key stopped (it resumes at the next open): ${(err as Error)?.message ?? String(err)}` })
+        this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `re-encryption with the new data key stopped (it resumes at the next open): ${(err as Error)?.message ?? String(err)}` })
       } finally {
         this.#rotations.delete(record.id)
       }
@@ -2528,7 +2528,21 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       } else {
         throw new GalleonError('INVALID_ARGUMENT', `the ${current.name} key provider cannot make a new key by itself; pass { keyProvider } (or { passphrase } for the passphrase provider)`)
       }
-      const rewrapped = await this.#keys.rewrapAll(next)
+      let rewrapped: number
+      try {
+        rewrapped = await this.#keys.rewrapAll(next)
+      } catch (err) {
+        // The new salt file is in place already (so that a crash mid-way leaves keys it can open):
+        // put the old passphrase back, or say plainly that the new one is now the one that opens.
+        if (!(current instanceof PassphraseKeyProvider) || next === current) throw err
+        const reason = (err as Error)?.message ?? String(err)
+        try {
+          await current.reinstate(next as PassphraseKeyProvider)
+        } catch (undo) {
+          throw new GalleonError(errorCode(err), `the passphrase change failed while re-wrapping the keys (${reason}), and the old salt file could not be put back (${(undo as Error).message}): the storage now opens with the NEW passphrase; run the change again to finish it`, { cause: err })
+        }
+        throw new GalleonError(errorCode(err), `the passphrase change failed while re-wrapping the keys, so the old passphrase stays: ${reason}`, { cause: err })
+      }
       return { keyId: next.keyId, provider: next.name, rewrapped }
     }))
   }
@@ -2744,7 +2758,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       // the process, a cost on every promise of the I/O path (about 5% of a 4 KiB write).
       result = context === undefined ? await task() : await this.#context.run({ principal, nested: true }, task)
     } catch (err) {
-      await this.#audit.append({ ...who, action, verb, object: label, result: 'failed', code: err instanceof GalleonError ? err.code : 'IO_ERROR', ...(details === undefined ? {} : { details }) }).catch(() => {})
+      await this.#audit.append({ ...who, action, verb, object: label, result: 'failed', code: errorCode(err), ...(details === undefined ? {} : { details }) }).catch(() => {})
       throw err
     }
     await this.#audit.append({ ...who, action, verb, object: label, result: 'ok', ...(details === undefined ? {} : { details }) })
@@ -2978,7 +2992,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
 
   /** Reports failures that are not the caller's fault (I/O, corruption) as `io:error` events. */
   #ioFailed (record: VolumeRecord, operation: 'read' | 'write' | 'trim' | 'flush', err: unknown): unknown {
-    const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
+    const code = errorCode(err)
     if (code === 'IO_ERROR' || code === 'CORRUPTION' || code === 'CHECKSUM_MISMATCH') {
       this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation, code, message: err instanceof Error ? err.message : String(err) })
     }

@@ -14,6 +14,7 @@ import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/cry
 import { VolumeCipher } from '../src/crypto/volume-cipher.js'
 import { BLOCK_FLAG_ENCRYPTED, decodeBlock, encodeBlock } from '../src/engine/codec.js'
 import { FileBlockStore } from '../backends/file/index.js'
+import { ClassicLevel } from 'classic-level'
 
 let root: string
 let counter = 0
@@ -325,6 +326,57 @@ describe('key providers', () => {
     g = await GalleonFS.open({ storagePath: dir, passphrase: 'new passphrase here' })
     try {
       assert.deepEqual(await g.readBlock('secret', 3), marker('pp', BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('passphrase: a missing salt file fails open, saying to restore it, and is not replaced by a new one', async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir, passphrase: 'salted passphrase' })
+    await g.writeBlock(await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED }), 2, marker('salt', BLOCK), WriteConcern.WriteDurable)
+    await g.close()
+    const salt = join(dir, 'passphrase.salt')
+    await copyFile(salt, `${salt}.saved`)
+    await rm(salt)
+    await assert.rejects(GalleonFS.open({ storagePath: dir, passphrase: 'salted passphrase' }), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /passphrase\.salt is missing.*restore it/.test(err.message))
+    await assert.rejects(stat(salt), { code: 'ENOENT' })
+    await copyFile(`${salt}.saved`, salt)
+    g = await GalleonFS.open({ storagePath: dir, passphrase: 'salted passphrase' })
+    try {
+      assert.deepEqual(await g.readBlock('secret', 2), marker('salt', BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('passphrase: a change whose re-wrap fails keeps the old passphrase, and the next change works', async () => {
+    const dir = fresh()
+    const db = new ClassicLevel(join(dir, 'metadata'))
+    let failBatches = false
+    const batch = db.batch.bind(db) as (...args: unknown[]) => unknown
+    ;(db as unknown as { batch: (...args: unknown[]) => unknown }).batch = (...args: unknown[]) => {
+      if (failBatches && Array.isArray(args[0])) return Promise.reject(Object.assign(new Error('EIO: i/o error (injected)'), { code: 'EIO' }))
+      return batch(...args)
+    }
+    let g = await GalleonFS.open({ storagePath: dir, metadata: db as never, passphrase: 'first passphrase' })
+    await g.writeBlock(await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED }), 1, marker('keep', BLOCK), WriteConcern.WriteDurable)
+    failBatches = true
+    await assert.rejects(g.rotateKeyEncryptionKey({ passphrase: 'second passphrase' }), (err: Error & { code?: string }) => err.code === 'IO_ERROR' && /old passphrase stays/.test(err.message))
+    failBatches = false
+    assert.deepEqual(await g.readBlock('secret', 1), marker('keep', BLOCK))
+    await g.close()
+    await assert.rejects(GalleonFS.open({ storagePath: dir, passphrase: 'second passphrase' }), { code: 'DECRYPTION_FAILED' })
+    g = await GalleonFS.open({ storagePath: dir, passphrase: 'first passphrase' })
+    try {
+      assert.deepEqual(await g.readBlock('secret', 1), marker('keep', BLOCK))
+      await g.rotateKeyEncryptionKey({ passphrase: 'third passphrase' })
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, passphrase: 'third passphrase' })
+    try {
+      assert.deepEqual(await g.readBlock('secret', 1), marker('keep', BLOCK))
     } finally {
       await g.close()
     }

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { resolve } from 'node:path'
 import { DirectoryBackupTarget } from '../../backends/directory/index.js'
 import type { BackupTarget } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type ChunkKeys, type Extent, type Manifest } from './format.js'
@@ -407,7 +407,7 @@ export class BackupManager {
       try {
         chain.unshift(await this.#manifest(target, base))
       } catch (err) {
-        throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err) as never, `backup ${id} builds on backup ${base}, which cannot be read (${(err as Error).message}); this backup cannot be restored`, { cause: err })
+        throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err), `backup ${id} builds on backup ${base}, which cannot be read (${(err as Error).message}); this backup cannot be restored`, { cause: err })
       }
     }
     // Newest data for every block along the chain: block -> [chunk, offset of the block in it].
@@ -660,10 +660,6 @@ function isZero (data: Uint8Array): boolean {
 
 function checkAborted (signal: AbortSignal | undefined): void {
   if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the backup was cancelled; nothing was recorded (chunks already stored are reused by the next backup)')
-}
-
-function errorCode (err: unknown): string {
-  return err instanceof GalleonError ? err.code : 'IO_ERROR'
 }
 
 function toBackup (manifest: Manifest, target: BackupTarget): Backup {

@@ -5,7 +5,7 @@
 
 import { Cron } from 'croner'
 import type { AbstractSublevel } from 'abstract-level'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonFS } from '../galleonfs.js'
 import { BackupStrategy } from '../types.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
@@ -405,7 +405,7 @@ export class BackupScheduler {
       // Catch-up runs for policies that missed runs while closed, and whatever is due now.
       if (!this.#stopped) await this.runDue()
     } catch (err) {
-      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: err instanceof GalleonError ? err.code : 'IO_ERROR', message: `backup scheduler: ${(err as Error).message}` })
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `backup scheduler: ${(err as Error).message}` })
     } finally {
       this.#firing = false
       this.#arm()

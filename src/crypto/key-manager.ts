@@ -130,7 +130,7 @@ export class KeyManager {
   async #open (): Promise<KeyProvider> {
     const { storagePath, passphrase, inMemory } = this.#source
     if (storagePath !== undefined && passphrase !== undefined) {
-      return await PassphraseKeyProvider.open(passphrase, join(storagePath, 'passphrase.salt'), { N: this.#source.passphraseCost })
+      return await PassphraseKeyProvider.open(passphrase, join(storagePath, 'passphrase.salt'), { N: this.#source.passphraseCost }, { create: this.#records.size === 0 })
     }
     if (storagePath !== undefined) return await InternalKeyProvider.open(join(storagePath, 'master.key'), { create: this.#records.size === 0 })
     if (inMemory === true) return new MemoryKeyProvider()

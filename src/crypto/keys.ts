@@ -190,18 +190,22 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
   readonly name = 'passphrase'
   readonly saltPath: string
   readonly #N: number
+  /** The salt file's record for this KEK, as stored. */
+  readonly #record: SaltRecord
 
-  private constructor (saltPath: string, N: number, kek: Uint8Array, retired: Uint8Array[]) {
+  private constructor (saltPath: string, N: number, kek: Uint8Array, retired: Uint8Array[], record: SaltRecord) {
     super(kek, retired)
     this.saltPath = saltPath
     this.#N = N
+    this.#record = record
   }
 
   /**
-   * Derives the KEK from `passphrase` with the salt kept at `saltPath` (created on first use).
-   * A wrong passphrase fails with DECRYPTION_FAILED saying so.
+   * Derives the KEK from `passphrase` with the salt kept at `saltPath` (created on first use, unless
+   * `create` is false: keys already depend on it). A wrong passphrase fails with DECRYPTION_FAILED
+   * saying so.
    */
-  static async open (passphrase: string, saltPath: string, cost: { N?: number } = {}): Promise<PassphraseKeyProvider> {
+  static async open (passphrase: string, saltPath: string, cost: { N?: number } = {}, options: { create?: boolean } = {}): Promise<PassphraseKeyProvider> {
     checkPassphrase(passphrase)
     const N = cost.N ?? 2 ** 15
     let stored: SaltRecord | undefined
@@ -211,9 +215,12 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} cannot be read: ${(err as Error).message}`, { cause: err })
     }
     if (stored === undefined) {
+      if (options.create === false) {
+        throw new GalleonError('DECRYPTION_FAILED', `the passphrase salt file ${saltPath} is missing, and encrypted volumes need it; restore it from a backup of the storage path (a new salt cannot read their keys), or open with the key provider this storage was set up with`)
+      }
       const { record, kek } = await newSaltRecord(passphrase, N)
-      if (!await createSecretFile(saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')) return await PassphraseKeyProvider.open(passphrase, saltPath, cost)
-      return new PassphraseKeyProvider(saltPath, N, kek, [])
+      if (!await createSecretFile(saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')) return await PassphraseKeyProvider.open(passphrase, saltPath, cost, options)
+      return new PassphraseKeyProvider(saltPath, N, kek, [], record)
     }
     if (typeof stored?.salt !== 'string' || typeof stored.check !== 'string' || !Number.isSafeInteger(stored.N) || (stored.retired !== undefined && !Array.isArray(stored.retired))) {
       throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} is damaged; restore it from a backup of the storage path`)
@@ -225,7 +232,7 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
       throw new GalleonError('DECRYPTION_FAILED', 'wrong passphrase: it does not match the one this storage was set up with')
     }
     const retired = (stored.retired ?? []).map((hex) => unwrapKey(kek, new Uint8Array(Buffer.from(hex, 'hex')), 'retired-kek'))
-    return new PassphraseKeyProvider(saltPath, stored.N, kek, retired)
+    return new PassphraseKeyProvider(saltPath, stored.N, kek, retired, stored)
   }
 
   /** Switches to a new passphrase, atomically; the old KEK is kept, retired. Returns the new provider. */
@@ -235,7 +242,20 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
     const retired = this.keks
     record.retired = retired.map((old) => Buffer.from(wrapKey(kek, old, 'retired-kek')).toString('hex'))
     await replaceSecretFile(this.saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')
-    return new PassphraseKeyProvider(this.saltPath, this.#N, kek, retired)
+    return new PassphraseKeyProvider(this.saltPath, this.#N, kek, retired, record)
+  }
+
+  /**
+   * Undoes change() to `changed` when the re-wrap after it failed: this (the earlier) passphrase
+   * opens the storage again. `changed`'s KEK stays in the file, retired, in case a key was wrapped
+   * under it after all (a write reported as failed that reached the disk).
+   */
+  async reinstate (changed: PassphraseKeyProvider): Promise<PassphraseKeyProvider> {
+    const [kek, ...retired] = this.keks as [Uint8Array, ...Uint8Array[]]
+    const keep = [...retired, ...changed.keks.slice(0, 1)]
+    const record: SaltRecord = { ...this.#record, retired: keep.map((old) => Buffer.from(wrapKey(kek, old, 'retired-kek')).toString('hex')) }
+    await replaceSecretFile(this.saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')
+    return new PassphraseKeyProvider(this.saltPath, this.#N, kek, keep, record)
   }
 }
 

@@ -2,7 +2,7 @@
 // read-modify-write at byte-range edges, checksums on every read, snapshots, clones and reverts,
 // and the journal below.
 
-import { GalleonError, copyBytes, plainView } from '../errors.js'
+import { GalleonError, copyBytes, errorCode, plainView } from '../errors.js'
 import { addressKey } from '../abstract-block-store.js'
 import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../drivers.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
@@ -810,7 +810,7 @@ export class BlockEngine {
           if (!volume.map.versions(index).includes(gen)) { checked--; continue }
           this.#fail(volume, { storageId: volume.storageId, index, gen, reason: 'block version missing from the store' })
         }
-        const code = err instanceof GalleonError ? err.code : 'IO_ERROR'
+        const code = errorCode(err)
         bad.push({ index, gen, code, message: err instanceof Error ? err.message : String(err) })
       }
     }
