@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type BlockAddress, type BlockStore } from '../src/index.js'
 import { recording } from './support/recording-store.js'
 import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
-import { VolumeCipher } from '../src/crypto/volume-cipher.js'
+import { NONCE_RESERVATION, VolumeCipher } from '../src/crypto/volume-cipher.js'
 import { BLOCK_FLAG_ENCRYPTED, decodeBlock, encodeBlock } from '../src/engine/codec.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { ClassicLevel } from 'classic-level'
@@ -285,7 +285,14 @@ describe('key providers', () => {
     await rm(join(dir, 'master.key'))
     g = await GalleonFS.open({ storagePath: dir })
     try {
+      const alarms: string[] = []
+      g.on('checksum:mismatch', (event) => alarms.push(event.reason))
       await assert.rejects(g.readBlock('secret', 0), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /master key file .* is missing/.test(err.message))
+      await assert.rejects(g.read('secret', 0, 64 * BLOCK), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /master key file .* is missing/.test(err.message))
+      await assert.rejects(g.scrub('secret'), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED' && /master key file .* is missing/.test(err.message))
+      // Missing keys are not damage: no integrity alarm, no checksum error counted.
+      assert.deepEqual(alarms, [])
+      assert.equal((await g.getVolumeMetrics('secret')).checksumErrors, 0)
       await assert.rejects(g.writeBlock('secret', 0, marker('x', BLOCK)), { code: 'DECRYPTION_FAILED' })
       assert.match((await g.getVolumeEncryption('secret')).unavailable ?? '', /missing/)
       assert.deepEqual(await g.readBlock('plain', 0), marker('p', BLOCK))
@@ -753,7 +760,7 @@ describe('encryption: review regressions', () => {
     }
   })
 
-  it('a read that fetched a block before the rotation re-sealed it still decrypts after the rotation ends', async () => {
+  it('a read that fetched a block before the rotation re-sealed it still decrypts after the rotation ends, also through a clone', async () => {
     const { MemoryBlockStore } = await import('../backends/memory/index.js')
     const store = new MemoryBlockStore()
     let slow = false
@@ -764,6 +771,14 @@ describe('encryption: review regressions', () => {
       const value = await get(address)
       if (delayed) await new Promise((resolve) => setTimeout(resolve, 200))
       return value
+    }
+    const getMany = store.getMany.bind(store)
+    store.getMany = async (addresses) => {
+      const delayed = slow
+      slow = false
+      const values = await getMany(addresses)
+      if (delayed) await new Promise((resolve) => setTimeout(resolve, 200))
+      return values
     }
     const g = await GalleonFS.open({ inMemory: true, blockStore: store })
     try {
@@ -778,6 +793,20 @@ describe('encryption: review regressions', () => {
       assert.deepEqual(await reading, marker('v', BLOCK))
       assert.deepEqual((await g.getVolumeEncryption('v')).keyVersions, [2])
       assert.deepEqual(alarms, [])
+      // A clone reads its source's blocks with the source's key; the rotation does not wait for it.
+      await g.writeBlock('v', 1, marker('v1', BLOCK))
+      await g.cloneVolume('v', 'c')
+      for (const read of [async () => await g.readBlock('c', 0), async () => await g.read('c', 0, 2 * BLOCK)]) {
+        slow = true
+        const cloneReading = read()
+        await new Promise((resolve) => setTimeout(resolve, 5))
+        await g.rotateVolumeKey('v', { wait: true })
+        const got = await cloneReading
+        assert.deepEqual(got.subarray(0, BLOCK), marker('v', BLOCK))
+        if (got.byteLength > BLOCK) assert.deepEqual(got.subarray(BLOCK), marker('v1', BLOCK))
+      }
+      assert.deepEqual((await g.getVolumeEncryption('v')).keyVersions, [4])
+      assert.deepEqual(alarms, [])
     } finally {
       await g.close()
     }
@@ -787,6 +816,26 @@ describe('encryption: review regressions', () => {
     const cipher = new VolumeCipher(1, async () => {})
     cipher.addKey(1, generateKey(), { next: Number.MAX_SAFE_INTEGER - 10, limit: Number.MAX_SAFE_INTEGER - 10 }, true)
     await assert.rejects(cipher.reserve(1), (err: Error & { code?: string }) => err.code === 'NO_SPACE' && /rotate/.test(err.message))
+    // And again: each reservation is refused at once (an earlier version hung here).
+    await assert.rejects(cipher.reserve(1), { code: 'NO_SPACE' })
+
+    // A background extension that failed does not fail a later reservation that succeeds.
+    let failNext = false
+    let attempts = 0
+    const flaky = new VolumeCipher(1, async () => {
+      attempts++
+      if (failNext) { failNext = false; throw new Error('EIO: metadata write failed (injected)') }
+    })
+    flaky.addKey(1, generateKey(), { next: NONCE_RESERVATION - 8, limit: NONCE_RESERVATION }, true)
+    failNext = true
+    let sealed = 0
+    const seal = (): void => { flaky.seal({ volume: 1, index: sealed, gen: ++sealed }, new Uint8Array(16)) }
+    seal() // under half the reservation left: an extension starts in the background, and fails
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.equal(attempts, 1)
+    while (flaky.ready(1)) seal() // another one starts (and will succeed) while the rest is used up
+    await flaky.reserve(1)
+    assert.ok(flaky.ready(1))
 
     const { MemoryBlockStore } = await import('../backends/memory/index.js')
     const store = new MemoryBlockStore()

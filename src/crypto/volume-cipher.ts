@@ -47,8 +47,8 @@ export class VolumeCipher {
   readonly #keys = new Map<number, KeyState>()
   #current = 0
   readonly #reserve: ReserveNonces
-  #extending: Promise<void> | undefined
-  #reserveError: unknown
+  /** The reservation being persisted: resolves to undefined, or to the error that stopped it. */
+  #extending: Promise<unknown> | undefined
   /** Set when the keys could not be loaded: every seal and open fails with it. */
   unavailable: GalleonError | undefined
 
@@ -77,7 +77,16 @@ export class VolumeCipher {
   /** Forgets a key version (after a rotation re-encrypted everything it sealed). */
   dropKey (version: number): void {
     if (version === this.#current) throw new GalleonError('INVALID_ARGUMENT', 'the current data key cannot be dropped')
-    this.#keys.delete(version)
+    if (this.#keys.delete(version)) this.#dropped.add(version)
+  }
+
+  readonly #dropped = new Set<number>()
+  /**
+   * Whether `sealed` names a key version this volume dropped after re-encrypting what it sealed: a
+   * reader that fetched the block before it was re-sealed should fetch it again.
+   */
+  sealedWithDroppedKey (sealed: Uint8Array): boolean {
+    return sealed.byteLength >= 4 && this.#dropped.has(new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0))
   }
 
   /** Whether `count` seals can happen now without waiting for a reservation. */
@@ -90,30 +99,29 @@ export class VolumeCipher {
   async reserve (count: number): Promise<void> {
     if (this.unavailable !== undefined) throw this.unavailable
     while (!this.ready(count)) {
-      if (this.#extending === undefined) this.#extend(count)
-      await this.#extending
-      if (this.#reserveError !== undefined) {
-        const err = this.#reserveError
-        this.#reserveError = undefined
-        if (err instanceof GalleonError && err.code === 'NO_SPACE') throw err
-        throw new GalleonError('IO_ERROR', `could not reserve encryption nonces in the metadata (${(err as Error)?.message ?? String(err)}); nothing was written`, { cause: err })
+      // Each wait gets the outcome of the attempt it waited for: an earlier attempt's failure
+      // (say, a background extension) does not fail a later reservation that succeeded.
+      const failure = await (this.#extending ?? this.#extend(count))
+      if (failure !== undefined) {
+        if (failure instanceof GalleonError && failure.code === 'NO_SPACE') throw failure
+        throw new GalleonError('IO_ERROR', `could not reserve encryption nonces in the metadata (${(failure as Error)?.message ?? String(failure)}); nothing was written`, { cause: failure })
       }
     }
   }
 
-  #extend (count: number): void {
+  /** Persists a larger reservation; resolves to undefined, or to the error that stopped it. */
+  #extend (count: number): Promise<unknown> {
     const version = this.#current
     const state = this.#keys.get(version) as KeyState
     const limit = Math.max(state.limit, state.next + count) + NONCE_RESERVATION
-    if (limit > MAX_COUNTER) {
-      this.#reserveError = new GalleonError('NO_SPACE', 'the data key of this volume has used all its nonces; rotate the volume key (rotateVolumeKey)')
-      this.#extending = Promise.resolve()
-      return
-    }
-    this.#extending = this.#reserve(version, limit).then(
+    if (limit > MAX_COUNTER) return Promise.resolve(new GalleonError('NO_SPACE', 'the data key of this volume has used all its nonces; rotate the volume key (rotateVolumeKey)'))
+    const attempt: Promise<unknown> = this.#reserve(version, limit).then(
       () => { if (limit > state.limit) state.limit = limit },
-      (err) => { this.#reserveError = err }
-    ).finally(() => { this.#extending = undefined })
+      (err: unknown) => err ?? new Error('the reservation failed')
+    )
+    this.#extending = attempt
+    void attempt.then(() => { if (this.#extending === attempt) this.#extending = undefined })
+    return attempt
   }
 
   /**
@@ -163,7 +171,7 @@ export class VolumeCipher {
     }
     const counter = state.next++
     // Extend early, so writes rarely wait for the metadata.
-    if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) this.#extend(0)
+    if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) void this.#extend(0)
     return { key: state.key, version, counter }
   }
 

@@ -156,6 +156,9 @@ export interface RecoverableVolume {
   readonly parent?: { readonly storageId: number, readonly gen: number, readonly sizeBytes: number }
 }
 
+/** A value was sealed with a data key that has since been dropped: fetch the block again. */
+class Resealed extends Error {}
+
 /** `data` zero-padded to `size` bytes: itself when it has that size already, else a padded copy. */
 function padTo (data: Uint8Array, size: number): Uint8Array {
   if (data.byteLength === size) return data
@@ -782,6 +785,8 @@ export class BlockEngine {
    * `onChecksumFailure`.
    */
   async scrub (volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
+    // Without its keys nothing can be checked: that is the answer, not a list of every block as bad.
+    if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
     const bad: Array<{ index: number, gen: number, code: string, message: string }> = []
     let checked = 0
     const versions = [...volume.map.storedData()].sort((a, b) => a[0] - b[0] || a[1] - b[1])
@@ -915,7 +920,13 @@ export class BlockEngine {
       }
       // Missing: a concurrent write superseded this version (or the store reported damage); the
       // single-block path retries with the current version and reports real damage.
-      place(index, value === undefined ? await this.#readPayload(volume, index, false, false, at) : this.#verified(volume, addresses[i] as BlockAddress, value))
+      let payload: Uint8Array | undefined
+      try {
+        if (value !== undefined) payload = this.#verified(volume, addresses[i] as BlockAddress, value, true)
+      } catch (err) {
+        if (!(err instanceof Resealed)) throw err
+      }
+      place(index, payload ?? await this.#readPayload(volume, index, false, false, at))
     }
   }
 
@@ -1002,7 +1013,13 @@ export class BlockEngine {
         this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: 'block version missing from the store' })
         throw new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
       }
-      const payload = this.#verified(volume, address, value)
+      let payload: Uint8Array
+      try {
+        payload = this.#verified(volume, address, value, attempt < 8)
+      } catch (err) {
+        if (err instanceof Resealed) continue
+        throw err
+      }
       if (key !== undefined) this.#cache.set(key, payload)
       return payload
     }
@@ -1025,8 +1042,12 @@ export class BlockEngine {
     return this.#verified(volume, address, value)
   }
 
-  /** Checks a stored value against its address and returns its payload, or reports and throws. */
-  #verified (volume: VolumeBlocks, address: BlockAddress, value: Uint8Array): Uint8Array {
+  /**
+   * Checks a stored value against its address and returns its payload, or reports and throws.
+   * `refetch`: a value sealed with a data key that a rotation has since dropped throws Resealed
+   * (unreported) instead, for the caller to fetch the block again.
+   */
+  #verified (volume: VolumeBlocks, address: BlockAddress, value: Uint8Array, refetch = false): Uint8Array {
     const { index, gen } = address
     const decoded = decodeBlock(address, value)
     if (!decoded.ok) {
@@ -1043,7 +1064,11 @@ export class BlockEngine {
         payload = owner.cipher.open(address, payload)
       } catch (err) {
         if (!(err instanceof GalleonError) || err.code !== 'DECRYPTION_FAILED') throw err
-        this.#fail(volume, { storageId: address.volume, index, gen, reason: err.message })
+        // Fetched before a rotation re-sealed it under the new key and dropped the old one (a clone
+        // reading its source's blocks, which the rotation does not wait for): not damage, yet.
+        if (refetch && owner?.cipher?.sealedWithDroppedKey(payload) === true) throw new Resealed()
+        // A volume whose keys could not be loaded says so on every read; its blocks are not damaged.
+        if (err !== owner?.cipher?.unavailable) this.#fail(volume, { storageId: address.volume, index, gen, reason: err.message })
         throw err
       }
     }
