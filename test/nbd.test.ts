@@ -375,6 +375,126 @@ describe('NBD protocol corners (raw socket)', () => {
     structured.socket.destroy()
   })
 
+  it('stops reading a client that does not read its replies once 128 MiB are held, and serves the rest when it reads', async () => {
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    await client.go('disk')
+    client.socket.pause() // read nothing: replies pile up in the server
+    const before = (await g.getVolumeMetrics('disk')).readBytes
+    const COUNT = 80
+    const PIECE = 4 * MiB
+    for (let i = 0; i < COUNT; i++) client.request(0, i, (i % 8) * PIECE, PIECE)
+    // Wait until the server stops reading the volume for this client.
+    let read = 0
+    for (let last = -1; read !== last;) {
+      last = read
+      await new Promise((resolve) => setTimeout(resolve, 400))
+      read = (await g.getVolumeMetrics('disk')).readBytes - before
+    }
+    assert.ok(read >= 64 * MiB, `the server served requests until its bound (${read / MiB} MiB)`)
+    assert.ok(read < 200 * MiB, `at most 128 MiB held plus a request and socket buffers, not all ${COUNT * PIECE / MiB} MiB (${read / MiB} MiB read)`)
+    // Now the client reads: every reply arrives.
+    client.socket.removeAllListeners('data')
+    let received = 0
+    const all = COUNT * (16 + PIECE)
+    const done = new Promise<void>((resolve) => { client.socket.on('data', (chunk: Buffer) => { received += chunk.byteLength; if (received >= all) resolve() }) })
+    client.socket.resume()
+    await done
+    assert.equal(received, all)
+    assert.equal((await g.getVolumeMetrics('disk')).readBytes - before, COUNT * PIECE)
+    client.socket.destroy()
+  })
+
+  it('answers past-the-end trims and unadvertised FAST_ZERO with EINVAL; a failed SET_META_CONTEXT clears the earlier choice; a snapshot name may hold @', async () => {
+    await g.createSnapshot('scratch', 'nightly@2024-06-01')
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    client.option(8) // structured replies
+    assert.equal((await client.optionReply()).type, 1)
+    const meta = (name: string): Buffer => {
+      const query = Buffer.from('base:allocation')
+      const data = Buffer.alloc(4 + name.length + 4 + 4 + query.byteLength)
+      data.writeUInt32BE(name.length, 0)
+      data.write(name, 4)
+      data.writeUInt32BE(1, 4 + name.length)
+      data.writeUInt32BE(query.byteLength, 8 + name.length)
+      query.copy(data, 12 + name.length)
+      return data
+    }
+    client.option(10, meta('scratch')) // SET_META_CONTEXT base:allocation
+    assert.equal((await client.optionReply()).type, 4) // META_CONTEXT
+    assert.equal((await client.optionReply()).type, 1)
+    client.option(10, meta('nope')) // fails: unknown export
+    assert.equal((await client.optionReply()).type, 0x80000006)
+    await client.go('scratch')
+    const structuredError = async (): Promise<number> => {
+      const head = await client.read(20)
+      assert.ok(head !== undefined)
+      assert.equal(head.readUInt16BE(6), 32769) // NBD_REPLY_TYPE_ERROR
+      const body = await client.read(head.readUInt32BE(16)) as Buffer
+      return body.readUInt32BE(0)
+    }
+    client.request(7, 1, 0, 4096) // BLOCK_STATUS: no context chosen any more
+    assert.equal(await structuredError(), 22)
+    client.request(4, 2, 8 * MiB - 4096, 8192) // TRIM past the end
+    assert.equal(await structuredError(), 22)
+    client.request(6, 3, 0, 4096, 1 << 4) // WRITE_ZEROES with FAST_ZERO, not advertised
+    assert.equal(await structuredError(), 22)
+    client.socket.destroy()
+
+    const snap = await RawClient.connect(server.port)
+    await snap.hello()
+    const { size, flags } = await snap.go('scratch@nightly@2024-06-01')
+    assert.equal(size, 8 * MiB)
+    assert.ok((flags & 2) !== 0, 'a snapshot is read-only')
+    snap.socket.destroy()
+  })
+
+  it('serving a principal: LIST names reach the listed volumes for it, and a volume it may only read is exported read-only by INFO and GO alike', async () => {
+    const h = await GalleonFS.open({ inMemory: true })
+    let principalServer: NbdServer | undefined
+    try {
+      await h.createVolume({ name: 'disk', sizeBytes: '1M' })
+      await h.createVolume({ name: 'disk', sizeBytes: '2M', namespace: 'tenant-a' })
+      await h.createVolume({ name: 'mine', sizeBytes: '3M', namespace: 'tenant-a' })
+      await h.createAccessPolicy({ name: 'tenant', principals: ['role:tenant'], verbs: ['volume:read'], namespaces: ['*'] })
+      principalServer = await NbdServer.listen(h.as({ id: 't', roles: ['tenant'], namespace: 'tenant-a' }), { port: 0 })
+      const client = await RawClient.connect(principalServer.port)
+      await client.hello()
+      client.option(3)
+      const names: string[] = []
+      for (let reply = await client.optionReply(); reply.type === 2; reply = await client.optionReply()) names.push(reply.data.subarray(4, 4 + reply.data.readUInt32BE(0)).toString())
+      assert.deepEqual(names.sort(), ['default/disk', 'disk', 'mine'])
+      const sizes = new Map<string, number>()
+      for (const name of names) {
+        const c = await RawClient.connect(principalServer.port)
+        await c.hello()
+        const nameBytes = Buffer.from(name)
+        const data = Buffer.alloc(4 + nameBytes.byteLength + 2)
+        data.writeUInt32BE(nameBytes.byteLength, 0)
+        nameBytes.copy(data, 4)
+        c.option(6, data) // INFO
+        let infoFlags = -1
+        for (let reply = await c.optionReply(); reply.type !== 1; reply = await c.optionReply()) {
+          assert.ok(reply.type < 0x80000000, `INFO ${name} refused: ${reply.data.toString()}`)
+          if (reply.type === 3 && reply.data.readUInt16BE(0) === 0) infoFlags = reply.data.readUInt16BE(10)
+        }
+        const go = await c.go(name)
+        sizes.set(name, go.size)
+        assert.equal(go.flags, infoFlags, `INFO and GO agree for ${name}`)
+        assert.ok((go.flags & 2) !== 0, `${name}: read-only for a principal that may not write`)
+        c.request(1, 1, 0, 4096, 0, new Uint8Array(4096))
+        assert.equal((await c.reply()).error, 1) // EPERM
+        c.socket.destroy()
+      }
+      assert.deepEqual(Object.fromEntries(sizes), { 'default/disk': MiB, disk: 2 * MiB, mine: 3 * MiB })
+      client.socket.destroy()
+    } finally {
+      await principalServer?.close()
+      await h.close()
+    }
+  })
+
   it('exports a ReadWriteOnce volume that is mounted read-write as read-only; close() answers requests in flight first', async () => {
     const mountId = await g.mounts.mountVolume('scratch', join(root, 'virtual-scratch'))
     const client = await RawClient.connect(server.port)

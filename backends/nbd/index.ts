@@ -10,8 +10,9 @@
 // NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY and the meta context options
 // for base:allocation; any other option is answered NBD_REP_ERR_UNSUP. Transmission: READ, WRITE
 // (FUA: WriteDurable), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE writes real zeros), BLOCK_STATUS (which
-// blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64 in flight per
-// connection) and answered as they complete; many clients at once. The server has no
+// blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64
+// in flight per connection, holding up to 128 MiB of data with the replies a client has not read
+// yet: past that nothing more is read from it) and answered as they complete; many clients at once. The server has no
 // authentication (NBD has none without TLS): it listens on loopback unless told otherwise; serve
 // `g.as(principal)` to limit what clients reach.
 //
@@ -103,6 +104,12 @@ const MAX_OPTION_BYTES = 64 * 1024
 const MAX_REQUEST_BYTES = 32 * 1024 * 1024
 /** Requests one connection may have in flight before it stops reading more. */
 const MAX_IN_FLIGHT = 64
+/**
+ * Bytes one connection may hold before it stops reading requests: data of the requests in flight
+ * plus replies its client has not read yet. One request more may bring a payload of up to
+ * MAX_REQUEST_BYTES on top.
+ */
+const MAX_HELD_BYTES = 128 * 1024 * 1024
 
 /** Options of NbdServer.listen. */
 export interface NbdServerOptions {
@@ -328,7 +335,10 @@ export class NbdServer {
         case OPT_LIST: {
           if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_LIST takes no data'); break }
           for (const volume of await this.#g.listVolumes().catch(() => [])) {
-            const name = Buffer.from(volume.namespace === 'default' ? volume.name : `${volume.namespace}/${volume.name}`)
+            // The bare name where it names this volume for whoever the server acts as (a principal's
+            // bare names resolve in its own namespace), else namespace/name.
+            const bare = (await this.#g.getVolume(volume.name).catch(() => undefined))?.id === volume.id
+            const name = Buffer.from(bare ? volume.name : `${volume.namespace}/${volume.name}`)
             const entry = Buffer.alloc(4 + name.byteLength)
             entry.writeUInt32BE(name.byteLength, 0)
             name.copy(entry, 4)
@@ -353,9 +363,11 @@ export class NbdServer {
           let found: Export
           let writer: WriterClaim | undefined
           try {
-            found = await this.#export(name)
-            // GO starts the session: claim the writer before the flags go out.
-            if (option === OPT_GO) ({ export: found, writer } = await this.#claim(found))
+            // GO starts the session: claim the writer before the flags go out. INFO claims and lets
+            // go at once, so that it tells what a GO would get (read-only when the writer's place is
+            // taken or the caller may not write).
+            ;({ export: found, writer } = await this.#claim(await this.#export(name)))
+            if (option === OPT_INFO) await writer?.close()
           } catch (err) {
             const code = (err as { code?: string }).code
             error(code === 'PERMISSION_DENIED' ? REP_ERR_POLICY : code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND' || code === 'INVALID_ARGUMENT' ? REP_ERR_UNKNOWN : REP_ERR_INVALID, (err as Error).message)
@@ -385,6 +397,8 @@ export class NbdServer {
         }
         case OPT_LIST_META_CONTEXT:
         case OPT_SET_META_CONTEXT: {
+          // A SET replaces the contexts chosen before, also when it fails.
+          if (option === OPT_SET_META_CONTEXT) allocation = false
           const queries = parseMetaContextOption(data)
           if (queries === undefined) { error(REP_ERR_INVALID, 'malformed meta context option'); break }
           if (!structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
@@ -416,7 +430,8 @@ export class NbdServer {
   /** Resolves an export name: a volume (by name, namespace/name or id) or `volume@snapshot`. */
   async #export (name: string): Promise<Export> {
     if (name.length === 0) throw new GalleonError('INVALID_ARGUMENT', 'an empty export name; name a volume')
-    const at = name.lastIndexOf('@')
+    // Volume and namespace names have no '@'; a snapshot's name may.
+    const at = name.indexOf('@')
     if (at > 0) {
       const volume = await this.#g.getVolume(name.slice(0, at))
       const snapshot = await this.#g.getSnapshot(volume.id, name.slice(at + 1))
@@ -434,7 +449,7 @@ export class NbdServer {
    * The export a session will serve. A writable export of a ReadWriteOnce volume is registered as a
    * writer with the mount manager (a writable VolumeFile held for the session), so a read-write
    * mount is refused while an NBD client may write; when a mount took the writer's place in the
-   * meantime, the export is served read-only instead.
+   * meantime, or the caller may read the volume but not write it, the export is served read-only.
    */
   async #claim (found: Export): Promise<{ export: Export, writer?: WriterClaim }> {
     if (found.readOnly || found.shared) return { export: found }
@@ -442,7 +457,8 @@ export class NbdServer {
       const writer = await this.#g.mounts.openVolumeFile(found.volumeId, {})
       return { export: found, writer }
     } catch (err) {
-      if ((err as { code?: string }).code === 'BUSY' || (err as { code?: string }).code === 'READ_ONLY') return { export: { ...found, readOnly: true } }
+      const code = (err as { code?: string }).code
+      if (code === 'BUSY' || code === 'READ_ONLY' || code === 'PERMISSION_DENIED') return { export: { ...found, readOnly: true } }
       throw err
     }
   }
@@ -458,14 +474,23 @@ export class NbdServer {
   /** The transmission phase: requests read in order, served concurrently, answered as they finish. */
   async #transmit (socket: Socket, reader: SocketReader, exp: Export, structured: boolean, allocation: boolean): Promise<void> {
     let inFlight = 0
+    // Bytes the requests in flight hold (write payloads, read results): with the replies still
+    // waiting in the socket for a client that reads slowly (or not at all), they are what one
+    // connection costs in memory, and no new request is taken while they exceed MAX_HELD_BYTES.
+    let heldBytes = 0
+    const room = (): boolean => inFlight < MAX_IN_FLIGHT && heldBytes + socket.writableLength < MAX_HELD_BYTES
     const drained: Array<() => void> = []
     let slot: (() => void) | undefined
     let stopping = false
     const done = (): void => {
       inFlight--
-      if (inFlight < MAX_IN_FLIGHT && !stopping) { reader.resume(); slot?.() }
+      if (!stopping) slot?.()
       if (inFlight === 0) for (const wake of drained.splice(0)) wake()
     }
+    // The client took replies off the socket (or went away): maybe there is room again.
+    const wake = (): void => { slot?.() }
+    socket.on('drain', wake)
+    socket.on('close', wake)
     const idle = async (): Promise<void> => { if (inFlight > 0) await new Promise<void>((resolve) => { drained.push(resolve) }) }
     this.#stoppers.set(socket, async () => {
       stopping = true
@@ -512,8 +537,13 @@ export class NbdServer {
     }
 
     while (!stopping) {
-      // At most MAX_IN_FLIGHT requests at once, also when more are already buffered.
-      while (inFlight >= MAX_IN_FLIGHT && !stopping) await new Promise<void>((resolve) => { slot = resolve })
+      // At most MAX_IN_FLIGHT requests and MAX_HELD_BYTES at once, also when more are already
+      // buffered; meanwhile nothing more is read from the client (TCP holds it back).
+      if (!room()) {
+        reader.pause()
+        while (!room() && !stopping && !socket.destroyed) await new Promise<void>((resolve) => { slot = resolve })
+        if (!stopping) reader.resume()
+      }
       if (stopping) break
       const header = await reader.read(28)
       if (header === undefined || stopping) break
@@ -531,7 +561,6 @@ export class NbdServer {
         if (payload === undefined) break
       }
       inFlight++
-      if (inFlight >= MAX_IN_FLIGHT) reader.pause()
       if (type === CMD_BLOCK_STATUS) {
         void this.#blockStatus(exp, allocation && structured, flags, offset, length).then((result) => {
           if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
@@ -539,6 +568,9 @@ export class NbdServer {
         }).finally(done)
         continue
       }
+      // A read's result counts once it exists (a refused read holds nothing, but is short-lived).
+      const held = type === CMD_READ ? Math.min(length, MAX_REQUEST_BYTES) : payload?.byteLength ?? 0
+      heldBytes += held
       void this.#request(exp, type, flags, offset, length, payload).then((result) => {
         if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
         if (type !== CMD_READ) {
@@ -553,7 +585,7 @@ export class NbdServer {
         const where = Buffer.alloc(8)
         where.writeBigUInt64BE(BigInt(offset), 0)
         chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
-      }).finally(done)
+      }).finally(() => { heldBytes -= held; done() })
     }
     // Let requests in flight finish (and flush what they wrote); the caller then ends the session.
     await idle()
@@ -565,10 +597,12 @@ export class NbdServer {
     const writing = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES
     if (writing && exp.readOnly) return { error: EPERM, message: `export ${exp.name} is read-only` }
     if (type === CMD_READ || writing) {
-      if (offset + length > exp.size || !Number.isSafeInteger(offset + length)) return { error: writing ? ENOSPC : EINVAL, message: `offset ${offset} + length ${length} is past the end of the export (${exp.size} bytes)` }
+      // Past the end: ENOSPC for what writes data, EINVAL for reads and trims (proto.md).
+      if (offset + length > exp.size || !Number.isSafeInteger(offset + length)) return { error: type === CMD_WRITE || type === CMD_WRITE_ZEROES ? ENOSPC : EINVAL, message: `offset ${offset} + length ${length} is past the end of the export (${exp.size} bytes)` }
       if (type === CMD_READ && length > MAX_REQUEST_BYTES) return { error: EINVAL, message: `a read may be at most ${MAX_REQUEST_BYTES} bytes` }
     }
-    const known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE | (1 << 2) | (1 << 4)
+    // FUA, NO_HOLE, DF (bit 2), REQ_ONE; FAST_ZERO (bit 4) is not advertised, so it is refused.
+    const known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE | (1 << 2)
     if ((flags & ~known) !== 0) return { error: EINVAL, message: `unknown command flags 0x${flags.toString(16)}` }
     const fua = (flags & CMD_FLAG_FUA) !== 0
     try {
