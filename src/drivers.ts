@@ -163,6 +163,14 @@ export interface BackupTarget {
    */
   putIndex? (data: Uint8Array): Promise<void>
   getIndex? (): Promise<Uint8Array | undefined>
+  /**
+   * Optional, for targets shared by several processes: marks a stored chunk as in use now (a backup
+   * reuses it) and says whether it exists. With `chunkTime` (when a chunk was last put or touched,
+   * in ms since the epoch; undefined if absent), garbage collection spares chunks newer than an
+   * hour, which a backup in progress in another process may be about to name in its manifest.
+   */
+  touchChunk? (id: string): Promise<boolean>
+  chunkTime? (id: string): Promise<number | undefined>
 }
 
 /**

@@ -9,7 +9,7 @@ import { GalleonError, assertBytes, describe, errorCode, type GalleonErrorCode }
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from './crypto/keys.js'
-import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
+import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import { BlockEngine, type VolumeBlocks, type View } from './engine/engine.js'
 import { LIVE } from './engine/block-map.js'
@@ -191,12 +191,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
       instance.#mounts = new MountManager(mountDriver, instance.#mountHost())
       instance.#ownedBackupTarget = ownedBackupTarget
-      instance.#backups = new BackupManager(instance, backupTarget, instance.#keys, () => clock.now())
+      instance.#backups = new BackupManager(instance, backupTarget, instance.#keys, () => clock.now(), metadata)
       instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
       await instance.#recover()
       for (const record of catalog.volumes()) instance.#applyQoS(record)
       instance.#storagePath = options.storagePath
       if (options.cluster !== undefined) await instance.joinCluster(options.cluster)
+      await instance.#backups.start()
       await instance.#scheduler.start()
       for (const record of catalog.volumes()) {
         if (instance.#keys.rotation(record.id) !== undefined) instance.#startRotation(record)
@@ -2328,7 +2329,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * Deletes a backup and every chunk no remaining backup references. A backup that later ones build
    * on is kept unless `force`, which deletes those too.
    */
-  async deleteBackup (backupId: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+  async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
     this.#checkTarget('deleteBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))

@@ -5,10 +5,11 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { readdir, readFile, rm, writeFile, mkdtemp } from 'node:fs/promises'
+import { readdir, readFile, rm, utimes, writeFile, mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, BackupStrategy } from '../src/index.js'
+import { GalleonFS, BackupStrategy, type BackupTarget } from '../src/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { bytesOf, seededRandom } from './conformance/fixtures.js'
 import { toPieces, toRuns } from '../src/backup/manager.js'
 
@@ -160,10 +161,18 @@ describe('backups', () => {
       const other = await g.createBackup('other')
       const before = (await chunkFiles(target)).length
       await assert.rejects(g.deleteBackup(full.id), { code: 'BUSY', message: new RegExp(inc.id) })
-      const result = await g.deleteBackup(inc.id)
-      assert.deepEqual(result.deletedBackups, [inc.id])
+      // Its chunks are fresh: by default they are spared for an hour (another process may be
+      // taking a backup that names them), and collected by a deletion after that.
+      const spared = await g.deleteBackup(inc.id)
+      assert.deepEqual(spared.deletedBackups, [inc.id])
+      assert.equal(spared.deletedChunks, 0)
+      assert.equal((await chunkFiles(target)).length, before)
+      const later = await g.createBackup('v', { strategy: 'incremental' })
+      const result = await g.deleteBackup(later.id, { chunkGraceSeconds: 0 })
+      assert.deepEqual(result.deletedBackups, [later.id])
       assert.ok(result.deletedChunks >= 1)
-      const forced = await g.deleteBackup(full.id, { force: true })
+      await assert.rejects(g.deleteBackup(full.id, { chunkGraceSeconds: -1 }), { code: 'INVALID_ARGUMENT' })
+      const forced = await g.deleteBackup(full.id, { force: true, chunkGraceSeconds: 0 })
       assert.deepEqual(forced.deletedBackups, [full.id])
       assert.equal((await chunkFiles(target)).length, before - result.deletedChunks - forced.deletedChunks)
       assert.deepEqual((await g.listBackups()).map((b) => b.id), [other.id])
@@ -220,6 +229,83 @@ describe('backups', () => {
       assert.ok((await image(g, 'prod')).equals(Buffer.from(bytesOf(BLOCKS * BS, 2))), 'prod reads as before the failed restore')
       assert.deepEqual(await g.listSnapshots('prod'), [], 'the safety snapshot is gone')
     })
+  })
+
+  it('deletes no chunk while a manifest on the target cannot be read, so that its backup survives', async () => {
+    await withInstance(async (g, target) => {
+      await g.createVolume({ name: 'a', sizeBytes: BLOCKS * BS })
+      await g.write('a', 0, bytesOf(8 * BS, 11))
+      const kept = await g.createBackup('a')
+      await g.createVolume({ name: 'b', sizeBytes: BLOCKS * BS })
+      await g.write('b', 0, bytesOf(8 * BS, 12))
+      const doomed = await g.createBackup('b')
+      const file = join(target, 'manifests', `${kept.id}.json`)
+      const good = await readFile(file)
+      const damaged = Buffer.from(good)
+      damaged.writeUInt8(damaged.readUInt8(damaged.length - 10) ^ 0x01, damaged.length - 10)
+      await writeFile(file, damaged)
+      const errors: string[] = []
+      g.on('io:error', (event) => errors.push(event.message))
+      const result = await g.deleteBackup(doomed.id, { chunkGraceSeconds: 0 })
+      assert.deepEqual(result.deletedBackups, [doomed.id])
+      assert.equal(result.deletedChunks, 0)
+      assert.ok(errors.some((message) => message.includes(kept.id) && /no chunk was deleted/.test(message)), errors.join('\n'))
+      await writeFile(file, good)
+      assert.equal((await g.verifyBackup(kept.id)).ok, true)
+      // Readable again: the next deletion collects what the deleted backup left.
+      await g.write('a', 0, bytesOf(8 * BS, 13))
+      const extra = await g.createBackup('a', { strategy: 'incremental' })
+      assert.ok((await g.deleteBackup(extra.id, { chunkGraceSeconds: 0 })).deletedChunks >= 2)
+      assert.equal((await g.verifyBackup(kept.id)).ok, true)
+    })
+  })
+
+  it('refuses to store a backup whose chunk vanished while it ran (a deletion in another process), and touches the chunks it reuses', async () => {
+    const dir = place()
+    const directory = new DirectoryBackupTarget({ path: dir })
+    let put: string | undefined
+    let vanished = false
+    const target: BackupTarget = {
+      name: 'racing',
+      location: dir,
+      open: async () => { await directory.open() },
+      close: async () => { await directory.close() },
+      hasChunk: async (id) => {
+        // The check before the manifest: another process's garbage collection got there first.
+        if (id === put && !vanished) { vanished = true; await directory.deleteChunk(id); return false }
+        return await directory.hasChunk(id)
+      },
+      putChunk: async (id, data) => { put ??= id; await directory.putChunk(id, data) },
+      flush: async () => { await directory.flush() },
+      getChunk: async (id) => await directory.getChunk(id),
+      deleteChunk: async (id) => { await directory.deleteChunk(id) },
+      listChunks: () => directory.listChunks(),
+      putManifest: async (id, data) => { await directory.putManifest(id, data) },
+      getManifest: async (id) => await directory.getManifest(id),
+      deleteManifest: async (id) => { await directory.deleteManifest(id) },
+      listManifests: () => directory.listManifests()
+    }
+    const g = await GalleonFS.open({ storagePath: place() })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
+      await g.write('v', 0, bytesOf(8 * BS, 21))
+      await assert.rejects(g.createBackup('v', { target }), (err: Error & { code?: string }) => err.code === 'BUSY' && /deleted .* while the backup ran/.test(err.message))
+      assert.deepEqual(await g.listBackups(undefined, { target }), [])
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name), [])
+      const again = await g.createBackup('v', { target })
+      assert.equal((await g.verifyBackup(again.id, { target })).ok, true)
+
+      // A reused chunk is touched: its time moves on, so a deletion elsewhere spares it.
+      const chunk = put as string
+      const old = new Date(Date.now() - 7200_000)
+      const path = join(dir, 'chunks', chunk.slice(0, 2), chunk)
+      await utimes(path, old, old)
+      assert.ok(Date.now() - (await directory.chunkTime(chunk) as number) > 3600_000)
+      await g.createBackup('v', { target: dir })
+      assert.ok(Date.now() - (await directory.chunkTime(chunk) as number) < 600_000)
+    } finally {
+      await g.close()
+    }
   })
 
   it('one target spelled two ways is one target: deleting a backup never collects the chunks of one being taken', async () => {

@@ -9,7 +9,7 @@
 // Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
 
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, readdir, rm, stat, unlink } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
@@ -89,6 +89,27 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async hasChunk (id: string): Promise<boolean> {
     return (await this.getChunkSize(id)) !== undefined
+  }
+
+  async touchChunk (id: string): Promise<boolean> {
+    const file = this.#chunkPath(id)
+    const now = new Date()
+    try {
+      await utimes(file, now, now)
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
+      throw ioError(`could not touch chunk ${id}`, err)
+    }
+  }
+
+  async chunkTime (id: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.#chunkPath(id))).mtimeMs
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw ioError(`could not look up chunk ${id}`, err)
+    }
   }
 
   /** Size of a stored chunk, if present. */

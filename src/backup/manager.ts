@@ -13,6 +13,11 @@ import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, decodeManifest, encodeChunk, encodeIndex, encodeManifest, type ChunkKeys, type Extent, type Manifest } from './format.js'
 import type { BackupKey } from '../crypto/key-manager.js'
 import { SerialQueue } from '../serial-queue.js'
+import type { AbstractSublevel } from 'abstract-level'
+import type { MetadataDatabase } from '../volumes/catalog.js'
+
+/** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
+type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, snapshot: string }>
 
 /** Where backups of encrypted volumes get their keys (the instance's KeyManager). */
 export interface BackupKeySource {
@@ -30,6 +35,26 @@ export const CHUNK_BYTES = 1024 * 1024
 const CHUNK_WINDOW_BYTES = 4 * 1024 * 1024
 /** Chunks read, compressed and stored at once. */
 const PARALLEL_CHUNKS = 8
+/**
+ * Unused chunks put or reused this recently are not collected: a backup another process is taking
+ * on the same target may name them in its manifest (git's gc spares recent objects for the same
+ * reason). A later deletion collects them.
+ */
+const CHUNK_GRACE_SECONDS = 3600
+
+/** Options of deleteBackup. */
+export interface DeleteBackupOptions {
+  /** Where the backup is (default: the instance's backup target). */
+  target?: BackupTargetRef
+  /** Also delete the later backups built on this one. */
+  force?: boolean
+  /**
+   * Chunks no backup uses that were put or reused within this many seconds are kept (default 3600)
+   * when the target tells chunk times: another process may be taking a backup that names them. 0
+   * collects them at once; do that only when no other process writes backups to the target.
+   */
+  chunkGraceSeconds?: number
+}
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 
 /** A target: a directory path, or a BackupTarget driver. */
@@ -145,13 +170,36 @@ export class BackupManager {
   readonly #queues = new WeakMap<BackupTarget, SerialQueue>()
   readonly #now: () => number
   readonly #keys: BackupKeySource
+  readonly #pending: PendingSublevel | undefined
 
-  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now) {
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase) {
     this.#g = g
     this.#keys = keys
     this.#now = now
     this.#defaultTarget = defaultTarget
+    this.#pending = metadata?.sublevel('backupsInProgress', { valueEncoding: 'json' }) as PendingSublevel | undefined
     if (defaultTarget !== undefined) this.#target(defaultTarget)
+  }
+
+  /**
+   * At open: the snapshots of backups a killed process was taking are deleted (each backup is
+   * recorded before its snapshot is taken and forgotten once it is stored or cleaned up).
+   */
+  async start (): Promise<void> {
+    if (this.#pending === undefined) return
+    for (const [id, { volumeId, snapshot }] of await this.#pending.iterator().all()) {
+      try {
+        await this.#g.deleteSnapshot(volumeId, snapshot)
+      } catch (err) {
+        const code = errorCode(err)
+        // Gone already, or its volume is: forget it. Anything else: try again at the next open.
+        if (code !== 'SNAPSHOT_NOT_FOUND' && code !== 'VOLUME_NOT_FOUND') {
+          this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code, message: `could not delete snapshot ${snapshot} of a backup that was interrupted (tried again at the next open): ${(err as Error).message}` })
+          continue
+        }
+      }
+      await this.#pending.del(id)
+    }
   }
 
   async create (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
@@ -184,7 +232,14 @@ export class BackupManager {
       const strategy = base === undefined ? BackupStrategy.Full : requested
       const id = randomUUID()
       const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
-      const snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
+      await this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` })
+      let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
+      try {
+        snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
+      } catch (err) {
+        await this.#pending?.del(id).catch(() => {})
+        throw err
+      }
       try {
         const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
         const blockSize = volume.blockSize
@@ -228,7 +283,9 @@ export class BackupManager {
               referenced.add(chunk)
               if (!stored.has(chunk)) {
                 stored.add(chunk)
-                if (!await target.hasChunk(chunk)) {
+                // A chunk already there is reused, and touched so that a deletion in another process
+                // spares it (see delete) until this backup's manifest names it.
+                if (!await (target.touchChunk !== undefined ? target.touchChunk(chunk) : target.hasChunk(chunk))) {
                   const envelope = await encodeChunk(data, keys === undefined ? undefined : { id: chunk, keys })
                   await target.putChunk(chunk, envelope)
                   newChunks++
@@ -243,6 +300,13 @@ export class BackupManager {
         }
         await runWorkers(worker)
         checkAborted(signal)
+        // A deletion in another process may have collected a chunk this backup relies on: a manifest
+        // naming a missing chunk would look complete and fail at restore, so check them all first.
+        for (const chunk of referenced) {
+          if (!await target.hasChunk(chunk)) {
+            throw new GalleonError('BUSY', `chunk ${chunk} of this backup was deleted from ${target.location} while the backup ran (by a deleteBackup in another process?); no backup was stored, take it again`)
+          }
+        }
         const manifest: Manifest = {
           kind: 'galleonfs-backup',
           format: 1,
@@ -283,6 +347,8 @@ export class BackupManager {
           await this.#g.deleteSnapshot(volume.id, snapshot.id).catch(() => {})
         }
         throw err
+      } finally {
+        await this.#pending?.del(id).catch(() => {})
       }
     })
   }
@@ -358,11 +424,14 @@ export class BackupManager {
     return { backupId: id, ok: problems.length === 0, backupsChecked: chain.length, chunksChecked: checked.size, problems, indexCurrent }
   }
 
-  async delete (id: string, options: { target?: BackupTargetRef, force?: boolean } = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+  async delete (id: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     const target = this.#target(options?.target)
+    const graceMs = 1000 * (options?.chunkGraceSeconds ?? CHUNK_GRACE_SECONDS)
+    if (!Number.isFinite(graceMs) || graceMs < 0) throw new GalleonError('INVALID_ARGUMENT', `chunkGraceSeconds is a number of seconds >= 0, got ${describe(options.chunkGraceSeconds)}`)
     await target.open()
     return await this.#queue(target).run(async () => {
-      const manifests = await this.#manifests(target)
+      const unreadable: string[] = []
+      const manifests = await this.#manifests(target, unreadable)
       const doomed = manifests.find((m) => m.id === id)
       if (doomed === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${describe(id)} on ${target.location}; listBackups() shows the backups there`)
       // Backups whose chain goes through this one (newest first, so a crash leaves valid chains).
@@ -385,8 +454,20 @@ export class BackupManager {
       for (const manifest of kept) for (const [, , chunk] of manifest.extents) if (chunk !== null) referenced.add(chunk)
       await this.#writeIndexOrReport(target)
       let deletedChunks = 0
-      for await (const chunk of target.listChunks()) {
-        if (!referenced.has(chunk)) { await target.deleteChunk(chunk); deletedChunks++ }
+      if (unreadable.length > 0) {
+        // Their chunks are unknown: collecting would destroy those backups for good.
+        this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: 'CORRUPTION', message: `backup target ${target.location} holds ${unreadable.length} manifest(s) this version cannot read (${unreadable.slice(0, 3).join(', ')}): no chunk was deleted, so that their backups stay restorable; verify or remove them, and the next deletion collects` })
+      } else {
+        // File times are wall-clock times (not the injected clock).
+        const now = Date.now()
+        for await (const chunk of target.listChunks()) {
+          if (referenced.has(chunk)) continue
+          // Put or reused lately: maybe by a backup another process is still taking.
+          const time = graceMs > 0 ? await target.chunkTime?.(chunk) : undefined
+          if (time !== undefined && now - time < graceMs) continue
+          await target.deleteChunk(chunk)
+          deletedChunks++
+        }
       }
       for (const manifest of deleted) this.#g.emit('backup:deleted', toBackup(manifest, target))
       return { deletedBackups: deleted.map((m) => m.id), deletedChunks }
@@ -581,12 +662,13 @@ export class BackupManager {
   }
 
   /** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */
-  async #manifests (target: BackupTarget): Promise<Manifest[]> {
+  /** The target's readable manifests, oldest first; the ids of unreadable ones go to `unreadable`. */
+  async #manifests (target: BackupTarget, unreadable: string[] = []): Promise<Manifest[]> {
     const out: Manifest[] = []
     for await (const id of target.listManifests()) {
       const bytes = await target.getManifest(id)
       if (bytes === undefined) continue
-      try { out.push(decodeManifest(id, bytes)) } catch {}
+      try { out.push(decodeManifest(id, bytes)) } catch { unreadable.push(id) }
     }
     return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
   }

@@ -119,6 +119,27 @@ export function backupTargetSuite (options: BackupTargetSuiteOptions): void {
       await again.close()
     })
 
+    it('touches chunks and tells when each was last put or touched, when the target does (for shared targets)', async (t) => {
+      const { target } = await fresh()
+      if (target.touchChunk === undefined || target.chunkTime === undefined) {
+        t.skip(`${options.name} tells no chunk times (optional)`)
+        return
+      }
+      const data = bytesOf(4096, 7)
+      const id = idOf(data)
+      assert.equal(await target.touchChunk(id), false)
+      assert.equal(await target.chunkTime(id), undefined)
+      const before = Date.now()
+      await target.putChunk(id, data)
+      const put = await target.chunkTime(id) as number
+      assert.ok(put >= before - 2000 && put <= Date.now() + 2000, 'a wall-clock time in ms')
+      await new Promise((resolve) => setTimeout(resolve, 30))
+      assert.equal(await target.touchChunk(id), true)
+      assert.ok((await target.chunkTime(id) as number) > put)
+      assert.deepEqual(await target.getChunk(id), data, 'touching changes no byte')
+      await target.close()
+    })
+
     it('handles many concurrent puts of the same and different chunks', async () => {
       const { target } = await fresh()
       const chunks = Array.from({ length: 40 }, (_, i) => bytesOf(4096, 100 + (i % 20)))

@@ -3,7 +3,8 @@
 // checks that every backup the child saw complete is listed, verifies, and restores to exactly the
 // volume image it reported; that any other backup on the target (one the kill interrupted after
 // its manifest was stored) verifies and restores too, so a partial backup is never listed; and
-// that the source storage reopens and keeps backing up, reusing the chunks already there.
+// that the source storage reopens without the snapshot of an interrupted backup and keeps backing
+// up, reusing the chunks already there.
 //
 // Env: GALLEON_CRASH_TRIALS (default 50; this test runs a fifth of it, at least 5), GALLEON_CRASH_SEED.
 
@@ -74,6 +75,17 @@ describe('backup crash test', () => {
           }
         } finally {
           await reader.close()
+        }
+        // The source reopens without the snapshot of a backup the kill interrupted: every backup
+        // snapshot left is one a stored backup names (kept as the base of the next).
+        const source = await GalleonFS.open({ storagePath })
+        try {
+          const stored = new Set((await source.listBackups(undefined, { target })).map((b) => b.id))
+          for (const snapshot of await source.listSnapshots(VOLUME)) {
+            if (snapshot.name.startsWith('backup-')) assert.ok(stored.has(snapshot.name.slice('backup-'.length)), `${context}: snapshot ${snapshot.name} of an interrupted backup was left behind`)
+          }
+        } finally {
+          await source.close()
         }
       }
       assert.ok(completed >= TRIALS, `only ${completed} backups completed in ${TRIALS} trials`)
