@@ -125,6 +125,51 @@ describe('backup policies', () => {
     }
   })
 
+  it('lists the last 100 missed runs of a frequent schedule closed for a month, counted back from now', async () => {
+    const storagePath = place()
+    const clock = new FakeClock(Date.UTC(2026, 2, 1, 12))
+    let g = await GalleonFS.open({ storagePath, backupTarget: place(), clock })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: 4 * BS })
+      await g.createBackupPolicy({ name: 'often', schedule: '*/5 * * * * *', retention: { daily: 1 }, volumes: ['v'] })
+      await g.close()
+      // About half a million slots passed; the newest 100 are listed, ending at the slot just due.
+      clock.time = Date.UTC(2026, 2, 31, 12, 0, 2)
+      g = await GalleonFS.open({ storagePath, backupTarget: place(), clock })
+      const missed = (await g.getBackupPolicy('often')).missedRuns
+      assert.equal(missed.length, 100)
+      assert.equal(missed.at(-1), '2026-03-31T12:00:00.000Z')
+      assert.equal(missed[0], '2026-03-31T11:51:45.000Z')
+      for (let i = 1; i < missed.length; i++) assert.equal(Date.parse(missed[i] as string) - Date.parse(missed[i - 1] as string), 5000)
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('keeps the backup a run just took when times tie or the clock stepped back', async () => {
+    for (const step of [0, -3_600_000]) {
+      const clock = new FakeClock(Date.UTC(2026, 2, 1, 12))
+      const g = await GalleonFS.open({ inMemory: true, backupTarget: place(), clock })
+      try {
+        await g.createVolume({ name: 'v', sizeBytes: 8 * BS })
+        await g.createBackupPolicy({ name: 'p', schedule: '0 3 * * *', strategy: 'incremental', retention: { daily: 1 }, volumes: ['v'] })
+        for (let i = 0; i < 4; i++) {
+          await g.writeBlock('v', i, bytesOf(BS, 50 + i))
+          const run = await g.runBackupPolicy('p')
+          const taken = run.backups[0]
+          assert.ok(taken !== undefined)
+          assert.ok(!run.pruned.includes(taken.id), `step ${step}, run ${i}: the backup just taken was pruned`)
+          assert.ok((await g.listBackups('v')).some((b) => b.id === taken.id))
+          const restored = await g.restoreBackup(taken.id, { name: `r${step === 0 ? 'a' : 'b'}${i}` })
+          for (let j = 0; j <= i; j++) assert.deepEqual(await g.readBlock(restored, j), bytesOf(BS, 50 + j))
+          clock.time += step
+        }
+      } finally {
+        await g.close()
+      }
+    }
+  })
+
   it('runs hooks, and incremental chains survive pruning while a kept backup builds on them', async () => {
     const clock = new FakeClock(Date.UTC(2026, 2, 1))
     const g = await GalleonFS.open({ inMemory: true, backupTarget: place(), clock })

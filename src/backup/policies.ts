@@ -246,7 +246,7 @@ export class BackupScheduler {
     const pruned: string[] = []
     for (const volume of interruptedBy.length > 0 ? [] : volumes) {
       try {
-        pruned.push(...await this.#prune(policy, volume, now))
+        pruned.push(...await this.#prune(policy, volume, now, new Set(backups.map((backup) => backup.id))))
       } catch (err) {
         errors.push({ volume, message: `pruning: ${err instanceof Error ? err.message : String(err)}` })
       }
@@ -272,12 +272,18 @@ export class BackupScheduler {
     return run
   }
 
-  /** Deletes this policy's backups of a volume that the retention does not keep (and no kept backup builds on). */
-  async #prune (policy: BackupPolicy, volume: string, now: Date): Promise<string[]> {
+  /**
+   * Deletes this policy's backups of a volume that the retention does not keep (and no kept backup
+   * builds on). The backups this run took (`taken`) count as the newest, whatever their times say
+   * (a clock that stepped back, or a tie), and are always kept.
+   */
+  async #prune (policy: BackupPolicy, volume: string, now: Date, taken: ReadonlySet<string>): Promise<string[]> {
     const target = policy.target ?? undefined
     const all = await this.#g.listBackups(volume, { target })
-    const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+    const rank = (backup: Backup): number => taken.has(backup.id) ? 1 : 0
+    const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => rank(b) - rank(a) || b.createdAt.localeCompare(a.createdAt))
     const keep = retained(ours, policy.retention, now)
+    for (const id of taken) keep.add(id)
     const byId = new Map(all.map((backup) => [backup.id, backup]))
     const needed = new Set<string>()
     for (const backup of all) {
@@ -369,15 +375,15 @@ export class BackupScheduler {
     return new Cron(policy.schedule, { paused: true, timezone: policy.timezone }).nextRun(after)?.toISOString() ?? null
   }
 
-  /** Scheduled times in (from, to]. */
+  /** The last MAX_MISSED scheduled times in (from, to], oldest first. */
   #slots (policy: BackupPolicy, from: Date, to: Date): string[] {
     const cron = new Cron(policy.schedule, { paused: true, timezone: policy.timezone })
-    const out: string[] = []
-    for (let at = cron.nextRun(from); at !== null && at.getTime() <= to.getTime(); at = cron.nextRun(at)) {
-      out.push(at.toISOString())
-      if (out.length > 10 * MAX_MISSED) out.splice(0, out.length - MAX_MISSED)
-    }
-    return out.slice(-MAX_MISSED)
+    // Counted back from `to`: a frequent schedule closed for weeks has millions of slots in between,
+    // and stepping through them from `from` held the event loop for tens of seconds.
+    return cron.previousRuns(MAX_MISSED, new Date(to.getTime() + 1))
+      .filter((at) => at.getTime() > from.getTime())
+      .map((at) => at.toISOString())
+      .sort()
   }
 
   /** Sets one timer for the soonest due policy (missed runs are due at once). */
