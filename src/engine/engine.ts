@@ -1026,7 +1026,7 @@ export class BlockEngine {
   }
 
   /** Reads and verifies one located version (no cache, no retry: the caller keeps it alive). */
-  async #readLocated (volume: VolumeBlocks, index: number, found: Located, reportMissing = true): Promise<Uint8Array> {
+  async #readLocated (volume: VolumeBlocks, index: number, found: Located, reportMissing = true, refetch = true): Promise<Uint8Array> {
     const address: BlockAddress = new Address(found.map.storageId, index, found.gen)
     let value: Uint8Array | undefined
     try {
@@ -1039,7 +1039,13 @@ export class BlockEngine {
       if (reportMissing) this.#fail(volume, { storageId: address.volume, index, gen: found.gen, reason: 'block version missing from the store' })
       throw new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${this.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
     }
-    return this.#verified(volume, address, value)
+    try {
+      return this.#verified(volume, address, value, refetch)
+    } catch (err) {
+      // Re-sealed under a new key since it was fetched (a rotation of the volume that wrote it): once more.
+      if (err instanceof Resealed) return await this.#readLocated(volume, index, found, reportMissing, false)
+      throw err
+    }
   }
 
   /**
