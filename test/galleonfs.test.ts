@@ -501,6 +501,38 @@ for (const backend of ['file', 'level'] as const) {
     beforeEach(async () => { dir = await mkdtemp(join(tmpdir(), `galleon-${backend}-`)) })
     afterEach(async () => { await rm(dir, { recursive: true, force: true }) })
 
+    it('a scrub lets other work run while it goes, and a deletion of the volume ends it without reporting damage', async () => {
+      const g = await GalleonFS.open({ storagePath: dir, backend })
+      try {
+        const alarms: string[] = []
+        g.on('checksum:mismatch', (event) => alarms.push(event.reason))
+        for (const name of ['scrubbed', 'doomed']) {
+          await g.createVolume({ name, sizeBytes: '32M' })
+          await g.write(name, 0, pattern(7, 32 << 20))
+        }
+        await g.flush()
+        // Turns of the event loop while the scrub runs (none happened when page-cached reads
+        // resolved without one, on the file store).
+        let turns = 0
+        let scrubbing = true
+        const spin = (): void => { if (scrubbing) { turns++; setImmediate(spin) } }
+        setImmediate(spin)
+        const report = await g.scrub('scrubbed')
+        scrubbing = false
+        assert.equal(report.badBlocks.length, 0)
+        assert.ok(turns > 1, `the event loop turned ${turns} times during a scrub of 8192 blocks`)
+
+        const scrub = g.scrub('doomed').then((result) => `scrubbed ${result.badBlocks.length} bad`, (err: { code?: string }) => `error:${err.code ?? String(err)}`)
+        await new Promise((resolve) => setTimeout(resolve, 5))
+        await g.deleteVolume('doomed')
+        assert.match(await scrub, /^(scrubbed 0 bad|error:VOLUME_NOT_FOUND)$/)
+        assert.deepEqual(alarms, [])
+        assert.equal((await g.getVolumeMetrics('scrubbed')).checksumErrors, 0)
+      } finally {
+        await g.close()
+      }
+    })
+
     it('returns plain Uint8Array copies that callers may change, with and without the read cache', async () => {
       for (const cacheBlocks of [0, 64]) {
         const g = await GalleonFS.open({ storagePath: dir, backend, cacheBlocks })

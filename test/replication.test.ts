@@ -712,6 +712,30 @@ describe('replication (memory transport, on-disk nodes)', () => {
     }
   })
 
+  it('a write refused for its concern after it was stored here reads here at once (and in a snapshot), the same after a restart, and reaches the copy once it is back', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    await n1.g.createVolume({ name: 'refused', sizeBytes: 16 * 4096, replicas: 2 })
+    await n1.g.writeBlock('refused', 0, block(1), WriteConcern.WriteReplicated)
+    network.drop((message) => message.from === 'n1' && message.to === 'n2', { silent: true })
+    await assert.rejects(n1.g.writeBlock('refused', 0, block(2), WriteConcern.WriteReplicated), (err: Error & { code?: string }) => err.code === 'WRITE_CONCERN_UNSATISFIED' && /stored on this node/.test(err.message))
+    network.drop(0)
+    // The node serves what it stored and ships: not the older data it would serve again only
+    // until a restart.
+    assert.deepEqual(await n1.g.readBlock('refused', 0), block(2))
+    await n1.g.createSnapshot('refused', 'after')
+    assert.deepEqual(await n1.g.readBlock({ volume: 'refused', snapshot: 'after' }, 0), block(2))
+    await until('n2 is in sync again', async () => (await n1.g.replicationStatus('refused')).inSync.length === 2)
+    const held = await copies(nodes, 'refused', 16 * 4096)
+    for (const node of nodes) assert.deepEqual(held.get(node.id)?.subarray(0, 4096), block(2), `copy on ${node.id}`)
+    const g1 = await GalleonFS.open({ storagePath: n1.dir })
+    try {
+      assert.deepEqual(await g1.readBlock({ volume: 'refused', snapshot: 'after' }, 0), block(2))
+    } finally {
+      await g1.close()
+    }
+  })
+
   it('fails over to an in-sync copy when the primary goes; every WriteReplicated write is there; the old primary comes back as a replica and resyncs', async () => {
     const { network, coordinators, nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

@@ -156,6 +156,9 @@ export interface RecoverableVolume {
   readonly parent?: { readonly storageId: number, readonly gen: number, readonly sizeBytes: number }
 }
 
+/** Longest a scrub runs before it lets the event loop turn. */
+const SCRUB_SLICE_MS = 5
+
 /** A value was sealed with a data key that has since been dropped: fetch the block again. */
 class Resealed extends Error {}
 
@@ -339,8 +342,7 @@ export class BlockEngine {
       // record() copies what it keeps: `data` may be the caller's buffer.
       const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
-      await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq)
-      this.#publish(volume, index, gen)
+      await this.#commit(volume, [{ type: 'put', address, data: this.#encodeRecorded(volume, address, data, seq) }], concern, seq, () => { this.#publish(volume, index, gen) })
       ok = true
     } finally {
       if (ticketed) volume.tickets.delete(claim)
@@ -451,8 +453,7 @@ export class BlockEngine {
           ops.push({ type: 'put', address, data: this.#encodeRecorded(volume, address, payload, seq) })
         }
       }
-      await this.#commit(volume, ops, concern, seq)
-      for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first)
+      await this.#commit(volume, ops, concern, seq, () => { for (let index = first; index <= last; index++) this.#publish(volume, index, firstGen + index - first) })
       ok = true
     } finally {
       if (ticket !== undefined) this.#endTicket(volume, ticket)
@@ -512,8 +513,7 @@ export class BlockEngine {
         if (seq !== undefined) await (volume.replicator as VolumeReplicator).committed(seq, concern)
         return
       }
-      await this.#commit(volume, ops, concern, seq)
-      for (const step of apply) step()
+      await this.#commit(volume, ops, concern, seq, () => { for (const step of apply) step() })
     } finally {
       if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
@@ -790,7 +790,16 @@ export class BlockEngine {
     const bad: Array<{ index: number, gen: number, code: string, message: string }> = []
     let checked = 0
     const versions = [...volume.map.storedData()].sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    let sliceStarted = performance.now()
     for (const [index, gen] of versions) {
+      // A store that answers from its page cache resolves every read without a turn of the event
+      // loop: let other work in every few milliseconds (a scrub of gigabytes held it for seconds).
+      if (performance.now() - sliceStarted > SCRUB_SLICE_MS) {
+        await new Promise((resolve) => setImmediate(resolve))
+        sliceStarted = performance.now()
+      }
+      // Deleted meanwhile: its blocks are going, which is not damage.
+      if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
       if (volume.gate !== undefined) await this.#waitGate(volume)
       if (!volume.map.versions(index).includes(gen)) continue
       checked++
@@ -807,6 +816,7 @@ export class BlockEngine {
       }
       if (failure !== undefined) {
         const err = failure
+        if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
         if (err instanceof GalleonError && err.code === 'CORRUPTION') {
           // A trim or revert deletes a version before it updates the map, under the block's claim.
           const claim = volume.locks.get(index)
@@ -841,8 +851,11 @@ export class BlockEngine {
   /**
    * Appends to the journal, then (for replicated concerns) hands the entry to the replication hook
    * and resolves only when it has met the concern. Replicated writes are made durable locally first.
+   * `applied` (publishing the new versions) runs once the local append succeeded, also when the
+   * concern then fails: the change is stored here and in the replication stream, so it must be
+   * what this node reads, now and after a restart (which finds it in the store either way).
    */
-  #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number): Promise<unknown> {
+  #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number, applied?: () => void): Promise<unknown> {
     // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
     // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise alone.
     if (volume.closing) {
@@ -863,11 +876,11 @@ export class BlockEngine {
       // A replicated volume: its replicator ships the change and says when the concern is met.
       const replicator = volume.replicator as VolumeReplicator
       return this.journal.append(ops, durable).then(
-        async () => { await replicator.committed(seq, concern) },
+        async () => { applied?.(); await replicator.committed(seq, concern) },
         (err: unknown) => { replicator.failed(seq); throw err })
     }
-    if (!replicated) return this.journal.append(ops, durable)
-    return this.journal.append(ops, durable).then(async (lsn) => { await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern) })
+    if (!replicated) return applied === undefined ? this.journal.append(ops, durable) : this.journal.append(ops, durable).then(applied)
+    return this.journal.append(ops, durable).then(async (lsn) => { applied?.(); await (hook as ReplicationHook).afterAppend({ lsn, ops, durable }, concern) })
   }
 
   /**
