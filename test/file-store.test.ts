@@ -1544,6 +1544,26 @@ describe('file block store', () => {
       }
     })
 
+    it('a reader in a loop does not hold the event loop: after a few milliseconds of synchronous reads one goes through the pool', async () => {
+      await withStore({}, async ({ make, reopen }) => {
+        let store = make()
+        await store.open()
+        for (let i = 0; i < 64; i++) await store.batch([put(addr(1, i), bytesOf(4096, i + 1))])
+        store = await reopen(store)
+        let turns = 0
+        let reading = true
+        const spin = (): void => { if (reading) { turns++; setImmediate(spin) } }
+        setImmediate(spin)
+        const before = store.readCalls
+        // Page-cached reads, one after the other, for a while (by count, not by time).
+        for (let i = 0; i < 40_000; i++) assertBytes(await store.get(addr(1, i % 64)), bytesOf(4096, (i % 64) + 1), `read ${i}`)
+        reading = false
+        const after = store.readCalls
+        assert.ok(after.pool > before.pool, `some reads went through the pool (${JSON.stringify(after)})`)
+        assert.ok(turns > 1, `the event loop turned ${turns} times`)
+      })
+    })
+
     it('synchronous reads that fail slowly (a failing device) count as slow: reads then go through the thread pool, which still works', async () => {
       await withStore({}, async ({ make, reopen }) => {
         let store = make()

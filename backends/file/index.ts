@@ -20,7 +20,7 @@ import {
   findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, readFullySync, scanSegment,
   segmentPath, spareFileName, syncDirectory, syncedMarkedAfter, writevFully, writevFullySync
 } from './segment.js'
-import { SyncReadGovernor } from './sync-reads.js'
+import { SyncReadGovernor, SyncStreak } from './sync-reads.js'
 
 /** Options of the file block store. */
 export interface FileBlockStoreOptions {
@@ -246,6 +246,7 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #syncWriteMaxBytes: number
   readonly #syncReadMaxBytes: number
   readonly #readMode = new SyncReadGovernor()
+  readonly #syncStreak = new SyncStreak()
   readonly #spareSegments: number
   /** Spare files (emptied segment files kept for reuse), ready to become segments. */
   #spares: Spare[] = []
@@ -847,7 +848,7 @@ export class FileBlockStore extends AbstractBlockStore {
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.
       const started = performance.now()
-      if (bytes <= this.#syncReadMaxBytes && this.#readMode.synchronous(started)) {
+      if (bytes <= this.#syncReadMaxBytes && this.#readMode.synchronous(started) && !this.#syncStreak.tooLong(started)) {
         try {
           read = readFullySync(handle.fd, run, 0, bytes, first.offset)
         } finally {
