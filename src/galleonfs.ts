@@ -529,6 +529,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     checkVolumeName(name)
     const namespace = options.namespace ?? this.#catalog.currentNamespace()
     checkNamespace(namespace)
+    // A QoS policy of its own is set as setQoSPolicy sets one: that takes "admin" too.
+    if (options.qos !== undefined) await this.#check('createVolume', 'admin', { namespace, volume: name }, `volume:${namespace}/${name}`)
     return await this.#guard('createVolume', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`, async () => await this.#createVolume(options, name, namespace))
   }
 
@@ -2281,7 +2283,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createBackup (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
     this.#assertOpen()
     const { object, label } = this.#refObject(vol)
-    this.#checkTarget('createBackup', options)
+    await this.#checkTarget('createBackup', options)
     const details = { strategy: String(options?.strategy ?? 'full'), ...(options?.policy === undefined ? {} : { policy: String(options.policy) }) }
     return await this.#guard('createBackup', 'backup:create', object, label, async () => await this.#backups.create(vol, options), details)
   }
@@ -2290,9 +2292,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * A principal may use the instance's backup target only: naming another one (any directory the
    * process can write, or a target holding forged manifests) takes `admin`.
    */
-  #checkTarget (action: string, options: { target?: unknown } | undefined): void {
+  /** Choosing a backup target takes `admin`; a denial is in the audit log before the call rejects. */
+  async #checkTarget (action: string, options: { target?: unknown } | undefined): Promise<void> {
     if (options?.target === undefined) return
-    this.#checkSync(action, 'admin', undefined, 'backup-target', (who) => `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`)
+    const denied = this.#check(action, 'admin', undefined, 'backup-target')
+    if (denied === undefined) return
+    const who = (this.#context.getStore()?.principal as Principal).id
+    await denied.catch((err: unknown) => { throw new GalleonError('PERMISSION_DENIED', `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`, { cause: err }) })
   }
 
   /** A backup's source volume as an access object (its namespace and name at backup time). */
@@ -2303,14 +2309,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Backups on a target, oldest first; of one volume (by id, or by name once the volume is gone) when given. */
   async listBackups (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
     this.#assertOpen()
-    this.#checkTarget('listBackups', options)
+    await this.#checkTarget('listBackups', options)
     return (await this.#nested(async () => await this.#backups.list(vol, options))).filter((backup) => this.#allowed('backup:read', this.#backupObject(backup)))
   }
 
   /** One backup by id. */
   async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
     this.#assertOpen()
-    this.#checkTarget('getBackup', options)
+    await this.#checkTarget('getBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     await this.#check('getBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return backup
@@ -2319,7 +2325,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** Re-reads every chunk of a backup and of the backups it builds on, and checks each against its checksum. */
   async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
     this.#assertOpen()
-    this.#checkTarget('verifyBackup', options)
+    await this.#checkTarget('verifyBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     await this.#check('verifyBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
@@ -2331,7 +2337,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
-    this.#checkTarget('deleteBackup', options)
+    await this.#checkTarget('deleteBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     return await this.#guard('deleteBackup', 'backup:delete', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
   }
@@ -2345,7 +2351,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
     if (options?.volume !== undefined && options.pool !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a pool only for a new volume ({ name }); { volume } names an existing one, which stays in its pool')
-    this.#checkTarget('restoreBackup', options)
+    await this.#checkTarget('restoreBackup', options)
     const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
@@ -2563,6 +2569,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return new Proxy(this, {
       get: (target, prop) => {
         if (prop === 'principal') return context.principal
+        // The cluster manager acts for the node, unchecked: a principal uses clusterStatus() and the like.
+        if (prop === 'cluster') return undefined
         if (prop === 'mounts') {
           // The mount manager's calls act as the principal too.
           const mounts = target.#mounts
@@ -2729,15 +2737,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /**
-   * `#check` for synchronous calls: throws PERMISSION_DENIED at once (with `message(principal id)`
-   * when given) and records the denial in the audit log in the background.
+   * `#check` for the few calls that are synchronous (they cannot wait for the log): throws
+   * PERMISSION_DENIED at once and records the denial in the audit log in the background. Async
+   * calls await `#check` instead, so a denial is logged before the caller hears of it.
    */
-  #checkSync (action: string, verb: Verb, object: AccessObject | undefined, label: string, message?: (who: string) => string): void {
+  #checkSync (action: string, verb: Verb, object: AccessObject | undefined, label: string): void {
     if (this.#allowed(verb, object)) return
     void this.#check(action, verb, object, label)?.catch(() => {})
-    const principal = this.#context.getStore()?.principal as Principal
-    if (message !== undefined) throw new GalleonError('PERMISSION_DENIED', message(principal.id))
-    this.#access.check(principal, verb, object)
+    this.#access.check(this.#context.getStore()?.principal as Principal, verb, object)
   }
 
   /**

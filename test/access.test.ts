@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, parseAccessPolicy, type Principal } from '../src/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 
 let root: string
 let counter = 0
@@ -314,6 +315,155 @@ describe('audit log', () => {
       assert.equal((await h.verifyAuditLog()).ok, false)
     } finally {
       await h.close()
+    }
+  })
+})
+
+describe('access review: references, handles, QoS and denials', () => {
+  it('a reference naming one volume for the check and another for the call is refused, changing nothing', async () => {
+    const g = await GalleonFS.open({ storagePath: fresh() })
+    try {
+      await tenants(g)
+      const theirs = await g.createVolume({ name: 'secret', sizeBytes: '1M', namespace: 'tenant-a' })
+      await g.writeBlock(theirs, 0, block(2))
+      await g.createSnapshot(theirs, 'keep')
+      const b = g.as(bob)
+      const mine = await b.createVolume({ name: 'mine', sizeBytes: '1M' })
+      const twoFaced = [{ id: theirs.id, volumeId: mine.id }, { id: theirs.id, volume: mine.id, snapshot: 'x' }]
+      for (const evil of twoFaced) {
+        const calls: Array<[string, () => Promise<unknown>]> = [
+          ['getVolume', async () => await b.getVolume(evil as never)],
+          ['deleteVolume', async () => await b.deleteVolume(evil as never)],
+          ['expandVolume', async () => await b.expandVolume(evil as never, '2M')],
+          ['createSnapshot', async () => await b.createSnapshot(evil as never, 'mine')],
+          ['listSnapshots', async () => await b.listSnapshots(evil as never)],
+          ['deleteSnapshot', async () => await b.deleteSnapshot(evil as never, 'keep')],
+          ['restoreSnapshot', async () => await b.restoreSnapshot(evil as never, 'keep')],
+          ['createBackup', async () => await b.createBackup(evil as never, { target: fresh() })],
+          ['getVolumeMetrics', async () => await b.getVolumeMetrics(evil as never)],
+          ['scrub', async () => await b.scrub(evil as never)]
+        ]
+        for (const [name, call] of calls) {
+          await assert.rejects(call(), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' || err.code === 'PERMISSION_DENIED', name)
+        }
+      }
+      assert.equal((await g.getVolume(theirs.id)).sizeBytes, 1 << 20)
+      assert.deepEqual((await g.listSnapshots(theirs.id)).map((s) => s.name), ['keep'])
+      assert.deepEqual(await g.readBlock(theirs, 0), block(2))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a volume\'s own QoS policy at creation takes "admin", like setQoSPolicy; a denied backup target is in the log before the call rejects', async () => {
+    const g = await GalleonFS.open({ storagePath: fresh() })
+    try {
+      await tenants(g)
+      const a = g.as(alice)
+      await assert.rejects(a.createVolume({ name: 'fast', sizeBytes: '1M', qos: { limits: { iops: 900 } } }), denied('admin'))
+      await assert.rejects(a.getVolume('fast'), { code: 'VOLUME_NOT_FOUND' })
+      await a.createVolume({ name: 'plain', sizeBytes: '1M' })
+      const c = g.as(carol)
+      await c.createVolume({ name: 'fast', sizeBytes: '1M', namespace: 'tenant-a', qos: { limits: { iops: 900 } } })
+      const head = (await g.auditHead()).seq
+      await assert.rejects(a.createBackup('plain', { target: fresh() }), denied('admin'))
+      // No wait: the denial was recorded before the rejection reached us.
+      assert.equal((await g.auditHead()).seq, head + 1)
+      const [entry] = await g.queryAuditLog({ principal: 'alice', action: 'createBackup' })
+      assert.equal(entry?.result, 'denied')
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a principal\'s handle does not expose the node\'s cluster manager', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const g = await GalleonFS.open({ storagePath: fresh(), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 } })
+    try {
+      await tenants(g)
+      assert.ok(g.cluster !== undefined)
+      const b = g.as(bob)
+      assert.equal(b.cluster, undefined)
+      await assert.rejects(b.leaveCluster(), denied('admin'))
+      assert.deepEqual((await g.clusterStatus()).members.map((m) => m.id), ['n1'])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a snapshot mounts read-only whatever its volume\'s class says', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass({ name: 'rwclass', provisioner: 'galleonfs.io/local', mountOptions: ['rw'] } as never)
+      const vol = await g.createVolume({ name: 'v', sizeBytes: '64K', storageClass: 'rwclass' })
+      await g.createSnapshot(vol, 's')
+      const id = await g.mounts.mountVolume({ volume: 'v', snapshot: 's' }, '/m/snap')
+      assert.equal(g.mounts.listMounts().find((m) => m.id === id)?.readOnly, true)
+      await assert.rejects(g.mounts.mountVolume({ volume: 'v', snapshot: 's' }, '/m/snap-rw', { readOnly: false }), { code: 'READ_ONLY' })
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('audit log damage', () => {
+  const key = (seq: number): string => String(seq).padStart(16, '0')
+  const withDb = async (dir: string, change: (db: ClassicLevel<string, string>) => Promise<void>): Promise<void> => {
+    const db = new ClassicLevel<string, string>(join(dir, 'metadata'))
+    await db.open()
+    try { await change(db) } finally { await db.close() }
+  }
+
+  it('a removed head record never makes new entries overwrite old ones, and the log says it was found so', async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir })
+    for (let i = 0; i < 3; i++) await g.createVolume({ name: `v${i}`, sizeBytes: '1M' })
+    const before = await g.queryAuditLog()
+    await g.close()
+    await withDb(dir, async (db) => { await db.sublevel('audit-head', { valueEncoding: 'json' }).del('head') })
+    g = await GalleonFS.open({ storagePath: dir })
+    try {
+      for (let i = 0; i < 4; i++) await g.createVolume({ name: `w${i}`, sizeBytes: '1M' })
+      const after = await g.queryAuditLog()
+      assert.deepEqual(after.slice(0, before.length), before, 'the entries from before are untouched')
+      assert.deepEqual(after.map((e) => e.seq), after.map((_, i) => i + 1))
+      const reopened = after[before.length]
+      assert.equal(reopened?.principal, 'system')
+      assert.equal(reopened?.action, 'auditLogReopened')
+      assert.deepEqual(after.slice(before.length + 1).map((e) => e.object), ['volume:default/w0', 'volume:default/w1', 'volume:default/w2', 'volume:default/w3'])
+      const check = await g.verifyAuditLog()
+      assert.equal(check.ok, false)
+      assert.ok(check.problems.some((p) => p.seq === before.length + 1 && /tampered/.test(p.problem)), JSON.stringify(check.problems))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('damaged entries and a damaged head are reported by verify, skipped by queries, and do not stop the instance opening', async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir })
+    for (let i = 0; i < 5; i++) await g.createVolume({ name: `v${i}`, sizeBytes: '1M' })
+    await g.close()
+    await withDb(dir, async (db) => {
+      const audit = db.sublevel('audit', { valueEncoding: 'utf8' })
+      await audit.put(key(2), 'null')
+      await audit.put(key(3), '"x"')
+      await audit.put(key(4), '{not json')
+      await db.sublevel('audit-head', { valueEncoding: 'utf8' }).put('head', '{also not json')
+    })
+    g = await GalleonFS.open({ storagePath: dir })
+    try {
+      const check = await g.verifyAuditLog()
+      assert.equal(check.ok, false)
+      for (const seq of [2, 3, 4]) assert.ok(check.problems.some((p) => p.seq === seq && /not a readable audit entry/.test(p.problem)), JSON.stringify(check.problems))
+      const entries = await g.queryAuditLog()
+      assert.deepEqual(entries.map((e) => e.seq), [1, 5, 6])
+      assert.equal(entries[2]?.action, 'auditLogReopened')
+      await g.createVolume({ name: 'after', sizeBytes: '1M' })
+      assert.equal((await g.queryAuditLog({ object: 'volume:default/after' }))[0]?.seq, 7)
+    } finally {
+      await g.close()
     }
   })
 })

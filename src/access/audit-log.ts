@@ -16,6 +16,8 @@ type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
 const GENESIS = '0'.repeat(64)
 const HEAD_KEY = 'head'
+/** The action of the entry the instance appends when it found the head record wrong at open. */
+const REOPENED = 'auditLogReopened'
 
 /** One audit entry. */
 export interface AuditEntry {
@@ -82,10 +84,34 @@ function toTime (value: Date | string | number | undefined, what: string): numbe
   return time
 }
 
+/** A stored value as an entry, or undefined when it is not one (damaged, or not JSON). */
+function parseEntry (text: unknown): AuditEntry | undefined {
+  if (typeof text !== 'string') return undefined
+  let value: unknown
+  try { value = JSON.parse(text) } catch { return undefined }
+  if (value === null || typeof value !== 'object') return undefined
+  const entry = value as AuditEntry
+  if (!Number.isSafeInteger(entry.seq) || typeof entry.hash !== 'string' || typeof entry.prev !== 'string' || typeof entry.time !== 'string' || typeof entry.object !== 'string') return undefined
+  return entry
+}
+
+/** The stored head record, or undefined when it is missing or damaged. */
+function parseHead (text: unknown): { seq: number, hash: string } | undefined {
+  if (typeof text !== 'string') return undefined
+  let value: unknown
+  try { value = JSON.parse(text) } catch { return undefined }
+  const head = value as { seq?: unknown, hash?: unknown } | null
+  if (head === null || typeof head !== 'object' || !Number.isSafeInteger(head.seq) || typeof head.hash !== 'string') return undefined
+  return { seq: head.seq as number, hash: head.hash }
+}
+
 export class AuditLog {
   readonly #db: MetadataDatabase
   readonly #entries: JsonSublevel
   readonly #meta: JsonSublevel
+  // The same records read as text: a damaged one is reported, instead of failing the whole read.
+  readonly #entryText: JsonSublevel
+  readonly #metaText: JsonSublevel
   readonly #now: () => number
   #head = { seq: 0, hash: GENESIS }
   readonly #queue = new SerialQueue()
@@ -94,12 +120,31 @@ export class AuditLog {
     this.#db = db
     this.#entries = db.sublevel('audit', { valueEncoding: 'json' }) as JsonSublevel
     this.#meta = db.sublevel('audit-head', { valueEncoding: 'json' }) as JsonSublevel
+    this.#entryText = db.sublevel('audit', { valueEncoding: 'utf8' }) as JsonSublevel
+    this.#metaText = db.sublevel('audit-head', { valueEncoding: 'utf8' }) as JsonSublevel
     this.#now = now
   }
 
+  /**
+   * Finds where the log ends. New entries always go after the last stored one, whatever the head
+   * record says: a head that is missing, damaged or behind the entries (someone removed or altered
+   * it) is noted in the log itself, by an entry of the instance, so the gap in trust stays visible.
+   */
   async load (): Promise<void> {
-    const head = await this.#meta.get(HEAD_KEY) as { seq: number, hash: string } | undefined
-    if (head !== undefined) this.#head = { seq: head.seq, hash: head.hash }
+    const head = parseHead(await this.#metaText.get(HEAD_KEY))
+    const [last] = await this.#entryText.iterator({ reverse: true, limit: 1 }).all()
+    const lastSeq = last === undefined ? 0 : Number.parseInt(String(last[0]), 10)
+    const lastEntry = last === undefined ? undefined : parseEntry(last[1])
+    // Consistent, or entries removed from the end (the head is ahead: appends go after it, and
+    // verify reports the gap).
+    if (last === undefined || (head !== undefined && (head.seq > lastSeq || (head.seq === lastSeq && lastEntry?.hash === head.hash)))) {
+      if (head !== undefined) this.#head = head
+      return
+    }
+    // Continue after the last entry, chained to it (when it is readable; verify reports it when not).
+    this.#head = { seq: Number.isSafeInteger(lastSeq) ? lastSeq : 0, hash: lastEntry?.hash ?? GENESIS }
+    const found = head === undefined ? 'missing or damaged' : head.seq < lastSeq ? `at entry ${head.seq}` : 'naming another hash'
+    await this.append({ principal: 'system', action: REOPENED, object: 'audit-log', result: 'failed', code: 'CORRUPTION', details: { reason: `the head record was ${found} while the log ends at entry ${lastSeq}: entries were removed or the head was altered; the log continues after entry ${lastSeq}` } })
   }
 
   /** The last entry's sequence number and hash: keep a copy outside to detect a rewritten log. */
@@ -133,8 +178,10 @@ export class AuditLog {
     const object = query.object
     const matchObject = object === undefined ? () => true : object.endsWith('*') ? (o: string) => o.startsWith(object.slice(0, -1)) : (o: string) => o === object
     const out: AuditEntry[] = []
-    for await (const [, value] of this.#entries.iterator()) {
-      const entry = value as AuditEntry
+    for await (const [, value] of this.#entryText.iterator()) {
+      // A damaged entry matches no filter (verifyAuditLog reports it).
+      const entry = parseEntry(value)
+      if (entry === undefined) continue
       const time = Date.parse(entry.time)
       if (from !== undefined && time < from) continue
       if (to !== undefined && time >= to) continue
@@ -159,24 +206,33 @@ export class AuditLog {
     const problems: Array<{ seq: number, problem: string }> = []
     let previous = { seq: 0, hash: GENESIS }
     let entries = 0
-    for await (const [key, value] of this.#entries.iterator()) {
-      const entry = value as AuditEntry
+    for await (const [key, value] of this.#entryText.iterator()) {
+      const entry = parseEntry(value)
       entries++
+      if (entry === undefined) {
+        const seq = Number.parseInt(String(key), 10)
+        problems.push({ seq, problem: 'is not a readable audit entry (it was altered or damaged)' })
+        previous = { seq, hash: '' }
+        continue
+      }
       if (keyOf(entry.seq) !== key) problems.push({ seq: entry.seq, problem: `stored under key ${String(key)}, not its sequence number` })
       if (entry.seq !== previous.seq + 1) problems.push({ seq: entry.seq, problem: `follows entry ${previous.seq}: entries ${previous.seq + 1}..${entry.seq - 1} are missing` })
       if (entry.prev !== previous.hash) problems.push({ seq: entry.seq, problem: 'does not link to the entry before it (that one was changed or removed)' })
       const { hash, ...body } = entry
       if (entryHash(body) !== hash) problems.push({ seq: entry.seq, problem: 'its content does not match its hash (it was edited)' })
+      if (entry.action === REOPENED && entry.principal === 'system') problems.push({ seq: entry.seq, problem: `an open found the log tampered with: ${String(entry.details?.reason ?? '')}` })
       previous = { seq: entry.seq, hash }
     }
-    const head = await this.#meta.get(HEAD_KEY) as { seq: number, hash: string } | undefined ?? { seq: 0, hash: GENESIS }
+    const stored = await this.#metaText.get(HEAD_KEY) as string | undefined
+    const head = parseHead(stored) ?? { seq: 0, hash: GENESIS }
+    if (stored !== undefined && parseHead(stored) === undefined) problems.push({ seq: 0, problem: 'the head record is not readable (it was altered or damaged)' })
     if (head.seq !== previous.seq || head.hash !== previous.hash) {
       problems.push({ seq: head.seq, problem: `the log ends at entry ${previous.seq} but the head record names entry ${head.seq}: entries were removed from the end (or the head was altered)` })
     }
     if (expected !== undefined) {
       if (expected.seq > previous.seq) problems.push({ seq: expected.seq, problem: `a head saved earlier names entry ${expected.seq}, beyond the end of the log (${previous.seq})` })
       else if (expected.seq > 0) {
-        const entry = await this.#entries.get(keyOf(expected.seq)) as AuditEntry | undefined
+        const entry = parseEntry(await this.#entryText.get(keyOf(expected.seq)))
         if (entry?.hash !== expected.hash) problems.push({ seq: expected.seq, problem: 'entry differs from the head saved earlier: the log was rewritten' })
       }
     }

@@ -191,7 +191,8 @@ export class MountManager {
       const last = (list: readonly string[], a: string, b: string): string | undefined => [...list].reverse().find((o) => o === a || o === b)
       let readOnly = target.snapshotId !== undefined
       const classMode = last(target.classOptions, 'ro', 'rw')
-      if (classMode !== undefined) readOnly = classMode === 'ro'
+      // A snapshot is read-only whatever its volume's class says; only the caller asking rw is refused.
+      if (classMode !== undefined && target.snapshotId === undefined) readOnly = classMode === 'ro'
       const ownMode = last(own, 'ro', 'rw')
       if (ownMode !== undefined) readOnly = ownMode === 'ro'
       if (options.readOnly !== undefined) readOnly = options.readOnly
