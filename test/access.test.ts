@@ -392,6 +392,20 @@ describe('access review: references, handles, QoS and denials', () => {
     }
   })
 
+  it('a mount point another tenant uses is refused without naming that tenant\'s volume', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await tenants(g)
+      await g.as(alice).createVolume({ name: 'hidden-name', sizeBytes: '64K' })
+      await g.as(alice).mounts.mountVolume('hidden-name', '/m/shared')
+      await g.as(bob).createVolume({ name: 'mine', sizeBytes: '64K' })
+      await assert.rejects(g.as(bob).mounts.mountVolume('mine', '/m/shared'), (err: Error & { code?: string }) => err.code === 'BUSY' && !err.message.includes('hidden-name'))
+      await assert.rejects(g.mounts.mountVolume('tenant-b/mine', '/m/shared'), (err: Error & { code?: string }) => err.code === 'BUSY' && err.message.includes('hidden-name'))
+    } finally {
+      await g.close()
+    }
+  })
+
   it('a snapshot mounts read-only whatever its volume\'s class says', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {

@@ -204,7 +204,12 @@ export class MountManager {
       let sync = last(strings, 'sync', 'async') === 'sync'
       if (options.sync !== undefined) sync = options.sync
       const driverOptions = [...new Set(strings.filter((o) => !['ro', 'rw', 'sync', 'async'].includes(o)))]
-      if (this.#atPath(where) !== undefined) throw new GalleonError('BUSY', `${where} is already a mount point (${this.#atPath(where)?.mount.volumeName}); unmount it first or pick another path`)
+      const taken = this.#atPath(where)?.mount
+      if (taken !== undefined) {
+        // Named only to a caller who may see that volume.
+        const which = this.#host.visible(taken.namespace, taken.volumeName) ? ` (${taken.volumeName})` : ''
+        throw new GalleonError('BUSY', `${where} is already a mount point${which}; unmount it first or pick another path`)
+      }
       if (!readOnly) {
         if (target.snapshotId !== undefined) throw new GalleonError('READ_ONLY', `snapshot ${target.snapshotName} of volume ${target.volumeName} can only be mounted read-only`)
         if (!target.accessModes.includes(AccessMode.ReadWriteOnce) && !target.accessModes.includes(AccessMode.ReadWriteMany)) {
