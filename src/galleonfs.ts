@@ -390,7 +390,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         }
         return await this.#guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
       },
-      visible: (namespace, volume) => this.#allowed('volume:read', { namespace, volume }),
+      // As the caller, also inside its checked call (where nested calls are not checked again).
+      visible: (namespace, volume) => {
+        const principal = this.#context.getStore()?.principal
+        return principal === undefined || this.#access.allows(principal, 'volume:read', { namespace, volume })
+      },
       requireAdmin: async (action, what) => {
         const denied = this.#check(action, 'admin', undefined, what)
         if (denied !== undefined) await denied
