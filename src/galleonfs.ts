@@ -2162,7 +2162,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
-  async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID()): Promise<SnapshotRecord> {
+  /** `sizeBytes`: the size to record when it is not the volume's now (a copy rebuilding a primary's older snapshot). */
+  async #takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number): Promise<SnapshotRecord> {
     const volume = this.#ioVolume(record)
     // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
     await mountControl(this.#mounts).quiesce(record.id)
@@ -2177,7 +2178,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw err
     }
     try {
-      return await this.#catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: volume.sizeBytes, implicit })
+      return await this.#catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: Math.min(sizeBytes ?? volume.sizeBytes, volume.sizeBytes), implicit })
     } catch (err) {
       await this.#engine.dropSnapshot(volume, gen).catch(() => {})
       if (recorded) replicator?.record({ type: 'delete-snapshot', id })
@@ -2911,14 +2912,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         await this.#catalog.updateVolume(id, { replication: position }, { sync: false })
       },
       snapshots: (id) => this.#catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })),
-      applySnapshot: async (id, snapshotId, name) => {
+      applySnapshot: async (id, snapshotId, name, sizeBytes) => {
         await this.#adminAfterMigration(id, async () => {
           const record = this.#catalog.resolve(id)
           if (this.#catalog.snapshotById(snapshotId) !== undefined) return
           // A snapshot of that name with another id is one the primary no longer has.
           const stale = this.#catalog.snapshots(id).find((snapshot) => snapshot.name === name)
           if (stale !== undefined) await this.#dropReplicaSnapshot(record, stale)
-          this.emit('snapshot:created', this.#toSnapshot(await this.#takeSnapshot(record, name, false, snapshotId)))
+          this.emit('snapshot:created', this.#toSnapshot(await this.#takeSnapshot(record, name, false, snapshotId, sizeBytes)))
         }, 'the primary took a snapshot; the conversion of this copy starts again after it')
       },
       applyDeleteSnapshot: async (id, snapshotId) => {

@@ -736,6 +736,69 @@ describe('replication (memory transport, on-disk nodes)', () => {
     }
   })
 
+  it('I/O forwarded to a primary that is restarting waits for it instead of failing (it listens before it serves)', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const first = coordinators.coordinator()
+    const n1 = await startNode(network, coordinators, 'n1', { coordinator: first })
+    const n2 = await startNode(network, coordinators, 'n2')
+    await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+    await n1.g.createVolume({ name: 'restarting', sizeBytes: 16 * 4096, replicas: 2 })
+    await n1.g.writeBlock('restarting', 0, block(7), WriteConcern.WriteReplicated)
+    // n1's process dies (its lease runs on for a moment) and starts again at once; the coordinator
+    // is slow to confirm its join, so for a while it listens but has not started replication.
+    await first.crash()
+    network.kill('n1')
+    await n1.g.close().catch(() => {})
+    network.revive('n1')
+    const slow = coordinators.coordinator()
+    const join = slow.join.bind(slow)
+    slow.join = async (...args: Parameters<typeof join>) => { await new Promise((resolve) => setTimeout(resolve, 1000)); return await join(...args) }
+    const reopening = startNode(network, coordinators, 'n1', { dir: n1.dir, coordinator: slow })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    assert.deepEqual(await n2.g.readBlock('restarting', 0), block(7))
+    await n2.g.writeBlock('restarting', 1, block(8), WriteConcern.WriteDurable)
+    const back = await reopening
+    await until('n1 is in sync again', async () => (await n2.g.replicationStatus('restarting')).inSync.length === 2)
+    assert.deepEqual(await back.g.readBlock('restarting', 1), block(8))
+  })
+
+  it('a node asked to serve I/O of a volume it holds no copy of says it is not the primary (the sender looks again), not that the volume does not exist', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'elsewhere', sizeBytes: 16 * 4096, replicas: 2 })
+    const status = await n1.g.replicationStatus('elsewhere')
+    const outsider = [n1, n2, n3].find((n) => !status.nodes.includes(n.id)) as Node
+    const insider = [n1, n2, n3].find((n) => status.nodes.includes(n.id)) as Node
+    await assert.rejects((insider.g.cluster as NonNullable<GalleonFS['cluster']>).request(outsider.id, { kind: 'repl:io', header: { volumeId: status.volumeId, op: 'read', offset: 0, length: 4096 } }), { code: 'NOT_LEADER' })
+  })
+
+  it('a copy rebuilds a snapshot it missed at the size the primary took it at, also when the volume grew since', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1] = nodes as [Node, Node]
+    await n1.g.createVolume({ name: 'grown', sizeBytes: 64 * 4096, replicas: 2 })
+    await n1.g.writeBlock('grown', 0, block(1), WriteConcern.WriteReplicated)
+    network.partition(['n2'], ['n1'])
+    await n1.g.writeBlock('grown', 1, block(2), WriteConcern.WriteDurable)
+    await n1.g.createSnapshot('grown', 'small')
+    await n1.g.expandVolume('grown', 128 * 4096)
+    await n1.g.writeBlock('grown', 100, block(3), WriteConcern.WriteDurable)
+    network.heal()
+    await until('n2 is in sync again', async () => (await n1.g.replicationStatus('grown')).inSync.length === 2)
+    for (const node of nodes) await node.g.close()
+    for (const node of nodes) {
+      const g = await GalleonFS.open({ storagePath: node.dir })
+      try {
+        assert.equal((await g.getSnapshot('grown', 'small')).sizeBytes, 64 * 4096, `snapshot size on ${node.id}`)
+        await assert.rejects(g.read({ volume: 'grown', snapshot: 'small' }, 100 * 4096, 4096), { code: 'OUT_OF_RANGE' })
+        assert.deepEqual(await g.read({ volume: 'grown', snapshot: 'small' }, 0, 2 * 4096), new Uint8Array([...block(1), ...block(2)]))
+        assert.deepEqual(await g.readBlock('grown', 100), block(3))
+      } finally {
+        await g.close()
+      }
+    }
+  })
+
   it('fails over to an in-sync copy when the primary goes; every WriteReplicated write is there; the old primary comes back as a replica and resyncs', async () => {
     const { network, coordinators, nodes } = await cluster(3)
     const [n1, n2, n3] = nodes as [Node, Node, Node]

@@ -279,6 +279,14 @@ export class ClusterManager {
     this.#handlers.set(kind, handler)
   }
 
+  #serving = false
+  /**
+   * The node's services have registered their handlers. Until then (the node listens and joins
+   * first), a message without a handler is answered BACKEND_UNAVAILABLE, which senders retry, not
+   * NOT_IMPLEMENTED.
+   */
+  serving (): void { this.#serving = true }
+
   async #dispatch (from: string, request: TransportMessage): Promise<TransportMessage> {
     // Meant for another node: the sender's address for it is stale (that node moved, or this one
     // now listens where it did). Refused before anything is done, like an unreachable node.
@@ -287,7 +295,10 @@ export class ClusterManager {
       throw new GalleonError('BACKEND_UNAVAILABLE', `node ${from} sent a ${request.kind} message for node ${meant} to node ${this.nodeId}: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`)
     }
     const handler = this.#handlers.get(request.kind)
-    if (handler === undefined) throw new GalleonError('NOT_IMPLEMENTED', `node ${this.nodeId} does not serve ${request.kind} messages (a newer node talking to an older one?)`)
+    if (handler === undefined) {
+      if (!this.#serving) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${this.nodeId} is starting and does not serve ${request.kind} messages yet; retry in a moment`)
+      throw new GalleonError('NOT_IMPLEMENTED', `node ${this.nodeId} does not serve ${request.kind} messages (a newer node talking to an older one?)`)
+    }
     return await handler(from, request)
   }
 

@@ -26,7 +26,7 @@
 
 import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { GalleonError } from '../errors.js'
+import { GalleonError, describe } from '../errors.js'
 import type { Coordinator, TransportMessage } from '../drivers.js'
 import type { ClusterManager } from '../cluster/manager.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
@@ -66,8 +66,11 @@ export interface ReplicationHost {
   /** Persists a copy's applied position (after the data it covers is durable). */
   savePosition: (volumeId: string, position: ReplicaPosition) => Promise<void>
   snapshots: (volumeId: string) => SnapshotInfo[]
-  /** Takes a snapshot of the local copy with the primary's id (replaying the primary's). */
-  applySnapshot: (volumeId: string, id: string, name: string) => Promise<void>
+  /**
+   * Takes a snapshot of the local copy with the primary's id (replaying the primary's); `sizeBytes`
+   * is the volume's size when the primary took it (a resync, after the copy grew), else the copy's.
+   */
+  applySnapshot: (volumeId: string, id: string, name: string, sizeBytes?: number) => Promise<void>
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
   /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
@@ -1001,6 +1004,9 @@ export class ReplicationManager {
         const set = this.#sets.get(volumeId)
         if (set === undefined) {
           if (kind === 'repl:delete') return { kind: 'ok', header: {} }
+          // I/O sent here as to the primary: this node handed the volume off (or never had it), so
+          // the sender's record is old; it looks again (a deleted volume is gone from its record too).
+          if (kind === 'repl:io') throw new GalleonError('NOT_LEADER', `node ${this.nodeId} holds no copy of volume ${volumeId} (any more): it is not its primary`)
           throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.nodeId} holds no copy of volume ${volumeId}`)
         }
         if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
@@ -1088,7 +1094,10 @@ export class ReplicationManager {
     })
     on('repl:resync-snapshot', async (set, header) => {
       await this.#host.engine.flush()
-      await this.#host.applySnapshot(set.volumeId, String(header.id), String(header.name))
+      const size = header.sizeBytes
+      // The size the primary's snapshot has: the copy may have grown to the volume's size since.
+      if (size !== undefined && (!Number.isSafeInteger(size) || (size as number) <= 0)) throw new GalleonError('INVALID_ARGUMENT', `repl:resync-snapshot has a bad sizeBytes: ${describe(size)}`)
+      await this.#host.applySnapshot(set.volumeId, String(header.id), String(header.name), size as number | undefined)
       return { kind: 'ok', header: {} }
     })
     on('repl:resync-end', async (set, header) => {
@@ -1112,6 +1121,7 @@ export class ReplicationManager {
       const reply = await this.#host.serveForwarded(set.volumeId, header as unknown as ForwardedRequest, payload)
       return { kind: 'io', header: reply.header, ...(reply.payload === undefined ? {} : { payload: reply.payload }) }
     })
+    this.#cluster.serving()
   }
 
   /**
@@ -1905,7 +1915,7 @@ class Link {
           this.#progress.blocksDone += count
         }
       }
-      if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name })
+      if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name, sizeBytes: view.snapshot.sizeBytes })
     }
     if (this.#abort !== undefined) {
       const why = this.#abort
