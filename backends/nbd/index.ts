@@ -12,9 +12,9 @@
 // (FUA: WriteDurable), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE writes real zeros), BLOCK_STATUS (which
 // blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64
 // in flight per connection, holding up to 128 MiB of data with the replies a client has not read
-// yet: past that nothing more is read from it) and answered as they complete; many clients at once. The server has no
-// authentication (NBD has none without TLS): it listens on loopback unless told otherwise; serve
-// `g.as(principal)` to limit what clients reach.
+// yet: past that nothing more is read from it) and answered as they complete; many clients at
+// once. The server has no authentication (NBD has none without TLS): it listens on loopback
+// unless told otherwise; serve `g.as(principal)` to limit what clients reach.
 //
 // A frame the protocol does not allow (bad magic, unknown client flags, an option longer than
 // 64 KiB, a request longer than 32 MiB) ends that connection only; other clients are not affected.

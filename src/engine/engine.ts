@@ -857,7 +857,8 @@ export class BlockEngine {
    */
   #commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number, applied?: () => void): Promise<unknown> {
     // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
-    // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise alone.
+    // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise and the
+    // publication chained to it, nothing more.
     if (volume.closing) {
       if (seq !== undefined) volume.replicator?.failed(seq)
       throw new GalleonError('VOLUME_NOT_FOUND', 'the volume is being deleted; the write was not applied')
