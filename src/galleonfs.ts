@@ -2306,6 +2306,21 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     await denied.catch((err: unknown) => { throw new GalleonError('PERMISSION_DENIED', `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`, { cause: err }) })
   }
 
+  /**
+   * The backup `backupId`, for a call needing `verb` on it. To a principal who may not `verb` the
+   * backups of every namespace, an id that does not exist is denied like one it may not see, so the
+   * answer does not tell which ids exist.
+   */
+  async #findBackup (action: string, verb: Verb, backupId: string, options: { target?: BackupTargetRef }): Promise<Backup> {
+    try {
+      return await this.#nested(async () => await this.#backups.get(backupId, options))
+    } catch (err) {
+      const everywhere = { namespace: '*', volume: '*' }
+      if (errorCode(err) === 'BACKUP_NOT_FOUND') await this.#check(action, verb, everywhere, `backup:${String(backupId)}`)
+      throw err
+    }
+  }
+
   /** A backup's source volume as an access object (its namespace and name at backup time). */
   #backupObject (backup: Backup): AccessObject {
     return { namespace: backup.volumeNamespace, volume: backup.volumeName }
@@ -2322,7 +2337,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
     this.#assertOpen()
     await this.#checkTarget('getBackup', options)
-    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    const backup = await this.#findBackup('getBackup', 'backup:read', backupId, options)
     await this.#check('getBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return backup
   }
@@ -2331,7 +2346,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
     this.#assertOpen()
     await this.#checkTarget('verifyBackup', options)
-    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    const backup = await this.#findBackup('verifyBackup', 'backup:read', backupId, options)
     await this.#check('verifyBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
   }
@@ -2343,7 +2358,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
     await this.#checkTarget('deleteBackup', options)
-    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    const backup = await this.#findBackup('deleteBackup', 'backup:delete', backupId, options)
     return await this.#guard('deleteBackup', 'backup:delete', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
   }
 
@@ -2357,7 +2372,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
     if (options?.volume !== undefined && options.pool !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a pool only for a new volume ({ name }); { volume } names an existing one, which stays in its pool')
     await this.#checkTarget('restoreBackup', options)
-    const backup = await this.#nested(async () => await this.#backups.get(backupId, options))
+    const backup = await this.#findBackup('restoreBackup', 'backup:restore', backupId, options)
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
       const into = this.#refObject(options.volume)

@@ -406,6 +406,30 @@ describe('access review: references, handles, QoS and denials', () => {
     }
   })
 
+  it('a backup id a principal may not see and one that does not exist get the same answer', async () => {
+    const g = await GalleonFS.open({ storagePath: fresh(), backupTarget: fresh() })
+    try {
+      await tenants(g)
+      const a = g.as(alice)
+      await a.createVolume({ name: 'data', sizeBytes: '64K' })
+      const hers = await a.createBackup('data')
+      const nobody = '00000000-0000-4000-8000-000000000000'
+      const b = g.as(bob)
+      for (const id of [hers.id, nobody]) {
+        await assert.rejects(b.getBackup(id), denied('backup:read'), id)
+        await assert.rejects(b.verifyBackup(id), denied('backup:read'), id)
+        await assert.rejects(b.deleteBackup(id), denied('backup:delete'), id)
+        await assert.rejects(b.restoreBackup(id, { name: 'x' }), denied('backup:restore'), id)
+      }
+      // Who may read every namespace's backups, and the application, are told it does not exist.
+      await assert.rejects(g.as(carol).getBackup(nobody), { code: 'BACKUP_NOT_FOUND' })
+      await assert.rejects(g.getBackup(nobody), { code: 'BACKUP_NOT_FOUND' })
+      assert.equal((await a.getBackup(hers.id)).id, hers.id)
+    } finally {
+      await g.close()
+    }
+  })
+
   it('a snapshot mounts read-only whatever its volume\'s class says', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {
