@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern, VolumeState } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { GalleonError } from '../src/errors.js'
-import type { Coordinator, MountDriver } from '../src/drivers.js'
+import type { BlockStore, Coordinator, MountDriver } from '../src/drivers.js'
 import { NbdServer } from '../backends/nbd/index.js'
 
 const exec = promisify(execFile)
@@ -31,12 +31,13 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string>, replicaReplacementDelayMs?: number, coordinator?: Coordinator } = {}): Promise<Node> {
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, options: { zone?: string, dir?: string, labels?: Record<string, string>, replicaReplacementDelayMs?: number, coordinator?: Coordinator, blockStore?: BlockStore } = {}): Promise<Node> {
   const dir = options.dir ?? await mkdtemp(join(tmpdir(), `galleon-repl-${id}-`))
   if (options.dir === undefined) dirs.push(dir)
   const events: string[] = []
   const g = await GalleonFS.open({
     storagePath: dir,
+    ...(options.blockStore === undefined ? {} : { blockStore: options.blockStore }),
     cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: options.coordinator ?? coordinators.coordinator(), leaseTtlMs: 1000, ...(options.replicaReplacementDelayMs === undefined ? {} : { replicaReplacementDelayMs: options.replicaReplacementDelayMs }), ...(options.zone === undefined ? {} : { zone: options.zone }), ...(options.labels === undefined ? {} : { labels: options.labels }) }
   })
   opened.push(g)
@@ -1078,6 +1079,57 @@ describe('replication (memory transport, on-disk nodes)', () => {
     } finally {
       await g2.close()
     }
+  })
+
+  it('a copy answers a digest request only after the stream batches it issued are applied (a new primary must not skip a block changing there)', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const n1 = await startNode(network, coordinators, 'n1')
+    // n2's store: its batches wait while `hold` is set, and say when one arrives.
+    const dir = await mkdtemp(join(tmpdir(), 'galleon-repl-n2-'))
+    dirs.push(dir)
+    const { FileBlockStore } = await import('../backends/file/index.js')
+    const inner = new FileBlockStore({ location: join(dir, 'blocks') })
+    const control: { hold: Promise<void> | undefined, held: number } = { hold: undefined, held: 0 }
+    const store = new Proxy(inner, {
+      get (target, prop) {
+        if (prop === 'batch') {
+          return async (...args: Parameters<typeof inner.batch>) => {
+            if (control.hold !== undefined && args[0].some((op) => op.type === 'put')) {
+              control.held++
+              await control.hold
+            }
+            return await target.batch(...args)
+          }
+        }
+        const value = Reflect.get(target, prop, target)
+        return typeof value === 'function' ? value.bind(target) : value
+      }
+    })
+    const n2 = await startNode(network, coordinators, 'n2', { dir, blockStore: store })
+    await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+    const vol = await n1.g.createVolume({ name: 'racing', sizeBytes: '1M', replicas: 2 })
+    await n1.g.writeBlock('racing', 0, block(1), WriteConcern.WriteReplicated)
+    const epoch = (await n1.g.replicationStatus('racing')).epoch as number
+    const digest = async (): Promise<string> => {
+      const reply = await (n1.g.cluster as NonNullable<typeof n1.g.cluster>).request('n2', { kind: 'repl:digests', header: { volumeId: vol.id, epoch, first: 0, count: 1 } })
+      assert.deepEqual(reply.header.indices, [0])
+      return Buffer.from(reply.payload as Uint8Array).toString('hex')
+    }
+    const before = await digest()
+    let release = (): void => {}
+    control.hold = new Promise((resolve) => { release = resolve })
+    // Stored on n1 at once; the batch reaches n2, which issues it and waits on its store.
+    await n1.g.writeBlock('racing', 0, block(2), WriteConcern.WriteDurable)
+    await until('the batch waits in the copy\'s store', () => control.held > 0)
+    const asked = digest()
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    control.hold = undefined
+    release()
+    const after = await asked
+    assert.notEqual(after, before, 'the digest must cover the batch issued before it was asked for')
+    await n2.g.close()
+    await n1.g.close()
   })
 
   it('an NBD client of a replica node keeps working across a failover (nbdcopy in and out)', { skip: NO_NBDCOPY }, async () => {

@@ -254,6 +254,12 @@ interface LocalSet {
   chain: Promise<unknown>
   /** Set while a resync is rebuilding this copy: stream batches are refused meanwhile. */
   resyncing: boolean
+  /**
+   * Stream batches issued (under the chain) and not yet applied: every other message waits for
+   * them, so that it sees what this copy holds (a digest computed before a batch's writes are
+   * visible would let a new primary skip a block that changes here right after).
+   */
+  readonly applying: Set<Promise<void>>
   saveTimer: NodeJS.Timeout | undefined
 }
 
@@ -339,7 +345,7 @@ export class ReplicationManager {
   #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
-      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, saveTimer: undefined }
+      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, applying: new Set(), saveTimer: undefined }
       this.#sets.set(volumeId, set)
     }
     return set
@@ -1012,7 +1018,10 @@ export class ReplicationManager {
         if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
         if (kind !== 'repl:delete') this.#fence(set, request.header.epoch)
         if (kind === 'repl:apply') await this.#turn(set, request.header)
-        const run = set.chain.then(async () => await handler(set, request.header, request.payload, from))
+        const run = set.chain.then(async () => {
+          if (kind !== 'repl:apply' && set.applying.size > 0) await Promise.allSettled(set.applying)
+          return await handler(set, request.header, request.payload, from)
+        })
         set.chain = run.catch(() => {})
         const reply = await run
         if (kind === 'repl:apply' && reply.kind === 'applied') {
@@ -1053,6 +1062,8 @@ export class ReplicationManager {
       set.position = { epoch, seq: from + changes.length - 1 }
       const reply: TransportMessage = { kind: 'applied', header: { seq: set.position.seq } }
       this.#pendingApply.set(reply, applied)
+      set.applying.add(applied)
+      void applied.finally(() => set.applying.delete(applied)).catch(() => {})
       return reply
     })
     on('repl:resync-begin', async (set, header) => {
