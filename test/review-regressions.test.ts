@@ -49,10 +49,43 @@ describe('engine reads racing a trim', () => {
         await new Promise((resolve) => setImmediate(resolve))
         reads.push(settle(engine.read(volume, 0, 4 * BLOCK)), settle(engine.readBlock(volume, 3)))
         await trimming
-        for (const result of await Promise.all(reads)) assert.ok(result === 'ok:9' || result === 'ok:0' || result === 'ok:0,9' || result === 'ok:9,0', `a read during the trim gave ${result}`)
+        // A trim is atomic: a read of several blocks sees all of it or none of it.
+        for (const result of await Promise.all(reads)) assert.ok(result === 'ok:9' || result === 'ok:0', `a read during the trim gave ${result}`)
         assert.deepEqual((await scrubbing).bad, [], 'scrub during a trim reports no bad blocks')
         assert.deepEqual(failures, [], 'no checksum failure is reported')
         assert.equal(await settle(engine.read(volume, 0, 4 * BLOCK)), 'ok:0', 'trimmed blocks read as zeros afterwards')
+      })
+    })
+  }
+
+  for (const kind of ['file', 'memory'] as const) {
+    it(`${kind}: reads of several blocks racing writes and trims of them see each write or trim whole, never half of it`, async () => {
+      await withEngine(kind, async (engine) => {
+        const volume = engine.attach(1, 1 << 20)
+        // Unaligned: partial blocks at both edges, two whole blocks between them.
+        const offset = 100
+        const length = 3 * BLOCK
+        let stop = false
+        let torn = 0
+        let reads = 0
+        const writer = (async () => {
+          // At least 600 changes, and on until the readers have read 2,000 times.
+          for (let v = 1; v <= 600 || (reads < 2000 && v < 1_000_000); v++) {
+            if (v % 4 === 0) await engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged)
+            else await engine.write(volume, offset, new Uint8Array(length).fill(v & 0xff), WriteConcern.WriteAcknowledged)
+          }
+          stop = true
+        })()
+        const readers = Array.from({ length: 4 }, async () => {
+          while (!stop) {
+            const bytes = await engine.read(volume, offset, length)
+            reads++
+            if (!bytes.every((b) => b === bytes[0])) torn++
+          }
+        })
+        await Promise.all([writer, ...readers])
+        assert.ok(reads >= 2000, `the readers read ${reads} times`)
+        assert.equal(torn, 0, `${torn} of ${reads} reads saw a write or trim half applied`)
       })
     })
   }
@@ -150,4 +183,39 @@ describe('file store writer with write calls completing out of order', () => {
       await rm(location, { recursive: true, force: true })
     }
   })
+})
+
+describe('engine operations in a loop', () => {
+  for (const kind of ['file', 'memory'] as const) {
+    it(`${kind}: awaiting reads and writes that resolve without I/O (block cache, memory, synchronous groups) in a loop does not hold the event loop`, async () => {
+      const location = await mkdtemp(join(tmpdir(), 'galleonfs-review-'))
+      const store: BlockStore = kind === 'file' ? new FileBlockStore({ location }) : new MemoryBlockStore()
+      await store.open()
+      const engine = new BlockEngine(store, { blockSize: BLOCK, cacheBlocks: 64 })
+      try {
+        const volume = engine.attach(1, 1 << 20)
+        await engine.write(volume, 0, new Uint8Array(8 * BLOCK).fill(3), WriteConcern.WriteAcknowledged)
+        const turnsDuring = async (loop: () => Promise<void>): Promise<number> => {
+          let turns = 0
+          let running = true
+          const spin = (): void => { if (running) { turns++; setImmediate(spin) } }
+          setImmediate(spin)
+          await loop()
+          running = false
+          return turns
+        }
+        // By count, not by time: each loop runs far longer than the few milliseconds allowed.
+        const reading = await turnsDuring(async () => { for (let i = 0; i < 30_000; i++) await engine.readBlock(volume, i % 8) })
+        assert.ok(reading > 1, `the event loop turned ${reading} times during 30,000 cached block reads`)
+        const ranges = await turnsDuring(async () => { for (let i = 0; i < 20_000; i++) await engine.read(volume, 0, 2 * BLOCK) })
+        assert.ok(ranges > 1, `the event loop turned ${ranges} times during 20,000 cached range reads`)
+        const writing = await turnsDuring(async () => { for (let i = 0; i < 20_000; i++) await engine.writeBlock(volume, 8 + (i % 8), new Uint8Array(BLOCK).fill(i & 0xff), WriteConcern.WriteAcknowledged) })
+        assert.ok(writing > 1, `the event loop turned ${writing} times during 20,000 block writes`)
+      } finally {
+        await engine.close().catch(() => {})
+        await store.close().catch(() => {})
+        await rm(location, { recursive: true, force: true })
+      }
+    })
+  }
 })

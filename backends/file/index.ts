@@ -20,7 +20,8 @@ import {
   findBatchAfter, hintPath, isCode, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, readFully, readFullySync, scanSegment,
   segmentPath, spareFileName, syncDirectory, syncedMarkedAfter, writevFully, writevFullySync
 } from './segment.js'
-import { SyncReadGovernor, SyncStreak } from './sync-reads.js'
+import { SyncReadGovernor } from './sync-reads.js'
+import { LoopStreak } from '../../src/loop-streak.js'
 
 /** Options of the file block store. */
 export interface FileBlockStoreOptions {
@@ -246,7 +247,7 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #syncWriteMaxBytes: number
   readonly #syncReadMaxBytes: number
   readonly #readMode = new SyncReadGovernor()
-  readonly #syncStreak = new SyncStreak()
+  readonly #syncStreak = new LoopStreak()
   readonly #spareSegments: number
   /** Spare files (emptied segment files kept for reuse), ready to become segments. */
   #spares: Spare[] = []

@@ -20,7 +20,7 @@
 // on cached data (measured: with the score at "two slow reads within six", NBD random 4 KiB reads
 // at 16 in flight fell from 1.2-1.9x qemu-nbd to 0.68x) does not leave the fast path. And reads
 // answered synchronously for MAX_SYNC_STREAK_MS without a turn of the event loop send the next one
-// to the pool, so a reader in a loop cannot hold the loop.
+// to the pool, so a reader in a loop cannot hold the loop (src/loop-streak.ts).
 
 export const SLOW_READ_MS = 0.05
 export const SLOW_READ_BYTES_PER_MS = 1024 * 1024
@@ -29,14 +29,6 @@ const WEIGHT = 1 / 16
 const VERY_SLOW_WEIGHT = 0.3
 export const SLOW_SCORE = 0.5
 export const BACKOFF_MS = 1000
-/**
- * A synchronous read resolves its promise without a turn of the event loop, so a caller reading in
- * a loop (`while (...) await g.read(...)`, a scan) held the loop for as long as it read: no timer,
- * socket or other request ran. After this long without a turn, the next read goes through the
- * pool, which gives the loop its turn.
- */
-export const MAX_SYNC_STREAK_MS = 5
-
 export class SyncReadGovernor {
   /** Reads go through the thread pool until then (a performance.now() time). */
   #poolUntil = 0
@@ -65,21 +57,5 @@ export class SyncReadGovernor {
   /** A read went through the thread pool. */
   pooled (): void {
     this.poolReads++
-  }
-}
-
-/** Tells when synchronous reads have gone on for MAX_SYNC_STREAK_MS without a turn of the event loop. */
-export class SyncStreak {
-  /** When the first synchronous read since the event loop's last turn started (-1: none since). */
-  #started = -1
-  readonly #turned = (): void => { this.#started = -1 }
-
-  /** Whether a read starting at `now` should go through the pool to let the loop turn. */
-  tooLong (now: number): boolean {
-    if (this.#started < 0) {
-      this.#started = now
-      setImmediate(this.#turned)
-    }
-    return now - this.#started >= MAX_SYNC_STREAK_MS
   }
 }

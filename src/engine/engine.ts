@@ -14,6 +14,7 @@ import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import type { VolumeReplicator } from './replicator.js'
 import { WriteConcern } from '../types.js'
+import { LoopStreak, loopTurn } from '../loop-streak.js'
 
 /** Details of a checksum failure, as reported to the engine's owner. */
 export interface ChecksumFailure {
@@ -296,6 +297,8 @@ export class BlockEngine {
     try {
       const payload = await this.#readPayload(volume, index, true, false, view?.gen ?? LIVE)
       ok = true
+      // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
+      if (this.#streak.tooLong(performance.now())) await loopTurn()
       // The zero block and (with the cache on) every payload are shared; one fresh from the store is not.
       return payload === this.#zeroBlock || this.#cache.enabled ? copyBytes(payload) : payload
     } finally {
@@ -351,6 +354,9 @@ export class BlockEngine {
       volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
+
+    // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
+    if (this.#streak.tooLong(performance.now())) await loopTurn()
   }
 
   /** Reads a byte range (of the live view, or of the snapshot `view`), which may span blocks. */
@@ -378,6 +384,8 @@ export class BlockEngine {
         await this.#readMany(volume, first, last, at, place)
       }
       ok = true
+      // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
+      if (this.#streak.tooLong(performance.now())) await loopTurn()
       return out
     } finally {
       volume.metrics.end('read', length, startedAt, ok)
@@ -461,6 +469,9 @@ export class BlockEngine {
       volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
+
+    // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
+    if (this.#streak.tooLong(performance.now())) await loopTurn()
   }
 
   /**
@@ -519,6 +530,9 @@ export class BlockEngine {
       release.done()
       volume.leave()
     }
+
+    // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
+    if (this.#streak.tooLong(performance.now())) await loopTurn()
   }
 
   /** Makes every write acknowledged so far durable (one shared sync). */
@@ -890,7 +904,7 @@ export class BlockEngine {
    * skipped. Blocks found in the cache are used, but a multi-block read does not fill the cache: a
    * scan would only evict the blocks that are read again and again.
    */
-  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void): Promise<void> {
+  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false): Promise<void> {
     const indices: number[] = []
     const addresses: BlockAddress[] = []
     const useCache = this.#cache.enabled && this.#cache.size > 0
@@ -932,8 +946,21 @@ export class BlockEngine {
         place(index, plain)
         continue
       }
-      // Missing: a concurrent write superseded this version (or the store reported damage); the
-      // single-block path retries with the current version and reports real damage.
+      // Missing: a concurrent write superseded this version (or the store reported damage).
+      if (value === undefined && values !== undefined && !locked) {
+        // Read again under the blocks' locks: reading this block's newer version beside the older
+        // ones of the others would return a write (or trim) half applied, and writes are atomic.
+        // No write to the range publishes while the locks are held, so what is located then stays.
+        const lock = this.#lock(volume, first, last)
+        try {
+          if (lock.ready !== undefined) await lock.ready
+          await this.#readMany(volume, first, last, at, place, true)
+        } finally {
+          lock.done()
+        }
+        return
+      }
+      // The single-block path retries with the current version and reports real damage.
       let payload: Uint8Array | undefined
       try {
         if (value !== undefined) payload = this.#verified(volume, addresses[i] as BlockAddress, value, true)
@@ -944,6 +971,7 @@ export class BlockEngine {
     }
   }
 
+  readonly #streak = new LoopStreak()
   #changes = 0
   /**
    * Counts the changes made visible to the live views of all volumes (each block written, trimmed,
