@@ -62,6 +62,8 @@ const EVENT_METHODS = new Set(['on', 'once', 'off', 'addListener', 'removeListen
 const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
 const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
+/** How long the engine state of a migrated volume's old storage stays reachable after the switch-over (see #retired). */
+const RETIRED_GRACE_MS = 60_000
 
 /**
  * An open GalleonFS instance: named block volumes on a metadata database and a block store.
@@ -424,7 +426,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const context = this.#context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
-    const volume = this.#volumeBlocks(record)
+    const initial = this.#volumeBlocks(record)
+    // The volume's storage now: a migration moves it to new storage (which an expansion then grows).
+    const blocks = (): VolumeBlocks => {
+      let volume = initial
+      while (volume.movedTo !== undefined) volume = volume.movedTo.volume
+      return volume
+    }
     const facts = (): Record<string, unknown> => {
       const current = this.#catalog.volumes().find((r) => r.id === record.id) ?? record
       return {
@@ -432,7 +440,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
         ...(snapshot === undefined ? {} : { snapshot: this.#toSnapshot(snapshot) }),
         blockSize: this.#engine.blockSize,
         sizeBytes: snapshot?.sizeBytes ?? current.sizeBytes,
-        encryption: this.#keys.describe(record.id, volume.cipher)
+        encryption: this.#keys.describe(record.id, blocks().cipher)
       }
     }
     return {
@@ -442,7 +450,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       ...(snapshot === undefined ? {} : { snapshotId: snapshot.id, snapshotName: snapshot.name }),
       accessModes: record.accessModes,
       classOptions: this.#catalog.storageClass(record.storageClass)?.mountOptions ?? [],
-      size: () => snapshot?.sizeBytes ?? volume.sizeBytes,
+      size: () => snapshot?.sizeBytes ?? blocks().sizeBytes,
       // A snapshot never changes; a live volume whose reads go to another node (the primary of its
       // copies) changes unseen here.
       version: () => snapshot !== undefined ? 0 : this.#replication?.forwards(record.id) === true ? undefined : this.#engine.changes,
@@ -1039,16 +1047,20 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
           const current = this.#catalog.resolve(record.id)
           let updated = await this.#catalog.commitMigration(record.id, { storageId: migration.storageId, storageClass: migration.storageClass, encrypted: migration.encrypted, pool: migration.pool }, copied.gens, keys.ops)
           switched = true
+          // The volume's record counts in its new pool now: the reservation that held the space goes.
+          release()
           keys.apply()
           // The destination's cipher reserved its nonces under the staging record: a fresh one
           // continues past every nonce that record reserved.
-          if (migration.encrypted) destination.cipher = await this.#keys.attach(record.id, migration.storageId)
+          if (migration.encrypted && keys.cipher !== undefined) destination.cipher = keys.cipher(migration.storageId)
           const snapshotGens = new Map<number, number>()
           for (const snapshot of this.#catalog.snapshots(record.id)) {
             const before = started.snapshotGens.get(snapshot.id)
             if (before !== undefined) snapshotGens.set(before, snapshot.gen)
           }
           source.movedTo = { volume: destination, gens: snapshotGens }
+          // The volume's counters go on from where they were (they count since open, not since a move).
+          destination.metrics = source.metrics
           // A replicated volume's primary copy: its changes ship from the new storage on.
           if (source.replicator !== undefined) {
             destination.replicator = source.replicator
@@ -1070,6 +1082,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       } catch (err) {
         this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `the volume was migrated, but releasing its old storage failed (it is removed at the next open): ${(err as Error)?.message ?? String(err)}` })
       }
+      // Records resolved before the switch-over reach the volume through its old storage's entry
+      // while the operations holding them finish; then the entry (with its block map) goes.
+      setTimeout(() => { if (this.#retired.get(source.storageId) === source) this.#retired.delete(source.storageId) }, RETIRED_GRACE_MS).unref()
       report('done', done, total, copied.passes)
       const volume = this.#volumeView(result.updated)
       this.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })

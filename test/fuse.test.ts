@@ -265,6 +265,74 @@ except OSError as e:
     }
   })
 
+  it('a forced unmount does not wait for a process that keeps writing: its later writes get EIO', async () => {
+    const storage = join(root, 'r6')
+    const { store } = await slowStore(storage, 50)
+    const g = await GalleonFS.open({ storagePath: storage, blockStore: store, mount: 'fuse' })
+    const mnt = join(root, 'r6m')
+    try {
+      await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '4M' }), mnt)
+      // Writes the volume over and over, 128 KiB at a time, until a write fails; the store's slow
+      // batches keep the mount's write-behind buffer full.
+      const child = spawn('python3', ['-c', `
+import os
+fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_WRONLY)
+print('open', flush=True)
+n = 0
+try:
+    while True:
+        os.pwrite(fd, b'x' * 131072, (n % 32) * 131072)
+        n += 1
+except OSError as e:
+    print('error', e.errno, flush=True)
+`], { stdio: ['ignore', 'pipe', 'inherit'] })
+      const lines = collectLines(child.stdout)
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      // Without the fix the unmount waited as long as the writer wrote (here: for ever).
+      let timer: NodeJS.Timeout | undefined
+      const unmounted = await Promise.race([
+        g.mounts.unmountVolume(mnt, { force: true }).then(() => 'unmounted'),
+        new Promise((resolve) => { timer = setTimeout(resolve, 60_000, 'still waiting after a minute') })
+      ])
+      clearTimeout(timer)
+      if (unmounted !== 'unmounted') child.kill('SIGKILL')
+      assert.equal(unmounted, 'unmounted')
+      await exited
+      assert.deepEqual(lines, ['open', 'error 5'])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('unmounting a mount point whose path holds shell characters ($, backquotes) unmounts that one only and runs nothing', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'r7'), mount: 'fuse' })
+    const base = join(root, 'r7m')
+    const plain = join(base, 'm')
+    const dollar = join(base, 'm$x')
+    const marker = join(base, 'RAN')
+    const backquoted = join(base, `c\`touch ${marker}\``)
+    const mounted = async (path: string): Promise<boolean> => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').some((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))) === path)
+    try {
+      for (const [name, path] of [['a', plain], ['b', dollar], ['c', backquoted]] as const) {
+        await g.mounts.mountVolume(await g.createVolume({ name, sizeBytes: '1M' }), path)
+        assert.ok(await mounted(path), `${path} is mounted`)
+      }
+      await g.mounts.unmountVolume(dollar)
+      assert.ok(!(await mounted(dollar)), 'the $ mount is gone')
+      assert.ok(await mounted(plain), 'the mount whose path the shell would have made of it is still there')
+      assert.deepEqual(g.mounts.listMounts().map((m) => m.path).sort(), [backquoted, plain].sort())
+      await g.mounts.unmountVolume(backquoted)
+      assert.ok(!(await mounted(backquoted)), 'the backquoted mount is gone')
+      assert.ok(!existsSync(marker), 'no command in the path was run')
+      await g.mounts.unmountVolume(plain)
+      assert.ok(!(await mounted(plain)))
+    } finally {
+      await g.close()
+    }
+  })
+
   it('reads through the mount see writes made any other way (no stale page cache), also on an open descriptor', async () => {
     const g = await GalleonFS.open({ storagePath: join(root, 'r4'), mount: 'fuse' })
     const mnt = join(root, 'r4m')

@@ -158,7 +158,8 @@ async function isMountPoint (path: string): Promise<boolean> {
   const { readFile } = await import('node:fs/promises')
   const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined)
   if (info === undefined) return true // cannot tell: assume it is, and report the failure
-  return info.split('\n').some((line) => line.split(' ')[4]?.replace(/\\040/g, ' ') === path)
+  // The kernel writes space, tab, newline and backslash in a path as octal escapes (\040 ...).
+  return info.split('\n').some((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))) === path)
 }
 
 /** fuse-native's own last step of an unmount: stops its thread for `path`. */
@@ -194,7 +195,7 @@ export class FuseMountDriver implements MountDriver {
     const state: MountState = { fuse: undefined, writes: new WriteBehind(), readAhead: new ReadAhead(volume.data), openData: 0, active: true }
     // No operation timeout: fuse-native's default (15 s) would answer a slow request with ETIMEDOUT
     // and then let the late answer write into a buffer it already released.
-    const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: true, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
+    const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: false, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
     state.fuse = fuse
     // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
     const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
@@ -230,11 +231,16 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('BUSY', `${path}/data is open in ${state.openData} place(s); close it (fuser -m ${path} shows who has it), or unmount with { force: true }`)
     }
     let failure: unknown
-    await state.writes.drain().catch((err: unknown) => { failure = err })
+    // New writes (and opens) get EIO from here on: a forced unmount waits only for the writes
+    // already accepted, not for a writer that keeps the write-behind buffer full.
     state.active = false
+    await state.writes.drain().catch((err: unknown) => { failure = err })
     state.readAhead.close()
     const fuse = state.fuse as FuseInstance
-    await new Promise<void>((resolve, reject) => fuse.unmount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
+    // Not fuse.unmount(): fuse-native runs `fusermount -uz "<path>"` through a shell, which expands
+    // $ and backticks in the path (unmounting another mount, or running a command). fusermount is
+    // run here without a shell, then fuse-native's last step stops its thread.
+    await run('fusermount', ['-uz', path], { env: childEnvironment() }).then(() => { stopNativeThread(path, fuse) }, async (err: Error) => {
       // Unmounted from outside (fusermount -u, umount): fusermount fails, but fuse-native's thread
       // still runs and would keep the process alive. Stop it directly.
       if (!await isMountPoint(path)) {

@@ -196,7 +196,7 @@ export class KeyManager {
    * backup key stays when it had one, so its backups stay readable with the same key. Call `apply`
    * once the batch is stored.
    */
-  async handOver (stagingId: string | undefined, volumeId: string): Promise<{ ops: object[], apply: () => void }> {
+  async handOver (stagingId: string | undefined, volumeId: string): Promise<{ ops: object[], apply: () => void, cipher?: (storageId: number) => VolumeCipher }> {
     return await this.#serial(async () => {
       const previous = this.#records.get(volumeId)
       if (stagingId === undefined) {
@@ -205,8 +205,10 @@ export class KeyManager {
       const staged = this.#record(stagingId)
       const provider = await this.provider()
       const keys: DataKeyRecord[] = []
+      const deks: Uint8Array[] = []
       for (const key of staged.keys) {
         const dek = await provider.unwrap(unb64(key.wrapped), dekContext(stagingId, key.version))
+        deks.push(dek)
         keys.push({ ...key, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, key.version))), kekId: provider.keyId })
       }
       let backup = previous?.backup
@@ -217,7 +219,15 @@ export class KeyManager {
       const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup }
       return {
         ops: [{ type: 'put', sublevel: this.#db, key: volumeId, value: record }, { type: 'del', sublevel: this.#db, key: stagingId }],
-        apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) }
+        apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) },
+        // The cipher of the volume's new storage, from the keys unwrapped here (after `apply`): no
+        // second unwrap after the switch-over, where a key provider's brief failure would leave a
+        // migrated volume without its keys until the next open.
+        cipher: (storageId: number) => {
+          const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
+          for (const [i, key] of keys.entries()) cipher.addKey(key.version, deks[i] as Uint8Array, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
+          return cipher
+        }
       }
     })
   }

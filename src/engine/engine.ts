@@ -71,7 +71,8 @@ export class VolumeBlocks {
   readonly locks = new Map<number, BlockClaim>()
   /** Writes that hold generations but are not yet published (a snapshot waits for these). */
   readonly tickets = new Set<BlockClaim>()
-  readonly metrics: MetricsRecorder
+  /** The volume's counters (a migration hands them on to its new storage). */
+  metrics: MetricsRecorder
   #inflight = 0
   #idleWaiters: Array<() => void> = []
   /** While set, new operations wait for it (a revert or a snapshot deletion in progress). */

@@ -262,6 +262,8 @@ export class PoolManager {
   readonly #catalog: PoolCatalog
   /** Bytes reserved per pool by creates and expansions whose records are not stored yet. */
   readonly #reserved = new Map<string, number>()
+  /** The lower of the old and new limit of a pool whose update is being stored. */
+  readonly #limiting = new Map<string, number>()
   /** Pools being created or deleted now (their names are taken meanwhile). */
   readonly #changing = new Set<string>()
 
@@ -320,10 +322,20 @@ export class PoolManager {
     const parsed = parsePoolUpdate(changes)
     const next: StoragePool = { ...current, ...parsed, updatedAt: new Date().toISOString() }
     const provisioned = this.#provisioned(current.name)
-    if (limitOf(next) < provisioned) {
-      throw new GalleonError('BUSY', `pool ${current.name} has ${sizeText(provisioned)} provisioned by ${this.#members(current.name).length} volume(s); a limit of ${sizeText(limitOf(next))} (capacity ${sizeText(next.capacityBytes)} x overcommit ${next.overcommitRatio}) would be below that. Delete volumes in it first, or keep the limit at least ${sizeText(provisioned)}`)
+    // Bytes reserved by creates, expansions and migrations under way count too: they are provisioned
+    // once those finish.
+    const reserved = this.#reserved.get(current.name) ?? 0
+    if (limitOf(next) < provisioned + reserved) {
+      throw new GalleonError('BUSY', `pool ${current.name} has ${sizeText(provisioned)} provisioned by ${this.#members(current.name).length} volume(s)${reserved > 0 ? ` and ${sizeText(reserved)} reserved by creates, expansions or migrations under way` : ''}; a limit of ${sizeText(limitOf(next))} (capacity ${sizeText(next.capacityBytes)} x overcommit ${next.overcommitRatio}) would be below that. Delete volumes in it first, or keep the limit at least ${sizeText(provisioned + reserved)}`)
     }
-    await this.#catalog.putPool(next)
+    // While the new limit is stored, reservations already keep to it.
+    const lower = Math.min(limitOf(current), limitOf(next))
+    this.#limiting.set(current.name, lower)
+    try {
+      await this.#catalog.putPool(next)
+    } finally {
+      if (this.#limiting.get(current.name) === lower) this.#limiting.delete(current.name)
+    }
     return structuredClone(next)
   }
 
@@ -380,7 +392,7 @@ export class PoolManager {
     const pool = this.get(poolName)
     const reserved = this.#reserved.get(pool.name) ?? 0
     const provisioned = this.#provisioned(pool.name)
-    const limit = limitOf(pool)
+    const limit = Math.min(limitOf(pool), this.#limiting.get(pool.name) ?? Number.POSITIVE_INFINITY)
     const free = Math.max(0, limit - provisioned - reserved)
     if (bytes > free) {
       throw new GalleonError('NO_SPACE', `storage pool ${pool.name} is full: ${what} needs ${sizeText(bytes)} but only ${sizeText(free)} of its ${sizeText(limit)} limit are free (${sizeText(provisioned)} provisioned${reserved > 0 ? `, ${sizeText(reserved)} being created` : ''}; capacity ${sizeText(pool.capacityBytes)} x overcommit ${pool.overcommitRatio}). Nothing was written. Delete volumes in the pool, raise its capacity or overcommitRatio with updatePool(${JSON.stringify(pool.name)}, ...), or use another pool`)
