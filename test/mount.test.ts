@@ -263,6 +263,30 @@ describe('mount manager (virtual driver)', () => {
     }
   })
 
+  it('VolumeFile.close() waits for the reads and writes already started; none start after it was called', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createVolume({ name: 'big', sizeBytes: '64M' })
+      const file = await g.mounts.openVolumeFile('big')
+      const data = bytes(40 << 20)
+      let written = false
+      // 40 MiB go in several pieces: close() is called while the first is being written.
+      const writing = file.pwrite(data, 0).then((n) => { written = true; return n })
+      const closing = file.close()
+      await assert.rejects(file.pwrite(bytes(10), 0), (err: Error & { code?: string }) => err.code === 'NOT_OPEN')
+      await closing
+      assert.equal(written, true, 'the write started before close() had finished when close() resolved')
+      assert.equal(await writing, 40 << 20)
+      assert.equal(file.closed, true)
+      // The volume's writer place is free again only now: a second writable file opens.
+      const second = await g.mounts.openVolumeFile('big')
+      assert.deepEqual(Buffer.from(await g.read('big', 0, 40 << 20)).equals(Buffer.from(data)), true)
+      await second.close()
+    } finally {
+      await g.close()
+    }
+  })
+
   it('mount calls act as the principal of a handle: other tenants\' volumes are denied, listings filtered', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {

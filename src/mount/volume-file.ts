@@ -32,6 +32,10 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   readonly sync: boolean
   #position = 0
   #closed = false
+  /** Set by close(): what is in flight finishes, nothing new starts. */
+  #closing: Promise<void> | undefined
+  /** Reads and writes in flight (close waits for them). */
+  readonly #inflight = new Set<Promise<unknown>>()
   readonly #io: VolumeFileIo
   readonly #onClose: () => void
 
@@ -73,6 +77,10 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   /** Reads up to `length` bytes at `position` into `buffer`, without moving the position. */
   async pread (buffer: Uint8Array, position: number, length?: number, bufferOffset = 0): Promise<number> {
     this.#assertOpen()
+    return await this.#track(this.#pread(buffer, position, length, bufferOffset))
+  }
+
+  async #pread (buffer: Uint8Array, position: number, length: number | undefined, bufferOffset: number): Promise<number> {
     assertBytes(buffer, 'buffer')
     checkPosition(position, 'position')
     checkPosition(bufferOffset, 'bufferOffset')
@@ -107,6 +115,10 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   /** Writes `data` at `position`, without moving the position; refused past the end of the volume. */
   async pwrite (data: Uint8Array, position: number): Promise<number> {
     this.#assertOpen()
+    return await this.#track(this.#pwrite(data, position))
+  }
+
+  async #pwrite (data: Uint8Array, position: number): Promise<number> {
     if (this.readOnly) throw new GalleonError('READ_ONLY', this.snapshotId !== undefined ? 'this file shows a snapshot, which is read-only' : 'this file was opened read-only (or its mount is read-only)')
     assertBytes(data, 'data')
     checkPosition(position, 'position')
@@ -144,12 +156,24 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   /** Flushes (when writable) and closes; later calls reject with NOT_OPEN. Idempotent. */
   async close (): Promise<void> {
     if (this.#closed) return
-    try {
-      if (!this.readOnly) await this.#io.flush()
-    } finally {
-      this.#closed = true
-      this.#onClose()
-    }
+    this.#closing ??= (async () => {
+      // Reads and writes already started finish first (a large pwrite goes on in pieces), so the
+      // flush covers them and the mount (or the writer's place) is released only after them.
+      while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])
+      try {
+        if (!this.readOnly) await this.#io.flush()
+      } finally {
+        this.#closed = true
+        this.#onClose()
+      }
+    })()
+    await this.#closing
+  }
+
+  #track<T> (operation: Promise<T>): Promise<T> {
+    this.#inflight.add(operation)
+    void operation.finally(() => this.#inflight.delete(operation)).catch(() => {})
+    return operation
   }
 
   /** The bytes from the position to the end, in chunks of up to 1 MiB (the position follows). */
@@ -219,7 +243,7 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   }
 
   #assertOpen (): void {
-    if (this.#closed) throw new GalleonError('NOT_OPEN', 'this volume file is closed; open another with openVolumeFile()')
+    if (this.#closed || this.#closing !== undefined) throw new GalleonError('NOT_OPEN', 'this volume file is closed; open another with openVolumeFile()')
   }
 }
 
