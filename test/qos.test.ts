@@ -280,6 +280,26 @@ describe('QoS scheduler', () => {
     assert.ok(Math.max(...waits.slice(5)) <= 14, `longest wait ${Math.max(...waits.slice(5))} ms`)
   })
 
+  it('a latency target reorders within fair share: a busy volume with one does not starve the others', async () => {
+    const measure = async (other: object): Promise<{ target: number, other: number }> => {
+      const clock = new ManualClock()
+      const s = new QoSScheduler({ clock, capacityIops: 400 })
+      s.setPolicy('a', 'a', parseQoSPolicy({ limits: { latency_ms: 20 } }), 'volume')
+      s.setPolicy('b', 'b', parseQoSPolicy(other), 'volume')
+      const a = load(s, clock, 'a', { depth: 16, until: 5000, kind: 'read' })
+      const b = load(s, clock, 'b', { depth: 16, until: 5000, kind: 'read' })
+      await clock.advance(5000)
+      s.close()
+      return { target: rate(a.counted, 1, 5), other: rate(b.counted, 1, 5) }
+    }
+    // Both queues always full: equal weights split the 400 operations a second evenly (the target
+    // alone took ~400 of them), and a weight of 100 gives its volume most of them.
+    const even = await measure({ weight: 1 })
+    assert.ok(Math.abs(even.target - even.other) <= 40, `equal weights: the volume with the target got ${even.target}/s, the other ${even.other}/s`)
+    const heavy = await measure({ weight: 100 })
+    assert.ok(heavy.other >= 300 && heavy.target <= 100, `weight 100 against a target: ${heavy.other}/s against ${heavy.target}/s`)
+  })
+
   it('refuses bad node options', () => {
     invalid(() => new QoSScheduler({ maxInFlight: 0 }), 'maxInFlight')
     invalid(() => new QoSScheduler({ capacityIops: -1 }), 'capacityIops')

@@ -20,7 +20,9 @@ export interface QoSLimits {
   readonly writeThroughputMBps?: number
   /**
    * Latency target in milliseconds: the scheduler serves an operation of this volume ahead of
-   * fair-share order once it has waited half the target, and metrics report whether the
+   * fair-share order once it has waited half the target (while the volume is at most a couple of
+   * its operations ahead of its weighted share, so a target is no licence to starve other
+   * volumes), and metrics report whether the
    * window's 99th percentile met it (`qos:latency-missed` when not).
    */
   readonly latencyMs?: number

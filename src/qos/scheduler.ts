@@ -2,8 +2,8 @@
 // buckets per limit, with burst credits), then the node's dispatcher, which bounds the work in
 // flight (and, if declared, the backend's capacity) and, when operations queue for it, serves them
 // in mClock order: reservations (guarantees) that are due first, then operations close to their
-// latency target, then weighted fair share. A noisy neighbour therefore queues behind a guaranteed
-// volume's floor instead of starving it.
+// latency target (while their volume is not far ahead of its fair share), then weighted fair
+// share. A noisy neighbour therefore queues behind a guaranteed volume's floor instead of starving it.
 
 import { GalleonError, describe } from '../errors.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
@@ -113,6 +113,14 @@ class VolumeState {
 }
 
 const INTERVAL_MS = 1000
+/**
+ * How far ahead of fair-share order a latency target may put a volume, in its own operations: an
+ * operation at risk of its target goes first only while its fair-share tag is at most this many
+ * of the volume's operations (1/weight each) past the tag fair share would serve next. A light
+ * volume's operations so keep their target against any weight, while a volume that keeps its
+ * queue full cannot take more than about its weighted share by having a target.
+ */
+const LATENCY_LEAD_OPS = 2
 /**
  * How far back a reservation tag may start: a guaranteed volume whose operations were delayed
  * (timer and event-loop jitter, its own think time) catches up on up to this much of its floor
@@ -434,7 +442,7 @@ export class QoSScheduler {
     }
   }
 
-  /** Whose head operation goes next: a due reservation, then a latency target at risk, then fair share. */
+  /** Whose head operation goes next: a due reservation, then a latency target at risk (within LATENCY_LEAD_OPS of fair share), then fair share. */
   #pick (now: number): VolumeState | undefined {
     let due: VolumeState | undefined
     let urgent: VolumeState | undefined
@@ -446,6 +454,9 @@ export class QoSScheduler {
       if (state.latencyMs > 0 && now - head.arrived >= state.latencyMs / 2 && (urgent === undefined || head.arrived < (urgent.queued[0] as Pending).arrived)) urgent = state
       if (fair === undefined || head.pTag < (fair.queued[0] as Pending).pTag) fair = state
     }
+    // Urgency reorders within a bounded lead over fair share instead of being strict priority,
+    // which let one busy volume with a target take the whole node whatever the others' weights.
+    if (urgent !== undefined && fair !== undefined && (urgent.queued[0] as Pending).pTag - (fair.queued[0] as Pending).pTag > LATENCY_LEAD_OPS / urgent.weight) urgent = undefined
     return due ?? urgent ?? fair
   }
 
