@@ -6,7 +6,7 @@ import type { Backup } from './backup/manager.js'
 import type { BackupPolicyRun } from './backup/policies.js'
 import type { ClusterEvents } from './cluster/manager.js'
 import type { ReplicationEvents } from './replication/manager.js'
-import type { QoSGuaranteeMissedEvent, QoSThrottledEvent } from './qos/scheduler.js'
+import type { QoSGuaranteeMissedEvent, QoSLatencyMissedEvent, QoSThrottledEvent } from './qos/scheduler.js'
 import type { QoSPolicy, QoSPolicySource } from './qos/policy.js'
 import type { MigrationProgressEvent } from './volumes/migration.js'
 
@@ -74,6 +74,8 @@ export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'qos:throttled': (event: QoSThrottledEvent) => void
   /** A guaranteed volume was served less than its floor for a whole second while it had work queued. */
   'qos:guarantee-missed': (event: QoSGuaranteeMissedEvent) => void
+  /** A volume's 99th-percentile latency over the metrics window, QoS waits included, is above its target (at most once per volume per second). */
+  'qos:latency-missed': (event: QoSLatencyMissedEvent) => void
   /** The QoS policy in force for a volume changed (setQoSPolicy / clearQoSPolicy). */
   'qos:policy-changed': (event: { volumeId: string, volumeName: string, policy?: QoSPolicy, source: QoSPolicySource }) => void
 }

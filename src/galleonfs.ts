@@ -153,7 +153,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options?.metricsWindowSeconds !== undefined) assertWindowSeconds(options.metricsWindowSeconds, 'metricsWindowSeconds')
     // Built before any driver opens, so a bad qos option fails without touching the storage.
     let emitQoS: (event: string, payload: unknown) => void = () => {}
-    const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) })
+    const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) }, options?.metricsWindowSeconds)
     const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options)
     try {
       await metadata.open()
@@ -1592,6 +1592,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
+    const arrivedAt = this.#qos.now()
     const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
@@ -1601,6 +1602,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw this.#ioFailed(record, 'write', err)
     } finally {
       if (held) this.#qos.release()
+      this.#qos.completed(record.id, 'write', arrivedAt)
     }
   }
 
@@ -1618,6 +1620,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     this.#assertCopyHeld(record)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
+    const arrivedAt = this.#qos.now()
     const admitted = this.#qos.admit(record.id, 'read', this.#engine.blockSize)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
@@ -1627,6 +1630,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } finally {
       unpin?.()
       if (held) this.#qos.release()
+      this.#qos.completed(record.id, 'read', arrivedAt)
     }
   }
 
@@ -1647,6 +1651,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       this.#replication.checkConcern(record.id, checked)
     }
     const volume = this.#ioVolumeOf(record)
+    const arrivedAt = this.#qos.now()
     const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
@@ -1656,6 +1661,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw this.#ioFailed(record, 'write', err)
     } finally {
       if (held) this.#qos.release()
+      this.#qos.completed(record.id, 'write', arrivedAt)
     }
   }
 
@@ -1670,6 +1676,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     this.#assertCopyHeld(record)
     const unpin = snapshot === undefined ? undefined : this.#pinSnapshot(snapshot)
+    const arrivedAt = this.#qos.now()
     const admitted = this.#qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
@@ -1679,6 +1686,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     } finally {
       unpin?.()
       if (held) this.#qos.release()
+      this.#qos.completed(record.id, 'read', arrivedAt)
     }
   }
 
@@ -1712,6 +1720,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       return
     }
     this.#assertCopyHeld(record)
+    const arrivedAt = this.#qos.now()
     // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
     const admitted = this.#qos.admit(record.id, 'write', 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
@@ -1722,6 +1731,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       throw this.#ioFailed(record, 'trim', err)
     } finally {
       if (held) this.#qos.release()
+      this.#qos.completed(record.id, 'write', arrivedAt)
     }
   }
 
@@ -1816,14 +1826,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     await this.#check('getVolumeMetrics', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
     const snapshot = this.#volumeBlocks(record).metrics.snapshot()
-    const qos = this.#qos.metrics(record.id)
-    const target = qos.policy?.limits?.latencyMs
-    return {
-      volumeId: record.id,
-      volumeName: record.name,
-      ...snapshot,
-      qos: target === undefined ? qos : { ...qos, latencyTargetMs: target, latencyTargetMet: snapshot.latencyP99Ms <= target }
-    }
+    return { volumeId: record.id, volumeName: record.name, ...snapshot, qos: this.#qos.metrics(record.id) }
   }
 
   /** All metrics in the Prometheus text exposition format (version 0.0.4). */

@@ -115,6 +115,32 @@ describe('QoS policies on volumes', () => {
     }
   })
 
+  it('judges a latency target on what callers wait, QoS queueing included, and emits qos:latency-missed', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      const missed: Array<{ volumeName: string, latencyTargetMs: number, latencyP99Ms: number }> = []
+      g.on('qos:latency-missed', (event) => missed.push(event))
+      // 20 writes at once against 50 IOPS: all but the first wait 20 ms or more for the limit,
+      // while the engine itself takes far less than the 5 ms target for each.
+      await g.createVolume({ name: 'db', sizeBytes: '1M', qos: { limits: { iops: 50, latencyMs: 5 } } })
+      await Promise.all(Array.from({ length: 20 }, async (_, i) => await g.writeBlock('db', i, BLOCK)))
+      const qos = (await g.getVolumeMetrics('db')).qos
+      assert.equal(qos?.latencyTargetMs, 5)
+      assert.equal(qos?.latencyTargetMet, false)
+      assert.ok((qos?.latencyP99Ms ?? 0) >= 100, `p99 as callers saw it: ${qos?.latencyP99Ms} ms`)
+      assert.equal(missed.length, 1, 'one event in the first second')
+      assert.deepEqual(missed[0], { ...missed[0], volumeName: 'db', latencyTargetMs: 5 })
+      assert.ok((missed[0]?.latencyP99Ms ?? 0) > 5)
+      // A target the calls meet is reported met, without events.
+      await g.createVolume({ name: 'easy', sizeBytes: '1M', qos: { limits: { latencyMs: 60_000 } } })
+      for (let i = 0; i < 5; i++) await g.writeBlock('easy', i, BLOCK)
+      assert.equal((await g.getVolumeMetrics('easy')).qos?.latencyTargetMet, true)
+      assert.equal(missed.length, 1)
+    } finally {
+      await g.close()
+    }
+  })
+
   it('refuses bad node QoS options before opening anything', async () => {
     await expectCode(GalleonFS.open({ inMemory: true, qos: { maxInFlight: -3 } }), 'INVALID_ARGUMENT', 'maxInFlight')
     await expectCode(GalleonFS.open({ inMemory: true, qos: { capacityIops: 'lots' as never } }), 'INVALID_ARGUMENT', 'capacityIops')

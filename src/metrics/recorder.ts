@@ -60,7 +60,7 @@ export interface VolumeMetrics extends VolumeMetricsSnapshot {
   /** Name of the volume. */
   readonly volumeName: string
   /** QoS: the policy in force, throttling, burst credits, guarantee and latency target status. */
-  readonly qos?: import('../qos/scheduler.js').QoSMetrics & { readonly latencyTargetMs?: number, readonly latencyTargetMet?: boolean }
+  readonly qos?: import('../qos/scheduler.js').QoSMetrics
 }
 
 /** Options of a {@link MetricsRecorder}. */

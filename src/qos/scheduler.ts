@@ -6,6 +6,7 @@
 // share. A noisy neighbour therefore queues behind a guaranteed volume's floor instead of starving it.
 
 import { GalleonError, describe } from '../errors.js'
+import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
 
@@ -46,10 +47,25 @@ export interface QoSMetrics {
    * operations queued at the dispatcher all that second and was served less than its floor.
    */
   readonly guarantee?: { readonly iops?: number, readonly throughputMBps?: number, readonly achievedIops: number, readonly achievedThroughputMBps: number, readonly met: boolean, readonly missedSeconds: number }
+  /** The latency target (`limits.latencyMs`), when the policy has one. */
+  readonly latencyTargetMs?: number
+  /**
+   * 99th-percentile latency over the metrics window as the caller sees it, from the call's arrival
+   * at the QoS stage to its completion (waiting for limits and the dispatcher included), in ms;
+   * present with a latency target.
+   */
+  readonly latencyP99Ms?: number
+  /** Whether `latencyP99Ms` is within the target; present with a latency target. */
+  readonly latencyTargetMet?: boolean
 }
 
 /** Payload of `qos:throttled` (at most one per volume per second). */
 export interface QoSThrottledEvent { volumeId: string, volumeName: string, limit: string, waitMs: number }
+/**
+ * Payload of `qos:latency-missed` (at most one per volume per second): the window's 99th
+ * percentile, from arrival at the QoS stage to completion, is above the volume's target.
+ */
+export interface QoSLatencyMissedEvent { volumeId: string, volumeName: string, latencyTargetMs: number, latencyP99Ms: number }
 /** Payload of `qos:guarantee-missed`. */
 export interface QoSGuaranteeMissedEvent { volumeId: string, volumeName: string, guaranteedIops?: number, guaranteedThroughputMBps?: number, achievedIops: number, achievedThroughputMBps: number }
 
@@ -105,6 +121,9 @@ class VolumeState {
   achievedBps = 0
   met = true
   missedSeconds = 0
+  /** Latencies from arrival to completion, kept while the policy has a latency target. */
+  latencies: MetricsRecorder | undefined
+  lastLatencyEvent = -Infinity
 
   constructor (id: string, name: string) {
     this.id = id
@@ -134,6 +153,7 @@ export class QoSScheduler {
   readonly #emit: (event: string, payload: unknown) => void
   readonly #volumes = new Map<string, VolumeState>()
   readonly #maxInFlight: number
+  readonly #windowSeconds: number
   readonly #capacity: Array<[TokenBucket, 'ops' | 'bytes']> = []
   readonly #explicit: boolean
   #dispatching: boolean
@@ -144,7 +164,8 @@ export class QoSScheduler {
   #intervalStart: number
   #closed = false
 
-  constructor (options: QoSNodeOptions = {}, emit: (event: string, payload: unknown) => void = () => {}) {
+  /** `windowSeconds`: the metrics window over which a latency target's 99th percentile is judged. */
+  constructor (options: QoSNodeOptions = {}, emit: (event: string, payload: unknown) => void = () => {}, windowSeconds = 10) {
     if (options === null || typeof options !== 'object') throw invalid(`qos options must be an object such as { maxInFlight: 64, capacityIops: 20000 }, got ${describe(options)}`)
     const known = new Set(['maxInFlight', 'capacityIops', 'capacityMBps', 'clock'])
     for (const key of Object.keys(options)) if (!known.has(key)) throw invalid(`unknown qos option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
@@ -156,6 +177,7 @@ export class QoSScheduler {
     this.#clock = options.clock ?? realClock
     this.#emit = emit
     this.#maxInFlight = maxInFlight
+    this.#windowSeconds = windowSeconds
     const now = this.#clock.now()
     if (capacityIops !== undefined) this.#capacity.push([new TokenBucket(capacityIops, now), 'ops'])
     if (capacityMBps !== undefined) this.#capacity.push([new TokenBucket(capacityMBps * 1e6, now), 'bytes'])
@@ -209,6 +231,9 @@ export class QoSScheduler {
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
     state.weight = policy?.weight ?? 1
     state.latencyMs = limits?.latencyMs ?? 0
+    // A changed target keeps the latencies measured so far: they are still what callers saw.
+    if (state.latencyMs === 0) state.latencies = undefined
+    else state.latencies ??= new MetricsRecorder({ windowSeconds: this.#windowSeconds, now: this.#clock.now })
     if (state.reservationIops > 0 || state.reservationBps > 0 || policy?.weight !== undefined || state.latencyMs > 0) this.#dispatching = true
     for (const lane of [0, 1] as const) {
       if (state.timers[lane] !== undefined) { this.#clock.clearTimeout(state.timers[lane]); state.timers[lane] = undefined }
@@ -264,6 +289,30 @@ export class QoSScheduler {
     if (this.#backlog > 0) this.#pump()
   }
 
+  /** The QoS clock's time in ms: what an I/O call passes to `completed()` as its arrival. */
+  now (): number {
+    return this.#clock.now()
+  }
+
+  /**
+   * Ends an I/O call that arrived at `arrivedAt` (from `now()`, taken before `admit`): for a volume
+   * with a latency target, records its latency as the caller saw it, QoS waits included (the
+   * engine's own figures start after them), and announces a missed target once a second.
+   */
+  completed (volumeId: string, kind: Kind, arrivedAt: number): void {
+    const state = this.#volumes.get(volumeId)
+    const latencies = state?.latencies
+    if (state === undefined || latencies === undefined) return
+    latencies.end(kind, 0, arrivedAt)
+    // Only an operation over the target can put the percentile over it, so the common case skips
+    // merging the window.
+    const now = this.#clock.now()
+    if (now - arrivedAt <= state.latencyMs || now - state.lastLatencyEvent < INTERVAL_MS) return
+    const p99 = latencies.snapshot().latencyP99Ms
+    if (p99 > state.latencyMs) state.lastLatencyEvent = now
+    if (p99 > state.latencyMs) this.#emit('qos:latency-missed', { volumeId: state.id, volumeName: state.name, latencyTargetMs: state.latencyMs, latencyP99Ms: p99 } satisfies QoSLatencyMissedEvent)
+  }
+
   /** QoS figures of a volume (undefined when it has neither policy nor queued work). */
   metrics (volumeId: string): QoSMetrics {
     const state = this.#volumes.get(volumeId)
@@ -277,6 +326,7 @@ export class QoSScheduler {
       if (unit === 'ops') { credits.iops = bucket.credits(now); capacity.iops = bucket.creditCapacity } else { credits.throughputMB = bucket.credits(now) / 1e6; capacity.throughputMB = bucket.creditCapacity / 1e6 }
     }
     const guarantees = state.policy?.guarantees
+    const p99 = state.latencies?.snapshot().latencyP99Ms
     return {
       ...(state.policy === undefined ? {} : { policy: state.policy }),
       source: state.source,
@@ -287,7 +337,8 @@ export class QoSScheduler {
       ...(Object.keys(credits).length > 0 ? { burstCredits: credits, burstCreditCapacity: capacity } : {}),
       ...(guarantees === undefined
         ? {}
-        : { guarantee: { ...guarantees, achievedIops: state.achievedIops, achievedThroughputMBps: state.achievedBps / 1e6, met: state.met, missedSeconds: state.missedSeconds } })
+        : { guarantee: { ...guarantees, achievedIops: state.achievedIops, achievedThroughputMBps: state.achievedBps / 1e6, met: state.met, missedSeconds: state.missedSeconds } }),
+      ...(p99 === undefined ? {} : { latencyTargetMs: state.latencyMs, latencyP99Ms: p99, latencyTargetMet: p99 <= state.latencyMs })
     }
   }
 
