@@ -1593,7 +1593,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     const volume = this.#ioVolumeOf(record)
     const arrivedAt = this.#qos.now()
-    const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
+    // Short data is zero-padded: the whole block is stored, so the whole block is charged.
+    const admitted = this.#qos.admit(record.id, 'write', this.#engine.blockSize)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await this.#engine.writeBlock(volume, blockIndex, data, checked)

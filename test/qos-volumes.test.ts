@@ -141,6 +141,19 @@ describe('QoS policies on volumes', () => {
     }
   })
 
+  it('charges a writeBlock with short data the whole block it stores against throughput limits', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      // 100 kB/s holds 5 kB at once: one 4096-byte block passes at a time, 1-byte writes never wait.
+      await g.createVolume({ name: 'tiny-writes', sizeBytes: '1M', qos: { limits: { writeThroughputMBps: 0.1 } } })
+      await Promise.all(Array.from({ length: 10 }, async (_, i) => await g.writeBlock('tiny-writes', i, new Uint8Array(1).fill(1))))
+      const qos = (await g.getVolumeMetrics('tiny-writes')).qos
+      assert.ok((qos?.throttledOps ?? 0) >= 8, `${qos?.throttledOps} of 10 one-byte block writes waited for the limit`)
+    } finally {
+      await g.close()
+    }
+  })
+
   it('refuses bad node QoS options before opening anything', async () => {
     await expectCode(GalleonFS.open({ inMemory: true, qos: { maxInFlight: -3 } }), 'INVALID_ARGUMENT', 'maxInFlight')
     await expectCode(GalleonFS.open({ inMemory: true, qos: { capacityIops: 'lots' as never } }), 'INVALID_ARGUMENT', 'capacityIops')
