@@ -300,6 +300,27 @@ describe('QoS scheduler', () => {
     assert.ok(heavy.other >= 300 && heavy.target <= 100, `weight 100 against a target: ${heavy.other}/s against ${heavy.target}/s`)
   })
 
+  it('sleeps at most the longest timer Node takes when a tiny limit means a wait of years, and checks again on waking', async () => {
+    const clock = new ManualClock()
+    const delays: number[] = []
+    const recording = { now: clock.now, clearTimeout: clock.clearTimeout, setTimeout: (fn: () => void, ms: number): unknown => { delays.push(ms); return clock.setTimeout(fn, ms) } }
+    const s = new QoSScheduler({ clock: recording })
+    s.setPolicy('v', 'v', parseQoSPolicy({ limits: { write_iops: 1e-7 } }), 'volume')
+    assert.equal(s.admit('v', 'write', 4096), false)
+    let admitted = false
+    void (async () => { await s.admit('v', 'write', 4096); admitted = true })()
+    await clock.advance(0)
+    // Node runs a setTimeout of more than 2^31-1 ms after 1 ms: the limiter would spin.
+    assert.deepEqual(delays, [2 ** 31 - 1])
+    await clock.advance(2 ** 31)
+    assert.equal(admitted, false, 'a capped timer does not let the operation through early')
+    assert.equal(delays.length, 2)
+    assert.equal(delays[1], 2 ** 31 - 1)
+    s.setPolicy('v', 'v', undefined, 'none')
+    await clock.advance(0)
+    assert.equal(admitted, true)
+  })
+
   it('refuses bad node options', () => {
     invalid(() => new QoSScheduler({ maxInFlight: 0 }), 'maxInFlight')
     invalid(() => new QoSScheduler({ capacityIops: -1 }), 'capacityIops')

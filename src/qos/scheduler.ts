@@ -385,7 +385,7 @@ export class QoSScheduler {
       const wait = this.#closed ? 0 : this.#limitWait(state, op.kind, op.bytes, now)
       if (wait > 0) {
         if (state.timers[lane] === undefined) {
-          state.timers[lane] = this.#clock.setTimeout(() => { state.timers[lane] = undefined; this.#drain(state, lane) }, Math.max(1, Math.ceil(wait)))
+          state.timers[lane] = this.#clock.setTimeout(() => { state.timers[lane] = undefined; this.#drain(state, lane) }, timerDelay(wait))
         }
         if (now - state.lastThrottleEvent >= INTERVAL_MS) {
           state.lastThrottleEvent = now
@@ -473,7 +473,7 @@ export class QoSScheduler {
       const op = state.queued[0] as Pending
       const wait = this.#capacityWait(op.bytes)
       if (wait > 0) {
-        if (this.#pumpTimer === undefined) this.#pumpTimer = this.#clock.setTimeout(() => { this.#pumpTimer = undefined; this.#pump() }, Math.max(1, Math.ceil(wait)))
+        if (this.#pumpTimer === undefined) this.#pumpTimer = this.#clock.setTimeout(() => { this.#pumpTimer = undefined; this.#pump() }, timerDelay(wait))
         return
       }
       state.queued.shift()
@@ -539,6 +539,18 @@ export class QoSScheduler {
     }
     this.#intervalStart = now
   }
+}
+
+/** Longest delay setTimeout takes: Node runs a longer one after 1 ms (and warns). */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/**
+ * The timer delay for a wait of `ms`: at least 1 ms, and at most MAX_TIMER_MS, since a tiny limit
+ * (1e-7 IOPS) means waits of years that would otherwise fire every millisecond. A capped timer
+ * only wakes the caller early, which computes the wait again and sleeps on.
+ */
+function timerDelay (ms: number): number {
+  return Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(ms)))
 }
 
 function invalid (message: string): GalleonError {
