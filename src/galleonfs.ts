@@ -1826,7 +1826,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const { object, label } = this.#refObject(vol)
     await this.#check('getVolumeMetrics', 'volume:read', object, label)
     const record = this.#catalog.resolve(vol)
-    const snapshot = this.#volumeBlocks(record).metrics.snapshot()
+    const volume = this.#metricsVolume(record)
+    if (volume === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    const snapshot = volume.metrics.snapshot()
     return { volumeId: record.id, volumeName: record.name, ...snapshot, qos: this.#qos.metrics(record.id) }
   }
 
@@ -1836,19 +1838,30 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     await this.#check('metricsText', 'admin', undefined, 'metrics')
     const store = await this.getStorageStats()
     return renderPrometheus({
-      volumes: this.#catalog.volumes().map((record) => {
-        const volume = this.#volumeBlocks(record)
-        return {
+      volumes: this.#catalog.volumes().flatMap((record) => {
+        const volume = this.#metricsVolume(record)
+        if (volume === undefined) return []
+        return [{
           id: record.id,
           name: record.name,
           metrics: volume.metrics.snapshot(),
           sizeBytes: record.sizeBytes,
           usedBytes: this.#engine.allocatedBlocks(volume) * this.#engine.blockSize
-        }
+        }]
       }),
       store,
       pools: this.#pools.list().map((pool) => this.#poolStatus(pool))
     }) + this.#replicationMetrics() + renderQoSMetrics(this.#catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: this.#qos.metrics(record.id) })))
+  }
+
+  /**
+   * The engine state whose metrics a volume shows, or undefined for a volume being deleted whose
+   * blocks are gone already: attaching it again (as #volumeBlocks would) left a deleted volume in
+   * the engine for good.
+   */
+  #metricsVolume (record: VolumeRecord): VolumeBlocks | undefined {
+    if (record.state !== VolumeState.Deleting) return this.#volumeBlocks(record)
+    return this.#engine.volume(record.storageId) ?? this.#retired.get(record.storageId)
   }
 
   /** Prometheus families of replication: per volume and copy, lag (changes, bytes, seconds), bytes shipped, acknowledgement round trips and resync progress. */

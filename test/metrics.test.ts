@@ -7,6 +7,9 @@ import {
   MetricsRecorder, renderPrometheus, PROMETHEUS_CONTENT_TYPE,
   type PrometheusVolume, type VolumeMetricsSnapshot
 } from '../src/metrics/index.js'
+import { GalleonFS, GalleonError } from '../src/index.js'
+import { MemoryBlockStore } from '../backends/memory/index.js'
+import { MemoryLevel } from 'memory-level'
 
 interface ParsedSample { value?: string, labels?: Record<string, string> }
 interface ParsedFamily { name: string, help: string, type: string, metrics: ParsedSample[] }
@@ -403,5 +406,45 @@ describe('renderPrometheus', () => {
 
   it('names the exposition content type', () => {
     assert.equal(PROMETHEUS_CONTENT_TYPE, 'text/plain; version=0.0.4; charset=utf-8')
+  })
+})
+
+describe('metrics of an instance while a volume is deleted', () => {
+  it('neither shows nor brings back a volume whose blocks are gone before its record is', async () => {
+    // Holds the metadata batch that removes the volume's record: the window after its blocks went.
+    const db = new MemoryLevel()
+    let hold: Promise<void> | undefined
+    let reached: () => void = () => {}
+    const atRecordDelete = new Promise<void>((resolve) => { reached = resolve })
+    let release: () => void = () => {}
+    const batch = db.batch.bind(db) as (...args: unknown[]) => Promise<void>
+    ;(db as unknown as { batch: (...args: unknown[]) => unknown }).batch = (...args: unknown[]) => {
+      const ops = args[0]
+      if (Array.isArray(ops) && hold !== undefined && ops.some((op: { type?: string, key?: unknown }) => op.type === 'del' && op.key === gone.id)) {
+        const held = hold
+        hold = undefined
+        reached()
+        return held.then(async () => { await batch(...args) })
+      }
+      return batch(...args)
+    }
+    const g = await GalleonFS.open({ metadata: db as never, blockStore: new MemoryBlockStore() })
+    const gone = await g.createVolume({ name: 'gone', sizeBytes: '1M' })
+    try {
+      await g.writeBlock('gone', 0, new Uint8Array(4096).fill(1))
+      hold = new Promise<void>((resolve) => { release = resolve })
+      const deleting = g.deleteVolume('gone')
+      await atRecordDelete
+      const during = parsePrometheusTextFormat(await g.metricsText())
+      const samples = during.flatMap((family) => family.metrics.filter((m) => m.labels?.volume_name === 'gone'))
+      assert.deepEqual(samples, [], 'a volume whose blocks are destroyed has no metrics to show')
+      await assert.rejects(g.getVolumeMetrics('gone'), (err: unknown) => err instanceof GalleonError && err.code === 'VOLUME_NOT_FOUND')
+      release()
+      await deleting
+      assert.ok(!(await g.metricsText()).includes('volume_name="gone"'))
+    } finally {
+      release()
+      await g.close()
+    }
   })
 })
