@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process'
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import { constants as fsConstants } from 'node:fs'
 import { access, chmod, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
@@ -28,6 +29,11 @@ const MAX_BODY_BYTES = 1024 * 1024
 const NDJSON = 'application/x-ndjson'
 /** Progress lines are sent at most this often. */
 const PROGRESS_INTERVAL_MS = 100
+/**
+ * How long a stop waits for the requests in flight before it closes their connections (which
+ * cancels what they asked for, as a client going away does).
+ */
+const STOP_GRACE_MS = 30_000
 
 /** What a route may use besides the library. */
 interface RouteContext {
@@ -484,10 +490,24 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const stopped = new Promise<void>((resolve) => { finish = resolve })
   let stopping: Promise<void> | undefined
   let restartAfterStop = false
+  // The API's open connections, and those of them with a request being answered (a stop ends the others).
+  const connections = new Set<Socket>()
+  const answering = new Set<Socket>()
   const stop = async (): Promise<void> => {
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
-      await new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
+      const closed = new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
+      // Once closed, the server no longer times out slow requests (headersTimeout, requestTimeout),
+      // so a client that sent part of a request, or nothing, would hold the stop until it went
+      // away: connections without a request being answered end now, the others at their answer's
+      // end, and whatever is still open after the grace period is closed.
+      for (const socket of connections) if (!answering.has(socket)) socket.destroy()
+      const grace = setTimeout(() => {
+        if (answering.size > 0) log('warn', 'closing connections whose requests did not finish in time', { requests: answering.size, graceSeconds: STOP_GRACE_MS / 1000 })
+        server?.closeAllConnections()
+      }, STOP_GRACE_MS)
+      await closed
+      clearTimeout(grace)
       // A reload in progress finishes first (it may be moving the NBD listener); none starts now.
       await reloading
       await nbd?.close()
@@ -543,7 +563,20 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   }
   try {
     const token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
-    server = createServer((request, response) => { void handle(request, response).catch(() => {}) })
+    server = createServer((request, response) => {
+      const socket = request.socket
+      answering.add(socket)
+      response.once('close', () => {
+        answering.delete(socket)
+        // A kept-alive connection would wait idle for its next request: while stopping it ends.
+        if (stopping !== undefined) socket.end()
+      })
+      void handle(request, response).catch(() => {})
+    })
+    server.on('connection', (socket: Socket) => {
+      connections.add(socket)
+      socket.once('close', () => connections.delete(socket))
+    })
     const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
       const send = (status: number, body: unknown, type = 'application/json'): void => {
         const text = typeof body === 'string' ? body : JSON.stringify(body)

@@ -5,8 +5,10 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ENTRY, ROOT, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
@@ -123,6 +125,27 @@ describe('daemon and CLI', () => {
     const noDaemon = await cli(daemon.address, ['volume', 'list'])
     assert.equal(noDaemon.code, 1)
     assert.match(noDaemon.stderr, /no GalleonFS daemon answers at .*start it with `galleonfs -d/)
+  })
+
+  it('stops on SIGTERM while clients hold connections with half a request, or none', { timeout: 120_000 }, async () => {
+    const daemon = await startDaemon(['--storage-path', join(root, 'node-stall')])
+    const port = Number(daemon.address.split(':').pop())
+    const open = async (text: string): Promise<{ closed: Promise<unknown> }> => {
+      const socket = connect(port, '127.0.0.1')
+      socket.on('error', () => {})
+      await once(socket, 'connect')
+      if (text !== '') socket.write(text)
+      return { closed: once(socket, 'close') }
+    }
+    // Headers never finished (no token needed for that), and a connection that sends nothing.
+    const partial = await open('GET /v1/status HTTP/1.1\r\nHost: daemon\r\n')
+    const silent = await open('')
+    // An answer to a later connection: the daemon has accepted the earlier ones.
+    assert.equal((await fetch(`http://${daemon.address}/v1/status`)).status, 401)
+    daemon.child.kill('SIGTERM')
+    assert.equal(await daemon.exited, 0)
+    await partial.closed
+    await silent.closed
   })
 
   it('keeps volumes across a graceful stop, a SIGKILL and a restart; refuses a second daemon on the same storage', async () => {
