@@ -23,6 +23,8 @@ import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, DAEMON_KEY_PROVIDERS, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
+/** Standard base64, padded: what the write endpoint takes. */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 1024 * 1024
 /** Media type of a streamed answer: progress lines, then the result (asked for with Accept). */
@@ -708,7 +710,13 @@ async function readBody (request: IncomingMessage): Promise<unknown> {
 
 /** The API: library calls, nothing more. */
 async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: RouteContext): Promise<unknown> {
-  const parts = url.pathname.split('/').filter((p) => p.length > 0).map(decodeURIComponent)
+  const parts = url.pathname.split('/').filter((p) => p.length > 0).map((part) => {
+    try {
+      return decodeURIComponent(part)
+    } catch {
+      throw new HttpError(400, 'INVALID_ARGUMENT', `the path segment ${JSON.stringify(part)} holds a malformed percent-escape; encode names with encodeURIComponent`)
+    }
+  })
   // Path shape: /v1/<collection>/<name>/<sub-collection>/<name>: names become ':'.
   const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
   const ref = parts[2] as string
@@ -745,6 +753,8 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'POST /v1/volumes/:/write': {
       // Block I/O for scripts and checks: data in base64, with a write concern.
       if (typeof options.offset !== 'number' || typeof options.data !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'write needs { offset, data (base64), concern? }')
+      // Buffer.from() skips characters that are not base64, so a mistake would write other bytes.
+      if (!BASE64.test(options.data)) throw new HttpError(400, 'INVALID_ARGUMENT', 'write data must be base64 (A-Z, a-z, 0-9, + and /, padded with = to a multiple of 4 characters)')
       await g.write(ref, options.offset, Buffer.from(options.data, 'base64'), (options.concern ?? 'WriteAcknowledged') as never)
       return undefined
     }

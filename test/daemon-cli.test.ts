@@ -118,6 +118,21 @@ describe('daemon and CLI', () => {
       const metrics = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${token}` } })
       assert.equal(metrics.status, 200)
       assert.match(await metrics.text(), /galleonfs_volumes 0/)
+      // A malformed percent-escape in a name, and write data that is not base64, are the client's mistakes.
+      const api = async (method: string, path: string, body?: unknown): Promise<{ status: number, answer: { code?: string, error?: { code: string }, data?: string } }> => {
+        const response = await fetch(`${base}${path}`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+        const text = await response.text()
+        return { status: response.status, answer: text === '' ? {} : JSON.parse(text) }
+      }
+      const malformed = await api('GET', '/v1/volumes/%E0%A4%A')
+      assert.deepEqual([malformed.status, malformed.answer.error?.code], [400, 'INVALID_ARGUMENT'])
+      assert.equal((await api('POST', '/v1/volumes', { name: 'b64', sizeBytes: 1 << 20, storageClass: 'fast-local-ssd' })).status, 200)
+      for (const data of ['hello world, not base64!', '!!!!', 'QUJD', 'QUI=x', '{"json":"by mistake"}']) {
+        const written = await api('POST', '/v1/volumes/b64/write', { offset: 0, data })
+        if (data === 'QUJD') assert.equal(written.status, 204)
+        else assert.deepEqual([written.status, written.answer.error?.code], [400, 'INVALID_ARGUMENT'], data)
+      }
+      assert.equal((await api('POST', '/v1/volumes/b64/read', { offset: 0, length: 8 })).answer.data, Buffer.from('ABC\0\0\0\0\0').toString('base64'))
     } finally {
       daemon.child.kill('SIGTERM')
       await daemon.exited
