@@ -49,6 +49,8 @@ interface RouteContext {
   /** Aborted when the client goes away before the answer is complete. */
   signal: AbortSignal
   cluster: { join: (address: string) => Promise<unknown>, leave: (force: boolean) => Promise<unknown> }
+  /** Changes the saved mounts (one change at a time). */
+  updateSavedMounts: (change: (saved: SavedMount[]) => SavedMount[]) => Promise<void>
 }
 
 /** Structured logs (one JSON object per line on stderr). */
@@ -484,6 +486,14 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       return await g.clusterStatus()
     }
   }
+  // Mount requests run concurrently: each reads, changes and writes the saved list, so the changes
+  // are made one after another (two at once each wrote its own list, and one mount was lost).
+  let savedMountsUpdate: Promise<unknown> = Promise.resolve()
+  const updateSavedMounts = async (change: (saved: SavedMount[]) => SavedMount[]): Promise<void> => {
+    const run = savedMountsUpdate.then(async () => { await writeSavedMounts(config.storagePath, change(await readSavedMounts(config.storagePath))) })
+    savedMountsUpdate = run.catch(() => {})
+    await run
+  }
   const startedAt = Date.now()
   let server: Server | undefined
   let nbd: NbdServer | undefined
@@ -598,7 +608,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = new URL(request.url ?? '/', 'http://daemon')
         const body = await readBody(request)
-        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl }
+        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl, updateSavedMounts }
         if ((request.headers.accept ?? '').includes(NDJSON)) {
           // Progress lines while the operation runs, then one line with its result or error.
           streaming = true
@@ -742,6 +752,11 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'GET /v1/volumes/:': return { ...await g.getVolume(ref), usage: await g.getVolumeUsageDetails(ref) }
     case 'DELETE /v1/volumes/:':
       await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
+      // A forced delete unmounts the volume: a restart must not try to mount it again.
+      if (config.mountPoint !== undefined) {
+        const volumeIds = new Set((await g.listVolumes()).map((volume) => volume.id))
+        await daemon.updateSavedMounts((saved) => saved.filter((m) => volumeIds.has(m.volumeId)))
+      }
       return undefined
     case 'GET /v1/volumes/:/replication': return await g.replicationStatus(ref)
     case 'GET /v1/volumes/:/qos': return { ...await g.getQoSPolicy(ref), metrics: (await g.getVolumeMetrics(ref)).qos }
@@ -781,17 +796,14 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
       const strings = typeof options.options === 'string' ? options.options.split(',').map((o) => o.trim()).filter((o) => o.length > 0) : []
       const id = await g.mounts.mountVolume(ref, path, { options: strings })
       const mount = g.mounts.listMounts().find((m) => m.id === id)
-      if (mount !== undefined) {
-        const saved = (await readSavedMounts(config.storagePath)).filter((m) => m.path !== mount.path)
-        await writeSavedMounts(config.storagePath, [...saved, { volumeId: mount.volumeId, path: mount.path, options: strings }])
-      }
+      if (mount !== undefined) await daemon.updateSavedMounts((saved) => [...saved.filter((m) => m.path !== mount.path), { volumeId: mount.volumeId, path: mount.path, options: strings }])
       return mount
     }
     case 'POST /v1/unmount': {
       const target = options.target as string
       const mount = g.mounts.listMounts().find((m) => m.id === target || m.path === resolve(target) || m.volumeName === target || m.volumeId === target)
       await g.mounts.unmountVolume(mount?.id ?? target, { force: options.force === true })
-      if (mount !== undefined) await writeSavedMounts(config.storagePath, (await readSavedMounts(config.storagePath)).filter((m) => m.path !== mount.path))
+      if (mount !== undefined) await daemon.updateSavedMounts((saved) => saved.filter((m) => m.path !== mount.path))
       return undefined
     }
     case 'GET /v1/mounts': return g.mounts.listMounts()

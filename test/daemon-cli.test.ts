@@ -352,6 +352,30 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
   })
 })
 
+describe('daemon: saved mounts', () => {
+  it('keeps every mount of concurrent mount requests for a restart, and drops the mount of a volume deleted with --force', async () => {
+    const storage = join(root, 'node-mounts')
+    const config = join(root, 'mounts.toml')
+    await writeFile(config, `[daemon]\nstorage_path = "${storage}"\nmount_point = "${join(root, 'mnt-virtual')}"\n\n[drivers]\nmount_driver = "virtual"\n`)
+    const daemon = await startDaemon(['--config', config])
+    const saved = async (): Promise<string[]> => (JSON.parse(await readFile(join(storage, 'daemon-mounts.json'), 'utf8')) as Array<{ path: string }>).map((m) => m.path.split('/').pop() as string).sort()
+    try {
+      const names = Array.from({ length: 8 }, (_, i) => `m${i}`)
+      for (const name of names) assert.equal((await cli(daemon.address, ['volume', 'create', '-n', name, '-s', '1M', '-c', 'fast-local-ssd'])).code, 0)
+      const token = (await readFile(join(storage, 'ipc.token'), 'utf8')).trim()
+      const mounted = await Promise.all(names.map(async (name) => (await fetch(`http://${daemon.address}/v1/volumes/${name}/mount`, { method: 'POST', headers: { authorization: `Bearer ${token}` } })).status))
+      assert.deepEqual(mounted, names.map(() => 200))
+      assert.deepEqual(await saved(), names)
+      const deleted = await cli(daemon.address, ['volume', 'delete', 'm3', '--force'])
+      assert.equal(deleted.code, 0, deleted.stderr)
+      assert.deepEqual(await saved(), names.filter((name) => name !== 'm3'))
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+})
+
 describe('storage pools through the daemon and CLI', () => {
   it('pool create, list, get and delete, with --json and tables; a full pool refuses a volume with NO_SPACE', async () => {
     const daemon = await startDaemon(['--storage-path', join(root, 'pools')])
