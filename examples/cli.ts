@@ -9,7 +9,7 @@ import { formatSize, parseSize } from '../src/index.js'
 import { Presets, SingleBar } from 'cli-progress'
 import Table from 'cli-table3'
 import { runtimeTokenPath } from './daemon.js'
-import { parseAddress } from './daemon-config.js'
+import { formatAddress, parseAddress } from './daemon-config.js'
 
 /** A failure to report in one line (exit 1), never with a stack trace. */
 class CliError extends Error {}
@@ -45,7 +45,7 @@ async function request (globals: Globals, method: string, path: string, body?: u
   const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
   let response: Response
   try {
-    response = await fetch(`http://${host.includes(':') ? `[${host}]` : host}:${port}${path}`, {
+    response = await fetch(`http://${formatAddress(host, port)}${path}`, {
       method,
       headers: { authorization: `Bearer ${await tokenFor(globals)}`, ...(accept === undefined ? {} : { accept }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) })

@@ -142,6 +142,11 @@ export function parseAddress (value: unknown, where: string): { host: string, po
   return { host: (match[1] as string).replace(/^\[|\]$/g, ''), port }
 }
 
+/** `host:port`, with an IPv6 host in brackets (the form parseAddress() reads back). */
+export function formatAddress (host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },

@@ -21,7 +21,7 @@ import type { ClusterOptions } from '../src/cluster/manager.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
-import { ConfigError, DAEMON_KEY_PROVIDERS, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
+import { ConfigError, DAEMON_KEY_PROVIDERS, formatAddress, LOG_LEVELS, parseAddress, type DaemonConfig, type LogLevel } from './daemon-config.js'
 
 /** Standard base64, padded: what the write endpoint takes. */
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
@@ -122,7 +122,13 @@ function logEvents (g: GalleonFS, log: Logger): void {
 /** Where the CLI finds the token of the daemon at `ipcAddress` (per user, mode 0600 in a 0700 directory). */
 export function runtimeTokenPath (ipcAddress: string): string {
   const base = process.env.XDG_RUNTIME_DIR ?? join(tmpdir(), `galleonfs-${process.getuid?.() ?? 'user'}`)
-  return join(base, 'galleonfs', `token-${ipcAddress.replace(/[^A-Za-z0-9.-]/g, '_')}`)
+  // The daemon and the CLI name the file after the same form of the address (IPv6 in brackets).
+  let canonical = ipcAddress
+  try {
+    const { host, port } = parseAddress(ipcAddress, 'ipc address')
+    canonical = formatAddress(host, port)
+  } catch {}
+  return join(base, 'galleonfs', `token-${canonical.replace(/[^A-Za-z0-9.-]/g, '_')}`)
 }
 
 const STATUS: Partial<Record<GalleonErrorCode, number>> = {
@@ -561,7 +567,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
           // Sessions on the old address end (their requests in flight are answered first).
           await nbd?.close()
           nbd = moved
-          if (nbd !== undefined) log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
+          if (nbd !== undefined) log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
         }
         Object.assign(config, { [key]: next[key] })
         report.applied.push(key)
@@ -643,7 +649,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       ;(server as Server).listen(ipc.port, ipc.host, () => resolve())
     })
     const address = server.address()
-    const actual = typeof address === 'object' && address !== null ? `${ipc.host}:${address.port}` : config.ipcAddress
+    const actual = typeof address === 'object' && address !== null ? formatAddress(ipc.host, address.port) : config.ipcAddress
     tokenFile = runtimeTokenPath(actual)
     await mkdir(join(tokenFile, '..'), { recursive: true, mode: 0o700 })
     await writeFile(tokenFile, token + '\n', { mode: 0o600 })
@@ -660,9 +666,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     if (config.nbdAddress !== undefined) {
       const where = parseAddress(config.nbdAddress, 'nbd address')
       nbd = await NbdServer.listen(g, where)
-      log('info', 'serving NBD exports', { nbdAddress: `${nbd.host}:${nbd.port}` })
+      log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
     }
-    log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: `${nbd.host}:${nbd.port}` }), storagePath: resolve(config.storagePath), pid: process.pid })
+    log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })
     return { ipcAddress: actual, stop, stopped, reload }
   } catch (err) {
     server?.close()
@@ -737,7 +743,7 @@ async function route (g: GalleonFS, config: DaemonConfig, method: string, url: U
     case 'GET /v1/status': {
       const volumes = await g.listVolumes()
       const nbd = daemon.nbd()
-      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : `${nbd.host}:${nbd.port}` }
+      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : formatAddress(nbd.host, nbd.port) }
     }
     case 'GET /v1/config': return redacted(config)
     case 'POST /v1/shutdown':

@@ -163,6 +163,19 @@ describe('daemon and CLI', () => {
     await silent.closed
   })
 
+  it('listens on an IPv6 IPC address: logs it in brackets, and the CLI finds the token there', async () => {
+    const daemon = await startDaemonProcess(['--ipc-address', '[::1]:0', '--storage-path', join(root, 'node-v6')], { cwd: root })
+    try {
+      assert.match(daemon.address, /^\[::1\]:\d+$/)
+      const listed = await cli(daemon.address, ['--json', 'volume', 'list'], { GALLEONFS_TOKEN: '' })
+      assert.equal(listed.code, 0, listed.stderr)
+      assert.deepEqual(JSON.parse(listed.stdout), [])
+    } finally {
+      daemon.child.kill('SIGTERM')
+      assert.equal(await daemon.exited, 0)
+    }
+  })
+
   it('keeps volumes across a graceful stop, a SIGKILL and a restart; refuses a second daemon on the same storage', async () => {
     const storage = join(root, 'node3')
     let daemon = await startDaemon(['--storage-path', storage])
