@@ -2,6 +2,7 @@
 // 1 the operation failed (the daemon said no, or is not running), 2 the command line is wrong.
 
 import { readFileSync } from 'node:fs'
+import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { readFile } from 'node:fs/promises'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
@@ -14,7 +15,7 @@ import { formatAddress, parseAddress } from './daemon-config.js'
 /** A failure to report in one line (exit 1), never with a stack trace. */
 class CliError extends Error {}
 
-interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean }
+interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean, timeout?: number }
 
 /** This package's version (from its package.json, one or two levels up from the running file). */
 const VERSION = (() => {
@@ -40,42 +41,89 @@ async function tokenFor (globals: Globals): Promise<string> {
   }
 }
 
-/** Sends one API request; a daemon that is not there, a rejected token or an error status become CliError. */
-async function request (globals: Globals, method: string, path: string, body?: unknown, accept?: string): Promise<Response> {
+/** Why a request got no answer: kinds the CLI reports differently (and `daemon status --wait` waits out). */
+type Unanswered = 'unreachable' | 'timeout' | 'closed'
+
+/** A request that got no answer. */
+class NoAnswer extends CliError {
+  constructor (readonly kind: Unanswered, message: string) { super(message) }
+}
+
+/** How long the CLI waits by default for the daemon to begin its answer. */
+const ANSWER_TIMEOUT_SECONDS = 30
+
+/**
+ * Sends one API request and resolves when the answer begins; a daemon that is not there, one that
+ * does not begin its answer within `timeoutMs` (--timeout), a rejected token or an error status
+ * become CliError. Only the wait for the answer's beginning is bounded: a long operation streams
+ * its answer (see callLong), so no timeout cuts it, and a cut connection would cancel it.
+ */
+async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage> {
   const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
-  let response: Response
+  const timeoutMs = options.timeoutMs ?? (globals.timeout ?? ANSWER_TIMEOUT_SECONDS) * 1000
+  const payload = body === undefined ? undefined : JSON.stringify(body)
+  const token = await tokenFor(globals)
+  let response: IncomingMessage
   try {
-    response = await fetch(`http://${formatAddress(host, port)}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${await tokenFor(globals)}`, ...(accept === undefined ? {} : { accept }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    response = await new Promise<IncomingMessage>((resolve, reject) => {
+      // agent: false: one connection per call, closed after it (a CLI makes few calls).
+      const sent = httpRequest({ host, port, method, path, agent: false, headers: { authorization: `Bearer ${token}`, ...(options.accept === undefined ? {} : { accept: options.accept }), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) } })
+      const timer = setTimeout(() => { sent.destroy(new NoAnswer('timeout', '')) }, timeoutMs)
+      sent.once('response', (answer) => { clearTimeout(timer); resolve(answer) })
+      sent.once('error', (err) => { clearTimeout(timer); reject(err) })
+      sent.end(payload)
     })
-  } catch {
-    throw new CliError(`no GalleonFS daemon answers at ${globals.daemonAddress}; start it with \`galleonfs -d --ipc-address ${globals.daemonAddress}\`, or point the CLI at it with --daemon-address`)
+  } catch (err) {
+    throw noAnswer(globals, err, timeoutMs)
   }
-  if (!response.ok) {
-    const text = await response.text()
+  if (response.statusCode === undefined || response.statusCode < 200 || response.statusCode > 299) {
+    const text = await readAll(globals, response)
     const error = (() => { try { return (JSON.parse(text) as { error?: { code?: string, message?: string } }).error } catch { return undefined } })()
-    if (response.status === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
-    throw new CliError(`${error?.code ?? response.status}: ${error?.message ?? text}`)
+    if (response.statusCode === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
+    throw new CliError(`${error?.code ?? response.statusCode}: ${error?.message ?? text}`)
   }
   return response
 }
 
+/** What a request that got no answer is reported as: nobody there, no answer in time, or a cut connection. */
+function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer {
+  const address = globals.daemonAddress
+  if (err instanceof NoAnswer && err.kind === 'timeout') {
+    return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${timeoutMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`)
+  }
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ECONNRESET' || code === 'EPIPE') return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log`)
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
+    return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${address}\`, or point the CLI at it with --daemon-address`)
+  }
+  return new NoAnswer('unreachable', `cannot reach the daemon at ${address}: ${(err as Error)?.message ?? String(err)}`)
+}
+
+/** The whole body of an answer as text; CliError when the daemon cuts it short. */
+async function readAll (globals: Globals, response: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = []
+  try {
+    for await (const chunk of response) chunks.push(chunk as Buffer)
+  } catch {
+    throw new NoAnswer('closed', `the daemon at ${globals.daemonAddress} ended its answer early; see its log`)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
 /** One API call; its JSON answer. */
-async function call (globals: Globals, method: string, path: string, body?: unknown): Promise<unknown> {
-  const text = await (await request(globals, method, path, body)).text()
+async function call (globals: Globals, method: string, path: string, body?: unknown, options: { timeoutMs?: number } = {}): Promise<unknown> {
+  const text = await readAll(globals, await request(globals, method, path, body, options))
   return text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
 }
 
 /**
- * A long operation: on a terminal (or with --progress) the daemon streams progress, drawn as a bar
- * on stderr, then the result; otherwise a plain call.
+ * A long operation: the daemon streams its answer (it begins at once, progress lines follow while
+ * the operation runs, then the result), so it may take as long as it needs. On a terminal (or with
+ * --progress) the progress is drawn as a bar on stderr.
  */
-async function callWithProgress (globals: Globals, label: string, method: string, path: string, body?: unknown): Promise<unknown> {
+async function callLong (globals: Globals, label: string, method: string, path: string, body?: unknown): Promise<unknown> {
   const show = globals.progress ?? (process.stderr.isTTY === true && globals.json !== true)
-  if (!show) return await call(globals, method, path, body)
-  const response = await request(globals, method, path, body, NDJSON)
+  const response = await request(globals, method, path, body, { accept: NDJSON })
   const bar = new SingleBar({
     format: `${label} [{bar}] {percentage}% | {done} of {all} | {eta_formatted} left`,
     stream: process.stderr,
@@ -100,6 +148,7 @@ async function callWithProgress (globals: Globals, label: string, method: string
     }
     const message = parsed as { progress?: { bytesDone: number, bytesTotal: number }, result?: unknown, error?: { code?: string, message?: string } }
     if (message.progress !== undefined) {
+      if (!show) return
       const { bytesDone, bytesTotal } = message.progress
       const sizes = { done: formatSize(bytesDone), all: formatSize(bytesTotal) }
       if (!started) {
@@ -114,7 +163,7 @@ async function callWithProgress (globals: Globals, label: string, method: string
     }
   }
   try {
-    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    for await (const chunk of response as AsyncIterable<Uint8Array>) {
       pending += decoder.decode(chunk, { stream: true })
       let newline: number
       while ((newline = pending.indexOf('\n')) >= 0) {
@@ -208,6 +257,11 @@ export function buildCli (): Command {
     .option('--json', 'print JSON')
     .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')
     .option('--no-progress', 'no progress bars, also on a terminal')
+    .option('--timeout <seconds>', `how long to wait for the daemon to begin answering (default ${ANSWER_TIMEOUT_SECONDS}; long operations begin their answer at once and then take as long as they need)`, (v) => {
+      const n = Number(v)
+      if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number of seconds above 0')
+      return n
+    })
     .version(VERSION, '-V, --version')
     .showHelpAfterError()
     .exitOverride()
@@ -239,7 +293,7 @@ export function buildCli (): Command {
   })
   volume.command('delete').description('delete a volume (by name or id)').argument('<volume>').option('-f, --force', 'also when its class retains volumes, it is mounted or has clones')
     .action(async (ref: string, options: { force?: boolean }) => {
-      await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}${options.force === true ? '?force=true' : ''}`)
+      await callLong(globals(), `deleting ${ref}`, 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}${options.force === true ? '?force=true' : ''}`)
       print(globals(), { deleted: ref }, () => `deleted volume ${ref}\n`)
     })
 
@@ -266,7 +320,7 @@ export function buildCli (): Command {
     .option('--node <node>', 'the cluster node to move this node\'s copy to')
     .action(async (ref: string, options: { storageClass?: string, pool?: string, node?: string }) => {
       if (options.storageClass === undefined && options.pool === undefined && options.node === undefined) throw new CliError('volume migrate needs --storage-class, --pool or --node: where the volume goes')
-      const moved = await callWithProgress(globals(), `migrating ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/migrate`, { storageClass: options.storageClass, pool: options.pool, node: options.node }) as VolumeView & { encrypted?: boolean, pool?: string }
+      const moved = await callLong(globals(), `migrating ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/migrate`, { storageClass: options.storageClass, pool: options.pool, node: options.node }) as VolumeView & { encrypted?: boolean, pool?: string }
       print(globals(), moved, () => `volume ${moved.name} migrated: ${options.node === undefined ? '' : `now on node ${options.node}, `}storage class ${moved.storageClass}${moved.pool === undefined ? '' : `, pool ${moved.pool}`}${moved.encrypted === true ? ', encrypted' : ''}
 `)
     })
@@ -297,11 +351,11 @@ export function buildCli (): Command {
   })
   snapshot.command('delete').argument('<volume>').argument('<snapshot>').option('-f, --force', 'also when clones read from it').description('delete a snapshot')
     .action(async (ref: string, name: string, options: { force?: boolean }) => {
-      await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}${options.force === true ? '?force=true' : ''}`)
+      await callLong(globals(), `deleting snapshot ${name}`, 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}${options.force === true ? '?force=true' : ''}`)
       print(globals(), { deleted: name }, () => `deleted snapshot ${name} of ${ref}\n`)
     })
   snapshot.command('restore').argument('<volume>').argument('<snapshot>').description('revert a volume to a snapshot').action(async (ref: string, name: string) => {
-    await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}/restore`)
+    await callLong(globals(), `reverting ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/snapshots/${encodeURIComponent(name)}/restore`)
     print(globals(), { restored: name }, () => `volume ${ref} reverted to snapshot ${name}\n`)
   })
 
@@ -310,7 +364,7 @@ export function buildCli (): Command {
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']).default('full'))
     .option('--target <dir>', 'backup target directory (seen by the daemon)')
     .action(async (ref: string, options: { strategy: string, target?: string }) => {
-      const made = await callWithProgress(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
+      const made = await callLong(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
       print(globals(), made, () => `backup ${made.id} (${made.strategy}): ${made.blocks} blocks, ${made.storedBytes} bytes stored\n`)
     })
   backup.command('list').argument('[volume]').option('--target <dir>', 'backup target directory').description('list backups').action(async (ref: string | undefined, options: { target?: string }) => {
@@ -320,11 +374,11 @@ export function buildCli (): Command {
   })
   backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
     .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
-      const restored = await callWithProgress(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
+      const restored = await callLong(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
       print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
     })
   backup.command('verify').argument('<backup>').option('--target <dir>', 'backup target directory').description('check a backup\'s chunks').action(async (id: string, options: { target?: string }) => {
-    const report = await call(globals(), 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, options) as { ok: boolean, chunksChecked: number, problems: unknown[] }
+    const report = await callLong(globals(), `verifying ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, options) as { ok: boolean, chunksChecked: number, problems: unknown[] }
     print(globals(), report, () => `backup ${id}: ${report.ok ? 'ok' : 'DAMAGED'} (${report.chunksChecked} chunks checked, ${report.problems.length} problems)\n`)
     if (!report.ok) throw new CliError(`backup ${id} failed verification`)
   })
@@ -371,7 +425,7 @@ export function buildCli (): Command {
     print(globals(), { deleted: name }, () => `deleted backup policy ${name}\n`)
   })
   policy.command('run').argument('<name>').description('run a backup policy now').action(async (name: string) => {
-    const run = await call(globals(), 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[] }
+    const run = await callLong(globals(), `policy ${name}`, 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[] }
     print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n`)
     if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${f.message})`).join(', ')}`)
   })
@@ -390,11 +444,11 @@ export function buildCli (): Command {
     print(globals(), peers, () => peers.length === 0 ? (status.clustering ? 'no peers: this node is alone in its cluster\n' : 'no peers: this daemon runs as a single node\n') : memberTable(peers))
   })
   cluster.command('join').argument('<address>', 'bind address (host:port) of a node of the cluster').description('join the cluster of the node at <address> (needs the cluster secret)').action(async (address: string) => {
-    const status = await call(globals(), 'POST', '/v1/cluster/join', { address }) as Status
+    const status = await callLong(globals(), 'joining', 'POST', '/v1/cluster/join', { address }) as Status
     print(globals(), status, () => `joined the cluster as node ${status.nodeId}: ${status.members.length} member(s), leader ${status.leader ?? '(none yet)'}\n`)
   })
   cluster.command('leave').option('-f, --force', 'also when this node holds the only copy of volumes (they stay here, out of the cluster)').description('leave the cluster').action(async (options: { force?: boolean }) => {
-    const status = await call(globals(), 'POST', '/v1/cluster/leave', { force: options.force === true }) as Status
+    const status = await callLong(globals(), 'leaving', 'POST', '/v1/cluster/leave', { force: options.force === true }) as Status
     print(globals(), status, () => 'left the cluster; this daemon is a single node now\n')
   })
 
@@ -410,13 +464,15 @@ export function buildCli (): Command {
       let status: Record<string, unknown>
       while (true) {
         try {
-          status = await call(globals(), 'GET', '/v1/status') as Record<string, unknown>
+          // Each attempt waits for an answer no longer than the time left (at least a moment).
+          const left = until - Date.now()
+          status = await call(globals(), 'GET', '/v1/status', undefined, options.wait === undefined || options.wait === 0 ? {} : { timeoutMs: Math.max(left, 100) }) as Record<string, unknown>
           break
         } catch (err) {
           // "Nobody answers" is waited out, and so is a refused token read from the runtime file: a
           // daemon that just started listens a moment before it writes that file. Other errors are final.
           const fromFile = globals().token === undefined && (process.env.GALLEONFS_TOKEN ?? '') === ''
-          const waitable = err instanceof CliError && (err.message.startsWith('no GalleonFS daemon answers') || (fromFile && err.message.includes('rejected the API token')))
+          const waitable = (err instanceof NoAnswer && err.kind !== 'timeout') || (err instanceof CliError && fromFile && err.message.includes('rejected the API token'))
           if (!waitable || Date.now() >= until) throw err
           await new Promise((resolve) => setTimeout(resolve, 100))
         }

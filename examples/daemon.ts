@@ -619,6 +619,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
           // Progress lines while the operation runs, then one line with its result or error.
           streaming = true
           response.writeHead(200, { 'content-type': NDJSON })
+          // The answer begins now (not with the first line): the client waits for its beginning
+          // only so long, and an operation may run a while before it reports progress, or never.
+          response.flushHeaders()
           let last = 0
           context.progress = ({ bytesDone, bytesTotal }) => {
             const now = Date.now()

@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { connect } from 'node:net'
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { connect, createServer as createNetServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ENTRY, ROOT, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
@@ -385,6 +386,77 @@ describe('daemon: saved mounts', () => {
     } finally {
       daemon.child.kill('SIGTERM')
       assert.equal(await daemon.exited, 0)
+    }
+  })
+})
+
+describe('CLI against a daemon that is slow, silent or cuts connections', () => {
+  /** A stand-in daemon on a free loopback port; `answer` handles its requests. */
+  async function fakeDaemon (answer: (request: IncomingMessage, response: ServerResponse) => void): Promise<{ address: string, close: () => Promise<void> }> {
+    const server = createHttpServer(answer)
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    return { address: `127.0.0.1:${(server.address() as { port: number }).port}`, close: async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) } }
+  }
+
+  it('a long operation waits for its result however long after --timeout it comes; with --json too', async () => {
+    const timeout = 0.5
+    const daemon = await fakeDaemon((request, response) => {
+      // The result comes well after the CLI's answer timeout (a slow backup target).
+      const result = JSON.stringify({ id: 'b1', strategy: 'full', blocks: 1, storedBytes: 4096 })
+      const streamed = (request.headers.accept ?? '').includes('application/x-ndjson')
+      if (streamed) response.writeHead(200, { 'content-type': 'application/x-ndjson' }).flushHeaders()
+      setTimeout(() => {
+        if (streamed) response.end(`{"result":${result}}\n`)
+        else response.writeHead(200, { 'content-type': 'application/json' }).end(result)
+      }, timeout * 3000)
+    })
+    try {
+      const made = await cli(daemon.address, ['--json', '--timeout', String(timeout), 'backup', 'create', 'db'])
+      assert.equal(made.code, 0, made.stderr)
+      assert.equal(JSON.parse(made.stdout).id, 'b1')
+      assert.equal(made.stderr, '')
+    } finally {
+      await daemon.close()
+    }
+  })
+
+  it('gives up on a daemon that accepts connections but does not answer, within --timeout and daemon status --wait', { timeout: 60_000 }, async () => {
+    const held: Socket[] = []
+    const silent = createNetServer((socket) => { held.push(socket) })
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const address = `127.0.0.1:${(silent.address() as { port: number }).port}`
+    try {
+      const listed = await cli(address, ['--timeout', '1', 'volume', 'list'])
+      assert.equal(listed.code, 1)
+      assert.match(listed.stderr, /^galleonfs: the daemon at 127\.0\.0\.1:\d+ accepted the connection but did not answer within 1 s/)
+      const status = await cli(address, ['daemon', 'status', '--wait', '1'])
+      assert.equal(status.code, 1)
+      assert.match(status.stderr, /did not answer within 1 s/)
+    } finally {
+      for (const socket of held) socket.destroy()
+      await new Promise((resolve) => silent.close(resolve))
+    }
+  })
+
+  it('says a daemon cut the connection, not that none runs', async () => {
+    const daemon = await fakeDaemon((request, response) => {
+      if (request.url === '/v1/backups') {
+        // A long operation cut after its first progress line.
+        response.writeHead(200, { 'content-type': 'application/x-ndjson' })
+        response.write('{"progress":{"bytesDone":0,"bytesTotal":4096}}\n', () => { request.socket.destroy() })
+      } else {
+        request.socket.destroy()
+      }
+    })
+    try {
+      const listed = await cli(daemon.address, ['volume', 'list'])
+      assert.equal(listed.code, 1)
+      assert.match(listed.stderr, /^galleonfs: the daemon at [\d.:]+ closed the connection without answering; see its log/)
+      const made = await cli(daemon.address, ['--json', 'backup', 'create', 'db'])
+      assert.equal(made.code, 1)
+      assert.match(made.stderr, /^galleonfs: the daemon at [\d.:]+ ended the answer before the operation finished; see its log/)
+    } finally {
+      await daemon.close()
     }
   })
 })
