@@ -2127,6 +2127,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
             replicas: record.replication === undefined ? record.replicas : 1,
             accessModes: [...record.accessModes],
             labels: labels ?? { ...record.labels },
+            // The source's own QoS policy too: a clone is no way around the limits set on its source.
+            ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) }),
             source: { volumeId: record.id, snapshotId: snapshot.id },
             // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
             encrypted: record.encrypted === true,

@@ -154,6 +154,23 @@ describe('QoS policies on volumes', () => {
     }
   })
 
+  it('a clone takes its source\'s own QoS policy (a clone is no way around a limit), persisted like any other', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'galleon-qos-'))
+    try {
+      let g = await GalleonFS.open({ storagePath: dir })
+      const policy: QoSPolicy = { limits: { readIops: 10 } }
+      await g.createVolume({ name: 'slow', sizeBytes: '1M', qos: policy })
+      await g.cloneVolume('slow', 'copy')
+      assert.deepEqual(await g.getQoSPolicy('copy'), { source: 'volume', policy })
+      await g.close()
+      g = await GalleonFS.open({ storagePath: dir })
+      assert.deepEqual(await g.getQoSPolicy('copy'), { source: 'volume', policy })
+      await g.close()
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
   it('refuses bad node QoS options before opening anything', async () => {
     await expectCode(GalleonFS.open({ inMemory: true, qos: { maxInFlight: -3 } }), 'INVALID_ARGUMENT', 'maxInFlight')
     await expectCode(GalleonFS.open({ inMemory: true, qos: { capacityIops: 'lots' as never } }), 'INVALID_ARGUMENT', 'capacityIops')
