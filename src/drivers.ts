@@ -354,7 +354,11 @@ export interface Coordinator {
   members (): Promise<ClusterMember[]>
   /** Calls `listener` with the members after every change; returns a function that stops it. */
   watchMembers (listener: (members: ClusterMember[]) => void): () => void
-  /** Waits until this node leads `election` (tied to its lease); see Leadership. */
+  /**
+   * Waits until this node leads `election` (tied to its lease); see Leadership. While the handle
+   * replaces a lost lease (it is still a member), the campaign waits for the new lease; NOT_OPEN
+   * only when the node has not joined, has left, or the handle is closed.
+   */
   campaign (election: string, options?: { signal?: AbortSignal }): Promise<Leadership>
   /** The current leader of `election` and its epoch, if any. */
   leader (election: string): Promise<{ nodeId: string, epoch: number } | undefined>

@@ -124,6 +124,23 @@ describe('cluster membership (memory transport and coordinator)', () => {
     await until('the others heard of it', () => others.every((n) => n.events.includes(`${leader.id} unhealthy`) || n.events.includes(`left ${leader.id}`)))
   })
 
+  it('a node whose lease was lost (a partition longer than its TTL) joins again and campaigns again', async () => {
+    const clock = new ManualClock(Date.now())
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster({ clock })
+    const a = await node(network, coordinators, 'lonely')
+    open.push(a.g)
+    await until('it leads', () => a.g.cluster?.leadership !== undefined)
+    const first = a.g.cluster?.leadership?.epoch as number
+    // Its leases end on the coordinator; the next keepalive (a third of the 3 s TTL) finds out.
+    a.coordinator.expireLeases()
+    clock.advance(1000)
+    await until('it leads again, with a new epoch', () => (a.g.cluster?.leadership?.epoch ?? 0) > first)
+    const status = await a.g.clusterStatus()
+    assert.equal(status.leader, 'lonely')
+    assert.deepEqual(status.members.map((m) => [m.id, m.healthy]), [['lonely', true]])
+  })
+
   it('leaving: refused while this node holds the only copy of a volume, unless forced; the others see it go', async () => {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()

@@ -70,6 +70,31 @@ test('expireLeases(): the leadership ends with its key; the handle joins again a
   await a.close()
 })
 
+test('a campaign started while the handle replaces a lost lease waits for the new lease, then wins', async () => {
+  const clock = new ManualClock()
+  const cluster = new MemoryCoordinatorCluster({ clock })
+  const a = cluster.coordinator({ ttlMs: 600 })
+  await a.join(testNode('node-a'))
+  const first = await a.campaign('el')
+  a.expireLeases()
+  clock.advance(200) // the keepalive finds the lease gone: the handle joins again in the background
+  // At once, as a campaign loop does when its leadership is lost: the node is still a member.
+  const second = await a.campaign('el')
+  await first.lost
+  assert.ok(second.epoch > first.epoch)
+  assert.deepEqual(await a.leader('el'), { nodeId: 'node-a', epoch: second.epoch })
+  assert.deepEqual((await a.members()).map((m) => [m.id, m.healthy]), [['node-a', true]])
+  // A campaign waiting for a new lease ends with NOT_OPEN when the node leaves meanwhile.
+  await second.resign()
+  a.expireLeases()
+  clock.advance(200)
+  const waiting = a.campaign('el')
+  const leaving = a.leave()
+  await rejectsNotOpen(waiting)
+  await leaving
+  await a.close()
+})
+
 test('revisions are global and strictly increasing across keys and handles', async () => {
   const cluster = new MemoryCoordinatorCluster()
   const a = cluster.coordinator()

@@ -104,6 +104,8 @@ export abstract class AbstractCoordinator implements Coordinator {
   #session: Session | undefined
   readonly #leaderships = new Map<string, HeldLeadership>()
   readonly #campaigning = new Set<string>()
+  /** Campaigns waiting for the session that replaces a lost one. */
+  readonly #sessionWaiters = new Set<() => void>()
   readonly #watchStops = new Set<() => void>()
   readonly #electionStore: ElectionStore = {
     range: async (key, prefix) => await this.#range(key, prefix),
@@ -175,6 +177,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     this.#membership = undefined
     await this.#membershipQueue.run(async () => {
       this.#membership = undefined // again: a join queued before this leave may have set it
+      this.#sessionChanged()
       const session = this.#session
       if (session === undefined) return
       this.#session = undefined
@@ -225,20 +228,24 @@ export abstract class AbstractCoordinator implements Coordinator {
     assertOptions(options)
     const signal = options?.signal
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', 'options.signal must be an AbortSignal')
-    const session = this.#session
-    if (session === undefined) {
+    const nodeId = this.#session?.nodeId ?? this.#membership?.node.id
+    if (nodeId === undefined) {
       throw new GalleonError('NOT_OPEN', `join() the cluster before campaigning in election '${election}': leadership is tied to the node's lease`)
     }
     if (this.#campaigning.has(election) || this.#leaderships.has(election)) {
-      throw new GalleonError('BUSY', `node '${session.nodeId}' already campaigns in or leads election '${election}'; await that campaign or resign() first`)
+      throw new GalleonError('BUSY', `node '${nodeId}' already campaigns in or leads election '${election}'; await that campaign or resign() first`)
     }
-    const cancelled = (): GalleonError => new GalleonError('CANCELLED', `the campaign of node '${session.nodeId}' in election '${election}' was aborted`)
+    const cancelled = (): GalleonError => new GalleonError('CANCELLED', `the campaign of node '${nodeId}' in election '${election}' was aborted`)
     if (signal?.aborted === true) throw cancelled()
     const abort = new AbortController()
     const onAbort = (): void => abort.abort(cancelled())
     signal?.addEventListener('abort', onAbort, { once: true })
     this.#campaigning.add(election)
     try {
+      // A node whose lease was lost is still a member: it is joining again in the background, and
+      // its campaign waits for the new lease instead of failing (a caller that took NOT_OPEN as
+      // final would never campaign again, leaving the election without a candidate).
+      const session = await this.#currentSession(election, abort.signal)
       const held = await campaign(this.#electionStore, election, { nodeId: session.nodeId, lease: session.lease, ended: session.ended }, abort.signal, (ended) => {
         if (this.#leaderships.get(election) === ended) this.#leaderships.delete(election)
       })
@@ -249,6 +256,37 @@ export abstract class AbstractCoordinator implements Coordinator {
       signal?.removeEventListener('abort', onAbort)
       this.#campaigning.delete(election)
     }
+  }
+
+  /**
+   * The session to campaign with: the current one, or, while a lost lease is being replaced (the
+   * membership stands, the session does not), the next one. NOT_OPEN once the node left or the
+   * handle closed; the signal's reason when it aborts first.
+   */
+  async #currentSession (election: string, signal: AbortSignal): Promise<Session> {
+    for (;;) {
+      this.#assertOpen()
+      const session = this.#session
+      if (session !== undefined) return session
+      if (this.#membership === undefined) {
+        throw new GalleonError('NOT_OPEN', `join() the cluster before campaigning in election '${election}': leadership is tied to the node's lease (this node left while its campaign waited for a new lease)`)
+      }
+      if (signal.aborted) throw signal.reason
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.#sessionWaiters.delete(done)
+          signal.removeEventListener('abort', done)
+          resolve()
+        }
+        this.#sessionWaiters.add(done)
+        signal.addEventListener('abort', done, { once: true })
+      })
+    }
+  }
+
+  /** The session or the membership changed: campaigns waiting for a session look again. */
+  #sessionChanged (): void {
+    for (const waiter of [...this.#sessionWaiters]) waiter()
   }
 
   async leader (election: string): Promise<{ nodeId: string, epoch: number } | undefined> {
@@ -320,6 +358,7 @@ export abstract class AbstractCoordinator implements Coordinator {
       this._releaseLease(session.recordLease)
       session.controller.abort(new GalleonError('NOT_OPEN', `the coordinator handle of node '${session.nodeId}' was closed`))
     }
+    this.#sessionChanged()
     for (const stop of [...this.#watchStops]) stop()
     await this._close()
   }
@@ -443,6 +482,7 @@ export abstract class AbstractCoordinator implements Coordinator {
       throw new GalleonError('NOT_OPEN', `this ${this.name} coordinator handle was closed while node '${nodeId}' joined`)
     }
     this.#session = session
+    this.#sessionChanged()
     return session
   }
 
