@@ -348,7 +348,11 @@ export interface Coordinator {
    * the lease expires and the node becomes unhealthy, then is removed. Joining twice updates the record.
    */
   join (node: ClusterNode, options?: { ttlMs?: number }): Promise<void>
-  /** Removes this node's record and releases its lease (and any leadership it holds). */
+  /**
+   * Removes this node's record and releases its lease (and any leadership it holds). When it fails
+   * (the coordinator out of reach), the node is still a member with its lease kept alive, and
+   * leave() can be called again.
+   */
   leave (): Promise<void>
   /** Every member: those whose lease is alive are healthy. */
   members (): Promise<ClusterMember[]>

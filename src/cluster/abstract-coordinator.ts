@@ -174,22 +174,28 @@ export abstract class AbstractCoordinator implements Coordinator {
 
   async leave (): Promise<void> {
     this.#assertOpen()
-    this.#membership = undefined
     await this.#membershipQueue.run(async () => {
-      this.#membership = undefined // again: a join queued before this leave may have set it
-      this.#sessionChanged()
       const session = this.#session
-      if (session === undefined) return
+      if (session === undefined) {
+        // Not joined, or its lease was lost and not replaced yet: its keys end with that lease, and
+        // clearing the membership stops the rejoin.
+        this.#membership = undefined
+        this.#sessionChanged()
+        return
+      }
+      // The keys go first: if that fails (etcd out of reach), the node is still a member, its leases
+      // kept alive and its leaderships held, and leave() can be called again. Dropping the session
+      // before would leave a node that neither takes part nor knows it does not.
+      await this.#txn([], [{ type: 'delete', key: layout.nodeKey(session.nodeId, 'record') }, { type: 'delete', key: layout.nodeKey(session.nodeId, 'alive') }])
+      this.#membership = undefined
       this.#session = undefined
+      this.#sessionChanged()
       session.controller.abort(new GalleonError('NOT_LEADER', `node '${session.nodeId}' left the cluster`))
-      try {
-        await this.#txn([], [{ type: 'delete', key: layout.nodeKey(session.nodeId, 'record') }, { type: 'delete', key: layout.nodeKey(session.nodeId, 'alive') }])
-        await this._revokeLease(session.lease)
-        await this._revokeLease(session.recordLease)
-      } finally {
-        // Whatever failed, stop the keepalives: the leases then expire on their own.
-        this._releaseLease(session.lease)
-        this._releaseLease(session.recordLease)
+      // The node has left once its keys are gone. A revoke that fails is not the leave failing:
+      // the keepalives stop, so the leases (and any candidate keys on them) expire within their TTL.
+      for (const lease of [session.lease, session.recordLease]) {
+        await this._revokeLease(lease).catch(() => {})
+        this._releaseLease(lease)
       }
     })
   }

@@ -152,7 +152,12 @@ export class ClusterManager {
     this.#members = await coordinator.members()
     this.#startWatching()
     this.#state = 'running'
-    // The record's free space goes stale as volumes fill: refreshed now and then (placement uses it).
+    this.#startRefresh()
+  }
+
+  /** The record's free space goes stale as volumes fill: refreshed now and then (placement uses it). */
+  #startRefresh (): void {
+    const { coordinator } = this.#options
     this.#refresh = setInterval(() => {
       void this.#record().then(async (record) => { if (this.#state === 'running') await coordinator.join(record, { ttlMs: this.#ttlMs }) }).catch((err: unknown) => { this.#reportError('refreshing this node\'s record', err) })
     }, RECORD_REFRESH_MS)
@@ -364,9 +369,11 @@ export class ClusterManager {
       await this.#options.coordinator.leave()
       await this.#releaseClaim().catch(() => {})
     } catch (err) {
-      // Still a member: take part again (watch, campaign), and say why the leave failed.
+      // Still a member (the coordinator keeps its lease when the leave fails): take part again
+      // (watch, campaign, refresh the record), and say why the leave failed.
       this.#state = 'running'
       this.#startWatching()
+      this.#startRefresh()
       throw err
     }
     this.#state = 'left'
