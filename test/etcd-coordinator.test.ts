@@ -182,3 +182,24 @@ test('a leave that fails while etcd does not answer keeps the node a member: it 
     await a.close()
   }
 })
+
+test('close() ends while etcd does not answer: a watch it cannot cancel does not hold it up', { skip }, async () => {
+  const server = await (etcd ??= startEtcd())
+  const a = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix: '/close-paused/', requestTimeoutMs: 1000 })
+  const seen: string[] = []
+  a.watch('x/', (event) => seen.push(event.key))
+  await a.put('x/1', 'one')
+  // An event through the watch: its stream is open.
+  for (let i = 0; i < 500 && seen.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+  assert.deepEqual(seen, ['x/1'])
+  await pauseEtcd(server)
+  try {
+    // A failure bound, not a threshold: without a deadline on the cancel, close() waits until etcd answers again.
+    let bound: NodeJS.Timeout | undefined
+    const outcome = await Promise.race([a.close().then(() => 'closed'), new Promise((resolve) => { bound = setTimeout(() => resolve('still closing'), 30_000) })])
+    clearTimeout(bound)
+    assert.equal(outcome, 'closed')
+  } finally {
+    server.process.kill('SIGCONT')
+  }
+})

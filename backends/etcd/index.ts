@@ -104,6 +104,10 @@ export class EtcdCoordinator extends AbstractCoordinator {
       hosts: [...options.endpoints],
       dialTimeout: options.connectTimeoutMs ?? 5000,
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + requestTimeoutMs }),
+      // Streams (watches) have no deadline: HTTP/2 pings find a connection that no longer answers
+      // (etcd paused, a partition that drops packets) so the stream fails and is resumed. etcd
+      // refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+      grpcOptions: { 'grpc.keepalive_time_ms': Math.max(5000, requestTimeoutMs), 'grpc.keepalive_timeout_ms': requestTimeoutMs },
       ...(options.auth === undefined ? {} : { auth: { username: options.auth.username, password: options.auth.password } }),
       ...(options.tls === undefined ? {} : { credentials: { rootCertificate: Buffer.from(options.tls.ca), privateKey: pem(options.tls.key), certChain: pem(options.tls.cert) } })
     }
@@ -203,8 +207,12 @@ export class EtcdCoordinator extends AbstractCoordinator {
 
   protected async _close (): Promise<void> {
     for (const keeper of [...this.#keepers.values()]) this._releaseLease(keeper.lease)
-    await Promise.all([...this.#watchers].map(async (watcher) => { await watcher.cancel().catch(() => {}) }))
-    await Promise.allSettled([...this.#pending])
+    // Cancelling a watch waits for etcd to confirm it, which an etcd that does not answer (paused,
+    // partitioned) never does: after a request's deadline, closing the client ends what is left.
+    const settled = Promise.allSettled([...[...this.#watchers].map(async (watcher) => { await watcher.cancel() }), ...this.#pending])
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([settled, new Promise((resolve) => { timer = setTimeout(resolve, this.#requestTimeoutMs) })])
+    clearTimeout(timer)
     this.#client.close()
   }
 
