@@ -376,7 +376,11 @@ export interface Coordinator {
   delete (key: string, options?: { expectRevision?: number }): Promise<boolean>
   /** Entries whose key starts with `prefix`, sorted by key. */
   list (prefix: string): Promise<CoordinatorEntry[]>
-  /** Reports every change under `prefix` in order; returns a function that stops it. */
+  /**
+   * Reports every change under `prefix` in order; returns a function that stops it. If the watch
+   * breaks (connection lost, history compacted), what it missed is reported as each key's latest
+   * state: a delete for a key that is gone, a put for one that changed (intermediate values may be skipped).
+   */
   watch (prefix: string, listener: (event: CoordinatorEvent) => void): () => void
   /** Stops keeping the lease alive and releases resources (the node then expires as after a crash, unless it left). */
   close (): Promise<void>

@@ -203,3 +203,30 @@ test('close() ends while etcd does not answer: a watch it cannot cancel does not
     server.process.kill('SIGCONT')
   }
 })
+
+test('a watch from a revision etcd has compacted lists again and reports what changed, then follows new changes', { skip }, async () => {
+  const url = await endpoint()
+  const watcher = await EtcdCoordinator.connect({ endpoints: [url], prefix: '/compacted/' })
+  const writer = await EtcdCoordinator.connect({ endpoints: [url], prefix: '/compacted/' })
+  const { Etcd3 } = await import('etcd3')
+  const raw = new Etcd3({ hosts: [url] })
+  try {
+    await writer.put('x/old', '1')
+    for (let i = 0; i < 5; i++) await writer.put('noise', String(i))
+    // As etcd's --auto-compaction does: the history no longer reaches the idle watcher's revision.
+    await raw.kv.compact({ revision: String((await writer.put('noise', 'last'))!.revision) })
+    const seen: string[] = []
+    watcher.watch('x/', (event) => seen.push(`${event.type} ${event.key}`))
+    await writer.put('x/new', '2')
+    const deadline = Date.now() + 20_000
+    while (!seen.includes('put x/new') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+    assert.deepEqual(seen, ['put x/old', 'put x/new'])
+    await writer.put('x/after', '3')
+    while (seen.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+    assert.deepEqual(seen, ['put x/old', 'put x/new', 'put x/after'])
+  } finally {
+    raw.close()
+    await watcher.close()
+    await writer.close()
+  }
+})

@@ -126,6 +126,31 @@ test('a watch from a revision older than the kept history is refused; newer ones
   await a.close()
 })
 
+test('a watch whose revision was compacted away lists again and reports what changed, then follows new changes', async () => {
+  const cluster = new MemoryCoordinatorCluster({ historyLimit: 5 })
+  const watcher = cluster.coordinator()
+  const writer = cluster.coordinator()
+  await writer.put('x/keep', '1')
+  await writer.put('x/gone', '2')
+  for (let i = 0; i < 10; i++) await writer.put('noise', String(i)) // the history no longer reaches the watcher's revision
+  const seen: string[] = []
+  try {
+    watcher.watch('x/', (event) => seen.push(`${event.type} ${event.key}${event.entry === undefined ? '' : `=${event.entry.value}`}`))
+    await settle() // the watch has listed the keys and its store watch was refused
+    await writer.delete('x/gone')
+    await writer.put('x/new', '3')
+    const deadline = Date.now() + 10_000
+    while (seen.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+    assert.deepEqual(seen, ['delete x/gone', 'put x/keep=1', 'put x/new=3'])
+    await writer.put('x/after', '4')
+    await settle()
+    assert.deepEqual(seen.slice(3), ['put x/after=4'])
+  } finally {
+    await watcher.close()
+    await writer.close()
+  }
+})
+
 async function rejectsNotOpen (promise: Promise<unknown>): Promise<void> {
   await assert.rejects(promise, (err: unknown) => isGalleonError(err, 'NOT_OPEN'))
 }

@@ -210,21 +210,19 @@ export abstract class AbstractCoordinator implements Coordinator {
     this.#assertOpen()
     assertListener(listener)
     const keys = new Map<string, string>()
-    let listed = false
-    return this.#follow(layout.nodes, true, 0, (events) => {
+    return this.#follow(layout.nodes, true, undefined, (events) => {
       for (const event of events) {
         if (event.type === 'put') keys.set(event.entry.key, event.entry.value)
         else keys.delete(event.entry.key)
       }
       callListener(listener, membersOf(keys))
-    }, (entries) => {
+    }, (entries, first) => {
       // Listed again after a failed watch: changes may have been missed, so report a difference.
       const before = JSON.stringify(membersOf(keys))
       keys.clear()
       for (const entry of entries) keys.set(entry.key, entry.value)
       const members = membersOf(keys)
-      if (listed && JSON.stringify(members) !== before) callListener(listener, members)
-      listed = true
+      if (!first && JSON.stringify(members) !== before) callListener(listener, members)
     })
   }
 
@@ -343,10 +341,36 @@ export abstract class AbstractCoordinator implements Coordinator {
     this.#assertOpen()
     assertPrefix(prefix)
     assertListener(listener)
+    const report = (type: 'put' | 'delete', entry: StoredEntry): void => {
+      const key = entry.key.slice(layout.kv.length)
+      callListener(listener, type === 'put' ? { type, key, entry: { key, value: entry.value, revision: entry.modRevision } } : { type, key })
+    }
+    // Keys under the prefix as far as the listener knows (or that existed when the watch started):
+    // after a failed watch, the ones no longer listed are reported deleted.
+    const known = new Set<string>()
     return this.#follow(layout.kv + prefix, true, this.#seenRevision + 1, (events) => {
       for (const { type, entry } of events) {
-        const key = entry.key.slice(layout.kv.length)
-        callListener(listener, type === 'put' ? { type, key, entry: { key, value: entry.value, revision: entry.modRevision } } : { type, key })
+        if (type === 'put') known.add(entry.key)
+        else known.delete(entry.key)
+        report(type, entry)
+      }
+    }, (entries, first, missedFrom) => {
+      if (first) {
+        for (const entry of entries) known.add(entry.key)
+        return
+      }
+      // The store watch failed, and the store may have compacted the changes it missed away: they
+      // are reported as the difference to the listing (each key's latest state, in revision
+      // order; intermediate values are gone, as a compacted watch would have lost them anyway).
+      const present = new Set(entries.map((entry) => entry.key))
+      for (const key of [...known]) {
+        if (present.has(key)) continue
+        known.delete(key)
+        report('delete', { key, value: '', createRevision: 0, modRevision: 0 })
+      }
+      for (const entry of entries.filter((e) => e.modRevision >= missedFrom).sort((a, b) => a.modRevision - b.modRevision)) {
+        known.add(entry.key)
+        report('put', entry)
       }
     })
   }
@@ -411,25 +435,31 @@ export abstract class AbstractCoordinator implements Coordinator {
   }
 
   /**
-   * A watch that survives store errors: it resumes after the last revision it delivered, or with
-   * `relist` given, lists the keys again (calling `relist`) and resumes from the listing.
-   * `fromRevision` 0 means: list first.
+   * A watch that survives store errors. It lists the keys first (`onListed(entries, true)`) and
+   * watches from `fromRevision` (undefined: right after the listing). When the store watch fails
+   * (connection lost, or the revision it would resume from was compacted away), it lists again
+   * (`onListed(entries, false, missedFrom)`, `missedFrom` being the first revision not delivered)
+   * and resumes right after that listing: it never retries a revision the store may have dropped.
    */
-  #follow (key: string, prefix: boolean, fromRevision: number, onEvents: (events: StoreEvent[]) => void, relist?: (entries: StoredEntry[]) => void): () => void {
+  #follow (key: string, prefix: boolean, fromRevision: number | undefined, onEvents: (events: StoreEvent[]) => void, onListed: (entries: StoredEntry[], first: boolean, missedFrom: number) => void): () => void {
     let stopped = false
     let stopCurrent = (): void => {}
-    let nextRevision = fromRevision
+    let nextRevision = fromRevision ?? 0
+    let first = true
+    let listed = false
     let delayMs = RETRY_MIN_MS
     const start = async (): Promise<void> => {
       while (!stopped && !this.#closed) {
         try {
-          if (relist !== undefined && nextRevision === 0) {
+          if (!listed) {
             const { entries, revision } = await this.#range(key, prefix)
-            if (stopped) return
-            relist(entries)
-            nextRevision = revision + 1
+            if (stopped || this.#closed) return
+            onListed(entries, first, nextRevision)
+            if (!first || fromRevision === undefined) nextRevision = revision + 1
+            first = false
+            listed = true
           }
-          // Runs until the store watch fails; then it resumes (after a pause) where it stopped.
+          // Runs until the store watch fails; then it lists again (after a pause) and resumes.
           await new Promise<void>((resolve) => {
             stopCurrent = this.#watchOnce(key, { prefix, fromRevision: nextRevision }, (events) => {
               delayMs = RETRY_MIN_MS
@@ -439,7 +469,7 @@ export abstract class AbstractCoordinator implements Coordinator {
             }, () => resolve())
           })
           if (stopped || this.#closed) return
-          if (relist !== undefined) nextRevision = 0
+          listed = false
         } catch {
           if (stopped || this.#closed) return
         }
