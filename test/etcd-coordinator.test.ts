@@ -41,7 +41,7 @@ async function pauseEtcd (server: EtcdServer): Promise<void> {
 }
 
 test('bad options are refused with INVALID_ARGUMENT', async () => {
-  for (const options of [{}, { endpoints: [] }, { endpoints: ['127.0.0.1:2379'] }, { endpoints: ['http://127.0.0.1:2379'], prefix: '' }, { endpoints: ['http://127.0.0.1:2379'], requestTimeoutMs: 0 }, { endpoints: ['http://127.0.0.1:2379'], ttlMs: 0 }]) {
+  for (const options of [{}, { endpoints: [] }, { endpoints: ['127.0.0.1:2379'] }, { endpoints: ['http://127.0.0.1:2379/'] }, { endpoints: ['http://127.0.0.1:2379/v3'] }, { endpoints: ['http://127.0.0.1:2379', 'https://127.0.0.1:2380/v3/'] }, { endpoints: ['http://127.0.0.1:2379'], prefix: '' }, { endpoints: ['http://127.0.0.1:2379'], requestTimeoutMs: 0 }, { endpoints: ['http://127.0.0.1:2379'], ttlMs: 0 }]) {
     await assert.rejects(EtcdCoordinator.connect(options as never), (err: unknown) => isGalleonError(err, 'INVALID_ARGUMENT'), JSON.stringify(options))
   }
 })
@@ -229,4 +229,16 @@ test('a watch from a revision etcd has compacted lists again and reports what ch
     await watcher.close()
     await writer.close()
   }
+})
+
+test('a user and password given to an etcd without authentication fail with INVALID_ARGUMENT naming the fix', { skip }, async () => {
+  const url = await endpoint()
+  await assert.rejects(async () => {
+    const coordinator = await EtcdCoordinator.connect({ endpoints: [url], auth: { username: 'root', password: 'x' }, connectTimeoutMs: 3000, requestTimeoutMs: 3000 })
+    await coordinator.close()
+  }, (err: unknown) => {
+    assert.ok(isGalleonError(err, 'INVALID_ARGUMENT'), String(err))
+    assert.match(err.message, /authentication off.*remove the auth option/)
+    return true
+  })
 })

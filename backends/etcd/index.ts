@@ -41,6 +41,12 @@ function assertOptions (options: EtcdCoordinatorOptions): void {
   if (!Array.isArray(endpoints) || endpoints.length === 0 || !endpoints.every((e) => typeof e === 'string' && /^https?:\/\/[^/]+/.test(e))) {
     throw bad(`endpoints must be a non-empty array of etcd client URLs such as 'http://127.0.0.1:2379', got ${JSON.stringify(endpoints)}`)
   }
+  // The gRPC client takes scheme, host and port only: anything after them ends up in the host name
+  // and fails as an unreachable etcd, far from the typo.
+  const withPath = endpoints.find((e: string) => !/^https?:\/\/[^/?#]+$/.test(e))
+  if (withPath !== undefined) {
+    throw bad(`etcd endpoint '${withPath}' has a path, query or trailing '/'; give scheme, host and port only, such as 'http://127.0.0.1:2379'`)
+  }
   if (prefix !== undefined && (typeof prefix !== 'string' || prefix.length === 0)) throw bad(`prefix must be a non-empty string such as '/galleonfs/', got ${JSON.stringify(prefix)}`)
   for (const [name, ms] of [['requestTimeoutMs', requestTimeoutMs], ['connectTimeoutMs', connectTimeoutMs]] as const) {
     if (ms !== undefined && (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms <= 0)) throw bad(`${name} must be a positive whole number of milliseconds, got ${String(ms)}`)
@@ -273,6 +279,9 @@ export class EtcdCoordinator extends AbstractCoordinator {
     const detail = err instanceof Error ? err.message : String(err)
     if (name === 'EtcdPermissionDeniedError' || name === 'EtcdAuthenticationFailedError' || name === 'EtcdInvalidAuthTokenError' || /authentication failed|permission denied/.test(detail)) {
       return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: ${detail}; check the auth username and password and the user's role on the prefix`, { cause: err })
+    }
+    if (/authentication is not enabled/.test(detail)) {
+      return new GalleonError('INVALID_ARGUMENT', `etcd at ${this.#endpoints} has authentication off, and a user was given: remove the auth option (the daemon: --etcd-username and --etcd-password-file), or turn authentication on in etcd (etcdctl auth enable)`, { cause: err })
     }
     if (/user name is empty/.test(detail)) {
       return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: it has authentication on, and no user was given; pass auth: { username, password } (the daemon: --etcd-username and --etcd-password-file)`, { cause: err })
