@@ -155,6 +155,18 @@ describe('FUSE mount driver', { skip }, () => {
   })
 })
 
+/**
+ * Runs a Python script that opens a mount's `data` and prints 'open'; resolves once it has, with
+ * its output lines so far and a promise of its exit.
+ */
+async function pythonHoldingData (script: string): Promise<{ child: ReturnType<typeof spawn>, lines: string[], exited: Promise<unknown> }> {
+  const child = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const lines = collectLines(child.stdout as NodeJS.ReadableStream)
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
+  return { child, lines, exited }
+}
+
 /** Collects a child's stdout as whole lines (a line may arrive in several chunks). */
 function collectLines (stream: NodeJS.ReadableStream): string[] {
   const lines: string[] = []
@@ -241,7 +253,7 @@ describe('FUSE mount driver: review regressions', { skip }, () => {
     try {
       await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '1M' }), mnt)
       // A process that opens data, waits, then writes through its old descriptor.
-      const child = spawn('python3', ['-c', `
+      const { lines, exited } = await pythonHoldingData(`
 import os, sys, time
 fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_RDWR)
 print('open', flush=True)
@@ -252,12 +264,10 @@ try:
     print('wrote', flush=True)
 except OSError as e:
     print('error', e.errno, flush=True)
-`], { stdio: ['ignore', 'pipe', 'inherit'] })
-      const lines = collectLines(child.stdout)
-      while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
+`)
       await assert.rejects(g.mounts.unmountVolume(mnt), (err: Error & { code?: string }) => err.code === 'BUSY' && /open/.test(err.message))
       await g.mounts.unmountVolume(mnt, { force: true })
-      await new Promise((resolve) => child.once('exit', resolve))
+      await exited
       assert.deepEqual(lines, ['open', 'error 5'])
       assert.deepEqual(await g.read('v', 0, 4096), new Uint8Array(4096))
     } finally {
@@ -274,7 +284,7 @@ except OSError as e:
       await g.mounts.mountVolume(await g.createVolume({ name: 'v', sizeBytes: '4M' }), mnt)
       // Writes the volume over and over, 128 KiB at a time, until a write fails; the store's slow
       // batches keep the mount's write-behind buffer full.
-      const child = spawn('python3', ['-c', `
+      const { child, lines, exited } = await pythonHoldingData(`
 import os
 fd = os.open(${JSON.stringify(join(mnt, 'data'))}, os.O_WRONLY)
 print('open', flush=True)
@@ -285,10 +295,7 @@ try:
         n += 1
 except OSError as e:
     print('error', e.errno, flush=True)
-`], { stdio: ['ignore', 'pipe', 'inherit'] })
-      const lines = collectLines(child.stdout)
-      const exited = new Promise((resolve) => child.once('exit', resolve))
-      while (!lines.includes('open')) await new Promise((resolve) => setTimeout(resolve, 20))
+`)
       await new Promise((resolve) => setTimeout(resolve, 300))
       // Without the fix the unmount waited as long as the writer wrote (here: for ever).
       let timer: NodeJS.Timeout | undefined
