@@ -4,12 +4,14 @@
 //      unencrypted one (target >= 0.6);
 //   2. 1 MiB sequential write throughput (4 in flight): encrypted vs unencrypted (target >= 0.6);
 //   3. 1 MiB sequential read throughput: encrypted vs unencrypted (target >= 0.6);
-//   4. AES-256-GCM seal of one 4 KiB block: node:crypto vs @noble/ciphers, and the 4 KiB
-//      encrypted-write rate against the node:crypto seal rate (what share of the cipher's speed
-//      the I/O path keeps).
+//   4. AES-256-GCM seal of one 4 KiB block: node:crypto vs @noble/ciphers; seals of 4 KiB blocks
+//      256 to a call with the native addon (what multi-block requests use when it is built) vs
+//      node:crypto block by block; and the 4 KiB encrypted-write rate against the seal rate of the
+//      cipher in use (what share of the cipher's speed the I/O path keeps).
 // Each pair runs in alternating short rounds, so both sides see the same machine conditions.
-// Large encrypted requests are sealed and opened on worker threads too (GALLEONFS_CIPHER_THREADS=0
-// turns that off, for comparison). Saved to bench/results/encryption.json.
+// The volumes use the default cipher: the native addon when it is built (GALLEONFS_NATIVE_AEAD=0
+// turns it off, for comparison), else node:crypto, with large requests also on worker threads
+// (GALLEONFS_CIPHER_THREADS=0 turns those off). Saved to bench/results/encryption.json.
 //
 // Env: BENCH_SECONDS (seconds per case, default 2), BENCH_DIR (parent of the temporary directory),
 //      BENCH_VOLUME (volume size, default 512M).
@@ -20,7 +22,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GalleonFS, WriteConcern, parseSize } from '../src/index.js'
-import { nobleCipher, nodeCipher, type AeadCipher } from '../src/crypto/cipher.js'
+import { defaultCipher, nativeCipher, nobleCipher, nodeCipher, type AeadCipher } from '../src/crypto/cipher.js'
+import { nativeAead, nativeAeadStatus, sealBatch } from '../src/crypto/native-aead.js'
 
 const BLOCK = 4096
 const MIB = 1 << 20
@@ -116,6 +119,24 @@ function sealRate (cipher: AeadCipher): number {
   return ops / ((performance.now() - started) / 1000)
 }
 
+/** 4 KiB blocks sealed per second by the native addon, 256 to a call. */
+function nativeBatchRate (): number | undefined {
+  const addon = nativeAead()
+  if (addon === undefined) return undefined
+  const key = new Uint8Array(randomBytes(32))
+  const plain = new Uint8Array(randomBytes(256 * BLOCK))
+  const out = new Uint8Array(256 * (BLOCK + 16))
+  const jobs = Array.from({ length: 256 }, (_, i) => ({ nonce: new Uint8Array(12), aad: new Uint8Array(28), plain: plain.subarray(i * BLOCK, (i + 1) * BLOCK), out: out.subarray(i * (BLOCK + 16), (i + 1) * (BLOCK + 16)) }))
+  let blocks = 0
+  const started = performance.now()
+  const stopAt = started + Math.min(SECONDS, 1) * 1000
+  while (performance.now() < stopAt) {
+    sealBatch(addon, key, jobs)
+    blocks += 256
+  }
+  return blocks / ((performance.now() - started) / 1000)
+}
+
 async function fill (g: GalleonFS, volume: string): Promise<void> {
   const chunk = new Uint8Array(randomBytes(4 * MIB))
   for (let offset = 0; offset < VOLUME; offset += chunk.byteLength) await g.write(volume, offset, chunk)
@@ -137,19 +158,24 @@ async function main (): Promise<void> {
     const [secretRead, plainRead] = await alternate(async (s) => await sequentialReads(g, 'secret', s), async (s) => await sequentialReads(g, 'plain', s))
     const node = sealRate(nodeCipher)
     const noble = sealRate(nobleCipher)
+    const inUse = defaultCipher()
+    const inUseRate = inUse === nodeCipher ? node : inUse === nobleCipher ? noble : sealRate(nativeCipher)
+    const batch = nativeBatchRate()
     const mb = (bytesPerSecond: number): number => bytesPerSecond / MIB
     const rows = [
       { case: '4 KiB random writeBlock QD32: encrypted vs plain', value: secretWrite, baseline: plainWrite, unit: 'ops/s', ratio: secretWrite / plainWrite, target: '>= 0.6' },
       { case: '1 MiB sequential write: encrypted vs plain', value: mb(secretSeq), baseline: mb(plainSeq), unit: 'MiB/s', ratio: secretSeq / plainSeq, target: '>= 0.6' },
       { case: '1 MiB sequential read: encrypted vs plain', value: mb(secretRead), baseline: mb(plainRead), unit: 'MiB/s', ratio: secretRead / plainRead, target: '>= 0.6' },
       { case: 'AES-256-GCM seal of a 4 KiB block: node:crypto vs @noble/ciphers', value: node, baseline: noble, unit: 'ops/s', ratio: node / noble, target: null },
-      { case: 'encrypted 4 KiB writes vs node:crypto seals alone', value: secretWrite, baseline: node, unit: 'ops/s', ratio: secretWrite / node, target: null }
+      ...(batch === undefined ? [] : [{ case: 'AES-256-GCM seal of 4 KiB blocks, 256 per call: native addon vs node:crypto block by block', value: batch, baseline: node, unit: 'blocks/s', ratio: batch / node, target: null }]),
+      { case: `encrypted 4 KiB writes vs ${inUse.name} seals of one block alone`, value: secretWrite, baseline: inUseRate, unit: 'ops/s', ratio: secretWrite / inUseRate, target: null }
     ]
+    console.log(`cipher in use: ${inUse.name}${inUse.name === 'native' ? '' : ` (native addon: ${nativeAeadStatus().reason})`}`)
     console.log('| case | value | baseline | ratio | target |')
     console.log('|---|---:|---:|---:|---|')
     for (const row of rows) console.log(`| ${row.case} | ${row.value.toFixed(0)} ${row.unit} | ${row.baseline.toFixed(0)} ${row.unit} | ${row.ratio.toFixed(2)}x | ${row.target ?? ''} |`)
     await mkdir(fileURLToPath(new URL('./results/', import.meta.url)), { recursive: true })
-    await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, volumeBytes: VOLUME, seconds: SECONDS, cipherThreads: process.env.GALLEONFS_CIPHER_THREADS ?? 'default', rows }, null, 2) + '\n')
+    await writeFile(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), node: process.version, volumeBytes: VOLUME, seconds: SECONDS, cipher: inUse.name, cipherThreads: process.env.GALLEONFS_CIPHER_THREADS ?? 'default', rows }, null, 2) + '\n')
   } finally {
     await g.close()
     await rm(dir, { recursive: true, force: true })

@@ -874,7 +874,7 @@ describe('encryption: review regressions', () => {
   })
 })
 
-describe('encryption: large requests on worker threads', () => {
+describe('encryption: large requests (native batch calls, or node:crypto on worker threads)', () => {
   it('seal and open 1 MiB requests in parallel with the same bytes and the same tamper detection as block by block', async () => {
     const dir = fresh()
     const { g, store, puts } = await openRecorded(dir)

@@ -11,10 +11,13 @@
 import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { GalleonError } from '../errors.js'
-import { TAG_BYTES } from './cipher.js'
+import { TAG_BYTES, type AeadCipher } from './cipher.js'
+import { nativeAead, openBatch, sealBatch } from './native-aead.js'
 
 /** Blocks below which a batch is done on the calling thread alone. */
 export const PARALLEL_MIN_BLOCKS = 32
+/** Blocks from which the native addon seals or opens them in one call rather than one call each. */
+export const NATIVE_BATCH_MIN_BLOCKS = 2
 
 /** One block to seal: ciphertext || tag goes to `out` (plaintext length + 16 bytes). */
 export interface SealJob {
@@ -29,6 +32,12 @@ export interface OpenJob {
   readonly nonce: Uint8Array
   readonly aad: Uint8Array
   readonly sealed: Uint8Array
+  /**
+   * Where the plaintext may be written (sealed length - 16 bytes), e.g. its place in the caller's
+   * result: the native addon decrypts there (and zeroes it if authentication fails); other
+   * implementations return new arrays.
+   */
+  into?: Uint8Array
 }
 
 // The worker's program (CommonJS, evaluated): seal or open a run of same-sized blocks under one key.
@@ -215,3 +224,43 @@ function packHeaders (jobs: ReadonlyArray<{ nonce: Uint8Array, aad: Uint8Array }
 
 /** The process-wide pool. */
 export const cipherPool = new CipherPool()
+
+/**
+ * Fewest blocks for which `sealJobs`/`openJobs` are worth calling with `aead`: native batches from
+ * two blocks, node:crypto on worker threads from PARALLEL_MIN_BLOCKS; undefined when neither
+ * applies (@noble/ciphers, or node:crypto with the pool off).
+ */
+export function batchMinBlocks (aead: AeadCipher): number | undefined {
+  if (aead.name === 'native' && nativeAead() !== undefined) return NATIVE_BATCH_MIN_BLOCKS
+  if (aead.name === 'node' && cipherPool.usable) return PARALLEL_MIN_BLOCKS
+  return undefined
+}
+
+/**
+ * Seals `jobs` under `key` with `aead`: in native batch calls on this thread, or partly on worker
+ * threads (node:crypto); `sealHere` seals one job on this thread. All plaintexts are consumed
+ * before the promise is returned.
+ */
+export function sealJobs (aead: AeadCipher, key: Uint8Array, jobs: readonly SealJob[], sealHere: (job: SealJob) => void): Promise<void> {
+  const addon = aead.name === 'native' ? nativeAead() : undefined
+  if (addon !== undefined) {
+    try {
+      if (!sealBatch(addon, key, jobs)) for (const job of jobs) sealHere(job)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return Promise.resolve()
+  }
+  return cipherPool.seal(key, jobs, sealHere)
+}
+
+/**
+ * Opens `jobs` under `key` with `aead` (see sealJobs); `openHere` opens one job on this thread and
+ * returns undefined if it fails authentication. Results in job order, undefined where a block
+ * failed authentication.
+ */
+export async function openJobs (aead: AeadCipher, key: Uint8Array, jobs: readonly OpenJob[], openHere: (job: OpenJob) => Uint8Array | undefined): Promise<Array<Uint8Array | undefined>> {
+  const addon = aead.name === 'native' ? nativeAead() : undefined
+  if (addon !== undefined) return openBatch(addon, key, jobs) ?? jobs.map(openHere)
+  return await cipherPool.open(key, jobs, openHere)
+}

@@ -1,11 +1,14 @@
-// AES-256-GCM behind one interface, in two implementations that produce identical bytes:
-// node:crypto (OpenSSL, the fast path) and @noble/ciphers (pure JavaScript, the portable one).
-// `defaultCipher()` picks node:crypto when this Node.js build offers AES-256-GCM.
+// AES-256-GCM behind one interface, in three implementations that produce identical bytes:
+// node:crypto (OpenSSL), @noble/ciphers (pure JavaScript, the portable one), and the optional
+// native addon (OpenSSL without node:crypto's per-call set-up; see native-aead.ts).
+// `defaultCipher()` picks the addon when it is built, else node:crypto when this Node.js build
+// offers AES-256-GCM, else @noble/ciphers.
 // Sealed form: ciphertext followed by the 16-byte authentication tag.
 
 import { createCipheriv, createDecipheriv, createSecretKey, getCiphers, type KeyObject } from 'node:crypto'
 import { gcm } from '@noble/ciphers/aes.js'
 import { GalleonError } from '../errors.js'
+import { nativeAead, nativeAeadStatus, type NativeAeadAddon } from './native-aead.js'
 
 export const KEY_BYTES = 32
 export const NONCE_BYTES = 12
@@ -13,7 +16,7 @@ export const TAG_BYTES = 16
 
 /** An AES-256-GCM implementation. */
 export interface AeadCipher {
-  readonly name: 'node' | 'noble'
+  readonly name: 'node' | 'noble' | 'native'
   /** Encrypts and authenticates `plaintext` and `aad`; returns ciphertext || tag. */
   seal: (key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array) => Uint8Array
   /** Like `seal`, but writes ciphertext || tag into `out` (plaintext length + 16 bytes). */
@@ -114,7 +117,39 @@ export const nobleCipher: AeadCipher = {
   }
 }
 
-/** node:crypto when it offers AES-256-GCM (every standard build), else @noble/ciphers. */
+function addon (): NativeAeadAddon {
+  const loaded = nativeAead()
+  if (loaded === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `the native AES-GCM addon is not available: ${nativeAeadStatus().reason}; use defaultCipher(), which falls back to node:crypto`)
+  return loaded
+}
+
+/** The native addon (check nativeAeadStatus().available first: without it every call fails with BACKEND_UNAVAILABLE). */
+export const nativeCipher: AeadCipher = {
+  name: 'native',
+  seal (key, nonce, plaintext, aad) {
+    const out = new Uint8Array(plaintext.byteLength + TAG_BYTES)
+    nativeCipher.sealInto(key, nonce, plaintext, aad, out)
+    return out
+  },
+  sealInto (key, nonce, plaintext, aad, out) {
+    checkInputs(key, nonce)
+    checkOut(plaintext, out)
+    addon().seal(key, nonce, aad, plaintext, out)
+  },
+  open (key, nonce, sealed, aad) {
+    checkInputs(key, nonce)
+    if (sealed.byteLength < TAG_BYTES) throw failed()
+    const out = new Uint8Array(sealed.byteLength - TAG_BYTES)
+    if (!addon().open(key, nonce, aad, sealed, out)) throw failed()
+    return out
+  }
+}
+
+/**
+ * The native addon when it is built and passes its self-test, else node:crypto when it offers
+ * AES-256-GCM (every standard build), else @noble/ciphers.
+ */
 export function defaultCipher (): AeadCipher {
+  if (nativeAead() !== undefined) return nativeCipher
   return getCiphers().includes('aes-256-gcm') ? nodeCipher : nobleCipher
 }

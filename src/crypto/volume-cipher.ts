@@ -145,13 +145,17 @@ export class VolumeCipher {
     return { key, job: { nonce, aad: aad(address, version), plain: plaintext, out: out.subarray(4 + NONCE_BYTES) } }
   }
 
-  /** What opening `sealed` (stored at `address`) needs, or undefined when its key is unknown (`open` then reports why). */
-  prepareOpen (address: BlockAddress, sealed: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
+  /**
+   * What opening `sealed` (stored at `address`) needs, or undefined when its key is unknown (`open`
+   * then reports why). `into`: where the plaintext may go (see OpenJob).
+   */
+  prepareOpen (address: BlockAddress, sealed: Uint8Array, into?: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
     if (this.unavailable !== undefined || sealed.byteLength < SEALED_OVERHEAD) return undefined
-    const version = new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0)
+    const version = (((sealed[0] as number) << 24) | ((sealed[1] as number) << 16) | ((sealed[2] as number) << 8) | (sealed[3] as number)) >>> 0
     const state = this.#keys.get(version)
     if (state === undefined) return undefined
-    return { key: state.key, job: { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, version), sealed: sealed.subarray(4 + NONCE_BYTES) } }
+    const job: OpenJob = { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, version), sealed: sealed.subarray(4 + NONCE_BYTES), into }
+    return { key: state.key, job }
   }
 
   /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */
@@ -208,13 +212,34 @@ function writeHeader (out: Uint8Array, version: number, counter: number): Uint8A
   return out.subarray(4, 4 + NONCE_BYTES)
 }
 
-function aad (address: BlockAddress, version: number): Uint8Array {
+// Scratch for the big-endian float64 fields of the authenticated data.
+const F64 = new Float64Array(1)
+const F64_BYTES = new Uint8Array(F64.buffer)
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+
+function putUint32 (out: Uint8Array, at: number, value: number): void {
+  out[at] = value >>> 24
+  out[at + 1] = value >>> 16
+  out[at + 2] = value >>> 8
+  out[at + 3] = value
+}
+
+function putFloat64 (out: Uint8Array, at: number, value: number): void {
+  F64[0] = value
+  for (let i = 0; i < 8; i++) out[at + i] = F64_BYTES[LITTLE_ENDIAN ? 7 - i : i] as number
+}
+
+/**
+ * The authenticated data of a block: 'GFS1', storage id (u32), index and generation (float64),
+ * key version (u32), all big-endian. Written byte by byte: a DataView per block cost more than
+ * the native cipher's whole work on it.
+ */
+export function aad (address: BlockAddress, version: number): Uint8Array {
   const out = new Uint8Array(28)
-  const view = new DataView(out.buffer)
-  view.setUint32(0, 0x47465331) // 'GFS1'
-  view.setUint32(4, address.volume)
-  view.setFloat64(8, address.index)
-  view.setFloat64(16, address.gen)
-  view.setUint32(24, version)
+  putUint32(out, 0, 0x47465331) // 'GFS1'
+  putUint32(out, 4, address.volume)
+  putFloat64(out, 8, address.index)
+  putFloat64(out, 16, address.gen)
+  putUint32(out, 24, version)
   return out
 }

@@ -93,6 +93,17 @@ export type DecodeResult =
   | { ok: true, payload: Uint8Array, flags: number }
   | { ok: false, reason: string, expected?: number, actual?: number }
 
+/**
+ * The payload and flags of a stored value after checking only its header's length and format
+ * version, or undefined. For values whose payload is authenticated otherwise (an encrypted block's
+ * GCM tag, which also binds its address): a value that then fails goes through decodeBlock, so
+ * damage is still reported as a checksum mismatch.
+ */
+export function peekBlock (value: Uint8Array): { payload: Uint8Array, flags: number } | undefined {
+  if (value.byteLength < BLOCK_HEADER_BYTES || value[4] !== FORMAT_VERSION) return undefined
+  return { payload: value.subarray(BLOCK_HEADER_BYTES), flags: value[5] as number }
+}
+
 /** Verifies and unwraps a stored value. Never throws. */
 export function decodeBlock (address: BlockAddress, value: Uint8Array): DecodeResult {
   if (value.byteLength < BLOCK_HEADER_BYTES) return { ok: false, reason: `stored value is ${value.byteLength} bytes, shorter than the ${BLOCK_HEADER_BYTES}-byte header` }

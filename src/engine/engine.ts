@@ -8,8 +8,8 @@ import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../dr
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock } from './codec.js'
-import { PARALLEL_MIN_BLOCKS, cipherPool, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, peekBlock } from './codec.js'
+import { batchMinBlocks, openJobs, sealJobs, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
 import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import type { VolumeReplicator } from './replicator.js'
@@ -377,12 +377,19 @@ export class BlockEngine {
         const blockStart = index * this.blockSize
         const from = Math.max(offset, blockStart)
         const to = Math.min(offset + length, blockStart + this.blockSize)
+        // Already there: decrypted in place (see `into`).
+        if (payload.buffer === out.buffer && payload.byteOffset === out.byteOffset + from - offset) return
         out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
       }
       if (first === last) {
         place(first, await this.#readPayload(volume, first, true, false, at))
       } else {
-        await this.#readMany(volume, first, last, at, place)
+        // Whole blocks of an encrypted volume may be decrypted straight into the result.
+        const into = (index: number): Uint8Array | undefined => {
+          const start = index * this.blockSize - offset
+          return start >= 0 && start + this.blockSize <= length ? out.subarray(start, start + this.blockSize) : undefined
+        }
+        await this.#readMany(volume, first, last, at, place, false, into)
       }
       ok = true
       // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
@@ -437,8 +444,10 @@ export class BlockEngine {
       // Recorded as the generations are taken, so the replication order agrees with snapshot cuts.
       // record() copies what it keeps: `data` may be the caller's buffer.
       const seq = volume.replicator?.record({ type: 'write', offset, data })
-      if (volume.cipher !== undefined && last - first + 1 >= PARALLEL_MIN_BLOCKS && cipherPool.usable && volume.cipher.cipher.name === 'node') {
-        // A large encrypted write: blocks are sealed on this thread and on worker threads at once.
+      const batchFrom = volume.cipher === undefined ? undefined : batchMinBlocks(volume.cipher.cipher)
+      if (batchFrom !== undefined && last - first + 1 >= batchFrom) {
+        // A multi-block encrypted write: blocks are sealed in native batch calls, or on this thread
+        // and on worker threads at once.
         const addresses: BlockAddress[] = []
         const payloads: Uint8Array[] = []
         for (let index = first; index <= last; index++) {
@@ -905,7 +914,7 @@ export class BlockEngine {
    * skipped. Blocks found in the cache are used, but a multi-block read does not fill the cache: a
    * scan would only evict the blocks that are read again and again.
    */
-  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false): Promise<void> {
+  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false, into?: (index: number) => Uint8Array | undefined): Promise<void> {
     const indices: number[] = []
     const addresses: BlockAddress[] = []
     const useCache = this.#cache.enabled && this.#cache.size > 0
@@ -935,9 +944,9 @@ export class BlockEngine {
       // Damage somewhere in the range: read block by block, which finds and reports the bad one.
       if (!isDamage(err)) throw err
     }
-    // Large reads of encrypted blocks: decrypt on worker threads too.
-    const opened = values !== undefined && addresses.length >= PARALLEL_MIN_BLOCKS && this.#anyCipher(volume) && cipherPool.usable
-      ? await this.#openMany(volume, addresses, values)
+    // Multi-block reads of encrypted blocks: opened in native batch calls, or on worker threads too.
+    const opened = values !== undefined && addresses.length >= 2 && this.#anyCipher(volume)
+      ? await this.#openMany(volume, addresses, values, into === undefined ? undefined : (i) => into(indices[i] as number))
       : undefined
     for (let i = 0; i < addresses.length; i++) {
       const index = indices[i] as number
@@ -955,7 +964,7 @@ export class BlockEngine {
         const lock = this.#lock(volume, first, last)
         try {
           if (lock.ready !== undefined) await lock.ready
-          await this.#readMany(volume, first, last, at, place, true)
+          await this.#readMany(volume, first, last, at, place, true, into)
         } finally {
           lock.done()
         }
@@ -1130,8 +1139,9 @@ export class BlockEngine {
   }
 
   /**
-   * Stored values of many full blocks of an encrypted volume, sealed partly here and partly on
-   * worker threads. Every payload is consumed (sealed or copied) before this returns its promise.
+   * Stored values of many full blocks of an encrypted volume, sealed in native batch calls, or
+   * partly here and partly on worker threads. Every payload is consumed (sealed or copied) before
+   * this returns its promise.
    */
   #sealMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], payloads: readonly Uint8Array[]): Promise<Uint8Array[]> {
     const cipher = volume.cipher as VolumeCipher
@@ -1146,18 +1156,20 @@ export class BlockEngine {
       jobs.push(prepared.job)
     }
     const aead = cipher.cipher
-    return cipherPool.seal(key as Uint8Array, jobs, (job) => aead.sealInto(key as Uint8Array, job.nonce, job.plain, job.aad, job.out)).then(() => {
+    return sealJobs(aead, key as Uint8Array, jobs, (job) => aead.sealInto(key as Uint8Array, job.nonce, job.plain, job.aad, job.out)).then(() => {
       for (let i = 0; i < values.length; i++) finishBlock(addresses[i] as BlockAddress, values[i] as Uint8Array, BLOCK_FLAG_ENCRYPTED)
       return values
     })
   }
 
   /**
-   * Opens many stored values of encrypted blocks on this thread and on worker threads at once.
+   * Opens many stored values of encrypted blocks: in native batch calls, or on this thread and on
+   * worker threads at once (node:crypto, from PARALLEL_MIN_BLOCKS), else one by one.
    * Returns the payload per position, or undefined where the ordinary path must decide (not
-   * encrypted, damaged, unknown key, failed authentication: #verified reports it).
+   * encrypted, damaged, unknown key, failed authentication: #verified reports it). `into(i)` may
+   * name where position i's plaintext is wanted: the native addon writes it there.
    */
-  async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>): Promise<Array<Uint8Array | undefined>> {
+  async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>, into?: (position: number) => Uint8Array | undefined): Promise<Array<Uint8Array | undefined>> {
     const out: Array<Uint8Array | undefined> = new Array(addresses.length)
     const groups = new Map<Uint8Array, { aead: VolumeCipher['cipher'], positions: number[], jobs: OpenJob[] }>()
     for (let i = 0; i < addresses.length; i++) {
@@ -1166,10 +1178,12 @@ export class BlockEngine {
       if (value === undefined) continue
       const owner = address.volume === volume.storageId ? volume : this.#volumes.get(address.volume)
       const cipher = owner?.cipher
-      if (cipher === undefined || cipher.cipher.name !== 'node') continue
-      const decoded = decodeBlock(address, value)
-      if (!decoded.ok || (decoded.flags & BLOCK_FLAG_ENCRYPTED) === 0) continue
-      const prepared = cipher.prepareOpen(address, decoded.payload)
+      if (cipher === undefined || batchMinBlocks(cipher.cipher) === undefined) continue
+      // The block's checksum is not computed here: the GCM tag authenticates payload and address,
+      // and a block that fails is left to #verified, which checks the checksum first.
+      const peeked = peekBlock(value)
+      if (peeked === undefined || (peeked.flags & BLOCK_FLAG_ENCRYPTED) === 0) continue
+      const prepared = cipher.prepareOpen(address, peeked.payload, into?.(i))
       if (prepared === undefined || prepared.job.sealed.byteLength !== this.blockSize + 16) continue
       let group = groups.get(prepared.key)
       if (group === undefined) groups.set(prepared.key, group = { aead: cipher.cipher, positions: [], jobs: [] })
@@ -1177,8 +1191,8 @@ export class BlockEngine {
       group.jobs.push(prepared.job)
     }
     for (const [key, group] of groups) {
-      const opened = group.jobs.length >= PARALLEL_MIN_BLOCKS
-        ? await cipherPool.open(key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
+      const opened = group.jobs.length >= (batchMinBlocks(group.aead) ?? Infinity)
+        ? await openJobs(group.aead, key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
         : group.jobs.map((job) => openOrUndefined(group.aead, key, job))
       group.positions.forEach((position, i) => { out[position] = opened[i] })
     }
