@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto'
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { defaultCipher, nobleCipher, nodeCipher } from '../src/crypto/cipher.js'
+import { defaultCipher, nativeCipher, nobleCipher, nodeCipher } from '../src/crypto/cipher.js'
+import { nativeAeadStatus } from '../src/crypto/native-aead.js'
 import { ExternalKeyProvider, InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
 import { seededRandom } from './conformance/fixtures.js'
 
@@ -57,21 +58,23 @@ describe('AES-256-GCM ciphers', () => {
   })
 })
 
-describe('node:crypto key reuse', () => {
+// Both keep a set-up key per key array (node:crypto a KeyObject, the native addon a key handle).
+for (const cipher of [nodeCipher, nativeCipher]) {
+describe(`${cipher.name} key reuse`, { skip: cipher === nativeCipher && !nativeAeadStatus().available ? 'the native AES-GCM addon is not available here' : false }, () => {
   it('a key array changed in place seals and opens under its new bytes, never the old ones', () => {
     const key = new Uint8Array(randomBytes(32))
     const nonce = new Uint8Array(12).fill(3)
     const aad = new Uint8Array(28).fill(5)
     const plain = new Uint8Array(randomBytes(4096))
-    const before = nodeCipher.seal(key, nonce, plain, aad)
-    assert.deepEqual(nodeCipher.open(key, nonce, before, aad), plain)
+    const before = cipher.seal(key, nonce, plain, aad)
+    assert.deepEqual(cipher.open(key, nonce, before, aad), plain)
     const old = key.slice()
     key[31] = (key[31] as number) ^ 1
-    const after = nodeCipher.seal(key, nonce, plain, aad)
+    const after = cipher.seal(key, nonce, plain, aad)
     assert.notDeepEqual(after, before, 'sealed under the changed key')
     assert.deepEqual(after, nobleCipher.seal(key.slice(), nonce, plain, aad), 'the same bytes as a fresh key with the new bytes')
-    assert.throws(() => nodeCipher.open(key, nonce, before, aad), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED')
-    assert.deepEqual(nodeCipher.open(old, nonce, before, aad), plain)
+    assert.throws(() => cipher.open(key, nonce, before, aad), (err: Error & { code?: string }) => err.code === 'DECRYPTION_FAILED')
+    assert.deepEqual(cipher.open(old, nonce, before, aad), plain)
   })
 
   it('the same holds for a Buffer key (whose slice() is a view, not a copy)', () => {
@@ -79,13 +82,14 @@ describe('node:crypto key reuse', () => {
     const nonce = new Uint8Array(12).fill(1)
     const aad = new Uint8Array(28)
     const plain = new Uint8Array(randomBytes(64))
-    const before = nodeCipher.seal(key, nonce, plain, aad)
+    const before = cipher.seal(key, nonce, plain, aad)
     key[0] = (key[0] as number) ^ 0xff
-    const after = nodeCipher.seal(key, nonce, plain, aad)
+    const after = cipher.seal(key, nonce, plain, aad)
     assert.deepEqual(after, nobleCipher.seal(new Uint8Array(key), nonce, plain, aad))
     assert.notDeepEqual(after, before)
   })
 })
+}
 
 describe('data keys and key providers', () => {
   it('wraps a data key bound to its context; another key or context cannot unwrap it', () => {

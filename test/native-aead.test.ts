@@ -118,13 +118,14 @@ describe('native AES-GCM addon', () => {
     assert.equal(openBatch(addon, key, [{ nonce: bytes(12), aad: bytes(28), sealed: bytes(48) }, { nonce: bytes(12), aad: bytes(20), sealed: bytes(48) }]), undefined)
   })
 
-  it('checks every argument and reference before touching memory: bad ones throw, the process keeps running', { skip }, () => {
+  it('checks every argument and reference before touching memory: bad ones throw, the process keeps running', { skip }, async () => {
     const addon = nativeAead()
     assert.ok(addon !== undefined)
     const key = bytes(32)
     const nonces = bytes(24)
     const aads = bytes(56)
-    const buffer = new Uint8Array(4 * (BLOCK + 16))
+    const buffer = bytes(4 * (BLOCK + 16))
+    const plains = [buffer.slice(0, BLOCK), buffer.slice(BLOCK + 16, 2 * BLOCK + 16)]
     const refs = (values: number[]): Float64Array => Float64Array.from(values)
     const good = refs([0, 0, 0, 2 * (BLOCK + 16), 0, BLOCK + 16, 0, 3 * (BLOCK + 16)])
     addon.sealRefs(key, nonces, aads, 28, BLOCK, [buffer], good)
@@ -147,9 +148,26 @@ describe('native AES-GCM addon', () => {
       ['a status of the wrong length', () => addon.openRefs(key, nonces, aads, 28, BLOCK, [buffer], good, new Uint8Array(1)), /one byte per block/],
       ['too few arguments', () => (addon.openRefs as unknown as (...args: unknown[]) => unknown)(key, nonces), /too few arguments/],
       ['a single seal into the wrong size', () => addon.seal(key, bytes(12), bytes(4), bytes(10), new Uint8Array(10)), /plain length \+ 16/],
-      ['a single open of less than a tag', () => addon.open(key, bytes(12), bytes(4), bytes(10), new Uint8Array(0)), /16 bytes/]
+      ['a single open of less than a tag', () => addon.open(key, bytes(12), bytes(4), bytes(10), new Uint8Array(0)), /16 bytes/],
+      ['a pool-thread open given a key handle', () => addon.openRefsAsync(addon.keyHandle(key) as unknown as Uint8Array, nonces, aads, 28, BLOCK, [buffer], good, new Uint8Array(2), () => {}), /handles are not accepted/],
+      ['a pool-thread open without a callback', () => (addon.openRefsAsync as unknown as (...args: unknown[]) => unknown)(key, nonces, aads, 28, BLOCK, [buffer], good, new Uint8Array(2), 'done'), /callback must be a function/],
+      ['a pool-thread open with a reference past the end', () => addon.openRefsAsync(key, nonces, aads, 28, BLOCK, [buffer], refs([0, 3 * (BLOCK + 16) + 1, 0, 0, 0, 0, 0, 0]), new Uint8Array(2), () => {}), /outside its buffer/],
+      ['a key handle of a short key', () => addon.keyHandle(bytes(31)), /32 bytes/]
     ]
     for (const [what, call, message] of cases) assert.throws(call, (err: Error) => (err instanceof RangeError || err instanceof TypeError) && message.test(err.message), what)
+    // A pool-thread open of what sealRefs sealed above: the same as openRefs, and with a key handle too.
+    const fromPool = new Uint8Array(2 * BLOCK)
+    const poolStatus = new Uint8Array(2)
+    const failures = await new Promise<number>((resolve, reject) => {
+      addon.openRefsAsync(key, nonces, aads, 28, BLOCK, [buffer, fromPool], refs([0, 2 * (BLOCK + 16), 1, 0, 0, 3 * (BLOCK + 16), 1, BLOCK]), poolStatus, (err, count) => { if (err !== null) reject(err); else resolve(count as number) })
+    })
+    assert.equal(failures, 0)
+    assert.deepEqual([...poolStatus], [1, 1])
+    const here = new Uint8Array(2 * BLOCK)
+    assert.equal(addon.openRefs(addon.keyHandle(key), nonces, aads, 28, BLOCK, [buffer, here], refs([0, 2 * (BLOCK + 16), 1, 0, 0, 3 * (BLOCK + 16), 1, BLOCK]), new Uint8Array(2)), 0)
+    assert.deepEqual(fromPool, here)
+    assert.deepEqual(here.subarray(0, BLOCK), plains[0], 'the plaintexts sealed from the first two slots')
+    assert.deepEqual(here.subarray(BLOCK), plains[1])
     // Still working afterwards.
     const plain = bytes(100)
     assert.deepEqual(nativeCipher.open(key, bytes(12).fill(1), nativeCipher.seal(key, bytes(12).fill(1), plain, aads), aads), plain)

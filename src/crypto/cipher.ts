@@ -8,7 +8,7 @@
 import { createCipheriv, createDecipheriv, createSecretKey, getCiphers, type KeyObject } from 'node:crypto'
 import { gcm } from '@noble/ciphers/aes.js'
 import { GalleonError } from '../errors.js'
-import { nativeAead, nativeAeadStatus, type NativeAeadAddon } from './native-aead.js'
+import { keyHandle, nativeAead, nativeAeadStatus, type NativeAeadAddon } from './native-aead.js'
 
 export const KEY_BYTES = 32
 export const NONCE_BYTES = 12
@@ -134,13 +134,15 @@ export const nativeCipher: AeadCipher = {
   sealInto (key, nonce, plaintext, aad, out) {
     checkInputs(key, nonce)
     checkOut(plaintext, out)
-    addon().seal(key, nonce, aad, plaintext, out)
+    const native = addon()
+    native.seal(keyHandle(native, key), nonce, aad, plaintext, out)
   },
   open (key, nonce, sealed, aad) {
     checkInputs(key, nonce)
     if (sealed.byteLength < TAG_BYTES) throw failed()
     const out = new Uint8Array(sealed.byteLength - TAG_BYTES)
-    if (!addon().open(key, nonce, aad, sealed, out)) throw failed()
+    const native = addon()
+    if (!native.open(keyHandle(native, key), nonce, aad, sealed, out)) throw failed()
     return out
   }
 }

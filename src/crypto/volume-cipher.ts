@@ -21,6 +21,7 @@ import { GalleonError } from '../errors.js'
 import type { BlockAddress } from '../drivers.js'
 import { NONCE_BYTES, TAG_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
 import type { OpenJob, SealJob } from './cipher-pool.js'
+import { PARALLEL_OPEN, RefBatch, keyHandle, type NativeAeadAddon, type NativeKey } from './native-aead.js'
 
 /** Bytes an encrypted block's payload adds to the block size. */
 export const SEALED_OVERHEAD = 4 + NONCE_BYTES + TAG_BYTES
@@ -150,12 +151,10 @@ export class VolumeCipher {
    * then reports why). `into`: where the plaintext may go (see OpenJob).
    */
   prepareOpen (address: BlockAddress, sealed: Uint8Array, into?: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
-    if (this.unavailable !== undefined || sealed.byteLength < SEALED_OVERHEAD) return undefined
-    const version = (((sealed[0] as number) << 24) | ((sealed[1] as number) << 16) | ((sealed[2] as number) << 8) | (sealed[3] as number)) >>> 0
-    const state = this.#keys.get(version)
-    if (state === undefined) return undefined
-    const job: OpenJob = { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, version), sealed: sealed.subarray(4 + NONCE_BYTES), into }
-    return { key: state.key, job }
+    const found = this.keyOf(sealed)
+    if (found === undefined) return undefined
+    const job: OpenJob = { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, found.version), sealed: sealed.subarray(4 + NONCE_BYTES), into }
+    return { key: found.key, job }
   }
 
   /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */
@@ -195,6 +194,18 @@ export class VolumeCipher {
     }
   }
 
+  /**
+   * The key that sealed `sealed` and its version, or undefined when it is unknown or the payload too
+   * short (`open` then reports why). For batch opening: the nonce is sealed[4, 16), the ciphertext
+   * and tag follow, the authenticated data is writeAad(address, version).
+   */
+  keyOf (sealed: Uint8Array): { key: Uint8Array, version: number } | undefined {
+    if (this.unavailable !== undefined || sealed.byteLength < SEALED_OVERHEAD) return undefined
+    const version = (((sealed[0] as number) << 24) | ((sealed[1] as number) << 16) | ((sealed[2] as number) << 8) | (sealed[3] as number)) >>> 0
+    const state = this.#keys.get(version)
+    return state === undefined ? undefined : { key: state.key, version }
+  }
+
   /** Key version and nonce counter of a sealed payload (for tests and tools; not secret). */
   static inspect (sealed: Uint8Array): { version: number, counter: number } {
     const view = new DataView(sealed.buffer, sealed.byteOffset, sealed.byteLength)
@@ -204,11 +215,10 @@ export class VolumeCipher {
 
 /** Writes key version and nonce at the start of a sealed payload; returns the nonce's view. */
 function writeHeader (out: Uint8Array, version: number, counter: number): Uint8Array {
-  const view = new DataView(out.buffer, out.byteOffset, 4 + NONCE_BYTES)
-  view.setUint32(0, version)
-  view.setUint32(4, 0)
-  view.setUint32(8, Math.floor(counter / 0x1_0000_0000))
-  view.setUint32(12, counter >>> 0)
+  putUint32(out, 0, version)
+  putUint32(out, 4, 0)
+  putUint32(out, 8, Math.floor(counter / 0x1_0000_0000))
+  putUint32(out, 12, counter >>> 0)
   return out.subarray(4, 4 + NONCE_BYTES)
 }
 
@@ -235,11 +245,124 @@ function putFloat64 (out: Uint8Array, at: number, value: number): void {
  * the native cipher's whole work on it.
  */
 export function aad (address: BlockAddress, version: number): Uint8Array {
-  const out = new Uint8Array(28)
-  putUint32(out, 0, 0x47465331) // 'GFS1'
-  putUint32(out, 4, address.volume)
-  putFloat64(out, 8, address.index)
-  putFloat64(out, 16, address.gen)
-  putUint32(out, 24, version)
+  const out = new Uint8Array(AAD_BYTES)
+  writeAad(out, 0, address, version)
   return out
+}
+
+/** Bytes of a block's authenticated data. */
+export const AAD_BYTES = 28
+
+/** Writes the authenticated data of a block (see aad) at out[at, at + 28). */
+export function writeAad (out: Uint8Array, at: number, address: BlockAddress, version: number): void {
+  putUint32(out, at, 0x47465331) // 'GFS1'
+  putUint32(out, at + 4, address.volume)
+  putFloat64(out, at + 8, address.index)
+  putFloat64(out, at + 16, address.gen)
+  putUint32(out, at + 24, version)
+}
+
+/** Blocks from which a run is split between the calling thread and a pool thread. */
+const SPLIT_MIN_BLOCKS = 64
+
+/**
+ * Opens many blocks sealed under one key with the native addon, in as few calls as its 64-buffer
+ * limit allows: nonces and authenticated data are written straight into the packed arrays the addon
+ * takes, and each plaintext goes to the place given for it (else to an array of its own). A large
+ * call is split: half on a libuv pool thread, half on the calling thread at the same time.
+ */
+export class NativeOpenRun {
+  /** The callers' positions of the blocks added, in order. */
+  readonly positions: number[] = []
+  readonly #addon: NativeAeadAddon
+  readonly #key: Uint8Array
+  readonly #handle: NativeKey
+  readonly #size: number
+  readonly #nonces: Uint8Array
+  readonly #aads: Uint8Array
+  readonly #refs: Float64Array
+  readonly #targets: Uint8Array[] = []
+  readonly #results: Array<Uint8Array | undefined> = []
+  readonly #waits: Array<Promise<void>> = []
+  #batch = new RefBatch()
+  /** Index (in the packed arrays) of the first block not yet handed to the addon. */
+  #base = 0
+  /** Blocks added since the last call to the addon. */
+  #pending = 0
+
+  /** `size`: plaintext bytes per block; `capacity`: most blocks that will be added. */
+  constructor (addon: NativeAeadAddon, key: Uint8Array, size: number, capacity: number) {
+    this.#addon = addon
+    this.#key = key
+    this.#handle = keyHandle(addon, key)
+    this.#size = size
+    this.#nonces = new Uint8Array(capacity * NONCE_BYTES)
+    this.#aads = new Uint8Array(capacity * AAD_BYTES)
+    this.#refs = new Float64Array(capacity * 4)
+  }
+
+  /**
+   * Adds the sealed payload `sealed` (key version, nonce, ciphertext, tag: SEALED_OVERHEAD + size
+   * bytes, its key version `version` as keyOf found) stored at `address`, to be opened into `into`
+   * when that is `size` bytes.
+   */
+  add (position: number, address: BlockAddress, version: number, sealed: Uint8Array, into?: Uint8Array): void {
+    if (sealed.byteLength !== SEALED_OVERHEAD + this.#size) throw new GalleonError('INVALID_ARGUMENT', `internal: a sealed block of ${sealed.byteLength} bytes in a run of ${this.#size}-byte blocks`)
+    const body = sealed.subarray(4 + NONCE_BYTES)
+    const target = into !== undefined && into.byteLength === this.#size ? into : new Uint8Array(this.#size)
+    if (!this.#batch.fits(body, target)) this.#flush()
+    if (this.#base + this.#pending >= this.#refs.length / 4) throw new GalleonError('INVALID_ARGUMENT', 'internal: more blocks added to a run than its capacity')
+    const i = this.#base + this.#pending++
+    const nonces = this.#nonces
+    for (let b = 0; b < NONCE_BYTES; b++) nonces[i * NONCE_BYTES + b] = sealed[4 + b] as number
+    writeAad(this.#aads, i * AAD_BYTES, address, version)
+    this.#batch.ref(body, this.#refs, i * 4)
+    this.#batch.ref(target, this.#refs, i * 4 + 2)
+    this.#targets.push(target)
+    this.positions.push(position)
+  }
+
+  /** Opens what is left; the plaintext of every block added, in order, or undefined where it failed authentication. */
+  async finish (): Promise<Array<Uint8Array | undefined>> {
+    this.#flush()
+    await Promise.all(this.#waits)
+    return this.#results
+  }
+
+  /** Hands the blocks added since the last call to the addon (the packed arrays are not reused after). */
+  #flush (): void {
+    const count = this.#pending
+    if (count === 0) return
+    const first = this.#base
+    const buffers = this.#batch.buffers
+    const call = (from: number, to: number, parallel: boolean): void => {
+      const nonces = this.#nonces.subarray(from * NONCE_BYTES, to * NONCE_BYTES)
+      const aads = this.#aads.subarray(from * AAD_BYTES, to * AAD_BYTES)
+      const refs = this.#refs.subarray(from * 4, to * 4)
+      const status = new Uint8Array(to - from)
+      const take = (): void => { for (let i = from; i < to; i++) this.#results[i] = status[i - from] === 1 ? this.#targets[i] : undefined }
+      if (!parallel) {
+        this.#addon.openRefs(this.#handle, nonces, aads, AAD_BYTES, this.#size, buffers, refs, status)
+        take()
+        return
+      }
+      this.#waits.push(new Promise<void>((resolve, reject) => {
+        this.#addon.openRefsAsync(this.#key, nonces, aads, AAD_BYTES, this.#size, buffers, refs, status, (err) => {
+          if (err !== null) reject(new GalleonError('IO_ERROR', `decryption on a pool thread failed (${err.message}); nothing was returned`, { cause: err }))
+          else { take(); resolve() }
+        })
+      }))
+    }
+    if (PARALLEL_OPEN && count >= SPLIT_MIN_BLOCKS) {
+      // The second half starts on a pool thread first, then the first half runs here meanwhile.
+      const half = first + (count >> 1)
+      call(half, first + count, true)
+      call(first, half, false)
+    } else {
+      call(first, first + count, false)
+    }
+    this.#base += count
+    this.#pending = 0
+    this.#batch = new RefBatch()
+  }
 }

@@ -10,7 +10,8 @@ import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
 import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, peekBlock } from './codec.js'
 import { batchMinBlocks, openJobs, sealJobs, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
-import { SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
+import { NativeOpenRun, SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
+import { nativeAead } from '../crypto/native-aead.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import type { VolumeReplicator } from './replicator.js'
 import { WriteConcern } from '../types.js'
@@ -1172,6 +1173,8 @@ export class BlockEngine {
   async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>, into?: (position: number) => Uint8Array | undefined): Promise<Array<Uint8Array | undefined>> {
     const out: Array<Uint8Array | undefined> = new Array(addresses.length)
     const groups = new Map<Uint8Array, { aead: VolumeCipher['cipher'], positions: number[], jobs: OpenJob[] }>()
+    const runs = new Map<Uint8Array, NativeOpenRun>()
+    const addon = nativeAead()
     for (let i = 0; i < addresses.length; i++) {
       const value = values[i]
       const address = addresses[i] as BlockAddress
@@ -1183,6 +1186,15 @@ export class BlockEngine {
       // and a block that fails is left to #verified, which checks the checksum first.
       const peeked = peekBlock(value)
       if (peeked === undefined || (peeked.flags & BLOCK_FLAG_ENCRYPTED) === 0) continue
+      if (addon !== undefined && cipher.cipher.name === 'native') {
+        // The native addon: straight into packed arrays, no job per block.
+        const found = cipher.keyOf(peeked.payload)
+        if (found === undefined || peeked.payload.byteLength !== SEALED_OVERHEAD + this.blockSize) continue
+        let run = runs.get(found.key)
+        if (run === undefined) runs.set(found.key, run = new NativeOpenRun(addon, found.key, this.blockSize, addresses.length - i))
+        run.add(i, address, found.version, peeked.payload, into?.(i))
+        continue
+      }
       const prepared = cipher.prepareOpen(address, peeked.payload, into?.(i))
       if (prepared === undefined || prepared.job.sealed.byteLength !== this.blockSize + 16) continue
       let group = groups.get(prepared.key)
@@ -1195,6 +1207,10 @@ export class BlockEngine {
         ? await openJobs(group.aead, key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
         : group.jobs.map((job) => openOrUndefined(group.aead, key, job))
       group.positions.forEach((position, i) => { out[position] = opened[i] })
+    }
+    for (const run of runs.values()) {
+      const opened = await run.finish()
+      run.positions.forEach((position, i) => { out[position] = opened[i] })
     }
     return out
   }
