@@ -14,6 +14,7 @@ import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { PerKey } from './per-key.js'
 
 /** A key set up once in the addon (an opaque handle; freed when garbage-collected). */
 export interface NativeKey { readonly __nativeKey: never }
@@ -35,22 +36,15 @@ export interface NativeAeadAddon {
  */
 export const PARALLEL_OPEN = availableParallelism() > 1 && process.env.GALLEONFS_CIPHER_THREADS !== '0'
 
-// A handle per key array: setting a key up costs about 3 µs, more than sealing a 4 KiB block with
-// it. Checked against a copy of the key's bytes, so a key array changed in place gets a new handle.
-const handles = new WeakMap<Uint8Array, { bytes: Uint8Array, handle: NativeKey }>()
+// A handle per key array (see PerKey): setting a key up costs about 3 µs, more than sealing a
+// 4 KiB block with it. Per addon instance (there is one per process).
+const handles = new WeakMap<NativeAeadAddon, PerKey<NativeKey>>()
 
 /** The addon's handle for `key` (32 bytes), made on first use. */
 export function keyHandle (addon: NativeAeadAddon, key: Uint8Array): NativeKey {
-  const cached = handles.get(key)
-  if (cached !== undefined && cached.bytes.byteLength === key.byteLength) {
-    const bytes = cached.bytes
-    let same = true
-    for (let i = 0; i < bytes.byteLength; i++) if (bytes[i] !== key[i]) { same = false; break }
-    if (same) return cached.handle
-  }
-  const made = { bytes: new Uint8Array(key), handle: addon.keyHandle(key) }
-  handles.set(key, made)
-  return made.handle
+  let perKey = handles.get(addon)
+  if (perKey === undefined) handles.set(addon, perKey = new PerKey((bytes) => addon.keyHandle(bytes)))
+  return perKey.get(key)
 }
 
 /** Where the build puts the addon, relative to the package root. */
