@@ -144,7 +144,11 @@ describe('native AES-GCM addon', () => {
       ['a buffer that is not a Uint8Array', () => addon.sealRefs(key, nonces, aads, 28, BLOCK, [new Uint16Array(8) as unknown as Uint8Array], good), /Uint8Array/],
       ['refs that are not a Float64Array', () => addon.sealRefs(key, nonces, aads, 28, BLOCK, [buffer], new Float32Array(8) as unknown as Float64Array), /Float64Array/],
       ['a block length of 0', () => addon.sealRefs(key, nonces, aads, 28, 0, [buffer], good), /blockLength/],
-      ['a block length given as a string', () => addon.sealRefs(key, nonces, aads, 28, '4096' as unknown as number, [buffer], good), /numbers/],
+      ['a block length given as a string', () => addon.sealRefs(key, nonces, aads, 28, '4096' as unknown as number, [buffer], good), /blockLength must be a whole number/],
+      ['a block length past 2^32 (not wrapped)', () => addon.sealRefs(key, nonces, aads, 28, 2 ** 32 + BLOCK, [buffer], good), /blockLength must be a whole number/],
+      ['a fractional block length', () => addon.sealRefs(key, nonces, aads, 28, BLOCK + 0.5, [buffer], good), /blockLength must be a whole number/],
+      ['an output over the refs array', () => { const shared = new Uint8Array(8 * 8 + 2 * (BLOCK + 16)); const r = new Float64Array(shared.buffer, 0, 8); r.set([0, 64, 0, 0, 0, 64 + BLOCK, 0, 64 + BLOCK + 16]); return addon.sealRefs(key, nonces, aads, 28, 16, [shared], r) }, /overlaps the nonces, aads, refs or status/],
+      ['an output over the nonces', () => { const shared = new Uint8Array(24 + 5 * (BLOCK + 16)); return addon.sealRefs(key, shared.subarray(0, 24), aads, 28, BLOCK, [shared], refs([0, 24 + 3 * (BLOCK + 16), 0, 8, 0, 24 + 4 * (BLOCK + 16), 0, 24 + BLOCK + 16])) }, /overlaps the nonces, aads, refs or status/],
       ['a status of the wrong length', () => addon.openRefs(key, nonces, aads, 28, BLOCK, [buffer], good, new Uint8Array(1)), /one byte per block/],
       ['too few arguments', () => (addon.openRefs as unknown as (...args: unknown[]) => unknown)(key, nonces), /too few arguments/],
       ['a single seal into the wrong size', () => addon.seal(key, bytes(12), bytes(4), bytes(10), new Uint8Array(10)), /plain length \+ 16/],
@@ -168,6 +172,19 @@ describe('native AES-GCM addon', () => {
     assert.deepEqual(fromPool, here)
     assert.deepEqual(here.subarray(0, BLOCK), plains[0], 'the plaintexts sealed from the first two slots')
     assert.deepEqual(here.subarray(BLOCK), plains[1])
+    // An element of `buffers` that is a getter runs before any memory is taken: detaching the
+    // first buffer there leaves the call refusing it, not writing into freed memory.
+    const victim = new Uint8Array(2 * (BLOCK + 16))
+    const list: Uint8Array[] = [victim]
+    Object.defineProperty(list, 1, { enumerable: true, get: () => { structuredClone(victim.buffer, { transfer: [victim.buffer] }); return new Uint8Array(2 * (BLOCK + 16)) } })
+    assert.throws(() => addon.sealRefs(key, nonces, aads, 28, BLOCK, list, refs([1, 0, 0, 0, 1, BLOCK + 16, 0, BLOCK + 16])), /outside its buffer/)
+    // Detaching an output while a pool-thread open runs: the callback reports it, nothing is written.
+    const target = new Uint8Array(2 * BLOCK)
+    const detached = await new Promise<Error | null>((resolve) => {
+      addon.openRefsAsync(key, nonces, aads, 28, BLOCK, [buffer, target], refs([0, 2 * (BLOCK + 16), 1, 0, 0, 3 * (BLOCK + 16), 1, BLOCK]), new Uint8Array(2), (err) => resolve(err))
+      structuredClone(target.buffer, { transfer: [target.buffer] })
+    })
+    assert.match(String(detached?.message), /output buffer changed/)
     // Still working afterwards.
     const plain = bytes(100)
     assert.deepEqual(nativeCipher.open(key, bytes(12).fill(1), nativeCipher.seal(key, bytes(12).fill(1), plain, aads), aads), plain)
@@ -264,6 +281,69 @@ console.log(JSON.stringify({ cipher: defaultCipher().name, big: sha(big), one: s
       assert.deepEqual(await g.read(vol, 0, 64 * BLOCK), data)
       // Unaligned reads that end inside blocks take the same path for the whole blocks between.
       assert.deepEqual(await g.read(vol, 100, 10 * BLOCK), data.subarray(100, 100 + 10 * BLOCK))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('multi-block reads: review regressions', () => {
+  it('a read that re-reads under the locks returns no block it read before a trim that came meanwhile (plain and encrypted)', async () => {
+    const { MemoryBlockStore } = await import('../backends/memory/index.js')
+    let hook: (() => Promise<void>) | undefined
+    // A store whose first multi-block read misses block 0 (its version superseded and deleted between
+    // locate and read, as a concurrent write does) and lets writes happen before it returns.
+    class RacyStore extends MemoryBlockStore {
+      override async getMany (addresses: readonly BlockAddress[], options?: { payloadChecked?: boolean }): Promise<Array<Uint8Array | undefined>> {
+        const values = await super.getMany(addresses, options)
+        const run = hook
+        if (run !== undefined && addresses.length === 4) {
+          hook = undefined
+          values[0] = undefined
+          await run()
+        }
+        return values
+      }
+    }
+    for (const encrypted of [false, true]) {
+      const g = await GalleonFS.open({ storagePath: join(root, `torn-${String(encrypted)}`), blockStore: new RacyStore() })
+      try {
+        await g.createVolume({ name: 'v', sizeBytes: '1M', ...(encrypted ? { storageClass: 'encrypted-storage', replicas: 1 } : {}) })
+        await g.write('v', 0, new Uint8Array(4 * BLOCK).fill(0xaa))
+        hook = async () => {
+          await g.trim('v', BLOCK, 3 * BLOCK)
+          await g.write('v', 0, new Uint8Array(BLOCK).fill(0xbb))
+        }
+        const got = await g.read('v', 0, 4 * BLOCK)
+        assert.equal(hook, undefined, 'the race was staged')
+        assert.deepEqual([0, 1, 2, 3].map((i) => got[i * BLOCK]), [0xbb, 0, 0, 0], `encrypted ${String(encrypted)}: the state after the trim and the write, nothing older`)
+        assert.ok(got.subarray(BLOCK).every((b) => b === 0))
+      } finally {
+        await g.close()
+      }
+    }
+  })
+
+  it('damaged header bytes of an encrypted block fail a multi-block read as they fail a single-block one', async () => {
+    const { MemoryBlockStore } = await import('../backends/memory/index.js')
+    const store = new MemoryBlockStore()
+    const g = await GalleonFS.open({ storagePath: join(root, 'header'), blockStore: store })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'encrypted-storage', replicas: 1 })
+      await g.write('v', 0, new Uint8Array(8 * BLOCK).fill(5))
+      let victim: BlockAddress | undefined
+      for await (const address of store.addresses()) if (address.index === 3) victim = address
+      assert.ok(victim !== undefined)
+      const original = Uint8Array.from(await store.get(victim) as Uint8Array)
+      for (const [what, at, bit] of [['a flag bit', 5, 1], ['another flag bit', 5, 4], ['the format version', 4, 8]] as const) {
+        const value = Uint8Array.from(original)
+        value[at] = (value[at] as number) ^ bit
+        await store.batch([{ type: 'put', address: victim, data: value }])
+        await assert.rejects(g.read('v', 0, 8 * BLOCK), { code: 'CHECKSUM_MISMATCH' }, what)
+        await assert.rejects(g.readBlock('v', 3), { code: 'CHECKSUM_MISMATCH' }, what)
+      }
+      await store.batch([{ type: 'put', address: victim, data: original }])
+      assert.deepEqual(await g.read('v', 0, 8 * BLOCK), new Uint8Array(8 * BLOCK).fill(5))
     } finally {
       await g.close()
     }

@@ -7,10 +7,12 @@
 // AES-256-GCM, byte for byte what node:crypto and @noble/ciphers produce (tests compare them).
 //
 // Every function checks the types and lengths of its arguments and throws a TypeError or RangeError
-// before touching memory; nothing is kept between calls but the key handles JavaScript holds. On a failed authentication the output of
-// that block is zeroed: unauthenticated plaintext never reaches JavaScript.
+// before touching memory; nothing is kept between calls but the key handles JavaScript holds. On a
+// failed authentication the output of that block is zeroed: unauthenticated plaintext never
+// reaches JavaScript.
 
 #include <node_api.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,6 +24,8 @@
 #define TAG_BYTES 16
 #define MAX_ARGS 8
 #define MAX_BUFFERS 64
+// Bumped whenever a function is added or its contract changes (src/crypto/native-aead.ts checks it).
+#define ADDON_VERSION 2
 // Largest plaintext and aad accepted (far above a block; keeps lengths within an int).
 #define MAX_DATA (1u << 30)
 #define MAX_AAD (1u << 20)
@@ -106,6 +110,9 @@ typedef struct {
   EVP_CIPHER_CTX *open;
 } key_handle_t;
 
+// Marks the externals this addon made as key handles (another addon's external is refused).
+static const napi_type_tag KEY_HANDLE_TAG = { 0x9a3c5e1f0b7d4c21ULL, 0x6e8f2a4b1c3d5e70ULL };
+
 static void free_handle(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -145,6 +152,10 @@ static napi_value key_handle(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_GALLEONFS_AEAD", "could not create a key handle");
     return NULL;
   }
+  if (napi_type_tag_object(env, result, &KEY_HANDLE_TAG) != napi_ok) {
+    napi_throw_error(env, "ERR_GALLEONFS_AEAD", "could not tag a key handle");
+    return NULL;
+  }
   return result;
 }
 
@@ -155,7 +166,9 @@ static EVP_CIPHER_CTX *key_context(napi_env env, napi_value value, int encrypt, 
   *owned = 0;
   if (napi_typeof(env, value, &type) == napi_ok && type == napi_external) {
     void *data = NULL;
-    if (napi_get_value_external(env, value, &data) != napi_ok || data == NULL) {
+    bool tagged = false;
+    if (napi_check_object_type_tag(env, value, &KEY_HANDLE_TAG, &tagged) != napi_ok || !tagged ||
+        napi_get_value_external(env, value, &data) != napi_ok || data == NULL) {
       napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "key must be a Uint8Array or a key handle");
       return NULL;
     }
@@ -191,18 +204,73 @@ static EVP_CIPHER_CTX *new_context(napi_env env, const uint8_t *key, int encrypt
 // Batches name their data by reference, so that a call costs no copy and no per-block lookup of
 // JavaScript objects: `buffers` is an array of Uint8Arrays (typically each over a whole
 // ArrayBuffer) and `refs` a Float64Array of four numbers per block: the index in `buffers` and the
-// byte offset of the block's input, then the same for its output. Every reference is checked
-// against its buffer's length before use. Nonces and aads are packed: 12 bytes, and `aadLength`
-// bytes, per block.
+// byte offset of the block's input, then the same for its output. Nonces and aads are packed: 12
+// bytes, and `aadLength` bytes, per block.
+//
+// Order of the checks: first every value that could run JavaScript is fetched (the elements of
+// `buffers`: an element may be a getter), then the memory of every array is taken and every
+// reference resolved and checked once, before any byte is written: no JavaScript runs between
+// taking a pointer and using it, and an output can change no reference, nonce or aad (an output
+// overlapping those arrays is refused).
 typedef struct {
-  uint32_t count;
-  bytes_t list[MAX_BUFFERS];
-} buffers_t;
+  const uint8_t *nonces;
+  const uint8_t *aads;
+  uint32_t aad_length;
+  uint32_t block;
+  size_t count;
+  const uint8_t **inputs;
+  uint8_t **outputs;
+  // The output of block i is buffers[out_index[i]] at out_offset[i] (for the pool-thread open,
+  // which resolves it again when it is done).
+  uint32_t *out_index;
+  size_t *out_offset;
+  bytes_t status;
+  napi_value buffers[MAX_BUFFERS];
+  uint32_t buffer_count;
+} batch_t;
 
-static int arg_buffers(napi_env env, napi_value value, buffers_t *out) {
+static void free_batch(batch_t *b) {
+  free(b->inputs);
+  free(b->outputs);
+  free(b->out_index);
+  free(b->out_offset);
+  b->inputs = NULL;
+  b->outputs = NULL;
+  b->out_index = NULL;
+  b->out_offset = NULL;
+}
+
+// A whole number in [0, max] (not wrapped, not rounded: 2^32 + 4096 and 4096.5 are refused).
+static int arg_whole(napi_env env, napi_value value, double max, uint32_t *out, const char *message) {
+  napi_valuetype type;
+  double number = 0;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_number || napi_get_value_double(env, value, &number) != napi_ok ||
+      !(number >= 0 && number <= max && number == (double)(uint32_t)number)) {
+    throw_range(env, message);
+    return 0;
+  }
+  *out = (uint32_t)number;
+  return 1;
+}
+
+static int overlaps(const uint8_t *a, size_t a_length, const uint8_t *b, size_t b_length) {
+  return a_length > 0 && b_length > 0 && a < b + b_length && b < a + a_length;
+}
+
+// Whether [a, a + a_length) and [b, b + b_length) overlap without starting at the same byte
+// (OpenSSL works in place only on exactly the same bytes).
+static int partial_overlap(const uint8_t *a, size_t a_length, const uint8_t *b, size_t b_length) {
+  return a != b && overlaps(a, a_length, b, b_length);
+}
+
+// Parses the arguments of sealRefs/openRefs/openRefsAsync (key at argv[0], not looked at here; the
+// status array at argv[7] when `opening`). 1, or 0 after throwing (nothing left to free).
+static int parse_batch(napi_env env, napi_value *argv, int opening, batch_t *b) {
+  memset(b, 0, sizeof *b);
+  // 1. Values that may run JavaScript.
   bool is_array = false;
   uint32_t length = 0;
-  if (napi_is_array(env, value, &is_array) != napi_ok || !is_array || napi_get_array_length(env, value, &length) != napi_ok) {
+  if (napi_is_array(env, argv[5], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[5], &length) != napi_ok) {
     napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "buffers must be an array of Uint8Arrays");
     return 0;
   }
@@ -211,43 +279,19 @@ static int arg_buffers(napi_env env, napi_value value, buffers_t *out) {
     return 0;
   }
   for (uint32_t i = 0; i < length; i++) {
-    napi_value element;
-    if (napi_get_element(env, value, i, &element) != napi_ok || !arg_bytes(env, element, &out->list[i], "buffers[i]")) {
+    if (napi_get_element(env, argv[5], i, &b->buffers[i]) != napi_ok) {
       if (!napi_is_exception_pending_(env)) napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "buffers must be an array of Uint8Arrays");
       return 0;
     }
   }
-  out->count = length;
-  return 1;
-}
-
-// The bytes [offset, offset + length) of buffers[index], or NULL if the reference is not valid.
-static uint8_t *resolve(const buffers_t *buffers, double index, double offset, size_t length) {
-  if (!(index >= 0 && index < buffers->count && index == (double)(uint32_t)index)) return NULL;
-  const bytes_t *buffer = &buffers->list[(uint32_t)index];
-  if (!(offset >= 0 && offset <= (double)buffer->length && offset == (double)(size_t)offset)) return NULL;
-  size_t at = (size_t)offset;
-  if (length > buffer->length - at) return NULL;
-  return buffer->data + at;
-}
-
-// Whether [a, a + a_length) and [b, b + b_length) overlap without starting at the same byte
-// (OpenSSL works in place only on exactly the same bytes).
-static int partial_overlap(const uint8_t *a, size_t a_length, const uint8_t *b, size_t b_length) {
-  return a != b && a < b + b_length && b < a + a_length;
-}
-
-// Arguments shared by sealRefs and openRefs; returns the block count, or -1 after throwing.
-static int64_t batch_args(napi_env env, napi_value *argv, bytes_t *nonces, bytes_t *aads,
-                          uint32_t *aad_length, uint32_t *block, buffers_t *buffers, bytes_t *refs) {
-  napi_valuetype type;
-  if (!arg_bytes(env, argv[1], nonces, "nonces") || !arg_bytes(env, argv[2], aads, "aads")) return -1;
-  if (napi_typeof(env, argv[3], &type) != napi_ok || type != napi_number || napi_get_value_uint32(env, argv[3], aad_length) != napi_ok ||
-      napi_typeof(env, argv[4], &type) != napi_ok || type != napi_number || napi_get_value_uint32(env, argv[4], block) != napi_ok) {
-    napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "aadLength and blockLength must be numbers");
-    return -1;
-  }
-  if (!arg_buffers(env, argv[5], buffers)) return -1;
+  b->buffer_count = length;
+  if (!arg_whole(env, argv[3], MAX_AAD, &b->aad_length, "aadLength must be a whole number up to 2^20") ||
+      !arg_whole(env, argv[4], MAX_DATA, &b->block, "blockLength must be a whole number between 1 and 2^30")) return 0;
+  if (b->block == 0) return throw_range(env, "blockLength must be a whole number between 1 and 2^30"), 0;
+  // 2. Memory: from here on no JavaScript runs until the work is done.
+  bytes_t nonces, aads, list[MAX_BUFFERS];
+  if (!arg_bytes(env, argv[1], &nonces, "nonces") || !arg_bytes(env, argv[2], &aads, "aads")) return 0;
+  for (uint32_t i = 0; i < length; i++) if (!arg_bytes(env, b->buffers[i], &list[i], "buffers[i]")) return 0;
   napi_typedarray_type refs_type;
   size_t refs_length = 0;
   void *refs_data = NULL;
@@ -255,17 +299,64 @@ static int64_t batch_args(napi_env env, napi_value *argv, bytes_t *nonces, bytes
   if (napi_is_typedarray(env, argv[6], &is_typed) != napi_ok || !is_typed ||
       napi_get_typedarray_info(env, argv[6], &refs_type, &refs_length, &refs_data, NULL, NULL) != napi_ok || refs_type != napi_float64_array) {
     napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "refs must be a Float64Array");
-    return -1;
+    return 0;
   }
-  refs->data = refs_data;
-  refs->length = refs_length;
-  if (nonces->length % NONCE_BYTES != 0) { throw_range(env, "nonces must hold 12 bytes per block"); return -1; }
-  size_t count = nonces->length / NONCE_BYTES;
-  if (count > UINT32_MAX) { throw_range(env, "too many blocks"); return -1; }
-  if (*block == 0 || *block > MAX_DATA) { throw_range(env, "blockLength must be between 1 and 2^30"); return -1; }
-  if (*aad_length > MAX_AAD || aads->length != count * *aad_length) { throw_range(env, "aads must hold aadLength bytes per block"); return -1; }
-  if (refs_length != count * 4) { throw_range(env, "refs must hold 4 numbers per block"); return -1; }
-  return (int64_t)count;
+  if (opening && !arg_bytes(env, argv[7], &b->status, "status")) return 0;
+  if (nonces.length % NONCE_BYTES != 0) return throw_range(env, "nonces must hold 12 bytes per block"), 0;
+  uint64_t count = nonces.length / NONCE_BYTES;
+  if ((uint64_t)aads.length != count * (uint64_t)b->aad_length) return throw_range(env, "aads must hold aadLength bytes per block"), 0;
+  if ((uint64_t)refs_length != count * 4) return throw_range(env, "refs must hold 4 numbers per block"), 0;
+  if (opening && (uint64_t)b->status.length != count) return throw_range(env, "status must hold one byte per block"), 0;
+  b->count = (size_t)count;
+  b->nonces = nonces.data;
+  b->aads = aads.data;
+  // 3. Every reference, once.
+  size_t in_length = (size_t)b->block + (opening ? TAG_BYTES : 0);
+  size_t out_length = (size_t)b->block + (opening ? 0 : TAG_BYTES);
+  size_t slots = b->count > 0 ? b->count : 1;
+  b->inputs = calloc(slots, sizeof *b->inputs);
+  b->outputs = calloc(slots, sizeof *b->outputs);
+  b->out_index = calloc(slots, sizeof *b->out_index);
+  b->out_offset = calloc(slots, sizeof *b->out_offset);
+  if (b->inputs == NULL || b->outputs == NULL || b->out_index == NULL || b->out_offset == NULL) {
+    free_batch(b);
+    napi_throw_error(env, "ERR_GALLEONFS_AEAD", "out of memory");
+    return 0;
+  }
+  const double *ref = refs_data;
+  const uint8_t *refs_bytes = refs_data;
+  size_t refs_bytes_length = refs_length * sizeof(double);
+  for (size_t i = 0; i < b->count; i++) {
+    const char *bad = NULL;
+    uint8_t *in = NULL, *out = NULL;
+    for (int side = 0; side < 2 && bad == NULL; side++) {
+      double index = ref[i * 4 + side * 2], offset = ref[i * 4 + side * 2 + 1];
+      size_t need = side == 0 ? in_length : out_length;
+      if (!(index >= 0 && index < length && index == (double)(uint32_t)index) ||
+          !(offset >= 0 && offset <= 9007199254740991.0 && offset == (double)(uint64_t)offset)) { bad = "a block reference is outside its buffer"; break; }
+      const bytes_t *buffer = &list[(uint32_t)index];
+      uint64_t at = (uint64_t)offset;
+      if (at > buffer->length || need > buffer->length - (size_t)at) { bad = "a block reference is outside its buffer"; break; }
+      if (side == 0) in = buffer->data + at;
+      else {
+        out = buffer->data + at;
+        b->out_index[i] = (uint32_t)index;
+        b->out_offset[i] = (size_t)at;
+      }
+    }
+    if (bad == NULL && partial_overlap(in, in_length, out, out_length)) bad = "a block's input and output overlap";
+    if (bad == NULL && (overlaps(out, out_length, nonces.data, nonces.length) || overlaps(out, out_length, aads.data, aads.length) ||
+                        overlaps(out, out_length, refs_bytes, refs_bytes_length) || overlaps(out, out_length, b->status.data, b->status.length))) {
+      bad = "a block's output overlaps the nonces, aads, refs or status";
+    }
+    if (bad != NULL) {
+      free_batch(b);
+      return throw_range(env, bad), 0;
+    }
+    b->inputs[i] = in;
+    b->outputs[i] = out;
+  }
+  return 1;
 }
 
 // sealRefs(key, nonces, aads, aadLength, blockLength, buffers, refs): seals each block's input
@@ -273,32 +364,25 @@ static int64_t batch_args(napi_env env, napi_value *argv, bytes_t *nonces, bytes
 // exception, no output is to be used.
 static napi_value seal_refs(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS];
-  bytes_t nonces, aads, refs;
-  uint32_t aad_length, block;
-  buffers_t buffers;
-  if (!get_args(env, info, 7, argv)) return NULL;
-  int64_t count = batch_args(env, argv, &nonces, &aads, &aad_length, &block, &buffers, &refs);
-  if (count <= 0) return NULL;
-  const double *ref = (const double *)refs.data;
-  for (int64_t i = 0; i < count; i++) {
-    const uint8_t *in = resolve(&buffers, ref[i * 4], ref[i * 4 + 1], block);
-    const uint8_t *out = resolve(&buffers, ref[i * 4 + 2], ref[i * 4 + 3], (size_t)block + TAG_BYTES);
-    if (in == NULL || out == NULL) return throw_range(env, "a block reference is outside its buffer");
-    if (partial_overlap(in, block, out, (size_t)block + TAG_BYTES)) return throw_range(env, "a block's input and output overlap");
+  batch_t b;
+  if (!get_args(env, info, 7, argv) || !parse_batch(env, argv, 0, &b)) return NULL;
+  if (b.count == 0) {
+    free_batch(&b);
+    return NULL;
   }
   int owned;
   EVP_CIPHER_CTX *ctx = key_context(env, argv[0], 1, &owned);
-  if (ctx == NULL) return NULL;
-  for (int64_t i = 0; i < count; i++) {
-    const uint8_t *plain = resolve(&buffers, ref[i * 4], ref[i * 4 + 1], block);
-    uint8_t *out = resolve(&buffers, ref[i * 4 + 2], ref[i * 4 + 3], (size_t)block + TAG_BYTES);
-    if (!seal_one(ctx, nonces.data + i * NONCE_BYTES, aads.data + i * aad_length, aad_length, plain, block, out, out + block)) {
-      if (owned) EVP_CIPHER_CTX_free(ctx);
-      napi_throw_error(env, "ERR_GALLEONFS_AEAD", "OpenSSL failed to seal a block");
-      return NULL;
-    }
+  if (ctx == NULL) {
+    free_batch(&b);
+    return NULL;
+  }
+  int ok = 1;
+  for (size_t i = 0; i < b.count && ok; i++) {
+    ok = seal_one(ctx, b.nonces + i * NONCE_BYTES, b.aads + i * b.aad_length, b.aad_length, b.inputs[i], b.block, b.outputs[i], b.outputs[i] + b.block);
   }
   if (owned) EVP_CIPHER_CTX_free(ctx);
+  free_batch(&b);
+  if (!ok) napi_throw_error(env, "ERR_GALLEONFS_AEAD", "OpenSSL failed to seal a block");
   return NULL;
 }
 
@@ -307,38 +391,27 @@ static napi_value seal_refs(napi_env env, napi_callback_info info) {
 // authentic, else 0 and its output is zeroed. Returns how many failed authentication.
 static napi_value open_refs(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS];
-  bytes_t nonces, aads, refs, status;
-  uint32_t aad_length, block;
-  buffers_t buffers;
-  if (!get_args(env, info, 8, argv)) return NULL;
-  int64_t count = batch_args(env, argv, &nonces, &aads, &aad_length, &block, &buffers, &refs);
-  if (count < 0) return NULL;
-  if (!arg_bytes(env, argv[7], &status, "status")) return NULL;
-  if (status.length != (size_t)count) return throw_range(env, "status must hold one byte per block");
-  const double *ref = (const double *)refs.data;
-  for (int64_t i = 0; i < count; i++) {
-    const uint8_t *in = resolve(&buffers, ref[i * 4], ref[i * 4 + 1], (size_t)block + TAG_BYTES);
-    const uint8_t *out = resolve(&buffers, ref[i * 4 + 2], ref[i * 4 + 3], block);
-    if (in == NULL || out == NULL) return throw_range(env, "a block reference is outside its buffer");
-    if (partial_overlap(in, (size_t)block + TAG_BYTES, out, block)) return throw_range(env, "a block's input and output overlap");
-  }
+  batch_t b;
+  if (!get_args(env, info, 8, argv) || !parse_batch(env, argv, 1, &b)) return NULL;
   uint32_t failures = 0;
-  if (count > 0) {
+  if (b.count > 0) {
     int owned;
     EVP_CIPHER_CTX *ctx = key_context(env, argv[0], 0, &owned);
-    if (ctx == NULL) return NULL;
-    for (int64_t i = 0; i < count; i++) {
-      const uint8_t *sealed = resolve(&buffers, ref[i * 4], ref[i * 4 + 1], (size_t)block + TAG_BYTES);
-      uint8_t *out = resolve(&buffers, ref[i * 4 + 2], ref[i * 4 + 3], block);
-      int ok = open_one(ctx, nonces.data + i * NONCE_BYTES, aads.data + i * aad_length, aad_length, sealed, block, sealed + block, out);
-      status.data[i] = ok ? 1 : 0;
+    if (ctx == NULL) {
+      free_batch(&b);
+      return NULL;
+    }
+    for (size_t i = 0; i < b.count; i++) {
+      int ok = open_one(ctx, b.nonces + i * NONCE_BYTES, b.aads + i * b.aad_length, b.aad_length, b.inputs[i], b.block, b.inputs[i] + b.block, b.outputs[i]);
+      b.status.data[i] = ok ? 1 : 0;
       if (!ok) {
         failures++;
-        memset(out, 0, block);
+        memset(b.outputs[i], 0, b.block);
       }
     }
     if (owned) EVP_CIPHER_CTX_free(ctx);
   }
+  free_batch(&b);
   napi_value result;
   napi_create_uint32(env, failures, &result);
   return result;
@@ -347,23 +420,27 @@ static napi_value open_refs(napi_env env, napi_callback_info info) {
 // openRefsAsync(key, nonces, aads, aadLength, blockLength, buffers, refs, status, callback): like
 // openRefs, on a thread of libuv's pool, so that the calling thread can open other blocks at the same
 // time; callback(error, failures) runs on the calling thread when done. `key` must be the key's
-// bytes (a handle's contexts belong to its thread). Every argument is checked, and every reference
-// resolved, before this returns; the arrays are kept alive until the callback, and must not be
-// changed, detached or transferred before it.
+// bytes (a handle's contexts belong to its thread). The work runs on copies the addon owns: what
+// JavaScript does meanwhile cannot make it touch freed memory. When done (on the calling thread),
+// each authentic block is copied to its output, found again from the buffers given (an output no
+// longer there is skipped and the callback gets an error), and the statuses are written.
 typedef struct {
   napi_async_work work;
   napi_ref callback;
-  napi_ref kept[8 + MAX_BUFFERS];
-  uint32_t kept_count;
+  napi_ref buffers[MAX_BUFFERS];
+  uint32_t buffer_count;
+  napi_ref status;
   uint8_t key[KEY_BYTES];
-  const uint8_t *nonces;
-  const uint8_t *aads;
   uint32_t aad_length;
   uint32_t block;
-  int64_t count;
-  const uint8_t **inputs;
-  uint8_t **outputs;
-  uint8_t *status;
+  size_t count;
+  uint8_t *nonces;
+  uint8_t *aads;
+  uint8_t *inputs;
+  uint8_t *outputs;
+  uint8_t *status_copy;
+  uint32_t *out_index;
+  size_t *out_offset;
   uint32_t failures;
   int failed_setup;
 } open_work_t;
@@ -377,26 +454,49 @@ static void open_execute(napi_env env, void *data) {
     EVP_CIPHER_CTX_free(ctx);
     return;
   }
-  for (int64_t i = 0; i < job->count; i++) {
-    int ok = open_one(ctx, job->nonces + i * NONCE_BYTES, job->aads + i * job->aad_length, job->aad_length,
-                      job->inputs[i], job->block, job->inputs[i] + job->block, job->outputs[i]);
-    job->status[i] = ok ? 1 : 0;
+  size_t in_length = (size_t)job->block + TAG_BYTES;
+  for (size_t i = 0; i < job->count; i++) {
+    const uint8_t *in = job->inputs + i * in_length;
+    uint8_t *out = job->outputs + i * job->block;
+    int ok = open_one(ctx, job->nonces + i * NONCE_BYTES, job->aads + i * job->aad_length, job->aad_length, in, job->block, in + job->block, out);
+    job->status_copy[i] = ok ? 1 : 0;
     if (!ok) {
       job->failures++;
-      memset(job->outputs[i], 0, job->block);
+      OPENSSL_cleanse(out, job->block);
     }
   }
   EVP_CIPHER_CTX_free(ctx);
 }
 
 static void free_work(napi_env env, open_work_t *job) {
-  for (uint32_t i = 0; i < job->kept_count; i++) napi_delete_reference(env, job->kept[i]);
+  for (uint32_t i = 0; i < job->buffer_count; i++) napi_delete_reference(env, job->buffers[i]);
+  if (job->status != NULL) napi_delete_reference(env, job->status);
   if (job->callback != NULL) napi_delete_reference(env, job->callback);
   if (job->work != NULL) napi_delete_async_work(env, job->work);
-  memset(job->key, 0, KEY_BYTES);
+  OPENSSL_cleanse(job->key, KEY_BYTES);
+  if (job->outputs != NULL) OPENSSL_cleanse(job->outputs, job->count * (size_t)job->block);
+  free(job->nonces);
+  free(job->aads);
   free(job->inputs);
   free(job->outputs);
+  free(job->status_copy);
+  free(job->out_index);
+  free(job->out_offset);
   free(job);
+}
+
+// Where block i's output is now: the same buffer and offset, checked again; NULL if gone.
+static uint8_t *output_now(napi_env env, open_work_t *job, size_t i) {
+  napi_value value;
+  bytes_t buffer;
+  bool typed = false;
+  napi_typedarray_type type;
+  if (napi_get_reference_value(env, job->buffers[job->out_index[i]], &value) != napi_ok || value == NULL ||
+      napi_is_typedarray(env, value, &typed) != napi_ok || !typed ||
+      napi_get_typedarray_info(env, value, &type, &buffer.length, (void **)&buffer.data, NULL, NULL) != napi_ok || type != napi_uint8_array) return NULL;
+  size_t at = job->out_offset[i];
+  if (buffer.data == NULL || at > buffer.length || job->block > buffer.length - at) return NULL;
+  return buffer.data + at;
 }
 
 static void open_complete(napi_env env, napi_status status, void *data) {
@@ -404,9 +504,34 @@ static void open_complete(napi_env env, napi_status status, void *data) {
   napi_value callback, global, args[2];
   napi_get_reference_value(env, job->callback, &callback);
   napi_get_global(env, &global);
-  if (status != napi_ok || job->failed_setup) {
+  const char *error = NULL;
+  if (status != napi_ok) error = "the open was cancelled";
+  else if (job->failed_setup) error = "OpenSSL could not set up the AES-256-GCM key";
+  else {
+    napi_value status_value;
+    bytes_t status_bytes = { NULL, 0 };
+    bool typed = false;
+    napi_typedarray_type type;
+    if (napi_get_reference_value(env, job->status, &status_value) != napi_ok || status_value == NULL ||
+        napi_is_typedarray(env, status_value, &typed) != napi_ok || !typed ||
+        napi_get_typedarray_info(env, status_value, &type, &status_bytes.length, (void **)&status_bytes.data, NULL, NULL) != napi_ok ||
+        type != napi_uint8_array || status_bytes.length != job->count) {
+      error = "the status array changed while the blocks were being opened";
+    }
+    for (size_t i = 0; error == NULL && i < job->count; i++) {
+      uint8_t *out = output_now(env, job, i);
+      if (out == NULL) {
+        error = "an output buffer changed while the blocks were being opened";
+        break;
+      }
+      if (job->status_copy[i] == 1) memcpy(out, job->outputs + i * job->block, job->block);
+      else memset(out, 0, job->block);
+    }
+    if (error == NULL) memcpy(status_bytes.data, job->status_copy, job->count);
+  }
+  if (error != NULL) {
     napi_value message;
-    napi_create_string_utf8(env, job->failed_setup ? "OpenSSL could not set up the AES-256-GCM key" : "the open was cancelled", NAPI_AUTO_LENGTH, &message);
+    napi_create_string_utf8(env, error, NAPI_AUTO_LENGTH, &message);
     napi_create_error(env, NULL, message, &args[0]);
     napi_get_undefined(env, &args[1]);
   } else {
@@ -417,18 +542,9 @@ static void open_complete(napi_env env, napi_status status, void *data) {
   napi_call_function(env, global, callback, 2, args, NULL);
 }
 
-static int keep(napi_env env, open_work_t *job, napi_value value) {
-  if (napi_create_reference(env, value, 1, &job->kept[job->kept_count]) != napi_ok) return 0;
-  job->kept_count++;
-  return 1;
-}
-
 static napi_value open_refs_async(napi_env env, napi_callback_info info) {
   napi_value argv[MAX_ARGS + 1];
   size_t argc = MAX_ARGS + 1;
-  bytes_t key, nonces, aads, refs, status;
-  uint32_t aad_length, block;
-  buffers_t buffers;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 9) {
     napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "too few arguments");
     return NULL;
@@ -438,53 +554,54 @@ static napi_value open_refs_async(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_GALLEONFS_AEAD", "callback must be a function");
     return NULL;
   }
-  if (!arg_bytes(env, argv[0], &key, "key (the key's bytes; handles are not accepted here)")) return NULL;
-  if (key.length != KEY_BYTES) return throw_range(env, "the key must be 32 bytes");
-  int64_t count = batch_args(env, argv, &nonces, &aads, &aad_length, &block, &buffers, &refs);
-  if (count < 0) return NULL;
-  if (!arg_bytes(env, argv[7], &status, "status")) return NULL;
-  if (status.length != (size_t)count) return throw_range(env, "status must hold one byte per block");
+  batch_t b;
+  if (!parse_batch(env, argv, 1, &b)) return NULL;
+  // The key last: its bytes are copied at once (no JavaScript runs from parse_batch to the copies below).
+  bytes_t key;
+  if (!arg_bytes(env, argv[0], &key, "key (the key's bytes; handles are not accepted here)")) {
+    free_batch(&b);
+    return NULL;
+  }
+  if (key.length != KEY_BYTES) {
+    free_batch(&b);
+    return throw_range(env, "the key must be 32 bytes");
+  }
   open_work_t *job = calloc(1, sizeof *job);
-  if (job == NULL) {
+  size_t slots = b.count > 0 ? b.count : 1;
+  size_t in_length = (size_t)b.block + TAG_BYTES;
+  if (job != NULL) {
+    job->count = b.count;
+    job->block = b.block;
+    job->aad_length = b.aad_length;
+    job->nonces = malloc(slots * NONCE_BYTES);
+    job->aads = malloc(slots * (b.aad_length > 0 ? b.aad_length : 1));
+    job->inputs = malloc(slots * in_length);
+    job->outputs = malloc(slots * (size_t)b.block);
+    job->status_copy = calloc(slots, 1);
+    job->out_index = b.out_index;
+    job->out_offset = b.out_offset;
+    b.out_index = NULL;
+    b.out_offset = NULL;
+  }
+  if (job == NULL || job->nonces == NULL || job->aads == NULL || job->inputs == NULL || job->outputs == NULL || job->status_copy == NULL) {
+    if (job != NULL) free_work(env, job);
+    free_batch(&b);
     napi_throw_error(env, "ERR_GALLEONFS_AEAD", "out of memory");
     return NULL;
-  }
-  job->inputs = calloc(count > 0 ? (size_t)count : 1, sizeof *job->inputs);
-  job->outputs = calloc(count > 0 ? (size_t)count : 1, sizeof *job->outputs);
-  if (job->inputs == NULL || job->outputs == NULL) {
-    free_work(env, job);
-    napi_throw_error(env, "ERR_GALLEONFS_AEAD", "out of memory");
-    return NULL;
-  }
-  const double *ref = (const double *)refs.data;
-  for (int64_t i = 0; i < count; i++) {
-    const uint8_t *in = resolve(&buffers, ref[i * 4], ref[i * 4 + 1], (size_t)block + TAG_BYTES);
-    uint8_t *out = resolve(&buffers, ref[i * 4 + 2], ref[i * 4 + 3], block);
-    const char *bad = NULL;
-    if (in == NULL || out == NULL) bad = "a block reference is outside its buffer";
-    else if (partial_overlap(in, (size_t)block + TAG_BYTES, out, block)) bad = "a block's input and output overlap";
-    if (bad != NULL) {
-      free_work(env, job);
-      return throw_range(env, bad);
-    }
-    job->inputs[i] = in;
-    job->outputs[i] = out;
   }
   memcpy(job->key, key.data, KEY_BYTES);
-  job->nonces = nonces.data;
-  job->aads = aads.data;
-  job->aad_length = aad_length;
-  job->block = block;
-  job->count = count;
-  job->status = status.data;
-  // Kept alive until the callback: the packed arrays and every buffer (not only the array naming them).
-  int kept = keep(env, job, argv[1]) && keep(env, job, argv[2]) && keep(env, job, argv[6]) && keep(env, job, argv[7]) && keep(env, job, argv[5]);
-  for (uint32_t i = 0; kept && i < buffers.count; i++) {
-    napi_value element;
-    kept = napi_get_element(env, argv[5], i, &element) == napi_ok && keep(env, job, element);
+  memcpy(job->nonces, b.nonces, b.count * NONCE_BYTES);
+  memcpy(job->aads, b.aads, b.count * (size_t)b.aad_length);
+  for (size_t i = 0; i < b.count; i++) memcpy(job->inputs + i * in_length, b.inputs[i], in_length);
+  int kept = 1;
+  for (uint32_t i = 0; kept && i < b.buffer_count; i++) {
+    kept = napi_create_reference(env, b.buffers[i], 1, &job->buffers[i]) == napi_ok;
+    if (kept) job->buffer_count++;
   }
+  free_batch(&b);
   napi_value name;
-  if (!kept || napi_create_reference(env, argv[8], 1, &job->callback) != napi_ok ||
+  if (!kept || napi_create_reference(env, argv[7], 1, &job->status) != napi_ok ||
+      napi_create_reference(env, argv[8], 1, &job->callback) != napi_ok ||
       napi_create_string_utf8(env, "galleonfs:aead-open", NAPI_AUTO_LENGTH, &name) != napi_ok ||
       napi_create_async_work(env, NULL, name, open_execute, open_complete, job, &job->work) != napi_ok ||
       napi_queue_async_work(env, job->work) != napi_ok) {
@@ -552,5 +669,9 @@ NAPI_MODULE_INIT() {
     { "openRefsAsync", NULL, open_refs_async, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
+  // The interface version: the loader refuses a build of another one (say, left from an older checkout).
+  napi_value version;
+  napi_create_uint32(env, ADDON_VERSION, &version);
+  napi_set_named_property(env, exports, "version", version);
   return exports;
 }

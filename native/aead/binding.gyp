@@ -3,7 +3,8 @@
     {
       "target_name": "galleonfs_aead",
       "sources": ["aead.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "ldflags": ["-Wl,-z,now"]
     }
   ]
 }

@@ -21,6 +21,8 @@ export interface NativeKey { readonly __nativeKey: never }
 
 /** The addon's functions (see native/aead/aead.c for the contracts); a key is its bytes or a handle. */
 export interface NativeAeadAddon {
+  /** The interface version (ADDON_VERSION): a build of another one is not used. */
+  version: number
   keyHandle: (key: Uint8Array) => NativeKey
   seal: (key: Uint8Array | NativeKey, nonce: Uint8Array, aad: Uint8Array, plain: Uint8Array, out: Uint8Array) => void
   open: (key: Uint8Array | NativeKey, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array, out: Uint8Array) => boolean
@@ -78,13 +80,21 @@ function load (): { addon: NativeAeadAddon | undefined, reason: string } {
   } catch (err) {
     return { addon: undefined, reason: `${file} failed to load (${(err as Error).message}); rebuild it with npm run build:native` }
   }
-  if (!selfTest(addon)) return { addon: undefined, reason: `${file} does not produce standard AES-256-GCM output; it is not used. Rebuild it with npm run build:native` }
+  if (!selfTest(addon)) return { addon: undefined, reason: `${file} is of another version or does not produce standard AES-256-GCM output; it is not used. Rebuild it with npm run build:native` }
   return { addon, reason: 'loaded' }
 }
 
-/** Seals and opens a fixed block with the addon and with node:crypto: the bytes must agree. */
+/** The interface version this code speaks (ADDON_VERSION in native/aead/aead.c). */
+export const ADDON_VERSION = 2
+
+/**
+ * Checks the interface version and the functions, then seals and opens a fixed block with the
+ * addon (by key and by handle, alone and in a batch) and with node:crypto: the bytes must agree.
+ */
 function selfTest (addon: NativeAeadAddon): boolean {
   try {
+    if (addon.version !== ADDON_VERSION) return false
+    for (const name of ['keyHandle', 'seal', 'open', 'sealRefs', 'openRefs', 'openRefsAsync'] as const) if (typeof addon[name] !== 'function') return false
     const key = Uint8Array.from({ length: 32 }, (_, i) => i * 7 + 1)
     const nonce = Uint8Array.from({ length: 12 }, (_, i) => 255 - i)
     const aad = Uint8Array.from({ length: 28 }, (_, i) => i)
@@ -97,6 +107,9 @@ function selfTest (addon: NativeAeadAddon): boolean {
     if (!expected.equals(sealed)) return false
     const opened = new Uint8Array(plain.byteLength)
     if (!addon.open(key, nonce, aad, sealed, opened) || !Buffer.from(opened).equals(plain)) return false
+    const batch = new Uint8Array(plain.byteLength + 16)
+    addon.sealRefs(addon.keyHandle(key), nonce, aad, aad.byteLength, plain.byteLength, [plain, batch], Float64Array.of(0, 0, 1, 0))
+    if (!expected.equals(batch)) return false
     sealed[100] = (sealed[100] as number) ^ 1
     return !addon.open(key, nonce, aad, sealed, opened) && opened.every((byte) => byte === 0)
   } catch {

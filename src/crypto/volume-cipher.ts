@@ -346,12 +346,16 @@ export class NativeOpenRun {
         take()
         return
       }
-      this.#waits.push(new Promise<void>((resolve, reject) => {
+      const wait = new Promise<void>((resolve, reject) => {
         this.#addon.openRefsAsync(this.#key, nonces, aads, AAD_BYTES, this.#size, buffers, refs, status, (err) => {
           if (err !== null) reject(new GalleonError('IO_ERROR', `decryption on a pool thread failed (${err.message}); nothing was returned`, { cause: err }))
           else { take(); resolve() }
         })
-      }))
+      })
+      // Handled here too: a caller that gives up before finish() (another run failed) must not
+      // leave an unhandled rejection behind; finish() still rejects with it.
+      wait.catch(() => {})
+      this.#waits.push(wait)
     }
     if (PARALLEL_OPEN && count >= SPLIT_MIN_BLOCKS) {
       // The second half starts on a pool thread first, then the first half runs here meanwhile.

@@ -94,13 +94,16 @@ export type DecodeResult =
   | { ok: false, reason: string, expected?: number, actual?: number }
 
 /**
- * The payload and flags of a stored value after checking only its header's length and format
- * version, or undefined. For values whose payload is authenticated otherwise (an encrypted block's
+ * The payload and flags of an encrypted block's stored value after checking only its header (length,
+ * format version, flags), or undefined. For values whose payload is authenticated otherwise (an encrypted block's
  * GCM tag, which also binds its address): a value that then fails goes through decodeBlock, so
  * damage is still reported as a checksum mismatch.
  */
 export function peekBlock (value: Uint8Array): { payload: Uint8Array, flags: number } | undefined {
-  if (value.byteLength < BLOCK_HEADER_BYTES || value[4] !== FORMAT_VERSION) return undefined
+  // Exactly an encrypted block's header bytes (no other flag, reserved bytes zero): anything else
+  // is left to decodeBlock. The checksum field itself is not checked: a flipped bit there alone,
+  // with the rest intact, reads as the authentic data it is.
+  if (value.byteLength < BLOCK_HEADER_BYTES || value[4] !== FORMAT_VERSION || value[5] !== BLOCK_FLAG_ENCRYPTED || value[6] !== 0 || value[7] !== 0) return undefined
   return { payload: value.subarray(BLOCK_HEADER_BYTES), flags: value[5] as number }
 }
 

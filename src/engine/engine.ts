@@ -965,6 +965,10 @@ export class BlockEngine {
         const lock = this.#lock(volume, first, last)
         try {
           if (lock.ready !== undefined) await lock.ready
+          // What this pass placed (or decrypted in place) is dropped: a block that is no longer
+          // located (trimmed meanwhile) is skipped by the next pass and must read as zeros.
+          const zeros = new Uint8Array(this.blockSize)
+          for (let index = first; index <= last; index++) place(index, zeros)
           await this.#readMany(volume, first, last, at, place, true, into)
         } finally {
           lock.done()
