@@ -8,7 +8,8 @@
 //      256 to a call with the native addon (what multi-block requests use when it is built) vs
 //      node:crypto block by block; and the 4 KiB encrypted-write rate against the seal rate of the
 //      cipher in use (what share of the cipher's speed the I/O path keeps).
-// Each pair runs in alternating short rounds, so both sides see the same machine conditions.
+// Each pair runs in alternating short rounds, so both sides see the same machine conditions; the
+// median round of each side is reported.
 // The volumes use the default cipher: the native addon when it is built (GALLEONFS_NATIVE_AEAD=0
 // turns it off, for comparison), else node:crypto, with large requests also on worker threads
 // (GALLEONFS_CIPHER_THREADS=0 turns those off). Saved to bench/results/encryption.json.
@@ -89,7 +90,8 @@ async function sequentialReads (g: GalleonFS, volume: string, seconds: number): 
 
 /**
  * Runs two workloads in alternating short rounds (A B B A A B ...), SECONDS in total each, and
- * returns their mean rates: on a shared, noisy machine both sides then see the same conditions.
+ * returns their median rates: on a shared, noisy machine both sides then see the same conditions,
+ * and a round slowed down by something else running does not move the result.
  */
 async function alternate (a: (seconds: number) => Promise<number>, b: (seconds: number) => Promise<number>): Promise<[number, number]> {
   const rounds = 6
@@ -99,8 +101,12 @@ async function alternate (a: (seconds: number) => Promise<number>, b: (seconds: 
     const order = round % 2 === 0 ? [0, 1] : [1, 0]
     for (const side of order) rates[side]?.push(await (side === 0 ? a : b)(slice))
   }
-  const mean = (values: number[]): number => values.reduce((sum, v) => sum + v, 0) / values.length
-  return [mean(rates[0]), mean(rates[1])]
+  const median = (values: number[]): number => {
+    const sorted = [...values].sort((a, b) => a - b)
+    const mid = sorted.length >> 1
+    return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+  }
+  return [median(rates[0]), median(rates[1])]
 }
 
 /** Seals of one 4 KiB block per second. */
