@@ -16,8 +16,9 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { GalleonFS, type BlockAddress } from '../src/index.js'
 import { defaultCipher, nativeCipher, nobleCipher, nodeCipher } from '../src/crypto/cipher.js'
-import { nativeAead, nativeAeadStatus, openBatch, sealBatch } from '../src/crypto/native-aead.js'
-import { openJobs, sealJobs, type OpenJob, type SealJob } from '../src/crypto/cipher-pool.js'
+import { nativeAead, nativeAeadStatus, sealBatch } from '../src/crypto/native-aead.js'
+import { sealJobs, type SealJob } from '../src/crypto/cipher-pool.js'
+import { NativeOpenRun, SEALED_OVERHEAD, aad as blockAad } from '../src/crypto/volume-cipher.js'
 import { BLOCK_FLAG_ENCRYPTED, decodeBlock, encodeBlock } from '../src/engine/codec.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { recording } from './support/recording-store.js'
@@ -75,47 +76,65 @@ describe('native AES-GCM addon', () => {
     assert.throws(() => nativeCipher.sealInto(key, nonce, bytes(10), aad, new Uint8Array(10)), { code: 'INVALID_ARGUMENT' })
   })
 
-  it('seals and opens batches block for block like node:crypto: into the places given, a tampered block alone refused and zeroed', { skip }, async () => {
-    const key = bytes(32)
-    const count = 200
-    // Plaintexts as views of one buffer, outputs in separate ones: the shapes the engine hands over.
-    const plain = bytes(count * BLOCK)
-    const sealJobsList: SealJob[] = Array.from({ length: count }, (_, i) => ({ nonce: bytes(12), aad: bytes(28), plain: plain.subarray(i * BLOCK, (i + 1) * BLOCK), out: new Uint8Array(BLOCK + 16) }))
-    await sealJobs(nativeCipher, key, sealJobsList, () => { throw new Error('a uniform batch is sealed in native calls, not one by one') })
-    for (const job of sealJobsList) assert.deepEqual(job.out, nodeCipher.seal(key, job.nonce, job.plain, job.aad))
-    const result = new Uint8Array(count * BLOCK)
-    const openList: OpenJob[] = sealJobsList.map((job, i) => ({ nonce: job.nonce, aad: job.aad, sealed: job.out, into: i % 3 === 0 ? undefined : result.subarray(i * BLOCK, (i + 1) * BLOCK) }))
-    const victim = sealJobsList[77] as SealJob
-    victim.out[500] = (victim.out[500] as number) ^ 0x10
-    result.fill(0xee)
-    const opened = await openJobs(nativeCipher, key, openList, () => { throw new Error('a uniform batch is opened in native calls') })
-    for (let i = 0; i < count; i++) {
-      if (i === 77) {
-        assert.equal(opened[i], undefined, 'the tampered block is refused')
-        assert.ok(result.subarray(i * BLOCK, (i + 1) * BLOCK).every((b) => b === 0), 'and its place zeroed: no unauthenticated plaintext')
-        continue
-      }
-      assert.deepEqual(opened[i], plain.subarray(i * BLOCK, (i + 1) * BLOCK), `block ${i}`)
-      if (i % 3 !== 0) assert.equal((opened[i] as Uint8Array).buffer, result.buffer, 'decrypted where it was asked to go')
-    }
-  })
+  /**
+   * `count` blocks of `size` bytes sealed with sealJobs as the engine stores them (key version 1,
+   * nonce, ciphertext, tag), each with the authenticated data of block i at generation 7.
+   */
+  async function sealedBlocks (key: Uint8Array, count: number, size: number, separate: boolean): Promise<{ plains: Uint8Array[], stored: Uint8Array[], addresses: BlockAddress[] }> {
+    const joined = bytes(count * size)
+    const plains = Array.from({ length: count }, (_, i) => separate ? bytes(size) : joined.subarray(i * size, (i + 1) * size))
+    const addresses: BlockAddress[] = Array.from({ length: count }, (_, i) => ({ volume: 9, index: i, gen: 7 }))
+    const stored = plains.map((plain) => { const out = new Uint8Array(SEALED_OVERHEAD + plain.byteLength); out[3] = 1; out.set(bytes(12), 4); return out })
+    const jobs: SealJob[] = plains.map((plain, i) => ({ nonce: (stored[i] as Uint8Array).subarray(4, 16), aad: blockAad(addresses[i] as BlockAddress, 1), plain, out: (stored[i] as Uint8Array).subarray(16) }))
+    await sealJobs(nativeCipher, key, jobs, () => { throw new Error('a uniform batch is sealed in native calls, not one by one') })
+    for (const job of jobs) assert.deepEqual(job.out, nodeCipher.seal(key, job.nonce, job.plain, job.aad))
+    return { plains, stored, addresses }
+  }
 
-  it('splits batches over more than 64 buffers into several calls, and leaves batches of mixed shapes to the caller', { skip }, () => {
+  it('seals and opens runs of blocks like node:crypto: into the places given, a tampered block alone refused and zeroed (also on the pool thread)', { skip }, async () => {
     const addon = nativeAead()
     assert.ok(addon !== undefined)
     const key = bytes(32)
-    // 150 blocks, every plaintext and every output in a buffer of its own: 300 buffers.
-    const jobs: SealJob[] = Array.from({ length: 150 }, () => ({ nonce: bytes(12), aad: bytes(28), plain: bytes(512), out: new Uint8Array(512 + 16) }))
-    assert.equal(sealBatch(addon, key, jobs), true)
-    for (const job of jobs) assert.deepEqual(job.out, nodeCipher.seal(key, job.nonce, job.plain, job.aad))
-    const opened = openBatch(addon, key, jobs.map((job) => ({ nonce: job.nonce, aad: job.aad, sealed: job.out })))
-    assert.ok(opened !== undefined)
-    jobs.forEach((job, i) => assert.deepEqual(opened[i], job.plain))
+    const count = 200
+    const { plains, stored, addresses } = await sealedBlocks(key, count, BLOCK, false)
+    // One tampered block in each half of the run (the second half is opened on a pool thread).
+    for (const victim of [77, 150]) (stored[victim] as Uint8Array)[500] = ((stored[victim] as Uint8Array)[500] as number) ^ 0x10
+    const result = new Uint8Array(count * BLOCK).fill(0xee)
+    const run = new NativeOpenRun(addon, key, BLOCK, count)
+    for (let i = 0; i < count; i++) run.add(i, addresses[i] as BlockAddress, 1, stored[i] as Uint8Array, i % 3 === 0 ? undefined : result.subarray(i * BLOCK, (i + 1) * BLOCK))
+    const opened = await run.finish()
+    assert.deepEqual(run.positions, Array.from({ length: count }, (_, i) => i))
+    for (let i = 0; i < count; i++) {
+      if (i === 77 || i === 150) {
+        assert.equal(opened[i], undefined, `the tampered block ${i} is refused`)
+        if (i % 3 !== 0) assert.ok(result.subarray(i * BLOCK, (i + 1) * BLOCK).every((b) => b === 0), 'and its place zeroed: no unauthenticated plaintext')
+        continue
+      }
+      assert.deepEqual(opened[i], plains[i], `block ${i}`)
+      if (i % 3 !== 0) assert.equal((opened[i] as Uint8Array).buffer, result.buffer, 'decrypted where it was asked to go')
+    }
+    // The authenticated data binds the address: the same bytes opened as another block fail.
+    const moved = new NativeOpenRun(addon, key, BLOCK, 1)
+    moved.add(0, { volume: 9, index: 1, gen: 7 }, 1, stored[0] as Uint8Array)
+    assert.deepEqual(await moved.finish(), [undefined])
+  })
+
+  it('splits runs over more than 64 buffers into several calls, and leaves seal batches of mixed shapes to the caller', { skip }, async () => {
+    const addon = nativeAead()
+    assert.ok(addon !== undefined)
+    const key = bytes(32)
+    // 150 blocks, every stored block and every output in a buffer of its own: 300 buffers.
+    const { plains, stored, addresses } = await sealedBlocks(key, 150, 512, true)
+    const run = new NativeOpenRun(addon, key, 512, 150)
+    stored.forEach((value, i) => run.add(i, addresses[i] as BlockAddress, 1, value, new Uint8Array(512)))
+    const opened = await run.finish()
+    plains.forEach((plain, i) => assert.deepEqual(opened[i], plain, `block ${i}`))
+    assert.throws(() => run.add(150, addresses[0] as BlockAddress, 1, stored[0] as Uint8Array), /capacity/)
+    assert.throws(() => new NativeOpenRun(addon, key, 512, 1).add(0, addresses[0] as BlockAddress, 1, new Uint8Array(100)), /sealed block of 100 bytes/)
     // Different sizes, or aads of different lengths: not a batch.
     const mixed: SealJob[] = [{ nonce: bytes(12), aad: bytes(28), plain: bytes(16), out: new Uint8Array(32) }, { nonce: bytes(12), aad: bytes(28), plain: bytes(32), out: new Uint8Array(48) }]
     assert.equal(sealBatch(addon, key, mixed), false)
     assert.ok(mixed.every((job) => job.out.every((b) => b === 0)), 'nothing sealed')
-    assert.equal(openBatch(addon, key, [{ nonce: bytes(12), aad: bytes(28), sealed: bytes(48) }, { nonce: bytes(12), aad: bytes(20), sealed: bytes(48) }]), undefined)
   })
 
   it('checks every argument and reference before touching memory: bad ones throw, the process keeps running', { skip }, async () => {

@@ -12,7 +12,7 @@ import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import { GalleonError } from '../errors.js'
 import { TAG_BYTES, type AeadCipher } from './cipher.js'
-import { nativeAead, openBatch, sealBatch } from './native-aead.js'
+import { nativeAead, sealBatch } from './native-aead.js'
 
 /** Blocks below which a batch is done on the calling thread alone. */
 export const PARALLEL_MIN_BLOCKS = 32
@@ -32,12 +32,6 @@ export interface OpenJob {
   readonly nonce: Uint8Array
   readonly aad: Uint8Array
   readonly sealed: Uint8Array
-  /**
-   * Where the plaintext may be written (sealed length - 16 bytes), e.g. its place in the caller's
-   * result: the native addon decrypts there (and zeroes it if authentication fails); other
-   * implementations return new arrays.
-   */
-  into?: Uint8Array
 }
 
 // The worker's program (CommonJS, evaluated): seal or open a run of same-sized blocks under one key.
@@ -226,9 +220,10 @@ function packHeaders (jobs: ReadonlyArray<{ nonce: Uint8Array, aad: Uint8Array }
 export const cipherPool = new CipherPool()
 
 /**
- * Fewest blocks for which `sealJobs`/`openJobs` are worth calling with `aead`: native batches from
- * two blocks, node:crypto on worker threads from PARALLEL_MIN_BLOCKS; undefined when neither
- * applies (@noble/ciphers, or node:crypto with the pool off).
+ * Fewest blocks for which batching is worth it with `aead`: native batch calls from two blocks
+ * (sealJobs; opens go through NativeOpenRun), node:crypto on worker threads from
+ * PARALLEL_MIN_BLOCKS (sealJobs, cipherPool.open); undefined when neither applies (@noble/ciphers,
+ * or node:crypto with the pool off).
  */
 export function batchMinBlocks (aead: AeadCipher): number | undefined {
   if (aead.name === 'native' && nativeAead() !== undefined) return NATIVE_BATCH_MIN_BLOCKS
@@ -252,15 +247,4 @@ export function sealJobs (aead: AeadCipher, key: Uint8Array, jobs: readonly Seal
     return Promise.resolve()
   }
   return cipherPool.seal(key, jobs, sealHere)
-}
-
-/**
- * Opens `jobs` under `key` with `aead` (see sealJobs); `openHere` opens one job on this thread and
- * returns undefined if it fails authentication. Results in job order, undefined where a block
- * failed authentication.
- */
-export async function openJobs (aead: AeadCipher, key: Uint8Array, jobs: readonly OpenJob[], openHere: (job: OpenJob) => Uint8Array | undefined): Promise<Array<Uint8Array | undefined>> {
-  const addon = aead.name === 'native' ? nativeAead() : undefined
-  if (addon !== undefined) return openBatch(addon, key, jobs) ?? jobs.map(openHere)
-  return await cipherPool.open(key, jobs, openHere)
 }

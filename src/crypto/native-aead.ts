@@ -171,8 +171,6 @@ export class RefBatch {
 
 /** One block to seal: ciphertext || tag goes to `out` (plaintext length + 16 bytes). */
 interface SealRef { readonly nonce: Uint8Array, readonly aad: Uint8Array, readonly plain: Uint8Array, readonly out: Uint8Array }
-/** One block to open: `sealed` is ciphertext || tag. */
-interface OpenRef { readonly nonce: Uint8Array, readonly aad: Uint8Array, readonly sealed: Uint8Array, readonly into?: Uint8Array }
 
 /**
  * Runs `call` over jobs[from, to) in as few addon calls as the 64-buffer limit allows, with the
@@ -231,40 +229,4 @@ export function sealBatch (addon: NativeAeadAddon, key: Uint8Array, jobs: readon
     addon.sealRefs(handle, nonces, aads, aadLength, size, batch.buffers, refs)
   })
   return true
-}
-
-/**
- * Opens every job under `key` with the addon, in batch calls: the plaintext per job, or undefined
- * for one that failed authentication. Undefined for all when the jobs do not have the uniform shape
- * a batch takes (the caller then opens them one by one).
- */
-export function openBatch (addon: NativeAeadAddon, key: Uint8Array, jobs: readonly OpenRef[]): Array<Uint8Array | undefined> | undefined {
-  if (!uniform(jobs, (i) => (jobs[i] as OpenRef).sealed.byteLength) || (jobs[0] as OpenRef).sealed.byteLength <= 16) return undefined
-  const size = (jobs[0] as OpenRef).sealed.byteLength - 16
-  const aadLength = (jobs[0] as OpenRef).aad.byteLength
-  const handle = keyHandle(addon, key)
-  // Each plaintext goes to the job's `into` when it has one, else to a part of one new array.
-  const targets: Uint8Array[] = new Array(jobs.length)
-  let missing = 0
-  for (let i = 0; i < jobs.length; i++) {
-    const into = (jobs[i] as OpenRef).into
-    if (into !== undefined && into.byteLength === size) targets[i] = into
-    else missing++
-  }
-  if (missing > 0) {
-    const out = new Uint8Array(missing * size)
-    let next = 0
-    for (let i = 0; i < jobs.length; i++) {
-      if (targets[i] !== undefined) continue
-      targets[i] = out.subarray(next * size, (next + 1) * size)
-      next++
-    }
-  }
-  const results: Array<Uint8Array | undefined> = new Array(jobs.length)
-  inRuns(jobs, aadLength, (job) => job.sealed, (_job, i) => targets[i] as Uint8Array, (nonces, aads, batch, refs, first, count) => {
-    const status = new Uint8Array(count)
-    addon.openRefs(handle, nonces, aads, aadLength, size, batch.buffers, refs, status)
-    for (let i = 0; i < count; i++) results[first + i] = status[i] === 1 ? targets[first + i] : undefined
-  })
-  return results
 }

@@ -146,15 +146,11 @@ export class VolumeCipher {
     return { key, job: { nonce, aad: aad(address, version), plain: plaintext, out: out.subarray(4 + NONCE_BYTES) } }
   }
 
-  /**
-   * What opening `sealed` (stored at `address`) needs, or undefined when its key is unknown (`open`
-   * then reports why). `into`: where the plaintext may go (see OpenJob).
-   */
-  prepareOpen (address: BlockAddress, sealed: Uint8Array, into?: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
+  /** What opening `sealed` (stored at `address`) needs, or undefined when its key is unknown (`open` then reports why). */
+  prepareOpen (address: BlockAddress, sealed: Uint8Array): { key: Uint8Array, job: OpenJob } | undefined {
     const found = this.keyOf(sealed)
     if (found === undefined) return undefined
-    const job: OpenJob = { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, found.version), sealed: sealed.subarray(4 + NONCE_BYTES), into }
-    return { key: found.key, job }
+    return { key: found.key, job: { nonce: sealed.subarray(4, 4 + NONCE_BYTES), aad: aad(address, found.version), sealed: sealed.subarray(4 + NONCE_BYTES) } }
   }
 
   /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */

@@ -9,7 +9,7 @@ import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
 import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, peekBlock } from './codec.js'
-import { batchMinBlocks, openJobs, sealJobs, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
+import { batchMinBlocks, cipherPool, sealJobs, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
 import { NativeOpenRun, SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { nativeAead } from '../crypto/native-aead.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
@@ -1199,7 +1199,7 @@ export class BlockEngine {
         run.add(i, address, found.version, peeked.payload, into?.(i))
         continue
       }
-      const prepared = cipher.prepareOpen(address, peeked.payload, into?.(i))
+      const prepared = cipher.prepareOpen(address, peeked.payload)
       if (prepared === undefined || prepared.job.sealed.byteLength !== this.blockSize + 16) continue
       let group = groups.get(prepared.key)
       if (group === undefined) groups.set(prepared.key, group = { aead: cipher.cipher, positions: [], jobs: [] })
@@ -1208,7 +1208,7 @@ export class BlockEngine {
     }
     for (const [key, group] of groups) {
       const opened = group.jobs.length >= (batchMinBlocks(group.aead) ?? Infinity)
-        ? await openJobs(group.aead, key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
+        ? await cipherPool.open(key, group.jobs, (job) => openOrUndefined(group.aead, key, job))
         : group.jobs.map((job) => openOrUndefined(group.aead, key, job))
       group.positions.forEach((position, i) => { out[position] = opened[i] })
     }
