@@ -8,13 +8,14 @@
 //      256 to a call with the native addon (what multi-block requests use when it is built) vs
 //      node:crypto block by block; and the 4 KiB encrypted-write rate against the seal rate of the
 //      cipher in use (what share of the cipher's speed the I/O path keeps).
-// Each pair runs in alternating short rounds, so both sides see the same machine conditions; the
-// median round of each side is reported.
+// Each pair runs in alternating short rounds, so both sides see the same machine conditions, after
+// one unrecorded warm-up round each; the median round of each side is reported (BENCH_VERBOSE=1
+// prints every round).
 // The volumes use the default cipher: the native addon when it is built (GALLEONFS_NATIVE_AEAD=0
 // turns it off, for comparison), else node:crypto, with large requests also on worker threads
 // (GALLEONFS_CIPHER_THREADS=0 turns those off). Saved to bench/results/encryption.json.
 //
-// Env: BENCH_SECONDS (seconds per case, default 2), BENCH_DIR (parent of the temporary directory),
+// Env: BENCH_SECONDS (seconds per case and side, default 3, after a warm-up round), BENCH_DIR (parent of the temporary directory),
 //      BENCH_VOLUME (volume size, default 512M).
 
 import { randomBytes } from 'node:crypto'
@@ -29,7 +30,7 @@ import { nativeAead, nativeAeadStatus, sealBatch } from '../src/crypto/native-ae
 const BLOCK = 4096
 const MIB = 1 << 20
 const VOLUME = parseSize(process.env.BENCH_VOLUME ?? '512M')
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
 const RESULTS_FILE = fileURLToPath(new URL('./results/encryption.json', import.meta.url))
 
 /** 4 KiB random writes per second, 32 in flight. */
@@ -94,13 +95,18 @@ async function sequentialReads (g: GalleonFS, volume: string, seconds: number): 
  * and a round slowed down by something else running does not move the result.
  */
 async function alternate (a: (seconds: number) => Promise<number>, b: (seconds: number) => Promise<number>): Promise<[number, number]> {
-  const rounds = 6
+  const rounds = 10
   const slice = SECONDS / rounds
   const rates: [number[], number[]] = [[], []]
+  // One unrecorded round each first: the first round after a switch of workload pays for it (cold
+  // caches, the previous case's writes still being flushed by the kernel).
+  await a(slice)
+  await b(slice)
   for (let round = 0; round < rounds; round++) {
     const order = round % 2 === 0 ? [0, 1] : [1, 0]
     for (const side of order) rates[side]?.push(await (side === 0 ? a : b)(slice))
   }
+  if (process.env.BENCH_VERBOSE === '1') console.error('rounds', rates.map((side) => side.map((rate) => rate.toFixed(0)).join(' ')).join(' | '))
   const median = (values: number[]): number => {
     const sorted = [...values].sort((a, b) => a - b)
     const mid = sorted.length >> 1
