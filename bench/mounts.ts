@@ -10,7 +10,8 @@
 // before every measurement (see settle.ts): flushed, compaction done, dirty pages written back.
 //
 // Env: BENCH_SECONDS (seconds per fio case, default 5), BENCH_DIR (parent of the temporary
-//      directory), BENCH_VOLUME (volume and image size, default 1G).
+//      directory), BENCH_VOLUME (volume and image size, default 1G), BENCH_PARTS (which parts to
+//      run, comma-separated: nbd, fuse; default both).
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -169,8 +170,9 @@ async function main (): Promise<void> {
   const dir = await mkdtemp(join(parent, 'galleon-mountbench-'))
   const rows: Row[] = []
   try {
-    await nbdPart(dir, rows)
-    await fusePart(dir, rows)
+    const parts = (process.env.BENCH_PARTS ?? 'nbd,fuse').split(',')
+    if (parts.includes('nbd')) await nbdPart(dir, rows)
+    if (parts.includes('fuse')) await fusePart(dir, rows)
     console.log('| case | GalleonFS | baseline | ratio | target |')
     console.log('|---|---:|---:|---:|---|')
     for (const row of rows) console.log(`| ${row.case} | ${row.value.toFixed(0)} ${row.unit} | ${row.baseline.toFixed(0)} ${row.unit} | ${row.ratio.toFixed(2)}x | ${row.target} |`)
