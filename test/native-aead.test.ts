@@ -99,24 +99,48 @@ describe('native AES-GCM addon', () => {
     const { plains, stored, addresses } = await sealedBlocks(key, count, BLOCK, false)
     // One tampered block in each half of the run (the second half is opened on a pool thread).
     for (const victim of [77, 150]) (stored[victim] as Uint8Array)[500] = ((stored[victim] as Uint8Array)[500] as number) ^ 0x10
+    // Odd blocks sit behind an 8-byte prefix in their value (as behind a stored block's header).
+    const values = stored.map((sealed, i) => {
+      if (i % 2 === 0) return sealed
+      const value = new Uint8Array(8 + sealed.byteLength).fill(0x5a)
+      value.set(sealed, 8)
+      return value
+    })
     const result = new Uint8Array(count * BLOCK).fill(0xee)
     const run = new NativeOpenRun(addon, key, BLOCK, count)
-    for (let i = 0; i < count; i++) run.add(i, addresses[i] as BlockAddress, 1, stored[i] as Uint8Array, i % 3 === 0 ? undefined : result.subarray(i * BLOCK, (i + 1) * BLOCK))
+    // Every third block has no place given; block 5's place would run past the result's end.
+    for (let i = 0; i < count; i++) {
+      const value = values[i] as Uint8Array
+      const at = i % 2 === 0 ? 0 : 8
+      if (i % 3 === 0) run.add(i, addresses[i] as BlockAddress, 1, value, at)
+      else run.add(i, addresses[i] as BlockAddress, 1, value, at, result, i === 5 ? result.byteLength - BLOCK + 1 : i * BLOCK)
+    }
     const opened = await run.finish()
     assert.deepEqual(run.positions, Array.from({ length: count }, (_, i) => i))
     for (let i = 0; i < count; i++) {
+      const place = result.subarray(i * BLOCK, (i + 1) * BLOCK)
+      const inPlace = i % 3 !== 0 && i !== 5
       if (i === 77 || i === 150) {
         assert.equal(opened[i], undefined, `the tampered block ${i} is refused`)
-        if (i % 3 !== 0) assert.ok(result.subarray(i * BLOCK, (i + 1) * BLOCK).every((b) => b === 0), 'and its place zeroed: no unauthenticated plaintext')
+        if (inPlace) assert.ok(place.every((b) => b === 0), 'and its place zeroed: no unauthenticated plaintext')
         continue
       }
-      assert.deepEqual(opened[i], plains[i], `block ${i}`)
-      if (i % 3 !== 0) assert.equal((opened[i] as Uint8Array).buffer, result.buffer, 'decrypted where it was asked to go')
+      if (inPlace) {
+        assert.equal(opened[i], true, `block ${i} opened in place`)
+        assert.deepEqual(place, plains[i], `block ${i} is where it was asked to go`)
+      } else {
+        assert.ok(opened[i] instanceof Uint8Array && opened[i] !== result, `block ${i} in an array of its own`)
+        assert.deepEqual(opened[i], plains[i], `block ${i}`)
+        if (i % 3 !== 0) assert.ok(place.every((b) => b === 0xee), 'a place that does not fit is left alone')
+      }
     }
     // The authenticated data binds the address: the same bytes opened as another block fail.
     const moved = new NativeOpenRun(addon, key, BLOCK, 1)
-    moved.add(0, { volume: 9, index: 1, gen: 7 }, 1, stored[0] as Uint8Array)
+    moved.add(0, { volume: 9, index: 1, gen: 7 }, 1, stored[0] as Uint8Array, 0)
     assert.deepEqual(await moved.finish(), [undefined])
+    // The sealed payload must run exactly to the value's end, from a position within it.
+    assert.throws(() => new NativeOpenRun(addon, key, BLOCK, 1).add(0, addresses[1] as BlockAddress, 1, values[1] as Uint8Array, 0), /sealed block of/)
+    assert.throws(() => new NativeOpenRun(addon, key, BLOCK, 1).add(0, addresses[0] as BlockAddress, 1, stored[0] as Uint8Array, -8), /sealed block of/)
   })
 
   it('splits runs over more than 64 buffers into several calls, and leaves seal batches of mixed shapes to the caller', { skip }, async () => {
@@ -126,11 +150,15 @@ describe('native AES-GCM addon', () => {
     // 150 blocks, every stored block and every output in a buffer of its own: 300 buffers.
     const { plains, stored, addresses } = await sealedBlocks(key, 150, 512, true)
     const run = new NativeOpenRun(addon, key, 512, 150)
-    stored.forEach((value, i) => run.add(i, addresses[i] as BlockAddress, 1, value, new Uint8Array(512)))
+    const places = stored.map(() => new Uint8Array(512))
+    stored.forEach((value, i) => run.add(i, addresses[i] as BlockAddress, 1, value, 0, places[i]))
     const opened = await run.finish()
-    plains.forEach((plain, i) => assert.deepEqual(opened[i], plain, `block ${i}`))
-    assert.throws(() => run.add(150, addresses[0] as BlockAddress, 1, stored[0] as Uint8Array), /capacity/)
-    assert.throws(() => new NativeOpenRun(addon, key, 512, 1).add(0, addresses[0] as BlockAddress, 1, new Uint8Array(100)), /sealed block of 100 bytes/)
+    plains.forEach((plain, i) => {
+      assert.equal(opened[i], true, `block ${i}`)
+      assert.deepEqual(places[i], plain, `block ${i}`)
+    })
+    assert.throws(() => run.add(150, addresses[0] as BlockAddress, 1, stored[0] as Uint8Array, 0), /capacity/)
+    assert.throws(() => new NativeOpenRun(addon, key, 512, 1).add(0, addresses[0] as BlockAddress, 1, new Uint8Array(100), 0), /sealed block of 100 bytes/)
     // Different sizes, or aads of different lengths: not a batch.
     const mixed: SealJob[] = [{ nonce: bytes(12), aad: bytes(28), plain: bytes(16), out: new Uint8Array(32) }, { nonce: bytes(12), aad: bytes(28), plain: bytes(32), out: new Uint8Array(48) }]
     assert.equal(sealBatch(addon, key, mixed), false)

@@ -148,6 +148,11 @@ export class RefBatch {
 
   /** Writes the reference (buffer index, byte offset) of `view` at refs[at], refs[at + 1]. */
   ref (view: Uint8Array, refs: Float64Array, at: number): void {
+    this.refAt(view, 0, refs, at)
+  }
+
+  /** Writes the reference of view[offset..] at refs[at], refs[at + 1] (no view made for it). */
+  refAt (view: Uint8Array, offset: number, refs: Float64Array, at: number): void {
     const buffer = view.buffer
     let index: number | undefined
     if (buffer === this.#lastA) index = this.#lastAIndex
@@ -165,7 +170,7 @@ export class RefBatch {
     }
     if (buffer === this.#lastA) this.#lastAIndex = index
     refs[at] = index
-    refs[at + 1] = view.byteOffset
+    refs[at + 1] = view.byteOffset + offset
   }
 }
 

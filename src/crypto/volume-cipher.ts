@@ -196,10 +196,15 @@ export class VolumeCipher {
    * and tag follow, the authenticated data is writeAad(address, version).
    */
   keyOf (sealed: Uint8Array): { key: Uint8Array, version: number } | undefined {
-    if (this.unavailable !== undefined || sealed.byteLength < SEALED_OVERHEAD) return undefined
-    const version = (((sealed[0] as number) << 24) | ((sealed[1] as number) << 16) | ((sealed[2] as number) << 8) | (sealed[3] as number)) >>> 0
-    const state = this.#keys.get(version)
-    return state === undefined ? undefined : { key: state.key, version }
+    if (sealed.byteLength < SEALED_OVERHEAD) return undefined
+    const version = keyVersion(sealed, 0)
+    const key = this.keyFor(version)
+    return key === undefined ? undefined : { key, version }
+  }
+
+  /** The data key of `version`, or undefined when it is unknown or the keys could not be loaded. */
+  keyFor (version: number): Uint8Array | undefined {
+    return this.unavailable !== undefined ? undefined : this.#keys.get(version)?.key
   }
 
   /** Key version and nonce counter of a sealed payload (for tests and tools; not secret). */
@@ -246,6 +251,11 @@ export function aad (address: BlockAddress, version: number): Uint8Array {
   return out
 }
 
+/** The key version of the sealed payload at stored[at..] (its first 4 bytes). */
+export function keyVersion (stored: Uint8Array, at: number): number {
+  return (((stored[at] as number) << 24) | ((stored[at + 1] as number) << 16) | ((stored[at + 2] as number) << 8) | (stored[at + 3] as number)) >>> 0
+}
+
 /** Bytes of a block's authenticated data. */
 export const AAD_BYTES = 28
 
@@ -277,8 +287,9 @@ export class NativeOpenRun {
   readonly #nonces: Uint8Array
   readonly #aads: Uint8Array
   readonly #refs: Float64Array
-  readonly #targets: Uint8Array[] = []
-  readonly #results: Array<Uint8Array | undefined> = []
+  /** Per block added: the array of its own its plaintext goes to, or undefined (the caller's place). */
+  readonly #targets: Array<Uint8Array | undefined> = []
+  readonly #results: Array<Uint8Array | true | undefined> = []
   readonly #waits: Array<Promise<void>> = []
   #batch = new RefBatch()
   /** Index (in the packed arrays) of the first block not yet handed to the addon. */
@@ -298,28 +309,41 @@ export class NativeOpenRun {
   }
 
   /**
-   * Adds the sealed payload `sealed` (key version, nonce, ciphertext, tag: SEALED_OVERHEAD + size
-   * bytes, its key version `version` as keyOf found) stored at `address`, to be opened into `into`
-   * when that is `size` bytes.
+   * Adds the sealed payload at stored[at..] (key version, nonce, ciphertext, tag: exactly
+   * SEALED_OVERHEAD + size bytes to the end of `stored`; its key version `version`, see keyVersion)
+   * of the block at `address`, to be opened into out[outAt, outAt + size) when `out` is given and
+   * holds that range, else into an array of its own. No views are made per block: this runs for
+   * every block of a large encrypted read.
    */
-  add (position: number, address: BlockAddress, version: number, sealed: Uint8Array, into?: Uint8Array): void {
-    if (sealed.byteLength !== SEALED_OVERHEAD + this.#size) throw new GalleonError('INVALID_ARGUMENT', `internal: a sealed block of ${sealed.byteLength} bytes in a run of ${this.#size}-byte blocks`)
-    const body = sealed.subarray(4 + NONCE_BYTES)
-    const target = into !== undefined && into.byteLength === this.#size ? into : new Uint8Array(this.#size)
-    if (!this.#batch.fits(body, target)) this.#flush()
+  add (position: number, address: BlockAddress, version: number, stored: Uint8Array, at: number, out?: Uint8Array, outAt = 0): void {
+    const size = this.#size
+    if (stored.byteLength - at !== SEALED_OVERHEAD + size || at < 0) throw new GalleonError('INVALID_ARGUMENT', `internal: a sealed block of ${stored.byteLength - at} bytes in a run of ${size}-byte blocks`)
+    let own: Uint8Array | undefined
+    let target: Uint8Array
+    if (out !== undefined && outAt >= 0 && outAt + size <= out.byteLength) {
+      target = out
+    } else {
+      target = own = new Uint8Array(size)
+      outAt = 0
+    }
+    if (!this.#batch.fits(stored, target)) this.#flush()
     if (this.#base + this.#pending >= this.#refs.length / 4) throw new GalleonError('INVALID_ARGUMENT', 'internal: more blocks added to a run than its capacity')
     const i = this.#base + this.#pending++
     const nonces = this.#nonces
-    for (let b = 0; b < NONCE_BYTES; b++) nonces[i * NONCE_BYTES + b] = sealed[4 + b] as number
+    const from = at + 4
+    for (let b = 0; b < NONCE_BYTES; b++) nonces[i * NONCE_BYTES + b] = stored[from + b] as number
     writeAad(this.#aads, i * AAD_BYTES, address, version)
-    this.#batch.ref(body, this.#refs, i * 4)
-    this.#batch.ref(target, this.#refs, i * 4 + 2)
-    this.#targets.push(target)
+    this.#batch.refAt(stored, at + 4 + NONCE_BYTES, this.#refs, i * 4)
+    this.#batch.refAt(target, outAt, this.#refs, i * 4 + 2)
+    this.#targets.push(own)
     this.positions.push(position)
   }
 
-  /** Opens what is left; the plaintext of every block added, in order, or undefined where it failed authentication. */
-  async finish (): Promise<Array<Uint8Array | undefined>> {
+  /**
+   * Opens what is left. Per block added, in order: true when its plaintext is in the place given
+   * for it, the array of its own holding it, or undefined where it failed authentication.
+   */
+  async finish (): Promise<Array<Uint8Array | true | undefined>> {
     this.#flush()
     await Promise.all(this.#waits)
     return this.#results
@@ -336,7 +360,7 @@ export class NativeOpenRun {
       const aads = this.#aads.subarray(from * AAD_BYTES, to * AAD_BYTES)
       const refs = this.#refs.subarray(from * 4, to * 4)
       const status = new Uint8Array(to - from)
-      const take = (): void => { for (let i = from; i < to; i++) this.#results[i] = status[i - from] === 1 ? this.#targets[i] : undefined }
+      const take = (): void => { for (let i = from; i < to; i++) this.#results[i] = status[i - from] === 1 ? (this.#targets[i] ?? true) : undefined }
       if (!parallel) {
         this.#addon.openRefs(this.#handle, nonces, aads, AAD_BYTES, this.#size, buffers, refs, status)
         take()

@@ -100,11 +100,18 @@ export type DecodeResult =
  * damage is still reported as a checksum mismatch.
  */
 export function peekBlock (value: Uint8Array): { payload: Uint8Array, flags: number } | undefined {
-  // Exactly an encrypted block's header bytes (no other flag, reserved bytes zero): anything else
-  // is left to decodeBlock. The checksum field itself is not checked: a flipped bit there alone,
-  // with the rest intact, reads as the authentic data it is.
-  if (value.byteLength < BLOCK_HEADER_BYTES || value[4] !== FORMAT_VERSION || value[5] !== BLOCK_FLAG_ENCRYPTED || value[6] !== 0 || value[7] !== 0) return undefined
+  if (!isSealedBlock(value)) return undefined
   return { payload: value.subarray(BLOCK_HEADER_BYTES), flags: value[5] as number }
+}
+
+/**
+ * Whether a stored value's header is exactly an encrypted block's (see peekBlock; its payload then
+ * starts at BLOCK_HEADER_BYTES). No other flag and zero reserved bytes: anything else is left to
+ * decodeBlock. The checksum field itself is not checked: a flipped bit there alone, with the rest
+ * intact, reads as the authentic data it is.
+ */
+export function isSealedBlock (value: Uint8Array): boolean {
+  return value.byteLength >= BLOCK_HEADER_BYTES && value[4] === FORMAT_VERSION && value[5] === BLOCK_FLAG_ENCRYPTED && value[6] === 0 && value[7] === 0
 }
 
 /** Verifies and unwraps a stored value. Never throws. */

@@ -8,9 +8,9 @@ import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../dr
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { BlockCache } from './block-cache.js'
 import { BlockMap, LIVE, genOf, storeGen, versionOf, type Located } from './block-map.js'
-import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, peekBlock } from './codec.js'
+import { BLOCK_FLAG_ENCRYPTED, BLOCK_FLAG_TOMBSTONE, BLOCK_HEADER_BYTES, allocBlock, decodeBlock, encodeBlock, encodeBlockWith, finishBlock, isSealedBlock } from './codec.js'
 import { batchMinBlocks, cipherPool, sealJobs, type OpenJob, type SealJob } from '../crypto/cipher-pool.js'
-import { NativeOpenRun, SEALED_OVERHEAD, type VolumeCipher } from '../crypto/volume-cipher.js'
+import { NativeOpenRun, SEALED_OVERHEAD, keyVersion, type VolumeCipher } from '../crypto/volume-cipher.js'
 import { nativeAead } from '../crypto/native-aead.js'
 import { WriteJournal, type ReplicationHook } from './journal.js'
 import type { VolumeReplicator } from './replicator.js'
@@ -146,6 +146,9 @@ export class VolumeBlocks {
 }
 
 /** Where a snapshot view reads: its generation and the volume size it had. */
+/** Where a multi-block read wants whole blocks' plaintext: block i at out[i * blockSize - offset]. */
+interface ReadTarget { readonly out: Uint8Array, readonly offset: number }
+
 export interface View {
   readonly gen: number
   readonly sizeBytes: number
@@ -378,19 +381,13 @@ export class BlockEngine {
         const blockStart = index * this.blockSize
         const from = Math.max(offset, blockStart)
         const to = Math.min(offset + length, blockStart + this.blockSize)
-        // Already there: decrypted in place (see `into`).
-        if (payload.buffer === out.buffer && payload.byteOffset === out.byteOffset + from - offset) return
         out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
       }
       if (first === last) {
         place(first, await this.#readPayload(volume, first, true, false, at))
       } else {
         // Whole blocks of an encrypted volume may be decrypted straight into the result.
-        const into = (index: number): Uint8Array | undefined => {
-          const start = index * this.blockSize - offset
-          return start >= 0 && start + this.blockSize <= length ? out.subarray(start, start + this.blockSize) : undefined
-        }
-        await this.#readMany(volume, first, last, at, place, false, into)
+        await this.#readMany(volume, first, last, at, place, false, { out, offset })
       }
       ok = true
       // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
@@ -915,7 +912,7 @@ export class BlockEngine {
    * skipped. Blocks found in the cache are used, but a multi-block read does not fill the cache: a
    * scan would only evict the blocks that are read again and again.
    */
-  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false, into?: (index: number) => Uint8Array | undefined): Promise<void> {
+  async #readMany (volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false, into?: ReadTarget): Promise<void> {
     const indices: number[] = []
     const addresses: BlockAddress[] = []
     const useCache = this.#cache.enabled && this.#cache.size > 0
@@ -947,12 +944,13 @@ export class BlockEngine {
     }
     // Multi-block reads of encrypted blocks: opened in native batch calls, or on worker threads too.
     const opened = values !== undefined && addresses.length >= 2 && this.#anyCipher(volume)
-      ? await this.#openMany(volume, addresses, values, into === undefined ? undefined : (i) => into(indices[i] as number))
+      ? await this.#openMany(volume, addresses, values, indices, into)
       : undefined
     for (let i = 0; i < addresses.length; i++) {
       const index = indices[i] as number
       const value = values?.[i]
       const plain = opened?.[i]
+      if (plain === true) continue // opened in place, into `into`
       if (plain !== undefined) {
         place(index, plain)
         continue
@@ -1170,15 +1168,20 @@ export class BlockEngine {
   /**
    * Opens many stored values of encrypted blocks: in native batch calls, or on this thread and on
    * worker threads at once (node:crypto, from PARALLEL_MIN_BLOCKS), else one by one.
-   * Returns the payload per position, or undefined where the ordinary path must decide (not
-   * encrypted, damaged, unknown key, failed authentication: #verified reports it). `into(i)` may
-   * name where position i's plaintext is wanted: the native addon writes it there.
+   * Returns the payload per position, true where the native addon opened it in place (into
+   * into.out, block `indices[i]` at its offset from into.offset), or undefined where the ordinary
+   * path must decide (not encrypted, damaged, unknown key, failed authentication: #verified reports it).
    */
-  async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>, into?: (position: number) => Uint8Array | undefined): Promise<Array<Uint8Array | undefined>> {
-    const out: Array<Uint8Array | undefined> = new Array(addresses.length)
+  async #openMany (volume: VolumeBlocks, addresses: readonly BlockAddress[], values: ReadonlyArray<Uint8Array | undefined>, indices: readonly number[], into?: ReadTarget): Promise<Array<Uint8Array | true | undefined>> {
+    const out: Array<Uint8Array | true | undefined> = new Array(addresses.length)
     const groups = new Map<Uint8Array, { aead: VolumeCipher['cipher'], positions: number[], jobs: OpenJob[] }>()
     const runs = new Map<Uint8Array, NativeOpenRun>()
     const addon = nativeAead()
+    const bs = this.blockSize
+    // The run of the last block's key: the blocks of one read almost always share it.
+    let lastCipher: VolumeCipher | undefined
+    let lastVersion = -1
+    let lastRun: NativeOpenRun | undefined
     for (let i = 0; i < addresses.length; i++) {
       const value = values[i]
       const address = addresses[i] as BlockAddress
@@ -1188,19 +1191,27 @@ export class BlockEngine {
       if (cipher === undefined || batchMinBlocks(cipher.cipher) === undefined) continue
       // The block's checksum is not computed here: the GCM tag authenticates payload and address,
       // and a block that fails is left to #verified, which checks the checksum first.
-      const peeked = peekBlock(value)
-      if (peeked === undefined || (peeked.flags & BLOCK_FLAG_ENCRYPTED) === 0) continue
+      if (!isSealedBlock(value)) continue
       if (addon !== undefined && cipher.cipher.name === 'native') {
-        // The native addon: straight into packed arrays, no job per block.
-        const found = cipher.keyOf(peeked.payload)
-        if (found === undefined || peeked.payload.byteLength !== SEALED_OVERHEAD + this.blockSize) continue
-        let run = runs.get(found.key)
-        if (run === undefined) runs.set(found.key, run = new NativeOpenRun(addon, found.key, this.blockSize, addresses.length - i))
-        run.add(i, address, found.version, peeked.payload, into?.(i))
+        // The native addon: straight into packed arrays, no job (and no view) per block.
+        if (value.byteLength !== BLOCK_HEADER_BYTES + SEALED_OVERHEAD + bs) continue
+        const version = keyVersion(value, BLOCK_HEADER_BYTES)
+        let run = cipher === lastCipher && version === lastVersion ? lastRun : undefined
+        if (run === undefined) {
+          const key = cipher.keyFor(version)
+          if (key === undefined) continue
+          run = runs.get(key)
+          if (run === undefined) runs.set(key, run = new NativeOpenRun(addon, key, bs, addresses.length - i))
+          lastCipher = cipher
+          lastVersion = version
+          lastRun = run
+        }
+        if (into === undefined) run.add(i, address, version, value, BLOCK_HEADER_BYTES)
+        else run.add(i, address, version, value, BLOCK_HEADER_BYTES, into.out, (indices[i] as number) * bs - into.offset)
         continue
       }
-      const prepared = cipher.prepareOpen(address, peeked.payload)
-      if (prepared === undefined || prepared.job.sealed.byteLength !== this.blockSize + 16) continue
+      const prepared = cipher.prepareOpen(address, value.subarray(BLOCK_HEADER_BYTES))
+      if (prepared === undefined || prepared.job.sealed.byteLength !== bs + 16) continue
       let group = groups.get(prepared.key)
       if (group === undefined) groups.set(prepared.key, group = { aead: cipher.cipher, positions: [], jobs: [] })
       group.positions.push(i)
