@@ -1,0 +1,87 @@
+// What the replication manager, the primaries and their links share: limits of the stream and of
+// resync messages, the local side of a replicated volume, block digests, error helpers.
+
+import { createHash } from 'node:crypto'
+import { GalleonError } from '../errors.js'
+import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
+import { LIVE } from '../engine/block-map.js'
+import type { ReplicaSetRecord } from './records.js'
+import type { ReplicaPosition } from './manager.js'
+import type { Primary } from './primary.js'
+
+/** How long a copy has to apply a stream batch (or another message of the stream) and answer. */
+export const APPLY_TIMEOUT_MS = 5000
+/** Largest stream batch in bytes; a larger write travels as several changes. */
+export const BATCH_MAX_BYTES = 4 << 20
+
+/** Block bytes per resync message and per read of a digest pass (well under the transport's message limit). */
+export const RESYNC_MESSAGE_BYTES = 4 << 20
+/** Bytes of a block digest (a truncated SHA-256) in digest comparisons. */
+export const DIGEST_BYTES = 16
+
+/** The digest of a block's bytes. */
+export function digestOf (block: Uint8Array): Buffer {
+  return createHash('sha256').update(block).digest().subarray(0, DIGEST_BYTES)
+}
+
+/** The error of a write concern that cannot be met. */
+export function unsatisfied (message: string): GalleonError {
+  return new GalleonError('WRITE_CONCERN_UNSATISFIED', message)
+}
+
+/** An error as one line: its code and message. */
+export function errorText (err: unknown): string {
+  return err instanceof Error ? `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}` : String(err)
+}
+
+/** The local side of one replicated volume. */
+export interface LocalSet {
+  readonly volumeId: string
+  record: ReplicaSetRecord | undefined
+  revision: number
+  /** Highest primary epoch seen (record or messages): changes from older epochs are refused. */
+  knownEpoch: number
+  primary: Primary | undefined
+  /** This copy's applied position (as a replica). */
+  position: ReplicaPosition
+  /** The applied position known to be durable (the one saved). */
+  durable: ReplicaPosition
+  /** The first change of the next stream batch expected (ordering of batches, see #turn). */
+  nextFrom: number | undefined
+  readonly turns: Map<number, () => void>
+  /** Replica-side work on this copy runs one message at a time. */
+  chain: Promise<unknown>
+  /** Set while a resync is rebuilding this copy: stream batches are refused meanwhile. */
+  resyncing: boolean
+  /**
+   * Stream batches issued (under the chain) and not yet applied: every other message waits for
+   * them, so that it sees what this copy holds (a digest computed before a batch's writes are
+   * visible would let a new primary skip a block that changes here right after).
+   */
+  readonly applying: Set<Promise<void>>
+  saveTimer: NodeJS.Timeout | undefined
+}
+
+/** Allocated blocks of a view in [first, first + count) with their digests (16 bytes each). */
+export async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, first: number, count: number, at: number, sizeBytes?: number): Promise<{ indices: number[], digests: Uint8Array }> {
+  const bs = engine.blockSize
+  const limit = Math.floor((sizeBytes ?? blocks.sizeBytes) / bs)
+  const last = Math.min(first + count, limit) - 1
+  const indices: number[] = []
+  if (last < first) return { indices, digests: new Uint8Array(0) }
+  const runs = engine.allocationRuns(blocks, first, last, at)
+  for (const [start, length, allocated] of runs) if (allocated) for (let i = start; i < start + length; i++) indices.push(i)
+  const digests = new Uint8Array(indices.length * DIGEST_BYTES)
+  const view = at === LIVE ? undefined : { gen: at, sizeBytes: sizeBytes ?? blocks.sizeBytes }
+  for (let i = 0; i < indices.length;) {
+    // Contiguous runs are read at once.
+    let j = i
+    while (j + 1 < indices.length && indices[j + 1] === (indices[j] as number) + 1 && (j - i + 2) * bs <= RESYNC_MESSAGE_BYTES) j++
+    const start = indices[i] as number
+    const data = await engine.read(blocks, start * bs, (j - i + 1) * bs, view)
+    for (let k = i; k <= j; k++) digests.set(digestOf(data.subarray((k - i) * bs, (k - i + 1) * bs)), k * DIGEST_BYTES)
+    i = j + 1
+  }
+  return { indices, digests }
+}
+
