@@ -874,6 +874,36 @@ describe('encryption: review regressions', () => {
   })
 })
 
+describe('clones of encrypted volumes: multi-block reads', () => {
+  it('read ranges that interleave the source\'s blocks and the clone\'s, each under several key versions, at unaligned offsets', async () => {
+    const dir = fresh()
+    const g = await GalleonFS.open({ storagePath: dir })
+    try {
+      const vol = await g.createVolume({ name: 'source', sizeBytes: '1M', ...ENCRYPTED })
+      const blocks = 200
+      for (let i = 0; i < blocks; i++) await g.writeBlock(vol, i, marker(`s${i}`, BLOCK))
+      await g.createSnapshot(vol, 'base')
+      const clone = await g.cloneVolume({ volume: vol, snapshot: 'base' }, 'clone')
+      // Even blocks become the clone's own, then every fourth under the clone's next key; the
+      // source moves to its next key; then blocks 1, 7, 13, ... become the clone's too.
+      for (let i = 0; i < blocks; i += 2) await g.writeBlock(clone, i, marker(`c${i}`, BLOCK))
+      await g.rotateVolumeKey(clone, { wait: true })
+      for (let i = 0; i < blocks; i += 4) await g.writeBlock(clone, i, marker(`r${i}`, BLOCK))
+      await g.rotateVolumeKey(vol, { wait: true })
+      for (let i = 1; i < blocks; i += 6) await g.writeBlock(clone, i, marker(`q${i}`, BLOCK))
+      const want = new Uint8Array(blocks * BLOCK)
+      for (let i = 0; i < blocks; i++) want.set(marker(i % 4 === 0 ? `r${i}` : i % 6 === 1 ? `q${i}` : i % 2 === 0 ? `c${i}` : `s${i}`, BLOCK), i * BLOCK)
+      for (const [offset, length] of [[0, blocks * BLOCK], [100, 150 * BLOCK], [3 * BLOCK + 7, 77 * BLOCK + 3]] as const) {
+        assert.ok(Buffer.from(await g.read(clone, offset, length)).equals(want.subarray(offset, offset + length)), `read of ${length} bytes at ${offset}`)
+      }
+      // The source still reads as it was.
+      assert.ok(Buffer.from(await g.read(vol, 5, 120 * BLOCK)).equals(Buffer.concat(Array.from({ length: 121 }, (_, i) => marker(`s${i}`, BLOCK))).subarray(5, 5 + 120 * BLOCK)))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
 describe('encryption: large requests (native batch calls, or node:crypto on worker threads)', () => {
   it('seal and open 1 MiB requests in parallel with the same bytes and the same tamper detection as block by block', async () => {
     const dir = fresh()

@@ -285,9 +285,7 @@ test('a watch whose connection goes silent (a partition that drops packets) is f
     await writer.put('x/after', '3')
     assert.ok(await until('put x/after', 20_000), 'and the watch follows new changes again')
   } finally {
-    await watcher.close()
-    await writer.close()
-    await relay.close()
+    await Promise.allSettled([watcher.close(), writer.close(), relay.close()])
   }
 })
 

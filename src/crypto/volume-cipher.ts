@@ -287,7 +287,7 @@ export class NativeOpenRun {
   readonly #nonces: Uint8Array
   readonly #aads: Uint8Array
   readonly #refs: Float64Array
-  /** Per block added: the array of its own its plaintext goes to, or undefined (the caller's place). */
+  /** Per block added: the array of its own that its plaintext goes to, or undefined (the place the caller gave). */
   readonly #targets: Array<Uint8Array | undefined> = []
   readonly #results: Array<Uint8Array | true | undefined> = []
   readonly #waits: Array<Promise<void>> = []

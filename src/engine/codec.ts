@@ -94,21 +94,12 @@ export type DecodeResult =
   | { ok: false, reason: string, expected?: number, actual?: number }
 
 /**
- * The payload and flags of an encrypted block's stored value after checking only its header (length,
- * format version, flags), or undefined. For values whose payload is authenticated otherwise (an encrypted block's
- * GCM tag, which also binds its address): a value that then fails goes through decodeBlock, so
- * damage is still reported as a checksum mismatch.
- */
-export function peekBlock (value: Uint8Array): { payload: Uint8Array, flags: number } | undefined {
-  if (!isSealedBlock(value)) return undefined
-  return { payload: value.subarray(BLOCK_HEADER_BYTES), flags: value[5] as number }
-}
-
-/**
- * Whether a stored value's header is exactly an encrypted block's (see peekBlock; its payload then
- * starts at BLOCK_HEADER_BYTES). No other flag and zero reserved bytes: anything else is left to
- * decodeBlock. The checksum field itself is not checked: a flipped bit there alone, with the rest
- * intact, reads as the authentic data it is.
+ * Whether a stored value's header is exactly an encrypted block's (its payload then starts at
+ * BLOCK_HEADER_BYTES), checking only the header: for values whose payload is authenticated
+ * otherwise (an encrypted block's GCM tag, which also binds its address); a value that then fails
+ * goes through decodeBlock, so damage is still reported as a checksum mismatch. No other flag and
+ * zero reserved bytes: anything else is left to decodeBlock. The checksum field itself is not
+ * checked: a flipped bit there alone, with the rest intact, reads as the authentic data it is.
  */
 export function isSealedBlock (value: Uint8Array): boolean {
   return value.byteLength >= BLOCK_HEADER_BYTES && value[4] === FORMAT_VERSION && value[5] === BLOCK_FLAG_ENCRYPTED && value[6] === 0 && value[7] === 0

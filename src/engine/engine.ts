@@ -145,10 +145,10 @@ export class VolumeBlocks {
   }
 }
 
-/** Where a snapshot view reads: its generation and the volume size it had. */
 /** Where a multi-block read wants whole blocks' plaintext: block i at out[i * blockSize - offset]. */
 interface ReadTarget { readonly out: Uint8Array, readonly offset: number }
 
+/** Where a snapshot view reads: its generation and the volume size it had. */
 export interface View {
   readonly gen: number
   readonly sizeBytes: number
