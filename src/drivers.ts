@@ -356,7 +356,11 @@ export interface Coordinator {
   leave (): Promise<void>
   /** Every member: those whose lease is alive are healthy. */
   members (): Promise<ClusterMember[]>
-  /** Calls `listener` with the members after every change; returns a function that stops it. */
+  /**
+   * Calls `listener` with the current members once the watch is in place, then with the members
+   * after every change; returns a function that stops it. The first call makes it race-free: a
+   * change made after watchMembers() returned is either in that first list or reported after it.
+   */
   watchMembers (listener: (members: ClusterMember[]) => void): () => void
   /**
    * Waits until this node leads `election` (tied to its lease); see Leadership. While the handle

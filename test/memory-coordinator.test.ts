@@ -43,7 +43,7 @@ test('keepalives hold a lease for many TTLs; after crash() it turns unhealthy at
   clock.advance(900)
   await settle()
   assert.deepEqual((await b.members()).map((m) => m.id), ['node-b'])
-  assert.deepEqual(seen.map((members) => members.map((m) => `${m.id}:${m.healthy ? 'up' : 'down'}`).join(',')), ['node-a:down,node-b:up', 'node-b:up'])
+  assert.deepEqual(seen.map((members) => members.map((m) => `${m.id}:${m.healthy ? 'up' : 'down'}`).join(',')), ['node-a:up,node-b:up', 'node-a:down,node-b:up', 'node-b:up'], 'the members as listed, then every change')
   await b.leave()
   assert.equal(cluster.leaseCount, 0, 'leave revokes the leases; expiry removed the crashed ones')
   await b.close()

@@ -217,12 +217,14 @@ export abstract class AbstractCoordinator implements Coordinator {
       }
       callListener(listener, membersOf(keys))
     }, (entries, first) => {
+      // The first listing is always reported: a member that joined or left between this call and
+      // the listing is in no event, so a caller told only of later changes would never learn of it.
       // Listed again after a failed watch: changes may have been missed, so report a difference.
       const before = JSON.stringify(membersOf(keys))
       keys.clear()
       for (const entry of entries) keys.set(entry.key, entry.value)
       const members = membersOf(keys)
-      if (!first && JSON.stringify(members) !== before) callListener(listener, members)
+      if (first || JSON.stringify(members) !== before) callListener(listener, members)
     })
   }
 
