@@ -1,0 +1,189 @@
+// Compaction of the file block store: sealed segments with mostly dead records are picked, their live
+// records copied forward through the writer, and the emptied file deleted or kept as a spare.
+
+import { rename, type FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { wrapIo } from '../../src/abstract-block-store.js'
+import { Address, MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp } from '../../src/drivers.js'
+import { GalleonError } from '../../src/errors.js'
+import { HEADER_BYTES, TYPE_DEL, TYPE_PUT, type RecordHeader } from './record.js'
+import { hintPath, isCode, scanSegment, spareFileName, syncDirectory } from './segment.js'
+import { COMPACTION_BATCH_BYTES } from './options.js'
+import { maintain, reportBackground } from './maintenance.js'
+import { spareBudget, spareBytes, trimSpares } from './spares.js'
+import { enqueue } from './writer.js'
+import { removeFile, type Segment, type Spare, type StoreState } from './store-state.js'
+
+/** One record a compaction is about to copy forward. */
+interface Move {
+  address: BlockAddress
+  /** Record offset in the segment being compacted, to re-check that the index still points there. */
+  offset: number
+  /** The payload of a put, undefined for a tombstone. */
+  data: Uint8Array | undefined
+}
+
+class CompactionAborted extends Error {}
+
+/** Queues a background compaction pass when something changed and a segment is worth compacting. */
+export function maybeScheduleCompaction (state: StoreState): void {
+  if (!state.compactionWanted || state.compactionScheduled || state.closing || state.failure !== undefined) return
+  state.compactionWanted = false
+  if (state.compactionThreshold === 0 || pickVictim(state, state.compactionThreshold, Infinity) === undefined) return
+  state.compactionScheduled = true
+  maintain(state, async () => {
+    state.compactionScheduled = false
+    // Only the segments that exist now, then queue the next pass behind whatever was queued
+    // meanwhile: a pass chasing the victims that sustained writes keep creating would never end,
+    // and the hint files and compact() calls queued behind it would wait as long as the writes go on.
+    await compactPass(state, state.compactionThreshold, state.tail.id)
+    state.compactionWanted = true
+    maybeScheduleCompaction(state)
+  }).catch((err: unknown) => reportBackground(state, err))
+}
+
+/**
+ * The oldest sealed segment worth compacting. Tombstones count as live unless the segment is the
+ * oldest: they must outlive the older records they delete, and counting them dead would make a
+ * segment of tombstones be copied forward again and again.
+ */
+function pickVictim (state: StoreState, threshold: number, newestId: number): Segment | undefined {
+  let oldest = true
+  for (const segment of state.segments.values()) {
+    if (segment.id > newestId) break
+    if (segment.sealed && !segment.skipCompaction && segment.handle !== undefined) {
+      const kept = segment.liveBytes + (oldest ? 0 : segment.tombstoneBytes)
+      if (kept < segment.size * threshold) return segment
+    }
+    oldest = false
+  }
+  return undefined
+}
+
+/** Compacts every victim among the segments up to `newestId`, oldest first. */
+export async function compactPass (state: StoreState, threshold: number, newestId: number): Promise<void> {
+  for (;;) {
+    if (state.closing || state.failure !== undefined) return
+    const victim = pickVictim(state, threshold, newestId)
+    if (victim === undefined) return
+    await compactSegment(state, victim)
+  }
+}
+
+/**
+ * Copies the live records (and still-needed tombstones) of a sealed segment to the tail through the
+ * normal write path, syncs, then deletes the segment and its hint.
+ */
+async function compactSegment (state: StoreState, segment: Segment): Promise<void> {
+  const hasOlder = state.segments.keys().next().value !== segment.id
+  if (segment.liveBytes > 0 || (hasOlder && segment.tombstoneBytes > 0)) {
+    let moves: Move[] = []
+    let movedBytes = 0
+    // The payloads to copy forward, gathered in one buffer that is reused once the batch holding
+    // them is acknowledged (written: the index then keeps no view of it). Reading each chunk of
+    // the segment into a new buffer instead allocated the whole segment again, and that much
+    // external memory set off a full garbage collection every 64 MiB or so.
+    const arena = Buffer.allocUnsafeSlow(COMPACTION_BATCH_BYTES + MAX_BLOCK_VALUE_BYTES)
+    let arenaUsed = 0
+    const flush = async (sync: boolean): Promise<void> => {
+      // Re-check each record against the index in the same tick as queueing the copy: a block
+      // overwritten or deleted while the segment was being read must not be brought back.
+      const ops: BlockOp[] = []
+      for (const move of moves) {
+        if (move.data !== undefined) {
+          const location = state.index.get(move.address)
+          if (location !== undefined && location.segment === segment.id && location.offset === move.offset) {
+            ops.push({ type: 'put', address: move.address, data: move.data })
+          }
+        } else if (!state.index.has(move.address)) {
+          ops.push({ type: 'del', address: move.address })
+        }
+      }
+      moves = []
+      movedBytes = 0
+      if (ops.length > 0 || sync) await enqueue(state, ops, sync)
+      arenaUsed = 0
+    }
+    let problem: string | undefined
+    try {
+      // Only records worth keeping are crc-checked and copied: a live put, or a tombstone that an
+      // older segment may still need. The index is checked again when the copies are queued.
+      const wants = (header: RecordHeader, offset: number): boolean => {
+        if (state.closing || state.failure !== undefined) throw new CompactionAborted()
+        if (header.type === TYPE_PUT) {
+          const location = state.index.get(header)
+          return location !== undefined && location.segment === segment.id && location.offset === offset
+        }
+        return header.type === TYPE_DEL && hasOlder && !state.index.has(header)
+      }
+      const result = await scanSegment(segment.handle as FileHandle, segment.size, (header, offset, source, payloadStart) => {
+        const address = new Address(header.volume, header.index, header.gen)
+        if (header.type === TYPE_PUT) {
+          // A copy: the scan reuses `source` for its next chunk.
+          const data = arena.subarray(arenaUsed, arenaUsed + header.length)
+          source.copy(data, 0, payloadStart, payloadStart + header.length)
+          arenaUsed += header.length
+          moves.push({ address, offset, data })
+          movedBytes += HEADER_BYTES + header.length
+        } else {
+          moves.push({ address, offset, data: undefined })
+          movedBytes += HEADER_BYTES
+        }
+        if (movedBytes >= COMPACTION_BATCH_BYTES) return flush(false)
+      }, { wants, seed: segment.seed })
+      if (result.committedEnd !== segment.size) problem = `${result.problem ?? 'incomplete batch'} at offset ${result.stoppedAt}`
+    } catch (err) {
+      if (err instanceof CompactionAborted) {
+        await flush(false) // what was read is still worth keeping; the segment stays
+        return
+      }
+      throw err
+    }
+    await flush(true)
+    if (problem !== undefined || segment.liveBytes !== 0) {
+      segment.skipCompaction = true
+      throw new GalleonError('CORRUPTION', `compaction kept segment ${segment.path}: ${problem ?? `${segment.liveBytes} live bytes were not found in it`}`)
+    }
+  } else {
+    // Nothing to copy, but the records that superseded this segment's must be durable before it goes.
+    await enqueue(state, [], true)
+  }
+  await dropSegment(state, segment)
+}
+
+async function dropSegment (state: StoreState, segment: Segment): Promise<void> {
+  const handle = segment.handle
+  // No handle: never picked for compaction again, and any read reaching it would report it.
+  segment.handle = undefined
+  // Any read of this segment was issued before its last live block moved, and close() waits for it.
+  let closeError: unknown
+  await handle?.close().catch((err: unknown) => { closeError = err })
+  let spare: Spare | undefined
+  const bytes = Math.max(segment.size, segment.fileBytes)
+  if (state.spares.length < state.spareSegments && spareBytes(state) + bytes <= spareBudget(state) && closeError === undefined) {
+    // Kept for a later segment (see spareSegments); a spare is never read, only overwritten.
+    spare = { path: join(state.location, spareFileName(segment.id)), bytes }
+    try {
+      await rename(segment.path, spare.path)
+    } catch (err) {
+      if (!isCode(err, 'ENOENT')) throw wrapIo(err, `could not rename ${segment.path} to ${spare.path}`)
+      spare = undefined
+    }
+  } else {
+    await removeFile(segment.path)
+  }
+  await removeFile(hintPath(state.location, segment.id))
+  await syncDirectory(state.location)
+  // Usable only now: overwriting its start while the rename might still be undone by a crash
+  // would leave a damaged sealed segment under the old name.
+  if (spare !== undefined) state.spares.push(spare)
+  // Forgotten only once its removal is durable: while it is listed it counts as an older segment,
+  // so later compactions keep the tombstones that delete its dead puts. Forgetting it first and then
+  // failing to unlink it (or to sync the unlink) would let those tombstones be dropped and its puts
+  // come back on the next open.
+  state.segments.delete(segment.id)
+  state.compactionWanted = true
+  if (closeError !== undefined) throw wrapIo(closeError, `could not close ${segment.path}`)
+  // Deletes may have shrunk the budget.
+  await trimSpares(state)
+}
