@@ -1,0 +1,79 @@
+// A backup target's manifests and index as the backup manager reads and writes them, a manifest's
+// chunk keys, and the Backup a manifest describes.
+
+import type { BackupTarget } from '../drivers.js'
+import { GalleonError, describe } from '../errors.js'
+import type { BackupStrategy } from '../types.js'
+import { chunkId, chunkKeys, decodeManifest, encodeIndex, type ChunkKeys, type Manifest } from './format.js'
+import type { Backup, BackupKeySource } from './types.js'
+
+/** The manifest of backup `id` on the target (the id is checked first). */
+export async function readManifest (target: BackupTarget, id: string): Promise<Manifest> {
+  if (typeof id !== 'string' || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
+    throw new GalleonError('INVALID_ARGUMENT', `a backup id is a lowercase UUID, got ${describe(id)}`)
+  }
+  const bytes = await target.getManifest(id)
+  if (bytes === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${id} on ${target.location}; listBackups() shows the backups there`)
+  return decodeManifest(id, bytes)
+}
+
+/** Rewrites the target's index from its manifests (targets without an index skip this). */
+export async function writeIndex (target: BackupTarget, now: () => number): Promise<void> {
+  if (target.putIndex === undefined) return
+  const backups = []
+  for await (const id of target.listManifests()) {
+    const bytes = await target.getManifest(id)
+    if (bytes === undefined) continue
+    let manifest: Manifest
+    try { manifest = decodeManifest(id, bytes) } catch { continue }
+    backups.push({ id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, manifestSha256: chunkId(bytes) })
+  }
+  backups.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+  await target.putIndex(encodeIndex({ kind: 'galleonfs-backup-index', format: 1, updatedAt: new Date(now()).toISOString(), backups }))
+}
+
+/** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */
+/** The target's readable manifests, oldest first; the ids of unreadable ones go to `unreadable`. */
+export async function readManifests (target: BackupTarget, unreadable: string[] = []): Promise<Manifest[]> {
+  const out: Manifest[] = []
+  for await (const id of target.listManifests()) {
+    const bytes = await target.getManifest(id)
+    if (bytes === undefined) continue
+    try { out.push(decodeManifest(id, bytes)) } catch { unreadable.push(id) }
+  }
+  return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+}
+
+/** The chunk keys of an encrypted backup (undefined for a plain one). */
+export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest): Promise<ChunkKeys | undefined> {
+  const encryption = manifest.encryption
+  if (encryption === undefined) return undefined
+  if (encryption.algorithm !== 'AES-256-GCM' || typeof encryption.wrappedKey !== 'string' || typeof encryption.fingerprint !== 'string') {
+    throw new GalleonError('CORRUPTION', `backup ${manifest.id} names encryption ${describe(encryption)}, which this version cannot read`)
+  }
+  return chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
+}
+
+/** The Backup a manifest describes, as listed from `target`. */
+export function toBackup (manifest: Manifest, target: BackupTarget): Backup {
+  return {
+    id: manifest.id,
+    volumeId: manifest.volume.id,
+    volumeName: manifest.volume.name,
+    volumeNamespace: manifest.volume.namespace ?? 'default',
+    strategy: manifest.strategy as BackupStrategy,
+    requestedStrategy: manifest.requestedStrategy as BackupStrategy,
+    baseId: manifest.base,
+    createdAt: manifest.createdAt,
+    sizeBytes: manifest.volume.sizeBytes,
+    blocks: manifest.stats.blocks,
+    bytes: manifest.stats.bytes,
+    chunks: manifest.stats.chunks,
+    newChunks: manifest.stats.newChunks,
+    storedBytes: manifest.stats.storedBytes,
+    snapshotName: manifest.snapshot.name,
+    target: target.location,
+    policy: manifest.policy ?? null,
+    encrypted: manifest.encryption !== undefined
+  }
+}
