@@ -1,0 +1,204 @@
+// The handshake (fixed newstyle): option haggling up to the export a session serves, resolving
+// export names to volumes and snapshots, and the writer claim of a writable export.
+
+import type { Socket } from 'node:net'
+import type { GalleonFS } from '../../src/galleonfs.js'
+import { GalleonError } from '../../src/errors.js'
+import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type WriterClaim } from './protocol.js'
+import type { SocketReader } from './socket.js'
+
+/** Option haggling; resolves to the export to serve, or undefined when the client left. */
+export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, writer?: WriterClaim, structured: boolean, allocation: boolean } | undefined> {
+  let structured = false
+  let allocation = false
+  while (true) {
+    const header = await reader.read(16)
+    if (header === undefined) return undefined
+    if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic')
+    const option = header.readUInt32BE(8)
+    const length = header.readUInt32BE(12)
+    if (length > MAX_OPTION_BYTES) throw new ProtocolError('option too long')
+    const data = await reader.read(length)
+    if (data === undefined) return undefined
+    const reply = (type: number, payload: Buffer = Buffer.alloc(0)): void => {
+      const head = Buffer.alloc(20)
+      head.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0)
+      head.writeUInt32BE(option, 8)
+      head.writeUInt32BE(type, 12)
+      head.writeUInt32BE(payload.byteLength, 16)
+      socket.write(Buffer.concat([head, payload]))
+    }
+    const error = (type: number, message: string): void => { reply(type, Buffer.from(message)) }
+    switch (option) {
+      case OPT_EXPORT_NAME: {
+        // No way to report an error here: an unknown export ends the connection.
+        const claimed = await resolveExport(g, data.toString('utf8')).then(async (found) => await claim(g, found)).catch(() => undefined)
+        if (claimed === undefined) return undefined
+        const out = Buffer.alloc(noZeroes ? 10 : 134)
+        out.writeBigUInt64BE(BigInt(claimed.export.size), 0)
+        out.writeUInt16BE(transmissionFlags(claimed.export, structured), 8)
+        socket.write(out)
+        return { ...claimed, structured, allocation }
+      }
+      case OPT_ABORT:
+        reply(REP_ACK)
+        socket.end()
+        return undefined
+      case OPT_LIST: {
+        if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_LIST takes no data'); break }
+        for (const volume of await g.listVolumes().catch(() => [])) {
+          // The bare name where it names this volume for whoever the server acts as (a principal's
+          // bare names resolve in its own namespace), else namespace/name.
+          const bare = (await g.getVolume(volume.name).catch(() => undefined))?.id === volume.id
+          const name = Buffer.from(bare ? volume.name : `${volume.namespace}/${volume.name}`)
+          const entry = Buffer.alloc(4 + name.byteLength)
+          entry.writeUInt32BE(name.byteLength, 0)
+          name.copy(entry, 4)
+          reply(REP_SERVER, entry)
+        }
+        reply(REP_ACK)
+        break
+      }
+      case OPT_STRUCTURED_REPLY:
+        if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data'); break }
+        structured = true
+        reply(REP_ACK)
+        break
+      case OPT_INFO:
+      case OPT_GO: {
+        if (length < 6) { error(REP_ERR_INVALID, 'NBD_OPT_INFO/GO needs a name length, a name and an information request count'); break }
+        const nameLength = data.readUInt32BE(0)
+        if (4 + nameLength + 2 > length) { error(REP_ERR_INVALID, 'the export name runs past the end of the option'); break }
+        const name = data.subarray(4, 4 + nameLength).toString('utf8')
+        const requests = data.readUInt16BE(4 + nameLength)
+        if (4 + nameLength + 2 + requests * 2 !== length) { error(REP_ERR_INVALID, 'the information requests do not match the option length'); break }
+        let found: Export
+        let writer: WriterClaim | undefined
+        try {
+          // GO starts the session: claim the writer before the flags go out. INFO claims and lets
+          // go at once, so that it tells what a GO would get (read-only when the writer's place is
+          // taken or the caller may not write).
+          ;({ export: found, writer } = await claim(g, await resolveExport(g, name)))
+          if (option === OPT_INFO) await writer?.close()
+        } catch (err) {
+          const code = (err as { code?: string }).code
+          error(code === 'PERMISSION_DENIED' ? REP_ERR_POLICY : code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND' || code === 'INVALID_ARGUMENT' ? REP_ERR_UNKNOWN : REP_ERR_INVALID, (err as Error).message)
+          break
+        }
+        const info = (type: number, body: Buffer): void => {
+          const payload = Buffer.alloc(2 + body.byteLength)
+          payload.writeUInt16BE(type, 0)
+          body.copy(payload, 2)
+          reply(REP_INFO, payload)
+        }
+        const exportInfo = Buffer.alloc(10)
+        exportInfo.writeBigUInt64BE(BigInt(found.size), 0)
+        exportInfo.writeUInt16BE(transmissionFlags(found, structured), 8)
+        info(INFO_EXPORT, exportInfo)
+        const asked = new Set(Array.from({ length: requests }, (_, i) => data.readUInt16BE(4 + nameLength + 2 + i * 2)))
+        if (asked.has(INFO_NAME)) info(INFO_NAME, Buffer.from(found.name))
+        if (asked.has(INFO_DESCRIPTION)) info(INFO_DESCRIPTION, Buffer.from(found.description))
+        const sizes = Buffer.alloc(12)
+        sizes.writeUInt32BE(1, 0)
+        sizes.writeUInt32BE(g.blockSize, 4)
+        sizes.writeUInt32BE(MAX_REQUEST_BYTES, 8)
+        info(INFO_BLOCK_SIZE, sizes)
+        reply(REP_ACK)
+        if (option === OPT_GO) return { export: found, writer, structured, allocation }
+        break
+      }
+      case OPT_LIST_META_CONTEXT:
+      case OPT_SET_META_CONTEXT: {
+        // A SET replaces the contexts chosen before, also when it fails.
+        if (option === OPT_SET_META_CONTEXT) allocation = false
+        const queries = parseMetaContextOption(data)
+        if (queries === undefined) { error(REP_ERR_INVALID, 'malformed meta context option'); break }
+        if (!structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
+        try {
+          await resolveExport(g, queries.exportName)
+        } catch (err) {
+          error(REP_ERR_UNKNOWN, (err as Error).message)
+          break
+        }
+        // base:allocation is the one context: listed for an empty query, "base:" or itself.
+        const wanted = (option === OPT_LIST_META_CONTEXT && queries.queries.length === 0) || queries.queries.some((q) => q === BASE_ALLOCATION || q === 'base:')
+        if (option === OPT_SET_META_CONTEXT) allocation = queries.queries.includes(BASE_ALLOCATION)
+        if (wanted && (option === OPT_LIST_META_CONTEXT || allocation)) {
+          const name = Buffer.from(BASE_ALLOCATION)
+          const body = Buffer.alloc(4 + name.byteLength)
+          body.writeUInt32BE(option === OPT_SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, 0)
+          name.copy(body, 4)
+          reply(REP_META_CONTEXT, body)
+        }
+        reply(REP_ACK)
+        break
+      }
+      default:
+        error(REP_ERR_UNSUP, `option ${option} is not supported by the GalleonFS NBD server`)
+    }
+  }
+}
+
+/** Resolves an export name: a volume (by name, namespace/name or id) or `volume@snapshot`. */
+async function resolveExport (g: GalleonFS, name: string): Promise<Export> {
+  if (name.length === 0) throw new GalleonError('INVALID_ARGUMENT', 'an empty export name; name a volume')
+  // Volume and namespace names have no '@'; a snapshot's name may.
+  const at = name.indexOf('@')
+  if (at > 0) {
+    const volume = await g.getVolume(name.slice(0, at))
+    const snapshot = await g.getSnapshot(volume.id, name.slice(at + 1))
+    return { name, source: { volume: volume.id, snapshot: snapshot.id }, volumeId: volume.id, size: snapshot.sizeBytes, readOnly: true, description: `GalleonFS snapshot ${snapshot.name} of ${volume.namespace}/${volume.name} (read-only)`, shared: false }
+  }
+  const volume = await g.getVolume(name)
+  // A ReadWriteOnce volume mounted read-write has its one writer: export it read-only then.
+  const shared = volume.accessModes.includes('ReadWriteMany' as never)
+  const mountedWriter = !shared && g.mounts.listMounts().some((m) => m.volumeId === volume.id && m.snapshotId === undefined && !m.readOnly)
+  const readOnly = mountedWriter || !volume.accessModes.some((mode) => mode === 'ReadWriteOnce' || mode === 'ReadWriteMany')
+  return { name, source: volume.id, volumeId: volume.id, size: volume.sizeBytes, readOnly, description: `GalleonFS volume ${volume.namespace}/${volume.name}`, shared }
+}
+
+/**
+ * The export a session will serve. A writable export of a ReadWriteOnce volume is registered as a
+ * writer with the mount manager (a writable VolumeFile held for the session), so a read-write
+ * mount is refused while an NBD client may write; when a mount took the writer's place in the
+ * meantime, or the caller may read the volume but not write it, the export is served read-only.
+ */
+async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, writer?: WriterClaim }> {
+  if (found.readOnly || found.shared) return { export: found }
+  try {
+    const writer = await g.mounts.openVolumeFile(found.volumeId, {})
+    return { export: found, writer }
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    if (code === 'BUSY' || code === 'READ_ONLY' || code === 'PERMISSION_DENIED') return { export: { ...found, readOnly: true } }
+    throw err
+  }
+}
+
+/** Transmission flags of an export as the handshake advertises them. */
+function transmissionFlags (exp: Export, structured: boolean): number {
+  // DF (don't fragment) only means something with structured replies.
+  let flags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN | (structured ? TFLAG_SEND_DF : 0)
+  if (exp.readOnly) flags |= TFLAG_READ_ONLY
+  else flags |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
+  return flags
+}
+
+/** The payload of NBD_OPT_LIST/SET_META_CONTEXT: export name and query strings (undefined if malformed). */
+function parseMetaContextOption (data: Buffer): { exportName: string, queries: string[] } | undefined {
+  if (data.byteLength < 8) return undefined
+  const nameLength = data.readUInt32BE(0)
+  if (4 + nameLength + 4 > data.byteLength) return undefined
+  const exportName = data.subarray(4, 4 + nameLength).toString('utf8')
+  const count = data.readUInt32BE(4 + nameLength)
+  const queries: string[] = []
+  let at = 8 + nameLength
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > data.byteLength) return undefined
+    const length = data.readUInt32BE(at)
+    if (at + 4 + length > data.byteLength) return undefined
+    queries.push(data.subarray(at + 4, at + 4 + length).toString('utf8'))
+    at += 4 + length
+  }
+  return at === data.byteLength ? { exportName, queries } : undefined
+}

@@ -1,0 +1,204 @@
+// The transmission phase: requests read in order, run concurrently and answered as they finish, in
+// simple or structured replies; the commands (read, write, flush, trim, write zeroes, block status).
+
+import type { Socket } from 'node:net'
+import type { GalleonFS } from '../../src/galleonfs.js'
+import { WriteConcern } from '../../src/types.js'
+import { BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC, ENOTSUP, EPERM, ESHUTDOWN, MAX_HELD_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_STATUS_BYTES, ProtocolError, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, type Export } from './protocol.js'
+import type { SocketReader } from './socket.js'
+
+/** The transmission phase: requests read in order, served concurrently, answered as they finish. */
+export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promise<void>>, socket: Socket, reader: SocketReader, exp: Export, structured: boolean, allocation: boolean): Promise<void> {
+  let inFlight = 0
+  // Bytes the requests in flight hold (write payloads, read results): with the replies still
+  // waiting in the socket for a client that reads slowly (or not at all), they are what one
+  // connection costs in memory, and no new request is taken while they exceed MAX_HELD_BYTES.
+  let heldBytes = 0
+  const room = (): boolean => inFlight < MAX_IN_FLIGHT && heldBytes + socket.writableLength < MAX_HELD_BYTES
+  const drained: Array<() => void> = []
+  let slot: (() => void) | undefined
+  let stopping = false
+  const done = (): void => {
+    inFlight--
+    if (!stopping) slot?.()
+    if (inFlight === 0) for (const wake of drained.splice(0)) wake()
+  }
+  // The client took replies off the socket (or went away): maybe there is room again.
+  const wake = (): void => { slot?.() }
+  socket.on('drain', wake)
+  socket.on('close', wake)
+  const idle = async (): Promise<void> => { if (inFlight > 0) await new Promise<void>((resolve) => { drained.push(resolve) }) }
+  stoppers.set(socket, async () => {
+    stopping = true
+    reader.pause()
+    slot?.()
+    await idle()
+  })
+  // Replies finished in the same turn of the event loop go out in one writev (cork), and a
+  // reply's header and data are written as they are, without copying them together.
+  let corked = false
+  const send = (buffers: Buffer[]): void => {
+    if (socket.destroyed) return
+    if (!corked) {
+      corked = true
+      socket.cork()
+      setImmediate(() => { corked = false; socket.uncork() })
+    }
+    for (const buffer of buffers) if (buffer.byteLength > 0) socket.write(buffer)
+  }
+  const simple = (handle: Buffer, error: number, data?: Uint8Array): void => {
+    const head = Buffer.alloc(16)
+    head.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)
+    head.writeUInt32BE(error, 4)
+    handle.copy(head, 8)
+    send(data === undefined ? [head] : [head, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
+  }
+  const chunk = (handle: Buffer, type: number, flags: number, payload: Buffer[]): void => {
+    const length = payload.reduce((sum, b) => sum + b.byteLength, 0)
+    const head = Buffer.alloc(20)
+    head.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0)
+    head.writeUInt16BE(flags, 4)
+    head.writeUInt16BE(type, 6)
+    handle.copy(head, 8)
+    head.writeUInt32BE(length, 16)
+    send([head, ...payload])
+  }
+  const fail = (handle: Buffer, errno: number, message: string): void => {
+    if (!structured) { simple(handle, errno); return }
+    const text = Buffer.from(message.slice(0, 1024))
+    const body = Buffer.alloc(6)
+    body.writeUInt32BE(errno, 0)
+    body.writeUInt16BE(text.byteLength, 4)
+    chunk(handle, REPLY_TYPE_ERROR, REPLY_FLAG_DONE, [body, text])
+  }
+
+  while (!stopping) {
+    // At most MAX_IN_FLIGHT requests and MAX_HELD_BYTES at once, also when more are already
+    // buffered; meanwhile nothing more is read from the client (TCP holds it back).
+    if (!room()) {
+      reader.pause()
+      while (!room() && !stopping && !socket.destroyed) await new Promise<void>((resolve) => { slot = resolve })
+      if (!stopping) reader.resume()
+    }
+    if (stopping) break
+    const header = await reader.read(28)
+    if (header === undefined || stopping) break
+    if (header.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic')
+    const flags = header.readUInt16BE(4)
+    const type = header.readUInt16BE(6)
+    const handle = Buffer.from(header.subarray(8, 16))
+    const offset = Number(header.readBigUInt64BE(16))
+    const length = header.readUInt32BE(24)
+    if (type === CMD_DISC) break
+    let payload: Buffer | undefined
+    if (type === CMD_WRITE) {
+      if (length > MAX_REQUEST_BYTES) throw new ProtocolError('write too long')
+      payload = await reader.read(length)
+      if (payload === undefined) break
+    }
+    inFlight++
+    if (type === CMD_BLOCK_STATUS) {
+      void blockStatus(g, exp, allocation && structured, flags, offset, length).then((result) => {
+        if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
+        chunk(handle, REPLY_TYPE_BLOCK_STATUS, REPLY_FLAG_DONE, [result.body as Buffer])
+      }).finally(done)
+      continue
+    }
+    // A read's result counts once it exists (a refused read holds nothing, but is short-lived).
+    const held = type === CMD_READ ? Math.min(length, MAX_REQUEST_BYTES) : payload?.byteLength ?? 0
+    heldBytes += held
+    void runRequest(g, exp, type, flags, offset, length, payload).then((result) => {
+      if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
+      if (type !== CMD_READ) {
+        if (structured) chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, [])
+        else simple(handle, 0)
+        return
+      }
+      const data = result.data as Uint8Array
+      if (!structured) { simple(handle, 0, data); return }
+      // A structured chunk covers at least one byte: an empty read is answered with NONE.
+      if (data.byteLength === 0) { chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, []); return }
+      const where = Buffer.alloc(8)
+      where.writeBigUInt64BE(BigInt(offset), 0)
+      chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
+    }).finally(() => { heldBytes -= held; done() })
+  }
+  // Let requests in flight finish (and flush what they wrote); the caller then ends the session.
+  await idle()
+  if (!exp.readOnly) await g.flush(exp.volumeId).catch(() => {})
+}
+
+/** Runs one request; resolves to its outcome (never rejects). */
+async function runRequest (g: GalleonFS, exp: Export, type: number, flags: number, offset: number, length: number, payload: Buffer | undefined): Promise<{ error: number, message?: string, data?: Uint8Array }> {
+  const writing = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES
+  if (writing && exp.readOnly) return { error: EPERM, message: `export ${exp.name} is read-only` }
+  if (type === CMD_READ || writing) {
+    // Past the end: ENOSPC for what writes data, EINVAL for reads and trims (proto.md).
+    if (offset + length > exp.size || !Number.isSafeInteger(offset + length)) return { error: type === CMD_WRITE || type === CMD_WRITE_ZEROES ? ENOSPC : EINVAL, message: `offset ${offset} + length ${length} is past the end of the export (${exp.size} bytes)` }
+    if (type === CMD_READ && length > MAX_REQUEST_BYTES) return { error: EINVAL, message: `a read may be at most ${MAX_REQUEST_BYTES} bytes` }
+  }
+  // FUA, NO_HOLE, DF (bit 2), REQ_ONE; FAST_ZERO (bit 4) is not advertised, so it is refused.
+  const known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE | (1 << 2)
+  if ((flags & ~known) !== 0) return { error: EINVAL, message: `unknown command flags 0x${flags.toString(16)}` }
+  const fua = (flags & CMD_FLAG_FUA) !== 0
+  try {
+    switch (type) {
+      case CMD_READ:
+        return { error: 0, data: length === 0 ? new Uint8Array(0) : await g.read(exp.source, offset, length) }
+      case CMD_WRITE:
+        if (length > 0) await g.write(exp.volumeId, offset, payload as Buffer, fua ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
+        return { error: 0 }
+      case CMD_FLUSH:
+        // Nothing to make durable on a read-only export (and its client may not be allowed writes).
+        if (!exp.readOnly) await g.flush(exp.volumeId)
+        return { error: 0 }
+      case CMD_TRIM:
+        await trim(g, exp, offset, length)
+        if (fua) await g.flush(exp.volumeId)
+        return { error: 0 }
+      case CMD_WRITE_ZEROES:
+        if ((flags & CMD_FLAG_NO_HOLE) !== 0) {
+          // The zeros must be allocated: write them.
+          for (let at = 0; at < length; at += MAX_REQUEST_BYTES) {
+            const piece = Math.min(MAX_REQUEST_BYTES, length - at)
+            await g.write(exp.volumeId, offset + at, new Uint8Array(piece), fua ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
+          }
+        } else {
+          await trim(g, exp, offset, length)
+          if (fua) await g.flush(exp.volumeId)
+        }
+        return { error: 0 }
+      default:
+        return { error: EINVAL, message: `command ${type} is not supported` }
+    }
+  } catch (err) {
+    const code = (err as { code?: string }).code
+    const errno = code === 'READ_ONLY' || code === 'PERMISSION_DENIED' ? EPERM : code === 'OUT_OF_RANGE' ? ENOSPC : code === 'NO_SPACE' ? ENOSPC : code === 'INVALID_ARGUMENT' ? EINVAL : code === 'NOT_OPEN' ? ESHUTDOWN : code === 'NOT_IMPLEMENTED' ? ENOTSUP : EIO
+    return { error: errno, message: (err as Error)?.message ?? String(err) }
+  }
+}
+
+/** base:allocation extents of a range: allocated (0) or hole and zero (3). */
+async function blockStatus (g: GalleonFS, exp: Export, negotiated: boolean, flags: number, offset: number, length: number): Promise<{ error: number, message?: string, body?: Buffer }> {
+  if (!negotiated) return { error: EINVAL, message: 'block status needs structured replies and the base:allocation meta context' }
+  if (length === 0 || offset + length > exp.size) return { error: EINVAL, message: `range ${offset}+${length} is empty or past the end (${exp.size} bytes)` }
+  try {
+    const extents = await g.getAllocation(exp.source, offset, Math.min(length, MAX_STATUS_BYTES))
+    const chosen = (flags & CMD_FLAG_REQ_ONE) !== 0 ? extents.slice(0, 1) : extents
+    const body = Buffer.alloc(4 + chosen.length * 8)
+    body.writeUInt32BE(BASE_ALLOCATION_ID, 0)
+    chosen.forEach((extent, i) => {
+      body.writeUInt32BE(extent.length, 4 + i * 8)
+      body.writeUInt32BE(extent.allocated ? 0 : STATE_HOLE | STATE_ZERO, 8 + i * 8)
+    })
+    return { error: 0, body }
+  } catch (err) {
+    return { error: EIO, message: (err as Error)?.message ?? String(err) }
+  }
+}
+
+/** Trims in pieces (one trim call covers at most 256 MiB); the range reads as zeros afterwards. */
+async function trim (g: GalleonFS, exp: Export, offset: number, length: number): Promise<void> {
+  const piece = 128 * 1024 * 1024
+  for (let at = 0; at < length; at += piece) await g.trim(exp.volumeId, offset + at, Math.min(piece, length - at))
+}
