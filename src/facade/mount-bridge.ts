@@ -1,0 +1,137 @@
+// Between the facade and the mount manager: the host it works through (volumes and snapshots as
+// mount targets, access checks as the caller) and the README.txt of a mount point.
+
+import type { Verb } from '../access/access-control.js'
+import type { VolumeEncryption } from '../crypto/key-manager.js'
+import type { VolumeBlocks } from '../engine/engine.js'
+import { GalleonError } from '../errors.js'
+import type { MountManager, MountTarget } from '../mount/mount-manager.js'
+import { VolumeState, type Snapshot, type Volume } from '../types.js'
+import { namespaceOf } from '../volumes/catalog.js'
+import type { AccessGuard } from './access-guard.js'
+import type { FacadeCalls, FacadeHost } from './host.js'
+import { toVolume } from './records.js'
+import { isSnapshotRef, readSource, type ReadSource } from './refs.js'
+
+/** Builds the mount manager's host for the instance. */
+export class MountBridge {
+  readonly #host: FacadeHost
+  readonly #gate: AccessGuard
+  readonly #calls: FacadeCalls
+
+  constructor (host: FacadeHost, gate: AccessGuard, calls: FacadeCalls) {
+    this.#host = host
+    this.#gate = gate
+    this.#calls = calls
+  }
+
+  /** What the mount manager needs from the instance. */
+  mountHost (): ConstructorParameters<typeof MountManager>[1] {
+    const verbOf = (ref: unknown, readOnly: boolean): Verb => isSnapshotRef(ref) ? 'snapshot:read' : readOnly ? 'volume:read' : 'volume:write'
+    return {
+      target: (ref) => this.#mountTarget(ref),
+      guard: async (action, ref, readOnly, task) => {
+        this.#host.assertOpen()
+        const { object, label } = this.#gate.refObject(ref)
+        if (action === 'openVolumeFile') {
+          const denied = this.#gate.check(action, verbOf(ref, readOnly), object, label)
+          if (denied !== undefined) await denied
+          return await this.#gate.nested(task)
+        }
+        return await this.#gate.guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
+      },
+      // As the caller, also inside its checked call (where nested calls are not checked again).
+      visible: (namespace, volume) => {
+        const principal = this.#host.context.getStore()?.principal
+        return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume })
+      },
+      requireAdmin: async (action, what) => {
+        const denied = this.#gate.check(action, 'admin', undefined, what)
+        if (denied !== undefined) await denied
+      },
+      requireWrite: async (action, ref) => {
+        const context = this.#host.context.getStore()
+        if (context?.principal === undefined) return
+        const { object, label } = this.#gate.refObject(ref)
+        // Inside the guarded mount call: check as the caller, not as the (trusted) nested call.
+        if (this.#gate.access.allows(context.principal, 'volume:write', object)) return
+        await this.#host.context.run({ principal: context.principal, nested: false }, async () => { await this.#gate.check(action, 'volume:write', object, label) })
+      },
+      isSnapshotRef
+    }
+  }
+
+  /**
+   * A volume or snapshot for the mount manager. Its I/O runs as the caller resolving it (who was
+   * checked when mounting or opening, like a file descriptor), not as whoever calls later.
+   */
+  #mountTarget (ref: unknown): MountTarget {
+    this.#host.assertOpen()
+    const { record, snapshot } = readSource(this.#host.catalog, ref)
+    if (record.state === VolumeState.Deleting || this.#host.goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (snapshot !== undefined && this.#host.goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
+    if (snapshot === undefined && this.#host.reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
+    const context = this.#host.context.getStore()
+    const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#host.context.run(context, task)
+    const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
+    const initial = this.#host.volumeBlocks(record)
+    // The volume's storage now: a migration moves it to new storage (which an expansion then grows).
+    const blocks = (): VolumeBlocks => {
+      let volume = initial
+      while (volume.movedTo !== undefined) volume = volume.movedTo.volume
+      return volume
+    }
+    const facts = (): Record<string, unknown> => {
+      const current = this.#host.catalog.volumes().find((r) => r.id === record.id) ?? record
+      return {
+        volume: toVolume(current),
+        ...(snapshot === undefined ? {} : { snapshot: this.#host.toSnapshot(snapshot) }),
+        blockSize: this.#host.engine.blockSize,
+        sizeBytes: snapshot?.sizeBytes ?? current.sizeBytes,
+        encryption: this.#host.keys.describe(record.id, blocks().cipher)
+      }
+    }
+    return {
+      volumeId: record.id,
+      volumeName: record.name,
+      namespace: namespaceOf(record),
+      ...(snapshot === undefined ? {} : { snapshotId: snapshot.id, snapshotName: snapshot.name }),
+      accessModes: record.accessModes,
+      classOptions: this.#host.catalog.storageClass(record.storageClass)?.mountOptions ?? [],
+      size: () => snapshot?.sizeBytes ?? blocks().sizeBytes,
+      // A snapshot never changes; a live volume whose reads go to another node (the primary of its
+      // copies) changes unseen here.
+      version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : this.#host.engine.changes,
+      io: {
+        read: async (offset, length) => await run(async () => await this.#calls.read(source, offset, length)),
+        write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),
+        flush: async () => await run(async () => { await this.#calls.flush(record.id) })
+      },
+      readme: () => renderReadme(facts()),
+      metadata: () => JSON.stringify(facts(), null, 2) + '\n'
+    }
+  }
+}
+
+/** README.txt of a mount point: the volume's facts for a person. */
+function renderReadme (facts: Record<string, unknown>): string {
+  const volume = facts.volume as Volume
+  const snapshot = facts.snapshot as Snapshot | undefined
+  const encryption = facts.encryption as VolumeEncryption
+  const lines = [
+    `GalleonFS volume ${volume.namespace}/${volume.name}${snapshot === undefined ? '' : ` (snapshot ${snapshot.name}, read-only)`}`,
+    '',
+    'data                  the volume\'s bytes: read and write it like a disk image (dd, cmp, fio, mkfs + a loop device)',
+    '.galleonfs_metadata   these facts as JSON',
+    '',
+    `id            ${volume.id}`,
+    `size          ${String(facts.sizeBytes)} bytes in blocks of ${String(facts.blockSize)}`,
+    `type          ${volume.type}`,
+    `storage class ${volume.storageClass} (replicas: ${volume.replicas})`,
+    `access modes  ${volume.accessModes.join(', ')}`,
+    `encrypted     ${encryption.encrypted ? `yes, AES-256-GCM, data key version ${String(encryption.keyVersion)}` : 'no'}`,
+    `created       ${volume.createdAt}`,
+    ...Object.entries(volume.labels).map(([key, value]) => `label         ${key}=${value}`)
+  ]
+  return lines.join('\n') + '\n'
+}

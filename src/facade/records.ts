@@ -1,0 +1,73 @@
+// Module-level helpers of the facade: records turned into what callers and other nodes see
+// (Volume, VolumeSpec, engine views) and checks of names and labels.
+
+import { GalleonError, describe } from '../errors.js'
+import type { View } from '../engine/engine.js'
+import type { VolumeSpec } from '../replication/records.js'
+import type { Volume } from '../types.js'
+import { namespaceOf, type SnapshotRecord, type VolumeRecord } from '../volumes/catalog.js'
+
+/** What another node needs to create its copy of a volume. */
+export function withoutQoS (spec: VolumeSpec): VolumeSpec {
+  const { qos: _qos, ...rest } = spec
+  return rest
+}
+
+/** A volume record as the cluster records it (see VolumeSpec). */
+export function specOf (record: VolumeRecord): VolumeSpec {
+  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, ...(record.pool === undefined ? {} : { pool: record.pool }), ...(record.qos === undefined ? {} : { qos: record.qos }) }
+}
+
+/** A volume record as callers see it. */
+export function toVolume (record: VolumeRecord): Volume {
+  return {
+    id: record.id,
+    name: record.name,
+    namespace: namespaceOf(record),
+    type: record.type,
+    state: record.state,
+    sizeBytes: record.sizeBytes,
+    blockSize: record.blockSize,
+    storageClass: record.storageClass,
+    replicas: record.replicas,
+    encrypted: record.encrypted === true,
+    accessModes: [...record.accessModes],
+    labels: { ...record.labels },
+    createdAt: record.createdAt,
+    updatedAt: record.updatedAt,
+    ...(record.source === undefined ? {} : { source: { ...record.source } }),
+    ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) }),
+    ...(record.pool === undefined ? {} : { pool: record.pool })
+  }
+}
+
+/** Validated labels: keys like Kubernetes label keys, string values of at most 253 characters. */
+export function checkLabels (labels: unknown): Record<string, string> {
+  if (labels === null || typeof labels !== 'object' || Array.isArray(labels)) {
+    throw new GalleonError('INVALID_ARGUMENT', `labels must be an object of string values, got ${describe(labels)}`)
+  }
+  const out: Record<string, string> = {}
+  for (const [key, value] of Object.entries(labels)) {
+    if (!/^[A-Za-z0-9]([A-Za-z0-9_./-]{0,251}[A-Za-z0-9])?$/.test(key)) throw new GalleonError('INVALID_ARGUMENT', `label key ${describe(key)} must be 1-253 letters, digits, '-', '_', '.', '/'`)
+    if (typeof value !== 'string' || value.length > 253) throw new GalleonError('INVALID_ARGUMENT', `label ${key} must have a string value of at most 253 characters, got ${describe(value)}`)
+    out[key] = value
+  }
+  return out
+}
+
+/** The engine view of a snapshot record (undefined: the live volume). */
+export function viewOf (snapshot: SnapshotRecord | undefined): View | undefined {
+  return snapshot === undefined ? undefined : { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes }
+}
+
+/** Throws INVALID_ARGUMENT unless `name` is a valid snapshot name. */
+export function checkSnapshotName (name: unknown): asserts name is string {
+  if (typeof name !== 'string' || !/^[A-Za-z0-9]([A-Za-z0-9_.:@-]{0,61}[A-Za-z0-9])?$/.test(name)) {
+    throw new GalleonError('INVALID_ARGUMENT', `snapshot name must be 1-63 letters, digits, '-', '_', '.', ':' or '@', starting and ending with a letter or digit, got ${describe(name)}`)
+  }
+}
+
+/** The names of a few records, for messages. */
+export function names (records: readonly VolumeRecord[]): string {
+  return records.slice(0, 5).map((record) => record.name).join(', ') + (records.length > 5 ? `, and ${records.length - 5} more` : '')
+}

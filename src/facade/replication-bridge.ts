@@ -1,0 +1,239 @@
+// Between the facade and replication: the host ReplicationManager works through, I/O calls forwarded
+// to and served for a volume's primary, and the replication metrics.
+
+import { GalleonError, errorCode } from '../errors.js'
+import type { View } from '../engine/engine.js'
+import { mountControl } from '../mount/mount-manager.js'
+import type { ForwardedRequest, ReplicationHost, ReplicationStatus } from '../replication/manager.js'
+import type { VolumeSpec } from '../replication/records.js'
+import { VolumeState, WriteConcern } from '../types.js'
+import type { VolumeRecord } from '../volumes/catalog.js'
+import type { ClusterMigrations } from './cluster-migration.js'
+import type { FacadeCalls, FacadeHost } from './host.js'
+import { toVolume, viewOf } from './records.js'
+import type { ReadSource } from './refs.js'
+import type { Snapshots } from './snapshots.js'
+import type { VolumeLifecycle } from './volumes.js'
+
+/** What replication uses of the instance, and the forwarding of I/O to a volume's primary. */
+export class ReplicationBridge {
+  readonly #host: FacadeHost
+  readonly #calls: FacadeCalls
+  readonly #snapshots: Snapshots
+  readonly #volumes: VolumeLifecycle
+  readonly #copies: ClusterMigrations
+
+  constructor (host: FacadeHost, calls: FacadeCalls, snapshots: Snapshots, volumes: VolumeLifecycle, copies: ClusterMigrations) {
+    this.#host = host
+    this.#calls = calls
+    this.#snapshots = snapshots
+    this.#volumes = volumes
+    this.#copies = copies
+  }
+
+  /**
+   * A replicated volume whose copy here replication no longer tracks (moved to another node, or
+   * replaced while this node was away) is on its way out: its local blocks are not kept in step,
+   * so I/O on them would be lost or stale.
+   */
+  assertCopyHeld (record: VolumeRecord): void {
+    if (record.replication !== undefined && this.#host.replication !== undefined && !this.#host.replication.holds(record.id)) {
+      throw new GalleonError('VOLUME_NOT_FOUND', `the copy of volume ${record.name} on this node was moved or replaced and is being deleted; use a node that holds the volume (replicationStatus on one lists them)`)
+    }
+  }
+
+  /** A write refused because this node is handing the volume's primary role over: it goes to the next primary. */
+  handedOver (record: VolumeRecord, err: unknown): boolean {
+    return record.replication !== undefined && err instanceof GalleonError && err.code === 'NOT_LEADER' && this.#host.replication?.forwards(record.id) === true
+  }
+
+  /** Sends an I/O call on a replicated volume to its primary. */
+  async forward (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array): Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }> {
+    const replication = this.#host.replication
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now`)
+    try {
+      return await replication.forward(record.id, request, payload)
+    } catch (err) {
+      // This node became the primary while the call waited for one: it runs here.
+      if (err instanceof GalleonError && err.code === 'NOT_LEADER' && !replication.forwards(record.id) && replication.holds(record.id)) return await this.serveForwarded(record.id, request, payload)
+      throw this.#host.ioFailed(record, request.op === 'read' || request.op === 'readBlock' ? 'read' : request.op === 'trim' ? 'trim' : request.op === 'flush' ? 'flush' : 'write', err)
+    }
+  }
+
+  /** Runs an I/O call another node forwarded to this one (the primary), outside any caller's context. */
+  async serveForwarded (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined): Promise<{ header: Record<string, unknown>, payload?: Uint8Array }> {
+    return await this.#host.context.exit(async () => {
+      const source = (): ReadSource => request.readSnapshot === undefined ? volumeId : { volume: volumeId, snapshot: { id: request.readSnapshot } }
+      const data = payload ?? new Uint8Array(0)
+      const concern = (request.concern ?? WriteConcern.WriteAcknowledged) as WriteConcern
+      switch (request.op) {
+        case 'write': await this.#calls.write(volumeId, request.offset as number, data, concern); return { header: {} }
+        case 'writeBlock': await this.#calls.writeBlock(volumeId, request.index as number, data, concern); return { header: {} }
+        case 'trim': await this.#calls.trim(volumeId, request.offset as number, request.length as number); return { header: {} }
+        case 'read': return { header: {}, payload: await this.#calls.read(source(), request.offset as number, request.length as number) }
+        case 'readBlock': return { header: {}, payload: await this.#calls.readBlock(source(), request.index as number) }
+        case 'flush': await this.#calls.flush(volumeId); return { header: {} }
+        case 'createSnapshot': return { header: { snapshot: await this.#calls.createSnapshot(volumeId, String(request.snapshotName)) } }
+        case 'deleteSnapshot': await this.#calls.deleteSnapshot(volumeId, { id: String(request.snapshot) }, { force: request.force === true }); return { header: {} }
+        case 'deleteVolume': await this.#calls.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
+        case 'expandVolume': return { header: { volume: await this.#calls.expandVolume(volumeId, request.sizeBytes as number) } }
+        case 'restoreSnapshot': return { header: { volume: await this.#calls.restoreSnapshot(volumeId, { id: String(request.snapshot) }) } }
+        default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
+      }
+    })
+  }
+
+  /** What replication uses of this instance. */
+  replicationHost (): ReplicationHost {
+    return {
+      engine: this.#host.engine,
+      localCopies: () => this.#host.catalog.volumes().filter((r) => r.replication !== undefined && r.state !== VolumeState.Deleting).map((r) => ({ id: r.id, position: r.replication as { epoch: number, seq: number } })),
+      blocks: (id) => {
+        const record = this.#host.recordById(id)
+        return record === undefined || record.state === VolumeState.Deleting ? undefined : this.#host.volumeBlocks(record)
+      },
+      createCopy: async (spec) => {
+        await this.#host.admin(async () => {
+          if (this.#host.recordById(spec.id) !== undefined) return
+          const storageClass = this.#host.catalog.storageClass(spec.storageClass)
+          if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} uses; create it on every node`)
+          if (spec.blockSize !== this.#host.engine.blockSize) throw new GalleonError('INVALID_ARGUMENT', `volume ${spec.name} has ${spec.blockSize}-byte blocks, this node ${this.#host.engine.blockSize}-byte ones; every node of a cluster needs the same block size`)
+          const encrypted = storageClass.parameters.encryption === 'true'
+          if (encrypted) await this.#host.keys.provider()
+          const unreserve = this.#host.catalog.reserveName(spec.name, spec.namespace)
+          let record: VolumeRecord
+          try {
+            // A copy counts in this node's pool of the same name, if it has one; it is never refused for
+            // space here: the cluster placed it, and the primary's node checked its pool.
+            const pool = spec.pool !== undefined && this.#host.catalog.pool(spec.pool) !== undefined ? { pool: spec.pool } : {}
+            record = await this.#host.newVolume({ id: spec.id, name: spec.name, namespace: spec.namespace, type: spec.type, state: VolumeState.Available, sizeBytes: spec.sizeBytes, blockSize: spec.blockSize, storageClass: spec.storageClass, replicas: spec.replicas, accessModes: [...spec.accessModes], labels: { ...spec.labels }, encrypted, replication: { epoch: 0, seq: 0 }, ...pool, ...(spec.qos === undefined ? {} : { qos: spec.qos }) })
+          } finally {
+            unreserve()
+          }
+          this.#host.emit('volume:created', toVolume(record))
+        })
+      },
+      // A conversion of the copy (see ClusterMigrations.convergeCopy) is cancelled by what changes its snapshots,
+      // size or existence; it starts again afterwards.
+      deleteCopy: async (id) => {
+        await this.#host.adminAfterMigration(id, async () => {
+          const record = this.#host.recordById(id)
+          if (record === undefined || record.state === VolumeState.Deleting) return
+          await mountControl(this.#host.mounts).release(id)
+          await this.#host.destroy(record, true)
+        }, 'this copy is being deleted')
+      },
+      savePosition: async (id, position) => {
+        if (this.#host.closed && this.#host.closing === undefined) return
+        const record = this.#host.recordById(id)
+        if (record === undefined || record.state === VolumeState.Deleting) return
+        await this.#host.catalog.updateVolume(id, { replication: position }, { sync: false })
+      },
+      snapshots: (id) => this.#host.catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })),
+      applySnapshot: async (id, snapshotId, name, sizeBytes) => {
+        await this.#host.adminAfterMigration(id, async () => {
+          const record = this.#host.catalog.resolve(id)
+          if (this.#host.catalog.snapshotById(snapshotId) !== undefined) return
+          // A snapshot of that name with another id is one the primary no longer has.
+          const stale = this.#host.catalog.snapshots(id).find((snapshot) => snapshot.name === name)
+          if (stale !== undefined) await this.#snapshots.dropReplicaSnapshot(record, stale)
+          this.#host.emit('snapshot:created', this.#host.toSnapshot(await this.#host.takeSnapshot(record, name, false, snapshotId, sizeBytes)))
+        }, 'the primary took a snapshot; the conversion of this copy starts again after it')
+      },
+      applyDeleteSnapshot: async (id, snapshotId) => {
+        await this.#host.adminAfterMigration(id, async () => {
+          const snapshot = this.#host.catalog.snapshotById(snapshotId)
+          if (snapshot === undefined || snapshot.volumeId !== id) return
+          await this.#snapshots.dropReplicaSnapshot(this.#host.catalog.resolve(id), snapshot)
+        }, 'the primary deleted a snapshot; the conversion of this copy starts again after it')
+      },
+      applyExpand: async (id, sizeBytes) => { await this.#volumes.applyExpand(id, sizeBytes) },
+      copyLayout: (id, retry) => {
+        const record = this.#host.recordById(id)
+        const failed = this.#copies.copyConversionErrors.get(id)
+        const spec = this.#host.replication?.spec(id)
+        const held = record === undefined || record.state === VolumeState.Deleting ? undefined : record
+        const layout = {
+          ...(held === undefined ? {} : { storageClass: held.storageClass }),
+          busy: this.#copies.copyConversions.has(id),
+          ...(spec === undefined ? {} : { spec: { storageClass: spec.storageClass, ...(spec.pool === undefined ? {} : { pool: spec.pool }) } }),
+          converged: held !== undefined && spec !== undefined && this.#copies.copyMatches(held, spec),
+          ...(failed === undefined ? {} : { error: { code: failed.code, message: failed.message } })
+        }
+        if (retry && failed !== undefined && spec !== undefined) this.#copies.convergeCopy(id, spec, true)
+        return layout
+      },
+      applySpec: (id, spec) => {
+        this.#applySpecQoS(id, spec)
+        this.#copies.convergeCopy(id, spec)
+        // A copy promoted before the expansion reached it grows to the size its record says.
+        const held = this.#host.recordById(id)
+        if (held !== undefined && spec.sizeBytes > held.sizeBytes) void this.#volumes.applyExpand(id, spec.sizeBytes).catch(() => {})
+      },
+      applyRevert: async (id, snapshotId) => {
+        await this.#host.adminAfterMigration(id, async () => {
+          const record = this.#host.catalog.resolve(id)
+          const snapshot = this.#host.catalog.snapshotById(snapshotId)
+          // A copy without the snapshot has diverged: failing the change makes the primary resync it.
+          if (snapshot === undefined || snapshot.volumeId !== id) throw new GalleonError('SNAPSHOT_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no copy of snapshot ${snapshotId} of volume ${record.name} to revert to`)
+          const reverted = await this.#host.engine.revert(this.#host.volumeBlocks(record), viewOf(snapshot) as View)
+          this.#host.emit('snapshot:restored', this.#host.volumeView(record), this.#host.toSnapshot(snapshot), reverted)
+        }, 'the primary reverted the volume; the conversion of this copy starts again after it')
+      },
+      exclusive: async (task) => await this.#host.admin(task),
+      serveForwarded: async (id, request, payload) => await this.serveForwarded(id, request, payload),
+      emit: (event, payload) => { (this.#host.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }
+    }
+  }
+
+  /** A replicated volume's QoS policy as its cluster record says: stored and applied here if it differs. */
+  #applySpecQoS (volumeId: string, spec: VolumeSpec): void {
+    const record = this.#host.recordById(volumeId)
+    if (record === undefined || JSON.stringify(record.qos ?? null) === JSON.stringify(spec.qos ?? null)) return
+    void this.#host.admin(async () => {
+      const current = this.#host.recordById(volumeId)
+      if (current === undefined || current.state === VolumeState.Deleting || JSON.stringify(current.qos ?? null) === JSON.stringify(spec.qos ?? null)) return
+      const updated = await this.#host.catalog.updateVolume(volumeId, { qos: spec.qos })
+      const effective = this.#host.applyQoS(updated)
+      this.#host.emit('qos:policy-changed', { volumeId, volumeName: updated.name, ...effective })
+    }).catch((err: unknown) => {
+      this.#host.emit('io:error', { volumeId, volumeName: record.name, operation: 'write', code: errorCode(err), message: `applying the QoS policy of the cluster's record: ${(err as Error)?.message ?? String(err)}` })
+    })
+  }
+
+  /** Prometheus families of replication: per volume and copy, lag (changes, bytes, seconds), bytes shipped, acknowledgement round trips and resync progress. */
+  replicationMetrics (): string {
+    const statuses = this.#host.replication?.statuses() ?? []
+    const lines: string[] = []
+    const families: Array<[string, 'gauge' | 'counter', string, (link: ReplicationStatus['links'][number]) => number]> = [
+      ['galleonfs_replication_lag_changes', 'gauge', 'Changes the primary recorded that the copy has not acknowledged yet.', (l) => l.lagChanges],
+      ['galleonfs_replication_lag_bytes', 'gauge', 'Bytes of changes queued for the copy.', (l) => l.lagBytes],
+      ['galleonfs_replication_lag_seconds', 'gauge', 'Age of the oldest change the copy has not acknowledged (0 when it has them all).', (l) => l.lagSeconds],
+      ['galleonfs_replication_shipped_bytes_total', 'counter', 'Block bytes shipped to the copy (stream and resync).', (l) => l.shippedBytes],
+      ['galleonfs_replication_batches_acknowledged_total', 'counter', 'Stream batches the copy acknowledged.', (l) => l.batchesAcknowledged],
+      ['galleonfs_replication_ack_wait_seconds_total', 'counter', 'Seconds the acknowledged stream batches waited from sending to acknowledgement, summed (divide by the batch count for the mean round trip).', (l) => l.ackWaitSeconds],
+      ['galleonfs_replication_resyncs_total', 'counter', 'Resyncs of the copy started by this primary.', (l) => l.resyncs],
+      ['galleonfs_replication_resync_blocks_done', 'gauge', 'Blocks compared or sent by the resync under way (0 when none).', (l) => l.resync?.blocksDone ?? 0],
+      ['galleonfs_replication_resync_blocks_total', 'gauge', 'Blocks the resync under way covers (0 when none).', (l) => l.resync?.blocksTotal ?? 0],
+      ['galleonfs_replication_in_sync', 'gauge', '1 when the copy is in the in-sync list.', () => 0]
+    ]
+    const label = (value: string): string => value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')
+    for (const [name, type, help, value] of families) {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
+      for (const status of statuses) {
+        const record = this.#host.recordById(status.volumeId)
+        if (record === undefined) continue
+        for (const link of status.links) {
+          const v = name === 'galleonfs_replication_in_sync' ? (status.inSync.includes(link.node) ? 1 : 0) : value(link)
+          lines.push(`${name}{volume_id="${label(record.id)}",volume_name="${label(record.name)}",node="${label(link.node)}"} ${v}`)
+        }
+      }
+    }
+    lines.push('# HELP galleonfs_replication_primary 1 when this node is the primary of the volume.', '# TYPE galleonfs_replication_primary gauge')
+    for (const status of statuses) {
+      const record = this.#host.recordById(status.volumeId)
+      if (record !== undefined) lines.push(`galleonfs_replication_primary{volume_id="${label(record.id)}",volume_name="${label(record.name)}"} ${status.role === 'primary' ? 1 : 0}`)
+    }
+    return lines.join('\n') + '\n'
+  }
+}

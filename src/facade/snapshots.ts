@@ -1,0 +1,278 @@
+// Snapshots and clones of the facade: taking, deleting and reverting to snapshots, cloning volumes
+// from them, and keeping a snapshot's blocks alive while it is read.
+
+import { randomUUID } from 'node:crypto'
+import { GalleonError, errorCode } from '../errors.js'
+import type { VolumeBlocks, View } from '../engine/engine.js'
+import { mountControl } from '../mount/mount-manager.js'
+import { VolumeState, type Snapshot, type Volume } from '../types.js'
+import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
+import type { FacadeHost } from './host.js'
+import { checkLabels, names, toVolume, viewOf } from './records.js'
+import { readSource, type CloneSource, type VolumeRef } from './refs.js'
+
+/** Snapshot and clone operations on the instance's volumes (GalleonFS checks the caller first). */
+export class Snapshots {
+  readonly #host: FacadeHost
+  /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
+  readonly #snapshotReaders = new Map<string, { count: number, drained?: () => void }>()
+  readonly #snapshotsGoing = new Set<string>()
+
+  constructor (host: FacadeHost) {
+    this.#host = host
+  }
+
+  /** The work of GalleonFS.createSnapshot, once the caller is checked. */
+  async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
+    const target = this.#host.catalog.resolve(vol)
+    if (this.#host.replication?.forwards(target.id) === true) {
+      const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
+      return reply.header.snapshot as Snapshot
+    }
+    return await this.#host.adminAfterMigration(target.id, async () => {
+      const record = this.#host.catalog.resolve(vol)
+      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
+      if (this.#host.catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
+        throw new GalleonError('SNAPSHOT_EXISTS', `volume ${record.name} already has a snapshot named ${JSON.stringify(name)}; pick another name or delete that snapshot first`)
+      }
+      const snapshot = this.toSnapshot(await this.takeSnapshot(record, name, false))
+      this.#host.emit('snapshot:created', snapshot)
+      return snapshot
+    })
+  }
+
+  /** The work of GalleonFS.deleteSnapshot, once the caller is checked. */
+  async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
+    const target = this.#host.catalog.resolveSnapshot(this.#host.catalog.resolve(vol), snapshot)
+    const owner = this.#host.catalog.resolve(vol)
+    if (this.#host.replication?.forwards(owner.id) === true) {
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+      return
+    }
+    const mounted = (): string[] => mountControl(this.#host.mounts).snapshotMounts(target.id).map((m) => m.path)
+    if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    // No new mount may attach to it from here; one being set up is waited for and looked at again.
+    this.#host.goingAway.add(target.id)
+    try {
+      await mountControl(this.#host.mounts).settled()
+      if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
+      await mountControl(this.#host.mounts).release(target.volumeId, target.id)
+      await this.#deleteSnapshotNow(vol, snapshot, options)
+    } finally {
+      this.#host.goingAway.delete(target.id)
+    }
+  }
+
+  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
+    await this.#host.adminAfterMigration(this.#host.catalog.resolve(vol).id, async () => {
+      const record = this.#host.catalog.resolve(vol)
+      const found = this.#host.catalog.resolveSnapshot(record, snapshot)
+      const clones = this.#host.catalog.clonesOf(record.id, found.id)
+      if (clones.length > 0 && options?.force !== true) {
+        throw new GalleonError('BUSY', `snapshot ${found.name} of volume ${record.name} is the source of clones (${names(clones)}); delete them first, or pass { force: true } to give each its own copy of the data`)
+      }
+      for (const clone of clones) {
+        await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
+        await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+      }
+      await this.dropSnapshot(record, found)
+    })
+  }
+
+  /** The work of GalleonFS.restoreSnapshot, once the caller is checked. */
+  async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
+    const target = this.#host.catalog.resolve(vol)
+    const wanted = this.#host.catalog.resolveSnapshot(target, snapshot)
+    if (target.replication !== undefined) {
+      if (this.#host.replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${target.name} is replicated, but this instance is not in a cluster now; join it to revert the volume`)
+      // Reverted on the primary, which sends the revert to every copy in its change stream.
+      if (this.#host.replication.forwards(target.id)) return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot: wanted.id })).header.volume as Volume
+    }
+    // Writes in flight when the call is made are refused now, however quickly they complete
+    // while the call waits for its turn; those that start meanwhile are checked again below.
+    this.#refuseRevertWhileWriting(target, this.#host.engine.volume(target.storageId))
+    return await this.#host.adminAfterMigration(target.id, async () => {
+      const record = this.#host.catalog.resolve(vol)
+      const found = this.#host.catalog.resolveSnapshot(record, snapshot)
+      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      const writer = mountControl(this.#host.mounts).mountsOf(record.id).find((m) => !m.readOnly)
+      if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
+      const writers = mountControl(this.#host.mounts).directWriters(record.id)
+      if (writers > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before reverting it`)
+      const volume = this.#host.volumeBlocks(record)
+      if (record.replication !== undefined && volume.replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} is not the primary of volume ${record.name} (the role moved while the revert waited); retry it`)
+      this.#refuseRevertWhileWriting(record, volume)
+      // From the checks on, no mount or writable file can start (MountBridge refuses it).
+      this.#host.reverting.add(record.id)
+      let reverted: number
+      try {
+        await this.#host.catalog.updateVolume(record.id, { revertTo: found.id })
+        try {
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed }) })
+        } catch (err) {
+          // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
+          // reopen does not silently finish this one over writes made in between.
+          const message = err instanceof Error ? err.message : String(err)
+          this.#host.revertFailures.set(record.id, message)
+          this.#host.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `revert to snapshot ${found.name} failed: ${message}` })
+          throw err
+        }
+      } finally {
+        this.#host.reverting.delete(record.id)
+      }
+      this.#host.revertFailures.delete(record.id)
+      const updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+      const result = this.#host.volumeView(updated)
+      this.#host.emit('snapshot:restored', result, this.toSnapshot(found), reverted)
+      return result
+    })
+  }
+
+  /** The work of GalleonFS.cloneVolume, once the caller is checked. */
+  async cloneVolume (source: CloneSource, newName: string, namespace: string, options: { labels?: Record<string, string> }): Promise<Volume> {
+    const labels = options?.labels === undefined ? undefined : checkLabels(options.labels)
+    readSource(this.#host.catalog, source)
+    const unreserve = this.#host.catalog.reserveName(newName, namespace)
+    try {
+      return await this.#host.adminAfterMigration(readSource(this.#host.catalog, source).record.id, async () => {
+        const { record, snapshot: chosen } = readSource(this.#host.catalog, source)
+        if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; it cannot be cloned`)
+        if (this.#host.replication?.forwards(record.id) === true) {
+          // This node's copy may lag (or be mid-resync): clones are made where the primary is.
+          throw new GalleonError('NOT_LEADER', `volume ${record.name} is replicated and its primary is node ${this.#host.replication.status(record.id)?.primary ?? 'unknown'}; clone it there (the clone is a 1-copy volume on that node)`)
+        }
+        // The clone is charged its full size in its source's pool, before the implicit snapshot is taken.
+        const release = record.pool === undefined ? undefined : this.#host.pools.reserve(record.pool, chosen?.sizeBytes ?? record.sizeBytes, `clone ${newName} of ${record.name}`)
+        let snapshot: SnapshotRecord | undefined
+        let clone: VolumeRecord
+        try {
+          snapshot = chosen ?? await this.takeSnapshot(record, this.#implicitName(record, newName), true)
+          clone = await this.#host.newVolume({
+            name: newName,
+            namespace,
+            type: record.type,
+            state: VolumeState.Available,
+            sizeBytes: snapshot.sizeBytes,
+            blockSize: record.blockSize,
+            storageClass: record.storageClass,
+            // A clone of a replicated volume is a local volume of this node (its source's blocks are here).
+            replicas: record.replication === undefined ? record.replicas : 1,
+            accessModes: [...record.accessModes],
+            labels: labels ?? { ...record.labels },
+            // The source's own QoS policy too: a clone is no way around the limits set on its source.
+            ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) }),
+            source: { volumeId: record.id, snapshotId: snapshot.id },
+            // A clone seals its own writes with its own key; it reads its source's blocks with the source's.
+            encrypted: record.encrypted === true,
+            ...(record.pool === undefined ? {} : { pool: record.pool })
+          }, { source: this.#host.volumeBlocks(record), gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
+        } catch (err) {
+          if (chosen === undefined && snapshot !== undefined) await this.dropSnapshot(record, snapshot).catch(() => {})
+          throw err
+        } finally {
+          release?.()
+        }
+        const result = toVolume(clone)
+        this.#host.emit('volume:created', result)
+        this.#host.emit('volume:cloned', result, this.toSnapshot(snapshot))
+        return result
+      })
+    } finally {
+      unreserve()
+    }
+  }
+
+  /** Takes a snapshot and records it; undoes the engine side if recording fails. */
+  /** `sizeBytes`: the size to record when it is not the volume's now (a copy rebuilding a primary's older snapshot). */
+  async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number): Promise<SnapshotRecord> {
+    const volume = this.#host.ioVolume(record)
+    // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
+    await mountControl(this.#host.mounts).quiesce(record.id)
+    // On a replicated volume's primary the snapshot takes its place in the stream at its cut.
+    const replicator = volume.replicator
+    let recorded = false
+    let gen: number
+    try {
+      gen = await this.#host.engine.snapshot(volume, replicator === undefined ? undefined : () => { replicator.record({ type: 'snapshot', id, name }); recorded = true })
+    } catch (err) {
+      if (recorded) replicator?.record({ type: 'delete-snapshot', id })
+      throw err
+    }
+    try {
+      return await this.#host.catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: Math.min(sizeBytes ?? volume.sizeBytes, volume.sizeBytes), implicit })
+    } catch (err) {
+      await this.#host.engine.dropSnapshot(volume, gen).catch(() => {})
+      if (recorded) replicator?.record({ type: 'delete-snapshot', id })
+      throw err
+    }
+  }
+
+  /** Removes a snapshot's record (first, so a crash never leaves a record whose blocks are gone), then its blocks. */
+  async dropSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
+    this.#snapshotsGoing.add(snapshot.id)
+    try {
+      const readers = this.#snapshotReaders.get(snapshot.id)
+      if (readers !== undefined) await new Promise<void>((resolve) => { readers.drained = resolve })
+      const clones = this.#host.catalog.clonesOf(record.id, snapshot.id).map((clone) => clone.id)
+      await this.#host.catalog.deleteSnapshot(snapshot)
+      const volume = this.#host.volumeBlocks(record)
+      volume.replicator?.record({ type: 'delete-snapshot', id: snapshot.id })
+      await this.#host.engine.dropSnapshot(volume, snapshot.gen)
+      this.#host.emit('snapshot:deleted', { ...this.toSnapshot(snapshot), clones })
+    } finally {
+      this.#snapshotsGoing.delete(snapshot.id)
+    }
+  }
+
+  #implicitName (record: VolumeRecord, cloneName: string): string {
+    const taken = new Set(this.#host.catalog.snapshots(record.id).map((snapshot) => snapshot.name))
+    const base = `clone-${cloneName}`.slice(0, 56)
+    let name = base
+    for (let n = 2; taken.has(name); n++) name = `${base}-${n}`
+    return name
+  }
+
+  /** A snapshot record as callers see it. */
+  toSnapshot (record: SnapshotRecord): Snapshot {
+    return {
+      id: record.id,
+      name: record.name,
+      volumeId: record.volumeId,
+      sizeBytes: record.sizeBytes,
+      createdAt: record.createdAt,
+      implicit: record.implicit,
+      clones: this.#host.catalog.clonesOf(record.volumeId, record.id).map((clone) => clone.id)
+    }
+  }
+
+  /** Keeps a snapshot's blocks alive for one read; refuses once its deletion began. */
+  pinSnapshot (snapshot: SnapshotRecord): () => void {
+    if (this.#snapshotsGoing.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
+    let readers = this.#snapshotReaders.get(snapshot.id)
+    if (readers === undefined) this.#snapshotReaders.set(snapshot.id, readers = { count: 0 })
+    readers.count++
+    return () => {
+      const current = readers as { count: number, drained?: () => void }
+      if (--current.count === 0) {
+        this.#snapshotReaders.delete(snapshot.id)
+        current.drained?.()
+      }
+    }
+  }
+
+  #refuseRevertWhileWriting (record: VolumeRecord, volume: VolumeBlocks | undefined): void {
+    if (volume !== undefined && (volume.tickets.size > 0 || volume.locks.size > 0)) {
+      throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
+    }
+  }
+
+  /** Drops a snapshot of a replica copy as its primary did: clones made from it here get their own copy first. */
+  async dropReplicaSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
+    await mountControl(this.#host.mounts).release(record.id, snapshot.id)
+    for (const clone of this.#host.catalog.clonesOf(record.id, snapshot.id)) {
+      await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
+      await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+    }
+    await this.dropSnapshot(record, snapshot)
+  }
+}

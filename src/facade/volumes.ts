@@ -1,0 +1,358 @@
+// The volume lifecycle of the facade: recovery at open, creating, deleting (with the clones and
+// copies that depend on a volume) and expanding volumes.
+
+import { GalleonError, describe } from '../errors.js'
+import type { VolumeBlocks } from '../engine/engine.js'
+import { mountControl } from '../mount/mount-manager.js'
+import { parseQoSPolicy } from '../qos/policy.js'
+import { parseSize } from '../size.js'
+import type { ReplicationManager } from '../replication/manager.js'
+import { AccessMode, VolumeState, VolumeType, type CreateVolumeOptions, type Volume } from '../types.js'
+import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
+import { DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
+import type { FacadeHost } from './host.js'
+import { checkLabels, names, specOf, toVolume } from './records.js'
+import type { VolumeRef } from './refs.js'
+
+const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
+const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
+
+/** Creates, deletes and expands the instance's volumes (GalleonFS checks the caller first). */
+export class VolumeLifecycle {
+  readonly #host: FacadeHost
+
+  constructor (host: FacadeHost) {
+    this.#host = host
+  }
+
+  /** Recovery after open: rebuild block maps, finish interrupted deletes, drop ephemeral volumes. */
+  async recover (): Promise<void> {
+    const records = this.#host.catalog.volumes()
+    await this.#host.engine.recover(records.map((record) => {
+      const source = record.source === undefined ? undefined : this.#host.catalog.snapshotById(record.source.snapshotId)
+      const parent = source === undefined ? undefined : this.#host.catalog.resolve(source.volumeId)
+      if (record.source !== undefined && (source === undefined || parent === undefined)) {
+        throw new GalleonError('CORRUPTION', `clone ${record.name} reads from snapshot ${record.source.snapshotId}, which is missing from the metadata`)
+      }
+      return {
+        storageId: record.storageId,
+        sizeBytes: record.sizeBytes,
+        snapshotGens: this.#host.catalog.snapshots(record.id).map((snapshot) => snapshot.gen),
+        parent: source === undefined || parent === undefined ? undefined : { storageId: parent.storageId, gen: source.gen, sizeBytes: source.sizeBytes }
+      }
+    }))
+    await this.#attachKeys(records)
+    // Migrations a crash cut short before their switch-over: the destination storage (named by no
+    // volume record) was removed above as an orphan, its staged keys by attachKeys. The volume is
+    // on its source, untouched.
+    for (const migration of this.#host.catalog.migrations()) await this.#host.catalog.abandonMigration(migration.volumeId)
+    for (const record of records) {
+      // A revert cut short by a crash: finish it, so the volume reads as the snapshot, not as a mix.
+      if (record.revertTo === undefined || record.state === VolumeState.Deleting) continue
+      const snapshot = this.#host.catalog.snapshotById(record.revertTo)
+      try {
+        if (snapshot !== undefined) await this.#host.engine.revert(this.#host.volumeBlocks(record), { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
+        await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+      } catch (err) {
+        // Leave the intent: the volume refuses I/O (see GalleonFS #ioVolume) until a revert succeeds, and the
+        // rest of the instance opens.
+        this.#host.revertFailures.set(record.id, err instanceof Error ? err.message : String(err))
+      }
+    }
+    // Implicit snapshots whose clone was never recorded (a crash in cloneVolume) hold space for nobody.
+    for (const record of this.#host.catalog.volumes()) {
+      for (const snapshot of this.#host.catalog.snapshots(record.id)) {
+        if (snapshot.implicit && this.#host.catalog.clonesOf(record.id, snapshot.id).length === 0) await this.#host.dropSnapshot(record, snapshot)
+      }
+    }
+    for (const record of this.destroyOrder(records.filter((record) => record.state === VolumeState.Deleting || record.type === VolumeType.Ephemeral))) {
+      await this.destroy(this.#host.catalog.resolve(record.id), true)
+    }
+    for (const record of this.#host.catalog.volumes()) {
+      if (record.state !== VolumeState.Available) await this.#host.catalog.updateVolume(record.id, { state: VolumeState.Available })
+    }
+  }
+
+  /**
+   * Gives every encrypted volume its cipher (DEKs unwrapped; a volume whose keys cannot be loaded
+   * refuses I/O saying why), forgets keys of volumes that are gone (a crash during a create or a
+   * delete), and finishes a key-encryption-key rotation a crash interrupted.
+   */
+  async #attachKeys (records: readonly VolumeRecord[]): Promise<void> {
+    const ids = new Set(records.map((record) => record.id))
+    for (const volumeId of this.#host.keys.volumeIds()) if (!ids.has(volumeId)) await this.#host.keys.delete(volumeId)
+    for (const record of records) {
+      if (record.encrypted !== true) continue
+      const volume = this.#host.volumeBlocks(record)
+      volume.cipher = await this.#host.keys.attach(record.id, record.storageId)
+    }
+    // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
+    // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
+    const unavailable = records.some((record) => this.#host.engine.volume(record.storageId)?.cipher?.unavailable !== undefined)
+    if (!unavailable && await this.#host.keys.staleWraps().catch(() => false)) await this.#host.keys.rewrapAll(await this.#host.keys.provider()).catch(() => {})
+  }
+
+  /** Orders volumes to delete so that clones go before their sources (fewer copies to make). */
+  destroyOrder (records: VolumeRecord[]): VolumeRecord[] {
+    const depth = (record: VolumeRecord): number => {
+      let n = 0
+      for (let at: VolumeRecord | undefined = record; at?.source !== undefined; n++) {
+        at = this.#host.catalog.volumes().find((candidate) => candidate.id === at?.source?.volumeId)
+      }
+      return n
+    }
+    return [...records].sort((a, b) => depth(b) - depth(a))
+  }
+
+  /** The work of GalleonFS.createVolume, once the caller is checked and the name is valid. */
+  async createVolume (options: CreateVolumeOptions, name: string, namespace: string): Promise<Volume> {
+    const type = options.type ?? VolumeType.Persistent
+    if (!VOLUME_TYPES.has(type)) throw new GalleonError('INVALID_ARGUMENT', `volume type must be one of ${[...VOLUME_TYPES].join(', ')}, got ${describe(type)}`)
+    if (options.sizeBytes === undefined) throw new GalleonError('INVALID_ARGUMENT', 'createVolume() needs sizeBytes (bytes, or a string like "100M" or "1G")')
+    const sizeBytes = parseSize(options.sizeBytes)
+    this.#host.checkVolumeSize(sizeBytes)
+    const className = options.storageClass ?? DEFAULT_STORAGE_CLASS
+    if (typeof className !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(className)}`)
+    const storageClass = this.#host.catalog.storageClass(className)
+    if (storageClass === undefined) {
+      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    }
+    const replicas = options.replicas ?? classReplicas(storageClass)
+    if (!Number.isSafeInteger(replicas) || replicas < 1 || replicas > 999) {
+      throw new GalleonError('INVALID_ARGUMENT', `replicas must be a whole number from 1 to 999, got ${describe(replicas)}`)
+    }
+    const accessModes = options.accessModes ?? [AccessMode.ReadWriteOnce]
+    if (!Array.isArray(accessModes) || accessModes.length === 0 || !accessModes.every((mode) => ACCESS_MODES.has(mode))) {
+      throw new GalleonError('INVALID_ARGUMENT', `accessModes must be a non-empty list of ${[...ACCESS_MODES].join(', ')}, got ${describe(accessModes)}`)
+    }
+    const labels = checkLabels(options.labels ?? {})
+    const qos = options.qos === undefined ? undefined : parseQoSPolicy(options.qos)
+    assertClassSupported(storageClass, replicas, this.#host.replication !== undefined)
+    const pool = this.#host.pools.choose(options.pool, storageClass)
+    const placement = pool === undefined ? classPlacement(storageClass) : this.#host.poolPlacement(pool, classPlacement(storageClass))
+    const encrypted = storageClass.parameters.encryption === 'true'
+    // Open the key provider first: a missing master key or a failing KMS stops the create here.
+    if (encrypted) await this.#host.keys.provider()
+
+    const unreserve = this.#host.catalog.reserveName(name, namespace)
+    let record: VolumeRecord
+    // The pool's bytes are taken before anything is recorded, and held until the record counts.
+    let release: (() => void) | undefined
+    try {
+      if (pool !== undefined) release = this.#host.pools.reserve(pool.name, sizeBytes, `volume ${name}`)
+      record = await this.newVolume({
+        name,
+        namespace,
+        type: type as VolumeType,
+        state: VolumeState.Available,
+        sizeBytes,
+        blockSize: this.#host.engine.blockSize,
+        storageClass: storageClass.name,
+        replicas,
+        accessModes: [...new Set(accessModes)] as AccessMode[],
+        labels,
+        encrypted,
+        ...(qos === undefined ? {} : { qos }),
+        ...(pool === undefined ? {} : { pool: pool.name }),
+        ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 } } : {})
+      })
+    } finally {
+      release?.()
+      unreserve()
+    }
+    if (replicas > 1) {
+      // Its copies on other nodes: placed, recorded in the coordinator, created and brought in sync.
+      try {
+        await (this.#host.replication as ReplicationManager).register(specOf(record), placement)
+      } catch (err) {
+        ;(this.#host.replication as ReplicationManager).forget(record.id)
+        await this.destroy(record, false).catch(() => {})
+        throw err
+      }
+    }
+    const volume = this.#host.volumeView(record)
+    this.#host.emit('volume:created', volume)
+    return volume
+  }
+
+  /**
+   * Records a new volume. Before the record is stored or visible, the volume is attached to the
+   * engine with its keys (when encrypted) and, for a clone, its link to the source: no I/O can
+   * reach it half set up. On failure nothing of it remains.
+   */
+  async newVolume (fields: Parameters<Catalog['createVolume']>[0], link?: { source: VolumeBlocks, gen: number, sizeBytes: number }): Promise<VolumeRecord> {
+    let prepared: { id: string, storageId: number } | undefined
+    try {
+      return await this.#host.catalog.createVolume(fields, async (record) => {
+        const cipher = fields.encrypted === true ? await this.#host.keys.create(record.id, record.storageId) : undefined
+        prepared = { id: record.id, storageId: record.storageId }
+        this.#host.applyQoS(record)
+        const blocks = this.#host.engine.attach(record.storageId, record.sizeBytes)
+        blocks.cipher = cipher
+        if (link !== undefined) this.#host.engine.linkClone(blocks, link.source, link.gen, link.sizeBytes)
+      })
+    } catch (err) {
+      if (prepared !== undefined) {
+        this.#host.engine.forget(prepared.storageId)
+        this.#host.qos.forget(prepared.id)
+        if (this.#host.keys.has(prepared.id)) await this.#host.keys.delete(prepared.id).catch(() => {})
+      }
+      throw err
+    }
+  }
+
+  /** The work of GalleonFS.deleteVolume, once the caller is checked. */
+  async deleteVolume (vol: VolumeRef, options: { force?: boolean }): Promise<void> {
+    const record = this.#host.catalog.resolve(vol)
+    if (record.state === VolumeState.Deleting) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
+
+    if (this.#host.replication?.forwards(record.id) === true) {
+      await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true })
+      return
+    }
+    const storageClass = this.#host.catalog.storageClass(record.storageClass)
+    if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
+    }
+    const mounts = mountControl(this.#host.mounts).mountsOf(record.id)
+    if (mounts.length > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    }
+    // From here no new mount may attach to it (the unmount below and the deletion take a while).
+    this.#host.goingAway.add(record.id)
+    try {
+      // A replicated volume goes everywhere: its record first (no failover brings it back), then the
+      // other copies (outside the admin queue: their nodes may be waiting on ours), then this one.
+      if (this.#host.replication?.holds(record.id) === true) {
+        // Refusals first: once the record is gone, the other copies go too.
+        const clones = this.#host.catalog.clonesOf(record.id)
+        if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+        // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
+        this.#host.nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
+        await this.#host.replication.unregister(record.id)
+      }
+      // A migration of the volume is cancelled: copying data that is about to go is pointless.
+      await this.#host.adminAfterMigration(record.id, async () => {
+        // A mount that was being set up when the deletion began has finished by now: look again.
+        await mountControl(this.#host.mounts).settled()
+        const late = mountControl(this.#host.mounts).mountsOf(record.id)
+        if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
+        await mountControl(this.#host.mounts).release(record.id)
+        await this.#deleteChecked(record, options)
+      }, 'the volume is being deleted')
+    } finally {
+      this.#host.goingAway.delete(record.id)
+    }
+  }
+
+  async #deleteChecked (record: VolumeRecord, options: { force?: boolean }): Promise<void> {
+    const current = this.#host.catalog.resolve(record.id)
+    const clones = this.#host.catalog.clonesOf(current.id)
+    if (clones.length > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${current.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+    }
+    await this.destroy(current, true)
+  }
+
+  /**
+   * Deletes a volume, its snapshots and its blocks. Clones that still read from it get their own
+   * copies first (`flattenClones`); a clone's implicit source snapshot goes when its last clone does.
+   */
+  async destroy (record: VolumeRecord, flattenClones: boolean): Promise<void> {
+    const clones = this.#host.catalog.clonesOf(record.id)
+    if (clones.length > 0) {
+      if (!flattenClones) throw new GalleonError('BUSY', `volume ${record.name} has clones (${names(clones)})`)
+      for (const clone of clones) await this.#flatten(clone)
+    }
+    this.#host.replication?.forget(record.id)
+    this.#host.qos.forget(record.id)
+    const deleting = await this.#host.catalog.updateVolume(record.id, { state: VolumeState.Deleting })
+    this.#host.emit('volume:state', toVolume(deleting), record.state)
+    const volume = this.#host.engine.volume(record.storageId) ?? this.#host.engine.attach(record.storageId, record.sizeBytes)
+    await this.#host.engine.destroy(volume)
+    await this.#host.catalog.deleteVolume(record.id)
+    if (this.#host.keys.has(record.id)) await this.#host.keys.delete(record.id)
+    this.#host.emit('volume:deleted', toVolume(deleting))
+    if (record.source !== undefined) await this.releaseSource(record.source)
+  }
+
+  /** Drops a clone's source snapshot if it was implicit and no other clone reads from it. */
+  async releaseSource (source: { volumeId: string, snapshotId: string }): Promise<void> {
+    const snapshot = this.#host.catalog.snapshotById(source.snapshotId)
+    if (snapshot === undefined || !snapshot.implicit) return
+    if (this.#host.catalog.clonesOf(source.volumeId, snapshot.id).length > 0) return
+    await this.#host.dropSnapshot(this.#host.catalog.resolve(source.volumeId), snapshot)
+  }
+
+  /** Gives a clone its own copy of everything it reads from its source, then unlinks it. */
+  async #flatten (clone: VolumeRecord): Promise<void> {
+    const source = clone.source
+    if (source === undefined) return
+    await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
+    await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+    await this.releaseSource(source)
+  }
+
+  /** `beforeUpdate`: runs once the pool has room, before the record changes (a replicated volume's cluster record). */
+  async expand (record: VolumeRecord, sizeBytes: number, beforeUpdate?: () => Promise<void>): Promise<Volume> {
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+    if (sizeBytes < record.sizeBytes) {
+      throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is ${record.sizeBytes} bytes; shrinking to ${sizeBytes} would destroy data and is not supported. Create a smaller volume and copy the data instead`)
+    }
+    if (sizeBytes === record.sizeBytes) return toVolume(record)
+    const release = record.pool === undefined ? undefined : this.#host.pools.reserve(record.pool, sizeBytes - record.sizeBytes, `expanding volume ${record.name} from ${record.sizeBytes} to ${sizeBytes} bytes`)
+    let updated: VolumeRecord
+    try {
+      await beforeUpdate?.()
+      updated = await this.#host.catalog.updateVolume(record.id, { sizeBytes })
+    } finally {
+      release?.()
+    }
+    const volume = this.#host.volumeBlocks(updated)
+    volume.sizeBytes = sizeBytes
+    // On a replicated volume's primary the expansion takes its place in the change stream here,
+    // before any write that reaches past the old end can be recorded.
+    volume.replicator?.record({ type: 'expand', sizeBytes })
+    const result = this.#host.volumeView(updated)
+    this.#host.emit('volume:expanded', result, record.sizeBytes)
+    return result
+  }
+
+  /**
+   * Expands a replicated volume: on its primary (other nodes forward the call), the cluster's
+   * record first, so that copies created or resynced from then on get the new size, then the
+   * primary's copy; the other copies grow when the change reaches them in the stream.
+   */
+  async expandReplicated (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+    const replication = this.#host.replication
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to expand the volume`)
+    if (replication.forwards(record.id)) {
+      return (await this.#host.forward(record, { op: 'expandVolume', sizeBytes })).header.volume as Volume
+    }
+    // Not while this copy converts (see ClusterMigrations.convergeCopy: it copies a fixed size): refused at once
+    // rather than waiting, which a call forwarded here could not do for long.
+    if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#host.cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
+    return await this.#host.admin(async () => {
+      if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#host.cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
+      const current = this.#host.catalog.resolve(record.id)
+      if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+      // The primary role may have moved while the call waited for its turn.
+      if (this.#host.volumeBlocks(current).replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} stopped being the primary of volume ${current.name} while the expansion waited; retry it`)
+      return await this.expand(current, sizeBytes, async () => {
+        await replication.update(current.id, (r) => r.spec.sizeBytes >= sizeBytes ? undefined : { ...r, spec: { ...r.spec, sizeBytes } })
+      })
+    })
+  }
+
+  /** Grows this node's copy of a replicated volume to the size its primary expanded it to. */
+  async applyExpand (volumeId: string, sizeBytes: number): Promise<void> {
+    if ((this.#host.recordById(volumeId)?.sizeBytes ?? sizeBytes) >= sizeBytes) return
+    await this.#host.adminAfterMigration(volumeId, async () => {
+      const record = this.#host.recordById(volumeId)
+      if (record === undefined || record.state === VolumeState.Deleting || sizeBytes <= record.sizeBytes) return
+      const updated = await this.#host.catalog.updateVolume(record.id, { sizeBytes })
+      this.#host.volumeBlocks(updated).sizeBytes = sizeBytes
+      this.#host.emit('volume:expanded', this.#host.volumeView(updated), record.sizeBytes)
+    }, 'the primary expanded the volume; the conversion of this copy starts again after it')
+  }
+}
