@@ -10,7 +10,7 @@ import { formatSize, parseSize } from '../src/index.js'
 import { Presets, SingleBar } from 'cli-progress'
 import Table from 'cli-table3'
 import { runtimeTokenPath } from './daemon.js'
-import { formatAddress, parseAddress } from './daemon-config.js'
+import { parseAddress } from './daemon-config.js'
 
 /** A failure to report in one line (exit 1), never with a stack trace. */
 class CliError extends Error {}

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { MemoryNetwork, type MemoryTransport } from '../backends/memory/transport.js'
 import type { TransportHandler, TransportMessage } from '../src/drivers.js'
-import { GalleonError, type GalleonErrorCode } from '../src/errors.js'
-import { expectCode, failure } from './support/assertions.js'
+import { GalleonError } from '../src/errors.js'
+import { expectCode } from './support/assertions.js'
 
 const echo: TransportHandler = async (from, request) => ({ kind: 'r', header: { from, ...request.header }, payload: request.payload })
 

@@ -376,7 +376,7 @@ describe('storage pools in a cluster (memory transport)', () => {
       await startNode(network, coordinators, 'n4', 'z4', { disk: 'ssd' })
     ]
     await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 4))
-    const [n1, n2, n3, n4] = nodes as [Node, Node, Node, Node]
+    const [n1, , n3, n4] = nodes as [Node, Node, Node, Node]
     // Pools are per node, like storage classes: each node that may hold a copy defines them.
     for (const node of nodes) {
       await node.g.createPool({ name: 'pair', capacityBytes: '16M', nodes: ['n1', 'n3'] })

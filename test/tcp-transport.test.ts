@@ -15,9 +15,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { FrameMac, FrameReader, FrameType, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, encodeFrame, proof, sessionKeys, type Frame } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress, type TcpTransportOptions } from '../backends/tcp/index.js'
 import type { TransportHandler } from '../src/drivers.js'
-import { GalleonError, type GalleonErrorCode } from '../src/errors.js'
+import { GalleonError } from '../src/errors.js'
 import { assertBytes, bytesOf } from './conformance/fixtures.js'
-import { expectCode, failure } from './support/assertions.js'
+import { expectCode } from './support/assertions.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NODE_SCRIPT = join(ROOT, 'test', 'fixtures', 'transport-node.ts')

@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GalleonFS, WriteConcern } from '../../src/index.js'
 import { BLOCK_BYTES, blockPayload, decodeBlockAt } from './snapshot-child.js'
-import { PLAIN_CLASS, SECRET_CLASS, VOLUME, VOLUME_BLOCKS } from './migration-child.js'
+import { SECRET_CLASS, VOLUME, VOLUME_BLOCKS } from './migration-child.js'
 import { killAfterReady, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
 
