@@ -16,12 +16,14 @@ export function maintain (state: StoreState, task: () => Promise<void>): Promise
 /** Hands an error of background work to onBackgroundError, or keeps it in lastBackgroundError. */
 export function reportBackground (state: StoreState, err: unknown): void {
   const error = wrapIo(err, `background work of the block store at ${state.location} failed`)
-  if (state.onBackgroundError === undefined) {
+  // Called as a plain function: the listener must not see the store's internal state as `this`.
+  const listener = state.onBackgroundError
+  if (listener === undefined) {
     state.lastBackgroundError = error
     return
   }
   try {
-    state.onBackgroundError(error)
+    listener(error)
   } catch {
     // Called from a promise handler: a throwing listener would become an unhandled rejection and
     // stop the process. Keep the error where it can still be found.
