@@ -1,12 +1,14 @@
-// What the replication manager, the primaries and their links share: limits of the stream and of
-// resync messages, the local side of a replicated volume, block digests, error helpers.
+// What the replication manager, its parts, the primaries and their links share: limits of the stream
+// and of resync messages, the local side of a replicated volume, block digests, error helpers.
 
 import { createHash } from 'node:crypto'
 import { GalleonError } from '../errors.js'
+import type { Coordinator } from '../drivers.js'
+import type { ClusterManager } from '../cluster/manager.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
 import type { ReplicaSetRecord } from './records.js'
-import type { ReplicaPosition } from './manager.js'
+import type { ReplicaPosition, ReplicationHost } from './host.js'
 import type { Primary } from './primary.js'
 
 /** How long a copy has to apply a stream batch (or another message of the stream) and answer. */
@@ -46,7 +48,7 @@ export interface LocalSet {
   position: ReplicaPosition
   /** The applied position known to be durable (the one saved). */
   durable: ReplicaPosition
-  /** The first change of the next stream batch expected (ordering of batches, see #turn). */
+  /** The first change of the next stream batch expected (ordering of batches, see ReplicaSide#turn). */
   nextFrom: number | undefined
   readonly turns: Map<number, () => void>
   /** Replica-side work on this copy runs one message at a time. */
@@ -60,6 +62,37 @@ export interface LocalSet {
    */
   readonly applying: Set<Promise<void>>
   saveTimer: NodeJS.Timeout | undefined
+}
+
+/**
+ * What the parts of a ReplicationManager (its replica side, replica-set changes and failover) reach
+ * of it: its collaborators, the local sets and the steps it takes on them (private to the manager).
+ */
+export interface ManagerCore {
+  readonly nodeId: string
+  readonly host: ReplicationHost
+  readonly cluster: ClusterManager
+  readonly coordinator: Coordinator
+  /** The local side of each replicated volume this node holds a copy of, by volume id. */
+  readonly sets: Map<string, LocalSet>
+  /** Copies being deleted by the manager (their sets forgotten, the local volume not gone yet). */
+  readonly deleting: ReadonlySet<string>
+  /** The manager is closing. */
+  readonly closed: boolean
+  /** The local set of a volume, made (at `position`) if there is none. */
+  setOf: (volumeId: string, position?: ReplicaPosition) => LocalSet
+  /** Forgets a local copy that was deleted here. */
+  forget: (volumeId: string) => void
+  /** Forgets the set of a copy and deletes the copy. */
+  dropCopy: (volumeId: string) => Promise<void>
+  becomePrimary: (set: LocalSet, record: ReplicaSetRecord) => void
+  stepDown: (set: LocalSet, why: string) => void
+  /** Stops this node's primary of a volume (if any) and unhooks it from the engine. */
+  retire: (set: LocalSet, why: string) => void
+  /** Reads the volume's record again and takes up the role it gives. */
+  refresh: (set: LocalSet) => Promise<void>
+  /** Compare-and-swap on a volume's record (ReplicationManager.update). */
+  update: (volumeId: string, change: (record: ReplicaSetRecord) => ReplicaSetRecord | undefined) => Promise<{ record: ReplicaSetRecord, revision: number } | undefined>
 }
 
 /** Allocated blocks of a view in [first, first + count) with their digests (16 bytes each). */

@@ -8,7 +8,7 @@ import type { VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
 import type { ReplicatedChange } from '../engine/replicator.js'
 import { encodeChanges } from './stream-codec.js'
-import type { ReplicationStatus, SnapshotInfo } from './manager.js'
+import type { ReplicationStatus, SnapshotInfo } from './host.js'
 import type { Primary } from './primary.js'
 import { APPLY_TIMEOUT_MS, BATCH_MAX_BYTES, DIGEST_BYTES, RESYNC_MESSAGE_BYTES, digestRange, errorText } from './common.js'
 

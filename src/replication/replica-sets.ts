@@ -1,0 +1,310 @@
+// Changes to the replica sets of this node's volumes: creating and deleting them, handing the
+// copies off before the node leaves, moving one copy, and reshaping a set for a new storage class.
+
+import { setTimeout as sleep } from 'node:timers/promises'
+import { GalleonError } from '../errors.js'
+import type { Coordinator } from '../drivers.js'
+import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
+import { parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
+import type { CopyLayout } from './host.js'
+
+/** Coordinator keys of nodes that are leaving (`replication/leaving/<nodeId>`). */
+const LEAVING_PREFIX = 'replication/leaving/'
+/** How long createVolume waits for new copies to be in sync before it returns a degraded volume. */
+const CREATE_SYNC_WAIT_MS = 15_000
+
+/** Nodes handing their copies off before they leave (not eligible for new copies). */
+export async function leavingNodes (coordinator: Coordinator): Promise<Set<string>> {
+  return new Set((await coordinator.list(LEAVING_PREFIX)).map((entry) => entry.key.slice(LEAVING_PREFIX.length)))
+}
+
+/** The replica-set changes a ReplicationManager makes (see its register, handOff, moveCopy, reshape...). */
+export class ReplicaSetChanges {
+  readonly #core: ManagerCore
+  /** While this node hands its copies off (leave), it deletes them itself. */
+  #handingOff = false
+  /** Volumes whose copy on this node is moving to another node (it deletes the copy itself). */
+  readonly #moving = new Set<string>()
+
+  constructor (core: ManagerCore) {
+    this.#core = core
+  }
+
+  /** This node is handing its copies off (it deletes them itself). */
+  get handingOff (): boolean { return this.#handingOff }
+
+  /** The copy of this volume on this node is moving to another node (it deletes the copy itself). */
+  isMoving (volumeId: string): boolean { return this.#moving.has(volumeId) }
+
+  /**
+   * Makes a freshly created local volume replicated: places its copies, records the replica set
+   * (this node primary, epoch 1) and creates the other copies. Waits a while for them to be in
+   * sync; returns the record (fewer in-sync copies than wanted: the volume is degraded).
+   */
+  async register (spec: VolumeSpec, options: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'> = {}, wait = true): Promise<ReplicaSetRecord> {
+    const members = this.#core.cluster.members.filter((m) => m.healthy)
+    // The creating node holds the primary copy; the others are placed by the class's rules.
+    let others: readonly string[] = []
+    try {
+      if (spec.replicas > 1) others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId), { ...options, replicas: spec.replicas - 1 }).nodes
+    } catch (err) {
+      // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
+      if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
+    }
+    const nodes = [this.#core.nodeId, ...others].slice(0, spec.replicas)
+    // A record left by a volume that became local again (see dissolve) is replaced, one epoch on:
+    // a copy left from that time (its position in an older epoch) is never taken for one in line
+    // with the new history, but compared block by block.
+    let epoch = 1
+    let expectRevision = 0
+    const existing = await this.#core.coordinator.get(recordKey(spec.id))
+    if (existing !== undefined) {
+      const old = parseRecord(existing.value)
+      // This node's own record, with no other copy: a dissolve kept it (or was cut short).
+      if (old === undefined || old.primary !== this.#core.nodeId || old.nodes.length !== 1 || old.nodes[0] !== this.#core.nodeId) {
+        throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
+      }
+      expectRevision = existing.revision
+      epoch = Math.max(epoch, old.epoch + 1)
+    }
+    const record: ReplicaSetRecord = { spec, primary: this.#core.nodeId, epoch, nodes, inSync: [this.#core.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
+    const set = this.#core.setOf(spec.id)
+    const entry = await this.#core.coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision })
+    if (entry === undefined) {
+      this.#core.sets.delete(spec.id)
+      throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
+    }
+    if (set.revision < entry.revision) {
+      set.record = record
+      set.revision = entry.revision
+    }
+    set.knownEpoch = Math.max(set.knownEpoch, epoch)
+    this.#core.becomePrimary(set, set.record ?? record)
+    // The new copies' resyncs take their cuts through host.exclusive: a caller holding it passes wait = false.
+    const deadline = wait ? Date.now() + CREATE_SYNC_WAIT_MS : 0
+    while (Date.now() < deadline && !this.#core.closed) {
+      const current = set.record
+      if (current === undefined || set.primary === undefined) break
+      if (current.inSync.length >= current.nodes.length) break
+      if (set.primary.allLinksFailedOnce()) break
+      await sleep(20)
+    }
+    return set.record ?? record
+  }
+
+  /** Deletes a replicated volume everywhere (called on the primary, before the local copy goes). */
+  async unregister (volumeId: string): Promise<void> {
+    const set = this.#core.sets.get(volumeId)
+    if (set === undefined) return
+    const nodes = set.record?.nodes ?? []
+    this.#core.retire(set, 'the volume is being deleted')
+    this.#core.sets.delete(volumeId)
+    clearTimeout(set.saveTimer)
+    await this.#core.coordinator.delete(recordKey(volumeId))
+    await Promise.all(nodes.filter((n) => n !== this.#core.nodeId).map(async (node) => {
+      await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).catch(() => {})
+    }))
+  }
+
+  /**
+   * Makes a replicated volume whose only copy is this node's (and which wants one) a local volume
+   * again: its primary stops, the caller clears the local record's replication (`local`), the
+   * nodes that held copies of it (`formerNodes`: a move that was given up) are told to delete
+   * theirs, and once all did, the cluster's record goes. Returns false, changing nothing, when the record keeps
+   * other copies or another primary.
+   */
+  async dissolve (volumeId: string, formerNodes: readonly string[], local: () => Promise<void>): Promise<boolean> {
+    const entry = await this.#core.coordinator.get(recordKey(volumeId))
+    const record = entry === undefined ? undefined : parseRecord(entry.value)
+    if (entry === undefined || record === undefined) return false
+    if (record.primary !== this.#core.nodeId || record.spec.replicas !== 1 || record.nodes.length !== 1 || record.nodes[0] !== this.#core.nodeId) return false
+    const set = this.#core.sets.get(volumeId)
+    if (set !== undefined) {
+      this.#core.retire(set, 'the volume is local again')
+      this.#core.sets.delete(volumeId)
+      clearTimeout(set.saveTimer)
+    }
+    // The local record first: a crash after it leaves at worst a record nobody uses in the
+    // coordinator (register replaces it), never a local copy that waits for a record that is gone.
+    await local()
+    // The record goes only once every node that held a copy deleted it; otherwise it stays (this
+    // node's alone), and a later register replaces it one epoch on (see there).
+    const deleted = await Promise.all(formerNodes.filter((n) => n !== this.#core.nodeId).map(async (node) => {
+      return await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).then(() => true, () => false)
+    }))
+    if (deleted.every(Boolean)) await this.#core.coordinator.delete(recordKey(volumeId), { expectRevision: entry.revision })
+    return true
+  }
+
+  /**
+   * Before this node leaves the cluster: every copy it holds is handed off. Where its copy is in
+   * sync, a copy on another node is added first and waited for (the volume keeps the redundancy it
+   * had); where it is the primary, the role goes to an in-sync copy; then it leaves the replica set
+   * and the local copy is deleted. BUSY (nothing more is done) when a volume cannot be handed off.
+   */
+  async handOff (options: { timeoutMs?: number } = {}): Promise<void> {
+    // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
+    const mark = `${LEAVING_PREFIX}${this.#core.nodeId}`
+    await this.#core.coordinator.put(mark, JSON.stringify({ at: Date.now() }))
+    this.#handingOff = true
+    try {
+      for (const set of [...this.#core.sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+    } finally {
+      this.#handingOff = false
+      await this.#core.coordinator.delete(mark).catch(() => {})
+    }
+  }
+
+  /**
+   * Moves this node's copy of a volume to node `to`: a copy there first, in sync, then the primary
+   * role (if this node has it), then this node's copy goes. Resolves once it is gone.
+   */
+  async moveCopy (volumeId: string, to: string, options: { timeoutMs?: number, signal?: AbortSignal } = {}): Promise<void> {
+    const set = this.#core.sets.get(volumeId)
+    if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.#core.nodeId} holds no copy of volume ${volumeId}`)
+    if (to === this.#core.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume's copy is on ${to} already: nothing to move`)
+    const member = (await this.#core.coordinator.members()).find((m) => m.id === to)
+    if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${to} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+    if ((await leavingNodes(this.#core.coordinator)).has(to)) throw new GalleonError('BUSY', `node ${to} is leaving the cluster; pick another node`)
+    const record = set.record ?? parseRecord((await this.#core.coordinator.get(recordKey(volumeId)))?.value ?? '')
+    // A copy there beyond the wanted number (left by a move that was interrupted) is the one the
+    // move fills and hands over to.
+    // (Not one another node's hand-off is still filling: that one is not in sync yet.)
+    if (record?.nodes.includes(to) === true && (record.nodes.length <= record.spec.replicas || (record.spec.replicas > 1 && !record.inSync.includes(to)))) throw new GalleonError('INVALID_ARGUMENT', `node ${to} holds a copy of volume ${record.spec.name} already; move to a node without one`)
+    if (this.#moving.has(volumeId)) throw new GalleonError('BUSY', `volume ${record?.spec.name ?? volumeId} is moving already; wait for that move`)
+    this.#moving.add(volumeId)
+    try {
+      await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to, options.signal)
+    } finally {
+      this.#moving.delete(volumeId)
+    }
+  }
+
+  /**
+   * Changes the storage class of a replicated volume in its record: every copy converts itself to
+   * the class (ReplicationHost.applySpec), and the number of copies follows the class's replicas:
+   * more are placed now (filled by resyncs), fewer drop the copies that are not the primary's,
+   * out-of-sync ones first (their nodes delete them). Returns the record as it was before.
+   */
+  async reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
+    let before: ReplicaSetRecord | undefined
+    const members = this.#core.cluster.members.filter((m) => m.healthy)
+    const leaving = await leavingNodes(this.#core.coordinator)
+    const written = await this.#core.update(volumeId, (r) => {
+      before = r
+      let nodes = [...r.nodes]
+      if (change.replicas < nodes.length) {
+        const rest = nodes.filter((n) => n !== r.primary)
+        // Kept first: the in-sync copies, and among them the one of the node that asked.
+        const rank = (n: string): number => (r.inSync.includes(n) ? 2 : 0) + (n === change.keep ? 1 : 0)
+        rest.sort((a, b) => rank(b) - rank(a))
+        nodes = [r.primary, ...rest].slice(0, Math.max(1, change.replicas))
+      } else if (change.replicas > nodes.length) {
+        try {
+          const chosen = placeVolume(members.filter((m) => !leaving.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary }).nodes
+          nodes.push(...chosen.filter((n) => !nodes.includes(n)).slice(0, change.replicas - nodes.length))
+        } catch (err) {
+          // Fewer eligible nodes than copies: the volume is degraded until nodes join.
+          if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
+        }
+      }
+      const { pool: _pool, ...spec } = r.spec
+      const hasPlacement = placement.strategy !== undefined || placement.zones !== undefined || placement.affinity !== undefined || placement.antiAffinity !== undefined || placement.nodes !== undefined
+      const { placement: _placement, ...rest } = r
+      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}) }
+    })
+    if (written === undefined || before === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `the cluster has no record of volume ${volumeId}`)
+    const added = written.record.nodes.filter((n) => !before?.nodes.includes(n))
+    if (added.length > 0) this.#core.host.emit('replication:replica-added', { volumeId, nodes: added })
+    const removed = before.nodes.filter((n) => !written.record.nodes.includes(n))
+    if (removed.length > 0) this.#core.host.emit('replication:replica-removed', { volumeId, nodes: removed, reason: `storage class ${change.storageClass} keeps ${change.replicas} cop${change.replicas === 1 ? 'y' : 'ies'}` })
+    return before
+  }
+
+  /**
+   * Puts a volume's record back as `reshape` found it (the class, copies, pool and placement; not
+   * the nodes that were dropped), unless another change than `change` was made to it since.
+   */
+  async unshape (volumeId: string, before: ReplicaSetRecord, change: { storageClass: string, replicas: number, pool?: string }): Promise<void> {
+    await this.#core.update(volumeId, (r) => {
+      if (r.spec.storageClass !== change.storageClass || r.spec.replicas !== change.replicas || r.spec.pool !== change.pool) return undefined
+      const { placement: _placement, ...rest } = r
+      const { pool: _pool, ...spec } = r.spec
+      const nodes = r.nodes.filter((n) => n === r.primary || before.nodes.includes(n))
+      return { ...rest, spec: { ...spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
+    })
+  }
+
+  /** How each copy of a volume stands against the class of its record (asks the other nodes). */
+  async copyLayouts (volumeId: string, retry = false): Promise<{ record: ReplicaSetRecord, layouts: Array<CopyLayout & { node: string, unreachable?: string }> } | undefined> {
+    const entry = await this.#core.coordinator.get(recordKey(volumeId))
+    const record = entry === undefined ? undefined : parseRecord(entry.value)
+    if (record === undefined) return undefined
+    const layouts = await Promise.all(record.nodes.map(async (node) => {
+      if (node === this.#core.nodeId) return { node, ...this.#core.host.copyLayout(volumeId, retry) }
+      try {
+        const reply = await this.#core.cluster.request(node, { kind: 'repl:layout', header: { volumeId, retry } }, { timeoutMs: APPLY_TIMEOUT_MS })
+        return { node, ...(reply.header as unknown as CopyLayout) }
+      } catch (err) {
+        // Not an answer about the copy: asked again on the next poll.
+        return { node, busy: true, converged: false, unreachable: `node ${node} did not answer: ${(err as Error)?.message ?? String(err)}` }
+      }
+    }))
+    return { record, layouts }
+  }
+
+  async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal): Promise<void> {
+    const self = this.#core.nodeId
+    const current = async (): Promise<ReplicaSetRecord | undefined> => {
+      const entry = await this.#core.coordinator.get(recordKey(set.volumeId))
+      return entry === undefined ? undefined : parseRecord(entry.value)
+    }
+    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean): Promise<void> => {
+      for (;;) {
+        const record = await current()
+        if (record === undefined || check(record)) return
+        if (Date.now() > deadline) throw new GalleonError('BUSY', `leaving: timed out waiting until ${what}; the node is still a member, try again`)
+        await sleep(100)
+      }
+    }
+    let record = await current()
+    if (record === undefined || !record.nodes.includes(self)) {
+      this.#core.forget(set.volumeId)
+      return
+    }
+    const name = record.spec.name
+    if (to !== undefined && !record.inSync.includes(self)) throw new GalleonError('BUSY', `the copy of volume ${name} on ${self} is not in sync; move the copy of an in-sync node (${record.inSync.join(', ')})`)
+    if (record.inSync.includes(self)) {
+      const others = record.nodes.filter((n) => n !== self)
+      const leaving = await leavingNodes(this.#core.coordinator)
+      const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
+      const added = to ?? placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
+      if (added === undefined) {
+        throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
+      }
+      await this.#core.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
+      this.#core.host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
+      // A move that is cancelled or fails before the primary role moved gives the new copy up
+      // (its node deletes it), and everything stays as it was.
+      const giveUp = async (): Promise<void> => {
+        if (to === undefined) return
+        await this.#core.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) }).catch(() => undefined)
+      }
+      try {
+        await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
+      } catch (err) {
+        await giveUp()
+        throw err
+      }
+      if (signal?.aborted === true) {
+        await giveUp()
+        throw new GalleonError('CANCELLED', `moving volume ${name} to ${added} was cancelled; its copy there is being removed, the volume stays on ${self}`)
+      }
+    }
+    if (set.primary !== undefined) await set.primary.handOver()
+    await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
+    await this.#core.update(set.volumeId, (r) => !r.nodes.includes(self) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== self), inSync: r.inSync.filter((n) => n !== self) })
+    await this.#core.dropCopy(set.volumeId)
+  }
+}

@@ -1,0 +1,314 @@
+// The replica side of replication: the handlers of the repl:* messages a node answers (stream
+// batches, taken in order and fenced by epoch; resyncs; deletion; I/O forwarded to the primary).
+
+import { GalleonError, describe } from '../errors.js'
+import type { TransportMessage } from '../drivers.js'
+import type { VolumeBlocks } from '../engine/engine.js'
+import { LIVE } from '../engine/block-map.js'
+import { decodeChanges } from './stream-codec.js'
+import type { ReplicatedChange } from '../engine/replicator.js'
+import { WriteConcern } from '../types.js'
+import { parseRecord, recordKey, type VolumeSpec } from './records.js'
+import { digestRange, type LocalSet, type ManagerCore } from './common.js'
+import type { ForwardedRequest } from './host.js'
+
+/** The replica-side handlers of one node's ReplicationManager, and how they apply changes to its copies. */
+export class ReplicaSide {
+  readonly #core: ManagerCore
+  /** Completion of the changes an `applied` reply covers (see repl:apply). */
+  readonly #pendingApply = new WeakMap<TransportMessage, Promise<void>>()
+
+  constructor (core: ManagerCore) {
+    this.#core = core
+  }
+
+  /** Registers the repl:* handlers with the cluster, then tells it this node serves them. */
+  register (): void {
+    const on = (kind: string, handler: (set: LocalSet, header: Record<string, unknown>, payload: Uint8Array | undefined, from: string) => Promise<TransportMessage>): void => {
+      this.#core.cluster.handle(kind, async (from, request) => {
+        const volumeId = request.header.volumeId
+        if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', `${kind} needs a volumeId`)
+        if (kind === 'repl:resync-begin') {
+          if (this.#core.sets.has(volumeId) && this.#core.host.blocks(volumeId) === undefined) {
+            // Left over from a copy deleted here (every deletion forgets the set first; a message
+            // could make one again meanwhile): this is a new copy like any other.
+            this.#core.forget(volumeId)
+          }
+          if (this.#core.deleting.has(volumeId)) {
+            // Given up or moved away, and its deletion is under way: the resync comes again later
+            // and then finds no copy (or, if the deletion failed, the copy left over; see below).
+            throw new GalleonError('BUSY', `the copy of volume ${volumeId} on node ${this.#core.nodeId} is being deleted; a resync retries later`)
+          }
+          // A new copy: created here first.
+          if (!this.#core.sets.has(volumeId)) {
+            // Only for a volume whose record places a copy here, checked again once it exists: a
+            // resync that was on its way while the volume was deleted (or the copy given up) must
+            // not leave a copy nobody knows of.
+            // And only from the node the record names as primary (not a stale one, nor for a record
+            // left naming this node alone after its volume was made local again).
+            const placed = async (): Promise<boolean> => {
+              const entry = await this.#core.coordinator.get(recordKey(volumeId))
+              const record = entry === undefined ? undefined : parseRecord(entry.value)
+              return record !== undefined && record.nodes.includes(this.#core.nodeId) && record.primary === from && from !== this.#core.nodeId
+            }
+            const refused = (): GalleonError => new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} has no copy placed on node ${this.#core.nodeId} by primary ${from} (it was deleted, the copy here was given up, or ${from} is not its primary)`)
+            if (!(await placed())) throw refused()
+            // A local volume of this id that is no copy in the cluster, although the record places
+            // one here, is the copy of an earlier placement whose deletion failed: it is taken back
+            // (and resynced). One the record does not place here (a volume made local again) was
+            // refused above: a resync must never overwrite it.
+            await this.#core.host.createCopy(request.header.spec as VolumeSpec)
+            if (!(await placed()) && !this.#core.sets.has(volumeId)) {
+              await this.#core.host.deleteCopy(volumeId)
+              throw refused()
+            }
+            // The copy of the same id that was being deleted here is not gone yet (createCopy
+            // found its record): tried again once it is.
+            if (this.#core.host.blocks(volumeId) === undefined) throw new GalleonError('BUSY', `the earlier copy of volume ${volumeId} on node ${this.#core.nodeId} is still being deleted; a resync retries later`)
+            if (!this.#core.sets.has(volumeId)) {
+              const set = this.#core.setOf(volumeId)
+              void this.#core.refresh(set)
+            }
+          }
+        }
+        const set = this.#core.sets.get(volumeId)
+        if (set === undefined) {
+          if (kind === 'repl:delete') return { kind: 'ok', header: {} }
+          // I/O sent here as to the primary: this node handed the volume off (or never had it), so
+          // the sender's record is old; it looks again (a deleted volume is gone from its record too).
+          if (kind === 'repl:io') throw new GalleonError('NOT_LEADER', `node ${this.#core.nodeId} holds no copy of volume ${volumeId} (any more): it is not its primary`)
+          throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.#core.nodeId} holds no copy of volume ${volumeId}`)
+        }
+        if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
+        if (kind !== 'repl:delete') this.#fence(set, request.header.epoch)
+        if (kind === 'repl:apply') await this.#turn(set, request.header)
+        const run = set.chain.then(async () => {
+          if (kind !== 'repl:apply' && set.applying.size > 0) await Promise.allSettled(set.applying)
+          return await handler(set, request.header, request.payload, from)
+        })
+        set.chain = run.catch(() => {})
+        const reply = await run
+        if (kind === 'repl:apply' && reply.kind === 'applied') {
+          // Issued in order under the chain; applied and made durable outside it, so that batches
+          // in flight together share their store writes and syncs (the journal groups them).
+          const position = { epoch: request.header.epoch as number, seq: reply.header.seq as number }
+          try {
+            await this.#pendingApply.get(reply)
+          } catch (err) {
+            // What this copy holds is no longer known exactly: the next resync compares everything.
+            set.position = { epoch: 0, seq: 0 }
+            throw err
+          }
+          // The writes were synced with their data (#issueAll, durable); a store without syncs,
+          // or a batch of other changes, is flushed here.
+          if (!this.#core.host.engine.store.supports.durableSync || !changesOnlyData(request.header.changes)) await this.#core.host.engine.flush()
+          if (position.epoch > set.durable.epoch || (position.epoch === set.durable.epoch && position.seq > set.durable.seq)) set.durable = position
+          this.#savePositionSoon(set)
+        }
+        return reply
+      })
+    }
+    this.#core.cluster.handle('repl:layout', async (_from, request) => {
+      const volumeId = request.header.volumeId
+      if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', 'repl:layout needs a volumeId')
+      return { kind: 'layout', header: { ...this.#core.host.copyLayout(volumeId, request.header.retry === true) } }
+    })
+    on('repl:apply', async (set, header, payload) => {
+      const epoch = header.epoch as number
+      const from = header.from as number
+      if (set.resyncing || set.position.epoch !== epoch || set.position.seq + 1 !== from) {
+        return { kind: 'resync', header: { epoch: set.position.epoch, seq: set.position.seq } }
+      }
+      const changes = decodeChanges(header.changes, payload)
+      const blocks = this.#copy(set)
+      // Issued in order here; the reply waits (outside the chain) until they are applied and durable.
+      const { done: applied } = await this.#issueAll(set, blocks, changes, true)
+      set.position = { epoch, seq: from + changes.length - 1 }
+      const reply: TransportMessage = { kind: 'applied', header: { seq: set.position.seq } }
+      this.#pendingApply.set(reply, applied)
+      set.applying.add(applied)
+      void applied.finally(() => set.applying.delete(applied)).catch(() => {})
+      return reply
+    })
+    on('repl:resync-begin', async (set, header) => {
+      set.resyncing = true
+      set.nextFrom = undefined
+      this.#adoptPrimaryHint(set, header)
+      // A copy that missed an expansion grows first, so the blocks beyond its old end can come.
+      const size = (header.spec as { sizeBytes?: unknown } | undefined)?.sizeBytes
+      if (Number.isSafeInteger(size) && (size as number) > this.#copy(set).sizeBytes) await this.#core.host.applyExpand(set.volumeId, size as number)
+      return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#core.host.snapshots(set.volumeId).map((s) => s.id) } }
+    })
+    on('repl:resync-prune', async (set, header) => {
+      for (const id of header.snapshots as string[]) await this.#core.host.applyDeleteSnapshot(set.volumeId, id)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:digests', async (set, header) => {
+      const blocks = this.#copy(set)
+      const { indices, digests } = await digestRange(this.#core.host.engine, blocks, header.first as number, header.count as number, LIVE)
+      return { kind: 'digests', header: { indices }, payload: digests }
+    })
+    on('repl:resync-blocks', async (set, header, payload) => {
+      const blocks = this.#copy(set)
+      const bs = this.#core.host.engine.blockSize
+      const indices = header.indices as number[]
+      const zero = header.zero as number[]
+      const limit = Math.ceil(blocks.sizeBytes / bs)
+      for (const list of [indices, zero]) {
+        if (!Array.isArray(list) || !list.every((i) => Number.isSafeInteger(i) && i >= 0 && i < limit)) throw new GalleonError('INVALID_ARGUMENT', 'resync blocks need lists of block indices within the volume')
+      }
+      let at = 0
+      if (payload === undefined ? indices.length > 0 : payload.byteLength < indices.length * bs) throw new GalleonError('INVALID_ARGUMENT', 'resync blocks are shorter than their list says')
+      const changes: ReplicatedChange[] = zero.map((index) => ({ type: 'trim', offset: index * bs, length: bs }))
+      for (const index of indices) {
+        changes.push({ type: 'write', offset: index * bs, data: (payload as Uint8Array).subarray(at, at + bs) })
+        at += bs
+      }
+      await this.#applyAll(set, blocks, changes)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:resync-snapshot', async (set, header) => {
+      await this.#core.host.engine.flush()
+      const size = header.sizeBytes
+      // The size the primary's snapshot has: the copy may have grown to the volume's size since.
+      if (size !== undefined && (!Number.isSafeInteger(size) || (size as number) <= 0)) throw new GalleonError('INVALID_ARGUMENT', `repl:resync-snapshot has a bad sizeBytes: ${describe(size)}`)
+      await this.#core.host.applySnapshot(set.volumeId, String(header.id), String(header.name), size as number | undefined)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:resync-end', async (set, header) => {
+      if (!Number.isSafeInteger(header.seq) || (header.seq as number) < 0) throw new GalleonError('INVALID_ARGUMENT', 'resync-end needs the sequence number of the cut')
+      await this.#core.host.engine.flush()
+      set.position = { epoch: header.epoch as number, seq: header.seq as number }
+      set.durable = set.position
+      set.nextFrom = set.position.seq + 1
+      set.resyncing = false
+      await this.#core.host.savePosition(set.volumeId, set.position)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:delete', async (set) => {
+      await this.#core.dropCopy(set.volumeId)
+      return { kind: 'ok', header: {} }
+    })
+    on('repl:io', async (set, header, payload) => {
+      if (set.primary === undefined) {
+        throw new GalleonError('NOT_LEADER', `node ${this.#core.nodeId} is not the primary of volume ${set.volumeId} (it is ${set.record?.primary ?? 'unknown'})`)
+      }
+      const reply = await this.#core.host.serveForwarded(set.volumeId, header as unknown as ForwardedRequest, payload)
+      return { kind: 'io', header: reply.header, ...(reply.payload === undefined ? {} : { payload: reply.payload }) }
+    })
+    this.#core.cluster.serving()
+  }
+
+  /**
+   * Stream batches enter the copy's queue in sequence order even if the transport hands them over
+   * out of order: a batch that comes early waits (briefly) for the ones before it.
+   */
+  async #turn (set: LocalSet, header: Record<string, unknown>): Promise<void> {
+    const from = header.from
+    const changes = header.changes
+    if (typeof from !== 'number' || !Array.isArray(changes)) return
+    const expected = set.nextFrom
+    if (expected !== undefined && from > expected && header.epoch === set.position.epoch) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 2000)
+        timer.unref()
+        set.turns.set(from, () => { clearTimeout(timer); resolve() })
+      })
+      set.turns.delete(from)
+    }
+    set.nextFrom = from + changes.length
+    set.turns.get(set.nextFrom)?.()
+  }
+
+  /** Refuses a message from an epoch older than one this copy knows of. */
+  #fence (set: LocalSet, epoch: unknown): void {
+    if (typeof epoch !== 'number') throw new GalleonError('INVALID_ARGUMENT', 'replication messages carry the primary epoch')
+    if (epoch < set.knownEpoch || (set.primary !== undefined && epoch <= set.primary.epoch)) {
+      throw new GalleonError('NOT_LEADER', `stale epoch ${epoch}: node ${this.#core.nodeId} knows of epoch ${Math.max(set.knownEpoch, set.primary?.epoch ?? 0)} for volume ${set.volumeId}`)
+    }
+    if (epoch > set.knownEpoch) {
+      set.knownEpoch = epoch
+      // A newer primary exists: if this node still thinks it leads, it does not.
+      if (set.primary !== undefined) this.#core.stepDown(set, `a primary with epoch ${epoch} is shipping changes`)
+    }
+  }
+
+  #adoptPrimaryHint (set: LocalSet, header: Record<string, unknown>): void {
+    if (typeof header.primary === 'string' && typeof header.epoch === 'number' && (set.record === undefined || header.epoch > set.record.epoch)) {
+      set.record = { ...(set.record ?? { spec: header.spec as VolumeSpec, nodes: [], inSync: [] }), primary: header.primary, epoch: header.epoch }
+    }
+  }
+
+  #copy (set: LocalSet): VolumeBlocks {
+    const blocks = this.#core.host.blocks(set.volumeId)
+    if (blocks === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.#core.nodeId} lost its copy of volume ${set.volumeId}`)
+    return blocks
+  }
+
+  /**
+   * Issues changes in order without waiting for writes and trims to finish (the engine takes each
+   * one's block claims as it is called, so changes to one block apply in the order issued);
+   * a snapshot waits for everything before it. Resolves, once all are issued, to a promise of
+   * their completion.
+   */
+  async #issueAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[], durable = false): Promise<{ done: Promise<void> }> {
+    const engine = this.#core.host.engine
+    // Durable: the batch's writes go to the journal as one synced group (the copy's acknowledgement
+    // needs them on disk anyway; one sync with the data instead of a second one after it).
+    const concern = durable && engine.store.supports.durableSync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
+    let pending: Array<Promise<void>> = []
+    const settle = async (waiting: Array<Promise<void>>): Promise<void> => {
+      const results = await Promise.allSettled(waiting)
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+      if (failed !== undefined) throw failed.reason
+    }
+    for (const change of changes) {
+      if (change.type === 'write') {
+        pending.push(engine.write(blocks, change.offset, change.data, concern))
+      } else if (change.type === 'trim') {
+        pending.push(engine.trim(blocks, change.offset, change.length, concern))
+      } else {
+        const before = pending
+        pending = []
+        await settle(before)
+        if (change.type === 'snapshot') {
+          await engine.flush()
+          await this.#core.host.applySnapshot(set.volumeId, change.id, change.name)
+        } else if (change.type === 'expand') {
+          await this.#core.host.applyExpand(set.volumeId, change.sizeBytes)
+        } else if (change.type === 'revert') {
+          await this.#core.host.applyRevert(set.volumeId, change.snapshotId)
+        } else {
+          await this.#core.host.applyDeleteSnapshot(set.volumeId, change.id)
+        }
+      }
+    }
+    const done = settle(pending)
+    done.catch(() => {})
+    // Wrapped: an async function returning a promise would wait for it.
+    return { done }
+  }
+
+  /** Applies changes in order (as #issueAll issues them) and resolves once all are applied. */
+  async #applyAll (set: LocalSet, blocks: VolumeBlocks, changes: readonly ReplicatedChange[]): Promise<void> {
+    await (await this.#issueAll(set, blocks, changes)).done
+  }
+
+  /** The applied position is saved now and then (an older saved position only means a longer resync). */
+  #savePositionSoon (set: LocalSet): void {
+    if (set.saveTimer !== undefined) return
+    set.saveTimer = setTimeout(() => {
+      set.saveTimer = undefined
+      void this.#core.host.savePosition(set.volumeId, set.durable).catch(() => {})
+    }, 200)
+    set.saveTimer.unref()
+  }
+}
+
+/** Whether a stream batch (as its header lists it) holds only writes and trims. */
+function changesOnlyData (changes: unknown): boolean {
+  return Array.isArray(changes) && changes.every((c) => {
+    const type = (c as { t?: unknown } | null)?.t
+    return type === 'w' || type === 't'
+  })
+}
