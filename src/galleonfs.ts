@@ -2,50 +2,53 @@
 
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'eventemitter3'
-import { AccessControl, checkPrincipal, parseAccessPolicy, type AccessObject, type AccessPolicy, type Principal, type Verb } from './access/access-control.js'
-import { AuditLog, type AuditEntry, type AuditQuery, type AuditVerification } from './access/audit-log.js'
+import { checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
+import type { AuditEntry, AuditLog, AuditQuery, AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl } from './mount/mount-manager.js'
-import { GalleonError, assertBytes, describe, errorCode } from './errors.js'
+import { GalleonError, describe } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
-import { KeyManager, type VolumeEncryption } from './crypto/key-manager.js'
+import type { KeyManager, VolumeEncryption } from './crypto/key-manager.js'
 import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
-import { BlockEngine, type VolumeBlocks } from './engine/engine.js'
-import { LIVE } from './engine/block-map.js'
+import type { BlockEngine, VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
 import type { GalleonEvents } from './events.js'
-import { ClusterManager, type ClusterOptions, type ClusterStatus } from './cluster/manager.js'
-import { ReplicationManager, type ReplicationStatus } from './replication/manager.js'
-import { renderPrometheus } from './metrics/prometheus.js'
-import { assertWindowSeconds, type VolumeMetrics } from './metrics/recorder.js'
-import { resolveDrivers, type OpenOptions } from './open-drivers.js'
+import type { ClusterManager, ClusterOptions, ClusterStatus } from './cluster/manager.js'
+import type { ReplicationStatus } from './replication/manager.js'
+import type { VolumeMetrics } from './metrics/recorder.js'
+import type { OpenOptions } from './open-drivers.js'
 import { parseSize } from './size.js'
-import { QoSScheduler } from './qos/scheduler.js'
-import { renderQoSMetrics } from './qos/prometheus.js'
-import { isEmptyPolicy, parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSPolicySource } from './qos/policy.js'
+import type { QoSScheduler } from './qos/scheduler.js'
+import { parseQoSPolicy, type QoSPolicy, type QoSPolicySource } from './qos/policy.js'
 import {
-  VolumeState, VolumeType, WriteConcern,
+  WriteConcern,
   type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
 } from './types.js'
-import { Catalog, DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type MetadataDatabase, type VolumeRecord } from './volumes/catalog.js'
+import { DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, namespaceOf, type Catalog, type MetadataDatabase } from './volumes/catalog.js'
 import type { MigrateControl, MigrateVolumeOptions } from './volumes/migration.js'
 import { parseStorageClass } from './volumes/storage-classes.js'
-import { PoolManager, poolAdmits, poolPlacement, type CreatePoolOptions, type PoolPlacement, type StoragePool, type StoragePoolStatus, type UpdatePoolOptions } from './volumes/pools.js'
+import { PoolManager, type CreatePoolOptions, type StoragePoolStatus, type UpdatePoolOptions } from './volumes/pools.js'
 import { AccessGuard, principalHandle, type CallContext } from './facade/access-guard.js'
+import { backupObject, findBackup } from './facade/backups.js'
+import { ClusterMembership } from './facade/cluster.js'
 import { ClusterMigrations } from './facade/cluster-migration.js'
 import type { FacadeHost } from './facade/host.js'
+import { VolumeIO, ioFailed, ioVolume, ioVolumeOf, reportChecksumFailure, volumeBlocks } from './facade/io.js'
 import { KeyRotations } from './facade/key-rotation.js'
 import { LiveMigrations } from './facade/live-migration.js'
+import { metricsText, volumeMetrics, volumeUsage } from './facade/metrics.js'
 import { MountBridge } from './facade/mount-bridge.js'
-import { checkSnapshotName, toVolume, viewOf, withoutQoS } from './facade/records.js'
-import { isSnapshotObject, isSnapshotRef, readSource, writable, type CloneSource, type ReadSource, type VolumeRef } from './facade/refs.js'
+import { closeInstance, openInstance, type InstanceParts } from './facade/open.js'
+import { createPool, deletePool, poolPlacement, poolStatus, updatePool } from './facade/pools.js'
+import { applyQoS, effectiveQoS, setVolumeQoS } from './facade/qos.js'
+import { checkSnapshotName, checkVolumeSize, volumeView } from './facade/records.js'
+import { isSnapshotObject, isSnapshotRef, readSource, recordById, type CloneSource, type ReadSource, type VolumeRef } from './facade/refs.js'
 import { ReplicationBridge } from './facade/replication-bridge.js'
 import { Snapshots } from './facade/snapshots.js'
+import { createStorageClass, deleteStorageClass } from './facade/storage-classes.js'
 import { VolumeLifecycle } from './facade/volumes.js'
 
 export type { VolumeRef, SnapshotRef, ReadSource, CloneSource } from './facade/refs.js'
-
-const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 
 /**
  * An open GalleonFS instance: named block volumes on a metadata database and a block store.
@@ -61,54 +64,54 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   readonly location: string
   #closed = false
   #closing: Promise<void> | undefined
-  #backups!: BackupManager
-  #scheduler!: BackupScheduler
+  readonly #backups: BackupManager
+  readonly #scheduler: BackupScheduler
   /** Snapshot, clone, revert, expand and delete run one at a time (they change block maps together). */
   #adminQueue: Promise<unknown> = Promise.resolve()
   /** Volumes whose revert is running now (their I/O waits for it rather than being refused). */
   readonly #reverting = new Set<string>()
   /** Why the last revert of a volume failed, when it did. */
   readonly #revertFailures = new Map<string, string>()
-  #keys!: KeyManager
-  #access!: AccessControl
-  #audit!: AuditLog
-  #mounts!: MountManager
+  readonly #keys: KeyManager
+  readonly #access: AccessControl
+  readonly #audit: AuditLog
+  readonly #mounts: MountManager
   readonly #context = new AsyncLocalStorage<CallContext>()
   /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
   readonly #retired = new Map<number, VolumeBlocks>()
   /** Volumes being deleted: nothing new may mount them. */
   readonly #goingAway = new Set<string>()
-  #cluster: ClusterManager | undefined
-  /** Replication of volumes, while in a cluster. */
-  #replication: ReplicationManager | undefined
-  #replicationMode: 'synchronous' | 'asynchronous' = 'synchronous'
-  /** The last join or leave: they run one at a time. */
-  #clusterChange: Promise<unknown> = Promise.resolve()
-  #storagePath: string | undefined
   /** The QoS stage of the I/O path: volume limiters and the node dispatcher. */
-  #qos!: QoSScheduler
+  readonly #qos: QoSScheduler
   /** The default backup target when open() created it from the registry: closed with the instance. */
-  #ownedBackupTarget: BackupTarget | undefined
-  readonly #openedAt = new Date().toISOString()
+  readonly #ownedBackupTarget: BackupTarget | undefined
   /** What the parts of the facade (src/facade) use of this instance. */
   readonly #host: FacadeHost
-  /** Access checks and the audit log of calls (set up by open()). */
-  #gate!: AccessGuard
+  /** Access checks and the audit log of calls. */
+  readonly #gate: AccessGuard
   readonly #volumes: VolumeLifecycle
   readonly #snapshots: Snapshots
   readonly #liveMigrations: LiveMigrations
   readonly #clusterMigrations: ClusterMigrations
   readonly #keyRotations: KeyRotations
   readonly #bridge: ReplicationBridge
+  /** The cluster and replication, while the instance is in one. */
+  readonly #membership: ClusterMembership
+  readonly #io: VolumeIO
 
-  private constructor (metadata: MetadataDatabase, store: BlockStore, catalog: Catalog, engine: BlockEngine, location: string) {
+  private constructor (parts: InstanceParts) {
     super()
+    const { metadata, catalog, clock } = parts
     this.#metadata = metadata
-    this.#store = store
+    this.#store = parts.store
     this.#catalog = catalog
     this.#pools = new PoolManager(catalog)
-    this.#engine = engine
-    this.location = location
+    this.#engine = parts.engine
+    this.location = parts.location
+    this.#qos = parts.qos
+    this.#keys = parts.keys
+    this.#access = parts.access
+    this.#audit = parts.audit
     this.#host = this.#facadeHost()
     this.#volumes = new VolumeLifecycle(this.#host)
     this.#snapshots = new Snapshots(this.#host)
@@ -116,6 +119,14 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#liveMigrations = new LiveMigrations(this.#host, this.#clusterMigrations)
     this.#keyRotations = new KeyRotations(this.#host)
     this.#bridge = new ReplicationBridge(this.#host, this, this.#snapshots, this.#volumes, this.#clusterMigrations)
+    this.#membership = new ClusterMembership(this.#host, this.#bridge, parts.storagePath, new Date().toISOString())
+    this.#gate = new AccessGuard(this.#context, this.#access, this.#audit, catalog)
+    this.#io = new VolumeIO(this.#host, this.#gate, this.#bridge, this.#snapshots, this.#membership)
+    catalog.currentNamespace = () => this.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
+    this.#mounts = new MountManager(parts.mountDriver, new MountBridge(this.#host, this.#gate, this).mountHost())
+    this.#ownedBackupTarget = parts.ownedBackupTarget
+    this.#backups = new BackupManager(this, parts.backupTarget, this.#keys, () => clock.now(), metadata)
+    this.#scheduler = new BackupScheduler(this, metadata, clock, parts.timers, (fn) => this.#context.exit(fn))
   }
 
   /**
@@ -124,82 +135,28 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    * `{ metadata, blockStore }` drivers. Recovers from any crash before resolving.
    */
   static async open (options: OpenOptions): Promise<GalleonFS> {
-    const blockSize = options?.blockSize
-    if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize < 512 || blockSize > 1 << 20 || (blockSize & (blockSize - 1)) !== 0)) {
-      throw new GalleonError('INVALID_ARGUMENT', `blockSize must be a power of two from 512 to 1048576, got ${describe(blockSize)}`)
-    }
-    const cacheBlocks = options?.cacheBlocks
-    if (cacheBlocks !== undefined && (!Number.isSafeInteger(cacheBlocks) || cacheBlocks < 0)) {
-      throw new GalleonError('INVALID_ARGUMENT', `cacheBlocks must be a non-negative integer, got ${describe(cacheBlocks)}`)
-    }
-    if (options?.metricsWindowSeconds !== undefined) assertWindowSeconds(options.metricsWindowSeconds, 'metricsWindowSeconds')
-    // Built before any driver opens, so a bad qos option fails without touching the storage.
-    let emitQoS: (event: string, payload: unknown) => void = () => {}
-    const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) }, options?.metricsWindowSeconds)
-    const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options)
-    try {
-      await metadata.open()
-    } catch (err) {
-      await ownedBackupTarget?.close().catch(() => {})
-      await mountDriver.close?.().catch(() => {})
-      const code = (err as { code?: string }).code
-      if (code === 'LEVEL_LOCKED' || String((err as Error)?.cause ?? '').includes('lock')) {
-        throw new GalleonError('BUSY', `the storage at ${location} is already open in another GalleonFS instance or process; close that one first`, { cause: err })
-      }
-      throw new GalleonError('IO_ERROR', `could not open the metadata database at ${location}: ${(err as Error).message}`, { cause: err })
-    }
-    try {
-      await blockStore.open()
-      const catalog = new Catalog(metadata)
-      await catalog.load(blockSize)
-      let instance: GalleonFS | undefined
-      const engine = new BlockEngine(blockStore, {
-        blockSize: catalog.blockSize,
-        cacheBlocks,
-        metricsWindowSeconds: options.metricsWindowSeconds,
-        onChecksumFailure: (failure) => { if (instance !== undefined) instance.#onChecksumFailure(failure) }
-      })
-      instance = new GalleonFS(metadata, blockStore, catalog, engine, location)
-      instance.#qos = qos
-      const emitter = instance
-      emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
-      instance.#keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider, passphrase: passphrase ?? options.passphrase, inMemory: options.inMemory === true })
-      await instance.#keys.load()
-      const clock = options.clock ?? { now: Date.now }
-      if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
-      const self = instance
-      instance.#access = new AccessControl(metadata)
-      await instance.#access.load()
-      instance.#audit = new AuditLog(metadata, () => clock.now())
-      await instance.#audit.load()
-      instance.#gate = new AccessGuard(instance.#context, instance.#access, instance.#audit, catalog)
-      catalog.currentNamespace = () => self.#context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
-      instance.#mounts = new MountManager(mountDriver, new MountBridge(instance.#host, instance.#gate, instance).mountHost())
-      instance.#ownedBackupTarget = ownedBackupTarget
-      instance.#backups = new BackupManager(instance, backupTarget, instance.#keys, () => clock.now(), metadata)
-      instance.#scheduler = new BackupScheduler(instance, metadata, clock, options.clock === undefined, (fn) => self.#context.exit(fn))
-      await instance.#volumes.recover()
-      for (const record of catalog.volumes()) instance.#applyQoS(record)
-      instance.#storagePath = options.storagePath
-      if (options.cluster !== undefined) await instance.joinCluster(options.cluster)
-      await instance.#backups.start()
-      await instance.#scheduler.start()
-      for (const record of catalog.volumes()) {
-        if (instance.#keys.rotation(record.id) !== undefined) instance.#keyRotations.startRotation(record)
-      }
-      return instance
-    } catch (err) {
-      await blockStore.close().catch(() => {})
-      await metadata.close().catch(() => {})
-      await ownedBackupTarget?.close().catch(() => {})
-      await mountDriver.close?.().catch(() => {})
-      throw err
+    return await openInstance(options, (parts) => {
+      const instance = new GalleonFS(parts)
+      return { instance, onChecksumFailure: (failure) => { reportChecksumFailure(instance.#host, failure) }, start: async () => { await instance.#start(parts, options) } }
+    })
+  }
+
+  /** The rest of open(), once the instance is built: recovery, QoS, the cluster, backups and key rotations left running. */
+  async #start (parts: InstanceParts, options: OpenOptions): Promise<void> {
+    const catalog = parts.catalog
+    await this.#volumes.recover()
+    for (const record of catalog.volumes()) applyQoS(this.#host, record)
+    if (options.cluster !== undefined) await this.joinCluster(options.cluster)
+    await this.#backups.start()
+    await this.#scheduler.start()
+    for (const record of catalog.volumes()) {
+      if (this.#keys.rotation(record.id) !== undefined) this.#keyRotations.startRotation(record)
     }
   }
 
   /** This node's part in its cluster, when opened with `{ cluster }`. */
   get cluster (): ClusterManager | undefined {
-    return this.#cluster
+    return this.#membership.cluster
   }
 
   /**
@@ -208,14 +165,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async clusterStatus (): Promise<ClusterStatus> {
     this.#assertOpen()
-    if (this.#cluster !== undefined) return await this.#cluster.status()
-    return {
-      clustering: false,
-      nodeId: 'local',
-      leader: 'local',
-      leaderEpoch: undefined,
-      members: [{ id: 'local', address: '', zone: 'default', labels: {}, capacityBytes: 0, freeBytes: 0, healthy: true, joinedAt: this.#openedAt, leader: true, volumes: this.#catalog.volumes().length }]
-    }
+    const cluster = this.#membership.cluster
+    if (cluster !== undefined) return await cluster.status()
+    return this.#membership.localStatus()
   }
 
   /**
@@ -226,32 +178,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const denied = this.#gate.check('joinCluster', 'admin', undefined, 'cluster')
     if (denied !== undefined) await denied
-    // Joins and leaves run one at a time, and close() waits for them.
-    const run = this.#clusterChange.then(async () => {
-      this.#assertOpen()
-      if (this.#cluster !== undefined) throw new GalleonError('BUSY', `this instance is in a cluster already, as node ${this.#cluster.nodeId}; leave it first`)
-      const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { this.emit(event, ...(args as [never])) }, volumeCount: () => this.#catalog.volumes().length })
-      let replication: ReplicationManager
-      try {
-        replication = await ReplicationManager.start(this.#bridge.replicationHost(), manager, options.coordinator, options.zone ?? 'default', options.replicaReplacementDelayMs === undefined ? {} : { replacementDelayMs: options.replicaReplacementDelayMs })
-      } catch (err) {
-        await manager.close().catch(() => {})
-        throw err
-      }
-      if (this.#closed) {
-        await replication.close()
-        await manager.leave({ force: true }).catch(async () => { await manager.close() })
-        throw new GalleonError('NOT_OPEN', 'the instance was closed while it joined the cluster; it has left again')
-      }
-      this.#cluster = manager
-      this.#replication = replication
-      this.#replicationMode = options.replication ?? 'synchronous'
-      return manager
-    })
-    this.#clusterChange = run.catch(() => {})
-    const manager = await run
-    // Joined: a status that cannot be read now does not undo that.
-    return await manager.status().catch(() => ({ clustering: true, nodeId: manager.nodeId, leader: undefined, leaderEpoch: undefined, members: manager.members.map((m) => ({ ...m, leader: false })) }))
+    return await this.#membership.join(options)
   }
 
   /**
@@ -262,20 +189,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const denied = this.#gate.check('leaveCluster', 'admin', undefined, 'cluster')
     if (denied !== undefined) await denied
-    const run = this.#clusterChange.then(async () => {
-      this.#assertOpen()
-      if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
-      // Replicated volumes are handed off first (copies elsewhere, the primary role passed on);
-      // with force they stay here, out of the cluster, and the cluster fails them over.
-      if (options?.force !== true) await this.#replication?.handOff()
-      const holds = this.#catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
-      await this.#cluster.leave({ force: options?.force === true, holds })
-      this.#cluster = undefined
-      await this.#replication?.close()
-      this.#replication = undefined
-    })
-    this.#clusterChange = run.catch(() => {})
-    await run
+    await this.#membership.leave(options)
   }
 
   /** Mounts of volumes and snapshots, and VolumeFiles (see MountManager). */
@@ -306,39 +220,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (denied !== undefined) await denied
     }
     if (this.#closing !== undefined) return await this.#closing
-    this.#closing = (async () => {
-      // Migrations still copying are cancelled: their volumes stay where they were.
-      for (const migration of this.#liveMigrations.running.values()) migration.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
-      // Node moves not yet past the hand-over give their new copy up.
-      for (const move of this.#clusterMigrations.nodeMoves.values()) move.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
-      await Promise.all([...this.#clusterMigrations.nodeMoves.values()].map(async (move) => await move.done))
-      await Promise.all([...this.#liveMigrations.running.values()].map(async (migration) => await migration.done))
-      // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
-      // (FUSE write-behind) reach the volumes before anything is refused.
-      await mountControl(this.#mounts).close().catch((err: unknown) => {
-        this.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
-      })
-      this.#closed = true
-      this.#qos.close()
-      try {
-        await this.#clusterChange
-        await this.#replication?.close()
-        await this.#cluster?.close()
-        this.#scheduler.stop()
-        await this.#scheduler.idle()
-        await this.#adminQueue.catch(() => {})
-        await Promise.all([...this.#keyRotations.running.values()])
-        for (const record of this.#volumes.destroyOrder(this.#catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
-          await this.#volumes.destroy(this.#catalog.resolve(record.id), true)
-        }
-        await this.#engine.close()
-      } finally {
-        await this.#store.close()
-        await this.#metadata.close()
-        await this.#ownedBackupTarget?.close()
-        this.emit('instance:closed')
-      }
-    })()
+    this.#closing = closeInstance({
+      host: this.#host, volumes: this.#volumes, membership: this.#membership, scheduler: this.#scheduler, adminQueue: () => this.#adminQueue,
+      store: this.#store, metadata: this.#metadata, ownedBackupTarget: this.#ownedBackupTarget, markClosed: () => { this.#closed = true }
+    })
     return await this.#closing
   }
 
@@ -368,7 +253,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('getVolume', 'volume:read', object, label)
-    return this.#volumeView(this.#catalog.resolve(vol))
+    return volumeView(this.#host, this.#catalog.resolve(vol))
   }
 
   /** All volumes the caller may read, oldest first; of one namespace when given. */
@@ -378,7 +263,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (namespace !== undefined) checkNamespace(namespace)
     return this.#catalog.volumes()
       .filter((record) => (namespace === undefined || namespaceOf(record) === namespace) && this.#gate.allowed('volume:read', this.#gate.volumeObject(record).object))
-      .map((record) => this.#volumeView(record)).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
+      .map((record) => volumeView(this.#host, record)).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
   }
 
   /**
@@ -395,7 +280,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async expandVolume (vol: VolumeRef, newSizeBytes: number | string): Promise<Volume> {
     this.#assertOpen()
     const sizeBytes = parseSize(newSizeBytes)
-    this.#checkVolumeSize(sizeBytes)
+    checkVolumeSize(this.#engine.blockSize, sizeBytes)
     const { object, label } = this.#gate.refObject(vol)
     return await this.#gate.guard('expandVolume', 'volume:write', object, label, async () => {
       const record = this.#catalog.resolve(vol)
@@ -418,18 +303,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('getVolumeUsage', 'volume:read', object, label)
-    const record = this.#catalog.resolve(vol)
-    const volume = this.#volumeBlocks(record)
-    const live = this.#engine.allocatedBlocks(volume)
-    const held = this.#engine.heldBlocks(volume)
-    const blockSize = this.#engine.blockSize
-    return {
-      allocatedBytes: (live + held) * blockSize,
-      allocatedBlocks: live + held,
-      liveBytes: live * blockSize,
-      snapshotBytes: held * blockSize,
-      sizeBytes: record.sizeBytes
-    }
+    return volumeUsage(this.#host, this.#catalog.resolve(vol))
   }
 
   // ---------------------------------------------------------------- storage classes
@@ -455,37 +329,13 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createStorageClass (definition: unknown): Promise<StorageClass> {
     this.#assertOpen()
     const storageClass = parseStorageClass(definition)
-    return await this.#gate.guard('createStorageClass', 'admin', undefined, `storage-class:${storageClass.name}`, async () => await this.#createStorageClass(storageClass))
-  }
-
-  async #createStorageClass (storageClass: StorageClass): Promise<StorageClass> {
-    if (this.#catalog.storageClass(storageClass.name) !== undefined) {
-      throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(storageClass.name)} already exists; pick another name or delete it first`)
-    }
-    const pool = storageClass.parameters.pool
-    if (pool !== undefined && this.#catalog.pool(pool) === undefined) {
-      throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`)
-    }
-    await this.#catalog.putStorageClass(storageClass)
-    this.emit('storage-class:created', structuredClone(storageClass))
-    return structuredClone(storageClass)
+    return await this.#gate.guard('createStorageClass', 'admin', undefined, `storage-class:${storageClass.name}`, async () => await createStorageClass(this.#host, storageClass))
   }
 
   /** Deletes a custom storage class that no volume uses. */
   async deleteStorageClass (name: string): Promise<void> {
     this.#assertOpen()
-    await this.#gate.guard('deleteStorageClass', 'admin', undefined, `storage-class:${String(name)}`, async () => { await this.#deleteStorageClass(name) })
-  }
-
-  async #deleteStorageClass (name: string): Promise<void> {
-    const storageClass = await this.getStorageClass(name)
-    if (storageClass.builtIn) throw new GalleonError('INVALID_ARGUMENT', `storage class ${name} is built in and cannot be deleted`)
-    const users = this.#catalog.volumes().filter((record) => record.storageClass === name)
-    if (users.length > 0) {
-      throw new GalleonError('BUSY', `storage class ${name} is used by ${users.length} volume(s) (${users.slice(0, 3).map((r) => r.name).join(', ')}); delete them first`)
-    }
-    await this.#catalog.deleteStorageClass(name)
-    this.emit('storage-class:deleted', storageClass)
+    await this.#gate.guard('deleteStorageClass', 'admin', undefined, `storage-class:${String(name)}`, async () => { await deleteStorageClass(this.#host, (className) => this.getStorageClass(className), name) })
   }
 
   // ---------------------------------------------------------------- live migration
@@ -546,23 +396,19 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async createPool (spec: CreatePoolOptions): Promise<StoragePoolStatus> {
     this.#assertOpen()
     const name = (spec as { name?: unknown } | null)?.name
-    return await this.#gate.guard('createPool', 'admin', undefined, `pool:${String(name)}`, async () => {
-      const pool = await this.#pools.create(spec)
-      this.emit('pool:created', pool)
-      return this.#poolStatus(pool)
-    })
+    return await this.#gate.guard('createPool', 'admin', undefined, `pool:${String(name)}`, () => createPool(this.#host, spec))
   }
 
   /** One pool with its accounting (provisioned, allocated and free bytes, volumes); POOL_NOT_FOUND otherwise. */
   async getPool (name: string): Promise<StoragePoolStatus> {
     this.#assertOpen()
-    return this.#poolStatus(this.#pools.get(name))
+    return poolStatus(this.#host, this.#pools.get(name))
   }
 
   /** Every pool with its accounting, by name. */
   async listPools (): Promise<StoragePoolStatus[]> {
     this.#assertOpen()
-    return this.#pools.list().map((pool) => this.#poolStatus(pool))
+    return this.#pools.list().map((pool) => poolStatus(this.#host, pool))
   }
 
   /**
@@ -571,219 +417,58 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async updatePool (name: string, changes: UpdatePoolOptions): Promise<StoragePoolStatus> {
     this.#assertOpen()
-    return await this.#gate.guard('updatePool', 'admin', undefined, `pool:${String(name)}`, async () => {
-      const pool = await this.#pools.update(name, changes)
-      this.emit('pool:updated', pool)
-      return this.#poolStatus(pool)
-    })
+    return await this.#gate.guard('updatePool', 'admin', undefined, `pool:${String(name)}`, () => updatePool(this.#host, name, changes))
   }
 
   /** Deletes a pool; BUSY while volumes are in it or storage classes name it. Emits `pool:deleted`. */
   async deletePool (name: string): Promise<void> {
     this.#assertOpen()
-    await this.#gate.guard('deletePool', 'admin', undefined, `pool:${String(name)}`, async () => {
-      const pool = await this.#pools.delete(name)
-      this.emit('pool:deleted', structuredClone(pool))
-    })
-  }
-
-  #poolStatus (pool: StoragePool): StoragePoolStatus {
-    return this.#pools.status(pool, (record: VolumeRecord) => {
-      const volume = this.#volumeBlocks(record)
-      return (this.#engine.allocatedBlocks(volume) + this.#engine.heldBlocks(volume)) * this.#engine.blockSize
-    })
-  }
-
-  /**
-   * Where a pool's volume may go in a cluster: the class's rules narrowed to the pool's nodes. The
-   * volume's first copy is made here, so this node must be one of them. Outside a cluster the
-   * pool's nodes do not apply (there is one node).
-   */
-  #poolPlacement (pool: StoragePool, placement: Omit<PoolPlacement, 'nodes'>): PoolPlacement {
-    const narrowed = poolPlacement(pool, placement)
-    const cluster = this.#cluster
-    if (cluster !== undefined && !poolAdmits(pool, { id: cluster.nodeId, zone: cluster.zone, labels: cluster.labels })) {
-      const admitted = cluster.members.filter((m) => m.healthy && poolAdmits(pool, m)).map((m) => m.id)
-      throw new GalleonError('INVALID_ARGUMENT', `this node (${cluster.nodeId}) is not in pool ${pool.name}${pool.nodes.length > 0 ? ` (nodes ${pool.nodes.join(', ')})` : ''}, and a volume's first copy is made on the node that creates it; create the volume on ${admitted.length > 0 ? `one of ${admitted.join(', ')}` : 'a node of the pool'}`)
-    }
-    return narrowed
+    await this.#gate.guard('deletePool', 'admin', undefined, `pool:${String(name)}`, () => deletePool(this.#host, name))
   }
 
   // ---------------------------------------------------------------- I/O
+  // Each call runs whole in VolumeIO (state and caller checks included) and its promise is returned
+  // as it is: wrapping it in an async method here would add an async hop to the hot path.
 
   /**
    * Writes one block. Shorter data is zero-padded to the block size. Resolves when the write
    * concern is met: `WriteAcknowledged` (default) once the block store has applied it, `WriteDurable` once synced.
    */
-  async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('writeBlock', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(this.#catalog, vol)
-    assertBytes(data, 'data')
-    const checked = this.#checkConcern(concern)
-    if (record.replication !== undefined && this.#replication !== undefined) {
-      if (this.#replication.forwards(record.id)) {
-        await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
-        return
-      }
-      this.#bridge.assertCopyHeld(record)
-      this.#replication.checkConcern(record.id, checked)
-    }
-    const volume = this.#ioVolumeOf(record)
-    const arrivedAt = this.#qos.now()
-    // Short data is zero-padded: the whole block is stored, so the whole block is charged.
-    const admitted = this.#qos.admit(record.id, 'write', this.#engine.blockSize)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
-    try {
-      await this.#engine.writeBlock(volume, blockIndex, data, checked)
-    } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
-      throw this.#ioFailed(record, 'write', err)
-    } finally {
-      if (held) this.#qos.release()
-      this.#qos.completed(record.id, 'write', arrivedAt)
-    }
+  writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
+    return this.#io.writeBlock(vol, blockIndex, data, concern)
   }
 
   /**
    * Reads one block of a volume, or of a snapshot (`{ volume, snapshot }`): always `blockSize`
    * bytes; never-written blocks read as zeros.
    */
-  async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
-    if (denied !== undefined) await denied
-    const { record, snapshot } = readSource(this.#catalog, source)
-    if (this.#replication?.forwards(record.id) === true) {
-      return (await this.#bridge.forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
-    }
-    this.#bridge.assertCopyHeld(record)
-    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
-    const arrivedAt = this.#qos.now()
-    const admitted = this.#qos.admit(record.id, 'read', this.#engine.blockSize)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
-    try {
-      return await this.#engine.readBlock(this.#ioVolumeOf(record), blockIndex, viewOf(snapshot))
-    } catch (err) {
-      throw this.#ioFailed(record, 'read', err)
-    } finally {
-      unpin?.()
-      if (held) this.#qos.release()
-      this.#qos.completed(record.id, 'read', arrivedAt)
-    }
+  readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
+    return this.#io.readBlock(source, blockIndex)
   }
 
   /** Writes bytes at any offset (read-modify-write at partial blocks); atomic as a whole. */
-  async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('write', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(this.#catalog, vol)
-    assertBytes(data, 'data')
-    const checked = this.#checkConcern(concern)
-    if (record.replication !== undefined && this.#replication !== undefined) {
-      if (this.#replication.forwards(record.id)) {
-        await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
-        return
-      }
-      this.#bridge.assertCopyHeld(record)
-      this.#replication.checkConcern(record.id, checked)
-    }
-    const volume = this.#ioVolumeOf(record)
-    const arrivedAt = this.#qos.now()
-    const admitted = this.#qos.admit(record.id, 'write', data.byteLength)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
-    try {
-      await this.#engine.write(volume, offset, data, checked)
-    } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
-      throw this.#ioFailed(record, 'write', err)
-    } finally {
-      if (held) this.#qos.release()
-      this.#qos.completed(record.id, 'write', arrivedAt)
-    }
+  write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}` = WriteConcern.WriteAcknowledged): Promise<void> {
+    return this.#io.write(vol, offset, data, concern)
   }
 
   /** Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`). */
-  async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
-    if (denied !== undefined) await denied
-    const { record, snapshot } = readSource(this.#catalog, source)
-    if (this.#replication?.forwards(record.id) === true) {
-      return (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
-    }
-    this.#bridge.assertCopyHeld(record)
-    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
-    const arrivedAt = this.#qos.now()
-    const admitted = this.#qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
-    try {
-      return await this.#engine.read(this.#ioVolumeOf(record), offset, length, viewOf(snapshot))
-    } catch (err) {
-      throw this.#ioFailed(record, 'read', err)
-    } finally {
-      unpin?.()
-      if (held) this.#qos.release()
-      this.#qos.completed(record.id, 'read', arrivedAt)
-    }
+  read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
+    return this.#io.read(source, offset, length)
   }
 
   /** Makes every write acknowledged so far durable (writes of all volumes share the sync). */
-  async flush (vol?: VolumeRef): Promise<void> {
-    this.#assertOpen()
-    if (vol !== undefined) {
-      const denied = this.#gate.refCheck('flush', 'volume:write', vol)
-      if (denied !== undefined) await denied
-    }
-    const record = vol === undefined ? undefined : this.#catalog.resolve(vol)
-    if (record !== undefined && this.#replication?.forwards(record.id) === true) {
-      await this.#bridge.forward(record, { op: 'flush' })
-      return
-    }
-    try {
-      await this.#engine.flush()
-      // Synchronous replication: a flush of a replicated volume also waits for its in-sync copies.
-      if (record?.replication !== undefined && this.#replicationMode === 'synchronous') await this.#replication?.replicated(record.id)
-    } catch (err) { throw record === undefined ? err : this.#ioFailed(record, 'flush', err) }
+  flush (vol?: VolumeRef): Promise<void> {
+    return this.#io.flush(vol)
   }
 
   /** Discards a byte range: whole blocks are freed and read as zeros, partial edges are zeroed. */
-  async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('trim', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(this.#catalog, vol)
-    if (this.#replication?.forwards(record.id) === true) {
-      await this.#bridge.forward(record, { op: 'trim', offset, length })
-      return
-    }
-    this.#bridge.assertCopyHeld(record)
-    const arrivedAt = this.#qos.now()
-    // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
-    const admitted = this.#qos.admit(record.id, 'write', 0)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
-    try {
-      await this.#engine.trim(this.#ioVolumeOf(record), offset, length, WriteConcern.WriteAcknowledged)
-    } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
-      throw this.#ioFailed(record, 'trim', err)
-    } finally {
-      if (held) this.#qos.release()
-      this.#qos.completed(record.id, 'write', arrivedAt)
-    }
+  trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
+    return this.#io.trim(vol, offset, length)
   }
 
   /** Reads and verifies every allocated block of a volume; reports (and emits) each bad block. */
-  async scrub (vol: VolumeRef): Promise<ScrubReport> {
-    this.#assertOpen()
-    const denied = this.#gate.refCheck('scrub', 'volume:read', vol)
-    if (denied !== undefined) await denied
-    const record = this.#catalog.resolve(vol)
-    const { checked, bad } = await this.#engine.scrub(this.#ioVolume(record))
-    this.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
-    return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
+  scrub (vol: VolumeRef): Promise<ScrubReport> {
+    return this.#io.scrub(vol)
   }
 
   // ---------------------------------------------------------------- QoS
@@ -799,20 +484,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const parsed = policy === null ? undefined : parseQoSPolicy(policy)
     const { object, label } = this.#gate.refObject(vol)
     // Limits bound what a tenant may take from the node: changing them is an admin's job.
-    return await this.#gate.guard(policy === null ? 'clearQoSPolicy' : 'setQoSPolicy', 'admin', object, label, async () => await this.#admin(async () => {
-      const record = this.#catalog.resolve(vol)
-      if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
-      if (record.replication !== undefined) {
-        // Recorded in the cluster's record of the volume, which every node holding a copy applies.
-        const replication = this.#replication
-        if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to change the volume's QoS policy`)
-        await replication.update(record.id, (r) => ({ ...r, spec: { ...withoutQoS(r.spec), ...(parsed === undefined ? {} : { qos: parsed }) } }))
-      }
-      const updated = await this.#catalog.updateVolume(record.id, { qos: parsed })
-      const effective = this.#applyQoS(updated)
-      this.emit('qos:policy-changed', { volumeId: record.id, volumeName: record.name, ...effective })
-      return effective
-    }))
+    return await this.#gate.guard(policy === null ? 'clearQoSPolicy' : 'setQoSPolicy', 'admin', object, label, async () => await this.#admin(() => setVolumeQoS(this.#host, vol, parsed)))
   }
 
   /** Removes a volume's own QoS policy: its storage class's applies again (if it has one). */
@@ -825,21 +497,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('getQoSPolicy', 'volume:read', object, label)
-    return this.#effectiveQoS(this.#catalog.resolve(vol))
-  }
-
-  #effectiveQoS (record: VolumeRecord): { policy?: QoSPolicy, source: QoSPolicySource } {
-    if (record.qos !== undefined) return { policy: structuredClone(record.qos), source: 'volume' }
-    const storageClass = this.#catalog.storageClass(record.storageClass)
-    const fromClass = storageClass === undefined ? undefined : qosFromParameters(storageClass.parameters)
-    return fromClass === undefined ? { source: 'none' } : { policy: fromClass, source: 'storage-class' }
-  }
-
-  /** Hands a volume's policy in force to the I/O path; returns it. */
-  #applyQoS (record: VolumeRecord): { policy?: QoSPolicy, source: QoSPolicySource } {
-    const effective = this.#effectiveQoS(record)
-    this.#qos.setPolicy(record.id, record.name, isEmptyPolicy(effective.policy) ? undefined : effective.policy, effective.source)
-    return effective
+    return effectiveQoS(this.#host, this.#catalog.resolve(vol))
   }
 
   // ---------------------------------------------------------------- metrics
@@ -849,11 +507,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('getVolumeMetrics', 'volume:read', object, label)
-    const record = this.#catalog.resolve(vol)
-    const volume = this.#metricsVolume(record)
-    if (volume === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
-    const snapshot = volume.metrics.snapshot()
-    return { volumeId: record.id, volumeName: record.name, ...snapshot, qos: this.#qos.metrics(record.id) }
+    return volumeMetrics(this.#host, this.#catalog.resolve(vol))
   }
 
   /** All metrics in the Prometheus text exposition format (version 0.0.4). */
@@ -861,31 +515,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     await this.#gate.check('metricsText', 'admin', undefined, 'metrics')
     const store = await this.getStorageStats()
-    return renderPrometheus({
-      volumes: this.#catalog.volumes().flatMap((record) => {
-        const volume = this.#metricsVolume(record)
-        if (volume === undefined) return []
-        return [{
-          id: record.id,
-          name: record.name,
-          metrics: volume.metrics.snapshot(),
-          sizeBytes: record.sizeBytes,
-          usedBytes: this.#engine.allocatedBlocks(volume) * this.#engine.blockSize
-        }]
-      }),
-      store,
-      pools: this.#pools.list().map((pool) => this.#poolStatus(pool))
-    }) + this.#bridge.replicationMetrics() + renderQoSMetrics(this.#catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: this.#qos.metrics(record.id) })))
-  }
-
-  /**
-   * The engine state whose metrics a volume shows, or undefined for a volume being deleted whose
-   * blocks are gone already: attaching it again (as #volumeBlocks would) left a deleted volume in
-   * the engine for good.
-   */
-  #metricsVolume (record: VolumeRecord): VolumeBlocks | undefined {
-    if (record.state !== VolumeState.Deleting) return this.#volumeBlocks(record)
-    return this.#engine.volume(record.storageId) ?? this.#retired.get(record.storageId)
+    return metricsText(this.#host, store, () => this.#bridge.replicationMetrics())
   }
 
   /**
@@ -992,19 +622,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     const denied = this.#gate.refCheck('getAllocation', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
     if (denied !== undefined) await denied
     const { record, snapshot } = readSource(this.#catalog, source)
-    const size = snapshot?.sizeBytes ?? record.sizeBytes
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
-      throw new GalleonError('INVALID_ARGUMENT', `offset and length must be non-negative integers, got ${describe(offset)} and ${describe(length)}`)
-    }
-    if (offset + length > size) throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end (${size} bytes)`)
-    if (length === 0) return []
-    const blockSize = this.#engine.blockSize
-    const runs = this.#engine.allocationRuns(this.#ioVolume(record), Math.floor(offset / blockSize), Math.floor((offset + length - 1) / blockSize), snapshot?.gen ?? LIVE)
-    return runs.map(([first, count, allocated]) => {
-      const start = Math.max(offset, first * blockSize)
-      const end = Math.min(offset + length, (first + count) * blockSize)
-      return { offset: start, length: end - start, allocated }
-    })
+    return this.#io.allocation(record, snapshot, offset, length)
   }
 
   /**
@@ -1016,15 +634,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('listChangedBlocks', 'snapshot:read', object, label)
-    const record = this.#catalog.resolve(vol)
-    const volume = this.#volumeBlocks(record)
-    const from = options?.from === undefined ? undefined : this.#catalog.resolveSnapshot(record, options.from)
-    const to = options?.to === undefined ? undefined : this.#catalog.resolveSnapshot(record, options.to)
-    if (from !== undefined && to !== undefined && to.gen < from.gen) {
-      throw new GalleonError('INVALID_ARGUMENT', `snapshot ${to.name} is older than ${from.name}; pass the older one as from`)
-    }
-    if (from === undefined) return this.#engine.allocatedAt(volume, to?.gen ?? LIVE)
-    return this.#engine.changedBlocks(volume, from.gen, to?.gen ?? LIVE)
+    return this.#io.changedBlocks(vol, options)
   }
 
   /** Runs an administrative operation after the ones before it. */
@@ -1054,39 +664,19 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     return await this.#gate.guard('createBackup', 'backup:create', object, label, async () => await this.#backups.create(vol, options), details)
   }
 
-  /**
-   * The backup `backupId`, for a call needing `verb` on it. To a principal who may not `verb` the
-   * backups of every namespace, an id that does not exist is denied like one it may not see, so the
-   * answer does not tell which ids exist.
-   */
-  async #findBackup (action: string, verb: Verb, backupId: string, options: { target?: BackupTargetRef }): Promise<Backup> {
-    try {
-      return await this.#gate.nested(async () => await this.#backups.get(backupId, options))
-    } catch (err) {
-      const everywhere = { namespace: '*', volume: '*' }
-      if (errorCode(err) === 'BACKUP_NOT_FOUND') await this.#gate.check(action, verb, everywhere, `backup:${String(backupId)}`)
-      throw err
-    }
-  }
-
-  /** A backup's source volume as an access object (its namespace and name at backup time). */
-  #backupObject (backup: Backup): AccessObject {
-    return { namespace: backup.volumeNamespace, volume: backup.volumeName }
-  }
-
   /** Backups on a target, oldest first; of one volume (by id, or by name once the volume is gone) when given. */
   async listBackups (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
     this.#assertOpen()
     await this.#gate.checkTarget('listBackups', options)
-    return (await this.#gate.nested(async () => await this.#backups.list(vol, options))).filter((backup) => this.#gate.allowed('backup:read', this.#backupObject(backup)))
+    return (await this.#gate.nested(async () => await this.#backups.list(vol, options))).filter((backup) => this.#gate.allowed('backup:read', backupObject(backup)))
   }
 
   /** One backup by id. */
   async getBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
     this.#assertOpen()
     await this.#gate.checkTarget('getBackup', options)
-    const backup = await this.#findBackup('getBackup', 'backup:read', backupId, options)
-    await this.#gate.check('getBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
+    const backup = await findBackup(this.#gate, this.#backups, 'getBackup', 'backup:read', backupId, options)
+    await this.#gate.check('getBackup', 'backup:read', backupObject(backup), `backup:${backup.id}`)
     return backup
   }
 
@@ -1094,8 +684,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async verifyBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
     this.#assertOpen()
     await this.#gate.checkTarget('verifyBackup', options)
-    const backup = await this.#findBackup('verifyBackup', 'backup:read', backupId, options)
-    await this.#gate.check('verifyBackup', 'backup:read', this.#backupObject(backup), `backup:${backup.id}`)
+    const backup = await findBackup(this.#gate, this.#backups, 'verifyBackup', 'backup:read', backupId, options)
+    await this.#gate.check('verifyBackup', 'backup:read', backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
   }
 
@@ -1106,8 +696,8 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
     await this.#gate.checkTarget('deleteBackup', options)
-    const backup = await this.#findBackup('deleteBackup', 'backup:delete', backupId, options)
-    return await this.#gate.guard('deleteBackup', 'backup:delete', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
+    const backup = await findBackup(this.#gate, this.#backups, 'deleteBackup', 'backup:delete', backupId, options)
+    return await this.#gate.guard('deleteBackup', 'backup:delete', backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)
   }
 
   /**
@@ -1120,7 +710,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     if (options?.volume !== undefined && options.namespace !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a namespace only with { name } (a new volume); { volume } names an existing one')
     if (options?.volume !== undefined && options.pool !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes a pool only for a new volume ({ name }); { volume } names an existing one, which stays in its pool')
     await this.#gate.checkTarget('restoreBackup', options)
-    const backup = await this.#findBackup('restoreBackup', 'backup:restore', backupId, options)
+    const backup = await findBackup(this.#gate, this.#backups, 'restoreBackup', 'backup:restore', backupId, options)
     // The restore writes somewhere: the caller must be allowed that too.
     if (options?.volume !== undefined) {
       const into = this.#gate.refObject(options.volume)
@@ -1136,7 +726,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       if (denied !== undefined) await denied
     }
     const into = options?.volume !== undefined ? this.#gate.refObject(options.volume).label : `volume:${options?.namespace ?? this.#catalog.currentNamespace()}/${options?.name ?? `${backup.volumeName}-restored-${backup.id.slice(0, 8)}`}`
-    return await this.#gate.guard('restoreBackup', 'backup:restore', this.#backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.restore(backupId, options), { into })
+    return await this.#gate.guard('restoreBackup', 'backup:restore', backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.restore(backupId, options), { into })
   }
 
   /**
@@ -1323,27 +913,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
     await this.#gate.check('replicationStatus', 'volume:read', object, label)
-    const record = this.#catalog.resolve(vol)
-    const status = this.#replication?.status(record.id)
-    if (status !== undefined) return status
-    const self = this.#cluster?.nodeId ?? 'local'
-    return { volumeId: record.id, role: 'primary', primary: self, epoch: undefined, nodes: [self], inSync: [self], replicas: record.replicas, degraded: record.replicas > 1, streamBufferBytes: 0, links: [] }
-  }
-
-  /** A volume as callers see it: a replicated one short of in-sync copies is Degraded. */
-  #volumeView (record: VolumeRecord): Volume {
-    const volume = toVolume(record)
-    if (record.replication === undefined || volume.state !== VolumeState.Available) return volume
-    const status = this.#replication?.status(record.id)
-    return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
-  }
-
-  #recordById (id: string): VolumeRecord | undefined {
-    try {
-      return this.#catalog.resolve(id)
-    } catch {
-      return undefined
-    }
+    return this.#bridge.replicationStatus(this.#catalog.resolve(vol))
   }
 
   // ---------------------------------------------------------------- internals
@@ -1351,15 +921,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   /** What the parts of the facade (src/facade) use of this instance: its components and state, and the steps they share. */
   #facadeHost (): FacadeHost {
     const self = this
-    return {
+    const host: FacadeHost = {
       catalog: this.#catalog,
       engine: this.#engine,
       pools: this.#pools,
       get keys () { return self.#keys },
       get mounts () { return self.#mounts },
       get qos () { return self.#qos },
-      get replication () { return self.#replication },
-      get cluster () { return self.#cluster },
+      get replication () { return self.#membership.replication },
+      get cluster () { return self.#membership.cluster },
       get closed () { return self.#closed },
       get closing () { return self.#closing },
       context: this.#context,
@@ -1374,15 +944,15 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       assertOpen: () => { this.#assertOpen() },
       admin: (task) => this.#admin(task),
       adminAfterMigration: (volumeId, task, cancel) => this.#liveMigrations.adminAfterMigration(volumeId, task, cancel),
-      volumeBlocks: (record) => this.#volumeBlocks(record),
-      ioVolume: (vol) => this.#ioVolume(vol),
-      ioVolumeOf: (record) => this.#ioVolumeOf(record),
-      recordById: (id) => this.#recordById(id),
-      volumeView: (record) => this.#volumeView(record),
-      applyQoS: (record) => this.#applyQoS(record),
-      ioFailed: (record, operation, err) => this.#ioFailed(record, operation, err),
-      checkVolumeSize: (sizeBytes) => { this.#checkVolumeSize(sizeBytes) },
-      poolPlacement: (pool, placement) => this.#poolPlacement(pool, placement),
+      volumeBlocks: (record) => volumeBlocks(host, record),
+      ioVolume: (vol) => ioVolume(host, vol),
+      ioVolumeOf: (record) => ioVolumeOf(host, record),
+      recordById: (id) => recordById(this.#catalog, id),
+      volumeView: (record) => volumeView(host, record),
+      applyQoS: (record) => applyQoS(host, record),
+      ioFailed: (record, operation, err) => ioFailed(host, record, operation, err),
+      checkVolumeSize: (sizeBytes) => { checkVolumeSize(this.#engine.blockSize, sizeBytes) },
+      poolPlacement: (pool, placement) => poolPlacement(host, pool, placement),
       forward: (record, request, payload) => this.#bridge.forward(record, request, payload),
       newVolume: (fields, link) => this.#volumes.newVolume(fields, link),
       destroy: (record, flattenClones) => this.#volumes.destroy(record, flattenClones),
@@ -1392,65 +962,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
       toSnapshot: (record) => this.#snapshots.toSnapshot(record),
       migrateVolume: (vol, target, control, layout) => this.#liveMigrations.migrateVolume(vol, target, control, layout)
     }
+    return host
   }
 
   #assertOpen (): void {
     if (this.#closed) throw new GalleonError('NOT_OPEN', 'this GalleonFS instance is closed; open a new one with GalleonFS.open()')
-  }
-
-  #volumeBlocks (record: VolumeRecord): VolumeBlocks {
-    return this.#engine.volume(record.storageId) ?? this.#retired.get(record.storageId) ?? this.#engine.attach(record.storageId, record.sizeBytes)
-  }
-
-  #ioVolume (vol: VolumeRef | VolumeRecord): VolumeBlocks {
-    return this.#ioVolumeOf(this.#catalog.resolve(vol))
-  }
-
-  /** `#ioVolume` of a record resolved in the same synchronous stretch (the I/O path resolves once). */
-  #ioVolumeOf (record: VolumeRecord): VolumeBlocks {
-    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
-    if (record.revertTo !== undefined && !this.#reverting.has(record.id)) {
-      const snapshot = this.#catalog.snapshotById(record.revertTo)
-      const why = this.#revertFailures.get(record.id)
-      throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${snapshot?.name ?? record.revertTo}${why === undefined ? '' : ` (it failed: ${why})`}, so part of it may read as the snapshot and part not; call restoreSnapshot(${JSON.stringify(record.name)}, ${JSON.stringify(snapshot?.name ?? record.revertTo)}) again to finish it, revert to another snapshot, or delete the volume`)
-    }
-    return this.#volumeBlocks(record)
-  }
-
-  /** Reports failures that are not the caller's fault (I/O, corruption) as `io:error` events. */
-  #ioFailed (record: VolumeRecord, operation: 'read' | 'write' | 'trim' | 'flush', err: unknown): unknown {
-    const code = errorCode(err)
-    if (code === 'IO_ERROR' || code === 'CORRUPTION' || code === 'CHECKSUM_MISMATCH') {
-      this.emit('io:error', { volumeId: record.id, volumeName: record.name, operation, code, message: err instanceof Error ? err.message : String(err) })
-    }
-    return err
-  }
-
-  #checkConcern (concern: unknown): WriteConcern {
-    if (typeof concern !== 'string' || !WRITE_CONCERNS.has(concern)) {
-      throw new GalleonError('INVALID_ARGUMENT', `write concern must be one of ${[...WRITE_CONCERNS].join(', ')}, got ${describe(concern)}`)
-    }
-    return concern as WriteConcern
-  }
-
-  #checkVolumeSize (sizeBytes: number): void {
-    const blockSize = this.#engine.blockSize
-    if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
-      const up = Math.max(blockSize, Math.ceil(sizeBytes / blockSize) * blockSize)
-      throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${up}`)
-    }
-  }
-
-  #onChecksumFailure (failure: { storageId: number, index: number, gen: number, reason: string, expected?: number, actual?: number }): void {
-    const record = this.#catalog.volumes().find((candidate) => candidate.storageId === failure.storageId)
-    this.emit('checksum:mismatch', {
-      volumeId: record?.id ?? '',
-      volumeName: record?.name ?? '',
-      blockIndex: failure.index,
-      generation: failure.gen,
-      reason: failure.reason,
-      expected: failure.expected,
-      actual: failure.actual
-    })
   }
 }

@@ -3,8 +3,9 @@
 
 import { GalleonError, describe } from '../errors.js'
 import type { View } from '../engine/engine.js'
+import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
-import type { Volume } from '../types.js'
+import { VolumeState, type Volume } from '../types.js'
 import { namespaceOf, type SnapshotRecord, type VolumeRecord } from '../volumes/catalog.js'
 
 /** What another node needs to create its copy of a volume. */
@@ -38,6 +39,22 @@ export function toVolume (record: VolumeRecord): Volume {
     ...(record.source === undefined ? {} : { source: { ...record.source } }),
     ...(record.qos === undefined ? {} : { qos: structuredClone(record.qos) }),
     ...(record.pool === undefined ? {} : { pool: record.pool })
+  }
+}
+
+/** A volume as callers see it: a replicated one short of in-sync copies is Degraded. */
+export function volumeView (host: { readonly replication: ReplicationManager | undefined }, record: VolumeRecord): Volume {
+  const volume = toVolume(record)
+  if (record.replication === undefined || volume.state !== VolumeState.Available) return volume
+  const status = host.replication?.status(record.id)
+  return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
+}
+
+/** Throws INVALID_ARGUMENT unless `sizeBytes` is a positive multiple of the block size. */
+export function checkVolumeSize (blockSize: number, sizeBytes: number): void {
+  if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
+    const up = Math.max(blockSize, Math.ceil(sizeBytes / blockSize) * blockSize)
+    throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${up}`)
   }
 }
 

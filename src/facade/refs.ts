@@ -49,3 +49,12 @@ export function writable (catalog: Catalog, target: unknown): VolumeRecord {
   }
   return catalog.resolve(target)
 }
+
+/** The volume with this id, or undefined when there is none. */
+export function recordById (catalog: Catalog, id: string): VolumeRecord | undefined {
+  try {
+    return catalog.resolve(id)
+  } catch {
+    return undefined
+  }
+}

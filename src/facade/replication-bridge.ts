@@ -201,6 +201,14 @@ export class ReplicationBridge {
     })
   }
 
+  /** The work of GalleonFS.replicationStatus, once the caller is checked: a volume with one copy reports just this node. */
+  replicationStatus (record: VolumeRecord): ReplicationStatus {
+    const status = this.#host.replication?.status(record.id)
+    if (status !== undefined) return status
+    const self = this.#host.cluster?.nodeId ?? 'local'
+    return { volumeId: record.id, role: 'primary', primary: self, epoch: undefined, nodes: [self], inSync: [self], replicas: record.replicas, degraded: record.replicas > 1, streamBufferBytes: 0, links: [] }
+  }
+
   /** Prometheus families of replication: per volume and copy, lag (changes, bytes, seconds), bytes shipped, acknowledgement round trips and resync progress. */
   replicationMetrics (): string {
     const statuses = this.#host.replication?.statuses() ?? []

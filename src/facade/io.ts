@@ -1,0 +1,306 @@
+// The I/O path of the facade: block and byte reads and writes, flush, trim and scrub through the
+// QoS stage and the engine (or forwarded to a replicated volume's primary), and how failures show.
+
+import { GalleonError, assertBytes, describe, errorCode } from '../errors.js'
+import { LIVE } from '../engine/block-map.js'
+import type { VolumeBlocks } from '../engine/engine.js'
+import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
+import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
+import type { AccessGuard } from './access-guard.js'
+import type { ClusterMembership } from './cluster.js'
+import type { FacadeHost } from './host.js'
+import { viewOf } from './records.js'
+import { isSnapshotRef, readSource, writable, type ReadSource, type VolumeRef } from './refs.js'
+import type { ReplicationBridge } from './replication-bridge.js'
+import type { Snapshots } from './snapshots.js'
+
+const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
+
+/** The engine state of a volume (attached on first use; a retired storage's while a migration redirects it). */
+export function volumeBlocks (host: FacadeHost, record: VolumeRecord): VolumeBlocks {
+  return host.engine.volume(record.storageId) ?? host.retired.get(record.storageId) ?? host.engine.attach(record.storageId, record.sizeBytes)
+}
+
+/** The engine state I/O on a volume uses: refused while the volume is deleted or half reverted. */
+export function ioVolume (host: FacadeHost, vol: VolumeRef | VolumeRecord): VolumeBlocks {
+  return ioVolumeOf(host, host.catalog.resolve(vol))
+}
+
+/** `ioVolume` of a record resolved in the same synchronous stretch (the I/O path resolves once). */
+export function ioVolumeOf (host: FacadeHost, record: VolumeRecord): VolumeBlocks {
+  if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+  if (record.revertTo !== undefined && !host.reverting.has(record.id)) {
+    const snapshot = host.catalog.snapshotById(record.revertTo)
+    const why = host.revertFailures.get(record.id)
+    throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${snapshot?.name ?? record.revertTo}${why === undefined ? '' : ` (it failed: ${why})`}, so part of it may read as the snapshot and part not; call restoreSnapshot(${JSON.stringify(record.name)}, ${JSON.stringify(snapshot?.name ?? record.revertTo)}) again to finish it, revert to another snapshot, or delete the volume`)
+  }
+  return volumeBlocks(host, record)
+}
+
+/** Reports failures that are not the caller's fault (I/O, corruption) as `io:error` events. */
+export function ioFailed (host: FacadeHost, record: VolumeRecord, operation: 'read' | 'write' | 'trim' | 'flush', err: unknown): unknown {
+  const code = errorCode(err)
+  if (code === 'IO_ERROR' || code === 'CORRUPTION' || code === 'CHECKSUM_MISMATCH') {
+    host.emit('io:error', { volumeId: record.id, volumeName: record.name, operation, code, message: err instanceof Error ? err.message : String(err) })
+  }
+  return err
+}
+
+function checkConcern (concern: unknown): WriteConcern {
+  if (typeof concern !== 'string' || !WRITE_CONCERNS.has(concern)) {
+    throw new GalleonError('INVALID_ARGUMENT', `write concern must be one of ${[...WRITE_CONCERNS].join(', ')}, got ${describe(concern)}`)
+  }
+  return concern as WriteConcern
+}
+
+/** A block the engine found failing its checksum. */
+export interface ChecksumFailure { storageId: number, index: number, gen: number, reason: string, expected?: number, actual?: number }
+
+/** The engine's report of a block that failed its checksum, as a `checksum:mismatch` event. */
+export function reportChecksumFailure (host: FacadeHost, failure: ChecksumFailure): void {
+  const record = host.catalog.volumes().find((candidate) => candidate.storageId === failure.storageId)
+  host.emit('checksum:mismatch', {
+    volumeId: record?.id ?? '',
+    volumeName: record?.name ?? '',
+    blockIndex: failure.index,
+    generation: failure.gen,
+    reason: failure.reason,
+    expected: failure.expected,
+    actual: failure.actual
+  })
+}
+
+/**
+ * The I/O calls of GalleonFS, whole (state and caller checks included): GalleonFS returns their
+ * promises as they are, so the hot path has no extra async hop.
+ */
+export class VolumeIO {
+  readonly #host: FacadeHost
+  readonly #gate: AccessGuard
+  readonly #bridge: ReplicationBridge
+  readonly #snapshots: Snapshots
+  readonly #membership: ClusterMembership
+
+  constructor (host: FacadeHost, gate: AccessGuard, bridge: ReplicationBridge, snapshots: Snapshots, membership: ClusterMembership) {
+    this.#host = host
+    this.#gate = gate
+    this.#bridge = bridge
+    this.#snapshots = snapshots
+    this.#membership = membership
+  }
+
+  /** GalleonFS.writeBlock. */
+  async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('writeBlock', 'volume:write', vol)
+    if (denied !== undefined) await denied
+    const record = writable(host.catalog, vol)
+    assertBytes(data, 'data')
+    const checked = checkConcern(concern)
+    const replication = host.replication
+    if (record.replication !== undefined && replication !== undefined) {
+      if (replication.forwards(record.id)) {
+        await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
+        return
+      }
+      this.#bridge.assertCopyHeld(record)
+      replication.checkConcern(record.id, checked)
+    }
+    const volume = ioVolumeOf(host, record)
+    const qos = host.qos
+    const arrivedAt = qos.now()
+    // Short data is zero-padded: the whole block is stored, so the whole block is charged.
+    const admitted = qos.admit(record.id, 'write', host.engine.blockSize)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
+    try {
+      await host.engine.writeBlock(volume, blockIndex, data, checked)
+    } catch (err) {
+      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
+      throw ioFailed(host, record, 'write', err)
+    } finally {
+      if (held) qos.release()
+      qos.completed(record.id, 'write', arrivedAt)
+    }
+  }
+
+  /** GalleonFS.readBlock. */
+  async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+    if (denied !== undefined) await denied
+    const { record, snapshot } = readSource(host.catalog, source)
+    if (host.replication?.forwards(record.id) === true) {
+      return (await this.#bridge.forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+    }
+    this.#bridge.assertCopyHeld(record)
+    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
+    const qos = host.qos
+    const arrivedAt = qos.now()
+    const admitted = qos.admit(record.id, 'read', host.engine.blockSize)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
+    try {
+      return await host.engine.readBlock(ioVolumeOf(host, record), blockIndex, viewOf(snapshot))
+    } catch (err) {
+      throw ioFailed(host, record, 'read', err)
+    } finally {
+      unpin?.()
+      if (held) qos.release()
+      qos.completed(record.id, 'read', arrivedAt)
+    }
+  }
+
+  /** GalleonFS.write. */
+  async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('write', 'volume:write', vol)
+    if (denied !== undefined) await denied
+    const record = writable(host.catalog, vol)
+    assertBytes(data, 'data')
+    const checked = checkConcern(concern)
+    const replication = host.replication
+    if (record.replication !== undefined && replication !== undefined) {
+      if (replication.forwards(record.id)) {
+        await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
+        return
+      }
+      this.#bridge.assertCopyHeld(record)
+      replication.checkConcern(record.id, checked)
+    }
+    const volume = ioVolumeOf(host, record)
+    const qos = host.qos
+    const arrivedAt = qos.now()
+    const admitted = qos.admit(record.id, 'write', data.byteLength)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
+    try {
+      await host.engine.write(volume, offset, data, checked)
+    } catch (err) {
+      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
+      throw ioFailed(host, record, 'write', err)
+    } finally {
+      if (held) qos.release()
+      qos.completed(record.id, 'write', arrivedAt)
+    }
+  }
+
+  /** GalleonFS.read. */
+  async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+    if (denied !== undefined) await denied
+    const { record, snapshot } = readSource(host.catalog, source)
+    if (host.replication?.forwards(record.id) === true) {
+      return (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+    }
+    this.#bridge.assertCopyHeld(record)
+    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
+    const qos = host.qos
+    const arrivedAt = qos.now()
+    const admitted = qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
+    try {
+      return await host.engine.read(ioVolumeOf(host, record), offset, length, viewOf(snapshot))
+    } catch (err) {
+      throw ioFailed(host, record, 'read', err)
+    } finally {
+      unpin?.()
+      if (held) qos.release()
+      qos.completed(record.id, 'read', arrivedAt)
+    }
+  }
+
+  /** GalleonFS.flush. */
+  async flush (vol?: VolumeRef): Promise<void> {
+    const host = this.#host
+    host.assertOpen()
+    if (vol !== undefined) {
+      const denied = this.#gate.refCheck('flush', 'volume:write', vol)
+      if (denied !== undefined) await denied
+    }
+    const record = vol === undefined ? undefined : host.catalog.resolve(vol)
+    if (record !== undefined && host.replication?.forwards(record.id) === true) {
+      await this.#bridge.forward(record, { op: 'flush' })
+      return
+    }
+    try {
+      await host.engine.flush()
+      // Synchronous replication: a flush of a replicated volume also waits for its in-sync copies.
+      if (record?.replication !== undefined && this.#membership.replicationMode === 'synchronous') await host.replication?.replicated(record.id)
+    } catch (err) { throw record === undefined ? err : ioFailed(host, record, 'flush', err) }
+  }
+
+  /** GalleonFS.trim. */
+  async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('trim', 'volume:write', vol)
+    if (denied !== undefined) await denied
+    const record = writable(host.catalog, vol)
+    if (host.replication?.forwards(record.id) === true) {
+      await this.#bridge.forward(record, { op: 'trim', offset, length })
+      return
+    }
+    this.#bridge.assertCopyHeld(record)
+    const qos = host.qos
+    const arrivedAt = qos.now()
+    // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
+    const admitted = qos.admit(record.id, 'write', 0)
+    const held = typeof admitted === 'boolean' ? admitted : await admitted
+    try {
+      await host.engine.trim(ioVolumeOf(host, record), offset, length, WriteConcern.WriteAcknowledged)
+    } catch (err) {
+      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
+      throw ioFailed(host, record, 'trim', err)
+    } finally {
+      if (held) qos.release()
+      qos.completed(record.id, 'write', arrivedAt)
+    }
+  }
+
+  /** GalleonFS.scrub. */
+  async scrub (vol: VolumeRef): Promise<ScrubReport> {
+    const host = this.#host
+    host.assertOpen()
+    const denied = this.#gate.refCheck('scrub', 'volume:read', vol)
+    if (denied !== undefined) await denied
+    const record = host.catalog.resolve(vol)
+    const { checked, bad } = await host.engine.scrub(ioVolume(host, record))
+    host.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
+    return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
+  }
+
+  /** The work of GalleonFS.getAllocation, once the caller is checked. */
+  allocation (record: VolumeRecord, snapshot: SnapshotRecord | undefined, offset: number, length: number): Array<{ offset: number, length: number, allocated: boolean }> {
+    const host = this.#host
+    const size = snapshot?.sizeBytes ?? record.sizeBytes
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new GalleonError('INVALID_ARGUMENT', `offset and length must be non-negative integers, got ${describe(offset)} and ${describe(length)}`)
+    }
+    if (offset + length > size) throw new GalleonError('OUT_OF_RANGE', `range ${offset}..${offset + length} goes past the end (${size} bytes)`)
+    if (length === 0) return []
+    const blockSize = host.engine.blockSize
+    const runs = host.engine.allocationRuns(ioVolume(host, record), Math.floor(offset / blockSize), Math.floor((offset + length - 1) / blockSize), snapshot?.gen ?? LIVE)
+    return runs.map(([first, count, allocated]) => {
+      const start = Math.max(offset, first * blockSize)
+      const end = Math.min(offset + length, (first + count) * blockSize)
+      return { offset: start, length: end - start, allocated }
+    })
+  }
+
+  /** The work of GalleonFS.listChangedBlocks, once the caller is checked. */
+  changedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> }): number[] {
+    const host = this.#host
+    const record = host.catalog.resolve(vol)
+    const volume = volumeBlocks(host, record)
+    const from = options?.from === undefined ? undefined : host.catalog.resolveSnapshot(record, options.from)
+    const to = options?.to === undefined ? undefined : host.catalog.resolveSnapshot(record, options.to)
+    if (from !== undefined && to !== undefined && to.gen < from.gen) {
+      throw new GalleonError('INVALID_ARGUMENT', `snapshot ${to.name} is older than ${from.name}; pass the older one as from`)
+    }
+    if (from === undefined) return host.engine.allocatedAt(volume, to?.gen ?? LIVE)
+    return host.engine.changedBlocks(volume, from.gen, to?.gen ?? LIVE)
+  }
+}

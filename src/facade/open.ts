@@ -1,0 +1,161 @@
+// How GalleonFS.open() brings an instance up (options checked, drivers opened, the catalog, engine,
+// keys and access state loaded, the instance built and started) and close() takes it down.
+
+import type { EventEmitter } from 'eventemitter3'
+import { AccessControl } from '../access/access-control.js'
+import { AuditLog } from '../access/audit-log.js'
+import type { BackupTarget, BlockStore, MountDriver } from '../drivers.js'
+import { KeyManager } from '../crypto/key-manager.js'
+import { BlockEngine } from '../engine/engine.js'
+import { GalleonError, describe, errorCode } from '../errors.js'
+import type { GalleonEvents } from '../events.js'
+import { mountControl } from '../mount/mount-manager.js'
+import { assertWindowSeconds } from '../metrics/recorder.js'
+import { resolveDrivers, type OpenOptions } from '../open-drivers.js'
+import { QoSScheduler } from '../qos/scheduler.js'
+import { VolumeType } from '../types.js'
+import { Catalog, type MetadataDatabase } from '../volumes/catalog.js'
+import type { BackupScheduler } from '../backup/policies.js'
+import type { ClusterMembership } from './cluster.js'
+import type { FacadeHost } from './host.js'
+import type { ChecksumFailure } from './io.js'
+import type { VolumeLifecycle } from './volumes.js'
+
+/** What an instance is built from, once open() has opened and loaded it. */
+export interface InstanceParts {
+  readonly metadata: MetadataDatabase
+  readonly store: BlockStore
+  /** Where the data lives ('memory' for in-memory instances). */
+  readonly location: string
+  readonly catalog: Catalog
+  readonly engine: BlockEngine
+  readonly qos: QoSScheduler
+  readonly keys: KeyManager
+  readonly access: AccessControl
+  readonly audit: AuditLog
+  readonly clock: { now: () => number }
+  /** False when open() was given a clock: the backup scheduler then sets no timers. */
+  readonly timers: boolean
+  readonly backupTarget: string | BackupTarget | undefined
+  /** The default backup target when open() created it from the registry: closed with the instance. */
+  readonly ownedBackupTarget: BackupTarget | undefined
+  readonly mountDriver: MountDriver
+  readonly storagePath: string | undefined
+}
+
+/** An instance built from its parts: what the engine reports checksum failures to, and how it starts (recovery and the rest). */
+export interface BuiltInstance<I> {
+  readonly instance: I
+  readonly onChecksumFailure: (failure: ChecksumFailure) => void
+  readonly start: () => Promise<void>
+}
+
+/** The work of GalleonFS.open(): `build` makes the instance from its parts (see InstanceParts). */
+export async function openInstance<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
+  const blockSize = options?.blockSize
+  if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize < 512 || blockSize > 1 << 20 || (blockSize & (blockSize - 1)) !== 0)) {
+    throw new GalleonError('INVALID_ARGUMENT', `blockSize must be a power of two from 512 to 1048576, got ${describe(blockSize)}`)
+  }
+  const cacheBlocks = options?.cacheBlocks
+  if (cacheBlocks !== undefined && (!Number.isSafeInteger(cacheBlocks) || cacheBlocks < 0)) {
+    throw new GalleonError('INVALID_ARGUMENT', `cacheBlocks must be a non-negative integer, got ${describe(cacheBlocks)}`)
+  }
+  if (options?.metricsWindowSeconds !== undefined) assertWindowSeconds(options.metricsWindowSeconds, 'metricsWindowSeconds')
+  // Built before any driver opens, so a bad qos option fails without touching the storage.
+  let emitQoS: (event: string, payload: unknown) => void = () => {}
+  const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) }, options?.metricsWindowSeconds)
+  const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options)
+  try {
+    await metadata.open()
+  } catch (err) {
+    await ownedBackupTarget?.close().catch(() => {})
+    await mountDriver.close?.().catch(() => {})
+    const code = (err as { code?: string }).code
+    if (code === 'LEVEL_LOCKED' || String((err as Error)?.cause ?? '').includes('lock')) {
+      throw new GalleonError('BUSY', `the storage at ${location} is already open in another GalleonFS instance or process; close that one first`, { cause: err })
+    }
+    throw new GalleonError('IO_ERROR', `could not open the metadata database at ${location}: ${(err as Error).message}`, { cause: err })
+  }
+  try {
+    await blockStore.open()
+    const catalog = new Catalog(metadata)
+    await catalog.load(blockSize)
+    let built: BuiltInstance<I> | undefined
+    const engine = new BlockEngine(blockStore, {
+      blockSize: catalog.blockSize,
+      cacheBlocks,
+      metricsWindowSeconds: options.metricsWindowSeconds,
+      onChecksumFailure: (failure) => { if (built !== undefined) built.onChecksumFailure(failure) }
+    })
+    const keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider, passphrase: passphrase ?? options.passphrase, inMemory: options.inMemory === true })
+    await keys.load()
+    const clock = options.clock ?? { now: Date.now }
+    if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
+    const access = new AccessControl(metadata)
+    await access.load()
+    const audit = new AuditLog(metadata, () => clock.now())
+    await audit.load()
+    built = build({ metadata, store: blockStore, location, catalog, engine, qos, keys, access, audit, clock, timers: options.clock === undefined, backupTarget, ownedBackupTarget, mountDriver, storagePath: options.storagePath })
+    const emitter = built.instance
+    emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
+    await built.start()
+    return built.instance
+  } catch (err) {
+    await blockStore.close().catch(() => {})
+    await metadata.close().catch(() => {})
+    await ownedBackupTarget?.close().catch(() => {})
+    await mountDriver.close?.().catch(() => {})
+    throw err
+  }
+}
+
+/** What close() takes down, besides the host's parts. */
+export interface ClosingInstance {
+  readonly host: FacadeHost
+  readonly volumes: VolumeLifecycle
+  readonly membership: ClusterMembership
+  readonly scheduler: BackupScheduler
+  /** The last administrative operation queued. */
+  readonly adminQueue: () => Promise<unknown>
+  readonly store: BlockStore
+  readonly metadata: MetadataDatabase
+  readonly ownedBackupTarget: BackupTarget | undefined
+  /** From here on the instance refuses calls (NOT_OPEN). */
+  readonly markClosed: () => void
+}
+
+/** The work of GalleonFS.close(), run once. */
+export async function closeInstance (parts: ClosingInstance): Promise<void> {
+  const host = parts.host
+  // Migrations still copying are cancelled: their volumes stay where they were.
+  for (const migration of host.migrations.values()) migration.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
+  // Node moves not yet past the hand-over give their new copy up.
+  for (const move of host.nodeMoves.values()) move.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
+  await Promise.all([...host.nodeMoves.values()].map(async (move) => await move.done))
+  await Promise.all([...host.migrations.values()].map(async (migration) => await migration.done))
+  // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
+  // (FUSE write-behind) reach the volumes before anything is refused.
+  await mountControl(host.mounts).close().catch((err: unknown) => {
+    host.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `unmounting at close: ${(err as Error)?.message ?? String(err)}` })
+  })
+  parts.markClosed()
+  host.qos.close()
+  try {
+    await parts.membership.change
+    await parts.membership.replication?.close()
+    await parts.membership.cluster?.close()
+    parts.scheduler.stop()
+    await parts.scheduler.idle()
+    await parts.adminQueue().catch(() => {})
+    await Promise.all([...host.rotations.values()])
+    for (const record of parts.volumes.destroyOrder(host.catalog.volumes().filter((record) => record.type === VolumeType.Ephemeral))) {
+      await parts.volumes.destroy(host.catalog.resolve(record.id), true)
+    }
+    await host.engine.close()
+  } finally {
+    await parts.store.close()
+    await parts.metadata.close()
+    await parts.ownedBackupTarget?.close()
+    host.emit('instance:closed')
+  }
+}

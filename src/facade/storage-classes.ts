@@ -1,0 +1,32 @@
+// Custom storage classes as the facade creates and deletes them: checked against the pools they
+// name and the volumes that use them.
+
+import { GalleonError } from '../errors.js'
+import type { StorageClass } from '../types.js'
+import type { FacadeHost } from './host.js'
+
+/** The work of GalleonFS.createStorageClass, once the definition is parsed and the caller checked. */
+export async function createStorageClass (host: FacadeHost, storageClass: StorageClass): Promise<StorageClass> {
+  if (host.catalog.storageClass(storageClass.name) !== undefined) {
+    throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(storageClass.name)} already exists; pick another name or delete it first`)
+  }
+  const pool = storageClass.parameters.pool
+  if (pool !== undefined && host.catalog.pool(pool) === undefined) {
+    throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`)
+  }
+  await host.catalog.putStorageClass(storageClass)
+  host.emit('storage-class:created', structuredClone(storageClass))
+  return structuredClone(storageClass)
+}
+
+/** The work of GalleonFS.deleteStorageClass, once the caller is checked (`getStorageClass` is the public call). */
+export async function deleteStorageClass (host: FacadeHost, getStorageClass: (name: string) => Promise<StorageClass>, name: string): Promise<void> {
+  const storageClass = await getStorageClass(name)
+  if (storageClass.builtIn) throw new GalleonError('INVALID_ARGUMENT', `storage class ${name} is built in and cannot be deleted`)
+  const users = host.catalog.volumes().filter((record) => record.storageClass === name)
+  if (users.length > 0) {
+    throw new GalleonError('BUSY', `storage class ${name} is used by ${users.length} volume(s) (${users.slice(0, 3).map((r) => r.name).join(', ')}); delete them first`)
+  }
+  await host.catalog.deleteStorageClass(name)
+  host.emit('storage-class:deleted', storageClass)
+}
