@@ -182,6 +182,52 @@ function collectLines (stream: NodeJS.ReadableStream): string[] {
   return lines
 }
 
+/** Thread ids of this process (Linux). */
+async function threadIds (): Promise<Set<string>> {
+  return new Set(await readdir('/proc/self/task'))
+}
+/** Whether thread `tid` of this process blocks SIGCHLD (signal 17: bit 16 of SigBlk), or undefined once it is gone. */
+async function blocksSigchld (tid: string): Promise<boolean | undefined> {
+  const status = await readFile(`/proc/self/task/${tid}/status`, 'utf8').catch(() => undefined)
+  const mask = status?.match(/^SigBlk:\s*([0-9a-f]+)$/m)?.[1]
+  return mask === undefined ? undefined : (BigInt(`0x${mask}`) & (1n << 16n)) !== 0n
+}
+
+describe('FUSE mount driver: its threads and the process\'s signals', { skip }, () => {
+  it('the threads fuse-native and libfuse start block every signal, so cancelling them cannot break child reaping', async (t) => {
+    const { nativeAeadStatus } = await import('../src/crypto/native-aead.js')
+    const { guardFuseThreads } = await import('../backends/fuse/index.js')
+    const status = nativeAeadStatus()
+    if (!status.available) {
+      assert.notEqual(process.env.GALLEONFS_REQUIRE_NATIVE_AEAD, '1', `GALLEONFS_REQUIRE_NATIVE_AEAD=1 but ${status.reason}`)
+      assert.equal(guardFuseThreads(), false, 'without the addon there is no guard')
+      t.skip(`the native addon is not available (${status.reason})`)
+      return
+    }
+    const g = await GalleonFS.open({ storagePath: join(root, 'sig1'), mount: 'fuse' })
+    const mnt = join(root, 'sig1m')
+    try {
+      const vol = await g.createVolume({ name: 'v', sizeBytes: '4M' })
+      await g.read(vol, 0, 4096) // the file store's pool threads exist before the mount
+      const before = await threadIds()
+      await g.mounts.mountVolume(vol, mnt)
+      // Requests from other processes, so that libfuse starts workers.
+      await Promise.all([0, 1, 2, 3].map(async (i) => await exec('dd', ['if=/dev/zero', `of=${join(mnt, 'data')}`, 'bs=64K', 'count=4', `seek=${i * 4}`, 'conv=notrunc', 'status=none'])))
+      const fresh = [...await threadIds()].filter((tid) => !before.has(tid))
+      const masks = await Promise.all(fresh.map(async (tid) => [tid, await blocksSigchld(tid)] as const))
+      const alive = masks.filter(([, blocks]) => blocks !== undefined)
+      assert.ok(alive.length >= 2, `the mount started its thread and at least one worker: ${JSON.stringify(masks)}`)
+      assert.deepEqual(alive.filter(([, blocks]) => blocks !== true), [], 'every thread the mount started blocks SIGCHLD')
+      // The main thread is untouched, and children are still reaped after an unmount.
+      assert.equal(await blocksSigchld(String(process.pid)), false)
+      await g.mounts.unmountVolume(mnt)
+      assert.equal((await exec('true', [])).stdout, '')
+    } finally {
+      await g.close()
+    }
+  })
+})
+
 describe('FUSE mount driver: review regressions', { skip }, () => {
   /** A file store whose batches take `delay` ms, and that fails them once `failing` is set. */
   async function slowStore (dir: string, delay: number): Promise<{ store: import('../src/index.js').BlockStore, control: { failing: boolean } }> {

@@ -33,6 +33,7 @@ import { childEnvironment } from '../../src/child-env.js'
 import { promisify } from 'node:util'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
+import { nativeAead } from '../../src/crypto/native-aead.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
 
@@ -149,8 +150,33 @@ async function loadFuse (): Promise<FuseClass> {
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fusermount program: install Debian's fuse package (apt-get install fuse) (${(err as Error).message})`, { cause: err })
   }
+  guardFuseThreads()
   loaded = Fuse
   return Fuse
+}
+
+/** Marks fuse-native's binding once its mount call is wrapped (the binding is one per process). */
+const GUARDED = Symbol.for('galleonfs.fuseThreadsGuarded')
+
+/**
+ * Makes fuse-native start its threads (the mount's thread, and libfuse's workers it creates) with
+ * every signal blocked, through the native addon (see callWithSignalsBlocked in
+ * native/aead/aead.c). libfuse 2 cancels its workers when a mount ends; one cancelled while running
+ * libuv's SIGCHLD handler took libuv's signal lock with it, and the process never reaped a child
+ * again (seen as a test waiting for ever on a python child left a zombie). Without the addon
+ * (not built, or GALLEONFS_NATIVE_AEAD=0) the threads start as fuse-native starts them.
+ * Returns whether the guard is in place.
+ */
+export function guardFuseThreads (): boolean {
+  const addon = nativeAead()
+  if (addon === undefined) return false
+  const require = createRequire(import.meta.url)
+  const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as { fuse_native_mount: (...args: unknown[]) => unknown, [GUARDED]?: true }
+  if (binding[GUARDED] === true) return true
+  const mount = binding.fuse_native_mount
+  binding.fuse_native_mount = (...args: unknown[]) => addon.callWithSignalsBlocked(() => mount.apply(binding, args))
+  binding[GUARDED] = true
+  return true
 }
 
 /** Whether `path` is a mount point now (Linux: /proc/self/mountinfo). */

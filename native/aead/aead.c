@@ -14,6 +14,8 @@
 #include <node_api.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,7 @@
 #define MAX_ARGS 8
 #define MAX_BUFFERS 64
 // Bumped whenever a function is added or its contract changes (src/crypto/native-aead.ts checks it).
-#define ADDON_VERSION 2
+#define ADDON_VERSION 3
 // Largest plaintext and aad accepted (far above a block; keeps lengths within an int).
 #define MAX_DATA (1u << 30)
 #define MAX_AAD (1u << 20)
@@ -659,6 +661,33 @@ static napi_value open_(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * callWithSignalsBlocked(fn): calls fn() with every signal blocked in the calling thread, and
+ * returns its result. Threads created meanwhile inherit that mask, so none of them ever runs a
+ * signal handler. The FUSE driver mounts through it: libfuse 2 cancels its worker threads
+ * (pthread_cancel) when a mount ends, and a worker cancelled inside libuv's signal handler, between
+ * taking libuv's signal lock (a byte read from a pipe) and giving it back, loses that byte for
+ * good: the process then never again sees SIGCHLD, and child processes are never reaped. Signals
+ * that arrive during the call stay pending and are delivered once the mask is restored.
+ */
+static napi_value call_with_signals_blocked(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  napi_valuetype type;
+  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "callWithSignalsBlocked needs a function");
+    return NULL;
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  napi_value global, result = NULL;
+  napi_get_global(env, &global);
+  napi_status status = napi_call_function(env, global, argv[0], 0, NULL, &result);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return status == napi_ok ? result : NULL;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor properties[] = {
     { "keyHandle", NULL, key_handle, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -667,6 +696,7 @@ NAPI_MODULE_INIT() {
     { "sealRefs", NULL, seal_refs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "openRefs", NULL, open_refs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "openRefsAsync", NULL, open_refs_async, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "callWithSignalsBlocked", NULL, call_with_signals_blocked, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   // The interface version: the loader refuses a build of another one (say, left from an older checkout).

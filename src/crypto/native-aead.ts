@@ -30,6 +30,8 @@ export interface NativeAeadAddon {
   openRefs: (key: Uint8Array | NativeKey, nonces: Uint8Array, aads: Uint8Array, aadLength: number, blockLength: number, buffers: Uint8Array[], refs: Float64Array, status: Uint8Array) => number
   /** openRefs on a libuv pool thread; the arrays must stay untouched until `done`. */
   openRefsAsync: (key: Uint8Array, nonces: Uint8Array, aads: Uint8Array, aadLength: number, blockLength: number, buffers: Uint8Array[], refs: Float64Array, status: Uint8Array, done: (err: Error | null, failures?: number) => void) => void
+  /** Calls `fn` with every signal blocked in this thread (threads it creates inherit that); see aead.c. */
+  callWithSignalsBlocked: <T> (fn: () => T) => T
 }
 
 /**
@@ -85,7 +87,7 @@ function load (): { addon: NativeAeadAddon | undefined, reason: string } {
 }
 
 /** The interface version this code speaks (ADDON_VERSION in native/aead/aead.c). */
-export const ADDON_VERSION = 2
+export const ADDON_VERSION = 3
 
 /**
  * Checks the interface version and the functions, then seals and opens a fixed block with the
@@ -94,7 +96,7 @@ export const ADDON_VERSION = 2
 function selfTest (addon: NativeAeadAddon): boolean {
   try {
     if (addon.version !== ADDON_VERSION) return false
-    for (const name of ['keyHandle', 'seal', 'open', 'sealRefs', 'openRefs', 'openRefsAsync'] as const) if (typeof addon[name] !== 'function') return false
+    for (const name of ['keyHandle', 'seal', 'open', 'sealRefs', 'openRefs', 'openRefsAsync', 'callWithSignalsBlocked'] as const) if (typeof addon[name] !== 'function') return false
     const key = Uint8Array.from({ length: 32 }, (_, i) => i * 7 + 1)
     const nonce = Uint8Array.from({ length: 12 }, (_, i) => 255 - i)
     const aad = Uint8Array.from({ length: 28 }, (_, i) => i)
