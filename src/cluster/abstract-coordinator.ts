@@ -1,6 +1,7 @@
 // AbstractCoordinator: the Coordinator contract (argument checks, state, membership, elections,
 // watches, rejoining after a lost lease) written once over a small etcd-shaped store that each
-// backend implements through protected hooks (_range, _txn, _watch, _grantLease, ...).
+// backend implements through protected hooks (_range, _txn, _watch, _grantLease, ...). The
+// list-then-watch loop behind watchMembers() and watch() is in watches.ts.
 
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ClusterMember, ClusterNode, Coordinator, CoordinatorEntry, CoordinatorEvent, Leadership } from '../drivers.js'
@@ -11,6 +12,7 @@ import {
   type StoreCondition, type StoredEntry, type StoreEvent, type StoreLease, type StoreOp, type StoreTxnResult
 } from './coordinator-store.js'
 import { campaign, currentLeader, type ElectionStore, type HeldLeadership } from './election.js'
+import { followKeys, followMembers, membersOf, RETRY_MAX_MS, RETRY_MIN_MS, type FollowStore } from './watches.js'
 
 /** Options every coordinator backend accepts. */
 export interface AbstractCoordinatorOptions {
@@ -34,9 +36,6 @@ interface Membership {
   readonly joinedAt: string
 }
 
-const RETRY_MIN_MS = 100
-const RETRY_MAX_MS = 5000
-
 function assertListener (listener: unknown): asserts listener is (...args: never[]) => void {
   if (typeof listener !== 'function') throw new GalleonError('INVALID_ARGUMENT', `listener must be a function, got ${listener === null ? 'null' : typeof listener}`)
 }
@@ -45,41 +44,6 @@ function assertOptions (options: unknown): asserts options is Record<string, unk
   if (options !== undefined && (typeof options !== 'object' || options === null)) {
     throw new GalleonError('INVALID_ARGUMENT', `options must be an object when given, got ${options === null ? 'null' : typeof options}`)
   }
-}
-
-/** Calls a user listener; one that throws must not break the watch or the other listeners. */
-function callListener<T> (listener: (value: T) => void, value: T): void {
-  try {
-    listener(value)
-  } catch {
-    // Deliberately ignored: a listener's failure is its own, and the watch must go on for the others.
-  }
-}
-
-/** Members from the raw keys under `nodes/`: a record makes a member, its alive key makes it healthy. */
-function membersOf (keys: ReadonlyMap<string, string>): ClusterMember[] {
-  const members: ClusterMember[] = []
-  for (const [key, value] of keys) {
-    if (!key.endsWith('/record')) continue
-    let record: ClusterNode & { joinedAt: string }
-    try {
-      record = JSON.parse(value)
-    } catch {
-      continue // not written by a coordinator handle; a member record is always JSON
-    }
-    const healthy = keys.has(key.slice(0, -'record'.length) + 'alive')
-    members.push(Object.freeze({
-      id: record.id,
-      address: record.address,
-      zone: record.zone,
-      labels: Object.freeze({ ...record.labels }),
-      capacityBytes: record.capacityBytes,
-      freeBytes: record.freeBytes,
-      healthy,
-      joinedAt: record.joinedAt
-    }))
-  }
-  return members.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
 }
 
 /**
@@ -110,6 +74,13 @@ export abstract class AbstractCoordinator implements Coordinator {
   readonly #electionStore: ElectionStore = {
     range: async (key, prefix) => await this.#range(key, prefix),
     txn: async (conditions, ops) => await this.#txn(conditions, ops),
+    watch: (key, options, onEvents, onError) => this.#watchOnce(key, options, onEvents, onError)
+  }
+  /** The handle as watches.ts sees it; `range` returns #range's own promise (no extra await hop). */
+  readonly #followStore: FollowStore = {
+    isClosed: () => this.#closed,
+    closing: this.#closing.signal,
+    range: (key, prefix) => this.#range(key, prefix),
     watch: (key, options, onEvents, onError) => this.#watchOnce(key, options, onEvents, onError)
   }
 
@@ -209,23 +180,7 @@ export abstract class AbstractCoordinator implements Coordinator {
   watchMembers (listener: (members: ClusterMember[]) => void): () => void {
     this.#assertOpen()
     assertListener(listener)
-    const keys = new Map<string, string>()
-    return this.#follow(layout.nodes, true, undefined, (events) => {
-      for (const event of events) {
-        if (event.type === 'put') keys.set(event.entry.key, event.entry.value)
-        else keys.delete(event.entry.key)
-      }
-      callListener(listener, membersOf(keys))
-    }, (entries, first) => {
-      // The first listing is always reported: a member that joined or left between this call and
-      // the listing is in no event, so a caller told only of later changes would never learn of it.
-      // Listed again after a failed watch: changes may have been missed, so report a difference.
-      const before = JSON.stringify(membersOf(keys))
-      keys.clear()
-      for (const entry of entries) keys.set(entry.key, entry.value)
-      const members = membersOf(keys)
-      if (first || JSON.stringify(members) !== before) callListener(listener, members)
-    })
+    return followMembers(this.#followStore, listener)
   }
 
   async campaign (election: string, options?: { signal?: AbortSignal }): Promise<Leadership> {
@@ -343,38 +298,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     this.#assertOpen()
     assertPrefix(prefix)
     assertListener(listener)
-    const report = (type: 'put' | 'delete', entry: StoredEntry): void => {
-      const key = entry.key.slice(layout.kv.length)
-      callListener(listener, type === 'put' ? { type, key, entry: { key, value: entry.value, revision: entry.modRevision } } : { type, key })
-    }
-    // Keys under the prefix as far as the listener knows (or that existed when the watch started):
-    // after a failed watch, the ones no longer listed are reported deleted.
-    const known = new Set<string>()
-    return this.#follow(layout.kv + prefix, true, this.#seenRevision + 1, (events) => {
-      for (const { type, entry } of events) {
-        if (type === 'put') known.add(entry.key)
-        else known.delete(entry.key)
-        report(type, entry)
-      }
-    }, (entries, first, missedFrom) => {
-      if (first) {
-        for (const entry of entries) known.add(entry.key)
-        return
-      }
-      // The store watch failed, and the store may have compacted the changes it missed away: they
-      // are reported as the difference to the listing (each key's latest state, in revision
-      // order; intermediate values are gone, as a compacted watch would have lost them anyway).
-      const present = new Set(entries.map((entry) => entry.key))
-      for (const key of [...known]) {
-        if (present.has(key)) continue
-        known.delete(key)
-        report('delete', { key, value: '', createRevision: 0, modRevision: 0 })
-      }
-      for (const entry of entries.filter((e) => e.modRevision >= missedFrom).sort((a, b) => a.modRevision - b.modRevision)) {
-        known.add(entry.key)
-        report('put', entry)
-      }
-    })
+    return followKeys(this.#followStore, prefix, this.#seenRevision + 1, listener)
   }
 
   async close (): Promise<void> {
@@ -433,57 +357,6 @@ export abstract class AbstractCoordinator implements Coordinator {
       stopStore()
     }
     this.#watchStops.add(stop)
-    return stop
-  }
-
-  /**
-   * A watch that survives store errors. It lists the keys first (`onListed(entries, true)`) and
-   * watches from `fromRevision` (undefined: right after the listing). When the store watch fails
-   * (connection lost, or the revision it would resume from was compacted away), it lists again
-   * (`onListed(entries, false, missedFrom)`, `missedFrom` being the first revision not delivered)
-   * and resumes right after that listing: it never retries a revision the store may have dropped.
-   */
-  #follow (key: string, prefix: boolean, fromRevision: number | undefined, onEvents: (events: StoreEvent[]) => void, onListed: (entries: StoredEntry[], first: boolean, missedFrom: number) => void): () => void {
-    let stopped = false
-    let stopCurrent = (): void => {}
-    let nextRevision = fromRevision ?? 0
-    let first = true
-    let listed = false
-    let delayMs = RETRY_MIN_MS
-    const start = async (): Promise<void> => {
-      while (!stopped && !this.#closed) {
-        try {
-          if (!listed) {
-            const { entries, revision } = await this.#range(key, prefix)
-            if (stopped || this.#closed) return
-            onListed(entries, first, nextRevision)
-            if (!first || fromRevision === undefined) nextRevision = revision + 1
-            first = false
-            listed = true
-          }
-          // Runs until the store watch fails; then it lists again (after a pause) and resumes.
-          await new Promise<void>((resolve) => {
-            stopCurrent = this.#watchOnce(key, { prefix, fromRevision: nextRevision }, (events) => {
-              delayMs = RETRY_MIN_MS
-              const last = events[events.length - 1]
-              if (last !== undefined) nextRevision = last.entry.modRevision + 1
-              onEvents(events)
-            }, () => resolve())
-          })
-          if (stopped || this.#closed) return
-          listed = false
-        } catch {
-          if (stopped || this.#closed) return
-        }
-        await sleep(delayMs, undefined, { signal: this.#closing.signal }).catch(() => {})
-        delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)
-      }
-    }
-    void start()
-    const stop = (): void => {
-      stopped = true
-      stopCurrent()
-    }
     return stop
   }
 

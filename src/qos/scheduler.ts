@@ -9,6 +9,7 @@ import { GalleonError, describe } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
+import { VolumeState, applyLimits, limitWait, takeTokens, tightestLimit, type Kind, type Pending } from './volume-state.js'
 
 /** Node-wide QoS settings (`GalleonFS.open({ qos })`). */
 export interface QoSNodeOptions {
@@ -68,68 +69,6 @@ export interface QoSThrottledEvent { volumeId: string, volumeName: string, limit
 export interface QoSLatencyMissedEvent { volumeId: string, volumeName: string, latencyTargetMs: number, latencyP99Ms: number }
 /** Payload of `qos:guarantee-missed`. */
 export interface QoSGuaranteeMissedEvent { volumeId: string, volumeName: string, guaranteedIops?: number, guaranteedThroughputMBps?: number, achievedIops: number, achievedThroughputMBps: number }
-
-type Kind = 'read' | 'write'
-type Dimension = 'iops' | 'readIops' | 'writeIops' | 'bytes' | 'readBytes' | 'writeBytes'
-const DIMENSIONS: ReadonlyArray<[Dimension, 'ops' | 'bytes', Kind | undefined, string]> = [
-  ['iops', 'ops', undefined, 'limits.iops'],
-  ['readIops', 'ops', 'read', 'limits.read_iops'],
-  ['writeIops', 'ops', 'write', 'limits.write_iops'],
-  ['bytes', 'bytes', undefined, 'limits.throughput_mbps'],
-  ['readBytes', 'bytes', 'read', 'limits.read_throughput_mbps'],
-  ['writeBytes', 'bytes', 'write', 'limits.write_throughput_mbps']
-]
-
-interface LaneBucket { readonly bucket: TokenBucket, readonly bytes: boolean }
-
-interface Pending {
-  readonly kind: Kind
-  readonly bytes: number
-  readonly arrived: number
-  resolve: (held: boolean) => void
-  rTag: number
-  pTag: number
-}
-
-class VolumeState {
-  readonly id: string
-  name: string
-  policy: QoSPolicy | undefined
-  source: QoSPolicySource = 'none'
-  buckets: Array<[TokenBucket, 'ops' | 'bytes', Kind | undefined, string]> = []
-  /** Per lane (reads, writes): the buckets that apply and whether each counts bytes (else operations); the hot path's view. */
-  lanes: [read: LaneBucket[], write: LaneBucket[]] = [[], []]
-  limited = false
-  /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
-  readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
-  readonly timers: [read: unknown, write: unknown] = [undefined, undefined]
-  throttledMs = 0
-  throttledOps = 0
-  lastThrottleEvent = -Infinity
-  // dispatcher
-  readonly queued: Pending[] = []
-  reservationIops = 0
-  reservationBps = 0
-  weight = 1
-  latencyMs = 0
-  rLast = -Infinity
-  pLast = 0
-  backloggedSince: number | undefined
-  servedOps = 0
-  servedBytes = 0
-  achievedIops = 0
-  achievedBps = 0
-  met = true
-  missedSeconds = 0
-  /** Latencies from arrival to completion, kept while the policy has a latency target. */
-  latencies: MetricsRecorder | undefined
-  lastLatencyEvent = -Infinity
-
-  constructor (id: string, name: string) {
-    this.id = id
-    this.name = name
-  }
-}
 
 const INTERVAL_MS = 1000
 /**
@@ -199,38 +138,11 @@ export class QoSScheduler {
     state.name = volumeName
     state.policy = policy
     state.source = policy === undefined ? 'none' : source
-    const now = this.#clock.now()
-    const limits = policy?.limits
-    const burst = policy?.burstable?.enabled === true ? policy.burstable : undefined
-    const values: Record<Dimension, number | undefined> = {
-      iops: limits?.iops,
-      readIops: limits?.readIops,
-      writeIops: limits?.writeIops,
-      bytes: limits?.throughputMBps === undefined ? undefined : limits.throughputMBps * 1e6,
-      readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
-      writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
-    }
-    const previous = new Map(state.buckets.map(([bucket, , , label]) => [label, bucket]))
-    state.buckets = []
-    for (const [dimension, unit, kind, label] of DIMENSIONS) {
-      const rate = values[dimension]
-      if (rate === undefined) continue
-      const multiplier = burst === undefined ? 1 : unit === 'ops' ? burst.iopsMultiplier : burst.throughputMultiplier
-      const bucket = new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined)
-      // A limit the old policy had too keeps its level (a change is not a refill); a new one starts full.
-      const before = previous.get(label)
-      if (before !== undefined) bucket.carryFrom(before, now)
-      state.buckets.push([bucket, unit, kind, label])
-    }
-    state.limited = state.buckets.length > 0
-    state.lanes = [
-      state.buckets.filter(([, , kind]) => kind !== 'write').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' })),
-      state.buckets.filter(([, , kind]) => kind !== 'read').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' }))
-    ]
+    applyLimits(state, policy, this.#clock.now())
     state.reservationIops = policy?.guarantees?.iops ?? 0
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
     state.weight = policy?.weight ?? 1
-    state.latencyMs = limits?.latencyMs ?? 0
+    state.latencyMs = policy?.limits?.latencyMs ?? 0
     // A changed target keeps the latencies measured so far: they are still what callers saw.
     if (state.latencyMs === 0) state.latencies = undefined
     else state.latencies ??= new MetricsRecorder({ windowSeconds: this.#windowSeconds, now: this.#clock.now })
@@ -266,8 +178,8 @@ export class QoSScheduler {
       const now = this.#clock.now()
       const lane = kind === 'read' ? 0 : 1
       const waiting = state.waiting[lane]
-      if (waiting.length === 0 && this.#limitWait(state, kind, bytes, now) === 0) {
-        this.#take(state, kind, bytes)
+      if (waiting.length === 0 && limitWait(state, kind, bytes, now) === 0) {
+        takeTokens(state, kind, bytes)
       } else {
         return new Promise<boolean>((resolve) => {
           waiting.push({ kind, bytes, arrived: now, resolve, rTag: 0, pTag: 0 })
@@ -353,48 +265,25 @@ export class QoSScheduler {
 
   // ---------------------------------------------------------------- limiter
 
-  // Plain indexed loops over the lane's buckets: these run on every I/O call of a limited volume.
-  #limitWait (state: VolumeState, kind: Kind, bytes: number, now: number): number {
-    const lane = state.lanes[kind === 'read' ? 0 : 1]
-    let wait = 0
-    for (let i = 0; i < lane.length; i++) {
-      const entry = lane[i] as LaneBucket
-      const cost = entry.bytes ? bytes : 1
-      if (cost === 0) continue
-      const ms = entry.bucket.waitMs(cost, now)
-      if (ms > wait) wait = ms
-    }
-    return wait
-  }
-
-  #take (state: VolumeState, kind: Kind, bytes: number): void {
-    const lane = state.lanes[kind === 'read' ? 0 : 1]
-    for (let i = 0; i < lane.length; i++) {
-      const entry = lane[i] as LaneBucket
-      const cost = entry.bytes ? bytes : 1
-      if (cost > 0) entry.bucket.take(cost)
-    }
-  }
-
   /** Admits a volume's waiting reads (lane 0) or writes (1) in order while its buckets allow; sleeps until they do. */
   #drain (state: VolumeState, lane: 0 | 1): void {
     const waiting = state.waiting[lane]
     while (waiting.length > 0) {
       const op = waiting[0] as Pending
       const now = this.#clock.now()
-      const wait = this.#closed ? 0 : this.#limitWait(state, op.kind, op.bytes, now)
+      const wait = this.#closed ? 0 : limitWait(state, op.kind, op.bytes, now)
       if (wait > 0) {
         if (state.timers[lane] === undefined) {
           state.timers[lane] = this.#clock.setTimeout(() => { state.timers[lane] = undefined; this.#drain(state, lane) }, timerDelay(wait))
         }
         if (now - state.lastThrottleEvent >= INTERVAL_MS) {
           state.lastThrottleEvent = now
-          this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: this.#tightest(state, op, now), waitMs: wait } satisfies QoSThrottledEvent)
+          this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: tightestLimit(state, op, now), waitMs: wait } satisfies QoSThrottledEvent)
         }
         return
       }
       waiting.shift()
-      this.#take(state, op.kind, op.bytes)
+      takeTokens(state, op.kind, op.bytes)
       state.throttledMs += now - op.arrived
       state.throttledOps++
       if (this.#closed || !this.#dispatching) { op.resolve(false); continue }
@@ -405,17 +294,6 @@ export class QoSScheduler {
         this.#enqueue(state, op.kind, op.bytes, now, op.resolve)
       }
     }
-  }
-
-  #tightest (state: VolumeState, op: Pending, now: number): string {
-    let worst = ''
-    let longest = -1
-    for (const [bucket, unit, only, label] of state.buckets) {
-      if (only !== undefined && only !== op.kind) continue
-      const ms = bucket.waitMs(unit === 'ops' ? 1 : Math.max(op.bytes, 1), now)
-      if (ms > longest) { longest = ms; worst = label }
-    }
-    return worst
   }
 
   // ---------------------------------------------------------------- dispatcher

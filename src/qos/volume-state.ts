@@ -1,0 +1,138 @@
+// The QoS scheduler's record of one volume (its limiter buckets and waiting operations, dispatcher
+// tags, served and latency figures) and the limiter's token arithmetic over that record.
+
+import type { MetricsRecorder } from '../metrics/recorder.js'
+import { TokenBucket } from './bucket.js'
+import type { QoSPolicy, QoSPolicySource } from './policy.js'
+
+/** Which lane an operation takes. */
+export type Kind = 'read' | 'write'
+type Dimension = 'iops' | 'readIops' | 'writeIops' | 'bytes' | 'readBytes' | 'writeBytes'
+const DIMENSIONS: ReadonlyArray<[Dimension, 'ops' | 'bytes', Kind | undefined, string]> = [
+  ['iops', 'ops', undefined, 'limits.iops'],
+  ['readIops', 'ops', 'read', 'limits.read_iops'],
+  ['writeIops', 'ops', 'write', 'limits.write_iops'],
+  ['bytes', 'bytes', undefined, 'limits.throughput_mbps'],
+  ['readBytes', 'bytes', 'read', 'limits.read_throughput_mbps'],
+  ['writeBytes', 'bytes', 'write', 'limits.write_throughput_mbps']
+]
+
+interface LaneBucket { readonly bucket: TokenBucket, readonly bytes: boolean }
+
+/** An operation waiting for its volume's limits or for the dispatcher. */
+export interface Pending {
+  readonly kind: Kind
+  readonly bytes: number
+  readonly arrived: number
+  resolve: (held: boolean) => void
+  rTag: number
+  pTag: number
+}
+
+/** What the scheduler keeps per volume: the limiter's side first, then the dispatcher's. */
+export class VolumeState {
+  readonly id: string
+  name: string
+  policy: QoSPolicy | undefined
+  source: QoSPolicySource = 'none'
+  buckets: Array<[TokenBucket, 'ops' | 'bytes', Kind | undefined, string]> = []
+  /** Per lane (reads, writes): the buckets that apply and whether each counts bytes (else operations); the hot path's view. */
+  lanes: [read: LaneBucket[], write: LaneBucket[]] = [[], []]
+  limited = false
+  /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
+  readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
+  readonly timers: [read: unknown, write: unknown] = [undefined, undefined]
+  throttledMs = 0
+  throttledOps = 0
+  lastThrottleEvent = -Infinity
+  // dispatcher
+  readonly queued: Pending[] = []
+  reservationIops = 0
+  reservationBps = 0
+  weight = 1
+  latencyMs = 0
+  rLast = -Infinity
+  pLast = 0
+  backloggedSince: number | undefined
+  servedOps = 0
+  servedBytes = 0
+  achievedIops = 0
+  achievedBps = 0
+  met = true
+  missedSeconds = 0
+  /** Latencies from arrival to completion, kept while the policy has a latency target. */
+  latencies: MetricsRecorder | undefined
+  lastLatencyEvent = -Infinity
+
+  constructor (id: string, name: string) {
+    this.id = id
+    this.name = name
+  }
+}
+
+/** Builds the volume's buckets and lanes for `policy`'s limits at `now`, carrying over the level of a limit the old policy had too. */
+export function applyLimits (state: VolumeState, policy: QoSPolicy | undefined, now: number): void {
+  const limits = policy?.limits
+  const burst = policy?.burstable?.enabled === true ? policy.burstable : undefined
+  const values: Record<Dimension, number | undefined> = {
+    iops: limits?.iops,
+    readIops: limits?.readIops,
+    writeIops: limits?.writeIops,
+    bytes: limits?.throughputMBps === undefined ? undefined : limits.throughputMBps * 1e6,
+    readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
+    writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
+  }
+  const previous = new Map(state.buckets.map(([bucket, , , label]) => [label, bucket]))
+  state.buckets = []
+  for (const [dimension, unit, kind, label] of DIMENSIONS) {
+    const rate = values[dimension]
+    if (rate === undefined) continue
+    const multiplier = burst === undefined ? 1 : unit === 'ops' ? burst.iopsMultiplier : burst.throughputMultiplier
+    const bucket = new TokenBucket(rate, now, multiplier > 1 ? { multiplier, durationSeconds: (burst as { durationSeconds: number }).durationSeconds } : undefined)
+    // A limit the old policy had too keeps its level (a change is not a refill); a new one starts full.
+    const before = previous.get(label)
+    if (before !== undefined) bucket.carryFrom(before, now)
+    state.buckets.push([bucket, unit, kind, label])
+  }
+  state.limited = state.buckets.length > 0
+  state.lanes = [
+    state.buckets.filter(([, , kind]) => kind !== 'write').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' })),
+    state.buckets.filter(([, , kind]) => kind !== 'read').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' }))
+  ]
+}
+
+// Plain indexed loops over the lane's buckets: these run on every I/O call of a limited volume.
+export function limitWait (state: VolumeState, kind: Kind, bytes: number, now: number): number {
+  const lane = state.lanes[kind === 'read' ? 0 : 1]
+  let wait = 0
+  for (let i = 0; i < lane.length; i++) {
+    const entry = lane[i] as LaneBucket
+    const cost = entry.bytes ? bytes : 1
+    if (cost === 0) continue
+    const ms = entry.bucket.waitMs(cost, now)
+    if (ms > wait) wait = ms
+  }
+  return wait
+}
+
+/** Charges an admitted operation to the buckets of its lane. */
+export function takeTokens (state: VolumeState, kind: Kind, bytes: number): void {
+  const lane = state.lanes[kind === 'read' ? 0 : 1]
+  for (let i = 0; i < lane.length; i++) {
+    const entry = lane[i] as LaneBucket
+    const cost = entry.bytes ? bytes : 1
+    if (cost > 0) entry.bucket.take(cost)
+  }
+}
+
+/** The label of the limit that holds `op` longest (what `qos:throttled` names). */
+export function tightestLimit (state: VolumeState, op: Pending, now: number): string {
+  let worst = ''
+  let longest = -1
+  for (const [bucket, unit, only, label] of state.buckets) {
+    if (only !== undefined && only !== op.kind) continue
+    const ms = bucket.waitMs(unit === 'ops' ? 1 : Math.max(op.bytes, 1), now)
+    if (ms > longest) { longest = ms; worst = label }
+  }
+  return worst
+}
