@@ -18,7 +18,14 @@ const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 
 /** The engine state of a volume (attached on first use; a retired storage's while a migration redirects it). */
 export function volumeBlocks (host: FacadeHost, record: VolumeRecord): VolumeBlocks {
-  return host.engine.volume(record.storageId) ?? host.retired.get(record.storageId) ?? host.engine.attach(record.storageId, record.sizeBytes)
+  const held = host.engine.volume(record.storageId) ?? host.retired.get(record.storageId)
+  if (held !== undefined) return held
+  // A record resolved before a live migration's switch-over, used after its old storage's entry
+  // went (a call that waited longer than the grace period): the volume is on its new storage.
+  // Attaching the old, deleted storage would read zeros and lose writes.
+  const current = host.recordById(record.id)
+  if (current !== undefined && current.storageId !== record.storageId) return volumeBlocks(host, current)
+  return host.engine.attach(record.storageId, record.sizeBytes)
 }
 
 /** The engine state I/O on a volume uses: refused while the volume is deleted or half reverted. */
