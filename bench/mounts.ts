@@ -3,8 +3,10 @@
 //      fio --ioengine=nbd: 4 KiB random read and write at iodepth 16, 1 MiB sequential read and
 //      write (goal >= 1.0x, floor 0.5x);
 //   2. FUSE: dd of 1 MiB blocks writing and reading `data` on a GalleonFS mount vs the same dd on a
-//      null fuse-native file system that stores nothing (goal >= 0.8x); as a reference, the same
-//      1 MiB writes and reads made by g.write()/g.read() in this process, against the same baseline.
+//      null fuse-native file system that stores nothing (goal >= 0.8x). As references: the same
+//      1 MiB writes and reads made by g.write()/g.read() in this process, and dd on a passthrough
+//      fuse-native file system that only preads and pwrites a file (the bound of any file system
+//      that stores the bytes), both against the same baseline; and GalleonFS against the passthrough.
 // Needs fio, qemu-img and qemu-nbd (NBD part) and /dev/fuse with fusermount (FUSE part); a part
 // whose tools are missing is reported as skipped. Saved to bench/results/mounts.json.
 // The two sides take turns (each case twice, alternating who goes first), and GalleonFS settles
@@ -15,7 +17,7 @@
 //      run, comma-separated: nbd, fuse; default both).
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
@@ -106,18 +108,36 @@ async function nbdPart (dir: string, rows: Row[]): Promise<void> {
   }
 }
 
-/** A FUSE file system with one file `data` that stores nothing: the baseline of the FUSE path itself. */
-async function nullFuse (mnt: string, size: number): Promise<{ unmount: () => Promise<void> }> {
+/**
+ * A FUSE file system with one file `data`. Without `backing` it stores nothing: the baseline of the
+ * FUSE path itself. With `backing` (a file path) it passes reads and writes to that file with
+ * positional reads and writes, nothing else: the cheapest file system that keeps the bytes, so its
+ * rate bounds what any storing file system (GalleonFS included) can reach against the baseline.
+ */
+async function simpleFuse (mnt: string, size: number, backing?: string): Promise<{ unmount: () => Promise<void> }> {
   const Fuse = createRequire(import.meta.url)('fuse-native')
   const now = new Date()
   const stat = (mode: number, bytes: number): Record<string, unknown> => ({ mtime: now, atime: now, ctime: now, nlink: 1, size: bytes, mode, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 })
+  let fd = -1
+  if (backing !== undefined) {
+    fd = openSync(backing, 'w+')
+    ftruncateSync(fd, size)
+  }
+  // The backing file's calls run on the event loop (synchronously): the fastest way to move the bytes.
+  const transfer = (io: typeof readSync, buf: Buffer, len: number, pos: number): number => {
+    const n = Math.max(0, Math.min(len, size - pos))
+    if (fd === -1 || n === 0) return n
+    let done = 0
+    while (done < n) done += io(fd, buf, done, n - done, pos + done)
+    return done
+  }
   const ops = {
     readdir: (_p: string, cb: (code: number, names?: string[]) => void) => cb(0, ['data']),
     getattr: (p: string, cb: (code: number, st?: unknown) => void) => p === '/' ? cb(0, stat(0o40755, 4096)) : p === '/data' ? cb(0, stat(0o100644, size)) : cb(Fuse.ENOENT),
     open: (_p: string, _flags: number, cb: (code: number, fd?: number) => void) => cb(0, 42),
     release: (_p: string, _fd: number, cb: (code: number) => void) => cb(0),
-    read: (_p: string, _fd: number, _buf: Buffer, len: number, pos: number, cb: (n: number) => void) => cb(Math.max(0, Math.min(len, size - pos))),
-    write: (_p: string, _fd: number, _buf: Buffer, len: number, _pos: number, cb: (n: number) => void) => cb(len),
+    read: (_p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) => cb(transfer(readSync, buf, len, pos)),
+    write: (_p: string, _fd: number, buf: Buffer, len: number, pos: number, cb: (n: number) => void) => cb(fd === -1 ? len : transfer(writeSync as typeof readSync, buf, len, pos)),
     truncate: (_p: string, _size: number, cb: (code: number) => void) => cb(0),
     ftruncate: (_p: string, _fd: number, _size: number, cb: (code: number) => void) => cb(0)
   }
@@ -125,7 +145,12 @@ async function nullFuse (mnt: string, size: number): Promise<{ unmount: () => Pr
   const base = fuse._fuseOptions.bind(fuse)
   fuse._fuseOptions = () => { const own = base(); return own === '' ? '-obig_writes,max_write=131072' : `${own},big_writes,max_write=131072` }
   await new Promise<void>((resolve, reject) => fuse.mount((err: Error | null) => err ? reject(err) : resolve()))
-  return { unmount: async () => await new Promise<void>((resolve) => fuse.unmount(() => resolve())) }
+  return {
+    unmount: async () => {
+      await new Promise<void>((resolve) => fuse.unmount(() => resolve()))
+      if (fd !== -1) closeSync(fd)
+    }
+  }
 }
 
 /** MiB/s of dd with 1 MiB blocks. */
@@ -144,13 +169,16 @@ async function fusePart (dir: string, rows: Row[]): Promise<void> {
   const g = await GalleonFS.open({ storagePath: join(dir, 'fuse-storage'), mount: 'fuse' })
   const mine = join(dir, 'galleon-mount')
   const theirs = join(dir, 'null-mount')
-  const nul = await nullFuse(theirs, VOLUME)
+  const passed = join(dir, 'passthrough-mount')
+  const nul = await simpleFuse(theirs, VOLUME)
+  const passthrough = await simpleFuse(passed, VOLUME, join(dir, 'passthrough-data'))
   try {
     await g.createVolume({ name: 'fuse', sizeBytes: VOLUME })
     await g.mounts.mountVolume('fuse', mine)
     // Index 2: the same volume through the library in this process, 1 MiB calls one at a time as dd
     // makes them: what the FUSE path could reach if the kernel, libfuse and fuse-native cost nothing.
-    const results = { write: [0, 0, 0], read: [0, 0, 0] }
+    // Index 3: the passthrough file system (see simpleFuse), the bound of any file system that stores.
+    const results = { write: [0, 0, 0, 0], read: [0, 0, 0, 0] }
     const zeros = new Uint8Array(1 << 20)
     const inProcess = async (write: boolean): Promise<number> => {
       const started = performance.now()
@@ -161,7 +189,7 @@ async function fusePart (dir: string, rows: Row[]): Promise<void> {
       return mib / ((performance.now() - started) / 1000)
     }
     for (let round = 0; round < 2; round++) {
-      for (const [index, where] of (round === 0 ? [[0, mine], [1, theirs], [2, '']] : [[2, ''], [1, theirs], [0, mine]]) as Array<[number, string]>) {
+      for (const [index, where] of (round === 0 ? [[0, mine], [1, theirs], [3, passed], [2, '']] : [[2, ''], [3, passed], [1, theirs], [0, mine]]) as Array<[number, string]>) {
         await settle(g)
         ;(results.write[index] as number) += (index === 2 ? await inProcess(true) : await dd(['if=/dev/zero', `of=${join(where, 'data')}`, 'conv=notrunc'], mib)) / 2
         await settle(g)
@@ -173,8 +201,14 @@ async function fusePart (dir: string, rows: Row[]): Promise<void> {
     // Not a target: the ceiling above, against the same baseline (a FUSE ratio cannot exceed it by much).
     rows.push({ case: 'reference: the same 1 MiB writes by g.write() in process vs the null FUSE file system', value: results.write[2] as number, baseline: results.write[1] as number, unit: 'MiB/s', ratio: (results.write[2] as number) / (results.write[1] as number), target: '(ceiling)' })
     rows.push({ case: 'reference: the same 1 MiB reads by g.read() in process vs the null FUSE file system', value: results.read[2] as number, baseline: results.read[1] as number, unit: 'MiB/s', ratio: (results.read[2] as number) / (results.read[1] as number), target: '(ceiling)' })
+    // Not targets either: how far a file system that only passes the bytes to a file gets, and GalleonFS against it.
+    rows.push({ case: 'reference: dd 1 MiB writes on a passthrough FUSE file system (pwrite to a file) vs the null one', value: results.write[3] as number, baseline: results.write[1] as number, unit: 'MiB/s', ratio: (results.write[3] as number) / (results.write[1] as number), target: '(bound)' })
+    rows.push({ case: 'reference: dd 1 MiB reads on a passthrough FUSE file system (pread from a file) vs the null one', value: results.read[3] as number, baseline: results.read[1] as number, unit: 'MiB/s', ratio: (results.read[3] as number) / (results.read[1] as number), target: '(bound)' })
+    rows.push({ case: 'reference: FUSE dd 1 MiB writes, GalleonFS vs the passthrough file system', value: results.write[0] as number, baseline: results.write[3] as number, unit: 'MiB/s', ratio: (results.write[0] as number) / (results.write[3] as number), target: '(overhead)' })
+    rows.push({ case: 'reference: FUSE dd 1 MiB reads, GalleonFS vs the passthrough file system', value: results.read[0] as number, baseline: results.read[3] as number, unit: 'MiB/s', ratio: (results.read[0] as number) / (results.read[3] as number), target: '(overhead)' })
   } finally {
     await nul.unmount()
+    await passthrough.unmount()
     await g.close()
   }
 }
