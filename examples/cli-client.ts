@@ -1,0 +1,169 @@
+// The CLI's client of the daemon's HTTP/JSON API: one request, its answer or a one-line error, and
+// long operations whose answer streams progress (drawn as a bar) before the result.
+
+import { request as httpRequest, type IncomingMessage } from 'node:http'
+import { readFile } from 'node:fs/promises'
+import { formatSize } from '../src/index.js'
+import { Presets, SingleBar } from 'cli-progress'
+import { runtimeTokenPath } from './daemon-token.js'
+import { parseAddress } from './daemon-config.js'
+
+/** A failure to report in one line (exit 1), never with a stack trace. */
+export class CliError extends Error {}
+
+export interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean, timeout?: number }
+
+/** Media type of a streamed answer (progress lines, then the result). */
+const NDJSON = 'application/x-ndjson'
+
+async function tokenFor (globals: Globals): Promise<string> {
+  const given = globals.token ?? process.env.GALLEONFS_TOKEN
+  if (given !== undefined && given !== '') return given
+  try {
+    return (await readFile(runtimeTokenPath(globals.daemonAddress), 'utf8')).trim()
+  } catch {
+    return ''
+  }
+}
+
+/** Why a request got no answer: kinds the CLI reports differently (and `daemon status --wait` waits out). */
+type Unanswered = 'unreachable' | 'timeout' | 'closed'
+
+/** A request that got no answer. */
+export class NoAnswer extends CliError {
+  constructor (readonly kind: Unanswered, message: string) { super(message) }
+}
+
+/** How long the CLI waits by default for the daemon to begin its answer. */
+export const ANSWER_TIMEOUT_SECONDS = 30
+
+/**
+ * Sends one API request and resolves when the answer begins; a daemon that is not there, one that
+ * does not begin its answer within `timeoutMs` (--timeout), a rejected token or an error status
+ * become CliError. Only the wait for the answer's beginning is bounded: a long operation streams
+ * its answer (see callLong), so no timeout cuts it, and a cut connection would cancel it.
+ */
+async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage> {
+  const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
+  const timeoutMs = options.timeoutMs ?? (globals.timeout ?? ANSWER_TIMEOUT_SECONDS) * 1000
+  const payload = body === undefined ? undefined : JSON.stringify(body)
+  const token = await tokenFor(globals)
+  let response: IncomingMessage
+  try {
+    response = await new Promise<IncomingMessage>((resolve, reject) => {
+      // agent: false: one connection per call, closed after it (a CLI makes few calls).
+      const sent = httpRequest({ host, port, method, path, agent: false, headers: { authorization: `Bearer ${token}`, ...(options.accept === undefined ? {} : { accept: options.accept }), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) } })
+      const timer = setTimeout(() => { sent.destroy(new NoAnswer('timeout', '')) }, timeoutMs)
+      sent.once('response', (answer) => { clearTimeout(timer); resolve(answer) })
+      sent.once('error', (err) => { clearTimeout(timer); reject(err) })
+      sent.end(payload)
+    })
+  } catch (err) {
+    throw noAnswer(globals, err, timeoutMs)
+  }
+  if (response.statusCode === undefined || response.statusCode < 200 || response.statusCode > 299) {
+    const text = await readAll(globals, response)
+    const error = (() => { try { return (JSON.parse(text) as { error?: { code?: string, message?: string } }).error } catch { return undefined } })()
+    if (response.statusCode === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
+    throw new CliError(`${error?.code ?? response.statusCode}: ${error?.message ?? text}`)
+  }
+  return response
+}
+
+/** What a request that got no answer is reported as: nobody there, no answer in time, or a cut connection. */
+function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer {
+  const address = globals.daemonAddress
+  if (err instanceof NoAnswer && err.kind === 'timeout') {
+    return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${timeoutMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`)
+  }
+  const code = (err as NodeJS.ErrnoException).code
+  if (code === 'ECONNRESET' || code === 'EPIPE') return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log`)
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
+    return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${address}\`, or point the CLI at it with --daemon-address`)
+  }
+  return new NoAnswer('unreachable', `cannot reach the daemon at ${address}: ${(err as Error)?.message ?? String(err)}`)
+}
+
+/** The whole body of an answer as text; CliError when the daemon cuts it short. */
+async function readAll (globals: Globals, response: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = []
+  try {
+    for await (const chunk of response) chunks.push(chunk as Buffer)
+  } catch {
+    throw new NoAnswer('closed', `the daemon at ${globals.daemonAddress} ended its answer early; see its log`)
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+/** One API call; its JSON answer. */
+export async function call (globals: Globals, method: string, path: string, body?: unknown, options: { timeoutMs?: number } = {}): Promise<unknown> {
+  const text = await readAll(globals, await request(globals, method, path, body, options))
+  return text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
+}
+
+/**
+ * A long operation: the daemon streams its answer (it begins at once, progress lines follow while
+ * the operation runs, then the result), so it may take as long as it needs. On a terminal (or with
+ * --progress) the progress is drawn as a bar on stderr.
+ */
+export async function callLong (globals: Globals, label: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  const show = globals.progress ?? (process.stderr.isTTY === true && globals.json !== true)
+  const response = await request(globals, method, path, body, { accept: NDJSON })
+  const bar = new SingleBar({
+    format: `${label} [{bar}] {percentage}% | {done} of {all} | {eta_formatted} left`,
+    stream: process.stderr,
+    hideCursor: true,
+    noTTYOutput: process.stderr.isTTY !== true,
+    notTTYSchedule: 1000,
+    // Ctrl-C gives the terminal its cursor and line wrap back (the daemon cancels the operation).
+    gracefulExit: true
+  }, Presets.shades_classic)
+  let started = false
+  let outcome: { result?: unknown, error?: { code?: string, message?: string } } | undefined
+  let pending = ''
+  const decoder = new TextDecoder()
+  const cut = (): CliError => new CliError(`the daemon at ${globals.daemonAddress} ended the answer before the operation finished; see its log`)
+  const take = (line: string): void => {
+    if (line.trim() === '') return
+    let parsed: unknown
+    try {
+      parsed = JSON.parse(line)
+    } catch {
+      throw cut()
+    }
+    const message = parsed as { progress?: { bytesDone: number, bytesTotal: number }, result?: unknown, error?: { code?: string, message?: string } }
+    if (message.progress !== undefined) {
+      if (!show) return
+      const { bytesDone, bytesTotal } = message.progress
+      const sizes = { done: formatSize(bytesDone), all: formatSize(bytesTotal) }
+      if (!started) {
+        bar.start(bytesTotal, bytesDone, sizes)
+        started = true
+      } else {
+        bar.setTotal(bytesTotal)
+        bar.update(bytesDone, sizes)
+      }
+    } else {
+      outcome = message
+    }
+  }
+  try {
+    for await (const chunk of response as AsyncIterable<Uint8Array>) {
+      pending += decoder.decode(chunk, { stream: true })
+      let newline: number
+      while ((newline = pending.indexOf('\n')) >= 0) {
+        take(pending.slice(0, newline))
+        pending = pending.slice(newline + 1)
+      }
+    }
+    take(pending)
+  } catch (err) {
+    // The connection cut (the daemon died or was stopped) or a garbled line.
+    throw err instanceof CliError ? err : cut()
+  } finally {
+    if (started) bar.stop()
+  }
+  if (outcome === undefined) throw cut()
+  if (outcome.error !== undefined) throw new CliError(`${outcome.error.code ?? 'ERROR'}: ${outcome.error.message ?? ''}`)
+  return outcome.result
+}

@@ -1,0 +1,72 @@
+// What the CLI's commands share besides the API: parsers of what they are given (sizes, lists,
+// QoS policies from flags or a file) and the printing of answers (JSON, or aligned columns).
+
+import { readFile } from 'node:fs/promises'
+import { InvalidArgumentError } from 'commander'
+import { parse as parseYaml } from 'yaml'
+import { parseSize } from '../src/index.js'
+import Table from 'cli-table3'
+import { CliError, type Globals } from './cli-client.js'
+
+export function print (globals: Globals, value: unknown, table?: () => string): void {
+  process.stdout.write(globals.json === true || table === undefined ? JSON.stringify(value, null, 2) + '\n' : table())
+}
+
+/** Rows as aligned columns without borders (cli-table3), headers first. */
+export function columns (headers: string[], rows: string[][]): string {
+  const none = { top: '', 'top-mid': '', 'top-left': '', 'top-right': '', bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '', left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ' }
+  const table = new Table({ head: headers, chars: none, style: { head: [], border: [], 'padding-left': 0, 'padding-right': 0 } })
+  table.push(...rows)
+  return table.toString().split('\n').map((line) => line.trimEnd()).join('\n') + '\n'
+}
+
+export function sizeOption (value: string): number {
+  try {
+    return parseSize(value)
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message)
+  }
+}
+
+/** `key=value,key=value` as an object; CliError naming the option otherwise. */
+export function keyValues (text: string, option: string): Record<string, string> {
+  return Object.fromEntries(text.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {
+    const at = pair.indexOf('=')
+    if (at <= 0) throw new CliError(`${option} takes key=value pairs separated by commas, got ${JSON.stringify(pair)}`)
+    return [pair.slice(0, at), pair.slice(at + 1)]
+  }))
+}
+
+/** `a,b,c` as a list without empty items. */
+export function commaList (text: string): string[] {
+  return text.split(',').map((item) => item.trim()).filter((item) => item.length > 0)
+}
+
+/** A QoS policy from `qos set` flags (the API validates it and names any bad field). */
+export function policyFromFlags (options: Record<string, number | string | undefined>): Record<string, unknown> {
+  const pick = (entries: Array<[string, string]>): Record<string, unknown> | undefined => {
+    const out = Object.fromEntries(entries.filter(([, flag]) => options[flag] !== undefined).map(([field, flag]) => [field, options[flag]]))
+    return Object.keys(out).length === 0 ? undefined : out
+  }
+  const limits = pick([['iops', 'limitIops'], ['read_iops', 'limitReadIops'], ['write_iops', 'limitWriteIops'], ['throughput_mbps', 'limitMbps'], ['read_throughput_mbps', 'limitReadMbps'], ['write_throughput_mbps', 'limitWriteMbps'], ['latency_ms', 'latencyMs']])
+  const guarantees = pick([['iops', 'guaranteeIops'], ['throughput_mbps', 'guaranteeMbps']])
+  const burstable = pick([['duration_seconds', 'burstSeconds'], ['iops_multiplier', 'burstIopsMultiplier'], ['throughput_multiplier', 'burstMbpsMultiplier']])
+  const policy = { ...(limits === undefined ? {} : { limits }), ...(guarantees === undefined ? {} : { guarantees }), ...(burstable === undefined ? {} : { burstable }), ...(options.weight === undefined ? {} : { weight: options.weight }) }
+  if (Object.keys(policy).length === 0) throw new CliError('qos set needs a policy: flags such as --limit-iops 1000 or --guarantee-iops 200, or --file policy.yaml; `qos clear` removes one')
+  return policy
+}
+
+export async function policyFromFile (file: string, options: Record<string, unknown>): Promise<unknown> {
+  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new CliError('give the policy either as --file or as flags, not both')
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
+  }
+  try {
+    return /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
+  } catch (err) {
+    throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
+  }
+}

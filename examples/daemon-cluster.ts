@@ -1,0 +1,144 @@
+// The daemon in a cluster: its secret, how it reaches etcd, how a joining node finds the cluster
+// through a peer, and the cluster's settings kept in the storage path so a restart joins again.
+
+import { readFile, rm } from 'node:fs/promises'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { GalleonError, type GalleonFS } from '../src/index.js'
+import type { ClusterOptions } from '../src/cluster/manager.js'
+import { TcpTransport } from '../backends/tcp/index.js'
+import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
+import { ConfigError, parseAddress, type DaemonConfig } from './daemon-config.js'
+import { readSecret } from './daemon-drivers.js'
+
+/** Where a clustered daemon finds its coordinator; kept in the storage path so a restart joins again. */
+export interface ClusterSettings { etcdEndpoints: string[], etcdPrefix: string }
+
+const CLUSTER_FILE = 'daemon-cluster.json'
+
+export async function readSavedCluster (storagePath: string): Promise<ClusterSettings | undefined> {
+  const path = join(storagePath, CLUSTER_FILE)
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') return undefined
+    throw new ConfigError(`cannot read ${path}, where an earlier \`cluster join\` left this node's cluster: ${(err as Error).message}`)
+  }
+  let saved: ClusterSettings | undefined
+  try {
+    saved = JSON.parse(text) as ClusterSettings
+  } catch {}
+  if (saved === undefined || !Array.isArray(saved.etcdEndpoints) || saved.etcdEndpoints.length === 0 || typeof saved.etcdPrefix !== 'string') {
+    throw new ConfigError(`${path} is damaged; fix it, or delete it to start this node outside its cluster (then \`galleonfs cluster join\` again)`)
+  }
+  return saved
+}
+
+export async function writeSavedCluster (storagePath: string, settings: ClusterSettings | undefined): Promise<void> {
+  if (settings === undefined) { await rm(join(storagePath, CLUSTER_FILE), { force: true }); return }
+  const { writeFileAtomically } = await import('../src/durable-files.js')
+  await writeFileAtomically(join(storagePath, CLUSTER_FILE), new TextEncoder().encode(JSON.stringify(settings, null, 2) + '\n'))
+}
+
+/** The cluster's shared secret: the file named in [cluster] secret_file, else GALLEONFS_CLUSTER_SECRET. */
+export async function clusterSecret (config: DaemonConfig): Promise<string | undefined> {
+  const secret = config.clusterSecretFile !== undefined ? await readSecret(config.clusterSecretFile, 'cluster secret file') : process.env.GALLEONFS_CLUSTER_SECRET
+  if (secret === undefined || secret === '') return undefined
+  // The handshake's proofs travel in the clear: a short secret could be guessed from them offline.
+  if (secret.length < MIN_SECRET_LENGTH) throw new ConfigError(`the cluster secret is ${secret.length} characters long; use at least ${MIN_SECRET_LENGTH} (for example: openssl rand -hex 32)`)
+  return secret
+}
+
+const MIN_SECRET_LENGTH = 16
+
+/**
+ * How this node signs in to etcd: user and password ([cluster] etcd_username, and the password in
+ * etcd_password_file or GALLEONFS_ETCD_PASSWORD), and TLS material for https endpoints. Each node
+ * is given its own: peers tell a joining node where etcd is, never how to sign in.
+ */
+async function etcdAccess (config: DaemonConfig, settings: ClusterSettings): Promise<Pick<EtcdCoordinatorOptions, 'auth' | 'tls'>> {
+  const out: { auth?: EtcdCoordinatorOptions['auth'], tls?: EtcdCoordinatorOptions['tls'] } = {}
+  const password = config.etcdPasswordFile !== undefined ? await readSecret(config.etcdPasswordFile, 'etcd password file') : process.env.GALLEONFS_ETCD_PASSWORD
+  if (config.etcdUsername !== undefined) {
+    if (password === undefined || password === '') throw new ConfigError(`etcd user ${config.etcdUsername} needs its password: put it in a file named by --etcd-password-file (etcd_password_file in [cluster], mode 0600), or in GALLEONFS_ETCD_PASSWORD`)
+    out.auth = { username: config.etcdUsername, password }
+  } else if (config.etcdPasswordFile !== undefined) {
+    throw new ConfigError('an etcd password file is set but no etcd user: add --etcd-username (etcd_username in [cluster])')
+  }
+  if ((config.etcdCertFile === undefined) !== (config.etcdKeyFile === undefined)) throw new ConfigError('an etcd client certificate needs both --etcd-cert-file and --etcd-key-file (etcd_cert_file and etcd_key_file in [cluster])')
+  const https = settings.etcdEndpoints.some((url) => url.startsWith('https://'))
+  if (config.etcdCaFile !== undefined || config.etcdCertFile !== undefined) {
+    if (!settings.etcdEndpoints.every((url) => url.startsWith('https://'))) throw new ConfigError(`etcd TLS files are set, but the etcd endpoints ${settings.etcdEndpoints.join(', ')} are not all https:// URLs`)
+    const read = async (path: string, what: string): Promise<string> => {
+      try {
+        return await readFile(path, 'utf8')
+      } catch (err) {
+        throw new ConfigError(`cannot read the ${what} ${path}: ${(err as Error).message}`)
+      }
+    }
+    const ca = config.etcdCaFile === undefined ? undefined : await read(config.etcdCaFile, 'etcd CA file')
+    if (ca === undefined) throw new ConfigError('an etcd client certificate needs the CA that signed etcd\'s certificate too: add --etcd-ca-file (etcd_ca_file in [cluster])')
+    out.tls = {
+      ca,
+      ...(config.etcdCertFile === undefined ? {} : { cert: await read(config.etcdCertFile, 'etcd client certificate'), key: await readSecret(config.etcdKeyFile as string, 'etcd client key') })
+    }
+  } else if (https) {
+    throw new ConfigError(`the etcd endpoints ${settings.etcdEndpoints.join(', ')} use https: name the CA that signed etcd's certificate with --etcd-ca-file (etcd_ca_file in [cluster])`)
+  }
+  return out
+}
+
+export const NO_SECRET = 'clustering needs the cluster\'s shared secret: put it in a file named by secret_file in [cluster] (mode 0600), or in GALLEONFS_CLUSTER_SECRET'
+
+function nodeIdOf (config: DaemonConfig): string {
+  if (config.nodeId !== undefined) return config.nodeId
+  const port = parseAddress(config.bindAddress, 'bind address').port
+  return `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 50) || 'node'}-${port}`
+}
+
+/** This node's cluster drivers: TCP on the bind address, etcd as coordinator. */
+export async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, secret: string): Promise<ClusterOptions> {
+  const bind = parseAddress(config.bindAddress, 'bind address')
+  const nodeId = nodeIdOf(config)
+  const wildcard = bind.host === '0.0.0.0' || bind.host === '::'
+  if (wildcard && config.advertiseAddress === undefined) {
+    throw new ConfigError(`bind address ${config.bindAddress} listens on every interface, so peers cannot be told where to reach this node; set --advertise-address (advertise_address in [cluster]) to host:port as the peers see it`)
+  }
+  const advertise = config.advertiseAddress === undefined ? undefined : parseAddress(config.advertiseAddress, 'advertise address')
+  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
+  try {
+    const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix, ...await etcdAccess(config, settings) })
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
+  } catch (err) {
+    await transport.close().catch(() => {})
+    throw err
+  }
+}
+
+/** Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers). */
+export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[]): Promise<ClusterSettings> {
+  const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret })
+  const failures: string[] = []
+  try {
+    for (const address of addresses) {
+      try {
+        const reply = await probe.request(address, { kind: 'cluster-info', header: {} }, { timeoutMs: 5000 })
+        const settings = reply.header as unknown as ClusterSettings
+        if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
+        failures.push(`${address}: no coordinator in its answer`)
+      } catch (err) {
+        const code = (err as { code?: string }).code
+        failures.push(`${address}: ${code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message}`)
+      }
+    }
+  } finally {
+    await probe.close().catch(() => {})
+  }
+  throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is (${failures.join('; ')}); the first node of a cluster is started with --etcd-endpoints (clustering needs etcd), the others join it by its bind address`)
+}
+
+/** A clustered daemon tells joining nodes (who know the secret) where the coordinator is. */
+export function answerClusterInfo (g: GalleonFS, settings: ClusterSettings): void {
+  g.cluster?.handle('cluster-info', async () => ({ kind: 'cluster-info', header: { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix } }))
+}

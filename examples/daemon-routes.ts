@@ -1,0 +1,223 @@
+// The daemon's HTTP/JSON API: the routes (library calls, nothing more), what a route may use
+// besides the library, request bodies, and the errors a route answers with.
+
+import type { IncomingMessage } from 'node:http'
+import { join, resolve } from 'node:path'
+import type { GalleonFS, ProgressListener } from '../src/index.js'
+import type { NbdServer } from '../backends/nbd/index.js'
+import { formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
+import type { SavedMount } from './daemon-mounts.js'
+
+/** Standard base64, padded: what the write endpoint takes. */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
+/** Largest request body accepted. */
+const MAX_BODY_BYTES = 1024 * 1024
+
+/** What a route may use besides the library. */
+export interface RouteContext {
+  startedAt: number
+  stop: () => Promise<void>
+  restart: () => void
+  reload: () => Promise<ReloadReport>
+  nbd: () => NbdServer | undefined
+  /** Set when the client streams: long operations report to it. */
+  progress?: ProgressListener
+  /** Aborted when the client goes away before the answer is complete. */
+  signal: AbortSignal
+  cluster: { join: (address: string) => Promise<unknown>, leave: (force: boolean) => Promise<unknown> }
+  /** Changes the saved mounts (one change at a time). */
+  updateSavedMounts: (change: (saved: SavedMount[]) => SavedMount[]) => Promise<void>
+}
+
+/** What a reload changed, and which changed settings wait for a restart. */
+export interface ReloadReport {
+  applied: string[]
+  needsRestart: string[]
+}
+
+export class HttpError extends Error {
+  constructor (readonly status: number, readonly code: string, message: string) { super(message) }
+}
+
+/** Driver options as `GET /v1/config` shows them: values that may be secrets (or, with `all`, every value) left out. */
+function redactedOptions (options: Record<string, unknown> | undefined, all: boolean): Record<string, unknown> | undefined {
+  if (options === undefined) return undefined
+  return Object.fromEntries(Object.entries(options).map(([key, value]) => [key, all || /secret|token|password|passphrase|credential|key/i.test(key) ? '(not shown)' : value]))
+}
+
+/** What `GET /v1/config` shows: KMS arguments and URL parts that may hold secrets left out. */
+function redacted (config: DaemonConfig): Record<string, unknown> {
+  const url = config.kmsUrl === undefined ? undefined : new URL(config.kmsUrl)
+  return {
+    ...config,
+    keyProviderOptions: redactedOptions(config.keyProviderOptions, true),
+    blockStoreOptions: redactedOptions(config.blockStoreOptions, false),
+    backupTargetOptions: redactedOptions(config.backupTargetOptions, false),
+    mountDriverOptions: redactedOptions(config.mountDriverOptions, false),
+    ...(config.kmsCommand === undefined ? {} : { kmsCommand: [config.kmsCommand[0], ...(config.kmsCommand.length > 1 ? [`(${config.kmsCommand.length - 1} argument(s) not shown)`] : [])] }),
+    ...(url === undefined ? {} : { kmsUrl: `${url.origin}${url.pathname}${url.search === '' ? '' : '?(not shown)'}` })
+  }
+}
+
+/** Options of a long operation: progress to a streaming client, cancelled when the client goes. */
+function progress (daemon: RouteContext): { onProgress?: ProgressListener, signal: AbortSignal } {
+  return { signal: daemon.signal, ...(daemon.progress === undefined ? {} : { onProgress: daemon.progress }) }
+}
+
+/** The backup target a request names (body or query), if any. */
+function target (url: URL, options: Record<string, unknown> = {}): { target?: string } {
+  const value = (options.target as string | undefined) ?? url.searchParams.get('target') ?? undefined
+  return value === undefined ? {} : { target: value }
+}
+
+export async function readBody (request: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of request) {
+    size += (chunk as Buffer).byteLength
+    // Past the limit the rest is read and dropped (so the client gets the 413, not a reset), up to a bound.
+    if (size > MAX_BODY_BYTES * 16) request.destroy()
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk as Buffer)
+  }
+  if (size > MAX_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `request bodies are limited to ${MAX_BODY_BYTES} bytes`)
+  if (size === 0) return undefined
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new HttpError(400, 'INVALID_ARGUMENT', 'the request body is not valid JSON')
+  }
+}
+
+/** The API: library calls, nothing more. */
+export async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: RouteContext): Promise<unknown> {
+  const parts = url.pathname.split('/').filter((p) => p.length > 0).map((part) => {
+    try {
+      return decodeURIComponent(part)
+    } catch {
+      throw new HttpError(400, 'INVALID_ARGUMENT', `the path segment ${JSON.stringify(part)} holds a malformed percent-escape; encode names with encodeURIComponent`)
+    }
+  })
+  // Path shape: /v1/<collection>/<name>/<sub-collection>/<name>: names become ':'.
+  const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
+  const ref = parts[2] as string
+  const sub = parts[4] as string
+  const options = (body ?? {}) as Record<string, unknown>
+  switch (key) {
+    case 'GET /metrics': return await g.metricsText()
+    case 'GET /v1/status': {
+      const volumes = await g.listVolumes()
+      const nbd = daemon.nbd()
+      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : formatAddress(nbd.host, nbd.port) }
+    }
+    case 'GET /v1/config': return redacted(config)
+    case 'POST /v1/shutdown':
+      setImmediate(() => { void daemon.stop() })
+      return { state: 'stopping' }
+    case 'POST /v1/reload': return await daemon.reload()
+    case 'POST /v1/restart':
+      setImmediate(() => { daemon.restart() })
+      return { state: 'restarting', pid: process.pid }
+    case 'GET /v1/volumes': return await g.listVolumes()
+    case 'POST /v1/volumes': return await g.createVolume(options as never)
+    case 'GET /v1/volumes/:': return { ...await g.getVolume(ref), usage: await g.getVolumeUsageDetails(ref) }
+    case 'DELETE /v1/volumes/:':
+      await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
+      // A forced delete unmounts the volume: a restart must not try to mount it again.
+      if (config.mountPoint !== undefined) {
+        const volumeIds = new Set((await g.listVolumes()).map((volume) => volume.id))
+        await daemon.updateSavedMounts((saved) => saved.filter((m) => volumeIds.has(m.volumeId)))
+      }
+      return undefined
+    case 'GET /v1/volumes/:/replication': return await g.replicationStatus(ref)
+    case 'GET /v1/volumes/:/qos': return { ...await g.getQoSPolicy(ref), metrics: (await g.getVolumeMetrics(ref)).qos }
+    case 'PUT /v1/volumes/:/qos': return await g.setQoSPolicy(ref, options as never)
+    case 'DELETE /v1/volumes/:/qos': return await g.clearQoSPolicy(ref)
+    case 'POST /v1/volumes/:/flush':
+      await g.flush(ref)
+      return undefined
+    case 'POST /v1/volumes/:/write': {
+      // Block I/O for scripts and checks: data in base64, with a write concern.
+      if (typeof options.offset !== 'number' || typeof options.data !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'write needs { offset, data (base64), concern? }')
+      // Buffer.from() skips characters that are not base64, so a mistake would write other bytes.
+      if (!BASE64.test(options.data)) throw new HttpError(400, 'INVALID_ARGUMENT', 'write data must be base64 (A-Z, a-z, 0-9, + and /, padded with = to a multiple of 4 characters)')
+      await g.write(ref, options.offset, Buffer.from(options.data, 'base64'), (options.concern ?? 'WriteAcknowledged') as never)
+      return undefined
+    }
+    case 'POST /v1/volumes/:/read': {
+      if (typeof options.offset !== 'number' || typeof options.length !== 'number') throw new HttpError(400, 'INVALID_ARGUMENT', 'read needs { offset, length }')
+      if (options.length > 16 << 20) throw new HttpError(400, 'INVALID_ARGUMENT', `read at most 16 MiB at once, not ${options.length} bytes`)
+      return { data: Buffer.from(await g.read(ref, options.offset, options.length)).toString('base64') }
+    }
+    case 'POST /v1/volumes/:/migrate': {
+      // Progress in blocks, reported to a streaming client in bytes (what the CLI's bar draws).
+      const blockSize = (await g.getVolume(ref)).blockSize
+      const onProgress = daemon.progress
+      return await g.migrateVolume(ref, {
+        ...(options.storageClass === undefined ? {} : { storageClass: options.storageClass as string }),
+        ...(options.pool === undefined ? {} : { pool: options.pool as string }),
+        ...(options.node === undefined ? {} : { node: options.node as string })
+      }, { signal: daemon.signal, ...(onProgress === undefined ? {} : { onProgress: (event) => { onProgress({ bytesDone: event.blocksDone * blockSize, bytesTotal: event.blocksTotal * blockSize }) } }) })
+    }
+    case 'POST /v1/volumes/:/expand': return await g.expandVolume(ref, options.sizeBytes as number)
+    case 'POST /v1/volumes/:/clone': return await g.cloneVolume(options.snapshot === undefined ? ref : { volume: ref, snapshot: options.snapshot as string }, options.name as string)
+    case 'POST /v1/volumes/:/mount': {
+      if (config.mountPoint === undefined) throw new HttpError(409, 'NO_MOUNT_POINT', 'this daemon was started without --mount-point, so it cannot mount volumes; restart it with --mount-point <dir>')
+      const path = typeof options.path === 'string' && options.path.length > 0 ? options.path : join(config.mountPoint, ref)
+      const strings = typeof options.options === 'string' ? options.options.split(',').map((o) => o.trim()).filter((o) => o.length > 0) : []
+      const id = await g.mounts.mountVolume(ref, path, { options: strings })
+      const mount = g.mounts.listMounts().find((m) => m.id === id)
+      if (mount !== undefined) await daemon.updateSavedMounts((saved) => [...saved.filter((m) => m.path !== mount.path), { volumeId: mount.volumeId, path: mount.path, options: strings }])
+      return mount
+    }
+    case 'POST /v1/unmount': {
+      const target = options.target as string
+      const mount = g.mounts.listMounts().find((m) => m.id === target || m.path === resolve(target) || m.volumeName === target || m.volumeId === target)
+      await g.mounts.unmountVolume(mount?.id ?? target, { force: options.force === true })
+      if (mount !== undefined) await daemon.updateSavedMounts((saved) => saved.filter((m) => m.path !== mount.path))
+      return undefined
+    }
+    case 'GET /v1/mounts': return g.mounts.listMounts()
+    case 'GET /v1/volumes/:/snapshots': return await g.listSnapshots(ref)
+    case 'POST /v1/volumes/:/snapshots': return await g.createSnapshot(ref, options.name as string)
+    case 'DELETE /v1/volumes/:/snapshots/:':
+      await g.deleteSnapshot(ref, sub, { force: url.searchParams.get('force') === 'true' })
+      return undefined
+    case 'POST /v1/volumes/:/snapshots/:/restore': return await g.restoreSnapshot(ref, sub)
+    case 'GET /v1/backups': return await g.listBackups(url.searchParams.get('volume') ?? undefined, target(url))
+    case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options), ...progress(daemon) })
+    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...(options.pool === undefined ? {} : { pool: options.pool as string }), ...target(url, options), ...progress(daemon) })
+    case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
+    case 'GET /v1/backup-policies': return await g.listBackupPolicies()
+    case 'POST /v1/backup-policies': return await g.createBackupPolicy(options as never)
+    case 'GET /v1/backup-policies/:': return await g.getBackupPolicy(ref)
+    case 'DELETE /v1/backup-policies/:':
+      await g.deleteBackupPolicy(ref)
+      return undefined
+    case 'POST /v1/backup-policies/:/run': return await g.runBackupPolicy(ref)
+    case 'GET /v1/storage-classes': return await g.listStorageClasses()
+    case 'POST /v1/storage-classes': return await g.createStorageClass(options)
+    case 'GET /v1/pools': return await g.listPools()
+    case 'POST /v1/pools': return await g.createPool(options as never)
+    case 'GET /v1/pools/:': return await g.getPool(ref)
+    case 'PATCH /v1/pools/:': return await g.updatePool(ref, options as never)
+    case 'DELETE /v1/pools/:':
+      await g.deletePool(ref)
+      return undefined
+    case 'GET /v1/cluster': {
+      const status = await g.clusterStatus()
+      return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address })) }
+    }
+    case 'POST /v1/cluster/:':
+      if (ref === 'leave') return await daemon.cluster.leave(options.force === true)
+      if (ref !== 'join') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
+      if (typeof options.address !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'cluster join needs { address }: the bind address (host:port) of a node of the cluster')
+      try {
+        parseAddress(options.address, 'the address of a cluster node')
+      } catch (err) {
+        throw new HttpError(400, 'INVALID_ARGUMENT', (err as Error).message)
+      }
+      return await daemon.cluster.join(options.address)
+    default:
+      throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
+  }
+}
