@@ -24,6 +24,8 @@ export { CHUNK_BYTES, toPieces, toRuns } from './chunking.js'
 
 /** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
 type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, snapshot: string }>
+/** New volumes restores are filling: volume id -> the backup (see start()). */
+type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string }>
 
 /**
  * Unused chunks put or reused this recently are not collected: a backup another process is taking
@@ -42,6 +44,7 @@ export class BackupManager {
   readonly #now: () => number
   readonly #keys: BackupKeySource
   readonly #pending: PendingSublevel | undefined
+  readonly #restoring: RestoringSublevel | undefined
 
   constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase) {
     this.#g = g
@@ -49,14 +52,28 @@ export class BackupManager {
     this.#now = now
     this.#defaultTarget = defaultTarget
     this.#pending = metadata?.sublevel('backupsInProgress', { valueEncoding: 'json' }) as PendingSublevel | undefined
+    this.#restoring = metadata?.sublevel('restoresInProgress', { valueEncoding: 'json' }) as RestoringSublevel | undefined
     if (defaultTarget !== undefined) this.#target(defaultTarget)
   }
 
   /**
    * At open: the snapshots of backups a killed process was taking are deleted (each backup is
-   * recorded before its snapshot is taken and forgotten once it is stored or cleaned up).
+   * recorded before its snapshot is taken and forgotten once it is stored or cleaned up), and so
+   * are the volumes of restores into new volumes that were cut short: they hold part of a backup.
    */
   async start (): Promise<void> {
+    for (const [volumeId, { backupId }] of await this.#restoring?.iterator().all() ?? []) {
+      try {
+        await this.#g.deleteVolume(volumeId, { force: true })
+      } catch (err) {
+        const code = errorCode(err)
+        if (code !== 'VOLUME_NOT_FOUND') {
+          this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code, message: `could not delete volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored (tried again at the next open): ${(err as Error).message}` })
+          continue
+        }
+      }
+      await this.#restoring?.del(volumeId)
+    }
     if (this.#pending === undefined) return
     for (const [id, { volumeId, snapshot }] of await this.#pending.iterator().all()) {
       try {
@@ -96,7 +113,14 @@ export class BackupManager {
       // A base must still have its snapshot, and be sealed as this backup will be: after the volume
       // moved between a plain and an encrypting class, the next backup is full, so an encrypted
       // volume's backups never lean on plaintext ones (which can then be deleted) or the reverse.
-      const usable = ours.filter((m) => snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint)
+      // And its chain of bases must be whole on the target: a backup built on a broken chain would be
+      // stored as complete and fail at restore.
+      const byId = new Map(ours.map((m) => [m.id, m]))
+      const whole = (m: Manifest): boolean => {
+        for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) if (!byId.has(at) || steps > byId.size) return false
+        return true
+      }
+      const usable = ours.filter((m) => snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
       const base = requested === BackupStrategy.Incremental
         ? usable.at(-1)
         : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
@@ -111,6 +135,7 @@ export class BackupManager {
         await this.#pending?.del(id).catch(() => {})
         throw err
       }
+      let forget = true
       try {
         const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
         const blockSize = volume.blockSize
@@ -214,12 +239,13 @@ export class BackupManager {
         }
         return backup
       } catch (err) {
-        if (!(await target.getManifest(id).catch(() => undefined) !== undefined)) {
-          await this.#g.deleteSnapshot(volume.id, snapshot.id).catch(() => {})
+        if (await target.getManifest(id).catch(() => undefined) === undefined) {
+          // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
+          forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, (cause: unknown) => ['SNAPSHOT_NOT_FOUND', 'VOLUME_NOT_FOUND'].includes(errorCode(cause)))
         }
         throw err
       } finally {
-        await this.#pending?.del(id).catch(() => {})
+        if (forget) await this.#pending?.del(id).catch(() => {})
       }
     })
   }
@@ -351,7 +377,11 @@ export class BackupManager {
       throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
     }
     const target = this.#target(options.target)
-    return await restoreBackup(this.#g, this.#keys, target, id, options)
+    const restoring = this.#restoring
+    return await restoreBackup(this.#g, this.#keys, target, id, options, restoring === undefined ? undefined : {
+      started: async (volumeId) => { await restoring.put(volumeId, { backupId: id }) },
+      finished: async (volumeId) => { await restoring.del(volumeId) }
+    })
   }
 
   #target (ref: BackupTargetRef | undefined): BackupTarget {

@@ -11,8 +11,17 @@ import { checkAborted, report, runWorkers } from './chunking.js'
 import { backupChunkKeys, readManifest } from './manifests.js'
 import type { BackupKeySource, RestoreBackupOptions } from './types.js'
 
+/**
+ * Records a new volume while a restore fills it: a restore cut short by close() or a crash (when
+ * the volume cannot be removed at once) leaves the record, and the next open removes the volume.
+ */
+export interface RestoreTracker {
+  readonly started: (volumeId: string) => Promise<void>
+  readonly finished: (volumeId: string) => Promise<void>
+}
+
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
-export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, target: BackupTarget, id: string, options: RestoreBackupOptions): Promise<Volume> {
+export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, target: BackupTarget, id: string, options: RestoreBackupOptions, tracker?: RestoreTracker): Promise<Volume> {
   await target.open()
   const manifest = await readManifest(target, id)
   const chain: Manifest[] = [manifest]
@@ -78,6 +87,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     created = true
   }
   try {
+    if (created) await tracker?.started(volume.id)
     const byChunk = new Map<string, Array<[number, number]>>()
     for (const [index, [chunk, offset]] of blocks) {
       if (chunk === null) continue
@@ -113,8 +123,13 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     }
     await runWorkers(worker)
     await g.flush(volume.id)
+    if (created) await tracker?.finished(volume.id)
   } catch (err) {
-    if (created) await g.deleteVolume(volume.id, { force: true }).catch(() => {})
+    if (created) {
+      // Not removed now (the instance is closing): the record stays, and the next open removes it.
+      const removed = await g.deleteVolume(volume.id, { force: true }).then(() => true, (cause: unknown) => errorCode(cause) === 'VOLUME_NOT_FOUND')
+      if (removed) await tracker?.finished(volume.id).catch(() => {})
+    }
     if (safety !== undefined) {
       await g.restoreSnapshot(volume.id, safety.id).catch(() => {})
       await g.deleteSnapshot(volume.id, safety.id).catch(() => {})

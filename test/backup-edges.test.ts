@@ -1,0 +1,247 @@
+// Backups at their edges: interrupted by close() (a backup's snapshot and a half-restored volume
+// are cleaned up at the next open), incrementals never built on a broken chain, and restores
+// checked byte for byte against the test's own model of the volume.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, readFile, readdir, rm, unlink } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, type BackupTarget } from '../src/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
+
+const BS = 4096
+
+let root: string
+let count = 0
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-backup-edges-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const place = (): string => join(root, String(count++))
+
+/** A block whose bytes name `seed` (no two seeds give the same block). */
+function block (seed: number): Uint8Array {
+  const out = new Uint8Array(BS)
+  for (let i = 0; i < BS; i++) out[i] = (seed * 131 + i * 7 + 1) & 0xff
+  new DataView(out.buffer).setUint32(0, seed + 1, true)
+  return out
+}
+
+/** The test's own copy of a volume's bytes. */
+class Model {
+  bytes: Uint8Array
+  constructor (blocks: number) { this.bytes = new Uint8Array(blocks * BS) }
+  write (index: number, data: Uint8Array): void { this.bytes.set(data, index * BS) }
+  image (): Buffer { return Buffer.from(this.bytes) }
+}
+
+async function writeBlocks (g: GalleonFS, vol: string, model: Model, first: number, count: number, seed: number): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    await g.writeBlock(vol, first + i, block(seed + i))
+    model.write(first + i, block(seed + i))
+  }
+}
+
+/** A directory target whose getChunk, putChunk and touchChunk wait, once held, after `passing` more calls. */
+function gatedTarget (dir: string): { target: BackupTarget, hold: (passing?: number) => void, release: () => void, touched: () => number } {
+  const directory = new DirectoryBackupTarget({ path: dir })
+  let gate: Promise<void> | undefined
+  let open: (() => void) | undefined
+  let calls = 0
+  let free = 0
+  const pass = async (): Promise<void> => {
+    calls++
+    if (free > 0) free--
+    else await gate
+  }
+  const target: BackupTarget = {
+    name: 'gated',
+    location: dir,
+    open: async () => { await directory.open() },
+    close: async () => { await directory.close() },
+    hasChunk: async (id) => { await pass(); return await directory.hasChunk(id) },
+    touchChunk: async (id) => { await pass(); return await directory.touchChunk(id) },
+    chunkTime: async (id) => await directory.chunkTime(id),
+    putChunk: async (id, data) => { await pass(); await directory.putChunk(id, data) },
+    flush: async () => { await directory.flush() },
+    getChunk: async (id) => { await pass(); return await directory.getChunk(id) },
+    deleteChunk: async (id) => { await directory.deleteChunk(id) },
+    listChunks: () => directory.listChunks(),
+    putManifest: async (id, data) => { await directory.putManifest(id, data) },
+    getManifest: async (id) => await directory.getManifest(id),
+    deleteManifest: async (id) => { await directory.deleteManifest(id) },
+    listManifests: () => directory.listManifests()
+  }
+  return {
+    target,
+    hold: (passing = 0) => { free = passing; gate = new Promise((resolve) => { open = resolve }) },
+    release: () => { gate = undefined; open?.() },
+    touched: () => calls
+  }
+}
+
+/**
+ * Holds close() after the instance refuses calls but before its metadata closes: a backup policy
+ * run whose pre-hook waits (close() waits for policy runs). `closed()` resolves once calls are refused.
+ */
+async function holdClose (g: GalleonFS, target: string): Promise<{ closed: () => Promise<void>, release: () => Promise<void> }> {
+  let entered = false
+  let open: (() => void) | undefined
+  const gate = new Promise<void>((resolve) => { open = resolve })
+  await g.createVolume({ name: 'held', sizeBytes: 16 * BS })
+  await g.createBackupPolicy({ name: 'hold', schedule: '0 3 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['held'], target, hooks: { pre: async () => { entered = true; await gate } } })
+  const running = g.runBackupPolicy('hold').catch(() => undefined)
+  await until(() => entered, 'the policy hook')
+  return {
+    closed: async () => {
+      const deadline = Date.now() + 10_000
+      while (await g.listVolumes().then(() => true, () => false)) {
+        if (Date.now() > deadline) throw new Error('timed out waiting for close() to refuse calls')
+        await new Promise((resolve) => setTimeout(resolve, 2))
+      }
+    },
+    release: async () => { open?.(); await running }
+  }
+}
+
+async function until (condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 2))
+  }
+}
+
+describe('backup edges', () => {
+  it('a backup cut short by close() leaves no snapshot behind after the next open', async () => {
+    const storagePath = place()
+    const gated = gatedTarget(place())
+    let g = await GalleonFS.open({ storagePath })
+    const blocks = 4096
+    await g.createVolume({ name: 'v', sizeBytes: blocks * BS })
+    // Sixteen chunks of 1 MiB: the backup's eight workers wait at the gate with the rest unread.
+    for (let i = 0; i < blocks; i += 256) await g.write('v', i * BS, new Uint8Array(256 * BS).fill(i / 256 + 1))
+    const held = await holdClose(g, place())
+    gated.hold()
+    const taking = g.createBackup('v', { target: gated.target })
+    await until(() => gated.touched() > 0, 'the backup to reach the target')
+    const closing = g.close()
+    await held.closed()
+    gated.release()
+    // (Rejected with NOT_OPEN, or with the metadata database's own error when the audit log finds it closed.)
+    await assert.rejects(taking)
+    await held.release()
+    await closing
+    g = await GalleonFS.open({ storagePath })
+    try {
+      assert.deepEqual(await g.listBackups('v', { target: gated.target }), [])
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name), [], 'the interrupted backup\'s snapshot is deleted at open')
+    } finally { await g.close() }
+  })
+
+  it('a restore into a new volume cut short by close() leaves no half-restored volume after the next open', async () => {
+    const storagePath = place()
+    const gated = gatedTarget(place())
+    let g = await GalleonFS.open({ storagePath })
+    const blocks = 4096
+    const model = new Model(blocks)
+    await g.createVolume({ name: 'v', sizeBytes: blocks * BS })
+    // Sixteen chunks of 1 MiB: the restore writes four, then waits at the gate.
+    for (let i = 0; i < blocks; i += 256) {
+      const data = new Uint8Array(256 * BS)
+      for (let j = 0; j < 256; j++) data.set(block(i + j), j * BS)
+      await g.write('v', i * BS, data)
+      model.bytes.set(data, i * BS)
+    }
+    const backup = await g.createBackup('v', { target: gated.target })
+    let restoredBytes = 0
+    const held = await holdClose(g, place())
+    gated.hold(4)
+    const restoring = g.restoreBackup(backup.id, { name: 'copy', target: gated.target, onProgress: (p) => { restoredBytes = p.bytesDone } })
+    await until(() => restoredBytes > 0, 'the restore to write its first chunk')
+    const closing = g.close()
+    await held.closed()
+    gated.release()
+    await assert.rejects(restoring)
+    await held.release()
+    await closing
+    g = await GalleonFS.open({ storagePath })
+    try {
+      assert.deepEqual((await g.listVolumes()).map((v) => v.name).sort(), ['held', 'v'], 'the half-restored volume is removed at open')
+      // The name is free again, and the backup restores in full.
+      const copy = await g.restoreBackup(backup.id, { name: 'copy', target: gated.target })
+      assert.ok(Buffer.from(await g.read(copy.name, 0, copy.sizeBytes)).equals(model.image()))
+    } finally { await g.close() }
+  })
+
+  it('an incremental is not built on a backup whose own base is gone from the target: it is taken as a full', async () => {
+    const target = place()
+    const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })
+    try {
+      const model = new Model(64)
+      await g.createVolume({ name: 'v', sizeBytes: 64 * BS })
+      await writeBlocks(g, 'v', model, 0, 8, 100)
+      const full = await g.createBackup('v', { strategy: 'full' })
+      await writeBlocks(g, 'v', model, 8, 4, 200)
+      const first = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(first.baseId, full.id)
+      // The full's manifest is lost (a botched cleanup, a damaged disk).
+      await unlink(join(target, 'manifests', `${full.id}.json`))
+      await writeBlocks(g, 'v', model, 12, 4, 300)
+      const next = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(next.strategy, 'full', 'a chain that cannot be restored is no base')
+      const restored = await g.restoreBackup(next.id, { name: 'r' })
+      assert.ok(Buffer.from(await g.read('r', 0, restored.sizeBytes)).equals(model.image()))
+      await assert.rejects(g.restoreBackup(first.id, { name: 'r2' }), { code: 'CORRUPTION' })
+    } finally { await g.close() }
+  })
+  it('incrementals across a snapshot revert, an expansion and a key rotation restore byte for byte; no plaintext reaches the target', async () => {
+    const target = place()
+    const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })
+    try {
+      await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
+      let model = new Model(64)
+      await g.createVolume({ name: 'v', sizeBytes: 64 * BS, storageClass: 'sealed' })
+      const taken: Array<[string, Buffer]> = []
+      const backup = async (strategy: 'full' | 'incremental' | 'differential'): Promise<void> => {
+        const made = await g.createBackup('v', { strategy })
+        assert.equal(made.encrypted, true)
+        taken.push([made.id, model.image()])
+      }
+      await writeBlocks(g, 'v', model, 0, 10, 1000)
+      await g.createSnapshot('v', 'early')
+      const early = model.image()
+      await writeBlocks(g, 'v', model, 5, 15, 2000)
+      await backup('full')
+      await g.restoreSnapshot('v', 'early')
+      model.bytes = new Uint8Array(early)
+      await backup('incremental')
+      await g.expandVolume('v', 128 * BS)
+      const grown = new Model(128)
+      grown.bytes.set(model.bytes)
+      model = grown
+      await backup('incremental')
+      await writeBlocks(g, 'v', model, 60, 10, 3000)
+      await backup('differential')
+      await g.rotateVolumeKey('v', { wait: true })
+      await writeBlocks(g, 'v', model, 100, 3, 4000)
+      await backup('incremental')
+      for (const [id, image] of taken) {
+        const restored = await g.restoreBackup(id, { name: `r-${id.slice(0, 8)}` })
+        assert.ok(Buffer.from(await g.read(restored.name, 0, restored.sizeBytes)).equals(image), `backup ${id} restores as it was taken`)
+      }
+      const files: string[] = []
+      const walk = async (dir: string): Promise<void> => {
+        for (const entry of await readdir(dir, { withFileTypes: true })) {
+          if (entry.isDirectory()) await walk(join(dir, entry.name))
+          else files.push(join(dir, entry.name))
+        }
+      }
+      await walk(target)
+      const samples = [1000, 2005, 3000, 4002].map((seed) => Buffer.from(block(seed).subarray(0, 64)))
+      for (const file of files) {
+        const bytes = await readFile(file)
+        for (const sample of samples) assert.ok(!bytes.includes(sample), `plaintext of the volume in ${file}`)
+      }
+    } finally { await g.close() }
+  })
+})
