@@ -221,7 +221,7 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     }
     if (this.#closing !== undefined) return await this.#closing
     this.#closing = closeInstance({
-      host: this.#host, volumes: this.#volumes, membership: this.#membership, scheduler: this.#scheduler, adminQueue: () => this.#adminQueue,
+      host: this.#host, volumes: this.#volumes, membership: this.#membership, scheduler: this.#scheduler, backups: this.#backups, adminQueue: () => this.#adminQueue,
       store: this.#store, metadata: this.#metadata, ownedBackupTarget: this.#ownedBackupTarget, markClosed: () => { this.#closed = true }
     })
     return await this.#closing

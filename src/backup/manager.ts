@@ -90,13 +90,45 @@ export class BackupManager {
     }
   }
 
+  /** Backups and restores under way: close() cancels them and waits for them. */
+  readonly #running = new Set<{ readonly abort: AbortController, readonly done: Promise<unknown> }>()
+  #closing = false
+
+  /** Runs a backup or restore that close() can cancel: `signal` fires on the caller's signal or at close. */
+  async #cancellable<T> (callerSignal: AbortSignal | undefined, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.#closing) throw new GalleonError('NOT_OPEN', 'the instance is closing; no backup or restore starts now')
+    if (callerSignal !== undefined && !(callerSignal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal (from an AbortController), got ${describe(callerSignal)}`)
+    const abort = new AbortController()
+    const done = run(callerSignal === undefined ? abort.signal : AbortSignal.any([callerSignal, abort.signal]))
+    const entry = { abort, done }
+    this.#running.add(entry)
+    try {
+      return await done
+    } finally {
+      this.#running.delete(entry)
+    }
+  }
+
+  /**
+   * At close, while the instance still serves calls: backups and restores under way are cancelled
+   * (CANCELLED, at their next chunk) and clean up after themselves; new ones are refused.
+   */
+  async close (): Promise<void> {
+    this.#closing = true
+    for (const entry of this.#running) entry.abort.abort()
+    await Promise.allSettled([...this.#running].map(async (entry) => await entry.done))
+  }
+
   async create (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `createBackup() options must be an object such as { strategy: 'incremental' }, got ${describe(options)}`)
+    return await this.#cancellable(options.signal, async (signal) => await this.#create(vol, options, signal))
+  }
+
+  async #create (vol: VolumeRef, options: CreateBackupOptions, signal: AbortSignal): Promise<Backup> {
     const requested = (options.strategy ?? BackupStrategy.Full) as BackupStrategy
     if (!STRATEGIES.has(requested)) throw new GalleonError('INVALID_ARGUMENT', `backup strategy must be one of ${[...STRATEGIES].join(', ')}, got ${describe(options.strategy)}`)
     const target = this.#target(options.target)
     const volume = await this.#g.getVolume(vol)
-    const signal = options.signal
     checkAborted(signal)
     return await this.#queue(target).run(async () => {
       await target.open()
@@ -378,10 +410,10 @@ export class BackupManager {
     }
     const target = this.#target(options.target)
     const restoring = this.#restoring
-    return await restoreBackup(this.#g, this.#keys, target, id, options, restoring === undefined ? undefined : {
+    return await this.#cancellable(options.signal, async (signal) => await restoreBackup(this.#g, this.#keys, target, id, { ...options, signal }, restoring === undefined ? undefined : {
       started: async (volumeId) => { await restoring.put(volumeId, { backupId: id }) },
       finished: async (volumeId) => { await restoring.del(volumeId) }
-    })
+    }))
   }
 
   #target (ref: BackupTargetRef | undefined): BackupTarget {

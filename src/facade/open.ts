@@ -15,6 +15,7 @@ import { resolveDrivers, type OpenOptions } from '../open-drivers.js'
 import { QoSScheduler } from '../qos/scheduler.js'
 import { VolumeType } from '../types.js'
 import { Catalog, type MetadataDatabase } from '../volumes/catalog.js'
+import type { BackupManager } from '../backup/manager.js'
 import type { BackupScheduler } from '../backup/policies.js'
 import type { ClusterMembership } from './cluster.js'
 import type { FacadeHost } from './host.js'
@@ -115,6 +116,7 @@ export interface ClosingInstance {
   readonly volumes: VolumeLifecycle
   readonly membership: ClusterMembership
   readonly scheduler: BackupScheduler
+  readonly backups: BackupManager
   /** The last administrative operation queued. */
   readonly adminQueue: () => Promise<unknown>
   readonly store: BlockStore
@@ -133,6 +135,8 @@ export async function closeInstance (parts: ClosingInstance): Promise<void> {
   for (const move of host.nodeMoves.values()) move.abort.abort(new GalleonError('CANCELLED', 'the instance is closing'))
   await Promise.all([...host.nodeMoves.values()].map(async (move) => await move.done))
   await Promise.all([...host.migrations.values()].map(async (migration) => await migration.done))
+  // Backups and restores under way are cancelled too, and clean up while the instance still serves calls.
+  await parts.backups.close()
   // Unmount first, while the instance still serves I/O: writes acknowledged through a mount
   // (FUSE write-behind) reach the volumes before anything is refused.
   await mountControl(host.mounts).close().catch((err: unknown) => {
