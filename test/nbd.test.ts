@@ -452,6 +452,61 @@ describe('NBD protocol corners (raw socket)', () => {
     snap.socket.destroy()
   })
 
+  it('refuses command flags that do not apply to the command with EINVAL (BLOCK_STATUS included), with no effect on the data', async () => {
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    client.option(8) // structured replies
+    assert.equal((await client.optionReply()).type, 1)
+    const query = Buffer.from('base:allocation')
+    const meta = Buffer.alloc(4 + 7 + 4 + 4 + query.byteLength)
+    meta.writeUInt32BE(7, 0)
+    meta.write('scratch', 4)
+    meta.writeUInt32BE(1, 11)
+    meta.writeUInt32BE(query.byteLength, 15)
+    query.copy(meta, 19)
+    client.option(10, meta)
+    assert.equal((await client.optionReply()).type, 4)
+    assert.equal((await client.optionReply()).type, 1)
+    await client.go('scratch')
+    /** The next reply: its handle, and the error of an error chunk (0 for any other chunk). */
+    const next = async (): Promise<{ handle: number, error: number }> => {
+      const head = await client.read(20)
+      assert.ok(head !== undefined, 'a reply')
+      assert.equal(head.readUInt32BE(0), 0x668e33ef)
+      const body = await client.read(head.readUInt32BE(16)) as Buffer
+      return { handle: Number(head.readBigUInt64BE(8)), error: head.readUInt16BE(6) === 32769 ? body.readUInt32BE(0) : 0 }
+    }
+    const before = await g.read('scratch', 0, 8192)
+    const FUA = 1
+    const NO_HOLE = 2
+    const DF = 4
+    const REQ_ONE = 8
+    const refused: Array<[number, number, Uint8Array?]> = [
+      [7, 1 << 5], // BLOCK_STATUS with an unknown flag
+      [7, NO_HOLE], // BLOCK_STATUS with a WRITE_ZEROES flag
+      [0, REQ_ONE], // READ with a BLOCK_STATUS flag
+      [0, NO_HOLE], // READ with a WRITE_ZEROES flag
+      [1, DF, new Uint8Array(4096).fill(0xee)], // WRITE with a READ flag
+      [1, NO_HOLE, new Uint8Array(4096).fill(0xee)], // WRITE with a WRITE_ZEROES flag
+      [4, DF], // TRIM with a READ flag
+      [6, REQ_ONE], // WRITE_ZEROES with a BLOCK_STATUS flag
+      [3, NO_HOLE] // FLUSH with a WRITE_ZEROES flag
+    ]
+    refused.forEach(([type, flags, data], i) => { client.request(type, 100 + i, 0, data?.byteLength ?? 4096, flags, data) })
+    const errors = new Map<number, number>()
+    for (let i = 0; i < refused.length; i++) {
+      const reply = await next()
+      errors.set(reply.handle, reply.error)
+    }
+    assert.deepEqual(refused.map((_, i) => errors.get(100 + i)), refused.map(() => 22), 'EINVAL for each, in request order')
+    assert.deepEqual(await g.read('scratch', 0, 8192), before, 'nothing written, trimmed or zeroed')
+    // FUA is valid on every command; each command's own flag is accepted.
+    const accepted: Array<[number, number]> = [[7, FUA | REQ_ONE], [0, FUA | DF], [3, FUA]]
+    accepted.forEach(([type, flags], i) => { client.request(type, 200 + i, type === 3 ? 0 : 4096, type === 3 ? 0 : 4096, flags) })
+    for (let i = 0; i < accepted.length; i++) assert.equal((await next()).error, 0)
+    client.socket.destroy()
+  })
+
   it('serving a principal: LIST names reach the listed volumes for it, and a volume it may only read is exported read-only by INFO and GO alike', async () => {
     const h = await GalleonFS.open({ inMemory: true })
     let principalServer: NbdServer | undefined

@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { WriteConcern } from '../../src/types.js'
-import { BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC, ENOTSUP, EPERM, ESHUTDOWN, MAX_HELD_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_STATUS_BYTES, ProtocolError, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, type Export } from './protocol.js'
+import { BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC, ENOTSUP, EPERM, ESHUTDOWN, MAX_HELD_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_STATUS_BYTES, ProtocolError, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, type Export } from './protocol.js'
 import type { SocketReader } from './socket.js'
 
 /** The transmission phase: requests read in order, served concurrently, answered as they finish. */
@@ -96,6 +96,10 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
       payload = await reader.read(length)
       if (payload === undefined) break
     }
+    if ((flags & ~allowedFlags(type)) !== 0) {
+      fail(handle, EINVAL, `command flags 0x${flags.toString(16)} do not apply to command ${type}`)
+      continue
+    }
     inFlight++
     if (type === CMD_BLOCK_STATUS) {
       void blockStatus(g, exp, allocation && structured, flags, offset, length).then((result) => {
@@ -128,6 +132,20 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
   if (!exp.readOnly) await g.flush(exp.volumeId).catch(() => {})
 }
 
+/**
+ * The command flags a command takes (proto.md: FUA is valid on every command, DF on READ, NO_HOLE
+ * on WRITE_ZEROES, REQ_ONE on BLOCK_STATUS); any other flag is answered EINVAL. FAST_ZERO (bit 4)
+ * is not advertised, so it is refused too.
+ */
+function allowedFlags (type: number): number {
+  switch (type) {
+    case CMD_READ: return CMD_FLAG_FUA | CMD_FLAG_DF
+    case CMD_WRITE_ZEROES: return CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
+    case CMD_BLOCK_STATUS: return CMD_FLAG_FUA | CMD_FLAG_REQ_ONE
+    default: return CMD_FLAG_FUA
+  }
+}
+
 /** Runs one request; resolves to its outcome (never rejects). */
 async function runRequest (g: GalleonFS, exp: Export, type: number, flags: number, offset: number, length: number, payload: Buffer | undefined): Promise<{ error: number, message?: string, data?: Uint8Array }> {
   const writing = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES
@@ -137,9 +155,6 @@ async function runRequest (g: GalleonFS, exp: Export, type: number, flags: numbe
     if (offset + length > exp.size || !Number.isSafeInteger(offset + length)) return { error: type === CMD_WRITE || type === CMD_WRITE_ZEROES ? ENOSPC : EINVAL, message: `offset ${offset} + length ${length} is past the end of the export (${exp.size} bytes)` }
     if (type === CMD_READ && length > MAX_REQUEST_BYTES) return { error: EINVAL, message: `a read may be at most ${MAX_REQUEST_BYTES} bytes` }
   }
-  // FUA, NO_HOLE, DF (bit 2), REQ_ONE; FAST_ZERO (bit 4) is not advertised, so it is refused.
-  const known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_REQ_ONE | (1 << 2)
-  if ((flags & ~known) !== 0) return { error: EINVAL, message: `unknown command flags 0x${flags.toString(16)}` }
   const fua = (flags & CMD_FLAG_FUA) !== 0
   try {
     switch (type) {
