@@ -284,6 +284,14 @@ describe('NBD protocol corners (raw socket)', () => {
     zeroed.fill(0, 100, 300)
     zeroed.fill(0, 4096)
     assert.deepEqual(await g.read('scratch', 65536, 8192), zeroed)
+    // A WRITE_ZEROES with NO_HOLE longer than the 1 MiB pieces it is written in, unaligned at both ends.
+    const wide = new Uint8Array(randomBytes(3 * MiB))
+    await g.write('scratch', 3 * MiB, wide)
+    client.request(6, 12, 3 * MiB + 512, 2 * MiB + 1000, 2)
+    assert.equal((await client.reply()).error, 0)
+    const expected = Uint8Array.from(wide)
+    expected.fill(0, 512, 512 + 2 * MiB + 1000)
+    assert.deepEqual(await g.read('scratch', 3 * MiB, 3 * MiB), expected)
     client.request(1, 8, 8 * MiB - 4096, 8192, 0, new Uint8Array(8192))
     assert.equal((await client.reply()).error, 28) // ENOSPC
     client.request(0, 9, 8 * MiB, 4096)

@@ -146,6 +146,9 @@ function allowedFlags (type: number): number {
   }
 }
 
+/** The size of the zero-filled writes of a WRITE_ZEROES with NO_HOLE. */
+const ZEROES_PIECE_BYTES = 1 << 20
+
 /** Runs one request; resolves to its outcome (never rejects). */
 async function runRequest (g: GalleonFS, exp: Export, type: number, flags: number, offset: number, length: number, payload: Buffer | undefined): Promise<{ error: number, message?: string, data?: Uint8Array }> {
   const writing = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES
@@ -173,9 +176,10 @@ async function runRequest (g: GalleonFS, exp: Export, type: number, flags: numbe
         return { error: 0 }
       case CMD_WRITE_ZEROES:
         if ((flags & CMD_FLAG_NO_HOLE) !== 0) {
-          // The zeros must be allocated: write them.
-          for (let at = 0; at < length; at += MAX_REQUEST_BYTES) {
-            const piece = Math.min(MAX_REQUEST_BYTES, length - at)
+          // The zeros must be allocated: write them, 1 MiB at a time, so that the buffers of many
+          // such requests in flight stay small (they are not counted in MAX_HELD_BYTES).
+          for (let at = 0; at < length; at += ZEROES_PIECE_BYTES) {
+            const piece = Math.min(ZEROES_PIECE_BYTES, length - at)
             await g.write(exp.volumeId, offset + at, new Uint8Array(piece), fua ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
           }
         } else {
