@@ -14,6 +14,11 @@ import { WriteConcern } from '../types.js'
 /** Longest a scrub runs before it lets the event loop turn. */
 const SCRUB_SLICE_MS = 5
 
+/** Where a live migration's switch-over moved the volume's data, if it did (a function: read afresh after each await). */
+function movedTo (volume: VolumeBlocks): VolumeBlocks | undefined {
+  return volume.movedTo?.volume
+}
+
 /** The body of BlockEngine.scrub (documented there). */
 export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
   // Without its keys nothing can be checked: that is the answer, not a list of every block as bad.
@@ -29,9 +34,13 @@ export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ 
       await new Promise((resolve) => setImmediate(resolve))
       sliceStarted = performance.now()
     }
+    if (volume.gate !== undefined) await core.waitGate(volume)
+    // Switched over to new storage by a live migration meanwhile: this storage is going; the
+    // volume's data is all there, so the scrub starts again there.
+    const moved = movedTo(volume)
+    if (moved !== undefined) return await scrub(core, moved)
     // Deleted meanwhile: its blocks are going, which is not damage.
     if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
-    if (volume.gate !== undefined) await core.waitGate(volume)
     if (!volume.map.versions(index).includes(gen)) continue
     checked++
     // Each read counts as in flight, like any read: what waits for the volume's I/O (a revert,
@@ -47,6 +56,8 @@ export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ 
     }
     if (failure !== undefined) {
       const err = failure
+      const movedAway = movedTo(volume)
+      if (movedAway !== undefined) return await scrub(core, movedAway)
       if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
       if (err instanceof GalleonError && err.code === 'CORRUPTION') {
         // A trim or revert deletes a version before it updates the map, under the block's claim.

@@ -3,7 +3,7 @@
 
 import { GalleonError, assertBytes, describe, errorCode } from '../errors.js'
 import { LIVE } from '../engine/block-map.js'
-import type { VolumeBlocks } from '../engine/engine.js'
+import type { View, VolumeBlocks } from '../engine/engine.js'
 import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
 import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
 import type { AccessGuard } from './access-guard.js'
@@ -28,6 +28,16 @@ export function volumeBlocks (host: FacadeHost, record: VolumeRecord): VolumeBlo
   return host.engine.attach(record.storageId, record.sizeBytes)
 }
 
+/**
+ * The engine state whose metrics and usage a volume shows, or undefined for a volume being deleted whose
+ * blocks are gone already: attaching it again (as volumeBlocks would) left a deleted volume in
+ * the engine for good.
+ */
+export function metricsVolume (host: FacadeHost, record: VolumeRecord): VolumeBlocks | undefined {
+  if (record.state !== VolumeState.Deleting) return volumeBlocks(host, record)
+  return host.engine.volume(record.storageId) ?? host.retired.get(record.storageId)
+}
+
 /** The engine state I/O on a volume uses: refused while the volume is deleted or half reverted. */
 export function ioVolume (host: FacadeHost, vol: VolumeRef | VolumeRecord): VolumeBlocks {
   return ioVolumeOf(host, host.catalog.resolve(vol))
@@ -42,6 +52,19 @@ export function ioVolumeOf (host: FacadeHost, record: VolumeRecord): VolumeBlock
     throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${snapshot?.name ?? record.revertTo}${why === undefined ? '' : ` (it failed: ${why})`}, so part of it may read as the snapshot and part not; call restoreSnapshot(${JSON.stringify(record.name)}, ${JSON.stringify(snapshot?.name ?? record.revertTo)}) again to finish it, revert to another snapshot, or delete the volume`)
   }
   return volumeBlocks(host, record)
+}
+
+/**
+ * The view a read of `snapshot` uses on `volume`, the engine state found for the record the read
+ * resolved before it waited. When that was the volume's current storage, redirected from a storage
+ * a live migration moved it away from (see volumeBlocks), the snapshot has another generation
+ * there: the catalog's. (Within the grace period the old storage's `movedTo` translates it.)
+ */
+function viewOn (host: FacadeHost, record: VolumeRecord, volume: VolumeBlocks, snapshot: SnapshotRecord | undefined): View | undefined {
+  if (snapshot === undefined || volume.storageId === record.storageId) return viewOf(snapshot)
+  const moved = host.catalog.snapshotById(snapshot.id)
+  if (moved === undefined) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} of volume ${record.name} was deleted; list the snapshots again`)
+  return viewOf(moved)
 }
 
 /** Reports failures that are not the caller's fault (I/O, corruption) as `io:error` events. */
@@ -148,7 +171,8 @@ export class VolumeIO {
     const admitted = qos.admit(record.id, 'read', host.engine.blockSize)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      return await host.engine.readBlock(ioVolumeOf(host, record), blockIndex, viewOf(snapshot))
+      const volume = ioVolumeOf(host, record)
+      return await host.engine.readBlock(volume, blockIndex, viewOn(host, record, volume, snapshot))
     } catch (err) {
       throw ioFailed(host, record, 'read', err)
     } finally {
@@ -209,7 +233,8 @@ export class VolumeIO {
     const admitted = qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      return await host.engine.read(ioVolumeOf(host, record), offset, length, viewOf(snapshot))
+      const volume = ioVolumeOf(host, record)
+      return await host.engine.read(volume, offset, length, viewOn(host, record, volume, snapshot))
     } catch (err) {
       throw ioFailed(host, record, 'read', err)
     } finally {
