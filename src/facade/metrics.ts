@@ -3,31 +3,20 @@
 
 import type { BlockStoreStats } from '../drivers.js'
 import { GalleonError } from '../errors.js'
-import type { VolumeBlocks } from '../engine/engine.js'
 import { renderPrometheus } from '../metrics/prometheus.js'
 import type { VolumeMetrics } from '../metrics/recorder.js'
 import { renderQoSMetrics } from '../qos/prometheus.js'
-import { VolumeState, type VolumeUsage } from '../types.js'
+import type { VolumeUsage } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
-import { volumeBlocks } from './io.js'
+import { metricsVolume } from './io.js'
 import { poolStatus } from './pools.js'
-
-/**
- * The engine state whose metrics a volume shows, or undefined for a volume being deleted whose
- * blocks are gone already: attaching it again (as volumeBlocks would) left a deleted volume in
- * the engine for good.
- */
-function metricsVolume (host: FacadeHost, record: VolumeRecord): VolumeBlocks | undefined {
-  if (record.state !== VolumeState.Deleting) return volumeBlocks(host, record)
-  return host.engine.volume(record.storageId) ?? host.retired.get(record.storageId)
-}
 
 /** The work of GalleonFS.getVolumeUsageDetails, once the caller is checked. */
 export function volumeUsage (host: FacadeHost, record: VolumeRecord): VolumeUsage {
-  const volume = volumeBlocks(host, record)
-  const live = host.engine.allocatedBlocks(volume)
-  const held = host.engine.heldBlocks(volume)
+  const volume = metricsVolume(host, record)
+  const live = volume === undefined ? 0 : host.engine.allocatedBlocks(volume)
+  const held = volume === undefined ? 0 : host.engine.heldBlocks(volume)
   const blockSize = host.engine.blockSize
   return {
     allocatedBytes: (live + held) * blockSize,

@@ -5,13 +5,14 @@ import { GalleonError } from '../errors.js'
 import { poolAdmits, poolPlacement as narrowPlacement, type CreatePoolOptions, type PoolPlacement, type StoragePool, type StoragePoolStatus, type UpdatePoolOptions } from '../volumes/pools.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
-import { volumeBlocks } from './io.js'
+import { metricsVolume } from './io.js'
 
 /** A pool with its accounting: provisioned, allocated (current blocks and those snapshots keep) and free bytes. */
 export function poolStatus (host: FacadeHost, pool: StoragePool): StoragePoolStatus {
   return host.pools.status(pool, (record: VolumeRecord) => {
-    const volume = volumeBlocks(host, record)
-    return (host.engine.allocatedBlocks(volume) + host.engine.heldBlocks(volume)) * host.engine.blockSize
+    // A volume being deleted whose blocks are gone counts nothing (and is not attached again).
+    const volume = metricsVolume(host, record)
+    return volume === undefined ? 0 : (host.engine.allocatedBlocks(volume) + host.engine.heldBlocks(volume)) * host.engine.blockSize
   })
 }
 
