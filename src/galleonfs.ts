@@ -267,8 +267,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
   }
 
   /**
-   * Deletes a volume and frees its blocks, after its in-flight I/O finishes. A volume whose storage
-   * class has reclaim policy `Retain` is kept unless `force` is set.
+   * Deletes a volume and frees its blocks, after its in-flight I/O finishes. Refused (BUSY) unless
+   * `force` is set while the volume is mounted, has writable files open on it or NBD clients
+   * connected read-write, has clones sharing its blocks, or its storage class's reclaim policy is
+   * `Retain`.
    */
   async deleteVolume (vol: VolumeRef, options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()

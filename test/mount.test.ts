@@ -216,6 +216,29 @@ describe('mount manager (virtual driver)', () => {
     }
   })
 
+  it('deleting a volume with a writable file open on it is refused (BUSY) unless forced; a read-only file does not hold it', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createVolume({ name: 'held', sizeBytes: '1M' })
+      const writer = await g.mounts.openVolumeFile('held')
+      const reader = await g.mounts.openVolumeFile('held', { readOnly: true })
+      await assert.rejects(g.deleteVolume('held'), (err: Error & { code?: string }) => err.code === 'BUSY' && /1 writer\(s\)/.test(err.message))
+      assert.equal((await g.getVolume('held')).name, 'held', 'still there')
+      await writer.close()
+      await g.deleteVolume('held')
+      await assert.rejects(g.getVolume('held'), { code: 'VOLUME_NOT_FOUND' })
+      await reader.close().catch(() => {})
+      await g.createVolume({ name: 'forced', sizeBytes: '1M' })
+      const stuck = await g.mounts.openVolumeFile('forced')
+      await g.deleteVolume('forced', { force: true })
+      await assert.rejects(g.getVolume('forced'), { code: 'VOLUME_NOT_FOUND' })
+      await assert.rejects(stuck.write(new Uint8Array(4096)))
+      await stuck.close().catch(() => {})
+    } finally {
+      await g.close()
+    }
+  })
+
   it('review regressions: a reader cannot mount read-write by any spelling; closing a read-only file keeps the writer count; a snapshot being deleted cannot be mounted', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {

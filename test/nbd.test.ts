@@ -612,6 +612,21 @@ describe('NBD protocol corners (raw socket)', () => {
     assert.ok(mountId !== undefined, 'the mount succeeds once the NBD clients are gone')
     await g.mounts.unmountVolume(mountId)
   })
+  it('deleting a volume an NBD client is connected to read-write is refused (BUSY) until it disconnects, or forced', async () => {
+    await g.createVolume({ name: 'attached', sizeBytes: 1 * MiB })
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    await client.go('attached')
+    await assert.rejects(g.deleteVolume('attached'), (err: Error & { code?: string }) => err.code === 'BUSY' && /NBD clients connected read-write/.test(err.message))
+    client.request(1, 1, 0, 4096, 0, new Uint8Array(4096).fill(5))
+    assert.equal((await client.reply()).error, 0, 'the client goes on writing')
+    await g.deleteVolume('attached', { force: true })
+    await assert.rejects(g.getVolume('attached'), { code: 'VOLUME_NOT_FOUND' })
+    client.request(1, 2, 0, 4096, 0, new Uint8Array(4096).fill(6))
+    assert.notEqual((await client.reply()).error, 0, 'after a forced delete its writes fail')
+    client.socket.destroy()
+  })
+
   it('close() with many pipelined requests in flight answers all of them and returns', async () => {
     const own = await NbdServer.listen(g, { port: 0 })
     const client = await RawClient.connect(own.port)

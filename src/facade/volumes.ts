@@ -218,6 +218,7 @@ export class VolumeLifecycle {
     if (mounts.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     }
+    this.#refuseWriters(record, options)
     // From here no new mount may attach to it (the unmount below and the deletion take a while).
     this.#host.goingAway.add(record.id)
     try {
@@ -237,11 +238,20 @@ export class VolumeLifecycle {
         await mountControl(this.#host.mounts).settled()
         const late = mountControl(this.#host.mounts).mountsOf(record.id)
         if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
+        this.#refuseWriters(record, options)
         await mountControl(this.#host.mounts).release(record.id)
         await this.#deleteChecked(record, options)
       }, 'the volume is being deleted')
     } finally {
       this.#host.goingAway.delete(record.id)
+    }
+  }
+
+  /** BUSY unless forced while the volume has writers other than mounts: writable files open on it, NBD clients connected read-write. */
+  #refuseWriters (record: VolumeRecord, options: { force?: boolean }): void {
+    const writers = mountControl(this.#host.mounts).directWriters(record.id)
+    if (writers > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them first, or pass { force: true } to delete it under them (their next I/O fails)`)
     }
   }
 
