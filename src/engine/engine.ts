@@ -9,7 +9,7 @@ import type { BlockCache } from './block-cache.js'
 import { LIVE } from './block-map.js'
 import { batchMinBlocks } from '../crypto/cipher-pool.js'
 import type { ReplicationHook, WriteJournal } from './journal.js'
-import type { VolumeReplicator } from './replicator.js'
+import { replicatorFor, type VolumeReplicator } from './replicator.js'
 import { WriteConcern } from '../types.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
 import { readMany, readPayload } from './block-reads.js'
@@ -131,9 +131,9 @@ export class BlockEngine {
 
   /**
    * Writes one block. `data` shorter than the block size is zero-padded (the block's remaining bytes
-   * become zeros); longer is refused.
+   * become zeros); longer is refused. `primary`: see replicatorFor.
    */
-  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern): Promise<void> {
+  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
     checkIndex(this.#core, volume, index)
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
@@ -165,7 +165,7 @@ export class BlockEngine {
       volume.tickets.add(claim)
       ticketed = true
       // record() copies what it keeps: `data` may be the caller's buffer.
-      const seq = volume.replicator?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
+      const seq = replicatorFor(volume, primary)?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
       await this.#core.commit(volume, [{ type: 'put', address, data: encodeRecorded(this.#core, volume, address, data, seq) }], concern, seq, () => { this.#core.publish(volume, index, gen) })
       ok = true
@@ -218,9 +218,9 @@ export class BlockEngine {
 
   /**
    * Writes a byte range atomically (one journal entry): whole blocks are replaced, partial blocks at
-   * the edges are read, patched and rewritten under the block's lock.
+   * the edges are read, patched and rewritten under the block's lock. `primary`: see replicatorFor.
    */
-  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern): Promise<void> {
+  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
     checkRange(this.#core, volume, offset, data.byteLength)
     if (data.byteLength === 0) return
     const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
@@ -258,7 +258,7 @@ export class BlockEngine {
       ticket = volume.ticket()
       // Recorded as the generations are taken, so the replication order agrees with snapshot cuts.
       // record() copies what it keeps: `data` may be the caller's buffer.
-      const seq = volume.replicator?.record({ type: 'write', offset, data })
+      const seq = replicatorFor(volume, primary)?.record({ type: 'write', offset, data })
       const batchFrom = volume.cipher === undefined ? undefined : batchMinBlocks(volume.cipher.cipher)
       if (batchFrom !== undefined && last - first + 1 >= batchFrom) {
         // A multi-block encrypted write: blocks are sealed in native batch calls, or on this thread
@@ -301,9 +301,9 @@ export class BlockEngine {
 
   /**
    * Discards a byte range: whole blocks are unmapped (their space freed unless a snapshot keeps
-   * them; they read as zeros), partial blocks at the edges are zero-filled.
+   * them; they read as zeros), partial blocks at the edges are zero-filled. `primary`: see replicatorFor.
    */
-  async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern): Promise<void> {
+  async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
     checkRange(this.#core, volume, offset, length)
     if (length === 0) return
     if (volume.gate !== undefined || volume.movedTo !== undefined) volume = (await this.#core.settle(volume))[0]
@@ -327,7 +327,7 @@ export class BlockEngine {
       }
       if (volume.cipher !== undefined && !volume.cipher.ready(edges.size)) await volume.cipher.reserve(edges.size)
       ticket = volume.ticket()
-      const seq = volume.replicator?.record({ type: 'trim', offset, length })
+      const seq = replicatorFor(volume, primary)?.record({ type: 'trim', offset, length })
       const ops: BlockOp[] = []
       const apply: Array<() => void> = []
       for (let index = first; index <= last; index++) {

@@ -2,6 +2,7 @@
 // is recorded, in order, at the moment it takes its place in the volume's history (when a write
 // takes its generations, when a snapshot makes its cut), and the write then waits for its concern.
 
+import { GalleonError } from '../errors.js'
 import type { WriteConcern } from '../types.js'
 
 /** A change to a volume as replicas replay it (logical: each replica seals and stores it itself). */
@@ -30,4 +31,15 @@ export interface VolumeReplicator {
   committed: (seq: number, concern: WriteConcern) => Promise<void>
   /** The change `seq` was recorded but not applied locally: replicas must be brought back in line. */
   failed: (seq: number) => void
+}
+
+/**
+ * The replicator a caller's change records with. `primary`: the replicator the caller saw when it
+ * found this node the volume's primary (undefined: no expectation). If the role moved while the
+ * change waited (for its block, for admission), it is refused with NOT_LEADER, so the caller sends
+ * it to the new primary, rather than stored on this node alone and lost to the next resync.
+ */
+export function replicatorFor (volume: { readonly replicator: VolumeReplicator | undefined }, primary: VolumeReplicator | undefined): VolumeReplicator | undefined {
+  if (primary !== undefined && volume.replicator !== primary) throw new GalleonError('NOT_LEADER', 'this node stopped being the primary of the volume while the change waited; send it to the new primary')
+  return volume.replicator
 }

@@ -138,13 +138,15 @@ export class VolumeIO {
       replication.checkConcern(record.id, checked)
     }
     const volume = ioVolumeOf(host, record)
+    // The primary this write is for: if the role moves while it waits, it goes to the next one.
+    const primary = volume.replicator
     const qos = host.qos
     const arrivedAt = qos.now()
     // Short data is zero-padded: the whole block is stored, so the whole block is charged.
     const admitted = qos.admit(record.id, 'write', host.engine.blockSize)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.writeBlock(volume, blockIndex, data, checked)
+      await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
     } catch (err) {
       if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
       throw ioFailed(host, record, 'write', err)
@@ -201,12 +203,14 @@ export class VolumeIO {
       replication.checkConcern(record.id, checked)
     }
     const volume = ioVolumeOf(host, record)
+    // The primary this write is for: if the role moves while it waits, it goes to the next one.
+    const primary = volume.replicator
     const qos = host.qos
     const arrivedAt = qos.now()
     const admitted = qos.admit(record.id, 'write', data.byteLength)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.write(volume, offset, data, checked)
+      await host.engine.write(volume, offset, data, checked, primary)
     } catch (err) {
       if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
       throw ioFailed(host, record, 'write', err)
@@ -276,13 +280,16 @@ export class VolumeIO {
       return
     }
     this.#bridge.assertCopyHeld(record)
+    const volume = ioVolumeOf(host, record)
+    // The primary this trim is for: if the role moves while it waits, it goes to the next one.
+    const primary = volume.replicator
     const qos = host.qos
     const arrivedAt = qos.now()
     // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
     const admitted = qos.admit(record.id, 'write', 0)
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.trim(ioVolumeOf(host, record), offset, length, WriteConcern.WriteAcknowledged)
+      await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary)
     } catch (err) {
       if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
       throw ioFailed(host, record, 'trim', err)
