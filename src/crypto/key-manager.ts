@@ -7,6 +7,8 @@
 // rotation. Deleting the record makes whatever is left of the volume's blocks unreadable.
 
 import type { AbstractSublevel } from 'abstract-level'
+import { timingSafeEqual } from 'node:crypto'
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { sha256 } from '@noble/hashes/sha2.js'
@@ -91,6 +93,26 @@ export function backupKeyFingerprint (key: Uint8Array): string {
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
 const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
 
+/**
+ * `key` wrapped by `provider` (base64), once the provider has given it back: a wrap it cannot undo
+ * (a KMS role allowed to encrypt but not to decrypt, a faulty wrap) would make whatever the key
+ * protects unreadable from the next open on, and a KEK rotation would have replaced the only
+ * wraps that worked.
+ */
+async function wrapChecked (provider: KeyProvider, key: Uint8Array, context: string): Promise<string> {
+  const wrapped = await provider.wrap(key, context)
+  let back: Uint8Array
+  try {
+    back = await provider.unwrap(wrapped, context)
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${(err as Error)?.message ?? String(err)})`, { cause: err })
+  }
+  if (!(back instanceof Uint8Array) || back.byteLength !== key.byteLength || !timingSafeEqual(back, key)) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the key it just wrapped for ${context} to other bytes, so nothing was stored; its wrap and unwrap do not match`)
+  }
+  return b64(wrapped)
+}
+
 export class KeyManager {
   readonly #db: JsonSublevel
   readonly #source: KeySource
@@ -132,7 +154,19 @@ export class KeyManager {
     if (storagePath !== undefined && passphrase !== undefined) {
       return await PassphraseKeyProvider.open(passphrase, join(storagePath, 'passphrase.salt'), { N: this.#source.passphraseCost }, { create: this.#records.size === 0 })
     }
-    if (storagePath !== undefined) return await InternalKeyProvider.open(join(storagePath, 'master.key'), { create: this.#records.size === 0 })
+    if (storagePath !== undefined) {
+      try {
+        return await InternalKeyProvider.open(join(storagePath, 'master.key'), { create: this.#records.size === 0 })
+      } catch (err) {
+        // No master key, because the keys are protected by a passphrase: say so, rather than
+        // send the user looking for a key file that never existed.
+        const saltPath = join(storagePath, 'passphrase.salt')
+        if (err instanceof GalleonError && err.code === 'DECRYPTION_FAILED' && await stat(saltPath).then(() => true, () => false)) {
+          throw new GalleonError('DECRYPTION_FAILED', `the keys of this storage's encrypted volumes are protected by a passphrase (${saltPath} exists); open it with { passphrase }`, { cause: err })
+        }
+        throw err
+      }
+    }
     if (inMemory === true) return new MemoryKeyProvider()
     throw new GalleonError('INVALID_ARGUMENT', 'encrypted volumes need a key provider: open with storagePath (the internal provider keeps a master key there), a passphrase, or a keyProvider')
   }
@@ -152,8 +186,8 @@ export class KeyManager {
       await this.#put({
         volumeId,
         current: 1,
-        keys: [{ version: 1, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, 1))), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
-        backup: { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
+        keys: [{ version: 1, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, 1)), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
+        backup: { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
       })
     })
     const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
@@ -209,12 +243,12 @@ export class KeyManager {
       for (const key of staged.keys) {
         const dek = await provider.unwrap(unb64(key.wrapped), dekContext(stagingId, key.version))
         deks.push(dek)
-        keys.push({ ...key, wrapped: b64(await provider.wrap(dek, dekContext(volumeId, key.version))), kekId: provider.keyId })
+        keys.push({ ...key, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, key.version)), kekId: provider.keyId })
       }
       let backup = previous?.backup
       if (backup === undefined) {
         const backupKey = await provider.unwrap(unb64(staged.backup.wrapped), backupKeyContext(stagingId))
-        backup = { wrapped: b64(await provider.wrap(backupKey, backupKeyContext(volumeId))), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
+        backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
       }
       const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup }
       return {
@@ -270,7 +304,7 @@ export class KeyManager {
       const provider = await this.provider()
       const record = this.#record(volumeId)
       const version = Math.max(...record.keys.map((key) => key.version)) + 1
-      const wrapped = b64(await provider.wrap(dek, dekContext(volumeId, version)))
+      const wrapped = await wrapChecked(provider, dek, dekContext(volumeId, version))
       await this.#put({
         ...record,
         current: version,
@@ -344,11 +378,11 @@ export class KeyManager {
         const keys: DataKeyRecord[] = []
         for (const key of record.keys) {
           const dek = await current.unwrap(unb64(key.wrapped), dekContext(record.volumeId, key.version))
-          keys.push({ ...key, wrapped: b64(await next.wrap(dek, dekContext(record.volumeId, key.version))), kekId: next.keyId })
+          keys.push({ ...key, wrapped: await wrapChecked(next, dek, dekContext(record.volumeId, key.version)), kekId: next.keyId })
           count++
         }
         const backupKey = await current.unwrap(unb64(record.backup.wrapped), backupKeyContext(record.volumeId))
-        const backup = { ...record.backup, wrapped: b64(await next.wrap(backupKey, backupKeyContext(record.volumeId))), kekId: next.keyId }
+        const backup = { ...record.backup, wrapped: await wrapChecked(next, backupKey, backupKeyContext(record.volumeId)), kekId: next.keyId }
         count++
         batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup } })
       }
