@@ -1,6 +1,7 @@
 // Writing small files so that they survive a crash: whole or not at all, and durably named.
 
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { link, open, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 
 function isCode (err: unknown, code: string): boolean {
@@ -60,9 +61,34 @@ export async function writeFileAtomically (path: string, data: Uint8Array, optio
 
 /**
  * Creates `path` holding `data`, durably, only if it does not exist: false when it does (another
- * process created it first).
+ * process created it first). Whole or not at all: the bytes are written and synced under a
+ * temporary name first, then hard-linked to `path` (which fails if `path` exists), so a crash never
+ * leaves `path` empty or cut short. Where the file system has no hard links, `path` is created and
+ * written in place.
  */
 export async function createFileExclusively (path: string, data: Uint8Array, mode = 0o644): Promise<boolean> {
+  const temporary = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`
+  const handle = await open(temporary, 'wx', mode)
+  try {
+    await writeAndSync(handle, data)
+  } finally {
+    await handle.close()
+  }
+  try {
+    await link(temporary, path)
+  } catch (err) {
+    if (isCode(err, 'EEXIST')) return false
+    if (!isCode(err, 'EPERM') && !isCode(err, 'ENOTSUP') && !isCode(err, 'EOPNOTSUPP')) throw err
+    return await createInPlace(path, data, mode)
+  } finally {
+    await unlink(temporary).catch(() => {})
+  }
+  await syncDirectory(dirname(path))
+  return true
+}
+
+/** createFileExclusively without hard links: created, written and synced at its own name. */
+async function createInPlace (path: string, data: Uint8Array, mode: number): Promise<boolean> {
   let handle: FileHandle
   try {
     handle = await open(path, 'wx', mode)
