@@ -127,7 +127,8 @@ export abstract class AbstractBlockStore implements BlockStore {
   protected async _deleteVolume (volume: number): Promise<void> {
     const ops: BlockOp[] = []
     for await (const address of this._addresses(volume)) ops.push({ type: 'del', address })
-    if (ops.length > 0) await this._batch(ops, false)
+    // Even when empty: it resolves after the batches called before it (which may have emptied the volume).
+    await this._batch(ops, false)
   }
 
   /** Throws NOT_OPEN unless the store is open (for subclass methods beyond the interface). */

@@ -1458,6 +1458,26 @@ describe('file block store', () => {
       })
     })
 
+    it('deleteVolume() resolves only after the batches called before it, also when it finds nothing left to delete', async () => {
+      // Its deletes are applied to the index at once, so a second deleteVolume() (or one after a
+      // batch deleting the volume's last block) finds nothing: resolving it then, before the
+      // earlier deletes are written, let a kill -9 bring back a volume whose deletion had resolved.
+      await withStore({ syncWriteMaxBytes: 0 }, async ({ make }) => {
+        const store = make()
+        await store.open()
+        await store.batch([put(addr(2, 0), bytesOf(100, 1)), put(addr(2, 1), bytesOf(100, 2))])
+        const settled: string[] = []
+        const calls = [
+          store.batch([del(addr(2, 0))]).then(() => settled.push('batch')),
+          store.deleteVolume(2).then(() => settled.push('first deleteVolume')),
+          store.deleteVolume(2).then(() => settled.push('second deleteVolume'))
+        ]
+        await Promise.all(calls)
+        assert.deepEqual(settled, ['batch', 'first deleteVolume', 'second deleteVolume'])
+        await store.close()
+      })
+    })
+
     it('close() during compaction settles both and keeps every block', async () => {
       await withStore({ segmentBytes: 256 * 1024, compactionThreshold: 0 }, async ({ location, make, reopen }) => {
         let store = make()

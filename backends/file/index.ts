@@ -309,9 +309,11 @@ export class FileBlockStore extends AbstractBlockStore {
 
   protected override async _deleteVolume (volume: number): Promise<void> {
     // Collected and queued in one tick, so the deletes land exactly between the batches called
-    // before and after, as one atomic batch of tombstones.
+    // before and after, as one atomic batch of tombstones. Queued even when empty: the volume may
+    // look empty only because earlier batches (deletes not yet written) emptied it, and this must
+    // not resolve before they are written.
     const ops: BlockOp[] = this.#state.index.addresses(volume).map((address) => ({ type: 'del', address }))
-    if (ops.length > 0) await enqueue(this.#state, ops, false)
+    await enqueue(this.#state, ops, false)
   }
 }
 

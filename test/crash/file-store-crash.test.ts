@@ -90,7 +90,7 @@ function decodeValue (value: Uint8Array, volume: number, index: number): { seq: 
 //   B <seq> <S|N> <op>,<op>,...         batch issued (in the same tick as store.batch()); op is
 //                                       p<volume>.<index>.<length> or d<volume>.<index>
 //   V <seq> <volume>                    deleteVolume issued (in the same tick as the call)
-//   A <seq>                             batch resolved
+//   A <seq>                             batch or deleteVolume resolved
 //   c / C                               a compact() call started / ended
 
 
@@ -119,6 +119,7 @@ async function childMain (): Promise<void> {
         const seq = nextSeq++
         reportLine(`V ${seq} 2`)
         await store.deleteVolume(2)
+        reportLine(`A ${seq}`)
         continue
       }
       if (roll < 0.03) {
