@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS, type BackupTarget } from '../src/index.js'
 import { expectCode } from './support/assertions.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { delegatingTarget } from './support/backup-targets.js'
 
 const BS = 4096
 
@@ -57,24 +58,12 @@ function gatedTarget (dir: string): { target: BackupTarget, hold: (passing?: num
     if (free > 0) free--
     else await gate
   }
-  const target: BackupTarget = {
-    name: 'gated',
-    location: dir,
-    open: async () => { await directory.open() },
-    close: async () => { await directory.close() },
+  const target = delegatingTarget(directory, 'gated', {
     hasChunk: async (id) => { await pass(); return await directory.hasChunk(id) },
     touchChunk: async (id) => { await pass(); return await directory.touchChunk(id) },
-    chunkTime: async (id) => await directory.chunkTime(id),
     putChunk: async (id, data) => { await pass(); await directory.putChunk(id, data) },
-    flush: async () => { await directory.flush() },
-    getChunk: async (id) => { await pass(); return await directory.getChunk(id) },
-    deleteChunk: async (id) => { await directory.deleteChunk(id) },
-    listChunks: () => directory.listChunks(),
-    putManifest: async (id, data) => { await directory.putManifest(id, data) },
-    getManifest: async (id) => await directory.getManifest(id),
-    deleteManifest: async (id) => { await directory.deleteManifest(id) },
-    listManifests: () => directory.listManifests()
-  }
+    getChunk: async (id) => { await pass(); return await directory.getChunk(id) }
+  })
   return {
     target,
     hold: (passing = 0) => { free = passing; gate = new Promise((resolve) => { open = resolve }) },

@@ -8,8 +8,9 @@ import assert from 'node:assert/strict'
 import { readdir, readFile, rm, utimes, writeFile, mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, BackupStrategy, type BackupTarget } from '../src/index.js'
+import { GalleonFS, BackupStrategy } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { delegatingTarget } from './support/backup-targets.js'
 import { bytesOf, seededRandom } from './conformance/fixtures.js'
 import { toPieces, toRuns } from '../src/backup/manager.js'
 
@@ -265,26 +266,17 @@ describe('backups', () => {
     const directory = new DirectoryBackupTarget({ path: dir })
     let put: string | undefined
     let vanished = false
-    const target: BackupTarget = {
-      name: 'racing',
-      location: dir,
-      open: async () => { await directory.open() },
-      close: async () => { await directory.close() },
+    const target = delegatingTarget(directory, 'racing', {
+      // Without touchChunk and chunkTime: reuse is checked with hasChunk.
+      touchChunk: undefined,
+      chunkTime: undefined,
       hasChunk: async (id) => {
         // The check before the manifest: another process's garbage collection got there first.
         if (id === put && !vanished) { vanished = true; await directory.deleteChunk(id); return false }
         return await directory.hasChunk(id)
       },
-      putChunk: async (id, data) => { put ??= id; await directory.putChunk(id, data) },
-      flush: async () => { await directory.flush() },
-      getChunk: async (id) => await directory.getChunk(id),
-      deleteChunk: async (id) => { await directory.deleteChunk(id) },
-      listChunks: () => directory.listChunks(),
-      putManifest: async (id, data) => { await directory.putManifest(id, data) },
-      getManifest: async (id) => await directory.getManifest(id),
-      deleteManifest: async (id) => { await directory.deleteManifest(id) },
-      listManifests: () => directory.listManifests()
-    }
+      putChunk: async (id, data) => { put ??= id; await directory.putChunk(id, data) }
+    })
     const g = await GalleonFS.open({ storagePath: place() })
     try {
       await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })

@@ -1,6 +1,7 @@
 // What a live migration keeps of a volume's old storage after the switch-over: I/O calls that
 // resolved the volume before it still reach the volume, and the old engine state (with its block
-// map) is let go once the grace period is over.
+// map) is let go once the grace period is over. Also reads of snapshots and scrubs racing the
+// switch-over.
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -110,6 +111,63 @@ describe('live migration: the old storage after the switch-over', () => {
       assert.equal(engineStates(), before, 'the old engine state (and its block map) is unreachable once the grace period is over')
       await g.clearQoSPolicy('v')
       assert.deepEqual(await g.readBlock('v', 3), pattern(1, 3))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('lifecycle races: I/O resolved before a live migration', () => {
+  it('a snapshot read that waited longer than the grace period reads the snapshot, not the live data at the old generation', async (t) => {
+    const clock = new ManualClock()
+    const g = await GalleonFS.open({ inMemory: true, qos: { clock } })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 16 * BLOCK })
+      // Many generations before the snapshot: the copy on the new storage uses far fewer, so the
+      // snapshot's generation there differs from the one the read resolved.
+      for (let seq = 0; seq < 10; seq++) await g.writeBlock('v', 0, pattern(1, 0))
+      await g.writeBlock('v', 1, pattern(1, 1))
+      await g.createSnapshot('v', 's')
+      await g.writeBlock('v', 0, pattern(2, 0))
+      await g.writeBlock('v', 1, pattern(2, 1))
+      await g.setQoSPolicy('v', { limits: { iops: 1 } })
+      await g.readBlock('v', 15)
+      const block = g.readBlock({ volume: 'v', snapshot: 's' }, 0)
+      const range = g.read({ volume: 'v', snapshot: 's' }, 0, 2 * BLOCK)
+      await waiting(g, 2)
+      t.mock.timers.enable({ apis: ['setTimeout'] })
+      await g.migrateVolume('v', { storageClass: SECRET.name })
+      t.mock.timers.tick(GRACE_MS)
+      await clock.advance(10_000)
+      assert.deepEqual(await block, pattern(1, 0), 'readBlock of the snapshot')
+      const bytes = await range
+      assert.deepEqual(bytes.subarray(0, BLOCK), pattern(1, 0), 'read of the snapshot, block 0')
+      assert.deepEqual(bytes.subarray(BLOCK), pattern(1, 1), 'read of the snapshot, block 1')
+      await g.clearQoSPolicy('v')
+      assert.deepEqual(await g.readBlock('v', 0), pattern(2, 0), 'the live data is the one written after the snapshot')
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('lifecycle races: a scrub across a live migration\'s switch-over', () => {
+  it('a scrub waiting at the switch-over goes on with the volume\'s new storage, not VOLUME_NOT_FOUND', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createStorageClass(SECRET)
+      await g.createVolume({ name: 'v', sizeBytes: 16 * BLOCK })
+      for (let i = 0; i < 8; i++) await g.writeBlock('v', i, pattern(1, i))
+      let scrubbed: Promise<unknown> | undefined
+      await g.migrateVolume('v', { storageClass: SECRET.name }, {
+        // Writes are paused here (the old storage's gate is closed): the scrub waits for the switch-over.
+        onProgress: (event) => { if (event.phase === 'switchover') scrubbed ??= g.scrub('v') }
+      })
+      assert.ok(scrubbed !== undefined, 'the migration reported its switch-over')
+      const report = await scrubbed as Awaited<ReturnType<GalleonFS['scrub']>>
+      assert.equal(report.blocksChecked, 8)
+      assert.deepEqual(report.badBlocks, [])
     } finally {
       await g.close()
     }
