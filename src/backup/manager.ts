@@ -27,6 +27,12 @@ type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeI
 /** New volumes restores are filling: volume id -> the backup (see start()). */
 type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string }>
 
+/** Whether a deletion failed because what it deletes (or its volume) is gone already. */
+function gone (err: unknown): boolean {
+  const code = errorCode(err)
+  return code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND'
+}
+
 /**
  * Unused chunks put or reused this recently are not collected: a backup another process is taking
  * on the same target may name them in its manifest (git's gc spares recent objects for the same
@@ -63,31 +69,30 @@ export class BackupManager {
    */
   async start (): Promise<void> {
     for (const [volumeId, { backupId }] of await this.#restoring?.iterator().all() ?? []) {
-      try {
-        await this.#g.deleteVolume(volumeId, { force: true })
-      } catch (err) {
-        const code = errorCode(err)
-        if (code !== 'VOLUME_NOT_FOUND') {
-          this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code, message: `could not delete volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored (tried again at the next open): ${(err as Error).message}` })
-          continue
-        }
-      }
-      await this.#restoring?.del(volumeId)
+      await this.#removeLeftover(volumeId, `volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored`,
+        async () => { await this.#g.deleteVolume(volumeId, { force: true }) }, async () => { await this.#restoring?.del(volumeId) })
     }
-    if (this.#pending === undefined) return
-    for (const [id, { volumeId, snapshot }] of await this.#pending.iterator().all()) {
-      try {
-        await this.#g.deleteSnapshot(volumeId, snapshot)
-      } catch (err) {
-        const code = errorCode(err)
-        // Gone already, or its volume is: forget it. Anything else: try again at the next open.
-        if (code !== 'SNAPSHOT_NOT_FOUND' && code !== 'VOLUME_NOT_FOUND') {
-          this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code, message: `could not delete snapshot ${snapshot} of a backup that was interrupted (tried again at the next open): ${(err as Error).message}` })
-          continue
-        }
-      }
-      await this.#pending.del(id)
+    for (const [id, { volumeId, snapshot }] of await this.#pending?.iterator().all() ?? []) {
+      await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`,
+        async () => { await this.#g.deleteSnapshot(volumeId, snapshot) }, async () => { await this.#pending?.del(id) })
     }
+  }
+
+  /**
+   * Removes what an interrupted backup or restore left, then forgets its record. Gone already (or
+   * its volume is) counts as removed; any other failure is reported and the record kept, so that
+   * the next open tries again.
+   */
+  async #removeLeftover (volumeId: string, what: string, remove: () => Promise<void>, forget: () => Promise<void>): Promise<void> {
+    try {
+      await remove()
+    } catch (err) {
+      if (!gone(err)) {
+        this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `could not delete ${what} (tried again at the next open): ${(err as Error).message}` })
+        return
+      }
+    }
+    await forget()
   }
 
   /** Backups and restores under way: close() cancels them and waits for them. */
@@ -273,7 +278,7 @@ export class BackupManager {
       } catch (err) {
         if (await target.getManifest(id).catch(() => undefined) === undefined) {
           // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
-          forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, (cause: unknown) => ['SNAPSHOT_NOT_FOUND', 'VOLUME_NOT_FOUND'].includes(errorCode(cause)))
+          forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)
         }
         throw err
       } finally {
