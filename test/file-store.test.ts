@@ -745,6 +745,210 @@ describe('file block store', () => {
       }
     })
 
+    describe('spares made in advance', () => {
+      // Segments of 256 KiB; 300 blocks of 1 KiB make the live bytes more than one segment, so the
+      // spare budget has room for one.
+      const OPTIONS = { segmentBytes: 256 * 1024, compactionThreshold: 0 }
+      const PREPARED = /^spare-f[0-9a-f]{15}\.log$/
+
+      async function prepared (location: string): Promise<Array<{ name: string, size: number }>> {
+        return (await spares(location)).filter((spare) => PREPARED.test(spare.name))
+      }
+
+      /** 300 live blocks of 1 KiB, written without syncs. */
+      async function fill (store: FileBlockStore, model: BlockStoreModel, volume = 9): Promise<void> {
+        for (let first = 0; first < 300; first += 20) {
+          const ops = Array.from({ length: 20 }, (_, i) => put(addr(volume, first + i), bytesOf(1024, 7000 + first + i)))
+          model.apply(ops)
+          await store.batch(ops)
+        }
+      }
+
+      /** Durable batches of one 1 KiB block each, on blocks 0..count-1 of volume 1, from `seed` on. */
+      async function durableWrites (store: FileBlockStore, model: BlockStoreModel, count: number, seed: number): Promise<void> {
+        for (let i = 0; i < count; i++) {
+          const ops = [put(addr(1, i % 500), bytesOf(1024, seed + i))]
+          model.apply(ops)
+          await store.batch(ops, { sync: true })
+        }
+      }
+
+      /** Waits (at most 20 s) until a whole spare made in advance is on disk and counted in storedBytes. */
+      async function untilPrepared (store: FileBlockStore, location: string): Promise<{ name: string, size: number }> {
+        const deadline = Date.now() + 20_000
+        for (;;) {
+          const [spare] = await prepared(location)
+          if (spare !== undefined && spare.size === OPTIONS.segmentBytes && (await store.stats()).storedBytes === await diskBytes(location)) return spare
+          if (Date.now() > deadline) throw new Error(`no spare was made in advance: ${JSON.stringify(await spares(location))}`)
+          await new Promise((resolve) => setTimeout(resolve, 10))
+        }
+      }
+
+      it('durable writes make a spare of zeros in advance, which becomes the next segment; data and stats stay right across reopen', async () => {
+        await withStore(OPTIONS, async ({ location, make, reopen }) => {
+          let store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          await fill(store, model)
+          assert.deepEqual(await prepared(location), [], 'batches without syncs make none')
+          await durableWrites(store, model, 20, 100)
+          const spare = await untilPrepared(store, location)
+          const bytes = await readFile(join(location, spare.name))
+          assert.equal(bytes.byteLength, OPTIONS.segmentBytes)
+          assert.ok(bytes.every((b) => b === 0), 'a spare made in advance holds zeros')
+          const before = (await segments(location)).map((segment) => segment.name)
+          // Durable writes go on until the log rolls into the next segment.
+          let seed = 200
+          while ((await segments(location)).every((segment) => before.includes(segment.name))) {
+            await durableWrites(store, model, 20, seed)
+            seed += 20
+            assert.ok(seed < 2000, 'the log rolled into a new segment')
+          }
+          const tail = (await segments(location)).pop() as { name: string }
+          assert.ok(await salted(join(location, tail.name)), `the new segment ${tail.name} was made from the spare (salted)`)
+          assert.ok(!(await spares(location)).some((s) => s.name === spare.name), 'the spare file became the segment')
+          await model.check(store, 'in a segment made from a spare made in advance')
+          store = await reopen(store)
+          await model.check(store, 'after reopen')
+          assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+        })
+      })
+
+      it('none is made for writes without syncs, with spareSegments: 0, or while the live bytes are less than a segment', async () => {
+        await withStore(OPTIONS, async ({ location, make }) => {
+          const store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          for (let round = 0; round < 3; round++) await fill(store, model, 9 + round)
+          assert.ok((await segments(location)).length >= 3, 'the log rolled twice')
+          await store.close()
+          assert.deepEqual(await spares(location), [], 'writes without syncs')
+        })
+        await withStore({ ...OPTIONS, spareSegments: 0 }, async ({ location, make }) => {
+          const store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          await fill(store, model)
+          await durableWrites(store, model, 300, 100)
+          await store.close()
+          assert.deepEqual(await spares(location), [], 'spareSegments: 0')
+          const reopened = make()
+          await reopened.open()
+          await model.check(reopened, 'spareSegments: 0')
+        })
+        await withStore(OPTIONS, async ({ location, make }) => {
+          const store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          // 32 live blocks of 1 KiB, overwritten by durable writes through two segments.
+          for (let i = 0; i < 600; i++) {
+            const ops = [put(addr(1, i % 32), bytesOf(1024, i))]
+            model.apply(ops)
+            await store.batch(ops, { sync: true })
+          }
+          assert.ok((await segments(location)).length >= 2, 'the log rolled')
+          await store.close()
+          assert.deepEqual(await prepared(location), [], 'a spare of a whole segment would be more than the live bytes')
+        })
+      })
+
+      /**
+       * Runs `body` while the file handles opened for spares made in advance have their writes replaced
+       * by `write` (given the original); other files are untouched.
+       */
+      async function withSpareWrites (write: (original: () => Promise<{ bytesWritten: number }>, call: number) => Promise<{ bytesWritten: number }>, body: () => Promise<void>): Promise<void> {
+        const promises = createRequire(import.meta.url)('node:fs/promises') as typeof import('node:fs/promises')
+        const originalOpen = promises.open
+        let calls = 0
+        promises.open = (async (path: Parameters<typeof originalOpen>[0], ...rest: unknown[]) => {
+          const handle = await (originalOpen as (...args: unknown[]) => ReturnType<typeof originalOpen>)(path, ...rest)
+          if (typeof path === 'string' && PREPARED.test(basename(path))) {
+            const own = handle.write.bind(handle) as (...args: unknown[]) => Promise<{ bytesWritten: number }>
+            ;(handle as unknown as { write: unknown }).write = async (...args: unknown[]) => await write(async () => await own(...args), calls++)
+          }
+          return handle
+        }) as typeof promises.open
+        syncBuiltinESMExports()
+        try {
+          await body()
+        } finally {
+          promises.open = originalOpen
+          syncBuiltinESMExports()
+        }
+      }
+
+      it('close() while a spare is being made stops it and leaves no half-written file', async () => {
+        let started!: () => void
+        const writing = new Promise<void>((resolve) => { started = resolve })
+        let release!: () => void
+        const gate = new Promise<void>((resolve) => { release = resolve })
+        await withSpareWrites(async (original, call) => {
+          // The spare's one write (a segment is 256 KiB): held until close() has begun.
+          if (call === 0) { started(); await gate }
+          return await original()
+        }, async () => {
+          await withStore(OPTIONS, async ({ location, make }) => {
+            const store = make()
+            await store.open()
+            const model = new BlockStoreModel()
+            await fill(store, model)
+            await durableWrites(store, model, 20, 100)
+            await writing
+            assert.equal((await prepared(location)).length, 1, 'the spare is being written')
+            const closing = store.close()
+            setTimeout(release, 20)
+            await closing
+            assert.deepEqual(await prepared(location), [], 'the half-written spare was removed')
+            const reopened = make()
+            await reopened.open()
+            await model.check(reopened, 'after the close')
+          })
+        })
+      })
+
+      it('a failed write leaves no file and stops making spares (reported, or not for a full disk); the store goes on', async () => {
+        for (const code of ['EIO', 'ENOSPC']) {
+          let failures = 0
+          await withSpareWrites(async (original, call) => {
+            if (call === 0) {
+              // The bytes are written, then the call fails: a half-made file to remove.
+              await original()
+              failures++
+              throw Object.assign(new Error(`${code}: failed, write`), { code, syscall: 'write' })
+            }
+            return await original()
+          }, async () => {
+            await withStore(OPTIONS, async ({ location, make }) => {
+              const errors: GalleonError[] = []
+              const store = make({ onBackgroundError: (err) => errors.push(err) })
+              await store.open()
+              const model = new BlockStoreModel()
+              await fill(store, model)
+              await durableWrites(store, model, 20, 100)
+              const deadline = Date.now() + 20_000
+              while (failures === 0 || (await prepared(location)).length > 0) {
+                assert.ok(Date.now() < deadline, `${code}: the failure happened and the file went`)
+                await new Promise((resolve) => setTimeout(resolve, 10))
+              }
+              // Durable writes go on, through a roll into a new file, and no spare is tried again.
+              await durableWrites(store, model, 400, 1000)
+              await model.check(store, `after ${code}`)
+              await store.close()
+              assert.equal(failures, 1, `${code}: not tried again`)
+              assert.deepEqual(await prepared(location), [])
+              if (code === 'EIO') {
+                assert.equal(errors.length, 1, 'the failure was reported')
+                assert.equal(errors[0]?.code, 'IO_ERROR')
+                assert.match(errors[0]?.message ?? '', /spare segment file in advance.*reopened/)
+              } else {
+                assert.deepEqual(errors, [], 'a full disk is not reported here')
+              }
+            })
+          })
+        }
+      })
+    })
+
     it('open keeps at most spareSegments spares, and none in a store without segments', async () => {
       const spareName = (id: number): string => `spare-${id.toString(16).padStart(16, '0')}.log`
       await withStore(SMALL, async ({ location, make }) => {

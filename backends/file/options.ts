@@ -47,7 +47,10 @@ export interface FileBlockStoreOptions {
    * copied, and 120-180 against 230-320 µs per 32 KiB write+fdatasync, measured on the 2-vCPU
    * development VM. Files are kept only while all of them together hold at most a quarter of the
    * live bytes or one segment's worth, whichever is more, and never more than the live bytes (so a
-   * store whose data is deleted gives its disk space back), and count in `storedBytes`.
+   * store whose data is deleted gives its disk space back), and count in `storedBytes`. When durable
+   * writes (many syncs, each of at most 1 MiB on average) fill a segment and no spare is at hand, one
+   * is made in advance, within the same limits, by writing a segment's worth of zeros in the
+   * background; 0 turns that off too.
    */
   spareSegments?: number
   /**

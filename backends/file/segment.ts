@@ -1,6 +1,7 @@
 // Segment files of the file block store: naming, directory sync, the verifying record scanner used
 // by recovery and compaction, and the search past damage that tells corruption from a torn tail.
 
+import { randomBytes } from 'node:crypto'
 import { read, readSync, writevSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -42,6 +43,14 @@ export function parseSegmentFileName (name: string): { id: number, salt: number 
 /** File name of a spare (an emptied segment's file, kept for reuse), named after the segment it was. */
 export function spareFileName (id: number): string {
   return `spare-${id.toString(16).padStart(16, '0')}.log`
+}
+
+/**
+ * File name of a spare made in advance (see prepareSpare): a random id with a leading `f`, which no
+ * segment id written in 16 hex digits reaches, so it never collides with the spare of a segment.
+ */
+export function preparedSpareFileName (): string {
+  return `spare-f${randomBytes(8).toString('hex').slice(0, 15)}.log`
 }
 
 /** Whether `name` is the name of a spare file. */

@@ -111,6 +111,12 @@ export class StoreState {
   readonly maybeScheduleCompaction: () => void
   /** Spare files (emptied segment files kept for reuse), ready to become segments. */
   spares: Spare[] = []
+  /** Syncs of the current segment (see prepareSpare). */
+  segmentSyncs = 0
+  /** A spare is being made in advance (see prepareSpare). */
+  preparingSpare = false
+  /** Making a spare in advance failed (a full disk, say): not tried again until the store is reopened. */
+  preparingSpareStopped = false
 
   index = new BlockIndex<BlockLocation>()
   liveBytes = 0
@@ -182,6 +188,9 @@ export function resetState (state: StoreState): void {
   state.issued = 0
   state.inflight = []
   state.spares = []
+  state.segmentSyncs = 0
+  state.preparingSpare = false
+  state.preparingSpareStopped = false
   state.wake = undefined
   state.wakeScheduled = false
   state.writerActive = false

@@ -10,7 +10,7 @@ import { FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PU
 import { segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { scheduleHint } from './maintenance.js'
-import { openSpare } from './spares.js'
+import { maybePrepareSpare, openSpare } from './spares.js'
 import { MARK, Segment, applyRecord, noop, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
 
 /**
@@ -191,6 +191,7 @@ async function acknowledge (state: StoreState): Promise<void> {
     await Promise.all([(state.current.handle as FileHandle).datasync(), state.writeback])
     if (state.writebackError !== undefined) throw state.writebackError
     synced = true
+    state.segmentSyncs++
   }
   const finished = inflight.splice(0, count)
   const queue = state.queue
@@ -217,6 +218,7 @@ async function acknowledge (state: StoreState): Promise<void> {
     }
   }
   state.maybeScheduleCompaction()
+  if (synced) maybePrepareSpare(state)
 }
 
 /**
@@ -367,6 +369,7 @@ async function roll (state: StoreState, nextId: number): Promise<void> {
   await syncDirectory(state.location)
   old.sealed = true
   state.current = next
+  state.segmentSyncs = 0
   state.issuedBytes = 0
   state.compactionWanted = true
   scheduleHint(state, old)

@@ -17,7 +17,7 @@
 // Env: GALLEON_CRASH_TRIALS (default 50, 25 when CI=true), GALLEON_CRASH_SEED (base seed, default random).
 
 import { spawn } from 'node:child_process'
-import { mkdtemp, open, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -378,7 +378,7 @@ async function registerTests (): Promise<void> {
       const location = await mkdtemp(join(tmpdir(), 'galleon-file-crash-'))
       const random = seededRandom(baseSeed)
       let passed = false
-      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0 }
+      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0, preparedSpares: 0, partialPreparedSpares: 0 }
       try {
         let baseline: State = new Map(allKeys().map(({ key }) => [key, undefined]))
         let seqBase = 1
@@ -393,6 +393,12 @@ async function registerTests (): Promise<void> {
           const run = await runChild(location, seqBase, seed, plan)
           const violations: string[] = []
           if (!run.killedByUs) violations.push(`the child ended by itself (code ${run.code}, signal ${run.signal}): ${run.errorLine ?? ''}\n${run.stderr}`)
+          // Spares made in advance (zeros, see maybePrepareSpare) that the kill left, whole or half-written.
+          for (const name of await readdir(location)) {
+            if (!/^spare-f[0-9a-f]{15}\.log$/.test(name)) continue
+            totals.preparedSpares++
+            if ((await stat(join(location, name))).size < STORE_OPTIONS.segmentBytes) totals.partialPreparedSpares++
+          }
           const recovered = await readState(location, violations)
           if (recovered !== undefined) checkPrefix(baseline, run, recovered, violations)
           if (violations.length > 0) {
@@ -431,7 +437,7 @@ async function registerTests (): Promise<void> {
         t.diagnostic(`${trials} trials (seed ${baseSeed}): ${totals.issued} operations issued, ${totals.acked} acknowledged batches checked (${totals.ackedSynced} synced), ` +
           `${totals.killedInOpen} kills aimed at open/recovery, ${totals.killedDuringCompaction} kills while compact() was running, ` +
           `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away, ` +
-          `${totals.reusedSegments} segment files found reused (summed over the trials)`)
+          `${totals.reusedSegments} segment files found reused, ${totals.preparedSpares} spares made in advance found after a kill (${totals.partialPreparedSpares} half-written) (summed over the trials)`)
       } finally {
         if (passed) await rm(location, { recursive: true, force: true })
         else process.stderr.write(`file store crash test storage kept at ${location}\n`)
