@@ -4,7 +4,7 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { ARENA_MAX_WRITE, CHUNK_BYTES, ChangeArena, decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
+import { ARENA_FREE_CHUNKS, ARENA_MAX_WRITE, CHUNK_BYTES, ChangeArena, decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
 import type { ReplicatedChange } from '../src/engine/replicator.js'
 
 function bytes (length: number, seed: number): Uint8Array {
@@ -62,6 +62,48 @@ describe('change arena', () => {
     assert.equal(after.byteOffset, 0)
     assert.deepEqual(before, bytes(4096, 1))
     assert.deepEqual(after, bytes(4096, 2))
+  })
+  it('reuses a full chunk once every change in it is acknowledged (padding zeroed there), and never one still pointed into', () => {
+    const arena = new ChangeArena()
+    const perChunk = CHUNK_BYTES / 4096
+    const copies: Array<{ seq: number, copy: Uint8Array, data: Uint8Array }> = []
+    let seq = 0
+    const write = (length = 4096, padTo = length): Uint8Array => {
+      seq++
+      const data = bytes(length, seq)
+      const copy = arena.copy(data, padTo, seq)
+      copies.push({ seq, copy, data })
+      return copy
+    }
+    for (let i = 0; i < 2 * perChunk; i++) write()
+    const first = (copies[0] as { copy: Uint8Array }).copy.buffer
+    const second = (copies[perChunk] as { copy: Uint8Array }).copy.buffer
+    // Acknowledged up to the second-to-last change of the first chunk: nothing is reused yet.
+    arena.reclaim(perChunk - 1)
+    const third = write().buffer
+    assert.ok(third !== first && third !== second, 'a chunk with an unacknowledged change is not reused')
+    for (let i = 1; i < perChunk; i++) write()
+    // The whole first chunk acknowledged (and part of the second): only the first is reused.
+    arena.reclaim(perChunk + 10)
+    assert.equal(arena.chunkBytes, 3 * CHUNK_BYTES, 'the chunk being filled (full), one full one awaiting acknowledgement, one kept for reuse')
+    const padded = write(100, 4096)
+    assert.equal(padded.buffer, first, 'the acknowledged chunk is the next one')
+    assert.deepEqual(padded.subarray(0, 100), bytes(100, seq))
+    assert.ok(padded.subarray(100).every((b) => b === 0), 'padding in a reused chunk is zeroed')
+    // Everything not yet acknowledged is as it was copied.
+    for (const { seq: s, copy, data } of copies) {
+      if (s <= perChunk) continue
+      assert.deepEqual(copy.subarray(0, data.byteLength), data, `change ${s}`)
+    }
+    // At most ARENA_FREE_CHUNKS are kept for reuse.
+    for (let i = 0; i < 3 * perChunk; i++) write()
+    arena.reclaim(seq)
+    assert.equal(arena.chunkBytes, (1 + ARENA_FREE_CHUNKS) * CHUNK_BYTES)
+    // release() lets them all go: no chunk handed out before is handed out again.
+    const handedOut = new Set(copies.map((c) => c.copy.buffer))
+    arena.release()
+    assert.equal(arena.chunkBytes, 0)
+    for (let i = 0; i < 2 * perChunk; i++) assert.ok(!handedOut.has(write().buffer), 'a fresh chunk after release()')
   })
 })
 

@@ -90,7 +90,12 @@ export class Primary implements VolumeReplicator {
       link.start()
     }
     for (const [node, link] of this.#links) {
-      if (!record.nodes.includes(node)) { link.stop(); this.#links.delete(node) }
+      if (!record.nodes.includes(node)) {
+        link.stop()
+        this.#links.delete(node)
+        // Its socket may still be sending from the arena's chunks, which its acknowledgements no longer guard.
+        this.#arena.release()
+      }
     }
     this.#settle()
   }
@@ -121,7 +126,7 @@ export class Primary implements VolumeReplicator {
     let kept: ReplicatedChange | undefined
     for (const link of this.#links.values()) {
       if (!link.takes) continue
-      kept ??= change.type === 'write' ? { type: 'write', offset: change.offset, data: this.#arena.copy(change.data) } : change
+      kept ??= change.type === 'write' ? { type: 'write', offset: change.offset, data: this.#arena.copy(change.data, change.data.byteLength, seq) } : change
       link.offer(seq, kept)
     }
     return seq
@@ -224,6 +229,7 @@ export class Primary implements VolumeReplicator {
     let oldest = this.#seq
     for (const link of this.#links.values()) oldest = Math.min(oldest, link.acked)
     this.clock.forgetBefore(oldest + 1)
+    this.#arena.reclaim(oldest)
     this.#releaseArenaWhenIdle()
   }
 
@@ -244,7 +250,7 @@ export class Primary implements VolumeReplicator {
     this.#arenaTimer.unref()
   }
 
-  /** Bytes of the arena's current chunk. */
+  /** Bytes of the arena's chunks (see ChangeArena.chunkBytes). */
   get arenaChunkBytes (): number { return this.#arena.chunkBytes }
 
   /** A copy failed or fell behind: out of the in-sync list (compare-and-swap) before writes go on without it. */

@@ -6,8 +6,9 @@
 // The writes of a batch then usually sit side by side in one chunk, and the batch's payload is a
 // view of them: no second copy, and no allocation per write. A chunk is never written again once
 // a write's bytes are in it (a new chunk is taken when one is full), so a view stays valid for as
-// long as anything holds it, including a socket write in progress; a chunk is freed by the garbage
-// collector once no queued change holds a view of it. Chunks are filled in recording order, so what
+// long as anything holds it, including a socket write in progress; once every copy has acknowledged
+// every change in a full chunk, the chunk is kept for reuse (a few of them), else left to the garbage
+// collector. Chunks are filled in recording order, so what
 // the queues pin is what they hold, plus what chunks leave unused at their ends (a write that does
 // not fit starts a new chunk: under 1/16 with writes of at most ARENA_MAX_WRITE), plus at most one
 // chunk at either end. The primary drops its current chunk once its copies have had nothing queued
@@ -20,37 +21,78 @@ import type { ReplicatedChange } from '../engine/replicator.js'
 export const CHUNK_BYTES = 1024 * 1024
 /** Writes larger than this get a copy of their own. */
 export const ARENA_MAX_WRITE = 64 * 1024
+/** Full chunks kept for reuse once nothing points into them (see ChangeArena.reclaim). */
+export const ARENA_FREE_CHUNKS = 2
 
 export class ChangeArena {
-  #chunk = new Uint8Array(0)
+  #chunk: Uint8Array = new Uint8Array(0)
   #used = 0
+  /** The current chunk was used before (its bytes are not zeros). */
+  #recycled = false
+  /** Sequence number of the last change copied into the current chunk. */
+  #chunkLastSeq = 0
+  /** Full chunks that changes not yet acknowledged may still point into, oldest first, with their last change. */
+  #retired: Array<{ chunk: Uint8Array, lastSeq: number }> = []
+  /** Full chunks nothing points into any more, for the next chunks (at most ARENA_FREE_CHUNKS). */
+  #free: Uint8Array[] = []
 
-  /** A copy of `data`, zero-padded to `length` bytes (at least its own), that never changes. */
-  copy (data: Uint8Array, length = data.byteLength): Uint8Array {
+  /**
+   * A copy of `data`, zero-padded to `length` bytes (at least its own), that does not change until
+   * reclaim() is told that change `seq` (recorded in order) is acknowledged by every copy.
+   */
+  copy (data: Uint8Array, length = data.byteLength, seq = Number.POSITIVE_INFINITY): Uint8Array {
     if (length > ARENA_MAX_WRITE) {
       const own = new Uint8Array(length)
       own.set(data)
       return own
     }
     if (this.#used + length > this.#chunk.byteLength) {
-      // Fresh memory is zeros: the padding needs no writing.
-      this.#chunk = new Uint8Array(CHUNK_BYTES)
+      if (this.#chunk.byteLength > 0) this.#retired.push({ chunk: this.#chunk, lastSeq: this.#chunkLastSeq })
+      const reused = this.#free.pop()
+      // Fresh memory is zeros: the padding needs no writing there.
+      this.#chunk = reused ?? new Uint8Array(CHUNK_BYTES)
+      this.#recycled = reused !== undefined
       this.#used = 0
     }
     const out = this.#chunk.subarray(this.#used, this.#used + length)
     out.set(data)
+    if (this.#recycled && length > data.byteLength) out.fill(0, data.byteLength)
     this.#used += length
+    this.#chunkLastSeq = seq
     return out
   }
 
-  /** Forgets the current chunk (the views handed out stay valid); the next copy takes a new one. */
+  /**
+   * Every change up to `seq` is acknowledged by every copy, so nothing points into what holds them
+   * any more (queues drop a change once it is acknowledged, and an acknowledgement means the copy
+   * has read the whole batch, so no socket write reads from it either): the full chunks holding
+   * only such changes are kept for the next chunks. A fresh chunk costs a page fault per 4 KiB on
+   * first touch, about 1-4 us per 4 KiB copied on the 2-vCPU VM against 0.1 us into a used one,
+   * and the garbage collector's work for 1 MiB of external memory.
+   */
+  reclaim (seq: number): void {
+    while (this.#retired.length > 0 && (this.#retired[0] as { lastSeq: number }).lastSeq <= seq) {
+      const { chunk } = this.#retired.shift() as { chunk: Uint8Array }
+      if (this.#free.length < ARENA_FREE_CHUNKS) this.#free.push(chunk)
+    }
+  }
+
+  /**
+   * Lets every chunk go (the views handed out stay valid, and no chunk handed out is reused); the
+   * next copy takes a new one. For an idle volume, and when a copy goes away while its socket may
+   * still be sending from them.
+   */
   release (): void {
     this.#chunk = new Uint8Array(0)
     this.#used = 0
+    this.#retired = []
+    this.#free = []
   }
 
-  /** Bytes of the current chunk (0 before the first copy and after release()). */
-  get chunkBytes (): number { return this.#chunk.byteLength }
+  /** Bytes of the chunks held: the current one, the full ones awaiting acknowledgement, and those kept for reuse. */
+  get chunkBytes (): number {
+    return this.#chunk.byteLength + (this.#retired.length + this.#free.length) * CHUNK_BYTES
+  }
 }
 
 /**
