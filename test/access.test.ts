@@ -6,7 +6,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
-import { GalleonFS, parseAccessPolicy, type Principal } from '../src/index.js'
+import { GalleonError, GalleonFS, parseAccessPolicy, type Principal } from '../src/index.js'
+import { AuditLog } from '../src/access/audit-log.js'
+import type { MetadataDatabase } from '../src/volumes/catalog.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 
 let root: string
@@ -452,6 +454,29 @@ describe('audit log damage', () => {
     await db.open()
     try { await change(db) } finally { await db.close() }
   }
+
+  it('an entry of a call that ran across close() is refused with NOT_OPEN, naming the call, not a raw database error', async () => {
+    const dir = fresh()
+    const db = new ClassicLevel<string, string>(join(dir, 'metadata'))
+    await db.open()
+    const log = new AuditLog(db as unknown as MetadataDatabase, () => Date.parse('2026-12-04T00:00:00Z'))
+    await log.load()
+    const first = await log.append({ principal: 'alice', action: 'createVolume', object: 'volume:default/a', result: 'ok' })
+    assert.equal(first.seq, 1)
+    await db.close()
+    await assert.rejects(log.append({ principal: 'alice', action: 'deleteVolume', object: 'volume:default/a', result: 'ok' }),
+      (err: unknown) => err instanceof GalleonError && err.code === 'NOT_OPEN' && /closed before the audit entry of deleteVolume on volume:default\/a \(ok\)/.test(err.message))
+    // The log is as it was: the refused entry took no sequence number.
+    const reopened = new ClassicLevel<string, string>(join(dir, 'metadata'))
+    await reopened.open()
+    try {
+      const again = new AuditLog(reopened as unknown as MetadataDatabase, () => Date.now())
+      await again.load()
+      assert.deepEqual(again.head(), { seq: 1, hash: first.hash })
+    } finally {
+      await reopened.close()
+    }
+  })
 
   it('a removed head record never makes new entries overwrite old ones, and the log says it was found so', async () => {
     const dir = fresh()

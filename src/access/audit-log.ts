@@ -153,6 +153,8 @@ export class AuditLog {
   /** Appends an entry durably (entries are written one at a time, in call order). */
   async append (record: AuditRecord): Promise<AuditEntry> {
     return await this.#queue.run(async () => {
+      // A call that ran across close(): its outcome stands, but it can no longer be recorded.
+      if (this.#db.status !== 'open') throw new GalleonError('NOT_OPEN', `the instance was closed before the audit entry of ${record.action} on ${record.object} (${record.result}) could be written; the call itself ran, and is not in the audit log`)
       const body: Omit<AuditEntry, 'hash'> = { ...record, seq: this.#head.seq + 1, time: new Date(this.#now()).toISOString(), prev: this.#head.hash }
       const entry: AuditEntry = { ...body, hash: entryHash(body) }
       await this.#db.batch([
