@@ -627,6 +627,47 @@ describe('NBD protocol corners (raw socket)', () => {
     client.socket.destroy()
   })
 
+  it('a client of a snapshot export (or a file open on the snapshot) is its reader: deleting the snapshot or its volume is refused (BUSY) until it goes, or forced', async () => {
+    await g.createVolume({ name: 'snapread', sizeBytes: 1 * MiB })
+    await g.writeBlock('snapread', 0, new Uint8Array(4096).fill(7))
+    await g.createSnapshot('snapread', 's1')
+    const client = await RawClient.connect(server.port)
+    await client.hello()
+    await client.go('snapread@s1')
+    await assert.rejects(g.deleteSnapshot('snapread', 's1'), (err: Error & { code?: string }) => err.code === 'BUSY' && /snapshot s1 has 1 reader\(s\).*NBD clients/.test(err.message))
+    await assert.rejects(g.deleteVolume('snapread'), (err: Error & { code?: string }) => err.code === 'BUSY' && /volume snapread has 1 reader\(s\) of its snapshots/.test(err.message))
+    client.request(0, 1, 0, 4096)
+    const read = await client.reply(4096)
+    assert.equal(read.error, 0, 'the client goes on reading')
+    assert.ok(read.data.every((b) => b === 7))
+    // NBD_OPT_INFO alone holds nothing; a file opened on the snapshot is a reader too.
+    const file = await g.mounts.openVolumeFile({ volume: 'snapread', snapshot: 's1' })
+    client.socket.destroy()
+    // The server lets the session's reader go once it sees the disconnect; the file still holds the snapshot.
+    const deadline = Date.now() + 10_000
+    for (;;) {
+      const err = await g.deleteSnapshot('snapread', 's1').then(() => undefined, (e: Error & { code?: string }) => e)
+      assert.ok(err !== undefined, 'the open file keeps the snapshot')
+      assert.equal(err.code, 'BUSY')
+      if (/has 1 reader\(s\): files open on it/.test(err.message)) break
+      assert.ok(Date.now() < deadline, `the disconnected client stopped counting: ${err.message}`)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    await file.close()
+    await g.deleteSnapshot('snapread', 's1')
+    await assert.rejects(g.getSnapshot('snapread', 's1'), { code: 'SNAPSHOT_NOT_FOUND' })
+    // Forced: deleted under a connected client, whose next read fails.
+    await g.createSnapshot('snapread', 's2')
+    const forced = await RawClient.connect(server.port)
+    await forced.hello()
+    await forced.go('snapread@s2')
+    await g.deleteSnapshot('snapread', 's2', { force: true })
+    forced.request(0, 2, 0, 4096)
+    assert.notEqual((await forced.reply(4096)).error, 0, 'after a forced delete its reads fail')
+    forced.socket.destroy()
+    await g.deleteVolume('snapread')
+  })
+
   it('close() with many pipelined requests in flight answers all of them and returns', async () => {
     const own = await NbdServer.listen(g, { port: 0 })
     const client = await RawClient.connect(own.port)

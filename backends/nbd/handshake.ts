@@ -1,14 +1,14 @@
 // The handshake (fixed newstyle): option haggling up to the export a session serves, resolving
-// export names to volumes and snapshots, and the writer claim of a writable export.
+// export names to volumes and snapshots, and what a session holds (a writable export's writer, a snapshot's reader).
 
 import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError } from '../../src/errors.js'
-import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type WriterClaim } from './protocol.js'
+import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
 import type { SocketReader } from './socket.js'
 
 /** Option haggling; resolves to the export to serve, or undefined when the client left. */
-export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, writer?: WriterClaim, structured: boolean, allocation: boolean } | undefined> {
+export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
   let structured = false
   let allocation = false
   while (true) {
@@ -73,13 +73,13 @@ export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketRea
         const requests = data.readUInt16BE(4 + nameLength)
         if (4 + nameLength + 2 + requests * 2 !== length) { error(REP_ERR_INVALID, 'the information requests do not match the option length'); break }
         let found: Export
-        let writer: WriterClaim | undefined
+        let attachment: Attachment | undefined
         try {
-          // GO starts the session: claim the writer before the flags go out. INFO claims and lets
-          // go at once, so that it tells what a GO would get (read-only when the writer's place is
-          // taken or the caller may not write).
-          ;({ export: found, writer } = await claim(g, await resolveExport(g, name)))
-          if (option === OPT_INFO) await writer?.close()
+          // GO starts the session: claim the writer (or a snapshot's reader) before the flags go
+          // out. INFO claims and lets go at once, so that it tells what a GO would get (read-only
+          // when the writer's place is taken or the caller may not write).
+          ;({ export: found, attachment } = await claim(g, await resolveExport(g, name)))
+          if (option === OPT_INFO) await attachment?.close()
         } catch (err) {
           const code = (err as { code?: string }).code
           error(code === 'PERMISSION_DENIED' ? REP_ERR_POLICY : code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND' || code === 'INVALID_ARGUMENT' ? REP_ERR_UNKNOWN : REP_ERR_INVALID, (err as Error).message)
@@ -104,7 +104,7 @@ export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketRea
         sizes.writeUInt32BE(MAX_REQUEST_BYTES, 8)
         info(INFO_BLOCK_SIZE, sizes)
         reply(REP_ACK)
-        if (option === OPT_GO) return { export: found, writer, structured, allocation }
+        if (option === OPT_GO) return { export: found, attachment, structured, allocation }
         break
       }
       case OPT_LIST_META_CONTEXT:
@@ -158,16 +158,19 @@ async function resolveExport (g: GalleonFS, name: string): Promise<Export> {
 }
 
 /**
- * The export a session will serve. A writable export of a ReadWriteOnce volume is registered as a
- * writer with the mount manager (a writable VolumeFile held for the session), so a read-write
- * mount is refused while an NBD client may write; when a mount took the writer's place in the
- * meantime, or the caller may read the volume but not write it, the export is served read-only.
+ * The export a session will serve, and what it holds for the session. A writable export of a
+ * ReadWriteOnce volume is registered as a writer with the mount manager (a writable VolumeFile held
+ * for the session), so a read-write mount is refused while an NBD client may write; when a mount
+ * took the writer's place in the meantime, or the caller may read the volume but not write it, the
+ * export is served read-only. A snapshot's export holds a read-only VolumeFile on the snapshot, so
+ * deleting the snapshot (or its volume) is refused while a client reads it, unless forced.
  */
-async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, writer?: WriterClaim }> {
+async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, attachment?: Attachment }> {
+  if (typeof found.source !== 'string') return { export: found, attachment: await g.mounts.openVolumeFile(found.source, { readOnly: true }) }
   if (found.readOnly || found.shared) return { export: found }
   try {
     const writer = await g.mounts.openVolumeFile(found.volumeId, {})
-    return { export: found, writer }
+    return { export: found, attachment: writer }
   } catch (err) {
     const code = (err as { code?: string }).code
     if (code === 'BUSY' || code === 'READ_ONLY' || code === 'PERMISSION_DENIED') return { export: { ...found, readOnly: true } }

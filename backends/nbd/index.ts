@@ -125,7 +125,7 @@ export class NbdServer {
     try {
       await transmit(this.#g, this.#stoppers, socket, reader, chosen.export, chosen.structured, chosen.allocation)
     } finally {
-      await chosen.writer?.close().catch(() => {})
+      await chosen.attachment?.close().catch(() => {})
     }
   }
 }

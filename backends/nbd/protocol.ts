@@ -101,8 +101,11 @@ export interface Export {
   readonly shared: boolean
 }
 
-/** What a session holds open while it serves a writable export of a ReadWriteOnce volume. */
-export interface WriterClaim { close: () => Promise<void> }
+/**
+ * What a session holds open while it serves an export that counts as an attachment: a writable
+ * file for a writable export of a ReadWriteOnce volume, a read-only one for a snapshot's export.
+ */
+export interface Attachment { close: () => Promise<void> }
 
 /** A protocol violation: the connection is closed. */
 export class ProtocolError extends Error {}

@@ -51,11 +51,17 @@ export class Snapshots {
     }
     const mounted = (): string[] => mountControl(this.#host.mounts).snapshotMounts(target.id).map((m) => m.path)
     if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    const refuseReaders = (): void => {
+      const files = mountControl(this.#host.mounts).snapshotFiles({ snapshotId: target.id })
+      if (files > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} has ${files} reader(s): files open on it (openVolumeFile) or NBD clients of its export; close or disconnect them first, or pass { force: true } to delete it under them (their next read fails)`)
+    }
+    refuseReaders()
     // No new mount may attach to it from here; one being set up is waited for and looked at again.
     this.#host.goingAway.add(target.id)
     try {
       await mountControl(this.#host.mounts).settled()
       if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
+      refuseReaders()
       await mountControl(this.#host.mounts).release(target.volumeId, target.id)
       await this.#deleteSnapshotNow(vol, snapshot, options)
     } finally {

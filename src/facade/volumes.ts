@@ -247,11 +247,19 @@ export class VolumeLifecycle {
     }
   }
 
-  /** BUSY unless forced while the volume has writers other than mounts: writable files open on it, NBD clients connected read-write. */
+  /**
+   * BUSY unless forced while the volume has attachments other than mounts: writable files open on
+   * it, NBD clients connected read-write, files or NBD clients reading one of its snapshots.
+   */
   #refuseWriters (record: VolumeRecord, options: { force?: boolean }): void {
+    if (options?.force === true) return
     const writers = mountControl(this.#host.mounts).directWriters(record.id)
-    if (writers > 0 && options?.force !== true) {
+    if (writers > 0) {
       throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them first, or pass { force: true } to delete it under them (their next I/O fails)`)
+    }
+    const readers = mountControl(this.#host.mounts).snapshotFiles({ volumeId: record.id })
+    if (readers > 0) {
+      throw new GalleonError('BUSY', `volume ${record.name} has ${readers} reader(s) of its snapshots: files open on them (openVolumeFile) or NBD clients of their exports; close or disconnect them first, or pass { force: true } to delete it under them (their next read fails)`)
     }
   }
 

@@ -87,7 +87,9 @@ export interface MountControl {
   directWriters: (volumeId: string) => number
   /** Mounts of one snapshot. */
   snapshotMounts: (snapshotId: string) => Mount[]
-  /** Unmounts every mount of a volume (or of one of its snapshots), closing their files (deletions with force). */
+  /** Files open straight on a snapshot (openVolumeFile, NBD sessions of `volume@snapshot`): of one snapshot, or of any snapshot of a volume. */
+  snapshotFiles: (of: { snapshotId: string } | { volumeId: string }) => number
+  /** Unmounts every mount of a volume (or of one of its snapshots), closing their files, and forgets the files open straight on its snapshots (deletions with force). */
   release: (volumeId: string, snapshotId?: string) => Promise<void>
   /** Waits until every write acknowledged through the volume's mounts is in the volume (before a snapshot). */
   quiesce: (volumeId: string) => Promise<void>
@@ -122,6 +124,8 @@ export class MountManager {
 
   /** Writable VolumeFiles opened straight on a volume (not through a mount), by volume id. */
   readonly #directWriters = new Map<string, Set<VolumeFile>>()
+  /** VolumeFiles opened straight on a snapshot (not through a mount), with what they read. */
+  readonly #snapshotFiles = new Map<VolumeFile, { volumeId: string, snapshotId: string }>()
   /** Mounts the driver is still making. */
   readonly #pending = new Map<string, MountState>()
 
@@ -133,7 +137,16 @@ export class MountManager {
       mountsOf: (volumeId) => [...this.#mounts.values(), ...this.#pending.values()].filter((state) => state.mount.volumeId === volumeId).map(view),
       directWriters: (volumeId) => this.#directWriters.get(volumeId)?.size ?? 0,
       snapshotMounts: (snapshotId) => [...this.#mounts.values()].filter((state) => state.mount.snapshotId === snapshotId).map(view),
+      snapshotFiles: (of) => {
+        let count = 0
+        for (const entry of this.#snapshotFiles.values()) if ('snapshotId' in of ? entry.snapshotId === of.snapshotId : entry.volumeId === of.volumeId) count++
+        return count
+      },
       release: async (volumeId, snapshotId) => {
+        // Files open straight on what goes away stop counting as its readers (their reads fail).
+        for (const [file, entry] of this.#snapshotFiles) {
+          if (entry.volumeId === volumeId && (snapshotId === undefined || entry.snapshotId === snapshotId)) this.#snapshotFiles.delete(file)
+        }
         await this.#serial(async () => {
           for (const state of [...this.#mounts.values()]) {
             if (state.mount.volumeId !== volumeId || (snapshotId !== undefined && state.mount.snapshotId !== snapshotId)) continue
@@ -317,11 +330,23 @@ export class MountManager {
       if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target, true)
     }
     const file: VolumeFile = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
+      this.#snapshotFiles.delete(file)
       if (readOnly) return
       const writers = this.#directWriters.get(target.volumeId)
       writers?.delete(file)
       if (writers?.size === 0) this.#directWriters.delete(target.volumeId)
     })
+    if (target.snapshotId !== undefined) {
+      // Counts as an attachment of the snapshot (deleteSnapshot and deleteVolume refuse while it is
+      // open); checked again now that it counts: a deletion that began meanwhile wins.
+      this.#snapshotFiles.set(file, { volumeId: target.volumeId, snapshotId: target.snapshotId })
+      try {
+        this.#host.target(pathOrRef)
+      } catch (err) {
+        await file.close().catch(() => {})
+        throw err
+      }
+    }
     if (!readOnly) {
       let writers = this.#directWriters.get(target.volumeId)
       if (writers === undefined) this.#directWriters.set(target.volumeId, writers = new Set())
