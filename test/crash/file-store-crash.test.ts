@@ -26,7 +26,7 @@ import { FileBlockStore } from '../../backends/file/index.js'
 import { SALTED_RECORD_MAGIC } from '../../backends/file/record.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
-import { readChildLines, reportLine, trialCount } from './support.js'
+import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
 
 const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5 }
 /**
@@ -446,13 +446,4 @@ async function registerTests (): Promise<void> {
   })
 }
 
-if (process.env.GALLEON_FILE_CRASH_CHILD === '1') {
-  childMain().catch((err: unknown) => {
-    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
-    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
-    process.exit(3)
-  })
-} else {
-  await registerTests()
-}
+await childOrTests('GALLEON_FILE_CRASH_CHILD', childMain, registerTests)

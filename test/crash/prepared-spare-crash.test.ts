@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
 import { addr, assertBytes, bytesOf, put, seededRandom } from '../conformance/fixtures.js'
-import { readChildLines, reportLine, trialCount } from './support.js'
+import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
 
 const SEGMENT_BYTES = 16 * 1024 * 1024
 const STORE_OPTIONS = { segmentBytes: SEGMENT_BYTES, compactionThreshold: 0 }
@@ -145,13 +145,4 @@ async function registerTests (): Promise<void> {
   })
 }
 
-if (process.env.GALLEON_SPARE_CRASH_CHILD === '1') {
-  childMain().catch((err: unknown) => {
-    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
-    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
-    process.exit(3)
-  })
-} else {
-  await registerTests()
-}
+await childOrTests('GALLEON_SPARE_CRASH_CHILD', childMain, registerTests)

@@ -82,12 +82,25 @@ export function childArguments (script: string): { storagePath: string, backend:
  */
 export function runAsChild (moduleUrl: string, main: () => Promise<void>): void {
   if (process.argv[1] === undefined || moduleUrl !== pathToFileURL(process.argv[1]).href) return
-  main().catch((err: unknown) => {
-    const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
-    try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
-    process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
-    process.exit(3)
-  })
+  main().catch(childFailed)
+}
+
+/**
+ * For a test file that is also its own child process (the test runner starts test files as
+ * scripts too, so an environment variable tells them apart): runs `main` as the child when
+ * `envVar` is `1` (a failure reported as by runAsChild), else registers the tests.
+ */
+export async function childOrTests (envVar: string, main: () => Promise<void>, registerTests: () => Promise<void>): Promise<void> {
+  if (process.env[envVar] === '1') main().catch(childFailed)
+  else await registerTests()
+}
+
+/** A child's main failed: an `error` line, the stack on stderr, exit code 3. */
+function childFailed (err: unknown): never {
+  const message = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
+  try { reportLine(`error ${message.replace(/\n/g, ' ')}`) } catch {}
+  process.stderr.write(`${err instanceof Error ? err.stack ?? message : message}\n`)
+  process.exit(3)
 }
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
