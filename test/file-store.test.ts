@@ -1820,6 +1820,61 @@ describe('file block store', () => {
       })
     })
 
+    it('a read in the thread pool keeps its segment open: compaction and close() wait for it rather than close the descriptor under it', async () => {
+      // Every read through the pool (syncReadMaxBytes: 0); the first one is held back as a busy pool would.
+      await withStore({ segmentBytes: 16 * 1024, compactionThreshold: 0, syncReadMaxBytes: 0 }, async ({ make }) => {
+        const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs')
+        const original = fs.read
+        let release: (() => void) | undefined
+        const holdNextRead = (): void => {
+          let armed = true
+          fs.read = ((...args: unknown[]) => {
+            if (!armed) return (original as (...a: unknown[]) => void)(...args)
+            armed = false
+            void new Promise<void>((resolve) => { release = resolve }).then(() => (original as (...a: unknown[]) => void)(...args))
+          }) as typeof fs.read
+          syncBuiltinESMExports()
+        }
+        const settledWithin = async (promise: Promise<unknown>, ms: number): Promise<boolean> => {
+          let settled = false
+          void promise.then(() => { settled = true }, () => { settled = true })
+          await new Promise((resolve) => setTimeout(resolve, ms))
+          return settled
+        }
+        try {
+          const store = make()
+          await store.open()
+          // Block 1/0 in the first segment, which the overwrites of volume 2 then leave mostly dead.
+          await store.batch([put(addr(1, 0), bytesOf(1000, 1))])
+          for (let round = 0; round < 4; round++) {
+            for (let i = 1; i <= 12; i++) await store.batch([put(addr(2, i), bytesOf(1000, 100 * round + i))])
+          }
+          holdNextRead()
+          const reading = store.get(addr(1, 0))
+          assert.ok(release !== undefined, 'the read is in the pool, held')
+          const compacting = store.compact()
+          assert.equal(await settledWithin(compacting, 150), false, 'compaction waits for the read of the segment it empties')
+          release()
+          assertBytes(await reading, bytesOf(1000, 1), 'the held read')
+          await compacting
+          assertBytes(await store.get(addr(1, 0)), bytesOf(1000, 1), 'after compaction')
+          // close(): the same.
+          release = undefined
+          holdNextRead()
+          const again = store.get(addr(2, 5))
+          assert.ok(release !== undefined)
+          const closing = store.close()
+          assert.equal(await settledWithin(closing, 150), false, 'close() waits for the read')
+          release()
+          assertBytes(await again, bytesOf(1000, 300 + 5), 'the read held across close()')
+          await closing
+        } finally {
+          fs.read = original
+          syncBuiltinESMExports()
+        }
+      })
+    })
+
     it('reads turn to the thread pool when most recent synchronous reads were slow, or two very slow ones came in a row; noise does not do it', () => {
       const quick = 0.01
       const slow4k = SLOW_READ_MS * 2 // over the allowance of a 4 KiB read, not very slow

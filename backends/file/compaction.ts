@@ -12,7 +12,7 @@ import { COMPACTION_BATCH_BYTES } from './options.js'
 import { maintain, reportBackground } from './maintenance.js'
 import { spareBudget, spareBytes, trimSpares } from './spares.js'
 import { enqueue } from './writer.js'
-import { removeFile, type Segment, type Spare, type StoreState } from './store-state.js'
+import { removeFile, whenReadsDone, type Segment, type Spare, type StoreState } from './store-state.js'
 
 /** One record a compaction is about to copy forward. */
 interface Move {
@@ -155,8 +155,10 @@ async function dropSegment (state: StoreState, segment: Segment): Promise<void> 
   const handle = segment.handle
   // No handle: never picked for compaction again, and any read reaching it would report it.
   segment.handle = undefined
-  // Any read of this segment was issued before its last live block moved, and close() waits for it.
+  // Any read of this segment was issued before its last live block moved: reads in the thread
+  // pool are waited for (they read by descriptor), synchronous ones are over.
   let closeError: unknown
+  await whenReadsDone(segment)
   await handle?.close().catch((err: unknown) => { closeError = err })
   let spare: Spare | undefined
   const bytes = Math.max(segment.size, segment.fileBytes)

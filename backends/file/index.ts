@@ -14,7 +14,7 @@ import { readFully, readFullySync } from './segment.js'
 import { SyncReadGovernor } from './sync-reads.js'
 import { DEFAULT_COMPACTION_THRESHOLD, MAX_READ_RUN_BYTES, checkOptions, type FileBlockStoreOptions } from './options.js'
 import { BlockIndex } from './block-index.js'
-import { StoreState, resetState, type BlockLocation } from './store-state.js'
+import { StoreState, poolRead, resetState, whenReadsDone, type BlockLocation } from './store-state.js'
 import { markCleanClose, recover } from './recovery.js'
 import { enqueue, whenWriterIdle } from './writer.js'
 import { compactPass, maybeScheduleCompaction } from './compaction.js'
@@ -168,6 +168,7 @@ export class FileBlockStore extends AbstractBlockStore {
     for (const segment of this.#state.segments.values()) {
       const handle = segment.handle
       segment.handle = undefined
+      await whenReadsDone(segment)
       if (handle !== undefined) await handle.close().catch((err: unknown) => { failure ??= err })
     }
     this.#state.segments = new Map()
@@ -256,7 +257,7 @@ export class FileBlockStore extends AbstractBlockStore {
         }
       } else {
         this.#readMode.pooled()
-        read = await readFully(handle, run, 0, bytes, first.offset)
+        read = await poolRead(segment, async () => await readFully(handle, run, 0, bytes, first.offset))
       }
     } catch (err) {
       throw wrapIo(err, `could not read ${segment.path}`)

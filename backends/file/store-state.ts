@@ -48,6 +48,15 @@ export class Segment {
   markedBytes = 0
   /** End of the last batch acknowledged in this segment (so written before any later sync). */
   acknowledgedBytes = 0
+  /**
+   * Reads of this segment under way in the thread pool. They read by descriptor (not through the
+   * FileHandle, which would keep its descriptor open for them), so the handle is closed only once
+   * they are done: a descriptor closed under a queued read fails it, or, reused by the next file
+   * opened, gives it another file's bytes.
+   */
+  poolReads = 0
+  /** Called once poolReads is back to 0 (see whenReadsDone). */
+  readsDone: Array<() => void> = []
 
   constructor (
     readonly id: number,
@@ -240,4 +249,24 @@ export async function removeFile (path: string): Promise<void> {
   } catch (err) {
     if (!isCode(err, 'ENOENT')) throw wrapIo(err, `could not remove ${path}`)
   }
+}
+
+/** Runs a thread-pool read of `segment` by descriptor, counted in `segment.poolReads`. */
+export async function poolRead<T> (segment: Segment, read: () => Promise<T>): Promise<T> {
+  segment.poolReads++
+  try {
+    return await read()
+  } finally {
+    if (--segment.poolReads === 0) {
+      const waiting = segment.readsDone
+      segment.readsDone = []
+      for (const done of waiting) done()
+    }
+  }
+}
+
+/** Resolves once no thread-pool read of `segment` is under way (before its handle is closed). */
+export async function whenReadsDone (segment: Segment): Promise<void> {
+  if (segment.poolReads === 0) return
+  await new Promise<void>((resolve) => { segment.readsDone.push(resolve) })
 }
