@@ -1825,13 +1825,19 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 16 * 1024, compactionThreshold: 0, syncReadMaxBytes: 0 }, async ({ make }) => {
         const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs')
         const original = fs.read
-        let release: (() => void) | undefined
+        const held: { release?: () => void } = {}
+        const releaseHeld = (): void => {
+          const release = held.release
+          held.release = undefined
+          assert.ok(release !== undefined, 'a read is held')
+          release()
+        }
         const holdNextRead = (): void => {
           let armed = true
           fs.read = ((...args: unknown[]) => {
             if (!armed) return (original as (...a: unknown[]) => void)(...args)
             armed = false
-            void new Promise<void>((resolve) => { release = resolve }).then(() => (original as (...a: unknown[]) => void)(...args))
+            void new Promise<void>((resolve) => { held.release = resolve }).then(() => (original as (...a: unknown[]) => void)(...args))
           }) as typeof fs.read
           syncBuiltinESMExports()
         }
@@ -1851,21 +1857,20 @@ describe('file block store', () => {
           }
           holdNextRead()
           const reading = store.get(addr(1, 0))
-          assert.ok(release !== undefined, 'the read is in the pool, held')
+          assert.ok(held.release !== undefined, 'the read is in the pool, held')
           const compacting = store.compact()
           assert.equal(await settledWithin(compacting, 150), false, 'compaction waits for the read of the segment it empties')
-          release()
+          releaseHeld()
           assertBytes(await reading, bytesOf(1000, 1), 'the held read')
           await compacting
           assertBytes(await store.get(addr(1, 0)), bytesOf(1000, 1), 'after compaction')
           // close(): the same.
-          release = undefined
           holdNextRead()
           const again = store.get(addr(2, 5))
-          assert.ok(release !== undefined)
+          assert.ok(held.release !== undefined)
           const closing = store.close()
           assert.equal(await settledWithin(closing, 150), false, 'close() waits for the read')
-          release()
+          releaseHeld()
           assertBytes(await again, bytesOf(1000, 300 + 5), 'the read held across close()')
           await closing
         } finally {
