@@ -3,6 +3,7 @@
 
 import { GalleonError, assertBytes, describe, errorCode } from '../errors.js'
 import { LIVE } from '../engine/block-map.js'
+import { MAX_IO_BYTES } from '../engine/io-checks.js'
 import type { View, VolumeBlocks } from '../engine/engine.js'
 import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
 import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
@@ -74,6 +75,17 @@ export function ioFailed (host: FacadeHost, record: VolumeRecord, operation: 're
     host.emit('io:error', { volumeId: record.id, volumeName: record.name, operation, code, message: err instanceof Error ? err.message : String(err) })
   }
   return err
+}
+
+/**
+ * The bytes a read() is charged against throughput limits: its length when the engine will serve
+ * it, else 0. A refused read moves nothing, and charging a bogus length (Infinity, 2^40) left the
+ * volume's limit, or the node's capacity, a debt that never cleared.
+ */
+function readCharge (offset: unknown, length: unknown, sizeBytes: number): number {
+  if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) return 0
+  if (offset < 0 || length <= 0 || length > MAX_IO_BYTES || offset + length > sizeBytes) return 0
+  return length
 }
 
 function checkConcern (concern: unknown): WriteConcern {
@@ -234,7 +246,7 @@ export class VolumeIO {
     const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
     const qos = host.qos
     const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'read', typeof length === 'number' && length > 0 ? length : 0)
+    const admitted = qos.admit(record.id, 'read', readCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       const volume = ioVolumeOf(host, record)

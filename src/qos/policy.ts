@@ -132,11 +132,15 @@ export function parseQoSPolicy (input: unknown): QoSPolicy {
     const burst = mapFields(plainObject(fields.burstable, 'QoS "burstable"'), BURST_FIELDS, 'burstable') as Partial<Record<keyof BurstableQoS, unknown>>
     const enabled = burst.enabled ?? true
     if (typeof enabled !== 'boolean') throw invalid(`QoS burstable.enabled must be true or false, got ${describe(enabled)}`)
-    if (burst.durationSeconds === undefined) throw invalid('QoS burstable needs duration_seconds: how long a full credit balance lasts at the full multiplier (e.g. 300)')
-    const durationSeconds = positive(burst.durationSeconds, 'burstable.duration_seconds', 86_400)
     const iopsMultiplier = multiplier(burst.iopsMultiplier, 'burstable.iops_multiplier')
     const throughputMultiplier = multiplier(burst.throughputMultiplier, 'burstable.throughput_multiplier')
-    out.burstable = { enabled, durationSeconds, iopsMultiplier, throughputMultiplier }
+    if (burst.durationSeconds !== undefined) {
+      const durationSeconds = positive(burst.durationSeconds, 'burstable.duration_seconds', 86_400)
+      out.burstable = { enabled, durationSeconds, iopsMultiplier, throughputMultiplier }
+    } else if (enabled) {
+      throw invalid('QoS burstable needs duration_seconds: how long a full credit balance lasts at the full multiplier (e.g. 300)')
+    }
+    // { enabled: false } alone means flat limits, as no burstable does: nothing to keep.
   }
   if (fields.weight !== undefined) out.weight = positive(fields.weight, 'weight', 10_000)
 
@@ -218,7 +222,8 @@ export function isEmptyPolicy (policy: QoSPolicy | undefined): boolean {
 function mapFields<T> (input: Record<string, unknown>, aliases: Record<string, T>, where: string): Partial<Record<string & T, unknown>> {
   const out: Record<string, unknown> = {}
   for (const [key, value] of Object.entries(input)) {
-    const field = aliases[key] as string | undefined
+    // Own properties only: `constructor`, `toString` or `__proto__` would otherwise find Object.prototype's.
+    const field = Object.hasOwn(aliases, key) ? aliases[key] as string : undefined
     if (field === undefined) throw invalid(`unknown QoS ${where} field ${JSON.stringify(key)}; allowed: ${Object.keys(aliases).join(', ')}`)
     if (field in out) throw invalid(`QoS ${where} field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
     if (value !== undefined && value !== null) out[field] = value

@@ -139,9 +139,11 @@ export class QoSScheduler {
     state.policy = policy
     state.source = policy === undefined ? 'none' : source
     applyLimits(state, policy, this.#clock.now())
+    const before = { reservationIops: state.reservationIops, reservationBps: state.reservationBps, weight: state.weight }
     state.reservationIops = policy?.guarantees?.iops ?? 0
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
     state.weight = policy?.weight ?? 1
+    if (state.reservationIops !== before.reservationIops || state.reservationBps !== before.reservationBps || state.weight !== before.weight) this.#retag(state, before)
     state.latencyMs = policy?.limits?.latencyMs ?? 0
     // A changed target keeps the latencies measured so far: they are still what callers saw.
     if (state.latencyMs === 0) state.latencies = undefined
@@ -330,8 +332,7 @@ export class QoSScheduler {
     // from the fair-share clock, so idle volumes do not bank an advantage.
     let rTag = Infinity
     if (state.reservationIops > 0 || state.reservationBps > 0) {
-      const spacing = Math.max(state.reservationIops > 0 ? 1000 / state.reservationIops : 0, state.reservationBps > 0 ? bytes / state.reservationBps * 1000 : 0)
-      rTag = Math.max(state.rLast + spacing, now - RESERVATION_SLACK_MS)
+      rTag = Math.max(state.rLast + reservationSpacing(state.reservationIops, state.reservationBps, bytes), now - RESERVATION_SLACK_MS)
       state.rLast = rTag
     }
     const pTag = Math.max(state.pLast, this.#vtime) + 1 / state.weight
@@ -340,6 +341,29 @@ export class QoSScheduler {
     state.queued.push({ kind, bytes, arrived: now, resolve, rTag, pTag })
     this.#backlog++
     this.#pump()
+  }
+
+  /**
+   * Tags the volume's queued operations again after its guarantee or weight changed: a policy
+   * applies to operations already waiting too (a removed floor must not keep them first).
+   */
+  #retag (state: VolumeState, before: { reservationIops: number, reservationBps: number, weight: number }): void {
+    const first = state.queued[0]
+    if (first === undefined) return
+    // Both tag sequences restart where the first waiting operation's started, stepping by the new policy.
+    state.rLast = first.rTag === Infinity ? -Infinity : first.rTag - reservationSpacing(before.reservationIops, before.reservationBps, first.bytes)
+    let pTag = Math.max(first.pTag - 1 / before.weight, this.#vtime)
+    for (const op of state.queued) {
+      let rTag = Infinity
+      if (state.reservationIops > 0 || state.reservationBps > 0) {
+        rTag = Math.max(state.rLast + reservationSpacing(state.reservationIops, state.reservationBps, op.bytes), op.arrived - RESERVATION_SLACK_MS)
+        state.rLast = rTag
+      }
+      op.rTag = rTag
+      pTag += 1 / state.weight
+      op.pTag = pTag
+    }
+    state.pLast = pTag
   }
 
   #pump (): void {
@@ -417,6 +441,11 @@ export class QoSScheduler {
     }
     this.#intervalStart = now
   }
+}
+
+/** Milliseconds between reservation tags of operations of `bytes` under the given floors. */
+function reservationSpacing (iops: number, bytesPerSecond: number, bytes: number): number {
+  return Math.max(iops > 0 ? 1000 / iops : 0, bytesPerSecond > 0 ? bytes / bytesPerSecond * 1000 : 0)
 }
 
 /** Longest delay setTimeout takes: Node runs a longer one after 1 ms (and warns). */

@@ -131,7 +131,10 @@ export function tightestLimit (state: VolumeState, op: Pending, now: number): st
   let longest = -1
   for (const [bucket, unit, only, label] of state.buckets) {
     if (only !== undefined && only !== op.kind) continue
-    const ms = bucket.waitMs(unit === 'ops' ? 1 : Math.max(op.bytes, 1), now)
+    // Charged as limitWait charges: an operation of no bytes (a trim) never waits for a byte limit.
+    const cost = unit === 'ops' ? 1 : op.bytes
+    if (cost === 0) continue
+    const ms = bucket.waitMs(cost, now)
     if (ms > longest) { longest = ms; worst = label }
   }
   return worst
