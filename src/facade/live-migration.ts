@@ -175,8 +175,17 @@ export class LiveMigrations {
     if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
     const encrypted = storageClass.parameters.encryption === 'true'
     if (encrypted) await this.#host.keys.provider()
-    // The target pool's bytes are held until the switch-over makes the record count there.
-    const release = layout?.copy !== true && poolName !== undefined && poolName !== record.pool ? this.#host.pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
+    // The target class cannot be deleted, and the target pool's bytes are held, until the
+    // switch-over makes the record count there.
+    const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+    let releasePool: () => void
+    try {
+      releasePool = layout?.copy !== true && poolName !== undefined && poolName !== record.pool ? this.#host.pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
+    } catch (err) {
+      releaseClass()
+      throw err
+    }
+    const release = (): void => { releasePool(); releaseClass() }
     let migration: MigrationRecord | undefined
     try {
       migration = await this.#host.catalog.beginMigration(record.id, { storageClass: storageClass.name, encrypted, ...(poolName === undefined ? {} : { pool: poolName }) })

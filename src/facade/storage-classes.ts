@@ -7,14 +7,25 @@ import type { FacadeHost } from './host.js'
 
 /** The work of GalleonFS.createStorageClass, once the definition is parsed and the caller checked. */
 export async function createStorageClass (host: FacadeHost, storageClass: StorageClass): Promise<StorageClass> {
-  if (host.catalog.storageClass(storageClass.name) !== undefined) {
-    throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(storageClass.name)} already exists; pick another name or delete it first`)
+  // The name is taken, and the pool held, from these checks until the class is stored: a
+  // concurrent create of the same name, or deletion of the pool, cannot slip in between.
+  const unclaim = host.catalog.claimStorageClass(storageClass.name, 'create')
+  let releasePool: (() => void) | undefined
+  try {
+    const pool = storageClass.parameters.pool
+    if (pool !== undefined) {
+      try {
+        releasePool = host.pools.hold(pool)
+      } catch (err) {
+        if (!(err instanceof GalleonError) || err.code !== 'POOL_NOT_FOUND') throw err
+        throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`, { cause: err })
+      }
+    }
+    await host.catalog.putStorageClass(storageClass)
+  } finally {
+    releasePool?.()
+    unclaim()
   }
-  const pool = storageClass.parameters.pool
-  if (pool !== undefined && host.catalog.pool(pool) === undefined) {
-    throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`)
-  }
-  await host.catalog.putStorageClass(storageClass)
   host.emit('storage-class:created', structuredClone(storageClass))
   return structuredClone(storageClass)
 }
@@ -27,6 +38,12 @@ export async function deleteStorageClass (host: FacadeHost, getStorageClass: (na
   if (users.length > 0) {
     throw new GalleonError('BUSY', `storage class ${name} is used by ${users.length} volume(s) (${users.slice(0, 3).map((r) => r.name).join(', ')}); delete them first`)
   }
-  await host.catalog.deleteStorageClass(name)
+  // From here no volume can start using it (refused while volumes being set up use it).
+  const unclaim = host.catalog.claimStorageClass(name, 'delete')
+  try {
+    await host.catalog.deleteStorageClass(name)
+  } finally {
+    unclaim()
+  }
   host.emit('storage-class:deleted', storageClass)
 }

@@ -134,11 +134,14 @@ export class VolumeLifecycle {
     // Open the key provider first: a missing master key or a failing KMS stops the create here.
     if (encrypted) await this.#host.keys.provider()
 
-    const unreserve = this.#host.catalog.reserveName(name, namespace)
+    // The class cannot be deleted from under the create (nor may it have been meanwhile).
+    const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+    let unreserve: (() => void) | undefined
     let record: VolumeRecord
     // The pool's bytes are taken before anything is recorded, and held until the record counts.
     let release: (() => void) | undefined
     try {
+      unreserve = this.#host.catalog.reserveName(name, namespace)
       if (pool !== undefined) release = this.#host.pools.reserve(pool.name, sizeBytes, `volume ${name}`)
       record = await this.newVolume({
         name,
@@ -158,7 +161,8 @@ export class VolumeLifecycle {
       })
     } finally {
       release?.()
-      unreserve()
+      unreserve?.()
+      releaseClass()
     }
     if (replicas > 1) {
       // Its copies on other nodes: placed, recorded in the coordinator, created and brought in sync.

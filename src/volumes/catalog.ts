@@ -108,6 +108,10 @@ export class Catalog {
   readonly #snapshots = new Map<string, Map<string, SnapshotRecord>>()
   readonly #names = new Map<string, string>()
   readonly #classes = new Map<string, StorageClass>()
+  /** Storage classes being created or deleted now: their names are taken meanwhile. */
+  readonly #classesChanging = new Set<string>()
+  /** Volumes being set up per storage class, whose records are not stored yet. */
+  readonly #classUses = new Map<string, number>()
   #nextStorageId = 1
   /** Namespace that bare volume names are looked up and reserved in (the caller's). */
   currentNamespace: () => string = () => DEFAULT_NAMESPACE
@@ -401,6 +405,46 @@ export class Catalog {
 
   storageClass (name: string): StorageClass | undefined {
     return this.#classes.get(name)
+  }
+
+  /**
+   * Takes a storage class name while the class is created or deleted: STORAGE_CLASS_EXISTS when
+   * it is taken (by a class, or by another create or delete under way). Call the returned function
+   * once the change is stored (or failed).
+   */
+  claimStorageClass (name: string, doing: 'create' | 'delete'): () => void {
+    if (this.#classesChanging.has(name)) {
+      throw new GalleonError(doing === 'create' ? 'STORAGE_CLASS_EXISTS' : 'BUSY', `storage class ${JSON.stringify(name)} is being created or deleted by another call right now; retry once it is done`)
+    }
+    if (doing === 'create' && this.#classes.has(name)) {
+      throw new GalleonError('STORAGE_CLASS_EXISTS', `a storage class named ${JSON.stringify(name)} already exists; pick another name or delete it first`)
+    }
+    if (doing === 'delete' && (this.#classUses.get(name) ?? 0) > 0) {
+      throw new GalleonError('BUSY', `storage class ${name} is used by ${this.#classUses.get(name) ?? 0} volume(s) being created or migrated to it right now; delete them first`)
+    }
+    this.#classesChanging.add(name)
+    return () => { this.#classesChanging.delete(name) }
+  }
+
+  /**
+   * Marks a storage class as used by a volume being set up (created, or migrated to it), until the
+   * returned function is called: it cannot be deleted meanwhile. STORAGE_CLASS_NOT_FOUND when it was
+   * deleted or replaced since `storageClass` was looked up, or is being deleted now.
+   */
+  useStorageClass (storageClass: StorageClass): () => void {
+    const name = storageClass.name
+    if (this.#classes.get(name) !== storageClass || this.#classesChanging.has(name)) {
+      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `storage class ${JSON.stringify(name)} was deleted meanwhile; nothing was created or changed. listStorageClasses() shows the available ones`)
+    }
+    this.#classUses.set(name, (this.#classUses.get(name) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const left = (this.#classUses.get(name) ?? 0) - 1
+      if (left > 0) this.#classUses.set(name, left)
+      else this.#classUses.delete(name)
+    }
   }
 
   async putStorageClass (storageClass: StorageClass): Promise<void> {

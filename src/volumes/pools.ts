@@ -129,10 +129,13 @@ export function parsePool (input: unknown): Omit<StoragePool, 'createdAt' | 'upd
   }
   checkPoolName(fields.name)
   if (fields.capacityBytes === undefined) throw invalid('a pool needs capacityBytes (bytes, or a size string such as "500G")')
+  const capacityBytes = parseCapacity(fields.capacityBytes)
+  const overcommitRatio = parseOvercommit(fields.overcommitRatio ?? 1)
+  checkLimit(capacityBytes, overcommitRatio)
   return {
     name: fields.name,
-    capacityBytes: parseCapacity(fields.capacityBytes),
-    overcommitRatio: parseOvercommit(fields.overcommitRatio ?? 1),
+    capacityBytes,
+    overcommitRatio,
     nodes: parseNodes(fields.nodes ?? []),
     nodeSelector: parseSelector(fields.nodeSelector ?? {}),
     description: parseDescription(fields.description ?? ''),
@@ -168,6 +171,14 @@ function parseCapacity (value: unknown): number {
   }
   if (bytes <= 0) throw invalid(`pool capacityBytes must be more than 0, got ${describe(value)}`)
   return bytes
+}
+
+/** The limit must be an exact byte count: beyond 2^53 bytes, sums of volume sizes would round. */
+function checkLimit (capacityBytes: number, overcommitRatio: number): void {
+  const limit = Math.floor(capacityBytes * overcommitRatio)
+  if (!Number.isSafeInteger(limit)) {
+    throw invalid(`pool capacity ${sizeText(capacityBytes)} x overcommit ${overcommitRatio} is a limit of more than ${Number.MAX_SAFE_INTEGER} bytes, which cannot be counted exactly; lower capacityBytes or overcommitRatio`)
+  }
 }
 
 function parseOvercommit (value: unknown): number {
@@ -266,6 +277,10 @@ export class PoolManager {
   readonly #limiting = new Map<string, number>()
   /** Pools being created or deleted now (their names are taken meanwhile). */
   readonly #changing = new Set<string>()
+  /** Storage classes naming a pool that are being stored now, per pool (it cannot be deleted meanwhile). */
+  readonly #holds = new Map<string, number>()
+  /** Updates of each pool, chained: each starts from the pool the one before it stored. */
+  readonly #updates = new Map<string, Promise<unknown>>()
 
   constructor (catalog: PoolCatalog) {
     this.#catalog = catalog
@@ -316,11 +331,27 @@ export class PoolManager {
     return structuredClone(pool)
   }
 
-  /** Applies validated changes; BUSY when the new limit would be below what is provisioned. */
+  /**
+   * Applies validated changes; BUSY when the new limit would be below what is provisioned. Updates
+   * of one pool run one after another, each on the pool the one before stored: two concurrent
+   * updates of different fields both stay.
+   */
   async update (name: unknown, changes: unknown): Promise<StoragePool> {
-    const current = this.get(name)
+    const pool = this.get(name)
     const parsed = parsePoolUpdate(changes)
+    const before = this.#updates.get(pool.name) ?? Promise.resolve()
+    const run = before.then(async () => await this.#update(pool.name, parsed))
+    const settled = run.catch(() => {})
+    this.#updates.set(pool.name, settled)
+    void settled.then(() => { if (this.#updates.get(pool.name) === settled) this.#updates.delete(pool.name) })
+    return await run
+  }
+
+  async #update (name: string, parsed: ReturnType<typeof parsePoolUpdate>): Promise<StoragePool> {
+    // Looked up again: an update or a deletion before this one may have changed it.
+    const current = this.get(name)
     const next: StoragePool = { ...current, ...parsed, updatedAt: new Date().toISOString() }
+    checkLimit(next.capacityBytes, next.overcommitRatio)
     const provisioned = this.#provisioned(current.name)
     // Bytes reserved by creates, expansions and migrations under way count too: they are provisioned
     // once those finish.
@@ -348,6 +379,9 @@ export class PoolManager {
       throw new GalleonError('BUSY', `pool ${pool.name} holds ${volumes.length} volume(s)${shown === '' ? ' (being created now)' : ` (${shown}${volumes.length > 3 ? ', ...' : ''})`}; delete them first`)
     }
     const classes = this.#catalog.storageClasses().filter((storageClass) => storageClass.parameters.pool === pool.name)
+    if (classes.length === 0 && (this.#holds.get(pool.name) ?? 0) > 0) {
+      throw new GalleonError('BUSY', `pool ${pool.name} is named by a storage class being created now (parameter "pool"); delete that class first`)
+    }
     if (classes.length > 0) {
       throw new GalleonError('BUSY', `pool ${pool.name} is named by storage class(es) ${classes.map((c) => c.name).join(', ')} (parameter "pool"); delete those classes first`)
     }
@@ -359,6 +393,23 @@ export class PoolManager {
       this.#changing.delete(pool.name)
     }
     return pool
+  }
+
+  /**
+   * Keeps a pool from being deleted while a storage class naming it is stored; call the returned
+   * function once it is (or failed). POOL_NOT_FOUND when there is no such pool, or it is being deleted.
+   */
+  hold (poolName: string): () => void {
+    const pool = this.get(poolName)
+    this.#holds.set(pool.name, (this.#holds.get(pool.name) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const left = (this.#holds.get(pool.name) ?? 0) - 1
+      if (left > 0) this.#holds.set(pool.name, left)
+      else this.#holds.delete(pool.name)
+    }
   }
 
   /**

@@ -108,6 +108,8 @@ function parseParameters (input: unknown): Record<string, string> {
   const parameters: Record<string, string> = {}
   for (const [key, value] of Object.entries(input)) {
     if (!/^[A-Za-z0-9_.\-/]{1,128}$/.test(key)) throw invalid(`storage class parameter name ${describe(key)} must be 1-128 letters, digits, '_', '-', '.', '/'`)
+    // Assigning it would set the object's prototype (or do nothing), not store a parameter.
+    if (key === '__proto__') throw invalid('storage class parameter name "__proto__" is not allowed; pick another name')
     if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
       throw invalid(`storage class parameter "${key}" must be a string (numbers and booleans are converted), got ${describe(value)}`)
     }
