@@ -3,10 +3,12 @@
 
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
+import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { formatSize, parseSize } from '../src/index.js'
 import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, NoAnswer, type Globals } from './cli-client.js'
+import { ConfigError, parseAddress } from './daemon-config.js'
 import { columns, commaList, keyValues, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
 
 export { runReplicationSelfTest } from './cli-self-test.js'
@@ -24,11 +26,33 @@ const VERSION = (() => {
 
 interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string, pool?: string }
 
+/** A whole number of at least 0 (commander's `Number` would pass NaN on as null). */
+function count (v: string): number {
+  const n = Number(v)
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('a whole number of at least 0')
+  return n
+}
+
+/** A pool's overcommit ratio: a number of at least 1. */
+function overcommit (v: string): number {
+  const n = Number(v)
+  if (v.trim() === '' || !Number.isFinite(n) || n < 1) throw new InvalidArgumentError('a number of at least 1')
+  return n
+}
+
 /** Builds the command tree. */
 export function buildCli (): Command {
   const program = new Command('galleonfs')
     .description('GalleonFS command-line client (start the daemon with `galleonfs -d`)')
-    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090'))
+    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090').argParser((v) => {
+      // A malformed address is a command-line error (exit 2), found before anything is sent.
+      try {
+        parseAddress(v, '--daemon-address')
+      } catch (err) {
+        throw new InvalidArgumentError(err instanceof ConfigError ? 'host:port such as 127.0.0.1:8090' : String(err))
+      }
+      return v
+    }))
     .option('--token <token>', 'API token (default: GALLEONFS_TOKEN, or the one the daemon left for this user)')
     .option('--json', 'print JSON')
     .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')
@@ -107,7 +131,8 @@ export function buildCli (): Command {
     })
   volume.command('mount').description('mount a volume (the daemon needs --mount-point)').argument('<volume>').argument('[path]', 'mount point (default: <mount-point>/<volume>)').option('-o, --options <options>', 'mount options, comma-separated (ro, rw, sync, ...)')
     .action(async (ref: string, path: string | undefined, options: { options?: string }) => {
-      const mount = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/mount`, { path, options: options.options }) as { path: string, readOnly: boolean }
+      // The daemon runs elsewhere in the file system: a relative mount point is the user's, from here.
+      const mount = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/mount`, { path: path === undefined || path === '' ? undefined : resolvePath(path), options: options.options }) as { path: string, readOnly: boolean }
       print(globals(), mount, () => `mounted ${ref} at ${mount.path} (${mount.readOnly ? 'read-only' : 'read-write'}); its bytes are ${mount.path}/data\n`)
     })
   volume.command('unmount').description('unmount a volume (by name, id or mount point)').argument('<target>').option('-f, --force', 'also when files are open on it')
@@ -166,9 +191,9 @@ export function buildCli (): Command {
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']))
     .option('--volumes <list>', 'comma-separated volume names or ids')
     .option('--labels <list>', 'comma-separated key=value labels selecting volumes')
-    .option('--daily <n>', 'daily backups kept', Number)
-    .option('--weekly <n>', 'weekly backups kept', Number)
-    .option('--monthly <n>', 'monthly backups kept', Number)
+    .option('--daily <n>', 'daily backups kept', count)
+    .option('--weekly <n>', 'weekly backups kept', count)
+    .option('--monthly <n>', 'monthly backups kept', count)
     .option('--target <dir>', 'backup target directory')
     .action(async (name: string, options: { schedule: string, timezone?: string, strategy?: string, volumes?: string, labels?: string, daily?: number, weekly?: number, monthly?: number, target?: string }) => {
       const labels = options.labels === undefined ? undefined : Object.fromEntries(options.labels.split(',').map((pair) => {
@@ -363,11 +388,7 @@ export function buildCli (): Command {
   })
   pool.command('create').argument('<name>').description('create a storage pool')
     .requiredOption('-s, --capacity <size>', 'capacity with suffix K/M/G/T', sizeOption)
-    .option('--overcommit <ratio>', 'how far provisioned sizes may exceed the capacity (thin provisioning; default 1)', (v) => {
-      const n = Number(v)
-      if (!Number.isFinite(n) || n < 1) throw new InvalidArgumentError('a number of at least 1')
-      return n
-    })
+    .option('--overcommit <ratio>', 'how far provisioned sizes may exceed the capacity (thin provisioning; default 1)', overcommit)
     .option('--nodes <ids>', 'comma-separated cluster node ids the pool\'s volumes may be placed on')
     .option('--node-labels <labels>', 'comma-separated key=value labels a node needs')
     .option('--zones <zones>', 'comma-separated zones a node must be in')
@@ -391,7 +412,7 @@ export function buildCli (): Command {
     })
   pool.command('update').argument('<name>').description('resize a storage pool or change its description (not below what its volumes provision)')
     .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T', sizeOption)
-    .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', Number)
+    .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', overcommit)
     .option('--description <text>', 'new description')
     .action(async (name: string, options: { capacity?: number, overcommit?: number, description?: string }) => {
       const changes = {

@@ -174,11 +174,12 @@ export async function readConfigFile (path: string): Promise<{ settings: Partial
   const settings: Record<string, unknown> = {}
   const ignored: string[] = []
   for (const [section, body] of Object.entries(document)) {
-    const keys = FILE_KEYS[section]
+    // Own keys only: a section or key named like an Object.prototype member (constructor, toString) is unknown too.
+    const keys = Object.hasOwn(FILE_KEYS, section) ? FILE_KEYS[section] : undefined
     if (keys === undefined) throw new ConfigError(`${path}: unknown section [${section}]; sections are ${Object.keys(FILE_KEYS).map((s) => `[${s}]`).join(', ')}`)
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ConfigError(`${path}: [${section}] must be a table`)
     for (const [key, value] of Object.entries(body as Record<string, unknown>)) {
-      if (!(key in keys)) throw new ConfigError(`${path}: unknown key ${key} in [${section}]; allowed: ${Object.keys(keys).join(', ')}`)
+      if (!Object.hasOwn(keys, key)) throw new ConfigError(`${path}: unknown key ${key} in [${section}]; allowed: ${Object.keys(keys).join(', ')}`)
       const field = keys[key]
       if (field === null || field === undefined) { ignored.push(`${section}.${key}`); continue }
       settings[field] = value

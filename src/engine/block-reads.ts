@@ -76,6 +76,14 @@ export async function readPayload (core: EngineCore, volume: VolumeBlocks, index
   }
 }
 
+/** Errors of readLocated for a version the store does not hold (not yet reported when `reportMissing` was false). */
+const missingVersions = new WeakSet<object>()
+
+/** Whether readLocated failed because the store does not hold the version (every other failure is already reported). */
+export function isMissingVersion (err: unknown): boolean {
+  return typeof err === 'object' && err !== null && missingVersions.has(err)
+}
+
 /** Reads and verifies one located version (no cache, no retry: the caller keeps it alive). */
 export async function readLocated (core: EngineCore, volume: VolumeBlocks, index: number, found: Located, reportMissing = true, refetch = true): Promise<Uint8Array> {
   const address: BlockAddress = new Address(found.map.storageId, index, found.gen)
@@ -88,7 +96,9 @@ export async function readLocated (core: EngineCore, volume: VolumeBlocks, index
   }
   if (value === undefined) {
     if (reportMissing) core.fail(volume, { storageId: address.volume, index, gen: found.gen, reason: 'block version missing from the store' })
-    throw new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${core.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
+    const missing = new GalleonError('CORRUPTION', `block ${index} (generation ${found.gen}) is mapped but missing from the ${core.store.name} block store; run scrub() and restore the volume from a snapshot or backup`)
+    missingVersions.add(missing)
+    throw missing
   }
   try {
     return verified(core, volume, address, value, refetch)

@@ -449,10 +449,10 @@ export class BlockEngine {
   /**
    * Reads and verifies every data version the volume stores (the live view and what its snapshots
    * keep), bypassing the cache. Returns bad blocks; each failure is also reported through
-   * `onChecksumFailure`.
+   * `onChecksumFailure`. `cancelled` is asked before each block: an error it returns ends the scrub.
    */
-  scrub (volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
-    return maintenance.scrub(this.#core, volume)
+  scrub (volume: VolumeBlocks, cancelled?: () => Error | undefined): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
+    return maintenance.scrub(this.#core, volume, cancelled)
   }
 
   /** Blocks the live view reads from the volume's own storage (thin provisioning: only these take space). */

@@ -4,7 +4,7 @@
 import { GalleonError, copyBytes, errorCode } from '../errors.js'
 import { Address, type BlockAddress, type BlockOp } from '../drivers.js'
 import { BLOCK_FLAG_ENCRYPTED, decodeBlock } from './codec.js'
-import { CHECKED, readLocated, verified } from './block-reads.js'
+import { CHECKED, isMissingVersion, readLocated, verified } from './block-reads.js'
 import { cipherVersion, encode } from './block-sealing.js'
 import type { EngineCore } from './engine-core.js'
 import { COPY_BATCH_BLOCKS } from './snapshots.js'
@@ -20,7 +20,7 @@ function movedTo (volume: VolumeBlocks): VolumeBlocks | undefined {
 }
 
 /** The body of BlockEngine.scrub (documented there). */
-export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
+export async function scrub (core: EngineCore, volume: VolumeBlocks, cancelled: () => Error | undefined = () => undefined): Promise<{ checked: number, bad: Array<{ index: number, gen: number, code: string, message: string }> }> {
   // Without its keys nothing can be checked: that is the answer, not a list of every block as bad.
   if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
   const bad: Array<{ index: number, gen: number, code: string, message: string }> = []
@@ -35,10 +35,13 @@ export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ 
       sliceStarted = performance.now()
     }
     if (volume.gate !== undefined) await core.waitGate(volume)
+    // The instance is closing: its store goes away, which is not damage either.
+    const stop = cancelled()
+    if (stop !== undefined) throw stop
     // Switched over to new storage by a live migration meanwhile: this storage is going; the
     // volume's data is all there, so the scrub starts again there.
     const moved = movedTo(volume)
-    if (moved !== undefined) return await scrub(core, moved)
+    if (moved !== undefined) return await scrub(core, moved, cancelled)
     // Deleted meanwhile: its blocks are going, which is not damage.
     if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
     if (!volume.map.versions(index).includes(gen)) continue
@@ -57,9 +60,13 @@ export async function scrub (core: EngineCore, volume: VolumeBlocks): Promise<{ 
     if (failure !== undefined) {
       const err = failure
       const movedAway = movedTo(volume)
-      if (movedAway !== undefined) return await scrub(core, movedAway)
+      if (movedAway !== undefined) return await scrub(core, movedAway, cancelled)
       if (volume.closing) throw new GalleonError('VOLUME_NOT_FOUND', 'the volume was deleted while it was scrubbed')
-      if (err instanceof GalleonError && err.code === 'CORRUPTION') {
+      const stopped = cancelled()
+      if (stopped !== undefined) throw stopped
+      // A store closed under the scrub is no finding about the block.
+      if (errorCode(err) === 'NOT_OPEN') throw err
+      if (isMissingVersion(err)) {
         // A trim or revert deletes a version before it updates the map, under the block's claim.
         const claim = volume.locks.get(index)
         if (claim !== undefined) await claim.released()

@@ -318,7 +318,9 @@ export class VolumeIO {
     const denied = this.#gate.refCheck('scrub', 'volume:read', vol)
     if (denied !== undefined) await denied
     const record = host.catalog.resolve(vol)
-    const { checked, bad } = await host.engine.scrub(ioVolume(host, record))
+    // close() ends a scrub under way: the store going away is not damage to report.
+    const closing = (): Error | undefined => host.closing === undefined ? undefined : new GalleonError('NOT_OPEN', 'the instance closed while the volume was scrubbed; scrub it again once it is open')
+    const { checked, bad } = await host.engine.scrub(ioVolume(host, record), closing)
     host.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
     return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
   }

@@ -20,7 +20,8 @@ const PIECE_BYTES = 8 * 1024 * 1024
 /** Chunk size of async iteration and of read streams by default. */
 const CHUNK_BYTES = 1024 * 1024
 
-const WHENCE: Record<string, 'set' | 'cur' | 'end'> = { set: 'set', cur: 'cur', end: 'end', 0: 'set', 1: 'cur', 2: 'end' }
+// A Map, not an object literal: a whence such as 'constructor' must not find Object.prototype's members.
+const WHENCE = new Map<unknown, 'set' | 'cur' | 'end'>([['set', 'set'], ['cur', 'cur'], ['end', 'end'], [0, 'set'], [1, 'cur'], [2, 'end']])
 
 /** An open file over a volume or a snapshot. */
 export class VolumeFile implements AsyncIterable<Uint8Array> {
@@ -137,12 +138,14 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   /** Moves the position: `whence` is `set` (0, default), `cur` (1) or `end` (2). Returns the new position. */
   seek (offset: number, whence: 'set' | 'cur' | 'end' | 0 | 1 | 2 = 'set'): number {
     this.#assertOpen()
-    const from = WHENCE[String(whence)]
+    const from = WHENCE.get(whence)
     if (from === undefined) throw new GalleonError('INVALID_ARGUMENT', `whence must be 'set', 'cur' or 'end' (or 0, 1, 2), got ${describe(whence)}`)
     if (typeof offset !== 'number' || !Number.isSafeInteger(offset)) throw new GalleonError('INVALID_ARGUMENT', `offset must be an integer, got ${describe(offset)}`)
     const base = from === 'set' ? 0 : from === 'cur' ? this.#position : this.size
     const next = base + offset
     if (next < 0) throw new GalleonError('INVALID_ARGUMENT', `seeking to ${next} would go before the start of the file`)
+    // Every later read and write checks its position as a safe integer: refuse one here rather than there.
+    if (!Number.isSafeInteger(next)) throw new GalleonError('INVALID_ARGUMENT', `seeking to ${base} + ${offset} goes past the largest position (${Number.MAX_SAFE_INTEGER})`)
     this.#position = next
     return next
   }
@@ -192,7 +195,10 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
     this.#assertOpen()
     const start = options.start ?? 0
     checkPosition(start, 'start')
-    if (options.end !== undefined) checkPosition(options.end, 'end')
+    if (options.end !== undefined) {
+      checkPosition(options.end, 'end')
+      if (options.end < start) throw new GalleonError('INVALID_ARGUMENT', `end (${options.end}) is before start (${start}); end is the last byte read (inclusive), as in fs.createReadStream`)
+    }
     const chunkBytes = options.highWaterMark ?? CHUNK_BYTES
     checkPosition(chunkBytes, 'highWaterMark')
     if (chunkBytes === 0) throw new GalleonError('INVALID_ARGUMENT', 'highWaterMark must be positive')
