@@ -198,7 +198,8 @@ export abstract class AbstractTransport implements Transport {
     } else {
       budget.forget(request)
     }
-    for (const next of budget.admit()) this.#start(next)
+    // Closing settles every request: one waiting for budget must not be sent on its way out.
+    if (this.#state !== 'closed') for (const next of budget.admit()) this.#start(next)
     if (budget.idle && this.#budgets.get(request.address) === budget) this.#budgets.delete(request.address)
     if (this.#pending.size === 0 && this.#timerReferenced) {
       this.#timer?.unref()

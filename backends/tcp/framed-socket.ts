@@ -70,17 +70,18 @@ export class FramedSocket {
   /**
    * Sends a frame: it is written with the other frames sent in this tick, or once the socket drained
    * if its buffer is over the high-water mark. `written` runs once the frame was handed to the
-   * socket, or dropped because the connection ended.
+   * socket, or dropped because the connection ended. Returns a handle for `withdraw()`.
    */
-  send (type: FrameType, id: number, headerJson: string, payload?: Uint8Array, written?: () => void): void {
+  send (type: FrameType, id: number, headerJson: string, payload?: Uint8Array, written?: () => void): object | undefined {
     if (this.ended) {
       written?.()
-      return
+      return undefined
     }
     const headerLength = Buffer.byteLength(headerJson)
     const authenticated = this.#sendMac !== undefined
     const size = FRAME_PREFIX + headerLength + (payload?.byteLength ?? 0) + (authenticated ? MAC_BYTES : 0)
-    this.#writeQueue.push({ type, id, headerJson, headerLength, payload, authenticated, size, written })
+    const frame: QueuedFrame = { type, id, headerJson, headerLength, payload, authenticated, size, written }
+    this.#writeQueue.push(frame)
     this.#queuedBytes += size
     if (!this.#flushScheduled && !this.#blocked) {
       this.#flushScheduled = true
@@ -89,6 +90,22 @@ export class FramedSocket {
         this.#flush()
       })
     }
+    return frame
+  }
+
+  /**
+   * Takes back a frame `send()` returned, if it is still queued (not yet handed to the socket):
+   * a request its caller gave up on must not wait, with its payload, behind a full socket. Tags
+   * are given when frames are flushed, so the sequence numbers stay contiguous. True if it was.
+   */
+  withdraw (frame: object | undefined): boolean {
+    if (frame === undefined) return false
+    const at = this.#writeQueue.indexOf(frame as QueuedFrame)
+    if (at < 0) return false
+    this.#writeQueue.splice(at, 1)
+    this.#queuedBytes -= (frame as QueuedFrame).size
+    ;(frame as QueuedFrame).written?.()
+    return true
   }
 
   /**

@@ -70,6 +70,8 @@ export interface TcpTransportStats {
 interface PendingReply {
   readonly message: EncodedMessage
   sent: boolean
+  /** The REQUEST frame while it may still wait in the send queue (see FramedSocket.withdraw). */
+  frame: object | undefined
   readonly resolve: (reply: TransportMessage) => void
   readonly reject: (err: GalleonError) => void
 }
@@ -252,9 +254,16 @@ class OutboundConnection {
     if (this.#failure !== undefined) throw this.#failure
     const id = this.#allocateId()
     return await new Promise<TransportMessage>((resolve, reject) => {
-      this.#pending.set(id, { message, sent: false, resolve, reject })
-      // The caller has settled the request already; a reply that still comes finds no id and is ignored.
-      cancellation.onCancel = () => { this.#pending.delete(id) }
+      const entry: PendingReply = { message, sent: false, frame: undefined, resolve, reject }
+      this.#pending.set(id, entry)
+      // The caller has settled the request already; a reply that still comes finds no id and is
+      // ignored. A request still queued behind a full socket is taken back (else a hung peer would
+      // let given-up requests pile up without bound, and run them when it wakes up).
+      cancellation.onCancel = () => {
+        this.#pending.delete(id)
+        this.framed.withdraw(entry.frame)
+        entry.frame = undefined
+      }
       if (this.#state === 'ready') this.#send(id)
     })
   }
@@ -264,7 +273,7 @@ class OutboundConnection {
     if (entry === undefined || entry.sent) return
     entry.sent = true
     const { kind, headerJson, payload } = entry.message
-    this.framed.send(FrameType.Request, id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload)
+    entry.frame = this.framed.send(FrameType.Request, id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload)
   }
 
   #allocateId (): number {

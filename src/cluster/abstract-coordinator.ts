@@ -66,6 +66,8 @@ export abstract class AbstractCoordinator implements Coordinator {
   readonly #membershipQueue = new SerialQueue()
   #membership: Membership | undefined
   #session: Session | undefined
+  /** The session whose leases the member record and alive key were last written with. */
+  #registered: Session | undefined
   readonly #leaderships = new Map<string, HeldLeadership>()
   readonly #campaigning = new Set<string>()
   /** Campaigns waiting for the session that replaces a lost one. */
@@ -371,6 +373,7 @@ export abstract class AbstractCoordinator implements Coordinator {
       { type: 'put', key: layout.nodeKey(node.id, 'record'), value: JSON.stringify({ ...node, joinedAt }), lease: session.recordLease.id },
       { type: 'put', key: layout.nodeKey(node.id, 'alive'), value: '', lease: session.lease.id }
     ])
+    this.#registered = session
   }
 
   async #startSession (nodeId: string, ttlMs: number): Promise<Session> {
@@ -413,7 +416,9 @@ export abstract class AbstractCoordinator implements Coordinator {
     while (this.#membership === membership && !this.#closed) {
       try {
         await this.#membershipQueue.run(async () => {
-          if (this.#membership === membership && this.#session === undefined && !this.#closed) await this.#register(membership)
+          // Also when a new session exists but writing the keys with it failed: they are gone with
+          // the lost lease, and nothing else would write them again.
+          if (this.#membership === membership && (this.#session === undefined || this.#registered !== this.#session) && !this.#closed) await this.#register(membership)
         })
         // The record and alive keys are on the new leases now; the old ones can go (best effort).
         await this._revokeLease(lost.lease).catch(() => {})
