@@ -3,7 +3,7 @@
 // map) is let go once the grace period is over. Also reads of snapshots and scrubs racing the
 // switch-over.
 
-import { describe, it } from 'node:test'
+import { describe, it, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import { queryObjects } from 'node:v8'
 import { GalleonFS } from '../src/index.js'
@@ -44,6 +44,18 @@ async function waiting (g: GalleonFS, expected: number): Promise<void> {
   assert.equal((await g.getVolumeMetrics('v')).qos?.throttledQueue, expected, 'the calls resolved the volume and wait for QoS')
 }
 
+/**
+ * With `queued` calls waiting for QoS: migrates the volume (timers mocked), lets the grace period
+ * of the old storage pass, then lets the waiting calls go.
+ */
+async function migratePastGrace (g: GalleonFS, t: TestContext, clock: ManualClock, queued: number): Promise<void> {
+  await waiting(g, queued)
+  t.mock.timers.enable({ apis: ['setTimeout'] })
+  await g.migrateVolume('v', { storageClass: SECRET.name })
+  t.mock.timers.tick(GRACE_MS)
+  await clock.advance(10_000)
+}
+
 describe('live migration: the old storage after the switch-over', () => {
   it('I/O calls that resolved the volume before the switch-over and run after it reach the new storage: nothing read or written is lost', async () => {
     const clock = new ManualClock()
@@ -76,11 +88,7 @@ describe('live migration: the old storage after the switch-over', () => {
     try {
       const read = g.readBlock('v', 0)
       const written = g.writeBlock('v', 2, pattern(3, 2))
-      await waiting(g, 2)
-      t.mock.timers.enable({ apis: ['setTimeout'] })
-      await g.migrateVolume('v', { storageClass: SECRET.name })
-      t.mock.timers.tick(GRACE_MS)
-      await clock.advance(10_000)
+      await migratePastGrace(g, t, clock, 2)
       assert.deepEqual(await read, pattern(1, 0), 'the read sees the volume\'s data, not an empty storage')
       await written
       await g.clearQoSPolicy('v')
@@ -135,11 +143,7 @@ describe('lifecycle races: I/O resolved before a live migration', () => {
       await g.readBlock('v', 15)
       const block = g.readBlock({ volume: 'v', snapshot: 's' }, 0)
       const range = g.read({ volume: 'v', snapshot: 's' }, 0, 2 * BLOCK)
-      await waiting(g, 2)
-      t.mock.timers.enable({ apis: ['setTimeout'] })
-      await g.migrateVolume('v', { storageClass: SECRET.name })
-      t.mock.timers.tick(GRACE_MS)
-      await clock.advance(10_000)
+      await migratePastGrace(g, t, clock, 2)
       assert.deepEqual(await block, pattern(1, 0), 'readBlock of the snapshot')
       const bytes = await range
       assert.deepEqual(bytes.subarray(0, BLOCK), pattern(1, 0), 'read of the snapshot, block 0')

@@ -222,7 +222,7 @@ export class VolumeLifecycle {
     if (mounts.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     }
-    this.#refuseWriters(record, options)
+    this.#refuseAttachments(record, options)
     // From here no new mount may attach to it (the unmount below and the deletion take a while).
     this.#host.goingAway.add(record.id)
     try {
@@ -242,7 +242,7 @@ export class VolumeLifecycle {
         await mountControl(this.#host.mounts).settled()
         const late = mountControl(this.#host.mounts).mountsOf(record.id)
         if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
-        this.#refuseWriters(record, options)
+        this.#refuseAttachments(record, options)
         await mountControl(this.#host.mounts).release(record.id)
         await this.#deleteChecked(record, options)
       }, 'the volume is being deleted')
@@ -255,7 +255,7 @@ export class VolumeLifecycle {
    * BUSY unless forced while the volume has attachments other than mounts: writable files open on
    * it, NBD clients connected read-write, files or NBD clients reading one of its snapshots.
    */
-  #refuseWriters (record: VolumeRecord, options: { force?: boolean }): void {
+  #refuseAttachments (record: VolumeRecord, options: { force?: boolean }): void {
     if (options?.force === true) return
     const writers = mountControl(this.#host.mounts).directWriters(record.id)
     if (writers > 0) {

@@ -7,6 +7,7 @@ import { GalleonError, describe } from '../errors.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
 import type { StoragePool } from './pools.js'
+import { holdCount } from './counts.js'
 
 /** A volume's persisted record: the public fields plus its compact storage id. */
 export interface VolumeRecord extends Volume {
@@ -436,15 +437,7 @@ export class Catalog {
     if (this.#classes.get(name) !== storageClass || this.#classesChanging.has(name)) {
       throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `storage class ${JSON.stringify(name)} was deleted meanwhile; nothing was created or changed. listStorageClasses() shows the available ones`)
     }
-    this.#classUses.set(name, (this.#classUses.get(name) ?? 0) + 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const left = (this.#classUses.get(name) ?? 0) - 1
-      if (left > 0) this.#classUses.set(name, left)
-      else this.#classUses.delete(name)
-    }
+    return holdCount(this.#classUses, name)
   }
 
   async putStorageClass (storageClass: StorageClass): Promise<void> {

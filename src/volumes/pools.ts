@@ -12,6 +12,7 @@
 import { GalleonError, describe } from '../errors.js'
 import { formatSize, parseSize } from '../size.js'
 import type { StorageClass } from '../types.js'
+import { holdCount } from './counts.js'
 
 /** What the pool manager needs of the catalog (kept narrow so this module imports no catalog). */
 export interface PoolCatalog {
@@ -400,16 +401,7 @@ export class PoolManager {
    * function once it is (or failed). POOL_NOT_FOUND when there is no such pool, or it is being deleted.
    */
   hold (poolName: string): () => void {
-    const pool = this.get(poolName)
-    this.#holds.set(pool.name, (this.#holds.get(pool.name) ?? 0) + 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const left = (this.#holds.get(pool.name) ?? 0) - 1
-      if (left > 0) this.#holds.set(pool.name, left)
-      else this.#holds.delete(pool.name)
-    }
+    return holdCount(this.#holds, this.get(poolName).name)
   }
 
   /**
@@ -448,15 +440,7 @@ export class PoolManager {
     if (bytes > free) {
       throw new GalleonError('NO_SPACE', `storage pool ${pool.name} is full: ${what} needs ${sizeText(bytes)} but only ${sizeText(free)} of its ${sizeText(limit)} limit are free (${sizeText(provisioned)} provisioned${reserved > 0 ? `, ${sizeText(reserved)} being created` : ''}; capacity ${sizeText(pool.capacityBytes)} x overcommit ${pool.overcommitRatio}). Nothing was written. Delete volumes in the pool, raise its capacity or overcommitRatio with updatePool(${JSON.stringify(pool.name)}, ...), or use another pool`)
     }
-    this.#reserved.set(pool.name, reserved + bytes)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const left = (this.#reserved.get(pool.name) ?? 0) - bytes
-      if (left > 0) this.#reserved.set(pool.name, left)
-      else this.#reserved.delete(pool.name)
-    }
+    return holdCount(this.#reserved, pool.name, bytes)
   }
 
   #members (name: string): PoolVolume[] {
