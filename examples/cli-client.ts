@@ -11,6 +11,9 @@ import { parseAddress } from './daemon-config.js'
 /** A failure to report in one line (exit 1), never with a stack trace. */
 export class CliError extends Error {}
 
+/** A command line that is wrong (exit 2), reported in one line before anything is sent. */
+export class UsageError extends CliError {}
+
 export interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean, timeout?: number }
 
 /** Media type of a streamed answer (progress lines, then the result). */

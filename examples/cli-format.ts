@@ -6,7 +6,7 @@ import { InvalidArgumentError } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { parseSize } from '../src/index.js'
 import Table from 'cli-table3'
-import { CliError, type Globals } from './cli-client.js'
+import { CliError, UsageError, type Globals } from './cli-client.js'
 
 export function print (globals: Globals, value: unknown, table?: () => string): void {
   process.stdout.write(globals.json === true || table === undefined ? JSON.stringify(value, null, 2) + '\n' : table())
@@ -28,11 +28,11 @@ export function sizeOption (value: string): number {
   }
 }
 
-/** `key=value,key=value` as an object; CliError naming the option otherwise. */
+/** `key=value,key=value` as an object; a usage error (exit 2) naming the option otherwise. */
 export function keyValues (text: string, option: string): Record<string, string> {
   return Object.fromEntries(text.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {
     const at = pair.indexOf('=')
-    if (at <= 0) throw new CliError(`${option} takes key=value pairs separated by commas, got ${JSON.stringify(pair)}`)
+    if (at <= 0) throw new UsageError(`${option} takes key=value pairs separated by commas, got ${JSON.stringify(pair)}`)
     return [pair.slice(0, at), pair.slice(at + 1)]
   }))
 }
@@ -52,21 +52,31 @@ export function policyFromFlags (options: Record<string, number | string | undef
   const guarantees = pick([['iops', 'guaranteeIops'], ['throughput_mbps', 'guaranteeMbps']])
   const burstable = pick([['duration_seconds', 'burstSeconds'], ['iops_multiplier', 'burstIopsMultiplier'], ['throughput_multiplier', 'burstMbpsMultiplier']])
   const policy = { ...(limits === undefined ? {} : { limits }), ...(guarantees === undefined ? {} : { guarantees }), ...(burstable === undefined ? {} : { burstable }), ...(options.weight === undefined ? {} : { weight: options.weight }) }
-  if (Object.keys(policy).length === 0) throw new CliError('qos set needs a policy: flags such as --limit-iops 1000 or --guarantee-iops 200, or --file policy.yaml; `qos clear` removes one')
+  if (Object.keys(policy).length === 0) throw new UsageError('qos set needs a policy: flags such as --limit-iops 1000 or --guarantee-iops 200, or --file policy.yaml; `qos clear` removes one')
   return policy
 }
 
 export async function policyFromFile (file: string, options: Record<string, unknown>): Promise<unknown> {
-  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new CliError('give the policy either as --file or as flags, not both')
+  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new UsageError('give the policy either as --file or as flags, not both')
   let text: string
   try {
     text = await readFile(file, 'utf8')
   } catch (err) {
     throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
   }
+  let policy: unknown
   try {
-    return /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
+    policy = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
   } catch (err) {
     throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
   }
+  return definitionIn(file, policy, 'a QoS policy (limits, guarantees, burstable, weight)')
+}
+
+/** What a definition file holds, when it is one object (an empty file, a list or a lone value is refused). */
+export function definitionIn (file: string, value: unknown, what: string): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new CliError(`${file} must hold ${what} as one object of fields, but holds ${value === null || value === undefined ? 'nothing' : Array.isArray(value) ? 'a list' : `a ${typeof value}`}`)
+  }
+  return value as Record<string, unknown>
 }

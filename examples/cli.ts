@@ -7,9 +7,9 @@ import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { formatSize, parseSize } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, NoAnswer, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
-import { columns, commaList, keyValues, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
+import { columns, commaList, definitionIn, keyValues, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
 
 export { runReplicationSelfTest } from './cli-self-test.js'
 
@@ -31,6 +31,16 @@ function count (v: string): number {
   const n = Number(v)
   if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('a whole number of at least 0')
   return n
+}
+
+/**
+ * A path given on the command line, made absolute here: the daemon runs in a working directory of
+ * its own, so a relative path is the user's, from where the CLI runs.
+ */
+function absolute (path: string): string
+function absolute (path: string | undefined): string | undefined
+function absolute (path: string | undefined): string | undefined {
+  return path === undefined || path === '' ? path : resolvePath(path)
 }
 
 /** A pool's overcommit ratio: a number of at least 1. */
@@ -119,7 +129,7 @@ export function buildCli (): Command {
     .option('-p, --pool <pool>', 'the storage pool to move to')
     .option('--node <node>', 'the cluster node to move this node\'s copy to')
     .action(async (ref: string, options: { storageClass?: string, pool?: string, node?: string }) => {
-      if (options.storageClass === undefined && options.pool === undefined && options.node === undefined) throw new CliError('volume migrate needs --storage-class, --pool or --node: where the volume goes')
+      if (options.storageClass === undefined && options.pool === undefined && options.node === undefined) throw new UsageError('volume migrate needs --storage-class, --pool or --node: where the volume goes')
       const moved = await callLong(globals(), `migrating ${ref}`, 'POST', `/v1/volumes/${encodeURIComponent(ref)}/migrate`, { storageClass: options.storageClass, pool: options.pool, node: options.node }) as VolumeView & { encrypted?: boolean, pool?: string }
       print(globals(), moved, () => `volume ${moved.name} migrated: ${options.node === undefined ? '' : `now on node ${options.node}, `}storage class ${moved.storageClass}${moved.pool === undefined ? '' : `, pool ${moved.pool}`}${moved.encrypted === true ? ', encrypted' : ''}
 `)
@@ -132,12 +142,14 @@ export function buildCli (): Command {
   volume.command('mount').description('mount a volume (the daemon needs --mount-point)').argument('<volume>').argument('[path]', 'mount point (default: <mount-point>/<volume>)').option('-o, --options <options>', 'mount options, comma-separated (ro, rw, sync, ...)')
     .action(async (ref: string, path: string | undefined, options: { options?: string }) => {
       // The daemon runs elsewhere in the file system: a relative mount point is the user's, from here.
-      const mount = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/mount`, { path: path === undefined || path === '' ? undefined : resolvePath(path), options: options.options }) as { path: string, readOnly: boolean }
+      const mount = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/mount`, { path: path === '' ? undefined : absolute(path), options: options.options }) as { path: string, readOnly: boolean }
       print(globals(), mount, () => `mounted ${ref} at ${mount.path} (${mount.readOnly ? 'read-only' : 'read-write'}); its bytes are ${mount.path}/data\n`)
     })
   volume.command('unmount').description('unmount a volume (by name, id or mount point)').argument('<target>').option('-f, --force', 'also when files are open on it')
     .action(async (target: string, options: { force?: boolean }) => {
-      await call(globals(), 'POST', '/v1/unmount', { target, force: options.force === true })
+      // The target may be a mount id or a volume (the daemon checks those first) or a mount point,
+      // which, relative, is the user's from here: sent resolved too.
+      await call(globals(), 'POST', '/v1/unmount', { target, ...(target === '' ? {} : { path: absolute(target) }), force: options.force === true })
       print(globals(), { unmounted: target }, () => `unmounted ${target}\n`)
     })
 
@@ -163,23 +175,23 @@ export function buildCli (): Command {
   const backup = program.command('backup').description('backups of volumes')
   backup.command('create').argument('<volume>').description('back a volume up')
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']).default('full'))
-    .option('--target <dir>', 'backup target directory (seen by the daemon)')
+    .option('--target <dir>', 'backup target directory (on the daemon\'s machine; a relative one is from here)')
     .action(async (ref: string, options: { strategy: string, target?: string }) => {
-      const made = await callLong(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: options.target }) as { id: string, strategy: string, blocks: number, storedBytes: number }
+      const made = await callLong(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: absolute(options.target) }) as { id: string, strategy: string, blocks: number, storedBytes: number }
       print(globals(), made, () => `backup ${made.id} (${made.strategy}): ${made.blocks} blocks, ${made.storedBytes} bytes stored\n`)
     })
   backup.command('list').argument('[volume]').option('--target <dir>', 'backup target directory').description('list backups').action(async (ref: string | undefined, options: { target?: string }) => {
-    const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: options.target }) })
+    const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: absolute(options.target) }) })
     const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
     print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
   })
   backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
     .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
-      const restored = await callLong(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, options) as VolumeView
+      const restored = await callLong(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, { ...options, target: absolute(options.target) }) as VolumeView
       print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
     })
   backup.command('verify').argument('<backup>').option('--target <dir>', 'backup target directory').description('check a backup\'s chunks').action(async (id: string, options: { target?: string }) => {
-    const report = await callLong(globals(), `verifying ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, options) as { ok: boolean, chunksChecked: number, problems: unknown[] }
+    const report = await callLong(globals(), `verifying ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, { target: absolute(options.target) }) as { ok: boolean, chunksChecked: number, problems: unknown[] }
     print(globals(), report, () => `backup ${id}: ${report.ok ? 'ok' : 'DAMAGED'} (${report.chunksChecked} chunks checked, ${report.problems.length} problems)\n`)
     if (!report.ok) throw new CliError(`backup ${id} failed verification`)
   })
@@ -198,7 +210,7 @@ export function buildCli (): Command {
     .action(async (name: string, options: { schedule: string, timezone?: string, strategy?: string, volumes?: string, labels?: string, daily?: number, weekly?: number, monthly?: number, target?: string }) => {
       const labels = options.labels === undefined ? undefined : Object.fromEntries(options.labels.split(',').map((pair) => {
         const at = pair.indexOf('=')
-        if (at <= 0) throw new CliError(`--labels takes key=value pairs, got ${JSON.stringify(pair)}`)
+        if (at <= 0) throw new UsageError(`--labels takes key=value pairs, got ${JSON.stringify(pair)}`)
         return [pair.slice(0, at), pair.slice(at + 1)]
       }))
       const retention = Object.fromEntries(Object.entries({ daily: options.daily, weekly: options.weekly, monthly: options.monthly }).filter(([, v]) => v !== undefined))
@@ -210,7 +222,7 @@ export function buildCli (): Command {
         ...(options.volumes === undefined ? {} : { volumes: options.volumes.split(',').map((v) => v.trim()).filter((v) => v.length > 0) }),
         ...(labels === undefined ? {} : { labels }),
         ...(Object.keys(retention).length === 0 ? {} : { retention }),
-        ...(options.target === undefined ? {} : { target: options.target })
+        ...(options.target === undefined ? {} : { target: absolute(options.target) })
       }) as { name: string, nextRunAt: string | null }
       print(globals(), created, () => `created backup policy ${created.name}; next run ${created.nextRunAt ?? 'never'}\n`)
     })
@@ -257,7 +269,7 @@ export function buildCli (): Command {
   daemon.command('status').description('show the daemon\'s state')
     .option('--wait <seconds>', 'wait up to this long for the daemon to answer (for scripts that just started it)', (v) => {
       const n = Number(v)
-      if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError('a number of seconds')
+      if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('a number of seconds')
       return n
     })
     .action(async (options: { wait?: number }) => {
@@ -319,7 +331,7 @@ export function buildCli (): Command {
     } catch (err) {
       throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
     }
-    const created = await call(globals(), 'POST', '/v1/storage-classes', definition) as { name: string }
+    const created = await call(globals(), 'POST', '/v1/storage-classes', definitionIn(file, definition, 'a storage class (name, parameters, ...)')) as { name: string }
     print(globals(), created, () => `created storage class ${created.name}\n`)
   })
   storageClass.command('list').description('list storage classes').action(async () => {
@@ -420,7 +432,7 @@ export function buildCli (): Command {
         ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
         ...(options.description === undefined ? {} : { description: options.description })
       }
-      if (Object.keys(changes).length === 0) throw new CliError('pool update needs --capacity, --overcommit or --description')
+      if (Object.keys(changes).length === 0) throw new UsageError('pool update needs --capacity, --overcommit or --description')
       const updated = await call(globals(), 'PATCH', `/v1/pools/${encodeURIComponent(name)}`, changes) as PoolView
       print(globals(), updated, () => `storage pool ${updated.name}: ${formatSize(updated.capacityBytes)}, up to ${formatSize(updated.limitBytes)} provisioned, ${formatSize(updated.freeBytes)} free\n`)
     })
@@ -443,6 +455,8 @@ export async function runCli (argv: string[]): Promise<number> {
       return err.exitCode === 0 ? 0 : 2
     }
     process.stderr.write(`galleonfs: ${(err as Error).message}\n`)
-    return 1
+    // A command line that is wrong in a way only the command itself sees (a flag it needs, a
+    // malformed key=value list) is a usage error all the same.
+    return err instanceof UsageError ? 2 : 1
   }
 }

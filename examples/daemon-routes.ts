@@ -2,7 +2,7 @@
 // besides the library, request bodies, and the errors a route answers with.
 
 import type { IncomingMessage } from 'node:http'
-import { join, resolve } from 'node:path'
+import { isAbsolute, join, resolve } from 'node:path'
 import type { GalleonFS, ProgressListener } from '../src/index.js'
 import type { NbdServer } from '../backends/nbd/index.js'
 import { formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
@@ -64,9 +64,78 @@ function progress (daemon: RouteContext): { onProgress?: ProgressListener, signa
   return { signal: daemon.signal, ...(daemon.progress === undefined ? {} : { onProgress: daemon.progress }) }
 }
 
-/** The backup target a request names (body or query), if any. */
-function target (url: URL, options: Record<string, unknown> = {}): { target?: string } {
-  const value = (options.target as string | undefined) ?? url.searchParams.get('target') ?? undefined
+/** A request refused for one field: 400 naming the field, what it must be, and what came. */
+function invalid (field: string, expected: string, value: unknown): HttpError {
+  return new HttpError(400, 'INVALID_ARGUMENT', `${field} must be ${expected}, got ${shown(value)}`)
+}
+
+/** A value as an error message shows it (strings quoted and cut short). */
+function shown (value: unknown): string {
+  if (value === undefined) return 'nothing'
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'a list'
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value)
+  return typeof value === 'object' ? 'an object' : String(value)
+}
+
+/** The request body's fields: no body is no fields; any JSON other than an object is refused. */
+function fieldsOf (body: unknown): Record<string, unknown> {
+  if (body === undefined) return {}
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw invalid('the request body', 'a JSON object of fields', body)
+  return body as Record<string, unknown>
+}
+
+/** An optional string field (absent: undefined); 400 naming it when it is there but no non-empty string. */
+function optionalString (fields: Record<string, unknown>, field: string, expected = 'a non-empty string'): string | undefined {
+  const value = fields[field]
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || value.length === 0) throw invalid(field, expected, value)
+  return value
+}
+
+/** A string field the request cannot do without. */
+function requiredString (fields: Record<string, unknown>, field: string, expected: string): string {
+  const value = optionalString(fields, field, expected)
+  if (value === undefined) throw invalid(field, expected, undefined)
+  return value
+}
+
+/** An optional true/false field. */
+function optionalBoolean (fields: Record<string, unknown>, field: string): boolean | undefined {
+  const value = fields[field]
+  if (value !== undefined && typeof value !== 'boolean') throw invalid(field, 'true or false', value)
+  return value
+}
+
+/** A byte count or offset field the request cannot do without. */
+function requiredNumber (fields: Record<string, unknown>, field: string, expected: string): number {
+  const value = fields[field]
+  if (typeof value !== 'number') throw invalid(field, expected, value)
+  return value
+}
+
+/**
+ * An optional path field. It must be absolute: the daemon runs in a working directory of its own,
+ * so a relative path would name another place than the caller's (the CLI resolves it where it runs).
+ */
+function absolutePath (value: unknown, field: string, what: string): string | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || value.length === 0) throw invalid(field, `${what}, an absolute path`, value)
+  if (!isAbsolute(value)) throw invalid(field, `${what}, an absolute path (the daemon's working directory is not the caller's: resolve it first, as the CLI does)`, value)
+  return value
+}
+
+/** A true/false query parameter such as `?force=true` (absent: false). */
+function queryFlag (url: URL, name: string): boolean {
+  const value = url.searchParams.get(name)
+  if (value === null || value === 'false') return false
+  if (value === 'true') return true
+  throw invalid(`the query parameter ${name}`, 'true or false', value)
+}
+
+/** The backup target a request names (body or query), if any: a directory path on the daemon's machine. */
+function target (url: URL, fields: Record<string, unknown> = {}): { target?: string } {
+  const value = absolutePath(fields.target ?? url.searchParams.get('target') ?? undefined, 'target', 'a backup target directory')
   return value === undefined ? {} : { target: value }
 }
 
@@ -101,7 +170,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
   const key = `${method} /${parts.map((p, i) => i === 2 || i === 4 ? ':' : p).join('/')}`
   const ref = parts[2] as string
   const sub = parts[4] as string
-  const options = (body ?? {}) as Record<string, unknown>
+  const options = fieldsOf(body)
   switch (key) {
     case 'GET /metrics': return await g.metricsText()
     case 'GET /v1/status': {
@@ -121,7 +190,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
     case 'POST /v1/volumes': return await g.createVolume(options as never)
     case 'GET /v1/volumes/:': return { ...await g.getVolume(ref), usage: await g.getVolumeUsageDetails(ref) }
     case 'DELETE /v1/volumes/:':
-      await g.deleteVolume(ref, { force: url.searchParams.get('force') === 'true' })
+      await g.deleteVolume(ref, { force: queryFlag(url, 'force') })
       // A forced delete unmounts the volume: a restart must not try to mount it again.
       if (config.mountPoint !== undefined) {
         const volumeIds = new Set((await g.listVolumes()).map((volume) => volume.id))
@@ -137,58 +206,101 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
       return undefined
     case 'POST /v1/volumes/:/write': {
       // Block I/O for scripts and checks: data in base64, with a write concern.
-      if (typeof options.offset !== 'number' || typeof options.data !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'write needs { offset, data (base64), concern? }')
+      const offset = requiredNumber(options, 'offset', 'the byte offset to write at (write takes { offset, data (base64), concern? })')
+      if (typeof options.data !== 'string') throw invalid('data', 'the bytes to write, in base64', options.data)
       // Buffer.from() skips characters that are not base64, so a mistake would write other bytes.
       if (!BASE64.test(options.data)) throw new HttpError(400, 'INVALID_ARGUMENT', 'write data must be base64 (A-Z, a-z, 0-9, + and /, padded with = to a multiple of 4 characters)')
-      await g.write(ref, options.offset, Buffer.from(options.data, 'base64'), (options.concern ?? 'WriteAcknowledged') as never)
+      const concern = optionalString(options, 'concern', 'a write concern such as WriteDurable') ?? 'WriteAcknowledged'
+      await g.write(ref, offset, Buffer.from(options.data, 'base64'), concern as never)
       return undefined
     }
     case 'POST /v1/volumes/:/read': {
-      if (typeof options.offset !== 'number' || typeof options.length !== 'number') throw new HttpError(400, 'INVALID_ARGUMENT', 'read needs { offset, length }')
-      if (options.length > 16 << 20) throw new HttpError(400, 'INVALID_ARGUMENT', `read at most 16 MiB at once, not ${options.length} bytes`)
-      return { data: Buffer.from(await g.read(ref, options.offset, options.length)).toString('base64') }
+      const offset = requiredNumber(options, 'offset', 'the byte offset to read at (read takes { offset, length })')
+      const length = requiredNumber(options, 'length', 'the number of bytes to read (read takes { offset, length })')
+      if (length > 16 << 20) throw new HttpError(400, 'INVALID_ARGUMENT', `read at most 16 MiB at once, not ${length} bytes`)
+      return { data: Buffer.from(await g.read(ref, offset, length)).toString('base64') }
     }
     case 'POST /v1/volumes/:/migrate': {
       // Progress in blocks, reported to a streaming client in bytes (what the CLI's bar draws).
+      const storageClass = optionalString(options, 'storageClass', 'the name of a storage class')
+      const pool = optionalString(options, 'pool', 'the name of a storage pool')
+      const node = optionalString(options, 'node', 'a cluster node id')
       const blockSize = (await g.getVolume(ref)).blockSize
       const onProgress = daemon.progress
       return await g.migrateVolume(ref, {
-        ...(options.storageClass === undefined ? {} : { storageClass: options.storageClass as string }),
-        ...(options.pool === undefined ? {} : { pool: options.pool as string }),
-        ...(options.node === undefined ? {} : { node: options.node as string })
+        ...(storageClass === undefined ? {} : { storageClass }),
+        ...(pool === undefined ? {} : { pool }),
+        ...(node === undefined ? {} : { node })
       }, { signal: daemon.signal, ...(onProgress === undefined ? {} : { onProgress: (event) => { onProgress({ bytesDone: event.blocksDone * blockSize, bytesTotal: event.blocksTotal * blockSize }) } }) })
     }
-    case 'POST /v1/volumes/:/expand': return await g.expandVolume(ref, options.sizeBytes as number)
-    case 'POST /v1/volumes/:/clone': return await g.cloneVolume(options.snapshot === undefined ? ref : { volume: ref, snapshot: options.snapshot as string }, options.name as string)
+    case 'POST /v1/volumes/:/expand': {
+      const size = options.sizeBytes
+      if (typeof size !== 'number' && typeof size !== 'string') throw invalid('sizeBytes', 'the new size: a number of bytes or a string such as "2G"', size)
+      return await g.expandVolume(ref, size)
+    }
+    case 'POST /v1/volumes/:/clone': {
+      const name = requiredString(options, 'name', 'the name of the new volume')
+      const snapshot = optionalString(options, 'snapshot', 'the name or id of a snapshot of the volume')
+      return await g.cloneVolume(snapshot === undefined ? ref : { volume: ref, snapshot }, name)
+    }
     case 'POST /v1/volumes/:/mount': {
       if (config.mountPoint === undefined) throw new HttpError(409, 'NO_MOUNT_POINT', 'this daemon was started without --mount-point, so it cannot mount volumes; restart it with --mount-point <dir>')
-      const path = typeof options.path === 'string' && options.path.length > 0 ? options.path : join(config.mountPoint, ref)
-      const strings = typeof options.options === 'string' ? options.options.split(',').map((o) => o.trim()).filter((o) => o.length > 0) : []
+      const path = absolutePath(options.path, 'path', 'the mount point') ?? join(config.mountPoint, ref)
+      const given = options.options
+      // Comma-separated (as the CLI sends them) or a list.
+      if (given !== undefined && typeof given !== 'string' && !(Array.isArray(given) && given.every((o) => typeof o === 'string'))) throw invalid('options', 'mount options: a comma-separated string such as "ro,sync", or a list of strings', given)
+      const strings = given === undefined ? [] : (typeof given === 'string' ? given.split(',') : given as string[]).map((o) => o.trim()).filter((o) => o.length > 0)
       const id = await g.mounts.mountVolume(ref, path, { options: strings })
       const mount = g.mounts.listMounts().find((m) => m.id === id)
       if (mount !== undefined) await daemon.updateSavedMounts((saved) => [...saved.filter((m) => m.path !== mount.path), { volumeId: mount.volumeId, path: mount.path, options: strings }])
       return mount
     }
     case 'POST /v1/unmount': {
-      const target = options.target as string
-      const mount = g.mounts.listMounts().find((m) => m.id === target || m.path === resolve(target) || m.volumeName === target || m.volumeId === target)
-      await g.mounts.unmountVolume(mount?.id ?? target, { force: options.force === true })
-      if (mount !== undefined) await daemon.updateSavedMounts((saved) => saved.filter((m) => m.path !== mount.path))
+      // { target, path?, force? }: target is a mount id, a volume name or id, or a mount point;
+      // path is the mount point target names, made absolute by the caller (a relative target is
+      // not resolved here: the daemon's working directory is not the caller's).
+      const named = requiredString(options, 'target', 'what to unmount: a mount id, a volume name or id, or an absolute mount point')
+      const path = absolutePath(options.path, 'path', 'the mount point the target names')
+      const force = optionalBoolean(options, 'force') ?? false
+      const at = path !== undefined ? resolve(path) : isAbsolute(named) ? resolve(named) : undefined
+      const mounts = g.mounts.listMounts()
+      const byPath = (): typeof mounts[number] | undefined => at === undefined ? undefined : mounts.find((m) => m.path === at)
+      const byVolume = (): typeof mounts[number] | undefined => mounts.find((m) => m.volumeName === named || m.volumeId === named)
+      // A target written as a path (`./data`, `mnt/data`) is a path first; a bare word a volume first.
+      const asPath = named.includes('/') || named === '.' || named === '..'
+      const mount = mounts.find((m) => m.id === named) ?? (asPath ? byPath() ?? byVolume() : byVolume() ?? byPath())
+      if (mount === undefined) {
+        throw new HttpError(400, 'INVALID_ARGUMENT', `nothing is mounted as ${JSON.stringify(named)}${at === undefined || at === named ? '' : ` (${at})`}; name a mount id, a volume name or id, or an absolute mount point (GET /v1/mounts lists the mounts)`)
+      }
+      await g.mounts.unmountVolume(mount.id, { force })
+      await daemon.updateSavedMounts((saved) => saved.filter((m) => m.path !== mount.path))
       return undefined
     }
     case 'GET /v1/mounts': return g.mounts.listMounts()
     case 'GET /v1/volumes/:/snapshots': return await g.listSnapshots(ref)
-    case 'POST /v1/volumes/:/snapshots': return await g.createSnapshot(ref, options.name as string)
+    case 'POST /v1/volumes/:/snapshots': return await g.createSnapshot(ref, requiredString(options, 'name', 'the snapshot\'s name'))
     case 'DELETE /v1/volumes/:/snapshots/:':
-      await g.deleteSnapshot(ref, sub, { force: url.searchParams.get('force') === 'true' })
+      await g.deleteSnapshot(ref, sub, { force: queryFlag(url, 'force') })
       return undefined
     case 'POST /v1/volumes/:/snapshots/:/restore': return await g.restoreSnapshot(ref, sub)
     case 'GET /v1/backups': return await g.listBackups(url.searchParams.get('volume') ?? undefined, target(url))
-    case 'POST /v1/backups': return await g.createBackup(options.volume as string, { strategy: options.strategy as never, ...target(url, options), ...progress(daemon) })
-    case 'POST /v1/backups/:/restore': return await g.restoreBackup(ref, { ...(options.name === undefined ? {} : { name: options.name as string }), ...(options.volume === undefined ? {} : { volume: options.volume as string }), ...(options.pool === undefined ? {} : { pool: options.pool as string }), ...target(url, options), ...progress(daemon) })
+    case 'POST /v1/backups': {
+      const volume = requiredString(options, 'volume', 'the name or id of the volume to back up')
+      const strategy = optionalString(options, 'strategy', 'full, incremental or differential')
+      return await g.createBackup(volume, { ...(strategy === undefined ? {} : { strategy: strategy as never }), ...target(url, options), ...progress(daemon) })
+    }
+    case 'POST /v1/backups/:/restore': {
+      const name = optionalString(options, 'name', 'the name of the new volume to restore into')
+      const volume = optionalString(options, 'volume', 'the name or id of the volume to restore over')
+      const pool = optionalString(options, 'pool', 'the name of a storage pool')
+      return await g.restoreBackup(ref, { ...(name === undefined ? {} : { name }), ...(volume === undefined ? {} : { volume }), ...(pool === undefined ? {} : { pool }), ...target(url, options), ...progress(daemon) })
+    }
     case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
     case 'GET /v1/backup-policies': return await g.listBackupPolicies()
-    case 'POST /v1/backup-policies': return await g.createBackupPolicy(options as never)
+    case 'POST /v1/backup-policies':
+      // The policy keeps its target for later runs: a relative one would be the daemon's.
+      absolutePath(options.target, 'target', 'a backup target directory')
+      return await g.createBackupPolicy(options as never)
     case 'GET /v1/backup-policies/:': return await g.getBackupPolicy(ref)
     case 'DELETE /v1/backup-policies/:':
       await g.deleteBackupPolicy(ref)
@@ -208,7 +320,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
       return { ...status, members: status.members.map((m) => ({ ...m, address: m.address === '' ? config.bindAddress : m.address })) }
     }
     case 'POST /v1/cluster/:':
-      if (ref === 'leave') return await daemon.cluster.leave(options.force === true)
+      if (ref === 'leave') return await daemon.cluster.leave(optionalBoolean(options, 'force') ?? false)
       if (ref !== 'join') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
       if (typeof options.address !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'cluster join needs { address }: the bind address (host:port) of a node of the cluster')
       try {

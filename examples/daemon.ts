@@ -237,7 +237,13 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       try {
         const offered = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? ''
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
-        const url = new URL(request.url ?? '/', 'http://daemon')
+        const url = (() => {
+          try {
+            return new URL(request.url ?? '/', 'http://daemon')
+          } catch {
+            throw new HttpError(400, 'INVALID_ARGUMENT', `the request target ${JSON.stringify(request.url)} is not a URL path such as /v1/volumes`)
+          }
+        })()
         const body = await readBody(request)
         const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl, updateSavedMounts }
         if ((request.headers.accept ?? '').includes(NDJSON)) {

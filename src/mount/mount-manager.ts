@@ -110,6 +110,8 @@ interface MountState {
   readonly mount: Omit<Mount, 'openFiles'>
   readonly target: MountTarget
   readonly files: Set<VolumeFile>
+  /** Set while it is being unmounted: its files are closed, so no new one opens on it. */
+  releasing: boolean
 }
 
 const KNOWN_OPTIONS = new Set(['readOnly', 'ro', 'rw', 'sync', 'options'])
@@ -122,6 +124,8 @@ export class MountManager {
   readonly #queue = new SerialQueue()
   #closed = false
 
+  /** Every VolumeFile opened straight on a volume or snapshot (not through a mount): close() closes them. */
+  readonly #directFiles = new Set<VolumeFile>()
   /** Writable VolumeFiles opened straight on a volume (not through a mount), by volume id. */
   readonly #directWriters = new Map<string, Set<VolumeFile>>()
   /** VolumeFiles opened straight on a snapshot (not through a mount), with what they read. */
@@ -165,7 +169,16 @@ export class MountManager {
         await this.#serial(async () => {
           this.#closed = true
           for (const state of [...this.#mounts.values()]) await this.#release(state, true).catch(() => {})
+          // Files opened straight on volumes close too, as files on mounts do: each waits for its
+          // reads and writes in flight and flushes, while the instance still serves them. Every
+          // file is closed (later calls on it get NOT_OPEN) even when a flush fails; the first
+          // failure is reported, but not that of a file whose volume was deleted under it (forced).
+          const closing = await Promise.allSettled([...this.#directFiles].map(async (file) => {
+            await file.close().catch((err: unknown) => { if ((err as { code?: string }).code !== 'VOLUME_NOT_FOUND') throw err })
+          }))
           await this.#driver.close?.()
+          const failed = closing.find((outcome): outcome is PromiseRejectedResult => outcome.status === 'rejected')
+          if (failed !== undefined) throw failed.reason
         })
       }
     })
@@ -243,7 +256,7 @@ export class MountManager {
         driver: this.#driver.name,
         mountedAt: new Date().toISOString()
       }
-      const state: MountState = { mount, target, files: new Set() }
+      const state: MountState = { mount, target, files: new Set(), releasing: false }
       const concern = sync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
       const presented: MountedVolume = {
         id: mount.id,
@@ -315,6 +328,10 @@ export class MountManager {
       const ref = mounted.target.snapshotId === undefined ? mounted.mount.volumeId : { volume: mounted.mount.volumeId, snapshot: mounted.target.snapshotId }
       const readOnly = mounted.mount.readOnly || options.readOnly === true
       const target = await this.#host.guard('openVolumeFile', ref, readOnly, async () => this.#host.target(ref))
+      // Checked again after the wait: a file opened on a mount that is going away (an unmount or
+      // close() began meanwhile, and has closed the files it knew of) would stay open on nothing.
+      this.#assertOpen()
+      if (!this.#mounts.has(mounted.mount.id) || mounted.releasing) throw new GalleonError('INVALID_ARGUMENT', `the mount at ${mounted.mount.path} is being unmounted (or is gone); listMounts() shows the mounts`)
       const file = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: mounted.mount.sync }, () => mounted.files.delete(file))
       mounted.files.add(file)
       return file
@@ -323,6 +340,8 @@ export class MountManager {
     // a read-write attachment of a ReadWriteOnce volume).
     const readOnly = this.#host.isSnapshotRef(pathOrRef) || options.readOnly === true
     const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef))
+    // A close() that began meanwhile has already closed the files it knew of.
+    this.#assertOpen()
     if (!readOnly) {
       if (!target.accessModes.includes(AccessMode.ReadWriteOnce) && !target.accessModes.includes(AccessMode.ReadWriteMany)) {
         throw new GalleonError('READ_ONLY', `volume ${target.volumeName} allows only read-only access (${target.accessModes.join(', ')}); open it with { readOnly: true }`)
@@ -330,12 +349,14 @@ export class MountManager {
       if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target, true)
     }
     const file: VolumeFile = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
+      this.#directFiles.delete(file)
       this.#snapshotFiles.delete(file)
       if (readOnly) return
       const writers = this.#directWriters.get(target.volumeId)
       writers?.delete(file)
       if (writers?.size === 0) this.#directWriters.delete(target.volumeId)
     })
+    this.#directFiles.add(file)
     if (target.snapshotId !== undefined) {
       // Counts as an attachment of the snapshot (deleteSnapshot and deleteVolume refuse while it is
       // open); checked again now that it counts: a deletion that began meanwhile wins.
@@ -374,12 +395,17 @@ export class MountManager {
   }
 
   async #release (state: MountState, force: boolean): Promise<void> {
+    state.releasing = true
     for (const file of [...state.files]) await file.close().catch(() => {})
     try {
       await this.#driver.unmount(state.mount.path, { force })
     } catch (err) {
       // Unmounted, but background writes failed: the mount is gone all the same.
-      if ((err as { code?: string }).code !== 'IO_ERROR') throw err
+      if ((err as { code?: string }).code !== 'IO_ERROR') {
+        // Still mounted (the driver refused): files may open on it again.
+        state.releasing = false
+        throw err
+      }
       this.#mounts.delete(state.mount.id)
       throw err
     }
