@@ -247,11 +247,13 @@ const VOLUME_FAMILIES: Record<string, { type: string, values: (v: PrometheusVolu
   galleonfs_volume_write_ops_total: { type: 'COUNTER', values: (v) => v.metrics.writeOps },
   galleonfs_volume_read_bytes_total: { type: 'COUNTER', values: (v) => v.metrics.readBytes },
   galleonfs_volume_write_bytes_total: { type: 'COUNTER', values: (v) => v.metrics.writeBytes },
+  galleonfs_volume_trim_ops_total: { type: 'COUNTER', values: (v) => v.metrics.trimOps },
+  galleonfs_volume_trim_bytes_total: { type: 'COUNTER', values: (v) => v.metrics.trimBytes },
   galleonfs_volume_errors_total: { type: 'COUNTER', values: (v) => v.metrics.errors },
   galleonfs_volume_checksum_errors_total: { type: 'COUNTER', values: (v) => v.metrics.checksumErrors },
   galleonfs_volume_cache_hits_total: { type: 'COUNTER', values: (v) => v.metrics.cacheHits },
   galleonfs_volume_cache_misses_total: { type: 'COUNTER', values: (v) => v.metrics.cacheMisses },
-  galleonfs_volume_iops: { type: 'GAUGE', values: (v, d) => d === 'read' ? v.metrics.readIops : v.metrics.writeIops },
+  galleonfs_volume_iops: { type: 'GAUGE', values: (v, d) => d === 'read' ? v.metrics.readIops : d === 'trim' ? v.metrics.trimIops : v.metrics.writeIops },
   galleonfs_volume_throughput_bytes_per_second: {
     type: 'GAUGE', values: (v, d) => 1e6 * (d === 'read' ? v.metrics.readThroughputMBps : v.metrics.writeThroughputMBps)
   },
@@ -264,7 +266,7 @@ const VOLUME_FAMILIES: Record<string, { type: string, values: (v: PrometheusVolu
   galleonfs_volume_used_bytes: { type: 'GAUGE', values: (v) => v.usedBytes }
 }
 const EXTRA_LABEL: Record<string, { key: string, values: string[] }> = {
-  galleonfs_volume_iops: { key: 'direction', values: ['read', 'write'] },
+  galleonfs_volume_iops: { key: 'direction', values: ['read', 'write', 'trim'] },
   galleonfs_volume_throughput_bytes_per_second: { key: 'direction', values: ['read', 'write'] },
   galleonfs_volume_latency_seconds: { key: 'quantile', values: ['0.5', '0.99'] }
 }

@@ -151,12 +151,13 @@ export function verified (core: EngineCore, volume: VolumeBlocks, address: Block
  * Reads blocks first..last of the view at `at` with one `getMany` (which the file store turns into
  * a few large reads) and hands each verified payload to `place`; blocks that read as zeros are
  * skipped. Blocks found in the cache are used, but a multi-block read does not fill the cache: a
- * scan would only evict the blocks that are read again and again.
+ * scan would only evict the blocks that are read again and again. `cached` false: the cache is
+ * neither used nor counted (a background read, see BlockEngine.read).
  */
-export async function readMany (core: EngineCore, volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false, into?: ReadTarget): Promise<void> {
+export async function readMany (core: EngineCore, volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked = false, into?: ReadTarget, cached = true): Promise<void> {
   const indices: number[] = []
   const addresses: BlockAddress[] = []
-  const useCache = core.cache.enabled && core.cache.size > 0
+  const useCache = cached && core.cache.enabled && core.cache.size > 0
   for (let index = first; index <= last; index++) {
     const found = volume.map.locate(index, at)
     if (found === undefined) continue
@@ -169,7 +170,7 @@ export async function readMany (core: EngineCore, volume: VolumeBlocks, first: n
         continue
       }
     }
-    if (core.cache.enabled) volume.metrics.cacheMiss()
+    if (cached && core.cache.enabled) volume.metrics.cacheMiss()
     indices.push(index)
     addresses.push(address)
   }
@@ -208,7 +209,7 @@ export async function readMany (core: EngineCore, volume: VolumeBlocks, first: n
         // located (trimmed meanwhile) is skipped by the next pass and must read as zeros.
         const zeros = new Uint8Array(core.blockSize)
         for (let index = first; index <= last; index++) place(index, zeros)
-        await readMany(core, volume, first, last, at, place, true, into)
+        await readMany(core, volume, first, last, at, place, true, into, cached)
       } finally {
         lock.done()
       }

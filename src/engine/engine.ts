@@ -131,9 +131,10 @@ export class BlockEngine {
 
   /**
    * Writes one block. `data` shorter than the block size is zero-padded (the block's remaining bytes
-   * become zeros); longer is refused. `primary`: see replicatorFor.
+   * become zeros); longer is refused. `primary`: see replicatorFor. `background`: a copy applying
+   * its primary's changes, not a client's write: left out of the volume's I/O metrics.
    */
-  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
+  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
     checkIndex(this.#core, volume, index)
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
@@ -143,7 +144,7 @@ export class BlockEngine {
       volume = (await this.#core.settle(volume))[0]
     }
     volume.enter()
-    const startedAt = volume.metrics.begin()
+    const startedAt = background ? 0 : volume.metrics.begin()
     let ok = false
     // EngineCore.lock for one block, inlined: no closure and no result object per write. The claim is also
     // the write's ticket once it holds a generation (both end at the same moment).
@@ -173,7 +174,7 @@ export class BlockEngine {
       if (ticketed) volume.tickets.delete(claim)
       if (volume.locks.get(index) === claim) volume.locks.delete(index)
       claim.release()
-      volume.metrics.end('write', data.byteLength, startedAt, ok)
+      if (!background) volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
 
@@ -181,14 +182,19 @@ export class BlockEngine {
     if (this.#streak.tooLong(performance.now())) await loopTurn()
   }
 
-  /** Reads a byte range (of the live view, or of the snapshot `view`), which may span blocks. */
-  async read (volume: VolumeBlocks, offset: number, length: number, view?: View): Promise<Uint8Array> {
+  /**
+   * Reads a byte range (of the live view, or of the snapshot `view`), which may span blocks.
+   * `background`: a read on replication's behalf (a resync reading or digesting blocks for a copy),
+   * not a client's: it is left out of the volume's I/O metrics and bypasses the block cache (a
+   * scan would evict what clients read, and count as their misses).
+   */
+  async read (volume: VolumeBlocks, offset: number, length: number, view?: View, background = false): Promise<Uint8Array> {
     checkRange(this.#core, volume, offset, length, view)
     const out = new Uint8Array(length)
     if (length === 0) return out
     if (volume.gate !== undefined || volume.movedTo !== undefined) [volume, view] = await this.#core.settle(volume, view)
     volume.enter()
-    const startedAt = volume.metrics.begin()
+    const startedAt = background ? 0 : volume.metrics.begin()
     let ok = false
     try {
       const at = view?.gen ?? LIVE
@@ -201,17 +207,17 @@ export class BlockEngine {
         out.set(payload.subarray(from - blockStart, to - blockStart), from - offset)
       }
       if (first === last) {
-        place(first, await readPayload(this.#core, volume, first, true, false, at))
+        place(first, await readPayload(this.#core, volume, first, !background, false, at))
       } else {
         // Whole blocks of an encrypted volume may be decrypted straight into the result.
-        await readMany(this.#core, volume, first, last, at, place, false, { out, offset })
+        await readMany(this.#core, volume, first, last, at, place, false, { out, offset }, !background)
       }
       ok = true
       // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
       if (this.#streak.tooLong(performance.now())) await loopTurn()
       return out
     } finally {
-      volume.metrics.end('read', length, startedAt, ok)
+      if (!background) volume.metrics.end('read', length, startedAt, ok)
       volume.leave()
     }
   }
@@ -219,8 +225,9 @@ export class BlockEngine {
   /**
    * Writes a byte range atomically (one journal entry): whole blocks are replaced, partial blocks at
    * the edges are read, patched and rewritten under the block's lock. `primary`: see replicatorFor.
+   * `background`: as for writeBlock.
    */
-  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
+  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
     checkRange(this.#core, volume, offset, data.byteLength)
     if (data.byteLength === 0) return
     const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
@@ -229,7 +236,7 @@ export class BlockEngine {
       volume = (await this.#core.settle(volume))[0]
     }
     volume.enter()
-    const startedAt = volume.metrics.begin()
+    const startedAt = background ? 0 : volume.metrics.begin()
     let ok = false
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + data.byteLength - 1) / this.blockSize)
@@ -291,7 +298,7 @@ export class BlockEngine {
     } finally {
       if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
-      volume.metrics.end('write', data.byteLength, startedAt, ok)
+      if (!background) volume.metrics.end('write', data.byteLength, startedAt, ok)
       volume.leave()
     }
 
@@ -302,12 +309,15 @@ export class BlockEngine {
   /**
    * Discards a byte range: whole blocks are unmapped (their space freed unless a snapshot keeps
    * them; they read as zeros), partial blocks at the edges are zero-filled. `primary`: see replicatorFor.
+   * `background`: as for writeBlock.
    */
-  async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator): Promise<void> {
+  async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
     checkRange(this.#core, volume, offset, length)
     if (length === 0) return
     if (volume.gate !== undefined || volume.movedTo !== undefined) volume = (await this.#core.settle(volume))[0]
     volume.enter()
+    const startedAt = background ? 0 : volume.metrics.begin()
+    let ok = false
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + length - 1) / this.blockSize)
     const release = this.#core.lock(volume, first, last)
@@ -347,12 +357,15 @@ export class BlockEngine {
       }
       if (ops.length === 0) {
         if (seq !== undefined) await (volume.replicator as VolumeReplicator).committed(seq, concern)
+        ok = true
         return
       }
       await this.#core.commit(volume, ops, concern, seq, () => { for (const step of apply) step() })
+      ok = true
     } finally {
       if (ticket !== undefined) this.#endTicket(volume, ticket)
       release.done()
+      if (!background) volume.metrics.end('trim', length, startedAt, ok)
       volume.leave()
     }
 

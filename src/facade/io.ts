@@ -78,14 +78,20 @@ export function ioFailed (host: FacadeHost, record: VolumeRecord, operation: 're
 }
 
 /**
- * The bytes a read() is charged against throughput limits: its length when the engine will serve
- * it, else 0. A refused read moves nothing, and charging a bogus length (Infinity, 2^40) left the
- * volume's limit, or the node's capacity, a debt that never cleared.
+ * The bytes a read() or write() is charged against throughput limits: its length when the engine
+ * will serve it, else 0. A refused call moves nothing, and charging a bogus length (Infinity, 2^40,
+ * or a large write past the end) left the volume's limit, or the node's capacity, a debt that held
+ * its next calls for as long as the bytes would have taken.
  */
-function readCharge (offset: unknown, length: unknown, sizeBytes: number): number {
+function rangeCharge (offset: unknown, length: unknown, sizeBytes: number): number {
   if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) return 0
   if (offset < 0 || length <= 0 || length > MAX_IO_BYTES || offset + length > sizeBytes) return 0
   return length
+}
+
+/** The bytes a readBlock() or writeBlock() is charged: a whole block when the index is in range, else 0 (see rangeCharge). */
+function blockCharge (index: unknown, blockSize: number, sizeBytes: number): number {
+  return typeof index === 'number' && Number.isSafeInteger(index) && index >= 0 && (index + 1) * blockSize <= sizeBytes ? blockSize : 0
 }
 
 function checkConcern (concern: unknown): WriteConcern {
@@ -155,7 +161,7 @@ export class VolumeIO {
     const qos = host.qos
     const arrivedAt = qos.now()
     // Short data is zero-padded: the whole block is stored, so the whole block is charged.
-    const admitted = qos.admit(record.id, 'write', host.engine.blockSize)
+    const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
@@ -182,7 +188,7 @@ export class VolumeIO {
     const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
     const qos = host.qos
     const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'read', host.engine.blockSize)
+    const admitted = qos.admit(record.id, 'read', blockCharge(blockIndex, host.engine.blockSize, snapshot?.sizeBytes ?? record.sizeBytes))
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       const volume = ioVolumeOf(host, record)
@@ -219,7 +225,7 @@ export class VolumeIO {
     const primary = volume.replicator
     const qos = host.qos
     const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'write', data.byteLength)
+    const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       await host.engine.write(volume, offset, data, checked, primary)
@@ -246,7 +252,7 @@ export class VolumeIO {
     const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
     const qos = host.qos
     const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'read', readCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
+    const admitted = qos.admit(record.id, 'read', rangeCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
     const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
       const volume = ioVolumeOf(host, record)

@@ -218,6 +218,7 @@ export class ReplicationBridge {
       ['galleonfs_replication_lag_bytes', 'gauge', 'Bytes of changes queued for the copy.', (l) => l.lagBytes],
       ['galleonfs_replication_lag_seconds', 'gauge', 'Age of the oldest change the copy has not acknowledged (0 when it has them all).', (l) => l.lagSeconds],
       ['galleonfs_replication_shipped_bytes_total', 'counter', 'Block bytes shipped to the copy (stream and resync).', (l) => l.shippedBytes],
+      ['galleonfs_replication_resync_read_bytes_total', 'counter', 'Bytes resyncs of the copy read from the volume to digest or send (not counted as client reads).', (l) => l.resyncReadBytes],
       ['galleonfs_replication_batches_acknowledged_total', 'counter', 'Stream batches the copy acknowledged.', (l) => l.batchesAcknowledged],
       ['galleonfs_replication_ack_wait_seconds_total', 'counter', 'Seconds the acknowledged stream batches waited from sending to acknowledgement, summed (divide by the batch count for the mean round trip).', (l) => l.ackWaitSeconds],
       ['galleonfs_replication_resyncs_total', 'counter', 'Resyncs of the copy started by this primary.', (l) => l.resyncs],

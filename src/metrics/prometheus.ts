@@ -77,15 +77,17 @@ const VOLUME_FAMILIES: readonly VolumeFamily[] = [
   { name: 'galleonfs_volume_write_ops_total', type: 'counter', help: 'Write operations completed, failed ones included.', samples: (v) => one(v.metrics.writeOps) },
   { name: 'galleonfs_volume_read_bytes_total', type: 'counter', help: 'Bytes read successfully.', samples: (v) => one(v.metrics.readBytes) },
   { name: 'galleonfs_volume_write_bytes_total', type: 'counter', help: 'Bytes written successfully.', samples: (v) => one(v.metrics.writeBytes) },
-  { name: 'galleonfs_volume_errors_total', type: 'counter', help: 'Read and write operations that failed.', samples: (v) => one(v.metrics.errors) },
+  { name: 'galleonfs_volume_trim_ops_total', type: 'counter', help: 'Trim (discard) operations completed, failed ones included.', samples: (v) => one(v.metrics.trimOps) },
+  { name: 'galleonfs_volume_trim_bytes_total', type: 'counter', help: 'Bytes trimmed (discarded) successfully.', samples: (v) => one(v.metrics.trimBytes) },
+  { name: 'galleonfs_volume_errors_total', type: 'counter', help: 'Read, write and trim operations that failed.', samples: (v) => one(v.metrics.errors) },
   { name: 'galleonfs_volume_checksum_errors_total', type: 'counter', help: 'Checksum failures detected on read or scrub.', samples: (v) => one(v.metrics.checksumErrors) },
   { name: 'galleonfs_volume_cache_hits_total', type: 'counter', help: 'Block-cache hits.', samples: (v) => one(v.metrics.cacheHits) },
   { name: 'galleonfs_volume_cache_misses_total', type: 'counter', help: 'Block-cache misses.', samples: (v) => one(v.metrics.cacheMisses) },
   {
     name: 'galleonfs_volume_iops',
     type: 'gauge',
-    help: 'Operations per second over the sliding window, by direction.',
-    samples: (v) => [[',direction="read"', v.metrics.readIops], [',direction="write"', v.metrics.writeIops]]
+    help: 'Operations per second over the sliding window, by direction (trims as their own).',
+    samples: (v) => [[',direction="read"', v.metrics.readIops], [',direction="write"', v.metrics.writeIops], [',direction="trim"', v.metrics.trimIops]]
   },
   {
     name: 'galleonfs_volume_throughput_bytes_per_second',

@@ -13,13 +13,15 @@ export interface VolumeMetricsSnapshot {
    * is younger than that (never less than one time bucket), so a new volume's rates are not diluted.
    */
   readonly windowSeconds: number
-  /** Completed operations (reads and writes, failed ones included) per second over the window. */
+  /** Completed operations (reads, writes and trims, failed ones included) per second over the window. */
   readonly iops: number
   /** Completed reads per second over the window. */
   readonly readIops: number
   /** Completed writes per second over the window. */
   readonly writeIops: number
-  /** Bytes read and written successfully, in MB (10^6 bytes) per second over the window. */
+  /** Completed trims (discards) per second over the window. */
+  readonly trimIops: number
+  /** Bytes read and written successfully, in MB (10^6 bytes) per second over the window (a trim moves none). */
   readonly throughputMBps: number
   /** Bytes read successfully, in MB (10^6 bytes) per second over the window. */
   readonly readThroughputMBps: number
@@ -39,11 +41,15 @@ export interface VolumeMetricsSnapshot {
   readonly readOps: number
   /** Writes completed over the lifetime, failed ones included. */
   readonly writeOps: number
+  /** Trims (discards) completed over the lifetime, failed ones included. */
+  readonly trimOps: number
   /** Bytes read successfully over the lifetime. */
   readonly readBytes: number
   /** Bytes written successfully over the lifetime. */
   readonly writeBytes: number
-  /** Reads and writes that failed, over the lifetime. */
+  /** Bytes trimmed (discarded) successfully over the lifetime. */
+  readonly trimBytes: number
+  /** Reads, writes and trims that failed, over the lifetime. */
   readonly errors: number
   /** Checksum failures detected, over the lifetime. */
   readonly checksumErrors: number
@@ -73,8 +79,12 @@ export interface MetricsRecorderOptions {
   bucketMs?: number
 }
 
-/** The kind of operation passed to {@link MetricsRecorder.end}. */
-export type IoKind = 'read' | 'write'
+/**
+ * The kind of operation passed to {@link MetricsRecorder.end}. A trim (discard, unmap) is its own
+ * kind, as the kernel's disk statistics and Ceph's librbd counters keep discards apart: it frees
+ * space and moves no data, so counting it as a write would inflate write throughput.
+ */
+export type IoKind = 'read' | 'write' | 'trim'
 
 // Latency histogram, HdrHistogram-like in spirit: bucket 0 holds [0, 1 µs), buckets 1..108 split
 // 1 µs .. 2^27 µs (~134 s) into 4 log-uniform buckets per octave (edges 19% apart), and the last
@@ -98,7 +108,8 @@ const F_WRITE_BYTES = 3
 const F_LATENCY_SUM_MS = 4
 const F_LATENCY_MIN_MS = 5
 const F_LATENCY_MAX_MS = 6
-const SLOT_FIELDS = 7
+const F_TRIM_OPS = 7
+const SLOT_FIELDS = 8
 
 // Lifetime counters, as offsets into #totals.
 const T_READ_OPS = 0
@@ -109,7 +120,9 @@ const T_ERRORS = 4
 const T_CHECKSUM_ERRORS = 5
 const T_CACHE_HITS = 6
 const T_CACHE_MISSES = 7
-const TOTAL_FIELDS = 8
+const T_TRIM_OPS = 8
+const T_TRIM_BYTES = 9
+const TOTAL_FIELDS = 10
 
 /** Index of the histogram bucket holding a latency of `us` microseconds. */
 function histogramBucket (us: number): number {
@@ -192,11 +205,12 @@ export class MetricsRecorder {
     let latencyMs = now - startedAt
     if (!(latencyMs > 0)) latencyMs = 0
     const isRead = kind === 'read'
+    const isTrim = kind === 'trim'
     const totals = this.#totals
-    const opsField = isRead ? T_READ_OPS : T_WRITE_OPS
+    const opsField = isRead ? T_READ_OPS : isTrim ? T_TRIM_OPS : T_WRITE_OPS
     totals[opsField] = totals[opsField]! + 1
     if (ok) {
-      const bytesField = isRead ? T_READ_BYTES : T_WRITE_BYTES
+      const bytesField = isRead ? T_READ_BYTES : isTrim ? T_TRIM_BYTES : T_WRITE_BYTES
       totals[bytesField] = totals[bytesField]! + bytes
     } else {
       totals[T_ERRORS] = totals[T_ERRORS]! + 1
@@ -205,9 +219,10 @@ export class MetricsRecorder {
     const slot = this.#slotAt(now)
     const fields = this.#slotFields
     const row = slot * SLOT_FIELDS
-    const opsAt = row + (isRead ? F_READ_OPS : F_WRITE_OPS)
+    const opsAt = row + (isRead ? F_READ_OPS : isTrim ? F_TRIM_OPS : F_WRITE_OPS)
     fields[opsAt] = fields[opsAt]! + 1
-    if (ok) {
+    // The window's byte rates are throughput: a trim's bytes are freed, not moved.
+    if (ok && !isTrim) {
       const bytesAt = row + (isRead ? F_READ_BYTES : F_WRITE_BYTES)
       fields[bytesAt] = fields[bytesAt]! + bytes
     }
@@ -235,7 +250,7 @@ export class MetricsRecorder {
     const oldest = Math.max(0, current - this.#slots + 1)
     const spanMs = Math.max(this.#bucketMs, now - (this.#origin + oldest * this.#bucketMs))
 
-    let readOps = 0; let writeOps = 0; let readBytes = 0; let writeBytes = 0; let latencySumMs = 0
+    let readOps = 0; let writeOps = 0; let trimOps = 0; let readBytes = 0; let writeBytes = 0; let latencySumMs = 0
     let minMs = Infinity; let maxMs = 0
     const merged = this.#merged.fill(0)
     for (let slot = 0; slot < this.#slots; slot++) {
@@ -245,6 +260,7 @@ export class MetricsRecorder {
       const fields = this.#slotFields
       readOps += fields[row + F_READ_OPS]!
       writeOps += fields[row + F_WRITE_OPS]!
+      trimOps += fields[row + F_TRIM_OPS]!
       readBytes += fields[row + F_READ_BYTES]!
       writeBytes += fields[row + F_WRITE_BYTES]!
       latencySumMs += fields[row + F_LATENCY_SUM_MS]!
@@ -253,7 +269,7 @@ export class MetricsRecorder {
       const base = slot * HISTOGRAM_BUCKETS
       for (let i = 0; i < HISTOGRAM_BUCKETS; i++) merged[i] = merged[i]! + this.#slotHistogram[base + i]!
     }
-    const ops = readOps + writeOps
+    const ops = readOps + writeOps + trimOps
     const seconds = spanMs / 1000
     const totals = this.#totals
     const hits = totals[T_CACHE_HITS]!
@@ -263,6 +279,7 @@ export class MetricsRecorder {
       iops: ops / seconds,
       readIops: readOps / seconds,
       writeIops: writeOps / seconds,
+      trimIops: trimOps / seconds,
       throughputMBps: (readBytes + writeBytes) / 1e6 / seconds,
       readThroughputMBps: readBytes / 1e6 / seconds,
       writeThroughputMBps: writeBytes / 1e6 / seconds,
@@ -273,8 +290,10 @@ export class MetricsRecorder {
       cacheHitRate: lookups === 0 ? 0 : hits / lookups,
       readOps: totals[T_READ_OPS]!,
       writeOps: totals[T_WRITE_OPS]!,
+      trimOps: totals[T_TRIM_OPS]!,
       readBytes: totals[T_READ_BYTES]!,
       writeBytes: totals[T_WRITE_BYTES]!,
+      trimBytes: totals[T_TRIM_BYTES]!,
       errors: totals[T_ERRORS]!,
       checksumErrors: totals[T_CHECKSUM_ERRORS]!,
       cacheHits: hits,

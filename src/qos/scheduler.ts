@@ -135,6 +135,8 @@ export class QoSScheduler {
       state = new VolumeState(volumeId, volumeName)
       this.#volumes.set(volumeId, state)
     }
+    // Given a policy, the volume's state lasts until it is forgotten (its figures are lifetime ones).
+    if (policy !== undefined) state.transient = false
     state.name = volumeName
     state.policy = policy
     state.source = policy === undefined ? 'none' : source
@@ -166,6 +168,14 @@ export class QoSScheduler {
     }
     this.#backlog -= state.queued.length
     for (const op of state.queued.splice(0)) op.resolve(false)
+  }
+
+  /**
+   * Whether the scheduler holds state for a volume: one with a policy (until `forget`), or one
+   * with operations waiting for the dispatcher now. For diagnostics and tests.
+   */
+  tracks (volumeId: string): boolean {
+    return this.#volumes.has(volumeId)
   }
 
   /**
@@ -300,8 +310,14 @@ export class QoSScheduler {
 
   // ---------------------------------------------------------------- dispatcher
 
+  /**
+   * State for a policy-less volume's operations queued at the dispatcher, dropped once they are
+   * served (see #pump). Kept, it outlived a volume deleted while a read of it waited: deleteVolume's
+   * `forget` had run before the read arrived, so nothing would ever remove it.
+   */
   #anonymous (volumeId: string): VolumeState {
     const state = new VolumeState(volumeId, volumeId)
+    state.transient = true
     this.#volumes.set(volumeId, state)
     return state
   }
@@ -380,7 +396,12 @@ export class QoSScheduler {
       }
       state.queued.shift()
       this.#backlog--
-      if (state.queued.length === 0) state.backloggedSince = undefined
+      if (state.queued.length === 0) {
+        state.backloggedSince = undefined
+        // Nothing is lost: without a reservation or latency target its last operation went in
+        // fair-share order, so the fair-share clock has reached its tag (a new state starts there).
+        if (state.transient && this.#volumes.get(state.id) === state) this.#volumes.delete(state.id)
+      }
       if (op.rTag <= now) {
         // Served from its reservation: mClock does not charge that to the volume's fair share, so
         // its later operations' proportional tags move back by what this one added, and the

@@ -63,6 +63,11 @@ export class VolumeState {
   /** Latencies from arrival to completion, kept while the policy has a latency target. */
   latencies: MetricsRecorder | undefined
   lastLatencyEvent = -Infinity
+  /**
+   * Made by the dispatcher for operations of a volume without a policy: dropped once they are
+   * served, so a volume deleted meanwhile (or one that never has a policy) leaves nothing behind.
+   */
+  transient = false
 
   constructor (id: string, name: string) {
     this.id = id

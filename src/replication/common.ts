@@ -95,7 +95,10 @@ export interface ManagerCore {
   update: (volumeId: string, change: (record: ReplicaSetRecord) => ReplicaSetRecord | undefined) => Promise<{ record: ReplicaSetRecord, revision: number } | undefined>
 }
 
-/** Allocated blocks of a view in [first, first + count) with their digests (16 bytes each). */
+/**
+ * Allocated blocks of a view in [first, first + count) with their digests (16 bytes each). Read for
+ * a resync, not for a client: background reads, outside the volume's I/O metrics and block cache.
+ */
 export async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, first: number, count: number, at: number, sizeBytes?: number): Promise<{ indices: number[], digests: Uint8Array }> {
   const bs = engine.blockSize
   const limit = Math.floor((sizeBytes ?? blocks.sizeBytes) / bs)
@@ -111,7 +114,7 @@ export async function digestRange (engine: BlockEngine, blocks: VolumeBlocks, fi
     let j = i
     while (j + 1 < indices.length && indices[j + 1] === (indices[j] as number) + 1 && (j - i + 2) * bs <= RESYNC_MESSAGE_BYTES) j++
     const start = indices[i] as number
-    const data = await engine.read(blocks, start * bs, (j - i + 1) * bs, view)
+    const data = await engine.read(blocks, start * bs, (j - i + 1) * bs, view, true)
     for (let k = i; k <= j; k++) digests.set(digestOf(data.subarray((k - i) * bs, (k - i + 1) * bs)), k * DIGEST_BYTES)
     i = j + 1
   }

@@ -141,6 +141,11 @@ export interface ReplicationStatus {
     /** Age of the oldest change not yet acknowledged by the copy (0 when it has them all), overstated by less than 10 ms (more while a copy has been away long: see record-clock.ts). */
     readonly lagSeconds: number
     readonly shippedBytes: number
+    /**
+     * Bytes this primary's resyncs of the copy read from the volume (to digest blocks or send them),
+     * over the link's lifetime. They are not client reads: the volume's I/O metrics leave them out.
+     */
+    readonly resyncReadBytes: number
     /** Stream batches the copy acknowledged, and the seconds they waited for it all together (send to acknowledgement). */
     readonly batchesAcknowledged: number
     readonly ackWaitSeconds: number

@@ -46,6 +46,8 @@ export class Link {
   #queue: Array<{ seq: number, change: ReplicatedChange }> = []
   #queuedBytes = 0
   #shippedBytes = 0
+  /** Bytes the resyncs read from the primary's volume, to digest or to send (not client reads). */
+  #resyncReadBytes = 0
   #batchesAcknowledged = 0
   #ackWaitMs = 0
   #resyncs = 0
@@ -362,6 +364,7 @@ export class Link {
             this.#call('repl:digests', { first, count }),
             digestRange(engine, source, first, count, at, viewSize)
           ])
+          this.#resyncReadBytes += local.indices.length * bs
           const remoteIndices = remote.header.indices as number[]
           const remoteDigests = remote.payload ?? new Uint8Array(0)
           const theirsByIndex = new Map<number, number>()
@@ -404,7 +407,9 @@ export class Link {
     const zero: number[] = []
     for (const index of indices) {
       if (index * bs >= viewSize) { zero.push(index); continue }
-      const block = await engine.read(this.#source ?? this.#primary.blocks, index * bs, bs, view)
+      // A background read: the resync's, not a client's (see BlockEngine.read).
+      const block = await engine.read(this.#source ?? this.#primary.blocks, index * bs, bs, view, true)
+      this.#resyncReadBytes += bs
       if (isZero(block)) zero.push(index)
       else { withData.push(index); data.push(block) }
     }
@@ -423,6 +428,7 @@ export class Link {
       lagBytes: this.#queuedBytes,
       lagSeconds: this.#primary.seq > this.acked ? this.#primary.clock.ageSeconds(this.acked + 1) : 0,
       shippedBytes: this.#shippedBytes,
+      resyncReadBytes: this.#resyncReadBytes,
       batchesAcknowledged: this.#batchesAcknowledged,
       ackWaitSeconds: this.#ackWaitMs / 1000,
       resyncs: this.#resyncs,

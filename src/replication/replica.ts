@@ -263,14 +263,16 @@ export class ReplicaSide {
       if (failed !== undefined) throw failed.reason
     }
     const bs = engine.blockSize
+    // Background: the primary's changes (stream or resync), not client I/O of this copy. Counted
+    // here too, a volume's writes summed over its nodes came out once per copy.
     for (const change of changes) {
       if (change.type === 'write') {
         // One whole block (the usual change) takes the engine's one-block path, which does less per write.
         pending.push(change.data.byteLength === bs && change.offset % bs === 0
-          ? engine.writeBlock(blocks, change.offset / bs, change.data, concern)
-          : engine.write(blocks, change.offset, change.data, concern))
+          ? engine.writeBlock(blocks, change.offset / bs, change.data, concern, undefined, true)
+          : engine.write(blocks, change.offset, change.data, concern, undefined, true))
       } else if (change.type === 'trim') {
-        pending.push(engine.trim(blocks, change.offset, change.length, concern))
+        pending.push(engine.trim(blocks, change.offset, change.length, concern, undefined, true))
       } else {
         const before = pending
         pending = []
