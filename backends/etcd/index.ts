@@ -65,6 +65,13 @@ function prefixEnd (prefix: Buffer): Buffer {
   return Buffer.from([0]) // every byte 0xff: to the end of the keyspace
 }
 
+/**
+ * A fault-handling policy of etcd3 that runs each call once, as it comes (etcd3 calls only `execute`
+ * of its policies, in lib/connection-pool.js).
+ */
+type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
+const runOnce = { execute: async (call: (context: { signal: AbortSignal }) => unknown) => await call({ signal: new AbortController().signal }) } as unknown as FaultPolicy
+
 /** A kept-alive etcd lease: the local deadline says when etcd may already have expired it. */
 interface LeaseKeeper {
   readonly lease: StoreLease
@@ -85,6 +92,8 @@ interface LeaseKeeper {
 export class EtcdCoordinator extends AbstractCoordinator {
   readonly name = 'etcd'
   readonly #client: Etcd3
+  /** Sends only the lease keepalives: a client without etcd3's circuit breaker (see connect()). */
+  readonly #keepaliveClient: Etcd3
   readonly #prefix: Buffer
   readonly #endpoints: string
   readonly #requestTimeoutMs: number
@@ -92,9 +101,10 @@ export class EtcdCoordinator extends AbstractCoordinator {
   readonly #watchers = new Set<{ cancel: () => Promise<void> }>()
   readonly #pending = new Set<Promise<unknown>>()
 
-  private constructor (client: Etcd3, options: EtcdCoordinatorOptions) {
+  private constructor (client: Etcd3, keepaliveClient: Etcd3, options: EtcdCoordinatorOptions) {
     super(options)
     this.#client = client
+    this.#keepaliveClient = keepaliveClient
     this.#prefix = Buffer.from(options.prefix ?? '/galleonfs/')
     this.#endpoints = options.endpoints.join(', ')
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 5000
@@ -118,12 +128,21 @@ export class EtcdCoordinator extends AbstractCoordinator {
       ...(options.tls === undefined ? {} : { credentials: { rootCertificate: Buffer.from(options.tls.ca), privateKey: pem(options.tls.key), certChain: pem(options.tls.cert) } })
     }
     const client = new Etcd3(clientOptions)
-    const coordinator = new EtcdCoordinator(client, options)
+    // etcd3's default policies retry a failed call (up to three times, on the next endpoint) and,
+    // after three failures in a row at an endpoint, refuse every call to it for 5 s (a circuit
+    // breaker, which keepalive streams go through too). Keepalives must not wait that out: a lease
+    // of a few seconds would run out after an outage of a moment, etcd answering again long before.
+    // They have their own client, which sends each as it comes (#keepalive tries again within half a
+    // second by itself); their failures neither open the breaker of the other calls nor reset their
+    // connections.
+    const keepaliveClient = new Etcd3({ ...clientOptions, faultHandling: { host: () => runOnce, global: runOnce } })
+    const coordinator = new EtcdCoordinator(client, keepaliveClient, options)
     try {
       const response = await client.kv.range({ key: coordinator.#prefix, limit: 1 }, { deadline: Date.now() + (options.connectTimeoutMs ?? 5000) })
       coordinator.noteRevision(Number(response.header.revision))
     } catch (err) {
       client.close()
+      keepaliveClient.close()
       throw coordinator.#error(err, 'connect')
     }
     return coordinator
@@ -155,6 +174,15 @@ export class EtcdCoordinator extends AbstractCoordinator {
     let stopped = false
     const handle = { cancel: async (): Promise<void> => { await watcher.cancel() } }
     this.#watchers.add(handle)
+    // etcd3 resumes a watch whose connection broke by itself, from the revision after the header of
+    // the last response it got. That header does not say how far the events went: etcd confirms a
+    // watch (the created response) with its current revision and sends the older changes after it,
+    // and a batch of them carries the current revision too. A connection lost in between resumed
+    // after changes never delivered, and nothing told the watch. It resumes from the revision after
+    // the last change it reported instead. (Not after a progress notification either: etcd before
+    // 3.4.25/3.5.8 could send one ahead of events still queued, etcd-io/etcd#15220.)
+    let nextRevision = options.fromRevision
+    watcher.on('disconnected', () => { watcher.request.start_revision = String(nextRevision) })
     watcher.on('data', (response) => {
       if (stopped) return
       // One call per revision: a response may carry several.
@@ -163,6 +191,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
         const entry = this.#entry(event.kv)
         if (batch.length > 0 && batch[0]!.entry.modRevision !== entry.modRevision) { onEvents(batch); batch = [] }
         batch.push({ type: event.type === 'Delete' ? 'delete' : 'put', entry })
+        nextRevision = entry.modRevision + 1
       }
       if (batch.length > 0) onEvents(batch)
     })
@@ -220,6 +249,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
     await Promise.race([settled, new Promise((resolve) => { timer = setTimeout(resolve, this.#requestTimeoutMs) })])
     clearTimeout(timer)
     this.#client.close()
+    this.#keepaliveClient.close()
   }
 
   /** The lease counts as lost a TTL after the send time of the last keepalive etcd confirmed. */
@@ -238,7 +268,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
     const sentAt = Date.now()
     const interval = keeper.lease.ttlMs / 3
     try {
-      const stream = await this.#client.leaseClient.leaseKeepAlive({ deadline: sentAt + Math.min(this.#requestTimeoutMs, interval) })
+      const stream = await this.#keepaliveClient.leaseClient.leaseKeepAlive({ deadline: sentAt + Math.min(this.#requestTimeoutMs, interval) })
       const ttl = await new Promise<number>((resolve, reject) => {
         stream.on('data', (response) => resolve(Number(response.TTL)))
         stream.on('error', reject)

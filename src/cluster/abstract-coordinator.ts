@@ -68,6 +68,8 @@ export abstract class AbstractCoordinator implements Coordinator {
   #session: Session | undefined
   /** The session whose leases the member record and alive key were last written with. */
   #registered: Session | undefined
+  /** The revision of that write: leave() deletes the keys only as they were written then. */
+  #registeredRevision = 0
   readonly #leaderships = new Map<string, HeldLeadership>()
   readonly #campaigning = new Set<string>()
   /** Campaigns waiting for the session that replaces a lost one. */
@@ -159,7 +161,19 @@ export abstract class AbstractCoordinator implements Coordinator {
       // The keys go first: if that fails (etcd out of reach), the node is still a member, its leases
       // kept alive and its leaderships held, and leave() can be called again. Dropping the session
       // before would leave a node that neither takes part nor knows it does not.
-      await this.#txn([], [{ type: 'delete', key: layout.nodeKey(session.nodeId, 'record') }, { type: 'delete', key: layout.nodeKey(session.nodeId, 'alive') }])
+      try {
+        await this.#deleteMemberKeys(session.nodeId)
+      } catch (err) {
+        // A delete that failed may still be applied (etcd can get a request after its deadline
+        // passed here), which would leave a member without its keys. They are written again: a
+        // late delete applied before that is undone, and one applied after finds them changed.
+        const membership = this.#membership
+        if (membership !== undefined && this.#registered === session) {
+          this.#registered = undefined
+          void this.#rejoin(membership)
+        }
+        throw err
+      }
       this.#membership = undefined
       this.#session = undefined
       this.#sessionChanged()
@@ -362,6 +376,25 @@ export abstract class AbstractCoordinator implements Coordinator {
     return stop
   }
 
+  /**
+   * Deletes the member record and alive key if they are as this handle last wrote them. When they
+   * are not (a write or delete of them failed here and was applied by the store all the same), it
+   * reads them and deletes them as they are now.
+   */
+  async #deleteMemberKeys (nodeId: string): Promise<void> {
+    const keys = [layout.nodeKey(nodeId, 'record'), layout.nodeKey(nodeId, 'alive')]
+    let revisions = keys.map(() => this.#registeredRevision)
+    for (let attempt = 1; ; attempt++) {
+      const result = await this.#txn(keys.map((key, i) => ({ key, target: 'mod', revision: revisions[i]! })), keys.map((key) => ({ type: 'delete', key })))
+      if (result.succeeded) return
+      if (attempt === 3) {
+        throw new GalleonError('BUSY', `the keys of node '${nodeId}' changed at every attempt to delete them; another coordinator handle may be joined as '${nodeId}': close it, then leave() again`)
+      }
+      const { entries } = await this.#range(keys[0]!.slice(0, -'record'.length), true)
+      revisions = keys.map((key) => entries.find((entry) => entry.key === key)?.modRevision ?? 0)
+    }
+  }
+
   /** Grants the session's leases if needed and writes the member record and alive key (serialized). */
   async #register (membership: Membership): Promise<void> {
     let session = this.#session
@@ -369,11 +402,12 @@ export abstract class AbstractCoordinator implements Coordinator {
       session = await this.#startSession(membership.node.id, membership.ttlMs)
     }
     const { node, joinedAt } = membership
-    await this.#txn([], [
+    const { revision } = await this.#txn([], [
       { type: 'put', key: layout.nodeKey(node.id, 'record'), value: JSON.stringify({ ...node, joinedAt }), lease: session.recordLease.id },
       { type: 'put', key: layout.nodeKey(node.id, 'alive'), value: '', lease: session.lease.id }
     ])
     this.#registered = session
+    this.#registeredRevision = revision
   }
 
   async #startSession (nodeId: string, ttlMs: number): Promise<Session> {
@@ -411,7 +445,11 @@ export abstract class AbstractCoordinator implements Coordinator {
     if (membership !== undefined) void this.#rejoin(membership, session)
   }
 
-  async #rejoin (membership: Membership, lost: Session): Promise<void> {
+  /**
+   * Writes the member's keys again until that succeeds or the membership ends: with new leases after
+   * `lost` ended (then revoked), or with the current ones after a failed leave().
+   */
+  async #rejoin (membership: Membership, lost?: Session): Promise<void> {
     let delayMs = RETRY_MIN_MS
     while (this.#membership === membership && !this.#closed) {
       try {
@@ -421,8 +459,10 @@ export abstract class AbstractCoordinator implements Coordinator {
           if (this.#membership === membership && (this.#session === undefined || this.#registered !== this.#session) && !this.#closed) await this.#register(membership)
         })
         // The record and alive keys are on the new leases now; the old ones can go (best effort).
-        await this._revokeLease(lost.lease).catch(() => {})
-        await this._revokeLease(lost.recordLease).catch(() => {})
+        if (lost !== undefined) {
+          await this._revokeLease(lost.lease).catch(() => {})
+          await this._revokeLease(lost.recordLease).catch(() => {})
+        }
         return
       } catch {
         await sleep(delayMs, undefined, { signal: this.#closing.signal }).catch(() => {})
