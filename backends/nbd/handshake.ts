@@ -5,13 +5,23 @@ import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError } from '../../src/errors.js'
 import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
-import type { SocketReader } from './socket.js'
+import { repliesBelow, type SocketReader } from './socket.js'
+
+/**
+ * Option replies a client may leave unread before its next option is read: a client that sends
+ * options without reading the replies (NBD_OPT_LIST ones can be long) stops being read until it does.
+ */
+const MAX_OPTION_REPLY_BACKLOG = 1024 * 1024
 
 /** Option haggling; resolves to the export to serve, or undefined when the client left. */
 export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
   let structured = false
-  let allocation = false
+  // base:allocation as chosen by the last NBD_OPT_SET_META_CONTEXT, for the export it named.
+  let allocation: Export | undefined
+  // Meta contexts chosen for another export than the one the session serves do not apply to it (proto.md).
+  const contextsFor = (served: Export): boolean => allocation !== undefined && sameSource(allocation, served)
   while (true) {
+    await repliesBelow(socket, MAX_OPTION_REPLY_BACKLOG)
     const header = await reader.read(16)
     if (header === undefined) return undefined
     if (header.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolError('bad option magic')
@@ -38,7 +48,7 @@ export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketRea
         out.writeBigUInt64BE(BigInt(claimed.export.size), 0)
         out.writeUInt16BE(transmissionFlags(claimed.export, structured), 8)
         socket.write(out)
-        return { ...claimed, structured, allocation }
+        return { ...claimed, structured, allocation: contextsFor(claimed.export) }
       }
       case OPT_ABORT:
         reply(REP_ACK)
@@ -104,26 +114,27 @@ export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketRea
         sizes.writeUInt32BE(MAX_REQUEST_BYTES, 8)
         info(INFO_BLOCK_SIZE, sizes)
         reply(REP_ACK)
-        if (option === OPT_GO) return { export: found, attachment, structured, allocation }
+        if (option === OPT_GO) return { export: found, attachment, structured, allocation: contextsFor(found) }
         break
       }
       case OPT_LIST_META_CONTEXT:
       case OPT_SET_META_CONTEXT: {
         // A SET replaces the contexts chosen before, also when it fails.
-        if (option === OPT_SET_META_CONTEXT) allocation = false
+        if (option === OPT_SET_META_CONTEXT) allocation = undefined
         const queries = parseMetaContextOption(data)
         if (queries === undefined) { error(REP_ERR_INVALID, 'malformed meta context option'); break }
         if (!structured) { error(REP_ERR_INVALID, 'negotiate structured replies (NBD_OPT_STRUCTURED_REPLY) before meta contexts'); break }
+        let named: Export
         try {
-          await resolveExport(g, queries.exportName)
+          named = await resolveExport(g, queries.exportName)
         } catch (err) {
           error(REP_ERR_UNKNOWN, (err as Error).message)
           break
         }
         // base:allocation is the one context: listed for an empty query, "base:" or itself.
         const wanted = (option === OPT_LIST_META_CONTEXT && queries.queries.length === 0) || queries.queries.some((q) => q === BASE_ALLOCATION || q === 'base:')
-        if (option === OPT_SET_META_CONTEXT) allocation = queries.queries.includes(BASE_ALLOCATION)
-        if (wanted && (option === OPT_LIST_META_CONTEXT || allocation)) {
+        if (option === OPT_SET_META_CONTEXT && queries.queries.includes(BASE_ALLOCATION)) allocation = named
+        if (wanted && (option === OPT_LIST_META_CONTEXT || allocation !== undefined)) {
           const name = Buffer.from(BASE_ALLOCATION)
           const body = Buffer.alloc(4 + name.byteLength)
           body.writeUInt32BE(option === OPT_SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, 0)
@@ -176,6 +187,12 @@ async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, at
     if (code === 'BUSY' || code === 'READ_ONLY' || code === 'PERMISSION_DENIED') return { export: { ...found, readOnly: true } }
     throw err
   }
+}
+
+/** Whether two exports serve the same volume or snapshot (by whichever name the client used). */
+function sameSource (a: Export, b: Export): boolean {
+  if (typeof a.source === 'string' || typeof b.source === 'string') return a.source === b.source
+  return a.source.volume === b.source.volume && a.source.snapshot === b.source.snapshot
 }
 
 /** Transmission flags of an export as the handshake advertises them. */

@@ -12,12 +12,14 @@
 // (FUA: WriteDurable), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE writes real zeros), BLOCK_STATUS (which
 // blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64
 // in flight per connection, holding up to 128 MiB of data with the replies a client has not read
-// yet: past that nothing more is read from it) and answered as they complete; many clients at
-// once. The server has no authentication (NBD has none without TLS): it listens on loopback
-// unless told otherwise; serve `g.as(principal)` to limit what clients reach.
+// yet: past that nothing more is read from it; during the handshake, 1 MiB of unread option
+// replies) and answered as they complete, also to a client that shut down its sending side; many
+// clients at once. The server has no authentication (NBD has none without TLS): it listens on
+// loopback unless told otherwise; serve `g.as(principal)` to limit what clients reach.
 //
 // A frame the protocol does not allow (bad magic, unknown client flags, an option longer than
-// 64 KiB, a request longer than 32 MiB) ends that connection only; other clients are not affected.
+// 64 KiB, a request longer than 32 MiB) ends that connection only, once the requests before it are
+// answered; other clients are not affected.
 
 import { createServer, type Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
@@ -61,7 +63,9 @@ export class NbdServer {
     if (typeof host !== 'string' || host.length === 0) throw new GalleonError('INVALID_ARGUMENT', `host must be an address such as 127.0.0.1, got ${describe(host)}`)
     if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new GalleonError('INVALID_ARGUMENT', `port must be 0 (any free port) to 65535, got ${describe(port)}`)
     const accept: { to?: NbdServer } = {}
-    const server = createServer({ noDelay: true }, (socket) => {
+    // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
+    // the replies to the requests it sent; the session ends its side itself (finish).
+    const server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })

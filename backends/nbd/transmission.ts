@@ -72,6 +72,8 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
     chunk(handle, REPLY_TYPE_ERROR, REPLY_FLAG_DONE, [body, text])
   }
 
+  // A frame the protocol does not allow ends the session, once the requests before it are answered.
+  let violation: ProtocolError | undefined
   while (!stopping) {
     // At most MAX_IN_FLIGHT requests and MAX_HELD_BYTES at once, also when more are already
     // buffered; meanwhile nothing more is read from the client (TCP holds it back).
@@ -83,7 +85,7 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
     if (stopping) break
     const header = await reader.read(28)
     if (header === undefined || stopping) break
-    if (header.readUInt32BE(0) !== REQUEST_MAGIC) throw new ProtocolError('bad request magic')
+    if (header.readUInt32BE(0) !== REQUEST_MAGIC) { violation = new ProtocolError('bad request magic'); break }
     const flags = header.readUInt16BE(4)
     const type = header.readUInt16BE(6)
     const handle = Buffer.from(header.subarray(8, 16))
@@ -92,7 +94,7 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
     if (type === CMD_DISC) break
     let payload: Buffer | undefined
     if (type === CMD_WRITE) {
-      if (length > MAX_REQUEST_BYTES) throw new ProtocolError('write too long')
+      if (length > MAX_REQUEST_BYTES) { violation = new ProtocolError('write too long'); break }
       payload = await reader.read(length)
       if (payload === undefined) break
     }
@@ -127,9 +129,11 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
       chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
     }).finally(() => { heldBytes -= held; done() })
   }
-  // Let requests in flight finish (and flush what they wrote); the caller then ends the session.
+  // Let requests in flight finish (and flush what they wrote); the caller then ends the session
+  // and lets its claims go (the writer's place of a ReadWriteOnce volume) only after that.
   await idle()
   if (!exp.readOnly) await g.flush(exp.volumeId).catch(() => {})
+  if (violation !== undefined) throw violation
 }
 
 /**
