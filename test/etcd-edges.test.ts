@@ -1,5 +1,6 @@
 // The etcd coordinator against a real etcd behind a relay that sees HTTP/2 frames: requests etcd
-// applies after the handle gave up on them, and watches whose connection breaks while they resume.
+// applies after the handle gave up on them, writes whose answer is lost (or that never reach etcd),
+// and watches whose connection breaks while they resume.
 
 import assert from 'node:assert/strict'
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
@@ -65,6 +66,9 @@ interface Link {
   cutAfterFirstData: boolean
 }
 
+/** Closes a connection as it relays the next answer (the answer lost) or the next request (never sent on). */
+type Loss = { readonly what: 'answer' | 'request', readonly thenHold: boolean } | undefined
+
 /**
  * A TCP relay to etcd at `target` that reads the HTTP/2 frames going through it:
  * - `hold()` keeps back what clients send on every connection, open or new (etcd sees nothing, as
@@ -74,14 +78,27 @@ interface Link {
  *   at last and resolves once etcd has answered every one of them: requests applied late.
  * - `cutNextAfterFirstData()` closes the next new connection right after etcd's first DATA frame on
  *   it (`cuts()` counts the connections closed so).
+ * - `loseNext('answer')` closes the connection that carries etcd's next answer (DATA frame) instead
+ *   of relaying it: etcd applied the request, the client never learns it did. `loseNext('request')`
+ *   closes the connection that carries the client's next request (HEADERS frame) instead: etcd never
+ *   sees it. `losses()` counts the connections closed so. With `thenHold`, `hold()` follows at once.
  * - `drop()` closes every open connection.
  */
-async function frameRelay (target: string): Promise<{ endpoint: string, hold: () => void, detach: () => void, flush: () => Promise<void>, cutNextAfterFirstData: () => void, cuts: () => number, drop: () => void, close: () => Promise<void> }> {
+async function frameRelay (target: string): Promise<{ endpoint: string, hold: () => void, detach: () => void, flush: () => Promise<void>, cutNextAfterFirstData: () => void, cuts: () => number, loseNext: (what: 'answer' | 'request', options?: { thenHold?: boolean }) => void, losses: () => number, drop: () => void, close: () => Promise<void> }> {
   const { hostname, port } = new URL(target)
   const links = new Set<Link>()
   let holding = false
   let cutNext = false
   let cuts = 0
+  let loss: Loss
+  let losses = 0
+  const lose = (link: Link): void => {
+    if (loss?.thenHold === true) holding = true
+    loss = undefined
+    losses++
+    link.client.destroy()
+    link.upstream.destroy()
+  }
   const server = createServer((client) => {
     const upstream = connect(Number(port), hostname)
     const link: Link = { client, upstream, held: holding ? [] : undefined, requests: new Set(), answered: new Set(), cutAfterFirstData: cutNext }
@@ -91,6 +108,7 @@ async function frameRelay (target: string): Promise<{ endpoint: string, hold: ()
     const fromEtcd = frameReader(false)
     client.on('data', (chunk: Buffer) => {
       for (const frame of fromClient(chunk)) {
+        if (loss?.what === 'request' && frame.type === HEADERS) { lose(link); return }
         if (link.held === undefined) { upstream.write(frame.bytes); continue }
         if (frame.type === RST_STREAM || frame.type === GOAWAY) continue
         link.held.push(frame.bytes)
@@ -101,6 +119,7 @@ async function frameRelay (target: string): Promise<{ endpoint: string, hold: ()
       for (const frame of fromEtcd(chunk)) {
         if (((frame.type === DATA || frame.type === HEADERS) && (frame.flags & END_STREAM) !== 0) || frame.type === RST_STREAM) link.answered.add(frame.streamId)
         if (client.destroyed) continue
+        if (loss?.what === 'answer' && frame.type === DATA) { lose(link); return }
         if (link.cutAfterFirstData && frame.type === DATA) {
           link.cutAfterFirstData = false
           cuts++
@@ -139,6 +158,8 @@ async function frameRelay (target: string): Promise<{ endpoint: string, hold: ()
     },
     cutNextAfterFirstData: () => { cutNext = true },
     cuts: () => cuts,
+    loseNext: (what, options) => { loss = { what, thenHold: options?.thenHold === true } },
+    losses: () => losses,
     drop: () => { for (const link of links) { link.client.destroy(); link.upstream.destroy() } },
     close: async () => {
       for (const link of links) { link.client.destroy(); link.upstream.destroy() }
@@ -205,5 +226,123 @@ test('a watch whose connection breaks again right after it resumed still reports
     await watcher.close()
     await writer.close()
     await relay.close()
+  }
+})
+
+/** A handle behind a relay, and a plain etcd3 client straight to etcd to look at what it did. */
+async function behindRelay (prefix: string, options: { requestTimeoutMs?: number } = {}): Promise<{ relay: Awaited<ReturnType<typeof frameRelay>>, handle: EtcdCoordinator, raw: import('etcd3').Etcd3, stored: (key: string) => Promise<import('etcd3').IKeyValue | undefined>, close: () => Promise<void> }> {
+  const server = await (etcd ??= startEtcd())
+  const relay = await frameRelay(server.endpoint)
+  const handle = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix, ...options })
+  const { Etcd3 } = await import('etcd3')
+  const raw = new Etcd3({ hosts: [server.endpoint] })
+  return {
+    relay,
+    handle,
+    raw,
+    stored: async (key) => (await raw.kv.range({ key: Buffer.from(prefix + key) })).kvs[0],
+    close: async () => {
+      raw.close()
+      await handle.close()
+      await relay.close()
+    }
+  }
+}
+
+test('a compare-and-swap put whose answer is lost reports that it wrote: etcd applied it, once', { skip }, async () => {
+  const { relay, handle, stored, close } = await behindRelay('/lost-put/')
+  try {
+    const first = await handle.put('k', 'v1')
+    relay.loseNext('answer')
+    const written = await handle.put('k', 'v2', { expectRevision: first!.revision })
+    assert.equal(relay.losses(), 1)
+    const kv = await stored('kv/k')
+    assert.equal(kv?.value.toString(), 'v2')
+    assert.equal(kv?.version, '2') // created, then swapped once
+    assert.deepEqual(written, { key: 'k', value: 'v2', revision: Number(kv.mod_revision) })
+  } finally {
+    await close()
+  }
+})
+
+test('a compare-and-swap put whose answer is lost, and that another write follows before the handle looks, still reports that it wrote', { skip }, async () => {
+  const { relay, handle, raw, stored, close } = await behindRelay('/lost-put-overwritten/', { requestTimeoutMs: 5000 })
+  try {
+    const first = await handle.put('k', 'v1')
+    // The answer is lost and what the handle sends next waits in the relay: another client writes
+    // the key in between, so the handle finds a value that is not its own.
+    relay.loseNext('answer', { thenHold: true })
+    const writing = handle.put('k', 'v2', { expectRevision: first!.revision })
+    await until(() => relay.losses() === 1, 'the answer to be lost')
+    const swapped = Number((await stored('kv/k'))?.mod_revision)
+    await raw.put('/lost-put-overwritten/kv/k').value('v3').exec()
+    await relay.flush()
+    assert.deepEqual(await writing, { key: 'k', value: 'v2', revision: swapped })
+    assert.equal((await stored('kv/k'))?.value.toString(), 'v3')
+  } finally {
+    await close()
+  }
+})
+
+test('a compare-and-swap delete whose answer is lost reports that it deleted', { skip }, async () => {
+  const { relay, handle, stored, close } = await behindRelay('/lost-delete/')
+  try {
+    const entry = await handle.put('k', 'v1')
+    relay.loseNext('answer')
+    assert.equal(await handle.delete('k', { expectRevision: entry!.revision }), true)
+    assert.equal(relay.losses(), 1)
+    assert.equal(await stored('kv/k'), undefined)
+  } finally {
+    await close()
+  }
+})
+
+test('a compare-and-swap put that never reached etcd is sent again and applied', { skip }, async () => {
+  const { relay, handle, stored, close } = await behindRelay('/lost-request/')
+  try {
+    const first = await handle.put('k', 'v1')
+    relay.loseNext('request')
+    const written = await handle.put('k', 'v2', { expectRevision: first!.revision })
+    assert.equal(relay.losses(), 1)
+    const kv = await stored('kv/k')
+    assert.deepEqual(written, { key: 'k', value: 'v2', revision: Number(kv?.mod_revision) })
+    assert.equal(kv?.version, '2')
+  } finally {
+    await close()
+  }
+})
+
+test('a lease grant whose answer is lost makes one lease, not two', { skip }, async () => {
+  const { relay, handle, raw, stored, close } = await behindRelay('/lost-grant/')
+  const leases = async (): Promise<string[]> => (await raw.leaseClient.leaseLeases()).leases.map((lease) => lease.ID)
+  try {
+    const before = new Set(await leases())
+    relay.loseNext('answer')
+    await handle.join(testNode('node-a'), { ttlMs: 30_000 })
+    assert.equal(relay.losses(), 1)
+    // The liveness and record leases, and no other (etcd keeps an unused one until its TTL ends).
+    const used = [(await stored('nodes/node-a/alive'))?.lease, (await stored('nodes/node-a/record'))?.lease]
+    assert.deepEqual((await leases()).filter((id) => !before.has(id)).sort(), used.sort())
+    await handle.leave()
+  } finally {
+    await close()
+  }
+})
+
+test('a campaign whose candidate key\'s answer is lost keeps its place in line (the key the first attempt made)', { skip }, async () => {
+  const { relay, handle, raw, close } = await behindRelay('/lost-campaign/')
+  try {
+    await handle.join(testNode('node-a'), { ttlMs: 30_000 })
+    const before = Number((await raw.kv.range({ key: Buffer.from('/lost-campaign/') })).header.revision)
+    relay.loseNext('answer')
+    const leadership = await handle.campaign('e')
+    assert.equal(relay.losses(), 1)
+    // Written at the next revision, and not deleted and made again behind it.
+    assert.equal(leadership.epoch, before + 1)
+    assert.equal(Number((await raw.kv.range({ key: Buffer.from('/lost-campaign/') })).header.revision), before + 1)
+    await leadership.resign()
+    await handle.leave()
+  } finally {
+    await close()
   }
 })

@@ -1,11 +1,13 @@
 // etcd coordinator: the Coordinator contract over a real etcd v3 cluster through the `etcd3` client
 // (loaded lazily, so `import 'galleonfs'` never needs it). Membership on leases, CAS through
-// transactions on ModRevision/CreateRevision, watches, elections by lowest CreateRevision.
+// transactions on ModRevision/CreateRevision, watches, elections by lowest CreateRevision; a write
+// whose answer is lost is looked up in etcd, not sent again blindly.
 
-import type { Etcd3, IKeyValue, IOptions, IRequestOp, ICompare } from 'etcd3'
+import type { Etcd3, IKeyValue, IOptions, IRequestOp, ICompare, ITxnResponse } from 'etcd3'
 import { AbstractCoordinator, type AbstractCoordinatorOptions } from '../../src/cluster/abstract-coordinator.js'
 import type { StoreCondition, StoredEntry, StoreEvent, StoreLease, StoreOp, StoreTxnResult } from '../../src/cluster/coordinator-store.js'
 import { GalleonError } from '../../src/errors.js'
+import { randomLeaseId, writeOutcome } from './write-outcome.js'
 
 /** Options of the etcd coordinator. */
 export interface EtcdCoordinatorOptions extends AbstractCoordinatorOptions {
@@ -72,6 +74,9 @@ function prefixEnd (prefix: Buffer): Buffer {
 type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
 const runOnce = { execute: async (call: (context: { signal: AbortSignal }) => unknown) => await call({ signal: new AbortController().signal }) } as unknown as FaultPolicy
 
+/** How often a call is sent while it goes unanswered: once and three more times, as etcd3's default policy. */
+const MAX_SENDS = 4
+
 /** A kept-alive etcd lease: the local deadline says when etcd may already have expired it. */
 interface LeaseKeeper {
   readonly lease: StoreLease
@@ -88,6 +93,9 @@ interface LeaseKeeper {
  * about 2 s with default settings). Each handle keeps its leases alive every third of their TTL and
  * treats a lease as lost as soon as a TTL has passed since the last keepalive etcd confirmed, which
  * is no later than etcd expires it: a leader stops believing it leads before another can be elected.
+ * A write whose answer is lost (deadline, connection dropped) is looked up in etcd rather than sent
+ * again blindly: a compare-and-swap etcd applied reports success, one it did not reports failure, and
+ * one whose fate cannot be told fails with BACKEND_UNAVAILABLE (etcd may still apply it later).
  */
 export class EtcdCoordinator extends AbstractCoordinator {
   readonly name = 'etcd'
@@ -100,11 +108,16 @@ export class EtcdCoordinator extends AbstractCoordinator {
   readonly #keepers = new Map<string, LeaseKeeper>()
   readonly #watchers = new Set<{ cancel: () => Promise<void> }>()
   readonly #pending = new Set<Promise<unknown>>()
+  /** etcd3's test for an error after which the call may still have been applied (deadline, connection lost). */
+  readonly #unanswered: (err: unknown) => boolean
+  /** Highest store revision seen in an answer: a write sent after it applies at a later revision. */
+  #revision = 0
 
-  private constructor (client: Etcd3, keepaliveClient: Etcd3, options: EtcdCoordinatorOptions) {
+  private constructor (client: Etcd3, keepaliveClient: Etcd3, isRecoverableError: Etcd3Module['isRecoverableError'], options: EtcdCoordinatorOptions) {
     super(options)
     this.#client = client
     this.#keepaliveClient = keepaliveClient
+    this.#unanswered = (err) => err instanceof Error && isRecoverableError(err)
     this.#prefix = Buffer.from(options.prefix ?? '/galleonfs/')
     this.#endpoints = options.endpoints.join(', ')
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 5000
@@ -113,7 +126,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
   /** Connects to etcd and checks that it answers. */
   static async connect (options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
     assertOptions(options)
-    const { Etcd3 } = await loadEtcd3()
+    const { Etcd3, isRecoverableError } = await loadEtcd3()
     const requestTimeoutMs = options.requestTimeoutMs ?? 5000
     const pem = (value: Uint8Array | string | undefined): Buffer | undefined => (value === undefined ? undefined : Buffer.from(value))
     const clientOptions: IOptions = {
@@ -127,18 +140,24 @@ export class EtcdCoordinator extends AbstractCoordinator {
       ...(options.auth === undefined ? {} : { auth: { username: options.auth.username, password: options.auth.password } }),
       ...(options.tls === undefined ? {} : { credentials: { rootCertificate: Buffer.from(options.tls.ca), privateKey: pem(options.tls.key), certChain: pem(options.tls.cert) } })
     }
-    const client = new Etcd3(clientOptions)
-    // etcd3's default policies retry a failed call (up to three times, on the next endpoint) and,
-    // after three failures in a row at an endpoint, refuse every call to it for 5 s (a circuit
-    // breaker, which keepalive streams go through too). Keepalives must not wait that out: a lease
-    // of a few seconds would run out after an outage of a moment, etcd answering again long before.
-    // They have their own client, which sends each as it comes (#keepalive tries again within half a
-    // second by itself); their failures neither open the breaker of the other calls nor reset their
-    // connections.
+    // etcd3's default global policy sends a call again when it failed without an answer (deadline,
+    // connection lost), up to three times. For a write etcd may have applied all the same, that
+    // second send answers for the first: a compare-and-swap then fails against its own write, and a
+    // lease grant makes a second lease. So etcd3 sends every call once; reads and revokes are sent
+    // again here (#retried), and a write whose answer is lost is looked up first (_txn, #grant).
+    const client = new Etcd3({ ...clientOptions, faultHandling: { global: runOnce } })
+    // etcd3's default host policy, after three failures in a row at an endpoint, refuses every call
+    // to it for 5 s (a circuit breaker, which keepalive streams go through too). Keepalives must not
+    // wait that out: a lease of a few seconds would run out after an outage of a moment, etcd
+    // answering again long before. They have their own client, which sends each as it comes
+    // (#keepalive tries again within half a second by itself); their failures neither open the
+    // breaker of the other calls nor reset their connections.
     const keepaliveClient = new Etcd3({ ...clientOptions, faultHandling: { host: () => runOnce, global: runOnce } })
-    const coordinator = new EtcdCoordinator(client, keepaliveClient, options)
+    const coordinator = new EtcdCoordinator(client, keepaliveClient, isRecoverableError, options)
     try {
-      const response = await client.kv.range({ key: coordinator.#prefix, limit: 1 }, { deadline: Date.now() + (options.connectTimeoutMs ?? 5000) })
+      const deadline = Date.now() + (options.connectTimeoutMs ?? 5000)
+      const response = await coordinator.#retried(async () => await client.kv.range({ key: coordinator.#prefix, limit: 1 }, { deadline }))
+      coordinator.#saw(response.header.revision)
       coordinator.noteRevision(Number(response.header.revision))
     } catch (err) {
       client.close()
@@ -150,10 +169,15 @@ export class EtcdCoordinator extends AbstractCoordinator {
 
   protected async _range (key: string, prefix: boolean): Promise<{ entries: StoredEntry[], revision: number }> {
     const full = this.#key(key)
-    const response = await this.#call('read', this.#client.kv.range(prefix ? { key: full, range_end: prefixEnd(full) } : { key: full }))
+    const response = await this.#call('read', this.#retried(async () => await this.#client.kv.range(prefix ? { key: full, range_end: prefixEnd(full) } : { key: full })))
+    this.#saw(response.header.revision)
     return { entries: response.kvs.map((kv) => this.#entry(kv)), revision: Number(response.header.revision) }
   }
 
+  /**
+   * Sends the transaction, and again only while that is safe. When a send goes unanswered, etcd may
+   * have applied it (or may yet): etcd is asked what became of it (#outcome) before anything else.
+   */
   protected async _txn (conditions: readonly StoreCondition[], ops: readonly StoreOp[]): Promise<StoreTxnResult> {
     const compare: ICompare[] = conditions.map((condition) => (condition.target === 'mod'
       ? { key: this.#key(condition.key), target: 'Mod', result: 'Equal', mod_revision: String(condition.revision) }
@@ -161,10 +185,50 @@ export class EtcdCoordinator extends AbstractCoordinator {
     const success: IRequestOp[] = ops.map((op) => (op.type === 'put'
       ? { request_put: { key: this.#key(op.key), value: Buffer.from(op.value), ...(op.lease === undefined ? {} : { lease: op.lease }) } }
       : { request_delete_range: { key: this.#key(op.key) } }))
-    const response = await this.#call('write', this.#client.kv.txn({ compare, success, failure: [] }))
+    const request = { compare, success, failure: [] }
+    const sentAfter = this.#revision
+    let unanswered: unknown
+    for (let send = 1; ; send++) {
+      let response: ITxnResponse | undefined
+      try {
+        response = await this.#client.kv.txn(request)
+      } catch (err) {
+        if (this.#unanswered(err)) unanswered = err
+        // Refused without being applied; after a send that went unanswered, that says nothing of it.
+        else if (unanswered === undefined) throw this.#error(err, 'write')
+      }
+      if (response !== undefined) {
+        this.#saw(response.header.revision)
+        // A failed comparison after a send that went unanswered may be against that send's own write.
+        if (response.succeeded || unanswered === undefined) return this.#txnResult(response)
+      }
+      let outcome: StoreTxnResult | 'not applied'
+      try {
+        outcome = await writeOutcome(conditions, ops, sentAfter, async (key, revision) => await this.#version(key, revision))
+      } catch (err) {
+        throw this.#unknownOutcome(unanswered, err)
+      }
+      if (outcome !== 'not applied') return outcome
+      if (send === MAX_SENDS) throw this.#unknownOutcome(unanswered)
+    }
+  }
+
+  #txnResult (response: ITxnResponse): StoreTxnResult {
     let deleted = 0
     for (const reply of response.responses ?? []) deleted += Number(reply.response_delete_range?.deleted ?? 0)
     return { succeeded: response.succeeded, revision: Number(response.header.revision), deleted }
+  }
+
+  /** The key as it is (or as it was at `revision`), and the revision etcd answered at. Sent once: a failure leaves the outcome unknown. */
+  async #version (key: string, revision?: number): Promise<{ kv: IKeyValue | undefined, revision: number }> {
+    const response = await this.#client.kv.range({ key: this.#key(key), ...(revision === undefined ? {} : { revision: String(revision) }) })
+    this.#saw(response.header.revision)
+    return { kv: response.kvs[0], revision: Number(response.header.revision) }
+  }
+
+  #unknownOutcome (unanswered: unknown, lookup?: unknown): GalleonError {
+    const detail = (err: unknown): string => (err instanceof Error ? err.message : String(err))
+    return new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} did not answer a write (${detail(unanswered)}), and whether it applied it is unknown${lookup === undefined ? '' : ` (looking it up failed: ${detail(lookup)})`}: it may still be applied later; read the keys to see, and check that etcd is running and reachable at these endpoints (the endpoints option)`, { cause: unanswered })
   }
 
   protected _watch (key: string, options: { prefix: boolean, fromRevision: number }, onEvents: (events: StoreEvent[]) => void, onError: (err: GalleonError) => void): () => void {
@@ -212,8 +276,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
   protected async _grantLease (ttlMs: number, onLost: () => void): Promise<StoreLease> {
     // etcd starts counting before it answers: the local deadline starts before the request.
     const sentAt = Date.now()
-    const response = await this.#call('write', this.#client.leaseClient.leaseGrant({ TTL: Math.ceil(ttlMs / 1000) }))
-    const lease: StoreLease = { id: response.ID, ttlMs: Number(response.TTL) * 1000 }
+    const lease = await this.#grant(Math.ceil(ttlMs / 1000))
     const keeper: LeaseKeeper = { lease, onLost, timer: undefined, deadline: undefined, stopped: false }
     this.#keepers.set(lease.id, keeper)
     this.#armDeadline(keeper, sentAt)
@@ -224,7 +287,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
   protected async _revokeLease (lease: StoreLease): Promise<void> {
     this._releaseLease(lease)
     try {
-      await this.#call('write', this.#client.leaseClient.leaseRevoke({ ID: lease.id }))
+      await this.#call('write', this.#retried(async () => await this.#client.leaseClient.leaseRevoke({ ID: lease.id })))
     } catch (err) {
       // Already expired: the goal of a revoke is reached.
       if (!(err instanceof GalleonError && err.cause instanceof Error && err.cause.name === 'EtcdLeaseInvalidError')) throw err
@@ -250,6 +313,37 @@ export class EtcdCoordinator extends AbstractCoordinator {
     clearTimeout(timer)
     this.#client.close()
     this.#keepaliveClient.close()
+  }
+
+  /**
+   * Grants a lease under an ID chosen here, so that sending the grant again is safe: after a send
+   * that went unanswered, etcd refusing the ID as taken means that send made the lease.
+   */
+  async #grant (ttlSeconds: number): Promise<StoreLease> {
+    let id = randomLeaseId()
+    let unanswered: unknown
+    for (let send = 1; ; send++) {
+      try {
+        const response = await this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id })
+        return { id: response.ID, ttlMs: Number(response.TTL) * 1000 }
+      } catch (err) {
+        if (err instanceof Error && /lease already exists/.test(err.message)) {
+          if (unanswered !== undefined) {
+            const made = await this.#call('read', this.#retried(async () => await this.#client.leaseClient.leaseTimeToLive({ ID: id })))
+            // Gone again (the sends took longer than its TTL): a new lease is granted.
+            if (Number(made.TTL) > 0) return { id, ttlMs: Number(made.grantedTTL) * 1000 }
+          }
+          // Another lease has this ID (one chance in 2^63): another one.
+          id = randomLeaseId()
+          unanswered = undefined
+        } else if (this.#unanswered(err)) {
+          unanswered = err
+        } else {
+          throw this.#error(err, 'lease grant')
+        }
+        if (send === MAX_SENDS) throw this.#error(unanswered ?? err, 'lease grant')
+      }
+    }
   }
 
   /** The lease counts as lost a TTL after the send time of the last keepalive etcd confirmed. */
@@ -293,6 +387,21 @@ export class EtcdCoordinator extends AbstractCoordinator {
   #track (promise: Promise<unknown>): void {
     this.#pending.add(promise)
     void promise.finally(() => this.#pending.delete(promise))
+  }
+
+  /** Sends an idempotent call (a read, a revoke) again while it goes unanswered, up to MAX_SENDS times. */
+  async #retried<T> (call: () => Promise<T>): Promise<T> {
+    for (let send = 1; ; send++) {
+      try {
+        return await call()
+      } catch (err) {
+        if (send === MAX_SENDS || !this.#unanswered(err)) throw err
+      }
+    }
+  }
+
+  #saw (revision: string): void {
+    if (Number(revision) > this.#revision) this.#revision = Number(revision)
   }
 
   async #call<T> (what: 'read' | 'write', request: Promise<T>): Promise<T> {
