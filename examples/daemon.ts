@@ -128,6 +128,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const startedAt = Date.now()
   let server: Server | undefined
   let nbd: NbdServer | undefined
+  // The NBD server keeps listening when an accept fails (too many open files, say): logged here.
+  const nbdError = (err: Error): void => { log('error', 'the NBD server could not accept a connection', { error: err.message }) }
   let tokenFile: string | undefined
   let finish!: () => void
   const stopped = new Promise<void>((resolve) => { finish = resolve })
@@ -180,7 +182,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // The one step that can fail (listening on the new NBD address) comes first, so a reload
       // either applies every live change or none.
       let moved: NbdServer | undefined
-      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, parseAddress(next.nbdAddress, 'nbd address'))
+      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), onError: nbdError })
       if (stopping !== undefined) {
         await moved?.close()
         throw new HttpError(409, 'BUSY', 'the daemon is stopping')
@@ -299,7 +301,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
     if (config.nbdAddress !== undefined) {
       const where = parseAddress(config.nbdAddress, 'nbd address')
-      nbd = await NbdServer.listen(g, where)
+      nbd = await NbdServer.listen(g, { ...where, onError: nbdError })
       log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
     }
     log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })

@@ -19,7 +19,8 @@
 //
 // A frame the protocol does not allow (bad magic, unknown client flags, an option longer than
 // 64 KiB, a request longer than 32 MiB) ends that connection only, once the requests before it are
-// answered; other clients are not affected.
+// answered; other clients are not affected. A client that has not finished the handshake after
+// `handshakeTimeoutMs` (10 s, as qemu-nbd's --handshake-limit) is disconnected.
 
 import { createServer, type Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
@@ -35,7 +36,24 @@ export interface NbdServerOptions {
   readonly host?: string
   /** Port (default 10809; 0 picks a free one, see `port`). */
   readonly port?: number
+  /**
+   * Milliseconds a client has to finish the handshake (to NBD_OPT_GO or NBD_OPT_EXPORT_NAME) before
+   * its connection is closed, as qemu-nbd's `--handshake-limit` does since CVE-2024-7409: without a
+   * limit, a client that connects and sends nothing, or stops in the middle of an option, holds a
+   * socket and memory for ever. The limit is on the whole handshake, not on silence. Clients past
+   * the handshake are never affected. Default 10000; 0: no limit.
+   */
+  readonly handshakeTimeoutMs?: number
+  /**
+   * Receives errors of the listening socket itself (an accept failing with EMFILE, say); the server
+   * keeps listening either way. Without it (or when it throws) the last one is kept in `lastError`.
+   */
+  readonly onError?: (err: GalleonError) => void
 }
+
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+/** Longest delay setTimeout takes: a longer one would fire after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** The NBD server. */
 export class NbdServer {
@@ -44,14 +62,19 @@ export class NbdServer {
   readonly #connections = new Set<Socket>()
   /** Per connection: stop taking requests and resolve once the ones in flight are answered. */
   readonly #stoppers = new Map<Socket, () => Promise<void>>()
+  readonly #handshakeTimeoutMs: number
+  readonly #onError: ((err: GalleonError) => void) | undefined
   readonly host: string
   #port = 0
   #closing: Promise<void> | undefined
+  #lastError: GalleonError | undefined
 
-  private constructor (g: GalleonFS, server: Server, host: string) {
+  private constructor (g: GalleonFS, server: Server, host: string, handshakeTimeoutMs: number, onError: ((err: GalleonError) => void) | undefined) {
     this.#g = g
     this.#server = server
     this.host = host
+    this.#handshakeTimeoutMs = handshakeTimeoutMs
+    this.#onError = onError
   }
 
   /** Starts serving `g`'s volumes. */
@@ -62,6 +85,10 @@ export class NbdServer {
     const port = options.port ?? 10809
     if (typeof host !== 'string' || host.length === 0) throw new GalleonError('INVALID_ARGUMENT', `host must be an address such as 127.0.0.1, got ${describe(host)}`)
     if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new GalleonError('INVALID_ARGUMENT', `port must be 0 (any free port) to 65535, got ${describe(port)}`)
+    const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS
+    if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 0 || handshakeTimeoutMs > MAX_TIMER_MS) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a whole number of milliseconds from 0 (no limit) to ${MAX_TIMER_MS} (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS}), got ${describe(handshakeTimeoutMs)}`)
+    const onError = options.onError
+    if (onError !== undefined && typeof onError !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onError must be a function receiving a GalleonError, got ${describe(onError)}`)
     const accept: { to?: NbdServer } = {}
     // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
     // the replies to the requests it sent; the session ends its side itself (finish).
@@ -69,12 +96,16 @@ export class NbdServer {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })
-    const instance = new NbdServer(g, server, host)
+    const instance = new NbdServer(g, server, host, handshakeTimeoutMs, onError)
     accept.to = instance
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err })))
-      server.listen(port, host, () => resolve())
+      const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
+      server.once('error', failed)
+      server.listen(port, host, () => { server.off('error', failed); resolve() })
     })
+    // Once listening, an 'error' is an accept that failed (EMFILE, ENFILE, ...): without a listener
+    // it would end the process; the server keeps listening and reports it.
+    server.on('error', (err) => { instance.#report(err) })
     const address = server.address()
     instance.#port = typeof address === 'object' && address !== null ? address.port : port
     return instance
@@ -85,6 +116,9 @@ export class NbdServer {
 
   /** Connected clients. */
   get connections (): number { return this.#connections.size }
+
+  /** The last error of the listening socket not taken by `onError`, if any. */
+  get lastError (): GalleonError | undefined { return this.#lastError }
 
   /** Stops listening and disconnects every client (requests in flight finish first). */
   async close (): Promise<void> {
@@ -112,24 +146,56 @@ export class NbdServer {
     void this.#serve(socket).catch(() => {}).finally(() => { finish(socket) })
   }
 
+  /** Hands an error of the listening socket to onError, or keeps it in lastError. */
+  #report (err: unknown): void {
+    const detail = err instanceof Error ? err.message : String(err)
+    const code = (err as { code?: unknown } | null)?.code
+    const hint = code === 'EMFILE' || code === 'ENFILE' ? ' (too many open files: raise the limit or close some)' : ''
+    const error = err instanceof GalleonError ? err : new GalleonError('IO_ERROR', `the NBD server on ${this.host}:${this.#port} could not accept a connection${hint}; it keeps listening: ${detail}`, { cause: err })
+    // Called as a plain function: the listener must not see the server's internals as `this`.
+    const listener = this.#onError
+    if (listener === undefined) { this.#lastError = error; return }
+    try {
+      listener(error)
+    } catch {
+      // Thrown from an 'error' listener, it would end the process.
+      this.#lastError = error
+    }
+  }
+
   async #serve (socket: Socket): Promise<void> {
     const reader = new SocketReader(socket)
+    // A client still in the handshake when the limit passes is cut off (destroy: its unread option
+    // replies are dropped too). The timer goes as soon as the handshake ends, however it ends.
+    const limit = this.#handshakeTimeoutMs
+    const expiry = limit > 0 ? setTimeout(() => { socket.destroy() }, limit).unref() : undefined
+    let chosen: Awaited<ReturnType<typeof negotiate>>
+    try {
+      chosen = await this.#handshake(socket, reader)
+    } finally {
+      clearTimeout(expiry)
+    }
+    if (chosen === undefined) return
+    try {
+      // Cut off (or gone) while the export was being claimed: nothing to serve.
+      if (socket.destroyed) return
+      await transmit(this.#g, this.#stoppers, socket, reader, chosen.export, chosen.structured, chosen.allocation)
+    } finally {
+      await chosen.attachment?.close().catch(() => {})
+    }
+  }
+
+  /** The greeting, the client's flags and the option haggling: the export to serve, or undefined. */
+  async #handshake (socket: Socket, reader: SocketReader): ReturnType<typeof negotiate> {
     const hello = Buffer.alloc(18)
     hello.writeBigUInt64BE(NBDMAGIC, 0)
     hello.writeBigUInt64BE(IHAVEOPT, 8)
     hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
     socket.write(hello)
     const clientFlags = await reader.read(4)
-    if (clientFlags === undefined) return
+    if (clientFlags === undefined) return undefined
     const flags = clientFlags.readUInt32BE(0)
     if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
-    const noZeroes = (flags & FLAG_NO_ZEROES) !== 0
-    const chosen = await negotiate(this.#g, socket, reader, noZeroes)
-    if (chosen === undefined) return
-    try {
-      await transmit(this.#g, this.#stoppers, socket, reader, chosen.export, chosen.structured, chosen.allocation)
-    } finally {
-      await chosen.attachment?.close().catch(() => {})
-    }
+    return await negotiate(this.#g, socket, reader, (flags & FLAG_NO_ZEROES) !== 0)
   }
 }
