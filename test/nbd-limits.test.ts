@@ -7,17 +7,13 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { subscribe, unsubscribe } from 'node:diagnostics_channel'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { connect, type Server, type Socket } from 'node:net'
+import type { Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, type GalleonError } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { IHAVEOPT, NbdClient, OPT_GO, OPT_STRUCTURED_REPLY } from './support/nbd-client.js'
 
-const IHAVEOPT = 0x49484156454f5054n
-const OPT_GO = 7
-const OPT_STRUCTURED_REPLY = 8
-const REP_ACK = 1
-const CMD_READ = 0
 /** The handshake limit of the servers below: short, so that the tests are quick. */
 const LIMIT_MS = 300
 
@@ -44,108 +40,19 @@ async function eventually (condition: () => boolean, timeoutMs = 5_000): Promise
   return condition()
 }
 
-/** A raw NBD client: exact reads off a queue of chunks, and whether the server closed the connection. */
-class Wire {
-  readonly socket: Socket
-  readonly #chunks: Buffer[] = []
-  #buffered = 0
-  #wake: (() => void) | undefined
-  closed = false
-
-  private constructor (socket: Socket) {
-    this.socket = socket
-    socket.on('data', (chunk: Buffer) => { this.#chunks.push(chunk); this.#buffered += chunk.byteLength; this.#wake?.() })
-    socket.on('close', () => { this.closed = true; this.#wake?.() })
-    socket.on('error', () => {})
-  }
-
-  static async connect (port: number): Promise<Wire> {
-    const socket = connect({ port, host: '127.0.0.1' })
-    await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject) })
-    return new Wire(socket)
-  }
-
-  /** Exactly n bytes, or undefined if the connection closed or 5 s passed first. */
-  async read (n: number): Promise<Buffer | undefined> {
-    const deadline = Date.now() + 5_000
-    while (this.#buffered < n) {
-      if (this.closed || Date.now() > deadline) return undefined
-      await new Promise<void>((resolve) => { this.#wake = resolve; setTimeout(resolve, 100) })
-    }
-    const out = Buffer.concat(this.#chunks.splice(0))
-    const rest = out.subarray(n)
-    if (rest.byteLength > 0) this.#chunks.push(rest)
-    this.#buffered -= n
-    return out.subarray(0, n)
-  }
-
-  async closedByServer (timeoutMs = 5_000): Promise<boolean> { return await eventually(() => this.closed, timeoutMs) }
-
-  /** Reads the greeting and answers it (fixed newstyle, no zeroes). */
-  async hello (): Promise<void> {
-    const greeting = await this.read(18)
-    assert.ok(greeting !== undefined, 'the greeting')
-    assert.equal(greeting.readBigUInt64BE(8), IHAVEOPT)
-    this.socket.write(Buffer.from([0, 0, 0, 3]))
-  }
-
-  option (option: number, data: Buffer = Buffer.alloc(0)): void {
-    const head = Buffer.alloc(16)
-    head.writeBigUInt64BE(IHAVEOPT, 0)
-    head.writeUInt32BE(option, 8)
-    head.writeUInt32BE(data.byteLength, 12)
-    this.socket.write(Buffer.concat([head, data]))
-  }
-
-  async optionReply (): Promise<{ type: number, data: Buffer }> {
-    const head = await this.read(20)
-    assert.ok(head !== undefined, 'an option reply')
-    const data = await this.read(head.readUInt32BE(16))
-    assert.ok(data !== undefined, 'the option reply data')
-    return { type: head.readUInt32BE(12), data }
-  }
-
-  /** NBD_OPT_GO for `name`, up to its ACK. */
-  async go (name: string): Promise<void> {
-    const bytes = Buffer.from(name)
-    const data = Buffer.alloc(4 + bytes.byteLength + 2)
-    data.writeUInt32BE(bytes.byteLength, 0)
-    bytes.copy(data, 4)
-    this.option(OPT_GO, data)
-    for (let reply = await this.optionReply(); reply.type !== REP_ACK; reply = await this.optionReply()) {
-      assert.ok(reply.type < 0x80000000, `GO ${name} refused: ${reply.data.toString()}`)
-    }
-  }
-
-  /** NBD_CMD_READ of `length` bytes at `offset`: the data of its simple reply (undefined if none came). */
-  async readBlock (offset: number, length: number): Promise<Buffer | undefined> {
-    const head = Buffer.alloc(28)
-    head.writeUInt32BE(0x25609513, 0)
-    head.writeUInt16BE(CMD_READ, 6)
-    head.writeBigUInt64BE(1n, 8)
-    head.writeBigUInt64BE(BigInt(offset), 16)
-    head.writeUInt32BE(length, 24)
-    this.socket.write(head)
-    const reply = await this.read(16)
-    if (reply === undefined) return undefined
-    assert.equal(reply.readUInt32BE(4), 0, 'the read succeeded')
-    return await this.read(length)
-  }
-}
-
 describe('NBD handshake time limit', () => {
   let server: NbdServer
   before(async () => { server = await NbdServer.listen(g, { port: 0, handshakeTimeoutMs: LIMIT_MS }) })
   after(async () => { await server?.close() })
 
   it('disconnects a client that connects and sends nothing', async () => {
-    const wire = await Wire.connect(server.port)
+    const wire = await NbdClient.connect(server.port)
     assert.ok(await wire.closedByServer(), `a silent client is disconnected after the ${LIMIT_MS} ms limit`)
     assert.ok(await eventually(() => server.connections === 0), 'the server let the connection go')
   })
 
   it('disconnects a client that stops in the middle of an option', async () => {
-    const wire = await Wire.connect(server.port)
+    const wire = await NbdClient.connect(server.port)
     await wire.hello()
     const head = Buffer.alloc(16)
     head.writeBigUInt64BE(IHAVEOPT, 0)
@@ -156,7 +63,7 @@ describe('NBD handshake time limit', () => {
   })
 
   it('limits the whole handshake, not silence: a client that keeps sending options is cut off too', async () => {
-    const wire = await Wire.connect(server.port)
+    const wire = await NbdClient.connect(server.port)
     await wire.hello()
     const deadline = Date.now() + 5_000
     while (!wire.closed && Date.now() < deadline) {
@@ -172,7 +79,7 @@ describe('NBD handshake time limit', () => {
     const own = await NbdServer.listen(g, { port: 0, handshakeTimeoutMs: limit })
     try {
       const connected = Date.now()
-      const wire = await Wire.connect(own.port)
+      const wire = await NbdClient.connect(own.port)
       await wire.hello()
       await wire.go('alpha')
       await sleep(connected + limit * 2 - Date.now())
@@ -196,7 +103,7 @@ describe('NBD handshake time limit', () => {
   it('takes 0 as no limit, and close() ends a connection still in the handshake', async () => {
     const unlimited = await NbdServer.listen(g, { port: 0, handshakeTimeoutMs: 0 })
     try {
-      const wire = await Wire.connect(unlimited.port)
+      const wire = await NbdClient.connect(unlimited.port)
       await wire.hello()
       await sleep(LIMIT_MS * 2)
       assert.equal(wire.closed, false, 'no limit: still connected')
@@ -214,7 +121,7 @@ describe('NBD handshake time limit', () => {
       const timers = (): number => process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length
       await sleep(10)
       const before = timers()
-      const wire = await Wire.connect(long.port)
+      const wire = await NbdClient.connect(long.port)
       assert.ok(await eventually(() => long.connections === 1))
       assert.equal(timers(), before, 'the handshake timer does not keep the event loop alive')
       await long.close()
@@ -251,7 +158,7 @@ describe('NBD server socket errors', () => {
       assert.equal(reported[0]?.cause, first)
       assert.equal(srv.lastError, undefined)
       // Still serving.
-      const wire = await Wire.connect(srv.port)
+      const wire = await NbdClient.connect(srv.port)
       await wire.hello()
       await wire.go('alpha')
       assert.equal((await wire.readBlock(0, 4096))?.[0], 7)

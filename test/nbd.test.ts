@@ -8,12 +8,12 @@ import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { AccessMode, GalleonFS } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { NbdClient, infoRequestData, metaContextData } from './support/nbd-client.js'
 
 const exec = promisify(execFile)
 const missing = (tool: string): string | undefined => ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed (see .ci/run)`
@@ -50,115 +50,8 @@ after(async () => {
   await rm(root, { recursive: true, force: true })
 })
 
-/** A minimal NBD client for the protocol's corners (the real clients cover the common paths). */
-class RawClient {
-  readonly socket: Socket
-  #data = Buffer.alloc(0)
-  #waiters: Array<() => void> = []
-  closed = false
-
-  private constructor (socket: Socket) {
-    this.socket = socket
-    socket.on('data', (chunk: Buffer) => { this.#data = Buffer.concat([this.#data, chunk]); this.#wake() })
-    socket.on('close', () => { this.closed = true; this.#wake() })
-    socket.on('error', () => {})
-  }
-
-  static async connect (port: number): Promise<RawClient> {
-    const socket = connect(port, '127.0.0.1')
-    await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject) })
-    return new RawClient(socket)
-  }
-
-  #wake (): void { for (const wake of this.#waiters.splice(0)) wake() }
-
-  async read (n: number, timeoutMs = 5000): Promise<Buffer | undefined> {
-    const deadline = Date.now() + timeoutMs
-    while (this.#data.byteLength < n) {
-      if (this.closed || Date.now() > deadline) return undefined
-      await new Promise<void>((resolve) => { this.#waiters.push(resolve); setTimeout(resolve, 50) })
-    }
-    const out = this.#data.subarray(0, n)
-    this.#data = this.#data.subarray(n)
-    return out
-  }
-
-  /** Waits until the server closes the connection (true) or the timeout passes (false). */
-  async closedByServer (timeoutMs = 3000): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs
-    while (!this.closed && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
-    return this.closed
-  }
-
-  /** Handshake up to option haggling; returns the server's handshake flags. */
-  async hello (clientFlags = 3): Promise<number> {
-    const greeting = await this.read(18)
-    assert.ok(greeting !== undefined)
-    assert.equal(greeting.readBigUInt64BE(0), 0x4e42444d41474943n)
-    assert.equal(greeting.readBigUInt64BE(8), 0x49484156454f5054n)
-    const flags = Buffer.alloc(4)
-    flags.writeUInt32BE(clientFlags)
-    this.socket.write(flags)
-    return greeting.readUInt16BE(16)
-  }
-
-  option (option: number, data: Buffer = Buffer.alloc(0)): void {
-    const head = Buffer.alloc(16)
-    head.writeBigUInt64BE(0x49484156454f5054n, 0)
-    head.writeUInt32BE(option, 8)
-    head.writeUInt32BE(data.byteLength, 12)
-    this.socket.write(Buffer.concat([head, data]))
-  }
-
-  async optionReply (): Promise<{ option: number, type: number, data: Buffer }> {
-    const head = await this.read(20)
-    assert.ok(head !== undefined, 'an option reply')
-    assert.equal(head.readBigUInt64BE(0), 0x3e889045565a9n)
-    const data = await this.read(head.readUInt32BE(16)) as Buffer
-    return { option: head.readUInt32BE(8), type: head.readUInt32BE(12), data }
-  }
-
-  /** NBD_OPT_GO to `name`; resolves to the export size and transmission flags. */
-  async go (name: string): Promise<{ size: number, flags: number }> {
-    const nameBytes = Buffer.from(name)
-    const data = Buffer.alloc(4 + nameBytes.byteLength + 2)
-    data.writeUInt32BE(nameBytes.byteLength, 0)
-    nameBytes.copy(data, 4)
-    this.option(7, data)
-    let size = -1
-    let flags = -1
-    while (true) {
-      const reply = await this.optionReply()
-      if (reply.type === 3 && reply.data.readUInt16BE(0) === 0) {
-        size = Number(reply.data.readBigUInt64BE(2))
-        flags = reply.data.readUInt16BE(10)
-      }
-      if (reply.type === 1) return { size, flags }
-      if (reply.type >= 0x80000000) throw new Error(`GO refused: ${reply.type.toString(16)} ${reply.data.toString()}`)
-    }
-  }
-
-  request (type: number, handle: number, offset: number, length: number, flags = 0, data?: Uint8Array): void {
-    const head = Buffer.alloc(28)
-    head.writeUInt32BE(0x25609513, 0)
-    head.writeUInt16BE(flags, 4)
-    head.writeUInt16BE(type, 6)
-    head.writeBigUInt64BE(BigInt(handle), 8)
-    head.writeBigUInt64BE(BigInt(offset), 16)
-    head.writeUInt32BE(length, 24)
-    this.socket.write(data === undefined ? head : Buffer.concat([head, data]))
-  }
-
-  /** A simple reply; for reads pass the expected data length. */
-  async reply (dataLength = 0): Promise<{ error: number, handle: number, data: Buffer }> {
-    const head = await this.read(16)
-    assert.ok(head !== undefined, 'a reply')
-    assert.equal(head.readUInt32BE(0), 0x67446698)
-    const error = head.readUInt32BE(4)
-    const data = error === 0 && dataLength > 0 ? await this.read(dataLength) as Buffer : Buffer.alloc(0)
-    return { error, handle: Number(head.readBigUInt64BE(8)), data }
-  }
-}
+/** Raw clients here give the server 3 s to close a connection it should end. */
+const clientTimeouts = { closeTimeoutMs: 3_000 }
 
 describe('NBD export with real clients', () => {
   it('nbdinfo shows exports, sizes and read-only snapshots', { skip: missing('nbdinfo') }, async () => {
@@ -227,17 +120,10 @@ describe('NBD export with real clients', () => {
 
 describe('NBD protocol corners (raw socket)', () => {
   it('answers LIST, INFO for an unknown export, unsupported options, then GO; ABORT ends the session', async () => {
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     const flags = await client.hello()
     assert.equal(flags & 3, 3) // fixed newstyle, no zeroes
-    client.option(3)
-    const names: string[] = []
-    while (true) {
-      const reply = await client.optionReply()
-      if (reply.type === 1) break
-      assert.equal(reply.type, 2)
-      names.push(reply.data.subarray(4, 4 + reply.data.readUInt32BE(0)).toString())
-    }
+    const names = await client.list()
     assert.deepEqual(names.sort(), ['disk', 'scratch', 'shelf', 'sparse'])
     client.option(1234)
     assert.equal((await client.optionReply()).type, 0x80000001) // ERR_UNSUP
@@ -256,7 +142,7 @@ describe('NBD protocol corners (raw socket)', () => {
   })
 
   it('serves pipelined requests, trims and zeroes, refuses writes to read-only exports with EPERM and past the end with ENOSPC', async () => {
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
     const { size, flags } = await client.go('scratch')
     assert.equal(size, 8 * MiB)
@@ -301,7 +187,7 @@ describe('NBD protocol corners (raw socket)', () => {
     client.request(2, 10, 0, 0) // DISC
     assert.equal(await client.closedByServer(), true)
 
-    const ro = await RawClient.connect(server.port)
+    const ro = await NbdClient.connect(server.port, clientTimeouts)
     await ro.hello()
     const snap = await ro.go('disk@snap')
     assert.ok((snap.flags & 2) !== 0, 'read-only flag')
@@ -310,17 +196,17 @@ describe('NBD protocol corners (raw socket)', () => {
     ro.request(4, 2, 0, 4096)
     assert.equal((await ro.reply()).error, 1)
     ro.socket.destroy()
-    const shelf = await RawClient.connect(server.port)
+    const shelf = await NbdClient.connect(server.port, clientTimeouts)
     await shelf.hello()
     assert.ok(((await shelf.go('shelf')).flags & 2) !== 0, 'a ReadOnlyMany volume is exported read-only')
     shelf.socket.destroy()
   })
 
   it('malformed and truncated frames end only their own connection; the server and other clients carry on', async () => {
-    const healthy = await RawClient.connect(server.port)
+    const healthy = await NbdClient.connect(server.port, clientTimeouts)
     await healthy.hello()
     await healthy.go('disk')
-    const attacks: Array<(client: RawClient) => Promise<void>> = [
+    const attacks: Array<(client: NbdClient) => Promise<void>> = [
       async (c) => { await c.read(18); c.socket.write(Buffer.from([0xff, 0xff, 0xff, 0xff])) }, // unknown client flags
       async (c) => { await c.hello(); c.socket.write(Buffer.alloc(16, 0x41)) }, // bad option magic
       async (c) => { await c.hello(); const h = Buffer.alloc(16); h.writeBigUInt64BE(0x49484156454f5054n); h.writeUInt32BE(7, 8); h.writeUInt32BE(0x7fffffff, 12); c.socket.write(h) }, // huge option
@@ -333,7 +219,7 @@ describe('NBD protocol corners (raw socket)', () => {
       async (c) => { await c.hello(); await c.go('disk'); c.request(99, 1, 0, 0) } // unknown command: an error reply, the connection stays
     ]
     for (const attack of attacks) {
-      const client = await RawClient.connect(server.port)
+      const client = await NbdClient.connect(server.port, clientTimeouts)
       await attack(client)
       await client.closedByServer(300)
       client.socket.destroy()
@@ -343,7 +229,7 @@ describe('NBD protocol corners (raw socket)', () => {
     const reply = await healthy.reply(4096)
     assert.equal(reply.error, 0)
     assert.deepEqual(new Uint8Array(reply.data), image.subarray(5 * MiB, 5 * MiB + 4096))
-    const fresh = await RawClient.connect(server.port)
+    const fresh = await NbdClient.connect(server.port, clientTimeouts)
     await fresh.hello()
     assert.equal((await fresh.go('disk')).size, 32 * MiB)
     fresh.socket.destroy()
@@ -351,13 +237,9 @@ describe('NBD protocol corners (raw socket)', () => {
   })
 
   it('follows the spec\'s finer points: DF only with structured replies, an empty structured read is NONE, unknown flags EINVAL, meta contexts need structured replies, FLUSH on a read-only export succeeds', async () => {
-    const plain = await RawClient.connect(server.port)
+    const plain = await NbdClient.connect(server.port, clientTimeouts)
     await plain.hello()
-    const metaQuery = Buffer.alloc(4 + 4 + 4)
-    metaQuery.writeUInt32BE(4, 0)
-    metaQuery.write('disk', 4)
-    metaQuery.writeUInt32BE(0, 8)
-    plain.option(9, metaQuery) // LIST_META_CONTEXT before STRUCTURED_REPLY
+    plain.option(9, metaContextData('disk', [])) // LIST_META_CONTEXT before STRUCTURED_REPLY
     assert.equal((await plain.optionReply()).type, 0x80000003)
     const { flags } = await plain.go('disk')
     assert.equal(flags & (1 << 7), 0, 'no DF without structured replies')
@@ -365,26 +247,22 @@ describe('NBD protocol corners (raw socket)', () => {
     assert.equal((await plain.reply()).error, 22)
     plain.socket.destroy()
 
-    const structured = await RawClient.connect(server.port)
+    const structured = await NbdClient.connect(server.port, clientTimeouts)
     await structured.hello()
-    structured.option(8)
-    assert.equal((await structured.optionReply()).type, 1)
+    await structured.structuredReplies()
     const go = await structured.go('disk@snap')
     assert.ok((go.flags & (1 << 7)) !== 0, 'DF with structured replies')
     structured.request(0, 5, 0, 0) // empty read
-    const head = await structured.read(20)
-    assert.ok(head !== undefined)
-    assert.equal(head.readUInt32BE(0), 0x668e33ef)
-    assert.equal(head.readUInt16BE(6), 0) // NBD_REPLY_TYPE_NONE
-    assert.equal(head.readUInt32BE(16), 0)
+    const empty = await structured.chunk() // asserts the structured reply magic
+    assert.equal(empty.type, 0) // NBD_REPLY_TYPE_NONE
+    assert.equal(empty.body.byteLength, 0)
     structured.request(3, 6, 0, 0) // FLUSH on a read-only export
-    const flush = await structured.read(20)
-    assert.equal(flush?.readUInt16BE(6), 0)
+    assert.equal((await structured.chunk()).type, 0)
     structured.socket.destroy()
   })
 
   it('stops reading a client that does not read its replies once 128 MiB are held, and serves the rest when it reads', async () => {
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
     await client.go('disk')
     client.socket.pause() // read nothing: replies pile up in the server
@@ -417,32 +295,17 @@ describe('NBD protocol corners (raw socket)', () => {
 
   it('answers past-the-end trims and unadvertised FAST_ZERO with EINVAL; a failed SET_META_CONTEXT clears the earlier choice; a snapshot name may hold @', async () => {
     await g.createSnapshot('scratch', 'nightly@2024-06-01')
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
-    client.option(8) // structured replies
-    assert.equal((await client.optionReply()).type, 1)
-    const meta = (name: string): Buffer => {
-      const query = Buffer.from('base:allocation')
-      const data = Buffer.alloc(4 + name.length + 4 + 4 + query.byteLength)
-      data.writeUInt32BE(name.length, 0)
-      data.write(name, 4)
-      data.writeUInt32BE(1, 4 + name.length)
-      data.writeUInt32BE(query.byteLength, 8 + name.length)
-      query.copy(data, 12 + name.length)
-      return data
-    }
-    client.option(10, meta('scratch')) // SET_META_CONTEXT base:allocation
-    assert.equal((await client.optionReply()).type, 4) // META_CONTEXT
-    assert.equal((await client.optionReply()).type, 1)
-    client.option(10, meta('nope')) // fails: unknown export
+    await client.structuredReplies()
+    assert.deepEqual(await client.setAllocationContext('scratch'), ['base:allocation']) // one META_CONTEXT, then ACK
+    client.option(10, metaContextData('nope', ['base:allocation'])) // SET_META_CONTEXT fails: unknown export
     assert.equal((await client.optionReply()).type, 0x80000006)
     await client.go('scratch')
     const structuredError = async (): Promise<number> => {
-      const head = await client.read(20)
-      assert.ok(head !== undefined)
-      assert.equal(head.readUInt16BE(6), 32769) // NBD_REPLY_TYPE_ERROR
-      const body = await client.read(head.readUInt32BE(16)) as Buffer
-      return body.readUInt32BE(0)
+      const reply = await client.chunk()
+      assert.equal(reply.type, 32769) // NBD_REPLY_TYPE_ERROR
+      return reply.error
     }
     client.request(7, 1, 0, 4096) // BLOCK_STATUS: no context chosen any more
     assert.equal(await structuredError(), 22)
@@ -452,7 +315,7 @@ describe('NBD protocol corners (raw socket)', () => {
     assert.equal(await structuredError(), 22)
     client.socket.destroy()
 
-    const snap = await RawClient.connect(server.port)
+    const snap = await NbdClient.connect(server.port, clientTimeouts)
     await snap.hello()
     const { size, flags } = await snap.go('scratch@nightly@2024-06-01')
     assert.equal(size, 8 * MiB)
@@ -461,29 +324,11 @@ describe('NBD protocol corners (raw socket)', () => {
   })
 
   it('refuses command flags that do not apply to the command with EINVAL (BLOCK_STATUS included), with no effect on the data', async () => {
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
-    client.option(8) // structured replies
-    assert.equal((await client.optionReply()).type, 1)
-    const query = Buffer.from('base:allocation')
-    const meta = Buffer.alloc(4 + 7 + 4 + 4 + query.byteLength)
-    meta.writeUInt32BE(7, 0)
-    meta.write('scratch', 4)
-    meta.writeUInt32BE(1, 11)
-    meta.writeUInt32BE(query.byteLength, 15)
-    query.copy(meta, 19)
-    client.option(10, meta)
-    assert.equal((await client.optionReply()).type, 4)
-    assert.equal((await client.optionReply()).type, 1)
+    await client.structuredReplies()
+    assert.deepEqual(await client.setAllocationContext('scratch'), ['base:allocation']) // one META_CONTEXT, then ACK
     await client.go('scratch')
-    /** The next reply: its handle, and the error of an error chunk (0 for any other chunk). */
-    const next = async (): Promise<{ handle: number, error: number }> => {
-      const head = await client.read(20)
-      assert.ok(head !== undefined, 'a reply')
-      assert.equal(head.readUInt32BE(0), 0x668e33ef)
-      const body = await client.read(head.readUInt32BE(16)) as Buffer
-      return { handle: Number(head.readBigUInt64BE(8)), error: head.readUInt16BE(6) === 32769 ? body.readUInt32BE(0) : 0 }
-    }
     const before = await g.read('scratch', 0, 8192)
     const FUA = 1
     const NO_HOLE = 2
@@ -503,7 +348,7 @@ describe('NBD protocol corners (raw socket)', () => {
     refused.forEach(([type, flags, data], i) => { client.request(type, 100 + i, 0, data?.byteLength ?? 4096, flags, data) })
     const errors = new Map<number, number>()
     for (let i = 0; i < refused.length; i++) {
-      const reply = await next()
+      const reply = await client.chunk()
       errors.set(reply.handle, reply.error)
     }
     assert.deepEqual(refused.map((_, i) => errors.get(100 + i)), refused.map(() => 22), 'EINVAL for each, in request order')
@@ -511,7 +356,7 @@ describe('NBD protocol corners (raw socket)', () => {
     // FUA is valid on every command; each command's own flag is accepted.
     const accepted: Array<[number, number]> = [[7, FUA | REQ_ONE], [0, FUA | DF], [3, FUA]]
     accepted.forEach(([type, flags], i) => { client.request(type, 200 + i, type === 3 ? 0 : 4096, type === 3 ? 0 : 4096, flags) })
-    for (let i = 0; i < accepted.length; i++) assert.equal((await next()).error, 0)
+    for (let i = 0; i < accepted.length; i++) assert.equal((await client.chunk()).error, 0)
     client.socket.destroy()
   })
 
@@ -524,21 +369,15 @@ describe('NBD protocol corners (raw socket)', () => {
       await h.createVolume({ name: 'mine', sizeBytes: '3M', namespace: 'tenant-a' })
       await h.createAccessPolicy({ name: 'tenant', principals: ['role:tenant'], verbs: ['volume:read'], namespaces: ['*'] })
       principalServer = await NbdServer.listen(h.as({ id: 't', roles: ['tenant'], namespace: 'tenant-a' }), { port: 0 })
-      const client = await RawClient.connect(principalServer.port)
+      const client = await NbdClient.connect(principalServer.port, clientTimeouts)
       await client.hello()
-      client.option(3)
-      const names: string[] = []
-      for (let reply = await client.optionReply(); reply.type === 2; reply = await client.optionReply()) names.push(reply.data.subarray(4, 4 + reply.data.readUInt32BE(0)).toString())
+      const names = await client.list()
       assert.deepEqual(names.sort(), ['default/disk', 'disk', 'mine'])
       const sizes = new Map<string, number>()
       for (const name of names) {
-        const c = await RawClient.connect(principalServer.port)
+        const c = await NbdClient.connect(principalServer.port, clientTimeouts)
         await c.hello()
-        const nameBytes = Buffer.from(name)
-        const data = Buffer.alloc(4 + nameBytes.byteLength + 2)
-        data.writeUInt32BE(nameBytes.byteLength, 0)
-        nameBytes.copy(data, 4)
-        c.option(6, data) // INFO
+        c.option(6, infoRequestData(name)) // INFO
         let infoFlags = -1
         for (let reply = await c.optionReply(); reply.type !== 1; reply = await c.optionReply()) {
           assert.ok(reply.type < 0x80000000, `INFO ${name} refused: ${reply.data.toString()}`)
@@ -562,14 +401,14 @@ describe('NBD protocol corners (raw socket)', () => {
 
   it('exports a ReadWriteOnce volume that is mounted read-write as read-only; close() answers requests in flight first', async () => {
     const mountId = await g.mounts.mountVolume('scratch', join(root, 'virtual-scratch'))
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
     assert.ok(((await client.go('scratch')).flags & 2) !== 0)
     client.socket.destroy()
     await g.mounts.unmountVolume(mountId)
 
     const own = await NbdServer.listen(g, { port: 0 })
-    const writer = await RawClient.connect(own.port)
+    const writer = await NbdClient.connect(own.port, clientTimeouts)
     await writer.hello()
     await writer.go('scratch')
     const data = new Uint8Array(randomBytes(MiB))
@@ -587,10 +426,10 @@ describe('NBD protocol corners (raw socket)', () => {
 
 
   it('a client connected read-write to a ReadWriteOnce volume is its writer: a read-write mount is refused until it disconnects, read-only mounts and more NBD clients are not', async () => {
-    const first = await RawClient.connect(server.port)
+    const first = await NbdClient.connect(server.port, clientTimeouts)
     await first.hello()
     assert.equal((await first.go('scratch')).flags & 2, 0, 'writable export')
-    const second = await RawClient.connect(server.port)
+    const second = await NbdClient.connect(server.port, clientTimeouts)
     await second.hello()
     assert.equal((await second.go('scratch')).flags & 2, 0, 'a second NBD client (multi-conn) may write too')
     await assert.rejects(g.mounts.mountVolume('scratch', join(root, 'virtual-rw')), (err: Error & { code?: string }) => err.code === 'BUSY' && /NBD client connected read-write/.test(err.message))
@@ -614,7 +453,7 @@ describe('NBD protocol corners (raw socket)', () => {
   })
   it('deleting a volume an NBD client is connected to read-write is refused (BUSY) until it disconnects, or forced', async () => {
     await g.createVolume({ name: 'attached', sizeBytes: 1 * MiB })
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
     await client.go('attached')
     await assert.rejects(g.deleteVolume('attached'), (err: Error & { code?: string }) => err.code === 'BUSY' && /NBD clients connected read-write/.test(err.message))
@@ -631,7 +470,7 @@ describe('NBD protocol corners (raw socket)', () => {
     await g.createVolume({ name: 'snapread', sizeBytes: 1 * MiB })
     await g.writeBlock('snapread', 0, new Uint8Array(4096).fill(7))
     await g.createSnapshot('snapread', 's1')
-    const client = await RawClient.connect(server.port)
+    const client = await NbdClient.connect(server.port, clientTimeouts)
     await client.hello()
     await client.go('snapread@s1')
     await assert.rejects(g.deleteSnapshot('snapread', 's1'), (err: Error & { code?: string }) => err.code === 'BUSY' && /snapshot s1 has 1 reader\(s\).*NBD clients/.test(err.message))
@@ -658,7 +497,7 @@ describe('NBD protocol corners (raw socket)', () => {
     await assert.rejects(g.getSnapshot('snapread', 's1'), { code: 'SNAPSHOT_NOT_FOUND' })
     // Forced: deleted under a connected client, whose next read fails.
     await g.createSnapshot('snapread', 's2')
-    const forced = await RawClient.connect(server.port)
+    const forced = await NbdClient.connect(server.port, clientTimeouts)
     await forced.hello()
     await forced.go('snapread@s2')
     await g.deleteSnapshot('snapread', 's2', { force: true })
@@ -670,7 +509,7 @@ describe('NBD protocol corners (raw socket)', () => {
 
   it('close() with many pipelined requests in flight answers all of them and returns', async () => {
     const own = await NbdServer.listen(g, { port: 0 })
-    const client = await RawClient.connect(own.port)
+    const client = await NbdClient.connect(own.port, clientTimeouts)
     await client.hello()
     await client.go('disk')
     const before = (await g.getVolumeMetrics('disk')).readOps
