@@ -11,6 +11,12 @@
 // A request waits while `maxInFlightBytes` of requests to that peer are unanswered; a receiver stops
 // reading a connection while `maxInFlightBytes` of its requests are being served, which TCP flow
 // control turns into socket.write() returning false on the sender, which then queues until 'drain'.
+// A dialed connection on which nothing arrives for `keepaliveIntervalMs` sends a keepalive (a
+// request of the reserved kind `tcp:keepalive`, answered by the peer's connection itself); one that
+// still hears nothing for `keepaliveTimeoutMs` is closed, so a peer that vanished without a FIN or
+// RST (a half-open connection, a host that lost power) or hangs (a stopped process) fails the
+// requests on it at once and the next request dials again. The kernel's TCP keepalive runs on every
+// connection as well (it ends accepted connections whose dialer's host is gone).
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
@@ -49,6 +55,27 @@ export interface TcpTransportOptions extends AbstractTransportOptions {
   readonly tls?: TcpTlsOptions
   /** A connection must complete the handshake within this long (default 10 s). */
   readonly handshakeTimeoutMs?: number
+  /**
+   * A dialed connection on which nothing has arrived for this long sends a keepalive, which the
+   * peer answers without its handler (default 5 s; 0: no keepalives). Also the idle time before
+   * the kernel's TCP keepalive probes start, on every connection.
+   */
+  readonly keepaliveIntervalMs?: number
+  /**
+   * A dialed connection that hears nothing for this long after sending a keepalive is closed: its
+   * requests fail with BACKEND_UNAVAILABLE and the next request dials again (default 10 s).
+   */
+  readonly keepaliveTimeoutMs?: number
+}
+
+/** Request kind of keepalives: answered by the connection itself, never handed to the handler. */
+export const KEEPALIVE_KIND = 'tcp:keepalive'
+const KEEPALIVE_HEADER = `{"k":${JSON.stringify(KEEPALIVE_KIND)},"h":{}}`
+
+/** When a dialed connection sends keepalives and gives up on a silent peer. */
+interface Keepalive {
+  readonly intervalMs: number
+  readonly timeoutMs: number
 }
 
 /** Counters of a TcpTransport. */
@@ -85,6 +112,7 @@ export class TcpTransport extends AbstractTransport {
   readonly #advertiseHost: string | undefined
   readonly #tls: TcpTlsOptions | undefined
   readonly #handshakeTimeoutMs: number
+  readonly #keepalive: Keepalive
   readonly #maxFrame: number
   #server: Server | undefined
   #address: string | undefined
@@ -111,6 +139,11 @@ export class TcpTransport extends AbstractTransport {
     if (this.#tls !== undefined && (this.#tls.key === undefined || this.#tls.cert === undefined)) throw new GalleonError('INVALID_ARGUMENT', 'tls needs at least key and cert (PEM)')
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000
     if (!Number.isSafeInteger(this.#handshakeTimeoutMs) || this.#handshakeTimeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a positive integer, got ${describe(options.handshakeTimeoutMs)}`)
+    const intervalMs = options.keepaliveIntervalMs ?? 5000
+    if (!Number.isSafeInteger(intervalMs) || intervalMs < 0) throw new GalleonError('INVALID_ARGUMENT', `keepaliveIntervalMs must be a non-negative integer (0: no keepalives), got ${describe(options.keepaliveIntervalMs)}`)
+    const timeoutMs = options.keepaliveTimeoutMs ?? 10_000
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `keepaliveTimeoutMs must be a positive integer, got ${describe(options.keepaliveTimeoutMs)}`)
+    this.#keepalive = { intervalMs, timeoutMs }
     this.#maxFrame = this.maxMessageBytes + FRAMING_SLACK + MAC_BYTES
   }
 
@@ -138,6 +171,7 @@ export class TcpTransport extends AbstractTransport {
       : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false }, (socket) => { this.#accept(socket) })
     server.on('connection', (socket: Socket) => {
       this.#acceptedSockets.add(socket)
+      if (this.#keepalive.intervalMs > 0) socket.setKeepAlive(true, this.#keepalive.intervalMs)
       this.#trackClose(new Promise((resolve) => { socket.once('close', () => { this.#acceptedSockets.delete(socket); resolve() }) }))
       socket.on('error', () => {}) // reported through the framed socket, or a failed TLS handshake nobody waits for
       if (this.closed) socket.destroy()
@@ -187,7 +221,8 @@ export class TcpTransport extends AbstractTransport {
     const socket = tls === undefined
       ? netConnect({ host, port })
       : tlsConnect({ host, port, key: tls.key, cert: tls.cert, ca: tls.ca, rejectUnauthorized: tls.rejectUnauthorized !== false, servername: tls.servername ?? (isIp(host) ? undefined : host) })
-    const connection = new OutboundConnection(this, address, socket, tls === undefined ? 'connect' : 'secureConnect', this.#secret, this.#handshakeTimeoutMs, this.#maxFrame)
+    if (this.#keepalive.intervalMs > 0) socket.setKeepAlive(true, this.#keepalive.intervalMs)
+    const connection = new OutboundConnection(this, address, socket, tls === undefined ? 'connect' : 'secureConnect', this.#secret, this.#handshakeTimeoutMs, this.#maxFrame, this.#keepalive)
     this.#outbound.set(address, connection)
     this.#trackClose(connection.framed.closed)
     void connection.framed.closed.then(() => {
@@ -232,13 +267,22 @@ class OutboundConnection {
   #pending = new Map<number, PendingReply>()
   #nextId = 1
   #handshakeTimer: NodeJS.Timeout
+  readonly #keepalive: Keepalive
+  #keepaliveTimer: NodeJS.Timeout | undefined
+  /** performance.now() when bytes last arrived. */
+  #lastHeard = 0
+  /** The keepalive waiting for an answer (anything heard since it was sent answers it). */
+  #keepaliveId: number | undefined
+  #keepaliveSentAt = 0
 
-  constructor (transport: TcpTransport, address: string, socket: Socket, connectEvent: 'connect' | 'secureConnect', secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number) {
+  constructor (transport: TcpTransport, address: string, socket: Socket, connectEvent: 'connect' | 'secureConnect', secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, keepalive: Keepalive) {
     this.#transport = transport
     this.#address = address
     this.#secret = secret
     this.#maxFrame = maxFrame
+    this.#keepalive = keepalive
     this.framed = new FramedSocket(socket, MAX_HANDSHAKE_FRAME, (frame) => { this.#onFrame(frame) }, (reason) => { this.#onEnd(reason) })
+    socket.on('data', () => { this.#lastHeard = performance.now() })
     socket.once(connectEvent, () => {
       this.#state = 'challenged'
       this.framed.send(FrameType.Hello, 0, JSON.stringify({ v: PROTOCOL_VERSION, node: transport.nodeId, nonce: this.#nonce }))
@@ -279,8 +323,38 @@ class OutboundConnection {
   #allocateId (): number {
     do {
       this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1
-    } while (this.#pending.has(this.#nextId))
+    } while (this.#pending.has(this.#nextId) || this.#nextId === this.#keepaliveId)
     return this.#nextId
+  }
+
+  /** Once the connection is set up: keepalives while nothing arrives (see the file comment). */
+  #startKeepalive (): void {
+    const { intervalMs, timeoutMs } = this.#keepalive
+    if (intervalMs === 0) return
+    this.#lastHeard = performance.now()
+    this.#keepaliveTimer = setInterval(() => { this.#checkAlive() }, Math.max(1, Math.floor(Math.min(intervalMs, timeoutMs) / 2)))
+    this.#keepaliveTimer.unref()
+  }
+
+  #checkAlive (): void {
+    if (this.ended) return
+    const now = performance.now()
+    if (this.#keepaliveId !== undefined) {
+      // Anything heard since the keepalive was sent shows the peer is there (its answer may queue
+      // behind replies being written).
+      if (this.#lastHeard >= this.#keepaliveSentAt) {
+        this.#keepaliveId = undefined
+      } else {
+        if (now - this.#keepaliveSentAt >= this.#keepalive.timeoutMs) {
+          this.framed.end(`nothing arrived from the peer for ${this.#keepalive.timeoutMs} ms after a keepalive: the peer vanished (a half-open connection) or hangs`)
+        }
+        return
+      }
+    }
+    if (now - this.#lastHeard < this.#keepalive.intervalMs) return
+    this.#keepaliveId = this.#allocateId()
+    this.#keepaliveSentAt = now
+    this.framed.send(FrameType.Request, this.#keepaliveId, KEEPALIVE_HEADER)
   }
 
   #peer (): string {
@@ -319,9 +393,15 @@ class OutboundConnection {
         this.framed.authenticateReceiving(this.#receiveMac as FrameMac)
         this.framed.reader.maxFrame = this.#maxFrame
         for (const id of [...this.#pending.keys()]) this.#send(id)
+        this.#startKeepalive()
         return
       }
       case 'ready': {
+        if (frame.id === this.#keepaliveId && (frame.type === FrameType.Reply || frame.type === FrameType.Failure)) {
+          // (A peer of an earlier version hands it to its handler, which fails it: an answer too.)
+          this.#keepaliveId = undefined
+          return
+        }
         const entry = this.#pending.get(frame.id)
         if (entry === undefined) return // answered after its request timed out or was aborted
         if (frame.type === FrameType.Reply) {
@@ -356,6 +436,7 @@ class OutboundConnection {
 
   #onEnd (reason: string): void {
     clearTimeout(this.#handshakeTimer)
+    clearInterval(this.#keepaliveTimer)
     this.#failure ??= this.#goodbye ?? (this.#state === 'connecting'
       ? new GalleonError('BACKEND_UNAVAILABLE', `cannot connect to ${this.#address}: ${reason}; is the node running and listening there?`)
       : this.#state === 'ready'
@@ -441,6 +522,10 @@ class InboundConnection {
   #onRequest (frame: Frame, header: Record<string, unknown> | null): void {
     if (header === null || typeof header !== 'object' || typeof header.k !== 'string' || header.h === null || typeof header.h !== 'object' || Array.isArray(header.h)) {
       return this.#refuse('IO_ERROR', 'malformed REQUEST header')
+    }
+    if (header.k === KEEPALIVE_KIND) {
+      this.framed.send(FrameType.Reply, frame.id, KEEPALIVE_HEADER)
+      return
     }
     const bytes = frame.payload.byteLength + 64
     this.servingBytes += bytes

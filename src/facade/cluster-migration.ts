@@ -3,6 +3,7 @@
 
 import { GalleonError, errorCode, type GalleonErrorCode } from '../errors.js'
 import { mountControl } from '../mount/mount-manager.js'
+import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
@@ -74,21 +75,36 @@ export class ClusterMigrations {
    * the class must encrypt as the volume's does, and the pool stays.
    */
   async migrateToReplicated (vol: VolumeRef, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
-    const { signal } = control
     const replication = this.#host.replication
     const replicas = classReplicas(storageClass)
-    const check = (current: VolumeRecord): void => {
-      if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
-      if (current.replication !== undefined) throw new GalleonError('BUSY', `volume ${current.name} became replicated meanwhile; call migrateVolume again`)
-      if (this.#host.migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
-      if (this.#host.catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it; a replicated volume cannot serve them. Delete or flatten them first`)
-      if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
-      if (mountControl(this.#host.mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted; unmount it while it becomes replicated`)
-    }
     const first = this.#host.catalog.resolve(vol)
     if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `storage class ${storageClass.name} keeps ${replicas} copies, on other nodes, but this instance is not in a cluster; join one (joinCluster) first`)
-    check(first)
+    this.#checkBecomesReplicated(first)
     assertClassSupported(storageClass, replicas, true)
+    // The class cannot be deleted until the volume's record names it (a local migration holds its
+    // class the same way).
+    const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+    try {
+      return await this.#becomeReplicated(vol, first, storageClass, target, control, replication)
+    } finally {
+      releaseClass()
+    }
+  }
+
+  /** What stops a 1-copy volume from becoming replicated (see migrateToReplicated). */
+  #checkBecomesReplicated (current: VolumeRecord): void {
+    if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
+    if (current.replication !== undefined) throw new GalleonError('BUSY', `volume ${current.name} became replicated meanwhile; call migrateVolume again`)
+    if (this.#host.migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
+    if (this.#host.catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it; a replicated volume cannot serve them. Delete or flatten them first`)
+    if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
+    if (mountControl(this.#host.mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted; unmount it while it becomes replicated`)
+  }
+
+  /** The work of migrateToReplicated, with the class held. */
+  async #becomeReplicated (vol: VolumeRef, first: VolumeRecord, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl, replication: ReplicationManager): Promise<Volume> {
+    const { signal } = control
+    const replicas = classReplicas(storageClass)
     const poolName = this.#host.pools.choose(target.pool, storageClass)?.name ?? first.pool
     if ((storageClass.parameters.encryption === 'true') !== (first.encrypted === true) || poolName !== first.pool) {
       // First the data is laid out here as the class wants it (encrypted or not, in its pool):
@@ -98,7 +114,7 @@ export class ClusterMigrations {
     }
     const record = await this.#host.admin(async () => {
       const current = this.#host.catalog.resolve(vol)
-      check(current)
+      this.#checkBecomesReplicated(current)
       if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true) || current.pool !== poolName) throw new GalleonError('BUSY', `volume ${current.name} changed while it was laid out for ${storageClass.name}; call migrateVolume again`)
       const updated = await this.#host.catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
       try {
@@ -114,7 +130,7 @@ export class ClusterMigrations {
       return updated
     })
     const deadline = Date.now() + 30 * 60_000
-    while (replication !== undefined && !this.#host.closed) {
+    while (!this.#host.closed) {
       const status = replication.status(record.id)
       if (status === undefined || status.inSync.length >= Math.min(replicas, status.nodes.length)) break
       if (signal?.aborted === true) break
@@ -223,7 +239,6 @@ export class ClusterMigrations {
    * record, and the copies return to it the same way.
    */
   async migrateReplicated (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
-    const { signal, onProgress } = control
     const replication = this.#host.replication
     const record = this.#host.catalog.resolve(vol)
     if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is replicated; changing its storage class needs this instance in the volume's cluster (open it with { cluster })`)
@@ -231,8 +246,21 @@ export class ClusterMigrations {
     const className = target.storageClass ?? record.storageClass
     const storageClass = this.#host.catalog.storageClass(className)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    assertClassSupported(storageClass, classReplicas(storageClass), true)
+    // The class cannot be deleted here while the copies convert to it: this node's copy names it
+    // only once it has converted (a local migration holds its class the same way).
+    const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+    try {
+      return await this.#reshape(record, storageClass, target, control, replication)
+    } finally {
+      releaseClass()
+    }
+  }
+
+  /** The work of migrateReplicated, with the class held. */
+  async #reshape (record: VolumeRecord, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl, replication: ReplicationManager): Promise<Volume> {
+    const { signal, onProgress } = control
     const replicas = classReplicas(storageClass)
-    assertClassSupported(storageClass, replicas, true)
     if (this.#reshaping.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is migrating already; wait for that migration, or cancel it`)
     // The class in the cluster's record is the volume's; a copy may still be on its way to it.
     const spec = replication.spec(record.id)
@@ -376,10 +404,16 @@ export class ClusterMigrations {
     // Like a new copy: counted in this node's pool of the record's name, if it has one.
     const pool = this.#copyPool(record, spec)
     if (encrypted === (record.encrypted === true) && pool === record.pool) {
-      await this.#host.admin(async () => {
-        const updated = await this.#host.catalog.updateVolume(volumeId, { storageClass: spec.storageClass, replicas: spec.replicas })
-        this.#host.applyQoS(updated)
-      })
+      // Held until the copy's record names it (the live migration below holds it itself).
+      const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+      try {
+        await this.#host.admin(async () => {
+          const updated = await this.#host.catalog.updateVolume(volumeId, { storageClass: spec.storageClass, replicas: spec.replicas })
+          this.#host.applyQoS(updated)
+        })
+      } finally {
+        releaseClass()
+      }
       return
     }
     await this.#host.migrateVolume(volumeId, { storageClass: spec.storageClass }, { signal }, { pool, replicas: spec.replicas, copy: true })

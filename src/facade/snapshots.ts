@@ -29,9 +29,12 @@ export class Snapshots {
       const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
       return reply.header.snapshot as Snapshot
     }
-    return await this.#host.adminAfterMigration(target.id, async () => {
+    const taken = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
+      // The primary role may have moved while the call waited for its turn: a copy that is not
+      // the primary must not take one of its own (it would be on this node only).
+      if (this.#host.replication?.forwards(record.id) === true) return undefined
       if (this.#host.catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
         throw new GalleonError('SNAPSHOT_EXISTS', `volume ${record.name} already has a snapshot named ${JSON.stringify(name)}; pick another name or delete that snapshot first`)
       }
@@ -39,6 +42,11 @@ export class Snapshots {
       this.#host.emit('snapshot:created', snapshot)
       return snapshot
     })
+    if (taken !== undefined) return taken
+    // Nothing was done here: the new primary takes it (outside the admin queue, which the
+    // snapshot's arrival in this copy's stream may need).
+    const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
+    return reply.header.snapshot as Snapshot
   }
 
   /** The work of GalleonFS.deleteSnapshot, once the caller is checked. */
@@ -63,16 +71,22 @@ export class Snapshots {
       if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
       refuseReaders()
       await mountControl(this.#host.mounts).release(target.volumeId, target.id)
-      await this.#deleteSnapshotNow(vol, snapshot, options)
+      if (!await this.#deleteSnapshotNow(vol, snapshot, options)) {
+        // The primary role moved while the call waited for its turn: the new primary deletes it
+        // (and this copy follows through its stream).
+        await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+      }
     } finally {
       this.#host.goingAway.delete(target.id)
     }
   }
 
-  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
-    await this.#host.adminAfterMigration(this.#host.catalog.resolve(vol).id, async () => {
+  /** Deletes the snapshot here, in the admin queue; false (nothing done) when this node stopped being the volume's primary meanwhile. */
+  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<boolean> {
+    return await this.#host.adminAfterMigration(this.#host.catalog.resolve(vol).id, async () => {
       const record = this.#host.catalog.resolve(vol)
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
+      if (this.#host.replication?.forwards(record.id) === true) return false
       const clones = this.#host.catalog.clonesOf(record.id, found.id)
       if (clones.length > 0 && options?.force !== true) {
         throw new GalleonError('BUSY', `snapshot ${found.name} of volume ${record.name} is the source of clones (${names(clones)}); delete them first, or pass { force: true } to give each its own copy of the data`)
@@ -82,6 +96,7 @@ export class Snapshots {
         await this.#host.catalog.updateVolume(clone.id, { source: undefined })
       }
       await this.dropSnapshot(record, found)
+      return true
     })
   }
 

@@ -303,9 +303,9 @@ export class Link {
       host.emit('replication:resynced', { volumeId: primary.volumeId, node: this.node, mode: 'delta' })
       return
     }
-    if (primary.setRecord.inSync.includes(this.node)) {
+    if (primary.mayBeInSync(this.node)) {
       // A copy is rebuilt only once it is out of the in-sync list: a half-rebuilt copy must never
-      // be promoted.
+      // be promoted (nor must writes waiting for it hold up the resync's cut).
       await primary.dropFromInSync(this.node)
     }
     // The cut: snapshots cannot change meanwhile, every change after it is queued for the stream,

@@ -369,7 +369,14 @@ export class ReplicationManager {
         if (set !== undefined) this.#adopt(set, record, entry.revision)
         return undefined
       }
-      const written = await this.#coordinator.put(recordKey(volumeId), JSON.stringify(next), { expectRevision: entry.revision })
+      const value = JSON.stringify(next)
+      let written: { revision: number } | undefined
+      try {
+        written = await this.#coordinator.put(recordKey(volumeId), value, { expectRevision: entry.revision })
+      } catch (err) {
+        // The write may have happened with its answer lost: the record read again says.
+        written = await this.#settleLostWrite(volumeId, value, err)
+      }
       if (written !== undefined) {
         const set = this.#sets.get(volumeId)
         if (set !== undefined) this.#adopt(set, next, written.revision)
@@ -377,6 +384,22 @@ export class ReplicationManager {
       }
     }
     throw new GalleonError('BUSY', `the record of volume ${volumeId} kept changing; try again`)
+  }
+
+  /**
+   * After a write of a volume's record failed (`err`), which may have happened with only its
+   * answer lost: the record is read again. Holding exactly `value`, it was written (or written
+   * alike by another node: the same outcome); otherwise this node takes up the record as it is and
+   * `err` is thrown. When the read fails too, `err` is thrown (the caller cannot tell).
+   */
+  async #settleLostWrite (volumeId: string, value: string, err: unknown): Promise<{ revision: number }> {
+    const entry = await this.#coordinator.get(recordKey(volumeId)).catch(() => undefined)
+    if (entry === undefined) throw err
+    if (entry.value === value) return entry
+    const record = parseRecord(entry.value)
+    const set = this.#sets.get(volumeId)
+    if (record !== undefined && set !== undefined) this.#adopt(set, record, entry.revision)
+    throw err
   }
 
   zoneOf (nodeId: string): string | undefined {

@@ -52,6 +52,12 @@ export class Primary implements VolumeReplicator {
    * recorded from then on wait for them too, and they join once they have acknowledged that one.
    */
   readonly #joining = new Map<string, number>()
+  /**
+   * Copies this node tried to list as in sync without learning whether the coordinator wrote it
+   * (its answer was lost, and the record could not be read since): writes wait for them as for
+   * in-sync copies, and a copy that fails is taken out of the list as an in-sync one would be.
+   */
+  readonly #listingUnknown = new Set<string>()
 
   constructor (manager: ReplicationManager, set: LocalSet, record: ReplicaSetRecord, blocks: VolumeBlocks) {
     this.#manager = manager
@@ -197,6 +203,10 @@ export class Primary implements VolumeReplicator {
       const link = this.#links.get(node)
       if (link === undefined || link.acked < seq) return false
     }
+    for (const node of this.#listingUnknown) {
+      const link = this.#links.get(node)
+      if (this.#record.nodes.includes(node) && (link === undefined || link.acked < seq)) return false
+    }
     return true
   }
 
@@ -255,13 +265,15 @@ export class Primary implements VolumeReplicator {
 
   /** A copy failed or fell behind: out of the in-sync list (compare-and-swap) before writes go on without it. */
   async dropFromInSync (node: string): Promise<void> {
-    if (!this.#record.inSync.includes(node) || this.#stopped !== undefined) return
+    if (!this.mayBeInSync(node) || this.#stopped !== undefined) return
     try {
       await this.#manager.update(this.volumeId, (record) => {
         if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
         if (!record.inSync.includes(node)) return undefined
         return { ...record, inSync: record.inSync.filter((n) => n !== node) }
       })
+      // The record was read: whatever the lost answer was, the copy is out of the list now.
+      this.#listingKnown(node)
     } catch (err) {
       // The coordinator cannot be reached: writes needing this copy keep waiting, and fail at
       // their callers' deadline; the link tries again.
@@ -274,12 +286,33 @@ export class Primary implements VolumeReplicator {
   /** A copy caught up with the stream: into the in-sync list. */
   async addToInSync (node: string): Promise<void> {
     if (this.#record.inSync.includes(node) || this.#stopped !== undefined) return
-    await this.#manager.update(this.volumeId, (record) => {
+    const add = (record: ReplicaSetRecord): ReplicaSetRecord | undefined => {
       if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
       if (record.inSync.includes(node) || !record.nodes.includes(node)) return undefined
       return { ...record, inSync: [...record.inSync, node] }
-    })
+    }
+    try {
+      await this.#manager.update(this.volumeId, add)
+    } catch (err) {
+      // The coordinator may have written it with its answer lost, and the record could not be
+      // read to tell (see ReplicationManager.update): until a read does, the copy counts as
+      // listed, so that no write is acknowledged without a copy that failover may promote.
+      this.#listingUnknown.add(node)
+      await this.#manager.update(this.volumeId, () => undefined).then(() => { this.#listingKnown(node) }, () => {})
+      throw err
+    }
+    this.#listingKnown(node)
     if (this.#record.inSync.includes(node)) this.#manager.host.emit('replication:in-sync', { volumeId: this.volumeId, node })
+  }
+
+  /** Whether the record lists `node` in sync, or may (see #listingUnknown): then it is taken out before the copy is rebuilt. */
+  mayBeInSync (node: string): boolean {
+    return this.#record.inSync.includes(node) || this.#listingUnknown.has(node)
+  }
+
+  /** A read of the record (adopted since) told whether `node` is listed in sync. */
+  #listingKnown (node: string): void {
+    if (this.#listingUnknown.delete(node)) this.#settle()
   }
 
   /**

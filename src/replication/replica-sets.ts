@@ -70,7 +70,20 @@ export class ReplicaSetChanges {
     }
     const record: ReplicaSetRecord = { spec, primary: this.#core.nodeId, epoch, nodes, inSync: [this.#core.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
     const set = this.#core.setOf(spec.id)
-    const entry = await this.#core.coordinator.put(recordKey(spec.id), JSON.stringify(record), { expectRevision })
+    const value = JSON.stringify(record)
+    let entry: { revision: number } | undefined
+    try {
+      entry = await this.#core.coordinator.put(recordKey(spec.id), value, { expectRevision })
+    } catch (err) {
+      // Perhaps written with the answer lost: the record read again says (else a record naming
+      // this node would stay behind, and refuse the same call again with VOLUME_EXISTS).
+      const now = await this.#core.coordinator.get(recordKey(spec.id)).catch(() => undefined)
+      if (now?.value !== value) {
+        this.#core.sets.delete(spec.id)
+        throw err
+      }
+      entry = now
+    }
     if (entry === undefined) {
       this.#core.sets.delete(spec.id)
       throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
@@ -254,6 +267,17 @@ export class ReplicaSetChanges {
     return { record, layouts }
   }
 
+  /**
+   * A copy a leaving node's hand-off can wait for instead of adding one: when the nodes that stay
+   * hold as many copies as the volume wants (one was added by an earlier hand-off whose answer was
+   * lost, or by an interrupted move), the one still filling (on a healthy node), else an in-sync one.
+   */
+  #surplusCopy (record: ReplicaSetRecord, others: readonly string[], leaving: ReadonlySet<string>, healthy: readonly string[]): string | undefined {
+    const staying = others.filter((n) => !leaving.has(n))
+    if (staying.length < record.spec.replicas) return undefined
+    return staying.find((n) => !record.inSync.includes(n) && healthy.includes(n)) ?? staying.find((n) => record.inSync.includes(n))
+  }
+
   async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal): Promise<void> {
     const self = this.#core.nodeId
     const current = async (): Promise<ReplicaSetRecord | undefined> => {
@@ -279,18 +303,25 @@ export class ReplicaSetChanges {
       const others = record.nodes.filter((n) => n !== self)
       const leaving = await leavingNodes(this.#core.coordinator)
       const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
-      const added = to ?? placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
+      const added = to ?? this.#surplusCopy(record, others, leaving, members.map((m) => m.id)) ?? placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
       if (added === undefined) {
         throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
       }
-      await this.#core.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
-      this.#core.host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
       // A move that is cancelled or fails before the primary role moved gives the new copy up
       // (its node deletes it), and everything stays as it was.
       const giveUp = async (): Promise<void> => {
         if (to === undefined) return
         await this.#core.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) }).catch(() => undefined)
       }
+      let listed: unknown
+      try {
+        listed = await this.#core.update(set.volumeId, (r) => r.nodes.includes(added) ? undefined : { ...r, nodes: [...r.nodes, added] })
+      } catch (err) {
+        // Perhaps written with the answer lost: a move takes it back; a leave finds it as a surplus copy when called again.
+        await giveUp()
+        throw err
+      }
+      if (listed !== undefined) this.#core.host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
       try {
         await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
       } catch (err) {
