@@ -740,6 +740,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async createBackupPolicy (policy: BackupPolicyOptions): Promise<BackupPolicy> {
     this.#assertOpen()
+    // Its runs back up as the application, wherever the policy says: naming a target takes "admin"
+    // here, as it does for createBackup.
+    await this.#gate.checkTarget('createBackupPolicy', policy as { target?: unknown } | undefined)
     return await this.#gate.guard('createBackupPolicy', 'backup:schedule', undefined, `backup-policy:${String((policy as { name?: unknown })?.name)}`, async () => await this.#scheduler.create(policy))
   }
 

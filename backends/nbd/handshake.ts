@@ -169,16 +169,18 @@ async function resolveExport (g: GalleonFS, name: string): Promise<Export> {
 }
 
 /**
- * The export a session will serve, and what it holds for the session. A writable export of a
- * ReadWriteOnce volume is registered as a writer with the mount manager (a writable VolumeFile held
- * for the session), so a read-write mount is refused while an NBD client may write; when a mount
+ * The export a session will serve, and what it holds for the session. A writable export is
+ * registered as a writer with the mount manager (a writable VolumeFile held for the session): of a
+ * ReadWriteOnce volume, so a read-write mount is refused while an NBD client may write; of a
+ * ReadWriteMany one too, so the caller's right to write is checked and deleting the volume under a
+ * connected writer is refused unless forced. When a mount
  * took the writer's place in the meantime, or the caller may read the volume but not write it, the
  * export is served read-only. A snapshot's export holds a read-only VolumeFile on the snapshot, so
  * deleting the snapshot (or its volume) is refused while a client reads it, unless forced.
  */
 async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, attachment?: Attachment }> {
   if (typeof found.source !== 'string') return { export: found, attachment: await g.mounts.openVolumeFile(found.source, { readOnly: true }) }
-  if (found.readOnly || found.shared) return { export: found }
+  if (found.readOnly) return { export: found }
   try {
     const writer = await g.mounts.openVolumeFile(found.volumeId, {})
     return { export: found, attachment: writer }

@@ -45,11 +45,18 @@ export interface AccessPolicy {
   readonly description?: string
 }
 
-/** What a call acts on: a volume (by namespace and name), a namespace, or the whole instance (undefined). */
+/**
+ * What a call acts on: a volume (by namespace and name), a namespace, or the whole instance
+ * (undefined). `*` as the namespace (and volume) stands for every one: only a policy covering all
+ * of them covers it (never a pattern that merely matches the text `*`, such as `?`).
+ */
 export interface AccessObject {
   readonly namespace: string
   readonly volume?: string
 }
+
+/** Every volume of every namespace: what an id that names nothing is checked against. */
+export const EVERY_VOLUME: AccessObject = Object.freeze({ namespace: '*', volume: '*' })
 
 const WILDCARD_VERBS = new Set(['*', 'volume:*', 'snapshot:*', 'backup:*'])
 const POLICY_NAME = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
@@ -61,7 +68,9 @@ export function checkPrincipal (principal: unknown): Principal {
   if (p === null || typeof p !== 'object' || typeof p.id !== 'string' || p.id.length === 0 || p.id.length > 256) {
     throw new GalleonError('INVALID_ARGUMENT', `a principal is an object { id, roles?, groups?, namespace? } with a non-empty id, got ${describe(principal)}`)
   }
-  if (p.id === 'application') throw new GalleonError('INVALID_ARGUMENT', 'principal id "application" is reserved: the audit log names the application\'s own calls so')
+  // The audit log names the application's own calls `application` and the instance's own work
+  // `system`: a principal by either name could pass its entries off as theirs.
+  if (p.id === 'application' || p.id === 'system') throw new GalleonError('INVALID_ARGUMENT', `principal id "${p.id}" is reserved: the audit log names the ${p.id === 'system' ? 'instance\'s own work' : 'application\'s own calls'} so`)
   for (const field of ['roles', 'groups'] as const) {
     const list = p[field]
     if (list !== undefined && (!Array.isArray(list) || !list.every((item) => typeof item === 'string' && item.length > 0))) {
@@ -140,6 +149,9 @@ function appliesTo (policy: AccessPolicy, principal: Principal): boolean {
 /** Whether `policy` covers `object` (undefined: the whole instance, covered only by unrestricted policies). */
 function covers (policy: AccessPolicy, object: AccessObject | undefined): boolean {
   if (object === undefined) return (policy.namespaces ?? ['*']).includes('*') && (policy.volumes ?? ['*']).includes('*')
+  // Real namespace and volume names never contain '*': this one means "all of them".
+  if (object.namespace === '*' && !(policy.namespaces ?? ['*']).includes('*')) return false
+  if (object.volume === '*' && !(policy.volumes ?? ['*']).includes('*')) return false
   if (!(policy.namespaces ?? ['*']).some((pattern) => patternMatches(pattern, object.namespace))) return false
   if (object.volume === undefined) return policy.volumes === undefined || policy.volumes.includes('*')
   return (policy.volumes ?? ['*']).some((pattern) => patternMatches(pattern, object.volume as string))
@@ -147,6 +159,7 @@ function covers (policy: AccessPolicy, object: AccessObject | undefined): boolea
 
 function describeObject (object: AccessObject | undefined): string {
   if (object === undefined) return 'this instance'
+  if (object.namespace === '*') return 'the volumes of every namespace'
   return object.volume === undefined ? `namespace ${object.namespace}` : `volume ${object.namespace}/${object.volume}`
 }
 

@@ -25,7 +25,7 @@ export interface AuditEntry {
   readonly seq: number
   /** ISO-8601 time. */
   readonly time: string
-  /** Principal id (`anonymous` for calls without one, `system` for the instance's own work). */
+  /** Principal id (`application` for the application's own calls, `system` for the instance's own work). */
   readonly principal: string
   readonly roles?: readonly string[]
   readonly groups?: readonly string[]

@@ -2,7 +2,7 @@
 // `runAs()`, or the application), whether it may, and the audit entry of each checked call.
 
 import type { AsyncLocalStorage } from 'node:async_hooks'
-import type { AccessControl, AccessObject, Principal, Verb } from '../access/access-control.js'
+import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, type Verb } from '../access/access-control.js'
 import type { AuditLog } from '../access/audit-log.js'
 import { GalleonError, errorCode } from '../errors.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
@@ -18,6 +18,34 @@ export interface CallContext {
 
 /** Event methods a principal's handle refuses. */
 const EVENT_METHODS = new Set(['on', 'once', 'off', 'addListener', 'removeListener', 'removeAllListeners', 'emit', 'listeners', 'listenerCount', 'eventNames'])
+
+/** Fields through which an argument names a volume or a snapshot (a reference, or `{ volume }` of restoreBackup's options). */
+const REF_KEYS = ['id', 'volumeId', 'volume', 'snapshot'] as const
+
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/**
+ * A principal's argument with every field that names a volume or snapshot read once, into a plain
+ * object. A call reads a reference more than once (to check it, then to act on it): a getter or a
+ * Proxy answering one volume to the check and another to the call would reach a volume the
+ * principal may not touch. Other objects (bytes, functions, signals, class instances without such
+ * fields) pass as they are.
+ */
+function pinArgument (value: unknown, depth = 0): unknown {
+  if (typeof value !== 'object' || value === null || ArrayBuffer.isView(value) || value instanceof ArrayBuffer || depth > 3) return value
+  const prototype = Object.getPrototypeOf(value) as unknown
+  const plain = prototype === Object.prototype || prototype === null
+  const named = REF_KEYS.filter((key) => key in value)
+  if (!plain && named.length === 0) return value
+  const pinned: Record<string, unknown> = { ...value }
+  for (const key of named) pinned[key] = pinArgument((value as Record<string, unknown>)[key], depth + 1)
+  return pinned
+}
+
+/** Runs `method` on `target` as `context`, with its arguments pinned (see pinArgument). */
+function callAs (als: AsyncLocalStorage<CallContext>, context: CallContext, target: object, method: (...a: unknown[]) => unknown, args: unknown[]): unknown {
+  return als.run(context, () => method.apply(target, args.map((arg) => pinArgument(arg))))
+}
 
 /**
  * The handle `as()` returns: `instance` whose calls (and those of its mount manager) run as `context`'s
@@ -35,7 +63,7 @@ export function principalHandle<T extends object> (instance: T, mountManager: ob
         return new Proxy(mounts, {
           get: (m, key) => {
             const member = Reflect.get(m, key, m) as unknown
-            return typeof member === 'function' ? (...args: unknown[]) => als.run(context, () => (member as (...a: unknown[]) => unknown).apply(m, args)) : member
+            return typeof member === 'function' ? (...args: unknown[]) => callAs(als, context, m, member as (...a: unknown[]) => unknown, args) : member
           }
         })
       }
@@ -45,7 +73,7 @@ export function principalHandle<T extends object> (instance: T, mountManager: ob
       if (typeof prop === 'string' && EVENT_METHODS.has(prop)) {
         return () => { throw new GalleonError('PERMISSION_DENIED', `${context.principal?.id ?? 'a principal'} may not use ${prop}(): events are instance-wide; listen on the application's GalleonFS object`) }
       }
-      return (...args: unknown[]) => als.run(context, () => (value as (...a: unknown[]) => unknown).apply(target, args))
+      return (...args: unknown[]) => callAs(als, context, target, value as (...a: unknown[]) => unknown, args)
     }
   })
 }
@@ -105,6 +133,10 @@ export class AccessGuard {
     try {
       return this.volumeObject(this.#catalog.resolve(text))
     } catch {
+      // An id that names no volume is checked against every namespace (as a backup id is): in the
+      // caller's own namespace, a principal could tell the ids of other tenants' volumes (denied)
+      // from ids that name nothing (not found).
+      if (UUID_PATTERN.test(text)) return { object: EVERY_VOLUME, label: `volume:${text}` }
       const slash = text.indexOf('/')
       const namespace = slash > 0 ? text.slice(0, slash) : this.#catalog.currentNamespace()
       const volume = slash > 0 ? text.slice(slash + 1) : text

@@ -1,7 +1,7 @@
 // Backups as the facade's access checks see them: a backup looked up without telling a caller
 // which ids exist, and the volume a backup was taken of as an access object.
 
-import type { AccessObject, Verb } from '../access/access-control.js'
+import { EVERY_VOLUME, type AccessObject, type Verb } from '../access/access-control.js'
 import type { Backup, BackupManager, BackupTargetRef } from '../backup/manager.js'
 import { errorCode } from '../errors.js'
 import type { AccessGuard } from './access-guard.js'
@@ -15,8 +15,7 @@ export async function findBackup (gate: AccessGuard, backups: BackupManager, act
   try {
     return await gate.nested(async () => await backups.get(backupId, options))
   } catch (err) {
-    const everywhere = { namespace: '*', volume: '*' }
-    if (errorCode(err) === 'BACKUP_NOT_FOUND') await gate.check(action, verb, everywhere, `backup:${String(backupId)}`)
+    if (errorCode(err) === 'BACKUP_NOT_FOUND') await gate.check(action, verb, EVERY_VOLUME, `backup:${String(backupId)}`)
     throw err
   }
 }
