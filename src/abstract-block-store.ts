@@ -3,7 +3,7 @@
 
 import { GalleonError, assertBytes, assertUint, describe } from './errors.js'
 import {
-  MAX_BLOCK_VALUE_BYTES,
+  Address, MAX_BLOCK_VALUE_BYTES,
   type BlockAddress, type BlockOp, type BlockReadOptions, type BlockStore, type BlockStoreStats, type BlockStoreSupports, type DriverStatus
 } from './drivers.js'
 
@@ -78,9 +78,13 @@ export abstract class AbstractBlockStore implements BlockStore {
     try {
       this.assertOpen()
       if (!Array.isArray(ops)) throw new GalleonError('INVALID_ARGUMENT', `batch ops must be an array, got ${describe(ops)}`)
-      for (const op of ops) checkOp(op)
+      // The backend gets ops of its own, made of the values just validated (as abstract-level clones
+      // each op): a backend may queue them, and the caller may reuse its array or its address
+      // objects as soon as batch() returns, before the batch resolves.
+      const owned = new Array<BlockOp>(ops.length)
+      for (let i = 0; i < ops.length; i++) owned[i] = ownOp(ops[i])
       // Even an empty batch goes to the backend: it must resolve after the batches called before it.
-      return this._batch(ops, options?.sync === true)
+      return this._batch(owned, options?.sync === true)
     } catch (err) {
       return Promise.reject(err)
     }
@@ -153,17 +157,27 @@ function checkAddress (address: BlockAddress): void {
   assertUint(address.gen, 'address.gen')
 }
 
-function checkOp (op: BlockOp): void {
+/** A validated copy of a batch op: each field is read once, checked, and copied (the data bytes are not). */
+function ownOp (op: unknown): BlockOp {
   if (op === null || typeof op !== 'object') throw new GalleonError('INVALID_ARGUMENT', `batch op must be an object, got ${describe(op)}`)
-  checkAddress(op.address)
-  if (op.type === 'put') {
-    assertBytes(op.data, 'put data')
-    if (op.data.byteLength === 0 || op.data.byteLength > MAX_BLOCK_VALUE_BYTES) {
-      throw new GalleonError('INVALID_ARGUMENT', `put data must be 1..${MAX_BLOCK_VALUE_BYTES} bytes, got ${op.data.byteLength}`)
-    }
-  } else if (op.type !== 'del') {
-    throw new GalleonError('INVALID_ARGUMENT', `batch op type must be 'put' or 'del', got ${describe((op as { type: unknown }).type)}`)
+  const { type, address, data } = op as { type?: unknown, address?: unknown, data?: unknown }
+  if (address === null || typeof address !== 'object') {
+    throw new GalleonError('INVALID_ARGUMENT', `block address must be an object { volume, index, gen }, got ${describe(address)}`)
   }
+  const { volume, index, gen } = address as { volume?: unknown, index?: unknown, gen?: unknown }
+  checkVolume(volume, 'address.volume')
+  assertUint(index, 'address.index')
+  assertUint(gen, 'address.gen')
+  const owned = new Address(volume as number, index, gen)
+  if (type === 'put') {
+    assertBytes(data, 'put data')
+    if (data.byteLength === 0 || data.byteLength > MAX_BLOCK_VALUE_BYTES) {
+      throw new GalleonError('INVALID_ARGUMENT', `put data must be 1..${MAX_BLOCK_VALUE_BYTES} bytes, got ${data.byteLength}`)
+    }
+    return { type: 'put', address: owned, data }
+  }
+  if (type !== 'del') throw new GalleonError('INVALID_ARGUMENT', `batch op type must be 'put' or 'del', got ${describe(type)}`)
+  return { type: 'del', address: owned }
 }
 
 /** Wraps a non-Galleon error as IO_ERROR with context; passes GalleonErrors through. */

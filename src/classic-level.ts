@@ -1,5 +1,8 @@
-// Loads classic-level on first use, so importing galleonfs never needs its native binding.
+// Loads classic-level on first use, so importing galleonfs never needs its native binding; and checks
+// a LevelDB directory before classic-level opens it.
 
+import { readdir, stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import { GalleonError } from './errors.js'
 
 /** The ClassicLevel class, or BACKEND_UNAVAILABLE naming the package to install for `purpose`. */
@@ -9,4 +12,33 @@ export async function loadClassicLevel (purpose: string): Promise<typeof import(
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `${purpose} needs the classic-level package, which could not be loaded; install it with \`npm install classic-level\` (it ships prebuilt binaries for common platforms)`, { cause: err })
   }
+}
+
+/**
+ * Refuses (CORRUPTION) a LevelDB directory that holds table files but no `CURRENT` file, the file
+ * naming the live manifest. LevelDB with `createIfMissing` (classic-level's default) would take such
+ * a directory for a new database, start it empty and delete the tables as obsolete: every block in
+ * them lost without an error. A directory that is missing, empty, or holds only what a crash while
+ * LevelDB created the database leaves (a manifest, no table) passes. `what` names the store in the
+ * message.
+ */
+export async function assertLevelDirectoryIntact (location: string, what: string): Promise<void> {
+  let names: string[]
+  try {
+    names = await readdir(location)
+  } catch {
+    // Missing (to be created) or not a directory: classic-level reports what is wrong with it.
+    return
+  }
+  if (names.includes('CURRENT')) return
+  // Tables, and write-ahead logs with records in them (a small database, the metadata one say,
+  // may hold everything in its log): LevelDB makes a log only after CURRENT, so a log without it
+  // is a CURRENT lost, not a creation cut short.
+  const held: string[] = []
+  for (const name of names) {
+    if (/^\d+\.(ldb|sst)$/.test(name)) held.push(name)
+    else if (/^\d+\.log$/.test(name) && await stat(join(location, name)).then((info) => info.size > 0, () => false)) held.push(name)
+  }
+  if (held.length === 0) return
+  throw new GalleonError('CORRUPTION', `${what} at ${location} has lost its CURRENT file but holds ${held.length} LevelDB table or log file(s) (${held.slice(0, 3).join(', ')}${held.length > 3 ? ', ...' : ''}); opening it would start an empty database and delete them. Restore the directory from a copy, or rebuild it with ClassicLevel.repair() (which keeps what it can read), then open it again`)
 }

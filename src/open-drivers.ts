@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
-import { loadClassicLevel } from './classic-level.js'
+import { assertLevelDirectoryIntact, loadClassicLevel } from './classic-level.js'
 import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
@@ -197,6 +197,8 @@ function names (kind: 'blockStore' | 'mountDriver'): string {
 
 async function openClassicLevel (location: string): Promise<MetadataDatabase> {
   const ClassicLevel = await loadClassicLevel('the on-disk metadata database')
+  // Opened without its CURRENT file, LevelDB would start an empty catalog and delete the old one.
+  await assertLevelDirectoryIntact(location, 'the metadata database')
   return new ClassicLevel(location) as unknown as MetadataDatabase
 }
 

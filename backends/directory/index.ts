@@ -10,7 +10,7 @@
 
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { syncDirectory, writeFileAtomically } from '../../src/durable-files.js'
@@ -32,8 +32,10 @@ export class DirectoryBackupTarget implements BackupTarget {
   readonly name = 'directory'
   readonly location: string
   #opened: Promise<void> | undefined
-  /** Chunk directories with renames not yet made durable (see flush). */
+  /** Directories with entries (chunks, new fan directories) not yet made durable (see flush). */
   readonly #dirtyDirs = new Set<string>()
+  /** The flush running, if any: the next one starts after it (see flush). */
+  #flushing: Promise<void> | undefined
 
   constructor (options: DirectoryBackupTargetOptions) {
     if (options === null || typeof options !== 'object' || typeof options.path !== 'string' || options.path.length === 0) {
@@ -73,7 +75,7 @@ export class DirectoryBackupTarget implements BackupTarget {
     // and durability for chunks a killed process renamed into place but never synced: a later
     // backup finds them with hasChunk() and relies on them.
     await this.#removeTemporaries(join(this.location, 'manifests'))
-    const fans = (await readdir(join(this.location, 'chunks')).catch(() => [] as string[])).filter((fan) => /^[0-9a-f]{2}$/.test(fan))
+    const fans = (await this.#list(join(this.location, 'chunks'), 'the chunk directory')).filter((fan) => /^[0-9a-f]{2}$/.test(fan))
     for (const fan of fans) await this.#removeTemporaries(join(this.location, 'chunks', fan))
     try {
       await Promise.all(fans.map(async (fan) => { await syncDirectory(join(this.location, 'chunks', fan)) }))
@@ -128,13 +130,36 @@ export class DirectoryBackupTarget implements BackupTarget {
     this.#chunkPath(id)
     assertData(data)
     const dir = join(this.location, 'chunks', id.slice(0, 2))
-    await mkdir(dir, { recursive: true }).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
+    const created = await mkdir(dir, { recursive: true }).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
+    // A new fan directory is an entry of its parent, as a chunk is of its fan: flush() syncs both.
+    if (created !== undefined) {
+      for (let parent = dirname(dir); parent.length >= created.length; parent = dirname(parent)) this.#dirtyDirs.add(parent)
+      this.#dirtyDirs.add(dirname(created))
+    }
     // The rename is made durable by flush(), once for the many chunks of a backup.
     await this.#atomicWrite(dir, id, data, false)
   }
 
-  /** Makes every chunk put so far durable: one fsync per chunk directory touched. */
+  /**
+   * Makes every chunk put so far durable: one fsync per directory touched. Flushes run one after
+   * another: a flush called while another syncs the directories it took waits for it, rather than
+   * finding nothing left to do and resolving before those chunks are durable.
+   */
   async flush (): Promise<void> {
+    const previous = this.#flushing
+    const current = (async () => {
+      if (previous !== undefined) await previous.catch(() => {}) // its directories are dirty again if it failed
+      await this.#syncDirtyDirs()
+    })()
+    this.#flushing = current
+    try {
+      await current
+    } finally {
+      if (this.#flushing === current) this.#flushing = undefined
+    }
+  }
+
+  async #syncDirtyDirs (): Promise<void> {
     const dirs = [...this.#dirtyDirs]
     this.#dirtyDirs.clear()
     try {
@@ -155,9 +180,9 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async * listChunks (): AsyncIterable<string> {
     const root = join(this.location, 'chunks')
-    for (const fan of (await readdir(root).catch(() => [] as string[])).sort()) {
+    for (const fan of (await this.#list(root, 'the chunk directory')).sort()) {
       if (!/^[0-9a-f]{2}$/.test(fan)) continue
-      for (const name of (await readdir(join(root, fan)).catch(() => [] as string[])).sort()) {
+      for (const name of (await this.#list(join(root, fan), `chunk directory ${fan}`)).sort()) {
         if (CHUNK_ID.test(name) && name.startsWith(fan)) yield name
       }
     }
@@ -190,7 +215,7 @@ export class DirectoryBackupTarget implements BackupTarget {
   }
 
   async * listManifests (): AsyncIterable<string> {
-    for (const name of (await readdir(join(this.location, 'manifests')).catch(() => [] as string[])).sort()) {
+    for (const name of (await this.#list(join(this.location, 'manifests'), 'the manifest directory')).sort()) {
       const id = name.endsWith('.json') ? name.slice(0, -5) : ''
       if (MANIFEST_ID.test(id)) yield id
     }
@@ -204,6 +229,19 @@ export class DirectoryBackupTarget implements BackupTarget {
   #manifestPath (id: unknown): string {
     if (typeof id !== 'string' || !MANIFEST_ID.test(id)) throw new GalleonError('INVALID_ARGUMENT', `a manifest id is a lowercase UUID, got ${describe(id)}`)
     return join(this.location, 'manifests', `${id}.json`)
+  }
+
+  /**
+   * The names in a directory; none if it does not exist. Any other failure is an error: a listing
+   * that came back empty because the directory could not be read would hide backups (and chunks).
+   */
+  async #list (dir: string, what: string): Promise<string[]> {
+    try {
+      return await readdir(dir)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw ioError(`could not list ${what} of ${this.location}`, err)
+    }
   }
 
   async #read (file: string, what: string): Promise<Uint8Array | undefined> {

@@ -4,10 +4,10 @@
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
-import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
-import { loadClassicLevel } from '../../src/classic-level.js'
+import { assertLevelDirectoryIntact, loadClassicLevel } from '../../src/classic-level.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -104,6 +104,7 @@ export class LevelBlockStore extends AbstractBlockStore {
         closeDbOnClose ||= db.status === 'closed' || db.status === 'closing'
         await db.open()
       }
+      // The count reads every value: damage in the tables shows here, at open, as CORRUPTION.
       const counts = await countBlocks(db)
       this.#blocks = counts.blocks
       this.#liveBytes = counts.liveBytes
@@ -128,7 +129,7 @@ export class LevelBlockStore extends AbstractBlockStore {
       try {
         await db.close()
       } catch (err) {
-        throw wrapIo(err, 'could not close the level block store database')
+        throw levelError(err, 'could not close the level block store database', this.#location)
       }
     }
   }
@@ -138,7 +139,7 @@ export class LevelBlockStore extends AbstractBlockStore {
     try {
       value = await this.#openDb().get<string, Uint8Array>(addressKey(address), ENCODINGS)
     } catch (err) {
-      throw wrapIo(err, 'could not read from the level block store')
+      throw levelError(err, 'could not read from the level block store', this.#location)
     }
     // classic-level hands out fresh buffers; other databases (memory-level) may return their own.
     return value === undefined ? undefined : this.#givenDb === undefined ? plainView(value) : copyBytes(value)
@@ -149,7 +150,7 @@ export class LevelBlockStore extends AbstractBlockStore {
     try {
       values = await this.#openDb().getMany<string, Uint8Array>(addresses.map(addressKey), ENCODINGS)
     } catch (err) {
-      throw wrapIo(err, 'could not read from the level block store')
+      throw levelError(err, 'could not read from the level block store', this.#location)
     }
     return values.map((value) => value === undefined ? undefined : this.#givenDb === undefined ? plainView(value) : copyBytes(value))
   }
@@ -167,14 +168,20 @@ export class LevelBlockStore extends AbstractBlockStore {
   protected async * _addresses (volume: number | undefined): AsyncIterable<BlockAddress> {
     const range = volumeRange(volume)
     if (range === undefined) return
-    const iterator = this.#openDb().keys<string>({ ...range, keyEncoding: 'utf8' })
+    const db = this.#openDb()
+    const iterator = db.keys<string>({ ...range, keyEncoding: 'utf8' })
     try {
       while (true) {
         let keys: string[]
         try {
           keys = await iterator.nextv(1024)
         } catch (err) {
-          throw wrapIo(err, 'could not list the level block store')
+          // close() closes the database and its iterators under a scan the caller has not finished:
+          // that scan is cut short by the caller's close, not by a failing disk.
+          if (this.#db !== db || this.status !== 'open') {
+            throw new GalleonError('NOT_OPEN', 'the level block store was closed during an addresses() scan, which is incomplete; open() it and scan again', { cause: err })
+          }
+          throw levelError(err, 'could not list the level block store', this.#location)
         }
         if (keys.length === 0) return
         for (const key of keys) yield parseAddressKey(key)
@@ -209,7 +216,7 @@ export class LevelBlockStore extends AbstractBlockStore {
         if (keys.length > 0) await flush()
       } catch (err) {
         this.#countsStale = true
-        throw wrapIo(err, `could not delete volume ${volume} from the level block store`)
+        throw isNoSpaceError(err) ? writeError(err, this.#location) : levelError(err, `could not delete volume ${volume} from the level block store`, this.#location)
       } finally {
         await iterator.close()
       }
@@ -220,7 +227,12 @@ export class LevelBlockStore extends AbstractBlockStore {
     if (this.#countsStale) {
       await this.#runExclusive(async () => {
         if (!this.#countsStale) return
-        const counts = await countBlocks(this.#openDb())
+        let counts: { blocks: number, liveBytes: number }
+        try {
+          counts = await countBlocks(this.#openDb())
+        } catch (err) {
+          throw levelError(err, 'could not count the blocks of the level block store', this.#location)
+        }
         this.#blocks = counts.blocks
         this.#liveBytes = counts.liveBytes
         this.#countsStale = false
@@ -239,7 +251,7 @@ export class LevelBlockStore extends AbstractBlockStore {
       }
       return this.#liveBytes
     } catch (err) {
-      throw wrapIo(err, 'could not measure the level block store')
+      throw levelError(err, 'could not measure the level block store', this.#location)
     }
   }
 
@@ -359,7 +371,40 @@ function writeError (err: unknown, location: string | undefined): GalleonError {
   if (isNoSpaceError(err)) {
     return new GalleonError('NO_SPACE', `the disk holding the level block store${location === undefined ? '' : ` at ${location}`} is full; free space, then retry the write`, { cause: err })
   }
-  return wrapIo(err, 'could not write to the level block store')
+  return levelError(err, 'could not write to the level block store', location)
+}
+
+/**
+ * A classic-level failure as a GalleonError: damage LevelDB detected (a checksum mismatch, a
+ * malformed file; code LEVEL_CORRUPTION anywhere in the causes) is CORRUPTION, anything else
+ * IO_ERROR, each with the reasons of the causes (classic-level's own message is often just
+ * "Database failed to open").
+ */
+function levelError (err: unknown, context: string, location: string | undefined): GalleonError {
+  if (err instanceof GalleonError) return err
+  const at = location === undefined ? '' : ` at ${location}`
+  if (hasCauseCode(err, 'LEVEL_CORRUPTION')) {
+    return new GalleonError('CORRUPTION', `${context}: LevelDB found its files${at} damaged (${reasons(err)}); restore the directory from a copy, or run ClassicLevel.repair() on it (which keeps what it can read: recent blocks may be lost) and reopen`, { cause: err })
+  }
+  return new GalleonError('IO_ERROR', `${context}${location === undefined || context.includes(location) ? '' : at}: ${reasons(err)}`, { cause: err })
+}
+
+function hasCauseCode (err: unknown, code: string): boolean {
+  for (let e = err, depth = 0; e !== null && typeof e === 'object' && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if ((e as { code?: unknown }).code === code) return true
+  }
+  return false
+}
+
+/** The distinct messages of an error and its causes, outermost first. */
+function reasons (err: unknown): string {
+  const messages: string[] = []
+  for (let e = err, depth = 0; e !== null && e !== undefined && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const message = e instanceof Error ? e.message : typeof e === 'object' ? undefined : String(e)
+    if (message !== undefined && message.length > 0 && !messages.includes(message)) messages.push(message)
+    if (typeof e !== 'object') break
+  }
+  return messages.join(': ')
 }
 
 /** Backend descriptor: name, availability (classic-level loads), and a factory. */
@@ -378,15 +423,15 @@ export const levelBackend = {
 
 async function openClassicLevel (location: string): Promise<LevelDatabase> {
   const ClassicLevel = await loadClassicLevel('the level block store (or choose another backend)')
+  await assertLevelDirectoryIntact(location, 'the level block store')
   return new ClassicLevel<string, Uint8Array>(location, ENCODINGS) as unknown as LevelDatabase
 }
 
 function openError (err: unknown, location: string | undefined): GalleonError {
-  const cause = (err as { cause?: { code?: unknown } } | undefined)?.cause
-  if (cause?.code === 'LEVEL_LOCKED') {
+  if (hasCauseCode(err, 'LEVEL_LOCKED')) {
     return new GalleonError('BUSY', `the level block store at ${location ?? 'the given db'} is in use by another process or instance; close that one first`, { cause: err })
   }
-  return wrapIo(err, `could not open the level block store${location === undefined ? '' : ` at ${location}`}`)
+  return levelError(err, `could not open the level block store${location === undefined ? '' : ` at ${location}`}`, location)
 }
 
 function isLevelDatabase (value: unknown): value is LevelDatabase {

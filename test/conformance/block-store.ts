@@ -383,6 +383,25 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         await assertStats(store, { blocks: 3, liveBytes: 90 })
       })
 
+      storeTest('batch() takes its ops when called: reusing the array or the addresses afterwards changes nothing', [], async ({ store }) => {
+        // A caller may clear and refill its op list (or reuse an address object) as soon as batch()
+        // returns, before the batch resolves: what was validated and acknowledged is what is stored.
+        const address = { volume: 1, index: 1, gen: 0 }
+        const ops: BlockOp[] = [put(address, bytesOf(100, 1)), put(addr(1, 2), bytesOf(50, 2))]
+        const first = store.batch(ops, { sync: true })
+        ops.length = 0
+        ops.push({ type: 'put', address: addr(1, 3), data: new Uint8Array(0) }, del(addr(1, 2)))
+        address.index = 9
+        const second = store.batch([put(addr(1, 4), bytesOf(10, 4))])
+        await Promise.all([first, second])
+        assertBytes(await store.get(addr(1, 1)), bytesOf(100, 1), 'the first put of the batch as called')
+        assertBytes(await store.get(addr(1, 2)), bytesOf(50, 2), 'the second put of the batch as called')
+        assert.equal(await store.get(addr(1, 3)), undefined, 'an op pushed after the call (and never validated)')
+        assert.equal(await store.get(addr(1, 9)), undefined, 'the address as changed after the call')
+        assert.deepEqual(sortedKeys(await collect(store.addresses())), ['1/1/0', '1/2/0', '1/4/0'])
+        await assertStats(store, { blocks: 3, liveBytes: 160 })
+      })
+
       storeTest('empty batches resolve and deleting a missing address changes nothing', [], async ({ store }) => {
         await store.batch([])
         await store.batch([], { sync: true })
