@@ -432,9 +432,11 @@ export class BlockEngine {
   /**
    * Gives a clone its own copy of every block it still reads from its source, then cuts the link.
    * Copies go below the clone's own versions (gen 0), so the clone's snapshots read them too.
+   * `unlinked` records the cut link durably (the catalog); it runs once the copies are stored, and
+   * before trim tombstones that only hid the source's data are freed.
    */
-  flatten (clone: VolumeBlocks): Promise<number> {
-    return snapshots.flatten(this.#core, clone)
+  flatten (clone: VolumeBlocks, unlinked?: () => Promise<void>): Promise<number> {
+    return snapshots.flatten(this.#core, clone, unlinked)
   }
 
   /**

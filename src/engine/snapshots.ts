@@ -67,15 +67,33 @@ export async function revert (core: EngineCore, volume: VolumeBlocks, view: View
 }
 
 /** The body of BlockEngine.flatten (documented there). */
-export async function flatten (core: EngineCore, clone: VolumeBlocks): Promise<number> {
+export async function flatten (core: EngineCore, clone: VolumeBlocks, unlinked?: () => Promise<void>): Promise<number> {
   const parent = clone.map.parent
-  if (parent === undefined) return 0
+  if (parent === undefined) {
+    await unlinked?.()
+    return 0
+  }
   const open = await clone.closeGate()
   try {
-    const needed = parent.map.allocatedAt(parent.gen).filter((index) => index < parent.blocks && clone.map.needsBaseCopy(index))
+    const shared = parent.map.allocatedAt(parent.gen).filter((index) => index < parent.blocks)
+    const needed = shared.filter((index) => clone.map.needsBaseCopy(index))
     await copyInto(core, clone, needed, (index) => parent.map.locate(index, parent.gen), false)
     await core.journal.flush(true)
     clone.map.parent = undefined
+    // The link is cut where it is recorded (the catalog) before any tombstone goes: until then a
+    // reopen links the clone to its source again, and a trimmed block without its tombstone would
+    // show the source's data.
+    await unlinked?.()
+    // A trim's tombstone that only hid the source's data now hides nothing: free it (kept, it
+    // stayed in the store for good, since only a snapshot deletion or a write of the block prunes one).
+    const garbage: Array<[number, number]> = []
+    for (const index of shared) {
+      const current = clone.map.current(index)
+      if (current === undefined || current >= 0 || clone.map.versions(index).length !== 1) continue
+      clone.map.applyUnmap(index, -current, { remove: current, tombstone: false })
+      garbage.push([index, current])
+    }
+    core.discard(clone, garbage)
     return needed.length
   } finally {
     open()

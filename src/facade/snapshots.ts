@@ -11,6 +11,8 @@ import type { FacadeHost } from './host.js'
 import { checkLabels, names, toVolume, viewOf } from './records.js'
 import { readSource, type CloneSource, type VolumeRef } from './refs.js'
 
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
 /** Snapshot and clone operations on the instance's volumes (GalleonFS checks the caller first). */
 export class Snapshots {
   readonly #host: FacadeHost
@@ -24,6 +26,10 @@ export class Snapshots {
 
   /** The work of GalleonFS.createSnapshot, once the caller is checked. */
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
+    // Snapshots are looked up by id first, then by name: a name shaped like an id could name another snapshot.
+    if (UUID_PATTERN.test(name)) {
+      throw new GalleonError('INVALID_ARGUMENT', `snapshot name ${JSON.stringify(name)} looks like a snapshot id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
+    }
     const target = this.#host.catalog.resolve(vol)
     if (this.#host.replication?.forwards(target.id) === true) {
       const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
@@ -87,13 +93,17 @@ export class Snapshots {
       const record = this.#host.catalog.resolve(vol)
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
       if (this.#host.replication?.forwards(record.id) === true) return false
+      // A failed revert to it left the volume part reverted and fenced until a revert succeeds:
+      // without the snapshot that revert could never be finished, and a reopen would unfence it.
+      if (record.revertTo === found.id) {
+        throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${found.name}; finish it (restoreSnapshot again) or revert to another snapshot before deleting this one, or delete the volume`)
+      }
       const clones = this.#host.catalog.clonesOf(record.id, found.id)
       if (clones.length > 0 && options?.force !== true) {
         throw new GalleonError('BUSY', `snapshot ${found.name} of volume ${record.name} is the source of clones (${names(clones)}); delete them first, or pass { force: true } to give each its own copy of the data`)
       }
       for (const clone of clones) {
-        await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
-        await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+        await this.#host.engine.flatten(this.#host.volumeBlocks(clone), async () => { await this.#host.catalog.updateVolume(clone.id, { source: undefined }) })
       }
       await this.dropSnapshot(record, found)
       return true
@@ -143,6 +153,11 @@ export class Snapshots {
       }
       this.#host.revertFailures.delete(record.id)
       const updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+      // An implicit snapshot kept past its last clone only because a failed revert still needed it goes now.
+      for (const id of new Set([record.revertTo, found.id])) {
+        const kept = id === undefined ? undefined : this.#host.catalog.snapshotById(id)
+        if (kept?.implicit === true && this.#host.catalog.clonesOf(record.id, kept.id).length === 0) await this.dropSnapshot(updated, kept)
+      }
       const result = this.#host.volumeView(updated)
       this.#host.emit('snapshot:restored', result, this.toSnapshot(found), reverted)
       return result
@@ -247,7 +262,8 @@ export class Snapshots {
 
   #implicitName (record: VolumeRecord, cloneName: string): string {
     const taken = new Set(this.#host.catalog.snapshots(record.id).map((snapshot) => snapshot.name))
-    const base = `clone-${cloneName}`.slice(0, 56)
+    // Cut to leave room for a suffix, and still end with a letter or digit as snapshot names do.
+    const base = `clone-${cloneName}`.slice(0, 56).replace(/[^A-Za-z0-9]+$/, '')
     let name = base
     for (let n = 2; taken.has(name); n++) name = `${base}-${n}`
     return name
@@ -291,8 +307,7 @@ export class Snapshots {
   async dropReplicaSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
     await mountControl(this.#host.mounts).release(record.id, snapshot.id)
     for (const clone of this.#host.catalog.clonesOf(record.id, snapshot.id)) {
-      await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
-      await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+      await this.#host.engine.flatten(this.#host.volumeBlocks(clone), async () => { await this.#host.catalog.updateVolume(clone.id, { source: undefined }) })
     }
     await this.dropSnapshot(record, snapshot)
   }

@@ -59,10 +59,11 @@ export class VolumeLifecycle {
         this.#host.revertFailures.set(record.id, err instanceof Error ? err.message : String(err))
       }
     }
-    // Implicit snapshots whose clone was never recorded (a crash in cloneVolume) hold space for nobody.
+    // Implicit snapshots whose clone was never recorded (a crash in cloneVolume) hold space for nobody
+    // (unless an unfinished revert of their volume still needs them).
     for (const record of this.#host.catalog.volumes()) {
       for (const snapshot of this.#host.catalog.snapshots(record.id)) {
-        if (snapshot.implicit && this.#host.catalog.clonesOf(record.id, snapshot.id).length === 0) await this.#host.dropSnapshot(record, snapshot)
+        if (snapshot.implicit && record.revertTo !== snapshot.id && this.#host.catalog.clonesOf(record.id, snapshot.id).length === 0) await this.#host.dropSnapshot(record, snapshot)
       }
     }
     for (const record of this.destroyOrder(records.filter((record) => record.state === VolumeState.Deleting || record.type === VolumeType.Ephemeral))) {
@@ -303,15 +304,17 @@ export class VolumeLifecycle {
     const snapshot = this.#host.catalog.snapshotById(source.snapshotId)
     if (snapshot === undefined || !snapshot.implicit) return
     if (this.#host.catalog.clonesOf(source.volumeId, snapshot.id).length > 0) return
-    await this.#host.dropSnapshot(this.#host.catalog.resolve(source.volumeId), snapshot)
+    const owner = this.#host.catalog.resolve(source.volumeId)
+    // A failed revert of the source to it must stay finishable; a successful revert drops it later.
+    if (owner.revertTo === snapshot.id) return
+    await this.#host.dropSnapshot(owner, snapshot)
   }
 
   /** Gives a clone its own copy of everything it reads from its source, then unlinks it. */
   async #flatten (clone: VolumeRecord): Promise<void> {
     const source = clone.source
     if (source === undefined) return
-    await this.#host.engine.flatten(this.#host.volumeBlocks(clone))
-    await this.#host.catalog.updateVolume(clone.id, { source: undefined })
+    await this.#host.engine.flatten(this.#host.volumeBlocks(clone), async () => { await this.#host.catalog.updateVolume(clone.id, { source: undefined }) })
     await this.releaseSource(source)
   }
 
