@@ -43,8 +43,26 @@ describe('principal arguments and references', () => {
       const backup = await b.createBackup(mine)
       // The first `honest` reads of `id` name Bob's volume, every later one Alice's: whichever read
       // the check uses, the call must act on the volume that was checked.
+      // Three disguises: a getter on a plain object; a Proxy that denies having the field and
+      // claims another prototype, so neither `in` nor a prototype check sees a reference; and a class
+      // instance whose getter lives on its prototype.
+      let form = 0
+      class Shifty {
+        reads = 0
+        honest: number
+        constructor (honest: number) { this.honest = honest }
+        get id (): string { return this.reads++ < this.honest ? mine.id : hers.id }
+      }
       const twoFaced = (honest: number): { readonly id: string } => {
         let reads = 0
+        if (form === 1) {
+          return new Proxy({}, {
+            get: (_target, key) => key === 'id' ? (reads++ < honest ? mine.id : hers.id) : undefined,
+            has: () => false,
+            getPrototypeOf: () => Map.prototype
+          }) as { readonly id: string }
+        }
+        if (form === 2) return new Shifty(honest)
         return { get id () { return reads++ < honest ? mine.id : hers.id } }
       }
       const calls: Array<[string, (ref: never) => Promise<unknown>]> = [
@@ -57,10 +75,10 @@ describe('principal arguments and references', () => {
         ['openVolumeFile', async (ref) => { const file = await b.mounts.openVolumeFile(ref); try { await file.pwrite(block(0xb), 0) } finally { await file.close() } }],
         ['restoreBackup', async (ref) => await b.restoreBackup(backup.id, { volume: ref })]
       ]
-      for (const [name, call] of calls) {
+      for (const [name, call] of calls.flatMap((entry) => [0, 1, 2].map((f) => [entry, f] as const)).map(([[name, call], f]) => [`${name} (form ${f})`, async (ref: never) => { form = f; return await call(twoFaced((ref as unknown as { honest: number }).honest) as never) }] as const)) {
         for (let honest = 0; honest <= 8; honest++) {
           // Acting on Bob's own volume is fine; on Alice's it must be denied (or refused otherwise).
-          await call(twoFaced(honest) as never).catch((err: Error & { code?: string }) => { assert.ok(err.code !== undefined, `${name}: ${String(err)}`) })
+          await call({ honest } as never).catch((err: Error & { code?: string }) => { assert.ok(err.code !== undefined, `${name}: ${String(err)}`) })
           const still = await g.getVolume(hers.id).catch(() => undefined)
           assert.ok(still !== undefined, `${name} (${honest} honest reads) deleted Alice's volume`)
           assert.equal(still.sizeBytes, 64 * 1024, `${name} (${honest} honest reads) resized Alice's volume`)

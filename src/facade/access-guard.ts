@@ -2,6 +2,7 @@
 // `runAs()`, or the application), whether it may, and the audit entry of each checked call.
 
 import type { AsyncLocalStorage } from 'node:async_hooks'
+import { types } from 'node:util'
 import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, type Verb } from '../access/access-control.js'
 import type { AuditLog } from '../access/audit-log.js'
 import { GalleonError, errorCode } from '../errors.js'
@@ -28,17 +29,20 @@ const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
  * A principal's argument with every field that names a volume or snapshot read once, into a plain
  * object. A call reads a reference more than once (to check it, then to act on it): a getter or a
  * Proxy answering one volume to the check and another to the call would reach a volume the
- * principal may not touch. Other objects (bytes, functions, signals, class instances without such
- * fields) pass as they are.
+ * principal may not touch. So every object is copied (its own fields, and the naming fields read
+ * once each with Reflect.get, whatever `in` or its prototype claim), except bytes and signals,
+ * which cannot name a volume, and which are taken as they are only when they are not Proxies.
  */
 function pinArgument (value: unknown, depth = 0): unknown {
-  if (typeof value !== 'object' || value === null || ArrayBuffer.isView(value) || value instanceof ArrayBuffer || depth > 3) return value
-  const prototype = Object.getPrototypeOf(value) as unknown
-  const plain = prototype === Object.prototype || prototype === null
-  const named = REF_KEYS.filter((key) => key in value)
-  if (!plain && named.length === 0) return value
+  if (typeof value !== 'object' || value === null || depth > 3) return value
+  if (!types.isProxy(value) && (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof AbortSignal)) return value
+  if (Array.isArray(value)) return Array.from(value as unknown[], (item) => pinArgument(item, depth + 1))
+  const refs = REF_KEYS.map((key) => [key, Reflect.get(value, key)] as const)
   const pinned: Record<string, unknown> = { ...value }
-  for (const key of named) pinned[key] = pinArgument((value as Record<string, unknown>)[key], depth + 1)
+  for (const [key, field] of refs) {
+    if (field === undefined) delete pinned[key]
+    else pinned[key] = pinArgument(field, depth + 1)
+  }
   return pinned
 }
 
