@@ -284,6 +284,46 @@ test('a compare-and-swap put whose answer is lost, and that another write follow
   }
 })
 
+test('a compare-and-swap whose answer is lost on a key last written long ago reports that it wrote, though etcd compacted the old revisions', { skip }, async () => {
+  const { relay, handle, raw, stored, close } = await behindRelay('/lost-put-compacted/')
+  try {
+    const first = await handle.put('k', 'v1')
+    // Many revisions later, everything before them compacted away: the key's own revision with it.
+    for (let i = 0; i < 20; i++) await raw.put(`/lost-put-compacted/other/${i}`).value('x').exec()
+    const head = Number((await raw.kv.range({ key: Buffer.from('/lost-put-compacted/other/19') })).header.revision)
+    await raw.kv.compact({ revision: String(head) })
+    relay.loseNext('answer')
+    const written = await handle.put('k', 'v2', { expectRevision: first!.revision })
+    assert.equal(relay.losses(), 1)
+    const kv = await stored('kv/k')
+    assert.equal(kv?.value.toString(), 'v2')
+    assert.deepEqual(written, { key: 'k', value: 'v2', revision: Number(kv.mod_revision) })
+  } finally {
+    await close()
+  }
+})
+
+test('a transaction whose answer is lost, whose guard still holds but another condition no longer can, fails at once (not "unknown")', { skip }, async () => {
+  const { relay, handle, raw, close } = await behindRelay('/lost-two-conditions/')
+  try {
+    const a = await handle.put('a', '1')
+    const b = await handle.put('b', '1')
+    // The request is lost before etcd sees it; meanwhile b changes, so the condition on b is false
+    // for good, while the guard (a's revision) still holds.
+    relay.loseNext('request', { thenHold: true })
+    const txn = (handle as unknown as { _txn: (conditions: unknown[], ops: unknown[]) => Promise<{ succeeded: boolean }> })._txn(
+      [{ key: 'kv/a', target: 'mod', revision: a!.revision }, { key: 'kv/b', target: 'mod', revision: b!.revision }],
+      [{ type: 'put', key: 'kv/a', value: '2' }])
+    await until(() => relay.losses() === 1, 'the request to be lost')
+    await raw.put('/lost-two-conditions/kv/b').value('2').exec()
+    await relay.flush()
+    const result = await txn
+    assert.equal(result.succeeded, false)
+  } finally {
+    await close()
+  }
+})
+
 test('a compare-and-swap delete whose answer is lost reports that it deleted', { skip }, async () => {
   const { relay, handle, stored, close } = await behindRelay('/lost-delete/')
   try {
