@@ -16,6 +16,7 @@ import type { Coordinator } from '../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
+import { until } from './support/wait.js'
 
 interface Node { g: GalleonFS, id: string, coordinator: Coordinator }
 
@@ -25,14 +26,6 @@ after(async () => {
   await Promise.allSettled(opened.map(async (g) => await g.close()))
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
 
 function codeOf (result: PromiseSettledResult<unknown>): string {
   return result.status === 'fulfilled' ? 'ok' : String((result.reason as GalleonError)?.code ?? result.reason)

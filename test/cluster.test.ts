@@ -7,6 +7,7 @@ import { GalleonFS, type ClusterMember } from '../src/index.js'
 import { EtcdCoordinator } from '../backends/etcd/index.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 import { ManualClock, MemoryCoordinator, MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { until } from './support/wait.js'
 
 interface Node { g: GalleonFS, id: string, events: string[], coordinator: MemoryCoordinator, transport: MemoryTransport }
 
@@ -20,14 +21,6 @@ async function node (network: MemoryNetwork, coordinators: MemoryCoordinatorClus
   g.on('cluster:member-health', (m: ClusterMember) => events.push(`${m.id} ${m.healthy ? 'healthy' : 'unhealthy'}`))
   g.on('cluster:leader', (e) => events.push(`leader ${e.nodeId} ${e.epoch}`))
   return { g, id, events, coordinator, transport }
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
 }
 
 const open: GalleonFS[] = []
@@ -190,7 +183,6 @@ describe('cluster membership (memory transport and coordinator)', () => {
     }
   })
 })
-
 
 describe('cluster membership on a real etcd', { skip: etcdSkipReason() }, () => {
   let etcd: EtcdServer

@@ -15,6 +15,7 @@ import { MetricsRecorder } from '../src/metrics/recorder.js'
 import { parseQoSPolicy } from '../src/qos/policy.js'
 import { MemoryBlockStore, MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { ManualClock } from './support/manual-clock.js'
+import { until } from './support/wait.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -22,14 +23,6 @@ after(async () => {
   await Promise.allSettled(opened.map(async (g) => await g.close()))
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 function block (seed: number, size = 4096): Uint8Array {
   const out = new Uint8Array(size)

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { parseRecord, recordKey } from '../src/replication/records.js'
+import { until } from './support/wait.js'
 
 interface Node { g: GalleonFS, id: string, dir: string }
 
@@ -25,14 +26,6 @@ async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinato
   const g = await GalleonFS.open({ storagePath: dir, cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 } })
   opened.push(g)
   return { g, id, dir }
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
 }
 
 /** A block holding a register value: the writer and its sequence number, repeated. */

@@ -18,6 +18,7 @@ import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../bac
 import { GalleonError } from '../src/errors.js'
 import type { BlockStore, Coordinator, MountDriver } from '../src/drivers.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { until } from './support/wait.js'
 
 const exec = promisify(execFile)
 const NO_NBDCOPY = ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, 'nbdcopy'))) ? undefined : 'nbdcopy is not installed (see .ci/run)'
@@ -45,14 +46,6 @@ async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinato
     g.on(event, (payload: unknown) => { events.push(`${event} ${JSON.stringify(payload)}`) })
   }
   return { g, id, dir, events }
-}
-
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
 }
 
 async function expectRejects (promise: Promise<unknown>, code: string): Promise<void> {
