@@ -86,40 +86,6 @@ describe('FUSE read-ahead', () => {
     assert.equal((await ahead.read(4 * REQUEST, REQUEST))[0], 0xCD)
   })
 
-  it('answers at once (readNow) only from a finished, current window of a sequential reader, byte-exact', async () => {
-    const volume = new ModelVolume()
-    const ahead = new ReadAhead(volume)
-    assert.equal(ahead.readNow(0, REQUEST), undefined, 'nothing read ahead yet')
-    await ahead.read(0, REQUEST)
-    assert.equal(ahead.readNow(REQUEST, REQUEST), undefined, 'the windows have not started')
-    await settle()
-    let answeredAtOnce = 0
-    for (let at = REQUEST; at < 4 * AHEAD_BYTES; at += REQUEST) {
-      const now = ahead.readNow(at, REQUEST)
-      if (now !== undefined) answeredAtOnce++
-      assert.deepEqual(now ?? await ahead.read(at, REQUEST), volume.bytes.subarray(at, at + REQUEST), `bytes at ${at}`)
-      await settle()
-    }
-    assert.ok(answeredAtOnce >= 4 * AHEAD_BYTES / REQUEST - 2, `most requests answered at once (${answeredAtOnce})`)
-    // A change (the version moves): the window is not used, and nothing changed for read().
-    const at = 4 * AHEAD_BYTES
-    volume.write(at + 7, Uint8Array.of(0xEE))
-    assert.equal(ahead.readNow(at, REQUEST), undefined, 'a stale window is never used')
-    assert.equal((await ahead.read(at, REQUEST))[7], 0xEE)
-    await settle()
-    // A reader that jumps is not served at once, even where a window holds the bytes.
-    assert.equal(ahead.readNow(at + 2 * REQUEST, REQUEST), undefined, 'not where the reader is')
-    assert.deepEqual(ahead.readNow(at + REQUEST, REQUEST), volume.bytes.subarray(at + REQUEST, at + 2 * REQUEST))
-    // A window still being read is not waited for here.
-    const slow = new ModelVolume()
-    const pending = new ReadAhead(slow)
-    await pending.read(0, REQUEST)
-    await pending.read(REQUEST, REQUEST)
-    await new Promise((resolve) => setImmediate(resolve)) // the windows' reads start, and are not done
-    assert.ok(slow.reads.length > 2, 'windows under way')
-    assert.equal(pending.readNow(2 * REQUEST, REQUEST), undefined)
-  })
-
   it('does not read ahead for a reader that jumps around, or where the version is unknown', async () => {
     const volume = new ModelVolume()
     const ahead = new ReadAhead(volume)

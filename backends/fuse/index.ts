@@ -50,23 +50,14 @@ class WriteBehind {
   #bytes = 0
   #failure: unknown
 
-  /**
-   * Accepts a write and calls `acknowledged` once it is accepted: at once while less than
-   * WRITE_BEHIND_BYTES are pending (else when enough of them are done), before `store` begins the
-   * real write, so that the kernel has its answer while the volume does the work; with the error
-   * instead when an earlier write failed in the background. Overlapping writes are stored in order.
-   */
-  accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>, acknowledged: (err?: unknown) => void): void {
-    if (this.#failure !== undefined) { acknowledged(this.#failure); return }
-    if (this.#bytes >= WRITE_BEHIND_BYTES) {
-      void Promise.race([...this.#pending].map(async (entry) => await entry.done)).then(() => { this.accept(start, data, store, acknowledged) })
-      return
-    }
+  /** Accepts a write (waiting only when too much is pending); `store` does the real write. */
+  async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
+    if (this.#failure !== undefined) throw this.#failure
+    while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
     const before = this.#overlapping(start, start + data.byteLength)
     const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
     entry.done = (async () => {
-      // One microtask at least: the store begins after the acknowledgement below has gone.
-      await (before.length > 0 ? Promise.all(before) : undefined)
+      if (before.length > 0) await Promise.all(before)
       await store(start, data)
     })().catch((err: unknown) => { this.#failure ??= err }).finally(() => {
       this.#pending.delete(entry)
@@ -74,13 +65,6 @@ class WriteBehind {
     })
     this.#pending.add(entry)
     this.#bytes += data.byteLength
-    acknowledged()
-  }
-
-  /** Whether a pending write overlaps [start, end). */
-  overlaps (start: number, end: number): boolean {
-    for (const entry of this.#pending) if (entry.start < end && start < entry.end) return true
-    return false
   }
 
   /** Waits for the pending writes that overlap [start, end). */
@@ -195,37 +179,6 @@ export function guardFuseThreads (): boolean {
   return true
 }
 
-/** What fuse-native's binding offers for answering a read or write. */
-interface SignalBinding {
-  op_read: number
-  op_write: number
-  fuse_native_signal_read: (handle: unknown, result: number, unused: number, buffer: ArrayBufferLike) => void
-  fuse_native_signal_write: (handle: unknown, result: number, unused: number, buffer: ArrayBufferLike) => void
-}
-
-/**
- * Makes reads and writes of `fuse` answer the kernel the moment their callback is called.
- * fuse-native posts every answer with process.nextTick, which runs only once the microtask queue
- * is empty: an answer given from a promise continuation waited for every continuation queued
- * behind it (the volume's background writes and reads ahead), while the kernel, the FUSE thread
- * and the reader waited for the answer. The handlers below are fuse-native's own for these two
- * operations, without the deferral; the answer (result code, then the kernel's buffer, which the
- * binding detaches so that it is not touched again) is the same.
- */
-function answerAtOnce (fuse: FuseInstance): void {
-  const require = createRequire(import.meta.url)
-  const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as SignalBinding
-  const handlers = (fuse as unknown as { _handlers: unknown[] })._handlers
-  const ops = (fuse as unknown as { ops: Record<string, (...args: unknown[]) => void> }).ops
-  for (const [op, name, signal] of [[binding.op_read, 'read', binding.fuse_native_signal_read], [binding.op_write, 'write', binding.fuse_native_signal_write]] as const) {
-    const handler = ops[name]
-    if (handler === undefined || typeof handlers[op] !== 'function') continue
-    handlers[op] = (native: unknown, _op: number, path: string, fd: number, buf: Buffer, len: number, low: number, high: number) => {
-      handler(path, fd, buf, len, low + high * 4294967296, (result: number) => { signal(native, result, 0, buf.buffer) })
-    }
-  }
-}
-
 /** Whether `path` is a mount point now (Linux: /proc/self/mountinfo). */
 async function isMountPoint (path: string): Promise<boolean> {
   const { readFile } = await import('node:fs/promises')
@@ -270,7 +223,6 @@ export class FuseMountDriver implements MountDriver {
     // and then let the late answer write into a buffer it already released.
     const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: false, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
     state.fuse = fuse
-    answerAtOnce(fuse)
     // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
     const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
     ;(fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => {
@@ -401,13 +353,6 @@ export class FuseMountDriver implements MountDriver {
         if (!state.active) { cb(Fuse.EIO); return }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
         if (n === 0) { cb(0); return }
-        // Answered at once when a window read ahead holds the bytes (the sequential reader's case).
-        const ready = writes.overlaps(pos, pos + n) ? undefined : state.readAhead.readNow(pos, n)
-        if (ready !== undefined) {
-          buf.set(ready, 0)
-          cb(n)
-          return
-        }
         writes.settle(pos, pos + n).then(async () => await state.readAhead.read(pos, n)).then((bytes) => {
           buf.set(bytes, 0)
           cb(n)
@@ -427,7 +372,7 @@ export class FuseMountDriver implements MountDriver {
           volume.data.write(pos, data).then(() => cb(n), (err) => fail(cb, err))
           return
         }
-        writes.accept(pos, data, volume.data.write, (err) => { if (err === undefined) cb(n); else fail(cb, err) })
+        writes.accept(pos, data, volume.data.write).then(() => cb(n), (err) => fail(cb, err))
       },
       truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
       ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },

@@ -36,8 +36,6 @@ interface Window {
   readonly version: number
   /** The bytes, or undefined if the read failed (the request then reads itself and gets the error). */
   readonly data: Promise<Uint8Array | undefined>
-  /** The bytes once `data` has them. */
-  bytes?: Uint8Array
 }
 
 export class ReadAhead {
@@ -52,21 +50,6 @@ export class ReadAhead {
 
   constructor (source: ReadAheadSource) {
     this.#source = source
-  }
-
-  /**
-   * The bytes [offset, offset + length) at once, when the reader is sequential and a window read
-   * ahead holds them, current; undefined when `read` must be asked (nothing is changed then).
-   */
-  readNow (offset: number, length: number): Uint8Array | undefined {
-    if (offset !== this.#expected) return undefined
-    const end = offset + length
-    const window = this.#windows.find((w) => offset >= w.start && end <= w.end)
-    if (window?.bytes === undefined || this.#source.version() !== window.version) return undefined
-    this.#expected = end
-    this.hits++
-    this.#passed(end, true)
-    return window.bytes.subarray(offset - window.start, end - window.start)
   }
 
   /** The bytes [offset, offset + length), from the windows read ahead when they hold them, current. */
@@ -87,17 +70,12 @@ export class ReadAhead {
       }
     }
     out ??= await this.#source.read(offset, length)
-    this.#passed(end, sequential)
-    return out
-  }
-
-  /** The reader has read up to `end`. */
-  #passed (end: number, sequential: boolean): void {
     // Windows wholly behind the reader are done with.
     while (this.#windows.length > 0 && (this.#windows[0] as Window).end <= end) this.#windows.shift()
     // After the answer has gone: the windows' reads run on the event loop's thread, while the kernel
     // and the FUSE thread deliver this answer and bring the next request.
     if (sequential) setImmediate(() => { this.#fill(end) })
+    return out
   }
 
   #closed = false
@@ -122,8 +100,8 @@ export class ReadAhead {
     for (let started = 0; started < WINDOWS_PER_REQUEST && start < Math.min(size, from + AHEAD_BYTES); started++) {
       const length = Math.min(WINDOW_BYTES, size - start)
       // The version is taken before the read begins: a change published after it shows as a new version.
-      const window: Window = { start, end: start + length, version, data: this.#source.read(start, length).then((bytes) => { window.bytes = bytes; return bytes }, () => undefined) }
-      this.#windows.push(window)
+      const data = this.#source.read(start, length).then((bytes) => bytes, () => undefined)
+      this.#windows.push({ start, end: start + length, version, data })
       start += length
     }
   }
