@@ -214,6 +214,33 @@ describe('I/O accounting', () => {
     }
   })
 
+  it('a read that waited for the dispatcher while its volume was deleted is refused (VOLUME_NOT_FOUND), not served from the deleted storage', async () => {
+    const forget = QoSScheduler.prototype.forget
+    let reading: Promise<string> | undefined
+    let slot: { scheduler: QoSScheduler } | undefined
+    const g = await GalleonFS.open({ storagePath: dirs[dirs.push(await mkdtemp(join(tmpdir(), 'galleon-io-'))) - 1] as string, qos: { maxInFlight: 1 } })
+    try {
+      const doomed = await g.createVolume({ name: 'doomed', sizeBytes: '1M' })
+      await g.write('doomed', 0, block(9))
+      QoSScheduler.prototype.forget = function (this: QoSScheduler, volumeId: string) {
+        forget.call(this, volumeId)
+        if (volumeId !== doomed.id || reading !== undefined) return
+        // The dispatcher's one slot is taken, and a read of the volume (its record still resolves,
+        // not yet marked deleted) queues for it: it gets the slot only once the deletion is done.
+        assert.equal(this.admit('someone-else', 'read', 0), true)
+        slot = { scheduler: this }
+        reading = g.read('doomed', 0, 4096).then((bytes) => `read ${bytes[0] ?? 'nothing'}`, (err: GalleonError) => err.code)
+      }
+      await g.deleteVolume('doomed')
+      assert.ok(slot !== undefined && reading !== undefined)
+      slot.scheduler.release()
+      assert.equal(await reading, 'VOLUME_NOT_FOUND')
+    } finally {
+      QoSScheduler.prototype.forget = forget
+      await g.close()
+    }
+  })
+
   it('the scheduler drops the state it made for a policy-less volume\'s queued operations once they are served', async () => {
     const s = new QoSScheduler({ maxInFlight: 1 })
     assert.equal(s.admit('a', 'read', 4096), true)

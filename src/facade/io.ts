@@ -44,8 +44,14 @@ export function ioVolume (host: FacadeHost, vol: VolumeRef | VolumeRecord): Volu
   return ioVolumeOf(host, host.catalog.resolve(vol))
 }
 
-/** `ioVolume` of a record resolved in the same synchronous stretch (the I/O path resolves once). */
-export function ioVolumeOf (host: FacadeHost, record: VolumeRecord): VolumeBlocks {
+/**
+ * `ioVolume` of a record the I/O path resolved before it waited (for QoS, say): the record is looked
+ * up again, since the volume may have been deleted meanwhile. Its storage must not be attached
+ * again then: a write would be acknowledged into deleted storage, a read would return zeros.
+ */
+export function ioVolumeOf (host: FacadeHost, resolved: VolumeRecord): VolumeBlocks {
+  const record = host.recordById(resolved.id)
+  if (record === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${resolved.name} was deleted`)
   if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
   if (record.revertTo !== undefined && !host.reverting.has(record.id)) {
     const snapshot = host.catalog.snapshotById(record.revertTo)
