@@ -7,7 +7,7 @@ import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, ty
 import type { AuditLog } from '../access/audit-log.js'
 import { GalleonError, errorCode } from '../errors.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
-import { namespaceOf } from '../volumes/catalog.js'
+import { looksLikeId, namespaceOf } from '../volumes/catalog.js'
 import { isSnapshotObject } from './refs.js'
 
 /** Who is calling: a principal (through `as()` / `runAs()`) or, when absent, the application itself. */
@@ -22,8 +22,6 @@ const EVENT_METHODS = new Set(['on', 'once', 'off', 'addListener', 'removeListen
 
 /** Fields through which an argument names a volume or a snapshot (a reference, or `{ volume }` of restoreBackup's options). */
 const REF_KEYS = ['id', 'volumeId', 'volume', 'snapshot'] as const
-
-const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 /**
  * A principal's argument with every field that names a volume or snapshot read once, into a plain
@@ -140,7 +138,7 @@ export class AccessGuard {
       // An id that names no volume is checked against every namespace (as a backup id is): in the
       // caller's own namespace, a principal could tell the ids of other tenants' volumes (denied)
       // from ids that name nothing (not found).
-      if (UUID_PATTERN.test(text)) return { object: EVERY_VOLUME, label: `volume:${text}` }
+      if (looksLikeId(text)) return { object: EVERY_VOLUME, label: `volume:${text}` }
       const slash = text.indexOf('/')
       const namespace = slash > 0 ? text.slice(0, slash) : this.#catalog.currentNamespace()
       const volume = slash > 0 ? text.slice(slash + 1) : text

@@ -6,7 +6,7 @@ import type { View } from '../engine/engine.js'
 import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, type Volume } from '../types.js'
-import { namespaceOf, type SnapshotRecord, type VolumeRecord } from '../volumes/catalog.js'
+import { looksLikeId, namespaceOf, type SnapshotRecord, type VolumeRecord } from '../volumes/catalog.js'
 
 /** What another node needs to create its copy of a volume. */
 export function withoutQoS (spec: VolumeSpec): VolumeSpec {
@@ -81,6 +81,10 @@ export function viewOf (snapshot: SnapshotRecord | undefined): View | undefined 
 export function checkSnapshotName (name: unknown): asserts name is string {
   if (typeof name !== 'string' || !/^[A-Za-z0-9]([A-Za-z0-9_.:@-]{0,61}[A-Za-z0-9])?$/.test(name)) {
     throw new GalleonError('INVALID_ARGUMENT', `snapshot name must be 1-63 letters, digits, '-', '_', '.', ':' or '@', starting and ending with a letter or digit, got ${describe(name)}`)
+  }
+  // Snapshots are looked up by id first, then by name: a name shaped like an id could name another snapshot.
+  if (looksLikeId(name)) {
+    throw new GalleonError('INVALID_ARGUMENT', `snapshot name ${JSON.stringify(name)} looks like a snapshot id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
   }
 }
 

@@ -11,8 +11,6 @@ import type { FacadeHost } from './host.js'
 import { checkLabels, names, toVolume, viewOf } from './records.js'
 import { readSource, type CloneSource, type VolumeRef } from './refs.js'
 
-const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
-
 /** Snapshot and clone operations on the instance's volumes (GalleonFS checks the caller first). */
 export class Snapshots {
   readonly #host: FacadeHost
@@ -26,10 +24,6 @@ export class Snapshots {
 
   /** The work of GalleonFS.createSnapshot, once the caller is checked. */
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
-    // Snapshots are looked up by id first, then by name: a name shaped like an id could name another snapshot.
-    if (UUID_PATTERN.test(name)) {
-      throw new GalleonError('INVALID_ARGUMENT', `snapshot name ${JSON.stringify(name)} looks like a snapshot id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
-    }
     const target = this.#host.catalog.resolve(vol)
     if (this.#host.replication?.forwards(target.id) === true) {
       const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })

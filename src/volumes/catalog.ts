@@ -61,6 +61,11 @@ export type MetadataDatabase = AbstractLevel<any, any, any>
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** Whether `text` is shaped like a volume or snapshot id (a UUID). */
+export function looksLikeId (text: string): boolean {
+  return UUID_PATTERN.test(text)
+}
 const VOLUME_NAME_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 /** Layout version of the metadata; bumped on incompatible changes. */
 const CATALOG_FORMAT = 1
