@@ -38,6 +38,11 @@ export type GalleonErrorCode =
 export class GalleonError extends Error {
   /** Stable machine-readable code. */
   readonly code: GalleonErrorCode
+  /**
+   * Set on the error of a checked call that failed or was denied when its audit entry could not be
+   * written either (the audit log's error, e.g. NOT_OPEN after close()).
+   */
+  declare auditError?: unknown
 
   constructor (code: GalleonErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options)

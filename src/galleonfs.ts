@@ -176,9 +176,11 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async joinCluster (options: ClusterOptions): Promise<ClusterStatus> {
     this.#assertOpen()
-    const denied = this.#gate.check('joinCluster', 'admin', undefined, 'cluster')
-    if (denied !== undefined) await denied
-    return await this.#membership.join(options)
+    const nodeId = (options as { nodeId?: unknown } | null | undefined)?.nodeId
+    // Audited like every admin call. The cluster's background work (leases, replication) begun
+    // here acts for the node, not for the caller: it runs outside the caller's context.
+    return await this.#gate.guard('joinCluster', 'admin', undefined, 'cluster', async () => await this.#context.exit(async () => await this.#membership.join(options)),
+      typeof nodeId === 'string' ? { node: nodeId } : undefined)
   }
 
   /**
@@ -187,9 +189,9 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
    */
   async leaveCluster (options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()
-    const denied = this.#gate.check('leaveCluster', 'admin', undefined, 'cluster')
-    if (denied !== undefined) await denied
-    await this.#membership.leave(options)
+    const node = this.#membership.cluster?.nodeId
+    const details = { ...(node === undefined ? {} : { node }), ...(options?.force === true ? { force: true } : {}) }
+    await this.#gate.guard('leaveCluster', 'admin', undefined, 'cluster', async () => { await this.#membership.leave(options) }, Object.keys(details).length === 0 ? undefined : details)
   }
 
   /** Mounts of volumes and snapshots, and VolumeFiles (see MountManager). */

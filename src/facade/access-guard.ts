@@ -4,7 +4,7 @@
 import type { AsyncLocalStorage } from 'node:async_hooks'
 import { types } from 'node:util'
 import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, type Verb } from '../access/access-control.js'
-import type { AuditLog } from '../access/audit-log.js'
+import type { AuditLog, AuditRecord } from '../access/audit-log.js'
 import { GalleonError, errorCode } from '../errors.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
 import { looksLikeId, namespaceOf } from '../volumes/catalog.js'
@@ -105,15 +105,12 @@ export class AccessGuard {
 
   /**
    * A principal may use the instance's backup target only: naming another one (any directory the
-   * process can write, or a target holding forged manifests) takes `admin`.
+   * process can write, or a target holding forged manifests) takes `admin`. A denial is in the
+   * audit log before the call rejects.
    */
-  /** Choosing a backup target takes `admin`; a denial is in the audit log before the call rejects. */
   async checkTarget (action: string, options: { target?: unknown } | undefined): Promise<void> {
     if (options?.target === undefined) return
-    const denied = this.check(action, 'admin', undefined, 'backup-target')
-    if (denied === undefined) return
-    const who = (this.#context.getStore()?.principal as Principal).id
-    await denied.catch((err: unknown) => { throw new GalleonError('PERMISSION_DENIED', `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`, { cause: err }) })
+    await this.check(action, 'admin', undefined, 'backup-target', (who) => `${who} may not choose a backup target: that takes "admin"; omit target to use the instance's`)
   }
 
   /** The access object of a volume record, and how audit entries name it. */
@@ -157,16 +154,18 @@ export class AccessGuard {
   }
 
   /**
-   * Checks the caller may `verb` on `object`; a denial is audited, then thrown as PERMISSION_DENIED.
+   * Checks the caller may `verb` on `object`; a denial is audited, then thrown as PERMISSION_DENIED
+   * (with the message `explain` gives, when the verb needs a word on why this call takes it).
    * Returns undefined when allowed (no await on the I/O path), else a rejected promise.
    */
-  check (action: string, verb: Verb, object: AccessObject | undefined, label: string): Promise<never> | undefined {
+  check (action: string, verb: Verb, object: AccessObject | undefined, label: string, explain?: (who: string) => string): Promise<never> | undefined {
     if (this.allowed(verb, object)) return undefined
     const principal = this.#context.getStore()?.principal as Principal
     let denial: unknown
     try { this.#access.check(principal, verb, object) } catch (err) { denial = err }
+    if (explain !== undefined) denial = new GalleonError('PERMISSION_DENIED', explain(principal.id), { cause: denial })
     return (async () => {
-      await this.#audit.append({ principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
+      await this.#record(denial, { principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
       throw denial
     })()
   }
@@ -219,10 +218,40 @@ export class AccessGuard {
       // the process, a cost on every promise of the I/O path (about 5% of a 4 KiB write).
       result = context === undefined ? await task() : await this.#context.run({ principal, nested: true }, task)
     } catch (err) {
-      await this.#audit.append({ ...who, action, verb, object: label, result: 'failed', code: errorCode(err), ...(details === undefined ? {} : { details }) }).catch(() => {})
-      throw err
+      throw await this.#record(err, { ...who, action, verb, object: label, result: 'failed', code: errorCode(err), ...(details === undefined ? {} : { details }) })
     }
+    // A call that succeeded but could not be recorded rejects with the audit log's error (the
+    // message says the call ran): an unrecorded change is not reported as a plain success.
     await this.#audit.append({ ...who, action, verb, object: label, result: 'ok', ...(details === undefined ? {} : { details }) })
     return result
   }
+
+  /**
+   * Records the entry of a call that failed or was denied, and returns the error to throw: the
+   * call's own (its code is what the caller acts on), carrying in `auditError` the audit log's
+   * error when the entry could not be written (as a successful call rejects with that error), so
+   * the lost entry is never silent.
+   */
+  async #record (failure: unknown, entry: AuditRecord): Promise<unknown> {
+    try {
+      await this.#audit.append(entry)
+      return failure
+    } catch (auditError) {
+      return withAuditError(failure, auditError)
+    }
+  }
+}
+
+/**
+ * `failure` with `auditError` set on it; a value that cannot carry it (not an object, or frozen)
+ * is wrapped in a GalleonError of the same code, with `failure` as its cause.
+ */
+function withAuditError (failure: unknown, auditError: unknown): unknown {
+  if (typeof failure === 'object' && failure !== null && Object.isExtensible(failure)) {
+    Object.defineProperty(failure, 'auditError', { value: auditError, enumerable: true, configurable: true, writable: true })
+    return failure
+  }
+  const wrapped = new GalleonError(errorCode(failure), failure instanceof Error ? failure.message : `the call failed with ${String(failure)}`, { cause: failure })
+  wrapped.auditError = auditError
+  return wrapped
 }

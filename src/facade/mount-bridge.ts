@@ -30,7 +30,7 @@ export class MountBridge {
     const verbOf = (ref: unknown, readOnly: boolean): Verb => isSnapshotRef(ref) ? 'snapshot:read' : readOnly ? 'volume:read' : 'volume:write'
     return {
       target: (ref) => this.#mountTarget(ref),
-      guard: async (action, ref, readOnly, task) => {
+      guard: async (action, ref, readOnly, task, mountedBy) => {
         this.#host.assertOpen()
         const { object, label } = this.#gate.refObject(ref)
         if (action === 'openVolumeFile') {
@@ -38,8 +38,16 @@ export class MountBridge {
           if (denied !== undefined) await denied
           return await this.#gate.nested(task)
         }
+        if (mountedBy !== undefined) {
+          // Another's mount: detaching it disrupts its user (its open files are closed when forced),
+          // so it takes what administering the volume takes, not merely what mounting it took.
+          const denied = this.#gate.check(action, 'admin', object, label, (who) => `${who} may not unmount a mount of ${label.slice(7)} that ${mountedBy} made: unmounting another's mount takes "admin" on the volume; ask ${mountedBy} or an administrator to unmount it`)
+          if (denied !== undefined) await denied
+          return await this.#gate.guard(action, 'admin', object, label, task, { ...(readOnly ? { readOnly: true } : {}), mountedBy })
+        }
         return await this.#gate.guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
       },
+      caller: () => this.#host.context.getStore()?.principal?.id,
       // As the caller, also inside its checked call (where nested calls are not checked again).
       visible: (namespace, volume) => {
         const principal = this.#host.context.getStore()?.principal

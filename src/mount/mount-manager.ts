@@ -67,8 +67,13 @@ export interface MountTarget {
 export interface MountHost {
   /** Resolves a volume or snapshot reference (throws VOLUME_NOT_FOUND, SNAPSHOT_NOT_FOUND, ...). */
   target: (ref: unknown) => MountTarget
-  /** Checks and audits a mount operation on `ref` for the caller. */
-  guard: <T>(action: string, ref: unknown, readOnly: boolean, task: () => Promise<T>) => Promise<T>
+  /**
+   * Checks and audits a mount operation on `ref` for the caller. `mountedBy` names who made the
+   * mount an unmount acts on when that is not the caller: acting on another's mount takes `admin`.
+   */
+  guard: <T>(action: string, ref: unknown, readOnly: boolean, task: () => Promise<T>, mountedBy?: string) => Promise<T>
+  /** Who is calling: a principal's id, or undefined for the application itself. */
+  caller: () => string | undefined
   /** Whether the caller may see mounts of this volume. */
   visible: (namespace: string, volumeName: string) => boolean
   /** Throws PERMISSION_DENIED (audited) unless the caller may administer the instance. */
@@ -112,6 +117,8 @@ interface MountState {
   readonly files: Set<VolumeFile>
   /** Set while it is being unmounted: its files are closed, so no new one opens on it. */
   releasing: boolean
+  /** The principal that mounted it (undefined: the application). */
+  readonly mountedBy: string | undefined
 }
 
 const KNOWN_OPTIONS = new Set(['readOnly', 'ro', 'rw', 'sync', 'options'])
@@ -209,6 +216,7 @@ export class MountManager {
     if (own.some((o) => !['ro', 'rw', 'sync', 'async'].includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
     // Checked on what the caller asks for, before anything is looked up (nothing leaks to a caller who may not).
     const asked = this.#host.isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
+    const mountedBy = this.#host.caller()
     return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
       const target = this.#host.target(ref)
@@ -256,7 +264,7 @@ export class MountManager {
         driver: this.#driver.name,
         mountedAt: new Date().toISOString()
       }
-      const state: MountState = { mount, target, files: new Set(), releasing: false }
+      const state: MountState = { mount, target, files: new Set(), releasing: false, mountedBy }
       const concern = sync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
       const presented: MountedVolume = {
         id: mount.id,
@@ -293,17 +301,21 @@ export class MountManager {
 
   /**
    * Unmounts by mount id or mount point. Refused with BUSY while VolumeFiles are open on it, unless
-   * `force` (which closes them, flushing their writes).
+   * `force` (which closes them, flushing their writes). Whoever mounted it unmounts it with the
+   * right mounting took (`volume:read`, `volume:write` or `snapshot:read`); a mount made by someone
+   * else (another principal, or the application) takes `admin` on the volume.
    */
   async unmountVolume (idOrPath: string, options: { force?: boolean } = {}): Promise<void> {
     const state = this.#find(idOrPath)
-    await this.#host.guard('unmountVolume', state.target.snapshotId === undefined ? state.mount.volumeId : { volume: state.mount.volumeId, snapshot: state.target.snapshotId }, state.mount.readOnly, async () => await this.#serial(async () => {
+    const ref = state.target.snapshotId === undefined ? state.mount.volumeId : { volume: state.mount.volumeId, snapshot: state.target.snapshotId }
+    const mountedByOther = state.mountedBy === this.#host.caller() ? undefined : state.mountedBy ?? 'application'
+    await this.#host.guard('unmountVolume', ref, state.mount.readOnly, async () => await this.#serial(async () => {
       if (!this.#mounts.has(state.mount.id)) return
       if (state.files.size > 0 && options?.force !== true) {
         throw new GalleonError('BUSY', `${state.files.size} file(s) are open on the mount at ${state.mount.path}; close them first, or pass { force: true }`)
       }
       await this.#release(state, options?.force === true)
-    }))
+    }), mountedByOther)
   }
 
   /** Mounts the caller may see, oldest first. */
