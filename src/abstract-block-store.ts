@@ -18,6 +18,8 @@ export abstract class AbstractBlockStore implements BlockStore {
   #status: DriverStatus = 'closed'
   #opening: Promise<void> | undefined
   #closing: Promise<void> | undefined
+  /** Counts close() calls: a scan begun before one (even if the store was opened again since) is cut. */
+  #closes = 0
 
   get status (): DriverStatus { return this.#status }
 
@@ -49,6 +51,7 @@ export abstract class AbstractBlockStore implements BlockStore {
     if (this.#status === 'closed') return
     if (this.#closing !== undefined) return await this.#closing
     this.#status = 'closing'
+    this.#closes++
     this.#closing = (async () => {
       try {
         await this._close()
@@ -98,7 +101,15 @@ export abstract class AbstractBlockStore implements BlockStore {
   async * addresses (options?: { volume?: number }): AsyncIterable<BlockAddress> {
     this.assertOpen()
     if (options?.volume !== undefined) checkVolume(options.volume, 'volume')
-    yield * this._addresses(options?.volume)
+    // A backend closed under the scan may end it early, as if the rest were deleted: checked at
+    // every step and at the end, so a caller never takes a short list for a complete one.
+    const closes = this.#closes
+    const cut = (): GalleonError => new GalleonError('NOT_OPEN', `the ${this.name} block store was closed during an addresses() scan, so the list is incomplete; open() it and scan again`)
+    for await (const address of this._addresses(options?.volume)) {
+      if (this.#closes !== closes) throw cut()
+      yield address
+    }
+    if (this.#closes !== closes) throw cut()
   }
 
   async deleteVolume (volume: number): Promise<void> {

@@ -163,6 +163,28 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         }
       }, { open: false })
 
+      storeTest('an addresses() scan that close() cuts rejects with NOT_OPEN, also when the store was opened again', [], async ({ store }) => {
+        for (const reopen of [false, true]) {
+          // (again after a reopen: a store that is not persistent comes back empty)
+          await store.batch(Array.from({ length: 300 }, (_, i) => put(addr(1, i), bytesOf(16, i))))
+          const scan = store.addresses()[Symbol.asyncIterator]()
+          assert.equal((await scan.next()).done, false)
+          await store.close()
+          if (reopen) await store.open()
+          let seen = 1
+          let code: unknown = 'ended'
+          try {
+            while ((await scan.next()).done !== true) seen++
+          } catch (err) {
+            code = (err as { code?: unknown }).code
+          }
+          assert.equal(code, 'NOT_OPEN', `${reopen ? 'close() and open()' : 'close()'} under a scan: it ended with ${String(code)} after ${seen} of 300 addresses`)
+          if (!reopen) await store.open()
+        }
+        await store.batch(Array.from({ length: 300 }, (_, i) => put(addr(1, i), bytesOf(16, i))))
+        assert.equal((await collect(store.addresses())).length, 300)
+      })
+
       storeTest('a closed store can be opened again, keeping its data if persistent', [], async ({ store }) => {
         await store.batch([put(addr(2, 3), bytesOf(100, 7))])
         await store.close()
