@@ -259,10 +259,17 @@ export class EtcdCoordinator extends AbstractCoordinator {
       }
       if (batch.length > 0) onEvents(batch)
     })
+    // etcd3 emits 'error' only when etcd ended the watch (with an empty reason: the revision it
+    // would resume from was compacted), and has let go of it by then: a cancel would wait for an
+    // answer that never comes, and close() waited out the request deadline for it.
     watcher.on('error', (err) => {
       if (stopped) return
-      stop()
-      onError(this.#error(err, 'watch'))
+      stopped = true
+      this.#watchers.delete(handle)
+      const failure = this.#error(err, 'watch')
+      onError(failure.code !== 'BACKEND_UNAVAILABLE'
+        ? failure
+        : new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} ended the watch of '${key}' from revision ${nextRevision} (${err.message}; no reason given means etcd compacted that revision away): read the key again and watch from the revision of that read`, { cause: err }))
     })
     const stop = (): void => {
       if (stopped) return

@@ -3,9 +3,11 @@
 // revision is the leader's epoch. A later leader's key was necessarily created later, so epochs
 // strictly increase. A waiting campaigner watches only its predecessor (no thundering herd).
 
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Leadership } from '../drivers.js'
 import { GalleonError } from '../errors.js'
 import { layout, type StoreCondition, type StoredEntry, type StoreEvent, type StoreLease, type StoreOp, type StoreTxnResult } from './coordinator-store.js'
+import { RETRY_MAX_MS, RETRY_MIN_MS } from './watches.js'
 
 /** The store operations an election needs (the coordinator's hooks). */
 export interface ElectionStore {
@@ -26,11 +28,73 @@ export interface HeldLeadership extends Leadership {
   end: () => void
 }
 
-/** Resolves when `key` is deleted at or after `fromRevision`; rejects when a signal aborts or the watch fails. */
-function waitForDelete (store: ElectionStore, key: string, fromRevision: number, signals: readonly AbortSignal[]): Promise<void> {
+/**
+ * Watches `key` from `fromRevision` on, also past a store watch that fails: etcd cancels a watch
+ * whose resume revision it compacted away (a watch quiet for a while whose connection broke), and
+ * that says nothing about the key. Then the key is read again, `onRead` gets it as it is now (what
+ * changed in the gap shows there), and the watch resumes right after that read. A read that finds
+ * the store unreachable is tried again after a pause (the session's lease bounds how long this can
+ * go on: when it ends, so does the caller); any other failure goes to `onError`, and so does a watch
+ * failure that is not BACKEND_UNAVAILABLE (the handle closed).
+ */
+function watchKey (store: ElectionStore, key: string, fromRevision: number, onEvents: (events: StoreEvent[]) => void, onRead: (entry: StoredEntry | undefined) => void, onError: (err: unknown) => void): () => void {
+  let stopped = false
+  const stopping = new AbortController()
+  let stopCurrent = (): void => {}
+  // The pause before a read grows while watches keep failing soon after they started.
+  let delayMs = RETRY_MIN_MS
+  const watchFrom = (revision: number): void => {
+    const startedAt = Date.now()
+    stopCurrent = store.watch(key, { prefix: false, fromRevision: revision }, (events) => {
+      delayMs = RETRY_MIN_MS
+      onEvents(events)
+    }, (err) => {
+      if (stopped) return
+      if (Date.now() - startedAt >= RETRY_MAX_MS) delayMs = RETRY_MIN_MS
+      if (err.code === 'BACKEND_UNAVAILABLE') void readAgain()
+      else onError(err)
+    })
+  }
+  const readAgain = async (): Promise<void> => {
+    for (;;) {
+      await sleep(delayMs, undefined, { signal: stopping.signal }).catch(() => {})
+      delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)
+      if (stopped) return
+      let read: { entries: StoredEntry[], revision: number }
+      try {
+        read = await store.range(key, false)
+      } catch (err) {
+        if (stopped) return
+        if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') continue
+        onError(err)
+        return
+      }
+      if (stopped) return
+      onRead(read.entries[0])
+      // onRead may have stopped the watch (the key is gone).
+      if (!stopped) watchFrom(read.revision + 1)
+      return
+    }
+  }
+  watchFrom(fromRevision)
+  return () => {
+    stopped = true
+    stopping.abort()
+    stopCurrent()
+  }
+}
+
+/**
+ * Resolves when `key` (created at `createRevision`) is deleted at or after `fromRevision`; rejects
+ * when a signal aborts or the watch fails for good.
+ */
+function waitForDelete (store: ElectionStore, key: string, createRevision: number, fromRevision: number, signals: readonly AbortSignal[]): Promise<void> {
   return new Promise((resolve, reject) => {
     let stop = (): void => {}
+    let done = false
     const finish = (err?: unknown): void => {
+      if (done) return
+      done = true
       stop()
       for (const signal of signals) signal.removeEventListener('abort', onAbort)
       if (err === undefined) resolve()
@@ -41,9 +105,13 @@ function waitForDelete (store: ElectionStore, key: string, fromRevision: number,
       if (signal.aborted) { reject(signal.reason); return }
       signal.addEventListener('abort', onAbort, { once: true })
     }
-    stop = store.watch(key, { prefix: false, fromRevision }, (events) => {
+    stop = watchKey(store, key, fromRevision, (events) => {
       if (events.some((event) => event.type === 'delete')) finish()
+    }, (entry) => {
+      // Read again after the watch failed: gone (or made again, by a later candidate) is deleted.
+      if (entry === undefined || entry.createRevision !== createRevision) finish()
     }, (err) => finish(err))
+    if (done) stop()
   })
 }
 
@@ -85,7 +153,7 @@ export async function campaign (store: ElectionStore, election: string, session:
         if (entry.createRevision < myRevision && (predecessor === undefined || entry.createRevision > predecessor.createRevision)) predecessor = entry
       }
       if (predecessor === undefined) { watchFrom = revision + 1; break }
-      await waitForDelete(store, predecessor.key, revision + 1, signals)
+      await waitForDelete(store, predecessor.key, predecessor.createRevision, revision + 1, signals)
     }
     // An abort that came during the last read wins over the leadership found by it.
     for (const s of signals) if (s.aborted) throw s.reason
@@ -118,9 +186,12 @@ export async function campaign (store: ElectionStore, election: string, session:
       await store.txn([{ key: myKey, target: 'create', revision: myRevision }], [{ type: 'delete', key: myKey }])
     }
   }
-  // Lost when the key goes (lease expired, removed by an operator) or the session ends.
-  stopWatch = store.watch(myKey, { prefix: false, fromRevision: watchFrom }, (events) => {
+  // Lost when the key goes (lease expired, removed by an operator) or the session ends. A watch
+  // that fails is not a lost leadership: the key is read again, and kept while it is this one.
+  stopWatch = watchKey(store, myKey, watchFrom, (events) => {
     if (events.some((event) => event.type === 'delete')) leadership.end()
+  }, (entry) => {
+    if (entry === undefined || entry.createRevision !== myRevision || entry.value !== session.nodeId) leadership.end()
   }, () => leadership.end())
   if (session.ended.aborted) leadership.end()
   else session.ended.addEventListener('abort', leadership.end, { once: true })
