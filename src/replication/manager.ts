@@ -33,6 +33,7 @@ import { GalleonError } from '../errors.js'
 import type { Coordinator, TransportMessage } from '../drivers.js'
 import type { ClusterManager } from '../cluster/manager.js'
 import type { PlacementRequest } from '../cluster/placement.js'
+import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
@@ -354,10 +355,21 @@ export class ReplicationManager {
   }
 
   /**
+   * Writes of a volume's record whose answer was lost and whose outcome could not be settled (see
+   * #settle): each may still be applied. update() settles them before it reads the record for a
+   * decision, so that no decision rests on a record such a write can still change.
+   */
+  readonly #unsettled = new Map<string, Array<{ value: string, expectRevision: number, err: unknown }>>()
+
+  /**
    * Compare-and-swap on a volume's record: `change` returns the new record, or undefined to leave
-   * it. Retried on conflicts; resolves to the record written, or undefined.
+   * it. Retried on conflicts; resolves to the record written, or undefined. A write whose answer
+   * is lost is settled (see #settle): written, it counts; otherwise the call fails with the write's
+   * error, and the write can no longer apply (fenced off), or, when that could not be told, may
+   * still: the next update() of the volume settles it before reading the record.
    */
   async update (volumeId: string, change: (record: ReplicaSetRecord) => ReplicaSetRecord | undefined): Promise<{ record: ReplicaSetRecord, revision: number } | undefined> {
+    await this.#settlePending(volumeId)
     for (let attempt = 0; attempt < 20; attempt++) {
       const entry = await this.#coordinator.get(recordKey(volumeId))
       if (entry === undefined) return undefined
@@ -365,8 +377,7 @@ export class ReplicationManager {
       if (record === undefined) return undefined
       const next = change(record)
       if (next === undefined) {
-        const set = this.#sets.get(volumeId)
-        if (set !== undefined) this.#adopt(set, record, entry.revision)
+        this.#adoptEntry(volumeId, entry)
         return undefined
       }
       const value = JSON.stringify(next)
@@ -374,8 +385,8 @@ export class ReplicationManager {
       try {
         written = await this.#coordinator.put(recordKey(volumeId), value, { expectRevision: entry.revision })
       } catch (err) {
-        // The write may have happened with its answer lost: the record read again says.
-        written = await this.#settleLostWrite(volumeId, value, err)
+        // The write may have happened with its answer lost, or may still happen: settled first.
+        written = await this.#settle(volumeId, value, entry.revision, err)
       }
       if (written !== undefined) {
         const set = this.#sets.get(volumeId)
@@ -387,19 +398,46 @@ export class ReplicationManager {
   }
 
   /**
-   * After a write of a volume's record failed (`err`), which may have happened with only its
-   * answer lost: the record is read again. Holding exactly `value`, it was written (or written
-   * alike by another node: the same outcome); otherwise this node takes up the record as it is and
-   * `err` is thrown. When the read fails too, `err` is thrown (the caller cannot tell).
+   * Settles a write of a volume's record that failed with `err` (perhaps only its answer was lost;
+   * see settleLostPut): the entry written; when it did not apply and never can, this node takes up
+   * the record as it is and `err` is thrown (the caller decided on a record that is gone). When
+   * that cannot be told, the write is kept as unsettled and `err` is thrown.
    */
-  async #settleLostWrite (volumeId: string, value: string, err: unknown): Promise<{ revision: number }> {
-    const entry = await this.#coordinator.get(recordKey(volumeId)).catch(() => undefined)
-    if (entry === undefined) throw err
-    if (entry.value === value) return entry
+  async #settle (volumeId: string, value: string, expectRevision: number, err: unknown): Promise<{ revision: number }> {
+    let settled: SettledPut
+    try {
+      settled = await settleLostPut(this.#coordinator, recordKey(volumeId), value, expectRevision, err)
+    } catch (unknown) {
+      const pending = this.#unsettled.get(volumeId) ?? []
+      pending.push({ value, expectRevision, err })
+      this.#unsettled.set(volumeId, pending)
+      throw unknown
+    }
+    if (settled.written) return settled.entry
+    if (settled.entry !== undefined) this.#adoptEntry(volumeId, settled.entry)
+    throw err
+  }
+
+  /** Settles the writes of the volume's record whose outcome is unknown (oldest first); throws while one cannot be. */
+  async #settlePending (volumeId: string): Promise<void> {
+    for (;;) {
+      const pending = this.#unsettled.get(volumeId)
+      const write = pending?.[0]
+      if (pending === undefined || write === undefined) return
+      const settled = await settleLostPut(this.#coordinator, recordKey(volumeId), write.value, write.expectRevision, write.err)
+      // (Another update() of the volume may have settled it meanwhile.)
+      const at = pending.indexOf(write)
+      if (at >= 0) pending.splice(at, 1)
+      if (pending.length === 0 && this.#unsettled.get(volumeId) === pending) this.#unsettled.delete(volumeId)
+      if (settled.entry !== undefined) this.#adoptEntry(volumeId, settled.entry)
+    }
+  }
+
+  /** Takes up a record entry read from the coordinator, if this node holds a copy of the volume. */
+  #adoptEntry (volumeId: string, entry: { value: string, revision: number }): void {
     const record = parseRecord(entry.value)
     const set = this.#sets.get(volumeId)
     if (record !== undefined && set !== undefined) this.#adopt(set, record, entry.revision)
-    throw err
   }
 
   zoneOf (nodeId: string): string | undefined {

@@ -272,7 +272,8 @@ export class Primary implements VolumeReplicator {
         if (!record.inSync.includes(node)) return undefined
         return { ...record, inSync: record.inSync.filter((n) => n !== node) }
       })
-      // The record was read: whatever the lost answer was, the copy is out of the list now.
+      // The record was read, after any write of it whose answer was lost was settled (written, or
+      // fenced off so that it can never apply): the copy is out of the list now, for good.
       this.#listingKnown(node)
     } catch (err) {
       // The coordinator cannot be reached: writes needing this copy keep waiting, and fail at
@@ -294,9 +295,10 @@ export class Primary implements VolumeReplicator {
     try {
       await this.#manager.update(this.volumeId, add)
     } catch (err) {
-      // The coordinator may have written it with its answer lost, and the record could not be
-      // read to tell (see ReplicationManager.update): until a read does, the copy counts as
-      // listed, so that no write is acknowledged without a copy that failover may promote.
+      // The coordinator may have written it with its answer lost (or may still write it), and
+      // that could not be settled (see ReplicationManager.update): until an update() settles it
+      // (which fences the write off if it has not applied), the copy counts as listed, so that no
+      // write is acknowledged without a copy that failover may promote.
       this.#listingUnknown.add(node)
       await this.#manager.update(this.volumeId, () => undefined).then(() => { this.#listingKnown(node) }, () => {})
       throw err

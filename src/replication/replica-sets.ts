@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
+import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import { parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout } from './host.js'
@@ -75,14 +76,17 @@ export class ReplicaSetChanges {
     try {
       entry = await this.#core.coordinator.put(recordKey(spec.id), value, { expectRevision })
     } catch (err) {
-      // Perhaps written with the answer lost: the record read again says (else a record naming
-      // this node would stay behind, and refuse the same call again with VOLUME_EXISTS).
-      const now = await this.#core.coordinator.get(recordKey(spec.id)).catch(() => undefined)
-      if (now?.value !== value) {
-        this.#core.sets.delete(spec.id)
-        throw err
+      // Perhaps written with the answer lost, or still in flight: settled (see settleLostPut), so
+      // that a record naming this node as the primary of a volume it gave up cannot appear later.
+      // A record still absent is written now (the only way to fence off a create that may land).
+      let settled: SettledPut | undefined
+      try {
+        settled = await settleLostPut(this.#core.coordinator, recordKey(spec.id), value, expectRevision, err)
+      } finally {
+        if (settled?.written !== true) this.#core.sets.delete(spec.id)
       }
-      entry = now
+      if (!settled.written) throw err
+      entry = settled.entry
     }
     if (entry === undefined) {
       this.#core.sets.delete(spec.id)
