@@ -229,6 +229,38 @@ describe('replica-set record writes whose answer is lost while they are still in
     assert.equal((await n2.g.readBlock('born', 0))[0], 9)
   })
 
+  it('a hand-off of the primary role whose write is held in flight and cannot be settled: the old primary stays frozen (no write is acknowledged there) until the write is settled, then steps down', { timeout: 120_000 }, async () => {
+    const h = holding()
+    const { network, coordinators, nodes } = await cluster(3, { n1: h.wrap })
+    const [n1] = nodes as [Node, Node, Node]
+    const volume = await n1.g.createVolume({ name: 'handed', sizeBytes: 16 * 4096, replicas: 2 })
+    await until('both copies are in sync', async () => (await recordOf(coordinators, volume.id)).record?.inSync.length === 2)
+    const before = (await recordOf(coordinators, volume.id)).record!
+    assert.equal(before.primary, 'n1')
+    const other = before.nodes.find((n) => n !== 'n1') as string
+    const target = other === 'n2' ? 'n3' : 'n2'
+    // The write that hands the role on is held, and n1 cannot read the record while it is.
+    h.holdWhen = recordWrite((record) => record.primary !== 'n1')
+    h.failReads = Number.MAX_SAFE_INTEGER
+    const moved = await n1.g.migrateVolume('handed', { node: target }).then(() => 'ok', (err: GalleonError) => err.code)
+    assert.ok(h.held !== undefined, 'the hand-off was held')
+    assert.equal(moved, 'BACKEND_UNAVAILABLE')
+    const next = parseRecord(h.held.value)!.primary
+    // The next primary hears no more of n1's stream: a write n1 acknowledged now would be on n1 alone.
+    network.drop((m) => m.kind === 'repl:apply' && m.to === next && m.type === 'request', { silent: true })
+    let outcome: string | undefined
+    const write = n1.g.writeBlock('handed', 3, new Uint8Array(4096).fill(7), WriteConcern.WriteDurable).then(() => { outcome = 'ok' }, (err: GalleonError) => { outcome = err.code })
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    assert.equal(outcome, undefined, 'n1 acknowledged a write while its hand-off could still land')
+    // The hand-off lands: n1 settles it, steps down, and the write goes to the new primary.
+    assert.notEqual(await h.release(), undefined, 'the held hand-off applied')
+    network.drop(() => false)
+    await write
+    assert.equal(outcome, 'ok')
+    assert.equal((await recordOf(coordinators, volume.id)).record?.primary, next)
+    assert.equal((await (nodes.find((n) => n.id === next) as Node).g.readBlock('handed', 3))[0], 7, 'the acknowledged write is on the new primary')
+  })
+
   for (const [reads, failReads] of [['the record can be read', 0], ['the first read of the record fails', 1]] as const) {
     it(`a copy listed in sync by a write held in flight, that the coordinator applies after the primary read the record again (${reads}): no write is acknowledged without a copy the record lists in sync`, { timeout: 120_000 }, async () => {
       const h = holding()

@@ -433,6 +433,27 @@ export class ReplicationManager {
     }
   }
 
+  /** Whether a write of the volume's record may still be applied (its outcome is not settled yet). */
+  hasUnsettled (volumeId: string): boolean {
+    return (this.#unsettled.get(volumeId)?.length ?? 0) > 0
+  }
+
+  /**
+   * Settles the volume's unsettled record writes (see #settle), trying again every `retryMs` while
+   * the coordinator cannot tell, until `stop()` says to give up. True once nothing is unsettled.
+   */
+  async settleAll (volumeId: string, stop: () => boolean, retryMs = 250): Promise<boolean> {
+    while (this.hasUnsettled(volumeId)) {
+      if (stop()) return false
+      try {
+        await this.#settlePending(volumeId)
+      } catch {
+        await sleep(retryMs)
+      }
+    }
+    return true
+  }
+
   /** Takes up a record entry read from the coordinator, if this node holds a copy of the volume. */
   #adoptEntry (volumeId: string, entry: { value: string, revision: number }): void {
     const record = parseRecord(entry.value)

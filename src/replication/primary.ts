@@ -345,10 +345,23 @@ export class Primary implements VolumeReplicator {
         })
         if (written === undefined) throw new GalleonError('BUSY', `the record of volume ${this.#record.spec.name} changed meanwhile; the primary role was not handed over`)
       } catch (err) {
+        if (this.#manager.hasUnsettled(this.volumeId)) {
+          // The hand-off's write may still land: writes acknowledged here from now on would then be
+          // missing on the new primary. Frozen (writes get NOT_LEADER and retry) until it is settled;
+          // a hand-off that did land steps this primary down when the record is taken up.
+          void this.#unfreezeWhenSettled()
+          throw err
+        }
         this.frozen = false
         throw err
       }
     })
+  }
+
+  /** After a hand-off whose record write is unsettled: unfreezes once it is settled and this node is still the primary. */
+  async #unfreezeWhenSettled (): Promise<void> {
+    const settled = await this.#manager.settleAll(this.volumeId, () => this.#stopped !== undefined)
+    if (settled && this.#stopped === undefined && this.#record.primary === this.#manager.nodeId && this.#record.epoch === this.epoch) this.frozen = false
   }
 
   allLinksFailedOnce (): boolean {
