@@ -106,7 +106,7 @@ export async function clusterOptions (config: DaemonConfig, settings: ClusterSet
     throw new ConfigError(`bind address ${config.bindAddress} listens on every interface, so peers cannot be told where to reach this node; set --advertise-address (advertise_address in [cluster]) to host:port as the peers see it`)
   }
   const advertise = config.advertiseAddress === undefined ? undefined : parseAddress(config.advertiseAddress, 'advertise address')
-  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
+  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...keepaliveOptions(config), ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix, ...await etcdAccess(config, settings) })
     return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
@@ -116,9 +116,14 @@ export async function clusterOptions (config: DaemonConfig, settings: ClusterSet
   }
 }
 
+/** The transport's keepalive settings, from the daemon's (seconds) to the transport's (milliseconds). */
+function keepaliveOptions (config: DaemonConfig): { keepaliveIntervalMs: number, keepaliveTimeoutMs: number } {
+  return { keepaliveIntervalMs: Math.round(config.keepaliveIntervalSeconds * 1000), keepaliveTimeoutMs: Math.round(config.keepaliveTimeoutSeconds * 1000) }
+}
+
 /** Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers). */
 export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[]): Promise<ClusterSettings> {
-  const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret })
+  const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret, ...keepaliveOptions(config) })
   const failures: string[] = []
   try {
     for (const address of addresses) {

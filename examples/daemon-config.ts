@@ -20,6 +20,8 @@ export interface DaemonConfig {
   mountPoint: string | undefined
   /** Serve NBD exports here, if set. */
   nbdAddress: string | undefined
+  /** Seconds an NBD client has to finish its handshake before it is disconnected (0: no limit). */
+  nbdHandshakeTimeoutSeconds: number
   /** Log level; when unset, GALLEONFS_LOG or RUST_LOG, else info. */
   logLevel: LogLevel | undefined
   /**
@@ -77,6 +79,10 @@ export interface DaemonConfig {
   leaseTtlSeconds: number
   /** Seconds a failed node's copies wait before the cluster replaces them on other nodes. */
   replicaReplacementDelaySeconds: number
+  /** Seconds of hearing nothing on a connection to a peer before it sends a keepalive (0: none). */
+  keepaliveIntervalSeconds: number
+  /** Seconds a connection to a peer may stay silent (and take none of our bytes) after a keepalive before it is closed. */
+  keepaliveTimeoutSeconds: number
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -92,6 +98,7 @@ export const DEFAULTS: DaemonConfig = {
   persistenceLevel: 'enhanced',
   mountPoint: undefined,
   nbdAddress: undefined,
+  nbdHandshakeTimeoutSeconds: 10,
   logLevel: undefined,
   keyProvider: 'internal',
   keyProviderOptions: undefined,
@@ -121,7 +128,9 @@ export const DEFAULTS: DaemonConfig = {
   etcdKeyFile: undefined,
   advertiseAddress: undefined,
   leaseTtlSeconds: 10,
-  replicaReplacementDelaySeconds: 600
+  replicaReplacementDelaySeconds: 600,
+  keepaliveIntervalSeconds: 5,
+  keepaliveTimeoutSeconds: 10
 }
 
 /** The key providers the daemon sets up from [security] settings of their own (any other name is a registered driver). */
@@ -149,8 +158,8 @@ export function formatAddress (host: string, port: number): string {
 
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
-  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds' },
+  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', log_level: 'logLevel' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
@@ -330,6 +339,15 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
         out.replicaReplacementDelaySeconds = seconds
         break
       }
+      case 'nbdHandshakeTimeoutSeconds':
+        out.nbdHandshakeTimeoutSeconds = secondsSetting(value, 0, `${where}: NBD handshake timeout must be a number of seconds from 0 (no limit) to 3600`)
+        break
+      case 'keepaliveIntervalSeconds':
+        out.keepaliveIntervalSeconds = secondsSetting(value, 0, `${where}: keepalive interval must be a number of seconds from 0 (no keepalives) to 3600`)
+        break
+      case 'keepaliveTimeoutSeconds':
+        out.keepaliveTimeoutSeconds = secondsSetting(value, 0.001, `${where}: keepalive timeout must be a number of seconds from 0.001 to 3600`)
+        break
       case 'replicationStrategy':
         if (value !== 'synchronous' && value !== 'asynchronous') throw new ConfigError(`${where}: replication strategy must be synchronous or asynchronous, got ${JSON.stringify(value)}`)
         out.replicationStrategy = value
@@ -339,6 +357,13 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
     }
   }
   return out
+}
+
+/** A number of seconds (a flag's string too) from `min` to an hour, to the millisecond; else a ConfigError saying `problem`. */
+function secondsSetting (value: unknown, min: number, problem: string): number {
+  const parsed = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
+  if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed < min || parsed > 3600) throw new ConfigError(`${problem}, got ${JSON.stringify(value)}`)
+  return Math.round(parsed * 1000) / 1000
 }
 
 /** Defaults, then the file, then the flags; then the settings that depend on each other are checked. */

@@ -182,7 +182,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // The one step that can fail (listening on the new NBD address) comes first, so a reload
       // either applies every live change or none.
       let moved: NbdServer | undefined
-      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), onError: nbdError })
+      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError })
       if (stopping !== undefined) {
         await moved?.close()
         throw new HttpError(409, 'BUSY', 'the daemon is stopping')
@@ -301,7 +301,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
     if (config.nbdAddress !== undefined) {
       const where = parseAddress(config.nbdAddress, 'nbd address')
-      nbd = await NbdServer.listen(g, { ...where, onError: nbdError })
+      nbd = await NbdServer.listen(g, { ...where, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError })
       log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
     }
     log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })

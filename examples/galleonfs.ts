@@ -20,6 +20,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--persistence-level <level>', 'persistence level (default enhanced)')
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
+    .option('--nbd-handshake-timeout-seconds <seconds>', 'seconds an NBD client has to finish its handshake; 0: no limit (default 10)')
     .option('--log-level <level>', 'error, warn, info, debug or trace (default: GALLEONFS_LOG or RUST_LOG, else info)')
     .option('--key-provider <provider>', 'internal, passphrase, command, http, or a key provider a module in [drivers] modules registers (KMS settings go in [security] of the config file)')
     .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs: start or join the cluster they coordinate')
@@ -35,6 +36,8 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--advertise-address <host:port>', 'where peers reach this node (needed with a wildcard --bind-address)')
     .option('--lease-ttl-seconds <seconds>', 'seconds a silent node counts as alive; then its volumes fail over (default 10)')
     .option('--replica-replacement-delay-seconds <seconds>', 'seconds a failed node\'s copies wait before the cluster places new ones on other nodes (default 600)')
+    .option('--keepalive-interval-seconds <seconds>', 'seconds of silence on a connection to a peer before it sends a keepalive; 0: none (default 5)')
+    .option('--keepalive-timeout-seconds <seconds>', 'seconds a peer may stay silent after a keepalive, taking none of our bytes, before its connection is closed (default 10)')
     .exitOverride()
   const log = createLogger()
   try {
@@ -130,6 +133,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -1,14 +1,19 @@
 // A socket speaking frames: reads them in order (and can stop reading for backpressure), writes them
 // respecting write() returning false, and reports once why it ended. Frames sent in the same tick
-// go out in one socket write (small payloads copied into one buffer, large ones written from their
-// own memory), tagged with their MAC once the direction is authenticated.
+// go out together (small payloads copied into one buffer, large ones written from their own memory),
+// tagged with their MAC once the direction is authenticated, handed to the socket at most
+// BATCH_BYTES at a time so that `sentBytes` shows a slow peer taking a large frame bit by bit.
 
 import type { Socket } from 'node:net'
 import { FRAME_PREFIX, FrameAuthenticationError, FrameMac, FrameReader, FrameType, MAC_BYTES, ProtocolError, encodeFrame, writeFramePrefix, type Frame } from './frames.js'
 
 /** Payloads up to this size are copied into the batch buffer; larger ones are written from their own memory. */
 const INLINE_PAYLOAD_BYTES = 64 * 1024
-/** A flush stops adding frames to a socket write past this many bytes (the socket's buffer is full by then). */
+/**
+ * A flush stops adding frames to a batch past this many bytes, and hands a batch to the socket at
+ * most this many bytes per write (the socket's buffer is full by then): a write completes only once
+ * the kernel took all of it, and completed writes are what shows a slow peer making progress.
+ */
 const BATCH_BYTES = 256 * 1024
 
 /** A frame waiting for the end-of-tick flush (or for 'drain'). */
@@ -38,7 +43,13 @@ export class FramedSocket {
   #onFrame: (frame: Frame) => void
   #onEnd: (reason: string) => void
   #writeQueue: QueuedFrame[] = []
+  /** Bytes of queued frames and of the batch not yet handed to the socket. */
   #queuedBytes = 0
+  /** The batch being handed to the socket: its encoded, tagged pieces, and its frames. */
+  #pieces: Uint8Array[] = []
+  /** Bytes of `#pieces[0]` already handed to the socket. */
+  #pieceOffset = 0
+  #batch: QueuedFrame[] = []
   #flushScheduled = false
   #sendMac: FrameMac | undefined
   #blocked = false
@@ -126,6 +137,15 @@ export class FramedSocket {
     return this.#queuedBytes
   }
 
+  /**
+   * Bytes the socket has finished writing, that is handed to the kernel. It grows while the peer
+   * takes what we send (its kernel acknowledging, its process reading once the buffers are full),
+   * even when the peer has nothing to say: progress on the outgoing side.
+   */
+  get sentBytes (): number {
+    return this.socket.bytesWritten - this.socket.writableLength
+  }
+
   /** Stops reading frames (and, through TCP flow control, the peer's writes) until `release()`. */
   hold (): void {
     if (this.#holds++ === 0) this.socket.pause()
@@ -140,9 +160,16 @@ export class FramedSocket {
   /** Sends last words (a GOODBYE frame) and closes once they are flushed; frames still queued are dropped. */
   finish (type: FrameType, headerJson: string, reason: string): void {
     if (this.ended) return
-    // Straight to the socket, past a queue waiting for 'drain' that end() would cut off. The queued
-    // frames were never tagged, so the GOODBYE takes the next sequence number.
+    // Straight to the socket, past a queue waiting for 'drain' that end() would cut off; but after
+    // the rest of a batch partly handed to it, so the peer reads whole frames. The queued frames
+    // were never tagged, so the GOODBYE takes the next sequence number.
+    this.socket.cork()
+    if (this.#pieces.length > 0) {
+      this.socket.write((this.#pieces[0] as Uint8Array).subarray(this.#pieceOffset))
+      for (let i = 1; i < this.#pieces.length; i++) this.socket.write(this.#pieces[i] as Uint8Array)
+    }
     this.socket.write(encodeFrame(type, 0, headerJson, undefined, this.#sendMac))
+    this.socket.uncork()
     this.endReason = reason
     this.#dropQueue()
     this.socket.end()
@@ -161,64 +188,97 @@ export class FramedSocket {
   }
 
   #dropQueue (): void {
-    const dropped = this.#writeQueue
+    const dropped = [...this.#batch, ...this.#writeQueue]
     this.#writeQueue = []
+    this.#batch = []
+    this.#pieces = []
+    this.#pieceOffset = 0
     this.#queuedBytes = 0
     for (const frame of dropped) frame.written?.()
   }
 
   /** Hands queued frames to the socket in batches until it is full or the queue is empty. */
   #flush (): void {
-    const queue = this.#writeQueue
-    while (!this.#blocked && !this.ended && queue.length > 0) {
-      let count = 0
-      let batchBytes = 0
-      let inlineBytes = 0
-      for (const frame of queue) {
-        if (count > 0 && batchBytes + frame.size > BATCH_BYTES) break
-        count++
-        batchBytes += frame.size
-        inlineBytes += frame.payload !== undefined && frame.payload.byteLength > INLINE_PAYLOAD_BYTES ? frame.size - frame.payload.byteLength : frame.size
+    while (!this.#blocked && !this.ended) {
+      if (this.#pieces.length === 0) {
+        if (this.#writeQueue.length === 0) return
+        this.#encodeBatch()
       }
-      const batch = queue.splice(0, count)
-      this.#queuedBytes -= batchBytes
-      const buffer = Buffer.allocUnsafe(inlineBytes)
-      const pieces: Uint8Array[] = []
-      let pieceStart = 0
-      let offset = 0
-      for (const frame of batch) {
-        const payload = frame.payload
-        const payloadLength = payload?.byteLength ?? 0
-        const frameStart = offset
-        offset = writeFramePrefix(buffer, offset, frame.type, frame.id, frame.headerJson, frame.headerLength, payloadLength + (frame.authenticated ? MAC_BYTES : 0))
-        let detached: Uint8Array | undefined
-        if (payload !== undefined && payloadLength > INLINE_PAYLOAD_BYTES) {
-          // Written from the caller's memory; the tag follows it in the next piece.
-          detached = payload
-          pieces.push(buffer.subarray(pieceStart, offset), payload)
-          pieceStart = offset
-        } else if (payload !== undefined) {
-          buffer.set(payload, offset)
-          offset += payloadLength
-        }
-        if (frame.authenticated) {
-          // Flushed in send order, so tags take sequence numbers in the order the peer reads frames.
-          ;(this.#sendMac as FrameMac).sign(buffer, frameStart, offset, detached)
-          offset += MAC_BYTES
+      // Up to BATCH_BYTES of the batch, slicing a large payload.
+      const chunks: Uint8Array[] = []
+      let bytes = 0
+      while (this.#pieces.length > 0 && bytes < BATCH_BYTES) {
+        const piece = this.#pieces[0] as Uint8Array
+        const take = Math.min(piece.byteLength - this.#pieceOffset, BATCH_BYTES - bytes)
+        chunks.push(this.#pieceOffset === 0 && take === piece.byteLength ? piece : piece.subarray(this.#pieceOffset, this.#pieceOffset + take))
+        bytes += take
+        this.#pieceOffset += take
+        if (this.#pieceOffset === piece.byteLength) {
+          this.#pieces.shift()
+          this.#pieceOffset = 0
         }
       }
-      if (pieceStart < offset) pieces.push(buffer.subarray(pieceStart, offset))
+      this.#queuedBytes -= bytes
       let accepted = true
-      if (pieces.length === 1) {
-        accepted = this.socket.write(pieces[0] as Uint8Array)
+      if (chunks.length === 1) {
+        accepted = this.socket.write(chunks[0] as Uint8Array)
       } else {
         this.socket.cork()
-        for (const piece of pieces) accepted = this.socket.write(piece)
+        for (const chunk of chunks) accepted = this.socket.write(chunk)
         this.socket.uncork()
       }
       if (!accepted) this.#blocked = true
-      for (const frame of batch) frame.written?.()
+      if (this.#pieces.length === 0) {
+        // The whole batch is in the socket; written() may send more (queued for the next flush).
+        const done = this.#batch
+        this.#batch = []
+        for (const frame of done) frame.written?.()
+      }
     }
+  }
+
+  /** Takes the next batch of frames off the queue into `#pieces`, encoded and tagged. */
+  #encodeBatch (): void {
+    const queue = this.#writeQueue
+    let count = 0
+    let batchBytes = 0
+    let inlineBytes = 0
+    for (const frame of queue) {
+      if (count > 0 && batchBytes + frame.size > BATCH_BYTES) break
+      count++
+      batchBytes += frame.size
+      inlineBytes += frame.payload !== undefined && frame.payload.byteLength > INLINE_PAYLOAD_BYTES ? frame.size - frame.payload.byteLength : frame.size
+    }
+    const batch = queue.splice(0, count)
+    const buffer = Buffer.allocUnsafe(inlineBytes)
+    const pieces: Uint8Array[] = []
+    let pieceStart = 0
+    let offset = 0
+    for (const frame of batch) {
+      const payload = frame.payload
+      const payloadLength = payload?.byteLength ?? 0
+      const frameStart = offset
+      offset = writeFramePrefix(buffer, offset, frame.type, frame.id, frame.headerJson, frame.headerLength, payloadLength + (frame.authenticated ? MAC_BYTES : 0))
+      let detached: Uint8Array | undefined
+      if (payload !== undefined && payloadLength > INLINE_PAYLOAD_BYTES) {
+        // Written from the caller's memory; the tag follows it in the next piece.
+        detached = payload
+        pieces.push(buffer.subarray(pieceStart, offset), payload)
+        pieceStart = offset
+      } else if (payload !== undefined) {
+        buffer.set(payload, offset)
+        offset += payloadLength
+      }
+      if (frame.authenticated) {
+        // Encoded in send order, so tags take sequence numbers in the order the peer reads frames.
+        ;(this.#sendMac as FrameMac).sign(buffer, frameStart, offset, detached)
+        offset += MAC_BYTES
+      }
+    }
+    if (pieceStart < offset) pieces.push(buffer.subarray(pieceStart, offset))
+    this.#pieces = pieces
+    this.#pieceOffset = 0
+    this.#batch = batch
   }
 
   #parse (): void {

@@ -13,10 +13,15 @@
 // control turns into socket.write() returning false on the sender, which then queues until 'drain'.
 // A dialed connection on which nothing arrives for `keepaliveIntervalMs` sends a keepalive (a
 // request of the reserved kind `tcp:keepalive`, answered by the peer's connection itself); one that
-// still hears nothing for `keepaliveTimeoutMs` is closed, so a peer that vanished without a FIN or
-// RST (a half-open connection, a host that lost power) or hangs (a stopped process) fails the
-// requests on it at once and the next request dials again. The kernel's TCP keepalive runs on every
-// connection as well (it ends accepted connections whose dialer's host is gone).
+// still hears nothing, and whose peer takes none of the bytes being sent to it, for
+// `keepaliveTimeoutMs` is closed, so a peer that vanished without a FIN or RST (a half-open
+// connection, a host that lost power) or hangs (a stopped process) fails the requests on it at once
+// and the next request dials again, while a peer slowly reading a large transfer (with the
+// keepalive queued behind it) keeps its connection. For that the dialer watches its bytes leave
+// (handed to the kernel), and the accepting side, while it reads, reports so (an empty REPLY with id
+// 0, which no request has) if it sent nothing for half the interval the dialer asked for in HELLO:
+// what sits in the kernels' buffers cannot be watched from the sending side. The kernel's TCP
+// keepalive runs on every connection as well (it ends accepted connections whose dialer's host is gone).
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
@@ -62,8 +67,11 @@ export interface TcpTransportOptions extends AbstractTransportOptions {
    */
   readonly keepaliveIntervalMs?: number
   /**
-   * A dialed connection that hears nothing for this long after sending a keepalive is closed: its
-   * requests fail with BACKEND_UNAVAILABLE and the next request dials again (default 10 s).
+   * A dialed connection that hears nothing for this long after sending a keepalive, while the peer
+   * also takes none of the bytes being sent to it (a transfer the keepalive waits behind), is
+   * closed: its requests fail with BACKEND_UNAVAILABLE and the next request dials again (default
+   * 10 s). What the kernels already buffer (a few MB) cannot be watched: a peer must read it, and
+   * answer, within this time.
    */
   readonly keepaliveTimeoutMs?: number
 }
@@ -274,6 +282,9 @@ class OutboundConnection {
   /** The keepalive waiting for an answer (anything heard since it was sent answers it). */
   #keepaliveId: number | undefined
   #keepaliveSentAt = 0
+  /** `framed.sentBytes` at the last check, and performance.now() when it last grew. */
+  #sentBytes = 0
+  #lastSent = 0
 
   constructor (transport: TcpTransport, address: string, socket: Socket, connectEvent: 'connect' | 'secureConnect', secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, keepalive: Keepalive) {
     this.#transport = transport
@@ -285,11 +296,16 @@ class OutboundConnection {
     socket.on('data', () => { this.#lastHeard = performance.now() })
     socket.once(connectEvent, () => {
       this.#state = 'challenged'
-      this.framed.send(FrameType.Hello, 0, JSON.stringify({ v: PROTOCOL_VERSION, node: transport.nodeId, nonce: this.#nonce }))
+      this.framed.send(FrameType.Hello, 0, this.#hello())
     })
     this.#handshakeTimer = setTimeout(() => {
       this.framed.end(`no handshake with ${address} within ${handshakeTimeoutMs} ms`)
     }, handshakeTimeoutMs)
+  }
+
+  /** HELLO: who we are, and how often (ms) we would like to hear from the peer while it reads (0: never). */
+  #hello (): string {
+    return JSON.stringify({ v: PROTOCOL_VERSION, node: this.#transport.nodeId, nonce: this.#nonce, ka: this.#keepalive.intervalMs })
   }
 
   get ended (): boolean { return this.framed.ended }
@@ -332,6 +348,8 @@ class OutboundConnection {
     const { intervalMs, timeoutMs } = this.#keepalive
     if (intervalMs === 0) return
     this.#lastHeard = performance.now()
+    this.#lastSent = this.#lastHeard
+    this.#sentBytes = this.framed.sentBytes
     this.#keepaliveTimer = setInterval(() => { this.#checkAlive() }, Math.max(1, Math.floor(Math.min(intervalMs, timeoutMs) / 2)))
     this.#keepaliveTimer.unref()
   }
@@ -339,14 +357,22 @@ class OutboundConnection {
   #checkAlive (): void {
     if (this.ended) return
     const now = performance.now()
+    const sentBytes = this.framed.sentBytes
+    if (sentBytes !== this.#sentBytes) {
+      this.#sentBytes = sentBytes
+      this.#lastSent = now
+    }
     if (this.#keepaliveId !== undefined) {
       // Anything heard since the keepalive was sent shows the peer is there (its answer may queue
       // behind replies being written).
       if (this.#lastHeard >= this.#keepaliveSentAt) {
         this.#keepaliveId = undefined
       } else {
-        if (now - this.#keepaliveSentAt >= this.#keepalive.timeoutMs) {
-          this.framed.end(`nothing arrived from the peer for ${this.#keepalive.timeoutMs} ms after a keepalive: the peer vanished (a half-open connection) or hangs`)
+        // The keepalive may wait behind a large transfer the peer reads slowly: while it takes our
+        // bytes, it is there. Only when neither direction moves for the timeout is it gone.
+        const quietFor = now - Math.max(this.#keepaliveSentAt, this.#lastSent)
+        if (quietFor >= this.#keepalive.timeoutMs) {
+          this.framed.end(`nothing arrived from the peer for ${Math.round(now - this.#keepaliveSentAt)} ms after a keepalive, and it took none of the bytes sent to it for ${this.#keepalive.timeoutMs} ms: the peer vanished (a half-open connection) or hangs`)
         }
         return
       }
@@ -397,6 +423,7 @@ class OutboundConnection {
         return
       }
       case 'ready': {
+        if (frame.id === 0 && frame.type === FrameType.Reply) return // the peer is reading what we send (see the file comment)
         if (frame.id === this.#keepaliveId && (frame.type === FrameType.Reply || frame.type === FrameType.Failure)) {
           // (A peer of an earlier version hands it to its handler, which fails it: an answer too.)
           this.#keepaliveId = undefined
@@ -464,6 +491,10 @@ class InboundConnection {
   #clientNonce = ''
   #held = false
   #handshakeTimer: NodeJS.Timeout
+  /** While reading, tell the dialer so when nothing was sent to it for this long (0: never; from HELLO). */
+  #progressEveryMs = 0
+  /** performance.now() when a frame was last sent to the dialer. */
+  #lastSent = 0
 
   constructor (transport: TcpTransport, socket: Socket, secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, maxServingBytes: number) {
     this.#transport = transport
@@ -472,6 +503,7 @@ class InboundConnection {
     this.#maxServingBytes = maxServingBytes
     this.#remote = formatAddress(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0)
     this.framed = new FramedSocket(socket, MAX_HANDSHAKE_FRAME, (frame) => { this.#onFrame(frame) }, () => { clearTimeout(this.#handshakeTimer) })
+    socket.on('data', () => { this.#reportProgress() })
     this.#handshakeTimer = setTimeout(() => {
       this.framed.finish(FrameType.Goodbye, JSON.stringify({ code: 'BACKEND_UNAVAILABLE', message: `no handshake within ${handshakeTimeoutMs} ms` }), 'handshake timeout')
     }, handshakeTimeoutMs)
@@ -497,6 +529,8 @@ class InboundConnection {
       if (!validNonce(header.nonce)) return this.#refuse('IO_ERROR', 'malformed HELLO (nonce)')
       this.#peerNode = header.node
       this.#clientNonce = header.nonce
+      // Dialers of earlier versions ask for nothing; a bad value is ignored like a missing one.
+      if (Number.isSafeInteger(header.ka) && (header.ka as number) > 0) this.#progressEveryMs = Math.max(1, Math.floor((header.ka as number) / 2))
       this.#state = 'proof'
       const me = this.#transport.nodeId
       this.framed.send(FrameType.Challenge, 0, JSON.stringify({ v: PROTOCOL_VERSION, node: me, nonce: this.#nonce, proof: proof(this.#secret, 'server', this.#peerNode, me, this.#clientNonce, this.#nonce) }))
@@ -512,7 +546,7 @@ class InboundConnection {
       const keys = sessionKeys(this.#secret, this.#peerNode, me, this.#clientNonce, this.#nonce)
       this.framed.authenticateReceiving(new FrameMac(keys.clientToServer))
       this.framed.reader.maxFrame = this.#maxFrame
-      this.framed.send(FrameType.Welcome, 0, '{}')
+      this.#send(FrameType.Welcome, 0, '{}')
       this.framed.authenticateSending(new FrameMac(keys.serverToClient))
       return
     }
@@ -524,7 +558,7 @@ class InboundConnection {
       return this.#refuse('IO_ERROR', 'malformed REQUEST header')
     }
     if (header.k === KEEPALIVE_KIND) {
-      this.framed.send(FrameType.Reply, frame.id, KEEPALIVE_HEADER)
+      this.#send(FrameType.Reply, frame.id, KEEPALIVE_HEADER)
       return
     }
     const bytes = frame.payload.byteLength + 64
@@ -539,11 +573,28 @@ class InboundConnection {
       const done = (): void => { this.#release(bytes) }
       if (outcome.ok) {
         const { kind, headerJson, payload } = outcome.reply
-        this.framed.send(FrameType.Reply, frame.id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload, done)
+        this.#send(FrameType.Reply, frame.id, `{"k":${JSON.stringify(kind)},"h":${headerJson}}`, payload, done)
       } else {
-        this.framed.send(FrameType.Failure, frame.id, JSON.stringify({ code: outcome.code, message: outcome.message }), undefined, done)
+        this.#send(FrameType.Failure, frame.id, JSON.stringify({ code: outcome.code, message: outcome.message }), undefined, done)
       }
     })
+  }
+
+  #send (type: FrameType, id: number, headerJson: string, payload?: Uint8Array, written?: () => void): void {
+    this.#lastSent = performance.now()
+    this.framed.send(type, id, headerJson, payload, written)
+  }
+
+  /**
+   * Bytes arrived: the dialer may be sending a large frame, its keepalive queued behind it, and see
+   * nothing of our reading once its bytes sit in the kernels' buffers. An empty REPLY with id 0 (no
+   * request has it; dialers ignore it) shows it we are there.
+   */
+  #reportProgress (): void {
+    if (this.#state !== 'ready' || this.#progressEveryMs === 0 || this.framed.ended) return
+    const now = performance.now()
+    if (now - this.#lastSent < this.#progressEveryMs) return
+    this.#send(FrameType.Reply, 0, KEEPALIVE_HEADER)
   }
 
   #release (bytes: number): void {
