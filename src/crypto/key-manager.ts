@@ -16,6 +16,7 @@ import type { KeyProvider } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
+import { KEY_BYTES } from './cipher.js'
 import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
 
@@ -30,6 +31,12 @@ interface DataKeyRecord {
   readonly kekId: string
   /** Nonces below this may have been used; counting resumes here. */
   readonly reservedUpTo: number
+  /**
+   * Public check value of the DEK (see dataKeyCheck): an unwrap that returns other bytes (another
+   * KEK under a provider that does not authenticate, a faulty KMS) is refused instead of sealing new
+   * writes with a key nothing can open later. Absent in records written before it was added.
+   */
+  readonly check?: string
 }
 
 /** What the metadata holds about an encrypted volume's keys. */
@@ -90,6 +97,48 @@ export function backupKeyFingerprint (key: Uint8Array): string {
   return Buffer.from(sha256(hkdf(sha256, key, undefined, new TextEncoder().encode('galleonfs backup key id'), 32))).toString('hex').slice(0, 24)
 }
 
+/**
+ * Public check value of a data key (an HKDF output of it, not the key): tells the right DEK from
+ * other bytes a key provider may hand back.
+ */
+function dataKeyCheck (key: Uint8Array): string {
+  return Buffer.from(hkdf(sha256, key, undefined, new TextEncoder().encode('galleonfs data key check'), 16)).toString('hex')
+}
+
+/**
+ * The DEK `key` of `volumeId` unwrapped by `provider`, checked: a key provider that fails, or that
+ * answers with bytes that are not this key (a KEK other than the one that wrapped it, under a
+ * provider whose unwrap does not authenticate; a faulty KMS), fails with DECRYPTION_FAILED, so
+ * nothing is sealed, re-wrapped or handed over with a wrong key.
+ */
+async function unwrapDataKey (provider: KeyProvider, volumeId: string, key: DataKeyRecord): Promise<Uint8Array> {
+  const advice = 'open with the key provider, passphrase or master key file used before'
+  let dek: unknown
+  try {
+    dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
+  } catch (err) {
+    throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${advice}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+  }
+  if (!(dek instanceof Uint8Array) || dek.byteLength !== KEY_BYTES || (key.check !== undefined && dataKeyCheck(dek) !== key.check)) {
+    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the data key (version ${key.version}) of volume ${volumeId} to bytes that are not that key (${dek instanceof Uint8Array && dek.byteLength === KEY_BYTES ? 'its check value does not match' : `got ${describe(dek)}`}): it is not the key-encryption key that wrapped it (key ${key.kekId}), or the provider is faulty. Nothing was read or written with it; ${advice}`)
+  }
+  return dek
+}
+
+/** The backup key of `volumeId` unwrapped by `provider`, checked against its fingerprint (see unwrapDataKey). */
+async function unwrapBackupKey (provider: KeyProvider, volumeId: string, backup: VolumeKeyRecord['backup']): Promise<Uint8Array> {
+  let key: unknown
+  try {
+    key = await provider.unwrap(unb64(backup.wrapped), backupKeyContext(volumeId))
+  } catch (err) {
+    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open with the key provider, passphrase or master key file used before: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+  }
+  if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES || backupKeyFingerprint(key) !== backup.fingerprint) {
+    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; open with the key provider, passphrase or master key file used before`)
+  }
+  return key
+}
+
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
 const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
 
@@ -100,7 +149,16 @@ const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'ba
  * wraps that worked.
  */
 async function wrapChecked (provider: KeyProvider, key: Uint8Array, context: string): Promise<string> {
-  const wrapped = await provider.wrap(key, context)
+  let wrapped: Uint8Array
+  try {
+    wrapped = await provider.wrap(key, context)
+  } catch (err) {
+    if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') throw err
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+  }
+  if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) wrapped the key for ${context} into ${describe(wrapped)}, not bytes, so nothing was stored`)
+  }
   let back: Uint8Array
   try {
     back = await provider.unwrap(wrapped, context)
@@ -186,7 +244,7 @@ export class KeyManager {
       await this.#put({
         volumeId,
         current: 1,
-        keys: [{ version: 1, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, 1)), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
+        keys: [{ version: 1, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, 1)), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION, check: dataKeyCheck(dek) }],
         backup: { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
       })
     })
@@ -208,12 +266,7 @@ export class KeyManager {
       if (record === undefined) throw new GalleonError('CORRUPTION', `the keys of encrypted volume ${volumeId} are missing from the metadata`)
       const provider = await this.provider()
       for (const key of record.keys) {
-        let dek: Uint8Array
-        try {
-          dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
-        } catch (err) {
-          throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open with the key provider, passphrase or master key file used before: ${(err as Error).message}`, { cause: err })
-        }
+        const dek = await unwrapDataKey(provider, volumeId, key)
         cipher.addKey(key.version, dek, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
       }
     } catch (err) {
@@ -241,13 +294,13 @@ export class KeyManager {
       const keys: DataKeyRecord[] = []
       const deks: Uint8Array[] = []
       for (const key of staged.keys) {
-        const dek = await provider.unwrap(unb64(key.wrapped), dekContext(stagingId, key.version))
+        const dek = await unwrapDataKey(provider, stagingId, key)
         deks.push(dek)
         keys.push({ ...key, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, key.version)), kekId: provider.keyId })
       }
       let backup = previous?.backup
       if (backup === undefined) {
-        const backupKey = await provider.unwrap(unb64(staged.backup.wrapped), backupKeyContext(stagingId))
+        const backupKey = await unwrapBackupKey(provider, stagingId, staged.backup)
         backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
       }
       const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup }
@@ -308,7 +361,7 @@ export class KeyManager {
       await this.#put({
         ...record,
         current: version,
-        keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION }],
+        keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION, check: dataKeyCheck(dek) }],
         rotation: { cursor: 0, startedAt: new Date().toISOString() }
       })
       // Its first nonces are reserved with it: a write sealing right after the switch never waits or fails.
@@ -343,7 +396,7 @@ export class KeyManager {
   async backupKey (volumeId: string): Promise<BackupKey> {
     const record = this.#record(volumeId)
     const provider = await this.provider()
-    const key = await provider.unwrap(unb64(record.backup.wrapped), backupKeyContext(volumeId))
+    const key = await unwrapBackupKey(provider, volumeId, record.backup)
     return { key, fingerprint: record.backup.fingerprint, wrapped: record.backup.wrapped, kekId: record.backup.kekId, provider: provider.name }
   }
 
@@ -361,7 +414,7 @@ export class KeyManager {
     } catch (err) {
       throw new GalleonError('DECRYPTION_FAILED', `the backup is encrypted with a key wrapped by KEK ${stored.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open GalleonFS with the key provider, passphrase or master key file in use when the backup was taken`, { cause: err })
     }
-    if (backupKeyFingerprint(key) !== stored.fingerprint) throw new GalleonError('DECRYPTION_FAILED', 'the backup key does not match its fingerprint; the manifest was altered')
+    if (!(key instanceof Uint8Array) || backupKeyFingerprint(key) !== stored.fingerprint) throw new GalleonError('DECRYPTION_FAILED', 'the backup key, unwrapped, does not match its fingerprint: the manifest was altered, or the key provider is not the one in use when the backup was taken (its unwrap gave other bytes)')
     return key
   }
 
@@ -377,11 +430,11 @@ export class KeyManager {
       for (const record of this.#records.values()) {
         const keys: DataKeyRecord[] = []
         for (const key of record.keys) {
-          const dek = await current.unwrap(unb64(key.wrapped), dekContext(record.volumeId, key.version))
+          const dek = await unwrapDataKey(current, record.volumeId, key)
           keys.push({ ...key, wrapped: await wrapChecked(next, dek, dekContext(record.volumeId, key.version)), kekId: next.keyId })
           count++
         }
-        const backupKey = await current.unwrap(unb64(record.backup.wrapped), backupKeyContext(record.volumeId))
+        const backupKey = await unwrapBackupKey(current, record.volumeId, record.backup)
         const backup = { ...record.backup, wrapped: await wrapChecked(next, backupKey, backupKeyContext(record.volumeId)), kekId: next.keyId }
         count++
         batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup } })

@@ -140,6 +140,7 @@ export class InternalKeyProvider extends LocalKeyProvider {
     let text: string | undefined
     try {
       const info = await stat(path)
+      if (!info.isFile()) throw new GalleonError('CORRUPTION', `the master key file ${path} is not a regular file; put the file from your key backup there`)
       if ((info.mode & 0o077) !== 0) {
         throw new GalleonError('INVALID_ARGUMENT', `the master key file ${path} can be read by group or others (mode ${(info.mode & 0o777).toString(8)}); run chmod 600 ${path}`)
       }
@@ -208,6 +209,7 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
   static async open (passphrase: string, saltPath: string, cost: { N?: number } = {}, options: { create?: boolean } = {}): Promise<PassphraseKeyProvider> {
     checkPassphrase(passphrase)
     const N = cost.N ?? 2 ** 15
+    if (!validCost(N)) throw new GalleonError('INVALID_ARGUMENT', `the passphrase cost (scrypt N) must be a power of 2 from 2 to ${MAX_COST}, got ${describe(cost.N)}`)
     let stored: SaltRecord | undefined
     try {
       stored = JSON.parse(await readFile(saltPath, 'utf8'))
@@ -222,16 +224,26 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
       if (!await createSecretFile(saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')) return await PassphraseKeyProvider.open(passphrase, saltPath, cost, options)
       return new PassphraseKeyProvider(saltPath, N, kek, [], record)
     }
-    if (typeof stored?.salt !== 'string' || typeof stored.check !== 'string' || !Number.isSafeInteger(stored.N) || (stored.retired !== undefined && !Array.isArray(stored.retired))) {
+    // Every field is checked before use: a damaged file must say so, not pass for a wrong
+    // passphrase (a salt or check value cut short) or fail inside scrypt (a cost changed).
+    const hex = (value: unknown, bytes: number | 'any'): boolean => typeof value === 'string' && /^(?:[0-9a-f]{2})+$/.test(value) && (bytes === 'any' ? value.length >= 32 : value.length === bytes * 2)
+    if (stored === null || typeof stored !== 'object' || !hex(stored.salt, 'any') || !hex(stored.check, 16) || !validCost(stored.N) ||
+        (stored.retired !== undefined && !(Array.isArray(stored.retired) && stored.retired.every((wrapped) => hex(wrapped, WRAPPED_BYTES))))) {
       throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} is damaged; restore it from a backup of the storage path`)
     }
     const kek = await scryptAsync(passphrase, new Uint8Array(Buffer.from(stored.salt, 'hex')), { N: stored.N, r: 8, p: 1, dkLen: KEY_BYTES })
     const expected = Buffer.from(stored.check, 'hex')
     const actual = Buffer.from(checkValue(kek), 'hex')
     if (expected.byteLength !== actual.byteLength || !timingSafeEqual(expected, actual)) {
-      throw new GalleonError('DECRYPTION_FAILED', 'wrong passphrase: it does not match the one this storage was set up with')
+      throw new GalleonError('DECRYPTION_FAILED', 'wrong passphrase: it does not match the one this storage was set up with (if a passphrase change was cut short, the new passphrase is the one that opens it)')
     }
-    const retired = (stored.retired ?? []).map((hex) => unwrapKey(kek, new Uint8Array(Buffer.from(hex, 'hex')), 'retired-kek'))
+    let retired: Uint8Array[]
+    try {
+      retired = (stored.retired ?? []).map((wrapped) => unwrapKey(kek, new Uint8Array(Buffer.from(wrapped, 'hex')), 'retired-kek'))
+    } catch (err) {
+      // The passphrase matched its check value, so a retired key that does not open is damage.
+      throw new GalleonError('CORRUPTION', `the passphrase salt file ${saltPath} is damaged: the passphrase is right, but a key of an earlier passphrase kept in it does not open; restore the file from a backup of the storage path`, { cause: err })
+    }
     return new PassphraseKeyProvider(saltPath, stored.N, kek, retired, stored)
   }
 
@@ -257,6 +269,13 @@ export class PassphraseKeyProvider extends LocalKeyProvider {
     await replaceSecretFile(this.saltPath, JSON.stringify(record) + '\n', 'passphrase salt file')
     return new PassphraseKeyProvider(this.saltPath, this.#N, kek, keep, record)
   }
+}
+
+/** Largest scrypt N that fits (with r = 8) under the 1 GiB memory limit of the scrypt we use. */
+const MAX_COST = 2 ** 19
+
+function validCost (N: unknown): N is number {
+  return typeof N === 'number' && Number.isSafeInteger(N) && N >= 2 && N <= MAX_COST && (N & (N - 1)) === 0
 }
 
 function checkPassphrase (passphrase: unknown): asserts passphrase is string {
@@ -290,8 +309,13 @@ export class ExternalKeyProvider implements KeyProvider {
   }
 
   async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> {
-    const wrapped = await this.#wrap(dek, context)
-    if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) throw new GalleonError('INVALID_ARGUMENT', `the external key provider's wrap() must return bytes, got ${describe(wrapped)}`)
+    let wrapped: unknown
+    try {
+      wrapped = await this.#wrap(dek, context)
+    } catch (err) {
+      throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider could not wrap the key of ${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    }
+    if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider's wrap() returned ${describe(wrapped)} for ${context}, not bytes`)
     return wrapped
   }
 
