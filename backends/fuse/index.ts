@@ -24,7 +24,9 @@
 //
 // Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
 // `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
-// the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes).
+// the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes). The three names
+// are fixed (EACCES for creating, removing or renaming, EPERM for a chmod or chown that changes
+// something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
 import { access, constants, mkdir, stat } from 'node:fs/promises'
@@ -123,6 +125,7 @@ interface FuseClass {
   ENOSPC: number
   EFBIG: number
   EACCES: number
+  EPERM: number
   EISDIR: number
   EINVAL: number
   unmount: (mnt: string, cb: (err: Error | null) => void) => void
@@ -179,11 +182,11 @@ export function guardFuseThreads (): boolean {
   return true
 }
 
-/** Whether `path` is a mount point now (Linux: /proc/self/mountinfo). */
-async function isMountPoint (path: string): Promise<boolean> {
+/** Whether `path` is a mount point now (Linux: /proc/self/mountinfo); `unknown` when that cannot be told. */
+async function isMountPoint (path: string, unknown = true): Promise<boolean> {
   const { readFile } = await import('node:fs/promises')
   const info = await readFile('/proc/self/mountinfo', 'utf8').catch(() => undefined)
-  if (info === undefined) return true // cannot tell: assume it is, and report the failure
+  if (info === undefined) return unknown
   // The kernel writes space, tab, newline and backslash in a path as octal escapes (\040 ...).
   return info.split('\n').some((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))) === path)
 }
@@ -193,6 +196,18 @@ function stopNativeThread (path: string, fuse: FuseInstance): void {
   const require = createRequire(import.meta.url)
   const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as { fuse_native_unmount: (mnt: string, thread: unknown) => void }
   binding.fuse_native_unmount(path, (fuse as unknown as { _thread: unknown })._thread)
+}
+
+/**
+ * The errno a failed volume call answers the kernel with: a read-only volume EROFS, a write past
+ * the end or a full disk ENOSPC (as a file system reports it), anything else EIO.
+ */
+function errnoOf (Fuse: FuseClass, err: unknown): number {
+  switch ((err as { code?: string } | undefined)?.code) {
+    case 'READ_ONLY': return Fuse.EROFS
+    case 'OUT_OF_RANGE': case 'NO_SPACE': return Fuse.ENOSPC
+    default: return Fuse.EIO
+  }
 }
 
 /** Mount driver presenting each mount as a FUSE file system. */
@@ -213,6 +228,9 @@ export class FuseMountDriver implements MountDriver {
   async mount (volume: MountedVolume): Promise<void> {
     const path = volume.path
     await this.#clearStale(path)
+    // A live mount there (another process's, or another instance's in this one) stays: FUSE would
+    // refuse with "Mountpoint in use", which is no I/O error.
+    if (await isMountPoint(path, false)) throw new GalleonError('BUSY', `${path} is already a mount point (findmnt ${path} shows what is mounted there); unmount it first or pick another path`)
     await mkdir(path, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
       throw new GalleonError('IO_ERROR', `could not create the mount point ${path}: ${err.message}`, { cause: err })
     })
@@ -229,7 +247,11 @@ export class FuseMountDriver implements MountDriver {
       const own = base()
       // direct_io: no kernel page cache, so reads through the mount always see what the volume holds
       // (writes through the API, NBD, another mount or a revert are never hidden by stale pages).
-      const extra = `big_writes,max_write=${MAX_WRITE},direct_io${volume.options.includes('allow_other') ? ',allow_other' : ''}`
+      // attr_timeout=0: the kernel asks for sizes each time instead of keeping them a second, so
+      // `stat data` shows an online expansion at once (and README.txt's size matches its text).
+      // ro: the kernel itself refuses writes to a read-only mount (EROFS), access(W_OK) included,
+      // and statvfs reports ST_RDONLY.
+      const extra = `big_writes,max_write=${MAX_WRITE},direct_io,attr_timeout=0${volume.readOnly ? ',ro' : ''}${volume.options.includes('allow_other') ? ',allow_other' : ''}`
       return own === '' ? `-o${extra}` : `${own},${extra}`
     }
     await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
@@ -309,21 +331,22 @@ export class FuseMountDriver implements MountDriver {
       const now = new Date()
       return { mtime: now, atime: now, ctime: now, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) }
     }
-    const fail = (cb: Callback, err: unknown): void => {
-      const code = (err as { code?: string })?.code
-      cb(code === 'READ_ONLY' ? Fuse.EROFS : code === 'OUT_OF_RANGE' ? Fuse.ENOSPC : Fuse.EIO)
-    }
+    const fail = (cb: Callback, err: unknown): void => { cb(errnoOf(Fuse, err)) }
+    // Permission bits of what is at `path` (the layout is fixed: nothing here changes them).
+    const modeOf = (path: string): number => path === '/' ? 0o755 : path === '/data' && !volume.readOnly ? 0o644 : 0o444
+    // Unsigned 32-bit -1: "leave as it is" in a chown.
+    const unchanged = (id: number, own: number): boolean => id === own || id === -1 || id === 0xffffffff
     return {
       readdir: (path: string, cb: Callback) => {
         if (path !== '/') { cb(Fuse.ENOENT); return }
         cb(0, [...FILES])
       },
       getattr: (path: string, cb: Callback) => {
-        if (path === '/') { cb(0, stats(0o40755, 4096)); return }
-        if (path === '/data') { cb(0, stats(volume.readOnly ? 0o100444 : 0o100644, volume.data.size())); return }
+        if (path === '/') { cb(0, stats(0o40000 | modeOf(path), 4096)); return }
+        if (path === '/data') { cb(0, stats(0o100000 | modeOf(path), volume.data.size())); return }
         const body = text(path)
         if (body === undefined) { cb(Fuse.ENOENT); return }
-        cb(0, stats(0o100444, body.byteLength))
+        cb(0, stats(0o100000 | modeOf(path), body.byteLength))
       },
       open: (path: string, flags: number, cb: Callback) => {
         if (!state.active) { cb(Fuse.EIO); return }
@@ -392,10 +415,15 @@ export class FuseMountDriver implements MountDriver {
         cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })
       },
       utimens: (_path: string, _atime: unknown, _mtime: unknown, cb: Callback) => { cb(0) },
-      chmod: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
+      // Modes and owners are fixed: EPERM (as chmod(2) and chown(2) refuse), except for a call
+      // that changes nothing (cp -p, install -m 644 onto data), which succeeds.
+      chmod: (path: string, mode: number, cb: Callback) => { cb((mode & 0o7777) === modeOf(path) ? 0 : Fuse.EPERM) },
+      chown: (_path: string, owner: number, group: number, cb: Callback) => { cb(unchanged(owner, uid) && unchanged(group, gid) ? 0 : Fuse.EPERM) },
+      // The directory's entries are fixed: nothing is created, removed or renamed in it.
       create: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
       unlink: (_path: string, cb: Callback) => { cb(Fuse.EACCES) },
       mkdir: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
+      symlink: (_target: string, _path: string, cb: Callback) => { cb(Fuse.EACCES) },
       rename: (_src: string, _dest: string, cb: Callback) => { cb(Fuse.EACCES) }
     }
   }
