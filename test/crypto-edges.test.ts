@@ -281,3 +281,53 @@ describe('copies of an encrypted volume after its keys rotate', () => {
     }
   })
 })
+
+describe('an ExternalKeyProvider whose KMS client hangs', () => {
+  const kek = new Uint8Array(randomBytes(32))
+  const working = (): ExternalKeyProvider => ctrProvider('hangs', kek)
+  const hanging = (which: 'wrap' | 'unwrap'): ExternalKeyProvider => {
+    const base = working()
+    return new ExternalKeyProvider({
+      keyId: 'hangs',
+      wrap: which === 'wrap' ? async () => await new Promise<Uint8Array>(() => {}) : async (dek, context) => await base.wrap(dek, context),
+      unwrap: which === 'unwrap' ? async () => await new Promise<Uint8Array>(() => {}) : async (wrapped, context) => await base.unwrap(wrapped, context),
+      timeoutMs: 300
+    })
+  }
+
+  it('a wrap that never answers fails after timeoutMs with BACKEND_UNAVAILABLE; nothing is created', { timeout: 30_000 }, async () => {
+    const g = await GalleonFS.open({ storagePath: fresh(), keyProvider: hanging('wrap') })
+    try {
+      await assert.rejects(g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED }), hasCode('BACKEND_UNAVAILABLE', /did not answer within 300 ms/))
+      assert.deepEqual((await g.listVolumes()).map((volume) => volume.name), [])
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('an unwrap that never answers fails after timeoutMs with DECRYPTION_FAILED; the data is there with a provider that answers', { timeout: 30_000 }, async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: working() })
+    await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED })
+    await g.writeBlock('secret', 0, block(6), WriteConcern.WriteDurable)
+    await g.close()
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hanging('unwrap') })
+    try {
+      await assert.rejects(g.readBlock('secret', 0), hasCode('DECRYPTION_FAILED', /did not answer within 300 ms/))
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: working() })
+    try {
+      assert.deepEqual(await g.readBlock('secret', 0), block(6))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a timeoutMs that is no positive number is refused with INVALID_ARGUMENT', () => {
+    for (const timeoutMs of [0, -1, Number.NaN, Infinity, '5' as unknown as number]) {
+      assert.throws(() => new ExternalKeyProvider({ keyId: 'k', wrap: async (dek) => dek, unwrap: async (wrapped) => wrapped, timeoutMs }), hasCode('INVALID_ARGUMENT', /timeoutMs/), String(timeoutMs))
+    }
+  })
+})

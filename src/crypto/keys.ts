@@ -293,25 +293,49 @@ function checkValue (kek: Uint8Array): string {
 }
 
 /** Key provider whose wrap and unwrap are functions the application supplies (a KMS, an HSM). */
+/** How long an ExternalKeyProvider's wrap or unwrap may take by default. */
+export const EXTERNAL_TIMEOUT_MS = 30_000
+
 export class ExternalKeyProvider implements KeyProvider {
   readonly name = 'external'
   readonly keyId: string
   readonly #wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>
   readonly #unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array>
+  readonly #timeoutMs: number
 
-  constructor (options: { keyId: string, wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>, unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array> }) {
+  /**
+   * `timeoutMs` (default 30 s): how long a wrap or unwrap may take before it fails, so a KMS client
+   * that hangs cannot hang open() or createVolume().
+   */
+  constructor (options: { keyId: string, wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>, unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array>, timeoutMs?: number }) {
     if (options === null || typeof options !== 'object' || typeof options.wrap !== 'function' || typeof options.unwrap !== 'function' || typeof options.keyId !== 'string' || options.keyId.length === 0) {
       throw new GalleonError('INVALID_ARGUMENT', `an external key provider needs { keyId, wrap(dek, context), unwrap(wrapped, context) }, got ${describe(options)}`)
     }
+    const timeoutMs = options.timeoutMs ?? EXTERNAL_TIMEOUT_MS
+    if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `an external key provider's timeoutMs must be a positive number of milliseconds, got ${describe(options.timeoutMs)}`)
     this.keyId = options.keyId
     this.#wrap = options.wrap
     this.#unwrap = options.unwrap
+    this.#timeoutMs = timeoutMs
+  }
+
+  /** `call`'s result, or a rejection once `timeoutMs` passed without one. */
+  async #within<T> (call: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      return await Promise.race([
+        call(),
+        new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`it did not answer within ${this.#timeoutMs} ms`)) }, this.#timeoutMs) })
+      ])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> {
     let wrapped: unknown
     try {
-      wrapped = await this.#wrap(dek, context)
+      wrapped = await this.#within(async () => await this.#wrap(dek, context))
     } catch (err) {
       throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider could not wrap the key of ${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
     }
@@ -322,7 +346,7 @@ export class ExternalKeyProvider implements KeyProvider {
   async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> {
     let dek: unknown
     try {
-      dek = await this.#unwrap(wrapped, context)
+      dek = await this.#within(async () => await this.#unwrap(wrapped, context))
     } catch (err) {
       throw new GalleonError('DECRYPTION_FAILED', `the external key provider could not unwrap the key of ${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
     }

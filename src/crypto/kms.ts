@@ -158,7 +158,9 @@ export function commandKeyProvider (options: CommandKeyProviderOptions): Externa
   return new ExternalKeyProvider({
     keyId,
     wrap: async (dek, context) => await run('wrap', dek, context),
-    unwrap: async (wrapped, context) => await run('unwrap', wrapped, context)
+    unwrap: async (wrapped, context) => await run('unwrap', wrapped, context),
+    // Its own limit (which kills the command and says so) comes first.
+    timeoutMs: timeoutMs + 5000
   })
 }
 
@@ -215,6 +217,8 @@ export function httpKeyProvider (options: HttpKeyProviderOptions): ExternalKeyPr
   return new ExternalKeyProvider({
     keyId,
     wrap: async (dek, context) => await call('wrap', dek, context),
-    unwrap: async (wrapped, context) => await call('unwrap', wrapped, context)
+    unwrap: async (wrapped, context) => await call('unwrap', wrapped, context),
+    // Its own limit (which aborts the request and says so) comes first.
+    timeoutMs: timeoutMs + 5000
   })
 }
