@@ -5,7 +5,6 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, GalleonError, WriteConcern, isGalleonError } from '../src/index.js'
@@ -16,6 +15,7 @@ import { EtcdCoordinator } from '../backends/etcd/index.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 import { until } from './support/wait.js'
+import { frameRelay } from './support/etcd-relay.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -301,97 +301,10 @@ describe('replica-set record writes whose answer is lost while they are still in
 
 const skip = etcdSkipReason()
 
-const DATA = 0x0
-const HEADERS = 0x1
-const RST_STREAM = 0x3
-const GOAWAY = 0x7
-const END_STREAM = 0x1
-const PREFACE_LENGTH = 24
-
-/** Cuts a byte stream into whole HTTP/2 frames (the client's side starts with the connection preface). */
-function frameReader (preface: boolean): (chunk: Buffer) => Array<{ type: number, flags: number, streamId: number, bytes: Buffer }> {
-  let pending = Buffer.alloc(0)
-  let prefaceLeft = preface ? PREFACE_LENGTH : 0
-  return (chunk) => {
-    pending = Buffer.concat([pending, chunk])
-    const frames: Array<{ type: number, flags: number, streamId: number, bytes: Buffer }> = []
-    if (prefaceLeft > 0) {
-      if (pending.length < prefaceLeft) return frames
-      frames.push({ type: -1, flags: 0, streamId: 0, bytes: pending.subarray(0, prefaceLeft) })
-      pending = pending.subarray(prefaceLeft)
-      prefaceLeft = 0
-    }
-    while (pending.length >= 9 && pending.length >= 9 + pending.readUIntBE(0, 3)) {
-      const size = 9 + pending.readUIntBE(0, 3)
-      frames.push({ type: pending[3]!, flags: pending[4]!, streamId: pending.readUInt32BE(5) & 0x7fffffff, bytes: pending.subarray(0, size) })
-      pending = pending.subarray(size)
-    }
-    return frames
-  }
-}
-
-interface Link { client: Socket, upstream: Socket, held: Buffer[] | undefined, requests: Set<number>, answered: Set<number> }
-
-/**
- * A TCP relay to etcd that can keep requests back (a reduced copy of the one in etcd-edges.test.ts):
- * `hold()` keeps back what clients send (cancellations dropped, as when they are lost), `detach()`
- * closes the clients' side of those connections (they connect again, relayed normally) while the
- * requests wait, and `flush()` hands them to etcd and resolves once etcd answered them all.
- */
-async function holdingRelay (target: string): Promise<{ endpoint: string, hold: () => void, detach: () => void, flush: () => Promise<void>, close: () => Promise<void> }> {
-  const { hostname, port } = new URL(target)
-  const links = new Set<Link>()
-  let holding = false
-  const server = createServer((client) => {
-    const upstream = connect(Number(port), hostname)
-    const link: Link = { client, upstream, held: holding ? [] : undefined, requests: new Set(), answered: new Set() }
-    links.add(link)
-    const fromClient = frameReader(true)
-    const fromEtcd = frameReader(false)
-    client.on('data', (chunk: Buffer) => {
-      for (const frame of fromClient(chunk)) {
-        if (link.held === undefined) { upstream.write(frame.bytes); continue }
-        if (frame.type === RST_STREAM || frame.type === GOAWAY) continue
-        link.held.push(frame.bytes)
-        if ((frame.type === DATA || frame.type === HEADERS) && (frame.flags & END_STREAM) !== 0) link.requests.add(frame.streamId)
-      }
-    })
-    upstream.on('data', (chunk: Buffer) => {
-      for (const frame of fromEtcd(chunk)) {
-        if (((frame.type === DATA || frame.type === HEADERS) && (frame.flags & END_STREAM) !== 0) || frame.type === RST_STREAM) link.answered.add(frame.streamId)
-        if (!client.destroyed) client.write(frame.bytes)
-      }
-    })
-    const end = (): void => { client.destroy(); upstream.destroy(); links.delete(link) }
-    upstream.on('error', end).on('close', end)
-    client.on('error', () => {}).on('close', () => { if (link.held === undefined) end() })
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const held = (): Link[] => [...links].filter((link) => link.held !== undefined)
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    hold: () => { holding = true; for (const link of links) link.held ??= [] },
-    detach: () => { holding = false; for (const link of held()) link.client.destroy() },
-    flush: async () => {
-      holding = false
-      const flushed = held()
-      for (const link of flushed) {
-        for (const bytes of link.held!) link.upstream.write(bytes)
-        link.held = undefined
-      }
-      await until('etcd answered the requests kept back', () => flushed.every((link) => [...link.requests].every((stream) => link.answered.has(stream))), 20_000)
-    },
-    close: async () => {
-      for (const link of links) { link.client.destroy(); link.upstream.destroy() }
-      await new Promise((resolve) => server.close(resolve))
-    }
-  }
-}
-
 describe('settleLostPut on etcd', () => {
   it('a compare-and-swap etcd gets only after the caller read the key again and fenced it fails there: the key keeps what was read', { skip, timeout: 60_000 }, async () => {
     const server = await (etcd ??= startEtcd())
-    const relay = await holdingRelay(server.endpoint)
+    const relay = await frameRelay(server.endpoint)
     const handle = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix: '/fence/', requestTimeoutMs: 1000 })
     const observer = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix: '/fence/' })
     try {
