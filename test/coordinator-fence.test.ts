@@ -261,6 +261,23 @@ describe('replica-set record writes whose answer is lost while they are still in
     assert.equal((await (nodes.find((n) => n.id === next) as Node).g.readBlock('handed', 3))[0], 7, 'the acknowledged write is on the new primary')
   })
 
+  it('a leave whose leaving mark lands after the leave failed (and a mark whose delete was lost) does not keep copies off the node: the node deletes its stale mark', { timeout: 120_000 }, async () => {
+    const h = holding()
+    const { coordinators, nodes } = await cluster(2, { n1: h.wrap })
+    const mark = 'replication/leaving/n1'
+    const observer = coordinators.coordinator()
+    h.holdWhen = (key) => key === mark
+    const left = await (nodes[0] as Node).g.leaveCluster().then(() => 'ok', (err: GalleonError) => err.code)
+    assert.equal(left, 'BACKEND_UNAVAILABLE')
+    // The put the leave gave up on lands now: n1 is marked as leaving while it stays a member.
+    assert.notEqual(await h.release(), undefined)
+    assert.notEqual(await observer.get(mark), undefined)
+    await until('n1 deleted its stale leaving mark', async () => (await observer.get(mark)) === undefined, 30_000)
+    // A mark whose delete never happened (as when the leave's own delete is lost) goes the same way.
+    await observer.put(mark, JSON.stringify({ at: Date.now() }))
+    await until('n1 deleted the leftover mark', async () => (await observer.get(mark)) === undefined, 30_000)
+  })
+
   for (const [reads, failReads] of [['the record can be read', 0], ['the first read of the record fails', 1]] as const) {
     it(`a copy listed in sync by a write held in flight, that the coordinator applies after the primary read the record again (${reads}): no write is acknowledged without a copy the record lists in sync`, { timeout: 120_000 }, async () => {
       const h = holding()

@@ -47,6 +47,8 @@ import { FailoverLeader } from './failover.js'
 export type { ReplicaPosition, SnapshotInfo, ReplicationHost, CopyLayout, ReplicationEvents, ForwardedRequest, ReplicationStatus } from './host.js'
 
 const LEADER_LOOP_MS = 1000
+/** Every this many leader-loop ticks, a node deletes a leaving mark of its own it is not using. */
+const STALE_MARK_TICKS = 5
 /** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
 const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
 const FORWARD_DEADLINE_MS = 30_000
@@ -140,7 +142,12 @@ export class ReplicationManager {
       await manager.close().catch(() => {})
       throw err
     }
-    manager.#leaderTimer = setInterval(() => { void manager.#leader.pass() }, LEADER_LOOP_MS)
+    let ticks = 0
+    manager.#leaderTimer = setInterval(() => {
+      void manager.#leader.pass()
+      // A leaving mark this node left behind (see clearStaleMark) is looked for every few seconds.
+      if (++ticks % STALE_MARK_TICKS === 0 && !manager.#closed) manager.#changes.clearStaleMark().catch(() => {})
+    }, LEADER_LOOP_MS)
     manager.#leaderTimer.unref()
     return manager
   }

@@ -163,14 +163,34 @@ export class ReplicaSetChanges {
   async handOff (options: { timeoutMs?: number } = {}): Promise<void> {
     // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
     const mark = `${LEAVING_PREFIX}${this.#core.nodeId}`
-    await this.#core.coordinator.put(mark, JSON.stringify({ at: Date.now() }))
     this.#handingOff = true
+    try {
+      await this.#core.coordinator.put(mark, JSON.stringify({ at: Date.now() }))
+    } catch (err) {
+      this.#handingOff = false
+      throw err
+    }
     try {
       for (const set of [...this.#core.sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
     } finally {
       this.#handingOff = false
       await this.#core.coordinator.delete(mark).catch(() => {})
     }
+  }
+
+  /**
+   * Deletes this node's leaving mark when it is not leaving: a mark whose put answered with an
+   * error but landed (even later), or whose delete was lost, would otherwise keep copies off this
+   * node for good. Called now and then (see the manager's timer).
+   */
+  async clearStaleMark (): Promise<void> {
+    if (this.#handingOff) return
+    const mark = `${LEAVING_PREFIX}${this.#core.nodeId}`
+    const entry = await this.#core.coordinator.get(mark)
+    // (A leave that began meanwhile writes its mark again after this delete only if its own put
+    // comes later; one whose put came first made #handingOff true before it.)
+    if (entry === undefined || this.#handingOff) return
+    await this.#core.coordinator.delete(mark, { expectRevision: entry.revision })
   }
 
   /**
