@@ -61,6 +61,11 @@ export interface OpenOptions {
   /** Derive the key-encryption key from this passphrase instead (salt kept in storagePath). */
   passphrase?: string
   /**
+   * scrypt's cost N for a new passphrase salt: a power of 2 up to 2^19 (default 2^15). A salt that
+   * exists keeps the cost it was made with. Only with `passphrase`.
+   */
+  passphraseCost?: number
+  /**
    * How `g.mounts.mountVolume()` presents volumes: `virtual` (default: for the VolumeFile API only),
    * `fuse` (a FUSE file system per mount point; needs libfuse), your own MountDriver, or any
    * registered mount driver by name (`'name'` or `{ driver: 'name', options }`).
@@ -129,6 +134,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
   // Every driver reference is checked before anything is created or touched on disk.
   const { keyProvider, backupTarget, mount } = options
   if (keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+  if (options.passphraseCost !== undefined && options.passphrase === undefined) throw new GalleonError('INVALID_ARGUMENT', 'passphraseCost sets the cost of a passphrase\'s salt: pass it with { passphrase }, or leave it out')
   if (isDriverRef(keyProvider)) checkDriverRef('keyProvider', keyProvider, 'keyProvider')
   if (isDriverRef(backupTarget)) checkDriverRef('backupTarget', backupTarget, 'backupTarget')
   if (isDriverRef(mount)) checkDriverRef('mountDriver', mount, 'mount')

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type KeyProvider } from '../src/index.js'
 import { ExternalKeyProvider, PassphraseKeyProvider } from '../src/crypto/keys.js'
+import { commandKeyProvider } from '../src/crypto/kms.js'
 import { ClassicLevel } from 'classic-level'
 
 let root: string
@@ -329,5 +330,37 @@ describe('an ExternalKeyProvider whose KMS client hangs', () => {
     for (const timeoutMs of [0, -1, Number.NaN, Infinity, '5' as unknown as number]) {
       assert.throws(() => new ExternalKeyProvider({ keyId: 'k', wrap: async (dek) => dek, unwrap: async (wrapped) => wrapped, timeoutMs }), hasCode('INVALID_ARGUMENT', /timeoutMs/), String(timeoutMs))
     }
+  })
+})
+
+describe('passphraseCost', () => {
+  it('sets the scrypt cost of a new salt; an existing salt keeps its own; bad values and a cost without a passphrase are refused', async () => {
+    const dir = fresh()
+    let g = await GalleonFS.open({ storagePath: dir, passphrase: 'a long enough passphrase', passphraseCost: 1024 })
+    await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED })
+    await g.writeBlock('secret', 0, block(3), WriteConcern.WriteDurable)
+    await g.close()
+    assert.equal(JSON.parse(await readFile(join(dir, 'passphrase.salt'), 'utf8')).N, 1024)
+    g = await GalleonFS.open({ storagePath: dir, passphrase: 'a long enough passphrase', passphraseCost: 2048 })
+    try {
+      assert.deepEqual(await g.readBlock('secret', 0), block(3))
+    } finally {
+      await g.close()
+    }
+    assert.equal(JSON.parse(await readFile(join(dir, 'passphrase.salt'), 'utf8')).N, 1024)
+    await assert.rejects(GalleonFS.open({ storagePath: fresh(), passphraseCost: 1024 }), hasCode('INVALID_ARGUMENT', /passphraseCost.*passphrase/))
+    for (const cost of [1000, 0, 2 ** 20]) {
+      await assert.rejects(GalleonFS.open({ storagePath: fresh(), passphrase: 'a long enough passphrase', passphraseCost: cost }), hasCode('INVALID_ARGUMENT', /cost/), String(cost))
+    }
+  })
+})
+
+describe('key provider time limits longer than Node timers take', () => {
+  it('an ExternalKeyProvider or commandKeyProvider with a limit of a month does not fail a call that takes 50 ms', async () => {
+    const month = 30 * 24 * 3600 * 1000
+    const provider = new ExternalKeyProvider({ keyId: 'k', timeoutMs: month, wrap: async (dek) => { await new Promise((resolve) => setTimeout(resolve, 50)); return new Uint8Array(dek) }, unwrap: async (wrapped) => new Uint8Array(wrapped) })
+    assert.equal(await provider.wrap(new Uint8Array(32).fill(1), 'ctx').then(() => 'ok', (err: Error) => err.message), 'ok')
+    const command = commandKeyProvider({ keyId: 'k', command: process.execPath, args: ['-e', 'setTimeout(() => { let s = ""; process.stdin.on("data", (c) => { s += c }).on("end", () => process.stdout.write(s)) }, 50)'], timeoutMs: month })
+    assert.equal(await command.wrap(new Uint8Array(32).fill(2), 'ctx').then(() => 'ok', (err: Error) => err.message), 'ok')
   })
 })

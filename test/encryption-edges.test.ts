@@ -78,7 +78,7 @@ describe('a storage set up with a passphrase, opened without it', () => {
   it('says to open with the passphrase (not to restore a master key file it never had), creates no key file, and loses nothing', async () => {
     const dir = fresh()
     const passphrase = 'correct horse battery'
-    let g = await GalleonFS.open({ storagePath: dir, passphrase, passphraseCost: 1024 } as never)
+    let g = await GalleonFS.open({ storagePath: dir, passphrase, passphraseCost: 1024 })
     await g.createVolume({ name: 'secret', sizeBytes: '1M', ...ENCRYPTED })
     await g.writeBlock('secret', 1, block(5))
     await g.close()
@@ -92,7 +92,7 @@ describe('a storage set up with a passphrase, opened without it', () => {
       await g.close()
     }
     assert.ok(!(await readdir(dir)).includes('master.key'))
-    g = await GalleonFS.open({ storagePath: dir, passphrase, passphraseCost: 1024 } as never)
+    g = await GalleonFS.open({ storagePath: dir, passphrase, passphraseCost: 1024 })
     try {
       assert.deepEqual(await g.readBlock('secret', 1), block(5))
       assert.deepEqual((await g.listVolumes()).map((v) => v.name), ['secret'])
@@ -122,7 +122,7 @@ describe('key-encryption-key rotations cut short by SIGKILL', () => {
           if (kind === 'T') changing = a
           if (kind === 'P') { passphrase = a; changing = undefined }
         }
-        const open = async (phrase: string): Promise<GalleonFS> => await GalleonFS.open({ storagePath: dir, ...(mode === 'passphrase' ? { passphrase: phrase, passphraseCost: PASSPHRASE_COST } : {}) } as never)
+        const open = async (phrase: string): Promise<GalleonFS> => await GalleonFS.open({ storagePath: dir, ...(mode === 'passphrase' ? { passphrase: phrase, passphraseCost: PASSPHRASE_COST } : {}) })
         let g: GalleonFS
         try {
           g = await open(passphrase)

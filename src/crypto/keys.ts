@@ -295,6 +295,8 @@ function checkValue (kek: Uint8Array): string {
 /** Key provider whose wrap and unwrap are functions the application supplies (a KMS, an HSM). */
 /** How long an ExternalKeyProvider's wrap or unwrap may take by default. */
 export const EXTERNAL_TIMEOUT_MS = 30_000
+/** The longest delay Node's timers take (a longer one fires after 1 ms). */
+export const MAX_TIMER_MS = 2 ** 31 - 1
 
 export class ExternalKeyProvider implements KeyProvider {
   readonly name = 'external'
@@ -316,7 +318,8 @@ export class ExternalKeyProvider implements KeyProvider {
     this.keyId = options.keyId
     this.#wrap = options.wrap
     this.#unwrap = options.unwrap
-    this.#timeoutMs = timeoutMs
+    // Node's timers take at most 2^31 - 1 ms (about 24.8 days); longer ones would fire at once.
+    this.#timeoutMs = Math.min(timeoutMs, MAX_TIMER_MS)
   }
 
   /** `call`'s result, or a rejection once `timeoutMs` passed without one. */

@@ -15,7 +15,7 @@
 import { spawn } from 'node:child_process'
 import { childEnvironment } from '../child-env.js'
 import { GalleonError, describe } from '../errors.js'
-import { ExternalKeyProvider } from './keys.js'
+import { ExternalKeyProvider, MAX_TIMER_MS } from './keys.js'
 
 type Operation = 'wrap' | 'unwrap'
 
@@ -73,7 +73,9 @@ function checkCommon (what: string, options: { keyId?: unknown, timeoutMs?: unkn
   if (typeof options.keyId !== 'string' || options.keyId.length === 0) throw new GalleonError('INVALID_ARGUMENT', `${what} needs keyId, the name of the key in the KMS, got ${describe(options.keyId)}`)
   const timeout = options.timeoutMs ?? DEFAULT_TIMEOUT_MS
   if (typeof timeout !== 'number' || !Number.isFinite(timeout) || timeout <= 0) throw new GalleonError('INVALID_ARGUMENT', `${what}: timeoutMs must be a positive number of milliseconds, got ${describe(options.timeoutMs)}`)
-  return timeout
+  // Node's timers take at most 2^31 - 1 ms; a longer limit would fire at once. (5 s of that are
+  // left for the ExternalKeyProvider's own, later limit.)
+  return Math.min(timeout, MAX_TIMER_MS - 5000)
 }
 
 /** The KMS's answer as bytes. Never quotes what it got: an unwrap's answer is a plaintext key. */

@@ -88,7 +88,7 @@ export async function openInstance<I extends EventEmitter<GalleonEvents>> (optio
       metricsWindowSeconds: options.metricsWindowSeconds,
       onChecksumFailure: (failure) => { if (built !== undefined) built.onChecksumFailure(failure) }
     })
-    const keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider, passphrase: passphrase ?? options.passphrase, inMemory: options.inMemory === true })
+    const keys = new KeyManager(metadata, { storagePath: options.storagePath, keyProvider, passphrase: passphrase ?? options.passphrase, ...(options.passphraseCost === undefined ? {} : { passphraseCost: options.passphraseCost }), inMemory: options.inMemory === true })
     await keys.load()
     const clock = options.clock ?? { now: Date.now }
     if (typeof clock?.now !== 'function') throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)

@@ -18,7 +18,7 @@ async function main (): Promise<void> {
   const [storagePath, mode, seqText, passphrase] = process.argv.slice(2) as [string, 'internal' | 'passphrase', string, string]
   const { GalleonFS, WriteConcern } = await import('../../src/index.js')
   let seq = Number(seqText)
-  const g = await GalleonFS.open({ storagePath, ...(mode === 'passphrase' ? { passphrase, passphraseCost: PASSPHRASE_COST } : {}) } as never)
+  const g = await GalleonFS.open({ storagePath, ...(mode === 'passphrase' ? { passphrase, passphraseCost: PASSPHRASE_COST } : {}) })
   reportLine('ready')
   for (;;) {
     const name = `v${seq++}`
