@@ -39,6 +39,8 @@ after(async () => {
 interface Holding {
   holdWhen: ((key: string, value: string) => boolean) | undefined
   releaseAfterReads: number | undefined
+  /** Runs right after a release made by `releaseAfterReads` (another node's write, say). */
+  afterRelease?: () => Promise<void>
   failReads: number
   held: { key: string, value: string, expectRevision: number | undefined } | undefined
   /** What the held put came to when it was applied (undefined: its condition failed). */
@@ -92,7 +94,10 @@ function holding (): Holding {
             throw new GalleonError('BACKEND_UNAVAILABLE', 'injected: the coordinator is out of reach')
           }
           const entry = await get(key)
-          if (h.releaseAfterReads !== undefined && ++reads >= h.releaseAfterReads) await h.release()
+          if (h.releaseAfterReads !== undefined && ++reads >= h.releaseAfterReads) {
+            await h.release()
+            await h.afterRelease?.()
+          }
           return entry
         }
         return await get(key)
@@ -276,6 +281,47 @@ describe('replica-set record writes whose answer is lost while they are still in
     // A mark whose delete never happened (as when the leave's own delete is lost) goes the same way.
     await observer.put(mark, JSON.stringify({ at: Date.now() }))
     await until('n1 deleted the leftover mark', async () => (await observer.get(mark)) === undefined, 30_000)
+  })
+
+  it('createVolume whose record create is held and no read answers: the call fails, and once the coordinator answers the record that landed late is removed (no record names n1 primary of a volume it does not hold)', { timeout: 120_000 }, async () => {
+    const h = holding()
+    const { coordinators, nodes } = await cluster(2, { n1: h.wrap })
+    const [n1] = nodes as [Node, Node]
+    h.holdWhen = recordWrite((record) => record.spec.name === 'orphan')
+    h.failReads = Number.MAX_SAFE_INTEGER
+    const created = await n1.g.createVolume({ name: 'orphan', sizeBytes: 16 * 4096, replicas: 2 }).then(() => 'ok', (err: GalleonError) => err.code)
+    assert.ok(h.held !== undefined, 'the create was held')
+    assert.equal(created, 'BACKEND_UNAVAILABLE')
+    assert.deepEqual((await n1.g.listVolumes()).map((v) => v.name), [])
+    const id = h.held.key.slice(RECORD_PREFIX.length)
+    h.failReads = 0
+    assert.notEqual(await h.release(), undefined, 'the create landed late')
+    await until('the late record is removed', async () => (await recordOf(coordinators, id)).record === undefined, 30_000)
+    // The name is free: a new create works.
+    assert.equal(await n1.g.createVolume({ name: 'orphan', sizeBytes: 16 * 4096, replicas: 2 }).then(() => 'ok', (err: GalleonError) => `${err.code}: ${err.message}`), 'ok')
+  })
+
+  it('createVolume whose record create lands late and is changed by another node before n1 reads it: the create counts as made (it was), the volume exists', { timeout: 120_000 }, async () => {
+    const h = holding()
+    const { coordinators, nodes } = await cluster(2, { n1: h.wrap })
+    const [n1] = nodes as [Node, Node]
+    const observer = coordinators.coordinator()
+    h.holdWhen = recordWrite((record) => record.spec.name === 'changed')
+    h.releaseAfterReads = 1
+    h.afterRelease = async () => {
+      // Another node's write (as the leader's placing a copy) before n1's next read.
+      const key = (h.held as { key: string }).key
+      const entry = await observer.get(key)
+      const record = parseRecord(entry!.value)!
+      await observer.put(key, JSON.stringify({ ...record, placement: { strategy: 'spread' } }), { expectRevision: entry!.revision })
+    }
+    const created = await n1.g.createVolume({ name: 'changed', sizeBytes: 16 * 4096, replicas: 2 }).then(() => 'ok', (err: GalleonError) => `${err.code}: ${err.message}`)
+    assert.ok(h.held !== undefined, 'the create was held')
+    assert.equal(created, 'ok')
+    assert.deepEqual((await n1.g.listVolumes()).map((v) => v.name), ['changed'])
+    const id = h.held.key.slice(RECORD_PREFIX.length)
+    assert.equal((await recordOf(coordinators, id)).record?.primary, 'n1')
+    await n1.g.writeBlock('changed', 0, new Uint8Array(4096).fill(4), WriteConcern.WriteDurable)
   })
 
   for (const [reads, failReads] of [['the record can be read', 0], ['the first read of the record fails', 1]] as const) {

@@ -82,11 +82,27 @@ export class ReplicaSetChanges {
       let settled: SettledPut | undefined
       try {
         settled = await settleLostPut(this.#core.coordinator, recordKey(spec.id), value, expectRevision, err)
-      } finally {
-        if (settled?.written !== true) this.#core.sets.delete(spec.id)
+      } catch (unknown) {
+        // Not even a read answered: the create may still land, once this call has failed and the
+        // local volume is gone. Settled in the background, and a record that landed is removed.
+        this.#core.sets.delete(spec.id)
+        void this.#sweepLostCreate(spec.id, value, expectRevision)
+        throw unknown
       }
-      if (!settled.written) throw err
-      entry = settled.entry
+      // The volume's id is new (a UUID only this node writes): a record there, whatever it holds by
+      // now (the leader may have placed a copy since), is the one this create made.
+      const ours = settled.written || (expectRevision === 0 && settled.entry !== undefined)
+      if (!ours) {
+        this.#core.sets.delete(spec.id)
+        throw err
+      }
+      const found = settled.entry
+      entry = found
+      const landed = found === undefined ? undefined : parseRecord(found.value)
+      if (found !== undefined && landed !== undefined && set.revision < found.revision) {
+        set.record = landed
+        set.revision = found.revision
+      }
     }
     if (entry === undefined) {
       this.#core.sets.delete(spec.id)
@@ -175,6 +191,35 @@ export class ReplicaSetChanges {
     } finally {
       this.#handingOff = false
       await this.#core.coordinator.delete(mark).catch(() => {})
+    }
+  }
+
+  /**
+   * After register() failed with the outcome of its record's create unknown (the coordinator did
+   * not answer even a read): settles it once the coordinator answers (see settleLostPut; an absent
+   * record is fenced by writing it), and removes the record if this node holds no such volume by
+   * then (the failed createVolume deleted it). Gives up when the manager closes. A create still in
+   * flight after that (absent keys cannot be fenced for good) would leave its record behind.
+   */
+  async #sweepLostCreate (volumeId: string, value: string, expectRevision: number): Promise<void> {
+    const key = recordKey(volumeId)
+    for (let pause = 100; !this.#core.closed; pause = Math.min(pause * 2, 5000)) {
+      await sleep(pause)
+      let settled: SettledPut
+      try {
+        settled = await settleLostPut(this.#core.coordinator, key, value, expectRevision, new Error('unknown'))
+      } catch {
+        continue
+      }
+      const entry = settled.entry
+      if (entry === undefined || (!settled.written && expectRevision !== 0)) return
+      if (this.#core.sets.has(volumeId) || this.#core.host.blocks(volumeId) !== undefined) return
+      try {
+        await this.#core.coordinator.delete(key, { expectRevision: entry.revision })
+        return
+      } catch {
+        // Read again next time round.
+      }
     }
   }
 
