@@ -363,7 +363,8 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
 function secondsSetting (value: unknown, min: number, problem: string): number {
   const parsed = typeof value === 'string' && value.trim() !== '' ? Number(value) : value
   if (typeof parsed !== 'number' || !Number.isFinite(parsed) || parsed < min || parsed > 3600) throw new ConfigError(`${problem}, got ${JSON.stringify(value)}`)
-  return Math.round(parsed * 1000) / 1000
+  // Whole milliseconds; a value above 0 never rounds to 0 (which means "off" for some settings).
+  return parsed > 0 ? Math.max(0.001, Math.round(parsed * 1000) / 1000) : 0
 }
 
 /** Defaults, then the file, then the flags; then the settings that depend on each other are checked. */

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test'
 import { FrameReader, FrameType } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
 import { ENTRY, TSX, startDaemonProcess } from './support/daemon.js'
+import { check } from '../examples/daemon-config.js'
 import { NbdClient } from './support/nbd-client.js'
 
 const SECRET = 'daemon-options-test-secret-0123456789'
@@ -138,5 +139,14 @@ describe('daemon options for the NBD server and the tcp transport', () => {
       assert.equal(code, 2, log)
       assert.match(log, message)
     }
+  })
+})
+
+describe('seconds settings in whole milliseconds', () => {
+  it('a value above 0 never rounds to 0, which would turn the setting off', () => {
+    assert.equal(check({ keepaliveIntervalSeconds: 0.0004 }, 'flags').keepaliveIntervalSeconds, 0.001)
+    assert.equal(check({ nbdHandshakeTimeoutSeconds: '0.0002' }, 'flags').nbdHandshakeTimeoutSeconds, 0.001)
+    assert.equal(check({ keepaliveIntervalSeconds: 0 }, 'flags').keepaliveIntervalSeconds, 0)
+    assert.equal(check({ keepaliveTimeoutSeconds: 2.5 }, 'flags').keepaliveTimeoutSeconds, 2.5)
   })
 })
