@@ -165,8 +165,7 @@ export class AccessGuard {
     try { this.#access.check(principal, verb, object) } catch (err) { denial = err }
     if (explain !== undefined) denial = new GalleonError('PERMISSION_DENIED', explain(principal.id), { cause: denial })
     return (async () => {
-      await this.#record(denial, { principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
-      throw denial
+      throw await this.#record(denial, { principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'denied', code: 'PERMISSION_DENIED' })
     })()
   }
 
