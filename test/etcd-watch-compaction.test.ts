@@ -110,12 +110,35 @@ async function candidateKey (raw: Etcd3, prefix: string, election: string, epoch
   return kv.key.toString().slice(prefix.length)
 }
 
-test('a leader whose quiet watch resumes after a compaction keeps its leadership, and still loses it when its key goes', { skip }, async () => {
+/**
+ * For one test: a cuttable relay to the test etcd, a raw etcd3 client, and `connect()` for handles
+ * below `prefix`, through the relay or straight to etcd; `tearDown()` closes them all.
+ */
+async function setUp (prefix: string): Promise<{ prefix: string, relay: Awaited<ReturnType<typeof cuttableRelay>>, raw: Etcd3, connect: (through: 'relay' | 'direct', options?: { requestTimeoutMs?: number }) => Promise<EtcdCoordinator>, tearDown: () => Promise<void> }> {
   const server = await (etcd ??= startEtcd())
   const relay = await cuttableRelay(server.endpoint)
   const raw = await rawClient(server)
-  const prefix = '/compact-leader/'
-  const leader = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix })
+  const handles: EtcdCoordinator[] = []
+  return {
+    prefix,
+    relay,
+    raw,
+    connect: async (through, options) => {
+      const handle = await EtcdCoordinator.connect({ endpoints: [through === 'relay' ? relay.endpoint : server.endpoint], prefix, ...options })
+      handles.push(handle)
+      return handle
+    },
+    tearDown: async () => {
+      raw.close()
+      for (const handle of handles) await handle.close()
+      await relay.close()
+    }
+  }
+}
+
+test('a leader whose quiet watch resumes after a compaction keeps its leadership, and still loses it when its key goes', { skip }, async () => {
+  const { prefix, relay, raw, connect, tearDown } = await setUp('/compact-leader/')
+  const leader = await connect('relay')
   const watches = recordWatches(leader)
   try {
     await leader.join(testNode('node-a'), { ttlMs: 30_000 })
@@ -139,20 +162,15 @@ test('a leader whose quiet watch resumes after a compaction keeps its leadership
     await until('the leadership to end after its key was deleted', () => lost, 15_000)
     await leader.leave()
   } finally {
-    raw.close()
-    await leader.close()
-    await relay.close()
+    await tearDown()
   }
 })
 
 // Also: close() returns without waiting out the request deadline (a minute here, so the test's own
 // timeout catches it): etcd3 has let go of a watch etcd ended, and a cancel of it is never answered.
 test('a leader whose key was deleted while its watch was cut off, before a compaction, loses the leadership when the watch resumes', { skip, timeout: 30_000 }, async () => {
-  const server = await (etcd ??= startEtcd())
-  const relay = await cuttableRelay(server.endpoint)
-  const raw = await rawClient(server)
-  const prefix = '/compact-leader-gone/'
-  const leader = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix, requestTimeoutMs: 60_000 })
+  const { prefix, relay, raw, connect, tearDown } = await setUp('/compact-leader-gone/')
+  const leader = await connect('relay', { requestTimeoutMs: 60_000 })
   try {
     await leader.join(testNode('node-a'), { ttlMs: 30_000 })
     const leadership = await leader.campaign('e')
@@ -168,19 +186,14 @@ test('a leader whose key was deleted while its watch was cut off, before a compa
     assert.equal(await leader.leader('e'), undefined)
     await leader.leave()
   } finally {
-    raw.close()
-    await leader.close()
-    await relay.close()
+    await tearDown()
   }
 })
 
 test('a waiting candidate whose quiet watch resumes after a compaction stays in line, and leads once its predecessor goes', { skip }, async () => {
-  const server = await (etcd ??= startEtcd())
-  const relay = await cuttableRelay(server.endpoint)
-  const raw = await rawClient(server)
-  const prefix = '/compact-candidate/'
-  const first = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix })
-  const second = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix })
+  const { prefix, relay, raw, connect, tearDown } = await setUp('/compact-candidate/')
+  const first = await connect('direct')
+  const second = await connect('relay')
   const watches = recordWatches(second)
   try {
     await first.join(testNode('node-a'), { ttlMs: 30_000 })
@@ -206,20 +219,14 @@ test('a waiting candidate whose quiet watch resumes after a compaction stays in 
     await first.leave()
     await second.leave()
   } finally {
-    raw.close()
-    await first.close()
-    await second.close()
-    await relay.close()
+    await tearDown()
   }
 })
 
 test('a waiting candidate whose predecessor resigned while its watch was cut off, before a compaction, leads when the watch resumes', { skip }, async () => {
-  const server = await (etcd ??= startEtcd())
-  const relay = await cuttableRelay(server.endpoint)
-  const raw = await rawClient(server)
-  const prefix = '/compact-candidate-gone/'
-  const first = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix })
-  const second = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix })
+  const { prefix, relay, raw, connect, tearDown } = await setUp('/compact-candidate-gone/')
+  const first = await connect('direct')
+  const second = await connect('relay')
   const watches = recordWatches(second)
   try {
     await first.join(testNode('node-a'), { ttlMs: 30_000 })
@@ -239,23 +246,17 @@ test('a waiting candidate whose predecessor resigned while its watch was cut off
     await first.leave()
     await second.leave()
   } finally {
-    raw.close()
-    await first.close()
-    await second.close()
-    await relay.close()
+    await tearDown()
   }
 })
 
 test('a kv watch and a member watch whose resume revision was compacted report the current state and keep following', { skip }, async () => {
-  const server = await (etcd ??= startEtcd())
-  const relay = await cuttableRelay(server.endpoint)
-  const raw = await rawClient(server)
-  const prefix = '/compact-kv/'
-  const writer = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix })
+  const { relay, raw, connect, tearDown } = await setUp('/compact-kv/')
+  const writer = await connect('direct')
   await writer.put('volumes/keep', '1')
   await writer.put('volumes/gone', '1')
-  const watcher = await EtcdCoordinator.connect({ endpoints: [relay.endpoint], prefix })
-  const other = await EtcdCoordinator.connect({ endpoints: [server.endpoint], prefix })
+  const watcher = await connect('relay')
+  const other = await connect('direct')
   const watches = recordWatches(watcher)
   const seen: string[] = []
   const memberLists: string[][] = []
@@ -284,10 +285,6 @@ test('a kv watch and a member watch whose resume revision was compacted report t
     await until('the watches to follow new changes', () => seen.at(-1) === 'put volumes/after=6' && memberLists.at(-1)?.join() === 'node-a', 15_000)
     await writer.leave()
   } finally {
-    raw.close()
-    await watcher.close()
-    await writer.close()
-    await other.close()
-    await relay.close()
+    await tearDown()
   }
 })
