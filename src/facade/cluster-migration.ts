@@ -14,6 +14,51 @@ import type { FacadeHost } from './host.js'
 import { specOf, toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
 
+/**
+ * Progress of copies being filled on other nodes (their links' resyncs, sampled from the
+ * replication status), summed over the copies and never going backwards: a link clears its
+ * progress when its resync ends (a copy that filled between two samples counts as its whole
+ * size), and a resync that starts over does not take the figures back.
+ */
+class FillProgress {
+  readonly #seen = new Map<string, { done: number, total: number }>()
+  #done = 0
+  #total = 0
+
+  /** `blocksPerCopy`: what a copy that filled unseen counts for (the volume's blocks, once per view). */
+  constructor (private readonly replication: ReplicationManager, private readonly volumeId: string, private readonly blocksPerCopy: number) {}
+
+  /** Samples the links to `nodes`; true when the figures moved. */
+  sample (nodes: readonly string[]): boolean {
+    const links = this.replication.status(this.volumeId)?.links ?? []
+    for (const node of nodes) {
+      const resync = links.find((l) => l.node === node)?.resync
+      if (resync !== undefined) this.#seen.set(node, { done: resync.blocksDone, total: resync.blocksTotal })
+    }
+    return this.#update([...this.#seen.values()].reduce((sum, s) => sum + s.done, 0), [...this.#seen.values()].reduce((sum, s) => sum + s.total, 0))
+  }
+
+  /** The figures at the end, every copy of `nodes` filled: done equals total. */
+  finish (nodes: readonly string[]): { done: number, total: number } {
+    const total = nodes.reduce((sum, node) => sum + (this.#seen.get(node)?.total ?? this.blocksPerCopy), 0)
+    this.#update(Math.max(total, this.#total), total)
+    this.#done = this.#total
+    return { done: this.#done, total: this.#total }
+  }
+
+  get done (): number { return this.#done }
+  get total (): number { return this.#total }
+
+  #update (done: number, total: number): boolean {
+    const nextDone = Math.max(this.#done, done)
+    const nextTotal = Math.max(this.#total, total, nextDone)
+    const moved = nextDone !== this.#done || nextTotal !== this.#total
+    this.#done = nextDone
+    this.#total = nextTotal
+    return moved
+  }
+}
+
 /** Migrations across the cluster's nodes, and the conversions of this node's copies (GalleonFS checks the caller first). */
 export class ClusterMigrations {
   readonly #host: FacadeHost
@@ -129,13 +174,29 @@ export class ClusterMigrations {
       this.#host.applyQoS(updated)
       return updated
     })
+    // Progress: the new copies' fill, as the links to them report it.
+    const report = (phase: MigrationPhase, blocksDone: number, blocksTotal: number): void => {
+      const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass: 1 }
+      this.#host.emit('volume:migration-progress', event)
+      control.onProgress?.(event)
+    }
+    const fill = new FillProgress(replication, record.id, this.#blocksPerCopy(record))
+    const self = this.#host.cluster?.nodeId
+    const others = (): string[] => (replication.status(record.id)?.nodes ?? []).filter((node) => node !== self)
+    let inSync = false
     const deadline = Date.now() + 30 * 60_000
     while (!this.#host.closed) {
       const status = replication.status(record.id)
-      if (status === undefined || status.inSync.length >= Math.min(replicas, status.nodes.length)) break
+      if (status === undefined) break
+      if (status.inSync.length >= Math.min(replicas, status.nodes.length)) { inSync = true; break }
       if (signal?.aborted === true) break
       if (Date.now() > deadline) break
+      if (fill.sample(others())) report('copy', fill.done, fill.total)
       await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    if (inSync) {
+      const filled = fill.finish(others())
+      report('done', filled.done, filled.total)
     }
     const volume = this.#host.volumeView(this.#host.catalog.resolve(record.id))
     this.#host.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
@@ -182,11 +243,8 @@ export class ClusterMigrations {
       this.#host.emit('volume:migration-progress', event)
       onProgress?.(event)
     }
-    let last = -1
-    const timer = setInterval(() => {
-      const resync = replication.status(record.id)?.links.find((l) => l.node === node)?.resync
-      if (resync !== undefined && resync.blocksDone !== last) { last = resync.blocksDone; report('copy', resync.blocksDone, resync.blocksTotal) }
-    }, 100)
+    const fill = new FillProgress(replication, record.id, this.#blocksPerCopy(record))
+    const timer = setInterval(() => { if (fill.sample([node])) report('copy', fill.done, fill.total) }, 100)
     // Cancelled by the caller's signal, close() or deleteVolume.
     const abort = new AbortController()
     const onAbort = (): void => { abort.abort(signal?.reason) }
@@ -208,10 +266,16 @@ export class ClusterMigrations {
       signal?.removeEventListener('abort', onAbort)
       if (this.nodeMoves.get(record.id) === entry) this.nodeMoves.delete(record.id)
     }
-    report('done', Math.max(last, 0), Math.max(last, 0))
+    const filled = fill.finish([node])
+    report('done', filled.done, filled.total)
     const moved = { ...before, state: VolumeState.Available }
     this.#host.emit('volume:migrated', moved, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
     return moved
+  }
+
+  /** Blocks a new copy of the volume is filled with: its blocks, for the live view and each snapshot. */
+  #blocksPerCopy (record: VolumeRecord): number {
+    return Math.ceil(record.sizeBytes / record.blockSize) * (this.#host.catalog.snapshots(record.id).length + 1)
   }
 
   /** A 1-copy volume whose move to `node` did not happen: local again (see ReplicationManager.dissolve). */
