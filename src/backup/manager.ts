@@ -24,13 +24,21 @@ export { CHUNK_BYTES, toPieces, toRuns } from './chunking.js'
 
 /** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
 type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, snapshot: string }>
-/** New volumes restores are filling: volume id -> the backup (see start()). */
-type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string }>
+/**
+ * Volumes restores are writing into: volume id -> the backup, and for an existing volume the
+ * snapshot that puts it back (a new volume is removed instead; see start()).
+ */
+type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string, safetySnapshot?: string }>
 
 /** Whether a deletion failed because what it deletes (or its volume) is gone already. */
 function gone (err: unknown): boolean {
   const code = errorCode(err)
   return code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND'
+}
+
+/** An onProgress option is a function (a listener that is not one would be ignored without a word). */
+function checkListener (call: string, listener: unknown): void {
+  if (listener !== undefined && typeof listener !== 'function') throw new GalleonError('INVALID_ARGUMENT', `${call}() onProgress must be a function receiving { bytesDone, bytesTotal }, got ${describe(listener)}`)
 }
 
 /**
@@ -66,11 +74,23 @@ export class BackupManager {
    * At open: the snapshots of backups a killed process was taking are deleted (each backup is
    * recorded before its snapshot is taken and forgotten once it is stored or cleaned up), and so
    * are the volumes of restores into new volumes that were cut short: they hold part of a backup.
+   * An existing volume a restore was overwriting is put back as it was before that restore.
    */
   async start (): Promise<void> {
-    for (const [volumeId, { backupId }] of await this.#restoring?.iterator().all() ?? []) {
-      await this.#removeLeftover(volumeId, `volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored`,
-        async () => { await this.#g.deleteVolume(volumeId, { force: true }) }, async () => { await this.#restoring?.del(volumeId) })
+    for (const [volumeId, { backupId, safetySnapshot }] of await this.#restoring?.iterator().all() ?? []) {
+      if (safetySnapshot === undefined) {
+        await this.#removeLeftover(volumeId, `volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored`,
+          async () => { await this.#g.deleteVolume(volumeId, { force: true }) }, async () => { await this.#restoring?.del(volumeId) })
+        continue
+      }
+      await this.#removeLeftover(volumeId, `the half-restored contents of volume ${volumeId} (an interrupted restore of backup ${backupId}; reverting it to snapshot ${safetySnapshot})`, async () => {
+        // No such snapshot: the restore was cut short before it took it, so before it changed anything.
+        await this.#g.restoreSnapshot(volumeId, safetySnapshot)
+        // Put back: a snapshot that cannot be deleted now is reported and left (never reverted to again).
+        await this.#g.deleteSnapshot(volumeId, safetySnapshot).catch((err: unknown) => {
+          if (!gone(err)) this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `volume ${volumeId} was put back after an interrupted restore, but its snapshot ${safetySnapshot} could not be deleted (delete it yourself): ${(err as Error).message}` })
+        })
+      }, async () => { await this.#restoring?.del(volumeId) })
     }
     for (const [id, { volumeId, snapshot }] of await this.#pending?.iterator().all() ?? []) {
       await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`,
@@ -126,6 +146,11 @@ export class BackupManager {
 
   async create (vol: VolumeRef, options: CreateBackupOptions = {}): Promise<Backup> {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `createBackup() options must be an object such as { strategy: 'incremental' }, got ${describe(options)}`)
+    const hooks: unknown = options.hooks
+    if (hooks !== undefined && (hooks === null || typeof hooks !== 'object' || [options.hooks?.pre, options.hooks?.post].some((hook) => hook !== undefined && typeof hook !== 'function'))) {
+      throw new GalleonError('INVALID_ARGUMENT', `createBackup() hooks are { pre?: function, post?: function }, got ${describe(hooks)}; no backup was taken`)
+    }
+    checkListener('createBackup', options.onProgress)
     return await this.#cancellable(options.signal, async (signal) => await this.#create(vol, options, signal))
   }
 
@@ -314,6 +339,10 @@ export class BackupManager {
     let at: string | null = id
     while (at !== null) {
       const current: string = at
+      if (chain.some((m) => m.id === current)) {
+        problems.push({ backupId: current, code: 'CORRUPTION', message: `the chain of bases loops back to backup ${current}; its manifests were altered on the target` })
+        break
+      }
       try {
         const manifest: Manifest = await readManifest(target, current)
         chain.push(manifest)
@@ -371,7 +400,8 @@ export class BackupManager {
       // Backups whose chain goes through this one (newest first, so a crash leaves valid chains).
       const byId = new Map(manifests.map((m) => [m.id, m]))
       const dependsOnIt = (m: Manifest): boolean => {
-        for (let base = m.base; base !== null; base = byId.get(base)?.base ?? null) if (base === id) return true
+        // Bounded: a chain altered on the target into a loop must not hang the deletion.
+        for (let base = m.base, steps = 0; base !== null && steps <= byId.size; base = byId.get(base)?.base ?? null, steps++) if (base === id) return true
         return false
       }
       const dependents = manifests.filter(dependsOnIt)
@@ -413,13 +443,28 @@ export class BackupManager {
     if ((options.name === undefined) === (options.volume === undefined) && options.volume !== undefined) {
       throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
     }
+    checkListener('restoreBackup', options.onProgress)
     const target = this.#target(options.target)
     const restoring = this.#restoring
-    return await this.#cancellable(options.signal, async (signal) => await restoreBackup(this.#g, this.#keys, target, id, { ...options, signal }, restoring === undefined ? undefined : {
-      started: async (volumeId) => { await restoring.put(volumeId, { backupId: id }) },
-      finished: async (volumeId) => { await restoring.del(volumeId) }
+    const claimed = this.#restoringInto
+    return await this.#cancellable(options.signal, async (signal) => await restoreBackup(this.#g, this.#keys, target, id, { ...options, signal }, {
+      started: async (volumeId, safetySnapshot) => {
+        if (claimed.has(volumeId)) throw new GalleonError('BUSY', `another restore is writing into volume ${describe(options.volume ?? volumeId)}; wait for it to finish (two at once would leave a mix of both backups)`)
+        claimed.add(volumeId)
+        try {
+          await restoring?.put(volumeId, { backupId: id, ...(safetySnapshot === undefined ? {} : { safetySnapshot }) })
+        } catch (err) {
+          claimed.delete(volumeId)
+          throw err
+        }
+      },
+      forget: async (volumeId) => { await restoring?.del(volumeId) },
+      release: (volumeId) => { claimed.delete(volumeId) }
     }))
   }
+
+  /** Volumes a restore of this instance is writing into (a second restore into one is refused). */
+  readonly #restoringInto = new Set<string>()
 
   #target (ref: BackupTargetRef | undefined): BackupTarget {
     const chosen = ref ?? this.#defaultTarget

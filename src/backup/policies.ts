@@ -157,12 +157,20 @@ export class BackupScheduler {
   }
 
   async delete (name: string): Promise<void> {
-    this.get(name)
-    await this.#running.get(name)?.catch(() => {})
-    await this.#db.del(name, SYNC)
+    const policy = this.get(name)
+    // Gone from the scheduler first: no run starts from here on, and a run under way stops taking
+    // backups; once this resolves, the policy takes none.
     this.#policies.delete(name)
+    try {
+      await this.#running.get(name)?.catch(() => {})
+      await this.#db.del(name, SYNC)
+    } catch (err) {
+      this.#policies.set(name, policy)
+      throw err
+    } finally {
+      this.#arm()
+    }
     this.#hooks.delete(name)
-    this.#arm()
   }
 
   setHooks (name: string, hooks: BackupHooks | undefined): void {
@@ -218,18 +226,26 @@ export class BackupScheduler {
       if (skipped.length > 0) this.#g.emit('backup-policy:missed', { policy: name, missed: skipped })
     }
     let volumes: string[]
+    let missing: string[]
     try {
-      volumes = await this.#volumesOf(policy)
+      ({ volumes, missing } = await this.#volumesOf(policy))
     } catch (err) {
       // The instance is closing: nothing ran, so nothing is recorded (the next open makes it up).
       if (err instanceof GalleonError && err.code === 'NOT_OPEN') return { policy: name, scheduledAt, backups: [], pruned: [], errors: [{ volume: '*', message: err.message }] }
       throw err
     }
     const backups: Backup[] = []
-    const errors: Array<{ volume: string, message: string }> = []
+    // A volume the policy names that is gone is a backup not taken: never a quiet success.
+    const errors: Array<{ volume: string, message: string }> = missing.map((ref) => ({
+      volume: ref,
+      message: `VOLUME_NOT_FOUND: backup policy ${name} names volume ${JSON.stringify(ref)}, which does not exist (deleted or renamed?), so it was not backed up; create it, or replace the policy (deleteBackupPolicy, createBackupPolicy) with the volumes to back up`
+    }))
     const interruptedBy: unknown[] = []
     const target = policy.target ?? undefined
+    // Deleted while this run goes on: it takes no more backups and prunes nothing.
+    const deleted = (): boolean => !this.#policies.has(name)
     for (const volume of volumes) {
+      if (deleted()) break
       try {
         let strategy = policy.strategy
         if (strategy !== BackupStrategy.Full) {
@@ -245,6 +261,7 @@ export class BackupScheduler {
     }
     const pruned: string[] = []
     for (const volume of interruptedBy.length > 0 ? [] : volumes) {
+      if (deleted()) break
       try {
         pruned.push(...await this.#prune(policy, volume, now, new Set(backups.map((backup) => backup.id))))
       } catch (err) {
@@ -288,30 +305,41 @@ export class BackupScheduler {
     const needed = new Set<string>()
     for (const backup of all) {
       if (backup.policy === policy.name && !keep.has(backup.id)) continue
-      for (let base = backup.baseId; base !== null; base = byId.get(base)?.baseId ?? null) needed.add(base)
+      // Bounded: a chain altered on the target into a loop must not hang the run.
+      for (let base = backup.baseId, steps = 0; base !== null && steps <= byId.size; base = byId.get(base)?.baseId ?? null, steps++) needed.add(base)
     }
+    // Later links of a chain go first, whatever their times say (a clock that stepped back): a base
+    // is refused (BUSY) while a backup built on it is still there.
+    const depth = (backup: Backup): number => {
+      let steps = 0
+      for (let base = backup.baseId; base !== null && steps <= byId.size; base = byId.get(base)?.baseId ?? null) steps++
+      return steps
+    }
+    const doomed = ours.filter((backup) => !keep.has(backup.id) && !needed.has(backup.id)).sort((a, b) => depth(b) - depth(a))
     const pruned: string[] = []
-    for (const backup of ours) {
-      if (keep.has(backup.id) || needed.has(backup.id)) continue
+    for (const backup of doomed) {
       await this.#g.deleteBackup(backup.id, { target })
       pruned.push(backup.id)
     }
     return pruned
   }
 
-  async #volumesOf (policy: BackupPolicy): Promise<string[]> {
+  /** The ids of the volumes a policy backs up, and the names it lists that match no volume. */
+  async #volumesOf (policy: BackupPolicy): Promise<{ volumes: string[], missing: string[] }> {
     const all = await this.#g.listVolumes()
     const chosen = new Set<string>()
+    const missing: string[] = []
     for (const ref of policy.volumes) {
       // By id, by namespace/name, or by a bare name in the default namespace.
       const found = all.find((volume) => volume.id === ref || `${volume.namespace}/${volume.name}` === ref || (volume.namespace === 'default' && volume.name === ref))
       if (found !== undefined) chosen.add(found.id)
+      else missing.push(ref)
     }
     const selector = Object.entries(policy.labels)
     if (selector.length > 0) {
       for (const volume of all) if (selector.every(([key, value]) => volume.labels[key] === value)) chosen.add(volume.id)
     }
-    return [...chosen]
+    return { volumes: [...chosen], missing }
   }
 
   #validate (options: BackupPolicyOptions): BackupPolicy {

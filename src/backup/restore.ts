@@ -12,12 +12,17 @@ import { backupChunkKeys, readManifest } from './manifests.js'
 import type { BackupKeySource, RestoreBackupOptions } from './types.js'
 
 /**
- * Records a new volume while a restore fills it: a restore cut short by close() or a crash (when
- * the volume cannot be removed at once) leaves the record, and the next open removes the volume.
+ * Tracks the volume a restore writes into. `started` claims it (BUSY while another restore writes
+ * into it: two at once would leave a mix of both backups that looks complete) and records it
+ * durably, with the snapshot that puts an existing volume back (none for a new volume, which is
+ * removed instead): a restore cut short by close() or a crash leaves the record, and the next open
+ * removes the new volume or puts the existing one back. `forget` drops the record once the volume
+ * is complete, removed or put back; `release` ends the claim.
  */
 export interface RestoreTracker {
-  readonly started: (volumeId: string) => Promise<void>
-  readonly finished: (volumeId: string) => Promise<void>
+  readonly started: (volumeId: string, safetySnapshot?: string) => Promise<void>
+  readonly forget: (volumeId: string) => Promise<void>
+  readonly release: (volumeId: string) => void
 }
 
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
@@ -27,6 +32,8 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   const chain: Manifest[] = [manifest]
   while ((chain[0] as Manifest).base !== null) {
     const base = (chain[0] as Manifest).base as string
+    // A chain that comes back to a backup already in it was altered on the target: it has no end.
+    if (chain.some((step) => step.id === base)) throw new GalleonError('CORRUPTION', `backup ${id} builds on a chain of backups that loops back to backup ${base}; its manifests were altered on the target, so it cannot be restored`)
     try {
       chain.unshift(await readManifest(target, base))
     } catch (err) {
@@ -38,17 +45,22 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   // Each chunk is opened with the keys of the backup that stored it: a chain may span a move of
   // the volume between a plain and an encrypting class (backups written before bases had to match).
   const chunkKeysOf = new Map<string, ChunkKeys | undefined>()
+  // The backup of the chain that names each chunk last, for messages about a damaged chunk.
+  const chunkOwner = new Map<string, string>()
   for (const step of chain) {
     const keys = await backupChunkKeys(keySource, step)
     for (const [index, count, chunk, offset] of step.extents) {
       for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
-      if (chunk !== null) chunkKeysOf.set(chunk, keys)
+      if (chunk !== null) {
+        chunkKeysOf.set(chunk, keys)
+        chunkOwner.set(chunk, step.id)
+      }
     }
   }
   const blockSize = manifest.volume.blockSize
   let volume: Volume
   let created = false
-  let safety: { id: string } | undefined
+  let safetySnapshot: string | undefined
   if (options.volume !== undefined) {
     volume = await g.getVolume(options.volume)
     if (volume.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks but volume ${volume.name} has ${volume.blockSize}-byte blocks`)
@@ -59,13 +71,10 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       throw new GalleonError('OUT_OF_RANGE', `backup ${id} is of a ${manifest.volume.sizeBytes}-byte volume but ${volume.name} has ${volume.sizeBytes} bytes; expand it first or restore into a new volume`)
     }
     if (g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${g.blockSize}`)
-    // A snapshot (O(1)) to put the volume back as it was if the restore fails half-way.
-    safety = await g.createSnapshot(volume.id, `pre-restore-${randomUUID()}`)
-    // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
-    const piece = 128 * 1024 * 1024
-    for (let offset = 0; offset < volume.sizeBytes; offset += piece) {
-      await g.trim(volume.id, offset, Math.min(piece, volume.sizeBytes - offset))
-    }
+    // A snapshot (O(1)) puts the volume back as it was if the restore fails half-way; it is
+    // recorded (by name) before it is taken, so that after a crash the next open puts it back.
+    safetySnapshot = `pre-restore-${randomUUID()}`
+    await tracker?.started(volume.id, safetySnapshot)
   } else {
     if (g.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks; this instance uses ${g.blockSize}, so restore it into an instance opened with blockSize ${blockSize}`)
     const classes = await g.listStorageClasses()
@@ -86,8 +95,17 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     })
     created = true
   }
+  const into = volume
   try {
-    if (created) await tracker?.started(volume.id)
+    if (created) await tracker?.started(into.id)
+    if (safetySnapshot !== undefined) {
+      await g.createSnapshot(into.id, safetySnapshot)
+      // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
+      const piece = 128 * 1024 * 1024
+      for (let offset = 0; offset < into.sizeBytes; offset += piece) {
+        await g.trim(into.id, offset, Math.min(piece, into.sizeBytes - offset))
+      }
+    }
     const byChunk = new Map<string, Array<[number, number]>>()
     for (const [index, [chunk, offset]] of blocks) {
       if (chunk === null) continue
@@ -104,38 +122,59 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       while (next < chunks.length && !stop()) {
         checkAborted(options.signal)
         const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
+        const owner = chunkOwner.get(chunk) ?? id
+        const of = owner === id ? `backup ${id}` : `backup ${owner} (a base of backup ${id})`
         const envelope = await target.getChunk(chunk)
-        if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${id} is missing from ${target.location}; the backup cannot be restored (verifyBackup lists every damaged part)`)
-        const data = await decodeChunk(chunk, envelope, chunkKeysOf.get(chunk))
+        if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of ${of} is missing from ${target.location}; the backup cannot be restored (verifyBackup lists every damaged part)`)
+        let data: Uint8Array
+        try {
+          data = await decodeChunk(chunk, envelope, chunkKeysOf.get(chunk))
+        } catch (err) {
+          throw new GalleonError(errorCode(err), `${of} cannot be restored: ${(err as Error).message} (verifyBackup lists every damaged part)`, { cause: err })
+        }
         list.sort((a, b) => a[0] - b[0])
         for (let at = 0; at < list.length;) {
           let end = at + 1
           while (end < list.length && (list[end] as [number, number])[0] === (list[end - 1] as [number, number])[0] + 1 && (list[end] as [number, number])[1] === (list[end - 1] as [number, number])[1] + 1) end++
           const [index, offset] = list[at] as [number, number]
           const count = end - at
-          await g.write(volume.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
+          // A manifest naming blocks past the end of its chunk was altered: never write a short run.
+          if ((offset + count) * blockSize > data.byteLength) throw new GalleonError('CORRUPTION', `${of} names blocks ${offset}..${offset + count - 1} of chunk ${chunk}, which holds ${data.byteLength / blockSize}; its manifest was altered, so it cannot be restored`)
+          await g.write(into.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
           done += count * blockSize
           at = end
         }
-        g.emit('restore:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
+        g.emit('restore:progress', { backupId: id, volumeId: into.id, volumeName: into.name, bytesDone: done, bytesTotal: total })
         report(options.onProgress, done, total)
       }
     }
     await runWorkers(worker)
-    await g.flush(volume.id)
-    if (created) await tracker?.finished(volume.id)
+    await g.flush(into.id)
+    // Complete: the record goes once nothing would put the volume back any more.
+    if (safetySnapshot !== undefined) await g.deleteSnapshot(into.id, safetySnapshot).catch(() => {})
+    await tracker?.forget(into.id)
   } catch (err) {
     if (created) {
       // Not removed now (the instance is closing): the record stays, and the next open removes it.
-      const removed = await g.deleteVolume(volume.id, { force: true }).then(() => true, (cause: unknown) => errorCode(cause) === 'VOLUME_NOT_FOUND')
-      if (removed) await tracker?.finished(volume.id).catch(() => {})
+      const removed = await g.deleteVolume(into.id, { force: true }).then(() => true, (cause: unknown) => errorCode(cause) === 'VOLUME_NOT_FOUND')
+      if (removed) await tracker?.forget(into.id).catch(() => {})
     }
-    if (safety !== undefined) {
-      await g.restoreSnapshot(volume.id, safety.id).catch(() => {})
-      await g.deleteSnapshot(volume.id, safety.id).catch(() => {})
+    if (safetySnapshot !== undefined) {
+      // Not put back now: the record stays, and the next open puts it back.
+      const putBack = await g.restoreSnapshot(into.id, safetySnapshot).then(() => true, (cause: unknown) => {
+        const code = errorCode(cause)
+        if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return true // never taken (nothing changed), or the volume is gone
+        g.emit('io:error', { volumeId: into.id, volumeName: into.name, operation: 'write', code, message: `volume ${into.name} is left half-restored from backup ${id} and could not be put back now (${(cause as Error).message}); the next open puts it back from snapshot ${safetySnapshot}` })
+        return false
+      })
+      if (putBack) {
+        await g.deleteSnapshot(into.id, safetySnapshot).catch(() => {})
+        await tracker?.forget(into.id).catch(() => {})
+      }
     }
     throw err
+  } finally {
+    tracker?.release(into.id)
   }
-  if (safety !== undefined) await g.deleteSnapshot(volume.id, safety.id).catch(() => {})
-  return await g.getVolume(volume.id)
+  return await g.getVolume(into.id)
 }
