@@ -372,9 +372,10 @@ export class GalleonFS extends EventEmitter<GalleonEvents> {
     for (const key of Object.keys(target)) {
       if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${JSON.stringify(key)}; allowed: storageClass, pool, node`)
     }
-    if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress? }, got ${describe(control)}`)
+    if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress?, syncTimeoutMs? }, got ${describe(control)}`)
     if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)
     if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
+    if (control.syncTimeoutMs !== undefined && (typeof control.syncTimeoutMs !== 'number' || !Number.isFinite(control.syncTimeoutMs) || control.syncTimeoutMs <= 0)) throw new GalleonError('INVALID_ARGUMENT', `syncTimeoutMs must be a positive number of milliseconds, got ${describe(control.syncTimeoutMs)}`)
     if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
     if (target.node !== undefined && (typeof target.node !== 'string' || target.node.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
     const { object, label } = this.#gate.refObject(vol)

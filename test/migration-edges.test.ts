@@ -337,7 +337,7 @@ describe('live migration: operations on the volume while it migrates', () => {
 })
 
 describe('migrations across cluster nodes: progress', () => {
-  async function twoNodes (): Promise<GalleonFS[]> {
+  async function twoNodes (classOn: readonly string[] = ['n1', 'n2']): Promise<GalleonFS[]> {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()
     const nodes: GalleonFS[] = []
@@ -345,7 +345,7 @@ describe('migrations across cluster nodes: progress', () => {
       nodes.push(await GalleonFS.open({ storagePath: fresh(), cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 } }))
     }
     await until('the nodes see each other', () => nodes.every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
-    for (const g of nodes) await g.createStorageClass({ name: 'pair', parameters: { replication: '2' } })
+    for (const [i, g] of nodes.entries()) if (classOn.includes(`n${i + 1}`)) await g.createStorageClass({ name: 'pair', parameters: { replication: '2' } })
     return nodes
   }
 
@@ -365,6 +365,27 @@ describe('migrations across cluster nodes: progress', () => {
       assertProgress(events)
       assert.deepEqual(emitted, events)
       assert.ok((events[events.length - 1] as MigrationProgressEvent).blocksDone >= 2 * 2048, 'the live view and the snapshot were filled')
+    } finally {
+      for (const g of nodes) await g.close()
+    }
+  })
+
+  it('a migration into a replicated class whose copy never comes in sync (the class is missing on the other node) rejects with BUSY after syncTimeoutMs, never reporting done', { timeout: 60_000 }, async () => {
+    const nodes = await twoNodes(['n1'])
+    const [n1] = nodes as [GalleonFS]
+    try {
+      await n1.createVolume({ name: 'm', sizeBytes: '1M' })
+      await n1.write('m', 0, fill(1 << 20, 5))
+      const events: MigrationProgressEvent[] = []
+      let migrated = false
+      n1.on('volume:migrated', () => { migrated = true })
+      await assert.rejects(n1.migrateVolume('m', { storageClass: 'pair' }, { onProgress: (e) => events.push(e), syncTimeoutMs: 1500 }), (err: GalleonError) => err.code === 'BUSY' && /did not come in sync within 1.5 s/.test(err.message))
+      assert.equal(events.some((e) => e.phase === 'done'), false)
+      assert.equal(migrated, false)
+      // The volume is in the class, degraded, and its data is whole.
+      assert.equal((await n1.getVolume('m')).storageClass, 'pair')
+      assert.deepEqual(await n1.read('m', 0, 1 << 20), fill(1 << 20, 5))
+      await assert.rejects(n1.migrateVolume('m', { storageClass: 'pair' }, { syncTimeoutMs: 0 }), (err: GalleonError) => err.code === 'INVALID_ARGUMENT' && /syncTimeoutMs/.test(err.message))
     } finally {
       for (const g of nodes) await g.close()
     }

@@ -7,7 +7,7 @@ import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
-import { migrationCancelled, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
+import { DEFAULT_SYNC_TIMEOUT_MS, migrationCancelled, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
 import { poolPlacement } from '../volumes/pools.js'
 import { assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
 import type { FacadeHost } from './host.js'
@@ -184,13 +184,18 @@ export class ClusterMigrations {
     const self = this.#host.cluster?.nodeId
     const others = (): string[] => (replication.status(record.id)?.nodes ?? []).filter((node) => node !== self)
     let inSync = false
-    const deadline = Date.now() + 30 * 60_000
+    const timeoutMs = control.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS
+    const deadline = Date.now() + timeoutMs
     while (!this.#host.closed) {
       const status = replication.status(record.id)
       if (status === undefined) break
       if (status.inSync.length >= Math.min(replicas, status.nodes.length)) { inSync = true; break }
       if (signal?.aborted === true) break
-      if (Date.now() > deadline) break
+      if (Date.now() > deadline) {
+        // Not in sync: the volume is in the class, degraded, and its copies go on filling; the call
+        // does not report a migration done that is not.
+        throw new GalleonError('BUSY', `volume ${record.name} is in class ${storageClass.name} now, but its copies on ${others().join(', ') || 'other nodes'} did not come in sync within ${timeoutMs / 1000} s (in sync: ${status.inSync.join(', ')}); they go on in the background: replicationStatus shows them and their links' last errors`)
+      }
       if (fill.sample(others())) report('copy', fill.done, fill.total)
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
@@ -249,7 +254,7 @@ export class ClusterMigrations {
     const abort = new AbortController()
     const onAbort = (): void => { abort.abort(signal?.reason) }
     signal?.addEventListener('abort', onAbort, { once: true })
-    const moving = replication.moveCopy(record.id, node, { signal: abort.signal })
+    const moving = replication.moveCopy(record.id, node, { signal: abort.signal, ...(control.syncTimeoutMs === undefined ? {} : { timeoutMs: control.syncTimeoutMs }) })
     const entry = { abort, done: moving.catch(() => {}) }
     this.nodeMoves.set(record.id, entry)
     try {
@@ -354,7 +359,8 @@ export class ClusterMigrations {
       const failures = new Map<string, number>()
       const aborted = (): boolean => signal?.aborted === true
       let reported = -1
-      const deadline = Date.now() + 30 * 60_000
+      const timeoutMs = control.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS
+      const deadline = Date.now() + timeoutMs
       try {
         for (;;) {
           if (aborted()) throw migrationCancelled(record.name, signal?.reason)
@@ -380,7 +386,7 @@ export class ClusterMigrations {
           }
           const wanted = Math.min(replicas, seen.record.nodes.length)
           if (converted === seen.layouts.length && seen.record.inSync.length >= wanted) break
-          if (Date.now() > deadline) throw new GalleonError('BUSY', `the copies of volume ${record.name} did not all convert to ${storageClass.name} within 30 minutes; they go on in the background (replicationStatus and getVolume show where they are)`)
+          if (Date.now() > deadline) throw new GalleonError('BUSY', `the copies of volume ${record.name} did not all convert to ${storageClass.name} within ${timeoutMs / 1000} s; they go on in the background (replicationStatus and getVolume show where they are)`)
           await new Promise((resolve) => setTimeout(resolve, 100))
         }
       } catch (err) {

@@ -41,7 +41,15 @@ export interface MigrateControl {
   readonly signal?: AbortSignal
   /** Called with every progress event (also emitted as `volume:migration-progress`). */
   readonly onProgress?: (event: MigrationProgressEvent) => void
+  /**
+   * In a cluster, how long the call waits for the volume's new or converted copies to be in sync
+   * before it rejects with BUSY (they go on in the background). Default 30 minutes.
+   */
+  readonly syncTimeoutMs?: number
 }
+
+/** How long a cluster migration waits for its copies by default (see MigrateControl.syncTimeoutMs). */
+export const DEFAULT_SYNC_TIMEOUT_MS = 30 * 60_000
 
 /** A live pass that copies at most this many blocks ends the passes: the rest is copied with writes paused. */
 const CONVERGED_BLOCKS = 256
