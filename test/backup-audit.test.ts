@@ -14,7 +14,9 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { GalleonFS, type Backup, type BackupTarget } from '../src/index.js'
+import { GalleonFS, GalleonError, type Backup, type BackupTarget } from '../src/index.js'
+import { BackupScheduler } from '../src/backup/policies.js'
+import { MemoryLevel } from 'memory-level'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest, encodeManifest, type Manifest } from '../src/backup/format.js'
 import { retained } from '../src/backup/policies.js'
@@ -443,3 +445,33 @@ if (CHILD === 'restore-over') {
     })
   })
 }
+
+describe('the backup scheduler after a run that fails as a whole', () => {
+  it('tries the due slot again after a pause, not in a tight loop of failures', { timeout: 30_000 }, async () => {
+    const db = new MemoryLevel<string, unknown>({ valueEncoding: 'json' })
+    let offset = 0
+    const clock = { now: () => Date.now() + offset }
+    const failures: string[] = []
+    let listings = 0
+    // Only what a run that fails before any backup touches: listing the volumes fails.
+    const g = {
+      emit: (event: string, payload: { message?: string }) => { if (event === 'io:error') failures.push(payload.message ?? '') },
+      listVolumes: async () => { listings++; throw new GalleonError('IO_ERROR', 'injected: the catalog cannot be read') }
+    }
+    const scheduler = new BackupScheduler(g as never, db as never, clock, true)
+    try {
+      await scheduler.start()
+      await scheduler.create({ name: 'nightly', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 7 }, volumes: ['db'] } as never)
+      // The clock moves past the slot; the next policy change re-arms the timer, and the slot is due.
+      offset = 2 * 86_400_000
+      await scheduler.create({ name: 'other', schedule: '0 3 1 1 *', strategy: 'full', retention: { daily: 7 }, volumes: ['db'] } as never)
+      await until('the due run failed', () => failures.length >= 1, 10_000)
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      assert.equal(listings, 1, `the failed run was tried again ${listings - 1} times within half a second`)
+      assert.match(failures[0] as string, /catalog cannot be read.*tried again in 60 s/)
+    } finally {
+      scheduler.stop()
+      await db.close()
+    }
+  })
+})

@@ -86,6 +86,8 @@ const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 const MAX_MISSED = 100
 /** Longest timer Node accepts; the scheduler re-arms past it. */
 const MAX_TIMER_MS = 2 ** 31 - 1
+/** After a scheduled run failed as a whole (its volumes could not even be listed), the next try waits this long. */
+const FAILED_RUN_RETRY_MS = 60_000
 
 export class BackupScheduler {
   readonly #g: GalleonFS
@@ -100,6 +102,8 @@ export class BackupScheduler {
   #stopped = false
   /** While the timer's run is going, re-arming waits for it (it re-arms when done). */
   #firing = false
+  /** Until when (clock time) the timer waits after a failed run: due slots stay due, but are not retried at once. */
+  #retryAt = 0
 
   /** Runs a function outside the caller's context (so timers armed during a call do not inherit it). */
   readonly #detach: <T>(fn: () => T) => T
@@ -425,6 +429,8 @@ export class BackupScheduler {
       if (policy.nextRunAt !== null) soonest = Math.min(soonest, Date.parse(policy.nextRunAt))
     }
     if (!Number.isFinite(soonest)) return
+    // A run that failed as a whole left its slot due: retried after a pause, not in a tight loop.
+    soonest = Math.max(soonest, this.#retryAt)
     const delay = Math.min(Math.max(0, soonest - this.#clock.now()), MAX_TIMER_MS)
     this.#timer = this.#detach(() => setTimeout(() => {
       this.#timer = undefined
@@ -438,8 +444,10 @@ export class BackupScheduler {
     try {
       // Catch-up runs for policies that missed runs while closed, and whatever is due now.
       if (!this.#stopped) await this.runDue()
+      this.#retryAt = 0
     } catch (err) {
-      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `backup scheduler: ${(err as Error).message}` })
+      this.#retryAt = this.#clock.now() + FAILED_RUN_RETRY_MS
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `backup scheduler: ${(err as Error).message}; tried again in ${FAILED_RUN_RETRY_MS / 1000} s` })
     } finally {
       this.#firing = false
       this.#arm()
