@@ -19,11 +19,15 @@ import { until } from './support/wait.js'
 
 const SECRET = 'keepalive-progress-secret'
 const MiB = 1024 * 1024
-/** Short keepalive settings, so the transfers below last many timeouts. */
-const KEEPALIVE = { keepaliveIntervalMs: 100, keepaliveTimeoutMs: 500 }
-/** The relay passes on this much of the dialer's bytes every STEP_MS, by default (20 MiB/s). */
+/**
+ * Keepalive settings the transfers below outlast several times over; the timeout is long enough that
+ * a stall of this one process (relay, both transports and test share it) on a loaded machine is not
+ * taken for a silent peer.
+ */
+const KEEPALIVE = { keepaliveIntervalMs: 200, keepaliveTimeoutMs: 2000 }
+/** The relay passes on this much of the dialer's bytes every STEP_MS, by default (about 6.7 MiB/s). */
 const PIECE_BYTES = MiB
-const STEP_MS = 50
+const STEP_MS = 150
 const PAYLOAD_BYTES = 32 * MiB
 
 /** Answers with the size of what it got, so the reply is small whatever the request. */
