@@ -391,6 +391,48 @@ describe('migrations across cluster nodes: progress', () => {
     }
   })
 
+  it('a migration into a replicated class whose wait for its copies is aborted rejects with CANCELLED, never reporting done', { timeout: 60_000 }, async () => {
+    const nodes = await twoNodes(['n1'])
+    const [n1] = nodes as [GalleonFS]
+    try {
+      await n1.createVolume({ name: 'm', sizeBytes: '1M' })
+      let migrated = false
+      n1.on('volume:migrated', () => { migrated = true })
+      const abort = new AbortController()
+      const events: MigrationProgressEvent[] = []
+      const migrating = n1.migrateVolume('m', { storageClass: 'pair' }, { signal: abort.signal, onProgress: (e) => events.push(e), syncTimeoutMs: 30_000 })
+      migrating.catch(() => {})
+      // Aborted once the volume is in the class, replicated, and the wait for its copy has begun.
+      await until('the volume is in the class', async () => (await n1.getVolume('m')).storageClass === 'pair')
+      abort.abort()
+      await assert.rejects(migrating, (err: GalleonError) => err.code === 'CANCELLED' && /copies still filling/.test(err.message))
+      assert.equal(migrated, false)
+      assert.equal(events.some((e) => e.phase === 'done'), false)
+      assert.equal((await n1.getVolume('m')).storageClass, 'pair')
+    } finally {
+      for (const g of nodes) await g.close()
+    }
+  })
+
+  it('a progress listener that throws neither fails a migration nor ends the process (a node move calls it from a timer)', { timeout: 60_000 }, async () => {
+    const nodes = await twoNodes()
+    const [n1, n2] = nodes as [GalleonFS, GalleonFS]
+    try {
+      await n1.createVolume({ name: 'm', sizeBytes: '8M' })
+      const data = fill(8 << 20, 13)
+      await n1.write('m', 0, data)
+      let calls = 0
+      const onProgress = (): void => { calls++; throw new Error('listener bug') }
+      await n1.migrateVolume('m', { node: 'n2' }, { onProgress })
+      await n2.createVolume({ name: 'local', sizeBytes: '1M' })
+      await n2.migrateVolume('local', { storageClass: 'pair' }, { onProgress })
+      assert.ok(calls > 0, 'the listener was called')
+      assert.deepEqual(await n2.read('m', 0, 8 << 20), data)
+    } finally {
+      for (const g of nodes) await g.close()
+    }
+  })
+
   it('moving a volume to another node (and back, and again) reports progress that never goes backwards and ends at 100%', async () => {
     const nodes = await twoNodes()
     const [n1, n2] = nodes as [GalleonFS, GalleonFS]

@@ -7,7 +7,7 @@ import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
-import { DEFAULT_SYNC_TIMEOUT_MS, migrationCancelled, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
+import { DEFAULT_SYNC_TIMEOUT_MS, migrationCancelled, tellProgress, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
 import { poolPlacement } from '../volumes/pools.js'
 import { assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
 import type { FacadeHost } from './host.js'
@@ -115,8 +115,9 @@ export class ClusterMigrations {
   /**
    * Migration into a class that keeps copies on other nodes: the volume becomes replicated where it
    * is (this node its primary), its copies are placed by the class and filled by the resync of
-   * new copies while I/O goes on; resolves once they are in sync (or the signal aborts the wait:
-   * the volume stays replicated, its copies still filling). The data is not moved locally, so
+   * new copies while I/O goes on; resolves once they are in sync. An abort, close() or the
+   * sync timeout ends the wait with an error (CANCELLED, BUSY): the volume stays replicated, its
+   * copies still filling. The data is not moved locally, so
    * the class must encrypt as the volume's does, and the pool stays.
    */
   async migrateToReplicated (vol: VolumeRef, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl): Promise<Volume> {
@@ -178,7 +179,7 @@ export class ClusterMigrations {
     const report = (phase: MigrationPhase, blocksDone: number, blocksTotal: number): void => {
       const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass: 1 }
       this.#host.emit('volume:migration-progress', event)
-      control.onProgress?.(event)
+      tellProgress(control.onProgress, event)
     }
     const fill = new FillProgress(replication, record.id, this.#blocksPerCopy(record))
     const self = this.#host.cluster?.nodeId
@@ -199,10 +200,15 @@ export class ClusterMigrations {
       if (fill.sample(others())) report('copy', fill.done, fill.total)
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
-    if (inSync) {
-      const filled = fill.finish(others())
-      report('done', filled.done, filled.total)
+    if (!inSync) {
+      // Not done: never reported as done. The volume is in the class, its copies filling.
+      const where = `volume ${record.name} is in class ${storageClass.name} now, its copies still filling in the background (replicationStatus shows them)`
+      if (signal?.aborted === true) throw new GalleonError('CANCELLED', `the wait for the new copies was cancelled: ${where}`, { cause: signal.reason })
+      if (this.#host.closed) throw new GalleonError('CANCELLED', `the instance closed while the migration waited for the new copies: ${where}`)
+      throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} was deleted while its migration into ${storageClass.name} waited for its copies`)
     }
+    const filled = fill.finish(others())
+    report('done', filled.done, filled.total)
     const volume = this.#host.volumeView(this.#host.catalog.resolve(record.id))
     this.#host.emit('volume:migrated', volume, { storageClass: record.storageClass, ...(record.pool === undefined ? {} : { pool: record.pool }) })
     return volume
@@ -246,7 +252,7 @@ export class ClusterMigrations {
     const report = (phase: MigrationPhase, blocksDone: number, blocksTotal: number): void => {
       const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass: 1 }
       this.#host.emit('volume:migration-progress', event)
-      onProgress?.(event)
+      tellProgress(onProgress, event)
     }
     const fill = new FillProgress(replication, record.id, this.#blocksPerCopy(record))
     const timer = setInterval(() => { if (fill.sample([node])) report('copy', fill.done, fill.total) }, 100)
@@ -374,7 +380,7 @@ export class ClusterMigrations {
             reported = converted
             const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'copy', blocksDone: converted * blocks, blocksTotal: seen.layouts.length * blocks, pass: 1 }
             this.#host.emit('volume:migration-progress', event)
-            onProgress?.(event)
+            tellProgress(onProgress, event)
           }
           for (const layout of seen.layouts) {
             if (layout.error === undefined || layout.busy) continue
@@ -399,7 +405,7 @@ export class ClusterMigrations {
       }
       const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase: 'done', blocksDone: blocks * replicas, blocksTotal: blocks * replicas, pass: 1 }
       this.#host.emit('volume:migration-progress', event)
-      onProgress?.(event)
+      tellProgress(onProgress, event)
       // This node's copy may have been one the class no longer keeps.
       const latest = this.#host.recordById(record.id)
       const volume = latest !== undefined && latest.state !== VolumeState.Deleting

@@ -5,7 +5,7 @@ import { GalleonError, errorCode } from '../errors.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { MigrationRecord, VolumeRecord } from '../volumes/catalog.js'
-import { copyLastDelta, copyUntilConverged, migrationCancelled, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
+import { copyLastDelta, copyUntilConverged, migrationCancelled, tellProgress, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
 import { assertClassSupported, classReplicas } from '../volumes/storage-classes.js'
 import type { FacadeHost, MigrationLayout, RunningMigration } from './host.js'
 import { names } from './records.js'
@@ -59,7 +59,7 @@ export class LiveMigrations {
       lastReported = blocksDone
       const event: MigrationProgressEvent = { volumeId: record.id, volumeName: record.name, phase, blocksDone, blocksTotal, pass }
       this.#host.emit('volume:migration-progress', event)
-      onProgress?.(event)
+      tellProgress(onProgress, event)
     }
     const checkCancelled = (): void => {
       if (abort.signal.aborted) throw migrationCancelled(record.name, abort.signal.reason)

@@ -48,6 +48,17 @@ export interface MigrateControl {
   readonly syncTimeoutMs?: number
 }
 
+/**
+ * Calls a caller's progress listener; one that throws is ignored (as backups do), since it may run
+ * from a timer where the error would end the process, and must not fail the migration either.
+ */
+export function tellProgress (onProgress: ((event: MigrationProgressEvent) => void) | undefined, event: MigrationProgressEvent): void {
+  if (onProgress === undefined) return
+  try {
+    onProgress(event)
+  } catch {}
+}
+
 /** How long a cluster migration waits for its copies by default (see MigrateControl.syncTimeoutMs). */
 export const DEFAULT_SYNC_TIMEOUT_MS = 30 * 60_000
 
