@@ -1,5 +1,7 @@
-// Typed event map of the GalleonFS facade.
+// Typed event map of the GalleonFS facade, and the emitter that keeps a throwing listener from
+// breaking the operation that emitted the event.
 
+import { EventEmitter } from 'eventemitter3'
 import type { Volume, Snapshot, StorageClass } from './types.js'
 import type { StoragePool } from './volumes/pools.js'
 import type { Backup } from './backup/manager.js'
@@ -78,4 +80,63 @@ export interface GalleonEvents extends ClusterEvents, ReplicationEvents {
   'qos:latency-missed': (event: QoSLatencyMissedEvent) => void
   /** The QoS policy in force for a volume changed (setQoSPolicy / clearQoSPolicy). */
   'qos:policy-changed': (event: { volumeId: string, volumeName: string, policy?: QoSPolicy, source: QoSPolicySource }) => void
+}
+
+type Listener = (...args: never[]) => unknown
+
+/** The guarded form of each listener, so that `off(event, listener)` finds what `on` added. */
+const guarded = new WeakMap<Listener, Listener>()
+/** And back, so that `listeners(event)` returns what the application added. */
+const original = new WeakMap<Listener, Listener>()
+
+function guard<L> (fn: L): L {
+  if (typeof fn !== 'function') return fn // eventemitter3 refuses it with its own TypeError
+  const listener = fn as Listener
+  let wrapper = guarded.get(listener)
+  if (wrapper === undefined) {
+    wrapper = function (this: unknown, ...args: never[]): void {
+      try {
+        listener.apply(this, args)
+      } catch (err) {
+        // The application's error, raised where it cannot undo the operation nor skip the other
+        // listeners: as an uncaught exception once the emitting call has gone on.
+        setImmediate(() => { throw err })
+      }
+    }
+    guarded.set(listener, wrapper)
+    original.set(wrapper, listener)
+  }
+  return wrapper as L
+}
+
+/**
+ * An eventemitter3 emitter whose listeners cannot break the code that emits: each runs in turn,
+ * and one that throws neither fails the operation that emitted the event (which has happened) nor
+ * keeps the later listeners from running; its error is thrown again on its own, as an uncaught
+ * exception (`process.on('uncaughtException')` sees it), as a rejected async listener's is.
+ */
+export class GuardedEmitter<E extends EventEmitter.ValidEventTypes> extends EventEmitter<E> {
+  override on<T extends EventEmitter.EventNames<E>> (event: T, fn: EventEmitter.EventListener<E, T>, context?: unknown): this {
+    return super.on(event, guard(fn), context)
+  }
+
+  override addListener<T extends EventEmitter.EventNames<E>> (event: T, fn: EventEmitter.EventListener<E, T>, context?: unknown): this {
+    return super.addListener(event, guard(fn), context)
+  }
+
+  override once<T extends EventEmitter.EventNames<E>> (event: T, fn: EventEmitter.EventListener<E, T>, context?: unknown): this {
+    return super.once(event, guard(fn), context)
+  }
+
+  override removeListener<T extends EventEmitter.EventNames<E>> (event: T, fn?: EventEmitter.EventListener<E, T>, context?: unknown, once?: boolean): this {
+    return super.removeListener(event, fn === undefined ? fn : (guarded.get(fn as Listener) as typeof fn | undefined) ?? fn, context, once)
+  }
+
+  override off<T extends EventEmitter.EventNames<E>> (event: T, fn?: EventEmitter.EventListener<E, T>, context?: unknown, once?: boolean): this {
+    return this.removeListener(event, fn, context, once)
+  }
+
+  override listeners<T extends EventEmitter.EventNames<E>> (event: T): Array<EventEmitter.EventListener<E, T>> {
+    return super.listeners(event).map((fn) => (original.get(fn as Listener) as typeof fn | undefined) ?? fn)
+  }
 }

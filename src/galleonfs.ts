@@ -1,7 +1,7 @@
 // The GalleonFS facade: composes the catalog, the engine and the drivers, owns lifecycle and events.
 
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { EventEmitter } from 'eventemitter3'
+import type { EventEmitter } from 'eventemitter3'
 import { checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
 import type { AuditEntry, AuditLog, AuditQuery, AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl } from './mount/mount-manager.js'
@@ -12,7 +12,7 @@ import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, typ
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import type { BlockEngine, VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
-import type { GalleonEvents } from './events.js'
+import { GuardedEmitter, type GalleonEvents } from './events.js'
 import type { ClusterManager, ClusterOptions, ClusterStatus } from './cluster/manager.js'
 import type { ReplicationStatus } from './replication/manager.js'
 import type { VolumeMetrics } from './metrics/recorder.js'
@@ -54,7 +54,7 @@ export type { VolumeRef, SnapshotRef, ReadSource, CloneSource } from './facade/r
  * An open GalleonFS instance: named block volumes on a metadata database and a block store.
  * Create one with `GalleonFS.open()`; call `close()` when done.
  */
-export class GalleonFS extends EventEmitter<GalleonEvents> {
+export class GalleonFS extends GuardedEmitter<GalleonEvents> {
   readonly #catalog: Catalog
   readonly #pools: PoolManager
   readonly #engine: BlockEngine

@@ -257,9 +257,6 @@ const VOLUME_FAMILIES: Record<string, { type: string, values: (v: PrometheusVolu
   galleonfs_volume_throughput_bytes_per_second: {
     type: 'GAUGE', values: (v, d) => 1e6 * (d === 'read' ? v.metrics.readThroughputMBps : v.metrics.writeThroughputMBps)
   },
-  galleonfs_volume_latency_seconds: {
-    type: 'GAUGE', values: (v, q) => (q === '0.5' ? v.metrics.latencyP50Ms : v.metrics.latencyP99Ms) / 1000
-  },
   galleonfs_volume_latency_mean_seconds: { type: 'GAUGE', values: (v) => v.metrics.latencyMs / 1000 },
   galleonfs_volume_queue_depth: { type: 'GAUGE', values: (v) => v.metrics.queueDepth },
   galleonfs_volume_size_bytes: { type: 'GAUGE', values: (v) => v.sizeBytes },
@@ -267,8 +264,7 @@ const VOLUME_FAMILIES: Record<string, { type: string, values: (v: PrometheusVolu
 }
 const EXTRA_LABEL: Record<string, { key: string, values: string[] }> = {
   galleonfs_volume_iops: { key: 'direction', values: ['read', 'write', 'trim'] },
-  galleonfs_volume_throughput_bytes_per_second: { key: 'direction', values: ['read', 'write'] },
-  galleonfs_volume_latency_seconds: { key: 'quantile', values: ['0.5', '0.99'] }
+  galleonfs_volume_throughput_bytes_per_second: { key: 'direction', values: ['read', 'write'] }
 }
 const STORE_FAMILIES: Record<string, 'GAUGE' | 'COUNTER'> = {
   galleonfs_store_blocks: 'GAUGE',
@@ -277,7 +273,10 @@ const STORE_FAMILIES: Record<string, 'GAUGE' | 'COUNTER'> = {
   galleonfs_store_syncs_total: 'COUNTER'
 }
 const POOL_FAMILIES = ['galleonfs_pool_capacity_bytes', 'galleonfs_pool_limit_bytes', 'galleonfs_pool_provisioned_bytes', 'galleonfs_pool_allocated_bytes', 'galleonfs_pool_free_bytes', 'galleonfs_pool_volumes']
-const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), ...Object.keys(STORE_FAMILIES), ...POOL_FAMILIES]
+// The latency summary: parse-prometheus-text-format merges a summary's labelled series into one
+// without labels, so its lines are checked as text (test/metrics-audit.test.ts parses them strictly).
+const LATENCY_SUMMARY = 'galleonfs_volume_latency_seconds'
+const ALL_FAMILIES = ['galleonfs_volumes', ...Object.keys(VOLUME_FAMILIES), LATENCY_SUMMARY, ...Object.keys(STORE_FAMILIES), ...POOL_FAMILIES]
 const SAMPLE_VALUE = /^(NaN|[+-]Inf|-?\d+(\.\d+)?(e[+-]\d+)?)$/
 
 /** Parses `text` and checks what holds for any rendering; returns the families by name. */
@@ -296,10 +295,11 @@ function parseChecked (text: string): Map<string, ParsedFamily> {
   }
   // The parser merges consecutive samples with equal labels, so a duplicate series shows up as
   // fewer parsed samples than sample lines, or as a repeated key.
-  const sampleLines = text.split('\n').filter((line) => line !== '' && !line.startsWith('#'))
+  const sampleLines = text.split('\n').filter((line) => line !== '' && !line.startsWith('#') && !line.startsWith(LATENCY_SUMMARY))
   const keys = new Set<string>()
   let parsed = 0
   for (const family of families) {
+    if (family.name === LATENCY_SUMMARY) continue
     for (const sample of family.metrics) {
       parsed++
       assert.match(sample.value ?? '', SAMPLE_VALUE, `${family.name} value`)
@@ -372,6 +372,11 @@ describe('renderPrometheus', () => {
     assert.match(text, /^galleonfs_volume_latency_mean_seconds\{volume_id="vol-1",volume_name="plain"\} 0.00634$/m)
     assert.match(text, new RegExp(`^galleonfs_volume_latency_seconds\\{volume_id="vol-1",volume_name="plain",quantile="0.5"\\} ${first.latencyP50Ms / 1000}$`, 'm'))
     assert.match(text, /^galleonfs_volume_queue_depth\{volume_id="vol-1",volume_name="plain"\} 1$/m)
+    assert.equal(families.get(LATENCY_SUMMARY)!.type, 'SUMMARY')
+    assert.match(text, new RegExp(`^galleonfs_volume_latency_seconds\\{volume_id="vol-1",volume_name="plain",quantile="0.99"\\} ${Number((first.latencyP99Ms / 1000).toPrecision(15))}$`, 'm'))
+    assert.match(text, /^galleonfs_volume_latency_seconds_sum\{volume_id="vol-1",volume_name="plain"\} 0.317$/m)
+    assert.match(text, /^galleonfs_volume_latency_seconds_count\{volume_id="vol-1",volume_name="plain"\} 50$/m)
+    assert.equal(text.split('\n').filter((line) => line.startsWith(LATENCY_SUMMARY)).length, volumes.length * 4, 'two quantiles, _sum and _count per volume')
     assert.ok(text.includes('volume_id="vol-\\"2\\"",volume_name="we\\"ird\\\\name\\nwith {braces}, commas=and spaces "'))
   })
 

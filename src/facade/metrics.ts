@@ -46,7 +46,8 @@ export function metricsText (host: FacadeHost, store: BlockStoreStats & { backen
         name: record.name,
         metrics: volume.metrics.snapshot(),
         sizeBytes: record.sizeBytes,
-        usedBytes: host.engine.allocatedBlocks(volume) * host.engine.blockSize
+        // What getVolumeUsage reports and the volume's pool counts: versions only its snapshots keep included.
+        usedBytes: (host.engine.allocatedBlocks(volume) + host.engine.heldBlocks(volume)) * host.engine.blockSize
       }]
     }),
     store,

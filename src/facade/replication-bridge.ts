@@ -223,7 +223,7 @@ export class ReplicationBridge {
       ['galleonfs_replication_ack_wait_seconds_total', 'counter', 'Seconds the acknowledged stream batches waited from sending to acknowledgement, summed (divide by the batch count for the mean round trip).', (l) => l.ackWaitSeconds],
       ['galleonfs_replication_resyncs_total', 'counter', 'Resyncs of the copy started by this primary.', (l) => l.resyncs],
       ['galleonfs_replication_resync_blocks_done', 'gauge', 'Blocks compared or sent by the resync under way (0 when none).', (l) => l.resync?.blocksDone ?? 0],
-      ['galleonfs_replication_resync_blocks_total', 'gauge', 'Blocks the resync under way covers (0 when none).', (l) => l.resync?.blocksTotal ?? 0],
+      ['galleonfs_replication_resync_blocks_planned', 'gauge', 'Blocks the resync under way covers (0 when none).', (l) => l.resync?.blocksTotal ?? 0],
       ['galleonfs_replication_in_sync', 'gauge', '1 when the copy is in the in-sync list.', () => 0]
     ]
     const label = (value: string): string => value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')

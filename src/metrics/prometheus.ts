@@ -16,7 +16,7 @@ export interface PrometheusVolume {
   readonly metrics: VolumeMetricsSnapshot
   /** Provisioned size in bytes. */
   readonly sizeBytes: number
-  /** Bytes allocated in the store for the volume. */
+  /** Bytes allocated in the store for the volume: its current blocks and versions only its snapshots keep. */
   readonly usedBytes: number
 }
 
@@ -57,7 +57,7 @@ export interface PrometheusInput {
   readonly pools?: readonly PrometheusPool[]
 }
 
-type MetricType = 'counter' | 'gauge'
+type MetricType = 'counter' | 'gauge' | 'summary'
 
 interface VolumeFamily {
   readonly name: string
@@ -65,6 +65,8 @@ interface VolumeFamily {
   readonly help: string
   /** Samples of one volume: extra label text (`,key="value"` or empty) and value. */
   readonly samples: (volume: PrometheusVolume) => ReadonlyArray<readonly [string, number]>
+  /** A summary's `_sum` and `_count` of one volume. */
+  readonly totals?: (volume: PrometheusVolume) => readonly [sum: number, count: number]
 }
 
 const one = (value: number): ReadonlyArray<readonly [string, number]> => [['', value]]
@@ -99,13 +101,16 @@ const VOLUME_FAMILIES: readonly VolumeFamily[] = [
     ]
   },
   {
+    // A summary, as client libraries keep one: quantiles over a sliding window, _sum and _count
+    // since open. The quantile label belongs to summaries; on a gauge, linters and tools reject it.
     name: 'galleonfs_volume_latency_seconds',
-    type: 'gauge',
-    help: 'Operation latency quantiles over the sliding window (histogram estimates; 0 without operations).',
+    type: 'summary',
+    help: 'Operation latency: quantiles over the sliding window (histogram estimates; 0 without operations), sum and count since open.',
     samples: (v) => [
       [',quantile="0.5"', clean(v.metrics.latencyP50Ms / 1000)],
       [',quantile="0.99"', clean(v.metrics.latencyP99Ms / 1000)]
-    ]
+    ],
+    totals: (v) => [clean(v.metrics.latencySumMs / 1000), v.metrics.readOps + v.metrics.writeOps + v.metrics.trimOps]
   },
   {
     name: 'galleonfs_volume_latency_mean_seconds',
@@ -115,7 +120,7 @@ const VOLUME_FAMILIES: readonly VolumeFamily[] = [
   },
   { name: 'galleonfs_volume_queue_depth', type: 'gauge', help: 'Operations in flight.', samples: (v) => one(v.metrics.queueDepth) },
   { name: 'galleonfs_volume_size_bytes', type: 'gauge', help: 'Provisioned size of the volume.', samples: (v) => one(v.sizeBytes) },
-  { name: 'galleonfs_volume_used_bytes', type: 'gauge', help: 'Bytes allocated in the store for the volume.', samples: (v) => one(v.usedBytes) }
+  { name: 'galleonfs_volume_used_bytes', type: 'gauge', help: 'Bytes allocated in the store for the volume (versions only its snapshots keep included).', samples: (v) => one(v.usedBytes) }
 ]
 
 const STORE_FAMILIES: ReadonlyArray<{ name: string, type: 'gauge' | 'counter', help: string, value: (store: PrometheusStore) => number }> = [
@@ -169,6 +174,10 @@ export function renderPrometheus (input: PrometheusInput): string {
     input.volumes.forEach((volume, i) => {
       for (const [extraLabels, value] of family.samples(volume)) {
         lines.push(`${family.name}{${volumeLabels[i]!}${extraLabels}} ${formatValue(value)}`)
+      }
+      if (family.totals !== undefined) {
+        const [sum, count] = family.totals(volume)
+        lines.push(`${family.name}_sum{${volumeLabels[i]!}} ${formatValue(sum)}`, `${family.name}_count{${volumeLabels[i]!}} ${formatValue(count)}`)
       }
     })
   }

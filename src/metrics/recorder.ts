@@ -29,6 +29,11 @@ export interface VolumeMetricsSnapshot {
   readonly writeThroughputMBps: number
   /** Mean latency of the window's operations in milliseconds; 0 when there were none. */
   readonly latencyMs: number
+  /**
+   * Latencies of every operation over the lifetime, summed, in milliseconds: with `readOps +
+   * writeOps + trimOps` it gives the lifetime mean (the `_sum` and `_count` of a Prometheus summary).
+   */
+  readonly latencySumMs: number
   /** Median latency of the window's operations in milliseconds (histogram estimate); 0 when none. */
   readonly latencyP50Ms: number
   /** 99th-percentile latency of the window's operations in milliseconds (histogram estimate); 0 when none. */
@@ -122,7 +127,8 @@ const T_CACHE_HITS = 6
 const T_CACHE_MISSES = 7
 const T_TRIM_OPS = 8
 const T_TRIM_BYTES = 9
-const TOTAL_FIELDS = 10
+const T_LATENCY_SUM_MS = 10
+const TOTAL_FIELDS = 11
 
 /** Index of the histogram bucket holding a latency of `us` microseconds. */
 function histogramBucket (us: number): number {
@@ -209,6 +215,7 @@ export class MetricsRecorder {
     const totals = this.#totals
     const opsField = isRead ? T_READ_OPS : isTrim ? T_TRIM_OPS : T_WRITE_OPS
     totals[opsField] = totals[opsField]! + 1
+    totals[T_LATENCY_SUM_MS] = totals[T_LATENCY_SUM_MS]! + latencyMs
     if (ok) {
       const bytesField = isRead ? T_READ_BYTES : isTrim ? T_TRIM_BYTES : T_WRITE_BYTES
       totals[bytesField] = totals[bytesField]! + bytes
@@ -250,7 +257,7 @@ export class MetricsRecorder {
     const oldest = Math.max(0, current - this.#slots + 1)
     const spanMs = Math.max(this.#bucketMs, now - (this.#origin + oldest * this.#bucketMs))
 
-    let readOps = 0; let writeOps = 0; let trimOps = 0; let readBytes = 0; let writeBytes = 0; let latencySumMs = 0
+    let readOps = 0; let writeOps = 0; let trimOps = 0; let readBytes = 0; let writeBytes = 0; let windowLatencyMs = 0
     let minMs = Infinity; let maxMs = 0
     const merged = this.#merged.fill(0)
     for (let slot = 0; slot < this.#slots; slot++) {
@@ -263,7 +270,7 @@ export class MetricsRecorder {
       trimOps += fields[row + F_TRIM_OPS]!
       readBytes += fields[row + F_READ_BYTES]!
       writeBytes += fields[row + F_WRITE_BYTES]!
-      latencySumMs += fields[row + F_LATENCY_SUM_MS]!
+      windowLatencyMs += fields[row + F_LATENCY_SUM_MS]!
       minMs = Math.min(minMs, fields[row + F_LATENCY_MIN_MS]!)
       maxMs = Math.max(maxMs, fields[row + F_LATENCY_MAX_MS]!)
       const base = slot * HISTOGRAM_BUCKETS
@@ -283,7 +290,8 @@ export class MetricsRecorder {
       throughputMBps: (readBytes + writeBytes) / 1e6 / seconds,
       readThroughputMBps: readBytes / 1e6 / seconds,
       writeThroughputMBps: writeBytes / 1e6 / seconds,
-      latencyMs: ops === 0 ? 0 : latencySumMs / ops,
+      latencyMs: ops === 0 ? 0 : windowLatencyMs / ops,
+      latencySumMs: totals[T_LATENCY_SUM_MS]!,
       latencyP50Ms: quantileMs(merged, ops, 0.5, minMs, maxMs),
       latencyP99Ms: quantileMs(merged, ops, 0.99, minMs, maxMs),
       queueDepth: this.#inFlight,
