@@ -147,11 +147,22 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     await this.#volumes.recover()
     for (const record of catalog.volumes()) applyQoS(this.#host, record)
     if (options.cluster !== undefined) await this.joinCluster(options.cluster)
-    await this.#backups.start()
+    await this.#backups.start({
+      replicated: (volumeId) => this.#host.recordById(volumeId)?.replication !== undefined,
+      // Refused I/O as an unfinished revert to the snapshot: restoreSnapshot to it finishes it.
+      fence: async (volumeId, safetySnapshot, why) => {
+        const record = catalog.resolve(volumeId)
+        const snapshot = catalog.resolveSnapshot(record, safetySnapshot)
+        await catalog.updateVolume(record.id, { revertTo: snapshot.id })
+        this.#revertFailures.set(record.id, why)
+      }
+    })
     await this.#scheduler.start()
     for (const record of catalog.volumes()) {
       if (this.#keys.rotation(record.id) !== undefined) this.#keyRotations.startRotation(record)
     }
+    // Last: what recovery found is reported once the caller holds the instance.
+    this.#backups.reportOpening()
   }
 
   /** This node's part in its cluster, when opened with `{ cluster }`. */

@@ -17,6 +17,8 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS, GalleonError, type Backup, type BackupTarget } from '../src/index.js'
 import { BackupScheduler } from '../src/backup/policies.js'
 import { MemoryLevel } from 'memory-level'
+import { ClassicLevel } from 'classic-level'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest, encodeManifest, type Manifest } from '../src/backup/format.js'
 import { retained } from '../src/backup/policies.js'
@@ -472,6 +474,53 @@ describe('the backup scheduler after a run that fails as a whole', () => {
     } finally {
       scheduler.stop()
       await db.close()
+    }
+  })
+})
+
+describe('a restore into a replicated volume that this node did not finish (found at open)', () => {
+  it('is reported after open() returns, not put back: writes made since (here and on other copies) are never reverted at a later open', { timeout: 120_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const dir = await mkdtemp(join(tmpdir(), 'galleon-restore-replicated-'))
+    const path = join(dir, 'n1')
+    const clusterOf = (id: string): { nodeId: string, transport: MemoryTransport, coordinator: ReturnType<MemoryCoordinatorCluster['coordinator']>, leaseTtlMs: number } => ({ nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 })
+    const block = (v: number): Uint8Array => new Uint8Array(16 * 4096).fill(v)
+    let n1 = await GalleonFS.open({ storagePath: path, cluster: clusterOf('n1') })
+    const n2 = await GalleonFS.open({ storagePath: join(dir, 'n2'), cluster: clusterOf('n2') })
+    try {
+      await until('the nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
+      for (const g of [n1, n2]) await g.createStorageClass({ name: 'pair', parameters: { replication: '2' } })
+      await n1.createVolume({ name: 'r', sizeBytes: 16 * 4096, storageClass: 'pair' })
+      await until('both copies are in sync', async () => (await n1.replicationStatus('r')).inSync.length === 2)
+      await n1.write('r', 0, block(1))
+      await n1.createSnapshot('r', 'pre-restore-x')
+      await n1.write('r', 0, block(2))
+      const volumeId = (await n1.getVolume('r')).id
+      await n1.close()
+      // As a restore killed half-way leaves it.
+      const meta = new ClassicLevel(join(path, 'metadata'))
+      await meta.sublevel<string, unknown>('restoresInProgress', { valueEncoding: 'json' }).put(volumeId, { backupId: 'b', safetySnapshot: 'pre-restore-x' })
+      await meta.close()
+      n1 = await GalleonFS.open({ storagePath: path })
+      const reported: string[] = []
+      n1.on('io:error', (event) => { reported.push(event.message) })
+      await until('the half-restored volume is reported', () => reported.some((m) => m.includes('may be half-restored') && m.includes('pre-restore-x')))
+      await n1.joinCluster(clusterOf('n1'))
+      await until('n1 serves r', async () => await n1.read('r', 0, 1).then(() => true, () => false), 30_000)
+      assert.equal((await n1.read('r', 0, 16 * 4096))[0], 2, 'not put back')
+      await n1.write('r', 0, block(7))
+      await n1.flush('r')
+      await n1.close()
+      n1 = await GalleonFS.open({ storagePath: path, cluster: clusterOf('n1') })
+      await until('n1 serves r again', async () => await n1.read('r', 0, 1).then(() => true, () => false), 30_000)
+      assert.equal((await n1.read('r', 0, 16 * 4096))[0], 7, 'the write made after the first reopen was reverted at the next one')
+      // The safety snapshot is kept for a revert by hand.
+      assert.ok((await n1.listSnapshots('r')).some((snapshot) => snapshot.name === 'pre-restore-x'))
+    } finally {
+      await n1.close().catch(() => {})
+      await n2.close().catch(() => {})
+      await rm(dir, { recursive: true, force: true })
     }
   })
 })

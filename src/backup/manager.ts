@@ -14,6 +14,7 @@ import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, e
 import { SerialQueue } from '../serial-queue.js'
 import type { AbstractSublevel } from 'abstract-level'
 import type { MetadataDatabase } from '../volumes/catalog.js'
+import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readManifest, readManifests, toBackup, writeIndex } from './manifests.js'
 import { restoreBackup } from './restore.js'
@@ -29,6 +30,14 @@ type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeI
  * snapshot that puts it back (a new volume is removed instead; see start()).
  */
 type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string, safetySnapshot?: string }>
+
+/** How the instance fences a volume an interrupted restore left half-restored (see BackupManager.start). */
+export interface HalfRestoredFence {
+  /** Whether the volume is replicated (false: gone or local). */
+  readonly replicated: (volumeId: string) => boolean
+  /** Marks it as an unfinished revert to `safetySnapshot`, `why` in the refusal's message (durable). */
+  readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<void>
+}
 
 /** Whether a deletion failed because what it deletes (or its volume) is gone already. */
 function gone (err: unknown): boolean {
@@ -76,21 +85,17 @@ export class BackupManager {
    * are the volumes of restores into new volumes that were cut short: they hold part of a backup.
    * An existing volume a restore was overwriting is put back as it was before that restore.
    */
-  async start (): Promise<void> {
+  async start (fence: HalfRestoredFence): Promise<void> {
+    this.#fence = fence
+    this.#opening = []
     for (const [volumeId, { backupId, safetySnapshot }] of await this.#restoring?.iterator().all() ?? []) {
       if (safetySnapshot === undefined) {
         await this.#removeLeftover(volumeId, `volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored`,
           async () => { await this.#g.deleteVolume(volumeId, { force: true }) }, async () => { await this.#restoring?.del(volumeId) })
         continue
       }
-      await this.#removeLeftover(volumeId, `the half-restored contents of volume ${volumeId} (an interrupted restore of backup ${backupId}; reverting it to snapshot ${safetySnapshot})`, async () => {
-        // No such snapshot: the restore was cut short before it took it, so before it changed anything.
-        await this.#g.restoreSnapshot(volumeId, safetySnapshot)
-        // Put back: a snapshot that cannot be deleted now is reported and left (never reverted to again).
-        await this.#g.deleteSnapshot(volumeId, safetySnapshot).catch((err: unknown) => {
-          if (!gone(err)) this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `volume ${volumeId} was put back after an interrupted restore, but its snapshot ${safetySnapshot} could not be deleted (delete it yourself): ${(err as Error).message}` })
-        })
-      }, async () => { await this.#restoring?.del(volumeId) })
+      await this.#putBackOrFence(volumeId, backupId, safetySnapshot, fence.replicated(volumeId))
+      await this.#restoring?.del(volumeId)
     }
     for (const [id, { volumeId, snapshot }] of await this.#pending?.iterator().all() ?? []) {
       await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`,
@@ -108,11 +113,64 @@ export class BackupManager {
       await remove()
     } catch (err) {
       if (!gone(err)) {
-        this.#g.emit('io:error', { volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `could not delete ${what} (tried again at the next open): ${(err as Error).message}` })
+        this.#report({ volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `could not delete ${what} (tried again at the next open): ${(err as Error).message}` })
         return
       }
     }
     await forget()
+  }
+
+  /** What start() found to report, held until open() has returned (see reportOpening). */
+  #opening: IoErrorEvent[] | undefined
+
+  /** An io:error now, or, during start(), once open() has returned: no listener is attached before. */
+  #report (event: IoErrorEvent): void {
+    if (this.#opening !== undefined) this.#opening.push(event)
+    else this.#g.emit('io:error', event)
+  }
+
+  /** Called at the end of open(): emits what start() found, after the caller's listeners are attached. */
+  reportOpening (): void {
+    const events = this.#opening ?? []
+    this.#opening = undefined
+    if (events.length > 0) setImmediate(() => { for (const event of events) this.#g.emit('io:error', event) })
+  }
+
+  /** Set by start(): fences a volume an interrupted restore left half-restored. */
+  #fence: HalfRestoredFence | undefined
+
+  /**
+   * A volume an interrupted restore of `backupId` left half-restored (at open, after a crash):
+   * put back from its safety snapshot, which nothing can have written over yet (open has not
+   * returned) unless the volume is replicated (its other copies served while this node was down):
+   * that one is only reported. One that cannot be put back now is fenced instead: its I/O is refused
+   * as an unfinished revert's is, until restoreSnapshot(volume, safetySnapshot) finishes it, another
+   * revert or restore replaces it, or it is deleted. It is never put back later, over writes made
+   * in between.
+   */
+  async #putBackOrFence (volumeId: string, backupId: string, safetySnapshot: string, replicated: boolean): Promise<void> {
+    const fence = this.#fence as HalfRestoredFence
+    if (replicated) {
+      // Not reverted nor fenced here: its primary may be another node now, and a fence in this
+      // node's catalog would not hold there. Reported (once open() has returned, see #report); the
+      // safety snapshot stays for a revert by hand.
+      this.#report({ volumeId, volumeName: '', operation: 'write', code: 'CORRUPTION', message: `replicated volume ${volumeId} may be half-restored: this node stopped while restoring backup ${backupId} into it, and it is not put back automatically (its copies may have served writes since); restore the backup again, or revert it with restoreSnapshot to snapshot ${safetySnapshot}` })
+      return
+    }
+    try {
+      await this.#g.restoreSnapshot(volumeId, safetySnapshot)
+    } catch (err) {
+      // No such snapshot: the restore was cut short before it took it, so before it changed anything.
+      if (gone(err)) return
+      await fence.fence(volumeId, safetySnapshot, `an interrupted restore of backup ${backupId} left it half-restored, and putting it back failed: ${(err as Error).message}`).catch((cause: unknown) => {
+        if (!gone(cause)) throw cause
+      })
+      return
+    }
+    // Put back: a snapshot that cannot be deleted now is reported and left (never reverted to again).
+    await this.#g.deleteSnapshot(volumeId, safetySnapshot).catch((err: unknown) => {
+      if (!gone(err)) this.#report({ volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `volume ${volumeId} was put back after an interrupted restore, but its snapshot ${safetySnapshot} could not be deleted (delete it yourself): ${(err as Error).message}` })
+    })
   }
 
   /** Backups and restores under way: close() cancels them and waits for them. */
@@ -459,6 +517,12 @@ export class BackupManager {
         }
       },
       forget: async (volumeId) => { await restoring?.del(volumeId) },
+      fence: async (volumeId, safetySnapshot, why) => {
+        // A replicated volume is only reported (see #putBackOrFence).
+        if (this.#fence === undefined || this.#fence.replicated(volumeId)) return false
+        await this.#fence.fence(volumeId, safetySnapshot, why)
+        return true
+      },
       release: (volumeId) => { claimed.delete(volumeId) }
     }))
   }

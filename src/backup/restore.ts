@@ -22,6 +22,8 @@ import type { BackupKeySource, RestoreBackupOptions } from './types.js'
 export interface RestoreTracker {
   readonly started: (volumeId: string, safetySnapshot?: string) => Promise<void>
   readonly forget: (volumeId: string) => Promise<void>
+  /** Fences the volume (see HalfRestoredFence.fence in manager.ts); false when it is not fenced (replicated). */
+  readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<boolean>
   readonly release: (volumeId: string) => void
 }
 
@@ -160,17 +162,24 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       if (removed) await tracker?.forget(into.id).catch(() => {})
     }
     if (safetySnapshot !== undefined) {
-      // Not put back now: the record stays, and the next open puts it back.
-      const putBack = await g.restoreSnapshot(into.id, safetySnapshot).then(() => true, (cause: unknown) => {
+      const snapshot = safetySnapshot
+      // 'done': put back (or nothing to put back); 'fenced': refuses I/O until put back by hand;
+      // 'reported': a replicated volume, left for a revert by hand; 'kept': the fence could not be
+      // recorded (the instance is closing), the record stays and the next open deals with it.
+      const outcome = await g.restoreSnapshot(into.id, snapshot).then(() => 'done' as const, async (cause: unknown) => {
         const code = errorCode(cause)
-        if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return true // never taken (nothing changed), or the volume is gone
-        g.emit('io:error', { volumeId: into.id, volumeName: into.name, operation: 'write', code, message: `volume ${into.name} is left half-restored from backup ${id} and could not be put back now (${(cause as Error).message}); the next open puts it back from snapshot ${safetySnapshot}` })
-        return false
+        if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return 'done' as const // never taken (nothing changed), or the volume is gone
+        // Never put back later over writes made in between (see HalfRestoredFence).
+        const why = `the restore of backup ${id} failed and putting the volume back failed too: ${(cause as Error).message}`
+        const fenced = await (tracker?.fence(into.id, snapshot, why) ?? Promise.resolve(false)).then((done) => done ? 'fenced' as const : 'reported' as const, () => 'kept' as const)
+        const next = fenced === 'fenced'
+          ? `it refuses I/O until restoreSnapshot(${JSON.stringify(into.name)}, ${JSON.stringify(snapshot)}) puts it back`
+          : fenced === 'reported' ? `restore the backup again, or revert it with restoreSnapshot(${JSON.stringify(into.name)}, ${JSON.stringify(snapshot)})` : 'the next open deals with it'
+        g.emit('io:error', { volumeId: into.id, volumeName: into.name, operation: 'write', code, message: `volume ${into.name} is left half-restored from backup ${id} and could not be put back now (${(cause as Error).message}); ${next}` })
+        return fenced
       })
-      if (putBack) {
-        await g.deleteSnapshot(into.id, safetySnapshot).catch(() => {})
-        await tracker?.forget(into.id).catch(() => {})
-      }
+      if (outcome === 'done') await g.deleteSnapshot(into.id, snapshot).catch(() => {})
+      if (outcome !== 'kept') await tracker?.forget(into.id).catch(() => {})
     }
     throw err
   } finally {
