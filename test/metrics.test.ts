@@ -272,7 +272,7 @@ const STORE_FAMILIES: Record<string, 'GAUGE' | 'COUNTER'> = {
   galleonfs_store_stored_bytes: 'GAUGE',
   galleonfs_store_syncs_total: 'COUNTER'
 }
-const POOL_FAMILIES = ['galleonfs_pool_capacity_bytes', 'galleonfs_pool_limit_bytes', 'galleonfs_pool_provisioned_bytes', 'galleonfs_pool_allocated_bytes', 'galleonfs_pool_free_bytes', 'galleonfs_pool_volumes']
+const POOL_FAMILIES = ['galleonfs_pool_capacity_bytes', 'galleonfs_pool_limit_bytes', 'galleonfs_pool_provisioned_bytes', 'galleonfs_pool_allocated_bytes', 'galleonfs_pool_reserved_bytes', 'galleonfs_pool_free_bytes', 'galleonfs_pool_volumes']
 // The latency summary: parse-prometheus-text-format merges a summary's labelled series into one
 // without labels, so its lines are checked as text (test/metrics-audit.test.ts parses them strictly).
 const LATENCY_SUMMARY = 'galleonfs_volume_latency_seconds'

@@ -320,6 +320,7 @@ describe('storage pools', () => {
     assert.equal(value('galleonfs_pool_limit_bytes', 'metered'), 16 * MiB)
     assert.equal(value('galleonfs_pool_provisioned_bytes', 'metered'), 5 * MiB)
     assert.equal(value('galleonfs_pool_allocated_bytes', 'metered'), 2 * 4096)
+    assert.equal(value('galleonfs_pool_reserved_bytes', 'metered'), 0)
     assert.equal(value('galleonfs_pool_free_bytes', 'metered'), 11 * MiB)
     assert.equal(value('galleonfs_pool_volumes', 'metered'), 1)
     assert.equal(value('galleonfs_pool_volumes', 'empty'), 0)

@@ -20,6 +20,8 @@ const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
 /** Creates, deletes and expands the instance's volumes (GalleonFS checks the caller first). */
 export class VolumeLifecycle {
   readonly #host: FacadeHost
+  /** Ids of the volumes `destroy` is working on now (a record in state Deleting without one here is a deletion that failed). */
+  readonly #destroying = new Set<string>()
 
   constructor (host: FacadeHost) {
     this.#host = host
@@ -209,7 +211,17 @@ export class VolumeLifecycle {
   /** The work of GalleonFS.deleteVolume, once the caller is checked. */
   async deleteVolume (vol: VolumeRef, options: { force?: boolean }): Promise<void> {
     const record = this.#host.catalog.resolve(vol)
-    if (record.state === VolumeState.Deleting) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
+    if (record.state === VolumeState.Deleting) {
+      if (this.#destroying.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is already being deleted`)
+      // An earlier deletion failed part way (its checks passed, its data is partly gone): finish it.
+      await this.#host.adminAfterMigration(record.id, async () => {
+        const current = this.#host.recordById(record.id)
+        if (current === undefined) return
+        if (this.#destroying.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is already being deleted`)
+        await this.destroy(current, true)
+      }, 'the volume is being deleted')
+      return
+    }
 
     if (this.#host.replication?.forwards(record.id) === true) {
       await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true })
@@ -282,6 +294,20 @@ export class VolumeLifecycle {
    * copies first (`flattenClones`); a clone's implicit source snapshot goes when its last clone does.
    */
   async destroy (record: VolumeRecord, flattenClones: boolean): Promise<void> {
+    this.#destroying.add(record.id)
+    try {
+      await this.#destroy(record, flattenClones)
+    } catch (err) {
+      // The record stays (state Deleting, its size still charged to its pool) until a deletion
+      // succeeds: deleteVolume again, or the next open, finishes it.
+      if (err instanceof GalleonError) throw err
+      throw new GalleonError('IO_ERROR', `deleting volume ${record.name} failed: ${err instanceof Error ? err.message : String(err)}. It stays in state deleting (no longer readable or writable); fix the cause and call deleteVolume(${JSON.stringify(record.id)}) again, or reopen the instance, to finish the deletion`, { cause: err })
+    } finally {
+      this.#destroying.delete(record.id)
+    }
+  }
+
+  async #destroy (record: VolumeRecord, flattenClones: boolean): Promise<void> {
     const clones = this.#host.catalog.clonesOf(record.id)
     if (clones.length > 0) {
       if (!flattenClones) throw new GalleonError('BUSY', `volume ${record.name} has clones (${names(clones)})`)
@@ -289,8 +315,8 @@ export class VolumeLifecycle {
     }
     this.#host.replication?.forget(record.id)
     this.#host.qos.forget(record.id)
-    const deleting = await this.#host.catalog.updateVolume(record.id, { state: VolumeState.Deleting })
-    this.#host.emit('volume:state', toVolume(deleting), record.state)
+    const deleting = record.state === VolumeState.Deleting ? record : await this.#host.catalog.updateVolume(record.id, { state: VolumeState.Deleting })
+    if (deleting !== record) this.#host.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#host.engine.volume(record.storageId) ?? this.#host.engine.attach(record.storageId, record.sizeBytes)
     await this.#host.engine.destroy(volume)
     await this.#host.catalog.deleteVolume(record.id)

@@ -43,6 +43,8 @@ export interface PrometheusPool {
   readonly limitBytes: number
   readonly provisionedBytes: number
   readonly allocatedBytes: number
+  /** Held for creates, clones, expansions and migrations into the pool still under way. */
+  readonly reservedBytes: number
   readonly freeBytes: number
   readonly volumes: number
 }
@@ -135,7 +137,8 @@ const POOL_FAMILIES: ReadonlyArray<{ name: string, help: string, value: (pool: P
   { name: 'galleonfs_pool_limit_bytes', help: 'Most bytes the pool lets volumes provision (capacity times overcommit ratio).', value: (p) => p.limitBytes },
   { name: 'galleonfs_pool_provisioned_bytes', help: 'Sum of the sizes of the volumes in the pool.', value: (p) => p.provisionedBytes },
   { name: 'galleonfs_pool_allocated_bytes', help: 'Bytes the volumes of the pool really occupy (thin provisioning).', value: (p) => p.allocatedBytes },
-  { name: 'galleonfs_pool_free_bytes', help: 'Bytes that may still be provisioned in the pool.', value: (p) => p.freeBytes },
+  { name: 'galleonfs_pool_reserved_bytes', help: 'Bytes held for creates, clones, expansions and migrations into the pool still under way.', value: (p) => p.reservedBytes },
+  { name: 'galleonfs_pool_free_bytes', help: 'Bytes that may still be provisioned in the pool (limit less provisioned and reserved).', value: (p) => p.freeBytes },
   { name: 'galleonfs_pool_volumes', help: 'Volumes in the pool.', value: (p) => p.volumes }
 ]
 

@@ -190,13 +190,13 @@ export class Catalog {
    * VOLUME_NOT_FOUND / INVALID_ARGUMENT.
    */
   resolve (ref: unknown): VolumeRecord {
-    if (typeof ref === 'object' && ref !== null && typeof (ref as { id?: unknown }).id === 'string') {
+    if (typeof ref === 'object' && ref !== null) {
       // A snapshot (its id and its volume's) or a { volume, snapshot } reference is not a volume:
       // acting on its `id` while access was checked on its volume would cross namespaces.
       if ('volumeId' in ref || 'snapshot' in ref || 'volume' in ref) {
-        throw new GalleonError('INVALID_ARGUMENT', `this call takes a volume (its id, its name or a Volume object), not a snapshot reference; got ${describe(ref)}`)
+        throw new GalleonError('INVALID_ARGUMENT', `this call takes a volume (its id, its name or a Volume object), not a snapshot reference; got ${describe(ref)}. Snapshots are read-only: to change one's data or size, clone it with cloneVolume({ volume, snapshot }, newName) and use the clone`)
       }
-      ref = (ref as { id: string }).id
+      if (typeof (ref as { id?: unknown }).id === 'string') ref = (ref as { id: string }).id
     }
     if (typeof ref !== 'string' || ref.length === 0) {
       throw new GalleonError('INVALID_ARGUMENT', `a volume is named by its id or name (a non-empty string), got ${describe(ref)}`)

@@ -63,7 +63,12 @@ export interface StoragePoolStatus extends StoragePool {
   readonly provisionedBytes: number
   /** Bytes those volumes really occupy (thin: written blocks and blocks kept for snapshots). */
   readonly allocatedBytes: number
-  /** Bytes that may still be provisioned: `limitBytes - provisionedBytes` (0 when over). */
+  /**
+   * Bytes held for creates, clones, expansions and migrations into the pool that are under way:
+   * provisioned once they finish, given back if they fail.
+   */
+  readonly reservedBytes: number
+  /** Bytes that may still be provisioned: `limitBytes - provisionedBytes - reservedBytes` (0 when over). */
   readonly freeBytes: number
   /** Volumes in the pool. */
   readonly volumes: number
@@ -305,12 +310,15 @@ export class PoolManager {
     const members = this.#members(pool.name) as V[]
     const provisionedBytes = members.reduce((sum, record) => sum + record.sizeBytes, 0)
     const limitBytes = limitOf(pool)
+    // What `reserve` would let a create take now: bytes held by work under way are not free.
+    const reservedBytes = this.#reserved.get(pool.name) ?? 0
     return {
       ...structuredClone(pool),
       limitBytes,
       provisionedBytes,
       allocatedBytes: members.reduce((sum, record) => sum + allocatedBytes(record), 0),
-      freeBytes: Math.max(0, limitBytes - provisionedBytes),
+      reservedBytes,
+      freeBytes: Math.max(0, limitBytes - provisionedBytes - reservedBytes),
       volumes: members.length
     }
   }
@@ -438,7 +446,7 @@ export class PoolManager {
     const limit = Math.min(limitOf(pool), this.#limiting.get(pool.name) ?? Number.POSITIVE_INFINITY)
     const free = Math.max(0, limit - provisioned - reserved)
     if (bytes > free) {
-      throw new GalleonError('NO_SPACE', `storage pool ${pool.name} is full: ${what} needs ${sizeText(bytes)} but only ${sizeText(free)} of its ${sizeText(limit)} limit are free (${sizeText(provisioned)} provisioned${reserved > 0 ? `, ${sizeText(reserved)} being created` : ''}; capacity ${sizeText(pool.capacityBytes)} x overcommit ${pool.overcommitRatio}). Nothing was written. Delete volumes in the pool, raise its capacity or overcommitRatio with updatePool(${JSON.stringify(pool.name)}, ...), or use another pool`)
+      throw new GalleonError('NO_SPACE', `storage pool ${pool.name} is full: ${what} needs ${sizeText(bytes)} but only ${sizeText(free)} of its ${sizeText(limit)} limit are free (${sizeText(provisioned)} provisioned${reserved > 0 ? `, ${sizeText(reserved)} reserved by creates, clones, expansions or migrations under way` : ''}; capacity ${sizeText(pool.capacityBytes)} x overcommit ${pool.overcommitRatio}). Nothing was written. Delete volumes in the pool, raise its capacity or overcommitRatio with updatePool(${JSON.stringify(pool.name)}, ...), or use another pool`)
     }
     return holdCount(this.#reserved, pool.name, bytes)
   }

@@ -139,13 +139,23 @@ function parseParameters (input: unknown): Record<string, string> {
   return parameters
 }
 
-/** `disk=ssd,rack=r1` as an object; INVALID_ARGUMENT naming the parameter otherwise. */
+/** Node label keys, as pools and volumes spell them. */
+const LABEL_KEY_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9_./-]{0,251}[A-Za-z0-9])?$/
+
+/**
+ * `disk=ssd,rack=r1` as an object; INVALID_ARGUMENT naming the parameter otherwise. A key that is
+ * no label key (`__proto__` would not even be stored) or is given twice is refused: dropping it
+ * would place volumes with fewer constraints than the class states.
+ */
 function parseLabelList (value: string, key: string): Record<string, string> {
   const out: Record<string, string> = {}
   for (const pair of value.split(',').map((p) => p.trim()).filter((p) => p.length > 0)) {
     const at = pair.indexOf('=')
     if (at <= 0) throw invalid(`storage class parameter "${key}" must be comma-separated key=value labels such as "disk=ssd,rack=r1", got ${describe(value)}`)
-    out[pair.slice(0, at)] = pair.slice(at + 1)
+    const label = pair.slice(0, at).trim()
+    if (!LABEL_KEY_PATTERN.test(label)) throw invalid(`storage class parameter "${key}": label key ${describe(label)} must be 1-253 letters, digits, '-', '_', '.', '/', starting and ending with a letter or digit`)
+    if (Object.hasOwn(out, label)) throw invalid(`storage class parameter "${key}" names label ${label} twice (${describe(value)}); give each label once`)
+    out[label] = pair.slice(at + 1).trim()
   }
   return out
 }
