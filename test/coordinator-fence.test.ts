@@ -41,6 +41,8 @@ interface Holding {
   releaseAfterReads: number | undefined
   /** Runs right after a release made by `releaseAfterReads` (another node's write, say). */
   afterRelease?: () => Promise<void>
+  /** Runs before each delete the handle makes (another node's write just before it, say). */
+  beforeDelete?: (key: string) => Promise<void>
   failReads: number
   held: { key: string, value: string, expectRevision: number | undefined } | undefined
   /** What the held put came to when it was applied (undefined: its condition failed). */
@@ -75,6 +77,11 @@ function holding (): Holding {
     wrap: (coordinator) => {
       put = coordinator.put.bind(coordinator)
       const get = coordinator.get.bind(coordinator)
+      const del = coordinator.delete.bind(coordinator)
+      coordinator.delete = async (key, options) => {
+        await h.beforeDelete?.(key)
+        return await del(key, options)
+      }
       const watch = coordinator.watch.bind(coordinator)
       coordinator.watch = (prefix, listener) => watch(prefix, (event) => {
         if (h.holdWatch && event.key.startsWith(RECORD_PREFIX)) heldEvents.push(() => { listener(event) })
@@ -296,7 +303,17 @@ describe('replica-set record writes whose answer is lost while they are still in
     const id = h.held.key.slice(RECORD_PREFIX.length)
     h.failReads = 0
     assert.notEqual(await h.release(), undefined, 'the create landed late')
+    // Changed by another node just before the first removal: that one misses, and a later one removes it.
+    let changedOnce = false
+    h.beforeDelete = async (key) => {
+      if (changedOnce || key !== (h.held as { key: string }).key) return
+      changedOnce = true
+      const observer = coordinators.coordinator()
+      const entry = await observer.get(key)
+      if (entry !== undefined) await observer.put(key, JSON.stringify({ ...parseRecord(entry.value)!, placement: { strategy: 'spread' } }), { expectRevision: entry.revision })
+    }
     await until('the late record is removed', async () => (await recordOf(coordinators, id)).record === undefined, 30_000)
+    assert.ok(changedOnce, 'the record was changed under the first removal')
     // The name is free: a new create works.
     assert.equal(await n1.g.createVolume({ name: 'orphan', sizeBytes: 16 * 4096, replicas: 2 }).then(() => 'ok', (err: GalleonError) => `${err.code}: ${err.message}`), 'ok')
   })

@@ -214,12 +214,8 @@ export class ReplicaSetChanges {
       const entry = settled.entry
       if (entry === undefined || (!settled.written && expectRevision !== 0)) return
       if (this.#core.sets.has(volumeId) || this.#core.host.blocks(volumeId) !== undefined) return
-      try {
-        await this.#core.coordinator.delete(key, { expectRevision: entry.revision })
-        return
-      } catch {
-        // Read again next time round.
-      }
+      // Changed since it was read (false), or the answer lost: read again next time round.
+      if (await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)) return
     }
   }
 
