@@ -524,3 +524,88 @@ describe('a restore into a replicated volume that this node did not finish (foun
     }
   })
 })
+
+describe('deleteBackupPolicy racing a run of the policy', () => {
+  const volumes = async (): Promise<unknown[]> => [{ id: 'v1', namespace: 'default', name: 'v', labels: {} }]
+  const policy = { name: 'p', schedule: '0 3 * * *', strategy: 'full', retention: { daily: 7 }, volumes: ['v'] }
+
+  it('a policy deleted while its run stores its result stays deleted, in memory and on disk', async () => {
+    const db = new MemoryLevel<string, unknown>({ valueEncoding: 'json' })
+    const real = db.sublevel<string, unknown>('backupPolicies', { valueEncoding: 'json' })
+    let hold = false
+    let gate: (() => void) | undefined
+    let putCalled: (() => void) | undefined
+    const putSeen = new Promise<void>((resolve) => { putCalled = resolve })
+    // The policies' store, with a put that can be held (the run storing lastResult).
+    const held = new Proxy(real, {
+      get (target, prop, receiver) {
+        if (prop === 'put') {
+          return async (key: string, value: unknown, options: unknown) => {
+            if (hold) { putCalled?.(); await new Promise<void>((resolve) => { gate = resolve }) }
+            return await (target.put as (...args: unknown[]) => Promise<void>).call(target, key, value, options)
+          }
+        }
+        const value = Reflect.get(target, prop, receiver)
+        return typeof value === 'function' ? value.bind(target) : value
+      }
+    })
+    let taken = 0
+    const g = {
+      emit: () => {},
+      listVolumes: volumes,
+      listBackups: async () => [],
+      createBackup: async () => { taken++; return { id: `b${taken}`, volumeId: 'v1', strategy: 'full', baseId: null, policy: 'p', createdAt: new Date().toISOString() } },
+      deleteBackup: async () => ({ deletedBackups: [] })
+    }
+    const scheduler = new BackupScheduler(g as never, { sublevel: () => held } as never, { now: () => Date.now() }, false)
+    try {
+      await scheduler.start()
+      await scheduler.create(policy as never)
+      hold = true
+      const running = scheduler.run('p')
+      await putSeen
+      hold = false
+      const deleting = scheduler.delete('p')
+      gate?.()
+      await running
+      await deleting
+      assert.deepEqual(scheduler.list().map((p) => p.name), [], 'deleted, yet listed (and scheduled) again')
+      assert.deepEqual(await real.keys().all(), [])
+    } finally {
+      scheduler.stop()
+      await db.close()
+    }
+  })
+
+  it('a policy of the same name cannot be made while the old one is being deleted (the deletion would erase it from disk); afterwards it can', async () => {
+    const db = new MemoryLevel<string, unknown>({ valueEncoding: 'json' })
+    let release: (() => void) | undefined
+    let started: (() => void) | undefined
+    const inBackup = new Promise<void>((resolve) => { started = resolve })
+    const g = {
+      emit: () => {},
+      listVolumes: volumes,
+      listBackups: async () => [],
+      createBackup: async () => { started?.(); await new Promise<void>((resolve) => { release = resolve }); return { id: 'b1', volumeId: 'v1', strategy: 'full', baseId: null, policy: 'p', createdAt: new Date().toISOString() } },
+      deleteBackup: async () => ({ deletedBackups: [] })
+    }
+    const scheduler = new BackupScheduler(g as never, db as never, { now: () => Date.now() }, false)
+    try {
+      await scheduler.start()
+      await scheduler.create(policy as never)
+      const running = scheduler.run('p')
+      await inBackup
+      const deleting = scheduler.delete('p')
+      await assert.rejects(scheduler.create({ ...policy, schedule: '0 4 * * *' } as never), (err: GalleonError) => err.code === 'BUSY' && /being deleted/.test(err.message))
+      release?.()
+      await running
+      await deleting
+      await scheduler.create({ ...policy, schedule: '0 4 * * *' } as never)
+      assert.deepEqual(scheduler.list().map((p) => p.schedule), ['0 4 * * *'])
+      assert.deepEqual(await db.sublevel('backupPolicies', { valueEncoding: 'json' }).keys().all(), ['p'])
+    } finally {
+      scheduler.stop()
+      await db.close()
+    }
+  })
+})

@@ -143,6 +143,7 @@ export class BackupScheduler {
   async create (options: BackupPolicyOptions): Promise<BackupPolicy> {
     const policy = this.#validate(options)
     if (this.#policies.has(policy.name)) throw new GalleonError('POLICY_EXISTS', `a backup policy named ${JSON.stringify(policy.name)} already exists; pick another name or delete it first`)
+    if (this.#deleting.has(policy.name)) throw new GalleonError('BUSY', `backup policy ${JSON.stringify(policy.name)} is being deleted; create it again once deleteBackupPolicy has returned`)
     await this.#db.put(policy.name, policy, SYNC)
     this.#policies.set(policy.name, policy)
     if (options.hooks !== undefined) this.#hooks.set(policy.name, checkHooks(options.hooks))
@@ -164,6 +165,10 @@ export class BackupScheduler {
     const policy = this.get(name)
     // Gone from the scheduler first: no run starts from here on, and a run under way stops taking
     // backups; once this resolves, the policy takes none.
+    // Its name stays taken until the deletion is done (a policy made again under it meanwhile
+    // would be erased from disk by this deletion).
+    if (this.#deleting.has(name)) throw new GalleonError('BUSY', `backup policy ${JSON.stringify(name)} is already being deleted`)
+    this.#deleting.add(name)
     this.#policies.delete(name)
     try {
       await this.#running.get(name)?.catch(() => {})
@@ -172,10 +177,14 @@ export class BackupScheduler {
       this.#policies.set(name, policy)
       throw err
     } finally {
+      this.#deleting.delete(name)
       this.#arm()
     }
     this.#hooks.delete(name)
   }
+
+  /** Names of the policies a deleteBackupPolicy call is removing now. */
+  readonly #deleting = new Set<string>()
 
   setHooks (name: string, hooks: BackupHooks | undefined): void {
     this.get(name)
@@ -285,7 +294,8 @@ export class BackupScheduler {
         lastResult: { at: now.toISOString(), backups: backups.length, pruned: pruned.length, errors: errors.map((e) => `${e.volume}: ${e.message}`) }
       }
       await this.#db.put(name, updated, SYNC)
-      this.#policies.set(name, updated)
+      // Deleted (or changed) while the result was stored: the deletion removes it from disk too.
+      if (this.#policies.get(name) === current) this.#policies.set(name, updated)
     }
     const run: BackupPolicyRun = { policy: name, scheduledAt, backups, pruned, errors }
     this.#g.emit('backup-policy:ran', run)
