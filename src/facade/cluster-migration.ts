@@ -260,7 +260,7 @@ export class ClusterMigrations {
     const abort = new AbortController()
     const onAbort = (): void => { abort.abort(signal?.reason) }
     signal?.addEventListener('abort', onAbort, { once: true })
-    const moving = replication.moveCopy(record.id, node, { signal: abort.signal, ...(control.syncTimeoutMs === undefined ? {} : { timeoutMs: control.syncTimeoutMs }) })
+    const moving = replication.moveCopy(record.id, node, { signal: abort.signal })
     const entry = { abort, done: moving.catch(() => {}) }
     this.nodeMoves.set(record.id, entry)
     try {

@@ -353,7 +353,7 @@ export class ReplicaSetChanges {
       for (;;) {
         const record = await current()
         if (record === undefined || check(record)) return
-        if (Date.now() > deadline) throw new GalleonError('BUSY', `leaving: timed out waiting until ${what}; the node is still a member, try again`)
+        if (Date.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
         await sleep(100)
       }
     }

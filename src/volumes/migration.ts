@@ -42,8 +42,9 @@ export interface MigrateControl {
   /** Called with every progress event (also emitted as `volume:migration-progress`). */
   readonly onProgress?: (event: MigrationProgressEvent) => void
   /**
-   * In a cluster, how long the call waits for the volume's new or converted copies to be in sync
-   * before it rejects with BUSY (they go on in the background). Default 30 minutes.
+   * In a cluster, how long a migration into another class waits for the volume's new or converted
+   * copies to be in sync before it rejects with BUSY (they go on in the background). Default 30
+   * minutes. (A move to another node waits up to 30 minutes for its copy, whatever this says.)
    */
   readonly syncTimeoutMs?: number
 }
