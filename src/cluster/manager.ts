@@ -266,6 +266,19 @@ export class ClusterManager {
     }
   }
 
+  /** Told when a node joins, joins again (a restarted process) or becomes healthy again (see onMemberBack). */
+  readonly #backListeners = new Set<(nodeId: string) => void>()
+
+  /**
+   * Calls `listener` with a node's id when it joins, joins again or becomes healthy again:
+   * replication's links to it retry at once rather than when their back-off ends. Returns a
+   * function that stops it.
+   */
+  onMemberBack (listener: (nodeId: string) => void): () => void {
+    this.#backListeners.add(listener)
+    return () => { this.#backListeners.delete(listener) }
+  }
+
   #membersChanged (members: ClusterMember[]): void {
     const before = new Map(this.#members.map((m) => [m.id, m]))
     const after = new Map(members.map((m) => [m.id, m]))
@@ -274,6 +287,9 @@ export class ClusterManager {
       const old = before.get(member.id)
       if (old === undefined) this.#host.emit('cluster:member-joined', member)
       else if (old.healthy !== member.healthy) this.#host.emit('cluster:member-health', member)
+      if (member.healthy && (old === undefined || !old.healthy || old.joinedAt !== member.joinedAt)) {
+        for (const listener of this.#backListeners) listener(member.id)
+      }
     }
     for (const old of before.values()) if (!after.has(old.id)) this.#host.emit('cluster:member-left', old)
   }

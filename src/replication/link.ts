@@ -82,6 +82,11 @@ export class Link {
     this.#wake?.()
   }
 
+  /** Ends the back-off of a link that is down (its node is back): it tries again at once. */
+  retryNow (): void {
+    if (this.state === 'down') this.#wake?.()
+  }
+
   /** The storage the running resync reads (see #resync). */
   #source: VolumeBlocks | undefined
 

@@ -95,7 +95,13 @@ export class ReplicationManager {
     this.#replica = new ReplicaSide(this.#core)
     this.#changes = new ReplicaSetChanges(this.#core)
     this.#leader = new FailoverLeader(this.#core, replacementDelayMs)
+    // A node back in the cluster: the links to it retry now, not when their back-off ends.
+    this.#stopMemberBack = cluster.onMemberBack((nodeId) => {
+      for (const set of this.#sets.values()) set.primary?.peerBack(nodeId)
+    })
   }
+
+  readonly #stopMemberBack: () => void
 
   get nodeId (): string { return this.#cluster.nodeId }
 
@@ -541,6 +547,7 @@ export class ReplicationManager {
 
   async close (): Promise<void> {
     this.#closed = true
+    this.#stopMemberBack()
     clearInterval(this.#leaderTimer)
     this.#stopWatch?.()
     for (const set of this.#sets.values()) {

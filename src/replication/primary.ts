@@ -217,6 +217,11 @@ export class Primary implements VolumeReplicator {
     if (!this.#joining.has(node)) this.#joining.set(node, this.#seq)
   }
 
+  /** `node` is back in the cluster: a link to it waiting out its back-off retries now. */
+  peerBack (node: string): void {
+    this.#links.get(node)?.retryNow()
+  }
+
   stopJoining (node: string): void {
     if (this.#joining.delete(node)) this.#settle()
   }
