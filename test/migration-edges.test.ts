@@ -17,6 +17,7 @@ import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../bac
 import { until } from './support/wait.js'
 import { BLOCK_BYTES, blockPayload, decodeBlockAt } from './crash/snapshot-child.js'
 import { childOrTests, readChildLines, reportLine } from './crash/support.js'
+import { rejectsWithCode } from './support/assertions.js'
 
 let root = ''
 let counter = 0
@@ -25,11 +26,7 @@ const fresh = (): string => join(root, `t${++counter}`)
 const BLOCK = 4096
 const SECRET = { name: 'secret-local', parameters: { encryption: 'true', replication: '1' } }
 
-const code = (expected: string) => (err: unknown): boolean => {
-  assert.ok(err instanceof GalleonError, `expected a GalleonError, got ${String(err)}`)
-  assert.equal(err.code, expected, err.message)
-  return true
-}
+const code = rejectsWithCode
 
 /** Bytes that name the operation that wrote them (so a mismatch says which write went missing). */
 function fill (length: number, seed: number): Uint8Array {

@@ -12,6 +12,7 @@ import { FileBlockStore } from '../backends/file/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest, encodeManifest, type Extent } from '../src/backup/format.js'
 import { randomUUID } from 'node:crypto'
+import { rejectsWithCode } from './support/assertions.js'
 
 let root = ''
 let counter = 0
@@ -22,11 +23,7 @@ const fresh = (): string => join(root, `t${++counter}`)
 const BLOCK = 4096
 const SECRET = { name: 'secret-local', parameters: { encryption: 'true', replication: '1' } }
 
-const code = (expected: string) => (err: unknown): boolean => {
-  assert.ok(err instanceof GalleonError, `expected a GalleonError, got ${String(err)}`)
-  assert.equal(err.code, expected, err.message)
-  return true
-}
+const code = rejectsWithCode
 
 /** A block whose bytes say which writer wrote it, in which sequence, at which block. */
 function stamp (writer: number, seq: number, index: number, tag = 'GALLEON-MIGRATION-MARKER'): Uint8Array {

@@ -1,4 +1,4 @@
-// Assertions shared by the transport tests.
+// Assertions shared by tests.
 
 import assert from 'node:assert/strict'
 import { GalleonError, type GalleonErrorCode } from '../../src/errors.js'
@@ -20,4 +20,13 @@ export async function expectCode (promise: Promise<unknown>, code: GalleonErrorC
   assert.equal(err.code, code, err.message)
   for (const text of mentions) assert.ok(err.message.includes(text), `message should mention ${text}: ${err.message}`)
   return err
+}
+
+/** For assert.rejects: the error is a GalleonError of code `expected` (its message shown otherwise). */
+export function rejectsWithCode (expected: GalleonErrorCode) {
+  return (err: unknown): boolean => {
+    assert.ok(err instanceof GalleonError, `expected a GalleonError, got ${String(err)}`)
+    assert.equal(err.code, expected, err.message)
+    return true
+  }
 }
