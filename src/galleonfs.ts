@@ -1,6 +1,7 @@
 // The GalleonFS facade: composes the catalog, the engine and the drivers, owns lifecycle and events.
 
 import { AsyncLocalStorage } from 'node:async_hooks'
+import { randomBytes } from 'node:crypto'
 import type { EventEmitter } from 'eventemitter3'
 import { checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
 import type { AuditEntry, AuditLog, AuditQuery, AuditVerification } from './access/audit-log.js'
@@ -252,13 +253,24 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
     }
-    const name = options.name ?? `vol-${Math.random().toString(16).slice(2, 10)}`
-    checkVolumeName(name)
     const namespace = options.namespace ?? this.#catalog.currentNamespace()
     checkNamespace(namespace)
+    const name = options.name ?? this.#unusedVolumeName(namespace)
+    checkVolumeName(name)
     // A QoS policy of its own is set as setQoSPolicy sets one: that takes "admin" too.
     if (options.qos !== undefined) await this.#gate.check('createVolume', 'admin', { namespace, volume: name }, `volume:${namespace}/${name}`)
     return await this.#gate.guard('createVolume', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`, async () => await this.#volumes.createVolume(options, name, namespace))
+  }
+
+  /**
+   * A generated name for a volume created without one: 64 random bits, so that names stay unique
+   * across the instances of a cluster too, and one not in use in the namespace here.
+   */
+  #unusedVolumeName (namespace: string): string {
+    for (;;) {
+      const name = `vol-${randomBytes(8).toString('hex')}`
+      if (!this.#catalog.nameTaken(name, namespace)) return name
+    }
   }
 
   /** Looks a volume up by id or name. */

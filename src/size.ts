@@ -17,16 +17,24 @@ export function parseSize (input: number | string): number {
   if (typeof input !== 'string') {
     throw new GalleonError('INVALID_ARGUMENT', `size must be a number of bytes or a string like "512K", "100M", "1G", got ${describe(input)}`)
   }
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(input)
+  const match = /^\s*(\d+)(?:\.(\d+))?\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(input)
   if (match === null) {
-    throw new GalleonError('INVALID_ARGUMENT', `cannot parse size ${describe(input)}: use bytes or a number with K, M, G or T (e.g. "512K", "100M", "1G", "2T")`)
+    throw new GalleonError('INVALID_ARGUMENT', `cannot parse size ${describe(input)}: use bytes or a number with K, M, G, T or P (e.g. "512K", "100M", "1.5G", "2T")`)
   }
-  const unit = UNITS[(match[2] ?? '').toUpperCase()] ?? 1
-  const bytes = Number(match[1]) * unit
-  if (!Number.isSafeInteger(bytes)) {
-    throw new GalleonError('INVALID_ARGUMENT', `size ${describe(input)} is not a whole number of bytes or is too large`)
+  // Exact decimal arithmetic: "1.00000000000000001K" is not 1024 bytes, and a float product
+  // would round it to that without a word.
+  const unit = BigInt(UNITS[(match[3] ?? '').toUpperCase()] ?? 1)
+  const fraction = match[2] ?? ''
+  const scale = 10n ** BigInt(fraction.length)
+  const scaled = (BigInt(match[1] as string) * scale + BigInt(fraction === '' ? 0 : fraction)) * unit
+  if (scaled % scale !== 0n) {
+    throw new GalleonError('INVALID_ARGUMENT', `size ${describe(input)} is not a whole number of bytes; give it in bytes or a smaller unit`)
   }
-  return bytes
+  const bytes = scaled / scale
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new GalleonError('INVALID_ARGUMENT', `size ${describe(input)} is too large: at most ${Number.MAX_SAFE_INTEGER} bytes (8P less one byte)`)
+  }
+  return Number(bytes)
 }
 
 /** Formats bytes with the largest binary unit that keeps the number ≥ 1, e.g. `1.5G`. */

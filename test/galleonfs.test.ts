@@ -40,7 +40,11 @@ describe('GalleonFS in memory', () => {
     })
     it('generates a name when none is given', async () => {
       const vol = await g.createVolume({ sizeBytes: 8192 })
-      assert.match(vol.name, /^vol-[0-9a-f]+$/)
+      // 64 random bits: names of unnamed volumes stay unique across the nodes of a cluster too.
+      assert.match(vol.name, /^vol-[0-9a-f]{16}$/)
+      const names = await Promise.all(Array.from({ length: 20 }, async () => (await g.createVolume({ sizeBytes: 4096 })).name))
+      assert.equal(new Set([vol.name, ...names]).size, 21)
+      for (const name of names) assert.equal((await g.getVolume(name)).name, name)
     })
     it('keeps names unique, also under concurrent creation', async () => {
       await g.createVolume({ name: 'a', sizeBytes: '1M' })

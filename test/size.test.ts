@@ -27,6 +27,20 @@ describe('parseSize', () => {
       assert.throws(() => parseSize(bad as never), { code: 'INVALID_ARGUMENT' })
     })
   }
+  it('computes decimal sizes exactly, never rounding a fraction of a byte away', () => {
+    assert.equal(parseSize('1.25K'), 1280)
+    assert.equal(parseSize('0.0009765625K'), 1)
+    assert.equal(parseSize('7.5P'), 7.5 * 2 ** 50)
+    // As a float product, 1.00000000000000001 * 1024 comes out as exactly 1024.
+    for (const bad of ['1.00000000000000001K', '1.1K', '0.5', '3.3T', '7.99P']) {
+      assert.throws(() => parseSize(bad), (err: Error & { code?: string }) => err.code === 'INVALID_ARGUMENT' && /not a whole number of bytes/.test(err.message), bad)
+    }
+  })
+  it('names the largest size it takes when given more', () => {
+    assert.throws(() => parseSize('8P'), /too large: at most 9007199254740991 bytes/)
+    assert.throws(() => parseSize('9007199254740993'), /too large/)
+    assert.equal(parseSize('9007199254740991'), Number.MAX_SAFE_INTEGER)
+  })
   it('rejects sizes beyond safe integers', () => {
     assert.throws(() => parseSize('9000000P'), { code: 'INVALID_ARGUMENT' })
   })

@@ -213,6 +213,11 @@ export class Catalog {
     return record
   }
 
+  /** Whether a volume of that name exists in the namespace, or a create under way has reserved it. */
+  nameTaken (name: string, namespace: string): boolean {
+    return this.#names.has(nameKey(namespace, name))
+  }
+
   /** Reserves a name in a namespace synchronously so concurrent creates cannot both take it. */
   reserveName (name: string, namespace: string): () => void {
     const key = nameKey(namespace, name)
