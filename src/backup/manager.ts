@@ -30,6 +30,11 @@ type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeI
  * snapshot that puts it back (a new volume is removed instead; see start()).
  */
 type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string, safetySnapshot?: string }>
+/**
+ * Safety snapshots of restores that are over (the volume restored, or put back) that could not be
+ * deleted yet: snapshot name -> its volume and the backup restored. Deleted at each open until gone.
+ */
+type LeftSnapshotSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, backupId: string }>
 
 /** How the instance fences a volume an interrupted restore left half-restored (see BackupManager.start). */
 export interface HalfRestoredFence {
@@ -43,6 +48,11 @@ export interface HalfRestoredFence {
 function gone (err: unknown): boolean {
   const code = errorCode(err)
   return code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND'
+}
+
+/** Names the safety snapshot of a restore that is over, in the report of a failure to delete it. */
+function leftSnapshot (snapshot: string, volume: string, backupId: string): string {
+  return `snapshot ${snapshot} of volume ${volume}, which a restore of backup ${backupId} took and no longer needs (nothing reverts to it)`
 }
 
 /** An onProgress option is a function (a listener that is not one would be ignored without a word). */
@@ -68,6 +78,8 @@ export class BackupManager {
   readonly #keys: BackupKeySource
   readonly #pending: PendingSublevel | undefined
   readonly #restoring: RestoringSublevel | undefined
+  readonly #leftSnapshots: LeftSnapshotSublevel | undefined
+  readonly #metadata: MetadataDatabase | undefined
 
   constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase) {
     this.#g = g
@@ -76,6 +88,8 @@ export class BackupManager {
     this.#defaultTarget = defaultTarget
     this.#pending = metadata?.sublevel('backupsInProgress', { valueEncoding: 'json' }) as PendingSublevel | undefined
     this.#restoring = metadata?.sublevel('restoresInProgress', { valueEncoding: 'json' }) as RestoringSublevel | undefined
+    this.#leftSnapshots = metadata?.sublevel('restoreSnapshotsLeft', { valueEncoding: 'json' }) as LeftSnapshotSublevel | undefined
+    this.#metadata = metadata
     if (defaultTarget !== undefined) this.#target(defaultTarget)
   }
 
@@ -83,11 +97,17 @@ export class BackupManager {
    * At open: the snapshots of backups a killed process was taking are deleted (each backup is
    * recorded before its snapshot is taken and forgotten once it is stored or cleaned up), and so
    * are the volumes of restores into new volumes that were cut short: they hold part of a backup.
-   * An existing volume a restore was overwriting is put back as it was before that restore.
+   * An existing volume a restore was overwriting is put back as it was before that restore. Safety
+   * snapshots of restores that are over, which could not be deleted then, are deleted now.
    */
   async start (fence: HalfRestoredFence): Promise<void> {
     this.#fence = fence
     this.#opening = []
+    // First, so that a snapshot one of the put-backs below fails to delete is reported once.
+    for (const [snapshot, { volumeId, backupId }] of await this.#leftSnapshots?.iterator().all() ?? []) {
+      await this.#removeLeftover(volumeId, leftSnapshot(snapshot, volumeId, backupId),
+        async () => { await this.#g.deleteSnapshot(volumeId, snapshot) }, async () => { await this.#leftSnapshots?.del(snapshot) })
+    }
     for (const [volumeId, { backupId, safetySnapshot }] of await this.#restoring?.iterator().all() ?? []) {
       if (safetySnapshot === undefined) {
         await this.#removeLeftover(volumeId, `volume ${volumeId}, which an interrupted restore of backup ${backupId} left half-restored`,
@@ -108,12 +128,12 @@ export class BackupManager {
    * its volume is) counts as removed; any other failure is reported and the record kept, so that
    * the next open tries again.
    */
-  async #removeLeftover (volumeId: string, what: string, remove: () => Promise<void>, forget: () => Promise<void>): Promise<void> {
+  async #removeLeftover (volumeId: string, what: string, remove: () => Promise<void>, forget: () => Promise<void>, volumeName = ''): Promise<void> {
     try {
       await remove()
     } catch (err) {
       if (!gone(err)) {
-        this.#report({ volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `could not delete ${what} (tried again at the next open): ${(err as Error).message}` })
+        this.#report({ volumeId, volumeName, operation: 'write', code: errorCode(err), message: `could not delete ${what} (tried again at the next open): ${(err as Error).message}` })
         return
       }
     }
@@ -167,10 +187,25 @@ export class BackupManager {
       })
       return
     }
-    // Put back: a snapshot that cannot be deleted now is reported and left (never reverted to again).
-    await this.#g.deleteSnapshot(volumeId, safetySnapshot).catch((err: unknown) => {
-      if (!gone(err)) this.#report({ volumeId, volumeName: '', operation: 'write', code: errorCode(err), message: `volume ${volumeId} was put back after an interrupted restore, but its snapshot ${safetySnapshot} could not be deleted (delete it yourself): ${(err as Error).message}` })
-    })
+    await this.#finished(volumeId, '', backupId, safetySnapshot)
+  }
+
+  /**
+   * A volume a restore of `backupId` left final (restored, or put back): its record becomes one of
+   * its safety snapshot alone (in one batch: the volume is never put back after this), and the
+   * snapshot is deleted. One that cannot be deleted now (a clone reads from it, say) is reported
+   * and stays recorded, so that each open tries again. Rejects only if the record cannot change.
+   */
+  async #finished (volumeId: string, volumeName: string, backupId: string, snapshot: string): Promise<void> {
+    if (this.#metadata !== undefined) {
+      await this.#metadata.batch([
+        { type: 'del', sublevel: this.#restoring, key: volumeId },
+        { type: 'put', sublevel: this.#leftSnapshots, key: snapshot, value: { volumeId, backupId } }
+      ] as any)
+    }
+    // A record that outlives its snapshot is harmless: the next open finds the snapshot gone.
+    await this.#removeLeftover(volumeId, leftSnapshot(snapshot, volumeName === '' ? volumeId : volumeName, backupId), async () => { await this.#g.deleteSnapshot(volumeId, snapshot) },
+      async () => { await this.#leftSnapshots?.del(snapshot).catch(() => {}) }, volumeName)
   }
 
   /** Backups and restores under way: close() cancels them and waits for them. */
@@ -517,6 +552,7 @@ export class BackupManager {
         }
       },
       forget: async (volumeId) => { await restoring?.del(volumeId) },
+      finished: async (volume, safetySnapshot) => { await this.#finished(volume.id, volume.name, id, safetySnapshot) },
       fence: async (volumeId, safetySnapshot, why) => {
         // A replicated volume is only reported (see #putBackOrFence).
         if (this.#fence === undefined || this.#fence.replicated(volumeId)) return false

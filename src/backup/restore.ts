@@ -5,23 +5,30 @@ import { randomUUID } from 'node:crypto'
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, errorCode } from '../errors.js'
 import type { GalleonFS } from '../galleonfs.js'
-import type { Volume } from '../types.js'
+import type { CreateVolumeOptions, Volume } from '../types.js'
 import { decodeChunk, type ChunkKeys, type Manifest } from './format.js'
 import { checkAborted, report, runWorkers } from './chunking.js'
 import { backupChunkKeys, readManifest } from './manifests.js'
-import type { BackupKeySource, RestoreBackupOptions } from './types.js'
+import { NEW_VOLUME_ID, type BackupKeySource, type RestoreBackupOptions } from './types.js'
 
 /**
  * Tracks the volume a restore writes into. `started` claims it (BUSY while another restore writes
  * into it: two at once would leave a mix of both backups that looks complete) and records it
  * durably, with the snapshot that puts an existing volume back (none for a new volume, which is
- * removed instead): a restore cut short by close() or a crash leaves the record, and the next open
- * removes the new volume or puts the existing one back. `forget` drops the record once the volume
- * is complete, removed or put back; `release` ends the claim.
+ * removed instead, and recorded before it is created): a restore cut short by close() or a crash
+ * leaves the record, and the next open removes the new volume or puts the existing one back.
+ * `forget` drops the record once the new volume is complete or removed (or nothing was changed);
+ * `release` ends the claim.
  */
 export interface RestoreTracker {
   readonly started: (volumeId: string, safetySnapshot?: string) => Promise<void>
   readonly forget: (volumeId: string) => Promise<void>
+  /**
+   * An existing volume is final (restored, or put back): its record becomes one of the safety
+   * snapshot alone, which is then deleted; one that cannot be deleted now is reported (io:error)
+   * and deleted at a later open. Rejects only when the record cannot be changed.
+   */
+  readonly finished: (volume: Volume, safetySnapshot: string) => Promise<void>
   /** Fences the volume (see HalfRestoredFence.fence in manager.ts); false when it is not fenced (replicated). */
   readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<boolean>
   readonly release: (volumeId: string) => void
@@ -60,11 +67,11 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     }
   }
   const blockSize = manifest.volume.blockSize
-  let volume: Volume
-  let created = false
+  let existing: Volume | undefined
+  let create: CreateVolumeOptions | undefined
   let safetySnapshot: string | undefined
   if (options.volume !== undefined) {
-    volume = await g.getVolume(options.volume)
+    const volume = existing = await g.getVolume(options.volume)
     if (volume.blockSize !== blockSize) throw new GalleonError('INVALID_ARGUMENT', `backup ${id} has ${blockSize}-byte blocks but volume ${volume.name} has ${volume.blockSize}-byte blocks`)
     if (manifest.encryption !== undefined && !volume.encrypted) {
       throw new GalleonError('INVALID_ARGUMENT', `backup ${id} is of an encrypted volume and ${volume.name} is not encrypted; restore it into an encrypted volume, or into a new one ({ name })`)
@@ -86,7 +93,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     // The volume's pool, unless its class places it (then the class's pool applies) or the pool is gone.
     const formerPool = manifest.volume.pool !== undefined && storageClass?.parameters.pool === undefined && (await g.listPools()).some((p) => p.name === manifest.volume.pool) ? manifest.volume.pool : undefined
     const pool = options.pool ?? formerPool
-    volume = await g.createVolume({
+    create = {
       name: options.name ?? `${manifest.volume.name}-restored-${id.slice(0, 8)}`,
       ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
       sizeBytes: manifest.volume.sizeBytes,
@@ -94,18 +101,21 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       ...(manifest.volume.replicas === undefined ? {} : { replicas: manifest.volume.replicas }),
       ...(pool === undefined ? {} : { pool }),
       labels: { ...manifest.volume.labels }
-    })
-    created = true
+    }
   }
-  const into = volume
+  // A new volume's id is chosen and recorded before the volume is created, as the safety snapshot
+  // is: a kill right after the create leaves a record naming it, and the next open removes it (it
+  // would otherwise look like a complete volume). A record of a volume never created is dropped then.
+  const volumeId = existing?.id ?? randomUUID()
+  if (create !== undefined) await tracker?.started(volumeId)
   try {
-    if (created) await tracker?.started(into.id)
+    const volume = create === undefined ? existing as Volume : await g.createVolume({ ...create, [NEW_VOLUME_ID]: volumeId } as CreateVolumeOptions)
     if (safetySnapshot !== undefined) {
-      await g.createSnapshot(into.id, safetySnapshot)
+      await g.createSnapshot(volume.id, safetySnapshot)
       // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
       const piece = 128 * 1024 * 1024
-      for (let offset = 0; offset < into.sizeBytes; offset += piece) {
-        await g.trim(into.id, offset, Math.min(piece, into.sizeBytes - offset))
+      for (let offset = 0; offset < volume.sizeBytes; offset += piece) {
+        await g.trim(volume.id, offset, Math.min(piece, volume.sizeBytes - offset))
       }
     }
     const byChunk = new Map<string, Array<[number, number]>>()
@@ -142,48 +152,50 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
           const count = end - at
           // A manifest naming blocks past the end of its chunk was altered: never write a short run.
           if ((offset + count) * blockSize > data.byteLength) throw new GalleonError('CORRUPTION', `${of} names blocks ${offset}..${offset + count - 1} of chunk ${chunk}, which holds ${data.byteLength / blockSize}; its manifest was altered, so it cannot be restored`)
-          await g.write(into.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
+          await g.write(volume.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
           done += count * blockSize
           at = end
         }
-        g.emit('restore:progress', { backupId: id, volumeId: into.id, volumeName: into.name, bytesDone: done, bytesTotal: total })
+        g.emit('restore:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
         report(options.onProgress, done, total)
       }
     }
     await runWorkers(worker)
-    await g.flush(into.id)
+    await g.flush(volume.id)
     // Complete: the record goes once nothing would put the volume back any more.
-    if (safetySnapshot !== undefined) await g.deleteSnapshot(into.id, safetySnapshot).catch(() => {})
-    await tracker?.forget(into.id)
+    if (safetySnapshot !== undefined) await tracker?.finished(volume, safetySnapshot)
+    else await tracker?.forget(volume.id)
   } catch (err) {
-    if (created) {
+    if (create !== undefined) {
       // Not removed now (the instance is closing): the record stays, and the next open removes it.
-      const removed = await g.deleteVolume(into.id, { force: true }).then(() => true, (cause: unknown) => errorCode(cause) === 'VOLUME_NOT_FOUND')
-      if (removed) await tracker?.forget(into.id).catch(() => {})
+      // Never created (the create failed): nothing to remove.
+      const removed = await g.deleteVolume(volumeId, { force: true }).then(() => true, (cause: unknown) => errorCode(cause) === 'VOLUME_NOT_FOUND')
+      if (removed) await tracker?.forget(volumeId).catch(() => {})
     }
     if (safetySnapshot !== undefined) {
-      const snapshot = safetySnapshot
-      // 'done': put back (or nothing to put back); 'fenced': refuses I/O until put back by hand;
-      // 'reported': a replicated volume, left for a revert by hand; 'kept': the fence could not be
-      // recorded (the instance is closing), the record stays and the next open deals with it.
-      const outcome = await g.restoreSnapshot(into.id, snapshot).then(() => 'done' as const, async (cause: unknown) => {
+      const [volume, snapshot] = [existing as Volume, safetySnapshot]
+      // 'put back': its snapshot is deleted now or at a later open; 'nothing': the snapshot was
+      // never taken (nothing changed) or the volume is gone; 'fenced': refuses I/O until put back
+      // by hand; 'reported': a replicated volume, left for a revert by hand; 'kept': the fence could
+      // not be recorded (the instance is closing), the record stays and the next open deals with it.
+      const outcome = await g.restoreSnapshot(volume.id, snapshot).then(() => 'put back' as const, async (cause: unknown) => {
         const code = errorCode(cause)
-        if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return 'done' as const // never taken (nothing changed), or the volume is gone
+        if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return 'nothing' as const
         // Never put back later over writes made in between (see HalfRestoredFence).
         const why = `the restore of backup ${id} failed and putting the volume back failed too: ${(cause as Error).message}`
-        const fenced = await (tracker?.fence(into.id, snapshot, why) ?? Promise.resolve(false)).then((done) => done ? 'fenced' as const : 'reported' as const, () => 'kept' as const)
+        const fenced = await (tracker?.fence(volume.id, snapshot, why) ?? Promise.resolve(false)).then((done) => done ? 'fenced' as const : 'reported' as const, () => 'kept' as const)
         const next = fenced === 'fenced'
-          ? `it refuses I/O until restoreSnapshot(${JSON.stringify(into.name)}, ${JSON.stringify(snapshot)}) puts it back`
-          : fenced === 'reported' ? `restore the backup again, or revert it with restoreSnapshot(${JSON.stringify(into.name)}, ${JSON.stringify(snapshot)})` : 'the next open deals with it'
-        g.emit('io:error', { volumeId: into.id, volumeName: into.name, operation: 'write', code, message: `volume ${into.name} is left half-restored from backup ${id} and could not be put back now (${(cause as Error).message}); ${next}` })
+          ? `it refuses I/O until restoreSnapshot(${JSON.stringify(volume.name)}, ${JSON.stringify(snapshot)}) puts it back`
+          : fenced === 'reported' ? `restore the backup again, or revert it with restoreSnapshot(${JSON.stringify(volume.name)}, ${JSON.stringify(snapshot)})` : 'the next open deals with it'
+        g.emit('io:error', { volumeId: volume.id, volumeName: volume.name, operation: 'write', code, message: `volume ${volume.name} is left half-restored from backup ${id} and could not be put back now (${(cause as Error).message}); ${next}` })
         return fenced
       })
-      if (outcome === 'done') await g.deleteSnapshot(into.id, snapshot).catch(() => {})
-      if (outcome !== 'kept') await tracker?.forget(into.id).catch(() => {})
+      if (outcome === 'put back') await tracker?.finished(volume, snapshot).catch(() => {})
+      else if (outcome !== 'kept') await tracker?.forget(volume.id).catch(() => {})
     }
     throw err
   } finally {
-    tracker?.release(into.id)
+    tracker?.release(volumeId)
   }
-  return await g.getVolume(into.id)
+  return await g.getVolume(volumeId)
 }

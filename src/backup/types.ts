@@ -6,6 +6,13 @@ import type { VolumeRef } from '../galleonfs.js'
 import type { BackupStrategy, Volume } from '../types.js'
 import type { BackupKey } from '../crypto/key-manager.js'
 
+/**
+ * Not public: a createVolume option (a symbol, so no user option can collide) through which a
+ * restore chooses the id of the volume it creates, so that it records the id before the volume
+ * exists (a kill right after the create then leaves a record naming it; see restore.ts).
+ */
+export const NEW_VOLUME_ID = Symbol('galleonfs.newVolumeId')
+
 /** Where backups of encrypted volumes get their keys (the instance's KeyManager). */
 export interface BackupKeySource {
   backupKey: (volumeId: string) => Promise<BackupKey>

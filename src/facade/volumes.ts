@@ -7,6 +7,7 @@ import { mountControl } from '../mount/mount-manager.js'
 import { parseQoSPolicy } from '../qos/policy.js'
 import { parseSize } from '../size.js'
 import type { ReplicationManager } from '../replication/manager.js'
+import { NEW_VOLUME_ID } from '../backup/types.js'
 import { AccessMode, VolumeState, VolumeType, type CreateVolumeOptions, type Volume } from '../types.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
 import { DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
@@ -16,6 +17,7 @@ import type { VolumeRef } from './refs.js'
 
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
 const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 /** Creates, deletes and expands the instance's volumes (GalleonFS checks the caller first). */
 export class VolumeLifecycle {
@@ -129,6 +131,9 @@ export class VolumeLifecycle {
       throw new GalleonError('INVALID_ARGUMENT', `accessModes must be a non-empty list of ${[...ACCESS_MODES].join(', ')}, got ${describe(accessModes)}`)
     }
     const labels = checkLabels(options.labels ?? {})
+    // Chosen by a restore, which records it first (see NEW_VOLUME_ID).
+    const id: unknown = (options as { [NEW_VOLUME_ID]?: unknown })[NEW_VOLUME_ID]
+    if (id !== undefined && (typeof id !== 'string' || !UUID.test(id))) throw new GalleonError('INVALID_ARGUMENT', `a new volume's id must be a UUID, got ${describe(id)}`)
     const qos = options.qos === undefined ? undefined : parseQoSPolicy(options.qos)
     assertClassSupported(storageClass, replicas, this.#host.replication !== undefined)
     const pool = this.#host.pools.choose(options.pool, storageClass)
@@ -147,6 +152,7 @@ export class VolumeLifecycle {
       unreserve = this.#host.catalog.reserveName(name, namespace)
       if (pool !== undefined) release = this.#host.pools.reserve(pool.name, sizeBytes, `volume ${name}`)
       record = await this.newVolume({
+        ...(id === undefined ? {} : { id }),
         name,
         namespace,
         type: type as VolumeType,
