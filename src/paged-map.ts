@@ -13,7 +13,8 @@
 // more than a Map would; the common patterns (sequential runs, a volume's blocks mostly written)
 // cost less. Iteration is in ascending key order within a page and in page creation order.
 
-const PAGE_SLOTS = 256
+/** Keys per page: page n holds the keys n * PAGE_SLOTS .. (n + 1) * PAGE_SLOTS - 1. */
+export const PAGE_SLOTS = 256
 
 class Page<V> {
   readonly slots: Array<V | undefined> = new Array<V | undefined>(PAGE_SLOTS).fill(undefined)
@@ -98,7 +99,32 @@ export class PagedMap<V> {
     }
   }
 
+  /**
+   * Numbers of the pages in use that overlap [first, last], ascending: the only places a walk of the
+   * range's keys need look. Work is the fewer of the range's pages and the pages in use (those then
+   * sorted), so a huge sparse range costs what its keys do, not its length.
+   */
+  pagesBetween (first: number, last: number): number[] {
+    const out: number[] = []
+    if (!(first <= last)) return out
+    const firstPage = Math.floor(first / PAGE_SLOTS)
+    const lastPage = Math.floor(last / PAGE_SLOTS)
+    if (lastPage - firstPage < this.#pages.size) {
+      for (let number = firstPage; number <= lastPage; number++) if (this.#pages.has(number)) out.push(number)
+      return out
+    }
+    for (const number of this.#pages.keys()) if (number >= firstPage && number <= lastPage) out.push(number)
+    return sortNumbers(out)
+  }
+
   [Symbol.iterator] (): Generator<[number, V]> {
     return this.entries()
   }
+}
+
+/** Sorts numbers in place, ascending (a typed-array sort: numeric, and faster than a comparator). */
+function sortNumbers (numbers: number[]): number[] {
+  const sorted = Float64Array.from(numbers).sort()
+  for (let i = 0; i < sorted.length; i++) numbers[i] = sorted[i] as number
+  return numbers
 }

@@ -25,7 +25,7 @@
 // stays O(1).
 
 import { GalleonError } from '../errors.js'
-import { PagedMap } from '../paged-map.js'
+import { PAGE_SLOTS, PagedMap } from '../paged-map.js'
 
 /** Added to a tombstone's gen in its block-store address. */
 export const TOMBSTONE_BIT = 2 ** 52
@@ -333,15 +333,41 @@ export class BlockMap {
 
   /** Indices the view at `at` reads data for (own or through the parent), ascending. */
   allocatedAt (at: number = LIVE): number[] {
-    const out = new Set<number>()
-    for (const index of this.#current.keys()) if (this.locate(index, at) !== undefined) out.add(index)
-    const parent = this.parent
-    if (parent !== undefined) {
-      for (const index of parent.map.allocatedAt(parent.gen)) {
-        if (index < parent.blocks && !out.has(index) && this.locate(index, at) !== undefined) out.add(index)
+    const out: number[] = []
+    this.forEachAllocated(0, Number.POSITIVE_INFINITY, at, (index) => { out.push(index) })
+    return out
+  }
+
+  /**
+   * Calls `visit` with each index in [first, last] the view at `at` reads data for (own or through
+   * the parent), ascending. Only the pages (of PAGE_SLOTS indices) where some map of the clone
+   * chain stores a version are walked (an ancestor's only below each link's `blocks`), each index
+   * resolved as a read resolves it: the work follows the blocks stored in the range, not its length.
+   */
+  forEachAllocated (first: number, last: number, at: number, visit: (index: number) => void): void {
+    let pages: number[] = []
+    let chained = false
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    let map: BlockMap | undefined = this
+    let end = last
+    while (map !== undefined && first <= end) {
+      const own = map.#current.pagesBetween(first, end)
+      if (own.length > 0) {
+        if (pages.length > 0) chained = true
+        pages = pages.length === 0 ? own : pages.concat(own)
+      }
+      const parent: ParentLink | undefined = map.parent
+      if (parent === undefined) break
+      end = Math.min(end, parent.blocks - 1)
+      map = parent.map
+    }
+    if (chained) pages = distinctSorted(pages)
+    for (const page of pages) {
+      const to = Math.min(last, (page + 1) * PAGE_SLOTS - 1)
+      for (let index = Math.max(first, page * PAGE_SLOTS); index <= to; index++) {
+        if (this.locate(index, at) !== undefined) visit(index)
       }
     }
-    return sortedIndices(out)
   }
 
   /** Every own data version (index, gen) stored: what scrub verifies. */
@@ -445,5 +471,13 @@ function sortedIndices (indices: Iterable<number> & { readonly size: number }): 
   // A plain loop: Array.from() of a typed array is several times slower.
   const out = new Array<number>(sorted.length)
   for (let i = 0; i < sorted.length; i++) out[i] = sorted[i] as number
+  return out
+}
+
+/** The distinct numbers of `numbers`, ascending. */
+function distinctSorted (numbers: number[]): number[] {
+  const sorted = Float64Array.from(numbers).sort()
+  const out: number[] = []
+  for (let i = 0; i < sorted.length; i++) if (i === 0 || sorted[i] !== sorted[i - 1]) out.push(sorted[i] as number)
   return out
 }

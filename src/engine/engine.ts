@@ -405,17 +405,26 @@ export class BlockEngine {
 
   /**
    * Runs of blocks first..last of the view at `at` that hold data (own or a clone source's) or do
-   * not (they read as zeros), in order: [first block, count, allocated]. Work is proportional to
-   * the range.
+   * not (they read as zeros), in order: [first block, count, allocated]. Work follows the blocks
+   * stored in the range, not its length (see BlockMap.forEachAllocated): a whole petabyte volume
+   * with a few blocks written is a few runs, found at once.
    */
   allocationRuns (volume: VolumeBlocks, first: number, last: number, at: number = LIVE): Array<[number, number, boolean]> {
     const runs: Array<[number, number, boolean]> = []
-    for (let index = first; index <= last; index++) {
-      const allocated = volume.map.locate(index, at) !== undefined
-      const run = runs[runs.length - 1]
-      if (run !== undefined && run[2] === allocated) run[1]++
-      else runs.push([index, 1, allocated])
-    }
+    // The first block not yet in a run; the run of allocated blocks that ends just before it, if any.
+    let next = first
+    let run: [number, number, boolean] | undefined
+    volume.map.forEachAllocated(first, last, at, (index) => {
+      if (run !== undefined && index === next) {
+        run[1]++
+      } else {
+        if (index > next) runs.push([next, index - next, false])
+        run = [index, 1, true]
+        runs.push(run)
+      }
+      next = index + 1
+    })
+    if (next <= last) runs.push([next, last - next + 1, false])
     return runs
   }
 
