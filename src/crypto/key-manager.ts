@@ -7,7 +7,6 @@
 // rotation. Deleting the record makes whatever is left of the volume's blocks unreadable.
 
 import type { AbstractSublevel } from 'abstract-level'
-import { timingSafeEqual } from 'node:crypto'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { hkdf } from '@noble/hashes/hkdf.js'
@@ -15,7 +14,7 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
-import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
+import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, unwrapKey, wrapChecked, wrapKey } from './keys.js'
 import { KEY_BYTES } from './cipher.js'
 import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
@@ -39,13 +38,21 @@ interface DataKeyRecord {
   readonly check?: string
 }
 
+/** A backup key, wrapped (base64) by the KEK `kekId`, and its public fingerprint. */
+interface BackupKeyRecord { readonly wrapped: string, readonly kekId: string, readonly fingerprint: string }
+
 /** What the metadata holds about an encrypted volume's keys. */
 export interface VolumeKeyRecord {
   readonly volumeId: string
   readonly current: number
   readonly keys: readonly DataKeyRecord[]
-  /** The key that seals the volume's backup chunks, wrapped (base64), and its public fingerprint. */
-  readonly backup: { readonly wrapped: string, readonly kekId: string, readonly fingerprint: string }
+  /** The key that seals the volume's new backup chunks. */
+  readonly backup: BackupKeyRecord
+  /**
+   * Backup keys that DEK rotations replaced: they seal no new backup, but open the backups taken
+   * before (re-wrapped with the rest at a KEK rotation, so a move to another provider keeps them).
+   */
+  readonly retiredBackups?: readonly BackupKeyRecord[]
   /** A DEK rotation in progress: blocks below `cursor` are re-sealed with the current key. */
   readonly rotation?: { readonly cursor: number, readonly startedAt: string }
 }
@@ -112,7 +119,7 @@ function dataKeyCheck (key: Uint8Array): string {
  * nothing is sealed, re-wrapped or handed over with a wrong key.
  */
 async function unwrapDataKey (provider: KeyProvider, volumeId: string, key: DataKeyRecord): Promise<Uint8Array> {
-  const advice = 'open with the key provider, passphrase or master key file used before'
+  const advice = keySourceFix(provider)
   let dek: unknown
   try {
     dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
@@ -126,50 +133,23 @@ async function unwrapDataKey (provider: KeyProvider, volumeId: string, key: Data
 }
 
 /** The backup key of `volumeId` unwrapped by `provider`, checked against its fingerprint (see unwrapDataKey). */
-async function unwrapBackupKey (provider: KeyProvider, volumeId: string, backup: VolumeKeyRecord['backup']): Promise<Uint8Array> {
+async function unwrapBackupKey (provider: KeyProvider, volumeId: string, backup: BackupKeyRecord): Promise<Uint8Array> {
   let key: unknown
   try {
     key = await provider.unwrap(unb64(backup.wrapped), backupKeyContext(volumeId))
   } catch (err) {
-    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open with the key provider, passphrase or master key file used before: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${keySourceFix(provider)}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
   }
   if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES || backupKeyFingerprint(key) !== backup.fingerprint) {
-    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; open with the key provider, passphrase or master key file used before`)
+    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; ${keySourceFix(provider)}`)
   }
   return key
 }
 
-const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
-const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
+/** How many volumes' keys a key provider is tried on before it is refused (see KeyManager.#check). */
+const CHECK_ATTEMPTS = 3
 
-/**
- * `key` wrapped by `provider` (base64), once the provider has given it back: a wrap it cannot undo
- * (a KMS role allowed to encrypt but not to decrypt, a faulty wrap) would make whatever the key
- * protects unreadable from the next open on, and a KEK rotation would have replaced the only
- * wraps that worked.
- */
-async function wrapChecked (provider: KeyProvider, key: Uint8Array, context: string): Promise<string> {
-  let wrapped: Uint8Array
-  try {
-    wrapped = await provider.wrap(key, context)
-  } catch (err) {
-    if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') throw err
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${(err as Error)?.message ?? String(err)}`, { cause: err })
-  }
-  if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) wrapped the key for ${context} into ${describe(wrapped)}, not bytes, so nothing was stored`)
-  }
-  let back: Uint8Array
-  try {
-    back = await provider.unwrap(wrapped, context)
-  } catch (err) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${(err as Error)?.message ?? String(err)})`, { cause: err })
-  }
-  if (!(back instanceof Uint8Array) || back.byteLength !== key.byteLength || !timingSafeEqual(back, key)) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the key it just wrapped for ${context} to other bytes, so nothing was stored; its wrap and unwrap do not match`)
-  }
-  return b64(wrapped)
-}
+const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
 
 export class KeyManager {
   readonly #db: JsonSublevel
@@ -177,6 +157,8 @@ export class KeyManager {
   readonly #records = new Map<string, VolumeKeyRecord>()
   #provider: KeyProvider | undefined
   #opening: Promise<KeyProvider> | undefined
+  /** The provider that proved it opens this storage's keys (see #check); only it wraps. */
+  #checked: KeyProvider | undefined
   /** Record writes one at a time (nonce reservations and rotations update the same records). */
   readonly #queue = new SerialQueue()
 
@@ -200,11 +182,53 @@ export class KeyManager {
     if (this.#source.passphrase !== undefined) await this.provider()
   }
 
-  /** The key provider, opened on first use (the internal one creates its key file then). */
+  /**
+   * The key provider, opened on first use (the internal one creates its key file then) and checked
+   * once against the keys this storage holds: everything that wraps a key gets it from here.
+   */
   async provider (): Promise<KeyProvider> {
+    const provider = await this.#opened()
+    if (this.#checked !== provider) {
+      await this.#check(provider)
+      this.#checked = provider
+    }
+    return provider
+  }
+
+  /** The key provider, opened but not checked: for unwrapping only (every unwrap checks its key). */
+  async #opened (): Promise<KeyProvider> {
     if (this.#provider !== undefined) return this.#provider
     this.#opening ??= this.#open().then((provider) => { this.#provider = provider; return provider }, (err) => { this.#opening = undefined; throw err })
     return await this.#opening
+  }
+
+  /**
+   * Refuses a provider that cannot open the keys this storage holds: a master key file or passphrase
+   * salt file from the wrong backup, or another KMS key, is a valid key too, and keys wrapped under
+   * it would leave the storage with two KEKs, the new volumes lost once the right one is put back.
+   * Each try unwraps a volume's data key (or, without a check value, its backup key) and checks the
+   * bytes; a few volumes are tried, so one damaged record does not condemn the right provider. A
+   * storage with no keys yet accepts any provider.
+   */
+  async #check (provider: KeyProvider): Promise<void> {
+    let failure: unknown
+    let tried = 0
+    for (const record of this.#records.values()) {
+      try {
+        const key = record.keys.find((candidate) => candidate.check !== undefined)
+        await (key === undefined ? unwrapBackupKey(provider, record.volumeId, record.backup) : unwrapDataKey(provider, record.volumeId, key))
+        return
+      } catch (err) {
+        failure ??= err
+      }
+      if (++tried === CHECK_ATTEMPTS) break
+    }
+    if (failure === undefined) return
+    // A provider that cannot wrap and unwrap a key of its own is failing (a KMS down or refusing):
+    // BACKEND_UNAVAILABLE, as for any wrap. One that can holds another key than this storage's.
+    await wrapChecked(provider, generateKey(), 'key-provider-check')
+    const kekIds = [...new Set([...this.#records.values()].map((record) => record.backup.kekId))].slice(0, 3).join(', ')
+    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) works, but cannot open the keys of this storage's encrypted volumes (wrapped by key ${kekIds}): it is not the key they were created with, so nothing new is wrapped under it; ${keySourceFix(provider)} (${(failure as Error)?.message ?? String(failure)})`, { cause: failure })
   }
 
   async #open (): Promise<KeyProvider> {
@@ -264,7 +288,7 @@ export class KeyManager {
     const record = this.#records.get(volumeId)
     try {
       if (record === undefined) throw new GalleonError('CORRUPTION', `the keys of encrypted volume ${volumeId} are missing from the metadata`)
-      const provider = await this.provider()
+      const provider = await this.#opened()
       for (const key of record.keys) {
         const dek = await unwrapDataKey(provider, volumeId, key)
         cipher.addKey(key.version, dek, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
@@ -303,7 +327,7 @@ export class KeyManager {
         const backupKey = await unwrapBackupKey(provider, stagingId, staged.backup)
         backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
       }
-      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup }
+      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup, ...(previous?.retiredBackups === undefined ? {} : { retiredBackups: previous.retiredBackups }) }
       return {
         ops: [{ type: 'put', sublevel: this.#db, key: volumeId, value: record }, { type: 'del', sublevel: this.#db, key: stagingId }],
         apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) },
@@ -349,19 +373,25 @@ export class KeyManager {
 
   /**
    * Starts a DEK rotation: a new DEK becomes current (new writes use it) and the rotation record
-   * says what is left to re-seal. Returns the new version.
+   * says what is left to re-seal. The volume gets a new backup key with it, so backups taken from
+   * now on are sealed with a key that never sealed anything before; the old backup key is kept,
+   * retired, for the backups taken before. Returns the new version.
    */
   async beginRotation (volumeId: string, cipher: VolumeCipher): Promise<number> {
     const dek = generateKey()
+    const backupKey = generateKey()
     return await this.#serial(async () => {
       const provider = await this.provider()
       const record = this.#record(volumeId)
       const version = Math.max(...record.keys.map((key) => key.version)) + 1
       const wrapped = await wrapChecked(provider, dek, dekContext(volumeId, version))
+      const backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
       await this.#put({
         ...record,
         current: version,
         keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION, check: dataKeyCheck(dek) }],
+        backup,
+        retiredBackups: [...(record.retiredBackups ?? []), record.backup],
         rotation: { cursor: 0, startedAt: new Date().toISOString() }
       })
       // Its first nonces are reserved with it: a write sealing right after the switch never waits or fails.
@@ -395,19 +425,22 @@ export class KeyManager {
   /** The volume's backup key, unwrapped. */
   async backupKey (volumeId: string): Promise<BackupKey> {
     const record = this.#record(volumeId)
-    const provider = await this.provider()
+    const provider = await this.#opened()
     const key = await unwrapBackupKey(provider, volumeId, record.backup)
     return { key, fingerprint: record.backup.fingerprint, wrapped: record.backup.wrapped, kekId: record.backup.kekId, provider: provider.name }
   }
 
   /**
    * Opens the backup key a manifest carries: from the source volume's record when it is still here
-   * (whatever KEK rotations happened since), else by unwrapping the manifest's copy.
+   * (its current backup key or one a DEK rotation retired, whatever KEK rotations happened since),
+   * else by unwrapping the manifest's copy.
    */
   async openBackupKey (volumeId: string, stored: { wrapped: string, kekId: string, fingerprint: string }): Promise<Uint8Array> {
     const record = this.#records.get(volumeId)
     if (record !== undefined && record.backup.fingerprint === stored.fingerprint) return (await this.backupKey(volumeId)).key
-    const provider = await this.provider()
+    const provider = await this.#opened()
+    const retired = record?.retiredBackups?.find((backup) => backup.fingerprint === stored.fingerprint)
+    if (retired !== undefined) return await unwrapBackupKey(provider, volumeId, retired)
     let key: Uint8Array
     try {
       key = await provider.unwrap(unb64(stored.wrapped), backupKeyContext(volumeId))
@@ -434,14 +467,21 @@ export class KeyManager {
           keys.push({ ...key, wrapped: await wrapChecked(next, dek, dekContext(record.volumeId, key.version)), kekId: next.keyId })
           count++
         }
-        const backupKey = await unwrapBackupKey(current, record.volumeId, record.backup)
-        const backup = { ...record.backup, wrapped: await wrapChecked(next, backupKey, backupKeyContext(record.volumeId)), kekId: next.keyId }
-        count++
-        batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup } })
+        const rewrap = async (stored: BackupKeyRecord): Promise<BackupKeyRecord> => {
+          const backupKey = await unwrapBackupKey(current, record.volumeId, stored)
+          count++
+          return { ...stored, wrapped: await wrapChecked(next, backupKey, backupKeyContext(record.volumeId)), kekId: next.keyId }
+        }
+        const backup = await rewrap(record.backup)
+        let retiredBackups: BackupKeyRecord[] | undefined
+        for (const stored of record.retiredBackups ?? []) (retiredBackups ??= []).push(await rewrap(stored))
+        batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup, ...(retiredBackups === undefined ? {} : { retiredBackups }) } })
       }
       if (batch.length > 0) await this.#db.batch(batch, SYNC)
       for (const { value } of batch) this.#records.set(value.volumeId, value)
+      // Every key is wrapped by it now (each wrap checked): it is this storage's provider.
       this.#provider = next
+      this.#checked = next
       return count
     })
   }
@@ -449,8 +489,8 @@ export class KeyManager {
   /** Whether some key is wrapped by a KEK other than the provider's current one (an interrupted rotation). */
   async staleWraps (): Promise<boolean> {
     if (this.#records.size === 0) return false
-    const provider = await this.provider()
-    return [...this.#records.values()].some((record) => record.backup.kekId !== provider.keyId || record.keys.some((key) => key.kekId !== provider.keyId))
+    const provider = await this.#opened()
+    return [...this.#records.values()].some((record) => [record.backup, ...(record.retiredBackups ?? []), ...record.keys].some((key) => key.kekId !== provider.keyId))
   }
 
   async #reserve (volumeId: string, version: number, limit: number): Promise<void> {

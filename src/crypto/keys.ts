@@ -292,12 +292,56 @@ function checkValue (kek: Uint8Array): string {
   return Buffer.from(hkdf(sha256, kek, undefined, new TextEncoder().encode('galleonfs passphrase check'), 16)).toString('hex')
 }
 
-/** Key provider whose wrap and unwrap are functions the application supplies (a KMS, an HSM). */
+/**
+ * `key` wrapped by `provider` (base64), once the provider has given it back: a wrap it cannot undo
+ * (a KMS role allowed to encrypt but not to decrypt, a faulty wrap) would make whatever the key
+ * protects unreadable from the next open on, and a KEK rotation would have replaced the only
+ * wraps that worked.
+ */
+export async function wrapChecked (provider: KeyProvider, key: Uint8Array, context: string): Promise<string> {
+  let wrapped: Uint8Array
+  try {
+    wrapped = await provider.wrap(key, context)
+  } catch (err) {
+    if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') throw err
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+  }
+  if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) wrapped the key for ${context} into ${describe(wrapped)}, not bytes, so nothing was stored`)
+  }
+  let back: Uint8Array
+  try {
+    back = await provider.unwrap(wrapped, context)
+  } catch (err) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${(err as Error)?.message ?? String(err)})`, { cause: err })
+  }
+  if (!(back instanceof Uint8Array) || back.byteLength !== key.byteLength || !timingSafeEqual(back, key)) {
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the key it just wrapped for ${context} to other bytes, so nothing was stored; its wrap and unwrap do not match`)
+  }
+  return Buffer.from(wrapped).toString('base64')
+}
+
+/**
+ * What to do when `provider` cannot open keys this storage holds (or holds keys it cannot open):
+ * put back the key source they were wrapped with, named, since a master key file or salt file from
+ * another backup or another storage looks just as valid as the right one.
+ */
+export function keySourceFix (provider: KeyProvider): string {
+  if (provider instanceof InternalKeyProvider) {
+    return `put back the master key file ${provider.path} these keys were wrapped with (from your key backup: one restored from another backup, or copied from another storage, holds another key), then open GalleonFS again`
+  }
+  if (provider instanceof PassphraseKeyProvider) {
+    return `put back this storage's own passphrase salt file ${provider.saltPath} (from a backup of the storage path: the salt file of another storage, or an older copy, derives another key from the same passphrase), then open GalleonFS again`
+  }
+  return 'open GalleonFS with the key provider (and KMS key) these keys were wrapped with; if its KMS did not answer, try again once it does'
+}
+
 /** How long an ExternalKeyProvider's wrap or unwrap may take by default. */
 export const EXTERNAL_TIMEOUT_MS = 30_000
 /** The longest delay Node's timers take (a longer one fires after 1 ms). */
 export const MAX_TIMER_MS = 2 ** 31 - 1
 
+/** Key provider whose wrap and unwrap are functions the application supplies (a KMS, an HSM). */
 export class ExternalKeyProvider implements KeyProvider {
   readonly name = 'external'
   readonly keyId: string
