@@ -107,6 +107,13 @@ export interface BlockStore {
    * for each address.
    */
   getMany? (addresses: readonly BlockAddress[], options?: BlockReadOptions): Promise<Array<Uint8Array | undefined>>
+  /**
+   * Optional: the caller will not touch these values of `get`/`getMany` again (it copied what it
+   * needed and kept no view of them), so the store may reuse their memory for later reads (the file
+   * store reuses the buffers of multi-block reads). A value not from this store, or released
+   * before, must be ignored. Callers that never release lose nothing but the reuse.
+   */
+  releaseValues? (values: ReadonlyArray<Uint8Array | undefined>): void
   /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */
   batch (ops: readonly BlockOp[], options?: { sync?: boolean }): Promise<void>
   /** Makes every batch resolved so far durable. */

@@ -12,6 +12,7 @@ import { lockDirectory, type DirectoryLock } from './lock.js'
 import { HEADER_BYTES, TYPE_PUT, decodeHeader, recordCrcMatches, type RecordHeader } from './record.js'
 import { readFully, readFullySync } from './segment.js'
 import { SyncReadGovernor } from './sync-reads.js'
+import { ReadBuffers } from './read-buffers.js'
 import { DEFAULT_COMPACTION_THRESHOLD, MAX_READ_RUN_BYTES, checkOptions, type FileBlockStoreOptions } from './options.js'
 import { BlockIndex } from './block-index.js'
 import { StoreState, poolRead, resetState, whenReadsDone, type BlockLocation } from './store-state.js'
@@ -62,6 +63,8 @@ export class FileBlockStore extends AbstractBlockStore {
   #lock: DirectoryLock | undefined
   /** Scratch header for `_get` (filled and checked synchronously, so one object serves every read). */
   readonly #readHeader: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+  /** Buffers of multi-block reads, reused once their values are released (see releaseValues). */
+  readonly #readBuffers = new ReadBuffers()
 
   constructor (options: FileBlockStoreOptions) {
     super()
@@ -243,7 +246,7 @@ export class FileBlockStore extends AbstractBlockStore {
     // gets the header checks only: the record is the one asked for, and the crc pass over the
     // payload would repeat the caller's (a third of the CPU time of a 1 MiB sequential read).
     // Not zero-filled: every byte handed out below was read from the file (a short read throws).
-    const run = new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes)
+    const run = this.#readBuffers.take(bytes)
     let read: number
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.
@@ -264,6 +267,7 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     const source = Buffer.from(run.buffer, run.byteOffset, bytes)
     const header = this.#readHeader
+    const views: Uint8Array[] = []
     for (const { slot, location } of items) {
       const address = addresses[slot] as BlockAddress
       const at = location.offset - first.offset
@@ -280,8 +284,21 @@ export class FileBlockStore extends AbstractBlockStore {
           'the stored data is damaged and was not returned: restore it from a backup')
       }
       // Views into one buffer that only this call's caller holds.
-      results[slot] = run.subarray(at + HEADER_BYTES, at + HEADER_BYTES + location.length)
+      const view = run.subarray(at + HEADER_BYTES, at + HEADER_BYTES + location.length)
+      views.push(view)
+      results[slot] = view
     }
+    // Reused once the caller has released every view (a run that failed above is left to the collector).
+    this.#readBuffers.lend(run, views)
+  }
+
+  /**
+   * The caller is done with these values of get/getMany (it copied what it needed and keeps no
+   * view): the buffers of multi-block reads they came from may be reused for later reads. Values
+   * from elsewhere, or released before, are ignored.
+   */
+  releaseValues (values: ReadonlyArray<Uint8Array | undefined>): void {
+    this.#readBuffers.release(values)
   }
 
   protected async * _addresses (volume: number | undefined): AsyncIterable<BlockAddress> {

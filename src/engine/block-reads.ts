@@ -184,6 +184,16 @@ export async function readMany (core: EngineCore, volume: VolumeBlocks, first: n
     // Damage somewhere in the range: read block by block, which finds and reports the bad one.
     if (!isDamage(err)) throw err
   }
+  try {
+    await placeAll(core, volume, first, last, at, place, locked, into, cached, indices, addresses, values)
+  } finally {
+    // Every value was copied out by `place` (or into `into`), or dropped: the store may reuse them.
+    if (values !== undefined) core.store.releaseValues?.(values)
+  }
+}
+
+/** The rest of readMany, once the values are fetched: verify (or open) each and place it. */
+async function placeAll (core: EngineCore, volume: VolumeBlocks, first: number, last: number, at: number, place: (index: number, payload: Uint8Array) => void, locked: boolean, into: ReadTarget | undefined, cached: boolean, indices: readonly number[], addresses: readonly BlockAddress[], values: Array<Uint8Array | undefined> | undefined): Promise<void> {
   // Multi-block reads of encrypted blocks: opened in native batch calls, or on worker threads too.
   const opened = values !== undefined && addresses.length >= 2 && anyCipher(core, volume)
     ? await openMany(core, volume, addresses, values, indices, into)
