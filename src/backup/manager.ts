@@ -31,10 +31,22 @@ type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeI
  */
 type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backupId: string, safetySnapshot?: string }>
 /**
- * Safety snapshots of restores that are over (the volume restored, or put back) that could not be
- * deleted yet: snapshot name -> its volume and the backup restored. Deleted at each open until gone.
+ * Snapshots nothing needs any more that could not be deleted yet (a clone reads from them, say),
+ * deleted at each open until gone: safety snapshots of restores that are over (the volume restored,
+ * or put back), keyed by name, and (`of: 'backup'`) snapshots of backups no later backup builds on,
+ * keyed by id, with their name. The sublevel keeps its first name, restoreSnapshotsLeft, so that
+ * records written before it held both are still found.
  */
-type LeftSnapshotSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, backupId: string }>
+type LeftSnapshotSublevel = AbstractSublevel<MetadataDatabase, any, string, LeftSnapshotRecord>
+interface LeftSnapshotRecord { volumeId: string, backupId: string, of?: 'backup', name?: string }
+
+/**
+ * classic-level's option to fsync its log before resolving (abstract-level passes it through
+ * sublevels). The records an open acts on (a restore under way, one that is over) must survive a
+ * power loss, not only a killed process: a lost "restore over" would put a restored volume back to
+ * its safety snapshot (or remove a restored new volume) at the next open.
+ */
+const SYNC = { sync: true } as unknown as Record<string, never>
 
 /** How the instance fences a volume an interrupted restore left half-restored (see BackupManager.start). */
 export interface HalfRestoredFence {
@@ -50,9 +62,11 @@ function gone (err: unknown): boolean {
   return code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND'
 }
 
-/** Names the safety snapshot of a restore that is over, in the report of a failure to delete it. */
-function leftSnapshot (snapshot: string, volume: string, backupId: string): string {
-  return `snapshot ${snapshot} of volume ${volume}, which a restore of backup ${backupId} took and no longer needs (nothing reverts to it)`
+/** Names a snapshot nothing needs any more, in the report of a failure to delete it. */
+function leftSnapshot (snapshot: string, volume: string, backupId: string, of?: 'backup'): string {
+  return of === 'backup'
+    ? `snapshot ${snapshot} of volume ${volume}, which backup ${backupId} was taken from and which no later backup needs as a base`
+    : `snapshot ${snapshot} of volume ${volume}, which a restore of backup ${backupId} took and no longer needs (nothing reverts to it)`
 }
 
 /** An onProgress option is a function (a listener that is not one would be ignored without a word). */
@@ -98,14 +112,15 @@ export class BackupManager {
    * recorded before its snapshot is taken and forgotten once it is stored or cleaned up), and so
    * are the volumes of restores into new volumes that were cut short: they hold part of a backup.
    * An existing volume a restore was overwriting is put back as it was before that restore. Safety
-   * snapshots of restores that are over, which could not be deleted then, are deleted now.
+   * snapshots of restores that are over, and snapshots of backups no later backup builds on, which
+   * could not be deleted then, are deleted now.
    */
   async start (fence: HalfRestoredFence): Promise<void> {
     this.#fence = fence
     this.#opening = []
     // First, so that a snapshot one of the put-backs below fails to delete is reported once.
-    for (const [snapshot, { volumeId, backupId }] of await this.#leftSnapshots?.iterator().all() ?? []) {
-      await this.#removeLeftover(volumeId, leftSnapshot(snapshot, volumeId, backupId),
+    for (const [snapshot, { volumeId, backupId, of, name }] of await this.#leftSnapshots?.iterator().all() ?? []) {
+      await this.#removeLeftover(volumeId, leftSnapshot(name ?? snapshot, volumeId, backupId, of),
         async () => { await this.#g.deleteSnapshot(volumeId, snapshot) }, async () => { await this.#leftSnapshots?.del(snapshot) })
     }
     for (const [volumeId, { backupId, safetySnapshot }] of await this.#restoring?.iterator().all() ?? []) {
@@ -115,7 +130,8 @@ export class BackupManager {
         continue
       }
       await this.#putBackOrFence(volumeId, backupId, safetySnapshot, fence.replicated(volumeId))
-      await this.#restoring?.del(volumeId)
+      // Synced: a fenced volume put back by hand later must not be put back again at an open.
+      await this.#restoring?.del(volumeId, SYNC)
     }
     for (const [id, { volumeId, snapshot }] of await this.#pending?.iterator().all() ?? []) {
       await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`,
@@ -201,11 +217,34 @@ export class BackupManager {
       await this.#metadata.batch([
         { type: 'del', sublevel: this.#restoring, key: volumeId },
         { type: 'put', sublevel: this.#leftSnapshots, key: snapshot, value: { volumeId, backupId } }
-      ] as any)
+      ] as any, SYNC)
     }
     // A record that outlives its snapshot is harmless: the next open finds the snapshot gone.
     await this.#removeLeftover(volumeId, leftSnapshot(snapshot, volumeName === '' ? volumeId : volumeName, backupId), async () => { await this.#g.deleteSnapshot(volumeId, snapshot) },
       async () => { await this.#leftSnapshots?.del(snapshot).catch(() => {}) }, volumeName)
+  }
+
+  /**
+   * Deletes the snapshot backup `manifest` was taken from, which no backup needs as a base any more.
+   * One that cannot be deleted now (a clone reads from it, it is mounted) is reported (io:error) and
+   * recorded, so that each open tries again; the backup or deletion that freed it still succeeds.
+   * Gone already (or its volume is, or it belongs to another instance's volume) is fine.
+   */
+  async #freeSnapshot (volumeId: string, volumeName: string, manifest: Manifest): Promise<void> {
+    const { id, name } = manifest.snapshot
+    try {
+      await this.#g.deleteSnapshot(volumeId, id)
+    } catch (err) {
+      if (gone(err)) return
+      let next = 'tried again at the next open'
+      try {
+        if (this.#leftSnapshots === undefined) throw new GalleonError('NOT_OPEN', 'no metadata database to record it in')
+        await this.#leftSnapshots.put(id, { volumeId, backupId: manifest.id, of: 'backup', name }, SYNC)
+      } catch (cause) {
+        next = `not recorded for a later try either (${(cause as Error).message}), so delete it with deleteSnapshot once it can be`
+      }
+      this.#report({ volumeId, volumeName, operation: 'write', code: errorCode(err), message: `could not delete ${leftSnapshot(name, volumeName, manifest.id, 'backup')} (${next}): ${(err as Error).message}` })
+    }
   }
 
   /** Backups and restores under way: close() cancels them and waits for them. */
@@ -380,9 +419,7 @@ export class BackupManager {
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
         const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
         for (const older of ours) {
-          if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) {
-            await this.#g.deleteSnapshot(volume.id, older.snapshot.id).catch(() => {})
-          }
+          if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) await this.#freeSnapshot(volume.id, volume.name, older)
         }
         this.#g.emit('backup:completed', backup)
         if (options.hooks?.post !== undefined) {
@@ -504,7 +541,7 @@ export class BackupManager {
       const deleted = [...dependents.reverse(), doomed]
       for (const manifest of deleted) {
         await target.deleteManifest(manifest.id)
-        await this.#g.deleteSnapshot(manifest.volume.id, manifest.snapshot.id).catch(() => {})
+        await this.#freeSnapshot(manifest.volume.id, manifest.volume.name, manifest)
       }
       const kept = manifests.filter((m) => !deleted.includes(m))
       const referenced = new Set<string>()
@@ -545,13 +582,15 @@ export class BackupManager {
         if (claimed.has(volumeId)) throw new GalleonError('BUSY', `another restore is writing into volume ${describe(options.volume ?? volumeId)}; wait for it to finish (two at once would leave a mix of both backups)`)
         claimed.add(volumeId)
         try {
-          await restoring?.put(volumeId, { backupId: id, ...(safetySnapshot === undefined ? {} : { safetySnapshot }) })
+          // Durable before anything is written to the volume (restoreBackup awaits it first).
+          await restoring?.put(volumeId, { backupId: id, ...(safetySnapshot === undefined ? {} : { safetySnapshot }) }, SYNC)
         } catch (err) {
           claimed.delete(volumeId)
           throw err
         }
       },
-      forget: async (volumeId) => { await restoring?.del(volumeId) },
+      // Durable before restoreBackup resolves: a record left over would remove the restored volume.
+      forget: async (volumeId) => { await restoring?.del(volumeId, SYNC) },
       finished: async (volume, safetySnapshot) => { await this.#finished(volume.id, volume.name, id, safetySnapshot) },
       fence: async (volumeId, safetySnapshot, why) => {
         // A replicated volume is only reported (see #putBackOrFence).
