@@ -25,22 +25,13 @@ import { retained } from '../src/backup/policies.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
+import { blockPattern } from './support/patterns.js'
 import { seededRandom } from './conformance/fixtures.js'
 
 const BS = 4096
 const CHILD = process.env.GALLEON_BACKUP_AUDIT_CHILD
 
-/** Sixteen distinct 1 MiB chunks' worth of blocks, each block naming `seed` and its index. */
-function pattern (blocks: number, seed: number): Uint8Array {
-  const out = new Uint8Array(blocks * BS)
-  const view = new DataView(out.buffer)
-  for (let i = 0; i < blocks; i++) {
-    out.fill((seed * 31 + i) & 0xff, i * BS, (i + 1) * BS)
-    view.setUint32(i * BS, seed, true)
-    view.setUint32(i * BS + 4, i + 1, true)
-  }
-  return out
-}
+const pattern = (blocks: number, seed: number): Uint8Array => blockPattern(blocks, seed, BS)
 
 if (CHILD === 'restore-over') {
   // Restores a backup over volume `prod` through a target that stops answering after four chunks,

@@ -17,22 +17,13 @@ import { GalleonFS, type IoErrorEvent } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { until } from './support/wait.js'
+import { blockPattern } from './support/patterns.js'
 
 const BS = 4096
 const BLOCKS = 1024
 const CHILD = process.env.GALLEON_BACKUP_LEFTOVERS_CHILD
 
-/** Blocks each naming `seed` and their index. */
-function pattern (blocks: number, seed: number): Uint8Array {
-  const out = new Uint8Array(blocks * BS)
-  const view = new DataView(out.buffer)
-  for (let i = 0; i < blocks; i++) {
-    out.fill((seed * 31 + i) & 0xff, i * BS, (i + 1) * BS)
-    view.setUint32(i * BS, seed, true)
-    view.setUint32(i * BS + 4, i + 1, true)
-  }
-  return out
-}
+const pattern = (blocks: number, seed: number): Uint8Array => blockPattern(blocks, seed, BS)
 
 /** abstract-level's private write hooks, which its public put/del/batch (and sublevels') end in; not in the types. */
 interface WriteHooks {

@@ -17,22 +17,13 @@ import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
+import { blockPattern } from './support/patterns.js'
 
 const BS = 4096
 const BLOCKS = 4096
 const CHILD = process.env.GALLEON_RESTORE_LEFTOVERS_CHILD
 
-/** Blocks each naming `seed` and their index (16 distinct 1 MiB chunks for 4096 blocks). */
-function pattern (blocks: number, seed: number): Uint8Array {
-  const out = new Uint8Array(blocks * BS)
-  const view = new DataView(out.buffer)
-  for (let i = 0; i < blocks; i++) {
-    out.fill((seed * 31 + i) & 0xff, i * BS, (i + 1) * BS)
-    view.setUint32(i * BS, seed, true)
-    view.setUint32(i * BS + 4, i + 1, true)
-  }
-  return out
-}
+const pattern = (blocks: number, seed: number): Uint8Array => blockPattern(blocks, seed, BS)
 
 /** The name of the safety snapshot a restore over `volume` took. */
 async function safetySnapshotOf (g: GalleonFS, volume: string): Promise<string> {
