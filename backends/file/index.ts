@@ -190,7 +190,9 @@ export class FileBlockStore extends AbstractBlockStore {
     const pending = location.data
     if (pending !== undefined) return copyBytes(pending) // a copy: the caller may keep and change it
     const results: Array<Uint8Array | undefined> = [undefined]
-    await this.#readRun([{ slot: 0, location }], [address], results, HEADER_BYTES + location.length, payloadChecked)
+    // Not from the pooled buffers: nobody gives a single value back (the engine caches it or copies
+    // it), and a pooled buffer of a large block would keep up to twice the record's memory alive.
+    await this.#readRun([{ slot: 0, location }], [address], results, HEADER_BYTES + location.length, payloadChecked, false)
     return results[0]
   }
 
@@ -231,9 +233,10 @@ export class FileBlockStore extends AbstractBlockStore {
   /**
    * Reads `bytes` bytes holding the adjacent records of `items` (in offset order) with one call,
    * checks each record's header and (unless the caller checks the payload itself) crc, and stores
-   * each payload in `results[slot]`.
+   * each payload in `results[slot]`. `pooled`: read into a buffer of #readBuffers (reused once the
+   * caller releases every value), else into one of exactly `bytes`.
    */
-  async #readRun (items: readonly RunItem[], addresses: readonly BlockAddress[], results: Array<Uint8Array | undefined>, bytes: number, payloadChecked: boolean): Promise<void> {
+  async #readRun (items: readonly RunItem[], addresses: readonly BlockAddress[], results: Array<Uint8Array | undefined>, bytes: number, payloadChecked: boolean, pooled = true): Promise<void> {
     const first = (items[0] as RunItem).location
     const segment = this.#state.segments.get(first.segment)
     const handle = segment?.handle
@@ -246,7 +249,7 @@ export class FileBlockStore extends AbstractBlockStore {
     // gets the header checks only: the record is the one asked for, and the crc pass over the
     // payload would repeat the caller's (a third of the CPU time of a 1 MiB sequential read).
     // Not zero-filled: every byte handed out below was read from the file (a short read throws).
-    const run = this.#readBuffers.take(bytes)
+    const run = pooled ? this.#readBuffers.take(bytes) : new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes)
     let read: number
     try {
       // Called in the same tick as the index lookup, so compaction cannot close the file under it.

@@ -211,6 +211,14 @@ export class KeyManager {
    * storage with no keys yet accepts any provider.
    */
   async #check (provider: KeyProvider): Promise<void> {
+    // A local provider's key ids are hashes of its keys: one that holds the KEK a record names is
+    // this storage's, even when that record does not open (damaged), so it is not refused for that.
+    if (provider instanceof InternalKeyProvider || provider instanceof PassphraseKeyProvider) {
+      const held = new Set([provider.keyId, ...provider.retiredKeyIds])
+      for (const record of this.#records.values()) {
+        if (held.has(record.backup.kekId) || record.keys.some((key) => held.has(key.kekId))) return
+      }
+    }
     let failure: unknown
     let tried = 0
     for (const record of this.#records.values()) {

@@ -94,7 +94,9 @@ export class VolumeLifecycle {
     // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
     // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
     const unavailable = records.some((record) => this.#host.engine.volume(record.storageId)?.cipher?.unavailable !== undefined)
-    if (!unavailable && await this.#host.keys.staleWraps().catch(() => false)) await this.#host.keys.rewrapAll(await this.#host.keys.provider()).catch(() => {})
+    // The provider's check (see KeyManager.provider) is part of that effort: a KMS that stops
+    // answering now leaves the re-wrap to a later open, not the open failed.
+    if (!unavailable && await this.#host.keys.staleWraps().catch(() => false)) await this.#host.keys.provider().then(async (provider) => await this.#host.keys.rewrapAll(provider)).catch(() => {})
   }
 
   /** Orders volumes to delete so that clones go before their sources (fewer copies to make). */
