@@ -111,7 +111,8 @@ export interface BlockStore {
    * Optional: the caller will not touch these values of `get`/`getMany` again (it copied what it
    * needed and kept no view of them), so the store may reuse their memory for later reads (the file
    * store reuses the buffers of multi-block reads). A value not from this store, or released
-   * before, must be ignored. Callers that never release lose nothing but the reuse.
+   * before, must be ignored. Callers that never release lose the reuse, and keep the buffer their
+   * values came from (the file store's are rounded up to 64 KiB).
    */
   releaseValues? (values: ReadonlyArray<Uint8Array | undefined>): void
   /** Applies puts and deletes in order, atomically where `supports.atomicBatch`. */

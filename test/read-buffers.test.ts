@@ -39,15 +39,18 @@ describe('ReadBuffers', () => {
     assert.equal(pool.take(300_000).buffer, run.buffer)
   })
 
-  it('takes sizes of one class from one free list, never a buffer too small', () => {
+  it('takes sizes of one class (64 KiB steps) from one free list, never a buffer too small, never one much larger', () => {
     const pool = new ReadBuffers()
     const run = pool.take(70_000)
+    assert.equal(run.buffer.byteLength, 128 * 1024)
     pool.lend(run, [])
     const again = pool.take(100_000)
     assert.equal(again.buffer, run.buffer)
     assert.equal(again.byteLength, 100_000)
     pool.lend(again, [])
     assert.notEqual(pool.take(140_000).buffer, run.buffer)
+    // A 1 MiB read of 4 KiB blocks (256 records) keeps 1,088 KiB, not 2 MiB, if its caller keeps it.
+    assert.equal(pool.take(256 * (4096 + 8 + 36)).buffer.byteLength, 1088 * 1024)
   })
 
   it('leaves small runs, foreign values and buffers past its limit to the collector', () => {
