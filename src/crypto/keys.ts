@@ -328,10 +328,10 @@ export async function wrapChecked (provider: KeyProvider, key: Uint8Array, conte
  */
 export function keySourceFix (provider: KeyProvider): string {
   if (provider instanceof InternalKeyProvider) {
-    return `put back the master key file ${provider.path} these keys were wrapped with (from your key backup: one restored from another backup, or copied from another storage, holds another key), then open GalleonFS again`
+    return `put back the master key file ${provider.path} these keys were wrapped with (from your key backup: one restored from another backup, or copied from another storage, holds another key), then open GalleonFS again; if the keys were moved to a KMS (rotateKeyEncryptionKey with a keyProvider), open with that keyProvider instead`
   }
   if (provider instanceof PassphraseKeyProvider) {
-    return `put back this storage's own passphrase salt file ${provider.saltPath} (from a backup of the storage path: the salt file of another storage, or an older copy, derives another key from the same passphrase), then open GalleonFS again`
+    return `put back this storage's own passphrase salt file ${provider.saltPath} (from a backup of the storage path: the salt file of another storage, or an older copy, derives another key from the same passphrase), then open GalleonFS again; if the keys were moved to a KMS (rotateKeyEncryptionKey with a keyProvider), open with that keyProvider instead`
   }
   return 'open GalleonFS with the key provider (and KMS key) these keys were wrapped with; if its KMS did not answer, try again once it does'
 }
