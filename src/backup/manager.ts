@@ -81,6 +81,8 @@ function checkListener (call: string, listener: unknown): void {
  */
 const CHUNK_GRACE_SECONDS = 3600
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
+/** How long a backup taken on a replica's node waits for its snapshot to reach the copy there (see #snapshotHere). */
+const SNAPSHOT_ARRIVAL_MS = 30_000
 
 
 export class BackupManager {
@@ -330,7 +332,10 @@ export class BackupManager {
         throw err
       }
       let forget = true
+      let arrived = false
       try {
+        await this.#snapshotHere(volume, snapshot.id, signal)
+        arrived = true
         const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
         const blockSize = volume.blockSize
         const total = indices.length * blockSize
@@ -431,7 +436,11 @@ export class BackupManager {
         }
         return backup
       } catch (err) {
-        if (await target.getManifest(id).catch(() => undefined) === undefined) {
+        if (!arrived) {
+          // The snapshot (on the primary) is not on this node's copy yet, so it cannot be named here:
+          // it stays recorded, and the next open deletes it (by name, once the copy has it).
+          forget = false
+        } else if (await target.getManifest(id).catch(() => undefined) === undefined) {
           // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
           forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)
         }
@@ -440,6 +449,24 @@ export class BackupManager {
         if (forget) await this.#pending?.del(id).catch(() => {})
       }
     })
+  }
+
+  /**
+   * Waits until this node's copy of the volume holds the backup's snapshot. On a node that is not
+   * the primary of a replicated volume, the primary takes the snapshot and the copy here gets it
+   * through its change stream, maybe after the call returned: the changed blocks are listed from
+   * this copy's snapshots, so the backup starts once the snapshot is here.
+   */
+  async #snapshotHere (volume: Volume, snapshotId: string, signal: AbortSignal): Promise<void> {
+    const deadline = Date.now() + SNAPSHOT_ARRIVAL_MS
+    while (!(await this.#g.listSnapshots(volume.id)).some((s) => s.id === snapshotId)) {
+      checkAborted(signal)
+      if (Date.now() >= deadline) {
+        const primary = await this.#g.replicationStatus(volume.id).then((s) => s.primary, () => undefined)
+        throw new GalleonError('BACKEND_UNAVAILABLE', `the copy of volume ${volume.name} on this node did not receive the backup's snapshot from its primary (${primary ?? 'unknown'}) within ${SNAPSHOT_ARRIVAL_MS / 1000} s (it is out of sync?); no backup was stored: take it on the primary's node, or once this copy is in sync (replicationStatus)`)
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
   }
 
   async list (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {

@@ -36,12 +36,12 @@ import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { WriteConcern } from '../types.js'
-import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { RECORD_PREFIX, deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { errorText, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
 import { ReplicaSide } from './replica.js'
-import { ReplicaSetChanges } from './replica-sets.js'
+import { ReplicaSetChanges, clearDeletionMark } from './replica-sets.js'
 import { FailoverLeader } from './failover.js'
 
 export type { ReplicaPosition, SnapshotInfo, ReplicationHost, CopyLayout, ReplicationEvents, ForwardedRequest, ReplicationStatus } from './host.js'
@@ -127,7 +127,9 @@ export class ReplicationManager {
         const entry = await coordinator.get(recordKey(copy.id))
         const record = entry === undefined ? undefined : parseRecord(entry.value)
         if (record === undefined || entry === undefined) {
-          host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume (deleted while this node was away?); the local copy is kept but serves no I/O' })
+          // Deleted while this node was away (its deletion mark says so): the copy goes too.
+          if (await manager.#dropIfDeleted(set)) continue
+          host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume, and no mark of its deletion; the local copy is kept but serves no I/O' })
           continue
         }
         // An expansion recorded in the cluster that this copy never got (the node stopped between
@@ -322,6 +324,34 @@ export class ReplicationManager {
   #recordGone (set: LocalSet): void {
     this.#retire(set, 'the replica-set record was deleted')
     set.record = undefined
+    // The volume was deleted while this copy was cut off from its primary (the repl:delete never
+    // came): it goes now rather than stay a volume nobody else has.
+    if (!this.#closed) void this.#dropIfDeleted(set)
+  }
+
+  /**
+   * Deletes the copy of a volume whose record is gone if the volume's deletion mark (see
+   * deletedKey) says it was deleted; true if it did. A record missing without a mark is left alone:
+   * a wiped or replaced coordinator must not make every node delete its data.
+   */
+  async #dropIfDeleted (set: LocalSet): Promise<boolean> {
+    const volumeId = set.volumeId
+    let mark: { value: string } | undefined
+    try {
+      mark = await this.#coordinator.get(deletedKey(volumeId))
+    } catch (err) {
+      this.#host.emit('replication:error', { volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'BACKEND_UNAVAILABLE', message: `the record of this replicated volume is gone, and its deletion mark could not be read (the copy is kept; the next start looks again): ${(err as Error)?.message ?? String(err)}` })
+      return false
+    }
+    if (mark === undefined || this.#sets.get(volumeId) !== set || set.record !== undefined) return false
+    try {
+      await this.#dropCopy(volumeId)
+    } catch (err) {
+      this.#host.emit('replication:error', { volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `deleting the copy of a volume that was deleted while this node was away (the next start tries again): ${(err as Error)?.message ?? String(err)}` })
+      return false
+    }
+    await clearDeletionMark(this.#coordinator, volumeId, [this.nodeId]).catch(() => {})
+    return true
   }
 
   #becomePrimary (set: LocalSet, record: ReplicaSetRecord): void {

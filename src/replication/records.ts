@@ -57,6 +57,26 @@ export function recordKey (volumeId: string): string {
   return `${RECORD_PREFIX}${volumeId}`
 }
 
+/**
+ * Coordinator key of a deleted replicated volume's deletion mark (`replication/deleted/<volumeId>`):
+ * written before its record goes, it lists the nodes that may still hold a copy (their node missed
+ * the deletion), so that such a node deletes its copy when it comes back instead of keeping it. A
+ * record that is merely missing (a coordinator wiped or replaced) is no reason to delete data.
+ */
+export function deletedKey (volumeId: string): string {
+  return `replication/deleted/${volumeId}`
+}
+
+/** The nodes a deletion mark lists (see deletedKey); undefined for anything that is not one. */
+export function parseDeleted (value: string): string[] | undefined {
+  try {
+    const parsed = JSON.parse(value) as { nodes?: unknown } | null
+    return Array.isArray(parsed?.nodes) && parsed.nodes.every((n) => typeof n === 'string') ? parsed.nodes as string[] : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** Parses a record's value; undefined for anything that is not one (never trusted blindly). */
 export function parseRecord (value: string): ReplicaSetRecord | undefined {
   try {

@@ -6,7 +6,7 @@ import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
-import { parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout } from './host.js'
 
@@ -18,6 +18,22 @@ const CREATE_SYNC_WAIT_MS = 15_000
 /** Nodes handing their copies off before they leave (not eligible for new copies). */
 export async function leavingNodes (coordinator: Coordinator): Promise<Set<string>> {
   return new Set((await coordinator.list(LEAVING_PREFIX)).map((entry) => entry.key.slice(LEAVING_PREFIX.length)))
+}
+
+/**
+ * Takes `gone` (nodes whose copy of a deleted volume is deleted) off the volume's deletion mark
+ * (see deletedKey), by compare-and-swap; the mark goes once it lists no node.
+ */
+export async function clearDeletionMark (coordinator: Coordinator, volumeId: string, gone: readonly string[]): Promise<void> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const entry = await coordinator.get(deletedKey(volumeId))
+    if (entry === undefined) return
+    const left = (parseDeleted(entry.value) ?? []).filter((node) => !gone.includes(node))
+    const done = left.length === 0
+      ? await coordinator.delete(deletedKey(volumeId), { expectRevision: entry.revision })
+      : await coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: left }), { expectRevision: entry.revision }) !== undefined
+    if (done) return
+  }
 }
 
 /** The replica-set changes a ReplicationManager makes (see its register, handOff, moveCopy, reshape...). */
@@ -130,14 +146,20 @@ export class ReplicaSetChanges {
   async unregister (volumeId: string): Promise<void> {
     const set = this.#core.sets.get(volumeId)
     if (set === undefined) return
-    const nodes = set.record?.nodes ?? []
+    const others = (set.record?.nodes ?? []).filter((n) => n !== this.#core.nodeId)
+    // The deletion mark first (nothing is changed if it cannot be written): a node that misses the
+    // repl:delete below (down, cut off) finds it when it comes back (or sees the record go) and
+    // deletes its copy, rather than keep it as a volume nobody else has.
+    if (others.length > 0) await this.#core.coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: others }))
     this.#core.retire(set, 'the volume is being deleted')
     this.#core.sets.delete(volumeId)
     clearTimeout(set.saveTimer)
     await this.#core.coordinator.delete(recordKey(volumeId))
-    await Promise.all(nodes.filter((n) => n !== this.#core.nodeId).map(async (node) => {
-      await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).catch(() => {})
+    const deleted = await Promise.all(others.map(async (node) => {
+      return await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).then(() => node, () => undefined)
     }))
+    const gone = deleted.filter((node): node is string => node !== undefined)
+    if (gone.length > 0) await clearDeletionMark(this.#core.coordinator, volumeId, gone).catch(() => {})
   }
 
   /**

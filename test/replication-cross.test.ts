@@ -1,0 +1,322 @@
+// Where replication meets the other features of a volume: snapshots, reverts and clones, online
+// expansion, backups, encryption and key rotation, QoS and metrics, deletion, each on a volume with
+// 2-3 copies while one copy is away (closed, or cut off by the memory transport), checked against a
+// model of the bytes every copy must hold. In-process nodes on their own disks, a memory coordinator.
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern, BackupStrategy } from '../src/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { until } from './support/wait.js'
+
+const BS = 4096
+
+interface Node { g: GalleonFS, id: string, dir: string, events: string[] }
+
+const dirs: string[] = []
+const opened: GalleonFS[] = []
+after(async () => {
+  await Promise.allSettled(opened.map(async (g) => await g.close()))
+  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
+})
+
+async function tempDir (prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  dirs.push(dir)
+  return dir
+}
+
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, dir?: string): Promise<Node> {
+  const events: string[] = []
+  const storagePath = dir ?? await tempDir(`galleon-cross-${id}-`)
+  const g = await GalleonFS.open({
+    storagePath,
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
+  })
+  opened.push(g)
+  for (const event of ['replication:error', 'replication:copy-dropped', 'replication:resynced', 'replication:primary'] as const) {
+    g.on(event, (payload: unknown) => { events.push(`${event} ${JSON.stringify(payload)}`) })
+  }
+  return { g, id, dir: storagePath, events }
+}
+
+async function cluster (count: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: Node[] }> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const nodes: Node[] = []
+  for (let i = 0; i < count; i++) nodes.push(await startNode(network, coordinators, `n${i + 1}`))
+  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === count))
+  return { network, coordinators, nodes }
+}
+
+function block (seed: number): Uint8Array {
+  const out = new Uint8Array(BS)
+  for (let i = 0; i < BS; i++) out[i] = (seed * 31 + i * 7 + 1) & 0xff
+  return out
+}
+
+/** The bytes a volume must hold: a plain array of blocks, written as the test writes the volume. */
+class Model {
+  bytes: Uint8Array
+  constructor (sizeBytes: number) { this.bytes = new Uint8Array(sizeBytes) }
+  write (index: number, data: Uint8Array): void { this.bytes.set(data, index * BS) }
+  trim (index: number): void { this.bytes.fill(0, index * BS, (index + 1) * BS) }
+  grow (sizeBytes: number): void { const next = new Uint8Array(sizeBytes); next.set(this.bytes); this.bytes = next }
+  copy (): Model { const m = new Model(this.bytes.byteLength); m.bytes.set(this.bytes); return m }
+}
+
+async function writeAll (g: GalleonFS, volume: string, model: Model, writes: Array<[number, number]>, concern = WriteConcern.WriteReplicated): Promise<void> {
+  for (const [index, seed] of writes) {
+    await g.writeBlock(volume, index, block(seed), concern)
+    model.write(index, block(seed))
+  }
+}
+
+async function primaryOf (g: GalleonFS, volume: string): Promise<string | undefined> {
+  return (await g.replicationStatus(volume)).primary
+}
+
+async function allInSync (g: GalleonFS, volume: string, count: number): Promise<boolean> {
+  const s = await g.replicationStatus(volume)
+  return s.role === 'primary' && s.inSync.length === count
+}
+
+/** Each node's own copy, opened alone (outside the cluster, reads are served by the local copy). */
+async function eachCopy (nodes: Node[], check: (g: GalleonFS, node: Node) => Promise<void>): Promise<void> {
+  for (const node of nodes) if (!node.g.closed) await node.g.close()
+  for (const node of nodes) {
+    const g = await GalleonFS.open({ storagePath: node.dir })
+    try {
+      await check(g, node)
+    } finally {
+      await g.close()
+    }
+  }
+}
+
+describe('replication meets the other features of a volume', () => {
+  it('snapshots taken, deleted and reverted to while a copy is away reach it across a failover; a clone of a snapshot on the new primary reads the snapshot', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    const blocks = 32
+    await n1.g.createVolume({ name: 'history', sizeBytes: blocks * BS, replicas: 3 })
+    const live = new Model(blocks * BS)
+    await writeAll(n1.g, 'history', live, Array.from({ length: 16 }, (_, i) => [i, i + 1]))
+    await n1.g.createSnapshot('history', 'doomed')
+    const before = live.copy()
+    await n1.g.createSnapshot('history', 'before')
+    // n3 goes away; meanwhile a snapshot is taken, one deleted, the volume reverted and written.
+    await n3.g.close()
+    await writeAll(n1.g, 'history', live, [[0, 100], [1, 101], [20, 120]])
+    await n1.g.trim('history', 2 * BS, BS)
+    live.trim(2)
+    const away = live.copy()
+    await n1.g.createSnapshot('history', 'away')
+    await n1.g.deleteSnapshot('history', 'doomed')
+    await writeAll(n1.g, 'history', live, [[3, 103], [21, 121]])
+    await n1.g.restoreSnapshot('history', 'before')
+    live.bytes.set(before.bytes)
+    await writeAll(n1.g, 'history', live, [[4, 204], [25, 225]])
+    // The primary goes too: n2 takes over, then n3 comes back and is resynced by the new primary.
+    await n1.g.close()
+    await until('n2 is the primary', async () => await primaryOf(n2.g, 'history') === 'n2' && (await n2.g.replicationStatus('history')).role === 'primary')
+    await writeAll(n2.g, 'history', live, [[5, 305]], WriteConcern.WriteDurable)
+    const back3 = await startNode(network, coordinators, 'n3', n3.dir)
+    nodes[2] = back3
+    await until('n3 is in sync with n2', async () => await allInSync(n2.g, 'history', 2), 20_000)
+    await writeAll(n2.g, 'history', live, [[6, 306]])
+    // A clone of the snapshot taken while n3 was away, made on the new primary.
+    const clone = await n2.g.cloneVolume({ volume: 'history', snapshot: 'away' }, 'history-clone')
+    assert.equal(clone.replicas, 1)
+    assert.deepEqual(await n2.g.read('history-clone', 0, blocks * BS), away.bytes)
+    const back1 = await startNode(network, coordinators, 'n1', n1.dir)
+    nodes[0] = back1
+    await until('n1 is in sync with n2', async () => await allInSync(n2.g, 'history', 3), 20_000)
+    await eachCopy(nodes, async (g, node) => {
+      assert.deepEqual((await g.listSnapshots('history')).map((s) => s.name).sort(), ['away', 'before'], `snapshots on ${node.id}`)
+      assert.deepEqual(await g.read('history', 0, blocks * BS), live.bytes, `live view on ${node.id}`)
+      assert.deepEqual(await g.read({ volume: 'history', snapshot: 'away' }, 0, blocks * BS), away.bytes, `snapshot "away" on ${node.id}`)
+      assert.deepEqual(await g.read({ volume: 'history', snapshot: 'before' }, 0, blocks * BS), before.bytes, `snapshot "before" on ${node.id}`)
+    })
+  })
+
+  it('an expansion made while a copy is cut off reaches it after a failover: sizes agree, the new space reads as zeros, writes past the old end survive', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'roomy', sizeBytes: 16 * BS, replicas: 3 })
+    const live = new Model(16 * BS)
+    await writeAll(n1.g, 'roomy', live, Array.from({ length: 16 }, (_, i) => [i, i + 1]))
+    network.partition(['n3'], ['n1', 'n2'])
+    await n1.g.expandVolume('roomy', 48 * BS)
+    live.grow(48 * BS)
+    await writeAll(n1.g, 'roomy', live, [[16, 116], [30, 130], [47, 147]])
+    // The primary dies; n2 (in sync) takes over and is written past the old end, then n3 heals.
+    await n1.g.close()
+    await until('n2 is the primary', async () => (await n2.g.replicationStatus('roomy')).role === 'primary')
+    await writeAll(n2.g, 'roomy', live, [[40, 240]], WriteConcern.WriteDurable)
+    network.heal()
+    await until('n3 is in sync with n2', async () => await allInSync(n2.g, 'roomy', 2), 20_000)
+    await writeAll(n3.g, 'roomy', live, [[46, 346]])
+    assert.equal((await n3.g.getVolume('roomy')).sizeBytes, 48 * BS)
+    assert.deepEqual(await n3.g.read('roomy', 0, 48 * BS), live.bytes)
+    const back1 = await startNode(network, coordinators, 'n1', n1.dir)
+    nodes[0] = back1
+    await until('n1 is in sync with n2', async () => await allInSync(n2.g, 'roomy', 3), 20_000)
+    await eachCopy(nodes, async (g, node) => {
+      assert.equal((await g.getVolume('roomy')).sizeBytes, 48 * BS, `size on ${node.id}`)
+      assert.deepEqual(await g.read('roomy', 0, 48 * BS), live.bytes, `copy on ${node.id}`)
+    })
+  })
+
+  it('an incremental backup on the primary after a failover restores exactly the volume (no block of the chain goes missing)', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2] = nodes as [Node, Node, Node]
+    const target = await tempDir('galleon-cross-backups-')
+    const blocks = 64
+    await n1.g.createVolume({ name: 'kept', sizeBytes: blocks * BS, replicas: 3 })
+    const live = new Model(blocks * BS)
+    await writeAll(n1.g, 'kept', live, Array.from({ length: 24 }, (_, i) => [i, i + 1]))
+    const full = await n1.g.createBackup('kept', { strategy: BackupStrategy.Full, target })
+    await writeAll(n1.g, 'kept', live, [[2, 102], [30, 130]])
+    await n1.g.trim('kept', 3 * BS, BS)
+    live.trim(3)
+    const incremental1 = await n1.g.createBackup('kept', { strategy: BackupStrategy.Incremental, target })
+    assert.equal(incremental1.strategy, BackupStrategy.Incremental)
+    await writeAll(n1.g, 'kept', live, [[4, 204], [40, 240]])
+    await n1.g.close()
+    await until('a new primary serves the volume', async () => { const p = await primaryOf(n2.g, 'kept'); return p !== undefined && p !== 'n1' })
+    const keptPrimary = await primaryOf(n2.g, 'kept')
+    const promoted = nodes.find((n) => n.id === keptPrimary) as Node
+    await until('the other survivor is in sync with the new primary', async () => await allInSync(promoted.g, 'kept', 2), 20_000)
+    await writeAll(promoted.g, 'kept', live, [[5, 305], [50, 350]])
+    await promoted.g.trim('kept', 6 * BS, BS)
+    live.trim(6)
+    const incremental2 = await promoted.g.createBackup('kept', { strategy: BackupStrategy.Incremental, target })
+    // The chain goes on: the base's snapshot replicated to the new primary, whose own change tracking lists the blocks since.
+    assert.equal(incremental2.strategy, BackupStrategy.Incremental)
+    assert.equal(incremental2.baseId, incremental1.id)
+    const expected = live.copy()
+    await writeAll(promoted.g, 'kept', live, [[7, 407]])
+    const restored = await promoted.g.restoreBackup(incremental2.id, { name: 'kept-restored', target })
+    assert.deepEqual(await promoted.g.read(restored.id, 0, blocks * BS), expected.bytes, `restore of a ${incremental2.strategy} backup (base ${incremental2.baseId ?? 'none'}, full ${full.id})`)
+    void network; void coordinators
+  })
+
+  it('a backup taken on a replica\'s node waits for its snapshot to reach the copy there, and restores exactly the volume', async () => {
+    const { network, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    const target = await tempDir('galleon-cross-backups-')
+    const blocks = 32
+    await n1.g.createVolume({ name: 'lagging', sizeBytes: blocks * BS, replicas: 2 })
+    const live = new Model(blocks * BS)
+    await writeAll(n1.g, 'lagging', live, Array.from({ length: 12 }, (_, i) => [i, i + 1]))
+    const full = await n2.g.createBackup('lagging', { strategy: BackupStrategy.Full, target })
+    // n2's copy stops getting the stream (and resyncs): the next snapshot reaches it only once that ends.
+    network.drop((m) => m.to === 'n2' && (m.kind === 'repl:apply' || m.kind === 'repl:resync-begin'))
+    await writeAll(n1.g, 'lagging', live, [[3, 103], [20, 120]], WriteConcern.WriteDurable)
+    const expected = live.copy()
+    const backup = n2.g.createBackup('lagging', { strategy: BackupStrategy.Incremental, target })
+    backup.catch(() => {})
+    await until('the primary took the backup\'s snapshot', async () => (await n1.g.listSnapshots('lagging')).some((s) => s.name.startsWith('backup-') && s.name !== full.snapshotName))
+    network.drop(0)
+    const incremental = await backup
+    assert.equal(incremental.strategy, BackupStrategy.Incremental)
+    await writeAll(n1.g, 'lagging', live, [[4, 204]])
+    const restored = await n1.g.restoreBackup(incremental.id, { name: 'lagging-restored', target })
+    assert.deepEqual(await n1.g.read(restored.id, 0, blocks * BS), expected.bytes)
+  })
+
+  it('an encrypted replicated volume: its key rotated while a copy is away, the copy resyncs, and after a failover the new primary reads every block', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    for (const node of nodes) await node.g.createStorageClass({ name: 'secret-triple', parameters: { replication: '3', encryption: 'true' } })
+    const blocks = 32
+    const created = await n1.g.createVolume({ name: 'vault', sizeBytes: blocks * BS, storageClass: 'secret-triple' })
+    assert.equal(created.encrypted, true)
+    const live = new Model(blocks * BS)
+    await writeAll(n1.g, 'vault', live, Array.from({ length: 20 }, (_, i) => [i, i + 1]))
+    await n3.g.close()
+    await writeAll(n1.g, 'vault', live, [[1, 101], [25, 125]], WriteConcern.WriteReplicated)
+    const rotated = await n1.g.rotateVolumeKey('vault', { wait: true })
+    assert.equal(rotated.rotation, undefined)
+    await writeAll(n1.g, 'vault', live, [[2, 202]])
+    const back3 = await startNode(network, coordinators, 'n3', n3.dir)
+    nodes[2] = back3
+    await until('n3 is in sync again', async () => await allInSync(n1.g, 'vault', 3), 20_000)
+    await n1.g.close()
+    await until('a new primary serves the volume', async () => { const p = await primaryOf(n2.g, 'vault'); return p !== undefined && p !== 'n1' && (await nodes.find((n) => n.id === p)?.g.replicationStatus('vault'))?.role === 'primary' })
+    assert.deepEqual(await n2.g.read('vault', 0, blocks * BS), live.bytes)
+    assert.deepEqual(await back3.g.read('vault', 0, blocks * BS), live.bytes)
+    await writeAll(back3.g, 'vault', live, [[3, 303]], WriteConcern.WriteDurable)
+    const back1 = await startNode(network, coordinators, 'n1', n1.dir)
+    nodes[0] = back1
+    const p = await primaryOf(n2.g, 'vault') as string
+    await until('n1 is in sync again', async () => await allInSync((nodes.find((n) => n.id === p) as Node).g, 'vault', 3), 20_000)
+    await eachCopy(nodes, async (g, node) => {
+      assert.deepEqual(await g.read('vault', 0, blocks * BS), live.bytes, `copy on ${node.id}`)
+    })
+  })
+
+  it('after a failover the new primary enforces the volume\'s QoS policy, and its metrics name the volume', async () => {
+    const { nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'metered', sizeBytes: 64 * BS, replicas: 3, qos: { limits: { writeIops: 20 } } })
+    await until('every copy has the policy', async () => (await Promise.all(nodes.map(async (n) => (await n.g.getQoSPolicy('metered')).policy?.limits?.writeIops))).every((v) => v === 20))
+    await n1.g.close()
+    await until('a new primary serves the volume', async () => { const p = await primaryOf(n2.g, 'metered'); return p !== undefined && p !== 'n1' })
+    const meteredPrimary = await primaryOf(n2.g, 'metered')
+    const promoted = nodes.find((n) => n.id === meteredPrimary) as Node
+    const other = promoted === n2 ? n3 : n2
+    await until('the other survivor is in sync with the new primary', async () => await allInSync(promoted.g, 'metered', 2), 20_000)
+    await Promise.all(Array.from({ length: 30 }, async (_, i) => await other.g.writeBlock('metered', i, block(i + 1), WriteConcern.WriteReplicated)))
+    const metrics = await promoted.g.getVolumeMetrics('metered')
+    assert.ok((metrics.qos?.throttledOps ?? 0) > 0, `the new primary throttled the writes: ${JSON.stringify(metrics.qos)}`)
+    const text = await promoted.g.metricsText()
+    assert.match(text, /volume_name="metered"/)
+  })
+
+  it('a volume deleted while a copy is away does not come back as a volume when that node returns', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, , n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'gone', sizeBytes: 16 * BS, replicas: 3 })
+    await writeAll(n1.g, 'gone', new Model(16 * BS), [[0, 1]])
+    await n1.g.createSnapshot('gone', 'snap')
+    await n3.g.close()
+    await n1.g.deleteVolume('gone')
+    for (const node of nodes.slice(0, 2)) await until(`${node.id} no longer has the volume`, async () => (await node.g.listVolumes()).length === 0)
+    const back = await startNode(network, coordinators, 'n3', n3.dir)
+    nodes[2] = back
+    await until('the returning node dropped the copy of the deleted volume', async () => (await back.g.listVolumes()).length === 0, 10_000)
+    await assert.rejects(back.g.getVolume('gone'), { code: 'VOLUME_NOT_FOUND' })
+    // The name is free again on that node.
+    await back.g.createVolume({ name: 'gone', sizeBytes: 16 * BS, replicas: 1 })
+  })
+
+  it('a volume deleted while a copy\'s node is cut off (still running) is deleted there too; a record that is merely missing deletes nothing', async () => {
+    const { network, coordinators, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'cut', sizeBytes: 16 * BS, replicas: 3 })
+    await writeAll(n1.g, 'cut', new Model(16 * BS), [[0, 1]])
+    network.partition(['n3'], ['n1', 'n2'])
+    await n1.g.deleteVolume('cut')
+    await until('n2 no longer has the volume', async () => (await n2.g.listVolumes()).length === 0)
+    await until('n3, cut off from the primary, deleted its copy', async () => (await n3.g.listVolumes()).length === 0, 10_000)
+    network.heal()
+    // The deletion is settled: no mark is left in the coordinator once every copy is gone.
+    const coordinator = coordinators.coordinator()
+    await until('the deletion mark is gone', async () => (await coordinator.list('replication/deleted/')).length === 0, 10_000)
+    // A record removed without a deletion (a coordinator that lost it) leaves the copies alone.
+    const kept = await n1.g.createVolume({ name: 'kept', sizeBytes: 16 * BS, replicas: 3 })
+    await until('every copy is in sync', async () => await allInSync(n1.g, 'kept', 3))
+    await n3.g.close()
+    await coordinator.delete(`replication/volumes/${kept.id}`)
+    const back = await startNode(network, coordinators, 'n3', n3.dir)
+    nodes[2] = back
+    // (open() has returned: the node looked for the record and the mark at its start.)
+    assert.equal((await back.g.getVolume('kept')).id, kept.id)
+    await coordinator.close?.()
+  })
+})
