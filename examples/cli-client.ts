@@ -68,9 +68,35 @@ async function request (globals: Globals, method: string, path: string, body?: u
     const text = await readAll(globals, response)
     const error = (() => { try { return (JSON.parse(text) as { error?: { code?: string, message?: string } }).error } catch { return undefined } })()
     if (response.statusCode === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
-    throw new CliError(`${error?.code ?? response.statusCode}: ${error?.message ?? text}`)
+    throw new CliError(`${error?.code ?? response.statusCode}: ${inCliTerms(error?.message ?? text)}`)
   }
   return response
+}
+
+/**
+ * The library's messages name the fix as an API call (`listVolumes()`, `{ force: true }`); the CLI
+ * user needs the command or flag that does it. Each entry rewrites one such phrase; a message
+ * without any passes unchanged.
+ */
+const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
+  [/pass \{ force: true \}/g, 'pass --force'],
+  [/listVolumes\(\)/g, '`galleonfs volume list`'],
+  [/listSnapshots\(\)/g, '`galleonfs snapshot list <volume>`'],
+  [/listBackups\(\)/g, '`galleonfs backup list --target <dir>`'],
+  [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],
+  [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],
+  [/listPools\(\)/g, '`galleonfs pool list`'],
+  [/createPool\(\)/g, '`galleonfs pool create`'],
+  [/capacity or overcommitRatio with updatePool\("([^"]*)", \.\.\.\)/g, 'capacity or overcommit with `galleonfs pool update $1 --capacity <size>`'],
+  [/updatePool\(\)/g, '`galleonfs pool update`'],
+  [/open it with \{ cluster \} \(or joinCluster\), or create the volume with replicas: 1/g, 'join a cluster (`galleonfs cluster join <address>`), or create the volume with --replicas 1'],
+  [/not in a cluster \(joinCluster, or open it with \{ cluster \}\)/g, 'not in a cluster (`galleonfs cluster join <address>` joins one)'],
+  [/pass \{ target: '\/path\/to\/backups' \} or open GalleonFS with \{ backupTarget \}/g, 'give --target <dir> (or start the daemon with backup_target in [drivers])']
+]
+
+/** A message of the daemon (the library's words) with its fixes said as CLI commands and flags. */
+export function inCliTerms (message: string): string {
+  return CLI_FIXES.reduce((text, [phrase, replacement]) => text.replace(phrase, replacement), message)
 }
 
 /** What a request that got no answer is reported as: nobody there, no answer in time, or a cut connection. */
@@ -167,6 +193,6 @@ export async function callLong (globals: Globals, label: string, method: string,
     if (started) bar.stop()
   }
   if (outcome === undefined) throw cut()
-  if (outcome.error !== undefined) throw new CliError(`${outcome.error.code ?? 'ERROR'}: ${outcome.error.message ?? ''}`)
+  if (outcome.error !== undefined) throw new CliError(`${outcome.error.code ?? 'ERROR'}: ${inCliTerms(outcome.error.message ?? '')}`)
   return outcome.result
 }

@@ -68,9 +68,18 @@ export async function policyFromFile (file: string, options: Record<string, unkn
   try {
     policy = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
   } catch (err) {
-    throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
+    throw parseProblem(file, err)
   }
   return definitionIn(file, policy, 'a QoS policy (limits, guarantees, burstable, weight)')
+}
+
+/**
+ * A parser's complaint about a definition file in one line: the yaml package adds the offending
+ * lines and a caret below its first line (which already says where).
+ */
+export function parseProblem (file: string, err: unknown): CliError {
+  const first = ((err as Error)?.message ?? String(err)).split('\n')[0]?.replace(/:\s*$/, '') ?? ''
+  return new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${first}`)
 }
 
 /** What a definition file holds, when it is one object (an empty file, a list or a lone value is refused). */

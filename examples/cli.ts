@@ -7,9 +7,9 @@ import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { formatSize, parseSize } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, NoAnswer, UsageError, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
-import { columns, commaList, definitionIn, keyValues, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
+import { columns, commaList, definitionIn, keyValues, parseProblem, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
 
 export { runReplicationSelfTest } from './cli-self-test.js'
 
@@ -185,7 +185,7 @@ export function buildCli (): Command {
     const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
     print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
   })
-  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').option('--volume <volume>', 'over an existing volume').option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
+  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').addOption(new Option('--volume <volume>', 'over an existing volume').conflicts('name')).option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
     .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
       const restored = await callLong(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, { ...options, target: absolute(options.target) }) as VolumeView
       print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
@@ -227,8 +227,10 @@ export function buildCli (): Command {
       print(globals(), created, () => `created backup policy ${created.name}; next run ${created.nextRunAt ?? 'never'}\n`)
     })
   policy.command('list').description('list backup policies').action(async () => {
-    const list = await call(globals(), 'GET', '/v1/backup-policies') as Array<{ name: string, schedule: string, strategy: string, nextRunAt: string | null, lastRunAt: string | null }>
-    print(globals(), list, () => columns(['NAME', 'SCHEDULE', 'STRATEGY', 'NEXT RUN', 'LAST RUN'], list.map((p) => [p.name, p.schedule, p.strategy, p.nextRunAt ?? '-', p.lastRunAt ?? '-'])))
+    const list = await call(globals(), 'GET', '/v1/backup-policies') as Array<{ name: string, schedule: string, strategy: string, nextRunAt: string | null, lastResult: { at: string, backups: number, errors: unknown[] } | null }>
+    // The last run, scheduled or by `policy run` (lastRunAt is only the last scheduled one), and how it went.
+    const outcome = (run: { backups: number, errors: unknown[] } | null): string => run === null ? '-' : `${run.backups} backup(s)${run.errors.length === 0 ? '' : `, ${run.errors.length} FAILED`}`
+    print(globals(), list, () => columns(['NAME', 'SCHEDULE', 'STRATEGY', 'NEXT RUN', 'LAST RUN', 'RESULT'], list.map((p) => [p.name, p.schedule, p.strategy, p.nextRunAt ?? '-', p.lastResult?.at ?? '-', outcome(p.lastResult)])))
   })
   policy.command('get').argument('<name>').description('show a backup policy and its last run').action(async (name: string) => {
     print(globals(), await call(globals(), 'GET', `/v1/backup-policies/${encodeURIComponent(name)}`))
@@ -240,7 +242,7 @@ export function buildCli (): Command {
   policy.command('run').argument('<name>').description('run a backup policy now').action(async (name: string) => {
     const run = await callLong(globals(), `policy ${name}`, 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[] }
     print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n`)
-    if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${f.message})`).join(', ')}`)
+    if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${inCliTerms(f.message)})`).join(', ')}`)
   })
 
   const cluster = program.command('cluster').description('cluster membership')
@@ -256,7 +258,15 @@ export function buildCli (): Command {
     const peers = status.members.filter((n) => n.id !== status.nodeId)
     print(globals(), peers, () => peers.length === 0 ? (status.clustering ? 'no peers: this node is alone in its cluster\n' : 'no peers: this daemon runs as a single node\n') : memberTable(peers))
   })
-  cluster.command('join').argument('<address>', 'bind address (host:port) of a node of the cluster').description('join the cluster of the node at <address> (needs the cluster secret)').action(async (address: string) => {
+  cluster.command('join').argument('<address>', 'bind address (host:port) of a node of the cluster', (v: string) => {
+    // A malformed address is a command-line error (exit 2), found before anything is sent.
+    try {
+      parseAddress(v, 'address')
+    } catch {
+      throw new InvalidArgumentError('the bind address of a cluster node: host:port such as 10.0.1.10:8081')
+    }
+    return v
+  }).description('join the cluster of the node at <address> (needs the cluster secret)').action(async (address: string) => {
     const status = await callLong(globals(), 'joining', 'POST', '/v1/cluster/join', { address }) as Status
     print(globals(), status, () => `joined the cluster as node ${status.nodeId}: ${status.members.length} member(s), leader ${status.leader ?? '(none yet)'}\n`)
   })
@@ -329,10 +339,14 @@ export function buildCli (): Command {
     try {
       definition = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
     } catch (err) {
-      throw new CliError(`${file} is not valid ${/\.ya?ml$/i.test(file) ? 'YAML' : 'JSON'}: ${(err as Error).message}`)
+      throw parseProblem(file, err)
     }
     const created = await call(globals(), 'POST', '/v1/storage-classes', definitionIn(file, definition, 'a storage class (name, parameters, ...)')) as { name: string }
     print(globals(), created, () => `created storage class ${created.name}\n`)
+  })
+  storageClass.command('delete').argument('<name>').description('delete a storage class of your own that no volume uses').action(async (name: string) => {
+    await call(globals(), 'DELETE', `/v1/storage-classes/${encodeURIComponent(name)}`)
+    print(globals(), { deleted: name }, () => `deleted storage class ${name}\n`)
   })
   storageClass.command('list').description('list storage classes').action(async () => {
     const list = await call(globals(), 'GET', '/v1/storage-classes') as Array<{ name: string, reclaimPolicy: string, parameters: Record<string, string>, builtIn: boolean }>

@@ -185,7 +185,14 @@ export async function readConfigFile (path: string): Promise<{ settings: Partial
   for (const [section, body] of Object.entries(document)) {
     // Own keys only: a section or key named like an Object.prototype member (constructor, toString) is unknown too.
     const keys = Object.hasOwn(FILE_KEYS, section) ? FILE_KEYS[section] : undefined
-    if (keys === undefined) throw new ConfigError(`${path}: unknown section [${section}]; sections are ${Object.keys(FILE_KEYS).map((s) => `[${s}]`).join(', ')}`)
+    if (keys === undefined) {
+      // `storage_path = "..."` above every [section] header is a key, not a section.
+      if (body === null || typeof body !== 'object' || Array.isArray(body) || body instanceof Date) {
+        const home = Object.entries(FILE_KEYS).find(([, known]) => Object.hasOwn(known, section))?.[0]
+        throw new ConfigError(`${path}: ${section} stands outside any section; every key belongs to one${home === undefined ? ` (sections are ${Object.keys(FILE_KEYS).map((s) => `[${s}]`).join(', ')})` : `: put it under [${home}]`}`)
+      }
+      throw new ConfigError(`${path}: unknown section [${section}]; sections are ${Object.keys(FILE_KEYS).map((s) => `[${s}]`).join(', ')}`)
+    }
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ConfigError(`${path}: [${section}] must be a table`)
     for (const [key, value] of Object.entries(body as Record<string, unknown>)) {
       if (!Object.hasOwn(keys, key)) throw new ConfigError(`${path}: unknown key ${key} in [${section}]; allowed: ${Object.keys(keys).join(', ')}`)

@@ -29,7 +29,8 @@ export function createLogger (env: NodeJS.ProcessEnv = process.env, configured?:
 /**
  * What an operator reads in the daemon's log of what the instance does by itself: failures as
  * warnings; migrations (each phase once), replication roles, copies placed, dropped and resynced,
- * membership and leadership as info; replication links going down at debug (they retry).
+ * membership and leadership, and backup policy runs as info (a run with failures, and missed runs,
+ * as warnings); replication links going down at debug (they retry).
  */
 export function logEvents (g: GalleonFS, log: Logger): void {
   const on = (event: string, level: LogLevel, message: string, fields: (...args: never[]) => Record<string, unknown> = (payload: object) => ({ ...payload })): void => {
@@ -56,6 +57,13 @@ export function logEvents (g: GalleonFS, log: Logger): void {
   on('cluster:member-left', 'info', 'a node left', (m: { id: string }) => ({ nodeId: m.id }))
   on('cluster:member-health', 'info', 'a node changed health', (m: { id: string, healthy: boolean }) => ({ nodeId: m.id, healthy: m.healthy }))
   on('cluster:leader', 'info', 'this node leads the cluster')
+  // Scheduled backups run with nobody watching: each run is logged, a failing one as a warning.
+  g.on('backup-policy:ran', (run) => {
+    const fields = { policy: run.policy, scheduledAt: run.scheduledAt, backups: run.backups.length, pruned: run.pruned.length }
+    if (run.errors.length === 0) log('info', 'backup policy ran', fields)
+    else log('warn', 'backup policy run failed for some volumes', { ...fields, errors: run.errors })
+  })
+  on('backup-policy:missed', 'warn', 'backup policy runs were missed while the daemon was not running; one catch-up run follows')
   on('volume:migrated', 'info', 'volume migrated', (volume: { id: string, name: string, storageClass: string, pool?: string }, from: { storageClass: string, pool?: string }) => ({ volumeId: volume.id, volume: volume.name, storageClass: volume.storageClass, ...(volume.pool === undefined ? {} : { pool: volume.pool }), from }))
   // Progress comes often: a volume's migration is logged when its phase changes, and at most every
   // 5 s within one (so a migration that starts again after a failed one is seen).

@@ -300,6 +300,11 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
     case 'POST /v1/backup-policies':
       // The policy keeps its target for later runs: a relative one would be the daemon's.
       absolutePath(options.target, 'target', 'a backup target directory')
+      // Without a target of its own a policy backs up to the daemon's default one: with none, every
+      // run would fail (at night, unseen), so the policy is refused now.
+      if (options.target === undefined && config.backupTarget === undefined) {
+        throw new HttpError(400, 'INVALID_ARGUMENT', 'this daemon has no default backup target, so the policy needs a target of its own: give it --target <dir> (or set backup_target in [drivers] and restart the daemon)')
+      }
       return await g.createBackupPolicy(options as never)
     case 'GET /v1/backup-policies/:': return await g.getBackupPolicy(ref)
     case 'DELETE /v1/backup-policies/:':
@@ -308,6 +313,9 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
     case 'POST /v1/backup-policies/:/run': return await g.runBackupPolicy(ref)
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
+    case 'DELETE /v1/storage-classes/:':
+      await g.deleteStorageClass(ref)
+      return undefined
     case 'GET /v1/pools': return await g.listPools()
     case 'POST /v1/pools': return await g.createPool(options as never)
     case 'GET /v1/pools/:': return await g.getPool(ref)

@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import { chmod, mkdir, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
@@ -62,6 +62,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const config: DaemonConfig = { ...initial }
   log.setLevel(config.logLevel)
   const ipc = parseAddress(config.ipcAddress, 'ipc address')
+  // A storage path that is a file would fail further on, naming some file inside it.
+  const storageKind = await stat(config.storagePath).catch(() => undefined)
+  if (storageKind !== undefined && !storageKind.isDirectory()) throw new ConfigError(`the storage path ${config.storagePath} is not a directory; give --storage-path (storage_path in [daemon]) a directory, which is created if missing`)
   // Driver modules load (and the drivers named are checked) before anything else is set up.
   const drivers = await driverOptions(config, log)
   // Clustered when etcd is named, when peers are (they say where etcd is), or when an earlier
@@ -281,7 +284,11 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       }
     }
     await new Promise<void>((resolve, reject) => {
-      (server as Server).once('error', reject)
+      (server as Server).once('error', (err: NodeJS.ErrnoException) => {
+        reject(err.code === 'EADDRINUSE'
+          ? new GalleonError('BUSY', `the IPC address ${config.ipcAddress} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another --ipc-address`, { cause: err })
+          : err)
+      })
       ;(server as Server).listen(ipc.port, ipc.host, () => resolve())
     })
     const address = server.address()
