@@ -24,7 +24,7 @@ export type { Backup, BackupHooks, BackupKeySource, BackupTargetRef, BackupVerif
 export { CHUNK_BYTES, toPieces, toRuns } from './chunking.js'
 
 /** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
-type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, snapshot: string }>
+type PendingSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, snapshot: string, elsewhere?: boolean }>
 /**
  * Volumes restores are writing into: volume id -> the backup, and for an existing volume the
  * snapshot that puts it back (a new volume is removed instead; see start()).
@@ -135,9 +135,19 @@ export class BackupManager {
       // Synced: a fenced volume put back by hand later must not be put back again at an open.
       await this.#restoring?.del(volumeId, SYNC)
     }
-    for (const [id, { volumeId, snapshot }] of await this.#pending?.iterator().all() ?? []) {
-      await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`,
-        async () => { await this.#g.deleteSnapshot(volumeId, snapshot) }, async () => { await this.#pending?.del(id) })
+    for (const [id, { volumeId, snapshot, elsewhere }] of await this.#pending?.iterator().all() ?? []) {
+      let kept = false
+      await this.#removeLeftover(volumeId, `snapshot ${snapshot} of a backup that was interrupted`, async () => {
+        try {
+          await this.#g.deleteSnapshot(volumeId, snapshot)
+        } catch (err) {
+          // Taken on the primary for a backup here that stopped waiting for it: this copy gets it
+          // at a resync, maybe after this open, so the record waits for a later open (forgotten, the
+          // snapshot would stay on every copy). (VOLUME_NOT_FOUND: the volume is gone, and so is it.)
+          if (elsewhere !== true || errorCode(err) !== 'SNAPSHOT_NOT_FOUND') throw err
+          kept = true
+        }
+      }, async () => { if (!kept) await this.#pending?.del(id) })
     }
   }
 
@@ -438,8 +448,10 @@ export class BackupManager {
       } catch (err) {
         if (!arrived) {
           // The snapshot (on the primary) is not on this node's copy yet, so it cannot be named here:
-          // it stays recorded, and the next open deletes it (by name, once the copy has it).
+          // it stays recorded, and an open deletes it (by name) once the copy has it; `elsewhere`
+          // keeps the record at an open where the copy still lacks it (not resynced yet).
           forget = false
+          await this.#pending?.put(id, { volumeId: volume.id, snapshot: snapshot.name, elsewhere: true }).catch(() => {})
         } else if (await target.getManifest(id).catch(() => undefined) === undefined) {
           // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
           forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)

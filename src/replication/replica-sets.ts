@@ -154,7 +154,22 @@ export class ReplicaSetChanges {
     this.#core.retire(set, 'the volume is being deleted')
     this.#core.sets.delete(volumeId)
     clearTimeout(set.saveTimer)
-    await this.#core.coordinator.delete(recordKey(volumeId))
+    try {
+      await this.#core.coordinator.delete(recordKey(volumeId))
+    } catch (err) {
+      // Only the answer lost, the record gone: the deletion goes on.
+      const kept = await this.#core.coordinator.get(recordKey(volumeId)).then((entry) => entry !== undefined, () => true)
+      if (kept) {
+        // Not deleted: this node holds its copy again and takes the primary role up under a new
+        // epoch, as after a restart, so that it serves I/O and a deleteVolume called again deletes
+        // it everywhere (without the set, a retry deleted only the copy here and left the others,
+        // with the record, behind). A record that did go after all takes the copy with it (see
+        // ReplicationManager #recordGone).
+        if (!this.#core.sets.has(volumeId)) this.#core.sets.set(volumeId, set)
+        await this.#core.update(volumeId, (record) => record.primary !== this.#core.nodeId ? undefined : { ...record, epoch: record.epoch + 1, inSync: [this.#core.nodeId], handoff: undefined }).catch(() => undefined)
+        throw err
+      }
+    }
     const deleted = await Promise.all(others.map(async (node) => {
       return await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).then(() => node, () => undefined)
     }))
