@@ -84,6 +84,7 @@ const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/listSnapshots\(\)/g, '`galleonfs snapshot list <volume>`'],
   [/listBackups\(\)/g, '`galleonfs backup list --target <dir>`'],
   [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],
+  [/GET \/v1\/mounts lists the mounts|listMounts\(\) shows the mounts/g, '`galleonfs mount list` shows the mounts'],
   [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],
   [/listPools\(\)/g, '`galleonfs pool list`'],
   [/createPool\(\)/g, '`galleonfs pool create`'],

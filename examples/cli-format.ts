@@ -20,12 +20,19 @@ export function columns (headers: string[], rows: string[][]): string {
   return table.toString().split('\n').map((line) => line.trimEnd()).join('\n') + '\n'
 }
 
+/**
+ * A size flag or argument (`16M`): every size the CLI takes (of a volume, of a pool) is above 0, so
+ * 0 is a usage error (exit 2) here, as a malformed or negative one is, not a refusal by the daemon.
+ */
 export function sizeOption (value: string): number {
+  let bytes: number
   try {
-    return parseSize(value)
+    bytes = parseSize(value)
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message)
   }
+  if (bytes === 0) throw new InvalidArgumentError('a size above 0 is needed, such as 512K, 100M or 1G')
+  return bytes
 }
 
 /** `key=value,key=value` as an object; a usage error (exit 2) naming the option otherwise. */

@@ -26,10 +26,10 @@ const VERSION = (() => {
 
 interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string, pool?: string }
 
-/** A whole number of at least 0 (commander's `Number` would pass NaN on as null). */
-function count (v: string): number {
+/** How many backups a policy keeps of a kind: a whole number from 0 to 10000, as the library takes (commander's `Number` would pass NaN on as null). */
+function kept (v: string): number {
   const n = Number(v)
-  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('a whole number of at least 0')
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0 || n > 10_000) throw new InvalidArgumentError('a whole number from 0 to 10000')
   return n
 }
 
@@ -153,6 +153,14 @@ export function buildCli (): Command {
       print(globals(), { unmounted: target }, () => `unmounted ${target}\n`)
     })
 
+  const mount = program.command('mount').description('the mounts made through the daemon (`volume mount` makes one, `volume unmount` ends it)')
+  mount.command('list').description('list the mounts: volume, mount point, read-only or read-write, open files').action(async () => {
+    interface MountView { id: string, path: string, volumeName: string, namespace: string, snapshotName?: string, readOnly: boolean, sync: boolean, driver: string, mountedAt: string, openFiles: number }
+    const list = await call(globals(), 'GET', '/v1/mounts') as MountView[]
+    const what = (m: MountView): string => `${m.namespace === 'default' ? m.volumeName : `${m.namespace}/${m.volumeName}`}${m.snapshotName === undefined ? '' : `@${m.snapshotName}`}`
+    print(globals(), list, () => columns(['VOLUME', 'PATH', 'MODE', 'DRIVER', 'OPEN FILES', 'MOUNTED', 'ID'], list.map((m) => [what(m), m.path, `${m.readOnly ? 'ro' : 'rw'}${m.sync ? ',sync' : ''}`, m.driver, String(m.openFiles), m.mountedAt, m.id])))
+  })
+
   const snapshot = program.command('snapshot').description('snapshots of volumes')
   snapshot.command('create').argument('<volume>').argument('<name>').description('take a snapshot').action(async (ref: string, name: string) => {
     const taken = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/snapshots`, { name }) as { id: string, name: string }
@@ -184,6 +192,13 @@ export function buildCli (): Command {
     const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: absolute(options.target) }) })
     const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
     print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
+    // No backups is a valid answer, also for a name no volume has (a deleted volume's backups are
+    // listed by its name, and may all be gone): still exit 0 and [], but a person is told when the
+    // name is no volume's, which is most often a mistyped one.
+    if (ref !== undefined && list.length === 0 && globals().json !== true) {
+      const unknown = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}`).then(() => false, (err: Error) => err.message.startsWith('VOLUME_NOT_FOUND'))
+      if (unknown) process.stderr.write(`galleonfs: no backups of ${ref} on ${options.target === undefined ? 'the daemon\'s backup target' : absolute(options.target)}, and no volume is named ${ref} (\`galleonfs volume list\` shows the volumes; a deleted volume's backups are listed by its name or id)\n`)
+    }
   })
   backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').addOption(new Option('--volume <volume>', 'over an existing volume').conflicts('name')).option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
     .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
@@ -203,9 +218,9 @@ export function buildCli (): Command {
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']))
     .option('--volumes <list>', 'comma-separated volume names or ids')
     .option('--labels <list>', 'comma-separated key=value labels selecting volumes')
-    .option('--daily <n>', 'daily backups kept', count)
-    .option('--weekly <n>', 'weekly backups kept', count)
-    .option('--monthly <n>', 'monthly backups kept', count)
+    .option('--daily <n>', 'daily backups kept', kept)
+    .option('--weekly <n>', 'weekly backups kept', kept)
+    .option('--monthly <n>', 'monthly backups kept', kept)
     .option('--target <dir>', 'backup target directory')
     .action(async (name: string, options: { schedule: string, timezone?: string, strategy?: string, volumes?: string, labels?: string, daily?: number, weekly?: number, monthly?: number, target?: string }) => {
       const labels = options.labels === undefined ? undefined : Object.fromEntries(options.labels.split(',').map((pair) => {
@@ -214,6 +229,10 @@ export function buildCli (): Command {
         return [pair.slice(0, at), pair.slice(at + 1)]
       }))
       const retention = Object.fromEntries(Object.entries({ daily: options.daily, weekly: options.weekly, monthly: options.monthly }).filter(([, v]) => v !== undefined))
+      // Each run deletes every backup but the ones kept: a retention of only zeros would keep none.
+      if (Object.keys(retention).length > 0 && Object.values(retention).every((n) => n === 0)) {
+        throw new UsageError(`${Object.keys(retention).map((kind) => `--${kind} 0`).join(' ')} keeps no backup, and each run deletes every backup the policy does not keep: give --daily, --weekly or --monthly above 0, such as --daily 7`)
+      }
       const created = await call(globals(), 'POST', '/v1/backup-policies', {
         name,
         schedule: options.schedule,
@@ -359,6 +378,12 @@ export function buildCli (): Command {
     if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number above 0')
     return n
   }
+  // A burst's peak is a multiple of the limit from 1 to 100 (below 1 it would be a lower ceiling).
+  const multiple = (v: string): number => {
+    const n = Number(v)
+    if (v.trim() === '' || !Number.isFinite(n) || n < 1 || n > 100) throw new InvalidArgumentError('a number from 1 to 100')
+    return n
+  }
   qos.command('set').argument('<volume>').description('set a volume\'s own QoS policy (replaces the whole policy; its storage class\'s applies again after `qos clear`)')
     .option('-f, --file <file>', 'the policy as a JSON or YAML file (limits, guarantees, burstable, weight)')
     .option('--limit-iops <n>', 'IOPS ceiling, reads and writes together', positive)
@@ -371,8 +396,8 @@ export function buildCli (): Command {
     .option('--guarantee-iops <n>', 'IOPS floor under contention', positive)
     .option('--guarantee-mbps <n>', 'throughput floor in MB/s under contention', positive)
     .option('--burst-seconds <n>', 'how long full burst credits last at the full multiplier', positive)
-    .option('--burst-iops-multiplier <n>', 'peak IOPS as a multiple of the limit', positive)
-    .option('--burst-mbps-multiplier <n>', 'peak throughput as a multiple of the limit', positive)
+    .option('--burst-iops-multiplier <n>', 'peak IOPS as a multiple of the limit (1 to 100)', multiple)
+    .option('--burst-mbps-multiplier <n>', 'peak throughput as a multiple of the limit (1 to 100)', multiple)
     .option('--weight <n>', 'share of spare I/O relative to other volumes (default 1)', positive)
     .action(async (ref: string, options: Record<string, number | string | undefined>) => {
       const policy = options.file === undefined ? policyFromFlags(options) : await policyFromFile(String(options.file), options)

@@ -166,6 +166,21 @@ const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   drivers: { modules: 'driverModules', block_store: 'blockStore', block_store_options: 'blockStoreOptions', backup_target: 'backupTarget', backup_target_options: 'backupTargetOptions', mount_driver: 'mountDriver', mount_driver_options: 'mountDriverOptions' }
 }
 
+/** How a setting is named where the user gave it: as its flag, or as its key in the configuration file. */
+export type SettingName = (field: string) => string
+
+/** A setting as its command-line flag: `ipcAddress` is `--ipc-address` (every flag is named after its setting). */
+export const flagName: SettingName = (field) => `--${field.replace(/[A-Z]/g, (upper) => `-${upper.toLowerCase()}`)}`
+
+/** A setting as its key in the configuration file: `ipcAddress` is `ipc_address in [daemon]`. */
+export const fileKeyName: SettingName = (field) => {
+  for (const [section, keys] of Object.entries(FILE_KEYS)) {
+    const key = Object.entries(keys).find(([, known]) => known === field)?.[0]
+    if (key !== undefined) return `${key} in [${section}]`
+  }
+  return field
+}
+
 /** Reads a TOML configuration file into settings (and the keys it holds that this release ignores). */
 export async function readConfigFile (path: string): Promise<{ settings: Partial<DaemonConfig>, ignored: string[] }> {
   let text: string
@@ -201,66 +216,71 @@ export async function readConfigFile (path: string): Promise<{ settings: Partial
       settings[field] = value
     }
   }
-  const checked = check(settings, path)
+  const checked = check(settings, path, fileKeyName)
   // Module paths are relative to the file that names them; package names stay as they are.
   if (checked.driverModules !== undefined) checked.driverModules = checked.driverModules.map((spec) => spec.startsWith('./') || spec.startsWith('../') ? resolve(dirname(path), spec) : spec)
   return { settings: checked, ignored }
 }
 
-/** Checks and normalizes settings from one source (`where`: a file path or "command line"). */
-export function check (raw: Record<string, unknown>, where: string): Partial<DaemonConfig> {
+/**
+ * Checks and normalizes settings from one source (`where`: a file path or "command line"); a bad
+ * one is named as the user wrote it there (`nameOf`: {@link flagName} or {@link fileKeyName}).
+ */
+export function check (raw: Record<string, unknown>, where: string, nameOf: SettingName): Partial<DaemonConfig> {
   const out: Partial<DaemonConfig> = {}
   for (const [key, value] of Object.entries(raw)) {
     if (value === undefined) continue
+    // `${where}: --ipc-address` or `daemon.toml: ipc_address in [daemon]`, the start of every complaint.
+    const bad = `${where}: ${nameOf(key)}`
     switch (key as keyof DaemonConfig) {
       case 'storagePath':
       case 'persistenceLevel':
-        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'storagePath'] = value
         break
       case 'mountPoint':
-        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: mount point must be a directory path, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a directory path, got ${JSON.stringify(value)}`)
         out.mountPoint = value
         break
       case 'kmsKeyId':
       case 'kmsTokenFile':
       case 'passphraseFile':
-        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'kmsKeyId'] = value
         break
       case 'logLevel':
-        if (!LOG_LEVELS.includes(value as LogLevel)) throw new ConfigError(`${where}: log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(value)}`)
+        if (!LOG_LEVELS.includes(value as LogLevel)) throw new ConfigError(`${bad} must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(value)}`)
         out.logLevel = value as LogLevel
         break
       case 'keyProvider':
-        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${where}: key provider must be internal, passphrase, command, http or the name of a key provider a driver module registers, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${bad} must be internal, passphrase, command, http or the name of a key provider a driver module registers, got ${JSON.stringify(value)}`)
         out.keyProvider = value
         break
       case 'blockStore':
       case 'backupTarget':
       case 'mountDriver':
-        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${where}: ${key} must be the name of a registered driver (1 to 63 letters, digits, '.', '_' or '-'), got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || !DRIVER_NAME.test(value)) throw new ConfigError(`${bad} must be the name of a registered driver (1 to 63 letters, digits, '.', '_' or '-'), got ${JSON.stringify(value)}`)
         out[key as 'blockStore'] = value
         break
       case 'keyProviderOptions':
       case 'blockStoreOptions':
       case 'backupTargetOptions':
       case 'mountDriverOptions':
-        if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Date) throw new ConfigError(`${where}: ${key} must be a table of the driver's options, such as { location = "/srv/blocks" }, got ${JSON.stringify(value)}`)
+        if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Date) throw new ConfigError(`${bad} must be a table of the driver's options, such as { location = "/srv/blocks" }, got ${JSON.stringify(value)}`)
         out[key as 'blockStoreOptions'] = { ...value as Record<string, unknown> }
         break
       case 'driverModules': {
         const list = typeof value === 'string' ? [value] : value
-        if (!Array.isArray(list) || !list.every((spec) => typeof spec === 'string' && spec.length > 0)) throw new ConfigError(`${where}: driver modules must be a list of module paths (relative to the configuration file) or package names, such as ["./my-driver.js"], got ${JSON.stringify(value)}`)
+        if (!Array.isArray(list) || !list.every((spec) => typeof spec === 'string' && spec.length > 0)) throw new ConfigError(`${bad} must be a list of module paths (relative to the configuration file) or package names, such as ["./my-driver.js"], got ${JSON.stringify(value)}`)
         out.driverModules = [...list as string[]]
         break
       }
       case 'nodeId':
-        if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) throw new ConfigError(`${where}: node id must be 1 to 63 letters, digits, '.', '_' or '-', got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) throw new ConfigError(`${bad} must be 1 to 63 letters, digits, '.', '_' or '-', got ${JSON.stringify(value)}`)
         out.nodeId = value
         break
       case 'etcdPrefix':
-        if (typeof value !== 'string' || !value.startsWith('/') || !value.endsWith('/') || value.length < 2) throw new ConfigError(`${where}: etcd prefix must start and end with / (such as "/galleonfs-prod/"), and clusters sharing an etcd need prefixes that do not nest; got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || !value.startsWith('/') || !value.endsWith('/') || value.length < 2) throw new ConfigError(`${bad} must start and end with / (such as "/galleonfs-prod/"), and clusters sharing an etcd need prefixes that do not nest; got ${JSON.stringify(value)}`)
         out.etcdPrefix = value
         break
       case 'zone':
@@ -270,36 +290,36 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
       case 'etcdCaFile':
       case 'etcdCertFile':
       case 'etcdKeyFile':
-        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${where}: ${key} must be a non-empty string, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'zone'] = value
         break
       case 'labels': {
         const parsed = typeof value === 'string'
           ? Object.fromEntries(value.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {
             const at = pair.indexOf('=')
-            if (at <= 0) throw new ConfigError(`${where}: labels are key=value pairs, got ${JSON.stringify(pair)}`)
+            if (at <= 0) throw new ConfigError(`${bad} takes key=value pairs, got ${JSON.stringify(pair)}`)
             return [pair.slice(0, at), pair.slice(at + 1)]
           }))
           : value
-        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) || !Object.values(parsed).every((v) => typeof v === 'string')) throw new ConfigError(`${where}: labels must be a table of strings such as { disk = "ssd" }, got ${JSON.stringify(value)}`)
+        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) || !Object.values(parsed).every((v) => typeof v === 'string')) throw new ConfigError(`${bad} must be a table of strings such as { disk = "ssd" }, got ${JSON.stringify(value)}`)
         out.labels = parsed as Record<string, string>
         break
       }
       case 'etcdEndpoints': {
         const list = typeof value === 'string' ? value.split(',').map((v) => v.trim()).filter((v) => v.length > 0) : value
-        if (!Array.isArray(list) || list.length === 0 || !list.every((v) => typeof v === 'string' && /^https?:\/\/[^/]+/.test(v))) throw new ConfigError(`${where}: etcd endpoints must be a list of URLs such as http://127.0.0.1:2379, got ${JSON.stringify(value)}`)
+        if (!Array.isArray(list) || list.length === 0 || !list.every((v) => typeof v === 'string' && /^https?:\/\/[^/]+/.test(v))) throw new ConfigError(`${bad} must be a list of URLs such as http://127.0.0.1:2379, got ${JSON.stringify(value)}`)
         out.etcdEndpoints = list as string[]
         break
       }
       case 'kmsInsecure':
-        if (typeof value !== 'boolean') throw new ConfigError(`${where}: kms_insecure must be true or false, got ${JSON.stringify(value)}`)
+        if (typeof value !== 'boolean') throw new ConfigError(`${bad} must be true or false, got ${JSON.stringify(value)}`)
         out.kmsInsecure = value
         break
       case 'kmsCommand': {
-        if (typeof value === 'string' && /\s/.test(value)) throw new ConfigError(`${where}: KMS command ${JSON.stringify(value)} holds spaces; give the program and its arguments as a list, such as ["/usr/local/bin/kms", "--profile", "prod"]`)
+        if (typeof value === 'string' && /\s/.test(value)) throw new ConfigError(`${bad}: ${JSON.stringify(value)} holds spaces; give the program and its arguments as a list, such as ["/usr/local/bin/kms", "--profile", "prod"]`)
         const list = typeof value === 'string' ? [value] : value
         if (!Array.isArray(list) || list.length === 0 || !list.every((part) => typeof part === 'string' && part.length > 0)) {
-          throw new ConfigError(`${where}: KMS command must be a program path or a list such as ["/usr/local/bin/kms", "--profile", "prod"], got ${JSON.stringify(value)}`)
+          throw new ConfigError(`${bad} must be a program path or a list such as ["/usr/local/bin/kms", "--profile", "prod"], got ${JSON.stringify(value)}`)
         }
         out.kmsCommand = list as string[]
         break
@@ -307,15 +327,15 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
       case 'kmsUrl': {
         let url: URL | undefined
         try { url = new URL(String(value)) } catch {}
-        if (typeof value !== 'string' || url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`${where}: KMS url must be an http: or https: address, got ${JSON.stringify(value)}`)
-        if (url.username !== '' || url.password !== '') throw new ConfigError(`${where}: the KMS url must not carry credentials (user:password@); put the token in a file named by kms_token_file`)
+        if (typeof value !== 'string' || url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`${bad} must be an http: or https: address, got ${JSON.stringify(value)}`)
+        if (url.username !== '' || url.password !== '') throw new ConfigError(`${bad} must not carry credentials (user:password@); put the token in a file named by kms_token_file`)
         out.kmsUrl = value
         break
       }
       case 'blockSize': {
         const size = typeof value === 'string' ? Number(value) : value
         if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 512 || size > 1 << 20 || (size & (size - 1)) !== 0) {
-          throw new ConfigError(`${where}: block size must be a power of two from 512 to 1048576, got ${JSON.stringify(value)}`)
+          throw new ConfigError(`${bad} must be a power of two from 512 to 1048576, got ${JSON.stringify(value)}`)
         }
         out.blockSize = size
         break
@@ -324,43 +344,43 @@ export function check (raw: Record<string, unknown>, where: string): Partial<Dae
       case 'ipcAddress':
       case 'nbdAddress':
       case 'advertiseAddress':
-        parseAddress(value, `${where}: ${key}`)
+        parseAddress(value, bad)
         out[key as 'ipcAddress'] = value as string
         break
       case 'peerAddresses': {
         const list = typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter((s) => s.length > 0) : value
-        if (!Array.isArray(list)) throw new ConfigError(`${where}: peer addresses must be a list of host:port, got ${JSON.stringify(value)}`)
-        for (const peer of list) parseAddress(peer, `${where}: peer address`)
+        if (!Array.isArray(list)) throw new ConfigError(`${bad} must be a list of host:port, got ${JSON.stringify(value)}`)
+        for (const peer of list) parseAddress(peer, `${bad}: each peer`)
         out.peerAddresses = list as string[]
         break
       }
       case 'leaseTtlSeconds': {
         const seconds = typeof value === 'string' ? Number(value) : value
-        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 3600) throw new ConfigError(`${where}: lease TTL must be a number of seconds from 1 to 3600, got ${JSON.stringify(value)}`)
+        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 3600) throw new ConfigError(`${bad} must be a number of seconds from 1 to 3600, got ${JSON.stringify(value)}`)
         out.leaseTtlSeconds = seconds
         break
       }
       case 'replicaReplacementDelaySeconds': {
         const seconds = typeof value === 'string' ? Number(value) : value
-        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 7 * 86_400) throw new ConfigError(`${where}: replica replacement delay must be a number of seconds from 1 to 604800, got ${JSON.stringify(value)}`)
+        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 7 * 86_400) throw new ConfigError(`${bad} must be a number of seconds from 1 to 604800, got ${JSON.stringify(value)}`)
         out.replicaReplacementDelaySeconds = seconds
         break
       }
       case 'nbdHandshakeTimeoutSeconds':
-        out.nbdHandshakeTimeoutSeconds = secondsSetting(value, 0, `${where}: NBD handshake timeout must be a number of seconds from 0 (no limit) to 3600`)
+        out.nbdHandshakeTimeoutSeconds = secondsSetting(value, 0, `${bad} must be a number of seconds from 0 (no limit) to 3600`)
         break
       case 'keepaliveIntervalSeconds':
-        out.keepaliveIntervalSeconds = secondsSetting(value, 0, `${where}: keepalive interval must be a number of seconds from 0 (no keepalives) to 3600`)
+        out.keepaliveIntervalSeconds = secondsSetting(value, 0, `${bad} must be a number of seconds from 0 (no keepalives) to 3600`)
         break
       case 'keepaliveTimeoutSeconds':
-        out.keepaliveTimeoutSeconds = secondsSetting(value, 0.001, `${where}: keepalive timeout must be a number of seconds from 0.001 to 3600`)
+        out.keepaliveTimeoutSeconds = secondsSetting(value, 0.001, `${bad} must be a number of seconds from 0.001 to 3600`)
         break
       case 'replicationStrategy':
-        if (value !== 'synchronous' && value !== 'asynchronous') throw new ConfigError(`${where}: replication strategy must be synchronous or asynchronous, got ${JSON.stringify(value)}`)
+        if (value !== 'synchronous' && value !== 'asynchronous') throw new ConfigError(`${bad} must be synchronous or asynchronous, got ${JSON.stringify(value)}`)
         out.replicationStrategy = value
         break
       default:
-        throw new ConfigError(`${where}: unknown setting ${key}`)
+        throw new ConfigError(`${where}: unknown setting ${nameOf(key)}`)
     }
   }
   return out

@@ -102,7 +102,7 @@ export async function driverOptions (config: DaemonConfig, log: Logger): Promise
   checkConfiguredDriver('blockStore', config.blockStore, config.blockStoreOptions, '[drivers] block_store')
   checkConfiguredDriver('backupTarget', config.backupTarget, config.backupTargetOptions, '[drivers] backup_target')
   checkConfiguredDriver('mountDriver', config.mountDriver, config.mountDriverOptions, '[drivers] mount_driver')
-  if (!(DAEMON_KEY_PROVIDERS as readonly string[]).includes(config.keyProvider)) checkConfiguredDriver('keyProvider', config.keyProvider, config.keyProviderOptions, '[security] key_provider')
+  if (!(DAEMON_KEY_PROVIDERS as readonly string[]).includes(config.keyProvider)) checkConfiguredDriver('keyProvider', config.keyProvider, config.keyProviderOptions, '--key-provider (key_provider in [security])')
   return {
     ...(config.blockStore === undefined ? {} : { backend: config.blockStore, backendOptions: config.blockStoreOptions ?? {} }),
     ...(config.backupTarget === undefined ? {} : { backupTarget: { driver: config.backupTarget, options: config.backupTargetOptions ?? {} } }),

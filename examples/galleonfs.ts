@@ -2,7 +2,7 @@
 // The `galleonfs` program: `galleonfs -d [flags]` runs the daemon, anything else is the CLI.
 
 import { Command, CommanderError } from 'commander'
-import { check, ConfigError, DEFAULTS, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
+import { check, ConfigError, DEFAULTS, flagName, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
 import { createLogger, startDaemon, type Daemon } from './daemon.js'
 import { runCli, runReplicationSelfTest } from './cli.js'
 import { runDemo } from './demo.js'
@@ -48,11 +48,11 @@ async function daemonMain (argv: string[]): Promise<number> {
     const loadConfig = async (): Promise<DaemonConfig> => {
       const file = typeof configFile === 'string' ? await readConfigFile(configFile) : { settings: {}, ignored: [] }
       if (file.ignored.length > 0) log('warn', 'configuration keys not used by this release', { keys: file.ignored })
-      return merge(file.settings, check(rest, 'command line'))
+      return merge(file.settings, check(rest, 'command line', flagName))
     }
     const config = await loadConfig()
     // A setting this release does not use: said, not silently dropped.
-    if (config.persistenceLevel !== DEFAULTS.persistenceLevel) log('warn', 'persistenceLevel is set but not used by this release', { persistenceLevel: config.persistenceLevel })
+    if (config.persistenceLevel !== DEFAULTS.persistenceLevel) log('warn', 'the persistence level (--persistence-level, level in [persistence]) is set but not used by this release', { persistenceLevel: config.persistenceLevel })
     // SIGHUP would end a process that has no handler: one is there from the start, and a reload
     // asked for while the daemon is starting runs once it has started.
     let daemon: Daemon | undefined
@@ -128,7 +128,7 @@ async function legacyMain (argv: string[]): Promise<number> {
 }
 
 const argv = process.argv.slice(2)
-const COMMANDS = new Set(['volume', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'qos', 'help'])
+const COMMANDS = new Set(['volume', 'mount', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'qos', 'help'])
 const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))

@@ -175,3 +175,115 @@ describe('CLI journey: a daemon that cannot start says why and what to do', () =
     assert.match(outside.log, /storage_path stands outside any section; .*put it under \[daemon\]/)
   })
 })
+
+describe('CLI journey: mounts are listed by the CLI', () => {
+  it('`mount list` shows what is mounted (table and --json), and unmounting nothing points to it', async () => {
+    // The journey daemon has no mount point: one that mounts through the virtual driver (no FUSE needed).
+    const mountPoint = join(root, 'mnt')
+    await writeFile(join(root, 'mounting.toml'), `[daemon]\nstorage_path = "${join(root, 'node-mounts')}"\nmount_point = "${mountPoint}"\n\n[drivers]\nmount_driver = "virtual"\n`)
+    const mounting = await startDaemonProcess(['--ipc-address', '127.0.0.1:0', '--config', join(root, 'mounting.toml')], { cwd: root })
+    try {
+      const on = async (args: string[]): Promise<string> => {
+        const result = await runCli(mounting.address, args, { cwd: root })
+        assert.equal(result.code, 0, `galleonfs ${args.join(' ')}: ${result.stderr}`)
+        return result.stdout
+      }
+      assert.equal((await on(['mount', 'list'])).trimEnd(), 'VOLUME  PATH  MODE  DRIVER  OPEN FILES  MOUNTED  ID')
+      await on(['volume', 'create', '--name', 'logs', '--size', '1M', '-c', 'fast-local-ssd'])
+      await on(['volume', 'mount', 'logs', '--options', 'ro'])
+      const table = (await on(['mount', 'list'])).trimEnd().split('\n')
+      assert.equal(table.length, 2)
+      assert.match(table[1] ?? '', new RegExp(`^logs\\s+${join(mountPoint, 'logs')}\\s+ro\\s+virtual\\s+0\\s+20\\d\\d-`))
+      const listed = JSON.parse(await on(['--json', 'mount', 'list'])) as Array<{ volumeName: string, path: string, readOnly: boolean }>
+      assert.deepEqual(listed.map((m) => [m.volumeName, m.path, m.readOnly]), [['logs', join(mountPoint, 'logs'), true]])
+      // Unmounting what is not mounted names the command that lists the mounts, not the API route.
+      const wrong = await runCli(mounting.address, ['volume', 'unmount', 'nope'], { cwd: root })
+      assert.equal(wrong.code, 1)
+      assert.match(wrong.stderr, /nothing is mounted as "nope".*`galleonfs mount list` shows the mounts/)
+      assert.doesNotMatch(wrong.stderr, /GET \/v1|listMounts/)
+      await on(['volume', 'unmount', 'logs'])
+      assert.deepEqual(JSON.parse(await on(['--json', 'mount', 'list'])), [])
+    } finally {
+      mounting.child.kill('SIGTERM')
+      assert.equal(await mounting.exited, 0)
+    }
+  })
+})
+
+describe('CLI journey: a bad daemon setting is named as the user wrote it', () => {
+  /** The message of the one error a daemon that did not start logged, the journey's directory shown as <root>. */
+  async function refusal (args: string[]): Promise<string> {
+    const failed = await daemonThatFails(['--storage-path', join(root, 'never'), ...args])
+    assert.equal(failed.code, 2, failed.log)
+    const errors = failed.log.trimEnd().split('\n').map((line) => JSON.parse(line) as { level: string, message: string }).filter((entry) => entry.level === 'error')
+    assert.equal(errors.length, 1, failed.log)
+    return (errors[0]?.message ?? '').split(root).join('<root>')
+  }
+
+  it('flags as --flags, file keys as key in [section]; never the daemon\'s field names', async () => {
+    const file = async (name: string, text: string): Promise<string> => {
+      await writeFile(join(root, name), text)
+      return await refusal(['--config', join(root, name)])
+    }
+    const messages: Array<[string, RegExp]> = [
+      [await refusal(['--ipc-address', 'localhost']), /^command line: --ipc-address must be host:port such as 127\.0\.0\.1:8090, got "localhost"$/],
+      [await refusal(['--block-size', '3']), /^command line: --block-size must be a power of two/],
+      [await refusal(['--peer-addresses', '10.0.0.1:8081,somewhere']), /^command line: --peer-addresses: each peer must be host:port .*got "somewhere"$/],
+      [await refusal(['--key-provider', 'acme-kms']), /^--key-provider \(key_provider in \[security\]\) names "acme-kms", which no loaded module registered/],
+      [await file('ipc.toml', '[daemon]\nipc_address = "localhost"\n'), /^<root>\/ipc\.toml: ipc_address in \[daemon\] must be host:port such as 127\.0\.0\.1:8090, got "localhost"$/],
+      [await file('ttl.toml', '[cluster]\nlease_ttl = 0\n'), /^<root>\/ttl\.toml: lease_ttl in \[cluster\] must be a number of seconds from 1 to 3600, got 0$/],
+      [await file('store.toml', '[drivers]\nblock_store = "acme/s3"\n'), /^<root>\/store\.toml: block_store in \[drivers\] must be the name of a registered driver/]
+    ]
+    for (const [message, expected] of messages) {
+      assert.match(message, expected)
+      // camelCase words are the daemon's own field names (ipcAddress, blockSize, leaseTtlSeconds).
+      assert.doesNotMatch(message, /\b[a-z]+[A-Z]\w*/, message)
+    }
+  })
+})
+
+describe('CLI journey: sizes and counts the CLI can check itself exit 2 before anything is sent', () => {
+  it('a size of 0, negative or not a size, a retention that keeps nothing or too much, a burst multiplier below 1', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['volume', 'create', '--name', 'empty', '--size', '0', '-c', 'fast-local-ssd'], /--size <size>' argument '0' is invalid\. a size above 0/],
+      [['volume', 'create', '--name', 'empty', '--size', '-1M', '-c', 'fast-local-ssd'], /--size <size>' argument '-1M' is invalid/],
+      [['volume', 'expand', 'web-data', '0'], /value '0' is invalid for argument 'size'\. a size above 0/],
+      [['pool', 'update', 'none', '--capacity', '0K'], /--capacity <size>' argument '0K' is invalid\. a size above 0/],
+      [['backup', 'policy', 'create', 'never', '--schedule', '0 2 * * *', '--volumes', 'web-data', '--daily', '0', '--weekly', '0', '--target', backups], /--daily 0 --weekly 0 keeps no backup.*--daily, --weekly or --monthly above 0/],
+      [['backup', 'policy', 'create', 'never', '--schedule', '0 2 * * *', '--volumes', 'web-data', '--monthly', '20000', '--target', backups], /--monthly <n>' argument '20000' is invalid\. a whole number from 0 to 10000/],
+      [['qos', 'set', 'web-data', '--limit-iops', '100', '--burst-seconds', '10', '--burst-iops-multiplier', '0.5'], /--burst-iops-multiplier <n>' argument '0\.5' is invalid\. a number from 1 to 100/]
+    ]
+    for (const [args, message] of cases) {
+      const result = await cli(args)
+      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`)
+      assert.match(result.stderr, message, args.join(' '))
+    }
+    // Nothing was sent: no volume, pool, policy or QoS policy came of them, and nothing changed.
+    assert.deepEqual((JSON.parse(await ok(['--json', 'volume', 'list'])) as Array<{ name: string }>).map((v) => v.name), ['web-data'])
+    assert.deepEqual(JSON.parse(await ok(['--json', 'pool', 'list'])), [])
+    assert.deepEqual(JSON.parse(await ok(['--json', 'backup', 'policy', 'list'])), [])
+    assert.equal((JSON.parse(await ok(['--json', 'qos', 'get', 'web-data'])) as { policy?: unknown }).policy, undefined)
+  })
+})
+
+describe('CLI journey: backups of a name no volume has', () => {
+  it('a deleted volume\'s backups are still listed by its name; a name no volume has lists none, exits 0 and says so on stderr', async () => {
+    const target = join(root, 'gone-backups')
+    await ok(['volume', 'create', '--name', 'gone', '--size', '1M', '-c', 'fast-local-ssd'])
+    const made = JSON.parse(await ok(['--json', 'backup', 'create', 'gone', '--target', target])) as { id: string }
+    await ok(['volume', 'delete', 'gone', '--force'])
+    const kept = await cli(['backup', 'list', 'gone', '--target', target])
+    assert.equal(kept.code, 0)
+    assert.match(kept.stdout, new RegExp(`^${made.id}\\s+gone\\s+full\\s`, 'm'))
+    assert.equal(kept.stderr, '')
+    const typo = await cli(['backup', 'list', 'gnoe', '--target', target])
+    assert.equal(typo.code, 0)
+    assert.equal(typo.stdout.trimEnd(), 'ID  VOLUME  STRATEGY  CREATED  BYTES')
+    assert.match(typo.stderr, /^galleonfs: no backups of gnoe on .*gone-backups, and no volume is named gnoe \(`galleonfs volume list` shows the volumes; a deleted volume's backups are listed by its name or id\)\n$/)
+    // For scripts the answer stays an empty list, and a volume that exists but has no backups is no mistake.
+    const json = await cli(['--json', 'backup', 'list', 'gnoe', '--target', target])
+    assert.deepEqual([json.code, JSON.parse(json.stdout), json.stderr], [0, [], ''])
+    const none = await cli(['backup', 'list', 'web-data', '--target', target])
+    assert.deepEqual([none.code, none.stderr], [0, ''])
+  })
+})

@@ -278,7 +278,7 @@ describe('daemon and CLI', () => {
       await daemon.exited
     }
     for (const [text, message] of [
-      ['[daemon]\nblock_size = 1000\n', /block size must be a power of two/],
+      ['[daemon]\nblock_size = 1000\n', /block_size in \[daemon\] must be a power of two/],
       ['[daemon]\ncolour = "red"\n', /unknown key colour in \[daemon\]/],
       ['[nonsense]\n', /unknown section \[nonsense\]/],
       ['[daemon\n', /not valid TOML/]

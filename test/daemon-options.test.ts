@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test'
 import { FrameReader, FrameType } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
 import { ENTRY, TSX, startDaemonProcess } from './support/daemon.js'
-import { check } from '../examples/daemon-config.js'
+import { check, flagName } from '../examples/daemon-config.js'
 import { NbdClient } from './support/nbd-client.js'
 
 const SECRET = 'daemon-options-test-secret-0123456789'
@@ -124,11 +124,11 @@ describe('daemon options for the NBD server and the tcp transport', () => {
   it('refuses bad values with exit code 2, naming the setting', { timeout: 60_000 }, async () => {
     const config = join(root, 'bad.toml')
     for (const [args, file, message] of [
-      [['--nbd-handshake-timeout-seconds', '-1'], undefined, /NBD handshake timeout must be a number of seconds from 0 \(no limit\) to 3600, got "-1"/],
-      [['--keepalive-interval-seconds', 'often'], undefined, /keepalive interval must be a number of seconds from 0 \(no keepalives\) to 3600, got "often"/],
-      [['--keepalive-timeout-seconds', '0'], undefined, /keepalive timeout must be a number of seconds from 0.001 to 3600, got "0"/],
-      [[], '[daemon]\nnbd_handshake_timeout = 7200\n', /bad\.toml: NBD handshake timeout must be a number of seconds from 0 \(no limit\) to 3600, got 7200/],
-      [[], '[cluster]\nkeepalive_timeout = "soon"\n', /bad\.toml: keepalive timeout must be a number of seconds/]
+      [['--nbd-handshake-timeout-seconds', '-1'], undefined, /command line: --nbd-handshake-timeout-seconds must be a number of seconds from 0 \(no limit\) to 3600, got "-1"/],
+      [['--keepalive-interval-seconds', 'often'], undefined, /command line: --keepalive-interval-seconds must be a number of seconds from 0 \(no keepalives\) to 3600, got "often"/],
+      [['--keepalive-timeout-seconds', '0'], undefined, /command line: --keepalive-timeout-seconds must be a number of seconds from 0.001 to 3600, got "0"/],
+      [[], '[daemon]\nnbd_handshake_timeout = 7200\n', /bad\.toml: nbd_handshake_timeout in \[daemon\] must be a number of seconds from 0 \(no limit\) to 3600, got 7200/],
+      [[], '[cluster]\nkeepalive_timeout = "soon"\n', /bad\.toml: keepalive_timeout in \[cluster\] must be a number of seconds/]
     ] as const) {
       const args2: string[] = ['--storage-path', join(root, 'bad'), ...args]
       if (file !== undefined) {
@@ -144,9 +144,9 @@ describe('daemon options for the NBD server and the tcp transport', () => {
 
 describe('seconds settings in whole milliseconds', () => {
   it('a value above 0 never rounds to 0, which would turn the setting off', () => {
-    assert.equal(check({ keepaliveIntervalSeconds: 0.0004 }, 'flags').keepaliveIntervalSeconds, 0.001)
-    assert.equal(check({ nbdHandshakeTimeoutSeconds: '0.0002' }, 'flags').nbdHandshakeTimeoutSeconds, 0.001)
-    assert.equal(check({ keepaliveIntervalSeconds: 0 }, 'flags').keepaliveIntervalSeconds, 0)
-    assert.equal(check({ keepaliveTimeoutSeconds: 2.5 }, 'flags').keepaliveTimeoutSeconds, 2.5)
+    assert.equal(check({ keepaliveIntervalSeconds: 0.0004 }, 'flags', flagName).keepaliveIntervalSeconds, 0.001)
+    assert.equal(check({ nbdHandshakeTimeoutSeconds: '0.0002' }, 'flags', flagName).nbdHandshakeTimeoutSeconds, 0.001)
+    assert.equal(check({ keepaliveIntervalSeconds: 0 }, 'flags', flagName).keepaliveIntervalSeconds, 0)
+    assert.equal(check({ keepaliveTimeoutSeconds: 2.5 }, 'flags', flagName).keepaliveTimeoutSeconds, 2.5)
   })
 })

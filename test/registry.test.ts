@@ -469,9 +469,9 @@ describe('daemon configuration: [drivers]', () => {
   })
 
   const wrong: Array<[string, string, RegExp]> = [
-    ['a module list that is not strings', '[drivers]\nmodules = [1]\n', /driver modules must be a list of module paths/],
-    ['a driver name with a slash', '[drivers]\nblock_store = "acme/s3"\n', /blockStore must be the name of a registered driver/],
-    ['options that are not a table', '[drivers]\nblock_store = "file"\nblock_store_options = "fast"\n', /blockStoreOptions must be a table/],
+    ['a module list that is not strings', '[drivers]\nmodules = [1]\n', /modules in \[drivers\] must be a list of module paths/],
+    ['a driver name with a slash', '[drivers]\nblock_store = "acme/s3"\n', /block_store in \[drivers\] must be the name of a registered driver/],
+    ['options that are not a table', '[drivers]\nblock_store = "file"\nblock_store_options = "fast"\n', /block_store_options in \[drivers\] must be a table/],
     ['an unknown key', '[drivers]\nstore = "file"\n', /unknown key store in \[drivers\]/]
   ]
   for (const [what, text, message] of wrong) {
