@@ -119,7 +119,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     this.#clusterMigrations = new ClusterMigrations(this.#host)
     this.#liveMigrations = new LiveMigrations(this.#host, this.#clusterMigrations)
     this.#keyRotations = new KeyRotations(this.#host)
-    this.#bridge = new ReplicationBridge(this.#host, this, this.#snapshots, this.#volumes, this.#clusterMigrations)
+    this.#bridge = new ReplicationBridge(this.#host, this, this.#snapshots, this.#volumes, this.#clusterMigrations, this.#keyRotations)
     this.#membership = new ClusterMembership(this.#host, this.#bridge, parts.storagePath, new Date().toISOString())
     this.#gate = new AccessGuard(this.#context, this.#access, this.#audit, catalog)
     this.#io = new VolumeIO(this.#host, this.#gate, this.#bridge, this.#snapshots, this.#membership)

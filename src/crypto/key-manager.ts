@@ -55,6 +55,11 @@ export interface VolumeKeyRecord {
   readonly retiredBackups?: readonly BackupKeyRecord[]
   /** A DEK rotation in progress: blocks below `cursor` are re-sealed with the current key. */
   readonly rotation?: { readonly cursor: number, readonly startedAt: string }
+  /**
+   * A replicated volume's copy: the rotation of the volume's keys (VolumeSpec.keyGeneration) its
+   * current DEK answers. Absent: none (a local volume, or no rotation yet).
+   */
+  readonly generation?: number
 }
 
 /** A volume's backup key, unwrapped, with what a backup manifest records about it. */
@@ -79,6 +84,11 @@ export interface VolumeEncryption {
   readonly kekId?: string
   /** A DEK rotation in progress: the next block index to re-seal. */
   readonly rotation?: { readonly cursor: number, readonly startedAt: string }
+  /**
+   * A replicated volume: how many rotations of the volume's keys this node's copy has taken (each
+   * copy has its own keys, so `keyVersion` may differ between copies; this does not).
+   */
+  readonly keyGeneration?: number
   /** Why the keys could not be loaded, if they could not. */
   readonly unavailable?: string
 }
@@ -335,7 +345,8 @@ export class KeyManager {
         const backupKey = await unwrapBackupKey(provider, stagingId, staged.backup)
         backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
       }
-      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup, ...(previous?.retiredBackups === undefined ? {} : { retiredBackups: previous.retiredBackups }) }
+      // The fresh keys of a conversion answer every rotation the copy had taken.
+      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup, ...(previous?.retiredBackups === undefined ? {} : { retiredBackups: previous.retiredBackups }), ...(previous?.generation === undefined ? {} : { generation: previous.generation }) }
       return {
         ops: [{ type: 'put', sublevel: this.#db, key: volumeId, value: record }, { type: 'del', sublevel: this.#db, key: stagingId }],
         apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) },
@@ -371,6 +382,7 @@ export class KeyManager {
       provider: this.#provider?.name,
       kekId: record.keys.find((key) => key.version === record.current)?.kekId,
       ...(record.rotation === undefined ? {} : { rotation: record.rotation }),
+      ...(record.generation === undefined ? {} : { keyGeneration: record.generation }),
       ...(cipher?.unavailable === undefined ? {} : { unavailable: cipher.unavailable.message })
     }
   }
@@ -379,13 +391,36 @@ export class KeyManager {
     return this.#records.get(volumeId)?.rotation
   }
 
+  /** Version of the DEK sealing new writes of a volume (undefined: it has no keys). */
+  currentVersion (volumeId: string): number | undefined {
+    return this.#records.get(volumeId)?.current
+  }
+
+  /** The rotation of a replicated volume's keys that this copy's current DEK answers (0: none). */
+  generation (volumeId: string): number {
+    return this.#records.get(volumeId)?.generation ?? 0
+  }
+
+  /** A new copy of a replicated volume: its fresh keys answer the volume's rotations so far. */
+  async markGeneration (volumeId: string, generation: number): Promise<void> {
+    await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      if ((record.generation ?? 0) >= generation) return
+      await this.#put({ ...record, generation })
+    })
+  }
+
   /**
    * Starts a DEK rotation: a new DEK becomes current (new writes use it) and the rotation record
    * says what is left to re-seal. The volume gets a new backup key with it, so backups taken from
    * now on are sealed with a key that never sealed anything before; the old backup key is kept,
    * retired, for the backups taken before. Returns the new version.
+   *
+   * One that begins while another re-seals replaces it: every older DEK stays until the new key's
+   * re-seal, which starts over, is done (a copy of a replicated volume takes the volume's rotations
+   * as they come). `generation`: the rotation of a replicated volume's keys this one answers.
    */
-  async beginRotation (volumeId: string, cipher: VolumeCipher): Promise<number> {
+  async beginRotation (volumeId: string, cipher: VolumeCipher, generation?: number): Promise<number> {
     const dek = generateKey()
     const backupKey = generateKey()
     return await this.#serial(async () => {
@@ -400,7 +435,8 @@ export class KeyManager {
         keys: [...record.keys, { version, wrapped, kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION, check: dataKeyCheck(dek) }],
         backup,
         retiredBackups: [...(record.retiredBackups ?? []), record.backup],
-        rotation: { cursor: 0, startedAt: new Date().toISOString() }
+        rotation: { cursor: 0, startedAt: new Date().toISOString() },
+        ...(generation === undefined || generation <= (record.generation ?? 0) ? {} : { generation })
       })
       // Its first nonces are reserved with it: a write sealing right after the switch never waits or fails.
       cipher.addKey(version, dek, { next: 0, limit: NONCE_RESERVATION }, true)
@@ -408,22 +444,28 @@ export class KeyManager {
     })
   }
 
-  /** Records rotation progress (call only once the re-sealed blocks below `cursor` are durable). */
-  async advanceRotation (volumeId: string, cursor: number): Promise<void> {
+  /**
+   * Records rotation progress (call only once the re-sealed blocks below `cursor` are durable).
+   * `version`: the key the blocks were re-sealed with; nothing is recorded if another rotation has
+   * begun since (its re-seal starts over).
+   */
+  async advanceRotation (volumeId: string, cursor: number, version?: number): Promise<void> {
     await this.#serial(async () => {
       const record = this.#record(volumeId)
-      if (record.rotation === undefined) return
+      if (record.rotation === undefined || (version !== undefined && record.current !== version)) return
       await this.#put({ ...record, rotation: { ...record.rotation, cursor } })
     })
   }
 
   /**
    * Ends a rotation: every block is durable under the current key, so the older DEKs leave the
-   * metadata. Returns the versions to drop from the cipher (once reads in flight are done).
+   * metadata. Returns the versions to drop from the cipher (once reads in flight are done), or
+   * undefined when the current key is no longer `version` (another rotation began: nothing ends).
    */
-  async finishRotation (volumeId: string): Promise<number[]> {
+  async finishRotation (volumeId: string, version?: number): Promise<number[] | undefined> {
     return await this.#serial(async () => {
       const record = this.#record(volumeId)
+      if (version !== undefined && record.current !== version) return undefined
       const { rotation: _done, ...rest } = record
       await this.#put({ ...rest, keys: record.keys.filter((key) => key.version === record.current) })
       return record.keys.filter((key) => key.version !== record.current).map((key) => key.version)

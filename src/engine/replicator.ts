@@ -14,6 +14,8 @@ export type ReplicatedChange =
   | { readonly type: 'expand', readonly sizeBytes: number }
   /** `blocks`: on the primary, the blocks the revert changes (for resyncs; not shipped: each copy reverts its own). */
   | { readonly type: 'revert', readonly snapshotId: string, readonly blocks?: readonly number[] }
+  /** The volume's data key was rotated (its `generation`-th rotation): each copy rotates its own key (keys never travel). */
+  | { readonly type: 'rekey', readonly generation: number }
 
 /** What the engine calls on a replicated volume's primary. */
 export interface VolumeReplicator {

@@ -1,15 +1,21 @@
 // Key rotation of the facade: a volume's data key (its blocks re-encrypted in the background) and
 // the key-encryption key that wraps every data key.
 
+import { randomUUID } from 'node:crypto'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { KeyProvider } from '../drivers.js'
 import type { VolumeEncryption } from '../crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from '../crypto/keys.js'
 import type { VolumeBlocks } from '../engine/engine.js'
+import { replicatorFor } from '../engine/replicator.js'
+import { VolumeState, WriteConcern } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import { toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
+
+/** Thrown by a re-seal's progress when a newer rotation began: the re-seal starts over. */
+const RESTART = Symbol('restart')
 
 /** Data-key and key-encryption-key rotations (GalleonFS checks the caller first). */
 export class KeyRotations {
@@ -21,10 +27,22 @@ export class KeyRotations {
     this.#host = host
   }
 
-  /** The work of GalleonFS.rotateVolumeKey, once the caller is checked. */
+  /**
+   * The work of GalleonFS.rotateVolumeKey, once the caller is checked. A replicated volume's key
+   * is rotated on its primary (other nodes forward the call), and every copy rotates its own.
+   */
   async rotateVolumeKey (vol: VolumeRef, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const record = this.#host.catalog.resolve(vol)
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
+    if (record.replication !== undefined) return await this.#rotateReplicated(record, options)
+    const volume = await this.#begin(record)
+    // A rotation that stopped (an error was reported) is resumed, not started over.
+    if (this.#host.keys.rotation(record.id) === undefined) await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+    return await this.#run(record, volume, options)
+  }
+
+  /** The checks of a rotation and the wait for one that is retiring its old key; returns the volume's engine state. */
+  async #begin (record: VolumeRecord): Promise<VolumeBlocks> {
     const volume = this.#host.ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
     if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated; rotate its key once the migration ends (a move to an encrypting class gives it a new data key anyway)`)
@@ -38,8 +56,11 @@ export class KeyRotations {
       await previous
       if (this.running.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
-    // A rotation that stopped (an error was reported) is resumed, not started over.
-    if (this.#host.keys.rotation(record.id) === undefined) await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+    return volume
+  }
+
+  /** Runs the re-encryption that a begun rotation needs; with `wait`, until it is done. */
+  async #run (record: VolumeRecord, volume: VolumeBlocks, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const running = this.startRotation(record)
     if (options?.wait === true) await running
     const state = this.#host.keys.describe(record.id, volume.cipher)
@@ -47,7 +68,115 @@ export class KeyRotations {
     return state
   }
 
-  /** Runs (or resumes) the background re-encryption of a volume after a DEK rotation. */
+  /** Tokens of the last forwarded rotation per volume (see ForwardedRequest.token). */
+  readonly #lastTokens = new Map<string, string>()
+
+  /**
+   * A replicated volume: on a node that is not its primary, the call goes there (with `wait`, the
+   * wait too, in steps within a forwarded call's time); the answer is the primary's copy's.
+   */
+  async #rotateReplicated (record: VolumeRecord, options: { wait?: boolean }): Promise<VolumeEncryption> {
+    const replication = this.#host.replication
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
+    if (!replication.forwards(record.id)) return await this.rotateOnPrimary(record.id, options)
+    let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token: randomUUID() })).header.encryption as VolumeEncryption
+    while (options?.wait === true) {
+      const reply = (await this.#host.forward(record, { op: 'awaitKeyRotation' })).header
+      state = reply.encryption as VolumeEncryption
+      if (reply.done === true) break
+    }
+    return state
+  }
+
+  /**
+   * Rotates a replicated volume's key on its primary (this node): the cluster's record counts the
+   * rotation first (copies created, resynced or promoted from then on take it), then the primary's
+   * key changes and the rotation takes its place in the change stream; the call waits until the
+   * in-sync copies have applied it, so none of them seals new data under its old key afterwards.
+   * `token`: a forwarded call's, whose repeat answers without rotating again.
+   */
+  async rotateOnPrimary (volumeId: string, options: { wait?: boolean }, token?: string): Promise<VolumeEncryption> {
+    const replication = this.#host.replication
+    const record = this.#host.catalog.resolve(volumeId)
+    if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
+    if (token !== undefined && this.#lastTokens.get(record.id) === token) return this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
+    const volume = await this.#begin(record)
+    const replicator = volume.replicator
+    const nodeId = this.#host.cluster?.nodeId ?? ''
+    const notLeader = (): GalleonError => new GalleonError('NOT_LEADER', `node ${nodeId} stopped being the primary of volume ${record.name} before its key rotation began; retry it`)
+    if (replicator === undefined) throw notLeader()
+    // In the admin queue, as a copy's rotation from the record is (see applyRotation): this node
+    // sees the record it changes too, and must not take the rotation a second time.
+    const generation = await this.#host.admin(async () => {
+      const counted = await replication.update(record.id, (r) => r.primary !== nodeId ? undefined : { ...r, spec: { ...r.spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1 } })
+      if (counted === undefined) throw notLeader()
+      const generation = counted.record.spec.keyGeneration as number
+      // Begun even over a rotation that stopped (its keys stay until the new one's re-seal is
+      // done): the cluster counted a new one, which copies take as a new key.
+      await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>, generation)
+      return generation
+    })
+    if (token !== undefined) this.#lastTokens.set(record.id, token)
+    let seq: number | undefined
+    try {
+      seq = replicatorFor(volume, replicator)?.record({ type: 'rekey', generation })
+    } catch (err) {
+      // The role is moving: the record counts the rotation, so the next primary and every copy take it from there.
+      if (!(err instanceof GalleonError && err.code === 'NOT_LEADER')) throw err
+    }
+    if (seq !== undefined) {
+      await replicator.committed(seq, WriteConcern.WriteReplicated).catch((err: unknown) => {
+        // No copy is in sync now: each takes the rotation when it resyncs (its record says so).
+        const others = replication.status(record.id)?.inSync.filter((node) => node !== nodeId) ?? []
+        if (errorCode(err) === 'WRITE_CONCERN_UNSATISFIED' && others.length === 0) return
+        throw new GalleonError(errorCode(err), `the data key of volume ${record.name} is rotated on its primary (${nodeId}), but its in-sync copies (${others.join(', ')}) did not confirm theirs: ${(err as Error)?.message ?? String(err)}; they rotate when they next read the volume's record or resync`, { cause: err })
+      })
+    }
+    return await this.#run(record, volume, options)
+  }
+
+  /**
+   * Forwarded by a node waiting for a replicated volume's rotation (rotateVolumeKey with `wait`):
+   * waits up to `ms` for this copy's re-encryption; `done` once it is over.
+   */
+  async awaitRotation (volumeId: string, ms: number): Promise<{ encryption: VolumeEncryption, done: boolean }> {
+    const record = this.#host.catalog.resolve(volumeId)
+    const running = this.running.get(record.id)
+    if (running !== undefined) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([running, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })])
+      clearTimeout(timer)
+    }
+    const encryption = this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
+    const done = !this.running.has(record.id)
+    if (done && encryption.rotation !== undefined) throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} on node ${this.#host.cluster?.nodeId ?? ''} stopped before it finished; it resumes at that node's next open`)
+    return { encryption, done }
+  }
+
+  /**
+   * A copy of a replicated volume takes rotation `generation` of the volume's keys (a streamed
+   * change, its resync or its record said so): it rotates its own data key, unless it has already.
+   * A conversion of the copy to another class starts again afterwards.
+   */
+  async applyRotation (volumeId: string, generation: number): Promise<void> {
+    if (this.#host.keys.generation(volumeId) >= generation) return
+    await this.#host.adminAfterMigration(volumeId, async () => {
+      const record = this.#host.recordById(volumeId)
+      if (record === undefined || record.state === VolumeState.Deleting || record.encrypted !== true) return
+      if (this.#host.keys.generation(volumeId) >= generation) return
+      const cipher = this.#host.volumeBlocks(record).cipher
+      if (cipher === undefined) return
+      // A copy whose keys do not open cannot seal anything anyway; its I/O fails with the reason.
+      if (cipher.unavailable !== undefined) throw cipher.unavailable
+      await this.#host.keys.beginRotation(volumeId, cipher, generation)
+      void this.startRotation(record)
+    }, 'the primary rotated the volume\'s data key; the conversion of this copy starts again after it')
+  }
+
+  /**
+   * Runs (or resumes) the background re-encryption of a volume after a DEK rotation. A rotation
+   * that begins while it runs (a copy taking the next one of its volume) makes it start over.
+   */
   startRotation (record: VolumeRecord): Promise<void> {
     const existing = this.running.get(record.id)
     if (existing !== undefined) return existing
@@ -55,23 +184,30 @@ export class KeyRotations {
     const run = this.#host.context.exit(async () => {
       const volume = this.#host.volumeBlocks(record)
       const cipher = volume.cipher
-      const rotation = this.#host.keys.rotation(record.id)
-      if (cipher === undefined || rotation === undefined) return
       try {
-        await this.#host.engine.reseal(volume, rotation.cursor, async (next) => {
-          await this.#host.keys.advanceRotation(record.id, next)
-          if (this.#host.closed) throw new GalleonError('CANCELLED', 'the instance is closing; the re-encryption resumes at the next open')
-        })
-        const retired = await this.#host.keys.finishRotation(record.id)
-        // Reads that fetched a block before it was re-sealed may still open it with the old key:
-        // let those in flight finish (new ones wait a moment), then forget the old keys.
-        const open = await volume.closeGate()
-        try {
-          for (const version of retired) cipher.dropKey(version)
-        } finally {
-          open()
+        for (;;) {
+          const rotation = this.#host.keys.rotation(record.id)
+          const version = this.#host.keys.currentVersion(record.id)
+          if (cipher === undefined || rotation === undefined || version === undefined) return
+          const restarted = (): boolean => this.#host.keys.currentVersion(record.id) !== version
+          await this.#host.engine.reseal(volume, rotation.cursor, async (next) => {
+            if (restarted()) throw RESTART
+            await this.#host.keys.advanceRotation(record.id, next, version)
+            if (this.#host.closed) throw new GalleonError('CANCELLED', 'the instance is closing; the re-encryption resumes at the next open')
+          }).catch((err: unknown) => { if (err !== RESTART) throw err })
+          const retired = await this.#host.keys.finishRotation(record.id, version)
+          if (retired === undefined) continue
+          // Reads that fetched a block before it was re-sealed may still open it with the old key:
+          // let those in flight finish (new ones wait a moment), then forget the old keys.
+          const open = await volume.closeGate()
+          try {
+            for (const old of retired) cipher.dropKey(old)
+          } finally {
+            open()
+          }
+          this.#host.emit('volume:key-rotated', toVolume(this.#host.catalog.resolve(record.id)), this.#host.keys.describe(record.id, cipher).keyVersion as number)
+          return
         }
-        this.#host.emit('volume:key-rotated', toVolume(this.#host.catalog.resolve(record.id)), this.#host.keys.describe(record.id, cipher).keyVersion as number)
       } catch (err) {
         if (this.#host.closed || (err instanceof GalleonError && (err.code === 'CANCELLED' || err.code === 'VOLUME_NOT_FOUND'))) return
         this.#host.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `re-encryption with the new data key stopped (it resumes at the next open): ${(err as Error)?.message ?? String(err)}` })

@@ -10,6 +10,7 @@ import { VolumeState, WriteConcern } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
+import type { KeyRotations } from './key-rotation.js'
 import { toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
@@ -22,13 +23,15 @@ export class ReplicationBridge {
   readonly #snapshots: Snapshots
   readonly #volumes: VolumeLifecycle
   readonly #copies: ClusterMigrations
+  readonly #keys: KeyRotations
 
-  constructor (host: FacadeHost, calls: FacadeCalls, snapshots: Snapshots, volumes: VolumeLifecycle, copies: ClusterMigrations) {
+  constructor (host: FacadeHost, calls: FacadeCalls, snapshots: Snapshots, volumes: VolumeLifecycle, copies: ClusterMigrations, keys: KeyRotations) {
     this.#host = host
     this.#calls = calls
     this.#snapshots = snapshots
     this.#volumes = volumes
     this.#copies = copies
+    this.#keys = keys
   }
 
   /**
@@ -78,6 +81,9 @@ export class ReplicationBridge {
         case 'deleteVolume': await this.#calls.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
         case 'expandVolume': return { header: { volume: await this.#calls.expandVolume(volumeId, request.sizeBytes as number) } }
         case 'restoreSnapshot': return { header: { volume: await this.#calls.restoreSnapshot(volumeId, { id: String(request.snapshot) }) } }
+        case 'rotateVolumeKey': return { header: { encryption: await this.#keys.rotateOnPrimary(volumeId, {}, typeof request.token === 'string' ? request.token : undefined) } }
+        // Within the forwarded call's time; the caller asks again until `done`.
+        case 'awaitKeyRotation': return { header: { ...await this.#keys.awaitRotation(volumeId, 5000) } }
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
@@ -110,6 +116,8 @@ export class ReplicationBridge {
           } finally {
             unreserve()
           }
+          // Fresh keys: they answer every rotation of the volume's keys so far.
+          if (encrypted && (spec.keyGeneration ?? 0) > 0) await this.#host.keys.markGeneration(record.id, spec.keyGeneration as number)
           this.#host.emit('volume:created', toVolume(record))
         })
       },
@@ -148,6 +156,7 @@ export class ReplicationBridge {
         }, 'the primary deleted a snapshot; the conversion of this copy starts again after it')
       },
       applyExpand: async (id, sizeBytes) => { await this.#volumes.applyExpand(id, sizeBytes) },
+      applyKeyRotation: async (id, generation) => { await this.#keys.applyRotation(id, generation) },
       copyLayout: (id, retry) => {
         const record = this.#host.recordById(id)
         const failed = this.#copies.copyConversionErrors.get(id)
@@ -169,6 +178,12 @@ export class ReplicationBridge {
         // A copy promoted before the expansion reached it grows to the size its record says.
         const held = this.#host.recordById(id)
         if (held !== undefined && spec.sizeBytes > held.sizeBytes) void this.#volumes.applyExpand(id, spec.sizeBytes).catch(() => {})
+        // A copy that missed key rotations (away, or promoted before the stream brought one) rotates its own key.
+        if (held?.encrypted === true && (spec.keyGeneration ?? 0) > this.#host.keys.generation(id)) {
+          void this.#keys.applyRotation(id, spec.keyGeneration as number).catch((err: unknown) => {
+            this.#host.emit('io:error', { volumeId: id, volumeName: held.name, operation: 'write', code: errorCode(err), message: `rotating this copy's data key as the volume's record says (${spec.keyGeneration ?? 0} rotations): ${(err as Error)?.message ?? String(err)}` })
+          })
+        }
       },
       applyRevert: async (id, snapshotId) => {
         await this.#host.adminAfterMigration(id, async () => {

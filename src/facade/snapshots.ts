@@ -51,12 +51,12 @@ export class Snapshots {
 
   /** The work of GalleonFS.deleteSnapshot, once the caller is checked. */
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
-    const target = this.#host.catalog.resolveSnapshot(this.#host.catalog.resolve(vol), snapshot)
     const owner = this.#host.catalog.resolve(vol)
     if (this.#host.replication?.forwards(owner.id) === true) {
-      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: this.#primarySnapshotRef(owner, snapshot), force: options?.force === true })
       return
     }
+    const target = this.#host.catalog.resolveSnapshot(owner, snapshot)
     const mounted = (): string[] => mountControl(this.#host.mounts).snapshotMounts(target.id).map((m) => m.path)
     if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     const refuseReaders = (): void => {
@@ -104,15 +104,30 @@ export class Snapshots {
     })
   }
 
+  /**
+   * How a call forwarded to a replicated volume's primary names a snapshot: by id when this copy
+   * has it, else as the caller named it, for the primary to resolve. A snapshot the primary took
+   * just now (a restore's safety snapshot, asked for from this node) may not have reached this
+   * copy yet; looked up here alone, it was "not found", and a restore's roll-back did nothing.
+   */
+  #primarySnapshotRef (volume: VolumeRecord, snapshot: string | Pick<Snapshot, 'id'>): string {
+    try {
+      return this.#host.catalog.resolveSnapshot(volume, snapshot).id
+    } catch (err) {
+      if (!(err instanceof GalleonError && err.code === 'SNAPSHOT_NOT_FOUND')) throw err
+      return typeof snapshot === 'string' ? snapshot : snapshot.id
+    }
+  }
+
   /** The work of GalleonFS.restoreSnapshot, once the caller is checked. */
   async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     const target = this.#host.catalog.resolve(vol)
-    const wanted = this.#host.catalog.resolveSnapshot(target, snapshot)
     if (target.replication !== undefined) {
       if (this.#host.replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${target.name} is replicated, but this instance is not in a cluster now; join it to revert the volume`)
       // Reverted on the primary, which sends the revert to every copy in its change stream.
-      if (this.#host.replication.forwards(target.id)) return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot: wanted.id })).header.volume as Volume
+      if (this.#host.replication.forwards(target.id)) return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot: this.#primarySnapshotRef(target, snapshot) })).header.volume as Volume
     }
+    this.#host.catalog.resolveSnapshot(target, snapshot)
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
     this.#refuseRevertWhileWriting(target, this.#host.engine.volume(target.storageId))

@@ -41,6 +41,11 @@ export interface ReplicationHost {
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
   /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
+  /**
+   * Rotates this node's own data key of its copy of a volume, unless the copy has taken rotation
+   * `generation` already (the primary rotated the volume's key; a streamed change or its record says so).
+   */
+  applyKeyRotation: (volumeId: string, generation: number) => Promise<void>
   /** The replica-set record of a local copy was read or changed: settings in its spec (the QoS policy) apply here. */
   applySpec: (volumeId: string, spec: VolumeSpec) => void
   /**
@@ -99,7 +104,7 @@ export interface ReplicationEvents {
 
 /** An I/O call forwarded to the primary. */
 export interface ForwardedRequest {
-  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume' | 'expandVolume' | 'restoreSnapshot'
+  readonly op: 'write' | 'writeBlock' | 'trim' | 'read' | 'readBlock' | 'flush' | 'createSnapshot' | 'deleteSnapshot' | 'deleteVolume' | 'expandVolume' | 'restoreSnapshot' | 'rotateVolumeKey' | 'awaitKeyRotation'
   readonly offset?: number
   readonly sizeBytes?: number
   readonly length?: number
@@ -109,6 +114,8 @@ export interface ForwardedRequest {
   readonly snapshotName?: string
   readonly readSnapshot?: string
   readonly force?: boolean
+  /** Names one rotateVolumeKey call, so that a repeat of it (its answer was lost) rotates nothing more. */
+  readonly token?: string
 }
 
 /** How replication of a volume stands, as the node asked sees it. */

@@ -23,6 +23,11 @@ export interface VolumeSpec {
   readonly pool?: string
   /** The volume's own QoS policy, if any: every node applies it to its copy (it counts where the copy is primary). */
   readonly qos?: import('../qos/policy.js').QoSPolicy
+  /**
+   * Data-key rotations of an encrypted volume so far (absent: none): every copy has its own keys,
+   * and one whose key is older than this rotates it (see KeyRotations).
+   */
+  readonly keyGeneration?: number
 }
 
 /** A replicated volume as the coordinator records it. */

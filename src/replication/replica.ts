@@ -137,6 +137,10 @@ export class ReplicaSide {
       // A copy that missed an expansion grows first, so the blocks beyond its old end can come.
       const size = (header.spec as { sizeBytes?: unknown } | undefined)?.sizeBytes
       if (Number.isSafeInteger(size) && (size as number) > this.#copy(set).sizeBytes) await this.#core.host.applyExpand(set.volumeId, size as number)
+      // A copy that missed key rotations of the volume (away, or out of sync) rotates its own key
+      // before it takes anything more, so no block the resync sends is sealed under the old one.
+      const generation = (header.spec as { keyGeneration?: unknown } | undefined)?.keyGeneration
+      if (Number.isSafeInteger(generation) && (generation as number) > 0) await this.#core.host.applyKeyRotation(set.volumeId, generation as number)
       return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#core.host.snapshots(set.volumeId).map((s) => s.id) } }
     })
     on('repl:resync-prune', async (set, header) => {
@@ -284,6 +288,9 @@ export class ReplicaSide {
           await this.#core.host.applyExpand(set.volumeId, change.sizeBytes)
         } else if (change.type === 'revert') {
           await this.#core.host.applyRevert(set.volumeId, change.snapshotId)
+        } else if (change.type === 'rekey') {
+          // Before the changes after it: from here on the copy seals under its new key, as the primary does.
+          await this.#core.host.applyKeyRotation(set.volumeId, change.generation)
         } else {
           await this.#core.host.applyDeleteSnapshot(set.volumeId, change.id)
         }

@@ -123,6 +123,7 @@ export function encodeChanges (changes: ReadonlyArray<{ seq: number, change: Rep
       case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
       case 'expand': list.push({ t: 'x', n: change.sizeBytes }); break
       case 'revert': list.push({ t: 'r', id: change.snapshotId }); break
+      case 'rekey': list.push({ t: 'k', g: change.generation }); break
     }
   }
   if (first === undefined) return { list, payload: new Uint8Array(0) }
@@ -164,6 +165,8 @@ export function decodeChanges (list: unknown, payload: Uint8Array | undefined): 
       out.push({ type: 'expand', sizeBytes: count(item.n) })
     } else if (item.t === 'r') {
       out.push({ type: 'revert', snapshotId: String(item.id) })
+    } else if (item.t === 'k') {
+      out.push({ type: 'rekey', generation: count(item.g) })
     } else {
       throw new GalleonError('INVALID_ARGUMENT', `unknown replicated change ${JSON.stringify(item.t)}`)
     }
