@@ -8,7 +8,7 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern, BackupStrategy } from '../src/index.js'
+import { GalleonFS, WriteConcern, BackupStrategy, type Coordinator } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { until } from './support/wait.js'
 
@@ -318,5 +318,148 @@ describe('replication meets the other features of a volume', () => {
     // (open() has returned: the node looked for the record and the mark at its start.)
     assert.equal((await back.g.getVolume('kept')).id, kept.id)
     await coordinator.close?.()
+  })
+})
+
+describe('deleting a replicated volume, end to end', () => {
+  const MARKS = 'replication/deleted/'
+
+  async function markedNodes (coordinator: Coordinator, volumeId: string): Promise<string[] | undefined> {
+    const entry = await coordinator.get(`${MARKS}${volumeId}`)
+    return entry === undefined ? undefined : (JSON.parse(entry.value) as { nodes: string[] }).nodes.sort()
+  }
+
+  it('once the record is gone the deletion goes through: a clone made while it ran gets its own data, and the deletion mark names every copy the record placed', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const coordinator = coordinators.coordinator()
+    // n1's coordinator: while n1 writes the deletion mark, a clone of the volume is made (as a
+    // caller could, between deleteVolume's first checks and its end).
+    const c1 = coordinators.coordinator()
+    const put = c1.put.bind(c1)
+    let during: (() => Promise<void>) | undefined
+    c1.put = async (key, value, options) => {
+      const task = key.startsWith(MARKS) ? during : undefined
+      during = undefined
+      await task?.()
+      return await put(key, value, options)
+    }
+    const events: string[] = []
+    const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
+    opened.push(g1)
+    const nodes: Node[] = [{ g: g1, id: 'n1', dir: '', events }]
+    for (const id of ['n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    const volume = await n1.g.createVolume({ name: 'busy', sizeBytes: 16 * BS, replicas: 3 })
+    const live = new Model(16 * BS)
+    await writeAll(n1.g, 'busy', live, [[0, 1], [5, 6]])
+    await until('every copy is in sync', async () => await allInSync(n1.g, 'busy', 3))
+    await n3.g.close()
+    during = async () => { await n1.g.cloneVolume('busy', 'late-clone') }
+    // Before, the clone made deleteVolume refuse (BUSY) after the record was gone: n1's copy stayed
+    // without a record, and the mark (naming n3) took it at a later start.
+    await n1.g.deleteVolume('busy')
+    assert.equal(during, undefined, 'the clone was made while the deletion ran')
+    assert.deepEqual((await n1.g.listVolumes()).map((v) => v.name), ['late-clone'])
+    assert.deepEqual(await n1.g.read('late-clone', 0, 16 * BS), live.bytes)
+    await until('n2 deleted its copy', async () => (await n2.g.listVolumes()).length === 0)
+    // n1 and n2 are off the mark (their copies are gone); n3, which missed the deletion, is on it.
+    assert.deepEqual(await markedNodes(coordinator, volume.id), ['n3'])
+    const back = await startNode(network, coordinators, 'n3', n3.dir)
+    assert.deepEqual((await back.g.listVolumes()).map((v) => v.name), [])
+    await until('the deletion mark is gone', async () => await markedNodes(coordinator, volume.id) === undefined)
+  })
+
+  it('a copy whose record is gone is kept when the deletion mark does not name its node (the mark names exactly the copies the record placed)', async () => {
+    const { network, coordinators, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    const coordinator = coordinators.coordinator()
+    const volume = await n1.g.createVolume({ name: 'named', sizeBytes: 16 * BS, replicas: 2 })
+    await writeAll(n1.g, 'named', new Model(16 * BS), [[2, 3]])
+    await until('every copy is in sync', async () => await allInSync(n1.g, 'named', 2))
+    await n2.g.close()
+    // The record goes without a deletion, and a mark names another node only: n2's copy is no
+    // copy of a deleted volume as far as anyone can tell (it was taken for one before).
+    await coordinator.delete(`replication/volumes/${volume.id}`)
+    await coordinator.put(`${MARKS}${volume.id}`, JSON.stringify({ nodes: ['n9'] }))
+    const back = await startNode(network, coordinators, 'n2', n2.dir)
+    // (open() has returned: the node looked for the record and the mark at its start.)
+    assert.equal((await back.g.getVolume('named')).id, volume.id)
+  })
+
+  it('a copy whose record is gone without a deletion: deleteVolume on its node refuses at once saying to force it, and with force deletes that copy alone', async () => {
+    const { network, coordinators, nodes } = await cluster(2)
+    const [n1, n2] = nodes as [Node, Node]
+    const coordinator = coordinators.coordinator()
+    const volume = await n1.g.createVolume({ name: 'lost', sizeBytes: 16 * BS, replicas: 2 })
+    const live = new Model(16 * BS)
+    await writeAll(n1.g, 'lost', live, [[2, 3]])
+    await until('every copy is in sync', async () => await allInSync(n1.g, 'lost', 2))
+    await n2.g.close()
+    // A coordinator that lost the record (no deletion, no mark).
+    await coordinator.delete(`replication/volumes/${volume.id}`)
+    const back = await startNode(network, coordinators, 'n2', n2.dir)
+    assert.equal((await back.g.getVolume('lost')).id, volume.id)
+    // No primary to forward the deletion to: refused at once (it waited 30 s for one, then failed
+    // with BACKEND_UNAVAILABLE), saying how to delete the copy.
+    await assert.rejects(back.g.deleteVolume('lost'), (err: Error & { code?: string }) => err.code === 'BUSY' && /force: true/.test(err.message))
+    assert.equal((await back.g.getVolume('lost')).id, volume.id)
+    await back.g.deleteVolume('lost', { force: true })
+    await assert.rejects(back.g.getVolume('lost'), { code: 'VOLUME_NOT_FOUND' })
+    // Only n2's copy went (n1's, without a record either, serves no I/O: read outside the cluster).
+    assert.equal((await n1.g.getVolume('lost')).id, volume.id)
+    await eachCopy([n1], async (g) => { assert.deepEqual(await g.read('lost', 0, 16 * BS), live.bytes) })
+  })
+
+  it('a copy placed while the deletion runs is named by the mark and deleted too (the record is deleted at the revision the mark was made from)', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const coordinator = coordinators.coordinator()
+    // While n1 writes the deletion mark, the record places a third copy (as the cluster's leader
+    // may), and its node gets it, before the record is deleted.
+    const c1 = coordinators.coordinator()
+    const put = c1.put.bind(c1)
+    let during: (() => Promise<void>) | undefined
+    c1.put = async (key, value, options) => {
+      const task = key.startsWith(MARKS) ? during : undefined
+      during = undefined
+      await task?.()
+      return await put(key, value, options)
+    }
+    const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
+    opened.push(g1)
+    const nodes: Node[] = [{ g: g1, id: 'n1', dir: '', events: [] }]
+    for (const id of ['n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
+    const n1 = nodes[0] as Node
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    const volume = await n1.g.createVolume({ name: 'growing', sizeBytes: 16 * BS, replicas: 2 })
+    await writeAll(n1.g, 'growing', new Model(16 * BS), [[1, 2]])
+    await until('both copies in sync', async () => await allInSync(n1.g, 'growing', 2))
+    const placed = (await n1.g.replicationStatus('growing')).nodes
+    const spare = nodes.find((n) => !placed.includes(n.id)) as Node
+    during = async () => {
+      const key = `replication/volumes/${volume.id}`
+      const entry = await coordinator.get(key) as { value: string, revision: number }
+      const record = JSON.parse(entry.value) as { nodes: string[] }
+      await coordinator.put(key, JSON.stringify({ ...record, nodes: [...record.nodes, spare.id] }), { expectRevision: entry.revision })
+      await until(`${spare.id} got its copy`, async () => (await spare.g.listVolumes()).length === 1)
+    }
+    await n1.g.deleteVolume('growing')
+    assert.equal(during, undefined, 'the copy was placed while the deletion ran')
+    for (const node of nodes) await until(`${node.id} no longer has the volume`, async () => (await node.g.listVolumes()).length === 0)
+    await until('the deletion mark is gone', async () => await markedNodes(coordinator, volume.id) === undefined)
+  })
+
+  it('a node comes off the deletion marks that name it once it holds no copy of their volume (at its start)', async () => {
+    const { network, coordinators, nodes } = await cluster(2)
+    const [, n2] = nodes as [Node, Node]
+    const coordinator = coordinators.coordinator()
+    // As left by a deletion whose node deleted its copy at an open's recovery (or failed to come off).
+    const volumeId = '00000000-0000-4000-8000-000000000001'
+    await coordinator.put(`${MARKS}${volumeId}`, JSON.stringify({ nodes: ['n2', 'n9'] }))
+    await n2.g.close()
+    await startNode(network, coordinators, 'n2', n2.dir)
+    await until('n2 came off the mark', async () => (await markedNodes(coordinator, volumeId))?.join() === 'n9')
   })
 })

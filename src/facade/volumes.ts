@@ -228,12 +228,24 @@ export class VolumeLifecycle {
         if (this.#destroying.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is already being deleted`)
         await this.destroy(current, true)
       }, 'the volume is being deleted')
+      await this.#host.replication?.copyGone(record.id)
       return
     }
 
-    if (this.#host.replication?.forwards(record.id) === true) {
-      await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true })
-      return
+    // A copy the cluster has no record of (see ReplicationManager.orphan) has no primary to forward
+    // the deletion to: it is deleted here, as a local volume, if its volume was deleted or the
+    // caller forces it (it may be the last copy of a volume whose coordinator lost the record).
+    let orphan: 'deleted' | 'unrecorded' | undefined
+    const replication = this.#host.replication
+    if (replication?.forwards(record.id) === true) {
+      if (replication.status(record.id)?.role === 'unknown') orphan = await replication.orphan(record.id)
+      if (orphan === undefined) {
+        await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true })
+        return
+      }
+      if (orphan === 'unrecorded' && options?.force !== true) {
+        throw new GalleonError('BUSY', `the cluster has no record of replicated volume ${record.name} (nor a mark of its deletion naming node ${replication.nodeId}), so no primary can delete it everywhere; the copy on this node serves no I/O. Pass { force: true } to delete this node's copy (a copy on another node is deleted there the same way)`)
+      }
     }
     const storageClass = this.#host.catalog.storageClass(record.storageClass)
     if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
@@ -246,30 +258,47 @@ export class VolumeLifecycle {
     this.#refuseAttachments(record, options)
     // From here no new mount may attach to it (the unmount below and the deletion take a while).
     this.#host.goingAway.add(record.id)
+    // Whether the deletion is decided: a replicated volume's record is gone, so the other copies go,
+    // and this one goes too whatever comes (a clone made meanwhile gets its own copy of the data).
+    let decided = false
     try {
       // A replicated volume goes everywhere: its record first (no failover brings it back), then the
       // other copies (outside the admin queue: their nodes may be waiting on ours), then this one.
-      if (this.#host.replication?.holds(record.id) === true) {
-        // Refusals first: once the record is gone, the other copies go too.
+      if (orphan === undefined && replication?.holds(record.id) === true) {
+        // Every refusal before the record goes, never after: a refusal then would leave this copy
+        // without a record, a volume the user was told is kept and that a deletion mark takes later.
+        await this.#refuseLate(record, options)
         const clones = this.#host.catalog.clonesOf(record.id)
         if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
         // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
         this.#host.nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
-        await this.#host.replication.unregister(record.id)
+        await replication.unregister(record.id)
+        decided = true
       }
       // A migration of the volume is cancelled: copying data that is about to go is pointless.
       await this.#host.adminAfterMigration(record.id, async () => {
-        // A mount that was being set up when the deletion began has finished by now: look again.
-        await mountControl(this.#host.mounts).settled()
-        const late = mountControl(this.#host.mounts).mountsOf(record.id)
-        if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
-        this.#refuseAttachments(record, options)
+        if (!decided) await this.#refuseLate(record, options)
         await mountControl(this.#host.mounts).release(record.id)
-        await this.#deleteChecked(record, options)
+        if (decided) await this.destroy(this.#host.catalog.resolve(record.id), true)
+        else await this.#deleteChecked(record, options)
       }, 'the volume is being deleted')
+      // This node comes off the volume's deletion mark (a deletion that fails before is finished by
+      // deleteVolume again or the next open, and the node comes off then).
+      if (decided || orphan !== undefined) await replication?.copyGone(record.id)
     } finally {
       this.#host.goingAway.delete(record.id)
     }
+  }
+
+  /**
+   * The refusals that look again once no new attachment can come (the volume is going away): a
+   * mount that was being set up when the deletion began has finished by now.
+   */
+  async #refuseLate (record: VolumeRecord, options: { force?: boolean }): Promise<void> {
+    await mountControl(this.#host.mounts).settled()
+    const late = mountControl(this.#host.mounts).mountsOf(record.id)
+    if (late.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} was mounted meanwhile (${late.map((m) => m.path).join(', ')}); unmount it, or pass { force: true }`)
+    this.#refuseAttachments(record, options)
   }
 
   /**

@@ -36,7 +36,7 @@ import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { WriteConcern } from '../types.js'
-import { RECORD_PREFIX, deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { RECORD_PREFIX, deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { errorText, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
@@ -52,6 +52,8 @@ const STALE_MARK_TICKS = 5
 /** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
 const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
 const FORWARD_DEADLINE_MS = 30_000
+/** Coordinator key prefix of the deletion marks (see deletedKey). */
+const DELETED_PREFIX = deletedKey('')
 
 /** The replication of one node: replica-side handlers, the primaries it runs, failover when it leads. */
 export class ReplicationManager {
@@ -129,7 +131,7 @@ export class ReplicationManager {
         if (record === undefined || entry === undefined) {
           // Deleted while this node was away (its deletion mark says so): the copy goes too.
           if (await manager.#dropIfDeleted(set)) continue
-          host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: 'the cluster has no record of this replicated volume, and no mark of its deletion; the local copy is kept but serves no I/O' })
+          host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: `the cluster has no record of this replicated volume, and no mark of its deletion that names node ${cluster.nodeId}; the local copy is kept but serves no I/O (deleteVolume(${JSON.stringify(copy.id)}, { force: true }) on this node deletes it)` })
           continue
         }
         // An expansion recorded in the cluster that this copy never got (the node stopped between
@@ -150,6 +152,9 @@ export class ReplicationManager {
       await manager.close().catch(() => {})
       throw err
     }
+    // Marks that still name this node although its copy is gone (deleted at an open's recovery, or
+    // taking the node off failed): it comes off them now, so that they go once every copy has.
+    void manager.#leaveDeletionMarks()
     let ticks = 0
     manager.#leaderTimer = setInterval(() => {
       void manager.#leader.pass()
@@ -231,6 +236,42 @@ export class ReplicationManager {
       await this.#host.deleteCopy(volumeId)
     } finally {
       this.#deleting.delete(volumeId)
+    }
+  }
+
+  /**
+   * The local copy of a volume this node deleted with unregister is gone: this node comes off the
+   * volume's deletion mark (see deletedKey). Best effort: the next start looks again.
+   */
+  async copyGone (volumeId: string): Promise<void> {
+    await clearDeletionMark(this.#coordinator, volumeId, [this.nodeId]).catch(() => {})
+  }
+
+  /**
+   * Whether this node's copy of a volume is one the cluster has no record of (read now):
+   * 'deleted' when the volume's deletion mark names this node (the volume was deleted, the copy
+   * goes), 'unrecorded' when no mark does (a coordinator that lost the record, or a copy replaced
+   * before the deletion: only the caller may decide it goes), undefined while the record is there
+   * or this node holds no copy.
+   */
+  async orphan (volumeId: string): Promise<'deleted' | 'unrecorded' | undefined> {
+    if (!this.#sets.has(volumeId)) return undefined
+    if (await this.#coordinator.get(recordKey(volumeId)) !== undefined) return undefined
+    const mark = await this.#coordinator.get(deletedKey(volumeId))
+    return mark !== undefined && (parseDeleted(mark.value) ?? []).includes(this.nodeId) ? 'deleted' : 'unrecorded'
+  }
+
+  /** Takes this node off the deletion marks that name it while it holds no copy of their volume. */
+  async #leaveDeletionMarks (): Promise<void> {
+    try {
+      for (const entry of await this.#coordinator.list(DELETED_PREFIX)) {
+        const volumeId = entry.key.slice(DELETED_PREFIX.length)
+        if (this.#closed) return
+        if (!(parseDeleted(entry.value) ?? []).includes(this.nodeId) || this.#sets.has(volumeId) || this.#deleting.has(volumeId) || this.#host.blocks(volumeId) !== undefined) continue
+        await clearDeletionMark(this.#coordinator, volumeId, [this.nodeId])
+      }
+    } catch {
+      // The next start looks again.
     }
   }
 
@@ -331,8 +372,9 @@ export class ReplicationManager {
 
   /**
    * Deletes the copy of a volume whose record is gone if the volume's deletion mark (see
-   * deletedKey) says it was deleted; true if it did. A record missing without a mark is left alone:
-   * a wiped or replaced coordinator must not make every node delete its data.
+   * deletedKey) names this node; true if it did. A record missing without such a mark is left
+   * alone: a wiped or replaced coordinator must not make every node delete its data, and a mark
+   * names exactly the nodes the record placed copies on when the volume was deleted.
    */
   async #dropIfDeleted (set: LocalSet): Promise<boolean> {
     const volumeId = set.volumeId
@@ -343,7 +385,7 @@ export class ReplicationManager {
       this.#host.emit('replication:error', { volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'BACKEND_UNAVAILABLE', message: `the record of this replicated volume is gone, and its deletion mark could not be read (the copy is kept; the next start looks again): ${(err as Error)?.message ?? String(err)}` })
       return false
     }
-    if (mark === undefined || this.#sets.get(volumeId) !== set || set.record !== undefined) return false
+    if (mark === undefined || !(parseDeleted(mark.value) ?? []).includes(this.nodeId) || this.#sets.get(volumeId) !== set || set.record !== undefined) return false
     try {
       await this.#dropCopy(volumeId)
     } catch (err) {

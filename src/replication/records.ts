@@ -64,9 +64,10 @@ export function recordKey (volumeId: string): string {
 
 /**
  * Coordinator key of a deleted replicated volume's deletion mark (`replication/deleted/<volumeId>`):
- * written before its record goes, it lists the nodes that may still hold a copy (their node missed
- * the deletion), so that such a node deletes its copy when it comes back instead of keeping it. A
- * record that is merely missing (a coordinator wiped or replaced) is no reason to delete data.
+ * written before its record goes, it lists every node of the record (the deleting one included);
+ * each takes itself off once its copy is deleted, so that a node that missed the deletion deletes
+ * its copy when it comes back instead of keeping it. A copy is deleted only by a mark naming its
+ * node: a record that is merely missing (a coordinator wiped or replaced) is no reason to delete data.
  */
 export function deletedKey (volumeId: string): string {
   return `replication/deleted/${volumeId}`

@@ -142,39 +142,79 @@ export class ReplicaSetChanges {
     return set.record ?? record
   }
 
-  /** Deletes a replicated volume everywhere (called on the primary, before the local copy goes). */
+  /**
+   * Deletes a replicated volume everywhere (called on the primary, before the local copy goes; the
+   * caller takes this node off the deletion mark once that copy is gone, see copyGone). Once it
+   * resolves the deletion is decided: the record is gone and its mark lists every node the record
+   * placed a copy on. When it throws, the volume is kept whole: the record stays, and this node
+   * takes the primary role up again.
+   */
   async unregister (volumeId: string): Promise<void> {
     const set = this.#core.sets.get(volumeId)
     if (set === undefined) return
-    const others = (set.record?.nodes ?? []).filter((n) => n !== this.#core.nodeId)
-    // The deletion mark first (nothing is changed if it cannot be written): a node that misses the
-    // repl:delete below (down, cut off) finds it when it comes back (or sees the record go) and
-    // deletes its copy, rather than keep it as a volume nobody else has.
-    if (others.length > 0) await this.#core.coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: others }))
-    this.#core.retire(set, 'the volume is being deleted')
-    this.#core.sets.delete(volumeId)
-    clearTimeout(set.saveTimer)
-    try {
-      await this.#core.coordinator.delete(recordKey(volumeId))
-    } catch (err) {
-      // Only the answer lost, the record gone: the deletion goes on.
-      const kept = await this.#core.coordinator.get(recordKey(volumeId)).then((entry) => entry !== undefined, () => true)
-      if (kept) {
-        // Not deleted: this node holds its copy again and takes the primary role up under a new
-        // epoch, as after a restart, so that it serves I/O and a deleteVolume called again deletes
-        // it everywhere (without the set, a retry deleted only the copy here and left the others,
-        // with the record, behind). A record that did go after all takes the copy with it (see
-        // ReplicationManager #recordGone).
-        if (!this.#core.sets.has(volumeId)) this.#core.sets.set(volumeId, set)
-        await this.#core.update(volumeId, (record) => record.primary !== this.#core.nodeId ? undefined : { ...record, epoch: record.epoch + 1, inSync: [this.#core.nodeId], handoff: undefined }).catch(() => undefined)
-        throw err
-      }
+    const self = this.#core.nodeId
+    const markKey = deletedKey(volumeId)
+    const coordinator = this.#core.coordinator
+    let nodes: string[] = []
+    let marked = false
+    let retired = false
+    const retire = (): void => {
+      if (retired) return
+      this.#core.retire(set, 'the volume is being deleted')
+      this.#core.sets.delete(volumeId)
+      clearTimeout(set.saveTimer)
+      retired = true
     }
-    const deleted = await Promise.all(others.map(async (node) => {
+    // A deletion that did not happen (the record is still there): this node holds its copy again and
+    // takes the primary role up under a new epoch, as after a restart, so that it serves I/O and a
+    // deleteVolume called again deletes it everywhere; the mark goes (it would name the copies of a
+    // volume that exists). With the record's fate unknown, the mark stays: should the record be gone
+    // after all, the other copies still find it (and this one goes, see #recordGone).
+    const keep = async (err: unknown): Promise<never> => {
+      if (retired) {
+        if (!this.#core.sets.has(volumeId)) this.#core.sets.set(volumeId, set)
+        await this.#core.update(volumeId, (record) => record.primary !== self ? undefined : { ...record, epoch: record.epoch + 1, inSync: [self], handoff: undefined }).catch(() => undefined)
+      }
+      if (marked && await coordinator.get(recordKey(volumeId)).then((entry) => entry !== undefined, () => false)) await coordinator.delete(markKey).catch(() => false)
+      throw err
+    }
+    for (let attempt = 0; ; attempt++) {
+      if (attempt === 20) await keep(new GalleonError('BUSY', `the record of volume ${volumeId} kept changing while it was being deleted; nothing was deleted, try again`))
+      const entry = await coordinator.get(recordKey(volumeId)).catch(keep)
+      // Gone already: an earlier try of this deletion removed it with the answer lost (its mark
+      // lists the nodes), or a coordinator lost it (no mark to go by: only this copy goes).
+      if (entry === undefined) break
+      // The nodes of the record as it is now (not as this node last saw it: the leader may have
+      // placed a copy since), this node too: a crash before its copy is gone finds the mark at the
+      // next start. Written before the record goes: a node that misses the repl:delete below (down,
+      // cut off) deletes its copy when it comes back or sees the record go, rather than keep it as
+      // a volume nobody else has.
+      const listed = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), self])]
+      if (!marked || listed.join() !== nodes.join()) {
+        // (Perhaps written with the answer lost: keep removes it.)
+        marked = true
+        await coordinator.put(markKey, JSON.stringify({ nodes: listed })).catch(keep)
+        nodes = listed
+      }
+      retire()
+      let deleted: boolean
+      try {
+        // At the revision read: a record changed meanwhile is read and marked again.
+        deleted = await coordinator.delete(recordKey(volumeId), { expectRevision: entry.revision })
+      } catch (err) {
+        // Only the answer lost, the record gone: the deletion goes on.
+        if (await coordinator.get(recordKey(volumeId)).then((found) => found !== undefined, () => true)) await keep(err)
+        deleted = true
+      }
+      if (deleted) break
+    }
+    retire()
+    const others = nodes.filter((n) => n !== self)
+    const answered = await Promise.all(others.map(async (node) => {
       return await this.#core.cluster.request(node, { kind: 'repl:delete', header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS }).then(() => node, () => undefined)
     }))
-    const gone = deleted.filter((node): node is string => node !== undefined)
-    if (gone.length > 0) await clearDeletionMark(this.#core.coordinator, volumeId, gone).catch(() => {})
+    const gone = answered.filter((node): node is string => node !== undefined)
+    if (gone.length > 0) await clearDeletionMark(coordinator, volumeId, gone).catch(() => {})
   }
 
   /**
