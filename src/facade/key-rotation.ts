@@ -206,6 +206,9 @@ export class KeyRotations {
             open()
           }
           this.#host.emit('volume:key-rotated', toVolume(this.#host.catalog.resolve(record.id)), this.#host.keys.describe(record.id, cipher).keyVersion as number)
+          // A rotation that began while the old keys were being dropped (a replicated volume's next
+          // rotation reaching this copy) found this run still going and left its work to it.
+          if (this.#host.keys.rotation(record.id) !== undefined) continue
           return
         }
       } catch (err) {
