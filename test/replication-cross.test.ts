@@ -3,60 +3,16 @@
 // 2-3 copies while one copy is away (closed, or cut off by the memory transport), checked against a
 // model of the bytes every copy must hold. In-process nodes on their own disks, a memory coordinator.
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { GalleonFS, WriteConcern, BackupStrategy, type Coordinator } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { until } from './support/wait.js'
+import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 
-const BS = 4096
+const { tempDir, startNode, cluster, track } = diskCluster('galleon-cross-')
+type Node = DiskNode
 
-interface Node { g: GalleonFS, id: string, dir: string, events: string[] }
-
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
-
-async function tempDir (prefix: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  dirs.push(dir)
-  return dir
-}
-
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, dir?: string): Promise<Node> {
-  const events: string[] = []
-  const storagePath = dir ?? await tempDir(`galleon-cross-${id}-`)
-  const g = await GalleonFS.open({
-    storagePath,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
-  })
-  opened.push(g)
-  for (const event of ['replication:error', 'replication:copy-dropped', 'replication:resynced', 'replication:primary'] as const) {
-    g.on(event, (payload: unknown) => { events.push(`${event} ${JSON.stringify(payload)}`) })
-  }
-  return { g, id, dir: storagePath, events }
-}
-
-async function cluster (count: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: Node[] }> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const nodes: Node[] = []
-  for (let i = 0; i < count; i++) nodes.push(await startNode(network, coordinators, `n${i + 1}`))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === count))
-  return { network, coordinators, nodes }
-}
-
-function block (seed: number): Uint8Array {
-  const out = new Uint8Array(BS)
-  for (let i = 0; i < BS; i++) out[i] = (seed * 31 + i * 7 + 1) & 0xff
-  return out
-}
 
 /** The bytes a volume must hold: a plain array of blocks, written as the test writes the volume. */
 class Model {
@@ -79,10 +35,6 @@ async function primaryOf (g: GalleonFS, volume: string): Promise<string | undefi
   return (await g.replicationStatus(volume)).primary
 }
 
-async function allInSync (g: GalleonFS, volume: string, count: number): Promise<boolean> {
-  const s = await g.replicationStatus(volume)
-  return s.role === 'primary' && s.inSync.length === count
-}
 
 /** Each node's own copy, opened alone (outside the cluster, reads are served by the local copy). */
 async function eachCopy (nodes: Node[], check: (g: GalleonFS, node: Node) => Promise<void>): Promise<void> {
@@ -346,7 +298,7 @@ describe('deleting a replicated volume, end to end', () => {
     }
     const events: string[] = []
     const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
-    opened.push(g1)
+    track(g1)
     const nodes: Node[] = [{ g: g1, id: 'n1', dir: '', events }]
     for (const id of ['n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
     const [n1, n2, n3] = nodes as [Node, Node, Node]
@@ -428,7 +380,7 @@ describe('deleting a replicated volume, end to end', () => {
       return await put(key, value, options)
     }
     const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
-    opened.push(g1)
+    track(g1)
     const nodes: Node[] = [{ g: g1, id: 'n1', dir: '', events: [] }]
     for (const id of ['n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
     const n1 = nodes[0] as Node

@@ -3,57 +3,18 @@
 // replicated volume from a node that is not its primary, whose roll-back must find the safety
 // snapshot the primary took. In-process nodes on their own disks, a memory coordinator.
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { BackupStrategy, GalleonFS, WriteConcern } from '../src/index.js'
 import { decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { until } from './support/wait.js'
+import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 
-const BS = 4096
+const { tempDir, startNode, cluster } = diskCluster('galleon-keys-')
+type Node = DiskNode
 
-interface Node { g: GalleonFS, id: string, dir: string }
-
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
-
-async function tempDir (prefix: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  dirs.push(dir)
-  return dir
-}
-
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, dir?: string): Promise<Node> {
-  const storagePath = dir ?? await tempDir(`galleon-keys-${id}-`)
-  const g = await GalleonFS.open({
-    storagePath,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
-  })
-  opened.push(g)
-  return { g, id, dir: storagePath }
-}
-
-async function cluster (count: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: Node[] }> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const nodes: Node[] = []
-  for (let i = 0; i < count; i++) nodes.push(await startNode(network, coordinators, `n${i + 1}`))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === count))
-  return { network, coordinators, nodes }
-}
-
-function block (seed: number): Uint8Array {
-  const out = new Uint8Array(BS)
-  for (let i = 0; i < BS; i++) out[i] = (seed * 31 + i * 7 + 1) & 0xff
-  return out
-}
 
 async function writeBlocks (g: GalleonFS, volume: string, model: Uint8Array, writes: Array<[number, number]>, concern = WriteConcern.WriteReplicated): Promise<void> {
   for (const [index, seed] of writes) {
@@ -62,10 +23,6 @@ async function writeBlocks (g: GalleonFS, volume: string, model: Uint8Array, wri
   }
 }
 
-async function allInSync (g: GalleonFS, volume: string, count: number): Promise<boolean> {
-  const s = await g.replicationStatus(volume)
-  return s.role === 'primary' && s.inSync.length === count
-}
 
 describe('key rotation of a replicated encrypted volume', () => {
   it('a rotation travels in the change stream in its place among the writes', () => {

@@ -2,57 +2,23 @@
 // rotations that overlap a copy's re-seal, copies away for several rotations, callers that close
 // while they wait. In-process nodes on their own disks, a memory coordinator and network.
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { until } from './support/wait.js'
+import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 
-const BS = 4096
+const kit = diskCluster('galleon-r3-')
+const { startNode } = kit
 
-interface Node { g: GalleonFS, id: string, dir: string }
-
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
-
-async function tempDir (prefix: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  dirs.push(dir)
-  return dir
+/** A cluster of `count` nodes, each with the encrypted class `secret` of `count` copies. */
+async function cluster (count: number): Promise<Awaited<ReturnType<typeof kit.cluster>>> {
+  const made = await kit.cluster(count)
+  for (const node of made.nodes) await node.g.createStorageClass({ name: 'secret', parameters: { replication: String(count), encryption: 'true' } })
+  return made
 }
+type Node = DiskNode
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, dir?: string): Promise<Node> {
-  const storagePath = dir ?? await tempDir(`galleon-r3-${id}-`)
-  const g = await GalleonFS.open({
-    storagePath,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
-  })
-  opened.push(g)
-  return { g, id, dir: storagePath }
-}
-
-async function cluster (count: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: Node[] }> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const nodes: Node[] = []
-  for (let i = 0; i < count; i++) nodes.push(await startNode(network, coordinators, `n${i + 1}`))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === count))
-  for (const node of nodes) await node.g.createStorageClass({ name: 'secret', parameters: { replication: String(count), encryption: 'true' } })
-  return { network, coordinators, nodes }
-}
-
-function block (seed: number): Uint8Array {
-  const out = new Uint8Array(BS)
-  for (let i = 0; i < BS; i++) out[i] = (seed * 31 + i * 7 + 1) & 0xff
-  return out
-}
 
 async function fill (g: GalleonFS, volume: string, model: Uint8Array, blocks: number, seed: number, concern = WriteConcern.WriteReplicated): Promise<void> {
   const data = new Uint8Array(blocks * BS)
@@ -61,10 +27,6 @@ async function fill (g: GalleonFS, volume: string, model: Uint8Array, blocks: nu
   model.set(data, 0)
 }
 
-async function allInSync (g: GalleonFS, volume: string, count: number): Promise<boolean> {
-  const s = await g.replicationStatus(volume)
-  return s.role === 'primary' && s.inSync.length === count
-}
 
 /** Each copy, opened alone: one key left, every block readable. */
 async function checkCopiesAlone (nodes: Node[], volume: string, model: Uint8Array, generation: number): Promise<void> {
