@@ -276,6 +276,19 @@ describe('replication meets the other features of a volume', () => {
 describe('deleting a replicated volume, end to end', () => {
   const MARKS = 'replication/deleted/'
 
+  /** Runs `task` (once, when set) as `coordinator` is about to put a deletion mark. */
+  function beforeMarkPut (coordinator: Coordinator): { task: (() => Promise<void>) | undefined } {
+    const hook: { task: (() => Promise<void>) | undefined } = { task: undefined }
+    const put = coordinator.put.bind(coordinator)
+    coordinator.put = async (key, value, options) => {
+      const task = key.startsWith(MARKS) ? hook.task : undefined
+      if (task !== undefined) hook.task = undefined
+      await task?.()
+      return await put(key, value, options)
+    }
+    return hook
+  }
+
   async function markedNodes (coordinator: Coordinator, volumeId: string): Promise<string[] | undefined> {
     const entry = await coordinator.get(`${MARKS}${volumeId}`)
     return entry === undefined ? undefined : (JSON.parse(entry.value) as { nodes: string[] }).nodes.sort()
@@ -288,14 +301,7 @@ describe('deleting a replicated volume, end to end', () => {
     // n1's coordinator: while n1 writes the deletion mark, a clone of the volume is made (as a
     // caller could, between deleteVolume's first checks and its end).
     const c1 = coordinators.coordinator()
-    const put = c1.put.bind(c1)
-    let during: (() => Promise<void>) | undefined
-    c1.put = async (key, value, options) => {
-      const task = key.startsWith(MARKS) ? during : undefined
-      during = undefined
-      await task?.()
-      return await put(key, value, options)
-    }
+    const markPut = beforeMarkPut(c1)
     const events: string[] = []
     const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
     track(g1)
@@ -308,11 +314,11 @@ describe('deleting a replicated volume, end to end', () => {
     await writeAll(n1.g, 'busy', live, [[0, 1], [5, 6]])
     await until('every copy is in sync', async () => await allInSync(n1.g, 'busy', 3))
     await n3.g.close()
-    during = async () => { await n1.g.cloneVolume('busy', 'late-clone') }
+    markPut.task = async () => { await n1.g.cloneVolume('busy', 'late-clone') }
     // Before, the clone made deleteVolume refuse (BUSY) after the record was gone: n1's copy stayed
     // without a record, and the mark (naming n3) took it at a later start.
     await n1.g.deleteVolume('busy')
-    assert.equal(during, undefined, 'the clone was made while the deletion ran')
+    assert.equal(markPut.task, undefined, 'the clone was made while the deletion ran')
     assert.deepEqual((await n1.g.listVolumes()).map((v) => v.name), ['late-clone'])
     assert.deepEqual(await n1.g.read('late-clone', 0, 16 * BS), live.bytes)
     await until('n2 deleted its copy', async () => (await n2.g.listVolumes()).length === 0)
@@ -371,14 +377,7 @@ describe('deleting a replicated volume, end to end', () => {
     // While n1 writes the deletion mark, the record places a third copy (as the cluster's leader
     // may), and its node gets it, before the record is deleted.
     const c1 = coordinators.coordinator()
-    const put = c1.put.bind(c1)
-    let during: (() => Promise<void>) | undefined
-    c1.put = async (key, value, options) => {
-      const task = key.startsWith(MARKS) ? during : undefined
-      during = undefined
-      await task?.()
-      return await put(key, value, options)
-    }
+    const markPut = beforeMarkPut(c1)
     const g1 = await GalleonFS.open({ storagePath: await tempDir('galleon-cross-n1-'), cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: c1, leaseTtlMs: 1000 } })
     track(g1)
     const nodes: Node[] = [{ g: g1, id: 'n1', dir: '', events: [] }]
@@ -390,7 +389,7 @@ describe('deleting a replicated volume, end to end', () => {
     await until('both copies in sync', async () => await allInSync(n1.g, 'growing', 2))
     const placed = (await n1.g.replicationStatus('growing')).nodes
     const spare = nodes.find((n) => !placed.includes(n.id)) as Node
-    during = async () => {
+    markPut.task = async () => {
       const key = `replication/volumes/${volume.id}`
       const entry = await coordinator.get(key) as { value: string, revision: number }
       const record = JSON.parse(entry.value) as { nodes: string[] }
@@ -398,7 +397,7 @@ describe('deleting a replicated volume, end to end', () => {
       await until(`${spare.id} got its copy`, async () => (await spare.g.listVolumes()).length === 1)
     }
     await n1.g.deleteVolume('growing')
-    assert.equal(during, undefined, 'the copy was placed while the deletion ran')
+    assert.equal(markPut.task, undefined, 'the copy was placed while the deletion ran')
     for (const node of nodes) await until(`${node.id} no longer has the volume`, async () => (await node.g.listVolumes()).length === 0)
     await until('the deletion mark is gone', async () => await markedNodes(coordinator, volume.id) === undefined)
   })
