@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { GalleonFS, VolumeState, BackupStrategy, type GalleonError, type StoragePool } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { parsePool, poolAdmits, poolPlacement } from '../src/volumes/pools.js'
+import { rejectsWithCode } from './support/assertions.js'
 
 interface ParsedFamily { name: string, type: string, metrics: Array<{ value?: string, labels?: Record<string, string> }> }
 const parsePrometheusTextFormat = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => ParsedFamily[]
@@ -35,14 +36,7 @@ async function memory (): Promise<GalleonFS> {
   return g
 }
 
-function code (expected: string, message?: RegExp): (err: unknown) => boolean {
-  return (err: unknown) => {
-    const e = err as GalleonError
-    assert.equal(e?.code, expected, `expected ${expected}, got ${String(e?.code)}: ${String(e?.message)}`)
-    if (message !== undefined) assert.match(e.message, message)
-    return true
-  }
-}
+const code = rejectsWithCode
 
 function filled (byte: number, size = 4096): Uint8Array {
   return new Uint8Array(size).fill(byte)

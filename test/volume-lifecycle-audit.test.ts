@@ -12,6 +12,7 @@ import { MemoryLevel } from 'memory-level'
 import { GalleonFS, type BlockStore, type GalleonError } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { seededRandom } from '../src/seeded-random.js'
+import { rejectsWithCode } from './support/assertions.js'
 
 const MiB = 1 << 20
 const BLOCK = 4096
@@ -22,14 +23,7 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-function code (expected: string, message?: RegExp): (err: unknown) => boolean {
-  return (err: unknown) => {
-    const e = err as GalleonError
-    assert.equal(e?.code, expected, `expected ${expected}, got ${String(e?.code)}: ${String(e?.message)}`)
-    if (message !== undefined) assert.match(e.message, message)
-    return true
-  }
-}
+const code = rejectsWithCode
 
 /**
  * A memory-level database whose next write can be held: after `hold()`, the first batch or put

@@ -22,11 +22,15 @@ export async function expectCode (promise: Promise<unknown>, code: GalleonErrorC
   return err
 }
 
-/** For assert.rejects: the error is a GalleonError of code `expected` (its message shown otherwise). */
-export function rejectsWithCode (expected: GalleonErrorCode) {
+/**
+ * For assert.rejects: the error is a GalleonError of code `expected` (its message shown otherwise),
+ * whose message matches `message` when given.
+ */
+export function rejectsWithCode (expected: GalleonErrorCode, message?: RegExp) {
   return (err: unknown): boolean => {
     assert.ok(err instanceof GalleonError, `expected a GalleonError, got ${String(err)}`)
     assert.equal(err.code, expected, err.message)
+    if (message !== undefined) assert.match(err.message, message)
     return true
   }
 }
