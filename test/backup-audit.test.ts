@@ -27,6 +27,7 @@ import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
 import { seededRandom } from './conformance/fixtures.js'
+import { scriptArgs } from './support/child-script.js'
 
 const BS = 4096
 const CHILD = process.env.GALLEON_BACKUP_AUDIT_CHILD
@@ -200,7 +201,7 @@ if (CHILD === 'restore-over') {
       const prod = pattern(4096, 6)
       await g.write('prod', 0, prod)
       await g.close()
-      const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url)], {
+      const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(import.meta.url))], {
         cwd: fileURLToPath(new URL('..', import.meta.url)),
         env: { ...process.env, GALLEON_BACKUP_AUDIT_CHILD: 'restore-over', STORAGE: storagePath, TARGET: targetPath, BACKUP: backup.id },
         stdio: ['ignore', 'pipe', 'inherit']

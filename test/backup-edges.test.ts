@@ -14,6 +14,7 @@ import { GalleonFS, type BackupTarget } from '../src/index.js'
 import { expectCode } from './support/assertions.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
+import { scriptArgs } from './support/child-script.js'
 
 const BS = 4096
 
@@ -153,7 +154,7 @@ describe('backup edges', () => {
     const backup = await g.createBackup('v', { target: targetPath })
     await g.close()
     // A child process restores with a target that stops answering after four chunks, and is killed there.
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fixtures/restore-and-hang.ts', import.meta.url)), storagePath, targetPath, backup.id], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(new URL('./fixtures/restore-and-hang.ts', import.meta.url))), storagePath, targetPath, backup.id], { stdio: ['ignore', 'pipe', 'inherit'] })
     let out = ''
     child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
     try {

@@ -18,6 +18,7 @@ import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
+import { scriptArgs } from './support/child-script.js'
 
 const BS = 4096
 const BLOCKS = 1024
@@ -201,7 +202,7 @@ if (CHILD !== undefined) {
         prodId = (await g.createVolume({ name: 'prod', sizeBytes: 4 * BLOCKS * BS })).id
         await g.write('prod', 0, prod)
       } finally { await g.close() }
-      const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url)], {
+      const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(import.meta.url))], {
         cwd: fileURLToPath(new URL('..', import.meta.url)),
         env: { ...process.env, GALLEON_BACKUP_LEFTOVERS_CHILD: 'restore-over', STORAGE: storagePath, TARGET: targetPath, BACKUP: backupId },
         stdio: ['ignore', 'pipe', 'inherit']

@@ -9,8 +9,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { ENTRY, TSX, runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { ENTRY, runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { until } from './support/wait.js'
+import { scriptArgs } from './support/child-script.js'
 
 let root: string
 let daemon: RunningDaemon
@@ -30,7 +31,7 @@ async function ok (args: string[]): Promise<string> {
 
 /** Runs `galleonfs -d ...args`, expecting it not to start; its exit code and what it logged. */
 async function daemonThatFails (args: string[]): Promise<{ code: number | null, log: string }> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
   let log = ''
   child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))

@@ -9,9 +9,10 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { ENTRY, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { enableEtcdAuth, etcdSkipReason, selfSignedCertificate, startEtcd, type EtcdServer } from './support/etcd.js'
 import { freePort } from './support/net.js'
+import { scriptArgs } from './support/child-script.js'
 
 const SKIP = etcdSkipReason()
 
@@ -47,7 +48,7 @@ async function daemon (name: string, args: string[], secret = 'the-cluster-secre
 
 async function cli (address: string, args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
   return await new Promise((resolve) => {
-    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: root }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...scriptArgs(ENTRY), '--daemon-address', address, ...args], { cwd: root }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
     })
   })
@@ -139,7 +140,7 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
   })
 
   it('refuses clustering without a secret, and peers that are not in a cluster, with clear errors', async () => {
-    const noSecret = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', join(root, 'lonely'), '--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', (etcd as EtcdServer).endpoint], {
+    const noSecret = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--storage-path', join(root, 'lonely'), '--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', (etcd as EtcdServer).endpoint], {
       cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: '' }
     })
     let log = ''
@@ -148,7 +149,7 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
     assert.match(log, /clustering needs the cluster's shared secret/)
     // A short secret, a wildcard bind address without an advertised one, a damaged membership file.
     const refuse = async (args: string[], secret: string, message: RegExp): Promise<void> => {
-      const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret } })
+      const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: secret } })
       let out = ''
       child.stderr.on('data', (chunk: Buffer) => { out += chunk.toString() })
       assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, out)
@@ -186,7 +187,7 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
       await writeFile(passwordFile, 'etcd-root-password\n')
       await chmod(passwordFile, 0o600)
       const refuse = async (name: string, args: string[], message: RegExp): Promise<void> => {
-        const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', '--storage-path', join(root, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', secure.endpoint, ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: 'the-cluster-secret', GALLEONFS_ETCD_PASSWORD: '' } })
+        const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', '--storage-path', join(root, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--etcd-endpoints', secure.endpoint, ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, GALLEONFS_CLUSTER_SECRET: 'the-cluster-secret', GALLEONFS_ETCD_PASSWORD: '' } })
         let out = ''
         child.stderr.on('data', (chunk: Buffer) => { out += chunk.toString() })
         assert.notEqual(await new Promise((resolve) => child.once('exit', resolve)), 0, out)

@@ -12,7 +12,8 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { connect, createServer as createNetServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ENTRY, ROOT, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { ENTRY, ROOT, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { scriptArgs } from './support/child-script.js'
 
 const KMS_COMMAND = join(ROOT, 'test', 'fixtures', 'kms-command.mjs')
 
@@ -35,7 +36,7 @@ async function cli (address: string, args: string[], env: Record<string, string>
 /** Runs the `galleonfs` program with `args`. */
 async function galleonfs (args: string[], env: Record<string, string> = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   return await new Promise((resolve) => {
-    execFile(process.execPath, ['--import', TSX, ENTRY, ...args], { cwd: root, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...scriptArgs(ENTRY), ...args], { cwd: root, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
     })
   })
@@ -181,7 +182,7 @@ describe('daemon and CLI', () => {
     const storage = join(root, 'node3')
     let daemon = await startDaemon(['--storage-path', storage])
     assert.equal((await cli(daemon.address, ['volume', 'create', '-n', 'kept', '-s', '4M', '-c', 'fast-local-ssd'])).code, 0)
-    const second = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', storage, '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    const second = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--storage-path', storage, '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
     let secondLog = ''
     second.stderr.on('data', (chunk: Buffer) => { secondLog += chunk.toString() })
     assert.equal(await new Promise((resolve) => second.once('exit', resolve)), 1)
@@ -284,7 +285,7 @@ describe('daemon and CLI', () => {
       ['[daemon\n', /not valid TOML/]
     ] as const) {
       await writeFile(config, text)
-      const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--config', config], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+      const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--config', config], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
       let log = ''
       child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
       assert.equal(await new Promise((resolve) => child.once('exit', resolve)), 2, log)
@@ -534,7 +535,7 @@ describe('daemon restart', () => {
     const storage = join(root, 'node8')
     const mounts = join(root, 'mnt8')
     const fuse = existsSync('/dev/fuse')
-    const first = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--storage-path', storage, '--ipc-address', `127.0.0.1:${port}`, ...(fuse ? ['--mount-point', mounts] : [])], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    const first = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--storage-path', storage, '--ipc-address', `127.0.0.1:${port}`, ...(fuse ? ['--mount-point', mounts] : [])], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
     const firstExited = new Promise((resolve) => first.once('exit', resolve))
     let log = ''
     first.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
@@ -772,7 +773,7 @@ describe('daemon and CLI: progress, reload, KMS, legacy forms', () => {
     assert.equal(replication.code, 1)
     assert.match(replication.stderr, /replication self-test: no GalleonFS daemon answers at 127\.0\.0\.1:1/)
     // `galleonfs --storage-path ... --ipc-address ...` with no command runs the daemon.
-    const child = spawn(process.execPath, ['--import', TSX, ENTRY, '--storage-path', join(root, 'legacy'), '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+    const child = spawn(process.execPath, [...scriptArgs(ENTRY), '--storage-path', join(root, 'legacy'), '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
     const exited = new Promise((resolve) => child.once('exit', resolve))
     try {
       let log = ''

@@ -10,9 +10,10 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { FrameReader, FrameType } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
-import { ENTRY, TSX, startDaemonProcess } from './support/daemon.js'
+import { ENTRY, startDaemonProcess } from './support/daemon.js'
 import { check, flagName } from '../examples/daemon-config.js'
 import { NbdClient } from './support/nbd-client.js'
+import { scriptArgs } from './support/child-script.js'
 
 const SECRET = 'daemon-options-test-secret-0123456789'
 
@@ -22,7 +23,7 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 
 /** Runs `galleonfs -d ...args`, expecting it to stop; resolves to its exit code and the messages it logged. */
 async function runToExit (args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null, log: string }> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env })
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env })
   let log = ''
   child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))

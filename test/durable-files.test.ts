@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createFileExclusively } from '../src/durable-files.js'
+import { scriptArgs } from './support/child-script.js'
 
 const CHILD = fileURLToPath(new URL('./fixtures/create-exclusive-child.ts', import.meta.url))
 
@@ -40,7 +41,7 @@ describe('createFileExclusively', () => {
       let partialSeen = 0
       for (let trial = 0; trial < 5 && partialSeen < 2; trial++) {
         const path = join(dir, `key-${trial}`)
-        const child = spawn(process.execPath, ['--import', 'tsx', CHILD, path, String(MIB)], { stdio: ['ignore', 'pipe', 'inherit'] })
+        const child = spawn(process.execPath, [...scriptArgs(CHILD), path, String(MIB)], { stdio: ['ignore', 'pipe', 'inherit'] })
         let out = ''
         child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
         // Kill it once a file of this trial holds some of the bytes, but not all.

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { testNode } from './conformance/index.js'
 import { enableEtcdAuth, etcdSkipReason, selfSignedCertificate, startEtcd, type EtcdServer } from './support/etcd.js'
+import { scriptArgs } from './support/child-script.js'
 
 const skip = etcdSkipReason()
 let etcd: Promise<EtcdServer> | undefined
@@ -89,7 +90,7 @@ test('keys live under the prefix; coordinators with different prefixes do not se
 
 test('a process that used a handle exits by itself after close()', { skip }, async () => {
   const url = await endpoint()
-  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./fixtures/etcd-coordinator-child.ts', import.meta.url)), url], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(new URL('./fixtures/etcd-coordinator-child.ts', import.meta.url))), url], { stdio: ['ignore', 'pipe', 'pipe'] })
   let output = ''
   child.stdout.on('data', (chunk) => { output += String(chunk) })
   child.stderr.on('data', (chunk) => { output += String(chunk) })

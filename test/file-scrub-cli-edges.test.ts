@@ -9,11 +9,12 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ENTRY, TSX } from './support/daemon.js'
+import { ENTRY } from './support/daemon.js'
 import { ConfigError, readConfigFile } from '../examples/daemon-config.js'
 import { GalleonFS, GalleonError } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { MemoryLevel } from 'memory-level'
+import { scriptArgs } from './support/child-script.js'
 
 const pattern = (seed: number, length: number): Uint8Array => {
   const out = new Uint8Array(length)
@@ -133,7 +134,7 @@ async function galleonfs (args: string[], cwd: string): Promise<{ code: number, 
     const env = { ...process.env }
     delete env.GALLEONFS_DAEMON_ADDRESS
     delete env.GALLEONFS_TOKEN
-    execFile(process.execPath, ['--import', TSX, ENTRY, ...args], { cwd, env }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...scriptArgs(ENTRY), ...args], { cwd, env }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
     })
   })

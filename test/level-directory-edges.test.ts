@@ -17,6 +17,7 @@ import { LevelBlockStore } from '../backends/level/index.js'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { addr, assertBytes, bytesOf, collect, put } from './conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine } from './crash/support.js'
+import { scriptArgs } from './support/child-script.js'
 
 const CHILD_ENV = 'GALLEON_LEVEL_EDGES_CHILD'
 const SELF = fileURLToPath(import.meta.url)
@@ -166,7 +167,7 @@ await childOrTests(CHILD_ENV, holdStoreOpen, async () => {
     it('a second process opening the same location gets BUSY naming the location, and the lock goes with that process', async () => {
       await withDir(async (dir) => {
         const location = join(dir, 'blocks')
-        const child = spawn(process.execPath, ['--import', 'tsx', SELF, location], { cwd: ROOT, env: { ...process.env, [CHILD_ENV]: '1' }, stdio: ['ignore', 'pipe', 'pipe'] })
+        const child = spawn(process.execPath, [...scriptArgs(SELF), location], { cwd: ROOT, env: { ...process.env, [CHILD_ENV]: '1' }, stdio: ['ignore', 'pipe', 'pipe'] })
         let ready!: () => void
         const isReady = new Promise<void>((resolve) => { ready = resolve })
         const exited = readChildLines(child, (line) => { if (line === 'ready') ready() })

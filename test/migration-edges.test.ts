@@ -18,6 +18,7 @@ import { until } from './support/wait.js'
 import { BLOCK_BYTES, blockPayload, decodeBlockAt } from './crash/snapshot-child.js'
 import { childOrTests, readChildLines, reportLine } from './crash/support.js'
 import { rejectsWithCode } from './support/assertions.js'
+import { scriptArgs } from './support/child-script.js'
 
 let root = ''
 let counter = 0
@@ -470,7 +471,7 @@ describe('live migration: SIGKILL at chosen points', () => {
       }
       const acked = new Map<number, number>()
       for (let i = 0; i < CRASH_BLOCKS; i++) acked.set(i, i >= 10 && i < 20 ? 0 : i % 3 === 0 ? 2 : 1)
-      const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), dir, point], {
+      const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(import.meta.url)), dir, point], {
         cwd: fileURLToPath(new URL('..', import.meta.url)),
         env: { ...process.env, GALLEON_MIGRATION_EDGES_CHILD: '1' },
         stdio: ['ignore', 'pipe', 'pipe']

@@ -23,6 +23,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { freePort } from './support/net.js'
+import { scriptArgs } from './support/child-script.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const README = join(ROOT, 'README.md')
@@ -169,7 +170,7 @@ describe('README examples', () => {
       await withTempDir('galleonfs-readme-sh-', async (dir) => {
         // `galleonfs` on PATH is this checkout's program; the script's loopback ports become free ones.
         await mkdir(join(dir, 'bin'))
-        await writeFile(join(dir, 'bin', 'galleonfs'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --import ${JSON.stringify(TSX)} ${JSON.stringify(join(ROOT, 'examples', 'galleonfs.ts'))} "$@"\n`, { mode: 0o755 })
+        await writeFile(join(dir, 'bin', 'galleonfs'), `#!/bin/sh\nexec ${[process.execPath, ...scriptArgs(join(ROOT, 'examples', 'galleonfs.ts'))].map((word) => JSON.stringify(word)).join(' ')} "$@"\n`, { mode: 0o755 })
         let script = block.code
         for (const address of new Set(block.code.match(/127\.0\.0\.1:\d+/g) ?? [])) script = script.split(address).join(`127.0.0.1:${await freePort()}`)
         await writeFile(join(dir, 'script.sh'), script)

@@ -17,7 +17,8 @@ import { MemoryBlockStore } from '../backends/memory/index.js'
 import { FilePerBlockStore, filePerBlockDriver } from '../examples/custom-block-store/index.js'
 import { ConfigError, merge, readConfigFile } from '../examples/daemon-config.js'
 import { addr, blockStoreSuite, bytesOf, put } from './conformance/index.js'
-import { ENTRY, ROOT, TSX, startDaemonProcess } from './support/daemon.js'
+import { ENTRY, ROOT, startDaemonProcess } from './support/daemon.js'
+import { scriptArgs } from './support/child-script.js'
 
 const EXAMPLE_MODULE = join(ROOT, 'examples', 'custom-block-store', 'index.ts')
 
@@ -491,7 +492,7 @@ describe('daemon configuration: [drivers]', () => {
 
 /** Runs `galleonfs -d --config <file>` expecting it to refuse to start; resolves to its exit code and log. */
 async function refusedDaemon (config: string): Promise<{ code: number | null, log: string }> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', '--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY, { tsx: true }), '-d', '--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] })
   let log = ''
   child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
   const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
@@ -512,7 +513,7 @@ describe('daemon with a driver module', () => {
       assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`)
       return text === '' ? {} : JSON.parse(text) as Record<string, unknown>
     }
-    let daemon = await startDaemonProcess(['--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root })
+    let daemon = await startDaemonProcess(['--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root, tsx: true })
     try {
       const loaded = daemon.logs.map((line) => JSON.parse(line) as { message?: string, registered?: string[] }).find((entry) => entry.message === 'driver module loaded')
       assert.deepEqual(loaded?.registered, ['blockStore file-per-block'])
@@ -525,7 +526,7 @@ describe('daemon with a driver module', () => {
       assert.equal(await daemon.exited, 0)
     }
     assert.ok((await readdir(join(storage, 'file-per-block'))).some((name) => /^[0-9a-f]{8}$/.test(name)))
-    daemon = await startDaemonProcess(['--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root })
+    daemon = await startDaemonProcess(['--config', config, '--ipc-address', '127.0.0.1:0'], { cwd: root, tsx: true })
     try {
       const read = await api(daemon.address, 'POST', '/v1/volumes/plugged/read', { offset: 4096, length: 8192 })
       assert.deepEqual(Buffer.from(read.data as string, 'base64'), data)

@@ -20,9 +20,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 import { GalleonFS } from '../src/index.js'
-import { ENTRY, TSX, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { ENTRY, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 import { freePort } from './support/net.js'
+import { scriptArgs } from './support/child-script.js'
 
 const SKIP = etcdSkipReason()
 const BLOCK = 4096
@@ -196,7 +197,7 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
       assert.equal((await replication(restarted)).role, 'replica')
       // The CLI's self-check against the healed cluster, through the restarted node.
       const selfTest = await new Promise<{ code: number, stdout: string, stderr: string }>((resolve) => {
-        execFile(process.execPath, ['--import', TSX, ENTRY, '--test-replication', '--daemon-address', restarted.address, '--token', restarted.token], { cwd: root }, (err, stdout, stderr) => {
+        execFile(process.execPath, [...scriptArgs(ENTRY), '--test-replication', '--daemon-address', restarted.address, '--token', restarted.token], { cwd: root }, (err, stdout, stderr) => {
           resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
         })
       })

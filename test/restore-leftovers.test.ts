@@ -18,6 +18,7 @@ import { delegatingTarget } from './support/backup-targets.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
+import { scriptArgs } from './support/child-script.js'
 
 const BS = 4096
 const BLOCKS = 4096
@@ -76,7 +77,7 @@ if (CHILD !== undefined) {
 
   /** Runs this file as a child in `mode` and kills it with SIGKILL once it says it is holding. */
   async function killedChild (mode: string, storagePath: string, targetPath: string, backupId: string): Promise<void> {
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url)], {
+    const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(import.meta.url))], {
       cwd: fileURLToPath(new URL('..', import.meta.url)),
       env: { ...process.env, GALLEON_RESTORE_LEFTOVERS_CHILD: mode, STORAGE: storagePath, TARGET: targetPath, BACKUP: backupId },
       stdio: ['ignore', 'pipe', 'inherit']

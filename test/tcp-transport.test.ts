@@ -5,24 +5,23 @@ import assert from 'node:assert/strict'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { createRequire } from 'node:module'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { promisify } from 'node:util'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 import { FrameMac, FrameReader, FrameType, MAC_BYTES, NONCE_BYTES, PROTOCOL_VERSION, encodeFrame, proof, sessionKeys, type Frame } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress, type TcpTransportOptions } from '../backends/tcp/index.js'
 import type { TransportHandler } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
 import { assertBytes, bytesOf } from './conformance/fixtures.js'
 import { expectCode } from './support/assertions.js'
+import { scriptArgs } from './support/child-script.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NODE_SCRIPT = join(ROOT, 'test', 'fixtures', 'transport-node.ts')
 // Absolute, so that the loader is found whatever the working directory.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
 const SECRET = 'tcp-test-secret'
 
 const echo: TransportHandler = async (from, request) => ({ kind: 'r', header: { from, ...request.header }, payload: request.payload })
@@ -517,7 +516,7 @@ interface Child { process: ChildProcess, address: string, exited: Promise<void> 
 
 /** Starts test/fixtures/transport-node.ts and resolves once it printed its address. */
 async function startChild (nodeId: string, port = 0): Promise<Child> {
-  const child = spawn(process.execPath, ['--import', TSX, NODE_SCRIPT, nodeId, SECRET, String(port)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(NODE_SCRIPT), nodeId, SECRET, String(port)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   const exited = new Promise<void>((resolve) => { child.once('exit', () => { resolve() }) })
   let stderr = ''
   child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })

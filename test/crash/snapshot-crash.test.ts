@@ -28,6 +28,7 @@ import { GalleonFS } from '../../src/index.js'
 import { BLOCK_BYTES, VOLUME_BLOCKS, blockPayload, decodeBlockAt, sha256 } from './snapshot-child.js'
 import { readChildLines, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
+import { scriptArgs } from '../support/child-script.js'
 
 const TRIALS = trialCount()
 const BASE_SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
@@ -102,7 +103,7 @@ class Model {
 }
 
 async function runChild (storagePath: string, backend: string, seqBase: number, seed: number, killDuringOpen: boolean, delayMs: number): Promise<{ lines: string[], killed: boolean, code: number | null, stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CHILD, storagePath, backend, String(seqBase), String(seed)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   const lines: string[] = []
   let killed = false
   let timer: NodeJS.Timeout | undefined

@@ -6,6 +6,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { writeSync } from 'node:fs'
 import type { Readable } from 'node:stream'
+import { scriptArgs } from '../support/child-script.js'
 
 const waitCell = new Int32Array(new SharedArrayBuffer(4))
 
@@ -113,7 +114,7 @@ export interface KilledRun { killed: boolean, lines: string[], exit: ChildExit }
  * `deadlineMs` in any case); resolves once it is gone with every line it wrote.
  */
 export async function killAfterReady (script: string, args: string[], delayMs: number, deadlineMs = 60_000): Promise<KilledRun> {
-  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...scriptArgs(script), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   let killed = false
   let timer: NodeJS.Timeout | undefined
   const kill = (): void => { killed = true; child.kill('SIGKILL') }

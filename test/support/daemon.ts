@@ -1,15 +1,13 @@
-// Starts `galleonfs -d` (examples/galleonfs.ts under tsx) as a child process for tests, and waits
+// Starts `galleonfs -d` (examples/galleonfs.ts, transpiled by child-script.ts) as a child process for tests, and waits
 // until it logs "ready" with its IPC address.
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
-import { createRequire } from 'node:module'
 import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
+import { scriptArgs } from './child-script.js'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const ENTRY = join(ROOT, 'examples', 'galleonfs.ts')
-/** Absolute, so that the loader is found from a working directory without node_modules. */
-export const TSX = pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href
 
 /** A daemon started by {@link startDaemonProcess}. */
 export interface RunningDaemon {
@@ -21,9 +19,9 @@ export interface RunningDaemon {
   readonly exited: Promise<number | null>
 }
 
-/** Runs `galleonfs -d ...args` in `cwd`; rejects with its log when it exits before it is ready. */
-export async function startDaemonProcess (args: string[], options: { cwd: string, env?: NodeJS.ProcessEnv, onSpawn?: (child: ChildProcess) => void }): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, ['--import', TSX, ENTRY, '-d', ...args], { cwd: options.cwd, stdio: ['ignore', 'ignore', 'pipe'], env: options.env ?? process.env })
+/** Runs `galleonfs -d ...args` in `cwd` (under tsx with `tsx`, to load TypeScript driver modules); rejects with its log when it exits before it is ready. */
+export async function startDaemonProcess (args: string[], options: { cwd: string, env?: NodeJS.ProcessEnv, onSpawn?: (child: ChildProcess) => void, tsx?: boolean }): Promise<RunningDaemon> {
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY, { tsx: options.tsx }), '-d', ...args], { cwd: options.cwd, stdio: ['ignore', 'ignore', 'pipe'], env: options.env ?? process.env })
   options.onSpawn?.(child)
   const logs: string[] = []
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
@@ -50,7 +48,7 @@ export async function startDaemonProcess (args: string[], options: { cwd: string
 /** Runs the `galleonfs` CLI against the daemon at `address`; resolves to its exit code and output. */
 export async function runCli (address: string, args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   return await new Promise((resolve) => {
-    execFile(process.execPath, ['--import', TSX, ENTRY, '--daemon-address', address, ...args], { cwd: options.cwd ?? ROOT, env: { ...process.env, ...options.env } }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...scriptArgs(ENTRY), '--daemon-address', address, ...args], { cwd: options.cwd ?? ROOT, env: { ...process.env, ...options.env } }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (err as { code?: number }).code ?? 1, stdout, stderr })
     })
   })
