@@ -17,10 +17,11 @@ import type { VolumeRef } from './refs.js'
 /**
  * Progress of copies being filled on other nodes (their links' resyncs, sampled from the
  * replication status), summed over the copies and never going backwards: a link clears its
- * progress when its resync ends (a copy that filled between two samples counts as its whole
- * size), and a resync that starts over does not take the figures back.
+ * progress when its resync ends, so a copy seen filling that is in sync at a later sample counts
+ * as filled (done = total) at once, not at finish(); a copy that filled between two samples counts
+ * as its whole size at finish(); and a resync that starts over does not take the figures back.
  */
-class FillProgress {
+export class FillProgress {
   readonly #seen = new Map<string, { done: number, total: number }>()
   #done = 0
   #total = 0
@@ -30,10 +31,16 @@ class FillProgress {
 
   /** Samples the links to `nodes`; true when the figures moved. */
   sample (nodes: readonly string[]): boolean {
-    const links = this.replication.status(this.volumeId)?.links ?? []
+    const status = this.replication.status(this.volumeId)
+    const links = status?.links ?? []
     for (const node of nodes) {
       const resync = links.find((l) => l.node === node)?.resync
-      if (resync !== undefined) this.#seen.set(node, { done: resync.blocksDone, total: resync.blocksTotal })
+      if (resync !== undefined) {
+        this.#seen.set(node, { done: resync.blocksDone, total: resync.blocksTotal })
+      } else {
+        const seen = this.#seen.get(node)
+        if (seen !== undefined && status?.inSync.includes(node) === true) seen.done = seen.total
+      }
     }
     return this.#update([...this.#seen.values()].reduce((sum, s) => sum + s.done, 0), [...this.#seen.values()].reduce((sum, s) => sum + s.total, 0))
   }
