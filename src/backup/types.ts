@@ -68,7 +68,7 @@ export interface RestoreBackupOptions {
   readonly pool?: string
   readonly volume?: VolumeRef
   readonly target?: BackupTargetRef
-  /** Aborting stops the restore (a new volume is removed; an overwritten one is left partly restored). */
+  /** Aborting stops the restore: a new volume is removed, an existing one is put back from its safety snapshot (as after a failure). */
   readonly signal?: AbortSignal
   /** Called as blocks are written (also emitted as `restore:progress`); an exception it throws is ignored. */
   readonly onProgress?: ProgressListener

@@ -306,6 +306,7 @@ export class MountManager {
    * else (another principal, or the application) takes `admin` on the volume.
    */
   async unmountVolume (idOrPath: string, options: { force?: boolean } = {}): Promise<void> {
+    this.#assertOpen()
     const state = this.#find(idOrPath)
     const ref = state.target.snapshotId === undefined ? state.mount.volumeId : { volume: state.mount.volumeId, snapshot: state.target.snapshotId }
     const mountedByOther = state.mountedBy === this.#host.caller() ? undefined : state.mountedBy ?? 'application'
