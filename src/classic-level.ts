@@ -3,7 +3,18 @@
 
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import type { ClassicLevel } from 'classic-level'
 import { GalleonError } from './errors.js'
+
+/**
+ * An abstract-level database as a caller hands one to GalleonFS (`metadata` of `GalleonFS.open`,
+ * `db` of the level block store): a ClassicLevel, a MemoryLevel, another abstract-level
+ * implementation, or a sublevel of one. A union because abstract-level types `hooks` and iterators
+ * by `typeof this`, which makes neither a ClassicLevel (it adds members) nor a sublevel assignable to
+ * `AbstractLevel<any, any, any>`.
+ */
+export type AnyLevelDatabase = AbstractLevel<any, any, any> | ClassicLevel<any, any> | AbstractSublevel<any, any, any, any>
 
 /** The ClassicLevel class, or BACKEND_UNAVAILABLE naming the package to install for `purpose`. */
 export async function loadClassicLevel (purpose: string): Promise<typeof import('classic-level').ClassicLevel> {

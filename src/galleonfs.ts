@@ -20,7 +20,7 @@ import type { VolumeMetrics } from './metrics/recorder.js'
 import type { OpenOptions } from './open-drivers.js'
 import { parseSize } from './size.js'
 import type { QoSScheduler } from './qos/scheduler.js'
-import { parseQoSPolicy, type QoSPolicy, type QoSPolicySource } from './qos/policy.js'
+import { parseQoSPolicy, type QoSPolicy, type QoSPolicyInput, type QoSPolicySource } from './qos/policy.js'
 import {
   WriteConcern,
   type CreateVolumeOptions, type ScrubReport, type Snapshot, type StorageClass, type Volume, type VolumeUsage
@@ -506,7 +506,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
    * replaces its storage class's while set. Takes effect at once, for operations already waiting
    * too; persisted. `null` removes the volume's own policy (as clearQoSPolicy does).
    */
-  async setQoSPolicy (vol: VolumeRef, policy: QoSPolicy | null): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
+  async setQoSPolicy (vol: VolumeRef, policy: QoSPolicyInput | null): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
     this.#assertOpen()
     if (policy === undefined) throw new GalleonError('INVALID_ARGUMENT', 'setQoSPolicy() needs a policy object such as { limits: { iops: 1000 } }, or null to remove the volume\'s own policy')
     const parsed = policy === null ? undefined : parseQoSPolicy(policy)

@@ -17,6 +17,7 @@ export { parseSize, formatSize } from './size.js'
 export { parseStorageClass, BUILT_IN_STORAGE_CLASSES, DEFAULT_STORAGE_CLASS } from './volumes/storage-classes.js'
 export { parsePool, type StoragePool, type StoragePoolStatus, type CreatePoolOptions, type UpdatePoolOptions } from './volumes/pools.js'
 export type { MetadataDatabase } from './volumes/catalog.js'
+export type { AnyLevelDatabase } from './classic-level.js'
 export type { MigrateVolumeOptions, MigrateControl, MigrationPhase, MigrationProgressEvent } from './volumes/migration.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
@@ -46,6 +47,6 @@ export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from 
 export { VolumeFile } from './mount/volume-file.js'
 export { ClusterManager, CLUSTER_ELECTION, type ClusterOptions, type ClusterStatus, type ClusterEvents } from './cluster/manager.js'
 export { placeVolume, PLACEMENT_STRATEGIES, type Placement, type PlacementRequest, type PlacementStrategy } from './cluster/placement.js'
-export { parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSLimits, type QoSGuarantees, type BurstableQoS, type QoSPolicySource } from './qos/policy.js'
+export { parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSPolicyInput, type QoSLimits, type QoSGuarantees, type BurstableQoS, type BurstableQoSInput, type QoSPolicySource } from './qos/policy.js'
 export { QoSScheduler, type QoSNodeOptions, type QoSMetrics, type QoSThrottledEvent, type QoSGuaranteeMissedEvent, type QoSLatencyMissedEvent } from './qos/scheduler.js'
 export { TokenBucket, realClock, type QoSClock } from './qos/bucket.js'

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
-import { assertLevelDirectoryIntact, loadClassicLevel } from './classic-level.js'
+import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
 import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
@@ -26,8 +26,8 @@ export interface OpenOptions {
   backend?: BuiltInBackend | (string & {})
   /** Options for the `create()` of the block store named by `backend`. */
   backendOptions?: Readonly<Record<string, unknown>>
-  /** Advanced: an abstract-level database for metadata (opened by GalleonFS if needed). */
-  metadata?: MetadataDatabase
+  /** Advanced: an abstract-level database for metadata, such as a ClassicLevel (opened by GalleonFS if needed). */
+  metadata?: AnyLevelDatabase
   /** Advanced: a block store instance (opened and closed by GalleonFS). */
   blockStore?: BlockStore
   /** Block size in bytes for a new storage: a power of two from 512 to 1 MiB (default 4096). */
@@ -170,7 +170,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
         : await createDriver('mountDriver', typeof mount === 'string' ? mount : 'virtual', {}, context, 'mount')
     if (mountDriver !== mount) created.push(async () => { await mountDriver.close?.() })
     // Created last: an abstract-level database opens itself (and takes its lock) once constructed.
-    const metadata = options.metadata ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
+    const metadata = (options.metadata as MetadataDatabase | undefined) ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
     const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : backend !== undefined && backend !== 'memory' ? `block store ${blockStore.name}` : 'memory')
     return { metadata, blockStore, location, ...keys, ...(defaultTarget === undefined ? {} : { backupTarget: defaultTarget }), ...(ownedBackupTarget === undefined ? {} : { ownedBackupTarget }), mountDriver }
   } catch (err) {

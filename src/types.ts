@@ -142,7 +142,7 @@ export interface CreateVolumeOptions {
   accessModes?: ReadonlyArray<AccessMode | `${AccessMode}`>
   labels?: Record<string, string>
   /** A QoS policy of this volume, overriding its storage class's (see setQoSPolicy). */
-  qos?: import('./qos/policy.js').QoSPolicy
+  qos?: import('./qos/policy.js').QoSPolicyInput
 }
 
 /** Result of `scrub`. */

@@ -158,6 +158,16 @@ async function loadFuse (): Promise<FuseClass> {
   return Fuse
 }
 
+/**
+ * fuse-native's native binding (the object its JavaScript calls). node-gyp-build is fuse-native's
+ * dependency, not ours, so it is resolved from fuse-native's directory: with an isolated
+ * node_modules (pnpm, or npm nesting another version) galleonfs itself cannot see it.
+ */
+function fuseBinding (): unknown {
+  const main = createRequire(import.meta.url).resolve('fuse-native')
+  return createRequire(main)('node-gyp-build')(dirname(main))
+}
+
 /** Marks fuse-native's binding once its mount call is wrapped (the binding is one per process). */
 const GUARDED = Symbol.for('galleonfs.fuseThreadsGuarded')
 
@@ -173,8 +183,7 @@ const GUARDED = Symbol.for('galleonfs.fuseThreadsGuarded')
 export function guardFuseThreads (): boolean {
   const addon = nativeAead()
   if (addon === undefined) return false
-  const require = createRequire(import.meta.url)
-  const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as { fuse_native_mount: (...args: unknown[]) => unknown, [GUARDED]?: true }
+  const binding = fuseBinding() as { fuse_native_mount: (...args: unknown[]) => unknown, [GUARDED]?: true }
   if (binding[GUARDED] === true) return true
   const mount = binding.fuse_native_mount
   binding.fuse_native_mount = (...args: unknown[]) => addon.callWithSignalsBlocked(() => mount.apply(binding, args))
@@ -193,8 +202,7 @@ async function isMountPoint (path: string, unknown = true): Promise<boolean> {
 
 /** fuse-native's own last step of an unmount: stops its thread for `path`. */
 function stopNativeThread (path: string, fuse: FuseInstance): void {
-  const require = createRequire(import.meta.url)
-  const binding = require('node-gyp-build')(dirname(require.resolve('fuse-native'))) as { fuse_native_unmount: (mnt: string, thread: unknown) => void }
+  const binding = fuseBinding() as { fuse_native_unmount: (mnt: string, thread: unknown) => void }
   binding.fuse_native_unmount(path, (fuse as unknown as { _thread: unknown })._thread)
 }
 

@@ -7,7 +7,7 @@ import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from
 import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
-import { assertLevelDirectoryIntact, loadClassicLevel } from '../../src/classic-level.js'
+import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -18,7 +18,7 @@ export type LevelDatabase = AbstractLevel<any, any, any>
  * storage (typically a sublevel of the metadata database, or a memory-level instance in tests). A
  * given `db` is closed by the store only if the store had to open it.
  */
-export type LevelBlockStoreOptions = { location: string } | { db: LevelDatabase }
+export type LevelBlockStoreOptions = { location: string } | { db: AnyLevelDatabase }
 
 // Address keys are fixed-width lowercase hex, so the key order is the address order and the blocks of
 // one volume form the range [volumePrefix, volumePrefix + 'g'). The sync marker sorts after every

@@ -51,6 +51,22 @@ export interface BurstableQoS {
   readonly throughputMultiplier: number
 }
 
+/**
+ * `burstable` as a caller may give it: `enabled` defaults to true and the multipliers to 1, so only
+ * `durationSeconds` is needed (snake_case keys such as `duration_seconds` are taken too).
+ */
+export interface BurstableQoSInput {
+  readonly enabled?: boolean
+  readonly durationSeconds?: number
+  readonly iopsMultiplier?: number
+  readonly throughputMultiplier?: number
+}
+
+/** A QoS policy as setQoSPolicy and createVolume take it: parseQoSPolicy fills in the defaults. */
+export interface QoSPolicyInput extends Omit<QoSPolicy, 'burstable'> {
+  readonly burstable?: BurstableQoSInput
+}
+
 /** A QoS policy, attached to a volume or, through `qos_*` parameters, to a storage class. */
 export interface QoSPolicy {
   /** A label for people and metrics; not a key. */
