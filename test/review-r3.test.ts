@@ -62,6 +62,28 @@ describe('review r3: replicated key rotation', () => {
     assert.equal((await n1.g.getVolumeEncryption('replay')).keyGeneration, 1, 'one rotation, not two')
   })
 
+  it('a forwarded rotation whose answer was lost is not rotated again by the retry that reaches the next primary', { timeout: 90_000 }, async () => {
+    const { network, nodes } = await cluster(3)
+    const [n1, n2, n3] = nodes as [Node, Node, Node]
+    await n1.g.createVolume({ name: 'moved', sizeBytes: 16 * BS, storageClass: 'secret' })
+    const model = new Uint8Array(16 * BS)
+    await fill(n1.g, 'moved', model, 8, 1)
+    await until('every copy is in sync', async () => await allInSync(n1.g, 'moved', 3), 20_000)
+    // n3, the caller, stops getting the stream (so it is not the copy promoted), and the answer to
+    // its forwarded rotation is lost.
+    network.drop((m) => m.to === 'n3' && (m.kind === 'repl:apply' || m.kind === 'repl:resync-begin' || (m.type === 'reply' && m.kind === 'repl:io')))
+    const rotating = n3.g.rotateVolumeKey('moved')
+    rotating.catch(() => {})
+    await until('the primary counted the rotation', async () => (await n1.g.getVolumeEncryption('moved')).keyGeneration === 1, 20_000)
+    // The primary goes before the caller hears from it: n3 sends the call again, to n2 once n2 leads.
+    await n1.g.close()
+    await until('n2 is the primary', async () => (await n2.g.replicationStatus('moved')).role === 'primary', 30_000)
+    network.drop(0)
+    const state = await rotating
+    assert.equal(state.keyGeneration, 1, `the retry answered with the rotation it made: ${JSON.stringify(state)}`)
+    assert.equal((await n2.g.getVolumeEncryption('moved')).keyGeneration, 1, 'one rotation, not two')
+  })
+
   it('rotations that follow each other while a copy still re-seals leave every copy readable under one key', async () => {
     const { nodes } = await cluster(2)
     const [n1, n2] = nodes as [Node, Node]

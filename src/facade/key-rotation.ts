@@ -68,9 +68,6 @@ export class KeyRotations {
     return state
   }
 
-  /** Tokens of the last forwarded rotation per volume (see ForwardedRequest.token). */
-  readonly #lastTokens = new Map<string, string>()
-
   /**
    * A replicated volume: on a node that is not its primary, the call goes there (with `wait`, the
    * wait too, in steps within a forwarded call's time); the answer is the primary's copy's.
@@ -99,7 +96,10 @@ export class KeyRotations {
     const replication = this.#host.replication
     const record = this.#host.catalog.resolve(volumeId)
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
-    if (token !== undefined && this.#lastTokens.get(record.id) === token) return this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
+    const describeNow = (): VolumeEncryption => this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
+    // A repeat of a forwarded call that counted its rotation already (its answer was lost): the
+    // record names it, also after a change of primary.
+    if (token !== undefined && replication.spec(record.id)?.keyRotationToken === token) return describeNow()
     const volume = await this.#begin(record)
     const replicator = volume.replicator
     const nodeId = this.#host.cluster?.nodeId ?? ''
@@ -107,8 +107,14 @@ export class KeyRotations {
     if (replicator === undefined) throw notLeader()
     // In the admin queue, as a copy's rotation from the record is (see applyRotation): this node
     // sees the record it changes too, and must not take the rotation a second time.
+    let repeated = false
     const generation = await this.#host.admin(async () => {
-      const counted = await replication.update(record.id, (r) => r.primary !== nodeId ? undefined : { ...r, spec: { ...r.spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1 } })
+      const counted = await replication.update(record.id, (r) => {
+        if (r.primary !== nodeId) return undefined
+        if (token !== undefined && r.spec.keyRotationToken === token) { repeated = true; return undefined }
+        return { ...r, spec: { ...r.spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1, ...(token === undefined ? {} : { keyRotationToken: token }) } }
+      })
+      if (repeated) return undefined
       if (counted === undefined) throw notLeader()
       const generation = counted.record.spec.keyGeneration as number
       // Begun even over a rotation that stopped (its keys stay until the new one's re-seal is
@@ -116,7 +122,7 @@ export class KeyRotations {
       await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>, generation)
       return generation
     })
-    if (token !== undefined) this.#lastTokens.set(record.id, token)
+    if (generation === undefined) return await this.#run(record, volume, options)
     let seq: number | undefined
     try {
       seq = replicatorFor(volume, replicator)?.record({ type: 'rekey', generation })

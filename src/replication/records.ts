@@ -28,6 +28,12 @@ export interface VolumeSpec {
    * and one whose key is older than this rotates it (see KeyRotations).
    */
   readonly keyGeneration?: number
+  /**
+   * The token of the forwarded rotateVolumeKey call that counted the last rotation: a repeat of that
+   * call (its answer lost, resent to the same primary or to the next one) finds it here and does not
+   * rotate again.
+   */
+  readonly keyRotationToken?: string
 }
 
 /** A replicated volume as the coordinator records it. */
