@@ -66,6 +66,29 @@ export class FillProgress {
   }
 }
 
+/** How a migration of a replicated volume's class ended: the volume, or the error it threw. */
+interface MigrationOutcome { volume?: Volume, error?: unknown }
+
+/**
+ * Waits for a migration another call runs (the same one asked for again): its outcome, or
+ * CANCELLED when `signal` fires first (the migration itself goes on).
+ */
+async function joinMigration (ended: Promise<MigrationOutcome>, name: string, signal: AbortSignal | undefined): Promise<Volume> {
+  if (signal?.aborted === true) throw new GalleonError('CANCELLED', `stopped waiting for the migration of volume ${name}; it goes on`)
+  let onAbort: (() => void) | undefined
+  const cancelled = new Promise<never>((_resolve, reject) => {
+    onAbort = () => { reject(new GalleonError('CANCELLED', `stopped waiting for the migration of volume ${name}; it goes on`)) }
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+  try {
+    const outcome = await Promise.race([ended, cancelled])
+    if (outcome.volume === undefined) throw outcome.error
+    return outcome.volume
+  } finally {
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
+  }
+}
+
 /** Migrations across the cluster's nodes, and the conversions of this node's copies (GalleonFS checks the caller first). */
 export class ClusterMigrations {
   readonly #host: FacadeHost
@@ -78,7 +101,7 @@ export class ClusterMigrations {
   /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
   readonly nodeMoves = new Map<string, { abort: AbortController, done: Promise<unknown> }>()
   /** Replicated volumes whose class change this node started and waits for. */
-  readonly #reshaping = new Set<string>()
+  readonly #reshaping = new Map<string, { storageClass: string, pool: string | undefined, ended: Promise<MigrationOutcome> }>()
 
   constructor (host: FacadeHost) {
     this.#host = host
@@ -343,29 +366,41 @@ export class ClusterMigrations {
   async #reshape (record: VolumeRecord, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl, replication: ReplicationManager): Promise<Volume> {
     const { signal, onProgress } = control
     const replicas = classReplicas(storageClass)
-    if (this.#reshaping.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is migrating already; wait for that migration, or cancel it`)
     // The class in the cluster's record is the volume's; a copy may still be on its way to it.
     const spec = replication.spec(record.id)
     const currentClass = spec?.storageClass ?? record.storageClass
     const currentPool = spec === undefined ? record.pool : spec.pool
     const pool = this.#host.pools.choose(target.pool, storageClass)
     const poolName = pool?.name ?? currentPool
-    // The record names the target already: done, or an earlier call that failed or stopped
-    // waiting left copies to convert; then this call waits for them (retrying failed ones).
-    let resume = false
-    if (storageClass.name === currentClass && poolName === currentPool) {
-      const seen = await replication.copyLayouts(record.id)
-      resume = seen !== undefined && seen.layouts.some((l) => l.busy || !l.converged || l.error !== undefined)
-      if (!resume) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
-    } else {
-      const converting = this.copyConversions.get(record.id)
-      if (converting !== undefined || this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
+    const running = this.#reshaping.get(record.id)
+    if (running !== undefined) {
+      if (running.storageClass !== storageClass.name || running.pool !== poolName) {
+        throw new GalleonError('BUSY', `volume ${record.name} is migrating already, to storage class ${running.storageClass}${running.pool === undefined ? '' : ` and pool ${running.pool}`}; wait for that migration, or cancel it`)
+      }
+      // The same migration again (a caller that stopped waiting and asks once more): this call
+      // waits for the one running and answers with its outcome.
+      return await joinMigration(running.ended, record.name, signal)
     }
-    if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
-    if (storageClass.parameters.encryption === 'true') await this.#host.keys.provider()
-    const placement = pool === undefined ? classPlacement(storageClass) : poolPlacement(pool, classPlacement(storageClass))
-    this.#reshaping.add(record.id)
+    // Taken before anything is awaited, so that a second call made meanwhile joins this one.
+    let finish: (outcome: MigrationOutcome) => void = () => {}
+    const ended = new Promise<MigrationOutcome>((resolve) => { finish = resolve })
+    this.#reshaping.set(record.id, { storageClass: storageClass.name, pool: poolName, ended })
+    let outcome: MigrationOutcome = { error: new GalleonError('IO_ERROR', `the migration of volume ${record.name} ended without an outcome`) }
     try {
+      // The record names the target already: done, or an earlier call that failed or stopped
+      // waiting left copies to convert; then this call waits for them (retrying failed ones).
+      let resume = false
+      if (storageClass.name === currentClass && poolName === currentPool) {
+        const seen = await replication.copyLayouts(record.id)
+        resume = seen !== undefined && seen.layouts.some((l) => l.busy || !l.converged || l.error !== undefined)
+        if (!resume) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
+      } else {
+        const converting = this.copyConversions.get(record.id)
+        if (converting !== undefined || this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
+      }
+      if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
+      if (storageClass.parameters.encryption === 'true') await this.#host.keys.provider()
+      const placement = pool === undefined ? classPlacement(storageClass) : poolPlacement(pool, classPlacement(storageClass))
       const change = { storageClass: storageClass.name, replicas, ...(poolName === undefined ? {} : { pool: poolName }) }
       const before = resume ? undefined : await replication.reshape(record.id, { ...change, keep: this.#host.cluster?.nodeId }, placement)
       const blocks = Math.ceil(record.sizeBytes / record.blockSize)
@@ -419,9 +454,14 @@ export class ClusterMigrations {
         ? this.#host.volumeView(latest)
         : { ...toVolume(record), storageClass: storageClass.name, replicas, encrypted: storageClass.parameters.encryption === 'true', ...(poolName === undefined ? {} : { pool: poolName }) }
       this.#host.emit('volume:migrated', volume, { storageClass: currentClass, ...(currentPool === undefined ? {} : { pool: currentPool }) })
+      outcome = { volume }
       return volume
+    } catch (err) {
+      outcome = { error: err }
+      throw err
     } finally {
       this.#reshaping.delete(record.id)
+      finish(outcome)
     }
   }
 

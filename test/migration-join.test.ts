@@ -1,0 +1,46 @@
+// A replicated volume's class change asked for again while the first call still runs on the node
+// (a client that stopped waiting and asks once more): the second call waits for the first and
+// gets its outcome; a change to another class meanwhile is refused with BUSY. In-process nodes on
+// their own disks, a memory network and coordinator.
+
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { WriteConcern } from '../src/index.js'
+import { until } from './support/wait.js'
+import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { rejectsWithCode } from './support/assertions.js'
+
+const kit = diskCluster('galleon-migration-join-')
+
+describe('a class change of a replicated volume asked for twice', () => {
+  it('the second call waits for the first and answers with its outcome; one to another class is refused with BUSY', async () => {
+    const { nodes } = await kit.cluster(2)
+    const [n1, n2] = nodes as [DiskNode, DiskNode]
+    for (const node of nodes) {
+      await node.g.createStorageClass({ name: 'pair', parameters: { replication: '2' } })
+      await node.g.createStorageClass({ name: 'secret-pair', parameters: { replication: '2', encryption: 'true' } })
+      await node.g.createStorageClass({ name: 'other-pair', parameters: { replication: '2', compression: 'false' } })
+    }
+    const blocks = 512
+    await n1.g.createVolume({ name: 'twice', sizeBytes: blocks * BS, storageClass: 'pair' })
+    const model = new Uint8Array(blocks * BS)
+    for (let i = 0; i < blocks; i++) model.set(block(i + 1), i * BS)
+    await n1.g.write('twice', 0, model, WriteConcern.WriteReplicated)
+    await until('both copies are in sync', async () => await allInSync(n1.g, 'twice', 2), 20_000)
+
+    // Both asked in the same turn of the event loop: neither may run a second conversion.
+    const first = n1.g.migrateVolume('twice', { storageClass: 'secret-pair' })
+    const again = n1.g.migrateVolume('twice', { storageClass: 'secret-pair' })
+    const elsewhere = n1.g.migrateVolume('twice', { storageClass: 'other-pair' })
+    await assert.rejects(elsewhere, rejectsWithCode('BUSY', /migrating already, to storage class secret-pair/))
+    const [a, b] = await Promise.all([first, again])
+    assert.equal(a.storageClass, 'secret-pair')
+    assert.deepEqual(b, a, 'the second call answers with the first one\'s outcome')
+    for (const node of [n1, n2]) {
+      assert.equal((await node.g.getVolume('twice')).encrypted, true, `the copy on ${node.id} is encrypted`)
+    }
+    assert.deepEqual(await n2.g.read('twice', 0, model.byteLength), model)
+    // Done: the same call now has nothing to do, as before.
+    await assert.rejects(n1.g.migrateVolume('twice', { storageClass: 'secret-pair' }), rejectsWithCode('INVALID_ARGUMENT'))
+  })
+})
