@@ -67,12 +67,12 @@ class HttpError extends Error {
   constructor (readonly status: number, readonly code: string, message: string) { super(message) }
 }
 
-async function api (node: Node, method: string, path: string, body?: unknown): Promise<unknown> {
+async function api (node: Node, method: string, path: string, body?: unknown, timeoutMs = 40_000): Promise<unknown> {
   const response = await fetch(`http://${node.address}${path}`, {
     method,
     headers: { authorization: `Bearer ${node.token}`, 'content-type': 'application/json' },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    signal: AbortSignal.timeout(40_000)
+    signal: AbortSignal.timeout(timeoutMs)
   })
   const text = await response.text()
   if (!response.ok) {
@@ -415,7 +415,9 @@ describe('replication between daemon processes (etcd, TCP)', { skip: SKIP }, () 
         let outcome = await migration
         if (outcome !== 'done') {
           // Gave up while the node was away (the call's own deadline): the same call again waits for it.
-          outcome = await api(node(asker), 'POST', '/v1/volumes/converting/migrate', { storageClass: targetClass }).then(() => 'done on the second call', (err: Error) => `failed again: ${err.message}`)
+          // (Also when the first call is still running there, for a client that stopped waiting: then
+          // this one waits for it, the longer a loaded machine needs.)
+          outcome = await api(node(asker), 'POST', '/v1/volumes/converting/migrate', { storageClass: targetClass }, 180_000).then(() => 'done on the second call', (err: Error) => `failed again: ${err.message}`)
         }
         stop = true
         await writer
