@@ -333,9 +333,16 @@ export class MountManager {
   async openVolumeFile (pathOrRef: unknown, options: { readOnly?: boolean } = {}): Promise<VolumeFile> {
     this.#assertOpen()
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `openVolumeFile() options must be an object such as { readOnly: true }, got ${describe(options)}`)
+    // A misspelt option (`readonly`) would otherwise open a writable file, and take the writer's place.
+    for (const key of Object.keys(options)) if (key !== 'readOnly') throw new GalleonError('INVALID_ARGUMENT', `unknown openVolumeFile() option ${JSON.stringify(key)}; allowed: readOnly`)
     if (options.readOnly !== undefined && typeof options.readOnly !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `readOnly must be true or false, got ${describe(options.readOnly)}`)
     const found = typeof pathOrRef === 'string' ? this.#atPath(resolvePath(pathOrRef)) : undefined
     const mounted = found !== undefined && this.#host.visible(found.mount.namespace, found.mount.volumeName) ? found : undefined
+    // No volume name starts with '/' or '.': such a string is a mount point, and nothing (the caller
+    // may see) is mounted there. Said like unmountVolume() says it, not as a missing volume.
+    if (mounted === undefined && typeof pathOrRef === 'string' && /^[/.]/.test(pathOrRef)) {
+      throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted at ${resolvePath(pathOrRef)}; mount a volume there first (mountVolume), or pass a volume's name or id to open it directly; listMounts() shows the mounts`)
+    }
     if (mounted !== undefined) {
       // The caller must be allowed what the file will do, like any I/O.
       const ref = mounted.target.snapshotId === undefined ? mounted.mount.volumeId : { volume: mounted.mount.volumeId, snapshot: mounted.target.snapshotId }

@@ -15,7 +15,7 @@ export interface VolumeFileIo {
   size: () => number
 }
 
-/** Largest piece one read or write call moves (longer requests are split). */
+/** Largest piece one read or write call moves (longer requests are split at its multiples). */
 const PIECE_BYTES = 8 * 1024 * 1024
 /** Chunk size of async iteration and of read streams by default. */
 const CHUNK_BYTES = 1024 * 1024
@@ -91,7 +91,7 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
     if (bufferOffset + wanted > buffer.byteLength) throw new GalleonError('INVALID_ARGUMENT', `a read of ${wanted} bytes at buffer offset ${bufferOffset} does not fit the ${buffer.byteLength}-byte buffer`)
     const n = Math.max(0, Math.min(wanted, this.size - position))
     for (let done = 0; done < n;) {
-      const piece = Math.min(PIECE_BYTES, n - done)
+      const piece = pieceAt(position + done, n - done)
       buffer.set(await this.#io.read(position + done, piece), bufferOffset + done)
       done += piece
     }
@@ -120,7 +120,7 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   }
 
   async #pwrite (data: Uint8Array, position: number): Promise<number> {
-    if (this.readOnly) throw new GalleonError('READ_ONLY', this.snapshotId !== undefined ? 'this file shows a snapshot, which is read-only' : 'this file was opened read-only (or its mount is read-only)')
+    if (this.readOnly) throw this.#readOnlyError()
     assertBytes(data, 'data')
     checkPosition(position, 'position')
     if (position + data.byteLength > this.size) {
@@ -128,7 +128,7 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
     }
     const concern = this.sync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
     for (let done = 0; done < data.byteLength;) {
-      const piece = Math.min(PIECE_BYTES, data.byteLength - done)
+      const piece = pieceAt(position + done, data.byteLength - done)
       await this.#io.write(position + done, data.subarray(done, done + piece), concern)
       done += piece
     }
@@ -164,7 +164,9 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
       // flush covers them and the mount (or the writer's place) is released only after them.
       while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight])
       try {
-        if (!this.readOnly) await this.#io.flush()
+        // A volume deleted under the file (deleteVolume with force) has nothing left to flush to:
+        // its writes went with it, as the deletion said, and the file closes like any other.
+        if (!this.readOnly) await this.#io.flush().catch((err: unknown) => { if ((err as { code?: string }).code !== 'VOLUME_NOT_FOUND') throw err })
       } finally {
         this.#closed = true
         this.#onClose()
@@ -193,6 +195,8 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
   /** A Readable of bytes `start` to `end` (inclusive, like fs.createReadStream; default: all). */
   createReadStream (options: { start?: number, end?: number, highWaterMark?: number } = {}): Readable {
     this.#assertOpen()
+    // An option this stream does not have (encoding, fd, ...) is refused, not silently ignored.
+    checkOptions(options, 'createReadStream()', ['start', 'end', 'highWaterMark'])
     const start = options.start ?? 0
     checkPosition(start, 'start')
     if (options.end !== undefined) {
@@ -222,9 +226,12 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
     })
   }
 
-  /** A Writable that writes what it is given from `start` on (default: the position); refused past the end. */
+  /** A Writable that writes what it is given from `start` on (default: the position, which it does not move); refused past the end, and on a read-only file. */
   createWriteStream (options: { start?: number } = {}): Writable {
     this.#assertOpen()
+    checkOptions(options, 'createWriteStream()', ['start'])
+    // Refused now rather than at the first chunk, when the source may already be half consumed.
+    if (this.readOnly) throw this.#readOnlyError()
     let at = options.start ?? this.#position
     checkPosition(at, 'start')
     const file = this
@@ -248,8 +255,33 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
     })
   }
 
+  #readOnlyError (): GalleonError {
+    return new GalleonError('READ_ONLY', this.snapshotId !== undefined ? 'this file shows a snapshot, which is read-only; clone the snapshot (cloneVolume) to get a writable copy' : 'this file was opened read-only, or on a read-only mount; for writes open one with openVolumeFile() without { readOnly: true }, straight on the volume or on a read-write mount')
+  }
+
   #assertOpen (): void {
     if (this.#closed || this.#closing !== undefined) throw new GalleonError('NOT_OPEN', 'this volume file is closed; open another with openVolumeFile()')
+  }
+}
+
+/**
+ * Length of the piece of a read or write that starts at `offset`, with `left` bytes to go. What
+ * fits in one piece goes in one call (a write atomic as a whole); a longer request is cut at
+ * multiples of PIECE_BYTES, which every block size divides, so each block is still moved whole by
+ * one call: a write racing another that overlaps it leaves every block as one of them wrote it,
+ * never half of each (a cut inside a block would split it).
+ */
+function pieceAt (offset: number, left: number): number {
+  return left <= PIECE_BYTES ? left : PIECE_BYTES - (offset % PIECE_BYTES)
+}
+
+/** INVALID_ARGUMENT unless `options` is an object whose keys are all in `known`. */
+function checkOptions (options: unknown, call: string, known: readonly string[]): void {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new GalleonError('INVALID_ARGUMENT', `${call} options must be an object such as { ${known[0] ?? 'start'}: 0 }, got ${describe(options)}`)
+  }
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) throw new GalleonError('INVALID_ARGUMENT', `${call} does not take the option ${JSON.stringify(key)}; it takes ${known.join(', ')}`)
   }
 }
 
