@@ -12,6 +12,8 @@ import type { SavedMount } from './daemon-mounts.js'
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 1024 * 1024
+/** Bytes of a refused request's body read and dropped before its connection is closed. */
+const MAX_DISCARD_BYTES = 16 * MAX_BODY_BYTES
 
 /** What a route may use besides the library. */
 export interface RouteContext {
@@ -139,19 +141,54 @@ function target (url: URL, fields: Record<string, unknown> = {}): { target?: str
   return value === undefined ? {} : { target: value }
 }
 
-export async function readBody (request: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = []
+/** A body over the limit: refused as soon as that is known, from its Content-Length or as it comes. */
+function tooLarge (): HttpError {
+  return new HttpError(413, 'TOO_LARGE', `request bodies are limited to ${MAX_BODY_BYTES} bytes`)
+}
+
+/**
+ * Reads and drops what is left of a request body that will not be used (the request was refused
+ * before or while it was read), so that the client gets its answer rather than a reset; past a
+ * bound the connection is closed.
+ */
+export function discardBody (request: IncomingMessage): void {
+  if (request.complete || request.destroyed) return
   let size = 0
-  for await (const chunk of request) {
-    size += (chunk as Buffer).byteLength
-    // Past the limit the rest is read and dropped (so the client gets the 413, not a reset), up to a bound.
-    if (size > MAX_BODY_BYTES * 16) request.destroy()
-    if (size <= MAX_BODY_BYTES) chunks.push(chunk as Buffer)
+  request.on('data', (chunk: Buffer) => {
+    size += chunk.byteLength
+    if (size > MAX_DISCARD_BYTES) request.destroy()
+  })
+}
+
+/**
+ * The request body as JSON (none: undefined). Over the limit it is refused at once, not after the
+ * client sent all of it (a body that never ends, chunked or of a large Content-Length, would be
+ * answered never); the rest is dropped as {@link discardBody} does.
+ */
+export async function readBody (request: IncomingMessage): Promise<unknown> {
+  const declared = request.headers['content-length']
+  if (declared !== undefined && Number(declared) > MAX_BODY_BYTES) {
+    discardBody(request)
+    throw tooLarge()
   }
-  if (size > MAX_BODY_BYTES) throw new HttpError(413, 'TOO_LARGE', `request bodies are limited to ${MAX_BODY_BYTES} bytes`)
-  if (size === 0) return undefined
+  const text = await new Promise<string>((resolve, reject) => {
+    // A client gone mid-body is no failure of the daemon's: answered (to no one) 499, not logged as an error.
+    const gone = (): void => { reject(new HttpError(499, 'CANCELLED', 'the client went away before it had sent the whole request')) }
+    if (request.destroyed) { gone(); return }
+    const chunks: Buffer[] = []
+    let size = 0
+    request.on('data', (chunk: Buffer) => {
+      size += chunk.byteLength
+      if (size > MAX_DISCARD_BYTES) request.destroy()
+      else if (size > MAX_BODY_BYTES) reject(tooLarge())
+      else chunks.push(chunk)
+    })
+    request.once('end', () => { resolve(Buffer.concat(chunks).toString('utf8')) })
+    request.once('close', () => { if (!request.complete) gone() })
+  })
+  if (text.length === 0) return undefined
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    return JSON.parse(text)
   } catch {
     throw new HttpError(400, 'INVALID_ARGUMENT', 'the request body is not valid JSON')
   }

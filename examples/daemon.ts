@@ -5,21 +5,21 @@
 // the same machine finds it.
 
 import { spawn } from 'node:child_process'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, maxHeaderSize, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises'
+import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { createLogger, logEvents, type Logger } from './daemon-log.js'
-import { loadOrCreateToken, runtimeTokenPath, sameToken } from './daemon-token.js'
+import { loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
   answerClusterInfo, clusterOptions, clusterSecret, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings
 } from './daemon-cluster.js'
-import { HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
+import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
 
 export { createLogger, runtimeTokenPath, type Logger, type ReloadReport }
 
@@ -38,6 +38,21 @@ const STATUS: Partial<Record<GalleonErrorCode, number>> = {
   VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, POOL_EXISTS: 409, BUSY: 409,
   INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507,
   CANCELLED: 499, HOOK_FAILED: 424, BACKEND_UNAVAILABLE: 503, NOT_LEADER: 421, WRITE_CONCERN_UNSATISFIED: 503
+}
+
+/** The answer to a request Node's HTTP parser refused: status, code and what to do. */
+function parserRefusal (err: NodeJS.ErrnoException & { reason?: string }): [number, string, string] {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW': return [431, 'TOO_LARGE', `the request line and headers are limited to ${maxHeaderSize} bytes (names in the API are short: a volume name has at most 63 characters)`]
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW': return [413, 'TOO_LARGE', 'the chunk extensions of the request body are too large; send the body without them']
+    case 'ERR_HTTP_REQUEST_TIMEOUT': return [408, 'REQUEST_TIMEOUT', 'the request did not arrive in time; send its headers and body at once']
+    default: return [400, 'BAD_REQUEST', `the request is not HTTP/1.1 the daemon reads (${err.reason ?? err.message}); the API takes GET, POST, PUT, PATCH and DELETE requests with JSON bodies`]
+  }
+}
+
+/** Whether the API's socket is bound to this machine only. */
+function isLoopback (ip: string): boolean {
+  return /^(?:::ffff:)?127\.\d+\.\d+\.\d+$/i.test(ip) || ip === '::1'
 }
 
 /** A running daemon. */
@@ -225,6 +240,15 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       connections.add(socket)
       socket.once('close', () => connections.delete(socket))
     })
+    // What Node's HTTP parser refuses (not HTTP, an unknown method, headers too large or too slow)
+    // is answered in JSON like every other refusal, not with a bare status line. A connection with
+    // an answer under way gets no second one: it is closed.
+    server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Socket) => {
+      if (err.code === 'ECONNRESET' || !socket.writable || answering.has(socket)) { socket.destroy(); return }
+      const [status, code, message] = parserRefusal(err)
+      const text = JSON.stringify({ error: { code, message } })
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
+    })
     const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
       const send = (status: number, body: unknown, type = 'application/json'): void => {
         const text = typeof body === 'string' ? body : JSON.stringify(body)
@@ -232,6 +256,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         response.end(text)
       }
       let streaming = false
+      // A request refused before its body was read (no token, say): the body is dropped, up to a bound.
+      let bodyTaken = false
       const began = performance.now()
       // A client that goes away mid-answer cancels what it asked for (a backup, a restore).
       const gone = new AbortController()
@@ -240,7 +266,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10, ...(response.writableFinished ? {} : { cancelled: true }) })
       })
       try {
-        const offered = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1] ?? ''
+        // The scheme's name is case-insensitive (RFC 9110), the token is not.
+        const offered = /^Bearer +(\S+) *$/i.exec(request.headers.authorization ?? '')?.[1] ?? ''
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
         const url = (() => {
           try {
@@ -249,6 +276,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
             throw new HttpError(400, 'INVALID_ARGUMENT', `the request target ${JSON.stringify(request.url)} is not a URL path such as /v1/volumes`)
           }
         })()
+        bodyTaken = true
         const body = await readBody(request)
         const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl, updateSavedMounts }
         if ((request.headers.accept ?? '').includes(NDJSON)) {
@@ -279,6 +307,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
             ? [400, { code: 'INVALID_CONFIG', message: `${err.message}; the daemon keeps the configuration it had` }]
             : isGalleonError(err) ? [STATUS[err.code] ?? 500, { code: err.code, message: err.message }] : [500, { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }]
         if (status === 500) log('error', 'request failed', { method: request.method, url: request.url, error: error.message })
+        if (!bodyTaken) discardBody(request)
         if (streaming) response.end(JSON.stringify({ error }) + '\n')
         else send(status, { error })
       }
@@ -293,10 +322,11 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     })
     const address = server.address()
     const actual = typeof address === 'object' && address !== null ? formatAddress(ipc.host, address.port) : config.ipcAddress
+    if (typeof address === 'object' && address !== null && !isLoopback(address.address)) {
+      log('warn', 'the API listens on an address other machines can reach, in plain HTTP: its token and the data of reads and writes cross the network unencrypted; keep --ipc-address on 127.0.0.1 (or ::1) and reach it through SSH or a TLS-terminating proxy', { ipcAddress: actual })
+    }
     tokenFile = runtimeTokenPath(actual)
-    await mkdir(join(tokenFile, '..'), { recursive: true, mode: 0o700 })
-    await writeFile(tokenFile, token + '\n', { mode: 0o600 })
-    await chmod(tokenFile, 0o600)
+    await writeRuntimeToken(tokenFile, token)
     // Mounts made before a restart (or before a crash) come back.
     if (config.mountPoint !== undefined) {
       for (const saved of await readSavedMounts(config.storagePath)) {

@@ -2,7 +2,7 @@
 // creating those named by their registered names (registry.ts) and loading native backends lazily,
 // so importing galleonfs never needs them.
 
-import { mkdir } from 'node:fs/promises'
+import { makeDirectories } from './make-directories.js'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
@@ -143,7 +143,12 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
     throw new GalleonError('INVALID_ARGUMENT', `mount must be a registered mount driver by name (${names('mountDriver')}), { driver, options }, or a MountDriver { name, mount, unmount }, got ${describe(mount)}`)
   }
 
-  if (storagePath !== undefined) await mkdir(storagePath, { recursive: true })
+  if (storagePath !== undefined) {
+    await makeDirectories(storagePath).catch((err: NodeJS.ErrnoException) => {
+      const fix = err.code === 'EEXIST' || err.code === 'ENOTDIR' ? 'a file is in the way; pick another storagePath' : err.code === 'EACCES' || err.code === 'EPERM' ? 'give this process write access to its parent, or pick another storagePath' : 'pick a storagePath on a writable file system'
+      throw new GalleonError('IO_ERROR', `could not create the storage directory ${storagePath}: ${err.message}; ${fix}`, { cause: err })
+    })
+  }
   const context: DriverContext = { inMemory: inMemory === true, ...(storagePath === undefined ? {} : { storagePath }) }
   const created: Array<() => Promise<void>> = []
   try {

@@ -9,11 +9,12 @@
 // Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
 
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promises'
+import { open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { syncDirectory, writeFileAtomically } from '../../src/durable-files.js'
+import { makeDirectories } from '../../src/make-directories.js'
 
 /** Options of the directory backup target. */
 export interface DirectoryBackupTargetOptions {
@@ -54,8 +55,8 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async #open (): Promise<void> {
     try {
-      await mkdir(join(this.location, 'chunks'), { recursive: true })
-      await mkdir(join(this.location, 'manifests'), { recursive: true })
+      await makeDirectories(join(this.location, 'chunks'))
+      await makeDirectories(join(this.location, 'manifests'))
     } catch (err) {
       throw ioError(`could not create the backup directory ${this.location}`, err)
     }
@@ -130,7 +131,7 @@ export class DirectoryBackupTarget implements BackupTarget {
     this.#chunkPath(id)
     assertData(data)
     const dir = join(this.location, 'chunks', id.slice(0, 2))
-    const created = await mkdir(dir, { recursive: true }).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
+    const created = await makeDirectories(dir).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
     // A new fan directory is an entry of its parent, as a chunk is of its fan: flush() syncs both.
     if (created !== undefined) {
       for (let parent = dirname(dir); parent.length >= created.length; parent = dirname(parent)) this.#dirtyDirs.add(parent)

@@ -3,7 +3,7 @@
 // here is ordered for crash safety first, and recovery tells a torn tail (cut off) from corruption
 // (reported, never cut off).
 
-import { mkdir } from 'node:fs/promises'
+import { makeDirectories } from '../../src/make-directories.js'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes } from '../../src/errors.js'
@@ -113,7 +113,7 @@ export class FileBlockStore extends AbstractBlockStore {
     resetState(this.#state)
     const location = this.#state.location
     try {
-      await mkdir(location, { recursive: true })
+      await makeDirectories(location)
     } catch (err) {
       throw wrapIo(err, `could not create the block store directory ${location}`)
     }

@@ -29,12 +29,13 @@
 // something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
-import { access, constants, mkdir, stat } from 'node:fs/promises'
+import { access, constants, stat } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { childEnvironment } from '../../src/child-env.js'
 import { promisify } from 'node:util'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
+import { makeDirectories } from '../../src/make-directories.js'
 import { nativeAead } from '../../src/crypto/native-aead.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
@@ -239,7 +240,7 @@ export class FuseMountDriver implements MountDriver {
     // A live mount there (another process's, or another instance's in this one) stays: FUSE would
     // refuse with "Mountpoint in use", which is no I/O error.
     if (await isMountPoint(path, false)) throw new GalleonError('BUSY', `${path} is already a mount point (findmnt ${path} shows what is mounted there); unmount it first or pick another path`)
-    await mkdir(path, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+    await makeDirectories(path).catch((err: NodeJS.ErrnoException) => {
       throw new GalleonError('IO_ERROR', `could not create the mount point ${path}: ${err.message}`, { cause: err })
     })
     const info = await stat(path)
