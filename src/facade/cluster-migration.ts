@@ -66,14 +66,17 @@ export class FillProgress {
   }
 }
 
-/** How a migration of a replicated volume's class ended: the volume, or the error it threw. */
-interface MigrationOutcome { volume?: Volume, error?: unknown }
+/**
+ * How a migration of a replicated volume's class ended: the volume, or the error it threw;
+ * `abandoned` when its caller's signal stopped it (not a failure of the migration itself).
+ */
+interface MigrationOutcome { volume?: Volume, error?: unknown, abandoned?: boolean }
 
 /**
  * Waits for a migration another call runs (the same one asked for again): its outcome, or
  * CANCELLED when `signal` fires first (the migration itself goes on).
  */
-async function joinMigration (ended: Promise<MigrationOutcome>, name: string, signal: AbortSignal | undefined): Promise<Volume> {
+async function joinMigration (ended: Promise<MigrationOutcome>, name: string, signal: AbortSignal | undefined): Promise<MigrationOutcome> {
   if (signal?.aborted === true) throw new GalleonError('CANCELLED', `stopped waiting for the migration of volume ${name}; it goes on`)
   let onAbort: (() => void) | undefined
   const cancelled = new Promise<never>((_resolve, reject) => {
@@ -81,9 +84,7 @@ async function joinMigration (ended: Promise<MigrationOutcome>, name: string, si
     signal?.addEventListener('abort', onAbort, { once: true })
   })
   try {
-    const outcome = await Promise.race([ended, cancelled])
-    if (outcome.volume === undefined) throw outcome.error
-    return outcome.volume
+    return await Promise.race([ended, cancelled])
   } finally {
     if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort)
   }
@@ -101,7 +102,7 @@ export class ClusterMigrations {
   /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
   readonly nodeMoves = new Map<string, { abort: AbortController, done: Promise<unknown> }>()
   /** Replicated volumes whose class change this node started and waits for. */
-  readonly #reshaping = new Map<string, { storageClass: string, pool: string | undefined, ended: Promise<MigrationOutcome> }>()
+  readonly #reshaping = new Map<string, { storageClass: string, pool: string | undefined, ended: Promise<MigrationOutcome>, joiners: number }>()
 
   constructor (host: FacadeHost) {
     this.#host = host
@@ -363,7 +364,7 @@ export class ClusterMigrations {
   }
 
   /** The work of migrateReplicated, with the class held. */
-  async #reshape (record: VolumeRecord, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl, replication: ReplicationManager): Promise<Volume> {
+  async #reshape (record: VolumeRecord, storageClass: StorageClass, target: MigrateVolumeOptions, control: MigrateControl, replication: ReplicationManager, takenOver = false): Promise<Volume> {
     const { signal, onProgress } = control
     const replicas = classReplicas(storageClass)
     // The class in the cluster's record is the volume's; a copy may still be on its way to it.
@@ -379,12 +380,24 @@ export class ClusterMigrations {
       }
       // The same migration again (a caller that stopped waiting and asks once more): this call
       // waits for the one running and answers with its outcome.
-      return await joinMigration(running.ended, record.name, signal)
+      running.joiners++
+      let joined: MigrationOutcome
+      try {
+        joined = await joinMigration(running.ended, record.name, signal)
+      } finally {
+        running.joiners--
+      }
+      if (joined.volume !== undefined) return joined.volume
+      // Its caller stopped waiting (a client that gave up, its connection closed) and left the
+      // copies converting for this one, which still waits: this call takes the wait over.
+      if (joined.abandoned === true) return await this.#reshape(record, storageClass, target, control, replication, true)
+      throw joined.error
     }
     // Taken before anything is awaited, so that a second call made meanwhile joins this one.
     let finish: (outcome: MigrationOutcome) => void = () => {}
     const ended = new Promise<MigrationOutcome>((resolve) => { finish = resolve })
-    this.#reshaping.set(record.id, { storageClass: storageClass.name, pool: poolName, ended })
+    const entry = { storageClass: storageClass.name, pool: poolName, ended, joiners: 0 }
+    this.#reshaping.set(record.id, entry)
     let outcome: MigrationOutcome = { error: new GalleonError('IO_ERROR', `the migration of volume ${record.name} ended without an outcome`) }
     try {
       // The record names the target already: done, or an earlier call that failed or stopped
@@ -392,7 +405,7 @@ export class ClusterMigrations {
       let resume = false
       if (storageClass.name === currentClass && poolName === currentPool) {
         const seen = await replication.copyLayouts(record.id)
-        resume = seen !== undefined && seen.layouts.some((l) => l.busy || !l.converged || l.error !== undefined)
+        resume = seen !== undefined && (takenOver || seen.layouts.some((l) => l.busy || !l.converged || l.error !== undefined))
         if (!resume) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${currentClass}${currentPool === undefined ? '' : ` and pool ${currentPool}`}: nothing to migrate; name another storageClass or pool`)
       } else {
         const converting = this.copyConversions.get(record.id)
@@ -439,7 +452,8 @@ export class ClusterMigrations {
         }
       } catch (err) {
         if (err instanceof GalleonError && err.code === 'CANCELLED') {
-          if (before === undefined) throw new GalleonError('CANCELLED', `stopped waiting for the copies of volume ${record.name}; they go on converting to storage class ${storageClass.name} in the background`)
+          // Undone only when no other call waits for the same migration (see joinMigration).
+          if (before === undefined || (entry.joiners > 0 && !this.#host.closed)) throw new GalleonError('CANCELLED', `stopped waiting for the copies of volume ${record.name}; they go on converting to storage class ${storageClass.name} in the background`)
           await replication.unshape(record.id, before, change).catch(() => {})
           throw new GalleonError('CANCELLED', `the migration of volume ${record.name} was cancelled; its copies return to storage class ${currentClass}`)
         }
@@ -457,7 +471,7 @@ export class ClusterMigrations {
       outcome = { volume }
       return volume
     } catch (err) {
-      outcome = { error: err }
+      outcome = { error: err, abandoned: signal?.aborted === true && !this.#host.closed && err instanceof GalleonError && err.code === 'CANCELLED' }
       throw err
     } finally {
       this.#reshaping.delete(record.id)

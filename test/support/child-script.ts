@@ -8,15 +8,19 @@
 // module finds relative to itself still resolves: node_modules, package.json (`"type": "module"`),
 // and the native addon that native-aead.ts looks for above its own directory.
 //
-// Each process brings the tree up to date on first use: a file is transpiled again when its source
-// is newer than its output. Writes go to a temporary name and are renamed into place, so two test
-// processes doing this at once both leave whole files.
+// Each process brings the tree up to date on first use: an output ends with a hash of the text it was
+// made from (and of the transform's settings), and a file is transpiled again when its source hashes
+// otherwise. Times are not compared: a source copied or unpacked with an older mtime, or edited while
+// another process transpiled it, would leave stale code. Outputs whose source is gone are removed,
+// so a deleted or renamed module fails to import as it does under tsx. Writes go to a temporary name
+// and are renamed into place, so two test processes doing this at once both leave whole files.
 
-import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { basename, dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { transformSync } from 'esbuild'
+import { transformSync, version as esbuildVersion } from 'esbuild'
 
 /** The transpiled tree (ignored by git). */
 const JS_DIR = '.test-js'
@@ -31,23 +35,68 @@ const TREES = ['src', 'backends', 'examples', 'test']
 
 let fresh = false
 let compilerOptions: Record<string, unknown> | undefined
+/** What besides a source's text decides its output. */
+let settings = ''
 
-/** Transpiles every source file whose output is missing or older than it. */
+/** Transpiles every source file whose output is missing or was made from other text; removes outputs of deleted sources. */
 function refresh (): void {
   if (fresh) return
   compilerOptions ??= (JSON.parse(readFileSync(join(ROOT, 'tsconfig.json'), 'utf8')) as { compilerOptions: Record<string, unknown> }).compilerOptions
-  for (const tree of TREES) walk(join(ROOT, tree))
+  settings = `esbuild ${esbuildVersion} ${JSON.stringify(compilerOptions)}`
+  const outputs = new Set<string>()
+  for (const tree of TREES) walk(join(ROOT, tree), outputs)
+  for (const tree of TREES) prune(join(JS_ROOT, tree), outputs)
   fresh = true
 }
 
-function walk (dir: string): void {
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+function walk (dir: string, outputs: Set<string>): void {
+  let entries
+  try { entries = readdirSync(dir, { withFileTypes: true }) } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  for (const entry of entries) {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) {
-      if (entry.name !== 'node_modules' && !entry.name.startsWith('.')) walk(path)
+      if (entry.name !== 'node_modules' && !entry.name.startsWith('.')) walk(path, outputs)
     } else if (entry.isFile() && entry.name.endsWith('.ts') && !entry.name.endsWith('.d.ts')) {
-      transpile(path)
+      outputs.add(transpile(path))
     }
+  }
+}
+
+/** Removes the outputs under `dir` that no source makes any more (other processes' temporary files stay). */
+function prune (dir: string, outputs: ReadonlySet<string>): void {
+  let entries
+  try { entries = readdirSync(dir, { withFileTypes: true }) } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    throw err
+  }
+  for (const entry of entries) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) {
+      prune(path, outputs)
+    } else if (entry.name.endsWith('.js') && !outputs.has(path)) {
+      try { unlinkSync(path) } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      }
+    }
+  }
+}
+
+/** Whether the file at `path` ends with `tail`. */
+function endsWith (path: string, tail: string): boolean {
+  let fd: number
+  try { fd = openSync(path, 'r') } catch { return false }
+  try {
+    const expected = Buffer.from(tail)
+    const size = fstatSync(fd).size
+    if (size < expected.length) return false
+    const found = Buffer.alloc(expected.length)
+    readSync(fd, found, 0, found.length, size - found.length)
+    return found.equals(expected)
+  } finally {
+    closeSync(fd)
   }
 }
 
@@ -55,12 +104,14 @@ function outputOf (source: string): string {
   return join(JS_ROOT, relative(ROOT, source)).replace(/\.ts$/, '.js')
 }
 
-function transpile (source: string): void {
+/** Brings the output of `source` up to date; returns its path. */
+function transpile (source: string): string {
   const output = outputOf(source)
-  let outputTime = -1
-  try { outputTime = statSync(output).mtimeMs } catch {}
-  if (outputTime >= statSync(source).mtimeMs) return
-  const { code } = transformSync(readFileSync(source, 'utf8'), {
+  const text = readFileSync(source, 'utf8')
+  // Read once: the output says which text it was made from, whatever happens to the file after.
+  const stamp = `\n//# test-js-source=${createHash('sha256').update(settings).update('\0').update(text).digest('hex')}\n`
+  if (endsWith(output, stamp)) return output
+  const { code } = transformSync(text, {
     loader: 'ts',
     format: 'esm',
     target: 'es2022',
@@ -70,8 +121,9 @@ function transpile (source: string): void {
   })
   mkdirSync(dirname(output), { recursive: true })
   const temporary = `${output}.${process.pid}.tmp`
-  writeFileSync(temporary, code)
+  writeFileSync(temporary, code + stamp)
   renameSync(temporary, output)
+  return output
 }
 
 /**
