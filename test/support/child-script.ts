@@ -16,7 +16,7 @@
 // and are renamed into place, so two test processes doing this at once both leave whole files.
 
 import { createHash } from 'node:crypto'
-import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
+import { closeSync, fstatSync, type Dirent, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { basename, dirname, join, relative, sep } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -49,13 +49,18 @@ function refresh (): void {
   fresh = true
 }
 
-function walk (dir: string, outputs: Set<string>): void {
-  let entries
-  try { entries = readdirSync(dir, { withFileTypes: true }) } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+/** The entries of `dir`; none when it does not exist. */
+function entriesOf (dir: string): Dirent[] {
+  try {
+    return readdirSync(dir, { withFileTypes: true })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
     throw err
   }
-  for (const entry of entries) {
+}
+
+function walk (dir: string, outputs: Set<string>): void {
+  for (const entry of entriesOf(dir)) {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) {
       if (entry.name !== 'node_modules' && !entry.name.startsWith('.')) walk(path, outputs)
@@ -67,12 +72,7 @@ function walk (dir: string, outputs: Set<string>): void {
 
 /** Removes the outputs under `dir` that no source makes any more (other processes' temporary files stay). */
 function prune (dir: string, outputs: ReadonlySet<string>): void {
-  let entries
-  try { entries = readdirSync(dir, { withFileTypes: true }) } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-    throw err
-  }
-  for (const entry of entries) {
+  for (const entry of entriesOf(dir)) {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) {
       prune(path, outputs)
