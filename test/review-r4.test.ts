@@ -1,5 +1,5 @@
 // Review r4 of this session's changes: the transpiled tree children run (test/support/child-script.ts)
-// and a replicated class change joined by a second call whose first caller stops waiting.
+// (its joined class change, whose first caller stops waiting, is in test/migration-join.test.ts).
 
 import { describe, it, after } from 'node:test'
 import assert from 'node:assert/strict'
@@ -8,10 +8,6 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync, 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { WriteConcern } from '../src/index.js'
-import { until } from './support/wait.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
-import { rejectsWithCode } from './support/assertions.js'
 
 const REPO = fileURLToPath(new URL('..', import.meta.url))
 const scratch: string[] = []
@@ -76,39 +72,5 @@ describe('child processes run from .test-js/', () => {
     const child = await run(await argsFor(root, 'src/main.ts'), root)
     assert.notEqual(child.code, 0, `the transpiled child ran a module whose source is gone: ${child.out}`)
     assert.match(child.err, /ERR_MODULE_NOT_FOUND|Cannot find module/)
-  })
-})
-
-const kit = diskCluster('galleon-review-r4-')
-
-describe('a replicated class change joined by a second call', () => {
-  it('the first caller stopping its wait does not cancel the second: it gets the class it asked for', async () => {
-    const { nodes } = await kit.cluster(2)
-    const [n1, n2] = nodes as [DiskNode, DiskNode]
-    for (const node of nodes) {
-      await node.g.createStorageClass({ name: 'pair', parameters: { replication: '2' } })
-      await node.g.createStorageClass({ name: 'secret-pair', parameters: { replication: '2', encryption: 'true' } })
-    }
-    const blocks = 256
-    await n1.g.createVolume({ name: 'left', sizeBytes: blocks * BS, storageClass: 'pair' })
-    const model = new Uint8Array(blocks * BS)
-    for (let i = 0; i < blocks; i++) model.set(block(i + 3), i * BS)
-    await n1.g.write('left', 0, model, WriteConcern.WriteReplicated)
-    await until('both copies are in sync', async () => await allInSync(n1.g, 'left', 2), 20_000)
-
-    // The first caller (a daemon client that gives up: its connection closes, its signal fires)
-    // stops once the conversion is under way; the second asked for the same and still waits.
-    const gaveUp = new AbortController()
-    const first = n1.g.migrateVolume('left', { storageClass: 'secret-pair' }, { signal: gaveUp.signal, onProgress: () => { gaveUp.abort() } })
-    const again = n1.g.migrateVolume('left', { storageClass: 'secret-pair' })
-    await assert.rejects(first, rejectsWithCode('CANCELLED'))
-    const volume = await again
-    assert.equal(volume.storageClass, 'secret-pair')
-    assert.equal(volume.encrypted, true)
-    for (const node of [n1, n2]) {
-      await until(`the copy on ${node.id} is in secret-pair`, async () => (await node.g.getVolume('left')).storageClass === 'secret-pair', 20_000)
-      assert.equal((await node.g.getVolume('left')).encrypted, true)
-    }
-    assert.deepEqual(await n2.g.read('left', 0, model.byteLength), model)
   })
 })
