@@ -205,7 +205,15 @@ export class ReplicationManager {
     const primary = this.#sets.get(volumeId)?.primary
     if (primary === undefined || primary.seq === 0) return
     if (primary.possible(WriteConcern.WriteReplicated) !== undefined) return
-    await primary.committed(primary.seq, WriteConcern.WriteReplicated)
+    try {
+      await primary.committed(primary.seq, WriteConcern.WriteReplicated)
+    } catch (err) {
+      // Every other copy left the in-sync list while this waited: as when none was in sync at the
+      // start, there is no in-sync copy left to wait for. (A node that stopped leading meanwhile
+      // still fails: the next primary may lack what was written here.)
+      if (!primary.stopped && primary.possible(WriteConcern.WriteReplicated) !== undefined) return
+      throw err
+    }
   }
 
   // ------------------------------------------------------------------ creating and deleting
