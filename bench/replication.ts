@@ -11,7 +11,8 @@
 // time per write case (default 3000, in 5 alternating rounds; BENCH_DEBUG=1 prints each round),
 // BENCH_REPLICATION_MB the resync volume's size (default 256). It also prints what the replicated
 // writes waited for: the stream's batches to the copy, their size and mean round trip (the link's
-// batchesAcknowledged and ackWaitSeconds).
+// batchesAcknowledged and ackWaitSeconds). BENCH_PEER_NODE_ARGS passes node options to the second
+// node's process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it).
 // Saved to bench/results/replication.json.
 
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -57,7 +58,7 @@ async function peer (id: string): Promise<Peer> {
     const g = await node(id)
     return { close: async () => { await g.close() }, openedAt }
   }
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./replication-peer.ts', import.meta.url)), id, join(root, id), etcd.endpoint, SECRET], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child: ChildProcess = spawn(process.execPath, [...(process.env.BENCH_PEER_NODE_ARGS ?? '').split(' ').filter(Boolean), '--import', 'tsx', fileURLToPath(new URL('./replication-peer.ts', import.meta.url)), id, join(root, id), etcd.endpoint, SECRET], { stdio: ['ignore', 'pipe', 'inherit'] })
   let output = ''
   let openedAt = 0
   child.stdout?.on('data', (chunk: Buffer) => {
