@@ -91,6 +91,15 @@ export function plainView (bytes: Uint8Array): Uint8Array {
 }
 
 /** Short printable description of a value for error messages. */
+/**
+ * A caller's string quoted for an error message (a name or id looked up and not found): whole up to
+ * 256 characters, else its first 64 and its length, so that a huge bad argument does not make a
+ * huge message (logs, HTTP answers and audit entries carry messages whole).
+ */
+export function quoted (value: string): string {
+  return value.length <= 256 ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, 64))}... (${value.length} characters)`
+}
+
 export function describe (value: unknown): string {
   if (value === null) return 'null'
   if (Array.isArray(value)) return 'an array'

@@ -1,7 +1,7 @@
 // Migrations that involve other nodes: a volume into a replicated class, a replicated volume to
 // another class (each copy converting on its own node), and this node's copy moved to another node.
 
-import { GalleonError, errorCode, type GalleonErrorCode } from '../errors.js'
+import { GalleonError, errorCode, type GalleonErrorCode, quoted } from '../errors.js'
 import { mountControl } from '../mount/mount-manager.js'
 import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
@@ -351,7 +351,7 @@ export class ClusterMigrations {
     if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     const className = target.storageClass ?? record.storageClass
     const storageClass = this.#host.catalog.storageClass(className)
-    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${quoted(className)}; listStorageClasses() shows the available ones`)
     assertClassSupported(storageClass, classReplicas(storageClass), true)
     // The class cannot be deleted here while the copies convert to it: this node's copy names it
     // only once it has converted (a local migration holds its class the same way).

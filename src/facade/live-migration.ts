@@ -1,7 +1,7 @@
 // Live migration of a volume on this node: its data copied to new storage laid out by another
 // storage class or pool while it is read and written, then one atomic switch-over.
 
-import { GalleonError, errorCode } from '../errors.js'
+import { GalleonError, errorCode, quoted } from '../errors.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { MigrationRecord, VolumeRecord } from '../volumes/catalog.js'
@@ -158,7 +158,7 @@ export class LiveMigrations {
     }
     const className = target.storageClass ?? record.storageClass
     const storageClass = this.#host.catalog.storageClass(className)
-    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+    if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${quoted(className)}; listStorageClasses() shows the available ones`)
     if (layout === undefined && classReplicas(storageClass) > 1) throw new GalleonError('BUSY', `storage class ${storageClass.name} keeps copies on other nodes; call migrateVolume again`)
     assertClassSupported(storageClass, 1)
     const poolName = layout !== undefined ? layout.pool : (this.#host.pools.choose(target.pool, storageClass)?.name ?? record.pool)

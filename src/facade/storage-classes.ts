@@ -1,7 +1,7 @@
 // Custom storage classes as the facade creates and deletes them: checked against the pools they
 // name and the volumes that use them.
 
-import { GalleonError } from '../errors.js'
+import { GalleonError, quoted } from '../errors.js'
 import type { StorageClass } from '../types.js'
 import type { FacadeHost } from './host.js'
 
@@ -18,7 +18,7 @@ export async function createStorageClass (host: FacadeHost, storageClass: Storag
         releasePool = host.pools.hold(pool)
       } catch (err) {
         if (!(err instanceof GalleonError) || err.code !== 'POOL_NOT_FOUND') throw err
-        throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`, { cause: err })
+        throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${quoted(pool)}, which does not exist; create the pool first with createPool() (listPools() shows the existing ones)`, { cause: err })
       }
     }
     await host.catalog.putStorageClass(storageClass)

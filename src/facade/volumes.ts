@@ -1,7 +1,7 @@
 // The volume lifecycle of the facade: recovery at open, creating, deleting (with the clones and
 // copies that depend on a volume) and expanding volumes.
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { mountControl } from '../mount/mount-manager.js'
 import { parseQoSPolicy } from '../qos/policy.js'
@@ -122,7 +122,7 @@ export class VolumeLifecycle {
     if (typeof className !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(className)}`)
     const storageClass = this.#host.catalog.storageClass(className)
     if (storageClass === undefined) {
-      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${JSON.stringify(className)}; listStorageClasses() shows the available ones`)
+      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${quoted(className)}; listStorageClasses() shows the available ones`)
     }
     const replicas = options.replicas ?? classReplicas(storageClass)
     if (!Number.isSafeInteger(replicas) || replicas < 1 || replicas > 999) {

@@ -3,7 +3,7 @@
 
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { randomUUID } from 'node:crypto'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
 import type { StoragePool } from './pools.js'
@@ -208,7 +208,7 @@ export class Catalog {
     const key = slash < 0 ? nameKey(this.currentNamespace(), ref) : ref
     const record = this.#volumes.get(this.#names.get(key) ?? '')
     if (record === undefined) {
-      throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${JSON.stringify(ref)}${slash < 0 ? ` in namespace ${this.currentNamespace()}` : ''}; listVolumes() shows the existing ones`)
+      throw new GalleonError('VOLUME_NOT_FOUND', `no volume with id or name ${quoted(ref)}${slash < 0 ? ` in namespace ${this.currentNamespace()}` : ''}; listVolumes() shows the existing ones`)
     }
     return record
   }
@@ -372,7 +372,7 @@ export class Catalog {
     }
     const snapshots = this.#volumeSnapshots(volume.id)
     const found = snapshots.get(ref) ?? [...snapshots.values()].find((snapshot) => snapshot.name === ref)
-    if (found === undefined) throw new GalleonError('SNAPSHOT_NOT_FOUND', `volume ${volume.name} has no snapshot with id or name ${JSON.stringify(ref)}; listSnapshots() shows its snapshots`)
+    if (found === undefined) throw new GalleonError('SNAPSHOT_NOT_FOUND', `volume ${volume.name} has no snapshot with id or name ${quoted(ref)}; listSnapshots() shows its snapshots`)
     return found
   }
 
@@ -445,7 +445,7 @@ export class Catalog {
   useStorageClass (storageClass: StorageClass): () => void {
     const name = storageClass.name
     if (this.#classes.get(name) !== storageClass || this.#classesChanging.has(name)) {
-      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `storage class ${JSON.stringify(name)} was deleted meanwhile; nothing was created or changed. listStorageClasses() shows the available ones`)
+      throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `storage class ${quoted(name)} was deleted meanwhile; nothing was created or changed. listStorageClasses() shows the available ones`)
     }
     return holdCount(this.#classUses, name)
   }

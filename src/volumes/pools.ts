@@ -9,7 +9,7 @@
 // synchronous step, and a reservation lasts until the volume's record is stored, so concurrent
 // creates cannot both take the last free bytes.
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { formatSize, parseSize } from '../size.js'
 import type { StorageClass } from '../types.js'
 import { holdCount } from './counts.js'
@@ -296,7 +296,7 @@ export class PoolManager {
   get (name: unknown): StoragePool {
     checkPoolName(name)
     const pool = this.#catalog.pool(name)
-    if (pool === undefined || this.#changing.has(name)) throw new GalleonError('POOL_NOT_FOUND', `no storage pool ${JSON.stringify(name)}; listPools() shows the existing ones, createPool() makes one`)
+    if (pool === undefined || this.#changing.has(name)) throw new GalleonError('POOL_NOT_FOUND', `no storage pool ${quoted(name)}; listPools() shows the existing ones, createPool() makes one`)
     return pool
   }
 
@@ -428,7 +428,7 @@ export class PoolManager {
       return this.get(name)
     } catch (err) {
       if (requested === undefined && err instanceof GalleonError && err.code === 'POOL_NOT_FOUND') {
-        throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${JSON.stringify(name)}, which does not exist; create it with createPool() (on every node that holds volumes of the class)`, { cause: err })
+        throw new GalleonError('POOL_NOT_FOUND', `storage class ${storageClass.name} names pool ${quoted(name)}, which does not exist; create it with createPool() (on every node that holds volumes of the class)`, { cause: err })
       }
       throw err
     }

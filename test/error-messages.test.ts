@@ -1,0 +1,40 @@
+// A name or id that is looked up and not found is quoted in the error whole when it is short, and
+// cut to its start and its length when it is huge: a 16 KB bad name made a 16 KB message (and so a
+// 16 KB log line, HTTP answer and audit entry).
+
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { GalleonFS } from '../src/index.js'
+import { rejectsWithCode } from './support/assertions.js'
+
+const HUGE = 'x'.repeat(16384)
+
+describe('error messages quote what was not found', () => {
+  it('whole when short, cut with its length when huge', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '1M' })
+      const message = async (call: Promise<unknown>, code: string): Promise<string> => {
+        let caught: unknown
+        await assert.rejects(call, (err: unknown) => { caught = err; return rejectsWithCode(code as 'VOLUME_NOT_FOUND')(err) })
+        return (caught as Error).message
+      }
+      const short = await message(g.getVolume('missing-volume'), 'VOLUME_NOT_FOUND')
+      assert.match(short, /"missing-volume"/)
+      for (const [call, code] of [
+        [g.getVolume(HUGE), 'VOLUME_NOT_FOUND'],
+        [g.writeBlock(HUGE, 0, new Uint8Array(4096), 'WriteAcknowledged'), 'VOLUME_NOT_FOUND'],
+        [g.getSnapshot('v', HUGE), 'SNAPSHOT_NOT_FOUND'],
+        [g.createVolume({ name: 'w', sizeBytes: '1M', storageClass: HUGE }), 'STORAGE_CLASS_NOT_FOUND']
+      ] as Array<[Promise<unknown>, string]>) {
+        const text = await message(call, code)
+        assert.ok(text.length < 600, `${code}: a ${text.length}-character message`)
+        assert.match(text, /\(16384 characters\)/, code)
+        assert.ok(text.includes('"' + 'x'.repeat(64) + '"'), `${code} keeps the name's start`)
+      }
+      assert.deepEqual((await g.listVolumes()).map((v) => v.name), ['v'], 'nothing was created')
+    } finally {
+      await g.close()
+    }
+  })
+})
