@@ -37,7 +37,7 @@ export async function loadOrCreateToken (path: string): Promise<string> {
 
 /**
  * Writes the runtime token file. Its directory must be this user's (made mode 0700, and set back
- * to 0700 when found looser), in a directory no other user can change: otherwise another user
+ * to 0700 when found looser), below directories no other user can change: otherwise another user
  * could read the token or swap the directory. The file is written under another name and renamed
  * into place, so a link left where the file goes is replaced, never followed.
  */
@@ -47,10 +47,16 @@ export async function writeRuntimeToken (path: string, token: string): Promise<v
   const uid = process.getuid?.()
   if (uid !== undefined) {
     const fix = 'set XDG_RUNTIME_DIR to a directory of your own (mode 0700), or remove that one'
-    // Only its owner (or root) can swap what is in a directory that is not writable by others or is sticky (/tmp).
-    const parent = await stat(dirname(directory))
-    if ((parent.uid !== uid && parent.uid !== 0) || ((parent.mode & 0o022) !== 0 && (parent.mode & 0o1000) === 0)) {
-      throw new ConfigError(`the runtime directory ${dirname(directory)}, where the API token is left for the CLI, can be changed by another user (owner uid ${parent.uid}, mode ${(parent.mode & 0o7777).toString(8)}); ${fix}`)
+    // Only its owner (or root) can swap what is in a directory that is not writable by others or is
+    // sticky (/tmp); and so for every directory above it, up to the root (as OpenSSH's StrictModes),
+    // or another user could rename a whole branch away and put one of its own in its place.
+    for (let at = dirname(directory); ; at = dirname(at)) {
+      const info = await stat(at)
+      if ((info.uid !== uid && info.uid !== 0) || ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0)) {
+        const where = at === dirname(directory) ? `the runtime directory ${at}` : `${at}, above the runtime directory ${dirname(directory)}`
+        throw new ConfigError(`${where}, where the API token is left for the CLI, can be changed by another user (owner uid ${info.uid}, mode ${(info.mode & 0o7777).toString(8)}); ${fix}`)
+      }
+      if (dirname(at) === at) break
     }
     const own = await lstat(directory)
     if (!own.isDirectory() || own.uid !== uid) {
