@@ -11,6 +11,7 @@ import { replicatorFor } from '../engine/replicator.js'
 import { VolumeState, WriteConcern } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
+import type { VolumeSpec } from '../replication/records.js'
 import { toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
 
@@ -99,7 +100,7 @@ export class KeyRotations {
     const describeNow = (): VolumeEncryption => this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
     // A repeat of a forwarded call that counted its rotation already (its answer was lost): the
     // record names it, also after a change of primary.
-    if (token !== undefined && replication.spec(record.id)?.keyRotationToken === token) return describeNow()
+    if (token !== undefined && countedRotation(replication.spec(record.id), token)) return describeNow()
     const volume = await this.#begin(record)
     const replicator = volume.replicator
     const nodeId = this.#host.cluster?.nodeId ?? ''
@@ -111,8 +112,10 @@ export class KeyRotations {
     const generation = await this.#host.admin(async () => {
       const counted = await replication.update(record.id, (r) => {
         if (r.primary !== nodeId) return undefined
-        if (token !== undefined && r.spec.keyRotationToken === token) { repeated = true; return undefined }
-        return { ...r, spec: { ...r.spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1, ...(token === undefined ? {} : { keyRotationToken: token }) } }
+        if (token !== undefined && countedRotation(r.spec, token)) { repeated = true; return undefined }
+        const { keyRotationToken: _older, ...spec } = r.spec
+        const tokens = [...(Array.isArray(r.spec.keyRotationTokens) ? r.spec.keyRotationTokens : (_older === undefined ? [] : [_older])), ...(token === undefined ? [] : [token])].slice(-ROTATION_TOKENS_KEPT)
+        return { ...r, spec: { ...spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1, ...(tokens.length === 0 ? {} : { keyRotationTokens: tokens }) } }
       })
       if (repeated) return undefined
       if (counted === undefined) throw notLeader()
@@ -263,4 +266,16 @@ export class KeyRotations {
     }
     return { keyId: next.keyId, provider: next.name, rewrapped }
   }
+}
+
+/**
+ * Tokens of the last forwarded rotations a volume's record keeps: a repeat of any of them (its
+ * answer lost, the call sent again, also after other rotations and a change of primary) does not
+ * rotate again.
+ */
+const ROTATION_TOKENS_KEPT = 32
+
+/** Whether the rotation of the forwarded call `token` was counted already (see VolumeSpec.keyRotationTokens). */
+function countedRotation (spec: VolumeSpec | undefined, token: string): boolean {
+  return spec !== undefined && ((Array.isArray(spec.keyRotationTokens) && spec.keyRotationTokens.includes(token)) || spec.keyRotationToken === token)
 }

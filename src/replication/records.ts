@@ -29,10 +29,12 @@ export interface VolumeSpec {
    */
   readonly keyGeneration?: number
   /**
-   * The token of the forwarded rotateVolumeKey call that counted the last rotation: a repeat of that
-   * call (its answer lost, resent to the same primary or to the next one) finds it here and does not
-   * rotate again.
+   * The tokens of the forwarded rotateVolumeKey calls that counted the last rotations (up to 32,
+   * oldest first): a repeat of such a call (its answer lost, resent to the same primary or to the
+   * next one, also after other rotations) finds its token here and does not rotate again.
    */
+  readonly keyRotationTokens?: readonly string[]
+  /** The one token records written by earlier versions kept (the last rotation's); read, never written. */
   readonly keyRotationToken?: string
 }
 
