@@ -229,10 +229,16 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
    * Idempotent; further calls on the instance fail with NOT_OPEN.
    */
   async close (): Promise<void> {
-    if (this.#context.getStore()?.principal !== undefined) {
-      const denied = this.#gate.check('close', 'admin', undefined, 'instance')
-      if (denied !== undefined) await denied
+    if (this.#closing !== undefined) {
+      // Closing already: a principal still needs admin, but the audit log may be closed.
+      if (this.#context.getStore()?.principal !== undefined) {
+        const denied = this.#gate.check('close', 'admin', undefined, 'instance')
+        if (denied !== undefined) await denied
+      }
+      return await this.#closing
     }
+    // A principal closing the instance (which takes admin) is audited before the log closes with it.
+    if (this.#context.getStore()?.principal !== undefined && !this.#closed) await this.#gate.recordAhead('close', 'admin', undefined, 'instance')
     if (this.#closing !== undefined) return await this.#closing
     this.#closing = closeInstance({
       host: this.#host, volumes: this.#volumes, membership: this.#membership, scheduler: this.#scheduler, backups: this.#backups, adminQueue: () => this.#adminQueue,

@@ -226,6 +226,21 @@ export class AccessGuard {
   }
 
   /**
+   * `check`, then, for a principal allowed the call, its audit entry written before the call runs:
+   * for a call that closes the audit log with the instance (close()), whose outcome cannot be
+   * recorded afterwards. The entry says so in its details. The application's calls are not audited
+   * here (as for other calls it makes, only guarded ones are).
+   */
+  async recordAhead (action: string, verb: Verb, object: AccessObject | undefined, label: string): Promise<void> {
+    const context = this.#context.getStore()
+    if (context === undefined || context.nested || context.principal === undefined) return
+    const denied = this.check(action, verb, object, label)
+    if (denied !== undefined) await denied
+    const principal = context.principal
+    await this.#audit.append({ principal: principal.id, roles: principal.roles, groups: principal.groups, action, verb, object: label, result: 'ok', details: { recorded: 'before the call (it closes the audit log)' } })
+  }
+
+  /**
    * Records the entry of a call that failed or was denied, and returns the error to throw: the
    * call's own (its code is what the caller acts on), carrying in `auditError` the audit log's
    * error when the entry could not be written (as a successful call rejects with that error), so
