@@ -2,9 +2,9 @@
 // runtime file where the CLI finds it, and compared in constant time.
 
 import { randomBytes, timingSafeEqual } from 'node:crypto'
-import { chmod, lstat, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, lstat, readFile, realpath, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { ConfigError, formatAddress, parseAddress } from './daemon-config.js'
 import { makeDirectories } from '../src/make-directories.js'
 
@@ -49,14 +49,20 @@ export async function writeRuntimeToken (path: string, token: string): Promise<v
     const fix = 'set XDG_RUNTIME_DIR to a directory of your own (mode 0700), or remove that one'
     // Only its owner (or root) can swap what is in a directory that is not writable by others or is
     // sticky (/tmp); and so for every directory above it, up to the root (as OpenSSH's StrictModes),
-    // or another user could rename a whole branch away and put one of its own in its place.
-    for (let at = dirname(directory); ; at = dirname(at)) {
-      const info = await stat(at)
-      if ((info.uid !== uid && info.uid !== 0) || ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0)) {
-        const where = at === dirname(directory) ? `the runtime directory ${at}` : `${at}, above the runtime directory ${dirname(directory)}`
-        throw new ConfigError(`${where}, where the API token is left for the CLI, can be changed by another user (owner uid ${info.uid}, mode ${(info.mode & 0o7777).toString(8)}); ${fix}`)
+    // or another user could rename a whole branch away and put one of its own in its place. Both
+    // the path as given (where a symlink on it lives) and the real path it leads to (where the
+    // directories the token lands in live) are walked.
+    const runtime = resolve(dirname(directory))
+    const real = await realpath(runtime)
+    for (const start of real === runtime ? [runtime] : [runtime, real]) {
+      for (let at = start; ; at = dirname(at)) {
+        const info = await stat(at)
+        if ((info.uid !== uid && info.uid !== 0) || ((info.mode & 0o022) !== 0 && (info.mode & 0o1000) === 0)) {
+          const where = at === start ? `the runtime directory ${at}` : `${at}, above the runtime directory ${runtime}${start === runtime ? '' : ` (which is ${real})`}`
+          throw new ConfigError(`${where}, where the API token is left for the CLI, can be changed by another user (owner uid ${info.uid}, mode ${(info.mode & 0o7777).toString(8)}); ${fix}`)
+        }
+        if (dirname(at) === at) break
       }
-      if (dirname(at) === at) break
     }
     const own = await lstat(directory)
     if (!own.isDirectory() || own.uid !== uid) {

@@ -90,7 +90,6 @@ export function plainView (bytes: Uint8Array): Uint8Array {
   return Buffer.isBuffer(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : bytes
 }
 
-/** Short printable description of a value for error messages. */
 /**
  * A caller's string quoted for an error message (a name or id looked up and not found): whole up to
  * 256 characters, else its first 64 and its length, so that a huge bad argument does not make a
@@ -100,6 +99,7 @@ export function quoted (value: string): string {
   return value.length <= 256 ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, 64))}... (${value.length} characters)`
 }
 
+/** Short printable description of a value for error messages. */
 export function describe (value: unknown): string {
   if (value === null) return 'null'
   if (Array.isArray(value)) return 'an array'

@@ -26,6 +26,8 @@ describe('replicated key rotation tokens', () => {
     const a = n3.g.rotateVolumeKey('keys')
     a.catch(() => {})
     await until('the primary counted A', async () => (await n1.g.getVolumeEncryption('keys')).keyGeneration === 1, 20_000)
+    // B only once A's re-encryption on the primary is over: a rotation asked for meanwhile is refused (BUSY).
+    await until('A re-encrypted on the primary', async () => (await n1.g.getVolumeEncryption('keys')).rotation === undefined, 20_000)
     // B: n2's rotation, answered.
     const b = await n2.g.rotateVolumeKey('keys')
     assert.equal(b.keyGeneration, 2)

@@ -113,9 +113,10 @@ export class KeyRotations {
       const counted = await replication.update(record.id, (r) => {
         if (r.primary !== nodeId) return undefined
         if (token !== undefined && countedRotation(r.spec, token)) { repeated = true; return undefined }
-        const { keyRotationToken: _older, ...spec } = r.spec
-        const tokens = [...(Array.isArray(r.spec.keyRotationTokens) ? r.spec.keyRotationTokens : (_older === undefined ? [] : [_older])), ...(token === undefined ? [] : [token])].slice(-ROTATION_TOKENS_KEPT)
-        return { ...r, spec: { ...spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1, ...(tokens.length === 0 ? {} : { keyRotationTokens: tokens }) } }
+        const tokens = rotationTokens(r.spec, token)
+        // keyRotationToken too (the last forwarded rotation's), for nodes of earlier versions.
+        const last = tokens[tokens.length - 1]
+        return { ...r, spec: { ...r.spec, keyGeneration: (r.spec.keyGeneration ?? 0) + 1, ...(tokens.length === 0 ? {} : { keyRotationTokens: tokens }), ...(last === undefined ? {} : { keyRotationToken: last }) } }
       })
       if (repeated) return undefined
       if (counted === undefined) throw notLeader()
@@ -274,6 +275,19 @@ export class KeyRotations {
  * rotate again.
  */
 const ROTATION_TOKENS_KEPT = 32
+
+/**
+ * The tokens a record keeps once the rotation of `token` (if a forwarded call's) is counted: those
+ * it had, including the one a node of an earlier version wrote to keyRotationToken (it knows no
+ * list: its token may be in neither, or newer than the list), the newest ROTATION_TOKENS_KEPT.
+ */
+function rotationTokens (spec: VolumeSpec, token: string | undefined): string[] {
+  const tokens = Array.isArray(spec.keyRotationTokens) ? spec.keyRotationTokens.filter((t): t is string => typeof t === 'string') : []
+  for (const added of [spec.keyRotationToken, token]) {
+    if (typeof added === 'string' && !tokens.includes(added)) tokens.push(added)
+  }
+  return tokens.slice(-ROTATION_TOKENS_KEPT)
+}
 
 /** Whether the rotation of the forwarded call `token` was counted already (see VolumeSpec.keyRotationTokens). */
 function countedRotation (spec: VolumeSpec | undefined, token: string): boolean {

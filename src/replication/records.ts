@@ -34,7 +34,11 @@ export interface VolumeSpec {
    * next one, also after other rotations) finds its token here and does not rotate again.
    */
   readonly keyRotationTokens?: readonly string[]
-  /** The one token records written by earlier versions kept (the last rotation's); read, never written. */
+  /**
+   * The token of the last forwarded rotation, the one field nodes of earlier versions read and write:
+   * kept beside keyRotationTokens for them, and merged into that list (where such a node may have
+   * written one the list lacks) when the next rotation is counted.
+   */
   readonly keyRotationToken?: string
 }
 
