@@ -6,7 +6,7 @@ import type { EventEmitter } from 'eventemitter3'
 import { checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
 import type { AuditEntry, AuditLog, AuditQuery, AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl } from './mount/mount-manager.js'
-import { GalleonError, describe } from './errors.js'
+import { GalleonError, describe, quoted } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import type { KeyManager, VolumeEncryption } from './crypto/key-manager.js'
 import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
@@ -257,7 +257,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     }
     const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'pool', 'accessModes', 'labels', 'qos'])
     for (const key of Object.keys(options)) {
-      if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+      if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${quoted(key)}; allowed: ${[...known].join(', ')}`)
     }
     const namespace = options.namespace ?? this.#catalog.currentNamespace()
     checkNamespace(namespace)
@@ -399,7 +399,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
       throw new GalleonError('INVALID_ARGUMENT', `migrateVolume() needs a target such as { storageClass: 'encrypted-local' } or { pool: 'big' }, got ${describe(target)}`)
     }
     for (const key of Object.keys(target)) {
-      if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${JSON.stringify(key)}; allowed: storageClass, pool, node`)
+      if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${quoted(key)}; allowed: storageClass, pool, node`)
     }
     if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress?, syncTimeoutMs? }, got ${describe(control)}`)
     if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)

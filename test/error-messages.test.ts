@@ -1,6 +1,6 @@
-// A name or id that is looked up and not found is quoted in the error whole when it is short, and
-// cut to its start and its length when it is huge: a 16 KB bad name made a 16 KB message (and so a
-// 16 KB log line, HTTP answer and audit entry).
+// A name or id that is looked up and not found, or an unknown option's key, is quoted in the error
+// whole when it is short, and cut to its start and its length when it is huge: a 16 KB bad name
+// made a 16 KB message (and so a 16 KB log line, HTTP answer and audit entry).
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -25,7 +25,11 @@ describe('error messages quote what was not found', () => {
         [g.getVolume(HUGE), 'VOLUME_NOT_FOUND'],
         [g.writeBlock(HUGE, 0, new Uint8Array(4096), 'WriteAcknowledged'), 'VOLUME_NOT_FOUND'],
         [g.getSnapshot('v', HUGE), 'SNAPSHOT_NOT_FOUND'],
-        [g.createVolume({ name: 'w', sizeBytes: '1M', storageClass: HUGE }), 'STORAGE_CLASS_NOT_FOUND']
+        [g.createVolume({ name: 'w', sizeBytes: '1M', storageClass: HUGE }), 'STORAGE_CLASS_NOT_FOUND'],
+        // Unknown options and mount names quote the caller's key the same way.
+        [g.createVolume({ name: 'w', sizeBytes: '1M', [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
+        [g.createAccessPolicy({ name: 'p', principals: ['*'], verbs: ['volume:read'], [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
+        [g.mounts.unmountVolume(HUGE), 'INVALID_ARGUMENT']
       ] as Array<[Promise<unknown>, string]>) {
         const text = await message(call, code)
         assert.ok(text.length < 600, `${code}: a ${text.length}-character message`)

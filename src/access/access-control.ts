@@ -6,7 +6,7 @@
 // the verb on the object: default deny.
 
 import type { AbstractSublevel } from 'abstract-level'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { DEFAULT_NAMESPACE, type MetadataDatabase } from '../volumes/catalog.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
@@ -88,7 +88,7 @@ export function parseAccessPolicy (input: unknown): AccessPolicy {
   const p = input as AccessPolicy
   if (p === null || typeof p !== 'object' || Array.isArray(p)) throw new GalleonError('INVALID_ARGUMENT', `an access policy is an object { name, principals, verbs, namespaces?, volumes? }, got ${describe(input)}`)
   const known = new Set(['name', 'principals', 'verbs', 'namespaces', 'volumes', 'description'])
-  for (const key of Object.keys(p)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown access policy field ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+  for (const key of Object.keys(p)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown access policy field ${quoted(key)}; allowed: ${[...known].join(', ')}`)
   if (typeof p.name !== 'string' || !POLICY_NAME.test(p.name)) throw new GalleonError('INVALID_ARGUMENT', `access policy name must be 1-63 letters, digits, '-', '_' or '.', got ${describe(p.name)}`)
   const list = (field: 'principals' | 'verbs' | 'namespaces' | 'volumes', required: boolean): string[] | undefined => {
     const value = p[field]

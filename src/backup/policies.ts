@@ -5,7 +5,7 @@
 
 import { Cron } from 'croner'
 import type { AbstractSublevel } from 'abstract-level'
-import { GalleonError, describe, errorCode } from '../errors.js'
+import { GalleonError, describe, errorCode, quoted } from '../errors.js'
 import type { GalleonFS } from '../galleonfs.js'
 import { BackupStrategy } from '../types.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
@@ -359,7 +359,7 @@ export class BackupScheduler {
   #validate (options: BackupPolicyOptions): BackupPolicy {
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `a backup policy is an object such as { name, schedule: '0 2 * * *', strategy: 'incremental', retention: { daily: 7 }, volumes: ['db'] }, got ${describe(options)}`)
     const known = new Set(['name', 'schedule', 'timezone', 'strategy', 'fullEvery', 'retention', 'volumes', 'labels', 'target', 'hooks'])
-    for (const key of Object.keys(options)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown backup policy field ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+    for (const key of Object.keys(options)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown backup policy field ${quoted(key)}; allowed: ${[...known].join(', ')}`)
     if (typeof options.name !== 'string' || !NAME.test(options.name)) throw new GalleonError('INVALID_ARGUMENT', `backup policy name must be 1-63 letters, digits, '-', '_' or '.', got ${describe(options.name)}`)
     const timezone = options.timezone ?? 'UTC'
     if (typeof options.schedule !== 'string') throw new GalleonError('INVALID_ARGUMENT', `schedule must be a cron expression such as '0 2 * * *', got ${describe(options.schedule)}`)
@@ -374,7 +374,7 @@ export class BackupScheduler {
     if (!Number.isSafeInteger(fullEvery) || fullEvery < 1 || fullEvery > 1000) throw new GalleonError('INVALID_ARGUMENT', `fullEvery must be a whole number from 1 to 1000, got ${describe(fullEvery)}`)
     const retention = options.retention ?? {}
     if (retention === null || typeof retention !== 'object') throw new GalleonError('INVALID_ARGUMENT', `retention must be an object such as { daily: 7, weekly: 4, monthly: 3 }, got ${describe(retention)}`)
-    for (const key of Object.keys(retention)) if (!['daily', 'weekly', 'monthly'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown retention field ${JSON.stringify(key)}; allowed: daily, weekly, monthly`)
+    for (const key of Object.keys(retention)) if (!['daily', 'weekly', 'monthly'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown retention field ${quoted(key)}; allowed: daily, weekly, monthly`)
     const counts = { daily: retention.daily ?? 0, weekly: retention.weekly ?? 0, monthly: retention.monthly ?? 0 }
     for (const [key, value] of Object.entries(counts)) {
       if (!Number.isSafeInteger(value) || value < 0 || value > 10000) throw new GalleonError('INVALID_ARGUMENT', `retention.${key} must be a whole number from 0 to 10000, got ${describe(value)}`)

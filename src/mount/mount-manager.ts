@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto'
 import { resolve as resolvePath } from 'node:path'
 import type { MountDriver, MountedVolume } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { AccessMode, WriteConcern } from '../types.js'
 import { VolumeFile, type VolumeFileIo } from './volume-file.js'
 import { SerialQueue } from '../serial-queue.js'
@@ -202,7 +202,7 @@ export class MountManager {
   async mountVolume (ref: unknown, path: string, options: MountOptions = {}): Promise<string> {
     if (typeof path !== 'string' || path.length === 0) throw new GalleonError('INVALID_ARGUMENT', `a mount point is a non-empty path, got ${describe(path)}`)
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `mount options must be an object such as { readOnly: true }, got ${describe(options)}`)
-    for (const key of Object.keys(options)) if (!KNOWN_OPTIONS.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown mount option ${JSON.stringify(key)}; allowed: ${[...KNOWN_OPTIONS].join(', ')}`)
+    for (const key of Object.keys(options)) if (!KNOWN_OPTIONS.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown mount option ${quoted(key)}; allowed: ${[...KNOWN_OPTIONS].join(', ')}`)
     if (options.options !== undefined && (!Array.isArray(options.options) || !options.options.every((o) => typeof o === 'string' && o.length > 0))) {
       throw new GalleonError('INVALID_ARGUMENT', `options must be a list of mount option strings such as ['ro', 'sync'], got ${describe(options.options)}`)
     }
@@ -334,7 +334,7 @@ export class MountManager {
     this.#assertOpen()
     if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `openVolumeFile() options must be an object such as { readOnly: true }, got ${describe(options)}`)
     // A misspelt option (`readonly`) would otherwise open a writable file, and take the writer's place.
-    for (const key of Object.keys(options)) if (key !== 'readOnly') throw new GalleonError('INVALID_ARGUMENT', `unknown openVolumeFile() option ${JSON.stringify(key)}; allowed: readOnly`)
+    for (const key of Object.keys(options)) if (key !== 'readOnly') throw new GalleonError('INVALID_ARGUMENT', `unknown openVolumeFile() option ${quoted(key)}; allowed: readOnly`)
     if (options.readOnly !== undefined && typeof options.readOnly !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `readOnly must be true or false, got ${describe(options.readOnly)}`)
     const found = typeof pathOrRef === 'string' ? this.#atPath(resolvePath(pathOrRef)) : undefined
     const mounted = found !== undefined && this.#host.visible(found.mount.namespace, found.mount.volumeName) ? found : undefined
@@ -437,7 +437,7 @@ export class MountManager {
     if (typeof idOrPath !== 'string' || idOrPath.length === 0) throw new GalleonError('INVALID_ARGUMENT', `unmountVolume() takes a mount id or a mount point, got ${describe(idOrPath)}`)
     const state = this.#mounts.get(idOrPath) ?? this.#atPath(resolvePath(idOrPath))
     if (state === undefined || !this.#host.visible(state.mount.namespace, state.mount.volumeName)) {
-      throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted as ${JSON.stringify(idOrPath)}; listMounts() shows the mounts`)
+      throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted as ${quoted(idOrPath)}; listMounts() shows the mounts`)
     }
     return state
   }

@@ -2,7 +2,7 @@
 // with an error naming each bad field, the flat `qos_*` storage-class parameters, and the policy
 // that applies to a volume (its own, else its class's).
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 
 /** Ceilings a volume never exceeds (outside burst credits). Absent fields are unlimited. */
 export interface QoSLimits {
@@ -122,7 +122,7 @@ const MAX_MBPS = 1e7
 export function parseQoSPolicy (input: unknown): QoSPolicy {
   const fields = plainObject(input, 'a QoS policy')
   for (const key of Object.keys(fields)) {
-    if (!POLICY_FIELDS.has(key)) throw invalid(`unknown QoS policy field ${JSON.stringify(key)}; allowed: ${[...POLICY_FIELDS].join(', ')}`)
+    if (!POLICY_FIELDS.has(key)) throw invalid(`unknown QoS policy field ${quoted(key)}; allowed: ${[...POLICY_FIELDS].join(', ')}`)
   }
   const out: { -readonly [K in keyof QoSPolicy]: QoSPolicy[K] } = {}
   if (fields.name !== undefined) {
@@ -205,7 +205,7 @@ export function qosFromParameters (parameters: Readonly<Record<string, string>>)
   for (const [key, raw] of Object.entries(parameters)) {
     if (!key.startsWith('qos_')) continue
     const apply = CLASS_PARAMETERS[key]
-    if (apply === undefined) throw invalid(`unknown storage class parameter ${JSON.stringify(key)}; QoS parameters are ${Object.keys(CLASS_PARAMETERS).join(', ')}`)
+    if (apply === undefined) throw invalid(`unknown storage class parameter ${quoted(key)}; QoS parameters are ${Object.keys(CLASS_PARAMETERS).join(', ')}`)
     let value: number | boolean
     if (key === 'qos_burst_enabled') {
       if (raw !== 'true' && raw !== 'false') throw invalid(`storage class parameter "qos_burst_enabled" must be "true" or "false", got ${describe(raw)}`)
@@ -240,7 +240,7 @@ function mapFields<T> (input: Record<string, unknown>, aliases: Record<string, T
   for (const [key, value] of Object.entries(input)) {
     // Own properties only: `constructor`, `toString` or `__proto__` would otherwise find Object.prototype's.
     const field = Object.hasOwn(aliases, key) ? aliases[key] as string : undefined
-    if (field === undefined) throw invalid(`unknown QoS ${where} field ${JSON.stringify(key)}; allowed: ${Object.keys(aliases).join(', ')}`)
+    if (field === undefined) throw invalid(`unknown QoS ${where} field ${quoted(key)}; allowed: ${Object.keys(aliases).join(', ')}`)
     if (field in out) throw invalid(`QoS ${where} field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
     if (value !== undefined && value !== null) out[field] = value
   }

@@ -5,7 +5,7 @@
 // latency target (while their volume is not far ahead of its fair share), then weighted fair
 // share. A noisy neighbour therefore queues behind a guaranteed volume's floor instead of starving it.
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
@@ -107,7 +107,7 @@ export class QoSScheduler {
   constructor (options: QoSNodeOptions = {}, emit: (event: string, payload: unknown) => void = () => {}, windowSeconds = 10) {
     if (options === null || typeof options !== 'object') throw invalid(`qos options must be an object such as { maxInFlight: 64, capacityIops: 20000 }, got ${describe(options)}`)
     const known = new Set(['maxInFlight', 'capacityIops', 'capacityMBps', 'clock'])
-    for (const key of Object.keys(options)) if (!known.has(key)) throw invalid(`unknown qos option ${JSON.stringify(key)}; allowed: ${[...known].join(', ')}`)
+    for (const key of Object.keys(options)) if (!known.has(key)) throw invalid(`unknown qos option ${quoted(key)}; allowed: ${[...known].join(', ')}`)
     const { maxInFlight = 64, capacityIops, capacityMBps } = options
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 65_536) throw invalid(`qos.maxInFlight must be a whole number from 1 to 65536, got ${describe(maxInFlight)}`)
     for (const [field, value] of [['capacityIops', capacityIops], ['capacityMBps', capacityMBps]] as const) {

@@ -129,7 +129,7 @@ export function parsePool (input: unknown): Omit<StoragePool, 'createdAt' | 'upd
   const fields: Partial<Record<keyof CreatePoolOptions, unknown>> = {}
   for (const [key, value] of Object.entries(input)) {
     const field = FIELD_ALIASES[key]
-    if (field === undefined) throw invalid(`unknown pool field ${JSON.stringify(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
+    if (field === undefined) throw invalid(`unknown pool field ${quoted(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
     if (field in fields) throw invalid(`pool field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
     fields[field] = value
   }
@@ -207,7 +207,7 @@ function parseSelector (value: unknown): StoragePool['nodeSelector'] {
     throw invalid(`pool nodeSelector must be an object such as { labels: { disk: 'ssd' }, zones: ['zone-a'] }, got ${describe(value)}`)
   }
   for (const key of Object.keys(value)) {
-    if (key !== 'labels' && key !== 'zones') throw invalid(`unknown pool nodeSelector field ${JSON.stringify(key)}; allowed: labels, zones`)
+    if (key !== 'labels' && key !== 'zones') throw invalid(`unknown pool nodeSelector field ${quoted(key)}; allowed: labels, zones`)
   }
   const { labels, zones } = value as { labels?: unknown, zones?: unknown }
   if (zones !== undefined && (!Array.isArray(zones) || !zones.every((zone) => typeof zone === 'string' && zone.length > 0 && zone.length <= 253))) {

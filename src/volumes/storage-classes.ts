@@ -1,7 +1,7 @@
 // Storage classes: the built-ins, validation of user-supplied classes, and the capability check
 // that refuses to create a weaker volume than the class asks for.
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
 import { qosFromParameters } from '../qos/policy.js'
 import { checkPoolName } from './pools.js'
@@ -66,7 +66,7 @@ export function parseStorageClass (input: unknown): StorageClass {
   for (const [key, value] of Object.entries(input)) {
     const field = FIELD_ALIASES[key]
     if (field === undefined) {
-      throw invalid(`unknown storage class field ${JSON.stringify(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
+      throw invalid(`unknown storage class field ${quoted(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
     }
     if (field in fields) throw invalid(`storage class field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
     fields[field] = value
