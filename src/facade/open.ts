@@ -145,6 +145,9 @@ export async function closeInstance (parts: ClosingInstance): Promise<void> {
   parts.markClosed()
   host.qos.close()
   try {
+    // A leave under way waits for new copies of this node's volumes, which a closing instance no
+    // longer fills: it stops now (the node stays a member, and a later leave goes on from there).
+    parts.membership.replication?.cancelHandOff(new GalleonError('NOT_OPEN', 'the instance was closed while it was leaving the cluster; it is still a member: open it and leave again'))
     await parts.membership.change
     await parts.membership.replication?.close()
     await parts.membership.cluster?.close()

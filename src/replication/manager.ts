@@ -299,6 +299,15 @@ export class ReplicationManager {
     return this.#changes.handOff(options)
   }
 
+  /**
+   * Stops a hand-off under way (see handOff): it rejects with `err` at its next step. close() calls
+   * it before it waits for a leave, which otherwise waits, up to its deadline, for new copies that
+   * a closing instance no longer fills.
+   */
+  cancelHandOff (err: Error): void {
+    this.#changes.cancelHandOff(err)
+  }
+
   /** Moves this node's copy of a volume to node `to`; resolves once it is gone (see ReplicaSetChanges.moveCopy). */
   moveCopy (volumeId: string, to: string, options: { timeoutMs?: number, signal?: AbortSignal } = {}): Promise<void> {
     return this.#changes.moveCopy(volumeId, to, options)

@@ -41,6 +41,8 @@ export class ReplicaSetChanges {
   readonly #core: ManagerCore
   /** While this node hands its copies off (leave), it deletes them itself. */
   #handingOff = false
+  /** Set by cancelHandOff: the hand-off under way stops at its next step with this error. */
+  #handOffCancelled: Error | undefined
   /** Volumes whose copy on this node is moving to another node (it deletes the copy itself). */
   readonly #moving = new Set<string>()
 
@@ -50,6 +52,15 @@ export class ReplicaSetChanges {
 
   /** This node is handing its copies off (it deletes them itself). */
   get handingOff (): boolean { return this.#handingOff }
+
+  /**
+   * Stops a hand-off under way (the instance is closing): it rejects with `err` at its next step
+   * instead of waiting, up to its deadline, for copies that the closing instance no longer fills.
+   * A copy it added stays placed (a later leave finds it as a surplus copy).
+   */
+  cancelHandOff (err: Error): void {
+    if (this.#handingOff) this.#handOffCancelled = err
+  }
 
   /** The copy of this volume on this node is moving to another node (it deletes the copy itself). */
   isMoving (volumeId: string): boolean { return this.#moving.has(volumeId) }
@@ -257,6 +268,7 @@ export class ReplicaSetChanges {
     // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
     const mark = `${LEAVING_PREFIX}${this.#core.nodeId}`
     this.#handingOff = true
+    this.#handOffCancelled = undefined
     try {
       await this.#core.coordinator.put(mark, JSON.stringify({ at: Date.now() }))
     } catch (err) {
@@ -264,9 +276,13 @@ export class ReplicaSetChanges {
       throw err
     }
     try {
-      for (const set of [...this.#core.sets.values()]) await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+      for (const set of [...this.#core.sets.values()]) {
+        if (this.#handOffCancelled !== undefined) throw this.#handOffCancelled
+        await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+      }
     } finally {
       this.#handingOff = false
+      this.#handOffCancelled = undefined
       await this.#core.coordinator.delete(mark).catch(() => {})
     }
   }
@@ -430,6 +446,8 @@ export class ReplicaSetChanges {
       for (;;) {
         const record = await current()
         if (record === undefined || check(record)) return
+        // (A move has its own signal; a leave is stopped by cancelHandOff.)
+        if (to === undefined && this.#handOffCancelled !== undefined) throw this.#handOffCancelled
         if (Date.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
         await sleep(100)
       }
