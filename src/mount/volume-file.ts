@@ -62,6 +62,9 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
    * (from `bufferOffset`), advancing the position. Resolves to the bytes read: 0 at the end.
    */
   async read (buffer: Uint8Array, length?: number, bufferOffset = 0): Promise<number> {
+    // Node's FileHandle.read(buffer, offset, length, position) takes the buffer offset second: such a
+    // call here would read `offset` bytes (0: nothing, which looks like the end of the volume).
+    if (arguments.length > 3) throw new GalleonError('INVALID_ARGUMENT', 'VolumeFile.read takes (buffer, length?, bufferOffset?), not Node\'s (buffer, offset, length, position); use pread(buffer, position, length, bufferOffset) to read at a position')
     // The position moves before the read starts, so concurrent reads get consecutive ranges.
     const at = this.#position
     const wanted = length ?? (buffer instanceof Uint8Array ? buffer.byteLength - bufferOffset : 0)
@@ -77,6 +80,7 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
 
   /** Reads up to `length` bytes at `position` into `buffer`, without moving the position. */
   async pread (buffer: Uint8Array, position: number, length?: number, bufferOffset = 0): Promise<number> {
+    if (arguments.length > 4) throw new GalleonError('INVALID_ARGUMENT', 'VolumeFile.pread takes (buffer, position, length?, bufferOffset?)')
     this.#assertOpen()
     return await this.#track(this.#pread(buffer, position, length, bufferOffset))
   }
