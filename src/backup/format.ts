@@ -1,5 +1,9 @@
 // What GalleonFS writes to a backup target: chunk envelopes and manifests. Both verify themselves:
 // a chunk's id is the SHA-256 of its data, and a manifest carries the SHA-256 of its own content.
+// A manifest of an encrypted volume also carries an HMAC-SHA256 of its content under a key derived
+// from the volume's backup key: the SHA-256 only catches damage, and anyone who can write to the
+// target could otherwise rearrange which chunks restore to which blocks, rename another backup of
+// the volume, or swap in another volume's wrapped key and chunks, and recompute it.
 //
 // Chunk envelope (16-byte header, then the payload):
 //   [0..3] magic 'GBCK'  [4] format version  [5] flags (bit 0: payload is deflated; bit 1: payload
@@ -12,7 +16,7 @@
 // chunk stored under another id fails. Random nonces are safe here: a backup key seals a chunk per
 // MiB of changed data, far below the 2^32 seals that random 96-bit nonces allow per key.
 
-import { createHash, createHmac, randomBytes } from 'node:crypto'
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { sha256 } from '@noble/hashes/sha2.js'
 import { NONCE_BYTES, defaultCipher } from '../crypto/cipher.js'
@@ -39,15 +43,16 @@ export function chunkId (data: Uint8Array): string {
   return createHash('sha256').update(data).digest('hex')
 }
 
-/** Keys derived from a volume's backup key: one names chunks, one seals them. */
+/** Keys derived from a volume's backup key: one names chunks, one seals them, one authenticates manifests. */
 export interface ChunkKeys {
   readonly id: Uint8Array
   readonly seal: Uint8Array
+  readonly manifest: Uint8Array
 }
 
 export function chunkKeys (backupKey: Uint8Array): ChunkKeys {
   const derive = (info: string): Uint8Array => hkdf(sha256, backupKey, undefined, new TextEncoder().encode(info), 32)
-  return { id: derive('galleonfs backup chunk id'), seal: derive('galleonfs backup chunk seal') }
+  return { id: derive('galleonfs backup chunk id'), seal: derive('galleonfs backup chunk seal'), manifest: derive('galleonfs backup manifest') }
 }
 
 /** A chunk's id: SHA-256 of the data, or for an encrypted volume an HMAC of it under `keys.id`. */
@@ -180,10 +185,39 @@ export interface Manifest {
   }
 }
 
-/** Serializes a manifest with a checksum of its content. */
-export function encodeManifest (manifest: Manifest): Uint8Array {
+function manifestTag (body: string, keys: ChunkKeys): string {
+  return createHmac('sha256', keys.manifest).update(body).digest('hex')
+}
+
+/**
+ * Serializes a manifest with a checksum of its content and, for an encrypted volume's (`keys`: its
+ * chunk keys), a tag authenticating it.
+ */
+export function encodeManifest (manifest: Manifest, keys?: ChunkKeys): Uint8Array {
   const body = JSON.stringify(manifest)
-  return new TextEncoder().encode(JSON.stringify({ checksum: chunkId(new TextEncoder().encode(body)), manifest: JSON.parse(body) as unknown }) + '\n')
+  return new TextEncoder().encode(JSON.stringify({ checksum: chunkId(new TextEncoder().encode(body)), ...(keys === undefined ? {} : { tag: manifestTag(body, keys) }), manifest: JSON.parse(body) as unknown }) + '\n')
+}
+
+/** The tag and content of each manifest decodeManifest returned, for verifyManifestTag once its keys are known. */
+const decodedTags = new WeakMap<Manifest, { readonly tag: unknown, readonly body: string }>()
+
+/**
+ * Checks the tag of an encrypted backup's manifest (decoded by decodeManifest) under its chunk
+ * keys; throws DECRYPTION_FAILED when it is missing or does not match: the manifest was altered
+ * (or, for one without a tag, written before manifests were authenticated; such a backup cannot be
+ * told apart from a forged one, and is not restored).
+ */
+export function verifyManifestTag (manifest: Manifest, keys: ChunkKeys): void {
+  const decoded = decodedTags.get(manifest)
+  if (decoded === undefined) return // made in this process, not read from a target
+  if (typeof decoded.tag !== 'string') {
+    throw new GalleonError('DECRYPTION_FAILED', `the manifest of encrypted backup ${manifest.id} carries no authentication tag: it was altered on the target (or written by a GalleonFS version that did not authenticate manifests); it is not trusted`)
+  }
+  const expected = Buffer.from(manifestTag(decoded.body, keys), 'hex')
+  const given = Buffer.from(decoded.tag, 'hex')
+  if (given.byteLength !== expected.byteLength || !timingSafeEqual(given, expected)) {
+    throw new GalleonError('DECRYPTION_FAILED', `the manifest of encrypted backup ${manifest.id} failed authentication: it was altered on the target, or belongs to another volume's backups; it is not trusted`)
+  }
 }
 
 /** Parses and verifies a manifest; throws CORRUPTION / CHECKSUM_MISMATCH naming the backup. */
@@ -199,10 +233,12 @@ export function decodeManifest (id: string, bytes: Uint8Array): Manifest {
     throw new GalleonError('CORRUPTION', `manifest of backup ${id} is not a GalleonFS backup manifest`)
   }
   if (manifest.format !== MANIFEST_FORMAT) throw new GalleonError('CORRUPTION', `backup ${id} has manifest format ${String(manifest.format)}; this version reads format ${MANIFEST_FORMAT}`)
-  if (parsed.checksum !== chunkId(new TextEncoder().encode(JSON.stringify(manifest)))) {
+  const body = JSON.stringify(manifest)
+  if (parsed.checksum !== chunkId(new TextEncoder().encode(body))) {
     throw new GalleonError('CHECKSUM_MISMATCH', `manifest of backup ${id} does not match its checksum; it is damaged on the target`)
   }
   if (manifest.id !== id) throw new GalleonError('CORRUPTION', `manifest stored as backup ${id} describes backup ${manifest.id}`)
+  decodedTags.set(manifest, { tag: (parsed as { tag?: unknown }).tag, body })
   return manifest
 }
 

@@ -428,7 +428,7 @@ export class BackupManager {
           stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
         }
         await target.flush?.()
-        await target.putManifest(id, encodeManifest(manifest))
+        await target.putManifest(id, encodeManifest(manifest, keys))
         await this.#writeIndexOrReport(target)
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.

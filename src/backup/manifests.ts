@@ -4,7 +4,7 @@
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { BackupStrategy } from '../types.js'
-import { chunkId, chunkKeys, decodeManifest, encodeIndex, type ChunkKeys, type Manifest } from './format.js'
+import { chunkId, chunkKeys, decodeManifest, encodeIndex, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
 import type { Backup, BackupKeySource } from './types.js'
 
 /** The manifest of backup `id` on the target (the id is checked first). */
@@ -44,14 +44,17 @@ export async function readManifests (target: BackupTarget, unreadable: string[] 
   return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
 }
 
-/** The chunk keys of an encrypted backup (undefined for a plain one). */
+/** The chunk keys of an encrypted backup (undefined for a plain one), once its manifest's tag checked out under them. */
 export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest): Promise<ChunkKeys | undefined> {
   const encryption = manifest.encryption
   if (encryption === undefined) return undefined
   if (encryption.algorithm !== 'AES-256-GCM' || typeof encryption.wrappedKey !== 'string' || typeof encryption.fingerprint !== 'string') {
     throw new GalleonError('CORRUPTION', `backup ${manifest.id} names encryption ${describe(encryption)}, which this version cannot read`)
   }
-  return chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
+  const chunk = chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
+  // Nothing the manifest says is acted on before it is known to be the volume's own.
+  verifyManifestTag(manifest, chunk)
+  return chunk
 }
 
 /** The Backup a manifest describes, as listed from `target`. */

@@ -1,0 +1,72 @@
+// Manifests of an encrypted volume's backups carry an HMAC-SHA256 under a key derived from the
+// volume's backup key. Their SHA-256 checksum only catches damage: someone able to write to the
+// target could change which chunks restore to which blocks, or rename or retarget a backup, and
+// recompute it. Such a manifest, or one whose tag was removed, is refused by restore and verify
+// (DECRYPTION_FAILED) before anything is written; plain volumes' manifests carry no tag, as before.
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern } from '../src/index.js'
+import { decodeManifest, encodeManifest, type Manifest } from '../src/backup/format.js'
+import { rejectsWithCode } from './support/assertions.js'
+
+const root = await mkdtemp(join(tmpdir(), 'galleon-manifest-tag-'))
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const BS = 4096
+
+describe('backup manifest tags', () => {
+  it('an altered or untagged manifest of an encrypted backup is refused; untouched ones and plain ones restore', async () => {
+    const target = join(root, 'target')
+    const g = await GalleonFS.open({ storagePath: join(root, 'data'), backupTarget: target })
+    try {
+      await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
+      await g.createVolume({ name: 'secret', sizeBytes: 64 * BS, storageClass: 'sealed' })
+      await g.createVolume({ name: 'plain', sizeBytes: 64 * BS })
+      const data = new Uint8Array(8 * BS)
+      for (let i = 0; i < data.byteLength; i++) data[i] = (i * 31 + 7) & 0xff
+      for (const volume of ['secret', 'plain']) {
+        await g.write(volume, 0, data, WriteConcern.WriteDurable)
+        await g.write(volume, 32 * BS, data.slice(0, 4 * BS).reverse(), WriteConcern.WriteDurable)
+      }
+      const sealed = await g.createBackup('secret')
+      const plain = await g.createBackup('plain')
+      const file = (id: string): string => join(target, 'manifests', `${id}.json`)
+      const original = await readFile(file(sealed.id))
+      assert.equal(typeof JSON.parse(original.toString()).tag, 'string', 'an encrypted backup\'s manifest is tagged')
+      assert.equal(JSON.parse((await readFile(file(plain.id))).toString()).tag, undefined, 'a plain one is not')
+
+      // Untouched: verifies and restores.
+      assert.equal((await g.verifyBackup(sealed.id)).ok, true)
+      const copy = await g.restoreBackup(sealed.id, { name: 'copy' })
+      assert.deepEqual(await g.read(copy.id, 0, data.byteLength), data)
+
+      // Its extents swapped (the two runs restore to each other's blocks), checksum recomputed, tag kept.
+      const manifest = decodeManifest(sealed.id, new Uint8Array(original))
+      assert.ok(manifest.extents.length >= 2)
+      const swapped: Manifest = { ...manifest, extents: manifest.extents.map((e, i, all) => { const other = all[all.length - 1 - i] as typeof e; return [e[0], e[1], other[2], other[3]] as typeof e }) }
+      const tag = JSON.parse(original.toString()).tag as string
+      const reencoded = JSON.parse(new TextDecoder().decode(encodeManifest(swapped))) as Record<string, unknown>
+      await writeFile(file(sealed.id), JSON.stringify({ ...reencoded, tag }) + '\n')
+      await assert.rejects(g.restoreBackup(sealed.id, { name: 'forged' }), rejectsWithCode('DECRYPTION_FAILED', /failed authentication/))
+      const verified = await g.verifyBackup(sealed.id)
+      assert.equal(verified.ok, false)
+      assert.deepEqual(verified.problems.map((p) => [p.backupId, p.code]), [[sealed.id, 'DECRYPTION_FAILED']], JSON.stringify(verified))
+      assert.equal((await g.listVolumes()).some((v) => v.name === 'forged'), false, 'nothing was created')
+
+      // Its tag removed (as an older version wrote, or an attacker who renamed it): refused too.
+      await writeFile(file(sealed.id), encodeManifest({ ...manifest, volume: { ...manifest.volume, name: 'renamed' } }))
+      await assert.rejects(g.restoreBackup(sealed.id, { volume: 'copy' }), rejectsWithCode('DECRYPTION_FAILED', /no authentication tag/))
+      assert.deepEqual(await g.read('copy', 0, data.byteLength), data, 'the volume it was to overwrite is untouched')
+
+      // Put back, it restores again; the plain backup restores without a tag.
+      await writeFile(file(sealed.id), original)
+      assert.deepEqual(await g.read((await g.restoreBackup(sealed.id, { name: 'again' })).id, 0, data.byteLength), data)
+      assert.deepEqual(await g.read((await g.restoreBackup(plain.id, { name: 'plain-copy' })).id, 0, data.byteLength), data)
+    } finally {
+      await g.close()
+    }
+  })
+})
