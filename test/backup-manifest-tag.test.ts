@@ -61,6 +61,13 @@ describe('backup manifest tags', () => {
       await assert.rejects(g.restoreBackup(sealed.id, { volume: 'copy' }), rejectsWithCode('DECRYPTION_FAILED', /no authentication tag/))
       assert.deepEqual(await g.read('copy', 0, data.byteLength), data, 'the volume it was to overwrite is untouched')
 
+      // A new backup does not build on it: asked for an incremental, it takes a full.
+      const next = await g.createBackup('secret', { strategy: 'incremental' })
+      assert.equal(next.strategy, 'full', 'the altered manifest is no base')
+      assert.deepEqual(await g.read((await g.restoreBackup(next.id, { name: 'next' })).id, 0, data.byteLength), data)
+      // While an untouched one is: the next incremental builds on that full.
+      assert.equal((await g.createBackup('secret', { strategy: 'incremental' })).strategy, 'incremental')
+
       // Put back, it restores again; the plain backup restores without a tag.
       await writeFile(file(sealed.id), original)
       assert.deepEqual(await g.read((await g.restoreBackup(sealed.id, { name: 'again' })).id, 0, data.byteLength), data)

@@ -10,7 +10,7 @@ import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
-import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, encodeManifest, type ChunkKeys, type Extent, type Manifest } from './format.js'
+import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, encodeManifest, verifyManifestTag, type ChunkKeys, type Extent, type Manifest } from './format.js'
 import { SerialQueue } from '../serial-queue.js'
 import type { AbstractSublevel } from 'abstract-level'
 import type { MetadataDatabase } from '../volumes/catalog.js'
@@ -321,18 +321,24 @@ export class BackupManager {
       // volume's backups never lean on plaintext ones (which can then be deleted) or the reverse.
       // And its chain of bases must be whole on the target: a backup built on a broken chain would be
       // stored as complete and fail at restore.
-      const byId = new Map(ours.map((m) => [m.id, m]))
+      // An encrypted volume's manifests count only when their tags check out (see verifyManifestTag):
+      // a backup must not build on one altered on the target, nor on a chain holding one.
+      const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
+      const authentic = (m: Manifest): boolean => {
+        if (keys === undefined) return true
+        try { verifyManifestTag(m, keys); return true } catch { return false }
+      }
+      const byId = new Map(ours.filter(authentic).map((m) => [m.id, m]))
       const whole = (m: Manifest): boolean => {
         for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) if (!byId.has(at) || steps > byId.size) return false
         return true
       }
-      const usable = ours.filter((m) => snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
+      const usable = ours.filter((m) => byId.has(m.id) && snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
       const base = requested === BackupStrategy.Incremental
         ? usable.at(-1)
         : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
       const strategy = base === undefined ? BackupStrategy.Full : requested
       const id = randomUUID()
-      const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
       await this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` })
       let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
       try {
