@@ -2,9 +2,12 @@
 // with their own on-disk storage, a memory coordinator and a memory network with cut links, take
 // writes of patterned blocks (each names its writer and sequence number) from concurrent writers,
 // while links are cut and healed, nodes are closed and reopened from their storage, leases expire,
-// snapshots come and go and a node may leave. Then everything is healed and the run checks that
-// every write acknowledged as WriteReplicated is there (read from the primary, and again after a
-// failover), and that every copy holds the same bytes (each storage opened alone).
+// snapshots come and go and a node may leave. One kind of step makes a wrong failover show: a copy
+// is cut off, WriteReplicated writes are acknowledged without it, and the primary stops (see
+// staleFailover). Throughout, a watch of the coordinator checks that only a copy in the in-sync list
+// is ever promoted. Then everything is healed and the run checks that every write acknowledged as
+// WriteReplicated is there (read from the primary, and again after a failover), and that every copy
+// holds the same bytes (each storage opened alone).
 //
 // GALLEON_FUZZ_SEED=<n> replays one seed (a failure prints its seed and the last steps);
 // GALLEON_FUZZ_STEPS sets the steps per seed (default 220). Without a seed, a few fixed seeds run.
@@ -14,12 +17,12 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern } from '../src/index.js'
+import { GalleonFS, WriteConcern, type ReplicationStatus } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport, type MemoryCoordinator } from '../backends/memory/index.js'
 import { seededRandom } from '../src/seeded-random.js'
 import { block as diskBlock, diskCluster as diskClusterHelpers, type DiskNode } from './support/disk-cluster.js'
 import { until as untilAsync } from './support/wait.js'
-import { recordKey } from '../src/replication/records.js'
+import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
 
 const SEEDS = process.env.GALLEON_FUZZ_SEED === undefined ? [11, 23, 37] : [Number(process.env.GALLEON_FUZZ_SEED)]
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 220)
@@ -30,6 +33,10 @@ const BLOCKS = 24
 const NODE_IDS = ['n1', 'n2', 'n3', 'n4']
 const VOLUMES = [{ name: 'fz-a', replicas: 3 }, { name: 'fz-b', replicas: 2 }] as const
 const WRITERS = 6
+/** The first of the writers of the stale-failover step (see staleFailover), beside the schedule's. */
+const STALE_WRITER = WRITERS
+/** How long the stale-failover step waits for a failover it expects (a passing run needs about 2 s). */
+const FAILOVER_WAIT_MS = 15_000
 /** Bounds a hang (a passing run never waits this long): every client call, close and open. */
 const OP_TIMEOUT_MS = 150_000
 const SETTLE_TIMEOUT_MS = 90_000
@@ -103,7 +110,8 @@ class FuzzRun {
   readonly lossRandom: () => number
   readonly writes: WriteOp[] = []
   readonly busyWriters = new Set<number>()
-  readonly writerSeq: number[] = new Array(WRITERS).fill(0)
+  /** The schedule's writers, then the stale-failover step's (up to 3 acknowledged one by one, 1 under way at the stop). */
+  readonly writerSeq: number[] = new Array(WRITERS + 4).fill(0)
   /** Client calls running in the background (writes, snapshots, a leave), awaited before the checks. */
   readonly pending = new Set<Promise<unknown>>()
   readonly log: string[] = []
@@ -114,6 +122,12 @@ class FuzzRun {
   readonly volumeNames = new Map<string, string>()
   snapshotCount = 0
   leaves = 0
+  /** Every volume's record as the coordinator last held it (followed by a watch of its own). */
+  readonly records = new Map<string, ReplicaSetRecord>()
+  /** Changes of primary that broke the rule that only an in-sync copy takes over (see watchRecords). */
+  readonly violations: string[] = []
+  #recordWatch: { coordinator: MemoryCoordinator, stop: () => void } | undefined
+  staleFailovers = 0
 
   constructor (seed: number) {
     this.seed = seed
@@ -189,6 +203,14 @@ class FuzzRun {
     const volume = VOLUMES[vol]?.name as string
     const node = await this.nodeWithCopy(volume)
     if (node?.g === undefined) return
+    const { what, done } = this.issue(node, writer, vol, block, concern)
+    this.background(what, done)
+  }
+
+  /** Issues a write through `node` (recorded in `writes`); returns it, what it is, and a promise that settles (never rejects) with it. */
+  issue (node: Node, writer: number, vol: number, block: number, concern: WriteConcern): { op: WriteOp, what: string, done: Promise<void> } {
+    const volume = VOLUMES[vol]?.name as string
+    if (node.g === undefined) throw new Error(`issue: node ${node.id} is closed`)
     const seq = ++(this.writerSeq[writer] as number)
     const op: WriteOp = { writer, seq, vol, block, concern, via: node.id, start: performance.now(), end: Infinity, outcome: 'pending' }
     this.writes.push(op)
@@ -200,7 +222,7 @@ class FuzzRun {
       op.outcome = 'failed'
       op.error = `${(err as { code?: string }).code ?? 'ERROR'}: ${(err as Error).message}`
     }).finally(() => { this.busyWriters.delete(writer) })
-    this.background(`writer ${writer}'s write ${seq} (${concern}) of ${volume} block ${block} through ${node.id}`, done)
+    return { op, what: `writer ${writer}'s write ${seq} (${concern}) of ${volume} block ${block} through ${node.id}`, done }
   }
 
   setCut (a: string, b: string, cut: boolean): void {
@@ -311,9 +333,139 @@ class FuzzRun {
         node.leaving = false
         this.note(`${nodeA} leaving failed: ${(err as Error).message}`)
       }))
+    } else if (what < 0.97) {
+      await this.staleFailover(i, r1, r2, r3, r4)
     } else {
       await sleep(50 + Math.floor(r1 * 250))
     }
+  }
+
+  /** The open node that is the volume's primary under the highest epoch, with its status. */
+  async primaryOf (volume: string): Promise<{ node: Node, status: ReplicationStatus } | undefined> {
+    let found: { node: Node, status: ReplicationStatus } | undefined
+    for (const node of this.open()) {
+      const status = await node.g?.replicationStatus(volume).catch(() => undefined)
+      if (status?.role === 'primary' && (found === undefined || (status.epoch ?? 0) > (found.status.epoch ?? 0))) found = { node, status }
+    }
+    return found
+  }
+
+  /**
+   * The step that makes a wrong failover show: a copy of a volume is cut off (from its primary, or
+   * from every node), WriteReplicated writes are acknowledged without it (the primary takes it out of
+   * the in-sync list first), one more is under way, and the primary closes while the copy is still
+   * cut off (or is healed at that moment, so that it is a healthy, reachable candidate). Once
+   * another node took over, every acknowledged WriteReplicated write must read back from it, and
+   * the record watch (see watchRecords) fails the run if the stale copy was promoted.
+   */
+  async staleFailover (i: number, r1: number, r2: number, r3: number, r4: number): Promise<void> {
+    const vol = r2 < 0.75 ? 0 : 1
+    const volume = VOLUMES[vol]?.name as string
+    // Only with every node up (at most one down at a time, see the close step) and no leave under way.
+    if (this.nodes.some((n) => n.g === undefined || n.leaving)) return
+    const lead = await this.primaryOf(volume)
+    if (lead === undefined) return
+    const primary = lead.node
+    const others = lead.status.nodes.filter((n) => n !== primary.id)
+    const stale = others[Math.floor(r1 * others.length)]
+    if (stale === undefined) return
+    // (Further choices from the fractions of the step's numbers: every step draws the same count.)
+    const isolate = r3 < 0.5
+    const healAtClose = r4 < 0.5
+    // The primary stops cleanly, or hangs: cut off from every node and from the coordinator (its
+    // handle crashes, so its leases run out), it is closed only after the failover was checked.
+    const hangs = frac(r1 * 11) >= 0.65
+    const writeCount = 1 + Math.floor(frac(r3 * 7) * 3)
+    const firstBlock = Math.floor(frac(r4 * 13) * BLOCKS)
+    const volumeId = lead.status.volumeId
+    this.staleFailovers++
+    this.note(`step ${i}: stale failover of ${volume}: cut ${stale} off ${isolate ? 'every node' : `the primary ${primary.id}`}, ${writeCount} WriteReplicated write(s) through ${primary.id}, ${hangs ? 'hang' : 'close'} ${primary.id}${healAtClose ? `, healing ${stale} at that moment` : ''}`)
+    // The copies that stay get their links to the primary back, and a moment to be in sync, so that
+    // there is a right copy to promote besides the stale one (the wait only makes the step useful).
+    const keep = others.filter((n) => n !== stale)
+    for (const n of keep) this.setCut(primary.id, n, false)
+    const ready = Date.now() + 5000
+    while (keep.length > 0 && Date.now() < ready && primary.g !== undefined && !((await primary.g.replicationStatus(volume).catch(() => undefined))?.inSync.some((n) => keep.includes(n)) ?? false)) await sleep(20)
+    const cutLinks = isolate ? NODE_IDS.filter((n) => n !== stale).map((n) => [stale, n] as const) : [[stale, primary.id] as const]
+    for (const [a, b] of cutLinks) this.setCut(a, b, true)
+    // (A hung primary stays cut off from the healed copy until it is closed.)
+    const heal = (): void => { for (const [a, b] of cutLinks) if (!hangs || (a !== primary.id && b !== primary.id)) this.setCut(a, b, false) }
+    // Writers of their own (the schedule's may all be waiting on a cut link), one after the other,
+    // the last acknowledged just before the close; one more is under way as the primary closes.
+    const acknowledged: string[] = []
+    for (let k = 0; k < writeCount && primary.g !== undefined; k++) {
+      const { op, what, done } = this.issue(primary, STALE_WRITER + k, vol, (firstBlock + k) % BLOCKS, WriteConcern.WriteReplicated)
+      await deadline(done, OP_TIMEOUT_MS, what)
+      acknowledged.push(`block ${op.block}: ${op.outcome === 'ok' ? 'acknowledged' : op.error?.split(':')[0] ?? 'failed'}`)
+    }
+    if (!this.busyWriters.has(STALE_WRITER + writeCount) && primary.g !== undefined) {
+      const { what, done } = this.issue(primary, STALE_WRITER + writeCount, vol, (firstBlock + writeCount) % BLOCKS, WriteConcern.WriteReplicated)
+      this.background(what, done)
+    }
+    const coordinator = this.#recordWatch?.coordinator as MemoryCoordinator
+    const readRecord = async (): Promise<ReplicaSetRecord | undefined> => {
+      const entry = await coordinator.get(recordKey(volumeId))
+      return entry === undefined ? undefined : parseRecord(entry.value)
+    }
+    const before = await readRecord()
+    this.note(`  writes: ${acknowledged.join(', ')}; before the close: primary ${before?.primary ?? '?'} epoch ${before?.epoch ?? '?'}, in sync ${before?.inSync.join(',') ?? '?'}`)
+    const hungLinks = hangs ? NODE_IDS.filter((n) => n !== primary.id && !this.cut.has(pair(n, primary.id))).map((n) => [primary.id, n] as const) : []
+    if (hangs) {
+      for (const [a, b] of hungLinks) this.setCut(a, b, true)
+      this.note(`hang ${primary.id}: cut off from every node, its coordinator handle crashes`)
+      await primary.coordinator?.crash()
+      if (healAtClose) heal()
+    } else {
+      const closing = this.closeNode(primary, `step ${i}, the primary of ${volume} with ${stale} cut off`)
+      if (healAtClose) heal()
+      await closing
+    }
+    // The leader promotes an in-sync copy once the primary's lease has expired. With none (the
+    // volume's other copy was out of sync too, or it is cut off from the primary), the volume waits
+    // for its primary's node; the check is then left to the end of the run.
+    const limit = Date.now() + FAILOVER_WAIT_MS
+    let taken: ReplicaSetRecord | undefined
+    let why = ''
+    for (;;) {
+      const record = await readRecord()
+      if (record === undefined) { why = 'its record is gone'; break }
+      if (record.primary !== primary.id) { taken = record; break }
+      const candidates = record.inSync.filter((n) => n !== primary.id && this.nodes.some((m) => m.id === n && m.g !== undefined))
+      if (candidates.length === 0) { why = `no copy in sync to promote (in sync: ${record.inSync.join(', ')})`; break }
+      if (Date.now() > limit) { why = `no failover within ${FAILOVER_WAIT_MS / 1000} s (in sync: ${record.inSync.join(', ')})`; break }
+      await sleep(20)
+    }
+    const next = this.nodes.find((n) => n.id === taken?.primary)
+    if (taken !== undefined && next !== undefined) {
+      this.note(`  ${next.id} took ${volume} over (epoch ${taken.epoch})`)
+      const serving = Date.now() + FAILOVER_WAIT_MS
+      const isPrimary = async (): Promise<boolean> => (await next.g?.replicationStatus(volume).catch(() => undefined))?.role === 'primary'
+      while (!(await isPrimary()) && Date.now() < serving) await sleep(20)
+      // (Writes of the schedule may go on meanwhile: only those acknowledged before the read count.)
+      if (await isPrimary()) await this.checkAcknowledged(vol, next, `step ${i}, right after the failover of ${volume} from ${primary.id} to ${next.id} (${stale} was cut off)`, performance.now())
+    } else {
+      this.note(`  ${volume} stays with ${primary.id}: ${why}`)
+    }
+    if (!healAtClose) heal()
+    if (hangs) {
+      await this.closeNode(primary, `step ${i}, it hung`)
+      for (const [a, b] of [...hungLinks, ...cutLinks]) this.setCut(a, b, false)
+    }
+    this.assertNoViolation()
+  }
+
+  assertNoViolation (): void {
+    if (this.violations.length > 0) assert.fail(`a copy that was not in sync became primary: ${this.violations.join('; ')}`)
+  }
+
+  /** Follows every volume's record (see followPrimaries); a broken rule fails the run at the next check. */
+  watchRecords (): void {
+    const coordinator = this.coordinators.coordinator()
+    const stop = followPrimaries(coordinator, this.records, (line) => {
+      this.violations.push(line)
+      this.note(`VIOLATION ${line}`)
+    })
+    this.#recordWatch = { coordinator, stop }
   }
 
   /** Heals everything, brings every node back, waits for the clients' calls and for every copy to be in sync. */
@@ -347,8 +499,12 @@ class FuzzRun {
     }
   }
 
-  /** Checks what volume `vol` reads through `node` against every acknowledged WriteReplicated write; returns what it read. */
-  async checkAcknowledged (vol: number, node: Node, when: string): Promise<Uint8Array> {
+  /**
+   * Checks what volume `vol` reads through `node` against every acknowledged WriteReplicated write
+   * (with `readStart`, only those acknowledged before it: a read made while writes go on); returns
+   * what it read.
+   */
+  async checkAcknowledged (vol: number, node: Node, when: string, readStart = Infinity): Promise<Uint8Array> {
     const name = VOLUMES[vol]?.name as string
     const bytes = await deadline((node.g as GalleonFS).read(name, 0, BLOCKS * BS), OP_TIMEOUT_MS, `reading ${name} through ${node.id}`)
     for (let block = 0; block < BLOCKS; block++) {
@@ -359,7 +515,7 @@ class FuzzRun {
       const holder = found.kind === 'write' ? issued.find((w) => w.writer === found.writer && w.seq === found.seq) : undefined
       if (found.kind === 'write' && holder === undefined) assert.fail(`${where} holds writer ${found.writer}'s write ${found.seq}, which was never issued to that block`)
       for (const w of issued) {
-        if (w.outcome !== 'ok' || w.concern !== WriteConcern.WriteReplicated || w === holder) continue
+        if (w.outcome !== 'ok' || w.concern !== WriteConcern.WriteReplicated || w === holder || w.end > readStart) continue
         // The block must hold this write or one not known to have finished before this one began.
         if (holder === undefined) assert.fail(`${where} reads zeros, but writer ${w.writer}'s write ${w.seq} was acknowledged as WriteReplicated (through ${w.via})`)
         if (holder.outcome === 'ok' && holder.end < w.start) {
@@ -394,6 +550,7 @@ class FuzzRun {
   }
 
   async run (): Promise<void> {
+    this.watchRecords()
     for (const id of NODE_IDS) {
       const dir = await mkdtemp(join(tmpdir(), `galleon-fault-fuzz-${id}-`))
       dirs.push(dir)
@@ -408,11 +565,13 @@ class FuzzRun {
     this.note('volumes created, copies in sync')
     for (let i = 0; i < STEPS; i++) {
       await this.step(i)
+      this.assertNoViolation()
       await sleep(Math.floor(this.random() * 30))
     }
     await this.settle()
+    this.assertNoViolation()
     const acknowledged = this.writes.filter((w) => w.outcome === 'ok')
-    this.note(`settled: ${this.writes.length} writes issued, ${acknowledged.length} acknowledged (${acknowledged.filter((w) => w.concern === WriteConcern.WriteReplicated).length} as WriteReplicated); failures: ${JSON.stringify(countBy(this.writes.filter((w) => w.outcome === 'failed').map((w) => w.error?.split(':')[0] ?? '?')))}`)
+    this.note(`settled: ${this.writes.length} writes issued, ${acknowledged.length} acknowledged (${acknowledged.filter((w) => w.concern === WriteConcern.WriteReplicated).length} as WriteReplicated), ${this.staleFailovers} stale-failover step(s); failures: ${JSON.stringify(countBy(this.writes.filter((w) => w.outcome === 'failed').map((w) => w.error?.split(':')[0] ?? '?')))}`)
 
     // Read from the primary of each volume.
     const before = new Map<string, Uint8Array>()
@@ -438,6 +597,7 @@ class FuzzRun {
     }
     await this.startNode(primary)
     for (const { name } of VOLUMES) await this.waitInSync(name)
+    this.assertNoViolation()
 
     // Every copy the same, live and in every snapshot.
     const copies = await this.copies()
@@ -465,6 +625,8 @@ class FuzzRun {
 
   async cleanup (): Promise<void> {
     this.healAll()
+    this.#recordWatch?.stop()
+    await this.#recordWatch?.coordinator.close()
     await Promise.allSettled(this.nodes.map(async (node) => { if (node.g !== undefined) await deadline(node.g.close(), OP_TIMEOUT_MS, `closing ${node.id}`) }))
   }
 
@@ -474,6 +636,30 @@ class FuzzRun {
     if (process.env.GALLEON_FUZZ_DEBUG === "1") console.error(err)
     return new Error(`replication fault run failed with seed ${this.seed} (replay: GALLEON_FUZZ_SEED=${this.seed} GALLEON_FUZZ_STEPS=${STEPS} node --import tsx --test test/replication-fault-fuzz.test.ts): ${(err as Error)?.message ?? String(err)}\nlast steps:\n${tail}\nreplication errors (last 5 per node):\n${errors}`, { cause: err })
   }
+}
+
+/**
+ * Follows every volume's record in the coordinator (kept in `records`) and checks each change of
+ * primary: the node that takes over must be in the in-sync list of the record it replaces
+ * (DESIGN.md §3: only a copy holding every WriteReplicated write may be promoted; a copy taken out
+ * of the list lacks some). Calls `violation` for each one that is not; returns a function that stops.
+ */
+function followPrimaries (coordinator: MemoryCoordinator, records: Map<string, ReplicaSetRecord>, violation: (line: string) => void): () => void {
+  return coordinator.watch(RECORD_PREFIX, (event) => {
+    const volumeId = event.key.slice(RECORD_PREFIX.length)
+    const before = records.get(volumeId)
+    const record = event.type === 'put' && event.entry !== undefined ? parseRecord(event.entry.value) : undefined
+    if (record === undefined) { records.delete(volumeId); return }
+    records.set(volumeId, record)
+    if (before !== undefined && record.primary !== before.primary && !before.inSync.includes(record.primary)) {
+      violation(`${record.spec.name}: ${record.primary} became primary (epoch ${record.epoch}) after ${before.primary} (epoch ${before.epoch}), but it was not in sync (in sync: ${before.inSync.join(', ')}; copies: ${before.nodes.join(', ')})`)
+    }
+  })
+}
+
+/** The fractional part of `x`: more choices from one random number. */
+function frac (x: number): number {
+  return x - Math.floor(x)
 }
 
 function countBy (items: readonly string[]): Record<string, number> {
@@ -529,6 +715,7 @@ describe('replication under random faults (seeded; GALLEON_FUZZ_SEED replays one
 
 const { cluster: diskCluster, startNode: startDiskNode } = diskClusterHelpers('galleon-fault-fuzz-focus-')
 
+
 describe('defects found by the fault runs', () => {
   it('close() while leaveCluster() waits for a new copy that cannot sync (a cut link) ends the leave and closes, instead of waiting out the hand-off', { timeout: 120_000 }, async () => {
     const { network, coordinators, nodes } = await diskCluster(3)
@@ -557,4 +744,124 @@ describe('defects found by the fault runs', () => {
     const back = await startDiskNode(network, coordinators, 'n1', n1.dir)
     assert.deepEqual(await back.g.readBlock('leaving', 3), diskBlock(3))
   })
+
+  it('a copy the new primary of a hand-off cannot reach at first resyncs fully once it can, instead of streaming from the hand-off with the changes made meanwhile missing (it stayed out of sync on an idle volume)', { timeout: 120_000 }, async () => {
+    const { network, nodes } = await diskCluster(4)
+    const n1 = nodes[0] as DiskNode
+    const byId = (id: string): DiskNode => nodes.find((n) => n.id === id) as DiskNode
+    await n1.g.createVolume({ name: 'handed', sizeBytes: 16 * BS, replicas: 3 })
+    await untilAsync('every copy is in sync', async () => (await n1.g.replicationStatus('handed')).inSync.length === 3)
+    await n1.g.writeBlock('handed', 0, diskBlock(1), WriteConcern.WriteReplicated)
+    // The hand-off goes to the first other in-sync copy; the remaining one cannot reach it for now.
+    const inSync = (await n1.g.replicationStatus('handed')).inSync.filter((n) => n !== 'n1')
+    const [next, other] = inSync as [string, string]
+    network.partition([next], [other])
+    await n1.g.leaveCluster()
+    await untilAsync(`${next} leads`, async () => (await byId(next).g.replicationStatus('handed')).role === 'primary')
+    // Changes of the new epoch while the link to the other copy is down (the copy n1's leave added acknowledges them).
+    await untilAsync(`${next} has a copy in sync besides itself`, async () => (await byId(next).g.replicationStatus('handed')).inSync.length >= 2)
+    for (let k = 1; k <= 3; k++) await byId(next).g.writeBlock('handed', k, diskBlock(10 + k), WriteConcern.WriteReplicated)
+    network.heal()
+    // No more writes: the copy must get back in sync on its own.
+    await untilAsync(`${other} is in sync again`, async () => (await byId(next).g.replicationStatus('handed')).inSync.includes(other), 30_000).catch(async (err: Error) => {
+      const status = await byId(next).g.replicationStatus('handed')
+      throw new Error(`${err.message}: ${JSON.stringify(status.links)}`)
+    })
+    // The copy itself holds every write (its storage opened alone).
+    await byId(other).g.close()
+    const alone = await GalleonFS.open({ storagePath: byId(other).dir })
+    try {
+      assert.deepEqual(await alone.readBlock('handed', 0), diskBlock(1))
+      for (let k = 1; k <= 3; k++) assert.deepEqual(await alone.readBlock('handed', k), diskBlock(10 + k), `block ${k} on ${other}`)
+    } finally {
+      await alone.close()
+    }
+  })
+})
+
+// ---------------------------------------------------------------- failover with a stale copy, step by step
+
+describe('failover with a copy that missed acknowledged writes', () => {
+  const variants: Array<{ how: 'cut off' | 'closed', back: 'after the second failover' | 'at the moment of the second failover' }> = [
+    { how: 'cut off', back: 'after the second failover' },
+    { how: 'closed', back: 'at the moment of the second failover' }
+  ]
+  for (const { how, back } of variants) {
+    it(`a copy ${how} while WriteReplicated writes go on without it is never promoted; it returns ${back} and holds every write when it is promoted at last`, { timeout: 120_000 }, async () => {
+      const { network, coordinators, nodes } = await diskCluster(4)
+      const live = new Map(nodes.map((n) => [n.id, n as DiskNode | undefined]))
+      const node = (id: string): DiskNode => live.get(id) ?? assert.fail(`node ${id} is closed`)
+      const records = new Map<string, ReplicaSetRecord>()
+      const violations: string[] = []
+      const watcher = coordinators.coordinator()
+      const stopWatch = followPrimaries(watcher, records, (line) => { violations.push(line) })
+      try {
+        const volume = await node('n1').g.createVolume({ name: 'stale', sizeBytes: 16 * BS, replicas: 3 })
+        await untilAsync('every copy is in sync', async () => (await node('n1').g.replicationStatus('stale')).inSync.length === 3)
+        // The stale copy is the first other one in the record: a failover that took the first copy it found would take it.
+        const [stale, other] = (await node('n1').g.replicationStatus('stale')).nodes.filter((n) => n !== 'n1') as [string, string]
+        const others = ['n1', 'n2', 'n3', 'n4'].filter((n) => n !== stale)
+        /** Block index to the seed of the last WriteReplicated write acknowledged there. */
+        const expected = new Map<number, number>()
+        const write = async (via: string, blockIndex: number, seed: number): Promise<void> => {
+          await node(via).g.writeBlock('stale', blockIndex, diskBlock(seed), WriteConcern.WriteReplicated)
+          expected.set(blockIndex, seed)
+        }
+        const close = async (id: string): Promise<void> => {
+          const n = node(id)
+          live.set(id, undefined)
+          await n.g.close()
+        }
+        const reopen = async (id: string): Promise<void> => {
+          live.set(id, await startDiskNode(network, coordinators, id, nodes.find((n) => n.id === id)?.dir))
+        }
+        const status = async (id: string): Promise<ReplicationStatus> => await node(id).g.replicationStatus('stale')
+        /** Waits until `to` is the primary after `from` stopped, then checks the rule and every acknowledged write. */
+        const failover = async (from: string, to: string): Promise<void> => {
+          // (A copy promoted against the rule ends the wait at once.)
+          await untilAsync(`${to} is the primary after ${from} stopped`, async () => violations.length > 0 || (records.get(volume.id)?.primary !== from && (await status(to).catch(() => undefined))?.role === 'primary'), 60_000).catch((err: Error) => {
+            throw new Error(`${err.message} (the record names ${records.get(volume.id)?.primary ?? 'nobody'}, epoch ${records.get(volume.id)?.epoch ?? '?'}, in sync ${records.get(volume.id)?.inSync.join(', ') ?? '?'})`)
+          })
+          assert.deepEqual(violations, [], 'only a copy in sync is promoted')
+          assert.equal(records.get(volume.id)?.primary, to)
+          for (const [blockIndex, seed] of expected) assert.deepEqual(await node(to).g.readBlock('stale', blockIndex), diskBlock(seed), `block ${blockIndex} after the failover from ${from} to ${to}`)
+        }
+
+        await write('n1', 0, 100)
+        // The stale copy goes away; the writes after it are acknowledged by the other copy alone.
+        if (how === 'cut off') network.partition([stale], others)
+        else await close(stale)
+        await write('n1', 1, 101)
+        await write('n1', 2, 102)
+        assert.ok(!(await status('n1')).inSync.includes(stale), `${stale} is out of the in-sync list once writes were acknowledged without it`)
+        // First failover, the write just acknowledged included: to the copy in sync, never the stale one.
+        await close('n1')
+        await failover('n1', other)
+        await reopen('n1')
+        await untilAsync('n1 is in sync with the new primary', async () => (await status(other)).inSync.includes('n1'))
+        await write(other, 3, 103)
+        await write(other, 1, 201)
+        // Second failover; the stale copy may come back at that very moment, a candidate that is healthy and reachable.
+        const closing = close(other)
+        if (back === 'at the moment of the second failover') {
+          if (how === 'cut off') network.heal()
+          else await reopen(stale)
+        }
+        await closing
+        await failover(other, 'n1')
+        if (back === 'after the second failover') {
+          if (how === 'cut off') network.heal()
+          else await reopen(stale)
+        }
+        // The stale copy resyncs from a primary two epochs on; then it is the only copy left to promote.
+        await untilAsync(`${stale} is in sync again`, async () => (await status('n1')).inSync.includes(stale), 60_000)
+        await write('n1', 4, 104)
+        await close('n1')
+        await failover('n1', stale)
+      } finally {
+        stopWatch()
+        await watcher.close()
+      }
+    })
+  }
 })

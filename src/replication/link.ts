@@ -236,6 +236,10 @@ export class Link {
 
   /** Forgets the stream's queue and batches in flight. */
   #resetStream (): void {
+    // The changes kept for the copy since this primary's first one (see #fromStart) are gone with
+    // the queue: a copy at the hand-off's position would then lack those made since, so the next
+    // resync compares instead of taking that shortcut.
+    this.#fromStart = false
     this.#stream++
     this.#queue = []
     this.#queuedBytes = 0
