@@ -238,7 +238,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
       return await this.#closing
     }
     // A principal closing the instance (which takes admin) is audited before the log closes with it.
-    if (this.#context.getStore()?.principal !== undefined && !this.#closed) await this.#gate.recordAhead('close', 'admin', undefined, 'instance')
+    if (this.#context.getStore()?.principal !== undefined) await this.#gate.recordAhead('close', 'admin', undefined, 'instance')
     if (this.#closing !== undefined) return await this.#closing
     this.#closing = closeInstance({
       host: this.#host, volumes: this.#volumes, membership: this.#membership, scheduler: this.#scheduler, backups: this.#backups, adminQueue: () => this.#adminQueue,
