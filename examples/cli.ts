@@ -265,9 +265,9 @@ export function buildCli (): Command {
   })
 
   const cluster = program.command('cluster').description('cluster membership')
-  interface Member { id: string, address: string, zone: string, healthy: boolean, leader: boolean, volumes?: number }
+  interface Member { id: string, address: string, zone: string, healthy: boolean, leader: boolean, volumes?: number, protocol?: { version: number, oldest: number } }
   interface Status { clustering: boolean, nodeId: string, leader?: string, leaderEpoch?: number, members: Member[] }
-  const memberTable = (members: Member[]): string => columns(['NODE', 'ADDRESS', 'ZONE', 'HEALTHY', 'LEADER', 'VOLUMES'], members.map((n) => [n.id, n.address, n.zone, n.healthy ? 'yes' : 'NO', n.leader ? 'yes' : '', n.volumes === undefined ? '-' : String(n.volumes)]))
+  const memberTable = (members: Member[]): string => columns(['NODE', 'ADDRESS', 'ZONE', 'HEALTHY', 'LEADER', 'VOLUMES', 'PROTOCOL'], members.map((n) => [n.id, n.address, n.zone, n.healthy ? 'yes' : 'NO', n.leader ? 'yes' : '', n.volumes === undefined ? '-' : String(n.volumes), n.protocol === undefined ? '1' : n.protocol.oldest === n.protocol.version ? String(n.protocol.version) : `${n.protocol.oldest}-${n.protocol.version}`]))
   cluster.command('status').description('nodes, health and leader').action(async () => {
     const status = await call(globals(), 'GET', '/v1/cluster') as Status
     print(globals(), status, () => `${status.clustering ? `cluster seen from node ${status.nodeId}; leader ${status.leader ?? '(none yet)'}${status.leaderEpoch === undefined ? '' : ` (epoch ${status.leaderEpoch})`}` : 'a single node, not in a cluster'}\n${memberTable(status.members)}`)

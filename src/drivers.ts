@@ -302,6 +302,11 @@ export interface ClusterNode {
   /** Free and total capacity in bytes as the node last reported them (placement by balance). */
   readonly capacityBytes: number
   readonly freeBytes: number
+  /**
+   * The inter-node protocol versions the node speaks, every one from `oldest` to `version`
+   * (see src/cluster/protocol.ts). Absent in records of releases before versioning: version 1.
+   */
+  readonly protocol?: { readonly version: number, readonly oldest: number }
 }
 
 /** A member as seen through the coordinator: healthy while its lease is alive. */

@@ -85,7 +85,11 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
       assert.equal(sa.clustering, true)
       assert.deepEqual(sa.members.map((m) => m.id), ['node-a', 'node-b'])
       assert.equal(sa.members.find((m) => m.id === 'node-b')?.address, b.bind)
-      assert.match((await cli(a.address, ['cluster', 'status'])).stdout, /node-a\s+127\.0\.0\.1:\d+\s+zone-a\s+yes/)
+      const table = (await cli(a.address, ['cluster', 'status'])).stdout
+      assert.match(table, /node-a\s+127\.0\.0\.1:\d+\s+zone-a\s+yes/)
+      // The inter-node protocol versions each node speaks (see src/cluster/protocol.ts).
+      assert.match(table, /\bPROTOCOL\n/)
+      assert.match(table, /node-b\s+127\.0\.0\.1:\d+\s+zone-b\s+yes\s+(yes\s+)?\d+\s+1\n/)
       assert.deepEqual(JSON.parse((await cli(a.address, ['--json', 'cluster', 'peers'])).stdout).map((m: { id: string }) => m.id), ['node-b'])
 
       // A third node, alone at first, joins at run time; after a restart it is still a member.

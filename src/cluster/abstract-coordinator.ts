@@ -129,7 +129,8 @@ export abstract class AbstractCoordinator implements Coordinator {
     assertOptions(options)
     if (options?.ttlMs !== undefined) assertTtl(options.ttlMs)
     const copy: ClusterNode = Object.freeze({
-      id: node.id, address: node.address, zone: node.zone, labels: Object.freeze({ ...node.labels }), capacityBytes: node.capacityBytes, freeBytes: node.freeBytes
+      id: node.id, address: node.address, zone: node.zone, labels: Object.freeze({ ...node.labels }), capacityBytes: node.capacityBytes, freeBytes: node.freeBytes,
+      ...(node.protocol === undefined ? {} : { protocol: Object.freeze({ version: node.protocol.version, oldest: node.protocol.oldest }) })
     })
     await this.#membershipQueue.run(async () => {
       this.#assertOpen()

@@ -2,6 +2,7 @@
 // transactions, watches), the key layout the shared coordinator logic keeps in it, and argument checks.
 
 import { GalleonError } from '../errors.js'
+import { assertProtocolRange } from './protocol.js'
 
 /** A key as the backend stores it, with etcd's two revisions. */
 export interface StoredEntry {
@@ -130,6 +131,7 @@ export function assertNode (node: unknown): void {
   for (const [name, bytes] of [['capacityBytes', capacityBytes], ['freeBytes', freeBytes]] as const) {
     if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 0) throw invalid(`node.${name} must be a non-negative safe integer, got ${describe(bytes)}`)
   }
+  assertProtocolRange((node as Record<string, unknown>).protocol, 'node.protocol')
 }
 
 /** An election name: a non-empty string. */

@@ -8,6 +8,7 @@ import { statfs } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
+import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, versionFor } from './protocol.js'
 
 /** Header field of a cluster request naming the node it is meant for (see ClusterManager.request). */
 const TO_NODE = 'toNode'
@@ -147,6 +148,12 @@ export class ClusterManager {
     const { transport, coordinator } = this.#options
     const listening = await transport.listen(async (from, request) => await this.#dispatch(from, request))
     this.#address = this.#options.advertiseAddress ?? listening
+    // A node that cannot talk to the cluster's running nodes (releases too far apart) stays out,
+    // before it claims anything: it would take copies and leadership it could not serve.
+    for (const member of await coordinator.members()) {
+      const why = member.healthy && member.id !== this.nodeId ? incompatibility(member) : undefined
+      if (why !== undefined) throw new GalleonError('IO_ERROR', `node ${this.nodeId} cannot join the cluster: ${why}`)
+    }
     await this.#claimNodeId()
     await coordinator.join(await this.#record(), { ttlMs: this.#ttlMs })
     this.#members = await coordinator.members()
@@ -223,7 +230,7 @@ export class ClusterManager {
         this.#reportError(`measuring the free space of ${this.#host.storagePath}`, err)
       }
     }
-    return { id: this.nodeId, address: this.#address, zone: this.#options.zone ?? 'default', labels: { ...(this.#options.labels ?? {}) }, capacityBytes, freeBytes }
+    return { id: this.nodeId, address: this.#address, zone: this.#options.zone ?? 'default', labels: { ...(this.#options.labels ?? {}) }, capacityBytes, freeBytes, protocol: THIS_PROTOCOL }
   }
 
   /** Campaigns for the leadership again whenever it is lost, until the node leaves or closes. */
@@ -287,6 +294,11 @@ export class ClusterManager {
       const old = before.get(member.id)
       if (old === undefined) this.#host.emit('cluster:member-joined', member)
       else if (old.healthy !== member.healthy) this.#host.emit('cluster:member-health', member)
+      if (member.id !== this.nodeId && (old === undefined || old.joinedAt !== member.joinedAt || versionFor(old) !== versionFor(member))) {
+        // Placement leaves it out and requests to it are refused; said once per (re)join.
+        const why = incompatibility(member)
+        if (why !== undefined) this.#host.emit('cluster:error', { nodeId: this.nodeId, code: 'IO_ERROR', message: `${why}; it gets no copies and this node sends it nothing` })
+      }
       if (member.healthy && (old === undefined || !old.healthy || old.joinedAt !== member.joinedAt)) {
         for (const listener of this.#backListeners) listener(member.id)
       }
@@ -315,6 +327,8 @@ export class ClusterManager {
     if (typeof meant === 'string' && meant !== this.nodeId) {
       throw new GalleonError('BACKEND_UNAVAILABLE', `node ${from} sent a ${request.kind} message for node ${meant} to node ${this.nodeId}: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`)
     }
+    // In a protocol version this node does not speak: refused before any handler reads it.
+    checkRequestVersion(from, request.kind, request.header)
     const handler = this.#handlers.get(request.kind)
     if (handler === undefined) {
       if (!this.#serving) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${this.nodeId} is starting and does not serve ${request.kind} messages yet; retry in a moment`)
@@ -327,8 +341,16 @@ export class ClusterManager {
   async request (nodeId: string, message: TransportMessage, options?: { timeoutMs?: number, signal?: AbortSignal }): Promise<TransportMessage> {
     const member = this.#members.find((m) => m.id === nodeId)
     if (member === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${nodeId} is not a member of the cluster`)
-    // Names the node it is meant for: the receiver refuses it if that is not itself.
-    return await this.#options.transport.request(member.address, { ...message, header: { ...message.header, [TO_NODE]: nodeId } }, options)
+    // Names the node it is meant for (the receiver refuses it if that is not itself) and the
+    // protocol version it is written in.
+    return await this.#options.transport.request(member.address, { ...message, header: { ...message.header, ...this.#stamp(member) } }, options)
+  }
+
+  /** Header fields of a request to `member`: the node it is meant for, and the protocol version (IO_ERROR if none is shared). */
+  #stamp (member: ClusterMember): Record<string, unknown> {
+    const version = versionFor(member)
+    if (version === undefined) throw new GalleonError('IO_ERROR', incompatibility(member) as string)
+    return { [TO_NODE]: member.id, [PROTOCOL_FIELD]: version }
   }
 
   /** Whether this node leads the cluster now, with its epoch. */
@@ -355,7 +377,7 @@ export class ClusterManager {
       if (m.id === this.nodeId) return this.#host.volumeCount()
       if (!m.healthy) return undefined
       try {
-        const reply = await this.#options.transport.request(m.address, { kind: 'node-info', header: { [TO_NODE]: m.id } }, { timeoutMs: STATUS_TIMEOUT_MS })
+        const reply = await this.#options.transport.request(m.address, { kind: 'node-info', header: this.#stamp(m) }, { timeoutMs: STATUS_TIMEOUT_MS })
         return typeof reply.header.volumes === 'number' ? reply.header.volumes : undefined
       } catch {
         return undefined

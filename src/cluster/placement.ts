@@ -13,6 +13,7 @@
 
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember } from '../drivers.js'
+import { incompatibility } from './protocol.js'
 
 export type PlacementStrategy = 'spread' | 'balanced'
 
@@ -89,6 +90,8 @@ export function placeVolume (members: readonly ClusterMember[], request: Placeme
     if (eligible.length < before && eligible.length < request.replicas) reasons.push(what)
   }
   if (eligible.length < request.replicas) reasons.push(`${eligible.length} healthy node(s)`)
+  // Nodes this release cannot talk to (see protocol.ts) get no new copies.
+  narrow((m) => incompatibility(m) === undefined, 'nodes speaking this node\'s inter-node protocol')
   if (request.nodes !== undefined && request.nodes.length > 0) narrow((m) => (request.nodes as readonly string[]).includes(m.id), `pool nodes ${request.nodes.join(', ')}`)
   if (request.zones !== undefined && request.zones.length > 0) narrow((m) => (request.zones as readonly string[]).includes(m.zone), `zones ${request.zones.join(', ')}`)
   const affinity = Object.entries(request.affinity ?? {})

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { ClusterMember, ClusterNode, CoordinatorEvent } from '../drivers.js'
 import type { GalleonError } from '../errors.js'
 import { layout, type StoredEntry, type StoreEvent } from './coordinator-store.js'
+import type { ProtocolRange } from './protocol.js'
 
 /** What `follow` needs of the coordinator handle: its state and its store, with revisions noted. */
 export interface FollowStore {
@@ -30,6 +31,13 @@ function callListener<T> (listener: (value: T) => void, value: T): void {
   }
 }
 
+/** A record's protocol range as a member field (left out when absent or malformed: version 1 then). */
+function protocolField (protocol: unknown): { protocol?: ProtocolRange } {
+  const range = protocol as Partial<ProtocolRange> | null | undefined
+  if (range === null || typeof range !== 'object' || !Number.isSafeInteger(range.version) || !Number.isSafeInteger(range.oldest)) return {}
+  return { protocol: Object.freeze({ version: range.version as number, oldest: range.oldest as number }) }
+}
+
 /** Members from the raw keys under `nodes/`: a record makes a member, its alive key makes it healthy. */
 export function membersOf (keys: ReadonlyMap<string, string>): ClusterMember[] {
   const members: ClusterMember[] = []
@@ -49,6 +57,7 @@ export function membersOf (keys: ReadonlyMap<string, string>): ClusterMember[] {
       labels: Object.freeze({ ...record.labels }),
       capacityBytes: record.capacityBytes,
       freeBytes: record.freeBytes,
+      ...(protocolField(record.protocol)),
       healthy,
       joinedAt: record.joinedAt
     }))
