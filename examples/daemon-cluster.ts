@@ -6,6 +6,7 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { GalleonError, type GalleonFS } from '../src/index.js'
 import type { ClusterOptions } from '../src/cluster/manager.js'
+import { PROTOCOL_FIELD, PROTOCOL_VERSION } from '../src/cluster/protocol.js'
 import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, parseAddress, type DaemonConfig } from './daemon-config.js'
@@ -128,7 +129,8 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
   try {
     for (const address of addresses) {
       try {
-        const reply = await probe.request(address, { kind: 'cluster-info', header: {} }, { timeoutMs: 5000 })
+        // In this release's inter-node protocol version: a node that does not speak it says so.
+        const reply = await probe.request(address, { kind: 'cluster-info', header: { [PROTOCOL_FIELD]: PROTOCOL_VERSION } }, { timeoutMs: 5000 })
         const settings = reply.header as unknown as ClusterSettings
         if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
         failures.push(`${address}: no coordinator in its answer`)
