@@ -19,6 +19,7 @@ import { GalleonError } from '../src/errors.js'
 import type { BlockStore, Coordinator, MountDriver } from '../src/drivers.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { until } from './support/wait.js'
+import { deletedKey, parseRecord, recordKey } from '../src/replication/records.js'
 
 const exec = promisify(execFile)
 const NO_NBDCOPY = ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, 'nbdcopy'))) ? undefined : 'nbdcopy is not installed (see .ci/run)'
@@ -187,12 +188,57 @@ describe('replication (memory transport, on-disk nodes)', () => {
     const back = await startNode(network, coordinators, lostId, { dir: lost.dir, replicaReplacementDelayMs: 1500 })
     nodes[nodes.indexOf(lost)] = back
     await until('the returning node dropped its stale copy', async () => await back.g.getVolume('lasting').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    // Its copy gone, it is off the record's list of given-up copies.
+    const reader = coordinators.coordinator()
+    const volumeId = (await n1.g.getVolume('lasting')).id
+    await until('the record no longer lists the returned node as given up', async () => {
+      const entry = await reader.get(recordKey(volumeId))
+      return entry !== undefined && parseRecord(entry.value)?.droppedNodes === undefined
+    })
+    await reader.close()
     assert.deepEqual([...(await n1.g.replicationStatus('lasting')).nodes].sort(), ['n1', spare.id].sort())
     const expected = await n1.g.read('lasting', 0, 256 * 1024)
     const held = await copies([n1, spare], 'lasting', 256 * 1024)
     assert.deepEqual(held.get('n1'), expected)
     assert.deepEqual(held.get(spare.id), expected, 'the replacement copy holds every block')
     assert.deepEqual(expected.subarray(30 * 4096, 31 * 4096), block(31))
+    await back.g.close()
+  })
+
+  it('a node whose copy was replaced while it was away, and whose volume was deleted before it came back, deletes its copy', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: Node[] = []
+    for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id, { replicaReplacementDelayMs: 1500 }))
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    const n1 = nodes[0] as Node
+    await n1.g.createVolume({ name: 'fleeting', sizeBytes: '256K', replicas: 2 })
+    await n1.g.writeBlock('fleeting', 0, block(1), WriteConcern.WriteReplicated)
+    const volumeId = (await n1.g.getVolume('fleeting')).id
+    const lostId = (await n1.g.replicationStatus('fleeting')).nodes.find((n) => n !== 'n1') as string
+    const lost = nodes.find((n) => n.id === lostId) as Node
+    const spare = nodes.find((n) => n.id !== 'n1' && n.id !== lostId) as Node
+    await lost.g.close()
+    await until('the copy of the node that stays away is given up and replaced', async () => {
+      const s = await n1.g.replicationStatus('fleeting')
+      return s.nodes.includes(spare.id) && !s.nodes.includes(lostId) && s.inSync.length === 2
+    }, 30_000)
+    const reader = coordinators.coordinator()
+    const listed = parseRecord((await reader.get(recordKey(volumeId)))?.value ?? '')
+    assert.deepEqual(listed?.droppedNodes, [lostId], 'the record remembers the given-up copy until its node deletes it')
+    // Deleted while that node is away: the mark names it as well as the copies' nodes.
+    await n1.g.deleteVolume('fleeting')
+    const mark = await reader.get(deletedKey(volumeId))
+    assert.ok(mark !== undefined && (JSON.parse(mark.value) as { nodes: string[] }).nodes.includes(lostId), `the deletion mark names ${lostId}: ${mark?.value}`)
+    // It comes back, finds no record and a mark naming it: its copy goes, and so does the mark.
+    const errors: string[] = []
+    const back = await startNode(network, coordinators, lostId, { dir: lost.dir, replicaReplacementDelayMs: 1500 })
+    back.g.on('replication:error', (event) => { errors.push(event.message) })
+    nodes[nodes.indexOf(lost)] = back
+    await until('the returning node deleted its copy of the deleted volume', async () => await back.g.getVolume('fleeting').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
+    await until('the deletion mark is gone', async () => await reader.get(deletedKey(volumeId)) === undefined)
+    assert.deepEqual(errors, [])
+    await reader.close()
     await back.g.close()
   })
 

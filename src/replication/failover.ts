@@ -51,7 +51,9 @@ export class FailoverLeader {
         // primary's, and never the last in-sync one): the branch below places a new copy.
         const dead = record.nodes.filter((n) => n !== record.primary && !healthy.has(n) && now - this.#firstSeenUnhealthy(n, now) >= this.#replacementDelayMs)
         if (dead.length > 0) {
-          const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, nodes: record.nodes.filter((n) => !dead.includes(n)), inSync: record.inSync.filter((n) => !dead.includes(n)) }), { expectRevision: entry.revision })
+          // Each given-up node is listed until it has deleted its copy (see droppedNodes).
+          const droppedNodes = [...new Set([...(record.droppedNodes ?? []), ...dead])]
+          const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, nodes: record.nodes.filter((n) => !dead.includes(n)), inSync: record.inSync.filter((n) => !dead.includes(n)), droppedNodes }), { expectRevision: entry.revision })
           if (written !== undefined) this.#core.host.emit('replication:replica-removed', { volumeId, nodes: dead, reason: `unhealthy for more than ${Math.round(this.#replacementDelayMs / 1000)} s` })
           continue
         }

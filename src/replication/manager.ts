@@ -258,8 +258,9 @@ export class ReplicationManager {
   /**
    * Whether this node's copy of a volume is one the cluster has no record of (read now):
    * 'deleted' when the volume's deletion mark names this node (the volume was deleted, the copy
-   * goes), 'unrecorded' when no mark does (a coordinator that lost the record, or a copy replaced
-   * before the deletion: only the caller may decide it goes), undefined while the record is there
+   * goes), 'unrecorded' when no mark does (a coordinator that lost the record: only the caller may
+   * decide it goes; a copy given up before the deletion is named by the mark, see droppedNodes),
+   * undefined while the record is there
    * or this node holds no copy.
    */
   async orphan (volumeId: string): Promise<'deleted' | 'unrecorded' | undefined> {
@@ -376,6 +377,19 @@ export class ReplicationManager {
       this.#host.emit('replication:copy-dropped', { volumeId: set.volumeId, nodeId: this.nodeId, nodes: [...record.nodes] })
     } catch (err) {
       this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `dropping the copy that was replaced on ${record.nodes.join(', ')}: ${(err as Error)?.message ?? String(err)}` })
+      return
+    }
+    // The copy is gone: off the record's list of given-up copies (a deletion no longer needs to
+    // name this node). Best effort: a deletion's mark naming it meanwhile costs only a key.
+    try {
+      await this.update(set.volumeId, (current) => {
+        if (current.nodes.includes(this.nodeId) || current.droppedNodes?.includes(this.nodeId) !== true) return undefined
+        const droppedNodes = current.droppedNodes.filter((n) => n !== this.nodeId)
+        const { droppedNodes: _dropped, ...rest } = current
+        return droppedNodes.length === 0 ? rest : { ...rest, droppedNodes }
+      })
+    } catch (err) {
+      this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `taking this node off the given-up copies of the volume's record (its copy is deleted): ${(err as Error)?.message ?? String(err)}` })
     }
   }
 

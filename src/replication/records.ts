@@ -66,6 +66,13 @@ export interface ReplicaSetRecord {
    * changes made since (and stay in sync meanwhile).
    */
   readonly handoff?: { readonly epoch: number, readonly seq: number }
+  /**
+   * Nodes whose copy the cluster leader gave up while they were away (see replicaReplacementDelayMs):
+   * each deletes its copy when it comes back and then takes itself off this list. Until then a
+   * deletion of the volume names them in its mark too, so that one coming back after the deletion
+   * deletes its copy rather than keep it as a volume nobody has a record of.
+   */
+  readonly droppedNodes?: readonly string[]
   /** The storage class's placement rules (narrowed to its pool's nodes), applied again when copies are added. */
   readonly placement?: { readonly strategy?: 'spread' | 'balanced', readonly zones?: readonly string[], readonly affinity?: Readonly<Record<string, string>>, readonly antiAffinity?: Readonly<Record<string, string>>, readonly nodes?: readonly string[] }
 }
@@ -76,7 +83,8 @@ export function recordKey (volumeId: string): string {
 
 /**
  * Coordinator key of a deleted replicated volume's deletion mark (`replication/deleted/<volumeId>`):
- * written before its record goes, it lists every node of the record (the deleting one included);
+ * written before its record goes, it lists every node of the record (the deleting one included,
+ * and the nodes of given-up copies, see droppedNodes);
  * each takes itself off once its copy is deleted, so that a node that missed the deletion deletes
  * its copy when it comes back instead of keeping it. A copy is deleted only by a mark naming its
  * node: a record that is merely missing (a coordinator wiped or replaced) is no reason to delete data.

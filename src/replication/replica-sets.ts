@@ -200,7 +200,10 @@ export class ReplicaSetChanges {
       // next start. Written before the record goes: a node that misses the repl:delete below (down,
       // cut off) deletes its copy when it comes back or sees the record go, rather than keep it as
       // a volume nobody else has.
-      const listed = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), self])]
+      // Nodes whose copies were given up while they were away, and that have not deleted them yet,
+      // too: one coming back after the deletion finds no record, and goes by the mark.
+      const found = parseRecord(entry.value)
+      const listed = [...new Set([...(found?.nodes ?? []), ...(found?.droppedNodes ?? []), self])]
       if (!marked || listed.join() !== nodes.join()) {
         // (Perhaps written with the answer lost: keep removes it.)
         marked = true
