@@ -49,6 +49,16 @@ async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinato
   return { g, id, dir, events }
 }
 
+/** Three nodes whose leader replaces a dead node's copies after 1.5 s. */
+async function replacingCluster (): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: Node[], n1: Node }> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const nodes: Node[] = []
+  for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id, { replicaReplacementDelayMs: 1500 }))
+  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+  return { network, coordinators, nodes, n1: nodes[0] as Node }
+}
+
 async function expectRejects (promise: Promise<unknown>, code: string): Promise<void> {
   await assert.rejects(promise, (err: { code?: string }) => err.code === code)
 }
@@ -161,12 +171,7 @@ describe('replication (memory transport, on-disk nodes)', () => {
   })
 
   it('replaces the copy of a node that stays dead past the replacement delay; the node drops its stale copy when it comes back', async () => {
-    const network = new MemoryNetwork()
-    const coordinators = new MemoryCoordinatorCluster()
-    const nodes: Node[] = []
-    for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id, { replicaReplacementDelayMs: 1500 }))
-    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-    const n1 = nodes[0] as Node
+    const { network, coordinators, nodes, n1 } = await replacingCluster()
     await n1.g.createVolume({ name: 'lasting', sizeBytes: '256K', replicas: 2 })
     for (let i = 0; i < 16; i++) await n1.g.writeBlock('lasting', i, block(i + 1), WriteConcern.WriteReplicated)
     const before = await n1.g.replicationStatus('lasting')
@@ -206,12 +211,7 @@ describe('replication (memory transport, on-disk nodes)', () => {
   })
 
   it('a node whose copy was replaced while it was away, and whose volume was deleted before it came back, deletes its copy', async () => {
-    const network = new MemoryNetwork()
-    const coordinators = new MemoryCoordinatorCluster()
-    const nodes: Node[] = []
-    for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id, { replicaReplacementDelayMs: 1500 }))
-    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-    const n1 = nodes[0] as Node
+    const { network, coordinators, nodes, n1 } = await replacingCluster()
     await n1.g.createVolume({ name: 'fleeting', sizeBytes: '256K', replicas: 2 })
     await n1.g.writeBlock('fleeting', 0, block(1), WriteConcern.WriteReplicated)
     const volumeId = (await n1.g.getVolume('fleeting')).id
