@@ -4,9 +4,8 @@
 import { readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { GalleonError, type GalleonFS } from '../src/index.js'
+import { GalleonError, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, PROTOCOL_VERSION, type GalleonFS, type TransportMessage } from '../src/index.js'
 import type { ClusterOptions } from '../src/cluster/manager.js'
-import { PROTOCOL_FIELD, PROTOCOL_VERSION } from '../src/cluster/protocol.js'
 import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, parseAddress, type DaemonConfig } from './daemon-config.js'
@@ -122,6 +121,22 @@ function keepaliveOptions (config: DaemonConfig): { keepaliveIntervalMs: number,
   return { keepaliveIntervalMs: Math.round(config.keepaliveIntervalSeconds * 1000), keepaliveTimeoutMs: Math.round(config.keepaliveTimeoutSeconds * 1000) }
 }
 
+/**
+ * Asks one node where its cluster's coordinator is, in the newest inter-node protocol version
+ * this release speaks that the node does too: a node that does not speak one says so (IO_ERROR
+ * naming the protocol), and the next older one is tried.
+ */
+async function askClusterInfo (probe: TcpTransport, address: string): Promise<TransportMessage> {
+  for (let version = PROTOCOL_VERSION; ; version--) {
+    try {
+      return await probe.request(address, { kind: 'cluster-info', header: { [PROTOCOL_FIELD]: version } }, { timeoutMs: 5000 })
+    } catch (err) {
+      const unspoken = (err as { code?: string }).code === 'IO_ERROR' && /inter-node protocol version/.test((err as Error).message)
+      if (!unspoken || version <= OLDEST_PROTOCOL_VERSION) throw err
+    }
+  }
+}
+
 /** Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers). */
 export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[]): Promise<ClusterSettings> {
   const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret, ...keepaliveOptions(config) })
@@ -129,8 +144,7 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
   try {
     for (const address of addresses) {
       try {
-        // In this release's inter-node protocol version: a node that does not speak it says so.
-        const reply = await probe.request(address, { kind: 'cluster-info', header: { [PROTOCOL_FIELD]: PROTOCOL_VERSION } }, { timeoutMs: 5000 })
+        const reply = await askClusterInfo(probe, address)
         const settings = reply.header as unknown as ClusterSettings
         if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
         failures.push(`${address}: no coordinator in its answer`)

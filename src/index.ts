@@ -47,6 +47,7 @@ export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from 
 export { VolumeFile } from './mount/volume-file.js'
 export { ClusterManager, CLUSTER_ELECTION, type ClusterOptions, type ClusterStatus, type ClusterEvents } from './cluster/manager.js'
 export { placeVolume, PLACEMENT_STRATEGIES, type Placement, type PlacementRequest, type PlacementStrategy } from './cluster/placement.js'
+export { PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, type ProtocolRange } from './cluster/protocol.js'
 export { parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSPolicyInput, type QoSLimits, type QoSGuarantees, type BurstableQoS, type BurstableQoSInput, type QoSPolicySource } from './qos/policy.js'
 export { QoSScheduler, type QoSNodeOptions, type QoSMetrics, type QoSThrottledEvent, type QoSGuaranteeMissedEvent, type QoSLatencyMissedEvent } from './qos/scheduler.js'
 export { TokenBucket, realClock, type QoSClock } from './qos/bucket.js'

@@ -34,7 +34,7 @@ function callListener<T> (listener: (value: T) => void, value: T): void {
 /** A record's protocol range as a member field (left out when absent or malformed: version 1 then). */
 function protocolField (protocol: unknown): { protocol?: ProtocolRange } {
   const range = protocol as Partial<ProtocolRange> | null | undefined
-  if (range === null || typeof range !== 'object' || !Number.isSafeInteger(range.version) || !Number.isSafeInteger(range.oldest)) return {}
+  if (range === null || typeof range !== 'object' || !Number.isSafeInteger(range.version) || !Number.isSafeInteger(range.oldest) || (range.oldest as number) < 1 || (range.version as number) < (range.oldest as number)) return {}
   return { protocol: Object.freeze({ version: range.version as number, oldest: range.oldest as number }) }
 }
 

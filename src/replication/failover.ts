@@ -2,6 +2,7 @@
 // primary is gone, gives up copies on nodes unhealthy too long, and places copies a set lacks.
 
 import { placeVolume } from '../cluster/placement.js'
+import { incompatibility } from '../cluster/protocol.js'
 import { RECORD_PREFIX, parseRecord } from './records.js'
 import type { ManagerCore } from './common.js'
 import { leavingNodes } from './replica-sets.js'
@@ -39,7 +40,10 @@ export class FailoverLeader {
           // filled may lack the primary's latest WriteDurable writes, so it is never promoted;
           // the volume waits for its primary's node, as a 1-copy volume does.
           if (record.spec.replicas <= 1) continue
-          const candidate = record.inSync.find((n) => n !== record.primary && healthy.has(n))
+          // A copy on a node this one can talk to first: one it cannot could stream to none of them.
+          const promotable = record.inSync.filter((n) => n !== record.primary && healthy.has(n))
+          const speaks = (n: string): boolean => { const m = members.find((member) => member.id === n); return m !== undefined && incompatibility(m) === undefined }
+          const candidate = promotable.find(speaks) ?? promotable[0]
           if (candidate === undefined) continue
           const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, primary: candidate, epoch: record.epoch + 1, inSync: [candidate], handoff: undefined }), { expectRevision: entry.revision })
           if (written !== undefined) {

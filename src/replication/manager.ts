@@ -155,6 +155,9 @@ export class ReplicationManager {
     // Marks that still name this node although its copy is gone (deleted at an open's recovery, or
     // taking the node off failed): it comes off them now, so that they go once every copy has.
     void manager.#leaveDeletionMarks()
+    // Lists of given-up copies that name this node although it holds no such copy (its disk was
+    // replaced, or it was placed again): it comes off them, so that deletion marks do not name it.
+    void manager.#leaveDroppedLists()
     let ticks = 0
     manager.#leaderTimer = setInterval(() => {
       void manager.#leader.pass()
@@ -278,6 +281,27 @@ export class ReplicationManager {
         if (this.#closed) return
         if (!(parseDeleted(entry.value) ?? []).includes(this.nodeId) || this.#sets.has(volumeId) || this.#deleting.has(volumeId) || this.#host.blocks(volumeId) !== undefined) continue
         await clearDeletionMark(this.#coordinator, volumeId, [this.nodeId])
+      }
+    } catch {
+      // The next start looks again.
+    }
+  }
+
+  /** Takes this node off the droppedNodes of records that list it while it holds no given-up copy of their volume. */
+  async #leaveDroppedLists (): Promise<void> {
+    const self = this.nodeId
+    const holdsGivenUp = (record: ReplicaSetRecord): boolean => !record.nodes.includes(self) && (this.#sets.has(record.spec.id) || this.#deleting.has(record.spec.id) || this.#host.blocks(record.spec.id) !== undefined)
+    try {
+      for (const entry of await this.#coordinator.list(RECORD_PREFIX)) {
+        if (this.#closed) return
+        const record = parseRecord(entry.value)
+        if (record === undefined || record.droppedNodes?.includes(self) !== true || holdsGivenUp(record)) continue
+        await this.update(record.spec.id, (current) => {
+          if (current.droppedNodes?.includes(self) !== true || holdsGivenUp(current)) return undefined
+          const droppedNodes = current.droppedNodes.filter((n) => n !== self)
+          const { droppedNodes: _dropped, ...rest } = current
+          return droppedNodes.length === 0 ? rest : { ...rest, droppedNodes }
+        })
       }
     } catch {
       // The next start looks again.

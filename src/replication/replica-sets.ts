@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
+import { incompatibility } from '../cluster/protocol.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import { deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
@@ -86,6 +87,8 @@ export class ReplicaSetChanges {
     // with the new history, but compared block by block.
     let epoch = 1
     let expectRevision = 0
+    // Copies the old record lists as given up whose nodes have not deleted them yet stay listed.
+    let droppedNodes: readonly string[] = []
     const existing = await this.#core.coordinator.get(recordKey(spec.id))
     if (existing !== undefined) {
       const old = parseRecord(existing.value)
@@ -95,8 +98,9 @@ export class ReplicaSetChanges {
       }
       expectRevision = existing.revision
       epoch = Math.max(epoch, old.epoch + 1)
+      droppedNodes = (old.droppedNodes ?? []).filter((n) => !nodes.includes(n))
     }
-    const record: ReplicaSetRecord = { spec, primary: this.#core.nodeId, epoch, nodes, inSync: [this.#core.nodeId], ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
+    const record: ReplicaSetRecord = { spec, primary: this.#core.nodeId, epoch, nodes, inSync: [this.#core.nodeId], ...(droppedNodes.length === 0 ? {} : { droppedNodes }), ...(options.strategy === undefined && options.zones === undefined && options.affinity === undefined && options.antiAffinity === undefined && options.nodes === undefined ? {} : { placement: options }) }
     const set = this.#core.setOf(spec.id)
     const value = JSON.stringify(record)
     let entry: { revision: number } | undefined
@@ -340,6 +344,9 @@ export class ReplicaSetChanges {
     if (to === this.#core.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume's copy is on ${to} already: nothing to move`)
     const member = (await this.#core.coordinator.members()).find((m) => m.id === to)
     if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${to} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+    // A node this one cannot talk to could never be sent the copy (see protocol.ts): refused now, not at the move's deadline.
+    const why = incompatibility(member)
+    if (why !== undefined) throw new GalleonError('IO_ERROR', `node ${to} cannot take a copy of volume ${volumeId}: ${why}`)
     if ((await leavingNodes(this.#core.coordinator)).has(to)) throw new GalleonError('BUSY', `node ${to} is leaving the cluster; pick another node`)
     const record = set.record ?? parseRecord((await this.#core.coordinator.get(recordKey(volumeId)))?.value ?? '')
     // A copy there beyond the wanted number (left by a move that was interrupted) is the one the
@@ -386,7 +393,10 @@ export class ReplicaSetChanges {
       const { pool: _pool, ...spec } = r.spec
       const hasPlacement = placement.strategy !== undefined || placement.zones !== undefined || placement.affinity !== undefined || placement.antiAffinity !== undefined || placement.nodes !== undefined
       const { placement: _placement, ...rest } = r
-      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}) }
+      // Copies given up here are listed until their nodes have deleted them (see droppedNodes):
+      // one whose node is away meanwhile is named by a deletion of the volume too.
+      const droppedNodes = [...new Set([...(r.droppedNodes ?? []), ...r.nodes.filter((n) => !nodes.includes(n))])]
+      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}), ...(droppedNodes.length === 0 ? {} : { droppedNodes }) }
     })
     if (written === undefined || before === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `the cluster has no record of volume ${volumeId}`)
     const added = written.record.nodes.filter((n) => !before?.nodes.includes(n))
