@@ -9,7 +9,7 @@ import { MountManager, mountControl } from './mount/mount-manager.js'
 import { GalleonError, describe, quoted } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import type { KeyManager, VolumeEncryption } from './crypto/key-manager.js'
-import { BackupManager, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
+import { BackupManager, checkDeleteBackupOptions, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import type { BlockEngine, VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
@@ -729,6 +729,7 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
    */
   async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
     this.#assertOpen()
+    checkDeleteBackupOptions(options)
     await this.#gate.checkTarget('deleteBackup', options)
     const backup = await findBackup(this.#gate, this.#backups, 'deleteBackup', 'backup:delete', backupId, options)
     return await this.#gate.guard('deleteBackup', 'backup:delete', backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.delete(backupId, options), options?.force === true ? { force: true } : undefined)

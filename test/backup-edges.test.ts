@@ -8,13 +8,12 @@ import { mkdtemp, readFile, readdir, rm, unlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { GalleonFS, type BackupTarget } from '../src/index.js'
 import { expectCode } from './support/assertions.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
-import { scriptArgs } from './support/child-script.js'
+import { scriptArgs, childExit } from './support/child-script.js'
 
 const BS = 4096
 
@@ -161,7 +160,7 @@ describe('backup edges', () => {
       await until(() => out.includes('holding'), 'the child\'s restore to stop mid-way', 60_000)
     } finally {
       child.kill('SIGKILL')
-      await once(child, 'exit')
+      await childExit(child)
     }
     g = await GalleonFS.open({ storagePath })
     try {
@@ -240,6 +239,44 @@ describe('backup edges', () => {
         const bytes = await readFile(file)
         for (const sample of samples) assert.ok(!bytes.includes(sample), `plaintext of the volume in ${file}`)
       }
+    } finally { await g.close() }
+  })
+
+  it('a directory given by path that is no backup target yet is refused by calls that read it, not made one; the configured target is made on first use', async () => {
+    const configured = place()
+    const g = await GalleonFS.open({ storagePath: place(), backupTarget: configured })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: 16 * BS })
+      await g.writeBlock('v', 0, block(1))
+      // The configured default target lists as empty before any backup, and is made.
+      assert.deepEqual(await g.listBackups(), [])
+      const backup = await g.createBackup('v')
+      const mistyped = join(root, 'no-such-target-dir')
+      const names = ['no backups on', 'it is not a backup target', 'galleonfs-backup.json', 'check the path']
+      await expectCode(g.listBackups('v', { target: mistyped }), 'BACKUP_NOT_FOUND', ...names, mistyped)
+      for (const call of [
+        g.getBackup(backup.id, { target: mistyped }),
+        g.verifyBackup(backup.id, { target: mistyped }),
+        g.restoreBackup(backup.id, { name: 'r', target: mistyped }),
+        g.deleteBackup(backup.id, { target: mistyped, force: true })
+      ]) await expectCode(call, 'BACKUP_NOT_FOUND', `no backup "${backup.id}" on ${mistyped}`, 'it is not a backup target')
+      // Nothing was made there, and the backup is untouched where it is.
+      await assert.rejects(readdir(mistyped), { code: 'ENOENT' })
+      // An existing directory that holds no target is refused the same way, and left as it was.
+      const plain = place()
+      await (await import('node:fs/promises')).mkdir(plain)
+      await expectCode(g.listBackups(undefined, { target: plain }), 'BACKUP_NOT_FOUND', 'it is not a backup target')
+      assert.deepEqual(await readdir(plain), [])
+      assert.deepEqual((await g.listBackups('v')).map((b) => b.id), [backup.id])
+      assert.equal((await g.verifyBackup(backup.id)).ok, true)
+      // createBackup to a new path makes it a target; then it lists.
+      const fresh = place()
+      const second = await g.createBackup('v', { target: fresh })
+      assert.deepEqual((await g.listBackups('v', { target: fresh })).map((b) => b.id), [second.id])
+      // deleteBackup checks its options first, as createBackup and restoreBackup do.
+      await expectCode(g.deleteBackup(backup.id, null as never), 'INVALID_ARGUMENT', 'deleteBackup() options must be an object')
+      await expectCode(g.deleteBackup('00000000-0000-4000-8000-000000000000', { chunkGraceSeconds: -1 }), 'INVALID_ARGUMENT', 'chunkGraceSeconds')
+      assert.deepEqual((await g.listBackups('v')).map((b) => b.id), [backup.id])
     } finally { await g.close() }
   })
 })

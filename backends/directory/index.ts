@@ -24,7 +24,9 @@ export interface DirectoryBackupTargetOptions {
 
 const CHUNK_ID = /^[0-9a-f]{64}$/
 const MANIFEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
-const MARKER = 'galleonfs-backup.json'
+/** The file that makes a directory a backup target. */
+export const DIRECTORY_TARGET_MARKER = 'galleonfs-backup.json'
+const MARKER = DIRECTORY_TARGET_MARKER
 /** Temporary files older than this are leftovers of a crash (younger ones may be another process's put). */
 const TEMPORARY_MAX_AGE_MS = 60 * 60 * 1000
 const FORMAT = 1
@@ -88,6 +90,22 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async close (): Promise<void> {
     this.#opened = undefined
+  }
+
+  /**
+   * Whether the directory is a backup target already (it holds the marker file), without creating
+   * anything: a caller that only reads a target it was given by path can then refuse a path that
+   * holds none (mistyped, or not mounted) instead of making it an empty target.
+   */
+  async isTarget (): Promise<boolean> {
+    try {
+      await stat(join(this.location, MARKER))
+      return true
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' || code === 'ENOTDIR') return false
+      throw ioError(`could not look for ${MARKER} in ${this.location}`, err)
+    }
   }
 
   async hasChunk (id: string): Promise<boolean> {

@@ -5,7 +5,7 @@
 
 import { randomUUID } from 'node:crypto'
 import { resolve } from 'node:path'
-import { DirectoryBackupTarget } from '../../backends/directory/index.js'
+import { DIRECTORY_TARGET_MARKER, DirectoryBackupTarget } from '../../backends/directory/index.js'
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
@@ -84,6 +84,16 @@ const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 /** How long a backup taken on a replica's node waits for its snapshot to reach the copy there (see #snapshotHere). */
 const SNAPSHOT_ARRIVAL_MS = 30_000
 
+/**
+ * Checks deleteBackup()'s options (INVALID_ARGUMENT), before anything is looked up; returns the
+ * chunks' grace period in milliseconds.
+ */
+export function checkDeleteBackupOptions (options: DeleteBackupOptions): number {
+  if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `deleteBackup() options must be an object such as { force: true }, got ${describe(options)}`)
+  const graceMs = 1000 * (options.chunkGraceSeconds ?? CHUNK_GRACE_SECONDS)
+  if (!Number.isFinite(graceMs) || graceMs < 0) throw new GalleonError('INVALID_ARGUMENT', `chunkGraceSeconds is a number of seconds >= 0, got ${describe(options.chunkGraceSeconds)}`)
+  return graceMs
+}
 
 export class BackupManager {
   readonly #g: GalleonFS
@@ -488,7 +498,7 @@ export class BackupManager {
   }
 
   async list (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
-    const target = this.#target(options?.target)
+    const target = await this.#readTarget(options?.target)
     await target.open()
     let manifests = await readManifests(target)
     if (vol !== undefined) {
@@ -501,13 +511,13 @@ export class BackupManager {
   }
 
   async get (id: string, options: { target?: BackupTargetRef } = {}): Promise<Backup> {
-    const target = this.#target(options?.target)
+    const target = await this.#readTarget(options?.target, id)
     await target.open()
     return toBackup(await readManifest(target, id), target)
   }
 
   async verify (id: string, options: { target?: BackupTargetRef } = {}): Promise<BackupVerification> {
-    const target = this.#target(options?.target)
+    const target = await this.#readTarget(options?.target, id)
     await target.open()
     const problems: Array<{ backupId: string, chunk?: string, code: string, message: string }> = []
     const chain: Manifest[] = []
@@ -563,9 +573,8 @@ export class BackupManager {
   }
 
   async delete (id: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
-    const target = this.#target(options?.target)
-    const graceMs = 1000 * (options?.chunkGraceSeconds ?? CHUNK_GRACE_SECONDS)
-    if (!Number.isFinite(graceMs) || graceMs < 0) throw new GalleonError('INVALID_ARGUMENT', `chunkGraceSeconds is a number of seconds >= 0, got ${describe(options.chunkGraceSeconds)}`)
+    const graceMs = checkDeleteBackupOptions(options)
+    const target = await this.#readTarget(options.target, id)
     await target.open()
     return await this.#queue(target).run(async () => {
       const unreadable: string[] = []
@@ -619,7 +628,7 @@ export class BackupManager {
       throw new GalleonError('INVALID_ARGUMENT', 'restoreBackup() takes either { name } (a new volume) or { volume } (overwrite an existing one), not both')
     }
     checkListener('restoreBackup', options.onProgress)
-    const target = this.#target(options.target)
+    const target = await this.#readTarget(options.target, id)
     const restoring = this.#restoring
     const claimed = this.#restoringInto
     return await this.#cancellable(options.signal, async (signal) => await restoreBackup(this.#g, this.#keys, target, id, { ...options, signal }, {
@@ -649,6 +658,19 @@ export class BackupManager {
 
   /** Volumes a restore of this instance is writing into (a second restore into one is refused). */
   readonly #restoringInto = new Set<string>()
+
+  /**
+   * The target of a call that only reads it (or deletes from it). A directory given by path that is
+   * no backup target yet is refused, not made one: a mistyped or unmounted path must not read as a
+   * target without backups. The configured default target is made on first use, as before.
+   */
+  async #readTarget (ref: BackupTargetRef | undefined, id?: string): Promise<BackupTarget> {
+    const target = this.#target(ref)
+    if (!(target instanceof DirectoryBackupTarget) || await target.isTarget()) return target
+    const configured = this.#defaultTarget
+    if (ref === undefined || (typeof configured === 'string' && configured.length > 0 && resolve(configured) === target.location)) return target
+    throw new GalleonError('BACKUP_NOT_FOUND', `${id === undefined ? 'no backups' : `no backup ${describe(id)}`} on ${target.location}: it is not a backup target (it holds no ${DIRECTORY_TARGET_MARKER}); check the path (a directory becomes a backup target with the first createBackup() to it)`)
+  }
 
   #target (ref: BackupTargetRef | undefined): BackupTarget {
     const chosen = ref ?? this.#defaultTarget

@@ -262,7 +262,7 @@ export class BackupScheduler {
       try {
         let strategy = policy.strategy
         if (strategy !== BackupStrategy.Full) {
-          const ours = (await this.#g.listBackups(volume, { target })).filter((backup) => backup.policy === name)
+          const ours = (await this.#listBackups(volume, target)).filter((backup) => backup.policy === name)
           const lastFull = ours.map((backup) => backup.strategy).lastIndexOf(BackupStrategy.Full)
           if (lastFull < 0 || ours.length - lastFull >= policy.fullEvery) strategy = BackupStrategy.Full
         }
@@ -308,9 +308,23 @@ export class BackupScheduler {
    * builds on). The backups this run took (`taken`) count as the newest, whatever their times say
    * (a clock that stepped back, or a tie), and are always kept.
    */
+  /**
+   * The backups of `volume` on the policy's target. A directory that is no backup target yet (the
+   * policy's first backup to it was not taken) holds none: listing it by path is refused
+   * (BACKUP_NOT_FOUND), and the policy's backup makes it one.
+   */
+  async #listBackups (volume: string, target: string | undefined): Promise<Backup[]> {
+    try {
+      return await this.#g.listBackups(volume, { target })
+    } catch (err) {
+      if (err instanceof GalleonError && err.code === 'BACKUP_NOT_FOUND') return []
+      throw err
+    }
+  }
+
   async #prune (policy: BackupPolicy, volume: string, now: Date, taken: ReadonlySet<string>): Promise<string[]> {
     const target = policy.target ?? undefined
-    const all = await this.#g.listBackups(volume, { target })
+    const all = await this.#listBackups(volume, target)
     const rank = (backup: Backup): number => taken.has(backup.id) ? 1 : 0
     const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => rank(b) - rank(a) || b.createdAt.localeCompare(a.createdAt))
     const keep = retained(ours, policy.retention, now)
