@@ -9,7 +9,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -27,7 +26,7 @@ import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
 import { seededRandom } from './conformance/fixtures.js'
-import { scriptArgs } from './support/child-script.js'
+import { scriptArgs, childExit } from './support/child-script.js'
 
 const BS = 4096
 const CHILD = process.env.GALLEON_BACKUP_AUDIT_CHILD
@@ -212,7 +211,7 @@ if (CHILD === 'restore-over') {
         await until('the child\'s restore to write into prod and stop', () => out.includes('holding') || child.exitCode !== null, 60_000)
       } finally {
         child.kill('SIGKILL')
-        await once(child, 'exit').catch(() => {})
+        await childExit(child)
       }
       assert.ok(out.includes('holding'), `the child ended otherwise: ${out}`)
       g = await GalleonFS.open({ storagePath })

@@ -3,14 +3,13 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises'
 import { readdirSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createFileExclusively } from '../src/durable-files.js'
-import { scriptArgs } from './support/child-script.js'
+import { scriptArgs, childExit } from './support/child-script.js'
 
 const CHILD = fileURLToPath(new URL('./fixtures/create-exclusive-child.ts', import.meta.url))
 
@@ -61,7 +60,7 @@ describe('createFileExclusively', () => {
           if (!killed) await new Promise((resolve) => setImmediate(resolve))
         }
         if (!killed) child.kill('SIGKILL')
-        await once(child, 'exit').catch(() => {})
+        await childExit(child)
         const size = (() => { try { return statSync(path).size } catch { return undefined } })()
         assert.ok(size === undefined || size === MIB << 20, `the file at its name holds ${size} bytes of ${MIB << 20}: a partial key file`)
         // Whatever is there is whole, and a new creation (a restart) works or finds the whole file.

@@ -7,7 +7,6 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -18,7 +17,7 @@ import { delegatingTarget } from './support/backup-targets.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
-import { scriptArgs } from './support/child-script.js'
+import { scriptArgs, childExit } from './support/child-script.js'
 
 const BS = 4096
 const BLOCKS = 4096
@@ -88,7 +87,7 @@ if (CHILD !== undefined) {
       await until(`the child (${mode}) to reach its point`, () => out.includes('holding') || child.exitCode !== null, 60_000)
     } finally {
       child.kill('SIGKILL')
-      await once(child, 'exit').catch(() => {})
+      await childExit(child)
     }
     assert.ok(out.includes('holding'), `the child ended otherwise: ${out}`)
   }

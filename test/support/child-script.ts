@@ -16,6 +16,7 @@
 // and are renamed into place, so two test processes doing this at once both leave whole files.
 
 import { createHash } from 'node:crypto'
+import type { ChildProcess } from 'node:child_process'
 import { closeSync, fstatSync, type Dirent, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { basename, dirname, join, relative, sep } from 'node:path'
@@ -136,4 +137,15 @@ export function scriptArgs (script: string, options: { tsx?: boolean } = {}): st
   if (options.tsx === true || !script.endsWith('.ts') || path.startsWith('..') || !TREES.includes(path.split(sep)[0] ?? '')) return ['--import', TSX, script]
   refresh()
   return [outputOf(script)]
+}
+
+/**
+ * Resolves once `child` has exited, also when it already has: `once(child, 'exit')` after the
+ * event would wait for ever, and, with nothing else pending, node:test then cancels the whole file
+ * ("Promise resolution is still pending but the event loop has already resolved") instead of
+ * reporting why the child ended early.
+ */
+export async function childExit (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  await new Promise<void>((resolve) => { child.once('exit', () => { resolve() }) })
 }
