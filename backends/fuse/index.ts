@@ -39,6 +39,7 @@ import { makeDirectories } from '../../src/make-directories.js'
 import { nativeAead } from '../../src/crypto/native-aead.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
+import { fusermount } from './fusermount.js'
 
 const run = promisify(execFile)
 /** Bytes of accepted writes a mount may have on their way to the volume. */
@@ -297,7 +298,8 @@ export class FuseMountDriver implements MountDriver {
     // Not fuse.unmount(): fuse-native runs `fusermount -uz "<path>"` through a shell, which expands
     // $ and backticks in the path (unmounting another mount, or running a command). fusermount is
     // run here without a shell, then fuse-native's last step stops its thread.
-    await run('fusermount', ['-uz', path], { env: childEnvironment() }).then(() => { stopNativeThread(path, fuse) }, async (err: Error) => {
+    // From a worker thread: see fusermount.ts (this process may have one of its mounts' files open).
+    await fusermount(['-uz', path], childEnvironment()).then(() => { stopNativeThread(path, fuse) }, async (err: Error) => {
       // Unmounted from outside (fusermount -u, umount): fusermount fails, but fuse-native's thread
       // still runs and would keep the process alive. Stop it directly.
       if (!await isMountPoint(path)) {
@@ -323,7 +325,7 @@ export class FuseMountDriver implements MountDriver {
       await stat(path)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') {
-        await run('fusermount', ['-uz', path], { env: childEnvironment() }).catch((cause: Error) => {
+        await fusermount(['-uz', path], childEnvironment()).catch((cause: Error) => {
           throw new GalleonError('BUSY', `${path} is a stale FUSE mount that could not be cleared (${cause.message}); run fusermount -uz ${path}`, { cause })
         })
       }
@@ -406,8 +408,8 @@ export class FuseMountDriver implements MountDriver {
         }
         writes.accept(pos, data, volume.data.write).then(() => cb(n), (err) => fail(cb, err))
       },
-      truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
-      ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, path, size, cb) },
+      truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb) },
+      ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb) },
       fsync: (path: string, _fd: number, _datasync: boolean, cb: Callback) => {
         if (path !== '/data' || volume.readOnly) { cb(0); return }
         if (!state.active) { cb(Fuse.EIO); return }
@@ -437,10 +439,12 @@ export class FuseMountDriver implements MountDriver {
     }
   }
 
-  #truncate (volume: MountedVolume, path: string, size: number, cb: Callback): void {
+  #truncate (volume: MountedVolume, state: MountState, path: string, size: number, cb: Callback): void {
     const Fuse = this.#Fuse
     if (path !== '/data') { cb(Fuse.EACCES); return }
     if (volume.readOnly) { cb(Fuse.EROFS); return }
+    // A descriptor kept open past a forced unmount gets EIO for this too, as for reads and writes.
+    if (!state.active) { cb(Fuse.EIO); return }
     // A disk keeps its size: shrinking requests (O_TRUNC) change nothing, growing ones are refused.
     cb(size > volume.data.size() ? Fuse.EFBIG : 0)
   }
