@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { connect, type Socket } from 'node:net'
+import { takeBytes } from './byte-queue.js'
 
 /** The greeting's first magic ("NBDMAGIC"). */
 export const NBDMAGIC = 0x4e42444d41474943n
@@ -142,17 +143,8 @@ export class NbdClient {
       await new Promise<void>((resolve) => { this.#waiters.push(resolve); timer = setTimeout(resolve, 50) })
       clearTimeout(timer)
     }
-    const out = Buffer.alloc(n)
-    for (let at = 0; at < n;) {
-      const chunk = this.#chunks[0] as Buffer
-      const take = Math.min(chunk.byteLength, n - at)
-      chunk.copy(out, at, 0, take)
-      at += take
-      if (take === chunk.byteLength) this.#chunks.shift()
-      else this.#chunks[0] = chunk.subarray(take)
-    }
     this.#buffered -= n
-    return out
+    return takeBytes(this.#chunks, n)
   }
 
   /** Waits until the server closes the connection (true) or the timeout passes (false). */

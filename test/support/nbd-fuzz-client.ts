@@ -5,6 +5,7 @@
 // layout). Whatever the server sends that the protocol does not allow is a `violation`.
 
 import { connect, type Socket } from 'node:net'
+import { takeBytes } from './byte-queue.js'
 
 export const NBDMAGIC = 0x4e42444d41474943n
 export const IHAVEOPT = 0x49484156454f5054n
@@ -157,17 +158,8 @@ export class NbdFuzzConnection {
       await new Promise<void>((resolve) => { this.#wake = resolve })
       this.#wake = undefined
     }
-    const out = Buffer.allocUnsafe(n)
-    for (let at = 0; at < n;) {
-      const chunk = this.#chunks[0] as Buffer
-      const take = Math.min(chunk.byteLength, n - at)
-      chunk.copy(out, at, 0, take)
-      at += take
-      if (take === chunk.byteLength) this.#chunks.shift()
-      else this.#chunks[0] = chunk.subarray(take)
-    }
     this.#buffered -= n
-    return out
+    return takeBytes(this.#chunks, n)
   }
 
   async #must (n: number, what: string): Promise<Buffer> {
