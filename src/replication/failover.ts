@@ -3,7 +3,7 @@
 
 import { placeVolume } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
-import { RECORD_PREFIX, parseRecord } from './records.js'
+import { RECORD_PREFIX, givingUp, parseRecord } from './records.js'
 import type { ManagerCore } from './common.js'
 import { leavingNodes } from './replica-sets.js'
 
@@ -56,8 +56,7 @@ export class FailoverLeader {
         const dead = record.nodes.filter((n) => n !== record.primary && !healthy.has(n) && now - this.#firstSeenUnhealthy(n, now) >= this.#replacementDelayMs)
         if (dead.length > 0) {
           // Each given-up node is listed until it has deleted its copy (see droppedNodes).
-          const droppedNodes = [...new Set([...(record.droppedNodes ?? []), ...dead])]
-          const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, nodes: record.nodes.filter((n) => !dead.includes(n)), inSync: record.inSync.filter((n) => !dead.includes(n)), droppedNodes }), { expectRevision: entry.revision })
+          const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, nodes: record.nodes.filter((n) => !dead.includes(n)), inSync: record.inSync.filter((n) => !dead.includes(n)), ...givingUp(record, dead) }), { expectRevision: entry.revision })
           if (written !== undefined) this.#core.host.emit('replication:replica-removed', { volumeId, nodes: dead, reason: `unhealthy for more than ${Math.round(this.#replacementDelayMs / 1000)} s` })
           continue
         }

@@ -36,7 +36,7 @@ import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { WriteConcern } from '../types.js'
-import { RECORD_PREFIX, deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { errorText, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
@@ -298,9 +298,7 @@ export class ReplicationManager {
         if (record === undefined || record.droppedNodes?.includes(self) !== true || holdsGivenUp(record)) continue
         await this.update(record.spec.id, (current) => {
           if (current.droppedNodes?.includes(self) !== true || holdsGivenUp(current)) return undefined
-          const droppedNodes = current.droppedNodes.filter((n) => n !== self)
-          const { droppedNodes: _dropped, ...rest } = current
-          return droppedNodes.length === 0 ? rest : { ...rest, droppedNodes }
+          return offDropped(current, self)
         })
       }
     } catch {
@@ -408,9 +406,7 @@ export class ReplicationManager {
     try {
       await this.update(set.volumeId, (current) => {
         if (current.nodes.includes(this.nodeId) || current.droppedNodes?.includes(this.nodeId) !== true) return undefined
-        const droppedNodes = current.droppedNodes.filter((n) => n !== this.nodeId)
-        const { droppedNodes: _dropped, ...rest } = current
-        return droppedNodes.length === 0 ? rest : { ...rest, droppedNodes }
+        return offDropped(current, this.nodeId)
       })
     } catch (err) {
       this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'IO_ERROR', message: `taking this node off the given-up copies of the volume's record (its copy is deleted): ${(err as Error)?.message ?? String(err)}` })

@@ -67,7 +67,8 @@ export interface ReplicaSetRecord {
    */
   readonly handoff?: { readonly epoch: number, readonly seq: number }
   /**
-   * Nodes whose copy the cluster leader gave up while they were away (see replicaReplacementDelayMs):
+   * Nodes whose copy was given up (by the cluster leader while they were away, see
+   * replicaReplacementDelayMs, or by a storage-class change):
    * each deletes its copy when it comes back and then takes itself off this list. Until then a
    * deletion of the volume names them in its mark too, so that one coming back after the deletion
    * deletes its copy rather than keep it as a volume nobody has a record of.
@@ -75,6 +76,19 @@ export interface ReplicaSetRecord {
   readonly droppedNodes?: readonly string[]
   /** The storage class's placement rules (narrowed to its pool's nodes), applied again when copies are added. */
   readonly placement?: { readonly strategy?: 'spread' | 'balanced', readonly zones?: readonly string[], readonly affinity?: Readonly<Record<string, string>>, readonly antiAffinity?: Readonly<Record<string, string>>, readonly nodes?: readonly string[] }
+}
+
+/** The droppedNodes field of `record` with `nodes` given up too (see droppedNodes; absent when empty). */
+export function givingUp (record: ReplicaSetRecord, nodes: readonly string[]): { droppedNodes?: readonly string[] } {
+  const droppedNodes = [...new Set([...(record.droppedNodes ?? []), ...nodes])]
+  return droppedNodes.length === 0 ? {} : { droppedNodes }
+}
+
+/** `record` with `node` off its droppedNodes (the field left out once empty). */
+export function offDropped (record: ReplicaSetRecord, node: string): ReplicaSetRecord {
+  const { droppedNodes, ...rest } = record
+  const left = (droppedNodes ?? []).filter((n) => n !== node)
+  return left.length === 0 ? rest : { ...rest, droppedNodes: left }
 }
 
 export function recordKey (volumeId: string): string {

@@ -7,7 +7,7 @@ import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
-import { deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { deletedKey, givingUp, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout } from './host.js'
 
@@ -395,8 +395,7 @@ export class ReplicaSetChanges {
       const { placement: _placement, ...rest } = r
       // Copies given up here are listed until their nodes have deleted them (see droppedNodes):
       // one whose node is away meanwhile is named by a deletion of the volume too.
-      const droppedNodes = [...new Set([...(r.droppedNodes ?? []), ...r.nodes.filter((n) => !nodes.includes(n))])]
-      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}), ...(droppedNodes.length === 0 ? {} : { droppedNodes }) }
+      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}), ...givingUp(r, r.nodes.filter((n) => !nodes.includes(n))) }
     })
     if (written === undefined || before === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `the cluster has no record of volume ${volumeId}`)
     const added = written.record.nodes.filter((n) => !before?.nodes.includes(n))
