@@ -30,9 +30,7 @@
 
 import { createRequire } from 'node:module'
 import { access, constants, stat } from 'node:fs/promises'
-import { execFile } from 'node:child_process'
 import { childEnvironment } from '../../src/child-env.js'
-import { promisify } from 'node:util'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import { makeDirectories } from '../../src/make-directories.js'
@@ -41,7 +39,6 @@ import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
 import { fusermount } from './fusermount.js'
 
-const run = promisify(execFile)
 /** Bytes of accepted writes a mount may have on their way to the volume. */
 const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
 
@@ -151,7 +148,7 @@ async function loadFuse (): Promise<FuseClass> {
     throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fuse-native package and libfuse 2: install Debian's libfuse2 and fuse packages (apt-get install libfuse2 fuse), then reinstall galleonfs (${(err as Error).message})`, { cause: err })
   }
   try {
-    await run('fusermount', ['-V'], { env: childEnvironment() })
+    await fusermount(['-V'], childEnvironment())
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `FUSE mounts need the fusermount program: install Debian's fuse package (apt-get install fuse) (${(err as Error).message})`, { cause: err })
   }

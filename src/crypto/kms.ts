@@ -12,9 +12,9 @@
 // "context", "data": base64 } and, if a token is configured, `Authorization: Bearer <token>`; a 200
 // answer carries { "data": base64 }. Any other status is a failure (its body is reported).
 
-import { spawn } from 'node:child_process'
 import { childEnvironment } from '../child-env.js'
 import { GalleonError, describe } from '../errors.js'
+import { runOffLoop } from '../off-loop-command.js'
 import { ExternalKeyProvider, MAX_TIMER_MS } from './keys.js'
 
 type Operation = 'wrap' | 'unwrap'
@@ -94,68 +94,25 @@ export function commandKeyProvider (options: CommandKeyProviderOptions): Externa
   const { keyId, command } = options
   const run = async (operation: Operation, input: Uint8Array, context: string): Promise<Uint8Array> => {
     const source = `the KMS command ${command} (${operation})`
-    const output = await new Promise<string>((resolve, reject) => {
-      // In its own process group, so that a timeout kills whatever it started too (a shell
-      // script's children would otherwise keep its pipes, and this call, open).
-      const child = spawn(command, [...args, operation], {
-        stdio: ['pipe', 'pipe', 'pipe'],
-        env: { ...childEnvironment(), GALLEONFS_KEY_ID: keyId, GALLEONFS_KEY_CONTEXT: context },
-        detached: true
-      })
-      const out: Buffer[] = []
-      const err: Buffer[] = []
-      let size = 0
-      let failure: string | undefined
-      let settled = false
-      const killGroup = (): void => {
-        try {
-          process.kill(-(child.pid as number), 'SIGKILL')
-        } catch {
-          child.kill('SIGKILL')
-        }
-      }
-      const finish = (error: GalleonError | undefined, text?: string): void => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        child.stdout.destroy()
-        child.stderr.destroy()
-        if (error !== undefined) reject(error)
-        else resolve(text as string)
-      }
-      const timer = setTimeout(() => {
-        failure = `did not answer within ${timeoutMs} ms and was killed`
-        killGroup()
-      }, timeoutMs)
-      child.stdout.on('data', (chunk: Buffer) => {
-        size += chunk.byteLength
-        if (size > MAX_OUTPUT_BYTES) {
-          failure ??= `wrote more than ${MAX_OUTPUT_BYTES} bytes and was killed`
-          killGroup()
-        } else {
-          out.push(chunk)
-        }
-      })
-      child.stderr.on('data', (chunk: Buffer) => { if (err.length < 64) err.push(chunk) })
-      child.once('error', (error) => { finish(new GalleonError('BACKEND_UNAVAILABLE', `${source} could not be started: ${error.message}; check the command and PATH`, { cause: error })) })
-      // A command that exits without reading its input must not crash us with EPIPE.
-      child.stdin.on('error', () => {})
-      child.once('exit', (code, signal) => {
-        // Output still in the pipes arrives before 'close'; wait for it only briefly, as a
-        // grandchild holding the pipes open must not keep the call waiting.
-        const settle = (): void => {
-          if (failure === undefined && code === 0) { finish(undefined, Buffer.concat(out).toString('utf8')); return }
-          killGroup()
-          const why = failure ?? (signal !== null ? `was killed by ${signal}` : `exited with status ${code}`)
-          const stderr = Buffer.concat(err).toString('utf8').trim().slice(0, 500)
-          finish(new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`))
-        }
-        const grace = setTimeout(settle, 200)
-        child.once('close', () => { clearTimeout(grace); settle() })
-      })
-      child.stdin.end(Buffer.from(input).toString('base64') + '\n')
+    // From a worker thread (see off-loop-command.ts): this process may have a file of one of its
+    // own FUSE mounts open. In its own process group, so that a timeout kills whatever it started
+    // too (a shell script's children would otherwise keep its pipes, and this call, open).
+    const ran = await runOffLoop({
+      command,
+      args: [...args, operation],
+      env: { ...childEnvironment(), GALLEONFS_KEY_ID: keyId, GALLEONFS_KEY_CONTEXT: context },
+      input: Buffer.from(input).toString('base64') + '\n',
+      timeoutMs,
+      maxOutputBytes: MAX_OUTPUT_BYTES,
+      processGroup: true
     })
-    return decodeBase64(output, source)
+    if (ran.startError !== undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} could not be started: ${ran.startError}; check the command and PATH`)
+    if (ran.killed === undefined && ran.code === 0) return decodeBase64(ran.stdout, source)
+    const why = ran.killed === 'timeout'
+      ? `did not answer within ${timeoutMs} ms and was killed`
+      : ran.killed === 'output' ? `wrote more than ${MAX_OUTPUT_BYTES} bytes and was killed` : ran.signal !== null ? `was killed by ${ran.signal}` : `exited with status ${ran.code}`
+    const stderr = ran.stderr.trim().slice(0, 500)
+    throw new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`)
   }
   return new ExternalKeyProvider({
     keyId,
