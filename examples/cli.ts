@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises'
 import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
-import { formatSize, parseSize } from '../src/index.js'
+import { formatSize, parseSize, type ForgottenNode } from '../src/index.js'
 import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
 import { columns, commaList, definitionIn, keyValues, parseProblem, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
@@ -293,6 +293,13 @@ export function buildCli (): Command {
     const status = await callLong(globals(), 'leaving', 'POST', '/v1/cluster/leave', { force: options.force === true }) as Status
     print(globals(), status, () => 'left the cluster; this daemon is a single node now\n')
   })
+
+  cluster.command('forget').argument('<node>', 'id of a node that is gone for good (no longer a member)')
+    .description('give up the copies of a node that will not come back (new ones are placed) and stop waiting for it')
+    .action(async (node: string) => {
+      const done = await call(globals(), 'POST', '/v1/cluster/forget', { node }) as ForgottenNode
+      print(globals(), done, () => `forgot node ${done.nodeId}: ${done.copies.length} cop${done.copies.length === 1 ? 'y' : 'ies'} given up (new ones are placed), ${done.droppedLists.length} given-up cop${done.droppedLists.length === 1 ? 'y' : 'ies'} and ${done.deletionMarks.length} deletion${done.deletionMarks.length === 1 ? '' : 's'} no longer wait for it\n`)
+    })
 
   const daemon = program.command('daemon').description('the running daemon')
   daemon.command('status').description('show the daemon\'s state')

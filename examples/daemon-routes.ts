@@ -366,6 +366,10 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
     }
     case 'POST /v1/cluster/:':
       if (ref === 'leave') return await daemon.cluster.leave(optionalBoolean(options, 'force') ?? false)
+      if (ref === 'forget') {
+        if (typeof options.node !== 'string' || options.node === '') throw new HttpError(400, 'INVALID_ARGUMENT', 'cluster forget needs { node }: the id of a node that is gone for good')
+        return await g.forgetClusterNode(options.node)
+      }
       if (ref !== 'join') throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
       if (typeof options.address !== 'string') throw new HttpError(400, 'INVALID_ARGUMENT', 'cluster join needs { address }: the bind address (host:port) of a node of the cluster')
       try {

@@ -31,7 +31,7 @@ import { parseStorageClass } from './volumes/storage-classes.js'
 import { PoolManager, type CreatePoolOptions, type StoragePoolStatus, type UpdatePoolOptions } from './volumes/pools.js'
 import { AccessGuard, principalHandle, type CallContext } from './facade/access-guard.js'
 import { backupObject, findBackup } from './facade/backups.js'
-import { ClusterMembership } from './facade/cluster.js'
+import { ClusterMembership, type ForgottenNode } from './facade/cluster.js'
 import { ClusterMigrations } from './facade/cluster-migration.js'
 import type { FacadeHost } from './facade/host.js'
 import { VolumeIO, ioFailed, ioVolume, ioVolumeOf, reportChecksumFailure, volumeBlocks } from './facade/io.js'
@@ -204,6 +204,18 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     const node = this.#membership.cluster?.nodeId
     const details = { ...(node === undefined ? {} : { node }), ...(options?.force === true ? { force: true } : {}) }
     await this.#gate.guard('leaveCluster', 'admin', undefined, 'cluster', async () => { await this.#membership.leave(options) }, Object.keys(details).length === 0 ? undefined : details)
+  }
+
+  /**
+   * Forgets a node that is gone for good (admin; a dead machine, a replaced disk under a new id): its
+   * copies of replicated volumes are given up at once (new ones are placed), and it comes off the
+   * lists of given-up copies and the deletion marks that wait for it. Refused with BUSY while it is
+   * a member of the cluster, and while it is the primary of a volume (no other node has an
+   * up-to-date copy of it).
+   */
+  async forgetClusterNode (nodeId: string): Promise<ForgottenNode> {
+    this.#assertOpen()
+    return await this.#gate.guard('forgetClusterNode', 'admin', undefined, 'cluster', async () => await this.#membership.forget(nodeId), typeof nodeId === 'string' ? { node: nodeId } : undefined)
   }
 
   /** Mounts of volumes and snapshots, and VolumeFiles (see MountManager). */

@@ -46,6 +46,7 @@ export type { AuditEntry, AuditQuery, AuditVerification } from './access/audit-l
 export { MountManager, VirtualMountDriver, type Mount, type MountOptions } from './mount/mount-manager.js'
 export { VolumeFile } from './mount/volume-file.js'
 export { ClusterManager, CLUSTER_ELECTION, type ClusterOptions, type ClusterStatus, type ClusterEvents } from './cluster/manager.js'
+export type { ForgottenNode } from './facade/cluster.js'
 export { placeVolume, PLACEMENT_STRATEGIES, type Placement, type PlacementRequest, type PlacementStrategy } from './cluster/placement.js'
 export { PROTOCOL_VERSION, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, type ProtocolRange } from './cluster/protocol.js'
 export { parseQoSPolicy, qosFromParameters, type QoSPolicy, type QoSPolicyInput, type QoSLimits, type QoSGuarantees, type BurstableQoS, type BurstableQoSInput, type QoSPolicySource } from './qos/policy.js'

@@ -114,6 +114,7 @@ describe('CLI journey: errors name the fix as commands and flags', () => {
       [['snapshot', 'restore', 'web-data', 'nope'], /`galleonfs snapshot list <volume>` shows its snapshots/],
       [['backup', 'create', 'web-data'], /give --target <dir>/],
       [['cluster', 'leave'], /this instance is not in a cluster \(`galleonfs cluster join <address>` joins one\)/],
+      [['cluster', 'forget', 'node-9'], /this instance is not in a cluster \(`galleonfs cluster join <address>` joins one\)/],
       [['pool', 'get', 'nope'], /`galleonfs pool list` shows the existing ones, `galleonfs pool create` makes one/]
     ]
     await ok(['volume', 'create', '--name', 'kept', '--size', '1M', '--replicas', '1'])

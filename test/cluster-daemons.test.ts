@@ -126,6 +126,10 @@ describe('a cluster of daemon processes on etcd', { skip: SKIP }, () => {
       })
       const afterKill = await status(watcher)
       assert.ok((afterKill.leaderEpoch as number) > (before.leaderEpoch as number))
+      // Not forgotten while it is still a member (its record goes twice the lease after it died).
+      const early = await cli(watcher.address, ['cluster', 'forget', before.leader as string])
+      assert.equal(early.code, 1, early.stdout)
+      assert.match(early.stderr, /is still a member of the cluster \(unhealthy: its lease ended\)/)
 
       // A survivor leaves (it holds no volume); the other sees it go.
       const leaving = survivors[1] as Daemon

@@ -1,12 +1,23 @@
 // The instance's membership of a cluster: the cluster manager and replication while it is in one,
 // joining and leaving (one at a time), and the status a single node reports.
 
-import { GalleonError } from '../errors.js'
+import { GalleonError, describe } from '../errors.js'
 import { ClusterManager, type ClusterOptions, type ClusterStatus } from '../cluster/manager.js'
 import { ReplicationManager } from '../replication/manager.js'
 import { DEFAULT_NAMESPACE } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import type { ReplicationBridge } from './replication-bridge.js'
+
+/** What GalleonFS.forgetClusterNode did. */
+export interface ForgottenNode {
+  readonly nodeId: string
+  /** Volumes whose copy on the node was given up (the leader places new ones). */
+  readonly copies: string[]
+  /** Volumes whose list of given-up copies (droppedNodes) named the node. */
+  readonly droppedLists: string[]
+  /** Deleted volumes whose deletion mark named the node. */
+  readonly deletionMarks: string[]
+}
 
 /** Whether and how the instance is in a cluster (GalleonFS checks the caller first). */
 export class ClusterMembership {
@@ -74,6 +85,15 @@ export class ClusterMembership {
     const manager = await run
     // Joined: a status that cannot be read now does not undo that.
     return await manager.status().catch(() => ({ clustering: true, nodeId: manager.nodeId, leader: undefined, leaderEpoch: undefined, members: manager.members.map((m) => ({ ...m, leader: false })) }))
+  }
+
+  /** The work of GalleonFS.forgetClusterNode, once the caller is checked. */
+  async forget (nodeId: string): Promise<ForgottenNode> {
+    this.#host.assertOpen()
+    if (typeof nodeId !== 'string' || nodeId.length === 0) throw new GalleonError('INVALID_ARGUMENT', `forgetClusterNode() needs the id of a node that is gone for good, got ${describe(nodeId)}`)
+    const replication = this.#replication
+    if (this.#cluster === undefined || replication === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
+    return { nodeId, ...await replication.forgetNode(nodeId) }
   }
 
   /** The work of GalleonFS.leaveCluster, once the caller is checked. */

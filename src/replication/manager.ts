@@ -306,6 +306,58 @@ export class ReplicationManager {
     }
   }
 
+  /**
+   * Forgets `node`, gone for good (no longer a member: the caller checked): its copies are given up
+   * at once, without waiting for the replacement delay (the leader then places new ones), and it
+   * comes off every list of given-up copies and every deletion mark. Refused with BUSY, before
+   * anything changes, while it is the primary of a volume (then no other node has an up-to-date
+   * copy: failover would have promoted it). Resolves to the volumes whose copies it gave up, the
+   * records whose lists it came off and the deletion marks it came off.
+   */
+  async forgetNode (node: string): Promise<{ copies: string[], droppedLists: string[], deletionMarks: string[] }> {
+    if (node === this.nodeId) throw new GalleonError('INVALID_ARGUMENT', `node ${node} is this node; a node leaves with leaveCluster(), and another node forgets it once it is gone`)
+    const member = (await this.#coordinator.members()).find((m) => m.id === node)
+    if (member !== undefined) {
+      throw new GalleonError('BUSY', member.healthy
+        ? `node ${node} is a healthy member of the cluster; only a node that is gone for good can be forgotten (stop it, or let it leave with leaveCluster())`
+        : `node ${node} is still a member of the cluster (unhealthy: its lease ended); it is removed twice leaseTtlMs after that, forget it then`)
+    }
+    const entries = await this.#coordinator.list(RECORD_PREFIX)
+    const led = entries.map((entry) => parseRecord(entry.value)).filter((record) => record?.primary === node).map((record) => (record as ReplicaSetRecord).spec.id)
+    if (led.length > 0) throw new GalleonError('BUSY', `node ${node} is the primary of volume${led.length === 1 ? '' : 's'} ${led.join(', ')}, and no other node has an up-to-date copy to take over: forgetting it would lose ${led.length === 1 ? 'that volume' : 'those volumes'}. Bring the node back (its copy then leads again), or delete the volume${led.length === 1 ? '' : 's'} first`)
+    const marks = (await this.#coordinator.list(DELETED_PREFIX)).filter((entry) => (parseDeleted(entry.value) ?? []).includes(node))
+    const named = entries.some((entry) => { const record = parseRecord(entry.value); return record !== undefined && (record.nodes.includes(node) || record.droppedNodes?.includes(node) === true) })
+    if (!named && marks.length === 0) throw new GalleonError('INVALID_ARGUMENT', `nothing in the cluster names node ${node}: it is no member, holds no copy and is waited for by no deletion (a mistyped id? clusterStatus() lists the members)`)
+    const copies: string[] = []
+    const droppedLists: string[] = []
+    for (const entry of entries) {
+      const record = parseRecord(entry.value)
+      if (record === undefined || (!record.nodes.includes(node) && record.droppedNodes?.includes(node) !== true)) continue
+      const volumeId = record.spec.id
+      let gaveUp = false
+      const written = await this.update(volumeId, (current) => {
+        if (current.primary === node) throw new GalleonError('BUSY', `node ${node} became the primary of volume ${volumeId} meanwhile; try again`)
+        gaveUp = current.nodes.includes(node)
+        if (!gaveUp && current.droppedNodes?.includes(node) !== true) return undefined
+        return offDropped({ ...current, nodes: current.nodes.filter((n) => n !== node), inSync: current.inSync.filter((n) => n !== node) }, node)
+      })
+      if (written === undefined) continue
+      if (gaveUp) {
+        copies.push(volumeId)
+        this.#host.emit('replication:replica-removed', { volumeId, nodes: [node], reason: `node ${node} was forgotten` })
+      } else {
+        droppedLists.push(volumeId)
+      }
+    }
+    const deletionMarks: string[] = []
+    for (const entry of marks) {
+      const volumeId = entry.key.slice(DELETED_PREFIX.length)
+      await clearDeletionMark(this.#coordinator, volumeId, [node])
+      deletionMarks.push(volumeId)
+    }
+    return { copies, droppedLists, deletionMarks }
+  }
+
   /** Forgets a local copy that was deleted here. */
   forget (volumeId: string): void {
     const set = this.#sets.get(volumeId)
