@@ -318,7 +318,13 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
   async deleteVolume (vol: VolumeRef, options: { force?: boolean } = {}): Promise<void> {
     this.#assertOpen()
     const { object, label } = this.#gate.refObject(vol)
+    let source: string | undefined
+    try { source = this.#catalog.resolve(vol).source?.volumeId } catch {}
     await this.#gate.guard('deleteVolume', 'volume:delete', object, label, async () => { await this.#volumes.deleteVolume(vol, options) }, options?.force === true ? { force: true } : undefined)
+    // A clone is gone: snapshots of its source that backups left to delete while it read from them
+    // go now. As this node: the caller may have no right to the source's snapshots, which the
+    // backup that left them meant to delete.
+    if (source !== undefined) await this.#context.exit(async () => { await this.#backups.retryLeftSnapshots(source) })
   }
 
   /** Grows a volume online; the new space reads as zeros. Shrinking is refused. */

@@ -245,15 +245,19 @@ if (CHILD !== undefined) {
 
     /**
      * Checks that `snapshot` of `vol` is kept and reported at the next open while clone `pinned`
-     * reads from it, and deleted at the open after the clone is deleted; `kept` are vol's other
-     * snapshots, which stay.
+     * reads from it, and deleted when the clone is deleted; `kept` are vol's other snapshots, which
+     * stay.
      */
     async function deletedOnceUnpinned (storagePath: string, snapshot: string, kept: string[]): Promise<void> {
       let { g, errors } = await openCollecting(storagePath)
       try {
         await until(`${snapshot} is reported again at open`, () => errors.some((event) => event.message.includes(snapshot) && event.code === 'BUSY'))
         assert.ok((await g.listSnapshots('vol')).some((s) => s.name === snapshot), 'kept while the clone reads from it')
+        const reported = errors.length
         await g.deleteVolume('pinned')
+        // Deleted as soon as the clone lets go of it, not only at the next open.
+        assert.deepEqual((await g.listSnapshots('vol')).map((s) => s.name).sort(), [...kept].sort(), `${snapshot} is deleted with the clone that read from it`)
+        assert.equal(errors.length, reported, 'and nothing more is reported')
       } finally { await g.close() }
       ;({ g, errors } = await openCollecting(storagePath))
       try {

@@ -549,13 +549,24 @@ class BackupFuzz {
     await this.checkVolume(this.vol(name))
   }
 
-  /** Deletes a volume that is neither a source volume nor a clone's source; what it pinned may go at the next open. */
+  /** Deletes a volume that is neither a source volume nor a clone's source; what it pinned and backups left to delete goes with it. */
   async deleteSomeVolume (): Promise<void> {
     const victim = this.pick([...this.volumes.values()].filter((v) => v.name !== 'a' && v.name !== 'b' && this.clonesOf(v).length === 0))
     if (victim === undefined) return
     this.log.push(`deleteVolume ${victim.name}`)
     await this.g.deleteVolume(victim.name, { force: true })
     this.volumes.delete(victim.name)
+    // A deleted clone lets go of its source: the source's snapshots left to delete that no other
+    // clone reads from go with it.
+    const source = victim.cloneOf === undefined ? undefined : this.volumes.get(victim.cloneOf.volume)
+    if (source === undefined) return
+    for (const entry of [...this.left]) {
+      const [name, snapshot] = entry.split('@') as [string, string]
+      if (name !== source.name || this.clonesOf(source, snapshot).length > 0) continue
+      source.snapshots.delete(snapshot)
+      this.left.delete(entry)
+      this.count('left snapshot deleted with the last clone')
+    }
   }
 
   async deleteBackup (): Promise<void> {

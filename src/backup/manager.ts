@@ -178,6 +178,25 @@ export class BackupManager {
     await forget()
   }
 
+  /**
+   * Tries again to delete the snapshots of `volumeId` that were left to delete (a clone read from
+   * them, say), now that one may have become free: called when a clone lets go of its source. Each
+   * was reported when it was left; one still in use stays recorded for the next try, quietly.
+   * Never rejects: the next open tries again.
+   */
+  async retryLeftSnapshots (volumeId: string): Promise<void> {
+    const recorded = await this.#leftSnapshots?.iterator().all().catch(() => undefined)
+    for (const [snapshot, left] of recorded ?? []) {
+      if (left.volumeId !== volumeId) continue
+      try {
+        await this.#g.deleteSnapshot(volumeId, snapshot)
+      } catch (err) {
+        if (!gone(err)) continue
+      }
+      await this.#leftSnapshots?.del(snapshot).catch(() => {})
+    }
+  }
+
   /** What start() found to report, held until open() has returned (see reportOpening). */
   #opening: IoErrorEvent[] | undefined
 
