@@ -432,10 +432,12 @@ export class BlockEngine {
    * Reverts the live view to the snapshot at `view.gen`: every block changed since then gets a new
    * version with the snapshot's data (or is unmapped), so later snapshots stay intact. Work is
    * proportional to the blocks changed since the snapshot. New operations wait until it is done.
-   * Idempotent: after a crash, running it again finishes the job.
+   * Idempotent: after a crash, running it again finishes the job. `beforeOpen` runs once the
+   * copy is durable, before new operations go ahead: the caller records there that the revert is
+   * finished, so no write is acknowledged that a crash-time revert at the next open would undo.
    */
-  revert (volume: VolumeBlocks, view: View, onClosed?: (changed: readonly number[]) => void): Promise<number> {
-    return snapshots.revert(this.#core, volume, view, onClosed)
+  revert (volume: VolumeBlocks, view: View, onClosed?: (changed: readonly number[]) => void, beforeOpen?: () => Promise<void>): Promise<number> {
+    return snapshots.revert(this.#core, volume, view, onClosed, beforeOpen)
   }
 
   /**

@@ -51,7 +51,7 @@ export async function dropSnapshot (core: EngineCore, volume: VolumeBlocks, gen:
 }
 
 /** The body of BlockEngine.revert (documented there). */
-export async function revert (core: EngineCore, volume: VolumeBlocks, view: View, onClosed?: (changed: readonly number[]) => void): Promise<number> {
+export async function revert (core: EngineCore, volume: VolumeBlocks, view: View, onClosed?: (changed: readonly number[]) => void, beforeOpen?: () => Promise<void>): Promise<number> {
   const open = await volume.closeGate()
   try {
     const changed = volume.map.changedBetween(view.gen, LIVE)
@@ -60,6 +60,7 @@ export async function revert (core: EngineCore, volume: VolumeBlocks, view: View
     onClosed?.(changed)
     await copyInto(core, volume, changed, (index) => index < view.sizeBytes / core.blockSize ? volume.map.locate(index, view.gen) : undefined, true)
     await core.journal.flush(true)
+    await beforeOpen?.()
     return changed.length
   } finally {
     open()

@@ -145,10 +145,17 @@ export class Snapshots {
       // From the checks on, no mount or writable file can start (MountBridge refuses it).
       this.#host.reverting.add(record.id)
       let reverted: number
+      let updated!: VolumeRecord
       try {
         await this.#host.catalog.updateVolume(record.id, { revertTo: found.id })
         try {
-          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed }) })
+          // The record is cleared before the volume's I/O goes on: done after, I/O would be refused
+          // meanwhile as if the revert had failed; done after acknowledged writes, a crash between
+          // would make the next open revert again over them.
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed }) }, async () => {
+            this.#host.revertFailures.delete(record.id)
+            updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+          })
         } catch (err) {
           // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
           // reopen does not silently finish this one over writes made in between.
@@ -160,8 +167,6 @@ export class Snapshots {
       } finally {
         this.#host.reverting.delete(record.id)
       }
-      this.#host.revertFailures.delete(record.id)
-      const updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
       // An implicit snapshot kept past its last clone only because a failed revert still needed it goes now.
       for (const id of new Set([record.revertTo, found.id])) {
         const kept = id === undefined ? undefined : this.#host.catalog.snapshotById(id)
