@@ -9,6 +9,7 @@ import { MemoryBlockStore } from '../backends/memory/index.js'
 import { BlockEngine, type ChecksumFailure } from '../src/engine/engine.js'
 import type { BlockStore } from '../src/drivers.js'
 import { WriteConcern } from '../src/types.js'
+import { GalleonFS } from '../src/index.js'
 
 const BLOCK = 4096
 
@@ -218,4 +219,39 @@ describe('engine operations in a loop', () => {
       }
     })
   }
+})
+
+describe('refused calls in a loop', () => {
+  it('retrying refused reads, writes and trims in a loop (they reject before any I/O) does not hold the event loop', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '1M' })
+      let turns = 0
+      let running = true
+      const spin = (): void => { if (running) { turns++; setImmediate(spin) } }
+      const refusedDuring = async (call: () => Promise<unknown>): Promise<number> => {
+        turns = 0
+        running = true
+        setImmediate(spin)
+        let refused = 0
+        // By count, not by time: 20,000 refusals take far longer than the few milliseconds allowed.
+        for (let i = 0; i < 20_000; i++) await call().catch(() => { refused++ })
+        running = false
+        assert.equal(refused, 20_000)
+        return turns
+      }
+      for (const [what, call] of [
+        ['read of a volume that does not exist', async () => await g.read('nope', 0, 16)],
+        ['readBlock past the end', async () => await g.readBlock('v', 1 << 20)],
+        ['write with a bad concern', async () => await g.write('v', 0, new Uint8Array(16), 'Sometime' as WriteConcern)],
+        ['writeBlock of a non-buffer', async () => await g.writeBlock('v', 0, 'text' as unknown as Uint8Array)],
+        ['trim past the end', async () => await g.trim('v', 2 << 20, 4096)]
+      ] as const) {
+        const seen = await refusedDuring(call)
+        assert.ok(seen > 1, `the event loop turned ${seen} times during 20,000 refusals of a ${what}`)
+      }
+    } finally {
+      await g.close()
+    }
+  })
 })

@@ -3,6 +3,7 @@
 
 import { GalleonError, assertBytes, describe, errorCode } from '../errors.js'
 import { LIVE } from '../engine/block-map.js'
+import { LoopStreak, loopTurn } from '../loop-streak.js'
 import { MAX_IO_BYTES } from '../engine/io-checks.js'
 import type { View, VolumeBlocks } from '../engine/engine.js'
 import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
@@ -135,6 +136,9 @@ export class VolumeIO {
   readonly #snapshots: Snapshots
   readonly #membership: ClusterMembership
 
+  /** Refusals made without a turn of the event loop (see #refusal). */
+  readonly #refusals = new LoopStreak()
+
   constructor (host: FacadeHost, gate: AccessGuard, bridge: ReplicationBridge, snapshots: Snapshots, membership: ClusterMembership) {
     this.#host = host
     this.#gate = gate
@@ -143,132 +147,160 @@ export class VolumeIO {
     this.#membership = membership
   }
 
+  /**
+   * `err`, once the event loop has had a turn if calls have been refused for a while without one:
+   * most refusals (a volume reverting, a bad argument) reject before any I/O, so a caller that
+   * retries in a loop (`for (;;) { try { return await g.read(...) } catch {} }`) would otherwise
+   * hold the loop, and the revert, lease or socket it waits for would never get its turn. The
+   * try around each call costs nothing until it throws.
+   */
+  async #refusal (err: unknown): Promise<unknown> {
+    if (this.#refusals.tooLong(performance.now())) await loopTurn()
+    return err
+  }
+
   /** GalleonFS.writeBlock. */
   async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
-    const host = this.#host
-    host.assertOpen()
-    const denied = this.#gate.refCheck('writeBlock', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(host.catalog, vol)
-    assertBytes(data, 'data')
-    const checked = checkConcern(concern)
-    const replication = host.replication
-    if (record.replication !== undefined && replication !== undefined) {
-      if (replication.forwards(record.id)) {
-        await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
-        return
-      }
-      this.#bridge.assertCopyHeld(record)
-      replication.checkConcern(record.id, checked)
-    }
-    const volume = ioVolumeOf(host, record)
-    // The primary this write is for: if the role moves while it waits, it goes to the next one.
-    const primary = volume.replicator
-    const qos = host.qos
-    const arrivedAt = qos.now()
-    // Short data is zero-padded: the whole block is stored, so the whole block is charged.
-    const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
+      const host = this.#host
+      host.assertOpen()
+      const denied = this.#gate.refCheck('writeBlock', 'volume:write', vol)
+      if (denied !== undefined) await denied
+      const record = writable(host.catalog, vol)
+      assertBytes(data, 'data')
+      const checked = checkConcern(concern)
+      const replication = host.replication
+      if (record.replication !== undefined && replication !== undefined) {
+        if (replication.forwards(record.id)) {
+          await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
+          return
+        }
+        this.#bridge.assertCopyHeld(record)
+        replication.checkConcern(record.id, checked)
+      }
+      const volume = ioVolumeOf(host, record)
+      // The primary this write is for: if the role moves while it waits, it goes to the next one.
+      const primary = volume.replicator
+      const qos = host.qos
+      const arrivedAt = qos.now()
+      // Short data is zero-padded: the whole block is stored, so the whole block is charged.
+      const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
+      const held = typeof admitted === 'boolean' ? admitted : await admitted
+      try {
+        await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
+      } catch (err) {
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
+        throw ioFailed(host, record, 'write', err)
+      } finally {
+        if (held) qos.release()
+        qos.completed(record.id, 'write', arrivedAt)
+      }
     } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
-      throw ioFailed(host, record, 'write', err)
-    } finally {
-      if (held) qos.release()
-      qos.completed(record.id, 'write', arrivedAt)
+      throw await this.#refusal(err)
     }
   }
 
   /** GalleonFS.readBlock. */
   async readBlock (source: ReadSource, blockIndex: number): Promise<Uint8Array> {
-    const host = this.#host
-    host.assertOpen()
-    const denied = this.#gate.refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
-    if (denied !== undefined) await denied
-    const { record, snapshot } = readSource(host.catalog, source)
-    if (host.replication?.forwards(record.id) === true) {
-      return (await this.#bridge.forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
-    }
-    this.#bridge.assertCopyHeld(record)
-    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
-    const qos = host.qos
-    const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'read', blockCharge(blockIndex, host.engine.blockSize, snapshot?.sizeBytes ?? record.sizeBytes))
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      const volume = ioVolumeOf(host, record)
-      return await host.engine.readBlock(volume, blockIndex, viewOn(host, record, volume, snapshot))
+      const host = this.#host
+      host.assertOpen()
+      const denied = this.#gate.refCheck('readBlock', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+      if (denied !== undefined) await denied
+      const { record, snapshot } = readSource(host.catalog, source)
+      if (host.replication?.forwards(record.id) === true) {
+        return (await this.#bridge.forward(record, { op: 'readBlock', index: blockIndex, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+      }
+      this.#bridge.assertCopyHeld(record)
+      const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
+      const qos = host.qos
+      const arrivedAt = qos.now()
+      const admitted = qos.admit(record.id, 'read', blockCharge(blockIndex, host.engine.blockSize, snapshot?.sizeBytes ?? record.sizeBytes))
+      const held = typeof admitted === 'boolean' ? admitted : await admitted
+      try {
+        const volume = ioVolumeOf(host, record)
+        return await host.engine.readBlock(volume, blockIndex, viewOn(host, record, volume, snapshot))
+      } catch (err) {
+        throw ioFailed(host, record, 'read', err)
+      } finally {
+        unpin?.()
+        if (held) qos.release()
+        qos.completed(record.id, 'read', arrivedAt)
+      }
     } catch (err) {
-      throw ioFailed(host, record, 'read', err)
-    } finally {
-      unpin?.()
-      if (held) qos.release()
-      qos.completed(record.id, 'read', arrivedAt)
+      throw await this.#refusal(err)
     }
   }
 
   /** GalleonFS.write. */
   async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
-    const host = this.#host
-    host.assertOpen()
-    const denied = this.#gate.refCheck('write', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(host.catalog, vol)
-    assertBytes(data, 'data')
-    const checked = checkConcern(concern)
-    const replication = host.replication
-    if (record.replication !== undefined && replication !== undefined) {
-      if (replication.forwards(record.id)) {
-        await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
-        return
-      }
-      this.#bridge.assertCopyHeld(record)
-      replication.checkConcern(record.id, checked)
-    }
-    const volume = ioVolumeOf(host, record)
-    // The primary this write is for: if the role moves while it waits, it goes to the next one.
-    const primary = volume.replicator
-    const qos = host.qos
-    const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.write(volume, offset, data, checked, primary)
+      const host = this.#host
+      host.assertOpen()
+      const denied = this.#gate.refCheck('write', 'volume:write', vol)
+      if (denied !== undefined) await denied
+      const record = writable(host.catalog, vol)
+      assertBytes(data, 'data')
+      const checked = checkConcern(concern)
+      const replication = host.replication
+      if (record.replication !== undefined && replication !== undefined) {
+        if (replication.forwards(record.id)) {
+          await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
+          return
+        }
+        this.#bridge.assertCopyHeld(record)
+        replication.checkConcern(record.id, checked)
+      }
+      const volume = ioVolumeOf(host, record)
+      // The primary this write is for: if the role moves while it waits, it goes to the next one.
+      const primary = volume.replicator
+      const qos = host.qos
+      const arrivedAt = qos.now()
+      const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
+      const held = typeof admitted === 'boolean' ? admitted : await admitted
+      try {
+        await host.engine.write(volume, offset, data, checked, primary)
+      } catch (err) {
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
+        throw ioFailed(host, record, 'write', err)
+      } finally {
+        if (held) qos.release()
+        qos.completed(record.id, 'write', arrivedAt)
+      }
     } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
-      throw ioFailed(host, record, 'write', err)
-    } finally {
-      if (held) qos.release()
-      qos.completed(record.id, 'write', arrivedAt)
+      throw await this.#refusal(err)
     }
   }
 
   /** GalleonFS.read. */
   async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
-    const host = this.#host
-    host.assertOpen()
-    const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
-    if (denied !== undefined) await denied
-    const { record, snapshot } = readSource(host.catalog, source)
-    if (host.replication?.forwards(record.id) === true) {
-      return (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
-    }
-    this.#bridge.assertCopyHeld(record)
-    const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
-    const qos = host.qos
-    const arrivedAt = qos.now()
-    const admitted = qos.admit(record.id, 'read', rangeCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      const volume = ioVolumeOf(host, record)
-      return await host.engine.read(volume, offset, length, viewOn(host, record, volume, snapshot))
+      const host = this.#host
+      host.assertOpen()
+      const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+      if (denied !== undefined) await denied
+      const { record, snapshot } = readSource(host.catalog, source)
+      if (host.replication?.forwards(record.id) === true) {
+        return (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+      }
+      this.#bridge.assertCopyHeld(record)
+      const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
+      const qos = host.qos
+      const arrivedAt = qos.now()
+      const admitted = qos.admit(record.id, 'read', rangeCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
+      const held = typeof admitted === 'boolean' ? admitted : await admitted
+      try {
+        const volume = ioVolumeOf(host, record)
+        return await host.engine.read(volume, offset, length, viewOn(host, record, volume, snapshot))
+      } catch (err) {
+        throw ioFailed(host, record, 'read', err)
+      } finally {
+        unpin?.()
+        if (held) qos.release()
+        qos.completed(record.id, 'read', arrivedAt)
+      }
     } catch (err) {
-      throw ioFailed(host, record, 'read', err)
-    } finally {
-      unpin?.()
-      if (held) qos.release()
-      qos.completed(record.id, 'read', arrivedAt)
+      throw await this.#refusal(err)
     }
   }
 
@@ -294,32 +326,36 @@ export class VolumeIO {
 
   /** GalleonFS.trim. */
   async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
-    const host = this.#host
-    host.assertOpen()
-    const denied = this.#gate.refCheck('trim', 'volume:write', vol)
-    if (denied !== undefined) await denied
-    const record = writable(host.catalog, vol)
-    if (host.replication?.forwards(record.id) === true) {
-      await this.#bridge.forward(record, { op: 'trim', offset, length })
-      return
-    }
-    this.#bridge.assertCopyHeld(record)
-    const volume = ioVolumeOf(host, record)
-    // The primary this trim is for: if the role moves while it waits, it goes to the next one.
-    const primary = volume.replicator
-    const qos = host.qos
-    const arrivedAt = qos.now()
-    // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
-    const admitted = qos.admit(record.id, 'write', 0)
-    const held = typeof admitted === 'boolean' ? admitted : await admitted
     try {
-      await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary)
+      const host = this.#host
+      host.assertOpen()
+      const denied = this.#gate.refCheck('trim', 'volume:write', vol)
+      if (denied !== undefined) await denied
+      const record = writable(host.catalog, vol)
+      if (host.replication?.forwards(record.id) === true) {
+        await this.#bridge.forward(record, { op: 'trim', offset, length })
+        return
+      }
+      this.#bridge.assertCopyHeld(record)
+      const volume = ioVolumeOf(host, record)
+      // The primary this trim is for: if the role moves while it waits, it goes to the next one.
+      const primary = volume.replicator
+      const qos = host.qos
+      const arrivedAt = qos.now()
+      // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
+      const admitted = qos.admit(record.id, 'write', 0)
+      const held = typeof admitted === 'boolean' ? admitted : await admitted
+      try {
+        await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary)
+      } catch (err) {
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
+        throw ioFailed(host, record, 'trim', err)
+      } finally {
+        if (held) qos.release()
+        qos.completed(record.id, 'write', arrivedAt)
+      }
     } catch (err) {
-      if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
-      throw ioFailed(host, record, 'trim', err)
-    } finally {
-      if (held) qos.release()
-      qos.completed(record.id, 'write', arrivedAt)
+      throw await this.#refusal(err)
     }
   }
 
