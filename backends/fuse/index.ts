@@ -29,7 +29,7 @@
 // something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
-import { access, constants, stat } from 'node:fs/promises'
+import { access, constants, readdir, readlink, stat } from 'node:fs/promises'
 import { childEnvironment } from '../../src/child-env.js'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
@@ -217,6 +217,23 @@ function errnoOf (Fuse: FuseClass, err: unknown): number {
   }
 }
 
+/** Mount points this process serves (every FuseMountDriver in it). */
+const servedHere = new Set<string>()
+
+/**
+ * Files under `points` that this process has open itself (its descriptors, from /proc/self/fd).
+ * Reading a descriptor's link asks the kernel for its path, not the file system behind it.
+ */
+async function ownFilesOpenUnder (points: ReadonlySet<string>): Promise<string[]> {
+  if (points.size === 0) return []
+  const found: string[] = []
+  for (const fd of await readdir('/proc/self/fd').catch(() => [])) {
+    const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '')
+    for (const point of points) if (target === point || target.startsWith(point + '/')) found.push(target)
+  }
+  return found
+}
+
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
@@ -243,6 +260,14 @@ export class FuseMountDriver implements MountDriver {
     })
     const info = await stat(path)
     if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
+    // Not as root, libfuse mounts through fusermount, which it starts from the mount call, on the
+    // event loop's thread: a file of this process's own mounts open in it would make that child
+    // wait at exec for a flush only the event loop can answer (see src/off-loop-command.ts), and
+    // the process would hang for good. Refused instead. (Root mounts without a child.)
+    if ((process.getuid?.() ?? 0) !== 0) {
+      const open = await ownFilesOpenUnder(servedHere)
+      if (open.length > 0) throw new GalleonError('BUSY', `this process has ${open.join(', ')} open, a file of one of its own FUSE mounts; not running as root, a mount starts fusermount from the event loop's thread, which would then wait for ever. Close it before mounting (or mount as root)`)
+    }
     const state: MountState = { fuse: undefined, writes: new WriteBehind(), readAhead: new ReadAhead(volume.data), openData: 0, active: true }
     // No operation timeout: fuse-native's default (15 s) would answer a slow request with ETIMEDOUT
     // and then let the late answer write into a buffer it already released.
@@ -265,6 +290,7 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
     this.#mounts.set(path, state)
+    servedHere.add(path)
   }
 
   /** Waits until every acknowledged write of the mount is in the volume (before a snapshot, say). */
@@ -307,6 +333,7 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
     this.#mounts.delete(path)
+    servedHere.delete(path)
     if (failure !== undefined) {
       throw new GalleonError('IO_ERROR', `${path} is unmounted, but writes acknowledged through it failed to reach the volume: ${(failure as Error)?.message ?? String(failure)}`, { cause: failure })
     }

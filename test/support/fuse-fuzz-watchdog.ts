@@ -53,10 +53,10 @@ async function abortMountsUnder (root: string): Promise<void> {
 /**
  * Runs `node --import tsx <script>` (a path relative to the repository) with `env` added; resolves
  * once it exits, or after `deadlineMs` with `hung: true` once it has been stopped. `onLine` sees
- * each stdout line as it comes.
+ * each stdout line as it comes. `as`: the user and group to run it as (the caller being root).
  */
-export async function runWatched (script: string, env: Record<string, string>, root: string, deadlineMs: number, onLine: (line: string) => void = () => {}): Promise<WatchedRun> {
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+export async function runWatched (script: string, env: Record<string, string>, root: string, deadlineMs: number, onLine: (line: string) => void = () => {}, as?: { uid: number, gid: number }): Promise<WatchedRun> {
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...(as === undefined ? {} : { uid: as.uid, gid: as.gid }) })
   const lines: string[] = []
   let pending = ''
   let stderr = ''
