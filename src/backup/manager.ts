@@ -558,10 +558,12 @@ export class BackupManager {
       }
     }
     const checked = new Set<string>()
+    // Newest first, so each key is opened through its newest wrapping (see backupChunkKeys).
+    const opened = new Map<string, ChunkKeys>()
     for (const manifest of chain) {
       let keys: ChunkKeys | undefined
       try {
-        keys = await backupChunkKeys(this.#keys, manifest)
+        keys = await backupChunkKeys(this.#keys, manifest, opened)
       } catch (err) {
         problems.push({ backupId: manifest.id, code: errorCode(err), message: (err as Error).message })
         continue

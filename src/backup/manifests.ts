@@ -45,15 +45,20 @@ export async function readManifests (target: BackupTarget, unreadable: string[] 
 }
 
 /** The chunk keys of an encrypted backup (undefined for a plain one), once its manifest's tag checked out under them. */
-export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest): Promise<ChunkKeys | undefined> {
+export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest, opened?: Map<string, ChunkKeys>): Promise<ChunkKeys | undefined> {
   const encryption = manifest.encryption
   if (encryption === undefined) return undefined
   if (encryption.algorithm !== 'AES-256-GCM' || typeof encryption.wrappedKey !== 'string' || typeof encryption.fingerprint !== 'string') {
     throw new GalleonError('CORRUPTION', `backup ${manifest.id} names encryption ${describe(encryption)}, which this version cannot read`)
   }
-  const chunk = chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
+  // The backups of a chain share their key, each carrying it wrapped as it was when it was taken:
+  // once one (the newest, whose wrapping is current) opened it, the older ones need not, as their
+  // wrapping may be under a key-encryption key since moved away from (a deleted volume's keys are
+  // not re-wrapped). Keyed by fingerprint, which names the key, not its wrapping.
+  const chunk = opened?.get(encryption.fingerprint) ?? chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
   // Nothing the manifest says is acted on before it is known to be the volume's own.
   verifyManifestTag(manifest, chunk)
+  opened?.set(encryption.fingerprint, chunk)
   return chunk
 }
 

@@ -56,8 +56,11 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   const chunkKeysOf = new Map<string, ChunkKeys | undefined>()
   // The backup of the chain that names each chunk last, for messages about a damaged chunk.
   const chunkOwner = new Map<string, string>()
+  // The requested backup's key first: its wrapping is the newest (see backupChunkKeys).
+  const opened = new Map<string, ChunkKeys>()
+  await backupChunkKeys(keySource, manifest, opened)
   for (const step of chain) {
-    const keys = await backupChunkKeys(keySource, step)
+    const keys = await backupChunkKeys(keySource, step, opened)
     for (const [index, count, chunk, offset] of step.extents) {
       for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
       if (chunk !== null) {

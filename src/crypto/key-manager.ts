@@ -527,6 +527,10 @@ export class KeyManager {
         for (const stored of record.retiredBackups ?? []) (retiredBackups ??= []).push(await rewrap(stored))
         batch.push({ type: 'put', key: record.volumeId, value: { ...record, keys, backup, ...(retiredBackups === undefined ? {} : { retiredBackups }) } })
       }
+      // With no key to re-wrap, no wrap above checked the new provider: it must give a key back
+      // before it becomes this storage's (a KMS role that may encrypt but not decrypt would
+      // otherwise be reported as moved to, and fail every encrypted volume created afterwards).
+      if (count === 0) await wrapChecked(next, generateKey(), 'key-provider-check')
       if (batch.length > 0) await this.#db.batch(batch, SYNC)
       for (const { value } of batch) this.#records.set(value.volumeId, value)
       // Every key is wrapped by it now (each wrap checked): it is this storage's provider.

@@ -312,6 +312,8 @@ export class Snapshots {
   }
 
   #refuseRevertWhileWriting (record: VolumeRecord, volume: VolumeBlocks | undefined): void {
+    // Its re-encryption's block locks would read as writes in flight below: said as what it is.
+    if (this.#host.rotations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then revert it. Nothing was changed`)
     if (volume !== undefined && (volume.tickets.size > 0 || volume.locks.size > 0)) {
       throw new GalleonError('BUSY', `volume ${record.name} is being written (${Math.max(volume.tickets.size, volume.locks.size)} writes in flight); stop its writers (unmount it) and retry the revert. Nothing was changed`)
     }
