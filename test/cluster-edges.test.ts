@@ -17,6 +17,7 @@ import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../bac
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { recordOf } from './support/replica-records.js'
 
 interface Node { g: GalleonFS, id: string, coordinator: Coordinator }
 
@@ -134,10 +135,6 @@ async function settle (): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve))
 }
 
-async function recordOf (coordinators: MemoryCoordinatorCluster, volumeId: string): Promise<ReplicaSetRecord | undefined> {
-  const entry = await coordinators.coordinator().get(recordKey(volumeId))
-  return entry === undefined ? undefined : parseRecord(entry.value)
-}
 
 async function classExists (g: GalleonFS, name: string): Promise<boolean> {
   return await g.getStorageClass(name).then(() => true, () => false)

@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
-import { deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
+import { deletedKey, parseDeleted, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
+import { recordOf } from './support/replica-records.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -37,15 +38,6 @@ async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinato
   return { g, id, dir: storagePath, events }
 }
 
-async function recordOf (coordinators: MemoryCoordinatorCluster, volumeId: string): Promise<ReplicaSetRecord | undefined> {
-  const reader = coordinators.coordinator()
-  try {
-    const entry = await reader.get(recordKey(volumeId))
-    return entry === undefined ? undefined : parseRecord(entry.value)
-  } finally {
-    await reader.close()
-  }
-}
 
 function block (seed: number): Uint8Array {
   const out = new Uint8Array(4096)

@@ -12,8 +12,9 @@ import { PROTOCOL_VERSION, versionFor } from '../src/cluster/protocol.js'
 import { membersOf } from '../src/cluster/watches.js'
 import { FailoverLeader } from '../src/replication/failover.js'
 import type { ManagerCore } from '../src/replication/common.js'
-import { deletedKey, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
+import { deletedKey, parseDeleted, parseRecord, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { recordOf } from './support/replica-records.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -56,15 +57,6 @@ function memberRecord (id: string, protocol?: { version: number, oldest: number 
 
 const FAR_FUTURE = { version: PROTOCOL_VERSION + 5, oldest: PROTOCOL_VERSION + 5 }
 
-async function recordOf (coordinators: MemoryCoordinatorCluster, volumeId: string): Promise<ReplicaSetRecord | undefined> {
-  const reader = coordinators.coordinator()
-  try {
-    const entry = await reader.get(recordKey(volumeId))
-    return entry === undefined ? undefined : parseRecord(entry.value)
-  } finally {
-    await reader.close()
-  }
-}
 
 function block (seed: number, size = 4096): Uint8Array {
   const out = new Uint8Array(size)
