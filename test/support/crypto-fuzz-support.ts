@@ -1,6 +1,6 @@
-// Helpers of test/encryption-model-fuzz.test.ts: block data carrying unique plaintext markers, a scan
-// of a directory for markers, and a stand-in KMS program for commandKeyProvider (written to a temp
-// dir, run as a real child process per wrap and unwrap).
+// Helpers of the encryption model fuzz (test/encryption-model-fuzz.test.ts, crypto-fuzz-*.ts): block
+// data carrying unique plaintext markers, a scan of a directory for markers, and a stand-in KMS
+// program for commandKeyProvider (written to a temp dir, run as a real child process per wrap and unwrap).
 
 import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
