@@ -133,6 +133,12 @@ export class ReplicaSide {
     on('repl:resync-begin', async (set, header) => {
       set.resyncing = true
       set.nextFrom = undefined
+      // A node deposed as primary (by this message's epoch, see #fence, or by the record) may still
+      // have writes it recorded as primary on their way into its engine (a journal append, a sync):
+      // the copy says where it stands, and shows its blocks to the digest comparison, only once
+      // they are in. One landing after its block was compared would stay on this copy alone (the
+      // new primary never had it), and every snapshot taken from then on would differ there.
+      await this.#copy(set).drainTickets()
       this.#adoptPrimaryHint(set, header)
       // A copy that missed an expansion grows first, so the blocks beyond its old end can come.
       const size = (header.spec as { sizeBytes?: unknown } | undefined)?.sizeBytes
