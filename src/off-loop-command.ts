@@ -53,6 +53,12 @@ parentPort.on('message', (call) => {
     parentPort.postMessage({ id: call.id, startError: String(err.message), code: null, signal: null, stdout: '', stderr: '' })
     return
   }
+  if (child.stdin == null || child.stdout == null || child.stderr == null) {
+    // Too many open files (EMFILE, ENFILE): the program was not started and has no pipes; its
+    // 'error' event says why. Nothing here may throw: the worker serves every other call.
+    child.once('error', (error) => { parentPort.postMessage({ id: call.id, startError: String(error.message), code: null, signal: null, stdout: '', stderr: '' }) })
+    return
+  }
   const out = []
   const err = []
   let size = 0
@@ -98,22 +104,25 @@ parentPort.on('message', (call) => {
 `
 
 let worker: Worker | undefined
-const pending = new Map<number, (outcome: OffLoopOutcome | Error) => void>()
+/** The calls sent to the current worker (each worker fails only its own calls when it dies). */
+let pending = new Map<number, (outcome: OffLoopOutcome | Error) => void>()
 let nextId = 1
 
 function startWorker (): Worker {
   const started = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] })
+  const mine = new Map<number, (outcome: OffLoopOutcome | Error) => void>()
+  pending = mine
   started.on('message', (answer: OffLoopOutcome & { id: number }) => {
-    const deliver = pending.get(answer.id)
-    pending.delete(answer.id)
-    if (pending.size === 0) started.unref()
+    const deliver = mine.get(answer.id)
+    mine.delete(answer.id)
+    if (mine.size === 0) started.unref()
     const { id: _id, ...outcome } = answer
     deliver?.(outcome)
   })
   const fail = (why: Error): void => {
     if (worker === started) worker = undefined
-    for (const deliver of pending.values()) deliver(why)
-    pending.clear()
+    for (const deliver of mine.values()) deliver(why)
+    mine.clear()
   }
   started.on('error', fail)
   started.on('exit', (code) => { fail(new Error(`the thread that runs programs ended (exit code ${code}) before the program did`)) })
@@ -123,10 +132,19 @@ function startWorker (): Worker {
 /** Runs `command` from the worker thread; resolves with how it ended (rejects only if the worker died). */
 export async function runOffLoop (call: OffLoopCommand): Promise<OffLoopOutcome> {
   worker ??= startWorker()
+  const running = worker
+  const calls = pending
   const id = nextId++
-  const answer = new Promise<OffLoopOutcome | Error>((resolve) => { pending.set(id, resolve) })
-  worker.ref()
-  worker.postMessage({ id, command: call.command, args: [...call.args], env: call.env, input: call.input, timeoutMs: call.timeoutMs, maxOutputBytes: call.maxOutputBytes, processGroup: call.processGroup === true })
+  const answer = new Promise<OffLoopOutcome | Error>((resolve) => { calls.set(id, resolve) })
+  running.ref()
+  try {
+    running.postMessage({ id, command: call.command, args: [...call.args], env: call.env, input: call.input, timeoutMs: call.timeoutMs, maxOutputBytes: call.maxOutputBytes, processGroup: call.processGroup === true })
+  } catch (err) {
+    // Never sent: nothing will answer it, and it must not keep the worker (and the process) referenced.
+    calls.delete(id)
+    if (calls.size === 0) running.unref()
+    throw err
+  }
   const outcome = await answer
   if (outcome instanceof Error) throw outcome
   return outcome

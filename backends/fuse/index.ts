@@ -29,7 +29,7 @@
 // something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
-import { access, constants, readdir, readlink, stat } from 'node:fs/promises'
+import { access, constants, readdir, readlink, realpath, stat } from 'node:fs/promises'
 import { childEnvironment } from '../../src/child-env.js'
 import { dirname } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
@@ -217,7 +217,10 @@ function errnoOf (Fuse: FuseClass, err: unknown): number {
   }
 }
 
-/** Mount points this process serves (every FuseMountDriver in it). */
+/**
+ * Mount points this process serves (every FuseMountDriver in it), as the kernel names them: with
+ * symbolic links resolved, as /proc/self/fd shows the files open under them.
+ */
 const servedHere = new Set<string>()
 
 /**
@@ -239,6 +242,8 @@ export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
   readonly #Fuse: FuseClass
   readonly #mounts = new Map<string, MountState>()
+  /** Each mount point's path with symbolic links resolved (see servedHere). */
+  readonly #kernelPaths = new Map<string, string>()
 
   private constructor (Fuse: FuseClass) {
     this.#Fuse = Fuse
@@ -260,6 +265,8 @@ export class FuseMountDriver implements MountDriver {
     })
     const info = await stat(path)
     if (!info.isDirectory()) throw new GalleonError('INVALID_ARGUMENT', `the mount point ${path} is not a directory`)
+    // Before the mount: resolving it after would ask the new mount (and a link may lead anywhere).
+    const kernelPath = await realpath(path)
     // Not as root, libfuse mounts through fusermount, which it starts from the mount call, on the
     // event loop's thread: a file of this process's own mounts open in it would make that child
     // wait at exec for a flush only the event loop can answer (see src/off-loop-command.ts), and
@@ -290,7 +297,8 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
     this.#mounts.set(path, state)
-    servedHere.add(path)
+    this.#kernelPaths.set(path, kernelPath)
+    servedHere.add(kernelPath)
   }
 
   /** Waits until every acknowledged write of the mount is in the volume (before a snapshot, say). */
@@ -333,7 +341,9 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
     this.#mounts.delete(path)
-    servedHere.delete(path)
+    const kernelPath = this.#kernelPaths.get(path)
+    this.#kernelPaths.delete(path)
+    if (kernelPath !== undefined) servedHere.delete(kernelPath)
     if (failure !== undefined) {
       throw new GalleonError('IO_ERROR', `${path} is unmounted, but writes acknowledged through it failed to reach the volume: ${(failure as Error)?.message ?? String(failure)}`, { cause: failure })
     }

@@ -106,6 +106,8 @@ export class BackupManager {
   readonly #restoring: RestoringSublevel | undefined
   readonly #leftSnapshots: LeftSnapshotSublevel | undefined
   readonly #metadata: MetadataDatabase | undefined
+  /** Snapshots running backups chose as their base (by id, with how many chose each): retryLeftSnapshots leaves them. */
+  readonly #basesInUse = new Map<string, number>()
 
   constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase) {
     this.#g = g
@@ -187,7 +189,7 @@ export class BackupManager {
   async retryLeftSnapshots (volumeId: string): Promise<void> {
     const recorded = await this.#leftSnapshots?.iterator().all().catch(() => undefined)
     for (const [snapshot, left] of recorded ?? []) {
-      if (left.volumeId !== volumeId) continue
+      if (left.volumeId !== volumeId || this.#basesInUse.has(snapshot)) continue
       try {
         await this.#g.deleteSnapshot(volumeId, snapshot)
       } catch (err) {
@@ -363,16 +365,29 @@ export class BackupManager {
         return true
       }
       const usable = ours.filter((m) => byId.has(m.id) && snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
-      const base = requested === BackupStrategy.Incremental
+      let base = requested === BackupStrategy.Incremental
         ? usable.at(-1)
         : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
-      const strategy = base === undefined ? BackupStrategy.Full : requested
+      let strategy = base === undefined ? BackupStrategy.Full : requested
+      // A leftover snapshot (see retryLeftSnapshots) can be a base again once the backup that freed
+      // it is deleted: it stays while this backup lists the changes since it.
+      const baseSnapshot = base?.snapshot.id
+      if (baseSnapshot !== undefined) this.#basesInUse.set(baseSnapshot, (this.#basesInUse.get(baseSnapshot) ?? 0) + 1)
+      let baseReleased = false
+      const releaseBase = (): void => {
+        if (baseSnapshot === undefined || baseReleased) return
+        baseReleased = true
+        const left = (this.#basesInUse.get(baseSnapshot) ?? 1) - 1
+        if (left === 0) this.#basesInUse.delete(baseSnapshot)
+        else this.#basesInUse.set(baseSnapshot, left)
+      }
       const id = randomUUID()
       await this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` })
       let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
       try {
         snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
       } catch (err) {
+        releaseBase()
         await this.#pending?.del(id).catch(() => {})
         throw err
       }
@@ -381,7 +396,19 @@ export class BackupManager {
       try {
         await this.#snapshotHere(volume, snapshot.id, signal)
         arrived = true
-        const indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
+        let indices: number[]
+        try {
+          indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
+        } catch (err) {
+          // The base's snapshot went after it was chosen (a leftover deleted with the clone that held
+          // it, see retryLeftSnapshots, or a deleteSnapshot): this backup is a full one instead.
+          if (base === undefined || errorCode(err) !== 'SNAPSHOT_NOT_FOUND') throw err
+          base = undefined
+          strategy = BackupStrategy.Full
+          indices = await this.#g.listChangedBlocks(volume.id, { to: snapshot.id })
+        } finally {
+          releaseBase()
+        }
         const blockSize = volume.blockSize
         const total = indices.length * blockSize
         let done = 0
@@ -493,6 +520,7 @@ export class BackupManager {
         }
         throw err
       } finally {
+        releaseBase()
         if (forget) await this.#pending?.del(id).catch(() => {})
       }
     })

@@ -323,7 +323,11 @@ export class ReplicationManager {
         : `node ${node} is still a member of the cluster (unhealthy: its lease ended); it is removed twice leaseTtlMs after that, forget it then`)
     }
     const entries = await this.#coordinator.list(RECORD_PREFIX)
-    const led = entries.map((entry) => parseRecord(entry.value)).filter((record) => record?.primary === node).map((record) => (record as ReplicaSetRecord).spec.id)
+    const ledRecords = entries.map((entry) => parseRecord(entry.value)).filter((record): record is ReplicaSetRecord => record?.primary === node)
+    // Another in-sync copy: the leader's next failover pass (within seconds) promotes it.
+    const failingOver = ledRecords.filter((record) => record.inSync.some((n) => n !== node)).map((record) => record.spec.id)
+    if (failingOver.length > 0) throw new GalleonError('BUSY', `node ${node} is still the primary of volume${failingOver.length === 1 ? '' : 's'} ${failingOver.join(', ')}, which the cluster leader has not failed over to another in-sync copy yet; try again in a few seconds`)
+    const led = ledRecords.map((record) => record.spec.id)
     if (led.length > 0) throw new GalleonError('BUSY', `node ${node} is the primary of volume${led.length === 1 ? '' : 's'} ${led.join(', ')}, and no other node has an up-to-date copy to take over: forgetting it would lose ${led.length === 1 ? 'that volume' : 'those volumes'}. Bring the node back (its copy then leads again), or delete the volume${led.length === 1 ? '' : 's'} first`)
     const marks = (await this.#coordinator.list(DELETED_PREFIX)).filter((entry) => (parseDeleted(entry.value) ?? []).includes(node))
     const named = entries.some((entry) => { const record = parseRecord(entry.value); return record !== undefined && (record.nodes.includes(node) || record.droppedNodes?.includes(node) === true) })
