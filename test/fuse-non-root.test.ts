@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { mountsUnder, runWatched } from './support/fuse-fuzz-watchdog.js'
+import { mountsUnder, runWatched, type WatchedRun } from './support/fuse-fuzz-watchdog.js'
 
 const NOBODY = { uid: 65534, gid: 65534 }
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -38,22 +38,35 @@ after(async () => {
   await rm(root, { recursive: true, force: true })
 })
 
+/** Runs `script` as nobody in a directory of its own, with /dev/fuse opened to it meanwhile. */
+async function runAsNobody (script: string, name: string): Promise<WatchedRun> {
+  const dir = join(root, name)
+  await chmod(root, 0o755)
+  await mkdir(dir)
+  await chown(dir, NOBODY.uid, NOBODY.gid)
+  const mode = statSync('/dev/fuse').mode & 0o777
+  await chmod('/dev/fuse', 0o666)
+  try {
+    return await runWatched(script, { FUSE_NON_ROOT_DIR: dir }, dir, 60_000, () => {}, NOBODY)
+  } finally {
+    await chmod('/dev/fuse', mode)
+  }
+}
+
 describe('FUSE mounts of a process that is not root', { skip }, () => {
   it('mounting while the process has a file of its own mount open is refused with BUSY, not a hang; once closed it mounts', async () => {
-    const dir = join(root, 'run')
-    await chmod(root, 0o755)
-    await mkdir(dir)
-    await chown(dir, NOBODY.uid, NOBODY.gid)
-    const mode = statSync('/dev/fuse').mode & 0o777
-    await chmod('/dev/fuse', 0o666)
-    let run
-    try {
-      run = await runWatched('test/support/fuse-non-root-child.ts', { FUSE_NON_ROOT_DIR: dir }, dir, 60_000, () => {}, NOBODY)
-    } finally {
-      await chmod('/dev/fuse', mode)
-    }
+    const run = await runAsNobody('test/support/fuse-non-root-child.ts', 'plain')
     assert.equal(run.hung, false, `the serving process hung after: ${JSON.stringify(run.lines)}`)
     assert.deepEqual(run.lines, [`uid ${NOBODY.uid}, mounted one`, 'while open: BUSY names the open file', 'closed it, mounted two', 'one 6161 two 6262', 'done'], run.stderr)
+    assert.equal(run.code, 0)
+  })
+
+  // Found by review r7: /proc/self/fd names files by their real path, so a mount point reached
+  // through a symbolic link must be compared by its real path too.
+  it('also when the mount point was reached through a symbolic link', async () => {
+    const run = await runAsNobody('test/support/fuse-non-root-symlink-child.ts', 'linked')
+    assert.equal(run.hung, false, `the serving process hung after: ${JSON.stringify(run.lines)}`)
+    assert.deepEqual(run.lines, ['mounted one through the link', 'while open: BUSY', 'done'], run.stderr)
     assert.equal(run.code, 0)
   })
 })

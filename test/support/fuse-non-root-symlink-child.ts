@@ -1,4 +1,4 @@
-// Child process of test/review-r7-fuse-symlink.test.ts, run as an unprivileged user: it mounts a
+// Child process of test/fuse-non-root.test.ts, run as an unprivileged user: it mounts a
 // volume at a path reached through a symbolic link (a mount point under a linked directory, as
 // /var/run -> /run), opens a file of that mount itself, then mounts another volume. The mount must
 // be refused (BUSY) as it is for a plain path: fusermount started with that descriptor would hang.
