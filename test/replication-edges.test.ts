@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
-import { parseRecord, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { namePrimary } from './support/replica-records.js'
 
 interface Node { g: GalleonFS, id: string, dir: string }
 
@@ -69,12 +69,7 @@ describe('replication edge cases', () => {
     second.catch(() => {})
     await new Promise((resolve) => setTimeout(resolve, 20))
     // The cluster names n2 primary (as the leader does on a failover).
-    const coordinator = coordinators.coordinator()
-    const entry = await coordinator.get(recordKey(volume.id))
-    const record = parseRecord(entry?.value ?? '')
-    assert.ok(entry !== undefined && record !== undefined)
-    assert.ok(await coordinator.put(recordKey(volume.id), JSON.stringify({ ...record, primary: 'n2', epoch: record.epoch + 1, inSync: ['n2'], handoff: undefined }), { expectRevision: entry.revision }))
-    await coordinator.close()
+    await namePrimary(coordinators, volume.id, 'n2')
     await assert.rejects(first, { code: 'WRITE_CONCERN_UNSATISFIED' })
     network.drop(0)
     // Acknowledged: the second write is in the volume, as the new primary serves it.

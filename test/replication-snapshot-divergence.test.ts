@@ -10,9 +10,9 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type BlockOp, type BlockStore } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { parseRecord, recordKey } from '../src/replication/records.js'
 import { allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { until } from './support/wait.js'
+import { namePrimary } from './support/replica-records.js'
 
 const { tempDir, startNode, track } = diskCluster('galleon-divergence-')
 
@@ -95,12 +95,7 @@ describe('a primary that is deposed while its own write is in flight', () => {
     await until('the old primary recorded the write and its journal holds it', async () => held.held() > 0 && ((await g1.replicationStatus('split')).links[0]?.lagChanges ?? 0) > 0)
 
     // The cluster names n2 primary (as the leader does on a failover); it resyncs n1 by digests.
-    const coordinator = coordinators.coordinator()
-    const entry = await coordinator.get(recordKey(volume.id))
-    const record = parseRecord(entry?.value ?? '')
-    assert.ok(entry !== undefined && record !== undefined)
-    assert.ok(await coordinator.put(recordKey(volume.id), JSON.stringify({ ...record, primary: 'n2', epoch: record.epoch + 1, inSync: ['n2'], handoff: undefined }), { expectRevision: entry.revision }))
-    await coordinator.close()
+    await namePrimary(coordinators, volume.id, 'n2')
     await until('n1 is back in sync under n2', async () => {
       const status = await n2.g.replicationStatus('split')
       return status.role === 'primary' && status.inSync.includes('n1') && status.links.every((l) => l.state === 'streaming' && l.lagChanges === 0)

@@ -13,3 +13,20 @@ export async function recordOf (coordinators: MemoryCoordinatorCluster, volumeId
     await reader.close()
   }
 }
+
+/**
+ * Names `node` the primary of `volumeId` in the cluster's record, alone in sync, under the next
+ * epoch, as the leader does on a failover (compare-and-swap at the revision read; asserts it applied).
+ */
+export async function namePrimary (coordinators: MemoryCoordinatorCluster, volumeId: string, node: string): Promise<void> {
+  const coordinator = coordinators.coordinator()
+  try {
+    const entry = await coordinator.get(recordKey(volumeId))
+    const record = parseRecord(entry?.value ?? '')
+    if (entry === undefined || record === undefined) throw new Error(`volume ${volumeId} has no replica-set record`)
+    const written = await coordinator.put(recordKey(volumeId), JSON.stringify({ ...record, primary: node, epoch: record.epoch + 1, inSync: [node], handoff: undefined }), { expectRevision: entry.revision })
+    if (written === undefined) throw new Error(`the record of volume ${volumeId} changed while ${node} was named its primary`)
+  } finally {
+    await coordinator.close()
+  }
+}
