@@ -254,12 +254,14 @@ describe('backup edges', () => {
       const mistyped = join(root, 'no-such-target-dir')
       const names = ['no backups on', 'it is not a backup target', 'galleonfs-backup.json', 'check the path']
       await expectCode(g.listBackups('v', { target: mistyped }), 'BACKUP_NOT_FOUND', ...names, mistyped)
+      // One call at a time: started together, a later one could reject while an earlier one is
+      // awaited, which node:test reports as an unhandled rejection.
       for (const call of [
-        g.getBackup(backup.id, { target: mistyped }),
-        g.verifyBackup(backup.id, { target: mistyped }),
-        g.restoreBackup(backup.id, { name: 'r', target: mistyped }),
-        g.deleteBackup(backup.id, { target: mistyped, force: true })
-      ]) await expectCode(call, 'BACKUP_NOT_FOUND', `no backup "${backup.id}" on ${mistyped}`, 'it is not a backup target')
+        () => g.getBackup(backup.id, { target: mistyped }),
+        () => g.verifyBackup(backup.id, { target: mistyped }),
+        () => g.restoreBackup(backup.id, { name: 'r', target: mistyped }),
+        () => g.deleteBackup(backup.id, { target: mistyped, force: true })
+      ]) await expectCode(call(), 'BACKUP_NOT_FOUND', `no backup "${backup.id}" on ${mistyped}`, 'it is not a backup target')
       // Nothing was made there, and the backup is untouched where it is.
       await assert.rejects(readdir(mistyped), { code: 'ENOENT' })
       // An existing directory that holds no target is refused the same way, and left as it was.

@@ -21,17 +21,19 @@ describe('error messages quote what was not found', () => {
       }
       const short = await message(g.getVolume('missing-volume'), 'VOLUME_NOT_FOUND')
       assert.match(short, /"missing-volume"/)
+      // Each call starts when its turn comes: started together, a later one could reject while an
+      // earlier one is awaited, which node:test reports as an unhandled rejection.
       for (const [call, code] of [
-        [g.getVolume(HUGE), 'VOLUME_NOT_FOUND'],
-        [g.writeBlock(HUGE, 0, new Uint8Array(4096), 'WriteAcknowledged'), 'VOLUME_NOT_FOUND'],
-        [g.getSnapshot('v', HUGE), 'SNAPSHOT_NOT_FOUND'],
-        [g.createVolume({ name: 'w', sizeBytes: '1M', storageClass: HUGE }), 'STORAGE_CLASS_NOT_FOUND'],
+        [() => g.getVolume(HUGE), 'VOLUME_NOT_FOUND'],
+        [() => g.writeBlock(HUGE, 0, new Uint8Array(4096), 'WriteAcknowledged'), 'VOLUME_NOT_FOUND'],
+        [() => g.getSnapshot('v', HUGE), 'SNAPSHOT_NOT_FOUND'],
+        [() => g.createVolume({ name: 'w', sizeBytes: '1M', storageClass: HUGE }), 'STORAGE_CLASS_NOT_FOUND'],
         // Unknown options and mount names quote the caller's key the same way.
-        [g.createVolume({ name: 'w', sizeBytes: '1M', [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
-        [g.createAccessPolicy({ name: 'p', principals: ['*'], verbs: ['volume:read'], [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
-        [g.mounts.unmountVolume(HUGE), 'INVALID_ARGUMENT']
-      ] as Array<[Promise<unknown>, string]>) {
-        const text = await message(call, code)
+        [() => g.createVolume({ name: 'w', sizeBytes: '1M', [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
+        [() => g.createAccessPolicy({ name: 'p', principals: ['*'], verbs: ['volume:read'], [HUGE]: 1 } as never), 'INVALID_ARGUMENT'],
+        [() => g.mounts.unmountVolume(HUGE), 'INVALID_ARGUMENT']
+      ] as Array<[() => Promise<unknown>, string]>) {
+        const text = await message(call(), code)
         assert.ok(text.length < 600, `${code}: a ${text.length}-character message`)
         assert.match(text, /\(16384 characters\)/, code)
         assert.ok(text.includes('"' + 'x'.repeat(64) + '"'), `${code} keeps the name's start`)
