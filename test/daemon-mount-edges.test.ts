@@ -12,6 +12,7 @@ import { connect } from 'node:net'
 import { join } from 'node:path'
 import { GalleonFS, isGalleonError } from '../src/index.js'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { observed } from './support/observed.js'
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-daemon-mount-edges-')) })
@@ -230,7 +231,8 @@ describe('VolumeFiles opened straight on a volume, and close()', () => {
       const snapshot = await g.mounts.openVolumeFile({ volume: 'v', snapshot: 's' })
       // Larger than one piece: written in several calls, which close() must not cut short.
       pending = writer.pwrite(big, 4096).then((n) => n, (err: unknown) => err)
-      const opening = g.mounts.openVolumeFile('v', { readOnly: true })
+      // Observed at once: it may be refused (NOT_OPEN) while close() is awaited.
+      const opening = observed(g.mounts.openVolumeFile('v', { readOnly: true }))
       await g.close()
       assert.equal(await pending, big.byteLength, 'the write in flight finished')
       const late = await opening.then((file) => file, (err: unknown) => err)

@@ -23,6 +23,7 @@ import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
 import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
 import { BlockStoreModel } from './conformance/block-store.js'
+import { observed } from './support/observed.js'
 
 const FILE_STORE_MODULE = fileURLToPath(new URL('../backends/file/index.ts', import.meta.url))
 
@@ -1645,7 +1646,9 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 64 * 1024 }, async ({ make, reopen }) => {
         let store = make()
         await store.open()
-        const writes = Array.from({ length: 200 }, (_, i) => store.batch([put(addr(1, i), bytesOf(2048, i)), ...(i > 0 ? [del(addr(1, i - 1))] : [])], { sync: i % 7 === 0 }))
+        // Observed at once: one that close() fails is reported by the check below, not as an
+        // unhandled rejection while the calls before it are awaited.
+        const writes = Array.from({ length: 200 }, (_, i) => observed(store.batch([put(addr(1, i), bytesOf(2048, i)), ...(i > 0 ? [del(addr(1, i - 1))] : [])], { sync: i % 7 === 0 })))
         const closing = store.close()
         await rejectsWithCode(store.batch([put(addr(1, 999), bytesOf(10, 1))]), 'NOT_OPEN', 'a batch called after close()')
         await rejectsWithCode(store.compact(), 'NOT_OPEN', 'compact() called after close()')
@@ -2005,7 +2008,8 @@ describe('file block store', () => {
         await withDatasync(lateFailureFirst, async () => {
           // Just over 4 MiB without sync starts the background sync; the synced batch follows at once.
           const unsynced = Array.from({ length: 1020 }, (_, i) => store.batch([put(addr(1, i), bytesOf(4096, i))]))
-          const synced = store.batch([put(addr(1, 5000), bytesOf(100, 1))], { sync: true })
+          // Observed at once: it may fail before the batches ahead of it have all settled.
+          const synced = observed(store.batch([put(addr(1, 5000), bytesOf(100, 1))], { sync: true }))
           await Promise.allSettled(unsynced)
           await rejectsWithCode(synced, 'IO_ERROR', 'the synced batch')
           assert.ok(calls >= 2, `the batch's own sync ran beside the background one (${calls} calls)`)
@@ -2026,7 +2030,8 @@ describe('file block store', () => {
         const [active] = await segments(location)
         await writeFile(join(location, segmentFileName((active as { id: number }).id + 1)), '')
         const failing = store.batch([put(addr(1, 2), bytesOf(3000, 2))], { sync: true })
-        const queuedBehind = store.batch([put(addr(1, 3), bytesOf(10, 3))])
+        // Observed at once: it fails with the first, whose check is awaited before its own.
+        const queuedBehind = observed(store.batch([put(addr(1, 3), bytesOf(10, 3))]))
         const first = await rejectsWithCode(failing, 'IO_ERROR', 'the batch whose roll failed')
         const second = await rejectsWithCode(queuedBehind, 'IO_ERROR', 'the batch queued behind it')
         assert.equal(second, first, 'the same failure is reported')

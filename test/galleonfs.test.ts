@@ -8,6 +8,7 @@ import { GalleonFS, WriteConcern, VolumeType, AccessMode, VolumeState, GalleonEr
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { MemoryLevel } from 'memory-level'
+import { observed } from './support/observed.js'
 
 const MiB = 1024 * 1024
 
@@ -110,7 +111,9 @@ describe('GalleonFS in memory', () => {
     })
     it('waits for in-flight writes before deleting', async () => {
       const vol = await g.createVolume({ name: 'busy', sizeBytes: '1M' })
-      const writes = Array.from({ length: 50 }, async (_, i) => await g.writeBlock(vol, i, pattern(i, 4096)))
+      // Observed at once: one that the deletion fails is reported by the check below, not as an
+      // unhandled rejection while deleteVolume is awaited.
+      const writes = Array.from({ length: 50 }, async (_, i) => await g.writeBlock(vol, i, pattern(i, 4096))).map(observed)
       await g.deleteVolume(vol)
       const settled = await Promise.allSettled(writes)
       assert.ok(settled.every((r) => r.status === 'fulfilled'))

@@ -13,6 +13,7 @@ import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest, encodeManifest, type Extent } from '../src/backup/format.js'
 import { randomUUID } from 'node:crypto'
 import { rejectsWithCode } from './support/assertions.js'
+import { observed } from './support/observed.js'
 
 let root = ''
 let counter = 0
@@ -265,7 +266,8 @@ describe('live migration', () => {
       await migration
       const taken = await snapshot
       assert.deepEqual(await g.read(taken, 0, BLOCK), new Uint8Array(BLOCK).fill(2))
-      const second = g.migrateVolume('v', { storageClass: 'fast-local-ssd' })
+      // Observed at once: it may be cancelled while deleteVolume is still awaited.
+      const second = observed(g.migrateVolume('v', { storageClass: 'fast-local-ssd' }))
       await g.deleteVolume('v', { force: true })
       await assert.rejects(second, code('CANCELLED'))
       await assert.rejects(g.getVolume('v'), code('VOLUME_NOT_FOUND'))

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { AccessMode, GalleonFS } from '../src/index.js'
+import { observed } from './support/observed.js'
 
 let root: string
 let counter = 0
@@ -271,7 +272,8 @@ describe('mount manager (virtual driver)', () => {
         hold = true
         const mounting = h.mounts.mountVolume({ volume: 'w', snapshot: 's' }, '/y/s')
         await new Promise((resolve) => setTimeout(resolve, 10))
-        const deleting = h.deleteSnapshot('w', 's')
+        // Observed at once: it may be refused while the mount is still awaited.
+        const deleting = observed(h.deleteSnapshot('w', 's'))
         release()
         await mounting
         await assert.rejects(deleting, (err: Error & { code?: string }) => err.code === 'BUSY' && /mounted meanwhile/.test(err.message))

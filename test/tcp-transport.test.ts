@@ -18,6 +18,7 @@ import { GalleonError } from '../src/errors.js'
 import { assertBytes, bytesOf } from './conformance/fixtures.js'
 import { expectCode } from './support/assertions.js'
 import { scriptArgs } from './support/child-script.js'
+import { observed } from './support/observed.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NODE_SCRIPT = join(ROOT, 'test', 'fixtures', 'transport-node.ts')
@@ -469,7 +470,8 @@ for (const attack of attacks) {
       const payload = bytesOf(64, 1)
       assert.equal((await client.request(via, { kind: 'x', header: { n: 1 }, payload })).header.n, 1)
       const attacked = attack.concurrent === true ? [2, 3] : [2]
-      const outcomes = attacked.map(async (n) => await client.request(via, { kind: 'x', header: { n }, payload: bytesOf(64, n) }))
+      // Observed at once: with two, the second may fail while the first one's check is awaited.
+      const outcomes = attacked.map(async (n) => await client.request(via, { kind: 'x', header: { n }, payload: bytesOf(64, n) })).map(observed)
       for (const outcome of outcomes) {
         const err = await expectCode(outcome, 'BACKEND_UNAVAILABLE', 'authentication')
         assert.ok(err.message.includes(via), `the error names the peer: ${err.message}`)

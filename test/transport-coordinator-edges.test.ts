@@ -12,6 +12,7 @@ import type { StoreCondition, StoreOp, StoreTxnResult } from '../src/cluster/coo
 import { GalleonError } from '../src/errors.js'
 import { testNode } from './conformance/index.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
+import { observed } from './support/observed.js'
 
 const etcdSkip = etcdSkipReason()
 let etcd: Promise<EtcdServer> | undefined
@@ -162,8 +163,9 @@ test('transport: close() fails the requests waiting for in-flight budget without
   const client = network.transport('client', { maxInFlightBytes: 1024 })
   try {
     const payload = new Uint8Array(1024)
-    const first = client.request('server', { kind: 'x', header: {}, payload })
-    const waiting = [1, 2, 3].map(async () => await client.request('server', { kind: 'x', header: {}, payload }))
+    // Observed at once: they reject while close() is awaited, before their checks below.
+    const first = observed(client.request('server', { kind: 'x', header: {}, payload }))
+    const waiting = [1, 2, 3].map(async () => await client.request('server', { kind: 'x', header: {}, payload })).map(observed)
     await until(() => served === 1, 'the first request to reach the handler')
     assert.equal(network.stats.sent, 1, 'the others wait for budget')
     await client.close()

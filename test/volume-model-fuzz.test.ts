@@ -14,6 +14,7 @@ import { join } from 'node:path'
 import { GalleonFS, type OpenOptions } from '../src/index.js'
 import { seededRandom } from '../src/seeded-random.js'
 import { expectCode } from './support/assertions.js'
+import { observed } from './support/observed.js'
 
 const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 400)
@@ -565,7 +566,8 @@ class ModelRun {
       for (let n = 0; n < (turns[i] as number); n++) await turn()
       await g.write(volume.name, offset, data)
     })
-    const taken = snapshot === undefined ? undefined : g.createSnapshot(volume.name, snapshot)
+    // observed: it may end NOT_OPEN or CANCELLED while the writes are awaited below.
+    const taken = snapshot === undefined ? undefined : observed(g.createSnapshot(volume.name, snapshot))
     this.log.push(`concurrently: ${writes.map(([offset, data], i) => `write ${volume.name} @${offset} +${data.byteLength} random${turns[i] === 0 ? '' : ` ${turns[i]} turns after close()`}`).join(', ')}${snapshot === undefined ? '' : `, createSnapshot ${volume.name} ${snapshot}`}, close; then reopen`)
     const closed = g.close()
     const outcomes = await Promise.allSettled(started)
