@@ -22,6 +22,13 @@ export interface DaemonConfig {
   nbdAddress: string | undefined
   /** Seconds an NBD client has to finish its handshake before it is disconnected (0: no limit). */
   nbdHandshakeTimeoutSeconds: number
+  /** TLS for the NBD server (then required of every client): its certificate and key (PEM files)... */
+  nbdTlsCertFile: string | undefined
+  nbdTlsKeyFile: string | undefined
+  /** ...the CA that every client's certificate must chain to (PEM), if clients must present one... */
+  nbdTlsCaFile: string | undefined
+  /** ...and/or pre-shared keys, `identity:hexkey` lines as psktool writes them (mode 0600). */
+  nbdTlsPskFile: string | undefined
   /** Log level; when unset, GALLEONFS_LOG or RUST_LOG, else info. */
   logLevel: LogLevel | undefined
   /**
@@ -99,6 +106,10 @@ export const DEFAULTS: DaemonConfig = {
   mountPoint: undefined,
   nbdAddress: undefined,
   nbdHandshakeTimeoutSeconds: 10,
+  nbdTlsCertFile: undefined,
+  nbdTlsKeyFile: undefined,
+  nbdTlsCaFile: undefined,
+  nbdTlsPskFile: undefined,
   logLevel: undefined,
   keyProvider: 'internal',
   keyProviderOptions: undefined,
@@ -158,7 +169,7 @@ export function formatAddress (host: string, port: number): string {
 
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
-  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', log_level: 'logLevel' },
+  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', nbd_tls_cert_file: 'nbdTlsCertFile', nbd_tls_key_file: 'nbdTlsKeyFile', nbd_tls_ca_file: 'nbdTlsCaFile', nbd_tls_psk_file: 'nbdTlsPskFile', log_level: 'logLevel' },
   cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
@@ -290,6 +301,10 @@ export function check (raw: Record<string, unknown>, where: string, nameOf: Sett
       case 'etcdCaFile':
       case 'etcdCertFile':
       case 'etcdKeyFile':
+      case 'nbdTlsCertFile':
+      case 'nbdTlsKeyFile':
+      case 'nbdTlsCaFile':
+      case 'nbdTlsPskFile':
         if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'zone'] = value
         break
@@ -408,6 +423,13 @@ export function merge (...layers: Array<Partial<DaemonConfig>>): DaemonConfig {
   }
   for (const [name, options, setting] of [['blockStore', 'blockStoreOptions', 'block_store'], ['backupTarget', 'backupTargetOptions', 'backup_target'], ['mountDriver', 'mountDriverOptions', 'mount_driver']] as const) {
     if (config[options] !== undefined && config[name] === undefined) throw new ConfigError(`${setting}_options in [drivers] needs ${setting}, the name of the driver they are for`)
+  }
+  const nbdTls = (['nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'] as const).filter((field) => config[field] !== undefined)
+  if (nbdTls.length > 0) {
+    const named = nbdTls.map((field) => `${fileKeyName(field)} (${flagName(field)})`).join(', ')
+    if (config.nbdAddress === undefined) throw new ConfigError(`${named} set TLS for the NBD server, which runs only with nbd_address in [daemon] (--nbd-address); set it too, or remove them`)
+    if ((config.nbdTlsCertFile === undefined) !== (config.nbdTlsKeyFile === undefined)) throw new ConfigError('the NBD server\'s certificate needs both nbd_tls_cert_file and nbd_tls_key_file in [daemon] (--nbd-tls-cert-file, --nbd-tls-key-file)')
+    if (config.nbdTlsCaFile !== undefined && config.nbdTlsCertFile === undefined) throw new ConfigError('nbd_tls_ca_file in [daemon] (--nbd-tls-ca-file) checks the NBD clients\' certificates, which needs the server\'s own too: set nbd_tls_cert_file and nbd_tls_key_file')
   }
   if (config.mountDriver !== undefined && config.mountPoint === undefined) throw new ConfigError('mount_driver in [drivers] presents the volumes mounted under the mount point; set mount_point in [daemon] (or --mount-point) too')
   return config

@@ -11,6 +11,7 @@ import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
+import { nbdTlsOptions } from './daemon-nbd.js'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { createLogger, logEvents, type Logger } from './daemon-log.js'
 import { loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
@@ -66,7 +67,7 @@ export interface Daemon {
 }
 
 /** Settings a reload applies in place; any other change waits for a restart. */
-const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint'])
+const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
 /**
  * Starts the daemon: opens the storage, writes the token, listens. `loadConfig` reads the
@@ -82,6 +83,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   if (storageKind !== undefined && !storageKind.isDirectory()) throw new ConfigError(`the storage path ${config.storagePath} is not a directory; give --storage-path (storage_path in [daemon]) a directory, which is created if missing`)
   // Driver modules load (and the drivers named are checked) before anything else is set up.
   const drivers = await driverOptions(config, log)
+  // The NBD server's TLS files are read and checked before the storage opens (a change to them
+  // waits for a restart; a move of nbd_address keeps them).
+  let nbdTls = await nbdTlsOptions(config)
   // Clustered when etcd is named, when peers are (they say where etcd is), or when an earlier
   // `cluster join` left its settings in the storage path.
   const secret = await clusterSecret(config)
@@ -197,14 +201,22 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       const changed = (Object.keys(next) as Array<keyof DaemonConfig>).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(config[key]))
       // The mount driver is chosen at open: a mount point can move, not appear or go.
       const live = (key: keyof DaemonConfig): boolean => LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
-      // The one step that can fail (listening on the new NBD address) comes first, so a reload
-      // either applies every live change or none.
+      // The steps that can fail (reading the NBD TLS files, listening on a new NBD address) come
+      // first, so a reload either applies every live change or none. TLS files are read again at
+      // every reload, so a renewed certificate under the same file name is taken too.
+      const nextTls = await nbdTlsOptions(next)
       let moved: NbdServer | undefined
-      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError })
+      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nextTls })
       if (stopping !== undefined) {
         await moved?.close()
         throw new HttpError(409, 'BUSY', 'the daemon is stopping')
       }
+      // New connections to a server that stays where it is get the new credentials (or none).
+      if (moved === undefined && nbd !== undefined && JSON.stringify(nextTls) !== JSON.stringify(nbdTls)) {
+        nbd.setTls(nextTls)
+        log('info', 'NBD TLS credentials reloaded', { tls: nextTls === undefined ? 'off' : 'required' })
+      }
+      nbdTls = nextTls
       for (const key of changed) {
         if (!live(key)) { report.needsRestart.push(key); continue }
         if (key === 'logLevel') log.setLevel(next.logLevel)
@@ -338,8 +350,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
     if (config.nbdAddress !== undefined) {
       const where = parseAddress(config.nbdAddress, 'nbd address')
-      nbd = await NbdServer.listen(g, { ...where, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError })
-      log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
+      nbd = await NbdServer.listen(g, { ...where, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nbdTls })
+      log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port), tls: nbdTls === undefined ? 'off' : 'required' })
     }
     log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })
     return { ipcAddress: actual, stop, stopped, reload }

@@ -21,6 +21,10 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
     .option('--nbd-handshake-timeout-seconds <seconds>', 'seconds an NBD client has to finish its handshake; 0: no limit (default 10)')
+    .option('--nbd-tls-cert-file <file>', 'PEM certificate of the NBD server (with --nbd-tls-key-file): clients must then use TLS')
+    .option('--nbd-tls-key-file <file>', 'PEM key of the NBD server\'s certificate (mode 0600)')
+    .option('--nbd-tls-ca-file <file>', 'PEM of the CA that NBD clients\' certificates must chain to (clients must present one)')
+    .option('--nbd-tls-psk-file <file>', 'NBD pre-shared keys, identity:hexkey lines as psktool writes them (mode 0600): clients must then use TLS')
     .option('--log-level <level>', 'error, warn, info, debug or trace (default: GALLEONFS_LOG or RUST_LOG, else info)')
     .option('--key-provider <provider>', 'internal, passphrase, command, http, or a key provider a module in [drivers] modules registers (KMS settings go in [security] of the config file)')
     .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs: start or join the cluster they coordinate')
@@ -133,6 +137,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -2,7 +2,6 @@
 // transport's keepalive, from flags and from the configuration file, checked in a real daemon process.
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -10,10 +9,9 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { FrameReader, FrameType } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress } from '../backends/tcp/index.js'
-import { ENTRY, startDaemonProcess } from './support/daemon.js'
+import { runDaemonToExit, startDaemonProcess } from './support/daemon.js'
 import { check, flagName } from '../examples/daemon-config.js'
 import { NbdClient } from './support/nbd-client.js'
-import { scriptArgs } from './support/child-script.js'
 
 const SECRET = 'daemon-options-test-secret-0123456789'
 
@@ -23,12 +21,7 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 
 /** Runs `galleonfs -d ...args`, expecting it to stop; resolves to its exit code and the messages it logged. */
 async function runToExit (args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number | null, log: string }> {
-  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: root, stdio: ['ignore', 'ignore', 'pipe'], env })
-  let log = ''
-  child.stderr.on('data', (chunk: Buffer) => { log += chunk.toString() })
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
-  const messages = log.split('\n').filter((line) => line.startsWith('{')).map((line) => (JSON.parse(line) as { message: string }).message)
-  return { code, log: messages.join('\n') }
+  return await runDaemonToExit(args, { cwd: root, env })
 }
 
 /**

@@ -4,8 +4,9 @@
 import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError } from '../../src/errors.js'
-import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
-import { repliesBelow, type SocketReader } from './socket.js'
+import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_STARTTLS, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
+import { SocketReader, repliesBelow } from './socket.js'
+import { startTls, type NbdTls } from './tls.js'
 
 /**
  * Option replies a client may leave unread before its next option is read: a client that sends
@@ -13,14 +14,28 @@ import { repliesBelow, type SocketReader } from './socket.js'
  */
 const MAX_OPTION_REPLY_BACKLOG = 1024 * 1024
 
+/**
+ * A session's connection: the socket it speaks on and its reader. NBD_OPT_STARTTLS replaces both
+ * with the TLS socket over the client's, so whoever serves the session reads them from here.
+ */
+export interface Session {
+  socket: Socket
+  reader: SocketReader
+  /** The server's TLS (FORCEDTLS mode), if it has any. */
+  readonly tls: NbdTls | undefined
+  /** Set once the session speaks TLS. */
+  secured: boolean
+}
+
 /** Option haggling; resolves to the export to serve, or undefined when the client left. */
-export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketReader, noZeroes: boolean): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
+export async function negotiate (g: GalleonFS, session: Session, noZeroes: boolean): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
   let structured = false
   // base:allocation as chosen by the last NBD_OPT_SET_META_CONTEXT, for the export it named.
   let allocation: Export | undefined
   // Meta contexts chosen for another export than the one the session serves do not apply to it (proto.md).
   const contextsFor = (served: Export): boolean => allocation !== undefined && sameSource(allocation, served)
   while (true) {
+    const { socket, reader } = session
     await repliesBelow(socket, MAX_OPTION_REPLY_BACKLOG)
     const header = await reader.read(16)
     if (header === undefined) return undefined
@@ -30,16 +45,42 @@ export async function negotiate (g: GalleonFS, socket: Socket, reader: SocketRea
     if (length > MAX_OPTION_BYTES) throw new ProtocolError('option too long')
     const data = await reader.read(length)
     if (data === undefined) return undefined
-    const reply = (type: number, payload: Buffer = Buffer.alloc(0)): void => {
+    const reply = (type: number, payload: Buffer = Buffer.alloc(0), written?: (err?: Error | null) => void): void => {
       const head = Buffer.alloc(20)
       head.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0)
       head.writeUInt32BE(option, 8)
       head.writeUInt32BE(type, 12)
       head.writeUInt32BE(payload.byteLength, 16)
-      socket.write(Buffer.concat([head, payload]))
+      socket.write(Buffer.concat([head, payload]), written)
     }
     const error = (type: number, message: string): void => { reply(type, Buffer.from(message)) }
+    if (session.tls !== undefined && !session.secured && option !== OPT_STARTTLS && option !== OPT_ABORT) {
+      // FORCEDTLS: nothing is told or served in clear. NBD_OPT_EXPORT_NAME cannot be refused, so
+      // the session ends.
+      if (option === OPT_EXPORT_NAME) return undefined
+      error(REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first (e.g. an nbds:// URI, or qemu\'s tls-creds)')
+      continue
+    }
     switch (option) {
+      case OPT_STARTTLS: {
+        if (session.tls === undefined) { error(REP_ERR_UNSUP, 'this server was started without TLS (NbdServer.listen(g, { tls }), or the daemon\'s --nbd-tls-* options)'); break }
+        if (session.secured) { error(REP_ERR_INVALID, 'TLS is already negotiated on this connection'); break }
+        if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'); break }
+        // A client must wait for this reply before its TLS handshake: bytes it sent after the
+        // option, before the reply, are not TLS the server could take over.
+        if (reader.detach() > 0) throw new ProtocolError('data sent after NBD_OPT_STARTTLS before its reply')
+        // The reply goes out in clear, all of it, before TLS takes the socket over; what the client
+        // sends meanwhile (its TLS hello) waits in the paused socket, and TLS takes it from there.
+        socket.pause()
+        const sent = await new Promise<boolean>((resolve) => { reply(REP_ACK, undefined, (err?: Error | null) => { resolve(err === undefined || err === null) }) })
+        if (!sent || socket.destroyed) return undefined
+        const secured = startTls(socket, session.tls)
+        secured.on('error', () => {}) // a failed handshake closes the session; the server goes on
+        session.socket = secured
+        session.reader = new SocketReader(secured)
+        session.secured = true
+        break
+      }
       case OPT_EXPORT_NAME: {
         // No way to report an error here: an unknown export ends the connection.
         const claimed = await resolveExport(g, data.toString('utf8')).then(async (found) => await claim(g, found)).catch(() => undefined)

@@ -7,15 +7,17 @@
 //
 // Export names: a volume's name (or `namespace/name`, or its id); `<volume>@<snapshot>` exports a
 // snapshot read-only. Handshake: fixed newstyle only, with NBD_OPT_EXPORT_NAME, NBD_OPT_GO,
-// NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY and the meta context options
-// for base:allocation; any other option is answered NBD_REP_ERR_UNSUP. Transmission: READ, WRITE
+// NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_STARTTLS and the meta
+// context options for base:allocation; any other option is answered NBD_REP_ERR_UNSUP. Transmission: READ, WRITE
 // (FUA: WriteDurable), FLUSH, TRIM, WRITE_ZEROES (NO_HOLE writes real zeros), BLOCK_STATUS (which
 // blocks hold data, so nbdcopy and qemu-img copy sparsely), DISC; requests are pipelined (up to 64
 // in flight per connection, holding up to 128 MiB of data with the replies a client has not read
 // yet: past that nothing more is read from it; during the handshake, 1 MiB of unread option
 // replies) and answered as they complete, also to a client that shut down its sending side; many
-// clients at once. The server has no authentication (NBD has none without TLS): it listens on
-// loopback unless told otherwise; serve `g.as(principal)` to limit what clients reach.
+// clients at once. Without `tls` the server has no authentication (NBD has none without TLS): it
+// listens on loopback unless told otherwise; serve `g.as(principal)` to limit what clients reach.
+// With `tls` (pre-shared keys and/or x509, see tls.ts) every client must upgrade with
+// NBD_OPT_STARTTLS before anything else is told or served.
 //
 // A frame the protocol does not allow (bad magic, unknown client flags, an option longer than
 // 64 KiB, a request longer than 32 MiB) ends that connection only, once the requests before it are
@@ -25,10 +27,13 @@
 import { createServer, type Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError, describe } from '../../src/errors.js'
-import { negotiate } from './handshake.js'
+import { negotiate, type Session } from './handshake.js'
 import { FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, ProtocolError } from './protocol.js'
 import { SocketReader, finish } from './socket.js'
 import { transmit } from './transmission.js'
+import { checkTlsOptions, type NbdTls, type NbdTlsOptions } from './tls.js'
+
+export { parsePskFile, type NbdTlsOptions } from './tls.js'
 
 /** Options of NbdServer.listen. */
 export interface NbdServerOptions {
@@ -49,6 +54,13 @@ export interface NbdServerOptions {
    * keeps listening either way. Without it (or when it throws) the last one is kept in `lastError`.
    */
   readonly onError?: (err: GalleonError) => void
+  /**
+   * TLS credentials (x509 and/or pre-shared keys, see NbdTlsOptions). Given, the server requires
+   * TLS (the protocol's FORCEDTLS mode): a client must send NBD_OPT_STARTTLS before anything else
+   * is told or served (nbdinfo, nbdcopy: an `nbds://` URI; qemu: a `tls-creds` object); other
+   * options get NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME in clear ends the connection.
+   */
+  readonly tls?: NbdTlsOptions
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
@@ -59,18 +71,21 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 export class NbdServer {
   readonly #g: GalleonFS
   readonly #server: Server
-  readonly #connections = new Set<Socket>()
+  /** Per client connection (its TCP socket): the session, whose socket is the TLS one once upgraded. */
+  readonly #connections = new Map<Socket, Session>()
   /** Per connection: stop taking requests and resolve once the ones in flight are answered. */
   readonly #stoppers = new Map<Socket, () => Promise<void>>()
   readonly #handshakeTimeoutMs: number
   readonly #onError: ((err: GalleonError) => void) | undefined
+  #tls: NbdTls | undefined
   readonly host: string
   #port = 0
   #closing: Promise<void> | undefined
   #lastError: GalleonError | undefined
 
-  private constructor (g: GalleonFS, server: Server, host: string, handshakeTimeoutMs: number, onError: ((err: GalleonError) => void) | undefined) {
+  private constructor (g: GalleonFS, server: Server, host: string, handshakeTimeoutMs: number, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined) {
     this.#g = g
+    this.#tls = tls
     this.#server = server
     this.host = host
     this.#handshakeTimeoutMs = handshakeTimeoutMs
@@ -89,6 +104,7 @@ export class NbdServer {
     if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 0 || handshakeTimeoutMs > MAX_TIMER_MS) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a whole number of milliseconds from 0 (no limit) to ${MAX_TIMER_MS} (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS}), got ${describe(handshakeTimeoutMs)}`)
     const onError = options.onError
     if (onError !== undefined && typeof onError !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onError must be a function receiving a GalleonError, got ${describe(onError)}`)
+    const tls = options.tls === undefined ? undefined : checkTlsOptions(options.tls)
     const accept: { to?: NbdServer } = {}
     // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
     // the replies to the requests it sent; the session ends its side itself (finish).
@@ -96,7 +112,7 @@ export class NbdServer {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })
-    const instance = new NbdServer(g, server, host, handshakeTimeoutMs, onError)
+    const instance = new NbdServer(g, server, host, handshakeTimeoutMs, onError, tls)
     accept.to = instance
     await new Promise<void>((resolve, reject) => {
       const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
@@ -117,6 +133,18 @@ export class NbdServer {
   /** Connected clients. */
   get connections (): number { return this.#connections.size }
 
+  /** Whether the server requires TLS of new connections. */
+  get tls (): boolean { return this.#tls !== undefined }
+
+  /**
+   * Replaces the TLS credentials (undefined: TLS off) for connections made from now on, such as a
+   * renewed certificate; connected clients keep the session they have. Bad options are refused
+   * (INVALID_ARGUMENT) and change nothing.
+   */
+  setTls (tls: NbdTlsOptions | undefined): void {
+    this.#tls = tls === undefined ? undefined : checkTlsOptions(tls)
+  }
+
   /** The last error of the listening socket not taken by `onError`, if any. */
   get lastError (): GalleonError | undefined { return this.#lastError }
 
@@ -125,11 +153,11 @@ export class NbdServer {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
       // Whatever happens below, no connection outlives this by more than 10 seconds.
-      const deadline = setTimeout(() => { for (const socket of this.#connections) socket.destroy() }, 10_000)
+      const deadline = setTimeout(() => { for (const [socket, session] of this.#connections) { session.socket.destroy(); socket.destroy() } }, 10_000)
       // Requests in flight are answered first (their writes are applied and acknowledged).
-      await Promise.all([...this.#connections].map(async (socket) => {
-        await this.#stoppers.get(socket)?.().catch(() => {})
-        finish(socket)
+      await Promise.all([...this.#connections.values()].map(async (session) => {
+        await this.#stoppers.get(session.socket)?.().catch(() => {})
+        finish(session.socket)
       }))
       await closed
       clearTimeout(deadline)
@@ -138,12 +166,14 @@ export class NbdServer {
   }
 
   #accept (socket: Socket): void {
-    this.#connections.add(socket)
+    const session: Session = { socket, reader: new SocketReader(socket), tls: this.#tls, secured: false }
+    this.#connections.set(socket, session)
     socket.setNoDelay(true)
     socket.on('error', () => {}) // a client that vanishes is not the server's problem
-    socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(socket) })
-    // When the session ends, replies already written still go out (end, not destroy).
-    void this.#serve(socket).catch(() => {}).finally(() => { finish(socket) })
+    socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(session.socket) })
+    // When the session ends, replies already written still go out (end, not destroy; over TLS,
+    // the TLS socket's end, so they are sealed and the close is announced).
+    void this.#serve(session).catch(() => {}).finally(() => { finish(session.socket) })
   }
 
   /** Hands an error of the listening socket to onError, or keeps it in lastError. */
@@ -163,19 +193,21 @@ export class NbdServer {
     }
   }
 
-  async #serve (socket: Socket): Promise<void> {
-    const reader = new SocketReader(socket)
+  async #serve (session: Session): Promise<void> {
     // A client still in the handshake when the limit passes is cut off (destroy: its unread option
-    // replies are dropped too). The timer goes as soon as the handshake ends, however it ends.
+    // replies are dropped too); the TLS handshake counts. The timer goes as soon as the handshake
+    // ends, however it ends.
     const limit = this.#handshakeTimeoutMs
-    const expiry = limit > 0 ? setTimeout(() => { socket.destroy() }, limit).unref() : undefined
+    const tcp = session.socket
+    const expiry = limit > 0 ? setTimeout(() => { session.socket.destroy(); tcp.destroy() }, limit).unref() : undefined
     let chosen: Awaited<ReturnType<typeof negotiate>>
     try {
-      chosen = await this.#handshake(socket, reader)
+      chosen = await this.#handshake(session)
     } finally {
       clearTimeout(expiry)
     }
     if (chosen === undefined) return
+    const { socket, reader } = session
     try {
       // Cut off (or gone) while the export was being claimed: nothing to serve.
       if (socket.destroyed) return
@@ -186,7 +218,8 @@ export class NbdServer {
   }
 
   /** The greeting, the client's flags and the option haggling: the export to serve, or undefined. */
-  async #handshake (socket: Socket, reader: SocketReader): ReturnType<typeof negotiate> {
+  async #handshake (session: Session): ReturnType<typeof negotiate> {
+    const { socket, reader } = session
     const hello = Buffer.alloc(18)
     hello.writeBigUInt64BE(NBDMAGIC, 0)
     hello.writeBigUInt64BE(IHAVEOPT, 8)
@@ -196,6 +229,6 @@ export class NbdServer {
     if (clientFlags === undefined) return undefined
     const flags = clientFlags.readUInt32BE(0)
     if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
-    return await negotiate(this.#g, socket, reader, (flags & FLAG_NO_ZEROES) !== 0)
+    return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0)
   }
 }

@@ -14,6 +14,7 @@ export const FLAG_NO_ZEROES = 2
 export const OPT_EXPORT_NAME = 1
 export const OPT_ABORT = 2
 export const OPT_LIST = 3
+export const OPT_STARTTLS = 5
 export const OPT_INFO = 6
 export const OPT_GO = 7
 export const OPT_STRUCTURED_REPLY = 8
@@ -27,6 +28,7 @@ export const REP_META_CONTEXT = 4
 export const REP_ERR_UNSUP = 0x80000001
 export const REP_ERR_POLICY = 0x80000002
 export const REP_ERR_INVALID = 0x80000003
+export const REP_ERR_TLS_REQD = 0x80000005
 export const REP_ERR_UNKNOWN = 0x80000006
 
 export const INFO_EXPORT = 0

@@ -24,17 +24,35 @@ export class SocketReader {
   #held = false
   #full = false
 
+  readonly #onData = (chunk: Buffer): void => {
+    this.#chunks.push(chunk)
+    this.#buffered += chunk.byteLength
+    if (!this.#full && this.#buffered >= this.#wanted + READ_AHEAD_BYTES) { this.#full = true; this.#flow() }
+    if (this.#wake !== undefined && this.#buffered >= this.#wanted) this.#wake()
+  }
+
+  readonly #onEnd = (): void => { this.#ended = true; this.#wake?.() }
+
   constructor (socket: Socket) {
     this.#socket = socket
-    socket.on('data', (chunk: Buffer) => {
-      this.#chunks.push(chunk)
-      this.#buffered += chunk.byteLength
-      if (!this.#full && this.#buffered >= this.#wanted + READ_AHEAD_BYTES) { this.#full = true; this.#flow() }
-      if (this.#wake !== undefined && this.#buffered >= this.#wanted) this.#wake()
-    })
-    const end = (): void => { this.#ended = true; this.#wake?.() }
-    socket.on('end', end)
-    socket.on('close', end)
+    socket.on('data', this.#onData)
+    socket.on('end', this.#onEnd)
+    socket.on('close', this.#onEnd)
+  }
+
+  /**
+   * Stops reading the socket (another layer, such as TLS, takes it over) and returns how many
+   * bytes it had taken off it that no read asked for yet.
+   */
+  detach (): number {
+    this.#socket.off('data', this.#onData)
+    this.#socket.off('end', this.#onEnd)
+    this.#socket.off('close', this.#onEnd)
+    const left = this.#buffered
+    this.#chunks = []
+    this.#buffered = 0
+    this.#ended = true
+    return left
   }
 
   /** Exactly `n` bytes, or undefined if the connection ended first. */

@@ -53,3 +53,13 @@ export async function runCli (address: string, args: string[], options: { cwd?: 
     })
   })
 }
+
+/** Runs `galleonfs -d ...args` in `cwd`, expecting it to stop; resolves to its exit code and the messages it logged (one per line). */
+export async function runDaemonToExit (args: string[], options: { cwd: string, env?: NodeJS.ProcessEnv }): Promise<{ code: number | null, log: string }> {
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd: options.cwd, stdio: ['ignore', 'ignore', 'pipe'], env: options.env ?? process.env })
+  let log = ''
+  child.stderr?.on('data', (chunk: Buffer) => { log += chunk.toString() })
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve))
+  const messages = log.split('\n').filter((line) => line.startsWith('{')).map((line) => (JSON.parse(line) as { message: string }).message)
+  return { code, log: messages.join('\n') }
+}

@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { connect, type Socket } from 'node:net'
+import { connect as connectTls, type ConnectionOptions } from 'node:tls'
 import { takeBytes } from './byte-queue.js'
 
 /** The greeting's first magic ("NBDMAGIC"). */
@@ -21,6 +22,7 @@ export const STRUCTURED_REPLY_MAGIC = 0x668e33ef
 /** Options (NBD_OPT_*). */
 export const OPT_EXPORT_NAME = 1
 export const OPT_LIST = 3
+export const OPT_STARTTLS = 5
 export const OPT_GO = 7
 export const OPT_STRUCTURED_REPLY = 8
 export const OPT_SET_META_CONTEXT = 10
@@ -31,6 +33,8 @@ export const REP_SERVER = 2
 export const REP_INFO = 3
 export const REP_META_CONTEXT = 4
 export const REP_ERR_UNSUP = 0x80000001
+export const REP_ERR_INVALID = 0x80000003
+export const REP_ERR_TLS_REQD = 0x80000005
 
 /** Commands (NBD_CMD_*). */
 export const CMD_READ = 0
@@ -96,13 +100,34 @@ export class NbdClient {
   readonly #closeTimeoutMs: number
   closed = false
 
+  readonly #options: NbdClientOptions
+  readonly #onData = (chunk: Buffer): void => { this.#chunks.push(chunk); this.#buffered += chunk.byteLength; this.#wake() }
+
   private constructor (socket: Socket, options: NbdClientOptions) {
     this.socket = socket
+    this.#options = options
     this.#readTimeoutMs = options.readTimeoutMs ?? 5_000
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5_000
-    socket.on('data', (chunk: Buffer) => { this.#chunks.push(chunk); this.#buffered += chunk.byteLength; this.#wake() })
+    socket.on('data', this.#onData)
     socket.on('close', () => { this.closed = true; this.#wake() })
     socket.on('error', () => {})
+  }
+
+  /**
+   * After the server's NBD_REP_ACK to NBD_OPT_STARTTLS: runs the TLS handshake on this connection
+   * and resolves to a client speaking over TLS (this one must not be used any more), or rejects
+   * with the handshake's error.
+   */
+  async startTls (options: ConnectionOptions): Promise<NbdClient> {
+    assert.equal(this.#buffered, 0, 'nothing may follow NBD_REP_ACK before the TLS handshake')
+    this.socket.off('data', this.#onData)
+    const secured = connectTls({ ...options, socket: this.socket })
+    await new Promise<void>((resolve, reject) => {
+      secured.once('secureConnect', resolve)
+      secured.once('error', reject)
+      secured.once('close', () => { reject(new Error('the connection closed during the TLS handshake')) })
+    })
+    return new NbdClient(secured, this.#options)
   }
 
   static async connect (port: number, options: NbdClientOptions = {}): Promise<NbdClient> {
