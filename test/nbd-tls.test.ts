@@ -129,6 +129,8 @@ describe('NBD over TLS with real clients', () => {
       await exec('qemu-img', ['convert', '-O', 'raw', ...creds, '--image-opts', target, back])
       assert.deepEqual(new Uint8Array(await readFile(back)), other)
       assert.notEqual((await run('nbdinfo', [x509Uri(server, 'disk', certs?.caOnlyDir)])).code, 0, 'a client without a certificate is refused')
+      // GnuTLS does not even send a certificate whose issuer the server does not name; clients that
+      // do send one are refused too ('NBD TLS: who may get in' below).
       assert.notEqual((await run('nbdinfo', [x509Uri(server, 'disk', certs?.strangerDir)])).code, 0, 'a certificate another CA signed is refused')
       assert.equal(JSON.parse((await exec('nbdinfo', ['--json', x509Uri(server, 'disk')])).stdout).TLS, true, 'and the server still serves')
     })
@@ -327,5 +329,103 @@ describe('NBD TLS options', () => {
     bad(`alice:${pskKey}\nalice:${pskKey}\n`, /line 2: the identity "alice" is given twice/)
     bad('alice:12\n', /keys.psk, line 1: the pre-shared key of "alice" has 1 bytes/)
     bad('# nothing\n\n', /holds no key/)
+  })
+})
+
+describe('NBD TLS: who may get in', () => {
+  /** A raw client through NBD_OPT_STARTTLS and its TLS handshake (which, in TLS 1.3, ends on the client's side before the server has checked the client's certificate). */
+  const upgraded = async (server: NbdServer, options: Parameters<NbdClient['startTls']>[0]): Promise<NbdClient> => {
+    const raw = await NbdClient.connect(server.port)
+    await raw.hello()
+    raw.option(OPT_STARTTLS)
+    assert.equal((await reply(raw)).type, REP_ACK)
+    return await raw.startTls(options)
+  }
+  /** Whether the server answers NBD_OPT_LIST on `client` (it must not, for a client it refused). */
+  const listed = async (client: NbdClient): Promise<boolean> => {
+    client.option(OPT_LIST)
+    const head = await client.read(20, 2_000)
+    client.socket.destroy()
+    return head !== undefined
+  }
+
+  it('with a CA, a client certificate the CA did not sign is refused even when the client sends it (self-signed, another CA, a forged CA of the same name)', { skip: NO_OPENSSL }, async () => {
+    const dir = join(root, 'forged')
+    await mkdir(dir)
+    // A CA of the attacker's own with the real CA's name (CN=ca): GnuTLS offers a certificate whose
+    // issuer name the server's CertificateRequest lists, so nbdinfo sends it.
+    const openssl = async (args: string[]): Promise<void> => { await exec('openssl', args, { cwd: dir }) }
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+    await openssl(['req', '-x509', ...ec, '-keyout', 'forged-ca-key.pem', '-out', 'forged-ca-cert.pem', '-days', '1', '-subj', '/CN=ca'])
+    await openssl(['req', ...ec, '-keyout', 'client-key.pem', '-out', 'client.csr', '-subj', '/CN=mallory'])
+    await writeFile(join(dir, 'client.ext'), 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n')
+    await openssl(['x509', '-req', '-in', 'client.csr', '-CA', 'forged-ca-cert.pem', '-CAkey', 'forged-ca-key.pem', '-CAcreateserial', '-out', 'client-cert.pem', '-days', '1', '-extfile', 'client.ext'])
+    await openssl(['req', '-x509', ...ec, '-keyout', 'self-key.pem', '-out', 'self-cert.pem', '-days', '1', '-subj', '/CN=self'])
+    await writeFile(join(dir, 'ca-cert.pem'), pem('ca-cert'))
+    const forged = { cert: await readFile(join(dir, 'client-cert.pem'), 'utf8'), key: await readFile(join(dir, 'client-key.pem'), 'utf8') }
+    const selfSigned = { cert: await readFile(join(dir, 'self-cert.pem'), 'utf8'), key: await readFile(join(dir, 'self-key.pem'), 'utf8') }
+    await withServer({ cert: pem('server-cert'), key: pem('server-key'), ca: pem('ca-cert') }, async (server) => {
+      const client = (cert: string, key: string): Parameters<NbdClient['startTls']>[0] => ({ ca: pem('ca-cert'), cert, key, servername: 'localhost' })
+      assert.equal(await listed(await upgraded(server, client(pem('client-cert'), pem('client-key')))), true, 'a certificate the CA signed is served')
+      assert.equal(await listed(await upgraded(server, client(pem('stranger-cert'), pem('stranger-key')))), false, 'a certificate of another CA is refused')
+      assert.equal(await listed(await upgraded(server, client(selfSigned.cert, selfSigned.key))), false, 'a self-signed certificate is refused')
+      assert.equal(await listed(await upgraded(server, client(forged.cert, forged.key))), false, 'a certificate of a forged CA named like the real one is refused')
+      if (missing('nbdinfo') === undefined) {
+        const forgedInfo = await run('nbdinfo', ['--json', `nbds://127.0.0.1:${server.port}/disk?tls-certificates=${dir}`])
+        assert.notEqual(forgedInfo.code, 0, 'nbdinfo with the forged certificate is refused')
+        assert.doesNotMatch(forgedInfo.stdout, /export-size/)
+        assert.equal(JSON.parse((await exec('nbdinfo', ['--json', x509Uri(server, 'disk')])).stdout).TLS, true, 'and the server still serves')
+      }
+      // The refused sessions are gone, not parked (their connections closed).
+      for (const deadline = Date.now() + 5_000; server.connections > 0 && Date.now() < deadline;) await new Promise((resolve) => setTimeout(resolve, 20))
+      assert.equal(server.connections, 0)
+    })
+  })
+
+  it('a certificate and pre-shared keys together: clients with the key (TLS 1.3, also GnuTLS\'s nbdinfo, which prefers a SHA-384 suite) and clients with a certificate both get in', { skip: NO_OPENSSL }, async () => {
+    await withServer({ cert: pem('server-cert'), key: pem('server-key'), psk: { alice: pskKey } }, async (server) => {
+      assert.equal(await listed(await upgraded(server, rawPsk(pskKey))), true, 'a TLS 1.3 client with the key')
+      assert.equal(await listed(await upgraded(server, { ca: pem('ca-cert'), servername: 'localhost' })), true, 'a client that checks the server certificate')
+      if (missing('nbdinfo') === undefined) {
+        const withKey = await run('nbdinfo', ['--json', pskUri(server, 'disk')])
+        assert.equal(withKey.code, 0, withKey.stderr)
+        assert.equal(JSON.parse(withKey.stdout).exports[0]['export-size'], 8 * MiB)
+        assert.equal((await run('nbdinfo', [pskUri(server, 'disk', wrongPskFile)])).code === 0, false, 'a wrong key is still refused')
+        assert.equal((await run('nbdinfo', ['--json', x509Uri(server, 'disk', certs?.caOnlyDir)])).code, 0, 'and x509 clients still get in')
+      }
+    })
+  })
+
+  it('setTls: a replaced key no longer opens a session begun before (STARTTLS uses the current credentials), while each connection keeps the TLS mode it began in', async () => {
+    await withServer({ psk: { alice: pskKey } }, async (server) => {
+      const early = await NbdClient.connect(server.port)
+      await early.hello()
+      const renewed = randomBytes(32).toString('hex')
+      server.setTls({ psk: { alice: renewed } })
+      early.option(OPT_STARTTLS)
+      assert.equal((await reply(early)).type, REP_ACK)
+      const withOldKey = await early.startTls(rawPsk(pskKey)).then((client) => client, () => undefined)
+      assert.equal(withOldKey === undefined || !(await listed(withOldKey)), true, 'the replaced key opens nothing')
+      const other = await NbdClient.connect(server.port)
+      await other.hello()
+      server.setTls({ psk: { alice: pskKey } })
+      server.setTls({ psk: { alice: renewed } })
+      other.option(OPT_STARTTLS)
+      assert.equal((await reply(other)).type, REP_ACK)
+      const current = await other.startTls(rawPsk(renewed))
+      assert.deepEqual((await current.list()).sort(), ['disk', 'scratch'], 'the current key does')
+      current.socket.destroy()
+      // TLS turned off: a connection made while it was on still requires it (one mode per connection).
+      const forced = await NbdClient.connect(server.port)
+      await forced.hello()
+      server.setTls(undefined)
+      forced.option(OPT_LIST)
+      assert.equal((await reply(forced)).type, REP_ERR_TLS_REQD)
+      forced.option(OPT_STARTTLS)
+      assert.equal((await reply(forced)).type, REP_ACK)
+      const upgraded = await forced.startTls(rawPsk(renewed))
+      assert.deepEqual((await upgraded.list()).sort(), ['disk', 'scratch'])
+      upgraded.socket.destroy()
+    })
   })
 })

@@ -6,7 +6,7 @@ import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError } from '../../src/errors.js'
 import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_STARTTLS, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
 import { SocketReader, repliesBelow } from './socket.js'
-import { startTls, type NbdTls } from './tls.js'
+import { established, startTls, type NbdTls } from './tls.js'
 
 /**
  * Option replies a client may leave unread before its next option is read: a client that sends
@@ -21,8 +21,18 @@ const MAX_OPTION_REPLY_BACKLOG = 1024 * 1024
 export interface Session {
   socket: Socket
   reader: SocketReader
-  /** The server's TLS (FORCEDTLS mode), if it has any. */
+  /**
+   * The server's TLS when the connection was accepted, if it had any: FORCEDTLS mode. The mode
+   * holds for the whole connection (proto.md: a server MUST be consistent in its mode across the
+   * lifespan of a TCP connection), whatever setTls() does meanwhile.
+   */
   readonly tls: NbdTls | undefined
+  /**
+   * The credentials an NBD_OPT_STARTTLS uses: the server's current ones (or, if TLS was turned
+   * off since, those of `tls`), so a key or certificate replaced by setTls() no longer opens a
+   * session that was still in clear when it was replaced.
+   */
+  readonly credentials: () => NbdTls | undefined
   /** Set once the session speaks TLS. */
   secured: boolean
 }
@@ -65,6 +75,7 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
       case OPT_STARTTLS: {
         if (session.tls === undefined) { error(REP_ERR_UNSUP, 'this server was started without TLS (NbdServer.listen(g, { tls }), or the daemon\'s --nbd-tls-* options)'); break }
         if (session.secured) { error(REP_ERR_INVALID, 'TLS is already negotiated on this connection'); break }
+        const tls = session.credentials() ?? session.tls
         if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'); break }
         // A client must wait for this reply before its TLS handshake: bytes it sent after the
         // option, before the reply, are not TLS the server could take over.
@@ -74,9 +85,12 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
         socket.pause()
         const sent = await new Promise<boolean>((resolve) => { reply(REP_ACK, undefined, (err?: Error | null) => { resolve(err === undefined || err === null) }) })
         if (!sent || socket.destroyed) return undefined
-        const secured = startTls(socket, session.tls)
+        const secured = startTls(socket, tls)
         secured.on('error', () => {}) // a failed handshake closes the session; the server goes on
+        // The session's socket from now on (the handshake limit and close() end this one), but
+        // nothing is read from it before the handshake is done and the client's certificate checked.
         session.socket = secured
+        if (!await established(secured, tls)) return undefined
         session.reader = new SocketReader(secured)
         session.secured = true
         break

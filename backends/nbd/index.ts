@@ -137,9 +137,12 @@ export class NbdServer {
   get tls (): boolean { return this.#tls !== undefined }
 
   /**
-   * Replaces the TLS credentials (undefined: TLS off) for connections made from now on, such as a
-   * renewed certificate; connected clients keep the session they have. Bad options are refused
-   * (INVALID_ARGUMENT) and change nothing.
+   * Replaces the TLS credentials (undefined: TLS off), such as a renewed certificate or a revoked
+   * key. Whether TLS is required is decided per connection when it is accepted (the protocol wants
+   * one mode for a connection's lifetime), so turning TLS on or off applies to new connections;
+   * but every NBD_OPT_STARTTLS from now on uses the new credentials, also on a connection made
+   * before. Sessions already secured keep theirs. Bad options are refused (INVALID_ARGUMENT) and
+   * change nothing.
    */
   setTls (tls: NbdTlsOptions | undefined): void {
     this.#tls = tls === undefined ? undefined : checkTlsOptions(tls)
@@ -166,7 +169,7 @@ export class NbdServer {
   }
 
   #accept (socket: Socket): void {
-    const session: Session = { socket, reader: new SocketReader(socket), tls: this.#tls, secured: false }
+    const session: Session = { socket, reader: new SocketReader(socket), tls: this.#tls, credentials: () => this.#tls, secured: false }
     this.#connections.set(socket, session)
     socket.setNoDelay(true)
     socket.on('error', () => {}) // a client that vanishes is not the server's problem

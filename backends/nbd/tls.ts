@@ -18,8 +18,8 @@ export interface NbdTlsOptions {
   readonly key?: string | Uint8Array
   /**
    * CA certificates, PEM: given, every client must present a certificate that chains to one of
-   * them (x509 client authentication, as qemu-nbd's `verify-peer=on`); without it, any client
-   * that completes the handshake is served.
+   * them (x509 client authentication, as qemu-nbd's `verify-peer=on`), unless it connects with a
+   * pre-shared key (`psk` given too); without it, any client that completes the handshake is served.
    */
   readonly ca?: string | Uint8Array
   /**
@@ -40,6 +40,8 @@ export interface NbdTls {
 const KNOWN_KEYS = new Set(['cert', 'key', 'ca', 'psk'])
 /** Shortest pre-shared key taken, in bytes (128 bits). */
 const MIN_PSK_BYTES = 16
+/** TLS 1.3 suites with pre-shared keys, in the server's order: those whose hash (SHA-256) a PSK from the callback can use first. */
+const TLS13_PSK_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384'
 /** Longest identity taken (RFC 4279 allows 2^16 - 1 bytes; GnuTLS and OpenSSL take 128 at most in practice). */
 const MAX_IDENTITY_BYTES = 128
 
@@ -96,8 +98,12 @@ export function checkTlsOptions (tls: unknown): NbdTls {
       key,
       ca,
       minVersion: 'TLSv1.2',
-      // With pre-shared keys, TLS 1.2 clients need the PSK cipher suites (TLS 1.3 ones serve both).
-      ...(psk === undefined ? {} : { ciphers: `${cert === undefined ? '' : 'HIGH:'}PSK:!aNULL:!eNULL:!MD5:!RC4:!3DES` })
+      // With pre-shared keys, TLS 1.2 clients need the PSK cipher suites. In TLS 1.3, OpenSSL takes
+      // a key from the PSK callback only under a SHA-256 suite: picked by the client's preference
+      // (GnuTLS, so nbdinfo and qemu, lists TLS_AES_256_GCM_SHA384 first), a server that also has a
+      // certificate would fall back to it and fail every PSK client. So the server's order decides,
+      // SHA-256 suites first (TLS_AES_128_GCM_SHA256 is one every TLS 1.3 client implements).
+      ...(psk === undefined ? {} : { ciphers: `${TLS13_PSK_SUITES}:${cert === undefined ? '' : 'HIGH:'}PSK:!aNULL:!eNULL:!MD5:!RC4:!3DES`, honorCipherOrder: true })
     })
   } catch (err) {
     throw new GalleonError('INVALID_ARGUMENT', `the TLS credentials were refused: ${(err as Error).message} (check that cert, key and ca are the PEM files meant, and that key belongs to cert)`, { cause: err })
@@ -146,4 +152,37 @@ export function startTls (socket: Socket, tls: NbdTls): TLSSocket {
   })
   secured.setNoDelay(true)
   return secured
+}
+
+/**
+ * Resolves to true once the TLS handshake of `secured` (made by startTls) is done and, when the
+ * server checks client certificates (`ca`), the client's certificate chains to the CA; to false,
+ * with the socket destroyed, when the handshake failed, the certificate does not verify, or the
+ * connection closed first. Nothing may be read from or told to the client before it is true.
+ */
+export async function established (secured: TLSSocket, tls: NbdTls): Promise<boolean> {
+  const secure = await new Promise<boolean>((resolve) => {
+    if (secured.destroyed) { resolve(false); return }
+    const settle = (outcome: boolean): void => { secured.off('secure', onSecure); secured.off('close', onClose); resolve(outcome) }
+    const onSecure = (): void => { settle(true) }
+    const onClose = (): void => { settle(false) }
+    // 'secure': the server side's end of the handshake (what tls.Server waits for too).
+    secured.once('secure', onSecure)
+    secured.once('close', onClose)
+  })
+  if (!secure || secured.destroyed) return false
+  if (tls.verifyClients) {
+    // OpenSSL, as Node sets it up, finishes every handshake whatever the client's certificate and
+    // leaves the verdict for later: tls.Server reads it in its own connection handler, which a
+    // TLSSocket made over a running connection (as STARTTLS needs) never passes through. Without
+    // this check, a certificate of any CA (or a self-signed one) would be taken. Node exposes the
+    // verdict on the socket's `ssl` handle only; if that ever goes, every client is refused.
+    const handle = (secured as unknown as { ssl?: { verifyError?: () => Error | null | undefined } }).ssl
+    const verdict = typeof handle?.verifyError === 'function' ? handle.verifyError() : new Error('the client certificate could not be checked')
+    if (verdict !== null && verdict !== undefined) {
+      secured.destroy()
+      return false
+    }
+  }
+  return true
 }
