@@ -2,6 +2,7 @@
 // long operations whose answer streams progress (drawn as a bar) before the result.
 
 import { request as httpRequest, type IncomingMessage } from 'node:http'
+import { request as httpsRequest } from 'node:https'
 import { readFile } from 'node:fs/promises'
 import { formatSize } from '../src/index.js'
 import { Presets, SingleBar } from 'cli-progress'
@@ -14,7 +15,28 @@ export class CliError extends Error {}
 /** A command line that is wrong (exit 2), reported in one line before anything is sent. */
 export class UsageError extends CliError {}
 
-export interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean, timeout?: number }
+export interface Globals { daemonAddress: string, token?: string, json?: boolean, progress?: boolean, timeout?: number, daemonCaFile?: string }
+
+/**
+ * Where the daemon's API is: `host:port` (HTTP), or `https://host:port` for a daemon started with
+ * --ipc-tls-cert-file. `address` is host:port either way (what the runtime token file is named by).
+ */
+export function daemonEndpoint (daemonAddress: string): { host: string, port: number, https: boolean, address: string } {
+  const https = /^https:\/\//i.test(daemonAddress)
+  const address = daemonAddress.replace(/^https?:\/\//i, '').replace(/\/$/, '')
+  return { ...parseAddress(address, '--daemon-address'), https, address }
+}
+
+/** The CA that signed the daemon's certificate (--daemon-ca-file, GALLEONFS_DAEMON_CA_FILE), if given. */
+async function daemonCa (globals: Globals): Promise<string | undefined> {
+  const file = globals.daemonCaFile ?? process.env.GALLEONFS_DAEMON_CA_FILE
+  if (file === undefined || file === '') return undefined
+  try {
+    return await readFile(file, 'utf8')
+  } catch (err) {
+    throw new CliError(`cannot read the daemon's CA file ${file} (--daemon-ca-file): ${(err as Error).message}`)
+  }
+}
 
 /** Media type of a streamed answer (progress lines, then the result). */
 const NDJSON = 'application/x-ndjson'
@@ -23,7 +45,7 @@ async function tokenFor (globals: Globals): Promise<string> {
   const given = globals.token ?? process.env.GALLEONFS_TOKEN
   if (given !== undefined && given !== '') return given
   try {
-    return (await readFile(runtimeTokenPath(globals.daemonAddress), 'utf8')).trim()
+    return (await readFile(runtimeTokenPath(daemonEndpoint(globals.daemonAddress).address), 'utf8')).trim()
   } catch {
     return ''
   }
@@ -47,7 +69,9 @@ export const ANSWER_TIMEOUT_SECONDS = 30
  * its answer (see callLong), so no timeout cuts it, and a cut connection would cancel it.
  */
 async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage> {
-  const { host, port } = parseAddress(globals.daemonAddress, '--daemon-address')
+  const { host, port, https } = daemonEndpoint(globals.daemonAddress)
+  const ca = await daemonCa(globals)
+  if (ca !== undefined && !https) throw new UsageError(`--daemon-ca-file is for a daemon serving HTTPS: give --daemon-address as https://${host.includes(':') ? `[${host}]` : host}:${port}`)
   const timeoutMs = options.timeoutMs ?? (globals.timeout ?? ANSWER_TIMEOUT_SECONDS) * 1000
   const payload = body === undefined ? undefined : JSON.stringify(body)
   const token = await tokenFor(globals)
@@ -55,7 +79,8 @@ async function request (globals: Globals, method: string, path: string, body?: u
   try {
     response = await new Promise<IncomingMessage>((resolve, reject) => {
       // agent: false: one connection per call, closed after it (a CLI makes few calls).
-      const sent = httpRequest({ host, port, method, path, agent: false, headers: { authorization: `Bearer ${token}`, ...(options.accept === undefined ? {} : { accept: options.accept }), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) } })
+      const send = https ? httpsRequest : httpRequest
+      const sent = send({ host, port, method, path, agent: false, ...(https ? { minVersion: 'TLSv1.2' as const, ...(ca === undefined ? {} : { ca }) } : {}), headers: { authorization: `Bearer ${token}`, ...(options.accept === undefined ? {} : { accept: options.accept }), ...(payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }) } })
       const timer = setTimeout(() => { sent.destroy(new NoAnswer('timeout', '')) }, timeoutMs)
       sent.once('response', (answer) => { clearTimeout(timer); resolve(answer) })
       sent.once('error', (err) => { clearTimeout(timer); reject(err) })
@@ -111,6 +136,12 @@ function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer 
     return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${timeoutMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`)
   }
   const code = (err as NodeJS.ErrnoException).code
+  const https = /^https:\/\//i.test(address)
+  // HTTPS and HTTP mixed up: an HTTP client's request is not a TLS hello (the daemon hangs up), and
+  // an HTTPS client's hello is answered in plain HTTP (no TLS record).
+  if (!https && (code === 'ECONNRESET' || code === 'EPIPE')) return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log (if it serves HTTPS, with --ipc-tls-cert-file, give --daemon-address as https://${address})`)
+  if (https && (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'EPROTO' || /wrong version number|packet length too long/i.test((err as Error)?.message ?? ''))) return new NoAnswer('unreachable', `the daemon at ${address} does not speak HTTPS; give --daemon-address without https://, or start the daemon with --ipc-tls-cert-file and --ipc-tls-key-file`)
+  if (https && typeof code === 'string' && /CERT|SELF_SIGNED|ERR_TLS_CERT_ALTNAME_INVALID|UNABLE_TO_VERIFY/.test(code)) return new NoAnswer('unreachable', `the daemon's certificate at ${address} was not accepted (${(err as Error).message}); give the CA that signed it with --daemon-ca-file (or GALLEONFS_DAEMON_CA_FILE), and an address its certificate names`)
   if (code === 'ECONNRESET' || code === 'EPIPE') return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log`)
   if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
     return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${address}\`, or point the CLI at it with --daemon-address`)

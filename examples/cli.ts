@@ -7,7 +7,7 @@ import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { parse as parseYaml } from 'yaml'
 import { formatSize, parseSize, type ForgottenNode } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
 import { columns, commaList, definitionIn, keyValues, parseProblem, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
 
@@ -54,15 +54,16 @@ function overcommit (v: string): number {
 export function buildCli (): Command {
   const program = new Command('galleonfs')
     .description('GalleonFS command-line client (start the daemon with `galleonfs -d`)')
-    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090').argParser((v) => {
+    .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API; https://host:port for a daemon serving HTTPS').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090').argParser((v) => {
       // A malformed address is a command-line error (exit 2), found before anything is sent.
       try {
-        parseAddress(v, '--daemon-address')
+        daemonEndpoint(v)
       } catch (err) {
-        throw new InvalidArgumentError(err instanceof ConfigError ? 'host:port such as 127.0.0.1:8090' : String(err))
+        throw new InvalidArgumentError(err instanceof ConfigError ? 'host:port such as 127.0.0.1:8090, or https://host:port' : String(err))
       }
       return v
     }))
+    .addOption(new Option('--daemon-ca-file <file>', 'PEM of the CA that signed the certificate of a daemon serving HTTPS').env('GALLEONFS_DAEMON_CA_FILE'))
     .option('--token <token>', 'API token (default: GALLEONFS_TOKEN, or the one the daemon left for this user)')
     .option('--json', 'print JSON')
     .option('--progress', 'show progress bars of long operations also when stderr is not a terminal')

@@ -13,6 +13,9 @@ export interface DaemonConfig {
   bindAddress: string
   /** HTTP/JSON API for the CLI. */
   ipcAddress: string
+  /** With both set, the API is served over HTTPS with this certificate and key (PEM files). */
+  ipcTlsCertFile: string | undefined
+  ipcTlsKeyFile: string | undefined
   peerAddresses: string[]
   replicationStrategy: 'synchronous' | 'asynchronous'
   persistenceLevel: string
@@ -107,6 +110,8 @@ export const DEFAULTS: DaemonConfig = {
   nbdAddress: undefined,
   nbdHandshakeTimeoutSeconds: 10,
   nbdTlsCertFile: undefined,
+  ipcTlsCertFile: undefined,
+  ipcTlsKeyFile: undefined,
   nbdTlsKeyFile: undefined,
   nbdTlsCaFile: undefined,
   nbdTlsPskFile: undefined,
@@ -169,7 +174,7 @@ export function formatAddress (host: string, port: number): string {
 
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
-  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', nbd_tls_cert_file: 'nbdTlsCertFile', nbd_tls_key_file: 'nbdTlsKeyFile', nbd_tls_ca_file: 'nbdTlsCaFile', nbd_tls_psk_file: 'nbdTlsPskFile', log_level: 'logLevel' },
+  daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', ipc_tls_cert_file: 'ipcTlsCertFile', ipc_tls_key_file: 'ipcTlsKeyFile', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', nbd_tls_cert_file: 'nbdTlsCertFile', nbd_tls_key_file: 'nbdTlsKeyFile', nbd_tls_ca_file: 'nbdTlsCaFile', nbd_tls_psk_file: 'nbdTlsPskFile', log_level: 'logLevel' },
   cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
@@ -302,6 +307,8 @@ export function check (raw: Record<string, unknown>, where: string, nameOf: Sett
       case 'etcdCertFile':
       case 'etcdKeyFile':
       case 'nbdTlsCertFile':
+      case 'ipcTlsCertFile':
+      case 'ipcTlsKeyFile':
       case 'nbdTlsKeyFile':
       case 'nbdTlsCaFile':
       case 'nbdTlsPskFile':
@@ -424,6 +431,7 @@ export function merge (...layers: Array<Partial<DaemonConfig>>): DaemonConfig {
   for (const [name, options, setting] of [['blockStore', 'blockStoreOptions', 'block_store'], ['backupTarget', 'backupTargetOptions', 'backup_target'], ['mountDriver', 'mountDriverOptions', 'mount_driver']] as const) {
     if (config[options] !== undefined && config[name] === undefined) throw new ConfigError(`${setting}_options in [drivers] needs ${setting}, the name of the driver they are for`)
   }
+  if ((config.ipcTlsCertFile === undefined) !== (config.ipcTlsKeyFile === undefined)) throw new ConfigError('HTTPS for the API needs both ipc_tls_cert_file and ipc_tls_key_file in [daemon] (--ipc-tls-cert-file, --ipc-tls-key-file)')
   const nbdTls = (['nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'] as const).filter((field) => config[field] !== undefined)
   if (nbdTls.length > 0) {
     const named = nbdTls.map((field) => `${fileKeyName(field)} (${flagName(field)})`).join(', ')

@@ -213,7 +213,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
     case 'GET /v1/status': {
       const volumes = await g.listVolumes()
       const nbd = daemon.nbd()
-      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : formatAddress(nbd.host, nbd.port), nbdTls: nbd === undefined ? null : nbd.tls ? 'required' : 'off' }
+      return { state: 'running', pid: process.pid, uptimeSeconds: Math.round((Date.now() - daemon.startedAt) / 1000), storagePath: resolve(config.storagePath), backend: g.backend, blockSize: g.blockSize, volumes: volumes.length, mounts: g.mounts.listMounts().length, nbdAddress: nbd === undefined ? null : formatAddress(nbd.host, nbd.port), nbdTls: nbd === undefined ? null : nbd.tls ? 'required' : 'off', ipcTls: config.ipcTlsCertFile !== undefined }
     }
     case 'GET /v1/config': return redacted(config)
     case 'POST /v1/shutdown':

@@ -11,7 +11,8 @@ import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { nbdTlsOptions } from './daemon-nbd.js'
+import { ipcTlsOptions, nbdTlsOptions } from './daemon-tls.js'
+import { createServer as createHttpsServer } from 'node:https'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { createLogger, logEvents, type Logger } from './daemon-log.js'
 import { loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
@@ -86,6 +87,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // The NBD server's TLS files are read and checked before the storage opens (a change to them
   // waits for a restart; a move of nbd_address keeps them).
   let nbdTls = await nbdTlsOptions(config)
+  const ipcTls = await ipcTlsOptions(config)
+  let ipcTlsInEffect = ipcTls
   // Clustered when etcd is named, when peers are (they say where etcd is), or when an earlier
   // `cluster join` left its settings in the storage path.
   const secret = await clusterSecret(config)
@@ -200,11 +203,16 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       const report: ReloadReport = { applied: [], needsRestart: [] }
       const changed = (Object.keys(next) as Array<keyof DaemonConfig>).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(config[key]))
       // The mount driver is chosen at open: a mount point can move, not appear or go.
-      const live = (key: keyof DaemonConfig): boolean => LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
+      const live = (key: keyof DaemonConfig): boolean => {
+        if (key === 'ipcTlsCertFile' || key === 'ipcTlsKeyFile') return ipcTls !== undefined && next.ipcTlsCertFile !== undefined
+        return LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
+      }
       // The steps that can fail (reading the NBD TLS files, listening on a new NBD address) come
       // first, so a reload either applies every live change or none. TLS files are read again at
       // every reload, so a renewed certificate under the same file name is taken too.
       const nextTls = await nbdTlsOptions(next)
+      // The API's certificate can be renewed in place; HTTPS cannot be turned on or off (a restart).
+      const nextIpcTls = ipcTls !== undefined && next.ipcTlsCertFile !== undefined ? await ipcTlsOptions(next) : undefined
       let moved: NbdServer | undefined
       if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nextTls })
       if (stopping !== undefined) {
@@ -217,6 +225,11 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         log('info', 'NBD TLS credentials reloaded', { tls: nextTls === undefined ? 'off' : 'required' })
       }
       nbdTls = nextTls
+      if (nextIpcTls !== undefined && server !== undefined) {
+        ;(server as unknown as { setSecureContext: (options: { cert: string, key: string, minVersion: 'TLSv1.2' }) => void }).setSecureContext({ ...nextIpcTls, minVersion: 'TLSv1.2' })
+        if (JSON.stringify(nextIpcTls) !== JSON.stringify(ipcTlsInEffect)) log('info', 'API TLS certificate reloaded')
+        ipcTlsInEffect = nextIpcTls
+      }
       for (const key of changed) {
         if (!live(key)) { report.needsRestart.push(key); continue }
         if (key === 'logLevel') log.setLevel(next.logLevel)
@@ -238,7 +251,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   }
   try {
     const token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
-    server = createServer((request, response) => {
+    const answer = (request: IncomingMessage, response: ServerResponse): void => {
       const socket = request.socket
       answering.add(socket)
       response.once('close', () => {
@@ -247,8 +260,12 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         if (stopping !== undefined) socket.end()
       })
       void handle(request, response).catch(() => {})
-    })
-    server.on('connection', (socket: Socket) => {
+    }
+    // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop waits at most that
+    // for one that connected and said nothing), and connections count once they are secure (the
+    // socket a request comes on).
+    server = ipcTls === undefined ? createServer(answer) : createHttpsServer({ ...ipcTls, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 }, answer)
+    server.on(ipcTls === undefined ? 'connection' : 'secureConnection', (socket: Socket) => {
       connections.add(socket)
       socket.once('close', () => connections.delete(socket))
     })
@@ -334,8 +351,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     })
     const address = server.address()
     const actual = typeof address === 'object' && address !== null ? formatAddress(ipc.host, address.port) : config.ipcAddress
-    if (typeof address === 'object' && address !== null && !isLoopback(address.address)) {
-      log('warn', 'the API listens on an address other machines can reach, in plain HTTP: its token and the data of reads and writes cross the network unencrypted; keep --ipc-address on 127.0.0.1 (or ::1) and reach it through SSH or a TLS-terminating proxy', { ipcAddress: actual })
+    if (ipcTls === undefined && typeof address === 'object' && address !== null && !isLoopback(address.address)) {
+      log('warn', 'the API listens on an address other machines can reach, in plain HTTP: its token and the data of reads and writes cross the network unencrypted; serve it over HTTPS (--ipc-tls-cert-file and --ipc-tls-key-file), or keep --ipc-address on 127.0.0.1 (or ::1) and reach it through SSH', { ipcAddress: actual })
     }
     tokenFile = runtimeTokenPath(actual)
     await writeRuntimeToken(tokenFile, token)
@@ -353,7 +370,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       nbd = await NbdServer.listen(g, { ...where, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nbdTls })
       log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port), tls: nbdTls === undefined ? 'off' : 'required' })
     }
-    log('info', 'ready', { ipcAddress: actual, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })
+    log('info', 'ready', { ipcAddress: actual, ipcTls: ipcTls !== undefined, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })
     return { ipcAddress: actual, stop, stopped, reload }
   } catch (err) {
     server?.close()

@@ -21,6 +21,8 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
     .option('--nbd-handshake-timeout-seconds <seconds>', 'seconds an NBD client has to finish its handshake; 0: no limit (default 10)')
+    .option('--ipc-tls-cert-file <file>', 'PEM certificate of the API (with --ipc-tls-key-file): the API is then served over HTTPS')
+    .option('--ipc-tls-key-file <file>', 'PEM key of the API\'s certificate (mode 0600)')
     .option('--nbd-tls-cert-file <file>', 'PEM certificate of the NBD server (with --nbd-tls-key-file): clients must then use TLS')
     .option('--nbd-tls-key-file <file>', 'PEM key of the NBD server\'s certificate (mode 0600)')
     .option('--nbd-tls-ca-file <file>', 'PEM of the CA that NBD clients\' certificates must chain to (clients must present one)')
@@ -137,6 +139,6 @@ const command = argv.some((a) => COMMANDS.has(a))
 // The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
 const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|ipc-tls-cert-file|ipc-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -11,7 +11,11 @@ const exec = promisify(execFile)
 
 /** What makeCertificates made: PEM texts by name, and client directories. */
 export interface TestCertificates {
-  /** ca-cert, server-cert, server-key, client-cert, client-key, stranger-cert, stranger-key (and their files `<name>.pem` in the directory). */
+  /**
+   * ca-cert, server-cert, server-key, client-cert, client-key; stranger-ca-cert and what it signed:
+   * stranger-cert, stranger-key (a client), stranger-server-cert, stranger-server-key (a server for
+   * 127.0.0.1); their files are `<name>.pem` in the directory.
+   */
   readonly pem: Readonly<Record<string, string>>
   /** ca-cert.pem, and client-cert.pem and client-key.pem of a client the CA signed. */
   readonly clientDir: string
@@ -34,8 +38,9 @@ export async function makeCertificates (dir: string): Promise<TestCertificates> 
   await sign('server', 'ca', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n')
   await sign('client', 'ca', 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n')
   await sign('stranger', 'stranger-ca', 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n')
+  await sign('stranger-server', 'stranger-ca', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n')
   const pem: Record<string, string> = {}
-  for (const name of ['ca-cert', 'server-cert', 'server-key', 'client-cert', 'client-key', 'stranger-cert', 'stranger-key']) pem[name] = await readFile(join(dir, `${name}.pem`), 'utf8')
+  for (const name of ['ca-cert', 'stranger-ca-cert', 'server-cert', 'server-key', 'client-cert', 'client-key', 'stranger-cert', 'stranger-key', 'stranger-server-cert', 'stranger-server-key']) pem[name] = await readFile(join(dir, `${name}.pem`), 'utf8')
   const layout = async (name: string, cert: string | undefined): Promise<string> => {
     const at = join(dir, name)
     await mkdir(at)

@@ -1,8 +1,9 @@
-// The daemon's NBD server settings: TLS credentials read from the files the configuration names,
-// checked before the storage is opened, so a wrong path or a key that does not match its
-// certificate stops the start with a message naming the setting.
+// The daemon's TLS settings (the NBD server's and the API's): credentials read from the files the
+// configuration names, checked before the storage is opened, so a wrong path or a key that does not
+// match its certificate stops the start with a message naming the setting.
 
 import { readFile } from 'node:fs/promises'
+import { createSecureContext } from 'node:tls'
 import { checkTlsOptions } from '../backends/nbd/tls.js'
 import { parsePskFile, type NbdTlsOptions } from '../backends/nbd/index.js'
 import { isGalleonError } from '../src/errors.js'
@@ -34,4 +35,17 @@ export async function nbdTlsOptions (config: DaemonConfig): Promise<NbdTlsOption
     throw err
   }
   return tls
+}
+
+/** The API's HTTPS certificate and key from ipc_tls_* in [daemon], or undefined when none is set. */
+export async function ipcTlsOptions (config: DaemonConfig): Promise<{ cert: string, key: string } | undefined> {
+  if (config.ipcTlsCertFile === undefined) return undefined
+  const cert = await readPem(config.ipcTlsCertFile, 'API TLS certificate (ipc_tls_cert_file)')
+  const key = await readSecret(config.ipcTlsKeyFile as string, 'API TLS key (ipc_tls_key_file)')
+  try {
+    createSecureContext({ cert, key })
+  } catch (err) {
+    throw new ConfigError(`API TLS (ipc_tls_cert_file, ipc_tls_key_file in [daemon]): the certificate and key were refused: ${(err as Error).message} (check that they are the PEM files meant, and that the key belongs to the certificate)`)
+  }
+  return { cert, key }
 }
