@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS } from '../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { ManualClock, MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { inCliTerms } from '../examples/cli-client.js'
 import { until } from './support/wait.js'
 
@@ -22,7 +22,10 @@ after(async () => {
 describe('review r7: cluster forget in CLI terms', () => {
   it('the refusal for a node whose lease ended but which is still a member names no library option', { timeout: 60_000 }, async () => {
     const network = new MemoryNetwork()
-    const coordinators = new MemoryCoordinatorCluster()
+    // Leases run on a clock the test moves: the node stays an unhealthy member for as long as the
+    // check takes (on the system clock, for what is left of its record lease: from a third of a TTL).
+    const clock = new ManualClock(Date.now())
+    const coordinators = new MemoryCoordinatorCluster({ clock })
     const handles = new Map<string, ReturnType<MemoryCoordinatorCluster['coordinator']>>()
     const nodes: GalleonFS[] = []
     for (const id of ['n1', 'n2', 'n3']) {
@@ -30,15 +33,16 @@ describe('review r7: cluster forget in CLI terms', () => {
       dirs.push(storagePath)
       const coordinator = coordinators.coordinator()
       handles.set(id, coordinator)
-      // A long lease: the node stays an unhealthy member for a whole TTL after its lease ends.
       const g = await GalleonFS.open({ storagePath, cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator, leaseTtlMs: 4000 } })
       opened.push(g)
       nodes.push(g)
     }
     const n1 = nodes[0] as GalleonFS
     await until('every node sees every other', () => n1.cluster?.members.filter((m) => m.healthy).length === 3)
-    // n3's process dies: its lease ends after a TTL, and it is removed a TTL later.
+    // n3's process dies: its lease ends after a TTL; its record (on a lease of twice the TTL, last
+    // kept alive at most two thirds of a TTL ago) stays until the clock moves on.
     await handles.get('n3')?.crash()
+    clock.advance(4000)
     await until('n3 is an unhealthy member', () => n1.cluster?.members.some((m) => m.id === 'n3' && !m.healthy) === true)
     const refusal = await n1.forgetClusterNode('n3').then(() => undefined, (err: { code?: string, message?: string }) => err)
     assert.equal(refusal?.code, 'BUSY', 'n3 is still a member')
