@@ -113,7 +113,7 @@ const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],
   [/listPools\(\)/g, '`galleonfs pool list`'],
   [/clusterStatus\(\) lists the members/g, '`galleonfs cluster status` lists the members'],
-  [/twice leaseTtlMs after that/g, 'twice the daemon\'s cluster lease_ttl after that'],
+  [/twice leaseTtlMs have passed since it stopped \(at most leaseTtlMs after its lease ended\)/g, 'twice the daemon\'s cluster lease_ttl have passed since it stopped (at most one lease_ttl after its lease ended)'],
   [/let it leave with leaveCluster\(\)/g, 'let it leave with `galleonfs cluster leave` on it'],
   [/a node leaves with leaveCluster\(\)/g, 'a node leaves with `galleonfs cluster leave`'],
   [/createPool\(\)/g, '`galleonfs pool create`'],

@@ -320,7 +320,7 @@ export class ReplicationManager {
     if (member !== undefined) {
       throw new GalleonError('BUSY', member.healthy
         ? `node ${node} is a healthy member of the cluster; only a node that is gone for good can be forgotten (stop it, or let it leave with leaveCluster())`
-        : `node ${node} is still a member of the cluster (unhealthy: its lease ended); it is removed twice leaseTtlMs after that, forget it then`)
+        : `node ${node} is still a member of the cluster (unhealthy: its lease ended); it is removed once twice leaseTtlMs have passed since it stopped (at most leaseTtlMs after its lease ended), forget it then`)
     }
     const entries = await this.#coordinator.list(RECORD_PREFIX)
     const ledRecords = entries.map((entry) => parseRecord(entry.value)).filter((record): record is ReplicaSetRecord => record?.primary === node)
