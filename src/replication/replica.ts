@@ -147,7 +147,14 @@ export class ReplicaSide {
       // before it takes anything more, so no block the resync sends is sealed under the old one.
       const generation = (header.spec as { keyGeneration?: unknown } | undefined)?.keyGeneration
       if (Number.isSafeInteger(generation) && (generation as number) > 0) await this.#core.host.applyKeyRotation(set.volumeId, generation as number)
-      return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots: this.#core.host.snapshots(set.volumeId).map((s) => s.id) } }
+      // Answered only once no snapshot call is under way here (as the primary takes its cut): a
+      // deposed primary's createSnapshot, deleteSnapshot or restoreSnapshot that began while it led
+      // may still wait (for its writes, its metadata, its readers). Answered before, a snapshot it
+      // took would stay on this copy alone (only those listed are pruned), one it deleted would be
+      // gone here alone (only those not listed are sent), and a revert would change blocks after
+      // the digest comparison read them. Calls from now on find this node no primary and forward.
+      const snapshots = await this.#core.host.exclusive(async () => this.#core.host.snapshots(set.volumeId).map((s) => s.id))
+      return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots } }
     })
     on('repl:resync-prune', async (set, header) => {
       for (const id of header.snapshots as string[]) await this.#core.host.applyDeleteSnapshot(set.volumeId, id)
