@@ -264,9 +264,9 @@ describe('a clone deleted on a node that no longer leads its source', () => {
   // A clone of a replicated volume lives on the node that was the source's primary; the source's
   // implicit snapshot for it is the replicated volume's, on every copy. Deleted after the primary
   // role moved, the clone's last reference drops that snapshot on this copy alone (not recorded:
-  // the node is not the primary), and the copies differ until this one is resynced again. The fix
-  // belongs in VolumeLifecycle.releaseSource (src/facade/volumes.ts), outside this file's remit.
-  it('leaves the copies with the same snapshots', { todo: 'releaseSource drops a replicated volume\'s snapshot on a non-primary copy alone (helper h39 report)' }, async () => {
+  // the node is not the primary), and the copies differed until this one was resynced again. Now
+  // the deletion is forwarded to the primary (VolumeLifecycle.releaseSource, forwardReleases).
+  it('leaves the copies with the same snapshots: the primary deletes the implicit snapshot, and the deletion reaches every copy', async () => {
     const p = await pair()
     await p.g1.cloneVolume('race', 'copy-of-race')
     await until('n2 has the clone\'s snapshot', async () => await caughtUp(p.g1))

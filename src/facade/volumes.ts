@@ -228,6 +228,7 @@ export class VolumeLifecycle {
         if (this.#destroying.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is already being deleted`)
         await this.destroy(current, true)
       }, 'the volume is being deleted')
+      await this.forwardReleases()
       await this.#host.replication?.copyGone(record.id)
       return
     }
@@ -287,6 +288,7 @@ export class VolumeLifecycle {
       if (decided || orphan !== undefined) await replication?.copyGone(record.id)
     } finally {
       this.#host.goingAway.delete(record.id)
+      await this.forwardReleases()
     }
   }
 
@@ -370,7 +372,29 @@ export class VolumeLifecycle {
     const owner = this.#host.catalog.resolve(source.volumeId)
     // A failed revert of the source to it must stay finishable; a successful revert drops it later.
     if (owner.revertTo === snapshot.id) return
+    // A replicated source's snapshot is on every copy: where this node is not its primary, dropped
+    // here it would be gone from this copy alone. The primary deletes it (it comes back here in
+    // the stream), asked once the admin task that called this is over (see forwardReleases).
+    if (owner.replication !== undefined && this.#host.replication?.forwards(owner.id) === true) {
+      this.#forwardedReleases.push({ owner, snapshotId: snapshot.id })
+      return
+    }
     await this.#host.dropSnapshot(owner, snapshot)
+  }
+
+  /** Implicit snapshots of replicated sources that releaseSource left to their primary to delete. */
+  #forwardedReleases: Array<{ owner: VolumeRecord, snapshotId: string }> = []
+
+  /**
+   * Asks the primaries to delete the implicit snapshots releaseSource left to them (outside the
+   * admin queue: the deletion comes back to this node's copy through the stream, which applies it
+   * in that queue). Best effort: one the primary cannot delete now stays, a snapshot no clone
+   * reads, until it is deleted by name.
+   */
+  async forwardReleases (): Promise<void> {
+    for (const { owner, snapshotId } of this.#forwardedReleases.splice(0)) {
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId }).catch(() => {})
+    }
   }
 
   /** Gives a clone its own copy of everything it reads from its source, then unlinks it. */
