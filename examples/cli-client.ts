@@ -51,8 +51,11 @@ async function tokenFor (globals: Globals): Promise<string> {
   }
 }
 
-/** Why a request got no answer: kinds the CLI reports differently (and `daemon status --wait` waits out). */
-type Unanswered = 'unreachable' | 'timeout' | 'closed'
+/**
+ * Why a request got no answer: kinds the CLI reports differently (`daemon status --wait` waits out
+ * 'unreachable' and 'closed'; 'refused', a TLS mismatch or an untrusted certificate, stays so).
+ */
+type Unanswered = 'unreachable' | 'timeout' | 'closed' | 'refused'
 
 /** A request that got no answer. */
 export class NoAnswer extends CliError {
@@ -71,7 +74,7 @@ export const ANSWER_TIMEOUT_SECONDS = 30
 async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage> {
   const { host, port, https } = daemonEndpoint(globals.daemonAddress)
   const ca = await daemonCa(globals)
-  if (ca !== undefined && !https) throw new UsageError(`--daemon-ca-file is for a daemon serving HTTPS: give --daemon-address as https://${host.includes(':') ? `[${host}]` : host}:${port}`)
+  if (ca !== undefined && !https) throw new UsageError(`--daemon-ca-file is for a daemon serving HTTPS: give --daemon-address as https://${host.includes(':') ? `[${host}]` : host}:${port}, or for a daemon in plain HTTP no CA file (neither --daemon-ca-file nor GALLEONFS_DAEMON_CA_FILE)`)
   const timeoutMs = options.timeoutMs ?? (globals.timeout ?? ANSWER_TIMEOUT_SECONDS) * 1000
   const payload = body === undefined ? undefined : JSON.stringify(body)
   const token = await tokenFor(globals)
@@ -132,19 +135,20 @@ export function inCliTerms (message: string): string {
 /** What a request that got no answer is reported as: nobody there, no answer in time, or a cut connection. */
 function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer {
   const address = globals.daemonAddress
+  // host:port, without the scheme: what --ipc-address takes and https:// is put before.
+  const { address: hostPort, https } = daemonEndpoint(address)
   if (err instanceof NoAnswer && err.kind === 'timeout') {
     return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${timeoutMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`)
   }
   const code = (err as NodeJS.ErrnoException).code
-  const https = /^https:\/\//i.test(address)
   // HTTPS and HTTP mixed up: an HTTP client's request is not a TLS hello (the daemon hangs up), and
   // an HTTPS client's hello is answered in plain HTTP (no TLS record).
-  if (!https && (code === 'ECONNRESET' || code === 'EPIPE')) return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log (if it serves HTTPS, with --ipc-tls-cert-file, give --daemon-address as https://${address})`)
-  if (https && (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'EPROTO' || /wrong version number|packet length too long/i.test((err as Error)?.message ?? ''))) return new NoAnswer('unreachable', `the daemon at ${address} does not speak HTTPS; give --daemon-address without https://, or start the daemon with --ipc-tls-cert-file and --ipc-tls-key-file`)
-  if (https && typeof code === 'string' && /CERT|SELF_SIGNED|ERR_TLS_CERT_ALTNAME_INVALID|UNABLE_TO_VERIFY/.test(code)) return new NoAnswer('unreachable', `the daemon's certificate at ${address} was not accepted (${(err as Error).message}); give the CA that signed it with --daemon-ca-file (or GALLEONFS_DAEMON_CA_FILE), and an address its certificate names`)
+  if (!https && (code === 'ECONNRESET' || code === 'EPIPE')) return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log (if it serves HTTPS, with --ipc-tls-cert-file, give --daemon-address as https://${hostPort})`)
+  if (https && (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'EPROTO' || /wrong version number|packet length too long/i.test((err as Error)?.message ?? ''))) return new NoAnswer('refused', `the daemon at ${address} does not speak HTTPS; give --daemon-address without https://, or start the daemon with --ipc-tls-cert-file and --ipc-tls-key-file`)
+  if (https && typeof code === 'string' && /CERT|SELF_SIGNED|ERR_TLS_CERT_ALTNAME_INVALID|UNABLE_TO_VERIFY/.test(code)) return new NoAnswer('refused', `the daemon's certificate at ${address} was not accepted (${(err as Error).message}); give the CA that signed it with --daemon-ca-file (or GALLEONFS_DAEMON_CA_FILE), and an address its certificate names`)
   if (code === 'ECONNRESET' || code === 'EPIPE') return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log`)
   if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
-    return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${address}\`, or point the CLI at it with --daemon-address`)
+    return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${hostPort}${https ? ' --ipc-tls-cert-file <cert.pem> --ipc-tls-key-file <key.pem>' : ''}\`, or point the CLI at it with --daemon-address`)
   }
   return new NoAnswer('unreachable', `cannot reach the daemon at ${address}: ${(err as Error)?.message ?? String(err)}`)
 }

@@ -9,8 +9,8 @@ import { call, CliError, type Globals } from './cli-client.js'
  * data and the copies' lag, replicates a snapshot, and deletes the volume. Prints each step; exit
  * code 0 when all pass, 1 otherwise.
  */
-export async function runReplicationSelfTest (options: { daemonAddress: string, token?: string }): Promise<number> {
-  const globals: Globals = { daemonAddress: options.daemonAddress, ...(options.token === undefined ? {} : { token: options.token }) }
+export async function runReplicationSelfTest (options: { daemonAddress: string, daemonCaFile?: string, token?: string }): Promise<number> {
+  const globals: Globals = { daemonAddress: options.daemonAddress, ...(options.daemonCaFile === undefined ? {} : { daemonCaFile: options.daemonCaFile }), ...(options.token === undefined ? {} : { token: options.token }) }
   const out = (line: string): void => { process.stdout.write(line + '\n') }
   const name = `replication-self-test-${Date.now().toString(36)}`
   const path = `/v1/volumes/${encodeURIComponent(name)}`

@@ -322,7 +322,7 @@ export function buildCli (): Command {
           // "Nobody answers" is waited out, and so is a refused token read from the runtime file: a
           // daemon that just started listens a moment before it writes that file. Other errors are final.
           const fromFile = globals().token === undefined && (process.env.GALLEONFS_TOKEN ?? '') === ''
-          const waitable = (err instanceof NoAnswer && err.kind !== 'timeout') || (err instanceof CliError && fromFile && err.message.includes('rejected the API token'))
+          const waitable = (err instanceof NoAnswer && (err.kind === 'unreachable' || err.kind === 'closed')) || (err instanceof CliError && fromFile && err.message.includes('rejected the API token'))
           if (!waitable || Date.now() >= until) throw err
           await new Promise((resolve) => setTimeout(resolve, 100))
         }
@@ -335,15 +335,19 @@ export function buildCli (): Command {
   daemon.command('restart').description('restart the daemon (same arguments; mounts come back)').action(async () => {
     const before = await call(globals(), 'POST', '/v1/restart') as { pid: number }
     // Wait for the new process to answer (its token is new only if the storage's was lost).
+    // A restart can turn HTTPS on or off: the new process then refuses this address's scheme,
+    // which waiting does not change, and the last error says what to give instead.
+    let last: Error | undefined
     for (let waited = 0; waited < 60_000; waited += 250) {
       await new Promise((resolve) => setTimeout(resolve, 250))
-      const status = await call(globals(), 'GET', '/v1/status').catch(() => undefined) as { pid?: number } | undefined
+      const status = await call(globals(), 'GET', '/v1/status').catch((err: Error) => { last = err; return undefined }) as { pid?: number } | undefined
       if (status?.pid !== undefined && status.pid !== before.pid) {
         print(globals(), status, () => `the daemon restarted (pid ${status.pid})\n`)
         return
       }
+      if (last instanceof NoAnswer && last.kind === 'refused') throw new CliError(`the daemon at ${globals().daemonAddress} was restarted, but ${last.message}`)
     }
-    throw new CliError(`the daemon at ${globals().daemonAddress} did not come back within a minute; see its log`)
+    throw new CliError(`the daemon at ${globals().daemonAddress} did not come back within a minute; see its log${last === undefined ? '' : ` (the last attempt: ${last.message})`}`)
   })
   daemon.command('reload').description('read the configuration file again and apply what can change while running (as SIGHUP does)').action(async () => {
     const report = await call(globals(), 'POST', '/v1/reload') as { applied: string[], needsRestart: string[] }

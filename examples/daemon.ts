@@ -163,6 +163,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // The API's open connections, and those of them with a request being answered (a stop ends the others).
   const connections = new Set<Socket>()
   const answering = new Set<Socket>()
+  // With HTTPS, the TCP connections whose TLS handshake is not done (by peer address): no request
+  // can be under way on them, so a stop ends them at once instead of waiting out the handshake timeout.
+  const handshaking = new Map<string, Socket>()
+  const peerOf = (socket: Socket): string => `${socket.remoteAddress ?? ''}|${socket.remotePort ?? ''}`
   const stop = async (): Promise<void> => {
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
@@ -172,6 +176,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // away: connections without a request being answered end now, the others at their answer's
       // end, and whatever is still open after the grace period is closed.
       for (const socket of connections) if (!answering.has(socket)) socket.destroy()
+      for (const socket of handshaking.values()) socket.destroy()
       const grace = setTimeout(() => {
         if (answering.size > 0) log('warn', 'closing connections whose requests did not finish in time', { requests: answering.size, graceSeconds: STOP_GRACE_MS / 1000 })
         server?.closeAllConnections()
@@ -212,7 +217,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // every reload, so a renewed certificate under the same file name is taken too.
       const nextTls = await nbdTlsOptions(next)
       // The API's certificate can be renewed in place; HTTPS cannot be turned on or off (a restart).
-      const nextIpcTls = ipcTls !== undefined && next.ipcTlsCertFile !== undefined ? await ipcTlsOptions(next) : undefined
+      // Its files are read whenever they are named, so one that turns HTTPS on fails the reload now
+      // if it cannot be read, not the restart it waits for.
+      const namedIpcTls = await ipcTlsOptions(next)
+      const nextIpcTls = ipcTls === undefined ? undefined : namedIpcTls
       let moved: NbdServer | undefined
       if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nextTls })
       if (stopping !== undefined) {
@@ -261,11 +269,20 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       })
       void handle(request, response).catch(() => {})
     }
-    // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop waits at most that
-    // for one that connected and said nothing), and connections count once they are secure (the
-    // socket a request comes on).
+    // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop does not wait for
+    // it), and connections count once they are secure (the socket a request comes on).
     server = ipcTls === undefined ? createServer(answer) : createHttpsServer({ ...ipcTls, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 }, answer)
+    if (ipcTls !== undefined) {
+      server.on('connection', (socket: Socket) => {
+        const peer = peerOf(socket)
+        handshaking.set(peer, socket)
+        socket.once('close', () => { if (handshaking.get(peer) === socket) handshaking.delete(peer) })
+      })
+    }
     server.on(ipcTls === undefined ? 'connection' : 'secureConnection', (socket: Socket) => {
+      if (ipcTls !== undefined) handshaking.delete(peerOf(socket))
+      // Secure only after a stop began: no request is under way on it, so it ends like the idle ones.
+      if (stopping !== undefined) { socket.destroy(); return }
       connections.add(socket)
       socket.once('close', () => connections.delete(socket))
     })
@@ -273,6 +290,13 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     // is answered in JSON like every other refusal, not with a bare status line. A connection with
     // an answer under way gets no second one: it is closed.
     server.on('clientError', (err: NodeJS.ErrnoException & { reason?: string }, socket: Socket) => {
+      // A TLS client whose handshake failed or timed out gets no HTTP answer: written to a socket
+      // that is not secure, it would wait for the handshake for ever, and the socket with it.
+      if (ipcTls !== undefined && !connections.has(socket)) {
+        log('debug', 'a client\'s TLS handshake failed', { error: err.message, code: err.code })
+        socket.destroy()
+        return
+      }
       if (err.code === 'ECONNRESET' || !socket.writable || answering.has(socket)) { socket.destroy(); return }
       const [status, code, message] = parserRefusal(err)
       const text = JSON.stringify({ error: { code, message } })

@@ -104,7 +104,8 @@ async function legacyMain (argv: string[]): Promise<number> {
     .option('--setup-defaults', 'with --demo-mode: also set up a storage class and a nightly backup policy')
     .option('--storage-path <path>', 'with --demo-mode: work here and keep the results (default: a temporary directory)')
     .option('--test-replication', 'the replication self-test, against the cluster of the running daemon')
-    .option('--daemon-address <host:port>', 'with --test-replication: the daemon\'s IPC address', process.env.GALLEONFS_DAEMON_ADDRESS ?? '127.0.0.1:8090')
+    .option('--daemon-address <host:port>', 'with --test-replication: the daemon\'s IPC address (https://host:port for one serving HTTPS)', process.env.GALLEONFS_DAEMON_ADDRESS ?? '127.0.0.1:8090')
+    .option('--daemon-ca-file <file>', 'with --test-replication and an https:// daemon address: PEM of the CA that signed the daemon\'s certificate (else GALLEONFS_DAEMON_CA_FILE)')
     .option('--token <token>', 'with --test-replication: the daemon\'s API token (else GALLEONFS_TOKEN or the runtime file)')
     .exitOverride()
   try {
@@ -112,7 +113,7 @@ async function legacyMain (argv: string[]): Promise<number> {
   } catch (err) {
     return err instanceof CommanderError && err.exitCode === 0 ? 0 : 2
   }
-  const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean, daemonAddress: string, token?: string }>()
+  const options = program.opts<{ demoMode?: boolean, setupDefaults?: boolean, storagePath?: string, testReplication?: boolean, daemonAddress: string, daemonCaFile?: string, token?: string }>()
   if (options.demoMode !== true && options.testReplication !== true) {
     process.stderr.write('galleonfs: --setup-defaults and --storage-path here go with --demo-mode: galleonfs --demo-mode --setup-defaults\n')
     return 2
@@ -122,7 +123,7 @@ async function legacyMain (argv: string[]): Promise<number> {
       process.stderr.write('galleonfs: --test-replication checks a running cluster through its daemon (--daemon-address); --storage-path and --setup-defaults go with --demo-mode\n')
       return 2
     }
-    return await runReplicationSelfTest({ daemonAddress: options.daemonAddress, ...(options.token === undefined ? {} : { token: options.token }) })
+    return await runReplicationSelfTest({ daemonAddress: options.daemonAddress, ...(options.daemonCaFile === undefined ? {} : { daemonCaFile: options.daemonCaFile }), ...(options.token === undefined ? {} : { token: options.token }) })
   }
   try {
     await runDemo({ ...(options.storagePath === undefined ? {} : { storagePath: options.storagePath }), setupDefaults: options.setupDefaults === true })
