@@ -177,37 +177,49 @@ async function lag (p: Pair): Promise<number> {
   return (await p.g1.replicationStatus('race')).links[0]?.lagChanges ?? 0
 }
 
+/**
+ * Cuts the stream to n2, holds n1's journal writes, has n1 record a write (held there) and then
+ * the snapshot `call` takes (which waits for that write); then deposes n1 (see depose) and resolves
+ * to the snapshot call's outcome, once the write is settled too.
+ */
+async function snapshotBehindHeldWrite (p: Pair, call: () => Promise<unknown>): Promise<string> {
+  cutStream(p)
+  p.held.writes.hold()
+  const write = p.g1.writeBlock('race', 0, block(100), WriteConcern.WriteDurable)
+  write.catch(() => {})
+  await until('the write is held', () => p.held.writes.waiting > 0)
+  const snap = call()
+  snap.catch(() => {})
+  await until('the snapshot is recorded', async () => await lag(p) >= 2)
+  const outcome = await depose(p, snap, p.held.writes)
+  await write.catch(() => {})
+  return outcome
+}
+
+/**
+ * Cuts the stream to n2, holds n1's metadata writes, starts `call` on n1 and waits until it is held
+ * there; then deposes n1 (see depose) and resolves to the call's outcome.
+ */
+async function deposedWhileHeld (p: Pair, what: string, call: () => Promise<unknown>): Promise<string> {
+  cutStream(p)
+  p.metadata.writes.hold()
+  const started = call()
+  started.catch(() => {})
+  await until(`${what} is held`, () => p.metadata.writes.waiting > 0)
+  return await depose(p, started, p.metadata.writes)
+}
+
 describe('a snapshot call on a primary deposed while it is under way', () => {
   it('createSnapshot waiting for the old primary\'s own write: on every copy or on none', async () => {
     const p = await pair()
     // The old primary records a write its journal holds, then the snapshot behind it (which waits for it).
-    cutStream(p)
-    p.held.writes.hold()
-    const write = p.g1.writeBlock('race', 0, block(100), WriteConcern.WriteDurable)
-    write.catch(() => {})
-    await until('the write is held', () => p.held.writes.waiting > 0)
-    const snap = p.g1.createSnapshot('race', 'racy')
-    snap.catch(() => {})
-    await until('the snapshot is recorded', async () => await lag(p) >= 2)
-    const outcome = await depose(p, snap, p.held.writes)
-    await write.catch(() => {})
-    await assertSameCopies(p, `createSnapshot on n1 ${outcome}`)
+    await assertSameCopies(p, `createSnapshot on n1 ${await snapshotBehindHeldWrite(p, () => p.g1.createSnapshot('race', 'racy'))}`)
   })
 
   it('createSnapshot forwarded to the old primary by the other copy: on every copy or on none', async () => {
     const p = await pair()
-    cutStream(p)
-    p.held.writes.hold()
-    const write = p.g1.writeBlock('race', 0, block(100), WriteConcern.WriteDurable)
-    write.catch(() => {})
-    await until('the write is held', () => p.held.writes.waiting > 0)
     // n2, a copy still, forwards the call to n1.
-    const snap = p.n2.g.createSnapshot('race', 'forwarded')
-    snap.catch(() => {})
-    await until('the snapshot is recorded', async () => await lag(p) >= 2)
-    const outcome = await depose(p, snap, p.held.writes)
-    await write.catch(() => {})
-    await assertSameCopies(p, `createSnapshot through n2 ${outcome}`)
+    await assertSameCopies(p, `createSnapshot through n2 ${await snapshotBehindHeldWrite(p, () => p.n2.g.createSnapshot('race', 'forwarded'))}`)
   })
 
   it('deleteSnapshot whose catalog entry is still going: deleted on every copy or on none', async () => {
@@ -215,14 +227,8 @@ describe('a snapshot call on a primary deposed while it is under way', () => {
     await p.g1.createSnapshot('race', 'old')
     await p.g1.writeBlock('race', 0, block(50), WriteConcern.WriteReplicated)
     await until('n2 has the snapshot', async () => await caughtUp(p.g1))
-    cutStream(p)
     // The old primary's deletion of the snapshot's record is held.
-    p.metadata.writes.hold()
-    const deletion = p.g1.deleteSnapshot('race', 'old')
-    deletion.catch(() => {})
-    await until('the deletion is held', () => p.metadata.writes.waiting > 0)
-    const outcome = await depose(p, deletion, p.metadata.writes)
-    await assertSameCopies(p, `deleteSnapshot on n1 ${outcome}`)
+    await assertSameCopies(p, `deleteSnapshot on n1 ${await deposedWhileHeld(p, 'the deletion', () => p.g1.deleteSnapshot('race', 'old'))}`)
   })
 
   it('restoreSnapshot whose intent is still being recorded: reverted on every copy or on none', async () => {
@@ -230,14 +236,8 @@ describe('a snapshot call on a primary deposed while it is under way', () => {
     await p.g1.createSnapshot('race', 'base')
     for (let i = 0; i < BLOCKS; i++) await p.g1.writeBlock('race', i, block(200 + i), WriteConcern.WriteReplicated)
     await until('n2 has everything', async () => await caughtUp(p.g1))
-    cutStream(p)
     // The old primary checked that it leads and records the revert's intent (held) before it reverts.
-    p.metadata.writes.hold()
-    const revert = p.g1.restoreSnapshot('race', 'base')
-    revert.catch(() => {})
-    await until('the revert is held', () => p.metadata.writes.waiting > 0)
-    const outcome = await depose(p, revert, p.metadata.writes)
-    await assertSameCopies(p, `restoreSnapshot on n1 ${outcome}`)
+    await assertSameCopies(p, `restoreSnapshot on n1 ${await deposedWhileHeld(p, 'the revert', () => p.g1.restoreSnapshot('race', 'base'))}`)
   })
 
   it('createSnapshot on the old primary queued behind another snapshot call: taken by the new primary, on every copy', async () => {
