@@ -75,6 +75,8 @@ export class NbdServer {
   readonly #connections = new Map<Socket, Session>()
   /** Per connection: stop taking requests and resolve once the ones in flight are answered. */
   readonly #stoppers = new Map<Socket, () => Promise<void>>()
+  /** Sessions in their handshake, with their TCP socket (session.socket is the TLS one once upgraded). */
+  readonly #negotiating = new Map<Session, Socket>()
   readonly #handshakeTimeoutMs: number
   readonly #onError: ((err: GalleonError) => void) | undefined
   #tls: NbdTls | undefined
@@ -141,11 +143,18 @@ export class NbdServer {
    * key. Whether TLS is required is decided per connection when it is accepted (the protocol wants
    * one mode for a connection's lifetime), so turning TLS on or off applies to new connections;
    * but every NBD_OPT_STARTTLS from now on uses the new credentials, also on a connection made
-   * before. Sessions already secured keep theirs. Bad options are refused (INVALID_ARGUMENT) and
-   * change nothing.
+   * before. Sessions already secured keep theirs. Turning TLS on ends the connections accepted in
+   * clear that are still in their handshake: nothing was served to them yet, and they would be
+   * (their client reconnects, and is then asked for TLS). Sessions in clear already being served
+   * go on until they end. Bad options are refused (INVALID_ARGUMENT) and change nothing.
    */
   setTls (tls: NbdTlsOptions | undefined): void {
-    this.#tls = tls === undefined ? undefined : checkTlsOptions(tls)
+    const next = tls === undefined ? undefined : checkTlsOptions(tls)
+    this.#tls = next
+    if (next === undefined) return
+    for (const [session, tcp] of this.#negotiating) {
+      if (session.tls === undefined) cutOff(session, tcp)
+    }
   }
 
   /** The last error of the listening socket not taken by `onError`, if any. */
@@ -202,11 +211,13 @@ export class NbdServer {
     // ends, however it ends.
     const limit = this.#handshakeTimeoutMs
     const tcp = session.socket
-    const expiry = limit > 0 ? setTimeout(() => { session.socket.destroy(); tcp.destroy() }, limit).unref() : undefined
+    const expiry = limit > 0 ? setTimeout(() => { cutOff(session, tcp) }, limit).unref() : undefined
     let chosen: Awaited<ReturnType<typeof negotiate>>
+    this.#negotiating.set(session, tcp)
     try {
       chosen = await this.#handshake(session)
     } finally {
+      this.#negotiating.delete(session)
       clearTimeout(expiry)
     }
     if (chosen === undefined) return
@@ -234,4 +245,10 @@ export class NbdServer {
     if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
     return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0)
   }
+}
+
+/** Ends a session at once, unread option replies dropped: its TLS socket, if any, and its TCP one. */
+function cutOff (session: Session, tcp: Socket): void {
+  session.socket.destroy()
+  tcp.destroy()
 }
