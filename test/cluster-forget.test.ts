@@ -124,7 +124,9 @@ describe('forgetClusterNode', () => {
     await until('n3 dropped its stale copy of kept', async () => await back.g.getVolume('kept').then(() => false, (err: { code?: string }) => err.code === 'VOLUME_NOT_FOUND'))
     assert.equal((await n1.g.replicationStatus('kept')).nodes.includes('n3'), false)
     await back.g.getVolume('doomed')
-    await expectCode(back.g.readBlock('doomed', 1), 'BACKEND_UNAVAILABLE', 'no record')
+    // Refused at once (not after waiting out the 30 s a forwarded call gives a failover), saying why.
+    await expectCode(back.g.readBlock('doomed', 1), 'BACKEND_UNAVAILABLE', 'has no record of replicated volume', 'serves no I/O', 'force: true')
+    await expectCode(back.g.write('doomed', 0, block(4)), 'BACKEND_UNAVAILABLE', 'serves no I/O')
     await n4.g.close()
   })
 })

@@ -62,6 +62,12 @@ export interface LocalSet {
    */
   readonly applying: Set<Promise<void>>
   saveTimer: NodeJS.Timeout | undefined
+  /**
+   * The cluster had no record of the volume when this node last looked (at open, or when the
+   * record was deleted) and no deletion mark named this node: the copy serves no I/O until a
+   * record appears, and calls forwarded for it fail at once instead of waiting for a primary.
+   */
+  unrecorded: boolean
 }
 
 /**

@@ -131,6 +131,7 @@ export class ReplicationManager {
         if (record === undefined || entry === undefined) {
           // Deleted while this node was away (its deletion mark says so): the copy goes too.
           if (await manager.#dropIfDeleted(set)) continue
+          set.unrecorded = set.record === undefined
           host.emit('replication:error', { volumeId: copy.id, nodeId: cluster.nodeId, code: 'VOLUME_NOT_FOUND', message: `the cluster has no record of this replicated volume, and no mark of its deletion that names node ${cluster.nodeId}; the local copy is kept but serves no I/O (deleteVolume(${JSON.stringify(copy.id)}, { force: true }) on this node deletes it)` })
           continue
         }
@@ -171,7 +172,7 @@ export class ReplicationManager {
   #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
-      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, applying: new Set(), saveTimer: undefined }
+      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, applying: new Set(), saveTimer: undefined, unrecorded: false }
       this.#sets.set(volumeId, set)
     }
     return set
@@ -424,6 +425,7 @@ export class ReplicationManager {
     if (revision < set.revision) return
     set.record = record
     set.revision = revision
+    set.unrecorded = false
     if (!record.nodes.includes(this.nodeId) && record.primary !== this.nodeId && !this.#changes.handingOff && !this.#changes.isMoving(set.volumeId) && !this.#closed) {
       void this.#dropStale(set, record)
       return
@@ -472,6 +474,7 @@ export class ReplicationManager {
   #recordGone (set: LocalSet): void {
     this.#retire(set, 'the replica-set record was deleted')
     set.record = undefined
+    set.unrecorded = true
     // The volume was deleted while this copy was cut off from its primary (the repl:delete never
     // came): it goes now rather than stay a volume nobody else has.
     if (!this.#closed) void this.#dropIfDeleted(set)
@@ -677,6 +680,12 @@ export class ReplicationManager {
     for (let attempt = 0; ; attempt++) {
       const set = this.#sets.get(volumeId)
       if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`)
+      if (set.record === undefined && set.unrecorded) {
+        // A copy the cluster has no record of (see LocalSet.unrecorded): no primary will come
+        // unless the record does, which a fresh read would show.
+        await this.#refresh(set)
+        if (set.record === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `the cluster has no record of replicated volume ${volumeId}, so it has no primary, and the copy on node ${this.nodeId} serves no I/O (a coordinator that lost the record, or a volume deleted while this node was away without its deletion mark); if the volume is gone, deleteVolume(${JSON.stringify(volumeId)}, { force: true }) on this node deletes the copy`)
+      }
       const primary = set.record?.primary
       if (set.primary !== undefined && !set.primary.frozen) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
       if (primary !== undefined && primary !== this.nodeId) {
