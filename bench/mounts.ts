@@ -2,6 +2,9 @@
 //   1. the NBD export vs qemu-nbd serving a qcow2 image of the same size, both driven by
 //      fio --ioengine=nbd: 4 KiB random read and write at iodepth 16, 1 MiB sequential read and
 //      write (goal >= 1.0x, floor 0.5x);
+//      As references: the same fio cases against a passthrough NBD server written for Node.js that
+//      only preads and pwrites a file (bench/nbd-passthrough.ts), the bound of any single-threaded
+//      Node.js server that stores the bytes, and GalleonFS against it;
 //   2. FUSE: dd of 1 MiB blocks writing and reading `data` on a GalleonFS mount vs the same dd on a
 //      null fuse-native file system that stores nothing (goal >= 0.8x). As references: the same
 //      1 MiB writes and reads made by g.write()/g.read() in this process, and dd on a passthrough
@@ -27,6 +30,7 @@ import { promisify } from 'node:util'
 import { GalleonFS, parseSize } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { settle } from './settle.js'
+import { startPassthroughNbd } from './nbd-passthrough.js'
 
 const exec = promisify(execFile)
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
@@ -69,15 +73,18 @@ async function nbdPart (dir: string, rows: Row[]): Promise<void> {
   await exec('qemu-img', ['create', '-f', 'qcow2', image, String(VOLUME)])
   const port = 20000 + Math.floor(Math.random() * 20000)
   const qemu = spawn('qemu-nbd', ['-f', 'qcow2', '-p', String(port), '-b', '127.0.0.1', '-x', 'img', '-t', '--shared=8', image], { stdio: 'ignore' })
+  const passthrough = await startPassthroughNbd(join(dir, 'passthrough.img'), VOLUME)
   try {
     await g.createVolume({ name: 'bench', sizeBytes: VOLUME })
     await waitForPort(port, qemu)
     const ours = `nbd://127.0.0.1:${server.port}/bench`
     const theirs = `nbd://127.0.0.1:${port}/img`
-    // Fill both, so reads read data and writes overwrite it.
-    for (const uri of [ours, theirs]) {
+    const bare = `nbd://127.0.0.1:${passthrough.port}/`
+    // Fill all three, so reads read data and writes overwrite it.
+    for (const uri of [ours, theirs, bare]) {
       await exec('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1M', '--iodepth=4', `--size=${VOLUME}`, '--output-format=json'], { maxBuffer: 64 << 20 })
     }
+    const references: Row[] = []
     const cases: Array<[string, string, string, number]> = [
       ['4 KiB random read, iodepth 16', 'randread', '4k', 16],
       ['4 KiB random write, iodepth 16', 'randwrite', '4k', 16],
@@ -85,23 +92,30 @@ async function nbdPart (dir: string, rows: Row[]): Promise<void> {
       ['1 MiB sequential write, iodepth 4', 'write', '1M', 4]
     ]
     for (const [name, rw, bs, depth] of cases) {
-      // Two rounds each, alternating who goes first, summed: both see the same machine.
+      // Two rounds each, the order reversed in the second, summed: all see the same machine.
       let mine = 0
       let baseline = 0
+      let reference = 0
       for (let round = 0; round < 2; round++) {
-        const order = round === 0 ? [ours, theirs] : [theirs, ours]
+        const order = round === 0 ? [ours, theirs, bare] : [bare, theirs, ours]
         for (const uri of order) {
-          // Neither side pays for the other's leftovers (GalleonFS's compaction, dirty pages).
+          // None pays for another's leftovers (GalleonFS's compaction, dirty pages).
           await settle(g)
           const value = await fio(uri, rw, bs, depth, SECONDS / 2)
           if (uri === ours) mine += value / 2
-          else baseline += value / 2
+          else if (uri === theirs) baseline += value / 2
+          else reference += value / 2
         }
       }
       const unit = bs === '4k' ? 'IOPS' : 'MiB/s'
       rows.push({ case: `NBD ${name}: GalleonFS vs qemu-nbd (qcow2)`, value: mine, baseline, unit, ratio: mine / baseline, target: '>= 1.0 (floor 0.5)' })
+      // Not a target: the bound of a Node.js server that stores the bytes (see nbd-passthrough.ts).
+      references.push({ case: `reference: NBD ${name}, a passthrough Node.js NBD server (pread/pwrite to a file) vs qemu-nbd`, value: reference, baseline, unit, ratio: reference / baseline, target: '(bound)' })
+      references.push({ case: `reference: NBD ${name}, GalleonFS vs the passthrough Node.js NBD server`, value: mine, baseline: reference, unit, ratio: mine / reference, target: '(overhead)' })
     }
+    rows.push(...references)
   } finally {
+    await passthrough.close()
     qemu.kill('SIGTERM')
     await server.close()
     await g.close()
