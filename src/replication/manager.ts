@@ -474,7 +474,6 @@ export class ReplicationManager {
   #recordGone (set: LocalSet): void {
     this.#retire(set, 'the replica-set record was deleted')
     set.record = undefined
-    set.unrecorded = true
     // The volume was deleted while this copy was cut off from its primary (the repl:delete never
     // came): it goes now rather than stay a volume nobody else has.
     if (!this.#closed) void this.#dropIfDeleted(set)
@@ -495,7 +494,12 @@ export class ReplicationManager {
       this.#host.emit('replication:error', { volumeId, nodeId: this.nodeId, code: (err as { code?: string })?.code ?? 'BACKEND_UNAVAILABLE', message: `the record of this replicated volume is gone, and its deletion mark could not be read (the copy is kept; the next start looks again): ${(err as Error)?.message ?? String(err)}` })
       return false
     }
-    if (mark === undefined || !(parseDeleted(mark.value) ?? []).includes(this.nodeId) || this.#sets.get(volumeId) !== set || set.record !== undefined) return false
+    if (mark === undefined || !(parseDeleted(mark.value) ?? []).includes(this.nodeId)) {
+      // No deletion names this node: a copy the cluster has no record of (see LocalSet.unrecorded).
+      if (this.#sets.get(volumeId) === set && set.record === undefined) set.unrecorded = true
+      return false
+    }
+    if (this.#sets.get(volumeId) !== set || set.record !== undefined) return false
     try {
       await this.#dropCopy(volumeId)
     } catch (err) {
