@@ -193,16 +193,20 @@ export class ClusterMigrations {
       const current = this.#host.catalog.resolve(vol)
       this.#checkBecomesReplicated(current)
       if ((storageClass.parameters.encryption === 'true') !== (current.encrypted === true) || current.pool !== poolName) throw new GalleonError('BUSY', `volume ${current.name} changed while it was laid out for ${storageClass.name}; call migrateVolume again`)
-      const updated = await this.#host.catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 } })
+      // With the class it had, until the record is written: a crash in between puts it back (see convertingFrom).
+      let updated = await this.#host.catalog.updateVolume(current.id, { storageClass: storageClass.name, replicas, replication: { epoch: 0, seq: 0 }, convertingFrom: { storageClass: current.storageClass, replicas: current.replicas } })
       try {
         const pool = updated.pool === undefined ? undefined : this.#host.catalog.pool(updated.pool)
         // Not waiting here: the new copies' resyncs need this admin queue for their cuts.
         await replication.register(specOf(updated), pool === undefined ? classPlacement(storageClass) : this.#host.poolPlacement(pool, classPlacement(storageClass)), false)
       } catch (err) {
         replication.forget(current.id)
-        await this.#host.catalog.updateVolume(current.id, { storageClass: current.storageClass, replicas: current.replicas, replication: undefined }).catch(() => {})
+        await this.#host.catalog.updateVolume(current.id, { storageClass: current.storageClass, replicas: current.replicas, replication: undefined, convertingFrom: undefined }).catch(() => {})
         throw err
       }
+      // The record is written: the volume is replicated for good (a marker left by a failure here
+      // is cleared at the next join, which finds the record).
+      updated = await this.#host.catalog.updateVolume(current.id, { convertingFrom: undefined }).catch(() => updated)
       this.#host.applyQoS(updated)
       return updated
     })

@@ -4,6 +4,8 @@
 import { GalleonError, describe } from '../errors.js'
 import { ClusterManager, type ClusterOptions, type ClusterStatus } from '../cluster/manager.js'
 import { ReplicationManager } from '../replication/manager.js'
+import { deletedKey, parseDeleted, recordKey } from '../replication/records.js'
+import type { Coordinator } from '../drivers.js'
 import { DEFAULT_NAMESPACE } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import type { ReplicationBridge } from './replication-bridge.js'
@@ -66,6 +68,7 @@ export class ClusterMembership {
       const manager = await ClusterManager.start(options, { storagePath: this.#storagePath, emit: (event, ...args) => { host.emit(event, ...(args as [never])) }, volumeCount: () => host.catalog.volumes().length })
       let replication: ReplicationManager
       try {
+        await this.#finishConversions(options.coordinator, manager.nodeId)
         replication = await ReplicationManager.start(this.#bridge.replicationHost(), manager, options.coordinator, options.zone ?? 'default', options.replicaReplacementDelayMs === undefined ? {} : { replacementDelayMs: options.replicaReplacementDelayMs })
       } catch (err) {
         await manager.close().catch(() => {})
@@ -85,6 +88,33 @@ export class ClusterMembership {
     const manager = await run
     // Joined: a status that cannot be read now does not undo that.
     return await manager.status().catch(() => ({ clustering: true, nodeId: manager.nodeId, leader: undefined, leaderEpoch: undefined, members: manager.members.map((m) => ({ ...m, leader: false })) }))
+  }
+
+  /**
+   * Volumes that were becoming replicated when this node stopped (see VolumeRecord.convertingFrom):
+   * one whose cluster record was written is replicated, and its marker goes; one whose record
+   * never got written (and whose deletion no mark names this node) gets its class and copies back,
+   * a local volume again as before the call, said by a replication:error. A coordinator that cannot
+   * be read leaves the marker for the next join (the copy then serves no I/O meanwhile).
+   */
+  async #finishConversions (coordinator: Coordinator, nodeId: string): Promise<void> {
+    const catalog = this.#host.catalog
+    for (const record of catalog.volumes()) {
+      const from = record.convertingFrom
+      if (from === undefined) continue
+      try {
+        if (await coordinator.get(recordKey(record.id)) !== undefined) {
+          await catalog.updateVolume(record.id, { convertingFrom: undefined })
+          continue
+        }
+        const mark = await coordinator.get(deletedKey(record.id))
+        if (mark !== undefined && (parseDeleted(mark.value) ?? []).includes(nodeId)) continue
+        await catalog.updateVolume(record.id, { storageClass: from.storageClass, replicas: from.replicas, replication: undefined, convertingFrom: undefined })
+        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (storage class ${record.storageClass}) when this node stopped, before the cluster recorded it; it is a local volume of class ${from.storageClass} again, its data as it was. Call migrateVolume again to replicate it` })
+      } catch {
+        // Looked at again at the next join.
+      }
+    }
   }
 
   /** The work of GalleonFS.forgetClusterNode, once the caller is checked. */

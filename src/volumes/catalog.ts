@@ -14,6 +14,13 @@ export interface VolumeRecord extends Volume {
   readonly storageId: number
   /** Set on every copy of a replicated volume: the copy's applied position in its primary's stream. */
   readonly replication?: { readonly epoch: number, readonly seq: number }
+  /**
+   * Set while a 1-copy volume becomes replicated (migrateVolume to a replicated class), from the
+   * catalog change until its cluster record is written: the class and copies it had before. A
+   * node that stopped in between finds no record at its next join and puts these back (see
+   * ClusterControl.join), so the volume is local again instead of a copy no primary serves.
+   */
+  readonly convertingFrom?: { readonly storageClass: string, readonly replicas: number }
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
   /** The storage pool whose capacity the volume is provisioned against, if any. */
@@ -264,7 +271,7 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas' | 'convertingFrom'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
     return await this.#serial(id, async () => {
       const current = this.#volumes.get(id)
       if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
