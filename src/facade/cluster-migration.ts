@@ -272,15 +272,16 @@ export class ClusterMigrations {
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
       if (mountControl(this.#host.mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted here; unmount it before moving it to node ${node}`)
       const storageClass = this.#host.catalog.storageClass(current.storageClass)
-      const updated = await this.#host.catalog.updateVolume(current.id, { replication: { epoch: 0, seq: 0 } })
+      // Marked until the record is written, as when a volume becomes replicated (see convertingFrom).
+      const updated = await this.#host.catalog.updateVolume(current.id, { replication: { epoch: 0, seq: 0 }, convertingFrom: { storageClass: current.storageClass, replicas: current.replicas } })
       try {
         await replication.register(specOf(updated), storageClass === undefined ? {} : classPlacement(storageClass))
       } catch (err) {
         replication.forget(current.id)
-        await this.#host.catalog.updateVolume(current.id, { replication: undefined }).catch(() => {})
+        await this.#host.catalog.updateVolume(current.id, { replication: undefined, convertingFrom: undefined }).catch(() => {})
         throw err
       }
-      return updated
+      return await this.#host.catalog.updateVolume(current.id, { convertingFrom: undefined }).catch(() => updated)
     })
     const before = this.#host.volumeView(record)
     // Progress: the new copy's fill, as the primary's link to it reports it.

@@ -110,7 +110,7 @@ export class ClusterMembership {
         const mark = await coordinator.get(deletedKey(record.id))
         if (mark !== undefined && (parseDeleted(mark.value) ?? []).includes(nodeId)) continue
         await catalog.updateVolume(record.id, { storageClass: from.storageClass, replicas: from.replicas, replication: undefined, convertingFrom: undefined })
-        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (storage class ${record.storageClass}) when this node stopped, before the cluster recorded it; it is a local volume of class ${from.storageClass} again, its data as it was. Call migrateVolume again to replicate it` })
+        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (migrateVolume to class ${record.storageClass}, or to another node) when this node stopped, before the cluster recorded it; it is a local volume of class ${from.storageClass} again, its data as it was. Call migrateVolume again` })
       } catch {
         // Looked at again at the next join.
       }
