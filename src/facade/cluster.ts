@@ -95,7 +95,7 @@ export class ClusterMembership {
    * one whose cluster record was written is replicated, and its marker goes; one whose record
    * never got written (and whose deletion no mark names this node) gets its class and copies back,
    * a local volume again as before the call, said by a replication:error. A coordinator that cannot
-   * be read leaves the marker for the next join (the copy then serves no I/O meanwhile).
+   * be read fails the join (BACKEND_UNAVAILABLE), with nothing changed.
    */
   async #finishConversions (coordinator: Coordinator, nodeId: string): Promise<void> {
     const catalog = this.#host.catalog
@@ -103,7 +103,8 @@ export class ClusterMembership {
       const from = record.convertingFrom
       if (from === undefined) continue
       try {
-        if (await coordinator.get(recordKey(record.id)) !== undefined) {
+        // Replicated for good, or made local again since: the marker is only left over.
+        if (record.replication === undefined || await coordinator.get(recordKey(record.id)) !== undefined) {
           await catalog.updateVolume(record.id, { convertingFrom: undefined })
           continue
         }
@@ -111,8 +112,10 @@ export class ClusterMembership {
         if (mark !== undefined && (parseDeleted(mark.value) ?? []).includes(nodeId)) continue
         await catalog.updateVolume(record.id, { storageClass: from.storageClass, replicas: from.replicas, replication: undefined, convertingFrom: undefined })
         this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (migrateVolume to class ${record.storageClass}, or to another node) when this node stopped, before the cluster recorded it; it is a local volume of class ${from.storageClass} again, its data as it was. Call migrateVolume again` })
-      } catch {
-        // Looked at again at the next join.
+      } catch (err) {
+        // Not known whether the cluster recorded it: the join fails, and changes nothing (the
+        // replication manager would otherwise take the volume for a copy no primary serves).
+        throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} was becoming replicated when this node stopped, and the coordinator could not be read to tell whether the cluster recorded it (${(err as Error)?.message ?? String(err)}); nothing was changed: join again once the coordinator answers`, { cause: err })
       }
     }
   }

@@ -34,7 +34,8 @@ export async function createStorageClass (host: FacadeHost, storageClass: Storag
 export async function deleteStorageClass (host: FacadeHost, getStorageClass: (name: string) => Promise<StorageClass>, name: string): Promise<void> {
   const storageClass = await getStorageClass(name)
   if (storageClass.builtIn) throw new GalleonError('INVALID_ARGUMENT', `storage class ${name} is built in and cannot be deleted`)
-  const users = host.catalog.volumes().filter((record) => record.storageClass === name)
+  // A volume interrupted while it became replicated goes back to its former class (convertingFrom).
+  const users = host.catalog.volumes().filter((record) => record.storageClass === name || record.convertingFrom?.storageClass === name)
   if (users.length > 0) {
     throw new GalleonError('BUSY', `storage class ${name} is used by ${users.length} volume(s) (${users.slice(0, 3).map((r) => r.name).join(', ')}); delete them first`)
   }

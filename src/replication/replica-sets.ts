@@ -297,8 +297,9 @@ export class ReplicaSetChanges {
   /**
    * After register() failed with the outcome of its record's create unknown (the coordinator did
    * not answer even a read): settles it once the coordinator answers (see settleLostPut; an absent
-   * record is fenced by writing it), and removes the record if this node holds no such volume by
-   * then (the failed createVolume deleted it). Gives up when the manager closes. A create still in
+   * record is fenced by writing it), and removes the record if this node holds no replicated copy
+   * of the volume by then (the failed createVolume deleted it, or the failed conversion made it
+   * local again). Gives up when the manager closes. A create still in
    * flight after that (absent keys cannot be fenced for good) would leave its record behind.
    */
   async #sweepLostCreate (volumeId: string, value: string, expectRevision: number): Promise<void> {
@@ -313,7 +314,9 @@ export class ReplicaSetChanges {
       }
       const entry = settled.entry
       if (entry === undefined || (!settled.written && expectRevision !== 0)) return
-      if (this.#core.sets.has(volumeId) || this.#core.host.blocks(volumeId) !== undefined) return
+      // Kept for a replicated copy here; a volume that is local (a failed migrateVolume to a
+      // replicated class or another node rolled back) or gone does not keep it.
+      if (this.#core.sets.has(volumeId) || this.#core.host.localCopies().some((copy) => copy.id === volumeId)) return
       // Changed since it was read (false), or the answer lost: read again next time round.
       if (await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)) return
     }

@@ -1,0 +1,115 @@
+// Review r11 of commit 65fc778 (a volume put back after a node stopped mid-conversion to
+// replicated): the paths where migrateVolume's record write fails in ways the commit's marker does
+// not cover, run on the in-process cluster (MemoryNetwork, MemoryCoordinatorCluster).
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern } from '../src/index.js'
+import type { Coordinator } from '../src/drivers.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { recordKey } from '../src/replication/records.js'
+import { until } from './support/wait.js'
+
+const dirs: string[] = []
+const opened: GalleonFS[] = []
+after(async () => {
+  await Promise.allSettled(opened.map(async (g) => await g.close()))
+  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
+})
+
+/**
+ * A coordinator whose next put of `key` lands and then answers with an error, and whose reads of
+ * `key` fail while `unreadable` is set (a coordinator that stops answering right after a write).
+ */
+class LostAnswer {
+  key: string | undefined
+  unreadable = false
+  landed = false
+
+  wrap (coordinator: Coordinator): Coordinator {
+    return new Proxy(coordinator, {
+      get: (target, name) => {
+        const value = Reflect.get(target, name, target) as unknown
+        if (typeof value !== 'function') return value
+        const call = async (...args: unknown[]): Promise<unknown> => await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+        if (name === 'put') {
+          return async (key: string, ...rest: unknown[]) => {
+            const result = await call(key, ...rest)
+            if (key === this.key && !this.landed) {
+              this.landed = true
+              this.unreadable = true
+              throw new Error('coordinator unreachable (answer of the put lost)')
+            }
+            return result
+          }
+        }
+        if (name === 'get') {
+          return async (key: string, ...rest: unknown[]) => {
+            if (key === this.key && this.unreadable) throw new Error('coordinator unreachable (read)')
+            return await call(key, ...rest)
+          }
+        }
+        return value.bind(target)
+      }
+    })
+  }
+}
+
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, wrap?: (c: Coordinator) => Coordinator): Promise<GalleonFS> {
+  const storagePath = await mkdtemp(join(tmpdir(), `galleon-r11-${id}-`))
+  dirs.push(storagePath)
+  const coordinator = coordinators.coordinator()
+  const g = await GalleonFS.open({
+    storagePath,
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: wrap === undefined ? coordinator : wrap(coordinator), leaseTtlMs: 1000 }
+  })
+  opened.push(g)
+  return g
+}
+
+describe('review r11: a record write that lands with its answer lost', () => {
+  it('migrateVolume to a replicated class whose record landed while the coordinator stopped answering: once it answers again, the same call makes the volume replicated (no record left naming this node primary of a local volume)', { timeout: 60_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const lost = new LostAnswer()
+    const n1 = await startNode(network, coordinators, 'n1', (c) => lost.wrap(c))
+    const n2 = await startNode(network, coordinators, 'n2')
+    await until('both nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
+    for (const g of [n1, n2]) await g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
+    const volume = await n1.createVolume({ name: 'conv', sizeBytes: '256K' })
+    await n1.writeBlock('conv', 3, new Uint8Array(4096).fill(3), WriteConcern.WriteDurable)
+
+    lost.key = recordKey(volume.id)
+    const first = await n1.migrateVolume('conv', { storageClass: 'double' }).then(() => undefined, (err: unknown) => err)
+    assert.ok(first !== undefined, 'the call fails: its record write answered with an error and the record could not be read')
+    const local = await n1.getVolume('conv')
+    assert.equal(local.replicas, 1, 'rolled back to a local volume')
+    assert.notEqual(local.storageClass, 'double')
+
+    // The coordinator answers again.
+    lost.unreadable = false
+    const reader = coordinators.coordinator()
+    assert.ok(await reader.get(recordKey(volume.id)) !== undefined, 'the record did land')
+
+    // The same call again must be able to make it replicated once the coordinator answers.
+    let lastError: { code?: string, message?: string } | undefined
+    await until('migrateVolume to double succeeds again', async () => {
+      try {
+        await n1.migrateVolume('conv', { storageClass: 'double' })
+        return true
+      } catch (err) {
+        lastError = err as { code?: string, message?: string }
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        return false
+      }
+    }, 15_000).catch((err: Error) => { throw new Error(`${err.message}; last error ${lastError?.code}: ${lastError?.message}`) })
+    const replicated = await n1.getVolume('conv')
+    assert.equal(replicated.storageClass, 'double')
+    assert.deepEqual(await n1.readBlock('conv', 3), new Uint8Array(4096).fill(3))
+    await until('two copies of conv in sync', async () => (await n1.replicationStatus('conv')).inSync.length === 2)
+    await reader.close?.()
+  })
+})
