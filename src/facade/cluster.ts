@@ -100,6 +100,21 @@ export class ClusterMembership {
   async #finishConversions (coordinator: Coordinator, nodeId: string): Promise<void> {
     const catalog = this.#host.catalog
     for (const record of catalog.volumes()) {
+      if (record.creating === true) {
+        try {
+          if (await coordinator.get(recordKey(record.id)) !== undefined) {
+            await catalog.updateVolume(record.id, { creating: undefined })
+          } else {
+            // Never recorded: createVolume never answered; deleted as its failure path does.
+            await this.#host.destroy(record, true)
+            this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was being created (storage class ${record.storageClass}) when this node stopped, before the cluster recorded it; it was removed. Call createVolume again` })
+          }
+        } catch (err) {
+          // As for a conversion below: not known whether the cluster recorded it, the join fails.
+          throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} was being created when this node stopped, and the coordinator could not be read to tell whether the cluster recorded it (${(err as Error)?.message ?? String(err)}); nothing was changed: join again once the coordinator answers`, { cause: err })
+        }
+        continue
+      }
       const from = record.convertingFrom
       if (from === undefined) continue
       try {

@@ -168,7 +168,8 @@ export class VolumeLifecycle {
         encrypted,
         ...(qos === undefined ? {} : { qos }),
         ...(pool === undefined ? {} : { pool: pool.name }),
-        ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 } } : {})
+        // Marked until its cluster record is written: a crash in between deletes it (see creating).
+        ...(replicas > 1 ? { replication: { epoch: 0, seq: 0 }, creating: true as const } : {})
       })
     } finally {
       release?.()
@@ -184,6 +185,8 @@ export class VolumeLifecycle {
         await this.destroy(record, false).catch(() => {})
         throw err
       }
+      // Recorded in the cluster: a marker left by a failure here is cleared at the next join.
+      record = await this.#host.catalog.updateVolume(record.id, { creating: undefined }).catch(() => record)
     }
     const volume = this.#host.volumeView(record)
     this.#host.emit('volume:created', volume)

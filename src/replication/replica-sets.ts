@@ -116,6 +116,9 @@ export class ReplicaSetChanges {
       } catch (unknown) {
         // Not even a read answered: the create may still land, once this call has failed and the
         // local volume is gone. Settled in the background, and a record that landed is removed.
+        // (Its primary stops: the watch may have taken up a record that landed, and filled copies.)
+        this.#core.retire(set, 'the create of its record failed')
+        clearTimeout(set.saveTimer)
         this.#core.sets.delete(spec.id)
         void this.#sweepLostCreate(spec.id, value, expectRevision)
         throw unknown
@@ -317,6 +320,10 @@ export class ReplicaSetChanges {
       // Kept for a replicated copy here; a volume that is local (a failed migrateVolume to a
       // replicated class or another node rolled back) or gone does not keep it.
       if (this.#core.sets.has(volumeId) || this.#core.host.localCopies().some((copy) => copy.id === volumeId)) return
+      // Copies the record placed on other nodes (made meanwhile, see register) go with it: a
+      // deletion mark names their nodes, as a deletion's does (this node's volume is not one).
+      const others = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), ...(parseRecord(entry.value)?.droppedNodes ?? [])])].filter((n) => n !== this.#core.nodeId)
+      if (others.length > 0 && await this.#core.coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: others })).then(() => false, () => true)) continue
       // Changed since it was read (false), or the answer lost: read again next time round.
       if (await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)) return
     }

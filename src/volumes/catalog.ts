@@ -21,6 +21,12 @@ export interface VolumeRecord extends Volume {
    * ClusterControl.join), so the volume is local again instead of a copy no primary serves.
    */
   readonly convertingFrom?: { readonly storageClass: string, readonly replicas: number }
+  /**
+   * Set on a volume createVolume makes replicated, from its local record until its cluster record
+   * is written. A node that stopped in between finds no record at its next join and deletes the
+   * volume, as a createVolume whose register failed does (the call never answered).
+   */
+  readonly creating?: true
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
   /** The storage pool whose capacity the volume is provisioned against, if any. */
@@ -271,7 +277,7 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas' | 'convertingFrom'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas' | 'convertingFrom' | 'creating'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
     return await this.#serial(id, async () => {
       const current = this.#volumes.get(id)
       if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
