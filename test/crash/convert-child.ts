@@ -26,7 +26,7 @@ export function blockOf (index: number): Uint8Array {
 }
 
 /** `coordinator` with its writes of volume records held for ever, `onHeld` called at the first. */
-function holdingRecords (coordinator: Coordinator, onHeld: () => void): Coordinator {
+export function holdingRecords (coordinator: Coordinator, onHeld: () => void): Coordinator {
   return new Proxy(coordinator, {
     get: (target, name) => {
       const value = Reflect.get(target, name, target) as unknown

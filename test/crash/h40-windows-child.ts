@@ -23,6 +23,7 @@ import { EtcdCoordinator } from '../../backends/etcd/index.js'
 import { MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
 import { RECORD_PREFIX } from '../../src/replication/records.js'
 import { reportLine, runAsChild } from './support.js'
+import { blockOf } from './convert-child.js'
 
 export type Mode = 'create' | 'created' | 'delete' | 'deleted' | 'reshape' | 'dissolve'
 export const ONE_COPY = 'one-copy'
@@ -30,12 +31,7 @@ export const VOLUME = 'windowed'
 export const CLASS = 'two-copies'
 export const BLOCKS = 32
 
-/** Block i's bytes: its index in every byte pair, so a block from elsewhere is told apart. */
-export function blockOf (index: number): Uint8Array {
-  const block = new Uint8Array(4096)
-  for (let i = 0; i < block.length; i += 2) { block[i] = index & 0xff; block[i + 1] = (index >> 8) & 0xff }
-  return block
-}
+export { blockOf }
 
 type Call = (...args: unknown[]) => Promise<unknown>
 

@@ -8,18 +8,14 @@
 // Args: storagePath target
 
 import { GalleonFS, WriteConcern } from '../../src/index.js'
-import type { Coordinator } from '../../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
-import { RECORD_PREFIX } from '../../src/replication/records.js'
+import { blockOf, holdingRecords } from './convert-child.js'
 import { reportLine, runAsChild } from './support.js'
 
 export const VOLUME = 'putback'
 export const BLOCKS = 16
 
-/** Block i's bytes. */
-export function blockOf (index: number): Uint8Array {
-  return new Uint8Array(4096).fill((index * 7 + 1) & 0xff)
-}
+export { blockOf }
 
 /** The classes every node of these tests has. */
 export async function makeClasses (g: GalleonFS): Promise<void> {
@@ -28,25 +24,10 @@ export async function makeClasses (g: GalleonFS): Promise<void> {
   await g.createStorageClass({ name: 'secret-pair', parameters: { replication: '2', encryption: 'true' } })
 }
 
-function holdingRecords (coordinator: Coordinator): Coordinator {
-  return new Proxy(coordinator, {
-    get: (target, name) => {
-      const value = Reflect.get(target, name, target) as unknown
-      if (typeof value !== 'function') return value
-      if (name !== 'put') return value.bind(target)
-      return async (key: string, ...rest: unknown[]) => {
-        if (!key.startsWith(RECORD_PREFIX)) return await (value as (...args: unknown[]) => Promise<unknown>).call(target, key, ...rest)
-        reportLine('ready record write held')
-        return await new Promise(() => {})
-      }
-    }
-  })
-}
-
 async function main (): Promise<void> {
   const [storagePath, target] = process.argv.slice(2) as [string, string]
   const coordinators = new MemoryCoordinatorCluster()
-  const g = await GalleonFS.open({ storagePath, cluster: { nodeId: 'n1', transport: new MemoryTransport({ network: new MemoryNetwork(), nodeId: 'n1' }), coordinator: holdingRecords(coordinators.coordinator()), leaseTtlMs: 2000 } })
+  const g = await GalleonFS.open({ storagePath, cluster: { nodeId: 'n1', transport: new MemoryTransport({ network: new MemoryNetwork(), nodeId: 'n1' }), coordinator: holdingRecords(coordinators.coordinator(), () => { reportLine('ready record write held') }), leaseTtlMs: 2000 } })
   await makeClasses(g)
   await g.createVolume({ name: VOLUME, sizeBytes: BLOCKS * 4096, storageClass: 'single' })
   for (let i = 0; i < BLOCKS; i++) await g.writeBlock(VOLUME, i, blockOf(i), WriteConcern.WriteDurable)
