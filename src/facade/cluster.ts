@@ -100,37 +100,38 @@ export class ClusterMembership {
   async #finishConversions (coordinator: Coordinator, nodeId: string): Promise<void> {
     const catalog = this.#host.catalog
     for (const record of catalog.volumes()) {
-      if (record.creating === true) {
-        try {
-          if (await coordinator.get(recordKey(record.id)) !== undefined) {
-            await catalog.updateVolume(record.id, { creating: undefined })
-          } else {
-            // Never recorded: createVolume never answered; deleted as its failure path does.
-            await this.#host.destroy(record, true)
-            this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was being created (storage class ${record.storageClass}) when this node stopped, before the cluster recorded it; it was removed. Call createVolume again` })
-          }
-        } catch (err) {
-          // As for a conversion below: not known whether the cluster recorded it, the join fails.
-          throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} was being created when this node stopped, and the coordinator could not be read to tell whether the cluster recorded it (${(err as Error)?.message ?? String(err)}); nothing was changed: join again once the coordinator answers`, { cause: err })
-        }
+      const from = record.convertingFrom
+      if (record.creating !== true && from === undefined) continue
+      const what = record.creating === true ? 'being created' : 'becoming replicated'
+      // Replicated for good, or made local again since: a conversion's marker is only left over.
+      if (record.creating !== true && record.replication === undefined) {
+        await catalog.updateVolume(record.id, { convertingFrom: undefined })
         continue
       }
-      const from = record.convertingFrom
-      if (from === undefined) continue
+      let recorded: boolean
+      let deleted: boolean
       try {
-        // Replicated for good, or made local again since: the marker is only left over.
-        if (record.replication === undefined || await coordinator.get(recordKey(record.id)) !== undefined) {
-          await catalog.updateVolume(record.id, { convertingFrom: undefined })
-          continue
-        }
-        const mark = await coordinator.get(deletedKey(record.id))
-        if (mark !== undefined && (parseDeleted(mark.value) ?? []).includes(nodeId)) continue
-        await catalog.updateVolume(record.id, { storageClass: from.storageClass, replicas: from.replicas, replication: undefined, convertingFrom: undefined })
-        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (migrateVolume to class ${record.storageClass}, or to another node) when this node stopped, before the cluster recorded it; it is a local volume of class ${from.storageClass} again, its data as it was. Call migrateVolume again` })
+        recorded = await coordinator.get(recordKey(record.id)) !== undefined
+        const mark = recorded ? undefined : await coordinator.get(deletedKey(record.id))
+        deleted = mark !== undefined && (parseDeleted(mark.value) ?? []).includes(nodeId)
       } catch (err) {
         // Not known whether the cluster recorded it: the join fails, and changes nothing (the
         // replication manager would otherwise take the volume for a copy no primary serves).
-        throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} was becoming replicated when this node stopped, and the coordinator could not be read to tell whether the cluster recorded it (${(err as Error)?.message ?? String(err)}); nothing was changed: join again once the coordinator answers`, { cause: err })
+        throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} was ${what} when this node stopped, and the coordinator could not be read to tell whether the cluster recorded it (${(err as Error)?.message ?? String(err)}); nothing was changed: join again once the coordinator answers`, { cause: err })
+      }
+      if (recorded) {
+        await catalog.updateVolume(record.id, record.creating === true ? { creating: undefined } : { convertingFrom: undefined })
+      } else if (deleted) {
+        // Recorded, and deleted since while this node was away: the replication manager drops the copy.
+      } else if (record.creating === true) {
+        // Never recorded: createVolume never answered (it resolves only once the marker is
+        // cleared); deleted as its own failure path does.
+        await this.#host.destroy(record, true)
+        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was being created (storage class ${record.storageClass}) when this node stopped, before the cluster recorded it, so the call never answered; it was removed. Call createVolume again` })
+      } else {
+        const back = from as { storageClass: string, replicas: number }
+        await catalog.updateVolume(record.id, { storageClass: back.storageClass, replicas: back.replicas, replication: undefined, convertingFrom: undefined })
+        this.#host.emit('replication:error', { volumeId: record.id, nodeId, code: 'CANCELLED', message: `volume ${record.name} was becoming replicated (migrateVolume to class ${record.storageClass}, or to another node) when this node stopped, before the cluster recorded it; it is a local volume of class ${back.storageClass} again, its data as it was. Call migrateVolume again` })
       }
     }
   }

@@ -185,8 +185,17 @@ export class VolumeLifecycle {
         await this.destroy(record, false).catch(() => {})
         throw err
       }
-      // Recorded in the cluster: a marker left by a failure here is cleared at the next join.
-      record = await this.#host.catalog.updateVolume(record.id, { creating: undefined }).catch(() => record)
+      // Recorded in the cluster. The call resolves only once the marker is gone: one left would
+      // have the next join take the volume for a create that never answered, and delete it.
+      try {
+        record = await this.#host.catalog.updateVolume(record.id, { creating: undefined })
+      } catch (err) {
+        const replication = this.#host.replication as ReplicationManager
+        await replication.unregister(record.id).catch(() => {})
+        replication.forget(record.id)
+        await this.destroy(record, false).catch(() => {})
+        throw err
+      }
     }
     const volume = this.#host.volumeView(record)
     this.#host.emit('volume:created', volume)

@@ -163,7 +163,12 @@ export class ReplicationManager {
     manager.#leaderTimer = setInterval(() => {
       void manager.#leader.pass()
       // A leaving mark this node left behind (see clearStaleMark) is looked for every few seconds.
-      if (++ticks % STALE_MARK_TICKS === 0 && !manager.#closed) manager.#changes.clearStaleMark().catch(() => {})
+      if (++ticks % STALE_MARK_TICKS === 0 && !manager.#closed) {
+        manager.#changes.clearStaleMark().catch(() => {})
+        // So are deletion marks naming this node while it holds no copy (a lost create's sweep
+        // names every node of the record it removes, copies made or not; see #sweepLostCreate).
+        void manager.#leaveDeletionMarks()
+      }
     }, LEADER_LOOP_MS)
     manager.#leaderTimer.unref()
     return manager
