@@ -37,6 +37,20 @@ export async function clearDeletionMark (coordinator: Coordinator, volumeId: str
   }
 }
 
+/**
+ * Adds `nodes` to the volume's deletion mark (see deletedKey), making it if there is none, by
+ * compare-and-swap: the nodes an earlier mark names stay on it. Throws when it could not.
+ */
+async function addToDeletionMark (coordinator: Coordinator, volumeId: string, nodes: readonly string[]): Promise<void> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const entry = await coordinator.get(deletedKey(volumeId))
+    const named = entry === undefined ? [] : parseDeleted(entry.value) ?? []
+    const value = JSON.stringify({ nodes: [...new Set([...named, ...nodes])] })
+    if (await coordinator.put(deletedKey(volumeId), value, { expectRevision: entry?.revision ?? 0 }) !== undefined) return
+  }
+  throw new GalleonError('BUSY', `the deletion mark of volume ${volumeId} kept changing`)
+}
+
 /** The replica-set changes a ReplicationManager makes (see its register, handOff, moveCopy, reshape...). */
 export class ReplicaSetChanges {
   readonly #core: ManagerCore
@@ -323,7 +337,7 @@ export class ReplicaSetChanges {
       // Copies the record placed on other nodes (made meanwhile, see register) go with it: a
       // deletion mark names their nodes, as a deletion's does (this node's volume is not one).
       const others = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), ...(parseRecord(entry.value)?.droppedNodes ?? [])])].filter((n) => n !== this.#core.nodeId)
-      if (others.length > 0 && await this.#core.coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: others })).then(() => false, () => true)) continue
+      if (others.length > 0 && !await addToDeletionMark(this.#core.coordinator, volumeId, others).then(() => true, () => false)) continue
       // Changed since it was read (false), or the answer lost: read again next time round.
       if (await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)) return
     }
