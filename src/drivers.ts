@@ -209,7 +209,8 @@ export interface MountedVolume {
   /** The volume's bytes, as the `data` file. */
   readonly data: {
     size: () => number
-    read: (offset: number, length: number) => Promise<Uint8Array>
+    /** `into`: a buffer of at least `length` bytes to read into (the result is a view of it), instead of a new one. */
+    read: (offset: number, length: number, into?: Uint8Array) => Promise<Uint8Array>
     write: (offset: number, data: Uint8Array) => Promise<void>
     flush: () => Promise<void>
     /**

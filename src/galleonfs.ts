@@ -503,9 +503,13 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     return this.#io.write(vol, offset, data, concern)
   }
 
-  /** Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`). */
-  read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
-    return this.#io.read(source, offset, length)
+  /**
+   * Reads `length` bytes at `offset` of a volume, or of a snapshot (`{ volume, snapshot }`).
+   * `into`: a buffer of at least `length` bytes to read into, instead of a new one (a reader that
+   * reuses its buffers spares the allocation); the result is a view of its first `length` bytes.
+   */
+  read (source: ReadSource, offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    return this.#io.read(source, offset, length, into)
   }
 
   /** Makes every write acknowledged so far durable (writes of all volumes share the sync). */

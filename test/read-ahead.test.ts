@@ -155,3 +155,49 @@ describe('engine change counter (the version a mount reads ahead under)', () => 
     }
   })
 })
+
+describe('window buffers reused', () => {
+  it('windows read into the buffers of windows that went: never-written blocks still read as zeros, and every answer equals a direct read', async () => {
+    const store = new MemoryBlockStore()
+    await store.open()
+    const engine = new BlockEngine(store, { blockSize: 4096, cacheBlocks: 0 })
+    try {
+      const size = 4 * 1024 * 1024
+      const volume = engine.attach(1, size)
+      // Data in the first MiB only; the rest never written (no block to place: zeros).
+      await engine.write(volume, 0, new Uint8Array(1 << 20).fill(0xa5), WriteConcern.WriteAcknowledged)
+      const buffers = new Set<Uint8Array>()
+      let reused = 0
+      const source: ReadAheadSource = {
+        read: async (offset, length, into) => {
+          if (into !== undefined) {
+            if (buffers.has(into)) reused++
+            buffers.add(into)
+          }
+          return await engine.read(volume, offset, length, undefined, false, into)
+        },
+        version: () => engine.changes,
+        size: () => size
+      }
+      const ahead = new ReadAhead(source)
+      for (let pass = 0; pass < 3; pass++) {
+        for (let at = 0; at < size; at += REQUEST) {
+          // Copied at once, as the FUSE driver copies an answer into the kernel's buffer.
+          const answer = new Uint8Array(await ahead.read(at, REQUEST))
+          assert.deepEqual(answer, await engine.read(volume, at, REQUEST), `pass ${pass}, bytes at ${at}`)
+          await settle()
+        }
+        // Between passes the written MiB moves: windows of the next pass land on buffers that held it.
+        await engine.write(volume, (pass + 1) * (1 << 20) % size, new Uint8Array(1 << 20).fill(pass + 1), WriteConcern.WriteAcknowledged)
+        await engine.trim(volume, 0, 1 << 20, WriteConcern.WriteAcknowledged)
+        await ahead.read(size - REQUEST, REQUEST) // a jump: the next pass starts afresh
+      }
+      assert.ok(reused > 0, 'windows were read into reused buffers')
+      assert.ok(buffers.size <= AHEAD_BYTES / WINDOW_BYTES + 4, `a bounded set of buffers (${buffers.size})`)
+      ahead.close()
+    } finally {
+      await engine.close()
+      await store.close()
+    }
+  })
+})

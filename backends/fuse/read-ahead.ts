@@ -19,7 +19,8 @@
 
 /** What the read-ahead reads from. */
 export interface ReadAheadSource {
-  read: (offset: number, length: number) => Promise<Uint8Array>
+  /** `into`: a buffer of at least `length` bytes to read into (see MountedVolume). */
+  read: (offset: number, length: number, into?: Uint8Array) => Promise<Uint8Array>
   /** Changes whenever what `read` returns may have changed; undefined when that cannot be known. */
   version: () => number | undefined
   size: () => number
@@ -36,7 +37,16 @@ interface Window {
   readonly version: number
   /** The bytes, or undefined if the read failed (the request then reads itself and gets the error). */
   readonly data: Promise<Uint8Array | undefined>
+  /** The buffer the window is read into, given back for reuse when the window goes. */
+  readonly buffer: Uint8Array
 }
+
+/**
+ * Window buffers kept for reuse. A fresh 128 KiB buffer is mapped and zeroed page by page by the
+ * kernel and unmapped again once collected; on the 2-vCPU development VM, windows read into reused
+ * buffers made dd read 24-35% more MiB/s in alternating rounds (about 1,000-1,100 against 800).
+ */
+const SPARE_BUFFERS = AHEAD_BYTES / WINDOW_BYTES + WINDOWS_PER_REQUEST
 
 export class ReadAhead {
   readonly #source: ReadAheadSource
@@ -47,6 +57,8 @@ export class ReadAhead {
   /** Requests answered from a window, and bytes read ahead that were thrown away unused. */
   hits = 0
   discardedBytes = 0
+  /** Buffers of windows that went, for the next windows (see SPARE_BUFFERS). */
+  readonly #spare: Uint8Array[] = []
 
   constructor (source: ReadAheadSource) {
     this.#source = source
@@ -70,8 +82,9 @@ export class ReadAhead {
       }
     }
     out ??= await this.#source.read(offset, length)
-    // Windows wholly behind the reader are done with.
-    while (this.#windows.length > 0 && (this.#windows[0] as Window).end <= end) this.#windows.shift()
+    // Windows wholly behind the reader are done with. (Their buffers are reused only by #fill, from
+    // a later turn of the event loop: the caller copies `out` out before that.)
+    while (this.#windows.length > 0 && (this.#windows[0] as Window).end <= end) this.#release(this.#windows.shift() as Window)
     // After the answer has gone: the windows' reads run on the event loop's thread, while the kernel
     // and the FUSE thread deliver this answer and bring the next request.
     if (sequential) setImmediate(() => { this.#fill(end) })
@@ -81,14 +94,26 @@ export class ReadAhead {
   #closed = false
   /** Unmounted: windows are dropped and no more are read. */
   close (): void {
-    this.#closed = true
     this.clear()
+    this.#closed = true
+    this.#spare.length = 0
   }
 
   /** Forgets every window (a write through the mount, or a reader that jumped). */
   clear (): void {
-    for (const window of this.#windows) this.discardedBytes += window.end - window.start
+    for (const window of this.#windows) {
+      this.discardedBytes += window.end - window.start
+      this.#release(window)
+    }
     this.#windows = []
+  }
+
+  /** Gives a window's buffer back for reuse, once its read is over (it may still be writing into it). */
+  #release (window: Window): void {
+    if (this.#closed) return
+    void window.data.then(() => {
+      if (this.#spare.length < SPARE_BUFFERS && !this.#closed) this.#spare.push(window.buffer)
+    })
   }
 
   /** Starts windows until they reach AHEAD_BYTES past `from`. */
@@ -99,9 +124,10 @@ export class ReadAhead {
     let start = this.#windows.length > 0 ? (this.#windows[this.#windows.length - 1] as Window).end : from
     for (let started = 0; started < WINDOWS_PER_REQUEST && start < Math.min(size, from + AHEAD_BYTES); started++) {
       const length = Math.min(WINDOW_BYTES, size - start)
+      const buffer = this.#spare.pop() ?? new Uint8Array(WINDOW_BYTES)
       // The version is taken before the read begins: a change published after it shows as a new version.
-      const data = this.#source.read(start, length).then((bytes) => bytes, () => undefined)
-      this.#windows.push({ start, end: start + length, version, data })
+      const data = this.#source.read(start, length, buffer).then((bytes) => bytes, () => undefined)
+      this.#windows.push({ start, end: start + length, version, data, buffer })
       start += length
     }
   }

@@ -186,11 +186,14 @@ export class BlockEngine {
    * Reads a byte range (of the live view, or of the snapshot `view`), which may span blocks.
    * `background`: a read on replication's behalf (a resync reading or digesting blocks for a copy),
    * not a client's: it is left out of the volume's I/O metrics and bypasses the block cache (a
-   * scan would evict what clients read, and count as their misses).
+   * scan would evict what clients read, and count as their misses). `into`: a buffer of at least
+   * `length` bytes to read into (the result is its first `length` bytes) instead of a new one.
    */
-  async read (volume: VolumeBlocks, offset: number, length: number, view?: View, background = false): Promise<Uint8Array> {
+  async read (volume: VolumeBlocks, offset: number, length: number, view?: View, background = false, into?: Uint8Array): Promise<Uint8Array> {
     checkRange(this.#core, volume, offset, length, view)
-    const out = new Uint8Array(length)
+    // A caller's buffer (reused, so its pages are in place) is cleared first: blocks never
+    // written are not placed, they keep the zeros a new buffer starts with.
+    const out = into === undefined ? new Uint8Array(length) : into.subarray(0, length).fill(0)
     if (length === 0) return out
     if (volume.gate !== undefined || volume.movedTo !== undefined) [volume, view] = await this.#core.settle(volume, view)
     volume.enter()

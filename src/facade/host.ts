@@ -96,7 +96,7 @@ export interface FacadeHost {
 
 /** The public calls of the instance that forwarded requests and mounts run (as the caller would). */
 export interface FacadeCalls {
-  read: (source: ReadSource, offset: number, length: number) => Promise<Uint8Array>
+  read: (source: ReadSource, offset: number, length: number, into?: Uint8Array) => Promise<Uint8Array>
   readBlock: (source: ReadSource, blockIndex: number) => Promise<Uint8Array>
   write: (vol: VolumeRef, offset: number, data: Uint8Array, concern?: WriteConcern | `${WriteConcern}`) => Promise<void>
   writeBlock: (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern?: WriteConcern | `${WriteConcern}`) => Promise<void>

@@ -273,15 +273,23 @@ export class VolumeIO {
   }
 
   /** GalleonFS.read. */
-  async read (source: ReadSource, offset: number, length: number): Promise<Uint8Array> {
+  async read (source: ReadSource, offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     try {
       const host = this.#host
       host.assertOpen()
+      if (into !== undefined) {
+        assertBytes(into, 'into')
+        if (!Number.isSafeInteger(length) || into.byteLength < length) throw new GalleonError('INVALID_ARGUMENT', `read() into a buffer of ${into.byteLength} bytes cannot take ${describe(length)} bytes; pass one of at least the length read, or none`)
+      }
       const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
       if (denied !== undefined) await denied
       const { record, snapshot } = readSource(host.catalog, source)
       if (host.replication?.forwards(record.id) === true) {
-        return (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+        const payload = (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)
+        if (into === undefined) return payload
+        const out = into.subarray(0, payload.byteLength)
+        out.set(payload)
+        return out
       }
       this.#bridge.assertCopyHeld(record)
       const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
@@ -291,7 +299,7 @@ export class VolumeIO {
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         const volume = ioVolumeOf(host, record)
-        return await host.engine.read(volume, offset, length, viewOn(host, record, volume, snapshot))
+        return await host.engine.read(volume, offset, length, viewOn(host, record, volume, snapshot), false, into)
       } catch (err) {
         throw ioFailed(host, record, 'read', err)
       } finally {

@@ -111,7 +111,7 @@ export class MountBridge {
       // copies) changes unseen here.
       version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : this.#host.engine.changes,
       io: {
-        read: async (offset, length) => await run(async () => await this.#calls.read(source, offset, length)),
+        read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)),
         write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),
         flush: async () => await run(async () => { await this.#calls.flush(record.id) })
       },

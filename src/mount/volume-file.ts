@@ -8,7 +8,7 @@ import { WriteConcern } from '../types.js'
 
 /** What a VolumeFile needs from the instance (bound to the caller that opened it). */
 export interface VolumeFileIo {
-  read: (offset: number, length: number) => Promise<Uint8Array>
+  read: (offset: number, length: number, into?: Uint8Array) => Promise<Uint8Array>
   write: (offset: number, data: Uint8Array, concern: WriteConcern) => Promise<void>
   flush: () => Promise<void>
   /** Current size in bytes (a volume can grow while open). */
