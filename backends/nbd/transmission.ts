@@ -37,23 +37,33 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
   // Replies finished in the same turn of the event loop go out in one writev (cork), and a
   // reply's header and data are written as they are, without copying them together.
   let corked = false
-  const send = (buffers: Buffer[]): void => {
-    if (socket.destroyed) return
+  // `sent`: called once the socket is done with the buffers (written to the kernel, or dropped).
+  const send = (buffers: Buffer[], sent?: () => void): void => {
+    if (socket.destroyed) { sent?.(); return }
     if (!corked) {
       corked = true
       socket.cork()
       setImmediate(() => { corked = false; socket.uncork() })
     }
-    for (const buffer of buffers) if (buffer.byteLength > 0) socket.write(buffer)
+    let last = buffers.length - 1
+    while (last >= 0 && (buffers[last] as Buffer).byteLength === 0) last--
+    for (let i = 0; i <= last; i++) {
+      const buffer = buffers[i] as Buffer
+      if (buffer.byteLength > 0) socket.write(buffer, i === last ? sent : undefined)
+    }
+    if (last < 0) sent?.()
   }
-  const simple = (handle: Buffer, error: number, data?: Uint8Array): void => {
+  // Buffers that read replies were read into, kept for the next reads once the socket is done
+  // with them (see ReplyBuffers).
+  const replies = new ReplyBuffers()
+  const simple = (handle: Buffer, error: number, data?: Uint8Array, sent?: () => void): void => {
     const head = Buffer.alloc(16)
     head.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0)
     head.writeUInt32BE(error, 4)
     handle.copy(head, 8)
-    send(data === undefined ? [head] : [head, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
+    send(data === undefined ? [head] : [head, Buffer.from(data.buffer, data.byteOffset, data.byteLength)], sent)
   }
-  const chunk = (handle: Buffer, type: number, flags: number, payload: Buffer[]): void => {
+  const chunk = (handle: Buffer, type: number, flags: number, payload: Buffer[], sent?: () => void): void => {
     const length = payload.reduce((sum, b) => sum + b.byteLength, 0)
     const head = Buffer.alloc(20)
     head.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0)
@@ -61,7 +71,7 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
     head.writeUInt16BE(type, 6)
     handle.copy(head, 8)
     head.writeUInt32BE(length, 16)
-    send([head, ...payload])
+    send([head, ...payload], sent)
   }
   const fail = (handle: Buffer, errno: number, message: string): void => {
     if (!structured) { simple(handle, errno); return }
@@ -113,20 +123,22 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
     // A read's result counts once it exists (a refused read holds nothing, but is short-lived).
     const held = type === CMD_READ ? Math.min(length, MAX_REQUEST_BYTES) : payload?.byteLength ?? 0
     heldBytes += held
-    void runRequest(g, exp, type, flags, offset, length, payload).then((result) => {
-      if (result.error !== 0) { fail(handle, result.error, result.message ?? ''); return }
+    const into = type === CMD_READ ? replies.take(length) : undefined
+    const release = into === undefined ? undefined : () => { replies.give(into) }
+    void runRequest(g, exp, type, flags, offset, length, payload, into).then((result) => {
+      if (result.error !== 0) { release?.(); fail(handle, result.error, result.message ?? ''); return }
       if (type !== CMD_READ) {
         if (structured) chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, [])
         else simple(handle, 0)
         return
       }
       const data = result.data as Uint8Array
-      if (!structured) { simple(handle, 0, data); return }
+      if (!structured) { simple(handle, 0, data, release); return }
       // A structured chunk covers at least one byte: an empty read is answered with NONE.
-      if (data.byteLength === 0) { chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, []); return }
+      if (data.byteLength === 0) { release?.(); chunk(handle, REPLY_TYPE_NONE, REPLY_FLAG_DONE, []); return }
       const where = Buffer.alloc(8)
       where.writeBigUInt64BE(BigInt(offset), 0)
-      chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)])
+      chunk(handle, REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, [where, Buffer.from(data.buffer, data.byteOffset, data.byteLength)], release)
     }).finally(() => { heldBytes -= held; done() })
   }
   // Let requests in flight finish (and flush what they wrote); the caller then ends the session
@@ -153,8 +165,49 @@ function allowedFlags (type: number): number {
 /** The size of the zero-filled writes of a WRITE_ZEROES with NO_HOLE. */
 const ZEROES_PIECE_BYTES = 1 << 20
 
+/** Reads of at least this many bytes go into reused buffers (smaller ones are cheap to allocate). */
+const REUSED_MIN_BYTES = 64 * 1024
+/** Bytes of reply buffers a session keeps for reuse, at most. */
+const REUSED_MAX_BYTES = 16 * 1024 * 1024
+
+/**
+ * A session's spare reply buffers, by size. A fresh buffer of a large read (1 MiB, say) is mapped
+ * and zeroed page by page by the kernel, and unmapped once collected: on the 2-vCPU development VM
+ * that was a good part of the cost of large reads. A buffer comes back once the socket is done
+ * with the reply it held (see send's `sent`), so a reply is never overwritten while it goes out.
+ */
+class ReplyBuffers {
+  readonly #spare = new Map<number, Uint8Array[]>()
+  #bytes = 0
+
+  /** A buffer for a read of `length` bytes, or undefined where a new one is as good. */
+  take (length: number): Uint8Array | undefined {
+    if (length < REUSED_MIN_BYTES || length > REUSED_MAX_BYTES) return undefined
+    const buffer = this.#spare.get(length)?.pop()
+    if (buffer === undefined) return new Uint8Array(length)
+    this.#bytes -= length
+    return buffer
+  }
+
+  /** Keeps `buffer` for a later read, within REUSED_MAX_BYTES (other sizes give way). */
+  give (buffer: Uint8Array): void {
+    const length = buffer.byteLength
+    for (const [size, list] of this.#spare) {
+      if (this.#bytes + length <= REUSED_MAX_BYTES) break
+      if (size === length) continue
+      this.#bytes -= size * list.length
+      this.#spare.delete(size)
+    }
+    if (this.#bytes + length > REUSED_MAX_BYTES) return
+    let list = this.#spare.get(length)
+    if (list === undefined) this.#spare.set(length, list = [])
+    list.push(buffer)
+    this.#bytes += length
+  }
+}
+
 /** Runs one request; resolves to its outcome (never rejects). */
-async function runRequest (g: GalleonFS, exp: Export, type: number, flags: number, offset: number, length: number, payload: Buffer | undefined): Promise<{ error: number, message?: string, data?: Uint8Array }> {
+async function runRequest (g: GalleonFS, exp: Export, type: number, flags: number, offset: number, length: number, payload: Buffer | undefined, into?: Uint8Array): Promise<{ error: number, message?: string, data?: Uint8Array }> {
   const writing = type === CMD_WRITE || type === CMD_TRIM || type === CMD_WRITE_ZEROES
   if (writing && exp.readOnly) return { error: EPERM, message: `export ${exp.name} is read-only` }
   if (type === CMD_READ || writing) {
@@ -166,7 +219,7 @@ async function runRequest (g: GalleonFS, exp: Export, type: number, flags: numbe
   try {
     switch (type) {
       case CMD_READ:
-        return { error: 0, data: length === 0 ? new Uint8Array(0) : await g.read(exp.source, offset, length) }
+        return { error: 0, data: length === 0 ? new Uint8Array(0) : await g.read(exp.source, offset, length, into) }
       case CMD_WRITE:
         if (length > 0) await g.write(exp.volumeId, offset, payload as Buffer, fua ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged)
         return { error: 0 }
