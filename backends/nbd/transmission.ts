@@ -168,7 +168,7 @@ const ZEROES_PIECE_BYTES = 1 << 20
 /** Reads of at least this many bytes go into reused buffers (smaller ones are cheap to allocate). */
 const REUSED_MIN_BYTES = 64 * 1024
 /** Bytes of reply buffers a session keeps for reuse, at most. */
-const REUSED_MAX_BYTES = 16 * 1024 * 1024
+const REUSED_MAX_BYTES = 8 * 1024 * 1024
 
 /**
  * A session's spare reply buffers, by size. A fresh buffer of a large read (1 MiB, say) is mapped

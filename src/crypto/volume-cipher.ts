@@ -345,7 +345,11 @@ export class NativeOpenRun {
    */
   async finish (): Promise<Array<Uint8Array | true | undefined>> {
     this.#flush()
-    await Promise.all(this.#waits)
+    // Every call settled before a failure is reported: one still running writes into the caller's
+    // buffer, which the caller may hand to another read as soon as this one failed.
+    const settled = await Promise.allSettled(this.#waits)
+    const failed = settled.find((result): result is PromiseRejectedResult => result.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
     return this.#results
   }
 

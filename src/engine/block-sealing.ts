@@ -119,8 +119,11 @@ export async function openMany (core: EngineCore, volume: VolumeBlocks, addresse
       : group.jobs.map((job) => openOrUndefined(group.aead, key, job))
     group.positions.forEach((position, i) => { out[position] = opened[i] })
   }
-  for (const run of runs.values()) {
-    const opened = await run.finish()
+  // All runs settle before a failure is reported (see NativeOpenRun.finish).
+  const finished = await Promise.allSettled([...runs.values()].map(async (run) => ({ run, opened: await run.finish() })))
+  for (const result of finished) {
+    if (result.status === 'rejected') throw result.reason
+    const { run, opened } = result.value
     run.positions.forEach((position, i) => { out[position] = opened[i] })
   }
   return out

@@ -279,7 +279,7 @@ export class VolumeIO {
       host.assertOpen()
       if (into !== undefined) {
         assertBytes(into, 'into')
-        if (!Number.isSafeInteger(length) || into.byteLength < length) throw new GalleonError('INVALID_ARGUMENT', `read() into a buffer of ${into.byteLength} bytes cannot take ${describe(length)} bytes; pass one of at least the length read, or none`)
+        if (Number.isSafeInteger(length) && into.byteLength < length) throw new GalleonError('INVALID_ARGUMENT', `read() into a buffer of ${into.byteLength} bytes cannot take ${describe(length)} bytes; pass one of at least the length read, or none`)
       }
       const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
       if (denied !== undefined) await denied
