@@ -13,6 +13,7 @@ import type { Coordinator } from '../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { deletedKey, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { LosingCoordinator } from './support/losing-coordinator.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -36,46 +37,6 @@ class RefusingLevel extends ClassicLevel<string, string> {
     }
     const put = (ClassicLevel.prototype as unknown as { _put: (k: unknown, v: unknown, o: unknown) => Promise<void> })._put
     await put.call(this, key, value, options)
-  }
-}
-
-type Call = (...args: unknown[]) => Promise<unknown>
-
-/** A coordinator whose put of `lostKey` lands with its answer lost, after which no read answers until readsDown is cleared. */
-class LosingCoordinator {
-  lostKey: string | undefined
-  readsDown = false
-  /** false: the put of lostKey fails without being applied (the request never reached the coordinator). */
-  applies = true
-
-  wrap (coordinator: Coordinator): Coordinator {
-    return new Proxy(coordinator, {
-      get: (target, name) => {
-        const value = Reflect.get(target, name, target) as unknown
-        if (typeof value !== 'function') return value
-        if (name === 'get') {
-          return async (...args: unknown[]) => {
-            if (this.readsDown) throw new GalleonError('BACKEND_UNAVAILABLE', 'test: the coordinator answers no read')
-            return await (value as Call).apply(target, args)
-          }
-        }
-        if (name === 'put') {
-          return async (key: string, ...rest: unknown[]) => {
-            if (key === this.lostKey && !this.applies) {
-              this.lostKey = undefined
-              this.readsDown = true
-              throw new GalleonError('BACKEND_UNAVAILABLE', 'test: this put never reached the coordinator')
-            }
-            const answer = await (value as Call).call(target, key, ...rest)
-            if (key !== this.lostKey) return answer
-            this.lostKey = undefined
-            this.readsDown = true
-            throw new GalleonError('BACKEND_UNAVAILABLE', 'test: the answer of this put was lost')
-          }
-        }
-        return value.bind(target)
-      }
-    })
   }
 }
 

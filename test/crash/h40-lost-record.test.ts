@@ -10,11 +10,11 @@ import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, GalleonError, WriteConcern } from '../../src/index.js'
-import type { Coordinator } from '../../src/drivers.js'
+import { GalleonFS, WriteConcern } from '../../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
 import { recordKey } from '../../src/replication/records.js'
 import { until } from '../support/wait.js'
+import { LosingCoordinator } from '../support/losing-coordinator.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -22,39 +22,6 @@ after(async () => {
   await Promise.allSettled(opened.map(async (g) => await g.close()))
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
-
-type Call = (...args: unknown[]) => Promise<unknown>
-
-/** A coordinator whose put of `lostKey` lands with its answer lost, after which no read answers until `readsBack()`. */
-class LosingCoordinator {
-  lostKey: string | undefined
-  readsDown = false
-
-  wrap (coordinator: Coordinator): Coordinator {
-    return new Proxy(coordinator, {
-      get: (target, name) => {
-        const value = Reflect.get(target, name, target) as unknown
-        if (typeof value !== 'function') return value
-        if (name === 'get') {
-          return async (...args: unknown[]) => {
-            if (this.readsDown) throw new GalleonError('BACKEND_UNAVAILABLE', 'test: the coordinator answers no read')
-            return await (value as Call).apply(target, args)
-          }
-        }
-        if (name === 'put') {
-          return async (key: string, ...rest: unknown[]) => {
-            const answer = await (value as Call).call(target, key, ...rest)
-            if (key !== this.lostKey) return answer
-            this.lostKey = undefined
-            this.readsDown = true
-            throw new GalleonError('BACKEND_UNAVAILABLE', 'test: the answer of this put was lost')
-          }
-        }
-        return value.bind(target)
-      }
-    })
-  }
-}
 
 interface Node { g: GalleonFS, dir: string }
 
