@@ -13,7 +13,7 @@ import type { Coordinator } from '../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { deletedKey, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
-import { LosingCoordinator } from './support/losing-coordinator.js'
+import { LosingCoordinator, lostAnswerCluster } from './support/losing-coordinator.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -94,27 +94,11 @@ describe('review r12: the creating marker of a replicated volume', () => {
   })
 })
 
-interface Node { g: GalleonFS, dir: string }
-
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, losing?: LosingCoordinator): Promise<Node> {
-  const dir = await newDir(id)
-  const coordinator = coordinators.coordinator()
-  const g = await GalleonFS.open({ storagePath: dir, cluster: clusterOptions(network, losing === undefined ? coordinator : losing.wrap(coordinator), id) })
-  opened.push(g)
-  return { g, dir }
-}
-
 async function sweptMigration (applies: boolean): Promise<void> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
   const losing = new LosingCoordinator()
   losing.applies = applies
-  const n1 = await startNode(network, coordinators, 'n1', losing)
-  const n2 = await startNode(network, coordinators, 'n2')
-  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
-  for (const n of [n1, n2]) await n.g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
-  const volume = await n1.g.createVolume({ name: 'lost', sizeBytes: '128K' })
-  await n1.g.writeBlock('lost', 3, block(3), WriteConcern.WriteDurable)
+  const { n1, n2, coordinators, volumeId } = await lostAnswerCluster({ dirs, opened }, 'galleon-r12', losing)
+  const volume = { id: volumeId }
   const coordinator = coordinators.coordinator()
   // The sweep ends with the record's deletion (of the record that landed, or of its own fence).
   let recordDeleted = false

@@ -7,14 +7,12 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { rm } from 'node:fs/promises'
 import { GalleonFS, WriteConcern } from '../../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
+import type { MemoryCoordinatorCluster } from '../../backends/memory/index.js'
 import { recordKey } from '../../src/replication/records.js'
 import { until } from '../support/wait.js'
-import { LosingCoordinator } from '../support/losing-coordinator.js'
+import { LosingCoordinator, lostAnswerCluster, type LostAnswerNode } from '../support/losing-coordinator.js'
 
 const dirs: string[] = []
 const opened: GalleonFS[] = []
@@ -23,16 +21,7 @@ after(async () => {
   await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
 })
 
-interface Node { g: GalleonFS, dir: string }
-
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, losing?: LosingCoordinator): Promise<Node> {
-  const storagePath = await mkdtemp(join(tmpdir(), `galleon-h40-${id}-`))
-  dirs.push(storagePath)
-  const coordinator = coordinators.coordinator()
-  const g = await GalleonFS.open({ storagePath, cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: losing === undefined ? coordinator : losing.wrap(coordinator), leaseTtlMs: 1000 } })
-  opened.push(g)
-  return { g, dir: storagePath }
-}
+type Node = LostAnswerNode
 
 const block = (fill: number): Uint8Array => new Uint8Array(4096).fill(fill)
 
@@ -42,15 +31,9 @@ const block = (fill: number): Uint8Array => new Uint8Array(4096).fill(fill)
  * local again on n1.
  */
 async function failedMigration (): Promise<{ n1: Node, n2: Node, coordinators: MemoryCoordinatorCluster, volumeId: string }> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
   const losing = new LosingCoordinator()
-  const n1 = await startNode(network, coordinators, 'n1', losing)
-  const n2 = await startNode(network, coordinators, 'n2')
-  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
-  for (const n of [n1, n2]) await n.g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
-  const volume = await n1.g.createVolume({ name: 'lost', sizeBytes: '128K' })
-  await n1.g.writeBlock('lost', 3, block(3), WriteConcern.WriteDurable)
+  const { n1, n2, coordinators, volumeId } = await lostAnswerCluster({ dirs, opened }, 'galleon-h40', losing)
+  const volume = { id: volumeId }
   losing.lostKey = recordKey(volume.id)
   const first = await n1.g.migrateVolume('lost', { storageClass: 'double' }).then(() => undefined, (err: { code?: string }) => err)
   assert.equal(first?.code, 'BACKEND_UNAVAILABLE', 'the migration failed on the lost answer')

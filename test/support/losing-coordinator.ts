@@ -2,8 +2,13 @@
 // `applies` false, never reaches the coordinator) and answers with an error, after which no read
 // answers until `readsDown` is cleared: a coordinator that stops answering right after a write.
 
-import { GalleonError } from '../../src/index.js'
+import { mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonError, GalleonFS, WriteConcern } from '../../src/index.js'
 import type { Coordinator } from '../../src/drivers.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
+import { until } from './wait.js'
 
 type Call = (...args: unknown[]) => Promise<unknown>
 
@@ -43,4 +48,32 @@ export class LosingCoordinator {
       }
     })
   }
+}
+
+/** One node of {@link lostAnswerCluster}: its instance and storage directory. */
+export interface LostAnswerNode { g: GalleonFS, dir: string }
+
+/**
+ * Two in-process nodes, n1 coordinating through a LosingCoordinator, both with a 2-copy class
+ * `double`, and on n1 a local volume `lost` (128 KiB, block 3 filled with 3s). Directories and
+ * instances go to `made` for the test to remove and close.
+ */
+export async function lostAnswerCluster (made: { dirs: string[], opened: GalleonFS[] }, prefix: string, losing: LosingCoordinator): Promise<{ n1: LostAnswerNode, n2: LostAnswerNode, coordinators: MemoryCoordinatorCluster, volumeId: string }> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const start = async (id: string, wrapped?: LosingCoordinator): Promise<LostAnswerNode> => {
+    const dir = await mkdtemp(join(tmpdir(), `${prefix}-${id}-`))
+    made.dirs.push(dir)
+    const coordinator = coordinators.coordinator()
+    const g = await GalleonFS.open({ storagePath: dir, cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: wrapped === undefined ? coordinator : wrapped.wrap(coordinator), leaseTtlMs: 1000 } })
+    made.opened.push(g)
+    return { g, dir }
+  }
+  const n1 = await start('n1', losing)
+  const n2 = await start('n2')
+  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+  for (const n of [n1, n2]) await n.g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
+  const volume = await n1.g.createVolume({ name: 'lost', sizeBytes: '128K' })
+  await n1.g.writeBlock('lost', 3, new Uint8Array(4096).fill(3), WriteConcern.WriteDurable)
+  return { n1, n2, coordinators, volumeId: volume.id }
 }
