@@ -56,12 +56,12 @@ export function isGalleonError (err: unknown, code?: GalleonErrorCode): err is G
   return err instanceof GalleonError && (code === undefined || err.code === code)
 }
 
-/** Throws INVALID_ARGUMENT unless `value` is a safe non-negative integer. */
 /** The code of `err` when it is a GalleonError; anything else (a raw I/O error) counts as IO_ERROR. */
 export function errorCode (err: unknown): GalleonErrorCode {
   return err instanceof GalleonError ? err.code : 'IO_ERROR'
 }
 
+/** Throws INVALID_ARGUMENT unless `value` is a safe non-negative integer. */
 export function assertUint (value: unknown, what: string): asserts value is number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
     throw new GalleonError('INVALID_ARGUMENT', `${what} must be a non-negative safe integer, got ${describe(value)}`)

@@ -115,7 +115,8 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     this.#audit = parts.audit
     this.#host = this.#facadeHost()
     this.#volumes = new VolumeLifecycle(this.#host)
-    this.#snapshots = new Snapshots(this.#host)
+    // Read at each call: the membership is made below, and the mode is set when the instance joins a cluster.
+    this.#snapshots = new Snapshots(this.#host, () => this.#membership.replicationMode === 'synchronous')
     this.#clusterMigrations = new ClusterMigrations(this.#host)
     this.#liveMigrations = new LiveMigrations(this.#host, this.#clusterMigrations)
     this.#keyRotations = new KeyRotations(this.#host)

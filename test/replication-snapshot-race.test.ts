@@ -4,7 +4,8 @@
 // transport and coordinator, each with its own on-disk storage; the old primary's block store holds
 // its journal batches, and its metadata database its writes, on demand, so that its snapshot call is
 // still under way while the role moves and the new primary resyncs it; its stream to the other copy
-// is cut meanwhile.
+// is cut meanwhile. A call that resolved is never undone (with synchronous replication it waits for
+// the in-sync copies, and one made on this copy alone fails): on every copy, and kept.
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -133,7 +134,8 @@ async function depose (p: Pair, call: Promise<unknown>, gate: Gate): Promise<str
 }
 
 /** Every snapshot (by id: name and a digest of each block) and the live blocks of the volume, read from a node's storage opened alone. */
-async function contents (dir: string): Promise<{ snapshots: Map<string, { name: string, blocks: string[] }>, live: string[] }> {
+interface Contents { snapshots: Map<string, { name: string, blocks: string[] }>, live: string[] }
+async function contents (dir: string): Promise<Contents> {
   const g = await GalleonFS.open({ storagePath: dir })
   try {
     const read = async (source: Parameters<GalleonFS['readBlock']>[0]): Promise<string[]> => {
@@ -153,11 +155,13 @@ async function contents (dir: string): Promise<{ snapshots: Map<string, { name: 
  * Closes both nodes and asserts that their copies hold the same snapshots with the same bytes, and
  * the same live blocks (`context` ends each message).
  */
-async function assertSameCopies (p: Pair, context: string): Promise<void> {
+async function assertSameCopies (p: Pair, context: string, resolved?: (copy: Contents) => void): Promise<void> {
   await p.g1.close()
   await p.n2.g.close()
   const one = await contents(p.n1dir)
   const two = await contents(p.n2.dir)
+  // A call that resolved is kept (synchronous replication: it waited for the in-sync copies).
+  if (context.includes('resolved')) resolved?.(two)
   const names = (c: typeof one): string[] => [...c.snapshots.values()].map((s) => s.name).sort()
   assert.deepEqual(names(one), names(two), `both copies list the same snapshots (${context})`)
   assert.deepEqual([...one.snapshots.keys()].sort(), [...two.snapshots.keys()].sort(), `with the same ids (${context})`)
@@ -165,6 +169,11 @@ async function assertSameCopies (p: Pair, context: string): Promise<void> {
     snapshot.blocks.forEach((bytes, i) => { assert.equal(bytes, two.snapshots.get(id)?.blocks[i], `block ${i} of snapshot ${snapshot.name} is the same on both copies (${context})`) })
   }
   one.live.forEach((bytes, i) => { assert.equal(bytes, two.live[i], `live block ${i} is the same on both copies (${context})`) })
+}
+
+/** The check of a createSnapshot that resolved: the snapshot is on the copies. */
+function hasSnapshot (name: string): (copy: Contents) => void {
+  return (copy) => { assert.ok([...copy.snapshots.values()].some((s) => s.name === name), `a createSnapshot that resolved (${name}) is not undone by the failover`) }
 }
 
 /** Cuts n1's stream to n2 (its stream batches are lost) until `depose` takes over the network's rules. */
@@ -210,34 +219,39 @@ async function deposedWhileHeld (p: Pair, what: string, call: () => Promise<unkn
 }
 
 describe('a snapshot call on a primary deposed while it is under way', () => {
-  it('createSnapshot waiting for the old primary\'s own write: on every copy or on none', async () => {
+  it('createSnapshot waiting for the old primary\'s own write: on every copy or on none, and kept if the call resolved', async () => {
     const p = await pair()
     // The old primary records a write its journal holds, then the snapshot behind it (which waits for it).
-    await assertSameCopies(p, `createSnapshot on n1 ${await snapshotBehindHeldWrite(p, () => p.g1.createSnapshot('race', 'racy'))}`)
+    await assertSameCopies(p, `createSnapshot on n1 ${await snapshotBehindHeldWrite(p, () => p.g1.createSnapshot('race', 'racy'))}`, hasSnapshot('racy'))
   })
 
-  it('createSnapshot forwarded to the old primary by the other copy: on every copy or on none', async () => {
+  it('createSnapshot forwarded to the old primary by the other copy: on every copy or on none, and kept if the call resolved', async () => {
     const p = await pair()
     // n2, a copy still, forwards the call to n1.
-    await assertSameCopies(p, `createSnapshot through n2 ${await snapshotBehindHeldWrite(p, () => p.n2.g.createSnapshot('race', 'forwarded'))}`)
+    await assertSameCopies(p, `createSnapshot through n2 ${await snapshotBehindHeldWrite(p, () => p.n2.g.createSnapshot('race', 'forwarded'))}`, hasSnapshot('forwarded'))
   })
 
-  it('deleteSnapshot whose catalog entry is still going: deleted on every copy or on none', async () => {
+  it('deleteSnapshot whose catalog entry is still going: deleted on every copy or on none, and kept if the call resolved', async () => {
     const p = await pair()
     await p.g1.createSnapshot('race', 'old')
     await p.g1.writeBlock('race', 0, block(50), WriteConcern.WriteReplicated)
     await until('n2 has the snapshot', async () => await caughtUp(p.g1))
     // The old primary's deletion of the snapshot's record is held.
-    await assertSameCopies(p, `deleteSnapshot on n1 ${await deposedWhileHeld(p, 'the deletion', () => p.g1.deleteSnapshot('race', 'old'))}`)
+    await assertSameCopies(p, `deleteSnapshot on n1 ${await deposedWhileHeld(p, 'the deletion', () => p.g1.deleteSnapshot('race', 'old'))}`, (copy) => {
+      assert.ok(![...copy.snapshots.values()].some((s) => s.name === 'old'), 'a deleteSnapshot that resolved is not undone by the failover')
+    })
   })
 
-  it('restoreSnapshot whose intent is still being recorded: reverted on every copy or on none', async () => {
+  it('restoreSnapshot whose intent is still being recorded: reverted on every copy or on none, and kept if the call resolved', async () => {
     const p = await pair()
     await p.g1.createSnapshot('race', 'base')
     for (let i = 0; i < BLOCKS; i++) await p.g1.writeBlock('race', i, block(200 + i), WriteConcern.WriteReplicated)
     await until('n2 has everything', async () => await caughtUp(p.g1))
     // The old primary checked that it leads and records the revert's intent (held) before it reverts.
-    await assertSameCopies(p, `restoreSnapshot on n1 ${await deposedWhileHeld(p, 'the revert', () => p.g1.restoreSnapshot('race', 'base'))}`)
+    await assertSameCopies(p, `restoreSnapshot on n1 ${await deposedWhileHeld(p, 'the revert', () => p.g1.restoreSnapshot('race', 'base'))}`, (copy) => {
+      const base = [...copy.snapshots.values()].find((s) => s.name === 'base')
+      assert.deepEqual(copy.live, base?.blocks, 'a restoreSnapshot that resolved is not undone by the failover')
+    })
   })
 
   it('createSnapshot on the old primary queued behind another snapshot call: taken by the new primary, on every copy', async () => {
@@ -274,5 +288,30 @@ describe('a clone deleted on a node that no longer leads its source', () => {
     await until('n1 is in sync under n2', async () => await caughtUp(p.n2.g))
     await p.g1.deleteVolume('copy-of-race')
     await assertSameCopies(p, 'after the clone was deleted on n1')
+  })
+})
+
+describe('synchronous replication: snapshot calls on the primary wait for the in-sync copies', () => {
+  // Every message on the network takes 150 ms, so a copy applies and acknowledges a change well
+  // after the primary made it. A call that resolved before its copy had it could be lost with the
+  // primary (they used to resolve once made on the primary alone).
+  it('createSnapshot, deleteSnapshot and restoreSnapshot resolve with nothing left unacknowledged', async () => {
+    const p = await pair()
+    try {
+      p.network.delay(150)
+      const unacknowledged = async (): Promise<number> => await lag(p)
+      await p.g1.createSnapshot('race', 'waited')
+      assert.equal(await unacknowledged(), 0, 'createSnapshot resolved once the copy acknowledged it')
+      await p.g1.writeBlock('race', 0, block(77), WriteConcern.WriteAcknowledged)
+      await p.g1.restoreSnapshot('race', 'waited')
+      assert.equal(await unacknowledged(), 0, 'restoreSnapshot resolved once the copy acknowledged the revert')
+      await p.g1.deleteSnapshot('race', 'waited')
+      assert.equal(await unacknowledged(), 0, 'deleteSnapshot resolved once the copy acknowledged it')
+      // The copy's own catalog has followed (it lists its local snapshots).
+      assert.deepEqual((await p.n2.g.listSnapshots('race')).map((s) => s.name), [])
+    } finally {
+      p.network.delay(0)
+    }
+    await assertSameCopies(p, 'after the three calls')
   })
 })

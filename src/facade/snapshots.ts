@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto'
 import { GalleonError, errorCode } from '../errors.js'
 import type { VolumeBlocks, View } from '../engine/engine.js'
+import type { VolumeReplicator } from '../engine/replicator.js'
 import { mountControl } from '../mount/mount-manager.js'
 import { VolumeState, type Snapshot, type Volume } from '../types.js'
 import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
@@ -11,15 +12,52 @@ import type { FacadeHost } from './host.js'
 import { checkLabels, names, toVolume, viewOf } from './records.js'
 import { readSource, type CloneSource, type VolumeRef } from './refs.js'
 
+/** Where a snapshot call's change took its place in a replicated volume's stream: the primary that recorded it, and its number there. */
+interface RecordedChange { made?: boolean, by?: VolumeReplicator, seq?: number }
+
+/** Notes that the change was made, and where it was recorded (`by` undefined: nowhere, the volume had no primary here). */
+function noteChange (change: RecordedChange | undefined, by: VolumeReplicator | undefined, seq: number | undefined): void {
+  if (change === undefined) return
+  change.made = true
+  if (by === undefined || seq === undefined) return
+  change.by = by
+  change.seq = Math.max(seq, change.seq ?? 0)
+}
+
 /** Snapshot and clone operations on the instance's volumes (GalleonFS checks the caller first). */
 export class Snapshots {
   readonly #host: FacadeHost
   /** Reads in flight per snapshot id; deleting a snapshot waits for them. */
   readonly #snapshotReaders = new Map<string, { count: number, drained?: () => void }>()
   readonly #snapshotsGoing = new Set<string>()
+  /** Whether replication is synchronous (ClusterMembership.replicationMode), read at each call. */
+  readonly #synchronous: () => boolean
 
-  constructor (host: FacadeHost) {
+  constructor (host: FacadeHost, synchronous: () => boolean = () => true) {
     this.#host = host
+    this.#synchronous = synchronous
+  }
+
+  /**
+   * Synchronous replication: a snapshot call done on a replicated volume's primary resolves once
+   * every in-sync copy has applied it (as a flush waits for them), so that no failover can undo a
+   * call that resolved. Copies out of sync are not waited for, nor anything on a volume without an
+   * in-sync copy; a call whose copies did not confirm it fails, saying it may not be kept.
+   */
+  async #confirmed (record: VolumeRecord, done: string, change: RecordedChange): Promise<void> {
+    if (change.made !== true || !this.#synchronous()) return
+    if (change.by === undefined || change.seq === undefined) {
+      // Made here after this node stopped being the primary of a volume that is still replicated:
+      // the new primary does not have it, and its next resync of this copy undoes it.
+      const current = this.#host.catalog.volumeById(record.id)
+      if (current?.replication === undefined || this.#host.replication === undefined) return
+      throw new GalleonError('NOT_LEADER', `${done} on node ${this.#host.cluster?.nodeId ?? ''} alone, which stopped being the primary of volume ${record.name} while the call waited: the volume's primary does not have it, and the next resync undoes it here. Make the call again: it goes to the new primary`)
+    }
+    try {
+      await this.#host.replication?.replicatedChange(change.by, change.seq)
+    } catch (err) {
+      throw new GalleonError(err instanceof GalleonError ? err.code : 'WRITE_CONCERN_UNSATISFIED', `${done} on node ${this.#host.cluster?.nodeId ?? ''}, but the volume's copies did not confirm it (${err instanceof Error ? err.message : String(err)}); a failover may undo it: listSnapshots(${JSON.stringify(record.name)}) on the volume's primary shows whether it was kept, and the call can be made again`)
+    }
   }
 
   /** The work of GalleonFS.createSnapshot, once the caller is checked. */
@@ -29,6 +67,7 @@ export class Snapshots {
       const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
       return reply.header.snapshot as Snapshot
     }
+    const change: RecordedChange = {}
     const taken = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
@@ -38,11 +77,14 @@ export class Snapshots {
       if (this.#host.catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
         throw new GalleonError('SNAPSHOT_EXISTS', `volume ${record.name} already has a snapshot named ${JSON.stringify(name)}; pick another name or delete that snapshot first`)
       }
-      const snapshot = this.toSnapshot(await this.takeSnapshot(record, name, false))
+      const snapshot = this.toSnapshot(await this.takeSnapshot(record, name, false, undefined, undefined, change))
       this.#host.emit('snapshot:created', snapshot)
       return snapshot
     })
-    if (taken !== undefined) return taken
+    if (taken !== undefined) {
+      await this.#confirmed(target, `snapshot ${JSON.stringify(name)} of volume ${target.name} was taken`, change)
+      return taken
+    }
     // Nothing was done here: the new primary takes it (outside the admin queue, which the
     // snapshot's arrival in this copy's stream may need).
     const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
@@ -71,10 +113,13 @@ export class Snapshots {
       if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
       refuseReaders()
       await mountControl(this.#host.mounts).release(target.volumeId, target.id)
-      if (!await this.#deleteSnapshotNow(vol, snapshot, options)) {
+      const change: RecordedChange = {}
+      if (!await this.#deleteSnapshotNow(vol, snapshot, options, change)) {
         // The primary role moved while the call waited for its turn: the new primary deletes it
         // (and this copy follows through its stream).
         await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+      } else {
+        await this.#confirmed(owner, `snapshot ${target.name} of volume ${owner.name} was deleted`, change)
       }
     } finally {
       this.#host.goingAway.delete(target.id)
@@ -82,7 +127,7 @@ export class Snapshots {
   }
 
   /** Deletes the snapshot here, in the admin queue; false (nothing done) when this node stopped being the volume's primary meanwhile. */
-  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<boolean> {
+  async #deleteSnapshotNow (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }, change: RecordedChange): Promise<boolean> {
     return await this.#host.adminAfterMigration(this.#host.catalog.resolve(vol).id, async () => {
       const record = this.#host.catalog.resolve(vol)
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
@@ -99,7 +144,7 @@ export class Snapshots {
       for (const clone of clones) {
         await this.#host.engine.flatten(this.#host.volumeBlocks(clone), async () => { await this.#host.catalog.updateVolume(clone.id, { source: undefined }) })
       }
-      await this.dropSnapshot(record, found)
+      await this.dropSnapshot(record, found, change)
       return true
     })
   }
@@ -131,7 +176,8 @@ export class Snapshots {
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
     this.#refuseRevertWhileWriting(target, this.#host.engine.volume(target.storageId))
-    return await this.#host.adminAfterMigration(target.id, async () => {
+    const change: RecordedChange = {}
+    const restored = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
@@ -148,11 +194,17 @@ export class Snapshots {
       let updated!: VolumeRecord
       try {
         await this.#host.catalog.updateVolume(record.id, { revertTo: found.id })
+        if (record.replication !== undefined && volume.replicator === undefined) {
+          // Deposed while the intent was being recorded: nothing is reverted on this copy alone
+          // (the new primary's would not be, and the next resync would undo it here).
+          await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+          throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} stopped being the primary of volume ${record.name} while the revert waited; nothing was reverted. Retry it: it goes to the new primary`)
+        }
         try {
           // The record is cleared before the volume's I/O goes on: done after, I/O would be refused
           // meanwhile as if the revert had failed; done after acknowledged writes, a crash between
           // would make the next open revert again over them.
-          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed }) }, async () => {
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed })) }, async () => {
             this.#host.revertFailures.delete(record.id)
             updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
           })
@@ -174,8 +226,10 @@ export class Snapshots {
       }
       const result = this.#host.volumeView(updated)
       this.#host.emit('snapshot:restored', result, this.toSnapshot(found), reverted)
-      return result
+      return { result, name: found.name }
     })
+    await this.#confirmed(target, `volume ${target.name} was reverted to snapshot ${restored.name}`, change)
+    return restored.result
   }
 
   /** The work of GalleonFS.cloneVolume, once the caller is checked. */
@@ -234,7 +288,8 @@ export class Snapshots {
 
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
   /** `sizeBytes`: the size to record when it is not the volume's now (a copy rebuilding a primary's older snapshot). */
-  async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number): Promise<SnapshotRecord> {
+  /** `change`: set to the snapshot's place in a replicated volume's change stream. */
+  async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number, change?: RecordedChange): Promise<SnapshotRecord> {
     const volume = this.#host.ioVolume(record)
     // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
     await mountControl(this.#host.mounts).quiesce(record.id)
@@ -243,7 +298,8 @@ export class Snapshots {
     let recorded = false
     let gen: number
     try {
-      gen = await this.#host.engine.snapshot(volume, replicator === undefined ? undefined : () => { replicator.record({ type: 'snapshot', id, name }); recorded = true })
+      gen = await this.#host.engine.snapshot(volume, replicator === undefined ? undefined : () => { noteChange(change, replicator, replicator.record({ type: 'snapshot', id, name })); recorded = true })
+      if (replicator === undefined) noteChange(change, undefined, undefined)
     } catch (err) {
       if (recorded) replicator?.record({ type: 'delete-snapshot', id })
       throw err
@@ -258,7 +314,7 @@ export class Snapshots {
   }
 
   /** Removes a snapshot's record (first, so a crash never leaves a record whose blocks are gone), then its blocks. */
-  async dropSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): Promise<void> {
+  async dropSnapshot (record: VolumeRecord, snapshot: SnapshotRecord, change?: RecordedChange): Promise<void> {
     this.#snapshotsGoing.add(snapshot.id)
     try {
       const readers = this.#snapshotReaders.get(snapshot.id)
@@ -266,7 +322,7 @@ export class Snapshots {
       const clones = this.#host.catalog.clonesOf(record.id, snapshot.id).map((clone) => clone.id)
       await this.#host.catalog.deleteSnapshot(snapshot)
       const volume = this.#host.volumeBlocks(record)
-      volume.replicator?.record({ type: 'delete-snapshot', id: snapshot.id })
+      noteChange(change, volume.replicator, volume.replicator?.record({ type: 'delete-snapshot', id: snapshot.id }))
       await this.#host.engine.dropSnapshot(volume, snapshot.gen)
       this.#host.emit('snapshot:deleted', { ...this.toSnapshot(snapshot), clones })
     } finally {

@@ -35,6 +35,7 @@ import type { ClusterManager } from '../cluster/manager.js'
 import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
+import type { VolumeReplicator } from '../engine/replicator.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { errorText, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
@@ -213,14 +214,24 @@ export class ReplicationManager {
   async replicated (volumeId: string): Promise<void> {
     const primary = this.#sets.get(volumeId)?.primary
     if (primary === undefined || primary.seq === 0) return
-    if (primary.possible(WriteConcern.WriteReplicated) !== undefined) return
+    await this.replicatedChange(primary, primary.seq)
+  }
+
+  /**
+   * Resolves once the change `seq` that `by` recorded (the volume's replicator on this node when
+   * the change was made) is on every in-sync copy, or at once when the volume has no in-sync copy on
+   * another node; rejects when `by` stopped leading first: the next primary may lack the change.
+   */
+  async replicatedChange (by: VolumeReplicator, seq: number): Promise<void> {
+    if (!(by instanceof Primary)) return
+    if (!by.stopped && by.possible(WriteConcern.WriteReplicated) !== undefined) return
     try {
-      await primary.committed(primary.seq, WriteConcern.WriteReplicated)
+      await by.committed(seq, WriteConcern.WriteReplicated)
     } catch (err) {
       // Every other copy left the in-sync list while this waited: as when none was in sync at the
       // start, there is no in-sync copy left to wait for. (A node that stopped leading meanwhile
       // still fails: the next primary may lack what was written here.)
-      if (!primary.stopped && primary.possible(WriteConcern.WriteReplicated) !== undefined) return
+      if (!by.stopped && by.possible(WriteConcern.WriteReplicated) !== undefined) return
       throw err
     }
   }

@@ -198,6 +198,11 @@ export class Catalog {
     return [...this.#volumes.values()]
   }
 
+  /** The volume with this id, if there is one (any namespace). */
+  volumeById (id: string): VolumeRecord | undefined {
+    return this.#volumes.get(id)
+  }
+
   /**
    * Finds a volume by id, by name (in the current namespace) or by `namespace/name`; throws
    * VOLUME_NOT_FOUND / INVALID_ARGUMENT.
