@@ -456,8 +456,12 @@ export class FuseMountDriver implements MountDriver {
         writes.drain().then(() => cb(0), (err) => fail(cb, err))
       },
       statfs: (_path: string, cb: Callback) => {
-        const blocks = Math.ceil(volume.data.size() / 4096)
-        cb(0, { bsize: 4096, frsize: 4096, blocks, bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })
+        // fuse-native passes the block counts as 32-bit numbers: past 2^32 blocks of 4 KiB (16 TiB)
+        // the unit doubles until the count fits, so df shows the volume's real size.
+        const size = volume.data.size()
+        let unit = 4096
+        while (Math.ceil(size / unit) > 0xffffffff) unit *= 2
+        cb(0, { bsize: unit, frsize: unit, blocks: Math.ceil(size / unit), bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })
       },
       utimens: (_path: string, _atime: unknown, _mtime: unknown, cb: Callback) => { cb(0) },
       // Modes and owners are fixed: EPERM (as chmod(2) and chown(2) refuse), except for a call

@@ -53,8 +53,10 @@ export function volumeView (host: { readonly replication: ReplicationManager | u
 /** Throws INVALID_ARGUMENT unless `sizeBytes` is a positive multiple of the block size. */
 export function checkVolumeSize (blockSize: number, sizeBytes: number): void {
   if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
-    const up = Math.max(blockSize, Math.ceil(sizeBytes / blockSize) * blockSize)
-    throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${up}`)
+    // Rounded up, unless that passes the largest safe integer (the suggestion must itself be accepted).
+    const up = Math.ceil(sizeBytes / blockSize) * blockSize
+    const suggested = Math.max(blockSize, up <= Number.MAX_SAFE_INTEGER ? up : Math.floor(sizeBytes / blockSize) * blockSize)
+    throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${suggested}`)
   }
 }
 

@@ -423,7 +423,7 @@ export class VolumeLifecycle {
     if (sizeBytes < record.sizeBytes) {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is ${record.sizeBytes} bytes; shrinking to ${sizeBytes} would destroy data and is not supported. Create a smaller volume and copy the data instead`)
     }
-    if (sizeBytes === record.sizeBytes) return toVolume(record)
+    if (sizeBytes === record.sizeBytes) return this.#host.volumeView(record)
     const release = record.pool === undefined ? undefined : this.#host.pools.reserve(record.pool, sizeBytes - record.sizeBytes, `expanding volume ${record.name} from ${record.sizeBytes} to ${sizeBytes} bytes`)
     let updated: VolumeRecord
     try {
@@ -470,7 +470,10 @@ export class VolumeLifecycle {
 
   /** Grows this node's copy of a replicated volume to the size its primary expanded it to. */
   async applyExpand (volumeId: string, sizeBytes: number): Promise<void> {
-    if ((this.#host.recordById(volumeId)?.sizeBytes ?? sizeBytes) >= sizeBytes) return
+    // Grown already, in the catalog and in the engine (the catalog changes first: a call that saw
+    // only that would let the stream's next write past the old end reach an engine not grown yet).
+    const known = this.#host.recordById(volumeId)
+    if (known === undefined || Math.min(known.sizeBytes, this.#host.engine.volume(known.storageId)?.sizeBytes ?? known.sizeBytes) >= sizeBytes) return
     await this.#host.adminAfterMigration(volumeId, async () => {
       const record = this.#host.recordById(volumeId)
       if (record === undefined || record.state === VolumeState.Deleting || sizeBytes <= record.sizeBytes) return
