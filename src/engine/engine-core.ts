@@ -167,6 +167,31 @@ export class EngineCore {
   }
 
   /**
+   * settle() for a write: writers that wait queue in the order they arrived, and one that arrives
+   * while others still wait queues behind them. The caller takes its block claims right after
+   * this resolves, then calls `next` to let the writer behind it go on: a write issued after the
+   * gate opened no longer takes its claims before one that waited, which would apply the two out
+   * of their issue order.
+   */
+  async settleInOrder (volume: VolumeBlocks): Promise<[VolumeBlocks, () => void]> {
+    const ahead = volume.gateQueue
+    let next!: () => void
+    const mine = new Promise<void>((resolve) => { next = resolve })
+    volume.gateQueue = mine
+    const done = (): void => {
+      if (volume.gateQueue === mine) volume.gateQueue = undefined
+      next()
+    }
+    try {
+      if (ahead !== undefined) await ahead
+      return [(await this.settle(volume))[0], done]
+    } catch (err) {
+      done()
+      throw err
+    }
+  }
+
+  /**
    * Waits out a closed gate, then follows the volume to where a live migration moved it (the
    * snapshot view translated to the destination's generation). Returns where the I/O goes.
    */

@@ -139,9 +139,10 @@ export class BlockEngine {
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
     }
-    if (volume.gate !== undefined || volume.movedTo !== undefined) {
+    let next: (() => void) | undefined
+    if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) {
       data = copyBytes(data)
-      volume = (await this.#core.settle(volume))[0]
+      ;[volume, next] = await this.#core.settleInOrder(volume)
     }
     volume.enter()
     const startedAt = background ? 0 : volume.metrics.begin()
@@ -151,6 +152,7 @@ export class BlockEngine {
     const claim = new BlockClaim()
     const previous = volume.locks.get(index)
     volume.locks.set(index, claim)
+    next?.()
     let ticketed = false
     try {
       // The caller may reuse its buffer once we return a promise: encode before any await, or copy.
@@ -234,9 +236,10 @@ export class BlockEngine {
     checkRange(this.#core, volume, offset, data.byteLength)
     if (data.byteLength === 0) return
     const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
-    if (volume.gate !== undefined || volume.movedTo !== undefined) {
+    let next: (() => void) | undefined
+    if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) {
       data = copyBytes(data)
-      volume = (await this.#core.settle(volume))[0]
+      ;[volume, next] = await this.#core.settleInOrder(volume)
     }
     volume.enter()
     const startedAt = background ? 0 : volume.metrics.begin()
@@ -244,6 +247,7 @@ export class BlockEngine {
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + data.byteLength - 1) / this.blockSize)
     const release = this.#core.lock(volume, first, last)
+    next?.()
     let ticket: BlockClaim | undefined
     try {
       // The caller may reuse its buffer once we return a promise: copy if we must wait first.
@@ -317,13 +321,15 @@ export class BlockEngine {
   async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
     checkRange(this.#core, volume, offset, length)
     if (length === 0) return
-    if (volume.gate !== undefined || volume.movedTo !== undefined) volume = (await this.#core.settle(volume))[0]
+    let next: (() => void) | undefined
+    if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) [volume, next] = await this.#core.settleInOrder(volume)
     volume.enter()
     const startedAt = background ? 0 : volume.metrics.begin()
     let ok = false
     const first = Math.floor(offset / this.blockSize)
     const last = Math.floor((offset + length - 1) / this.blockSize)
     const release = this.#core.lock(volume, first, last)
+    next?.()
     let ticket: BlockClaim | undefined
     try {
       if (release.ready !== undefined) await release.ready

@@ -46,6 +46,11 @@ export class VolumeBlocks {
   #idleWaiters: Array<() => void> = []
   /** While set, new operations wait for it (a revert or a snapshot deletion in progress). */
   gate: Promise<void> | undefined
+  /**
+   * The last writer waiting to get past the gate (see EngineCore.settleInOrder): while set, new
+   * writes queue behind it instead of going ahead, so writes take their claims in issue order.
+   */
+  gateQueue: Promise<void> | undefined
   /** Set when the volume is going away: new I/O is refused. */
   closing = false
   /** Seals this volume's blocks when it is encrypted. */
@@ -108,6 +113,9 @@ export class VolumeBlocks {
     while (this.gate !== undefined) await this.gate
     let open!: () => void
     this.gate = new Promise<void>((resolve) => { open = resolve })
+    // An operation that saw the gate open a few promise hops ago (settle) has not entered yet: one
+    // turn of the event loop lets every such chain enter, so that idle() below waits for it.
+    await new Promise<void>((resolve) => { setImmediate(resolve) })
     await this.idle()
     return () => { this.gate = undefined; open() }
   }

@@ -1,7 +1,7 @@
 // The I/O path of the facade: block and byte reads and writes, flush, trim and scrub through the
 // QoS stage and the engine (or forwarded to a replicated volume's primary), and how failures show.
 
-import { GalleonError, assertBytes, describe, errorCode } from '../errors.js'
+import { GalleonError, assertBytes, copyBytes, describe, errorCode } from '../errors.js'
 import { LIVE } from '../engine/block-map.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
 import { MAX_IO_BYTES } from '../engine/io-checks.js'
@@ -185,6 +185,9 @@ export class VolumeIO {
       const arrivedAt = qos.now()
       // Short data is zero-padded: the whole block is stored, so the whole block is charged.
       const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
+      // The caller may reuse its buffer once this call has returned (the engine copies before its
+      // own waits): copy it before waiting for admission.
+      if (typeof admitted !== 'boolean') data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
@@ -257,6 +260,7 @@ export class VolumeIO {
       const qos = host.qos
       const arrivedAt = qos.now()
       const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
+      if (typeof admitted !== 'boolean') data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         await host.engine.write(volume, offset, data, checked, primary)
