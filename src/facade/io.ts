@@ -166,11 +166,17 @@ export class VolumeIO {
       host.assertOpen()
       const denied = this.#gate.refCheck('writeBlock', 'volume:write', vol)
       if (denied !== undefined) await denied
+      // The caller may reuse its buffer once this call has returned its promise: whatever waits
+      // before the engine has taken the bytes (which it does before its own waits) waits on a copy.
+      let copied = false
       const record = writable(host.catalog, vol)
       assertBytes(data, 'data')
       const checked = checkConcern(concern)
       const replication = host.replication
       if (record.replication !== undefined && replication !== undefined) {
+        // Forwarded, or handed to a new primary if the role moves under it: sent later.
+        data = copyBytes(data)
+        copied = true
         if (replication.forwards(record.id)) {
           await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
           return
@@ -185,9 +191,7 @@ export class VolumeIO {
       const arrivedAt = qos.now()
       // Short data is zero-padded: the whole block is stored, so the whole block is charged.
       const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
-      // The caller may reuse its buffer once this call has returned (the engine copies before its
-      // own waits): copy it before waiting for admission.
-      if (typeof admitted !== 'boolean') data = copyBytes(data)
+      if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
@@ -242,11 +246,17 @@ export class VolumeIO {
       host.assertOpen()
       const denied = this.#gate.refCheck('write', 'volume:write', vol)
       if (denied !== undefined) await denied
+      // The caller may reuse its buffer once this call has returned its promise: whatever waits
+      // before the engine has taken the bytes (which it does before its own waits) waits on a copy.
+      let copied = false
       const record = writable(host.catalog, vol)
       assertBytes(data, 'data')
       const checked = checkConcern(concern)
       const replication = host.replication
       if (record.replication !== undefined && replication !== undefined) {
+        // Forwarded, or handed to a new primary if the role moves under it: sent later.
+        data = copyBytes(data)
+        copied = true
         if (replication.forwards(record.id)) {
           await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
           return
@@ -260,7 +270,7 @@ export class VolumeIO {
       const qos = host.qos
       const arrivedAt = qos.now()
       const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
-      if (typeof admitted !== 'boolean') data = copyBytes(data)
+      if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         await host.engine.write(volume, offset, data, checked, primary)
