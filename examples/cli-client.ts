@@ -109,6 +109,7 @@ async function request (globals: Globals, method: string, path: string, body?: u
 const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/pass \{ force: true \}/g, 'pass --force'],
   [/listVolumes\(\)/g, '`galleonfs volume list`'],
+  [/ \(openVolumeFile\)/g, ''],
   [/listSnapshots\(\)/g, '`galleonfs snapshot list <volume>`'],
   [/listBackups\(\)/g, '`galleonfs backup list --target <dir>`'],
   [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],

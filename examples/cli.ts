@@ -77,6 +77,16 @@ export function buildCli (): Command {
     .showHelpAfterError()
     .exitOverride()
   const globals = (): Globals => program.opts<Globals>()
+  // An empty name (a script's unset variable: `qos clear "$VOL"`) would make an empty path segment,
+  // which names another thing: refused here, before any request.
+  program.hook('preAction', (_program, command) => {
+    command.registeredArguments.forEach((argument, i) => {
+      const value = command.processedArgs[i] as unknown
+      if (value === '' || (Array.isArray(value) && value.includes(''))) {
+        throw new UsageError(`${command.parent?.name() ?? 'galleonfs'} ${command.name()}: the <${argument.name()}> argument is empty; give a name or id (is a shell variable unset?)`)
+      }
+    })
+  })
 
   const volume = program.command('volume').description('manage volumes')
   volume.command('create').description('create a volume')

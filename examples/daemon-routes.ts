@@ -196,7 +196,13 @@ export async function readBody (request: IncomingMessage): Promise<unknown> {
 
 /** The API: library calls, nothing more. */
 export async function route (g: GalleonFS, config: DaemonConfig, method: string, url: URL, body: unknown, daemon: RouteContext): Promise<unknown> {
-  const parts = url.pathname.split('/').filter((p) => p.length > 0).map((part) => {
+  const segments = url.pathname.split('/').slice(1)
+  // An empty segment before the last (`/v1/volumes//qos`, a client's empty name) would otherwise
+  // vanish and name another thing: DELETE /v1/volumes//qos would delete the volume "qos".
+  if (segments.slice(0, -1).some((segment) => segment.length === 0)) {
+    throw new HttpError(400, 'INVALID_ARGUMENT', `the path ${url.pathname} holds an empty segment; names and ids are never empty`)
+  }
+  const parts = segments.filter((p) => p.length > 0).map((part) => {
     try {
       return decodeURIComponent(part)
     } catch {

@@ -6,7 +6,7 @@ const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 3
 
 /**
  * Parses a size: a non-negative safe integer number of bytes, or a string such as `4096`, `512K`,
- * `100M`, `1.5G`, `2T` (binary multiples; `KB`, `KiB`, `k` are accepted too).
+ * `100M`, `1.5G`, `2T` (binary multiples; `KB`, `KiB`, `Ki`, `k` are accepted too).
  * Throws INVALID_ARGUMENT naming the accepted forms.
  */
 export function parseSize (input: number | string): number {
@@ -17,7 +17,8 @@ export function parseSize (input: number | string): number {
   if (typeof input !== 'string') {
     throw new GalleonError('INVALID_ARGUMENT', `size must be a number of bytes or a string like "512K", "100M", "1G", got ${describe(input)}`)
   }
-  const match = /^\s*(\d+)(?:\.(\d+))?\s*([kmgtp]?)(?:i?b)?\s*$/i.exec(input)
+  // A unit letter may be followed by B, iB or i (Kubernetes' Gi, Mi), and bytes may be written B.
+  const match = /^\s*(\d+)(?:\.(\d+))?\s*(?:([kmgtp])(?:i?b|i)?|b)?\s*$/i.exec(input)
   if (match === null) {
     throw new GalleonError('INVALID_ARGUMENT', `cannot parse size ${describe(input)}: use bytes or a number with K, M, G, T or P (e.g. "512K", "100M", "1.5G", "2T")`)
   }
