@@ -82,7 +82,7 @@ export function buildCli (): Command {
   program.hook('preAction', (_program, command) => {
     command.registeredArguments.forEach((argument, i) => {
       const value = command.processedArgs[i] as unknown
-      if (value === '' || (Array.isArray(value) && value.includes(''))) {
+      if (argument.required && (value === '' || (Array.isArray(value) && value.includes('')))) {
         throw new UsageError(`${command.parent?.name() ?? 'galleonfs'} ${command.name()}: the <${argument.name()}> argument is empty; give a name or id (is a shell variable unset?)`)
       }
     })

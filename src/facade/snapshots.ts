@@ -56,7 +56,10 @@ export class Snapshots {
     try {
       await this.#host.replication?.replicatedChange(change.by, change.seq)
     } catch (err) {
-      throw new GalleonError(err instanceof GalleonError ? err.code : 'WRITE_CONCERN_UNSATISFIED', `${done} on node ${this.#host.cluster?.nodeId ?? ''}, but the volume's copies did not confirm it (${err instanceof Error ? err.message : String(err)}); a failover may undo it: listSnapshots(${JSON.stringify(record.name)}) on the volume's primary shows whether it was kept, and the call can be made again`)
+      // The replicator's words are a write's ("the write is stored on this node..."): said for this call.
+      const stopped = (change.by as { stopped?: unknown }).stopped === true
+      const why = stopped ? 'this node stopped being the volume\'s primary before its in-sync copies confirmed it' : 'its in-sync copies did not confirm it in time (a copy neither acknowledged nor could be taken out of the in-sync list)'
+      throw new GalleonError(err instanceof GalleonError ? err.code : 'WRITE_CONCERN_UNSATISFIED', `${done} on node ${this.#host.cluster?.nodeId ?? ''}, but ${why}: a failover may undo it. listSnapshots(${JSON.stringify(record.name)}) on the volume's primary shows whether it was kept, and the call can be made again`)
     }
   }
 

@@ -3,7 +3,7 @@
 // are refused (OUT_OF_RANGE), reads past it return nothing.
 
 import { Readable, Writable } from 'node:stream'
-import { GalleonError, assertBytes, describe } from '../errors.js'
+import { GalleonError, assertBytes, copyBytes, describe } from '../errors.js'
 import { WriteConcern } from '../types.js'
 
 /** What a VolumeFile needs from the instance (bound to the caller that opened it). */
@@ -131,6 +131,9 @@ export class VolumeFile implements AsyncIterable<Uint8Array> {
       throw new GalleonError('OUT_OF_RANGE', `a write of ${data.byteLength} bytes at ${position} goes past the end of the volume (${this.size} bytes); a volume does not grow by writing: expand it first`)
     }
     const concern = this.sync ? WriteConcern.WriteDurable : WriteConcern.WriteAcknowledged
+    // The caller may reuse its buffer once this call has returned: the pieces after the first are
+    // written after an await, from a copy.
+    if (data.byteLength > pieceAt(position, data.byteLength)) data = copyBytes(data)
     for (let done = 0; done < data.byteLength;) {
       const piece = pieceAt(position + done, data.byteLength - done)
       await this.#io.write(position + done, data.subarray(done, done + piece), concern)

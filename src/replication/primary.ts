@@ -150,8 +150,10 @@ export class Primary implements VolumeReplicator {
     const verdict = this.#verdict(seq, concern)
     if (verdict === true) return
     if (verdict instanceof Error) throw verdict
-    await new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject, deadline: Date.now() + COMMIT_WAIT_MS }) })
+    const waiting = new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject, deadline: Date.now() + COMMIT_WAIT_MS }) })
+    // Before the wait, not after it: the deadline is what ends a wait that nothing else ends.
     this.#watchDeadlines()
+    await waiting
   }
 
   #deadlineTimer: NodeJS.Timeout | undefined
