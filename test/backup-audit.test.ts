@@ -13,7 +13,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { GalleonFS, GalleonError, type Backup, type BackupTarget } from '../src/index.js'
+import { GalleonFS, GalleonError, type Backup } from '../src/index.js'
 import { BackupScheduler } from '../src/backup/policies.js'
 import { MemoryLevel } from 'memory-level'
 import { ClassicLevel } from 'classic-level'
@@ -21,7 +21,7 @@ import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../bac
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest, encodeManifest, type Manifest } from '../src/backup/format.js'
 import { retained } from '../src/backup/policies.js'
-import { delegatingTarget } from './support/backup-targets.js'
+import { delegatingTarget, gatedChunks } from './support/backup-targets.js'
 import { expectCode } from './support/assertions.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
@@ -157,28 +157,21 @@ if (CHILD === 'restore-over') {
 
     it('a backup is a point-in-time image: writes and trims racing it after its snapshot are not in it, and the next incremental has them', async () => {
       const directory = new DirectoryBackupTarget({ path: place() })
-      let gate: Promise<void> | undefined
-      let open: (() => void) | undefined
-      let reached = 0
-      const hold = async (): Promise<void> => { reached++; await gate }
-      const target: BackupTarget = delegatingTarget(directory, 'gated', {
-        touchChunk: async (id) => { await hold(); return await directory.touchChunk(id) },
-        hasChunk: async (id) => { await hold(); return await directory.hasChunk(id) }
-      })
+      const gated = gatedChunks(directory)
+      const target = gated.target
       const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })
       try {
         await g.createVolume({ name: 'v', sizeBytes: 4096 * BS })
         await g.write('v', 0, pattern(4096, 1))
         const before = await image(g, 'v')
-        gate = new Promise((resolve) => { open = resolve })
+        gated.hold()
         const taking = g.createBackup('v')
         // The snapshot is taken before the first chunk reaches the target: the backup's workers wait there.
-        await until('the backup to reach the target', () => reached > 0)
+        await until('the backup to reach the target', () => gated.reached > 0)
         await g.write('v', 0, pattern(4096, 2))
         await g.trim('v', 1000 * BS, 500 * BS)
         const racing = await image(g, 'v')
-        gate = undefined
-        open?.()
+        gated.release()
         const backup = await taking
         const restored = await g.restoreBackup(backup.id, { name: 'then' })
         assert.ok((await image(g, restored.name)).equals(before), 'the backup holds the volume as of its snapshot')

@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { GalleonFS, isGalleonError, type BlockStore } from '../src/index.js'
-import { until } from './support/wait.js'
+import { pythonSession } from './support/python-session.js'
 
 const exec = promisify(execFile)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -37,28 +37,6 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 async function python (script: string, ...args: string[]): Promise<string[]> {
   const { stdout } = await exec('python3', ['-c', script, ...args], { maxBuffer: 64 << 20 })
   return stdout.split('\n').filter((line) => line.length > 0)
-}
-
-/** A child Python process driven line by line: it prints, waits for a line on stdin, and so on. */
-function pythonSession (script: string, ...args: string[]): { lines: string[], next: (count: number) => Promise<void>, send: () => void, exited: Promise<number | null> } {
-  const child = spawn('python3', ['-c', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] })
-  const lines: string[] = []
-  let pending = ''
-  child.stdout.on('data', (chunk: Buffer) => {
-    pending += chunk.toString()
-    let newline: number
-    while ((newline = pending.indexOf('\n')) >= 0) {
-      lines.push(pending.slice(0, newline))
-      pending = pending.slice(newline + 1)
-    }
-  })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
-  return {
-    lines,
-    next: async (count) => { await until(`the child printed ${count} line(s) (${JSON.stringify(lines)})`, () => lines.length >= count) },
-    send: () => { child.stdin.write('\n') },
-    exited
-  }
 }
 
 /** A file store that fails reads or writes while told to. */

@@ -13,12 +13,13 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { BackupStrategy, GalleonFS, type BackupTarget } from '../src/index.js'
+import { BackupStrategy, GalleonFS } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { CMD_READ, EINVAL, NbdClient, REP_ACK, REP_INFO, infoRequestData } from './support/nbd-client.js'
-import { delegatingTarget } from './support/backup-targets.js'
+import { gatedChunks } from './support/backup-targets.js'
 import { until } from './support/wait.js'
+import { pythonSession } from './support/python-session.js'
 
 const exec = promisify(execFile)
 const BS = 4096
@@ -54,27 +55,6 @@ function pattern (seed: number, length: number): Uint8Array {
   return out
 }
 const zeros = (length: number): Uint8Array => new Uint8Array(length)
-
-/** A Python child driven line by line: it prints, waits for a line on stdin, and so on. */
-function pythonSession (script: string, ...args: string[]): { lines: string[], next: (count: number) => Promise<void>, send: () => void, exited: Promise<number | null> } {
-  const child = spawn('python3', ['-c', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] })
-  const lines: string[] = []
-  let pending = ''
-  child.stdout.on('data', (chunk: Buffer) => {
-    pending += chunk.toString()
-    for (let newline = pending.indexOf('\n'); newline >= 0; newline = pending.indexOf('\n')) {
-      lines.push(pending.slice(0, newline))
-      pending = pending.slice(newline + 1)
-    }
-  })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
-  return {
-    lines,
-    next: async (count) => { await until(`the child printed ${count} line(s) (${JSON.stringify(lines)})`, () => lines.length >= count, 20_000) },
-    send: () => { child.stdin.write('\n') },
-    exited
-  }
-}
 
 describe('h41: expansion through the API, snapshots, clones, encryption and backups', () => {
   it('refused expansions (smaller, not a block multiple, zero, beyond the pool) change nothing; the same size is a no-op', async () => {
@@ -257,14 +237,8 @@ describe('h41: expansion through the API, snapshots, clones, encryption and back
   })
   it('an expansion while a backup, a key rotation and a live migration run: the backup is the volume before it, the rest see the new size and keep every write', async () => {
     const directory = new DirectoryBackupTarget({ path: place() })
-    let gate: Promise<void> | undefined
-    let open: (() => void) | undefined
-    let reached = 0
-    const hold = async (): Promise<void> => { reached++; await gate }
-    const target: BackupTarget = delegatingTarget(directory, 'gated', {
-      touchChunk: async (id) => { await hold(); return await directory.touchChunk(id) },
-      hasChunk: async (id) => { await hold(); return await directory.hasChunk(id) }
-    })
+    const gated = gatedChunks(directory)
+    const target = gated.target
     const storagePath = place()
     let g = await GalleonFS.open({ storagePath, backupTarget: target })
     try {
@@ -273,14 +247,13 @@ describe('h41: expansion through the API, snapshots, clones, encryption and back
       await g.createVolume({ name: 'b', sizeBytes: 256 * BS })
       const before = pattern(30, 256 * BS)
       await g.write('b', 0, before)
-      gate = new Promise((resolve) => { open = resolve })
+      gated.hold()
       const taking = g.createBackup('b', { strategy: BackupStrategy.Full })
-      await until('the backup reached the target', () => reached > 0)
+      await until('the backup reached the target', () => gated.reached > 0)
       await g.expandVolume('b', 512 * BS)
       await g.write('b', 0, pattern(31, BS))
       await g.write('b', 400 * BS, pattern(32, BS))
-      gate = undefined
-      open?.()
+      gated.release()
       const backup = await taking
       const restored = await g.restoreBackup(backup.id, { name: 'b-then' })
       assert.equal(restored.sizeBytes, 256 * BS)

@@ -28,3 +28,23 @@ export function delegatingTarget (directory: DirectoryBackupTarget, name: string
     ...overrides
   }
 }
+
+/**
+ * A target over `directory` whose chunk checks (hasChunk, touchChunk) wait while it is held: a
+ * backup held there has taken its snapshot. `reached` counts the calls that came.
+ */
+export function gatedChunks (directory: DirectoryBackupTarget): { target: BackupTarget, hold: () => void, release: () => void, readonly reached: number } {
+  let gate: Promise<void> | undefined
+  let open: (() => void) | undefined
+  let reached = 0
+  const pass = async (): Promise<void> => { reached++; await gate }
+  return {
+    target: delegatingTarget(directory, 'gated', {
+      touchChunk: async (id) => { await pass(); return await directory.touchChunk(id) },
+      hasChunk: async (id) => { await pass(); return await directory.hasChunk(id) }
+    }),
+    hold: () => { gate ??= new Promise((resolve) => { open = resolve }) },
+    release: () => { gate = undefined; open?.() },
+    get reached () { return reached }
+  }
+}
