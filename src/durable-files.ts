@@ -2,10 +2,31 @@
 
 import { randomBytes } from 'node:crypto'
 import { link, open, rename, unlink, type FileHandle } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { dirname, resolve } from 'node:path'
+import { makeDirectories } from './make-directories.js'
 
 function isCode (err: unknown, code: string): boolean {
   return (err as NodeJS.ErrnoException | undefined)?.code === code
+}
+
+/**
+ * makeDirectories, then syncs the parent of each directory it made (top down), so that the new
+ * directories' names survive a power loss like the files later synced in them. A directory that
+ * was there already gets its parent synced too (it may have been made by a call that died before
+ * its sync), where the parent can be opened.
+ */
+export async function makeDirectoriesDurably (path: string, mode?: number): Promise<string | undefined> {
+  const first = await makeDirectories(path, mode)
+  const target = resolve(path)
+  if (first === undefined) {
+    await syncDirectory(dirname(target)).catch((err: unknown) => { if (!isCode(err, 'EACCES')) throw err })
+    return undefined
+  }
+  for (let made = target; ; made = dirname(made)) {
+    await syncDirectory(dirname(made))
+    if (made === first || dirname(made) === made) break
+  }
+  return first
 }
 
 /**

@@ -2,7 +2,7 @@
 // creating those named by their registered names (registry.ts) and loading native backends lazily,
 // so importing galleonfs never needs them.
 
-import { makeDirectories } from './make-directories.js'
+import { makeDirectoriesDurably } from './durable-files.js'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
@@ -144,7 +144,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
   }
 
   if (storagePath !== undefined) {
-    await makeDirectories(storagePath).catch((err: NodeJS.ErrnoException) => {
+    await makeDirectoriesDurably(storagePath).catch((err: NodeJS.ErrnoException) => {
       const fix = err.code === 'EEXIST' || err.code === 'ENOTDIR' ? 'a file is in the way; pick another storagePath' : err.code === 'EACCES' || err.code === 'EPERM' ? 'give this process write access to its parent, or pick another storagePath' : 'pick a storagePath on a writable file system'
       throw new GalleonError('IO_ERROR', `could not create the storage directory ${storagePath}: ${err.message}; ${fix}`, { cause: err })
     })
@@ -210,6 +210,8 @@ async function openClassicLevel (location: string): Promise<MetadataDatabase> {
   const ClassicLevel = await loadClassicLevel('the on-disk metadata database')
   // Opened without its CURRENT file, LevelDB would start an empty catalog and delete the old one.
   await assertLevelDirectoryIntact(location, 'the metadata database')
+  // LevelDB makes its directory itself and never syncs its parent: made here, durably named.
+  await makeDirectoriesDurably(location)
   return new ClassicLevel(location) as unknown as MetadataDatabase
 }
 

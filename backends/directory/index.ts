@@ -13,7 +13,7 @@ import { open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promi
 import { dirname, join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
-import { syncDirectory, writeFileAtomically } from '../../src/durable-files.js'
+import { makeDirectoriesDurably, syncDirectory, writeFileAtomically } from '../../src/durable-files.js'
 import { makeDirectories } from '../../src/make-directories.js'
 
 /** Options of the directory backup target. */
@@ -57,8 +57,9 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async #open (): Promise<void> {
     try {
-      await makeDirectories(join(this.location, 'chunks'))
-      await makeDirectories(join(this.location, 'manifests'))
+      // Durably named: chunks and manifests synced into them must not vanish with them at a power loss.
+      await makeDirectoriesDurably(join(this.location, 'chunks'))
+      await makeDirectoriesDurably(join(this.location, 'manifests'))
     } catch (err) {
       throw ioError(`could not create the backup directory ${this.location}`, err)
     }

@@ -3,7 +3,7 @@
 // here is ordered for crash safety first, and recovery tells a torn tail (cut off) from corruption
 // (reported, never cut off).
 
-import { makeDirectories } from '../../src/make-directories.js'
+import { makeDirectoriesDurably } from '../../src/durable-files.js'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes } from '../../src/errors.js'
@@ -113,7 +113,7 @@ export class FileBlockStore extends AbstractBlockStore {
     resetState(this.#state)
     const location = this.#state.location
     try {
-      await makeDirectories(location)
+      await makeDirectoriesDurably(location)
     } catch (err) {
       throw wrapIo(err, `could not create the block store directory ${location}`)
     }

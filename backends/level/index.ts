@@ -8,6 +8,7 @@ import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from 
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
+import { makeDirectoriesDurably } from '../../src/durable-files.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -424,6 +425,8 @@ export const levelBackend = {
 async function openClassicLevel (location: string): Promise<LevelDatabase> {
   const ClassicLevel = await loadClassicLevel('the level block store (or choose another backend)')
   await assertLevelDirectoryIntact(location, 'the level block store')
+  // LevelDB makes its directory itself and never syncs its parent: made here, durably named.
+  await makeDirectoriesDurably(location)
   return new ClassicLevel<string, Uint8Array>(location, ENCODINGS) as unknown as LevelDatabase
 }
 
