@@ -348,9 +348,12 @@ export function buildCli (): Command {
     // A restart can turn HTTPS on or off: the new process then refuses this address's scheme,
     // which waiting does not change, and the last error says what to give instead.
     let last: Error | undefined
-    for (let waited = 0; waited < 60_000; waited += 250) {
+    // A minute in all: each status call waits at most for what is left of it.
+    const until = Date.now() + 60_000
+    while (Date.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, 250))
-      const status = await call(globals(), 'GET', '/v1/status').catch((err: Error) => { last = err; return undefined }) as { pid?: number } | undefined
+      const timeoutMs = Math.max(100, Math.min(until - Date.now(), (globals().timeout ?? ANSWER_TIMEOUT_SECONDS) * 1000))
+      const status = await call(globals(), 'GET', '/v1/status', undefined, { timeoutMs }).catch((err: Error) => { last = err; return undefined }) as { pid?: number } | undefined
       if (status?.pid !== undefined && status.pid !== before.pid) {
         print(globals(), status, () => `the daemon restarted (pid ${status.pid})\n`)
         return

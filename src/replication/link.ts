@@ -200,6 +200,10 @@ export class Link {
       const { list, payload } = encodeChanges(batch)
       const from = (batch[0] as { seq: number }).seq
       const entry = { last: (batch[batch.length - 1] as { seq: number }).seq, count, bytes, payloadBytes: payload.byteLength, done: false }
+      // A batch waits behind those in flight: its limit grows with the bytes ahead of it (and its
+      // own) at the slowest rate a resync accepts, so a slow link that moves is not cut off.
+      const bytesAhead = this.#inflight.reduce((sum, e) => sum + e.payloadBytes, 0) + payload.byteLength
+      const timeoutMs = APPLY_TIMEOUT_MS + Math.ceil(bytesAhead * RESYNC_TIMEOUT_MS / RESYNC_MESSAGE_BYTES)
       this.#inflight.push(entry)
       const stream = this.#stream
       const sentAt = performance.now()
@@ -207,7 +211,7 @@ export class Link {
         kind: 'repl:apply',
         header: { volumeId: this.#primary.volumeId, epoch: this.#primary.epoch, from, changes: list },
         payload
-      }, APPLY_TIMEOUT_MS).then((reply) => {
+      }, timeoutMs).then((reply) => {
         if (stream !== this.#stream || this.state !== 'streaming') return
         if (reply.kind !== 'applied') throw new GalleonError('IO_ERROR', `node ${this.node} asked for a resync (it is at epoch ${String(reply.header.epoch)}, change ${String(reply.header.seq)})`)
         entry.done = true

@@ -53,6 +53,12 @@ const STALE_MARK_TICKS = 5
 /** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
 const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
 const FORWARD_DEADLINE_MS = 30_000
+/**
+ * How long one forwarded call may take on the primary: it runs there as the primary's own, which
+ * may wait for QoS admission and for its copies (COMMIT_WAIT_MS, 60 s), so a shorter limit cut off
+ * calls the primary was still working on, and sent them again.
+ */
+const FORWARD_ANSWER_MS = 75_000
 /** Coordinator key prefix of the deletion marks (see deletedKey). */
 const DELETED_PREFIX = deletedKey('')
 
@@ -710,7 +716,7 @@ export class ReplicationManager {
       if (set.primary !== undefined && !set.primary.frozen) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
       if (primary !== undefined && primary !== this.nodeId) {
         try {
-          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: 15_000 })
+          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS })
         } catch (err) {
           const code = (err as { code?: string })?.code
           // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer

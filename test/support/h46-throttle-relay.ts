@@ -1,0 +1,62 @@
+// h46: a TCP relay on 127.0.0.1 that passes what the dialer sends at a fixed rate (what the target
+// sends goes back at once): a slow but steadily moving link between two nodes. Reading from the
+// dialer pauses while a step's worth waits, so TCP flow control holds the dialer back.
+
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+
+export class ThrottleRelay {
+  readonly #server: Server
+  readonly #sockets = new Set<Socket>()
+  readonly #timers = new Set<NodeJS.Timeout>()
+  /** Bytes of the dialer's passed on so far. */
+  relayed = 0
+
+  constructor (target: { host: string, port: number }, bytesPerStep: number, stepMs: number) {
+    this.#server = createServer({ pauseOnConnect: true }, (client) => {
+      const upstream = connect(target)
+      for (const socket of [client, upstream]) {
+        this.#sockets.add(socket)
+        socket.on('error', () => {})
+        socket.once('close', () => { this.#sockets.delete(socket) })
+      }
+      client.once('close', () => { upstream.destroy() })
+      upstream.once('close', () => { client.destroy() })
+      upstream.on('data', (chunk: Buffer) => { client.write(chunk) })
+      const waiting: Buffer[] = []
+      let waitingBytes = 0
+      client.on('data', (chunk: Buffer) => {
+        waiting.push(chunk)
+        waitingBytes += chunk.byteLength
+        if (waitingBytes >= bytesPerStep) client.pause()
+      })
+      const timer = setInterval(() => {
+        let sent = 0
+        while (waiting.length > 0 && sent < bytesPerStep) {
+          const head = waiting[0] as Buffer
+          const take = Math.min(head.byteLength, bytesPerStep - sent)
+          upstream.write(head.subarray(0, take))
+          if (take === head.byteLength) waiting.shift()
+          else waiting[0] = head.subarray(take)
+          sent += take
+          waitingBytes -= take
+          this.relayed += take
+        }
+        if (waitingBytes < bytesPerStep) client.resume()
+      }, stepMs)
+      this.#timers.add(timer)
+      client.once('close', () => { clearInterval(timer); this.#timers.delete(timer) })
+      client.resume()
+    })
+  }
+
+  async listen (): Promise<string> {
+    await new Promise<void>((resolve) => { this.#server.listen(0, '127.0.0.1', resolve) })
+    return `127.0.0.1:${(this.#server.address() as AddressInfo).port}`
+  }
+
+  async close (): Promise<void> {
+    for (const timer of this.#timers) clearInterval(timer)
+    for (const socket of this.#sockets) socket.destroy()
+    await new Promise<void>((resolve) => { this.#server.close(() => { resolve() }) })
+  }
+}
