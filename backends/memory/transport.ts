@@ -202,8 +202,8 @@ export class MemoryNetwork {
         if (exchange.settled) return false
         exchange.settled = true
         cancellation.onCancel = undefined
-        this.#serving.get(to)?.delete(exchange)
-        this.#sending.get(from)?.delete(exchange)
+        untrack(this.#serving, to, exchange)
+        untrack(this.#sending, from, exchange)
         return true
       }
       cancellation.onCancel = (reason) => { if (finish()) reject(reason) }
@@ -221,7 +221,7 @@ export class MemoryNetwork {
     track(this.#serving, exchange.to, exchange)
     void target.serveFromNetwork(exchange.from, request).then((outcome) => {
       if (exchange.settled) return // the server closed or was killed, or the sender gave up
-      this.#serving.get(exchange.to)?.delete(exchange)
+      untrack(this.#serving, exchange.to, exchange)
       const reply = copyOutcome(outcome)
       this.#transmit({ from: exchange.to, to: exchange.from, exchange }, 'reply', request.kind, () => {
         if (reply instanceof GalleonError) exchange.fail(reply)
@@ -339,6 +339,14 @@ function track (map: Map<string, Set<Exchange>>, node: string, exchange: Exchang
     map.set(node, set)
   }
   set.add(exchange)
+}
+
+/** Forgets `exchange`, and the node's entry once it has none left (ids come and go). */
+function untrack (map: Map<string, Set<Exchange>>, node: string, exchange: Exchange): void {
+  const set = map.get(node)
+  if (set === undefined) return
+  set.delete(exchange)
+  if (set.size === 0) map.delete(node)
 }
 
 function unavailable (reason: string): GalleonError {
