@@ -18,12 +18,17 @@ function isCode (err: unknown, code: string): boolean {
 export async function makeDirectoriesDurably (path: string, mode?: number): Promise<string | undefined> {
   const first = await makeDirectories(path, mode)
   const target = resolve(path)
+  // A parent this process may write into but not read (mode 0733) cannot be opened to be synced:
+  // nothing more can be done there, and failing would leave the directory made and the call failed.
+  const syncParent = async (directory: string): Promise<void> => {
+    await syncDirectory(dirname(directory)).catch((err: unknown) => { if (!isCode(err, 'EACCES')) throw err })
+  }
   if (first === undefined) {
-    await syncDirectory(dirname(target)).catch((err: unknown) => { if (!isCode(err, 'EACCES')) throw err })
+    await syncParent(target)
     return undefined
   }
   for (let made = target; ; made = dirname(made)) {
-    await syncDirectory(dirname(made))
+    await syncParent(made)
     if (made === first || dirname(made) === made) break
   }
   return first

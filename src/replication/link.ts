@@ -191,8 +191,12 @@ export class Link {
     while (this.state === 'streaming' && this.#inflight.length < STREAM_WINDOW && this.#sent < this.#queue.length) {
       let bytes = 0
       let count = 0
-      while (this.#sent + count < this.#queue.length && count < BATCH_MAX_CHANGES && bytes < BATCH_MAX_BYTES) {
-        bytes += changeBytes((this.#queue[this.#sent + count] as { change: ReplicatedChange }).change)
+      // At most BATCH_MAX_BYTES (a single larger change alone), so that no batch's limit (see
+      // #watchHead) passes the 60 s a replicated write waits for its copies.
+      while (this.#sent + count < this.#queue.length && count < BATCH_MAX_CHANGES) {
+        const size = changeBytes((this.#queue[this.#sent + count] as { change: ReplicatedChange }).change)
+        if (count > 0 && bytes + size > BATCH_MAX_BYTES) break
+        bytes += size
         count++
       }
       const batch = this.#queue.slice(this.#sent, this.#sent + count)
@@ -205,6 +209,7 @@ export class Link {
       const bytesAhead = this.#inflight.reduce((sum, e) => sum + e.payloadBytes, 0) + payload.byteLength
       const timeoutMs = APPLY_TIMEOUT_MS + Math.ceil(bytesAhead * RESYNC_TIMEOUT_MS / RESYNC_MESSAGE_BYTES)
       this.#inflight.push(entry)
+      if (this.#inflight.length === 1) this.#watchHead()
       const stream = this.#stream
       const sentAt = performance.now()
       this.#primary.manager.request(this.node, {
@@ -228,6 +233,7 @@ export class Link {
           progressed = true
         }
         if (progressed) {
+          this.#watchHead()
           this.#primary.acked()
           this.#maybeInSync()
         }
@@ -238,8 +244,31 @@ export class Link {
     }
   }
 
+  #headTimer: NodeJS.Timeout | undefined
+  /**
+   * The oldest batch in flight has APPLY_TIMEOUT_MS plus its own bytes at the slowest rate a resync
+   * accepts, counted from when it became the oldest (its send, or the acknowledgement of the one
+   * before it): a copy that stops acknowledging is noticed that long after its last
+   * acknowledgement, however many bytes wait behind, and a slow link that keeps acknowledging is
+   * never cut off.
+   */
+  #watchHead (): void {
+    clearTimeout(this.#headTimer)
+    this.#headTimer = undefined
+    const head = this.#inflight[0]
+    if (head === undefined) return
+    const stream = this.#stream
+    const limitMs = APPLY_TIMEOUT_MS + Math.ceil(head.payloadBytes * RESYNC_TIMEOUT_MS / RESYNC_MESSAGE_BYTES)
+    this.#headTimer = setTimeout(() => {
+      if (stream === this.#stream && this.#inflight[0] === head) this.#broken?.(new GalleonError('BACKEND_UNAVAILABLE', `node ${this.node} did not acknowledge a stream batch (${head.payloadBytes} bytes) within ${limitMs} ms of the one before it`))
+    }, limitMs)
+    this.#headTimer.unref()
+  }
+
   /** Forgets the stream's queue and batches in flight. */
   #resetStream (): void {
+    clearTimeout(this.#headTimer)
+    this.#headTimer = undefined
     // The changes kept for the copy since this primary's first one (see #fromStart) are gone with
     // the queue: a copy at the hand-off's position would then lack those made since, so the next
     // resync compares instead of taking that shortcut.

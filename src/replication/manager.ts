@@ -715,15 +715,25 @@ export class ReplicationManager {
       const primary = set.record?.primary
       if (set.primary !== undefined && !set.primary.frozen) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
       if (primary !== undefined && primary !== this.nodeId) {
+        // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
+        // was lost may have happened, so it is retried only when the node said it is not primary.
+        const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume' && request.op !== 'restoreSnapshot'
+        // One answer may take FORWARD_ANSWER_MS, longer than the failover deadline: a repeatable
+        // call stops waiting for a primary the record no longer names and goes to the new one.
+        const failedOver = new AbortController()
+        const watch = repeatable ? setInterval(() => { const now = set.record?.primary; if (now !== undefined && now !== primary) failedOver.abort() }, 250) : undefined
         try {
-          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS })
+          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
           const code = (err as { code?: string })?.code
-          // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
-          // was lost may have happened, so it is retried only when the node said it is not primary.
-          const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume' && request.op !== 'restoreSnapshot'
+          if (failedOver.signal.aborted) {
+            lastError = err
+            continue // the new primary is tried whatever the deadline says
+          }
           if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
           lastError = err
+        } finally {
+          clearInterval(watch)
         }
       }
       if (Date.now() >= deadline || this.#closed) {
