@@ -227,6 +227,9 @@ export class NbdServer {
       if (socket.destroyed) return
       await transmit(this.#g, this.#stoppers, socket, reader, chosen.export, chosen.structured, chosen.allocation)
     } finally {
+      // The session is over: its stopper goes (the socket's close may have come before transmit
+      // set it, and each one kept its session's buffers alive as long as the server).
+      this.#stoppers.delete(socket)
       await chosen.attachment?.close().catch(() => {})
     }
   }

@@ -118,5 +118,8 @@ export function finish (socket: Socket): void {
   socket.end()
   socket.removeAllListeners('data')
   socket.resume()
-  setTimeout(() => { if (!socket.destroyed) socket.destroy() }, 60_000).unref()
+  const timer = setTimeout(() => { if (!socket.destroyed) socket.destroy() }, 60_000).unref()
+  // Gone sooner (the usual case): the timer goes too, and with it what it kept alive for a minute
+  // (the socket, its session and the session's spare reply buffers).
+  socket.once('close', () => { clearTimeout(timer) })
 }
