@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { pairSockets } from './support/net.js'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -41,13 +42,7 @@ class BlackholingRelay {
     this.#server = createServer((client) => {
       const upstream = connect(this.#target)
       const reader = new FrameReader(1 << 20)
-      for (const socket of [client, upstream]) {
-        this.#sockets.add(socket)
-        socket.on('error', () => {})
-        socket.once('close', () => { this.#sockets.delete(socket) })
-      }
-      client.once('close', () => { upstream.destroy() })
-      upstream.once('close', () => { client.destroy() })
+      pairSockets(this.#sockets, client, upstream)
       client.on('data', (chunk: Buffer) => {
         if (this.hello === undefined) {
           reader.push(chunk)

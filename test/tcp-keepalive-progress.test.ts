@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { pairSockets } from './support/net.js'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test, type TestContext } from 'node:test'
@@ -59,13 +60,7 @@ class ThrottlingRelay {
     this.#target = parseAddress(target)
     this.#server = createServer({ pauseOnConnect: true }, (client) => {
       const upstream = connect(this.#target)
-      for (const socket of [client, upstream]) {
-        this.#sockets.add(socket)
-        socket.on('error', () => {})
-        socket.once('close', () => { this.#sockets.delete(socket) })
-      }
-      client.once('close', () => { upstream.destroy() })
-      upstream.once('close', () => { client.destroy() })
+      pairSockets(this.#sockets, client, upstream)
       upstream.on('data', (chunk: Buffer) => { if (!this.#blackholed) client.write(chunk) })
       let piece = pieceBytes
       const waiting: Buffer[] = []

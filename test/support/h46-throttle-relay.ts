@@ -3,6 +3,7 @@
 // dialer pauses while a step's worth waits, so TCP flow control holds the dialer back.
 
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { pairSockets } from './net.js'
 
 export class ThrottleRelay {
   readonly #server: Server
@@ -14,13 +15,7 @@ export class ThrottleRelay {
   constructor (target: { host: string, port: number }, bytesPerStep: number, stepMs: number) {
     this.#server = createServer({ pauseOnConnect: true }, (client) => {
       const upstream = connect(target)
-      for (const socket of [client, upstream]) {
-        this.#sockets.add(socket)
-        socket.on('error', () => {})
-        socket.once('close', () => { this.#sockets.delete(socket) })
-      }
-      client.once('close', () => { upstream.destroy() })
-      upstream.once('close', () => { client.destroy() })
+      pairSockets(this.#sockets, client, upstream)
       upstream.on('data', (chunk: Buffer) => { client.write(chunk) })
       const waiting: Buffer[] = []
       let waitingBytes = 0
