@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
-import { pairSockets } from './support/net.js'
+import { pairSockets, passOn } from './support/net.js'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test, type TestContext } from 'node:test'
@@ -66,17 +66,9 @@ class ThrottlingRelay {
       const waiting: Buffer[] = []
       let waitingBytes = 0
       const forward = (): void => {
-        let sent = 0
-        while (waiting.length > 0 && sent < piece) {
-          const head = waiting[0] as Buffer
-          const take = Math.min(head.byteLength, piece - sent)
-          upstream.write(head.subarray(0, take))
-          if (take === head.byteLength) waiting.shift()
-          else waiting[0] = head.subarray(take)
-          sent += take
-          waitingBytes -= take
-          this.relayed += take
-        }
+        const sent = passOn(waiting, upstream, piece)
+        waitingBytes -= sent
+        this.relayed += sent
       }
       let hello = asEarlierVersion ? new FrameReader(1 << 20) : undefined
       client.on('data', (chunk: Buffer) => {

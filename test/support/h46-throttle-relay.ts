@@ -3,7 +3,7 @@
 // dialer pauses while a step's worth waits, so TCP flow control holds the dialer back.
 
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
-import { pairSockets } from './net.js'
+import { pairSockets, passOn } from './net.js'
 
 export class ThrottleRelay {
   readonly #server: Server
@@ -25,17 +25,9 @@ export class ThrottleRelay {
         if (waitingBytes >= bytesPerStep) client.pause()
       })
       const timer = setInterval(() => {
-        let sent = 0
-        while (waiting.length > 0 && sent < bytesPerStep) {
-          const head = waiting[0] as Buffer
-          const take = Math.min(head.byteLength, bytesPerStep - sent)
-          upstream.write(head.subarray(0, take))
-          if (take === head.byteLength) waiting.shift()
-          else waiting[0] = head.subarray(take)
-          sent += take
-          waitingBytes -= take
-          this.relayed += take
-        }
+        const sent = passOn(waiting, upstream, bytesPerStep)
+        waitingBytes -= sent
+        this.relayed += sent
         if (waitingBytes < bytesPerStep) client.resume()
       }, stepMs)
       this.#timers.add(timer)

@@ -27,3 +27,17 @@ export function pairSockets (sockets: Set<Socket>, client: Socket, upstream: Soc
   client.once('close', () => { upstream.destroy() })
   upstream.once('close', () => { client.destroy() })
 }
+
+/** Writes up to `limit` bytes from the front of `waiting` (chunks in order) to `to`; returns how many it wrote. */
+export function passOn (waiting: Buffer[], to: Socket, limit: number): number {
+  let sent = 0
+  while (waiting.length > 0 && sent < limit) {
+    const head = waiting[0] as Buffer
+    const take = Math.min(head.byteLength, limit - sent)
+    to.write(head.subarray(0, take))
+    if (take === head.byteLength) waiting.shift()
+    else waiting[0] = head.subarray(take)
+    sent += take
+  }
+  return sent
+}
