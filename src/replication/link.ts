@@ -16,6 +16,12 @@ import { APPLY_TIMEOUT_MS, BATCH_MAX_BYTES, DIGEST_BYTES, RESYNC_MESSAGE_BYTES, 
 export type LinkState = 'down' | 'resyncing' | 'streaming' | 'stopped'
 
 const RESYNC_TIMEOUT_MS = 30_000
+/**
+ * The slowest a copy may take the stream's batches (1 MiB/s): at that rate a write behind a full
+ * window (STREAM_WINDOW batches of BATCH_MAX_BYTES) still gets its acknowledgement well within the
+ * 60 s a replicated write waits.
+ */
+const STREAM_MIN_BYTES_PER_MS = 1024 * 1024 / 1000
 const BATCH_MAX_CHANGES = 1024
 /** A copy at most this many changes behind may start joining the in-sync list. */
 const JOIN_MAX_LAG = 4096
@@ -246,11 +252,12 @@ export class Link {
 
   #headTimer: NodeJS.Timeout | undefined
   /**
-   * The oldest batch in flight has APPLY_TIMEOUT_MS plus its own bytes at the slowest rate a resync
-   * accepts, counted from when it became the oldest (its send, or the acknowledgement of the one
-   * before it): a copy that stops acknowledging is noticed that long after its last
-   * acknowledgement, however many bytes wait behind, and a slow link that keeps acknowledging is
-   * never cut off.
+   * The oldest batch in flight has APPLY_TIMEOUT_MS plus its own bytes at STREAM_MIN_BYTES_PER_MS,
+   * counted from when it became the oldest (its send, or the acknowledgement of the one before it):
+   * a copy that stops acknowledging, or moves slower than that, is noticed within 9 s of its last
+   * acknowledgement however many bytes wait behind, and then leaves the in-sync list (a slower copy
+   * would hold every replicated write back past its 60 s); a slow link that keeps up with that rate
+   * is never cut off.
    */
   #watchHead (): void {
     clearTimeout(this.#headTimer)
@@ -258,7 +265,7 @@ export class Link {
     const head = this.#inflight[0]
     if (head === undefined) return
     const stream = this.#stream
-    const limitMs = APPLY_TIMEOUT_MS + Math.ceil(head.payloadBytes * RESYNC_TIMEOUT_MS / RESYNC_MESSAGE_BYTES)
+    const limitMs = APPLY_TIMEOUT_MS + Math.ceil(head.payloadBytes / STREAM_MIN_BYTES_PER_MS)
     this.#headTimer = setTimeout(() => {
       if (stream === this.#stream && this.#inflight[0] === head) this.#broken?.(new GalleonError('BACKEND_UNAVAILABLE', `node ${this.node} did not acknowledge a stream batch (${head.payloadBytes} bytes) within ${limitMs} ms of the one before it`))
     }, limitMs)

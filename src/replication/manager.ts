@@ -726,9 +726,9 @@ export class ReplicationManager {
           return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
           const code = (err as { code?: string })?.code
-          if (failedOver.signal.aborted) {
+          if (failedOver.signal.aborted && !this.#closed && Date.now() < deadline + FORWARD_ANSWER_MS) {
             lastError = err
-            continue // the new primary is tried whatever the deadline says
+            continue // the new primary is tried, even just past the failover deadline (not for ever: a record whose primary keeps changing)
           }
           if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
           lastError = err
