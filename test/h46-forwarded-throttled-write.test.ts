@@ -22,11 +22,11 @@ it('a write forwarded to the primary of a throttled volume waits for the throttl
   await n1.g.createVolume({ name: 'slow', sizeBytes: 4 * 1024 * KiB, replicas: 2 })
   await until('both copies are in sync', async () => await allInSync(n1.g, 'slow', 2))
   // 50 kB/s of writes, no burst. An operation larger than the bucket passes once it is full and
-  // leaves it in debt: after 1600 KiB written on the primary, the next write waits about 33 s
-  // (longer than the forwarder's 15 s per attempt and 30 s in all, well within the primary's own
-  // limits: none for the throttle, 60 s for the copies).
+  // leaves it in debt: after 900 KiB written on the primary, the next write waits about 18 s
+  // (longer than the forwarder's former 15 s per attempt, well within the primary's own limits:
+  // none for the throttle, 60 s for the copies).
   await n1.g.setQoSPolicy('slow', { limits: { writeThroughputMBps: 0.05 } })
-  await n1.g.write('slow', 4 * KiB, new Uint8Array(1600 * KiB).fill(0x11), WriteConcern.WriteAcknowledged)
+  await n1.g.write('slow', 4 * KiB, new Uint8Array(900 * KiB).fill(0x11), WriteConcern.WriteAcknowledged)
   const data = new Uint8Array(4 * KiB).fill(0x5a)
   const startedAt = Date.now()
   const outcome = await n2.g.write('slow', 0, data, WriteConcern.WriteAcknowledged).then(() => 'stored', (err: { code?: string, message?: string }) => `${err.code}: ${err.message}`)
