@@ -9,6 +9,7 @@ import { AHEAD_BYTES, ReadAhead, WINDOW_BYTES, type ReadAheadSource } from '../b
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { BlockEngine } from '../src/engine/engine.js'
 import { WriteConcern } from '../src/types.js'
+import { countingSource } from './support/read-ahead-source.js'
 
 const SIZE = 8 * 1024 * 1024
 const REQUEST = 128 * 1024
@@ -166,19 +167,7 @@ describe('window buffers reused', () => {
       const volume = engine.attach(1, size)
       // Data in the first MiB only; the rest never written (no block to place: zeros).
       await engine.write(volume, 0, new Uint8Array(1 << 20).fill(0xa5), WriteConcern.WriteAcknowledged)
-      const buffers = new Set<Uint8Array>()
-      let reused = 0
-      const source: ReadAheadSource = {
-        read: async (offset, length, into) => {
-          if (into !== undefined) {
-            if (buffers.has(into)) reused++
-            buffers.add(into)
-          }
-          return await engine.read(volume, offset, length, undefined, false, into)
-        },
-        version: () => engine.changes,
-        size: () => size
-      }
+      const { source, reused, distinct } = countingSource(engine, volume, size)
       const ahead = new ReadAhead(source)
       for (let pass = 0; pass < 3; pass++) {
         for (let at = 0; at < size; at += REQUEST) {
@@ -192,8 +181,8 @@ describe('window buffers reused', () => {
         await engine.trim(volume, 0, 1 << 20, WriteConcern.WriteAcknowledged)
         await ahead.read(size - REQUEST, REQUEST) // a jump: the next pass starts afresh
       }
-      assert.ok(reused > 0, 'windows were read into reused buffers')
-      assert.ok(buffers.size <= AHEAD_BYTES / WINDOW_BYTES + 4, `a bounded set of buffers (${buffers.size})`)
+      assert.ok(reused() > 0, 'windows were read into reused buffers')
+      assert.ok(distinct() <= AHEAD_BYTES / WINDOW_BYTES + 4, `a bounded set of buffers (${distinct()})`)
       ahead.close()
     } finally {
       await engine.close()

@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { ReadAhead, type ReadAheadSource } from '../backends/fuse/read-ahead.js'
+import { ReadAhead } from '../backends/fuse/read-ahead.js'
+import { countingSource } from './support/read-ahead-source.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { BlockEngine } from '../src/engine/engine.js'
 import { WriteConcern } from '../src/types.js'
@@ -269,21 +270,10 @@ describe('review r13: FUSE read-ahead buffers', () => {
         model.set(bytes, at)
       }
       for (let mib = 0; mib < 8; mib += 2) await fillRange(mib * MiB, MiB)
-      const buffers = new Set<Uint8Array>()
-      let reused = 0
-      const source: ReadAheadSource = {
-        // Reads start after a random delay (a window's read now and then a slow one), so they finish out of order.
-        read: async (offset, length, into) => {
-          if (into !== undefined) {
-            if (buffers.has(into)) reused++
-            buffers.add(into)
-          }
-          await new Promise((resolve) => setTimeout(resolve, into !== undefined && random() < 0.25 ? 15 : Math.floor(random() * 2)))
-          return await engine.read(volume, offset, length, undefined, false, into)
-        },
-        version: () => engine.changes,
-        size: () => size
-      }
+      // Reads start after a random delay (a window's read now and then a slow one), so they finish out of order.
+      const { source, reused } = countingSource(engine, volume, size, async (into) => {
+        await new Promise((resolve) => setTimeout(resolve, into !== undefined && random() < 0.25 ? 15 : Math.floor(random() * 2)))
+      })
       const ahead = new ReadAhead(source)
       // As the FUSE driver does: copied into the kernel's buffer as soon as the answer comes.
       const ask = async (at: number): Promise<void> => {
@@ -315,7 +305,7 @@ describe('review r13: FUSE read-ahead buffers', () => {
         }
       }
       assert.ok(ahead.hits > 10, `requests answered from windows (${ahead.hits})`)
-      assert.ok(reused > 10, `windows read into reused buffers (${reused})`)
+      assert.ok(reused() > 10, `windows read into reused buffers (${reused()})`)
       ahead.close()
     } finally {
       await engine.close()
