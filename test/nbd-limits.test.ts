@@ -132,6 +132,41 @@ describe('NBD handshake time limit', () => {
   })
 })
 
+describe('NbdServer.close() time limit', () => {
+  it('resolves after closeTimeoutMs although requests still wait inside the library (a QoS limit)', async () => {
+    const h = await GalleonFS.open({ storagePath: join(root, 'close-limit') })
+    // One write a second: 20 pipelined writes would hold close() for about 19 s without the limit.
+    await h.createVolume({ name: 'slow', sizeBytes: '1M', qos: { limits: { iops: 1 } } })
+    const own = await NbdServer.listen(h, { port: 0, closeTimeoutMs: 300 })
+    const wire = await NbdClient.connect(own.port)
+    try {
+      await wire.hello()
+      await wire.go('slow')
+      const writes = 20
+      for (let k = 0; k < writes; k++) wire.request(1 /* NBD_CMD_WRITE */, k + 1, k * 4096, 4096, 0, new Uint8Array(4096).fill(k + 1))
+      const throttled = new Promise<void>((resolve) => { h.once('qos:throttled', () => { resolve() }) })
+      await throttled
+      await own.close()
+      const { writeOps } = await h.getVolumeMetrics('slow')
+      assert.ok(writeOps < writes, `close() resolved while writes still waited for the limit (${writeOps} of ${writes} done)`)
+      assert.ok(await wire.closedByServer(), 'the client was disconnected')
+      assert.equal(own.connections, 0)
+    } finally {
+      wire.socket.destroy()
+      await own.close()
+      // The writes still waiting go on; removing the limit lets them finish, so the instance closes at once.
+      await h.setQoSPolicy('slow', null)
+      await h.close()
+    }
+  })
+
+  it('refuses a bad closeTimeoutMs', async () => {
+    for (const bad of [-1, 0.5, Number.NaN, 2 ** 31, '300']) {
+      await assert.rejects(NbdServer.listen(g, { port: 0, closeTimeoutMs: bad as never }).then(async (srv) => { await srv.close() }), { code: 'INVALID_ARGUMENT' }, `closeTimeoutMs: ${String(bad)}`)
+    }
+  })
+})
+
 describe('NBD server socket errors', () => {
   /** The net.Server behind each NbdServer started from now on (Node publishes it when it listens). */
   const listening: Server[] = []

@@ -50,6 +50,14 @@ export interface NbdServerOptions {
    */
   readonly handshakeTimeoutMs?: number
   /**
+   * Milliseconds `close()` lets requests in flight finish before it disconnects every client and
+   * resolves. A request may wait much longer than that inside the library (a QoS limit, a
+   * replicated volume's copies): it then goes on in the background, and its answer is dropped with
+   * the connection, as when a client disconnects (a write may or may not have been applied, as after
+   * any unacknowledged write). Default 10000; 0: wait for every request, however long.
+   */
+  readonly closeTimeoutMs?: number
+  /**
    * Receives errors of the listening socket itself (an accept failing with EMFILE, say); the server
    * keeps listening either way. Without it (or when it throws) the last one is kept in `lastError`.
    */
@@ -64,6 +72,7 @@ export interface NbdServerOptions {
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
+const DEFAULT_CLOSE_TIMEOUT_MS = 10_000
 /** Longest delay setTimeout takes: a longer one would fire after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -78,6 +87,7 @@ export class NbdServer {
   /** Sessions in their handshake, with their TCP socket (session.socket is the TLS one once upgraded). */
   readonly #negotiating = new Map<Session, Socket>()
   readonly #handshakeTimeoutMs: number
+  readonly #closeTimeoutMs: number
   readonly #onError: ((err: GalleonError) => void) | undefined
   #tls: NbdTls | undefined
   readonly host: string
@@ -85,12 +95,13 @@ export class NbdServer {
   #closing: Promise<void> | undefined
   #lastError: GalleonError | undefined
 
-  private constructor (g: GalleonFS, server: Server, host: string, handshakeTimeoutMs: number, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined) {
+  private constructor (g: GalleonFS, server: Server, host: string, timeouts: { handshakeMs: number, closeMs: number }, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined) {
     this.#g = g
     this.#tls = tls
     this.#server = server
     this.host = host
-    this.#handshakeTimeoutMs = handshakeTimeoutMs
+    this.#handshakeTimeoutMs = timeouts.handshakeMs
+    this.#closeTimeoutMs = timeouts.closeMs
     this.#onError = onError
   }
 
@@ -102,8 +113,8 @@ export class NbdServer {
     const port = options.port ?? 10809
     if (typeof host !== 'string' || host.length === 0) throw new GalleonError('INVALID_ARGUMENT', `host must be an address such as 127.0.0.1, got ${describe(host)}`)
     if (!Number.isSafeInteger(port) || port < 0 || port > 65535) throw new GalleonError('INVALID_ARGUMENT', `port must be 0 (any free port) to 65535, got ${describe(port)}`)
-    const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS
-    if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 0 || handshakeTimeoutMs > MAX_TIMER_MS) throw new GalleonError('INVALID_ARGUMENT', `handshakeTimeoutMs must be a whole number of milliseconds from 0 (no limit) to ${MAX_TIMER_MS} (default ${DEFAULT_HANDSHAKE_TIMEOUT_MS}), got ${describe(handshakeTimeoutMs)}`)
+    const handshakeTimeoutMs = timeoutOption('handshakeTimeoutMs', options.handshakeTimeoutMs, DEFAULT_HANDSHAKE_TIMEOUT_MS)
+    const closeTimeoutMs = timeoutOption('closeTimeoutMs', options.closeTimeoutMs, DEFAULT_CLOSE_TIMEOUT_MS)
     const onError = options.onError
     if (onError !== undefined && typeof onError !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onError must be a function receiving a GalleonError, got ${describe(onError)}`)
     const tls = options.tls === undefined ? undefined : checkTlsOptions(options.tls)
@@ -114,7 +125,7 @@ export class NbdServer {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })
-    const instance = new NbdServer(g, server, host, handshakeTimeoutMs, onError, tls)
+    const instance = new NbdServer(g, server, host, { handshakeMs: handshakeTimeoutMs, closeMs: closeTimeoutMs }, onError, tls)
     accept.to = instance
     await new Promise<void>((resolve, reject) => {
       const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
@@ -160,19 +171,30 @@ export class NbdServer {
   /** The last error of the listening socket not taken by `onError`, if any. */
   get lastError (): GalleonError | undefined { return this.#lastError }
 
-  /** Stops listening and disconnects every client (requests in flight finish first). */
+  /**
+   * Stops listening and disconnects every client. Requests in flight are answered first (their
+   * writes applied and acknowledged), for at most `closeTimeoutMs`: then every connection is cut
+   * and this resolves (requests still waiting in the library go on in the background).
+   */
   async close (): Promise<void> {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
-      // Whatever happens below, no connection outlives this by more than 10 seconds.
-      const deadline = setTimeout(() => { for (const [socket, session] of this.#connections) { session.socket.destroy(); socket.destroy() } }, 10_000)
-      // Requests in flight are answered first (their writes are applied and acknowledged).
-      await Promise.all([...this.#connections.values()].map(async (session) => {
+      let expired: () => void = () => {}
+      const deadline = new Promise<void>((resolve) => { expired = resolve })
+      const timer = this.#closeTimeoutMs > 0
+        ? setTimeout(() => {
+          for (const [socket, session] of this.#connections) { session.socket.destroy(); socket.destroy() }
+          expired()
+        }, this.#closeTimeoutMs)
+        : undefined
+      const answered = Promise.all([...this.#connections.values()].map(async (session) => {
         await this.#stoppers.get(session.socket)?.().catch(() => {})
         finish(session.socket)
       }))
+      // Past the deadline every socket is destroyed, so the listener's close follows.
+      await Promise.race([answered, deadline])
       await closed
-      clearTimeout(deadline)
+      clearTimeout(timer)
     })()
     await this.#closing
   }
@@ -248,6 +270,13 @@ export class NbdServer {
     if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
     return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0)
   }
+}
+
+/** A timeout option in milliseconds: 0 (no limit) to the longest timer, or its default when absent. */
+function timeoutOption (name: string, value: unknown, fallback: number): number {
+  const ms = value ?? fallback
+  if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 0 || ms > MAX_TIMER_MS) throw new GalleonError('INVALID_ARGUMENT', `${name} must be a whole number of milliseconds from 0 (no limit) to ${MAX_TIMER_MS} (default ${fallback}), got ${describe(ms)}`)
+  return ms
 }
 
 /** Ends a session at once, unread option replies dropped: its TLS socket, if any, and its TCP one. */
