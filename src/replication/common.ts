@@ -68,6 +68,39 @@ export interface LocalSet {
    * record appears, and calls forwarded for it fail at once instead of waiting for a primary.
    */
   unrecorded: boolean
+  /**
+   * Called whenever `record` is replaced by one naming another primary (or none): forwarded calls
+   * waiting on the old primary move on at once, without polling.
+   */
+  readonly primaryWatchers: Set<() => void>
+}
+
+/** A new LocalSet, whose `record` setter tells `primaryWatchers` when the primary it names changes. */
+export function newLocalSet (volumeId: string, position: ReplicaPosition): LocalSet {
+  let record: ReplicaSetRecord | undefined
+  const primaryWatchers = new Set<() => void>()
+  return {
+    volumeId,
+    get record (): ReplicaSetRecord | undefined { return record },
+    set record (next: ReplicaSetRecord | undefined) {
+      const before = record?.primary
+      record = next
+      if (next?.primary !== before) for (const watcher of [...primaryWatchers]) watcher()
+    },
+    revision: 0,
+    knownEpoch: 0,
+    primary: undefined,
+    position,
+    durable: position,
+    nextFrom: undefined,
+    turns: new Map(),
+    chain: Promise.resolve(),
+    resyncing: false,
+    applying: new Set(),
+    saveTimer: undefined,
+    unrecorded: false,
+    primaryWatchers
+  }
 }
 
 /**

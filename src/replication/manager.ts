@@ -38,7 +38,7 @@ import type { VolumeBlocks } from '../engine/engine.js'
 import type { VolumeReplicator } from '../engine/replicator.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
-import { errorText, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
+import { errorText, newLocalSet, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
 import { ReplicaSide } from './replica.js'
@@ -184,7 +184,7 @@ export class ReplicationManager {
   #setOf (volumeId: string, position: ReplicaPosition = { epoch: 0, seq: 0 }): LocalSet {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
-      set = { volumeId, record: undefined, revision: 0, knownEpoch: 0, primary: undefined, position, durable: position, nextFrom: undefined, turns: new Map(), chain: Promise.resolve(), resyncing: false, applying: new Set(), saveTimer: undefined, unrecorded: false }
+      set = newLocalSet(volumeId, position)
       this.#sets.set(volumeId, set)
     }
     return set
@@ -721,7 +721,8 @@ export class ReplicationManager {
         // One answer may take FORWARD_ANSWER_MS, longer than the failover deadline: a repeatable
         // call stops waiting for a primary the record no longer names and goes to the new one.
         const failedOver = new AbortController()
-        const watch = repeatable ? setInterval(() => { const now = set.record?.primary; if (now !== undefined && now !== primary) failedOver.abort() }, 250) : undefined
+        const watch = repeatable ? () => { const now = set.record?.primary; if (now !== undefined && now !== primary) failedOver.abort() } : undefined
+        if (watch !== undefined) set.primaryWatchers.add(watch)
         try {
           return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
@@ -733,7 +734,7 @@ export class ReplicationManager {
           if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
           lastError = err
         } finally {
-          clearInterval(watch)
+          if (watch !== undefined) set.primaryWatchers.delete(watch)
         }
       }
       if (Date.now() >= deadline || this.#closed) {
