@@ -455,3 +455,25 @@ describe('metrics of an instance while a volume is deleted', () => {
     }
   })
 })
+
+describe('metricsText namespaces', () => {
+  it('labels every volume series with its namespace, so that volumes of one name in two namespaces stay apart by name too', async () => {
+    const g = await GalleonFS.open({ inMemory: true, qos: { capacityIops: 100_000 } })
+    try {
+      await g.createVolume({ name: 'db', sizeBytes: '1M', qos: { limits: { iops: 10_000 } } })
+      await g.createVolume({ name: 'db', namespace: 'tenant-b', sizeBytes: '1M', qos: { limits: { iops: 10_000 } } })
+      await g.writeBlock('db', 0, new Uint8Array(4096).fill(1))
+      await g.writeBlock('tenant-b/db', 0, new Uint8Array(4096).fill(2))
+      await g.writeBlock('tenant-b/db', 1, new Uint8Array(4096).fill(2))
+      const families = parsePrometheusTextFormat(await g.metricsText())
+      const writes = families.find((family) => family.name === 'galleonfs_volume_write_ops_total')
+      const byNamespace = Object.fromEntries((writes?.metrics ?? []).map((m) => [m.labels?.namespace, { name: m.labels?.volume_name, value: Number(m.value) }]))
+      assert.deepEqual(byNamespace, { default: { name: 'db', value: 1 }, 'tenant-b': { name: 'db', value: 2 } })
+      // The QoS families of a volume with a policy carry it too.
+      const queue = families.find((family) => family.name === 'galleonfs_qos_limit_queue')
+      assert.deepEqual((queue?.metrics ?? []).map((m) => m.labels?.namespace).sort(), ['default', 'tenant-b'])
+    } finally {
+      await g.close()
+    }
+  })
+})

@@ -138,8 +138,8 @@ describe('replication (memory transport, on-disk nodes)', () => {
       assert.ok(link.shippedBytes >= 5 * 4096, `shipped ${link.shippedBytes}`)
     }
     const metrics = await n1.g.metricsText()
-    assert.match(metrics, /galleonfs_replication_lag_changes\{volume_id="[^"]+",volume_name="triple",node="n2"\} 0/)
-    assert.match(metrics, /galleonfs_replication_in_sync\{volume_id="[^"]+",volume_name="triple",node="n3"\} 1/)
+    assert.match(metrics, /galleonfs_replication_lag_changes\{volume_id="[^"]+",volume_name="triple",namespace="default",node="n2"\} 0/)
+    assert.match(metrics, /galleonfs_replication_in_sync\{volume_id="[^"]+",volume_name="triple",namespace="default",node="n3"\} 1/)
     // Every copy holds the same bytes on its own disk.
     const held = await copies(nodes, 'triple', 8 * 4096)
     for (const node of nodes) assert.deepEqual(held.get(node.id), expected, `copy on ${node.id}`)

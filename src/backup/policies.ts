@@ -262,9 +262,11 @@ export class BackupScheduler {
       try {
         let strategy = policy.strategy
         if (strategy !== BackupStrategy.Full) {
-          const ours = (await this.#listBackups(volume, target)).filter((backup) => backup.policy === name)
-          const lastFull = ours.map((backup) => backup.strategy).lastIndexOf(BackupStrategy.Full)
-          if (lastFull < 0 || ours.length - lastFull >= policy.fullEvery) strategy = BackupStrategy.Full
+          // A policy's first backup of a volume is a full; later ones build on the volume's newest
+          // backup on the target (or newest full), whichever policy took it, so the chain counted
+          // is that one, not the policy's own backups (which its retention may have thinned).
+          const all = await this.#listBackups(volume, target)
+          if (!all.some((backup) => backup.policy === name) || chainLength(all, strategy) >= policy.fullEvery) strategy = BackupStrategy.Full
         }
         backups.push(await this.#g.createBackup(volume, { strategy, target, hooks: this.#hooks.get(name), policy: name }))
       } catch (err) {
@@ -515,4 +517,22 @@ function checkHooks (hooks: BackupHooks): BackupHooks {
     throw new GalleonError('INVALID_ARGUMENT', `hooks must be { pre?: function, post?: function }, got ${describe(hooks)}`)
   }
   return hooks
+}
+
+/**
+ * How long the chain is that the next backup of `strategy` would extend: for an incremental, the
+ * newest backup and the bases below it; for a differential, the newest full and the differentials
+ * taken on it.
+ */
+function chainLength (backups: readonly Backup[], strategy: BackupStrategy): number {
+  // Listed oldest first: reversed before the (stable) sort, backups of one instant stay newest first.
+  const newestFirst = [...backups].reverse().sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+  if (strategy === BackupStrategy.Differential) {
+    const full = newestFirst.find((backup) => backup.strategy === BackupStrategy.Full)
+    return full === undefined ? 0 : 1 + backups.filter((backup) => backup.baseId === full.id && backup.strategy === BackupStrategy.Differential).length
+  }
+  const byId = new Map(backups.map((backup) => [backup.id, backup]))
+  let length = 0
+  for (let at = newestFirst[0]; at !== undefined && length <= backups.length; at = at.baseId === null ? undefined : byId.get(at.baseId)) length++
+  return length
 }

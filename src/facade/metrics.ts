@@ -7,7 +7,7 @@ import { renderPrometheus } from '../metrics/prometheus.js'
 import type { VolumeMetrics } from '../metrics/recorder.js'
 import { renderQoSMetrics } from '../qos/prometheus.js'
 import type { VolumeUsage } from '../types.js'
-import type { VolumeRecord } from '../volumes/catalog.js'
+import { namespaceOf, type VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import { metricsVolume } from './io.js'
 import { poolStatus } from './pools.js'
@@ -44,6 +44,7 @@ export function metricsText (host: FacadeHost, store: BlockStoreStats & { backen
       return [{
         id: record.id,
         name: record.name,
+        namespace: namespaceOf(record),
         metrics: volume.metrics.snapshot(),
         sizeBytes: record.sizeBytes,
         // What getVolumeUsage reports and the volume's pool counts: versions only its snapshots keep included.
@@ -52,5 +53,5 @@ export function metricsText (host: FacadeHost, store: BlockStoreStats & { backen
     }),
     store,
     pools: host.pools.list().map((pool) => poolStatus(host, pool))
-  }) + replicationMetrics() + renderQoSMetrics(host.catalog.volumes().map((record) => ({ id: record.id, name: record.name, qos: host.qos.metrics(record.id) })))
+  }) + replicationMetrics() + renderQoSMetrics(host.catalog.volumes().map((record) => ({ id: record.id, name: record.name, namespace: namespaceOf(record), qos: host.qos.metrics(record.id) })))
 }

@@ -7,7 +7,7 @@ import { mountControl } from '../mount/mount-manager.js'
 import type { ForwardedRequest, ReplicationHost, ReplicationStatus } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, WriteConcern } from '../types.js'
-import type { VolumeRecord } from '../volumes/catalog.js'
+import { namespaceOf, type VolumeRecord } from '../volumes/catalog.js'
 import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
@@ -249,14 +249,14 @@ export class ReplicationBridge {
         if (record === undefined) continue
         for (const link of status.links) {
           const v = name === 'galleonfs_replication_in_sync' ? (status.inSync.includes(link.node) ? 1 : 0) : value(link)
-          lines.push(`${name}{volume_id="${label(record.id)}",volume_name="${label(record.name)}",node="${label(link.node)}"} ${v}`)
+          lines.push(`${name}{volume_id="${label(record.id)}",volume_name="${label(record.name)}",namespace="${label(namespaceOf(record))}",node="${label(link.node)}"} ${v}`)
         }
       }
     }
     lines.push('# HELP galleonfs_replication_primary 1 when this node is the primary of the volume.', '# TYPE galleonfs_replication_primary gauge')
     for (const status of statuses) {
       const record = this.#host.recordById(status.volumeId)
-      if (record !== undefined) lines.push(`galleonfs_replication_primary{volume_id="${label(record.id)}",volume_name="${label(record.name)}"} ${status.role === 'primary' ? 1 : 0}`)
+      if (record !== undefined) lines.push(`galleonfs_replication_primary{volume_id="${label(record.id)}",volume_name="${label(record.name)}",namespace="${label(namespaceOf(record))}"} ${status.role === 'primary' ? 1 : 0}`)
     }
     return lines.join('\n') + '\n'
   }

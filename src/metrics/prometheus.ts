@@ -12,6 +12,11 @@ export interface PrometheusVolume {
   readonly id: string
   /** Volume name, the `volume_name` label. */
   readonly name: string
+  /**
+   * The volume's namespace, the `namespace` label when given (names are unique per namespace only,
+   * so dashboards grouping by name need it).
+   */
+  readonly namespace?: string
   /** The volume's current metrics. */
   readonly metrics: VolumeMetricsSnapshot
   /** Provisioned size in bytes. */
@@ -146,7 +151,7 @@ const POOL_FAMILIES: ReadonlyArray<{ name: string, help: string, value: (pool: P
  * Renders the metrics of the given volumes and block store in the Prometheus text exposition format
  * 0.0.4 (serve it with {@link PROMETHEUS_CONTENT_TYPE}). Every family is written once, with HELP
  * and TYPE lines, even when it has no sample. Volume series carry `volume_id` and `volume_name`
- * labels; store series a `backend` label; pool series a `pool` label. Units are seconds and bytes.
+ * labels (and `namespace` when the input gives one); store series a `backend` label; pool series a `pool` label. Units are seconds and bytes.
  *
  * Throws INVALID_ARGUMENT when two volumes share an id, or two pools a name, since their series
  * would collide.
@@ -171,7 +176,7 @@ export function renderPrometheus (input: PrometheusInput): string {
   header('galleonfs_volumes', 'gauge', 'Volumes known to this instance.')
   lines.push(`galleonfs_volumes ${formatValue(input.volumes.length)}`)
 
-  const volumeLabels = input.volumes.map((v) => `volume_id="${escapeLabelValue(v.id)}",volume_name="${escapeLabelValue(v.name)}"`)
+  const volumeLabels = input.volumes.map((v) => `volume_id="${escapeLabelValue(v.id)}",volume_name="${escapeLabelValue(v.name)}"${v.namespace === undefined ? '' : `,namespace="${escapeLabelValue(v.namespace)}"`}`)
   for (const family of VOLUME_FAMILIES) {
     header(family.name, family.type, family.help)
     input.volumes.forEach((volume, i) => {

@@ -22,14 +22,14 @@ const FAMILIES: readonly Family[] = [
 ]
 
 /** The QoS families for volumes with a policy, in the text exposition format. */
-export function renderQoSMetrics (volumes: ReadonlyArray<{ id: string, name: string, qos: QoSMetrics }>): string {
+export function renderQoSMetrics (volumes: ReadonlyArray<{ id: string, name: string, namespace?: string, qos: QoSMetrics }>): string {
   const withPolicy = volumes.filter((v) => v.qos.policy !== undefined)
   const lines: string[] = []
   for (const [name, type, help, value] of FAMILIES) {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
     for (const volume of withPolicy) {
       const v = value(volume.qos)
-      if (v !== undefined) lines.push(`${name}{volume_id="${label(volume.id)}",volume_name="${label(volume.name)}"} ${Number.isFinite(v) ? v : 0}`)
+      if (v !== undefined) lines.push(`${name}{volume_id="${label(volume.id)}",volume_name="${label(volume.name)}"${volume.namespace === undefined ? '' : `,namespace="${label(volume.namespace)}"`}} ${Number.isFinite(v) ? v : 0}`)
     }
   }
   return lines.join('\n') + '\n'
