@@ -38,7 +38,7 @@ export abstract class AbstractBlockStore implements BlockStore {
         this.#status = 'open'
       } catch (err) {
         this.#status = 'closed'
-        throw wrapIo(err, `could not open the ${this.name} block store`)
+        throw openFailure(err, this.name)
       } finally {
         this.#opening = undefined
       }
@@ -189,6 +189,16 @@ function ownOp (op: unknown): BlockOp {
   }
   if (type !== 'del') throw new GalleonError('INVALID_ARGUMENT', `batch op type must be 'put' or 'del', got ${describe(type)}`)
   return { type: 'del', address: owned }
+}
+
+/**
+ * Why open() failed, as a GalleonError: a full disk (a store may need to write to open: LevelDB
+ * writes its log out as a table) is NO_SPACE saying what to do, not a bare IO_ERROR.
+ */
+function openFailure (err: unknown, name: string): GalleonError {
+  const wrapped = wrapIo(err, `could not open the ${name} block store`)
+  if (wrapped.code !== 'IO_ERROR' || !isNoSpaceError(err)) return wrapped
+  return new GalleonError('NO_SPACE', `${wrapped.message}. Its disk is full: free space on it or grow it, then open again`, { cause: err })
 }
 
 /** Wraps a non-Galleon error as IO_ERROR with context; passes GalleonErrors through. */

@@ -162,7 +162,8 @@ async function dropSegment (state: StoreState, segment: Segment): Promise<void> 
   await handle?.close().catch((err: unknown) => { closeError = err })
   let spare: Spare | undefined
   const bytes = Math.max(segment.size, segment.fileBytes)
-  if (state.spares.length < state.spareSegments && spareBytes(state) + bytes <= spareBudget(state) && closeError === undefined) {
+  // Not once the writer has stopped (a full disk gives its spares back, see releaseSpares).
+  if (state.spares.length < state.spareSegments && spareBytes(state) + bytes <= spareBudget(state) && closeError === undefined && state.failure === undefined) {
     // Kept for a later segment (see spareSegments); a spare is never read, only overwritten.
     spare = { path: join(state.location, spareFileName(segment.id)), bytes }
     try {

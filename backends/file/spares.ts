@@ -49,6 +49,24 @@ export async function trimSpares (state: StoreState): Promise<void> {
 }
 
 /**
+ * A full disk stopped the store (see fail in writer.ts): the spare files hold no data, so they are
+ * removed, the ones already promised to a segment not yet created too. Their space is what lets the
+ * metadata database and this store open again on a disk nothing else frees, and compaction copy
+ * forward once volumes are deleted or trimmed. Best effort: a spare that cannot be removed stays.
+ */
+export async function releaseSpares (state: StoreState): Promise<void> {
+  const released = state.spares
+  state.spares = []
+  for (const segment of state.segments.values()) {
+    if (segment.spare !== undefined && segment.handle === undefined) {
+      released.push(segment.spare)
+      segment.spare = undefined
+    }
+  }
+  for (const spare of released) await removeFile(spare.path).catch(() => {})
+}
+
+/**
  * Makes segment `next` from its spare file, renamed to the segment's salted name (the caller syncs
  * the directory). A spare that has gone missing is replaced by a new file.
  */

@@ -10,7 +10,7 @@ import { FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PU
 import { segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { scheduleHint } from './maintenance.js'
-import { maybePrepareSpare, openSpare } from './spares.js'
+import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
 import { MARK, Segment, applyRecord, noop, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
 
 /**
@@ -140,6 +140,7 @@ async function runWriter (state: StoreState): Promise<void> {
     state.issued = 0
   } catch (err) {
     fail(state, err)
+    if (isNoSpaceError(err)) await releaseSpares(state)
     // Let the writes (and a background sync) still running finish before anyone may close their files.
     await Promise.all(inflight.map(async (group) => await group.written))
     await state.writeback
@@ -378,7 +379,7 @@ async function roll (state: StoreState, nextId: number): Promise<void> {
 /** After a failed write or sync nothing more is written: what reached the disk is uncertain. */
 function fail (state: StoreState, err: unknown): void {
   const cause = isNoSpaceError(err)
-    ? new GalleonError('NO_SPACE', `the disk holding ${state.location} is full; free space, then close and reopen the block store`, { cause: err })
+    ? new GalleonError('NO_SPACE', `the disk holding ${state.location} is full, so the block store stopped writing (its spare segment files are removed to make room); close and reopen it, then free space: delete volumes or snapshots, trim, or grow the disk`, { cause: err })
     : wrapIo(err, `the file block store at ${state.location} stopped after a write failed; close and reopen it (recovery keeps every acknowledged batch)`)
   state.failure ??= cause
   const queue = state.queue

@@ -9,6 +9,7 @@
 import type { AbstractSublevel } from 'abstract-level'
 import { createHash } from 'node:crypto'
 import { GalleonError, describe } from '../errors.js'
+import { isNoSpaceError } from '../abstract-block-store.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { SerialQueue } from '../serial-queue.js'
 
@@ -157,10 +158,16 @@ export class AuditLog {
       if (this.#db.status !== 'open') throw new GalleonError('NOT_OPEN', `the instance was closed before the audit entry of ${record.action} on ${record.object} (${record.result}) could be written; the call itself ran, and is not in the audit log`)
       const body: Omit<AuditEntry, 'hash'> = { ...record, seq: this.#head.seq + 1, time: new Date(this.#now()).toISOString(), prev: this.#head.hash }
       const entry: AuditEntry = { ...body, hash: entryHash(body) }
-      await this.#db.batch([
-        { type: 'put', sublevel: this.#entries, key: keyOf(entry.seq), value: entry },
-        { type: 'put', sublevel: this.#meta, key: HEAD_KEY, value: { seq: entry.seq, hash: entry.hash } }
-      ] as any, SYNC)
+      try {
+        await this.#db.batch([
+          { type: 'put', sublevel: this.#entries, key: keyOf(entry.seq), value: entry },
+          { type: 'put', sublevel: this.#meta, key: HEAD_KEY, value: { seq: entry.seq, hash: entry.hash } }
+        ] as any, SYNC)
+      } catch (err) {
+        // The call itself has run (or failed) by now: the error says so, whatever broke the write.
+        const full = isNoSpaceError(err)
+        throw new GalleonError(full ? 'NO_SPACE' : 'IO_ERROR', `${record.action} on ${record.object} (${record.result}) ran, but its audit entry could not be written${full ? ' because the disk holding the metadata database is full; free space on it (or grow it), then close and reopen the instance' : `: ${(err as Error)?.message ?? String(err)}`}`, { cause: err })
+      }
       this.#head = { seq: entry.seq, hash: entry.hash }
       return entry
     })

@@ -13,7 +13,7 @@ import { BackupStrategy, type Volume } from '../types.js'
 import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, encodeManifest, verifyManifestTag, type ChunkKeys, type Extent, type Manifest } from './format.js'
 import { SerialQueue } from '../serial-queue.js'
 import type { AbstractSublevel } from 'abstract-level'
-import type { MetadataDatabase } from '../volumes/catalog.js'
+import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readManifest, readManifests, toBackup, writeIndex } from './manifests.js'
@@ -382,7 +382,7 @@ export class BackupManager {
         else this.#basesInUse.set(baseSnapshot, left)
       }
       const id = randomUUID()
-      await this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` })
+      await storedMetadata(this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` }))
       let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
       try {
         snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
@@ -686,7 +686,7 @@ export class BackupManager {
         claimed.add(volumeId)
         try {
           // Durable before anything is written to the volume (restoreBackup awaits it first).
-          await restoring?.put(volumeId, { backupId: id, ...(safetySnapshot === undefined ? {} : { safetySnapshot }) }, SYNC)
+          await storedMetadata(restoring?.put(volumeId, { backupId: id, ...(safetySnapshot === undefined ? {} : { safetySnapshot }) }, SYNC))
         } catch (err) {
           claimed.delete(volumeId)
           throw err

@@ -6,6 +6,7 @@ import { types } from 'node:util'
 import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, type Verb } from '../access/access-control.js'
 import type { AuditLog, AuditRecord } from '../access/audit-log.js'
 import { GalleonError, errorCode } from '../errors.js'
+import { isNoSpaceError } from '../abstract-block-store.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
 import { looksLikeId, namespaceOf } from '../volumes/catalog.js'
 import { isSnapshotObject } from './refs.js'
@@ -216,7 +217,8 @@ export class AccessGuard {
       // no context: entering one would switch on AsyncLocalStorage's promise hooks for the rest of
       // the process, a cost on every promise of the I/O path (about 5% of a 4 KiB write).
       result = context === undefined ? await task() : await this.#context.run({ principal, nested: true }, task)
-    } catch (err) {
+    } catch (thrown) {
+      const err = fullDiskError(thrown, action, label)
       throw await this.#record(err, { ...who, action, verb, object: label, result: 'failed', code: errorCode(err), ...(details === undefined ? {} : { details }) })
     }
     // A call that succeeded but could not be recorded rejects with the audit log's error (the
@@ -254,6 +256,15 @@ export class AccessGuard {
       return withAuditError(failure, auditError)
     }
   }
+}
+
+/**
+ * A full disk met by a module below (a metadata write: LevelDB says so only in its message) as
+ * NO_SPACE saying what to do; any other failure as it is.
+ */
+function fullDiskError (err: unknown, action: string, label: string): unknown {
+  if (err instanceof GalleonError || !isNoSpaceError(err)) return err
+  return new GalleonError('NO_SPACE', `${action} on ${label} failed: the disk holding the storage is full, so the change was not stored; free space on it (or grow it), then close and reopen the instance`, { cause: err })
 }
 
 /**

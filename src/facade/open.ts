@@ -7,6 +7,8 @@ import { AuditLog } from '../access/audit-log.js'
 import type { BackupTarget, BlockStore, MountDriver } from '../drivers.js'
 import { KeyManager } from '../crypto/key-manager.js'
 import { BlockEngine } from '../engine/engine.js'
+import { isNoSpaceError } from '../abstract-block-store.js'
+import { ensureReserve, releaseReserve } from '../space-reserve.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonEvents } from '../events.js'
 import { mountControl } from '../mount/mount-manager.js'
@@ -51,8 +53,26 @@ export interface BuiltInstance<I> {
   readonly start: () => Promise<void>
 }
 
-/** The work of GalleonFS.open(): `build` makes the instance from its parts (see InstanceParts). */
+/**
+ * The work of GalleonFS.open(): `build` makes the instance from its parts (see InstanceParts). A
+ * storage whose disk is too full for its databases to open gives back its reserve and opens again
+ * (see space-reserve.ts); one opened with room to spare gets a reserve.
+ */
 export async function openInstance<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
+  const storagePath = options?.storagePath
+  let instance: I
+  try {
+    instance = await openOnce(options, build)
+  } catch (err) {
+    const full = isNoSpaceError(err) || (err instanceof GalleonError && err.code === 'NO_SPACE')
+    if (!full || typeof storagePath !== 'string' || !await releaseReserve(storagePath)) throw err
+    instance = await openOnce(options, build)
+  }
+  if (typeof storagePath === 'string' && options.inMemory !== true) await ensureReserve(storagePath)
+  return instance
+}
+
+async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
   const blockSize = options?.blockSize
   if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize < 512 || blockSize > 1 << 20 || (blockSize & (blockSize - 1)) !== 0)) {
     throw new GalleonError('INVALID_ARGUMENT', `blockSize must be a power of two from 512 to 1048576, got ${describe(blockSize)}`)
@@ -75,6 +95,7 @@ export async function openInstance<I extends EventEmitter<GalleonEvents>> (optio
     if (code === 'LEVEL_LOCKED' || String((err as Error)?.cause ?? '').includes('lock')) {
       throw new GalleonError('BUSY', `the storage at ${location} is already open in another GalleonFS instance or process; close that one first`, { cause: err })
     }
+    if (isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `could not open the metadata database at ${location}: its disk is full (LevelDB writes to open); free space on it or grow it, then open again. Nothing was changed`, { cause: err })
     throw new GalleonError('IO_ERROR', `could not open the metadata database at ${location}: ${(err as Error).message}`, { cause: err })
   }
   try {

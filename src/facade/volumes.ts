@@ -351,8 +351,13 @@ export class VolumeLifecycle {
     } catch (err) {
       // The record stays (state Deleting, its size still charged to its pool) until a deletion
       // succeeds: deleteVolume again, or the next open, finishes it.
-      if (err instanceof GalleonError) throw err
-      throw new GalleonError('IO_ERROR', `deleting volume ${record.name} failed: ${err instanceof Error ? err.message : String(err)}. It stays in state deleting (no longer readable or writable); fix the cause and call deleteVolume(${JSON.stringify(record.id)}) again, or reopen the instance, to finish the deletion`, { cause: err })
+      const stays = `It stays in state deleting (no longer readable or writable); fix the cause and call deleteVolume(${JSON.stringify(record.id)}) again, or reopen the instance, to finish the deletion`
+      if (err instanceof GalleonError) {
+        // A refusal before the deletion began passes as it is; a failure after it says what is left.
+        if (this.#host.catalog.volumeById(record.id)?.state !== VolumeState.Deleting) throw err
+        throw new GalleonError(err.code, `deleting volume ${record.name} failed: ${err.message}. ${stays}`, { cause: err })
+      }
+      throw new GalleonError('IO_ERROR', `deleting volume ${record.name} failed: ${err instanceof Error ? err.message : String(err)}. ${stays}`, { cause: err })
     } finally {
       this.#destroying.delete(record.id)
     }

@@ -3,6 +3,7 @@
 
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import { randomUUID } from 'node:crypto'
+import { isNoSpaceError } from '../abstract-block-store.js'
 import { GalleonError, describe, quoted } from '../errors.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
@@ -85,6 +86,21 @@ const CATALOG_FORMAT = 1
 /** classic-level's option to fsync its log before resolving; abstract-level passes it through sublevels. */
 const SYNC = { sync: true } as unknown as Record<string, never>
 
+/**
+ * Waits for a write to the metadata database (the catalog's, or another module's in the same
+ * database); a full disk (LevelDB says so only in its message) is NO_SPACE saying what to do.
+ * LevelDB refuses every later write once one failed to reach its log, so the instance must be
+ * reopened, not just the space freed.
+ */
+export async function storedMetadata (write: Promise<unknown> | undefined): Promise<void> {
+  try {
+    await write
+  } catch (err) {
+    if (!isNoSpaceError(err)) throw err
+    throw new GalleonError('NO_SPACE', 'the disk holding the metadata database is full, so the change was not stored; free space on it (or grow it), then close and reopen the instance', { cause: err })
+  }
+}
+
 /** Namespace of volumes created without one. */
 export const DEFAULT_NAMESPACE = 'default'
 const NAMESPACE_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
@@ -161,11 +177,11 @@ export class Catalog {
     const storedBlockSize = settings.get('blockSize') as number | undefined
     if (storedBlockSize === undefined) {
       this.#blockSize = blockSize ?? 4096
-      await this.#settingsDb.batch([
+      await storedMetadata(this.#settingsDb.batch([
         { type: 'put', key: 'format', value: CATALOG_FORMAT },
         { type: 'put', key: 'blockSize', value: this.#blockSize },
         { type: 'put', key: 'nextStorageId', value: 1 }
-      ], SYNC)
+      ], SYNC))
     } else {
       if (blockSize !== undefined && blockSize !== storedBlockSize) {
         throw new GalleonError('INVALID_ARGUMENT', `this storage was created with block size ${storedBlockSize}, not ${blockSize}; omit blockSize or pass ${storedBlockSize}`)
@@ -255,10 +271,10 @@ export class Catalog {
     const record: VolumeRecord = { ...fields, id: fields.id ?? randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
     if (record.storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
     if (prepare !== undefined) await prepare(record)
-    await this.#db.batch([
+    await storedMetadata(this.#db.batch([
       { type: 'put', sublevel: this.#volumesDb, key: record.id, value: record },
       { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
-    ] as any, SYNC)
+    ] as any, SYNC))
     this.#volumes.set(record.id, record)
     this.#names.set(nameKey(namespaceOf(record), record.name), record.id)
     return record
@@ -287,7 +303,7 @@ export class Catalog {
       const current = this.#volumes.get(id)
       if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
       const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
-      await this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC)
+      await storedMetadata(this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC))
       this.#volumes.set(id, record)
       return record
     })
@@ -302,10 +318,10 @@ export class Catalog {
     const record = this.#volumes.get(id)
     if (record === undefined) return
     const snapshots = [...this.#volumeSnapshots(id).keys()]
-    await this.#db.batch([
+    await storedMetadata(this.#db.batch([
       { type: 'del', sublevel: this.#volumesDb, key: id },
       ...snapshots.map((key) => ({ type: 'del', sublevel: this.#snapshotsDb, key }))
-    ] as any, SYNC)
+    ] as any, SYNC))
     this.#volumes.delete(id)
     this.#snapshots.delete(id)
     const key = nameKey(namespaceOf(record), record.name)
@@ -328,10 +344,10 @@ export class Catalog {
     const storageId = this.#nextStorageId++
     if (storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
     const record: MigrationRecord = { ...target, volumeId, storageId, fromStorageId: volume.storageId, startedAt: new Date().toISOString() }
-    await this.#db.batch([
+    await storedMetadata(this.#db.batch([
       { type: 'put', sublevel: this.#migrationsDb, key: volumeId, value: record },
       { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
-    ] as any, SYNC)
+    ] as any, SYNC))
     this.#migrations.set(volumeId, record)
     return record
   }
@@ -339,7 +355,7 @@ export class Catalog {
   /** Forgets a migration that did not switch over (cancelled, failed, or cut short by a crash). */
   async abandonMigration (volumeId: string): Promise<void> {
     if (!this.#migrations.has(volumeId)) return
-    await this.#migrationsDb.del(volumeId, SYNC)
+    await storedMetadata(this.#migrationsDb.del(volumeId, SYNC))
     this.#migrations.delete(volumeId)
   }
 
@@ -364,12 +380,12 @@ export class Catalog {
       if (gen === undefined) throw new GalleonError('CORRUPTION', `snapshot ${snapshot.name} of volume ${current.name} was not copied by the migration`)
       return { ...snapshot, gen }
     })
-    await this.#db.batch([
+    await storedMetadata(this.#db.batch([
       { type: 'put', sublevel: this.#volumesDb, key: volumeId, value: record },
       ...snapshots.map((snapshot) => ({ type: 'put', sublevel: this.#snapshotsDb, key: snapshot.id, value: snapshot })),
       { type: 'del', sublevel: this.#migrationsDb, key: volumeId },
       ...extra
-    ] as any, SYNC)
+    ] as any, SYNC))
     this.#volumes.set(volumeId, record)
     const byId = this.#volumeSnapshots(volumeId)
     for (const snapshot of snapshots) byId.set(snapshot.id, snapshot)
@@ -406,14 +422,14 @@ export class Catalog {
   /** Persists a new snapshot record. */
   async createSnapshot (fields: Omit<SnapshotRecord, 'id' | 'createdAt'> & { id?: string }): Promise<SnapshotRecord> {
     const record: SnapshotRecord = { ...fields, id: fields.id ?? randomUUID(), createdAt: new Date().toISOString() }
-    await this.#snapshotsDb.put(record.id, record, SYNC)
+    await storedMetadata(this.#snapshotsDb.put(record.id, record, SYNC))
     this.#volumeSnapshots(record.volumeId).set(record.id, record)
     return record
   }
 
   /** Removes a snapshot record. */
   async deleteSnapshot (snapshot: SnapshotRecord): Promise<void> {
-    await this.#snapshotsDb.del(snapshot.id, SYNC)
+    await storedMetadata(this.#snapshotsDb.del(snapshot.id, SYNC))
     this.#snapshots.get(snapshot.volumeId)?.delete(snapshot.id)
   }
 
@@ -469,12 +485,12 @@ export class Catalog {
   }
 
   async putStorageClass (storageClass: StorageClass): Promise<void> {
-    await this.#classesDb.put(storageClass.name, storageClass, SYNC)
+    await storedMetadata(this.#classesDb.put(storageClass.name, storageClass, SYNC))
     this.#classes.set(storageClass.name, storageClass)
   }
 
   async deleteStorageClass (name: string): Promise<void> {
-    await this.#classesDb.del(name, SYNC)
+    await storedMetadata(this.#classesDb.del(name, SYNC))
     this.#classes.delete(name)
   }
 
@@ -488,12 +504,12 @@ export class Catalog {
 
   /** Stores a pool (new or changed). */
   async putPool (pool: StoragePool): Promise<void> {
-    await this.#poolsDb.put(pool.name, pool, SYNC)
+    await storedMetadata(this.#poolsDb.put(pool.name, pool, SYNC))
     this.#pools.set(pool.name, pool)
   }
 
   async deletePool (name: string): Promise<void> {
-    await this.#poolsDb.del(name, SYNC)
+    await storedMetadata(this.#poolsDb.del(name, SYNC))
     this.#pools.delete(name)
   }
 }

@@ -1,0 +1,64 @@
+// Space held back on a storage's disk, so that a disk the storage filled can still be opened.
+//
+// LevelDB writes to open (its log becomes a table, a new log and manifest), and so may the block
+// store's recovery. On a disk the storage itself filled, nothing else frees space, so without a
+// reserve the storage could not be opened to delete a volume and make room: the operator would
+// have to grow the disk first. As ext4's reserved blocks and ZFS's slop space do, a file of zeros
+// holds a little space back: made at open when the disk has ample room, deleted by an open that
+// failed for lack of space, which then tries once more.
+
+import { open, statfs, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+
+/** The reserve file, in the storage directory. */
+export const RESERVE_FILE = 'reserved-space'
+const MIN_RESERVE_BYTES = 256 * 1024
+/** Enough for LevelDB to turn two full logs (its 4 MiB write buffer each: metadata, `level` store) into tables. */
+const MAX_RESERVE_BYTES = 8 * 1024 * 1024
+/** The reserve is made only while the disk has this many times its size free. */
+const ROOM_FACTOR = 4
+const WRITE_BYTES = 256 * 1024
+
+/** How large the reserve of a file system of `totalBytes` is: 1/64 of it, from 256 KiB to 8 MiB. */
+export function reserveBytes (totalBytes: number): number {
+  return Math.min(MAX_RESERVE_BYTES, Math.max(MIN_RESERVE_BYTES, Math.floor(totalBytes / 64 / 4096) * 4096))
+}
+
+/**
+ * Makes the reserve in `storagePath` when it is missing and the disk has room for it several times
+ * over. Best effort: any failure leaves no reserve (and no partial file) and is not reported, since
+ * the storage works without one. Returns whether a reserve is in place.
+ */
+export async function ensureReserve (storagePath: string): Promise<boolean> {
+  const path = join(storagePath, RESERVE_FILE)
+  let handle
+  try {
+    handle = await open(path, 'wx', 0o600)
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EEXIST'
+  }
+  try {
+    const fs = await statfs(storagePath)
+    const bytes = reserveBytes(fs.blocks * fs.bsize)
+    if (fs.bavail * fs.bsize < bytes * ROOM_FACTOR) throw new Error('not enough room for a reserve')
+    // Written, not sparse: only written blocks hold space.
+    const zeros = new Uint8Array(Math.min(WRITE_BYTES, bytes))
+    for (let at = 0; at < bytes; at += zeros.byteLength) await handle.write(zeros, 0, Math.min(zeros.byteLength, bytes - at), at)
+    await handle.close()
+    return true
+  } catch {
+    await handle.close().catch(() => {})
+    await unlink(path).catch(() => {})
+    return false
+  }
+}
+
+/** Deletes the reserve in `storagePath`; resolves to whether there was one to delete. */
+export async function releaseReserve (storagePath: string): Promise<boolean> {
+  try {
+    await unlink(join(storagePath, RESERVE_FILE))
+    return true
+  } catch {
+    return false
+  }
+}
