@@ -71,7 +71,7 @@ export const ANSWER_TIMEOUT_SECONDS = 30
  * become CliError. Only the wait for the answer's beginning is bounded: a long operation streams
  * its answer (see callLong), so no timeout cuts it, and a cut connection would cancel it.
  */
-async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage> {
+async function request (globals: Globals, method: string, path: string, body?: unknown, options: { accept?: string, timeoutMs?: number } = {}): Promise<IncomingMessage & { timeoutMs: number }> {
   const { host, port, https } = daemonEndpoint(globals.daemonAddress)
   const ca = await daemonCa(globals)
   if (ca !== undefined && !https) throw new UsageError(`--daemon-ca-file is for a daemon serving HTTPS: give --daemon-address as https://${host.includes(':') ? `[${host}]` : host}:${port}, or for a daemon in plain HTTP no CA file (neither --daemon-ca-file nor GALLEONFS_DAEMON_CA_FILE)`)
@@ -93,12 +93,25 @@ async function request (globals: Globals, method: string, path: string, body?: u
     throw noAnswer(globals, err, timeoutMs)
   }
   if (response.statusCode === undefined || response.statusCode < 200 || response.statusCode > 299) {
-    const text = await readAll(globals, response)
+    const text = await readAll(globals, response, timeoutMs)
     const error = (() => { try { return (JSON.parse(text) as { error?: { code?: string, message?: string } }).error } catch { return undefined } })()
     if (response.statusCode === 401) throw new CliError(`the daemon at ${globals.daemonAddress} rejected the API token; pass --token or set GALLEONFS_TOKEN (it is in the daemon's storage path, file ipc.token)`)
-    throw new CliError(`${error?.code ?? response.statusCode}: ${inCliTerms(error?.message ?? text)}`)
+    // Not a GalleonFS refusal (a proxy's or another program's page): said as such, in one line.
+    if (typeof error?.code !== 'string') throw notGalleon(globals, `answered HTTP ${response.statusCode ?? '?'} ${response.statusMessage ?? ''}`.trimEnd() + (text.trim() === '' ? '' : ` (${shortText(text)})`))
+    throw new CliError(`${error.code}: ${inCliTerms(error.message ?? text)}`)
   }
-  return response
+  return Object.assign(response, { timeoutMs })
+}
+
+/** What the CLI says when the program at --daemon-address does not answer as a GalleonFS daemon does. */
+function notGalleon (globals: Globals, what: string): CliError {
+  return new CliError(`the server at ${globals.daemonAddress} ${what}, not as a GalleonFS daemon does; check that --daemon-address is the daemon's --ipc-address (another program may listen there)`)
+}
+
+/** The start of a body that is not the daemon's, on one line. */
+function shortText (text: string): string {
+  const line = text.replace(/\s+/g, ' ').trim()
+  return line.length > 80 ? `${line.slice(0, 80)}...` : line
 }
 
 /**
@@ -148,28 +161,68 @@ function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer 
   if (https && (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'EPROTO' || /wrong version number|packet length too long/i.test((err as Error)?.message ?? ''))) return new NoAnswer('refused', `the daemon at ${address} does not speak HTTPS; give --daemon-address without https://, or start the daemon with --ipc-tls-cert-file and --ipc-tls-key-file`)
   if (https && typeof code === 'string' && /CERT|SELF_SIGNED|ERR_TLS_CERT_ALTNAME_INVALID|UNABLE_TO_VERIFY/.test(code)) return new NoAnswer('refused', `the daemon's certificate at ${address} was not accepted (${(err as Error).message}); give the CA that signed it with --daemon-ca-file (or GALLEONFS_DAEMON_CA_FILE), and an address its certificate names`)
   if (code === 'ECONNRESET' || code === 'EPIPE') return new NoAnswer('closed', `the daemon at ${address} closed the connection without answering; see its log`)
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
+  // Something listens there that does not speak HTTP (an SSH server, a database, an NBD server).
+  if (typeof code === 'string' && code.startsWith('HPE_')) return new NoAnswer('refused', `the server at ${address} did not answer in HTTP (${(err as Error).message}), not as a GalleonFS daemon does; check that --daemon-address is the daemon's --ipc-address (another program may listen there)`)
+  if (code === 'ENOTFOUND') return new NoAnswer('unreachable', `the host name ${JSON.stringify(daemonEndpoint(address).host)} of --daemon-address ${address} is not known (${code}); give the daemon's --ipc-address, such as 127.0.0.1:8090`)
+  if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN') {
     return new NoAnswer('unreachable', `no GalleonFS daemon answers at ${address}; start it with \`galleonfs -d --ipc-address ${hostPort}${https ? ' --ipc-tls-cert-file <cert.pem> --ipc-tls-key-file <key.pem>' : ''}\`, or point the CLI at it with --daemon-address`)
   }
   return new NoAnswer('unreachable', `cannot reach the daemon at ${address}: ${(err as Error)?.message ?? String(err)}`)
 }
 
-/** The whole body of an answer as text; CliError when the daemon cuts it short. */
-async function readAll (globals: Globals, response: IncomingMessage): Promise<string> {
+/**
+ * Stops waiting on an answer whose body stalls: when nothing of it has come for `idleMs` (`more()`
+ * is called for each part that comes), the connection is cut with a NoAnswer saying so.
+ */
+function watchStall (globals: Globals, response: IncomingMessage, idleMs: number): { more: () => void, unwatch: () => void } {
+  const stalled = (): void => {
+    response.destroy(new NoAnswer('timeout', `the daemon at ${globals.daemonAddress} began its answer but sent nothing more of it for ${idleMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`))
+  }
+  const timer = setTimeout(stalled, idleMs)
+  return { more: () => { timer.refresh() }, unwatch: () => { clearTimeout(timer) } }
+}
+
+/**
+ * The whole body of an answer as text; NoAnswer when the daemon cuts it short, or sends nothing
+ * more of it for `idleMs` (a body is sent at once: a gap that long is a daemon that hangs).
+ */
+async function readAll (globals: Globals, response: IncomingMessage, idleMs: number): Promise<string> {
   const chunks: Buffer[] = []
+  const { more, unwatch } = watchStall(globals, response, idleMs)
   try {
-    for await (const chunk of response) chunks.push(chunk as Buffer)
-  } catch {
+    for await (const chunk of response) {
+      more()
+      chunks.push(chunk as Buffer)
+    }
+  } catch (err) {
+    if (err instanceof NoAnswer) throw err
     throw new NoAnswer('closed', `the daemon at ${globals.daemonAddress} ended its answer early; see its log`)
+  } finally {
+    unwatch()
   }
   return Buffer.concat(chunks).toString('utf8')
 }
 
-/** One API call; its JSON answer. */
+/** One API call; its JSON answer (the text of a text/plain one). */
 export async function call (globals: Globals, method: string, path: string, body?: unknown, options: { timeoutMs?: number } = {}): Promise<unknown> {
-  const text = await readAll(globals, await request(globals, method, path, body, options))
-  return text === '' ? undefined : (() => { try { return JSON.parse(text) } catch { return text } })()
+  const response = await request(globals, method, path, body, options)
+  const text = await readAll(globals, response, response.timeoutMs)
+  if (text === '') return undefined
+  const type = response.headers['content-type'] ?? ''
+  if (/^text\/plain\b/i.test(type)) return text
+  try {
+    return JSON.parse(text)
+  } catch {
+    // A cut or garbled body would otherwise reach a command as a string (`list.map is not a function`).
+    throw notGalleon(globals, /json/i.test(type) ? `sent a JSON answer that is cut short or garbled (${shortText(text)})` : `answered in ${type === '' ? 'no declared type' : type.split(';')[0]} (${shortText(text)})`)
+  }
 }
+
+/**
+ * How long past --timeout a streamed answer may go without a line before the CLI gives up; the
+ * daemon sends one at least every 5 s (STREAM_KEEPALIVE_MS in daemon.ts), an empty one if need be.
+ */
+const STREAM_SILENCE_MS = 15_000
 
 /**
  * A long operation: the daemon streams its answer (it begins at once, progress lines follow while
@@ -217,8 +270,12 @@ export async function callLong (globals: Globals, label: string, method: string,
       outcome = message
     }
   }
+  // The daemon sends a line (progress, or an empty one) every few seconds while the operation runs:
+  // silence well past that is a daemon that hangs (stopped, or its machine gone), not a slow operation.
+  const { more, unwatch } = watchStall(globals, response, response.timeoutMs + STREAM_SILENCE_MS)
   try {
     for await (const chunk of response as AsyncIterable<Uint8Array>) {
+      more()
       pending += decoder.decode(chunk, { stream: true })
       let newline: number
       while ((newline = pending.indexOf('\n')) >= 0) {
@@ -231,6 +288,7 @@ export async function callLong (globals: Globals, label: string, method: string,
     // The connection cut (the daemon died or was stopped) or a garbled line.
     throw err instanceof CliError ? err : cut()
   } finally {
+    unwatch()
     if (started) bar.stop()
   }
   if (outcome === undefined) throw cut()

@@ -56,11 +56,14 @@ export function buildCli (): Command {
     .description('GalleonFS command-line client (start the daemon with `galleonfs -d`)')
     .addOption(new Option('--daemon-address <host:port>', 'address of the daemon\'s IPC API; https://host:port for a daemon serving HTTPS').env('GALLEONFS_DAEMON_ADDRESS').default('127.0.0.1:8090').argParser((v) => {
       // A malformed address is a command-line error (exit 2), found before anything is sent.
+      let port: number
       try {
-        daemonEndpoint(v)
+        port = daemonEndpoint(v).port
       } catch (err) {
         throw new InvalidArgumentError(err instanceof ConfigError ? 'host:port such as 127.0.0.1:8090, or https://host:port' : String(err))
       }
+      // Port 0 is a daemon's "any free port", never one to connect to: its log's "ready" line names the port.
+      if (port === 0) throw new InvalidArgumentError('port 0 is not a port the daemon answers on; give the port of its "ready" log line (ipcAddress)')
       return v
     }))
     .addOption(new Option('--daemon-ca-file <file>', 'PEM of the CA that signed the certificate of a daemon serving HTTPS').env('GALLEONFS_DAEMON_CA_FILE'))

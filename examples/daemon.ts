@@ -30,6 +30,12 @@ const NDJSON = 'application/x-ndjson'
 /** Progress lines are sent at most this often. */
 const PROGRESS_INTERVAL_MS = 100
 /**
+ * A streamed answer gets a line at least this often (an empty one when there is no progress to
+ * report), so a client tells a long operation from a daemon that hangs (see STREAM_SILENCE_MS in
+ * cli-client.ts).
+ */
+const STREAM_KEEPALIVE_MS = 5_000
+/**
  * How long a stop waits for the requests in flight before it closes their connections (which
  * cancels what they asked for, as a client going away does).
  */
@@ -271,7 +277,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
     // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop does not wait for
     // it), and connections count once they are secure (the socket a request comes on).
-    server = ipcTls === undefined ? createServer(answer) : createHttpsServer({ ...ipcTls, minVersion: 'TLSv1.2', handshakeTimeout: 10_000 }, answer)
+    // An HTTP/1.1 request without Host is refused in handle(), in JSON (Node's own refusal is a bare 400).
+    server = ipcTls === undefined ? createServer({ requireHostHeader: false }, answer) : createHttpsServer({ ...ipcTls, minVersion: 'TLSv1.2', handshakeTimeout: 10_000, requireHostHeader: false }, answer)
     if (ipcTls !== undefined) {
       server.on('connection', (socket: Socket) => {
         const peer = peerOf(socket)
@@ -319,6 +326,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10, ...(response.writableFinished ? {} : { cancelled: true }) })
       })
       try {
+        if (request.headers.host === undefined && request.httpVersion === '1.1') throw new HttpError(400, 'BAD_REQUEST', 'an HTTP/1.1 request needs a Host header (RFC 9112); send Host: with the daemon\'s address')
         // The scheme's name is case-insensitive (RFC 9110), the token is not.
         const offered = /^Bearer +(\S+) *$/i.exec(request.headers.authorization ?? '')?.[1] ?? ''
         if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
@@ -329,6 +337,13 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
             throw new HttpError(400, 'INVALID_ARGUMENT', `the request target ${JSON.stringify(request.url)} is not a URL path such as /v1/volumes`)
           }
         })()
+        // URL parsing resolves dot segments (also %2e), backslashes and a leading // into another
+        // path: DELETE /v1/volumes/v1/snapshots/.. would delete the volume v1. A target that is not
+        // already in that normal form is refused instead.
+        const target = (request.url ?? '/').replace(/^[a-z][a-z\d+.-]*:\/\/[^/?#]*/i, '').split(/[?#]/)[0] || '/'
+        if (target !== url.pathname) {
+          throw new HttpError(400, 'INVALID_ARGUMENT', `the request path ${JSON.stringify(target)} would name another path, ${url.pathname} (it holds a "." or ".." segment, a backslash, a leading "//" or a character to percent-encode); names are never "." or "..", and each is sent encoded with encodeURIComponent`)
+        }
         bodyTaken = true
         const body = await readBody(request)
         const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl, updateSavedMounts }
@@ -339,15 +354,22 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
           // The answer begins now (not with the first line): the client waits for its beginning
           // only so long, and an operation may run a while before it reports progress, or never.
           response.flushHeaders()
+          const keepalive = setInterval(() => { if (!response.writableEnded) response.write('\n') }, STREAM_KEEPALIVE_MS)
+          response.once('close', () => { clearInterval(keepalive) })
           let last = 0
           context.progress = ({ bytesDone, bytesTotal }) => {
             const now = Date.now()
             if (bytesDone < bytesTotal && bytesDone > 0 && now - last < PROGRESS_INTERVAL_MS) return
             last = now
+            keepalive.refresh()
             response.write(JSON.stringify({ progress: { bytesDone, bytesTotal } }) + '\n')
           }
-          const result = await route(g, config, request.method ?? 'GET', url, body, context)
-          response.end(JSON.stringify({ result: result ?? null }) + '\n')
+          try {
+            const result = await route(g, config, request.method ?? 'GET', url, body, context)
+            response.end(JSON.stringify({ result: result ?? null }) + '\n')
+          } finally {
+            clearInterval(keepalive)
+          }
           return
         }
         const result = await route(g, config, request.method ?? 'GET', url, body, context)

@@ -72,15 +72,18 @@ async function daemonMain (argv: string[]): Promise<number> {
       reload()
     })
     // SIGTERM and SIGINT likewise: one that arrives while the daemon is starting (it may already
-    // have said "ready") stops it as soon as it has started.
+    // have said "ready") stops it as soon as it has started. A second one (Ctrl-C pressed again, a
+    // script's kill after `daemon stop`) is logged and changes nothing: with no handler left it would
+    // kill the process in the middle of its stop, losing writes acknowledged but not yet flushed.
+    // SIGKILL is the way to force an exit.
     let stopWanted = false
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })
       if (daemon === undefined) stopWanted = true
       else void daemon.stop()
     }
-    process.once('SIGTERM', () => shutdown('SIGTERM'))
-    process.once('SIGINT', () => shutdown('SIGINT'))
+    process.on('SIGTERM', () => shutdown('SIGTERM'))
+    process.on('SIGINT', () => shutdown('SIGINT'))
     daemon = await startDaemon(config, log, loadConfig)
     if (stopWanted) void daemon.stop()
     if (reloadWanted) reload()
