@@ -74,6 +74,19 @@ function prefixEnd (prefix: Buffer): Buffer {
 type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>['host']>>
 const runOnce = { execute: async (call: (context: { signal: AbortSignal }) => unknown) => await call({ signal: new AbortController().signal }) } as unknown as FaultPolicy
 
+/**
+ * The pauses before etcd3 opens a broken watch stream again: from 50 ms, doubling up to 1 s. Its
+ * default (cockatiel's ExponentialBackoff) grows to 30 s while etcd is away, so after an outage of
+ * some seconds the watches stayed dead for up to 30 s more, etcd answering all along (a failover
+ * unseen by the deposed primary, members unseen), and a closed handle's pending pause held the
+ * process that long.
+ */
+type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>
+const WATCH_RETRY_MAX_MS = 1000
+function watchBackoff (delayMs: number): WatchBackoff {
+  return { duration: delayMs, next: () => watchBackoff(Math.min(delayMs * 2, WATCH_RETRY_MAX_MS)) }
+}
+
 /** How often a call is sent while it goes unanswered: once and three more times, as etcd3's default policy. */
 const MAX_SENDS = 4
 
@@ -145,7 +158,7 @@ export class EtcdCoordinator extends AbstractCoordinator {
     // second send answers for the first: a compare-and-swap then fails against its own write, and a
     // lease grant makes a second lease. So etcd3 sends every call once; reads and revokes are sent
     // again here (#retried), and a write whose answer is lost is looked up first (_txn, #grant).
-    const client = new Etcd3({ ...clientOptions, faultHandling: { global: runOnce } })
+    const client = new Etcd3({ ...clientOptions, faultHandling: { global: runOnce, watchBackoff: watchBackoff(50) } })
     // etcd3's default host policy, after three failures in a row at an endpoint, refuses every call
     // to it for 5 s (a circuit breaker, which keepalive streams go through too). Keepalives must not
     // wait that out: a lease of a few seconds would run out after an outage of a moment, etcd
@@ -373,6 +386,9 @@ export class EtcdCoordinator extends AbstractCoordinator {
       const ttl = await new Promise<number>((resolve, reject) => {
         stream.on('data', (response) => resolve(Number(response.TTL)))
         stream.on('error', reject)
+        // A stream can end with an OK status and no answer (a server or proxy ending it): that is
+        // a failed keepalive too, or none would ever be sent again and the lease would run out.
+        stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
         stream.write({ ID: keeper.lease.id })
       }).finally(() => { try { stream.end() } catch {} })
       if (keeper.stopped) return
@@ -431,6 +447,10 @@ export class EtcdCoordinator extends AbstractCoordinator {
     }
     if (/user name is empty/.test(detail)) {
       return new GalleonError('PERMISSION_DENIED', `etcd at ${this.#endpoints} refused the ${what}: it has authentication on, and no user was given; pass auth: { username, password } (the daemon: --etcd-username and --etcd-password-file)`, { cause: err })
+    }
+    if ((err as { isBrokenCircuitError?: boolean } | undefined)?.isBrokenCircuitError === true) {
+      // etcd3's circuit breaker, open after three calls in a row failed: the call was not sent.
+      return new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} did not answer the last calls, so this ${what} was not sent (calls wait 5 s after three failures in a row); check that etcd is running and reachable at these endpoints (the endpoints option), and retry`, { cause: err })
     }
     return new GalleonError('BACKEND_UNAVAILABLE', `etcd at ${this.#endpoints} failed a ${what}: ${detail}; check that etcd is running and reachable at these endpoints (the endpoints option)`, { cause: err })
   }

@@ -270,6 +270,9 @@ export class ClusterManager {
         await won.resign().catch(() => {})
         return
       }
+      // Lost without resigning: its lease ended (keepalives did not reach the coordinator) or its
+      // key went. A waiting candidate's campaign fails and says so; the leader must say so too.
+      this.#host.emit('cluster:error', { nodeId: this.nodeId, code: 'NOT_LEADER', message: `node ${this.nodeId} lost the cluster leadership (epoch ${won.epoch}): its lease ended (its keepalives did not reach the coordinator in time) or its campaign key was removed; it campaigns again` })
     }
   }
 
