@@ -760,7 +760,7 @@ describe('daemon and CLI: progress, reload, KMS, legacy forms', () => {
     assert.equal(demo.code, 0, demo.stderr)
     assert.match(demo.stdout, /Set up defaults\n.*storage class demo-bulk/)
     assert.match(demo.stdout, /Backed up and restored\n/)
-    assert.match(demo.stdout, /galleonfs_volume_write_bytes_total\{.*volume_name="demo-web"\} \d+/)
+    assert.match(demo.stdout, /galleonfs_volume_write_bytes_total\{.*volume_name="demo-web",namespace="default"\} \d+/)
     assert.match(demo.stdout, /All \d+ steps passed\.\n$/)
     // With a storage path the results stay; a second run picks names that do not clash.
     const kept = join(root, 'demo-kept')

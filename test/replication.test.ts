@@ -691,7 +691,7 @@ describe('replication (memory transport, on-disk nodes)', () => {
     assert.ok(behind.lagSeconds >= 0.25 && behind.lagSeconds < 60, `lag ${behind.lagSeconds} s, the first missing change was made about 300 ms ago`)
     const metrics = await n1.g.metricsText()
     const sample = (family: string): number => {
-      const match = new RegExp(`^${family}\\{volume_id="[^"]+",volume_name="timed",node="n2"\\} (\\S+)$`, 'm').exec(metrics)
+      const match = new RegExp(`^${family}\\{volume_id="[^"]+",volume_name="timed",namespace="default",node="n2"\\} (\\S+)$`, 'm').exec(metrics)
       assert.ok(match !== null, `${family} for n2 in:\n${metrics}`)
       return Number(match[1])
     }
