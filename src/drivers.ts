@@ -400,6 +400,15 @@ export interface Coordinator {
    * state: a delete for a key that is gone, a put for one that changed (intermediate values may be skipped).
    */
   watch (prefix: string, listener: (event: CoordinatorEvent) => void): () => void
+  /**
+   * Calls `listener(false)` when this node's lease ends while it is a member (its keepalives did
+   * not reach the coordinator within the lease's time: the handle's own deadline, which passes
+   * before the coordinator's), and `listener(true)` once it holds a new one (it joined again).
+   * Replication fences on it: a primary serves no I/O while its node may no longer be a member,
+   * so that no write is acknowledged after the cluster could have failed its volumes over.
+   * Returns a function that stops it. Optional: a coordinator without it gets no such fencing.
+   */
+  onLeaseChange?: (listener: (held: boolean) => void) => () => void
   /** Stops keeping the lease alive and releases resources (the node then expires as after a crash, unless it left). */
   close (): Promise<void>
 }

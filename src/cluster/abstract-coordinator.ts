@@ -74,6 +74,10 @@ export abstract class AbstractCoordinator implements Coordinator {
   readonly #campaigning = new Set<string>()
   /** Campaigns waiting for the session that replaces a lost one. */
   readonly #sessionWaiters = new Set<() => void>()
+  /** Told when the session's lease is lost, and when a new one replaces it (see onLeaseChange). */
+  readonly #leaseListeners = new Set<(held: boolean) => void>()
+  /** A lost lease was reported and its replacement not yet. */
+  #leaseLost = false
   readonly #watchStops = new Set<() => void>()
   readonly #electionStore: ElectionStore = {
     range: async (key, prefix) => await this.#range(key, prefix),
@@ -263,6 +267,19 @@ export abstract class AbstractCoordinator implements Coordinator {
   }
 
   /** The session or the membership changed: campaigns waiting for a session look again. */
+  onLeaseChange (listener: (held: boolean) => void): () => void {
+    this.#leaseListeners.add(listener)
+    return () => { this.#leaseListeners.delete(listener) }
+  }
+
+  #tellLease (held: boolean): void {
+    if (this.#leaseLost === !held) return
+    this.#leaseLost = !held
+    for (const listener of [...this.#leaseListeners]) {
+      try { listener(held) } catch {}
+    }
+  }
+
   #sessionChanged (): void {
     for (const waiter of [...this.#sessionWaiters]) waiter()
   }
@@ -409,6 +426,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     ])
     this.#registered = session
     this.#registeredRevision = revision
+    this.#tellLease(true)
   }
 
   async #startSession (nodeId: string, ttlMs: number): Promise<Session> {
@@ -442,6 +460,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     this._releaseLease(session.lease)
     this._releaseLease(session.recordLease)
     session.controller.abort(new GalleonError('BACKEND_UNAVAILABLE', `the lease of node '${session.nodeId}' ended (its keepalives did not reach the coordinator in time); its leaderships are lost, campaign again`))
+    this.#tellLease(false)
     const membership = this.#membership
     if (membership !== undefined) void this.#rejoin(membership, session)
   }

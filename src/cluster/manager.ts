@@ -284,6 +284,14 @@ export class ClusterManager {
    * replication's links to it retry at once rather than when their back-off ends. Returns a
    * function that stops it.
    */
+  /**
+   * Calls `listener(false)` when this node's lease ends while it is a member, `listener(true)` once
+   * it holds a new one (see Coordinator.onLeaseChange; never called for a coordinator without it).
+   */
+  onLeaseChange (listener: (held: boolean) => void): () => void {
+    return this.#options.coordinator.onLeaseChange?.(listener) ?? (() => {})
+  }
+
   onMemberBack (listener: (nodeId: string) => void): () => void {
     this.#backListeners.add(listener)
     return () => { this.#backListeners.delete(listener) }

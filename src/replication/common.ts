@@ -73,6 +73,12 @@ export interface LocalSet {
    * waiting on the old primary move on at once, without polling.
    */
   readonly primaryWatchers: Set<() => void>
+  /**
+   * Set when this node's cluster lease ended (see Coordinator.onLeaseChange), and cleared once it
+   * holds a new one and the volume's record has been read again: meanwhile the cluster may have
+   * failed the volume over, so this node's primary (if any) serves no I/O and records no change.
+   */
+  fenced: boolean
 }
 
 /** A new LocalSet, whose `record` setter tells `primaryWatchers` when the primary it names changes. */
@@ -99,7 +105,8 @@ export function newLocalSet (volumeId: string, position: ReplicaPosition): Local
     applying: new Set(),
     saveTimer: undefined,
     unrecorded: false,
-    primaryWatchers
+    primaryWatchers,
+    fenced: false
   }
 }
 

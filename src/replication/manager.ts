@@ -108,9 +108,50 @@ export class ReplicationManager {
     this.#stopMemberBack = cluster.onMemberBack((nodeId) => {
       for (const set of this.#sets.values()) set.primary?.peerBack(nodeId)
     })
+    this.#stopLeaseWatch = cluster.onLeaseChange((held) => { this.#leaseChanged(held) })
   }
 
   readonly #stopMemberBack: () => void
+  readonly #stopLeaseWatch: () => void
+  /** This node's lease ended and no new one is held yet (see LocalSet.fenced). */
+  #leaseLost = false
+
+  /**
+   * Fencing by lease: once this node's lease ends (its own deadline, which passes before the
+   * coordinator expires the lease and so before any failover), its primaries serve nothing; once it
+   * holds a new lease, each volume's record is read again (a failover meanwhile makes this node step
+   * down) before its primary serves again.
+   */
+  #leaseChanged (held: boolean): void {
+    this.#leaseLost = !held
+    if (!held) {
+      for (const set of this.#sets.values()) {
+        set.fenced = true
+        if (set.primary !== undefined) this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: 'NOT_LEADER', message: `node ${this.nodeId} lost its cluster lease (its keepalives did not reach the coordinator in time): as the primary of volume ${set.volumeId} it serves no I/O until it holds a lease again and the volume's record says it is still the primary` })
+      }
+      return
+    }
+    for (const set of this.#sets.values()) if (set.fenced) void this.#unfence(set)
+  }
+
+  /** Reads the volume's record again (retrying while the coordinator does not answer), then lets the set serve. */
+  async #unfence (set: LocalSet): Promise<void> {
+    for (let delayMs = 100; set.fenced && !this.#leaseLost && !this.#closed && this.#sets.get(set.volumeId) === set; delayMs = Math.min(delayMs * 2, 2000)) {
+      let read: { entry: Awaited<ReturnType<Coordinator['get']>> } | undefined
+      try {
+        read = { entry: await this.#coordinator.get(recordKey(set.volumeId)) }
+      } catch {
+        read = undefined
+      }
+      if (read !== undefined && !this.#leaseLost) {
+        const record = read.entry === undefined ? undefined : parseRecord(read.entry.value)
+        if (record !== undefined && read.entry !== undefined) this.#adopt(set, record, read.entry.revision)
+        set.fenced = false
+        return
+      }
+      await sleep(delayMs)
+    }
+  }
 
   get nodeId (): string { return this.#cluster.nodeId }
 
@@ -185,6 +226,7 @@ export class ReplicationManager {
     let set = this.#sets.get(volumeId)
     if (set === undefined) {
       set = newLocalSet(volumeId, position)
+      set.fenced = this.#leaseLost
       this.#sets.set(volumeId, set)
     }
     return set
@@ -193,7 +235,7 @@ export class ReplicationManager {
   /** Whether I/O on this volume must go to another node (the primary). */
   forwards (volumeId: string): boolean {
     const set = this.#sets.get(volumeId)
-    return set !== undefined && (set.primary === undefined || set.primary.frozen)
+    return set !== undefined && (set.primary === undefined || set.primary.frozen || set.fenced)
   }
 
   /** Whether the volume is replicated (this node holds a copy). */
@@ -713,7 +755,7 @@ export class ReplicationManager {
         if (set.record === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `the cluster has no record of replicated volume ${volumeId}, so it has no primary, and the copy on node ${this.nodeId} serves no I/O (a coordinator that lost the record, or a volume deleted while this node was away without its deletion mark); if the volume is gone, deleteVolume(${JSON.stringify(volumeId)}, { force: true }) on this node deletes the copy`)
       }
       const primary = set.record?.primary
-      if (set.primary !== undefined && !set.primary.frozen) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
+      if (set.primary !== undefined && !set.primary.frozen && !set.fenced) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
       if (primary !== undefined && primary !== this.nodeId) {
         // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
         // was lost may have happened, so it is retried only when the node said it is not primary.
@@ -753,7 +795,7 @@ export class ReplicationManager {
     const record = set.record
     return {
       volumeId,
-      role: set.primary !== undefined ? 'primary' : record === undefined ? 'unknown' : 'replica',
+      role: set.fenced ? 'unknown' : set.primary !== undefined ? 'primary' : record === undefined ? 'unknown' : 'replica',
       primary: record?.primary,
       epoch: record?.epoch,
       nodes: record?.nodes ?? [],
@@ -773,6 +815,7 @@ export class ReplicationManager {
   async close (): Promise<void> {
     this.#closed = true
     this.#stopMemberBack()
+    this.#stopLeaseWatch()
     clearInterval(this.#leaderTimer)
     this.#stopWatch?.()
     for (const set of this.#sets.values()) {

@@ -108,6 +108,7 @@ export class Primary implements VolumeReplicator {
 
   record (change: ReplicatedChange): number {
     if (this.frozen || this.#stopped !== undefined) throw new GalleonError('NOT_LEADER', `node ${this.#manager.nodeId} is handing volume ${this.#record.spec.name} to another primary; retry`)
+    if (this.#set.fenced) throw new GalleonError('NOT_LEADER', `node ${this.#manager.nodeId} lost its cluster lease, so volume ${this.#record.spec.name} may have failed over to another node: it takes no change until it holds a lease again and the volume's record says it is still the primary; retry`)
     if (change.type === 'write' && change.data.byteLength > BATCH_MAX_BYTES) {
       // A large write travels as consecutive pieces, each within a message's size; its concern is
       // met when the last one is (copies acknowledge in order).
