@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test'
 import { startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { freePort } from './support/net.js'
 import { until } from './support/wait.js'
+import { answered, rawRequest, type RawAnswer } from './support/raw-http.js'
 
 let root: string
 let daemon: RunningDaemon
@@ -22,33 +23,9 @@ let port: number
 const runtime = (): string => join(root, 'run', 'galleonfs')
 const victim = (): string => join(root, 'victim.txt')
 
-/** What came back on a raw connection: the whole text, and whether the daemon closed it. */
-interface RawAnswer { text: string, closed: boolean }
-
 /** Sends `request` on a new connection (TOKEN replaced by the token) and collects the answer until `done` says so, or the daemon closes. */
 async function raw (request: string | Buffer, done: (text: string) => boolean = answered, then?: (socket: Socket) => void): Promise<RawAnswer> {
-  const socket = connect(port, host)
-  socket.on('error', () => {})
-  let text = ''
-  let closed = false
-  socket.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
-  socket.once('close', () => { closed = true })
-  socket.write(typeof request === 'string' ? request.replaceAll('TOKEN', token) : request)
-  then?.(socket)
-  try {
-    await until('the daemon answered', () => closed || done(text), 15_000)
-  } finally {
-    socket.destroy()
-  }
-  return { text, closed }
-}
-
-/** Whether `text` holds a whole answer (headers and the content-length's worth of body). */
-function answered (text: string): boolean {
-  const end = text.indexOf('\r\n\r\n')
-  if (end < 0) return false
-  const length = Number(/content-length: (\d+)/i.exec(text.slice(0, end))?.[1] ?? 0)
-  return Buffer.byteLength(text.slice(end + 4), 'latin1') >= length
+  return await rawRequest({ host, port, token }, request, { done, ...(then === undefined ? {} : { then }), timeoutMs: 15_000 })
 }
 
 /** The status and the JSON error of a raw answer; fails on a body that is not a JSON error or holds a stack trace. */

@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { until } from './support/wait.js'
+import { answered, rawRequest } from './support/raw-http.js'
 
 let root: string
 let daemon: RunningDaemon
@@ -23,27 +24,7 @@ const backups = (): string => join(root, 'backups')
 
 /** Sends `request` (TOKEN replaced) on a new connection; the text that came back once `done` holds or the daemon closed. */
 async function raw (request: string | Buffer, done: (text: string) => boolean = answered): Promise<{ text: string, closed: boolean }> {
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  let text = ''
-  let closed = false
-  socket.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
-  socket.once('close', () => { closed = true })
-  socket.write(typeof request === 'string' ? request.replaceAll('TOKEN', token) : request)
-  try {
-    await until('the daemon answered', () => closed || done(text), 20_000)
-  } finally {
-    socket.destroy()
-  }
-  return { text, closed }
-}
-
-/** Whether `text` holds a whole answer with a content-length. */
-function answered (text: string): boolean {
-  const end = text.indexOf('\r\n\r\n')
-  if (end < 0) return false
-  const length = Number(/content-length: (\d+)/i.exec(text.slice(0, end))?.[1] ?? 0)
-  return Buffer.byteLength(text.slice(end + 4), 'latin1') >= length
+  return await rawRequest({ host: '127.0.0.1', port, token }, request, { done })
 }
 
 /** The status and JSON body of a raw answer (fails when the body is not JSON). */
