@@ -56,7 +56,7 @@ export interface BuiltInstance<I> {
 /**
  * The work of GalleonFS.open(): `build` makes the instance from its parts (see InstanceParts). A
  * storage whose disk is too full for its databases to open gives back its reserve and opens again
- * (see space-reserve.ts); one opened with room to spare gets a reserve.
+ * (see space-reserve.ts); one opened with room to spare gets a reserve (in openOnce).
  */
 export async function openInstance<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
   const storagePath = options?.storagePath
@@ -68,7 +68,6 @@ export async function openInstance<I extends EventEmitter<GalleonEvents>> (optio
     if (!full || typeof storagePath !== 'string' || !await releaseReserve(storagePath)) throw err
     instance = await openOnce(options, build)
   }
-  if (typeof storagePath === 'string' && options.inMemory !== true) await ensureReserve(storagePath)
   return instance
 }
 
@@ -102,6 +101,9 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     await blockStore.open()
     const catalog = new Catalog(metadata)
     await catalog.load(blockSize)
+    // The storage is this instance's now (checked, locked, its databases open): it gets a reserve
+    // if it has none, before anything starts in the background.
+    if (typeof options.storagePath === 'string' && options.inMemory !== true) await ensureReserve(options.storagePath)
     let built: BuiltInstance<I> | undefined
     const engine = new BlockEngine(blockStore, {
       blockSize: catalog.blockSize,
