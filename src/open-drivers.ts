@@ -9,6 +9,8 @@ import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } f
 import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
+import { isNoSpaceError } from './abstract-block-store.js'
+import { checkStorageDirectory, checkStorageMetadata, lockHolder, type SettingsReader } from './storage-layout.js'
 
 /** Block-store backends that come with GalleonFS; `backend` also takes the name of any registered block store. */
 export type BuiltInBackend = 'file' | 'level' | 'memory'
@@ -143,7 +145,10 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
     throw new GalleonError('INVALID_ARGUMENT', `mount must be a registered mount driver by name (${names('mountDriver')}), { driver, options }, or a MountDriver { name, mount, unmount }, got ${describe(mount)}`)
   }
 
+  // The block store's name for the layout checks; a block store instance keeps its blocks elsewhere.
+  const layoutBackend = options.blockStore !== undefined ? '' : backend ?? 'file'
   if (storagePath !== undefined) {
+    await checkStorageDirectory(storagePath, layoutBackend)
     await makeDirectoriesDurably(storagePath).catch((err: NodeJS.ErrnoException) => {
       const fix = err.code === 'EEXIST' || err.code === 'ENOTDIR' ? 'a file is in the way; pick another storagePath' : err.code === 'EACCES' || err.code === 'EPERM' ? 'give this process write access to its parent, or pick another storagePath' : 'pick a storagePath on a writable file system'
       throw new GalleonError('IO_ERROR', `could not create the storage directory ${storagePath}: ${err.message}; ${fix}`, { cause: err })
@@ -175,7 +180,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
         : await createDriver('mountDriver', typeof mount === 'string' ? mount : 'virtual', {}, context, 'mount')
     if (mountDriver !== mount) created.push(async () => { await mountDriver.close?.() })
     // Created last: an abstract-level database opens itself (and takes its lock) once constructed.
-    const metadata = (options.metadata as MetadataDatabase | undefined) ?? (storagePath !== undefined ? await openClassicLevel(join(storagePath, 'metadata')) : await openMemoryLevel())
+    const metadata = (options.metadata as MetadataDatabase | undefined) ?? (storagePath !== undefined ? await openStorageMetadata(storagePath, layoutBackend, options.blockSize) : await openMemoryLevel())
     const location = storagePath ?? (options.blockStore !== undefined || options.metadata !== undefined ? `the given drivers (block store ${blockStore.name})` : backend !== undefined && backend !== 'memory' ? `block store ${blockStore.name}` : 'memory')
     return { metadata, blockStore, location, ...keys, ...(defaultTarget === undefined ? {} : { backupTarget: defaultTarget }), ...(ownedBackupTarget === undefined ? {} : { ownedBackupTarget }), mountDriver }
   } catch (err) {
@@ -206,13 +211,72 @@ function names (kind: 'blockStore' | 'mountDriver'): string {
   return listDrivers(kind).map((driver) => driver.name).join(', ')
 }
 
-async function openClassicLevel (location: string): Promise<MetadataDatabase> {
+/**
+ * Opens `<storagePath>/metadata` and checks it against the storage (storage-layout.ts) before the
+ * block store opens: the block store's recovery writes, so whatever refuses the storage refuses it
+ * here, with the blocks untouched.
+ */
+async function openStorageMetadata (storagePath: string, backend: string, blockSize: number | undefined): Promise<MetadataDatabase> {
+  const location = join(storagePath, 'metadata')
   const ClassicLevel = await loadClassicLevel('the on-disk metadata database')
   // Opened without its CURRENT file, LevelDB would start an empty catalog and delete the old one.
   await assertLevelDirectoryIntact(location, 'the metadata database')
   // LevelDB makes its directory itself and never syncs its parent: made here, durably named.
-  await makeDirectoriesDurably(location)
-  return new ClassicLevel(location) as unknown as MetadataDatabase
+  await makeDirectoriesDurably(location).catch((err: unknown) => { throw accessError(err, storagePath, `could not create the metadata directory ${location}`) })
+  const db = new ClassicLevel(location)
+  try {
+    await db.open()
+  } catch (err) {
+    throw await metadataOpenError(err, storagePath)
+  }
+  try {
+    await checkStorageMetadata(storagePath, backend, db as unknown as SettingsReader, blockSize)
+  } catch (err) {
+    await db.close().catch(() => {})
+    throw err
+  }
+  return db as unknown as MetadataDatabase
+}
+
+/** The messages of an error and its causes, outermost first (classic-level's own is often just "Database failed to open"). */
+function reasons (err: unknown): string {
+  const messages: string[] = []
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e.message.length > 0 && !messages.includes(e.message)) messages.push(e.message)
+  }
+  return messages.length > 0 ? messages.join(': ') : String(err)
+}
+
+function hasCauseCode (err: unknown, code: string): boolean {
+  for (let e = err, depth = 0; e !== null && typeof e === 'object' && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if ((e as { code?: unknown }).code === code) return true
+  }
+  return false
+}
+
+/** A file-system failure to reach the storage as IO_ERROR saying what to do: a read-only file system, missing permissions. */
+function accessError (err: unknown, storagePath: string, what: string): GalleonError {
+  const why = reasons(err)
+  // LevelDB writes to open: on a full disk that is NO_SPACE (open() then gives back the storage's reserve and tries again).
+  if (isNoSpaceError(err)) return new GalleonError('NO_SPACE', `${what}: ${why}; its disk is full: free space on it or grow it, then open again`, { cause: err })
+  const fix = hasCauseCode(err, 'EROFS') || /read-only file system/i.test(why)
+    ? `the file system holding ${storagePath} is mounted read-only, and GalleonFS writes when it opens a storage (locks, recovery); remount it read-write, or copy the storage to a writable place and open the copy`
+    : hasCauseCode(err, 'EACCES') || hasCauseCode(err, 'EPERM') || /permission denied/i.test(why)
+      ? `give the user this process runs as${typeof process.getuid === 'function' ? ` (uid ${process.getuid()})` : ''} read and write access to ${storagePath} and everything in it, or run it as the storage's owner`
+      : `check that ${storagePath} is a storage directory on a working, writable file system`
+  return new GalleonError('IO_ERROR', `${what}: ${why}; ${fix}`, { cause: err })
+}
+
+/** Why the metadata database did not open: BUSY naming the holder when it is locked, else IO_ERROR. */
+async function metadataOpenError (err: unknown, storagePath: string): Promise<GalleonError> {
+  const location = join(storagePath, 'metadata')
+  if (hasCauseCode(err, 'LEVEL_CORRUPTION')) {
+    return new GalleonError('CORRUPTION', `the metadata database at ${location} is damaged (${reasons(err)}); restore it from a copy, or run ClassicLevel.repair() on it (which keeps what it can read) and open again`, { cause: err })
+  }
+  if (!hasCauseCode(err, 'LEVEL_LOCKED')) return accessError(err, storagePath, `could not open the metadata database at ${location}`)
+  const pid = await lockHolder(storagePath)
+  const holder = pid === undefined ? 'another GalleonFS instance or process' : pid === process.pid ? 'another GalleonFS instance of this process' : `process ${pid} (as its blocks/LOCK file says)`
+  return new GalleonError('BUSY', `the storage at ${storagePath} is already open in ${holder}; close that one first, or open a different storage (the lock goes with the process: after it exits or dies, open succeeds)`, { cause: err })
 }
 
 async function openMemoryLevel (): Promise<MetadataDatabase> {

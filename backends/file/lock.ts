@@ -3,7 +3,7 @@
 
 import { randomBytes } from 'node:crypto'
 import { readFileSync, readlinkSync } from 'node:fs'
-import { link, readFile, readdir, realpath, rename, unlink, writeFile } from 'node:fs/promises'
+import { link, readFile, readdir, realpath, rename, stat, unlink, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
@@ -35,6 +35,12 @@ interface Owner {
   pidNamespace?: string
   /** Changes at every boot (Linux): a lock from an earlier boot is stale whatever its pid. */
   bootId?: string
+  /**
+   * `device:inode` of the directory the lock was taken in. A lock found in another directory of the
+   * same host was copied there with the store (`cp -a` of a storage that was open): its owner holds
+   * the original, not this copy.
+   */
+  directory?: string
 }
 
 function readProc (read: () => string): string | undefined {
@@ -54,7 +60,7 @@ const self: Owner = {
 
 /** The lock file's text: the pid on the first line (what older releases wrote and read), then key=value lines. */
 function ownerText (owner: Owner): string {
-  return `${owner.pid}\n` + Object.entries({ host: owner.host, pidns: owner.pidNamespace, boot: owner.bootId }).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v as string}\n`).join('')
+  return `${owner.pid}\n` + Object.entries({ host: owner.host, pidns: owner.pidNamespace, boot: owner.bootId, dir: owner.directory }).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v as string}\n`).join('')
 }
 
 function parseOwner (text: string): Owner | undefined {
@@ -62,7 +68,7 @@ function parseOwner (text: string): Owner | undefined {
   const pid = Number.parseInt(first ?? '', 10)
   if (!Number.isSafeInteger(pid) || pid <= 0) return undefined
   const fields = Object.fromEntries(rest.map((line) => line.split('=')).filter((pair) => pair.length === 2)) as Record<string, string>
-  return { pid, host: fields.host, pidNamespace: fields.pidns, bootId: fields.boot }
+  return { pid, host: fields.host, pidNamespace: fields.pidns, bootId: fields.boot, directory: fields.dir }
 }
 
 /**
@@ -99,9 +105,18 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
   heldByThisProcess.add(key)
   try {
     const lockPath = join(directory, 'LOCK')
-    const content = ownerText(self)
+    // Device numbers mean something only on one host (an NFS export has another on each client),
+    // so a lock from another host is never judged by them (ownerState says 'unknown').
+    const directoryId = await stat(directory).then((info) => `${info.dev}:${info.ino}`, () => undefined)
+    const content = ownerText({ ...self, directory: directoryId })
     const temporary = join(directory, `LOCK.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
-    await writeFile(temporary, content)
+    await writeFile(temporary, content).catch((err: unknown) => {
+      if (!isCode(err, 'EACCES') && !isCode(err, 'EPERM') && !isCode(err, 'EROFS')) throw err
+      const fix = isCode(err, 'EROFS')
+        ? 'its file system is mounted read-only, and the store writes when it opens (its lock, recovery): remount it read-write, or copy the store to a writable place'
+        : `give the user this process runs as${typeof process.getuid === 'function' ? ` (uid ${process.getuid()})` : ''} write access to ${directory} and everything in it`
+      throw new GalleonError('IO_ERROR', `could not lock the block store at ${directory}: ${(err as Error).message}; ${fix}`, { cause: err })
+    })
     try {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -117,7 +132,8 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
         if (existing === undefined) continue // released meanwhile: try again
         const owner = parseOwner(existing)
         if (owner !== undefined) {
-          const state = ownerState(owner)
+          const copied = owner.directory !== undefined && directoryId !== undefined && owner.directory !== directoryId && owner.host === self.host
+          const state = copied ? 'dead' : ownerState(owner)
           if (state === 'unknown') {
             const where = owner.host !== self.host ? `on host ${owner.host as string}` : `in another PID namespace (${owner.pidNamespace as string}: another container?)`
             throw new GalleonError('BUSY', `the block store at ${directory} is locked by process ${owner.pid} ${where}, which cannot be checked from here; stop that process, or if it is gone for sure, delete ${lockPath}`)

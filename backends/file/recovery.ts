@@ -229,6 +229,12 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   })
   segment.hint = hint
   if (result.committedEnd === segment.size) return
+  // A record of a later format ('GFR3' on) is not damage but what a newer GalleonFS wrote: cutting
+  // it off as a torn tail would lose what that version acknowledged.
+  const newer = result.problem === 'invalid record header' ? await newerRecordFormat(handle, result.stoppedAt) : undefined
+  if (newer !== undefined) {
+    throw new GalleonError('CORRUPTION', `segment ${segment.path} holds a record in format ${newer} at offset ${result.stoppedAt}, which a newer GalleonFS wrote and this version cannot read; open the storage with that version (nothing was changed)`)
+  }
   // A batch that never ended is damaged from its first record; otherwise from the bad record.
   const damagedAt = result.problem === undefined ? result.committedEnd : result.stoppedAt
   const corruption = (why: string): GalleonError => new GalleonError('CORRUPTION',
@@ -258,4 +264,13 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   await handle.truncate(result.committedEnd)
   await handle.sync()
   segment.size = segment.fileBytes = result.committedEnd
+}
+
+/** The magic of a record format later than this version's ('GFR3' to 'GFR9') at `offset`, if one is there. */
+async function newerRecordFormat (handle: FileHandle, offset: number): Promise<string | undefined> {
+  const magic = Buffer.alloc(4)
+  const { bytesRead } = await handle.read(magic, 0, 4, offset)
+  if (bytesRead < 4) return undefined
+  const text = magic.toString('latin1')
+  return /^GFR[3-9]$/.test(text) ? text : undefined
 }

@@ -82,7 +82,7 @@ export function looksLikeId (text: string): boolean {
 }
 const VOLUME_NAME_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 /** Layout version of the metadata; bumped on incompatible changes. */
-const CATALOG_FORMAT = 1
+export const CATALOG_FORMAT = 1
 /** classic-level's option to fsync its log before resolving; abstract-level passes it through sublevels. */
 const SYNC = { sync: true } as unknown as Record<string, never>
 
