@@ -32,24 +32,41 @@ export function reserveBytes (totalBytes: number): number {
 export async function ensureReserve (storagePath: string): Promise<boolean> {
   const path = join(storagePath, RESERVE_FILE)
   let handle
+  // A reserve already there counts only when whole: an open killed while it wrote the zeros, or a
+  // power loss before they reached the disk, leaves it short, and a short one frees too little.
+  let made = false
+  let from = 0
   try {
     handle = await open(path, 'wx', 0o600)
+    made = true
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EEXIST'
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return false
+    try {
+      handle = await open(path, 'r+')
+      from = (await handle.stat()).size
+    } catch {
+      await handle?.close().catch(() => {})
+      return true
+    }
   }
   try {
     const fs = await statfs(storagePath)
     const bytes = reserveBytes(fs.blocks * fs.bsize)
-    if (fs.bavail * fs.bsize < bytes * ROOM_FACTOR) throw new Error('not enough room for a reserve')
+    if (from >= bytes) {
+      await handle.close()
+      return true
+    }
+    if (fs.bavail * fs.bsize < (bytes - from) * ROOM_FACTOR) throw new Error('not enough room for a reserve')
     // Written, not sparse: only written blocks hold space.
     const zeros = new Uint8Array(Math.min(WRITE_BYTES, bytes))
-    for (let at = 0; at < bytes; at += zeros.byteLength) await handle.write(zeros, 0, Math.min(zeros.byteLength, bytes - at), at)
+    for (let at = from; at < bytes; at += zeros.byteLength) await handle.write(zeros, 0, Math.min(zeros.byteLength, bytes - at), at)
+    await handle.datasync()
     await handle.close()
     return true
   } catch {
     await handle.close().catch(() => {})
-    await unlink(path).catch(() => {})
-    return false
+    if (made) await unlink(path).catch(() => {})
+    return !made
   }
 }
 

@@ -179,7 +179,12 @@ async function dropSegment (state: StoreState, segment: Segment): Promise<void> 
   await syncDirectory(state.location)
   // Usable only now: overwriting its start while the rename might still be undone by a crash
   // would leave a damaged sealed segment under the old name.
-  if (spare !== undefined) state.spares.push(spare)
+  if (spare !== undefined) {
+    // A full disk may have stopped the writer during the awaits above, after it gave back its
+    // spares (releaseSpares): this one goes too.
+    if (state.failure === undefined) state.spares.push(spare)
+    else await removeFile(spare.path).catch(() => {})
+  }
   // Forgotten only once its removal is durable: while it is listed it counts as an older segment,
   // so later compactions keep the tombstones that delete its dead puts. Forgetting it first and then
   // failing to unlink it (or to sync the unlink) would let those tombstones be dropped and its puts

@@ -14,6 +14,7 @@ import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, e
 import { SerialQueue } from '../serial-queue.js'
 import type { AbstractSublevel } from 'abstract-level'
 import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
+import { isNoSpaceError } from '../abstract-block-store.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readManifest, readManifests, toBackup, writeIndex } from './manifests.js'
@@ -518,6 +519,7 @@ export class BackupManager {
           // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
           forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)
         }
+        if (!(err instanceof GalleonError) && isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `the backup target ${target.location} is full, so backup ${id} of volume ${volume.name} was not stored (nothing of it is listed); free space there or delete old backups, then back up again`, { cause: err })
         throw err
       } finally {
         releaseBase()

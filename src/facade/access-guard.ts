@@ -259,11 +259,12 @@ export class AccessGuard {
 }
 
 /**
- * A full disk met by a module below (a metadata write: LevelDB says so only in its message) as
- * NO_SPACE saying what to do; any other failure as it is.
+ * A full disk met by a metadata write of a module below (LevelDB says so only in its message) as
+ * NO_SPACE saying what to do; any other failure as it is (a backup target's own full disk is not
+ * the storage's: the backup manager says so itself).
  */
 function fullDiskError (err: unknown, action: string, label: string): unknown {
-  if (err instanceof GalleonError || !isNoSpaceError(err)) return err
+  if (err instanceof GalleonError || (err as { code?: unknown } | null)?.code !== 'LEVEL_IO_ERROR' || !isNoSpaceError(err)) return err
   return new GalleonError('NO_SPACE', `${action} on ${label} failed: the disk holding the storage is full, so the change was not stored; free space on it (or grow it), then close and reopen the instance`, { cause: err })
 }
 

@@ -60,18 +60,20 @@ export interface BuiltInstance<I> {
  */
 export async function openInstance<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
   const storagePath = options?.storagePath
+  const progress = { started: false }
   let instance: I
   try {
-    instance = await openOnce(options, build)
+    instance = await openOnce(options, build, progress)
   } catch (err) {
-    const full = isNoSpaceError(err) || (err instanceof GalleonError && err.code === 'NO_SPACE')
-    if (!full || typeof storagePath !== 'string' || !await releaseReserve(storagePath)) throw err
-    instance = await openOnce(options, build)
+    // Only a disk too full for the databases and the block store to open: not one a driver of the
+    // caller's reports otherwise (a quota of its own), nor a failure once the instance had started.
+    if (progress.started || !isNoSpaceError(err) || typeof storagePath !== 'string' || !await releaseReserve(storagePath)) throw err
+    instance = await openOnce(options, build, progress)
   }
   return instance
 }
 
-async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
+async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>, progress: { started: boolean }): Promise<I> {
   const blockSize = options?.blockSize
   if (blockSize !== undefined && (!Number.isSafeInteger(blockSize) || blockSize < 512 || blockSize > 1 << 20 || (blockSize & (blockSize - 1)) !== 0)) {
     throw new GalleonError('INVALID_ARGUMENT', `blockSize must be a power of two from 512 to 1048576, got ${describe(blockSize)}`)
@@ -122,6 +124,7 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     built = build({ metadata, store: blockStore, location, catalog, engine, qos, keys, access, audit, clock, timers: options.clock === undefined, backupTarget, ownedBackupTarget, mountDriver, storagePath: options.storagePath })
     const emitter = built.instance
     emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
+    progress.started = true
     await built.start()
     return built.instance
   } catch (err) {
