@@ -75,7 +75,8 @@ type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions['faultHandling']>
 const runOnce = { execute: async (call: (context: { signal: AbortSignal }) => unknown) => await call({ signal: new AbortController().signal }) } as unknown as FaultPolicy
 
 /**
- * The pauses before etcd3 opens a broken watch stream again: from 50 ms, doubling up to 1 s. Its
+ * The pauses before etcd3 opens a broken watch stream again: from 100 ms (etcd3 takes the next of
+ * the back-off it is given first, so 50 ms is never used), doubling up to 1 s. Its
  * default (cockatiel's ExponentialBackoff) grows to 30 s while etcd is away, so after an outage of
  * some seconds the watches stayed dead for up to 30 s more, etcd answering all along (a failover
  * unseen by the deposed primary, members unseen), and a closed handle's pending pause held the

@@ -266,9 +266,10 @@ export abstract class AbstractCoordinator implements Coordinator {
     }
   }
 
-  /** The session or the membership changed: campaigns waiting for a session look again. */
+  /** See Coordinator.onLeaseChange; a listener added while the lease is lost is told so at once. */
   onLeaseChange (listener: (held: boolean) => void): () => void {
     this.#leaseListeners.add(listener)
+    if (this.#leaseLost) listener(false)
     return () => { this.#leaseListeners.delete(listener) }
   }
 
@@ -280,6 +281,7 @@ export abstract class AbstractCoordinator implements Coordinator {
     }
   }
 
+  /** The session or the membership changed: campaigns waiting for a session look again. */
   #sessionChanged (): void {
     for (const waiter of [...this.#sessionWaiters]) waiter()
   }

@@ -280,11 +280,6 @@ export class ClusterManager {
   readonly #backListeners = new Set<(nodeId: string) => void>()
 
   /**
-   * Calls `listener` with a node's id when it joins, joins again or becomes healthy again:
-   * replication's links to it retry at once rather than when their back-off ends. Returns a
-   * function that stops it.
-   */
-  /**
    * Calls `listener(false)` when this node's lease ends while it is a member, `listener(true)` once
    * it holds a new one (see Coordinator.onLeaseChange; never called for a coordinator without it).
    */
@@ -292,6 +287,11 @@ export class ClusterManager {
     return this.#options.coordinator.onLeaseChange?.(listener) ?? (() => {})
   }
 
+  /**
+   * Calls `listener` with a node's id when it joins, joins again or becomes healthy again:
+   * replication's links to it retry at once rather than when their back-off ends. Returns a
+   * function that stops it.
+   */
   onMemberBack (listener: (nodeId: string) => void): () => void {
     this.#backListeners.add(listener)
     return () => { this.#backListeners.delete(listener) }

@@ -144,12 +144,26 @@ export class ReplicationManager {
         read = undefined
       }
       if (read !== undefined && !this.#leaseLost) {
-        const record = read.entry === undefined ? undefined : parseRecord(read.entry.value)
-        if (record !== undefined && read.entry !== undefined) this.#adopt(set, record, read.entry.revision)
-        set.fenced = false
-        return
+        const entry = read.entry
+        const record = entry === undefined ? undefined : parseRecord(entry.value)
+        if (record !== undefined && entry !== undefined && record.primary === this.nodeId) {
+          // Still named primary: the record is written back unchanged at the revision read, so a
+          // failover the cluster leader decided while this node was away (a compare-and-swap at
+          // that revision, still on its way) can no longer land after this node serves again; if
+          // it landed first, this write fails and the next read shows the new primary.
+          const written = await this.#coordinator.put(recordKey(set.volumeId), entry.value, { expectRevision: entry.revision }).catch(() => undefined)
+          if (written !== undefined && !this.#leaseLost) {
+            this.#adopt(set, record, written.revision)
+            set.fenced = false
+            return
+          }
+        } else {
+          if (record !== undefined && entry !== undefined) this.#adopt(set, record, entry.revision)
+          set.fenced = false
+          return
+        }
       }
-      await sleep(delayMs)
+      await sleep(delayMs, undefined, { ref: false })
     }
   }
 
