@@ -468,10 +468,19 @@ class BackupFuzz {
       const volume = this.vol(name)
       let requested = policy.strategy
       if (requested !== 'full') {
-        // README: a full once the volume's chain reaches fullEvery backups.
-        const ours = ordered(this.backups.values()).filter((b) => b.policy === policy.name && b.volumeId === volume.id && b.target === policy.target)
-        const lastFull = ours.map((b) => b.strategy).lastIndexOf('full')
-        if (lastFull < 0 || ours.length - lastFull >= policy.fullEvery) requested = 'full'
+        // README: a full on the policy's first backup of the volume, and once the chain the next
+        // backup would extend holds fullEvery backups (an incremental's: the volume's newest backup
+        // on the target and its bases, whoever took them; a differential's: the newest full and the
+        // differentials on it).
+        const all = ordered(this.backups.values()).filter((b) => b.volumeId === volume.id && b.target === policy.target)
+        let chain = 0
+        if (requested === 'differential') {
+          const full = all.filter((b) => b.strategy === 'full').at(-1)
+          chain = full === undefined ? 0 : 1 + all.filter((b) => b.baseId === full.id && b.strategy === 'differential').length
+        } else {
+          for (let b = all.at(-1); b !== undefined && chain <= all.length; b = b.baseId === null ? undefined : this.backups.get(b.baseId)) chain++
+        }
+        if (!all.some((b) => b.policy === policy.name) || chain >= policy.fullEvery) requested = 'full'
       }
       const backup = run.backups[i] as Backup
       this.log.push(`  -> ${backup.id} of ${name} ${backup.strategy} base ${backup.baseId}`)
