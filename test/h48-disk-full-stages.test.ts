@@ -5,63 +5,16 @@
 // half done is visible after a reopen, and the storage works again once there is room.
 import { describe, it, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { mkdtemp, readdir, rm, stat, unlink, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, BackupStrategy, isGalleonError } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { bytesOf, seededRandom } from './conformance/fixtures.js'
 import { RESERVE_FILE, reserveBytes } from '../src/space-reserve.js'
+import { fill, resizeTmpfs as resize, tmpfs, unfill, unmountAll } from './support/tmpfs.js'
 
-const mounted: string[] = []
-
-/** A fresh directory with a tmpfs of `size` mounted on it, or why that is impossible here. */
-async function tmpfs (size: string): Promise<{ dir: string } | { skip: string }> {
-  if (process.getuid?.() !== 0) return { skip: 'mounting a small tmpfs needs root' }
-  const dir = await mkdtemp(join(tmpdir(), 'galleon-h48-'))
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' })
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true })
-    return { skip: `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0] ?? ''}` }
-  }
-  mounted.push(dir)
-  return { dir }
-}
-
-function resize (dir: string, size: string): void {
-  execFileSync('mount', ['-o', `remount,size=${size}`, dir], { stdio: 'pipe' })
-}
-
-after(async () => {
-  for (const dir of mounted) {
-    try {
-      execFileSync('umount', [dir], { stdio: 'pipe' })
-    } catch {
-      execFileSync('umount', ['-l', dir], { stdio: 'pipe' }) // a handle a failed test left open
-    }
-    await rm(dir, { recursive: true, force: true })
-  }
-})
-
-/** Fills what is left of the file system at `dir` with filler files (removed by `unfill`). */
-async function fill (dir: string): Promise<void> {
-  for (const size of [64 * 1024, 512]) {
-    for (let i = 0; ; i++) {
-      try {
-        await writeFile(join(dir, `filler-${size}-${i}`), Buffer.alloc(size, 1))
-      } catch {
-        break
-      }
-    }
-  }
-}
-
-async function unfill (dir: string): Promise<void> {
-  for (const name of await readdir(dir)) if (name.startsWith('filler-')) await unlink(join(dir, name))
-}
+after(unmountAll)
 
 async function rejection (promise: Promise<unknown>): Promise<Error & { code?: string }> {
   try {
@@ -74,7 +27,7 @@ async function rejection (promise: Promise<unknown>): Promise<Error & { code?: s
 
 describe('h48: a full disk at every stage', () => {
   it('file store: random overwrites of an encrypted volume fill the disk; with a little room it opens again, and trim and deleteVolume make room', async (t) => {
-    const mount = await tmpfs('8m')
+    const mount = await tmpfs('8m', 'galleon-h48-')
     if ('skip' in mount) { t.skip(mount.skip); return }
     const storagePath = join(mount.dir, 'store')
     const open = async (): Promise<{ g: GalleonFS, store: FileBlockStore }> => {
@@ -152,7 +105,7 @@ describe('h48: a full disk at every stage', () => {
   })
 
   it('file store: a full disk stops the writer and gives back its spare segment files, so it opens again on the still full disk', async (t) => {
-    const mount = await tmpfs('2m')
+    const mount = await tmpfs('2m', 'galleon-h48-')
     if ('skip' in mount) { t.skip(mount.skip); return }
     const location = join(mount.dir, 'blocks')
     // No background compaction: the spare is made by compact() below, when the test says so.
@@ -189,7 +142,7 @@ describe('h48: a full disk at every stage', () => {
   })
 
   it('level store: reopening on a full disk is NO_SPACE, and it opens with every acknowledged block once the disk grows', async (t) => {
-    const mount = await tmpfs('6m')
+    const mount = await tmpfs('6m', 'galleon-h48-')
     if ('skip' in mount) { t.skip(mount.skip); return }
     const storagePath = join(mount.dir, 'store')
     let g = await GalleonFS.open({ storagePath, backend: 'level' })
@@ -226,9 +179,9 @@ describe('h48: a full disk at every stage', () => {
   })
 
   it('metadata on a full disk: expand, QoS, snapshot and restore are refused with NO_SPACE and leave nothing half done', async (t) => {
-    const mount = await tmpfs('16m')
+    const mount = await tmpfs('16m', 'galleon-h48-')
     if ('skip' in mount) { t.skip(mount.skip); return }
-    const backups = await tmpfs('4m')
+    const backups = await tmpfs('4m', 'galleon-h48-')
     if ('skip' in backups) { t.skip(backups.skip); return }
     const storagePath = join(mount.dir, 'store')
     let g = await GalleonFS.open({ storagePath, backupTarget: backups.dir })
@@ -307,9 +260,9 @@ describe('h48: a full disk at every stage', () => {
   })
 
   it('backups: a full target refuses an encrypted backup with NO_SPACE and keeps no manifest; with room the next backup restores', async (t) => {
-    const mount = await tmpfs('16m')
+    const mount = await tmpfs('16m', 'galleon-h48-')
     if ('skip' in mount) { t.skip(mount.skip); return }
-    const target = await tmpfs('256k')
+    const target = await tmpfs('256k', 'galleon-h48-')
     if ('skip' in target) { t.skip(target.skip); return }
     const g = await GalleonFS.open({ storagePath: join(mount.dir, 'store'), backupTarget: target.dir })
     try {
@@ -338,7 +291,7 @@ describe('h48: a full disk at every stage', () => {
 describe('the space reserve (src/space-reserve.ts)', () => {
   for (const backend of ['file', 'level'] as const) {
     it(`${backend}: a storage whose disk filled up completely opens again by giving back its reserve, which comes back once there is room`, async (t) => {
-      const mount = await tmpfs('16m')
+      const mount = await tmpfs('16m', 'galleon-h48-')
       if ('skip' in mount) { t.skip(mount.skip); return }
       const storagePath = join(mount.dir, 'store')
       const reserve = join(storagePath, RESERVE_FILE)

@@ -2,8 +2,7 @@
 // full disk that is not the storage's (a backup target's) reported as the storage's.
 import { describe, it, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { mkdtemp, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, BackupStrategy } from '../src/index.js'
@@ -13,52 +12,18 @@ import { GalleonError } from '../src/errors.js'
 import { bytesOf } from './conformance/fixtures.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { RESERVE_FILE, reserveBytes } from '../src/space-reserve.js'
+import { fill, tmpfs, unmountAll } from './support/tmpfs.js'
 
-const mounted: string[] = []
 const temporary: string[] = []
 
-/** A fresh directory with a tmpfs of `size` mounted on it, or why that is impossible here. */
-async function tmpfs (size: string): Promise<{ dir: string } | { skip: string }> {
-  if (process.getuid?.() !== 0) return { skip: 'mounting a small tmpfs needs root' }
-  const dir = await mkdtemp(join(tmpdir(), 'galleon-r18-'))
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' })
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true })
-    return { skip: `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0] ?? ''}` }
-  }
-  mounted.push(dir)
-  return { dir }
-}
-
 after(async () => {
-  for (const dir of mounted) {
-    try {
-      execFileSync('umount', [dir], { stdio: 'pipe' })
-    } catch {
-      execFileSync('umount', ['-l', dir], { stdio: 'pipe' })
-    }
-    await rm(dir, { recursive: true, force: true })
-  }
+  await unmountAll()
   for (const dir of temporary) await rm(dir, { recursive: true, force: true })
 })
 
-/** Fills what is left of the file system at `dir` with filler files. */
-async function fill (dir: string): Promise<void> {
-  for (const size of [64 * 1024, 512]) {
-    for (let i = 0; ; i++) {
-      try {
-        await writeFile(join(dir, `filler-${size}-${i}`), Buffer.alloc(size, 1))
-      } catch {
-        break
-      }
-    }
-  }
-}
-
 describe('review r18: the space reserve', () => {
   it('a reserve file left short (an open killed while it wrote the zeros, or a power loss before they reached the disk) is made whole by the next open with room, so a full disk still opens', async (t) => {
-    const mount = await tmpfs('16m')
+    const mount = await tmpfs('16m', 'galleon-r18-')
     if ('skip' in mount) { t.skip(mount.skip); return }
     const storagePath = join(mount.dir, 'store')
     const reserve = join(storagePath, RESERVE_FILE)
@@ -110,7 +75,7 @@ describe('review r18: a full disk that is not the storage\'s', () => {
 
 describe('review r18: a NO_SPACE at open that is not the storage disk\'s', () => {
   it('a block store driver refusing to open with NO_SPACE of its own (a quota of a remote store) neither costs the storage its reserve nor is opened twice', async (t) => {
-    const mount = await tmpfs('16m')
+    const mount = await tmpfs('16m', 'galleon-r18-')
     if ('skip' in mount) { t.skip(mount.skip); return }
     const storagePath = join(mount.dir, 'store')
     let opens = 0
