@@ -7,6 +7,7 @@
 // holds a little space back: made at open when the disk has ample room, deleted by an open that
 // failed for lack of space, which then tries once more.
 
+import { constants } from 'node:fs'
 import { open, statfs, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -42,8 +43,16 @@ export async function ensureReserve (storagePath: string): Promise<boolean> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return false
     try {
-      handle = await open(path, 'r+')
-      from = (await handle.stat()).size
+      // Never through a symbolic link (or into a FIFO): the reserve is this storage's own file.
+      handle = await open(path, constants.O_RDWR | constants.O_NOFOLLOW)
+      const found = await handle.stat()
+      if (!found.isFile()) {
+        await handle.close()
+        return true
+      }
+      // Only written blocks hold space: a file of full size with holes (a power loss on a file
+      // system that records the size first, a copy that kept holes) is written again from its start.
+      from = found.blocks * 512 >= found.size ? found.size : 0
     } catch {
       await handle?.close().catch(() => {})
       return true

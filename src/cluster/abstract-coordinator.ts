@@ -269,7 +269,9 @@ export abstract class AbstractCoordinator implements Coordinator {
   /** See Coordinator.onLeaseChange; a listener added while the lease is lost is told so at once. */
   onLeaseChange (listener: (held: boolean) => void): () => void {
     this.#leaseListeners.add(listener)
-    if (this.#leaseLost) listener(false)
+    if (this.#leaseLost) {
+      try { listener(false) } catch {}
+    }
     return () => { this.#leaseListeners.delete(listener) }
   }
 

@@ -115,6 +115,8 @@ export class ReplicationManager {
   readonly #stopLeaseWatch: () => void
   /** This node's lease ended and no new one is held yet (see LocalSet.fenced). */
   #leaseLost = false
+  /** Bumped at every loss of the lease: an unfence whose awaits spanned a loss (and a new lease) starts over. */
+  #leaseLosses = 0
 
   /**
    * Fencing by lease: once this node's lease ends (its own deadline, which passes before the
@@ -125,6 +127,7 @@ export class ReplicationManager {
   #leaseChanged (held: boolean): void {
     this.#leaseLost = !held
     if (!held) {
+      this.#leaseLosses++
       for (const set of this.#sets.values()) {
         set.fenced = true
         if (set.primary !== undefined) this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: 'NOT_LEADER', message: `node ${this.nodeId} lost its cluster lease (its keepalives did not reach the coordinator in time): as the primary of volume ${set.volumeId} it serves no I/O until it holds a lease again and the volume's record says it is still the primary` })
@@ -136,14 +139,19 @@ export class ReplicationManager {
 
   /** Reads the volume's record again (retrying while the coordinator does not answer), then lets the set serve. */
   async #unfence (set: LocalSet): Promise<void> {
-    for (let delayMs = 100; set.fenced && !this.#leaseLost && !this.#closed && this.#sets.get(set.volumeId) === set; delayMs = Math.min(delayMs * 2, 2000)) {
+    const current = (losses: number): boolean => losses === this.#leaseLosses && !this.#leaseLost && set.fenced && !this.#closed && this.#sets.get(set.volumeId) === set
+    // One unfence per lease: a loss meanwhile ends this one (the next lease starts its own).
+    const losses = this.#leaseLosses
+    for (let delayMs = 100; current(losses); delayMs = Math.min(delayMs * 2, 2000)) {
       let read: { entry: Awaited<ReturnType<Coordinator['get']>> } | undefined
       try {
         read = { entry: await this.#coordinator.get(recordKey(set.volumeId)) }
       } catch {
         read = undefined
       }
-      if (read !== undefined && !this.#leaseLost) {
+      // A lease lost (and maybe got back) meanwhile, or the set gone: this read counts for nothing.
+      if (!current(losses)) return
+      if (read !== undefined) {
         const entry = read.entry
         const record = entry === undefined ? undefined : parseRecord(entry.value)
         if (record !== undefined && entry !== undefined && record.primary === this.nodeId) {
@@ -152,7 +160,8 @@ export class ReplicationManager {
           // that revision, still on its way) can no longer land after this node serves again; if
           // it landed first, this write fails and the next read shows the new primary.
           const written = await this.#coordinator.put(recordKey(set.volumeId), entry.value, { expectRevision: entry.revision }).catch(() => undefined)
-          if (written !== undefined && !this.#leaseLost) {
+          if (!current(losses)) return
+          if (written !== undefined) {
             this.#adopt(set, record, written.revision)
             set.fenced = false
             return
