@@ -6,10 +6,10 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern } from '../src/index.js'
-import { bytesOf } from './conformance/fixtures.js'
+import { GalleonFS } from '../src/index.js'
 import { RESERVE_FILE, reserveBytes } from '../src/space-reserve.js'
-import { fill, tmpfs, unmountAll } from './support/tmpfs.js'
+import { unmountAll } from './support/tmpfs.js'
+import { opensOnFullDisk, storageOnTmpfs } from './support/reserve-storage.js'
 
 const temporary: string[] = []
 
@@ -20,31 +20,20 @@ after(async () => {
 
 describe('review r19: the space reserve', () => {
   it('a reserve of full size that holds no space (sparse) is made whole by the next open with room, so a full disk still opens', async (t) => {
-    const mount = await tmpfs('16m', 'galleon-r19-')
-    if ('skip' in mount) { t.skip(mount.skip); return }
-    const storagePath = join(mount.dir, 'store')
-    const reserve = join(storagePath, RESERVE_FILE)
+    const storage = await storageOnTmpfs('16m', 'galleon-r19-')
+    if ('skip' in storage) { t.skip(storage.skip); return }
+    const { storagePath, reserve } = storage
     const bytes = reserveBytes(16 << 20)
-    let g = await GalleonFS.open({ storagePath })
-    await g.createVolume({ name: 'a', sizeBytes: '1M' })
-    await g.writeBlock('a', 3, bytesOf(4096, 3), WriteConcern.WriteDurable)
-    await g.close()
     assert.ok((await stat(reserve)).blocks * 512 >= bytes, 'a fresh reserve holds its space')
     // Its size says whole, its blocks were never written: what a file system that records the size
     // before the data leaves after a power loss, or what a sparse copy of the storage makes.
     await truncate(reserve, 0)
     await truncate(reserve, bytes)
-    g = await GalleonFS.open({ storagePath })
+    const g = await GalleonFS.open({ storagePath })
     await g.close()
     const after = await stat(reserve)
     assert.ok(after.blocks * 512 >= bytes, `an open with ample room makes the reserve hold its ${bytes} bytes again (it holds ${after.blocks * 512} of its ${after.size})`)
-    await fill(mount.dir)
-    g = await GalleonFS.open({ storagePath })
-    try {
-      assert.deepEqual(await g.readBlock('a', 3), bytesOf(4096, 3))
-    } finally {
-      await g.close()
-    }
+    await opensOnFullDisk(storage.dir, storagePath)
   })
 
   it('a reserve path that is a symbolic link to a file outside the storage is not followed: that file is not written', async () => {
