@@ -12,6 +12,13 @@ import type { SavedMount } from './daemon-mounts.js'
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 1024 * 1024
+/**
+ * How long a request body may go without a byte arriving before it is answered 408 and its
+ * connection closed (a body is at most MAX_BODY_BYTES of JSON: a client sends it at once). Without
+ * it, a client that stopped mid-body held its request open until Node.js's own limit (300 s),
+ * which ends the connection without an answer.
+ */
+export const BODY_IDLE_MS = 30_000
 /** Bytes of a refused request's body read and dropped before its connection is closed. */
 const MAX_DISCARD_BYTES = 16 * MAX_BODY_BYTES
 
@@ -38,7 +45,8 @@ export interface ReloadReport {
 }
 
 export class HttpError extends Error {
-  constructor (readonly status: number, readonly code: string, message: string) { super(message) }
+  /** `closeConnection`: the request was not read to its end, so its connection cannot carry another one. */
+  constructor (readonly status: number, readonly code: string, message: string, readonly closeConnection = false) { super(message) }
 }
 
 /** Driver options as `GET /v1/config` shows them: values that may be secrets (or, with `all`, every value) left out. */
@@ -165,7 +173,7 @@ export function discardBody (request: IncomingMessage): void {
  * client sent all of it (a body that never ends, chunked or of a large Content-Length, would be
  * answered never); the rest is dropped as {@link discardBody} does.
  */
-export async function readBody (request: IncomingMessage): Promise<unknown> {
+export async function readBody (request: IncomingMessage, idleMs = BODY_IDLE_MS): Promise<unknown> {
   const declared = request.headers['content-length']
   if (declared !== undefined && Number(declared) > MAX_BODY_BYTES) {
     discardBody(request)
@@ -177,7 +185,14 @@ export async function readBody (request: IncomingMessage): Promise<unknown> {
     if (request.destroyed) { gone(); return }
     const chunks: Buffer[] = []
     let size = 0
+    const idle = setTimeout(() => {
+      request.pause()
+      reject(new HttpError(408, 'REQUEST_TIMEOUT', `the request body stopped arriving: nothing for ${idleMs / 1000} s after ${size} bytes${declared === undefined ? '' : ` of the ${declared} announced`}; the request was not run. Send the whole body at once, and check the client's connection`, true))
+    }, idleMs)
+    request.once('close', () => { clearTimeout(idle) })
+    request.once('end', () => { clearTimeout(idle) })
     request.on('data', (chunk: Buffer) => {
+      idle.refresh()
       size += chunk.byteLength
       if (size > MAX_DISCARD_BYTES) request.destroy()
       else if (size > MAX_BODY_BYTES) reject(tooLarge())

@@ -310,9 +310,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
     })
     const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
-      const send = (status: number, body: unknown, type = 'application/json'): void => {
+      const send = (status: number, body: unknown, type = 'application/json', close = false): void => {
         const text = typeof body === 'string' ? body : JSON.stringify(body)
-        response.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) })
+        response.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text), ...(close ? { connection: 'close' } : {}) })
         response.end(text)
       }
       let streaming = false
@@ -384,7 +384,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         if (status === 500) log('error', 'request failed', { method: request.method, url: request.url, error: error.message })
         if (!bodyTaken) discardBody(request)
         if (streaming) response.end(JSON.stringify({ error }) + '\n')
-        else send(status, { error })
+        else send(status, { error }, undefined, err instanceof HttpError && err.closeConnection)
       }
     }
     await new Promise<void>((resolve, reject) => {

@@ -23,8 +23,8 @@ const storage = (): string => join(root, 's')
 const backups = (): string => join(root, 'backups')
 
 /** Sends `request` (TOKEN replaced) on a new connection; the text that came back once `done` holds or the daemon closed. */
-async function raw (request: string | Buffer, done: (text: string) => boolean = answered): Promise<{ text: string, closed: boolean }> {
-  return await rawRequest({ host: '127.0.0.1', port, token }, request, { done })
+async function raw (request: string | Buffer, done: (text: string) => boolean = answered, timeoutMs?: number): Promise<{ text: string, closed: boolean }> {
+  return await rawRequest({ host: '127.0.0.1', port, token }, request, { done, timeoutMs })
 }
 
 /** The status and JSON body of a raw answer (fails when the body is not JSON). */
@@ -61,6 +61,8 @@ async function state (): Promise<string> {
 
 const BIG = 16 << 20
 const PIECE = 512 << 10
+/** A request whose body stops arriving, sent once the daemon is up: answered by the test before the stop. */
+let stalled: Promise<{ text: string, closed: boolean }>
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), 'galleon-h50-'))
@@ -74,6 +76,9 @@ before(async () => {
   for (let offset = 0; offset < BIG; offset += PIECE) {
     assert.equal((await api('POST', '/v1/volumes/big/write', { offset, data: randomBytes(PIECE).toString('base64') })).status, 204)
   }
+  // Its answer takes the daemon's body limit (30 s): the other tests run meanwhile.
+  const body = JSON.stringify({ name: 'stalled', sizeBytes: 1 << 20 })
+  stalled = raw(`POST /v1/volumes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer TOKEN\r\nContent-Type: application/json\r\nContent-Length: ${body.length + 10}\r\n\r\n${body}`, answered, 90_000)
 })
 
 after(async () => {
@@ -218,6 +223,17 @@ describe('h50: the daemon at the connection level', () => {
     assert.equal(next.status, 200, JSON.stringify(next.json))
     assert.equal((await api('POST', `/v1/backups/${next.json.id as string}/verify`, { target: backups() })).json.ok, true)
     t.diagnostic(`the backup whose client left was ${cancelled ? 'cancelled' : 'done before the cut'}`)
+  })
+
+  it('a request whose body stops arriving is answered 408 and its connection closed; it was not run', { timeout: 90_000 }, async () => {
+    const { text } = await stalled
+    const { status, json } = parsed(text)
+    assert.equal(status, 408, text)
+    assert.equal(json.error.code, 'REQUEST_TIMEOUT')
+    assert.match(json.error.message, /request body stopped arriving: nothing for 30 s after 38 bytes of the 48 announced; the request was not run/)
+    assert.match(text, /\r\nconnection: close\r\n/i)
+    assert.equal((await api('GET', '/v1/volumes/stalled')).status, 404)
+    assert.equal((await api('GET', '/v1/status')).status, 200)
   })
 
   it('SIGTERM with a request in flight answers it, refuses new connections, takes a second SIGTERM calmly, exits 0 with the write kept', { timeout: 60_000 }, async () => {

@@ -414,6 +414,8 @@ describe('multi-block reads: review regressions', () => {
         await store.batch([{ type: 'put', address: victim, data: value }])
         await assert.rejects(g.read('v', 0, 8 * BLOCK), { code: 'CHECKSUM_MISMATCH' }, what)
         await assert.rejects(g.readBlock('v', 3), { code: 'CHECKSUM_MISMATCH' }, what)
+        // A version above this one's may also be a newer GalleonFS's block: the error says both.
+        if (at === 4) await assert.rejects(g.readBlock('v', 3), (err: Error) => /block format version 9, newer than this version's 1.*header is damaged.*newer GalleonFS wrote it/.test(err.message), what)
       }
       await store.batch([{ type: 'put', address: victim, data: original }])
       assert.deepEqual(await g.read('v', 0, 8 * BLOCK), new Uint8Array(8 * BLOCK).fill(5))

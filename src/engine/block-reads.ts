@@ -119,6 +119,10 @@ export function verified (core: EngineCore, volume: VolumeBlocks, address: Block
   const decoded = decodeBlock(address, value)
   if (!decoded.ok) {
     core.fail(volume, { storageId: address.volume, index, gen, reason: decoded.reason, expected: decoded.expected, actual: decoded.actual })
+    // A version above this one's: its header is damaged (the version byte is outside the checksum),
+    // or a newer GalleonFS wrote it, though that one marks the storage's metadata too, which open
+    // refuses first. The likelier reading leads; the error names both.
+    if (decoded.newerFormat !== undefined) throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} (generation ${gen}) failed verification: it is marked as ${decoded.reason}. Its header is damaged (restore the volume from a snapshot or backup), or a newer GalleonFS wrote it (open the storage with that version); it was not returned`)
     throw new GalleonError('CHECKSUM_MISMATCH', `block ${index} failed verification (${decoded.reason}); the stored data is damaged and was not returned. Restore the volume from a snapshot or backup`)
   }
   let payload = decoded.payload

@@ -91,7 +91,7 @@ export function finishBlock (address: BlockAddress, value: Uint8Array, flags: nu
 /** Outcome of decoding: the payload view, or why it is unusable. */
 export type DecodeResult =
   | { ok: true, payload: Uint8Array, flags: number }
-  | { ok: false, reason: string, expected?: number, actual?: number }
+  | { ok: false, reason: string, expected?: number, actual?: number, newerFormat?: number }
 
 /**
  * Whether a stored value's header is exactly an encrypted block's (its payload then starts at
@@ -109,7 +109,11 @@ export function isSealedBlock (value: Uint8Array): boolean {
 export function decodeBlock (address: BlockAddress, value: Uint8Array): DecodeResult {
   if (value.byteLength < BLOCK_HEADER_BYTES) return { ok: false, reason: `stored value is ${value.byteLength} bytes, shorter than the ${BLOCK_HEADER_BYTES}-byte header` }
   const version = value[4] as number
-  if (version !== FORMAT_VERSION) return { ok: false, reason: `unknown block format version ${version}` }
+  if (version !== FORMAT_VERSION) {
+    // A version above ours is a damaged header or a newer GalleonFS's block (see verified()); 0 is
+    // no version anyone wrote.
+    return version > FORMAT_VERSION ? { ok: false, reason: `block format version ${version}, newer than this version's ${FORMAT_VERSION}`, newerFormat: version } : { ok: false, reason: `unknown block format version ${version}` }
+  }
   const payload = value.subarray(BLOCK_HEADER_BYTES)
   const flags = value[5] as number
   const expected = readChecksum(value)
