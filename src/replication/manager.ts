@@ -168,6 +168,9 @@ export class ReplicationManager {
           }
         } else {
           if (record !== undefined && entry !== undefined) this.#adopt(set, record, entry.revision)
+          // Deleted meanwhile, and the watch's delete not here yet (a watch that reconnects after
+          // the outage delivers it late): taken as that delete now, so the copy serves nothing.
+          else if (entry === undefined && set.record !== undefined) this.#recordGone(set)
           set.fenced = false
           return
         }
