@@ -101,6 +101,15 @@ function blockCharge (index: unknown, blockSize: number, sizeBytes: number): num
   return typeof index === 'number' && Number.isSafeInteger(index) && index >= 0 && (index + 1) * blockSize <= sizeBytes ? blockSize : 0
 }
 
+/**
+ * A replicated concern on a 1-copy volume of a cluster's node: refused naming the volume (the
+ * engine's own refusal speaks of an instance outside any cluster).
+ */
+function assertOneCopyConcern (name: string, concern: WriteConcern): void {
+  if (concern !== WriteConcern.WriteReplicated && concern !== WriteConcern.WriteDistributed) return
+  throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} needs an in-sync copy on another node, and volume ${name} has one copy (it is not replicated); use WriteDurable, or give it copies with migrateVolume(${JSON.stringify(name)}, { storageClass }) into a class whose replication is 2 or more. Nothing was written`)
+}
+
 function checkConcern (concern: unknown): WriteConcern {
   if (typeof concern !== 'string' || !WRITE_CONCERNS.has(concern)) {
     throw new GalleonError('INVALID_ARGUMENT', `write concern must be one of ${[...WRITE_CONCERNS].join(', ')}, got ${describe(concern)}`)
@@ -183,7 +192,7 @@ export class VolumeIO {
         }
         this.#bridge.assertCopyHeld(record)
         replication.checkConcern(record.id, checked)
-      }
+      } else if (replication !== undefined) assertOneCopyConcern(record.name, checked)
       const volume = ioVolumeOf(host, record)
       // The primary this write is for: if the role moves while it waits, it goes to the next one.
       const primary = volume.replicator
@@ -263,7 +272,7 @@ export class VolumeIO {
         }
         this.#bridge.assertCopyHeld(record)
         replication.checkConcern(record.id, checked)
-      }
+      } else if (replication !== undefined) assertOneCopyConcern(record.name, checked)
       const volume = ioVolumeOf(host, record)
       // The primary this write is for: if the role moves while it waits, it goes to the next one.
       const primary = volume.replicator
