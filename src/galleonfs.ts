@@ -305,9 +305,11 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     this.#assertOpen()
     const namespace = options?.namespace
     if (namespace !== undefined) checkNamespace(namespace)
+    // createdAt has milliseconds only: volumes created within one are in their order of creation.
     return this.#catalog.volumes()
       .filter((record) => (namespace === undefined || namespaceOf(record) === namespace) && this.#gate.allowed('volume:read', this.#gate.volumeObject(record).object))
-      .map((record) => volumeView(this.#host, record)).sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name))
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt) || (a.createdSeq ?? 0) - (b.createdSeq ?? 0) || a.name.localeCompare(b.name))
+      .map((record) => volumeView(this.#host, record))
   }
 
   /**

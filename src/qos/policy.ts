@@ -194,6 +194,9 @@ const CLASS_PARAMETERS: Record<string, (policy: MutablePolicy, value: number | b
 }
 interface MutablePolicy { limits: Record<string, unknown>, guarantees: Record<string, unknown>, burstable: Record<string, unknown>, weight?: unknown }
 
+/** The names of the flat QoS parameters of a storage class. */
+export const QOS_CLASS_PARAMETERS: readonly string[] = Object.freeze(Object.keys(CLASS_PARAMETERS))
+
 /**
  * The QoS policy of a storage class's flat parameters (`qos_limit_iops: "1000"`,
  * `qos_guarantee_iops`, `qos_burst_duration_seconds`, ... see the README), or undefined when it

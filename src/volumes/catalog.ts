@@ -13,6 +13,11 @@ import { holdCount } from './counts.js'
 /** A volume's persisted record: the public fields plus its compact storage id. */
 export interface VolumeRecord extends Volume {
   readonly storageId: number
+  /**
+   * The order of creation on this storage (the storage id it was created with, which a migration
+   * replaces but this keeps): createdAt has milliseconds only. Absent on records made before it.
+   */
+  readonly createdSeq?: number
   /** Set on every copy of a replicated volume: the copy's applied position in its primary's stream. */
   readonly replication?: { readonly epoch: number, readonly seq: number }
   /**
@@ -265,10 +270,11 @@ export class Catalog {
    * id are chosen, before the record is stored or visible (an encrypted volume gets its keys there,
    * so no I/O can reach it without them).
    */
-  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdAt' | 'updatedAt'> & { id?: string }, prepare?: (record: VolumeRecord) => Promise<void>): Promise<VolumeRecord> {
+  async createVolume (fields: Omit<VolumeRecord, 'id' | 'storageId' | 'createdSeq' | 'createdAt' | 'updatedAt'> & { id?: string }, prepare?: (record: VolumeRecord) => Promise<void>): Promise<VolumeRecord> {
     const now = new Date().toISOString()
     if (fields.id !== undefined && this.#volumes.has(fields.id)) throw new GalleonError('VOLUME_EXISTS', `a volume with id ${fields.id} exists already`)
-    const record: VolumeRecord = { ...fields, id: fields.id ?? randomUUID(), storageId: this.#nextStorageId++, createdAt: now, updatedAt: now }
+    const storageId = this.#nextStorageId++
+    const record: VolumeRecord = { ...fields, id: fields.id ?? randomUUID(), storageId, createdSeq: storageId, createdAt: now, updatedAt: now }
     if (record.storageId > 0xffffffff) throw new GalleonError('NO_SPACE', 'volume storage ids are exhausted (2^32 volumes created)')
     if (prepare !== undefined) await prepare(record)
     await storedMetadata(this.#db.batch([

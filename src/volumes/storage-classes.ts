@@ -3,7 +3,7 @@
 
 import { GalleonError, describe, quoted } from '../errors.js'
 import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
-import { qosFromParameters } from '../qos/policy.js'
+import { QOS_CLASS_PARAMETERS, qosFromParameters } from '../qos/policy.js'
 import { checkPoolName } from './pools.js'
 
 /** Names of the classes every instance has. */
@@ -114,6 +114,8 @@ function parseParameters (input: unknown): Record<string, string> {
       throw invalid(`storage class parameter "${key}" must be a string (numbers and booleans are converted), got ${describe(value)}`)
     }
     parameters[key] = String(value)
+    const meant = misspelledParameter(key)
+    if (meant !== undefined) throw invalid(`storage class parameter ${describe(key)} looks like "${meant}", which GalleonFS reads: spell it "${meant}" (parameter names are snake_case, as listed in the README); under another name it would be kept but have no effect, and the class would give weaker volumes than it asks for`)
   }
   const encryption = parameters.encryption
   if (encryption !== undefined && encryption !== 'true' && encryption !== 'false') {
@@ -137,6 +139,28 @@ function parseParameters (input: unknown): Record<string, string> {
   qosFromParameters(parameters)
   if (parameters.pool !== undefined) checkPoolName(parameters.pool, 'storage class parameter "pool"')
   return parameters
+}
+
+/** The parameters GalleonFS reads; any other name is kept as given (free-form, as Kubernetes allows). */
+const KNOWN_PARAMETERS: readonly string[] = ['encryption', 'encryption_algorithm', 'replication', 'placement', 'affinity', 'anti_affinity', 'pool', ...QOS_CLASS_PARAMETERS]
+const spelling = (name: string): string => name.toLowerCase().replace(/[_.-]/g, '')
+const BY_SPELLING = new Map(KNOWN_PARAMETERS.map((name) => [spelling(name), name]))
+/** Names other systems use for what a known parameter does (Longhorn's numberOfReplicas, ...). */
+const SYNONYMS: ReadonlyMap<string, string> = new Map([
+  ['encrypted', 'encryption'],
+  ['encrypt', 'encryption'],
+  ['replicas', 'replication'],
+  ['replica', 'replication'],
+  ['replicationfactor', 'replication'],
+  ['numberofreplicas', 'replication'],
+  ['storagepool', 'pool']
+])
+
+/** The known parameter that `name` spells another way (case, '_', '-', '.', or a synonym); undefined for a known or a free-form name. */
+function misspelledParameter (name: string): string | undefined {
+  if (KNOWN_PARAMETERS.includes(name)) return undefined
+  const key = spelling(name)
+  return BY_SPELLING.get(key) ?? SYNONYMS.get(key)
 }
 
 /** Node label keys, as pools and volumes spell them. */
