@@ -6,7 +6,7 @@ import { request as httpsRequest } from 'node:https'
 import { readFile } from 'node:fs/promises'
 import { formatSize } from '../src/index.js'
 import { Presets, SingleBar } from 'cli-progress'
-import { runtimeTokenPath } from './daemon-token.js'
+import { DAEMON_HEADER, runtimeTokenPath } from './daemon-token.js'
 import { parseAddress } from './daemon-config.js'
 
 /** A failure to report in one line (exit 1), never with a stack trace. */
@@ -91,6 +91,12 @@ async function request (globals: Globals, method: string, path: string, body?: u
     })
   } catch (err) {
     throw noAnswer(globals, err, timeoutMs)
+  }
+  if (response.statusCode !== undefined && response.statusCode >= 200 && response.statusCode <= 299 && response.headers[DAEMON_HEADER] === undefined) {
+    // Another server that answers JSON (a proxy's health page, another API) would otherwise be
+    // printed as if it were the daemon's answer.
+    response.resume()
+    throw notGalleon(globals, `answered HTTP ${response.statusCode} without the ${DAEMON_HEADER} header every answer of the daemon carries`)
   }
   if (response.statusCode === undefined || response.statusCode < 200 || response.statusCode > 299) {
     const text = await readAll(globals, response, timeoutMs)

@@ -8,6 +8,9 @@ import { dirname, join, resolve } from 'node:path'
 import { ConfigError, formatAddress, parseAddress } from './daemon-config.js'
 import { makeDirectories } from '../src/make-directories.js'
 
+/** The header on every answer of the daemon's API (value `1`): the CLI takes an answer without it for another server's. */
+export const DAEMON_HEADER = 'x-galleonfs'
+
 /** Where the CLI finds the token of the daemon at `ipcAddress` (per user, mode 0600 in a 0700 directory). */
 export function runtimeTokenPath (ipcAddress: string): string {
   const base = process.env.XDG_RUNTIME_DIR ?? join(tmpdir(), `galleonfs-${process.getuid?.() ?? 'user'}`)

@@ -15,7 +15,7 @@ import { ipcTlsOptions, nbdTlsOptions } from './daemon-tls.js'
 import { createServer as createHttpsServer } from 'node:https'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { createLogger, logEvents, type Logger } from './daemon-log.js'
-import { loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
+import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
@@ -268,6 +268,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     const answer = (request: IncomingMessage, response: ServerResponse): void => {
       const socket = request.socket
       answering.add(socket)
+      // Every answer says it is a GalleonFS daemon's: the CLI tells another server's JSON from ours by it.
+      response.setHeader(DAEMON_HEADER, '1')
       response.once('close', () => {
         answering.delete(socket)
         // A kept-alive connection would wait idle for its next request: while stopping it ends.
@@ -307,7 +309,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       if (err.code === 'ECONNRESET' || !socket.writable || answering.has(socket)) { socket.destroy(); return }
       const [status, code, message] = parserRefusal(err)
       const text = JSON.stringify({ error: { code, message } })
-      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
+      socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${DAEMON_HEADER}: 1\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
     })
     const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
       const send = (status: number, body: unknown, type = 'application/json', close = false): void => {

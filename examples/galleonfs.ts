@@ -139,10 +139,24 @@ async function legacyMain (argv: string[]): Promise<number> {
 
 const argv = process.argv.slice(2)
 const COMMANDS = new Set(['volume', 'mount', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'qos', 'help'])
-const command = argv.some((a) => COMMANDS.has(a))
-// The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
-const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
 const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|ipc-tls-cert-file|ipc-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds)(=|$)/
+/** Options before the command that take the next argument as their value (the daemon's flags, the CLI's global options). */
+const TAKES_VALUE = /^--(daemon-address|daemon-ca-file|token|timeout)$/
+/**
+ * Whether a command is given: the first argument that is neither an option nor an option's value
+ * names one (`--storage-path backup` is a daemon flag with its value, not the backup command).
+ */
+const command = ((): boolean => {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string
+    if (arg === '--') return COMMANDS.has(argv[i + 1] ?? '')
+    if (!arg.startsWith('-')) return COMMANDS.has(arg)
+    if (!arg.includes('=') && (TAKES_VALUE.test(arg) || DAEMON_FLAGS.test(arg))) i++
+  }
+  return false
+})()
+// The seed's legacy forms, before anything else: `--demo-mode [--setup-defaults]`, `--test-replication`.
+const legacy = !command && (argv.includes('--demo-mode') || argv.includes('--test-replication') || argv.includes('--setup-defaults'))
 const daemon = argv.includes('-d') || argv.includes('--daemon') || (!command && !legacy && argv.some((a) => DAEMON_FLAGS.test(a)))
 process.exitCode = legacy ? await legacyMain(argv) : daemon ? await daemonMain(argv) : await runCli(argv)

@@ -405,10 +405,10 @@ describe('CLI against a daemon that is slow, silent or cuts connections', () => 
       // The result comes well after the CLI's answer timeout (a slow backup target).
       const result = JSON.stringify({ id: 'b1', strategy: 'full', blocks: 1, storedBytes: 4096 })
       const streamed = (request.headers.accept ?? '').includes('application/x-ndjson')
-      if (streamed) response.writeHead(200, { 'content-type': 'application/x-ndjson' }).flushHeaders()
+      if (streamed) response.writeHead(200, { 'content-type': 'application/x-ndjson', 'x-galleonfs': '1' }).flushHeaders()
       setTimeout(() => {
         if (streamed) response.end(`{"result":${result}}\n`)
-        else response.writeHead(200, { 'content-type': 'application/json' }).end(result)
+        else response.writeHead(200, { 'content-type': 'application/json', 'x-galleonfs': '1' }).end(result)
       }, timeout * 3000)
     })
     try {
@@ -443,7 +443,7 @@ describe('CLI against a daemon that is slow, silent or cuts connections', () => 
     const daemon = await fakeDaemon((request, response) => {
       if (request.url === '/v1/backups') {
         // A long operation cut after its first progress line.
-        response.writeHead(200, { 'content-type': 'application/x-ndjson' })
+        response.writeHead(200, { 'content-type': 'application/x-ndjson', 'x-galleonfs': '1' })
         response.write('{"progress":{"bytesDone":0,"bytesTotal":4096}}\n', () => { request.socket.destroy() })
       } else {
         request.socket.destroy()

@@ -20,7 +20,7 @@ it('daemon restart gives up within about a minute even when every status call wa
   let restartAnswered = false
   const server = createServer((req, res) => {
     if (req.method === 'POST' && req.url === '/v1/restart') {
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ pid: 111 }), () => { restartAnswered = true })
+      res.writeHead(200, { 'content-type': 'application/json', 'x-galleonfs': '1' }).end(JSON.stringify({ pid: 111 }), () => { restartAnswered = true })
       return
     }
     // The "restarted" daemon takes the connection and never begins its answer.

@@ -39,8 +39,9 @@ function failedWith (ended: Ended, message: RegExp): void {
   assert.doesNotMatch(ended.stderr, /\n\s+at |is not a function|TypeError/)
 }
 
-const JSON_HEAD = (length: number, type = 'application/json'): string => `HTTP/1.1 200 OK\r\ncontent-type: ${type}\r\ncontent-length: ${length}\r\nconnection: close\r\n\r\n`
-const STREAM_HEAD = 'HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n'
+// The stand-ins answer as the daemon would begin to (with its x-galleonfs header), then misbehave.
+const JSON_HEAD = (length: number, type = 'application/json'): string => `HTTP/1.1 200 OK\r\ncontent-type: ${type}\r\ncontent-length: ${length}\r\nx-galleonfs: 1\r\nconnection: close\r\n\r\n`
+const STREAM_HEAD = 'HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\nx-galleonfs: 1\r\nconnection: close\r\n\r\n'
 const chunk = (text: string): string => `${Buffer.byteLength(text).toString(16)}\r\n${text}\r\n`
 
 /**
@@ -50,7 +51,7 @@ const chunk = (text: string): string => `${Buffer.byteLength(text).toString(16)}
 const BEHAVIOURS: Record<string, (socket: Socket) => void> = {
   'stall-after-headers': (socket) => { socket.write(JSON_HEAD(100)) },
   'stall-mid-body': (socket) => { socket.write(JSON_HEAD(100) + '[{"id":"') },
-  'stall-mid-chunked-body': (socket) => { socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n' + chunk('[{"id":')) },
+  'stall-mid-chunked-body': (socket) => { socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nx-galleonfs: 1\r\n\r\n' + chunk('[{"id":')) },
   'stall-mid-stream': (socket) => { socket.write(STREAM_HEAD + chunk('{"progress":{"bytesDone":0,"bytesTotal":4096}}\n')) },
   'close-mid-body': (socket) => { socket.end(JSON_HEAD(100) + '[{"id":"') },
   'reset-mid-body': (socket) => { socket.write(JSON_HEAD(100) + '[{"id":"', () => socket.resetAndDestroy()) },

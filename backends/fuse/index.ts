@@ -473,7 +473,10 @@ export class FuseMountDriver implements MountDriver {
       unlink: (_path: string, cb: Callback) => { cb(Fuse.EACCES) },
       mkdir: (_path: string, _mode: number, cb: Callback) => { cb(Fuse.EACCES) },
       symlink: (_target: string, _path: string, cb: Callback) => { cb(Fuse.EACCES) },
-      rename: (_src: string, _dest: string, cb: Callback) => { cb(Fuse.EACCES) }
+      rename: (_src: string, _dest: string, cb: Callback) => { cb(Fuse.EACCES) },
+      // Without these the kernel answers a hard link EPERM and a FIFO or device node ENOSYS.
+      link: (_src: string, _dest: string, cb: Callback) => { cb(Fuse.EACCES) },
+      mknod: (_path: string, _mode: number, _dev: number, cb: Callback) => { cb(Fuse.EACCES) }
     }
   }
 

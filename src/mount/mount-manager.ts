@@ -359,7 +359,14 @@ export class MountManager {
     // Straight on a volume: the same access-mode rules as a mount (a direct writable file counts as
     // a read-write attachment of a ReadWriteOnce volume).
     const readOnly = this.#host.isSnapshotRef(pathOrRef) || options.readOnly === true
-    const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef))
+    const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef)).catch((err: unknown) => {
+      // A relative mount point without './' reads as namespace/name: when no such volume exists
+      // either, it was most likely meant as a path, and is answered as one.
+      if (typeof pathOrRef === 'string' && pathOrRef.includes('/') && (err as { code?: unknown })?.code === 'VOLUME_NOT_FOUND') {
+        throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted at ${resolvePath(pathOrRef)}, and no volume is named ${JSON.stringify(pathOrRef)}; mount a volume there first (mountVolume), or pass a volume's name or id; listMounts() shows the mounts`, { cause: err })
+      }
+      throw err
+    })
     // A close() that began meanwhile has already closed the files it knew of.
     this.#assertOpen()
     if (!readOnly) {
