@@ -49,10 +49,20 @@ export class HttpError extends Error {
   constructor (readonly status: number, readonly code: string, message: string, readonly closeConnection = false) { super(message) }
 }
 
+/** Option names whose values may be secrets. */
+const SECRET_NAME = /secret|token|password|passphrase|credential|key/i
+
+/** A value with every entry under a name that may be a secret left out, at every depth (tables, arrays of tables). */
+function withoutSecrets (value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutSecrets)
+  if (value === null || typeof value !== 'object') return value
+  return Object.fromEntries(Object.entries(value).map(([key, entry]) => [key, SECRET_NAME.test(key) ? '(not shown)' : withoutSecrets(entry)]))
+}
+
 /** Driver options as `GET /v1/config` shows them: values that may be secrets (or, with `all`, every value) left out. */
 function redactedOptions (options: Record<string, unknown> | undefined, all: boolean): Record<string, unknown> | undefined {
   if (options === undefined) return undefined
-  return Object.fromEntries(Object.entries(options).map(([key, value]) => [key, all || /secret|token|password|passphrase|credential|key/i.test(key) ? '(not shown)' : value]))
+  return all ? Object.fromEntries(Object.keys(options).map((key) => [key, '(not shown)'])) : withoutSecrets(options) as Record<string, unknown>
 }
 
 /** What `GET /v1/config` shows: KMS arguments and URL parts that may hold secrets left out. */

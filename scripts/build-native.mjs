@@ -19,6 +19,10 @@ const directory = join(root, 'native', 'aead')
 const built = join(directory, 'build', 'Release', 'galleonfs_aead.node')
 
 function give (reason, output = '') {
+  // node-gyp says why it failed in its own output ("Could not find any Python installation to
+  // use", a missing compiler): the warning carries that line, not only the exit code.
+  const cause = /gyp ERR! stack Error: (.+)/.exec(output)?.[1]?.trim()
+  if (cause !== undefined) reason = `${reason}: ${cause}`
   if (required) {
     if (output !== '') process.stderr.write(output)
     console.error(`galleonfs: the native AES-GCM addon was not built: ${reason}`)

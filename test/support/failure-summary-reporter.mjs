@@ -19,13 +19,39 @@ function onlyForSubtests (error) {
   return error?.failureType === 'subtestsFailed'
 }
 
+/** Lines of a test file's stderr kept for its summary, should the file itself fail. */
+const STDERR_LINES = 40
+
+/**
+ * A test file that failed as a whole (it threw while loading, or its process exited under a
+ * test) is reported by node:test as "test failed" with the process's exit code or signal: the
+ * summary says which, and adds the end of what the file printed on stderr (its error).
+ */
+function processText (error, stderr) {
+  const inner = error?.code === 'ERR_TEST_FAILURE' && error.cause !== undefined ? error.cause : error
+  const exitCode = error?.exitCode ?? inner?.exitCode
+  const signal = error?.signal ?? inner?.signal
+  if ((exitCode === undefined || exitCode === null) && (signal === undefined || signal === null)) return undefined
+  const ended = signal !== undefined && signal !== null ? `its process was killed by ${signal}` : `its process ended with exit code ${exitCode}`
+  return stderr === undefined || stderr.length === 0 ? `${ended} (it printed nothing on stderr)` : `${ended}; the end of its stderr:\n${stderr.join('\n')}`
+}
+
 export default async function * failureSummary (source) {
   const failures = []
+  const stderr = new Map()
   for await (const event of source) {
+    if (event.type === 'test:stderr') {
+      const { file, message } = event.data
+      const lines = stderr.get(file) ?? []
+      lines.push(...String(message).replace(/\n$/, '').split('\n'))
+      stderr.set(file, lines.slice(-STDERR_LINES))
+      continue
+    }
     if (event.type !== 'test:fail') continue
     const { name, file, line, details } = event.data
     if (onlyForSubtests(details?.error)) continue
-    failures.push({ name, where: file === undefined ? '(unknown file)' : `${file}${line === undefined ? '' : `:${line}`}`, error: errorText(details?.error) })
+    const error = processText(details?.error, stderr.get(file)) ?? errorText(details?.error)
+    failures.push({ name, where: file === undefined ? '(unknown file)' : `${file}${line === undefined ? '' : `:${line}`}`, error })
   }
   if (failures.length === 0) {
     yield '\n# failure summary: no test failed\n'
