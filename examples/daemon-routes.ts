@@ -205,7 +205,7 @@ export async function readBody (request: IncomingMessage, idleMs = BODY_IDLE_MS)
       idle.refresh()
       size += chunk.byteLength
       if (size > MAX_DISCARD_BYTES) request.destroy()
-      else if (size > MAX_BODY_BYTES) reject(tooLarge())
+      else if (size > MAX_BODY_BYTES) { clearTimeout(idle); reject(tooLarge()) }
       else chunks.push(chunk)
     })
     request.once('end', () => { resolve(Buffer.concat(chunks).toString('utf8')) })

@@ -142,6 +142,7 @@ export class ReplicationManager {
     const current = (losses: number): boolean => losses === this.#leaseLosses && !this.#leaseLost && set.fenced && !this.#closed && this.#sets.get(set.volumeId) === set
     // One unfence per lease: a loss meanwhile ends this one (the next lease starts its own).
     const losses = this.#leaseLosses
+    let garbledReported = false
     for (let delayMs = 100; current(losses); delayMs = Math.min(delayMs * 2, 2000)) {
       let read: { entry: Awaited<ReturnType<Coordinator['get']>> } | undefined
       try {
@@ -166,6 +167,11 @@ export class ReplicationManager {
             set.fenced = false
             return
           }
+        } else if (entry !== undefined && record === undefined) {
+          // A record that cannot be read as one (damaged, another format) confirms nothing: the
+          // copy stays fenced and reads it again, saying so once.
+          if (!garbledReported) this.#host.emit('replication:error', { volumeId: set.volumeId, nodeId: this.nodeId, code: 'CORRUPTION', message: `the cluster's record of volume ${set.volumeId} cannot be read as a replica-set record, so node ${this.nodeId} cannot confirm it is still the primary: it serves no I/O for the volume until the record reads right again` })
+          garbledReported = true
         } else {
           if (record !== undefined && entry !== undefined) this.#adopt(set, record, entry.revision)
           // Deleted meanwhile, and the watch's delete not here yet (a watch that reconnects after
