@@ -131,6 +131,7 @@ const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/ \(openVolumeFile\)/g, ''],
   [/listSnapshots\(\)/g, '`galleonfs snapshot list <volume>`'],
   [/listBackups\(\)/g, '`galleonfs backup list --target <dir>`'],
+  [/adoptBackup\("([^"]*)"\)/g, '`galleonfs backup adopt $1`'],
   [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],
   [/GET \/v1\/mounts lists the mounts|listMounts\(\) shows the mounts/g, '`galleonfs mount list` shows the mounts'],
   [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],

@@ -225,6 +225,11 @@ export function buildCli (): Command {
     if (!report.ok) throw new CliError(`backup ${id} failed verification`)
   })
 
+  backup.command('adopt').argument('<backup>').option('--target <dir>', 'backup target directory').description('accept an encrypted backup from a build before 2026-12-05 (untagged manifests), after checking its chunks').action(async (id: string, options: { target?: string }) => {
+    const report = await callLong(globals(), `adopting ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/adopt`, { target: absolute(options.target) }) as { adopted: string[], unchanged: string[], chunksChecked: number }
+    print(globals(), report, () => report.adopted.length === 0 ? `backup ${id}: nothing to adopt (its chain is tagged already, or plain)\n` : `backup ${id}: tagged ${report.adopted.length} manifest(s) of its chain (${report.chunksChecked} chunks checked)\n`)
+  })
+
   const policy = backup.command('policy').description('scheduled backups')
   policy.command('create').argument('<name>').description('create a backup policy')
     .requiredOption('--schedule <cron>', 'cron expression (UTC unless --timezone)')

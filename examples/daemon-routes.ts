@@ -364,6 +364,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
       return await g.restoreBackup(ref, { ...(name === undefined ? {} : { name }), ...(volume === undefined ? {} : { volume }), ...(pool === undefined ? {} : { pool }), ...target(url, options), ...progress(daemon) })
     }
     case 'POST /v1/backups/:/verify': return await g.verifyBackup(ref, target(url, options))
+    case 'POST /v1/backups/:/adopt': return await g.adoptBackup(ref, target(url, options))
     case 'GET /v1/backup-policies': return await g.listBackupPolicies()
     case 'POST /v1/backup-policies':
       // The policy keeps its target for later runs: a relative one would be the daemon's.

@@ -9,7 +9,7 @@ import { MountManager, mountControl } from './mount/mount-manager.js'
 import { GalleonError, describe, quoted } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import type { KeyManager, VolumeEncryption } from './crypto/key-manager.js'
-import { BackupManager, checkDeleteBackupOptions, type Backup, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
+import { BackupManager, checkDeleteBackupOptions, type Backup, type BackupAdoption, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import type { BlockEngine, VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
@@ -746,6 +746,20 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     const backup = await findBackup(this.#gate, this.#backups, 'verifyBackup', 'backup:read', backupId, options)
     await this.#gate.check('verifyBackup', 'backup:read', backupObject(backup), `backup:${backup.id}`)
     return await this.#backups.verify(backupId, options)
+  }
+
+  /**
+   * Accepts an encrypted backup written by a GalleonFS build from before manifests were
+   * authenticated (2026-12-05), which restoreBackup and verifyBackup refuse as untrusted: checks
+   * that the key of each backup in its chain opens for its volume and that every chunk is there and
+   * authenticates, then tags the manifests. An `admin` action: the caller vouches that no one
+   * altered the manifests on the target. Backups already tagged (or plain) are left as they are.
+   */
+  async adoptBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupAdoption> {
+    this.#assertOpen()
+    await this.#gate.checkTarget('adoptBackup', options)
+    const backup = await findBackup(this.#gate, this.#backups, 'adoptBackup', 'admin', backupId, options)
+    return await this.#gate.guard('adoptBackup', 'admin', backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.adopt(backupId, options))
   }
 
   /**

@@ -76,4 +76,72 @@ describe('backup manifest tags', () => {
       await g.close()
     }
   })
+
+  it('adoptBackup tags an untagged chain after checking its chunks; it refuses a wrong tag, a damaged chunk and a principal without admin, rewriting nothing', async () => {
+    const target = join(root, 'adopt-target')
+    const g = await GalleonFS.open({ storagePath: join(root, 'adopt-data'), backupTarget: target })
+    try {
+      await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
+      await g.createVolume({ name: 'secret', sizeBytes: 64 * BS, storageClass: 'sealed' })
+      await g.createVolume({ name: 'plain', sizeBytes: 64 * BS })
+      const data = new Uint8Array(8 * BS)
+      for (let i = 0; i < data.byteLength; i++) data[i] = (i * 13 + 1) & 0xff
+      await g.write('secret', 0, data, WriteConcern.WriteDurable)
+      await g.write('plain', 0, data, WriteConcern.WriteDurable)
+      const full = await g.createBackup('secret')
+      await g.write('secret', 16 * BS, data.slice(0, BS), WriteConcern.WriteDurable)
+      const incremental = await g.createBackup('secret', { strategy: 'incremental' })
+      assert.equal(incremental.baseId, full.id)
+      const plain = await g.createBackup('plain')
+      const file = (id: string): string => join(target, 'manifests', `${id}.json`)
+      const untag = async (id: string): Promise<Buffer> => {
+        const tagged = await readFile(file(id))
+        const { tag, ...rest } = JSON.parse(tagged.toString()) as Record<string, unknown>
+        assert.equal(typeof tag, 'string')
+        await writeFile(file(id), JSON.stringify(rest) + '\n')
+        return tagged
+      }
+      // As a build from before manifests were tagged wrote them.
+      const taggedFull = await untag(full.id)
+      await untag(incremental.id)
+      await assert.rejects(g.restoreBackup(incremental.id, { name: 'r0' }), rejectsWithCode('DECRYPTION_FAILED', /before 2026-12-05.*adoptBackup/))
+
+      // Not an admin: refused, nothing rewritten.
+      await g.createAccessPolicy({ name: 'reader', principals: ['user:bob'], verbs: ['backup:*', 'volume:*'] })
+      const before = await readFile(file(full.id))
+      await assert.rejects(g.as({ id: 'bob' }).adoptBackup(incremental.id), rejectsWithCode('PERMISSION_DENIED'))
+      assert.deepEqual(await readFile(file(full.id)), before)
+
+      // A chunk of the chain damaged: refused, and neither manifest is tagged.
+      const chunkOf = (decodeManifest(full.id, new Uint8Array(before)).extents.find((e) => e[2] !== null) as unknown[])[2] as string
+      const chunkPath = join(target, 'chunks', chunkOf.slice(0, 2), chunkOf)
+      const chunkBytes = await readFile(chunkPath)
+      const damaged = Buffer.from(chunkBytes)
+      damaged[damaged.length - 1] = (damaged[damaged.length - 1] as number) ^ 1
+      await writeFile(chunkPath, damaged)
+      await assert.rejects(g.adoptBackup(incremental.id), rejectsWithCode('DECRYPTION_FAILED', /does not authenticate under its key.*not adopted/))
+      assert.deepEqual(await readFile(file(full.id)), before, 'nothing was tagged')
+      await writeFile(chunkPath, chunkBytes)
+
+      // Adopted: both manifests of the chain tagged (the full's tag is the one it had), restores again.
+      const adoption = await g.adoptBackup(incremental.id)
+      assert.deepEqual(adoption.adopted.slice().sort(), [full.id, incremental.id].sort())
+      assert.deepEqual(adoption.unchanged, [])
+      assert.equal(JSON.parse((await readFile(file(full.id))).toString()).tag, JSON.parse(taggedFull.toString()).tag)
+      assert.equal((await g.verifyBackup(incremental.id)).ok, true)
+      const restored = await g.restoreBackup(incremental.id, { name: 'r1' })
+      assert.deepEqual(await g.read(restored.id, 0, data.byteLength), data)
+      assert.deepEqual((await g.adoptBackup(incremental.id)).adopted, [])
+      assert.deepEqual((await g.adoptBackup(plain.id)).unchanged, [plain.id], 'a plain backup needs nothing')
+
+      // A tagged manifest whose tag does not match is not re-tagged by adoption.
+      const forged = JSON.parse((await readFile(file(full.id))).toString()) as Record<string, unknown>
+      await writeFile(file(full.id), JSON.stringify({ ...forged, tag: 'ab'.repeat(32) }) + '\n')
+      await assert.rejects(g.adoptBackup(full.id), rejectsWithCode('DECRYPTION_FAILED', /failed authentication/))
+      const audit = await g.queryAuditLog({ action: 'adoptBackup' })
+      assert.deepEqual(audit.map((e) => `${e.principal} ${e.result}${e.code === undefined ? '' : ` ${e.code}`}`), ['bob denied PERMISSION_DENIED', 'application failed DECRYPTION_FAILED', 'application ok', 'application ok', 'application ok', 'application failed DECRYPTION_FAILED'])
+    } finally {
+      await g.close()
+    }
+  })
 })

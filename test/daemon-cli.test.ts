@@ -315,6 +315,7 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
       assert.equal(backup.strategy, 'full')
       assert.equal(JSON.parse(await ok(['--json', 'backup', 'list', 'app', '--target', target]))[0].id, backup.id)
       assert.match(await ok(['backup', 'verify', backup.id, '--target', target]), /: ok/)
+      assert.match(await ok(['backup', 'adopt', backup.id, '--target', target]), /nothing to adopt \(its chain is tagged already, or plain\)/)
       assert.match(await ok(['backup', 'restore', backup.id, '--name', 'app-restored', '--target', target]), /into volume app-restored/)
       assert.match(await ok(['snapshot', 'restore', 'app', 'first']), /reverted to snapshot first/)
       await ok(['volume', 'delete', 'app-copy'])

@@ -211,13 +211,19 @@ export function verifyManifestTag (manifest: Manifest, keys: ChunkKeys): void {
   const decoded = decodedTags.get(manifest)
   if (decoded === undefined) return // made in this process, not read from a target
   if (typeof decoded.tag !== 'string') {
-    throw new GalleonError('DECRYPTION_FAILED', `the manifest of encrypted backup ${manifest.id} carries no authentication tag: it was altered on the target (or written by a GalleonFS version that did not authenticate manifests); it is not trusted`)
+    throw new GalleonError('DECRYPTION_FAILED', `the manifest of encrypted backup ${manifest.id} carries no authentication tag: it was written by a GalleonFS build from before 2026-12-05, which did not authenticate manifests, or altered on the target; it is not trusted. If no one else could write to the target since it was taken, adoptBackup(${JSON.stringify(manifest.id)}) checks its chunks and tags its manifests, once`)
   }
   const expected = Buffer.from(manifestTag(decoded.body, keys), 'hex')
   const given = Buffer.from(decoded.tag, 'hex')
   if (given.byteLength !== expected.byteLength || !timingSafeEqual(given, expected)) {
     throw new GalleonError('DECRYPTION_FAILED', `the manifest of encrypted backup ${manifest.id} failed authentication: it was altered on the target, or belongs to another volume's backups; it is not trusted`)
   }
+}
+
+/** Whether a manifest read from a target (by decodeManifest) carries no tag: an encrypted backup's from before manifests were authenticated. */
+export function isUntaggedManifest (manifest: Manifest): boolean {
+  const decoded = decodedTags.get(manifest)
+  return decoded !== undefined && typeof decoded.tag !== 'string'
 }
 
 /** Parses and verifies a manifest; throws CORRUPTION / CHECKSUM_MISMATCH naming the backup. */

@@ -10,7 +10,7 @@ import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
 import { BackupStrategy, type Volume } from '../types.js'
-import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, encodeManifest, verifyManifestTag, type ChunkKeys, type Extent, type Manifest } from './format.js'
+import { chunkId, chunkIdOf, chunkKeys, decodeChunk, decodeIndex, encodeChunk, encodeManifest, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Extent, type Manifest } from './format.js'
 import { SerialQueue } from '../serial-queue.js'
 import type { AbstractSublevel } from 'abstract-level'
 import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
@@ -19,9 +19,9 @@ import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readManifest, readManifests, toBackup, writeIndex } from './manifests.js'
 import { restoreBackup } from './restore.js'
-import type { Backup, BackupKeySource, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
+import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
-export type { Backup, BackupHooks, BackupKeySource, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, Progress, ProgressListener, RestoreBackupOptions } from './types.js'
+export type { Backup, BackupHooks, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, Progress, ProgressListener, RestoreBackupOptions } from './types.js'
 export { CHUNK_BYTES, toPieces, toRuns } from './chunking.js'
 
 /** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
@@ -621,6 +621,54 @@ export class BackupManager {
       indexCurrent = entry !== undefined && manifestBytes !== undefined && entry.manifestSha256 === chunkId(manifestBytes)
     }
     return { backupId: id, ok: problems.length === 0, backupsChecked: chain.length, chunksChecked: checked.size, problems, indexCurrent }
+  }
+
+  /**
+   * Tags the manifests of an encrypted backup's chain written before manifests were authenticated
+   * (see verifyManifestTag), after checking that each one's key opens for its volume and that every
+   * chunk it names is there and authenticates under that key. Nothing is rewritten unless all of
+   * the chain checks out. The caller vouches that the manifests were not altered on the target.
+   */
+  async adopt (id: string, options: { target?: BackupTargetRef } = {}): Promise<BackupAdoption> {
+    const target = await this.#readTarget(options?.target, id)
+    await target.open()
+    return await this.#queue(target).run(async () => {
+      const chain: Manifest[] = []
+      for (let at: string | null = id; at !== null;) {
+        const current: string = at
+        if (chain.some((m) => m.id === current)) throw new GalleonError('CORRUPTION', `the chain of bases of backup ${id} loops back to backup ${current}; its manifests were altered on the target, and it is not adopted`)
+        const manifest: Manifest = await readManifest(target, current)
+        chain.push(manifest)
+        at = manifest.base
+      }
+      const opened = new Map<string, ChunkKeys>()
+      const toTag: Array<{ manifest: Manifest, keys: ChunkKeys }> = []
+      const unchanged: string[] = []
+      const checked = new Set<string>()
+      // Newest first, so each key is opened through its newest wrapping (see backupChunkKeys).
+      for (const manifest of chain) {
+        // A tagged manifest is checked as usual: a wrong tag is refused, not re-tagged.
+        const untagged = manifest.encryption !== undefined && isUntaggedManifest(manifest)
+        const keys = await backupChunkKeys(this.#keys, manifest, opened, { untagged: 'allow' })
+        if (!untagged || keys === undefined) { unchanged.push(manifest.id); continue }
+        for (const [, , chunk] of manifest.extents) {
+          if (chunk === null || checked.has(chunk)) continue
+          checked.add(chunk)
+          const envelope = await target.getChunk(chunk)
+          if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${manifest.id} is missing from ${target.location}; the backup is not adopted`)
+          try {
+            await decodeChunk(chunk, envelope, keys)
+          } catch (err) {
+            throw new GalleonError(errorCode(err), `chunk ${chunk} of backup ${manifest.id} does not authenticate under its key (${(err as Error).message}); the backup is not adopted`, { cause: err })
+          }
+        }
+        toTag.push({ manifest, keys })
+      }
+      // Oldest first: a crash part-way leaves the newer ones untagged, to adopt again.
+      for (const { manifest, keys } of toTag.reverse()) await target.putManifest(manifest.id, encodeManifest(manifest, keys))
+      if (toTag.length > 0) await this.#writeIndexOrReport(target)
+      return { backupId: id, adopted: toTag.map(({ manifest }) => manifest.id), unchanged, chunksChecked: checked.size }
+    })
   }
 
   async delete (id: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {

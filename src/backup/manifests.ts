@@ -4,7 +4,7 @@
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { BackupStrategy } from '../types.js'
-import { chunkId, chunkKeys, decodeManifest, encodeIndex, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
+import { chunkId, chunkKeys, decodeManifest, encodeIndex, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
 import type { Backup, BackupKeySource } from './types.js'
 
 /** The manifest of backup `id` on the target (the id is checked first). */
@@ -45,7 +45,7 @@ export async function readManifests (target: BackupTarget, unreadable: string[] 
 }
 
 /** The chunk keys of an encrypted backup (undefined for a plain one), once its manifest's tag checked out under them. */
-export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest, opened?: Map<string, ChunkKeys>): Promise<ChunkKeys | undefined> {
+export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest, opened?: Map<string, ChunkKeys>, options: { untagged?: 'allow' } = {}): Promise<ChunkKeys | undefined> {
   const encryption = manifest.encryption
   if (encryption === undefined) return undefined
   if (encryption.algorithm !== 'AES-256-GCM' || typeof encryption.wrappedKey !== 'string' || typeof encryption.fingerprint !== 'string') {
@@ -56,8 +56,9 @@ export async function backupChunkKeys (keys: BackupKeySource, manifest: Manifest
   // wrapping may be under a key-encryption key since moved away from (a deleted volume's keys are
   // not re-wrapped). Keyed by fingerprint, which names the key, not its wrapping.
   const chunk = opened?.get(encryption.fingerprint) ?? chunkKeys(await keys.openBackupKey(manifest.volume.id, { wrapped: encryption.wrappedKey, kekId: encryption.kekId, fingerprint: encryption.fingerprint }))
-  // Nothing the manifest says is acted on before it is known to be the volume's own.
-  verifyManifestTag(manifest, chunk)
+  // Nothing the manifest says is acted on before it is known to be the volume's own (but by
+  // adoptBackup, which opens an untagged manifest's key to check its chunks before tagging it).
+  if (options.untagged !== 'allow' || !isUntaggedManifest(manifest)) verifyManifestTag(manifest, chunk)
   opened?.set(encryption.fingerprint, chunk)
   return chunk
 }

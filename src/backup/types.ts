@@ -116,6 +116,16 @@ export interface Backup {
 }
 
 /** Result of `verifyBackup`. */
+/** What adoptBackup did: the backups of the chain whose manifests it tagged, and those already tagged (or plain). */
+export interface BackupAdoption {
+  readonly backupId: string
+  /** Encrypted backups of the chain (this one and its bases) whose manifests were tagged now. */
+  readonly adopted: readonly string[]
+  /** Backups of the chain that needed nothing: tagged already, or of a plain volume. */
+  readonly unchanged: readonly string[]
+  readonly chunksChecked: number
+}
+
 export interface BackupVerification {
   readonly backupId: string
   readonly ok: boolean
