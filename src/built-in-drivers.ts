@@ -58,9 +58,10 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       syncWriteMaxBytes: { type: 'number', description: 'write groups up to this size are written synchronously on the event loop (default 2 MiB; 0: always through the thread pool)' },
       syncReadMaxBytes: { type: 'number', description: 'reads up to this size are made synchronously on the event loop while they come from the page cache (default 2 MiB; 0: always through the thread pool)' },
       spareSegments: { type: 'number', description: 'emptied segment files kept to be overwritten as later segments, cheaper than new files (default 2; 0: delete them)' },
+      relocateScatteredReads: { type: 'boolean', description: 'a multi-block read of records scattered by random overwrites copies them in block order to the end of the log, so later reads of that range are one large read, as btrfs autodefrag (default false)' },
       onBackgroundError: { type: 'function', description: 'receives errors of background work' }
     },
-    create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
+    create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, relocateScatteredReads?: boolean, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
       const { FileBlockStore } = await import('../backends/file/index.js')
       return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks') })
     }

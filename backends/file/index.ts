@@ -20,6 +20,7 @@ import { markCleanClose, recover } from './recovery.js'
 import { enqueue, whenWriterIdle } from './writer.js'
 import { compactPass, maybeScheduleCompaction } from './compaction.js'
 import { maintain } from './maintenance.js'
+import { RELOCATE_MIN_RECORDS, RelocationArena, Relocator } from './relocation.js'
 
 export type { FileBlockStoreOptions } from './options.js'
 
@@ -65,11 +66,14 @@ export class FileBlockStore extends AbstractBlockStore {
   readonly #readHeader: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
   /** Buffers of multi-block reads, reused once their values are released (see releaseValues). */
   readonly #readBuffers = new ReadBuffers()
+  readonly #relocateReads: boolean
+  readonly #relocator = new Relocator()
 
   constructor (options: FileBlockStoreOptions) {
     super()
     const settings = checkOptions(options)
     this.#syncReadMaxBytes = settings.syncReadMaxBytes
+    this.#relocateReads = settings.relocateScatteredReads
     this.#state = new StoreState(settings, () => { maybeScheduleCompaction(this.#state) })
   }
 
@@ -130,6 +134,7 @@ export class FileBlockStore extends AbstractBlockStore {
 
   protected async _close (): Promise<void> {
     this.#state.closing = true
+    this.#relocator.clear()
     let failure: unknown
     try {
       // Compaction and the writer feed each other (compaction queues batches, the writer seals
@@ -211,7 +216,7 @@ export class FileBlockStore extends AbstractBlockStore {
     }
     onDisk.sort((a, b) => a.location.segment - b.location.segment || a.location.offset - b.location.offset)
     // Every read starts in this tick, as in _get: compaction cannot close a file under them.
-    const reads: Array<Promise<void>> = []
+    const runs: Array<{ start: number, end: number, bytes: number }> = []
     for (let start = 0; start < onDisk.length;) {
       const first = (onDisk[start] as RunItem).location
       let runEnd = first.offset + HEADER_BYTES + first.length
@@ -223,12 +228,25 @@ export class FileBlockStore extends AbstractBlockStore {
         runEnd = nextEnd
         end++
       }
-      reads.push(this.#readRun(onDisk.slice(start, end), addresses, results, runEnd - first.offset, payloadChecked))
+      runs.push({ start, end, bytes: runEnd - first.offset })
       start = end
     }
+    // Records scattered over many short runs are copied together to the end of the log (see relocation.ts).
+    let relocations: RelocationArena | undefined
+    if (this.#relocateReads && this.#relocator.wants(onDisk.length, runs.length)) {
+      let bytes = 0
+      for (const { location } of onDisk) bytes += location.length
+      relocations = new RelocationArena(bytes)
+    }
+    if (this.#relocateReads && onDisk.length >= RELOCATE_MIN_RECORDS) this.#relocator.checkRoom(this.#state)
+    const reads = runs.map(async ({ start, end, bytes }) => { await this.#readRun(onDisk.slice(start, end), addresses, results, bytes, payloadChecked, true, relocations) })
     await Promise.all(reads)
+    if (relocations !== undefined) this.#relocator.relocate(this.#state, relocations.records)
     return results
   }
+
+  /** Records that multi-block reads found scattered and copied to the end of the log (see relocation.ts). */
+  get relocatedRecords (): number { return this.#relocator.relocated }
 
   /**
    * Reads `bytes` bytes holding the adjacent records of `items` (in offset order) with one call,
@@ -236,7 +254,7 @@ export class FileBlockStore extends AbstractBlockStore {
    * each payload in `results[slot]`. `pooled`: read into a buffer of #readBuffers (reused once the
    * caller releases every value), else into one of exactly `bytes`.
    */
-  async #readRun (items: readonly RunItem[], addresses: readonly BlockAddress[], results: Array<Uint8Array | undefined>, bytes: number, payloadChecked: boolean, pooled = true): Promise<void> {
+  async #readRun (items: readonly RunItem[], addresses: readonly BlockAddress[], results: Array<Uint8Array | undefined>, bytes: number, payloadChecked: boolean, pooled = true, relocations?: RelocationArena): Promise<void> {
     const first = (items[0] as RunItem).location
     const segment = this.#state.segments.get(first.segment)
     const handle = segment?.handle
@@ -290,6 +308,10 @@ export class FileBlockStore extends AbstractBlockStore {
       const view = run.subarray(at + HEADER_BYTES, at + HEADER_BYTES + location.length)
       views.push(view)
       results[slot] = view
+      // A copy of a damaged record would carry a fresh crc: only records whose crc holds move.
+      if (relocations !== undefined && (!payloadChecked || recordCrcMatches(source, at, location.length, segment.seed))) {
+        relocations.add(slot, address, location.segment, location.offset, view)
+      }
     }
     // Reused once the caller has released every view (a run that failed above is left to the collector).
     this.#readBuffers.lend(run, views)

@@ -54,6 +54,18 @@ export interface FileBlockStoreOptions {
    */
   spareSegments?: number
   /**
+   * Whether a multi-block read that finds its records scattered over the log (random overwrites
+   * put them there) copies them, in block order, to the end of the log, so that later reads of that
+   * range are one large read instead of one per block, as btrfs's autodefrag does (default false;
+   * see relocation.ts). Measured on the 2-vCPU development VM, 1 MiB sequential reads over NBD of a
+   * 1 GiB volume after 10 s of 4 KiB random writes: about 450 MiB/s without it; with it about 200
+   * MiB/s while the first pass copies, and 1,200-1,300 MiB/s once the volume has been read through
+   * about twice. So it pays where ranges are read again and again after random writes, and costs
+   * where a range is read once between rewrites (a backup's scan would copy what it reads). It
+   * pauses while the file system has less than 5% (at least 512 MiB) free.
+   */
+  relocateScatteredReads?: boolean
+  /**
    * Receives errors of background work (hint files, compaction) that no caller is waiting for.
    * Without it (or when it throws) they are kept in `lastBackgroundError`. Either way the data stays
    * correct: a failed compaction leaves the old segment in place.
@@ -103,6 +115,7 @@ export interface StoreSettings {
   syncWriteMaxBytes: number
   syncReadMaxBytes: number
   spareSegments: number
+  relocateScatteredReads: boolean
   onBackgroundError: ((err: GalleonError) => void) | undefined
 }
 
@@ -113,7 +126,8 @@ export function checkOptions (options: FileBlockStoreOptions): StoreSettings {
   }
   const {
     segmentBytes = DEFAULT_SEGMENT_BYTES, compactionThreshold = DEFAULT_COMPACTION_THRESHOLD,
-    syncWriteMaxBytes = DEFAULT_SYNC_WRITE_MAX_BYTES, syncReadMaxBytes = DEFAULT_SYNC_READ_MAX_BYTES, spareSegments = DEFAULT_SPARE_SEGMENTS
+    syncWriteMaxBytes = DEFAULT_SYNC_WRITE_MAX_BYTES, syncReadMaxBytes = DEFAULT_SYNC_READ_MAX_BYTES, spareSegments = DEFAULT_SPARE_SEGMENTS,
+    relocateScatteredReads = false
   } = options
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes <= 0) {
     throw new GalleonError('INVALID_ARGUMENT', `segmentBytes must be a positive integer, got ${describe(segmentBytes)}`)
@@ -130,5 +144,8 @@ export function checkOptions (options: FileBlockStoreOptions): StoreSettings {
   if (!Number.isSafeInteger(spareSegments) || spareSegments < 0) {
     throw new GalleonError('INVALID_ARGUMENT', `spareSegments must be a non-negative integer (0: delete emptied segment files), got ${describe(spareSegments)}`)
   }
-  return { location: options.location, segmentBytes, compactionThreshold, syncWriteMaxBytes, syncReadMaxBytes, spareSegments, onBackgroundError: options.onBackgroundError }
+  if (typeof relocateScatteredReads !== 'boolean') {
+    throw new GalleonError('INVALID_ARGUMENT', `relocateScatteredReads must be true or false, got ${describe(relocateScatteredReads)}`)
+  }
+  return { location: options.location, segmentBytes, compactionThreshold, syncWriteMaxBytes, syncReadMaxBytes, spareSegments, relocateScatteredReads, onBackgroundError: options.onBackgroundError }
 }

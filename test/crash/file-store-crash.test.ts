@@ -1,6 +1,7 @@
 // Crash test of the file block store alone, under constant compaction: a child process (this file,
 // run with GALLEON_FILE_CRASH_CHILD=1) issues concurrent batches of puts and deletes (some synced,
-// some not) and deleteVolume() calls on a store with tiny segments while compaction runs in a loop;
+// some not) and deleteVolume() calls on a store with tiny segments while compaction runs in a loop
+// and multi-block reads relocate scattered records;
 // the test kills it with SIGKILL (often right after a compaction pass started), reopens the store and
 // checks the state against the batches the child issued.
 //
@@ -29,7 +30,7 @@ import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
 import { scriptArgs } from '../support/child-script.js'
 
-const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5 }
+const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5, relocateScatteredReads: true }
 /**
  * Keys: volume 1 has 100 blocks (the first 16 hot), volume 2 has 30 (deleted as a whole now and then),
  * volume 3 has 1000 cold blocks, rarely touched: they keep old segments mostly live (so not compacted)
@@ -158,7 +159,33 @@ async function childMain (): Promise<void> {
     }
   }
 
-  await Promise.all([...Array.from({ length: WORKERS }, worker), compactor()])
+  // Multi-block reads of ranges the workers scatter over the log: the store copies such records to
+  // the end of the log (see backends/file/relocation.ts), which must never bring back an
+  // overwritten or deleted value, nor lose one, whenever the kill comes. Every value read must be
+  // the one its key was last given (self-describing values, checked here).
+  async function reader (): Promise<void> {
+    for (;;) {
+      const [volume, count] = random() < 0.7 ? [1, 100] : [3, 64]
+      const first = volume === 1 ? 0 : Math.floor(random() * (1000 - count))
+      const addresses = Array.from({ length: count }, (_, i) => addressOf(volume, first + i))
+      const values = await store.getMany(addresses)
+      for (let i = 0; i < count; i++) {
+        const value = values[i]
+        if (value === undefined) continue
+        const decoded = decodeValue(value, volume, first + i)
+        if (typeof decoded === 'string') {
+          reportLine(`error getMany read ${volume}/${first + i} wrong: ${decoded}`)
+          process.exit(3)
+        }
+      }
+      store.releaseValues(values)
+      if (store.relocatedRecords !== relocated) reportLine(`r ${relocated = store.relocatedRecords}`)
+      await sleep(1)
+    }
+  }
+  let relocated = 0
+
+  await Promise.all([...Array.from({ length: WORKERS }, worker), compactor(), reader()])
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -183,6 +210,8 @@ interface ChildRun {
   signal: NodeJS.Signals | null
   stderr: string
   errorLine: string | undefined
+  /** Records the child's reads relocated (its last report). */
+  relocated: number
 }
 
 /** When to kill: a delay after open starts, after writes start, or just after a compact() call starts (once `delayMs` into the writes). */
@@ -197,7 +226,7 @@ async function runChild (location: string, seqBase: number, seed: number, plan: 
   })
   const run: ChildRun = {
     events: [], acked: new Set(), compactCalls: 0, killedDuringCompaction: false,
-    killedByUs: false, code: null, signal: null, stderr: '', errorLine: undefined
+    killedByUs: false, code: null, signal: null, stderr: '', errorLine: undefined, relocated: 0
   }
   let compacting = false
   let waitingForCompaction = false
@@ -242,6 +271,7 @@ async function runChild (location: string, seqBase: number, seed: number, plan: 
         compacting = false
         run.compactCalls++
         break
+      case 'r': run.relocated = Number(a); break
       case 'error': run.errorLine = line; break
     }
   }
@@ -379,7 +409,7 @@ async function registerTests (): Promise<void> {
       const location = await mkdtemp(join(tmpdir(), 'galleon-file-crash-'))
       const random = seededRandom(baseSeed)
       let passed = false
-      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0, preparedSpares: 0, partialPreparedSpares: 0 }
+      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0, preparedSpares: 0, partialPreparedSpares: 0, relocated: 0 }
       try {
         let baseline: State = new Map(allKeys().map(({ key }) => [key, undefined]))
         let seqBase = 1
@@ -413,6 +443,7 @@ async function registerTests (): Promise<void> {
           totals.acked += run.acked.size
           totals.ackedSynced += run.events.filter((event) => event.kind === 'batch' && event.sync && run.acked.has(event.seq)).length
           totals.compactCalls += run.compactCalls
+          totals.relocated += run.relocated
           if (plan.phase === 'open') totals.killedInOpen++
           totals.reusedSegments += await reusedSegmentFiles(location)
           if (run.killedDuringCompaction) totals.killedDuringCompaction++
@@ -434,11 +465,13 @@ async function registerTests (): Promise<void> {
         if (totals.issued > 2000) assert.ok(compactedAway > 10, `only ${compactedAway} segments were compacted away while ${totals.issued} operations were issued`)
         // ... and emptied segment files must have been reused (salted), so recovery met their earlier contents.
         if (totals.issued > 2000) assert.ok(totals.reusedSegments > 0, 'no segment made from a spare file was found after any trial')
+        // ... and the reads must have relocated records (unless the file system is too full for it).
+        if (totals.issued > 2000) assert.ok(totals.relocated > 0, 'no read relocated any record')
         passed = true
         t.diagnostic(`${trials} trials (seed ${baseSeed}): ${totals.issued} operations issued, ${totals.acked} acknowledged batches checked (${totals.ackedSynced} synced), ` +
           `${totals.killedInOpen} kills aimed at open/recovery, ${totals.killedDuringCompaction} kills while compact() was running, ` +
           `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away, ` +
-          `${totals.reusedSegments} segment files found reused, ${totals.preparedSpares} spares made in advance found after a kill (${totals.partialPreparedSpares} half-written) (summed over the trials)`)
+          `${totals.relocated} records relocated by reads, ${totals.reusedSegments} segment files found reused, ${totals.preparedSpares} spares made in advance found after a kill (${totals.partialPreparedSpares} half-written) (summed over the trials)`)
       } finally {
         if (passed) await rm(location, { recursive: true, force: true })
         else process.stderr.write(`file store crash test storage kept at ${location}\n`)
