@@ -10,6 +10,7 @@ import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { slowStore } from './support/slow-store.js'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { GalleonFS } from '../src/index.js'
@@ -229,27 +230,6 @@ describe('FUSE mount driver: its threads and the process\'s signals', { skip }, 
 })
 
 describe('FUSE mount driver: review regressions', { skip }, () => {
-  /** A file store whose batches take `delay` ms, and that fails them once `failing` is set. */
-  async function slowStore (dir: string, delay: number): Promise<{ store: import('../src/index.js').BlockStore, control: { failing: boolean } }> {
-    const { FileBlockStore } = await import('../backends/file/index.js')
-    const inner = new FileBlockStore({ location: join(dir, 'blocks') })
-    const control = { failing: false }
-    const store = new Proxy(inner, {
-      get (target, prop) {
-        if (prop === 'batch') {
-          return async (...args: Parameters<typeof inner.batch>) => {
-            await new Promise((resolve) => setTimeout(resolve, delay))
-            if (control.failing && args[0].some((op) => op.type === 'put')) throw new Error('injected write failure')
-            return await target.batch(...args)
-          }
-        }
-        const value = Reflect.get(target, prop, target)
-        return typeof value === 'function' ? value.bind(target) : value
-      }
-    })
-    return { store, control }
-  }
-
   it('close() waits for writes the mount acknowledged: nothing dd wrote (without fsync) is lost', async () => {
     const storage = join(root, 'r1')
     const { store } = await slowStore(storage, 15)

@@ -3,26 +3,20 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { GalleonErrorCode } from '../src/index.js'
+import { rejectsWithCode } from './support/assertions.js'
+import { withTempDir } from './support/temp-dir.js'
 import { ClassicLevel } from 'classic-level'
-import { GalleonFS, WriteConcern, isGalleonError, type BlockStore } from '../src/index.js'
+import { GalleonFS, WriteConcern, type BlockStore } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { until } from './support/wait.js'
 
 const BLOCK = 4096
 
-async function withDir<T> (prefix: string, task: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  try { return await task(dir) } finally { await rm(dir, { recursive: true, force: true }) }
-}
-
-const hasCode = (code: string, message?: RegExp) => (err: unknown): boolean => {
-  assert.ok(isGalleonError(err, code as never), `${code} expected, got ${String((err as { code?: string }).code)}: ${String((err as Error).message)}`)
-  if (message !== undefined) assert.match((err as Error).message, message)
-  return true
-}
+const withDir = withTempDir
+const hasCode = (code: string, message?: RegExp): ((err: unknown) => boolean) => rejectsWithCode(code as GalleonErrorCode, message)
 
 /** `inner`, with every read held while `gate.closed`; `gate.reads` counts the reads that arrived. */
 function gatedReads (inner: BlockStore): { store: BlockStore, gate: { closed: boolean, reads: number, open: () => void } } {

@@ -4,9 +4,11 @@
 import { describe, it, mock } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdtemp, rm, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import type { GalleonErrorCode } from '../src/index.js'
+import { rejectsWithCode } from './support/assertions.js'
+import { withTempDir } from './support/temp-dir.js'
 import { promisify } from 'node:util'
 import { GalleonFS, VolumeType, WriteConcern, isGalleonError } from '../src/index.js'
 import { scriptArgs } from './support/child-script.js'
@@ -15,16 +17,8 @@ const BLOCK = 4096
 const run = promisify(execFile)
 const CHILD = join(import.meta.dirname, 'support', 'h53-ephemeral-child.ts')
 
-async function withDir<T> (prefix: string, task: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), prefix))
-  try { return await task(dir) } finally { await rm(dir, { recursive: true, force: true }) }
-}
-
-const hasCode = (code: string, message?: RegExp) => (err: unknown): boolean => {
-  assert.ok(isGalleonError(err, code as never), `${code} expected, got ${String((err as { code?: string }).code)}: ${String((err as Error).message)}`)
-  if (message !== undefined) assert.match((err as Error).message, message)
-  return true
-}
+const withDir = withTempDir
+const hasCode = (code: string, message?: RegExp): ((err: unknown) => boolean) => rejectsWithCode(code as GalleonErrorCode, message)
 
 describe('README API at a glance', () => {
   it('listVolumes() is oldest-first, also for volumes created within the same millisecond, and after a reopen', async () => {

@@ -12,9 +12,10 @@ import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { slowStore } from './support/slow-store.js'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import { GalleonFS, type BlockStore } from '../src/index.js'
+import { GalleonFS } from '../src/index.js'
 
 const exec = promisify(execFile)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -33,27 +34,6 @@ if (skip !== undefined) process.stdout.write(`# SKIP h54 FUSE tests: ${skip}\n`)
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'h54-fuse-')) })
 after(async () => { await rm(root, { recursive: true, force: true }) })
-
-/** A file store whose batches take `delay` ms, and fail while `failing` is set. */
-async function slowStore (dir: string, delay: number): Promise<{ store: BlockStore, control: { failing: boolean } }> {
-  const { FileBlockStore } = await import('../backends/file/index.js')
-  const inner = new FileBlockStore({ location: join(dir, 'blocks') })
-  const control = { failing: false }
-  const store = new Proxy(inner, {
-    get (target, prop) {
-      if (prop === 'batch') {
-        return async (...args: Parameters<typeof inner.batch>) => {
-          await new Promise((resolve) => setTimeout(resolve, delay))
-          if (control.failing && args[0].some((op) => op.type === 'put')) throw new Error('injected write failure')
-          return await target.batch(...args)
-        }
-      }
-      const value = Reflect.get(target, prop, target)
-      return typeof value === 'function' ? value.bind(target) : value
-    }
-  })
-  return { store, control }
-}
 
 describe('README FUSE', { skip }, () => {
   it('mkfs works on data; findmnt shows ro for read-only mounts; creating any name is "Permission denied"; mounting over a tmpfs is BUSY', async () => {

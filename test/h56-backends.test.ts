@@ -3,17 +3,16 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import { withTempDir } from './support/temp-dir.js'
 import { GalleonFS, WriteConcern, isGalleonError, registerDriver, unregisterDriver } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
 import { addr, bytesOf, put } from './conformance/fixtures.js'
 import { until } from './support/wait.js'
 
 async function withDir<T> (task: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'h56-backends-'))
-  try { return await task(dir) } finally { await rm(dir, { recursive: true, force: true }) }
+  return await withTempDir('h56-backends-', task)
 }
 
 async function bytesOnDisk (dir: string): Promise<number> {

@@ -3,9 +3,9 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { withTempDir } from './support/temp-dir.js'
 import { BackupStrategy, GalleonFS, registerDriver, unregisterDriver, type BackupTarget, type DriverContext, type MountDriver } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
@@ -14,8 +14,7 @@ import { startDaemonProcess } from './support/daemon.js'
 const SECRET_DRIVERS = join(import.meta.dirname, 'support', 'h56-secret-drivers.ts')
 
 async function withDir<T> (task: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'h56-drivers-'))
-  try { return await task(dir) } finally { await rm(dir, { recursive: true, force: true }) }
+  return await withTempDir('h56-drivers-', task)
 }
 
 describe('README Custom drivers', () => {

@@ -1,10 +1,12 @@
-// Review r20 of baabbf9 (a fenced primary's unfence read that finds no record retires the primary).
-// One node on the memory coordinator, as test/fencing-record-gone.test.ts: its watch holds back
-// record deletions (late, as after a watch's reconnection), and the record is changed just before
-// the unfence read. (1) A record missing for a while and then put back (the same volume, still
-// here) is taken up again by the watch's put: the copy serves again. (2) A record that is there but
-// cannot be read as one (damaged, hand-edited) does not confirm that this node is still the
-// primary: the copy must not serve on it.
+// A primary fenced for a lost lease serves again only once it has read its volume's record and
+// found itself named (baabbf9, and review r20 of it). One node on the memory coordinator: its watch
+// holds back record deletions (late, as after a watch's reconnection), and the record is changed
+// just before the unfence read. (0) A record deleted meanwhile (the volume deleted on another node,
+// an operator's cleanup): the copy serves nothing, as it does once the watch's delete arrives,
+// instead of acknowledging writes no other copy or record knows. (1) A record missing for a while
+// and then put back (the same volume, still here) is taken up again by the watch's put: the copy
+// serves again. (2) A record that is there but cannot be read as one (damaged, hand-edited) does
+// not confirm that this node is still the primary: the copy must not serve on it.
 
 import { after, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -63,6 +65,28 @@ async function oneNode (label: string): Promise<{ g: GalleonFS, other: Coordinat
   hook.key = `replication/volumes/${id}`
   return { g, other, handle, hook }
 }
+
+it('a fenced primary whose record was deleted meanwhile serves nothing after its lease is back, though the watch\'s delete is late', { timeout: 60_000 }, async () => {
+  const { g, other, handle, hook } = await oneNode('gone')
+  const { blockSize } = await g.getVolume('v')
+  const key = hook.key as string
+  assert.ok(await other.get(key) !== undefined, `the volume's record is at ${key}`)
+  await g.writeBlock('v', 1, new Uint8Array(blockSize).fill(1), WriteConcern.WriteDurable)
+  const fenced: string[] = []
+  g.on('replication:error', (e) => { if (e.code === 'NOT_LEADER') fenced.push(e.message) })
+  // The lease ends; the record is deleted just before n1 reads it back with its new lease.
+  hook.atNextRead = async () => { await other.delete(key) }
+  handle.expireLeases()
+  await until('n1 fenced its primary', () => fenced.some((m) => /lost its cluster lease/.test(m)), 10_000)
+  await until('n1 read the record back (it was deleted first)', () => hook.atNextRead === undefined, 15_000)
+  assert.equal(await other.get(key), undefined)
+  await until('n1 holds a lease again', () => g.cluster?.members.find((m) => m.id === 'n1')?.healthy === true, 10_000)
+  // However long it is given, the copy does not serve as the primary of a volume the cluster has no record of.
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  const status = await g.replicationStatus('v').catch((err: Error) => err)
+  assert.ok(status instanceof Error || status.role !== 'primary', `n1 still calls itself the primary: ${JSON.stringify(status)}`)
+  await assert.rejects(g.writeBlock('v', 1, new Uint8Array(blockSize).fill(2), WriteConcern.WriteDurable), (err: { code?: string }) => err.code === 'BACKEND_UNAVAILABLE' || err.code === 'NOT_LEADER')
+})
 
 it('a record missing at the unfence read and put back afterwards: the copy serves again, its data kept', { timeout: 60_000 }, async () => {
   const { g, other, handle, hook } = await oneNode('back')
