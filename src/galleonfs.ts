@@ -3,7 +3,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { randomBytes } from 'node:crypto'
 import type { EventEmitter } from 'eventemitter3'
-import { checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
+import { EVERY_VOLUME, checkPrincipal, parseAccessPolicy, type AccessControl, type AccessPolicy, type Principal } from './access/access-control.js'
 import type { AuditEntry, AuditLog, AuditQuery, AuditVerification } from './access/audit-log.js'
 import { MountManager, mountControl } from './mount/mount-manager.js'
 import { GalleonError, describe, quoted } from './errors.js'
@@ -752,14 +752,15 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
    * Accepts an encrypted backup written by a GalleonFS build from before manifests were
    * authenticated (2026-12-05), which restoreBackup and verifyBackup refuse as untrusted: checks
    * that the key of each backup in its chain opens for its volume and that every chunk is there and
-   * authenticates, then tags the manifests. An `admin` action: the caller vouches that no one
-   * altered the manifests on the target. Backups already tagged (or plain) are left as they are.
+   * authenticates, then tags the manifests. Takes `admin` on every volume: the caller vouches
+   * that no one altered the manifests on the target, whose volume names and ids are what an untagged
+   * manifest says they are. Backups already tagged (or plain) are left as they are.
    */
   async adoptBackup (backupId: string, options: { target?: BackupTargetRef } = {}): Promise<BackupAdoption> {
     this.#assertOpen()
     await this.#gate.checkTarget('adoptBackup', options)
     const backup = await findBackup(this.#gate, this.#backups, 'adoptBackup', 'admin', backupId, options)
-    return await this.#gate.guard('adoptBackup', 'admin', backupObject(backup), `backup:${backup.id}`, async () => await this.#backups.adopt(backupId, options))
+    return await this.#gate.guard('adoptBackup', 'admin', EVERY_VOLUME, `backup:${backup.id}`, async () => await this.#backups.adopt(backupId, options))
   }
 
   /**

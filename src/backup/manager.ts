@@ -638,6 +638,12 @@ export class BackupManager {
         const current: string = at
         if (chain.some((m) => m.id === current)) throw new GalleonError('CORRUPTION', `the chain of bases of backup ${id} loops back to backup ${current}; its manifests were altered on the target, and it is not adopted`)
         const manifest: Manifest = await readManifest(target, current)
+        // A chain never spans volumes (a backup builds only on its own volume's): one that does was
+        // altered on the target, and adopting it would vouch for another volume's manifests.
+        const first = chain[0]
+        if (first !== undefined && manifest.volume.id !== first.volume.id) {
+          throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${manifest.id}, which is of another volume (${manifest.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
+        }
         chain.push(manifest)
         at = manifest.base
       }

@@ -53,6 +53,11 @@ export class MountBridge {
         const principal = this.#host.context.getStore()?.principal
         return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume })
       },
+      namespaceInUse: (namespace) => this.#host.catalog.volumes().some((record) => {
+        if (namespaceOf(record) !== namespace) return false
+        const principal = this.#host.context.getStore()?.principal
+        return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume: record.name })
+      }),
       requireAdmin: async (action, what) => {
         const denied = this.#gate.check(action, 'admin', undefined, what)
         if (denied !== undefined) await denied

@@ -76,6 +76,8 @@ export interface MountHost {
   caller: () => string | undefined
   /** Whether the caller may see mounts of this volume. */
   visible: (namespace: string, volumeName: string) => boolean
+  /** Whether a volume the caller may see lives in `namespace`. */
+  namespaceInUse: (namespace: string) => boolean
   /** Throws PERMISSION_DENIED (audited) unless the caller may administer the instance. */
   requireAdmin: (action: string, what: string) => Promise<void>
   /** Throws PERMISSION_DENIED (audited) unless the caller may write the volume `ref` names. */
@@ -361,8 +363,10 @@ export class MountManager {
     const readOnly = this.#host.isSnapshotRef(pathOrRef) || options.readOnly === true
     const target = await this.#host.guard('openVolumeFile', pathOrRef, readOnly, async () => this.#host.target(pathOrRef)).catch((err: unknown) => {
       // A relative mount point without './' reads as namespace/name: when no such volume exists
-      // either, it was most likely meant as a path, and is answered as one.
-      if (typeof pathOrRef === 'string' && pathOrRef.includes('/') && (err as { code?: unknown })?.code === 'VOLUME_NOT_FOUND') {
+      // and no volume lives in that namespace either, it was meant as a path, and is answered as
+      // one ('team/missing', in a namespace team of other volumes, stays a missing volume).
+      if (typeof pathOrRef === 'string' && pathOrRef.includes('/') && (err as { code?: unknown })?.code === 'VOLUME_NOT_FOUND' &&
+        !this.#host.namespaceInUse(pathOrRef.slice(0, pathOrRef.indexOf('/')))) {
         throw new GalleonError('INVALID_ARGUMENT', `nothing is mounted at ${resolvePath(pathOrRef)}, and no volume is named ${JSON.stringify(pathOrRef)}; mount a volume there first (mountVolume), or pass a volume's name or id; listMounts() shows the mounts`, { cause: err })
       }
       throw err

@@ -28,9 +28,10 @@ const STDERR_LINES = 40
  * summary says which, and adds the end of what the file printed on stderr (its error).
  */
 function processText (error, stderr) {
-  const inner = error?.code === 'ERR_TEST_FAILURE' && error.cause !== undefined ? error.cause : error
-  const exitCode = error?.exitCode ?? inner?.exitCode
-  const signal = error?.signal ?? inner?.signal
+  // Only node:test's own wrapper carries them for a file that failed as a whole: an error a test
+  // threw (a child process it ran, killed) keeps its own message.
+  const exitCode = error?.code === 'ERR_TEST_FAILURE' ? error.exitCode : undefined
+  const signal = error?.code === 'ERR_TEST_FAILURE' ? error.signal : undefined
   if ((exitCode === undefined || exitCode === null) && (signal === undefined || signal === null)) return undefined
   const ended = signal !== undefined && signal !== null ? `its process was killed by ${signal}` : `its process ended with exit code ${exitCode}`
   return stderr === undefined || stderr.length === 0 ? `${ended} (it printed nothing on stderr)` : `${ended}; the end of its stderr:\n${stderr.join('\n')}`
