@@ -231,6 +231,12 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
   /** Name of the block-store backend in use. */
   get backend (): string { return this.#store.name }
 
+  /**
+   * Whether the block store can make writes survive a crash (`supports.durableSync`): false for the
+   * memory store, which refuses WriteDurable. An NBD export of such an instance offers no FUA or FLUSH.
+   */
+  get durable (): boolean { return this.#store.supports.durableSync }
+
   /** Advanced: the replication hook the engine calls after each journal append. */
   setReplicationHook (hook: ReplicationHook | undefined): void {
     this.#gate.assertApplication('setReplicationHook')

@@ -38,7 +38,7 @@ export interface Session {
 }
 
 /** Option haggling; resolves to the export to serve, or undefined when the client left. */
-export async function negotiate (g: GalleonFS, session: Session, noZeroes: boolean): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
+export async function negotiate (g: GalleonFS, session: Session, noZeroes: boolean, fixed = true): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
   let structured = false
   // base:allocation as chosen by the last NBD_OPT_SET_META_CONTEXT, for the export it named.
   let allocation: Export | undefined
@@ -64,6 +64,13 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
       socket.write(Buffer.concat([head, payload]), written)
     }
     const error = (type: number, message: string): void => { reply(type, Buffer.from(message)) }
+    if (session.tls !== undefined && !fixed && option !== OPT_ABORT) {
+      // proto.md: a client without NBD_FLAG_C_FIXED_NEWSTYLE gets NOTLS mode, where TLS_REQD is
+      // never sent; such a client cannot start TLS, and this server serves nothing in clear.
+      if (option === OPT_EXPORT_NAME) return undefined
+      error(REP_ERR_POLICY, 'this server requires TLS, which needs fixed newstyle negotiation: set NBD_FLAG_C_FIXED_NEWSTYLE, then send NBD_OPT_STARTTLS')
+      continue
+    }
     if (session.tls !== undefined && !session.secured && option !== OPT_STARTTLS && option !== OPT_ABORT) {
       // FORCEDTLS: nothing is told or served in clear. NBD_OPT_EXPORT_NAME cannot be refused, so
       // the session ends.
@@ -101,7 +108,7 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
         if (claimed === undefined) return undefined
         const out = Buffer.alloc(noZeroes ? 10 : 134)
         out.writeBigUInt64BE(BigInt(claimed.export.size), 0)
-        out.writeUInt16BE(transmissionFlags(claimed.export, structured), 8)
+        out.writeUInt16BE(transmissionFlags(claimed.export, structured, g.durable), 8)
         socket.write(out)
         return { ...claimed, structured, allocation: contextsFor(claimed.export) }
       }
@@ -158,7 +165,7 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
         }
         const exportInfo = Buffer.alloc(10)
         exportInfo.writeBigUInt64BE(BigInt(found.size), 0)
-        exportInfo.writeUInt16BE(transmissionFlags(found, structured), 8)
+        exportInfo.writeUInt16BE(transmissionFlags(found, structured, g.durable), 8)
         info(INFO_EXPORT, exportInfo)
         const asked = new Set(Array.from({ length: requests }, (_, i) => data.readUInt16BE(4 + nameLength + 2 + i * 2)))
         if (asked.has(INFO_NAME)) info(INFO_NAME, Buffer.from(found.name))
@@ -253,9 +260,11 @@ function sameSource (a: Export, b: Export): boolean {
 }
 
 /** Transmission flags of an export as the handshake advertises them. */
-function transmissionFlags (exp: Export, structured: boolean): number {
-  // DF (don't fragment) only means something with structured replies.
-  let flags = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN | (structured ? TFLAG_SEND_DF : 0)
+function transmissionFlags (exp: Export, structured: boolean, durable: boolean): number {
+  // DF (don't fragment) only means something with structured replies. FLUSH and FUA promise
+  // durability, which a store without it (memory) cannot give: not offered there (a client then
+  // treats the device as having no write cache).
+  let flags = TFLAG_HAS_FLAGS | TFLAG_CAN_MULTI_CONN | (durable ? TFLAG_SEND_FLUSH | TFLAG_SEND_FUA : 0) | (structured ? TFLAG_SEND_DF : 0)
   if (exp.readOnly) flags |= TFLAG_READ_ONLY
   else flags |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES
   return flags

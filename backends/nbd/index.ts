@@ -268,7 +268,7 @@ export class NbdServer {
     if (clientFlags === undefined) return undefined
     const flags = clientFlags.readUInt32BE(0)
     if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
-    return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0)
+    return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0, (flags & FLAG_FIXED_NEWSTYLE) !== 0)
   }
 }
 

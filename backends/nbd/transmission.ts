@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { WriteConcern } from '../../src/types.js'
-import { BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC, ENOTSUP, EPERM, ESHUTDOWN, MAX_HELD_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_STATUS_BYTES, ProtocolError, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, type Export } from './protocol.js'
+import { BASE_ALLOCATION_ID, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES, EINVAL, EIO, ENOSPC, EPERM, ESHUTDOWN, MAX_HELD_BYTES, MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MAX_STATUS_BYTES, ProtocolError, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR, REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STATE_HOLE, STATE_ZERO, STRUCTURED_REPLY_MAGIC, type Export } from './protocol.js'
 import type { SocketReader } from './socket.js'
 
 /** The transmission phase: requests read in order, served concurrently, answered as they finish. */
@@ -108,7 +108,7 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
       payload = await reader.read(length)
       if (payload === undefined) break
     }
-    if ((flags & ~allowedFlags(type)) !== 0) {
+    if ((flags & ~allowedFlags(type, g.durable)) !== 0) {
       fail(handle, EINVAL, `command flags 0x${flags.toString(16)} do not apply to command ${type}`)
       continue
     }
@@ -153,12 +153,14 @@ export async function transmit (g: GalleonFS, stoppers: Map<Socket, () => Promis
  * on WRITE_ZEROES, REQ_ONE on BLOCK_STATUS); any other flag is answered EINVAL. FAST_ZERO (bit 4)
  * is not advertised, so it is refused too.
  */
-function allowedFlags (type: number): number {
+function allowedFlags (type: number, durable: boolean): number {
+  // FUA only where it was offered (a store that can make writes durable; see transmissionFlags).
+  const fua = durable ? CMD_FLAG_FUA : 0
   switch (type) {
-    case CMD_READ: return CMD_FLAG_FUA | CMD_FLAG_DF
-    case CMD_WRITE_ZEROES: return CMD_FLAG_FUA | CMD_FLAG_NO_HOLE
-    case CMD_BLOCK_STATUS: return CMD_FLAG_FUA | CMD_FLAG_REQ_ONE
-    default: return CMD_FLAG_FUA
+    case CMD_READ: return fua | CMD_FLAG_DF
+    case CMD_WRITE_ZEROES: return fua | CMD_FLAG_NO_HOLE
+    case CMD_BLOCK_STATUS: return fua | CMD_FLAG_REQ_ONE
+    default: return fua
   }
 }
 
@@ -249,7 +251,7 @@ async function runRequest (g: GalleonFS, exp: Export, type: number, flags: numbe
     }
   } catch (err) {
     const code = (err as { code?: string }).code
-    const errno = code === 'READ_ONLY' || code === 'PERMISSION_DENIED' ? EPERM : code === 'OUT_OF_RANGE' ? ENOSPC : code === 'NO_SPACE' ? ENOSPC : code === 'INVALID_ARGUMENT' ? EINVAL : code === 'NOT_OPEN' ? ESHUTDOWN : code === 'NOT_IMPLEMENTED' ? ENOTSUP : EIO
+    const errno = code === 'READ_ONLY' || code === 'PERMISSION_DENIED' ? EPERM : code === 'OUT_OF_RANGE' ? ENOSPC : code === 'NO_SPACE' ? ENOSPC : code === 'INVALID_ARGUMENT' ? EINVAL : code === 'NOT_OPEN' ? ESHUTDOWN : EIO
     return { error: errno, message: (err as Error)?.message ?? String(err) }
   }
 }
