@@ -17,7 +17,7 @@ import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
-import { backupChunkKeys, readManifest, readManifests, toBackup, writeIndex } from './manifests.js'
+import { backupChunkKeys, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex } from './manifests.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -345,7 +345,7 @@ export class BackupManager {
           throw new GalleonError('HOOK_FAILED', `the pre-backup hook of volume ${volume.name} failed, so no backup was taken: ${(err as Error)?.message ?? String(err)}`, { cause: err })
         }
       }
-      const ours = (await readManifests(target)).filter((m) => m.volume.id === volume.id)
+      const ours = await readVolumeManifests(target, volume.id)
       const snapshots = new Set((await this.#g.listSnapshots(volume.id)).map((s) => s.id))
       const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
       // A base must still have its snapshot, and be sealed as this backup will be: after the volume
@@ -491,8 +491,9 @@ export class BackupManager {
           stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
         }
         await target.flush?.()
-        await target.putManifest(id, encodeManifest(manifest, keys))
-        await this.#writeIndexOrReport(target)
+        const manifestBytes = encodeManifest(manifest, keys)
+        await target.putManifest(id, manifestBytes)
+        await this.#writeIndexOrReport(target, { manifest, bytes: manifestBytes })
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
         const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
@@ -804,9 +805,9 @@ export class BackupManager {
   }
 
   /** The index is a summary: failing to rewrite it is reported, not a failure of the backup or deletion. */
-  async #writeIndexOrReport (target: BackupTarget): Promise<void> {
+  async #writeIndexOrReport (target: BackupTarget, added?: { manifest: Manifest, bytes: Uint8Array }): Promise<void> {
     try {
-      await writeIndex(target, this.#now)
+      await writeIndex(target, this.#now, added)
     } catch (err) {
       this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `could not rewrite the index of backup target ${target.location} (the next backup or deletion tries again): ${(err as Error).message}` })
     }

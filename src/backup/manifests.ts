@@ -4,7 +4,7 @@
 import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { BackupStrategy } from '../types.js'
-import { chunkId, chunkKeys, decodeManifest, encodeIndex, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
+import { chunkId, chunkKeys, decodeIndex, decodeManifest, encodeIndex, type BackupIndex, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
 import type { Backup, BackupKeySource } from './types.js'
 
 /** The manifest of backup `id` on the target (the id is checked first). */
@@ -17,19 +17,72 @@ export async function readManifest (target: BackupTarget, id: string): Promise<M
   return decodeManifest(id, bytes)
 }
 
-/** Rewrites the target's index from its manifests (targets without an index skip this). */
-export async function writeIndex (target: BackupTarget, now: () => number): Promise<void> {
+/** One line of the index, for `manifest` stored as `bytes`. */
+function indexEntry (manifest: Manifest, bytes: Uint8Array): BackupIndex['backups'][number] {
+  return { id: manifest.id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, manifestSha256: chunkId(bytes) }
+}
+
+/** The target's index when it is readable and lists exactly the manifests `listed` (else undefined). */
+async function currentIndex (target: BackupTarget, listed: ReadonlySet<string>, added?: string): Promise<BackupIndex | undefined> {
+  if (target.getIndex === undefined) return undefined
+  const bytes = await target.getIndex().catch(() => undefined)
+  const index = bytes === undefined ? undefined : decodeIndex(bytes)
+  if (index === undefined) return undefined
+  const expected = added === undefined ? listed.size : listed.size - 1
+  if (index.backups.length !== expected || index.backups.some((entry) => !listed.has(entry.id) || entry.id === added)) return undefined
+  return index
+}
+
+/**
+ * Rewrites the target's index (targets without an index skip this). After a backup (`added`: the
+ * manifest just stored, and its bytes), the old index is extended when it listed exactly the other
+ * manifests there, so a backup reads one index instead of every manifest on the target; otherwise
+ * (a deletion, a damaged or stale index) it is rebuilt from them all.
+ */
+export async function writeIndex (target: BackupTarget, now: () => number, added?: { manifest: Manifest, bytes: Uint8Array }): Promise<void> {
   if (target.putIndex === undefined) return
-  const backups = []
-  for await (const id of target.listManifests()) {
-    const bytes = await target.getManifest(id)
-    if (bytes === undefined) continue
-    let manifest: Manifest
-    try { manifest = decodeManifest(id, bytes) } catch { continue }
-    backups.push({ id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, manifestSha256: chunkId(bytes) })
+  const listed = new Set<string>()
+  for await (const id of target.listManifests()) listed.add(id)
+  const previous = added === undefined ? undefined : await currentIndex(target, listed, added.manifest.id)
+  let backups: Array<BackupIndex['backups'][number]>
+  if (previous !== undefined && added !== undefined) {
+    backups = [...previous.backups, indexEntry(added.manifest, added.bytes)]
+  } else {
+    backups = []
+    for (const id of listed) {
+      const bytes = await target.getManifest(id)
+      if (bytes === undefined) continue
+      let manifest: Manifest
+      try { manifest = decodeManifest(id, bytes) } catch { continue }
+      backups.push(indexEntry(manifest, bytes))
+    }
   }
   backups.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
   await target.putIndex(encodeIndex({ kind: 'galleonfs-backup-index', format: 1, updatedAt: new Date(now()).toISOString(), backups }))
+}
+
+/**
+ * The readable manifests of one volume on the target, oldest first. When the index lists exactly the
+ * manifests there, only those it names for the volume are read; otherwise all are. The index only
+ * narrows what is read (an altered one can hide a base, which makes the next backup a full one): every
+ * manifest returned is read and checked from the target, as before.
+ */
+export async function readVolumeManifests (target: BackupTarget, volumeId: string): Promise<Manifest[]> {
+  const listed = new Set<string>()
+  for await (const id of target.listManifests()) listed.add(id)
+  const index = await currentIndex(target, listed)
+  const others = new Set(index?.backups.filter((entry) => entry.volumeId !== volumeId).map((entry) => entry.id) ?? [])
+  const out: Manifest[] = []
+  for (const id of listed) {
+    if (others.has(id)) continue
+    const bytes = await target.getManifest(id)
+    if (bytes === undefined) continue
+    try {
+      const manifest = decodeManifest(id, bytes)
+      if (manifest.volume.id === volumeId) out.push(manifest)
+    } catch {}
+  }
+  return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
 }
 
 /** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */

@@ -6,6 +6,7 @@ import { Address, type BlockOp } from '../drivers.js'
 import { genOf, storeGen, versionOf } from './block-map.js'
 import type { EngineCore } from './engine-core.js'
 import type { VolumeBlocks } from './volume-blocks.js'
+import { LoopStreak, loopTurn } from '../loop-streak.js'
 
 /** A volume as recovery needs it: its snapshots' generations and, for a clone, its source. */
 export interface RecoverableVolume {
@@ -23,7 +24,11 @@ export interface RecoveryTarget {
 
 /** The body of BlockEngine.recover (documented there). */
 export async function recover (core: EngineCore, engine: RecoveryTarget, volumes: readonly RecoverableVolume[]): Promise<{ staleVersions: number, orphanVolumes: number[] }> {
+  // A store's addresses may all come from memory (the file store's index): without a turn now and
+  // then, a store of millions of blocks holds the event loop (timers, lease keep-alives) for seconds.
+  const streak = new LoopStreak()
   for (const { storageId, sizeBytes, snapshotGens } of volumes) {
+    if (streak.tooLong(performance.now())) await loopTurn()
     const volume = engine.attach(storageId, sizeBytes)
     for (const gen of [...(snapshotGens ?? [])].sort((a, b) => a - b)) {
       volume.map.addSnapshot(gen)
@@ -39,6 +44,7 @@ export async function recover (core: EngineCore, engine: RecoveryTarget, volumes
   const found = new Map<number, Map<number, number | number[]>>()
   const orphans = new Set<number>()
   for await (const address of core.store.addresses()) {
+    if (streak.tooLong(performance.now())) await loopTurn()
     const volume = core.volumes.get(address.volume)
     if (volume === undefined) { orphans.add(address.volume); continue }
     let blocks = found.get(address.volume)
@@ -54,6 +60,7 @@ export async function recover (core: EngineCore, engine: RecoveryTarget, volumes
   for (const [storageId, blocks] of found) {
     const volume = core.volumes.get(storageId) as VolumeBlocks
     for (const [index, seen] of blocks) {
+      if (streak.tooLong(performance.now())) await loopTurn()
       for (const version of volume.map.load(index, typeof seen === 'number' ? [seen] : seen)) {
         garbage.push({ type: 'del', address: new Address(storageId, index, storeGen(version)) })
       }

@@ -140,6 +140,9 @@ function histogramBucket (us: number): number {
 /** Longest metrics window accepted: a day of one-second buckets would be memory for nothing. */
 export const MAX_WINDOW_SECONDS = 3600
 
+/** Most time buckets a recorder keeps: its memory, and the work of a snapshot, stay bounded. */
+const MAX_SLOTS = 60
+
 /** Throws INVALID_ARGUMENT unless `value` is a number of seconds above 0 and at most MAX_WINDOW_SECONDS. */
 export function assertWindowSeconds (value: unknown, what: string): asserts value is number {
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > MAX_WINDOW_SECONDS) {
@@ -184,7 +187,9 @@ export class MetricsRecorder {
     }
     const windowMs = windowSeconds * 1000
     this.#now = options.now ?? (() => performance.now())
-    this.#bucketMs = Math.min(bucketMs, windowMs)
+    // At most MAX_SLOTS buckets in the ring: a long window gets coarser buckets, not more of them
+    // (each bucket holds a latency histogram: 3600 one-second ones were 3.3 MB per volume).
+    this.#bucketMs = Math.max(Math.min(bucketMs, windowMs), windowMs / MAX_SLOTS)
     this.#slots = Math.max(1, Math.ceil(windowMs / this.#bucketMs - 1e-9))
     this.#origin = this.#now()
     this.#slotBucket = new Float64Array(this.#slots).fill(-1)

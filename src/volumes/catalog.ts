@@ -144,6 +144,8 @@ export class Catalog {
   readonly #migrations = new Map<string, MigrationRecord>()
   readonly #pools = new Map<string, StoragePool>()
   readonly #volumes = new Map<string, VolumeRecord>()
+  /** Source volume id -> ids of the clones reading from it: clonesOf without a scan of every volume. */
+  readonly #clones = new Map<string, Set<string>>()
   /** Volume id -> its snapshots by id, in creation order. */
   readonly #snapshots = new Map<string, Map<string, SnapshotRecord>>()
   readonly #names = new Map<string, string>()
@@ -201,7 +203,7 @@ export class Catalog {
     for (const [name, pool] of await this.#poolsDb.iterator().all()) this.#pools.set(name as string, pool as StoragePool)
     for (const [id, record] of await this.#volumesDb.iterator().all()) {
       const volume = record as VolumeRecord
-      this.#volumes.set(id as string, volume)
+      this.#putVolumeRecord(id as string, volume)
       this.#names.set(nameKey(namespaceOf(volume), volume.name), volume.id)
       if (volume.storageId >= this.#nextStorageId) this.#nextStorageId = volume.storageId + 1
     }
@@ -281,7 +283,7 @@ export class Catalog {
       { type: 'put', sublevel: this.#volumesDb, key: record.id, value: record },
       { type: 'put', sublevel: this.#settingsDb, key: 'nextStorageId', value: this.#nextStorageId }
     ] as any, SYNC))
-    this.#volumes.set(record.id, record)
+    this.#putVolumeRecord(record.id, record)
     this.#names.set(nameKey(namespaceOf(record), record.name), record.id)
     return record
   }
@@ -310,7 +312,7 @@ export class Catalog {
       if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
       const record: VolumeRecord = { ...current, ...changes, updatedAt: new Date().toISOString() }
       await storedMetadata(this.#volumesDb.put(id, record, options.sync === false ? {} : SYNC))
-      this.#volumes.set(id, record)
+      this.#putVolumeRecord(id, record)
       return record
     })
   }
@@ -328,7 +330,7 @@ export class Catalog {
       { type: 'del', sublevel: this.#volumesDb, key: id },
       ...snapshots.map((key) => ({ type: 'del', sublevel: this.#snapshotsDb, key }))
     ] as any, SYNC))
-    this.#volumes.delete(id)
+    this.#dropVolumeRecord(id)
     this.#snapshots.delete(id)
     const key = nameKey(namespaceOf(record), record.name)
     if (this.#names.get(key) === id) this.#names.delete(key)
@@ -392,7 +394,7 @@ export class Catalog {
       { type: 'del', sublevel: this.#migrationsDb, key: volumeId },
       ...extra
     ] as any, SYNC))
-    this.#volumes.set(volumeId, record)
+    this.#putVolumeRecord(volumeId, record)
     const byId = this.#volumeSnapshots(volumeId)
     for (const snapshot of snapshots) byId.set(snapshot.id, snapshot)
     this.#migrations.delete(volumeId)
@@ -441,7 +443,37 @@ export class Catalog {
 
   /** Volumes cloned from a volume (optionally from one of its snapshots) that still read from it. */
   clonesOf (volumeId: string, snapshotId?: string): VolumeRecord[] {
-    return this.volumes().filter((record) => record.source?.volumeId === volumeId && (snapshotId === undefined || record.source.snapshotId === snapshotId))
+    const out: VolumeRecord[] = []
+    for (const id of this.#clones.get(volumeId) ?? []) {
+      const record = this.#volumes.get(id)
+      if (record?.source?.volumeId === volumeId && (snapshotId === undefined || record.source.snapshotId === snapshotId)) out.push(record)
+    }
+    return out
+  }
+
+  #putVolumeRecord (id: string, record: VolumeRecord): void {
+    const before = this.#volumes.get(id)?.source?.volumeId
+    this.#volumes.set(id, record)
+    const after = record.source?.volumeId
+    if (before === after) return
+    if (before !== undefined) this.#unlinkClone(before, id)
+    if (after !== undefined) {
+      let clones = this.#clones.get(after)
+      if (clones === undefined) this.#clones.set(after, clones = new Set())
+      clones.add(id)
+    }
+  }
+
+  #dropVolumeRecord (id: string): void {
+    const source = this.#volumes.get(id)?.source?.volumeId
+    this.#volumes.delete(id)
+    if (source !== undefined) this.#unlinkClone(source, id)
+  }
+
+  #unlinkClone (source: string, id: string): void {
+    const clones = this.#clones.get(source)
+    clones?.delete(id)
+    if (clones?.size === 0) this.#clones.delete(source)
   }
 
   #volumeSnapshots (volumeId: string): Map<string, SnapshotRecord> {
