@@ -345,8 +345,10 @@ export class BackupManager {
           throw new GalleonError('HOOK_FAILED', `the pre-backup hook of volume ${volume.name} failed, so no backup was taken: ${(err as Error)?.message ?? String(err)}`, { cause: err })
         }
       }
-      const ours = await readVolumeManifests(target, volume.id)
-      const snapshots = new Set((await this.#g.listSnapshots(volume.id)).map((s) => s.id))
+      const volumeSnapshots = await this.#g.listSnapshots(volume.id)
+      const own = new Set(volumeSnapshots.flatMap((s) => s.name.startsWith('backup-') ? [s.name.slice('backup-'.length)] : []))
+      const { manifests: ours, indexUsed } = await readVolumeManifests(target, volume.id, own)
+      const snapshots = new Set(volumeSnapshots.map((s) => s.id))
       const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
       // A base must still have its snapshot, and be sealed as this backup will be: after the volume
       // moved between a plain and an encrypting class, the next backup is full, so an encrypted
@@ -493,7 +495,8 @@ export class BackupManager {
         await target.flush?.()
         const manifestBytes = encodeManifest(manifest, keys)
         await target.putManifest(id, manifestBytes)
-        await this.#writeIndexOrReport(target, { manifest, bytes: manifestBytes })
+        // Extended only when it was used (not found lying about this volume's backups): else rebuilt.
+        await this.#writeIndexOrReport(target, indexUsed ? { manifest, bytes: manifestBytes } : undefined)
         const backup = toBackup(manifest, target)
         // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
         const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)

@@ -64,13 +64,16 @@ export async function writeIndex (target: BackupTarget, now: () => number, added
 /**
  * The readable manifests of one volume on the target, oldest first. When the index lists exactly the
  * manifests there, only those it names for the volume are read; otherwise all are. The index only
- * narrows what is read (an altered one can hide a base, which makes the next backup a full one): every
- * manifest returned is read and checked from the target, as before.
+ * narrows what is read: every manifest returned is read and checked from the target, as before.
+ * `own` names the backups whose snapshots the volume still holds (`backup-<id>`): an index filing one
+ * of them under another volume lies (it would hide a base and keep its snapshot forever), so it is
+ * not used, and `indexUsed` tells the caller to rebuild it rather than extend it.
  */
-export async function readVolumeManifests (target: BackupTarget, volumeId: string): Promise<Manifest[]> {
+export async function readVolumeManifests (target: BackupTarget, volumeId: string, own: ReadonlySet<string> = new Set()): Promise<{ manifests: Manifest[], indexUsed: boolean }> {
   const listed = new Set<string>()
   for await (const id of target.listManifests()) listed.add(id)
-  const index = await currentIndex(target, listed)
+  let index = await currentIndex(target, listed)
+  if (index?.backups.some((entry) => own.has(entry.id) && entry.volumeId !== volumeId) === true) index = undefined
   const others = new Set(index?.backups.filter((entry) => entry.volumeId !== volumeId).map((entry) => entry.id) ?? [])
   const out: Manifest[] = []
   for (const id of listed) {
@@ -82,7 +85,7 @@ export async function readVolumeManifests (target: BackupTarget, volumeId: strin
       if (manifest.volume.id === volumeId) out.push(manifest)
     } catch {}
   }
-  return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+  return { manifests: out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id)), indexUsed: index !== undefined }
 }
 
 /** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */

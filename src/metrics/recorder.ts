@@ -165,6 +165,8 @@ export function assertWindowSeconds (value: unknown, what: string): asserts valu
 export class MetricsRecorder {
   readonly #now: () => number
   readonly #bucketMs: number
+  /** Shortest span rates are taken over (the configured bucket width, before long windows coarsen it). */
+  readonly #minSpanMs: number
   readonly #slots: number
   /** Clock reading at construction: bucket numbers count from here. */
   readonly #origin: number
@@ -189,7 +191,8 @@ export class MetricsRecorder {
     this.#now = options.now ?? (() => performance.now())
     // At most MAX_SLOTS buckets in the ring: a long window gets coarser buckets, not more of them
     // (each bucket holds a latency histogram: 3600 one-second ones were 3.3 MB per volume).
-    this.#bucketMs = Math.max(Math.min(bucketMs, windowMs), windowMs / MAX_SLOTS)
+    this.#minSpanMs = Math.min(bucketMs, windowMs)
+    this.#bucketMs = Math.max(this.#minSpanMs, windowMs / MAX_SLOTS)
     this.#slots = Math.max(1, Math.ceil(windowMs / this.#bucketMs - 1e-9))
     this.#origin = this.#now()
     this.#slotBucket = new Float64Array(this.#slots).fill(-1)
@@ -260,7 +263,7 @@ export class MetricsRecorder {
     const now = this.#now()
     const current = this.#bucketNumber(now)
     const oldest = Math.max(0, current - this.#slots + 1)
-    const spanMs = Math.max(this.#bucketMs, now - (this.#origin + oldest * this.#bucketMs))
+    const spanMs = Math.max(this.#minSpanMs, now - (this.#origin + oldest * this.#bucketMs))
 
     let readOps = 0; let writeOps = 0; let trimOps = 0; let readBytes = 0; let writeBytes = 0; let windowLatencyMs = 0
     let minMs = Infinity; let maxMs = 0
