@@ -118,7 +118,7 @@ async function fakeDaemon (answer: (method: string, path: string, body: unknown)
       const entry = { method: request.method ?? '', path: request.url ?? '', body }
       requests.push(entry)
       const out = JSON.stringify(answer(entry.method, entry.path, body) ?? {})
-      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out) })
+      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(out), 'x-galleonfs': '1' })
       response.end(out)
     })
   })
