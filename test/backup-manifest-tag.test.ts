@@ -17,16 +17,22 @@ const root = await mkdtemp(join(tmpdir(), 'galleon-manifest-tag-'))
 after(async () => { await rm(root, { recursive: true, force: true }) })
 const BS = 4096
 
+/** An instance with a backup target under `root`, a volume `secret` of an encrypting class and a plain one `plain`, and 8 blocks of data of pattern `mul`. */
+async function setUp (name: string, mul: number): Promise<{ g: GalleonFS, target: string, data: Uint8Array }> {
+  const target = join(root, `${name}-target`)
+  const g = await GalleonFS.open({ storagePath: join(root, `${name}-data`), backupTarget: target })
+  await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
+  await g.createVolume({ name: 'secret', sizeBytes: 64 * BS, storageClass: 'sealed' })
+  await g.createVolume({ name: 'plain', sizeBytes: 64 * BS })
+  const data = new Uint8Array(8 * BS)
+  for (let i = 0; i < data.byteLength; i++) data[i] = (i * mul + 7) & 0xff
+  return { g, target, data }
+}
+
 describe('backup manifest tags', () => {
   it('an altered or untagged manifest of an encrypted backup is refused; untouched ones and plain ones restore', async () => {
-    const target = join(root, 'target')
-    const g = await GalleonFS.open({ storagePath: join(root, 'data'), backupTarget: target })
+    const { g, target, data } = await setUp('tags', 31)
     try {
-      await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
-      await g.createVolume({ name: 'secret', sizeBytes: 64 * BS, storageClass: 'sealed' })
-      await g.createVolume({ name: 'plain', sizeBytes: 64 * BS })
-      const data = new Uint8Array(8 * BS)
-      for (let i = 0; i < data.byteLength; i++) data[i] = (i * 31 + 7) & 0xff
       for (const volume of ['secret', 'plain']) {
         await g.write(volume, 0, data, WriteConcern.WriteDurable)
         await g.write(volume, 32 * BS, data.slice(0, 4 * BS).reverse(), WriteConcern.WriteDurable)
@@ -78,14 +84,8 @@ describe('backup manifest tags', () => {
   })
 
   it('adoptBackup tags an untagged chain after checking its chunks; it refuses a wrong tag, a damaged chunk and a principal without admin, rewriting nothing', async () => {
-    const target = join(root, 'adopt-target')
-    const g = await GalleonFS.open({ storagePath: join(root, 'adopt-data'), backupTarget: target })
+    const { g, target, data } = await setUp('adopt', 13)
     try {
-      await g.createStorageClass({ name: 'sealed', provisioner: 'galleonfs', parameters: { encryption: 'true', replication: '1' } })
-      await g.createVolume({ name: 'secret', sizeBytes: 64 * BS, storageClass: 'sealed' })
-      await g.createVolume({ name: 'plain', sizeBytes: 64 * BS })
-      const data = new Uint8Array(8 * BS)
-      for (let i = 0; i < data.byteLength; i++) data[i] = (i * 13 + 1) & 0xff
       await g.write('secret', 0, data, WriteConcern.WriteDurable)
       await g.write('plain', 0, data, WriteConcern.WriteDurable)
       const full = await g.createBackup('secret')
