@@ -180,6 +180,19 @@ describe('h45: the trace checker on hand-written traces', () => {
     assert.ok(report.violations.some((v) => v.rule === 'rule 1 (data synced)' && v.message.includes('seg-0000000000000001.log')))
   })
 
+  it('a close whose end strace prints after an open in another thread got the same descriptor back does not forget the new file', () => {
+    // As seen in a CI run: thread 3 closes an old descriptor 7 while thread 4 opens the segment and
+    // gets 7; the close's end is printed after the open's. The write to 7 is the segment's.
+    const report = check(['1 0 openat(AT_FDCWD, "/s/blocks/seg-0000000000000000.log", O_RDWR|O_CREAT|O_EXCL, 0666) = 7',
+      '1 0 openat(AT_FDCWD, "/s/blocks", O_RDONLY) = 6', '1 0 fsync(6) = 0', '1 0 close(6) = 0',
+      '1 0 write(3, "BEGIN dw 7\\n", 11) = 11', '3 0 close(7 <unfinished ...>',
+      `4 0 openat(AT_FDCWD, "${segment}", O_RDWR|O_CREAT|O_EXCL|O_CLOEXEC, 0666 <unfinished ...>`, '4 0 <... openat resumed>) = 7',
+      '3 0 <... close resumed>) = 0', '1 0 openat(AT_FDCWD, "/s/blocks", O_RDONLY|O_CLOEXEC) = 6', '1 0 fsync(6) = 0', '1 0 close(6) = 0',
+      write(7, 7), '2 0 fdatasync(7) = 0', '1 0 write(3, "ACK dw 7\\n", 9) = 9'])
+    assert.deepEqual(report.violations.map((v) => v.message.split('\n')[0]), [])
+    assert.equal(report.taggedBlocksChecked, 1)
+  })
+
   it('reports a new segment, or a spare renamed into place, whose directory was not fsynced after it (rule 2)', () => {
     const fresh = check([`1 0 openat(AT_FDCWD, "${segment}", O_RDWR|O_CREAT|O_EXCL, 0666) = 5`,
       '1 0 write(3, "BEGIN dw 7\\n", 11) = 11', write(5, 7), '2 0 fdatasync(5) = 0', '1 0 write(3, "ACK dw 7\\n", 9) = 9'])

@@ -380,9 +380,15 @@ export function checkTrace (text: string, options: { storagePath: string, marker
         counts.unlinks = (counts.unlinks ?? 0) + 1
         break
       }
-      case 'close':
-        if (!failed) byFd.delete(firstNumber(call.args))
+      case 'close': {
+        // The descriptor is released when the close starts to take effect: an open in another
+        // thread may get the same number back before strace prints the close's end
+        // (`close(26 <unfinished ...>`, `openat(...) = 26`, `<... close resumed>`). Only the file
+        // the close began on is forgotten, not the one opened meanwhile.
+        const fd = firstNumber(call.args)
+        if (!failed && byFd.get(fd) === file) byFd.delete(fd)
         break
+      }
       case 'dup':
       case 'dup2':
       case 'dup3':
