@@ -148,6 +148,8 @@ export class Catalog {
   readonly #clones = new Map<string, Set<string>>()
   /** Volume id -> its snapshots by id, in creation order. */
   readonly #snapshots = new Map<string, Map<string, SnapshotRecord>>()
+  /** Snapshot id -> its record, whatever its volume: snapshotById without a scan of every volume. */
+  readonly #snapshotsById = new Map<string, SnapshotRecord>()
   readonly #names = new Map<string, string>()
   readonly #classes = new Map<string, StorageClass>()
   /** Storage classes being created or deleted now: their names are taken meanwhile. */
@@ -214,7 +216,7 @@ export class Catalog {
     }
     const snapshots = (await this.#snapshotsDb.iterator().all()).map(([, record]) => record as SnapshotRecord)
     snapshots.sort((a, b) => a.gen - b.gen || a.createdAt.localeCompare(b.createdAt))
-    for (const snapshot of snapshots) this.#volumeSnapshots(snapshot.volumeId).set(snapshot.id, snapshot)
+    for (const snapshot of snapshots) this.#putSnapshot(snapshot)
   }
 
   volumes (): VolumeRecord[] {
@@ -331,6 +333,7 @@ export class Catalog {
       ...snapshots.map((key) => ({ type: 'del', sublevel: this.#snapshotsDb, key }))
     ] as any, SYNC))
     this.#dropVolumeRecord(id)
+    for (const snapshotId of snapshots) this.#snapshotsById.delete(snapshotId)
     this.#snapshots.delete(id)
     const key = nameKey(namespaceOf(record), record.name)
     if (this.#names.get(key) === id) this.#names.delete(key)
@@ -395,8 +398,7 @@ export class Catalog {
       ...extra
     ] as any, SYNC))
     this.#putVolumeRecord(volumeId, record)
-    const byId = this.#volumeSnapshots(volumeId)
-    for (const snapshot of snapshots) byId.set(snapshot.id, snapshot)
+    for (const snapshot of snapshots) this.#putSnapshot(snapshot)
     this.#migrations.delete(volumeId)
     return record
   }
@@ -420,18 +422,14 @@ export class Catalog {
 
   /** A snapshot by id, whatever its volume. */
   snapshotById (id: string): SnapshotRecord | undefined {
-    for (const snapshots of this.#snapshots.values()) {
-      const found = snapshots.get(id)
-      if (found !== undefined) return found
-    }
-    return undefined
+    return this.#snapshotsById.get(id)
   }
 
   /** Persists a new snapshot record. */
   async createSnapshot (fields: Omit<SnapshotRecord, 'id' | 'createdAt'> & { id?: string }): Promise<SnapshotRecord> {
     const record: SnapshotRecord = { ...fields, id: fields.id ?? randomUUID(), createdAt: new Date().toISOString() }
     await storedMetadata(this.#snapshotsDb.put(record.id, record, SYNC))
-    this.#volumeSnapshots(record.volumeId).set(record.id, record)
+    this.#putSnapshot(record)
     return record
   }
 
@@ -439,6 +437,7 @@ export class Catalog {
   async deleteSnapshot (snapshot: SnapshotRecord): Promise<void> {
     await storedMetadata(this.#snapshotsDb.del(snapshot.id, SYNC))
     this.#snapshots.get(snapshot.volumeId)?.delete(snapshot.id)
+    this.#snapshotsById.delete(snapshot.id)
   }
 
   /** Volumes cloned from a volume (optionally from one of its snapshots) that still read from it. */
@@ -474,6 +473,11 @@ export class Catalog {
     const clones = this.#clones.get(source)
     clones?.delete(id)
     if (clones?.size === 0) this.#clones.delete(source)
+  }
+
+  #putSnapshot (record: SnapshotRecord): void {
+    this.#volumeSnapshots(record.volumeId).set(record.id, record)
+    this.#snapshotsById.set(record.id, record)
   }
 
   #volumeSnapshots (volumeId: string): Map<string, SnapshotRecord> {
