@@ -17,7 +17,7 @@ import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
-import { backupChunkKeys, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex } from './manifests.js'
+import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex } from './manifests.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -637,19 +637,13 @@ export class BackupManager {
     const target = await this.#readTarget(options?.target, id)
     await target.open()
     return await this.#queue(target).run(async () => {
-      const chain: Manifest[] = []
-      for (let at: string | null = id; at !== null;) {
-        const current: string = at
-        if (chain.some((m) => m.id === current)) throw new GalleonError('CORRUPTION', `the chain of bases of backup ${id} loops back to backup ${current}; its manifests were altered on the target, and it is not adopted`)
-        const manifest: Manifest = await readManifest(target, current)
-        // A chain never spans volumes (a backup builds only on its own volume's): one that does was
-        // altered on the target, and adopting it would vouch for another volume's manifests.
-        const first = chain[0]
-        if (first !== undefined && manifest.volume.id !== first.volume.id) {
-          throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${manifest.id}, which is of another volume (${manifest.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
-        }
-        chain.push(manifest)
-        at = manifest.base
+      const chain = await readChain(target, id, 'is not adopted')
+      // A chain never spans volumes (a backup builds only on its own volume's): one that does was
+      // altered on the target, and adopting it would vouch for another volume's manifests.
+      const first = chain[0] as Manifest
+      const foreign = chain.find((manifest) => manifest.volume.id !== first.volume.id)
+      if (foreign !== undefined) {
+        throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
       }
       const opened = new Map<string, ChunkKeys>()
       const toTag: Array<{ manifest: Manifest, keys: ChunkKeys }> = []

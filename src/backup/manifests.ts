@@ -2,7 +2,7 @@
 // chunk keys, and the Backup a manifest describes.
 
 import type { BackupTarget } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, errorCode } from '../errors.js'
 import type { BackupStrategy } from '../types.js'
 import { chunkId, chunkKeys, decodeIndex, decodeManifest, encodeIndex, type BackupIndex, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
 import type { Backup, BackupKeySource } from './types.js'
@@ -15,6 +15,26 @@ export async function readManifest (target: BackupTarget, id: string): Promise<M
   const bytes = await target.getManifest(id)
   if (bytes === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${id} on ${target.location}; listBackups() shows the backups there`)
   return decodeManifest(id, bytes)
+}
+
+/**
+ * The manifest of backup `id` and those of the backups it builds on, newest first. A chain that loops
+ * or names a base that cannot be read was altered or damaged on the target: CORRUPTION, saying the
+ * backup `cannot` be used (e.g. "cannot be restored").
+ */
+export async function readChain (target: BackupTarget, id: string, cannot: string): Promise<Manifest[]> {
+  const chain: Manifest[] = [await readManifest(target, id)]
+  for (let base = (chain[0] as Manifest).base; base !== null; base = (chain[chain.length - 1] as Manifest).base) {
+    const current = base
+    // A chain that comes back to a backup already in it was altered on the target: it has no end.
+    if (chain.some((step) => step.id === current)) throw new GalleonError('CORRUPTION', `backup ${id} builds on a chain of backups that loops back to backup ${current}; its manifests were altered on the target, so it ${cannot}`)
+    try {
+      chain.push(await readManifest(target, current))
+    } catch (err) {
+      throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err), `backup ${id} builds on backup ${current}, which cannot be read (${(err as Error).message}); this backup ${cannot}`, { cause: err })
+    }
+  }
+  return chain
 }
 
 /** One line of the index, for `manifest` stored as `bytes`. */

@@ -8,7 +8,7 @@ import type { GalleonFS } from '../galleonfs.js'
 import type { CreateVolumeOptions, Volume } from '../types.js'
 import { decodeChunk, type ChunkKeys, type Manifest } from './format.js'
 import { checkAborted, report, runWorkers } from './chunking.js'
-import { backupChunkKeys, readManifest } from './manifests.js'
+import { backupChunkKeys, readChain } from './manifests.js'
 import { NEW_VOLUME_ID, type BackupKeySource, type RestoreBackupOptions } from './types.js'
 
 /**
@@ -37,18 +37,9 @@ export interface RestoreTracker {
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
 export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, target: BackupTarget, id: string, options: RestoreBackupOptions, tracker?: RestoreTracker): Promise<Volume> {
   await target.open()
-  const manifest = await readManifest(target, id)
-  const chain: Manifest[] = [manifest]
-  while ((chain[0] as Manifest).base !== null) {
-    const base = (chain[0] as Manifest).base as string
-    // A chain that comes back to a backup already in it was altered on the target: it has no end.
-    if (chain.some((step) => step.id === base)) throw new GalleonError('CORRUPTION', `backup ${id} builds on a chain of backups that loops back to backup ${base}; its manifests were altered on the target, so it cannot be restored`)
-    try {
-      chain.unshift(await readManifest(target, base))
-    } catch (err) {
-      throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err), `backup ${id} builds on backup ${base}, which cannot be read (${(err as Error).message}); this backup cannot be restored`, { cause: err })
-    }
-  }
+  // Oldest first.
+  const chain: Manifest[] = (await readChain(target, id, 'cannot be restored')).reverse()
+  const manifest = chain[chain.length - 1] as Manifest
   // Newest data for every block along the chain: block -> [chunk, offset of the block in it].
   const blocks = new Map<number, [string | null, number]>()
   // Each chunk is opened with the keys of the backup that stored it: a chain may span a move of

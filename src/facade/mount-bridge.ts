@@ -28,6 +28,11 @@ export class MountBridge {
   /** What the mount manager needs from the instance. */
   mountHost (): ConstructorParameters<typeof MountManager>[1] {
     const verbOf = (ref: unknown, readOnly: boolean): Verb => isSnapshotRef(ref) ? 'snapshot:read' : readOnly ? 'volume:read' : 'volume:write'
+    // As the caller, also inside its checked call (where nested calls are not checked again).
+    const visible = (namespace: string, volume: string): boolean => {
+      const principal = this.#host.context.getStore()?.principal
+      return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume })
+    }
     return {
       target: (ref) => this.#mountTarget(ref),
       guard: async (action, ref, readOnly, task, mountedBy) => {
@@ -48,16 +53,8 @@ export class MountBridge {
         return await this.#gate.guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
       },
       caller: () => this.#host.context.getStore()?.principal?.id,
-      // As the caller, also inside its checked call (where nested calls are not checked again).
-      visible: (namespace, volume) => {
-        const principal = this.#host.context.getStore()?.principal
-        return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume })
-      },
-      namespaceInUse: (namespace) => this.#host.catalog.volumes().some((record) => {
-        if (namespaceOf(record) !== namespace) return false
-        const principal = this.#host.context.getStore()?.principal
-        return principal === undefined || this.#gate.access.allows(principal, 'volume:read', { namespace, volume: record.name })
-      }),
+      visible,
+      namespaceInUse: (namespace) => this.#host.catalog.volumes().some((record) => namespaceOf(record) === namespace && visible(namespace, record.name)),
       requireAdmin: async (action, what) => {
         const denied = this.#gate.check(action, 'admin', undefined, what)
         if (denied !== undefined) await denied
