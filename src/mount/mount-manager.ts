@@ -129,6 +129,9 @@ export class MountManager {
   readonly #driver: MountDriver
   readonly #host: MountHost
   readonly #mounts = new Map<string, MountState>()
+  /** The same mounts by mount point, and by volume id (each volume's oldest first): no lookup scans every mount. */
+  readonly #byPath = new Map<string, MountState>()
+  readonly #byVolume = new Map<string, Set<MountState>>()
   /** Mounts and unmounts one at a time (checks and driver calls). */
   readonly #queue = new SerialQueue()
   #closed = false
@@ -147,7 +150,7 @@ export class MountManager {
     this.#host = host
     const view = (state: MountState): Mount => ({ ...state.mount, openFiles: state.files.size })
     controls.set(this, {
-      mountsOf: (volumeId) => [...this.#mounts.values(), ...this.#pending.values()].filter((state) => state.mount.volumeId === volumeId).map(view),
+      mountsOf: (volumeId) => [...this.#ofVolume(volumeId), ...[...this.#pending.values()].filter((state) => state.mount.volumeId === volumeId)].map(view),
       directWriters: (volumeId) => this.#directWriters.get(volumeId)?.size ?? 0,
       snapshotMounts: (snapshotId) => [...this.#mounts.values()].filter((state) => state.mount.snapshotId === snapshotId).map(view),
       snapshotFiles: (of) => {
@@ -161,16 +164,16 @@ export class MountManager {
           if (entry.volumeId === volumeId && (snapshotId === undefined || entry.snapshotId === snapshotId)) this.#snapshotFiles.delete(file)
         }
         await this.#serial(async () => {
-          for (const state of [...this.#mounts.values()]) {
-            if (state.mount.volumeId !== volumeId || (snapshotId !== undefined && state.mount.snapshotId !== snapshotId)) continue
+          for (const state of this.#ofVolume(volumeId)) {
+            if (snapshotId !== undefined && state.mount.snapshotId !== snapshotId) continue
             // The volume or snapshot is going away: a write that failed in the background no longer matters.
             await this.#release(state, true).catch((err: unknown) => { if ((err as { code?: string }).code !== 'IO_ERROR') throw err })
           }
         })
       },
       quiesce: async (volumeId) => {
-        for (const state of [...this.#mounts.values()]) {
-          if (state.mount.volumeId === volumeId && !state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path)
+        for (const state of this.#ofVolume(volumeId)) {
+          if (!state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path)
         }
       },
       settled: async () => { await this.#serial(async () => {}) },
@@ -293,7 +296,7 @@ export class MountManager {
       try {
         this.#host.target(ref)
         await this.#driver.mount(presented)
-        this.#mounts.set(mount.id, state)
+        this.#add(state)
       } finally {
         this.#pending.delete(mount.id)
       }
@@ -416,7 +419,7 @@ export class MountManager {
 
   /** BUSY when a ReadWriteOnce volume already has a writer: a read-write mount, or (unless `direct`) a writable file opened straight on it. */
   #assertNoWriter (target: MountTarget, direct = false): void {
-    const writer = [...this.#mounts.values()].find((state) => state.mount.volumeId === target.volumeId && state.mount.snapshotId === undefined && !state.mount.readOnly)
+    const writer = this.#ofVolume(target.volumeId).find((state) => state.mount.snapshotId === undefined && !state.mount.readOnly)
     if (writer !== undefined) {
       throw new GalleonError('BUSY', `volume ${target.volumeName} is ReadWriteOnce and already mounted read-write at ${writer.mount.path}; ${direct ? 'open the file on that mount point, or read-only' : 'unmount it there, or mount this one read-only'}`)
     }
@@ -437,10 +440,31 @@ export class MountManager {
         state.releasing = false
         throw err
       }
-      this.#mounts.delete(state.mount.id)
+      this.#remove(state)
       throw err
     }
+    this.#remove(state)
+  }
+
+  #add (state: MountState): void {
+    this.#mounts.set(state.mount.id, state)
+    this.#byPath.set(state.mount.path, state)
+    let ofVolume = this.#byVolume.get(state.mount.volumeId)
+    if (ofVolume === undefined) this.#byVolume.set(state.mount.volumeId, ofVolume = new Set())
+    ofVolume.add(state)
+  }
+
+  #remove (state: MountState): void {
     this.#mounts.delete(state.mount.id)
+    if (this.#byPath.get(state.mount.path) === state) this.#byPath.delete(state.mount.path)
+    const ofVolume = this.#byVolume.get(state.mount.volumeId)
+    if (ofVolume?.delete(state) === true && ofVolume.size === 0) this.#byVolume.delete(state.mount.volumeId)
+  }
+
+  /** The mounts of a volume (its snapshots' included), oldest first: a copy, safe to iterate while mounts go. */
+  #ofVolume (volumeId: string): MountState[] {
+    const ofVolume = this.#byVolume.get(volumeId)
+    return ofVolume === undefined ? [] : [...ofVolume]
   }
 
   /** A mount by id or path; mounts the caller may not see are reported like missing ones. */
@@ -454,8 +478,7 @@ export class MountManager {
   }
 
   #atPath (path: string): MountState | undefined {
-    for (const state of this.#mounts.values()) if (state.mount.path === path) return state
-    return undefined
+    return this.#byPath.get(path)
   }
 
   #assertOpen (): void {
