@@ -137,7 +137,7 @@ async function compactSegment (state: StoreState, segment: Segment): Promise<voi
         await flush(false) // what was read is still worth keeping; the segment stays
         return
       }
-      throw err
+      throw wrapIo(err, `compaction could not read ${segment.path} (the segment is kept)`)
     }
     await flush(true)
     if (problem !== undefined || segment.liveBytes !== 0) {

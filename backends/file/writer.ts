@@ -380,7 +380,7 @@ async function roll (state: StoreState, nextId: number): Promise<void> {
 function fail (state: StoreState, err: unknown): void {
   const cause = isNoSpaceError(err)
     ? new GalleonError('NO_SPACE', `the disk holding ${state.location} is full, so the block store stopped writing (its spare segment files are removed to make room); close and reopen it, then free space: delete volumes or snapshots, trim, or grow the disk`, { cause: err })
-    : wrapIo(err, `the file block store at ${state.location} stopped after a write failed; close and reopen it (recovery keeps every acknowledged batch)`)
+    : wrapIo(err, `the file block store at ${state.location} stopped after a write or sync of ${state.current.path} failed; close and reopen it (recovery keeps every acknowledged batch)`)
   state.failure ??= cause
   const queue = state.queue
   // Batches being written are rejected too: they were never acknowledged, and may or may not be

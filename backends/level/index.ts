@@ -5,6 +5,7 @@ import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
 import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from '../../src/abstract-block-store.js'
+import { latchLevelWrites } from '../../src/level-write-latch.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
@@ -115,6 +116,8 @@ export class LevelBlockStore extends AbstractBlockStore {
       if (closeDbOnClose) await db.close().catch(() => {})
       throw openError(err, this.#location)
     }
+    // After a failed write LevelDB must not take more (see level-write-latch.ts).
+    latchLevelWrites(db, `the level block store${this.#location === undefined ? '' : ` at ${this.#location}`}`)
     this.#db = db
     this.#closeDbOnClose = closeDbOnClose
   }

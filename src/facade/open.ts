@@ -8,6 +8,7 @@ import type { BackupTarget, BlockStore, MountDriver } from '../drivers.js'
 import { KeyManager } from '../crypto/key-manager.js'
 import { BlockEngine } from '../engine/engine.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
+import { latchLevelWrites } from '../level-write-latch.js'
 import { ensureReserve, releaseReserve } from '../space-reserve.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonEvents } from '../events.js'
@@ -99,6 +100,8 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     if (isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `could not open the metadata database at ${location}: its disk is full (LevelDB writes to open); free space on it or grow it, then open again. Nothing was changed`, { cause: err })
     throw new GalleonError('IO_ERROR', `could not open the metadata database at ${location}: ${(err as Error).message}`, { cause: err })
   }
+  // After a failed write LevelDB must not take more (see level-write-latch.ts).
+  latchLevelWrites(metadata, `the metadata database at ${location}`)
   try {
     await blockStore.open()
     const catalog = new Catalog(metadata)
