@@ -5,6 +5,7 @@
 // batch, so removing entries from the end is detected too. Anyone who can rewrite the whole
 // database can rewrite the whole chain: keep a copy of auditHead() elsewhere (a log shipper, a
 // ticket) and pass it to verifyAuditLog() to detect that as well.
+// A time index (see TimeIndexState) lets a query by time seek instead of reading the whole log.
 
 import type { AbstractSublevel } from 'abstract-level'
 import { createHash } from 'node:crypto'
@@ -19,6 +20,40 @@ const GENESIS = '0'.repeat(64)
 const HEAD_KEY = 'head'
 /** The action of the entry the instance appends when it found the head record wrong at open. */
 const REOPENED = 'auditLogReopened'
+const TIME_INDEX_STATE_KEY = 'time'
+// Index keys start with the entry's time in epoch milliseconds, shifted to be non-negative (a Date
+// spans +-8.64e15 ms) and padded to 17 digits so that keys sort by time; the entry's own key follows.
+const MAX_TIME = 8.64e15
+const TIME_DIGITS = 17
+const timeKey = (ms: number): string => (ms + MAX_TIME).toString().padStart(TIME_DIGITS, '0')
+/** Entries read (or index keys walked) between two turns given to the event loop. */
+const ENTRIES_PER_TURN = 256
+const INDEX_BATCH = ENTRIES_PER_TURN
+const nextTurn = async (): Promise<void> => { await new Promise<void>((resolve) => { setImmediate(resolve) }) }
+
+/**
+ * What the time index covers, written in the same batch as each entry. `last` is the key of the
+ * last entry indexed: when it is not the log's last key at open (a log written before the index
+ * existed, or appended to by such a build since), the index is rebuilt. `ordered` says that every
+ * readable entry's time is at or after the one before it (the clock never went back): a query then
+ * seeks to its first entry and walks the log in order from there, checking the seek against the
+ * entries themselves, so the index can narrow what a query reads but never what it answers.
+ */
+interface TimeIndexState {
+  readonly last: string
+  /** The last indexed entry's time (ms), null before the first. */
+  readonly time: number | null
+  readonly ordered: boolean
+}
+
+function parseTimeIndexState (text: unknown): TimeIndexState | undefined {
+  if (typeof text !== 'string') return undefined
+  let value: unknown
+  try { value = JSON.parse(text) } catch { return undefined }
+  const state = value as Partial<TimeIndexState> | null
+  if (state === null || typeof state !== 'object' || typeof state.last !== 'string' || typeof state.ordered !== 'boolean' || (state.time !== null && !Number.isSafeInteger(state.time))) return undefined
+  return { last: state.last, time: state.time ?? null, ordered: state.ordered }
+}
 
 /** One audit entry. */
 export interface AuditEntry {
@@ -49,7 +84,10 @@ export type AuditRecord = Omit<AuditEntry, 'seq' | 'time' | 'prev' | 'hash'>
 
 /** A filter for queryAuditLog. */
 export interface AuditQuery {
-  /** From this time (inclusive), to this time (exclusive): Date, ISO string or epoch milliseconds. */
+  /**
+   * From this time (inclusive), to this time (exclusive): Date, ISO string or epoch milliseconds.
+   * An entry whose stored time is not readable (it was altered) matches no time range.
+   */
   readonly from?: Date | string | number
   readonly to?: Date | string | number
   readonly principal?: string
@@ -113,6 +151,12 @@ export class AuditLog {
   // The same records read as text: a damaged one is reported, instead of failing the whole read.
   readonly #entryText: JsonSublevel
   readonly #metaText: JsonSublevel
+  // The time index: keys timeKey(ms) + the entry's key, empty values; and what it covers.
+  readonly #timeIndex: JsonSublevel
+  readonly #timeIndexState: JsonSublevel
+  // Undefined until load() found or built a complete index (or when building it failed): queries
+  // by time then read the whole log, and appends leave the index alone.
+  #timeState: TimeIndexState | undefined
   readonly #now: () => number
   #head = { seq: 0, hash: GENESIS }
   readonly #queue = new SerialQueue()
@@ -123,6 +167,8 @@ export class AuditLog {
     this.#meta = db.sublevel('audit-head', { valueEncoding: 'json' }) as JsonSublevel
     this.#entryText = db.sublevel('audit', { valueEncoding: 'utf8' }) as JsonSublevel
     this.#metaText = db.sublevel('audit-head', { valueEncoding: 'utf8' }) as JsonSublevel
+    this.#timeIndex = db.sublevel('audit-time', { valueEncoding: 'utf8' }) as JsonSublevel
+    this.#timeIndexState = db.sublevel('audit-index', { valueEncoding: 'utf8' }) as JsonSublevel
     this.#now = now
   }
 
@@ -136,6 +182,7 @@ export class AuditLog {
     const [last] = await this.#entryText.iterator({ reverse: true, limit: 1 }).all()
     const lastSeq = last === undefined ? 0 : Number.parseInt(String(last[0]), 10)
     const lastEntry = last === undefined ? undefined : parseEntry(last[1])
+    await this.#loadTimeIndex(last === undefined ? '' : String(last[0]))
     // Consistent, or entries removed from the end (the head is ahead: appends go after it, and
     // verify reports the gap).
     if (last === undefined || (head !== undefined && (head.seq > lastSeq || (head.seq === lastSeq && lastEntry?.hash === head.hash)))) {
@@ -148,6 +195,95 @@ export class AuditLog {
     await this.append({ principal: 'system', action: REOPENED, object: 'audit-log', result: 'failed', code: 'CORRUPTION', details: { reason: `the head record was ${found} while the log ends at entry ${lastSeq}: entries were removed or the head was altered; the log continues after entry ${lastSeq}` } })
   }
 
+  /**
+   * Uses the time index when it covers the log up to `lastKey`, else builds it from the entries. The
+   * state record goes first (synced), so a build cut short by a crash leaves no state, and the next
+   * open builds again; it comes back, synced, only after every index key is written. A build that
+   * fails (a full disk) leaves queries reading the whole log until the next open tries again.
+   */
+  async #loadTimeIndex (lastKey: string): Promise<void> {
+    const stored = parseTimeIndexState(await this.#timeIndexState.get(TIME_INDEX_STATE_KEY))
+    if (stored !== undefined && stored.last === lastKey) {
+      this.#timeState = stored
+      return
+    }
+    try {
+      await this.#timeIndexState.del(TIME_INDEX_STATE_KEY, SYNC)
+      await this.#timeIndex.clear()
+      let state: TimeIndexState = { last: '', time: null, ordered: true }
+      let puts: Array<{ type: 'put', key: string, value: string }> = []
+      let read = 0
+      for await (const [key, value] of this.#entryText.iterator()) {
+        const entry = parseEntry(value)
+        const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
+        if (Number.isFinite(time)) {
+          puts.push({ type: 'put', key: timeKey(time) + String(key), value: '' })
+          state = { last: String(key), time, ordered: state.ordered && (state.time === null || time >= state.time) }
+        } else {
+          state = { ...state, last: String(key) }
+        }
+        if (puts.length >= INDEX_BATCH) {
+          await this.#timeIndex.batch(puts)
+          puts = []
+        }
+        if (++read % ENTRIES_PER_TURN === 0) await nextTurn()
+      }
+      if (puts.length > 0) await this.#timeIndex.batch(puts)
+      await this.#timeIndexState.put(TIME_INDEX_STATE_KEY, JSON.stringify(state), SYNC)
+      this.#timeState = state
+    } catch {
+      // Not an error of the log: the entries and the chain are untouched, queries read them all.
+      this.#timeState = undefined
+    }
+  }
+
+  /**
+   * The time index against the entries (`timed`: how many readable entries have a readable time).
+   * The index is not evidence, and a query with times in order checks what it takes from it; but
+   * after the clock went back a query reads the entries the index names in its range, so an index
+   * altered to leave an entry out would hide it from queries by time: that is reported here. Each
+   * key must name an entry at the key's time; as many such keys as entries means none is missing.
+   */
+  async #checkTimeIndex (timed: number): Promise<Array<{ seq: number, problem: string }>> {
+    const problems: Array<{ seq: number, problem: string }> = []
+    let valid = 0
+    let keys: string[] = []
+    const check = async (): Promise<void> => {
+      const values = await this.#entryText.getMany(keys.map((k) => k.slice(TIME_DIGITS)))
+      keys.forEach((indexKey, i) => {
+        const entry = parseEntry(values[i])
+        const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
+        if (Number.isFinite(time) && timeKey(time) + indexKey.slice(TIME_DIGITS) === indexKey) valid++
+        else problems.push({ seq: Number.parseInt(indexKey.slice(TIME_DIGITS), 10), problem: 'the time index names it at a time it does not have (the index was altered): queries by time may answer wrongly' })
+      })
+      keys = []
+      await nextTurn()
+    }
+    for await (const indexKey of this.#timeIndex.keys()) {
+      keys.push(String(indexKey))
+      if (keys.length >= ENTRIES_PER_TURN) await check()
+    }
+    if (keys.length > 0) await check()
+    if (valid === timed) return problems
+    // Some entry has no key: find which.
+    let batch: Array<{ key: string, seq: number }> = []
+    const find = async (): Promise<void> => {
+      const found = await this.#timeIndex.getMany(batch.map((b) => b.key))
+      batch.forEach((b, i) => { if (found[i] === undefined) problems.push({ seq: b.seq, problem: 'is missing from the time index (the index was altered): queries by time may not find it' }) })
+      batch = []
+      await nextTurn()
+    }
+    for await (const [key, value] of this.#entryText.iterator()) {
+      const entry = parseEntry(value)
+      const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
+      if (entry === undefined || !Number.isFinite(time)) continue
+      batch.push({ key: timeKey(time) + String(key), seq: entry.seq })
+      if (batch.length >= ENTRIES_PER_TURN) await find()
+    }
+    if (batch.length > 0) await find()
+    return problems
+  }
+
   /** The last entry's sequence number and hash: keep a copy outside to detect a rewritten log. */
   head (): { seq: number, hash: string } { return { ...this.#head } }
 
@@ -158,17 +294,28 @@ export class AuditLog {
       if (this.#db.status !== 'open') throw new GalleonError('NOT_OPEN', `the instance was closed before the audit entry of ${record.action} on ${record.object} (${record.result}) could be written; the call itself ran, and is not in the audit log`)
       const body: Omit<AuditEntry, 'hash'> = { ...record, seq: this.#head.seq + 1, time: new Date(this.#now()).toISOString(), prev: this.#head.hash }
       const entry: AuditEntry = { ...body, hash: entryHash(body) }
+      const key = keyOf(entry.seq)
+      const operations: unknown[] = [
+        { type: 'put', sublevel: this.#entries, key, value: entry },
+        { type: 'put', sublevel: this.#meta, key: HEAD_KEY, value: { seq: entry.seq, hash: entry.hash } }
+      ]
+      const indexed = this.#timeState
+      let timeState: TimeIndexState | undefined
+      if (indexed !== undefined) {
+        const time = Date.parse(entry.time)
+        timeState = { last: key, time, ordered: indexed.ordered && (indexed.time === null || time >= indexed.time) }
+        operations.push({ type: 'put', sublevel: this.#timeIndex, key: timeKey(time) + key, value: '' },
+          { type: 'put', sublevel: this.#timeIndexState, key: TIME_INDEX_STATE_KEY, value: JSON.stringify(timeState) })
+      }
       try {
-        await this.#db.batch([
-          { type: 'put', sublevel: this.#entries, key: keyOf(entry.seq), value: entry },
-          { type: 'put', sublevel: this.#meta, key: HEAD_KEY, value: { seq: entry.seq, hash: entry.hash } }
-        ] as any, SYNC)
+        await this.#db.batch(operations as any, SYNC)
       } catch (err) {
         // The call itself has run (or failed) by now: the error says so, whatever broke the write.
         const full = isNoSpaceError(err)
         throw new GalleonError(full ? 'NO_SPACE' : 'IO_ERROR', `${record.action} on ${record.object} (${record.result}) ran, but its audit entry could not be written${full ? ' because the disk holding the metadata database is full; free space on it (or grow it), then close and reopen the instance' : `: ${(err as Error)?.message ?? String(err)}`}`, { cause: err })
       }
       this.#head = { seq: entry.seq, hash: entry.hash }
+      if (timeState !== undefined) this.#timeState = timeState
       return entry
     })
   }
@@ -186,20 +333,112 @@ export class AuditLog {
     if (query.result !== undefined && !['ok', 'denied', 'failed'].includes(query.result)) throw new GalleonError('INVALID_ARGUMENT', `result must be ok, denied or failed, got ${describe(query.result)}`)
     const object = query.object
     const matchObject = object === undefined ? () => true : object.endsWith('*') ? (o: string) => o.startsWith(object.slice(0, -1)) : (o: string) => o === object
+    const timed = from !== undefined || to !== undefined
+    // Entry times are whole milliseconds: time >= from exactly when time >= ceil(from), and so for to.
+    const fromMs = from === undefined || from <= -MAX_TIME ? undefined : Math.ceil(Math.min(from, MAX_TIME + 1))
+    const toMs = to === undefined || to > MAX_TIME ? undefined : Math.ceil(Math.max(to, -MAX_TIME))
+    const inRange = (time: number): boolean => Number.isFinite(time) && (fromMs === undefined || time >= fromMs) && (toMs === undefined || time < toMs)
+    const matches = (entry: AuditEntry): boolean => (!timed || inRange(Date.parse(entry.time))) &&
+      (query.principal === undefined || entry.principal === query.principal) &&
+      (query.action === undefined || entry.action === query.action) &&
+      (query.result === undefined || entry.result === query.result) &&
+      matchObject(entry.object)
+    const state = this.#timeState
+    if (timed && state !== undefined) {
+      if (state.ordered) {
+        const found = await this.#querySeeking(fromMs, toMs, matches, limit)
+        if (found !== undefined) return found
+      } else {
+        return await this.#queryIndexed(fromMs, toMs, matches, limit)
+      }
+    }
+    return await this.#queryScanning(matches, limit)
+  }
+
+  /** Reads the log from its start (a damaged entry matches no filter; verifyAuditLog reports it). */
+  async #queryScanning (matches: (entry: AuditEntry) => boolean, limit: number): Promise<AuditEntry[]> {
     const out: AuditEntry[] = []
+    let read = 0
     for await (const [, value] of this.#entryText.iterator()) {
-      // A damaged entry matches no filter (verifyAuditLog reports it).
       const entry = parseEntry(value)
-      if (entry === undefined) continue
-      const time = Date.parse(entry.time)
-      if (from !== undefined && time < from) continue
-      if (to !== undefined && time >= to) continue
-      if (query.principal !== undefined && entry.principal !== query.principal) continue
-      if (query.action !== undefined && entry.action !== query.action) continue
-      if (query.result !== undefined && entry.result !== query.result) continue
-      if (!matchObject(entry.object)) continue
-      out.push(entry)
-      if (out.length >= limit) break
+      if (entry !== undefined && matches(entry)) {
+        out.push(entry)
+        if (out.length >= limit) break
+      }
+      if (++read % ENTRIES_PER_TURN === 0) await nextTurn()
+    }
+    return out
+  }
+
+  /**
+   * With times in order: the index names the first entry at or after `fromMs`, and the log is read
+   * in order from there until an entry at or after `toMs`. The index is not trusted for that first
+   * entry: the readable entry before it must be before `fromMs` (then, times being in order, so is
+   * every entry before it). Undefined when it is not: the caller reads the whole log.
+   */
+  async #querySeeking (fromMs: number | undefined, toMs: number | undefined, matches: (entry: AuditEntry) => boolean, limit: number): Promise<AuditEntry[] | undefined> {
+    let start: string | undefined
+    if (fromMs !== undefined) {
+      const [first] = await this.#timeIndex.keys({ gte: timeKey(fromMs), limit: 1 }).all()
+      start = first === undefined ? undefined : String(first).slice(TIME_DIGITS)
+      const before = await this.#lastTimedEntry(start)
+      if (before !== undefined && before >= fromMs) return undefined
+      // No entry at or after fromMs, and the last one is before it.
+      if (start === undefined) return []
+    }
+    const out: AuditEntry[] = []
+    let read = 0
+    for await (const [, value] of this.#entryText.iterator(start === undefined ? {} : { gte: start })) {
+      const entry = parseEntry(value)
+      if (entry !== undefined) {
+        if (toMs !== undefined && Date.parse(entry.time) >= toMs) break
+        if (matches(entry)) {
+          out.push(entry)
+          if (out.length >= limit) break
+        }
+      }
+      if (++read % ENTRIES_PER_TURN === 0) await nextTurn()
+    }
+    return out
+  }
+
+  /** The time of the last entry before key `before` (of the last entry, when undefined) whose time is readable. */
+  async #lastTimedEntry (before: string | undefined): Promise<number | undefined> {
+    let read = 0
+    for await (const [, value] of this.#entryText.iterator(before === undefined ? { reverse: true } : { reverse: true, lt: before })) {
+      const entry = parseEntry(value)
+      const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
+      if (Number.isFinite(time)) return time
+      if (++read % ENTRIES_PER_TURN === 0) await nextTurn()
+    }
+    return undefined
+  }
+
+  /**
+   * With a clock that once went back: the index names every entry in the range; they are read in
+   * log order, and each one's own time is checked again (matches() does).
+   */
+  async #queryIndexed (fromMs: number | undefined, toMs: number | undefined, matches: (entry: AuditEntry) => boolean, limit: number): Promise<AuditEntry[]> {
+    const range: { gte?: string, lt?: string } = {}
+    if (fromMs !== undefined) range.gte = timeKey(fromMs)
+    if (toMs !== undefined) range.lt = timeKey(toMs)
+    const keys = new Set<string>()
+    let walked = 0
+    for await (const key of this.#timeIndex.keys(range)) {
+      keys.add(String(key).slice(TIME_DIGITS))
+      if (++walked % INDEX_BATCH === 0) await nextTurn()
+    }
+    const ordered = [...keys].sort()
+    const out: AuditEntry[] = []
+    for (let at = 0; at < ordered.length && out.length < limit; at += ENTRIES_PER_TURN) {
+      const values = await this.#entryText.getMany(ordered.slice(at, at + ENTRIES_PER_TURN))
+      for (const value of values) {
+        const entry = parseEntry(value)
+        if (entry === undefined || !matches(entry)) continue
+        out.push(entry)
+        if (out.length >= limit) break
+      }
+      await nextTurn()
     }
     return out
   }
@@ -215,9 +454,11 @@ export class AuditLog {
     const problems: Array<{ seq: number, problem: string }> = []
     let previous = { seq: 0, hash: GENESIS }
     let entries = 0
+    let timed = 0
     for await (const [key, value] of this.#entryText.iterator()) {
       const entry = parseEntry(value)
-      entries++
+      if (++entries % ENTRIES_PER_TURN === 0) await nextTurn()
+      if (entry !== undefined && Number.isFinite(Date.parse(entry.time))) timed++
       if (entry === undefined) {
         const seq = Number.parseInt(String(key), 10)
         problems.push({ seq, problem: 'is not a readable audit entry (it was altered or damaged)' })
@@ -237,6 +478,11 @@ export class AuditLog {
     if (stored !== undefined && parseHead(stored) === undefined) problems.push({ seq: 0, problem: 'the head record is not readable (it was altered or damaged)' })
     if (head.seq !== previous.seq || head.hash !== previous.hash) {
       problems.push({ seq: head.seq, problem: `the log ends at entry ${previous.seq} but the head record names entry ${head.seq}: entries were removed from the end (or the head was altered)` })
+    }
+    if (this.#timeState !== undefined) {
+      // Reported only for entries the chain finds nothing wrong with (an edited entry is reported as such).
+      const flagged = new Set(problems.map((p) => p.seq))
+      for (const problem of await this.#checkTimeIndex(timed)) if (!flagged.has(problem.seq)) problems.push(problem)
     }
     if (expected !== undefined) {
       if (expected.seq > previous.seq) problems.push({ seq: expected.seq, problem: `a head saved earlier names entry ${expected.seq}, beyond the end of the log (${previous.seq})` })

@@ -17,7 +17,7 @@ import { storedMetadata, type MetadataDatabase } from '../volumes/catalog.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
-import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex } from './manifests.js'
+import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex, type KnownManifests } from './manifests.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -681,7 +681,8 @@ export class BackupManager {
     await target.open()
     return await this.#queue(target).run(async () => {
       const unreadable: string[] = []
-      const manifests = await readManifests(target, unreadable)
+      const read = new Map<string, Uint8Array>()
+      const manifests = await readManifests(target, unreadable, read)
       const doomed = manifests.find((m) => m.id === id)
       if (doomed === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `no backup ${describe(id)} on ${target.location}; listBackups() shows the backups there`)
       // Backups whose chain goes through this one (newest first, so a crash leaves valid chains).
@@ -703,7 +704,13 @@ export class BackupManager {
       const kept = manifests.filter((m) => !deleted.includes(m))
       const referenced = new Set<string>()
       for (const manifest of kept) for (const [, , chunk] of manifest.extents) if (chunk !== null) referenced.add(chunk)
-      await this.#writeIndexOrReport(target)
+      // The index is rebuilt from the manifests just read (only one stored since is read again).
+      const known = new Map<string, { manifest: Manifest, bytes: Uint8Array }>()
+      for (const manifest of kept) {
+        const bytes = read.get(manifest.id)
+        if (bytes !== undefined) known.set(manifest.id, { manifest, bytes })
+      }
+      await this.#writeIndexOrReport(target, undefined, { manifests: known, unreadable: new Set(unreadable) })
       let deletedChunks = 0
       if (unreadable.length > 0) {
         // Their chunks are unknown: collecting would destroy those backups for good.
@@ -802,9 +809,9 @@ export class BackupManager {
   }
 
   /** The index is a summary: failing to rewrite it is reported, not a failure of the backup or deletion. */
-  async #writeIndexOrReport (target: BackupTarget, added?: { manifest: Manifest, bytes: Uint8Array }): Promise<void> {
+  async #writeIndexOrReport (target: BackupTarget, added?: { manifest: Manifest, bytes: Uint8Array }, known?: KnownManifests): Promise<void> {
     try {
-      await writeIndex(target, this.#now, added)
+      await writeIndex(target, this.#now, added, known)
     } catch (err) {
       this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `could not rewrite the index of backup target ${target.location} (the next backup or deletion tries again): ${(err as Error).message}` })
     }

@@ -53,13 +53,21 @@ async function currentIndex (target: BackupTarget, listed: ReadonlySet<string>, 
   return index
 }
 
+/** Manifests a caller has just read from the target (with their bytes), and the ids it found unreadable. */
+export interface KnownManifests {
+  readonly manifests: ReadonlyMap<string, { readonly manifest: Manifest, readonly bytes: Uint8Array }>
+  readonly unreadable: ReadonlySet<string>
+}
+
 /**
  * Rewrites the target's index (targets without an index skip this). After a backup (`added`: the
  * manifest just stored, and its bytes), the old index is extended when it listed exactly the other
  * manifests there, so a backup reads one index instead of every manifest on the target; otherwise
- * (a deletion, a damaged or stale index) it is rebuilt from them all.
+ * (a deletion, a damaged or stale index) it is rebuilt from the manifests listed now. Those in
+ * `known` (a deletion has just read them all) are not read again; any other is, so a manifest
+ * stored since by another process is indexed as before.
  */
-export async function writeIndex (target: BackupTarget, now: () => number, added?: { manifest: Manifest, bytes: Uint8Array }): Promise<void> {
+export async function writeIndex (target: BackupTarget, now: () => number, added?: { manifest: Manifest, bytes: Uint8Array }, known?: KnownManifests): Promise<void> {
   if (target.putIndex === undefined) return
   const listed = new Set<string>()
   for await (const id of target.listManifests()) listed.add(id)
@@ -70,6 +78,12 @@ export async function writeIndex (target: BackupTarget, now: () => number, added
   } else {
     backups = []
     for (const id of listed) {
+      const seen = known?.manifests.get(id)
+      if (seen !== undefined) {
+        backups.push(indexEntry(seen.manifest, seen.bytes))
+        continue
+      }
+      if (known?.unreadable.has(id) === true) continue
       const bytes = await target.getManifest(id)
       if (bytes === undefined) continue
       let manifest: Manifest
@@ -108,14 +122,19 @@ export async function readVolumeManifests (target: BackupTarget, volumeId: strin
   return { manifests: out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id)), indexUsed: index !== undefined }
 }
 
-/** Every readable manifest on the target, oldest first (damaged ones are skipped; verify reports them). */
-/** The target's readable manifests, oldest first; the ids of unreadable ones go to `unreadable`. */
-export async function readManifests (target: BackupTarget, unreadable: string[] = []): Promise<Manifest[]> {
+/**
+ * The target's readable manifests, oldest first; the ids of unreadable ones go to `unreadable`, and
+ * the bytes each readable one was decoded from to `read` (by id), when given.
+ */
+export async function readManifests (target: BackupTarget, unreadable: string[] = [], read?: Map<string, Uint8Array>): Promise<Manifest[]> {
   const out: Manifest[] = []
   for await (const id of target.listManifests()) {
     const bytes = await target.getManifest(id)
     if (bytes === undefined) continue
-    try { out.push(decodeManifest(id, bytes)) } catch { unreadable.push(id) }
+    try {
+      out.push(decodeManifest(id, bytes))
+      read?.set(id, bytes)
+    } catch { unreadable.push(id) }
   }
   return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
 }
