@@ -191,6 +191,34 @@ describe('backup edges', () => {
       await assert.rejects(g.restoreBackup(first.id, { name: 'r2' }), { code: 'CORRUPTION' })
     } finally { await g.close() }
   })
+  it('in a long chain broken in the middle, no backup above the break is a base; the next incremental builds on the last whole one', async () => {
+    const target = place()
+    const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })
+    try {
+      const model = new Model(64)
+      await g.createVolume({ name: 'v', sizeBytes: 64 * BS })
+      await writeBlocks(g, 'v', model, 0, 8, 100)
+      const chain = [await g.createBackup('v', { strategy: 'full' })]
+      for (let i = 1; i <= 6; i++) {
+        await writeBlocks(g, 'v', model, 8 + i, 1, 100 + i)
+        const next = await g.createBackup('v', { strategy: 'incremental' })
+        assert.equal(next.baseId, chain[chain.length - 1]?.id)
+        chain.push(next)
+      }
+      // The third backup's manifest is lost: the fourth to seventh build on a broken chain.
+      await unlink(join(target, 'manifests', `${(chain[2] as { id: string }).id}.json`))
+      await writeBlocks(g, 'v', model, 20, 2, 300)
+      const next = await g.createBackup('v', { strategy: 'incremental' })
+      assert.equal(next.strategy, 'incremental')
+      // Not the newest backup, whose snapshot is kept for the next incremental: its chain is broken.
+      // One below the break whose snapshot is still there (the full's is kept for differentials).
+      const at = chain.findIndex((b) => b.id === next.baseId)
+      assert.ok(at === 0 || at === 1, `the base is backup ${at} of the chain, above the break at 2`)
+      const restored = await g.restoreBackup(next.id, { name: 'r' })
+      assert.ok(Buffer.from(await g.read('r', 0, restored.sizeBytes)).equals(model.image()))
+    } finally { await g.close() }
+  })
+
   it('incrementals across a snapshot revert, an expansion and a key rotation restore byte for byte; no plaintext reaches the target', async () => {
     const target = place()
     const g = await GalleonFS.open({ storagePath: place(), backupTarget: target })

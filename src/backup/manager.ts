@@ -363,9 +363,20 @@ export class BackupManager {
         try { verifyManifestTag(m, keys); return true } catch { return false }
       }
       const byId = new Map(ours.filter(authentic).map((m) => [m.id, m]))
+      // Memoized along the walk: every manifest's chain is checked once, not once per manifest
+      // built on it (a long incremental chain cost its length squared).
+      const wholeChains = new Map<string, boolean>()
       const whole = (m: Manifest): boolean => {
-        for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) if (!byId.has(at) || steps > byId.size) return false
-        return true
+        const walked: string[] = []
+        let result = true
+        for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) {
+          const known = wholeChains.get(at)
+          if (known !== undefined) { result = known; break }
+          if (!byId.has(at) || steps > byId.size) { result = false; break }
+          walked.push(at)
+        }
+        for (const id of walked) wholeChains.set(id, result)
+        return result
       }
       const usable = ours.filter((m) => byId.has(m.id) && snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
       let base = requested === BackupStrategy.Incremental
