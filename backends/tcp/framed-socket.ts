@@ -64,6 +64,9 @@ export class FramedSocket {
     this.closed = new Promise((resolve) => { socket.once('close', () => { resolve() }) })
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => {
+      // Once ended (also after finish(), which keeps the socket open a while for the GOODBYE to go
+      // out), nothing more is read: a refused peer that streams on must not fill our memory.
+      if (this.ended) return
       this.reader.push(chunk)
       this.#parse()
     })
@@ -180,6 +183,7 @@ export class FramedSocket {
     this.socket.uncork()
     this.endReason = reason
     this.#dropQueue()
+    this.socket.pause()
     this.socket.end()
     // A peer that never reads would keep the socket half-open: do not wait for it long.
     setTimeout(() => { this.socket.destroy() }, 1000).unref()

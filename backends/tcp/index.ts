@@ -176,7 +176,8 @@ export class TcpTransport extends AbstractTransport {
     const tls = this.#tls
     const server: Server = tls === undefined
       ? netCreateServer({ noDelay: true }, (socket) => { this.#accept(socket) })
-      : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false }, (socket) => { this.#accept(socket) })
+      // The handshake limit covers the TLS handshake too (Node's own default is 120 s).
+      : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false, handshakeTimeout: this.#handshakeTimeoutMs }, (socket) => { this.#accept(socket) })
     server.on('connection', (socket: Socket) => {
       this.#acceptedSockets.add(socket)
       if (this.#keepalive.intervalMs > 0) socket.setKeepAlive(true, this.#keepalive.intervalMs)
@@ -184,7 +185,9 @@ export class TcpTransport extends AbstractTransport {
       socket.on('error', () => {}) // reported through the framed socket, or a failed TLS handshake nobody waits for
       if (this.closed) socket.destroy()
     })
-    server.on('tlsClientError', () => {}) // a stranger's failed TLS handshake only ends its own connection
+    // A stranger's failed TLS handshake only ends its own connection; Node leaves the socket open
+    // (also after handshakeTimeout), so it is destroyed here.
+    server.on('tlsClientError', (_err: Error, socket: Socket) => { socket.destroy() })
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => {
         reject(err.code === 'EADDRINUSE'

@@ -23,6 +23,7 @@ import { NONCE_BYTES, defaultCipher } from '../crypto/cipher.js'
 import { promisify } from 'node:util'
 import { deflateRaw, inflateRaw } from 'node:zlib'
 import { GalleonError } from '../errors.js'
+import { CHUNK_BYTES } from './chunking.js'
 
 const deflate = promisify(deflateRaw)
 const inflate = promisify(inflateRaw)
@@ -226,6 +227,48 @@ export function isUntaggedManifest (manifest: Manifest): boolean {
   return decoded !== undefined && typeof decoded.tag !== 'string'
 }
 
+const STRATEGIES: readonly unknown[] = ['full', 'incremental', 'differential']
+const CHUNK_ID = /^[0-9a-f]{64}$/
+/** Chunks hold at most this many blocks: CHUNK_BYTES, or 64 blocks (the chunk size of releases before 2026-11-29). */
+const maxChunkBlocks = (blockSize: number): number => Math.max(64, Math.floor(CHUNK_BYTES / blockSize))
+
+/**
+ * Checks what listing and restoring act on: types, and extents that lie in the volume and in their
+ * chunk. Anyone who can write to a plain volume's target can recompute the checksum, so a manifest
+ * of any shape can arrive here; it is refused (CORRUPTION naming the field) before anything acts on it.
+ */
+function checkManifestShape (id: string, manifest: Manifest): void {
+  const bad = (what: string): never => {
+    throw new GalleonError('CORRUPTION', `manifest of backup ${id} is malformed (${what}); it was altered or damaged on the target, so it is not used`)
+  }
+  const isObject = (value: unknown): value is Record<string, unknown> => value !== null && typeof value === 'object' && !Array.isArray(value)
+  const isCount = (value: unknown): value is number => Number.isSafeInteger(value) && (value as number) >= 0
+  const m = manifest as unknown as Record<string, unknown>
+  if (typeof m.createdAt !== 'string') bad('createdAt is not a string')
+  if (!STRATEGIES.includes(m.strategy) || !STRATEGIES.includes(m.requestedStrategy)) bad('strategy is not full, incremental or differential')
+  if (m.base !== null && typeof m.base !== 'string') bad('base is neither null nor a backup id')
+  if (m.policy !== undefined && typeof m.policy !== 'string') bad('policy is not a string')
+  if (!isObject(m.snapshot) || typeof m.snapshot.id !== 'string' || typeof m.snapshot.name !== 'string') bad('snapshot is not { id, name }')
+  const volume = m.volume
+  if (!isObject(volume)) return bad('volume is not an object')
+  if (typeof volume.id !== 'string' || typeof volume.name !== 'string' || typeof volume.storageClass !== 'string') bad('volume id, name or storage class is not a string')
+  const blockSize = volume.blockSize
+  if (typeof blockSize !== 'number' || !Number.isSafeInteger(blockSize) || blockSize <= 0) return bad('volume.blockSize is not a positive integer')
+  if (!isCount(volume.sizeBytes)) return bad('volume.sizeBytes is not a byte count')
+  if (volume.labels !== undefined && (!isObject(volume.labels) || Object.values(volume.labels).some((value) => typeof value !== 'string'))) bad('volume.labels is not an object of strings')
+  if (!isObject(m.stats) || !['blocks', 'bytes', 'chunks', 'newChunks', 'storedBytes'].every((key) => isCount((m.stats as Record<string, unknown>)[key]))) bad('stats are not byte and block counts')
+  if (!Array.isArray(m.extents)) return bad('extents is not a list')
+  const volumeBlocks = Math.ceil(volume.sizeBytes / blockSize)
+  const chunkBlocks = maxChunkBlocks(blockSize)
+  for (const extent of m.extents as unknown[]) {
+    if (!Array.isArray(extent) || extent.length !== 4) return bad(`extent ${JSON.stringify(extent)} is not [index, blocks, chunk, offset]`)
+    const [index, blocks, chunk, offset] = extent as unknown[]
+    if (!isCount(index) || !isCount(blocks) || blocks === 0 || index + blocks > volumeBlocks) bad(`extent ${JSON.stringify(extent)} does not lie in the volume's ${volumeBlocks} blocks`)
+    if (chunk !== null && (typeof chunk !== 'string' || !CHUNK_ID.test(chunk))) bad(`extent ${JSON.stringify(extent)} names no chunk id (64 hex digits) and no null`)
+    if (!isCount(offset) || (chunk === null ? offset !== 0 : offset + (blocks as number) > chunkBlocks)) bad(`extent ${JSON.stringify(extent)} does not lie in its chunk`)
+  }
+}
+
 /** Parses and verifies a manifest; throws CORRUPTION / CHECKSUM_MISMATCH naming the backup. */
 export function decodeManifest (id: string, bytes: Uint8Array): Manifest {
   let parsed: { checksum?: unknown, manifest?: unknown }
@@ -244,6 +287,7 @@ export function decodeManifest (id: string, bytes: Uint8Array): Manifest {
     throw new GalleonError('CHECKSUM_MISMATCH', `manifest of backup ${id} does not match its checksum; it is damaged on the target`)
   }
   if (manifest.id !== id) throw new GalleonError('CORRUPTION', `manifest stored as backup ${id} describes backup ${manifest.id}`)
+  checkManifestShape(id, manifest)
   decodedTags.set(manifest, { tag: (parsed as { tag?: unknown }).tag, body })
   return manifest
 }

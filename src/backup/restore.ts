@@ -53,6 +53,12 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   for (const step of chain) {
     const keys = await backupChunkKeys(keySource, step, opened)
     for (const [index, count, chunk, offset] of step.extents) {
+      if (chunk === null && count > blocks.size) {
+        // Zeros over a long run (a trimmed range): what restores as zeros needs no entry, so only
+        // the entries it overrides go, without a step per block of the run.
+        for (const block of blocks.keys()) if (block >= index && block < index + count) blocks.set(block, [null, 0])
+        continue
+      }
       for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
       if (chunk !== null) {
         chunkKeysOf.set(chunk, keys)

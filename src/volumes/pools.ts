@@ -128,7 +128,8 @@ export function parsePool (input: unknown): Omit<StoragePool, 'createdAt' | 'upd
   }
   const fields: Partial<Record<keyof CreatePoolOptions, unknown>> = {}
   for (const [key, value] of Object.entries(input)) {
-    const field = FIELD_ALIASES[key]
+    // Own names only: `__proto__` or `constructor` would otherwise find Object.prototype's members.
+    const field = Object.hasOwn(FIELD_ALIASES, key) ? FIELD_ALIASES[key] : undefined
     if (field === undefined) throw invalid(`unknown pool field ${quoted(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
     if (field in fields) throw invalid(`pool field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
     fields[field] = value

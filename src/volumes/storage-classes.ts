@@ -64,7 +64,8 @@ export function parseStorageClass (input: unknown): StorageClass {
   }
   const fields: Partial<Record<keyof StorageClass, unknown>> = {}
   for (const [key, value] of Object.entries(input)) {
-    const field = FIELD_ALIASES[key]
+    // Own names only: `__proto__` or `constructor` would otherwise find Object.prototype's members.
+    const field = Object.hasOwn(FIELD_ALIASES, key) ? FIELD_ALIASES[key] : undefined
     if (field === undefined) {
       throw invalid(`unknown storage class field ${quoted(key)}; allowed: ${Object.keys(FIELD_ALIASES).join(', ')}`)
     }
