@@ -22,8 +22,8 @@ function stopsWrites (err: unknown): boolean {
 }
 
 /**
- * Makes `db` (an abstract-level database or sublevel: its private `_put`, `_del` and `_batch`, which
- * every write reaches, sublevels' included) refuse every write after one failed with an I/O error or
+ * Makes `db` (an abstract-level database or sublevel: its private `_put`, `_del`, `_batch` and
+ * `_clear`, which every write reaches, sublevels' included) refuse every write after one failed with an I/O error or
  * a full disk, until `db` is opened again. The failing write rejects with a GalleonError (IO_ERROR,
  * or the raw error on a full disk, which callers report as NO_SPACE); later writes reject with
  * IO_ERROR or NO_SPACE saying to reopen. `what` names the database in messages. Installing it again
@@ -46,7 +46,8 @@ export function latchLevelWrites (db: object, what: string): void {
       return opened
     }
   }
-  for (const name of ['_put', '_del', '_batch']) {
+  // _clear too: classic-level deletes a range with WriteBatches through the same log.
+  for (const name of ['_put', '_del', '_batch', '_clear']) {
     const write = target[name]
     if (typeof write !== 'function') continue
     target[name] = async function (this: unknown, ...args: unknown[]): Promise<unknown> {

@@ -29,6 +29,8 @@ const timeKey = (ms: number): string => (ms + MAX_TIME).toString().padStart(TIME
 /** Entries read (or index keys walked) between two turns given to the event loop. */
 const ENTRIES_PER_TURN = 256
 const INDEX_BATCH = ENTRIES_PER_TURN
+/** Index keys a query after a clock step collects at most; a wider range reads the log in order. */
+const MAX_INDEXED_KEYS = 16 * ENTRIES_PER_TURN
 const nextTurn = async (): Promise<void> => { await new Promise<void>((resolve) => { setImmediate(resolve) }) }
 
 /**
@@ -244,12 +246,12 @@ export class AuditLog {
    * altered to leave an entry out would hide it from queries by time: that is reported here. Each
    * key must name an entry at the key's time; as many such keys as entries means none is missing.
    */
-  async #checkTimeIndex (timed: number): Promise<Array<{ seq: number, problem: string }>> {
+  async #checkTimeIndex (timed: number, at: object): Promise<Array<{ seq: number, problem: string }>> {
     const problems: Array<{ seq: number, problem: string }> = []
     let valid = 0
     let keys: string[] = []
     const check = async (): Promise<void> => {
-      const values = await this.#entryText.getMany(keys.map((k) => k.slice(TIME_DIGITS)))
+      const values = await this.#entryText.getMany(keys.map((k) => k.slice(TIME_DIGITS)), at)
       keys.forEach((indexKey, i) => {
         const entry = parseEntry(values[i])
         const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
@@ -259,7 +261,7 @@ export class AuditLog {
       keys = []
       await nextTurn()
     }
-    for await (const indexKey of this.#timeIndex.keys()) {
+    for await (const indexKey of this.#timeIndex.keys(at)) {
       keys.push(String(indexKey))
       if (keys.length >= ENTRIES_PER_TURN) await check()
     }
@@ -268,12 +270,12 @@ export class AuditLog {
     // Some entry has no key: find which.
     let batch: Array<{ key: string, seq: number }> = []
     const find = async (): Promise<void> => {
-      const found = await this.#timeIndex.getMany(batch.map((b) => b.key))
+      const found = await this.#timeIndex.getMany(batch.map((b) => b.key), at)
       batch.forEach((b, i) => { if (found[i] === undefined) problems.push({ seq: b.seq, problem: 'is missing from the time index (the index was altered): queries by time may not find it' }) })
       batch = []
       await nextTurn()
     }
-    for await (const [key, value] of this.#entryText.iterator()) {
+    for await (const [key, value] of this.#entryText.iterator(at)) {
       const entry = parseEntry(value)
       const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
       if (entry === undefined || !Number.isFinite(time)) continue
@@ -349,7 +351,8 @@ export class AuditLog {
         const found = await this.#querySeeking(fromMs, toMs, matches, limit)
         if (found !== undefined) return found
       } else {
-        return await this.#queryIndexed(fromMs, toMs, matches, limit)
+        const found = await this.#queryIndexed(fromMs, toMs, matches, limit)
+        if (found !== undefined) return found
       }
     }
     return await this.#queryScanning(matches, limit)
@@ -416,9 +419,11 @@ export class AuditLog {
 
   /**
    * With a clock that once went back: the index names every entry in the range; they are read in
-   * log order, and each one's own time is checked again (matches() does).
+   * log order, and each one's own time is checked again (matches() does). Undefined when the range
+   * holds more than MAX_INDEXED_KEYS entries: the caller reads the log in order, which stops at
+   * `limit` and holds no more than it answers.
    */
-  async #queryIndexed (fromMs: number | undefined, toMs: number | undefined, matches: (entry: AuditEntry) => boolean, limit: number): Promise<AuditEntry[]> {
+  async #queryIndexed (fromMs: number | undefined, toMs: number | undefined, matches: (entry: AuditEntry) => boolean, limit: number): Promise<AuditEntry[] | undefined> {
     const range: { gte?: string, lt?: string } = {}
     if (fromMs !== undefined) range.gte = timeKey(fromMs)
     if (toMs !== undefined) range.lt = timeKey(toMs)
@@ -426,6 +431,7 @@ export class AuditLog {
     let walked = 0
     for await (const key of this.#timeIndex.keys(range)) {
       keys.add(String(key).slice(TIME_DIGITS))
+      if (keys.size > MAX_INDEXED_KEYS) return undefined
       if (++walked % INDEX_BATCH === 0) await nextTurn()
     }
     const ordered = [...keys].sort()
@@ -451,14 +457,34 @@ export class AuditLog {
     if (expected !== undefined && (expected === null || typeof expected !== 'object' || !Number.isSafeInteger(expected.seq) || expected.seq < 0 || typeof expected.hash !== 'string' || !/^[0-9a-f]{64}$/.test(expected.hash))) {
       throw new GalleonError('INVALID_ARGUMENT', `a saved audit head is { seq, hash } as auditHead() returns it, got ${describe(expected)}`)
     }
+    // One snapshot for the entries, the head record and the index: they are written in one batch,
+    // so appends that land while the walk yields are neither half seen nor taken for a removal.
+    const snapshot = this.#db.snapshot()
+    try {
+      return await this.#verify(expected, snapshot)
+    } finally {
+      await snapshot.close()
+    }
+  }
+
+  async #verify (expected: { seq: number, hash: string } | undefined, snapshot: unknown): Promise<AuditVerification> {
+    const at = { snapshot } as any
     const problems: Array<{ seq: number, problem: string }> = []
     let previous = { seq: 0, hash: GENESIS }
     let entries = 0
     let timed = 0
-    for await (const [key, value] of this.#entryText.iterator()) {
+    // Where the entry times first go back (the index state may not claim they never do).
+    let lastTime: number | undefined
+    let wentBack: number | undefined
+    for await (const [key, value] of this.#entryText.iterator(at)) {
       const entry = parseEntry(value)
       if (++entries % ENTRIES_PER_TURN === 0) await nextTurn()
-      if (entry !== undefined && Number.isFinite(Date.parse(entry.time))) timed++
+      const time = entry === undefined ? Number.NaN : Date.parse(entry.time)
+      if (entry !== undefined && Number.isFinite(time)) {
+        timed++
+        if (lastTime !== undefined && time < lastTime && wentBack === undefined) wentBack = entry.seq
+        lastTime = time
+      }
       if (entry === undefined) {
         const seq = Number.parseInt(String(key), 10)
         problems.push({ seq, problem: 'is not a readable audit entry (it was altered or damaged)' })
@@ -473,7 +499,7 @@ export class AuditLog {
       if (entry.action === REOPENED && entry.principal === 'system') problems.push({ seq: entry.seq, problem: `an open found the log tampered with: ${String(entry.details?.reason ?? '')}` })
       previous = { seq: entry.seq, hash }
     }
-    const stored = await this.#metaText.get(HEAD_KEY) as string | undefined
+    const stored = await this.#metaText.get(HEAD_KEY, at) as string | undefined
     const head = parseHead(stored) ?? { seq: 0, hash: GENESIS }
     if (stored !== undefined && parseHead(stored) === undefined) problems.push({ seq: 0, problem: 'the head record is not readable (it was altered or damaged)' })
     if (head.seq !== previous.seq || head.hash !== previous.hash) {
@@ -482,12 +508,15 @@ export class AuditLog {
     if (this.#timeState !== undefined) {
       // Reported only for entries the chain finds nothing wrong with (an edited entry is reported as such).
       const flagged = new Set(problems.map((p) => p.seq))
-      for (const problem of await this.#checkTimeIndex(timed)) if (!flagged.has(problem.seq)) problems.push(problem)
+      const indexProblems = await this.#checkTimeIndex(timed, at)
+      // With times in order, a query trusts that no entry before the one it seeks to is in its range.
+      if (this.#timeState.ordered && wentBack !== undefined) indexProblems.push({ seq: wentBack, problem: 'its time is before the entry before it, but the time index\'s state says entry times never go back (the state was altered): queries by time may miss entries' })
+      for (const problem of indexProblems) if (!flagged.has(problem.seq)) problems.push(problem)
     }
     if (expected !== undefined) {
       if (expected.seq > previous.seq) problems.push({ seq: expected.seq, problem: `a head saved earlier names entry ${expected.seq}, beyond the end of the log (${previous.seq})` })
       else if (expected.seq > 0) {
-        const entry = parseEntry(await this.#entryText.get(keyOf(expected.seq)))
+        const entry = parseEntry(await this.#entryText.get(keyOf(expected.seq), at))
         if (entry?.hash !== expected.hash) problems.push({ seq: expected.seq, problem: 'entry differs from the head saved earlier: the log was rewritten' })
       }
     }
