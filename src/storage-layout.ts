@@ -86,7 +86,8 @@ export interface SettingsReader {
 export async function checkStorageMetadata (storagePath: string, backend: string, db: SettingsReader, blockSize: number | undefined): Promise<void> {
   const metadataPath = join(storagePath, 'metadata')
   const format = await db.get('!settings!format')
-  const builtIn = BLOCK_DIRECTORIES[backend] !== undefined
+  // A custom block store may be registered as `constructor` or `toString`: own names only.
+  const builtIn = Object.hasOwn(BLOCK_DIRECTORIES, backend)
   const blocks = builtIn ? await blockStoreState(storagePath, backend) : undefined
   const blocksPath = builtIn ? join(storagePath, BLOCK_DIRECTORIES[backend] as string) : ''
   if (format === undefined) {

@@ -249,6 +249,8 @@ function checkManifestShape (id: string, manifest: Manifest): void {
   if (m.base !== null && typeof m.base !== 'string') bad('base is neither null nor a backup id')
   if (m.policy !== undefined && typeof m.policy !== 'string') bad('policy is not a string')
   if (!isObject(m.snapshot) || typeof m.snapshot.id !== 'string' || typeof m.snapshot.name !== 'string') bad('snapshot is not { id, name }')
+  // backupChunkKeys checks its fields; null would reach it as "encrypted" and throw a TypeError there.
+  if (m.encryption !== undefined && !isObject(m.encryption)) bad('encryption is not an object')
   const volume = m.volume
   if (!isObject(volume)) return bad('volume is not an object')
   if (typeof volume.id !== 'string' || typeof volume.name !== 'string' || typeof volume.storageClass !== 'string') bad('volume id, name or storage class is not a string')
@@ -260,10 +262,18 @@ function checkManifestShape (id: string, manifest: Manifest): void {
   if (!Array.isArray(m.extents)) return bad('extents is not a list')
   const volumeBlocks = Math.ceil(volume.sizeBytes / blockSize)
   const chunkBlocks = maxChunkBlocks(blockSize)
+  // A backup lists its runs in block order, none overlapping another: restore relies on it (each
+  // step's zero runs are applied in one pass), and overlapping runs only make restore work harder.
+  let end = 0
   for (const extent of m.extents as unknown[]) {
+    // The first backup build (57fd70a..2159ae4, 2026-11-29) wrote [index, blocks, chunk]: one
+    // chunk per run, holding it from its first block.
+    if (Array.isArray(extent) && extent.length === 3) extent.push(0)
     if (!Array.isArray(extent) || extent.length !== 4) return bad(`extent ${JSON.stringify(extent)} is not [index, blocks, chunk, offset]`)
     const [index, blocks, chunk, offset] = extent as unknown[]
     if (!isCount(index) || !isCount(blocks) || blocks === 0 || index + blocks > volumeBlocks) bad(`extent ${JSON.stringify(extent)} does not lie in the volume's ${volumeBlocks} blocks`)
+    if ((index as number) < end) bad(`extent ${JSON.stringify(extent)} starts before the end of the one before it (block ${end}); extents are listed in block order without overlapping`)
+    end = (index as number) + (blocks as number)
     if (chunk !== null && (typeof chunk !== 'string' || !CHUNK_ID.test(chunk))) bad(`extent ${JSON.stringify(extent)} names no chunk id (64 hex digits) and no null`)
     if (!isCount(offset) || (chunk === null ? offset !== 0 : offset + (blocks as number) > chunkBlocks)) bad(`extent ${JSON.stringify(extent)} does not lie in its chunk`)
   }

@@ -276,6 +276,11 @@ export class BackupManager {
    */
   async #freeSnapshot (volumeId: string, volumeName: string, manifest: Manifest): Promise<void> {
     const { id, name } = manifest.snapshot
+    // createBackup names the snapshot it takes after the backup. A manifest altered on the target
+    // (a plain volume's, or an encrypted volume's untagged one: this runs before any tag is
+    // checked) may name any snapshot of the volume, which is not the backup's to delete.
+    const snapshot = (await this.#g.listSnapshots(volumeId).catch(() => [])).find((s) => s.id === id)
+    if (snapshot === undefined || snapshot.name !== `backup-${manifest.id}`) return
     try {
       await this.#g.deleteSnapshot(volumeId, id)
     } catch (err) {

@@ -52,17 +52,34 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   await backupChunkKeys(keySource, manifest, opened)
   for (const step of chain) {
     const keys = await backupChunkKeys(keySource, step, opened)
+    // Zeros over a long run (a trimmed range): what restores as zeros needs no entry, so only the
+    // entries it overrides go, without a step per block of the run; all of a step's long runs in
+    // one pass over the entries (its extents are in block order and never overlap: decodeManifest
+    // checks), not one pass per run.
+    const longZeroRuns: Array<[number, number]> = []
     for (const [index, count, chunk, offset] of step.extents) {
       if (chunk === null && count > blocks.size) {
-        // Zeros over a long run (a trimmed range): what restores as zeros needs no entry, so only
-        // the entries it overrides go, without a step per block of the run.
-        for (const block of blocks.keys()) if (block >= index && block < index + count) blocks.set(block, [null, 0])
+        longZeroRuns.push([index, index + count])
         continue
       }
       for (let i = 0; i < count; i++) blocks.set(index + i, [chunk, offset + i])
       if (chunk !== null) {
         chunkKeysOf.set(chunk, keys)
         chunkOwner.set(chunk, step.id)
+      }
+    }
+    if (longZeroRuns.length > 0) {
+      for (const block of blocks.keys()) {
+        // The last run starting at or before the block (runs are sorted and disjoint).
+        let low = 0
+        let high = longZeroRuns.length - 1
+        while (low < high) {
+          const middle = (low + high + 1) >> 1
+          if ((longZeroRuns[middle] as [number, number])[0] <= block) low = middle
+          else high = middle - 1
+        }
+        const [start, end] = longZeroRuns[low] as [number, number]
+        if (block >= start && block < end) blocks.set(block, [null, 0])
       }
     }
   }

@@ -259,7 +259,8 @@ export function poolPlacement (pool: StoragePool, placement: Omit<PoolPlacement,
   if (labels.length > 0) {
     const affinity = { ...(placement.affinity ?? {}) }
     for (const [key, value] of labels) {
-      if (affinity[key] !== undefined && affinity[key] !== value) throw invalid(`the storage class asks for nodes with ${key}=${affinity[key]} and pool ${pool.name} for ${key}=${value}: no node has both; use a class and a pool that agree`)
+      // Own labels only: a key such as `constructor` would otherwise find Object.prototype's member.
+      if (Object.hasOwn(affinity, key) && affinity[key] !== value) throw invalid(`the storage class asks for nodes with ${key}=${affinity[key]} and pool ${pool.name} for ${key}=${value}: no node has both; use a class and a pool that agree`)
       if (placement.antiAffinity?.[key] === value) throw invalid(`the storage class excludes nodes with ${key}=${value}, the only ones pool ${pool.name} may use; use a class and a pool that agree`)
       affinity[key] = value
     }
