@@ -23,11 +23,11 @@ function stopsWrites (err: unknown): boolean {
 
 /**
  * Makes `db` (an abstract-level database or sublevel: its private `_put`, `_del`, `_batch` and
- * `_clear`, which every write reaches, sublevels' included) refuse every write after one failed with an I/O error or
- * a full disk, until `db` is opened again. The failing write rejects with a GalleonError (IO_ERROR,
- * or the raw error on a full disk, which callers report as NO_SPACE); later writes reject with
- * IO_ERROR or NO_SPACE saying to reopen. `what` names the database in messages. Installing it again
- * on the same database only renames it.
+ * `_clear`, and its chained batches' `_write`, which every write reaches, sublevels' included)
+ * refuse every write after one failed with an I/O error or a full disk, until `db` is opened again.
+ * The failing write rejects with a GalleonError (IO_ERROR, or the raw error on a full disk, which
+ * callers report as NO_SPACE); later writes reject with IO_ERROR or NO_SPACE saying to reopen.
+ * `what` names the database in messages. Installing it again on the same database only renames it.
  */
 export function latchLevelWrites (db: object, what: string): void {
   const target = db as Record<PropertyKey, unknown>
@@ -49,17 +49,35 @@ export function latchLevelWrites (db: object, what: string): void {
   // _clear too: classic-level deletes a range with WriteBatches through the same log.
   for (const name of ['_put', '_del', '_batch', '_clear']) {
     const write = target[name]
-    if (typeof write !== 'function') continue
-    target[name] = async function (this: unknown, ...args: unknown[]): Promise<unknown> {
-      if (latch.failure !== undefined) throw stopped(latch)
-      try {
-        return await (write as (...a: unknown[]) => Promise<unknown>).apply(this, args)
-      } catch (err) {
-        if (!stopsWrites(err)) throw err
-        latch.failure ??= err
-        if (isNoSpaceError(err)) throw err
-        throw new GalleonError('IO_ERROR', `a write to ${latch.what} failed (${(err as Error).message}); it takes no more writes: check the disk, then close and reopen the instance (what was stored before is kept)`, { cause: err })
-      }
+    if (typeof write === 'function') target[name] = latched(latch, write as Write)
+  }
+  // And a chained batch (db.batch().put().write()): classic-level's is written by its own native
+  // _write, not through _batch (abstract-level's default chained batch, a sublevel's included,
+  // calls _batch, which the latch already covers).
+  const chainedBatch = target._chainedBatch
+  if (typeof chainedBatch === 'function') {
+    target._chainedBatch = function (this: unknown, ...args: unknown[]): unknown {
+      const batch = (chainedBatch as (...a: unknown[]) => Record<string, unknown>).apply(this, args)
+      const write = batch._write
+      if (typeof write === 'function') batch._write = latched(latch, write as Write)
+      return batch
+    }
+  }
+}
+
+type Write = (...args: unknown[]) => Promise<unknown>
+
+/** `write`, refused once the latch is set, and setting it when it fails with an I/O error or a full disk. */
+function latched (latch: Latch, write: Write): Write {
+  return async function (this: unknown, ...args: unknown[]): Promise<unknown> {
+    if (latch.failure !== undefined) throw stopped(latch)
+    try {
+      return await write.apply(this, args)
+    } catch (err) {
+      if (!stopsWrites(err)) throw err
+      latch.failure ??= err
+      if (isNoSpaceError(err)) throw err
+      throw new GalleonError('IO_ERROR', `a write to ${latch.what} failed (${(err as Error).message}); it takes no more writes: check the disk, then close and reopen the instance (what was stored before is kept)`, { cause: err })
     }
   }
 }

@@ -20,7 +20,8 @@
 // on cached data (measured: with the score at "two slow reads within six", NBD random 4 KiB reads
 // at 16 in flight fell from 1.2-1.9x qemu-nbd to 0.68x) does not leave the fast path. And reads
 // answered synchronously for MAX_SYNC_STREAK_MS without a turn of the event loop send the next one
-// to the pool, so a reader in a loop cannot hold the loop (src/loop-streak.ts).
+// to the pool, so a reader in a loop cannot hold the loop (src/loop-streak.ts); the scattered runs
+// of one multi-block read wait for a turn instead and go on synchronously (see getMany).
 
 export const SLOW_READ_MS = 0.05
 export const SLOW_READ_BYTES_PER_MS = 1024 * 1024

@@ -370,10 +370,15 @@ export class LevelBlockStore extends AbstractBlockStore {
   }
 }
 
-/** A failed write as a GalleonError: a full disk (LevelDB says so only in its message) is NO_SPACE. */
+/**
+ * A failed write as a GalleonError: a full disk (LevelDB says so only in its message) is NO_SPACE.
+ * The write latch's refusals (GalleonErrors) pass as they are: they say to reopen.
+ */
 function writeError (err: unknown, location: string | undefined): GalleonError {
+  if (err instanceof GalleonError) return err
   if (isNoSpaceError(err)) {
-    return new GalleonError('NO_SPACE', `the disk holding the level block store${location === undefined ? '' : ` at ${location}`} is full; free space, then retry the write`, { cause: err })
+    // From now on the write latch refuses every write until the database is reopened (level-write-latch.ts).
+    return new GalleonError('NO_SPACE', `the disk holding the level block store${location === undefined ? '' : ` at ${location}`} is full, so it takes no more writes; free space, then close and reopen the instance`, { cause: err })
   }
   return levelError(err, 'could not write to the level block store', location)
 }
