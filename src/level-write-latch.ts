@@ -71,14 +71,19 @@ type Write = (...args: unknown[]) => Promise<unknown>
 function latched (latch: Latch, write: Write): Write {
   return async function (this: unknown, ...args: unknown[]): Promise<unknown> {
     if (latch.failure !== undefined) throw stopped(latch)
+    let result: unknown
     try {
-      return await write.apply(this, args)
+      result = await write.apply(this, args)
     } catch (err) {
       if (!stopsWrites(err)) throw err
       latch.failure ??= err
       if (isNoSpaceError(err)) throw err
       throw new GalleonError('IO_ERROR', `a write to ${latch.what} failed (${(err as Error).message}); it takes no more writes: check the disk, then close and reopen the instance (what was stored before is kept)`, { cause: err })
     }
+    // Another write failed while this one was in flight: this one may have been appended after the
+    // failed record, where the next open cannot read it, so it is not acknowledged.
+    if (latch.failure !== undefined) throw stopped(latch)
+    return result
   }
 }
 
