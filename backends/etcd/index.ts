@@ -295,8 +295,10 @@ export class EtcdCoordinator extends AbstractCoordinator {
   }
 
   protected async _grantLease (ttlMs: number, onLost: () => void): Promise<StoreLease> {
-    // etcd starts counting before it answers: the local deadline starts before the request.
-    const sentAt = Date.now()
+    // etcd starts counting before it answers: the local deadline starts before the request. On the
+    // monotonic clock: a wall clock stepped meanwhile must neither end a live lease nor stretch one
+    // etcd has already expired.
+    const sentAt = performance.now()
     const lease = await this.#grant(Math.ceil(ttlMs / 1000))
     const keeper: LeaseKeeper = { lease, onLost, timer: undefined, deadline: undefined, stopped: false }
     this.#keepers.set(lease.id, keeper)
@@ -367,10 +369,10 @@ export class EtcdCoordinator extends AbstractCoordinator {
     }
   }
 
-  /** The lease counts as lost a TTL after the send time of the last keepalive etcd confirmed. */
+  /** The lease counts as lost a TTL after the send time (performance.now()) of the last keepalive etcd confirmed. */
   #armDeadline (keeper: LeaseKeeper, sentAt: number): void {
     clearTimeout(keeper.deadline)
-    keeper.deadline = setTimeout(() => this.#lose(keeper), Math.max(0, sentAt + keeper.lease.ttlMs - Date.now()))
+    keeper.deadline = setTimeout(() => this.#lose(keeper), Math.max(0, sentAt + keeper.lease.ttlMs - performance.now()))
   }
 
   #scheduleKeepalive (keeper: LeaseKeeper, delayMs: number): void {
@@ -380,10 +382,11 @@ export class EtcdCoordinator extends AbstractCoordinator {
 
   async #keepalive (keeper: LeaseKeeper): Promise<void> {
     if (keeper.stopped) return
-    const sentAt = Date.now()
+    const sentAt = performance.now()
     const interval = keeper.lease.ttlMs / 3
     try {
-      const stream = await this.#keepaliveClient.leaseClient.leaseKeepAlive({ deadline: sentAt + Math.min(this.#requestTimeoutMs, interval) })
+      // gRPC takes a wall-clock deadline and turns it into a timer at once.
+      const stream = await this.#keepaliveClient.leaseClient.leaseKeepAlive({ deadline: Date.now() + Math.min(this.#requestTimeoutMs, interval) })
       const ttl = await new Promise<number>((resolve, reject) => {
         stream.on('data', (response) => resolve(Number(response.TTL)))
         stream.on('error', reject)

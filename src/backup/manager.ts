@@ -555,10 +555,10 @@ export class BackupManager {
    * this copy's snapshots, so the backup starts once the snapshot is here.
    */
   async #snapshotHere (volume: Volume, snapshotId: string, signal: AbortSignal): Promise<void> {
-    const deadline = Date.now() + SNAPSHOT_ARRIVAL_MS
+    const deadline = performance.now() + SNAPSHOT_ARRIVAL_MS
     while (!(await this.#g.listSnapshots(volume.id)).some((s) => s.id === snapshotId)) {
       checkAborted(signal)
-      if (Date.now() >= deadline) {
+      if (performance.now() >= deadline) {
         const primary = await this.#g.replicationStatus(volume.id).then((s) => s.primary, () => undefined)
         throw new GalleonError('BACKEND_UNAVAILABLE', `the copy of volume ${volume.name} on this node did not receive the backup's snapshot from its primary (${primary ?? 'unknown'}) within ${SNAPSHOT_ARRIVAL_MS / 1000} s (it is out of sync?); no backup was stored: take it on the primary's node, or once this copy is in sync (replicationStatus)`)
       }

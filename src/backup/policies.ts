@@ -84,8 +84,8 @@ const SYNC = { sync: true } as unknown as Record<string, never>
 const NAME = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 const MAX_MISSED = 100
-/** Longest timer Node accepts; the scheduler re-arms past it. */
-const MAX_TIMER_MS = 2 ** 31 - 1
+/** Longest the timer waits before it looks at the clock again (a wall-clock step is noticed then). */
+const RECHECK_MS = 60_000
 /** After a scheduled run failed as a whole (its volumes could not even be listed), the next try waits this long. */
 const FAILED_RUN_RETRY_MS = 60_000
 
@@ -102,7 +102,7 @@ export class BackupScheduler {
   #stopped = false
   /** While the timer's run is going, re-arming waits for it (it re-arms when done). */
   #firing = false
-  /** Until when (clock time) the timer waits after a failed run: due slots stay due, but are not retried at once. */
+  /** Until when (performance.now(): a pause, not a wall time) the timer waits after a failed run: due slots stay due, but are not retried at once. */
   #retryAt = 0
 
   /** Runs a function outside the caller's context (so timers armed during a call do not inherit it). */
@@ -201,9 +201,30 @@ export class BackupScheduler {
   }
 
   #due (name: string): boolean {
-    const policy = this.#policies.get(name)
+    const policy = this.#rebased(name)
     if (policy === undefined) return false
     return policy.missedRuns.length > 0 || (policy.nextRunAt !== null && Date.parse(policy.nextRunAt) <= this.#clock.now())
+  }
+
+  /**
+   * The policy, rebased on the clock when the clock stepped back past its run record (its next run
+   * lies beyond the schedule's next slot from now): the schedule goes on from the clock's time, as
+   * cron does after a large step back, instead of waiting for the clock to catch up with the old
+   * record (for as long as the step, taking no backup). Kept in memory; the next run stores it.
+   */
+  #rebased (name: string): BackupPolicy | undefined {
+    const policy = this.#policies.get(name)
+    if (policy === undefined || policy.nextRunAt === null) return policy
+    const now = new Date(this.#clock.now())
+    const next = this.#next(policy, now)
+    if (next === null || Date.parse(policy.nextRunAt) <= Date.parse(next)) return policy
+    const cron = new Cron(policy.schedule, { paused: true, timezone: policy.timezone })
+    // The slot that passed last is made now (an extra backup rather than one skipped): the run
+    // record starts from the slot before it.
+    const [latest, before] = cron.previousRuns(2, new Date(now.getTime() + 1))
+    const rebased: BackupPolicy = { ...policy, lastRunAt: before?.toISOString() ?? null, nextRunAt: latest?.toISOString() ?? next, missedRuns: policy.missedRuns.filter((at) => Date.parse(at) <= now.getTime()) }
+    this.#policies.set(name, rebased)
+    return rebased
   }
 
   /**
@@ -450,14 +471,15 @@ export class BackupScheduler {
     this.#timer = undefined
     if (this.#stopped || !this.#timers || this.#firing) return
     let soonest = Number.POSITIVE_INFINITY
-    for (const policy of this.#policies.values()) {
+    for (const name of [...this.#policies.keys()]) {
+      const policy = this.#rebased(name) as BackupPolicy
       if (policy.missedRuns.length > 0) soonest = Math.min(soonest, this.#clock.now())
       if (policy.nextRunAt !== null) soonest = Math.min(soonest, Date.parse(policy.nextRunAt))
     }
     if (!Number.isFinite(soonest)) return
     // A run that failed as a whole left its slot due: retried after a pause, not in a tight loop.
-    soonest = Math.max(soonest, this.#retryAt)
-    const delay = Math.min(Math.max(0, soonest - this.#clock.now()), MAX_TIMER_MS)
+    // Re-checked at least every RECHECK_MS: a wall clock stepped meanwhile is noticed then.
+    const delay = Math.min(Math.max(0, soonest - this.#clock.now(), this.#retryAt - performance.now()), RECHECK_MS)
     this.#timer = this.#detach(() => setTimeout(() => {
       this.#timer = undefined
       void this.#fire()
@@ -472,7 +494,7 @@ export class BackupScheduler {
       if (!this.#stopped) await this.runDue()
       this.#retryAt = 0
     } catch (err) {
-      this.#retryAt = this.#clock.now() + FAILED_RUN_RETRY_MS
+      this.#retryAt = performance.now() + FAILED_RUN_RETRY_MS
       this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `backup scheduler: ${(err as Error).message}; tried again in ${FAILED_RUN_RETRY_MS / 1000} s` })
     } finally {
       this.#firing = false

@@ -44,13 +44,13 @@ function watchKey (store: ElectionStore, key: string, fromRevision: number, onEv
   // The pause before a read grows while watches keep failing soon after they started.
   let delayMs = RETRY_MIN_MS
   const watchFrom = (revision: number): void => {
-    const startedAt = Date.now()
+    const startedAt = performance.now()
     stopCurrent = store.watch(key, { prefix: false, fromRevision: revision }, (events) => {
       delayMs = RETRY_MIN_MS
       onEvents(events)
     }, (err) => {
       if (stopped) return
-      if (Date.now() - startedAt >= RETRY_MAX_MS) delayMs = RETRY_MIN_MS
+      if (performance.now() - startedAt >= RETRY_MAX_MS) delayMs = RETRY_MIN_MS
       if (err.code === 'BACKEND_UNAVAILABLE') void readAgain()
       else onError(err)
     })

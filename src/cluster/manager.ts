@@ -181,8 +181,12 @@ export class ClusterManager {
   async #claimNodeId (): Promise<void> {
     const { coordinator } = this.#options
     const key = `${CLAIM_PREFIX}${this.nodeId}`
-    const deadline = Date.now() + this.#ttlMs * 1.5
+    // Waits on the monotonic clock; the claim's own time is another process's (maybe another
+    // machine's) wall clock, trusted only while it is not in the future.
+    const deadline = performance.now() + this.#ttlMs * 2
     const mine = (): string => JSON.stringify({ instance: this.#instance, at: Date.now() })
+    /** The claim this call waits on (its revision) and when it first read it (performance.now()). */
+    let watched: { revision: number, since: number } | undefined
     for (;;) {
       const current = await coordinator.get(key)
       if (current === undefined) {
@@ -194,12 +198,16 @@ export class ClusterManager {
       const holder = (await coordinator.members()).find((m) => m.id === this.nodeId)
       // Another instance's claim stands while its node is healthy, and for a lease after it was
       // made (that instance may be joining right now); after that, it is taken over.
-      const fresh = Date.now() - claim.at < this.#ttlMs * 1.5
+      if (watched?.revision !== current.revision) watched = { revision: current.revision, since: performance.now() }
+      // A claim dated in the future (a wall clock stepped back here, or set ahead there) is judged
+      // by how long this call has seen it unchanged, not taken as fresh for the length of the step.
+      const age = Date.now() - claim.at
+      const fresh = performance.now() - watched.since < this.#ttlMs * 1.5 && (age < 0 || age < this.#ttlMs * 1.5)
       if (holder?.healthy !== true && !fresh) {
         if (await coordinator.put(key, mine(), { expectRevision: current.revision }) !== undefined) return
         continue
       }
-      if (Date.now() >= deadline) {
+      if (performance.now() >= deadline) {
         throw new GalleonError('BUSY', `node id ${this.nodeId} is in use by another running instance${holder === undefined ? ' (joining now)' : ` (at ${holder.address})`}; give this node another id, or stop that one first`)
       }
       await sleep(Math.min(500, this.#ttlMs / 4))

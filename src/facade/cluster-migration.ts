@@ -221,13 +221,13 @@ export class ClusterMigrations {
     const others = (): string[] => (replication.status(record.id)?.nodes ?? []).filter((node) => node !== self)
     let inSync = false
     const timeoutMs = control.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS
-    const deadline = Date.now() + timeoutMs
+    const deadline = performance.now() + timeoutMs
     while (!this.#host.closed) {
       const status = replication.status(record.id)
       if (status === undefined) break
       if (status.inSync.length >= Math.min(replicas, status.nodes.length)) { inSync = true; break }
       if (signal?.aborted === true) break
-      if (Date.now() > deadline) {
+      if (performance.now() > deadline) {
         // Not in sync: the volume is in the class, degraded, and its copies go on filling; the call
         // does not report a migration done that is not.
         throw new GalleonError('BUSY', `volume ${record.name} is in class ${storageClass.name} now, but its copies on ${others().join(', ') || 'other nodes'} did not come in sync within ${timeoutMs / 1000} s (in sync: ${status.inSync.join(', ')}); they go on in the background: replicationStatus shows them and their links' last errors`)
@@ -426,7 +426,7 @@ export class ClusterMigrations {
       const aborted = (): boolean => signal?.aborted === true
       let reported = -1
       const timeoutMs = control.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS
-      const deadline = Date.now() + timeoutMs
+      const deadline = performance.now() + timeoutMs
       try {
         for (;;) {
           if (aborted()) throw migrationCancelled(record.name, signal?.reason)
@@ -452,7 +452,7 @@ export class ClusterMigrations {
           }
           const wanted = Math.min(replicas, seen.record.nodes.length)
           if (converted === seen.layouts.length && seen.record.inSync.length >= wanted) break
-          if (Date.now() > deadline) throw new GalleonError('BUSY', `the copies of volume ${record.name} did not all convert to ${storageClass.name} within ${timeoutMs / 1000} s; they go on in the background (replicationStatus and getVolume show where they are)`)
+          if (performance.now() > deadline) throw new GalleonError('BUSY', `the copies of volume ${record.name} did not all convert to ${storageClass.name} within ${timeoutMs / 1000} s; they go on in the background (replicationStatus and getVolume show where they are)`)
           await new Promise((resolve) => setTimeout(resolve, 100))
         }
       } catch (err) {

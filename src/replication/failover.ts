@@ -12,7 +12,7 @@ export class FailoverLeader {
   readonly #core: ManagerCore
   #leaderBusy = false
   readonly #replacementDelayMs: number
-  /** Since when (by this leader's clock) each node holding copies has been seen unhealthy. */
+  /** Since when (performance.now() on this leader: a duration, whatever the wall clock does) each node holding copies has been seen unhealthy. */
   readonly #unhealthySince = new Map<string, number>()
 
   constructor (core: ManagerCore, replacementDelayMs: number) {
@@ -28,7 +28,7 @@ export class FailoverLeader {
     try {
       const members = await this.#core.coordinator.members()
       const healthy = new Set(members.filter((m) => m.healthy).map((m) => m.id))
-      const now = Date.now()
+      const now = performance.now()
       for (const node of [...this.#unhealthySince.keys()]) if (healthy.has(node)) this.#unhealthySince.delete(node)
       for (const entry of await this.#core.coordinator.list(RECORD_PREFIX)) {
         if (this.#core.closed || this.#core.cluster.leadership === undefined) return

@@ -775,7 +775,7 @@ export class ReplicationManager {
    * (until a primary answers, up to 30 s).
    */
   async forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
-    const deadline = Date.now() + FORWARD_DEADLINE_MS
+    const deadline = performance.now() + FORWARD_DEADLINE_MS
     let lastError: unknown
     for (let attempt = 0; ; attempt++) {
       const set = this.#sets.get(volumeId)
@@ -801,7 +801,7 @@ export class ReplicationManager {
           return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
           const code = (err as { code?: string })?.code
-          if (failedOver.signal.aborted && !this.#closed && Date.now() < deadline + FORWARD_ANSWER_MS) {
+          if (failedOver.signal.aborted && !this.#closed && performance.now() < deadline + FORWARD_ANSWER_MS) {
             lastError = err
             continue // the new primary is tried, even just past the failover deadline (not for ever: a record whose primary keeps changing)
           }
@@ -811,7 +811,7 @@ export class ReplicationManager {
           if (watch !== undefined) set.primaryWatchers.delete(watch)
         }
       }
-      if (Date.now() >= deadline || this.#closed) {
+      if (performance.now() >= deadline || this.#closed) {
         throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`)
       }
       await sleep(Math.min(100 * (attempt + 1), 500))

@@ -151,7 +151,7 @@ export class Primary implements VolumeReplicator {
     const verdict = this.#verdict(seq, concern)
     if (verdict === true) return
     if (verdict instanceof Error) throw verdict
-    const waiting = new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject, deadline: Date.now() + COMMIT_WAIT_MS }) })
+    const waiting = new Promise<void>((resolve, reject) => { this.#waiters.push({ seq, concern, resolve, reject, deadline: performance.now() + COMMIT_WAIT_MS }) })
     // Before the wait, not after it: the deadline is what ends a wait that nothing else ends.
     this.#watchDeadlines()
     await waiting
@@ -162,7 +162,9 @@ export class Primary implements VolumeReplicator {
   #watchDeadlines (): void {
     if (this.#deadlineTimer !== undefined || this.#waiters.length === 0) return
     this.#deadlineTimer = setInterval(() => {
-      const now = Date.now()
+      // Deadlines are on the monotonic clock: a stepped wall clock must neither fail every waiting
+      // write at once (forward) nor leave them waiting for the length of the step (back).
+      const now = performance.now()
       const expired = this.#waiters.filter((w) => w.deadline <= now)
       if (expired.length > 0) {
         this.#waiters = this.#waiters.filter((w) => w.deadline > now)
@@ -336,12 +338,12 @@ export class Primary implements VolumeReplicator {
       this.frozen = true
       try {
         await this.#blocks.drainTickets()
-        const deadline = Date.now() + 60_000
+        const deadline = performance.now() + 60_000
         for (;;) {
           const others = this.#record.inSync.filter((n) => n !== this.#manager.nodeId)
           if (others.length === 0) throw new GalleonError('BUSY', `volume ${this.#record.spec.name} has no in-sync copy to hand the primary role to`)
           if (others.every((n) => (this.#links.get(n)?.acked ?? -1) >= this.#seq)) break
-          if (Date.now() > deadline || this.#stopped !== undefined) throw new GalleonError('BUSY', `the copies of volume ${this.#record.spec.name} did not catch up within a minute; the primary role was not handed over`)
+          if (performance.now() > deadline || this.#stopped !== undefined) throw new GalleonError('BUSY', `the copies of volume ${this.#record.spec.name} did not catch up within a minute; the primary role was not handed over`)
           await sleep(10)
         }
         const seq = this.#seq

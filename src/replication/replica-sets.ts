@@ -163,8 +163,8 @@ export class ReplicaSetChanges {
     set.knownEpoch = Math.max(set.knownEpoch, epoch)
     this.#core.becomePrimary(set, set.record ?? record)
     // The new copies' resyncs take their cuts through host.exclusive: a caller holding it passes wait = false.
-    const deadline = wait ? Date.now() + CREATE_SYNC_WAIT_MS : 0
-    while (Date.now() < deadline && !this.#core.closed) {
+    const deadline = wait ? performance.now() + CREATE_SYNC_WAIT_MS : 0
+    while (performance.now() < deadline && !this.#core.closed) {
       const current = set.record
       if (current === undefined || set.primary === undefined) break
       if (current.inSync.length >= current.nodes.length) break
@@ -302,7 +302,7 @@ export class ReplicaSetChanges {
     try {
       for (const set of [...this.#core.sets.values()]) {
         if (this.#handOffCancelled !== undefined) throw this.#handOffCancelled
-        await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000))
+        await this.#handOffOne(set, performance.now() + (options.timeoutMs ?? 30 * 60_000))
       }
     } finally {
       this.#handingOff = false
@@ -380,7 +380,7 @@ export class ReplicaSetChanges {
     if (this.#moving.has(volumeId)) throw new GalleonError('BUSY', `volume ${record?.spec.name ?? volumeId} is moving already; wait for that move`)
     this.#moving.add(volumeId)
     try {
-      await this.#handOffOne(set, Date.now() + (options.timeoutMs ?? 30 * 60_000), to, options.signal)
+      await this.#handOffOne(set, performance.now() + (options.timeoutMs ?? 30 * 60_000), to, options.signal)
     } finally {
       this.#moving.delete(volumeId)
     }
@@ -484,7 +484,7 @@ export class ReplicaSetChanges {
         if (record === undefined || check(record)) return
         // (A move has its own signal; a leave is stopped by cancelHandOff.)
         if (to === undefined && this.#handOffCancelled !== undefined) throw this.#handOffCancelled
-        if (Date.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
+        if (performance.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
         await sleep(100)
       }
     }
