@@ -18,7 +18,9 @@ interface Latch {
 
 /** Whether a LevelDB write error may have left its log in an unknown state (an I/O error, a full disk). */
 function stopsWrites (err: unknown): boolean {
-  return (err as { code?: unknown } | null)?.code === 'LEVEL_IO_ERROR' || isNoSpaceError(err)
+  const code = (err as { code?: unknown } | null)?.code
+  // EIO: a failed sync of the database's directory (see level-directory-sync.ts).
+  return code === 'LEVEL_IO_ERROR' || code === 'EIO' || isNoSpaceError(err)
 }
 
 /**

@@ -2,7 +2,7 @@
 // creating those named by their registered names (registry.ts) and loading native backends lazily,
 // so importing galleonfs never needs them.
 
-import { makeDirectoriesDurably } from './durable-files.js'
+import { makeDirectoriesDurably, syncDirectory } from './durable-files.js'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
@@ -228,6 +228,15 @@ async function openStorageMetadata (storagePath: string, backend: string, blockS
     await db.open()
   } catch (err) {
     throw await metadataOpenError(err, storagePath)
+  }
+  // LevelDB renames a new CURRENT into place at every open without syncing the directory: until its
+  // next manifest sync a power loss brings the old CURRENT back, naming a manifest whose deletion
+  // is not durable either, or, in a new database, one whose bytes were never synced (unopenable).
+  try {
+    await syncDirectory(location)
+  } catch (err) {
+    await db.close().catch(() => {})
+    throw accessError(err, storagePath, `could not sync the metadata directory ${location}`)
   }
   try {
     await checkStorageMetadata(storagePath, backend, db as unknown as SettingsReader, blockSize)

@@ -43,6 +43,20 @@ describe('LevelDB write latch', () => {
     await db.close()
   })
 
+  it('stops writes after an EIO from below LevelDB too (a failed sync of its directory)', async () => {
+    const db = new MemoryLevel<string, string>()
+    await db.open()
+    const put = (db as unknown as { _put: (...args: unknown[]) => Promise<void> })._put.bind(db)
+    ;(db as unknown as { _put: (...args: unknown[]) => Promise<void> })._put = async (key: unknown, ...rest: unknown[]) => {
+      await put(key, ...rest)
+      if (String(key) === 'synced') throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO', errno: -5, syscall: 'fsync' })
+    }
+    latchLevelWrites(db, 'the test database')
+    await assert.rejects(db.put('synced', 'x'), { code: 'IO_ERROR' })
+    await assert.rejects(db.put('later', 'y'), (err: Error & { code?: string }) => err.code === 'IO_ERROR' && /reopen/.test(err.message))
+    await db.close()
+  })
+
   it('does not acknowledge a write that was in flight when another one failed', async () => {
     const { db, release } = failingDatabase()
     await db.open()

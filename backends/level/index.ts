@@ -6,10 +6,11 @@ import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
 import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from '../../src/abstract-block-store.js'
 import { latchLevelWrites } from '../../src/level-write-latch.js'
+import { syncLevelDirectoryOnSyncedWrites } from '../../src/level-directory-sync.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
-import { makeDirectoriesDurably } from '../../src/durable-files.js'
+import { makeDirectoriesDurably, syncDirectory } from '../../src/durable-files.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
 export type LevelDatabase = AbstractLevel<any, any, any>
@@ -106,6 +107,8 @@ export class LevelBlockStore extends AbstractBlockStore {
         closeDbOnClose ||= db.status === 'closed' || db.status === 'closing'
         await db.open()
       }
+      // LevelDB renames a new CURRENT into place at open without syncing the directory (see open-drivers.ts).
+      if (this.#location !== undefined) await syncDirectory(this.#location)
       // The count reads every value: damage in the tables shows here, at open, as CORRUPTION.
       const counts = await countBlocks(db)
       this.#blocks = counts.blocks
@@ -116,6 +119,9 @@ export class LevelBlockStore extends AbstractBlockStore {
       if (closeDbOnClose) await db.close().catch(() => {})
       throw openError(err, this.#location)
     }
+    // Synced writes wait for the directory's new names to be durable (see level-directory-sync.ts);
+    // installed first, so that the latch around it also stops writes after a failed directory sync.
+    if (this.#givenDb === undefined) syncLevelDirectoryOnSyncedWrites(db, this.#location as string)
     // After a failed write LevelDB must not take more (see level-write-latch.ts).
     latchLevelWrites(db, `the level block store${this.#location === undefined ? '' : ` at ${this.#location}`}`)
     this.#db = db

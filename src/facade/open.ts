@@ -9,6 +9,7 @@ import { KeyManager } from '../crypto/key-manager.js'
 import { BlockEngine } from '../engine/engine.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import { latchLevelWrites } from '../level-write-latch.js'
+import { syncLevelDirectoryOnSyncedWrites } from '../level-directory-sync.js'
 import { ensureReserve, releaseReserve } from '../space-reserve.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonEvents } from '../events.js'
@@ -100,6 +101,10 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     if (isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `could not open the metadata database at ${location}: its disk is full (LevelDB writes to open); free space on it or grow it, then open again. Nothing was changed`, { cause: err })
     throw new GalleonError('IO_ERROR', `could not open the metadata database at ${location}: ${(err as Error).message}`, { cause: err })
   }
+  // Synced writes wait for the directory's new names to be durable (see level-directory-sync.ts);
+  // installed first, so that the latch around it also stops writes after a failed directory sync.
+  const metadataLocation = (metadata as { location?: unknown }).location
+  if (options.metadata === undefined && typeof metadataLocation === 'string') syncLevelDirectoryOnSyncedWrites(metadata, metadataLocation)
   // After a failed write LevelDB must not take more (see level-write-latch.ts).
   latchLevelWrites(metadata, `the metadata database at ${location}`)
   try {
