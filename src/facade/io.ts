@@ -426,6 +426,10 @@ export class VolumeIO {
   changedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> }): number[] {
     const host = this.#host
     const record = host.catalog.resolve(vol)
+    // A volume being deleted may have no blocks left in the engine: attaching its storage again
+    // would list no changes (a backup whose snapshot was taken just before stored nothing and
+    // reported success), and leave the deleted storage attached.
+    if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     const volume = volumeBlocks(host, record)
     const from = options?.from === undefined ? undefined : host.catalog.resolveSnapshot(record, options.from)
     const to = options?.to === undefined ? undefined : host.catalog.resolveSnapshot(record, options.to)

@@ -65,7 +65,14 @@ export class KeyRotations {
     const running = this.startRotation(record)
     if (options?.wait === true) await running
     const state = this.#host.keys.describe(record.id, volume.cipher)
-    if (options?.wait === true && state.rotation !== undefined) throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} stopped before it finished; it resumes at the next open`)
+    if (options?.wait === true && state.rotation !== undefined) {
+      // The background run stops quietly when the instance closes or the volume is deleted: say
+      // which, rather than report an I/O error that did not happen.
+      if (this.#host.closed) throw new GalleonError('CANCELLED', `the instance closed before the re-encryption of volume ${record.name} finished; it resumes at the next open (call rotateVolumeKey with { wait: true } again then to wait for it)`)
+      const now = this.#host.catalog.volumeById(record.id)
+      if (now === undefined || now.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} was deleted before its re-encryption with the new data key finished; there is nothing left to rotate`)
+      throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} stopped before it finished; it resumes at the next open`)
+    }
     return state
   }
 
