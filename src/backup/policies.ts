@@ -208,7 +208,7 @@ export class BackupScheduler {
 
   /**
    * The policy, rebased on the clock when the clock stepped back past its run record (its next run
-   * lies beyond the schedule's next slot from now): the schedule goes on from the clock's time, as
+   * lies beyond the schedule's second slot from now): the schedule goes on from the clock's time, as
    * cron does after a large step back, instead of waiting for the clock to catch up with the old
    * record (for as long as the step, taking no backup). Kept in memory; the next run stores it.
    */
@@ -218,6 +218,11 @@ export class BackupScheduler {
     const now = new Date(this.#clock.now())
     const next = this.#next(policy, now)
     if (next === null || Date.parse(policy.nextRunAt) <= Date.parse(next)) return policy
+    // A small step back (NTP's seconds; the recorded next run is still the slot after next): the
+    // slots the clock passes again were served, and the recorded run comes the step late, as cron
+    // does for small steps. Rebasing on it ran the slot before at once and a served slot again.
+    const afterNext = this.#next(policy, new Date(next))
+    if (afterNext === null || Date.parse(policy.nextRunAt) <= Date.parse(afterNext)) return policy
     const cron = new Cron(policy.schedule, { paused: true, timezone: policy.timezone })
     // The slot that passed last is made now (an extra backup rather than one skipped): the run
     // record starts from the slot before it.
