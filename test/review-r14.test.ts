@@ -19,6 +19,11 @@ describe('review r14: a change waiting for its copies is bounded', () => {
     // (the coordinator cannot be reached): the write, flush or snapshot call must fail at the
     // deadline (primary.ts: "Waiting writes fail after COMMIT_WAIT_MS"), not wait for ever.
     mock.timers.enable({ apis: ['setInterval', 'Date'] })
+    // The deadline is measured on the monotonic clock (a wall-clock step must not move it, h65):
+    // performance.now() moves with the mocked timers.
+    const realNow = performance.now.bind(performance)
+    let advanced = 0
+    const now = mock.method(performance, 'now', () => realNow() + advanced)
     try {
       const manager = { nodeId: 'a', zone: 'z1', zoneOf: () => 'z1', host: { engine: { blockSize: 4096 } } } as unknown as ReplicationManager
       const record = { primary: 'a', epoch: 1, nodes: ['a', 'b'], inSync: ['a', 'b'], spec: { name: 'stuck' } } as unknown as ReplicaSetRecord
@@ -26,12 +31,14 @@ describe('review r14: a change waiting for its copies is bounded', () => {
       let outcome: 'pending' | 'resolved' | { code?: string } = 'pending'
       primary.committed(1, WriteConcern.WriteReplicated).then(() => { outcome = 'resolved' }, (err: { code?: string }) => { outcome = err })
       for (let s = 0; s < 62; s++) {
+        advanced += 1000
         mock.timers.tick(1000)
         await new Promise<void>((resolve) => { setImmediate(resolve) })
       }
       assert.notEqual(outcome, 'pending', 'the wait is still pending 62 s after it began: its deadline was never watched')
       assert.equal((outcome as { code?: string }).code, 'WRITE_CONCERN_UNSATISFIED')
     } finally {
+      now.mock.restore()
       mock.timers.reset()
     }
   })
