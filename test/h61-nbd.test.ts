@@ -8,8 +8,7 @@ import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import { after, before, describe, it } from 'node:test'
-import { setFlagsFromString } from 'node:v8'
-import { runInNewContext } from 'node:vm'
+import { heldArrayBuffers } from './support/held-memory.js'
 import { NbdServer, parsePskFile } from '../backends/nbd/index.js'
 import { GalleonFS } from '../src/index.js'
 
@@ -95,24 +94,6 @@ function goData (name: string): Buffer {
   return data
 }
 
-// A full collection before measuring, so what is counted is what the server holds, not garbage.
-setFlagsFromString('--expose-gc')
-const collect = runInNewContext('gc') as () => void
-
-/**
- * Array-buffer memory after full collections: the least of a few readings, 25 ms apart. V8 frees
- * the backing stores of collected buffers on a background thread, so one reading right after gc()
- * can still count garbage on a loaded machine; memory really held shows in every reading.
- */
-async function heldArrayBuffers (): Promise<number> {
-  let least = Infinity
-  for (let i = 0; i < 8; i++) {
-    collect()
-    await new Promise((resolve) => setTimeout(resolve, 25))
-    least = Math.min(least, process.memoryUsage().arrayBuffers)
-  }
-  return least
-}
 
 const final = (reply: { type: number }): boolean => reply.type === REP_ACK || (reply.type & 0x80000000) !== 0
 

@@ -10,8 +10,7 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { setFlagsFromString } from 'node:v8'
-import { runInNewContext } from 'node:vm'
+import { heldArrayBuffers } from './support/held-memory.js'
 import { FramedSocket } from '../backends/tcp/framed-socket.js'
 import { FrameType, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, encodeFrame } from '../backends/tcp/frames.js'
 import { TcpTransport, parseAddress, type TcpTransportOptions } from '../backends/tcp/index.js'
@@ -22,24 +21,6 @@ import { until } from './support/wait.js'
 
 const SECRET = 'h61-cluster-secret-0123456789abcdef'
 
-// A full collection before measuring memory, so what is counted is what the node holds, not garbage.
-setFlagsFromString('--expose-gc')
-const collect = runInNewContext('gc') as () => void
-
-/**
- * Array-buffer memory after full collections: the least of a few readings, 25 ms apart. V8 frees
- * the backing stores of collected buffers on a background thread, so one reading right after gc()
- * can still count garbage on a loaded machine; memory really held shows in every reading.
- */
-async function heldArrayBuffers (): Promise<number> {
-  let least = Infinity
-  for (let i = 0; i < 8; i++) {
-    collect()
-    await new Promise((resolve) => setTimeout(resolve, 25))
-    least = Math.min(least, process.memoryUsage().arrayBuffers)
-  }
-  return least
-}
 
 function transport (nodeId: string, options: Partial<TcpTransportOptions> = {}): TcpTransport {
   return new TcpTransport({ nodeId, clusterSecret: SECRET, host: '127.0.0.1', port: 0, keepaliveIntervalMs: 0, ...options })

@@ -6,22 +6,10 @@
 
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { resizeTmpfs, tmpfs, unmountAll } from './support/tmpfs.js'
 import { GalleonFS, WriteConcern, isGalleonError } from '../src/index.js'
 import { bytesOf } from './conformance/fixtures.js'
-
-function tryMount (dir: string, size: string): string | undefined {
-  if (process.getuid?.() !== 0) return 'mounting a small tmpfs needs root'
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' })
-    return undefined
-  } catch (err) {
-    return `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0] ?? ''}`
-  }
-}
 
 /** What a NO_SPACE of a store that takes no writes until reopened must tell the user. */
 const SAYS_REOPEN = /reopen|close and open/i
@@ -30,13 +18,11 @@ describe('review r24: a full disk under the level store', () => {
   let dir = ''
   let skip: string | undefined
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'galleon-r24-level-full-'))
-    skip = tryMount(dir, '6m')
+    const mounted = await tmpfs('6m', 'galleon-r24-level-full-')
+    if ('skip' in mounted) skip = mounted.skip
+    else dir = mounted.dir
   })
-  after(async () => {
-    if (skip === undefined) execFileSync('umount', [dir], { stdio: 'pipe' })
-    await rm(dir, { recursive: true, force: true })
-  })
+  after(unmountAll)
 
   it('says to reopen the instance, at the failure and at every refused retry once there is room', async (t) => {
     if (skip !== undefined) { t.skip(skip); return }
@@ -57,7 +43,7 @@ describe('review r24: a full disk under the level store', () => {
       assert.ok(isGalleonError(failure, 'NO_SPACE'), `expected NO_SPACE, got ${String(failure)}`)
       assert.match((failure as Error).message, SAYS_REOPEN, 'the failure does not say the instance must be reopened')
       // Room again, without a reopen: the store still refuses (the latch), and says what to do.
-      execFileSync('mount', ['-o', 'remount,size=64m', dir], { stdio: 'pipe' })
+      resizeTmpfs(dir, '64m')
       const retry = await g.writeBlock(vol, next, bytesOf(4096, next), WriteConcern.WriteDurable).then(() => undefined, (err: unknown) => err)
       assert.ok(isGalleonError(retry, 'NO_SPACE'), `expected the retry to be refused with NO_SPACE, got ${String(retry)}`)
       assert.match((retry as Error).message, SAYS_REOPEN, `the refusal of a retry with room again does not say to reopen: ${(retry as Error).message}`)

@@ -11,25 +11,13 @@
 
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
-import { mkdtemp, open, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { open, rm } from 'node:fs/promises'
 import { join } from 'node:path'
+import { tmpfs, unmountAll } from './support/tmpfs.js'
 import { ClassicLevel } from 'classic-level'
 import { latchLevelWrites } from '../src/level-write-latch.js'
 
 const SYNC = { sync: true } as unknown as Record<string, never>
-
-/** Mounts a tmpfs of `size` at `dir`; returns why not when that is impossible here. */
-function tryMount (dir: string, size: string): string | undefined {
-  if (process.getuid?.() !== 0) return 'mounting a small tmpfs needs root'
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' })
-    return undefined
-  } catch (err) {
-    return `cannot mount a tmpfs here: ${(err as Error).message.split('\n')[0] ?? ''}`
-  }
-}
 
 /** Fills the file system of `dir` with a file; resolves to a function that deletes it. */
 async function fill (dir: string): Promise<() => Promise<void>> {
@@ -77,13 +65,11 @@ describe('review r24: the LevelDB write latch covers every write path of classic
   let dir = ''
   let skip: string | undefined
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'galleon-r24-latch-'))
-    skip = tryMount(dir, '4m')
+    const mounted = await tmpfs('4m', 'galleon-r24-latch-')
+    if ('skip' in mounted) skip = mounted.skip
+    else dir = mounted.dir
   })
-  after(async () => {
-    if (skip === undefined) execFileSync('umount', [dir], { stdio: 'pipe' })
-    await rm(dir, { recursive: true, force: true })
-  })
+  after(unmountAll)
 
   it('a clear() of a sublevel that fails on a full disk stops later writes until reopen', async (t) => {
     if (skip !== undefined) { t.skip(skip); return }

@@ -8,12 +8,10 @@
 // was then), as a kernel that fails write-back marks the dirty pages clean and forgets them
 // ("fsyncgate"): a later fsync then succeeds with the data gone.
 
-import { fork, type ChildProcess } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { execFile } from 'node:child_process'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { startFuseChild } from './fuse-child-process.js'
 
 /** One fault: which operation, on which files, how many times (-1: until cleared). */
 export interface FaultSpec {
@@ -298,57 +296,14 @@ export function faultyFsUnavailable (): string | undefined {
 
 /** Mounts a faulty mirror of `backing` at `mountPoint` in a child process. */
 export async function startFaultyFs (backing: string, mountPoint: string): Promise<FaultyFs> {
-  fs.mkdirSync(backing, { recursive: true })
-  fs.mkdirSync(mountPoint, { recursive: true })
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--h60-child', backing, mountPoint], {
-    execArgv: ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href],
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
-  let nextId = 1
-  const pending = new Map<number, { resolve: (value: any) => void, reject: (err: Error) => void }>()
-  let exited = false
-  const ready = new Promise<void>((resolve, reject) => {
-    child.on('message', (message: { type?: string, id?: number, ok?: boolean, message?: string }) => {
-      if (message.type === 'ready') resolve()
-      else if (message.type === 'error') reject(new Error(`faulty fs did not mount: ${message.message ?? ''}`))
-      else if (message.id !== undefined) {
-        const waiter = pending.get(message.id)
-        pending.delete(message.id)
-        if (message.ok === true) waiter?.resolve(message)
-        else waiter?.reject(new Error(`faulty fs: ${message.message ?? 'request failed'}`))
-      }
-    })
-    child.on('exit', (code) => {
-      exited = true
-      reject(new Error(`faulty fs exited with ${String(code)} before it was ready`))
-      for (const waiter of pending.values()) waiter.reject(new Error('faulty fs exited'))
-      pending.clear()
-    })
-  })
-  await ready
-  const request = async (body: Record<string, unknown>): Promise<any> => {
-    if (exited) throw new Error('faulty fs exited')
-    const id = nextId++
-    return await new Promise((resolve, reject) => {
-      pending.set(id, { resolve, reject })
-      child.send({ id, ...body })
-    })
-  }
+  const { request, stop } = await startFuseChild(import.meta.url, ['--h60-child', backing, mountPoint], backing, mountPoint, 'faulty fs')
   return {
     mountPoint,
     backing,
     inject: async (fault) => { await request({ type: 'fault', fault }) },
     clear: async () => { await request({ type: 'clear' }) },
     stats: async () => (await request({ type: 'stats' })).stats as FaultStats,
-    stop: async () => {
-      if (!exited) {
-        const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-        await request({ type: 'unmount' }).catch(() => {})
-        await gone
-      }
-      // Whatever the child managed, leave no mount behind.
-      await new Promise<void>((resolve) => execFile('fusermount', ['-uz', mountPoint], () => resolve()))
-    }
+    stop
   }
 }
 

@@ -27,11 +27,10 @@
 // Not modelled: mode, owner and time changes (kept as they are), symlinks (refused with ENOSYS),
 // mmap writes (LevelDB maps files only to read them).
 
-import { fork, execFile, type ChildProcess } from 'node:child_process'
 import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { startFuseChild } from './fuse-child-process.js'
 
 /** When a namespace change becomes durable; see the file comment. */
 export type NamespaceModel = 'strict' | 'ext4'
@@ -650,44 +649,10 @@ export function powerFsUnavailable (): string | undefined {
 
 /** Mounts a power-loss mirror of `backing` at `mountPoint` in a child process. */
 export async function startPowerFs (backing: string, mountPoint: string, model: NamespaceModel = 'strict'): Promise<PowerFs> {
-  fs.mkdirSync(backing, { recursive: true })
-  fs.mkdirSync(mountPoint, { recursive: true })
-  const child: ChildProcess = fork(fileURLToPath(import.meta.url), ['--h63-child', backing, mountPoint, model], {
-    execArgv: ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href],
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
-  let nextId = 1
-  const pending = new Map<number, { resolve: (value: any) => void, reject: (err: Error) => void }>()
-  let exited = false
   const stallListeners: Array<(path: string) => void> = []
-  const ready = new Promise<void>((resolve, reject) => {
-    child.on('message', (message: { type?: string, id?: number, ok?: boolean, message?: string, path?: string }) => {
-      if (message.type === 'ready') resolve()
-      else if (message.type === 'event') for (const listener of stallListeners) listener(message.path ?? '')
-      else if (message.type === 'error') reject(new Error(`power fs did not mount: ${message.message ?? ''}`))
-      else if (message.id !== undefined) {
-        const waiter = pending.get(message.id)
-        pending.delete(message.id)
-        if (message.ok === true) waiter?.resolve(message)
-        else waiter?.reject(new Error(`power fs: ${message.message ?? 'request failed'}`))
-      }
-    })
-    child.on('exit', (code) => {
-      exited = true
-      reject(new Error(`power fs exited with ${String(code)} before it was ready`))
-      for (const waiter of pending.values()) waiter.reject(new Error('power fs exited'))
-      pending.clear()
-    })
+  const { request, stop } = await startFuseChild(import.meta.url, ['--h63-child', backing, mountPoint, model], backing, mountPoint, 'power fs', (message) => {
+    for (const listener of stallListeners) listener(String(message.path ?? ''))
   })
-  await ready
-  const request = async (body: Record<string, unknown>): Promise<any> => {
-    if (exited) throw new Error('power fs exited')
-    const id = nextId++
-    return await new Promise((resolve, reject) => {
-      pending.set(id, { resolve, reject })
-      child.send({ id, ...body })
-    })
-  }
   return {
     mountPoint,
     backing,
@@ -697,14 +662,7 @@ export async function startPowerFs (backing: string, mountPoint: string, model: 
     onStalled: (listener) => { stallListeners.push(listener) },
     setModel: async (next) => { await request({ type: 'model', model: next }) },
     stats: async () => (await request({ type: 'stats' })).stats as PowerStats,
-    stop: async () => {
-      if (!exited) {
-        const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-        await request({ type: 'unmount' }).catch(() => {})
-        await gone
-      }
-      await new Promise<void>((resolve) => execFile('fusermount', ['-uz', mountPoint], () => resolve()))
-    }
+    stop
   }
 }
 
