@@ -81,6 +81,8 @@ export interface Clock {
 
 type PolicySublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
+/** A step back of the clock up to this long is waited out (no slot served before it runs again), as cron does; a longer one rebases the schedule on the clock. */
+const SMALL_STEP_BACK_MS = 3 * 3600_000
 const NAME = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 const STRATEGIES = new Set<string>(Object.values(BackupStrategy))
 const MAX_MISSED = 100
@@ -221,8 +223,12 @@ export class BackupScheduler {
     // A small step back (NTP's seconds; the recorded next run is still the slot after next): the
     // slots the clock passes again were served, and the recorded run comes the step late, as cron
     // does for small steps. Rebasing on it ran the slot before at once and a served slot again.
+    // Small in time too (cron's bound: 3 hours): counted in slots alone, a sparse schedule took a
+    // step of days for a small one (a weekday policy stepped back 3 days waited 4 days for its next
+    // backup). A record still within the step bound's reach was made at most that long ago.
     const afterNext = this.#next(policy, new Date(next))
-    if (afterNext === null || Date.parse(policy.nextRunAt) <= Date.parse(afterNext)) return policy
+    const withinStep = this.#next(policy, new Date(now.getTime() + SMALL_STEP_BACK_MS))
+    if (afterNext === null || withinStep === null || Date.parse(policy.nextRunAt) <= Math.min(Date.parse(afterNext), Date.parse(withinStep))) return policy
     const cron = new Cron(policy.schedule, { paused: true, timezone: policy.timezone })
     // The slot that passed last is made now (an extra backup rather than one skipped): the run
     // record starts from the slot before it.

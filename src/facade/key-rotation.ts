@@ -164,9 +164,17 @@ export class KeyRotations {
       await Promise.race([running, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })])
       clearTimeout(timer)
     }
-    const encryption = this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
+    // As in #run: the background run stops quietly when this instance closes or the volume is
+    // deleted. Say which (and do not attach a deleted volume's storage again to describe it).
+    const nodeId = this.#host.cluster?.nodeId ?? ''
+    const now = this.#host.recordById(record.id)
+    if (now === undefined || now.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} was deleted before its re-encryption with the new data key finished; there is nothing left to rotate`)
+    const encryption = this.#host.keys.describe(record.id, this.#host.volumeBlocks(now).cipher)
     const done = !this.running.has(record.id)
-    if (done && encryption.rotation !== undefined) throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} on node ${this.#host.cluster?.nodeId ?? ''} stopped before it finished; it resumes at that node's next open`)
+    if (done && encryption.rotation !== undefined) {
+      if (this.#host.closed) throw new GalleonError('NOT_LEADER', `node ${nodeId}, the primary of volume ${record.name}, is closing; its next primary finishes the re-encryption: wait for it there`)
+      throw new GalleonError('IO_ERROR', `the re-encryption of volume ${record.name} on node ${nodeId} stopped before it finished; it resumes at that node's next open`)
+    }
     return { encryption, done }
   }
 
