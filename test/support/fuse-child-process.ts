@@ -8,6 +8,25 @@ import * as fs from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
+/**
+ * Why a FUSE file system served by a child process cannot run here (no /dev/fuse, no fuse-native,
+ * not root: mounted without fusermount), or undefined when it can. `purpose` ends the first reason.
+ */
+export function fuseChildUnavailable (name: string, purpose: string): string | undefined {
+  try {
+    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK)
+  } catch {
+    return `no /dev/fuse (FUSE is needed to ${purpose})`
+  }
+  try {
+    createRequire(import.meta.url).resolve('fuse-native')
+  } catch {
+    return 'fuse-native is not installed'
+  }
+  if ((process.getuid?.() ?? 0) !== 0) return `not root: the ${name} is mounted without fusermount`
+  return undefined
+}
+
 /** A message from the child: 'ready', 'error' (could not mount), an answer to request `id`, or an event. */
 export interface ChildMessage { type?: string, id?: number, ok?: boolean, message?: string, [key: string]: unknown }
 

@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { startFuseChild } from './fuse-child-process.js'
+import { fuseChildUnavailable, startFuseChild } from './fuse-child-process.js'
 
 /** One fault: which operation, on which files, how many times (-1: until cleared). */
 export interface FaultSpec {
@@ -280,18 +280,7 @@ export interface FaultyFs {
 
 /** Why a faulty file system cannot run here, or undefined when it can. */
 export function faultyFsUnavailable (): string | undefined {
-  try {
-    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK)
-  } catch {
-    return 'no /dev/fuse (FUSE is needed to inject I/O errors under a real storagePath)'
-  }
-  try {
-    createRequire(import.meta.url).resolve('fuse-native')
-  } catch {
-    return 'fuse-native is not installed'
-  }
-  if ((process.getuid?.() ?? 0) !== 0) return 'not root: the faulty FUSE file system is mounted without fusermount'
-  return undefined
+  return fuseChildUnavailable('faulty FUSE file system', 'inject I/O errors under a real storagePath')
 }
 
 /** Mounts a faulty mirror of `backing` at `mountPoint` in a child process. */

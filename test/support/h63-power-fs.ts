@@ -30,7 +30,8 @@
 import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { startFuseChild } from './fuse-child-process.js'
+import { fuseChildUnavailable, startFuseChild } from './fuse-child-process.js'
+import { seededRandom } from '../../src/seeded-random.js'
 
 /** When a namespace change becomes durable; see the file comment. */
 export type NamespaceModel = 'strict' | 'ext4'
@@ -80,16 +81,6 @@ const ENOSYS = -38
 const EEXIST = -17
 const ROOT_ID = 1
 
-function rng (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Applies `op` to `content` (bytes [0, size)); returns the new buffer and size. */
 function applyOp (content: Buffer, size: number, op: PendingOp): { buf: Buffer, size: number } {
@@ -235,7 +226,7 @@ function runChild (backing: string, mountPoint: string, initialModel: NamespaceM
   /** The instant of the power loss: what is durable now is what the disk will hold; every later change fails with EIO. */
   const freeze = (mode: FlushMode, seed: number): CutReport => {
     if (frozen !== undefined) return frozen.report
-    const random = rng(seed)
+    const random = seededRandom(seed)
     const report: CutReport = { filesRolledBack: 0, opsDropped: 0, opsKept: 0, namesLost: [], namesRevived: [], bytesDiffering: 0 }
     // Which names survive.
     const durableEntries = new Map<number, Map<string, number>>()
@@ -633,18 +624,7 @@ export interface PowerFs {
 
 /** Why the power-loss file system cannot run here, or undefined when it can. */
 export function powerFsUnavailable (): string | undefined {
-  try {
-    fs.accessSync('/dev/fuse', fs.constants.R_OK | fs.constants.W_OK)
-  } catch {
-    return 'no /dev/fuse (FUSE is needed to simulate a power loss under a real storagePath)'
-  }
-  try {
-    createRequire(import.meta.url).resolve('fuse-native')
-  } catch {
-    return 'fuse-native is not installed'
-  }
-  if ((process.getuid?.() ?? 0) !== 0) return 'not root: the power-loss FUSE file system is mounted without fusermount'
-  return undefined
+  return fuseChildUnavailable('power-loss FUSE file system', 'simulate a power loss under a real storagePath')
 }
 
 /** Mounts a power-loss mirror of `backing` at `mountPoint` in a child process. */
