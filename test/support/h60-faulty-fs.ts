@@ -12,6 +12,7 @@ import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
 import { fuseChildUnavailable, startFuseChild } from './fuse-child-process.js'
+import { fuseErrno, fuseStat, fuseStatfs } from './fuse-passthrough-ops.js'
 
 /** One fault: which operation, on which files, how many times (-1: until cleared). */
 export interface FaultSpec {
@@ -58,10 +59,7 @@ function runChild (backing: string, mountPoint: string): void {
 
   const real = (path: string): string => join(backing, path)
   const count = (op: string): void => { stats.ops[op] = (stats.ops[op] ?? 0) + 1 }
-  const errno = (err: unknown): number => {
-    const value = (err as { errno?: number }).errno
-    return typeof value === 'number' && value < 0 ? value : EIO
-  }
+  const errno = fuseErrno
   /** The first fault for `op` on `path` (and range) that still has shots; takes one. */
   const take = (op: FaultSpec['op'], path: string, range?: { from: number, to: number }): (FaultSpec & { re: RegExp }) | undefined => {
     for (const fault of faults) {
@@ -89,10 +87,7 @@ function runChild (backing: string, mountPoint: string): void {
     }
     return record
   }
-  const toStat = (st: fs.Stats): Record<string, unknown> => ({
-    mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, dev: st.dev, nlink: st.nlink, ino: st.ino,
-    rdev: st.rdev, blksize: st.blksize, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime
-  })
+  const toStat = fuseStat
   const simple = (op: string, task: () => void, cb: (err: number) => void, path?: string): void => {
     count(op)
     if (path !== undefined && take(op as FaultSpec['op'], path) !== undefined) { cb(EIO); return }
@@ -112,13 +107,7 @@ function runChild (backing: string, mountPoint: string): void {
       try { cb(0, toStat(fs.fstatSync(fd))) } catch (err) { cb(errno(err)) }
     },
     access: (_path: string, _mode: number, cb: (err: number) => void) => { cb(0) },
-    statfs: (_path: string, cb: (err: number, st?: unknown) => void) => {
-      try {
-        const st = fs.statfsSync(backing)
-        const clamp = (n: number): number => Math.min(n, 0xffffffff)
-        cb(0, { bsize: st.bsize, frsize: st.bsize, blocks: clamp(st.blocks), bfree: clamp(st.bfree), bavail: clamp(st.bavail), files: clamp(st.files), ffree: clamp(st.ffree), favail: clamp(st.ffree), fsid: 0, flag: 0, namemax: 255 })
-      } catch (err) { cb(errno(err)) }
-    },
+    statfs: fuseStatfs(backing),
     readdir: (path: string, cb: (err: number, names?: string[]) => void) => {
       try { cb(0, fs.readdirSync(real(path))) } catch (err) { cb(errno(err)) }
     },

@@ -31,6 +31,7 @@ import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
 import { fuseChildUnavailable, startFuseChild } from './fuse-child-process.js'
+import { fuseErrno, fuseStat, fuseStatfs } from './fuse-passthrough-ops.js'
 import { seededRandom } from '../../src/seeded-random.js'
 
 /** When a namespace change becomes durable; see the file comment. */
@@ -130,10 +131,7 @@ function runChild (backing: string, mountPoint: string, initialModel: NamespaceM
     stats.ops[op] = (stats.ops[op] ?? 0) + 1
     if (trace?.test(path) === true) process.stderr.write(`h63-fs ${op} ${path}\n`)
   }
-  const errno = (err: unknown): number => {
-    const value = (err as { errno?: number }).errno
-    return typeof value === 'number' && value < 0 ? value : EIO
-  }
+  const errno = fuseErrno
 
   /** Rebuilds the model from the backing directory: everything in it is durable. */
   const scan = (): void => {
@@ -346,10 +344,7 @@ function runChild (backing: string, mountPoint: string, initialModel: NamespaceM
     return report
   }
 
-  const toStat = (st: fs.Stats): Record<string, unknown> => ({
-    mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, dev: st.dev, nlink: st.nlink, ino: st.ino,
-    rdev: st.rdev, blksize: st.blksize, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime
-  })
+  const toStat = fuseStat
   const guarded = (op: string, cb: (err: number) => void, task: () => void, path = ''): void => {
     count(op, path)
     if (frozen !== undefined) { cb(EIO); return }
@@ -375,13 +370,7 @@ function runChild (backing: string, mountPoint: string, initialModel: NamespaceM
       try { cb(0, toStat(fs.lstatSync(real(path)))) } catch (err) { cb(errno(err)) }
     },
     access: (_path: string, _mode: number, cb: (err: number) => void) => { cb(0) },
-    statfs: (_path: string, cb: (err: number, st?: unknown) => void) => {
-      try {
-        const st = fs.statfsSync(backing)
-        const clamp = (n: number): number => Math.min(n, 0xffffffff)
-        cb(0, { bsize: st.bsize, frsize: st.bsize, blocks: clamp(st.blocks), bfree: clamp(st.bfree), bavail: clamp(st.bavail), files: clamp(st.files), ffree: clamp(st.ffree), favail: clamp(st.ffree), fsid: 0, flag: 0, namemax: 255 })
-      } catch (err) { cb(errno(err)) }
-    },
+    statfs: fuseStatfs(backing),
     readdir: (path: string, cb: (err: number, names?: string[]) => void) => {
       try { cb(0, fs.readdirSync(real(path))) } catch (err) { cb(errno(err)) }
     },
