@@ -310,7 +310,18 @@ class BackupFuzz {
     // Without waiting now and then: the re-encryption runs under the operations that follow.
     const wait = this.chance(0.5)
     this.log.push(`rotateVolumeKey ${volume.name}${wait ? '' : ' (not waiting)'}`)
-    await this.g.rotateVolumeKey(volume.name, { wait })
+    // A rotation not waited for may still re-encrypt: a new one is refused with BUSY until it is
+    // done (it may finish between this look and the call, then the call goes through).
+    const before = await this.g.getVolumeEncryption(volume.name)
+    try {
+      await this.g.rotateVolumeKey(volume.name, { wait })
+    } catch (err) {
+      if (!(err instanceof GalleonError) || err.code !== 'BUSY' || before.rotation === undefined) throw err
+      assert.match(err.message, /already re-encrypting/)
+      this.log.push('  refused BUSY: the rotation before it is still re-encrypting')
+      this.count('refused BUSY (rotation running)')
+      return
+    }
     volume.keyEpoch++
     this.count('rotateVolumeKey')
   }
