@@ -21,8 +21,9 @@ import {
   type ModelBackup, type ModelVolume, type Retention, type Strategy
 } from './support/backup-fuzz-model.js'
 import { chunkUse, targetState } from './support/backup-fuzz-target.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 1616600618)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 250)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

@@ -28,8 +28,9 @@ import { ExternalKeyProvider, GalleonError, GalleonFS } from '../src/index.js'
 import { generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
 import { SEALED } from './support/crypto-fuzz-model.js'
 import { EncryptionFuzz } from './support/crypto-fuzz-run.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 150)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

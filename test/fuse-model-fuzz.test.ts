@@ -13,8 +13,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { mountsUnder, runWatched } from './support/fuse-fuzz-watchdog.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 1000)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

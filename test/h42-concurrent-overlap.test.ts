@@ -18,8 +18,9 @@ import { BlockEngine } from '../src/engine/engine.js'
 import { seededRandom } from '../src/seeded-random.js'
 import { Clock, applyOp, checkCut, checkFinal, describeOp, type Op, type OpKind } from './support/h42-model.js'
 import { runNbdRounds } from './support/h42-nbd.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.H42_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.H42_SEED)
+const SEED = testSeed('H42_SEED', 20261206)
 const ROUNDS = process.env.H42_ROUNDS === undefined ? undefined : Number(process.env.H42_ROUNDS)
 if (!Number.isSafeInteger(SEED) || (ROUNDS !== undefined && !Number.isSafeInteger(ROUNDS))) throw new Error('H42_SEED and H42_ROUNDS must be integers')
 

@@ -13,14 +13,16 @@
 import { it } from 'node:test'
 import assert from 'node:assert/strict'
 import { runRace } from './support/h64-race.js'
+import { EXPLORE, randomSeed } from './support/test-seed.js'
 
 // Seeds: odd ones close() with calls in flight; 'backups' ones weigh backups, key rotations,
 // forced deletes and clones of encrypted volumes (where the defects of h64 showed).
 const FIXED: Array<{ seed: number, focus?: 'backups' }> = [{ seed: 7 }, { seed: 24 }, ...[1009, 1011, 1023, 1038, 1090, 1096].map((seed) => ({ seed, focus: 'backups' as const }))]
 const given = process.env.GALLEON_FUZZ_SEED
-const random = Math.floor(Math.random() * 2 ** 31)
+// With GALLEON_EXPLORE=1 (npm run test:explore) one random seed runs beside the fixed ones.
+const random = randomSeed()
 const RUNS = given === undefined
-  ? [...FIXED, { seed: random, ...(random % 3 === 0 ? { focus: 'backups' as const } : {}) }]
+  ? [...FIXED, ...(EXPLORE ? [{ seed: random, ...(random % 3 === 0 ? { focus: 'backups' as const } : {}) }] : [])]
   : [{ seed: Number(given), ...(process.env.GALLEON_FUZZ_FOCUS === 'backups' ? { focus: 'backups' as const } : {}) }]
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 300)
 if (!RUNS.every((run) => Number.isSafeInteger(run.seed)) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')

@@ -20,8 +20,9 @@ import { FileBlockStore } from '../backends/file/index.js'
 import { LevelBlockStore } from '../backends/level/index.js'
 import type { Backend } from './support/migration-fuzz-steps.js'
 import { MigrationFuzz } from './support/migration-fuzz-run.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 30)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

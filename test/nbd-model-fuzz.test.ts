@@ -23,8 +23,9 @@ import { NbdServer } from '../backends/nbd/index.js'
 import { CMD, NbdFuzzConnection, TFLAG, type HaggleStep } from './support/nbd-fuzz-client.js'
 import { BLOCK, DenseView, FuzzRandom, SparseView, type ModelView } from './support/nbd-fuzz-model.js'
 import { GiB, planRound, same, type Op, type SnapshotModel, type Target } from './support/nbd-fuzz-ops.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 12_000)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

@@ -10,7 +10,8 @@
 // holds the same bytes (each storage opened alone).
 //
 // GALLEON_FUZZ_SEED=<n> replays one seed (a failure prints its seed and the last steps);
-// GALLEON_FUZZ_STEPS sets the steps per seed (default 220). Without a seed, a few fixed seeds run.
+// GALLEON_FUZZ_STEPS sets the steps per seed (default 220). Without a seed, a few fixed seeds run
+// (with GALLEON_EXPLORE=1, one random seed instead).
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -20,11 +21,12 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type ReplicationStatus } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport, type MemoryCoordinator } from '../backends/memory/index.js'
 import { seededRandom } from '../src/seeded-random.js'
+import { EXPLORE, randomSeed } from './support/test-seed.js'
 import { block as diskBlock, diskCluster as diskClusterHelpers, type DiskNode } from './support/disk-cluster.js'
 import { until as untilAsync } from './support/wait.js'
 import { RECORD_PREFIX, parseRecord, recordKey, type ReplicaSetRecord } from '../src/replication/records.js'
 
-const SEEDS = process.env.GALLEON_FUZZ_SEED === undefined ? [11, 23, 37] : [Number(process.env.GALLEON_FUZZ_SEED)]
+const SEEDS = process.env.GALLEON_FUZZ_SEED === undefined ? (EXPLORE ? [randomSeed()] : [11, 23, 37]) : [Number(process.env.GALLEON_FUZZ_SEED)]
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 220)
 if (!SEEDS.every(Number.isSafeInteger) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 

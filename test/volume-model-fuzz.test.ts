@@ -15,8 +15,9 @@ import { GalleonFS, type OpenOptions } from '../src/index.js'
 import { seededRandom } from '../src/seeded-random.js'
 import { expectCode } from './support/assertions.js'
 import { observed } from './support/observed.js'
+import { testSeed } from './support/test-seed.js'
 
-const SEED = process.env.GALLEON_FUZZ_SEED === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(process.env.GALLEON_FUZZ_SEED)
+const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 400)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 
