@@ -78,13 +78,26 @@ export class KeyRotations {
 
   /**
    * A replicated volume: on a node that is not its primary, the call goes there (with `wait`, the
-   * wait too, in steps within a forwarded call's time); the answer is the primary's copy's.
+   * wait too, in steps within a forwarded call's time); the answer is the primary's copy's. The
+   * call's token goes with it, so that it can be sent again (its answer lost, or the primary
+   * closing or losing the role under it: it then answers NOT_LEADER) without counting twice.
    */
   async #rotateReplicated (record: VolumeRecord, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
-    if (!replication.forwards(record.id)) return await this.rotateOnPrimary(record.id, options)
-    let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token: randomUUID() })).header.encryption as VolumeEncryption
+    const token = randomUUID()
+    if (!replication.forwards(record.id)) {
+      try {
+        return await this.rotateOnPrimary(record.id, options, token)
+      } catch (err) {
+        // This node stopped being the primary under the rotation (its lease ended, the role moved;
+        // not its own close, which ends the call): the next primary answers, and the token keeps a
+        // rotation this node counted from counting again there.
+        const code = errorCode(err)
+        if (this.#host.closed || !replication.forwards(record.id) || code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') throw err
+      }
+    }
+    let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token })).header.encryption as VolumeEncryption
     while (options?.wait === true) {
       const reply = (await this.#host.forward(record, { op: 'awaitKeyRotation' })).header
       state = reply.encryption as VolumeEncryption
@@ -105,9 +118,13 @@ export class KeyRotations {
     const record = this.#host.catalog.resolve(volumeId)
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
     const describeNow = (): VolumeEncryption => this.#host.keys.describe(record.id, this.#host.volumeBlocks(record).cipher)
-    // A repeat of a forwarded call that counted its rotation already (its answer was lost): the
-    // record names it, also after a change of primary.
-    if (token !== undefined && countedRotation(replication.spec(record.id), token)) return describeNow()
+    // A repeat of a forwarded call that counted its rotation already (its answer was lost, or the
+    // primary that counted it closed or lost the role): the record names it, also after a change
+    // of primary. A primary promoted since may not have taken the rotation yet: it does first.
+    if (token !== undefined && countedRotation(replication.spec(record.id), token)) {
+      await this.#takeCounted(record.id)
+      return describeNow()
+    }
     const volume = await this.#begin(record)
     const replicator = volume.replicator
     const nodeId = this.#host.cluster?.nodeId ?? ''
@@ -133,7 +150,10 @@ export class KeyRotations {
       await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>, generation)
       return generation
     })
-    if (generation === undefined) return await this.#run(record, volume, options)
+    if (generation === undefined) {
+      await this.#takeCounted(record.id)
+      return await this.#run(record, volume, options)
+    }
     let seq: number | undefined
     try {
       seq = replicatorFor(volume, replicator)?.record({ type: 'rekey', generation })
@@ -153,11 +173,44 @@ export class KeyRotations {
   }
 
   /**
+   * This node's copy takes the rotations the volume's record counts that it has not taken yet: a
+   * primary promoted after its predecessor counted one (the record says so, and applySpec starts it
+   * in the background) answers for it only once it has begun it.
+   */
+  async #takeCounted (volumeId: string): Promise<void> {
+    const generation = this.#host.replication?.spec(volumeId)?.keyGeneration ?? 0
+    if (generation > this.#host.keys.generation(volumeId)) await this.applyRotation(volumeId, generation)
+  }
+
+  /**
+   * Runs one step of a rotation another node forwarded here (`rotateVolumeKey`, `awaitKeyRotation`)
+   * as the volume's primary. A step that fails because this node stopped being the primary under
+   * it (it closes, lost its lease, handed the role over) says NOT_LEADER, whatever the failure it
+   * caused was (the in-sync copies not confirming, the instance closing): the forwarding node then
+   * asks the next primary, with the same token, and the answer it gets is the truth (the rotation
+   * counted once, or not at all), not a failure of a rotation the next primary finishes.
+   */
+  async servePrimaryStep<T> (volumeId: string, step: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await run()
+    } catch (err) {
+      const code = errorCode(err)
+      // Answers that do not depend on which node is primary stand as they are.
+      if (code === 'NOT_LEADER' || code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') throw err
+      if (!this.#host.closed && this.#host.replication?.forwards(volumeId) !== true) throw err
+      const nodeId = this.#host.cluster?.nodeId ?? ''
+      throw new GalleonError('NOT_LEADER', `node ${nodeId} stopped being the primary of volume ${this.#host.recordById(volumeId)?.name ?? volumeId} while it served a forwarded ${step} (${this.#host.closed ? 'it is closing' : 'it lost the role'}: ${(err as Error)?.message ?? String(err)}); ask its next primary, where a repeat of the call is not counted twice`, { cause: err })
+    }
+  }
+
+  /**
    * Forwarded by a node waiting for a replicated volume's rotation (rotateVolumeKey with `wait`):
    * waits up to `ms` for this copy's re-encryption; `done` once it is over.
    */
   async awaitRotation (volumeId: string, ms: number): Promise<{ encryption: VolumeEncryption, done: boolean }> {
     const record = this.#host.catalog.resolve(volumeId)
+    // A primary promoted since the rotation was counted: its own copy's rotation is the one waited for.
+    if (record.replication !== undefined) await this.#takeCounted(record.id)
     const running = this.running.get(record.id)
     if (running !== undefined) {
       let timer: NodeJS.Timeout | undefined

@@ -81,9 +81,11 @@ export class ReplicationBridge {
         case 'deleteVolume': await this.#calls.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
         case 'expandVolume': return { header: { volume: await this.#calls.expandVolume(volumeId, request.sizeBytes as number) } }
         case 'restoreSnapshot': return { header: { volume: await this.#calls.restoreSnapshot(volumeId, { id: String(request.snapshot) }) } }
-        case 'rotateVolumeKey': return { header: { encryption: await this.#keys.rotateOnPrimary(volumeId, {}, typeof request.token === 'string' ? request.token : undefined) } }
+        // A step that fails because this node stopped being the primary under it says NOT_LEADER:
+        // the caller asks the next primary (the rotation's token keeps it from counting twice).
+        case 'rotateVolumeKey': return { header: { encryption: await this.#keys.servePrimaryStep(volumeId, 'rotateVolumeKey', async () => await this.#keys.rotateOnPrimary(volumeId, {}, typeof request.token === 'string' ? request.token : undefined)) } }
         // Within the forwarded call's time; the caller asks again until `done`.
-        case 'awaitKeyRotation': return { header: { ...await this.#keys.awaitRotation(volumeId, 5000) } }
+        case 'awaitKeyRotation': return { header: { ...await this.#keys.servePrimaryStep(volumeId, 'wait for a key rotation', async () => await this.#keys.awaitRotation(volumeId, 5000)) } }
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })

@@ -29,9 +29,11 @@ export interface VolumeSpec {
    */
   readonly keyGeneration?: number
   /**
-   * The tokens of the forwarded rotateVolumeKey calls that counted the last rotations (up to 32,
-   * oldest first): a repeat of such a call (its answer lost, resent to the same primary or to the
-   * next one, also after other rotations) finds its token here and does not rotate again.
+   * The tokens of the rotateVolumeKey calls that counted the last rotations (up to 32, oldest
+   * first; forwarded calls', and a primary's own caller's, which goes to the next primary when this
+   * one loses the role mid-way): a repeat of such a call (its answer lost, resent to the same
+   * primary or to the next one, also after other rotations) finds its token here and does not
+   * rotate again.
    */
   readonly keyRotationTokens?: readonly string[]
   /**
