@@ -63,7 +63,11 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     },
     create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, relocateScatteredReads?: boolean, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
       const { FileBlockStore } = await import('../backends/file/index.js')
-      return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks') })
+      // Background errors go to the caller's handler, and to the instance's io:error events.
+      const own = options.onBackgroundError
+      const report = context.reportBackgroundError
+      const onBackgroundError = own === undefined && report === undefined ? undefined : (err: GalleonError) => { own?.(err); report?.(err) }
+      return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks'), ...(onBackgroundError === undefined ? {} : { onBackgroundError }) })
     }
   },
   {

@@ -58,6 +58,25 @@ export interface BlockStoreStats {
    * constructed; 0 for a store without `durableSync`. Shows how well group commit works.
    */
   readonly syncs: number
+  /**
+   * Parts of the store its background maintenance had to leave as they are (nothing in them is
+   * dropped), e.g. a segment file compaction could not read: absent or empty when there are none.
+   */
+  readonly faults?: readonly BlockStoreFault[]
+}
+
+/** A part of a block store its background maintenance could not handle (see BlockStoreStats.faults). */
+export interface BlockStoreFault {
+  /** What it is, e.g. the path of a segment file. */
+  readonly what: string
+  /** The code and message of the last failure. */
+  readonly code: string
+  readonly message: string
+  /** When the first of the failed attempts in a row was made (ISO-8601), and how many there were. */
+  readonly since: string
+  readonly attempts: number
+  /** When it is tried again at the earliest (ISO-8601); null: not until the store is reopened. */
+  readonly retryAt: string | null
 }
 
 /** Options of a block store read. */

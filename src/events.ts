@@ -23,7 +23,11 @@ export interface ChecksumMismatchEvent {
   readonly actual?: number
 }
 
-/** Payload of `io:error`: an I/O call failed for a reason other than bad arguments. */
+/**
+ * Payload of `io:error`: an I/O call failed for a reason other than bad arguments, or background
+ * work did (a block store's compaction, the audit log's index, an unmount at close). A failure
+ * that concerns no one volume has `volumeId` and `volumeName` empty.
+ */
 export interface IoErrorEvent {
   readonly volumeId: string
   readonly volumeName: string

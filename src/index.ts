@@ -21,7 +21,7 @@ export type { AnyLevelDatabase } from './classic-level.js'
 export type { MigrateVolumeOptions, MigrateControl, MigrationPhase, MigrationProgressEvent } from './volumes/migration.js'
 export {
   MAX_BLOCK_VALUE_BYTES,
-  type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type DriverStatus,
+  type BlockStore, type BackupTarget, type KeyProvider, type MountDriver, type MountedVolume, type BlockAddress, type BlockOp, type BlockStoreSupports, type BlockStoreStats, type BlockStoreFault, type DriverStatus,
   type Transport, type TransportMessage, type TransportHandler, type TransportRequestOptions, type Coordinator, type CoordinatorEntry, type CoordinatorEvent, type ClusterNode, type ClusterMember, type Leadership
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'

@@ -102,8 +102,11 @@ export interface ResolvedDrivers {
   mountDriver: MountDriver
 }
 
-/** Validates open options and creates the drivers they name. */
-export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDrivers> {
+/**
+ * Validates open options and creates the drivers they name; `reportBackgroundError` takes the
+ * errors of their background work (see DriverContext).
+ */
+export async function resolveDrivers (options: OpenOptions, reportBackgroundError?: (err: unknown) => void): Promise<ResolvedDrivers> {
   if (options === null || typeof options !== 'object') {
     throw new GalleonError('INVALID_ARGUMENT', `GalleonFS.open() needs an options object such as { storagePath: './data' } or { inMemory: true }, got ${describe(options)}`)
   }
@@ -154,7 +157,7 @@ export async function resolveDrivers (options: OpenOptions): Promise<ResolvedDri
       throw new GalleonError('IO_ERROR', `could not create the storage directory ${storagePath}: ${err.message}; ${fix}`, { cause: err })
     })
   }
-  const context: DriverContext = { inMemory: inMemory === true, ...(storagePath === undefined ? {} : { storagePath }) }
+  const context: DriverContext = { inMemory: inMemory === true, ...(storagePath === undefined ? {} : { storagePath }), ...(reportBackgroundError === undefined ? {} : { reportBackgroundError }) }
   const created: Array<() => Promise<void>> = []
   try {
     const chosen = backend ?? (storagePath !== undefined ? 'file' : 'memory')

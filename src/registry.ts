@@ -41,6 +41,12 @@ export interface DriverContext {
   readonly storagePath?: string
   /** True when GalleonFS was opened with `{ inMemory: true }`. */
   readonly inMemory: boolean
+  /**
+   * Takes the errors of a driver's background work (compaction, say), which no caller hears: the
+   * instance reports them as `io:error` events with no volume. Errors reported before `open()`
+   * returns are emitted once it has.
+   */
+  readonly reportBackgroundError?: (err: unknown) => void
 }
 
 /**

@@ -1,5 +1,6 @@
 // Compaction of the file block store: sealed segments with mostly dead records are picked, their live
-// records copied forward through the writer, and the emptied file deleted or kept as a spare.
+// records copied forward through the writer, and the emptied file deleted or kept as a spare. A
+// segment that cannot be read is kept and left alone for a while (exponential back-off).
 
 import { rename, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -8,7 +9,7 @@ import { Address, MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp } from 
 import { GalleonError } from '../../src/errors.js'
 import { HEADER_BYTES, TYPE_DEL, TYPE_PUT, type RecordHeader } from './record.js'
 import { hintPath, isCode, scanSegment, spareFileName, syncDirectory } from './segment.js'
-import { COMPACTION_BATCH_BYTES } from './options.js'
+import { COMPACTION_BATCH_BYTES, COMPACTION_RETRY_FIRST_MS, COMPACTION_RETRY_MAX_MS } from './options.js'
 import { maintain, reportBackground } from './maintenance.js'
 import { spareBudget, spareBytes, trimSpares } from './spares.js'
 import { enqueue } from './writer.js'
@@ -29,52 +30,102 @@ class CompactionAborted extends Error {}
 export function maybeScheduleCompaction (state: StoreState): void {
   if (!state.compactionWanted || state.compactionScheduled || state.closing || state.failure !== undefined) return
   state.compactionWanted = false
-  if (state.compactionThreshold === 0 || pickVictim(state, state.compactionThreshold, Infinity) === undefined) return
+  if (state.compactionThreshold === 0 || pickVictim(state, state.compactionThreshold, Infinity, NONE, false) === undefined) return
   state.compactionScheduled = true
   maintain(state, async () => {
     state.compactionScheduled = false
     // Only the segments that exist now, then queue the next pass behind whatever was queued
     // meanwhile: a pass chasing the victims that sustained writes keep creating would never end,
     // and the hint files and compact() calls queued behind it would wait as long as the writes go on.
-    await compactPass(state, state.compactionThreshold, state.tail.id)
+    // A segment that had to be kept is reported once per attempt, and attempts are spaced out.
+    const kept = await compactPass(state, state.compactionThreshold, state.tail.id)
+    for (const err of kept) reportBackground(state, err)
     state.compactionWanted = true
     maybeScheduleCompaction(state)
   }).catch((err: unknown) => reportBackground(state, err))
 }
 
+const NONE: ReadonlySet<Segment> = new Set()
+
 /**
- * The oldest sealed segment worth compacting. Tombstones count as live unless the segment is the
- * oldest: they must outlive the older records they delete, and counting them dead would make a
- * segment of tombstones be copied forward again and again.
+ * The oldest sealed segment worth compacting, other than those in `passed`. Tombstones count as live
+ * unless the segment is the oldest: they must outlive the older records they delete, and counting
+ * them dead would make a segment of tombstones be copied forward again and again. A segment whose
+ * read failed is skipped until its back-off is over (unless `retryNow`), but only while compacting
+ * it means reading it: one that holds nothing worth copying any more is dropped without a read.
  */
-function pickVictim (state: StoreState, threshold: number, newestId: number): Segment | undefined {
+function pickVictim (state: StoreState, threshold: number, newestId: number, passed: ReadonlySet<Segment>, retryNow: boolean): Segment | undefined {
   let oldest = true
   for (const segment of state.segments.values()) {
     if (segment.id > newestId) break
-    if (segment.sealed && !segment.skipCompaction && segment.handle !== undefined) {
+    if (segment.sealed && !segment.skipCompaction && segment.handle !== undefined && !passed.has(segment)) {
       const kept = segment.liveBytes + (oldest ? 0 : segment.tombstoneBytes)
-      if (kept < segment.size * threshold) return segment
+      if (kept < segment.size * threshold && (retryNow || kept === 0 || !backingOff(state, segment))) return segment
     }
     oldest = false
   }
   return undefined
 }
 
-/** Compacts every victim among the segments up to `newestId`, oldest first. */
-export async function compactPass (state: StoreState, threshold: number, newestId: number): Promise<void> {
+/** Whether `segment` waits out the back-off after a failed read (a clock set back ends it). */
+function backingOff (state: StoreState, segment: Segment): boolean {
+  const fault = segment.fault
+  if (fault === undefined) return false
+  const now = state.clock.now()
+  return now < fault.retryAt && now >= fault.since
+}
+
+/**
+ * Compacts every victim among the segments up to `newestId`, oldest first, each at most once. A
+ * victim that has to be kept (unreadable or damaged: see keepSegment) does not stop the pass; the
+ * errors saying so are returned, one per such segment, for the caller to report. `retryNow` also
+ * takes the segments waiting out a back-off (compact(): an operator asking now).
+ */
+export async function compactPass (state: StoreState, threshold: number, newestId: number, retryNow = false): Promise<GalleonError[]> {
+  const passed = new Set<Segment>()
+  const kept: GalleonError[] = []
   for (;;) {
-    if (state.closing || state.failure !== undefined) return
-    const victim = pickVictim(state, threshold, newestId)
-    if (victim === undefined) return
-    await compactSegment(state, victim)
+    if (state.closing || state.failure !== undefined) return kept
+    const victim = pickVictim(state, threshold, newestId, passed, retryNow)
+    if (victim === undefined) return kept
+    passed.add(victim)
+    const problem = await compactSegment(state, victim)
+    if (problem !== undefined) kept.push(problem)
   }
 }
 
 /**
- * Copies the live records (and still-needed tombstones) of a sealed segment to the tail through the
- * normal write path, syncs, then deletes the segment and its hint.
+ * Notes that compaction keeps `segment`: unreadable (`failure`, an error of the file system), tried
+ * again after a back-off that doubles with each failure in a row; damaged (`damage`), not tried
+ * again in this session. Returns the error to report.
  */
-async function compactSegment (state: StoreState, segment: Segment): Promise<void> {
+function keepSegment (state: StoreState, segment: Segment, failure: { readError: unknown } | { damage: string }): GalleonError {
+  const now = state.clock.now()
+  const previous = segment.fault
+  const attempts = (previous?.attempts ?? 0) + 1
+  const since = previous?.since ?? now
+  if ('damage' in failure) {
+    segment.skipCompaction = true
+    const error = new GalleonError('CORRUPTION', `compaction kept segment ${segment.path}: ${failure.damage}`)
+    segment.fault = { error, since, attempts, delayMs: 0, retryAt: Infinity }
+    return error
+  }
+  const delayMs = previous === undefined ? COMPACTION_RETRY_FIRST_MS : Math.min(previous.delayMs * 2, COMPACTION_RETRY_MAX_MS)
+  const err = failure.readError
+  const detail = err instanceof Error ? err.message : String(err)
+  const error = new GalleonError('IO_ERROR', `compaction could not read ${segment.path} (the segment is kept, with every block in it): ${detail}. ` +
+    `Unreadable since ${new Date(since).toISOString()} (${attempts} failed ${attempts === 1 ? 'attempt' : 'attempts in a row'}); compaction tries it again in ${Math.round(delayMs / 1000)} s at the earliest. ` +
+    'Reads of its blocks may fail too: check the disk, and scrub the volumes (restore what scrub reports from a backup)', { cause: err })
+  segment.fault = { error, since, attempts, delayMs, retryAt: now + delayMs }
+  return error
+}
+
+/**
+ * Copies the live records (and still-needed tombstones) of a sealed segment to the tail through the
+ * normal write path, syncs, then deletes the segment and its hint. Returns the error saying why the
+ * segment was kept instead, when it could not be read or was found damaged (see keepSegment).
+ */
+async function compactSegment (state: StoreState, segment: Segment): Promise<GalleonError | undefined> {
   const hasOlder = state.segments.keys().next().value !== segment.id
   if (segment.liveBytes > 0 || (hasOlder && segment.tombstoneBytes > 0)) {
     let moves: Move[] = []
@@ -135,20 +186,25 @@ async function compactSegment (state: StoreState, segment: Segment): Promise<voi
     } catch (err) {
       if (err instanceof CompactionAborted) {
         await flush(false) // what was read is still worth keeping; the segment stays
-        return
+        return undefined
       }
-      throw wrapIo(err, `compaction could not read ${segment.path} (the segment is kept)`)
+      // The writer's failure (of a batch this compaction queued) has stopped the store: not the segment's.
+      if (err instanceof GalleonError || state.failure !== undefined) throw wrapIo(err, `compaction of ${segment.path} stopped (the segment is kept)`)
+      // A read failed. What was read before is copied forward all the same: once every live record
+      // has moved, the segment goes without being read again.
+      await flush(true)
+      return keepSegment(state, segment, { readError: err })
     }
     await flush(true)
     if (problem !== undefined || segment.liveBytes !== 0) {
-      segment.skipCompaction = true
-      throw new GalleonError('CORRUPTION', `compaction kept segment ${segment.path}: ${problem ?? `${segment.liveBytes} live bytes were not found in it`}`)
+      return keepSegment(state, segment, { damage: problem ?? `${segment.liveBytes} live bytes were not found in it` })
     }
   } else {
     // Nothing to copy, but the records that superseded this segment's must be durable before it goes.
     await enqueue(state, [], true)
   }
   await dropSegment(state, segment)
+  return undefined
 }
 
 async function dropSegment (state: StoreState, segment: Segment): Promise<void> {

@@ -6,7 +6,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { makeDirectoriesDurably } from '../../src/durable-files.js'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
-import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import type { BlockAddress, BlockOp, BlockStoreFault, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes } from '../../src/errors.js'
 import { LoopStreak, loopTurn } from '../../src/loop-streak.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -103,7 +103,9 @@ export class FileBlockStore extends AbstractBlockStore {
    * Runs a compaction pass now and resolves when it is done: every sealed segment whose live ratio is
    * below `compactionThreshold` (the default 0.4 when background compaction is disabled with 0) is
    * copied forward and deleted. Runs after background work already under way; rejects with the error
-   * of a failed compaction.
+   * of a failed compaction. Segments that background compaction could not read are tried again now,
+   * whatever their back-off; one that still cannot be read is kept (the pass goes on with the
+   * others) and the call rejects with IO_ERROR naming it.
    */
   async compact (): Promise<void> {
     this.assertOpen()
@@ -112,7 +114,33 @@ export class FileBlockStore extends AbstractBlockStore {
     // Only segments that exist now: under sustained writes new victims keep appearing, and a pass
     // that chased them would never resolve.
     const newestId = this.#state.tail.id
-    await maintain(this.#state, async () => await compactPass(this.#state, threshold, newestId))
+    const kept = await maintain(this.#state, async () => await compactPass(this.#state, threshold, newestId, true))
+    const first = kept[0]
+    if (first === undefined) return
+    if (kept.length === 1) throw first
+    throw new GalleonError(first.code, `compaction kept ${kept.length} segments: ${kept.map((err) => err.message).join('; ')}`, { cause: first })
+  }
+
+  /**
+   * Segments compaction had to keep as they are, with every block in them: unreadable ones (an I/O
+   * error; tried again after a back-off of 1 minute, doubling up to 1 hour, see the `clock` option)
+   * and damaged ones (not tried again until the store is reopened). Also in `stats().faults`.
+   */
+  get faults (): BlockStoreFault[] {
+    const faults: BlockStoreFault[] = []
+    for (const segment of this.#state.segments.values()) {
+      const fault = segment.fault
+      if (fault === undefined) continue
+      faults.push({
+        what: segment.path,
+        code: fault.error.code,
+        message: fault.error.message,
+        since: new Date(fault.since).toISOString(),
+        attempts: fault.attempts,
+        retryAt: Number.isFinite(fault.retryAt) ? new Date(fault.retryAt).toISOString() : null
+      })
+    }
+    return faults
   }
 
   // ---- lifecycle -----------------------------------------------------------------------------------
@@ -445,7 +473,7 @@ export class FileBlockStore extends AbstractBlockStore {
     let storedBytes = 0
     for (const segment of this.#state.segments.values()) storedBytes += Math.max(segment.size, segment.fileBytes, segment.spare?.bytes ?? 0)
     for (const spare of this.#state.spares) storedBytes += spare.bytes
-    return { blocks: this.#state.index.size, liveBytes: this.#state.liveBytes, storedBytes, syncs: this.#state.syncCount }
+    return { blocks: this.#state.index.size, liveBytes: this.#state.liveBytes, storedBytes, syncs: this.#state.syncCount, faults: this.faults }
   }
 
   // ---- writes --------------------------------------------------------------------------------------

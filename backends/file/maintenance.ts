@@ -7,7 +7,7 @@ import { hintPath } from './segment.js'
 import { noop, type Segment, type StoreState } from './store-state.js'
 
 /** Queues `task` after all background work already queued. */
-export function maintain (state: StoreState, task: () => Promise<void>): Promise<void> {
+export function maintain<T> (state: StoreState, task: () => Promise<T>): Promise<T> {
   const run = state.maintenance.then(task)
   state.maintenance = run.then(noop, noop)
   return run

@@ -71,6 +71,13 @@ export interface FileBlockStoreOptions {
    * correct: a failed compaction leaves the old segment in place.
    */
   onBackgroundError?: (err: GalleonError) => void
+  /**
+   * The clock (milliseconds) that times the back-off of segments compaction could not read and says
+   * since when (default `Date`). A segment whose read failed is kept, with every block in it, and not
+   * tried again for COMPACTION_RETRY_FIRST_MS, then twice as long after each failure in a row, up to
+   * COMPACTION_RETRY_MAX_MS; `stats().faults` lists it meanwhile.
+   */
+  clock?: { now: () => number }
 }
 
 const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -106,6 +113,14 @@ export const WRITEBACK_SYNC_BYTES = 4 * 1024 * 1024
 export const MAX_READ_RUN_BYTES = 4 * 1024 * 1024
 // Compaction copies in batches of about this size, so user writes interleave with it.
 export const COMPACTION_BATCH_BYTES = 2 * 1024 * 1024
+// A segment compaction could not read (EIO) waits this long before it is tried again, twice as long
+// after each further failure, up to the maximum: every write that supersedes a record in a sealed
+// segment asks for a pass, and a disk with a bad sector would otherwise be read (and the same
+// error reported) at that rate, while the segment, kept, loses nothing by waiting.
+export const COMPACTION_RETRY_FIRST_MS = 60_000
+export const COMPACTION_RETRY_MAX_MS = 3_600_000
+
+const WALL_CLOCK = { now: (): number => Date.now() }
 
 /** The options of a file block store, checked, with their defaults filled in. */
 export interface StoreSettings {
@@ -117,6 +132,7 @@ export interface StoreSettings {
   spareSegments: number
   relocateScatteredReads: boolean
   onBackgroundError: ((err: GalleonError) => void) | undefined
+  clock: { now: () => number }
 }
 
 /** Checks the options given to the FileBlockStore constructor (INVALID_ARGUMENT) and fills in the defaults. */
@@ -147,5 +163,9 @@ export function checkOptions (options: FileBlockStoreOptions): StoreSettings {
   if (typeof relocateScatteredReads !== 'boolean') {
     throw new GalleonError('INVALID_ARGUMENT', `relocateScatteredReads must be true or false, got ${describe(relocateScatteredReads)}`)
   }
-  return { location: options.location, segmentBytes, compactionThreshold, syncWriteMaxBytes, syncReadMaxBytes, spareSegments, relocateScatteredReads, onBackgroundError: options.onBackgroundError }
+  const clock = options.clock ?? WALL_CLOCK
+  if (clock === null || typeof clock !== 'object' || typeof clock.now !== 'function') {
+    throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
+  }
+  return { location: options.location, segmentBytes, compactionThreshold, syncWriteMaxBytes, syncReadMaxBytes, spareSegments, relocateScatteredReads, onBackgroundError: options.onBackgroundError, clock }
 }

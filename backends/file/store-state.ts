@@ -37,6 +37,11 @@ export class Segment {
   sealed = false
   /** Compaction found this segment unusable; never pick it again in this session. */
   skipCompaction = false
+  /**
+   * Why compaction last had to keep this segment (it could not read it, or found it damaged), since
+   * when, and when it may try again; undefined while nothing went wrong. Gone with the segment.
+   */
+  fault: SegmentFault | undefined = undefined
   /** Salted (a reused file, see record.ts): the crc seed of its records; undefined for an unsalted segment. */
   seed: number | undefined = undefined
   /** A spare file this (not yet created) segment will be made from when the writer rolls to it. */
@@ -66,6 +71,23 @@ export class Segment {
     /** Entries for its hint file, kept until the hint is written; undefined once it is (or when not needed). */
     public hint: HintBuilder | undefined
   ) {}
+}
+
+/**
+ * A segment compaction had to keep. An unreadable one (IO_ERROR) is retried with exponential
+ * back-off; a damaged one (CORRUPTION) is not retried until the store is reopened.
+ */
+export interface SegmentFault {
+  /** The last error, as reported. */
+  error: GalleonError
+  /** When the first of the failed attempts in a row was made (clock milliseconds). */
+  since: number
+  /** Failed attempts in a row. */
+  attempts: number
+  /** The back-off after the last attempt (ms), doubled by each failed attempt up to a bound. */
+  delayMs: number
+  /** Not tried again before this time (clock milliseconds); Infinity: not in this session. */
+  retryAt: number
 }
 
 /** An emptied segment file kept to become a later segment. */
@@ -116,6 +138,8 @@ export class StoreState {
   readonly syncWriteMaxBytes: number
   readonly spareSegments: number
   readonly onBackgroundError: ((err: GalleonError) => void) | undefined
+  /** Times the back-off of segments compaction could not read (see SegmentFault). */
+  readonly clock: { now: () => number }
   /** Schedules a compaction pass if one may be due (see compaction.ts, which the writer does not import). */
   readonly maybeScheduleCompaction: () => void
   /** Spare files (emptied segment files kept for reuse), ready to become segments. */
@@ -178,6 +202,7 @@ export class StoreState {
     this.spareSegments = settings.spareSegments
     this.compactionThreshold = settings.compactionThreshold
     this.onBackgroundError = settings.onBackgroundError
+    this.clock = settings.clock
     this.maybeScheduleCompaction = maybeScheduleCompaction
   }
 }

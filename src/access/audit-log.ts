@@ -159,6 +159,7 @@ export class AuditLog {
   // Undefined until load() found or built a complete index (or when building it failed): queries
   // by time then read the whole log, and appends leave the index alone.
   #timeState: TimeIndexState | undefined
+  #timeIndexFailure: GalleonError | undefined
   readonly #now: () => number
   #head = { seq: 0, hash: GENESIS }
   readonly #queue = new SerialQueue()
@@ -201,9 +202,12 @@ export class AuditLog {
    * Uses the time index when it covers the log up to `lastKey`, else builds it from the entries. The
    * state record goes first (synced), so a build cut short by a crash leaves no state, and the next
    * open builds again; it comes back, synced, only after every index key is written. A build that
-   * fails (a full disk) leaves queries reading the whole log until the next open tries again.
+   * fails (a full disk) leaves queries reading the whole log until the next open tries again (not
+   * sooner: a failed write stops the metadata database's writes until it is reopened, see
+   * level-write-latch.ts); `timeIndexFailure` says why, for the instance to report.
    */
   async #loadTimeIndex (lastKey: string): Promise<void> {
+    this.#timeIndexFailure = undefined
     const stored = parseTimeIndexState(await this.#timeIndexState.get(TIME_INDEX_STATE_KEY))
     if (stored !== undefined && stored.last === lastKey) {
       this.#timeState = stored
@@ -233,11 +237,21 @@ export class AuditLog {
       if (puts.length > 0) await this.#timeIndex.batch(puts)
       await this.#timeIndexState.put(TIME_INDEX_STATE_KEY, JSON.stringify(state), SYNC)
       this.#timeState = state
-    } catch {
+    } catch (err) {
       // Not an error of the log: the entries and the chain are untouched, queries read them all.
       this.#timeState = undefined
+      const full = isNoSpaceError(err)
+      const detail = err instanceof Error ? err.message : String(err)
+      this.#timeIndexFailure = new GalleonError(full ? 'NO_SPACE' : 'IO_ERROR', `the audit log's time index could not be built at open${full ? ' because the disk holding the metadata database is full' : ''} (${detail}); ` +
+        `the audit log itself is intact, but queries by time read the whole log until the index is built. ${full ? 'Free space on that disk (or grow it), then close and reopen' : 'Check the disk holding the metadata database, then close and reopen'} the instance: every open builds the index again until it succeeds`, { cause: err })
     }
   }
+
+  /**
+   * Why load() could not build the time index (queries by time then read the whole log, correctly
+   * but slowly; the next open tries again), or undefined when it has the index.
+   */
+  get timeIndexFailure (): GalleonError | undefined { return this.#timeIndexFailure }
 
   /**
    * The time index against the entries (`timed`: how many readable entries have a readable time).

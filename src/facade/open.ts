@@ -4,6 +4,7 @@
 import type { EventEmitter } from 'eventemitter3'
 import { AccessControl } from '../access/access-control.js'
 import { AuditLog } from '../access/audit-log.js'
+import { BackgroundErrors } from './background-errors.js'
 import type { BackupTarget, BlockStore, MountDriver } from '../drivers.js'
 import { KeyManager } from '../crypto/key-manager.js'
 import { BlockEngine } from '../engine/engine.js'
@@ -88,7 +89,8 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
   // Built before any driver opens, so a bad qos option fails without touching the storage.
   let emitQoS: (event: string, payload: unknown) => void = () => {}
   const qos = new QoSScheduler(options?.qos ?? {}, (event, payload) => { emitQoS(event, payload) }, options?.metricsWindowSeconds)
-  const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options)
+  const backgroundErrors = new BackgroundErrors()
+  const { metadata, blockStore, location, keyProvider, passphrase, backupTarget, ownedBackupTarget, mountDriver } = await resolveDrivers(options, backgroundErrors.report)
   try {
     await metadata.open()
   } catch (err) {
@@ -134,6 +136,10 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
     progress.started = true
     await built.start()
+    // The log is fine, but its queries by time are slow until an open builds the index.
+    if (audit.timeIndexFailure !== undefined) backgroundErrors.report(audit.timeIndexFailure)
+    // Reports made so far are emitted once the caller holds the instance (no listener is attached before).
+    backgroundErrors.attach(emitter)
     return built.instance
   } catch (err) {
     await blockStore.close().catch(() => {})
