@@ -248,7 +248,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
       const written = new Map<number, Uint8Array>()
       const write = async (index: number, seed: number): Promise<void> => {
         const data = blockPattern(1, seed, BLOCK)
-        await g.write('v', index * BLOCK, data, WriteConcern.Durable)
+        await g.write('v', index * BLOCK, data, WriteConcern.WriteDurable)
         written.set(index, data)
       }
       for (let i = 0; i < 48; i++) await write(i, i)
