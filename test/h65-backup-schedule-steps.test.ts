@@ -1,7 +1,8 @@
 // h65: backup policy schedules when the wall clock steps (NTP, an operator, a resumed VM). The
 // scheduler reads the time from the clock given to open(), so the steps are made in-process.
 // The first and third tests fail before the fix to src/backup/policies.ts proposed in h65 (the
-// third also needs retention to order backups by the order they were taken, see the h65 report).
+// third also needs retention to order backups by the order they were taken: the manifest's
+// sequence, h66).
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -77,28 +78,38 @@ describe('h65: backup schedules across wall-clock steps', () => {
     }
   })
 
-  // A known limitation: retention buckets backups by the date they carry (createdAt), so after a
-  // clock step back the backups taken since look older than those taken before it. Fixing it needs
-  // an order that does not come from the clock (a sequence number in the manifest).
-  it('retention after the clock stepped back two days keeps the newest backups taken, not older ones dated later', { todo: 'retention orders backups by their dates; after a step back newer backups look older (needs a sequence number in the manifest)' }, async () => {
-    const clock = new SteppedClock(Date.UTC(2026, 2, 7, 12))
+  // Retention buckets backups by their dates (what users ask for), but which backup of a bucket is
+  // the newest, and which buckets are the last N, comes from the order they were taken (the
+  // manifest's sequence, h66): after a step back, the backups taken since carry earlier dates than
+  // some taken before it. Here the backup taken on Friday is dated before the one taken on
+  // Thursday (dated Saturday, the clock ran two days ahead); after a weekend off, daily: 2 keeps
+  // Monday's and Friday's, not Monday's and the misdated Thursday one. Before h66 (ordered by
+  // date) it kept the Thursday one and deleted Friday's.
+  it('retention after the clock stepped back two days keeps the newest backups taken, not older ones dated later', async () => {
+    // Wednesday 4 March 2026 on a clock two days ahead (truly Monday the 2nd).
+    const clock = new SteppedClock(Date.UTC(2026, 2, 4, 12))
     const g = await GalleonFS.open({ inMemory: true, backupTarget: place(), clock })
     try {
       await g.createVolume({ name: 'db', sizeBytes: 64 * BS })
-      await g.createBackupPolicy({ name: 'nightly', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 3 }, volumes: ['db'] })
+      await g.createBackupPolicy({ name: 'nightly', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 2 }, volumes: ['db'] })
       const taken: string[] = []
       const runAt = async (time: number): Promise<void> => {
         clock.time = time
         for (const run of await g.runDueBackupPolicies()) taken.push(...run.backups.map((b) => b.id))
       }
-      for (const day of [8, 9, 10]) await runAt(Date.UTC(2026, 2, day, 2, 30))
-      // The clock ran two days ahead and is stepped back (an hour after the last run, truly).
-      clock.time = Date.UTC(2026, 2, 8, 3, 30)
-      for (const day of [9, 10]) await runAt(Date.UTC(2026, 2, day, 2, 45))
-      assert.equal(taken.length, 5, 'one backup a night')
-      const kept = (await g.listBackups('db')).map((b) => b.id)
-      assert.deepEqual([...kept].sort(), taken.slice(-3).sort(),
-        `daily: 3 keeps the three backups taken last; kept the ones taken ${kept.map((id) => taken.indexOf(id) + 1).join(', ')} (of 1-5)`)
+      // Dated Thursday, Friday and Saturday; taken Tuesday, Wednesday and Thursday.
+      for (const day of [5, 6, 7]) await runAt(Date.UTC(2026, 2, day, 2, 30))
+      // The clock is stepped back two days (an hour after the last run, truly Thursday 03:30).
+      clock.time = Date.UTC(2026, 2, 5, 3, 30)
+      // Friday's backup; then the machine is off over the weekend, and Monday's run catches up.
+      await runAt(Date.UTC(2026, 2, 6, 2, 45))
+      await runAt(Date.UTC(2026, 2, 9, 2, 45))
+      assert.equal(taken.length, 5, 'one backup a night the machine was on')
+      const listed = await g.listBackups('db')
+      const kept = listed.map((b) => b.id)
+      assert.deepEqual([...kept].sort(), taken.slice(-2).sort(),
+        `daily: 2 keeps the two backups taken last (Friday's and Monday's); kept the ones taken ${kept.map((id) => taken.indexOf(id) + 1).join(', ')} (of 1-5)`)
+      assert.deepEqual(listed.map((b) => [b.sequence, b.createdAt]), [[4, '2026-03-06T02:45:00.000Z'], [5, '2026-03-09T02:45:00.000Z']], 'listed in the order taken, numbered so')
     } finally {
       await g.close()
     }

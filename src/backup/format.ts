@@ -22,7 +22,7 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import { NONCE_BYTES, defaultCipher } from '../crypto/cipher.js'
 import { promisify } from 'node:util'
 import { deflateRaw, inflateRaw } from 'node:zlib'
-import { GalleonError } from '../errors.js'
+import { GalleonError, describe } from '../errors.js'
 import { CHUNK_BYTES } from './chunking.js'
 
 const deflate = promisify(deflateRaw)
@@ -138,6 +138,12 @@ export interface Manifest {
   readonly format: number
   readonly id: string
   readonly createdAt: string
+  /**
+   * Where the backup comes among its volume's backups on the target, in the order they were taken
+   * (1, 2, ...; see order.ts): what "newest" means, whatever the dates say. Absent in manifests
+   * written before 2026-12-06, which come before every numbered one of their volume.
+   */
+  readonly sequence?: number
   /** Strategy used (a first incremental or differential of a volume is a full). */
   readonly strategy: 'full' | 'incremental' | 'differential'
   /** Strategy asked for. */
@@ -245,6 +251,8 @@ function checkManifestShape (id: string, manifest: Manifest): void {
   const isCount = (value: unknown): value is number => Number.isSafeInteger(value) && (value as number) >= 0
   const m = manifest as unknown as Record<string, unknown>
   if (typeof m.createdAt !== 'string') bad('createdAt is not a string')
+  // Ordering compares it: a string, a fraction or NaN would sort anyhow (and NaN breaks the sort).
+  if (m.sequence !== undefined && !(Number.isSafeInteger(m.sequence) && (m.sequence as number) >= 1)) bad(`sequence ${describe(m.sequence)} is not a whole number from 1 up`)
   if (!STRATEGIES.includes(m.strategy) || !STRATEGIES.includes(m.requestedStrategy)) bad('strategy is not full, incremental or differential')
   if (m.base !== null && typeof m.base !== 'string') bad('base is neither null nor a backup id')
   if (m.policy !== undefined && typeof m.policy !== 'string') bad('policy is not a string')
@@ -314,6 +322,8 @@ export interface BackupIndex {
     readonly strategy: string
     readonly base: string | null
     readonly createdAt: string
+    /** The manifest's sequence (absent for one without). */
+    readonly sequence?: number
     readonly manifestSha256: string
   }>
 }

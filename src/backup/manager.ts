@@ -18,6 +18,7 @@ import { isNoSpaceError } from '../abstract-block-store.js'
 import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex, type KnownManifests } from './manifests.js'
+import { nextSequence } from './order.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -353,6 +354,11 @@ export class BackupManager {
       const volumeSnapshots = await this.#g.listSnapshots(volume.id)
       const own = new Set(volumeSnapshots.flatMap((s) => s.name.startsWith('backup-') ? [s.name.slice('backup-'.length)] : []))
       const { manifests: ours, indexUsed } = await readVolumeManifests(target, volume.id, own)
+      // Read before the snapshot is taken: every backup of the volume stored by then (by any
+      // instance) holds older data and gets a smaller number (see order.ts). Counted over all of
+      // the volume's manifests, authenticated or not: those of an encrypted volume sealed under
+      // an earlier backup key (before a rotation) do not check out under the current one.
+      const sequence = nextSequence(ours)
       const snapshots = new Set(volumeSnapshots.map((s) => s.id))
       const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
       // A base must still have its snapshot, and be sealed as this backup will be: after the volume
@@ -498,6 +504,7 @@ export class BackupManager {
           format: 1,
           id,
           createdAt: new Date(this.#now()).toISOString(),
+          sequence,
           strategy,
           requestedStrategy: requested,
           base: base?.id ?? null,

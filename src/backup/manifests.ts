@@ -5,6 +5,7 @@ import type { BackupTarget } from '../drivers.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { BackupStrategy } from '../types.js'
 import { chunkId, chunkKeys, decodeIndex, decodeManifest, encodeIndex, type BackupIndex, isUntaggedManifest, verifyManifestTag, type ChunkKeys, type Manifest } from './format.js'
+import { inTakenOrder, type TakenOrderKey } from './order.js'
 import type { Backup, BackupKeySource } from './types.js'
 
 /** The manifest of backup `id` on the target (the id is checked first). */
@@ -39,7 +40,7 @@ export async function readChain (target: BackupTarget, id: string, cannot: strin
 
 /** One line of the index, for `manifest` stored as `bytes`. */
 function indexEntry (manifest: Manifest, bytes: Uint8Array): BackupIndex['backups'][number] {
-  return { id: manifest.id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, manifestSha256: chunkId(bytes) }
+  return { id: manifest.id, volumeId: manifest.volume.id, volumeName: manifest.volume.name, strategy: manifest.strategy, base: manifest.base, createdAt: manifest.createdAt, ...(manifest.sequence === undefined ? {} : { sequence: manifest.sequence }), manifestSha256: chunkId(bytes) }
 }
 
 /** The target's index when it is readable and lists exactly the manifests `listed` (else undefined). */
@@ -91,13 +92,15 @@ export async function writeIndex (target: BackupTarget, now: () => number, added
       backups.push(indexEntry(manifest, bytes))
     }
   }
-  backups.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
-  await target.putIndex(encodeIndex({ kind: 'galleonfs-backup-index', format: 1, updatedAt: new Date(now()).toISOString(), backups }))
+  // Index lines are not checked: an altered one must not break the sort (they are a summary).
+  const ordered = inTakenOrder(backups, (entry) => ({ id: String(entry.id), volumeId: String(entry.volumeId), sequence: Number.isSafeInteger(entry.sequence) ? entry.sequence : 0, createdAt: String(entry.createdAt) }))
+  await target.putIndex(encodeIndex({ kind: 'galleonfs-backup-index', format: 1, updatedAt: new Date(now()).toISOString(), backups: ordered }))
 }
 
 /**
- * The readable manifests of one volume on the target, oldest first. When the index lists exactly the
- * manifests there, only those it names for the volume are read; otherwise all are. The index only
+ * The readable manifests of one volume on the target, in the order they were taken (order.ts).
+ * When the index lists exactly the manifests there, only those it names for the volume are read;
+ * otherwise all are. The index only
  * narrows what is read: every manifest returned is read and checked from the target, as before.
  * `own` names the backups whose snapshots the volume still holds (`backup-<id>`): an index filing one
  * of them under another volume lies (it would hide a base and keep its snapshot forever), so it is
@@ -119,12 +122,13 @@ export async function readVolumeManifests (target: BackupTarget, volumeId: strin
       if (manifest.volume.id === volumeId) out.push(manifest)
     } catch {}
   }
-  return { manifests: out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id)), indexUsed: index !== undefined }
+  return { manifests: inTakenOrder(out, orderOf), indexUsed: index !== undefined }
 }
 
 /**
- * The target's readable manifests, oldest first; the ids of unreadable ones go to `unreadable`, and
- * the bytes each readable one was decoded from to `read` (by id), when given.
+ * The target's readable manifests, oldest first (each volume's in the order they were taken, see
+ * order.ts); the ids of unreadable ones go to `unreadable`, and the bytes each readable one was
+ * decoded from to `read` (by id), when given.
  */
 export async function readManifests (target: BackupTarget, unreadable: string[] = [], read?: Map<string, Uint8Array>): Promise<Manifest[]> {
   const out: Manifest[] = []
@@ -136,7 +140,12 @@ export async function readManifests (target: BackupTarget, unreadable: string[] 
       read?.set(id, bytes)
     } catch { unreadable.push(id) }
   }
-  return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))
+  return inTakenOrder(out, orderOf)
+}
+
+/** What orders a manifest (see order.ts). */
+export function orderOf (manifest: Manifest): TakenOrderKey {
+  return { id: manifest.id, volumeId: manifest.volume.id, sequence: manifest.sequence, createdAt: manifest.createdAt }
 }
 
 /** The chunk keys of an encrypted backup (undefined for a plain one), once its manifest's tag checked out under them. */
@@ -169,6 +178,7 @@ export function toBackup (manifest: Manifest, target: BackupTarget): Backup {
     requestedStrategy: manifest.requestedStrategy as BackupStrategy,
     baseId: manifest.base,
     createdAt: manifest.createdAt,
+    sequence: manifest.sequence ?? null,
     sizeBytes: manifest.volume.sizeBytes,
     blocks: manifest.stats.blocks,
     bytes: manifest.stats.bytes,

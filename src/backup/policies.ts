@@ -10,6 +10,7 @@ import type { GalleonFS } from '../galleonfs.js'
 import { BackupStrategy } from '../types.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import type { Backup, BackupHooks } from './manager.js'
+import { compareTaken } from './order.js'
 
 /** How many backups to keep per day, ISO week and month (UTC): the newest of each of the last N. */
 export interface BackupRetention {
@@ -338,11 +339,6 @@ export class BackupScheduler {
   }
 
   /**
-   * Deletes this policy's backups of a volume that the retention does not keep (and no kept backup
-   * builds on). The backups this run took (`taken`) count as the newest, whatever their times say
-   * (a clock that stepped back, or a tie), and are always kept.
-   */
-  /**
    * The backups of `volume` on the policy's target. A directory that is no backup target yet (the
    * policy's first backup to it was not taken) holds none: listing it by path is refused
    * (BACKUP_NOT_FOUND), and the policy's backup makes it one.
@@ -356,11 +352,18 @@ export class BackupScheduler {
     }
   }
 
+  /**
+   * Deletes this policy's backups of a volume that the retention does not keep (and no kept backup
+   * builds on). The backups this run took (`taken`) count as the newest, whatever their numbers say
+   * (two instances taking backups at once), and are always kept.
+   */
   async #prune (policy: BackupPolicy, volume: string, now: Date, taken: ReadonlySet<string>): Promise<string[]> {
     const target = policy.target ?? undefined
     const all = await this.#listBackups(volume, target)
     const rank = (backup: Backup): number => taken.has(backup.id) ? 1 : 0
-    const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => rank(b) - rank(a) || b.createdAt.localeCompare(a.createdAt))
+    // Newest first in the order they were taken (their sequence: a clock stepped back dates newer
+    // backups earlier), so each bucket keeps the one taken last; the buckets are their dates.
+    const ours = all.filter((backup) => backup.policy === policy.name).sort((a, b) => rank(b) - rank(a) || compareTaken(b, a))
     const keep = retained(ours, policy.retention, now)
     for (const id of taken) keep.add(id)
     const byId = new Map(all.map((backup) => [backup.id, backup]))
@@ -514,7 +517,12 @@ export class BackupScheduler {
   }
 }
 
-/** Ids of the backups GFS retention keeps: the newest of each of the last N days, ISO weeks and months (UTC). */
+/**
+ * Ids of the backups GFS retention keeps: the newest of each of the last N days, ISO weeks and
+ * months (UTC). `newestFirst` is in the order they were taken (see order.ts), newest first: the
+ * first of each bucket met is kept, and the buckets are counted in the order they are met; a
+ * backup's bucket is its date.
+ */
 export function retained (newestFirst: readonly Backup[], retention: Required<BackupRetention>, _now: Date): Set<string> {
   const keep = new Set<string>()
   const buckets: Array<[number, (date: Date) => string]> = [
@@ -558,8 +566,8 @@ function checkHooks (hooks: BackupHooks): BackupHooks {
  * taken on it.
  */
 function chainLength (backups: readonly Backup[], strategy: BackupStrategy): number {
-  // Listed oldest first: reversed before the (stable) sort, backups of one instant stay newest first.
-  const newestFirst = [...backups].reverse().sort((a, b) => b.createdAt.localeCompare(a.createdAt))
+  // In the order they were taken, not by date (a clock stepped back dates newer backups earlier).
+  const newestFirst = [...backups].sort((a, b) => compareTaken(b, a))
   if (strategy === BackupStrategy.Differential) {
     const full = newestFirst.find((backup) => backup.strategy === BackupStrategy.Full)
     return full === undefined ? 0 : 1 + backups.filter((backup) => backup.baseId === full.id && backup.strategy === BackupStrategy.Differential).length

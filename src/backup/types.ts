@@ -96,6 +96,15 @@ export interface Backup {
   /** The backup this one applies on top of (null for a full). */
   readonly baseId: string | null
   readonly createdAt: string
+  /**
+   * Where it comes among its volume's backups on this target, in the order they were taken (1, 2,
+   * ...): a backup started after another was stored is numbered after it, whatever the clock said.
+   * Retention, the base of an incremental and `listBackups` order by it, not by `createdAt` (a
+   * clock stepped back dates newer backups earlier). Two backups of one volume taken at the same
+   * time from two instances may share a number. Null for a backup taken by a release before
+   * 2026-12-06, which did not number them: such backups come before every numbered one.
+   */
+  readonly sequence: number | null
   /** Size of the volume when it was backed up. */
   readonly sizeBytes: number
   /** Blocks and bytes this backup holds (changed blocks for incremental and differential). */
