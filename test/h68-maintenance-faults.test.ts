@@ -263,6 +263,8 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
       assert.equal(events[0]?.volumeName, '')
       assert.equal(events[0]?.code, 'IO_ERROR')
       assert.ok(events[0]?.message.includes(join(location, first)), `the event names the segment: ${events[0]?.message}`)
+      const faults = (await g.getStorageStats()).faults ?? []
+      assert.deepEqual(faults.map((fault) => [fault.what, fault.code, fault.attempts]), [[join(location, first), 'IO_ERROR', 1]], 'getStorageStats() lists the kept segment')
       // More writes start more passes within the back-off: no further event.
       for (let i = 10; i < 40; i++) await write(i, 2000 + i)
       await new Promise((resolve) => setTimeout(resolve, 200))
