@@ -126,7 +126,15 @@ function shortText (text: string): string {
  * without any passes unchanged.
  */
 const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
-  [/pass \{ force: true \}/g, 'pass --force'],
+  [/deleteVolume\(("[^"]*"), \{ force: true \}\)/g, '`galleonfs volume delete $1 --force`'],
+  [/\b([Pp]ass|with) \{ force: true \}/g, '$1 --force'],
+  [/mount it with \{ readOnly: true \}/g, 'mount it with --options ro'],
+  [/an absolute mount point \(GET \/v1\/mounts lists the mounts\)/g, 'a mount point (`galleonfs mount list` shows the mounts)'],
+  [/replace the policy \(deleteBackupPolicy, createBackupPolicy\)/g, 'replace the policy (`galleonfs backup policy delete`, then `galleonfs backup policy create`)'],
+  [/with the first createBackup\(\) to it/g, 'with the first `galleonfs backup create <volume> --target <dir>` to it'],
+  [/join one \(joinCluster\) first/g, 'join one first (`galleonfs cluster join <address>`)'],
+  [/Run migrateVolume\(\) again/g, 'Run `galleonfs volume migrate` again'],
+  [/clone the snapshot \(cloneVolume\)/g, 'clone the snapshot (`galleonfs volume clone <volume> <new-name> --snapshot <snapshot>`)'],
   [/listVolumes\(\)/g, '`galleonfs volume list`'],
   [/ \(openVolumeFile\)/g, ''],
   [/listSnapshots\(\)/g, '`galleonfs snapshot list <volume>`'],
@@ -245,10 +253,21 @@ export async function callLong (globals: Globals, label: string, method: string,
     hideCursor: true,
     noTTYOutput: process.stderr.isTTY !== true,
     notTTYSchedule: 1000,
-    // Ctrl-C gives the terminal its cursor and line wrap back (the daemon cancels the operation).
-    gracefulExit: true
+    // Not cli-progress's own handler: it only stops the bar, and a process with a SIGINT listener
+    // does not end, so Ctrl-C left the operation running to its end and the CLI exiting 0.
+    gracefulExit: false
   }, Presets.shades_classic)
   let started = false
+  // Ctrl-C (or SIGTERM) while the bar is drawn: the terminal gets its cursor and line wrap back,
+  // then the signal ends the process as it would without a bar (exit 130 or 143), which closes the
+  // connection: the daemon cancels the backup or restore (a restore into a new volume removes it).
+  const interrupted = (signal: NodeJS.Signals): void => {
+    process.removeListener('SIGINT', interrupted)
+    process.removeListener('SIGTERM', interrupted)
+    bar.stop()
+    response.destroy()
+    process.kill(process.pid, signal)
+  }
   let outcome: { result?: unknown, error?: { code?: string, message?: string } } | undefined
   let pending = ''
   const decoder = new TextDecoder()
@@ -269,6 +288,8 @@ export async function callLong (globals: Globals, label: string, method: string,
       if (!started) {
         bar.start(bytesTotal, bytesDone, sizes)
         started = true
+        process.once('SIGINT', interrupted)
+        process.once('SIGTERM', interrupted)
       } else {
         bar.setTotal(bytesTotal)
         bar.update(bytesDone, sizes)
@@ -296,6 +317,8 @@ export async function callLong (globals: Globals, label: string, method: string,
     throw err instanceof CliError ? err : cut()
   } finally {
     unwatch()
+    process.removeListener('SIGINT', interrupted)
+    process.removeListener('SIGTERM', interrupted)
     if (started) bar.stop()
   }
   if (outcome === undefined) throw cut()

@@ -235,9 +235,9 @@ export function buildCli (): Command {
     .requiredOption('--schedule <cron>', 'cron expression (UTC unless --timezone)')
     .option('--timezone <zone>', 'IANA time zone of the schedule')
     .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']))
-    .option('--volumes <list>', 'comma-separated volume names or ids')
+    .option('--volumes <list>', 'comma-separated volume names or ids (this, --labels or both)')
     .option('--labels <list>', 'comma-separated key=value labels selecting volumes')
-    .option('--daily <n>', 'daily backups kept', kept)
+    .option('--daily <n>', 'daily backups kept (--daily, --weekly or --monthly is needed)', kept)
     .option('--weekly <n>', 'weekly backups kept', kept)
     .option('--monthly <n>', 'monthly backups kept', kept)
     .option('--target <dir>', 'backup target directory')
@@ -248,6 +248,10 @@ export function buildCli (): Command {
         return [pair.slice(0, at), pair.slice(at + 1)]
       }))
       const retention = Object.fromEntries(Object.entries({ daily: options.daily, weekly: options.weekly, monthly: options.monthly }).filter(([, v]) => v !== undefined))
+      // What the library requires of every policy, said as this command's flags (exit 2) rather than
+      // sent and refused in the API's field names.
+      if (options.volumes === undefined && options.labels === undefined) throw new UsageError('backup policy create needs --volumes <names> or --labels <key=value,...>: the volumes each run backs up')
+      if (Object.keys(retention).length === 0) throw new UsageError('backup policy create needs --daily, --weekly or --monthly: how many backups it keeps (each run deletes the others), such as --daily 7')
       // Each run deletes every backup but the ones kept: a retention of only zeros would keep none.
       if (Object.keys(retention).length > 0 && Object.values(retention).every((n) => n === 0)) {
         throw new UsageError(`${Object.keys(retention).map((kind) => `--${kind} 0`).join(' ')} keeps no backup, and each run deletes every backup the policy does not keep: give --daily, --weekly or --monthly above 0, such as --daily 7`)

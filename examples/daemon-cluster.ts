@@ -89,7 +89,7 @@ async function etcdAccess (config: DaemonConfig, settings: ClusterSettings): Pro
   return out
 }
 
-export const NO_SECRET = 'clustering needs the cluster\'s shared secret: put it in a file named by secret_file in [cluster] (mode 0600), or in GALLEONFS_CLUSTER_SECRET'
+export const NO_SECRET = 'clustering needs the cluster\'s shared secret: start the daemon with --cluster-secret-file <file> (secret_file in [cluster]; the file of mode 0600), or with GALLEONFS_CLUSTER_SECRET in its environment'
 
 function nodeIdOf (config: DaemonConfig): string {
   if (config.nodeId !== undefined) return config.nodeId

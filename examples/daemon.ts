@@ -73,6 +73,16 @@ export interface Daemon {
   reload: () => Promise<ReloadReport>
 }
 
+/**
+ * A mount point that is a file would let the daemon start (or a reload succeed) and fail every
+ * `volume mount` later, naming a path below it: refused here, naming the setting.
+ */
+async function checkMountPoint (config: DaemonConfig): Promise<void> {
+  if (config.mountPoint === undefined) return
+  const kind = await stat(config.mountPoint).catch(() => undefined)
+  if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
+}
+
 /** Settings a reload applies in place; any other change waits for a restart. */
 const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
@@ -88,6 +98,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // A storage path that is a file would fail further on, naming some file inside it.
   const storageKind = await stat(config.storagePath).catch(() => undefined)
   if (storageKind !== undefined && !storageKind.isDirectory()) throw new ConfigError(`the storage path ${config.storagePath} is not a directory; give --storage-path (storage_path in [daemon]) a directory, which is created if missing`)
+  await checkMountPoint(config)
   // Driver modules load (and the drivers named are checked) before anything else is set up.
   const drivers = await driverOptions(config, log)
   // The NBD server's TLS files are read and checked before the storage opens (a change to them
@@ -221,6 +232,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // The steps that can fail (reading the NBD TLS files, listening on a new NBD address) come
       // first, so a reload either applies every live change or none. TLS files are read again at
       // every reload, so a renewed certificate under the same file name is taken too.
+      if (changed.includes('mountPoint')) await checkMountPoint(next)
       const nextTls = await nbdTlsOptions(next)
       // The API's certificate can be renewed in place; HTTPS cannot be turned on or off (a restart).
       // Its files are read whenever they are named, so one that turns HTTPS on fails the reload now

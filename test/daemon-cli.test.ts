@@ -325,7 +325,7 @@ describe('daemon and CLI: snapshots, backups, clones, storage classes, cluster, 
       assert.deepEqual(JSON.parse(await ok(['--json', 'backup', 'policy', 'list'])).map((p: { name: string }) => p.name), ['nightly'])
       assert.match(await ok(['backup', 'policy', 'run', 'nightly']), /policy nightly: 1 backup\(s\)/)
       assert.equal(JSON.parse(await ok(['backup', 'policy', 'get', 'nightly'])).retention.daily, 7)
-      const badPolicy = await cli(daemon.address, ['backup', 'policy', 'create', 'broken', '--schedule', 'whenever'])
+      const badPolicy = await cli(daemon.address, ['backup', 'policy', 'create', 'broken', '--schedule', 'whenever', '--volumes', 'app', '--daily', '7', '--target', target])
       assert.equal(badPolicy.code, 1)
       assert.match(badPolicy.stderr, /INVALID_ARGUMENT/)
       await ok(['backup', 'policy', 'delete', 'nightly'])

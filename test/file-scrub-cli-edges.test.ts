@@ -166,7 +166,7 @@ describe('CLI command line', () => {
       assert.match(run.stderr, /--daily/)
       assert.equal(daemon.requests.length, before, 'nothing was sent to the daemon')
     }
-    const good = await cli(['--json', 'backup', 'policy', 'create', 'nightly', '--schedule', '0 2 * * *', '--daily', '7', '--monthly', '0'])
+    const good = await cli(['--json', 'backup', 'policy', 'create', 'nightly', '--schedule', '0 2 * * *', '--volumes', 'data', '--daily', '7', '--monthly', '0'])
     assert.equal(good.code, 0, good.stderr)
     assert.deepEqual((daemon.requests.at(-1)?.body as { retention?: unknown }).retention, { daily: 7, monthly: 0 })
   })

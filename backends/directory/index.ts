@@ -35,6 +35,8 @@ export class DirectoryBackupTarget implements BackupTarget {
   readonly name = 'directory'
   readonly location: string
   #opened: Promise<void> | undefined
+  /** Whether an open() has completed (the directory was set up, as far as this object knows). */
+  #ready = false
   /** Directories with entries (chunks, new fan directories) not yet made durable (see flush). */
   readonly #dirtyDirs = new Set<string>()
   /** The flush running, if any: the next one starts after it (see flush). */
@@ -48,7 +50,14 @@ export class DirectoryBackupTarget implements BackupTarget {
   }
 
   async open (): Promise<void> {
-    this.#opened ??= this.#open().catch((err: unknown) => {
+    // The directory may have been removed since it was set up (`rm -rf` of the target to start
+    // over, while this process kept its object): it is set up again, where otherwise the next
+    // backup wrote its chunks and then failed on the manifests directory that was gone.
+    if (this.#ready && !(await this.isTarget())) {
+      this.#ready = false
+      this.#opened = undefined
+    }
+    this.#opened ??= this.#open().then(() => { this.#ready = true }, (err: unknown) => {
       this.#opened = undefined
       throw err
     })
@@ -91,6 +100,7 @@ export class DirectoryBackupTarget implements BackupTarget {
 
   async close (): Promise<void> {
     this.#opened = undefined
+    this.#ready = false
   }
 
   /**
