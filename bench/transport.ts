@@ -84,11 +84,11 @@ const ackServer = createServer({ noDelay: true }, (socket) => {
 const echoPort = await listen(echoServer)
 const ackPort = await listen(ackServer)
 
-const server = new TcpTransport({ nodeId: 'bench-server', clusterSecret: 'bench' })
+const server = new TcpTransport({ nodeId: 'bench-server', clusterSecret: 'bench-transport-secret' })
 const address = await server.listen(async (_from, request) => request.kind === 'echo'
   ? { kind: 'echo', header: {}, payload: request.payload }
   : { kind: 'ack', header: {} })
-const client = new TcpTransport({ nodeId: 'bench-client', clusterSecret: 'bench' })
+const client = new TcpTransport({ nodeId: 'bench-client', clusterSecret: 'bench-transport-secret' })
 await client.request(address, { kind: 'ack', header: {} }) // connect and authenticate outside the timing
 
 interface Row { case: string, value: number, baseline: number, unit: string, ratio: number }

@@ -18,7 +18,7 @@ import { ThrottleRelay } from './support/h46-throttle-relay.js'
 
 const { tempDir, track } = diskCluster('galleon-h46-slow-')
 const MiB = 1024 * 1024
-const SECRET = 'h46-slow-link'
+const SECRET = 'h46-slow-link-cluster-secret'
 
 /** A tcp transport that dials some peers through another address (the relay in front of them). */
 class ReroutingTransport extends TcpTransport {

@@ -101,7 +101,7 @@ describe('cluster churn', () => {
         assert.deepEqual(replies.map((r) => r.header.n), [1, 2, 3])
         if (i % 3 === 0) {
           // A client with the wrong secret is refused and leaves nothing either.
-          const stranger = new TcpTransport({ nodeId: `stranger-${i}`, clusterSecret: 'wrong' })
+          const stranger = new TcpTransport({ nodeId: `stranger-${i}`, clusterSecret: 'wrong-cluster-secret' })
           await assert.rejects(stranger.request(address, { kind: 'x', header: {} }, { timeoutMs: 5_000 }))
           await stranger.close()
         }

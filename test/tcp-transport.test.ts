@@ -23,7 +23,7 @@ import { observed } from './support/observed.js'
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const NODE_SCRIPT = join(ROOT, 'test', 'fixtures', 'transport-node.ts')
 // Absolute, so that the loader is found whatever the working directory.
-const SECRET = 'tcp-test-secret'
+const SECRET = 'tcp-test-cluster-secret'
 
 const echo: TransportHandler = async (from, request) => ({ kind: 'r', header: { from, ...request.header }, payload: request.payload })
 
@@ -96,8 +96,8 @@ test('clusterSecret is required and non-empty', () => {
 test('nodes with different cluster secrets refuse each other both ways, and no handler runs', async () => {
   let calls = 0
   const counting: TransportHandler = async (from, request) => { calls++; return await echo(from, request) }
-  const a = transport('a', { clusterSecret: 'secret-one' })
-  const b = transport('b', { clusterSecret: 'secret-two' })
+  const a = transport('a', { clusterSecret: 'cluster-secret-one' })
+  const b = transport('b', { clusterSecret: 'cluster-secret-two' })
   try {
     const addressA = await a.listen(counting)
     const addressB = await b.listen(counting)
@@ -119,7 +119,7 @@ test('the server checks the client proof itself: a wrong proof gets GOODBYE PERM
   const eager = new RawPeer(address)
   const honest = new RawPeer(address)
   try {
-    const verdict = await liar.handshake('liar', 'not-the-secret')
+    const verdict = await liar.handshake('liar', 'not-the-cluster-secret')
     assert.equal(verdict.type, FrameType.Goodbye)
     assert.equal((verdict.header as { code: string }).code, 'PERMISSION_DENIED')
     assert.ok((verdict.header as { message: string }).message.includes('cluster secrets differ'))

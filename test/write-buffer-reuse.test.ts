@@ -19,7 +19,7 @@ async function tcpPair (): Promise<[GalleonFS, GalleonFS]> {
   const coordinators = new MemoryCoordinatorCluster()
   const open = async (id: string): Promise<GalleonFS> => track(await GalleonFS.open({
     storagePath: await tempDir(`galleon-reuse-tcp-${id}-`),
-    cluster: { nodeId: id, transport: new TcpTransport({ nodeId: id, clusterSecret: 'reuse-secret' }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
+    cluster: { nodeId: id, transport: new TcpTransport({ nodeId: id, clusterSecret: 'write-buffer-reuse-secret' }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
   }))
   const nodes: [GalleonFS, GalleonFS] = [await open('t1'), await open('t2')]
   await until('both nodes see each other', () => nodes.every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))

@@ -22,11 +22,14 @@
 // A frame the protocol does not allow (bad magic, unknown client flags, an option longer than
 // 64 KiB, a request longer than 32 MiB) ends that connection only, once the requests before it are
 // answered; other clients are not affected. A client that has not finished the handshake after
-// `handshakeTimeoutMs` (10 s, as qemu-nbd's --handshake-limit) is disconnected.
+// `handshakeTimeoutMs` (10 s, as qemu-nbd's --handshake-limit) is disconnected. At most
+// `maxPendingConnections` (64) connections may be in their handshake at once, and
+// `maxPendingConnectionsPerAddress` (32) from one address: one more is closed at once.
 
 import { createServer, type Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError, describe } from '../../src/errors.js'
+import { PendingConnections, pendingLimitOption, type PendingSlot } from '../../src/pending-connections.js'
 import { negotiate, type Session } from './handshake.js'
 import { FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, ProtocolError } from './protocol.js'
 import { SocketReader, finish } from './socket.js'
@@ -69,10 +72,26 @@ export interface NbdServerOptions {
    * options get NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME in clear ends the connection.
    */
   readonly tls?: NbdTlsOptions
+  /**
+   * Connections in their handshake (TLS included) at once, at most: one more is closed at once
+   * (counted in `refusedConnections`), so that clients that connect and stall cannot hold sockets
+   * and memory by the thousand until `handshakeTimeoutMs` ends each. Connections past the
+   * handshake are not counted. Default 64.
+   */
+  readonly maxPendingConnections?: number
+  /**
+   * Of those, at most this many from one remote address (an IPv6 /64 counts as one), so that one
+   * host stalling its connections leaves room for others. Clients on the same host share it (all
+   * of them, on loopback): raise it if more of them connect at the same moment (fio's nbd engine
+   * with many jobs, say). Default 32.
+   */
+  readonly maxPendingConnectionsPerAddress?: number
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 const DEFAULT_CLOSE_TIMEOUT_MS = 10_000
+const DEFAULT_MAX_PENDING_CONNECTIONS = 64
+const DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS = 32
 /** Longest delay setTimeout takes: a longer one would fire after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -89,14 +108,16 @@ export class NbdServer {
   readonly #handshakeTimeoutMs: number
   readonly #closeTimeoutMs: number
   readonly #onError: ((err: GalleonError) => void) | undefined
+  readonly #pending: PendingConnections
   #tls: NbdTls | undefined
   readonly host: string
   #port = 0
   #closing: Promise<void> | undefined
   #lastError: GalleonError | undefined
 
-  private constructor (g: GalleonFS, server: Server, host: string, timeouts: { handshakeMs: number, closeMs: number }, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined) {
+  private constructor (g: GalleonFS, server: Server, host: string, timeouts: { handshakeMs: number, closeMs: number }, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined, pending: PendingConnections) {
     this.#g = g
+    this.#pending = pending
     this.#tls = tls
     this.#server = server
     this.host = host
@@ -118,6 +139,9 @@ export class NbdServer {
     const onError = options.onError
     if (onError !== undefined && typeof onError !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onError must be a function receiving a GalleonError, got ${describe(onError)}`)
     const tls = options.tls === undefined ? undefined : checkTlsOptions(options.tls)
+    const pending = new PendingConnections(
+      pendingLimitOption('maxPendingConnections', options.maxPendingConnections, DEFAULT_MAX_PENDING_CONNECTIONS),
+      pendingLimitOption('maxPendingConnectionsPerAddress', options.maxPendingConnectionsPerAddress, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS))
     const accept: { to?: NbdServer } = {}
     // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
     // the replies to the requests it sent; the session ends its side itself (finish).
@@ -125,7 +149,7 @@ export class NbdServer {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })
-    const instance = new NbdServer(g, server, host, { handshakeMs: handshakeTimeoutMs, closeMs: closeTimeoutMs }, onError, tls)
+    const instance = new NbdServer(g, server, host, { handshakeMs: handshakeTimeoutMs, closeMs: closeTimeoutMs }, onError, tls, pending)
     accept.to = instance
     await new Promise<void>((resolve, reject) => {
       const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
@@ -145,6 +169,12 @@ export class NbdServer {
 
   /** Connected clients. */
   get connections (): number { return this.#connections.size }
+
+  /** Connected clients still in their handshake (see `maxPendingConnections`). */
+  get pendingConnections (): number { return this.#pending.count }
+
+  /** Connections closed on arrival since the server started, because `maxPendingConnections` (or the per-address cap) were in their handshake. */
+  get refusedConnections (): number { return this.#pending.refused }
 
   /** Whether the server requires TLS of new connections. */
   get tls (): boolean { return this.#tls !== undefined }
@@ -200,14 +230,19 @@ export class NbdServer {
   }
 
   #accept (socket: Socket): void {
+    socket.on('error', () => {}) // a client that vanishes is not the server's problem
+    const slot = this.#pending.admit(socket)
+    if (typeof slot === 'string') {
+      socket.destroy()
+      return
+    }
     const session: Session = { socket, reader: new SocketReader(socket), tls: this.#tls, credentials: () => this.#tls, secured: false }
     this.#connections.set(socket, session)
     socket.setNoDelay(true)
-    socket.on('error', () => {}) // a client that vanishes is not the server's problem
     socket.once('close', () => { this.#connections.delete(socket); this.#stoppers.delete(session.socket) })
     // When the session ends, replies already written still go out (end, not destroy; over TLS,
     // the TLS socket's end, so they are sealed and the close is announced).
-    void this.#serve(session).catch(() => {}).finally(() => { finish(session.socket) })
+    void this.#serve(session, slot).catch(() => {}).finally(() => { finish(session.socket) })
   }
 
   /** Hands an error of the listening socket to onError, or keeps it in lastError. */
@@ -227,7 +262,7 @@ export class NbdServer {
     }
   }
 
-  async #serve (session: Session): Promise<void> {
+  async #serve (session: Session, slot: PendingSlot): Promise<void> {
     // A client still in the handshake when the limit passes is cut off (destroy: its unread option
     // replies are dropped too); the TLS handshake counts. The timer goes as soon as the handshake
     // ends, however it ends.
@@ -240,6 +275,7 @@ export class NbdServer {
       chosen = await this.#handshake(session)
     } finally {
       this.#negotiating.delete(session)
+      slot.release()
       clearTimeout(expiry)
     }
     if (chosen === undefined) return

@@ -22,14 +22,21 @@
 // 0, which no request has) if it sent nothing for half the interval the dialer asked for in HELLO:
 // what sits in the kernels' buffers cannot be watched from the sending side. The kernel's TCP
 // keepalive runs on every connection as well (it ends accepted connections whose dialer's host is gone).
+//
+// Connections that have not completed the handshake are capped per listener (`maxPendingConnections`
+// in all, `maxPendingConnectionsPerAddress` from one address): past that a new one is closed at once
+// (with a GOODBYE saying why, in clear), so strangers cannot hold sockets and memory by the
+// thousand until each times out, nor, from one address, keep a node at another out. Connections
+// past the handshake are not counted and never refused.
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
 import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
+import { PendingConnections, pendingLimitOption, type PendingSlot } from '../../src/pending-connections.js'
 import { FramedSocket } from './framed-socket.js'
-import { FRAMING_SLACK, FrameMac, FrameType, MAC_BYTES, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, newNonce, proof, proofMatches, sessionKeys, validNonce, type Frame } from './frames.js'
+import { FRAMING_SLACK, FrameMac, FrameType, MAC_BYTES, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, encodeFrame, newNonce, proof, proofMatches, sessionKeys, validNonce, type Frame } from './frames.js'
 
 /** TLS material (PEM strings or buffers), as node:tls takes it. */
 export interface TcpTlsOptions {
@@ -48,7 +55,12 @@ export interface TcpTlsOptions {
 
 /** Options of {@link TcpTransport}. */
 export interface TcpTransportOptions extends AbstractTransportOptions {
-  /** Shared by every node of the cluster; peers without it are refused. Non-empty. */
+  /**
+   * Shared by every node of the cluster; peers without it are refused. At least
+   * {@link MIN_CLUSTER_SECRET_BYTES} (16) bytes (a string: its UTF-8 bytes), since the handshake's
+   * proofs, sent in clear, would let a short one be guessed offline; `openssl rand -hex 32` makes a
+   * good one.
+   */
   readonly clusterSecret: string | Uint8Array
   /** Interface to listen on (default 127.0.0.1). */
   readonly host?: string
@@ -74,7 +86,27 @@ export interface TcpTransportOptions extends AbstractTransportOptions {
    * answer, within this time.
    */
   readonly keepaliveTimeoutMs?: number
+  /**
+   * Accepted connections that have not completed the handshake (also those still in their TLS
+   * handshake), at most; one more is closed at once (counted in `stats().refusedConnections`).
+   * Connections past the handshake are not counted. Default 64.
+   */
+  readonly maxPendingConnections?: number
+  /**
+   * Of those, at most this many from one remote address (an IPv6 /64 counts as one), so that a
+   * stranger flooding from one address leaves room for nodes at others. Nodes behind one NAT
+   * address that (re)connect at the same moment share it: a refused one fails its requests with
+   * BACKEND_UNAVAILABLE and dials again with the next. Default 16.
+   */
+  readonly maxPendingConnectionsPerAddress?: number
 }
+
+/** Shortest cluster secret a TcpTransport accepts, in bytes. */
+export const MIN_CLUSTER_SECRET_BYTES = 16
+/** Default of `maxPendingConnections`. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS = 64
+/** Default of `maxPendingConnectionsPerAddress`. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS = 16
 
 /** Request kind of keepalives: answered by the connection itself, never handed to the handler. */
 export const KEEPALIVE_KIND = 'tcp:keepalive'
@@ -99,6 +131,10 @@ export interface TcpTransportStats {
   /** Open connections this node dialed / accepted. */
   readonly outboundConnections: number
   readonly inboundConnections: number
+  /** Accepted connections that have not completed the handshake yet (see `maxPendingConnections`). */
+  readonly pendingConnections: number
+  /** Connections closed on arrival since creation because `maxPendingConnections` (or the per-address cap) were pending. */
+  readonly refusedConnections: number
 }
 
 /** A request waiting for its reply on a dialed connection. */
@@ -130,12 +166,20 @@ export class TcpTransport extends AbstractTransport {
   #outbound = new Map<string, OutboundConnection>()
   /** Resolve when a socket of this transport has closed; only live ones are kept. */
   #socketsClosing = new Set<Promise<void>>()
+  readonly #pending: PendingConnections
+  /** With TLS: the slots of raw sockets still in their TLS handshake, by connection (both ends' addresses). */
+  #tlsSlots = new Map<string, PendingSlot>()
 
   constructor (options: TcpTransportOptions) {
     super(options)
     const secret = options.clusterSecret
-    if (!((typeof secret === 'string' || secret instanceof Uint8Array) && secret.length > 0)) {
-      throw new GalleonError('INVALID_ARGUMENT', `clusterSecret must be a non-empty string or Uint8Array shared by every node of the cluster, got ${describe(secret)}`)
+    if (!(typeof secret === 'string' || secret instanceof Uint8Array)) {
+      throw new GalleonError('INVALID_ARGUMENT', `clusterSecret must be a string or Uint8Array of at least ${MIN_CLUSTER_SECRET_BYTES} bytes shared by every node of the cluster, got ${describe(secret)}`)
+    }
+    const secretBytes = typeof secret === 'string' ? Buffer.byteLength(secret, 'utf8') : secret.byteLength
+    if (secretBytes < MIN_CLUSTER_SECRET_BYTES) {
+      // The handshake's proofs travel in clear: a short secret could be guessed from them offline.
+      throw new GalleonError('INVALID_ARGUMENT', `clusterSecret is ${secretBytes} bytes long${typeof secret === 'string' ? ' (in UTF-8)' : ''}; it must be at least ${MIN_CLUSTER_SECRET_BYTES} bytes, or it could be guessed from a recorded handshake: make one with \`openssl rand -hex 32\` and give every node the same`)
     }
     this.#secret = secret
     this.#host = options.host ?? '127.0.0.1'
@@ -152,6 +196,9 @@ export class TcpTransport extends AbstractTransport {
     const timeoutMs = options.keepaliveTimeoutMs ?? 10_000
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw new GalleonError('INVALID_ARGUMENT', `keepaliveTimeoutMs must be a positive integer, got ${describe(options.keepaliveTimeoutMs)}`)
     this.#keepalive = { intervalMs, timeoutMs }
+    this.#pending = new PendingConnections(
+      pendingLimitOption('maxPendingConnections', options.maxPendingConnections, DEFAULT_MAX_PENDING_CONNECTIONS),
+      pendingLimitOption('maxPendingConnectionsPerAddress', options.maxPendingConnectionsPerAddress, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS))
     this.#maxFrame = this.maxMessageBytes + FRAMING_SLACK + MAC_BYTES
   }
 
@@ -169,21 +216,42 @@ export class TcpTransport extends AbstractTransport {
     let queuedBytes = 0
     for (const connection of this.#outbound.values()) queuedBytes += connection.framed.queuedBytes
     for (const connection of this.#inbound) queuedBytes += connection.framed.queuedBytes
-    return { ...super.stats(), servingBytes: this.servingBytes, queuedBytes, outboundConnections: this.#outbound.size, inboundConnections: this.#inbound.size }
+    return { ...super.stats(), servingBytes: this.servingBytes, queuedBytes, outboundConnections: this.#outbound.size, inboundConnections: this.#inbound.size, pendingConnections: this.#pending.count, refusedConnections: this.#pending.refused }
   }
 
   protected async _listen (): Promise<string> {
     const tls = this.#tls
     const server: Server = tls === undefined
-      ? netCreateServer({ noDelay: true }, (socket) => { this.#accept(socket) })
+      ? netCreateServer({ noDelay: true })
       // The handshake limit covers the TLS handshake too (Node's own default is 120 s).
-      : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false, handshakeTimeout: this.#handshakeTimeoutMs }, (socket) => { this.#accept(socket) })
+      : tlsCreateServer({ key: tls.key, cert: tls.cert, ca: tls.ca, requestCert: tls.ca !== undefined, rejectUnauthorized: tls.ca !== undefined && tls.rejectUnauthorized !== false, handshakeTimeout: this.#handshakeTimeoutMs }, (socket) => {
+        const key = connectionKey(socket)
+        const slot = this.#tlsSlots.get(key)
+        this.#tlsSlots.delete(key)
+        this.#accept(socket, slot)
+      })
+    // The raw TCP connection (with TLS: before its handshake), where the pending caps apply.
     server.on('connection', (socket: Socket) => {
       this.#acceptedSockets.add(socket)
       if (this.#keepalive.intervalMs > 0) socket.setKeepAlive(true, this.#keepalive.intervalMs)
       this.#trackClose(new Promise((resolve) => { socket.once('close', () => { this.#acceptedSockets.delete(socket); resolve() }) }))
       socket.on('error', () => {}) // reported through the framed socket, or a failed TLS handshake nobody waits for
-      if (this.closed) socket.destroy()
+      if (this.closed) {
+        socket.destroy()
+        return
+      }
+      const slot = this.#pending.admit(socket)
+      if (typeof slot === 'string') {
+        this.#refuseOverCap(socket, slot, tls !== undefined)
+        return
+      }
+      if (tls === undefined) {
+        this.#accept(socket, slot)
+      } else {
+        const key = connectionKey(socket)
+        this.#tlsSlots.set(key, slot)
+        socket.once('close', () => { if (this.#tlsSlots.get(key) === slot) this.#tlsSlots.delete(key) })
+      }
     })
     // A stranger's failed TLS handshake only ends its own connection; Node leaves the socket open
     // (also after handshakeTimeout), so it is destroyed here.
@@ -242,12 +310,30 @@ export class TcpTransport extends AbstractTransport {
     return connection
   }
 
-  #accept (socket: Socket): void {
+  /**
+   * Closes a connection that arrived while the pending caps were reached. Over plain TCP it is told
+   * why first (a GOODBYE in clear, as before any handshake: a node refused this way sees the reason
+   * in its error); a TLS one is just closed, its handshake not begun.
+   */
+  #refuseOverCap (socket: Socket, cap: 'total' | 'per-address', tls: boolean): void {
+    if (tls) {
+      socket.destroy()
+      return
+    }
+    const message = cap === 'total'
+      ? `node ${this.nodeId} has ${this.#pending.max} connections in their handshake already (maxPendingConnections); dial again in a moment, or raise maxPendingConnections if that many nodes connect at once`
+      : `node ${this.nodeId} has ${this.#pending.maxPerAddress} connections from ${socket.remoteAddress ?? 'this address'} in their handshake already (maxPendingConnectionsPerAddress); dial again in a moment, or raise maxPendingConnectionsPerAddress if that many nodes connect from one address at once`
+    socket.pause() // nothing it sends is read
+    socket.write(encodeFrame(FrameType.Goodbye, 0, JSON.stringify({ code: 'BACKEND_UNAVAILABLE', message })))
+    socket.destroySoon() // closed as soon as the GOODBYE is handed to the kernel
+  }
+
+  #accept (socket: Socket, slot: PendingSlot | undefined): void {
     if (this.closed) {
       socket.destroy()
       return
     }
-    const connection = new InboundConnection(this, socket, this.#secret, this.#handshakeTimeoutMs, this.#maxFrame, this.maxInFlightBytes)
+    const connection = new InboundConnection(this, socket, this.#secret, this.#handshakeTimeoutMs, this.#maxFrame, this.maxInFlightBytes, slot)
     this.#inbound.add(connection)
     void connection.framed.closed.then(() => { this.#inbound.delete(connection) })
   }
@@ -498,9 +584,12 @@ class InboundConnection {
   #progressEveryMs = 0
   /** performance.now() when a frame was last sent to the dialer. */
   #lastSent = 0
+  /** Its place among the connections in their handshake, given back once the dialer proved itself. */
+  readonly #pendingSlot: PendingSlot | undefined
 
-  constructor (transport: TcpTransport, socket: Socket, secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, maxServingBytes: number) {
+  constructor (transport: TcpTransport, socket: Socket, secret: string | Uint8Array, handshakeTimeoutMs: number, maxFrame: number, maxServingBytes: number, pendingSlot: PendingSlot | undefined) {
     this.#transport = transport
+    this.#pendingSlot = pendingSlot
     this.#secret = secret
     this.#maxFrame = maxFrame
     this.#maxServingBytes = maxServingBytes
@@ -546,6 +635,7 @@ class InboundConnection {
       }
       clearTimeout(this.#handshakeTimer)
       this.#state = 'ready'
+      this.#pendingSlot?.release()
       const keys = sessionKeys(this.#secret, this.#peerNode, me, this.#clientNonce, this.#nonce)
       this.framed.authenticateReceiving(new FrameMac(keys.clientToServer))
       this.framed.reader.maxFrame = this.#maxFrame
@@ -611,6 +701,11 @@ class InboundConnection {
   #refuse (code: 'PERMISSION_DENIED' | 'IO_ERROR', message: string): void {
     this.framed.finish(FrameType.Goodbye, JSON.stringify({ code, message }), message)
   }
+}
+
+/** Both ends' addresses of an accepted connection: the same for a TLS socket and the TCP one under it. */
+function connectionKey (socket: Socket): string {
+  return `${String(socket.remoteAddress)}|${String(socket.remotePort)}|${String(socket.localAddress)}|${String(socket.localPort)}`
 }
 
 /** `host:port`, with brackets around an IPv6 host. */
