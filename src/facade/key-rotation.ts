@@ -85,16 +85,18 @@ export class KeyRotations {
   async #rotateReplicated (record: VolumeRecord, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
-    const token = randomUUID()
-    if (!replication.forwards(record.id)) {
+    // A call made here on the primary has a token of its own kind (see rotationTokens): the
+    // primary's own callers, who may rotate in a loop, never push a forwarded call's token out.
+    const local = !replication.forwards(record.id)
+    const token = local ? `${PRIMARY_TOKEN_PREFIX}${randomUUID()}` : randomUUID()
+    if (local) {
       try {
         return await this.rotateOnPrimary(record.id, options, token)
       } catch (err) {
         // This node stopped being the primary under the rotation (its lease ended, the role moved;
         // not its own close, which ends the call): the next primary answers, and the token keeps a
         // rotation this node counted from counting again there.
-        const code = errorCode(err)
-        if (this.#host.closed || !replication.forwards(record.id) || code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') throw err
+        if (this.#host.closed || !this.#roleMoved(record.id, err)) throw err
       }
     }
     let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token })).header.encryption as VolumeEncryption
@@ -154,6 +156,11 @@ export class KeyRotations {
       await this.#takeCounted(record.id)
       return await this.#run(record, volume, options)
     }
+    // This copy's re-encryption starts now, not once the copies confirmed: a primary that loses
+    // the role (or closes) in the wait below throws before #run, and nothing else would start it
+    // (its resync as a copy finds the rotation taken), so its copy would keep the old key and a
+    // rotation under way until the instance is opened again.
+    void this.startRotation(record)
     let seq: number | undefined
     try {
       seq = replicatorFor(volume, replicator)?.record({ type: 'rekey', generation })
@@ -194,13 +201,31 @@ export class KeyRotations {
     try {
       return await run()
     } catch (err) {
-      const code = errorCode(err)
-      // Answers that do not depend on which node is primary stand as they are.
-      if (code === 'NOT_LEADER' || code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') throw err
-      if (!this.#host.closed && this.#host.replication?.forwards(volumeId) !== true) throw err
+      if (errorCode(err) === 'NOT_LEADER' || !this.#roleMoved(volumeId, err)) throw err
       const nodeId = this.#host.cluster?.nodeId ?? ''
       throw new GalleonError('NOT_LEADER', `node ${nodeId} stopped being the primary of volume ${this.#host.recordById(volumeId)?.name ?? volumeId} while it served a forwarded ${step} (${this.#host.closed ? 'it is closing' : 'it lost the role'}: ${(err as Error)?.message ?? String(err)}); ask its next primary, where a repeat of the call is not counted twice`, { cause: err })
     }
+  }
+
+  /**
+   * Whether a rotation step's failure here came of this node no longer being the volume's primary,
+   * so that the next primary answers the call: it is closing, or its record names another node, or
+   * (still named, but its lease lapsed or a hand-off of the role is in flight) the failure is one a
+   * move of the role causes (the copies not confirming, the role refused, the coordinator out of
+   * reach). A failure of its own while it is still the primary the record names (BUSY: its
+   * previous rotation still re-encrypts; an I/O error; a key that does not open) is the answer:
+   * sent again, the call would wait out the hand-off (up to its 30 s) and then rotate on the next
+   * primary, though it was refused.
+   */
+  #roleMoved (volumeId: string, err: unknown): boolean {
+    const code = errorCode(err)
+    // Answers that do not depend on which node is primary stand as they are.
+    if (code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') return false
+    if (this.#host.closed) return true
+    const replication = this.#host.replication
+    if (replication?.forwards(volumeId) !== true) return false
+    if (replication.status(volumeId)?.primary !== (this.#host.cluster?.nodeId ?? '')) return true
+    return code === 'NOT_LEADER' || code === 'WRITE_CONCERN_UNSATISFIED' || code === 'BACKEND_UNAVAILABLE'
   }
 
   /**
@@ -258,6 +283,9 @@ export class KeyRotations {
   startRotation (record: VolumeRecord): Promise<void> {
     const existing = this.running.get(record.id)
     if (existing !== undefined) return existing
+    // Nothing to re-encrypt (a run started earlier finished it): no run, so that a rotation asked
+    // for next is not refused as BUSY by a run that has nothing to do.
+    if (this.#host.keys.rotation(record.id) === undefined) return Promise.resolve()
     // Background work of the instance: it does not run as the caller that started it.
     const run = this.#host.context.exit(async () => {
       const volume = this.#host.volumeBlocks(record)
@@ -338,23 +366,34 @@ export class KeyRotations {
 }
 
 /**
- * Tokens of the last forwarded rotations a volume's record keeps: a repeat of any of them (its
- * answer lost, the call sent again, also after other rotations and a change of primary) does not
- * rotate again.
+ * Tokens of the last rotations a volume's record keeps, of each kind (forwarded calls', and calls
+ * made on the primary itself): a repeat of any of them (its answer lost, the call sent again, also
+ * after other rotations and a change of primary) does not rotate again.
  */
 const ROTATION_TOKENS_KEPT = 32
 
 /**
- * The tokens a record keeps once the rotation of `token` (if a forwarded call's) is counted: those
- * it had, including the one a node of an earlier version wrote to keyRotationToken (it knows no
- * list: its token may be in neither, or newer than the list), the newest ROTATION_TOKENS_KEPT.
+ * Starts the token of a call made on the primary itself. Such a call needs its token only if the
+ * role moves under it (it then goes on to the next primary); kept apart from forwarded calls'
+ * tokens, so that the primary's own callers (a script rotating in a loop, each call waited for)
+ * never push out the token of a forwarded call whose node may still send it again.
+ */
+const PRIMARY_TOKEN_PREFIX = 'primary:'
+
+/**
+ * The tokens a record keeps once the rotation of `token` is counted: those it had, including the
+ * one a node of an earlier version wrote to keyRotationToken (it knows no list: its token may be in
+ * neither, or newer than the list), the newest ROTATION_TOKENS_KEPT of each kind, oldest first.
  */
 function rotationTokens (spec: VolumeSpec, token: string | undefined): string[] {
   const tokens = Array.isArray(spec.keyRotationTokens) ? spec.keyRotationTokens.filter((t): t is string => typeof t === 'string') : []
   for (const added of [spec.keyRotationToken, token]) {
     if (typeof added === 'string' && !tokens.includes(added)) tokens.push(added)
   }
-  return tokens.slice(-ROTATION_TOKENS_KEPT)
+  const primary = tokens.filter((t) => t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-ROTATION_TOKENS_KEPT)
+  const forwarded = tokens.filter((t) => !t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-ROTATION_TOKENS_KEPT)
+  const kept = new Set([...primary, ...forwarded])
+  return tokens.filter((t) => kept.has(t))
 }
 
 /** Whether the rotation of the forwarded call `token` was counted already (see VolumeSpec.keyRotationTokens). */

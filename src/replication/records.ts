@@ -29,11 +29,11 @@ export interface VolumeSpec {
    */
   readonly keyGeneration?: number
   /**
-   * The tokens of the rotateVolumeKey calls that counted the last rotations (up to 32, oldest
-   * first; forwarded calls', and a primary's own caller's, which goes to the next primary when this
-   * one loses the role mid-way): a repeat of such a call (its answer lost, resent to the same
-   * primary or to the next one, also after other rotations) finds its token here and does not
-   * rotate again.
+   * The tokens of the rotateVolumeKey calls that counted the last rotations (oldest first; up to
+   * 32 of forwarded calls', and up to 32 of a primary's own callers', which start with `primary:`
+   * and go to the next primary when this one loses the role mid-way: these never push out a
+   * forwarded call's): a repeat of such a call (its answer lost, resent to the same primary or to
+   * the next one, also after other rotations) finds its token here and does not rotate again.
    */
   readonly keyRotationTokens?: readonly string[]
   /**
