@@ -63,10 +63,11 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     },
     create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, relocateScatteredReads?: boolean, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
       const { FileBlockStore } = await import('../backends/file/index.js')
-      // Background errors go to the caller's handler, and to the instance's io:error events.
+      // Background errors go to the caller's handler, and to the instance's io:error events (also
+      // when the caller's handler throws: the store then keeps the error in lastBackgroundError).
       const own = options.onBackgroundError
       const report = context.reportBackgroundError
-      const onBackgroundError = own === undefined && report === undefined ? undefined : (err: GalleonError) => { own?.(err); report?.(err) }
+      const onBackgroundError = own === undefined && report === undefined ? undefined : (err: GalleonError) => { try { own?.(err) } finally { report?.(err) } }
       return new FileBlockStore({ ...options, location: onDisk('file', options.location, context, 'blocks'), ...(onBackgroundError === undefined ? {} : { onBackgroundError }) })
     }
   },

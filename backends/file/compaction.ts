@@ -67,12 +67,17 @@ function pickVictim (state: StoreState, threshold: number, newestId: number, pas
   return undefined
 }
 
-/** Whether `segment` waits out the back-off after a failed read (a clock set back ends it). */
+/**
+ * Whether `segment` waits out the back-off after a failed read. A clock set back to before the last
+ * attempt ends the wait: the segment is tried once, and the next wait runs from that attempt (not
+ * from the first failure's time, which a clock set back stays before until it catches up: every
+ * pass would read the segment again, and each pass's end would start the next one at once).
+ */
 function backingOff (state: StoreState, segment: Segment): boolean {
   const fault = segment.fault
   if (fault === undefined) return false
   const now = state.clock.now()
-  return now < fault.retryAt && now >= fault.since
+  return now < fault.retryAt && now >= fault.attemptedAt
 }
 
 /**
@@ -103,11 +108,12 @@ function keepSegment (state: StoreState, segment: Segment, failure: { readError:
   const now = state.clock.now()
   const previous = segment.fault
   const attempts = (previous?.attempts ?? 0) + 1
-  const since = previous?.since ?? now
+  // Never after now: a clock set back since the first failure would date it in the future.
+  const since = Math.min(previous?.since ?? now, now)
   if ('damage' in failure) {
     segment.skipCompaction = true
     const error = new GalleonError('CORRUPTION', `compaction kept segment ${segment.path}: ${failure.damage}`)
-    segment.fault = { error, since, attempts, delayMs: 0, retryAt: Infinity }
+    segment.fault = { error, since, attemptedAt: now, attempts, delayMs: 0, retryAt: Infinity }
     return error
   }
   const delayMs = previous === undefined ? COMPACTION_RETRY_FIRST_MS : Math.min(previous.delayMs * 2, COMPACTION_RETRY_MAX_MS)
@@ -116,7 +122,7 @@ function keepSegment (state: StoreState, segment: Segment, failure: { readError:
   const error = new GalleonError('IO_ERROR', `compaction could not read ${segment.path} (the segment is kept, with every block in it): ${detail}. ` +
     `Unreadable since ${new Date(since).toISOString()} (${attempts} failed ${attempts === 1 ? 'attempt' : 'attempts in a row'}); compaction tries it again in ${Math.round(delayMs / 1000)} s at the earliest. ` +
     'Reads of its blocks may fail too: check the disk, and scrub the volumes (restore what scrub reports from a backup)', { cause: err })
-  segment.fault = { error, since, attempts, delayMs, retryAt: now + delayMs }
+  segment.fault = { error, since, attemptedAt: now, attempts, delayMs, retryAt: now + delayMs }
   return error
 }
 

@@ -82,6 +82,8 @@ export interface SegmentFault {
   error: GalleonError
   /** When the first of the failed attempts in a row was made (clock milliseconds). */
   since: number
+  /** When the last one was made (clock milliseconds): a clock read earlier than it was set back. */
+  attemptedAt: number
   /** Failed attempts in a row. */
   attempts: number
   /** The back-off after the last attempt (ms), doubled by each failed attempt up to a bound. */
