@@ -7,7 +7,7 @@
 // Each awaited call has a watchdog that fails the test if it never settles (no timing on success).
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, open as openFile, readFile, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { fork } from 'node:child_process'
 import { createRequire } from 'node:module'
@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, BackupStrategy, isGalleonError } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { faultyFsUnavailable, startFaultyFs, type FaultyFs } from './support/h60-faulty-fs.js'
+import { dropCachedPages, type FaultyFs, faultyFsUnavailable, startFaultyFs } from './support/h60-faulty-fs.js'
 
 const BLOCK = 4096
 const unavailable = faultyFsUnavailable()
@@ -102,14 +102,6 @@ async function assertAcknowledged (g: GalleonFS, acknowledged: Map<string, Uint8
     const [volume, index] = key.split(':') as [string, string]
     const read = await settled(g.readBlock(volume, Number(index)), `readBlock ${key}`)
     assert.ok(Buffer.from(read).equals(Buffer.from(data)), `${when}: acknowledged block ${key} reads back different bytes`)
-  }
-}
-
-/** Makes the kernel drop its cached pages of every file under `dir` (FUSE invalidates on open). */
-async function dropCachedPages (dir: string): Promise<void> {
-  for (const name of await readdir(dir)) {
-    const handle = await openFile(join(dir, name), 'r').catch(() => undefined)
-    await handle?.close()
   }
 }
 

@@ -9,14 +9,14 @@
 //    once the caller holds the instance, queries by time still answer, and the next open builds it.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { open as openFile, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, type GalleonError } from '../src/index.js'
 import { Address } from '../src/drivers.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { faultyFsUnavailable, startFaultyFs, type FaultyFs } from './support/h60-faulty-fs.js'
+import { dropCachedPages, faultyFsUnavailable, segmentFiles, startFaultyFs, type FaultyFs } from './support/h60-faulty-fs.js'
 import { blockPattern } from './support/patterns.js'
 
 const BLOCK = 4096
@@ -41,18 +41,6 @@ async function until (condition: () => Promise<boolean> | boolean, what: string,
   while (!await condition()) {
     if (Date.now() > deadline) assert.fail(`watchdog: ${what} did not happen within ${ms / 1000} s`)
     await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
-
-async function segmentFiles (dir: string): Promise<string[]> {
-  return (await readdir(dir)).filter((name) => name.startsWith('seg-') && name.endsWith('.log')).sort()
-}
-
-/** Makes the kernel drop its cached pages of every file under `dir` (FUSE invalidates on open). */
-async function dropCachedPages (dir: string): Promise<void> {
-  for (const name of await readdir(dir)) {
-    const handle = await openFile(join(dir, name), 'r').catch(() => undefined)
-    await handle?.close()
   }
 }
 

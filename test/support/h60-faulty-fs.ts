@@ -286,3 +286,16 @@ export async function startFaultyFs (backing: string, mountPoint: string): Promi
 }
 
 if (process.argv[2] === '--h60-child') runChild(process.argv[3] as string, process.argv[4] as string)
+
+/** The segment files of a file block store's directory, oldest first. */
+export async function segmentFiles (dir: string): Promise<string[]> {
+  return (await fs.promises.readdir(dir)).filter((name) => name.startsWith('seg-') && name.endsWith('.log')).sort()
+}
+
+/** Makes the kernel drop its cached pages of every file under `dir` (FUSE invalidates on open). */
+export async function dropCachedPages (dir: string): Promise<void> {
+  for (const name of await fs.promises.readdir(dir)) {
+    const handle = await fs.promises.open(join(dir, name), 'r').catch(() => undefined)
+    await handle?.close()
+  }
+}
