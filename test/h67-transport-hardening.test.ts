@@ -7,13 +7,12 @@
 
 import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { NbdServer } from '../backends/nbd/index.js'
-import { FrameReader, FrameType, type Frame } from '../backends/tcp/frames.js'
-import { MIN_CLUSTER_SECRET_BYTES, TcpTransport, parseAddress, type TcpTransportOptions } from '../backends/tcp/index.js'
+import { RawStranger } from './support/h61-raw-peer.js'
+import { MIN_CLUSTER_SECRET_BYTES, TcpTransport, type TcpTransportOptions } from '../backends/tcp/index.js'
 import { GalleonError } from '../src/errors.js'
 import { GalleonFS } from '../src/galleonfs.js'
 import { addressGroup } from '../src/pending-connections.js'
@@ -32,44 +31,10 @@ function transport (nodeId: string, options: Partial<TcpTransportOptions> = {}):
   return new TcpTransport({ nodeId, clusterSecret: SECRET, host: '127.0.0.1', port: 0, keepaliveIntervalMs: 0, ...options })
 }
 
-/** A raw connection from `from` that says nothing; records what the server sends and when it hangs up. */
-class Stranger {
-  readonly socket: Socket
-  readonly frames: Frame[] = []
-  isClosed = false
-  readonly #reader = new FrameReader(1 << 20)
-
-  constructor (address: string, from: string) {
-    const { host, port } = parseAddress(address)
-    this.socket = connect({ host, port, localAddress: from })
-    this.socket.on('error', () => {})
-    this.socket.on('data', (chunk: Buffer) => {
-      this.#reader.push(chunk)
-      try {
-        for (let frame = this.#reader.next(); frame !== undefined; frame = this.#reader.next()) this.frames.push(frame)
-      } catch {}
-    })
-    this.socket.once('close', () => { this.isClosed = true })
-  }
-
-  async connected (): Promise<void> {
-    if (!this.socket.connecting) return
-    await new Promise<void>((resolve, reject) => {
-      this.socket.once('connect', () => { resolve() })
-      this.socket.once('error', reject)
-    })
-  }
-
-  goodbye (): { code?: unknown, message?: unknown } | undefined {
-    return this.frames.find((frame) => frame.type === FrameType.Goodbye)?.header as { code?: unknown, message?: unknown } | undefined
-  }
-}
-
-/** Opens `count` strangers from `from`, each connected before the next (so the server sees them in order). */
-async function strangers (address: string, from: string, count: number): Promise<Stranger[]> {
-  const opened: Stranger[] = []
+async function strangers (address: string, from: string, count: number): Promise<RawStranger[]> {
+  const opened: RawStranger[] = []
   for (let i = 0; i < count; i++) {
-    const stranger = new Stranger(address, from)
+    const stranger = new RawStranger(address, { localAddress: from })
     await stranger.connected()
     opened.push(stranger)
   }
@@ -130,7 +95,7 @@ test('h67: an IPv6 /64 counts as one address for the per-address cap; IPv4, also
 test('h67: strangers from one address get its few slots, the rest are closed at once; a real node from another address connects and exchanges messages meanwhile; slots free again when they go', async (t) => {
   const server = transport('server', { handshakeTimeoutMs: NEVER_MS, maxPendingConnections: 16, maxPendingConnectionsPerAddress: 4 })
   const address = await server.listen(echo)
-  const opened: Stranger[] = []
+  const opened: RawStranger[] = []
   const client = transport('client')
   const late = transport('late')
   t.after(async () => {
@@ -184,7 +149,7 @@ test('h67: strangers from one address get its few slots, the rest are closed at 
 test('h67: with every pending slot taken (strangers from several addresses), authenticated nodes go on, a new one is refused with the reason, and gets in once the strangers go', async (t) => {
   const server = transport('server', { handshakeTimeoutMs: NEVER_MS, maxPendingConnections: 8, maxPendingConnectionsPerAddress: 4 })
   const address = await server.listen(echo)
-  const opened: Stranger[] = []
+  const opened: RawStranger[] = []
   const member = transport('member')
   const newcomer = transport('newcomer')
   t.after(async () => {
@@ -227,7 +192,7 @@ test('h67: with TLS, connections still in their TLS handshake are capped too, an
   })
   const address = await server.listen(echo)
   const client = transport('client', { tls: { key: pem['client-key'] as string, cert: pem['client-cert'] as string, ca: pem['ca-cert'] as string } })
-  const opened: Stranger[] = []
+  const opened: RawStranger[] = []
   t.after(async () => {
     for (const stranger of opened) stranger.socket.destroy()
     await Promise.all([server.close(), client.close()])
@@ -253,7 +218,7 @@ test('h67: with TLS, connections still in their TLS handshake are capped too, an
 test('h67 nbd: clients stalling in the handshake are capped in all and per address; a real client from another address is served meanwhile', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'h67-nbd-'))
   const g = await GalleonFS.open({ storagePath: join(root, 'storage') })
-  const opened: Stranger[] = []
+  const opened: RawStranger[] = []
   let server: NbdServer | undefined
   t.after(async () => {
     for (const stranger of opened) stranger.socket.destroy()

@@ -15,10 +15,16 @@ export class RawStranger {
   received = Buffer.alloc(0)
   readonly #reader = new FrameReader(1 << 20)
 
-  /** `allowHalfOpen`: keep sending after the server ended its side (as an attacker would). */
-  constructor (address: string, options: { allowHalfOpen?: boolean } = {}) {
+  /** True once the server hung up. */
+  isClosed = false
+
+  /**
+   * `allowHalfOpen`: keep sending after the server ended its side (as an attacker would);
+   * `localAddress`: the address to connect from (127.0.0.2 and up are loopback too).
+   */
+  constructor (address: string, options: { allowHalfOpen?: boolean, localAddress?: string } = {}) {
     const { host, port } = parseAddress(address)
-    this.socket = connect({ host, port, allowHalfOpen: options.allowHalfOpen ?? false })
+    this.socket = connect({ host, port, allowHalfOpen: options.allowHalfOpen ?? false, ...(options.localAddress === undefined ? {} : { localAddress: options.localAddress }) })
     this.socket.on('error', () => {})
     this.socket.on('data', (chunk: Buffer) => {
       this.received = Buffer.concat([this.received, chunk])
@@ -29,7 +35,7 @@ export class RawStranger {
         // A frame this reader cannot decode (tagged ones after a WELCOME): the raw bytes are kept.
       }
     })
-    this.closed = new Promise((resolve) => { this.socket.once('close', () => { resolve() }) })
+    this.closed = new Promise((resolve) => { this.socket.once('close', () => { this.isClosed = true; resolve() }) })
   }
 
   async connected (): Promise<void> {
