@@ -20,35 +20,16 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { WriteConcern } from '../src/index.js'
-import type { MemoryNetwork } from '../backends/memory/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
-import { parseRecord, recordKey } from '../src/replication/records.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { namePrimary, recordOf } from './support/replica-records.js'
+import { encryptedVolume, holdStream } from './support/rotation-cluster.js'
+import { BS, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { childExit, scriptArgs } from './support/child-script.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 
 const kit = diskCluster('galleon-h70-')
 const CHILD = fileURLToPath(new URL('./support/h70-node-child.ts', import.meta.url))
-
-/** From now on, stream batches `from` sends are lost without an answer; returns how many were. */
-function holdStream (network: MemoryNetwork, from: string): () => number {
-  let held = 0
-  network.drop((m) => {
-    if (m.from !== from || m.type !== 'request' || m.kind !== 'repl:apply') return false
-    held++
-    return true
-  }, { silent: true })
-  return () => held
-}
-
-async function encryptedVolume (nodes: DiskNode[], copies: number): Promise<void> {
-  for (const node of nodes) await node.g.createStorageClass({ name: 'secret', parameters: { replication: String(copies), encryption: 'true' } })
-  const n1 = nodes[0] as DiskNode
-  await n1.g.createVolume({ name: 'keys', sizeBytes: 16 * BS, storageClass: 'secret' })
-  await n1.g.writeBlock('keys', 0, block(1), WriteConcern.WriteReplicated)
-  await until('every copy is in sync', async () => await allInSync(n1.g, 'keys', copies), 20_000)
-}
 
 describe('h70: a forwarded rotateVolumeKey whose primary closes under it', () => {
   it('waited for on a copy\'s node: answered by the next primary (rotated once, re-encrypted), not WRITE_CONCERN_UNSATISFIED', { timeout: 90_000 }, async () => {
@@ -105,18 +86,11 @@ describe('h70: rotateVolumeKey called on the primary, which loses the role under
     await until('the primary sent the rotation to its copies', () => held() > 0, 20_000)
     // The cluster's leader fails the volume over to n2 as it does when the primary's lease ended
     // (n1 paused past its lease, say): the record names n2 under the next epoch, the only one in sync.
-    const coordinator = coordinators.coordinator()
-    try {
-      const key = recordKey((await n1.g.getVolume('keys')).id)
-      const entry = await coordinator.get(key)
-      assert.ok(entry !== undefined)
-      const record = parseRecord(entry.value)
-      assert.equal(record?.primary, 'n1')
-      assert.equal(record?.spec.keyGeneration, 1, 'the record counts the rotation')
-      await coordinator.put(key, JSON.stringify({ ...record, primary: 'n2', epoch: (record?.epoch ?? 0) + 1, inSync: ['n2'], handoff: undefined }), { expectRevision: entry.revision })
-    } finally {
-      await coordinator.close()
-    }
+    const volumeId = (await n1.g.getVolume('keys')).id
+    const record = await recordOf(coordinators, volumeId)
+    assert.equal(record?.primary, 'n1')
+    assert.equal(record?.spec.keyGeneration, 1, 'the record counts the rotation')
+    await namePrimary(coordinators, volumeId, 'n2')
     network.drop(0)
     const answer = await rotation
     assert.equal((await n3.g.replicationStatus('keys')).primary, 'n2')

@@ -9,31 +9,14 @@ import { GalleonError, GalleonFS, WriteConcern } from '../src/index.js'
 import type { Coordinator } from '../src/drivers.js'
 import { ClassicLevel } from 'classic-level'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
-import { RECORD_PREFIX, parseRecord, recordKey } from '../src/replication/records.js'
+import { RECORD_PREFIX, parseRecord } from '../src/replication/records.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
+import { namePrimary, recordOf } from './support/replica-records.js'
+import { encryptedVolume, holdStream } from './support/rotation-cluster.js'
 import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 
 const kit = diskCluster('galleon-r28-')
-
-async function encryptedVolume (nodes: DiskNode[], copies: number): Promise<void> {
-  for (const node of nodes) await node.g.createStorageClass({ name: 'secret', parameters: { replication: String(copies), encryption: 'true' } })
-  const n1 = nodes[0] as DiskNode
-  await n1.g.createVolume({ name: 'keys', sizeBytes: 16 * BS, storageClass: 'secret' })
-  await n1.g.writeBlock('keys', 0, block(1), WriteConcern.WriteReplicated)
-  await until('every copy is in sync', async () => await allInSync(n1.g, 'keys', copies), 20_000)
-}
-
-/** From now on, stream batches `from` sends are lost without an answer; returns how many were. */
-function holdStream (network: MemoryNetwork, from: string): () => number {
-  let held = 0
-  network.drop((m) => {
-    if (m.from !== from || m.type !== 'request' || m.kind !== 'repl:apply') return false
-    held++
-    return true
-  }, { silent: true })
-  return () => held
-}
 
 describe('r28: the primary that began a rotation and lost the role before it confirmed it', () => {
   // rotateOnPrimary begins the rotation on the primary's copy (a new key, the old one kept until
@@ -49,17 +32,10 @@ describe('r28: the primary that began a rotation and lost the role before it con
     const held = holdStream(network, 'n1')
     const rotation = observed(n1.g.rotateVolumeKey('keys', { wait: true }))
     await until('the primary sent the rotation to its copies', () => held() > 0, 20_000)
-    const coordinator = coordinators.coordinator()
-    try {
-      const key = recordKey((await n1.g.getVolume('keys')).id)
-      const entry = await coordinator.get(key)
-      assert.ok(entry !== undefined)
-      const record = parseRecord(entry.value)
-      assert.equal(record?.spec.keyGeneration, 1, 'the record counts the rotation')
-      await coordinator.put(key, JSON.stringify({ ...record, primary: 'n2', epoch: (record?.epoch ?? 0) + 1, inSync: ['n2'], handoff: undefined }), { expectRevision: entry.revision })
-    } finally {
-      await coordinator.close()
-    }
+    const volumeId = (await n1.g.getVolume('keys')).id
+    const record = await recordOf(coordinators, volumeId)
+    assert.equal(record?.spec.keyGeneration, 1, 'the record counts the rotation')
+    await namePrimary(coordinators, volumeId, 'n2')
     network.drop(0)
     const answer = await rotation
     assert.equal(answer.keyGeneration, 1)
