@@ -198,6 +198,18 @@ export interface BackupTarget {
    */
   touchChunk? (id: string): Promise<boolean>
   chunkTime? (id: string): Promise<number | undefined>
+  /**
+   * Optional, for targets shared by several processes (all four, or none): small records, named by
+   * lowercase UUIDs, of the backups and garbage collections running on the target, which GalleonFS
+   * rewrites every few seconds while they run. A deletion then collects no chunk while a backup
+   * whose manifest is not written yet runs anywhere, whatever the wall clock did (without leases,
+   * only `chunkTime` and the grace period protect such chunks). `putLease` replaces atomically and
+   * need not be durable; `getLease` returns the bytes last put, or undefined once deleted.
+   */
+  putLease? (id: string, data: Uint8Array): Promise<void>
+  getLease? (id: string): Promise<Uint8Array | undefined>
+  deleteLease? (id: string): Promise<void>
+  listLeases? (): AsyncIterable<string>
 }
 
 /**

@@ -4,12 +4,15 @@
 //   chunks/<aa>/<sha256 hex>     content-addressed chunks, fanned out by their first two hex digits
 //   manifests/<uuid>.json        one manifest per complete backup
 //   index.json                   a summary of every backup (rewritten after each change)
+//   leases/<uuid>.json           one per backup or garbage collection running (see src/backup/leases.ts);
+//                                the directory is there only while one is
 // Every object is written to a temporary file in the same directory, fsynced, renamed into place
 // and the directory fsynced, so a crash leaves the old object or the new one, never part of one.
-// Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open).
+// Temporary files left by a crash start with '.tmp-' and are ignored (and removed on open, when no
+// lease says a backup may be writing one).
 
 import { randomBytes } from 'node:crypto'
-import { open, readFile, readdir, rm, stat, unlink, utimes } from 'node:fs/promises'
+import { open, readFile, readdir, rename, rm, rmdir, stat, unlink, utimes, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import type { BackupTarget } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
@@ -27,8 +30,14 @@ const MANIFEST_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 /** The file that makes a directory a backup target. */
 export const DIRECTORY_TARGET_MARKER = 'galleonfs-backup.json'
 const MARKER = DIRECTORY_TARGET_MARKER
-/** Temporary files older than this are leftovers of a crash (younger ones may be another process's put). */
+/**
+ * Temporary files older than this are leftovers of a crash (younger ones may be another process's
+ * put). Age alone is not trusted (a clock stepped forward ages every file at once): none is
+ * removed while the target holds a lease (a backup or collection under way, or one whose process
+ * died, until a deletion finds it abandoned and removes it).
+ */
 const TEMPORARY_MAX_AGE_MS = 60 * 60 * 1000
+const LEASES = 'leases'
 const FORMAT = 1
 
 export class DirectoryBackupTarget implements BackupTarget {
@@ -87,9 +96,13 @@ export class DirectoryBackupTarget implements BackupTarget {
     // Leftovers of puts a crash interrupted (old enough not to be another process's put in flight),
     // and durability for chunks a killed process renamed into place but never synced: a later
     // backup finds them with hasChunk() and relies on them.
-    await this.#removeTemporaries(join(this.location, 'manifests'))
+    const leased = (await this.#list(join(this.location, LEASES), 'the lease directory')).some(isLeaseFile)
     const fans = (await this.#list(join(this.location, 'chunks'), 'the chunk directory')).filter((fan) => /^[0-9a-f]{2}$/.test(fan))
-    for (const fan of fans) await this.#removeTemporaries(join(this.location, 'chunks', fan))
+    if (!leased) {
+      await this.#removeTemporaries(join(this.location, 'manifests'))
+      await this.#removeTemporaries(join(this.location, LEASES))
+      for (const fan of fans) await this.#removeTemporaries(join(this.location, 'chunks', fan))
+    }
     try {
       await Promise.all(fans.map(async (fan) => { await syncDirectory(join(this.location, 'chunks', fan)) }))
       await syncDirectory(join(this.location, 'chunks'))
@@ -251,6 +264,53 @@ export class DirectoryBackupTarget implements BackupTarget {
     }
   }
 
+  /**
+   * Leases are rewritten every few seconds while their holder runs: atomically, but not synced (see
+   * BackupTarget). Their directory exists only while one does (see deleteLease).
+   */
+  async putLease (id: string, data: Uint8Array): Promise<void> {
+    this.#leasePath(id)
+    assertData(data)
+    const dir = join(this.location, LEASES)
+    for (let attempt = 1; ; attempt++) {
+      await makeDirectories(dir).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
+      const temporary = join(dir, `.tmp-${id}.json-${randomBytes(6).toString('hex')}`)
+      try {
+        await writeFile(temporary, data)
+        await rename(temporary, join(dir, `${id}.json`))
+        return
+      } catch (err) {
+        await unlink(temporary).catch(() => {}) // not there, or gone with the directory
+        const code = (err as NodeJS.ErrnoException).code
+        // The directory was removed, empty, by another process's deleteLease in between: made again.
+        if (code === 'ENOENT' && attempt < 5) continue
+        if (code === 'ENOSPC' || code === 'EDQUOT') throw new GalleonError('NO_SPACE', `the backup target ${this.location} is full; free space there or delete old backups`, { cause: err })
+        throw ioError(`could not write lease ${id} to ${dir}`, err)
+      }
+    }
+  }
+
+  async getLease (id: string): Promise<Uint8Array | undefined> {
+    return await this.#read(this.#leasePath(id), `lease ${id}`)
+  }
+
+  /** Also removes the lease directory once empty, so that a target at rest looks as it always did. */
+  async deleteLease (id: string): Promise<void> {
+    await this.#delete(this.#leasePath(id), `lease ${id}`)
+    await rmdir(join(this.location, LEASES)).catch(() => {}) // ENOTEMPTY: another lease (or a temporary file) is there
+  }
+
+  async * listLeases (): AsyncIterable<string> {
+    for (const name of (await this.#list(join(this.location, LEASES), 'the lease directory')).sort()) {
+      if (isLeaseFile(name)) yield name.slice(0, -5)
+    }
+  }
+
+  #leasePath (id: unknown): string {
+    if (typeof id !== 'string' || !MANIFEST_ID.test(id)) throw new GalleonError('INVALID_ARGUMENT', `a lease id is a lowercase UUID, got ${describe(id)}`)
+    return join(this.location, LEASES, `${id}.json`)
+  }
+
   #chunkPath (id: unknown): string {
     if (typeof id !== 'string' || !CHUNK_ID.test(id)) throw new GalleonError('INVALID_ARGUMENT', `a chunk id is 64 lowercase hex digits (a SHA-256), got ${describe(id)}`)
     return join(this.location, 'chunks', id.slice(0, 2), id)
@@ -316,6 +376,11 @@ export class DirectoryBackupTarget implements BackupTarget {
       if (info !== undefined && now - info.mtimeMs > TEMPORARY_MAX_AGE_MS) await rm(join(dir, name), { force: true }).catch(() => {})
     }
   }
+}
+
+/** Whether a name in the lease directory is a lease (not a temporary file). */
+function isLeaseFile (name: string): boolean {
+  return name.endsWith('.json') && MANIFEST_ID.test(name.slice(0, -5))
 }
 
 function assertData (data: unknown): asserts data is Uint8Array {

@@ -19,6 +19,8 @@ import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex, type KnownManifests } from './manifests.js'
 import { nextSequence } from './order.js'
+import { collectChunks } from './collection.js'
+import { TargetLease, waitForCollections, type LeasingTarget } from './leases.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -351,208 +353,282 @@ export class BackupManager {
           throw new GalleonError('HOOK_FAILED', `the pre-backup hook of volume ${volume.name} failed, so no backup was taken: ${(err as Error)?.message ?? String(err)}`, { cause: err })
         }
       }
-      const volumeSnapshots = await this.#g.listSnapshots(volume.id)
-      const own = new Set(volumeSnapshots.flatMap((s) => s.name.startsWith('backup-') ? [s.name.slice('backup-'.length)] : []))
-      const { manifests: ours, indexUsed } = await readVolumeManifests(target, volume.id, own)
-      // Read before the snapshot is taken: every backup of the volume stored by then (by any
-      // instance) holds older data and gets a smaller number (see order.ts). Counted over all of
-      // the volume's manifests, authenticated or not: those of an encrypted volume sealed under
-      // an earlier backup key (before a rotation) do not check out under the current one.
-      const sequence = nextSequence(ours)
-      const snapshots = new Set(volumeSnapshots.map((s) => s.id))
-      const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
-      // A base must still have its snapshot, and be sealed as this backup will be: after the volume
-      // moved between a plain and an encrypting class, the next backup is full, so an encrypted
-      // volume's backups never lean on plaintext ones (which can then be deleted) or the reverse.
-      // And its chain of bases must be whole on the target: a backup built on a broken chain would be
-      // stored as complete and fail at restore.
-      // An encrypted volume's manifests count only when their tags check out (see verifyManifestTag):
-      // a backup must not build on one altered on the target, nor on a chain holding one.
-      const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
-      const authentic = (m: Manifest): boolean => {
-        if (keys === undefined) return true
-        try { verifyManifestTag(m, keys); return true } catch { return false }
-      }
-      const byId = new Map(ours.filter(authentic).map((m) => [m.id, m]))
-      // Memoized along the walk: every manifest's chain is checked once, not once per manifest
-      // built on it (a long incremental chain cost its length squared).
-      const wholeChains = new Map<string, boolean>()
-      const whole = (m: Manifest): boolean => {
-        const walked: string[] = []
-        let result = true
-        for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) {
-          const known = wholeChains.get(at)
-          if (known !== undefined) { result = known; break }
-          if (!byId.has(at) || steps > byId.size) { result = false; break }
-          walked.push(at)
-        }
-        for (const id of walked) wholeChains.set(id, result)
-        return result
-      }
-      const usable = ours.filter((m) => byId.has(m.id) && snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
-      let base = requested === BackupStrategy.Incremental
-        ? usable.at(-1)
-        : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
-      let strategy = base === undefined ? BackupStrategy.Full : requested
-      // A leftover snapshot (see retryLeftSnapshots) can be a base again once the backup that freed
-      // it is deleted: it stays while this backup lists the changes since it.
-      const baseSnapshot = base?.snapshot.id
-      if (baseSnapshot !== undefined) this.#basesInUse.set(baseSnapshot, (this.#basesInUse.get(baseSnapshot) ?? 0) + 1)
-      let baseReleased = false
-      const releaseBase = (): void => {
-        if (baseSnapshot === undefined || baseReleased) return
-        baseReleased = true
-        const left = (this.#basesInUse.get(baseSnapshot) ?? 1) - 1
-        if (left === 0) this.#basesInUse.delete(baseSnapshot)
-        else this.#basesInUse.set(baseSnapshot, left)
-      }
-      const id = randomUUID()
-      await storedMetadata(this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` }))
-      let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
+      // The lease tells deletions in other processes and instances that a backup is under way
+      // here, whose chunks no manifest names yet (see leases.ts): they collect none of them. A
+      // collection that started before it may be deleting chunks this backup would reuse: waited for.
+      const lease = await TargetLease.take(target, 'backup')
       try {
-        snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
-      } catch (err) {
-        releaseBase()
-        await this.#pending?.del(id).catch(() => {})
-        throw err
-      }
-      let forget = true
-      let arrived = false
-      try {
-        await this.#snapshotHere(volume, snapshot.id, signal)
-        arrived = true
-        let indices: number[]
-        try {
-          indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
-        } catch (err) {
-          // The base's snapshot went after it was chosen (a leftover deleted with the clone that held
-          // it, see retryLeftSnapshots, or a deleteSnapshot): this backup is a full one instead.
-          if (base === undefined || errorCode(err) !== 'SNAPSHOT_NOT_FOUND') throw err
-          base = undefined
-          strategy = BackupStrategy.Full
-          indices = await this.#g.listChangedBlocks(volume.id, { to: snapshot.id })
-        } finally {
-          releaseBase()
-        }
-        const blockSize = volume.blockSize
-        const total = indices.length * blockSize
-        let done = 0
-        const progress = (): void => {
-          this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
-          report(options.onProgress, done, total)
-        }
-        progress()
-        const chunkBlocks = Math.max(1, CHUNK_BYTES / blockSize)
-        const pieces = toPieces(toRuns(indices, chunkBlocks), chunkBlocks, Math.max(1, CHUNK_WINDOW_BYTES / blockSize))
-        const extents: Extent[][] = new Array(pieces.length)
-        const referenced = new Set<string>()
-        let newChunks = 0
-        let storedBytes = 0
-        const stored = new Set<string>()
-        let next = 0
-        const worker = async (stop: () => boolean): Promise<void> => {
-          while (next < pieces.length && !stop()) {
-            checkAborted(signal)
-            const at = next++
-            const piece = pieces[at] as Array<[number, number]>
-            const parts: Uint8Array[] = []
-            const pieceExtents: Extent[] = []
-            let offset = 0
-            for (const [index, blocks] of piece) {
-              const data = await this.#g.read({ volume: volume.id, snapshot: snapshot.id }, index * blockSize, blocks * blockSize)
-              if (isZero(data)) {
-                pieceExtents.push([index, blocks, null, 0])
-              } else {
-                pieceExtents.push([index, blocks, '', offset])
-                parts.push(data)
-                offset += blocks
-              }
-            }
-            if (parts.length > 0) {
-              const data = parts.length === 1 ? parts[0] as Uint8Array : concat(parts, offset * blockSize)
-              const chunk = chunkIdOf(data, keys)
-              for (const extent of pieceExtents) if (extent[2] === '') extent[2] = chunk
-              referenced.add(chunk)
-              if (!stored.has(chunk)) {
-                stored.add(chunk)
-                // A chunk already there is reused, and touched so that a deletion in another process
-                // spares it (see delete) until this backup's manifest names it.
-                if (!await (target.touchChunk !== undefined ? target.touchChunk(chunk) : target.hasChunk(chunk))) {
-                  const envelope = await encodeChunk(data, keys === undefined ? undefined : { id: chunk, keys })
-                  await target.putChunk(chunk, envelope)
-                  newChunks++
-                  storedBytes += envelope.byteLength
-                }
-              }
-            }
-            extents[at] = pieceExtents
-            for (const [, blocks] of piece) done += blocks * blockSize
-            progress()
-          }
-        }
-        await runWorkers(worker)
-        checkAborted(signal)
-        // A deletion in another process may have collected a chunk this backup relies on: a manifest
-        // naming a missing chunk would look complete and fail at restore, so check them all first.
-        for (const chunk of referenced) {
-          if (!await target.hasChunk(chunk)) {
-            throw new GalleonError('BUSY', `chunk ${chunk} of this backup was deleted from ${target.location} while the backup ran (by a deleteBackup in another process?); no backup was stored, take it again`)
-          }
-        }
-        const manifest: Manifest = {
-          kind: 'galleonfs-backup',
-          format: 1,
-          id,
-          createdAt: new Date(this.#now()).toISOString(),
-          sequence,
-          strategy,
-          requestedStrategy: requested,
-          base: base?.id ?? null,
-          volume: { id: volume.id, name: volume.name, namespace: volume.namespace, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels }, ...(volume.pool === undefined ? {} : { pool: volume.pool }) },
-          ...(backupKey === undefined ? {} : { encryption: { algorithm: 'AES-256-GCM' as const, fingerprint: backupKey.fingerprint, wrappedKey: backupKey.wrapped, kekId: backupKey.kekId, provider: backupKey.provider } }),
-          snapshot: { id: snapshot.id, name: snapshot.name },
-          ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
-          extents: extents.flat(),
-          stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
-        }
-        await target.flush?.()
-        const manifestBytes = encodeManifest(manifest, keys)
-        await target.putManifest(id, manifestBytes)
-        // Extended only when it was used (not found lying about this volume's backups): else rebuilt.
-        await this.#writeIndexOrReport(target, indexUsed ? { manifest, bytes: manifestBytes } : undefined)
-        const backup = toBackup(manifest, target)
-        // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
-        const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
-        for (const older of ours) {
-          if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) await this.#freeSnapshot(volume.id, volume.name, older)
-        }
-        this.#g.emit('backup:completed', backup)
-        if (options.hooks?.post !== undefined) {
-          try {
-            await options.hooks.post(backup)
-          } catch (err) {
-            throw new GalleonError('HOOK_FAILED', `backup ${id} of volume ${volume.name} is complete and stored, but its post-backup hook failed: ${(err as Error)?.message ?? String(err)}`, { cause: err })
-          }
-        }
-        return backup
-      } catch (err) {
-        if (!arrived) {
-          // The snapshot (on the primary) is not on this node's copy yet, so it cannot be named here:
-          // it stays recorded, and an open deletes it (by name) once the copy has it; `elsewhere`
-          // keeps the record at an open where the copy still lacks it (not resynced yet).
-          forget = false
-          await this.#pending?.put(id, { volumeId: volume.id, snapshot: snapshot.name, elsewhere: true }).catch(() => {})
-        } else if (await target.getManifest(id).catch(() => undefined) === undefined) {
-          // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
-          forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)
-        }
-        if (!(err instanceof GalleonError) && isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `the backup target ${target.location} is full, so backup ${id} of volume ${volume.name} was not stored (nothing of it is listed); free space there or delete old backups, then back up again`, { cause: err })
-        throw err
+        if (lease !== undefined) await waitForCollections(target as LeasingTarget, lease.id, signal)
+        return await this.#store(volume, target, requested, options, signal, lease)
       } finally {
-        releaseBase()
-        if (forget) await this.#pending?.del(id).catch(() => {})
+        await this.#endLease(target, lease)
       }
     })
+  }
+
+  /** Takes the backup of #create, under `lease` (see there). */
+  async #store (volume: Volume, target: BackupTarget, requested: BackupStrategy, options: CreateBackupOptions, signal: AbortSignal, lease: TargetLease | undefined): Promise<Backup> {
+    const volumeSnapshots = await this.#g.listSnapshots(volume.id)
+    const own = new Set(volumeSnapshots.flatMap((s) => s.name.startsWith('backup-') ? [s.name.slice('backup-'.length)] : []))
+    const { manifests: ours, indexUsed } = await readVolumeManifests(target, volume.id, own)
+    const snapshots = new Set(volumeSnapshots.map((s) => s.id))
+    const backupKey = volume.encrypted ? await this.#keys.backupKey(volume.id) : undefined
+    // Read before the snapshot is taken: every backup of the volume stored by then (by any
+    // instance) holds older data and gets a smaller number (see order.ts). An encrypted volume's
+    // manifests count only when they authenticate under the key they name (its current backup
+    // key, or one a rotation retired): one planted on the target by someone without the key
+    // would otherwise number every later backup, up to the cap, where they all share one number
+    // and fall back to their dates for good.
+    const sequence = nextSequence(backupKey === undefined ? ours : await this.#newestAuthentic(ours, backupKey))
+    // A base must still have its snapshot, and be sealed as this backup will be: after the volume
+    // moved between a plain and an encrypting class, the next backup is full, so an encrypted
+    // volume's backups never lean on plaintext ones (which can then be deleted) or the reverse.
+    // And its chain of bases must be whole on the target: a backup built on a broken chain would be
+    // stored as complete and fail at restore.
+    // An encrypted volume's manifests count only when their tags check out (see verifyManifestTag):
+    // a backup must not build on one altered on the target, nor on a chain holding one.
+    const keys = backupKey === undefined ? undefined : chunkKeys(backupKey.key)
+    const authentic = (m: Manifest): boolean => {
+      if (keys === undefined) return true
+      try { verifyManifestTag(m, keys); return true } catch { return false }
+    }
+    const byId = new Map(ours.filter(authentic).map((m) => [m.id, m]))
+    // Memoized along the walk: every manifest's chain is checked once, not once per manifest
+    // built on it (a long incremental chain cost its length squared).
+    const wholeChains = new Map<string, boolean>()
+    const whole = (m: Manifest): boolean => {
+      const walked: string[] = []
+      let result = true
+      for (let at: string | null = m.base, steps = 0; at !== null; at = byId.get(at)?.base ?? null, steps++) {
+        const known = wholeChains.get(at)
+        if (known !== undefined) { result = known; break }
+        if (!byId.has(at) || steps > byId.size) { result = false; break }
+        walked.push(at)
+      }
+      for (const id of walked) wholeChains.set(id, result)
+      return result
+    }
+    const usable = ours.filter((m) => byId.has(m.id) && snapshots.has(m.snapshot.id) && m.encryption?.fingerprint === backupKey?.fingerprint && whole(m))
+    let base = requested === BackupStrategy.Incremental
+      ? usable.at(-1)
+      : requested === BackupStrategy.Differential ? usable.filter((m) => m.strategy === 'full').at(-1) : undefined
+    let strategy = base === undefined ? BackupStrategy.Full : requested
+    // A leftover snapshot (see retryLeftSnapshots) can be a base again once the backup that freed
+    // it is deleted: it stays while this backup lists the changes since it.
+    const baseSnapshot = base?.snapshot.id
+    if (baseSnapshot !== undefined) this.#basesInUse.set(baseSnapshot, (this.#basesInUse.get(baseSnapshot) ?? 0) + 1)
+    let baseReleased = false
+    const releaseBase = (): void => {
+      if (baseSnapshot === undefined || baseReleased) return
+      baseReleased = true
+      const left = (this.#basesInUse.get(baseSnapshot) ?? 1) - 1
+      if (left === 0) this.#basesInUse.delete(baseSnapshot)
+      else this.#basesInUse.set(baseSnapshot, left)
+    }
+    const id = randomUUID()
+    await storedMetadata(this.#pending?.put(id, { volumeId: volume.id, snapshot: `backup-${id}` }))
+    let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
+    try {
+      snapshot = await this.#g.createSnapshot(volume.id, `backup-${id}`)
+    } catch (err) {
+      releaseBase()
+      await this.#pending?.del(id).catch(() => {})
+      throw err
+    }
+    let forget = true
+    let arrived = false
+    try {
+      await this.#snapshotHere(volume, snapshot.id, signal)
+      arrived = true
+      let indices: number[]
+      try {
+        indices = await this.#g.listChangedBlocks(volume.id, base === undefined ? { to: snapshot.id } : { from: base.snapshot.id, to: snapshot.id })
+      } catch (err) {
+        // The base's snapshot went after it was chosen (a leftover deleted with the clone that held
+        // it, see retryLeftSnapshots, or a deleteSnapshot): this backup is a full one instead.
+        if (base === undefined || errorCode(err) !== 'SNAPSHOT_NOT_FOUND') throw err
+        base = undefined
+        strategy = BackupStrategy.Full
+        indices = await this.#g.listChangedBlocks(volume.id, { to: snapshot.id })
+      } finally {
+        releaseBase()
+      }
+      const blockSize = volume.blockSize
+      const total = indices.length * blockSize
+      let done = 0
+      const progress = (): void => {
+        this.#g.emit('backup:progress', { backupId: id, volumeId: volume.id, volumeName: volume.name, bytesDone: done, bytesTotal: total })
+        report(options.onProgress, done, total)
+      }
+      progress()
+      const chunkBlocks = Math.max(1, CHUNK_BYTES / blockSize)
+      const pieces = toPieces(toRuns(indices, chunkBlocks), chunkBlocks, Math.max(1, CHUNK_WINDOW_BYTES / blockSize))
+      const extents: Extent[][] = new Array(pieces.length)
+      const referenced = new Set<string>()
+      let newChunks = 0
+      let storedBytes = 0
+      const stored = new Set<string>()
+      let next = 0
+      const worker = async (stop: () => boolean): Promise<void> => {
+        while (next < pieces.length && !stop()) {
+          checkAborted(signal)
+          const at = next++
+          const piece = pieces[at] as Array<[number, number]>
+          const parts: Uint8Array[] = []
+          const pieceExtents: Extent[] = []
+          let offset = 0
+          for (const [index, blocks] of piece) {
+            const data = await this.#g.read({ volume: volume.id, snapshot: snapshot.id }, index * blockSize, blocks * blockSize)
+            if (isZero(data)) {
+              pieceExtents.push([index, blocks, null, 0])
+            } else {
+              pieceExtents.push([index, blocks, '', offset])
+              parts.push(data)
+              offset += blocks
+            }
+          }
+          if (parts.length > 0) {
+            const data = parts.length === 1 ? parts[0] as Uint8Array : concat(parts, offset * blockSize)
+            const chunk = chunkIdOf(data, keys)
+            for (const extent of pieceExtents) if (extent[2] === '') extent[2] = chunk
+            referenced.add(chunk)
+            if (!stored.has(chunk)) {
+              stored.add(chunk)
+              // A chunk already there is reused, and touched so that a deletion in another process
+              // spares it (see delete) until this backup's manifest names it.
+              if (!await (target.touchChunk !== undefined ? target.touchChunk(chunk) : target.hasChunk(chunk))) {
+                const envelope = await encodeChunk(data, keys === undefined ? undefined : { id: chunk, keys })
+                await target.putChunk(chunk, envelope)
+                newChunks++
+                storedBytes += envelope.byteLength
+              }
+            }
+          }
+          extents[at] = pieceExtents
+          for (const [, blocks] of piece) done += blocks * blockSize
+          progress()
+        }
+      }
+      await runWorkers(worker)
+      checkAborted(signal)
+      await this.#checkChunks(target, lease, referenced, signal)
+      const manifest: Manifest = {
+        kind: 'galleonfs-backup',
+        format: 1,
+        id,
+        createdAt: new Date(this.#now()).toISOString(),
+        sequence,
+        strategy,
+        requestedStrategy: requested,
+        base: base?.id ?? null,
+        volume: { id: volume.id, name: volume.name, namespace: volume.namespace, sizeBytes: snapshot.sizeBytes, blockSize, storageClass: volume.storageClass, replicas: volume.replicas, labels: { ...volume.labels }, ...(volume.pool === undefined ? {} : { pool: volume.pool }) },
+        ...(backupKey === undefined ? {} : { encryption: { algorithm: 'AES-256-GCM' as const, fingerprint: backupKey.fingerprint, wrappedKey: backupKey.wrapped, kekId: backupKey.kekId, provider: backupKey.provider } }),
+        snapshot: { id: snapshot.id, name: snapshot.name },
+        ...(options.policy === undefined ? {} : { policy: String(options.policy) }),
+        extents: extents.flat(),
+        stats: { blocks: indices.length, bytes: total, chunks: referenced.size, newChunks, storedBytes }
+      }
+      await target.flush?.()
+      const manifestBytes = encodeManifest(manifest, keys)
+      await target.putManifest(id, manifestBytes)
+      if (lease !== undefined && (lease.lost || !await lease.intact())) {
+        // The lease was taken for dead since the check (this process stopped, a suspended VM):
+        // a collection may have deleted chunks the manifest names. Checked again; not stored if so.
+        try {
+          await this.#checkChunks(target, lease, referenced, signal)
+        } catch (err) {
+          await target.deleteManifest(id).catch((cause: unknown) => {
+            throw new GalleonError(errorCode(err), `${(err as Error).message}; its manifest could not be removed (${(cause as Error).message}): delete backup ${id}, which names missing chunks`, { cause: err })
+          })
+          throw err
+        }
+      }
+      // Extended only when it was used (not found lying about this volume's backups): else rebuilt.
+      await this.#writeIndexOrReport(target, indexUsed ? { manifest, bytes: manifestBytes } : undefined)
+      const backup = toBackup(manifest, target)
+      // Keep the snapshots later backups need as bases (this one, and the newest full); free the rest.
+      const newestFull = strategy === BackupStrategy.Full ? manifest : ours.filter((m) => m.strategy === 'full').at(-1)
+      for (const older of ours) {
+        if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) await this.#freeSnapshot(volume.id, volume.name, older)
+      }
+      this.#g.emit('backup:completed', backup)
+      if (options.hooks?.post !== undefined) {
+        try {
+          await options.hooks.post(backup)
+        } catch (err) {
+          throw new GalleonError('HOOK_FAILED', `backup ${id} of volume ${volume.name} is complete and stored, but its post-backup hook failed: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+        }
+      }
+      return backup
+    } catch (err) {
+      if (!arrived) {
+        // The snapshot (on the primary) is not on this node's copy yet, so it cannot be named here:
+        // it stays recorded, and an open deletes it (by name) once the copy has it; `elsewhere`
+        // keeps the record at an open where the copy still lacks it (not resynced yet).
+        forget = false
+        await this.#pending?.put(id, { volumeId: volume.id, snapshot: snapshot.name, elsewhere: true }).catch(() => {})
+      } else if (await target.getManifest(id).catch(() => undefined) === undefined) {
+        // A snapshot not deleted now (the instance is closing) stays recorded: the next open deletes it.
+        forget = await this.#g.deleteSnapshot(volume.id, snapshot.id).then(() => true, gone)
+      }
+      if (!(err instanceof GalleonError) && isNoSpaceError(err)) throw new GalleonError('NO_SPACE', `the backup target ${target.location} is full, so backup ${id} of volume ${volume.name} was not stored (nothing of it is listed); free space there or delete old backups, then back up again`, { cause: err })
+      throw err
+    } finally {
+      releaseBase()
+      if (forget) await this.#pending?.del(id).catch(() => {})
+    }
+  }
+
+  /**
+   * Checks that every chunk a backup names is on the target, before its manifest is stored: a
+   * deletion in another process may have collected one (one of an earlier release, which takes no
+   * lease, or one that took this backup's lease for dead), and a manifest naming a missing chunk
+   * would look complete and fail at restore. With a lease, it is rewritten first (so that every
+   * collection starting from now sees it) and collections already running are waited for.
+   */
+  async #checkChunks (target: BackupTarget, lease: TargetLease | undefined, referenced: ReadonlySet<string>, signal: AbortSignal): Promise<void> {
+    if (lease !== undefined) {
+      // Found as last written: collections from now on see it. Else written again (`lost` set).
+      if (lease.lost || !await lease.intact()) await lease.refresh()
+      lease.lost = false
+      await waitForCollections(target as LeasingTarget, lease.id, signal)
+    }
+    for (const chunk of referenced) {
+      if (!await target.hasChunk(chunk)) {
+        throw new GalleonError('BUSY', `chunk ${chunk} of this backup was deleted from ${target.location} while the backup ran (by a deleteBackup in another process, which took this backup for abandoned if its process was stopped or suspended meanwhile); no backup was stored, take it again`)
+      }
+    }
+  }
+
+  /** Ends a lease; one that cannot be removed is reported (collections wait until they find it abandoned). */
+  async #endLease (target: BackupTarget, lease: TargetLease | undefined): Promise<void> {
+    await lease?.end().catch((err: unknown) => {
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: errorCode(err), message: `could not remove in-progress lease ${lease.id} from backup target ${target.location} (other processes take it for a running backup until they find it abandoned, and collect no chunk meanwhile): ${(err as Error).message}` })
+    })
+  }
+
+  /**
+   * The manifest with the largest sequence among an encrypted volume's `manifests` that
+   * authenticates under the backup key it names (as a list of at most one, for nextSequence):
+   * tried largest first, so that it usually costs one check under the current key. One that does
+   * not authenticate (altered or planted on the target, untagged, or plain: an encrypted volume's
+   * backups are sealed; those from before a move out of a plain class are not numbered by) counts
+   * for nothing. A key that cannot be opened for another reason (the key provider is unavailable)
+   * fails the backup rather than number it low.
+   */
+  async #newestAuthentic (manifests: readonly Manifest[], current: { key: Uint8Array, fingerprint: string }): Promise<Manifest[]> {
+    const opened = new Map<string, ChunkKeys>([[current.fingerprint, chunkKeys(current.key)]])
+    const numbered = manifests.filter((m) => m.sequence !== undefined && m.encryption !== undefined).sort((a, b) => (b.sequence as number) - (a.sequence as number))
+    for (const manifest of numbered) {
+      try {
+        await backupChunkKeys(this.#keys, manifest, opened)
+        return [manifest]
+      } catch (err) {
+        const code = errorCode(err)
+        if (code !== 'DECRYPTION_FAILED' && code !== 'CORRUPTION') throw err
+      }
+    }
+    return []
   }
 
   /**
@@ -691,8 +767,15 @@ export class BackupManager {
         }
         toTag.push({ manifest, keys })
       }
-      // Oldest first: a crash part-way leaves the newer ones untagged, to adopt again.
-      for (const { manifest, keys } of toTag.reverse()) await target.putManifest(manifest.id, encodeManifest(manifest, keys))
+      // Under a lease, so that an open in another process leaves the temporary files of these
+      // writes alone whatever its clock says (see leases.ts). Oldest first: a crash part-way leaves
+      // the newer ones untagged, to adopt again.
+      const lease = toTag.length > 0 ? await TargetLease.take(target, 'adopt') : undefined
+      try {
+        for (const { manifest, keys } of toTag.reverse()) await target.putManifest(manifest.id, encodeManifest(manifest, keys))
+      } finally {
+        await this.#endLease(target, lease)
+      }
       if (toTag.length > 0) await this.#writeIndexOrReport(target)
       return { backupId: id, adopted: toTag.map(({ manifest }) => manifest.id), unchanged, chunksChecked: checked.size }
     })
@@ -739,16 +822,9 @@ export class BackupManager {
         // Their chunks are unknown: collecting would destroy those backups for good.
         this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: 'CORRUPTION', message: `backup target ${target.location} holds ${unreadable.length} manifest(s) this version cannot read (${unreadable.slice(0, 3).join(', ')}): no chunk was deleted, so that their backups stay restorable; verify or remove them, and the next deletion collects` })
       } else {
-        // File times are wall-clock times (not the injected clock).
-        const now = Date.now()
-        for await (const chunk of target.listChunks()) {
-          if (referenced.has(chunk)) continue
-          // Put or reused lately: maybe by a backup another process is still taking.
-          const time = graceMs > 0 ? await target.chunkTime?.(chunk) : undefined
-          if (time !== undefined && now - time < graceMs) continue
-          await target.deleteChunk(chunk)
-          deletedChunks++
-        }
+        deletedChunks = await collectChunks(target, referenced, new Set(manifests.map((m) => m.id)), graceMs, (code, message) => {
+          this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code, message })
+        })
       }
       for (const manifest of deleted) this.#g.emit('backup:deleted', toBackup(manifest, target))
       return { deletedBackups: deleted.map((m) => m.id), deletedChunks }

@@ -140,6 +140,42 @@ export function backupTargetSuite (options: BackupTargetSuiteOptions): void {
       await target.close()
     })
 
+    it('keeps leases, when the target does (for shared targets): put replaces, get reads the last put, list names each, delete removes', async (t) => {
+      const { target, location } = await fresh()
+      const methods = [target.putLease, target.getLease, target.deleteLease, target.listLeases]
+      if (methods.every((method) => method === undefined)) {
+        t.skip(`${options.name} keeps no leases (optional)`)
+        return
+      }
+      assert.ok(methods.every((method) => typeof method === 'function'), 'all four lease methods, or none')
+      const lease = target as Required<BackupTarget>
+      const [a, b] = [randomUUID(), randomUUID()]
+      assert.deepEqual(await collect(lease.listLeases()), [])
+      assert.equal(await lease.getLease(a), undefined)
+      await lease.putLease(a, bytesOf(64, 1))
+      await lease.putLease(b, bytesOf(64, 2))
+      await lease.putLease(a, bytesOf(80, 3))
+      assert.deepEqual(await lease.getLease(a), bytesOf(80, 3), 'a put replaces')
+      assert.deepEqual(await collect(lease.listLeases()), [a, b].sort())
+      // Another object at the same location (as another process) sees them and can remove them.
+      const other = options.factory(location) as Required<BackupTarget>
+      await other.open()
+      assert.deepEqual(await other.getLease(b), bytesOf(64, 2))
+      await other.deleteLease(b)
+      await other.deleteLease(b)
+      assert.equal(await lease.getLease(b), undefined, 'deleted, and deleting again is fine')
+      assert.deepEqual(await collect(lease.listLeases()), [a])
+      await assert.rejects(lease.putLease('../escape', bytesOf(8, 1)), { code: 'INVALID_ARGUMENT' })
+      await lease.deleteLease(a)
+      await lease.putLease(b, bytesOf(8, 4))
+      assert.deepEqual(await collect(lease.listLeases()), [b], 'a lease can be put again after the last one was deleted')
+      await lease.deleteLease(b)
+      assert.deepEqual(await collect(lease.listLeases()), [])
+      assert.deepEqual([await collect(lease.listManifests()), await collect(lease.listChunks())], [[], []], 'leases are neither manifests nor chunks')
+      await other.close()
+      await target.close()
+    })
+
     it('handles many concurrent puts of the same and different chunks', async () => {
       const { target } = await fresh()
       const chunks = Array.from({ length: 40 }, (_, i) => bytesOf(4096, 100 + (i % 20)))
