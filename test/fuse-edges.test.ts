@@ -10,7 +10,7 @@ import assert from 'node:assert/strict'
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { accessSync, constants, existsSync } from 'node:fs'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { access, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -522,6 +522,40 @@ print('bad', bad)
       const { stdout } = await exec('dd', [`if=${join(mnt, 'data')}`, 'bs=64K', 'status=none'], { encoding: 'buffer', maxBuffer: 8 << 20 })
       assert.ok(Buffer.compare(stdout, Buffer.from(model)) === 0, 'the mount reads the model')
       assert.ok(Buffer.compare(Buffer.from(await g.read(vol, 0, SIZE)), Buffer.from(model)) === 0, 'the volume holds the model')
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('FUSE mount driver: the mount point', { skip }, () => {
+  it('a mount point the mount made (with its missing parents) goes at unmount; one that was there stays, and so does a made one someone put a file in', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'mp'), mount: 'fuse' })
+    try {
+      const vol = await g.createVolume({ name: 'v', sizeBytes: '1M' })
+      const base = join(root, 'mp-points')
+      await mkdir(base)
+      // Made with two missing parents: all three go, the existing base stays.
+      const made = join(base, 'a', 'b', 'v')
+      await g.mounts.mountVolume(vol, made)
+      // Asked asynchronously: a synchronous call into this process's own mount would wait for ever.
+      await access(join(made, 'data'))
+      await g.mounts.unmountVolume(made)
+      assert.equal(existsSync(join(base, 'a')), false, 'the directories the mount made are gone')
+      assert.ok(existsSync(base), 'the directory that was there stays')
+      // There before: stays after.
+      const existing = join(base, 'existing')
+      await mkdir(existing)
+      await g.mounts.mountVolume(vol, existing)
+      await g.mounts.unmountVolume(existing)
+      assert.ok(existsSync(existing), 'a mount point that was there before the mount stays')
+      // Made by the mount, but its parent got a file meanwhile: the mount point goes, the parent stays.
+      const shared = join(base, 'shared', 'v')
+      await g.mounts.mountVolume(vol, shared)
+      await writeFile(join(base, 'shared', 'note.txt'), 'kept')
+      await g.mounts.unmountVolume(shared)
+      assert.equal(existsSync(shared), false)
+      assert.ok(existsSync(join(base, 'shared', 'note.txt')), 'a directory holding something else stays')
     } finally {
       await g.close()
     }

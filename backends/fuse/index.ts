@@ -29,9 +29,9 @@
 // something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
-import { access, constants, readdir, readlink, realpath, stat } from 'node:fs/promises'
+import { access, constants, readdir, readlink, realpath, rmdir, stat } from 'node:fs/promises'
 import { childEnvironment } from '../../src/child-env.js'
-import { dirname } from 'node:path'
+import { dirname, resolve as resolvePath } from 'node:path'
 import { GalleonError } from '../../src/errors.js'
 import { makeDirectories } from '../../src/make-directories.js'
 import { nativeAead } from '../../src/crypto/native-aead.js'
@@ -109,6 +109,8 @@ interface MountState {
   openData: number
   /** False once unmounted: a process that kept a handle gets EIO, never the volume. */
   active: boolean
+  /** The top-most directory the mount made for its mount point (removed again at unmount), if any. */
+  readonly madeFrom: string | undefined
 }
 
 type Callback = (code: number, ...results: unknown[]) => void
@@ -237,6 +239,22 @@ async function ownFilesOpenUnder (points: ReadonlySet<string>): Promise<string[]
   return found
 }
 
+/**
+ * Removes the directories a mount made for its mount point `path`, from `path` up to `madeFrom`,
+ * each only while empty (rmdir): whatever someone put there since stays, and so do its parents.
+ */
+async function removeMadeDirectories (path: string, madeFrom: string | undefined): Promise<void> {
+  if (madeFrom === undefined) return
+  for (let dir = resolvePath(path); ; dir = dirname(dir)) {
+    try {
+      await rmdir(dir)
+    } catch {
+      return
+    }
+    if (dir === madeFrom || dirname(dir) === dir) return
+  }
+}
+
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
@@ -260,7 +278,7 @@ export class FuseMountDriver implements MountDriver {
     // A live mount there (another process's, or another instance's in this one) stays: FUSE would
     // refuse with "Mountpoint in use", which is no I/O error.
     if (await isMountPoint(path, false)) throw new GalleonError('BUSY', `${path} is already a mount point (findmnt ${path} shows what is mounted there); unmount it first or pick another path`)
-    await makeDirectories(path).catch((err: NodeJS.ErrnoException) => {
+    const madeFrom = await makeDirectories(path).catch((err: NodeJS.ErrnoException) => {
       throw new GalleonError('IO_ERROR', `could not create the mount point ${path}: ${err.message}`, { cause: err })
     })
     const info = await stat(path)
@@ -275,7 +293,7 @@ export class FuseMountDriver implements MountDriver {
       const open = await ownFilesOpenUnder(servedHere)
       if (open.length > 0) throw new GalleonError('BUSY', `this process has ${open.join(', ')} open, a file of one of its own FUSE mounts; not running as root, a mount starts fusermount from the event loop's thread, which would then wait for ever. Close it before mounting (or mount as root)`)
     }
-    const state: MountState = { fuse: undefined, writes: new WriteBehind(), readAhead: new ReadAhead(volume.data), openData: 0, active: true }
+    const state: MountState = { fuse: undefined, writes: new WriteBehind(), readAhead: new ReadAhead(volume.data), openData: 0, active: true, madeFrom }
     // No operation timeout: fuse-native's default (15 s) would answer a slow request with ETIMEDOUT
     // and then let the late answer write into a buffer it already released.
     const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: false, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
@@ -293,7 +311,8 @@ export class FuseMountDriver implements MountDriver {
       const extra = `big_writes,max_write=${MAX_WRITE},direct_io,attr_timeout=0${volume.readOnly ? ',ro' : ''}${volume.options.includes('allow_other') ? ',allow_other' : ''}`
       return own === '' ? `-o${extra}` : `${own},${extra}`
     }
-    await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch((err: Error) => {
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
+      await removeMadeDirectories(path, madeFrom)
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
     this.#mounts.set(path, state)
@@ -344,6 +363,8 @@ export class FuseMountDriver implements MountDriver {
     const kernelPath = this.#kernelPaths.get(path)
     this.#kernelPaths.delete(path)
     if (kernelPath !== undefined) servedHere.delete(kernelPath)
+    // The mount point goes with the mount when the mount made it (as the daemon's <mount-point>/<volume>).
+    await removeMadeDirectories(path, state.madeFrom)
     if (failure !== undefined) {
       throw new GalleonError('IO_ERROR', `${path} is unmounted, but writes acknowledged through it failed to reach the volume: ${(failure as Error)?.message ?? String(failure)}`, { cause: failure })
     }
