@@ -3,12 +3,14 @@
 // under the collection's own lease (leases.ts), nothing is collected while a backup holds a live
 // lease, and manifests stored since the deletion read them are read before anything is deleted.
 // Chunks put or reused within the grace period are spared too (for writers of earlier releases,
-// which take no lease, and targets that keep none).
+// which take no lease, and targets that keep none). A collection whose own lease was taken for dead
+// meanwhile (this process stopped or suspended for a while) stops before its next deletion: a
+// backup that started since saw no live collection, and may rely on the chunks left to delete.
 
 import type { BackupTarget } from '../drivers.js'
 import { errorCode } from '../errors.js'
 import { decodeManifest } from './format.js'
-import { TargetLease, anyLease, leasing, liveBackupLeases } from './leases.js'
+import { TargetLease, anyLease, leasing, liveBackupLeases, removeAbandoned } from './leases.js'
 
 /** What a collection reports (emitted by the manager as io:error events). */
 export type CollectionReport = (code: string, message: string) => void
@@ -33,7 +35,10 @@ export async function collectChunks (target: BackupTarget, referenced: Set<strin
     leaseless = true
   }
   try {
-    if (leasing(target) && (await liveBackupLeases(target, lease?.id)).length > 0) return 0
+    if (leasing(target)) {
+      await removeAbandoned(target, lease?.id)
+      if ((await liveBackupLeases(target, lease?.id)).length > 0) return 0
+    }
     // Manifests stored since the deletion read them (a backup that ended in between).
     for await (const id of target.listManifests()) {
       if (read.has(id)) continue
@@ -55,6 +60,10 @@ export async function collectChunks (target: BackupTarget, referenced: Set<strin
       const time = graceMs > 0 ? await target.chunkTime?.(chunk) : undefined
       if (time !== undefined && now - time < graceMs) continue
       if (leaseless && leasing(target) && await anyLease(target)) break
+      if (lease !== undefined && (lease.lost || !await lease.intact())) {
+        report('BUSY', `the garbage collection on backup target ${target.location} stopped after deleting ${deleted} chunk(s): its in-progress lease was removed or could not be rewritten (another process took it for abandoned while this one was stopped or suspended?), so a backup started since may rely on the chunks left; the next deleteBackup collects them`)
+        break
+      }
       await target.deleteChunk(chunk)
       deleted++
     }

@@ -6,16 +6,20 @@
 // Liveness never rests on the wall clock alone: a clock stepped forward (NTP, a resumed VM) makes
 // every lease look old at once. A lease is live when its holder is this process (the process-wide
 // set below), or is fresh by the wall clock; it is taken for dead only when its holder is a process
-// of this machine that no longer exists, or when watched on the observer's monotonic clock it did
-// not change for three of its holder's refresh intervals (a holder refreshes on a monotonic timer,
-// so a step does not stop it). Taking a live lease for dead is the only unsafe mistake, and it
-// needs a holder stopped that long (SIGSTOP, a suspended VM): the backup then finds its lease gone
-// or replaced, checks its chunks again after its manifest and fails (BUSY) rather than report a
-// backup whose chunks were collected.
+// of this machine that no longer exists (or, with our pid, this very thread, which does not hold
+// it: a leftover of an earlier process; another thread of this process, worker_threads, has a set
+// of its own and is judged as a process elsewhere), or when watched on the observer's monotonic
+// clock it did not change for three of its holder's refresh intervals (a holder refreshes on a
+// monotonic timer, so a step does not stop it); one that changed before it could be removed is
+// live after all. Taking a live lease for dead is the only unsafe mistake, and it needs a holder
+// stopped that long (SIGSTOP, a suspended VM): a backup then finds its lease gone or replaced,
+// checks its chunks again after its manifest and fails (BUSY) rather than report a backup whose
+// chunks were collected; a collection finds its lease gone before its next deletion and stops.
 
 import { randomBytes, randomUUID } from 'node:crypto'
 import { readFile, readlink } from 'node:fs/promises'
 import { hostname } from 'node:os'
+import { threadId } from 'node:worker_threads'
 import type { BackupTarget } from '../drivers.js'
 import { checkAborted } from './chunking.js'
 
@@ -40,6 +44,8 @@ interface LeaseRecord {
   readonly role: LeaseRole
   readonly host: string
   readonly pid: number
+  /** The holder's thread (worker_threads.threadId; 0 is the main thread): threads share a pid. */
+  readonly thread?: number
   /** Boot and pid namespace of the holder (Linux), within which its pid names it; absent elsewhere. */
   readonly scope?: string
   readonly startedAt: string
@@ -141,7 +147,7 @@ export class TargetLease {
   }
 
   async #write (): Promise<void> {
-    const record: LeaseRecord = { kind: 'galleonfs-backup-lease', format: 1, role: this.#role, host: hostname(), pid: process.pid, ...(this.#scope === undefined ? {} : { scope: this.#scope }), startedAt: this.#startedAt, refreshedAt: Date.now(), refreshMs: this.#refreshMs, beat: this.#beat++, nonce: this.#nonce }
+    const record: LeaseRecord = { kind: 'galleonfs-backup-lease', format: 1, role: this.#role, host: hostname(), pid: process.pid, thread: threadId, ...(this.#scope === undefined ? {} : { scope: this.#scope }), startedAt: this.#startedAt, refreshedAt: Date.now(), refreshMs: this.#refreshMs, beat: this.#beat++, nonce: this.#nonce }
     const bytes = new Uint8Array(Buffer.from(JSON.stringify(record) + '\n'))
     await this.#target.putLease(this.id, bytes)
     this.#bytes = bytes
@@ -192,17 +198,24 @@ function processExists (pid: number): boolean {
   }
 }
 
+/** Whether the holder of a lease (read as `bytes`, not held here) is known to be gone, without watching it. */
+async function holderGone (bytes: Uint8Array): Promise<boolean> {
+  const record = parse(bytes)
+  const scope = await processScope()
+  if (record === undefined || scope === undefined || record.scope !== scope || !Number.isSafeInteger(record.pid) || record.pid <= 0) return false
+  // Its holder is (was) a process of this machine sharing our pids: present or not settles it, but
+  // for a pid since reused by another process, which is only watched. With our pid: this thread
+  // holds no such lease, so it is an earlier process's; another thread of ours is alive.
+  if (record.pid === process.pid) return (record.thread ?? 0) === threadId
+  return !processExists(record.pid)
+}
+
 /** Judges lease `id` (read as `bytes`); see the top of this file. */
 async function judge (target: LeasingTarget, id: string, bytes: Uint8Array, signal?: AbortSignal): Promise<Liveness> {
   if (HELD.has(id)) return 'live'
   const record = parse(bytes)
-  const scope = await processScope()
-  if (record !== undefined && scope !== undefined && record.scope === scope && Number.isSafeInteger(record.pid) && record.pid > 0) {
-    // Its holder is (was) a process of this machine sharing our pids: present or not settles it,
-    // but for a pid since reused by another process, which is only watched below.
-    if (record.pid === process.pid || !processExists(record.pid)) return 'dead'
-  }
-  const refreshMs = Math.min(MAX_REFRESH_MS, Math.max(MIN_REFRESH_MS, Number.isFinite(record?.refreshMs) ? record?.refreshMs as number : leaseTiming.refreshMs))
+  if (await holderGone(bytes)) return 'dead'
+  const refreshMs = refreshOf(bytes)
   if (record !== undefined && Math.abs(Date.now() - record.refreshedAt) <= Math.max(FRESH_MS, 6 * refreshMs)) return 'live'
   // Looks old (or from the future): its holder is gone, or a clock stepped. Watch it change.
   const deadline = performance.now() + 3 * refreshMs + WATCH_SLACK_MS
@@ -217,9 +230,22 @@ async function judge (target: LeasingTarget, id: string, bytes: Uint8Array, sign
   return 'dead'
 }
 
-/** Removes a lease judged dead, unless it changed since it was read as `bytes` (its holder is back). */
-async function removeDead (target: LeasingTarget, id: string, bytes: Uint8Array): Promise<void> {
-  if (same(await target.getLease(id), bytes)) await target.deleteLease(id)
+/**
+ * Removes a lease judged dead, unless it changed since it was read as `bytes`: its holder is back
+ * (it resumed after the watch ended), so the lease is live after all ('changed').
+ */
+async function removeDead (target: LeasingTarget, id: string, bytes: Uint8Array): Promise<'removed' | 'changed' | 'gone'> {
+  const now = await target.getLease(id)
+  if (now === undefined) return 'gone'
+  if (!same(now, bytes)) return 'changed'
+  await target.deleteLease(id)
+  return 'removed'
+}
+
+/** The refresh interval a lease (read as `bytes`) names, within bounds. */
+function refreshOf (bytes: Uint8Array): number {
+  const record = parse(bytes)
+  return Math.min(MAX_REFRESH_MS, Math.max(MIN_REFRESH_MS, Number.isFinite(record?.refreshMs) ? record?.refreshMs as number : leaseTiming.refreshMs))
 }
 
 /** The other leases on the target, with what each holds and its role (unreadable ones count as backups). */
@@ -234,14 +260,28 @@ async function otherLeases (target: LeasingTarget, own: string | undefined): Pro
 }
 
 /**
- * The live leases of backups running on the target (not `own`), judged together; leases found dead
- * are removed. A collection deletes no unnamed chunk while there is one.
+ * The live leases of backups and adoptions running on the target (not `own`), judged together;
+ * leases found dead are removed. A collection deletes no unnamed chunk while there is one (an
+ * adoption rewrites manifests the deletion may have read, or removed, whose chunks must stay).
  */
 export async function liveBackupLeases (target: LeasingTarget, own: string | undefined): Promise<string[]> {
-  const backups = (await otherLeases(target, own)).filter((lease) => lease.role !== 'collect' && lease.role !== 'adopt')
+  const backups = (await otherLeases(target, own)).filter((lease) => lease.role !== 'collect')
   const judged = await Promise.all(backups.map(async (lease) => ({ ...lease, liveness: await judge(target, lease.id, lease.bytes) })))
-  for (const lease of judged) if (lease.liveness === 'dead') await removeDead(target, lease.id, lease.bytes)
+  for (const lease of judged) {
+    if (lease.liveness === 'dead' && await removeDead(target, lease.id, lease.bytes) === 'changed') lease.liveness = 'live'
+  }
   return judged.filter((lease) => lease.liveness === 'live').map((lease) => lease.id)
+}
+
+/**
+ * Removes the leases (not `own`) whose holders are known to be gone without watching them (a
+ * process of this machine that no longer exists): a backup or deletion calls it, so that a killed
+ * process's lease does not keep the target's .tmp- files from being removed at open.
+ */
+export async function removeAbandoned (target: LeasingTarget, own: string | undefined): Promise<void> {
+  for (const lease of await otherLeases(target, own)) {
+    if (!HELD.has(lease.id) && await holderGone(lease.bytes)) await removeDead(target, lease.id, lease.bytes)
+  }
 }
 
 /**
@@ -250,12 +290,24 @@ export async function liveBackupLeases (target: LeasingTarget, own: string | und
  * backup is about to reuse; one that starts after sees the lease and collects nothing.
  */
 export async function waitForCollections (target: LeasingTarget, own: string, signal?: AbortSignal): Promise<void> {
+  // Each lease as first seen, and when (monotonic): one still fresh by the wall clock (a holder
+  // killed on another host, or in a pid namespace of a restarted container) is taken for dead once
+  // it did not change for as long as judge() would watch it, not first waited out on the wall clock.
+  const seen = new Map<string, { bytes: Uint8Array, at: number }>()
   for (;;) {
     checkAborted(signal)
     const collections = (await otherLeases(target, own)).filter((lease) => lease.role === 'collect')
     if (collections.length === 0) return
-    const judged = await Promise.all(collections.map(async (lease) => ({ ...lease, liveness: await judge(target, lease.id, lease.bytes, signal) })))
-    for (const lease of judged) if (lease.liveness === 'dead') await removeDead(target, lease.id, lease.bytes)
+    const judged = await Promise.all(collections.map(async (lease) => {
+      let liveness = await judge(target, lease.id, lease.bytes, signal)
+      const first = seen.get(lease.id)
+      if (first === undefined || !same(first.bytes, lease.bytes)) seen.set(lease.id, { bytes: lease.bytes, at: performance.now() })
+      else if (liveness === 'live' && !HELD.has(lease.id) && performance.now() - first.at > 3 * refreshOf(lease.bytes) + WATCH_SLACK_MS) liveness = 'dead'
+      return { ...lease, liveness }
+    }))
+    for (const lease of judged) {
+      if (lease.liveness === 'dead' && await removeDead(target, lease.id, lease.bytes) === 'changed') lease.liveness = 'live'
+    }
     if (!judged.some((lease) => lease.liveness === 'live')) return
     await sleep(Math.min(100, Math.max(MIN_REFRESH_MS, Math.floor(leaseTiming.refreshMs / 4))))
   }

@@ -20,7 +20,7 @@ import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, 
 import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex, type KnownManifests } from './manifests.js'
 import { nextSequence } from './order.js'
 import { collectChunks } from './collection.js'
-import { TargetLease, waitForCollections, type LeasingTarget } from './leases.js'
+import { TargetLease, removeAbandoned, waitForCollections, type LeasingTarget } from './leases.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
 
@@ -358,7 +358,11 @@ export class BackupManager {
       // collection that started before it may be deleting chunks this backup would reuse: waited for.
       const lease = await TargetLease.take(target, 'backup')
       try {
-        if (lease !== undefined) await waitForCollections(target as LeasingTarget, lease.id, signal)
+        if (lease !== undefined) {
+          // Leases of killed processes of this machine would keep .tmp- files from being removed at open.
+          await removeAbandoned(target as LeasingTarget, lease.id)
+          await waitForCollections(target as LeasingTarget, lease.id, signal)
+        }
         return await this.#store(volume, target, requested, options, signal, lease)
       } finally {
         await this.#endLease(target, lease)
@@ -736,49 +740,60 @@ export class BackupManager {
     const target = await this.#readTarget(options?.target, id)
     await target.open()
     return await this.#queue(target).run(async () => {
-      const chain = await readChain(target, id, 'is not adopted')
-      // A chain never spans volumes (a backup builds only on its own volume's): one that does was
-      // altered on the target, and adopting it would vouch for another volume's manifests.
-      const first = chain[0] as Manifest
-      const foreign = chain.find((manifest) => manifest.volume.id !== first.volume.id)
-      if (foreign !== undefined) {
-        throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
-      }
-      const opened = new Map<string, ChunkKeys>()
-      const toTag: Array<{ manifest: Manifest, keys: ChunkKeys }> = []
-      const unchanged: string[] = []
-      const checked = new Set<string>()
-      // Newest first, so each key is opened through its newest wrapping (see backupChunkKeys).
-      for (const manifest of chain) {
-        // A tagged manifest is checked as usual: a wrong tag is refused, not re-tagged.
-        const untagged = manifest.encryption !== undefined && isUntaggedManifest(manifest)
-        const keys = await backupChunkKeys(this.#keys, manifest, opened, { untagged: 'allow' })
-        if (!untagged || keys === undefined) { unchanged.push(manifest.id); continue }
-        for (const [, , chunk] of manifest.extents) {
-          if (chunk === null || checked.has(chunk)) continue
-          checked.add(chunk)
-          const envelope = await target.getChunk(chunk)
-          if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${manifest.id} is missing from ${target.location}; the backup is not adopted`)
-          try {
-            await decodeChunk(chunk, envelope, keys)
-          } catch (err) {
-            throw new GalleonError(errorCode(err), `chunk ${chunk} of backup ${manifest.id} does not authenticate under its key (${(err as Error).message}); the backup is not adopted`, { cause: err })
-          }
-        }
-        toTag.push({ manifest, keys })
-      }
-      // Under a lease, so that an open in another process leaves the temporary files of these
-      // writes alone whatever its clock says (see leases.ts). Oldest first: a crash part-way leaves
-      // the newer ones untagged, to adopt again.
-      const lease = toTag.length > 0 ? await TargetLease.take(target, 'adopt') : undefined
+      // Under a lease from before its chunks are checked until its manifests are rewritten: a
+      // deletion in another process collects nothing meanwhile (a manifest it removed, rewritten
+      // here, would name collected chunks), and an open leaves the temporary files of these writes
+      // alone whatever its clock says (see leases.ts). A collection already running is waited for.
+      const lease = await TargetLease.take(target, 'adopt')
       try {
-        for (const { manifest, keys } of toTag.reverse()) await target.putManifest(manifest.id, encodeManifest(manifest, keys))
+        if (lease !== undefined) await waitForCollections(target as LeasingTarget, lease.id)
+        return await this.#adopt(target, id)
       } finally {
         await this.#endLease(target, lease)
       }
-      if (toTag.length > 0) await this.#writeIndexOrReport(target)
-      return { backupId: id, adopted: toTag.map(({ manifest }) => manifest.id), unchanged, chunksChecked: checked.size }
     })
+  }
+
+  async #adopt (target: BackupTarget, id: string): Promise<BackupAdoption> {
+    const chain = await readChain(target, id, 'is not adopted')
+    // A chain never spans volumes (a backup builds only on its own volume's): one that does was
+    // altered on the target, and adopting it would vouch for another volume's manifests.
+    const first = chain[0] as Manifest
+    const foreign = chain.find((manifest) => manifest.volume.id !== first.volume.id)
+    if (foreign !== undefined) {
+      throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
+    }
+    const opened = new Map<string, ChunkKeys>()
+    const toTag: Array<{ manifest: Manifest, keys: ChunkKeys }> = []
+    const unchanged: string[] = []
+    const checked = new Set<string>()
+    // Newest first, so each key is opened through its newest wrapping (see backupChunkKeys).
+    for (const manifest of chain) {
+      // A tagged manifest is checked as usual: a wrong tag is refused, not re-tagged.
+      const untagged = manifest.encryption !== undefined && isUntaggedManifest(manifest)
+      const keys = await backupChunkKeys(this.#keys, manifest, opened, { untagged: 'allow' })
+      if (!untagged || keys === undefined) { unchanged.push(manifest.id); continue }
+      for (const [, , chunk] of manifest.extents) {
+        if (chunk === null || checked.has(chunk)) continue
+        checked.add(chunk)
+        const envelope = await target.getChunk(chunk)
+        if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} of backup ${manifest.id} is missing from ${target.location}; the backup is not adopted`)
+        try {
+          await decodeChunk(chunk, envelope, keys)
+        } catch (err) {
+          throw new GalleonError(errorCode(err), `chunk ${chunk} of backup ${manifest.id} does not authenticate under its key (${(err as Error).message}); the backup is not adopted`, { cause: err })
+        }
+      }
+      toTag.push({ manifest, keys })
+    }
+    // Oldest first: a crash part-way leaves the newer ones untagged, to adopt again. One deleted
+    // meanwhile (by a deleteBackup in another process) is not written back.
+    for (const { manifest, keys } of toTag.reverse()) {
+      if (await target.getManifest(manifest.id) === undefined) throw new GalleonError('BACKUP_NOT_FOUND', `backup ${manifest.id} was deleted from ${target.location} while it was being adopted, so it is not adopted; listBackups() shows the backups there`)
+      await target.putManifest(manifest.id, encodeManifest(manifest, keys))
+    }
+    if (toTag.length > 0) await this.#writeIndexOrReport(target)
+    return { backupId: id, adopted: toTag.map(({ manifest }) => manifest.id), unchanged, chunksChecked: checked.size }
   }
 
   async delete (id: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
