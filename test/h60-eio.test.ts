@@ -5,34 +5,21 @@
 // a reopen on a healthy disk, a failed fsync is never papered over by a later one that succeeds on
 // dropped pages, and reads of a bad range reject (scrub reports them) instead of returning zeros.
 // Each awaited call has a watchdog that fails the test if it never settles (no timing on success).
-import { describe, it, before, after } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, readdir } from 'node:fs/promises'
 import { fork } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, BackupStrategy, isGalleonError } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { dropCachedPages, type FaultyFs, faultyFsUnavailable, startFaultyFs } from './support/h60-faulty-fs.js'
+import { dropCachedPages, useFaultyFs } from './support/h60-faulty-fs.js'
 
 const BLOCK = 4096
-const unavailable = faultyFsUnavailable()
-let fsys: FaultyFs | undefined
-let root = ''
+const { unavailable, faultyFs } = useFaultyFs('galleon-h60-')
 let caseNo = 0
-
-before(async () => {
-  if (unavailable !== undefined) return
-  root = await mkdtemp(join(tmpdir(), 'galleon-h60-'))
-  fsys = await startFaultyFs(join(root, 'backing'), join(root, 'mnt'))
-})
-after(async () => {
-  if (fsys !== undefined) await fsys.stop()
-  if (root !== '') await rm(root, { recursive: true, force: true })
-})
 
 /** Fails the test if `promise` has not settled within a generous bound (a hang, not a slow run). */
 async function settled<T> (promise: Promise<T>, what: string, ms = 60_000): Promise<T> {
@@ -85,7 +72,7 @@ function pattern (seed: number): Uint8Array {
 function newCase (name: string): { storagePath: string, inMount: string } {
   caseNo++
   const dir = `c${caseNo}-${name}`
-  return { storagePath: join((fsys as FaultyFs).mountPoint, dir), inMount: `^/${dir}/` }
+  return { storagePath: join(faultyFs().mountPoint, dir), inMount: `^/${dir}/` }
 }
 
 /** Opens the storage: the file store (optionally with small segments) or the level store. */
@@ -113,7 +100,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     const blockFiles = backend === 'file' ? 'blocks/seg-' : 'blocks-level/[0-9]+\\.log$'
 
     it(`${backend}: EIO on a block write fails that write with IO_ERROR; the process, reads and the metadata keep working; everything acknowledged reads back after a reopen`, async () => {
-      const f = fsys as FaultyFs
+      const f = faultyFs()
       const { storagePath, inMount } = newCase(`${backend}-write`)
       let g = await openStorage(storagePath, backend)
       const acknowledged = new Map<string, Uint8Array>()
@@ -165,7 +152,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     })
 
     it(`${backend}: EIO on fsync fails the durable write that waited for it, and no later durable write succeeds on dropped pages (fsyncgate)`, async (t) => {
-      const f = fsys as FaultyFs
+      const f = faultyFs()
       const { storagePath, inMount } = newCase(`${backend}-fsync`)
       let g = await openStorage(storagePath, backend)
       const durable = new Map<string, Uint8Array>()
@@ -228,7 +215,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   }
 
   it('file: EIO reading one block rejects that read with IO_ERROR naming the segment (never zeros or stale data); neighbours read; scrub reports it', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-read')
     let g = await openStorage(storagePath, 'file')
     try {
@@ -283,7 +270,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO reading a segment while the store recovers at open fails open with IO_ERROR, and cuts nothing: a later open finds every block', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-recovery')
     let g = await openStorage(storagePath, 'file', { segmentBytes: 64 * 1024 })
     try {
@@ -326,7 +313,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO while compaction copies and syncs keeps the old segment; nothing acknowledged is lost', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-compaction')
     const background: Error[] = []
     const options = { segmentBytes: 64 * 1024, compactionThreshold: 0.6, onBackgroundError: (err: Error) => { background.push(err) } }
@@ -374,7 +361,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO in the metadata database while a snapshot is created rejects createSnapshot with IO_ERROR, and a reopen shows it whole or not at all', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-snapshot')
     let g = await openStorage(storagePath, 'file')
     try {
@@ -409,7 +396,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO writing or syncing a backup on a directory target rejects createBackup with IO_ERROR and leaves no backup that lists as whole; the next backup restores exactly', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-backup')
     const caseDir = inMount.slice(2, -1)
     const target = join(f.mountPoint, caseDir, 'target')
@@ -448,7 +435,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     }
   })
   it('level: after one failed write to LevelDB\'s log, every later write reported durable survives a reopen', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('level-log-gap')
     let g = await openStorage(storagePath, 'level')
     const acknowledged = new Map<string, Uint8Array>()
@@ -486,7 +473,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('metadata: after one failed write to the metadata database\'s log, every later change reported done survives a reopen', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('metadata-log-gap')
     let g = await openStorage(storagePath, 'file')
     const created: string[] = []
@@ -517,7 +504,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     }
   })
   it('file: EIO creating or syncing the directory of a new segment at a roll fails that write with IO_ERROR; a reopen keeps everything acknowledged', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     for (const fault of ['create', 'fsyncdir'] as const) {
       const { storagePath, inMount } = newCase(`file-roll-${fault}`)
       let g = await openStorage(storagePath, 'file', { segmentBytes: 64 * 1024 })
@@ -550,7 +537,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: open on a disk whose every write fails rejects with IO_ERROR and changes nothing; a healthy open finds every block', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-open-writes')
     let g = await openStorage(storagePath, 'file')
     try {
@@ -574,7 +561,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO reading a block during a backup rejects createBackup with IO_ERROR (no backup of zeros), and during compaction keeps the segment', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-source-read')
     const caseDir = inMount.slice(2, -1)
     const target = join(f.mountPoint, caseDir, 'target')
@@ -628,9 +615,9 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   })
 
   it('file: EIO writing blocks while a backup is restored rejects restoreBackup with IO_ERROR; after a reopen no half-restored volume reads as whole', async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-restore')
-    const target = join(root, 'restore-target') // a healthy disk
+    const target = join(dirname(f.mountPoint), 'restore-target') // a healthy disk, beside the mount
     let g = await openStorage(storagePath, 'file')
     let backupId = ''
     try {
@@ -673,7 +660,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
   // binary) reads table files through mmap, with no option to turn that off, so an I/O error on
   // a table file's page is a SIGBUS that kills the process. The README says so.
   it('level: EIO reading a table file rejects the read with IO_ERROR; the process is not killed (LevelDB maps table files: a bad page is SIGBUS)', { todo: 'LevelDB reads table files through mmap: an I/O error there is a SIGBUS (classic-level offers no way to turn mmap off)' }, async (t) => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('level-read')
     let g = await openStorage(storagePath, 'level')
     try {
@@ -706,7 +693,7 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     assert.match(output, /read rejected IO_ERROR/)
   })
   it('file: the IO_ERROR of a failed block write and of a compaction that could not read name the segment file', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const { storagePath, inMount } = newCase('file-messages')
     const background: Error[] = []
     const g = await openStorage(storagePath, 'file', { segmentBytes: 64 * 1024, compactionThreshold: 0.6, onBackgroundError: (err: Error) => { background.push(err) } })

@@ -7,46 +7,24 @@
 // 2. The audit log's time index, built at open for a log written without it: a build that fails
 //    (every write to the metadata database's log fails) does not fail open, is reported as io:error
 //    once the caller holds the instance, queries by time still answer, and the next open builds it.
-import { describe, it, before, after } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, type GalleonError } from '../src/index.js'
 import { Address } from '../src/drivers.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { dropCachedPages, faultyFsUnavailable, segmentFiles, startFaultyFs, type FaultyFs } from './support/h60-faulty-fs.js'
+import { dropCachedPages, segmentFiles, useFaultyFs } from './support/h60-faulty-fs.js'
+import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
 
 const BLOCK = 4096
 const MINUTE = 60_000
-const unavailable = faultyFsUnavailable()
-let fsys: FaultyFs | undefined
-let root = ''
-
-before(async () => {
-  if (unavailable !== undefined) return
-  root = await mkdtemp(join(tmpdir(), 'galleon-h68-'))
-  fsys = await startFaultyFs(join(root, 'backing'), join(root, 'mnt'))
-})
-after(async () => {
-  if (fsys !== undefined) await fsys.stop()
-  if (root !== '') await rm(root, { recursive: true, force: true })
-})
-
-/** Polls `condition` until it holds; fails after a generous bound (a hang, not a slow run). */
-async function until (condition: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!await condition()) {
-    if (Date.now() > deadline) assert.fail(`watchdog: ${what} did not happen within ${ms / 1000} s`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
+const { unavailable, faultyFs } = useFaultyFs('galleon-h68-')
 
 describe('h68: background maintenance on a persistent fault', { skip: unavailable ?? false }, () => {
   it('file: compaction backs off from a segment it cannot read (1 min, doubling), reports each failed attempt once, compacts the others meanwhile, lists it in stats().faults, and loses nothing', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const dir = 'c1-file'
     const location = join(f.mountPoint, dir, 'blocks')
     let now = Date.parse('2026-12-01T00:00:00Z')
@@ -73,7 +51,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
 
       // Overwrites leave the first segment below the threshold: a pass tries it and keeps it.
       for (let i = 0; i < 10; i++) await put(1, i, 1000 + i)
-      await until(() => background.length > 0, 'the report of the unreadable segment')
+      await until('the report of the unreadable segment', () => background.length > 0, 60_000)
       const reported = background[0] as GalleonError
       assert.equal(reported.code, 'IO_ERROR', reported.message)
       assert.ok(reported.message.includes(firstPath), `the report names the segment: ${reported.message}`)
@@ -96,7 +74,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
         assert.ok(sealed.length >= 1, `the probe filled a segment (${added.join(', ')})`)
         await store.deleteVolume(volume)
         for (let i = 0; i < 40; i++) acknowledged.delete(`${volume}:${i}`)
-        await until(async () => { const left = new Set(await segmentFiles(location)); return sealed.every((name) => !left.has(name)) }, `compaction of the probe's segments ${sealed.join(', ')}`)
+        await until(`compaction of the probe's segments ${sealed.join(', ')}`, async () => { const left = new Set(await segmentFiles(location)); return sealed.every((name) => !left.has(name)) }, 60_000)
       }
 
       // Within the back-off: passes go on, compact the other segments, and leave this one alone.
@@ -140,7 +118,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
 
       // Emptied by overwrites, the segment goes at the next pass, back-off or not, without a read.
       for (let i = 0; i < 48; i++) await put(1, i, 2000 + i)
-      await until(async () => !(await segmentFiles(location)).includes(first), 'the emptied unreadable segment to go')
+      await until('the emptied unreadable segment to go', async () => !(await segmentFiles(location)).includes(first), 60_000)
       assert.equal(background.length, 3, 'no further report')
       assert.deepEqual((await store.stats()).faults, [])
     } finally {
@@ -161,7 +139,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
   })
 
   it('audit: a time index that cannot be built at open is reported as io:error (open succeeds, queries by time answer), and the next open builds it', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const dir = 'c2-audit'
     const storagePath = join(f.mountPoint, dir)
     const t0 = Date.now()
@@ -225,7 +203,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
     assert.ok(state !== undefined && JSON.parse(state).last !== '', `the index state is back: ${String(state)}`)
   })
   it('facade: a file store compaction that cannot read a segment is reported as an io:error event with no volume (the instance passes its store background errors on), once per back-off step', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const dir = 'c3-facade'
     const storagePath = join(f.mountPoint, dir)
     const g = await GalleonFS.open({ storagePath, backend: 'file', backendOptions: { segmentBytes: 64 * 1024, compactionThreshold: 0.6 } })
@@ -246,7 +224,7 @@ describe('h68: background maintenance on a persistent fault', { skip: unavailabl
       await dropCachedPages(location)
       // Overwrites leave the first segment below the threshold: a pass tries it and keeps it.
       for (let i = 0; i < 10; i++) await write(i, 1000 + i)
-      await until(() => events.length > 0, 'the io:error of the unreadable segment')
+      await until('the io:error of the unreadable segment', () => events.length > 0, 60_000)
       assert.equal(events[0]?.volumeId, '')
       assert.equal(events[0]?.volumeName, '')
       assert.equal(events[0]?.code, 'IO_ERROR')

@@ -16,46 +16,24 @@
 // handler that first calls the caller's own backendOptions.onBackgroundError; when that one throws,
 // the instance never hears of the error (built-in-drivers.ts: `own?.(err); report?.(err)`).
 
-import { describe, it, before, after } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type GalleonError } from '../src/index.js'
 import { Address } from '../src/drivers.js'
 import { FileBlockStore } from '../backends/file/index.js'
-import { dropCachedPages, faultyFsUnavailable, segmentFiles, startFaultyFs, type FaultyFs } from './support/h60-faulty-fs.js'
+import { dropCachedPages, segmentFiles, useFaultyFs } from './support/h60-faulty-fs.js'
+import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
 
 const BLOCK = 4096
 const MINUTE = 60_000
 const HOUR = 60 * MINUTE
-const unavailable = faultyFsUnavailable()
-let fsys: FaultyFs | undefined
-let root = ''
-
-before(async () => {
-  if (unavailable !== undefined) return
-  root = await mkdtemp(join(tmpdir(), 'galleon-r29-'))
-  fsys = await startFaultyFs(join(root, 'backing'), join(root, 'mnt'))
-})
-after(async () => {
-  if (fsys !== undefined) await fsys.stop()
-  if (root !== '') await rm(root, { recursive: true, force: true })
-})
-
-/** Polls `condition` until it holds; fails after a generous bound (a hang, not a slow run). */
-async function until (condition: () => Promise<boolean> | boolean, what: string, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!await condition()) {
-    if (Date.now() > deadline) assert.fail(`watchdog: ${what} did not happen within ${ms / 1000} s`)
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
+const { unavailable, faultyFs } = useFaultyFs('galleon-r29-')
 
 describe('review r29: compaction back-off and a clock set back', { skip: unavailable ?? false }, () => {
   it('after the clock is set back, an unreadable segment is tried once, then waits out its back-off from that try (no read, no report in the passes after it)', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const dir = 'r29-clock'
     const location = join(f.mountPoint, dir, 'blocks')
     let now = Date.parse('2026-12-01T12:00:00Z')
@@ -75,7 +53,7 @@ describe('review r29: compaction back-off and a clock set back', { skip: unavail
 
       // Overwrites leave the first segment below the threshold: a pass tries it and keeps it.
       for (let i = 0; i < 10; i++) await put(1, i, 1000 + i)
-      await until(() => background.length > 0, 'the report of the unreadable segment')
+      await until('the report of the unreadable segment', () => background.length > 0, 60_000)
       assert.equal(background[0]?.code, 'IO_ERROR', background[0]?.message)
 
       // A probe: segments holding only a volume that is then deleted become victims that need no
@@ -89,7 +67,7 @@ describe('review r29: compaction back-off and a clock set back', { skip: unavail
         const sealed = (await segmentFiles(location)).filter((name) => !before.has(name)).slice(0, -1)
         assert.ok(sealed.length >= 1, 'the probe filled a segment')
         await store.deleteVolume(volume)
-        await until(async () => { const left = new Set(await segmentFiles(location)); return sealed.every((name) => !left.has(name)) }, `compaction of the probe's segments ${sealed.join(', ')}`)
+        await until(`compaction of the probe's segments ${sealed.join(', ')}`, async () => { const left = new Set(await segmentFiles(location)); return sealed.every((name) => !left.has(name)) }, 60_000)
       }
 
       // The clock is set back an hour (NTP, an operator, a resumed VM). The next pass may try the
@@ -115,7 +93,7 @@ describe('review r29: compaction back-off and a clock set back', { skip: unavail
   })
 
   it('facade: a caller\'s backendOptions.onBackgroundError that throws does not keep the error from the instance\'s io:error event', async () => {
-    const f = fsys as FaultyFs
+    const f = faultyFs()
     const dir = 'r29-facade'
     const storagePath = join(f.mountPoint, dir)
     let heard = 0
@@ -133,7 +111,7 @@ describe('review r29: compaction back-off and a clock set back', { skip: unavail
       await dropCachedPages(location)
       for (let i = 0; i < 10; i++) await write(i, 1000 + i)
       // The caller's handler heard the compaction failure (and threw)...
-      await until(() => heard > 0, 'the caller\'s handler to hear the unreadable segment')
+      await until('the caller\'s handler to hear the unreadable segment', () => heard > 0, 60_000)
       await new Promise((resolve) => setImmediate(resolve))
       // ...and the instance did too.
       assert.ok(events.some((event) => event.volumeId === '' && event.code === 'IO_ERROR' && event.message.includes(join(location, first))), `an io:error naming the segment: ${JSON.stringify(events)}`)

@@ -11,6 +11,8 @@
 import { createRequire } from 'node:module'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
+import { tmpdir } from 'node:os'
+import { after, before } from 'node:test'
 import { fuseChildUnavailable, startFuseChild } from './fuse-child-process.js'
 import { fuseErrno, fuseStat, fuseStatfs } from './fuse-passthrough-ops.js'
 
@@ -297,5 +299,31 @@ export async function dropCachedPages (dir: string): Promise<void> {
   for (const name of await fs.promises.readdir(dir)) {
     const handle = await fs.promises.open(join(dir, name), 'r').catch(() => undefined)
     await handle?.close()
+  }
+}
+
+/**
+ * A fault-injecting file system for a test file: started before its tests (under a new directory
+ * named with `prefix`), stopped and removed after them. `unavailable` says why it cannot run here.
+ */
+export function useFaultyFs (prefix: string): { unavailable: string | undefined, faultyFs: () => FaultyFs } {
+  const unavailable = faultyFsUnavailable()
+  let fsys: FaultyFs | undefined
+  let root = ''
+  before(async () => {
+    if (unavailable !== undefined) return
+    root = await fs.promises.mkdtemp(join(tmpdir(), prefix))
+    fsys = await startFaultyFs(join(root, 'backing'), join(root, 'mnt'))
+  })
+  after(async () => {
+    if (fsys !== undefined) await fsys.stop()
+    if (root !== '') await fs.promises.rm(root, { recursive: true, force: true })
+  })
+  return {
+    unavailable,
+    faultyFs: () => {
+      if (fsys === undefined) throw new Error('the faulty file system is not running (see unavailable)')
+      return fsys
+    }
   }
 }
