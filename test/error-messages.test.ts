@@ -44,3 +44,20 @@ describe('error messages quote what was not found', () => {
     }
   })
 })
+
+describe('a volume size that lost its unit', () => {
+  it('is refused naming the units (a size below one block was most likely meant in G or M); a size merely off the block size is not', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      await assert.rejects(g.createVolume({ name: 'a', sizeBytes: 10 }), (err: Error & { code?: string }) =>
+        err.code === 'INVALID_ARGUMENT' && err.message.includes('try 4096') && err.message.includes('for 10 GiB write "10G"'))
+      await assert.rejects(g.createVolume({ name: 'b', sizeBytes: '10' }), (err: Error & { code?: string }) =>
+        err.code === 'INVALID_ARGUMENT' && err.message.includes('"10G"'))
+      await assert.rejects(g.createVolume({ name: 'c', sizeBytes: 4097 }), (err: Error & { code?: string }) =>
+        err.code === 'INVALID_ARGUMENT' && err.message.includes('try 8192') && !err.message.includes('without a unit'))
+      assert.deepEqual(await g.listVolumes(), [])
+    } finally {
+      await g.close()
+    }
+  })
+})

@@ -56,7 +56,9 @@ export function checkVolumeSize (blockSize: number, sizeBytes: number): void {
     // Rounded up, unless that passes the largest safe integer (the suggestion must itself be accepted).
     const up = Math.ceil(sizeBytes / blockSize) * blockSize
     const suggested = Math.max(blockSize, up <= Number.MAX_SAFE_INTEGER ? up : Math.floor(sizeBytes / blockSize) * blockSize)
-    throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${suggested}`)
+    // A size below one block most likely lost its unit ("10" meant as 10 GiB): say so.
+    const unit = sizeBytes > 0 && sizeBytes < blockSize && Number.isInteger(sizeBytes) ? ` (a size without a unit counts bytes: for ${sizeBytes} GiB write "${sizeBytes}G", for ${sizeBytes} MiB "${sizeBytes}M")` : ''
+    throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${suggested}${unit}`)
   }
 }
 
