@@ -15,22 +15,16 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHash } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { GalleonFS } from '../src/index.js'
 import { ROOT, scriptArgs } from './support/child-script.js'
-import { startStepped, type SteppedChild } from './support/h65-child.js'
+import { BLOCKS, BS, HOUR, REPLY_MS, assertWhole, exists, leaseFiles, sha, withInstance, withLeaseChildren, writeVolume, type LeaseChild } from './support/lease-children.js'
 import { blockPattern } from './support/patterns.js'
 import { until } from './support/wait.js'
-
-const HOUR = 3_600_000
-const BS = 4096
-const BLOCKS = 32
-const REPLY_MS = 45_000
 
 let root: string
 let count = 0
@@ -38,66 +32,8 @@ before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-r30-')) })
 after(async () => { await rm(root, { recursive: true, force: true }) })
 const place = (): string => join(root, String(count++))
 
-interface Reply { rid: number, result?: any, error?: { code: string, message: string } }
-
-/** A child of test/support/review-r30-child.ts, answering requests over IPC. */
-class Child {
-  #rid = 0
-  constructor (readonly stepped: SteppedChild) {}
-
-  static async start (): Promise<Child> {
-    const child = new Child(startStepped('test/support/review-r30-child.ts', []))
-    await child.stepped.next('the child is ready', (m) => typeof m?.ready === 'number', REPLY_MS)
-    return child
-  }
-
-  send (request: Record<string, unknown>): { rid: number, reply: Promise<any> } {
-    const rid = ++this.#rid
-    this.stepped.process.send({ rid, ...request })
-    const reply = this.stepped.next<Reply>(`the child answered ${String(request.op)} #${rid}`, (m) => m?.rid === rid && m?.event === undefined, REPLY_MS).then((m) => {
-      if (m.error !== undefined) throw Object.assign(new Error(`${String(request.op)} failed in the child: ${m.error.message}`), { code: m.error.code })
-      return m.result
-    })
-    reply.catch(() => {})
-    return { rid, reply }
-  }
-
-  async call (request: Record<string, unknown>): Promise<any> { return await this.send(request).reply }
-  async event (name: string, rid: number): Promise<void> { await this.stepped.next(`the child said ${name}`, (m) => m?.event === name && m?.rid === rid, REPLY_MS) }
-  release (): void { this.stepped.process.send({ op: 'release' }) }
-  signal (name: NodeJS.Signals): void { this.stepped.process.kill(name) }
-}
-
-async function withChildren (n: number, task: (children: Child[]) => Promise<void>): Promise<void> {
-  const children: Child[] = []
-  try {
-    for (let i = 0; i < n; i++) children.push(await Child.start())
-    await task(children)
-  } finally {
-    for (const child of children) {
-      try { child.signal('SIGCONT') } catch {}
-      await child.stepped.kill()
-    }
-  }
-}
-
-/** Asserts that backup `held` on `target` verifies and restores the data it was taken of. */
-async function assertWhole (target: string, held: { id: string, sha256: string }): Promise<void> {
-  const g = await GalleonFS.open({ inMemory: true })
-  try {
-    const verification = await g.verifyBackup(held.id, { target })
-    assert.equal(verification.ok, true, `backup ${held.id} reported success, so it must verify: ${JSON.stringify(verification.problems)}`)
-    const restored = await g.restoreBackup(held.id, { name: 'restored', target })
-    const data = await g.read(restored.id, 0, BLOCKS * BS)
-    assert.equal(createHash('sha256').update(data).digest('hex'), held.sha256, 'the restore reads back what was backed up')
-  } finally {
-    await g.close()
-  }
-}
-
-const leaseFiles = async (target: string): Promise<string[]> => (await readdir(join(target, 'leases')).catch(() => [] as string[])).filter((name) => name.endsWith('.json') && !name.startsWith('.tmp-'))
-const exists = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
-const sha = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex')
+/** Runs `task` with `n` children of test/support/review-r30-child.ts. */
+const withChildren = async (n: number, task: (children: LeaseChild[]) => Promise<void>): Promise<void> => { await withLeaseChildren('test/support/review-r30-child.ts', n, task) }
 
 /** Rewrites an encrypted backup's manifest as releases before manifest tags wrote it (to adopt). */
 async function untag (target: string, id: string): Promise<void> {
@@ -114,24 +50,18 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
       const base = await deleter!.call({ op: 'backup', target, seed: 21 })
       await deleter!.stepped.step(2 * HOUR)
       // The collection runs (no backup lease on the target) and is about to look at its first chunk.
-      const collecting = deleter!.send({ op: 'delete', target, id: base.id, holdAt: 'chunkTime' })
-      await deleter!.event('holding', collecting.rid)
+      const collecting = await deleter!.sendStopped({ op: 'delete', target, id: base.id, holdAt: 'chunkTime' })
       // Suspended: its lease stops changing; a backup here watches it, takes it for dead, removes it.
       deleter!.signal('SIGSTOP')
-      const g = await GalleonFS.open({ inMemory: true })
-      try {
-        const data = blockPattern(BLOCKS, 21, BS)
-        await g.createVolume({ name: 'same', sizeBytes: BLOCKS * BS })
-        await g.write('same', 0, data)
+      await withInstance(async (g) => {
+        const data = await writeVolume(g, 'same', 21)
         // The same data: it reuses the chunks the suspended collection is about to delete.
         const stored = await g.createBackup('same', { target })
         deleter!.signal('SIGCONT')
         deleter!.release()
         await collecting.reply
         await assertWhole(target, { id: stored.id, sha256: sha(data) })
-      } finally {
-        await g.close()
-      }
+      })
     })
   })
 
@@ -139,8 +69,7 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
     const target = place()
     await withChildren(2, async ([writer, deleter]) => {
       const base = await writer!.call({ op: 'backup', target, seed: 22 })
-      const held = writer!.send({ op: 'backup', target, seed: 23, hold: true })
-      await writer!.event('held', held.rid)
+      const held = await writer!.sendStopped({ op: 'backup', target, seed: 23, hold: true })
       writer!.signal('SIGSTOP')
       const [leaseName] = await leaseFiles(target)
       assert.ok(leaseName !== undefined, 'the held backup keeps a lease')
@@ -148,8 +77,7 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
       const judged = await readFile(leasePath)
       await deleter!.stepped.step(2 * HOUR)
       // The deletion watched the stopped writer's lease long enough and is about to remove it.
-      const deleting = deleter!.send({ op: 'delete', target, id: base.id, holdAt: 'removeDead' })
-      await deleter!.event('holding', deleting.rid)
+      const deleting = await deleter!.sendStopped({ op: 'delete', target, id: base.id, holdAt: 'removeDead' })
       // The writer resumes just then: its lease is rewritten before the deletion removes it.
       writer!.signal('SIGCONT')
       await until('the resumed writer rewrote its lease', async () => !(await readFile(leasePath).catch(() => judged)).equals(judged))
@@ -167,8 +95,7 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
     let worker: Worker | undefined
     let release = (): void => {}
     try {
-      await g.createVolume({ name: 'base', sizeBytes: BLOCKS * BS })
-      await g.write('base', 0, blockPattern(BLOCKS, 24, BS))
+      await writeVolume(g, 'base', 24)
       const base = await g.createBackup('base', { target })
       // The main thread's collection stops at its first chunk deletion.
       const gate = new Promise<void>((resolve) => { release = resolve })
@@ -213,20 +140,16 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
     await withChildren(2, async ([adopter, writer]) => {
       const sealed = await adopter!.call({ op: 'backup', target, seed: 25, encrypted: true })
       await untag(target, sealed.id)
-      const adopting = adopter!.send({ op: 'adopt', target, id: sealed.id, hold: true })
-      await adopter!.event('held', adopting.rid)
+      await adopter!.sendStopped({ op: 'adopt', target, id: sealed.id, hold: true })
       await adopter!.stepped.kill()
       assert.equal((await leaseFiles(target)).length, 1, 'the killed adoption left its lease')
-      const g = await GalleonFS.open({ inMemory: true })
-      try {
-        await g.createVolume({ name: 'v', sizeBytes: BLOCKS * BS })
-        await g.write('v', 0, blockPattern(BLOCKS, 26, BS))
+      await withInstance(async (g) => {
+        await writeVolume(g, 'v', 26)
         const doomed = await g.createBackup('v', { target })
         await g.deleteBackup(doomed.id, { target, chunkGraceSeconds: 0 })
         assert.deepEqual(await leaseFiles(target), [], 'a deletion removes the lease of the killed adoption (its process is gone)')
         // A backup killed between its chunks and its manifest; no deletion follows.
-        const held = writer!.send({ op: 'backup', target, seed: 27, hold: true })
-        await writer!.event('held', held.rid)
+        await writer!.sendStopped({ op: 'backup', target, seed: 27, hold: true })
         await writer!.stepped.kill()
         assert.equal((await leaseFiles(target)).length, 1, 'the killed backup left its lease')
         await g.write('v', 0, blockPattern(BLOCKS, 28, BS))
@@ -238,9 +161,7 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
         await utimes(leftover, old, old)
         await new DirectoryBackupTarget({ path: target }).open()
         assert.equal(await exists(leftover), false, 'a temporary file 2 h old is removed at open again')
-      } finally {
-        await g.close()
-      }
+      })
     })
   })
 
@@ -250,10 +171,8 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
       const sealed = await adopter!.call({ op: 'backup', target, seed: 29, encrypted: true })
       await untag(target, sealed.id)
       // Every chunk checked, the lease written: it stops before rewriting the manifest.
-      const adopting = adopter!.send({ op: 'adopt', target, id: sealed.id, hold: true })
-      await adopter!.event('held', adopting.rid)
-      const g = await GalleonFS.open({ inMemory: true })
-      try {
+      const adopting = await adopter!.sendStopped({ op: 'adopt', target, id: sealed.id, hold: true })
+      await withInstance(async (g) => {
         await g.deleteBackup(sealed.id, { target, chunkGraceSeconds: 0 })
         adopter!.release()
         await adopting.reply.catch(() => {})
@@ -264,9 +183,7 @@ describe('review r30: backup target leases', { timeout: 120_000 }, () => {
           for (const [, , chunk] of manifest.extents) if (chunk !== null && !await exists(join(target, 'chunks', chunk.slice(0, 2), chunk))) missing.push(chunk)
           assert.deepEqual(missing, [], `listed backup ${backup.id} names chunks that were collected`)
         }
-      } finally {
-        await g.close()
-      }
+      })
     })
   })
 })
