@@ -273,17 +273,18 @@ export class DirectoryBackupTarget implements BackupTarget {
     assertData(data)
     const dir = join(this.location, LEASES)
     for (let attempt = 1; ; attempt++) {
-      await makeDirectories(dir).catch((err: unknown) => { throw ioError(`could not create ${dir}`, err) })
       const temporary = join(dir, `.tmp-${id}.json-${randomBytes(6).toString('hex')}`)
       try {
+        await makeDirectories(dir)
         await writeFile(temporary, data)
         await rename(temporary, join(dir, `${id}.json`))
         return
       } catch (err) {
         await unlink(temporary).catch(() => {}) // not there, or gone with the directory
         const code = (err as NodeJS.ErrnoException).code
-        // The directory was removed, empty, by another process's deleteLease in between: made again.
-        if (code === 'ENOENT' && attempt < 5) continue
+        // The directory was removed, empty, by another holder's deleteLease in between (also while
+        // it was being made: makeDirectories saw it there, then found it gone): made again.
+        if (code === 'ENOENT' && attempt < 20) continue
         if (code === 'ENOSPC' || code === 'EDQUOT') throw new GalleonError('NO_SPACE', `the backup target ${this.location} is full; free space there or delete old backups`, { cause: err })
         throw ioError(`could not write lease ${id} to ${dir}`, err)
       }
