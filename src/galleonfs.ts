@@ -139,14 +139,15 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
   static async open (options: OpenOptions): Promise<GalleonFS> {
     return await openInstance(options, (parts) => {
       const instance = new GalleonFS(parts)
-      return { instance, onChecksumFailure: (failure) => { reportChecksumFailure(instance.#host, failure) }, start: async () => { await instance.#start(parts, options) } }
+      return { instance, onChecksumFailure: (failure) => { reportChecksumFailure(instance.#host, failure) }, start: async (recovered) => { await instance.#start(parts, options, recovered) } }
     })
   }
 
   /** The rest of open(), once the instance is built: recovery, QoS, the cluster, backups and key rotations left running. */
-  async #start (parts: InstanceParts, options: OpenOptions): Promise<void> {
+  async #start (parts: InstanceParts, options: OpenOptions, recovered: () => void): Promise<void> {
     const catalog = parts.catalog
     await this.#volumes.recover()
+    recovered()
     for (const record of catalog.volumes()) applyQoS(this.#host, record)
     if (options.cluster !== undefined) await this.joinCluster(options.cluster)
     await this.#backups.start({

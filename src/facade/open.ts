@@ -53,13 +53,18 @@ export interface InstanceParts {
 export interface BuiltInstance<I> {
   readonly instance: I
   readonly onChecksumFailure: (failure: ChecksumFailure) => void
-  readonly start: () => Promise<void>
+  /**
+   * Recovery first (what a crash or a full disk left: unfinished deletions, reverts), then the
+   * rest; `recovered` is called between the two.
+   */
+  readonly start: (recovered: () => void) => Promise<void>
 }
 
 /**
  * The work of GalleonFS.open(): `build` makes the instance from its parts (see InstanceParts). A
- * storage whose disk is too full for its databases to open gives back its reserve and opens again
- * (see space-reserve.ts); one opened with room to spare gets a reserve (in openOnce).
+ * storage whose disk is too full for its databases to open, or for recovery to finish what it must
+ * (a volume deletion a full disk cut short writes to the block store), gives back its reserve and
+ * opens again (see space-reserve.ts); one opened with room to spare gets a reserve (in openOnce).
  */
 export async function openInstance<I extends EventEmitter<GalleonEvents>> (options: OpenOptions, build: (parts: InstanceParts) => BuiltInstance<I>): Promise<I> {
   const storagePath = options?.storagePath
@@ -68,8 +73,9 @@ export async function openInstance<I extends EventEmitter<GalleonEvents>> (optio
   try {
     instance = await openOnce(options, build, progress)
   } catch (err) {
-    // Only a disk too full for the databases and the block store to open: not one a driver of the
-    // caller's reports otherwise (a quota of its own), nor a failure once the instance had started.
+    // Only a disk too full for the databases and the block store to open, or for recovery: not one
+    // a driver of the caller's reports otherwise (a quota of its own), nor a failure once recovery
+    // was done and the rest of the instance had started.
     if (progress.started || !isNoSpaceError(err) || typeof storagePath !== 'string' || !await releaseReserve(storagePath)) throw err
     instance = await openOnce(options, build, progress)
   }
@@ -134,8 +140,11 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     built = build({ metadata, store: blockStore, location, catalog, engine, qos, keys, access, audit, clock, timers: options.clock === undefined, backupTarget, ownedBackupTarget, mountDriver, storagePath: options.storagePath })
     const emitter = built.instance
     emitQoS = (event, payload) => { emitter.emit(event as 'qos:throttled', payload as never) }
+    // A full disk during recovery is retried as one during the open of the databases is: recovery
+    // only finishes what the last session left, and it runs again in full at the next try. Once
+    // it is done, the rest starts (policies, cluster, re-encryption): no retry past that point.
+    await built.start(() => { progress.started = true })
     progress.started = true
-    await built.start()
     // The log is fine, but its queries by time are slow until an open builds the index.
     if (audit.timeIndexFailure !== undefined) backgroundErrors.report(audit.timeIndexFailure)
     // Reports made so far are emitted once the caller holds the instance (no listener is attached before).
