@@ -43,7 +43,7 @@ let settings = ''
 function refresh (): void {
   if (fresh) return
   compilerOptions ??= (JSON.parse(readFileSync(join(ROOT, 'tsconfig.json'), 'utf8')) as { compilerOptions: Record<string, unknown> }).compilerOptions
-  settings = `esbuild ${esbuildVersion} ${JSON.stringify(compilerOptions)}`
+  settings = `esbuild ${esbuildVersion} ${JSON.stringify(compilerOptions)} sourcemap=linked`
   const outputs = new Set<string>()
   for (const tree of TREES) walk(join(ROOT, tree), outputs)
   for (const tree of TREES) prune(join(JS_ROOT, tree), outputs)
@@ -77,7 +77,7 @@ function prune (dir: string, outputs: ReadonlySet<string>): void {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) {
       prune(path, outputs)
-    } else if (entry.name.endsWith('.js') && !outputs.has(path)) {
+    } else if ((entry.name.endsWith('.js') && !outputs.has(path)) || (entry.name.endsWith('.js.map') && !outputs.has(path.slice(0, -'.map'.length)))) {
       try { unlinkSync(path) } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
       }
@@ -112,17 +112,23 @@ function transpile (source: string): string {
   // Read once: the output says which text it was made from, whatever happens to the file after.
   const stamp = `\n//# test-js-source=${createHash('sha256').update(settings).update('\0').update(text).digest('hex')}\n`
   if (endsWith(output, stamp)) return output
-  const { code } = transformSync(text, {
+  // The source map goes to a file of its own, named by a comment: node reads it only when asked to
+  // (--enable-source-maps, for a child's stack traces in the sources' lines), and a child no longer
+  // reads and scans an inline copy (which made each output about three times its size) at every start.
+  const { code, map } = transformSync(text, {
     loader: 'ts',
     format: 'esm',
     target: 'es2022',
     sourcefile: source,
-    sourcemap: 'inline',
+    sourcemap: 'external',
     tsconfigRaw: { compilerOptions }
   })
   mkdirSync(dirname(output), { recursive: true })
+  const temporaryMap = `${output}.map.${process.pid}.tmp`
+  writeFileSync(temporaryMap, map)
+  renameSync(temporaryMap, `${output}.map`)
   const temporary = `${output}.${process.pid}.tmp`
-  writeFileSync(temporary, code + stamp)
+  writeFileSync(temporary, `${code}//# sourceMappingURL=${basename(output)}.map${stamp}`)
   renameSync(temporary, output)
   return output
 }
