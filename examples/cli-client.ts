@@ -141,6 +141,7 @@ const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/listBackups\(\)/g, '`galleonfs backup list --target <dir>`'],
   [/adoptBackup\("([^"]*)"\)/g, '`galleonfs backup adopt $1`'],
   [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],
+  [/a later deleteBackup on the target collects them/g, 'the next run of a policy that prunes a backup there collects them'],
   [/GET \/v1\/mounts lists the mounts|listMounts\(\) shows the mounts/g, '`galleonfs mount list` shows the mounts'],
   [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],
   [/listPools\(\)/g, '`galleonfs pool list`'],

@@ -282,8 +282,10 @@ export function buildCli (): Command {
     print(globals(), { deleted: name }, () => `deleted backup policy ${name}\n`)
   })
   policy.command('run').argument('<name>').description('run a backup policy now').action(async (name: string) => {
-    const run = await callLong(globals(), `policy ${name}`, 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[] }
-    print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n`)
+    const run = await callLong(globals(), `policy ${name}`, 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[], collectionDeferred?: boolean, deferredReasons?: string[] }
+    // Pruning that could not free the space now (a backup was running on the target) says so.
+    const deferred = run.collectionDeferred === true ? `the chunks the pruned backups used were not all deleted yet: ${(run.deferredReasons ?? []).map(inCliTerms).join('; ')}\n` : ''
+    print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n${deferred}`)
     if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${inCliTerms(f.message)})`).join(', ')}`)
   })
 

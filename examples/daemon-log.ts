@@ -59,7 +59,7 @@ export function logEvents (g: GalleonFS, log: Logger): void {
   on('cluster:leader', 'info', 'this node leads the cluster')
   // Scheduled backups run with nobody watching: each run is logged, a failing one as a warning.
   g.on('backup-policy:ran', (run) => {
-    const fields = { policy: run.policy, scheduledAt: run.scheduledAt, backups: run.backups.length, pruned: run.pruned.length }
+    const fields = { policy: run.policy, scheduledAt: run.scheduledAt, backups: run.backups.length, pruned: run.pruned.length, ...(run.collectionDeferred ? { collectionDeferred: run.deferredReasons } : {}) }
     if (run.errors.length === 0) log('info', 'backup policy ran', fields)
     else log('warn', 'backup policy run failed for some volumes', { ...fields, errors: run.errors })
   })

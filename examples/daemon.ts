@@ -6,7 +6,7 @@
 
 import { spawn } from 'node:child_process'
 import { createServer, maxHeaderSize, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Socket } from 'node:net'
+import { createServer as createNetServer, type Socket } from 'node:net'
 import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
@@ -83,6 +83,28 @@ async function checkMountPoint (config: DaemonConfig): Promise<void> {
   if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
 }
 
+/**
+ * Fails (BUSY, naming the setting) when an address the daemon is to listen on is taken, before
+ * anything is created on disk: a daemon that cannot serve leaves no storage path (nor token) behind.
+ * Listening briefly and closing is the check; a process that takes the address after it, while the
+ * storage opens, still makes the start fail (with the storage path then created).
+ */
+async function checkAddressesFree (addresses: ReadonlyArray<{ address: string, what: string, setting: string, host: string, port: number }>): Promise<void> {
+  for (const { address, what, setting, host, port } of addresses) {
+    if (port === 0) continue // a free port is picked
+    const probe = createNetServer()
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', (err: NodeJS.ErrnoException) => {
+        reject(err.code === 'EADDRINUSE'
+          ? new GalleonError('BUSY', `the ${what} ${address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${setting}`, { cause: err })
+          : err)
+      })
+      probe.listen({ host, port }, () => { resolve() })
+    })
+    await new Promise<void>((resolve) => { probe.close(() => resolve()) })
+  }
+}
+
 /** Settings a reload applies in place; any other change waits for a restart. */
 const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
@@ -124,6 +146,12 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
   } else cluster = await readSavedCluster(config.storagePath)
   if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
+  // Nothing is created on disk before this (the storage opens next): a busy port fails the start here.
+  await checkAddressesFree([
+    { address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address', ...ipc },
+    ...(config.nbdAddress === undefined ? [] : [{ address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address', ...parseAddress(config.nbdAddress, 'nbd address') }]),
+    ...(cluster === undefined ? [] : [{ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address', ...parseAddress(config.bindAddress, 'bind address') }])
+  ])
   const g = await GalleonFS.open({
     storagePath: config.storagePath,
     blockSize: config.blockSize,

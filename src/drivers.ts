@@ -263,6 +263,13 @@ export interface MountedVolume {
  */
 export interface MountDriver {
   readonly name: string
+  /**
+   * The mount option words the driver applies (besides `ro`, `rw`, `sync` and `async`, which the
+   * mount manager handles). When given, `mountVolume` refuses any other word of the call with
+   * INVALID_ARGUMENT, naming it and these, before anything is mounted. A driver without it is
+   * handed every word (as before this field existed), and must refuse the ones it does not know.
+   */
+  readonly options?: readonly string[]
   mount (volume: MountedVolume): Promise<void>
   /** Refuses (BUSY) while the mount is in use, unless `force`. */
   unmount (path: string, options?: { force?: boolean }): Promise<void>

@@ -9,7 +9,7 @@ import { MountManager, mountControl } from './mount/mount-manager.js'
 import { GalleonError, describe, quoted } from './errors.js'
 import type { BackupTarget, BlockStore, BlockStoreStats, KeyProvider } from './drivers.js'
 import type { KeyManager, VolumeEncryption } from './crypto/key-manager.js'
-import { BackupManager, checkDeleteBackupOptions, type Backup, type BackupAdoption, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type RestoreBackupOptions } from './backup/manager.js'
+import { BackupManager, checkDeleteBackupOptions, type Backup, type BackupAdoption, type BackupHooks, type BackupTargetRef, type BackupVerification, type CreateBackupOptions, type DeleteBackupOptions, type DeleteBackupResult, type RestoreBackupOptions } from './backup/manager.js'
 import { BackupScheduler, type BackupPolicy, type BackupPolicyOptions, type BackupPolicyRun } from './backup/policies.js'
 import type { BlockEngine, VolumeBlocks } from './engine/engine.js'
 import type { ReplicationHook } from './engine/journal.js'
@@ -772,9 +772,12 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
 
   /**
    * Deletes a backup and every chunk no remaining backup references. A backup that later ones build
-   * on is kept unless `force`, which deletes those too.
+   * on is kept unless `force`, which deletes those too. While a backup is being taken on the target
+   * (by another process or instance), no unused chunk is deleted: the result says so
+   * (`collectionDeferred`, with `deferredReason` naming the backup's process), and a later
+   * deletion on the target collects them.
    */
-  async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+  async deleteBackup (backupId: string, options: DeleteBackupOptions = {}): Promise<DeleteBackupResult> {
     this.#assertOpen()
     checkDeleteBackupOptions(options)
     await this.#gate.checkTarget('deleteBackup', options)

@@ -258,6 +258,8 @@ async function removeMadeDirectories (path: string, madeFrom: string | undefined
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
+  /** The option words applied besides ro, rw, sync and async (others are refused by mountVolume). */
+  readonly options = Object.freeze(['allow_other'])
   readonly #Fuse: FuseClass
   readonly #mounts = new Map<string, MountState>()
   /** Each mount point's path with symbolic links resolved (see servedHere). */

@@ -6,6 +6,8 @@
 // which take no lease, and targets that keep none). A collection whose own lease was taken for dead
 // meanwhile (this process stopped or suspended for a while) stops before its next deletion: a
 // backup that started since saw no live collection, and may rely on the chunks left to delete.
+// Whenever unnamed chunks are left for a later deletion, the outcome says why (deleteBackup's
+// collectionDeferred and deferredReason), not only a count of 0.
 
 import type { BackupTarget } from '../drivers.js'
 import { errorCode } from '../errors.js'
@@ -15,12 +17,20 @@ import { TargetLease, anyLease, leasing, liveBackupLeases, removeAbandoned } fro
 /** What a collection reports (emitted by the manager as io:error events). */
 export type CollectionReport = (code: string, message: string) => void
 
+/** What a collection did: chunks deleted, and why it left unnamed chunks for a later deletion, if it did. */
+export interface CollectionOutcome {
+  readonly deleted: number
+  /** Set when chunks no manifest names may be left (not those spared by the grace period): why. */
+  readonly deferred?: string
+}
+
 /**
  * Deletes the chunks on `target` that no manifest names: `referenced` holds the chunks of the
  * manifests the deletion read (their ids in `read`); others stored since are read here. Returns how
- * many were deleted (0 while a backup is being taken on the target: a later deletion collects).
+ * many were deleted, and `deferred` when it left such chunks for a later deletion (none deleted
+ * while a backup is being taken on the target: the reason names its lease's holder).
  */
-export async function collectChunks (target: BackupTarget, referenced: Set<string>, read: ReadonlySet<string>, graceMs: number, report: CollectionReport): Promise<number> {
+export async function collectChunks (target: BackupTarget, referenced: Set<string>, read: ReadonlySet<string>, graceMs: number, report: CollectionReport): Promise<CollectionOutcome> {
   let lease: TargetLease | undefined
   let leaseless = false
   try {
@@ -29,15 +39,20 @@ export async function collectChunks (target: BackupTarget, referenced: Set<strin
     // A full target must still be freed: collected without a lease of its own, checking before
     // each deletion that no backup took one meanwhile.
     if (errorCode(err) !== 'NO_SPACE') {
-      report(errorCode(err), `could not write the in-progress lease of a garbage collection to backup target ${target.location}, so no chunk was deleted (the next deletion collects them): ${(err as Error).message}`)
-      return 0
+      const why = `could not write the in-progress lease of a garbage collection to backup target ${target.location}, so no chunk was deleted (the next deletion collects them): ${(err as Error).message}`
+      report(errorCode(err), why)
+      return { deleted: 0, deferred: why }
     }
     leaseless = true
   }
   try {
     if (leasing(target)) {
       await removeAbandoned(target, lease?.id)
-      if ((await liveBackupLeases(target, lease?.id)).length > 0) return 0
+      const running = await liveBackupLeases(target, lease?.id)
+      if (running.length > 0) {
+        const named = running.slice(0, 3).map((held) => held.holder).join('; ')
+        return { deleted: 0, deferred: `no unused chunk was deleted from backup target ${target.location}: ${running.length === 1 ? 'a backup is' : `${running.length} backups are`} being taken there (${named}${running.length > 3 ? '; ...' : ''}), whose chunks no manifest names yet; a later deleteBackup on the target collects them once ${running.length === 1 ? 'it has' : 'they have'} finished` }
+      }
     }
     // Manifests stored since the deletion read them (a backup that ended in between).
     for await (const id of target.listManifests()) {
@@ -47,27 +62,33 @@ export async function collectChunks (target: BackupTarget, referenced: Set<strin
       try {
         for (const [, , chunk] of decodeManifest(id, bytes).extents) if (chunk !== null) referenced.add(chunk)
       } catch (err) {
-        report('CORRUPTION', `backup target ${target.location} holds manifest ${id}, which this version cannot read (${(err as Error).message}): no chunk was deleted, so that its backup stays restorable; verify or remove it, and the next deletion collects`)
-        return 0
+        const why = `backup target ${target.location} holds manifest ${id}, which this version cannot read (${(err as Error).message}): no chunk was deleted, so that its backup stays restorable; verify or remove it, and the next deletion collects`
+        report('CORRUPTION', why)
+        return { deleted: 0, deferred: why }
       }
     }
     // File times are wall-clock times (not the injected clock).
     const now = Date.now()
     let deleted = 0
+    let deferred: string | undefined
     for await (const chunk of target.listChunks()) {
       if (referenced.has(chunk)) continue
       // Put or reused lately: maybe by a backup of an earlier release, which takes no lease.
       const time = graceMs > 0 ? await target.chunkTime?.(chunk) : undefined
       if (time !== undefined && now - time < graceMs) continue
-      if (leaseless && leasing(target) && await anyLease(target)) break
+      if (leaseless && leasing(target) && await anyLease(target)) {
+        deferred = `the garbage collection on backup target ${target.location} (full, so collecting without a lease of its own) stopped after deleting ${deleted} chunk(s): a backup or deletion took a lease there meanwhile, and may rely on the chunks left; a later deleteBackup collects them`
+        break
+      }
       if (lease !== undefined && (lease.lost || !await lease.intact())) {
-        report('BUSY', `the garbage collection on backup target ${target.location} stopped after deleting ${deleted} chunk(s): its in-progress lease was removed or could not be rewritten (another process took it for abandoned while this one was stopped or suspended?), so a backup started since may rely on the chunks left; the next deleteBackup collects them`)
+        deferred = `the garbage collection on backup target ${target.location} stopped after deleting ${deleted} chunk(s): its in-progress lease was removed or could not be rewritten (another process took it for abandoned while this one was stopped or suspended?), so a backup started since may rely on the chunks left; the next deleteBackup collects them`
+        report('BUSY', deferred)
         break
       }
       await target.deleteChunk(chunk)
       deleted++
     }
-    return deleted
+    return { deleted, ...(deferred === undefined ? {} : { deferred }) }
   } finally {
     await lease?.end().catch((err: unknown) => {
       report(errorCode(err), `could not remove the in-progress lease ${lease?.id ?? ''} of a garbage collection from backup target ${target.location} (backups in other processes wait for it until they find it abandoned): ${(err as Error).message}`)

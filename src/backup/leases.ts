@@ -260,17 +260,30 @@ async function otherLeases (target: LeasingTarget, own: string | undefined): Pro
 }
 
 /**
- * The live leases of backups and adoptions running on the target (not `own`), judged together;
- * leases found dead are removed. A collection deletes no unnamed chunk while there is one (an
- * adoption rewrites manifests the deletion may have read, or removed, whose chunks must stay).
+ * Who holds a lease (read as `bytes`), for messages: what runs, in which process on which host,
+ * since when, and the lease's id (its file name in a directory target's `leases/`).
  */
-export async function liveBackupLeases (target: LeasingTarget, own: string | undefined): Promise<string[]> {
+export function describeLease (id: string, bytes: Uint8Array): string {
+  const record = parse(bytes)
+  if (record === undefined) return `a lease this version cannot read (${id}), taken for a running backup's`
+  const what = record.role === 'adopt' ? 'an adoption' : record.role === 'collect' ? 'a garbage collection' : 'a backup'
+  const where = HELD.has(id) || (record.pid === process.pid && record.host === hostname()) ? `this process (pid ${record.pid})` : `process ${record.pid} on host ${record.host}`
+  return `${what} running in ${where} since ${record.startedAt} (lease ${id})`
+}
+
+/**
+ * The live leases of backups and adoptions running on the target (not `own`), judged together,
+ * each with its holder (describeLease); leases found dead are removed. A collection deletes no
+ * unnamed chunk while there is one (an adoption rewrites manifests the deletion may have read, or
+ * removed, whose chunks must stay).
+ */
+export async function liveBackupLeases (target: LeasingTarget, own: string | undefined): Promise<Array<{ id: string, holder: string }>> {
   const backups = (await otherLeases(target, own)).filter((lease) => lease.role !== 'collect')
   const judged = await Promise.all(backups.map(async (lease) => ({ ...lease, liveness: await judge(target, lease.id, lease.bytes) })))
   for (const lease of judged) {
     if (lease.liveness === 'dead' && await removeDead(target, lease.id, lease.bytes) === 'changed') lease.liveness = 'live'
   }
-  return judged.filter((lease) => lease.liveness === 'live').map((lease) => lease.id)
+  return judged.filter((lease) => lease.liveness === 'live').map((lease) => ({ id: lease.id, holder: describeLease(lease.id, lease.bytes) }))
 }
 
 /**

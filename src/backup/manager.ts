@@ -22,9 +22,9 @@ import { nextSequence } from './order.js'
 import { collectChunks } from './collection.js'
 import { TargetLease, removeAbandoned, waitForCollections, type LeasingTarget } from './leases.js'
 import { restoreBackup } from './restore.js'
-import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, RestoreBackupOptions } from './types.js'
+import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, DeleteBackupResult, RestoreBackupOptions } from './types.js'
 
-export type { Backup, BackupHooks, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, Progress, ProgressListener, RestoreBackupOptions } from './types.js'
+export type { Backup, BackupHooks, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, DeleteBackupResult, Progress, ProgressListener, RestoreBackupOptions } from './types.js'
 export { CHUNK_BYTES, toPieces, toRuns } from './chunking.js'
 
 /** Backups being taken: id -> the volume and the snapshot taken for it (see start()). */
@@ -796,7 +796,7 @@ export class BackupManager {
     return { backupId: id, adopted: toTag.map(({ manifest }) => manifest.id), unchanged, chunksChecked: checked.size }
   }
 
-  async delete (id: string, options: DeleteBackupOptions = {}): Promise<{ deletedBackups: string[], deletedChunks: number }> {
+  async delete (id: string, options: DeleteBackupOptions = {}): Promise<DeleteBackupResult> {
     const graceMs = checkDeleteBackupOptions(options)
     const target = await this.#readTarget(options.target, id)
     await target.open()
@@ -832,17 +832,20 @@ export class BackupManager {
         if (bytes !== undefined) known.set(manifest.id, { manifest, bytes })
       }
       await this.#writeIndexOrReport(target, undefined, { manifests: known, unreadable: new Set(unreadable) })
-      let deletedChunks = 0
+      let collected: { deleted: number, deferred?: string }
       if (unreadable.length > 0) {
         // Their chunks are unknown: collecting would destroy those backups for good.
-        this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: 'CORRUPTION', message: `backup target ${target.location} holds ${unreadable.length} manifest(s) this version cannot read (${unreadable.slice(0, 3).join(', ')}): no chunk was deleted, so that their backups stay restorable; verify or remove them, and the next deletion collects` })
+        const why = `backup target ${target.location} holds ${unreadable.length} manifest(s) this version cannot read (${unreadable.slice(0, 3).join(', ')}): no chunk was deleted, so that their backups stay restorable; verify or remove them, and the next deletion collects`
+        this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: 'CORRUPTION', message: why })
+        collected = { deleted: 0, deferred: why }
       } else {
-        deletedChunks = await collectChunks(target, referenced, new Set(manifests.map((m) => m.id)), graceMs, (code, message) => {
+        collected = await collectChunks(target, referenced, new Set(manifests.map((m) => m.id)), graceMs, (code, message) => {
           this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code, message })
         })
       }
       for (const manifest of deleted) this.#g.emit('backup:deleted', toBackup(manifest, target))
-      return { deletedBackups: deleted.map((m) => m.id), deletedChunks }
+      // Left for a later deletion: said in the result, not only by the 0.
+      return { deletedBackups: deleted.map((m) => m.id), deletedChunks: collected.deleted, collectionDeferred: collected.deferred !== undefined, ...(collected.deferred === undefined ? {} : { deferredReason: collected.deferred }) }
     })
   }
 

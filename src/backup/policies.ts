@@ -72,6 +72,13 @@ export interface BackupPolicyRun {
   readonly scheduledAt: string
   readonly backups: readonly Backup[]
   readonly pruned: readonly string[]
+  /**
+   * True when a deletion of this run's pruning left chunks no backup uses for a later deletion to
+   * collect (a backup was being taken on the target meanwhile, say; see deleteBackup's result).
+   */
+  readonly collectionDeferred: boolean
+  /** Why, when `collectionDeferred` (each reason once). */
+  readonly deferredReasons?: readonly string[]
   readonly errors: ReadonlyArray<{ readonly volume: string, readonly message: string }>
 }
 
@@ -277,7 +284,7 @@ export class BackupScheduler {
       ({ volumes, missing } = await this.#volumesOf(policy))
     } catch (err) {
       // The instance is closing: nothing ran, so nothing is recorded (the next open makes it up).
-      if (err instanceof GalleonError && err.code === 'NOT_OPEN') return { policy: name, scheduledAt, backups: [], pruned: [], errors: [{ volume: '*', message: err.message }] }
+      if (err instanceof GalleonError && err.code === 'NOT_OPEN') return { policy: name, scheduledAt, backups: [], pruned: [], collectionDeferred: false, errors: [{ volume: '*', message: err.message }] }
       throw err
     }
     const backups: Backup[] = []
@@ -308,10 +315,11 @@ export class BackupScheduler {
       }
     }
     const pruned: string[] = []
+    const deferred = new Set<string>()
     for (const volume of interruptedBy.length > 0 ? [] : volumes) {
       if (deleted()) break
       try {
-        pruned.push(...await this.#prune(policy, volume, now, new Set(backups.map((backup) => backup.id))))
+        pruned.push(...await this.#prune(policy, volume, now, new Set(backups.map((backup) => backup.id)), deferred))
       } catch (err) {
         errors.push({ volume, message: `pruning: ${err instanceof Error ? err.message : String(err)}` })
       }
@@ -332,7 +340,7 @@ export class BackupScheduler {
       // Deleted (or changed) while the result was stored: the deletion removes it from disk too.
       if (this.#policies.get(name) === current) this.#policies.set(name, updated)
     }
-    const run: BackupPolicyRun = { policy: name, scheduledAt, backups, pruned, errors }
+    const run: BackupPolicyRun = { policy: name, scheduledAt, backups, pruned, collectionDeferred: deferred.size > 0, ...(deferred.size === 0 ? {} : { deferredReasons: [...deferred] }), errors }
     this.#g.emit('backup-policy:ran', run)
     this.#arm()
     return run
@@ -357,7 +365,7 @@ export class BackupScheduler {
    * builds on). The backups this run took (`taken`) count as the newest, whatever their numbers say
    * (two instances taking backups at once), and are always kept.
    */
-  async #prune (policy: BackupPolicy, volume: string, now: Date, taken: ReadonlySet<string>): Promise<string[]> {
+  async #prune (policy: BackupPolicy, volume: string, now: Date, taken: ReadonlySet<string>, deferred: Set<string>): Promise<string[]> {
     const target = policy.target ?? undefined
     const all = await this.#listBackups(volume, target)
     const rank = (backup: Backup): number => taken.has(backup.id) ? 1 : 0
@@ -383,7 +391,8 @@ export class BackupScheduler {
     const doomed = ours.filter((backup) => !keep.has(backup.id) && !needed.has(backup.id)).sort((a, b) => depth(b) - depth(a))
     const pruned: string[] = []
     for (const backup of doomed) {
-      await this.#g.deleteBackup(backup.id, { target })
+      const result = await this.#g.deleteBackup(backup.id, { target })
+      if (result.deferredReason !== undefined) deferred.add(result.deferredReason)
       pruned.push(backup.id)
     }
     return pruned

@@ -33,6 +33,25 @@ export interface DeleteBackupOptions {
   chunkGraceSeconds?: number
 }
 
+/** What deleteBackup did. */
+export interface DeleteBackupResult {
+  /** The backups deleted: with `force`, the later ones built on it first, then it. */
+  readonly deletedBackups: string[]
+  /** Chunks no remaining backup uses that this deletion deleted. */
+  readonly deletedChunks: number
+  /**
+   * True when this deletion left chunks no backup uses for a later one to collect: a backup (or
+   * adoption) was being taken on the target by another process or instance (its live lease; its
+   * chunks are named by no manifest yet, so none is deleted meanwhile), a manifest there could not
+   * be read, or the collection lost its own lease. Every later deleteBackup on the target collects
+   * what was left. False when all such chunks were deleted (but those spared by `chunkGraceSeconds`,
+   * which is a choice, not a deferral).
+   */
+  readonly collectionDeferred: boolean
+  /** Why collection was deferred, when it was: names the lease holder (backup, process, host, start, lease id). */
+  readonly deferredReason?: string
+}
+
 /** A target: a directory path, or a BackupTarget driver. */
 export type BackupTargetRef = string | BackupTarget
 

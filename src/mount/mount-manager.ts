@@ -41,7 +41,11 @@ export interface MountOptions {
   readonly rw?: boolean
   /** Every write WriteDurable (also the option string `sync`). */
   readonly sync?: boolean
-  /** Mount option strings, added to the storage class's `mountOptions` (`ro`, `rw`, `sync`, `async` are understood here; the rest go to the driver). */
+  /**
+   * Mount option strings, added to the storage class's `mountOptions` (`ro`, `rw`, `sync`, `async`
+   * are understood here; the rest go to the driver). A word the driver does not apply (see
+   * MountDriver.options: `allow_other` for `fuse` and `virtual`) is refused (INVALID_ARGUMENT).
+   */
   readonly options?: readonly string[]
 }
 
@@ -124,6 +128,8 @@ interface MountState {
 }
 
 const KNOWN_OPTIONS = new Set(['readOnly', 'ro', 'rw', 'sync', 'options'])
+/** Option words the manager itself understands, whatever the driver. */
+const MANAGER_WORDS = ['ro', 'rw', 'sync', 'async']
 
 export class MountManager {
   readonly #driver: MountDriver
@@ -214,6 +220,7 @@ export class MountManager {
     for (const flag of ['readOnly', 'ro', 'rw', 'sync'] as const) {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `mount option ${flag} must be true or false, got ${describe(options[flag])}`)
     }
+    this.#checkWords(options.options ?? [])
     const where = resolvePath(path)
     if ((options.ro === true || options.readOnly === true) && (options.rw === true || options.readOnly === false)) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both')
     const own = options.options ?? []
@@ -477,6 +484,21 @@ export class MountManager {
     return state
   }
 
+  /**
+   * Refuses a word of the call's options that neither the manager nor the driver applies: passed
+   * on, it would be ignored (a mistyped `syncc`, or `noatime` the driver does not do), and the
+   * mount would not be what was asked. The storage class's words are not checked here: a class
+   * serves every driver (see MountDriver.options).
+   */
+  #checkWords (words: readonly string[]): void {
+    const applied = this.#driver.options
+    if (applied === undefined) return
+    const accepted = [...MANAGER_WORDS, ...applied]
+    const unknown = words.filter((word) => !accepted.includes(word))
+    if (unknown.length === 0) return
+    throw new GalleonError('INVALID_ARGUMENT', `unknown mount option${unknown.length === 1 ? '' : 's'} ${unknown.map(quoted).join(', ')}: the ${this.#driver.name} mount driver would ignore ${unknown.length === 1 ? 'it' : 'them'}, so nothing was mounted; the options accepted are ${accepted.join(', ')}`)
+  }
+
   #atPath (path: string): MountState | undefined {
     return this.#byPath.get(path)
   }
@@ -493,6 +515,8 @@ export class MountManager {
 /** The default mount driver: mounts exist for the VolumeFile API only; nothing appears in the file system. */
 export class VirtualMountDriver implements MountDriver {
   readonly name = 'virtual'
+  /** The words the fuse driver applies (this one applies none: it presents nothing to the OS), so that a call written for one works with the other. */
+  readonly options = Object.freeze(['allow_other'])
   async mount (): Promise<void> {}
   async unmount (): Promise<void> {}
 }
