@@ -10,7 +10,7 @@ import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drive
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
 import { isNoSpaceError } from './abstract-block-store.js'
-import { checkStorageDirectory, checkStorageMetadata, lockHolder, type SettingsReader } from './storage-layout.js'
+import { OWNER_FILE, checkStorageDirectory, checkStorageMetadata, lockHolder, type SettingsReader } from './storage-layout.js'
 
 /** Block-store backends that come with GalleonFS; `backend` also takes the name of any registered block store. */
 export type BuiltInBackend = 'file' | 'level' | 'memory'
@@ -286,8 +286,12 @@ async function metadataOpenError (err: unknown, storagePath: string): Promise<Ga
     return new GalleonError('CORRUPTION', `the metadata database at ${location} is damaged (${reasons(err)}); restore it from a copy, or run ClassicLevel.repair() on it (which keeps what it can read) and open again`, { cause: err })
   }
   if (!hasCauseCode(err, 'LEVEL_LOCKED')) return accessError(err, storagePath, `could not open the metadata database at ${location}`)
-  const pid = await lockHolder(storagePath)
-  const holder = pid === undefined ? 'another GalleonFS instance or process' : pid === process.pid ? 'another GalleonFS instance of this process' : `process ${pid} (as its blocks/LOCK file says)`
+  const found = await lockHolder(storagePath)
+  const holder = found === undefined
+    ? 'another GalleonFS instance or process'
+    : found.pid === process.pid && found.host === undefined
+      ? 'another GalleonFS instance of this process'
+      : `process ${found.pid}${found.host === undefined ? '' : ` on host ${found.host}`}${found.since === undefined ? ' (as its blocks/LOCK file says)' : ` (open since ${found.since}, as ${OWNER_FILE} says)`}`
   return new GalleonError('BUSY', `the storage at ${storagePath} is already open in ${holder}; close that one first, or open a different storage (the lock goes with the process: after it exits or dies, open succeeds)`, { cause: err })
 }
 

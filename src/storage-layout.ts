@@ -2,7 +2,8 @@
 // that is not a storage directory, blocks kept by the other built-in backend, a metadata database
 // that is missing, foreign or of a newer format, blocks that are missing.
 
-import { readFile, readdir, stat } from 'node:fs/promises'
+import { readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { GalleonError } from './errors.js'
 import { CATALOG_FORMAT } from './volumes/catalog.js'
@@ -120,9 +121,60 @@ function parseJson (text: string): unknown {
   }
 }
 
-/** The pid in a file block store's LOCK file, if there is one: who holds a storage open. */
-export async function lockHolder (storagePath: string): Promise<number | undefined> {
+/** Who holds a storage open, as far as the storage tells. */
+export interface StorageHolder {
+  readonly pid: number
+  /** The holder's host, when it says (a storage on a shared file system may be held from another). */
+  readonly host?: string
+  /** When it opened the storage (ISO 8601), when it says. */
+  readonly since?: string
+}
+
+/**
+ * The file naming the process that opened a storage last (written once its metadata database is
+ * locked, see openStorageMetadata): the metadata database's lock (LevelDB's LOCK) names nobody.
+ */
+export const OWNER_FILE = 'owner.json'
+
+/** Whether process `pid` of this host is running. */
+function running (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    // EPERM: it exists, and belongs to another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/**
+ * Who holds a storage open: the pid in a file block store's LOCK file, else the process the owner
+ * file names (a storage on the level backend), when it is still running (a file left by a process
+ * that died, or by a version that wrote none, names nobody).
+ */
+export async function lockHolder (storagePath: string): Promise<StorageHolder | undefined> {
   const text = await readFile(join(storagePath, 'blocks', 'LOCK'), 'utf8').catch(() => undefined)
   const pid = Number.parseInt(text ?? '', 10)
-  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined
+  if (Number.isSafeInteger(pid) && pid > 0) return { pid }
+  const owner = parseJson(await readFile(join(storagePath, OWNER_FILE), 'utf8').catch(() => '')) as { pid?: unknown, host?: unknown, since?: unknown } | undefined
+  if (typeof owner !== 'object' || owner === null || !Number.isSafeInteger(owner.pid) || (owner.pid as number) <= 0) return undefined
+  const host = typeof owner.host === 'string' ? owner.host : undefined
+  if ((host === undefined || host === hostname()) && !running(owner.pid as number)) return undefined
+  return { pid: owner.pid as number, ...(host === undefined || host === hostname() ? {} : { host }), ...(typeof owner.since === 'string' ? { since: owner.since } : {}) }
+}
+
+/**
+ * Names this process in the storage's owner file (see OWNER_FILE), for the message of the next
+ * process refused the storage while this one holds it. Not synced: after a crash the file names a
+ * process that is gone, which lockHolder ignores. A failure only leaves the holder unnamed.
+ */
+export async function recordHolder (storagePath: string): Promise<void> {
+  const path = join(storagePath, OWNER_FILE)
+  const temporary = `${path}.${process.pid}.tmp`
+  try {
+    await writeFile(temporary, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }) + '\n')
+    await rename(temporary, path)
+  } catch {
+    await unlink(temporary).catch(() => {})
+  }
 }

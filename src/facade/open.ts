@@ -12,6 +12,7 @@ import { isNoSpaceError } from '../abstract-block-store.js'
 import { latchLevelWrites } from '../level-write-latch.js'
 import { syncLevelDirectoryOnSyncedWrites } from '../level-directory-sync.js'
 import { ensureReserve, releaseReserve } from '../space-reserve.js'
+import { recordHolder } from '../storage-layout.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonEvents } from '../events.js'
 import { mountControl } from '../mount/mount-manager.js'
@@ -121,7 +122,11 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     await catalog.load(blockSize)
     // The storage is this instance's now (checked, locked, its databases open): it gets a reserve
     // if it has none, before anything starts in the background.
-    if (typeof options.storagePath === 'string' && options.inMemory !== true) await ensureReserve(options.storagePath)
+    // And the next process refused it learns who holds it (storage-layout.ts, OWNER_FILE).
+    if (typeof options.storagePath === 'string' && options.inMemory !== true) {
+      await ensureReserve(options.storagePath)
+      await recordHolder(options.storagePath)
+    }
     let built: BuiltInstance<I> | undefined
     const engine = new BlockEngine(blockStore, {
       blockSize: catalog.blockSize,
