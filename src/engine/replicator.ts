@@ -9,11 +9,15 @@ import type { WriteConcern } from '../types.js'
 export type ReplicatedChange =
   | { readonly type: 'write', readonly offset: number, readonly data: Uint8Array }
   | { readonly type: 'trim', readonly offset: number, readonly length: number }
-  | { readonly type: 'snapshot', readonly id: string, readonly name: string }
+  /** `token`: the forwarded createSnapshot call's that took it (see ForwardedRequest.token). */
+  | { readonly type: 'snapshot', readonly id: string, readonly name: string, readonly token?: string }
   | { readonly type: 'delete-snapshot', readonly id: string }
   | { readonly type: 'expand', readonly sizeBytes: number }
-  /** `blocks`: on the primary, the blocks the revert changes (for resyncs; not shipped: each copy reverts its own). */
-  | { readonly type: 'revert', readonly snapshotId: string, readonly blocks?: readonly number[] }
+  /**
+   * `blocks`: on the primary, the blocks the revert changes (for resyncs; not shipped: each copy
+   * reverts its own). `token`: the forwarded restoreSnapshot call's that reverted it.
+   */
+  | { readonly type: 'revert', readonly snapshotId: string, readonly blocks?: readonly number[], readonly token?: string }
   /** The volume's data key was rotated (its `generation`-th rotation): each copy rotates its own key (keys never travel). */
   | { readonly type: 'rekey', readonly generation: number }
 

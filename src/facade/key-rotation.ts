@@ -13,6 +13,7 @@ import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { toVolume } from './records.js'
+import { roleMoved } from './forwarded-calls.js'
 import type { VolumeRef } from './refs.js'
 
 /** Thrown by a re-seal's progress when a newer rotation began: the re-seal starts over. */
@@ -96,7 +97,7 @@ export class KeyRotations {
         // This node stopped being the primary under the rotation (its lease ended, the role moved;
         // not its own close, which ends the call): the next primary answers, and the token keeps a
         // rotation this node counted from counting again there.
-        if (this.#host.closed || !this.#roleMoved(record.id, err)) throw err
+        if (this.#host.closed || !roleMoved(this.#host, record.id, err)) throw err
       }
     }
     let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token })).header.encryption as VolumeEncryption
@@ -187,45 +188,6 @@ export class KeyRotations {
   async #takeCounted (volumeId: string): Promise<void> {
     const generation = this.#host.replication?.spec(volumeId)?.keyGeneration ?? 0
     if (generation > this.#host.keys.generation(volumeId)) await this.applyRotation(volumeId, generation)
-  }
-
-  /**
-   * Runs one step of a rotation another node forwarded here (`rotateVolumeKey`, `awaitKeyRotation`)
-   * as the volume's primary. A step that fails because this node stopped being the primary under
-   * it (it closes, lost its lease, handed the role over) says NOT_LEADER, whatever the failure it
-   * caused was (the in-sync copies not confirming, the instance closing): the forwarding node then
-   * asks the next primary, with the same token, and the answer it gets is the truth (the rotation
-   * counted once, or not at all), not a failure of a rotation the next primary finishes.
-   */
-  async servePrimaryStep<T> (volumeId: string, step: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await run()
-    } catch (err) {
-      if (errorCode(err) === 'NOT_LEADER' || !this.#roleMoved(volumeId, err)) throw err
-      const nodeId = this.#host.cluster?.nodeId ?? ''
-      throw new GalleonError('NOT_LEADER', `node ${nodeId} stopped being the primary of volume ${this.#host.recordById(volumeId)?.name ?? volumeId} while it served a forwarded ${step} (${this.#host.closed ? 'it is closing' : 'it lost the role'}: ${(err as Error)?.message ?? String(err)}); ask its next primary, where a repeat of the call is not counted twice`, { cause: err })
-    }
-  }
-
-  /**
-   * Whether a rotation step's failure here came of this node no longer being the volume's primary,
-   * so that the next primary answers the call: it is closing, or its record names another node, or
-   * (still named, but its lease lapsed or a hand-off of the role is in flight) the failure is one a
-   * move of the role causes (the copies not confirming, the role refused, the coordinator out of
-   * reach). A failure of its own while it is still the primary the record names (BUSY: its
-   * previous rotation still re-encrypts; an I/O error; a key that does not open) is the answer:
-   * sent again, the call would wait out the hand-off (up to its 30 s) and then rotate on the next
-   * primary, though it was refused.
-   */
-  #roleMoved (volumeId: string, err: unknown): boolean {
-    const code = errorCode(err)
-    // Answers that do not depend on which node is primary stand as they are.
-    if (code === 'VOLUME_NOT_FOUND' || code === 'INVALID_ARGUMENT') return false
-    if (this.#host.closed) return true
-    const replication = this.#host.replication
-    if (replication?.forwards(volumeId) !== true) return false
-    if (replication.status(volumeId)?.primary !== (this.#host.cluster?.nodeId ?? '')) return true
-    return code === 'NOT_LEADER' || code === 'WRITE_CONCERN_UNSATISFIED' || code === 'BACKEND_UNAVAILABLE'
   }
 
   /**

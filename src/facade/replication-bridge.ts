@@ -5,12 +5,14 @@ import { GalleonError, errorCode } from '../errors.js'
 import type { View } from '../engine/engine.js'
 import { mountControl } from '../mount/mount-manager.js'
 import type { ForwardedRequest, ReplicationHost, ReplicationStatus } from '../replication/manager.js'
+import { outcomeUnknown } from '../replication/common.js'
 import type { VolumeSpec } from '../replication/records.js'
-import { VolumeState, WriteConcern } from '../types.js'
+import { VolumeState, WriteConcern, type Volume } from '../types.js'
 import { namespaceOf, type VolumeRecord } from '../volumes/catalog.js'
 import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
+import { CALL_TOKENS_KEPT, callOf, callRef, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
 import { toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
@@ -57,14 +59,26 @@ export class ReplicationBridge {
     try {
       return await replication.forward(record.id, request, payload)
     } catch (err) {
-      // This node became the primary while the call waited for one: it runs here.
-      if (err instanceof GalleonError && err.code === 'NOT_LEADER' && !replication.forwards(record.id) && replication.holds(record.id)) return await this.serveForwarded(record.id, request, payload)
+      // This node became the primary while the call waited for one: it runs here (as a repeat of
+      // the call when an earlier attempt may have taken effect at the primary before).
+      if (err instanceof GalleonError && err.code === 'NOT_LEADER' && !replication.forwards(record.id) && replication.holds(record.id)) {
+        return await this.serveForwarded(record.id, outcomeUnknown(err) === undefined ? request : { ...request, repeat: true }, payload)
+      }
       throw this.#host.ioFailed(record, request.op === 'read' || request.op === 'readBlock' ? 'read' : request.op === 'trim' ? 'trim' : request.op === 'flush' ? 'flush' : 'write', err)
     }
   }
 
-  /** Runs an I/O call another node forwarded to this one (the primary), outside any caller's context. */
+  /**
+   * Runs an I/O call another node forwarded to this one (the primary), outside any caller's
+   * context. A control call with a token runs as one call (see forwarded-calls.ts): its repeat is
+   * answered with what an earlier attempt did, and a failure that came of this node losing the
+   * role under it says NOT_LEADER, so that the caller asks the next primary.
+   */
   async serveForwarded (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined): Promise<{ header: Record<string, unknown>, payload?: Uint8Array }> {
+    const call = callOf(request)
+    const vol = callRef(volumeId, call)
+    // A caller of an earlier version sends no token and does not send the call again: its failures stand.
+    const once = async <T>(step: string, run: () => Promise<T>): Promise<T> => call === undefined ? await run() : await servePrimaryStep(this.#host, volumeId, step, run)
     return await this.#host.context.exit(async () => {
       const source = (): ReadSource => request.readSnapshot === undefined ? volumeId : { volume: volumeId, snapshot: { id: request.readSnapshot } }
       const data = payload ?? new Uint8Array(0)
@@ -76,19 +90,28 @@ export class ReplicationBridge {
         case 'read': return { header: {}, payload: await this.#calls.read(source(), request.offset as number, request.length as number) }
         case 'readBlock': return { header: {}, payload: await this.#calls.readBlock(source(), request.index as number) }
         case 'flush': await this.#calls.flush(volumeId); return { header: {} }
-        case 'createSnapshot': return { header: { snapshot: await this.#calls.createSnapshot(volumeId, String(request.snapshotName)) } }
-        case 'deleteSnapshot': await this.#calls.deleteSnapshot(volumeId, { id: String(request.snapshot) }, { force: request.force === true }); return { header: {} }
-        case 'deleteVolume': await this.#calls.deleteVolume(volumeId, { force: request.force === true }); return { header: {} }
-        case 'expandVolume': return { header: { volume: await this.#calls.expandVolume(volumeId, request.sizeBytes as number) } }
-        case 'restoreSnapshot': return { header: { volume: await this.#calls.restoreSnapshot(volumeId, { id: String(request.snapshot) }) } }
-        // A step that fails because this node stopped being the primary under it says NOT_LEADER:
-        // the caller asks the next primary (the rotation's token keeps it from counting twice).
-        case 'rotateVolumeKey': return { header: { encryption: await this.#keys.servePrimaryStep(volumeId, 'rotateVolumeKey', async () => await this.#keys.rotateOnPrimary(volumeId, {}, typeof request.token === 'string' ? request.token : undefined)) } }
+        case 'createSnapshot': return { header: { snapshot: await once('createSnapshot', async () => await this.#calls.createSnapshot(vol, String(request.snapshotName))) } }
+        case 'deleteSnapshot': await once('deleteSnapshot', async () => { await this.#calls.deleteSnapshot(vol, { id: String(request.snapshot) }, { force: request.force === true }) }); return { header: {} }
+        case 'deleteVolume': await once('deleteVolume', async () => { await this.#calls.deleteVolume(vol, { force: request.force === true }) }); return { header: {} }
+        case 'expandVolume': return { header: { volume: await once('expandVolume', async () => await this.#expand(volumeId, request.sizeBytes as number, call)) } }
+        case 'restoreSnapshot': return { header: { volume: await once('restoreSnapshot', async () => await this.#calls.restoreSnapshot(vol, { id: String(request.snapshot) })) } }
+        // The rotation's token keeps a repeat from counting twice.
+        case 'rotateVolumeKey': return { header: { encryption: await servePrimaryStep(this.#host, volumeId, 'rotateVolumeKey', async () => await this.#keys.rotateOnPrimary(volumeId, {}, call?.token)) } }
         // Within the forwarded call's time; the caller asks again until `done`.
-        case 'awaitKeyRotation': return { header: { ...await this.#keys.servePrimaryStep(volumeId, 'wait for a key rotation', async () => await this.#keys.awaitRotation(volumeId, 5000)) } }
+        case 'awaitKeyRotation': return { header: { ...await servePrimaryStep(this.#host, volumeId, 'wait for a key rotation', async () => await this.#keys.awaitRotation(volumeId, 5000)) } }
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
+  }
+
+  /**
+   * A forwarded expansion. Its repeat finds the volume at least as large as it asked for (its
+   * earlier attempt, or a later expansion, made it so): that is its answer, not a refused shrink.
+   */
+  async #expand (volumeId: string, sizeBytes: number, call: ForwardedCall | undefined): Promise<Volume> {
+    const record = this.#host.recordById(volumeId)
+    if (call?.repeat === true && record !== undefined && record.state !== VolumeState.Deleting && record.sizeBytes >= sizeBytes) return this.#host.volumeView(record)
+    return await this.#calls.expandVolume(volumeId, sizeBytes)
   }
 
   /** What replication uses of this instance. */
@@ -139,15 +162,15 @@ export class ReplicationBridge {
         if (record === undefined || record.state === VolumeState.Deleting) return
         await this.#host.catalog.updateVolume(id, { replication: position }, { sync: false })
       },
-      snapshots: (id) => this.#host.catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })),
-      applySnapshot: async (id, snapshotId, name, sizeBytes) => {
+      snapshots: (id) => this.#host.catalog.snapshots(id).map((snapshot) => ({ id: snapshot.id, name: snapshot.name, gen: snapshot.gen, sizeBytes: snapshot.sizeBytes, ...(snapshot.token === undefined ? {} : { token: snapshot.token }) })),
+      applySnapshot: async (id, snapshotId, name, sizeBytes, token) => {
         await this.#host.adminAfterMigration(id, async () => {
           const record = this.#host.catalog.resolve(id)
           if (this.#host.catalog.snapshotById(snapshotId) !== undefined) return
           // A snapshot of that name with another id is one the primary no longer has.
           const stale = this.#host.catalog.snapshots(id).find((snapshot) => snapshot.name === name)
           if (stale !== undefined) await this.#snapshots.dropReplicaSnapshot(record, stale)
-          this.#host.emit('snapshot:created', this.#host.toSnapshot(await this.#host.takeSnapshot(record, name, false, snapshotId, sizeBytes)))
+          this.#host.emit('snapshot:created', this.#host.toSnapshot(await this.#snapshots.takeSnapshot(record, name, false, snapshotId, sizeBytes, undefined, token)))
         }, 'the primary took a snapshot; the conversion of this copy starts again after it')
       },
       applyDeleteSnapshot: async (id, snapshotId) => {
@@ -187,15 +210,24 @@ export class ReplicationBridge {
           })
         }
       },
-      applyRevert: async (id, snapshotId) => {
+      applyRevert: async (id, snapshotId, token) => {
         await this.#host.adminAfterMigration(id, async () => {
           const record = this.#host.catalog.resolve(id)
           const snapshot = this.#host.catalog.snapshotById(snapshotId)
           // A copy without the snapshot has diverged: failing the change makes the primary resync it.
           if (snapshot === undefined || snapshot.volumeId !== id) throw new GalleonError('SNAPSHOT_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no copy of snapshot ${snapshotId} of volume ${record.name} to revert to`)
           const reverted = await this.#host.engine.revert(this.#host.volumeBlocks(record), viewOf(snapshot) as View)
-          this.#host.emit('snapshot:restored', this.#host.volumeView(record), this.#host.toSnapshot(snapshot), reverted)
+          // Kept with the copy: promoted, it answers a repeat of the call without reverting again.
+          // (A crash before this line replays the change, or the resync that follows brings the tokens.)
+          const updated = token === undefined ? record : await this.#host.catalog.updateVolume(id, { revertTokens: withToken(record.revertTokens, token) })
+          this.#host.emit('snapshot:restored', this.#host.volumeView(updated), this.#host.toSnapshot(snapshot), reverted)
         }, 'the primary reverted the volume; the conversion of this copy starts again after it')
+      },
+      revertTokens: (id) => this.#host.recordById(id)?.revertTokens ?? [],
+      keepRevertTokens: async (id, tokens) => {
+        const record = this.#host.recordById(id)
+        if (record === undefined || record.state === VolumeState.Deleting || (record.revertTokens ?? []).join() === tokens.join()) return
+        await this.#host.catalog.updateVolume(id, { revertTokens: tokens.slice(-CALL_TOKENS_KEPT) })
       },
       exclusive: async (task) => await this.#host.admin(task),
       serveForwarded: async (id, request, payload) => await this.serveForwarded(id, request, payload),

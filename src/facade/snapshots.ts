@@ -11,6 +11,8 @@ import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import { checkLabels, names, toVolume, viewOf } from './records.js'
 import { readSource, type CloneSource, type VolumeRef } from './refs.js'
+import { callIn, lostAnswer, newCall, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { outcomeUnknown } from '../replication/common.js'
 
 /** Where a snapshot call's change took its place in a replicated volume's stream: the primary that recorded it, and its number there. */
 interface RecordedChange { made?: boolean, by?: VolumeReplicator, seq?: number }
@@ -63,45 +65,88 @@ export class Snapshots {
     }
   }
 
+  /**
+   * Notes in `change` the end of the volume's change stream on this node (its primary) now: a call
+   * answered from what an earlier attempt of it did waits, as that attempt would have, until the
+   * in-sync copies have it (see #confirmed).
+   */
+  #soFar (record: VolumeRecord, change: RecordedChange): void {
+    const replicator = this.#host.volumeBlocks(this.#host.catalog.resolve(record.id)).replicator
+    noteChange(change, replicator, replicator === undefined ? undefined : this.#host.replication?.recordedSeq(replicator))
+  }
+
+  /**
+   * The fields of a control call sent to a replicated volume's primary: the token of the call this
+   * node serves for another (still a repeat if it was one), or of a new one (see forwarded-calls.ts).
+   */
+  #callFields (call: ForwardedCall | undefined): { token: string, repeat?: true } {
+    const sent = call ?? newCall()
+    return { token: sent.token, ...(sent.repeat ? { repeat: true as const } : {}) }
+  }
+
   /** The work of GalleonFS.createSnapshot, once the caller is checked. */
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
     const target = this.#host.catalog.resolve(vol)
-    if (this.#host.replication?.forwards(target.id) === true) {
-      const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
-      return reply.header.snapshot as Snapshot
-    }
+    // Served for another node: the call's token is kept with the snapshot, and a repeat finds it.
+    const call = callIn(vol)
+    if (this.#host.replication?.forwards(target.id) === true) return await this.#forwardCreate(target, name, call)
     const change: RecordedChange = {}
+    let repeated = false
     const taken = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted; no snapshot was taken`)
       // The primary role may have moved while the call waited for its turn: a copy that is not
       // the primary must not take one of its own (it would be on this node only).
       if (this.#host.replication?.forwards(record.id) === true) return undefined
+      // An earlier attempt of the call took it (here, or on the primary before this one, whose
+      // stream brought it with its token): that snapshot is the answer.
+      const earlier = call === undefined ? undefined : this.#host.catalog.snapshots(record.id).find((snapshot) => snapshot.token === call.token)
+      if (earlier !== undefined) {
+        repeated = true
+        this.#soFar(record, change)
+        return this.toSnapshot(earlier)
+      }
       if (this.#host.catalog.snapshots(record.id).some((snapshot) => snapshot.name === name)) {
         throw new GalleonError('SNAPSHOT_EXISTS', `volume ${record.name} already has a snapshot named ${JSON.stringify(name)}; pick another name or delete that snapshot first`)
       }
-      const snapshot = this.toSnapshot(await this.takeSnapshot(record, name, false, undefined, undefined, change))
+      const snapshot = this.toSnapshot(await this.takeSnapshot(record, name, false, undefined, undefined, change, call?.token))
       this.#host.emit('snapshot:created', snapshot)
       return snapshot
     })
     if (taken !== undefined) {
-      await this.#confirmed(target, `snapshot ${JSON.stringify(name)} of volume ${target.name} was taken`, change)
+      await this.#confirmed(target, `snapshot ${JSON.stringify(name)} of volume ${target.name} was taken${repeated ? ' (by an earlier attempt of the call)' : ''}`, change)
       return taken
     }
     // Nothing was done here: the new primary takes it (outside the admin queue, which the
     // snapshot's arrival in this copy's stream may need).
-    const reply = await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name })
-    return reply.header.snapshot as Snapshot
+    return await this.#forwardCreate(target, name, call)
+  }
+
+  /** createSnapshot on the volume's primary, as one call (see forwarded-calls.ts). */
+  async #forwardCreate (target: VolumeRecord, name: string, call: ForwardedCall | undefined): Promise<Snapshot> {
+    try {
+      return (await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name, ...this.#callFields(call) })).header.snapshot as Snapshot
+    } catch (err) {
+      throw lostAnswer(err, `snapshot ${JSON.stringify(name)} of volume ${target.name} may or may not have been taken: listSnapshots(${JSON.stringify(target.name)}) shows whether it exists once the volume has a primary again`)
+    }
   }
 
   /** The work of GalleonFS.deleteSnapshot, once the caller is checked. */
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean }): Promise<void> {
     const owner = this.#host.catalog.resolve(vol)
+    const call = callIn(vol)
     if (this.#host.replication?.forwards(owner.id) === true) {
-      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: this.#primarySnapshotRef(owner, snapshot), force: options?.force === true })
+      await this.#forwardDelete(owner, this.#primarySnapshotRef(owner, snapshot), options, call)
       return
     }
-    const target = this.#host.catalog.resolveSnapshot(owner, snapshot)
+    let target: SnapshotRecord
+    try {
+      target = this.#host.catalog.resolveSnapshot(owner, snapshot)
+    } catch (err) {
+      // A repeat of a call whose earlier attempt may have deleted it: gone is what that attempt did.
+      if (await this.#deletedBefore(owner, call, err)) return
+      throw err
+    }
     const mounted = (): string[] => mountControl(this.#host.mounts).snapshotMounts(target.id).map((m) => m.path)
     if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} is mounted (${mounted().join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
     const refuseReaders = (): void => {
@@ -117,16 +162,50 @@ export class Snapshots {
       refuseReaders()
       await mountControl(this.#host.mounts).release(target.volumeId, target.id)
       const change: RecordedChange = {}
-      if (!await this.#deleteSnapshotNow(vol, snapshot, options, change)) {
+      let deleted: boolean
+      try {
+        deleted = await this.#deleteSnapshotNow(vol, snapshot, options, change)
+      } catch (err) {
+        // Deleted meanwhile by the earlier attempt of this call (still running when it was sent again).
+        if (await this.#deletedBefore(owner, call, err)) return
+        throw err
+      }
+      if (!deleted) {
         // The primary role moved while the call waited for its turn: the new primary deletes it
         // (and this copy follows through its stream).
-        await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: target.id, force: options?.force === true })
+        await this.#forwardDelete(owner, target.id, options, call)
       } else {
         await this.#confirmed(owner, `snapshot ${target.name} of volume ${owner.name} was deleted`, change)
       }
     } finally {
       this.#host.goingAway.delete(target.id)
     }
+  }
+
+  /** deleteSnapshot on the volume's primary, as one call (see forwarded-calls.ts). */
+  async #forwardDelete (owner: VolumeRecord, snapshot: string, options: { force?: boolean }, call: ForwardedCall | undefined): Promise<void> {
+    try {
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot, force: options?.force === true, ...this.#callFields(call) })
+    } catch (err) {
+      // A primary of an earlier version knows no repeat: its "not found" is that attempt's deletion.
+      if (outcomeUnknown(err) !== undefined && errorCode(err) === 'SNAPSHOT_NOT_FOUND') return
+      throw lostAnswer(err, `snapshot ${snapshot} of volume ${owner.name} may or may not have been deleted: listSnapshots(${JSON.stringify(owner.name)}) shows whether it is still there once the volume has a primary again`)
+    }
+  }
+
+  /**
+   * Whether `err`, a snapshot not found on this node (the volume's primary) for a repeat of a
+   * forwarded deletion, is what an earlier attempt of the call did: snapshots are named by an id
+   * never used again, so one that is gone was deleted (by that attempt, or by a call that raced it;
+   * either way it is gone, as the call asked). The answer then waits, as that attempt would have,
+   * until the in-sync copies have the deletion.
+   */
+  async #deletedBefore (owner: VolumeRecord, call: ForwardedCall | undefined, err: unknown): Promise<boolean> {
+    if (call?.repeat !== true || errorCode(err) !== 'SNAPSHOT_NOT_FOUND') return false
+    const change: RecordedChange = {}
+    this.#soFar(owner, change)
+    await this.#confirmed(owner, `the snapshot of volume ${owner.name} was deleted (by an earlier attempt of the call)`, change)
+    return true
   }
 
   /** Deletes the snapshot here, in the admin queue; false (nothing done) when this node stopped being the volume's primary meanwhile. */
@@ -170,10 +249,15 @@ export class Snapshots {
   /** The work of GalleonFS.restoreSnapshot, once the caller is checked. */
   async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     const target = this.#host.catalog.resolve(vol)
+    // Served for another node: the call's token is kept with the volume once it is reverted, here
+    // and on every copy, and a repeat of the call finds it there.
+    const call = callIn(vol)
     if (target.replication !== undefined) {
       if (this.#host.replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${target.name} is replicated, but this instance is not in a cluster now; join it to revert the volume`)
       // Reverted on the primary, which sends the revert to every copy in its change stream.
-      if (this.#host.replication.forwards(target.id)) return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot: this.#primarySnapshotRef(target, snapshot) })).header.volume as Volume
+      if (this.#host.replication.forwards(target.id)) return await this.#forwardRestore(target, this.#primarySnapshotRef(target, snapshot), call)
+      // Before the checks: writes in flight now are no reason to refuse what was done already.
+      if (call !== undefined && target.revertTokens?.includes(call.token) === true) return await this.#revertedBefore(target)
     }
     this.#host.catalog.resolveSnapshot(target, snapshot)
     // Writes in flight when the call is made are refused now, however quickly they complete
@@ -182,6 +266,8 @@ export class Snapshots {
     const change: RecordedChange = {}
     const restored = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
+      // Reverted by the earlier attempt of this call, which ran while it was sent again.
+      if (call !== undefined && record.revertTokens?.includes(call.token) === true) return undefined
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
       const writer = mountControl(this.#host.mounts).mountsOf(record.id).find((m) => !m.readOnly)
@@ -196,20 +282,22 @@ export class Snapshots {
       let reverted: number
       let updated!: VolumeRecord
       try {
-        await this.#host.catalog.updateVolume(record.id, { revertTo: found.id })
+        await this.#host.catalog.updateVolume(record.id, { revertTo: found.id, revertToken: call?.token })
         if (record.replication !== undefined && volume.replicator === undefined) {
           // Deposed while the intent was being recorded: nothing is reverted on this copy alone
           // (the new primary's would not be, and the next resync would undo it here).
-          await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+          await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined })
           throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} stopped being the primary of volume ${record.name} while the revert waited; nothing was reverted. Retry it: it goes to the new primary`)
         }
         try {
           // The record is cleared before the volume's I/O goes on: done after, I/O would be refused
           // meanwhile as if the revert had failed; done after acknowledged writes, a crash between
           // would make the next open revert again over them.
-          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed })) }, async () => {
+          // The call's token goes with the revert into the stream, and into the record with its end.
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed, ...(call === undefined ? {} : { token: call.token }) })) }, async () => {
             this.#host.revertFailures.delete(record.id)
-            updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+            const tokens = call === undefined ? {} : { revertTokens: withToken(this.#host.recordById(record.id)?.revertTokens, call.token) }
+            updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined, ...tokens })
           })
         } catch (err) {
           // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
@@ -231,8 +319,30 @@ export class Snapshots {
       this.#host.emit('snapshot:restored', result, this.toSnapshot(found), reverted)
       return { result, name: found.name }
     })
+    if (restored === undefined) return await this.#revertedBefore(target)
     await this.#confirmed(target, `volume ${target.name} was reverted to snapshot ${restored.name}`, change)
     return restored.result
+  }
+
+  /** restoreSnapshot on the volume's primary, as one call (see forwarded-calls.ts). */
+  async #forwardRestore (target: VolumeRecord, snapshot: string, call: ForwardedCall | undefined): Promise<Volume> {
+    try {
+      return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot, ...this.#callFields(call) })).header.volume as Volume
+    } catch (err) {
+      throw lostAnswer(err, `volume ${target.name} may or may not have been reverted to snapshot ${snapshot} (calling restoreSnapshot again reverts it, again if it was: writes made since are lost)`)
+    }
+  }
+
+  /**
+   * The answer to a repeat of a forwarded restoreSnapshot whose earlier attempt reverted the volume
+   * (here, or on the primary before this one, whose stream brought the call's token): the volume as
+   * it is, once the in-sync copies have the revert (as that attempt's answer would have waited).
+   */
+  async #revertedBefore (target: VolumeRecord): Promise<Volume> {
+    const change: RecordedChange = {}
+    this.#soFar(target, change)
+    await this.#confirmed(target, `volume ${target.name} was reverted (by an earlier attempt of the call)`, change)
+    return this.#host.volumeView(this.#host.catalog.resolve(target.id))
   }
 
   /** The work of GalleonFS.cloneVolume, once the caller is checked. */
@@ -292,7 +402,8 @@ export class Snapshots {
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
   /** `sizeBytes`: the size to record when it is not the volume's now (a copy rebuilding a primary's older snapshot). */
   /** `change`: set to the snapshot's place in a replicated volume's change stream. */
-  async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number, change?: RecordedChange): Promise<SnapshotRecord> {
+  /** `token`: the forwarded call's that took it (kept with it, here and on every copy; see ForwardedRequest.token). */
+  async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number, change?: RecordedChange, token?: string): Promise<SnapshotRecord> {
     const volume = this.#host.ioVolume(record)
     // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).
     await mountControl(this.#host.mounts).quiesce(record.id)
@@ -301,14 +412,14 @@ export class Snapshots {
     let recorded = false
     let gen: number
     try {
-      gen = await this.#host.engine.snapshot(volume, replicator === undefined ? undefined : () => { noteChange(change, replicator, replicator.record({ type: 'snapshot', id, name })); recorded = true })
+      gen = await this.#host.engine.snapshot(volume, replicator === undefined ? undefined : () => { noteChange(change, replicator, replicator.record({ type: 'snapshot', id, name, ...(token === undefined ? {} : { token }) })); recorded = true })
       if (replicator === undefined) noteChange(change, undefined, undefined)
     } catch (err) {
       if (recorded) replicator?.record({ type: 'delete-snapshot', id })
       throw err
     }
     try {
-      return await this.#host.catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: Math.min(sizeBytes ?? volume.sizeBytes, volume.sizeBytes), implicit })
+      return await this.#host.catalog.createSnapshot({ id, name, volumeId: record.id, gen, sizeBytes: Math.min(sizeBytes ?? volume.sizeBytes, volume.sizeBytes), implicit, ...(token === undefined ? {} : { token }) })
     } catch (err) {
       await this.#host.engine.dropSnapshot(volume, gen).catch(() => {})
       if (recorded) replicator?.record({ type: 'delete-snapshot', id })

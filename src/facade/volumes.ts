@@ -14,6 +14,8 @@ import { DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classRepli
 import type { FacadeHost } from './host.js'
 import { checkLabels, names, specOf, toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
+import { callIn, lostAnswer, newCall, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { outcomeUnknown } from '../replication/common.js'
 
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
 const ACCESS_MODES = new Set<string>(Object.values(AccessMode))
@@ -56,7 +58,10 @@ export class VolumeLifecycle {
       const snapshot = this.#host.catalog.snapshotById(record.revertTo)
       try {
         if (snapshot !== undefined) await this.#host.engine.revert(this.#host.volumeBlocks(record), { gen: snapshot.gen, sizeBytes: snapshot.sizeBytes })
-        await this.#host.catalog.updateVolume(record.id, { revertTo: undefined })
+        // A forwarded call's revert counts as done (see VolumeRecord.revertTokens): its repeat, to this
+        // node as the volume's primary again, must not revert over writes made since.
+        const counted = snapshot === undefined || record.revertToken === undefined ? {} : { revertTokens: withToken(record.revertTokens, record.revertToken) }
+        await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined, ...counted })
       } catch (err) {
         // Leave the intent: the volume refuses I/O (see GalleonFS #ioVolume) until a revert succeeds, and the
         // rest of the instance opens.
@@ -253,7 +258,7 @@ export class VolumeLifecycle {
     if (replication?.forwards(record.id) === true) {
       if (replication.status(record.id)?.role === 'unknown') orphan = await replication.orphan(record.id)
       if (orphan === undefined) {
-        await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true })
+        await this.#forwardDelete(record, options, callIn(vol))
         return
       }
       if (orphan === 'unrecorded' && options?.force !== true) {
@@ -302,6 +307,34 @@ export class VolumeLifecycle {
       this.#host.goingAway.delete(record.id)
       await this.forwardReleases()
     }
+  }
+
+  /**
+   * deleteVolume on the volume's primary, as one call (see forwarded-calls.ts). When the answer of
+   * an attempt that reached the primary was lost and the call could not be answered afterwards (this
+   * node's copy went with the deletion, or no primary answered again), the cluster's record says
+   * what happened: gone, the volume was deleted (volumes are named by an id never used again: by
+   * that attempt, or by a call that raced it; either way it is gone, as the call asked), and this
+   * node's copy goes with it, as it would have before the answer; still there, it was not.
+   */
+  async #forwardDelete (record: VolumeRecord, options: { force?: boolean }, call: ForwardedCall | undefined): Promise<void> {
+    const sent = call ?? newCall()
+    try {
+      await this.#host.forward(record, { op: 'deleteVolume', force: options?.force === true, token: sent.token, ...(sent.repeat ? { repeat: true } : {}) })
+      return
+    } catch (err) {
+      const replication = this.#host.replication
+      if (outcomeUnknown(err) === undefined || replication === undefined) throw err
+      let deleted: boolean
+      try {
+        deleted = await replication.deletedInCluster(record.id)
+      } catch (unknown) {
+        throw lostAnswer(err, `volume ${record.name} may or may not have been deleted (the cluster's record of it could not be read either: ${(unknown as Error)?.message ?? String(unknown)}); listVolumes() on a node of the cluster shows whether it is still there`)
+      }
+      if (!deleted) throw lostAnswer(err, `volume ${record.name} was not deleted: the cluster still has its record (a deletion the primary began may yet finish it; deleteVolume again deletes it)`)
+    }
+    // A deletion of this copy under way (the stream's, or the deletion mark's) ends in the admin queue.
+    await this.#host.admin(async () => {})
   }
 
   /**
@@ -410,7 +443,7 @@ export class VolumeLifecycle {
    */
   async forwardReleases (): Promise<void> {
     for (const { owner, snapshotId } of this.#forwardedReleases.splice(0)) {
-      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId }).catch(() => {})
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId, token: newCall().token }).catch(() => {})
     }
   }
 
@@ -456,7 +489,11 @@ export class VolumeLifecycle {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to expand the volume`)
     if (replication.forwards(record.id)) {
-      return (await this.#host.forward(record, { op: 'expandVolume', sizeBytes })).header.volume as Volume
+      try {
+        return (await this.#host.forward(record, { op: 'expandVolume', sizeBytes, token: newCall().token })).header.volume as Volume
+      } catch (err) {
+        throw lostAnswer(err, `volume ${record.name} may or may not have been expanded to ${sizeBytes} bytes: getVolume(${JSON.stringify(record.name)}) shows its size once the volume has a primary again (expanding to the same size again is harmless)`)
+      }
     }
     // Not while this copy converts (see ClusterMigrations.convergeCopy: it copies a fixed size): refused at once
     // rather than waiting, which a call forwarded here could not do for long.

@@ -36,6 +36,27 @@ export function errorText (err: unknown): string {
   return err instanceof Error ? `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}` : String(err)
 }
 
+/** Errors of forwarded control calls thrown after an attempt that may have taken effect, with the node it reached (see markOutcomeUnknown). */
+const unanswered = new WeakMap<object, string>()
+
+/**
+ * The error a forwarded control call (see ReplicationManager.forward) fails with after an earlier
+ * attempt of it reached `node`, which did not answer it (it closed, lost the role, or the
+ * connection dropped): the same code, saying that the call may have taken effect there.
+ */
+export function markOutcomeUnknown (err: unknown, node: string): GalleonError {
+  const code = err instanceof GalleonError ? err.code : 'BACKEND_UNAVAILABLE'
+  const message = err instanceof Error ? err.message : String(err)
+  const marked = new GalleonError(code, `${message} (an earlier attempt of this call reached node ${node}, which did not answer it: it may have taken effect there)`, { cause: err })
+  unanswered.set(marked, node)
+  return marked
+}
+
+/** The node an earlier attempt of a forwarded control call reached without an answer, if `err` is the call's error after one (see markOutcomeUnknown). */
+export function outcomeUnknown (err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null ? unanswered.get(err) : undefined
+}
+
 /** The local side of one replicated volume. */
 export interface LocalSet {
   readonly volumeId: string

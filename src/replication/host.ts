@@ -17,6 +17,8 @@ export interface SnapshotInfo {
   readonly name: string
   readonly gen: number
   readonly sizeBytes: number
+  /** The token of the forwarded createSnapshot call that took it, if one did (see ForwardedRequest.token). */
+  readonly token?: string
 }
 
 /** What replication needs from its GalleonFS instance. */
@@ -35,9 +37,10 @@ export interface ReplicationHost {
   snapshots: (volumeId: string) => SnapshotInfo[]
   /**
    * Takes a snapshot of the local copy with the primary's id (replaying the primary's); `sizeBytes`
-   * is the volume's size when the primary took it (a resync, after the copy grew), else the copy's.
+   * is the volume's size when the primary took it (a resync, after the copy grew), else the copy's;
+   * `token`: the forwarded call's that took it (kept with the copy's snapshot).
    */
-  applySnapshot: (volumeId: string, id: string, name: string, sizeBytes?: number) => Promise<void>
+  applySnapshot: (volumeId: string, id: string, name: string, sizeBytes?: number, token?: string) => Promise<void>
   applyDeleteSnapshot: (volumeId: string, id: string) => Promise<void>
   /** Grows this node's copy of a volume to `sizeBytes` (an expansion the primary made; never shrinks). */
   applyExpand: (volumeId: string, sizeBytes: number) => Promise<void>
@@ -54,8 +57,18 @@ export interface ReplicationHost {
    * `retry`: start the conversion again if it failed.
    */
   copyLayout: (volumeId: string, retry: boolean) => CopyLayout
-  /** Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary reverted). */
-  applyRevert: (volumeId: string, snapshotId: string) => Promise<void>
+  /**
+   * Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary
+   * reverted); `token`: the forwarded call's that reverted it, kept with the copy (see revertTokens).
+   */
+  applyRevert: (volumeId: string, snapshotId: string, token?: string) => Promise<void>
+  /**
+   * The tokens of the last forwarded restoreSnapshot calls that reverted the volume, as this
+   * node's copy holds them: a primary answers a repeat of one of them without reverting again.
+   */
+  revertTokens: (volumeId: string) => readonly string[]
+  /** A resync brought this node's copy to the primary's state, whose reverts are those of `tokens`. */
+  keepRevertTokens: (volumeId: string, tokens: readonly string[]) => Promise<void>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
   exclusive: <T>(task: () => Promise<T>) => Promise<T>
   /** Runs an I/O request forwarded from another node, on this node (the primary). */
@@ -114,8 +127,18 @@ export interface ForwardedRequest {
   readonly snapshotName?: string
   readonly readSnapshot?: string
   readonly force?: boolean
-  /** Names one rotateVolumeKey call, so that a repeat of it (its answer was lost) rotates nothing more. */
+  /**
+   * Names one control call (rotateVolumeKey, createSnapshot, deleteSnapshot, deleteVolume,
+   * restoreSnapshot, expandVolume), so that a repeat of it (its answer was lost) does nothing more:
+   * the rotation, snapshot or revert it made is kept with its token, and found again by it.
+   */
   readonly token?: string
+  /**
+   * Set on a control call sent again after an attempt that may have taken effect: a deletion
+   * then takes the snapshot or volume gone for the one that attempt deleted, and an expansion a
+   * volume at least that large for the one it made.
+   */
+  readonly repeat?: boolean
 }
 
 /** How replication of a volume stands, as the node asked sees it. */

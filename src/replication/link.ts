@@ -362,6 +362,7 @@ export class Link {
     // replaying the stream on top gives the copy exactly the primary's history.
     let cut = 0
     let snapshots: SnapshotInfo[] = []
+    let revertTokens: readonly string[] = []
     // The storage read from, fixed for the whole resync (the primary's copy may move meanwhile: then
     // reads at the cut fail, and the resync starts over on the new storage).
     const source = primary.blocks
@@ -372,16 +373,20 @@ export class Link {
       this.#collecting = true
       cut = primary.seq
       snapshots = host.snapshots(primary.volumeId)
+      revertTokens = host.revertTokens(primary.volumeId)
     }))
     try {
-      await this.#resyncFrom(theirs, cut, snapshots, pin, pinSize)
+      await this.#resyncFrom(theirs, cut, snapshots, revertTokens, pin, pinSize)
     } finally {
       await engine.dropSnapshot(source, pin).catch(() => {})
     }
   }
 
-  /** The resync after its cut: the views the copy lacks, block by block, then the cut as its position. */
-  async #resyncFrom (theirs: { epoch: number, seq: number, snapshots: string[] }, cut: number, snapshots: SnapshotInfo[], pin: number, pinSize: number): Promise<void> {
+  /**
+   * The resync after its cut: the views the copy lacks, block by block, then the cut as its
+   * position, with the tokens of the reverts the volume had then (see ReplicationHost.revertTokens).
+   */
+  async #resyncFrom (theirs: { epoch: number, seq: number, snapshots: string[] }, cut: number, snapshots: SnapshotInfo[], revertTokens: readonly string[], pin: number, pinSize: number): Promise<void> {
     const primary = this.#primary
     const host = primary.manager.host
     const engine = host.engine
@@ -431,14 +436,14 @@ export class Link {
           this.#progress.blocksDone += count
         }
       }
-      if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name, sizeBytes: view.snapshot.sizeBytes })
+      if (view.snapshot !== undefined) await this.#call('repl:resync-snapshot', { id: view.snapshot.id, name: view.snapshot.name, sizeBytes: view.snapshot.sizeBytes, ...(view.snapshot.token === undefined ? {} : { token: view.snapshot.token }) })
     }
     if (this.#abort !== undefined) {
       const why = this.#abort
       this.#abort = undefined
       throw new GalleonError('BUSY', why)
     }
-    await this.#call('repl:resync-end', { seq: cut })
+    await this.#call('repl:resync-end', { seq: cut, revertTokens })
     this.acked = cut
     // Still collecting: changes keep being queued until the stream takes over (see #run).
     this.#progress = undefined

@@ -38,7 +38,7 @@ import type { VolumeBlocks } from '../engine/engine.js'
 import type { VolumeReplicator } from '../engine/replicator.js'
 import { WriteConcern } from '../types.js'
 import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
-import { errorText, newLocalSet, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
+import { errorText, markOutcomeUnknown, newLocalSet, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
 import { ReplicaSide } from './replica.js'
@@ -53,6 +53,10 @@ const STALE_MARK_TICKS = 5
 /** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
 const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
 const FORWARD_DEADLINE_MS = 30_000
+/** Forwarded calls that change a volume other than by I/O: one whose answer was lost is sent again marked `repeat` (see forward). */
+const CONTROL_OPS = new Set<ForwardedRequest['op']>(['createSnapshot', 'deleteSnapshot', 'deleteVolume', 'restoreSnapshot', 'expandVolume', 'rotateVolumeKey'])
+/** Those of them that done twice differ from done once: sent again only with a token. */
+const ONCE_OPS = new Set<ForwardedRequest['op']>(['createSnapshot', 'deleteSnapshot', 'deleteVolume', 'restoreSnapshot'])
 /**
  * How long one forwarded call may take on the primary: it runs there as the primary's own, which
  * may wait for QoS admission and for its copies (COMMIT_WAIT_MS, 60 s), so a shorter limit cut off
@@ -316,6 +320,15 @@ export class ReplicationManager {
     }
   }
 
+  /**
+   * The sequence number of the last change `by` (a volume's replicator on this node) recorded, or
+   * undefined when it is not this node's primary: what a call answered from an earlier attempt's
+   * change waits for (see replicatedChange), which covers that change.
+   */
+  recordedSeq (by: VolumeReplicator): number | undefined {
+    return by instanceof Primary ? by.seq : undefined
+  }
+
   // ------------------------------------------------------------------ creating and deleting
 
   /** Makes a freshly created local volume replicated (see ReplicaSetChanges.register). */
@@ -368,6 +381,22 @@ export class ReplicationManager {
     if (await this.#coordinator.get(recordKey(volumeId)) !== undefined) return undefined
     const mark = await this.#coordinator.get(deletedKey(volumeId))
     return mark !== undefined && (parseDeleted(mark.value) ?? []).includes(this.nodeId) ? 'deleted' : 'unrecorded'
+  }
+
+  /**
+   * Whether the volume's record is gone from the cluster (read now): it was deleted. This node's
+   * copy, if it still holds one, then goes as the deletion mark says (as when the record's watch
+   * reports the deletion, which may not have come yet), and is gone when this resolves.
+   */
+  async deletedInCluster (volumeId: string): Promise<boolean> {
+    if (await this.#coordinator.get(recordKey(volumeId)) !== undefined) return false
+    const set = this.#sets.get(volumeId)
+    if (set !== undefined) {
+      this.#retire(set, 'the replica-set record was deleted')
+      set.record = undefined
+      await this.#dropIfDeleted(set)
+    }
+    return true
   }
 
   /** Takes this node off the deletion marks that name it while it holds no copy of their volume. */
@@ -772,47 +801,59 @@ export class ReplicationManager {
 
   /**
    * Sends an I/O call to the volume's primary and returns its reply. Waits through a failover
-   * (until a primary answers, up to 30 s).
+   * (until a primary answers, up to 30 s). A control call (a snapshot, a deletion, a revert, an
+   * expansion, a key rotation) that carries a token is sent again, like I/O, when its answer is
+   * lost: the primary that gets it again (the same one, or the next) knows it by its token, or by
+   * `repeat`, and answers with what the first attempt did rather than do it twice. An error
+   * thrown after an attempt that may have taken effect says so (see outcomeUnknown).
    */
   async forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
     const deadline = performance.now() + FORWARD_DEADLINE_MS
     let lastError: unknown
+    // Such a call without a token (made by a caller that does not give one) is not sent again once
+    // it may have reached the primary: it could happen twice.
+    const control = CONTROL_OPS.has(request.op)
+    const repeatable = !ONCE_OPS.has(request.op) || typeof request.token === 'string'
+    /** The primary an earlier attempt reached that did not answer it: the call may have taken effect there. */
+    let unanswered: string | undefined
+    const failed = (err: unknown): unknown => unanswered === undefined || !control ? err : markOutcomeUnknown(err, unanswered)
     for (let attempt = 0; ; attempt++) {
       const set = this.#sets.get(volumeId)
-      if (set === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`)
+      if (set === undefined) throw failed(new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`))
       if (set.record === undefined && set.unrecorded) {
         // A copy the cluster has no record of (see LocalSet.unrecorded): no primary will come
         // unless the record does, which a fresh read would show.
         await this.#refresh(set)
-        if (set.record === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `the cluster has no record of replicated volume ${volumeId}, so it has no primary, and the copy on node ${this.nodeId} serves no I/O (a coordinator that lost the record, or a volume deleted while this node was away without its deletion mark); if the volume is gone, deleteVolume(${JSON.stringify(volumeId)}, { force: true }) on this node deletes the copy`)
+        if (set.record === undefined) throw failed(new GalleonError('BACKEND_UNAVAILABLE', `the cluster has no record of replicated volume ${volumeId}, so it has no primary, and the copy on node ${this.nodeId} serves no I/O (a coordinator that lost the record, or a volume deleted while this node was away without its deletion mark); if the volume is gone, deleteVolume(${JSON.stringify(volumeId)}, { force: true }) on this node deletes the copy`))
       }
       const primary = set.record?.primary
-      if (set.primary !== undefined && !set.primary.frozen && !set.fenced) throw new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again')
+      if (set.primary !== undefined && !set.primary.frozen && !set.fenced) throw failed(new GalleonError('NOT_LEADER', 'this node became the primary meanwhile; call again'))
       if (primary !== undefined && primary !== this.nodeId) {
-        // Writes, trims, reads and flushes may be repeated; a snapshot or deletion whose answer
-        // was lost may have happened, so it is retried only when the node said it is not primary.
-        const repeatable = request.op !== 'createSnapshot' && request.op !== 'deleteSnapshot' && request.op !== 'deleteVolume' && request.op !== 'restoreSnapshot'
         // One answer may take FORWARD_ANSWER_MS, longer than the failover deadline: a repeatable
         // call stops waiting for a primary the record no longer names and goes to the new one.
         const failedOver = new AbortController()
         const watch = repeatable ? () => { const now = set.record?.primary; if (now !== undefined && now !== primary) failedOver.abort() } : undefined
         if (watch !== undefined) set.primaryWatchers.add(watch)
         try {
-          return await this.#cluster.request(primary, { kind: 'repl:io', header: { volumeId, ...request }, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
+          const header = { volumeId, ...request, ...(unanswered !== undefined && control ? { repeat: true } : {}) }
+          return await this.#cluster.request(primary, { kind: 'repl:io', header, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
           const code = (err as { code?: string })?.code
           if (failedOver.signal.aborted && !this.#closed && performance.now() < deadline + FORWARD_ANSWER_MS) {
             lastError = err
+            unanswered = primary
             continue // the new primary is tried, even just past the failover deadline (not for ever: a record whose primary keeps changing)
           }
-          if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw err
+          if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw failed(err)
           lastError = err
+          // A NOT_LEADER too: a primary that lost the role (or closed) under the call says so after it took effect.
+          unanswered = primary
         } finally {
           if (watch !== undefined) set.primaryWatchers.delete(watch)
         }
       }
       if (performance.now() >= deadline || this.#closed) {
-        throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`)
+        throw failed(new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`))
       }
       await sleep(Math.min(100 * (attempt + 1), 500))
       await this.#refresh(set)

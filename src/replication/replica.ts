@@ -189,12 +189,17 @@ export class ReplicaSide {
       const size = header.sizeBytes
       // The size the primary's snapshot has: the copy may have grown to the volume's size since.
       if (size !== undefined && (!Number.isSafeInteger(size) || (size as number) <= 0)) throw new GalleonError('INVALID_ARGUMENT', `repl:resync-snapshot has a bad sizeBytes: ${describe(size)}`)
-      await this.#core.host.applySnapshot(set.volumeId, String(header.id), String(header.name), size as number | undefined)
+      await this.#core.host.applySnapshot(set.volumeId, String(header.id), String(header.name), size as number | undefined, typeof header.token === 'string' ? header.token : undefined)
       return { kind: 'ok', header: {} }
     })
     on('repl:resync-end', async (set, header) => {
       if (!Number.isSafeInteger(header.seq) || (header.seq as number) < 0) throw new GalleonError('INVALID_ARGUMENT', 'resync-end needs the sequence number of the cut')
       await this.#core.host.engine.flush()
+      // The reverts the copy now holds are the primary's at the cut (one this copy made alone, as
+      // a primary whose stream never reached the others, was undone by the resync). Absent: a
+      // hand-over's copy, which followed the same stream, or a primary of an earlier version.
+      const reverts = header.revertTokens
+      if (Array.isArray(reverts)) await this.#core.host.keepRevertTokens(set.volumeId, reverts.filter((t): t is string => typeof t === 'string'))
       set.position = { epoch: header.epoch as number, seq: header.seq as number }
       set.durable = set.position
       set.nextFrom = set.position.seq + 1
@@ -296,11 +301,11 @@ export class ReplicaSide {
         await settle(before)
         if (change.type === 'snapshot') {
           await engine.flush()
-          await this.#core.host.applySnapshot(set.volumeId, change.id, change.name)
+          await this.#core.host.applySnapshot(set.volumeId, change.id, change.name, undefined, change.token)
         } else if (change.type === 'expand') {
           await this.#core.host.applyExpand(set.volumeId, change.sizeBytes)
         } else if (change.type === 'revert') {
-          await this.#core.host.applyRevert(set.volumeId, change.snapshotId)
+          await this.#core.host.applyRevert(set.volumeId, change.snapshotId, change.token)
         } else if (change.type === 'rekey') {
           // Before the changes after it: from here on the copy seals under its new key, as the primary does.
           await this.#core.host.applyKeyRotation(set.volumeId, change.generation)

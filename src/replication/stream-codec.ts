@@ -119,10 +119,11 @@ export function encodeChanges (changes: ReadonlyArray<{ seq: number, change: Rep
         break
       }
       case 'trim': list.push({ t: 't', o: change.offset, n: change.length }); break
-      case 'snapshot': list.push({ t: 's', id: change.id, name: change.name }); break
+      // `tk`, a call's token, is left out when there is none; nodes of earlier versions ignore it.
+      case 'snapshot': list.push({ t: 's', id: change.id, name: change.name, ...(change.token === undefined ? {} : { tk: change.token }) }); break
       case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
       case 'expand': list.push({ t: 'x', n: change.sizeBytes }); break
-      case 'revert': list.push({ t: 'r', id: change.snapshotId }); break
+      case 'revert': list.push({ t: 'r', id: change.snapshotId, ...(change.token === undefined ? {} : { tk: change.token }) }); break
       case 'rekey': list.push({ t: 'k', g: change.generation }); break
     }
   }
@@ -158,13 +159,13 @@ export function decodeChanges (list: unknown, payload: Uint8Array | undefined): 
     } else if (item.t === 't') {
       out.push({ type: 'trim', offset: item.o as number, length: item.n as number })
     } else if (item.t === 's') {
-      out.push({ type: 'snapshot', id: String(item.id), name: String(item.name) })
+      out.push({ type: 'snapshot', id: String(item.id), name: String(item.name), ...(typeof item.tk === 'string' ? { token: item.tk } : {}) })
     } else if (item.t === 'd') {
       out.push({ type: 'delete-snapshot', id: String(item.id) })
     } else if (item.t === 'x') {
       out.push({ type: 'expand', sizeBytes: count(item.n) })
     } else if (item.t === 'r') {
-      out.push({ type: 'revert', snapshotId: String(item.id) })
+      out.push({ type: 'revert', snapshotId: String(item.id), ...(typeof item.tk === 'string' ? { token: item.tk } : {}) })
     } else if (item.t === 'k') {
       out.push({ type: 'rekey', generation: count(item.g) })
     } else {

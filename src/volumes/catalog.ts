@@ -35,6 +35,13 @@ export interface VolumeRecord extends Volume {
   readonly creating?: true
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
+  /** With revertTo: the token of the forwarded restoreSnapshot call that began it (recovery moves it to revertTokens). */
+  readonly revertToken?: string
+  /**
+   * Replicated volumes: the tokens of the last forwarded restoreSnapshot calls that reverted the
+   * volume (oldest first), so that a repeat of one (its answer lost) does not revert it again.
+   */
+  readonly revertTokens?: readonly string[]
   /** The storage pool whose capacity the volume is provisioned against, if any. */
   readonly pool?: string
 }
@@ -49,6 +56,8 @@ export interface SnapshotRecord {
   readonly sizeBytes: number
   readonly createdAt: string
   readonly implicit: boolean
+  /** The token of the forwarded createSnapshot call that took it, if one did: a repeat of the call finds it. */
+  readonly token?: string
 }
 
 /**
@@ -308,7 +317,7 @@ export class Catalog {
   }
 
   /** Persists changed fields of a volume. */
-  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'replication' | 'qos' | 'storageClass' | 'replicas' | 'convertingFrom' | 'creating'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
+  async updateVolume (id: string, changes: Partial<Pick<VolumeRecord, 'state' | 'sizeBytes' | 'labels' | 'source' | 'revertTo' | 'revertToken' | 'revertTokens' | 'replication' | 'qos' | 'storageClass' | 'replicas' | 'convertingFrom' | 'creating'>>, options: { sync?: boolean } = {}): Promise<VolumeRecord> {
     return await this.#serial(id, async () => {
       const current = this.#volumes.get(id)
       if (current === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${id} no longer exists`)
