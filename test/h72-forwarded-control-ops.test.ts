@@ -107,7 +107,8 @@ describe('h72: a forwarded createSnapshot whose answer was lost', () => {
     const held = holdStream(network, 'n1')
     const call = observed(n3.g.createSnapshot('v', 's1'))
     await until('the primary took the snapshot and sent it to its copies', () => held() > 0, 20_000)
-    assert.deepEqual((await n1.g.listSnapshots('v')).map((s) => s.name), ['s1'])
+    // Sent in the stream before the primary's catalog records it: listed a moment later.
+    await until('the primary lists the snapshot', async () => (await n1.g.listSnapshots('v')).map((s) => s.name).join() === 's1', 20_000)
     await n1.g.close()
     network.drop(0)
     const answer = await call

@@ -18,6 +18,13 @@ import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
 import type { VolumeLifecycle } from './volumes.js'
 
+/**
+ * How many answers of forwarded control calls a primary keeps for their repeats (see
+ * ReplicationBridge.#servedOnce): a repeat comes within the caller's 30 s of failover, and each
+ * answer is a few hundred bytes.
+ */
+const SERVED_ANSWERS_KEPT = 256
+
 /** What replication uses of the instance, and the forwarding of I/O to a volume's primary. */
 export class ReplicationBridge {
   readonly #host: FacadeHost
@@ -78,7 +85,7 @@ export class ReplicationBridge {
     const call = callOf(request)
     const vol = callRef(volumeId, call)
     // A caller of an earlier version sends no token and does not send the call again: its failures stand.
-    const once = async <T>(step: string, run: () => Promise<T>): Promise<T> => call === undefined ? await run() : await servePrimaryStep(this.#host, volumeId, step, run)
+    const once = async <T>(step: string, run: () => Promise<T>): Promise<T> => call === undefined ? await run() : await this.#servedOnce(volumeId, step, call, async () => await servePrimaryStep(this.#host, volumeId, step, run))
     return await this.#host.context.exit(async () => {
       const source = (): ReadSource => request.readSnapshot === undefined ? volumeId : { volume: volumeId, snapshot: { id: request.readSnapshot } }
       const data = payload ?? new Uint8Array(0)
@@ -102,6 +109,31 @@ export class ReplicationBridge {
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
+  }
+
+  /**
+   * The answers of the forwarded control calls this node served as the volume's primary lately, by
+   * volume, call and token (the newest SERVED_ANSWERS_KEPT): see #servedOnce.
+   */
+  readonly #served = new Map<string, Promise<unknown>>()
+
+  /**
+   * Runs a forwarded control call whose token this node has not served yet; a repeat of one it
+   * served (or still serves) gets that attempt's answer, its failure too: a deletion refused BUSY
+   * (a clone still read the snapshot) whose answer was lost is not told it succeeded because the
+   * snapshot was deleted by another call before the repeat came, nor is a refused expansion told it
+   * succeeded because another call grew the volume. A failure that came of this node losing the
+   * role (NOT_LEADER, see servePrimaryStep) is not kept: the next primary answers the repeat.
+   */
+  async #servedOnce<T> (volumeId: string, step: string, call: ForwardedCall, run: () => Promise<T>): Promise<T> {
+    const key = `${volumeId}/${step}/${call.token}`
+    const earlier = this.#served.get(key)
+    if (earlier !== undefined) return await (earlier as Promise<T>)
+    const answer = run()
+    this.#served.set(key, answer)
+    answer.catch((err) => { if (errorCode(err) === 'NOT_LEADER' && this.#served.get(key) === answer) this.#served.delete(key) })
+    if (this.#served.size > SERVED_ANSWERS_KEPT) this.#served.delete(this.#served.keys().next().value as string)
+    return await answer
   }
 
   /**

@@ -443,7 +443,9 @@ export class VolumeLifecycle {
    */
   async forwardReleases (): Promise<void> {
     for (const { owner, snapshotId } of this.#forwardedReleases.splice(0)) {
-      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId, token: newCall().token }).catch(() => {})
+      // Without a token, as before: asked once. With one, a primary out of reach would be asked
+      // again for up to 30 s, which the deletion of the clone that released it would wait out.
+      await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId }).catch(() => {})
     }
   }
 
