@@ -86,22 +86,32 @@ async function checkMountPoint (config: DaemonConfig): Promise<void> {
 /**
  * Fails (BUSY, naming the setting) when an address the daemon is to listen on is taken, before
  * anything is created on disk: a daemon that cannot serve leaves no storage path (nor token) behind.
- * Listening briefly and closing is the check; a process that takes the address after it, while the
- * storage opens, still makes the start fail (with the storage path then created).
+ * Listening briefly and closing is the check; the addresses are held together until all are checked,
+ * so two of the daemon's own settings on one port (its NBD address that is its IPC address too) fail
+ * here as well (a ConfigError naming both), not once the storage is open. A process that takes an
+ * address after the check, while the storage opens, still makes the start fail (with the storage
+ * path then created).
  */
 async function checkAddressesFree (addresses: ReadonlyArray<{ address: string, what: string, setting: string, host: string, port: number }>): Promise<void> {
-  for (const { address, what, setting, host, port } of addresses) {
-    if (port === 0) continue // a free port is picked
-    const probe = createNetServer()
-    await new Promise<void>((resolve, reject) => {
-      probe.once('error', (err: NodeJS.ErrnoException) => {
-        reject(err.code === 'EADDRINUSE'
-          ? new GalleonError('BUSY', `the ${what} ${address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${setting}`, { cause: err })
-          : err)
+  const held: Array<{ probe: ReturnType<typeof createNetServer>, address: string, what: string, setting: string, port: number }> = []
+  try {
+    for (const { address, what, setting, host, port } of addresses) {
+      if (port === 0) continue // a free port is picked
+      const probe = createNetServer()
+      await new Promise<void>((resolve, reject) => {
+        probe.once('error', (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EADDRINUSE') { reject(err); return }
+          const own = held.find((other) => other.port === port)
+          reject(own !== undefined
+            ? new ConfigError(`the ${what} ${address} is on the port of the ${own.what} ${own.address} of this daemon, which listens on both; give ${setting} or ${own.setting} another port`)
+            : new GalleonError('BUSY', `the ${what} ${address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${setting}`, { cause: err }))
+        })
+        probe.listen({ host, port }, () => { resolve() })
       })
-      probe.listen({ host, port }, () => { resolve() })
-    })
-    await new Promise<void>((resolve) => { probe.close(() => resolve()) })
+      held.push({ probe, address, what, setting, port })
+    }
+  } finally {
+    await Promise.all(held.map(async ({ probe }) => { await new Promise<void>((resolve) => { probe.close(() => resolve()) }) }))
   }
 }
 
@@ -148,9 +158,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
   // Nothing is created on disk before this (the storage opens next): a busy port fails the start here.
   await checkAddressesFree([
-    { address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address', ...ipc },
-    ...(config.nbdAddress === undefined ? [] : [{ address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address', ...parseAddress(config.nbdAddress, 'nbd address') }]),
-    ...(cluster === undefined ? [] : [{ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address', ...parseAddress(config.bindAddress, 'bind address') }])
+    { address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc },
+    ...(config.nbdAddress === undefined ? [] : [{ address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address (nbd_address in [daemon])', ...parseAddress(config.nbdAddress, 'nbd address') }]),
+    ...(cluster === undefined ? [] : [{ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }])
   ])
   const g = await GalleonFS.open({
     storagePath: config.storagePath,
@@ -446,9 +456,22 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     await writeRuntimeToken(tokenFile, token)
     // Mounts made before a restart (or before a crash) come back.
     if (config.mountPoint !== undefined) {
+      const accepted = g.mounts.acceptedOptions
       for (const saved of await readSavedMounts(config.storagePath)) {
-        await g.mounts.mountVolume(saved.volumeId, saved.path, { options: saved.options }).then(
-          () => log('info', 'mounted again', { volumeId: saved.volumeId, path: saved.path }),
+        // A release before 2026-12-06 handed every option word to the mount driver, which ignored
+        // those it does not apply (such as noatime): such a mount comes back without them, as it
+        // was mounted then, rather than not at all (a mountVolume call now refuses them).
+        const dropped = accepted === undefined ? [] : saved.options.filter((word) => !accepted.includes(word))
+        const options = saved.options.filter((word) => !dropped.includes(word))
+        await g.mounts.mountVolume(saved.volumeId, saved.path, { options }).then(
+          async () => {
+            log('info', 'mounted again', { volumeId: saved.volumeId, path: saved.path })
+            if (dropped.length === 0) return
+            log('warn', 'mounted again without the mount options the mount driver does not apply (it ignored them before too); they are no longer saved', { volumeId: saved.volumeId, path: saved.path, dropped, driver: g.mounts.driver })
+            await updateSavedMounts((list) => list.map((m) => m.path === saved.path && m.volumeId === saved.volumeId ? { ...m, options } : m)).catch((err: Error) => {
+              log('warn', 'could not save the mounts again (the next start drops those options again)', { error: err.message })
+            })
+          },
           (err: Error) => log('warn', 'could not mount again', { volumeId: saved.volumeId, path: saved.path, error: err.message })
         )
       }

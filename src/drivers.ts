@@ -264,10 +264,11 @@ export interface MountedVolume {
 export interface MountDriver {
   readonly name: string
   /**
-   * The mount option words the driver applies (besides `ro`, `rw`, `sync` and `async`, which the
-   * mount manager handles). When given, `mountVolume` refuses any other word of the call with
-   * INVALID_ARGUMENT, naming it and these, before anything is mounted. A driver without it is
-   * handed every word (as before this field existed), and must refuse the ones it does not know.
+   * The mount option words the driver applies (besides `ro`, `rw`, `sync`, `async` and
+   * `encrypted`, which the mount manager handles and does not hand on). When given, `mountVolume`
+   * refuses any other word of the call with INVALID_ARGUMENT, naming it and these, before anything
+   * is mounted. A driver without it is handed every other word (as before this field existed), and
+   * must refuse the ones it does not know.
    */
   readonly options?: readonly string[]
   mount (volume: MountedVolume): Promise<void>

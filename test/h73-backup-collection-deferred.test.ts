@@ -7,12 +7,13 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { mkdtemp, rm, utimes } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { decodeManifest } from '../src/backup/format.js'
-import { assertWhole, withInstance, withLeaseChildren, writeVolume } from './support/lease-children.js'
+import { HOUR, assertWhole, withInstance, withLeaseChildren, writeVolume } from './support/lease-children.js'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 
 let root: string
@@ -35,6 +36,24 @@ async function chunksOn (path: string): Promise<{ stored: Set<string>, named: Se
   }
   await target.close()
   return { stored, named }
+}
+
+/**
+ * Puts a chunk no manifest names on the directory target at `path`, last touched two hours ago (left
+ * by an earlier deletion, say): one a collection deletes despite the default grace period of an
+ * hour (policies prune with it). Returns its id. (r31: a policy's pruned backup whose chunks the
+ * new backup reuses leaves nothing to collect, so a running backup defers nothing then.)
+ */
+async function plantOldChunk (path: string, seed: number): Promise<string> {
+  const data = new Uint8Array(4096).fill(seed)
+  const id = createHash('sha256').update(data).digest('hex')
+  const target = new DirectoryBackupTarget({ path })
+  await target.open()
+  await target.putChunk(id, data)
+  await target.close()
+  const old = new Date(Date.now() - 2 * HOUR)
+  await utimes(join(path, 'chunks', id.slice(0, 2), id), old, old)
+  return id
 }
 
 describe('h73: a deletion that leaves the collection for later says so', { timeout: 120_000 }, () => {
@@ -88,6 +107,7 @@ describe('h73: a deletion that leaves the collection for later says so', { timeo
         await g.createBackupPolicy({ name: 'keep-one', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['p'], target })
         const first = await g.runBackupPolicy('keep-one')
         assert.equal(first.collectionDeferred, false)
+        const orphan = await plantOldChunk(target, 7)
         const held = await writer!.sendStopped({ op: 'backup', target, seed: 5, hold: true })
         // The second backup of the day replaces the first, whose deletion finds the writer's backup running.
         const second = await g.runBackupPolicy('keep-one')
@@ -101,6 +121,7 @@ describe('h73: a deletion that leaves the collection for later says so', { timeo
         assert.deepEqual(third.pruned, [second.backups[0]?.id])
         assert.equal(third.collectionDeferred, false, 'chunks spared by the grace period are no deferral')
         assert.equal(third.deferredReasons, undefined)
+        assert.equal((await chunksOn(target)).stored.has(orphan), false, 'the chunk the second run left is collected by the third')
       })
     })
   })
@@ -119,6 +140,7 @@ describe('h73: a deletion that leaves the collection for later says so', { timeo
       const first = await cli(['backup', 'policy', 'run', 'keep-one'])
       assert.equal(first.code, 0, first.stderr)
       assert.doesNotMatch(first.stdout, /not all deleted/)
+      await plantOldChunk(target, 8)
       await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
         const held = await writer!.sendStopped({ op: 'backup', target, seed: 6, hold: true })
         const second = await cli(['backup', 'policy', 'run', 'keep-one'])

@@ -29,7 +29,7 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 /** Whether `path` exists, asked asynchronously (never a sync call near a mount this process serves). */
 const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
 
-const ACCEPTED = /the options accepted are ro, rw, sync, async, allow_other$/
+const ACCEPTED = /the options accepted are ro, rw, sync, async, encrypted, allow_other$/
 
 describe('h73: mount option words the driver does not apply are refused', { timeout: 120_000 }, () => {
   it('library, virtual driver: an unknown word is refused naming it and the accepted ones; the documented ones still mount', async () => {
@@ -73,7 +73,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
     const listing = await GalleonFS.open({ inMemory: true, mount: driver(['discard']) })
     try {
       await listing.createVolume({ name: 'v', sizeBytes: '1M' })
-      await assert.rejects(listing.mounts.mountVolume('v', '/h73/m', { options: ['allow_other'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "allow_other": the mine mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, discard$/ })
+      await assert.rejects(listing.mounts.mountVolume('v', '/h73/m', { options: ['allow_other'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "allow_other": the mine mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, discard$/ })
       assert.equal(seen.length, 0, 'the driver was not asked to mount')
       await listing.mounts.unmountVolume(await listing.mounts.mountVolume('v', '/h73/m', { options: ['discard', 'sync'] }))
       assert.deepEqual(seen, [['discard']])
@@ -95,7 +95,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
     const where = join(root, 'fuse-lib-mnt', 'v')
     try {
       await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'fast-local-ssd' })
-      await assert.rejects(g.mounts.mountVolume('v', where, { options: ['nosuid'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "nosuid": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, allow_other$/ })
+      await assert.rejects(g.mounts.mountVolume('v', where, { options: ['nosuid'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "nosuid": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other$/ })
       assert.deepEqual(g.mounts.listMounts(), [])
       assert.equal(await present(join(root, 'fuse-lib-mnt')), false, 'no mount point was created')
       const id = await g.mounts.mountVolume('v', where, { options: ['allow_other', 'sync'] })
@@ -119,7 +119,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
       assert.equal(created.code, 0, created.stderr)
       const refused = await cli(['volume', 'mount', 'app', '--options', 'rw,noatme'])
       assert.notEqual(refused.code, 0)
-      assert.match(refused.stderr, /unknown mount option "noatme": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, allow_other/)
+      assert.match(refused.stderr, /unknown mount option "noatme": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other/)
       assert.equal(await present(join(mountPoint, 'app')), false, 'no mount point was made')
       assert.deepEqual(JSON.parse((await cli(['--json', 'mount', 'list'])).stdout), [])
       const saved = await readFile(join(storage, 'daemon-mounts.json'), 'utf8').then((text) => JSON.parse(text) as unknown[], () => [])

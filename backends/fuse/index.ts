@@ -258,7 +258,7 @@ async function removeMadeDirectories (path: string, madeFrom: string | undefined
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
-  /** The option words applied besides ro, rw, sync and async (others are refused by mountVolume). */
+  /** The option words applied besides ro, rw, sync, async and encrypted (others are refused by mountVolume). */
   readonly options = Object.freeze(['allow_other'])
   readonly #Fuse: FuseClass
   readonly #mounts = new Map<string, MountState>()

@@ -19,7 +19,7 @@ import type { IoErrorEvent } from '../events.js'
 import { CHUNK_BYTES, CHUNK_WINDOW_BYTES, checkAborted, concat, isZero, report, runWorkers, toPieces, toRuns } from './chunking.js'
 import { backupChunkKeys, readChain, readManifest, readManifests, readVolumeManifests, toBackup, writeIndex, type KnownManifests } from './manifests.js'
 import { nextSequence } from './order.js'
-import { collectChunks } from './collection.js'
+import { anyCollectable, collectChunks } from './collection.js'
 import { TargetLease, removeAbandoned, waitForCollections, type LeasingTarget } from './leases.js'
 import { restoreBackup } from './restore.js'
 import type { Backup, BackupKeySource, BackupAdoption, BackupTargetRef, BackupVerification, CreateBackupOptions, DeleteBackupOptions, DeleteBackupResult, RestoreBackupOptions } from './types.js'
@@ -837,7 +837,8 @@ export class BackupManager {
         // Their chunks are unknown: collecting would destroy those backups for good.
         const why = `backup target ${target.location} holds ${unreadable.length} manifest(s) this version cannot read (${unreadable.slice(0, 3).join(', ')}): no chunk was deleted, so that their backups stay restorable; verify or remove them, and the next deletion collects`
         this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code: 'CORRUPTION', message: why })
-        collected = { deleted: 0, deferred: why }
+        // Deferred only if a chunk a collection would delete was left (not one the grace period spares).
+        collected = { deleted: 0, ...(await anyCollectable(target, referenced, graceMs) ? { deferred: why } : {}) }
       } else {
         collected = await collectChunks(target, referenced, new Set(manifests.map((m) => m.id)), graceMs, (code, message) => {
           this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'write', code, message })

@@ -62,8 +62,12 @@ export interface BackupPolicy {
   readonly nextRunAt: string | null
   /** Scheduled times that passed while the instance was not running (the most recent 100), oldest first. */
   readonly missedRuns: readonly string[]
-  /** Outcome of the last run. */
-  readonly lastResult: { readonly at: string, readonly backups: number, readonly pruned: number, readonly errors: readonly string[] } | null
+  /**
+   * Outcome of the last run; `collectionDeferred` and `deferredReasons` as in BackupPolicyRun (a
+   * scheduled run's pruning that left unused chunks for later says so here too; absent in results
+   * stored by releases before them).
+   */
+  readonly lastResult: { readonly at: string, readonly backups: number, readonly pruned: number, readonly errors: readonly string[], readonly collectionDeferred?: boolean, readonly deferredReasons?: readonly string[] } | null
 }
 
 /** Result of one run of a policy. */
@@ -334,7 +338,7 @@ export class BackupScheduler {
         lastRunAt: done ? scheduledAt : current.lastRunAt,
         nextRunAt: this.#next(current, now),
         missedRuns: done ? [] : current.missedRuns,
-        lastResult: { at: now.toISOString(), backups: backups.length, pruned: pruned.length, errors: errors.map((e) => `${e.volume}: ${e.message}`) }
+        lastResult: { at: now.toISOString(), backups: backups.length, pruned: pruned.length, errors: errors.map((e) => `${e.volume}: ${e.message}`), collectionDeferred: deferred.size > 0, ...(deferred.size === 0 ? {} : { deferredReasons: [...deferred] }) }
       }
       await this.#db.put(name, updated, SYNC)
       // Deleted (or changed) while the result was stored: the deletion removes it from disk too.

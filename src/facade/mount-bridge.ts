@@ -108,6 +108,7 @@ export class MountBridge {
       ...(snapshot === undefined ? {} : { snapshotId: snapshot.id, snapshotName: snapshot.name }),
       accessModes: record.accessModes,
       classOptions: this.#host.catalog.storageClass(record.storageClass)?.mountOptions ?? [],
+      encrypted: record.encrypted,
       size: () => snapshot?.sizeBytes ?? blocks().sizeBytes,
       // A snapshot never changes; a live volume whose reads go to another node (the primary of its
       // copies) changes unseen here.

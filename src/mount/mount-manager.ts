@@ -43,8 +43,10 @@ export interface MountOptions {
   readonly sync?: boolean
   /**
    * Mount option strings, added to the storage class's `mountOptions` (`ro`, `rw`, `sync`, `async`
-   * are understood here; the rest go to the driver). A word the driver does not apply (see
-   * MountDriver.options: `allow_other` for `fuse` and `virtual`) is refused (INVALID_ARGUMENT).
+   * and `encrypted` are understood here; the rest go to the driver). A word the driver does not
+   * apply (see MountDriver.options: `allow_other` for `fuse` and `virtual`) is refused
+   * (INVALID_ARGUMENT). `encrypted` (the seed's `--options rw,encrypted`) asks that the volume be
+   * encrypted at rest: a volume that is not is refused (INVALID_ARGUMENT), not mounted in clear.
    */
   readonly options?: readonly string[]
 }
@@ -58,6 +60,8 @@ export interface MountTarget {
   readonly snapshotName?: string
   readonly accessModes: readonly AccessMode[]
   readonly classOptions: readonly string[]
+  /** Whether the volume's blocks are encrypted at rest (checked against the option word `encrypted`; unknown when absent). */
+  readonly encrypted?: boolean
   readonly size: () => number
   /** See MountedVolume.data.version. */
   readonly version: () => number | undefined
@@ -128,8 +132,11 @@ interface MountState {
 }
 
 const KNOWN_OPTIONS = new Set(['readOnly', 'ro', 'rw', 'sync', 'options'])
-/** Option words the manager itself understands, whatever the driver. */
-const MANAGER_WORDS = ['ro', 'rw', 'sync', 'async']
+/**
+ * Option words the manager itself understands, whatever the driver (none goes to the driver):
+ * `encrypted` is the seed's (`--options rw,encrypted`), checked against the volume.
+ */
+const MANAGER_WORDS: readonly string[] = ['ro', 'rw', 'sync', 'async', 'encrypted']
 
 export class MountManager {
   readonly #driver: MountDriver
@@ -206,6 +213,16 @@ export class MountManager {
   get driver (): string { return this.#driver.name }
 
   /**
+   * The option words a mountVolume call may give with this driver (the manager's and those the
+   * driver lists in MountDriver.options); undefined when the driver lists none (every word is
+   * handed to it). Mounts saved by an earlier release may hold others (see the daemon's restart).
+   */
+  get acceptedOptions (): readonly string[] | undefined {
+    const applied = this.#driver.options
+    return applied === undefined ? undefined : [...MANAGER_WORDS, ...applied]
+  }
+
+  /**
    * Mounts a volume, or a snapshot (`{ volume, snapshot }`, read-only), at `path`. Resolves to the
    * mount's id. A second read-write mount of a ReadWriteOnce volume is refused with BUSY; a
    * read-write mount of a ReadOnlyMany volume or of a snapshot with READ_ONLY.
@@ -225,7 +242,7 @@ export class MountManager {
     if ((options.ro === true || options.readOnly === true) && (options.rw === true || options.readOnly === false)) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both')
     const own = options.options ?? []
     // Option strings a driver applies (allow_other, ...) are the administrator's to choose.
-    if (own.some((o) => !['ro', 'rw', 'sync', 'async'].includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
+    if (own.some((o) => !MANAGER_WORDS.includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
     // Checked on what the caller asks for, before anything is looked up (nothing leaks to a caller who may not).
     const asked = this.#host.isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
     const mountedBy = this.#host.caller()
@@ -249,7 +266,11 @@ export class MountManager {
       if (!readOnly && asked) await this.#host.requireWrite('mountVolume', ref)
       let sync = last(strings, 'sync', 'async') === 'sync'
       if (options.sync !== undefined) sync = options.sync
-      const driverOptions = [...new Set(strings.filter((o) => !['ro', 'rw', 'sync', 'async'].includes(o)))]
+      // Asked for an encrypted mount of a volume that is not: refused, not mounted in clear.
+      if (own.includes('encrypted') && target.encrypted === false) {
+        throw new GalleonError('INVALID_ARGUMENT', `volume ${target.volumeName} is not encrypted at rest (its storage class does not encrypt), so it was not mounted with the option "encrypted"; leave that option out to mount it as it is, or move the volume to an encrypted storage class first (migrateVolume(vol, { storageClass: 'encrypted-storage' }))`)
+      }
+      const driverOptions = [...new Set(strings.filter((o) => !MANAGER_WORDS.includes(o)))]
       const taken = this.#atPath(where)?.mount
       if (taken !== undefined) {
         // Named only to a caller who may see that volume.
@@ -491,9 +512,8 @@ export class MountManager {
    * serves every driver (see MountDriver.options).
    */
   #checkWords (words: readonly string[]): void {
-    const applied = this.#driver.options
-    if (applied === undefined) return
-    const accepted = [...MANAGER_WORDS, ...applied]
+    const accepted = this.acceptedOptions
+    if (accepted === undefined) return
     const unknown = words.filter((word) => !accepted.includes(word))
     if (unknown.length === 0) return
     throw new GalleonError('INVALID_ARGUMENT', `unknown mount option${unknown.length === 1 ? '' : 's'} ${unknown.map(quoted).join(', ')}: the ${this.#driver.name} mount driver would ignore ${unknown.length === 1 ? 'it' : 'them'}, so nothing was mounted; the options accepted are ${accepted.join(', ')}`)
