@@ -102,7 +102,14 @@ class Model {
   }
 }
 
-async function runChild (storagePath: string, backend: string, seqBase: number, seed: number, killDuringOpen: boolean, delayMs: number): Promise<{ lines: string[], killed: boolean, code: number | null, stderr: string }> {
+/**
+ * Where a child's kill timer starts: at 'opening' (a kill during open and recovery), at 'ready'
+ * (during the workload), or at its first snapshot taken ('snapshot': the workload always reached
+ * the operations this test is about, however slow a loaded machine makes the child).
+ */
+type KillFrom = 'opening' | 'ready' | 'snapshot'
+
+async function runChild (storagePath: string, backend: string, seqBase: number, seed: number, from: KillFrom, delayMs: number): Promise<{ lines: string[], killed: boolean, code: number | null, stderr: string }> {
   const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   const lines: string[] = []
   let killed = false
@@ -111,7 +118,7 @@ async function runChild (storagePath: string, backend: string, seqBase: number, 
   const deadline = setTimeout(kill, CHILD_DEADLINE_MS)
   const exit = await readChildLines(child, (line) => {
     lines.push(line)
-    if (timer === undefined && line === (killDuringOpen ? 'opening' : 'ready')) timer = setTimeout(kill, delayMs)
+    if (timer === undefined && (from === 'snapshot' ? line.startsWith('SH ') : line === from)) timer = setTimeout(kill, delayMs)
   })
   clearTimeout(deadline)
   if (timer !== undefined) clearTimeout(timer)
@@ -195,9 +202,10 @@ for (const backend of ['file', 'level'] as const) {
         let opsSeen = 0
         for (let trial = 0; trial < TRIALS; trial++) {
           const duringOpen = random() < 0.15
-          const delay = duringOpen ? Math.floor(random() * 150) : 30 + Math.floor(random() * 400)
-          const run = await runChild(storagePath, backend, (trial + 1) * SEQ_STRIDE, Math.floor(random() * 0x7fffffff), duringOpen, delay)
-          const context = `seed ${seed}, trial ${trial} (${duringOpen ? 'kill during open' : 'kill during work'} after ${delay} ms)`
+          const from: KillFrom = duringOpen ? 'opening' : random() < 0.6 ? 'snapshot' : 'ready'
+          const delay = duringOpen ? Math.floor(random() * 150) : from === 'snapshot' ? Math.floor(random() * 300) : 30 + Math.floor(random() * 400)
+          const run = await runChild(storagePath, backend, (trial + 1) * SEQ_STRIDE, Math.floor(random() * 0x7fffffff), from, delay)
+          const context = `seed ${seed}, trial ${trial} (kill ${delay} ms after ${from === 'opening' ? 'opening' : from === 'ready' ? 'ready' : 'its first snapshot'})`
           assert.ok(run.killed || run.code === 0, `${context}: child exited with ${run.code} before the kill: ${run.lines.slice(-3).join(' | ')} ${run.stderr.slice(0, 2000)}`)
           const protocol = model.absorb(run.lines)
           assert.equal(protocol, undefined, `${context}: ${protocol}`)
@@ -206,10 +214,13 @@ for (const backend of ['file', 'level'] as const) {
           const problems = await verify(storagePath, backend, model)
           assert.deepEqual(problems.slice(0, 20), [], `${context}: ${problems.length} problems`)
         }
-        // The workload really did what it is meant to exercise (a loaded machine does less per trial:
-        // about one snapshot per trial is typical, half of that still exercises every path).
-        assert.ok(snapshotsSeen >= TRIALS / 2, `only ${snapshotsSeen} snapshots taken in ${TRIALS} trials`)
-        assert.ok(opsSeen >= TRIALS, `only ${opsSeen} snapshot/clone/delete/revert operations in ${TRIALS} trials`)
+        // The workload really did what it is meant to exercise. A loaded machine does less per trial
+        // (a clean-clone CI run beside other tests saw 20 snapshots in 50 trials, all killed from
+        // 'ready'), so about half the trials start their kill timer at the first snapshot taken:
+        // these bounds hold however slow the machine, and still fail if the workload stops taking
+        // snapshots or doing the other operations.
+        assert.ok(snapshotsSeen >= TRIALS / 4, `only ${snapshotsSeen} snapshots taken in ${TRIALS} trials`)
+        assert.ok(opsSeen >= TRIALS / 2, `only ${opsSeen} snapshot/clone/delete/revert operations in ${TRIALS} trials`)
       } finally {
         await rm(storagePath, { recursive: true, force: true })
       }
