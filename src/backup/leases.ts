@@ -1,7 +1,7 @@
 // Leases on a backup target: one small record per backup, garbage collection or adoption running
 // on it (in any process, on any host), rewritten while it runs. A collection deletes no unnamed
 // chunk while a backup holds a live lease (its chunks are named by no manifest yet), and a backup
-// waits for the collections that started before it; see collection.ts and BackupManager.#create.
+// waits for the collections that started before it; see collection.ts and createBackup in create.ts.
 //
 // Liveness never rests on the wall clock alone: a clock stepped forward (NTP, a resumed VM) makes
 // every lease look old at once. A lease is live when its holder is this process (the process-wide

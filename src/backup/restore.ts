@@ -29,7 +29,7 @@ export interface RestoreTracker {
    * and deleted at a later open. Rejects only when the record cannot be changed.
    */
   readonly finished: (volume: Volume, safetySnapshot: string) => Promise<void>
-  /** Fences the volume (see HalfRestoredFence.fence in manager.ts); false when it is not fenced (replicated). */
+  /** Fences the volume (see HalfRestoredFence.fence in leftovers.ts); false when it is not fenced (replicated). */
   readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<boolean>
   readonly release: (volumeId: string) => void
 }
