@@ -105,7 +105,13 @@ async function storeBackup (ctx: BackupContext, volume: Volume, target: BackupTa
   // it is deleted: it stays while this backup lists the changes since it.
   const releaseBase = ctx.leftovers.holdBase(base?.snapshot.id)
   const id = randomUUID()
-  await ctx.leftovers.backupStarted(id, volume.id, `backup-${id}`)
+  try {
+    await ctx.leftovers.backupStarted(id, volume.id, `backup-${id}`)
+  } catch (err) {
+    // Released here too: else it stays held until close, and retryLeftSnapshots never deletes it.
+    releaseBase()
+    throw err
+  }
   let snapshot: Awaited<ReturnType<GalleonFS['createSnapshot']>>
   try {
     snapshot = await ctx.g.createSnapshot(volume.id, `backup-${id}`)

@@ -1,5 +1,6 @@
-// Deleting a backup (with the later backups built on it, when forced): its manifests go first,
-// then the snapshots no backup needs any more, then the index, then the chunks no manifest names.
+// Deleting a backup (with the later backups built on it, when forced): each manifest goes, newest
+// first, then the snapshot it was taken from (no backup needs it any more); then the index is
+// rewritten and the chunks no manifest names are collected.
 
 import { GalleonError, describe } from '../errors.js'
 import type { Manifest } from './format.js'

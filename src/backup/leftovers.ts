@@ -186,7 +186,11 @@ export class BackupLeftovers {
     await this.#pending?.put(id, { volumeId, snapshot, elsewhere: true }).catch(() => {})
   }
 
-  /** Forgets backup `id` (stored, or cleaned up after). Never rejects: an open finds its snapshot gone. */
+  /**
+   * Forgets backup `id` (stored, or failed with its snapshot deleted or never taken). Never
+   * rejects: a record left behind only makes the next open delete the backup's snapshot (gone
+   * already for a failed one; for a stored one, the next backup builds on an older base or is full).
+   */
   async backupOver (id: string): Promise<void> {
     await this.#pending?.del(id).catch(() => {})
   }

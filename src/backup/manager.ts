@@ -3,7 +3,8 @@
 // content-addressed chunks; restore.ts walks a backup's chain of bases back into a volume. Uses
 // only the public GalleonFS API, so it is also an example of building on the library.
 // BackupManager is the entry: it checks arguments, runs what close() cancels, and hands the work
-// to create.ts, verify.ts, delete.ts and restore.ts; leftovers.ts keeps what they leave behind.
+// to create.ts, verify.ts, delete.ts and restore.ts; leftovers.ts keeps what they leave behind,
+// targets.ts chooses the target (and its queue), context.ts holds what the parts share.
 
 import { GalleonError, describe } from '../errors.js'
 import type { GalleonFS, VolumeRef } from '../galleonfs.js'
