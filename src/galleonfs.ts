@@ -44,6 +44,7 @@ import { createPool, deletePool, poolPlacement, poolStatus, updatePool } from '.
 import { applyQoS, effectiveQoS, setVolumeQoS } from './facade/qos.js'
 import { checkSnapshotName, checkVolumeSize, volumeView } from './facade/records.js'
 import { isSnapshotObject, isSnapshotRef, readSource, recordById, type CloneSource, type ReadSource, type VolumeRef } from './facade/refs.js'
+import { callIn } from './facade/forwarded-calls.js'
 import { ReplicationBridge } from './facade/replication-bridge.js'
 import { Snapshots } from './facade/snapshots.js'
 import { createStorageClass, deleteStorageClass } from './facade/storage-classes.js'
@@ -345,7 +346,8 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
     const { object, label } = this.#gate.refObject(vol)
     return await this.#gate.guard('expandVolume', 'volume:write', object, label, async () => {
       const record = this.#catalog.resolve(vol)
-      if (record.replication !== undefined) return await this.#volumes.expandReplicated(record, sizeBytes)
+      // (A call forwarded by another node carries that call: see ReplicationBridge.serveForwarded.)
+      if (record.replication !== undefined) return await this.#volumes.expandReplicated(record, sizeBytes, callIn(vol))
       return await this.#liveMigrations.adminAfterMigration(record.id, async () => await this.#volumes.expand(this.#catalog.resolve(vol), sizeBytes))
     }, { sizeBytes })
   }

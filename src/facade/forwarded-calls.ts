@@ -2,7 +2,9 @@
 // deleteSnapshot, deleteVolume, restoreSnapshot, expandVolume, rotateVolumeKey) go to the primary
 // with a token: when the answer is lost (the primary closed or lost the role, the connection
 // dropped), the call is sent again, to the same primary or the next, which knows it by its token
-// and answers with what the first attempt did, so the call happens once.
+// and answers with what the first attempt did, so the call happens once. Such a call made on the
+// primary itself has a token too, and goes on the same way at the next primary when this node
+// loses the role under it (see hereOrNext).
 
 import { randomUUID } from 'node:crypto'
 import { GalleonError, errorCode } from '../errors.js'
@@ -19,8 +21,17 @@ export interface ForwardedCall {
   readonly repeat: boolean
 }
 
-/** Tokens of the last calls a record keeps (see VolumeRecord.revertTokens). */
+/** Tokens of the last calls of each kind a record keeps (see keptTokens, VolumeRecord.revertTokens). */
 export const CALL_TOKENS_KEPT = 32
+
+/**
+ * Starts the token of a call made on the primary itself. Such a call needs its token only if the
+ * role moves under it (it then goes on at the next primary); records keep these tokens apart from
+ * forwarded calls' (see keptTokens), so that the primary's own callers (a script reverting or
+ * rotating in a loop, each call waited for) never push out the token of a forwarded call whose
+ * node may still send it again.
+ */
+export const PRIMARY_TOKEN_PREFIX = 'primary:'
 
 /** Where a served call rides on the volume reference it passes through the public API (a caller cannot name it). */
 const CALL = Symbol('forwarded call')
@@ -28,6 +39,11 @@ const CALL = Symbol('forwarded call')
 /** A call made on this node: a new token. */
 export function newCall (): ForwardedCall {
   return { token: randomUUID(), repeat: false }
+}
+
+/** A call made on a replicated volume's primary (this node): a new token of that kind (see PRIMARY_TOKEN_PREFIX). */
+export function primaryCall (): ForwardedCall {
+  return { token: `${PRIMARY_TOKEN_PREFIX}${randomUUID()}`, repeat: false }
 }
 
 /** The call a forwarded request is an attempt of (undefined: a caller of an earlier version, which sent no token). */
@@ -49,18 +65,49 @@ export function callIn (vol: VolumeRef): ForwardedCall | undefined {
   return typeof vol === 'object' && vol !== null ? (vol as { [CALL]?: ForwardedCall })[CALL] : undefined
 }
 
-/** `tokens` with `token` added last, the newest CALL_TOKENS_KEPT kept. */
+/** `tokens` with `token` added last, the newest CALL_TOKENS_KEPT of each kind kept (see keptTokens). */
 export function withToken (tokens: readonly string[] | undefined, token: string): string[] {
-  return [...(tokens ?? []).filter((t) => t !== token), token].slice(-CALL_TOKENS_KEPT)
+  return keptTokens([...(tokens ?? []).filter((t) => t !== token), token])
 }
 
 /**
- * The error of a forwarded call whose earlier attempt may have taken effect (see outcomeUnknown),
- * saying first what is known of it (`known`, e.g. where to look); any other error as it is.
+ * The tokens of `tokens` (oldest first) a record keeps: the newest CALL_TOKENS_KEPT of calls made
+ * on the primary itself and the newest CALL_TOKENS_KEPT of forwarded calls, in their order.
  */
-export function lostAnswer (err: unknown, known: string): unknown {
-  if (outcomeUnknown(err) === undefined) return err
+export function keptTokens (tokens: readonly string[]): string[] {
+  const primary = tokens.filter((t) => t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-CALL_TOKENS_KEPT)
+  const forwarded = tokens.filter((t) => !t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-CALL_TOKENS_KEPT)
+  const kept = new Set([...primary, ...forwarded])
+  return tokens.filter((t) => kept.has(t))
+}
+
+/**
+ * The error of a forwarded call whose earlier attempt may have taken effect (see outcomeUnknown;
+ * or `call` is a repeat, and no primary could be reached to answer it), saying first what is known
+ * of it (`known`, e.g. where to look); any other error as it is.
+ */
+export function lostAnswer (err: unknown, known: string, call?: ForwardedCall): unknown {
+  if (outcomeUnknown(err) === undefined && !(call?.repeat === true && errorCode(err) === 'BACKEND_UNAVAILABLE')) return err
   return new GalleonError(errorCode(err), `${known}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+}
+
+/**
+ * Runs a control call made on a replicated volume's primary (this node) here (`here`), as one
+ * call: when it fails because this node lost the role under it (its lease lapsed, the role was
+ * handed over or moved; see roleMoved), the call goes on at the next primary (`next`) as a repeat
+ * of the same call (`local`'s token, which the change carried to the copies if it was made here),
+ * and the caller gets that answer: what happened, once. A failure of its own while this node still
+ * leads (BUSY, SNAPSHOT_EXISTS, VOLUME_NOT_FOUND...) is the answer, and so is any failure once this
+ * instance is closing (its close ends the call). `local` undefined (not a call made here on a
+ * replicated volume's primary): `here` alone.
+ */
+export async function hereOrNext<T> (host: FacadeHost, volumeId: string, local: ForwardedCall | undefined, here: () => Promise<T>, next: (repeat: ForwardedCall) => Promise<T>): Promise<T> {
+  try {
+    return await here()
+  } catch (err) {
+    if (local === undefined || host.closed || !roleMoved(host, volumeId, err)) throw err
+    return await next({ token: local.token, repeat: true })
+  }
 }
 
 /**

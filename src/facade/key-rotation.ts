@@ -1,7 +1,6 @@
 // Key rotation of the facade: a volume's data key (its blocks re-encrypted in the background) and
 // the key-encryption key that wraps every data key.
 
-import { randomUUID } from 'node:crypto'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { KeyProvider } from '../drivers.js'
 import type { VolumeEncryption } from '../crypto/key-manager.js'
@@ -13,7 +12,7 @@ import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { toVolume } from './records.js'
-import { roleMoved } from './forwarded-calls.js'
+import { hereOrNext, keptTokens, newCall, primaryCall } from './forwarded-calls.js'
 import type { VolumeRef } from './refs.js'
 
 /** Thrown by a re-seal's progress when a newer rotation began: the re-seal starts over. */
@@ -86,27 +85,22 @@ export class KeyRotations {
   async #rotateReplicated (record: VolumeRecord, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to rotate the volume's key`)
-    // A call made here on the primary has a token of its own kind (see rotationTokens): the
-    // primary's own callers, who may rotate in a loop, never push a forwarded call's token out.
-    const local = !replication.forwards(record.id)
-    const token = local ? `${PRIMARY_TOKEN_PREFIX}${randomUUID()}` : randomUUID()
-    if (local) {
-      try {
-        return await this.rotateOnPrimary(record.id, options, token)
-      } catch (err) {
-        // This node stopped being the primary under the rotation (its lease ended, the role moved;
-        // not its own close, which ends the call): the next primary answers, and the token keeps a
-        // rotation this node counted from counting again there.
-        if (this.#host.closed || !roleMoved(this.#host, record.id, err)) throw err
+    const forwarded = async (token: string): Promise<VolumeEncryption> => {
+      let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token })).header.encryption as VolumeEncryption
+      while (options?.wait === true) {
+        const reply = (await this.#host.forward(record, { op: 'awaitKeyRotation' })).header
+        state = reply.encryption as VolumeEncryption
+        if (reply.done === true) break
       }
+      return state
     }
-    let state = (await this.#host.forward(record, { op: 'rotateVolumeKey', token })).header.encryption as VolumeEncryption
-    while (options?.wait === true) {
-      const reply = (await this.#host.forward(record, { op: 'awaitKeyRotation' })).header
-      state = reply.encryption as VolumeEncryption
-      if (reply.done === true) break
-    }
-    return state
+    if (replication.forwards(record.id)) return await forwarded(newCall().token)
+    // A call made here on the primary has a token of its own kind (see PRIMARY_TOKEN_PREFIX). When
+    // this node stops being the primary under the rotation (its lease ended, the role moved; not
+    // its own close, which ends the call), the next primary answers, and the token keeps a rotation
+    // this node counted from counting again there.
+    const local = primaryCall()
+    return await hereOrNext(this.#host, record.id, local, async () => await this.rotateOnPrimary(record.id, options, local.token), async (repeat) => await forwarded(repeat.token))
   }
 
   /**
@@ -328,34 +322,18 @@ export class KeyRotations {
 }
 
 /**
- * Tokens of the last rotations a volume's record keeps, of each kind (forwarded calls', and calls
- * made on the primary itself): a repeat of any of them (its answer lost, the call sent again, also
- * after other rotations and a change of primary) does not rotate again.
- */
-const ROTATION_TOKENS_KEPT = 32
-
-/**
- * Starts the token of a call made on the primary itself. Such a call needs its token only if the
- * role moves under it (it then goes on to the next primary); kept apart from forwarded calls'
- * tokens, so that the primary's own callers (a script rotating in a loop, each call waited for)
- * never push out the token of a forwarded call whose node may still send it again.
- */
-const PRIMARY_TOKEN_PREFIX = 'primary:'
-
-/**
  * The tokens a record keeps once the rotation of `token` is counted: those it had, including the
  * one a node of an earlier version wrote to keyRotationToken (it knows no list: its token may be in
- * neither, or newer than the list), the newest ROTATION_TOKENS_KEPT of each kind, oldest first.
+ * neither, or newer than the list), the newest of each kind (see keptTokens), oldest first. A
+ * repeat of any of them (its answer lost, the call sent again, also after other rotations and a
+ * change of primary) does not rotate again.
  */
 function rotationTokens (spec: VolumeSpec, token: string | undefined): string[] {
   const tokens = Array.isArray(spec.keyRotationTokens) ? spec.keyRotationTokens.filter((t): t is string => typeof t === 'string') : []
   for (const added of [spec.keyRotationToken, token]) {
     if (typeof added === 'string' && !tokens.includes(added)) tokens.push(added)
   }
-  const primary = tokens.filter((t) => t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-ROTATION_TOKENS_KEPT)
-  const forwarded = tokens.filter((t) => !t.startsWith(PRIMARY_TOKEN_PREFIX)).slice(-ROTATION_TOKENS_KEPT)
-  const kept = new Set([...primary, ...forwarded])
-  return tokens.filter((t) => kept.has(t))
+  return keptTokens(tokens)
 }
 
 /** Whether the rotation of the forwarded call `token` was counted already (see VolumeSpec.keyRotationTokens). */

@@ -12,7 +12,7 @@ import { namespaceOf, type VolumeRecord } from '../volumes/catalog.js'
 import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
-import { CALL_TOKENS_KEPT, callOf, callRef, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { callOf, callRef, keptTokens, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
 import { toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
@@ -143,7 +143,7 @@ export class ReplicationBridge {
   async #expand (volumeId: string, sizeBytes: number, call: ForwardedCall | undefined): Promise<Volume> {
     const record = this.#host.recordById(volumeId)
     if (call?.repeat === true && record !== undefined && record.state !== VolumeState.Deleting && record.sizeBytes >= sizeBytes) return this.#host.volumeView(record)
-    return await this.#calls.expandVolume(volumeId, sizeBytes)
+    return await this.#calls.expandVolume(callRef(volumeId, call), sizeBytes)
   }
 
   /** What replication uses of this instance. */
@@ -259,7 +259,7 @@ export class ReplicationBridge {
       keepRevertTokens: async (id, tokens) => {
         const record = this.#host.recordById(id)
         if (record === undefined || record.state === VolumeState.Deleting || (record.revertTokens ?? []).join() === tokens.join()) return
-        await this.#host.catalog.updateVolume(id, { revertTokens: tokens.slice(-CALL_TOKENS_KEPT) })
+        await this.#host.catalog.updateVolume(id, { revertTokens: keptTokens(tokens) })
       },
       exclusive: async (task) => await this.#host.admin(task),
       serveForwarded: async (id, request, payload) => await this.serveForwarded(id, request, payload),

@@ -11,7 +11,7 @@ import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import { checkLabels, names, toVolume, viewOf } from './records.js'
 import { readSource, type CloneSource, type VolumeRef } from './refs.js'
-import { callIn, lostAnswer, newCall, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { callIn, hereOrNext, lostAnswer, newCall, primaryCall, withToken, type ForwardedCall } from './forwarded-calls.js'
 import { outcomeUnknown } from '../replication/common.js'
 
 /** Where a snapshot call's change took its place in a replicated volume's stream: the primary that recorded it, and its number there. */
@@ -84,12 +84,35 @@ export class Snapshots {
     return { token: sent.token, ...(sent.repeat ? { repeat: true as const } : {}) }
   }
 
+  /**
+   * The call a snapshot call made here on a replicated volume's primary is (undefined for a call
+   * served for another node, `call`, or on a volume that is not replicated): its token goes with
+   * the change to the copies, and with the call to the next primary when this node loses the role
+   * under it (see hereOrNext).
+   */
+  #primaryCall (record: VolumeRecord, call: ForwardedCall | undefined): ForwardedCall | undefined {
+    return call === undefined && record.replication !== undefined && this.#host.replication !== undefined ? primaryCall() : undefined
+  }
+
   /** The work of GalleonFS.createSnapshot, once the caller is checked. */
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
     const target = this.#host.catalog.resolve(vol)
     // Served for another node: the call's token is kept with the snapshot, and a repeat finds it.
     const call = callIn(vol)
     if (this.#host.replication?.forwards(target.id) === true) return await this.#forwardCreate(target, name, call)
+    const local = this.#primaryCall(target, call)
+    const taken = await hereOrNext(this.#host, target.id, local, async () => await this.#createHere(vol, target, name, call ?? local), async (repeat) => await this.#forwardCreate(target, name, repeat))
+    // Nothing was done here: the new primary takes it (outside the admin queue, which the
+    // snapshot's arrival in this copy's stream may need).
+    return taken ?? await this.#forwardCreate(target, name, call)
+  }
+
+  /**
+   * createSnapshot on this node, the volume's primary (`call`: the one served, or made here, whose
+   * token goes with the snapshot); undefined when nothing was done because the role moved while
+   * the call waited for its turn.
+   */
+  async #createHere (vol: VolumeRef, target: VolumeRecord, name: string, call: ForwardedCall | undefined): Promise<Snapshot | undefined> {
     const change: RecordedChange = {}
     let repeated = false
     const taken = await this.#host.adminAfterMigration(target.id, async () => {
@@ -113,13 +136,8 @@ export class Snapshots {
       this.#host.emit('snapshot:created', snapshot)
       return snapshot
     })
-    if (taken !== undefined) {
-      await this.#confirmed(target, `snapshot ${JSON.stringify(name)} of volume ${target.name} was taken${repeated ? ' (by an earlier attempt of the call)' : ''}`, change)
-      return taken
-    }
-    // Nothing was done here: the new primary takes it (outside the admin queue, which the
-    // snapshot's arrival in this copy's stream may need).
-    return await this.#forwardCreate(target, name, call)
+    if (taken !== undefined) await this.#confirmed(target, `snapshot ${JSON.stringify(name)} of volume ${target.name} was taken${repeated ? ' (by an earlier attempt of the call)' : ''}`, change)
+    return taken
   }
 
   /** createSnapshot on the volume's primary, as one call (see forwarded-calls.ts). */
@@ -127,7 +145,7 @@ export class Snapshots {
     try {
       return (await this.#host.forward(target, { op: 'createSnapshot', snapshotName: name, ...this.#callFields(call) })).header.snapshot as Snapshot
     } catch (err) {
-      throw lostAnswer(err, `snapshot ${JSON.stringify(name)} of volume ${target.name} may or may not have been taken: listSnapshots(${JSON.stringify(target.name)}) shows whether it exists once the volume has a primary again`)
+      throw lostAnswer(err, `snapshot ${JSON.stringify(name)} of volume ${target.name} may or may not have been taken: listSnapshots(${JSON.stringify(target.name)}) shows whether it exists once the volume has a primary again`, call)
     }
   }
 
@@ -161,22 +179,24 @@ export class Snapshots {
       if (mounted().length > 0 && options?.force !== true) throw new GalleonError('BUSY', `snapshot ${target.name} was mounted meanwhile (${mounted().join(', ')}); unmount it, or pass { force: true }`)
       refuseReaders()
       await mountControl(this.#host.mounts).release(target.volumeId, target.id)
-      const change: RecordedChange = {}
-      let deleted: boolean
-      try {
-        deleted = await this.#deleteSnapshotNow(vol, snapshot, options, change)
-      } catch (err) {
-        // Deleted meanwhile by the earlier attempt of this call (still running when it was sent again).
-        if (await this.#deletedBefore(owner, call, err)) return
-        throw err
+      const here = async (): Promise<boolean> => {
+        const change: RecordedChange = {}
+        let deleted: boolean
+        try {
+          deleted = await this.#deleteSnapshotNow(vol, snapshot, options, change)
+        } catch (err) {
+          // Deleted meanwhile by the earlier attempt of this call (still running when it was sent again).
+          if (await this.#deletedBefore(owner, call, err)) return true
+          throw err
+        }
+        if (deleted) await this.#confirmed(owner, `snapshot ${target.name} of volume ${owner.name} was deleted`, change)
+        return deleted
       }
-      if (!deleted) {
-        // The primary role moved while the call waited for its turn: the new primary deletes it
-        // (and this copy follows through its stream).
-        await this.#forwardDelete(owner, target.id, options, call)
-      } else {
-        await this.#confirmed(owner, `snapshot ${target.name} of volume ${owner.name} was deleted`, change)
-      }
+      // By id at the next primary: a snapshot deleted here may be gone from this copy already.
+      const deleted = await hereOrNext(this.#host, owner.id, this.#primaryCall(owner, call), here, async (repeat) => { await this.#forwardDelete(owner, target.id, options, repeat); return true })
+      // The primary role moved while the call waited for its turn: the new primary deletes it
+      // (and this copy follows through its stream).
+      if (!deleted) await this.#forwardDelete(owner, target.id, options, call)
     } finally {
       this.#host.goingAway.delete(target.id)
     }
@@ -187,9 +207,10 @@ export class Snapshots {
     try {
       await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot, force: options?.force === true, ...this.#callFields(call) })
     } catch (err) {
-      // A primary of an earlier version knows no repeat: its "not found" is that attempt's deletion.
-      if (outcomeUnknown(err) !== undefined && errorCode(err) === 'SNAPSHOT_NOT_FOUND') return
-      throw lostAnswer(err, `snapshot ${snapshot} of volume ${owner.name} may or may not have been deleted: listSnapshots(${JSON.stringify(owner.name)}) shows whether it is still there once the volume has a primary again`)
+      // A primary of an earlier version knows no repeat: its "not found" is that attempt's deletion
+      // (snapshot ids are never used again).
+      if ((outcomeUnknown(err) !== undefined || call?.repeat === true) && errorCode(err) === 'SNAPSHOT_NOT_FOUND') return
+      throw lostAnswer(err, `snapshot ${snapshot} of volume ${owner.name} may or may not have been deleted: listSnapshots(${JSON.stringify(owner.name)}) shows whether it is still there once the volume has a primary again`, call)
     }
   }
 
@@ -259,10 +280,21 @@ export class Snapshots {
       // Before the checks: writes in flight now are no reason to refuse what was done already.
       if (call !== undefined && target.revertTokens?.includes(call.token) === true) return await this.#revertedBefore(target)
     }
-    this.#host.catalog.resolveSnapshot(target, snapshot)
+    const chosen = this.#host.catalog.resolveSnapshot(target, snapshot)
     // Writes in flight when the call is made are refused now, however quickly they complete
     // while the call waits for its turn; those that start meanwhile are checked again below.
     this.#refuseRevertWhileWriting(target, this.#host.engine.volume(target.storageId))
+    const local = this.#primaryCall(target, call)
+    // By id at the next primary, as a forwarded call names it.
+    return await hereOrNext(this.#host, target.id, local, async () => await this.#restoreHere(vol, target, snapshot, call, call ?? local), async (repeat) => await this.#forwardRestore(target, chosen.id, repeat))
+  }
+
+  /**
+   * restoreSnapshot on this node, the volume's primary, once the first checks passed. `call`: the
+   * forwarded call served (a repeat finds what its earlier attempt did); `sent`: the call whose
+   * token goes with the revert, into the stream and the records (`call`, or one made here).
+   */
+  async #restoreHere (vol: VolumeRef, target: VolumeRecord, snapshot: string | Pick<Snapshot, 'id'>, call: ForwardedCall | undefined, sent: ForwardedCall | undefined): Promise<Volume> {
     const change: RecordedChange = {}
     const restored = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
@@ -282,7 +314,7 @@ export class Snapshots {
       let reverted: number
       let updated!: VolumeRecord
       try {
-        await this.#host.catalog.updateVolume(record.id, { revertTo: found.id, revertToken: call?.token })
+        await this.#host.catalog.updateVolume(record.id, { revertTo: found.id, revertToken: sent?.token })
         if (record.replication !== undefined && volume.replicator === undefined) {
           // Deposed while the intent was being recorded: nothing is reverted on this copy alone
           // (the new primary's would not be, and the next resync would undo it here).
@@ -294,9 +326,9 @@ export class Snapshots {
           // meanwhile as if the revert had failed; done after acknowledged writes, a crash between
           // would make the next open revert again over them.
           // The call's token goes with the revert into the stream, and into the record with its end.
-          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed, ...(call === undefined ? {} : { token: call.token }) })) }, async () => {
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed, ...(sent === undefined ? {} : { token: sent.token }) })) }, async () => {
             this.#host.revertFailures.delete(record.id)
-            const tokens = call === undefined ? {} : { revertTokens: withToken(this.#host.recordById(record.id)?.revertTokens, call.token) }
+            const tokens = sent === undefined ? {} : { revertTokens: withToken(this.#host.recordById(record.id)?.revertTokens, sent.token) }
             updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined, ...tokens })
           })
         } catch (err) {
@@ -329,7 +361,7 @@ export class Snapshots {
     try {
       return (await this.#host.forward(target, { op: 'restoreSnapshot', snapshot, ...this.#callFields(call) })).header.volume as Volume
     } catch (err) {
-      throw lostAnswer(err, `volume ${target.name} may or may not have been reverted to snapshot ${snapshot} (calling restoreSnapshot again reverts it, again if it was: writes made since are lost)`)
+      throw lostAnswer(err, `volume ${target.name} may or may not have been reverted to snapshot ${snapshot} (calling restoreSnapshot again reverts it, again if it was: writes made since are lost)`, call)
     }
   }
 
@@ -402,7 +434,7 @@ export class Snapshots {
   /** Takes a snapshot and records it; undoes the engine side if recording fails. */
   /** `sizeBytes`: the size to record when it is not the volume's now (a copy rebuilding a primary's older snapshot). */
   /** `change`: set to the snapshot's place in a replicated volume's change stream. */
-  /** `token`: the forwarded call's that took it (kept with it, here and on every copy; see ForwardedRequest.token). */
+  /** `token`: the call's that took it (forwarded, or made on the primary; kept with it, here and on every copy; see ForwardedRequest.token). */
   async takeSnapshot (record: VolumeRecord, name: string, implicit: boolean, id: string = randomUUID(), sizeBytes?: number, change?: RecordedChange, token?: string): Promise<SnapshotRecord> {
     const volume = this.#host.ioVolume(record)
     // Writes a mount acknowledged but has not stored yet belong in the snapshot (like freezing a file system first).

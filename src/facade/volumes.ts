@@ -14,7 +14,7 @@ import { DEFAULT_STORAGE_CLASS, assertClassSupported, classPlacement, classRepli
 import type { FacadeHost } from './host.js'
 import { checkLabels, names, specOf, toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
-import { callIn, lostAnswer, newCall, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { callIn, hereOrNext, lostAnswer, newCall, primaryCall, withToken, type ForwardedCall } from './forwarded-calls.js'
 import { outcomeUnknown } from '../replication/common.js'
 
 const VOLUME_TYPES = new Set<string>(Object.values(VolumeType))
@@ -485,21 +485,34 @@ export class VolumeLifecycle {
   /**
    * Expands a replicated volume: on its primary (other nodes forward the call), the cluster's
    * record first, so that copies created or resynced from then on get the new size, then the
-   * primary's copy; the other copies grow when the change reaches them in the stream.
+   * primary's copy; the other copies grow when the change reaches them in the stream. `call`: the
+   * forwarded call this node serves, if it is one (see callIn).
    */
-  async expandReplicated (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+  async expandReplicated (record: VolumeRecord, sizeBytes: number, call?: ForwardedCall): Promise<Volume> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now; join it to expand the volume`)
-    if (replication.forwards(record.id)) {
-      try {
-        return (await this.#host.forward(record, { op: 'expandVolume', sizeBytes, token: newCall().token })).header.volume as Volume
-      } catch (err) {
-        throw lostAnswer(err, `volume ${record.name} may or may not have been expanded to ${sizeBytes} bytes: getVolume(${JSON.stringify(record.name)}) shows its size once the volume has a primary again (expanding to the same size again is harmless)`)
-      }
-    }
+    if (replication.forwards(record.id)) return await this.#forwardExpand(record, sizeBytes, call ?? newCall())
     // Not while this copy converts (see ClusterMigrations.convergeCopy: it copies a fixed size): refused at once
     // rather than waiting, which a call forwarded here could not do for long.
     if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#host.cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
+    // A call made here goes on at the next primary when this node loses the role under it (see
+    // hereOrNext), whose answer to the repeat is the volume at least that large; a call served for
+    // another node (`call`) answers NOT_LEADER then, and that node sends it again.
+    return await hereOrNext(this.#host, record.id, call === undefined ? primaryCall() : undefined, async () => await this.#expandHere(record, sizeBytes), async (repeat) => await this.#forwardExpand(record, sizeBytes, repeat))
+  }
+
+  /** expandVolume on the replicated volume's primary, as one call (see forwarded-calls.ts). */
+  async #forwardExpand (record: VolumeRecord, sizeBytes: number, call: ForwardedCall): Promise<Volume> {
+    try {
+      return (await this.#host.forward(record, { op: 'expandVolume', sizeBytes, token: call.token, ...(call.repeat ? { repeat: true } : {}) })).header.volume as Volume
+    } catch (err) {
+      throw lostAnswer(err, `volume ${record.name} may or may not have been expanded to ${sizeBytes} bytes: getVolume(${JSON.stringify(record.name)}) shows its size once the volume has a primary again (expanding to the same size again is harmless)`, call)
+    }
+  }
+
+  /** A replicated volume's expansion on this node, its primary (see expandReplicated). */
+  async #expandHere (record: VolumeRecord, sizeBytes: number): Promise<Volume> {
+    const replication = this.#host.replication as ReplicationManager
     return await this.#host.admin(async () => {
       if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on its primary (${this.#host.cluster?.nodeId ?? ''}) is converting to another storage class; expand it once that is done`)
       const current = this.#host.catalog.resolve(record.id)

@@ -35,11 +35,13 @@ export interface VolumeRecord extends Volume {
   readonly creating?: true
   /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
   readonly revertTo?: string
-  /** With revertTo: the token of the forwarded restoreSnapshot call that began it (recovery moves it to revertTokens). */
+  /** With revertTo: the token of the restoreSnapshot call that began it (recovery moves it to revertTokens). */
   readonly revertToken?: string
   /**
-   * Replicated volumes: the tokens of the last forwarded restoreSnapshot calls that reverted the
-   * volume (oldest first), so that a repeat of one (its answer lost) does not revert it again.
+   * Replicated volumes: the tokens of the last restoreSnapshot calls that reverted the volume
+   * (oldest first; forwarded calls', and those of calls made on the primary, kept apart: see
+   * keptTokens in facade/forwarded-calls.ts), so that a repeat of one (its answer lost, or its
+   * primary lost the role under it) does not revert it again.
    */
   readonly revertTokens?: readonly string[]
   /** The storage pool whose capacity the volume is provisioned against, if any. */
