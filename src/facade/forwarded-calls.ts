@@ -97,18 +97,27 @@ export function lostAnswer (err: unknown, known: string, call?: ForwardedCall): 
  * handed over or moved; see roleMoved), the call goes on at the next primary (`next`) as a repeat
  * of the same call (`local`'s token, which the change carried to the copies if it was made here),
  * and the caller gets that answer: what happened, once. A failure of its own while this node still
- * leads (BUSY, SNAPSHOT_EXISTS, VOLUME_NOT_FOUND...) is the answer, and so is any failure once this
- * instance is closing (its close ends the call). `local` undefined (not a call made here on a
+ * leads (BUSY, SNAPSHOT_EXISTS, VOLUME_NOT_FOUND...) is the answer, and so is a refusal (see
+ * REFUSALS) met after the role moved, and any failure once this instance is closing (its close
+ * ends the call). `local` undefined (not a call made here on a
  * replicated volume's primary): `here` alone.
  */
 export async function hereOrNext<T> (host: FacadeHost, volumeId: string, local: ForwardedCall | undefined, here: () => Promise<T>, next: (repeat: ForwardedCall) => Promise<T>): Promise<T> {
   try {
     return await here()
   } catch (err) {
-    if (local === undefined || host.closed || !roleMoved(host, volumeId, err)) throw err
+    if (local === undefined || host.closed || REFUSALS.has(errorCode(err)) || !roleMoved(host, volumeId, err)) throw err
     return await next({ token: local.token, repeat: true })
   }
 }
+
+/**
+ * Refusals of a call made here that are its answer even when the role moved while it waited for
+ * its turn (see hereOrNext): what this node found refuses the call (a writer open on the volume
+ * here, a copy converting here, a name taken, a snapshot gone), and the next primary, which does
+ * not see this node's writers, would otherwise do it all the same.
+ */
+const REFUSALS = new Set(['BUSY', 'SNAPSHOT_EXISTS', 'SNAPSHOT_NOT_FOUND'])
 
 /**
  * Runs one forwarded call (or step of one) as the volume's primary. A call that fails because this
