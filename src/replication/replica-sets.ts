@@ -51,6 +51,17 @@ async function addToDeletionMark (coordinator: Coordinator, volumeId: string, no
   throw new GalleonError('BUSY', `the deletion mark of volume ${volumeId} kept changing`)
 }
 
+/**
+ * A record whose create's answer was lost and that is not settled yet (see #sweepLostCreate): what
+ * the create wrote, and the tail of the passes made at it, one at a time (the sweep's, and those of
+ * a later register of the volume).
+ */
+interface LostCreate {
+  readonly value: string
+  readonly expectRevision: number
+  turns: Promise<unknown>
+}
+
 /** The replica-set changes a ReplicationManager makes (see its register, handOff, moveCopy, reshape...). */
 export class ReplicaSetChanges {
   readonly #core: ManagerCore
@@ -60,6 +71,8 @@ export class ReplicaSetChanges {
   #handOffCancelled: Error | undefined
   /** Volumes whose copy on this node is moving to another node (it deletes the copy itself). */
   readonly #moving = new Set<string>()
+  /** Records whose create's answer was lost, by volume id, until settled (see #sweepLostCreate). */
+  readonly #lostCreates = new Map<string, LostCreate>()
 
   constructor (core: ManagerCore) {
     this.#core = core
@@ -103,6 +116,12 @@ export class ReplicaSetChanges {
     let expectRevision = 0
     // Copies the old record lists as given up whose nodes have not deleted them yet stay listed.
     let droppedNodes: readonly string[] = []
+    // A record an earlier register of this volume left with its answer lost (its sweep still
+    // runs): removed first, as its sweep would, since this call makes the volume replicated anew.
+    // (Left to the sweep alone, a pass of it made while this call holds the volume would find the
+    // volume held here, and this call would find the record and fail with VOLUME_EXISTS.)
+    const lost = this.#lostCreates.get(spec.id)
+    if (lost !== undefined) await this.#sweepTurn(spec.id, lost, true)
     const existing = await this.#core.coordinator.get(recordKey(spec.id))
     if (existing !== undefined) {
       const old = parseRecord(existing.value)
@@ -156,6 +175,9 @@ export class ReplicaSetChanges {
       this.#core.sets.delete(spec.id)
       throw new GalleonError('VOLUME_EXISTS', `the cluster already has a replicated volume with id ${spec.id}`)
     }
+    // Written over the key by compare-and-swap: an earlier lost create can no longer land, and the
+    // record there is this one (its sweep, if the pass above did not end it, stops).
+    if (lost !== undefined && this.#lostCreates.get(spec.id) === lost) this.#lostCreates.delete(spec.id)
     if (set.revision < entry.revision) {
       set.record = record
       set.revision = entry.revision
@@ -314,33 +336,60 @@ export class ReplicaSetChanges {
   /**
    * After register() failed with the outcome of its record's create unknown (the coordinator did
    * not answer even a read): settles it once the coordinator answers (see settleLostPut; an absent
-   * record is fenced by writing it), and removes the record if this node holds no replicated copy
-   * of the volume by then (the failed createVolume deleted it, or the failed conversion made it
-   * local again). Gives up when the manager closes. A create still in
-   * flight after that (absent keys cannot be fenced for good) would leave its record behind.
+   * record is fenced by writing it), and removes the record (this node holds no replicated copy
+   * of the volume: the failed createVolume deleted it, or the failed conversion made it local
+   * again). Gives up when the manager closes. A create still in flight after that (absent keys
+   * cannot be fenced for good) would leave its record behind.
+   * A register of the volume made meanwhile (migrateVolume again) removes the record itself first
+   * (see register), so a pass that finds the volume held here (such a call in flight, or rolling
+   * back) only looks again later: it never takes the volume for one that keeps the record.
    */
   async #sweepLostCreate (volumeId: string, value: string, expectRevision: number): Promise<void> {
-    const key = recordKey(volumeId)
-    for (let pause = 100; !this.#core.closed; pause = Math.min(pause * 2, 5000)) {
+    const lost: LostCreate = { value, expectRevision, turns: Promise.resolve() }
+    this.#lostCreates.set(volumeId, lost)
+    for (let pause = 100; !this.#core.closed && this.#lostCreates.get(volumeId) === lost; pause = Math.min(pause * 2, 5000)) {
       await sleep(pause)
-      let settled: SettledPut
-      try {
-        settled = await settleLostPut(this.#core.coordinator, key, value, expectRevision, new Error('unknown'))
-      } catch {
-        continue
-      }
-      const entry = settled.entry
-      if (entry === undefined || (!settled.written && expectRevision !== 0)) return
-      // Kept for a replicated copy here; a volume that is local (a failed migrateVolume to a
-      // replicated class or another node rolled back) or gone does not keep it.
-      if (this.#core.sets.has(volumeId) || this.#core.host.localCopies().some((copy) => copy.id === volumeId)) return
-      // Copies the record placed on other nodes (made meanwhile, see register) go with it: a
-      // deletion mark names their nodes, as a deletion's does (this node's volume is not one).
-      const others = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), ...(parseRecord(entry.value)?.droppedNodes ?? [])])].filter((n) => n !== this.#core.nodeId)
-      if (others.length > 0 && !await addToDeletionMark(this.#core.coordinator, volumeId, others).then(() => true, () => false)) continue
-      // Changed since it was read (false), or the answer lost: read again next time round.
-      if (await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)) return
+      await this.#sweepTurn(volumeId, lost, false)
     }
+    if (this.#lostCreates.get(volumeId) === lost) this.#lostCreates.delete(volumeId)
+  }
+
+  /** One pass of a lost create's sweep, after the passes before it (see #sweepPass). */
+  async #sweepTurn (volumeId: string, lost: LostCreate, forRegister: boolean): Promise<void> {
+    const pass = async (): Promise<void> => {
+      if (this.#lostCreates.get(volumeId) !== lost) return
+      if (await this.#sweepPass(volumeId, lost, forRegister).catch(() => false)) this.#lostCreates.delete(volumeId)
+    }
+    const turn = lost.turns.then(pass, pass)
+    lost.turns = turn
+    await turn
+  }
+
+  /**
+   * Settles a lost create's record and removes it; true once done (or nothing is left to do).
+   * `forRegister`: a register of the volume waits for it to go, and the volume held here is that
+   * call's; otherwise a volume held here is left alone for now (false: looked at again later).
+   */
+  async #sweepPass (volumeId: string, lost: LostCreate, forRegister: boolean): Promise<boolean> {
+    const key = recordKey(volumeId)
+    let settled: SettledPut
+    try {
+      settled = await settleLostPut(this.#core.coordinator, key, lost.value, lost.expectRevision, new Error('unknown'))
+    } catch {
+      return false
+    }
+    const entry = settled.entry
+    if (entry === undefined || (!settled.written && lost.expectRevision !== 0)) return true
+    // A replicated copy here that is not a register's waiting for this pass: a call in flight, or
+    // one rolling back (a failed migrateVolume to a replicated class or another node), which a
+    // later pass finds done.
+    if (!forRegister && (this.#core.sets.has(volumeId) || this.#core.host.localCopies().some((copy) => copy.id === volumeId))) return false
+    // Copies the record placed on other nodes (made meanwhile, see register) go with it: a
+    // deletion mark names their nodes, as a deletion's does (this node's volume is not one).
+    const others = [...new Set([...(parseRecord(entry.value)?.nodes ?? []), ...(parseRecord(entry.value)?.droppedNodes ?? [])])].filter((n) => n !== this.#core.nodeId)
+    if (others.length > 0 && !await addToDeletionMark(this.#core.coordinator, volumeId, others).then(() => true, () => false)) return false
+    // Changed since it was read (false), or the answer lost: read again next time round.
+    return await this.#core.coordinator.delete(key, { expectRevision: entry.revision }).catch(() => false)
   }
 
   /**
