@@ -5,23 +5,15 @@
 // good: the record stayed, and every later call failed with VOLUME_EXISTS. The reads of the record
 // are held at a gate here, so that the sweep's read answers while the retry is in flight.
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type Volume } from '../src/index.js'
 import type { Coordinator } from '../src/drivers.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
 
 /**
  * A coordinator whose next put of `key` lands and answers with an error, whose reads of `key` fail
@@ -81,17 +73,7 @@ class GatedRecord {
   }
 }
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, wrap?: (c: Coordinator) => Coordinator): Promise<GalleonFS> {
-  const storagePath = await mkdtemp(join(tmpdir(), `galleon-h75-${id}-`))
-  dirs.push(storagePath)
-  const coordinator = coordinators.coordinator()
-  const g = await GalleonFS.open({
-    storagePath,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: wrap === undefined ? coordinator : wrap(coordinator), leaseTtlMs: 1000 }
-  })
-  opened.push(g)
-  return g
-}
+const startNode = wrappedCoordinatorNodes('galleon-h75')
 
 /**
  * n1 (coordinating through a GatedRecord) and n2; n1's local volume conv (block 3 written) failed

@@ -2,23 +2,15 @@
 // replicated): the paths where migrateVolume's record write fails in ways the commit's marker does
 // not cover, run on the in-process cluster (MemoryNetwork, MemoryCoordinatorCluster).
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { GalleonFS, WriteConcern } from '../src/index.js'
+import { WriteConcern } from '../src/index.js'
 import type { Coordinator } from '../src/drivers.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
 
 /**
  * A coordinator whose next put of `key` lands and then answers with an error, and whose reads of
@@ -58,17 +50,7 @@ class LostAnswer {
   }
 }
 
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, wrap?: (c: Coordinator) => Coordinator): Promise<GalleonFS> {
-  const storagePath = await mkdtemp(join(tmpdir(), `galleon-r11-${id}-`))
-  dirs.push(storagePath)
-  const coordinator = coordinators.coordinator()
-  const g = await GalleonFS.open({
-    storagePath,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: wrap === undefined ? coordinator : wrap(coordinator), leaseTtlMs: 1000 }
-  })
-  opened.push(g)
-  return g
-}
+const startNode = wrappedCoordinatorNodes('galleon-r11')
 
 describe('review r11: a record write that lands with its answer lost', () => {
   it('migrateVolume to a replicated class whose record landed while the coordinator stopped answering: once it answers again, the same call makes the volume replicated (no record left naming this node primary of a local volume)', { timeout: 60_000 }, async () => {
