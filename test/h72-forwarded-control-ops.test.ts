@@ -20,20 +20,11 @@ import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
 import { namePrimary } from './support/replica-records.js'
 import { holdStream } from './support/rotation-cluster.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { replicatedVolume } from './support/control-call-cluster.js'
+import { block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
 
 const kit = diskCluster('galleon-h72-')
-
-/** Volume `v` of class `rep` (`copies` copies) on the first node, block 0 written, every copy in sync. */
-async function replicatedVolume (nodes: DiskNode[], copies: number): Promise<string> {
-  for (const node of nodes) await node.g.createStorageClass({ name: 'rep', parameters: { replication: String(copies) } })
-  const n1 = nodes[0] as DiskNode
-  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: 16 * BS, storageClass: 'rep' })
-  await n1.g.writeBlock('v', 0, block(1), WriteConcern.WriteReplicated)
-  await until('every copy is in sync', async () => await allInSync(n1.g, 'v', copies), 20_000)
-  return volume.id
-}
 
 /**
  * The first answer a primary sends `caller` to a forwarded call is lost (as a connection reset:

@@ -5,124 +5,79 @@
 // `galleonfs backup policy run` prints it; a later deletion collects the chunks. The writer is a
 // child process (test/support/h69-child.ts) holding its backup between its chunks and its manifest.
 
-import { after, before, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHash } from 'node:crypto'
-import { mkdtemp, rm, utimes } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { DirectoryBackupTarget } from '../backends/directory/index.js'
-import { decodeManifest } from '../src/backup/format.js'
-import { HOUR, assertWhole, withInstance, withLeaseChildren, writeVolume } from './support/lease-children.js'
+import { assertWhole, withLeaseChildren, withWriterAndInstance, writeVolume } from './support/lease-children.js'
+import { chunksOn, plantOldChunk } from './support/backup-targets.js'
+import { tempPlaces } from './support/temp-dir.js'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 
-let root: string
-let count = 0
-before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-h73-gc-')) })
-after(async () => { await rm(root, { recursive: true, force: true }) })
-const place = (): string => join(root, String(count++))
-
-/** The chunks on a directory target, and those its manifests name. */
-async function chunksOn (path: string): Promise<{ stored: Set<string>, named: Set<string> }> {
-  const target = new DirectoryBackupTarget({ path })
-  await target.open()
-  const stored = new Set<string>()
-  for await (const chunk of target.listChunks()) stored.add(chunk)
-  const named = new Set<string>()
-  for await (const id of target.listManifests()) {
-    const bytes = await target.getManifest(id)
-    if (bytes === undefined) continue
-    for (const [, , chunk] of decodeManifest(id, bytes).extents) if (chunk !== null) named.add(chunk)
-  }
-  await target.close()
-  return { stored, named }
-}
-
-/**
- * Puts a chunk no manifest names on the directory target at `path`, last touched two hours ago (left
- * by an earlier deletion, say): one a collection deletes despite the default grace period of an
- * hour (policies prune with it). Returns its id. (r31: a policy's pruned backup whose chunks the
- * new backup reuses leaves nothing to collect, so a running backup defers nothing then.)
- */
-async function plantOldChunk (path: string, seed: number): Promise<string> {
-  const data = new Uint8Array(4096).fill(seed)
-  const id = createHash('sha256').update(data).digest('hex')
-  const target = new DirectoryBackupTarget({ path })
-  await target.open()
-  await target.putChunk(id, data)
-  await target.close()
-  const old = new Date(Date.now() - 2 * HOUR)
-  await utimes(join(path, 'chunks', id.slice(0, 2), id), old, old)
-  return id
-}
+const { root, place } = tempPlaces('galleon-h73-gc-')
 
 describe('h73: a deletion that leaves the collection for later says so', { timeout: 120_000 }, () => {
   it('deleteBackup while another process takes a backup: collectionDeferred names that process; a later deletion collects', async () => {
     const target = place()
-    await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
-      const writerPid = writer!.stepped.process.pid as number
-      await withInstance(async (g) => {
-        await writeVolume(g, 'base', 1)
-        const base = await g.createBackup('base', { target })
-        const baseChunks = (await chunksOn(target)).stored
-        assert.ok(baseChunks.size > 0)
-        // The writer's backup is stored up to its manifest: its chunks are named by no manifest yet.
-        const held = await writer!.sendStopped({ op: 'backup', target, seed: 2, hold: true })
+    await withWriterAndInstance(async (g, writer, writerPid) => {
+      await writeVolume(g, 'base', 1)
+      const base = await g.createBackup('base', { target })
+      const baseChunks = (await chunksOn(target)).stored
+      assert.ok(baseChunks.size > 0)
+      // The writer's backup is stored up to its manifest: its chunks are named by no manifest yet.
+      const held = await writer.sendStopped({ op: 'backup', target, seed: 2, hold: true })
 
-        // No grace period: only the running backup keeps the base's chunks.
-        const deleted = await g.deleteBackup(base.id, { target, chunkGraceSeconds: 0 })
-        assert.deepEqual(deleted.deletedBackups, [base.id])
-        assert.equal(deleted.deletedChunks, 0)
-        assert.equal(deleted.collectionDeferred, true, 'the deletion says it left the collection for later')
-        assert.match(deleted.deferredReason ?? '', new RegExp(`a backup running in process ${writerPid} on host `), 'the reason names the backup and its process')
-        assert.match(deleted.deferredReason ?? '', /a later deleteBackup on the target collects them/)
-        const left = (await chunksOn(target)).stored
-        for (const chunk of baseChunks) assert.ok(left.has(chunk), `chunk ${chunk} of the deleted backup is still there`)
+      // No grace period: only the running backup keeps the base's chunks.
+      const deleted = await g.deleteBackup(base.id, { target, chunkGraceSeconds: 0 })
+      assert.deepEqual(deleted.deletedBackups, [base.id])
+      assert.equal(deleted.deletedChunks, 0)
+      assert.equal(deleted.collectionDeferred, true, 'the deletion says it left the collection for later')
+      assert.match(deleted.deferredReason ?? '', new RegExp(`a backup running in process ${writerPid} on host `), 'the reason names the backup and its process')
+      assert.match(deleted.deferredReason ?? '', /a later deleteBackup on the target collects them/)
+      const left = (await chunksOn(target)).stored
+      for (const chunk of baseChunks) assert.ok(left.has(chunk), `chunk ${chunk} of the deleted backup is still there`)
 
-        writer!.release()
-        await assertWhole(target, await held.reply)
+      writer.release()
+      await assertWhole(target, await held.reply)
 
-        // A later deletion (of another backup, taken now) collects what the first one left.
-        await writeVolume(g, 'extra', 3)
-        const extra = await g.createBackup('extra', { target })
-        const later = await g.deleteBackup(extra.id, { target, chunkGraceSeconds: 0 })
-        assert.equal(later.collectionDeferred, false, 'no backup runs: nothing is deferred')
-        assert.equal(later.deferredReason, undefined)
-        const after = await chunksOn(target)
-        const orphans = [...baseChunks].filter((chunk) => !after.named.has(chunk))
-        assert.ok(orphans.length > 0, 'the deleted backup had chunks of its own')
-        assert.ok(later.deletedChunks >= orphans.length, `the later deletion collected the chunks left (${later.deletedChunks} deleted, ${orphans.length} were left)`)
-        for (const chunk of orphans) assert.equal(after.stored.has(chunk), false, `chunk ${chunk} left by the first deletion is collected`)
-        assert.deepEqual([...after.stored].sort(), [...after.named].sort(), 'every chunk left is one a backup names')
-      })
+      // A later deletion (of another backup, taken now) collects what the first one left.
+      await writeVolume(g, 'extra', 3)
+      const extra = await g.createBackup('extra', { target })
+      const later = await g.deleteBackup(extra.id, { target, chunkGraceSeconds: 0 })
+      assert.equal(later.collectionDeferred, false, 'no backup runs: nothing is deferred')
+      assert.equal(later.deferredReason, undefined)
+      const after = await chunksOn(target)
+      const orphans = [...baseChunks].filter((chunk) => !after.named.has(chunk))
+      assert.ok(orphans.length > 0, 'the deleted backup had chunks of its own')
+      assert.ok(later.deletedChunks >= orphans.length, `the later deletion collected the chunks left (${later.deletedChunks} deleted, ${orphans.length} were left)`)
+      for (const chunk of orphans) assert.equal(after.stored.has(chunk), false, `chunk ${chunk} left by the first deletion is collected`)
+      assert.deepEqual([...after.stored].sort(), [...after.named].sort(), 'every chunk left is one a backup names')
     })
   })
 
   it('a policy run whose pruning met a running backup says so; the next run after it finished does not', async () => {
     const target = place()
-    await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
-      const writerPid = writer!.stepped.process.pid as number
-      await withInstance(async (g) => {
-        await writeVolume(g, 'p', 4)
-        await g.createBackupPolicy({ name: 'keep-one', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['p'], target })
-        const first = await g.runBackupPolicy('keep-one')
-        assert.equal(first.collectionDeferred, false)
-        const orphan = await plantOldChunk(target, 7)
-        const held = await writer!.sendStopped({ op: 'backup', target, seed: 5, hold: true })
-        // The second backup of the day replaces the first, whose deletion finds the writer's backup running.
-        const second = await g.runBackupPolicy('keep-one')
-        assert.deepEqual(second.pruned, [first.backups[0]?.id])
-        assert.equal(second.collectionDeferred, true)
-        assert.equal(second.deferredReasons?.length, 1)
-        assert.match(second.deferredReasons?.[0] ?? '', new RegExp(`process ${writerPid} on host `))
-        writer!.release()
-        await held.reply
-        const third = await g.runBackupPolicy('keep-one')
-        assert.deepEqual(third.pruned, [second.backups[0]?.id])
-        assert.equal(third.collectionDeferred, false, 'chunks spared by the grace period are no deferral')
-        assert.equal(third.deferredReasons, undefined)
-        assert.equal((await chunksOn(target)).stored.has(orphan), false, 'the chunk the second run left is collected by the third')
-      })
+    await withWriterAndInstance(async (g, writer, writerPid) => {
+      await writeVolume(g, 'p', 4)
+      await g.createBackupPolicy({ name: 'keep-one', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['p'], target })
+      const first = await g.runBackupPolicy('keep-one')
+      assert.equal(first.collectionDeferred, false)
+      // A chunk no manifest names, two hours old: one the pruning collects despite the default grace
+      // period of an hour. (r31: a policy's pruned backup whose chunks the new backup reuses leaves
+      // nothing to collect, so a running backup defers nothing then.)
+      const orphan = await plantOldChunk(target, 7)
+      const held = await writer.sendStopped({ op: 'backup', target, seed: 5, hold: true })
+      // The second backup of the day replaces the first, whose deletion finds the writer's backup running.
+      const second = await g.runBackupPolicy('keep-one')
+      assert.deepEqual(second.pruned, [first.backups[0]?.id])
+      assert.equal(second.collectionDeferred, true)
+      assert.equal(second.deferredReasons?.length, 1)
+      assert.match(second.deferredReasons?.[0] ?? '', new RegExp(`process ${writerPid} on host `))
+      writer.release()
+      await held.reply
+      const third = await g.runBackupPolicy('keep-one')
+      assert.deepEqual(third.pruned, [second.backups[0]?.id])
+      assert.equal(third.collectionDeferred, false, 'chunks spared by the grace period are no deferral')
+      assert.equal(third.deferredReasons, undefined)
+      assert.equal((await chunksOn(target)).stored.has(orphan), false, 'the chunk the second run left is collected by the third')
     })
   })
 
@@ -131,8 +86,8 @@ describe('h73: a deletion that leaves the collection for later says so', { timeo
     const storage = place()
     let daemon: RunningDaemon | undefined
     try {
-      daemon = await startDaemonProcess(['--storage-path', storage, '--ipc-address', '127.0.0.1:0'], { cwd: root })
-      const cli = async (args: string[]): Promise<{ code: number, stdout: string, stderr: string }> => await runCli((daemon as RunningDaemon).address, args, { cwd: root })
+      daemon = await startDaemonProcess(['--storage-path', storage, '--ipc-address', '127.0.0.1:0'], { cwd: root() })
+      const cli = async (args: string[]): Promise<{ code: number, stdout: string, stderr: string }> => await runCli((daemon as RunningDaemon).address, args, { cwd: root() })
       const volume = await cli(['volume', 'create', '--name', 'app', '--size', '64K', '--storage-class', 'fast-local-ssd'])
       assert.equal(volume.code, 0, volume.stderr)
       const created = await cli(['backup', 'policy', 'create', 'keep-one', '--schedule', '0 2 * * *', '--strategy', 'full', '--volumes', 'app', '--daily', '1', '--target', target])

@@ -18,115 +18,56 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, type MemoryMessageInfo } from '../backends/memory/index.js'
+import type { MemoryMessageInfo } from '../backends/memory/index.js'
 import { CALL_TOKENS_KEPT, PRIMARY_TOKEN_PREFIX, withToken } from '../src/facade/forwarded-calls.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
-import { namePrimary } from './support/replica-records.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { failOver, primaryCluster, type PrimaryCluster } from './support/control-call-cluster.js'
+import { BS, block, diskCluster } from './support/disk-cluster.js'
 
 const kit = diskCluster('galleon-h74-')
 
-/** Holds n1's next coordinator write whose value contains `marker` (once armed) until released. */
-interface WriteHold { arm: (marker: string) => void, held: () => number, release: () => void }
-
-interface Cluster {
-  coordinators: MemoryCoordinatorCluster
-  nodes: [DiskNode, DiskNode, DiskNode]
-  volumeId: string
-  hold: WriteHold
+interface Cluster extends PrimaryCluster {
   /** Control calls n1 has forwarded to another node since the cluster was made. */
   forwarded: () => number
-  /** From now on, messages `rule` names are lost (`silent`: the sender waits, see MemoryNetwork.drop); n1's forwarded calls are still counted. */
-  lose: (rule: (m: MemoryMessageInfo) => boolean, silent?: boolean) => void
+  /**
+   * From now on, messages `rule` names are lost (`silent`: the sender waits, see MemoryNetwork.drop);
+   * n1's forwarded calls are still counted. Returns how many were lost.
+   */
+  lose: (rule: (m: MemoryMessageInfo) => boolean, silent?: boolean) => () => number
 }
 
-/** Three nodes, volume `v` (3 copies) on n1, block 0 written, every copy in sync. */
+/** Three nodes, volume `v` (3 copies) on n1, block 0 written, every copy in sync; n1's forwarded calls counted. */
 async function cluster (): Promise<Cluster> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  let marker: string | undefined
-  let held = 0
-  let release: () => void = () => {}
-  const gate = new Promise<void>((resolve) => { release = resolve })
-  // n1's coordinator handle (the first one made) holds the write named by `arm`.
-  const make = coordinators.coordinator.bind(coordinators)
-  let first = true
-  coordinators.coordinator = ((options?: Parameters<typeof make>[0]) => {
-    const handle = make(options)
-    if (first) {
-      first = false
-      const put = handle.put.bind(handle)
-      handle.put = async (key, value, putOptions) => {
-        if (marker !== undefined && value.includes(marker)) {
-          marker = undefined
-          held++
-          await gate
-        }
-        return await put(key, value, putOptions)
-      }
-    }
-    return handle
-  }) as typeof coordinators.coordinator
-  const nodes: DiskNode[] = []
-  for (const id of ['n1', 'n2', 'n3']) nodes.push(await kit.startNode(network, coordinators, id))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-  for (const node of nodes) await node.g.createStorageClass({ name: 'rep', parameters: { replication: '3' } })
-  const n1 = nodes[0] as DiskNode
-  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: 16 * BS, storageClass: 'rep' })
-  await n1.g.writeBlock('v', 0, block(1), WriteConcern.WriteReplicated)
-  await until('every copy is in sync', async () => await allInSync(n1.g, 'v', 3), 20_000)
+  const c = await primaryCluster(kit)
   let forwarded = 0
-  const lose = (rule: (m: MemoryMessageInfo) => boolean, silent = false): void => {
-    network.drop((m) => {
+  const lose = (rule: (m: MemoryMessageInfo) => boolean, silent = false): () => number => {
+    let lost = 0
+    c.network.drop((m) => {
       if (m.from === 'n1' && m.kind === 'repl:io' && m.type === 'request') forwarded++
-      return rule(m)
+      if (!rule(m)) return false
+      lost++
+      return true
     }, { silent })
+    return () => lost
   }
   lose(() => false)
-  return {
-    coordinators,
-    nodes: nodes as [DiskNode, DiskNode, DiskNode],
-    volumeId: volume.id,
-    hold: { arm: (m) => { marker = m }, held: () => held, release: () => { release() } },
-    forwarded: () => forwarded,
-    lose
-  }
+  return { ...c, forwarded: () => forwarded, lose }
 }
 
 /** From now on the copies' acknowledgements of n1's stream batches are lost (silently: n1 waits for them); returns how many were. */
 function loseAcks (c: Cluster): () => number {
-  let lost = 0
-  c.lose((m) => {
-    if (m.kind !== 'repl:apply' || m.type !== 'reply' || m.to !== 'n1') return false
-    lost++
-    return true
-  }, true)
-  return () => lost
+  return c.lose((m) => m.kind === 'repl:apply' && m.type === 'reply' && m.to === 'n1', true)
 }
 
 /** From now on n1's stream batches are lost (silently): the copies never get them; returns how many were. */
 function holdStream (c: Cluster): () => number {
-  let held = 0
-  c.lose((m) => {
-    if (m.from !== 'n1' || m.type !== 'request' || m.kind !== 'repl:apply') return false
-    held++
-    return true
-  }, true)
-  return () => held
+  return c.lose((m) => m.from === 'n1' && m.type === 'request' && m.kind === 'repl:apply', true)
 }
 
 /** No message is lost from now on (n1's forwarded calls are still counted). */
 function heal (c: Cluster): void {
   c.lose(() => false)
-}
-
-/** The cluster names n2 the primary (as its leader does when n1's lease ended), and both nodes take that up. */
-async function failOver (c: Cluster): Promise<void> {
-  const [n1, n2] = c.nodes
-  await namePrimary(c.coordinators, c.volumeId, 'n2')
-  await until('n2 took the role up', async () => (await n2.g.replicationStatus('v')).role === 'primary', 20_000)
-  await until('n1 stepped down', async () => (await n1.g.replicationStatus('v')).role !== 'primary', 20_000)
 }
 
 /** The error a call rejected with (fails the test when it resolved). */

@@ -8,113 +8,81 @@
 // run's was only in its event). The writer is a child process (test/support/h69-child.ts) holding
 // its backup between its chunks and its manifest; chunks "left earlier" are planted two hours old.
 
-import { after, before, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { createHash, randomUUID } from 'node:crypto'
-import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { randomUUID } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { DirectoryBackupTarget } from '../backends/directory/index.js'
-import { HOUR, assertWhole, withInstance, withLeaseChildren, writeVolume } from './support/lease-children.js'
+import { assertWhole, withInstance, withWriterAndInstance, writeVolume } from './support/lease-children.js'
+import { plantOldChunk, storedChunks } from './support/backup-targets.js'
+import { tempPlaces } from './support/temp-dir.js'
 
-let root: string
-let count = 0
-before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-r31-gc-')) })
-after(async () => { await rm(root, { recursive: true, force: true }) })
-const place = (): string => join(root, String(count++))
-
-async function storedChunks (path: string): Promise<Set<string>> {
-  const target = new DirectoryBackupTarget({ path })
-  await target.open()
-  const stored = new Set<string>()
-  for await (const chunk of target.listChunks()) stored.add(chunk)
-  await target.close()
-  return stored
-}
-
-/** A chunk no manifest names, last touched two hours ago (left by an earlier deletion): collectable under the default grace. */
-async function plantOldChunk (path: string, seed: number): Promise<string> {
-  const data = new Uint8Array(4096).fill(seed)
-  const id = createHash('sha256').update(data).digest('hex')
-  const target = new DirectoryBackupTarget({ path })
-  await target.open()
-  await target.putChunk(id, data)
-  await target.close()
-  const old = new Date(Date.now() - 2 * HOUR)
-  await utimes(join(path, 'chunks', id.slice(0, 2), id), old, old)
-  return id
-}
+const { place } = tempPlaces('galleon-r31-gc-')
 
 describe('r31: collectionDeferred only when a chunk the deletion would have deleted was left', { timeout: 120_000 }, () => {
   it('a backup running: the deleted backup\'s fresh chunks (grace period) are no deferral; an old unused chunk is, and a later deletion collects it', async () => {
     const target = place()
-    await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
-      const writerPid = writer!.stepped.process.pid as number
-      await withInstance(async (g) => {
-        await writeVolume(g, 'a', 1)
-        await writeVolume(g, 'b', 2)
-        await writeVolume(g, 'c', 3)
-        const a = await g.createBackup('a', { target })
-        const b = await g.createBackup('b', { target })
-        const aChunks = await storedChunks(target)
-        const held = await writer!.sendStopped({ op: 'backup', target, seed: 9, hold: true })
+    await withWriterAndInstance(async (g, writer, writerPid) => {
+      await writeVolume(g, 'a', 1)
+      await writeVolume(g, 'b', 2)
+      await writeVolume(g, 'c', 3)
+      const a = await g.createBackup('a', { target })
+      const b = await g.createBackup('b', { target })
+      const aChunks = await storedChunks(target)
+      const held = await writer.sendStopped({ op: 'backup', target, seed: 9, hold: true })
 
-        // Default grace: a's chunks were put seconds ago, so no deletion would delete them now.
-        const first = await g.deleteBackup(a.id, { target })
-        assert.equal(first.deletedChunks, 0)
-        assert.equal(first.collectionDeferred, false, `only chunks the grace period spares were left: ${first.deferredReason ?? ''}`)
-        assert.equal(first.deferredReason, undefined)
+      // Default grace: a's chunks were put seconds ago, so no deletion would delete them now.
+      const first = await g.deleteBackup(a.id, { target })
+      assert.equal(first.deletedChunks, 0)
+      assert.equal(first.collectionDeferred, false, `only chunks the grace period spares were left: ${first.deferredReason ?? ''}`)
+      assert.equal(first.deferredReason, undefined)
 
-        // A chunk outside the grace period is one the running backup keeps from being collected.
-        const orphan = await plantOldChunk(target, 0xa5)
-        const second = await g.deleteBackup(b.id, { target })
-        assert.equal(second.deletedChunks, 0)
-        assert.equal(second.collectionDeferred, true)
-        assert.match(second.deferredReason ?? '', new RegExp(`a backup running in process ${writerPid} on host `))
-        assert.ok((await storedChunks(target)).has(orphan), 'nothing was deleted while the backup ran')
+      // A chunk outside the grace period is one the running backup keeps from being collected.
+      const orphan = await plantOldChunk(target, 0xa5)
+      const second = await g.deleteBackup(b.id, { target })
+      assert.equal(second.deletedChunks, 0)
+      assert.equal(second.collectionDeferred, true)
+      assert.match(second.deferredReason ?? '', new RegExp(`a backup running in process ${writerPid} on host `))
+      assert.ok((await storedChunks(target)).has(orphan), 'nothing was deleted while the backup ran')
 
-        writer!.release()
-        await assertWhole(target, await held.reply)
-        const c = await g.createBackup('c', { target })
-        const third = await g.deleteBackup(c.id, { target })
-        assert.equal(third.collectionDeferred, false)
-        const left = await storedChunks(target)
-        assert.equal(left.has(orphan), false, 'the chunk the second deletion left is collected by the next')
-        for (const chunk of aChunks) assert.ok(left.has(chunk), 'chunks within the grace period stay, as they would have without the running backup')
-      })
+      writer.release()
+      await assertWhole(target, await held.reply)
+      const c = await g.createBackup('c', { target })
+      const third = await g.deleteBackup(c.id, { target })
+      assert.equal(third.collectionDeferred, false)
+      const left = await storedChunks(target)
+      assert.equal(left.has(orphan), false, 'the chunk the second deletion left is collected by the next')
+      for (const chunk of aChunks) assert.ok(left.has(chunk), 'chunks within the grace period stay, as they would have without the running backup')
     })
   })
 
   it('a policy run whose pruned backup\'s chunks the new backup reuses defers nothing; a real deferral is in lastResult too', async () => {
     const target = place()
-    await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
-      const writerPid = writer!.stepped.process.pid as number
-      await withInstance(async (g) => {
-        await writeVolume(g, 'p', 4)
-        await g.createBackupPolicy({ name: 'keep-one', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['p'], target })
-        const first = await g.runBackupPolicy('keep-one')
-        const held = await writer!.sendStopped({ op: 'backup', target, seed: 5, hold: true })
-        // The volume did not change: the second backup names every chunk of the first it prunes.
-        const second = await g.runBackupPolicy('keep-one')
-        assert.deepEqual(second.pruned, [first.backups[0]?.id])
-        assert.equal(second.collectionDeferred, false, `nothing the pruning would have deleted was left: ${(second.deferredReasons ?? []).join('; ')}`)
-        assert.equal((await g.getBackupPolicy('keep-one')).lastResult?.collectionDeferred, false)
+    await withWriterAndInstance(async (g, writer, writerPid) => {
+      await writeVolume(g, 'p', 4)
+      await g.createBackupPolicy({ name: 'keep-one', schedule: '0 2 * * *', strategy: 'full', retention: { daily: 1 }, volumes: ['p'], target })
+      const first = await g.runBackupPolicy('keep-one')
+      const held = await writer.sendStopped({ op: 'backup', target, seed: 5, hold: true })
+      // The volume did not change: the second backup names every chunk of the first it prunes.
+      const second = await g.runBackupPolicy('keep-one')
+      assert.deepEqual(second.pruned, [first.backups[0]?.id])
+      assert.equal(second.collectionDeferred, false, `nothing the pruning would have deleted was left: ${(second.deferredReasons ?? []).join('; ')}`)
+      assert.equal((await g.getBackupPolicy('keep-one')).lastResult?.collectionDeferred, false)
 
-        const orphan = await plantOldChunk(target, 0x5a)
-        const third = await g.runBackupPolicy('keep-one')
-        assert.deepEqual(third.pruned, [second.backups[0]?.id])
-        assert.equal(third.collectionDeferred, true)
-        const stored = (await g.getBackupPolicy('keep-one')).lastResult
-        assert.equal(stored?.collectionDeferred, true, 'the policy\'s last result says so (a scheduled run is seen there)')
-        assert.equal(stored?.deferredReasons?.length, 1)
-        assert.match(stored?.deferredReasons?.[0] ?? '', new RegExp(`process ${writerPid} on host `))
-        writer!.release()
-        await held.reply
-        const fourth = await g.runBackupPolicy('keep-one')
-        assert.equal(fourth.collectionDeferred, false)
-        assert.equal((await g.getBackupPolicy('keep-one')).lastResult?.deferredReasons, undefined)
-        assert.equal((await storedChunks(target)).has(orphan), false)
-      })
+      const orphan = await plantOldChunk(target, 0x5a)
+      const third = await g.runBackupPolicy('keep-one')
+      assert.deepEqual(third.pruned, [second.backups[0]?.id])
+      assert.equal(third.collectionDeferred, true)
+      const stored = (await g.getBackupPolicy('keep-one')).lastResult
+      assert.equal(stored?.collectionDeferred, true, 'the policy\'s last result says so (a scheduled run is seen there)')
+      assert.equal(stored?.deferredReasons?.length, 1)
+      assert.match(stored?.deferredReasons?.[0] ?? '', new RegExp(`process ${writerPid} on host `))
+      writer.release()
+      await held.reply
+      const fourth = await g.runBackupPolicy('keep-one')
+      assert.equal(fourth.collectionDeferred, false)
+      assert.equal((await g.getBackupPolicy('keep-one')).lastResult?.deferredReasons, undefined)
+      assert.equal((await storedChunks(target)).has(orphan), false)
     })
   })
 

@@ -9,29 +9,19 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { WriteConcern } from '../src/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
 import { namePrimary } from './support/replica-records.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { replicatedVolume } from './support/control-call-cluster.js'
+import { diskCluster, type DiskNode } from './support/disk-cluster.js'
 
 const kit = diskCluster('galleon-r32-')
-
-/** Volume `v` (2 copies) on the first node, block 0 written, both copies in sync. */
-async function replicatedVolume (nodes: DiskNode[]): Promise<string> {
-  for (const node of nodes) await node.g.createStorageClass({ name: 'rep', parameters: { replication: '2' } })
-  const n1 = nodes[0] as DiskNode
-  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: 16 * BS, storageClass: 'rep' })
-  await n1.g.writeBlock('v', 0, block(1), WriteConcern.WriteReplicated)
-  await until('every copy is in sync', async () => await allInSync(n1.g, 'v', 2), 20_000)
-  return volume.id
-}
 
 describe('review r32: a forwarded control call repeated after a lost answer', () => {
   it('deleteSnapshot refused BUSY on the primary is answered BUSY, though another call deleted the snapshot before the repeat', { timeout: 60_000 }, async () => {
     const { network, nodes } = await kit.cluster(2)
     const [n1, n2] = nodes as [DiskNode, DiskNode]
-    await replicatedVolume(nodes)
+    await replicatedVolume(nodes, 2)
     await n1.g.createSnapshot('v', 's1')
     await n1.g.cloneVolume({ volume: 'v', snapshot: 's1' }, 'c')
     await until('n2 has the snapshot', async () => (await n2.g.listSnapshots('v')).length === 1)
@@ -63,7 +53,7 @@ describe('review r32: a forwarded control call repeated after a lost answer', ()
   it('a clone\'s deletion asks its source\'s primary once to drop the implicit snapshot (not again for 30 s when it is out of reach)', { timeout: 90_000 }, async () => {
     const { network, coordinators, nodes } = await kit.cluster(2)
     const [n1, n2] = nodes as [DiskNode, DiskNode]
-    const volumeId = await replicatedVolume(nodes)
+    const volumeId = await replicatedVolume(nodes, 2)
     await n1.g.cloneVolume('v', 'c')
     await until('n2 has the implicit snapshot', async () => (await n2.g.listSnapshots('v')).length === 1)
     await namePrimary(coordinators, volumeId, 'n2')

@@ -4,23 +4,14 @@
 // taken) must let go of that base too: held, the snapshot would never be deleted by
 // retryLeftSnapshots for the rest of the instance's life (only at the next open).
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS } from '../src/index.js'
-import { blockPattern } from './support/patterns.js'
+import { leftoverBackupBase } from './support/leftover-backup-base.js'
+import { tempDirs } from './support/temp-dir.js'
 
-const BS = 4096
-const dirs: string[] = []
-after(async () => { await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true }))) })
-async function place (): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'galleon-r33-base-'))
-  dirs.push(dir)
-  return dir
-}
+const place = tempDirs('galleon-r33-base-')
 
 /**
  * Makes puts into the metadata sublevel `name` fail while armed (a real classic-level database; the
@@ -46,19 +37,8 @@ describe('review r33: a backup that fails before its snapshot releases its base'
     const faults = await failingSublevelPuts('backupsInProgress')
     const g = await GalleonFS.open({ storagePath })
     try {
-      await g.createVolume({ name: 'vol', sizeBytes: 64 * BS })
-      await g.write('vol', 0, blockPattern(64, 1, BS))
-      await g.createBackup('vol', { target })
-      await g.write('vol', 0, blockPattern(1, 2, BS))
-      const first = await g.createBackup('vol', { target, strategy: 'incremental' })
-      // A clone reads from the first incremental's snapshot; the next incremental frees it, which
-      // fails (the clone) and leaves it recorded as a leftover.
-      await g.cloneVolume({ volume: 'vol', snapshot: `backup-${first.id}` }, 'pinned')
-      await g.write('vol', BS, blockPattern(1, 3, BS))
-      const second = await g.createBackup('vol', { target, strategy: 'incremental' })
-      // The second goes: the first is the newest backup again, and its snapshot the next one's base.
-      await g.deleteBackup(second.id, { target })
-      assert.ok((await g.listSnapshots('vol')).some((s) => s.name === `backup-${first.id}`))
+      // A leftover snapshot (a clone held it when a backup freed it) is the next incremental's base.
+      const first = await leftoverBackupBase(g, target)
 
       // The next incremental chooses that base, then cannot record itself: it fails, taking nothing.
       faults.arm(true)

@@ -1,7 +1,12 @@
-// Backup targets for tests: a directory target whose calls can be intercepted one by one.
+// Backup targets for tests: a directory target whose calls can be intercepted one by one; the
+// chunks on a directory target, and an old unused chunk planted there.
 
+import { createHash } from 'node:crypto'
+import { utimes } from 'node:fs/promises'
+import { join } from 'node:path'
 import type { BackupTarget } from '../../src/index.js'
-import type { DirectoryBackupTarget } from '../../backends/directory/index.js'
+import { DirectoryBackupTarget } from '../../backends/directory/index.js'
+import { decodeManifest } from '../../src/backup/format.js'
 
 /**
  * A target named `name` that passes every call to `directory`, except those `overrides` replaces
@@ -47,4 +52,46 @@ export function gatedChunks (directory: DirectoryBackupTarget): { target: Backup
     release: () => { gate = undefined; open?.() },
     get reached () { return reached }
   }
+}
+
+/** The chunks stored on the directory target at `path`. */
+export async function storedChunks (path: string): Promise<Set<string>> {
+  const target = new DirectoryBackupTarget({ path })
+  await target.open()
+  const stored = new Set<string>()
+  for await (const chunk of target.listChunks()) stored.add(chunk)
+  await target.close()
+  return stored
+}
+
+/** The chunks on the directory target at `path`, and those its manifests name. */
+export async function chunksOn (path: string): Promise<{ stored: Set<string>, named: Set<string> }> {
+  const stored = await storedChunks(path)
+  const target = new DirectoryBackupTarget({ path })
+  await target.open()
+  const named = new Set<string>()
+  for await (const id of target.listManifests()) {
+    const bytes = await target.getManifest(id)
+    if (bytes === undefined) continue
+    for (const [, , chunk] of decodeManifest(id, bytes).extents) if (chunk !== null) named.add(chunk)
+  }
+  await target.close()
+  return { stored, named }
+}
+
+/**
+ * Puts a chunk no manifest names (4 KiB of `seed`) on the directory target at `path`, last touched
+ * two hours ago (left by an earlier deletion, say): one a collection deletes despite the default
+ * grace period of an hour. Returns its id.
+ */
+export async function plantOldChunk (path: string, seed: number): Promise<string> {
+  const data = new Uint8Array(4096).fill(seed)
+  const id = createHash('sha256').update(data).digest('hex')
+  const target = new DirectoryBackupTarget({ path })
+  await target.open()
+  await target.putChunk(id, data)
+  await target.close()
+  const old = new Date(Date.now() - 2 * 3_600_000)
+  await utimes(join(path, 'chunks', id.slice(0, 2), id), old, old)
+  return id
 }

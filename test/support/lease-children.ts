@@ -103,6 +103,18 @@ export async function withInstance<T> (task: (g: GalleonFS) => Promise<T>): Prom
   }
 }
 
+/**
+ * Runs `task` with an in-memory instance of the test's process (`g`) and one child of
+ * test/support/h69-child.ts (`writer`, whose process id is `writerPid`): a backup writer in another
+ * process. The instance is closed and the child killed after.
+ */
+export async function withWriterAndInstance (task: (g: GalleonFS, writer: LeaseChild, writerPid: number) => Promise<void>): Promise<void> {
+  await withLeaseChildren('test/support/h69-child.ts', 1, async ([writer]) => {
+    const child = writer as LeaseChild
+    await withInstance(async (g) => { await task(g, child, child.stepped.process.pid as number) })
+  })
+}
+
 /** Creates volume `name` on `g` (of `storageClass` when given) written with blockPattern(seed), and returns what it holds. */
 export async function writeVolume (g: GalleonFS, name: string, seed: number, storageClass?: string): Promise<Uint8Array> {
   const data = blockPattern(BLOCKS, seed, BS)
