@@ -12,66 +12,7 @@ import type { Coordinator } from '../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
-import { wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
-
-
-/**
- * A coordinator whose next put of `key` lands and answers with an error, whose reads of `key` fail
- * while `unreadable` is set, and wait at a gate while `held` is set (`release` lets them go on);
- * its deletes of `key` fail unsent while `failDeletes` counts down.
- */
-class GatedRecord {
-  key: string | undefined
-  unreadable = false
-  held = false
-  landed = false
-  /** Deletes of `key` that fail before they reach the coordinator, from now on. */
-  failDeletes = 0
-  readonly waiting: Array<() => void> = []
-
-  /** Lets the first `count` reads waiting at the gate go on (all when undefined). */
-  release (count?: number): void {
-    for (const go of this.waiting.splice(0, count ?? this.waiting.length)) go()
-  }
-
-  wrap (coordinator: Coordinator): Coordinator {
-    return new Proxy(coordinator, {
-      get: (target, name) => {
-        const value = Reflect.get(target, name, target) as unknown
-        if (typeof value !== 'function') return value
-        const call = async (...args: unknown[]): Promise<unknown> => await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
-        if (name === 'put') {
-          return async (key: string, ...rest: unknown[]) => {
-            const result = await call(key, ...rest)
-            if (key === this.key && !this.landed) {
-              this.landed = true
-              this.unreadable = true
-              throw new Error('coordinator unreachable (answer of the put lost)')
-            }
-            return result
-          }
-        }
-        if (name === 'delete') {
-          return async (key: string, ...rest: unknown[]) => {
-            if (key === this.key && this.failDeletes > 0) {
-              this.failDeletes--
-              throw new Error('coordinator unreachable (delete not sent)')
-            }
-            return await call(key, ...rest)
-          }
-        }
-        if (name === 'get') {
-          return async (key: string, ...rest: unknown[]) => {
-            if (key === this.key && this.held) await new Promise<void>((resolve) => this.waiting.push(resolve))
-            if (key === this.key && this.unreadable) throw new Error('coordinator unreachable (read)')
-            return await call(key, ...rest)
-          }
-        }
-        return value.bind(target)
-      }
-    })
-  }
-}
+import { GatedRecord, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
 const startNode = wrappedCoordinatorNodes('galleon-h75')
 

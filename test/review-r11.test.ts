@@ -5,50 +5,11 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
-import type { Coordinator } from '../src/drivers.js'
 import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
-import { wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
+import { GatedRecord, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
-
-/**
- * A coordinator whose next put of `key` lands and then answers with an error, and whose reads of
- * `key` fail while `unreadable` is set (a coordinator that stops answering right after a write).
- */
-class LostAnswer {
-  key: string | undefined
-  unreadable = false
-  landed = false
-
-  wrap (coordinator: Coordinator): Coordinator {
-    return new Proxy(coordinator, {
-      get: (target, name) => {
-        const value = Reflect.get(target, name, target) as unknown
-        if (typeof value !== 'function') return value
-        const call = async (...args: unknown[]): Promise<unknown> => await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
-        if (name === 'put') {
-          return async (key: string, ...rest: unknown[]) => {
-            const result = await call(key, ...rest)
-            if (key === this.key && !this.landed) {
-              this.landed = true
-              this.unreadable = true
-              throw new Error('coordinator unreachable (answer of the put lost)')
-            }
-            return result
-          }
-        }
-        if (name === 'get') {
-          return async (key: string, ...rest: unknown[]) => {
-            if (key === this.key && this.unreadable) throw new Error('coordinator unreachable (read)')
-            return await call(key, ...rest)
-          }
-        }
-        return value.bind(target)
-      }
-    })
-  }
-}
 
 const startNode = wrappedCoordinatorNodes('galleon-r11')
 
@@ -56,7 +17,7 @@ describe('review r11: a record write that lands with its answer lost', () => {
   it('migrateVolume to a replicated class whose record landed while the coordinator stopped answering: once it answers again, the same call makes the volume replicated (no record left naming this node primary of a local volume)', { timeout: 60_000 }, async () => {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()
-    const lost = new LostAnswer()
+    const lost = new GatedRecord()
     const n1 = await startNode(network, coordinators, 'n1', (c) => lost.wrap(c))
     const n2 = await startNode(network, coordinators, 'n2')
     await until('both nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
