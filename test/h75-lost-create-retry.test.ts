@@ -7,12 +7,11 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { GalleonFS, WriteConcern, type Volume } from '../src/index.js'
+import type { GalleonFS, Volume } from '../src/index.js'
 import type { Coordinator } from '../src/drivers.js'
-import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
-import { GatedRecord, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
+import { GatedRecord, failedConversion, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
 const startNode = wrappedCoordinatorNodes('galleon-h75')
 
@@ -25,19 +24,7 @@ const startNode = wrappedCoordinatorNodes('galleon-h75')
  * while that call is in flight.
  */
 async function sweepReadsDuringRetry (): Promise<{ n1: GalleonFS, n2: GalleonFS, gate: GatedRecord, reader: Coordinator, volumeId: string, retry: Promise<{ volume?: Volume, error?: { code?: string, message?: string } }> }> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const gate = new GatedRecord()
-  const n1 = await startNode(network, coordinators, 'n1', (c) => gate.wrap(c))
-  const n2 = await startNode(network, coordinators, 'n2')
-  await until('both nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
-  for (const g of [n1, n2]) await g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
-  const volume = await n1.createVolume({ name: 'conv', sizeBytes: '256K' })
-  await n1.writeBlock('conv', 3, new Uint8Array(4096).fill(3), WriteConcern.WriteDurable)
-
-  gate.key = recordKey(volume.id)
-  const first = await n1.migrateVolume('conv', { storageClass: 'double' }).then(() => undefined, (err: unknown) => err)
-  assert.ok(first !== undefined, 'the call fails: its record write answered with an error and the record could not be read')
+  const { coordinators, gate, n1, n2, volume } = await failedConversion(startNode)
   assert.equal((await n1.getVolume('conv')).replicas, 1, 'rolled back to a local volume')
 
   // The coordinator answers again, but the reads of the record wait at the gate: the first to

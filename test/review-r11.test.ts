@@ -4,30 +4,16 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { WriteConcern } from '../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
-import { GatedRecord, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
+import { failedConversion, wrappedCoordinatorNodes } from './support/wrapped-coordinator-nodes.js'
 
 
 const startNode = wrappedCoordinatorNodes('galleon-r11')
 
 describe('review r11: a record write that lands with its answer lost', () => {
   it('migrateVolume to a replicated class whose record landed while the coordinator stopped answering: once it answers again, the same call makes the volume replicated (no record left naming this node primary of a local volume)', { timeout: 60_000 }, async () => {
-    const network = new MemoryNetwork()
-    const coordinators = new MemoryCoordinatorCluster()
-    const lost = new GatedRecord()
-    const n1 = await startNode(network, coordinators, 'n1', (c) => lost.wrap(c))
-    const n2 = await startNode(network, coordinators, 'n2')
-    await until('both nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
-    for (const g of [n1, n2]) await g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
-    const volume = await n1.createVolume({ name: 'conv', sizeBytes: '256K' })
-    await n1.writeBlock('conv', 3, new Uint8Array(4096).fill(3), WriteConcern.WriteDurable)
-
-    lost.key = recordKey(volume.id)
-    const first = await n1.migrateVolume('conv', { storageClass: 'double' }).then(() => undefined, (err: unknown) => err)
-    assert.ok(first !== undefined, 'the call fails: its record write answered with an error and the record could not be read')
+    const { coordinators, gate: lost, n1, volume } = await failedConversion(startNode)
     const local = await n1.getVolume('conv')
     assert.equal(local.replicas, 1, 'rolled back to a local volume')
     assert.notEqual(local.storageClass, 'double')

@@ -3,12 +3,15 @@
 // Everything opened or made is closed and removed after the test file. GatedRecord is such a proxy.
 
 import { after } from 'node:test'
+import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS } from '../../src/index.js'
+import { GalleonFS, WriteConcern, type Volume } from '../../src/index.js'
+import { recordKey } from '../../src/replication/records.js'
+import { until } from './wait.js'
 import type { Coordinator } from '../../src/drivers.js'
-import { type MemoryCoordinatorCluster, type MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
 
 /** Starts nodes with a 1 s lease; `prefix` starts the names of their temp directories. */
 export function wrappedCoordinatorNodes (prefix: string): (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, wrap?: (c: Coordinator) => Coordinator) => Promise<GalleonFS> {
@@ -87,4 +90,27 @@ export class GatedRecord {
       }
     })
   }
+}
+
+/**
+ * n1 (coordinating through a GatedRecord) and n2, both with the 2-copy class `double`; n1's local
+ * volume conv (block 3 written) failed to become replicated: migrateVolume's record write landed
+ * with its answer lost, the record could not be read, and the call rolled back to a local volume.
+ * The GatedRecord is left unreadable, as the coordinator that stopped answering.
+ */
+export async function failedConversion (startNode: ReturnType<typeof wrappedCoordinatorNodes>): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, gate: GatedRecord, n1: GalleonFS, n2: GalleonFS, volume: Volume, first: unknown }> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const gate = new GatedRecord()
+  const n1 = await startNode(network, coordinators, 'n1', (c) => gate.wrap(c))
+  const n2 = await startNode(network, coordinators, 'n2')
+  await until('both nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
+  for (const g of [n1, n2]) await g.createStorageClass({ name: 'double', parameters: { replication: '2' } })
+  const volume = await n1.createVolume({ name: 'conv', sizeBytes: '256K' })
+  await n1.writeBlock('conv', 3, new Uint8Array(4096).fill(3), WriteConcern.WriteDurable)
+
+  gate.key = recordKey(volume.id)
+  const first = await n1.migrateVolume('conv', { storageClass: 'double' }).then(() => undefined, (err: unknown) => err)
+  assert.ok(first !== undefined, 'the call fails: its record write answered with an error and the record could not be read')
+  return { network, coordinators, gate, n1, n2, volume, first }
 }
