@@ -4,8 +4,7 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { readFile } from 'node:fs/promises'
-import { formatSize } from '../src/index.js'
-import { Presets, SingleBar } from 'cli-progress'
+import { formatSize } from '../src/size.js'
 import { DAEMON_HEADER, runtimeTokenPath } from './daemon-token.js'
 import { parseAddress } from './daemon-config.js'
 
@@ -249,6 +248,8 @@ const STREAM_SILENCE_MS = 15_000
 export async function callLong (globals: Globals, label: string, method: string, path: string, body?: unknown): Promise<unknown> {
   const show = globals.progress ?? (process.stderr.isTTY === true && globals.json !== true)
   const response = await request(globals, method, path, body, { accept: NDJSON })
+  // Loaded here: only long operations draw a bar.
+  const { Presets, SingleBar } = await import('cli-progress')
   const bar = new SingleBar({
     format: `${label} [{bar}] {percentage}% | {done} of {all} | {eta_formatted} left`,
     stream: process.stderr,

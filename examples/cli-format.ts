@@ -3,8 +3,7 @@
 
 import { readFile } from 'node:fs/promises'
 import { InvalidArgumentError } from 'commander'
-import { parse as parseYaml } from 'yaml'
-import { parseSize } from '../src/index.js'
+import { parseSize } from '../src/size.js'
 import Table from 'cli-table3'
 import { CliError, UsageError, type Globals } from './cli-client.js'
 
@@ -63,20 +62,27 @@ export function policyFromFlags (options: Record<string, number | string | undef
   return policy
 }
 
-export async function policyFromFile (file: string, options: Record<string, unknown>): Promise<unknown> {
-  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new UsageError('give the policy either as --file or as flags, not both')
+/**
+ * A definition file's contents: YAML for `.yaml`/`.yml` names, else JSON. The YAML parser is loaded
+ * only here, so that commands without a file do not pay for loading it.
+ */
+export async function readDefinitionFile (file: string): Promise<unknown> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
   } catch (err) {
     throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
   }
-  let policy: unknown
   try {
-    policy = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
+    return /\.ya?ml$/i.test(file) ? (await import('yaml')).parse(text) : JSON.parse(text)
   } catch (err) {
     throw parseProblem(file, err)
   }
+}
+
+export async function policyFromFile (file: string, options: Record<string, unknown>): Promise<unknown> {
+  if (Object.entries(options).some(([key, value]) => key !== 'file' && value !== undefined)) throw new UsageError('give the policy either as --file or as flags, not both')
+  const policy = await readDefinitionFile(file)
   return definitionIn(file, policy, 'a QoS policy (limits, guarantees, burstable, weight)')
 }
 

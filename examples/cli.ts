@@ -2,14 +2,13 @@
 // 1 the operation failed (the daemon said no, or is not running), 2 the command line is wrong.
 
 import { readFileSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
 import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
-import { parse as parseYaml } from 'yaml'
-import { formatSize, parseSize, type ForgottenNode } from '../src/index.js'
+import { formatSize, parseSize } from '../src/size.js'
+import type { ForgottenNode } from '../src/index.js'
 import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
-import { columns, commaList, definitionIn, keyValues, parseProblem, policyFromFile, policyFromFlags, print, sizeOption } from './cli-format.js'
+import { columns, commaList, definitionIn, keyValues, policyFromFile, policyFromFlags, print, readDefinitionFile, sizeOption } from './cli-format.js'
 
 export { runReplicationSelfTest } from './cli-self-test.js'
 
@@ -387,18 +386,7 @@ export function buildCli (): Command {
 
   const storageClass = program.command('storage-class').description('storage classes')
   storageClass.command('create').argument('<file>', 'a JSON or YAML definition').description('create a storage class from a file').action(async (file: string) => {
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (err) {
-      throw new CliError(`cannot read ${file}: ${(err as Error).message}`)
-    }
-    let definition: unknown
-    try {
-      definition = /\.ya?ml$/i.test(file) ? parseYaml(text) : JSON.parse(text)
-    } catch (err) {
-      throw parseProblem(file, err)
-    }
+    const definition = await readDefinitionFile(file)
     const created = await call(globals(), 'POST', '/v1/storage-classes', definitionIn(file, definition, 'a storage class (name, parameters, ...)')) as { name: string }
     print(globals(), created, () => `created storage class ${created.name}\n`)
   })

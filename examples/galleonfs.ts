@@ -3,11 +3,13 @@
 
 import { Command, CommanderError } from 'commander'
 import { check, ConfigError, DEFAULTS, flagName, merge, readConfigFile, type DaemonConfig } from './daemon-config.js'
-import { createLogger, startDaemon, type Daemon } from './daemon.js'
+// The daemon and the demo open storage: loaded only when run, so that a CLI command starts without
+// loading the library (about half of a command's start-up CPU).
+import type { Daemon } from './daemon.js'
 import { runCli, runReplicationSelfTest } from './cli.js'
-import { runDemo } from './demo.js'
 
 async function daemonMain (argv: string[]): Promise<number> {
+  const { createLogger, startDaemon } = await import('./daemon.js')
   const program = new Command('galleonfs -d')
     .option('-d, --daemon', 'run the daemon')
     .option('--config <file>', 'TOML configuration file (flags override it)')
@@ -129,6 +131,7 @@ async function legacyMain (argv: string[]): Promise<number> {
     return await runReplicationSelfTest({ daemonAddress: options.daemonAddress, ...(options.daemonCaFile === undefined ? {} : { daemonCaFile: options.daemonCaFile }), ...(options.token === undefined ? {} : { token: options.token }) })
   }
   try {
+    const { runDemo } = await import('./demo.js')
     await runDemo({ ...(options.storagePath === undefined ? {} : { storagePath: options.storagePath }), setupDefaults: options.setupDefaults === true })
     return 0
   } catch (err) {
