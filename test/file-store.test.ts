@@ -398,30 +398,42 @@ describe('file block store', () => {
       await withStore({ segmentBytes: 64 * 1024, compactionThreshold: 0.5 }, async ({ location, make }) => {
         const store = make()
         await store.open()
+        // Counted in batches, not in seconds, so that a slow machine is no reason to fail: the writes
+        // go on until the compaction passes end or, after those began, WRITES_DURING_PASSES more
+        // batches (three passes took 389-676 while writes went on, on a loaded machine: speed cancels out).
+        const WRITES_DURING_PASSES = 20_000
         let writing = true
+        let batches = 0
+        let stopAt = Number.POSITIVE_INFINITY
         let seed = 0
         const random = mulberry32(42)
         const writers = Array.from({ length: 8 }, async () => {
-          while (writing) {
-            const ops: BlockOp[] = []
-            for (let i = 1 + Math.floor(random() * 5); i > 0; i--) {
-              const address = addr(1, Math.floor(random() * 130))
-              ops.push(random() < 0.25 ? del(address) : put(address, bytesOf(20 + Math.floor(random() * 3000), ++seed)))
+          try {
+            while (writing && batches < stopAt) {
+              const ops: BlockOp[] = []
+              for (let i = 1 + Math.floor(random() * 5); i > 0; i--) {
+                const address = addr(1, Math.floor(random() * 130))
+                ops.push(random() < 0.25 ? del(address) : put(address, bytesOf(20 + Math.floor(random() * 3000), ++seed)))
+              }
+              await store.batch(ops, { sync: random() < 0.6 })
+              batches++
             }
-            await store.batch(ops, { sync: random() < 0.6 })
+          } finally {
+            // A failed batch ends the waits below; its error fails the test where writers are awaited.
+            writing = false
           }
         })
-        const deadline = setTimeout(() => { writing = false }, 15_000)
         try {
           // Let the writes get going: a few hundred segments written, compaction busy.
           while (writing && Math.max(0, ...(await segments(location)).map((s) => s.id)) < 300) await new Promise((resolve) => setTimeout(resolve, 20))
+          const before = batches
+          stopAt = before + WRITES_DURING_PASSES
           for (let pass = 0; pass < 3; pass++) {
             await store.compact()
-            assert.ok(writing, `compact() call ${pass + 1} resolved only once the writes stopped`)
+            assert.ok(batches < stopAt, `compact() call ${pass + 1} resolved only once the writes stopped (${WRITES_DURING_PASSES} batches after the first call)`)
           }
         } finally {
           writing = false
-          clearTimeout(deadline)
           await Promise.all(writers)
         }
         assert.equal(store.lastBackgroundError, undefined)
