@@ -261,6 +261,15 @@ export class ReplicationBridge {
         if (record === undefined || record.state === VolumeState.Deleting || (record.revertTokens ?? []).join() === tokens.join()) return
         await this.#host.catalog.updateVolume(id, { revertTokens: keptTokens(tokens) })
       },
+      dropUnfinishedRevert: async (id) => {
+        const record = this.#host.recordById(id)
+        if (record === undefined || record.state === VolumeState.Deleting || record.revertTo === undefined) return false
+        // One write: the intent never goes while the copy's saved position still claims a place in
+        // a stream (a crash between would leave a part reverted copy that a delta resync keeps).
+        await this.#host.catalog.updateVolume(id, { revertTo: undefined, revertToken: undefined, replication: { epoch: 0, seq: 0 } })
+        this.#host.revertFailures.delete(id)
+        return true
+      },
       exclusive: async (task) => await this.#host.admin(task),
       serveForwarded: async (id, request, payload) => await this.serveForwarded(id, request, payload),
       emit: (event, payload) => { (this.#host.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }

@@ -313,28 +313,53 @@ export class Snapshots {
       this.#host.reverting.add(record.id)
       let reverted: number
       let updated!: VolumeRecord
+      // What the record says of an earlier revert left unfinished (a failed one): a revert that
+      // changes nothing here leaves it as it was (the volume may be part reverted by that one).
+      const before = { revertTo: record.revertTo, revertToken: record.revertToken }
       try {
         await this.#host.catalog.updateVolume(record.id, { revertTo: found.id, revertToken: sent?.token })
         if (record.replication !== undefined && volume.replicator === undefined) {
           // Deposed while the intent was being recorded: nothing is reverted on this copy alone
           // (the new primary's would not be, and the next resync would undo it here).
-          await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined })
+          await this.#host.catalog.updateVolume(record.id, before)
           throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} stopped being the primary of volume ${record.name} while the revert waited; nothing was reverted. Retry it: it goes to the new primary`)
         }
+        /** Why the volume's primary on this node did not take the revert into its stream (no block was changed then). */
+        let refused: unknown
         try {
           // The record is cleared before the volume's I/O goes on: done after, I/O would be refused
           // meanwhile as if the revert had failed; done after acknowledged writes, a crash between
           // would make the next open revert again over them.
           // The call's token goes with the revert into the stream, and into the record with its end.
-          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => { noteChange(change, volume.replicator, volume.replicator?.record({ type: 'revert', snapshotId: found.id, blocks: changed, ...(sent === undefined ? {} : { token: sent.token }) })) }, async () => {
+          // On a replicated volume the revert is recorded in the stream before any block changes,
+          // by the primary this node still is: one that stopped leading (deposed, handing the role
+          // over, or fenced for a lapsed lease) meanwhile refuses it, and nothing is reverted on
+          // this copy alone (the next resync would undo it, and the copy is not this node's to
+          // change now).
+          reverted = await this.#host.engine.revert(volume, viewOf(found) as View, volume.replicator === undefined ? undefined : (changed) => {
+            try {
+              const replicator = volume.replicator
+              if (replicator === undefined) throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} is no longer the primary of volume ${record.name}`)
+              noteChange(change, replicator, replicator.record({ type: 'revert', snapshotId: found.id, blocks: changed, ...(sent === undefined ? {} : { token: sent.token }) }))
+            } catch (err) {
+              refused = err
+              throw err
+            }
+          }, async () => {
             this.#host.revertFailures.delete(record.id)
             const tokens = sent === undefined ? {} : { revertTokens: withToken(this.#host.recordById(record.id)?.revertTokens, sent.token) }
             updated = await this.#host.catalog.updateVolume(record.id, { revertTo: undefined, revertToken: undefined, ...tokens })
           })
         } catch (err) {
+          const message = err instanceof Error ? err.message : String(err)
+          if (refused !== undefined && await this.#host.catalog.updateVolume(record.id, before).then(() => true, () => false)) {
+            // Nothing was reverted here: no intent is left on this copy (it would refuse the
+            // volume's I/O here, and a reopen would revert this copy alone). The call goes on at the
+            // next primary (see hereOrNext); the copy follows whatever that primary did.
+            throw new GalleonError('NOT_LEADER', `node ${this.#host.cluster?.nodeId ?? ''} stopped being the primary of volume ${record.name} as the revert began (${message}); nothing was reverted. Retry it: it goes to the new primary`, { cause: err })
+          }
           // Part of the volume may be reverted already: it refuses I/O until a revert succeeds, and a
           // reopen does not silently finish this one over writes made in between.
-          const message = err instanceof Error ? err.message : String(err)
           this.#host.revertFailures.set(record.id, message)
           this.#host.emit('io:error', { volumeId: record.id, volumeName: record.name, operation: 'write', code: errorCode(err), message: `revert to snapshot ${found.name} failed: ${message}` })
           throw err

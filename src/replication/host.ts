@@ -69,6 +69,14 @@ export interface ReplicationHost {
   revertTokens: (volumeId: string) => readonly string[]
   /** A resync brought this node's copy to the primary's state, whose reverts are those of `tokens`. */
   keepRevertTokens: (volumeId: string, tokens: readonly string[]) => Promise<void>
+  /**
+   * A resync of this node's copy begins, this node not being the volume's primary: a revert it
+   * left unfinished as the primary (refused or cut short there; the local intent that fences the
+   * volume's I/O) is the primary's now, which went on with the call or did not. The intent goes,
+   * and with it the copy's saved position (so that the resync compares every block, and a part
+   * reverted copy is rebuilt before it serves anything). True when there was one.
+   */
+  dropUnfinishedRevert: (volumeId: string) => Promise<boolean>
   /** Runs `task` while no snapshot of any volume is being taken or deleted. */
   exclusive: <T>(task: () => Promise<T>) => Promise<T>
   /** Runs an I/O request forwarded from another node, on this node (the primary). */

@@ -153,7 +153,17 @@ export class ReplicaSide {
       // took would stay on this copy alone (only those listed are pruned), one it deleted would be
       // gone here alone (only those not listed are sent), and a revert would change blocks after
       // the digest comparison read them. Calls from now on find this node no primary and forward.
-      const snapshots = await this.#core.host.exclusive(async () => this.#core.host.snapshots(set.volumeId).map((s) => s.id))
+      const snapshots = await this.#core.host.exclusive(async () => {
+        // A revert this node left unfinished while it was the primary (its intent still fences the
+        // copy's I/O, and a reopen would finish it on this copy alone) is the primary's now: the
+        // copy holds what that primary did once the resync ends, comparing every block (a part
+        // reverted copy is rebuilt whatever position it had).
+        if (set.primary === undefined && await this.#core.host.dropUnfinishedRevert(set.volumeId)) {
+          set.position = { epoch: 0, seq: 0 }
+          set.durable = set.position
+        }
+        return this.#core.host.snapshots(set.volumeId).map((s) => s.id)
+      })
       return { kind: 'resync-state', header: { epoch: set.position.epoch, seq: set.position.seq, snapshots } }
     })
     on('repl:resync-prune', async (set, header) => {
