@@ -66,7 +66,9 @@ describe('NBD server edges', () => {
       let lists = 0
       h.listVolumes = async (...args: Parameters<GalleonFS['listVolumes']>) => { lists++; return await listVolumes(...args) }
 
-      const client = await NbdClient.connect(own.port, clientTimeouts)
+      // Once it reads, the server has some 180 MiB to answer and take in: on a loaded machine a
+      // reply can be seconds behind the one before, so this client waits up to a minute for each.
+      const client = await NbdClient.connect(own.port, { ...clientTimeouts, readTimeoutMs: 60_000 })
       await client.hello()
       client.socket.pause() // reads nothing from now on
       // About 50 MiB of NBD_OPT_LIST replies asked for (each option 16 bytes), then 128 MiB of
