@@ -69,6 +69,17 @@ it('a failover the leader decided while the primary was not a member does not la
   // n2 first: it leads the cluster, so it is the one that fails n1's volume over.
   const n2 = await open('n2', held.wrap(coordinators.coordinator()))
   await until('n2 leads the cluster', () => n2.cluster?.leadership !== undefined, 10_000)
+  // n1's new leases wait while `rejoin` is set: it rejoins only once the leader's failover write is
+  // held, however the nodes' timers interleave on a loaded machine (else n1 could be back before the
+  // leader's pass, which then fails nothing over). The rejoin is the coordinator's own (its lease
+  // grants), not a call through the Coordinator interface.
+  let rejoin: Promise<void> | undefined
+  const leases = n1Handle as unknown as { _grantLease: Call }
+  const grantLease = leases._grantLease
+  leases._grantLease = async function (this: unknown, ...args: unknown[]) {
+    if (rejoin !== undefined) await rejoin
+    return await grantLease.apply(this, args)
+  }
   const n1 = await open('n1', n1Handle)
   await until('both nodes are healthy members', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2), 10_000)
   await n1.createVolume({ name: 'v', sizeBytes: 1 << 20, replicas: 2 })
@@ -85,8 +96,11 @@ it('a failover the leader decided while the primary was not a member does not la
   // n1's leases end on the cluster (a partition from the coordinator for a lease's time): the
   // leader sees n1 gone and writes the failover, which is held here before it reaches the store.
   held.hold = true
+  let letRejoin!: () => void
+  rejoin = new Promise<void>((resolve) => { letRejoin = resolve })
   n1Handle.expireLeases()
   await until('the leader is failing v over (its write is held)', () => held.release !== undefined, 10_000)
+  letRejoin()
   // n1 notices at its next keepalive, fences, joins again, reads the record (still naming it) and serves.
   await until('n1 fenced its primary', () => fenced.some((m) => /lost its cluster lease/.test(m)), 10_000)
   await until('n1 serves again as the primary', async () => (await n1.replicationStatus('v')).role === 'primary', 10_000)
