@@ -4,9 +4,9 @@
 import { readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { GalleonError, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, PROTOCOL_VERSION, type GalleonFS, type TransportMessage } from '../src/index.js'
+import { GalleonError, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, PROTOCOL_VERSION, type GalleonFS, type TransportHandler, type TransportMessage } from '../src/index.js'
 import type { ClusterOptions } from '../src/cluster/manager.js'
-import { TcpTransport } from '../backends/tcp/index.js'
+import { TcpTransport, type TcpTransportOptions } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { readSecret } from './daemon-drivers.js'
@@ -97,16 +97,63 @@ function nodeIdOf (config: DaemonConfig): string {
   return `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 50) || 'node'}-${port}`
 }
 
-/** This node's cluster drivers: TCP on the bind address, etcd as coordinator. */
-export async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, secret: string): Promise<ClusterOptions> {
+/**
+ * The TCP transport of a daemon that starts in its cluster. It listens on the bind address before
+ * the storage opens (listenEarly()), so that a busy port stops the start before anything is created
+ * on disk and no other process takes the port meanwhile; what peers ask waits until the cluster
+ * manager takes the transport (its listen(), as the instance joins). Without listenEarly() it is a
+ * TcpTransport like any other.
+ */
+export class EarlyTcpTransport extends TcpTransport {
+  #early: Promise<string> | undefined
+  #handler: TransportHandler | undefined
+  #take: () => void = () => {}
+  #refuse: (err: Error) => void = () => {}
+  readonly #taken = new Promise<void>((resolve, reject) => { this.#take = resolve; this.#refuse = reject })
+
+  constructor (options: TcpTransportOptions) {
+    super(options)
+    this.#taken.catch(() => {})
+  }
+
+  /** Listens now (once); requests wait for the handler that listen() is given later. */
+  async listenEarly (): Promise<string> {
+    this.#early ??= super.listen(async (from, request) => {
+      await this.#taken
+      return await (this.#handler as TransportHandler)(from, request)
+    })
+    return await this.#early
+  }
+
+  /** Once listenEarly() was called: starts serving with `handler`, on the address listened on already. */
+  override async listen (handler: TransportHandler): Promise<string> {
+    // Otherwise (and for a second listen, or no function) as any transport: it listens, or refuses.
+    if (this.#early === undefined || this.#handler !== undefined || typeof handler !== 'function') return await super.listen(handler)
+    this.#handler = handler
+    this.#take()
+    return await this.#early
+  }
+
+  override async close (): Promise<void> {
+    this.#refuse(new GalleonError('BACKEND_UNAVAILABLE', `node ${this.nodeId} stopped before it joined its cluster`))
+    await super.close()
+  }
+}
+
+/** This node's transport: TCP on the bind address (refused: a wildcard one without an advertise address). */
+export function clusterTransport (config: DaemonConfig, secret: string): EarlyTcpTransport {
   const bind = parseAddress(config.bindAddress, 'bind address')
-  const nodeId = nodeIdOf(config)
   const wildcard = bind.host === '0.0.0.0' || bind.host === '::'
   if (wildcard && config.advertiseAddress === undefined) {
     throw new ConfigError(`bind address ${config.bindAddress} listens on every interface, so peers cannot be told where to reach this node; set --advertise-address (advertise_address in [cluster]) to host:port as the peers see it`)
   }
   const advertise = config.advertiseAddress === undefined ? undefined : parseAddress(config.advertiseAddress, 'advertise address')
-  const transport = new TcpTransport({ nodeId, clusterSecret: secret, host: bind.host, port: bind.port, ...keepaliveOptions(config), ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
+  return new EarlyTcpTransport({ nodeId: nodeIdOf(config), clusterSecret: secret, host: bind.host, port: bind.port, ...keepaliveOptions(config), ...(advertise === undefined ? {} : { advertiseHost: advertise.host }) })
+}
+
+/** This node's cluster drivers: `transport` (TCP on the bind address), etcd as coordinator. */
+export async function clusterOptions (config: DaemonConfig, settings: ClusterSettings, secret: string, transport: TcpTransport = clusterTransport(config, secret)): Promise<ClusterOptions> {
+  const nodeId = nodeIdOf(config)
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix, ...await etcdAccess(config, settings) })
     return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }

@@ -6,11 +6,11 @@
 
 import { spawn } from 'node:child_process'
 import { createServer, maxHeaderSize, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { createServer as createNetServer, type Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
-import { NbdServer } from '../backends/nbd/index.js'
+import { DEFAULT_MAX_PENDING_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS, NbdServer } from '../backends/nbd/index.js'
 import { ipcTlsOptions, nbdTlsOptions } from './daemon-tls.js'
 import { createServer as createHttpsServer } from 'node:https'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
@@ -19,8 +19,9 @@ import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, sameToken, writeRun
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
-  answerClusterInfo, clusterOptions, clusterSecret, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings
+  answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings
 } from './daemon-cluster.js'
+import { bindAddress, HeldPort, listenOn, type DaemonAddress } from './daemon-listen.js'
 import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
 
 export { createLogger, runtimeTokenPath, type Logger, type ReloadReport }
@@ -83,44 +84,12 @@ async function checkMountPoint (config: DaemonConfig): Promise<void> {
   if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
 }
 
-/**
- * Fails (BUSY, naming the setting) when an address the daemon is to listen on is taken, before
- * anything is created on disk: a daemon that cannot serve leaves no storage path (nor token) behind.
- * Listening briefly and closing is the check; the addresses are held together until all are checked,
- * so two of the daemon's own settings on one port (its NBD address that is its IPC address too) fail
- * here as well (a ConfigError naming both), not once the storage is open. A process that takes an
- * address after the check, while the storage opens, still makes the start fail (with the storage
- * path then created).
- */
-async function checkAddressesFree (addresses: ReadonlyArray<{ address: string, what: string, setting: string, host: string, port: number }>): Promise<void> {
-  const held: Array<{ probe: ReturnType<typeof createNetServer>, address: string, what: string, setting: string, port: number }> = []
-  try {
-    for (const { address, what, setting, host, port } of addresses) {
-      if (port === 0) continue // a free port is picked
-      const probe = createNetServer()
-      await new Promise<void>((resolve, reject) => {
-        probe.once('error', (err: NodeJS.ErrnoException) => {
-          if (err.code !== 'EADDRINUSE') { reject(err); return }
-          const own = held.find((other) => other.port === port)
-          reject(own !== undefined
-            ? new ConfigError(`the ${what} ${address} is on the port of the ${own.what} ${own.address} of this daemon, which listens on both; give ${setting} or ${own.setting} another port`)
-            : new GalleonError('BUSY', `the ${what} ${address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${setting}`, { cause: err }))
-        })
-        probe.listen({ host, port }, () => { resolve() })
-      })
-      held.push({ probe, address, what, setting, port })
-    }
-  } finally {
-    await Promise.all(held.map(async ({ probe }) => { await new Promise<void>((resolve) => { probe.close(() => resolve()) }) }))
-  }
-}
-
 /** Settings a reload applies in place; any other change waits for a restart. */
 const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
 /**
- * Starts the daemon: opens the storage, writes the token, listens. `loadConfig` reads the
- * configuration again for a reload (the file and the flags it started with).
+ * Starts the daemon: listens on its addresses, opens the storage, writes the token, serves.
+ * `loadConfig` reads the configuration again for a reload (the file and the flags it started with).
  */
 export async function startDaemon (initial: DaemonConfig, log: Logger = createLogger(), loadConfig?: () => Promise<DaemonConfig>): Promise<Daemon> {
   // What is in effect: a reload changes the live settings in here.
@@ -156,26 +125,13 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
   } else cluster = await readSavedCluster(config.storagePath)
   if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
-  // Nothing is created on disk before this (the storage opens next): a busy port fails the start here.
-  await checkAddressesFree([
-    { address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc },
-    ...(config.nbdAddress === undefined ? [] : [{ address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address (nbd_address in [daemon])', ...parseAddress(config.nbdAddress, 'nbd address') }]),
-    ...(cluster === undefined ? [] : [{ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }])
-  ])
-  const g = await GalleonFS.open({
-    storagePath: config.storagePath,
-    blockSize: config.blockSize,
-    ...drivers,
-    ...await keyOptions(config),
-    ...(cluster === undefined ? {} : { cluster: await clusterOptions(config, cluster, secret as string) })
-  })
-  logEvents(g, log)
+  // Nothing is created on disk before the daemon listens on every address it serves (below): a busy
+  // port fails the start before the storage opens, and no other process can take one while it opens.
+  const nbdAddress: DaemonAddress | undefined = config.nbdAddress === undefined ? undefined : { address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address (nbd_address in [daemon])', ...parseAddress(config.nbdAddress, 'nbd address') }
+  const transport = cluster === undefined ? undefined : clusterTransport(config, secret as string)
+  // Opened once the daemon listens (the closures below run only after that).
+  let g!: GalleonFS
   let clusterSettings = cluster
-  if (clusterSettings !== undefined) {
-    answerClusterInfo(g, clusterSettings)
-    await writeSavedCluster(config.storagePath, clusterSettings)
-    log('info', 'joined the cluster', { nodeId: g.cluster?.nodeId, bindAddress: g.cluster?.address, etcd: clusterSettings.etcdEndpoints })
-  }
   const clusterControl = {
     join: async (address: string): Promise<unknown> => {
       if (g.cluster !== undefined) throw new GalleonError('BUSY', `this daemon is in a cluster already, as node ${g.cluster.nodeId}; leave it first`)
@@ -313,8 +269,14 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     reloading = run.catch(() => {})
     return await run
   }
+  // Requests that come while the daemon starts wait for this; if the start fails, their connections end.
+  let opened!: () => void
+  let failed!: (err: unknown) => void
+  const ready = new Promise<void>((resolve, reject) => { opened = resolve; failed = reject })
+  ready.catch(() => {})
+  let token: string
+  let heldNbd: HeldPort | undefined
   try {
-    const token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
     const answer = (request: IncomingMessage, response: ServerResponse): void => {
       const socket = request.socket
       answering.add(socket)
@@ -325,7 +287,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         // A kept-alive connection would wait idle for its next request: while stopping it ends.
         if (stopping !== undefined) socket.end()
       })
-      void handle(request, response).catch(() => {})
+      void ready.then(async () => { await handle(request, response) }, () => { socket.destroy() }).catch(() => {})
     }
     // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop does not wait for
     // it), and connections count once they are secure (the socket a request comes on).
@@ -439,14 +401,28 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         else send(status, { error }, undefined, err instanceof HttpError && err.closeConnection)
       }
     }
-    await new Promise<void>((resolve, reject) => {
-      (server as Server).once('error', (err: NodeJS.ErrnoException) => {
-        reject(err.code === 'EADDRINUSE'
-          ? new GalleonError('BUSY', `the IPC address ${config.ipcAddress} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another --ipc-address`, { cause: err })
-          : err)
-      })
-      ;(server as Server).listen(ipc.port, ipc.host, () => resolve())
+    // Every address first (the API's server itself; the NBD server's port held until it starts; the
+    // cluster's transport), then the storage.
+    const bound: DaemonAddress[] = []
+    await bindAddress({ address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc }, bound, async () => { await listenOn(server as Server, ipc.host, ipc.port) })
+    // The NBD server's own caps on connections in their handshake (its defaults) hold meanwhile.
+    const caps = { maxPending: DEFAULT_MAX_PENDING_CONNECTIONS, maxPendingPerAddress: DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS }
+    if (nbdAddress !== undefined) heldNbd = await bindAddress(nbdAddress, bound, async () => await HeldPort.listen(nbdAddress.host, nbdAddress.port, caps))
+    if (transport !== undefined) await bindAddress({ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }, bound, async () => await transport.listenEarly())
+    g = await GalleonFS.open({
+      storagePath: config.storagePath,
+      blockSize: config.blockSize,
+      ...drivers,
+      ...await keyOptions(config),
+      ...(cluster === undefined ? {} : { cluster: await clusterOptions(config, cluster, secret as string, transport) })
     })
+    logEvents(g, log)
+    if (clusterSettings !== undefined) {
+      answerClusterInfo(g, clusterSettings)
+      await writeSavedCluster(config.storagePath, clusterSettings)
+      log('info', 'joined the cluster', { nodeId: g.cluster?.nodeId, bindAddress: g.cluster?.address, etcd: clusterSettings.etcdEndpoints })
+    }
+    token = await loadOrCreateToken(join(config.storagePath, 'ipc.token'))
     const address = server.address()
     const actual = typeof address === 'object' && address !== null ? formatAddress(ipc.host, address.port) : config.ipcAddress
     if (ipcTls === undefined && typeof address === 'object' && address !== null && !isLoopback(address.address)) {
@@ -454,6 +430,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     }
     tokenFile = runtimeTokenPath(actual)
     await writeRuntimeToken(tokenFile, token)
+    // The requests that came while the daemon started are answered now.
+    opened()
     // Mounts made before a restart (or before a crash) come back.
     if (config.mountPoint !== undefined) {
       const accepted = g.mounts.acceptedOptions
@@ -476,17 +454,25 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         )
       }
     }
-    if (config.nbdAddress !== undefined) {
-      const where = parseAddress(config.nbdAddress, 'nbd address')
-      nbd = await NbdServer.listen(g, { ...where, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nbdTls })
+    if (heldNbd !== undefined && nbdAddress !== undefined) {
+      // The NBD server takes the held port over, with the clients that connected while the daemon started.
+      const options = { host: nbdAddress.host, port: nbdAddress.port, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nbdTls }
+      nbd = await heldNbd.handOver(async (server) => await NbdServer.listen(g, { ...options, server }))
       log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port), tls: nbdTls === undefined ? 'off' : 'required' })
     }
     log('info', 'ready', { ipcAddress: actual, ipcTls: ipcTls !== undefined, ...(nbd === undefined ? {} : { nbdAddress: formatAddress(nbd.host, nbd.port) }), storagePath: resolve(config.storagePath), pid: process.pid })
     return { ipcAddress: actual, stop, stopped, reload }
   } catch (err) {
+    failed(err)
     server?.close()
+    // Every connection ends now: also (with HTTPS) those in their TLS handshake, which
+    // closeAllConnections() does not know of; each would keep the process up until it timed out.
+    server?.closeAllConnections()
+    for (const socket of handshaking.values()) socket.destroy()
+    heldNbd?.release()
     await nbd?.close().catch(() => {})
-    await g.close().catch(() => {})
+    await (g as GalleonFS | undefined)?.close().catch(() => {})
+    await transport?.close().catch(() => {})
     throw err
   }
 }

@@ -26,7 +26,7 @@
 // `maxPendingConnections` (64) connections may be in their handshake at once, and
 // `maxPendingConnectionsPerAddress` (32) from one address: one more is closed at once.
 
-import { createServer, type Server, type Socket } from 'node:net'
+import { createServer, Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { PendingConnections, pendingLimitOption, type PendingSlot } from '../../src/pending-connections.js'
@@ -86,12 +86,23 @@ export interface NbdServerOptions {
    * with many jobs, say). Default 32.
    */
   readonly maxPendingConnectionsPerAddress?: number
+  /**
+   * A server listening already, to serve on instead of listening on host:port (`host` still names
+   * it): a program that binds its ports before it opens the instance hands the NBD server its port
+   * this way, with no moment in which another process could take it. Create it with
+   * `net.createServer({ allowHalfOpen: true, noDelay: true })` and no 'connection' listener; the
+   * NBD server serves its connections from now on (also those emitted on it later, such as ones
+   * accepted before) and closes it in close().
+   */
+  readonly server?: Server
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000
 const DEFAULT_CLOSE_TIMEOUT_MS = 10_000
-const DEFAULT_MAX_PENDING_CONNECTIONS = 64
-const DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS = 32
+/** `maxPendingConnections` when not given. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS = 64
+/** `maxPendingConnectionsPerAddress` when not given. */
+export const DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS = 32
 /** Longest delay setTimeout takes: a longer one would fire after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -142,20 +153,31 @@ export class NbdServer {
     const pending = new PendingConnections(
       pendingLimitOption('maxPendingConnections', options.maxPendingConnections, DEFAULT_MAX_PENDING_CONNECTIONS),
       pendingLimitOption('maxPendingConnectionsPerAddress', options.maxPendingConnectionsPerAddress, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS))
+    const given = options.server
+    if (given !== undefined) {
+      const make = 'create it with net.createServer({ allowHalfOpen: true, noDelay: true }) and no connection listener, and wait for its listen() to call back'
+      if (!(given instanceof Server)) throw new GalleonError('INVALID_ARGUMENT', `server must be a listening net.Server (${make}), or left out to have the NBD server listen on host:port; got ${describe(given)}`)
+      if (!given.listening) throw new GalleonError('INVALID_ARGUMENT', `server is not listening: ${make}, or leave server out to have the NBD server listen on host:port`)
+      // An HTTP or TLS server (or one made with a connection handler) would take the NBD clients' connections too.
+      if (given.listenerCount('connection') > 0) throw new GalleonError('INVALID_ARGUMENT', `server has a 'connection' listener already (an HTTP or TLS server, or one made with a connection handler), which would take the NBD clients' connections too: ${make}`)
+    }
     const accept: { to?: NbdServer } = {}
     // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
     // the replies to the requests it sent; the session ends its side itself (finish).
-    const server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
+    const server = given ?? createServer({ noDelay: true, allowHalfOpen: true })
+    server.on('connection', (socket: Socket) => {
       if (accept.to === undefined) socket.destroy()
       else accept.to.#accept(socket)
     })
     const instance = new NbdServer(g, server, host, { handshakeMs: handshakeTimeoutMs, closeMs: closeTimeoutMs }, onError, tls, pending)
     accept.to = instance
-    await new Promise<void>((resolve, reject) => {
-      const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
-      server.once('error', failed)
-      server.listen(port, host, () => { server.off('error', failed); resolve() })
-    })
+    if (given === undefined) {
+      await new Promise<void>((resolve, reject) => {
+        const failed = (err: NodeJS.ErrnoException): void => reject(new GalleonError(err.code === 'EADDRINUSE' ? 'BUSY' : 'IO_ERROR', `the NBD server could not listen on ${host}:${port}: ${err.message}`, { cause: err }))
+        server.once('error', failed)
+        server.listen(port, host, () => { server.off('error', failed); resolve() })
+      })
+    }
     // Once listening, an 'error' is an accept that failed (EMFILE, ENFILE, ...): without a listener
     // it would end the process; the server keeps listening and reports it.
     server.on('error', (err) => { instance.#report(err) })

@@ -1,0 +1,120 @@
+// The daemon's addresses, bound before its storage opens: a busy port stops the start before anything
+// is created on disk, and no other process can take a port while the storage opens.
+
+import { createServer, type Server, type Socket } from 'node:net'
+import { GalleonError, type GalleonErrorCode } from '../src/index.js'
+import { PendingConnections } from '../src/pending-connections.js'
+import { ConfigError } from './daemon-config.js'
+
+/** An address the daemon listens on, and how messages name it. */
+export interface DaemonAddress {
+  /** As configured (host:port). */
+  readonly address: string
+  /** What it is, such as "IPC address". */
+  readonly what: string
+  /** The setting that gives it, as flag and configuration key. */
+  readonly setting: string
+  readonly host: string
+  readonly port: number
+}
+
+/**
+ * Runs `listen` (which binds `entry`) and adds `entry` to `bound`, the daemon's addresses bound so
+ * far. A port in use fails with BUSY naming the setting; one that is the port of an address in
+ * `bound` (its NBD address on its IPC port, say) with a ConfigError naming both settings; any other
+ * listen error (an address not of this machine, a port below 1024 without the right) with a
+ * GalleonError naming the setting and what to give it.
+ */
+export async function bindAddress<T> (entry: DaemonAddress, bound: DaemonAddress[], listen: () => Promise<T>): Promise<T> {
+  let result: T
+  try {
+    result = await listen()
+  } catch (err) {
+    // A server's own error, or a transport's GalleonError wrapping it.
+    const system = (err as { syscall?: unknown }).syscall === 'listen' ? err as NodeJS.ErrnoException : (err as { cause?: NodeJS.ErrnoException }).cause
+    const errno = system?.syscall === 'listen' ? system.code : undefined
+    if (errno === 'EADDRINUSE') {
+      const own = entry.port === 0 ? undefined : bound.find((other) => other.port === entry.port)
+      throw own !== undefined
+        ? new ConfigError(`the ${entry.what} ${entry.address} is on the port of the ${own.what} ${own.address} of this daemon, which listens on both; give ${entry.setting} or ${own.setting} another port`)
+        : new GalleonError('BUSY', `the ${entry.what} ${entry.address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${entry.setting}`, { cause: err })
+    }
+    if (errno === undefined) throw err
+    const [code, why, fix]: [GalleonErrorCode, string, string] = errno === 'EADDRNOTAVAIL'
+      ? ['INVALID_ARGUMENT', `no network interface of this machine has the address ${entry.host}`, 'an address of this machine']
+      : errno === 'EACCES'
+        ? ['PERMISSION_DENIED', `ports below 1024 need root (or CAP_NET_BIND_SERVICE)`, 'a port of 1024 or more, or run it with that capability']
+        : ['IO_ERROR', system?.message ?? String(err), 'another address']
+    throw new GalleonError(code, `the daemon cannot listen on its ${entry.what} ${entry.address}: ${why} (${errno}); give ${entry.setting} ${fix}`, { cause: err })
+  }
+  bound.push(entry)
+  return result
+}
+
+/** Listens on host:port (0: a free port) with `server`; fails as server.listen() does (EADDRINUSE, ...). */
+export async function listenOn (server: Server, host: string, port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen({ host, port }, () => { server.off('error', reject); resolve() })
+  })
+}
+
+/**
+ * A port held for a server that cannot start before the storage is open (the NBD server serves the
+ * instance's volumes): it listens, keeping the port, until handOver() gives its listening server to
+ * that one, with the connections that came meanwhile (or release() frees it). Those count as in
+ * their handshake: past `maxPending` of them (or `maxPendingPerAddress` from one address), as that
+ * server's own caps, a connection is closed on arrival, so that connections made while the storage
+ * opens cannot take every file descriptor the opening needs.
+ */
+export class HeldPort {
+  readonly #server: Server
+  readonly #early = new Set<Socket>()
+
+  private constructor (server: Server, pending: PendingConnections) {
+    this.#server = server
+    server.on('connection', (socket: Socket) => {
+      socket.on('error', () => {})
+      if (typeof pending.admit(socket) === 'string') {
+        socket.destroy()
+        return
+      }
+      this.#early.add(socket)
+      socket.once('close', () => this.#early.delete(socket))
+    })
+    // An accept that fails (EMFILE, say) loses that connection only.
+    server.on('error', () => {})
+  }
+
+  /** Listens on host:port (0: a free port); fails as server.listen() does (EADDRINUSE, ...). */
+  static async listen (host: string, port: number, caps: { maxPending: number, maxPendingPerAddress: number }): Promise<HeldPort> {
+    // As NbdServer wants the server it is given.
+    const server = createServer({ allowHalfOpen: true, noDelay: true })
+    await listenOn(server, host, port)
+    return new HeldPort(server, new PendingConnections(caps.maxPending, caps.maxPendingPerAddress))
+  }
+
+  /**
+   * Gives the listening server to `take` (which serves its connections from then on, and closes it),
+   * then the connections that came meanwhile. When `take` fails, the port is released.
+   */
+  async handOver<T> (take: (server: Server) => Promise<T>): Promise<T> {
+    this.#server.removeAllListeners('connection')
+    let taken: T
+    try {
+      taken = await take(this.#server)
+    } catch (err) {
+      this.release()
+      throw err
+    }
+    for (const socket of this.#early) this.#server.emit('connection', socket)
+    this.#early.clear()
+    return taken
+  }
+
+  /** Frees the port (its socket is closed when this returns) and ends the connections that came meanwhile. */
+  release (): void {
+    for (const socket of this.#early) socket.destroy()
+    if (this.#server.listening) this.#server.close()
+  }
+}
