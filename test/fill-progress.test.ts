@@ -3,7 +3,7 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { FillProgress } from '../src/facade/cluster-migration.js'
+import { FillProgress } from '../src/facade/fill-progress.js'
 import type { ReplicationManager } from '../src/replication/manager.js'
 
 interface Link { node: string, resync?: { blocksDone: number, blocksTotal: number } }

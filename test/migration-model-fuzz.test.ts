@@ -60,7 +60,7 @@ describe('live migration, pools and storage classes against a byte model', () =>
 })
 
 describe('defects the fuzz found', () => {
-  // restoreSnapshot (src/facade/snapshots.ts) dropped the volume from `reverting` before it cleared
+  // restoreSnapshot (src/facade/snapshot-revert.ts) dropped the volume from `reverting` before it cleared
   // the record's revertTo, so for that metadata write every read and write of the volume (its
   // snapshots' too) was refused with BUSY "unfinished revert", as if the revert had failed. It now
   // clears revertTo in engine.revert's beforeOpen hook, the volume's gate still closed.

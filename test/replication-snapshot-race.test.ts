@@ -279,7 +279,7 @@ describe('a clone deleted on a node that no longer leads its source', () => {
   // implicit snapshot for it is the replicated volume's, on every copy. Deleted after the primary
   // role moved, the clone's last reference drops that snapshot on this copy alone (not recorded:
   // the node is not the primary), and the copies differed until this one was resynced again. Now
-  // the deletion is forwarded to the primary (VolumeLifecycle.releaseSource, forwardReleases).
+  // the deletion is forwarded to the primary (VolumeDeletion.releaseSource, forwardReleases).
   it('leaves the copies with the same snapshots: the primary deletes the implicit snapshot, and the deletion reaches every copy', async () => {
     const p = await pair()
     await p.g1.cloneVolume('race', 'copy-of-race')
