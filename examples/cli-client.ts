@@ -142,6 +142,11 @@ const CLI_FIXES: ReadonlyArray<[RegExp, string]> = [
   [/listBackupPolicies\(\)/g, '`galleonfs backup policy list`'],
   [/(?:a later|the next) deleteBackup(?: on the target)? collects them/g, 'the next run of a policy that prunes a backup there collects them'],
   [/migrateVolume\(vol, \{ storageClass: 'encrypted-storage' \}\)/g, '`galleonfs volume migrate <volume> --storage-class encrypted-storage`'],
+  // A mount refused for a word of the volume's storage class (src/mount/mount-words.ts).
+  [/of volume (\S+) lists ([^]*?)\(migrateVolume\(vol, \{ storageClass \}\)\)/g, 'of volume $1 lists $2(`galleonfs volume migrate $1 --storage-class <class>`)'],
+  [/a storage class without (it|them) \(createStorageClass\)/g, 'a storage class without $1 (`galleonfs storage-class create <file>`)'],
+  [/or open GalleonFS with a mount driver that applies (it|them)/g, 'or start the daemon with a mount driver that applies $1 (mount_driver in [drivers])'],
+  [/\(and those a mount driver of one's own lists in MountDriver\.options\)/g, '(and those the daemon\'s mount_driver lists, when it is a driver of your own)'],
   [/GET \/v1\/mounts lists the mounts|listMounts\(\) shows the mounts/g, '`galleonfs mount list` shows the mounts'],
   [/listStorageClasses\(\)/g, '`galleonfs storage-class list`'],
   [/listPools\(\)/g, '`galleonfs pool list`'],

@@ -237,6 +237,11 @@ export interface MountedVolume {
   readonly sync: boolean
   /** Mount options besides ro/rw/sync (from the storage class and the call), for the driver to apply. */
   readonly options: readonly string[]
+  /**
+   * When the mount was made (ISO-8601, as listMounts() shows it): the access time a driver reports
+   * for a mount with `noatime` (the fuse driver). Absent: the driver takes the time it mounted.
+   */
+  readonly mountedAt?: string
   /** The volume's bytes, as the `data` file. */
   readonly data: {
     size: () => number

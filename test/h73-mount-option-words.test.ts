@@ -1,10 +1,12 @@
-// h73: a mount option word the mount driver does not apply (a typo such as `syncc`, or `noatime`,
+// h73: a mount option word the mount driver does not apply (a typo such as `syncc`, or `nobarrier`,
 // which the fuse driver does not do) was handed to the driver and ignored, so the mount was not
 // what was asked and nothing said so. Now mountVolume refuses it (INVALID_ARGUMENT naming the word
 // and the words accepted) before anything is mounted: in the library (virtual and fuse drivers,
 // and a driver of one's own that lists its words in MountDriver.options), through the daemon and
 // `galleonfs volume mount --options`. Everything documented is still accepted: ro, rw, sync,
-// async, allow_other, a storage class's own words, and any word for a driver that lists none.
+// async, allow_other, noatime, nodiratime, relatime, nodev, nosuid, noexec (since h78, which also
+// checks a storage class's words: test/h78-class-mount-options.test.ts, and r37), and any word for
+// a driver that lists none.
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -29,14 +31,15 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 /** Whether `path` exists, asked asynchronously (never a sync call near a mount this process serves). */
 const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
 
-const ACCEPTED = /the options accepted are ro, rw, sync, async, encrypted, allow_other$/
+// Ends the message, or is followed by why a word is not offered (nobarrier).
+const ACCEPTED = /the options accepted are ro, rw, sync, async, encrypted, allow_other, noatime, nodiratime, relatime, nodev, nosuid, noexec(?:$|\. "nobarrier" is not offered)/
 
 describe('h73: mount option words the driver does not apply are refused', { timeout: 120_000 }, () => {
   it('library, virtual driver: an unknown word is refused naming it and the accepted ones; the documented ones still mount', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {
       await g.createVolume({ name: 'v', sizeBytes: '1M' })
-      for (const words of [['noatme'], ['rw', 'syncc'], ['ro', 'noatime', 'nobarrier']]) {
+      for (const words of [['noatme'], ['rw', 'syncc'], ['ro', 'discard', 'nobarrier']]) {
         await assert.rejects(g.mounts.mountVolume('v', '/h73/v', { options: words }), (err: Error & { code?: string }) => {
           assert.equal(err.code, 'INVALID_ARGUMENT')
           const unknown = words.filter((w) => !['ro', 'rw'].includes(w))
@@ -47,15 +50,15 @@ describe('h73: mount option words the driver does not apply are refused', { time
         })
         assert.deepEqual(g.mounts.listMounts(), [], 'nothing was mounted')
       }
-      for (const words of [['ro'], ['rw', 'sync'], ['async'], ['allow_other']]) {
+      for (const words of [['ro'], ['rw', 'sync'], ['async'], ['allow_other'], ['noatime', 'noexec'], ['nodiratime', 'relatime']]) {
         const id = await g.mounts.mountVolume('v', '/h73/v', { options: words })
         await g.mounts.unmountVolume(id)
       }
-      // A storage class's words serve every driver and are not checked (the seed's classes list noatime).
-      await g.createStorageClass({ name: 'seedlike', mountOptions: ['noatime', 'nodiratime', 'nobarrier'] })
+      // A storage class's words are checked too (h78): those a driver applies go to it.
+      await g.createStorageClass({ name: 'seedlike', mountOptions: ['noatime', 'sync'] })
       await g.createVolume({ name: 'c', sizeBytes: '1M', storageClass: 'seedlike' })
       const id = await g.mounts.mountVolume('c', '/h73/c')
-      assert.deepEqual(g.mounts.listMounts().find((m) => m.id === id)?.options, ['noatime', 'nodiratime', 'nobarrier'])
+      assert.deepEqual(g.mounts.listMounts().find((m) => m.id === id)?.options, ['noatime'])
       await g.mounts.unmountVolume(id)
     } finally {
       await g.close()
@@ -95,7 +98,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
     const where = join(root, 'fuse-lib-mnt', 'v')
     try {
       await g.createVolume({ name: 'v', sizeBytes: '1M', storageClass: 'fast-local-ssd' })
-      await assert.rejects(g.mounts.mountVolume('v', where, { options: ['nosuid'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "nosuid": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other$/ })
+      await assert.rejects(g.mounts.mountVolume('v', where, { options: ['discard'] }), { code: 'INVALID_ARGUMENT', message: /unknown mount option "discard": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other, noatime, nodiratime, relatime, nodev, nosuid, noexec$/ })
       assert.deepEqual(g.mounts.listMounts(), [])
       assert.equal(await present(join(root, 'fuse-lib-mnt')), false, 'no mount point was created')
       const id = await g.mounts.mountVolume('v', where, { options: ['allow_other', 'sync'] })
@@ -119,7 +122,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
       assert.equal(created.code, 0, created.stderr)
       const refused = await cli(['volume', 'mount', 'app', '--options', 'rw,noatme'])
       assert.notEqual(refused.code, 0)
-      assert.match(refused.stderr, /unknown mount option "noatme": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other/)
+      assert.match(refused.stderr, /unknown mount option "noatme": the fuse mount driver would ignore it, so nothing was mounted; the options accepted are ro, rw, sync, async, encrypted, allow_other, noatime, nodiratime, relatime, nodev, nosuid, noexec/)
       assert.equal(await present(join(mountPoint, 'app')), false, 'no mount point was made')
       assert.deepEqual(JSON.parse((await cli(['--json', 'mount', 'list'])).stdout), [])
       const saved = await readFile(join(storage, 'daemon-mounts.json'), 'utf8').then((text) => JSON.parse(text) as unknown[], () => [])

@@ -24,9 +24,13 @@
 //
 // Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
 // `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
-// the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes). The three names
-// are fixed (EACCES for creating, removing or renaming, EPERM for a chmod or chown that changes
-// something), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
+// the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes). The kernel
+// leaves access times to a FUSE file system, so they are kept here: each name's atime is the
+// mount's time until it is read (the directory: listed), then the time of its last read, as the
+// kernel's default relatime would keep it; `noatime` keeps every atime at the mount's time,
+// `nodiratime` the directory's. The three names are fixed (EACCES for creating, removing or
+// renaming, EPERM for a chmod or chown that changes something), and a read-only mount is
+// mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
 import { access, constants, readdir, readlink, realpath, rmdir, stat } from 'node:fs/promises'
@@ -38,6 +42,14 @@ import { nativeAead } from '../../src/crypto/native-aead.js'
 import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
 import { fusermount } from './fusermount.js'
+import { BUILT_IN_DRIVER_WORDS } from '../../src/mount/mount-words.js'
+
+/**
+ * The option words passed to libfuse 2 as mount flags (the kernel keeps them on the mount, as
+ * findmnt shows). libfuse 2 refuses `nodiratime` and `relatime`: those are applied in the access
+ * times getattr reports only (see #ops), as `noatime` is too.
+ */
+const LIBFUSE_FLAGS: readonly string[] = Object.freeze(['allow_other', 'noatime', 'nodev', 'nosuid', 'noexec'])
 
 /** Bytes of accepted writes a mount may have on their way to the volume. */
 const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
@@ -258,8 +270,13 @@ async function removeMadeDirectories (path: string, madeFrom: string | undefined
 /** Mount driver presenting each mount as a FUSE file system. */
 export class FuseMountDriver implements MountDriver {
   readonly name = 'fuse'
-  /** The option words applied besides ro, rw, sync, async and encrypted (others are refused by mountVolume). */
-  readonly options = Object.freeze(['allow_other'])
+  /**
+   * The option words applied besides ro, rw, sync, async and encrypted (others are refused by
+   * mountVolume and createStorageClass): the mount flags allow_other, noatime, nodev, nosuid and
+   * noexec, which libfuse 2 passes to the kernel (findmnt shows them on the mount), and the access
+   * time words noatime, nodiratime and relatime, which getattr applies.
+   */
+  readonly options = BUILT_IN_DRIVER_WORDS
   readonly #Fuse: FuseClass
   readonly #mounts = new Map<string, MountState>()
   /** Each mount point's path with symbolic links resolved (see servedHere). */
@@ -310,7 +327,10 @@ export class FuseMountDriver implements MountDriver {
       // `stat data` shows an online expansion at once (and README.txt's size matches its text).
       // ro: the kernel itself refuses writes to a read-only mount (EROFS), access(W_OK) included,
       // and statvfs reports ST_RDONLY.
-      const extra = `big_writes,max_write=${MAX_WRITE},direct_io,attr_timeout=0${volume.readOnly ? ',ro' : ''}${volume.options.includes('allow_other') ? ',allow_other' : ''}`
+      // The words of the call and the storage class that are libfuse mount flags (only those:
+      // libfuse refuses others, and a failed fuse-native mount can leave the mount point behind).
+      const words = LIBFUSE_FLAGS.filter((word) => volume.options.includes(word))
+      const extra = `big_writes,max_write=${MAX_WRITE},direct_io,attr_timeout=0${volume.readOnly ? ',ro' : ''}${words.map((word) => `,${word}`).join('')}`
       return own === '' ? `-o${extra}` : `${own},${extra}`
     }
     await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
@@ -395,9 +415,23 @@ export class FuseMountDriver implements MountDriver {
     const uid = process.getuid?.() ?? 0
     const gid = process.getgid?.() ?? 0
     const text = (name: string): Buffer | undefined => name === '/README.txt' ? Buffer.from(volume.readme()) : name === '/.galleonfs_metadata' ? Buffer.from(volume.metadata()) : undefined
-    const stats = (mode: number, size: number): Record<string, unknown> => {
+    // Access times: the kernel never updates a FUSE file's atime itself (it leaves it to the file
+    // system, whatever the mount's flags), so the mount's words are applied here. Every name's
+    // atime starts at the mount's time (the time listMounts() shows); a read of a file, or a
+    // listing of the directory, moves it to that moment. That is relatime, the kernel's default:
+    // mtime and ctime are reported as the time of each stat, never older than an atime, so its
+    // rule moves atime at every access. `noatime` (which wins over `relatime`, as in the kernel)
+    // keeps every atime at the mount's time; `nodiratime` the directory's.
+    const mountedAt = volume.mountedAt === undefined ? Date.now() : Date.parse(volume.mountedAt)
+    const atimes = new Map<string, number>()
+    const noatime = volume.options.includes('noatime')
+    const nodiratime = noatime || volume.options.includes('nodiratime')
+    const accessed = (path: string): void => {
+      if (path === '/' ? !nodiratime : !noatime) atimes.set(path, Date.now())
+    }
+    const stats = (path: string, mode: number, size: number): Record<string, unknown> => {
       const now = new Date()
-      return { mtime: now, atime: now, ctime: now, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) }
+      return { mtime: now, atime: new Date(atimes.get(path) ?? mountedAt), ctime: now, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) }
     }
     const fail = (cb: Callback, err: unknown): void => { cb(errnoOf(Fuse, err)) }
     // Permission bits of what is at `path` (the layout is fixed: nothing here changes them).
@@ -407,14 +441,15 @@ export class FuseMountDriver implements MountDriver {
     return {
       readdir: (path: string, cb: Callback) => {
         if (path !== '/') { cb(Fuse.ENOENT); return }
+        accessed(path)
         cb(0, [...FILES])
       },
       getattr: (path: string, cb: Callback) => {
-        if (path === '/') { cb(0, stats(0o40000 | modeOf(path), 4096)); return }
-        if (path === '/data') { cb(0, stats(0o100000 | modeOf(path), volume.data.size())); return }
+        if (path === '/') { cb(0, stats(path, 0o40000 | modeOf(path), 4096)); return }
+        if (path === '/data') { cb(0, stats(path, 0o100000 | modeOf(path), volume.data.size())); return }
         const body = text(path)
         if (body === undefined) { cb(Fuse.ENOENT); return }
-        cb(0, stats(0o100000 | modeOf(path), body.byteLength))
+        cb(0, stats(path, 0o100000 | modeOf(path), body.byteLength))
       },
       open: (path: string, flags: number, cb: Callback) => {
         if (!state.active) { cb(Fuse.EIO); return }
@@ -438,14 +473,16 @@ export class FuseMountDriver implements MountDriver {
           if (body === undefined) { cb(Fuse.ENOENT); return }
           const n = Math.max(0, Math.min(len, body.byteLength - pos))
           if (n > 0) body.copy(buf, 0, pos, pos + n)
+          accessed(path)
           cb(n)
           return
         }
         if (!state.active) { cb(Fuse.EIO); return }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
-        if (n === 0) { cb(0); return }
+        if (n === 0) { accessed(path); cb(0); return }
         writes.settle(pos, pos + n).then(async () => await state.readAhead.read(pos, n)).then((bytes) => {
           buf.set(bytes, 0)
+          accessed(path)
           cb(n)
         }, (err) => fail(cb, err))
       },

@@ -107,6 +107,7 @@ export class MountBridge {
       namespace: namespaceOf(record),
       ...(snapshot === undefined ? {} : { snapshotId: snapshot.id, snapshotName: snapshot.name }),
       accessModes: record.accessModes,
+      className: record.storageClass,
       classOptions: this.#host.catalog.storageClass(record.storageClass)?.mountOptions ?? [],
       encrypted: record.encrypted,
       size: () => snapshot?.sizeBytes ?? blocks().sizeBytes,

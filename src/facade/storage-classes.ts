@@ -4,9 +4,13 @@
 import { GalleonError, quoted } from '../errors.js'
 import type { StorageClass } from '../types.js'
 import type { FacadeHost } from './host.js'
+import { checkClassMountWords } from '../mount/mount-words.js'
 
 /** The work of GalleonFS.createStorageClass, once the definition is parsed and the caller checked. */
 export async function createStorageClass (host: FacadeHost, storageClass: StorageClass): Promise<StorageClass> {
+  // A word no mount driver here applies would make every mount of its volumes fail (or, before,
+  // be ignored): refused now, while the class can still be written differently.
+  checkClassMountWords(storageClass.name, storageClass.mountOptions, host.mounts.acceptedOptions)
   // The name is taken, and the pool held, from these checks until the class is stored: a
   // concurrent create of the same name, or deletion of the pool, cannot slip in between.
   const unclaim = host.catalog.claimStorageClass(storageClass.name, 'create')

@@ -10,6 +10,7 @@ import { GalleonError, describe, quoted } from '../errors.js'
 import { AccessMode, WriteConcern } from '../types.js'
 import { VolumeFile, type VolumeFileIo } from './volume-file.js'
 import { SerialQueue } from '../serial-queue.js'
+import { BUILT_IN_DRIVER_WORDS, MANAGER_WORDS, checkClassWordsForMount, notOffered } from './mount-words.js'
 
 /** A mount, as listMounts() reports it. */
 export interface Mount {
@@ -44,9 +45,10 @@ export interface MountOptions {
   /**
    * Mount option strings, added to the storage class's `mountOptions` (`ro`, `rw`, `sync`, `async`
    * and `encrypted` are understood here; the rest go to the driver). A word the driver does not
-   * apply (see MountDriver.options: `allow_other` for `fuse` and `virtual`) is refused
-   * (INVALID_ARGUMENT). `encrypted` (the seed's `--options rw,encrypted`) asks that the volume be
-   * encrypted at rest: a volume that is not is refused (INVALID_ARGUMENT), not mounted in clear.
+   * apply (see MountDriver.options: `allow_other`, `noatime`, `nodev`, `nosuid` and `noexec` for
+   * `fuse` and `virtual`), given here or by the storage class, is refused (INVALID_ARGUMENT).
+   * `encrypted` (the seed's `--options rw,encrypted`) asks that the volume be encrypted at rest: a
+   * volume that is not is refused (INVALID_ARGUMENT), not mounted in clear.
    */
   readonly options?: readonly string[]
 }
@@ -59,6 +61,9 @@ export interface MountTarget {
   readonly snapshotId?: string
   readonly snapshotName?: string
   readonly accessModes: readonly AccessMode[]
+  /** The volume's storage class (named when one of its mount options is refused). */
+  readonly className?: string
+  /** The storage class's `mountOptions`: each must be a word the driver applies (checkClassWordsForMount). */
   readonly classOptions: readonly string[]
   /** Whether the volume's blocks are encrypted at rest (checked against the option word `encrypted`; unknown when absent). */
   readonly encrypted?: boolean
@@ -132,11 +137,6 @@ interface MountState {
 }
 
 const KNOWN_OPTIONS = new Set(['readOnly', 'ro', 'rw', 'sync', 'options'])
-/**
- * Option words the manager itself understands, whatever the driver (none goes to the driver):
- * `encrypted` is the seed's (`--options rw,encrypted`), checked against the volume.
- */
-const MANAGER_WORDS: readonly string[] = ['ro', 'rw', 'sync', 'async', 'encrypted']
 
 export class MountManager {
   readonly #driver: MountDriver
@@ -249,6 +249,9 @@ export class MountManager {
     return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
       const target = this.#host.target(ref)
+      // A word of the storage class the driver does not apply is refused, as the call's are: the
+      // mount would not be what the class says (a class stored by an earlier release may hold any).
+      checkClassWordsForMount(target, this.acceptedOptions, this.#driver.name)
       const strings = [...target.classOptions, ...own]
       // The call's options win over the storage class's, and the last word of each wins.
       const last = (list: readonly string[], a: string, b: string): string | undefined => [...list].reverse().find((o) => o === a || o === b)
@@ -269,6 +272,9 @@ export class MountManager {
       // Asked for an encrypted mount of a volume that is not: refused, not mounted in clear.
       if (own.includes('encrypted') && target.encrypted === false) {
         throw new GalleonError('INVALID_ARGUMENT', `volume ${target.volumeName} is not encrypted at rest (its storage class does not encrypt), so it was not mounted with the option "encrypted"; leave that option out to mount it as it is, or move the volume to an encrypted storage class first (migrateVolume(vol, { storageClass: 'encrypted-storage' }))`)
+      }
+      if (target.classOptions.includes('encrypted') && target.encrypted === false) {
+        throw new GalleonError('INVALID_ARGUMENT', `volume ${target.volumeName} is not encrypted at rest, but its storage class ${target.className ?? '(unknown)'} lists the mount option "encrypted", so it was not mounted in clear; move the volume to an encrypted storage class (migrateVolume(vol, { storageClass: 'encrypted-storage' })), or to one without that option`)
       }
       const driverOptions = [...new Set(strings.filter((o) => !MANAGER_WORDS.includes(o)))]
       const taken = this.#atPath(where)?.mount
@@ -305,6 +311,7 @@ export class MountManager {
         readOnly,
         sync,
         options: driverOptions,
+        mountedAt: mount.mountedAt,
         data: {
           size: target.size,
           read: target.io.read,
@@ -507,16 +514,16 @@ export class MountManager {
 
   /**
    * Refuses a word of the call's options that neither the manager nor the driver applies: passed
-   * on, it would be ignored (a mistyped `syncc`, or `noatime` the driver does not do), and the
-   * mount would not be what was asked. The storage class's words are not checked here: a class
-   * serves every driver (see MountDriver.options).
+   * on, it would be ignored (a mistyped `syncc`, or `nobarrier` the driver does not do), and the
+   * mount would not be what was asked. The storage class's words are checked once the volume is
+   * known (checkClassWordsForMount).
    */
   #checkWords (words: readonly string[]): void {
     const accepted = this.acceptedOptions
     if (accepted === undefined) return
     const unknown = words.filter((word) => !accepted.includes(word))
     if (unknown.length === 0) return
-    throw new GalleonError('INVALID_ARGUMENT', `unknown mount option${unknown.length === 1 ? '' : 's'} ${unknown.map(quoted).join(', ')}: the ${this.#driver.name} mount driver would ignore ${unknown.length === 1 ? 'it' : 'them'}, so nothing was mounted; the options accepted are ${accepted.join(', ')}`)
+    throw new GalleonError('INVALID_ARGUMENT', `unknown mount option${unknown.length === 1 ? '' : 's'} ${unknown.map(quoted).join(', ')}: the ${this.#driver.name} mount driver would ignore ${unknown.length === 1 ? 'it' : 'them'}, so nothing was mounted; the options accepted are ${accepted.join(', ')}${notOffered(unknown)}`)
   }
 
   #atPath (path: string): MountState | undefined {
@@ -535,8 +542,8 @@ export class MountManager {
 /** The default mount driver: mounts exist for the VolumeFile API only; nothing appears in the file system. */
 export class VirtualMountDriver implements MountDriver {
   readonly name = 'virtual'
-  /** The words the fuse driver applies (this one applies none: it presents nothing to the OS), so that a call written for one works with the other. */
-  readonly options = Object.freeze(['allow_other'])
+  /** The words the fuse driver applies (this one applies none: it presents nothing to the OS), so that a call or a storage class written for one works with the other. */
+  readonly options = BUILT_IN_DRIVER_WORDS
   async mount (): Promise<void> {}
   async unmount (): Promise<void> {}
 }

@@ -5,6 +5,7 @@ import { GalleonError, describe, quoted } from '../errors.js'
 import type { ReclaimPolicy, StorageClass, VolumeBindingMode } from '../types.js'
 import { QOS_CLASS_PARAMETERS, qosFromParameters } from '../qos/policy.js'
 import { checkPoolName } from './pools.js'
+import { parseClassMountWords } from '../mount/mount-words.js'
 
 /** Names of the classes every instance has. */
 export const BUILT_IN_STORAGE_CLASSES: readonly StorageClass[] = Object.freeze([
@@ -90,6 +91,11 @@ export function parseStorageClass (input: unknown): StorageClass {
   if (!BINDING_MODES.includes(volumeBindingMode as VolumeBindingMode)) {
     throw invalid(`storage class "volume_binding_mode" must be one of ${BINDING_MODES.join(', ')}, got ${describe(volumeBindingMode)}`)
   }
+  // Their form here; whether a mount driver applies them, when the class is created (checkClassMountWords).
+  const mountOptions = parseClassMountWords(name, fields.mountOptions)
+  if (mountOptions.includes('encrypted') && parameters.encryption !== 'true') {
+    throw invalid(`storage class ${name} lists the mount option "encrypted" but does not encrypt its volumes (parameter "encryption" is ${parameters.encryption === undefined ? 'not set' : `"${parameters.encryption}"`}), so every mount of them would be refused; set parameters.encryption to "true", or leave the option out`)
+  }
   return {
     name,
     provisioner,
@@ -97,7 +103,7 @@ export function parseStorageClass (input: unknown): StorageClass {
     reclaimPolicy: reclaimPolicy as ReclaimPolicy,
     volumeBindingMode: volumeBindingMode as VolumeBindingMode,
     allowedTopologies: parseStringList(fields.allowedTopologies, 'allowed_topologies'),
-    mountOptions: parseStringList(fields.mountOptions, 'mount_options'),
+    mountOptions,
     builtIn: false
   }
 }
