@@ -9,95 +9,20 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
-import { readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { request, type IncomingMessage } from 'node:http'
-import { connect, createServer, type Server } from 'node:net'
+import { connect, createServer } from 'node:net'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { runCli, runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { runCli, runDaemonToExit } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
+import { atGate, gatedDaemon, present, stopGated, tryListen } from './support/gated-daemon.js'
 
-const GATED_STORE = join(import.meta.dirname, 'support', 'h77-gated-store.ts')
 const SECRET = 'h77-a-long-enough-cluster-secret'
 const newDir = tempDirs('galleon-h77-')
 const children = new Set<ChildProcess>()
 after(() => { for (const child of children) child.kill('SIGKILL') })
-
-const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
-
-/** What listening on 127.0.0.1:port from this process gives: "listening" (then closed again) or the error code. */
-async function tryListen (port: number): Promise<string> {
-  const server: Server = createServer()
-  const outcome = await new Promise<string>((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
-    server.listen(port, '127.0.0.1', () => resolve('listening'))
-  })
-  if (outcome === 'listening') await new Promise<void>((resolve) => server.close(() => resolve()))
-  return outcome
-}
-
-interface GatedDaemon {
-  readonly child: ChildProcess
-  readonly exited: Promise<number | null>
-  readonly storage: string
-  /** The file that lets the daemon's storage open ("fail" in it: the open fails). */
-  readonly gate: string
-  /** Resolves once the daemon is ready (rejects if it exits first). */
-  readonly starting: Promise<RunningDaemon>
-}
-
-/** Starts a daemon whose storage opens only once `gate` exists (the gated block store of test/support/h77-gated-store.ts). */
-async function gatedDaemon (dir: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<GatedDaemon> {
-  const storage = join(dir, 'storage')
-  const gate = join(dir, 'gate')
-  const config = join(dir, 'galleonfs.toml')
-  await writeFile(config, [
-    '[daemon]',
-    `storage_path = ${JSON.stringify(storage)}`,
-    '',
-    '[drivers]',
-    `modules = [${JSON.stringify(GATED_STORE)}]`,
-    'block_store = "h77-gated"',
-    `block_store_options = { gate = ${JSON.stringify(gate)} }`,
-    ''
-  ].join('\n'))
-  let child: ChildProcess | undefined
-  const starting = startDaemonProcess(['--config', config, ...args], {
-    cwd: dir,
-    env,
-    tsx: true,
-    onSpawn: (spawned) => {
-      child = spawned
-      children.add(spawned)
-      spawned.once('exit', () => children.delete(spawned))
-    }
-  })
-  starting.catch(() => {})
-  const started = child as unknown as ChildProcess
-  const exited = started.exitCode !== null ? Promise.resolve(started.exitCode) : new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)))
-  return { child: started, exited, storage, gate, starting }
-}
-
-/** Resolves once the daemon waits at its gate, inside GalleonFS.open(). */
-async function atGate (daemon: GatedDaemon): Promise<void> {
-  const deadline = Date.now() + 60_000
-  while (!await present(`${daemon.gate}.waiting`)) {
-    if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode} before it reached its gate: ${await daemon.starting.then(() => '', (err: Error) => err.message)}`)
-    if (Date.now() > deadline) throw new Error('the daemon did not reach its gate within 60 s')
-    await sleep(20)
-  }
-}
-
-/** Stops the daemon: SIGTERM once it is ready (a clean stop, exit 0), SIGKILL when it is not. */
-async function stop (daemon: GatedDaemon): Promise<void> {
-  if (daemon.child.exitCode !== null || daemon.child.signalCode !== null) return
-  const ready = await Promise.race([daemon.starting.then(() => true, () => false), sleep(0).then(() => false)])
-  daemon.child.kill(ready ? 'SIGTERM' : 'SIGKILL')
-  const code = await daemon.exited
-  if (ready) assert.equal(code, 0, 'the daemon stopped cleanly')
-}
 
 /** A GET of `path` on 127.0.0.1:port: `sent` resolves once the request is written (rejects if it cannot connect), `answer` with the response. */
 function get (port: number, path: string, token: string): { sent: Promise<void>, answer: Promise<{ status: number, body: string }> } {
@@ -158,7 +83,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
     const dir = await newDir()
     const ipcPort = await freePort()
     const nbdPort = await freePort()
-    const daemon = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`])
+    const daemon = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`], { children })
     try {
       await atGate(daemon)
       assert.equal(await present(daemon.storage), true, 'the daemon is inside GalleonFS.open(): its storage path is made')
@@ -176,20 +101,20 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
       assert.equal(await nbdGreeting(nbdPort), 'NBDMAGIC', 'the NBD server took the held port')
       assert.equal(await early, 'NBDMAGIC', 'the client that connected while the daemon started is served')
     } finally {
-      await stop(daemon)
+      await stopGated(daemon)
     }
   })
 
   it('a client that connects while the daemon starts is answered once it has started', async () => {
     const dir = await newDir()
-    const first = await gatedDaemon(dir, ['--ipc-address', '127.0.0.1:0'])
+    const first = await gatedDaemon(dir, ['--ipc-address', '127.0.0.1:0'], { children })
     await writeFile(first.gate, 'open')
     try {
       const running = await first.starting
       const made = await runCli(running.address, ['volume', 'create', '--name', 'kept', '--size', '1M', '--replicas', '1'], { cwd: dir })
       assert.equal(made.code, 0, made.stderr)
     } finally {
-      await stop(first)
+      await stopGated(first)
     }
     // Started again (as after a restart), its storage held at the gate: a client that knows its
     // address and token asks for the volumes meanwhile.
@@ -197,7 +122,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
     await rm(first.gate)
     await rm(`${first.gate}.waiting`)
     const ipcPort = await freePort()
-    const again = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`])
+    const again = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`], { children })
     try {
       await atGate(again)
       const asked = get(ipcPort, '/v1/volumes', token)
@@ -211,7 +136,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
       assert.deepEqual((JSON.parse(body) as Array<{ name: string }>).map((volume) => volume.name), ['kept'])
       await again.starting
     } finally {
-      await stop(again)
+      await stopGated(again)
     }
   })
 
@@ -219,7 +144,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
     const dir = await newDir()
     const ipcPort = await freePort()
     const nbdPort = await freePort()
-    const daemon = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`])
+    const daemon = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`], { children })
     try {
       await atGate(daemon)
       const asked = get(ipcPort, '/v1/volumes', 'any-token')
@@ -232,7 +157,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
       assert.equal(await tryListen(ipcPort), 'listening', 'the IPC port is free again')
       assert.equal(await tryListen(nbdPort), 'listening', 'the NBD port is free again')
     } finally {
-      await stop(daemon)
+      await stopGated(daemon)
     }
   })
 
@@ -240,7 +165,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
     const dir = await newDir()
     const etcd: EtcdServer = await startEtcd()
     const bindPort = await freePort()
-    const daemon = await gatedDaemon(dir, ['--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${bindPort}`, '--node-id', 'h77-node', '--etcd-endpoints', etcd.endpoint], { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET })
+    const daemon = await gatedDaemon(dir, ['--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${bindPort}`, '--node-id', 'h77-node', '--etcd-endpoints', etcd.endpoint], { children, env: { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET } })
     try {
       await atGate(daemon)
       assert.equal(await tryListen(bindPort), 'EADDRINUSE', 'the bind address is held while the storage opens')
@@ -253,7 +178,7 @@ describe('h77: the daemon listens on its addresses before it opens its storage',
       const members = (JSON.parse(body) as { members: Array<{ id: string, address: string, healthy: boolean }> }).members
       assert.deepEqual(members.map(({ id, address, healthy }) => ({ id, address, healthy })), [{ id: 'h77-node', address: `127.0.0.1:${bindPort}`, healthy: true }])
     } finally {
-      await stop(daemon)
+      await stopGated(daemon)
       await etcd.stop()
     }
   })

@@ -13,7 +13,7 @@ import type { ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { connect, createServer, type Server, type Socket } from 'node:net'
@@ -22,72 +22,25 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { GalleonFS } from '../src/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { runDaemonToExit } from './support/daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
+import { atGate, gatedDaemon, present, tryListen, type GatedDaemon } from './support/gated-daemon.js'
 import { makeCertificates } from './support/tls-certificates.js'
 
 const exec = promisify(execFile)
 const missing = (tool: string): string | undefined => ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed (see .ci/run)`
-const GATED_STORE = join(import.meta.dirname, 'support', 'h77-gated-store.ts')
 const LONG_TLS_HANDSHAKE = join(import.meta.dirname, 'support', 'r36-long-tls-handshake.ts')
 const SECRET = 'r36-a-long-enough-cluster-secret'
 const newDir = tempDirs('galleon-r36-')
 const children = new Set<ChildProcess>()
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
-
-/** What listening on 127.0.0.1:port from this process gives: "listening" (then closed again) or the error code. */
-async function tryListen (port: number): Promise<string> {
-  const server: Server = createServer()
-  const outcome = await new Promise<string>((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
-    server.listen(port, '127.0.0.1', () => resolve('listening'))
-  })
-  if (outcome === 'listening') await new Promise<void>((resolve) => server.close(() => resolve()))
-  return outcome
-}
-
-interface GatedDaemon {
-  readonly child: ChildProcess
-  readonly exited: Promise<number | null>
-  readonly gate: string
-  readonly starting: Promise<RunningDaemon>
-}
-
-/** Starts a daemon whose storage opens only once its gate file exists ("fail" in it: the open fails); resolves once it waits there. */
-async function gatedDaemon (dir: string, args: string[], modules: string[] = []): Promise<GatedDaemon> {
-  const gate = join(dir, 'gate')
-  const config = join(dir, 'galleonfs.toml')
-  await writeFile(config, [
-    '[daemon]',
-    `storage_path = ${JSON.stringify(join(dir, 'storage'))}`,
-    '',
-    '[drivers]',
-    `modules = ${JSON.stringify([GATED_STORE, ...modules])}`,
-    'block_store = "h77-gated"',
-    `block_store_options = { gate = ${JSON.stringify(gate)} }`,
-    ''
-  ].join('\n'))
-  let child: ChildProcess | undefined
-  const starting = startDaemonProcess(['--config', config, ...args], {
-    cwd: dir,
-    tsx: true,
-    onSpawn: (spawned) => {
-      child = spawned
-      children.add(spawned)
-      spawned.once('exit', () => children.delete(spawned))
-    }
-  })
-  starting.catch(() => {})
-  const started = child as unknown as ChildProcess
-  const exited = started.exitCode !== null ? Promise.resolve(started.exitCode) : new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)))
-  while (!await present(`${gate}.waiting`)) {
-    if (started.exitCode !== null) throw new Error(`the daemon exited with ${started.exitCode} before its gate: ${await starting.then(() => '', (err: Error) => err.message)}`)
-    await sleep(20)
-  }
-  return { child: started, exited, gate, starting }
+/** Starts a gated daemon and resolves once it waits at its gate (inside GalleonFS.open()). */
+async function heldDaemon (dir: string, args: string[], modules: string[] = []): Promise<GatedDaemon> {
+  const daemon = await gatedDaemon(dir, args, { children, modules })
+  await atGate(daemon)
+  return daemon
 }
 
 /** Ends a daemon left running by a failed assertion. */
@@ -120,7 +73,7 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
 
     // Started: the request sent meanwhile (over TLS, without the token, which is made once the storage is open) gets its answer.
     const port = await freePort()
-    const first = await gatedDaemon(join(dir, 'a'), ['--ipc-address', `127.0.0.1:${port}`, ...tls])
+    const first = await heldDaemon(join(dir, 'a'), ['--ipc-address', `127.0.0.1:${port}`, ...tls])
     try {
       const answer = new Promise<{ status: number, daemon: unknown }>((resolve, reject) => {
         const sent = httpsRequest({ host: '127.0.0.1', port, path: '/v1/volumes', ca, headers: { authorization: 'Bearer not-the-token' } }, (response) => {
@@ -141,7 +94,7 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
 
     // Fails: a TCP client that has not begun its TLS handshake is closed by the failed start itself
     // (the handshake limit is stretched to 10 min here: before the fix the daemon waited for it).
-    const second = await gatedDaemon(join(dir, 'b'), ['--ipc-address', `127.0.0.1:${port}`, ...tls], [LONG_TLS_HANDSHAKE])
+    const second = await heldDaemon(join(dir, 'b'), ['--ipc-address', `127.0.0.1:${port}`, ...tls], [LONG_TLS_HANDSHAKE])
     try {
       const idle = await rawClient(port)
       await writeFile(second.gate, 'fail')
@@ -156,7 +109,7 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
   it('NBD: the held port keeps no more connections than the NBD server would have in their handshake (32 from one address): the others are closed on arrival; those kept are served once it has started', async () => {
     const dir = await newDir()
     const nbdPort = await freePort()
-    const daemon = await gatedDaemon(dir, ['--ipc-address', '127.0.0.1:0', '--nbd-address', `127.0.0.1:${nbdPort}`])
+    const daemon = await heldDaemon(dir, ['--ipc-address', '127.0.0.1:0', '--nbd-address', `127.0.0.1:${nbdPort}`])
     const clients: Array<Awaited<ReturnType<typeof rawClient>>> = []
     try {
       for (let i = 0; i < 40; i++) clients.push(await rawClient(nbdPort))
@@ -189,7 +142,7 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
     const dir = await newDir()
     const ipcPort = await freePort()
     const nbdPort = await freePort()
-    const daemon = await gatedDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`])
+    const daemon = await heldDaemon(dir, ['--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`])
     try {
       daemon.child.kill('SIGTERM')
       await writeFile(daemon.gate, 'open')

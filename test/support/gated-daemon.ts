@@ -1,0 +1,95 @@
+// Daemon processes held inside GalleonFS.open() (the gated block store of h77-gated-store.ts) until
+// their test opens the gate, so that what a daemon does while its storage opens (ports held,
+// clients waiting) can be checked without racing it. Used by the h77 and review-r36 tests.
+
+import assert from 'node:assert/strict'
+import type { ChildProcess } from 'node:child_process'
+import { stat, writeFile } from 'node:fs/promises'
+import { createServer, type Server } from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { startDaemonProcess, type RunningDaemon } from './daemon.js'
+
+const GATED_STORE = join(import.meta.dirname, 'h77-gated-store.ts')
+
+export const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
+
+/** What listening on 127.0.0.1:port from this process gives: "listening" (then closed again) or the error code. */
+export async function tryListen (port: number): Promise<string> {
+  const server: Server = createServer()
+  const outcome = await new Promise<string>((resolve) => {
+    server.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+    server.listen(port, '127.0.0.1', () => resolve('listening'))
+  })
+  if (outcome === 'listening') await new Promise<void>((resolve) => server.close(() => resolve()))
+  return outcome
+}
+
+export interface GatedDaemon {
+  readonly child: ChildProcess
+  readonly exited: Promise<number | null>
+  readonly storage: string
+  /** The file that lets the daemon's storage open ("fail" in it: the open fails). */
+  readonly gate: string
+  /** Resolves once the daemon is ready (rejects if it exits first). */
+  readonly starting: Promise<RunningDaemon>
+}
+
+export interface GatedDaemonOptions {
+  /** Where the test keeps its children, to kill them if it fails. */
+  readonly children: Set<ChildProcess>
+  readonly env?: NodeJS.ProcessEnv
+  /** Driver modules the daemon imports besides the gated store. */
+  readonly modules?: readonly string[]
+}
+
+/** Starts a daemon (storage and config in `dir`) whose storage opens only once its gate file exists. */
+export async function gatedDaemon (dir: string, args: string[], options: GatedDaemonOptions): Promise<GatedDaemon> {
+  const storage = join(dir, 'storage')
+  const gate = join(dir, 'gate')
+  const config = join(dir, 'galleonfs.toml')
+  await writeFile(config, [
+    '[daemon]',
+    `storage_path = ${JSON.stringify(storage)}`,
+    '',
+    '[drivers]',
+    `modules = ${JSON.stringify([GATED_STORE, ...(options.modules ?? [])])}`,
+    'block_store = "h77-gated"',
+    `block_store_options = { gate = ${JSON.stringify(gate)} }`,
+    ''
+  ].join('\n'))
+  let child: ChildProcess | undefined
+  const starting = startDaemonProcess(['--config', config, ...args], {
+    cwd: dir,
+    env: options.env ?? process.env,
+    tsx: true,
+    onSpawn: (spawned) => {
+      child = spawned
+      options.children.add(spawned)
+      spawned.once('exit', () => options.children.delete(spawned))
+    }
+  })
+  starting.catch(() => {})
+  const started = child as unknown as ChildProcess
+  const exited = started.exitCode !== null ? Promise.resolve(started.exitCode) : new Promise<number | null>((resolve) => started.once('exit', (code) => resolve(code)))
+  return { child: started, exited, storage, gate, starting }
+}
+
+/** Resolves once the daemon waits at its gate, inside GalleonFS.open(). */
+export async function atGate (daemon: GatedDaemon): Promise<void> {
+  const deadline = Date.now() + 60_000
+  while (!await present(`${daemon.gate}.waiting`)) {
+    if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode} before it reached its gate: ${await daemon.starting.then(() => '', (err: Error) => err.message)}`)
+    if (Date.now() > deadline) throw new Error('the daemon did not reach its gate within 60 s')
+    await sleep(20)
+  }
+}
+
+/** Stops the daemon: SIGTERM once it is ready (a clean stop, exit 0), SIGKILL when it is not. */
+export async function stopGated (daemon: GatedDaemon): Promise<void> {
+  if (daemon.child.exitCode !== null || daemon.child.signalCode !== null) return
+  const ready = await Promise.race([daemon.starting.then(() => true, () => false), sleep(0).then(() => false)])
+  daemon.child.kill(ready ? 'SIGTERM' : 'SIGKILL')
+  const code = await daemon.exited
+  if (ready) assert.equal(code, 0, 'the daemon stopped cleanly')
+}
