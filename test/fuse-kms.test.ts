@@ -5,19 +5,14 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { mountsUnder, runWatched } from './support/fuse-fuzz-watchdog.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const KMS_COMMAND = fileURLToPath(new URL('./fixtures/kms-command.mjs', import.meta.url))
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 const skip = fuseMissing()
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-fuse-kms-')) })

@@ -8,24 +8,25 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { mountsUnder, runWatched } from './support/fuse-fuzz-watchdog.js'
 import { testSeed } from './support/test-seed.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const SEED = testSeed('GALLEON_FUZZ_SEED', 20261206)
 const STEPS = Number(process.env.GALLEON_FUZZ_STEPS ?? 1000)
 if (!Number.isSafeInteger(SEED) || !Number.isSafeInteger(STEPS)) throw new Error('GALLEON_FUZZ_SEED and GALLEON_FUZZ_STEPS must be integers')
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
+function fuseOrToolMissing (): string | undefined {
+  const fuse = fuseMissing()
+  if (fuse !== undefined) return fuse
   if (!['/bin/python3', '/usr/bin/python3', '/usr/local/bin/python3'].some((path) => existsSync(path)) && process.env.PATH?.split(':').every((dir) => !existsSync(join(dir, 'python3'))) === true) return 'python3 is not installed'
   return undefined
 }
-const skip = fuseMissing()
+const skip = fuseOrToolMissing()
 if (skip !== undefined) process.stdout.write(`# SKIP FUSE model fuzz: ${skip}\n`)
 
 let root: string

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,15 +14,11 @@ import { slowStore } from './support/slow-store.js'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { GalleonFS } from '../src/index.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const exec = promisify(execFile)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 function toolMissing (tool: string): string | undefined {
   return ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed`
 }

@@ -8,7 +8,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -20,6 +20,7 @@ import { CMD_READ, EINVAL, NbdClient, REP_ACK, REP_INFO, infoRequestData } from 
 import { gatedChunks } from './support/backup-targets.js'
 import { until } from './support/wait.js'
 import { pythonSession } from './support/python-session.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const exec = promisify(execFile)
 const BS = 4096
@@ -30,11 +31,6 @@ const TiB = 1024 * 1024 * MiB
 const OPT_INFO = 6
 const CMD_WRITE = 1
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 const toolMissing = (tool: string): string | undefined => ['/bin', '/usr/bin', '/usr/local/bin'].some((dir) => existsSync(join(dir, tool))) ? undefined : `${tool} is not installed (see .ci/run)`
 const noFuse = fuseMissing() ?? toolMissing('python3')
 if (noFuse !== undefined) process.stdout.write(`# SKIP h41 FUSE cases: ${noFuse}\n`)

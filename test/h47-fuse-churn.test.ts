@@ -7,18 +7,14 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { accessSync, constants, existsSync, readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, open, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS } from '../src/index.js'
 import { leftoversAfter, listenerTotal, settledHeap, takeResources } from './support/h47-resources.js'
+import { fuseMissing } from './support/fuse-available.js'
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 const skip = fuseMissing()
 if (skip !== undefined) process.stdout.write(`# SKIP FUSE churn tests: ${skip}\n`)
 

@@ -7,22 +7,17 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
 import { existsSync } from 'node:fs'
-import { accessSync, constants } from 'node:fs'
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ENTRY, runCli, startDaemonProcess } from './support/daemon.js'
 import { scriptArgs } from './support/child-script.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'h54-daemon-')) })
 after(async () => { await rm(root, { recursive: true, force: true }) })
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 
 /** This process's environment without the variables that set the daemon's log level. */
 function withoutLogLevel (): NodeJS.ProcessEnv {

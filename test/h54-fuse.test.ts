@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,19 +16,20 @@ import { slowStore } from './support/slow-store.js'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { GalleonFS } from '../src/index.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const exec = promisify(execFile)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
+function fuseOrToolMissing (): string | undefined {
+  const fuse = fuseMissing()
+  if (fuse !== undefined) return fuse
   for (const tool of ['mkfs.ext4', 'e2fsck', 'findmnt', 'python3']) {
     if (!['/bin', '/sbin', '/usr/bin', '/usr/sbin'].some((dir) => existsSync(join(dir, tool)))) return `${tool} is not installed`
   }
   return undefined
 }
-const skip = fuseMissing()
+const skip = fuseOrToolMissing()
 if (skip !== undefined) process.stdout.write(`# SKIP h54 FUSE tests: ${skip}\n`)
 
 let root: string

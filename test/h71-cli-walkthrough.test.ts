@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { accessSync, constants, existsSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -18,6 +18,7 @@ import { GalleonFS } from '../src/index.js'
 import { ENTRY, ROOT, runCli, runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { scriptArgs } from './support/child-script.js'
 import { until } from './support/wait.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 /**
  * The seed README's /etc/galleonfs/daemon.conf, but for peer_addresses (which would need a cluster
@@ -192,11 +193,6 @@ describe('h71: daemon settings refused naming the flag', () => {
   })
 })
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 
 describe('h71: FUSE mounts through the CLI', { skip: fuseMissing() }, () => {
   it('unmounting while the data file is open says --force, not the library\'s { force: true }', async () => {

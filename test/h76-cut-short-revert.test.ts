@@ -20,57 +20,18 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { join } from 'node:path'
-import { ClassicLevel } from 'classic-level'
-import { FileBlockStore } from '../backends/file/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport, type MemoryCoordinator } from '../backends/memory/index.js'
-import { GalleonError, GalleonFS, WriteConcern, type BlockAddress } from '../src/index.js'
-import type { BlockReadOptions, Coordinator, CoordinatorEvent } from '../src/drivers.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { GalleonFS, WriteConcern } from '../src/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { namePrimary, recordOf } from './support/replica-records.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
+import { instrumentedN1, type InstrumentedN1 } from './support/instrumented-n1.js'
 
 const kit = diskCluster('galleon-h76-')
 
-/** A gate that calls wait behind while it is held. */
-class Gate {
-  #gate: Promise<void> | undefined
-  #open: (() => void) | undefined
-  waiting = 0
-  hold (): void { this.#gate ??= new Promise((resolve) => { this.#open = resolve }) }
-  release (): void { this.#gate = undefined; this.#open?.() }
-  async pass (): Promise<void> {
-    if (this.#gate === undefined) return
-    this.waiting++
-    try { await this.#gate } finally { this.waiting-- }
-  }
-}
-
-/** The file block store, whose reads of block `failIndex` (any volume, any version) fail while it is set. */
-class FailingReads extends FileBlockStore {
-  failIndex: number | undefined
-  override async get (address: BlockAddress, options?: BlockReadOptions): Promise<Uint8Array | undefined> {
-    if (address.index === this.failIndex) throw new GalleonError('IO_ERROR', `injected read failure of block ${address.index}`)
-    return await super.get(address, options)
-  }
-}
-
-/** n1's coordinator: while `blind`, watch events of `key` are lost; while `unreadable`, reads of it fail. */
-interface RecordView { key: string, blind: boolean, unreadable: boolean }
-
-interface N1 {
-  g: GalleonFS
-  dir: string
-  /** n1's coordinator handle (to end its leases). */
-  handle: MemoryCoordinator
-  view: RecordView
-  /** n1's metadata writes wait here while it is held. */
-  writes: Gate
-  store: FailingReads
-  /** The volume record n1 keeps in its metadata database. */
-  record: (id: string) => Promise<{ revertTo?: string } | undefined>
+interface N1 extends InstrumentedN1 {
   /** "revert ... failed" io:error events n1 emitted. */
   revertFailures: string[]
 }
@@ -88,29 +49,11 @@ interface Cluster {
 async function cluster (blocks: number): Promise<Cluster> {
   const network = new MemoryNetwork()
   const coordinators = new MemoryCoordinatorCluster()
-  const dir = await kit.tempDir('galleon-h76-n1-')
-  const db = new ClassicLevel<string, unknown>(join(dir, 'metadata'), { valueEncoding: 'json' })
-  const writes = new Gate()
-  // Sublevels write through their root's put.
-  const put = db.put.bind(db) as (...args: unknown[]) => Promise<void>
-  db.put = (async (...args: unknown[]) => { await writes.pass(); await put(...args) }) as typeof db.put
-  const volumes = db.sublevel<string, { revertTo?: string }>('volumes', { valueEncoding: 'json' })
-  const handle = coordinators.coordinator()
-  const view: RecordView = { key: '', blind: false, unreadable: false }
-  const coordinator = new Proxy(handle, {
-    get: (target, name) => {
-      const value = Reflect.get(target, name, target) as unknown
-      if (typeof value !== 'function') return value
-      if (name === 'watch') return (prefix: string, listener: (event: CoordinatorEvent) => void) => handle.watch(prefix, (event) => { if (!(view.blind && event.key === view.key)) listener(event) })
-      if (name === 'get') return async (key: string) => { if (view.unreadable && key === view.key) throw new Error('coordinator unreachable (read)'); return await handle.get(key) }
-      return value.bind(target)
-    }
-  }) as Coordinator
-  const store = new FailingReads({ location: join(dir, 'blocks') })
-  const g = kit.track(await GalleonFS.open({ storagePath: dir, metadata: db, blockStore: store, cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator, leaseTtlMs: 1000 } }))
+  const instrumented = await instrumentedN1(kit, network, coordinators, 'galleon-h76-n1-')
+  const { g } = instrumented
   const revertFailures: string[] = []
   g.on('io:error', (event) => { if (/revert/.test(event.message)) revertFailures.push(event.message) })
-  const n1: N1 = { g, dir, handle, view, writes, store, record: async (id) => await volumes.get(id), revertFailures }
+  const n1: N1 = { ...instrumented, revertFailures }
   const n2 = await kit.startNode(network, coordinators, 'n2')
   await until('n1 and n2 see each other', () => [g, n2.g].every((node) => node.cluster?.members.filter((m) => m.healthy).length === 2))
   for (const node of [g, n2.g]) await node.createStorageClass({ name: 'rep', parameters: { replication: '2' } })

@@ -14,19 +14,14 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, type MountDriver, type MountedVolume, type StorageClass } from '../src/index.js'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
+import { fuseMissing } from './support/fuse-available.js'
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 const noFuse = fuseMissing()
 
 let root: string

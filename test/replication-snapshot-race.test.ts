@@ -18,23 +18,10 @@ import { ClassicLevel } from 'classic-level'
 import { allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { until } from './support/wait.js'
 import { namePrimary } from './support/replica-records.js'
+import { Gate } from './support/instrumented-n1.js'
 
 const { tempDir, startNode, track } = diskCluster('galleon-snaprace-')
 const BLOCKS = 8
-
-/** A gate that calls wait behind while it is held. */
-class Gate {
-  #gate: Promise<void> | undefined
-  #open: (() => void) | undefined
-  waiting = 0
-  hold (): void { this.#gate ??= new Promise((resolve) => { this.#open = resolve }) }
-  release (): void { this.#gate = undefined; this.#open?.() }
-  async pass (): Promise<void> {
-    if (this.#gate === undefined) return
-    this.waiting++
-    try { await this.#gate } finally { this.waiting-- }
-  }
-}
 
 /** A file block store whose batches wait while `writes` is held (reads pass). */
 function holdableStore (location: string): { store: BlockStore, writes: Gate } {

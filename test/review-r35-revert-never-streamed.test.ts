@@ -10,73 +10,29 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { join } from 'node:path'
-import { ClassicLevel } from 'classic-level'
-import { FileBlockStore } from '../backends/file/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport, type MemoryCoordinator } from '../backends/memory/index.js'
-import { GalleonError, GalleonFS, WriteConcern, type BlockAddress } from '../src/index.js'
-import type { BlockReadOptions, Coordinator, CoordinatorEvent } from '../src/drivers.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, type MemoryCoordinator } from '../backends/memory/index.js'
+import { GalleonFS, WriteConcern } from '../src/index.js'
 import { recordKey } from '../src/replication/records.js'
 import { BS, allInSync, block, diskCluster } from './support/disk-cluster.js'
 import { namePrimary, recordOf } from './support/replica-records.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
+import { instrumentedN1, type FailingReads, type Gate, type RecordView } from './support/instrumented-n1.js'
 
 const kit = diskCluster('galleon-r35-')
 
-/** The file block store, whose reads of block `failIndex` fail while it is set. */
-class FailingReads extends FileBlockStore {
-  failIndex: number | undefined
-  override async get (address: BlockAddress, options?: BlockReadOptions): Promise<Uint8Array | undefined> {
-    if (address.index === this.failIndex) throw new GalleonError('IO_ERROR', `injected read failure of block ${address.index}`)
-    return await super.get(address, options)
-  }
-}
-
-/** A gate that calls wait behind while it is held. */
-class Gate {
-  #gate: Promise<void> | undefined
-  #open: (() => void) | undefined
-  waiting = 0
-  hold (): void { this.#gate ??= new Promise((resolve) => { this.#open = resolve }) }
-  release (): void { this.#gate = undefined; this.#open?.() }
-  async pass (): Promise<void> {
-    if (this.#gate === undefined) return
-    this.waiting++
-    try { await this.#gate } finally { this.waiting-- }
-  }
-}
-
 /** n1 with its metadata writes held on demand and the volume's record withheld from it on demand, n2 a plain node; volume `v` (2 copies, n1 primary). */
-async function gatedCluster (blocks: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, n1: GalleonFS, n2: GalleonFS, n1Dir: string, store: FailingReads, handle: MemoryCoordinator, view: { key: string, withheld: boolean }, writes: Gate, intent: (id: string) => Promise<string | undefined>, volumeId: string }> {
+async function gatedCluster (blocks: number): Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, n1: GalleonFS, n2: GalleonFS, n1Dir: string, store: FailingReads, handle: MemoryCoordinator, view: RecordView, writes: Gate, intent: (id: string) => Promise<string | undefined>, volumeId: string }> {
   const network = new MemoryNetwork()
   const coordinators = new MemoryCoordinatorCluster()
-  const dir = await kit.tempDir('galleon-r35-n1-')
-  const db = new ClassicLevel<string, unknown>(join(dir, 'metadata'), { valueEncoding: 'json' })
-  const writes = new Gate()
-  const put = db.put.bind(db) as (...args: unknown[]) => Promise<void>
-  db.put = (async (...args: unknown[]) => { await writes.pass(); await put(...args) }) as typeof db.put
-  const volumes = db.sublevel<string, { revertTo?: string }>('volumes', { valueEncoding: 'json' })
-  const handle = coordinators.coordinator()
-  const view = { key: '', withheld: false }
-  const coordinator = new Proxy(handle, {
-    get: (target, name) => {
-      const value = Reflect.get(target, name, target) as unknown
-      if (typeof value !== 'function') return value
-      if (name === 'watch') return (prefix: string, listener: (event: CoordinatorEvent) => void) => handle.watch(prefix, (event) => { if (!(view.withheld && event.key === view.key)) listener(event) })
-      if (name === 'get') return async (key: string) => { if (view.withheld && key === view.key) throw new Error('coordinator unreachable (read)'); return await handle.get(key) }
-      return value.bind(target)
-    }
-  }) as Coordinator
-  const store = new FailingReads({ location: join(dir, 'blocks') })
-  const n1 = kit.track(await GalleonFS.open({ storagePath: dir, metadata: db, blockStore: store, cluster: { nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator, leaseTtlMs: 1000 } }))
+  const { g: n1, dir, handle, view, writes, store, record } = await instrumentedN1(kit, network, coordinators, 'galleon-r35-n1-')
   const n2 = (await kit.startNode(network, coordinators, 'n2')).g
   await until('n1 and n2 see each other', () => [n1, n2].every((node) => node.cluster?.members.filter((m) => m.healthy).length === 2))
   for (const node of [n1, n2]) await node.createStorageClass({ name: 'rep', parameters: { replication: '2' } })
   const { id } = await n1.createVolume({ name: 'v', sizeBytes: blocks * BS, storageClass: 'rep' })
   await until('both copies are in sync', async () => await allInSync(n1, 'v', 2), 20_000)
   view.key = recordKey(id)
-  return { network, coordinators, n1, n1Dir: dir, n2, store, handle, view, writes, intent: async (volumeId) => (await volumes.get(volumeId))?.revertTo, volumeId: id }
+  return { network, coordinators, n1, n1Dir: dir, n2, store, handle, view, writes, intent: async (volumeId) => (await record(volumeId))?.revertTo, volumeId: id }
 }
 
 const BLOCKS = 128
@@ -168,7 +124,7 @@ describe('review r35: a revert refused as it began, on a primary whose earlier r
     let turn: Promise<unknown> | undefined
     try {
       await until('n1 records the revert\'s intent', () => writes.waiting > 0)
-      view.withheld = true
+      view.blind = view.unreadable = true
       handle.expireLeases()
       await until('n1 fenced its primary', () => fenced.some((m) => /lost its cluster lease/.test(m)), 10_000)
       turn = observed(n1.createSnapshot('probe', 'after-the-revert'))
@@ -185,7 +141,7 @@ describe('review r35: a revert refused as it began, on a primary whose earlier r
       await namePrimary(coordinators, id, 'n2').catch(() => {})
       return false
     }, 20_000)
-    view.withheld = false
+    view.blind = view.unreadable = false
     assert.equal((await restore).name, 'v', 'the call went on at the next primary')
     await until('n1 is in sync under n2', async () => await allInSync(n2, 'v', 2), 30_000)
     assert.ok(Buffer.from(await n2.read('v', 0, BLOCKS * BS)).equals(s2Data), 'n2 reverted to s2')

@@ -13,7 +13,6 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { accessSync, constants, existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
@@ -21,14 +20,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, type MountDriver } from '../src/index.js'
 import { inCliTerms } from '../examples/cli-client.js'
+import { fuseMissing } from './support/fuse-available.js'
 
 const run = promisify(execFile)
 
-function fuseMissing (): string | undefined {
-  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK) } catch { return 'no usable /dev/fuse on this machine' }
-  if (!['/bin/fusermount', '/usr/bin/fusermount'].some((path) => existsSync(path))) return 'fusermount is not installed (Debian package fuse)'
-  return undefined
-}
 const noFuse = fuseMissing()
 
 let root: string
