@@ -25,6 +25,7 @@ import { NbdServer } from '../backends/nbd/index.js'
 import { runDaemonToExit } from './support/daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
+import { within } from './support/wait.js'
 import { atGate, gatedDaemon, present, tryListen, type GatedDaemon } from './support/gated-daemon.js'
 import { makeCertificates } from './support/tls-certificates.js'
 
@@ -59,7 +60,7 @@ async function rawClient (port: number): Promise<{ socket: Socket, closed: Promi
   return { socket, closed, received: () => received }
 }
 
-describe('review r36: the ports a daemon holds while its storage opens', { timeout: 120_000 }, () => {
+describe('review r36: the ports a daemon holds while its storage opens', { timeout: 300_000 }, () => {
   it('HTTPS: a request sent while the storage opens is answered once the daemon has started; a client still in its TLS handshake when a start fails does not keep the daemon alive', { skip: missing('openssl') }, async () => {
     const dir = await newDir()
     const certs = join(dir, 'certs')
@@ -84,10 +85,10 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
         sent.end()
       })
       await writeFile(first.gate, 'open')
-      await first.starting
-      assert.deepEqual(await answer, { status: 401, daemon: '1' })
+      await within('the first daemon has started', first.starting)
+      assert.deepEqual(await within('the request sent while it started is answered', answer), { status: 401, daemon: '1' })
       first.child.kill('SIGTERM')
-      assert.equal(await first.exited, 0)
+      assert.equal(await within('the first daemon has stopped', first.exited), 0)
     } finally {
       kill(first)
     }
@@ -98,8 +99,8 @@ describe('review r36: the ports a daemon holds while its storage opens', { timeo
     try {
       const idle = await rawClient(port)
       await writeFile(second.gate, 'fail')
-      assert.equal(await second.exited, 1)
-      await idle.closed
+      assert.equal(await within('the second daemon exits after its failed start', second.exited), 1)
+      await within('the idle client is closed', idle.closed)
       assert.equal(await tryListen(port), 'listening', 'the IPC port is free again')
     } finally {
       kill(second)

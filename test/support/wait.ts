@@ -11,3 +11,17 @@ export async function until (what: string, check: () => boolean | Promise<boolea
     await new Promise((resolve) => setTimeout(resolve, everyMs))
   }
 }
+
+/**
+ * `promise`, or a rejection naming `what` once `timeoutMs` have passed first: a step that hangs
+ * fails the test saying which step it was, instead of the whole file timing out.
+ */
+export async function within<T> (what: string, promise: Promise<T>, timeoutMs = 60_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting until ${what}`)), timeoutMs) })
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    clearTimeout(timer)
+  }
+}
