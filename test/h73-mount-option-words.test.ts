@@ -13,9 +13,10 @@ import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, type MountDriver, type MountedVolume } from '../src/index.js'
+import { GalleonFS } from '../src/index.js'
 import { runCli, runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { fuseMissing } from './support/fuse-available.js'
+import { recordingMountDrivers } from './support/recording-mount-driver.js'
 
 const noFuse = fuseMissing()
 
@@ -61,13 +62,7 @@ describe('h73: mount option words the driver does not apply are refused', { time
   })
 
   it('library, a driver of one\'s own: the words it lists are accepted, others refused; one that lists none gets every word', async () => {
-    const seen: string[][] = []
-    const driver = (options?: readonly string[]): MountDriver => ({
-      name: 'mine',
-      ...(options === undefined ? {} : { options }),
-      mount: async (volume: MountedVolume) => { seen.push([...volume.options]) },
-      unmount: async () => {}
-    })
+    const { seen, driver } = recordingMountDrivers()
     const listing = await GalleonFS.open({ inMemory: true, mount: driver(['discard']) })
     try {
       await listing.createVolume({ name: 'v', sizeBytes: '1M' })

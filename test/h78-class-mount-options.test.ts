@@ -18,9 +18,10 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
-import { GalleonFS, type MountDriver, type MountedVolume, type StorageClass } from '../src/index.js'
+import { GalleonFS, type StorageClass } from '../src/index.js'
 import { runCli, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { fuseMissing } from './support/fuse-available.js'
+import { recordingMountDrivers } from './support/recording-mount-driver.js'
 
 const noFuse = fuseMissing()
 
@@ -109,13 +110,7 @@ describe('h78: a storage class\'s mount options are checked', { timeout: 120_000
   })
 
   it('a driver of one\'s own: its words make a class; a class word only another driver applies is refused when mounting, naming class, word and driver', async () => {
-    const seen: string[][] = []
-    const driver = (options?: readonly string[]): MountDriver => ({
-      name: 'mine',
-      ...(options === undefined ? {} : { options }),
-      mount: async (volume: MountedVolume) => { seen.push([...volume.options]) },
-      unmount: async () => {}
-    })
+    const { seen, driver } = recordingMountDrivers()
     const g = await GalleonFS.open({ inMemory: true, mount: driver(['discard']) })
     try {
       await g.createStorageClass({ name: 'discarding', mountOptions: ['discard'] })
