@@ -57,7 +57,9 @@ describe('README Set-up: npm test ends with a failure summary', () => {
 
   before(async () => {
     const script = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.test as string
-    const words = script.slice(script.indexOf('node --import tsx --test')).split(/\s+/)
+    const command = script.search(/node --import \S+ --test /)
+    assert.ok(command >= 0, `package.json's test script runs no node --test: ${script}`)
+    const words = script.slice(command).split(/\s+/)
     // package.json's own flags (concurrency, reporters and their destinations), paths made absolute.
     const flags = words.filter((word) => word.startsWith('--test-')).map((word) => {
       const [flag, value] = word.split('=') as [string, string | undefined]
