@@ -9,12 +9,12 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFile, readdir } from 'node:fs/promises'
 import { fork } from 'node:child_process'
-import { createRequire } from 'node:module'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern, BackupStrategy, isGalleonError } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
+import { forkArgs } from './support/child-script.js'
 import { dropCachedPages, useFaultyFs } from './support/h60-faulty-fs.js'
 
 const BLOCK = 4096
@@ -673,8 +673,9 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     g = await openStorage(storagePath, 'level')
     await settled(g.close(), 'close')
     // The reader runs in a child: a process LevelDB brings down must not take the test runner with it.
-    const child = fork(fileURLToPath(new URL('./support/h60-level-reader.ts', import.meta.url)), [storagePath], {
-      execArgv: ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href],
+    const { modulePath, execArgv } = forkArgs(fileURLToPath(new URL('./support/h60-level-reader.ts', import.meta.url)))
+    const child = fork(modulePath, [storagePath], {
+      execArgv,
       stdio: ['ignore', 'pipe', 'pipe', 'ipc']
     })
     let output = ''

@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { MemoryLevel } from 'memory-level'
 import { ClassicLevel } from 'classic-level'
+import { scriptArgs } from './support/child-script.js'
 import { AuditLog, type AuditEntry, type AuditQuery } from '../src/access/audit-log.js'
 
 /** A memory-level or classic-level database (their sublevel and batch types do not unify). */
@@ -375,7 +376,7 @@ if (process.env.H62_AUDIT_CHILD !== undefined) {
             await db.batch([{ type: 'put', sublevel: db.sublevel('audit', { valueEncoding: 'json' }), key: key(2501), value: { seq: 2501, time: new Date(T0 + 10).toISOString(), principal: 'application', action: 'createVolume', object: 'volume:default/late', result: 'ok', prev: '', hash: '' } }] as any)
             await db.close()
           }
-          const child = spawn(process.execPath, ['--import', 'tsx', self], { env: { ...process.env, H62_AUDIT_CHILD: '1', H62_AUDIT_DB: dir, H62_AUDIT_KILL: kill }, stdio: ['ignore', 'pipe', 'pipe'] })
+          const child = spawn(process.execPath, scriptArgs(self), { env: { ...process.env, H62_AUDIT_CHILD: '1', H62_AUDIT_DB: dir, H62_AUDIT_KILL: kill }, stdio: ['ignore', 'pipe', 'pipe'] })
           let out = ''
           child.stdout.on('data', (chunk) => { out += String(chunk) })
           child.stderr.on('data', (chunk) => { out += String(chunk) })

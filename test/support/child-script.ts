@@ -28,6 +28,12 @@ export function scriptArgs (script: string, options: { tsx?: boolean } = {}): st
   return [outputOf(script)]
 }
 
+/** `scriptArgs` split as `fork()` takes them: the module to run and node's options before it. */
+export function forkArgs (script: string, options: { tsx?: boolean } = {}): { modulePath: string, execArgv: string[] } {
+  const args = scriptArgs(script, options)
+  return { modulePath: args[args.length - 1] as string, execArgv: args.slice(0, -1) }
+}
+
 /**
  * Resolves once `child` has exited, also when it already has: `once(child, 'exit')` after the
  * event would wait for ever, and, with nothing else pending, node:test then cancels the whole file

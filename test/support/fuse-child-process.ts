@@ -6,7 +6,8 @@
 import { execFile, fork, type ChildProcess } from 'node:child_process'
 import * as fs from 'node:fs'
 import { createRequire } from 'node:module'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
+import { forkArgs } from './child-script.js'
 
 /**
  * Why a FUSE file system served by a child process cannot run here (no /dev/fuse, no fuse-native,
@@ -45,8 +46,9 @@ export interface FuseChild {
 export async function startFuseChild (script: string, args: readonly string[], backing: string, mountPoint: string, name: string, onEvent?: (message: ChildMessage) => void): Promise<FuseChild> {
   fs.mkdirSync(backing, { recursive: true })
   fs.mkdirSync(mountPoint, { recursive: true })
-  const child: ChildProcess = fork(fileURLToPath(script), [...args], {
-    execArgv: ['--import', pathToFileURL(createRequire(import.meta.url).resolve('tsx')).href],
+  const { modulePath, execArgv } = forkArgs(fileURLToPath(script))
+  const child: ChildProcess = fork(modulePath, [...args], {
+    execArgv,
     stdio: ['ignore', 'inherit', 'inherit', 'ipc']
   })
   let nextId = 1
