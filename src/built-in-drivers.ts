@@ -4,6 +4,7 @@
 
 import { join } from 'node:path'
 import { GalleonError } from './errors.js'
+import { lazyModule } from './lazy-module.js'
 import type { DriverContext, DriverDescriptor, DriverOption } from './registry.js'
 
 const positiveInteger = (value: unknown): void => {
@@ -27,6 +28,16 @@ function onDisk (backend: string, location: unknown, context: DriverContext, fol
   return (location as string | undefined) ?? join(context.storagePath as string, folder)
 }
 
+// Each backend's module, loaded when a driver of it is first made.
+const memoryBackend = lazyModule(async () => await import('../backends/memory/index.js'))
+const levelBackend = lazyModule(async () => await import('../backends/level/index.js'))
+const fileBackend = lazyModule(async () => await import('../backends/file/index.js'))
+const directoryBackend = lazyModule(async () => await import('../backends/directory/index.js'))
+const keyProviders = lazyModule(async () => await import('./crypto/keys.js'))
+const kmsProviders = lazyModule(async () => await import('./crypto/kms.js'))
+const mountManager = lazyModule(async () => await import('./mount/mount-manager.js'))
+const fuseBackend = lazyModule(async () => await import('../backends/fuse/index.js'))
+
 /** The built-in drivers, in the order listings show them. */
 export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
   {
@@ -34,16 +45,16 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     name: 'memory',
     description: 'blocks in a Map, lost at close: for tests',
     options: {},
-    create: async () => new (await import('../backends/memory/index.js')).MemoryBlockStore()
+    create: async () => new (await memoryBackend()).MemoryBlockStore()
   },
   {
     kind: 'blockStore',
     name: 'level',
     description: 'one LevelDB key per block version (classic-level), in <storagePath>/blocks-level',
     options: { location: { type: 'string', validate: nonEmpty, description: 'directory of the database (default <storagePath>/blocks-level)' } },
-    isAvailable: async () => await (await import('../backends/level/index.js')).levelBackend.isAvailable(),
+    isAvailable: async () => await (await levelBackend()).levelBackend.isAvailable(),
     create: async (options: { location?: string }, context: DriverContext) => {
-      const { LevelBlockStore } = await import('../backends/level/index.js')
+      const { LevelBlockStore } = await levelBackend()
       return new LevelBlockStore({ location: onDisk('level', options.location, context, 'blocks-level') })
     }
   },
@@ -62,7 +73,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       onBackgroundError: { type: 'function', description: 'receives errors of background work' }
     },
     create: async (options: { location?: string, segmentBytes?: number, compactionThreshold?: number, syncWriteMaxBytes?: number, syncReadMaxBytes?: number, spareSegments?: number, relocateScatteredReads?: boolean, onBackgroundError?: (err: GalleonError) => void }, context: DriverContext) => {
-      const { FileBlockStore } = await import('../backends/file/index.js')
+      const { FileBlockStore } = await fileBackend()
       // Background errors go to the caller's handler, and to the instance's io:error events (also
       // when the caller's handler throws: the store then keeps the error in lastBackgroundError).
       const own = options.onBackgroundError
@@ -76,7 +87,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     name: 'directory',
     description: 'chunks and manifests in a directory (local disk or NFS)',
     options: { path: { type: 'string', required: true, validate: nonEmpty, description: 'the directory, created if missing' } },
-    create: async (options: { path: string }) => new (await import('../backends/directory/index.js')).DirectoryBackupTarget({ path: options.path })
+    create: async (options: { path: string }) => new (await directoryBackend()).DirectoryBackupTarget({ path: options.path })
   },
   {
     kind: 'keyProvider',
@@ -89,7 +100,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     create: async (options: { path?: string, create?: boolean }, context: DriverContext) => {
       const path = options.path ?? (context.storagePath === undefined ? undefined : join(context.storagePath, 'master.key'))
       if (path === undefined) throw new GalleonError('INVALID_ARGUMENT', 'the internal key provider keeps its key file in storagePath; open with storagePath or give the path option')
-      const { InternalKeyProvider } = await import('./crypto/keys.js')
+      const { InternalKeyProvider } = await keyProviders()
       return await InternalKeyProvider.open(path, { create: options.create ?? true })
     }
   },
@@ -105,7 +116,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     create: async (options: { passphrase: string, saltPath?: string, create?: boolean }, context: DriverContext) => {
       const saltPath = options.saltPath ?? (context.storagePath === undefined ? undefined : join(context.storagePath, 'passphrase.salt'))
       if (saltPath === undefined) throw new GalleonError('INVALID_ARGUMENT', 'a passphrase needs storagePath (its salt is kept there) or the saltPath option')
-      const { PassphraseKeyProvider } = await import('./crypto/keys.js')
+      const { PassphraseKeyProvider } = await keyProviders()
       return await PassphraseKeyProvider.open(options.passphrase, saltPath, {}, { create: options.create ?? true })
     }
   },
@@ -118,7 +129,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       command: { type: 'string', required: true, validate: nonEmpty, description: 'the program, run without a shell' },
       args: { type: 'array', description: 'arguments before the operation' }
     },
-    create: async (options: { keyId: string, command: string, args?: string[], timeoutMs?: number }) => (await import('./crypto/kms.js')).commandKeyProvider(options)
+    create: async (options: { keyId: string, command: string, args?: string[], timeoutMs?: number }) => (await kmsProviders()).commandKeyProvider(options)
   },
   {
     kind: 'keyProvider',
@@ -130,7 +141,7 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       token: { type: 'string', description: 'sent as Authorization: Bearer <token>' },
       insecure: { type: 'boolean', description: 'allow plain http to another host' }
     },
-    create: async (options: { keyId: string, url: string, token?: string, timeoutMs?: number, insecure?: boolean }) => (await import('./crypto/kms.js')).httpKeyProvider(options)
+    create: async (options: { keyId: string, url: string, token?: string, timeoutMs?: number, insecure?: boolean }) => (await kmsProviders()).httpKeyProvider(options)
   },
   {
     kind: 'keyProvider',
@@ -141,14 +152,14 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
       wrap: { type: 'function', required: true, description: '(dek, context) => Promise<wrapped>' },
       unwrap: { type: 'function', required: true, description: '(wrapped, context) => Promise<dek>' }
     },
-    create: async (options: { keyId: string, wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>, unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array> }) => new (await import('./crypto/keys.js')).ExternalKeyProvider(options)
+    create: async (options: { keyId: string, wrap: (dek: Uint8Array, context: string) => Promise<Uint8Array>, unwrap: (wrapped: Uint8Array, context: string) => Promise<Uint8Array> }) => new (await keyProviders()).ExternalKeyProvider(options)
   },
   {
     kind: 'mountDriver',
     name: 'virtual',
     description: 'mounts for the VolumeFile API only (the default)',
     options: {},
-    create: async () => new (await import('./mount/mount-manager.js')).VirtualMountDriver()
+    create: async () => new (await mountManager()).VirtualMountDriver()
   },
   {
     kind: 'mountDriver',
@@ -156,6 +167,6 @@ export const BUILT_IN_DRIVERS: ReadonlyArray<DriverDescriptor<any, any>> = [
     description: 'a FUSE file system per mount point (fuse-native, libfuse 2)',
     options: {},
     // No isAvailable(): create() says exactly what is missing (/dev/fuse, libfuse, fusermount).
-    create: async () => await (await import('../backends/fuse/index.js')).FuseMountDriver.create()
+    create: async () => await (await fuseBackend()).FuseMountDriver.create()
   }
 ]

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import type { ClassicLevel } from 'classic-level'
 import { GalleonError } from './errors.js'
+import { lazyModule } from './lazy-module.js'
 
 /**
  * An abstract-level database as a caller hands one to GalleonFS (`metadata` of `GalleonFS.open`,
@@ -16,10 +17,12 @@ import { GalleonError } from './errors.js'
  */
 export type AnyLevelDatabase = AbstractLevel<any, any, any> | ClassicLevel<any, any> | AbstractSublevel<any, any, any, any>
 
+const classicLevel = lazyModule(async () => await import('classic-level'))
+
 /** The ClassicLevel class, or BACKEND_UNAVAILABLE naming the package to install for `purpose`. */
 export async function loadClassicLevel (purpose: string): Promise<typeof import('classic-level').ClassicLevel> {
   try {
-    return (await import('classic-level')).ClassicLevel
+    return (await classicLevel()).ClassicLevel
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `${purpose} needs the classic-level package, which could not be loaded; install it with \`npm install classic-level\` (it ships prebuilt binaries for common platforms)`, { cause: err })
   }

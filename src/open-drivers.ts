@@ -5,6 +5,7 @@
 import { makeDirectoriesDurably, syncDirectory } from './durable-files.js'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
+import { lazyModule } from './lazy-module.js'
 import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
 import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
@@ -295,7 +296,9 @@ async function metadataOpenError (err: unknown, storagePath: string): Promise<Ga
   return new GalleonError('BUSY', `the storage at ${storagePath} is already open in ${holder}; close that one first, or open a different storage (the lock goes with the process: after it exits or dies, open succeeds)`, { cause: err })
 }
 
+const memoryLevel = lazyModule(async () => await import('memory-level'))
+
 async function openMemoryLevel (): Promise<MetadataDatabase> {
-  const { MemoryLevel } = await import('memory-level')
+  const { MemoryLevel } = await memoryLevel()
   return new MemoryLevel() as unknown as MetadataDatabase
 }
