@@ -25,12 +25,12 @@
 // Like a block device, `data` keeps its size: truncating to the size or less changes nothing (so
 // `dd of=data` without conv=notrunc works), a larger size is refused (EFBIG), and a write past
 // the end fails with ENOSPC. Writes come in pieces of up to 128 KiB (big_writes). The kernel
-// leaves access times to a FUSE file system, so they are kept here: each name's atime is the
-// mount's time until it is read (the directory: listed), then the time of its last read, as the
-// kernel's default relatime would keep it; `noatime` keeps every atime at the mount's time,
-// `nodiratime` the directory's. The three names are fixed (EACCES for creating, removing or
-// renaming, EPERM for a chmod or chown that changes something), and a read-only mount is
-// mounted `ro`, so the kernel refuses every change (EROFS).
+// leaves a FUSE file's times to the file system, so they are kept here (see #ops): they start at
+// the mount's time; data's mtime and ctime move when its content changes (through the mount at
+// once, another way when the mount notices), touch and cp -p set its times; atimes follow
+// relatime, `noatime` or `nodiratime`. The three names are fixed (EACCES for creating, removing or
+// renaming, EPERM for a chmod or chown that changes something, or setting the times of any but
+// data), and a read-only mount is mounted `ro`, so the kernel refuses every change (EROFS).
 
 import { createRequire } from 'node:module'
 import { access, constants, readdir, readlink, realpath, rmdir, stat } from 'node:fs/promises'
@@ -112,6 +112,12 @@ class WriteBehind {
 }
 const MAX_WRITE = 128 * 1024
 const FILES = ['data', 'README.txt', '.galleonfs_metadata'] as const
+const DAY_MS = 24 * 60 * 60 * 1000
+/** Past this (year 275760, as far as a JavaScript Date goes) a time is fuse-native's wrap-around of one before 1970. */
+const MAX_TIME_MS = 8.64e15
+
+/** A name's times as a stat shows them, in ms since the epoch. */
+interface Times { atime: number, mtime: number, ctime: number }
 
 /** One mount: the FUSE instance, its write-behind, its open handles of `data`, and whether it still serves. */
 interface MountState {
@@ -220,6 +226,49 @@ function stopNativeThread (path: string, fuse: FuseInstance): void {
 }
 
 /**
+ * fuse-native 2.2.6's per-thread request record (fuse_thread_locals_t in fuse-native.c), as built
+ * on 64-bit little-endian Linux (x64, arm64): its size, and the byte offsets of the operation's
+ * number and of a utimens request's two times (milliseconds, 64-bit unsigned integers). Checked
+ * against the structure compiled with fuse-native's own flags (offsetof, sizeof).
+ */
+const RECORD_SIZE = 360
+const RECORD_OP = 8
+const RECORD_ATIME = 104
+const RECORD_MTIME = 112
+
+/**
+ * fuse-native 2.2.6 hands a file system's utimens the access time twice: its C side reads both
+ * times of the request into the thread's request record, then passes the atime as both arguments
+ * (FUSE_METHOD_VOID(utimens, ...) in fuse-native.c), so `touch -r`, `cp -p` and the like would set
+ * mtime to the source's atime. fuse-native offers no other way to the mtime (it has no setattr),
+ * but the record is the buffer it hands its handler first, so this wraps the mount's utimens
+ * handler (before mounting: fuse-native gives libfuse its handlers then) to pass the mtime from
+ * there. Only when the record is the one laid out above: on Linux, of that size, its operation
+ * utimens and its atime the one passed, and only when the two times passed are equal (a
+ * fuse-native that passes both is left alone). Elsewhere (32-bit, big-endian: the size or the
+ * operation differs) what fuse-native passes stays: mtime set to the atime, as before.
+ */
+function passUtimensMtime (fuse: FuseInstance): void {
+  if (process.platform !== 'linux') return
+  const op = (fuseBinding() as { op_utimens?: unknown }).op_utimens
+  const handlers = (fuse as unknown as { _handlers?: unknown[] })._handlers
+  if (typeof op !== 'number' || !Array.isArray(handlers)) return
+  const handler = handlers[op]
+  if (typeof handler !== 'function') return
+  handlers[op] = function (this: unknown, record: unknown, ...args: unknown[]): unknown {
+    // args: the operation's number, the path, then atime and mtime as low and high 32-bit halves.
+    if (record instanceof Uint8Array && record.byteLength === RECORD_SIZE && args.length === 6 && args[2] === args[4] && args[3] === args[5]) {
+      const view = new DataView(record.buffer, record.byteOffset, record.byteLength)
+      if (view.getUint32(RECORD_OP, true) === op && view.getUint32(RECORD_ATIME, true) === args[2] && view.getUint32(RECORD_ATIME + 4, true) === args[3]) {
+        args[4] = view.getUint32(RECORD_MTIME, true)
+        args[5] = view.getUint32(RECORD_MTIME + 4, true)
+      }
+    }
+    return (handler as (...all: unknown[]) => unknown).call(this, record, ...args)
+  }
+}
+
+/**
  * The errno a failed volume call answers the kernel with: a read-only volume EROFS, a write past
  * the end or a full disk ENOSPC (as a file system reports it), anything else EIO.
  */
@@ -317,6 +366,7 @@ export class FuseMountDriver implements MountDriver {
     // and then let the late answer write into a buffer it already released.
     const fuse = new this.#Fuse(path, this.#ops(volume, state), { force: false, mkdir: true, timeout: false, fsname: `galleonfs:${volume.id.slice(0, 8)}` })
     state.fuse = fuse
+    passUtimensMtime(fuse)
     // The options fuse-native does not expose: large writes (whole 128 KiB requests, not 4 KiB).
     const base = (fuse as unknown as { _fuseOptions: () => string })._fuseOptions.bind(fuse)
     ;(fuse as unknown as { _fuseOptions: () => string })._fuseOptions = () => {
@@ -415,41 +465,99 @@ export class FuseMountDriver implements MountDriver {
     const uid = process.getuid?.() ?? 0
     const gid = process.getgid?.() ?? 0
     const text = (name: string): Buffer | undefined => name === '/README.txt' ? Buffer.from(volume.readme()) : name === '/.galleonfs_metadata' ? Buffer.from(volume.metadata()) : undefined
-    // Access times: the kernel never updates a FUSE file's atime itself (it leaves it to the file
-    // system, whatever the mount's flags), so the mount's words are applied here. Every name's
-    // atime starts at the mount's time (the time listMounts() shows); a read of a file, or a
-    // listing of the directory, moves it to that moment. That is relatime, the kernel's default:
-    // mtime and ctime are reported as the time of each stat, never older than an atime, so its
-    // rule moves atime at every access. `noatime` (which wins over `relatime`, as in the kernel)
-    // keeps every atime at the mount's time; `nodiratime` the directory's.
+    // Times. The kernel leaves every time of a FUSE file to the file system (whatever the mount's
+    // flags), so they are kept here, in memory for the mount's life, as a device node's are on
+    // devtmpfs. Each name's three times start at the mount's time (the time listMounts() shows).
+    // mtime and ctime are what make, rsync, cp -u and backup programs compare, so they move only
+    // when the content does:
+    // - data: a write or truncate through this mount moves both to its time (the write path stores
+    //   one number, writtenAt; the times fold it in when asked). A change made another way (the
+    //   API, NBD, another mount, a revert) moves them to the moment this mount first notices it
+    //   (a stat, read or touch): later than the change, never earlier, so nothing compares as
+    //   unchanged that changed (data.version(), the volume's own change stamp, tells; a change
+    //   made while this mount's own writes are being stored is taken for theirs). An online
+    //   expansion is a change (new bytes, read as zeros). A replicated volume whose primary is
+    //   another node (no version) is seen changing only through this mount and in size.
+    //   utimens (touch, touch -d, cp -p onto data) sets atime and mtime as asked, ctime to now.
+    // - README.txt and .galleonfs_metadata: moved to the moment a stat or read first sees their
+    //   text differ (an expansion, a label); the directory's never move. Their times are not the
+    //   caller's to set (EPERM, like a chmod).
+    // Access times follow the mount's words: relatime, the kernel's default (which the word asks for
+    // too), moves a name's atime to the time of a read (the directory: a listing) when the atime
+    // is not after its mtime and ctime, or is a day old; `noatime` (which wins over `relatime`, as
+    // in the kernel) never moves one, `nodiratime` never the directory's. utimens sets data's atime
+    // either way, as in the kernel.
     const mountedAt = volume.mountedAt === undefined ? Date.now() : Date.parse(volume.mountedAt)
-    const atimes = new Map<string, number>()
+    const times = new Map<string, Times>(['/', ...FILES.map((name) => `/${name}`)].map((path) => [path, { atime: mountedAt, mtime: mountedAt, ctime: mountedAt }]))
+    const timesOf = (path: string): Times => times.get(path) as Times
+    const dataTimes = timesOf('/data')
     const noatime = volume.options.includes('noatime')
     const nodiratime = noatime || volume.options.includes('nodiratime')
-    const accessed = (path: string): void => {
-      if (path === '/' ? !nodiratime : !noatime) atimes.set(path, Date.now())
+    // The time of the latest change through this mount not yet in dataTimes (0: none), and the
+    // volume's version and size the times account for. Each write through the mount sets
+    // writtenAt, and once stored sets seen, so that its own change is not taken for one made
+    // elsewhere (a change made elsewhere while such a write is being stored, milliseconds, is then
+    // dated by that write).
+    let writtenAt = 0
+    let seen = volume.data.version()
+    let seenSize = volume.data.size()
+    const landed = (): void => { seen = volume.data.version() }
+    /** data's times, with the changes made since they were last asked for. */
+    const dataNow = (): Times => {
+      if (writtenAt !== 0) {
+        dataTimes.mtime = dataTimes.ctime = writtenAt
+        writtenAt = 0
+      }
+      const version = volume.data.version()
+      const size = volume.data.size()
+      if (version !== seen || size !== seenSize) {
+        seen = version
+        seenSize = size
+        dataTimes.mtime = dataTimes.ctime = Math.max(Date.now(), dataTimes.ctime)
+      }
+      return dataTimes
     }
-    const stats = (path: string, mode: number, size: number): Record<string, unknown> => {
-      const now = new Date()
-      return { mtime: now, atime: new Date(atimes.get(path) ?? mountedAt), ctime: now, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) }
+    const shown = new Map<string, Buffer>()
+    /** The times of README.txt or .galleonfs_metadata, given its text now. */
+    const textNow = (path: string, body: Buffer): Times => {
+      const times = timesOf(path)
+      const before = shown.get(path)
+      if (before !== undefined && !before.equals(body)) times.mtime = times.ctime = Math.max(Date.now(), times.ctime)
+      shown.set(path, body)
+      return times
     }
+    for (const path of ['/README.txt', '/.galleonfs_metadata']) shown.set(path, text(path) as Buffer)
+    /** A read of `path` (the directory: a listing): relatime, unless noatime or nodiratime. */
+    const accessed = (path: string, times: Times): void => {
+      if (path === '/' ? nodiratime : noatime) return
+      const now = Date.now()
+      if (times.atime <= times.mtime || times.atime <= times.ctime || now - times.atime >= DAY_MS) times.atime = now
+    }
+    // Numbers, not Dates: fuse-native takes milliseconds as they are.
+    const stats = (times: Times, mode: number, size: number): Record<string, unknown> =>
+      ({ mtime: times.mtime, atime: times.atime, ctime: times.ctime, nlink: 1, size, mode, uid, gid, blksize: 4096, blocks: Math.ceil(size / 512) })
     const fail = (cb: Callback, err: unknown): void => { cb(errnoOf(Fuse, err)) }
     // Permission bits of what is at `path` (the layout is fixed: nothing here changes them).
     const modeOf = (path: string): number => path === '/' ? 0o755 : path === '/data' && !volume.readOnly ? 0o644 : 0o444
     // Unsigned 32-bit -1: "leave as it is" in a chown.
     const unchanged = (id: number, own: number): boolean => id === own || id === -1 || id === 0xffffffff
+    const store = async (start: number, data: Uint8Array): Promise<void> => {
+      await volume.data.write(start, data)
+      landed()
+    }
+    const touched = (): void => { writtenAt = Date.now() }
     return {
       readdir: (path: string, cb: Callback) => {
         if (path !== '/') { cb(Fuse.ENOENT); return }
-        accessed(path)
+        accessed(path, timesOf(path))
         cb(0, [...FILES])
       },
       getattr: (path: string, cb: Callback) => {
-        if (path === '/') { cb(0, stats(path, 0o40000 | modeOf(path), 4096)); return }
-        if (path === '/data') { cb(0, stats(path, 0o100000 | modeOf(path), volume.data.size())); return }
+        if (path === '/') { cb(0, stats(timesOf(path), 0o40000 | modeOf(path), 4096)); return }
+        if (path === '/data') { cb(0, stats(dataNow(), 0o100000 | modeOf(path), volume.data.size())); return }
         const body = text(path)
         if (body === undefined) { cb(Fuse.ENOENT); return }
-        cb(0, stats(path, 0o100000 | modeOf(path), body.byteLength))
+        cb(0, stats(textNow(path, body), 0o100000 | modeOf(path), body.byteLength))
       },
       open: (path: string, flags: number, cb: Callback) => {
         if (!state.active) { cb(Fuse.EIO); return }
@@ -473,16 +581,16 @@ export class FuseMountDriver implements MountDriver {
           if (body === undefined) { cb(Fuse.ENOENT); return }
           const n = Math.max(0, Math.min(len, body.byteLength - pos))
           if (n > 0) body.copy(buf, 0, pos, pos + n)
-          accessed(path)
+          accessed(path, textNow(path, body))
           cb(n)
           return
         }
         if (!state.active) { cb(Fuse.EIO); return }
         const n = Math.max(0, Math.min(len, volume.data.size() - pos))
-        if (n === 0) { accessed(path); cb(0); return }
+        if (n === 0) { accessed(path, dataNow()); cb(0); return }
         writes.settle(pos, pos + n).then(async () => await state.readAhead.read(pos, n)).then((bytes) => {
           buf.set(bytes, 0)
-          accessed(path)
+          accessed(path, dataNow())
           cb(n)
         }, (err) => fail(cb, err))
       },
@@ -496,14 +604,16 @@ export class FuseMountDriver implements MountDriver {
         // The kernel's buffer is reused once we answer: copy what we keep.
         const data = new Uint8Array(buf.subarray(0, n))
         state.readAhead.clear()
+        writtenAt = Date.now()
         if (volume.sync) {
-          volume.data.write(pos, data).then(() => cb(n), (err) => fail(cb, err))
+          volume.data.write(pos, data).then(() => { landed(); cb(n) }, (err) => fail(cb, err))
           return
         }
-        writes.accept(pos, data, volume.data.write).then(() => cb(n), (err) => fail(cb, err))
+        writes.accept(pos, data, store).then(() => cb(n), (err) => fail(cb, err))
       },
-      truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb) },
-      ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb) },
+      // A truncate that succeeds moves data's mtime and ctime, as it does a regular file's.
+      truncate: (path: string, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb, touched) },
+      ftruncate: (path: string, _fd: number, size: number, cb: Callback) => { this.#truncate(volume, state, path, size, cb, touched) },
       fsync: (path: string, _fd: number, _datasync: boolean, cb: Callback) => {
         if (path !== '/data' || volume.readOnly) { cb(0); return }
         if (!state.active) { cb(Fuse.EIO); return }
@@ -523,7 +633,23 @@ export class FuseMountDriver implements MountDriver {
         while (Math.ceil(size / unit) > 0xffffffff) unit *= 2
         cb(0, { bsize: unit, frsize: unit, blocks: Math.ceil(size / unit), bfree: 0, bavail: 0, files: FILES.length, ffree: 0, favail: 0, fsid: 0, flag: volume.readOnly ? 1 : 0, namemax: 255 })
       },
-      utimens: (_path: string, _atime: unknown, _mtime: unknown, cb: Callback) => { cb(0) },
+      // touch, touch -d, cp -p and the like: data takes the times asked for, and ctime is now. libfuse
+      // 2 passes a request only when it sets both times, each in milliseconds, "now" as the kernel's
+      // time (touch -a and touch -m alone reach no file system: libfuse answers them itself, with
+      // success, and nothing changes); see passUtimensMtime for the mtime. A time before 1970
+      // arrives wrapped around (fuse-native's unsigned milliseconds): refused (EINVAL) rather than
+      // stored as a time far in the future. README.txt, .galleonfs_metadata and the directory keep
+      // times of their own (EPERM, as for a chmod).
+      utimens: (path: string, atime: number, mtime: number, cb: Callback) => {
+        if (path !== '/data') { cb(FILES.some((name) => `/${name}` === path) || path === '/' ? Fuse.EPERM : Fuse.ENOENT); return }
+        if (volume.readOnly) { cb(Fuse.EROFS); return }
+        if (!(Number.isSafeInteger(atime) && Number.isSafeInteger(mtime) && atime < MAX_TIME_MS && mtime < MAX_TIME_MS)) { cb(Fuse.EINVAL); return }
+        const times = dataNow()
+        times.atime = atime
+        times.mtime = mtime
+        times.ctime = Math.max(Date.now(), times.ctime)
+        cb(0)
+      },
       // Modes and owners are fixed: EPERM (as chmod(2) and chown(2) refuse), except for a call
       // that changes nothing (cp -p, install -m 644 onto data), which succeeds.
       chmod: (path: string, mode: number, cb: Callback) => { cb((mode & 0o7777) === modeOf(path) ? 0 : Fuse.EPERM) },
@@ -540,13 +666,15 @@ export class FuseMountDriver implements MountDriver {
     }
   }
 
-  #truncate (volume: MountedVolume, state: MountState, path: string, size: number, cb: Callback): void {
+  #truncate (volume: MountedVolume, state: MountState, path: string, size: number, cb: Callback, touched: () => void): void {
     const Fuse = this.#Fuse
     if (path !== '/data') { cb(Fuse.EACCES); return }
     if (volume.readOnly) { cb(Fuse.EROFS); return }
     // A descriptor kept open past a forced unmount gets EIO for this too, as for reads and writes.
     if (!state.active) { cb(Fuse.EIO); return }
     // A disk keeps its size: shrinking requests (O_TRUNC) change nothing, growing ones are refused.
-    cb(size > volume.data.size() ? Fuse.EFBIG : 0)
+    if (size > volume.data.size()) { cb(Fuse.EFBIG); return }
+    touched()
+    cb(0)
   }
 }

@@ -47,7 +47,7 @@ export class EngineCore {
   readonly zeroBlock: Uint8Array
   /** Replication plugs in here (see ReplicationHook); absent on a single node. */
   replication: ReplicationHook | undefined
-  /** Changes made visible to the live views of all volumes (see BlockEngine.changes). */
+  /** Changes made visible to the live views of all volumes (see BlockEngine.changes); each also stamps its volume's VolumeBlocks.changed. */
   changes = 0
 
   constructor (store: BlockStore, options: EngineOptions) {
@@ -97,7 +97,7 @@ export class EngineCore {
 
   /** Makes a committed version visible and queues the superseded one for deletion (unless a snapshot keeps it). */
   publish (volume: VolumeBlocks, index: number, gen: number): void {
-    this.changes++
+    volume.changed = ++this.changes
     const superseded = volume.map.publish(index, gen)
     if (superseded !== undefined) this.discard(volume, [[index, superseded]])
   }
@@ -129,7 +129,7 @@ export class EngineCore {
       const address: BlockAddress = new Address(volume.storageId, index, storeGen(-gen))
       ops.push({ type: 'put', address, data: encodeBlock(address, new Uint8Array(0), 0, BLOCK_FLAG_TOMBSTONE) })
     }
-    apply.push(() => { this.changes++; volume.map.applyUnmap(index, gen, plan) })
+    apply.push(() => { volume.changed = ++this.changes; volume.map.applyUnmap(index, gen, plan) })
   }
 
   /**

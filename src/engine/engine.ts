@@ -509,8 +509,9 @@ export class BlockEngine {
   readonly #streak = new LoopStreak()
   /**
    * Counts the changes made visible to the live views of all volumes (each block written, trimmed,
-   * reverted or copied in): while it stays the same, a live view reads as it did. Read-ahead uses it
-   * to know that what it read is still current.
+   * reverted or copied in): while it stays the same, a live view reads as it did. Each change also
+   * stamps its own volume (VolumeBlocks.changed), which is what a mount's read-ahead and file times
+   * watch, so that a write to one volume leaves the others' alone.
    */
   get changes (): number { return this.#core.changes }
 

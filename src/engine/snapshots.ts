@@ -143,7 +143,7 @@ export async function copyInto (core: EngineCore, volume: VolumeBlocks, indices:
       const gen = asNew ? volume.nextGen++ : 0
       const address: BlockAddress = new Address(volume.storageId, index, gen)
       ops.push({ type: 'put', address, data: encode(core, volume, address, payload) })
-      apply.push(asNew ? () => core.publish(volume, index, gen) : () => { core.changes++; volume.map.insertBase(index) })
+      apply.push(asNew ? () => core.publish(volume, index, gen) : () => { volume.changed = ++core.changes; volume.map.insertBase(index) })
     }
     if (ops.length === 0) continue
     await core.commit(volume, ops, WriteConcern.WriteAcknowledged)

@@ -36,6 +36,13 @@ export class VolumeBlocks {
   readonly map: BlockMap
   /** Next write generation; monotonic for the volume's lifetime. */
   nextGen = 1
+  /**
+   * The engine's change count (EngineCore.changes) at this storage's latest change visible to its
+   * live view; -storageId before the first. So it differs after every change of this volume (and
+   * of no other), and from any other storage's: a reader following the volume to new storage (a
+   * live migration's movedTo) sees it differ too. What a mount's `data.version()` reports.
+   */
+  changed: number
   /** Per-block ordering: the claim of the last operation on each block. */
   readonly locks = new Map<number, BlockClaim>()
   /** Writes that hold generations but are not yet published (a snapshot waits for these). */
@@ -69,6 +76,7 @@ export class VolumeBlocks {
     this.sizeBytes = sizeBytes
     this.metrics = metrics
     this.map = new BlockMap(storageId)
+    this.changed = -storageId
   }
 
   /** Operations in flight (reads and writes). */

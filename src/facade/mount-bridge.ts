@@ -112,8 +112,9 @@ export class MountBridge {
       encrypted: record.encrypted,
       size: () => snapshot?.sizeBytes ?? blocks().sizeBytes,
       // A snapshot never changes; a live volume whose reads go to another node (the primary of its
-      // copies) changes unseen here.
-      version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : this.#host.engine.changes,
+      // copies) changes unseen here. Otherwise the volume's own change stamp: a write to another
+      // volume leaves it (a mount's read-ahead and data's mtime stay).
+      version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : blocks().changed,
       io: {
         read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)),
         write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),
