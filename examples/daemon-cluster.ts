@@ -3,10 +3,11 @@
 
 import { readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { GalleonError, OLDEST_PROTOCOL_VERSION, PROTOCOL_FIELD, PROTOCOL_VERSION, type GalleonFS, type TransportHandler, type TransportMessage } from '../src/index.js'
 import type { ClusterOptions } from '../src/cluster/manager.js'
-import { TcpTransport, type TcpTransportOptions } from '../backends/tcp/index.js'
+import { TcpTransport } from '../backends/tcp/index.js'
 import { EtcdCoordinator, type EtcdCoordinatorOptions } from '../backends/etcd/index.js'
 import { ConfigError, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { readSecret } from './daemon-drivers.js'
@@ -97,46 +98,61 @@ function nodeIdOf (config: DaemonConfig): string {
   return `${hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 50) || 'node'}-${port}`
 }
 
+/** The message kind a joining node asks a member where the cluster's coordinator is. */
+const CLUSTER_INFO = 'cluster-info'
+
 /**
- * The TCP transport of a daemon that starts in its cluster. It listens on the bind address before
- * the storage opens (listenEarly()), so that a busy port stops the start before anything is created
- * on disk and no other process takes the port meanwhile; what peers ask waits until the cluster
- * manager takes the transport (its listen(), as the instance joins). Without listenEarly() it is a
- * TcpTransport like any other.
+ * What a node answers a message it does not serve yet because it is starting (the same words as
+ * the cluster manager's own answer while it starts): BACKEND_UNAVAILABLE, which senders retry.
+ */
+function starting (nodeId: string, kind: string): GalleonError {
+  return new GalleonError('BACKEND_UNAVAILABLE', `node ${nodeId} is starting and does not serve ${kind} messages yet; retry in a moment`)
+}
+
+/** Whether `err` is a node's answer that it is starting (the cluster manager's, or an EarlyTcpTransport's). */
+function isStartingAnswer (err: unknown): boolean {
+  return (err as { code?: string }).code === 'BACKEND_UNAVAILABLE' && / is starting and does not serve \S+ messages yet/.test((err as Error).message)
+}
+
+/**
+ * The TCP transport of a daemon in a cluster. It listens on the bind address before the storage
+ * opens (listenEarly()), so that a busy port stops the start before anything is created on disk
+ * and no other process takes the port meanwhile; until the cluster manager takes the transport
+ * (its listen(), as the instance joins), every request is answered at once that the node is
+ * starting (BACKEND_UNAVAILABLE, which senders retry; a request kept waiting instead ran into its
+ * sender's timeout while a big journal was replayed). A joining node's cluster-info is answered so
+ * until the daemon serves it (servingClusterInfo(), once the instance has joined): in between, the
+ * cluster manager would answer that it does not serve such messages at all, which a joining node
+ * takes for a node outside any cluster. Without listenEarly() it listens in listen(), as any
+ * TcpTransport.
  */
 export class EarlyTcpTransport extends TcpTransport {
   #early: Promise<string> | undefined
   #handler: TransportHandler | undefined
-  #take: () => void = () => {}
-  #refuse: (err: Error) => void = () => {}
-  readonly #taken = new Promise<void>((resolve, reject) => { this.#take = resolve; this.#refuse = reject })
+  #clusterInfo = false
 
-  constructor (options: TcpTransportOptions) {
-    super(options)
-    this.#taken.catch(() => {})
-  }
-
-  /** Listens now (once); requests wait for the handler that listen() is given later. */
+  /** Listens now (once); until listen() is given the cluster manager's handler, requests are answered "starting". */
   async listenEarly (): Promise<string> {
-    this.#early ??= super.listen(async (from, request) => {
-      await this.#taken
-      return await (this.#handler as TransportHandler)(from, request)
-    })
+    this.#early ??= super.listen(async (from, request) => await this.#serve(from, request))
     return await this.#early
   }
 
-  /** Once listenEarly() was called: starts serving with `handler`, on the address listened on already. */
+  /** Starts serving with `handler`: on the address listened on already, once listenEarly() was called. */
   override async listen (handler: TransportHandler): Promise<string> {
-    // Otherwise (and for a second listen, or no function) as any transport: it listens, or refuses.
-    if (this.#early === undefined || this.#handler !== undefined || typeof handler !== 'function') return await super.listen(handler)
+    // A second listen, or no function: refused as by any transport.
+    if (this.#handler !== undefined || typeof handler !== 'function') return await super.listen(handler)
     this.#handler = handler
-    this.#take()
+    if (this.#early === undefined) return await super.listen(async (from, request) => await this.#serve(from, request))
     return await this.#early
   }
 
-  override async close (): Promise<void> {
-    this.#refuse(new GalleonError('BACKEND_UNAVAILABLE', `node ${this.nodeId} stopped before it joined its cluster`))
-    await super.close()
+  /** The daemon answers cluster-info now (see answerClusterInfo). */
+  servingClusterInfo (): void { this.#clusterInfo = true }
+
+  async #serve (from: string, request: TransportMessage): Promise<TransportMessage> {
+    const handler = this.#handler
+    if (handler === undefined || (request.kind === CLUSTER_INFO && !this.#clusterInfo)) throw starting(this.nodeId, request.kind)
+    return await handler(from, request)
   }
 }
 
@@ -176,7 +192,7 @@ function keepaliveOptions (config: DaemonConfig): { keepaliveIntervalMs: number,
 async function askClusterInfo (probe: TcpTransport, address: string): Promise<TransportMessage> {
   for (let version = PROTOCOL_VERSION; ; version--) {
     try {
-      return await probe.request(address, { kind: 'cluster-info', header: { [PROTOCOL_FIELD]: version } }, { timeoutMs: 5000 })
+      return await probe.request(address, { kind: CLUSTER_INFO, header: { [PROTOCOL_FIELD]: version } }, { timeoutMs: 5000 })
     } catch (err) {
       const unspoken = (err as { code?: string }).code === 'IO_ERROR' && /inter-node protocol version/.test((err as Error).message)
       if (!unspoken || version <= OLDEST_PROTOCOL_VERSION) throw err
@@ -184,29 +200,76 @@ async function askClusterInfo (probe: TcpTransport, address: string): Promise<Tr
   }
 }
 
-/** Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers). */
-export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[]): Promise<ClusterSettings> {
+/** How long discoverCluster waits between rounds of asking the peers that are starting, at first and at most. */
+const FIRST_RETRY_MS = 100
+const LONGEST_RETRY_MS = 2000
+
+export interface DiscoverOptions {
+  /**
+   * How long peers that answer that they are starting (their storage opening, a big journal
+   * replaying) are asked again before giving up (default: --peer-wait-seconds, peer_wait in
+   * [cluster]); 0: asked once.
+   */
+  readonly waitMs?: number
+  /** Ends the wait (CANCELLED). */
+  readonly signal?: AbortSignal
+  /** Called once, when the wait begins: the peers that said they are starting. */
+  readonly onWait?: (peers: readonly string[], waitMs: number) => void
+}
+
+/**
+ * Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers).
+ * While none has answered but some say they are starting, those are asked again (after 100 ms,
+ * then twice as long each time up to 2 s) until `waitMs` has passed; any other failure (no node
+ * there, a wrong secret, a node outside any cluster) is final at once.
+ */
+export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[], options: DiscoverOptions = {}): Promise<ClusterSettings> {
+  const waitMs = options.waitMs ?? Math.round(config.peerWaitSeconds * 1000)
+  const began = performance.now()
   const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret, ...keepaliveOptions(config) })
-  const failures: string[] = []
+  const failures = new Map<string, string>()
+  let asking = [...addresses]
   try {
-    for (const address of addresses) {
+    for (let retryMs = FIRST_RETRY_MS; ; retryMs = Math.min(retryMs * 2, LONGEST_RETRY_MS)) {
+      const startingNow: string[] = []
+      for (const address of asking) {
+        try {
+          const reply = await askClusterInfo(probe, address)
+          const settings = reply.header as unknown as ClusterSettings
+          if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
+          failures.set(address, 'no coordinator in its answer')
+        } catch (err) {
+          if (isStartingAnswer(err)) startingNow.push(address)
+          const code = (err as { code?: string }).code
+          failures.set(address, code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message)
+        }
+      }
+      asking = startingNow
+      const left = waitMs - (performance.now() - began)
+      if (asking.length === 0 || left <= 0) break
+      if (retryMs === FIRST_RETRY_MS) options.onWait?.(asking, waitMs)
       try {
-        const reply = await askClusterInfo(probe, address)
-        const settings = reply.header as unknown as ClusterSettings
-        if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
-        failures.push(`${address}: no coordinator in its answer`)
-      } catch (err) {
-        const code = (err as { code?: string }).code
-        failures.push(`${address}: ${code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message}`)
+        await sleep(Math.min(retryMs, left), undefined, options.signal === undefined ? undefined : { signal: options.signal })
+      } catch {
+        throw new GalleonError('CANCELLED', `the wait for ${asking.join(', ')} to finish starting was cancelled; nothing was joined`)
       }
     }
   } finally {
     await probe.close().catch(() => {})
   }
-  throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is (${failures.join('; ')}); the first node of a cluster is started with --etcd-endpoints (clustering needs etcd), the others join it by its bind address`)
+  if (asking.length > 0) {
+    const others = [...failures].filter(([address]) => !asking.includes(address)).map(([address, why]) => `${address}: ${why}`)
+    const one = asking.length === 1
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the peer${one ? '' : 's'} ${asking.join(', ')} ${one ? 'is' : 'are'} still starting after ${Math.round((performance.now() - began) / 100) / 10} s (a node tells joining nodes where the cluster's coordinator is once its storage is open and it has joined; a big journal to replay takes a while)${others.length === 0 ? '' : `, and no other peer told (${others.join('; ')})`}: try again once ${one ? 'it is' : 'they are'} up, name a peer that is running, or let the daemon wait longer with --peer-wait-seconds (peer_wait in [cluster]; now ${waitMs / 1000} s)`)
+  }
+  throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is (${[...failures].map(([address, why]) => `${address}: ${why}`).join('; ')}); the first node of a cluster is started with --etcd-endpoints (clustering needs etcd), the others join it by its bind address`)
 }
 
-/** A clustered daemon tells joining nodes (who know the secret) where the coordinator is. */
-export function answerClusterInfo (g: GalleonFS, settings: ClusterSettings): void {
-  g.cluster?.handle('cluster-info', async () => ({ kind: 'cluster-info', header: { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix } }))
+/**
+ * A clustered daemon tells joining nodes (who know the secret) where the coordinator is; `transport`
+ * (the cluster's) stops answering them that it is starting.
+ */
+export function answerClusterInfo (g: GalleonFS, settings: ClusterSettings, transport: EarlyTcpTransport): void {
+  g.cluster?.handle(CLUSTER_INFO, async () => ({ kind: CLUSTER_INFO, header: { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix } }))
+  transport.servingClusterInfo()
 }

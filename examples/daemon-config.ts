@@ -93,6 +93,8 @@ export interface DaemonConfig {
   keepaliveIntervalSeconds: number
   /** Seconds a connection to a peer may stay silent (and take none of our bytes) after a keepalive before it is closed. */
   keepaliveTimeoutSeconds: number
+  /** Seconds a joining node asks again a peer that answers it is starting (its storage opening) before it gives up (0: asked once). */
+  peerWaitSeconds: number
 }
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
@@ -146,7 +148,8 @@ export const DEFAULTS: DaemonConfig = {
   leaseTtlSeconds: 10,
   replicaReplacementDelaySeconds: 600,
   keepaliveIntervalSeconds: 5,
-  keepaliveTimeoutSeconds: 10
+  keepaliveTimeoutSeconds: 10,
+  peerWaitSeconds: 300
 }
 
 /** The key providers the daemon sets up from [security] settings of their own (any other name is a registered driver). */
@@ -175,7 +178,7 @@ export function formatAddress (host: string, port: number): string {
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', ipc_tls_cert_file: 'ipcTlsCertFile', ipc_tls_key_file: 'ipcTlsKeyFile', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', nbd_tls_cert_file: 'nbdTlsCertFile', nbd_tls_key_file: 'nbdTlsKeyFile', nbd_tls_ca_file: 'nbdTlsCaFile', nbd_tls_psk_file: 'nbdTlsPskFile', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds', peer_wait: 'peerWaitSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
@@ -396,6 +399,9 @@ export function check (raw: Record<string, unknown>, where: string, nameOf: Sett
         break
       case 'keepaliveTimeoutSeconds':
         out.keepaliveTimeoutSeconds = secondsSetting(value, 0.001, `${bad} must be a number of seconds from 0.001 to 3600`)
+        break
+      case 'peerWaitSeconds':
+        out.peerWaitSeconds = secondsSetting(value, 0, `${bad} must be a number of seconds from 0 (ask a starting peer once) to 3600`)
         break
       case 'replicationStrategy':
         if (value !== 'synchronous' && value !== 'asynchronous') throw new ConfigError(`${bad} must be synchronous or asynchronous, got ${JSON.stringify(value)}`)

@@ -33,7 +33,7 @@ export interface RouteContext {
   progress?: ProgressListener
   /** Aborted when the client goes away before the answer is complete. */
   signal: AbortSignal
-  cluster: { join: (address: string) => Promise<unknown>, leave: (force: boolean) => Promise<unknown> }
+  cluster: { join: (address: string, signal?: AbortSignal) => Promise<unknown>, leave: (force: boolean) => Promise<unknown> }
   /** Changes the saved mounts (one change at a time). */
   updateSavedMounts: (change: (saved: SavedMount[]) => SavedMount[]) => Promise<void>
 }
@@ -409,7 +409,8 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
       } catch (err) {
         throw new HttpError(400, 'INVALID_ARGUMENT', (err as Error).message)
       }
-      return await daemon.cluster.join(options.address)
+      // A peer that is still starting is waited for; a client that goes away ends the wait.
+      return await daemon.cluster.join(options.address, daemon.signal)
     default:
       throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}`)
   }

@@ -19,7 +19,7 @@ import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, sameToken, writeRun
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
-  answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings
+  answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport
 } from './daemon-cluster.js'
 import { bindAddress, HeldPort, listenOn, type DaemonAddress } from './daemon-listen.js'
 import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
@@ -84,6 +84,11 @@ async function checkMountPoint (config: DaemonConfig): Promise<void> {
   if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
 }
 
+/** What a joining daemon says when it waits for peers that are still starting. */
+function waitingFor (log: Logger): (peers: readonly string[], waitMs: number) => void {
+  return (peers, waitMs) => { log('info', 'waiting for peers that are still starting (--peer-wait-seconds)', { peers, waitSeconds: waitMs / 1000 }) }
+}
+
 /** Settings a reload applies in place; any other change waits for a restart. */
 const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
@@ -116,7 +121,9 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     if (secret === undefined) throw new ConfigError(`--peer-addresses: ${NO_SECRET}`)
     const saved = await readSavedCluster(config.storagePath)
     try {
-      cluster = await discoverCluster(config, secret, config.peerAddresses)
+      // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
+      // a node that was in the cluster before starts at once with the coordinator it knew.
+      cluster = await discoverCluster(config, secret, config.peerAddresses, saved === undefined ? { onWait: waitingFor(log) } : { waitMs: 0 })
     } catch (err) {
       // Every peer down (a whole cluster restarting): the coordinator this node knew will do.
       if (saved === undefined) throw err
@@ -133,14 +140,15 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   let g!: GalleonFS
   let clusterSettings = cluster
   const clusterControl = {
-    join: async (address: string): Promise<unknown> => {
+    join: async (address: string, signal?: AbortSignal): Promise<unknown> => {
       if (g.cluster !== undefined) throw new GalleonError('BUSY', `this daemon is in a cluster already, as node ${g.cluster.nodeId}; leave it first`)
       const joinSecret = await clusterSecret(config)
       if (joinSecret === undefined) throw new HttpError(409, 'NO_CLUSTER_SECRET', NO_SECRET)
-      const found = await discoverCluster(config, joinSecret, [address])
-      const status = await g.joinCluster(await clusterOptions(config, found, joinSecret))
+      const found = await discoverCluster(config, joinSecret, [address], { onWait: waitingFor(log), ...(signal === undefined ? {} : { signal }) })
+      const joinTransport = clusterTransport(config, joinSecret)
+      const status = await g.joinCluster(await clusterOptions(config, found, joinSecret, joinTransport))
       clusterSettings = found
-      answerClusterInfo(g, found)
+      answerClusterInfo(g, found, joinTransport)
       await writeSavedCluster(config.storagePath, found)
       log('info', 'joined the cluster', { nodeId: (status as { nodeId?: string }).nodeId, through: address })
       return status
@@ -418,7 +426,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     })
     logEvents(g, log)
     if (clusterSettings !== undefined) {
-      answerClusterInfo(g, clusterSettings)
+      answerClusterInfo(g, clusterSettings, transport as EarlyTcpTransport)
       await writeSavedCluster(config.storagePath, clusterSettings)
       log('info', 'joined the cluster', { nodeId: g.cluster?.nodeId, bindAddress: g.cluster?.address, etcd: clusterSettings.etcdEndpoints })
     }

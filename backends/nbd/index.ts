@@ -90,9 +90,11 @@ export interface NbdServerOptions {
    * A server listening already, to serve on instead of listening on host:port (`host` still names
    * it): a program that binds its ports before it opens the instance hands the NBD server its port
    * this way, with no moment in which another process could take it. Create it with
-   * `net.createServer({ allowHalfOpen: true, noDelay: true })` and no 'connection' listener; the
-   * NBD server serves its connections from now on (also those emitted on it later, such as ones
-   * accepted before) and closes it in close().
+   * `net.createServer({ allowHalfOpen: true, noDelay: true })` and no 'connection' listener (a
+   * server without allowHalfOpen is refused: it would end a connection as soon as its client shut
+   * down its sending side, dropping the replies still owed to it); the NBD server serves its
+   * connections from now on (also those emitted on it later, such as ones accepted before) and
+   * closes it in close().
    */
   readonly server?: Server
 }
@@ -160,6 +162,11 @@ export class NbdServer {
       if (!given.listening) throw new GalleonError('INVALID_ARGUMENT', `server is not listening: ${make}, or leave server out to have the NBD server listen on host:port`)
       // An HTTP or TLS server (or one made with a connection handler) would take the NBD clients' connections too.
       if (given.listenerCount('connection') > 0) throw new GalleonError('INVALID_ARGUMENT', `server has a 'connection' listener already (an HTTP or TLS server, or one made with a connection handler), which would take the NBD clients' connections too: ${make}`)
+      // net.Server keeps the option as its allowHalfOpen property (not in @types/node) and gives it
+      // to every socket it accepts. Without it, a client's FIN (it shuts down its sending side
+      // after NBD_CMD_DISC) makes Node end the socket at once: the replies to the requests still in
+      // flight are dropped without a word.
+      if ((given as Server & { allowHalfOpen?: unknown }).allowHalfOpen !== true) throw new GalleonError('INVALID_ARGUMENT', `server was made without allowHalfOpen: true, so a client that shuts down its sending side (after NBD_CMD_DISC, say) would lose the replies to the requests it is still waiting for: ${make}`)
     }
     const accept: { to?: NbdServer } = {}
     // allowHalfOpen: a client that shuts down its sending side (after NBD_CMD_DISC, say) still gets
