@@ -18,7 +18,11 @@ export const realClock: QoSClock = {
   clearTimeout: (handle) => { clearTimeout(handle as NodeJS.Timeout) }
 }
 
-/** How much a bucket may hold beyond its steady flow: 50 ms of rate, so admission is smooth. */
+/**
+ * How much a bucket may hold beyond its steady flow: 50 ms of rate, so admission is smooth. The
+ * cap applies to idle time only: a caller whose operations waited takes them at the times the
+ * bucket allowed them (`readyAt`), however late its timer fired.
+ */
 const SMOOTHING_SECONDS = 0.05
 const EPSILON = 1e-9
 
@@ -73,31 +77,46 @@ export class TokenBucket {
     }
   }
 
-  /** Burst credits held now. */
+  /** Burst credits held at `now` (reading them changes nothing). */
   credits (now: number): number {
-    this.#refill(now)
-    return this.#credits
+    const seconds = (now - this.#last) / 1000
+    if (seconds <= 0 || this.creditCapacity === 0) return this.#credits
+    const overflow = this.#tokens + this.rate * seconds - this.depth
+    return overflow > 0 ? Math.min(this.creditCapacity, this.#credits + overflow) : this.#credits
   }
 
   /** Milliseconds until `cost` may be admitted (0: now). */
   waitMs (cost: number, now: number): number {
     this.#refill(now)
-    const need = Math.min(cost, this.depth)
-    let wait = 0
-    // Shortfalls within rounding error of zero count as none, or a caller adding the wait to a
-    // large clock value could wait forever for a refill too small to change it.
-    const shortfall = need - (this.#tokens + this.#credits)
-    if (shortfall > need * EPSILON) wait = shortfall / this.rate * 1000
-    if (this.creditCapacity > 0) {
-      const peakNeed = Math.min(cost, this.#peakDepth)
-      const peakShortfall = peakNeed - this.#peakTokens
-      if (peakShortfall > peakNeed * EPSILON) wait = Math.max(wait, peakShortfall / this.#peakRate * 1000)
-    }
-    return wait
+    return this.#shortfallMs(cost, this.#tokens, this.#credits, this.#peakTokens)
   }
 
-  /** Takes `cost` (call after waitMs returned 0): tokens first, then credits, then debt. */
-  take (cost: number): void {
+  /**
+   * When `cost` may be taken, if nothing else is taken meanwhile: the earliest time not before
+   * `at` (nor before the bucket last changed). Changes nothing, so a caller may ask about a time
+   * its clock has passed: operations that waited for a timer which fired late are taken at the
+   * times the bucket allowed them (see `take`), and their waiting beyond the depth is not lost.
+   */
+  readyAt (cost: number, at: number): number {
+    const base = Math.max(at, this.#last)
+    const seconds = (base - this.#last) / 1000
+    let tokens = this.#tokens + this.rate * seconds
+    let credits = this.#credits
+    if (tokens > this.depth) {
+      if (this.creditCapacity > 0) credits = Math.min(this.creditCapacity, credits + tokens - this.depth)
+      tokens = this.depth
+    }
+    const peakTokens = this.creditCapacity > 0 ? Math.min(this.#peakDepth, this.#peakTokens + this.#peakRate * seconds) : 0
+    return base + this.#shortfallMs(cost, tokens, credits, peakTokens)
+  }
+
+  /**
+   * Takes `cost` at time `at` (default: where the bucket last stood; call once `readyAt` allowed
+   * that time, or waitMs returned 0): tokens first, then credits, then debt. The bucket only moves
+   * forward: an `at` before its last change takes at that change.
+   */
+  take (cost: number, at?: number): void {
+    if (at !== undefined) this.#refill(at)
     const fromTokens = Math.min(cost, Math.max(this.#tokens, 0))
     this.#tokens -= fromTokens
     let rest = cost - fromTokens
@@ -108,6 +127,22 @@ export class TokenBucket {
     }
     this.#tokens -= rest
     if (this.creditCapacity > 0) this.#peakTokens -= cost
+  }
+
+  /** Milliseconds until `cost` may be taken from these levels. */
+  #shortfallMs (cost: number, tokens: number, credits: number, peakTokens: number): number {
+    const need = Math.min(cost, this.depth)
+    let wait = 0
+    // Shortfalls within rounding error of zero count as none, or a caller adding the wait to a
+    // large clock value could wait forever for a refill too small to change it.
+    const shortfall = need - (tokens + credits)
+    if (shortfall > need * EPSILON) wait = shortfall / this.rate * 1000
+    if (this.creditCapacity > 0) {
+      const peakNeed = Math.min(cost, this.#peakDepth)
+      const peakShortfall = peakNeed - peakTokens
+      if (peakShortfall > peakNeed * EPSILON) wait = Math.max(wait, peakShortfall / this.#peakRate * 1000)
+    }
+    return wait
   }
 
   #refill (now: number): void {

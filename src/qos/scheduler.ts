@@ -9,7 +9,7 @@ import { GalleonError, describe, quoted } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
-import { VolumeState, applyLimits, limitWait, takeTokens, tightestLimit, type Kind, type Pending } from './volume-state.js'
+import { VolumeState, applyLimits, limitReadyAt, limitWait, takeTokens, tightens, tightestLimit, type Kind, type Pending } from './volume-state.js'
 
 /** Node-wide QoS settings (`GalleonFS.open({ qos })`). */
 export interface QoSNodeOptions {
@@ -100,6 +100,14 @@ export class QoSScheduler {
   #backlog = 0
   #vtime = 0
   #pumpTimer: unknown = undefined
+  /** When #pumpTimer is due: the time the node's capacity lets the operation it waits for in. */
+  #pumpDue = Infinity
+  /**
+   * Capacity owed to the queue after a late capacity timer: the queue is served at the times the
+   * capacity let it in, from #owedFrom, up to #owedUntil (when the timer fired); empty when equal.
+   */
+  #owedFrom = -Infinity
+  #owedUntil = -Infinity
   #intervalStart: number
   #closed = false
 
@@ -137,6 +145,12 @@ export class QoSScheduler {
     }
     // Given a policy, the volume's state lasts until it is forgotten (its figures are lifetime ones).
     if (policy !== undefined) state.transient = false
+    // Operations that the old limits let in while their timer ran late go in under them first,
+    // unless the new policy tightens a limit: a limit lowered is what may reach the engine from
+    // now on, so what waits is held to it (no burst at the old rate after the change); raised, or
+    // the change is elsewhere (a weight, a guarantee, the same policy applied again), the volume
+    // keeps what it was owed.
+    if (state.due <= this.#clock.now() && !tightens(state.policy, policy)) this.#limit(state)
     state.name = volumeName
     state.policy = policy
     state.source = policy === undefined ? 'none' : source
@@ -151,10 +165,8 @@ export class QoSScheduler {
     if (state.latencyMs === 0) state.latencies = undefined
     else state.latencies ??= new MetricsRecorder({ windowSeconds: this.#windowSeconds, now: this.#clock.now })
     if (state.reservationIops > 0 || state.reservationBps > 0 || policy?.weight !== undefined || state.latencyMs > 0) this.#dispatching = true
-    for (const lane of [0, 1] as const) {
-      if (state.timers[lane] !== undefined) { this.#clock.clearTimeout(state.timers[lane]); state.timers[lane] = undefined }
-      this.#drain(state, lane)
-    }
+    this.#clearLimitTimer(state)
+    this.#limit(state)
   }
 
   /** Drops a deleted volume: its waiting operations go on (and fail in the engine as they should). */
@@ -162,10 +174,8 @@ export class QoSScheduler {
     const state = this.#volumes.get(volumeId)
     if (state === undefined) return
     this.#volumes.delete(volumeId)
-    for (const lane of [0, 1] as const) {
-      if (state.timers[lane] !== undefined) this.#clock.clearTimeout(state.timers[lane])
-      for (const op of state.waiting[lane].splice(0)) op.resolve(false)
-    }
+    this.#clearLimitTimer(state)
+    for (const lane of [0, 1] as const) for (const op of state.waiting[lane].splice(0)) op.resolve(false)
     this.#backlog -= state.queued.length
     for (const op of state.queued.splice(0)) op.resolve(false)
   }
@@ -188,21 +198,27 @@ export class QoSScheduler {
     const state = this.#volumes.get(volumeId)
     if (state !== undefined && state.limited) {
       const now = this.#clock.now()
-      const lane = kind === 'read' ? 0 : 1
-      const waiting = state.waiting[lane]
+      // An overdue timer's operations go first: the limits let them in before now, and charging
+      // this one at now first would take their turn (and move the buckets past their times).
+      if (state.due <= now) this.#limit(state)
+      const waiting = state.waiting[kind === 'read' ? 0 : 1]
       if (waiting.length === 0 && limitWait(state, kind, bytes, now) === 0) {
         takeTokens(state, kind, bytes)
       } else {
         return new Promise<boolean>((resolve) => {
           waiting.push({ kind, bytes, arrived: now, resolve, rTag: 0, pTag: 0 })
-          if (waiting.length === 1) this.#drain(state, lane)
+          if (waiting.length === 1) this.#limit(state)
         })
       }
     }
     if (!this.#dispatching) return false
-    if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight && this.#capacityWait(bytes) === 0) {
-      this.#start(bytes, state)
-      return true
+    if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight) {
+      // The clock matters only to a declared capacity.
+      const now = this.#capacity.length === 0 ? 0 : this.#clock.now()
+      if (this.#capacityReadyAt(bytes, now) <= now) {
+        this.#start(bytes, state, now)
+        return true
+      }
     }
     return new Promise<boolean>((resolve) => { this.#enqueue(state ?? this.#anonymous(volumeId), kind, bytes, this.#clock.now(), resolve) })
   }
@@ -271,41 +287,69 @@ export class QoSScheduler {
     this.#closed = true
     if (this.#pumpTimer !== undefined) this.#clock.clearTimeout(this.#pumpTimer)
     this.#pumpTimer = undefined
+    this.#pumpDue = Infinity
     this.#dispatching = false
     for (const id of [...this.#volumes.keys()]) this.forget(id)
   }
 
   // ---------------------------------------------------------------- limiter
 
-  /** Admits a volume's waiting reads (lane 0) or writes (1) in order while its buckets allow; sleeps until they do. */
-  #drain (state: VolumeState, lane: 0 | 1): void {
-    const waiting = state.waiting[lane]
-    while (waiting.length > 0) {
-      const op = waiting[0] as Pending
-      const now = this.#clock.now()
-      const wait = this.#closed ? 0 : limitWait(state, op.kind, op.bytes, now)
-      if (wait > 0) {
-        if (state.timers[lane] === undefined) {
-          state.timers[lane] = this.#clock.setTimeout(() => { state.timers[lane] = undefined; this.#drain(state, lane) }, timerDelay(wait))
-        }
-        if (now - state.lastThrottleEvent >= INTERVAL_MS) {
-          state.lastThrottleEvent = now
-          this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: tightestLimit(state, op, now), waitMs: wait } satisfies QoSThrottledEvent)
-        }
-        return
-      }
-      waiting.shift()
-      takeTokens(state, op.kind, op.bytes)
+  /**
+   * Admits a volume's waiting reads and writes, each lane in order, while its buckets allow; sleeps
+   * until they do. Each operation is charged at the time the buckets let it in, counted from its
+   * arrival: when the timer fires late (a busy event loop), that time has passed, and the operations
+   * the limits let in meanwhile all go now, charged as if the timer had been on time. The smoothing
+   * depth so caps only idle time, and lateness costs the volume none of its rate. The lanes go in
+   * the order the limits let their first operations in, taking turns when that is the same time
+   * (a shared limit both lanes wait for): a read never waits behind a write held by a write limit,
+   * and neither lane takes a shared limit from the other.
+   */
+  #limit (state: VolumeState): void {
+    const [reads, writes] = state.waiting
+    let now = this.#clock.now()
+    let readAt = Infinity
+    let writeAt = Infinity
+    for (;;) {
+      const read = reads[0]
+      const write = writes[0]
+      readAt = read === undefined ? Infinity : this.#closed ? now : limitReadyAt(state, 'read', read.bytes, read.arrived)
+      writeAt = write === undefined ? Infinity : this.#closed ? now : limitReadyAt(state, 'write', write.bytes, write.arrived)
+      const lane = readAt < writeAt ? 0 : writeAt < readAt ? 1 : state.turn
+      const at = lane === 0 ? readAt : writeAt
+      if (at > now) break
+      const op = state.waiting[lane].shift() as Pending
+      state.turn = lane === 0 ? 1 : 0
+      takeTokens(state, op.kind, op.bytes, at)
       state.throttledMs += now - op.arrived
       state.throttledOps++
-      if (this.#closed || !this.#dispatching) { op.resolve(false); continue }
-      if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight && this.#capacityWait(op.bytes) === 0) {
-        this.#start(op.bytes, state)
+      if (this.#closed || !this.#dispatching) {
+        op.resolve(false)
+      } else if (this.#backlog === 0 && this.#inFlight < this.#maxInFlight && this.#capacityReadyAt(op.bytes, now) <= now) {
+        this.#start(op.bytes, state, now)
         op.resolve(true)
       } else {
         this.#enqueue(state, op.kind, op.bytes, now, op.resolve)
       }
+      now = this.#clock.now()
     }
+    const next = Math.min(readAt, writeAt)
+    if (next === Infinity) { this.#clearLimitTimer(state); return }
+    if (state.timer === undefined || state.due !== next) {
+      this.#clearLimitTimer(state)
+      state.due = next
+      state.timer = this.#clock.setTimeout(() => { state.timer = undefined; state.due = Infinity; this.#limit(state) }, timerDelay(next - now))
+    }
+    if (now - state.lastThrottleEvent >= INTERVAL_MS) {
+      state.lastThrottleEvent = now
+      const op = (readAt <= writeAt ? reads[0] : writes[0]) as Pending
+      this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: tightestLimit(state, op, now), waitMs: next - now } satisfies QoSThrottledEvent)
+    }
+  }
+
+  #clearLimitTimer (state: VolumeState): void {
+    if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
+    state.timer = undefined
+    state.due = Infinity
   }
 
   // ---------------------------------------------------------------- dispatcher
@@ -322,22 +366,24 @@ export class QoSScheduler {
     return state
   }
 
-  #capacityWait (bytes: number): number {
-    if (this.#capacity.length === 0) return 0
-    const now = this.#clock.now()
-    let wait = 0
+  /** When the node's declared capacity lets an operation of `bytes` in, at the earliest `from` (see TokenBucket.readyAt). */
+  #capacityReadyAt (bytes: number, from: number): number {
+    let at = from
     for (const [bucket, unit] of this.#capacity) {
       const cost = unit === 'ops' ? 1 : bytes
-      if (cost > 0) wait = Math.max(wait, bucket.waitMs(cost, now))
+      if (cost === 0) continue
+      const ready = bucket.readyAt(cost, from)
+      if (ready > at) at = ready
     }
-    return wait
+    return at
   }
 
-  #start (bytes: number, state: VolumeState | undefined): void {
+  /** Lets an operation into the engine, charging the capacity at `at` (when it let the operation in). */
+  #start (bytes: number, state: VolumeState | undefined, at: number): void {
     this.#inFlight++
     for (const [bucket, unit] of this.#capacity) {
       const cost = unit === 'ops' ? 1 : bytes
-      if (cost > 0) bucket.take(cost)
+      if (cost > 0) bucket.take(cost, at)
     }
     if (state !== undefined) { state.servedOps++; state.servedBytes += bytes }
   }
@@ -385,13 +431,33 @@ export class QoSScheduler {
   #pump (): void {
     const now = this.#clock.now()
     this.#evaluate(now)
+    if (this.#pumpDue <= now) {
+      // The capacity timer fired late (or has yet to): from when it was due until now, the
+      // capacity let the queue in, and it still does once slots in flight free up.
+      this.#owedFrom = this.#pumpDue
+      this.#owedUntil = now
+      this.#clock.clearTimeout(this.#pumpTimer)
+      this.#pumpTimer = undefined
+      this.#pumpDue = Infinity
+    }
     while (this.#backlog > 0 && this.#inFlight < this.#maxInFlight) {
       const state = this.#pick(now)
       if (state === undefined) return
       const op = state.queued[0] as Pending
-      const wait = this.#capacityWait(op.bytes)
-      if (wait > 0) {
-        if (this.#pumpTimer === undefined) this.#pumpTimer = this.#clock.setTimeout(() => { this.#pumpTimer = undefined; this.#pump() }, timerDelay(wait))
+      let at = this.#owedFrom < this.#owedUntil ? this.#capacityReadyAt(op.bytes, Math.max(this.#owedFrom, op.arrived)) : Infinity
+      if (at <= this.#owedUntil) {
+        this.#owedFrom = at
+      } else {
+        // Nothing (more) owed: what the capacity earned since, while the queue waited for slots
+        // or was empty, is idle time, capped at the depth.
+        this.#owedFrom = this.#owedUntil = -Infinity
+        at = this.#capacityReadyAt(op.bytes, now)
+      }
+      if (at > now) {
+        if (this.#pumpTimer === undefined) {
+          this.#pumpDue = at
+          this.#pumpTimer = this.#clock.setTimeout(() => { this.#pumpTimer = undefined; this.#pump() }, timerDelay(at - now))
+        }
         return
       }
       state.queued.shift()
@@ -411,7 +477,7 @@ export class QoSScheduler {
       } else if (op.pTag > this.#vtime) {
         this.#vtime = op.pTag
       }
-      this.#start(op.bytes, state)
+      this.#start(op.bytes, state, at)
       op.resolve(true)
     }
   }

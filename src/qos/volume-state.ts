@@ -41,7 +41,16 @@ export class VolumeState {
   limited = false
   /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
   readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
-  readonly timers: [read: unknown, write: unknown] = [undefined, undefined]
+  /** The limiter's timer, one for both lanes: due when the first operation of either may go. */
+  timer: unknown = undefined
+  /** When `timer` is due (Infinity: none). */
+  due = Infinity
+  /**
+   * The lane that goes first when the first read and the first write may go at the same time: the
+   * lanes take turns. Given to the lane whose timer fired first, a shared limit went to one lane
+   * only (equal delays fire in the order they were set).
+   */
+  turn: 0 | 1 = 0
   throttledMs = 0
   throttledOps = 0
   lastThrottleEvent = -Infinity
@@ -77,16 +86,8 @@ export class VolumeState {
 
 /** Builds the volume's buckets and lanes for `policy`'s limits at `now`, carrying over the level of a limit the old policy had too. */
 export function applyLimits (state: VolumeState, policy: QoSPolicy | undefined, now: number): void {
-  const limits = policy?.limits
   const burst = policy?.burstable?.enabled === true ? policy.burstable : undefined
-  const values: Record<Dimension, number | undefined> = {
-    iops: limits?.iops,
-    readIops: limits?.readIops,
-    writeIops: limits?.writeIops,
-    bytes: limits?.throughputMBps === undefined ? undefined : limits.throughputMBps * 1e6,
-    readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
-    writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
-  }
+  const values = rates(policy)
   const previous = new Map(state.buckets.map(([bucket, , , label]) => [label, bucket]))
   state.buckets = []
   for (const [dimension, unit, kind, label] of DIMENSIONS) {
@@ -106,7 +107,66 @@ export function applyLimits (state: VolumeState, policy: QoSPolicy | undefined, 
   ]
 }
 
+/** The rate of each of `policy`'s limits, per second (bytes for throughput). */
+function rates (policy: QoSPolicy | undefined): Record<Dimension, number | undefined> {
+  const limits = policy?.limits
+  return {
+    iops: limits?.iops,
+    readIops: limits?.readIops,
+    writeIops: limits?.writeIops,
+    bytes: limits?.throughputMBps === undefined ? undefined : limits.throughputMBps * 1e6,
+    readBytes: limits?.readThroughputMBps === undefined ? undefined : limits.readThroughputMBps * 1e6,
+    writeBytes: limits?.writeThroughputMBps === undefined ? undefined : limits.writeThroughputMBps * 1e6
+  }
+}
+
+/** A limit's burst as rate multipliers: the peak, and the credit balance in seconds of rate. */
+function burstOf (policy: QoSPolicy | undefined, unit: 'ops' | 'bytes'): { peak: number, creditSeconds: number } {
+  const burst = policy?.burstable
+  const multiplier = burst?.enabled !== true ? 1 : unit === 'ops' ? burst.iopsMultiplier : burst.throughputMultiplier
+  return multiplier > 1 ? { peak: multiplier, creditSeconds: (multiplier - 1) * (burst as { durationSeconds: number }).durationSeconds } : { peak: 1, creditSeconds: 0 }
+}
+
+/**
+ * Whether `next` lets less through than `previous` anywhere: a limit added or lowered, or a lower
+ * burst peak or credit balance. (Operations a late timer owes go in under the old limits only
+ * when the new ones do not tighten them: see QoSScheduler.setPolicy.)
+ */
+export function tightens (previous: QoSPolicy | undefined, next: QoSPolicy | undefined): boolean {
+  const before = rates(previous)
+  const after = rates(next)
+  for (const [dimension, unit] of DIMENSIONS) {
+    const rate = after[dimension]
+    if (rate === undefined) continue
+    const old = before[dimension]
+    if (old === undefined || rate < old) return true
+    const burst = burstOf(next, unit)
+    const oldBurst = burstOf(previous, unit)
+    if (rate * burst.peak < old * oldBurst.peak || rate * burst.creditSeconds < old * oldBurst.creditSeconds) return true
+  }
+  return false
+}
+
 // Plain indexed loops over the lane's buckets: these run on every I/O call of a limited volume.
+/**
+ * When the volume's limits let an operation in, at the earliest `from` (see TokenBucket.readyAt):
+ * asked with the time the operation started waiting, the answer can be before now, which is
+ * when the limits let it in although the timer that was to admit it ran late.
+ */
+export function limitReadyAt (state: VolumeState, kind: Kind, bytes: number, from: number): number {
+  const lane = state.lanes[kind === 'read' ? 0 : 1]
+  let at = from
+  for (let i = 0; i < lane.length; i++) {
+    const entry = lane[i] as LaneBucket
+    const cost = entry.bytes ? bytes : 1
+    if (cost === 0) continue
+    const ready = entry.bucket.readyAt(cost, from)
+    if (ready > at) at = ready
+  }
+  return at
+}
+
+/** Milliseconds until the volume's limits let an operation in now (0: now); the hot path's question, asked when nothing of the volume is overdue. */
 export function limitWait (state: VolumeState, kind: Kind, bytes: number, now: number): number {
   const lane = state.lanes[kind === 'read' ? 0 : 1]
   let wait = 0
@@ -120,27 +180,30 @@ export function limitWait (state: VolumeState, kind: Kind, bytes: number, now: n
   return wait
 }
 
-/** Charges an admitted operation to the buckets of its lane. */
-export function takeTokens (state: VolumeState, kind: Kind, bytes: number): void {
+/**
+ * Charges an admitted operation to the buckets of its lane, at the time `limitReadyAt` gave (none:
+ * where `limitWait` left the buckets).
+ */
+export function takeTokens (state: VolumeState, kind: Kind, bytes: number, at?: number): void {
   const lane = state.lanes[kind === 'read' ? 0 : 1]
   for (let i = 0; i < lane.length; i++) {
     const entry = lane[i] as LaneBucket
     const cost = entry.bytes ? bytes : 1
-    if (cost > 0) entry.bucket.take(cost)
+    if (cost > 0) entry.bucket.take(cost, at)
   }
 }
 
 /** The label of the limit that holds `op` longest (what `qos:throttled` names). */
 export function tightestLimit (state: VolumeState, op: Pending, now: number): string {
   let worst = ''
-  let longest = -1
+  let latest = -Infinity
   for (const [bucket, unit, only, label] of state.buckets) {
     if (only !== undefined && only !== op.kind) continue
-    // Charged as limitWait charges: an operation of no bytes (a trim) never waits for a byte limit.
+    // Charged as limitReadyAt charges: an operation of no bytes (a trim) never waits for a byte limit.
     const cost = unit === 'ops' ? 1 : op.bytes
     if (cost === 0) continue
-    const ms = bucket.waitMs(cost, now)
-    if (ms > longest) { longest = ms; worst = label }
+    const ready = bucket.readyAt(cost, now)
+    if (ready > latest) { latest = ready; worst = label }
   }
   return worst
 }
