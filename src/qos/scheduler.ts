@@ -9,7 +9,7 @@ import { GalleonError, describe, quoted } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
-import { VolumeState, applyLimits, limitReadyAt, limitWait, takeTokens, tightens, tightestLimit, type Kind, type Pending } from './volume-state.js'
+import { VolumeState, applyLimits, limitReadyAt, limitWait, takeTokens, tightens, tightestLimit, waitsForShared, type Kind, type Pending } from './volume-state.js'
 
 /** Node-wide QoS settings (`GalleonFS.open({ qos })`). */
 export interface QoSNodeOptions {
@@ -202,7 +202,9 @@ export class QoSScheduler {
       // this one at now first would take their turn (and move the buckets past their times).
       if (state.due <= now) this.#limit(state)
       const waiting = state.waiting[kind === 'read' ? 0 : 1]
-      if (waiting.length === 0 && limitWait(state, kind, bytes, now) === 0) {
+      // The other lane's head, if any, arrived first: this one goes only if the limits let it in
+      // now and that one is not waiting for a limit the lanes share (see #nextLane).
+      if (waiting.length === 0 && limitWait(state, kind, bytes, now) === 0 && !this.#heldBehind(state, kind, now)) {
         takeTokens(state, kind, bytes)
       } else {
         return new Promise<boolean>((resolve) => {
@@ -299,23 +301,26 @@ export class QoSScheduler {
    * until they do. Each operation is charged at the time the buckets let it in, counted from its
    * arrival: when the timer fires late (a busy event loop), that time has passed, and the operations
    * the limits let in meanwhile all go now, charged as if the timer had been on time. The smoothing
-   * depth so caps only idle time, and lateness costs the volume none of its rate. The lanes go in
-   * the order the limits let their first operations in, taking turns when that is the same time
-   * (a shared limit both lanes wait for): a read never waits behind a write held by a write limit,
-   * and neither lane takes a shared limit from the other.
+   * depth so caps only idle time, and lateness costs the volume none of its rate. Between the lanes
+   * the operation that arrived first goes first (turns when both arrived at once), except that a
+   * lane's head held by its own lane's limit lets the other lane go meanwhile (see #nextLane): a
+   * read never waits behind a write held by a write limit, and neither lane takes a shared limit
+   * from the other, however large the operations of one and small those of the other.
    */
   #limit (state: VolumeState): void {
     const [reads, writes] = state.waiting
     let now = this.#clock.now()
     let readAt = Infinity
     let writeAt = Infinity
+    let lane: 0 | 1 = 0
+    let at = Infinity
     for (;;) {
       const read = reads[0]
       const write = writes[0]
       readAt = read === undefined ? Infinity : this.#closed ? now : limitReadyAt(state, 'read', read.bytes, read.arrived)
       writeAt = write === undefined ? Infinity : this.#closed ? now : limitReadyAt(state, 'write', write.bytes, write.arrived)
-      const lane = readAt < writeAt ? 0 : writeAt < readAt ? 1 : state.turn
-      const at = lane === 0 ? readAt : writeAt
+      lane = read === undefined ? 1 : write === undefined ? 0 : this.#nextLane(state, read, write, readAt, writeAt)
+      at = lane === 0 ? readAt : writeAt
       if (at > now) break
       const op = state.waiting[lane].shift() as Pending
       state.turn = lane === 0 ? 1 : 0
@@ -332,7 +337,8 @@ export class QoSScheduler {
       }
       now = this.#clock.now()
     }
-    const next = Math.min(readAt, writeAt)
+    // The lane that goes next may not be the one its limits let in first (see #nextLane).
+    const next = at
     if (next === Infinity) { this.#clearLimitTimer(state); return }
     if (state.timer === undefined || state.due !== next) {
       this.#clearLimitTimer(state)
@@ -341,9 +347,30 @@ export class QoSScheduler {
     }
     if (now - state.lastThrottleEvent >= INTERVAL_MS) {
       state.lastThrottleEvent = now
-      const op = (readAt <= writeAt ? reads[0] : writes[0]) as Pending
+      const op = state.waiting[lane][0] as Pending
       this.#emit('qos:throttled', { volumeId: state.id, volumeName: state.name, limit: tightestLimit(state, op, now), waitMs: next - now } satisfies QoSThrottledEvent)
     }
+  }
+
+  /**
+   * Which head goes first, the read's (ready at `readAt`) or the write's: the one that arrived
+   * first (the lanes take turns when both arrived at the same time), unless the other's limits
+   * let it in earlier and the first is not waiting for a limit the two share. So a read goes past
+   * a write held by a write limit, but not past one waiting for the volume's throughput limit:
+   * a large operation needs the shared bucket full (its cost is above the depth), and small ones
+   * of the other lane taking from it as it refills kept it waiting for ever.
+   */
+  #nextLane (state: VolumeState, read: Pending, write: Pending, readAt: number, writeAt: number): 0 | 1 {
+    const first = read.arrived < write.arrived ? 0 : write.arrived < read.arrived ? 1 : state.turn
+    const otherAt = first === 0 ? writeAt : readAt
+    if ((first === 0 ? readAt : writeAt) <= otherAt || waitsForShared(state, first === 0 ? read : write, otherAt)) return first
+    return first === 0 ? 1 : 0
+  }
+
+  /** Whether an operation of `kind` that the limits let in at `now` waits behind the other lane's head (see #nextLane). */
+  #heldBehind (state: VolumeState, kind: Kind, now: number): boolean {
+    const other = state.waiting[kind === 'read' ? 1 : 0][0]
+    return other !== undefined && waitsForShared(state, other, now)
   }
 
   #clearLimitTimer (state: VolumeState): void {

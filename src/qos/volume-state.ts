@@ -38,6 +38,9 @@ export class VolumeState {
   buckets: Array<[TokenBucket, 'ops' | 'bytes', Kind | undefined, string]> = []
   /** Per lane (reads, writes): the buckets that apply and whether each counts bytes (else operations); the hot path's view. */
   lanes: [read: LaneBucket[], write: LaneBucket[]] = [[], []]
+  /** The buckets of limits both lanes share (`iops`, `throughput_mbps`), and each lane's own. */
+  shared: LaneBucket[] = []
+  own: [read: LaneBucket[], write: LaneBucket[]] = [[], []]
   limited = false
   /** Operations waiting for the limits, reads and writes apart: a read never queues behind a write held by a write limit. */
   readonly waiting: [read: Pending[], write: Pending[]] = [[], []]
@@ -46,9 +49,9 @@ export class VolumeState {
   /** When `timer` is due (Infinity: none). */
   due = Infinity
   /**
-   * The lane that goes first when the first read and the first write may go at the same time: the
-   * lanes take turns. Given to the lane whose timer fired first, a shared limit went to one lane
-   * only (equal delays fire in the order they were set).
+   * The lane that counts as first when the first read and the first write arrived at the same
+   * time: the lanes take turns. Given to the lane whose timer fired first, a shared limit went to
+   * one lane only (equal delays fire in the order they were set).
    */
   turn: 0 | 1 = 0
   throttledMs = 0
@@ -101,10 +104,10 @@ export function applyLimits (state: VolumeState, policy: QoSPolicy | undefined, 
     state.buckets.push([bucket, unit, kind, label])
   }
   state.limited = state.buckets.length > 0
-  state.lanes = [
-    state.buckets.filter(([, , kind]) => kind !== 'write').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' })),
-    state.buckets.filter(([, , kind]) => kind !== 'read').map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' }))
-  ]
+  const entries = (only: (kind: Kind | undefined) => boolean): LaneBucket[] => state.buckets.filter(([, , kind]) => only(kind)).map(([bucket, unit]) => ({ bucket, bytes: unit === 'bytes' }))
+  state.lanes = [entries((kind) => kind !== 'write'), entries((kind) => kind !== 'read')]
+  state.shared = entries((kind) => kind === undefined)
+  state.own = [entries((kind) => kind === 'read'), entries((kind) => kind === 'write')]
 }
 
 /** The rate of each of `policy`'s limits, per second (bytes for throughput). */
@@ -154,7 +157,21 @@ export function tightens (previous: QoSPolicy | undefined, next: QoSPolicy | und
  * when the limits let it in although the timer that was to admit it ran late.
  */
 export function limitReadyAt (state: VolumeState, kind: Kind, bytes: number, from: number): number {
-  const lane = state.lanes[kind === 'read' ? 0 : 1]
+  return readyOn(state.lanes[kind === 'read' ? 0 : 1], bytes, from)
+}
+
+/**
+ * Whether `op` (the head of its lane) waits past `at` for a limit both lanes share, while its own
+ * lane's limits let it in by then: an operation of the other lane that would go at `at` then
+ * waits behind it, or (by taking from the shared limit first, again and again) it could keep
+ * `op` waiting for ever. Held by its own lane's limit instead, `op` holds nothing of the other lane.
+ */
+export function waitsForShared (state: VolumeState, op: Pending, at: number): boolean {
+  if (state.shared.length === 0) return false
+  return readyOn(state.shared, op.bytes, op.arrived) > at && readyOn(state.own[op.kind === 'read' ? 0 : 1], op.bytes, op.arrived) <= at
+}
+
+function readyOn (lane: LaneBucket[], bytes: number, from: number): number {
   let at = from
   for (let i = 0; i < lane.length; i++) {
     const entry = lane[i] as LaneBucket
