@@ -189,10 +189,10 @@ function keepaliveOptions (config: DaemonConfig): { keepaliveIntervalMs: number,
  * this release speaks that the node does too: a node that does not speak one says so (IO_ERROR
  * naming the protocol), and the next older one is tried.
  */
-async function askClusterInfo (probe: TcpTransport, address: string): Promise<TransportMessage> {
+async function askClusterInfo (probe: TcpTransport, address: string, signal: AbortSignal | undefined): Promise<TransportMessage> {
   for (let version = PROTOCOL_VERSION; ; version--) {
     try {
-      return await probe.request(address, { kind: CLUSTER_INFO, header: { [PROTOCOL_FIELD]: version } }, { timeoutMs: 5000 })
+      return await probe.request(address, { kind: CLUSTER_INFO, header: { [PROTOCOL_FIELD]: version } }, { timeoutMs: 5000, ...(signal === undefined ? {} : { signal }) })
     } catch (err) {
       const unspoken = (err as { code?: string }).code === 'IO_ERROR' && /inter-node protocol version/.test((err as Error).message)
       if (!unspoken || version <= OLDEST_PROTOCOL_VERSION) throw err
@@ -211,7 +211,10 @@ export interface DiscoverOptions {
    * [cluster]); 0: asked once.
    */
   readonly waitMs?: number
-  /** Ends the wait (CANCELLED). */
+  /**
+   * Ends the wait, and a request under way (CANCELLED; a GalleonError as the signal's reason says
+   * why, such as the daemon stopping).
+   */
   readonly signal?: AbortSignal
   /** Called once, when the wait begins: the peers that said they are starting. */
   readonly onWait?: (peers: readonly string[], waitMs: number) => void
@@ -229,16 +232,26 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
   const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret, ...keepaliveOptions(config) })
   const failures = new Map<string, string>()
   let asking = [...addresses]
+  const signal = options.signal
+  const cancelled = (): GalleonError => {
+    const why = signal?.reason instanceof GalleonError ? ` (${signal.reason.message})` : ''
+    return new GalleonError('CANCELLED', `the wait for ${asking.join(', ')} to tell where the cluster's coordinator is was cancelled${why}; nothing was joined`)
+  }
+  // A function, not a test of signal.aborted inline: it changes while a request is under way.
+  const aborted = (): boolean => signal?.aborted === true
   try {
     for (let retryMs = FIRST_RETRY_MS; ; retryMs = Math.min(retryMs * 2, LONGEST_RETRY_MS)) {
       const startingNow: string[] = []
       for (const address of asking) {
+        if (aborted()) throw cancelled()
         try {
-          const reply = await askClusterInfo(probe, address)
+          const reply = await askClusterInfo(probe, address, signal)
           const settings = reply.header as unknown as ClusterSettings
           if (Array.isArray(settings.etcdEndpoints) && settings.etcdEndpoints.length > 0) return { etcdEndpoints: settings.etcdEndpoints, etcdPrefix: settings.etcdPrefix }
           failures.set(address, 'no coordinator in its answer')
         } catch (err) {
+          // Cancelled mid-request: not a failure of that peer.
+          if (aborted()) throw cancelled()
           if (isStartingAnswer(err)) startingNow.push(address)
           const code = (err as { code?: string }).code
           failures.set(address, code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message)
@@ -249,9 +262,9 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
       if (asking.length === 0 || left <= 0) break
       if (retryMs === FIRST_RETRY_MS) options.onWait?.(asking, waitMs)
       try {
-        await sleep(Math.min(retryMs, left), undefined, options.signal === undefined ? undefined : { signal: options.signal })
+        await sleep(Math.min(retryMs, left), undefined, signal === undefined ? undefined : { signal })
       } catch {
-        throw new GalleonError('CANCELLED', `the wait for ${asking.join(', ')} to finish starting was cancelled; nothing was joined`)
+        throw cancelled()
       }
     }
   } finally {

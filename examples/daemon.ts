@@ -95,8 +95,11 @@ const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mo
 /**
  * Starts the daemon: listens on its addresses, opens the storage, writes the token, serves.
  * `loadConfig` reads the configuration again for a reload (the file and the flags it started with).
+ * `stopAsked` (a stop asked for while it starts: SIGTERM, SIGINT) ends a first join's wait for
+ * peers that are still starting, with CANCELLED: nothing is open or created yet then. (A stop asked
+ * for later in the start waits for it to finish, as the storage may be opening.)
  */
-export async function startDaemon (initial: DaemonConfig, log: Logger = createLogger(), loadConfig?: () => Promise<DaemonConfig>): Promise<Daemon> {
+export async function startDaemon (initial: DaemonConfig, log: Logger = createLogger(), loadConfig?: () => Promise<DaemonConfig>, stopAsked?: AbortSignal): Promise<Daemon> {
   // What is in effect: a reload changes the live settings in here.
   const config: DaemonConfig = { ...initial }
   log.setLevel(config.logLevel)
@@ -122,8 +125,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     const saved = await readSavedCluster(config.storagePath)
     try {
       // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
-      // a node that was in the cluster before starts at once with the coordinator it knew.
-      cluster = await discoverCluster(config, secret, config.peerAddresses, saved === undefined ? { onWait: waitingFor(log) } : { waitMs: 0 })
+      // a node that was in the cluster before starts at once with the coordinator it knew. The
+      // peers are asked before this daemon listens on its bind address, so two nodes starting at
+      // once that name each other never wait for each other (each finds the other not listening).
+      cluster = await discoverCluster(config, secret, config.peerAddresses, saved === undefined ? { onWait: waitingFor(log), ...(stopAsked === undefined ? {} : { signal: stopAsked }) } : { waitMs: 0 })
     } catch (err) {
       // Every peer down (a whole cluster restarting): the coordinator this node knew will do.
       if (saved === undefined) throw err
@@ -139,19 +144,33 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // Opened once the daemon listens (the closures below run only after that).
   let g!: GalleonFS
   let clusterSettings = cluster
+  // Aborted as the daemon begins to stop: a `cluster join` waiting for a peer that is still
+  // starting ends (it would otherwise hold the stop until its connection was closed after the grace period).
+  const stopBegun = new AbortController()
+  // The address a `cluster join` under way goes through: one at a time (a second, meanwhile, would
+  // wait as long, and then find this daemon in a cluster).
+  let joining: string | undefined
   const clusterControl = {
     join: async (address: string, signal?: AbortSignal): Promise<unknown> => {
       if (g.cluster !== undefined) throw new GalleonError('BUSY', `this daemon is in a cluster already, as node ${g.cluster.nodeId}; leave it first`)
-      const joinSecret = await clusterSecret(config)
-      if (joinSecret === undefined) throw new HttpError(409, 'NO_CLUSTER_SECRET', NO_SECRET)
-      const found = await discoverCluster(config, joinSecret, [address], { onWait: waitingFor(log), ...(signal === undefined ? {} : { signal }) })
-      const joinTransport = clusterTransport(config, joinSecret)
-      const status = await g.joinCluster(await clusterOptions(config, found, joinSecret, joinTransport))
-      clusterSettings = found
-      answerClusterInfo(g, found, joinTransport)
-      await writeSavedCluster(config.storagePath, found)
-      log('info', 'joined the cluster', { nodeId: (status as { nodeId?: string }).nodeId, through: address })
-      return status
+      if (joining !== undefined) throw new GalleonError('BUSY', `this daemon is joining a cluster already, through ${joining} (which may be waiting for that peer to finish starting); wait for that join to end, or cancel it`)
+      joining = address
+      try {
+        const joinSecret = await clusterSecret(config)
+        if (joinSecret === undefined) throw new HttpError(409, 'NO_CLUSTER_SECRET', NO_SECRET)
+        const ends = signal === undefined ? stopBegun.signal : AbortSignal.any([signal, stopBegun.signal])
+        const found = await discoverCluster(config, joinSecret, [address], { onWait: waitingFor(log), signal: ends })
+        if (ends.aborted) throw new GalleonError('CANCELLED', `the join through ${address} was cancelled${stopBegun.signal.aborted ? ' (the daemon is stopping)' : ''}; nothing was joined`)
+        const joinTransport = clusterTransport(config, joinSecret)
+        const status = await g.joinCluster(await clusterOptions(config, found, joinSecret, joinTransport))
+        clusterSettings = found
+        answerClusterInfo(g, found, joinTransport)
+        await writeSavedCluster(config.storagePath, found)
+        log('info', 'joined the cluster', { nodeId: (status as { nodeId?: string }).nodeId, through: address })
+        return status
+      } finally {
+        joining = undefined
+      }
     },
     leave: async (force: boolean): Promise<unknown> => {
       await g.leaveCluster({ force })
@@ -189,6 +208,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const stop = async (): Promise<void> => {
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
+      stopBegun.abort(new GalleonError('CANCELLED', 'the daemon is stopping'))
       const closed = new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
       // Once closed, the server no longer times out slow requests (headersTimeout, requestTimeout),
       // so a client that sent part of a request, or nothing, would hold the stop until it went

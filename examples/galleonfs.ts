@@ -49,6 +49,8 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--peer-wait-seconds <seconds>', 'seconds a node joining through --peer-addresses (or cluster join) waits for a peer that is still starting; 0: no wait (default 300)')
     .exitOverride()
   const log = createLogger()
+  // A stop asked for while the daemon starts ends its wait for peers that are still starting.
+  const stopAsked = new AbortController()
   try {
     program.parse(argv, { from: 'user' })
     const flags = program.opts<Record<string, unknown>>()
@@ -75,19 +77,23 @@ async function daemonMain (argv: string[]): Promise<number> {
       reload()
     })
     // SIGTERM and SIGINT likewise: one that arrives while the daemon is starting (it may already
-    // have said "ready") stops it as soon as it has started. A second one (Ctrl-C pressed again, a
+    // have said "ready") stops it as soon as it has started; one that arrives while it waits for
+    // peers that are still starting (--peer-wait-seconds), before anything is open, ends the wait
+    // and the daemon exits at once (0). A second one (Ctrl-C pressed again, a
     // script's kill after `daemon stop`) is logged and changes nothing: with no handler left it would
     // kill the process in the middle of its stop, losing writes acknowledged but not yet flushed.
     // SIGKILL is the way to force an exit.
     let stopWanted = false
     const shutdown = (signal: string): void => {
       log('info', 'signal received', { signal })
-      if (daemon === undefined) stopWanted = true
-      else void daemon.stop()
+      if (daemon === undefined) {
+        stopWanted = true
+        stopAsked.abort()
+      } else void daemon.stop()
     }
     process.on('SIGTERM', () => shutdown('SIGTERM'))
     process.on('SIGINT', () => shutdown('SIGINT'))
-    daemon = await startDaemon(config, log, loadConfig)
+    daemon = await startDaemon(config, log, loadConfig, stopAsked.signal)
     if (stopWanted) void daemon.stop()
     if (reloadWanted) reload()
     await daemon.stopped
@@ -97,6 +103,10 @@ async function daemonMain (argv: string[]): Promise<number> {
     if (err instanceof ConfigError) {
       log('error', err.message)
       return 2
+    }
+    if (stopAsked.signal.aborted && (err as { code?: string }).code === 'CANCELLED') {
+      log('info', 'stopped before it started: the stop came while it waited for peers that are still starting; nothing was opened', { reason: (err as Error).message })
+      return 0
     }
     log('error', `the daemon could not start: ${(err as Error)?.message ?? String(err)}`, { code: (err as { code?: string }).code })
     return 1
