@@ -13,13 +13,13 @@ const REPO = fileURLToPath(new URL('..', import.meta.url))
 const scratch: string[] = []
 after(() => { for (const dir of scratch) rmSync(dir, { recursive: true, force: true }) })
 
-/** A small repository laid out like ours, with its own copy of child-script.ts. */
+/** A small repository laid out like ours, with its own copy of child-script.ts and transpile.mjs. */
 function fakeRepo (files: Record<string, string>): string {
   const root = mkdtempSync(join(tmpdir(), 'galleon-r4-repo-'))
   scratch.push(root)
   mkdirSync(join(root, 'test', 'support'), { recursive: true })
   copyFileSync(join(REPO, 'tsconfig.json'), join(root, 'tsconfig.json'))
-  copyFileSync(join(REPO, 'test', 'support', 'child-script.ts'), join(root, 'test', 'support', 'child-script.ts'))
+  for (const file of ['child-script.ts', 'transpile.mjs']) copyFileSync(join(REPO, 'test', 'support', file), join(root, 'test', 'support', file))
   writeFileSync(join(root, 'package.json'), '{ "type": "module" }\n')
   symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'))
   for (const tree of ['src', 'backends', 'examples']) mkdirSync(join(root, tree), { recursive: true })

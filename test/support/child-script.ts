@@ -15,6 +15,9 @@ export { JS_ROOT, ROOT }
 /** The tests' TypeScript loader (ts-loader.mjs), absolute so that it is found from any working directory. */
 export const TS_LOADER = pathToFileURL(join(ROOT, 'test', 'support', 'ts-loader.mjs')).href
 
+/** Set once this process has brought the transpiled tree up to date (see scriptArgs). */
+let fresh = false
+
 /**
  * The node arguments that run `script` (a .ts file of this repository): its transpiled copy, or
  * the tests' TypeScript loader and the script itself when it lies outside the transpiled trees, or
@@ -24,7 +27,10 @@ export const TS_LOADER = pathToFileURL(join(ROOT, 'test', 'support', 'ts-loader.
 export function scriptArgs (script: string, options: { tsx?: boolean } = {}): string[] {
   const path = relative(ROOT, script)
   if (options.tsx === true || !script.endsWith('.ts') || path.startsWith('..') || !TREES.includes(path.split(sep)[0] ?? '')) return ['--import', TS_LOADER, script]
-  refresh()
+  if (!fresh) {
+    refresh()
+    fresh = true
+  }
   return [outputOf(script)]
 }
 

@@ -14,5 +14,5 @@ export function outputOf (source: string): string
 export function transpile (source: string): { output: string, code: string | undefined }
 /** Transpiles a TypeScript file outside the trees (not kept), with its source map inline. */
 export function transpileLoose (source: string): string
-/** Brings every output up to date and removes those of deleted sources (once per process). */
+/** Brings every output up to date and removes those of deleted sources. */
 export function refresh (): void

@@ -174,12 +174,9 @@ function prune (dir, outputs) {
   }
 }
 
-let fresh = false
 /** Transpiles every source file whose output is missing or was made from other text; removes outputs of deleted sources. */
 export function refresh () {
-  if (fresh) return
   const outputs = new Set()
   for (const tree of TREES) walk(join(ROOT, tree), outputs)
   for (const tree of TREES) prune(join(JS_ROOT, tree), outputs)
-  fresh = true
 }

@@ -7,15 +7,28 @@ import { inTrees, transpile, transpileLoose } from './transpile.mjs'
 
 const TS = /\.[cm]?ts$/
 
-/** A relative or absolute import of `x.js` from a TypeScript module means `x.ts` when that exists. */
+/**
+ * A relative or absolute import of `x.js` means `x.ts` when that exists: looked for first from a
+ * TypeScript module, and from anything else (a script given with -e, JavaScript) when `x.js` is not
+ * there.
+ */
 export async function resolve (specifier, context, next) {
   const parent = context.parentURL
-  if (parent !== undefined && parent.startsWith('file:') && TS.test(parent) && specifier.endsWith('.js') &&
-      (specifier.startsWith('./') || specifier.startsWith('../') || specifier.startsWith('/') || specifier.startsWith('file:'))) {
-    const url = new URL(`${specifier.slice(0, -3)}.ts`, parent)
-    if (existsSync(url)) return { url: url.href, format: 'module', shortCircuit: true }
+  if (parent === undefined || !parent.startsWith('file:') || !specifier.endsWith('.js') ||
+      !(specifier.startsWith('./') || specifier.startsWith('../') || specifier.startsWith('/') || specifier.startsWith('file:'))) {
+    return await next(specifier, context)
   }
-  return await next(specifier, context)
+  const typescript = new URL(`${specifier.slice(0, -3)}.ts`, parent)
+  if (TS.test(parent)) {
+    if (existsSync(typescript)) return { url: typescript.href, format: 'module', shortCircuit: true }
+    return await next(specifier, context)
+  }
+  try {
+    return await next(specifier, context)
+  } catch (err) {
+    if (err?.code === 'ERR_MODULE_NOT_FOUND' && existsSync(typescript)) return { url: typescript.href, format: 'module', shortCircuit: true }
+    throw err
+  }
 }
 
 export async function load (url, context, next) {
