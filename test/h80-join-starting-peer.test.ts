@@ -14,7 +14,7 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { writeFile } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import { dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -25,7 +25,7 @@ import { TcpTransport } from '../backends/tcp/index.js'
 import { EarlyTcpTransport } from '../examples/daemon-cluster.js'
 import { runCli, runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { atGate, gatedDaemon, stopGated, type GatedDaemon } from './support/gated-daemon.js'
+import { heldClusterPeer, stopGated, type GatedDaemon } from './support/gated-daemon.js'
 import { CMD_DISC, CMD_READ, NbdClient } from './support/nbd-client.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
@@ -49,10 +49,7 @@ describe('h80: a daemon joins its cluster through a peer that is still starting'
   before(async () => {
     dir = await newDir()
     etcd = await startEtcd()
-    peerBind = `127.0.0.1:${await freePort()}`
-    await mkdir(join(dir, 'peer'))
-    peer = await gatedDaemon(join(dir, 'peer'), ['--ipc-address', '127.0.0.1:0', '--bind-address', peerBind, '--node-id', 'peer', '--etcd-endpoints', etcd.endpoint], { children, env })
-    await atGate(peer)
+    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
   })
   after(async () => {
     try {

@@ -18,12 +18,11 @@
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { scriptArgs } from './support/child-script.js'
 import { ENTRY, runCli } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { atGate, gatedDaemon, stopGated, type GatedDaemon } from './support/gated-daemon.js'
+import { heldClusterPeer, present, stopGated, type GatedDaemon } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -78,8 +77,6 @@ async function waiting (daemon: Launched, times = 1): Promise<void> {
   }, 60_000)
 }
 
-const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
-
 describe('review r39: joining through a peer that is still starting', { skip: etcdSkipReason(), timeout: 240_000 }, () => {
   let dir: string
   let etcd: EtcdServer
@@ -92,11 +89,8 @@ describe('review r39: joining through a peer that is still starting', { skip: et
   before(async () => {
     dir = await newDir()
     etcd = await startEtcd()
-    peerBind = `127.0.0.1:${await freePort()}`
-    await mkdir(join(dir, 'peer'))
     // Held at its gate for the whole file: it answers every peer that it is starting.
-    peer = await gatedDaemon(join(dir, 'peer'), ['--ipc-address', '127.0.0.1:0', '--bind-address', peerBind, '--node-id', 'peer', '--etcd-endpoints', etcd.endpoint], { children, env })
-    await atGate(peer)
+    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
   })
   after(async () => {
     try {

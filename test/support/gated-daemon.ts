@@ -4,11 +4,12 @@
 
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
-import { stat, writeFile } from 'node:fs/promises'
+import { mkdir, stat, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startDaemonProcess, type RunningDaemon } from './daemon.js'
+import { freePort } from './net.js'
 
 const GATED_STORE = join(import.meta.dirname, 'h77-gated-store.ts')
 
@@ -83,6 +84,19 @@ export async function atGate (daemon: GatedDaemon): Promise<void> {
     if (Date.now() > deadline) throw new Error('the daemon did not reach its gate within 60 s')
     await sleep(20)
   }
+}
+
+/**
+ * A cluster node `peer` (storage in `dir`/peer, coordinating through the etcd at `etcdEndpoint`)
+ * held at its gate: until the test opens it, the node answers every peer that it is starting.
+ * `bind`: the address other nodes name in --peer-addresses.
+ */
+export async function heldClusterPeer (dir: string, etcdEndpoint: string, options: GatedDaemonOptions): Promise<{ peer: GatedDaemon, bind: string }> {
+  const bind = `127.0.0.1:${await freePort()}`
+  await mkdir(join(dir, 'peer'))
+  const peer = await gatedDaemon(join(dir, 'peer'), ['--ipc-address', '127.0.0.1:0', '--bind-address', bind, '--node-id', 'peer', '--etcd-endpoints', etcdEndpoint], options)
+  await atGate(peer)
+  return { peer, bind }
 }
 
 /** Stops the daemon: SIGTERM once it is ready (a clean stop, exit 0), SIGKILL when it is not. */
