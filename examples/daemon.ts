@@ -162,7 +162,17 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         const found = await discoverCluster(config, joinSecret, [address], { onWait: waitingFor(log), signal: ends })
         if (ends.aborted) throw new GalleonError('CANCELLED', `the join through ${address} was cancelled${stopBegun.signal.aborted ? ' (the daemon is stopping)' : ''}; nothing was joined`)
         const joinTransport = clusterTransport(config, joinSecret)
-        const status = await g.joinCluster(await clusterOptions(config, found, joinSecret, joinTransport))
+        const options = await clusterOptions(config, found, joinSecret, joinTransport)
+        let status: unknown
+        try {
+          status = await g.joinCluster(options)
+        } catch (err) {
+          // A join refused before the instance took the drivers over (this daemon stopping, a
+          // join of its own under way) leaves them to us: the etcd client and the listening
+          // socket would otherwise stay open. Closing them twice is harmless.
+          await Promise.allSettled([options.coordinator.close(), joinTransport.close()])
+          throw err
+        }
         clusterSettings = found
         answerClusterInfo(g, found, joinTransport)
         await writeSavedCluster(config.storagePath, found)

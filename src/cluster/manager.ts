@@ -13,7 +13,12 @@ import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, ve
 /** Header field of a cluster request naming the node it is meant for (see ClusterManager.request). */
 const TO_NODE = 'toNode'
 
-/** How an instance takes part in a cluster (`GalleonFS.open({ cluster })`). */
+/**
+ * How an instance takes part in a cluster (`GalleonFS.open({ cluster })`, `joinCluster`).
+ * The instance takes `transport` and `coordinator` over once the join begins: it closes them when
+ * it leaves the cluster or closes, and when the join fails part way. A join refused before it
+ * begins (BUSY: in a cluster already; NOT_OPEN; INVALID_ARGUMENT: bad options) leaves them to the caller.
+ */
 export interface ClusterOptions {
   /** Unique in the cluster; letters, digits, `.`, `_` and `-`. */
   readonly nodeId: string
