@@ -268,7 +268,7 @@ export abstract class AbstractTransport implements Transport {
    */
   protected async serve (from: string, request: TransportMessage): Promise<HandlerOutcome> {
     const handler = this.#handler
-    if (handler === undefined || this.#state === 'closed') return { ok: false, code: 'BACKEND_UNAVAILABLE', message: `node ${this.nodeId} is not serving requests` }
+    if (handler === undefined || this.#state === 'closed') return { ok: false, code: 'BACKEND_UNAVAILABLE', message: notServingMessage(this.nodeId) }
     let reply: TransportMessage
     try {
       reply = await handler(from, request)
@@ -319,6 +319,16 @@ export function encodeMessage (message: TransportMessage, what: 'request' | 'rep
   const bytes = Buffer.byteLength(kind) + Buffer.byteLength(headerJson) + (payload?.byteLength ?? 0)
   if (bytes > maxMessageBytes) return fail(`of ${bytes} bytes (header and payload) exceeds the transport's maximum of ${maxMessageBytes} bytes; split it`)
   return { kind, headerJson, payload: payload ?? EMPTY, bytes }
+}
+
+/**
+ * The message of the refusal (BACKEND_UNAVAILABLE) of a request that reaches node `nodeId`'s
+ * transport before it has a handler, or once it is closed: the request was not run there. Errors
+ * cross a transport as a code and a message only, so a sender knows this refusal by its text (see
+ * refusedBeforeRunning in cluster/manager.ts); it is the text of earlier releases too.
+ */
+export function notServingMessage (nodeId: string): string {
+  return `node ${nodeId} is not serving requests`
 }
 
 /** The error a peer reported by code and message, rebuilt as a GalleonError. */

@@ -8,10 +8,51 @@ import { statfs } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
+import { notServingMessage } from '../abstract-transport.js'
 import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, versionFor } from './protocol.js'
 
 /** Header field of a cluster request naming the node it is meant for (see ClusterManager.request). */
 const TO_NODE = 'toNode'
+
+/** The refusal of a message that came before the node's services registered their handlers (see ClusterManager.serving). */
+function startingMessage (nodeId: string, kind: string): string {
+  return `node ${nodeId} is starting and does not serve ${kind} messages yet; retry in a moment`
+}
+
+/** How the refusal of a message meant for node `meant` that reached another node (the sender's address for it is stale) ends. */
+function staleAddressEnd (meant: string): string {
+  return `: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`
+}
+
+/** The refusal of a request to a node the membership does not list (it is not sent). */
+function notMemberMessage (nodeId: string): string {
+  return `node ${nodeId} is not a member of the cluster`
+}
+
+/**
+ * Whether `err`, the failure of a `kind` request sent to node `nodeId` through
+ * ClusterManager.request, is a refusal that says the request was not run: the node was starting
+ * (its services had not registered their handlers yet), its transport had no handler or was
+ * closed, the message reached another node at a stale address, or the node is no member (nothing
+ * was sent). A lost connection or a lapsed answer is not one: the request may have run.
+ *
+ * Errors cross a transport as a code and a message only (HandlerOutcome), so these refusals are
+ * known by their whole messages, built by the functions above (and the transport's
+ * notServingMessage) and unchanged from earlier releases, whose nodes' refusals are thus known
+ * too. They must name `nodeId` (and `kind`), so that an error a handler passed on from a request
+ * of its own to another node is not taken for one.
+ */
+export function refusedBeforeRunning (err: unknown, nodeId: string, kind: string): boolean {
+  if (!(err instanceof GalleonError) || err.code !== 'BACKEND_UNAVAILABLE') return false
+  const message = err.message
+  if (message === startingMessage(nodeId, kind) || message === notServingMessage(nodeId) || message === notMemberMessage(nodeId)) return true
+  // "node <sender> sent a <kind> message for node <nodeId> to node <receiver>: its address for <nodeId> is stale ..."
+  if (!message.startsWith('node ') || !message.endsWith(staleAddressEnd(nodeId))) return false
+  const middle = message.slice('node '.length, message.length - staleAddressEnd(nodeId).length)
+  const sent = ` sent a ${kind} message for node ${nodeId} to node `
+  const at = middle.indexOf(sent)
+  return at > 0 && !/\s/.test(middle.slice(0, at)) && NODE_ID.test(middle.slice(at + sent.length))
+}
 
 /**
  * How an instance takes part in a cluster (`GalleonFS.open({ cluster })`, `joinCluster`).
@@ -349,13 +390,13 @@ export class ClusterManager {
     // now listens where it did). Refused before anything is done, like an unreachable node.
     const meant = request.header[TO_NODE]
     if (typeof meant === 'string' && meant !== this.nodeId) {
-      throw new GalleonError('BACKEND_UNAVAILABLE', `node ${from} sent a ${request.kind} message for node ${meant} to node ${this.nodeId}: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`)
+      throw new GalleonError('BACKEND_UNAVAILABLE', `node ${from} sent a ${request.kind} message for node ${meant} to node ${this.nodeId}${staleAddressEnd(meant)}`)
     }
     // In a protocol version this node does not speak: refused before any handler reads it.
     checkRequestVersion(from, request.kind, request.header)
     const handler = this.#handlers.get(request.kind)
     if (handler === undefined) {
-      if (!this.#serving) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${this.nodeId} is starting and does not serve ${request.kind} messages yet; retry in a moment`)
+      if (!this.#serving) throw new GalleonError('BACKEND_UNAVAILABLE', startingMessage(this.nodeId, request.kind))
       throw new GalleonError('NOT_IMPLEMENTED', `node ${this.nodeId} does not serve ${request.kind} messages (a newer node talking to an older one?)`)
     }
     return await handler(from, request)
@@ -364,7 +405,7 @@ export class ClusterManager {
   /** Sends a request to another member by node id. */
   async request (nodeId: string, message: TransportMessage, options?: { timeoutMs?: number, signal?: AbortSignal }): Promise<TransportMessage> {
     const member = this.#members.find((m) => m.id === nodeId)
-    if (member === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `node ${nodeId} is not a member of the cluster`)
+    if (member === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', notMemberMessage(nodeId))
     // Names the node it is meant for (the receiver refuses it if that is not itself) and the
     // protocol version it is written in.
     return await this.#options.transport.request(member.address, { ...message, header: { ...message.header, ...this.#stamp(member) } }, options)

@@ -31,7 +31,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import type { Coordinator, TransportMessage } from '../drivers.js'
-import type { ClusterManager } from '../cluster/manager.js'
+import { refusedBeforeRunning, type ClusterManager } from '../cluster/manager.js'
 import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import type { VolumeBlocks } from '../engine/engine.js'
@@ -41,7 +41,7 @@ import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recor
 import { errorText, markOutcomeUnknown, newLocalSet, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
-import { ReplicaSide } from './replica.js'
+import { ReplicaSide, ioRefusedBeforeRunning } from './replica.js'
 import { ReplicaSetChanges, clearDeletionMark } from './replica-sets.js'
 import { FailoverLeader } from './failover.js'
 
@@ -805,7 +805,8 @@ export class ReplicationManager {
    * expansion, a key rotation) that carries a token is sent again, like I/O, when its answer is
    * lost: the primary that gets it again (the same one, or the next) knows it by its token, or by
    * `repeat`, and answers with what the first attempt did rather than do it twice. An error
-   * thrown after an attempt that may have taken effect says so (see outcomeUnknown).
+   * thrown after an attempt that may have taken effect says so (see outcomeUnknown). An attempt
+   * refused before it ran (see refusedBeforeRunning: a primary that is starting) is not one.
    */
   async forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
     const deadline = performance.now() + FORWARD_DEADLINE_MS
@@ -839,15 +840,19 @@ export class ReplicationManager {
           return await this.#cluster.request(primary, { kind: 'repl:io', header, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
         } catch (err) {
           const code = (err as { code?: string })?.code
+          // Refused before it ran (the primary is starting, has not taken the role up yet, or was
+          // not reached): this attempt did nothing there, so it neither makes the next one a repeat
+          // nor the call's error "may have taken effect".
+          const notRun = refusedBeforeRunning(err, primary, 'repl:io') || ioRefusedBeforeRunning(err, primary, volumeId)
           if (failedOver.signal.aborted && !this.#closed && performance.now() < deadline + FORWARD_ANSWER_MS) {
             lastError = err
-            unanswered = primary
+            if (!notRun) unanswered = primary
             continue // the new primary is tried, even just past the failover deadline (not for ever: a record whose primary keeps changing)
           }
           if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw failed(err)
           lastError = err
           // A NOT_LEADER too: a primary that lost the role (or closed) under the call says so after it took effect.
-          unanswered = primary
+          if (!notRun) unanswered = primary
         } finally {
           if (watch !== undefined) set.primaryWatchers.delete(watch)
         }

@@ -12,6 +12,35 @@ import { parseRecord, recordKey, type VolumeSpec } from './records.js'
 import { digestRange, type LocalSet, type ManagerCore } from './common.js'
 import type { ForwardedRequest } from './host.js'
 
+/** The refusal of I/O sent to node `nodeId` as to the volume's primary when it holds no copy of it. */
+function noCopyMessage (nodeId: string, volumeId: string): string {
+  return `node ${nodeId} holds no copy of volume ${volumeId} (any more): it is not its primary`
+}
+
+/**
+ * The refusal of I/O sent to node `nodeId` as to the volume's primary while it does not hold the
+ * role: the sender's record is old, or the record names this node but it has not taken the role up
+ * yet (it is starting: see ReplicationManager.start, which reclaims it after its handlers are in place).
+ */
+function notPrimaryMessage (nodeId: string, volumeId: string, primary: string): string {
+  return `node ${nodeId} is not the primary of volume ${volumeId} (it is ${primary})`
+}
+
+/**
+ * Whether `err`, the failure of I/O (a repl:io message) on volume `volumeId` sent to node `nodeId`,
+ * is one of the refusals above: the node answered before it ran anything (unlike the NOT_LEADER of
+ * a primary that lost the role under the call, which may have taken effect). Errors cross the
+ * transport as a code and a message only, so they are known by their whole messages (unchanged
+ * from earlier releases), which name `nodeId` and `volumeId`.
+ */
+export function ioRefusedBeforeRunning (err: unknown, nodeId: string, volumeId: string): boolean {
+  if (!(err instanceof GalleonError) || err.code !== 'NOT_LEADER') return false
+  if (err.message === noCopyMessage(nodeId, volumeId)) return true
+  const start = notPrimaryMessage(nodeId, volumeId, '')
+  const open = start.slice(0, -1) // "node X is not the primary of volume V (it is "
+  return err.message.startsWith(open) && err.message.endsWith(')') && /^[^\s()]+$/.test(err.message.slice(open.length, -1))
+}
+
 /** The replica-side handlers of one node's ReplicationManager, and how they apply changes to its copies. */
 export class ReplicaSide {
   readonly #core: ManagerCore
@@ -76,7 +105,7 @@ export class ReplicaSide {
           if (kind === 'repl:delete') return { kind: 'ok', header: {} }
           // I/O sent here as to the primary: this node handed the volume off (or never had it), so
           // the sender's record is old; it looks again (a deleted volume is gone from its record too).
-          if (kind === 'repl:io') throw new GalleonError('NOT_LEADER', `node ${this.#core.nodeId} holds no copy of volume ${volumeId} (any more): it is not its primary`)
+          if (kind === 'repl:io') throw new GalleonError('NOT_LEADER', noCopyMessage(this.#core.nodeId, volumeId))
           throw new GalleonError('VOLUME_NOT_FOUND', `node ${this.#core.nodeId} holds no copy of volume ${volumeId}`)
         }
         if (kind === 'repl:io') return await handler(set, request.header, request.payload, from)
@@ -223,7 +252,7 @@ export class ReplicaSide {
     })
     on('repl:io', async (set, header, payload) => {
       if (set.primary === undefined) {
-        throw new GalleonError('NOT_LEADER', `node ${this.#core.nodeId} is not the primary of volume ${set.volumeId} (it is ${set.record?.primary ?? 'unknown'})`)
+        throw new GalleonError('NOT_LEADER', notPrimaryMessage(this.#core.nodeId, set.volumeId, set.record?.primary ?? 'unknown'))
       }
       const reply = await this.#core.host.serveForwarded(set.volumeId, header as unknown as ForwardedRequest, payload)
       return { kind: 'io', header: reply.header, ...(reply.payload === undefined ? {} : { payload: reply.payload }) }
