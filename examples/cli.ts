@@ -343,9 +343,11 @@ export function buildCli (): Command {
           break
         } catch (err) {
           // "Nobody answers" is waited out, and so is a refused token read from the runtime file: a
-          // daemon that just started listens a moment before it writes that file. Other errors are final.
+          // daemon that just started listens a moment before it writes that file. So is a daemon
+          // that answers it is starting (STARTING: it waits for its peers before its storage opens).
+          // Other errors are final.
           const fromFile = globals().token === undefined && (process.env.GALLEONFS_TOKEN ?? '') === ''
-          const waitable = (err instanceof NoAnswer && (err.kind === 'unreachable' || err.kind === 'closed')) || (err instanceof CliError && fromFile && err.message.includes('rejected the API token'))
+          const waitable = (err instanceof NoAnswer && (err.kind === 'unreachable' || err.kind === 'closed')) || (err instanceof CliError && fromFile && err.message.includes('rejected the API token')) || (err instanceof CliError && err.message.startsWith('STARTING: '))
           if (!waitable || Date.now() >= until) throw err
           await new Promise((resolve) => setTimeout(resolve, 100))
         }

@@ -119,31 +119,27 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // `cluster join` left its settings in the storage path.
   const secret = await clusterSecret(config)
   let cluster: ClusterSettings | undefined
+  // A first join through peers (--peer-addresses without etcd) asks them where the coordinator is
+  // once the daemon listens on its IPC and NBD addresses (below), so a busy one of those fails the
+  // start at once, not after a wait for peers that are still starting (--peer-wait-seconds).
+  let askPeers: { saved: ClusterSettings | undefined } | undefined
   if (config.etcdEndpoints.length > 0) cluster = { etcdEndpoints: config.etcdEndpoints, etcdPrefix: config.etcdPrefix }
   else if (config.peerAddresses.length > 0) {
     if (secret === undefined) throw new ConfigError(`--peer-addresses: ${NO_SECRET}`)
-    const saved = await readSavedCluster(config.storagePath)
-    try {
-      // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
-      // a node that was in the cluster before starts at once with the coordinator it knew. The
-      // peers are asked before this daemon listens on its bind address, so two nodes starting at
-      // once that name each other never wait for each other (each finds the other not listening).
-      cluster = await discoverCluster(config, secret, config.peerAddresses, saved === undefined ? { onWait: waitingFor(log), ...(stopAsked === undefined ? {} : { signal: stopAsked }) } : { waitMs: 0 })
-    } catch (err) {
-      // Every peer down (a whole cluster restarting): the coordinator this node knew will do.
-      if (saved === undefined) throw err
-      log('warn', 'no peer answered; joining the cluster this node was in before', { error: (err as Error).message, etcd: saved.etcdEndpoints })
-      cluster = saved
-    }
+    askPeers = { saved: await readSavedCluster(config.storagePath) }
   } else cluster = await readSavedCluster(config.storagePath)
   if (cluster !== undefined && secret === undefined) throw new ConfigError(NO_SECRET)
   // Nothing is created on disk before the daemon listens on every address it serves (below): a busy
   // port fails the start before the storage opens, and no other process can take one while it opens.
   const nbdAddress: DaemonAddress | undefined = config.nbdAddress === undefined ? undefined : { address: config.nbdAddress, what: 'NBD address', setting: '--nbd-address (nbd_address in [daemon])', ...parseAddress(config.nbdAddress, 'nbd address') }
-  const transport = cluster === undefined ? undefined : clusterTransport(config, secret as string)
+  // Made now (a wildcard bind address without an advertise address fails here), listening later.
+  const transport = cluster === undefined && askPeers === undefined ? undefined : clusterTransport(config, secret as string)
+  // While the daemon asks its peers, the API answers every request that it is starting (there is no
+  // storage, nor token, yet); undefined once they have answered.
+  let peerWait: string | undefined
   // Opened once the daemon listens (the closures below run only after that).
   let g!: GalleonFS
-  let clusterSettings = cluster
+  let clusterSettings: ClusterSettings | undefined
   // Aborted as the daemon begins to stop: a `cluster join` waiting for a peer that is still
   // starting ends (it would otherwise hold the stop until its connection was closed after the grace period).
   const stopBegun = new AbortController()
@@ -325,6 +321,16 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         // A kept-alive connection would wait idle for its next request: while stopping it ends.
         if (stopping !== undefined) socket.end()
       })
+      if (peerWait !== undefined) {
+        // Answered at once: the wait can last --peer-wait-seconds (300 s by default), past any
+        // client's patience. No token is checked (none may exist yet); nothing is told but that.
+        discardBody(request)
+        const text = JSON.stringify({ error: { code: 'STARTING', message: peerWait } })
+        response.writeHead(503, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'retry-after': '2' })
+        response.end(text)
+        log('debug', 'request', { method: request.method, url: request.url, status: 503, waitingForPeers: true })
+        return
+      }
       void ready.then(async () => { await handle(request, response) }, () => { socket.destroy() }).catch(() => {})
     }
     // With a certificate, HTTPS: a client has 10 s for its TLS handshake (a stop does not wait for
@@ -439,13 +445,42 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         else send(status, { error }, undefined, err instanceof HttpError && err.closeConnection)
       }
     }
-    // Every address first (the API's server itself; the NBD server's port held until it starts; the
-    // cluster's transport), then the storage.
+    // Every address first (the API's server itself; the NBD server's port held until it starts; then,
+    // once the peers named have told where the coordinator is, the cluster's transport), then the storage.
     const bound: DaemonAddress[] = []
     await bindAddress({ address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc }, bound, async () => { await listenOn(server as Server, ipc.host, ipc.port) })
     // The NBD server's own caps on connections in their handshake (its defaults) hold meanwhile.
     const caps = { maxPending: DEFAULT_MAX_PENDING_CONNECTIONS, maxPendingPerAddress: DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS }
     if (nbdAddress !== undefined) heldNbd = await bindAddress(nbdAddress, bound, async () => await HeldPort.listen(nbdAddress.host, nbdAddress.port, caps))
+    if (askPeers !== undefined) {
+      const { saved } = askPeers
+      peerWait = 'the daemon is starting: it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told; retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)'
+      const onWait = waitingFor(log)
+      try {
+        // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
+        // a node that was in the cluster before starts at once with the coordinator it knew. The
+        // peers are asked before this daemon listens on its bind address, so two nodes starting at
+        // once that name each other never wait for each other (each finds the other not listening).
+        cluster = await discoverCluster(config, secret as string, config.peerAddresses, saved === undefined
+          ? {
+              onWait: (peers, waitMs) => {
+                peerWait = `the daemon is starting: it waits for peers that are still starting, up to ${waitMs / 1000} s (--peer-wait-seconds), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
+                onWait(peers, waitMs)
+              },
+              ...(stopAsked === undefined ? {} : { signal: stopAsked })
+            }
+          : { waitMs: 0 })
+      } catch (err) {
+        // Every peer down (a whole cluster restarting): the coordinator this node knew will do.
+        if (saved === undefined) throw err
+        log('warn', 'no peer answered; joining the cluster this node was in before', { error: (err as Error).message, etcd: saved.etcdEndpoints })
+        cluster = saved
+      } finally {
+        // Requests that come from now on wait for the storage to open, as without peers.
+        peerWait = undefined
+      }
+    }
+    clusterSettings = cluster
     if (transport !== undefined) await bindAddress({ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }, bound, async () => await transport.listenEarly())
     g = await GalleonFS.open({
       storagePath: config.storagePath,
