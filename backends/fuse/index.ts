@@ -247,8 +247,9 @@ const RECORD_MTIME = 112
  * utimens and its atime the one passed, and only when the two times passed are equal (a
  * fuse-native that passes both is left alone). Elsewhere (32-bit, big-endian: the size or the
  * operation differs) what fuse-native passes stays: mtime set to the atime, as before.
+ * Exported for its tests (test/fuse-utimens-record.test.ts), which check each of those conditions.
  */
-function passUtimensMtime (fuse: FuseInstance): void {
+export function passUtimensMtime (fuse: object): void {
   if (process.platform !== 'linux') return
   const op = (fuseBinding() as { op_utimens?: unknown }).op_utimens
   const handlers = (fuse as unknown as { _handlers?: unknown[] })._handlers
