@@ -1,7 +1,7 @@
 // The daemon's addresses, bound before its storage opens: a busy port stops the start before anything
 // is created on disk, and no other process can take a port while the storage opens.
 
-import { createServer, type Server, type Socket } from 'node:net'
+import { createServer, isIPv4, type Server, type Socket } from 'node:net'
 import { GalleonError, type GalleonErrorCode } from '../src/index.js'
 import { PendingConnections } from '../src/pending-connections.js'
 import { ConfigError } from './daemon-config.js'
@@ -36,7 +36,7 @@ export async function bindAddress<T> (entry: DaemonAddress, bound: DaemonAddress
     if (errno === 'EADDRINUSE') {
       const own = entry.port === 0 ? undefined : bound.find((other) => other.port === entry.port)
       throw own !== undefined
-        ? new ConfigError(`the ${entry.what} ${entry.address} is on the port of the ${own.what} ${own.address} of this daemon, which listens on both; give ${entry.setting} or ${own.setting} another port`)
+        ? samePort(entry, own)
         : new GalleonError('BUSY', `the ${entry.what} ${entry.address} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${entry.setting}`, { cause: err })
     }
     if (errno === undefined) throw err
@@ -49,6 +49,24 @@ export async function bindAddress<T> (entry: DaemonAddress, bound: DaemonAddress
   }
   bound.push(entry)
   return result
+}
+
+function samePort (entry: DaemonAddress, own: DaemonAddress): ConfigError {
+  return new ConfigError(`the ${entry.what} ${entry.address} is on the port of the ${own.what} ${own.address} of this daemon, which listens on both; give ${entry.setting} or ${own.setting} another port`)
+}
+
+/**
+ * The refusal bindAddress() would give `entry` for being on the port of an address in `bound`,
+ * known without listening on it: the same port on the same host, on a wildcard host and one of its
+ * family, or on '::' (which takes IPv4 too). Otherwise (another host of this machine; host names that
+ * differ) undefined, and listening tells.
+ */
+export function ownPortClash (entry: DaemonAddress, bound: readonly DaemonAddress[]): ConfigError | undefined {
+  if (entry.port === 0) return undefined
+  const overlap = (a: string, b: string): boolean => a === b || a === '::' || b === '::' ||
+    (a === '0.0.0.0' && isIPv4(b)) || (b === '0.0.0.0' && isIPv4(a))
+  const own = bound.find((other) => other.port === entry.port && overlap(entry.host, other.host))
+  return own === undefined ? undefined : samePort(entry, own)
 }
 
 /** Listens on host:port (0: a free port) with `server`; fails as server.listen() does (EADDRINUSE, ...). */

@@ -21,7 +21,7 @@ import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
   answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport
 } from './daemon-cluster.js'
-import { bindAddress, HeldPort, listenOn, type DaemonAddress } from './daemon-listen.js'
+import { bindAddress, HeldPort, listenOn, ownPortClash, type DaemonAddress } from './daemon-listen.js'
 import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
 
 export { createLogger, runtimeTokenPath, type Logger, type ReloadReport }
@@ -448,13 +448,19 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     // Every address first (the API's server itself; the NBD server's port held until it starts; then,
     // once the peers named have told where the coordinator is, the cluster's transport), then the storage.
     const bound: DaemonAddress[] = []
+    // A node that will ask its peers answers STARTING from its first request on (a request held
+    // for the storage instead could wait the whole wait for peers, past any client's patience).
+    if (askPeers !== undefined) peerWait = 'the daemon is starting: it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told; retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)'
     await bindAddress({ address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc }, bound, async () => { await listenOn(server as Server, ipc.host, ipc.port) })
     // The NBD server's own caps on connections in their handshake (its defaults) hold meanwhile.
     const caps = { maxPending: DEFAULT_MAX_PENDING_CONNECTIONS, maxPendingPerAddress: DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS }
     if (nbdAddress !== undefined) heldNbd = await bindAddress(nbdAddress, bound, async () => await HeldPort.listen(nbdAddress.host, nbdAddress.port, caps))
+    const bindEntry: DaemonAddress | undefined = transport === undefined ? undefined : { address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }
     if (askPeers !== undefined) {
+      // A bind address on this daemon's own IPC or NBD port fails now, not after the wait for peers.
+      const clash = bindEntry === undefined ? undefined : ownPortClash(bindEntry, bound)
+      if (clash !== undefined) throw clash
       const { saved } = askPeers
-      peerWait = 'the daemon is starting: it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told; retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)'
       const onWait = waitingFor(log)
       try {
         // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
@@ -481,7 +487,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       }
     }
     clusterSettings = cluster
-    if (transport !== undefined) await bindAddress({ address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }, bound, async () => await transport.listenEarly())
+    if (transport !== undefined && bindEntry !== undefined) await bindAddress(bindEntry, bound, async () => await transport.listenEarly())
     g = await GalleonFS.open({
       storagePath: config.storagePath,
       blockSize: config.blockSize,
