@@ -11,7 +11,7 @@
 //    as soon as its client shuts down its sending side: the replies to the requests still in flight
 //    were lost without a word. Such a server is refused now.
 
-import { after, before, describe, it } from 'node:test'
+import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
@@ -24,8 +24,8 @@ import { NbdServer } from '../backends/nbd/index.js'
 import { TcpTransport } from '../backends/tcp/index.js'
 import { EarlyTcpTransport } from '../examples/daemon-cluster.js'
 import { runCli, runDaemonToExit, startDaemonProcess, type RunningDaemon } from './support/daemon.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { heldClusterPeer, stopGated, type GatedDaemon } from './support/gated-daemon.js'
+import { etcdSkipReason } from './support/etcd.js'
+import { heldPeerForSuite, type GatedDaemon } from './support/gated-daemon.js'
 import { CMD_DISC, CMD_READ, NbdClient } from './support/nbd-client.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
@@ -39,25 +39,13 @@ after(() => { for (const child of children) child.kill('SIGKILL') })
 
 describe('h80: a daemon joins its cluster through a peer that is still starting', { skip: etcdSkipReason(), timeout: 150_000 }, () => {
   let dir: string
-  let etcd: EtcdServer | undefined
   let peer: GatedDaemon | undefined
   let peerBind: string
   const env = { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET }
   /** Flags of a daemon `name` that joins through the held peer. */
   const joining = async (name: string): Promise<string[]> => ['--storage-path', join(dir, name), '--ipc-address', '127.0.0.1:0', '--bind-address', `127.0.0.1:${await freePort()}`, '--node-id', name, '--peer-addresses', peerBind]
 
-  before(async () => {
-    dir = await newDir()
-    etcd = await startEtcd()
-    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
-  })
-  after(async () => {
-    try {
-      if (peer !== undefined) await stopGated(peer)
-    } finally {
-      await etcd?.stop()
-    }
-  })
+  heldPeerForSuite(newDir, { children, env }, (held) => { ({ dir, peer, bind: peerBind } = held) })
 
   it('a wrong secret fails at once, without waiting for the peer to finish starting', async () => {
     const { code, log } = await within('the daemon with the wrong secret exits', runDaemonToExit(await joining('stranger'), { cwd: dir, env: { ...process.env, GALLEONFS_CLUSTER_SECRET: 'not-the-cluster-secret-at-all' } }))

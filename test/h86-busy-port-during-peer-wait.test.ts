@@ -8,7 +8,7 @@
 // out. Real daemon processes and etcd; the starting peer is held inside GalleonFS.open() by the
 // gated block store of test/support/h77-gated-store.ts (heldClusterPeer).
 
-import { after, before, describe, it } from 'node:test'
+import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { request as httpRequest } from 'node:http'
@@ -17,8 +17,8 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { scriptArgs } from './support/child-script.js'
 import { ENTRY, runCli } from './support/daemon.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { heldClusterPeer, present, stopGated, type GatedDaemon } from './support/gated-daemon.js'
+import { etcdSkipReason } from './support/etcd.js'
+import { heldPeerForSuite, present, type GatedDaemon } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -83,7 +83,6 @@ async function ask (address: string, method: string, path: string, body?: unknow
 
 describe('h86: a daemon waiting for a peer that is still starting', { skip: etcdSkipReason(), timeout: 240_000 }, () => {
   let dir: string
-  let etcd: EtcdServer
   let peer: GatedDaemon | undefined
   let peerBind: string
   const joinArgs = async (name: string): Promise<string[]> => ['--storage-path', join(dir, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--node-id', name, '--peer-addresses', peerBind]
@@ -95,18 +94,7 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
     assert.equal(await present(`${held.gate}.waiting`), true, 'the peer waits at its gate')
   }
 
-  before(async () => {
-    dir = await newDir()
-    etcd = await startEtcd()
-    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
-  })
-  after(async () => {
-    try {
-      if (peer !== undefined) await stopGated(peer)
-    } finally {
-      await etcd?.stop()
-    }
-  })
+  heldPeerForSuite(newDir, { children, env }, (held) => { ({ dir, peer, bind: peerBind } = held) })
 
   for (const [which, setting] of [['IPC', '--ipc-address (ipc_address in [daemon])'], ['NBD', '--nbd-address (nbd_address in [daemon])']] as const) {
     it(`a busy ${which} address fails the start at once with BUSY naming ${setting.split(' ')[0]}, while the peer is still starting, and nothing is created`, async () => {

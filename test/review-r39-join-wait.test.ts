@@ -15,14 +15,14 @@
 // address), with or without etcd; and a starting peer named first does not delay a join through
 // another peer that answers.
 
-import { after, before, describe, it } from 'node:test'
+import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { scriptArgs } from './support/child-script.js'
 import { ENTRY, runCli } from './support/daemon.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { heldClusterPeer, present, stopGated, type GatedDaemon } from './support/gated-daemon.js'
+import { etcdSkipReason, type EtcdServer } from './support/etcd.js'
+import { heldPeerForSuite, present } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -80,26 +80,14 @@ async function waiting (daemon: Launched, times = 1): Promise<void> {
 describe('review r39: joining through a peer that is still starting', { skip: etcdSkipReason(), timeout: 240_000 }, () => {
   let dir: string
   let etcd: EtcdServer
-  let peer: GatedDaemon | undefined
   let peerBind: string
   /** A running member (test 1), for test 3. */
   let member: { bind: string, daemon: Launched } | undefined
   const bindArgs = async (name: string): Promise<string[]> => ['--storage-path', join(dir, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--node-id', name]
 
-  before(async () => {
-    dir = await newDir()
-    etcd = await startEtcd()
+  after(async () => { await member?.daemon.stop() })
     // Held at its gate for the whole file: it answers every peer that it is starting.
-    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
-  })
-  after(async () => {
-    try {
-      await member?.daemon.stop()
-      if (peer !== undefined) await stopGated(peer)
-    } finally {
-      await etcd?.stop()
-    }
-  })
+  heldPeerForSuite(newDir, { children, env }, (held) => { ({ dir, etcd, bind: peerBind } = held) })
 
   it('two nodes started at the same moment, each naming the other in --peer-addresses and both naming etcd, both start at once in one cluster', async () => {
     const [bindA, bindB] = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`]

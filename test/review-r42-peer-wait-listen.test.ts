@@ -11,7 +11,7 @@
 // at once; a node that was in the cluster still falls back to the cluster it knew when every peer is
 // down; other commands than `daemon status --wait` fail at once on STARTING; HTTPS serves STARTING.
 
-import { after, before, describe, it } from 'node:test'
+import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { Agent, request as httpRequest } from 'node:http'
@@ -21,8 +21,8 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { scriptArgs } from './support/child-script.js'
 import { ENTRY, runCli } from './support/daemon.js'
-import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { heldClusterPeer, present, stopGated, tryListen, type GatedDaemon } from './support/gated-daemon.js'
+import { etcdSkipReason, type EtcdServer } from './support/etcd.js'
+import { heldPeerForSuite, present, tryListen } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { makeCertificates } from './support/tls-certificates.js'
@@ -84,22 +84,10 @@ async function keptAlive (agent: Agent, port: number): Promise<number> {
 describe('review r42: a daemon waiting for its peers, listening on IPC and NBD', { skip: etcdSkipReason(), timeout: 280_000 }, () => {
   let dir: string
   let etcd: EtcdServer
-  let peer: GatedDaemon | undefined
   let peerBind: string
   const joinArgs = async (name: string): Promise<string[]> => ['--storage-path', join(dir, name), '--bind-address', `127.0.0.1:${await freePort()}`, '--node-id', name]
 
-  before(async () => {
-    dir = await newDir()
-    etcd = await startEtcd()
-    ;({ peer, bind: peerBind } = await heldClusterPeer(dir, etcd.endpoint, { children, env }))
-  })
-  after(async () => {
-    try {
-      if (peer !== undefined) await stopGated(peer)
-    } finally {
-      await etcd?.stop()
-    }
-  })
+  heldPeerForSuite(newDir, { children, env }, (held) => { ({ dir, etcd, bind: peerBind } = held) })
 
   for (const end of ['the wait ends', 'SIGTERM'] as const) {
     it(`${end} with clients connected meanwhile (kept-alive HTTP, a half-sent request, NBD): the daemon exits, frees its ports, creates nothing`, async () => {

@@ -8,7 +8,9 @@ import { mkdir, stat, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { after, before } from 'node:test'
 import { startDaemonProcess, type RunningDaemon } from './daemon.js'
+import { startEtcd, type EtcdServer } from './etcd.js'
 import { freePort } from './net.js'
 
 const GATED_STORE = join(import.meta.dirname, 'h77-gated-store.ts')
@@ -97,6 +99,33 @@ export async function heldClusterPeer (dir: string, etcdEndpoint: string, option
   const peer = await gatedDaemon(join(dir, 'peer'), ['--ipc-address', '127.0.0.1:0', '--bind-address', bind, '--node-id', 'peer', '--etcd-endpoints', etcdEndpoint], options)
   await atGate(peer)
   return { peer, bind }
+}
+
+/** What heldPeerForSuite set up: the directory, the etcd, the held peer and the address to name it by. */
+export interface HeldPeerSuite { readonly dir: string, readonly etcd: EtcdServer, readonly peer: GatedDaemon, readonly bind: string }
+
+/**
+ * For the tests of one describe block: before them, a new directory (`newDir`), an etcd and a
+ * cluster node held at its gate in it (heldClusterPeer), handed to `ready`; after them, the peer
+ * and the etcd stopped (after hooks registered before this call run first).
+ */
+export function heldPeerForSuite (newDir: () => Promise<string>, options: GatedDaemonOptions, ready: (suite: HeldPeerSuite) => void): void {
+  let etcd: EtcdServer | undefined
+  let peer: GatedDaemon | undefined
+  before(async () => {
+    const dir = await newDir()
+    etcd = await startEtcd()
+    const held = await heldClusterPeer(dir, etcd.endpoint, options)
+    peer = held.peer
+    ready({ dir, etcd, peer: held.peer, bind: held.bind })
+  })
+  after(async () => {
+    try {
+      if (peer !== undefined) await stopGated(peer)
+    } finally {
+      await etcd?.stop()
+    }
+  })
 }
 
 /** Stops the daemon: SIGTERM once it is ready (a clean stop, exit 0), SIGKILL when it is not. */
