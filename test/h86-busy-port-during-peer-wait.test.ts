@@ -10,15 +10,14 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { request as httpRequest } from 'node:http'
 import { createServer, type Server } from 'node:net'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { scriptArgs } from './support/child-script.js'
-import { ENTRY, runCli } from './support/daemon.js'
+import { runCli } from './support/daemon.js'
 import { etcdSkipReason } from './support/etcd.js'
-import { heldPeerForSuite, present, type GatedDaemon } from './support/gated-daemon.js'
+import { heldPeerForSuite, present, type GatedDaemon, launchDaemon, type LaunchedDaemon } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -28,30 +27,10 @@ const WAITING = 'waiting for peers that are still starting (--peer-wait-seconds)
 const env = { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET }
 const newDir = tempDirs('galleon-h86-')
 const children = new Set<ChildProcess>()
+type Launched = LaunchedDaemon
+const launch = (args: string[], cwd: string): Launched => launchDaemon(args, cwd, { env, children })
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-interface Launched {
-  readonly child: ChildProcess
-  /** Its log so far (JSON lines). */
-  readonly log: () => string
-  readonly exited: Promise<number | null>
-  /** SIGTERM, then its exit code. */
-  readonly stop: () => Promise<number | null>
-}
-
-/** `galleonfs -d ...args` in `cwd`, its log kept from its first line. */
-function launch (args: string[], cwd: string): Launched {
-  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe'], env })
-  children.add(child)
-  let log = ''
-  child.stderr?.on('data', (chunk: Buffer) => { log += chunk.toString() })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
-  const stop = async (): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-    return await exited
-  }
-  return { child, log: () => log, exited, stop }
-}
 
 /** The log's JSON lines. */
 function entries (log: string): Array<{ level: string, message: string, [key: string]: unknown }> {

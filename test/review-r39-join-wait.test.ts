@@ -17,12 +17,11 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
-import { scriptArgs } from './support/child-script.js'
-import { ENTRY, runCli } from './support/daemon.js'
+import { runCli } from './support/daemon.js'
 import { etcdSkipReason, type EtcdServer } from './support/etcd.js'
-import { heldPeerForSuite, present } from './support/gated-daemon.js'
+import { heldPeerForSuite, present, launchDaemon, type LaunchedDaemon, waitingForPeers } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -33,49 +32,13 @@ const GRACE_WARNING = 'closing connections whose requests did not finish in time
 const env = { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET }
 const newDir = tempDirs('galleon-r39-')
 const children = new Set<ChildProcess>()
+type Launched = LaunchedDaemon
+/** `galleonfs -d --ipc-address 127.0.0.1:0 ...args` in `cwd`. */
+const launch = (args: string[], cwd: string): Launched => launchDaemon(['--ipc-address', '127.0.0.1:0', ...args], cwd, { env, children })
+const waiting = waitingForPeers
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-interface Launched {
-  readonly child: ChildProcess
-  /** Its log so far. */
-  readonly log: () => string
-  /** Its exit code (null: a signal ended it). */
-  readonly exited: Promise<number | null>
-  /** Its IPC address once it said "ready" (rejects if it exits first). */
-  readonly ready: Promise<string>
-  /** SIGTERM, then its exit code. */
-  readonly stop: () => Promise<number | null>
-}
 
-/** `galleonfs -d --ipc-address 127.0.0.1:0 ...args` in `cwd`, its log kept from its first line. */
-function launch (args: string[], cwd: string): Launched {
-  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', '--ipc-address', '127.0.0.1:0', ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe'], env })
-  children.add(child)
-  let log = ''
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
-  const ready = new Promise<string>((resolve, reject) => {
-    child.stderr?.on('data', (chunk: Buffer) => {
-      log += chunk.toString()
-      const address = /"message":"ready".*?"ipcAddress":"([^"]+)"/.exec(log)?.[1]
-      if (address !== undefined) resolve(address)
-    })
-    void exited.then((code) => { reject(new Error(`the daemon exited with ${code}: ${log}`)) })
-  })
-  ready.catch(() => {})
-  const stop = async (): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-    return await exited
-  }
-  return { child, log: () => log, exited, ready, stop }
-}
-
-/** Resolves once `daemon` has logged that it waits for starting peers (fails if it exits first). */
-async function waiting (daemon: Launched, times = 1): Promise<void> {
-  await until(`the daemon logged "${WAITING}" ${times} time(s)`, () => {
-    if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode}: ${daemon.log()}`)
-    return daemon.log().split(WAITING).length > times
-  }, 60_000)
-}
 
 describe('review r39: joining through a peer that is still starting', { skip: etcdSkipReason(), timeout: 240_000 }, () => {
   let dir: string

@@ -13,16 +13,15 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { Agent, request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { connect, type Socket } from 'node:net'
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { scriptArgs } from './support/child-script.js'
-import { ENTRY, runCli } from './support/daemon.js'
+import { runCli } from './support/daemon.js'
 import { etcdSkipReason, type EtcdServer } from './support/etcd.js'
-import { heldPeerForSuite, present, tryListen } from './support/gated-daemon.js'
+import { heldPeerForSuite, present, tryListen, launchDaemon, type LaunchedDaemon, waitingForPeers } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { makeCertificates } from './support/tls-certificates.js'
@@ -33,34 +32,12 @@ const WAITING = 'waiting for peers that are still starting (--peer-wait-seconds)
 const env = { ...process.env, GALLEONFS_CLUSTER_SECRET: SECRET }
 const newDir = tempDirs('galleon-r42-')
 const children = new Set<ChildProcess>()
+type Launched = LaunchedDaemon
+const launch = (args: string[], cwd: string): Launched => launchDaemon(args, cwd, { env, children })
+const waiting = waitingForPeers
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-interface Launched {
-  readonly child: ChildProcess
-  readonly log: () => string
-  readonly exited: Promise<number | null>
-  readonly stop: () => Promise<number | null>
-}
 
-function launch (args: string[], cwd: string): Launched {
-  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe'], env })
-  children.add(child)
-  let log = ''
-  child.stderr?.on('data', (chunk: Buffer) => { log += chunk.toString() })
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
-  const stop = async (): Promise<number | null> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
-    return await exited
-  }
-  return { child, log: () => log, exited, stop }
-}
-
-async function waiting (daemon: Launched): Promise<void> {
-  await until(`the daemon logged "${WAITING}"`, () => {
-    if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode}: ${daemon.log()}`)
-    return daemon.log().includes(WAITING)
-  }, 60_000)
-}
 
 /** A raw TCP connection to 127.0.0.1:port, kept open; resolves once connected. */
 async function hold (port: number, sockets: Set<Socket>, send?: string): Promise<Socket> {

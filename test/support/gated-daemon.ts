@@ -3,13 +3,15 @@
 // clients waiting) can be checked without racing it. Used by the h77 and review-r36 tests.
 
 import assert from 'node:assert/strict'
-import type { ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, stat, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before } from 'node:test'
-import { startDaemonProcess, type RunningDaemon } from './daemon.js'
+import { ENTRY, startDaemonProcess, type RunningDaemon } from './daemon.js'
+import { scriptArgs } from './child-script.js'
+import { until } from './wait.js'
 import { startEtcd, type EtcdServer } from './etcd.js'
 import { freePort } from './net.js'
 
@@ -135,4 +137,50 @@ export async function stopGated (daemon: GatedDaemon): Promise<void> {
   daemon.child.kill(ready ? 'SIGTERM' : 'SIGKILL')
   const code = await daemon.exited
   if (ready) assert.equal(code, 0, 'the daemon stopped cleanly')
+}
+
+/** What a daemon logs each time it begins to wait for peers that are still starting. */
+export const WAITING_FOR_PEERS = 'waiting for peers that are still starting (--peer-wait-seconds)'
+
+/** A daemon process started by launchDaemon. */
+export interface LaunchedDaemon {
+  readonly child: ChildProcess
+  /** Its log so far (JSON lines). */
+  readonly log: () => string
+  /** Its exit code (null: a signal ended it). */
+  readonly exited: Promise<number | null>
+  /** Its IPC address once it said "ready" (rejects if it exits first). */
+  readonly ready: Promise<string>
+  /** SIGTERM, then its exit code. */
+  readonly stop: () => Promise<number | null>
+}
+
+/** `galleonfs -d ...args` in `cwd`, its log kept from its first line; added to `children` while it runs. */
+export function launchDaemon (args: string[], cwd: string, options: { env: NodeJS.ProcessEnv, children: Set<ChildProcess> }): LaunchedDaemon {
+  const child = spawn(process.execPath, [...scriptArgs(ENTRY), '-d', ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe'], env: options.env })
+  options.children.add(child)
+  let log = ''
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { options.children.delete(child); resolve(code) }))
+  const ready = new Promise<string>((resolve, reject) => {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      log += chunk.toString()
+      const address = /"message":"ready".*?"ipcAddress":"([^"]+)"/.exec(log)?.[1]
+      if (address !== undefined) resolve(address)
+    })
+    void exited.then((code) => { reject(new Error(`the daemon exited with ${code}: ${log}`)) })
+  })
+  ready.catch(() => {})
+  const stop = async (): Promise<number | null> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM')
+    return await exited
+  }
+  return { child, log: () => log, exited, ready, stop }
+}
+
+/** Resolves once `daemon` has logged WAITING_FOR_PEERS `times` times (fails if it exits first). */
+export async function waitingForPeers (daemon: LaunchedDaemon, times = 1): Promise<void> {
+  await until(`the daemon logged "${WAITING_FOR_PEERS}" ${times} time(s)`, () => {
+    if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode}: ${daemon.log()}`)
+    return daemon.log().split(WAITING_FOR_PEERS).length > times
+  }, 60_000)
 }
