@@ -136,7 +136,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const transport = cluster === undefined && askPeers === undefined ? undefined : clusterTransport(config, secret as string)
   // While the daemon asks its peers, the API answers every request that it is starting (there is no
   // storage, nor token, yet); undefined once they have answered.
-  let peerWait: string | undefined
+  let peerWait: (() => string) | undefined
   // Opened once the daemon listens (the closures below run only after that).
   let g!: GalleonFS
   let clusterSettings: ClusterSettings | undefined
@@ -325,7 +325,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         // Answered at once: the wait can last --peer-wait-seconds (300 s by default), past any
         // client's patience. No token is checked (none may exist yet); nothing is told but that.
         discardBody(request)
-        const text = JSON.stringify({ error: { code: 'STARTING', message: peerWait } })
+        const text = JSON.stringify({ error: { code: 'STARTING', message: peerWait() } })
         response.writeHead(503, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'retry-after': '2' })
         response.end(text)
         log('debug', 'request', { method: request.method, url: request.url, status: 503, waitingForPeers: true })
@@ -450,7 +450,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     const bound: DaemonAddress[] = []
     // A node that will ask its peers answers STARTING from its first request on (a request held
     // for the storage instead could wait the whole wait for peers, past any client's patience).
-    if (askPeers !== undefined) peerWait = 'the daemon is starting: it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told; retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)'
+    if (askPeers !== undefined) peerWait = () => 'the daemon is starting: it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told; retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)'
     await bindAddress({ address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc }, bound, async () => { await listenOn(server as Server, ipc.host, ipc.port) })
     // The NBD server's own caps on connections in their handshake (its defaults) hold meanwhile.
     const caps = { maxPending: DEFAULT_MAX_PENDING_CONNECTIONS, maxPendingPerAddress: DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS }
@@ -470,7 +470,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
         cluster = await discoverCluster(config, secret as string, config.peerAddresses, saved === undefined
           ? {
               onWait: (peers, waitMs) => {
-                peerWait = `the daemon is starting: it waits for peers that are still starting, up to ${waitMs / 1000} s (--peer-wait-seconds), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
+                const endsAt = performance.now() + waitMs
+                peerWait = () => `the daemon is starting: it waits for peers that are still starting, for at most ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s more (--peer-wait-seconds ${waitMs / 1000}), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
                 onWait(peers, waitMs)
               },
               ...(stopAsked === undefined ? {} : { signal: stopAsked })

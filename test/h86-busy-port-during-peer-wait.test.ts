@@ -112,16 +112,23 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
         if (daemon.child.exitCode !== null) throw new Error(`the daemon exited with ${daemon.child.exitCode}: ${daemon.log()}`)
         return daemon.log().includes(WAITING)
       }, 60_000)
-      const message = 'the daemon is starting: it waits for peers that are still starting, up to 300 s (--peer-wait-seconds), to tell where its cluster\'s coordinator is, and opens its storage after that; retry once it has started (`galleonfs daemon status --wait <seconds>` waits for it)'
+      // The time left of the wait (300 s by default), in whole seconds, then the rest as is.
+      const messageAt = (left: string): string => `the daemon is starting: it waits for peers that are still starting, for at most ${left} s more (--peer-wait-seconds 300), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
+      const leftOf = (text: string): number => Number(/for at most (\d+) s more/.exec(text)?.[1])
+      let lastLeft = 300
       // Before h86 nothing listened on the IPC address during the wait (ECONNREFUSED); kept
       // waiting instead, a request would run into the CLI's 30 s timeout, "hung or overloaded".
       for (const [method, path, body] of [['GET', '/v1/status', undefined], ['POST', '/v1/volumes', { name: 'v', sizeBytes: 1 << 20 }], ['GET', '/metrics', undefined]] as const) {
         const answer = await within(`${method} ${path} is answered`, ask(address, method, path, body), 30_000)
-        assert.deepEqual(answer, { status: 503, daemon: true, retryAfter: '2', body: { error: { code: 'STARTING', message } } }, `${method} ${path}`)
+        // What is left of the wait counts down from 300 s.
+        const left = leftOf(JSON.stringify(answer.body))
+        assert.ok(Number.isInteger(left) && left >= 0 && left <= lastLeft, `the time left of the wait (at most ${lastLeft}), in ${JSON.stringify(answer.body)}`)
+        lastLeft = left
+        assert.deepEqual(answer, { status: 503, daemon: true, retryAfter: '2', body: { error: { code: 'STARTING', message: messageAt(String(left)) } } }, `${method} ${path}`)
       }
       const status = await within('daemon status is answered', runCli(address, ['daemon', 'status'], { cwd: dir }), 30_000)
       assert.equal(status.code, 1, status.stderr)
-      assert.equal(status.stderr, `galleonfs: STARTING: ${message}\n`)
+      assert.equal(status.stderr, `galleonfs: STARTING: ${messageAt(String(leftOf(status.stderr)))}\n`)
       await peerStillHeld()
       assert.equal(await present(storage), false, 'nothing is created while it waits')
 
