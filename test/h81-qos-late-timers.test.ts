@@ -50,6 +50,24 @@ async function run (lateMs: number, policy: object | undefined, count: number, m
 }
 
 /**
+ * With timers 500 ms late: a backlog of `count` operations on volume v (its QoS `policy`) all go
+ * within `drainMs`; then, after as long again idle, 100 queued at once see only the depth (15 at
+ * 300 IOPS) go at once: what was owed does not outlive the queue.
+ */
+async function depthAfterIdle (clock: ManualClock, node: QoSNodeOptions, policy: object, count: number, drainMs: number): Promise<void> {
+  const s = new QoSScheduler({ ...node, clock: late(clock, 500) })
+  s.setPolicy('v', 'v', parseQoSPolicy(policy), 'volume')
+  const first = backlog(s, clock, 'v', count)
+  await clock.advance(drainMs)
+  assert.equal(first.length, count)
+  await clock.advance(drainMs)
+  const second = backlog(s, clock, 'v', 100)
+  await clock.advance(0)
+  assert.equal(second.length, 15)
+  s.close()
+}
+
+/**
  * Each admission of the late run is no earlier than its counterpart with timers on time (allowing
  * the 1 ms the scheduler rounds timers up to), and no later than `slackMs` after it.
  */
@@ -137,16 +155,7 @@ describe('QoS limits with late timers', () => {
     assert.equal(onTime.burst, 10)
     // Without credits: after the backlog and an idle time, the depth (15 at 300 IOPS) goes at once, no more.
     const clock = new ManualClock()
-    const s = new QoSScheduler({ clock: late(clock, 500) })
-    s.setPolicy('v', 'v', parseQoSPolicy({ limits: { iops: 300 } }), 'volume')
-    const first = backlog(s, clock, 'v', 1000)
-    await clock.advance(5000)
-    assert.equal(first.length, 1000)
-    await clock.advance(5000)
-    const second = backlog(s, clock, 'v', 100)
-    await clock.advance(0)
-    assert.equal(second.length, 15)
-    s.close()
+    await depthAfterIdle(clock, {}, { limits: { iops: 300 } }, 1000, 5000)
   })
 
   it('reads and writes sharing a limit keep its rate together, and a newcomer does not take what the late lane was owed', async () => {
@@ -199,16 +208,7 @@ describe('QoS limits with late timers', () => {
     assert.ok(times.length >= 300 * (10_000 - 504 - 5) / 1000, `${times.length / 10} IOPS against a 300 IOPS capacity`)
     // What was owed does not outlive the queue: after an idle time the depth goes at once, no more.
     const clock = new ManualClock()
-    const s = new QoSScheduler({ ...node, clock: late(clock, 500) })
-    s.setPolicy('v', 'v', parseQoSPolicy({ weight: 1 }), 'volume')
-    const first = backlog(s, clock, 'v', 200)
-    await clock.advance(2000)
-    assert.equal(first.length, 200)
-    await clock.advance(2000)
-    const second = backlog(s, clock, 'v', 100)
-    await clock.advance(0)
-    assert.equal(second.length, 15)
-    s.close()
+    await depthAfterIdle(clock, node, { weight: 1 }, 200, 2000)
     await clock.advance(10)
   })
 })
