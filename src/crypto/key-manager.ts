@@ -5,161 +5,28 @@
 // while a rotation re-seals what they sealed), each DEK's persisted nonce limit (see
 // volume-cipher.ts), the volume's backup key (seals its backup chunks), and the progress of a DEK
 // rotation. Deleting the record makes whatever is left of the volume's blocks unreadable.
+// The records' shapes and the checked unwrap of a key are in key-records.ts; where the key provider
+// comes from, in key-source.ts.
 
 import type { AbstractSublevel } from 'abstract-level'
-import { stat } from 'node:fs/promises'
-import { join } from 'node:path'
-import { hkdf } from '@noble/hashes/hkdf.js'
-import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
 import { GalleonError, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
-import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, unwrapKey, wrapChecked, wrapKey } from './keys.js'
-import { KEY_BYTES } from './cipher.js'
+import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
+import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
+import { openKeyProvider, type KeySource } from './key-source.js'
 import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
+
+export type { BackupKey, VolumeEncryption, VolumeKeyRecord } from './key-records.js'
+export { backupKeyContext, backupKeyFingerprint } from './key-records.js'
+export type { KeySource } from './key-source.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
 
-interface DataKeyRecord {
-  readonly version: number
-  /** The DEK wrapped by the KEK, base64. */
-  readonly wrapped: string
-  /** Id of the KEK that wrapped it. */
-  readonly kekId: string
-  /** Nonces below this may have been used; counting resumes here. */
-  readonly reservedUpTo: number
-  /**
-   * Public check value of the DEK (see dataKeyCheck): an unwrap that returns other bytes (another
-   * KEK under a provider that does not authenticate, a faulty KMS) is refused instead of sealing new
-   * writes with a key nothing can open later. Absent in records written before it was added.
-   */
-  readonly check?: string
-}
-
-/** A backup key, wrapped (base64) by the KEK `kekId`, and its public fingerprint. */
-interface BackupKeyRecord { readonly wrapped: string, readonly kekId: string, readonly fingerprint: string }
-
-/** What the metadata holds about an encrypted volume's keys. */
-export interface VolumeKeyRecord {
-  readonly volumeId: string
-  readonly current: number
-  readonly keys: readonly DataKeyRecord[]
-  /** The key that seals the volume's new backup chunks. */
-  readonly backup: BackupKeyRecord
-  /**
-   * Backup keys that DEK rotations replaced: they seal no new backup, but open the backups taken
-   * before (re-wrapped with the rest at a KEK rotation, so a move to another provider keeps them).
-   */
-  readonly retiredBackups?: readonly BackupKeyRecord[]
-  /** A DEK rotation in progress: blocks below `cursor` are re-sealed with the current key. */
-  readonly rotation?: { readonly cursor: number, readonly startedAt: string }
-  /**
-   * A replicated volume's copy: the rotation of the volume's keys (VolumeSpec.keyGeneration) its
-   * current DEK answers. Absent: none (a local volume, or no rotation yet).
-   */
-  readonly generation?: number
-}
-
-/** A volume's backup key, unwrapped, with what a backup manifest records about it. */
-export interface BackupKey {
-  readonly key: Uint8Array
-  readonly fingerprint: string
-  readonly wrapped: string
-  readonly kekId: string
-  readonly provider: string
-}
-
-/** Encryption facts of a volume, as getVolumeEncryption() reports them. */
-export interface VolumeEncryption {
-  readonly encrypted: boolean
-  readonly algorithm?: 'AES-256-GCM'
-  /** Version of the DEK sealing new writes. */
-  readonly keyVersion?: number
-  /** DEK versions still holding data (more than one while a rotation runs). */
-  readonly keyVersions?: readonly number[]
-  /** The key provider and the id of the KEK wrapping the DEKs. */
-  readonly provider?: string
-  readonly kekId?: string
-  /** A DEK rotation in progress: the next block index to re-seal. */
-  readonly rotation?: { readonly cursor: number, readonly startedAt: string }
-  /**
-   * A replicated volume: how many rotations of the volume's keys this node's copy has taken (each
-   * copy has its own keys, so `keyVersion` may differ between copies; this does not).
-   */
-  readonly keyGeneration?: number
-  /** Why the keys could not be loaded, if they could not. */
-  readonly unavailable?: string
-}
-
-/** How the instance gets its key provider. */
-export interface KeySource {
-  /** Storage directory: the internal provider keeps `master.key` there, the passphrase one `passphrase.salt`. */
-  readonly storagePath?: string
-  readonly keyProvider?: KeyProvider
-  readonly passphrase?: string
-  /** scrypt cost for a new passphrase (tests use small values). */
-  readonly passphraseCost?: number
-  /** True for in-memory instances: an internal provider with a key that lives as long as the process. */
-  readonly inMemory?: boolean
-}
-
-const dekContext = (volumeId: string, version: number): string => `volume:${volumeId}:dek:${version}`
-/** The backup key's context does not depend on the instance: a restore elsewhere unwraps it too. */
-export const backupKeyContext = (volumeId: string): string => `volume:${volumeId}:backup`
-
-/** Public, stable fingerprint of a backup key (not the key: an HKDF output of it, hashed). */
-export function backupKeyFingerprint (key: Uint8Array): string {
-  return Buffer.from(sha256(hkdf(sha256, key, undefined, new TextEncoder().encode('galleonfs backup key id'), 32))).toString('hex').slice(0, 24)
-}
-
-/**
- * Public check value of a data key (an HKDF output of it, not the key): tells the right DEK from
- * other bytes a key provider may hand back.
- */
-function dataKeyCheck (key: Uint8Array): string {
-  return Buffer.from(hkdf(sha256, key, undefined, new TextEncoder().encode('galleonfs data key check'), 16)).toString('hex')
-}
-
-/**
- * The DEK `key` of `volumeId` unwrapped by `provider`, checked: a key provider that fails, or that
- * answers with bytes that are not this key (a KEK other than the one that wrapped it, under a
- * provider whose unwrap does not authenticate; a faulty KMS), fails with DECRYPTION_FAILED, so
- * nothing is sealed, re-wrapped or handed over with a wrong key.
- */
-async function unwrapDataKey (provider: KeyProvider, volumeId: string, key: DataKeyRecord): Promise<Uint8Array> {
-  const advice = keySourceFix(provider)
-  let dek: unknown
-  try {
-    dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
-  } catch (err) {
-    throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${advice}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
-  }
-  if (!(dek instanceof Uint8Array) || dek.byteLength !== KEY_BYTES || (key.check !== undefined && dataKeyCheck(dek) !== key.check)) {
-    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the data key (version ${key.version}) of volume ${volumeId} to bytes that are not that key (${dek instanceof Uint8Array && dek.byteLength === KEY_BYTES ? 'its check value does not match' : `got ${describe(dek)}`}): it is not the key-encryption key that wrapped it (key ${key.kekId}), or the provider is faulty. Nothing was read or written with it; ${advice}`)
-  }
-  return dek
-}
-
-/** The backup key of `volumeId` unwrapped by `provider`, checked against its fingerprint (see unwrapDataKey). */
-async function unwrapBackupKey (provider: KeyProvider, volumeId: string, backup: BackupKeyRecord): Promise<Uint8Array> {
-  let key: unknown
-  try {
-    key = await provider.unwrap(unb64(backup.wrapped), backupKeyContext(volumeId))
-  } catch (err) {
-    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${keySourceFix(provider)}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
-  }
-  if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES || backupKeyFingerprint(key) !== backup.fingerprint) {
-    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; ${keySourceFix(provider)}`)
-  }
-  return key
-}
-
 /** How many volumes' keys a key provider is tried on before it is refused (see KeyManager.#check). */
 const CHECK_ATTEMPTS = 3
-
-const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))
 
 export class KeyManager {
   readonly #db: JsonSublevel
@@ -208,7 +75,7 @@ export class KeyManager {
   /** The key provider, opened but not checked: for unwrapping only (every unwrap checks its key). */
   async #opened (): Promise<KeyProvider> {
     if (this.#provider !== undefined) return this.#provider
-    this.#opening ??= this.#open().then((provider) => { this.#provider = provider; return provider }, (err) => { this.#opening = undefined; throw err })
+    this.#opening ??= openKeyProvider(this.#source, this.#records.size === 0).then((provider) => { this.#provider = provider; return provider }, (err) => { this.#opening = undefined; throw err })
     return await this.#opening
   }
 
@@ -248,29 +115,6 @@ export class KeyManager {
     const kekIds = [...new Set([...this.#records.values()].map((record) => record.backup.kekId))].slice(0, 3).join(', ')
     throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) works, but cannot open the keys of this storage's encrypted volumes (wrapped by key ${kekIds}): it is not the key they were created with, so nothing new is wrapped under it; ${keySourceFix(provider)} (${(failure as Error)?.message ?? String(failure)})`, { cause: failure })
   }
-
-  async #open (): Promise<KeyProvider> {
-    const { storagePath, passphrase, inMemory } = this.#source
-    if (storagePath !== undefined && passphrase !== undefined) {
-      return await PassphraseKeyProvider.open(passphrase, join(storagePath, 'passphrase.salt'), { N: this.#source.passphraseCost }, { create: this.#records.size === 0 })
-    }
-    if (storagePath !== undefined) {
-      try {
-        return await InternalKeyProvider.open(join(storagePath, 'master.key'), { create: this.#records.size === 0 })
-      } catch (err) {
-        // No master key, because the keys are protected by a passphrase: say so, rather than
-        // send the user looking for a key file that never existed.
-        const saltPath = join(storagePath, 'passphrase.salt')
-        if (err instanceof GalleonError && err.code === 'DECRYPTION_FAILED' && await stat(saltPath).then(() => true, () => false)) {
-          throw new GalleonError('DECRYPTION_FAILED', `the keys of this storage's encrypted volumes are protected by a passphrase (${saltPath} exists); open it with { passphrase }`, { cause: err })
-        }
-        throw err
-      }
-    }
-    if (inMemory === true) return new MemoryKeyProvider()
-    throw new GalleonError('INVALID_ARGUMENT', 'encrypted volumes need a key provider: open with storagePath (the internal provider keeps a master key there), a passphrase, or a keyProvider')
-  }
-
   /** Ids of volumes that have key records. */
   volumeIds (): string[] { return [...this.#records.keys()] }
 
@@ -568,18 +412,4 @@ export class KeyManager {
   async #serial<T> (task: () => Promise<T>): Promise<T> {
     return await this.#queue.run(task)
   }
-}
-
-/** The internal provider of an in-memory instance: a random KEK that lives as long as the process. */
-class MemoryKeyProvider implements KeyProvider {
-  readonly name = 'internal'
-  readonly keyId: string
-  readonly #kek = generateKey()
-
-  constructor () {
-    this.keyId = 'memory-' + backupKeyFingerprint(this.#kek).slice(0, 12)
-  }
-
-  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
-  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
 }

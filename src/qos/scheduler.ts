@@ -4,12 +4,18 @@
 // in mClock order: reservations (guarantees) that are due first, then operations close to their
 // latency target (while their volume is not far ahead of its fair share), then weighted fair
 // share. A noisy neighbour therefore queues behind a guaranteed volume's floor instead of starving it.
+// Here: the scheduler (the limiter and the dispatcher loop); mclock.ts orders the dispatcher's queue,
+// metrics.ts holds what it reports.
 
 import { GalleonError, describe, quoted } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
+import { INTERVAL_MS, RESERVATION_SLACK_MS, closeInterval, pickNext, reservationSpacing, retag } from './mclock.js'
+import { volumeMetrics, type QoSLatencyMissedEvent, type QoSMetrics, type QoSThrottledEvent } from './metrics.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
 import { VolumeState, applyLimits, limitReadyAt, limitWait, takeTokens, tightens, tightestLimit, waitsForShared, type Kind, type Pending } from './volume-state.js'
+
+export type { QoSGuaranteeMissedEvent, QoSLatencyMissedEvent, QoSMetrics, QoSThrottledEvent } from './metrics.js'
 
 /** Node-wide QoS settings (`GalleonFS.open({ qos })`). */
 export interface QoSNodeOptions {
@@ -25,66 +31,6 @@ export interface QoSNodeOptions {
   /** Advanced: time source and timers (tests drive a manual clock). */
   clock?: QoSClock
 }
-
-/** QoS figures of one volume, part of `getVolumeMetrics()`. */
-export interface QoSMetrics {
-  /** The policy in force and where it comes from. */
-  readonly policy?: QoSPolicy
-  readonly source: QoSPolicySource
-  /** Seconds operations spent waiting for the volume's own limits, over the lifetime. */
-  readonly throttledSeconds: number
-  /** Operations that had to wait for the volume's own limits, over the lifetime. */
-  readonly throttledOps: number
-  /** Operations waiting for the volume's limits right now. */
-  readonly throttledQueue: number
-  /** Operations waiting for the node's dispatcher right now. */
-  readonly dispatchQueue: number
-  /** Burst credits held now: operations (IOPS limit) and MB (throughput limit); absent without bursting. */
-  readonly burstCredits?: { readonly iops?: number, readonly throughputMB?: number }
-  /** Most credits the balance can hold. */
-  readonly burstCreditCapacity?: { readonly iops?: number, readonly throughputMB?: number }
-  /**
-   * The floor and whether the last full second met it: `met` is false only when the volume had
-   * operations queued at the dispatcher all that second and was served less than its floor.
-   */
-  readonly guarantee?: { readonly iops?: number, readonly throughputMBps?: number, readonly achievedIops: number, readonly achievedThroughputMBps: number, readonly met: boolean, readonly missedSeconds: number }
-  /** The latency target (`limits.latencyMs`), when the policy has one. */
-  readonly latencyTargetMs?: number
-  /**
-   * 99th-percentile latency over the metrics window as the caller sees it, from the call's arrival
-   * at the QoS stage to its completion (waiting for limits and the dispatcher included), in ms;
-   * present with a latency target.
-   */
-  readonly latencyP99Ms?: number
-  /** Whether `latencyP99Ms` is within the target; present with a latency target. */
-  readonly latencyTargetMet?: boolean
-}
-
-/** Payload of `qos:throttled` (at most one per volume per second). */
-export interface QoSThrottledEvent { volumeId: string, volumeName: string, limit: string, waitMs: number }
-/**
- * Payload of `qos:latency-missed` (at most one per volume per second): the window's 99th
- * percentile, from arrival at the QoS stage to completion, is above the volume's target.
- */
-export interface QoSLatencyMissedEvent { volumeId: string, volumeName: string, latencyTargetMs: number, latencyP99Ms: number }
-/** Payload of `qos:guarantee-missed`. */
-export interface QoSGuaranteeMissedEvent { volumeId: string, volumeName: string, guaranteedIops?: number, guaranteedThroughputMBps?: number, achievedIops: number, achievedThroughputMBps: number }
-
-const INTERVAL_MS = 1000
-/**
- * How far ahead of fair-share order a latency target may put a volume, in its own operations: an
- * operation at risk of its target goes first only while its fair-share tag is at most this many
- * of the volume's operations (1/weight each) past the tag fair share would serve next. A light
- * volume's operations so keep their target against any weight, while a volume that keeps its
- * queue full cannot take more than about its weighted share by having a target.
- */
-const LATENCY_LEAD_OPS = 2
-/**
- * How far back a reservation tag may start: a guaranteed volume whose operations were delayed
- * (timer and event-loop jitter, its own think time) catches up on up to this much of its floor
- * instead of losing it; an idle volume banks no more than this.
- */
-const RESERVATION_SLACK_MS = 250
 
 /** The QoS stage: per-volume limiters and the node dispatcher. One per GalleonFS instance. */
 export class QoSScheduler {
@@ -159,7 +105,7 @@ export class QoSScheduler {
     state.reservationIops = policy?.guarantees?.iops ?? 0
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
     state.weight = policy?.weight ?? 1
-    if (state.reservationIops !== before.reservationIops || state.reservationBps !== before.reservationBps || state.weight !== before.weight) this.#retag(state, before)
+    if (state.reservationIops !== before.reservationIops || state.reservationBps !== before.reservationBps || state.weight !== before.weight) retag(state, before, this.#vtime)
     state.latencyMs = policy?.limits?.latencyMs ?? 0
     // A changed target keeps the latencies measured so far: they are still what callers saw.
     if (state.latencyMs === 0) state.latencies = undefined
@@ -261,27 +207,7 @@ export class QoSScheduler {
     if (state === undefined) return { source: 'none', throttledSeconds: 0, throttledOps: 0, throttledQueue: 0, dispatchQueue: 0 }
     const now = this.#clock.now()
     this.#evaluate(now)
-    const credits: { iops?: number, throughputMB?: number } = {}
-    const capacity: { iops?: number, throughputMB?: number } = {}
-    for (const [bucket, unit, kind] of state.buckets) {
-      if (bucket.creditCapacity === 0 || kind !== undefined) continue
-      if (unit === 'ops') { credits.iops = bucket.credits(now); capacity.iops = bucket.creditCapacity } else { credits.throughputMB = bucket.credits(now) / 1e6; capacity.throughputMB = bucket.creditCapacity / 1e6 }
-    }
-    const guarantees = state.policy?.guarantees
-    const p99 = state.latencies?.snapshot().latencyP99Ms
-    return {
-      ...(state.policy === undefined ? {} : { policy: state.policy }),
-      source: state.source,
-      throttledSeconds: state.throttledMs / 1000,
-      throttledOps: state.throttledOps,
-      throttledQueue: state.waiting[0].length + state.waiting[1].length,
-      dispatchQueue: state.queued.length,
-      ...(Object.keys(credits).length > 0 ? { burstCredits: credits, burstCreditCapacity: capacity } : {}),
-      ...(guarantees === undefined
-        ? {}
-        : { guarantee: { ...guarantees, achievedIops: state.achievedIops, achievedThroughputMBps: state.achievedBps / 1e6, met: state.met, missedSeconds: state.missedSeconds } }),
-      ...(p99 === undefined ? {} : { latencyTargetMs: state.latencyMs, latencyP99Ms: p99, latencyTargetMet: p99 <= state.latencyMs })
-    }
+    return volumeMetrics(state, now)
   }
 
   /** Lets every waiting operation go (the instance is closing; the engine refuses them). */
@@ -432,28 +358,6 @@ export class QoSScheduler {
     this.#pump()
   }
 
-  /**
-   * Tags the volume's queued operations again after its guarantee or weight changed: a policy
-   * applies to operations already waiting too (a removed floor must not keep them first).
-   */
-  #retag (state: VolumeState, before: { reservationIops: number, reservationBps: number, weight: number }): void {
-    const first = state.queued[0]
-    if (first === undefined) return
-    // Both tag sequences restart where the first waiting operation's started, stepping by the new policy.
-    state.rLast = first.rTag === Infinity ? -Infinity : first.rTag - reservationSpacing(before.reservationIops, before.reservationBps, first.bytes)
-    let pTag = Math.max(first.pTag - 1 / before.weight, this.#vtime)
-    for (const op of state.queued) {
-      let rTag = Infinity
-      if (state.reservationIops > 0 || state.reservationBps > 0) {
-        rTag = Math.max(state.rLast + reservationSpacing(state.reservationIops, state.reservationBps, op.bytes), op.arrived - RESERVATION_SLACK_MS)
-        state.rLast = rTag
-      }
-      op.rTag = rTag
-      pTag += 1 / state.weight
-      op.pTag = pTag
-    }
-    state.pLast = pTag
-  }
 
   #pump (): void {
     const now = this.#clock.now()
@@ -468,7 +372,7 @@ export class QoSScheduler {
       this.#pumpDue = Infinity
     }
     while (this.#backlog > 0 && this.#inFlight < this.#maxInFlight) {
-      const state = this.#pick(now)
+      const state = pickNext(this.#volumes.values(), now)
       if (state === undefined) return
       const op = state.queued[0] as Pending
       let at = this.#owedFrom < this.#owedUntil ? this.#capacityReadyAt(op.bytes, Math.max(this.#owedFrom, op.arrived)) : Infinity
@@ -509,57 +413,13 @@ export class QoSScheduler {
     }
   }
 
-  /** Whose head operation goes next: a due reservation, then a latency target at risk (within LATENCY_LEAD_OPS of fair share), then fair share. */
-  #pick (now: number): VolumeState | undefined {
-    let due: VolumeState | undefined
-    let urgent: VolumeState | undefined
-    let fair: VolumeState | undefined
-    for (const state of this.#volumes.values()) {
-      const head = state.queued[0]
-      if (head === undefined) continue
-      if (head.rTag <= now && (due === undefined || head.rTag < (due.queued[0] as Pending).rTag)) due = state
-      if (state.latencyMs > 0 && now - head.arrived >= state.latencyMs / 2 && (urgent === undefined || head.arrived < (urgent.queued[0] as Pending).arrived)) urgent = state
-      if (fair === undefined || head.pTag < (fair.queued[0] as Pending).pTag) fair = state
-    }
-    // Urgency reorders within a bounded lead over fair share instead of being strict priority,
-    // which let one busy volume with a target take the whole node whatever the others' weights.
-    if (urgent !== undefined && fair !== undefined && (urgent.queued[0] as Pending).pTag - (fair.queued[0] as Pending).pTag > LATENCY_LEAD_OPS / urgent.weight) urgent = undefined
-    return due ?? urgent ?? fair
-  }
-
-  /** Closes finished one-second intervals: what each guaranteed volume got, and whether that met its floor. */
+  /** Closes finished one-second intervals (see closeInterval). */
   #evaluate (now: number): void {
     const elapsed = now - this.#intervalStart
     if (elapsed < INTERVAL_MS) return
-    for (const state of this.#volumes.values()) {
-      state.achievedIops = state.servedOps * 1000 / elapsed
-      state.achievedBps = state.servedBytes * 1000 / elapsed
-      state.servedOps = 0
-      state.servedBytes = 0
-      if (state.reservationIops === 0 && state.reservationBps === 0) continue
-      // Only a volume that wanted more all along can have been denied its floor.
-      const starved = state.backloggedSince !== undefined && state.backloggedSince <= this.#intervalStart
-      const short = (state.reservationIops > 0 && state.achievedIops < state.reservationIops * 0.95) || (state.reservationBps > 0 && state.achievedBps < state.reservationBps * 0.95)
-      state.met = !(starved && short)
-      if (!state.met) {
-        state.missedSeconds += elapsed / 1000
-        this.#emit('qos:guarantee-missed', {
-          volumeId: state.id,
-          volumeName: state.name,
-          ...(state.reservationIops > 0 ? { guaranteedIops: state.reservationIops } : {}),
-          ...(state.reservationBps > 0 ? { guaranteedThroughputMBps: state.reservationBps / 1e6 } : {}),
-          achievedIops: state.achievedIops,
-          achievedThroughputMBps: state.achievedBps / 1e6
-        } satisfies QoSGuaranteeMissedEvent)
-      }
-    }
+    closeInterval(this.#volumes.values(), elapsed, this.#intervalStart, this.#emit)
     this.#intervalStart = now
   }
-}
-
-/** Milliseconds between reservation tags of operations of `bytes` under the given floors. */
-function reservationSpacing (iops: number, bytesPerSecond: number, bytes: number): number {
-  return Math.max(iops > 0 ? 1000 / iops : 0, bytesPerSecond > 0 ? bytes / bytesPerSecond * 1000 : 0)
 }
 
 /** Longest delay setTimeout takes: Node runs a longer one after 1 ms (and warns). */

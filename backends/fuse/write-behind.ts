@@ -1,0 +1,62 @@
+// Write-behind of a FUSE mount: writes acknowledged to the kernel before they reach the volume,
+// issued in order where they overlap, and the failure of one kept for the mount's next fsync or close.
+
+/** Bytes of accepted writes a mount may have on their way to the volume. */
+const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
+
+/**
+ * Writes accepted before they are stored: overlapping writes are issued in order, reads wait for
+ * the writes they overlap, and a failure is kept for the next drain().
+ */
+export class WriteBehind {
+  readonly #pending = new Set<{ start: number, end: number, done: Promise<void> }>()
+  #bytes = 0
+  #failure: unknown
+
+  /** Accepts a write (waiting only when too much is pending); `store` does the real write. */
+  async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
+    if (this.#failure !== undefined) throw this.#failure
+    while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
+    const before = this.#overlapping(start, start + data.byteLength)
+    const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
+    entry.done = (async () => {
+      if (before.length > 0) await Promise.all(before)
+      await store(start, data)
+    })().catch((err: unknown) => { this.#failure ??= err }).finally(() => {
+      this.#pending.delete(entry)
+      this.#bytes -= data.byteLength
+    })
+    this.#pending.add(entry)
+    this.#bytes += data.byteLength
+  }
+
+  /** Waits for the pending writes that overlap [start, end). */
+  async settle (start: number, end: number): Promise<void> {
+    const waits = this.#overlapping(start, end)
+    if (waits.length > 0) await Promise.all(waits)
+  }
+
+  /**
+   * Waits for every pending write; throws if any write ever failed in the background. The failure
+   * stays: every later fsync, close and write of the mount reports it, until it is mounted again
+   * (like a file system that turned read-only after an I/O error), so no writer misses it.
+   */
+  async drain (): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
+    if (this.#failure !== undefined) throw this.#failure
+  }
+
+  /** What failed in the background, if anything. */
+  get failure (): unknown { return this.#failure }
+
+  /** Waits until nothing is pending, without reporting failures (those are the mount's writers' to hear). */
+  async settleAll (): Promise<void> {
+    while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
+  }
+
+  #overlapping (start: number, end: number): Array<Promise<void>> {
+    const out: Array<Promise<void>> = []
+    for (const entry of this.#pending) if (entry.start < end && start < entry.end) out.push(entry.done)
+    return out
+  }
+}
