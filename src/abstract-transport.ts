@@ -55,11 +55,44 @@ export interface TransportStats {
 /**
  * Handed to `_request` with each request. When the request is settled otherwise (timeout, the
  * caller's AbortSignal, close, or an error), the base class calls `onCancel` once, if the backend
- * set it, so that the backend can forget the request.
+ * set it, so that the backend can forget the request. `onCancel` returns true when the request
+ * certainly never left this node (it still waited for a connection, or in a send queue, and is
+ * taken back): the caller's error then says so (see isNotSent). Anything else (also no return
+ * value) means it may have reached the peer.
  */
 export interface RequestCancellation {
-  onCancel: ((reason: GalleonError) => void) | undefined
+  onCancel: ((reason: GalleonError) => boolean | undefined | void) | undefined
 }
+
+/** Errors of requests that certainly never left this node (see markNotSent). */
+const notSent = new WeakSet<GalleonError>()
+
+/**
+ * Marks `err` as the failure of a request that certainly never left this node, so its handler
+ * cannot have run at the peer (nothing was connected, or it was still queued when the connection
+ * or the request ended), and returns it. A Transport driver (a subclass's `_request`, or any
+ * `Transport.request`) marks an error of its own for such requests: an error object shared with
+ * requests that may have been sent must never be marked. Unmarked errors keep the safe default: the request may have
+ * been sent (and run). Such errors arise on the sending node only: the mark never crosses the wire.
+ */
+export function markNotSent<E extends GalleonError> (err: E): E {
+  notSent.add(err)
+  return err
+}
+
+/** True when `err` is the failure of a request that certainly never left this node (see markNotSent). */
+export function isNotSent (err: unknown): boolean {
+  return err instanceof GalleonError && notSent.has(err)
+}
+
+/** `err` marked as never sent: itself when it is marked already, otherwise a marked copy (`err` may be shared). */
+export function notSentCopy (err: GalleonError, message = err.message): GalleonError {
+  if (isNotSent(err) && message === err.message) return err
+  return markNotSent(new GalleonError(err.code, message, { cause: err.cause }))
+}
+
+/** How a request failed: an error, or one made once it is known whether the request never left this node. */
+type Failure = GalleonError | ((neverSent: boolean) => GalleonError)
 
 /** One request from `request()` until it settles (kept as one object: no closures or AbortController per request). */
 class PendingRequest implements RequestCancellation {
@@ -154,8 +187,8 @@ export abstract class AbstractTransport implements Transport {
     const timeoutMs = positiveInt(options.timeoutMs, this.requestTimeoutMs, 'timeoutMs')
     const signal = options.signal
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(signal)}`)
-    this.#assertOpen()
-    if (signal?.aborted === true) throw cancelled(address, signal)
+    if (this.#state === 'closed') throw markNotSent(this.#notOpen())
+    if (signal?.aborted === true) throw markNotSent(cancelled(address, signal, true))
 
     let budget = this.#budgets.get(address)
     if (budget === undefined) {
@@ -168,7 +201,7 @@ export abstract class AbstractTransport implements Transport {
       this.#pending.add(request)
       this.#watchDeadline(request.deadline)
       if (signal !== undefined) {
-        request.onAbort = () => { this.#settle(request, cancelled(address, signal)) }
+        request.onAbort = () => { this.#settle(request, (neverSent) => cancelled(address, signal, neverSent)) }
         signal.addEventListener('abort', request.onAbort, { once: true })
       }
       if (peerBudget.acquire(request)) this.#start(request)
@@ -189,7 +222,7 @@ export abstract class AbstractTransport implements Transport {
     })
   }
 
-  #settle (request: PendingRequest, err: GalleonError | undefined, reply?: TransportMessage): void {
+  #settle (request: PendingRequest, err: Failure | undefined, reply?: TransportMessage): void {
     if (!this.#pending.delete(request)) return
     if (request.onAbort !== undefined) request.signal?.removeEventListener('abort', request.onAbort)
     const budget = request.budget
@@ -212,8 +245,11 @@ export abstract class AbstractTransport implements Transport {
       this.#failed++
       const onCancel = request.onCancel
       request.onCancel = undefined
-      onCancel?.(err) // lets the backend forget the request
-      request.reject(err)
+      const asSent = typeof err === 'function' ? err(false) : err
+      // Lets the backend forget the request; it says whether the request never left this node.
+      // One still waiting for in-flight budget was never handed to the backend.
+      const neverSent = (onCancel?.(asSent) as unknown) === true || !request.admitted
+      request.reject(!neverSent ? asSent : typeof err === 'function' ? markNotSent(err(true)) : notSentCopy(asSent))
     }
   }
 
@@ -238,7 +274,9 @@ export abstract class AbstractTransport implements Transport {
     let next = Infinity
     for (const request of [...this.#pending]) {
       if (request.deadline <= now) {
-        this.#settle(request, new GalleonError('BACKEND_UNAVAILABLE', `no reply from ${request.address} within ${request.timeoutMs} ms (the peer is down, overloaded or cut off); the request may or may not have been applied`))
+        this.#settle(request, (neverSent) => new GalleonError('BACKEND_UNAVAILABLE', neverSent
+          ? `no reply from ${request.address} within ${request.timeoutMs} ms: the request was never sent (it waited for a connection to the peer, behind ${this.maxInFlightBytes} bytes of unanswered requests to it, or in the connection's send queue: the peer is down, overloaded or cut off), so it was not applied`
+          : `no reply from ${request.address} within ${request.timeoutMs} ms (the peer is down, overloaded or cut off); the request may or may not have been applied`))
       } else if (request.deadline < next) {
         next = request.deadline
       }
@@ -250,7 +288,8 @@ export abstract class AbstractTransport implements Transport {
     if (this.#closing !== undefined) return await this.#closing
     this.#state = 'closed'
     const closing = new GalleonError('BACKEND_UNAVAILABLE', `the ${this.name} transport of node ${this.nodeId} was closed while the request was in flight`)
-    for (const request of [...this.#pending]) this.#settle(request, closing)
+    const closingUnsent = (neverSent: boolean): GalleonError => neverSent ? new GalleonError('BACKEND_UNAVAILABLE', `the ${this.name} transport of node ${this.nodeId} was closed before the request was sent; it was not applied`) : closing
+    for (const request of [...this.#pending]) this.#settle(request, closingUnsent)
     if (this.#timer !== undefined) clearTimeout(this.#timer)
     this.#timer = undefined
     this.#timerAt = Infinity
@@ -287,16 +326,23 @@ export abstract class AbstractTransport implements Transport {
   protected abstract _listen (): Promise<string>
   /**
    * Delivers one request and resolves to its reply. If the request is settled otherwise (timeout,
-   * caller's abort, close), `cancellation.onCancel` (when set) is called: forget the request then.
-   * Reject with BACKEND_UNAVAILABLE when the peer cannot be reached, or with the error the peer's
-   * handler reported.
+   * caller's abort, close), `cancellation.onCancel` (when set) is called: forget the request then
+   * (and return true if it never left this node). Reject with BACKEND_UNAVAILABLE when the peer
+   * cannot be reached, or with the error the peer's handler reported. An error that proves this
+   * request never left this node (nothing listens there, the connection could not be made, or it
+   * ended with the request still queued) is marked with markNotSent, never an error object shared
+   * with requests that may have been sent.
    */
   protected abstract _request (address: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage>
   /** Stops listening and closes every connection; called once. */
   protected abstract _close (): Promise<void>
 
   #assertOpen (): void {
-    if (this.#state === 'closed') throw new GalleonError('NOT_OPEN', `the ${this.name} transport of node ${this.nodeId} is closed; create a new one`)
+    if (this.#state === 'closed') throw this.#notOpen()
+  }
+
+  #notOpen (): GalleonError {
+    return new GalleonError('NOT_OPEN', `the ${this.name} transport of node ${this.nodeId} is closed; create a new one`)
   }
 }
 
@@ -350,8 +396,10 @@ export function errorText (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
 }
 
-function cancelled (address: string, signal: AbortSignal): GalleonError {
-  return new GalleonError('CANCELLED', `the request to ${address} was aborted by its signal; it may or may not have been applied`, { cause: signal.reason })
+function cancelled (address: string, signal: AbortSignal, neverSent: boolean): GalleonError {
+  return new GalleonError('CANCELLED', neverSent
+    ? `the request to ${address} was aborted by its signal before it was sent; it was not applied`
+    : `the request to ${address} was aborted by its signal; it may or may not have been applied`, { cause: signal.reason })
 }
 
 function positiveInt (value: unknown, fallback: number, what: string): number {

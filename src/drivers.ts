@@ -330,7 +330,13 @@ export interface Transport {
    * (host:port for tcp, with the real port when 0 was asked for).
    */
   listen (handler: TransportHandler): Promise<string>
-  /** Sends `message` to the node at `address` and waits for its reply. */
+  /**
+   * Sends `message` to the node at `address` and waits for its reply. A failure that proves the
+   * request never left this node (nothing listens at the address, the connection could not be
+   * made, it was given up on while still queued) is marked with `markNotSent` (`isNotSent` tells):
+   * callers may then send it again as a new request (it cannot have run). An unmarked failure may
+   * have reached the peer. Never mark an error object shared with requests that may have been sent.
+   */
   request (address: string, message: TransportMessage, options?: TransportRequestOptions): Promise<TransportMessage>
   /** Stops listening and closes every connection; requests in flight reject with BACKEND_UNAVAILABLE. */
   close (): Promise<void>

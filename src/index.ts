@@ -25,7 +25,7 @@ export {
   type Transport, type TransportMessage, type TransportHandler, type TransportRequestOptions, type Coordinator, type CoordinatorEntry, type CoordinatorEvent, type ClusterNode, type ClusterMember, type Leadership
 } from './drivers.js'
 export { AbstractBlockStore, addressKey, parseAddressKey, wrapIo } from './abstract-block-store.js'
-export { AbstractTransport, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, type AbstractTransportOptions, type TransportStats, type EncodedMessage, type HandlerOutcome, type RequestCancellation } from './abstract-transport.js'
+export { AbstractTransport, markNotSent, isNotSent, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_IN_FLIGHT_BYTES, type AbstractTransportOptions, type TransportStats, type EncodedMessage, type HandlerOutcome, type RequestCancellation } from './abstract-transport.js'
 export { AbstractCoordinator, type AbstractCoordinatorOptions } from './cluster/abstract-coordinator.js'
 export type { StoredEntry, StoreOp, StoreCondition, StoreTxnResult, StoreEvent, StoreLease } from './cluster/coordinator-store.js'
 export type { ReplicationHook, JournalEntry } from './engine/journal.js'

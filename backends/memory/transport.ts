@@ -2,7 +2,7 @@
 // by node id) and injects faults (drop, delay, partition, reorder, kill), deterministically per seed.
 
 import { seededRandom } from '../../src/seeded-random.js'
-import { AbstractTransport, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type HandlerOutcome, type RequestCancellation } from '../../src/abstract-transport.js'
+import { AbstractTransport, errorFromWire, markNotSent, type AbstractTransportOptions, type EncodedMessage, type HandlerOutcome, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe } from '../../src/errors.js'
 
@@ -38,6 +38,8 @@ interface Exchange {
   readonly from: string
   readonly to: string
   settled: boolean
+  /** Handed to the receiving side (its handler runs, or nothing listens there). */
+  delivered: boolean
   readonly resolve: (reply: TransportMessage) => void
   /** Fails the request with `err` (the handler's error) or BACKEND_UNAVAILABLE for a reason text. */
   readonly fail: (err: GalleonError | string) => void
@@ -57,7 +59,11 @@ interface Exchange {
  *
  * A lost message fails its request at once with BACKEND_UNAVAILABLE naming the peer and the reason
  * (as a TCP connection reset would), unless a drop rule is `silent`, in which case the request waits
- * for its timeout. A lost reply means the handler ran: delivery is at most once.
+ * for its timeout. A lost reply means the handler ran: delivery is at most once. Like a TCP sender,
+ * the sender of a lost request cannot tell whether it arrived: its error says it may have been sent.
+ * Only a request that certainly went nowhere has an error marked as never sent (isNotSent): no node
+ * listens at the address (a refused connection), the sender was killed before it sent, or the request was given up
+ * on (timeout, abort, close) while delayed or held for reordering, before it arrived.
  */
 export class MemoryNetwork {
   readonly #random: () => number
@@ -187,7 +193,7 @@ export class MemoryNetwork {
   /** @internal Carries a request from `sender` to `to` and its outcome back. */
   async exchange (sender: MemoryTransport, to: string, message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
     const from = sender.nodeId
-    if (this.#killed.has(from)) throw unavailable(`node ${from} is killed and cannot send to ${to}`)
+    if (this.#killed.has(from)) throw markNotSent(unavailable(`node ${from} is killed and cannot send to ${to}`))
     // Copied now: the sender may reuse its buffer, and nodes share no memory.
     const request: TransportMessage = { kind: message.kind, header: JSON.parse(message.headerJson), payload: copyBytes(message.payload) }
     return await new Promise<TransportMessage>((resolve, reject) => {
@@ -195,6 +201,7 @@ export class MemoryNetwork {
         from,
         to,
         settled: false,
+        delivered: false,
         resolve: (reply) => { if (finish()) resolve(reply) },
         fail: (err) => { if (finish()) reject(typeof err === 'string' ? unavailable(err) : err) }
       }
@@ -206,16 +213,23 @@ export class MemoryNetwork {
         untrack(this.#sending, from, exchange)
         return true
       }
-      cancellation.onCancel = (reason) => { if (finish()) reject(reason) }
+      // Given up on before it arrived (delayed or held for reordering): it never will.
+      cancellation.onCancel = (reason) => {
+        const neverArrived = !exchange.delivered
+        if (finish()) reject(reason)
+        return neverArrived
+      }
       track(this.#sending, from, exchange)
       this.#transmit(exchange, 'request', request.kind, () => { this.#deliverRequest(exchange, request) })
     })
   }
 
   #deliverRequest (exchange: Exchange, request: TransportMessage): void {
+    exchange.delivered = true
     const target = this.#listeners.get(exchange.to)
     if (target === undefined) {
-      exchange.fail(`no node is listening at ${exchange.to} on this memory network`)
+      // As a refused TCP connection: the request went nowhere.
+      exchange.fail(markNotSent(unavailable(`no node is listening at ${exchange.to} on this memory network`)))
       return
     }
     track(this.#serving, exchange.to, exchange)

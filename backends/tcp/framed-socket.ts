@@ -16,6 +16,9 @@ const INLINE_PAYLOAD_BYTES = 64 * 1024
  */
 const BATCH_BYTES = 256 * 1024
 
+/** What `send()` returns for a frame it refused because the connection had ended (see FramedSocket.dropped). */
+const NOT_QUEUED: object = Object.freeze({})
+
 /** A frame waiting for the end-of-tick flush (or for 'drain'). */
 interface QueuedFrame {
   readonly type: FrameType
@@ -28,6 +31,8 @@ interface QueuedFrame {
   /** Bytes on the wire. */
   readonly size: number
   readonly written: (() => void) | undefined
+  /** Set when the connection ended with the frame still queued: none of it was handed to the socket. */
+  dropped?: true
 }
 
 /**
@@ -74,7 +79,8 @@ export class FramedSocket {
       this.#blocked = false
       this.#flush()
     })
-    socket.on('error', (err) => { this.end(err.message) })
+    // A connect to a name of several addresses that all failed is an AggregateError with no message of its own.
+    socket.on('error', (err) => { this.end(err.message !== '' ? err.message : (err as { errors?: Error[] }).errors?.map((e) => e.message).join(', ') ?? String((err as { code?: string }).code ?? err)) })
     socket.on('end', () => { this.end('the peer closed the connection') })
     socket.on('close', () => { this.end('the connection closed') })
   }
@@ -89,7 +95,7 @@ export class FramedSocket {
   send (type: FrameType, id: number, headerJson: string, payload?: Uint8Array, written?: () => void): object | undefined {
     if (this.ended) {
       written?.()
-      return undefined
+      return NOT_QUEUED
     }
     const headerLength = Buffer.byteLength(headerJson)
     const authenticated = this.#sendMac !== undefined
@@ -128,6 +134,15 @@ export class FramedSocket {
     this.#queuedBytes -= (frame as QueuedFrame).size
     ;(frame as QueuedFrame).written?.()
     return true
+  }
+
+  /**
+   * True when the connection ended while the frame `send()` returned was still queued (never
+   * handed to the socket, not a byte of it), or `send()` refused it because the connection had
+   * ended: the peer cannot have received it. False for a frame handed to the socket, even in part.
+   */
+  static dropped (frame: object | undefined): boolean {
+    return frame === NOT_QUEUED || (frame as QueuedFrame | undefined)?.dropped === true
   }
 
   /**
@@ -200,6 +215,8 @@ export class FramedSocket {
   }
 
   #dropQueue (): void {
+    // A batch is being handed to the socket (maybe in part); the queue behind it never was.
+    for (const frame of this.#writeQueue) frame.dropped = true
     const dropped = [...this.#batch, ...this.#writeQueue]
     this.#writeQueue = []
     this.#batch = []

@@ -31,7 +31,7 @@
 
 import { connect as netConnect, createServer as netCreateServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { connect as tlsConnect, createServer as tlsCreateServer } from 'node:tls'
-import { AbstractTransport, assertNodeId, errorFromWire, type AbstractTransportOptions, type EncodedMessage, type RequestCancellation } from '../../src/abstract-transport.js'
+import { AbstractTransport, assertNodeId, errorFromWire, markNotSent, notSentCopy, type AbstractTransportOptions, type EncodedMessage, type RequestCancellation } from '../../src/abstract-transport.js'
 import type { TransportMessage } from '../../src/drivers.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { PendingConnections, pendingLimitOption, type PendingSlot } from '../../src/pending-connections.js'
@@ -140,6 +140,7 @@ export interface TcpTransportStats {
 /** A request waiting for its reply on a dialed connection. */
 interface PendingReply {
   readonly message: EncodedMessage
+  /** Handed to the framed socket (only once the connection is ready). See #neverLeft. */
   sent: boolean
   /** The REQUEST frame while it may still wait in the send queue (see FramedSocket.withdraw). */
   frame: object | undefined
@@ -400,7 +401,7 @@ class OutboundConnection {
   get ended (): boolean { return this.framed.ended }
 
   async request (message: EncodedMessage, cancellation: RequestCancellation): Promise<TransportMessage> {
-    if (this.#failure !== undefined) throw this.#failure
+    if (this.#failure !== undefined) throw notSentCopy(this.#failure)
     const id = this.#allocateId()
     return await new Promise<TransportMessage>((resolve, reject) => {
       const entry: PendingReply = { message, sent: false, frame: undefined, resolve, reject }
@@ -408,10 +409,12 @@ class OutboundConnection {
       // The caller has settled the request already; a reply that still comes finds no id and is
       // ignored. A request still queued behind a full socket is taken back (else a hung peer would
       // let given-up requests pile up without bound, and run them when it wakes up).
+      // True (the request never left this node) when it was still waiting for the handshake or queued.
       cancellation.onCancel = () => {
         this.#pending.delete(id)
-        this.framed.withdraw(entry.frame)
+        const neverLeft = !entry.sent || this.framed.withdraw(entry.frame) || FramedSocket.dropped(entry.frame)
         entry.frame = undefined
+        return neverLeft
       }
       if (this.#state === 'ready') this.#send(id)
     })
@@ -553,6 +556,7 @@ class OutboundConnection {
   #onEnd (reason: string): void {
     clearTimeout(this.#handshakeTimer)
     clearInterval(this.#keepaliveTimer)
+    const broke = this.#state === 'ready' && this.#failure === undefined && this.#goodbye === undefined
     this.#failure ??= this.#goodbye ?? (this.#state === 'connecting'
       ? new GalleonError('BACKEND_UNAVAILABLE', `cannot connect to ${this.#address}: ${reason}; is the node running and listening there?`)
       : this.#state === 'ready'
@@ -561,7 +565,19 @@ class OutboundConnection {
     const failure = this.#failure
     const pending = [...this.#pending.values()]
     this.#pending.clear()
-    for (const entry of pending) entry.reject(failure)
+    // Decided per request: one never handed to the socket (the connection was not ready yet, or it
+    // still waited in the send queue) cannot have reached the peer; any other may have.
+    let unsent: GalleonError | undefined
+    for (const entry of pending) {
+      if (!entry.sent || FramedSocket.dropped(entry.frame)) {
+        unsent ??= broke
+          ? markNotSent(new GalleonError('BACKEND_UNAVAILABLE', `the connection to ${this.#peer()} broke (${reason}) before the request was sent; it was not applied`))
+          : notSentCopy(failure)
+        entry.reject(unsent)
+      } else {
+        entry.reject(failure)
+      }
+    }
   }
 }
 

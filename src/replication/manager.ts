@@ -31,6 +31,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import type { Coordinator, TransportMessage } from '../drivers.js'
+import { isNotSent } from '../abstract-transport.js'
 import { refusedBeforeRunning, type ClusterManager } from '../cluster/manager.js'
 import type { PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
@@ -806,7 +807,8 @@ export class ReplicationManager {
    * lost: the primary that gets it again (the same one, or the next) knows it by its token, or by
    * `repeat`, and answers with what the first attempt did rather than do it twice. An error
    * thrown after an attempt that may have taken effect says so (see outcomeUnknown). An attempt
-   * refused before it ran (see refusedBeforeRunning: a primary that is starting) is not one.
+   * refused before it ran (see refusedBeforeRunning: a primary that is starting), or that this
+   * node's transport never sent (see isNotSent: the primary's address refused the connection), is not one.
    */
   async forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
     const deadline = performance.now() + FORWARD_DEADLINE_MS
@@ -841,9 +843,11 @@ export class ReplicationManager {
         } catch (err) {
           const code = (err as { code?: string })?.code
           // Refused before it ran (the primary is starting, has not taken the role up yet, or was
-          // not reached): this attempt did nothing there, so it neither makes the next one a repeat
-          // nor the call's error "may have taken effect".
-          const notRun = refusedBeforeRunning(err, primary, 'repl:io') || ioRefusedBeforeRunning(err, primary, volumeId)
+          // not reached), or never sent (this node's transport says so: nothing listened there, the
+          // connection could not be made, or the attempt was given up on still queued): this
+          // attempt did nothing there, so it neither makes the next one a repeat nor the call's
+          // error "may have taken effect".
+          const notRun = isNotSent(err) || refusedBeforeRunning(err, primary, 'repl:io') || ioRefusedBeforeRunning(err, primary, volumeId)
           if (failedOver.signal.aborted && !this.#closed && performance.now() < deadline + FORWARD_ANSWER_MS) {
             lastError = err
             if (!notRun) unanswered = primary
