@@ -203,34 +203,90 @@ async function askClusterInfo (probe: TcpTransport, address: string, signal: Abo
 /** How long discoverCluster waits between rounds of asking the peers that are starting, at first and at most. */
 const FIRST_RETRY_MS = 100
 const LONGEST_RETRY_MS = 2000
+/**
+ * The same for peers that are not there yet (nothing listening): first asked again after 200 ms,
+ * not 100 ms, as such a peer's process is still starting up (a few hundred ms at least).
+ */
+const FIRST_ABSENT_RETRY_MS = 200
+
+/** Why discoverCluster waits for a peer: it answered that it is starting, or it is not there yet. */
+export type PeerWaitReason = 'starting' | 'not-listening'
 
 export interface DiscoverOptions {
   /**
    * How long peers that answer that they are starting (their storage opening, a big journal
-   * replaying) are asked again before giving up (default: --peer-wait-seconds, peer_wait in
-   * [cluster]); 0: asked once.
+   * replaying), and with `waitForAbsent` peers that are not there yet, are asked again before
+   * giving up (default: --peer-wait-seconds, peer_wait in [cluster]); 0: asked once.
    */
   readonly waitMs?: number
+  /**
+   * Peers that are not there yet (the connection refused, reset, the host unreachable, its name
+   * not resolving yet: see notThereYet) are waited for too, as those that are starting (a first
+   * start of nodes started together, where this one was faster). Without it, such a peer fails at
+   * once (a `cluster join` asked by hand: its address is most likely wrong).
+   */
+  readonly waitForAbsent?: boolean
   /**
    * Ends the wait, and a request under way (CANCELLED; a GalleonError as the signal's reason says
    * why, such as the daemon stopping).
    */
   readonly signal?: AbortSignal
-  /** Called once, when the wait begins: the peers that said they are starting. */
-  readonly onWait?: (peers: readonly string[], waitMs: number) => void
+  /**
+   * Called once for each reason to wait, when the first peer is waited for for it: the peers that
+   * said they are starting (`starting`), or that are not there yet (`not-listening`), then.
+   */
+  readonly onWait?: (peers: readonly string[], waitMs: number, reason: PeerWaitReason) => void
+}
+
+/**
+ * Whether a failure to ask a peer means the peer is not there yet (its process not started, or
+ * not yet listening; its container's or pod's address or name not yet published): the connection
+ * refused or reset as it is made, the host or network unreachable, the connection timing out, the
+ * name not resolving; and what to call it (such as "not listening (connection refused at
+ * <address>)"). A failure once connected (a wrong secret, another protocol, a TLS port, not a
+ * GalleonFS node) or an answer (a node outside any cluster) is not: the peer is there, and asking
+ * again changes nothing.
+ */
+export function notThereYet (err: unknown, address: string): string | undefined {
+  if ((err as { code?: string }).code !== 'BACKEND_UNAVAILABLE') return undefined
+  // The transport's words for a connection that failed before the handshake began (TcpTransport):
+  // one that ended later (a peer that hung up during the handshake, a TLS port, an HTTP server) is
+  // a peer there. The probe dials plain TCP: with TLS, a failed TLS handshake would read so too.
+  // The connection being made past the request's timeout (a peer whose packets are dropped) fails
+  // with "no reply", not retried: it cannot be told from a peer that took the connection and is mute.
+  const why = /^cannot connect to \S+: (.*); is the node running and listening there\?$/.exec((err as Error).message)?.[1]
+  if (why === undefined) return undefined
+  // Node's connect to a name of several addresses (IPv4 and IPv6) fails, when each of them did,
+  // with an AggregateError whose message is empty.
+  if (why === '') return `not reachable (no address of ${address} took the connection)`
+  const errno = /\b(ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|EHOSTDOWN|ETIMEDOUT|ENOTFOUND|EAI_AGAIN)\b/.exec(why)?.[1]
+  switch (errno) {
+    case 'ECONNREFUSED': return `not listening (connection refused at ${address})`
+    case 'ENOTFOUND': case 'EAI_AGAIN': return `not reachable (its name does not resolve, at ${address})`
+    case 'EHOSTUNREACH': case 'EHOSTDOWN': return `not reachable (host unreachable at ${address})`
+    case 'ENETUNREACH': return `not reachable (network unreachable at ${address})`
+    case 'ETIMEDOUT': return `not reachable (the connection timed out at ${address})`
+    case 'ECONNRESET': return `not reachable (the connection was reset at ${address})`
+    default: return undefined
+  }
 }
 
 /**
  * Asks the nodes at `addresses` where their cluster's coordinator is (the first that answers).
- * While none has answered but some say they are starting, those are asked again (after 100 ms,
- * then twice as long each time up to 2 s) until `waitMs` has passed; any other failure (no node
- * there, a wrong secret, a node outside any cluster) is final at once.
+ * While none has answered but some say they are starting (or, with `waitForAbsent`, are not there
+ * yet), those are asked again (after 100 ms, 200 ms for those not there, then twice as long each
+ * time up to 2 s) until `waitMs` has passed; any other failure (a wrong secret, a node outside any
+ * cluster, and without `waitForAbsent` no node there) is final at once.
  */
 export async function discoverCluster (config: DaemonConfig, secret: string, addresses: readonly string[], options: DiscoverOptions = {}): Promise<ClusterSettings> {
   const waitMs = options.waitMs ?? Math.round(config.peerWaitSeconds * 1000)
+  const waitForAbsent = options.waitForAbsent === true && waitMs > 0
   const began = performance.now()
   const probe = new TcpTransport({ nodeId: `${nodeIdOf(config)}-joining`.slice(0, 63), clusterSecret: secret, ...keepaliveOptions(config) })
   const failures = new Map<string, string>()
+  // The peers waited for, and why (from the last time each was asked).
+  const waited = new Map<string, PeerWaitReason>()
+  const told = new Set<PeerWaitReason>()
   let asking = [...addresses]
   const signal = options.signal
   const cancelled = (): GalleonError => {
@@ -240,8 +296,9 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
   // A function, not a test of signal.aborted inline: it changes while a request is under way.
   const aborted = (): boolean => signal?.aborted === true
   try {
-    for (let retryMs = FIRST_RETRY_MS; ; retryMs = Math.min(retryMs * 2, LONGEST_RETRY_MS)) {
-      const startingNow: string[] = []
+    for (let round = 0, retryMs = 0; ; round++) {
+      const waitNow: string[] = []
+      waited.clear()
       for (const address of asking) {
         if (aborted()) throw cancelled()
         try {
@@ -252,15 +309,26 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
         } catch (err) {
           // Cancelled mid-request: not a failure of that peer.
           if (aborted()) throw cancelled()
-          if (isStartingAnswer(err)) startingNow.push(address)
+          const absent = waitForAbsent ? notThereYet(err, address) : undefined
+          if (isStartingAnswer(err)) waited.set(address, 'starting')
+          else if (absent !== undefined) waited.set(address, 'not-listening')
+          if (waited.has(address)) waitNow.push(address)
           const code = (err as { code?: string }).code
-          failures.set(address, code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message)
+          failures.set(address, absent !== undefined ? absent : code === 'NOT_IMPLEMENTED' ? 'not a cluster member' : (err as Error).message)
         }
       }
-      asking = startingNow
+      asking = waitNow
       const left = waitMs - (performance.now() - began)
       if (asking.length === 0 || left <= 0) break
-      if (retryMs === FIRST_RETRY_MS) options.onWait?.(asking, waitMs)
+      for (const reason of ['not-listening', 'starting'] as const) {
+        const peers = asking.filter((address) => waited.get(address) === reason)
+        if (peers.length > 0 && !told.has(reason)) {
+          told.add(reason)
+          options.onWait?.(peers, waitMs, reason)
+        }
+      }
+      // Starting peers are asked again sooner at first: their process is up and answering.
+      retryMs = round === 0 ? ([...waited.values()].includes('starting') ? FIRST_RETRY_MS : FIRST_ABSENT_RETRY_MS) : Math.min(retryMs * 2, LONGEST_RETRY_MS)
       try {
         await sleep(Math.min(retryMs, left), undefined, signal === undefined ? undefined : { signal })
       } catch {
@@ -272,8 +340,16 @@ export async function discoverCluster (config: DaemonConfig, secret: string, add
   }
   if (asking.length > 0) {
     const others = [...failures].filter(([address]) => !asking.includes(address)).map(([address, why]) => `${address}: ${why}`)
-    const one = asking.length === 1
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the peer${one ? '' : 's'} ${asking.join(', ')} ${one ? 'is' : 'are'} still starting after ${Math.round((performance.now() - began) / 100) / 10} s (a node tells joining nodes where the cluster's coordinator is once its storage is open and it has joined; a big journal to replay takes a while)${others.length === 0 ? '' : `, and no other peer told (${others.join('; ')})`}: try again once ${one ? 'it is' : 'they are'} up, name a peer that is running, or let the daemon wait longer with --peer-wait-seconds (peer_wait in [cluster]; now ${waitMs / 1000} s)`)
+    const seconds = Math.round((performance.now() - began) / 100) / 10
+    const absent = asking.filter((address) => waited.get(address) === 'not-listening')
+    if (absent.length === 0) {
+      const one = asking.length === 1
+      throw new GalleonError('BACKEND_UNAVAILABLE', `the peer${one ? '' : 's'} ${asking.join(', ')} ${one ? 'is' : 'are'} still starting after ${seconds} s (a node tells joining nodes where the cluster's coordinator is once its storage is open and it has joined; a big journal to replay takes a while)${others.length === 0 ? '' : `, and no other peer told (${others.join('; ')})`}: try again once ${one ? 'it is' : 'they are'} up, name a peer that is running, or let the daemon wait longer with --peer-wait-seconds (peer_wait in [cluster]; now ${waitMs / 1000} s)`)
+    }
+    // Some peer was never there: name each, and why, with what was heard from the others.
+    const each = addresses.map((address) => `${address}: ${waited.get(address) === 'starting' ? 'still starting' : failures.get(address) ?? 'not asked'}`)
+    const one = absent.length === 1
+    throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is after waiting ${seconds} s for peers that are not listening yet (${each.join('; ')}): start ${one ? 'that peer' : 'those peers'} (a node listens on its bind address only once it has found its cluster, so nodes that name only each other, none started with --etcd-endpoints, each wait for the other until this fails: the first node of a cluster is started with --etcd-endpoints, the others join it by its bind address), check ${one ? 'its address' : 'their addresses'} in --peer-addresses (peer_addresses in [cluster]), or let the daemon wait longer with --peer-wait-seconds (peer_wait in [cluster]; now ${waitMs / 1000} s; 0: no wait)`)
   }
   throw new GalleonError('BACKEND_UNAVAILABLE', `no peer told where the cluster's coordinator is (${[...failures].map(([address, why]) => `${address}: ${why}`).join('; ')}); the first node of a cluster is started with --etcd-endpoints (clustering needs etcd), the others join it by its bind address`)
 }

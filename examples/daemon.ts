@@ -19,7 +19,7 @@ import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, sameToken, writeRun
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
-  answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport
+  answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport, type PeerWaitReason
 } from './daemon-cluster.js'
 import { bindAddress, HeldPort, listenOn, ownPortClash, type DaemonAddress } from './daemon-listen.js'
 import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
@@ -84,9 +84,13 @@ async function checkMountPoint (config: DaemonConfig): Promise<void> {
   if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
 }
 
-/** What a joining daemon says when it waits for peers that are still starting. */
-function waitingFor (log: Logger): (peers: readonly string[], waitMs: number) => void {
-  return (peers, waitMs) => { log('info', 'waiting for peers that are still starting (--peer-wait-seconds)', { peers, waitSeconds: waitMs / 1000 }) }
+/** What a joining daemon says when it begins to wait for peers that are still starting, or (at its first start) not listening yet. */
+function waitingFor (log: Logger): (peers: readonly string[], waitMs: number, reason: PeerWaitReason) => void {
+  return (peers, waitMs, reason) => {
+    // Said at once, not only when the wait fails: nodes that name only each other wait in vain.
+    const note = reason === 'starting' ? {} : { note: 'a node listens on its bind address only once it has found its cluster: nodes that name only each other, none started with --etcd-endpoints, wait for each other until --peer-wait-seconds is out, then fail' }
+    log('info', `waiting for peers that are ${reason === 'starting' ? 'still starting' : 'not listening yet'} (--peer-wait-seconds)`, { peers, waitSeconds: waitMs / 1000, ...note })
+  }
 }
 
 /** Settings a reload applies in place; any other change waits for a restart. */
@@ -463,16 +467,23 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       const { saved } = askPeers
       const onWait = waitingFor(log)
       try {
-        // A peer that says it is starting is waited for (--peer-wait-seconds) only on a first join:
-        // a node that was in the cluster before starts at once with the coordinator it knew. The
-        // peers are asked before this daemon listens on its bind address, so two nodes starting at
-        // once that name each other never wait for each other (each finds the other not listening).
+        // A peer that says it is starting, or that is not there yet (nothing listening: nodes
+        // started together, this one the faster), is waited for (--peer-wait-seconds) only on a
+        // first join: a node that was in the cluster before starts at once with the coordinator it
+        // knew. The peers are asked before this daemon listens on its bind address, so two nodes
+        // starting at once that name each other never wait for each other's start (each finds the
+        // other not listening: with neither naming etcd, both wait out --peer-wait-seconds, then fail).
+        const waitBegan = performance.now()
+        const reasons = new Set<PeerWaitReason>()
         cluster = await discoverCluster(config, secret as string, config.peerAddresses, saved === undefined
           ? {
-              onWait: (peers, waitMs) => {
-                const endsAt = performance.now() + waitMs
-                peerWait = () => `the daemon is starting: it waits for peers that are still starting, for at most ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s more (--peer-wait-seconds ${waitMs / 1000}), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
-                onWait(peers, waitMs)
+              waitForAbsent: true,
+              onWait: (peers, waitMs, reason) => {
+                reasons.add(reason)
+                const endsAt = waitBegan + waitMs
+                const which = reasons.size === 2 ? 'still starting or not listening yet' : reason === 'starting' ? 'still starting' : 'not listening yet'
+                peerWait = () => `the daemon is starting: it waits for peers that are ${which}, for at most ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s more (--peer-wait-seconds ${waitMs / 1000}), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
+                onWait(peers, waitMs, reason)
               },
               ...(stopAsked === undefined ? {} : { signal: stopAsked })
             }

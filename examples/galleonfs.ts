@@ -46,10 +46,10 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--replica-replacement-delay-seconds <seconds>', 'seconds a failed node\'s copies wait before the cluster places new ones on other nodes (default 600)')
     .option('--keepalive-interval-seconds <seconds>', 'seconds of silence on a connection to a peer before it sends a keepalive; 0: none (default 5)')
     .option('--keepalive-timeout-seconds <seconds>', 'seconds a peer may stay silent after a keepalive, taking none of our bytes, before its connection is closed (default 10)')
-    .option('--peer-wait-seconds <seconds>', 'seconds a node joining through --peer-addresses (or cluster join) waits for a peer that is still starting; 0: no wait (default 300)')
+    .option('--peer-wait-seconds <seconds>', 'seconds a node joining through --peer-addresses (or cluster join) waits for a peer that is still starting, or, at its first start through --peer-addresses, not listening yet; 0: no wait (default 300)')
     .exitOverride()
   const log = createLogger()
-  // A stop asked for while the daemon starts ends its wait for peers that are still starting.
+  // A stop asked for while the daemon starts ends its wait for its peers (still starting, or not listening yet).
   const stopAsked = new AbortController()
   try {
     program.parse(argv, { from: 'user' })
@@ -78,7 +78,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     })
     // SIGTERM and SIGINT likewise: one that arrives while the daemon is starting (it may already
     // have said "ready") stops it as soon as it has started; one that arrives while it waits for
-    // peers that are still starting (--peer-wait-seconds), before anything is open, ends the wait
+    // peers (still starting, or not listening yet: --peer-wait-seconds), before anything is open, ends the wait
     // and the daemon exits at once (0). A second one (Ctrl-C pressed again, a
     // script's kill after `daemon stop`) is logged and changes nothing: with no handler left it would
     // kill the process in the middle of its stop, losing writes acknowledged but not yet flushed.
@@ -105,7 +105,7 @@ async function daemonMain (argv: string[]): Promise<number> {
       return 2
     }
     if (stopAsked.signal.aborted && (err as { code?: string }).code === 'CANCELLED') {
-      log('info', 'stopped before it started: the stop came while it waited for peers that are still starting; nothing was opened', { reason: (err as Error).message })
+      log('info', 'stopped before it started: the stop came while it waited for its peers (--peer-addresses) to tell where its cluster\'s coordinator is; nothing was opened', { reason: (err as Error).message })
       return 0
     }
     log('error', `the daemon could not start: ${(err as Error)?.message ?? String(err)}`, { code: (err as { code?: string }).code })
