@@ -14,11 +14,12 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { GalleonFS, WriteConcern, type GalleonError, type TransportMessage } from '../src/index.js'
+import { GalleonFS, WriteConcern, type TransportMessage } from '../src/index.js'
 import type { Coordinator } from '../src/drivers.js'
 import type { HandlerOutcome } from '../src/abstract-transport.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport, type MemoryCoordinator } from '../backends/memory/index.js'
 import { RECORD_PREFIX } from '../src/replication/records.js'
+import { outcomeOf } from './support/assertions.js'
 import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { until, within } from './support/wait.js'
 
@@ -43,15 +44,6 @@ class RecordingTransport extends MemoryTransport {
   }
 }
 
-/** What a call came to: 'ok', or its error's code and message. */
-async function outcomeOf (call: Promise<unknown>): Promise<{ code: string, message: string }> {
-  try {
-    await call
-    return { code: 'ok', message: '' }
-  } catch (err) {
-    return { code: (err as GalleonError).code ?? 'not a GalleonError', message: (err as Error).message }
-  }
-}
 
 interface Cluster {
   nodes: DiskNode[]

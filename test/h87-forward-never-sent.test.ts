@@ -16,7 +16,7 @@ import { GalleonFS, WriteConcern, isNotSent, type GalleonError, type TransportMe
 import type { TransportRequestOptions } from '../src/drivers.js'
 import { TcpTransport, type TcpTransportOptions } from '../backends/tcp/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
-import { failure } from './support/assertions.js'
+import { failure, outcomeOf } from './support/assertions.js'
 import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { until, within } from './support/wait.js'
 
@@ -212,14 +212,6 @@ class SenderTransport extends MemoryTransport {
   }
 }
 
-async function outcomeOf (call: Promise<unknown>): Promise<{ code: string, message: string }> {
-  try {
-    await call
-    return { code: 'ok', message: '' }
-  } catch (err) {
-    return { code: (err as GalleonError).code ?? 'not a GalleonError', message: (err as Error).message }
-  }
-}
 
 const NOT_FOUND = { code: 'SNAPSHOT_NOT_FOUND', message: 'volume v has no snapshot with id or name "never-taken"; listSnapshots() shows its snapshots' }
 const SHRINK = { code: 'INVALID_ARGUMENT', message: `volume v is ${16 * BS} bytes; shrinking to ${8 * BS} would destroy data and is not supported. Create a smaller volume and copy the data instead` }

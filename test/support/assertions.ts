@@ -14,6 +14,16 @@ export async function failure (promise: Promise<unknown>): Promise<GalleonError>
   assert.fail('expected a failure')
 }
 
+/** What a call came to: 'ok', or its error's code and message (never throws). */
+export async function outcomeOf (call: Promise<unknown>): Promise<{ code: string, message: string }> {
+  try {
+    await call
+    return { code: 'ok', message: '' }
+  } catch (err) {
+    return { code: (err as GalleonError).code ?? 'not a GalleonError', message: (err as Error).message }
+  }
+}
+
 /** `promise` rejects with a GalleonError of `code` whose message mentions each of `mentions`. */
 export async function expectCode (promise: Promise<unknown>, code: GalleonErrorCode, ...mentions: string[]): Promise<GalleonError> {
   const err = await failure(promise)
