@@ -23,7 +23,10 @@ import { VolumeType } from '../types.js'
 import { Catalog, type MetadataDatabase } from '../volumes/catalog.js'
 import type { BackupManager } from '../backup/manager.js'
 import type { BackupScheduler } from '../backup/policies.js'
+import type { ClusterOptions, ClusterStatus } from '../cluster/manager.js'
 import type { ClusterMembership } from './cluster.js'
+import type { Facade } from './assembly.js'
+import { applyQoS } from './qos.js'
 import type { FacadeHost } from './host.js'
 import type { ChecksumFailure } from './io.js'
 import type { VolumeLifecycle } from './volumes.js'
@@ -219,4 +222,77 @@ export async function closeInstance (parts: ClosingInstance): Promise<void> {
     await parts.ownedBackupTarget?.close()
     host.emit('instance:closed')
   }
+}
+
+/** Whether an instance is open, and its queue of administrative operations. */
+export class InstanceState {
+  /** True once close() has begun. */
+  closed = false
+  /** Set once close() was called. */
+  closing: Promise<void> | undefined
+  /** Snapshot, clone, revert, expand and delete run one at a time (they change block maps together). */
+  adminQueue: Promise<unknown> = Promise.resolve()
+
+  assertOpen (): void {
+    if (this.closed) throw new GalleonError('NOT_OPEN', 'this GalleonFS instance is closed; open a new one with GalleonFS.open()')
+  }
+
+  /** Runs an administrative operation after the ones before it. */
+  async admin<T> (task: () => Promise<T>): Promise<T> {
+    const run = this.adminQueue.catch(() => {}).then(async () => {
+      this.assertOpen()
+      return await task()
+    })
+    this.adminQueue = run
+    return await run
+  }
+}
+
+/**
+ * The rest of open(), once the instance is built: recovery, QoS, the cluster (`joinCluster`: the
+ * instance's public call), backups and key rotations left running.
+ */
+export async function startInstance (f: Facade, options: OpenOptions, recovered: () => void, joinCluster: (options: ClusterOptions) => Promise<ClusterStatus>): Promise<void> {
+  const catalog = f.catalog
+  await f.volumes.recover()
+  recovered()
+  for (const record of catalog.volumes()) applyQoS(f.host, record)
+  if (options.cluster !== undefined) await joinCluster(options.cluster)
+  await f.backups.start({
+    replicated: (volumeId) => f.host.recordById(volumeId)?.replication !== undefined,
+    // Refused I/O as an unfinished revert to the snapshot: restoreSnapshot to it finishes it.
+    fence: async (volumeId, safetySnapshot, why) => {
+      const record = catalog.resolve(volumeId)
+      const snapshot = catalog.resolveSnapshot(record, safetySnapshot)
+      await catalog.updateVolume(record.id, { revertTo: snapshot.id })
+      f.host.revertFailures.set(record.id, why)
+    }
+  })
+  await f.scheduler.start()
+  for (const record of catalog.volumes()) {
+    if (f.keys.rotation(record.id) !== undefined) f.keyRotations.startRotation(record)
+  }
+  // Last: what recovery found is reported once the caller holds the instance.
+  f.backups.reportOpening()
+}
+
+/** GalleonFS.close(): audited when a principal closes the instance, and run once (see closeInstance). */
+export async function closeFacade (f: Facade): Promise<void> {
+  const state = f.state
+  if (state.closing !== undefined) {
+    // Closing already: a principal still needs admin, but the audit log may be closed.
+    if (f.context.getStore()?.principal !== undefined) {
+      const denied = f.gate.check('close', 'admin', undefined, 'instance')
+      if (denied !== undefined) await denied
+    }
+    return await state.closing
+  }
+  // A principal closing the instance (which takes admin) is audited before the log closes with it.
+  if (f.context.getStore()?.principal !== undefined) await f.gate.recordAhead('close', 'admin', undefined, 'instance')
+  if (state.closing !== undefined) return await state.closing
+  state.closing = closeInstance({
+    host: f.host, volumes: f.volumes, membership: f.membership, scheduler: f.scheduler, backups: f.backups, adminQueue: () => state.adminQueue,
+    store: f.store, metadata: f.metadata, ownedBackupTarget: f.ownedBackupTarget, markClosed: () => { state.closed = true }
+  })
+  return await state.closing
 }
