@@ -6,145 +6,28 @@
 // database can rewrite the whole chain: keep a copy of auditHead() elsewhere (a log shipper, a
 // ticket) and pass it to verifyAuditLog() to detect that as well.
 // A time index (see TimeIndexState) lets a query by time seek instead of reading the whole log.
+// The public types are in audit-types.ts; how records are keyed, hashed and parsed in audit-records.ts.
 
 import type { AbstractSublevel } from 'abstract-level'
-import { createHash } from 'node:crypto'
 import { GalleonError, describe } from '../errors.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { SerialQueue } from '../serial-queue.js'
+import { GENESIS, HEAD_KEY, MAX_TIME, TIME_DIGITS, TIME_INDEX_STATE_KEY, entryHash, keyOf, parseEntry, parseHead, parseTimeIndexState, timeKey, toTime, type TimeIndexState } from './audit-records.js'
+import type { AuditEntry, AuditQuery, AuditRecord, AuditVerification } from './audit-types.js'
+
+export type { AuditEntry, AuditQuery, AuditRecord, AuditVerification } from './audit-types.js'
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
-const GENESIS = '0'.repeat(64)
-const HEAD_KEY = 'head'
 /** The action of the entry the instance appends when it found the head record wrong at open. */
 const REOPENED = 'auditLogReopened'
-const TIME_INDEX_STATE_KEY = 'time'
-// Index keys start with the entry's time in epoch milliseconds, shifted to be non-negative (a Date
-// spans +-8.64e15 ms) and padded to 17 digits so that keys sort by time; the entry's own key follows.
-const MAX_TIME = 8.64e15
-const TIME_DIGITS = 17
-const timeKey = (ms: number): string => (ms + MAX_TIME).toString().padStart(TIME_DIGITS, '0')
 /** Entries read (or index keys walked) between two turns given to the event loop. */
 const ENTRIES_PER_TURN = 256
 const INDEX_BATCH = ENTRIES_PER_TURN
 /** Index keys a query after a clock step collects at most; a wider range reads the log in order. */
 const MAX_INDEXED_KEYS = 16 * ENTRIES_PER_TURN
 const nextTurn = async (): Promise<void> => { await new Promise<void>((resolve) => { setImmediate(resolve) }) }
-
-/**
- * What the time index covers, written in the same batch as each entry. `last` is the key of the
- * last entry indexed: when it is not the log's last key at open (a log written before the index
- * existed, or appended to by such a build since), the index is rebuilt. `ordered` says that every
- * readable entry's time is at or after the one before it (the clock never went back): a query then
- * seeks to its first entry and walks the log in order from there, checking the seek against the
- * entries themselves, so the index can narrow what a query reads but never what it answers.
- */
-interface TimeIndexState {
-  readonly last: string
-  /** The last indexed entry's time (ms), null before the first. */
-  readonly time: number | null
-  readonly ordered: boolean
-}
-
-function parseTimeIndexState (text: unknown): TimeIndexState | undefined {
-  if (typeof text !== 'string') return undefined
-  let value: unknown
-  try { value = JSON.parse(text) } catch { return undefined }
-  const state = value as Partial<TimeIndexState> | null
-  if (state === null || typeof state !== 'object' || typeof state.last !== 'string' || typeof state.ordered !== 'boolean' || (state.time !== null && !Number.isSafeInteger(state.time))) return undefined
-  return { last: state.last, time: state.time ?? null, ordered: state.ordered }
-}
-
-/** One audit entry. */
-export interface AuditEntry {
-  /** 1, 2, 3, ... with no gaps. */
-  readonly seq: number
-  /** ISO-8601 time. */
-  readonly time: string
-  /** Principal id (`application` for the application's own calls, `system` for the instance's own work). */
-  readonly principal: string
-  readonly roles?: readonly string[]
-  readonly groups?: readonly string[]
-  /** The call, e.g. `createVolume`, and the verb it needed. */
-  readonly action: string
-  readonly verb?: string
-  /** What it acted on, e.g. `volume:tenant-a/db`, `snapshot:tenant-a/db@nightly`, `policy:ops`. */
-  readonly object: string
-  readonly result: 'ok' | 'denied' | 'failed'
-  /** Error code for denied and failed calls. */
-  readonly code?: string
-  readonly details?: Readonly<Record<string, string | number | boolean>>
-  /** SHA-256 of the previous entry (zeros for the first), and of this one. */
-  readonly prev: string
-  readonly hash: string
-}
-
-/** What to append: everything but the chain fields. */
-export type AuditRecord = Omit<AuditEntry, 'seq' | 'time' | 'prev' | 'hash'>
-
-/** A filter for queryAuditLog. */
-export interface AuditQuery {
-  /**
-   * From this time (inclusive), to this time (exclusive): Date, ISO string or epoch milliseconds.
-   * An entry whose stored time is not readable (it was altered) matches no time range.
-   */
-  readonly from?: Date | string | number
-  readonly to?: Date | string | number
-  readonly principal?: string
-  /** Exact object, or a prefix ending in `*` (`volume:tenant-a/*`). */
-  readonly object?: string
-  readonly action?: string
-  readonly result?: AuditEntry['result']
-  /** At most this many entries (the oldest first); default 1000. */
-  readonly limit?: number
-}
-
-/** The outcome of verifyAuditLog. */
-export interface AuditVerification {
-  readonly ok: boolean
-  readonly entries: number
-  readonly head: { readonly seq: number, readonly hash: string }
-  readonly problems: ReadonlyArray<{ readonly seq: number, readonly problem: string }>
-}
-
-/** The hash of an entry: SHA-256 over its fields in a fixed order. */
-function entryHash (entry: Omit<AuditEntry, 'hash'>): string {
-  const canonical = JSON.stringify([entry.seq, entry.time, entry.principal, entry.roles ?? [], entry.groups ?? [], entry.action, entry.verb ?? null, entry.object, entry.result, entry.code ?? null,
-    entry.details === undefined ? null : Object.keys(entry.details).sort().map((key) => [key, (entry.details as Record<string, unknown>)[key]]), entry.prev])
-  return createHash('sha256').update(canonical).digest('hex')
-}
-
-const keyOf = (seq: number): string => seq.toString().padStart(16, '0')
-
-function toTime (value: Date | string | number | undefined, what: string): number | undefined {
-  if (value === undefined) return undefined
-  const time = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : Date.parse(value)
-  if (!Number.isFinite(time)) throw new GalleonError('INVALID_ARGUMENT', `${what} must be a Date, an ISO-8601 string or epoch milliseconds, got ${describe(value)}`)
-  return time
-}
-
-/** A stored value as an entry, or undefined when it is not one (damaged, or not JSON). */
-function parseEntry (text: unknown): AuditEntry | undefined {
-  if (typeof text !== 'string') return undefined
-  let value: unknown
-  try { value = JSON.parse(text) } catch { return undefined }
-  if (value === null || typeof value !== 'object') return undefined
-  const entry = value as AuditEntry
-  if (!Number.isSafeInteger(entry.seq) || typeof entry.hash !== 'string' || typeof entry.prev !== 'string' || typeof entry.time !== 'string' || typeof entry.object !== 'string') return undefined
-  return entry
-}
-
-/** The stored head record, or undefined when it is missing or damaged. */
-function parseHead (text: unknown): { seq: number, hash: string } | undefined {
-  if (typeof text !== 'string') return undefined
-  let value: unknown
-  try { value = JSON.parse(text) } catch { return undefined }
-  const head = value as { seq?: unknown, hash?: unknown } | null
-  if (head === null || typeof head !== 'object' || !Number.isSafeInteger(head.seq) || typeof head.hash !== 'string') return undefined
-  return { seq: head.seq as number, hash: head.hash }
-}
 
 export class AuditLog {
   readonly #db: MetadataDatabase

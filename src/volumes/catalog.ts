@@ -1,147 +1,26 @@
 // The metadata catalog: volume records, storage classes, storage pools and instance settings, kept in any
 // abstract-level database (memory-level in tests, classic-level on disk), cached in memory.
+// The records are declared in records.ts, names and namespaces checked in names.ts.
 
-import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
+import type { AbstractSublevel } from 'abstract-level'
 import { randomUUID } from 'node:crypto'
-import { isNoSpaceError } from '../abstract-block-store.js'
 import { GalleonError, describe, quoted } from '../errors.js'
-import { VolumeState, type StorageClass, type Volume } from '../types.js'
+import { VolumeState, type StorageClass } from '../types.js'
 import { BUILT_IN_STORAGE_CLASSES } from './storage-classes.js'
 import type { StoragePool } from './pools.js'
 import { holdCount } from './counts.js'
+import { DEFAULT_NAMESPACE, nameKey, namespaceOf } from './names.js'
+import { storedMetadata, type MetadataDatabase, type MigrationRecord, type MigrationSwitch, type SnapshotRecord, type VolumeRecord } from './records.js'
 
-/** A volume's persisted record: the public fields plus its compact storage id. */
-export interface VolumeRecord extends Volume {
-  readonly storageId: number
-  /**
-   * The order of creation on this storage (the storage id it was created with, which a migration
-   * replaces but this keeps): createdAt has milliseconds only. Absent on records made before it.
-   */
-  readonly createdSeq?: number
-  /** Set on every copy of a replicated volume: the copy's applied position in its primary's stream. */
-  readonly replication?: { readonly epoch: number, readonly seq: number }
-  /**
-   * Set while a 1-copy volume becomes replicated (migrateVolume to a replicated class), from the
-   * catalog change until its cluster record is written: the class and copies it had before. A
-   * node that stopped in between finds no record at its next join and puts these back (see
-   * ClusterControl.join), so the volume is local again instead of a copy no primary serves.
-   */
-  readonly convertingFrom?: { readonly storageClass: string, readonly replicas: number }
-  /**
-   * Set on a volume createVolume makes replicated, from its local record until its cluster record
-   * is written. A node that stopped in between finds no record at its next join and deletes the
-   * volume, as a createVolume whose register failed does (the call never answered).
-   */
-  readonly creating?: true
-  /** Set while a revert to this snapshot id is in progress; recovery finishes it after a crash. */
-  readonly revertTo?: string
-  /** With revertTo: the token of the restoreSnapshot call that began it (recovery moves it to revertTokens). */
-  readonly revertToken?: string
-  /**
-   * Replicated volumes: the tokens of the last restoreSnapshot calls that reverted the volume
-   * (oldest first; forwarded calls', and those of calls made on the primary, kept apart: see
-   * keptTokens in facade/forwarded-calls.ts), so that a repeat of one (its answer lost, or its
-   * primary lost the role under it) does not revert it again.
-   */
-  readonly revertTokens?: readonly string[]
-  /** The storage pool whose capacity the volume is provisioned against, if any. */
-  readonly pool?: string
-}
+export { DEFAULT_NAMESPACE, checkNamespace, checkVolumeName, looksLikeId, namespaceOf } from './names.js'
+export { storedMetadata } from './records.js'
+export type { MetadataDatabase, MigrationRecord, MigrationSwitch, SnapshotRecord, VolumeRecord } from './records.js'
 
-/** A snapshot's persisted record. */
-export interface SnapshotRecord {
-  readonly id: string
-  readonly name: string
-  readonly volumeId: string
-  /** The volume generation it reads at (see engine/block-map.ts). */
-  readonly gen: number
-  readonly sizeBytes: number
-  readonly createdAt: string
-  readonly implicit: boolean
-  /** The token of the forwarded createSnapshot call that took it, if one did: a repeat of the call finds it. */
-  readonly token?: string
-}
-
-/**
- * A live migration in progress, recorded before its destination storage gets any block: after a
- * crash, recovery finds it, and the destination (whose storage id no volume record names until
- * the switch-over) is removed as an orphan.
- */
-export interface MigrationRecord {
-  readonly volumeId: string
-  /** Storage id of the destination copy. */
-  readonly storageId: number
-  readonly fromStorageId: number
-  readonly storageClass: string
-  readonly pool?: string
-  readonly encrypted: boolean
-  readonly startedAt: string
-}
-
-/** What a live migration's switch-over changes in a volume record. */
-export interface MigrationSwitch {
-  readonly storageId: number
-  readonly storageClass: string
-  readonly encrypted: boolean
-  readonly pool: string | undefined
-}
-
-/** Any abstract-level database usable as GalleonFS metadata. */
-export type MetadataDatabase = AbstractLevel<any, any, any>
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
-
-const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
-
-/** Whether `text` is shaped like a volume or snapshot id (a UUID). */
-export function looksLikeId (text: string): boolean {
-  return UUID_PATTERN.test(text)
-}
-const VOLUME_NAME_PATTERN = /^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/
 /** Layout version of the metadata; bumped on incompatible changes. */
 export const CATALOG_FORMAT = 1
 /** classic-level's option to fsync its log before resolving; abstract-level passes it through sublevels. */
 const SYNC = { sync: true } as unknown as Record<string, never>
-
-/**
- * Waits for a write to the metadata database (the catalog's, or another module's in the same
- * database); a full disk (LevelDB says so only in its message) is NO_SPACE saying what to do.
- * LevelDB refuses every later write once one failed to reach its log, so the instance must be
- * reopened, not just the space freed.
- */
-export async function storedMetadata (write: Promise<unknown> | undefined): Promise<void> {
-  try {
-    await write
-  } catch (err) {
-    if (!isNoSpaceError(err)) throw err
-    throw new GalleonError('NO_SPACE', 'the disk holding the metadata database is full, so the change was not stored; free space on it (or grow it), then close and reopen the instance', { cause: err })
-  }
-}
-
-/** Namespace of volumes created without one. */
-export const DEFAULT_NAMESPACE = 'default'
-const NAMESPACE_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
-
-/** Validates a namespace name: 1-63 lowercase letters, digits and '-', like a DNS label. */
-export function checkNamespace (namespace: unknown): asserts namespace is string {
-  if (typeof namespace !== 'string' || !NAMESPACE_PATTERN.test(namespace)) {
-    throw new GalleonError('INVALID_ARGUMENT', `a namespace is 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit, got ${describe(namespace)}`)
-  }
-}
-
-/** The namespace of a volume record (records from before namespaces are in the default one). */
-export function namespaceOf (record: { readonly namespace?: string }): string {
-  return record.namespace ?? DEFAULT_NAMESPACE
-}
-
-/** Validates a volume name: 1-63 letters, digits, '-', '_', '.', not shaped like a UUID. */
-export function checkVolumeName (name: unknown): asserts name is string {
-  if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
-    throw new GalleonError('INVALID_ARGUMENT', `volume name must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, got ${describe(name)}`)
-  }
-  if (UUID_PATTERN.test(name)) {
-    throw new GalleonError('INVALID_ARGUMENT', `volume name ${JSON.stringify(name)} looks like a volume id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
-  }
-}
 
 /** Persistent, cached catalog of volumes and storage classes. */
 export class Catalog {
@@ -565,10 +444,6 @@ export class Catalog {
     await storedMetadata(this.#poolsDb.del(name, SYNC))
     this.#pools.delete(name)
   }
-}
-
-function nameKey (namespace: string, name: string): string {
-  return `${namespace}/${name}`
 }
 
 export { VolumeState }
