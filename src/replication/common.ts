@@ -132,8 +132,9 @@ export function newLocalSet (volumeId: string, position: ReplicaPosition): Local
 }
 
 /**
- * What the parts of a ReplicationManager (its replica side, replica-set changes and failover) reach
- * of it: its collaborators, the local sets and the steps it takes on them (private to the manager).
+ * What the parts of a ReplicationManager (its replica side, roles, record updates, lease fence,
+ * forwarding, replica-set changes, cleanup and failover) reach of it: its collaborators, the local
+ * sets and the steps it takes on them (private to the manager).
  */
 export interface ManagerCore {
   readonly nodeId: string
