@@ -5,59 +5,35 @@
 // the same machine finds it.
 
 import { spawn } from 'node:child_process'
-import { createServer, maxHeaderSize, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { GalleonFS, isGalleonError, PROMETHEUS_CONTENT_TYPE, type GalleonErrorCode, GalleonError } from '../src/index.js'
+import { GalleonFS, GalleonError } from '../src/index.js'
 import { DEFAULT_MAX_PENDING_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS, NbdServer } from '../backends/nbd/index.js'
 import { ipcTlsOptions, nbdTlsOptions } from './daemon-tls.js'
 import { createServer as createHttpsServer } from 'node:https'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import { createLogger, logEvents, type Logger } from './daemon-log.js'
-import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, sameToken, writeRuntimeToken } from './daemon-token.js'
+import { DAEMON_HEADER, loadOrCreateToken, runtimeTokenPath, writeRuntimeToken } from './daemon-token.js'
 import { readSavedMounts, writeSavedMounts, type SavedMount } from './daemon-mounts.js'
 import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
   answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport, type PeerWaitReason
 } from './daemon-cluster.js'
 import { bindAddress, HeldPort, listenOn, ownPortClash, type DaemonAddress } from './daemon-listen.js'
-import { discardBody, HttpError, readBody, route, type ReloadReport, type RouteContext } from './daemon-routes.js'
+import { discardBody, type ReloadReport } from './daemon-routes.js'
+import { applyReload, checkMountPoint, type ReloadContext } from './daemon-reload.js'
+import { createClusterControl, waitingFor } from './daemon-cluster-control.js'
+import { handleRequest, parserRefusal, type RequestContext } from './daemon-requests.js'
 
 export { createLogger, runtimeTokenPath, type Logger, type ReloadReport }
 
-/** Media type of a streamed answer: progress lines, then the result (asked for with Accept). */
-const NDJSON = 'application/x-ndjson'
-/** Progress lines are sent at most this often. */
-const PROGRESS_INTERVAL_MS = 100
-/**
- * A streamed answer gets a line at least this often (an empty one when there is no progress to
- * report), so a client tells a long operation from a daemon that hangs (see STREAM_SILENCE_MS in
- * cli-client.ts).
- */
-const STREAM_KEEPALIVE_MS = 5_000
 /**
  * How long a stop waits for the requests in flight before it closes their connections (which
  * cancels what they asked for, as a client going away does).
  */
 const STOP_GRACE_MS = 30_000
-
-const STATUS: Partial<Record<GalleonErrorCode, number>> = {
-  VOLUME_NOT_FOUND: 404, SNAPSHOT_NOT_FOUND: 404, BACKUP_NOT_FOUND: 404, POLICY_NOT_FOUND: 404, STORAGE_CLASS_NOT_FOUND: 404, POOL_NOT_FOUND: 404,
-  VOLUME_EXISTS: 409, SNAPSHOT_EXISTS: 409, POLICY_EXISTS: 409, STORAGE_CLASS_EXISTS: 409, POOL_EXISTS: 409, BUSY: 409,
-  INVALID_ARGUMENT: 400, OUT_OF_RANGE: 400, READ_ONLY: 409, PERMISSION_DENIED: 403, NOT_IMPLEMENTED: 501, NO_SPACE: 507,
-  CANCELLED: 499, HOOK_FAILED: 424, BACKEND_UNAVAILABLE: 503, NOT_LEADER: 421, WRITE_CONCERN_UNSATISFIED: 503
-}
-
-/** The answer to a request Node's HTTP parser refused: status, code and what to do. */
-function parserRefusal (err: NodeJS.ErrnoException & { reason?: string }): [number, string, string] {
-  switch (err.code) {
-    case 'HPE_HEADER_OVERFLOW': return [431, 'TOO_LARGE', `the request line and headers are limited to ${maxHeaderSize} bytes (names in the API are short: a volume name has at most 63 characters)`]
-    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW': return [413, 'TOO_LARGE', 'the chunk extensions of the request body are too large; send the body without them']
-    case 'ERR_HTTP_REQUEST_TIMEOUT': return [408, 'REQUEST_TIMEOUT', 'the request did not arrive in time; send its headers and body at once']
-    default: return [400, 'BAD_REQUEST', `the request is not HTTP/1.1 the daemon reads (${err.reason ?? err.message}); the API takes GET, POST, PUT, PATCH and DELETE requests with JSON bodies`]
-  }
-}
 
 /** Whether the API's socket is bound to this machine only. */
 function isLoopback (ip: string): boolean {
@@ -73,28 +49,6 @@ export interface Daemon {
   /** Reads the configuration again (SIGHUP, POST /v1/reload) and applies what can change while running. */
   reload: () => Promise<ReloadReport>
 }
-
-/**
- * A mount point that is a file would let the daemon start (or a reload succeed) and fail every
- * `volume mount` later, naming a path below it: refused here, naming the setting.
- */
-async function checkMountPoint (config: DaemonConfig): Promise<void> {
-  if (config.mountPoint === undefined) return
-  const kind = await stat(config.mountPoint).catch(() => undefined)
-  if (kind !== undefined && !kind.isDirectory()) throw new ConfigError(`the mount point ${config.mountPoint} is not a directory; give --mount-point (mount_point in [daemon]) a directory, under which each volume is mounted (it is created if missing)`)
-}
-
-/** What a joining daemon says when it begins to wait for peers that are still starting, or (at its first start) not listening yet. */
-function waitingFor (log: Logger): (peers: readonly string[], waitMs: number, reason: PeerWaitReason) => void {
-  return (peers, waitMs, reason) => {
-    // Said at once, not only when the wait fails: nodes that name only each other wait in vain.
-    const note = reason === 'starting' ? {} : { note: 'a node listens on its bind address only once it has found its cluster: nodes that name only each other, none started with --etcd-endpoints, wait for each other until --peer-wait-seconds is out, then fail' }
-    log('info', `waiting for peers that are ${reason === 'starting' ? 'still starting' : 'not listening yet'} (--peer-wait-seconds)`, { peers, waitSeconds: waitMs / 1000, ...note })
-  }
-}
-
-/** Settings a reload applies in place; any other change waits for a restart. */
-const LIVE_SETTINGS = new Set<keyof DaemonConfig>(['logLevel', 'nbdAddress', 'mountPoint', 'nbdTlsCertFile', 'nbdTlsKeyFile', 'nbdTlsCaFile', 'nbdTlsPskFile'])
 
 /**
  * Starts the daemon: listens on its addresses, opens the storage, writes the token, serves.
@@ -147,49 +101,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // Aborted as the daemon begins to stop: a `cluster join` waiting for a peer that is still
   // starting ends (it would otherwise hold the stop until its connection was closed after the grace period).
   const stopBegun = new AbortController()
-  // The address a `cluster join` under way goes through: one at a time (a second, meanwhile, would
-  // wait as long, and then find this daemon in a cluster).
-  let joining: string | undefined
-  const clusterControl = {
-    join: async (address: string, signal?: AbortSignal): Promise<unknown> => {
-      if (g.cluster !== undefined) throw new GalleonError('BUSY', `this daemon is in a cluster already, as node ${g.cluster.nodeId}; leave it first`)
-      if (joining !== undefined) throw new GalleonError('BUSY', `this daemon is joining a cluster already, through ${joining} (which may be waiting for that peer to finish starting); wait for that join to end, or cancel it`)
-      joining = address
-      try {
-        const joinSecret = await clusterSecret(config)
-        if (joinSecret === undefined) throw new HttpError(409, 'NO_CLUSTER_SECRET', NO_SECRET)
-        const ends = signal === undefined ? stopBegun.signal : AbortSignal.any([signal, stopBegun.signal])
-        const found = await discoverCluster(config, joinSecret, [address], { onWait: waitingFor(log), signal: ends })
-        if (ends.aborted) throw new GalleonError('CANCELLED', `the join through ${address} was cancelled${stopBegun.signal.aborted ? ' (the daemon is stopping)' : ''}; nothing was joined`)
-        const joinTransport = clusterTransport(config, joinSecret)
-        const options = await clusterOptions(config, found, joinSecret, joinTransport)
-        let status: unknown
-        try {
-          status = await g.joinCluster(options)
-        } catch (err) {
-          // A join refused before the instance took the drivers over (this daemon stopping, a
-          // join of its own under way) leaves them to us: the etcd client and the listening
-          // socket would otherwise stay open. Closing them twice is harmless.
-          await Promise.allSettled([options.coordinator.close(), joinTransport.close()])
-          throw err
-        }
-        clusterSettings = found
-        answerClusterInfo(g, found, joinTransport)
-        await writeSavedCluster(config.storagePath, found)
-        log('info', 'joined the cluster', { nodeId: (status as { nodeId?: string }).nodeId, through: address })
-        return status
-      } finally {
-        joining = undefined
-      }
-    },
-    leave: async (force: boolean): Promise<unknown> => {
-      await g.leaveCluster({ force })
-      clusterSettings = undefined
-      await writeSavedCluster(config.storagePath, undefined)
-      log('info', 'left the cluster')
-      return await g.clusterStatus()
-    }
-  }
+  const clusterControl = createClusterControl({ config, log, g: () => g, stopBegun: stopBegun.signal, setClusterSettings: (settings) => { clusterSettings = settings } })
   // Mount requests run concurrently: each reads, changes and writes the saved list, so the changes
   // are made one after another (two at once each wrote its own list, and one mount was lost).
   let savedMountsUpdate: Promise<unknown> = Promise.resolve()
@@ -248,62 +160,26 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     })()
     await stopping
   }
+  // What a reload reads and changes of this daemon (daemon-reload.ts), read as the reload runs.
+  const reloadContext: ReloadContext = {
+    config,
+    log,
+    loadConfig,
+    ipcTls,
+    stopping: () => stopping !== undefined,
+    g: () => g,
+    server: () => server,
+    nbd: () => nbd,
+    setNbd: (next) => { nbd = next },
+    nbdTls: () => nbdTls,
+    setNbdTls: (next) => { nbdTls = next },
+    ipcTlsInEffect: () => ipcTlsInEffect,
+    setIpcTlsInEffect: (next) => { ipcTlsInEffect = next },
+    nbdError
+  }
   let reloading: Promise<unknown> = Promise.resolve()
   const reload = async (): Promise<ReloadReport> => {
-    const run = reloading.then(async () => {
-      if (stopping !== undefined) throw new HttpError(409, 'BUSY', 'the daemon is stopping')
-      if (loadConfig === undefined) return { applied: [], needsRestart: [] }
-      const next = await loadConfig()
-      const report: ReloadReport = { applied: [], needsRestart: [] }
-      const changed = (Object.keys(next) as Array<keyof DaemonConfig>).filter((key) => JSON.stringify(next[key]) !== JSON.stringify(config[key]))
-      // The mount driver is chosen at open: a mount point can move, not appear or go.
-      const live = (key: keyof DaemonConfig): boolean => {
-        if (key === 'ipcTlsCertFile' || key === 'ipcTlsKeyFile') return ipcTls !== undefined && next.ipcTlsCertFile !== undefined
-        return LIVE_SETTINGS.has(key) && (key !== 'mountPoint' || (config.mountPoint !== undefined && next.mountPoint !== undefined))
-      }
-      // The steps that can fail (reading the NBD TLS files, listening on a new NBD address) come
-      // first, so a reload either applies every live change or none. TLS files are read again at
-      // every reload, so a renewed certificate under the same file name is taken too.
-      if (changed.includes('mountPoint')) await checkMountPoint(next)
-      const nextTls = await nbdTlsOptions(next)
-      // The API's certificate can be renewed in place; HTTPS cannot be turned on or off (a restart).
-      // Its files are read whenever they are named, so one that turns HTTPS on fails the reload now
-      // if it cannot be read, not the restart it waits for.
-      const namedIpcTls = await ipcTlsOptions(next)
-      const nextIpcTls = ipcTls === undefined ? undefined : namedIpcTls
-      let moved: NbdServer | undefined
-      if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(g, { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: nbdError, tls: nextTls })
-      if (stopping !== undefined) {
-        await moved?.close()
-        throw new HttpError(409, 'BUSY', 'the daemon is stopping')
-      }
-      // New connections to a server that stays where it is get the new credentials (or none).
-      if (moved === undefined && nbd !== undefined && JSON.stringify(nextTls) !== JSON.stringify(nbdTls)) {
-        nbd.setTls(nextTls)
-        log('info', 'NBD TLS credentials reloaded', { tls: nextTls === undefined ? 'off' : 'required' })
-      }
-      nbdTls = nextTls
-      if (nextIpcTls !== undefined && server !== undefined) {
-        ;(server as unknown as { setSecureContext: (options: { cert: string, key: string, minVersion: 'TLSv1.2' }) => void }).setSecureContext({ ...nextIpcTls, minVersion: 'TLSv1.2' })
-        if (JSON.stringify(nextIpcTls) !== JSON.stringify(ipcTlsInEffect)) log('info', 'API TLS certificate reloaded')
-        ipcTlsInEffect = nextIpcTls
-      }
-      for (const key of changed) {
-        if (!live(key)) { report.needsRestart.push(key); continue }
-        if (key === 'logLevel') log.setLevel(next.logLevel)
-        if (key === 'nbdAddress') {
-          // Sessions on the old address end (their requests in flight are answered first).
-          await nbd?.close()
-          nbd = moved
-          if (nbd !== undefined) log('info', 'serving NBD exports', { nbdAddress: formatAddress(nbd.host, nbd.port) })
-        }
-        Object.assign(config, { [key]: next[key] })
-        report.applied.push(key)
-      }
-      log('info', 'configuration reloaded', { ...report })
-      if (report.needsRestart.length > 0) log('warn', 'changed settings that take effect only after a restart (galleonfs daemon restart)', { settings: report.needsRestart })
-      return report
-    })
+    const run = reloading.then(async () => await applyReload(reloadContext))
     reloading = run.catch(() => {})
     return await run
   }
@@ -371,84 +247,15 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       const text = JSON.stringify({ error: { code, message } })
       socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${DAEMON_HEADER}: 1\r\nconnection: close\r\n\r\n${text}`, () => socket.destroy())
     })
-    const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
-      const send = (status: number, body: unknown, type = 'application/json', close = false): void => {
-        const text = typeof body === 'string' ? body : JSON.stringify(body)
-        response.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text), ...(close ? { connection: 'close' } : {}) })
-        response.end(text)
-      }
-      let streaming = false
-      // A request refused before its body was read (no token, say): the body is dropped, up to a bound.
-      let bodyTaken = false
-      const began = performance.now()
-      // A client that goes away mid-answer cancels what it asked for (a backup, a restore).
-      const gone = new AbortController()
-      response.once('close', () => {
-        if (!response.writableFinished) gone.abort()
-        log('debug', 'request', { method: request.method, url: request.url, status: response.statusCode, ms: Math.round((performance.now() - began) * 10) / 10, ...(response.writableFinished ? {} : { cancelled: true }) })
-      })
-      try {
-        if (request.headers.host === undefined && request.httpVersion === '1.1') throw new HttpError(400, 'BAD_REQUEST', 'an HTTP/1.1 request needs a Host header (RFC 9112); send Host: with the daemon\'s address')
-        // The scheme's name is case-insensitive (RFC 9110), the token is not.
-        const offered = /^Bearer +(\S+) *$/i.exec(request.headers.authorization ?? '')?.[1] ?? ''
-        if (!sameToken(offered, token)) throw new HttpError(401, 'UNAUTHORIZED', 'a valid API token is required (Authorization: Bearer <token>); the CLI finds it in the runtime file or takes --token / GALLEONFS_TOKEN')
-        const url = (() => {
-          try {
-            return new URL(request.url ?? '/', 'http://daemon')
-          } catch {
-            throw new HttpError(400, 'INVALID_ARGUMENT', `the request target ${JSON.stringify(request.url)} is not a URL path such as /v1/volumes`)
-          }
-        })()
-        // URL parsing resolves dot segments (also %2e), backslashes and a leading // into another
-        // path: DELETE /v1/volumes/v1/snapshots/.. would delete the volume v1. A target that is not
-        // already in that normal form is refused instead.
-        const target = (request.url ?? '/').replace(/^[a-z][a-z\d+.-]*:\/\/[^/?#]*/i, '').split(/[?#]/)[0] || '/'
-        if (target !== url.pathname) {
-          throw new HttpError(400, 'INVALID_ARGUMENT', `the request path ${JSON.stringify(target)} would name another path, ${url.pathname} (it holds a "." or ".." segment, a backslash, a leading "//" or a character to percent-encode); names are never "." or "..", and each is sent encoded with encodeURIComponent`)
-        }
-        bodyTaken = true
-        const body = await readBody(request)
-        const context: RouteContext = { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, signal: gone.signal, cluster: clusterControl, updateSavedMounts }
-        if ((request.headers.accept ?? '').includes(NDJSON)) {
-          // Progress lines while the operation runs, then one line with its result or error.
-          streaming = true
-          response.writeHead(200, { 'content-type': NDJSON })
-          // The answer begins now (not with the first line): the client waits for its beginning
-          // only so long, and an operation may run a while before it reports progress, or never.
-          response.flushHeaders()
-          const keepalive = setInterval(() => { if (!response.writableEnded) response.write('\n') }, STREAM_KEEPALIVE_MS)
-          response.once('close', () => { clearInterval(keepalive) })
-          let last = 0
-          context.progress = ({ bytesDone, bytesTotal }) => {
-            const now = Date.now()
-            if (bytesDone < bytesTotal && bytesDone > 0 && now - last < PROGRESS_INTERVAL_MS) return
-            last = now
-            keepalive.refresh()
-            response.write(JSON.stringify({ progress: { bytesDone, bytesTotal } }) + '\n')
-          }
-          try {
-            const result = await route(g, config, request.method ?? 'GET', url, body, context)
-            response.end(JSON.stringify({ result: result ?? null }) + '\n')
-          } finally {
-            clearInterval(keepalive)
-          }
-          return
-        }
-        const result = await route(g, config, request.method ?? 'GET', url, body, context)
-        if (typeof result === 'string') send(200, result, PROMETHEUS_CONTENT_TYPE)
-        else send(result === undefined ? 204 : 200, result ?? '')
-      } catch (err) {
-        const [status, error] = err instanceof HttpError
-          ? [err.status, { code: err.code, message: err.message }]
-          : err instanceof ConfigError
-            ? [400, { code: 'INVALID_CONFIG', message: `${err.message}; the daemon keeps the configuration it had` }]
-            : isGalleonError(err) ? [STATUS[err.code] ?? 500, { code: err.code, message: err.message }] : [500, { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) }]
-        if (status === 500) log('error', 'request failed', { method: request.method, url: request.url, error: error.message })
-        if (!bodyTaken) discardBody(request)
-        if (streaming) response.end(JSON.stringify({ error }) + '\n')
-        else send(status, { error }, undefined, err instanceof HttpError && err.closeConnection)
-      }
+    // How a request is answered once the daemon has started (daemon-requests.ts).
+    const requests: RequestContext = {
+      config,
+      log,
+      g: () => g,
+      token: () => token,
+      routes: { startedAt, stop, restart: () => { restartAfterStop = true; void stop() }, reload, nbd: () => nbd, cluster: clusterControl, updateSavedMounts }
     }
+    const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => { await handleRequest(requests, request, response) }
     // Every address first (the API's server itself; the NBD server's port held until it starts; then,
     // once the peers named have told where the coordinator is, the cluster's transport), then the storage.
     const bound: DaemonAddress[] = []
