@@ -259,7 +259,11 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await n1.g.createVolume({ name: 'tight', sizeBytes: '256K', replicas: 2, pool: 'small' })
     await expectRejects(n1.g.expandVolume('tight', '2M'), 'NO_SPACE')
     await n1.g.expandVolume('tight', '384K')
-    await until('the copy sees the allowed size', async () => (await n2.g.getVolume('tight')).sizeBytes >= 384 * 1024)
+    // The copy on n2 is made by the primary's link after createVolume returns: until then n2 has no such volume.
+    await until('the copy sees the allowed size', async () => await n2.g.getVolume('tight').then((v) => v.sizeBytes >= 384 * 1024, (err: { code?: string }) => {
+      if (err.code === 'VOLUME_NOT_FOUND') return false
+      throw err
+    }))
     assert.equal((await n2.g.getVolume('tight')).sizeBytes, 384 * 1024, 'the refused size never reached a copy')
     const back = await startNode(network, coordinators, 'n3', { dir: n3.dir })
     nodes[2] = back
