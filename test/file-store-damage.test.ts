@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../backends/file/index.js'
-import { FLAG_CONTINUES, HEADER_BYTES, TYPE_PUT } from '../backends/file/record.js'
+import { FLAG_CONTINUES, HEADER_BYTES, TYPE_MARK, TYPE_PUT } from '../backends/file/record.js'
 import { encodeRecord } from './support/file-records.js'
 import { segmentFileName } from '../backends/file/segment.js'
 import { GalleonError } from '../src/errors.js'
@@ -84,7 +84,13 @@ function encodeBatch (puts: ReadonlyArray<{ index: number, data: Uint8Array }>):
   return target
 }
 
-/** Writes `count` synced single-record batches, block i holding bytesOf(VALUE_BYTES, i); batch i starts at i * RECORD_BYTES. */
+// Each synced batch after the first starts with a mark record stating how far the segment was synced.
+/** Offset of the put record of batch i written by `writeBatches` (after its mark, from batch 1 on). */
+const recordAt = (i: number): number => i * (RECORD_BYTES + HEADER_BYTES)
+/** Offset just past batch i written by `writeBatches` (where batch i + 1 starts). */
+const batchEnd = (i: number): number => recordAt(i) + RECORD_BYTES
+
+/** Writes `count` synced single-record batches, block i holding bytesOf(VALUE_BYTES, i) at `recordAt(i)`. */
 async function writeBatches (store: FileBlockStore, count: number): Promise<void> {
   for (let i = 0; i < count; i++) await store.batch([put(addr(1, i), bytesOf(VALUE_BYTES, i))], { sync: true })
 }
@@ -129,20 +135,20 @@ describe('file block store: damage in the active segment', () => {
         await withDirectories(async (context) => {
           const { location, path } = await prepared(context, 5, cleanClose)
           // Inside batch 1 (block 1): batch 0 precedes the damage, batches 2..4 follow it.
-          const bytes = flipByte(await readFile(path), RECORD_BYTES + HEADER_BYTES + 100, 0xff)
+          const bytes = flipByte(await readFile(path), recordAt(1) + HEADER_BYTES + 100, 0xff)
           await writeFile(path, bytes)
           const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open over the damage')
           // Codes are what tests check, but here the message is the user's only way to act on the
           // damage: it must name the file, where the damage is, and how much can be kept.
-          assert.ok(error.message.includes(path) && error.message.includes(`offset ${RECORD_BYTES}`) &&
-            error.message.includes(`truncate it to ${RECORD_BYTES} bytes`), error.message)
+          assert.ok(error.message.includes(path) && error.message.includes(`offset ${recordAt(1)}`) &&
+            error.message.includes(`truncate it to ${batchEnd(0)} bytes`), error.message)
           assert.ok((await readFile(path)).equals(bytes), 'the segment has its size and bytes (only the flip)')
           // Opening again (as an application that retries would) must not succeed by cutting the log.
           await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'a second open')
           assert.ok((await readFile(path)).equals(bytes), 'still untouched after the second open')
 
           // Following the advice: cut at the end of the last batch before the damage.
-          await truncate(path, RECORD_BYTES)
+          await truncate(path, batchEnd(0))
           const store = context.make(location)
           await store.open()
           await assertBlocks(store, 1, 5, 'after truncating as advised')
@@ -163,7 +169,7 @@ describe('file block store: damage in the active segment', () => {
       it(`damage to the ${field} field of an early record, with later batches, fails open with CORRUPTION (no clean close)`, async () => {
         await withDirectories(async (context) => {
           const { location, path } = await prepared(context, 4, false)
-          const bytes = flipByte(await readFile(path), RECORD_BYTES + offset, mask)
+          const bytes = flipByte(await readFile(path), recordAt(1) + offset, mask)
           await writeFile(path, bytes)
           await rejectsWithCode(context.make(location).open(), 'CORRUPTION', `open over the damaged ${field}`)
           assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
@@ -187,8 +193,8 @@ describe('file block store: damage in the active segment', () => {
   describe('damage after a clean close is corruption', () => {
     for (const [what, count, at] of [
       ['the only batch', 1, HEADER_BYTES + 7],
-      ['the last batch', 3, 2 * RECORD_BYTES + HEADER_BYTES + VALUE_BYTES - 1],
-      ['the header of the last batch', 3, 2 * RECORD_BYTES + 32]
+      ['the last batch', 3, recordAt(2) + HEADER_BYTES + VALUE_BYTES - 1],
+      ['the header of the last batch', 3, recordAt(2) + 32]
     ] as const) {
       it(`a flipped byte in ${what} fails open with CORRUPTION and nothing is truncated`, async () => {
         await withDirectories(async (context) => {
@@ -208,7 +214,7 @@ describe('file block store: damage in the active segment', () => {
         const { location, path } = await prepared(context, 2, true)
         // Re-encode the last record flagged "continues": every crc matches, but the batch never ends.
         const bytes = await readFile(path)
-        encodeRecord(bytes, RECORD_BYTES, TYPE_PUT, FLAG_CONTINUES, 1, 1, 0, bytesOf(VALUE_BYTES, 1))
+        encodeRecord(bytes, recordAt(1), TYPE_PUT, FLAG_CONTINUES, 1, 1, 0, bytesOf(VALUE_BYTES, 1))
         await writeFile(path, bytes)
         await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
         assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
@@ -218,19 +224,20 @@ describe('file block store: damage in the active segment', () => {
     it('without a clean close, the same damage in the last batch cannot be told from a torn write and is cut off', async () => {
       await withDirectories(async (context) => {
         const { location, path } = await prepared(context, 3, false)
-        await writeFile(path, flipByte(await readFile(path), 2 * RECORD_BYTES + HEADER_BYTES + 7, 0x20))
+        await writeFile(path, flipByte(await readFile(path), recordAt(2) + HEADER_BYTES + 7, 0x20))
         const store = context.make(location)
         await store.open()
         await assertBlocks(store, 2, 3, 'after recovery')
-        assert.equal((await stat(path)).size, 2 * RECORD_BYTES)
+        assert.equal((await stat(path)).size, batchEnd(1))
       })
     })
   })
 
   describe('what a crash leaves is still a torn tail', () => {
     for (const [what, damage] of [
-      ['cut inside the last batch\'s payload', async (path: string) => { await truncate(path, 3 * RECORD_BYTES + 200) }],
-      ['cut inside the last batch\'s header', async (path: string) => { await truncate(path, 3 * RECORD_BYTES + 20) }],
+      ['cut inside the last batch\'s payload', async (path: string) => { await truncate(path, recordAt(3) + 200) }],
+      ['cut inside the last batch\'s header', async (path: string) => { await truncate(path, recordAt(3) + 20) }],
+      ['cut inside the last batch\'s mark', async (path: string) => { await truncate(path, batchEnd(2) + 20) }],
       ['followed by appended garbage', async (path: string) => { await appendFile(path, Buffer.from(bytesOf(5000, 5))) }],
       ['followed by zeros', async (path: string) => { await appendFile(path, Buffer.alloc(3000)) }]
     ] as const) {
@@ -242,7 +249,7 @@ describe('file block store: damage in the active segment', () => {
           const store = context.make(location)
           await store.open()
           await assertBlocks(store, expectedBlocks, 4, 'after recovery')
-          assert.equal((await stat(path)).size, expectedBlocks * RECORD_BYTES, 'truncated after the last whole batch')
+          assert.equal((await stat(path)).size, batchEnd(expectedBlocks - 1), 'truncated after the last whole batch')
           await store.batch([put(addr(1, 8), bytesOf(VALUE_BYTES, 8))], { sync: true })
           await store.close()
           const reopened = context.make(location)
@@ -254,23 +261,59 @@ describe('file block store: damage in the active segment', () => {
 
     // The writer has several writes in flight at reserved offsets: a kill can leave a later batch on
     // disk and an earlier one unwritten (zeros), or written only up to a page boundary.
-    for (const [what, keptOfBatch] of [['an unwritten batch', 0], ['a batch written only up to a page boundary', 2560 - 3 * RECORD_BYTES]] as const) {
+    for (const [what, keptOfBatch] of [['an unwritten batch', 0], ['a batch written only up to a page boundary', 2560 - batchEnd(2)]] as const) {
       it(`a valid batch after ${what} (zeros) is what out-of-order writes leave: both are cut off`, async () => {
         await withDirectories(async (context) => {
           const { location, path } = await prepared(context, 3, false)
           // Batch 3: two records of 1000 bytes, of which only `keptOfBatch` bytes were written.
           const lost = encodeBatch([{ index: 3, data: bytesOf(1000, 3) }, { index: 4, data: bytesOf(1000, 4) }])
           lost.fill(0, keptOfBatch)
-          if (keptOfBatch > 0) assert.equal((3 * RECORD_BYTES + keptOfBatch) % 512, 0, 'the written part ends at an aligned boundary')
+          if (keptOfBatch > 0) assert.equal((batchEnd(2) + keptOfBatch) % 512, 0, 'the written part ends at an aligned boundary')
           await appendFile(path, lost)
           await appendFile(path, encodeBatch([{ index: 5, data: bytesOf(VALUE_BYTES, 5) }]))
           const store = context.make(location)
           await store.open()
           await assertBlocks(store, 3, 6, 'after recovery')
-          assert.equal((await stat(path)).size, 3 * RECORD_BYTES, 'cut at the end of the last whole batch')
+          assert.equal((await stat(path)).size, batchEnd(2), 'cut at the end of the last whole batch')
         })
       })
     }
+
+    // A power loss writes dirty pages back in any order: a page written after the last sync may be
+    // lost (it reads as zeros in a file only ever appended to) while later ones reached the disk.
+    for (const [what, lostFrom, lostTo] of [
+      ['a page inside the batch', 4096, 8192],
+      ['the page holding the batch\'s first header (from the batch on; what precedes it was synced)', batchEnd(2), 4096]
+    ] as const) {
+      it(`a valid batch after a batch that lost ${what} at a power loss opens: both are cut off`, async () => {
+        await withDirectories(async (context) => {
+          const { location, path } = await prepared(context, 3, false)
+          const start = batchEnd(2)
+          const lost = encodeBatch([3, 4, 5].map((index) => ({ index, data: bytesOf(3000, index) })))
+          assert.ok(start + lost.byteLength > 8192 + 1000, 'written bytes follow the lost page')
+          lost.fill(0, lostFrom - start, lostTo - start)
+          await appendFile(path, lost)
+          await appendFile(path, encodeBatch([{ index: 7, data: bytesOf(VALUE_BYTES, 7) }]))
+          const store = context.make(location)
+          await store.open()
+          await assertBlocks(store, 3, 8, 'after recovery')
+          assert.equal((await stat(path)).size, start, 'cut at the end of the last whole batch')
+        })
+      })
+    }
+
+    it('a torn last batch whose mark fails its checks (no clean close) is cut off, the mark not taken for a newer format', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, false)
+        const bytes = await readFile(path)
+        assert.equal(bytes.toString('latin1', batchEnd(1), batchEnd(1) + 4), 'GFR3', 'the last batch starts with a mark')
+        await writeFile(path, flipByte(bytes, batchEnd(1) + 5, 0x10).subarray(0, recordAt(2) + 100))
+        const store = context.make(location)
+        await store.open()
+        await assertBlocks(store, 2, 3, 'after recovery')
+        assert.equal((await stat(path)).size, batchEnd(1))
+      })
+    })
 
     it('log records stored inside the payload of the damaged record are not taken for later batches', async () => {
       // A volume can hold a copy of a store, so a block's bytes may be valid log records.
@@ -289,9 +332,73 @@ describe('file block store: damage in the active segment', () => {
           await store.open()
           await assertBlocks(store, 3, 4, what)
           for (const index of [20, 21, 22]) assert.equal(await store.get(addr(1, index)), undefined, `${what}: inner block ${index}`)
-          assert.equal((await stat(path)).size, 3 * RECORD_BYTES, `${what}: the torn record is cut off`)
+          assert.equal((await stat(path)).size, batchEnd(2), `${what}: the torn record is cut off`)
         })
       }
+    })
+  })
+
+  describe('mark records: damage below what a mark states was synced is corruption', () => {
+    // Zeros in the block data between the damage and a later batch could pass for a page a power
+    // loss dropped; a later mark stating that the damaged batch had been synced rules that out.
+    const ZERO_BYTES = 2048
+    const zeroRecordAt = (i: number): number => i * (HEADER_BYTES + ZERO_BYTES + HEADER_BYTES)
+
+    it('a flipped byte in a synced batch of zeros, with later batches, fails open with CORRUPTION naming the mark (no clean close)', async () => {
+      await withDirectories(async (context) => {
+        const original = await context.directory()
+        const store = context.make(original)
+        await store.open()
+        for (let i = 0; i < 4; i++) await store.batch([put(addr(1, i), new Uint8Array(ZERO_BYTES))], { sync: true })
+        const location = await context.directory()
+        await crashCopy(original, location)
+        const path = join(location, segmentFileName(1))
+        const bytes = flipByte(await readFile(path), zeroRecordAt(1) + HEADER_BYTES + 100, 0x04)
+        await writeFile(path, bytes)
+        const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open over the damage')
+        assert.match(error.message, /a mark record states had been synced/)
+        assert.ok(error.message.includes(`offset ${zeroRecordAt(1)}`), error.message)
+        assert.ok((await readFile(path)).equals(bytes), 'nothing truncated')
+      })
+    })
+
+    it('the same damage in batches never synced (no marks) cannot be told from a lost page and is cut off', async () => {
+      await withDirectories(async (context) => {
+        const original = await context.directory()
+        const store = context.make(original)
+        await store.open()
+        for (let i = 0; i < 4; i++) await store.batch([put(addr(1, i), new Uint8Array(ZERO_BYTES))])
+        const location = await context.directory()
+        await crashCopy(original, location)
+        const path = join(location, segmentFileName(1))
+        const recordBytes = HEADER_BYTES + ZERO_BYTES
+        assert.equal((await stat(path)).size, 4 * recordBytes, 'no marks: nothing was synced')
+        await writeFile(path, flipByte(await readFile(path), recordBytes + HEADER_BYTES + 100, 0x04))
+        const reopened = context.make(location)
+        await reopened.open()
+        assertBytes(await reopened.get(addr(1, 0)), new Uint8Array(ZERO_BYTES), 'block 0')
+        for (let i = 1; i < 4; i++) assert.equal(await reopened.get(addr(1, i)), undefined, `block ${i}`)
+        assert.equal((await stat(path)).size, recordBytes)
+      })
+    })
+
+    it('a mark inside the payload of the damaged record (a volume may hold a copy of a store) states nothing', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, false)
+        const inner = Buffer.alloc(2 * HEADER_BYTES + 300)
+        // A mark claiming far more than the segment holds, in a batch of its own.
+        let position = encodeRecord(inner, 0, TYPE_MARK, FLAG_CONTINUES, 0, 1_000_000_000, 0, undefined)
+        position = encodeRecord(inner, position, TYPE_PUT, 0, 1, 20, 0, bytesOf(300, 20))
+        assert.equal(position, inner.byteLength)
+        const outer = encodeBatch([{ index: 3, data: Buffer.concat([Buffer.from(bytesOf(5000, 1)), inner, Buffer.from(bytesOf(100, 2))]) }])
+        flipByte(outer, outer.byteLength - 1, 0x01)
+        await appendFile(path, Buffer.concat([outer, Buffer.alloc(300)]))
+        const store = context.make(location)
+        await store.open()
+        await assertBlocks(store, 3, 4, 'after recovery')
+        assert.equal(await store.get(addr(1, 20)), undefined, 'the inner block')
+        assert.equal((await stat(path)).size, batchEnd(2), 'the torn record is cut off')
+      })
     })
   })
 
@@ -340,15 +447,16 @@ describe('file block store: damage in the active segment', () => {
           await exited
         }
         assert.equal(await exists(join(location, MARKER)), false, 'no marker after a kill')
-        assert.equal((await stat(path)).size, 4 * RECORD_BYTES)
+        // Every batch after the first follows a sync (the child's open syncs what it finds).
+        assert.equal((await stat(path)).size, batchEnd(3))
         // The child's last batch torn, as if the kill had come during its write.
-        await truncate(path, 3 * RECORD_BYTES + 100)
+        await truncate(path, recordAt(3) + 100)
         store = context.make(location)
         await store.open()
         await assertBlocks(store, 2, 2, 'blocks from before the first close')
         assertBytes(await store.get(addr(1, 2)), new Uint8Array(VALUE_BYTES).fill(3), 'the child\'s first batch')
         assert.equal(await store.get(addr(1, 3)), undefined, 'the child\'s torn batch')
-        assert.equal((await stat(path)).size, 3 * RECORD_BYTES)
+        assert.equal((await stat(path)).size, batchEnd(2))
       })
     })
 
@@ -358,7 +466,7 @@ describe('file block store: damage in the active segment', () => {
         const marker = await readFile(join(location, MARKER))
         for (const [what, prepare, markerBytes] of [
           // The marker recorded 3 batches; cut to 2 (as the CORRUPTION message advises) it vouches for nothing.
-          ['a segment cut since the close', async () => { await truncate(path, 2 * RECORD_BYTES) }, marker],
+          ['a segment cut since the close', async () => { await truncate(path, batchEnd(1)) }, marker],
           ['a damaged marker', async () => { await appendFile(path, Buffer.from(bytesOf(100, 1))) }, flipByte(Buffer.from(marker), 20, 0x01)],
           ['a truncated marker', async () => { await appendFile(path, Buffer.from(bytesOf(100, 2))) }, marker.subarray(0, 10)]
         ] as const) {
@@ -392,7 +500,8 @@ describe('file block store: damage in the active segment', () => {
             await again.batch([put(addr(1, round), bytesOf(VALUE_BYTES, round))], { sync: true })
             await again.close()
           }
-          assert.equal((await stat(join(location, segmentFileName(1)))).size, (round + 1) * RECORD_BYTES)
+          // Each open syncs what it finds, so every batch after the first starts with a mark.
+          assert.equal((await stat(join(location, segmentFileName(1)))).size, batchEnd(round))
         }
         // After the last clean close, damage to the first batch is reported, not cut off.
         const path = join(location, segmentFileName(1))

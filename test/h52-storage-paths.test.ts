@@ -209,12 +209,12 @@ describe('open() on a storage that does not match the options or is incomplete',
     const g = await GalleonFS.open({ storagePath })
     await g.write('v', 8192, new Uint8Array(8192).fill(9), WriteConcern.WriteDurable)
     await g.close()
-    // As if a newer version had written that batch (two records) in its format and then crashed
-    // (no CLEAN marker).
-    const recordBytes = ((await stat(segment)).size - before) / 2
-    assert.equal(recordBytes, 36 + 8 + 4096, 'two records of a block each')
+    // As if a newer version had written that batch (a mark stating that open synced what was
+    // there, then two records) in its format and then crashed (no CLEAN marker).
+    const recordBytes = ((await stat(segment)).size - before - 36) / 2
+    assert.equal(recordBytes, 36 + 8 + 4096, 'a mark, then two records of a block each')
     const handle = await open(segment, 'r+')
-    for (const offset of [before, before + recordBytes]) await handle.write(Buffer.from('GFR3', 'latin1'), 0, 4, offset)
+    for (const offset of [before + 36, before + 36 + recordBytes]) await handle.write(Buffer.from('GFR3', 'latin1'), 0, 4, offset)
     await handle.close()
     await rm(join(storagePath, 'blocks', 'CLEAN'))
     await refused({ storagePath }, 'CORRUPTION', 'GFR3', dir)

@@ -28,20 +28,25 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * an unsalted one (its magic differs). Nor can block data holding copies of records forge one
  * without knowing the salt. A salted segment holds only salted records.
  *
- * A mark record (type 3, salted segments only, no payload, volume and gen 0) states in its index
- * field an offset of its segment below which every byte had been synced when it was written;
- * recovery reports damage below it as corruption rather than treating it as a torn write.
+ * A mark record (type 3, no payload, volume and gen 0) states in its index field an offset of its
+ * segment below which every byte had been synced when it was written; recovery reports damage below
+ * it as corruption rather than treating it as a torn write. In a salted segment it is a salted
+ * record like the others; in an unsalted one its magic is `UNSALTED_MARK_MAGIC` ('GFR3'), which a
+ * release from before unsalted marks reports as a record of a newer format instead of cutting the
+ * log at it (its crc starts from 0, like the other unsalted records).
  */
 export const HEADER_BYTES = 36
 /** First word of every unsalted record: 'GFR1' read as little-endian bytes. */
 export const RECORD_MAGIC = 0x31524647
 /** First word of every salted record: 'GFR2'. */
 export const SALTED_RECORD_MAGIC = 0x32524647
+/** First word of a mark record in an unsalted segment: 'GFR3'. */
+export const UNSALTED_MARK_MAGIC = 0x33524647
 /** Record type of a put (has a payload). */
 export const TYPE_PUT = 1
 /** Record type of a delete, a tombstone (no payload). */
 export const TYPE_DEL = 2
-/** Record type of a mark (salted segments only): `index` is an offset synced when it was written. */
+/** Record type of a mark: `index` is an offset of its segment synced when it was written. */
 export const TYPE_MARK = 3
 /** Flag of every record of a batch but its last: a batch is applied only once its last record is seen. */
 export const FLAG_CONTINUES = 1
@@ -89,7 +94,7 @@ export function encodeRecordHeader (
   target: Uint8Array, position: number, type: number, flags: number,
   volume: number, index: number, gen: number, payload: Uint8Array | undefined, seed?: number
 ): void {
-  put32(target, position, seed === undefined ? RECORD_MAGIC : SALTED_RECORD_MAGIC)
+  put32(target, position, seed !== undefined ? SALTED_RECORD_MAGIC : type === TYPE_MARK ? UNSALTED_MARK_MAGIC : RECORD_MAGIC)
   target[position + 8] = type
   target[position + 9] = flags
   target[position + 10] = 0
@@ -110,10 +115,10 @@ export function encodeRecordHeader (
  * checked separately by `recordCrcMatches` once the payload is at hand.
  */
 export function decodeHeader (source: Buffer, position: number, into: RecordHeader, salted = false): boolean {
-  if (get32(source, position) !== (salted ? SALTED_RECORD_MAGIC : RECORD_MAGIC)) return false
   const type = source[position + 8] as number
+  if (get32(source, position) !== (salted ? SALTED_RECORD_MAGIC : type === TYPE_MARK ? UNSALTED_MARK_MAGIC : RECORD_MAGIC)) return false
   const flags = source[position + 9] as number
-  if ((type !== TYPE_PUT && type !== TYPE_DEL && (type !== TYPE_MARK || !salted)) || (flags & ~FLAG_CONTINUES) !== 0) return false
+  if ((type !== TYPE_PUT && type !== TYPE_DEL && type !== TYPE_MARK) || (flags & ~FLAG_CONTINUES) !== 0) return false
   if (source[position + 10] !== 0 || source[position + 11] !== 0) return false
   const indexHigh = get32(source, position + 16)
   const genHigh = get32(source, position + 24)

@@ -7,9 +7,10 @@ import { wrapIo } from '../../src/abstract-block-store.js'
 import { Address } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
-import { HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
+import { HEADER_BYTES, HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
 import {
-  findBatchAfter, hintPath, isSpareFileName, looksUnwritten, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath, syncDirectory, syncedMarkedAfter
+  findBatchAfter, hintPath, isSpareFileName, looksLost, looksUnwritten, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath, syncDirectory, syncedMarkedAfter,
+  syncedMarkedInRuns
 } from './segment.js'
 import { scheduleHint } from './maintenance.js'
 import { trimSpares } from './spares.js'
@@ -157,16 +158,17 @@ export async function recover (state: StoreState): Promise<void> {
   // must never seal a segment whose tail a power loss could still tear, or the next open would find
   // a damaged sealed segment and refuse to open.
   state.dirty = last.size > 0
-  if (last.seed !== undefined && last.size > 0) {
-    // A salted active segment is synced now, so the next batch's mark states that all of it is:
-    // damage in what earlier sessions wrote is then corruption, not a torn tail (no zeros mark
-    // unwritten space in a reused file).
+  if (last.size > 0) {
+    // The active segment is synced now, so the next batch's mark states that all of it is: damage
+    // in what earlier sessions wrote is then corruption, not a torn tail (no zeros mark unwritten
+    // space in a reused file, and in any file a page lost at a power loss reads as zeros).
     try {
       await (last.handle as FileHandle).datasync()
     } catch (err) {
       throw wrapIo(err, `could not sync ${last.path}`)
     }
     state.dirty = false
+    state.syncCount++
     last.syncedBytes = last.acknowledgedBytes = last.size
     // A mark the recovery cut off (it opened the torn batch) states nothing any more.
     last.markedBytes = 0
@@ -194,8 +196,9 @@ async function loadHint (state: StoreState, segment: Segment): Promise<boolean> 
 /**
  * Scans a segment into the index. Damage in it (a record that is torn or fails its checks, or a
  * batch that never ends) is corruption, reported with CORRUPTION and left as it is, unless a crash
- * can explain it: only in the last segment, not after a clean close, and with no complete, valid
- * batch after it unless what lies between is unwritten (zeros). A torn tail is truncated: a kill
+ * can explain it: only in the last segment, not after a clean close, not below an offset a mark
+ * record states had been synced, and (in an unsalted segment) with no complete, valid batch after
+ * it unless something between reads as unwritten (zeros). A torn tail is truncated: a kill
  * tears only writes not yet acknowledged (batches are acknowledged in log order), a power loss only
  * writes not yet synced, so nothing from the damage on was acknowledged as durable.
  */
@@ -204,7 +207,7 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   const hint = new HintBuilder()
   // Records of the batch being read; applied only when its last record arrives.
   const batch: number[] = []
-  // Salted segments: the highest offset a mark states was synced. A valid mark's statement holds
+  // The highest offset a mark states was synced. A valid mark's statement holds
   // whether or not its batch completed (it was made after the sync it reports).
   let synced = 0
   const result = await scanSegment(handle, segment.size, (header, offset) => {
@@ -229,7 +232,7 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   })
   segment.hint = hint
   if (result.committedEnd === segment.size) return
-  // A record of a later format ('GFR3' on) is not damage but what a newer GalleonFS wrote: cutting
+  // A record of a later format (see newerRecordFormat) is not damage but what a newer GalleonFS wrote: cutting
   // it off as a torn tail would lose what that version acknowledged.
   const newer = result.problem === 'invalid record header' ? await newerRecordFormat(handle, result.stoppedAt) : undefined
   if (newer !== undefined) {
@@ -253,10 +256,19 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
     synced = Math.max(synced, await syncedMarkedAfter(handle, segment.size, result.stoppedAt, segment.seed))
     if (damagedAt < synced) throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
   } else if (result.stoppedAt < segment.size) {
+    // A file only ever appended to: what a crash did not write reads as zeros. Marks (past the
+    // damage, those at the boundaries of valid records) vouch for what was synced, as above.
     const later = await findBatchAfter(handle, segment.size, result.stoppedAt)
-    if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start)) {
-      throw corruption(`yet a complete, valid batch follows at offset ${later.start}, so it is not a write cut short by a crash`)
+    synced = Math.max(synced, await syncedMarkedInRuns(handle, segment.size, later))
+    if (damagedAt < synced) throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
+    // Past the last sync, a batch written after the damage is what writes in flight at a kill
+    // leave (zeros up to it), or write-back out of order at a power loss (an earlier page lost,
+    // zeros in a unit of its own); anything else is damage no crash explains.
+    if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start) && !await looksLost(handle, result.stoppedAt, later.start)) {
+      throw corruption(`yet a complete, valid batch follows at offset ${later.start} and nothing between reads as unwritten, so it is not a write cut short by a crash`)
     }
+  } else if (damagedAt < synced) {
+    throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
   }
   // The tail of the active segment after its last complete batch was never acknowledged as durable
   // (or is a batch cut short): drop it so new records follow valid ones.
@@ -266,11 +278,16 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   segment.size = segment.fileBytes = result.committedEnd
 }
 
-/** The magic of a record format later than this version's ('GFR3' to 'GFR9') at `offset`, if one is there. */
+/**
+ * The magic of a record format later than this version's at `offset`, if one is there: 'GFR4' to
+ * 'GFR9', or 'GFR3' on anything but a mark (this version writes 'GFR3' only on the marks of unsalted
+ * segments, so one that does not decode is a damaged mark).
+ */
 async function newerRecordFormat (handle: FileHandle, offset: number): Promise<string | undefined> {
-  const magic = Buffer.alloc(4)
-  const { bytesRead } = await handle.read(magic, 0, 4, offset)
+  const start = Buffer.alloc(HEADER_BYTES)
+  const { bytesRead } = await handle.read(start, 0, HEADER_BYTES, offset)
   if (bytesRead < 4) return undefined
-  const text = magic.toString('latin1')
-  return /^GFR[3-9]$/.test(text) ? text : undefined
+  const text = start.toString('latin1', 0, 4)
+  if (text === 'GFR3') return bytesRead > 8 && start[8] === TYPE_MARK ? undefined : text
+  return /^GFR[4-9]$/.test(text) ? text : undefined
 }

@@ -18,7 +18,9 @@ const SCAN_CHUNK_BYTES = 4 * 1024 * 1024 > HEADER_BYTES + MAX_BLOCK_VALUE_BYTES 
 // (512 bytes or more). Whatever was not written up to the next write that landed reads as zeros on
 // the usual file systems; where it reads as stale bytes instead, open reports CORRUPTION, cutting nothing.
 const UNWRITTEN_UNIT_BYTES = 512
-const MAGIC_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff, RECORD_MAGIC >>> 24])
+// The first three bytes of every magic ('GFR'): unsalted records ('GFR1') and marks ('GFR3') are
+// both searched for with it, and decodeHeader tells which a candidate is.
+const MAGIC_PREFIX_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff])
 const SALTED_MAGIC_BYTES = Buffer.from([SALTED_RECORD_MAGIC & 0xff, (SALTED_RECORD_MAGIC >>> 8) & 0xff, (SALTED_RECORD_MAGIC >>> 16) & 0xff, SALTED_RECORD_MAGIC >>> 24])
 
 /** File name of segment `id`; a salted segment (a reused file, see record.ts) has its salt in it. */
@@ -226,7 +228,7 @@ export async function scanSegment (handle: FileHandle, size: number, onRecord: R
 }
 
 /**
- * Every offset from `from` on where `magic` starts a whole record header, found by reading the file
+ * Every offset from `from` on where `magic` (or a prefix of it) starts a whole record header, found by reading the file
  * in chunks: yields the chunk (reused for the next one), the candidate's position in it and the
  * chunk's offset in the file. Chunks overlap by a header, so no candidate is missed or seen twice.
  */
@@ -278,7 +280,7 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
   // Records already followed as part of a run that did not count: a run from any of them is a suffix
   // of that run and would not count either. Keeps the search linear when a payload holds many records.
   const followed = new Set<number>()
-  for await (const { view, at, chunkStart } of headerCandidates(handle, size, damagedAt + 1, MAGIC_BYTES)) {
+  for await (const { view, at, chunkStart } of headerCandidates(handle, size, damagedAt + 1, MAGIC_PREFIX_BYTES)) {
     const candidate = chunkStart + at
     if (followed.has(candidate) || !decodeHeader(view, at, header)) continue
     const recordEnd = at + HEADER_BYTES + header.length
@@ -304,6 +306,54 @@ export async function syncedMarkedAfter (handle: FileHandle, size: number, from:
     synced = Math.max(synced, Math.min(header.index, chunkStart + at))
   }
   return synced
+}
+
+/**
+ * The highest offset that a mark record in an unsalted segment, past damage, states had been synced
+ * (0 if none), given the first run of valid records after the damage (`findBatchAfter`). Only
+ * records at the boundaries of such runs count, each run followed record by record to its end and
+ * the next one looked for past that: a mark inside a block's payload (a volume may hold a copy of
+ * a store) is stepped over with the payload. A mark found so was written by this segment's writer,
+ * and what it states held when it was written, whether or not its batch completed.
+ */
+export async function syncedMarkedInRuns (handle: FileHandle, size: number, first: BatchAfterDamage | undefined): Promise<number> {
+  let synced = 0
+  for (let run = first; run !== undefined;) {
+    const scan = await scanSegment(handle, size, (header, offset) => {
+      if (header.type === TYPE_MARK) synced = Math.max(synced, Math.min(header.index, offset))
+    }, { start: run.start })
+    if (scan.stoppedAt >= size) break
+    run = await findBatchAfter(handle, size, scan.stoppedAt)
+  }
+  return synced
+}
+
+/**
+ * True when some aligned unit between damage at `damagedAt` and a later batch at `batchStart`
+ * reads as zeros from its start (or from the damage, if that is later) to its end: what a power loss
+ * leaves in a file that was only ever appended to when a page written after the last sync did not
+ * reach the disk but a later one did (write-back goes in any order). A bit flip or an overwrite
+ * leaves no such unit, unless the block data there was zeros; only damage no mark vouches for is
+ * judged so (see recovery).
+ */
+export async function looksLost (handle: FileHandle, damagedAt: number, batchStart: number): Promise<boolean> {
+  const unit = UNWRITTEN_UNIT_BYTES
+  const end = Math.floor(batchStart / unit) * unit
+  const zeros = Buffer.alloc(unit)
+  // The unit holding the damage, from the damage on; then whole units, read a chunk at a time.
+  let from = Math.min(end, (Math.floor(damagedAt / unit) + 1) * unit)
+  if (from > damagedAt) {
+    const head = Buffer.alloc(from - damagedAt)
+    if (await readFully(handle, head, 0, head.byteLength, damagedAt) === head.byteLength && zeros.subarray(0, head.byteLength).equals(head)) return true
+  }
+  const chunk = Buffer.allocUnsafeSlow(Math.min(Math.floor(SCAN_CHUNK_BYTES / unit) * unit, Math.max(unit, end - from)))
+  while (from < end) {
+    const length = await readFully(handle, chunk, 0, Math.min(chunk.byteLength, end - from), from)
+    for (let at = 0; at + unit <= length; at += unit) if (zeros.equals(chunk.subarray(at, at + unit))) return true
+    if (length < Math.min(chunk.byteLength, end - from)) return false
+    from += length
+  }
+  return false
 }
 
 /**

@@ -26,8 +26,8 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
   // Roll only between batches: a batch must be whole within one segment to be atomic.
   if (bytes > 0 && segment.size > 0 && segment.size + bytes > state.segmentBytes) segment = newTailSegment(state)
   const start = segment.size
-  // A salted segment synced further than its marks say gets a new mark, ahead of the batch.
-  const mark = bytes > 0 && segment.seed !== undefined && segment.syncedBytes > segment.markedBytes ? 1 : 0
+  // A segment synced further than its marks say gets a new mark, ahead of the batch.
+  const mark = bytes > 0 && segment.syncedBytes > segment.markedBytes ? 1 : 0
   if (mark === 1) bytes += HEADER_BYTES
   const count = ops.length + mark
   const fields = new Array<number>(count * 3)
