@@ -2,6 +2,7 @@
 // QoS policies from flags or a file) and the printing of answers (JSON, or aligned columns).
 
 import { readFile } from 'node:fs/promises'
+import { resolve as resolvePath } from 'node:path'
 import { InvalidArgumentError } from 'commander'
 import { parseSize } from '../src/size.js'
 import Table from 'cli-table3'
@@ -101,4 +102,17 @@ export function definitionIn (file: string, value: unknown, what: string): Recor
     throw new CliError(`${file} must hold ${what} as one object of fields, but holds ${value === null || value === undefined ? 'nothing' : Array.isArray(value) ? 'a list' : `a ${typeof value}`}`)
   }
   return value as Record<string, unknown>
+}
+
+/** A volume as the daemon's API describes it. */
+export interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string, pool?: string }
+
+/**
+ * A path given on the command line, made absolute here: the daemon runs in a working directory of
+ * its own, so a relative path is the user's, from where the CLI runs.
+ */
+export function absolute (path: string): string
+export function absolute (path: string | undefined): string | undefined
+export function absolute (path: string | undefined): string | undefined {
+  return path === undefined || path === '' ? path : resolvePath(path)
 }

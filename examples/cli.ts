@@ -2,13 +2,14 @@
 // 1 the operation failed (the daemon said no, or is not running), 2 the command line is wrong.
 
 import { readFileSync } from 'node:fs'
-import { resolve as resolvePath } from 'node:path'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { formatSize, parseSize } from '../src/size.js'
 import type { ForgottenNode } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, inCliTerms, NoAnswer, UsageError, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
-import { columns, commaList, definitionIn, keyValues, policyFromFile, policyFromFlags, print, readDefinitionFile, sizeOption } from './cli-format.js'
+import { absolute, columns, print, sizeOption, type VolumeView } from './cli-format.js'
+import { addBackupCommands } from './cli-backup.js'
+import { addResourceCommands } from './cli-resources.js'
 
 export { runReplicationSelfTest } from './cli-self-test.js'
 
@@ -22,32 +23,6 @@ const VERSION = (() => {
   }
   return 'unknown'
 })()
-
-interface VolumeView { id: string, name: string, namespace: string, type: string, state: string, sizeBytes: number, storageClass: string, replicas: number, encrypted: boolean, createdAt: string, pool?: string }
-
-/** How many backups a policy keeps of a kind: a whole number from 0 to 10000, as the library takes (commander's `Number` would pass NaN on as null). */
-function kept (v: string): number {
-  const n = Number(v)
-  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0 || n > 10_000) throw new InvalidArgumentError('a whole number from 0 to 10000')
-  return n
-}
-
-/**
- * A path given on the command line, made absolute here: the daemon runs in a working directory of
- * its own, so a relative path is the user's, from where the CLI runs.
- */
-function absolute (path: string): string
-function absolute (path: string | undefined): string | undefined
-function absolute (path: string | undefined): string | undefined {
-  return path === undefined || path === '' ? path : resolvePath(path)
-}
-
-/** A pool's overcommit ratio: a number of at least 1. */
-function overcommit (v: string): number {
-  const n = Number(v)
-  if (v.trim() === '' || !Number.isFinite(n) || n < 1) throw new InvalidArgumentError('a number of at least 1')
-  return n
-}
 
 /** Builds the command tree. */
 export function buildCli (): Command {
@@ -193,100 +168,7 @@ export function buildCli (): Command {
     print(globals(), { restored: name }, () => `volume ${ref} reverted to snapshot ${name}\n`)
   })
 
-  const backup = program.command('backup').description('backups of volumes')
-  backup.command('create').argument('<volume>').description('back a volume up')
-    .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']).default('full'))
-    .option('--target <dir>', 'backup target directory (on the daemon\'s machine; a relative one is from here)')
-    .action(async (ref: string, options: { strategy: string, target?: string }) => {
-      const made = await callLong(globals(), `backup of ${ref}`, 'POST', '/v1/backups', { volume: ref, strategy: options.strategy, target: absolute(options.target) }) as { id: string, strategy: string, blocks: number, storedBytes: number }
-      print(globals(), made, () => `backup ${made.id} (${made.strategy}): ${made.blocks} blocks, ${made.storedBytes} bytes stored\n`)
-    })
-  backup.command('list').argument('[volume]').option('--target <dir>', 'backup target directory').description('list backups').action(async (ref: string | undefined, options: { target?: string }) => {
-    const query = new URLSearchParams({ ...(ref === undefined ? {} : { volume: ref }), ...(options.target === undefined ? {} : { target: absolute(options.target) }) })
-    const list = await call(globals(), 'GET', `/v1/backups?${query.toString()}`) as Array<{ id: string, volumeName: string, strategy: string, createdAt: string, bytes: number }>
-    print(globals(), list, () => columns(['ID', 'VOLUME', 'STRATEGY', 'CREATED', 'BYTES'], list.map((b) => [b.id, b.volumeName, b.strategy, b.createdAt, formatSize(b.bytes)])))
-    // No backups is a valid answer, also for a name no volume has (a deleted volume's backups are
-    // listed by its name, and may all be gone): still exit 0 and [], but a person is told when the
-    // name is no volume's, which is most often a mistyped one.
-    if (ref !== undefined && list.length === 0 && globals().json !== true) {
-      const unknown = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}`).then(() => false, (err: Error) => err.message.startsWith('VOLUME_NOT_FOUND'))
-      if (unknown) process.stderr.write(`galleonfs: no backups of ${ref} on ${options.target === undefined ? 'the daemon\'s backup target' : absolute(options.target)}, and no volume is named ${ref} (\`galleonfs volume list\` shows the volumes; a deleted volume's backups are listed by its name or id)\n`)
-    }
-  })
-  backup.command('restore').argument('<backup>').option('--name <name>', 'into a new volume').addOption(new Option('--volume <volume>', 'over an existing volume').conflicts('name')).option('--pool <pool>', 'storage pool of the new volume').option('--target <dir>', 'backup target directory').description('restore a backup')
-    .action(async (id: string, options: { name?: string, volume?: string, pool?: string, target?: string }) => {
-      const restored = await callLong(globals(), `restore of ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/restore`, { ...options, target: absolute(options.target) }) as VolumeView
-      print(globals(), restored, () => `restored backup ${id} into volume ${restored.name}\n`)
-    })
-  backup.command('verify').argument('<backup>').option('--target <dir>', 'backup target directory').description('check a backup\'s chunks').action(async (id: string, options: { target?: string }) => {
-    const report = await callLong(globals(), `verifying ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/verify`, { target: absolute(options.target) }) as { ok: boolean, chunksChecked: number, problems: unknown[] }
-    print(globals(), report, () => `backup ${id}: ${report.ok ? 'ok' : 'DAMAGED'} (${report.chunksChecked} chunks checked, ${report.problems.length} problems)\n`)
-    if (!report.ok) throw new CliError(`backup ${id} failed verification`)
-  })
-
-  backup.command('adopt').argument('<backup>').option('--target <dir>', 'backup target directory').description('accept an encrypted backup from a build before 2026-12-05 (untagged manifests), after checking its chunks').action(async (id: string, options: { target?: string }) => {
-    const report = await callLong(globals(), `adopting ${id.slice(0, 8)}`, 'POST', `/v1/backups/${encodeURIComponent(id)}/adopt`, { target: absolute(options.target) }) as { adopted: string[], unchanged: string[], chunksChecked: number }
-    print(globals(), report, () => report.adopted.length === 0 ? `backup ${id}: nothing to adopt (its chain is tagged already, or plain)\n` : `backup ${id}: tagged ${report.adopted.length} manifest(s) of its chain (${report.chunksChecked} chunks checked)\n`)
-  })
-
-  const policy = backup.command('policy').description('scheduled backups')
-  policy.command('create').argument('<name>').description('create a backup policy')
-    .requiredOption('--schedule <cron>', 'cron expression (UTC unless --timezone)')
-    .option('--timezone <zone>', 'IANA time zone of the schedule')
-    .addOption(new Option('--strategy <strategy>', 'full, incremental or differential').choices(['full', 'incremental', 'differential']))
-    .option('--volumes <list>', 'comma-separated volume names or ids (this, --labels or both)')
-    .option('--labels <list>', 'comma-separated key=value labels selecting volumes')
-    .option('--daily <n>', 'daily backups kept (--daily, --weekly or --monthly is needed)', kept)
-    .option('--weekly <n>', 'weekly backups kept', kept)
-    .option('--monthly <n>', 'monthly backups kept', kept)
-    .option('--target <dir>', 'backup target directory')
-    .action(async (name: string, options: { schedule: string, timezone?: string, strategy?: string, volumes?: string, labels?: string, daily?: number, weekly?: number, monthly?: number, target?: string }) => {
-      const labels = options.labels === undefined ? undefined : Object.fromEntries(options.labels.split(',').map((pair) => {
-        const at = pair.indexOf('=')
-        if (at <= 0) throw new UsageError(`--labels takes key=value pairs, got ${JSON.stringify(pair)}`)
-        return [pair.slice(0, at), pair.slice(at + 1)]
-      }))
-      const retention = Object.fromEntries(Object.entries({ daily: options.daily, weekly: options.weekly, monthly: options.monthly }).filter(([, v]) => v !== undefined))
-      // What the library requires of every policy, said as this command's flags (exit 2) rather than
-      // sent and refused in the API's field names.
-      if (options.volumes === undefined && options.labels === undefined) throw new UsageError('backup policy create needs --volumes <names> or --labels <key=value,...>: the volumes each run backs up')
-      if (Object.keys(retention).length === 0) throw new UsageError('backup policy create needs --daily, --weekly or --monthly: how many backups it keeps (each run deletes the others), such as --daily 7')
-      // Each run deletes every backup but the ones kept: a retention of only zeros would keep none.
-      if (Object.keys(retention).length > 0 && Object.values(retention).every((n) => n === 0)) {
-        throw new UsageError(`${Object.keys(retention).map((kind) => `--${kind} 0`).join(' ')} keeps no backup, and each run deletes every backup the policy does not keep: give --daily, --weekly or --monthly above 0, such as --daily 7`)
-      }
-      const created = await call(globals(), 'POST', '/v1/backup-policies', {
-        name,
-        schedule: options.schedule,
-        ...(options.timezone === undefined ? {} : { timezone: options.timezone }),
-        ...(options.strategy === undefined ? {} : { strategy: options.strategy }),
-        ...(options.volumes === undefined ? {} : { volumes: options.volumes.split(',').map((v) => v.trim()).filter((v) => v.length > 0) }),
-        ...(labels === undefined ? {} : { labels }),
-        ...(Object.keys(retention).length === 0 ? {} : { retention }),
-        ...(options.target === undefined ? {} : { target: absolute(options.target) })
-      }) as { name: string, nextRunAt: string | null }
-      print(globals(), created, () => `created backup policy ${created.name}; next run ${created.nextRunAt ?? 'never'}\n`)
-    })
-  policy.command('list').description('list backup policies').action(async () => {
-    const list = await call(globals(), 'GET', '/v1/backup-policies') as Array<{ name: string, schedule: string, strategy: string, nextRunAt: string | null, lastResult: { at: string, backups: number, errors: unknown[] } | null }>
-    // The last run, scheduled or by `policy run` (lastRunAt is only the last scheduled one), and how it went.
-    const outcome = (run: { backups: number, errors: unknown[] } | null): string => run === null ? '-' : `${run.backups} backup(s)${run.errors.length === 0 ? '' : `, ${run.errors.length} FAILED`}`
-    print(globals(), list, () => columns(['NAME', 'SCHEDULE', 'STRATEGY', 'NEXT RUN', 'LAST RUN', 'RESULT'], list.map((p) => [p.name, p.schedule, p.strategy, p.nextRunAt ?? '-', p.lastResult?.at ?? '-', outcome(p.lastResult)])))
-  })
-  policy.command('get').argument('<name>').description('show a backup policy and its last run').action(async (name: string) => {
-    print(globals(), await call(globals(), 'GET', `/v1/backup-policies/${encodeURIComponent(name)}`))
-  })
-  policy.command('delete').argument('<name>').description('delete a backup policy (its backups stay)').action(async (name: string) => {
-    await call(globals(), 'DELETE', `/v1/backup-policies/${encodeURIComponent(name)}`)
-    print(globals(), { deleted: name }, () => `deleted backup policy ${name}\n`)
-  })
-  policy.command('run').argument('<name>').description('run a backup policy now').action(async (name: string) => {
-    const run = await callLong(globals(), `policy ${name}`, 'POST', `/v1/backup-policies/${encodeURIComponent(name)}/run`) as { backups: unknown[], errors: Array<{ volume: string, message: string }>, pruned: unknown[], collectionDeferred?: boolean, deferredReasons?: string[] }
-    // Pruning that could not free the space now (a backup was running on the target) says so.
-    const deferred = run.collectionDeferred === true ? `the chunks the pruned backups used were not all deleted yet: ${(run.deferredReasons ?? []).map(inCliTerms).join('; ')}\n` : ''
-    print(globals(), run, () => `policy ${name}: ${run.backups.length} backup(s), ${run.pruned.length} pruned, ${run.errors.length} error(s)\n${deferred}`)
-    if (run.errors.length > 0) throw new CliError(`policy ${name} failed for ${run.errors.map((f) => `${f.volume} (${inCliTerms(f.message)})`).join(', ')}`)
-  })
+  addBackupCommands(program, globals)
 
   const cluster = program.command('cluster').description('cluster membership')
   interface Member { id: string, address: string, zone: string, healthy: boolean, leader: boolean, volumes?: number, protocol?: { version: number, oldest: number } }
@@ -386,128 +268,7 @@ export function buildCli (): Command {
     print(globals(), { state: 'stopping' }, () => 'the daemon is stopping\n')
   })
 
-  const storageClass = program.command('storage-class').description('storage classes')
-  storageClass.command('create').argument('<file>', 'a JSON or YAML definition').description('create a storage class from a file').action(async (file: string) => {
-    const definition = await readDefinitionFile(file)
-    const created = await call(globals(), 'POST', '/v1/storage-classes', definitionIn(file, definition, 'a storage class (name, parameters, ...)')) as { name: string }
-    print(globals(), created, () => `created storage class ${created.name}\n`)
-  })
-  storageClass.command('delete').argument('<name>').description('delete a storage class of your own that no volume uses').action(async (name: string) => {
-    await call(globals(), 'DELETE', `/v1/storage-classes/${encodeURIComponent(name)}`)
-    print(globals(), { deleted: name }, () => `deleted storage class ${name}\n`)
-  })
-  storageClass.command('list').description('list storage classes').action(async () => {
-    const list = await call(globals(), 'GET', '/v1/storage-classes') as Array<{ name: string, reclaimPolicy: string, parameters: Record<string, string>, builtIn: boolean }>
-    print(globals(), list, () => columns(['NAME', 'RECLAIM', 'ENCRYPTION', 'BUILT-IN'], list.map((c) => [c.name, c.reclaimPolicy, c.parameters.encryption ?? 'false', String(c.builtIn)])))
-  })
-
-  const qos = program.command('qos').description('QoS policies of volumes: limits, guarantees, bursting')
-  const positive = (v: string): number => {
-    const n = Number(v)
-    if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number above 0')
-    return n
-  }
-  // A burst's peak is a multiple of the limit from 1 to 100 (below 1 it would be a lower ceiling).
-  const multiple = (v: string): number => {
-    const n = Number(v)
-    if (v.trim() === '' || !Number.isFinite(n) || n < 1 || n > 100) throw new InvalidArgumentError('a number from 1 to 100')
-    return n
-  }
-  qos.command('set').argument('<volume>').description('set a volume\'s own QoS policy (replaces the whole policy; its storage class\'s applies again after `qos clear`)')
-    .option('-f, --file <file>', 'the policy as a JSON or YAML file (limits, guarantees, burstable, weight)')
-    .option('--limit-iops <n>', 'IOPS ceiling, reads and writes together', positive)
-    .option('--limit-read-iops <n>', 'read IOPS ceiling', positive)
-    .option('--limit-write-iops <n>', 'write IOPS ceiling', positive)
-    .option('--limit-mbps <n>', 'throughput ceiling in MB/s', positive)
-    .option('--limit-read-mbps <n>', 'read throughput ceiling in MB/s', positive)
-    .option('--limit-write-mbps <n>', 'write throughput ceiling in MB/s', positive)
-    .option('--latency-ms <n>', 'latency target in milliseconds', positive)
-    .option('--guarantee-iops <n>', 'IOPS floor under contention', positive)
-    .option('--guarantee-mbps <n>', 'throughput floor in MB/s under contention', positive)
-    .option('--burst-seconds <n>', 'how long full burst credits last at the full multiplier', positive)
-    .option('--burst-iops-multiplier <n>', 'peak IOPS as a multiple of the limit (1 to 100)', multiple)
-    .option('--burst-mbps-multiplier <n>', 'peak throughput as a multiple of the limit (1 to 100)', multiple)
-    .option('--weight <n>', 'share of spare I/O relative to other volumes (default 1)', positive)
-    .action(async (ref: string, options: Record<string, number | string | undefined>) => {
-      const policy = options.file === undefined ? policyFromFlags(options) : await policyFromFile(String(options.file), options)
-      const result = await call(globals(), 'PUT', `/v1/volumes/${encodeURIComponent(ref)}/qos`, policy) as { policy?: unknown, source: string }
-      print(globals(), result, () => `QoS policy of ${ref} set: ${JSON.stringify(result.policy)}\n`)
-    })
-  qos.command('get').argument('<volume>').description('show the QoS policy in force for a volume and how it is doing').action(async (ref: string) => {
-    interface QoSView { policy?: unknown, source: string, metrics?: { throttledSeconds: number, throttledOps: number, throttledQueue: number, dispatchQueue: number, burstCredits?: { iops?: number, throughputMB?: number }, guarantee?: { achievedIops: number, met: boolean }, latencyTargetMet?: boolean } }
-    const view = await call(globals(), 'GET', `/v1/volumes/${encodeURIComponent(ref)}/qos`) as QoSView
-    print(globals(), view, () => {
-      if (view.policy === undefined) return `volume ${ref} has no QoS policy (neither its own nor from its storage class)\n`
-      const m = view.metrics
-      const rows: string[][] = [['policy', JSON.stringify(view.policy)], ['from', view.source]]
-      if (m !== undefined) {
-        rows.push(['throttled', `${m.throttledOps} operations, ${m.throttledSeconds.toFixed(3)} s in all; ${m.throttledQueue} waiting now`], ['dispatcher queue', String(m.dispatchQueue)])
-        if (m.burstCredits !== undefined) rows.push(['burst credits', JSON.stringify(m.burstCredits)])
-        if (m.guarantee !== undefined) rows.push(['guarantee', `${m.guarantee.met ? 'met' : 'MISSED'} (last second ${m.guarantee.achievedIops.toFixed(0)} IOPS)`])
-        if (m.latencyTargetMet !== undefined) rows.push(['latency target', m.latencyTargetMet ? 'met' : 'MISSED'])
-      }
-      return columns(['FIELD', 'VALUE'], rows)
-    })
-  })
-  qos.command('clear').argument('<volume>').description('remove a volume\'s own QoS policy (its storage class\'s applies again)').action(async (ref: string) => {
-    const result = await call(globals(), 'DELETE', `/v1/volumes/${encodeURIComponent(ref)}/qos`) as { policy?: unknown, source: string }
-    print(globals(), result, () => `QoS policy of ${ref} cleared; in force now: ${result.policy === undefined ? 'none' : `${JSON.stringify(result.policy)} (from its ${result.source})`}\n`)
-  })
-
-  const pool = program.command('pool').description('storage pools: capacities that volumes are provisioned against')
-  interface PoolView { name: string, capacityBytes: number, overcommitRatio: number, limitBytes: number, provisionedBytes: number, allocatedBytes: number, freeBytes: number, volumes: number, nodes: string[], nodeSelector: { labels: Record<string, string>, zones: string[] }, description: string }
-  const poolRow = (p: PoolView): string[] => [p.name, formatSize(p.capacityBytes), String(p.overcommitRatio), formatSize(p.provisionedBytes), formatSize(p.allocatedBytes), formatSize(p.freeBytes), String(p.volumes), p.nodes.length === 0 ? '*' : p.nodes.join(',')]
-  const poolHeaders = ['NAME', 'CAPACITY', 'OVERCOMMIT', 'PROVISIONED', 'ALLOCATED', 'FREE', 'VOLUMES', 'NODES']
-  pool.command('list').description('list storage pools with their capacity and use').action(async () => {
-    const pools = await call(globals(), 'GET', '/v1/pools') as PoolView[]
-    print(globals(), pools, () => columns(poolHeaders, pools.map(poolRow)))
-  })
-  pool.command('get').argument('<name>').description('show a storage pool').action(async (name: string) => {
-    const found = await call(globals(), 'GET', `/v1/pools/${encodeURIComponent(name)}`) as PoolView
-    print(globals(), found, () => columns(['FIELD', 'VALUE'], Object.entries(found).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])))
-  })
-  pool.command('create').argument('<name>').description('create a storage pool')
-    .requiredOption('-s, --capacity <size>', 'capacity with suffix K/M/G/T', sizeOption)
-    .option('--overcommit <ratio>', 'how far provisioned sizes may exceed the capacity (thin provisioning; default 1)', overcommit)
-    .option('--nodes <ids>', 'comma-separated cluster node ids the pool\'s volumes may be placed on')
-    .option('--node-labels <labels>', 'comma-separated key=value labels a node needs')
-    .option('--zones <zones>', 'comma-separated zones a node must be in')
-    .option('--description <text>', 'free text')
-    .option('--labels <labels>', 'comma-separated key=value labels of the pool')
-    .action(async (name: string, options: { capacity: number, overcommit?: number, nodes?: string, nodeLabels?: string, zones?: string, description?: string, labels?: string }) => {
-      const selector = {
-        ...(options.nodeLabels === undefined ? {} : { labels: keyValues(options.nodeLabels, '--node-labels') }),
-        ...(options.zones === undefined ? {} : { zones: commaList(options.zones) })
-      }
-      const created = await call(globals(), 'POST', '/v1/pools', {
-        name,
-        capacityBytes: options.capacity,
-        ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
-        ...(options.nodes === undefined ? {} : { nodes: commaList(options.nodes) }),
-        ...(Object.keys(selector).length === 0 ? {} : { nodeSelector: selector }),
-        ...(options.description === undefined ? {} : { description: options.description }),
-        ...(options.labels === undefined ? {} : { labels: keyValues(options.labels, '--labels') })
-      }) as PoolView
-      print(globals(), created, () => `created storage pool ${created.name}: ${formatSize(created.capacityBytes)}${created.overcommitRatio === 1 ? '' : ` (up to ${formatSize(created.limitBytes)} provisioned)`}\n`)
-    })
-  pool.command('update').argument('<name>').description('resize a storage pool or change its description (not below what its volumes provision)')
-    .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T', sizeOption)
-    .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', overcommit)
-    .option('--description <text>', 'new description')
-    .action(async (name: string, options: { capacity?: number, overcommit?: number, description?: string }) => {
-      const changes = {
-        ...(options.capacity === undefined ? {} : { capacityBytes: options.capacity }),
-        ...(options.overcommit === undefined ? {} : { overcommitRatio: options.overcommit }),
-        ...(options.description === undefined ? {} : { description: options.description })
-      }
-      if (Object.keys(changes).length === 0) throw new UsageError('pool update needs --capacity, --overcommit or --description')
-      const updated = await call(globals(), 'PATCH', `/v1/pools/${encodeURIComponent(name)}`, changes) as PoolView
-      print(globals(), updated, () => `storage pool ${updated.name}: ${formatSize(updated.capacityBytes)}, up to ${formatSize(updated.limitBytes)} provisioned, ${formatSize(updated.freeBytes)} free\n`)
-    })
-  pool.command('delete').argument('<name>').description('delete a storage pool no volume or storage class uses').action(async (name: string) => {
-    await call(globals(), 'DELETE', `/v1/pools/${encodeURIComponent(name)}`)
-    print(globals(), { deleted: name }, () => `deleted storage pool ${name}\n`)
-  })
+  addResourceCommands(program, globals)
   return program
 }
 
