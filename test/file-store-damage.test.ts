@@ -315,6 +315,32 @@ describe('file block store: damage in the active segment', () => {
       })
     })
 
+    it('a mark across a page boundary whose second page was lost (power loss) is a torn write, not a newer format: cut off', async () => {
+      await withDirectories(async (context) => {
+        const original = await context.directory()
+        const store = context.make(original)
+        await store.open()
+        // Batch 0 ends 6 bytes before the page boundary, so batch 1's mark has its magic in page 0
+        // and its type byte (offset 8) in page 1.
+        await store.batch([put(addr(1, 0), bytesOf(4090 - HEADER_BYTES, 0))], { sync: true })
+        await store.batch([put(addr(1, 1), bytesOf(5000, 1))])
+        await store.batch([put(addr(1, 2), bytesOf(3000, 2))])
+        const location = await context.directory()
+        await crashCopy(original, location)
+        const path = join(location, segmentFileName(1))
+        const bytes = await readFile(path)
+        assert.equal(bytes.toString('latin1', 4090, 4094), 'GFR3', 'batch 1 starts with a mark at 4090')
+        assert.ok(bytes.byteLength > 8192 + 1000, 'written bytes follow the lost page')
+        // Page 1 was written back after the last sync: lost, while page 0 and later pages reached the disk.
+        await writeFile(path, bytes.fill(0, 4096, 8192))
+        const reopened = context.make(location)
+        await reopened.open()
+        assertBytes(await reopened.get(addr(1, 0)), bytesOf(4090 - HEADER_BYTES, 0), 'the synced batch')
+        for (const index of [1, 2]) assert.equal(await reopened.get(addr(1, index)), undefined, `block ${index}`)
+        assert.equal((await stat(path)).size, 4090, 'cut at the end of the synced batch')
+      })
+    })
+
     it('log records stored inside the payload of the damaged record are not taken for later batches', async () => {
       // A volume can hold a copy of a store, so a block's bytes may be valid log records.
       const inner = Buffer.concat([encodeBatch([{ index: 20, data: bytesOf(300, 20) }, { index: 21, data: bytesOf(300, 21) }]), encodeBatch([{ index: 22, data: bytesOf(300, 22) }])])

@@ -200,7 +200,7 @@ describe('open() on a storage that does not match the options or is incomplete',
     await refused({ storagePath: join(dir, 's') }, 'CORRUPTION', 'format 2', dir)
   })
 
-  it('a segment whose last batch a newer version wrote (record magic GFR3) is refused, not cut off as a torn tail', async () => {
+  it('a segment whose last batch a newer version wrote (record magic GFR4) is refused, not cut off as a torn tail', async () => {
     const dir = await freshDir()
     const storagePath = join(dir, 's')
     await seed(storagePath)
@@ -210,14 +210,15 @@ describe('open() on a storage that does not match the options or is incomplete',
     await g.write('v', 8192, new Uint8Array(8192).fill(9), WriteConcern.WriteDurable)
     await g.close()
     // As if a newer version had written that batch (a mark stating that open synced what was
-    // there, then two records) in its format and then crashed (no CLEAN marker).
+    // there, then two records) in its format and then crashed (no CLEAN marker). 'GFR3' is this
+    // version's own (the marks of unsalted segments), so the next format is 'GFR4'.
     const recordBytes = ((await stat(segment)).size - before - 36) / 2
     assert.equal(recordBytes, 36 + 8 + 4096, 'a mark, then two records of a block each')
     const handle = await open(segment, 'r+')
-    for (const offset of [before + 36, before + 36 + recordBytes]) await handle.write(Buffer.from('GFR3', 'latin1'), 0, 4, offset)
+    for (const offset of [before + 36, before + 36 + recordBytes]) await handle.write(Buffer.from('GFR4', 'latin1'), 0, 4, offset)
     await handle.close()
     await rm(join(storagePath, 'blocks', 'CLEAN'))
-    await refused({ storagePath }, 'CORRUPTION', 'GFR3', dir)
+    await refused({ storagePath }, 'CORRUPTION', 'GFR4', dir)
   })
 })
 

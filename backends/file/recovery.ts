@@ -7,7 +7,7 @@ import { wrapIo } from '../../src/abstract-block-store.js'
 import { Address } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
-import { HEADER_BYTES, HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
+import { HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
 import {
   findBatchAfter, hintPath, isSpareFileName, looksLost, looksUnwritten, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath, syncDirectory, syncedMarkedAfter,
   syncedMarkedInRuns
@@ -280,14 +280,14 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
 
 /**
  * The magic of a record format later than this version's at `offset`, if one is there: 'GFR4' to
- * 'GFR9', or 'GFR3' on anything but a mark (this version writes 'GFR3' only on the marks of unsalted
- * segments, so one that does not decode is a damaged mark).
+ * 'GFR9'. Not 'GFR3': this version writes it on the marks of unsalted segments, so one that does not
+ * decode is a damaged or torn mark, whatever its type byte says (a mark across a page boundary whose
+ * second page a crash lost has its magic but a type byte of 0).
  */
 async function newerRecordFormat (handle: FileHandle, offset: number): Promise<string | undefined> {
-  const start = Buffer.alloc(HEADER_BYTES)
-  const { bytesRead } = await handle.read(start, 0, HEADER_BYTES, offset)
+  const magic = Buffer.alloc(4)
+  const { bytesRead } = await handle.read(magic, 0, 4, offset)
   if (bytesRead < 4) return undefined
-  const text = start.toString('latin1', 0, 4)
-  if (text === 'GFR3') return bytesRead > 8 && start[8] === TYPE_MARK ? undefined : text
+  const text = magic.toString('latin1')
   return /^GFR[4-9]$/.test(text) ? text : undefined
 }
