@@ -3,56 +3,18 @@
 // placement and failover decisions, with its epoch as fencing token) and reports membership
 // changes as events. Replication of volumes builds on this (see DESIGN.md §3, Replication).
 
-import { randomUUID } from 'node:crypto'
 import { statfs } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
-import { notServingMessage } from '../abstract-transport.js'
+import { NodeIdClaim } from './node-claim.js'
 import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, versionFor } from './protocol.js'
+import { NODE_ID, notMemberMessage, staleAddressEnd, startingMessage } from './refusals.js'
+
+export { refusedBeforeRunning } from './refusals.js'
 
 /** Header field of a cluster request naming the node it is meant for (see ClusterManager.request). */
 const TO_NODE = 'toNode'
-
-/** The refusal of a message that came before the node's services registered their handlers (see ClusterManager.serving). */
-function startingMessage (nodeId: string, kind: string): string {
-  return `node ${nodeId} is starting and does not serve ${kind} messages yet; retry in a moment`
-}
-
-/** How the refusal of a message meant for node `meant` that reached another node (the sender's address for it is stale) ends. */
-function staleAddressEnd (meant: string): string {
-  return `: its address for ${meant} is stale (that node moved, or this one took over its address); it retries once the membership shows the new address`
-}
-
-/** The refusal of a request to a node the membership does not list (it is not sent). */
-function notMemberMessage (nodeId: string): string {
-  return `node ${nodeId} is not a member of the cluster`
-}
-
-/**
- * Whether `err`, the failure of a `kind` request sent to node `nodeId` through
- * ClusterManager.request, is a refusal that says the request was not run: the node was starting
- * (its services had not registered their handlers yet), its transport had no handler or was
- * closed, the message reached another node at a stale address, or the node is no member (nothing
- * was sent). A lost connection or a lapsed answer is not one: the request may have run.
- *
- * Errors cross a transport as a code and a message only (HandlerOutcome), so these refusals are
- * known by their whole messages, built by the functions above (and the transport's
- * notServingMessage) and unchanged from earlier releases, whose nodes' refusals are thus known
- * too. They must name `nodeId` (and `kind`), so that an error a handler passed on from a request
- * of its own to another node is not taken for one.
- */
-export function refusedBeforeRunning (err: unknown, nodeId: string, kind: string): boolean {
-  if (!(err instanceof GalleonError) || err.code !== 'BACKEND_UNAVAILABLE') return false
-  const message = err.message
-  if (message === startingMessage(nodeId, kind) || message === notServingMessage(nodeId) || message === notMemberMessage(nodeId)) return true
-  // "node <sender> sent a <kind> message for node <nodeId> to node <receiver>: its address for <nodeId> is stale ..."
-  if (!message.startsWith('node ') || !message.endsWith(staleAddressEnd(nodeId))) return false
-  const middle = message.slice('node '.length, message.length - staleAddressEnd(nodeId).length)
-  const sent = ` sent a ${kind} message for node ${nodeId} to node `
-  const at = middle.indexOf(sent)
-  return at > 0 && !/\s/.test(middle.slice(0, at)) && NODE_ID.test(middle.slice(at + sent.length))
-}
 
 /**
  * How an instance takes part in a cluster (`GalleonFS.open({ cluster })`, `joinCluster`).
@@ -117,18 +79,6 @@ export interface ClusterHost {
   volumeCount: () => number
 }
 
-const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
-/** A claim's value: the claiming instance and when it claimed (ms). Anything unreadable is an old claim. */
-function parseClaim (value: string): { instance: string, at: number } {
-  try {
-    const parsed = JSON.parse(value) as { instance?: unknown, at?: unknown }
-    if (typeof parsed.instance === 'string' && typeof parsed.at === 'number') return { instance: parsed.instance, at: parsed.at }
-  } catch {}
-  return { instance: '', at: 0 }
-}
-
-/** Coordinator keys claiming node ids (value: the claiming instance). */
-const CLAIM_PREFIX = 'node-claims/'
 const RECORD_REFRESH_MS = 30_000
 /** How long cluster status waits for each node's answer. */
 const STATUS_TIMEOUT_MS = 2000
@@ -166,13 +116,14 @@ export class ClusterManager {
   #campaigning: Promise<void> | undefined
   #refresh: NodeJS.Timeout | undefined
   #state: 'starting' | 'running' | 'leaving' | 'left' | 'closed' = 'starting'
-  /** Tells this instance's claim of the node id from another's. */
-  readonly #instance = randomUUID()
+  /** This instance's claim of the node id in the coordinator. */
+  readonly #claim: NodeIdClaim
 
   private constructor (options: ClusterOptions, host: ClusterHost) {
     this.nodeId = options.nodeId
     this.#options = options
     this.#host = host
+    this.#claim = new NodeIdClaim(options.coordinator, options.nodeId, this.#ttlMs)
     this.handle('ping', async () => ({ kind: 'pong', header: { nodeId: this.nodeId } }))
     this.handle('node-info', async () => ({ kind: 'node-info', header: { nodeId: this.nodeId, volumes: this.#host.volumeCount() } }))
   }
@@ -200,7 +151,7 @@ export class ClusterManager {
       const why = member.healthy && member.id !== this.nodeId ? incompatibility(member) : undefined
       if (why !== undefined) throw new GalleonError('IO_ERROR', `node ${this.nodeId} cannot join the cluster: ${why}`)
     }
-    await this.#claimNodeId()
+    await this.#claim.take()
     await coordinator.join(await this.#record(), { ttlMs: this.#ttlMs })
     this.#members = await coordinator.members()
     this.#startWatching()
@@ -218,47 +169,6 @@ export class ClusterManager {
   }
 
   get #ttlMs (): number { return this.#options.leaseTtlMs ?? 10_000 }
-
-  /**
-   * Claims the node id in the coordinator with compare-and-swap, so that two instances can never
-   * both hold it: a claim by another instance stands while that node is healthy (waiting up to a
-   * lease for a node that just died, as after a crash and a quick restart); otherwise it is taken over.
-   */
-  async #claimNodeId (): Promise<void> {
-    const { coordinator } = this.#options
-    const key = `${CLAIM_PREFIX}${this.nodeId}`
-    // Waits on the monotonic clock; the claim's own time is another process's (maybe another
-    // machine's) wall clock, trusted only while it is not in the future.
-    const deadline = performance.now() + this.#ttlMs * 2
-    const mine = (): string => JSON.stringify({ instance: this.#instance, at: Date.now() })
-    /** The claim this call waits on (its revision) and when it first read it (performance.now()). */
-    let watched: { revision: number, since: number } | undefined
-    for (;;) {
-      const current = await coordinator.get(key)
-      if (current === undefined) {
-        if (await coordinator.put(key, mine(), { expectRevision: 0 }) !== undefined) return
-        continue
-      }
-      const claim = parseClaim(current.value)
-      if (claim.instance === this.#instance) return
-      const holder = (await coordinator.members()).find((m) => m.id === this.nodeId)
-      // Another instance's claim stands while its node is healthy, and for a lease after it was
-      // made (that instance may be joining right now); after that, it is taken over.
-      if (watched?.revision !== current.revision) watched = { revision: current.revision, since: performance.now() }
-      // A claim dated in the future (a wall clock stepped back here, or set ahead there) is judged
-      // by how long this call has seen it unchanged, not taken as fresh for the length of the step.
-      const age = Date.now() - claim.at
-      const fresh = performance.now() - watched.since < this.#ttlMs * 1.5 && (age < 0 || age < this.#ttlMs * 1.5)
-      if (holder?.healthy !== true && !fresh) {
-        if (await coordinator.put(key, mine(), { expectRevision: current.revision }) !== undefined) return
-        continue
-      }
-      if (performance.now() >= deadline) {
-        throw new GalleonError('BUSY', `node id ${this.nodeId} is in use by another running instance${holder === undefined ? ' (joining now)' : ` (at ${holder.address})`}; give this node another id, or stop that one first`)
-      }
-      await sleep(Math.min(500, this.#ttlMs / 4))
-    }
-  }
 
   #startWatching (): void {
     this.#stopWatching = this.#options.coordinator.watchMembers((members) => { this.#membersChanged(members) })
@@ -470,7 +380,7 @@ export class ClusterManager {
     await this.#stop()
     try {
       await this.#options.coordinator.leave()
-      await this.#releaseClaim().catch(() => {})
+      await this.#claim.release().catch(() => {})
     } catch (err) {
       // Still a member (the coordinator keeps its lease when the leave fails): take part again
       // (watch, campaign, refresh the record), and say why the leave failed.
@@ -505,14 +415,8 @@ export class ClusterManager {
     this.#state = 'closed'
     await this.#stop()
     // A clean stop gives the node id back, so that a restart need not wait for the lease to end.
-    if (wasRunning) await this.#releaseClaim().catch(() => {})
+    if (wasRunning) await this.#claim.release().catch(() => {})
     await this.#closeDrivers()
-  }
-
-  async #releaseClaim (): Promise<void> {
-    const key = `${CLAIM_PREFIX}${this.nodeId}`
-    const current = await this.#options.coordinator.get(key)
-    if (current !== undefined && parseClaim(current.value).instance === this.#instance) await this.#options.coordinator.delete(key, { expectRevision: current.revision })
   }
 
   #assertRunning (): void {

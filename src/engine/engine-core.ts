@@ -34,7 +34,7 @@ export interface EngineOptions {
 }
 
 /**
- * The engine's internals, shared with the modules that hold its read path, block encryption,
+ * The engine's internals, shared with the modules that hold its read and trim paths, block encryption,
  * snapshots and copies, maintenance passes and recovery: BlockEngine owns one and hands it to them.
  */
 export class EngineCore {

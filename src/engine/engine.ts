@@ -1,6 +1,6 @@
 // The block I/O path's public class: reads, writes and trims of byte ranges (per-block ordering,
 // read-modify-write at the edges) over copy-on-write block maps (see block-map.ts) and the journal;
-// the read path, encryption, snapshots and clones, maintenance passes and recovery are beside it.
+// the read and trim paths, encryption, snapshots and clones, maintenance passes and recovery are beside it.
 
 import { GalleonError, copyBytes } from '../errors.js'
 import { Address, type BlockAddress, type BlockOp, type BlockStore } from '../drivers.js'
@@ -12,8 +12,10 @@ import type { ReplicationHook, WriteJournal } from './journal.js'
 import { replicatorFor, type VolumeReplicator } from './replicator.js'
 import { WriteConcern } from '../types.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
+import * as allocation from './allocation-runs.js'
 import { readMany, readPayload } from './block-reads.js'
 import { encodeRecorded, sealMany } from './block-sealing.js'
+import * as blockTrims from './block-trims.js'
 import { EngineCore, type EngineOptions } from './engine-core.js'
 import * as maintenance from './maintenance.js'
 import * as recovery from './recovery.js'
@@ -318,68 +320,8 @@ export class BlockEngine {
    * them; they read as zeros), partial blocks at the edges are zero-filled. `primary`: see replicatorFor.
    * `background`: as for writeBlock.
    */
-  async trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
-    checkRange(this.#core, volume, offset, length)
-    if (length === 0) return
-    let next: (() => void) | undefined
-    if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) [volume, next] = await this.#core.settleInOrder(volume)
-    volume.enter()
-    const startedAt = background ? 0 : volume.metrics.begin()
-    let ok = false
-    const first = Math.floor(offset / this.blockSize)
-    const last = Math.floor((offset + length - 1) / this.blockSize)
-    const release = this.#core.lock(volume, first, last)
-    next?.()
-    let ticket: BlockClaim | undefined
-    try {
-      if (release.ready !== undefined) await release.ready
-      const edges = new Map<number, Uint8Array>()
-      for (const index of first === last ? [first] : [first, last]) {
-        const blockStart = index * this.blockSize
-        const from = Math.max(offset, blockStart)
-        const to = Math.min(offset + length, blockStart + this.blockSize)
-        if (to - from < this.blockSize && volume.map.locate(index) !== undefined) {
-          const merged = copyBytes(await readPayload(this.#core, volume, index, false, true, LIVE))
-          merged.fill(0, from - blockStart, to - blockStart)
-          edges.set(index, merged)
-        }
-      }
-      if (volume.cipher !== undefined && !volume.cipher.ready(edges.size)) await volume.cipher.reserve(edges.size)
-      ticket = volume.ticket()
-      const seq = replicatorFor(volume, primary)?.record({ type: 'trim', offset, length })
-      const ops: BlockOp[] = []
-      const apply: Array<() => void> = []
-      for (let index = first; index <= last; index++) {
-        const blockStart = index * this.blockSize
-        const from = Math.max(offset, blockStart)
-        const to = Math.min(offset + length, blockStart + this.blockSize)
-        if (to - from === this.blockSize) {
-          this.#core.planUnmap(volume, index, ops, apply)
-        } else {
-          const merged = edges.get(index)
-          if (merged === undefined) continue
-          const gen = volume.nextGen++
-          const address: BlockAddress = new Address(volume.storageId, index, gen)
-          ops.push({ type: 'put', address, data: encodeRecorded(this.#core, volume, address, merged, seq) })
-          apply.push(() => this.#core.publish(volume, index, gen))
-        }
-      }
-      if (ops.length === 0) {
-        if (seq !== undefined) await (volume.replicator as VolumeReplicator).committed(seq, concern)
-        ok = true
-        return
-      }
-      await this.#core.commit(volume, ops, concern, seq, () => { for (const step of apply) step() })
-      ok = true
-    } finally {
-      if (ticket !== undefined) this.#endTicket(volume, ticket)
-      release.done()
-      if (!background) volume.metrics.end('trim', length, startedAt, ok)
-      volume.leave()
-    }
-
-    // Resolved without a turn of the event loop for a while (see LoopStreak): the caller waits for one.
-    if (this.#streak.tooLong(performance.now())) await loopTurn()
+  trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
+    return blockTrims.trim(this.#core, this.#streak, volume, offset, length, concern, primary, background)
   }
 
   /** Makes every write acknowledged so far durable (one shared sync). */
@@ -419,22 +361,7 @@ export class BlockEngine {
    * with a few blocks written is a few runs, found at once.
    */
   allocationRuns (volume: VolumeBlocks, first: number, last: number, at: number = LIVE): Array<[number, number, boolean]> {
-    const runs: Array<[number, number, boolean]> = []
-    // The first block not yet in a run; the run of allocated blocks that ends just before it, if any.
-    let next = first
-    let run: [number, number, boolean] | undefined
-    volume.map.forEachAllocated(first, last, at, (index) => {
-      if (run !== undefined && index === next) {
-        run[1]++
-      } else {
-        if (index > next) runs.push([next, index - next, false])
-        run = [index, 1, true]
-        runs.push(run)
-      }
-      next = index + 1
-    })
-    if (next <= last) runs.push([next, last - next + 1, false])
-    return runs
+    return allocation.allocationRuns(volume, first, last, at)
   }
 
   /**
