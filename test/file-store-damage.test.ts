@@ -84,11 +84,14 @@ function encodeBatch (puts: ReadonlyArray<{ index: number, data: Uint8Array }>):
   return target
 }
 
-// Each synced batch after the first starts with a mark record stating how far the segment was synced.
-/** Offset of the put record of batch i written by `writeBatches` (after its mark, from batch 1 on). */
+// After each sync the writer appends a batch of its own holding a mark record that states how far
+// the segment was synced: the layout of `writeBatches` is batch 0, mark, batch 1, mark, ...
+/** Offset of the put record of batch i written by `writeBatches`. */
 const recordAt = (i: number): number => i * (RECORD_BYTES + HEADER_BYTES)
-/** Offset just past batch i written by `writeBatches` (where batch i + 1 starts). */
-const batchEnd = (i: number): number => recordAt(i) + RECORD_BYTES
+/** Offset of the mark written after batch i's sync (it states recordAt(i) + RECORD_BYTES). */
+const markAt = (i: number): number => recordAt(i) + RECORD_BYTES
+/** Offset just past batch i and its mark (where batch i + 1 starts). */
+const batchEnd = (i: number): number => markAt(i) + HEADER_BYTES
 
 /** Writes `count` synced single-record batches, block i holding bytesOf(VALUE_BYTES, i) at `recordAt(i)`. */
 async function writeBatches (store: FileBlockStore, count: number): Promise<void> {
@@ -209,22 +212,34 @@ describe('file block store: damage in the active segment', () => {
       })
     }
 
-    it('a batch whose last record lost its end (flags damaged) after a clean close is corruption', async () => {
+    it('a last batch (the mark after the last sync) whose record lost its end (flags damaged) after a clean close is corruption', async () => {
       await withDirectories(async (context) => {
         const { location, path } = await prepared(context, 2, true)
         // Re-encode the last record flagged "continues": every crc matches, but the batch never ends.
         const bytes = await readFile(path)
-        encodeRecord(bytes, recordAt(1), TYPE_PUT, FLAG_CONTINUES, 1, 1, 0, bytesOf(VALUE_BYTES, 1))
+        assert.equal(bytes.byteLength, batchEnd(1))
+        encodeRecord(bytes, markAt(1), TYPE_MARK, FLAG_CONTINUES, 0, markAt(1), 0, undefined)
         await writeFile(path, bytes)
         await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
         assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
       })
     })
 
-    it('without a clean close, the same damage in the last batch cannot be told from a torn write and is cut off', async () => {
+    it('without a clean close, the same damage in the last synced batch is corruption too: the mark after its sync states it', async () => {
       await withDirectories(async (context) => {
         const { location, path } = await prepared(context, 3, false)
-        await writeFile(path, flipByte(await readFile(path), recordAt(2) + HEADER_BYTES + 7, 0x20))
+        const bytes = flipByte(await readFile(path), recordAt(2) + HEADER_BYTES + 7, 0x20)
+        await writeFile(path, bytes)
+        const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open')
+        assert.ok(error.message.includes(`below offset ${markAt(2)}, which a mark record states had been synced`), error.message)
+        assert.ok((await readFile(path)).equals(bytes), 'the segment is untouched')
+      })
+    })
+
+    it('without a clean close and without the mark after its sync (a crash before it was written), damage in the last batch is cut off as a torn write', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, false)
+        await writeFile(path, flipByte(await readFile(path), recordAt(2) + HEADER_BYTES + 7, 0x20).subarray(0, markAt(2)))
         const store = context.make(location)
         await store.open()
         await assertBlocks(store, 2, 3, 'after recovery')
@@ -234,22 +249,21 @@ describe('file block store: damage in the active segment', () => {
   })
 
   describe('what a crash leaves is still a torn tail', () => {
-    for (const [what, damage] of [
-      ['cut inside the last batch\'s payload', async (path: string) => { await truncate(path, recordAt(3) + 200) }],
-      ['cut inside the last batch\'s header', async (path: string) => { await truncate(path, recordAt(3) + 20) }],
-      ['cut inside the last batch\'s mark', async (path: string) => { await truncate(path, batchEnd(2) + 20) }],
-      ['followed by appended garbage', async (path: string) => { await appendFile(path, Buffer.from(bytesOf(5000, 5))) }],
-      ['followed by zeros', async (path: string) => { await appendFile(path, Buffer.alloc(3000)) }]
+    for (const [what, damage, expectedBlocks, expectedSize] of [
+      ['cut inside the last batch\'s payload', async (path: string) => { await truncate(path, recordAt(3) + 200) }, 3, batchEnd(2)],
+      ['cut inside the last batch\'s header', async (path: string) => { await truncate(path, recordAt(3) + 20) }, 3, batchEnd(2)],
+      ['cut inside the mark after the last batch', async (path: string) => { await truncate(path, markAt(3) + 20) }, 4, markAt(3)],
+      ['followed by appended garbage', async (path: string) => { await appendFile(path, Buffer.from(bytesOf(5000, 5))) }, 4, batchEnd(3)],
+      ['followed by zeros', async (path: string) => { await appendFile(path, Buffer.alloc(3000)) }, 4, batchEnd(3)]
     ] as const) {
       it(`a tail ${what}, with no clean close, opens and drops only what is incomplete`, async () => {
         await withDirectories(async (context) => {
           const { location, path } = await prepared(context, 4, false)
           await damage(path)
-          const expectedBlocks = what.startsWith('cut') ? 3 : 4
           const store = context.make(location)
           await store.open()
           await assertBlocks(store, expectedBlocks, 4, 'after recovery')
-          assert.equal((await stat(path)).size, batchEnd(expectedBlocks - 1), 'truncated after the last whole batch')
+          assert.equal((await stat(path)).size, expectedSize, 'truncated after the last whole batch')
           await store.batch([put(addr(1, 8), bytesOf(VALUE_BYTES, 8))], { sync: true })
           await store.close()
           const reopened = context.make(location)
@@ -302,16 +316,16 @@ describe('file block store: damage in the active segment', () => {
       })
     }
 
-    it('a torn last batch whose mark fails its checks (no clean close) is cut off, the mark not taken for a newer format', async () => {
+    it('a last mark that fails its checks (no clean close) is cut off, not taken for a record of a newer format', async () => {
       await withDirectories(async (context) => {
         const { location, path } = await prepared(context, 3, false)
         const bytes = await readFile(path)
-        assert.equal(bytes.toString('latin1', batchEnd(1), batchEnd(1) + 4), 'GFR3', 'the last batch starts with a mark')
-        await writeFile(path, flipByte(bytes, batchEnd(1) + 5, 0x10).subarray(0, recordAt(2) + 100))
+        assert.equal(bytes.toString('latin1', markAt(2), markAt(2) + 4), 'GFR3', 'the file ends with a mark')
+        await writeFile(path, flipByte(bytes, markAt(2) + 5, 0x10))
         const store = context.make(location)
         await store.open()
-        await assertBlocks(store, 2, 3, 'after recovery')
-        assert.equal((await stat(path)).size, batchEnd(1))
+        await assertBlocks(store, 3, 3, 'after recovery')
+        assert.equal((await stat(path)).size, markAt(2))
       })
     })
 
@@ -385,6 +399,41 @@ describe('file block store: damage in the active segment', () => {
         assert.match(error.message, /a mark record states had been synced/)
         assert.ok(error.message.includes(`offset ${zeroRecordAt(1)}`), error.message)
         assert.ok((await readFile(path)).equals(bytes), 'nothing truncated')
+      })
+    })
+
+    it('durable batches synced together are stated by the mark written after their sync, before any later write: a flipped byte in one is CORRUPTION', async () => {
+      await withDirectories(async (context) => {
+        const original = await context.directory()
+        const store = context.make(original)
+        await store.open()
+        // Called together: one group, one sync, then one mark (no later batch comes to carry it).
+        await Promise.all([0, 1, 2, 3].map(async (i) => { await store.batch([put(addr(1, i), new Uint8Array(ZERO_BYTES))], { sync: true }) }))
+        const location = await context.directory()
+        await crashCopy(original, location)
+        const path = join(location, segmentFileName(1))
+        const recordBytes = HEADER_BYTES + ZERO_BYTES
+        const bytes = await readFile(path)
+        assert.equal(bytes.byteLength, 4 * recordBytes + HEADER_BYTES, 'four records and one mark')
+        assert.equal(bytes.toString('latin1', 4 * recordBytes, 4 * recordBytes + 4), 'GFR3')
+        await writeFile(path, flipByte(bytes, recordBytes + HEADER_BYTES + 100, 0x04))
+        const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open over the damage')
+        assert.ok(error.message.includes(`below offset ${4 * recordBytes}, which a mark record states had been synced`), error.message)
+      })
+    })
+
+    it('syncs with nothing new written add no marks: the log does not grow', async () => {
+      await withDirectories(async (context) => {
+        const location = await context.directory()
+        const store = context.make(location)
+        await store.open()
+        await store.batch([put(addr(1, 0), bytesOf(VALUE_BYTES, 0))], { sync: true })
+        const path = join(location, segmentFileName(1))
+        assert.equal((await stat(path)).size, RECORD_BYTES + HEADER_BYTES, 'the batch and the mark after its sync')
+        const syncs = store.syncCount
+        for (let i = 0; i < 5; i++) await store.sync()
+        assert.equal((await stat(path)).size, RECORD_BYTES + HEADER_BYTES, 'no more marks')
+        assert.ok(store.syncCount - syncs <= 1, `five syncs with nothing new took ${store.syncCount - syncs} device syncs (at most the mark's own)`)
       })
     })
 
@@ -526,8 +575,12 @@ describe('file block store: damage in the active segment', () => {
             await again.batch([put(addr(1, round), bytesOf(VALUE_BYTES, round))], { sync: true })
             await again.close()
           }
-          // Each open syncs what it finds, so every batch after the first starts with a mark.
-          assert.equal((await stat(join(location, segmentFileName(1)))).size, batchEnd(round))
+          // Round 0 is not synced but at close (which writes no mark). Round 1: the first batch
+          // after the open that synced it states so (a mark at its start), and its own sync is
+          // followed by a mark. Round 2: the segment ends with a mark stating all before it, so the
+          // unsynced batch needs none. Round 3: as round 1.
+          const expected = [RECORD_BYTES, 2 * RECORD_BYTES + 2 * HEADER_BYTES, 3 * RECORD_BYTES + 2 * HEADER_BYTES, 4 * RECORD_BYTES + 4 * HEADER_BYTES][round]
+          assert.equal((await stat(join(location, segmentFileName(1)))).size, expected)
         }
         // After the last clean close, damage to the first batch is reported, not cut off.
         const path = join(location, segmentFileName(1))

@@ -209,13 +209,19 @@ describe('open() on a storage that does not match the options or is incomplete',
     const g = await GalleonFS.open({ storagePath })
     await g.write('v', 8192, new Uint8Array(8192).fill(9), WriteConcern.WriteDurable)
     await g.close()
-    // As if a newer version had written that batch (a mark stating that open synced what was
-    // there, then two records) in its format and then crashed (no CLEAN marker). 'GFR3' is this
-    // version's own (the marks of unsalted segments), so the next format is 'GFR4'.
-    const recordBytes = ((await stat(segment)).size - before - 36) / 2
-    assert.equal(recordBytes, 36 + 8 + 4096, 'a mark, then two records of a block each')
+    // As if a newer version had written that batch (two records, found by their magic) in its
+    // format and then crashed before anything followed it (no mark stating its sync, no CLEAN
+    // marker). 'GFR3' is this version's own (the marks of unsalted segments), so the next format
+    // is 'GFR4'.
+    const bytes = await readFile(segment)
+    const records: number[] = []
+    for (let at = bytes.indexOf('GFR1', before, 'latin1'); at !== -1; at = bytes.indexOf('GFR1', at + 1, 'latin1')) records.push(at)
+    const recordBytes = 36 + 8 + 4096
+    assert.equal(records.length, 2, 'two records of a block each')
+    assert.equal((records[1] as number) - (records[0] as number), recordBytes)
     const handle = await open(segment, 'r+')
-    for (const offset of [before + 36, before + 36 + recordBytes]) await handle.write(Buffer.from('GFR4', 'latin1'), 0, 4, offset)
+    await handle.truncate((records[1] as number) + recordBytes)
+    for (const offset of records) await handle.write(Buffer.from('GFR4', 'latin1'), 0, 4, offset)
     await handle.close()
     await rm(join(storagePath, 'blocks', 'CLEAN'))
     await refused({ storagePath }, 'CORRUPTION', 'GFR4', dir)

@@ -29,7 +29,9 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * without knowing the salt. A salted segment holds only salted records.
  *
  * A mark record (type 3, no payload, volume and gen 0) states in its index field an offset of its
- * segment below which every byte had been synced when it was written; recovery reports damage below
+ * segment below which every byte had been synced when it was written (the writer appends one, as a
+ * batch of its own, after each sync, and puts one ahead of the first batch after an open that
+ * synced what it found); recovery reports damage below
  * it as corruption rather than treating it as a torn write. In a salted segment it is a salted
  * record like the others; in an unsalted one its magic is `UNSALTED_MARK_MAGIC` ('GFR3'), which a
  * release from before unsalted marks reports as a record of a newer format instead of cutting the

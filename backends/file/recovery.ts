@@ -7,7 +7,7 @@ import { wrapIo } from '../../src/abstract-block-store.js'
 import { Address } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
-import { HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
+import { HEADER_BYTES, HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
 import {
   findBatchAfter, hintPath, isSpareFileName, looksLost, looksUnwritten, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath, syncDirectory, syncedMarkedAfter,
   syncedMarkedInRuns
@@ -170,8 +170,8 @@ export async function recover (state: StoreState): Promise<void> {
     state.dirty = false
     state.syncCount++
     last.syncedBytes = last.acknowledgedBytes = last.size
-    // A mark the recovery cut off (it opened the torn batch) states nothing any more.
-    last.markedBytes = 0
+    // (markedBytes: as the scan left it; a segment that ends with a mark stating everything before
+    // it needs no new one. Its hint was loaded instead only if it is not the last segment.)
   }
   for (const segment of state.segments.values()) {
     // Sealed segments that had to be scanned get their hint now, so the next open is fast.
@@ -210,8 +210,13 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   // The highest offset a mark states was synced. A valid mark's statement holds
   // whether or not its batch completed (it was made after the sync it reports).
   let synced = 0
+  // The last mark read, when it states everything before it (see markedAtEnd).
+  let lastMark = -1
   const result = await scanSegment(handle, segment.size, (header, offset) => {
-    if (header.type === TYPE_MARK) synced = Math.max(synced, Math.min(header.index, offset))
+    if (header.type === TYPE_MARK) {
+      synced = Math.max(synced, Math.min(header.index, offset))
+      lastMark = header.index >= offset ? offset : -1
+    }
     batch.push(header.type, header.volume, header.index, header.gen, offset, header.length)
   }, {
     seed: segment.seed,
@@ -231,7 +236,13 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
     }
   })
   segment.hint = hint
-  if (result.committedEnd === segment.size) return
+  // A segment that ends with a mark stating all before it needs no new one until more is synced
+  // (otherwise the first batch after open states what open synced).
+  const markedAtEnd = (end: number): number => lastMark !== -1 && lastMark + HEADER_BYTES === end ? end : 0
+  if (result.committedEnd === segment.size) {
+    segment.markedBytes = markedAtEnd(segment.size)
+    return
+  }
   // A record of a later format (see newerRecordFormat) is not damage but what a newer GalleonFS wrote: cutting
   // it off as a torn tail would lose what that version acknowledged.
   const newer = result.problem === 'invalid record header' ? await newerRecordFormat(handle, result.stoppedAt) : undefined
@@ -276,6 +287,7 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   await handle.truncate(result.committedEnd)
   await handle.sync()
   segment.size = segment.fileBytes = result.committedEnd
+  segment.markedBytes = markedAtEnd(result.committedEnd)
 }
 
 /**

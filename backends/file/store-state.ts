@@ -48,7 +48,10 @@ export class Segment {
   spare: Spare | undefined = undefined
   /** Bytes of the file when it is longer than `size` (a reused file holding its earlier incarnations). */
   fileBytes = 0
-  /** Salted segments: bytes known to be synced, and the most a mark record already states. */
+  /**
+   * Bytes known to be synced, and how far the mark records written leave nothing new to state: the
+   * offset the last one states, or the end of that mark when it directly follows what it states.
+   */
   syncedBytes = 0
   markedBytes = 0
   /** End of the last batch acknowledged in this segment (so written before any later sync). */

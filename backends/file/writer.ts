@@ -26,7 +26,8 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
   // Roll only between batches: a batch must be whole within one segment to be atomic.
   if (bytes > 0 && segment.size > 0 && segment.size + bytes > state.segmentBytes) segment = newTailSegment(state)
   const start = segment.size
-  // A segment synced further than its marks say gets a new mark, ahead of the batch.
+  // A segment synced further than its marks say (after open synced it; after the writer's own
+  // syncs queueMark writes one at once) gets a new mark, ahead of the batch.
   const mark = bytes > 0 && segment.syncedBytes > segment.markedBytes ? 1 : 0
   if (mark === 1) bytes += HEADER_BYTES
   const count = ops.length + mark
@@ -218,8 +219,27 @@ async function acknowledge (state: StoreState): Promise<void> {
       group.end -= end
     }
   }
+  if (synced) queueMark(state)
   state.maybeScheduleCompaction()
   if (synced) maybePrepareSpare(state)
+}
+
+/**
+ * After a sync, a batch holding just a mark record stating it, queued behind what is queued
+ * already: what the sync made durable is vouched for at once, not only once a later write comes
+ * (recovery reports damage below a mark as corruption, whatever the block data holds; see
+ * recovery.ts). The mark is not synced itself: a crash that loses it loses only the statement.
+ * Skipped when a roll is pending (the segment is synced when it is sealed) or it would not fit.
+ */
+function queueMark (state: StoreState): void {
+  const segment = state.current
+  if (segment !== state.tail || segment.syncedBytes <= segment.markedBytes || segment.size + HEADER_BYTES > state.segmentBytes) return
+  const offset = segment.size
+  const stated = segment.syncedBytes
+  segment.size += HEADER_BYTES
+  // Right after what it states (nothing else queued), a later sync of the mark itself is no news.
+  segment.markedBytes = offset === stated ? offset + HEADER_BYTES : stated
+  state.queue.push({ segment: segment.id, offset, bytes: HEADER_BYTES, fields: [0, stated, 0], entries: [MARK], sync: false, resolve: noop, reject: noop })
 }
 
 /**
