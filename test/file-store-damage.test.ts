@@ -5,6 +5,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import { statSync } from 'node:fs'
 import { appendFile, copyFile, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -419,6 +420,46 @@ describe('file block store: damage in the active segment', () => {
         await writeFile(path, flipByte(bytes, recordBytes + HEADER_BYTES + 100, 0x04))
         const error = await rejectsWithCode(context.make(location).open(), 'CORRUPTION', 'open over the damage')
         assert.ok(error.message.includes(`below offset ${4 * recordBytes}, which a mark record states had been synced`), error.message)
+      })
+    })
+
+    it('durable batches that leave less room in the segment than a mark takes are stated by a mark all the same: a flipped byte in one is CORRUPTION', async () => {
+      await withDirectories(async (context) => {
+        const recordBytes = HEADER_BYTES + ZERO_BYTES
+        // Full after the four records: the mark goes past segmentBytes rather than not at all (the
+        // segment is sealed, and synced, only when a later batch comes).
+        const options = { compactionThreshold: 0, segmentBytes: 4 * recordBytes + HEADER_BYTES - 16 }
+        const original = await context.directory()
+        const store = new FileBlockStore({ location: original, ...options })
+        try {
+          await store.open()
+          await Promise.all([0, 1, 2, 3].map(async (i) => { await store.batch([put(addr(1, i), new Uint8Array(ZERO_BYTES))], { sync: true }) }))
+          const location = await context.directory()
+          await crashCopy(original, location)
+          const path = join(location, segmentFileName(1))
+          const bytes = await readFile(path)
+          assert.equal(bytes.byteLength, 4 * recordBytes + HEADER_BYTES, 'four records and one mark')
+          await writeFile(path, flipByte(bytes, recordBytes + HEADER_BYTES + 100, 0x04))
+          const recovered = new FileBlockStore({ location, ...options })
+          const error = await rejectsWithCode(recovered.open(), 'CORRUPTION', 'open over the damage')
+          assert.ok(error.message.includes(`below offset ${4 * recordBytes}, which a mark record states had been synced`), error.message)
+        } finally {
+          await store.close()
+        }
+      })
+    })
+
+    it('a durable batch resolves with the mark after its sync already written (nothing else queued), so a kill right after cannot lose it', async () => {
+      await withDirectories(async (context) => {
+        const location = await context.directory()
+        const store = context.make(location)
+        await store.open()
+        const path = join(location, segmentFileName(1))
+        for (let i = 0; i < 3; i++) {
+          await store.batch([put(addr(1, i), bytesOf(VALUE_BYTES, i))], { sync: true })
+          // Looked at synchronously: the writer gets no turn between the resolve and this.
+          assert.equal(statSync(path).size, batchEnd(i), `batch ${i} and the mark after its sync`)
+        }
       })
     })
 

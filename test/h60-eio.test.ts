@@ -536,6 +536,38 @@ describe('h60: EIO from the disk under a real storagePath', { skip }, () => {
     }
   })
 
+  it('file: EIO writing the mark the store appends after a sync is reported to onBackgroundError (no caller waits for it); the store stops and a reopen keeps the synced batch', async () => {
+    const f = faultyFs()
+    const { storagePath, inMount } = newCase('file-mark')
+    const location = join(storagePath, 'blocks')
+    const reported: Error[] = []
+    const data = new Uint8Array(BLOCK).fill(7)
+    let store = new FileBlockStore({ location, compactionThreshold: 0, onBackgroundError: (err) => { reported.push(err) } })
+    try {
+      await settled(store.open(), 'open')
+      // The batch is one record (36-byte header and the block) at offset 0; its mark comes right after.
+      const markAt = 36 + BLOCK
+      await f.inject({ op: 'write', path: `${inMount}blocks/seg-`, count: 1, writeFrom: markAt, writeTo: markAt + 36 })
+      await settled(store.batch([{ type: 'put', address: { volume: 1, index: 0, gen: 0 }, data }], { sync: true }), 'the durable batch')
+      assert.ok(((await f.stats()).fired.write ?? 0) >= 1, 'the write fault fired on the mark')
+      const next = await outcome(store.batch([{ type: 'put', address: { volume: 1, index: 1, gen: 0 }, data }], { sync: true }), 'the next batch')
+      assert.equal(next.ok ? 'resolved' : (next.err as { code?: string }).code, 'IO_ERROR', 'the store stopped after the failed mark write')
+      assert.equal(reported.length, 1, `onBackgroundError was called once: ${reported.map((err) => err.message).join('; ')}`)
+      assert.equal((reported[0] as { code?: string }).code, 'IO_ERROR')
+    } finally {
+      await outcome(store.close(), 'close')
+    }
+    await f.clear()
+    store = new FileBlockStore({ location, compactionThreshold: 0 })
+    try {
+      await settled(store.open(), 'reopen')
+      const read = await settled(store.get({ volume: 1, index: 0, gen: 0 }), 'read the synced block')
+      assert.ok(read !== undefined && Buffer.from(read).equals(Buffer.from(data)), 'the synced batch reads back')
+    } finally {
+      await settled(store.close(), 'close')
+    }
+  })
+
   it('file: open on a disk whose every write fails rejects with IO_ERROR and changes nothing; a healthy open finds every block', async () => {
     const f = faultyFs()
     const { storagePath, inMount } = newCase('file-open-writes')

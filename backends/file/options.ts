@@ -9,7 +9,8 @@ export interface FileBlockStoreOptions {
   location: string
   /**
    * Size at which the active segment is sealed and a new one started (default 64 MiB). A segment
-   * exceeds it only when a single batch is larger, since a batch never spans two segments.
+   * exceeds it only when a single batch is larger, since a batch never spans two segments, or by
+   * the 36 bytes of a mark record (see record.ts) written after a sync.
    */
   segmentBytes?: number
   /**

@@ -9,7 +9,7 @@ import { GalleonError } from '../../src/errors.js'
 import { FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, encodeRecordHeader } from './record.js'
 import { segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
-import { scheduleHint } from './maintenance.js'
+import { reportBackground, scheduleHint } from './maintenance.js'
 import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
 import { MARK, Segment, applyRecord, noop, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
 
@@ -228,18 +228,24 @@ async function acknowledge (state: StoreState): Promise<void> {
  * After a sync, a batch holding just a mark record stating it, queued behind what is queued
  * already: what the sync made durable is vouched for at once, not only once a later write comes
  * (recovery reports damage below a mark as corruption, whatever the block data holds; see
- * recovery.ts). The mark is not synced itself: a crash that loses it loses only the statement.
- * Skipped when a roll is pending (the segment is synced when it is sealed) or it would not fit.
+ * recovery.ts). With nothing else queued it is written at once, before the callers of the synced
+ * batches run, so a kill right after they learn their batch is durable cannot lose it. The mark is
+ * not synced itself: a crash that loses it loses only the statement. Skipped when a roll is
+ * pending (the segment is synced when it is sealed); a segment already full gets it all the same,
+ * up to HEADER_BYTES past segmentBytes (it is sealed only when a later batch comes).
  */
 function queueMark (state: StoreState): void {
   const segment = state.current
-  if (segment !== state.tail || segment.syncedBytes <= segment.markedBytes || segment.size + HEADER_BYTES > state.segmentBytes) return
+  if (segment !== state.tail || segment.syncedBytes <= segment.markedBytes) return
   const offset = segment.size
   const stated = segment.syncedBytes
   segment.size += HEADER_BYTES
   // Right after what it states (nothing else queued), a later sync of the mark itself is no news.
   segment.markedBytes = offset === stated ? offset + HEADER_BYTES : stated
-  state.queue.push({ segment: segment.id, offset, bytes: HEADER_BYTES, fields: [0, stated, 0], entries: [MARK], sync: false, resolve: noop, reject: noop })
+  // No caller waits for it: if its write fails (and so stops the store), background work says so.
+  state.queue.push({ segment: segment.id, offset, bytes: HEADER_BYTES, fields: [0, stated, 0], entries: [MARK], sync: false, resolve: noop, reject: (err) => { reportBackground(state, err) } })
+  // (Resolved batches run their callers only after this returns: a small group is written by then.)
+  if (state.issued === state.queue.length - 1 && state.inflight.length === 0) state.inflight.push(startGroup(state))
 }
 
 /**
