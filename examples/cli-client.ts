@@ -167,14 +167,17 @@ export function inCliTerms (message: string): string {
   return CLI_FIXES.reduce((text, [phrase, replacement]) => text.replace(phrase, replacement), message)
 }
 
+/** A daemon that took the connection but did not answer within `seconds`, the value of `flag`. */
+export function noAnswerInTime (address: string, seconds: number, flag = '--timeout'): NoAnswer {
+  return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${seconds} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with ${flag} <seconds>`)
+}
+
 /** What a request that got no answer is reported as: nobody there, no answer in time, or a cut connection. */
 function noAnswer (globals: Globals, err: unknown, timeoutMs: number): NoAnswer {
   const address = globals.daemonAddress
   // host:port, without the scheme: what --ipc-address takes and https:// is put before.
   const { address: hostPort, https } = daemonEndpoint(address)
-  if (err instanceof NoAnswer && err.kind === 'timeout') {
-    return new NoAnswer('timeout', `the daemon at ${address} accepted the connection but did not answer within ${timeoutMs / 1000} s; it may be stopped (SIGSTOP), hung or overloaded: see its log, or wait longer with --timeout <seconds>`)
-  }
+  if (err instanceof NoAnswer && err.kind === 'timeout') return noAnswerInTime(address, timeoutMs / 1000)
   const code = (err as NodeJS.ErrnoException).code
   // HTTPS and HTTP mixed up: an HTTP client's request is not a TLS hello (the daemon hangs up), and
   // an HTTPS client's hello is answered in plain HTTP (no TLS record).

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { formatSize, parseSize } from '../src/size.js'
 import type { ForgottenNode } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, UsageError, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, noAnswerInTime, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
 import { absolute, columns, print, sizeOption, type VolumeView } from './cli-format.js'
 import { addBackupCommands } from './cli-backup.js'
@@ -230,6 +230,9 @@ export function buildCli (): Command {
           // Other errors are final.
           const fromFile = globals().token === undefined && (process.env.GALLEONFS_TOKEN ?? '') === ''
           const waitable = (err instanceof NoAnswer && (err.kind === 'unreachable' || err.kind === 'closed')) || (err instanceof CliError && fromFile && err.message.includes('rejected the API token')) || (err instanceof CliError && err.message.startsWith('STARTING: '))
+          // An attempt's own deadline is what was left of --wait (999 ms of a second when a
+          // millisecond went by): the user is told of the wait they gave.
+          if (err instanceof NoAnswer && err.kind === 'timeout' && options.wait !== undefined && options.wait > 0) throw noAnswerInTime(globals().daemonAddress, options.wait, '--wait')
           if (!waitable || Date.now() >= until) throw err
           await new Promise((resolve) => setTimeout(resolve, 100))
         }
