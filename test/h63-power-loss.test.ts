@@ -74,7 +74,6 @@ class History {
   /** Backups: phase -> the seq every block of `bk` held when the backup was started. */
   readonly backupExpect = new Map<number, Map<number, number>>()
   readonly backupAcked = new Map<string, number>()
-  lastBackupPhase: number | undefined
   /** Per `bk` block, the last seq written (all awaited before a backup starts). */
   readonly bkLatest = new Map<number, number>()
 
@@ -115,10 +114,7 @@ class History {
         else if (op === 'rotate' && acked) this.rotatedAcked = Math.max(this.rotatedAcked, Number(b))
         else if (op === 'backup') {
           if (acked) this.backupAcked.set(b, Number(a))
-          else {
-            this.lastBackupPhase = Number(a)
-            this.backupExpect.set(Number(a), new Map(this.bkLatest))
-          }
+          else this.backupExpect.set(Number(a), new Map(this.bkLatest))
         }
         break
       }
@@ -247,18 +243,29 @@ async function verify (storagePath: string, backend: 'file' | 'level', target: s
         if (verification instanceof Error) { problems.push(`verifyBackup ${backup.id}: ${(verification as { code?: string }).code ?? ''} ${verification.message}`); continue }
         if (!verification.ok) problems.push(`verifyBackup ${backup.id}: ${JSON.stringify(verification.problems).slice(0, 300)}`)
         if (!newest.includes(backup)) continue
-        const phase = history.backupAcked.get(backup.id) ?? history.lastBackupPhase
-        const expect = phase === undefined ? undefined : history.backupExpect.get(phase)
-        if (expect === undefined) { problems.push(`backup ${backup.id} is listed but no backup was started`); continue }
+        // An acknowledged backup is of its phase. One that is listed but was never acknowledged is
+        // the one some round's cut caught in flight (backups run one at a time): any phase started
+        // and not acknowledged, in this round or an earlier one, whose backup is still among the newest.
+        const ackedPhase = history.backupAcked.get(backup.id)
+        const ackedPhases = new Set(history.backupAcked.values())
+        const phases = ackedPhase !== undefined ? [ackedPhase] : [...history.backupExpect.keys()].filter((started) => !ackedPhases.has(started)).reverse()
+        if (phases.length === 0) { problems.push(`backup ${backup.id} is listed but no backup was started`); continue }
         const name = `restored-${round}-${backup.id.slice(0, 8)}`
         const restored = await g.restoreBackup(backup.id, { name, target }).catch((err: Error) => err)
         if (restored instanceof Error) { problems.push(`restoreBackup ${backup.id}: ${(restored as { code?: string }).code ?? ''} ${restored.message}`); continue }
+        const held: Array<number | string> = []
         for (let block = 0; block < 16; block++) {
           const decoded = decodeRegister('bk', block, await g.readBlock(name, block))
-          const want = expect.get(block)
-          const got = decoded.kind === 'data' ? decoded.seq : decoded.kind
-          if ((want ?? 'zero') !== got) problems.push(`backup ${backup.id} (phase ${String(phase)}) restores block ${block} as ${String(got)}, expected ${String(want ?? 'zero')}`)
+          held.push(decoded.kind === 'data' ? decoded.seq : decoded.kind)
         }
+        const mismatchesOf = (phase: number): string[] => {
+          const expect = history.backupExpect.get(phase) as Map<number, number>
+          return held.flatMap((got, block) => {
+            const want = expect.get(block)
+            return (want ?? 'zero') === got ? [] : [`backup ${backup.id} (phase ${phase}) restores block ${block} as ${String(got)}, expected ${String(want ?? 'zero')}`]
+          })
+        }
+        if (!phases.some((phase) => mismatchesOf(phase).length === 0)) problems.push(...mismatchesOf(phases[0] as number))
         await g.deleteVolume(name, { force: true })
       }
     }
