@@ -259,27 +259,22 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   // not a crash, and dropping it silently could lose acknowledged data.
   if (!isLast) throw corruption('and it is sealed, so no write was cut short')
   if (closedCleanly) throw corruption(`although the store was closed cleanly with this segment at ${segment.size} bytes, so no write was cut short`)
-  if (segment.seed !== undefined) {
-    // A reused file: past the last write that landed lie the records of its earlier incarnations
-    // (invalid under this seed), not zeros, so a valid batch after damage proves nothing (writes
-    // in flight at a crash land in any order). What a mark, before or after the damage, says was
-    // synced cannot have been cut short.
-    synced = Math.max(synced, await syncedMarkedAfter(handle, segment.size, result.stoppedAt, segment.seed))
-    if (damagedAt < synced) throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
-  } else if (result.stoppedAt < segment.size) {
-    // A file only ever appended to: what a crash did not write reads as zeros. Marks (past the
-    // damage, those at the boundaries of valid records) vouch for what was synced, as above.
-    const later = await findBatchAfter(handle, segment.size, result.stoppedAt)
-    synced = Math.max(synced, await syncedMarkedInRuns(handle, segment.size, later))
-    if (damagedAt < synced) throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
-    // Past the last sync, a batch written after the damage is what writes in flight at a kill
-    // leave (zeros up to it), or write-back out of order at a power loss (an earlier page lost,
-    // zeros in a unit of its own); anything else is damage no crash explains.
-    if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start) && !await looksLost(handle, result.stoppedAt, later.start)) {
-      throw corruption(`yet a complete, valid batch follows at offset ${later.start} and nothing between reads as unwritten, so it is not a write cut short by a crash`)
-    }
-  } else if (damagedAt < synced) {
-    throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
+  // What a mark, before or after the damage, says was synced cannot have been cut short. A reused
+  // file holds the records of its earlier incarnations past the last write that landed (invalid
+  // under its seed), so any valid mark there is this one's; in a file only ever appended to, only
+  // marks at the boundaries of valid records past the damage count (block data may hold copies).
+  const later = segment.seed === undefined && result.stoppedAt < segment.size ? await findBatchAfter(handle, segment.size, result.stoppedAt) : undefined
+  const markedPast = segment.seed !== undefined
+    ? await syncedMarkedAfter(handle, segment.size, result.stoppedAt, segment.seed)
+    : await syncedMarkedInRuns(handle, segment.size, later)
+  synced = Math.max(synced, markedPast)
+  if (damagedAt < synced) throw corruption(`below offset ${synced}, which a mark record states had been synced, so no write was cut short`)
+  // Past the last sync in an appended file, a batch written after the damage is what writes in
+  // flight at a kill leave (zeros up to it), or write-back out of order at a power loss (an earlier
+  // page lost, zeros in a unit of its own); anything else is damage no crash explains. (In a reused
+  // file no zeros mark unwritten space, so a valid batch after damage proves nothing.)
+  if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start) && !await looksLost(handle, result.stoppedAt, later.start)) {
+    throw corruption(`yet a complete, valid batch follows at offset ${later.start} and nothing between reads as unwritten, so it is not a write cut short by a crash`)
   }
   // The tail of the active segment after its last complete batch was never acknowledged as durable
   // (or is a batch cut short): drop it so new records follow valid ones.
