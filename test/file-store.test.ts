@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { appendFile, copyFile, mkdtemp, open, readFile, readdir, readlink, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { appendFile, copyFile, mkdtemp, open, readFile, readdir, readlink, rename, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { hostname, tmpdir } from 'node:os'
 import { createRequire, syncBuiltinESMExports } from 'node:module'
 import { basename, join } from 'node:path'
@@ -18,7 +18,8 @@ import {
 } from '../backends/file/record.js'
 import { encodeRecord } from './support/file-records.js'
 import { crc32 as zlibCrc32 } from 'node:zlib'
-import { hintFileName, segmentFileName, writevFully, writevFullySync } from '../backends/file/segment.js'
+import { hintFileName, isAppendedSegment, newSegmentSalt, parseSegmentFileName, writevFully, writevFullySync } from '../backends/file/segment.js'
+import { segmentFile } from './support/file-segments.js'
 import type { BlockAddress, BlockOp } from '../src/drivers.js'
 import { GalleonError } from '../src/errors.js'
 import { addr, assertBytes, bytesOf, collect, del, put, seededRandom as mulberry32 } from './conformance/fixtures.js'
@@ -224,6 +225,34 @@ describe('file block store', () => {
       const withVolume = Buffer.alloc(HEADER_BYTES)
       encodeRecord(withVolume, 0, TYPE_MARK, 0, 1, 12345, 0, undefined, seed)
       assert.equal(decodeHeader(withVolume, 0, header, true), false, 'a mark names no volume')
+    })
+
+    it('every segment a store makes is salted: a file created empty with a salt below 2^24, a reused file with one at or above it', async () => {
+      for (let i = 0; i < 2000; i++) {
+        const appended = newSegmentSalt(false)
+        const reusedSalt = newSegmentSalt(true)
+        assert.ok(Number.isInteger(appended) && appended >= 1 && appended < 2 ** 24 && isAppendedSegment(appended), `salt ${appended} of a new file`)
+        assert.ok(Number.isInteger(reusedSalt) && reusedSalt >= 2 ** 24 && reusedSalt <= 0xffff_ffff && !isAppendedSegment(reusedSalt), `salt ${reusedSalt} of a reused file`)
+      }
+      assert.ok(isAppendedSegment(undefined), 'an unsalted segment (from a release before salts) is an appended file')
+      await withStore({ segmentBytes: 4096, compactionThreshold: 0 }, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        for (let i = 0; i < 6; i++) await store.batch([put(addr(1, i), bytesOf(3000, i))], { sync: true })
+        const made = await segments(location)
+        assert.ok(made.length >= 5, `${made.length} segments`)
+        const salts = new Set<number>()
+        for (const segment of made) {
+          const salt = parseSegmentFileName(segment.name)?.salt
+          assert.ok(salt !== undefined && isAppendedSegment(salt), `${segment.name} is salted as a file created empty`)
+          salts.add(salt)
+          const bytes = await readFile(join(location, segment.name))
+          const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+          assert.ok(decodeHeader(bytes, 0, header, true) && recordCrcMatches(bytes, 0, header.length, salt), `${segment.name} starts with a record valid under its salt`)
+        }
+        assert.equal(salts.size, made.length, 'each segment has a salt of its own')
+        for (let i = 0; i < 6; i++) assertBytes(await store.get(addr(1, i)), bytesOf(3000, i), `block ${i}`)
+      })
     })
 
     it('a header encoded alone (for writev) writes only its 36 bytes, and with its payload after it passes the reader\'s checks, salted or not', () => {
@@ -621,10 +650,11 @@ describe('file block store', () => {
       throw new Error(`no record of block ${volume}/${index}`)
     }
 
-    /** Whether a segment file is salted (its name has a salt) and starts with a salted record. */
-    async function salted (path: string): Promise<boolean> {
+    /** Whether a segment file is a reused one (its salt says so) and starts with a salted record. */
+    async function reused (path: string): Promise<boolean> {
       const head = (await readFile(path)).subarray(0, 4)
-      return /-[0-9a-f]{8}\.log$/.test(path) && head.byteLength === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC
+      const salt = parseSegmentFileName(basename(path))?.salt
+      return salt !== undefined && !isAppendedSegment(salt) && head.byteLength === 4 && head.readUInt32LE(0) === SALTED_RECORD_MAGIC
     }
 
     // 160 KiB of live data: spares (16 KiB segments) may hold a quarter of it, so two are kept.
@@ -656,7 +686,7 @@ describe('file block store', () => {
         await store.batch(ops)
         const last = (await segments(location)).pop() as { name: string }
         const path = join(location, last.name)
-        if (await salted(path)) return { model, tail: path, round: 13 }
+        if (await reused(path)) return { model, tail: path, round: 13 }
       }
       throw new Error('no segment was made from a spare')
     }
@@ -714,9 +744,9 @@ describe('file block store', () => {
         store = await reopen(store)
         await model.check(store, 'after reopen')
         assert.equal((await store.stats()).storedBytes, await diskBytes(location))
-        let reused = 0
-        for (const segment of await segments(location)) if (await salted(join(location, segment.name))) reused++
-        assert.ok(reused > 0, 'segments made from spares are found on reopen')
+        let reusedFiles = 0
+        for (const segment of await segments(location)) if (await reused(join(location, segment.name))) reusedFiles++
+        assert.ok(reusedFiles > 0, 'segments made from spares are found on reopen')
 
         // Once the data is deleted, the spares go too: a store that shrinks gives its space back.
         await store.deleteVolume(1)
@@ -766,7 +796,7 @@ describe('file block store', () => {
         await store.compact()
         await model.check(store, 'without spares')
         assert.deepEqual(await spares(location), [])
-        for (const segment of await segments(location)) assert.equal(await salted(join(location, segment.name)), false)
+        for (const segment of await segments(location)) assert.equal(await reused(join(location, segment.name)), false)
       })
       for (const bad of [-1, 1.5, '2', Number.NaN]) {
         assert.throws(() => new FileBlockStore({ location: '/nonexistent', spareSegments: bad as number }),
@@ -834,7 +864,7 @@ describe('file block store', () => {
             assert.ok(seed < 2000, 'the log rolled into a new segment')
           }
           const tail = (await segments(location)).pop() as { name: string }
-          assert.ok(await salted(join(location, tail.name)), `the new segment ${tail.name} was made from the spare (salted)`)
+          assert.ok(await reused(join(location, tail.name)), `the new segment ${tail.name} was made from the spare (salted)`)
           assert.ok(!(await spares(location)).some((s) => s.name === spare.name), 'the spare file became the segment')
           await model.check(store, 'in a segment made from a spare made in advance')
           store = await reopen(store)
@@ -1064,7 +1094,7 @@ describe('file block store', () => {
           model.apply(ops)
           await store.batch(ops, { sync: batch % 3 === 0 })
           const last = join(location, ((await segments(location)).pop() as { name: string }).name)
-          if (await salted(last)) tail = last
+          if (await reused(last)) tail = last
         }
         assert.ok(tail !== undefined, 'no segment was made from a spare')
         // A torn batch at the end: its record cut in the middle.
@@ -1235,7 +1265,7 @@ describe('file block store', () => {
         for (let i = 0; i < 12; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
         await store.close()
         // Segment 1 holds blocks 0..2, 1036 bytes each: damage a payload byte of its middle record.
-        const path = join(location, segmentFileName(1))
+        const path = await segmentFile(location)
         const bytes = await readFile(path)
         flipByte(bytes, recordSize(1000) + HEADER_BYTES + 500, 0x40)
         await writeFile(path, bytes)
@@ -1409,7 +1439,7 @@ describe('file block store', () => {
         await store.open()
         for (let i = 0; i < 5; i++) await store.batch([put(addr(1, i), bytesOf(500, i))], { sync: true })
         await store.close()
-        const path = join(location, segmentFileName(1))
+        const path = await segmentFile(location)
         // In the record of batch 2 (batches 1 to 4 start with a mark).
         const bytes = flipByte(await readFile(path), 2 * (recordSize(500) + HEADER_BYTES) + HEADER_BYTES + 10, 0xff)
         await writeFile(path, bytes)
@@ -1428,7 +1458,7 @@ describe('file block store', () => {
         for (let i = 0; i < 6; i++) await store.batch([put(addr(1, i), bytesOf(1000, i))])
         await store.close()
         // Segment 1 holds blocks 0..2. Damage the payload of block 1 and the header (volume) of block 2.
-        const path = join(location, segmentFileName(1))
+        const path = await segmentFile(location)
         const bytes = flipByte(flipByte(await readFile(path), recordSize(1000) + HEADER_BYTES + 10, 0x01), 2 * recordSize(1000) + 12, 0x01)
         await writeFile(path, bytes)
         // Both ways of reading: on the event loop's thread (the default, from the page cache) and
@@ -1473,7 +1503,7 @@ describe('file block store', () => {
         await fill(store)
         await store.close()
         // Damage the dead record of block 1 (its crc no longer matches): compaction never needs it.
-        const path = join(location, segmentFileName(1))
+        const path = await segmentFile(location)
         await writeFile(path, flipByte(await readFile(path), recordSize(1000) + HEADER_BYTES + 10, 0x01))
         store = make()
         await store.open()
@@ -1492,7 +1522,7 @@ describe('file block store', () => {
         await store.batch([put(addr(1, 1), bytesOf(1000, 101))])
         await store.close()
         // Damage the live record of block 2: compaction must not copy it forward as if it were good.
-        const path = join(location, segmentFileName(1))
+        const path = await segmentFile(location)
         await writeFile(path, flipByte(await readFile(path), 2 * recordSize(1000) + HEADER_BYTES + 10, 0x01))
         const errors: GalleonError[] = []
         store = make({ onBackgroundError: (err) => errors.push(err) })
@@ -2061,9 +2091,11 @@ describe('file block store', () => {
         let store = make()
         await store.open()
         await store.batch([put(addr(1, 1), bytesOf(3000, 1))], { sync: true })
-        // The next segment's name is taken behind the store's back, so rolling to it fails.
-        const [active] = await segments(location)
-        await writeFile(join(location, segmentFileName((active as { id: number }).id + 1)), '')
+        // The directory is moved aside and a file takes its name, so creating the next segment's
+        // file (rolling to it) fails; the open segment's descriptor still reads.
+        const aside = `${location}-aside`
+        await rename(location, aside)
+        await writeFile(location, '')
         const failing = store.batch([put(addr(1, 2), bytesOf(3000, 2))], { sync: true })
         // Observed at once: it fails with the first, whose check is awaited before its own.
         const queuedBehind = observed(store.batch([put(addr(1, 3), bytesOf(10, 3))]))
@@ -2073,6 +2105,8 @@ describe('file block store', () => {
         await rejectsWithCode(store.batch([put(addr(1, 4), bytesOf(10, 4))]), 'IO_ERROR', 'a batch after the failure')
         await rejectsWithCode(store.sync(), 'IO_ERROR', 'sync() after the failure')
         assertBytes(await store.get(addr(1, 1)), bytesOf(3000, 1), 'acknowledged data is still readable')
+        await rm(location)
+        await rename(aside, location)
         await store.close()
         store = make()
         await store.open()

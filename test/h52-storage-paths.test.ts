@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { childExit, scriptArgs } from './support/child-script.js'
+import { segmentFile } from './support/file-segments.js'
 
 const CHILD = fileURLToPath(new URL('./support/h52-child.ts', import.meta.url))
 const NOBODY = { uid: 65534, gid: 65534 }
@@ -204,18 +205,18 @@ describe('open() on a storage that does not match the options or is incomplete',
     const dir = await freshDir()
     const storagePath = join(dir, 's')
     await seed(storagePath)
-    const segment = join(storagePath, 'blocks', 'seg-0000000000000001.log')
+    const segment = await segmentFile(join(storagePath, 'blocks'))
     const before = (await stat(segment)).size
     const g = await GalleonFS.open({ storagePath })
     await g.write('v', 8192, new Uint8Array(8192).fill(9), WriteConcern.WriteDurable)
     await g.close()
     // As if a newer version had written that batch (two records, found by their magic) in its
     // format and then crashed before anything followed it (no mark stating its sync, no CLEAN
-    // marker). 'GFR3' is this version's own (the marks of unsalted segments), so the next format
-    // is 'GFR4'.
+    // marker). 'GFR1' to 'GFR3' are this version's own (its segments' records are salted, 'GFR2';
+    // those of older segments 'GFR1', their marks 'GFR3'), so the next format is 'GFR4'.
     const bytes = await readFile(segment)
     const records: number[] = []
-    for (let at = bytes.indexOf('GFR1', before, 'latin1'); at !== -1; at = bytes.indexOf('GFR1', at + 1, 'latin1')) records.push(at)
+    for (let at = bytes.indexOf('GFR2', before, 'latin1'); at !== -1; at = bytes.indexOf('GFR2', at + 1, 'latin1')) if (bytes[at + 8] === 1) records.push(at) // puts, not marks
     const recordBytes = 36 + 8 + 4096
     assert.equal(records.length, 2, 'two records of a block each')
     assert.equal((records[1] as number) - (records[0] as number), recordBytes)

@@ -19,14 +19,16 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * | 32     | 4    | payload length (u32)                                           |
  *
  * Salted records ('GFR2') are the same but for the magic and the crc, which starts from the
- * segment's salt (a random nonzero 32-bit value, part of the segment's file name) instead of 0. They
- * are written to segment files that are reused (a compacted segment's file renamed to a later
- * segment and overwritten from its start, so the writes land in pages the file already has, see
- * FileBlockStoreOptions.spareSegments): the bytes past the new records are the earlier
- * incarnations' records, and a record made under another salt passes the crc check under this one
- * only by a 2^-32 chance (for a fixed record the crc is a one-to-one function of the seed), nor does
- * an unsalted one (its magic differs). Nor can block data holding copies of records forge one
- * without knowing the salt. A salted segment holds only salted records.
+ * segment's salt (a random nonzero 32-bit value, part of the segment's file name) instead of 0.
+ * Every segment this version makes is salted (releases before it salted only reused files). In a
+ * reused file (a compacted segment's file renamed to a later segment and overwritten from its
+ * start, so the writes land in pages the file already has, see FileBlockStoreOptions.spareSegments)
+ * the bytes past the new records are the earlier incarnations' records, and a record made under
+ * another salt passes the crc check under this one only by a 2^-32 chance (for a fixed record the
+ * crc is a one-to-one function of the seed), nor does an unsalted one (its magic differs). Nor can
+ * block data holding copies of records (a volume may hold a copy of a store, or of this store's
+ * other segments) forge one without knowing the salt. A salted segment holds only salted records.
+ * Unsalted segments ('GFR1' records, 'GFR3' marks) are read as before.
  *
  * A mark record (type 3, no payload, volume and gen 0) states in its index field an offset of its
  * segment below which every byte had been synced when it was written (the writer appends one, as a

@@ -9,8 +9,8 @@ import { GalleonError } from '../../src/errors.js'
 import { CLEAN_MARKER_TEMPORARY_NAME, readCleanMarker, removeCleanMarker, writeCleanMarker, type CleanMarker } from './clean-marker.js'
 import { HEADER_BYTES, HintBuilder, TYPE_MARK, TYPE_PUT, decodeHint } from './record.js'
 import {
-  findBatchAfter, hintPath, isSpareFileName, looksLost, looksUnwritten, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath, syncDirectory, syncedMarkedAfter,
-  syncedMarkedInRuns
+  findBatchAfter, hintPath, isAppendedSegment, isSpareFileName, looksLost, looksUnwritten, newSegmentSalt, parseHintFileName, parseSegmentFileName, scanSegment, segmentPath,
+  syncDirectory, syncedMarkedAfter, syncedMarkedInRuns
 } from './segment.js'
 import { scheduleHint } from './maintenance.js'
 import { trimSpares } from './spares.js'
@@ -140,7 +140,9 @@ export async function recover (state: StoreState): Promise<void> {
   await dropCleanMarker(state)
 
   if (lastId === undefined) {
-    const segment = new Segment(1, segmentPath(location, 1), 0, new HintBuilder())
+    const salt = newSegmentSalt(false)
+    const segment = new Segment(1, segmentPath(location, 1, salt), 0, new HintBuilder())
+    segment.seed = salt
     try {
       segment.handle = await open(segment.path, 'wx+')
       state.segments.set(1, segment)
@@ -197,7 +199,7 @@ async function loadHint (state: StoreState, segment: Segment): Promise<boolean> 
  * Scans a segment into the index. Damage in it (a record that is torn or fails its checks, or a
  * batch that never ends) is corruption, reported with CORRUPTION and left as it is, unless a crash
  * can explain it: only in the last segment, not after a clean close, not below an offset a mark
- * record states had been synced, and (in an unsalted segment) with no complete, valid batch after
+ * record states had been synced, and (in a file only appended to) with no complete, valid batch after
  * it unless something between reads as unwritten (zeros). A torn tail is truncated: a kill
  * tears only writes not yet acknowledged (batches are acknowledged in log order), a power loss only
  * writes not yet synced, so nothing from the damage on was acknowledged as durable.
@@ -259,11 +261,13 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   // not a crash, and dropping it silently could lose acknowledged data.
   if (!isLast) throw corruption('and it is sealed, so no write was cut short')
   if (closedCleanly) throw corruption(`although the store was closed cleanly with this segment at ${segment.size} bytes, so no write was cut short`)
-  // What a mark, before or after the damage, says was synced cannot have been cut short. A reused
-  // file holds the records of its earlier incarnations past the last write that landed (invalid
-  // under its seed), so any valid mark there is this one's; in a file only ever appended to, only
-  // marks at the boundaries of valid records past the damage count (block data may hold copies).
-  const later = segment.seed === undefined && result.stoppedAt < segment.size ? await findBatchAfter(handle, segment.size, result.stoppedAt) : undefined
+  // What a mark, before or after the damage, says was synced cannot have been cut short. In a salted
+  // segment any valid mark past the damage is this file's own (earlier incarnations' records and
+  // copies of other stores' logs in block data fail its seed); in an unsalted one (made by a release
+  // from before salts for every segment) only marks at the boundaries of valid records past the
+  // damage count, though a copy of another store's log that begins there can still pass for them.
+  const appended = isAppendedSegment(segment.seed)
+  const later = appended && result.stoppedAt < segment.size ? await findBatchAfter(handle, segment.size, result.stoppedAt, segment.seed) : undefined
   const markedPast = segment.seed !== undefined
     ? await syncedMarkedAfter(handle, segment.size, result.stoppedAt, segment.seed)
     : await syncedMarkedInRuns(handle, segment.size, later)
@@ -272,7 +276,8 @@ async function scanForRecovery (state: StoreState, segment: Segment, isLast: boo
   // Past the last sync in an appended file, a batch written after the damage is what writes in
   // flight at a kill leave (zeros up to it), or write-back out of order at a power loss (an earlier
   // page lost, zeros in a unit of its own); anything else is damage no crash explains. (In a reused
-  // file no zeros mark unwritten space, so a valid batch after damage proves nothing.)
+  // file a lost page reads as its earlier incarnations' bytes, not zeros, so a valid batch after
+  // damage proves nothing.)
   if (later !== undefined && !await looksUnwritten(handle, result.stoppedAt, later.start) && !await looksLost(handle, result.stoppedAt, later.start)) {
     throw corruption(`yet a complete, valid batch follows at offset ${later.start} and nothing between reads as unwritten, so it is not a write cut short by a crash`)
   }

@@ -23,7 +23,29 @@ const UNWRITTEN_UNIT_BYTES = 512
 const MAGIC_PREFIX_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8) & 0xff, (RECORD_MAGIC >>> 16) & 0xff])
 const SALTED_MAGIC_BYTES = Buffer.from([SALTED_RECORD_MAGIC & 0xff, (SALTED_RECORD_MAGIC >>> 8) & 0xff, (SALTED_RECORD_MAGIC >>> 16) & 0xff, SALTED_RECORD_MAGIC >>> 24])
 
-/** File name of segment `id`; a salted segment (a reused file, see record.ts) has its salt in it. */
+// Every segment this version makes is salted (see record.ts), and its salt tells how its file came:
+// below 2^24 a file created empty and only appended to, so bytes past what reached the disk read as
+// zeros; from 2^24 on a reused file, whose bytes past that are its earlier incarnations' records.
+// Stores from before this rule have unsalted segments (appended files) and salted reused files with
+// salts of any value; a reused one of those with a salt below 2^24 (1 in 256) is taken for an
+// appended file, which only makes recovery stricter (see recovery.ts).
+const APPENDED_SALT_LIMIT = 0x100_0000
+
+/** A random salt for a new segment: one below 2^24 for a file created empty, at or above it for a reused one. */
+export function newSegmentSalt (reused: boolean): number {
+  const random = randomBytes(4).readUInt32LE(0)
+  return reused ? APPENDED_SALT_LIMIT + random % (0x1_0000_0000 - APPENDED_SALT_LIMIT) : (random % (APPENDED_SALT_LIMIT - 1)) + 1
+}
+
+/**
+ * Whether the segment with this seed (undefined: unsalted) was made as a file only appended to, so
+ * that bytes a crash left unwritten in it read as zeros (see newSegmentSalt).
+ */
+export function isAppendedSegment (seed: number | undefined): boolean {
+  return seed === undefined || seed < APPENDED_SALT_LIMIT
+}
+
+/** File name of segment `id`; a salted segment has its salt in it. */
 export function segmentFileName (id: number, salt?: number): string {
   return `seg-${id.toString(16).padStart(16, '0')}${salt === undefined ? '' : `-${salt.toString(16).padStart(8, '0')}`}.log`
 }
@@ -265,13 +287,18 @@ export interface BatchAfterDamage {
  * found inside the damaged record counts only if it goes on past the end that record's header
  * claims: a genuine record boundary there is followed by the real log, a copy inside a payload ends
  * with it. When the damaged header does not decode, it claims nothing and any run counts.
+ *
+ * `seed`: the segment's seed when it is salted. Then only records made under it are found, which
+ * block data cannot forge without the salt (a copy of this same segment could still sit in a
+ * payload, hence the rule above for both kinds).
  */
-export async function findBatchAfter (handle: FileHandle, size: number, damagedAt: number): Promise<BatchAfterDamage | undefined> {
+export async function findBatchAfter (handle: FileHandle, size: number, damagedAt: number, seed?: number): Promise<BatchAfterDamage | undefined> {
+  const salted = seed !== undefined
   const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
   let mustEndAfter = damagedAt
   if (damagedAt + HEADER_BYTES <= size) {
     const damagedHeader = Buffer.alloc(HEADER_BYTES)
-    if (await readFully(handle, damagedHeader, 0, HEADER_BYTES, damagedAt) === HEADER_BYTES && decodeHeader(damagedHeader, 0, header)) {
+    if (await readFully(handle, damagedHeader, 0, HEADER_BYTES, damagedAt) === HEADER_BYTES && decodeHeader(damagedHeader, 0, header, salted)) {
       mustEndAfter = damagedAt + HEADER_BYTES + header.length
     }
   }
@@ -280,12 +307,12 @@ export async function findBatchAfter (handle: FileHandle, size: number, damagedA
   // Records already followed as part of a run that did not count: a run from any of them is a suffix
   // of that run and would not count either. Keeps the search linear when a payload holds many records.
   const followed = new Set<number>()
-  for await (const { view, at, chunkStart } of headerCandidates(handle, size, damagedAt + 1, MAGIC_PREFIX_BYTES)) {
+  for await (const { view, at, chunkStart } of headerCandidates(handle, size, damagedAt + 1, salted ? SALTED_MAGIC_BYTES : MAGIC_PREFIX_BYTES)) {
     const candidate = chunkStart + at
-    if (followed.has(candidate) || !decodeHeader(view, at, header)) continue
+    if (followed.has(candidate) || !decodeHeader(view, at, header, salted)) continue
     const recordEnd = at + HEADER_BYTES + header.length
-    if (chunkStart + recordEnd > size || (recordEnd <= view.byteLength && !recordCrcMatches(view, at, header.length))) continue
-    const run = await scanSegment(handle, size, (_record, offset) => { followed.add(offset) }, { start: candidate })
+    if (chunkStart + recordEnd > size || (recordEnd <= view.byteLength && !recordCrcMatches(view, at, header.length, seed))) continue
+    const run = await scanSegment(handle, size, (_record, offset) => { followed.add(offset) }, { start: candidate, seed })
     if (run.committedEnd > candidate && run.committedEnd > mustEndAfter) return { start: candidate, end: run.committedEnd }
   }
   return undefined

@@ -1,13 +1,12 @@
 // The writer of the file block store: batches applied to the index and queued, written in groups at
 // their reserved offsets, synced together (group commit) and acknowledged in call order; segment rolls.
 
-import { randomBytes } from 'node:crypto'
 import { open, type FileHandle } from 'node:fs/promises'
 import { isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockOp } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
 import { FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, encodeRecordHeader } from './record.js'
-import { segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
+import { newSegmentSalt, segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { reportBackground, scheduleHint } from './maintenance.js'
 import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
@@ -84,8 +83,8 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
 function newTailSegment (state: StoreState): Segment {
   const id = state.tail.id + 1
   const spare = state.spares.pop()
-  // A reused file gets a random salt (in its name) for its records, see record.ts.
-  const salt = spare === undefined ? undefined : randomBytes(4).readUInt32LE(0) || 1
+  // A random salt (in its name) for its records, which also tells a reused file from a new one, see segment.ts.
+  const salt = newSegmentSalt(spare !== undefined)
   const segment = new Segment(id, segmentPath(state.location, id, salt), 0, new HintBuilder())
   segment.spare = spare
   segment.seed = salt

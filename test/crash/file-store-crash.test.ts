@@ -25,6 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
 import { SALTED_RECORD_MAGIC } from '../../backends/file/record.js'
+import { isAppendedSegment, parseSegmentFileName } from '../../backends/file/segment.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
@@ -284,11 +285,12 @@ async function runChild (location: string, seqBase: number, seed: number, plan: 
   return run
 }
 
-/** Segment files that are reused spares: salted (the salt is in the name) and starting with a salted record. */
+/** Segment files that are reused spares: their salt (in the name) says so, and they start with a salted record. */
 async function reusedSegmentFiles (location: string): Promise<number> {
   let reused = 0
   for (const name of await readdir(location)) {
-    if (!/^seg-[0-9a-f]{16}-[0-9a-f]{8}\.log$/.test(name)) continue
+    const salt = parseSegmentFileName(name)?.salt
+    if (salt === undefined || isAppendedSegment(salt)) continue
     const file = await open(join(location, name), 'r')
     try {
       const head = Buffer.alloc(4)

@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
+import { isAppendedSegment, parseSegmentFileName } from '../../backends/file/segment.js'
 import { addr, assertBytes, bytesOf, put, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
 import { scriptArgs } from '../support/child-script.js'
@@ -128,7 +129,7 @@ async function registerTests (): Promise<void> {
           assert.ok(made.length > 0, `${where}: the log rolled into a new segment`)
           if (left.length > 0) {
             // The spare the kill left (whole or not) became that segment: salted, and gone as a spare.
-            assert.ok(made.some((name) => /-[0-9a-f]{8}\.log$/.test(name)), `${where}: the new segment ${made.join(', ')} was made from the spare ${left.join(', ')}`)
+            assert.ok(made.some((name) => { const salt = parseSegmentFileName(name)?.salt; return salt !== undefined && !isAppendedSegment(salt) }), `${where}: the new segment ${made.join(', ')} was made from the spare ${left.join(', ')}`)
             totals.reused++
           }
           store = new FileBlockStore({ location, ...STORE_OPTIONS })
