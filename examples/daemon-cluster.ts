@@ -172,7 +172,7 @@ export async function clusterOptions (config: DaemonConfig, settings: ClusterSet
   const nodeId = nodeIdOf(config)
   try {
     const coordinator = await EtcdCoordinator.connect({ endpoints: settings.etcdEndpoints, prefix: settings.etcdPrefix, ...await etcdAccess(config, settings) })
-    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
+    return { nodeId, transport, coordinator, zone: config.zone, labels: config.labels, leaseTtlMs: Math.round(config.leaseTtlSeconds * 1000), replicaReplacementDelayMs: Math.round(config.replicaReplacementDelaySeconds * 1000), failoverWaitMs: Math.round(config.failoverWaitSeconds * 1000), replication: config.replicationStrategy, ...(config.advertiseAddress === undefined ? {} : { advertiseAddress: config.advertiseAddress }) }
   } catch (err) {
     await transport.close().catch(() => {})
     throw err

@@ -89,6 +89,8 @@ export interface DaemonConfig {
   leaseTtlSeconds: number
   /** Seconds a failed node's copies wait before the cluster replaces them on other nodes. */
   replicaReplacementDelaySeconds: number
+  /** Seconds a call on a node without the primary of its volume keeps trying to reach one (through a failover) before it fails. */
+  failoverWaitSeconds: number
   /** Seconds of hearing nothing on a connection to a peer before it sends a keepalive (0: none). */
   keepaliveIntervalSeconds: number
   /** Seconds a connection to a peer may stay silent (and take none of our bytes) after a keepalive before it is closed. */
@@ -147,6 +149,7 @@ export const DEFAULTS: DaemonConfig = {
   advertiseAddress: undefined,
   leaseTtlSeconds: 10,
   replicaReplacementDelaySeconds: 600,
+  failoverWaitSeconds: 30,
   keepaliveIntervalSeconds: 5,
   keepaliveTimeoutSeconds: 10,
   peerWaitSeconds: 300
@@ -178,7 +181,7 @@ export function formatAddress (host: string, port: number): string {
 /** The keys the configuration file may hold, by section (the rest of the seed's keys are accepted and reported as not used yet). */
 const FILE_KEYS: Record<string, Record<string, keyof DaemonConfig | null>> = {
   daemon: { storage_path: 'storagePath', block_size: 'blockSize', bind_address: 'bindAddress', ipc_address: 'ipcAddress', ipc_tls_cert_file: 'ipcTlsCertFile', ipc_tls_key_file: 'ipcTlsKeyFile', mount_point: 'mountPoint', nbd_address: 'nbdAddress', nbd_handshake_timeout: 'nbdHandshakeTimeoutSeconds', nbd_tls_cert_file: 'nbdTlsCertFile', nbd_tls_key_file: 'nbdTlsKeyFile', nbd_tls_ca_file: 'nbdTlsCaFile', nbd_tls_psk_file: 'nbdTlsPskFile', log_level: 'logLevel' },
-  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds', peer_wait: 'peerWaitSeconds' },
+  cluster: { peer_addresses: 'peerAddresses', auto_join: null, health_check_interval: null, node_id: 'nodeId', zone: 'zone', labels: 'labels', etcd_endpoints: 'etcdEndpoints', etcd_prefix: 'etcdPrefix', secret_file: 'clusterSecretFile', etcd_username: 'etcdUsername', etcd_password_file: 'etcdPasswordFile', etcd_ca_file: 'etcdCaFile', etcd_cert_file: 'etcdCertFile', etcd_key_file: 'etcdKeyFile', advertise_address: 'advertiseAddress', lease_ttl: 'leaseTtlSeconds', replica_replacement_delay: 'replicaReplacementDelaySeconds', failover_wait: 'failoverWaitSeconds', keepalive_interval: 'keepaliveIntervalSeconds', keepalive_timeout: 'keepaliveTimeoutSeconds', peer_wait: 'peerWaitSeconds' },
   replication: { strategy: 'replicationStrategy', min_replicas: null, max_replicas: null },
   persistence: { level: 'persistenceLevel', journal_size: null, checkpoint_interval: null },
   security: { encryption_at_rest: null, tls_enabled: null, auth_required: null, key_provider: 'keyProvider', key_provider_options: 'keyProviderOptions', kms_key_id: 'kmsKeyId', kms_command: 'kmsCommand', kms_url: 'kmsUrl', kms_token_file: 'kmsTokenFile', passphrase_file: 'passphraseFile', kms_insecure: 'kmsInsecure' },
@@ -389,6 +392,12 @@ export function check (raw: Record<string, unknown>, where: string, nameOf: Sett
         const seconds = typeof value === 'string' ? Number(value) : value
         if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 7 * 86_400) throw new ConfigError(`${bad} must be a number of seconds from 1 to 604800, got ${JSON.stringify(value)}`)
         out.replicaReplacementDelaySeconds = seconds
+        break
+      }
+      case 'failoverWaitSeconds': {
+        const seconds = typeof value === 'string' ? Number(value) : value
+        if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds < 1 || seconds > 3600) throw new ConfigError(`${bad} must be a number of seconds from 1 to 3600, got ${JSON.stringify(value)}`)
+        out.failoverWaitSeconds = seconds
         break
       }
       case 'nbdHandshakeTimeoutSeconds':

@@ -44,6 +44,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--advertise-address <host:port>', 'where peers reach this node (needed with a wildcard --bind-address)')
     .option('--lease-ttl-seconds <seconds>', 'seconds a silent node counts as alive; then its volumes fail over (default 10)')
     .option('--replica-replacement-delay-seconds <seconds>', 'seconds a failed node\'s copies wait before the cluster places new ones on other nodes (default 600)')
+    .option('--failover-wait-seconds <seconds>', 'seconds a call on a node without its volume\'s primary keeps trying to reach one, through a failover, before it fails (default 30)')
     .option('--keepalive-interval-seconds <seconds>', 'seconds of silence on a connection to a peer before it sends a keepalive; 0: none (default 5)')
     .option('--keepalive-timeout-seconds <seconds>', 'seconds a peer may stay silent after a keepalive, taking none of our bytes, before its connection is closed (default 10)')
     .option('--peer-wait-seconds <seconds>', 'seconds a node joining through --peer-addresses (or cluster join) waits for a peer that is still starting, or, at its first start through --peer-addresses, not listening yet; 0: no wait (default 300)')
@@ -154,7 +155,7 @@ async function legacyMain (argv: string[]): Promise<number> {
 const argv = process.argv.slice(2)
 const COMMANDS = new Set(['volume', 'mount', 'snapshot', 'backup', 'cluster', 'daemon', 'storage-class', 'pool', 'qos', 'help'])
 // `galleonfs --mount-point DIR --bind-address ...` without a command: the legacy way to run the daemon.
-const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|ipc-tls-cert-file|ipc-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds|peer-wait-seconds)(=|$)/
+const DAEMON_FLAGS = /^--(mount-point|bind-address|storage-path|config|peer-addresses|ipc-address|block-size|nbd-address|replication-strategy|persistence-level|log-level|key-provider|etcd-endpoints|node-id|zone|labels|cluster-secret-file|etcd-username|etcd-password-file|etcd-ca-file|etcd-cert-file|etcd-key-file|advertise-address|lease-ttl-seconds|replica-replacement-delay-seconds|failover-wait-seconds|nbd-handshake-timeout-seconds|nbd-tls-cert-file|nbd-tls-key-file|ipc-tls-cert-file|ipc-tls-key-file|nbd-tls-ca-file|nbd-tls-psk-file|keepalive-interval-seconds|keepalive-timeout-seconds|peer-wait-seconds)(=|$)/
 /** Options before the command that take the next argument as their value (the daemon's flags, the CLI's global options). */
 const TAKES_VALUE = /^--(daemon-address|daemon-ca-file|token|timeout)$/
 /**

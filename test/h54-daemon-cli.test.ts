@@ -44,6 +44,7 @@ describe('README Daemon and CLI', () => {
       assert.equal(shown.persistenceLevel, 'enhanced')
       assert.equal(shown.leaseTtlSeconds, 10)
       assert.equal(shown.replicaReplacementDelaySeconds, 600)
+      assert.equal(shown.failoverWaitSeconds, 30)
       assert.equal(shown.keepaliveIntervalSeconds, 5)
       assert.equal(shown.keepaliveTimeoutSeconds, 10)
       assert.equal(shown.nbdHandshakeTimeoutSeconds, 10)

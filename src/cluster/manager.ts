@@ -47,6 +47,13 @@ export interface ClusterOptions {
    * replenishing a replica; at least 1000). A node that comes back after that drops its stale copy.
    */
   readonly replicaReplacementDelayMs?: number
+  /**
+   * How long a call made on a node that holds a copy of a volume but not its primary (I/O and
+   * control calls it forwards, so also its NBD exports and FUSE mounts) keeps trying to reach a
+   * primary, through a failover or a network partition, before it fails with BACKEND_UNAVAILABLE
+   * (default 30 s; at least 1000). A primary reached but slow to answer is waited for apart from this.
+   */
+  readonly failoverWaitMs?: number
 }
 
 /** The cluster as one node sees it. */
@@ -99,6 +106,7 @@ function checkOptions (options: ClusterOptions): void {
   }
   if (options.replication !== undefined && options.replication !== 'synchronous' && options.replication !== 'asynchronous') throw new GalleonError('INVALID_ARGUMENT', `cluster replication must be synchronous or asynchronous, got ${describe(options.replication)}`)
   if (options.leaseTtlMs !== undefined && (!Number.isFinite(options.leaseTtlMs) || options.leaseTtlMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster leaseTtlMs must be at least 1000, got ${describe(options.leaseTtlMs)}`)
+  if (options.failoverWaitMs !== undefined && (!Number.isFinite(options.failoverWaitMs) || options.failoverWaitMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster failoverWaitMs must be at least 1000 (milliseconds a call waits for a primary it can reach), got ${describe(options.failoverWaitMs)}`)
   if (options.replicaReplacementDelayMs !== undefined && (!Number.isFinite(options.replicaReplacementDelayMs) || options.replicaReplacementDelayMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster replicaReplacementDelayMs must be at least 1000 (milliseconds a dead node's copies wait before being replaced), got ${describe(options.replicaReplacementDelayMs)}`)
 }
 

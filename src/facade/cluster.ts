@@ -69,7 +69,10 @@ export class ClusterMembership {
       let replication: ReplicationManager
       try {
         await this.#finishConversions(options.coordinator, manager.nodeId)
-        replication = await ReplicationManager.start(this.#bridge.replicationHost(), manager, options.coordinator, options.zone ?? 'default', options.replicaReplacementDelayMs === undefined ? {} : { replacementDelayMs: options.replicaReplacementDelayMs })
+        replication = await ReplicationManager.start(this.#bridge.replicationHost(), manager, options.coordinator, options.zone ?? 'default', {
+          ...(options.replicaReplacementDelayMs === undefined ? {} : { replacementDelayMs: options.replicaReplacementDelayMs }),
+          ...(options.failoverWaitMs === undefined ? {} : { failoverWaitMs: options.failoverWaitMs })
+        })
       } catch (err) {
         await manager.close().catch(() => {})
         throw err

@@ -138,6 +138,8 @@ export function newLocalSet (volumeId: string, position: ReplicaPosition): Local
  */
 export interface ManagerCore {
   readonly nodeId: string
+  /** How long a call forwarded to the primary waits for one it can reach (ClusterOptions.failoverWaitMs). */
+  readonly failoverWaitMs: number
   readonly host: ReplicationHost
   readonly cluster: ClusterManager
   readonly coordinator: Coordinator

@@ -10,7 +10,6 @@ import { errorText, markOutcomeUnknown, type ManagerCore } from './common.js'
 import type { ForwardedRequest } from './host.js'
 import { ioRefusedBeforeRunning } from './replica.js'
 
-const FORWARD_DEADLINE_MS = 30_000
 /** Forwarded calls that change a volume other than by I/O: one whose answer was lost is sent again marked `repeat` (see forward). */
 const CONTROL_OPS = new Set<ForwardedRequest['op']>(['createSnapshot', 'deleteSnapshot', 'deleteVolume', 'restoreSnapshot', 'expandVolume', 'rotateVolumeKey'])
 /** Those of them that done twice differ from done once: sent again only with a token. */
@@ -24,7 +23,7 @@ const FORWARD_ANSWER_MS = 75_000
 
 /** Sends a call to the volume's primary on behalf of this node (see ReplicationManager.forward). */
 export async function forwardToPrimary (core: ManagerCore, volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
-  const deadline = performance.now() + FORWARD_DEADLINE_MS
+  const deadline = performance.now() + core.failoverWaitMs
   let lastError: unknown
   // Such a call without a token (made by a caller that does not give one) is not sent again once
   // it may have reached the primary: it could happen twice.

@@ -57,6 +57,8 @@ const LEADER_LOOP_MS = 1000
 const STALE_MARK_TICKS = 5
 /** How long a copy's node may be unhealthy before the leader replaces the copy (ClusterOptions.replicaReplacementDelayMs). */
 const DEFAULT_REPLACEMENT_DELAY_MS = 600_000
+/** How long a call forwarded to the primary waits for one it can reach (ClusterOptions.failoverWaitMs). */
+const DEFAULT_FAILOVER_WAIT_MS = 30_000
 
 /** The replication of one node: replica-side handlers, the primaries it runs, failover when it leads. */
 export class ReplicationManager {
@@ -77,7 +79,7 @@ export class ReplicationManager {
   readonly #records: RecordUpdates
   readonly #fence: LeaseFence
 
-  private constructor (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, replacementDelayMs: number) {
+  private constructor (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, replacementDelayMs: number, failoverWaitMs: number) {
     this.#host = host
     this.#cluster = cluster
     this.#coordinator = coordinator
@@ -85,6 +87,7 @@ export class ReplicationManager {
     const manager = this
     this.#core = {
       nodeId: cluster.nodeId,
+      failoverWaitMs,
       host,
       cluster,
       coordinator,
@@ -119,8 +122,8 @@ export class ReplicationManager {
   get nodeId (): string { return this.#cluster.nodeId }
 
   /** Registers the handlers, loads the records of local copies and takes up each copy's role. */
-  static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, options: { replacementDelayMs?: number } = {}): Promise<ReplicationManager> {
-    const manager = new ReplicationManager(host, cluster, coordinator, zone, options.replacementDelayMs ?? DEFAULT_REPLACEMENT_DELAY_MS)
+  static async start (host: ReplicationHost, cluster: ClusterManager, coordinator: Coordinator, zone: string, options: { replacementDelayMs?: number, failoverWaitMs?: number } = {}): Promise<ReplicationManager> {
+    const manager = new ReplicationManager(host, cluster, coordinator, zone, options.replacementDelayMs ?? DEFAULT_REPLACEMENT_DELAY_MS, options.failoverWaitMs ?? DEFAULT_FAILOVER_WAIT_MS)
     // Local copies first, with their saved positions: a peer's message may come as soon as the
     // handlers are in place.
     const copies = host.localCopies()
@@ -393,7 +396,8 @@ export class ReplicationManager {
 
   /**
    * Sends an I/O call to the volume's primary and returns its reply. Waits through a failover
-   * (until a primary answers, up to 30 s). A control call (a snapshot, a deletion, a revert, an
+   * (until a primary answers, up to ClusterOptions.failoverWaitMs, 30 s by default). A control
+   * call (a snapshot, a deletion, a revert, an
    * expansion, a key rotation) that carries a token is sent again, like I/O, when its answer is
    * lost: the primary that gets it again (the same one, or the next) knows it by its token, or by
    * `repeat`, and answers with what the first attempt did rather than do it twice. An error
