@@ -585,6 +585,33 @@ describe('file block store: damage in the active segment', () => {
 
   })
 
+  describe('an unsalted active segment (from a release before salts)', () => {
+    it('takes no more records: the first write after open goes to a new, salted segment, and the old one stays readable as a sealed one', async () => {
+      await withDirectories(async (context) => {
+        const { location, path } = await prepared(context, 3, true, true)
+        const store = context.make(location)
+        await store.open()
+        await store.batch([put(addr(1, 3), bytesOf(VALUE_BYTES, 3))], { sync: true })
+        assert.equal((await stat(path)).size, batchEnd(2), 'nothing appended to the unsalted segment')
+        const next = await segmentFile(location, 2)
+        assert.match(next, /seg-0{15}2-[0-9a-f]{8}\.log$/, 'segment 2 is salted')
+        await store.batch([put(addr(1, 4), bytesOf(VALUE_BYTES, 4))])
+        await store.close()
+        const reopened = context.make(location)
+        await reopened.open()
+        await assertBlocks(reopened, 5, 6, 'after reopen')
+        // Sealed now (opened from its hint): damage in it is reported when read, not cut off at open.
+        await reopened.close()
+        await writeFile(path, flipByte(await readFile(path), recordAt(2) + HEADER_BYTES + 7, 0x20))
+        const damaged = context.make(location)
+        await damaged.open()
+        assert.equal((await stat(path)).size, batchEnd(2), 'nothing cut off')
+        await rejectsWithCode(damaged.get(addr(1, 2)), 'CHECKSUM_MISMATCH', 'a read of the damaged block')
+        assertBytes(await damaged.get(addr(1, 4)), bytesOf(VALUE_BYTES, 4), 'the salted segment\'s block')
+      })
+    })
+  })
+
   describe('the clean-shutdown marker', () => {
     it('exists only while the store is closed; after a reopen, more writes and a kill -9, a torn tail is recovered', async () => {
       await withDirectories(async (context) => {

@@ -852,6 +852,7 @@ describe('file block store', () => {
           assert.deepEqual(await prepared(location), [], 'batches without syncs make none')
           await durableWrites(store, model, 20, 100)
           const spare = await untilPrepared(store, location)
+          const spareInode = (await stat(join(location, spare.name))).ino
           const bytes = await readFile(join(location, spare.name))
           assert.equal(bytes.byteLength, OPTIONS.segmentBytes)
           assert.ok(bytes.every((b) => b === 0), 'a spare made in advance holds zeros')
@@ -864,12 +865,52 @@ describe('file block store', () => {
             assert.ok(seed < 2000, 'the log rolled into a new segment')
           }
           const tail = (await segments(location)).pop() as { name: string }
-          assert.ok(await reused(join(location, tail.name)), `the new segment ${tail.name} was made from the spare (salted)`)
+          assert.equal((await stat(join(location, tail.name))).ino, spareInode, `the new segment ${tail.name} was made from the spare`)
+          // Salted as a file of zeros (recovery may read zeros past what was written as unwritten), not as a reused one.
+          const salt = parseSegmentFileName(tail.name)?.salt
+          assert.ok(salt !== undefined && isAppendedSegment(salt), `${tail.name}: the salt of a file of zeros`)
+          assert.equal(await reused(join(location, tail.name)), false)
           assert.ok(!(await spares(location)).some((s) => s.name === spare.name), 'the spare file became the segment')
           await model.check(store, 'in a segment made from a spare made in advance')
           store = await reopen(store)
           await model.check(store, 'after reopen')
           assert.equal((await store.stats()).storedBytes, await diskBytes(location))
+        })
+      })
+
+      it('a segment made from one is judged as a file of zeros: damage followed by a later valid batch, with nothing unwritten between, is CORRUPTION after a crash', async () => {
+        await withStore(OPTIONS, async ({ location, make }) => {
+          const store = make()
+          await store.open()
+          const model = new BlockStoreModel()
+          await fill(store, model)
+          await durableWrites(store, model, 20, 100)
+          const spare = await untilPrepared(store, location)
+          const spareInode = (await stat(join(location, spare.name))).ino
+          const before = (await segments(location)).map((segment) => segment.name)
+          let seed = 200
+          while ((await segments(location)).every((segment) => before.includes(segment.name))) {
+            await durableWrites(store, model, 20, seed)
+            seed += 20
+            assert.ok(seed < 2000, 'the log rolled into a new segment')
+          }
+          const tail = (await segments(location)).pop() as { name: string }
+          assert.equal((await stat(join(location, tail.name))).ino, spareInode, 'the new segment is the spare made in advance')
+          // Three batches written, none synced: a crash may cut them, but not damage the middle one alone.
+          for (let i = 0; i < 3; i++) await store.batch([put(addr(3, i), bytesOf(2000, 900 + i))])
+          await withCrashImage(location, async (image) => {
+            const path = join(image, tail.name)
+            const salt = parseSegmentFileName(tail.name)?.salt as number
+            const bytes = await readFile(path)
+            const ends = batchEnds(bytes, salt)
+            const [second, third] = ends.slice(-2) as [number, number]
+            assert.equal(third - second, HEADER_BYTES + 2000, 'the last batch found is the third one')
+            // A flipped bit in the second batch's block: the third batch follows, nothing between reads as unwritten.
+            const secondStart = second - HEADER_BYTES - 2000
+            await writeFile(path, flipByte(bytes, secondStart + HEADER_BYTES + 1000, 0x10))
+            const error = await rejectsWithCode(new FileBlockStore({ location: image, ...OPTIONS }).open(), 'CORRUPTION', 'damage before a later batch in a segment made from a spare of zeros')
+            assert.ok(error.message.includes(`a complete, valid batch follows at offset ${second}`), error.message)
+          })
         })
       })
 
@@ -1106,6 +1147,114 @@ describe('file block store', () => {
             await model.check(recovered, 'after the crash')
           })
         })
+      })
+    })
+
+    /** Ends of the batches of the records valid under `seed` from the start of `bytes`. */
+    function batchEnds (bytes: Buffer, seed: number): number[] {
+      const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+      const ends: number[] = []
+      for (let at = 0; at + HEADER_BYTES <= bytes.byteLength && decodeHeader(bytes, at, header, true);) {
+        const end = at + HEADER_BYTES + header.length
+        if (end > bytes.byteLength || !recordCrcMatches(bytes, at, header.length, seed)) break
+        at = end
+        if ((header.flags & FLAG_CONTINUES) === 0) ends.push(at)
+      }
+      return ends
+    }
+
+    /** Re-encodes the records in [start, end) of `bytes`, valid under `from`, under `to`. */
+    function resalt (bytes: Buffer, start: number, end: number, from: number, to: number): void {
+      const header: RecordHeader = { type: 0, flags: 0, volume: 0, index: 0, gen: 0, length: 0 }
+      for (let at = start; at < end;) {
+        assert.ok(decodeHeader(bytes, at, header, true) && recordCrcMatches(bytes, at, header.length, from), `a record at ${at}`)
+        const recordEnd = at + HEADER_BYTES + header.length
+        encodeRecordHeader(bytes, at, header.type, header.flags, header.volume, header.index, header.gen, header.length === 0 ? undefined : bytes.subarray(at + HEADER_BYTES, recordEnd), to)
+        at = recordEnd
+      }
+    }
+
+    // A page of a reused file lost at a power loss reads as the file's earlier life, not zeros, so a
+    // valid batch after it proves nothing there: the salt (from 2^24 on) must keep recovery from
+    // taking such a file for one only appended to.
+    it('a reused active segment whose earlier batch a power loss lost (its earlier life shows there) while a later one landed opens without both; under a salt below 2^24 (how an earlier release could name it) it is refused', async () => {
+      await withStore(SMALL, async ({ location, make }) => {
+        const store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        for (let round = 0; round < 12; round++) await writeRound(store, model, round)
+        await store.compact()
+        const earlierLives: Buffer[] = []
+        for (const spare of await spares(location)) earlierLives.push(await readFile(join(location, spare.name)))
+        assert.ok(earlierLives.length > 0, 'compaction kept emptied files as spares')
+        let tail: string | undefined
+        let batchesInTail = 0
+        for (let batch = 0; batch < 80 && batchesInTail < 3; batch++) {
+          const ops = Array.from({ length: 4 }, (_, i) => put(addr(1, (batch * 4 + i) % LIVE_BLOCKS), bytesOf(1024, 7000 + batch * 4 + i)))
+          await store.batch(ops)
+          const last = join(location, ((await segments(location)).pop() as { name: string }).name)
+          if (last === tail) batchesInTail++
+          else if (await reused(last)) [tail, batchesInTail] = [last, 1]
+          // The tail's second and third batches are the ones the crash below takes.
+          if (last !== tail || batchesInTail === 1) model.apply(ops)
+        }
+        assert.ok(tail !== undefined && batchesInTail === 3, 'three batches in a segment made from a spare')
+        await withCrashImage(location, async (image) => {
+          const imageTail = join(image, basename(tail))
+          const { id, salt } = parseSegmentFileName(basename(tail)) as { id: number, salt: number }
+          const bytes = await readFile(imageTail)
+          const ends = batchEnds(bytes, salt)
+          assert.equal(ends.length, 3, 'three batches, no marks (nothing synced in this segment)')
+          const [first, second, third] = ends as [number, number, number]
+          const earlier = earlierLives.find((life) => life.byteLength >= bytes.byteLength && life.subarray(third).equals(bytes.subarray(third)))
+          assert.ok(earlier !== undefined, 'the file\'s earlier life is one of the spares')
+          // The second batch's pages were lost: the earlier life's bytes (no zeros) are there again.
+          earlier.copy(bytes, first, first, second)
+          for (let unit = Math.ceil(first / 512) * 512; unit + 512 <= second; unit += 512) {
+            assert.ok(bytes.subarray(unit, unit + 512).some((byte) => byte !== 0), 'no aligned unit of zeros where the batch was lost')
+          }
+          // The same crash under a salt below 2^24, as a release before salts told files apart
+          // named 1 in 256 reused files: taken for a file only appended to, it is refused.
+          const legacy = Buffer.from(bytes)
+          const small = (salt % (2 ** 24 - 1)) + 1
+          resalt(legacy, 0, first, salt, small)
+          resalt(legacy, second, third, salt, small)
+          await writeFile(imageTail, bytes)
+          await withRecovered(image, async (recovered) => {
+            assert.equal((await stat(imageTail)).size, first, 'cut after the first batch')
+            await model.check(recovered, 'after the crash: the first batch of the segment kept, the two after it gone')
+          })
+          await rm(imageTail)
+          const legacyPath = join(image, basename(tail).replace(/-[0-9a-f]{8}\.log$/, `-${small.toString(16).padStart(8, '0')}.log`))
+          assert.equal(parseSegmentFileName(basename(legacyPath))?.id, id)
+          await writeFile(legacyPath, legacy)
+          const error = await rejectsWithCode(new FileBlockStore({ location: image, ...SMALL }).open(), 'CORRUPTION', 'a reused file under a salt below 2^24')
+          assert.ok(error.message.includes(`truncate it to ${first} bytes`), error.message)
+          assert.ok((await readFile(legacyPath)).equals(legacy), 'nothing truncated')
+        })
+      })
+    })
+
+    it('a segment whose spare is gone from disk when the log rolls to it is a file created empty, and its salt says so', async () => {
+      await withStore(SMALL, async ({ location, make, reopen }) => {
+        let store = make()
+        await store.open()
+        const model = new BlockStoreModel()
+        for (let round = 0; round < 12; round++) await writeRound(store, model, round)
+        await store.compact()
+        const before = new Set((await segments(location)).map((segment) => segment.name))
+        const gone = await spares(location)
+        assert.ok(gone.length > 0, 'compaction kept emptied files as spares')
+        for (const spare of gone) await unlink(join(location, spare.name))
+        await writeRound(store, model, 12)
+        const made = (await segments(location)).filter((segment) => !before.has(segment.name))
+        assert.ok(made.length > gone.length, `${made.length} new segments`)
+        for (const segment of made) {
+          const salt = parseSegmentFileName(segment.name)?.salt
+          assert.ok(salt !== undefined && isAppendedSegment(salt), `${segment.name} is salted as a file created empty`)
+        }
+        store = await reopen(store)
+        await model.check(store, 'after reopen')
       })
     })
 

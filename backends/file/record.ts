@@ -27,7 +27,9 @@ import { MAX_BLOCK_VALUE_BYTES } from '../../src/drivers.js'
  * another salt passes the crc check under this one only by a 2^-32 chance (for a fixed record the
  * crc is a one-to-one function of the seed), nor does an unsalted one (its magic differs). Nor can
  * block data holding copies of records (a volume may hold a copy of a store, or of this store's
- * other segments) forge one without knowing the salt. A salted segment holds only salted records.
+ * other segments) forge one without knowing the salt; a copy of another store's file created empty
+ * shares the salt of one created empty here by a 1 in 2^24 - 1 chance (that range is 24 bits, see
+ * newSegmentSalt), and then reads as this segment's records. A salted segment holds only salted records.
  * Unsalted segments ('GFR1' records, 'GFR3' marks) are read as before.
  *
  * A mark record (type 3, no payload, volume and gen 0) states in its index field an offset of its

@@ -24,14 +24,15 @@ const MAGIC_PREFIX_BYTES = Buffer.from([RECORD_MAGIC & 0xff, (RECORD_MAGIC >>> 8
 const SALTED_MAGIC_BYTES = Buffer.from([SALTED_RECORD_MAGIC & 0xff, (SALTED_RECORD_MAGIC >>> 8) & 0xff, (SALTED_RECORD_MAGIC >>> 16) & 0xff, SALTED_RECORD_MAGIC >>> 24])
 
 // Every segment this version makes is salted (see record.ts), and its salt tells how its file came:
-// below 2^24 a file created empty and only appended to, so bytes past what reached the disk read as
-// zeros; from 2^24 on a reused file, whose bytes past that are its earlier incarnations' records.
+// below 2^24 a file created empty and only appended to, or a spare made in advance (nothing but
+// zeros, see prepareSpare), so bytes past what reached the disk read as zeros; from 2^24 on a
+// reused segment file, whose bytes past that are its earlier incarnations' records.
 // Stores from before this rule have unsalted segments (appended files) and salted reused files with
 // salts of any value; a reused one of those with a salt below 2^24 (1 in 256) is taken for an
 // appended file, which only makes recovery stricter (see recovery.ts).
 const APPENDED_SALT_LIMIT = 0x100_0000
 
-/** A random salt for a new segment: one below 2^24 for a file created empty, at or above it for a reused one. */
+/** A random salt for a new segment: below 2^24 for a file of zeros (created empty, or made in advance), at or above it for a reused segment file. */
 export function newSegmentSalt (reused: boolean): number {
   const random = randomBytes(4).readUInt32LE(0)
   return reused ? APPENDED_SALT_LIMIT + random % (0x1_0000_0000 - APPENDED_SALT_LIMIT) : (random % (APPENDED_SALT_LIMIT - 1)) + 1
@@ -75,6 +76,11 @@ export function spareFileName (id: number): string {
  */
 export function preparedSpareFileName (): string {
   return `spare-f${randomBytes(8).toString('hex').slice(0, 15)}.log`
+}
+
+/** Whether `name` is the name of a spare made in advance (zeros, never a segment; see preparedSpareFileName). */
+export function isPreparedSpareFileName (name: string): boolean {
+  return /^spare-f[0-9a-f]{15}\.log$/.test(name)
 }
 
 /** Whether `name` is the name of a spare file. */

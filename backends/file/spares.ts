@@ -2,10 +2,10 @@
 // segments (see the spareSegments option), how many are kept, and how a segment is made from one.
 
 import { open, rename, type FileHandle } from 'node:fs/promises'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import { maintain, reportBackground } from './maintenance.js'
-import { isCode, preparedSpareFileName } from './segment.js'
+import { isCode, newSegmentSalt, preparedSpareFileName, segmentPath } from './segment.js'
 import { removeFile, type Segment, type Spare, type StoreState } from './store-state.js'
 
 /** Syncs of the current segment before it counts as written by durable writes (see maybePrepareSpare). */
@@ -68,7 +68,8 @@ export async function releaseSpares (state: StoreState): Promise<void> {
 
 /**
  * Makes segment `next` from its spare file, renamed to the segment's salted name (the caller syncs
- * the directory). A spare that has gone missing is replaced by a new file.
+ * the directory). A spare that has gone missing is replaced by a new file, under a salt of a file
+ * created empty (see newSegmentSalt): recovery then keeps the checks that hold for such files.
  */
 export async function openSpare (next: Segment): Promise<FileHandle> {
   const spare = next.spare as Spare
@@ -78,6 +79,9 @@ export async function openSpare (next: Segment): Promise<FileHandle> {
     handle = await open(spare.path, 'r+')
   } catch (err) {
     if (!isCode(err, 'ENOENT')) throw err
+    // Nothing is encoded for the segment before the writer rolls to it, so its salt can still change.
+    next.seed = newSegmentSalt(false)
+    next.path = segmentPath(dirname(next.path), next.id, next.seed)
     return await open(next.path, 'wx+')
   }
   try {

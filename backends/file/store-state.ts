@@ -42,7 +42,10 @@ export class Segment {
    * when, and when it may try again; undefined while nothing went wrong. Gone with the segment.
    */
   fault: SegmentFault | undefined = undefined
-  /** Salted (a reused file, see record.ts): the crc seed of its records; undefined for an unsalted segment. */
+  /**
+   * The crc seed of its records (its salt, see record.ts; below 2^24 for a file created empty, from
+   * 2^24 on for a reused one, see newSegmentSalt); undefined for an unsalted segment of an earlier release.
+   */
   seed: number | undefined = undefined
   /** A spare file this (not yet created) segment will be made from when the writer rolls to it. */
   spare: Spare | undefined = undefined
@@ -68,7 +71,8 @@ export class Segment {
 
   constructor (
     readonly id: number,
-    readonly path: string,
+    /** Its file; named before the file exists, and renamed once when a spare meant for it is gone (see openSpare). */
+    public path: string,
     /** Bytes of the file, including records queued for it but not yet written. */
     public size: number,
     /** Entries for its hint file, kept until the hint is written; undefined once it is (or when not needed). */

@@ -2,11 +2,12 @@
 // their reserved offsets, synced together (group commit) and acknowledged in call order; segment rolls.
 
 import { open, type FileHandle } from 'node:fs/promises'
+import { basename } from 'node:path'
 import { isNoSpaceError, wrapIo } from '../../src/abstract-block-store.js'
 import type { BlockOp } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
 import { FLAG_CONTINUES, HEADER_BYTES, HintBuilder, TYPE_DEL, TYPE_MARK, TYPE_PUT, encodeRecordHeader } from './record.js'
-import { newSegmentSalt, segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
+import { isPreparedSpareFileName, newSegmentSalt, segmentPath, syncDirectory, writevFully, writevFullySync } from './segment.js'
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { reportBackground, scheduleHint } from './maintenance.js'
 import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
@@ -22,8 +23,10 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
   let bytes = 0
   for (const op of ops) bytes += op.type === 'put' ? HEADER_BYTES + op.data.byteLength : HEADER_BYTES
   let segment = state.tail
-  // Roll only between batches: a batch must be whole within one segment to be atomic.
-  if (bytes > 0 && segment.size > 0 && segment.size + bytes > state.segmentBytes) segment = newTailSegment(state)
+  // Roll only between batches: a batch must be whole within one segment to be atomic. An unsalted
+  // segment (an earlier release's) takes no more: what is written from now on is salted, so copies
+  // of log records in block data never pass for it (see record.ts).
+  if (bytes > 0 && segment.size > 0 && (segment.size + bytes > state.segmentBytes || segment.seed === undefined)) segment = newTailSegment(state)
   const start = segment.size
   // A segment synced further than its marks say (after open synced it; after the writer's own
   // syncs queueMark writes one at once) gets a new mark, ahead of the batch.
@@ -83,8 +86,8 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
 function newTailSegment (state: StoreState): Segment {
   const id = state.tail.id + 1
   const spare = state.spares.pop()
-  // A random salt (in its name) for its records, which also tells a reused file from a new one, see segment.ts.
-  const salt = newSegmentSalt(spare !== undefined)
+  // A random salt (in its name) for its records, which also tells a reused file from one of zeros, see segment.ts.
+  const salt = newSegmentSalt(spare !== undefined && !isPreparedSpareFileName(basename(spare.path)))
   const segment = new Segment(id, segmentPath(state.location, id, salt), 0, new HintBuilder())
   segment.spare = spare
   segment.seed = salt

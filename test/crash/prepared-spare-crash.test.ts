@@ -111,6 +111,8 @@ async function registerTests (): Promise<void> {
           assert.ok(run.killedByUs && run.error === undefined, `${where}: the child failed: ${run.error ?? ''}\n${run.stderr}`)
           assert.ok(run.filled && run.spareSeen, `${where}: durable writes made no spare in advance (filled: ${run.filled}; ${run.acked} acknowledged)`)
           const left = (await readdir(location)).filter((name) => PREPARED.test(name))
+          const leftInodes = new Set<number>()
+          for (const name of left) leftInodes.add((await stat(join(location, name))).ino)
           for (const name of left) {
             if ((await stat(join(location, name))).size === SEGMENT_BYTES) totals.whole++
             else totals.partial++
@@ -128,8 +130,13 @@ async function registerTests (): Promise<void> {
           const made = (await readdir(location)).filter((name) => name.startsWith('seg-') && name.endsWith('.log') && !before.has(name))
           assert.ok(made.length > 0, `${where}: the log rolled into a new segment`)
           if (left.length > 0) {
-            // The spare the kill left (whole or not) became that segment: salted, and gone as a spare.
-            assert.ok(made.some((name) => { const salt = parseSegmentFileName(name)?.salt; return salt !== undefined && !isAppendedSegment(salt) }), `${where}: the new segment ${made.join(', ')} was made from the spare ${left.join(', ')}`)
+            // The spare the kill left (whole or not) became that segment (the same file), salted as a
+            // file of zeros: past what was written it reads as zeros, as a file created empty does.
+            const fromSpare: string[] = []
+            for (const name of made) if (leftInodes.has((await stat(join(location, name))).ino)) fromSpare.push(name)
+            assert.equal(fromSpare.length, 1, `${where}: the new segment ${made.join(', ')} was made from the spare ${left.join(', ')}`)
+            const salt = parseSegmentFileName(fromSpare[0] as string)?.salt
+            assert.ok(salt !== undefined && isAppendedSegment(salt), `${where}: ${fromSpare[0] as string} is salted as a file of zeros`)
             totals.reused++
           }
           store = new FileBlockStore({ location, ...STORE_OPTIONS })
