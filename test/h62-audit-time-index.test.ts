@@ -318,6 +318,7 @@ if (process.env.H62_AUDIT_CHILD !== undefined) {
     })
 
     it('the logs of the storages earlier builds wrote (test/fixtures) answer the same with the index', async () => {
+      const PRE_INDEX_FIXTURES = ['4e601f2', '7b1a549', 'c5bec32']
       const fixturesDir = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures')
       const fixtures = (await readdir(fixturesDir)).filter((name) => /^storage-.+\.tar\.gz$/.test(name)).sort()
       assert.ok(fixtures.length >= 6)
@@ -328,7 +329,9 @@ if (process.env.H62_AUDIT_CHILD !== undefined) {
           const db = new ClassicLevel<string, unknown>(join(root, archive.replace(/\.tar\.gz$/, ''), 'storage', 'metadata'))
           await db.open()
           try {
-            assert.equal((await db.sublevel('audit-index').keys().all()).length, 0, `${archive} predates the index`)
+            // Fixtures of builds from before the index have none (it is built at open); later ones
+            // (45cc743 on) bring theirs, which must answer the same.
+            if (PRE_INDEX_FIXTURES.some((rev) => archive.startsWith(`storage-${rev}-`))) assert.equal((await db.sublevel('audit-index').keys().all()).length, 0, `${archive} predates the index`)
             const all = await readRaw(db)
             assert.ok(all.length > 10, `${archive} has an audit log`)
             const log = new AuditLog(db as never, () => Date.parse(all.at(-1)?.time as string) + 1000)
