@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../backends/file/index.js'
 import { FLAG_CONTINUES, HEADER_BYTES, TYPE_MARK, TYPE_PUT } from '../backends/file/record.js'
 import { encodeRecord } from './support/file-records.js'
-import { segmentFile, unsaltSegment } from './support/file-segments.js'
+import { segmentFile, segmentFiles, unsaltSegment } from './support/file-segments.js'
 import { GalleonError } from '../src/errors.js'
 import { addr, assertBytes, bytesOf, put } from './conformance/fixtures.js'
 
@@ -608,6 +608,23 @@ describe('file block store: damage in the active segment', () => {
         assert.equal((await stat(path)).size, batchEnd(2), 'nothing cut off')
         await rejectsWithCode(damaged.get(addr(1, 2)), 'CHECKSUM_MISMATCH', 'a read of the damaged block')
         assertBytes(await damaged.get(addr(1, 4)), bytesOf(VALUE_BYTES, 4), 'the salted segment\'s block')
+      })
+    })
+
+    it('an empty one (a store an earlier release made and never wrote, or a roll a crash cut short) takes none either: the first write goes to a salted segment, and the empty file goes', async () => {
+      await withDirectories(async (context) => {
+        const location = await context.directory()
+        await writeFile(join(location, 'seg-0000000000000001.log'), Buffer.alloc(0))
+        const store = context.make(location)
+        await store.open()
+        await store.batch([put(addr(1, 0), bytesOf(VALUE_BYTES, 0))], { sync: true })
+        await store.batch([put(addr(1, 1), bytesOf(VALUE_BYTES, 1))])
+        await store.close()
+        const files = await segmentFiles(location)
+        assert.deepEqual(files.map((file) => file.salt === undefined), [false], `one salted segment, no unsalted one: ${files.map((file) => file.path).join(', ')}`)
+        const reopened = context.make(location)
+        await reopened.open()
+        await assertBlocks(reopened, 2, 3, 'after reopen')
       })
     })
   })

@@ -11,7 +11,7 @@ import { isPreparedSpareFileName, newSegmentSalt, segmentPath, syncDirectory, wr
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { reportBackground, scheduleHint } from './maintenance.js'
 import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
-import { MARK, Segment, applyRecord, noop, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
+import { MARK, Segment, applyRecord, noop, removeFile, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
 
 /**
  * Applies `ops` to the index at once (so reads see them immediately and batches apply in call
@@ -26,7 +26,8 @@ export function enqueue (state: StoreState, ops: readonly BlockOp[], sync: boole
   // Roll only between batches: a batch must be whole within one segment to be atomic. An unsalted
   // segment (an earlier release's) takes no more: what is written from now on is salted, so copies
   // of log records in block data never pass for it (see record.ts).
-  if (bytes > 0 && segment.size > 0 && (segment.size + bytes > state.segmentBytes || segment.seed === undefined)) segment = newTailSegment(state)
+  // (An empty one too: its first batch would be unsalted records.)
+  if (bytes > 0 && (segment.seed === undefined || (segment.size > 0 && segment.size + bytes > state.segmentBytes))) segment = newTailSegment(state)
   const start = segment.size
   // A segment synced further than its marks say (after open synced it; after the writer's own
   // syncs queueMark writes one at once) gets a new mark, ahead of the batch.
@@ -396,11 +397,21 @@ async function roll (state: StoreState, nextId: number): Promise<void> {
   }
   next.handle = next.spare === undefined ? await open(next.path, 'wx+') : await openSpare(next)
   await syncDirectory(state.location)
-  old.sealed = true
   state.current = next
   state.segmentSyncs = 0
   state.issuedBytes = 0
   state.compactionWanted = true
+  if (old.size === 0) {
+    // Only an earlier release's unsalted segment is rolled from empty (see enqueue): nothing in it
+    // to seal or compact, so it goes, once the next segment's file is durable. (A crash that loses
+    // the unlink leaves an empty sealed segment, which holds nothing.)
+    state.segments.delete(old.id)
+    old.handle = undefined
+    await handle.close()
+    await removeFile(old.path)
+    return
+  }
+  old.sealed = true
   scheduleHint(state, old)
 }
 

@@ -51,7 +51,10 @@ export interface ClusterOptions {
    * How long a call made on a node that holds a copy of a volume but not its primary (I/O and
    * control calls it forwards, so also its NBD exports and FUSE mounts) keeps trying to reach a
    * primary, through a failover or a network partition, before it fails with BACKEND_UNAVAILABLE
-   * (default 30 s; at least 1000). A primary reached but slow to answer is waited for apart from this.
+   * (default 30 s; at least 1000). A primary reached but slow to answer is waited for apart from this,
+   * and so is an attempt under way when the wait ends: one sent to a primary cut off without the
+   * connection being reset ends only when the transport gives up on it (the TCP transport's
+   * keepaliveTimeoutMs or handshakeTimeoutMs, 10 s by default), so such a call fails that much later.
    */
   readonly failoverWaitMs?: number
 }

@@ -143,7 +143,7 @@ export async function servePrimaryStep<T> (host: FacadeHost, volumeId: string, s
  * its lease lapsed or a hand-off of the role is in flight) the failure is one a move of the role
  * causes (the copies not confirming, the role refused, the coordinator out of reach). A failure of
  * its own while it is still the primary the record names (BUSY; an I/O error; a key that does not
- * open) is the answer: sent again, the call would wait out the hand-off (up to its 30 s) and then
+ * open) is the answer: sent again, the call would wait out the hand-off (up to its failover wait) and then
  * run on the next primary, though it was refused.
  */
 export function roleMoved (host: FacadeHost, volumeId: string, err: unknown): boolean {

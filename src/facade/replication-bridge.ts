@@ -20,7 +20,7 @@ import type { VolumeLifecycle } from './volumes.js'
 
 /**
  * How many answers of forwarded control calls a primary keeps for their repeats (see
- * ReplicationBridge.#servedOnce): a repeat comes within the caller's 30 s of failover, and each
+ * ReplicationBridge.#servedOnce): a repeat comes within the caller's failover wait (ClusterOptions.failoverWaitMs, 30 s by default), and each
  * answer is a few hundred bytes.
  */
 const SERVED_ANSWERS_KEPT = 256

@@ -244,7 +244,7 @@ export class VolumeDeletion {
   async forwardReleases (): Promise<void> {
     for (const { owner, snapshotId } of this.#forwardedReleases.splice(0)) {
       // Without a token, as before: asked once. With one, a primary out of reach would be asked
-      // again for up to 30 s, which the deletion of the clone that released it would wait out.
+      // again for up to the failover wait (ClusterOptions.failoverWaitMs), which the deletion of the clone that released it would wait out.
       await this.#host.forward(owner, { op: 'deleteSnapshot', snapshot: snapshotId }).catch(() => {})
     }
   }
