@@ -833,6 +833,16 @@ describe('file block store', () => {
       }
 
       /** Waits (at most 20 s) until a whole spare made in advance is on disk and counted in storedBytes. */
+      /** Durable writes until the log rolls into a new segment; returns that segment. */
+      async function rollIntoNext (store: FileBlockStore, model: BlockStoreModel, location: string): Promise<{ name: string }> {
+        const before = (await segments(location)).map((segment) => segment.name)
+        for (let seed = 200; (await segments(location)).every((segment) => before.includes(segment.name)); seed += 20) {
+          assert.ok(seed < 2000, 'the log rolled into a new segment')
+          await durableWrites(store, model, 20, seed)
+        }
+        return (await segments(location)).pop() as { name: string }
+      }
+
       async function untilPrepared (store: FileBlockStore, location: string): Promise<{ name: string, size: number }> {
         const deadline = Date.now() + 20_000
         for (;;) {
@@ -856,15 +866,7 @@ describe('file block store', () => {
           const bytes = await readFile(join(location, spare.name))
           assert.equal(bytes.byteLength, OPTIONS.segmentBytes)
           assert.ok(bytes.every((b) => b === 0), 'a spare made in advance holds zeros')
-          const before = (await segments(location)).map((segment) => segment.name)
-          // Durable writes go on until the log rolls into the next segment.
-          let seed = 200
-          while ((await segments(location)).every((segment) => before.includes(segment.name))) {
-            await durableWrites(store, model, 20, seed)
-            seed += 20
-            assert.ok(seed < 2000, 'the log rolled into a new segment')
-          }
-          const tail = (await segments(location)).pop() as { name: string }
+          const tail = await rollIntoNext(store, model, location)
           assert.equal((await stat(join(location, tail.name))).ino, spareInode, `the new segment ${tail.name} was made from the spare`)
           // Salted as a file of zeros (recovery may read zeros past what was written as unwritten), not as a reused one.
           const salt = parseSegmentFileName(tail.name)?.salt
@@ -887,14 +889,7 @@ describe('file block store', () => {
           await durableWrites(store, model, 20, 100)
           const spare = await untilPrepared(store, location)
           const spareInode = (await stat(join(location, spare.name))).ino
-          const before = (await segments(location)).map((segment) => segment.name)
-          let seed = 200
-          while ((await segments(location)).every((segment) => before.includes(segment.name))) {
-            await durableWrites(store, model, 20, seed)
-            seed += 20
-            assert.ok(seed < 2000, 'the log rolled into a new segment')
-          }
-          const tail = (await segments(location)).pop() as { name: string }
+          const tail = await rollIntoNext(store, model, location)
           assert.equal((await stat(join(location, tail.name))).ino, spareInode, 'the new segment is the spare made in advance')
           // Three batches written, none synced: a crash may cut them, but not damage the middle one alone.
           for (let i = 0; i < 3; i++) await store.batch([put(addr(3, i), bytesOf(2000, 900 + i))])
