@@ -197,6 +197,9 @@ describe('h76: a revert the primary refused as it began, its lease having lapsed
     // Reopened, n1 leads again with the same data (no revert of its own over the writes since).
     const reopened = await reopenN1(c)
     await assertReads(reopened, expected, 'on n1, reopened')
+    // A WriteReplicated write needs another copy in sync: n3's comes back once its link to the
+    // reopened n1 is up and it has caught up (it may still be on the way when n1 takes the role).
+    await until('n3 is in sync under the reopened n1', async () => await allInSync(reopened, 'v', 2), 30_000)
     await reopened.writeBlock('v', 7, block(70), WriteConcern.WriteReplicated)
     expected[7] = block(70)
     await assertCopies(c, reopened, expected)
