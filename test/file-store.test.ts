@@ -833,6 +833,15 @@ describe('file block store', () => {
       }
 
       /** Waits (at most 20 s) until a whole spare made in advance is on disk and counted in storedBytes. */
+      /** Opens `store`, fills it and makes the durable writes that start a spare in advance. */
+      async function filledWithDurableWrites (store: FileBlockStore): Promise<{ store: FileBlockStore, model: BlockStoreModel }> {
+        await store.open()
+        const model = new BlockStoreModel()
+        await fill(store, model)
+        await durableWrites(store, model, 20, 100)
+        return { store, model }
+      }
+
       /** Durable writes until the log rolls into a new segment; returns that segment. */
       async function rollIntoNext (store: FileBlockStore, model: BlockStoreModel, location: string): Promise<{ name: string }> {
         const before = (await segments(location)).map((segment) => segment.name)
@@ -882,11 +891,7 @@ describe('file block store', () => {
 
       it('a segment made from one is judged as a file of zeros: damage followed by a later valid batch, with nothing unwritten between, is CORRUPTION after a crash', async () => {
         await withStore(OPTIONS, async ({ location, make }) => {
-          const store = make()
-          await store.open()
-          const model = new BlockStoreModel()
-          await fill(store, model)
-          await durableWrites(store, model, 20, 100)
+          const { store, model } = await filledWithDurableWrites(make())
           const spare = await untilPrepared(store, location)
           const spareInode = (await stat(join(location, spare.name))).ino
           const tail = await rollIntoNext(store, model, location)
@@ -983,11 +988,7 @@ describe('file block store', () => {
           return await original()
         }, async () => {
           await withStore(OPTIONS, async ({ location, make }) => {
-            const store = make()
-            await store.open()
-            const model = new BlockStoreModel()
-            await fill(store, model)
-            await durableWrites(store, model, 20, 100)
+            const { store, model } = await filledWithDurableWrites(make())
             await writing
             assert.equal((await prepared(location)).length, 1, 'the spare is being written')
             const closing = store.close()
