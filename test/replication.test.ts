@@ -1067,7 +1067,10 @@ describe('replication (memory transport, on-disk nodes)', () => {
     await until('three copies in sync', async () => (await n1.g.replicationStatus('stuck')).inSync.length === 3)
     const primary = (await n1.g.replicationStatus('stuck')).primary
     for (const node of nodes) {
-      if (node.id !== primary) await node.g.mounts.mountVolume('stuck', await mkdtemp(join(tmpdir(), 'galleon-stuck-mnt-')), { readOnly: true })
+      if (node.id === primary) continue
+      const mountPoint = await mkdtemp(join(tmpdir(), 'galleon-stuck-mnt-'))
+      dirs.push(mountPoint)
+      await node.g.mounts.mountVolume('stuck', mountPoint, { readOnly: true })
     }
     unmountFails = true
     await n1.g.migrateVolume('stuck', { storageClass: 'double' })
