@@ -836,6 +836,7 @@ describe('encryption: review regressions', () => {
       if (failNext) { failNext = false; throw new Error('EIO: metadata write failed (injected)') }
     })
     flaky.addKey(1, generateKey(), { next: NONCE_RESERVATION - 8, limit: NONCE_RESERVATION }, true)
+    flaky.restoreGenerations(NONCE_RESERVATION) // the generations sealed below are reserved, as a key record's are
     failNext = true
     let sealed = 0
     const seal = (): void => { flaky.seal({ volume: 1, index: sealed, gen: ++sealed }, new Uint8Array(16)) }

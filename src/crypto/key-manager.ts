@@ -15,7 +15,7 @@ import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
 import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
 import { openKeyProvider, type KeySource } from './key-source.js'
-import { NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
+import { GENERATION_RESERVATION, NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
 
 export type { BackupKey, VolumeEncryption, VolumeKeyRecord } from './key-records.js'
@@ -131,12 +131,15 @@ export class KeyManager {
         volumeId,
         current: 1,
         keys: [{ version: 1, wrapped: await wrapChecked(provider, dek, dekContext(volumeId, 1)), kekId: provider.keyId, reservedUpTo: NONCE_RESERVATION, check: dataKeyCheck(dek) }],
-        backup: { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) }
+        backup: { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: backupKeyFingerprint(backupKey) },
+        sealedGenerationsBelow: GENERATION_RESERVATION
       })
     })
-    const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
-    // A fresh key's first nonces are reserved with its record: the first writes need not wait.
+    const cipher = new VolumeCipher(storageId, async (version, limit, generations) => await this.#reserve(volumeId, version, limit, generations))
+    // A fresh key's first nonces (and the volume's first generations) are reserved with its record:
+    // the first writes need not wait.
     cipher.addKey(1, dek, { next: 0, limit: NONCE_RESERVATION }, true)
+    cipher.restoreGenerations(GENERATION_RESERVATION)
     return cipher
   }
 
@@ -146,10 +149,11 @@ export class KeyManager {
    * and the rest of the instance works.
    */
   async attach (volumeId: string, storageId: number): Promise<VolumeCipher> {
-    const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
+    const cipher = new VolumeCipher(storageId, async (version, limit, generations) => await this.#reserve(volumeId, version, limit, generations))
     const record = this.#records.get(volumeId)
     try {
       if (record === undefined) throw new GalleonError('CORRUPTION', `the keys of encrypted volume ${volumeId} are missing from the metadata`)
+      cipher.restoreGenerations(record.sealedGenerationsBelow ?? 0)
       const provider = await this.#opened()
       for (const key of record.keys) {
         const dek = await unwrapDataKey(provider, volumeId, key)
@@ -190,7 +194,8 @@ export class KeyManager {
         backup = { wrapped: await wrapChecked(provider, backupKey, backupKeyContext(volumeId)), kekId: provider.keyId, fingerprint: staged.backup.fingerprint }
       }
       // The fresh keys of a conversion answer every rotation the copy had taken.
-      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup, ...(previous?.retiredBackups === undefined ? {} : { retiredBackups: previous.retiredBackups }), ...(previous?.generation === undefined ? {} : { generation: previous.generation }) }
+      // The generations the copy sealed under these keys stay reserved: it is the volume's storage now.
+      const record: VolumeKeyRecord = { volumeId, current: staged.current, keys, backup, ...(staged.sealedGenerationsBelow === undefined ? {} : { sealedGenerationsBelow: staged.sealedGenerationsBelow }), ...(previous?.retiredBackups === undefined ? {} : { retiredBackups: previous.retiredBackups }), ...(previous?.generation === undefined ? {} : { generation: previous.generation }) }
       return {
         ops: [{ type: 'put', sublevel: this.#db, key: volumeId, value: record }, { type: 'del', sublevel: this.#db, key: stagingId }],
         apply: () => { this.#records.set(volumeId, record); this.#records.delete(stagingId) },
@@ -198,8 +203,9 @@ export class KeyManager {
         // second unwrap after the switch-over, where a key provider's brief failure would leave a
         // migrated volume without its keys until the next open.
         cipher: (storageId: number) => {
-          const cipher = new VolumeCipher(storageId, async (version, limit) => await this.#reserve(volumeId, version, limit))
+          const cipher = new VolumeCipher(storageId, async (version, limit, generations) => await this.#reserve(volumeId, version, limit, generations))
           for (const [i, key] of keys.entries()) cipher.addKey(key.version, deks[i] as Uint8Array, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
+          cipher.restoreGenerations(record.sealedGenerationsBelow ?? 0)
           return cipher
         }
       }
@@ -391,10 +397,14 @@ export class KeyManager {
     return [...this.#records.values()].some((record) => [record.backup, ...(record.retiredBackups ?? []), ...record.keys].some((key) => key.kekId !== provider.keyId))
   }
 
-  async #reserve (volumeId: string, version: number, limit: number): Promise<void> {
+  async #reserve (volumeId: string, version: number, limit: number, generations: number): Promise<void> {
     await this.#serial(async () => {
       const record = this.#record(volumeId)
-      await this.#put({ ...record, keys: record.keys.map((key) => key.version === version && key.reservedUpTo < limit ? { ...key, reservedUpTo: limit } : key) })
+      await this.#put({
+        ...record,
+        keys: record.keys.map((key) => key.version === version && key.reservedUpTo < limit ? { ...key, reservedUpTo: limit } : key),
+        sealedGenerationsBelow: Math.max(record.sealedGenerationsBelow ?? 0, generations)
+      })
     })
   }
 

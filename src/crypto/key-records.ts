@@ -40,6 +40,11 @@ export interface VolumeKeyRecord {
    * before (re-wrapped with the rest at a KEK rotation, so a move to another provider keeps them).
    */
   readonly retiredBackups?: readonly BackupKeyRecord[]
+  /**
+   * Every block generation sealed under the volume's keys is below this (see volume-cipher.ts):
+   * the volume's generations resume here at open. Absent in records written before it was added.
+   */
+  readonly sealedGenerationsBelow?: number
   /** A DEK rotation in progress: blocks below `cursor` are re-sealed with the current key. */
   readonly rotation?: { readonly cursor: number, readonly startedAt: string }
   /**

@@ -12,10 +12,17 @@
 // repeat because the counter only moves forward, also across crashes: before a nonce is used, a
 // range [next, limit) that contains it is reserved by persisting `limit` in the metadata (synced).
 // After a crash, counting resumes at the persisted limit, past every nonce that may have been used
-// (the unused rest of the range is skipped). Generations play no part in nonces: a generation can
-// be taken again after a crash (a lost write), a counter value cannot. Every path that seals
+// (the unused rest of the range is skipped). Generations play no part in nonces. Every path that seals
 // (writes, trims, reverts, flatten copies at generation 0, DEK rotation) draws from the same
 // counter, and a clone has its own DEK and counter; it opens its source's blocks with the source's key.
+//
+// Generations: the generation in the authenticated data tells a block's versions apart, so one
+// must never be sealed twice for the same block: an older version's sealed bytes (which a
+// log-structured store keeps on disk after they are deleted) would then pass for the newer one.
+// The engine finds where its generations resume at open from the versions stored, which is too low
+// once the newest versions of blocks were deleted (a trim), or lost in a crash. So generations are
+// reserved like nonces: a seal takes a generation below a limit persisted in the metadata, and at
+// open the volume's generations resume at that limit (see resumeGenerations).
 
 import { GalleonError } from '../errors.js'
 import type { BlockAddress } from '../drivers.js'
@@ -27,11 +34,16 @@ import { PARALLEL_OPEN, RefBatch, keyHandle, type NativeAeadAddon, type NativeKe
 export const SEALED_OVERHEAD = 4 + NONCE_BYTES + TAG_BYTES
 /** Nonces reserved (persisted) at a time. */
 export const NONCE_RESERVATION = 1 << 20
+/** Block generations reserved (persisted) at a time. */
+export const GENERATION_RESERVATION = 1 << 20
 /** Largest counter value: nonces stay exact JavaScript integers. */
 const MAX_COUNTER = Number.MAX_SAFE_INTEGER
 
-/** Persists that the counter of key `version` may run up to `limit` (exclusive). */
-export type ReserveNonces = (version: number, limit: number) => Promise<void>
+/**
+ * Persists that the counter of key `version` may run up to `limit` (exclusive), and that sealed
+ * block generations may run up to `generations` (exclusive).
+ */
+export type ReserveNonces = (version: number, limit: number, generations: number) => Promise<void>
 
 interface KeyState {
   readonly key: Uint8Array
@@ -52,6 +64,10 @@ export class VolumeCipher {
   #extending: Promise<unknown> | undefined
   /** Set when the keys could not be loaded: every seal and open fails with it. */
   unavailable: GalleonError | undefined
+  /** Every generation sealed is below this, and so is every one to be sealed: reserved (see resumeGenerations). */
+  #generations = 0
+  /** The highest generation sealed so far (where a background extension starts from). */
+  #highestGen = 0
 
   constructor (storageId: number, reserve: ReserveNonces, cipher: AeadCipher = defaultCipher()) {
     this.storageId = storageId
@@ -90,19 +106,43 @@ export class VolumeCipher {
     return sealed.byteLength >= 4 && this.#dropped.has(new DataView(sealed.buffer, sealed.byteOffset, 4).getUint32(0))
   }
 
-  /** Whether `count` seals can happen now without waiting for a reservation. */
-  ready (count: number): boolean {
-    const state = this.#keys.get(this.#current)
-    return state !== undefined && state.next + count <= state.limit
+  /**
+   * Sets the limit of the generations reserved (persisted) for this volume: every generation
+   * sealed is below it. For a cipher made from the metadata's key record.
+   */
+  restoreGenerations (limit: number): void {
+    if (limit > this.#generations) this.#generations = limit
   }
 
-  /** Makes sure `count` nonces of the current key are reserved (persisted). */
-  async reserve (count: number): Promise<void> {
+  /**
+   * Where the volume's generations resume at open: at `stored`, the engine's next generation from
+   * the versions it found, or past every generation reserved before, if that is higher. Every
+   * generation below the result may exist already, so none of them is sealed anew (only sealed
+   * again where it is, by a re-encryption, or a flatten's generation 0): the part above the
+   * reservation needs none. Call once the keys and the reservation are restored, before any seal.
+   */
+  resumeGenerations (stored: number): number {
+    this.restoreGenerations(stored)
+    return this.#generations
+  }
+
+  /**
+   * Whether `count` seals can happen now without waiting for a reservation; `gensBelow`: the new
+   * generations they take are below it (a write's: the volume's next generation + its blocks; 0
+   * for seals of generations that exist already).
+   */
+  ready (count: number, gensBelow = 0): boolean {
+    const state = this.#keys.get(this.#current)
+    return state !== undefined && state.next + count <= state.limit && gensBelow <= this.#generations
+  }
+
+  /** Makes sure `count` nonces of the current key, and the generations below `gensBelow`, are reserved (persisted). */
+  async reserve (count: number, gensBelow = 0): Promise<void> {
     if (this.unavailable !== undefined) throw this.unavailable
-    while (!this.ready(count)) {
+    while (!this.ready(count, gensBelow)) {
       // Each wait gets the outcome of the attempt it waited for: an earlier attempt's failure
       // (say, a background extension) does not fail a later reservation that succeeded.
-      const failure = await (this.#extending ?? this.#extend(count))
+      const failure = await (this.#extending ?? this.#extend(count, gensBelow))
       if (failure !== undefined) {
         if (failure instanceof GalleonError && failure.code === 'NO_SPACE') throw failure
         throw new GalleonError('IO_ERROR', `could not reserve encryption nonces in the metadata (${(failure as Error)?.message ?? String(failure)}); nothing was written`, { cause: failure })
@@ -110,14 +150,23 @@ export class VolumeCipher {
     }
   }
 
-  /** Persists a larger reservation; resolves to undefined, or to the error that stopped it. */
-  #extend (count: number): Promise<unknown> {
+  /**
+   * Persists a larger reservation of nonces, and of generations when less than half a reservation
+   * is left above `gensBelow` and the generations sealed so far; resolves to undefined, or to the
+   * error that stopped it.
+   */
+  #extend (count: number, gensBelow = 0): Promise<unknown> {
     const version = this.#current
     const state = this.#keys.get(version) as KeyState
     const limit = Math.max(state.limit, state.next + count) + NONCE_RESERVATION
     if (limit > MAX_COUNTER) return Promise.resolve(new GalleonError('NO_SPACE', 'the data key of this volume has used all its nonces; rotate the volume key (rotateVolumeKey)'))
-    const attempt: Promise<unknown> = this.#reserve(version, limit).then(
-      () => { if (limit > state.limit) state.limit = limit },
+    const needed = Math.max(gensBelow, this.#highestGen + 1)
+    const generations = this.#generations - needed < GENERATION_RESERVATION / 2 ? Math.max(this.#generations, needed) + GENERATION_RESERVATION : this.#generations
+    const attempt: Promise<unknown> = this.#reserve(version, limit, generations).then(
+      () => {
+        if (limit > state.limit) state.limit = limit
+        if (generations > this.#generations) this.#generations = generations
+      },
       (err: unknown) => err ?? new Error('the reservation failed')
     )
     this.#extending = attempt
@@ -141,7 +190,7 @@ export class VolumeCipher {
    * sealing elsewhere (a worker thread); `seal`/`sealInto` do it all in one go.
    */
   prepareSeal (address: BlockAddress, plaintext: Uint8Array, out: Uint8Array): { key: Uint8Array, job: SealJob } {
-    const { key, version, counter } = this.#take()
+    const { key, version, counter } = this.#take(address.gen)
     const nonce = writeHeader(out, version, counter)
     return { key, job: { nonce, aad: aad(address, version), plain: plaintext, out: out.subarray(4 + NONCE_BYTES) } }
   }
@@ -155,22 +204,26 @@ export class VolumeCipher {
 
   /** `seal`, writing the sealed payload into `out` (SEALED_OVERHEAD + plaintext length bytes). */
   sealInto (address: BlockAddress, plaintext: Uint8Array, out: Uint8Array): void {
-    const { key, version, counter } = this.#take()
+    const { key, version, counter } = this.#take(address.gen)
     const nonce = writeHeader(out, version, counter)
     this.cipher.sealInto(key, nonce, plaintext, aad(address, version), out.subarray(4 + NONCE_BYTES))
   }
 
-  /** The current key and the next nonce counter value (reserved: see reserve()). */
-  #take (): { key: Uint8Array, version: number, counter: number } {
+  /** The current key and the next nonce counter value, for a seal of generation `gen` (both reserved: see reserve()). */
+  #take (gen: number): { key: Uint8Array, version: number, counter: number } {
     if (this.unavailable !== undefined) throw this.unavailable
     const version = this.#current
     const state = this.#keys.get(version)
     if (state === undefined || state.next >= state.limit) {
       throw new GalleonError('INVALID_ARGUMENT', 'internal: no reserved nonce for this seal (reserve() was not awaited); nothing was written')
     }
+    if (gen >= this.#generations) {
+      throw new GalleonError('INVALID_ARGUMENT', `internal: generation ${gen} is not reserved for sealing (reserve() was not given it); nothing was written`)
+    }
     const counter = state.next++
+    if (gen > this.#highestGen) this.#highestGen = gen
     // Extend early, so writes rarely wait for the metadata.
-    if (this.#extending === undefined && state.limit - state.next < NONCE_RESERVATION / 2) void this.#extend(0)
+    if (this.#extending === undefined && (state.limit - state.next < NONCE_RESERVATION / 2 || this.#generations - gen < GENERATION_RESERVATION / 2)) void this.#extend(0)
     return { key: state.key, version, counter }
   }
 

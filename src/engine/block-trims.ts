@@ -40,25 +40,25 @@ export async function trim (core: EngineCore, streak: LoopStreak, volume: Volume
         edges.set(index, merged)
       }
     }
-    if (volume.cipher !== undefined && !volume.cipher.ready(edges.size)) await volume.cipher.reserve(edges.size)
+    // The edges take their generations first (the next edges.size ones), so that what is reserved
+    // for them holds however many generations the unmapped blocks take; again until it holds:
+    // other writes may take generations while this one waits.
+    while (volume.cipher !== undefined && !volume.cipher.ready(edges.size, volume.nextGen + edges.size)) await volume.cipher.reserve(edges.size, volume.nextGen + edges.size)
     ticket = volume.ticket()
     const seq = replicatorFor(volume, primary)?.record({ type: 'trim', offset, length })
     const ops: BlockOp[] = []
     const apply: Array<() => void> = []
+    for (const [index, merged] of edges) {
+      const gen = volume.nextGen++
+      const address: BlockAddress = new Address(volume.storageId, index, gen)
+      ops.push({ type: 'put', address, data: encodeRecorded(core, volume, address, merged, seq) })
+      apply.push(() => core.publish(volume, index, gen))
+    }
     for (let index = first; index <= last; index++) {
       const blockStart = index * core.blockSize
       const from = Math.max(offset, blockStart)
       const to = Math.min(offset + length, blockStart + core.blockSize)
-      if (to - from === core.blockSize) {
-        core.planUnmap(volume, index, ops, apply)
-      } else {
-        const merged = edges.get(index)
-        if (merged === undefined) continue
-        const gen = volume.nextGen++
-        const address: BlockAddress = new Address(volume.storageId, index, gen)
-        ops.push({ type: 'put', address, data: encodeRecorded(core, volume, address, merged, seq) })
-        apply.push(() => core.publish(volume, index, gen))
-      }
+      if (to - from === core.blockSize) core.planUnmap(volume, index, ops, apply)
     }
     if (ops.length === 0) {
       if (seq !== undefined) await (volume.replicator as VolumeReplicator).committed(seq, concern)

@@ -162,9 +162,10 @@ export class BlockEngine {
         data = copyBytes(data)
         await previous.released()
       }
-      if (volume.cipher !== undefined && !volume.cipher.ready(1)) {
+      if (volume.cipher !== undefined && !volume.cipher.ready(1, volume.nextGen + 1)) {
         data = copyBytes(data)
-        await volume.cipher.reserve(1)
+        // Again until it holds: other writes may take generations while this one waits.
+        while (!volume.cipher.ready(1, volume.nextGen + 1)) await volume.cipher.reserve(1, volume.nextGen + 1)
       }
       const gen = volume.nextGen++
       volume.tickets.add(claim)
@@ -253,7 +254,7 @@ export class BlockEngine {
     let ticket: BlockClaim | undefined
     try {
       // The caller may reuse its buffer once we return a promise: copy if we must wait first.
-      if (release.ready !== undefined || !aligned || (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1))) data = copyBytes(data)
+      if (release.ready !== undefined || !aligned || (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1, volume.nextGen + last - first + 1))) data = copyBytes(data)
       if (release.ready !== undefined) await release.ready
       // Edges first: every await happens before the generations are taken, so the write's blocks
       // get consecutive generations and a snapshot sees all of it or none of it.
@@ -268,7 +269,8 @@ export class BlockEngine {
           edges.set(index, merged)
         }
       }
-      if (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1)) await volume.cipher.reserve(last - first + 1)
+      // Again until it holds: other writes may take generations while this one waits.
+      while (volume.cipher !== undefined && !volume.cipher.ready(last - first + 1, volume.nextGen + last - first + 1)) await volume.cipher.reserve(last - first + 1, volume.nextGen + last - first + 1)
       let ops: BlockOp[] = []
       const firstGen = volume.nextGen
       ticket = volume.ticket()

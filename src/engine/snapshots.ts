@@ -130,7 +130,10 @@ export async function copyInto (core: EngineCore, volume: VolumeBlocks, indices:
       const found = source(index)
       return found === undefined ? undefined : await readLocated(core, volume, index, found)
     }))
-    if (volume.cipher !== undefined && !volume.cipher.ready(chunk.length)) await volume.cipher.reserve(chunk.length)
+    // A revert's new versions take at most a generation per block (a flatten's are generation 0);
+    // again until it holds: other writes may take generations while this one waits.
+    const gensBelow = (): number => asNew ? volume.nextGen + chunk.length : 0
+    while (volume.cipher !== undefined && !volume.cipher.ready(chunk.length, gensBelow())) await volume.cipher.reserve(chunk.length, gensBelow())
     const ops: BlockOp[] = []
     const apply: Array<() => void> = []
     for (let i = 0; i < chunk.length; i++) {

@@ -94,6 +94,8 @@ export class VolumeLifecycle {
       if (record.encrypted !== true) continue
       const volume = this.#host.volumeBlocks(record)
       volume.cipher = await this.#host.keys.attach(record.id, record.storageId)
+      // Past every generation sealed before, also those whose versions are gone (see volume-cipher.ts).
+      volume.nextGen = volume.cipher.resumeGenerations(volume.nextGen)
     }
     // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
     // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
