@@ -383,11 +383,27 @@ export class KeyManager {
       if (count === 0) await wrapChecked(next, generateKey(), 'key-provider-check')
       if (batch.length > 0) await this.#db.batch(batch, SYNC)
       for (const { value } of batch) this.#records.set(value.volumeId, value)
+      if (batch.length > 0) await this.#compactRecords()
       // Every key is wrapped by it now (each wrap checked): it is this storage's provider.
       this.#provider = next
       this.#checked = next
       return count
     })
+  }
+
+  /**
+   * Drops the superseded key records from the metadata's files, where a log-structured database
+   * keeps them until it compacts: after a KEK rotation they hold the keys wrapped by the old KEK,
+   * which is meant to open nothing any more. Only a database that can compact a range (classic-level)
+   * does; the re-wrap stands either way, so a failure here is not the rotation's.
+   */
+  async #compactRecords (): Promise<void> {
+    const root = this.#db.db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }
+    if (typeof root.compactRange !== 'function') return
+    // The sublevel's keys are its prefix and then the volume id: '!keys!' up to '!keys"'.
+    const prefix = this.#db.prefix
+    const end = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)
+    await root.compactRange(prefix, end).catch(() => {})
   }
 
   /** Whether some key is wrapped by a KEK other than the provider's current one (an interrupted rotation). */
