@@ -1,12 +1,14 @@
 // Write-behind of a FUSE mount: writes acknowledged to the kernel before they reach the volume,
-// issued in order where they overlap, and the failure of one kept for the mount's next fsync or close.
+// handed to the volume in the order they were accepted, and the failure of one kept for the
+// mount's next fsync or close.
 
 /** Bytes of accepted writes a mount may have on their way to the volume. */
 const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
 
 /**
- * Writes accepted before they are stored: overlapping writes are issued in order, reads wait for
- * the writes they overlap, and a failure is kept for the next drain().
+ * Writes accepted before they are stored: each is handed to the volume as it is accepted (the
+ * volume applies writes to a block in the order they were called), reads wait for the writes they
+ * overlap, and a failure is kept for the next drain().
  */
 export class WriteBehind {
   readonly #pending = new Set<{ start: number, end: number, done: Promise<void> }>()
@@ -17,12 +19,11 @@ export class WriteBehind {
   async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure
     while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
-    const before = this.#overlapping(start, start + data.byteLength)
+    // Called now, not once the earlier writes it overlaps are stored: the volume orders it after
+    // them already, and after this write is acknowledged, a write made another way (the API,
+    // NBD, another mount) must be ordered after it, not overtaken by it and lost.
     const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
-    entry.done = (async () => {
-      if (before.length > 0) await Promise.all(before)
-      await store(start, data)
-    })().catch((err: unknown) => { this.#failure ??= err }).finally(() => {
+    entry.done = store(start, data).catch((err: unknown) => { this.#failure ??= err }).finally(() => {
       this.#pending.delete(entry)
       this.#bytes -= data.byteLength
     })
