@@ -5,10 +5,13 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, type BlockStore } from '../src/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { delegatingTarget } from './support/backup-targets.js'
 import { fuseMissing } from './support/fuse-available.js'
 import { pythonSession } from './support/python-session.js'
 
@@ -72,6 +75,75 @@ print('closed', flush=True)
       child.send()
       await child.next(2)
       assert.equal(Buffer.from(await g.read('v', 0, 4096)).toString('hex'), 'cc'.repeat(4096), 'the last write made (through the API) is what the volume holds')
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('r50: a restore into an existing volume and its mounts', () => {
+  it('a mount made while a restore writes into the volume is refused with BUSY, and the restore ends as the backup', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'restore'), backupTarget: join(root, 'restore-target') })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '16M' })
+      const backedUp = new Uint8Array(randomBytes(8 << 20))
+      await g.write('v', 0, backedUp)
+      const backup = await g.createBackup('v', { strategy: 'full' })
+      await g.write('v', 0, new Uint8Array(8 << 20).fill(7))
+      // The first progress event comes once the restore has begun writing (after its trims).
+      const attempts: Array<Promise<string>> = []
+      g.on('restore:progress', () => {
+        if (attempts.length > 0) return
+        attempts.push(g.mounts.mountVolume('v', join(root, 'restore-m'), { readOnly: true }).then(() => 'mounted', (err: Error & { code?: string }) => `${err.code}: ${err.message}`))
+      })
+      await g.restoreBackup(backup.id, { volume: 'v' })
+      assert.equal(attempts.length, 1, 'the restore reported progress')
+      const outcome = await (attempts[0] as Promise<string>)
+      assert.match(outcome, /^BUSY: .*restor/, 'no mount shows the volume half restored')
+      assert.deepEqual(g.mounts.listMounts(), [])
+      assert.deepEqual(await g.read('v', 0, 8 << 20), backedUp)
+      // Once the restore is over, the volume mounts again.
+      await g.mounts.mountVolume('v', join(root, 'restore-m'))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a restore that finds the volume mounted once it claims it (the mount came after its first check) is refused with BUSY, and changes nothing', async () => {
+    const directory = new DirectoryBackupTarget({ path: join(root, 'restore2-target') })
+    // The restore's own read of the manifest (the second; the first finds the backup, before the
+    // restore checks for mounts) waits while held.
+    let manifestReads = 0
+    let held: Promise<void> | undefined
+    let release!: () => void
+    let reached!: () => void
+    const atHold = new Promise<void>((resolve) => { reached = resolve })
+    const target = delegatingTarget(directory, 'held', {
+      getManifest: async (id) => {
+        if (held !== undefined && ++manifestReads === 2) { reached(); await held }
+        return await directory.getManifest(id)
+      }
+    })
+    const g = await GalleonFS.open({ storagePath: join(root, 'restore2'), backupTarget: target })
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '4M' })
+      await g.write('v', 0, new Uint8Array(randomBytes(1 << 20)))
+      const backup = await g.createBackup('v', { strategy: 'full' })
+      const current = new Uint8Array(1 << 20).fill(7)
+      await g.write('v', 0, current)
+      held = new Promise((resolve) => { release = resolve })
+      const restoring = g.restoreBackup(backup.id, { volume: 'v' }).then(() => 'restored', (err: Error & { code?: string }) => `${err.code}: ${err.message}`)
+      await atHold
+      await g.mounts.mountVolume('v', join(root, 'restore2-m'))
+      release()
+      assert.match(await restoring, /^BUSY: .*mounted/)
+      assert.deepEqual(await g.read('v', 0, 1 << 20), current, 'the mounted volume was not restored over')
+      assert.deepEqual((await g.listSnapshots('v')).map((snapshot) => snapshot.name).filter((name) => name.startsWith('pre-restore-')), [])
+      assert.equal(g.mounts.listMounts().length, 1)
+      // Unmounted, the same restore goes through.
+      await g.mounts.unmountVolume(join(root, 'restore2-m'))
+      held = undefined
+      await g.restoreBackup(backup.id, { volume: 'v' })
     } finally {
       await g.close()
     }

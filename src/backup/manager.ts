@@ -38,8 +38,15 @@ export class BackupManager {
   readonly #targets: BackupTargets
   readonly #context: BackupContext
 
-  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase) {
+  /**
+   * `restores`: the set a restore claims its existing volume in (shared with the instance, whose
+   * mounts refuse a claimed volume), and the check, made once the claim is taken, that nothing
+   * mounted the volume meanwhile (it throws BUSY).
+   */
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase, restores?: { claims: Set<string>, assertUnmounted: (volumeId: string) => void }) {
     this.#g = g
+    this.#restoringInto = restores?.claims ?? new Set()
+    this.#assertUnmounted = restores?.assertUnmounted ?? (() => {})
     this.#keys = keys
     this.#leftovers = new BackupLeftovers(g, metadata)
     this.#targets = new BackupTargets(defaultTarget)
@@ -163,6 +170,9 @@ export class BackupManager {
         if (claimed.has(volumeId)) throw new GalleonError('BUSY', `another restore is writing into volume ${describe(options.volume ?? volumeId)}; wait for it to finish (two at once would leave a mix of both backups)`)
         claimed.add(volumeId)
         try {
+          // Checked before the restore, but a mount may have begun since: from the claim on, no
+          // mount of the volume starts (MountBridge refuses it), so one made before is found here.
+          if (safetySnapshot !== undefined) this.#assertUnmounted(volumeId)
           // Durable before anything is written to the volume (restoreBackup awaits it first).
           await leftovers.restoreStarted(volumeId, id, safetySnapshot)
         } catch (err) {
@@ -179,6 +189,7 @@ export class BackupManager {
     }))
   }
 
-  /** Volumes a restore of this instance is writing into (a second restore into one is refused). */
-  readonly #restoringInto = new Set<string>()
+  /** Volumes a restore of this instance is writing into (a second restore into one is refused, and so is a mount). */
+  readonly #restoringInto: Set<string>
+  readonly #assertUnmounted: (volumeId: string) => void
 }

@@ -10,7 +10,8 @@ import type { KeyManager } from '../crypto/key-manager.js'
 import type { BackupTarget, BlockStore } from '../drivers.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import type { GalleonFS } from '../galleonfs.js'
-import { MountManager } from '../mount/mount-manager.js'
+import { GalleonError } from '../errors.js'
+import { MountManager, mountControl } from '../mount/mount-manager.js'
 import { DEFAULT_NAMESPACE, type Catalog, type MetadataDatabase } from '../volumes/catalog.js'
 import { PoolManager } from '../volumes/pools.js'
 import { AccessApi } from './access-api.js'
@@ -90,6 +91,8 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   const state = new InstanceState()
   /** Volumes whose revert is running now (their I/O waits for it rather than being refused). */
   const reverting = new Set<string>()
+  /** Existing volumes a restore writes into (BackupManager claims them): nothing new may mount them. */
+  const restoring = new Set<string>()
   /** Why the last revert of a volume failed, when it did. */
   const revertFailures = new Map<string, string>()
   /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
@@ -122,6 +125,7 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     retired,
     goingAway,
     reverting,
+    restoring,
     revertFailures,
     get rotations () { return keyRotations.running },
     get migrations () { return liveMigrations.running },
@@ -160,7 +164,15 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   const io = new VolumeIO(host, gate, bridge, snapshots, membership)
   catalog.currentNamespace = () => context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
   mounts = new MountManager(parts.mountDriver, new MountBridge(host, gate, instance).mountHost())
-  const backups = new BackupManager(instance, parts.backupTarget, parts.keys, () => clock.now(), metadata)
+  // A restore claims its volume in `restoring`, then checks that nothing mounted it meanwhile: a
+  // mount checks the claim (see MountBridge), so one of the two is refused, whichever comes first.
+  const backups = new BackupManager(instance, parts.backupTarget, parts.keys, () => clock.now(), metadata, {
+    claims: restoring,
+    assertUnmounted: (volumeId) => {
+      const mounted = mountControl(mounts).mountsOf(volumeId)
+      if (mounted.length > 0) throw new GalleonError('BUSY', `volume ${mounted[0]?.volumeName ?? volumeId} was mounted (${mounted.map((m) => m.path).join(', ')}) as the restore began; unmount it before restoring a backup over it`)
+    }
+  })
   const scheduler = new BackupScheduler(instance, metadata, clock, parts.timers, (fn) => context.exit(fn))
   return {
     metadata,

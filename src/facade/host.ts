@@ -58,6 +58,8 @@ export interface FacadeHost {
   readonly goingAway: Set<string>
   /** Volumes whose revert is running now (their I/O waits for it rather than being refused). */
   readonly reverting: Set<string>
+  /** Existing volumes a restoreBackup is writing into now: nothing new may mount them. */
+  readonly restoring: Set<string>
   /** Why the last revert of a volume failed, when it did. */
   readonly revertFailures: Map<string, string>
   /** Data-key rotations running in the background, by volume id. */

@@ -115,6 +115,7 @@ export class MountBridge {
       // copies) changes unseen here. Otherwise the volume's own change stamp: a write to another
       // volume leaves it (a mount's read-ahead and data's mtime stay).
       version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : blocks().changed,
+      restoring: () => snapshot === undefined && this.#host.restoring.has(record.id),
       io: {
         read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)),
         write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),
