@@ -190,7 +190,8 @@ export function fuseOperations (Fuse: FuseClass, volume: MountedVolume, state: M
         volume.data.write(pos, data).then(() => { landed(); cb(n) }, (err) => fail(cb, err))
         return
       }
-      writes.accept(pos, data, store).then(() => cb(n), (err) => fail(cb, err))
+      // A volume that knows its version is served here, where writes keep their call order.
+      writes.accept(pos, data, store, volume.data.version() !== undefined).then(() => cb(n), (err) => fail(cb, err))
     },
     // A truncate that succeeds moves data's mtime and ctime, as it does a regular file's.
     truncate: (path: string, size: number, cb: Callback) => { truncate(Fuse, volume, state, path, size, cb, touched) },

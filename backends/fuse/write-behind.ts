@@ -1,29 +1,34 @@
 // Write-behind of a FUSE mount: writes acknowledged to the kernel before they reach the volume,
-// handed to the volume in the order they were accepted, and the failure of one kept for the
-// mount's next fsync or close.
+// applied in the order they were accepted, and the failure of one kept for the mount's next fsync
+// or close.
 
 /** Bytes of accepted writes a mount may have on their way to the volume. */
 const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
 
 /**
- * Writes accepted before they are stored: each is handed to the volume as it is accepted (the
- * volume applies writes to a block in the order they were called), reads wait for the writes they
- * overlap, and a failure is kept for the next drain().
+ * Writes accepted before they are stored: overlapping writes are applied in the order accepted,
+ * reads wait for the writes they overlap, and a failure is kept for the next drain().
  */
 export class WriteBehind {
   readonly #pending = new Set<{ start: number, end: number, done: Promise<void> }>()
   #bytes = 0
   #failure: unknown
 
-  /** Accepts a write (waiting only when too much is pending); `store` does the real write. */
-  async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>): Promise<void> {
+  /**
+   * Accepts a write (waiting only when too much is pending); `store` does the real write.
+   * `storeKeepsOrder`: whether `store` applies writes to a block in the order it is called (a
+   * volume served on this node does): then each write is stored at once, so that a write made
+   * another way (the API, NBD, another mount) after this one was acknowledged comes after it,
+   * instead of being overtaken by it and lost. Otherwise (a volume whose primary is another node,
+   * where a forwarded call may be sent again after a later one) a write waits for the earlier
+   * writes it overlaps to be stored.
+   */
+  async accept (start: number, data: Uint8Array, store: (start: number, data: Uint8Array) => Promise<void>, storeKeepsOrder: boolean): Promise<void> {
     if (this.#failure !== undefined) throw this.#failure
     while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
-    // Called now, not once the earlier writes it overlaps are stored: the volume orders it after
-    // them already, and after this write is acknowledged, a write made another way (the API,
-    // NBD, another mount) must be ordered after it, not overtaken by it and lost.
+    const before = storeKeepsOrder ? [] : this.#overlapping(start, start + data.byteLength)
     const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
-    entry.done = store(start, data).catch((err: unknown) => { this.#failure ??= err }).finally(() => {
+    entry.done = (before.length === 0 ? store(start, data) : Promise.all(before).then(async () => { await store(start, data) })).catch((err: unknown) => { this.#failure ??= err }).finally(() => {
       this.#pending.delete(entry)
       this.#bytes -= data.byteLength
     })
