@@ -5,16 +5,36 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS, type BlockStore } from '../src/index.js'
+import { promisify } from 'node:util'
+import { AccessMode, GalleonFS, type BlockStore } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { NbdServer } from '../backends/nbd/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { fuseMissing } from './support/fuse-available.js'
 import { pythonSession } from './support/python-session.js'
+import { until } from './support/wait.js'
 
+const exec = promisify(execFile)
+const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex')
+/** Reads `data` in 128 KiB requests in order (the mount reads ahead): `first` of them, then waits for a line, then up to `total`; prints the hash of all. */
+const SEQUENTIAL_READER = `
+import os, sys, hashlib
+fd = os.open(sys.argv[1], os.O_RDONLY)
+first, total = int(sys.argv[2]), int(sys.argv[3])
+h = hashlib.sha256()
+for i in range(first):
+    h.update(os.pread(fd, 131072, i * 131072))
+print('ready', flush=True)
+sys.stdin.readline()
+for i in range(first, total):
+    h.update(os.pread(fd, 131072, i * 131072))
+print(h.hexdigest(), flush=True)
+`
 const skip = fuseMissing()
 if (skip !== undefined) process.stdout.write(`# SKIP r50 FUSE tests: ${skip}\n`)
 
@@ -144,6 +164,96 @@ describe('r50: a restore into an existing volume and its mounts', () => {
       await g.mounts.unmountVolume(join(root, 'restore2-m'))
       held = undefined
       await g.restoreBackup(backup.id, { volume: 'v' })
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('r50: a sequential reader of a FUSE mount (read ahead) after changes made another way', { skip }, () => {
+  it('a revert of the volume under a read-only mount: the rest of the read shows the snapshot, trimmed blocks included', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'revert'), mount: 'fuse' })
+    const mnt = join(root, 'revert-m')
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '4M' })
+      const old = new Uint8Array(randomBytes(4 << 20))
+      old.fill(0, 3 << 20, (3 << 20) + (200 << 10))
+      await g.write('v', 0, old)
+      await g.trim('v', 3 << 20, 200 << 10)
+      await g.createSnapshot('v', 'before')
+      const now = new Uint8Array(randomBytes(4 << 20))
+      await g.write('v', 0, now)
+      // A read-write mount refuses the revert; a read-only one does not.
+      await g.mounts.mountVolume('v', mnt, { readOnly: true })
+      const reader = pythonSession(SEQUENTIAL_READER, join(mnt, 'data'), '8', '32')
+      await reader.next(1)
+      await g.restoreSnapshot('v', 'before')
+      reader.send()
+      await reader.next(2)
+      const seen = new Uint8Array(4 << 20)
+      seen.set(now.subarray(0, 1 << 20))
+      seen.set(old.subarray(1 << 20), 1 << 20)
+      assert.equal(reader.lines[1], sha256(seen))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('NBD write-zeroes (unaligned, and with NO_HOLE) and trim from qemu-io: the rest of the read shows zeros there', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'zeroes'), mount: 'fuse' })
+    const mnt = join(root, 'zeroes-m')
+    const server = await NbdServer.listen(g, { host: '127.0.0.1', port: 0 })
+    try {
+      // Many writers: the mount and the NBD client write the volume at once.
+      await g.createVolume({ name: 'v', sizeBytes: '4M', accessModes: [AccessMode.ReadWriteMany] })
+      const data = new Uint8Array(randomBytes(4 << 20))
+      await g.write('v', 0, data)
+      await g.mounts.mountVolume('v', mnt)
+      const reader = pythonSession(SEQUENTIAL_READER, join(mnt, 'data'), '8', '32')
+      await reader.next(1)
+      await exec('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${server.port}/v`, '-c', 'write -z 1179648 300000', '-c', 'discard 2097152 266240', '-c', 'write -z -u 3145728 131072'])
+      for (const [at, length] of [[1179648, 300000], [2097152, 266240], [3145728, 131072]] as const) data.fill(0, at, at + length)
+      reader.send()
+      await reader.next(2)
+      assert.equal(reader.lines[1], sha256(data))
+    } finally {
+      await server.close()
+      await g.close()
+    }
+  })
+
+  it('data-key rotations while a reader goes through an encrypted volume again and again: every pass reads the same bytes', async () => {
+    const g = await GalleonFS.open({ storagePath: join(root, 'rotate'), mount: 'fuse' })
+    const mnt = join(root, 'rotate-m')
+    try {
+      await g.createVolume({ name: 'v', sizeBytes: '8M', storageClass: 'encrypted-storage', replicas: 1 })
+      const data = new Uint8Array(randomBytes(8 << 20))
+      await g.write('v', 0, data)
+      await g.mounts.mountVolume('v', mnt)
+      // Whole passes, one after the other, until told to stop (after the rotations).
+      const reader = pythonSession(`
+import os, sys, hashlib, select
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print('ready', flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    h, at = hashlib.sha256(), 0
+    while True:
+        chunk = os.pread(fd, 131072, at)
+        if not chunk: break
+        h.update(chunk)
+        at += len(chunk)
+    print(h.hexdigest(), flush=True)
+print('stopped', flush=True)
+`, join(mnt, 'data'))
+      await reader.next(1)
+      const first = (await g.getVolumeEncryption('v')).keyVersion
+      for (let i = 0; i < 3; i++) await g.rotateVolumeKey('v', { wait: true })
+      const during = reader.lines.length - 1
+      reader.send()
+      await until('the reader stopped', () => reader.lines.at(-1) === 'stopped')
+      assert.ok(during >= 1, 'passes were read while the keys rotated')
+      assert.deepEqual(new Set(reader.lines.slice(1, -1)), new Set([sha256(data)]))
+      assert.equal((await g.getVolumeEncryption('v')).keyVersion, (first ?? 0) + 3)
     } finally {
       await g.close()
     }
