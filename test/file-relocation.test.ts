@@ -95,7 +95,11 @@ describe('file store: relocation of scattered reads', () => {
     const changed = (i: number): Uint8Array | undefined => i % 3 === 0 ? undefined : i % 2 === 0 ? bytesOf(SIZE, 9000 + i) : bytesOf(SIZE, 5000 + i)
     await store.batch(addresses.flatMap((a) => a.index % 3 === 0 ? [del(a)] : a.index % 2 === 0 ? [put(a, bytesOf(SIZE, 9000 + a.index))] : []))
     await until('the copies were queued', () => store.relocatedRecords > queued, 10_000)
-    assert.equal(store.relocatedRecords - queued, BLOCKS - addresses.filter((a) => a.index % 3 === 0 || a.index % 2 === 0).length, 'only the blocks left untouched were copied')
+    // At most the untouched blocks are copied: under load a read may come in parts, and a part of
+    // fewer than RELOCATE_MIN_RECORDS relocates nothing (a clean-clone CI run at load 10 copied 18
+    // of the 21). Whether a changed block was brought back is what the reads below check.
+    const untouched = BLOCKS - addresses.filter((a) => a.index % 3 === 0 || a.index % 2 === 0).length
+    assert.ok(store.relocatedRecords - queued <= untouched, `only blocks left untouched were copied: ${store.relocatedRecords - queued} copies of ${untouched} untouched blocks`)
     await store.sync()
     await readRange(store, addresses, changed)
     await store.close()
