@@ -11,7 +11,7 @@ import type { VolumeRecord } from '../volumes/catalog.js'
 import { DEFAULT_SYNC_TIMEOUT_MS, tellProgress, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
 import { assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
 import type { FacadeHost } from './host.js'
-import { specOf } from './records.js'
+import { copyEncrypted, specOf } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { FillProgress } from './fill-progress.js'
 import { ReplicatedClassChanges } from './replicated-class-change.js'
@@ -331,7 +331,7 @@ export class ClusterMigrations {
     const storageClass = this.#host.catalog.storageClass(spec.storageClass)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} moves to; create it on every node of the cluster`)
     const record = this.#host.catalog.resolve(volumeId)
-    const encrypted = storageClass.parameters.encryption === 'true'
+    const encrypted = copyEncrypted(spec, storageClass)
     // Like a new copy: counted in this node's pool of the record's name, if it has one.
     const pool = this.#copyPool(record, spec)
     if (encrypted === (record.encrypted === true) && pool === record.pool) {
@@ -347,6 +347,6 @@ export class ClusterMigrations {
       }
       return
     }
-    await this.#host.migrateVolume(volumeId, { storageClass: spec.storageClass }, { signal }, { pool, replicas: spec.replicas, copy: true })
+    await this.#host.migrateVolume(volumeId, { storageClass: spec.storageClass }, { signal }, { pool, replicas: spec.replicas, copy: true, encrypted })
   }
 }

@@ -33,6 +33,8 @@ export interface MigrationLayout {
   readonly pool: string | undefined
   readonly replicas: number
   readonly copy: boolean
+  /** Whether the data is laid out encrypted; absent: as the target class says. */
+  readonly encrypted?: boolean
 }
 
 /** The instance's components, state and shared steps, as the facade's parts use them. */

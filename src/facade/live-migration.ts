@@ -173,7 +173,7 @@ export class LiveMigrations {
     const source = this.#host.ioVolumeOf(record)
     if (source.cipher?.unavailable !== undefined) throw source.cipher.unavailable
     if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
-    const encrypted = storageClass.parameters.encryption === 'true'
+    const encrypted = layout?.encrypted ?? storageClass.parameters.encryption === 'true'
     if (encrypted) await this.#host.keys.provider()
     // The target class cannot be deleted, and the target pool's bytes are held, until the
     // switch-over makes the record count there.

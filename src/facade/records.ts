@@ -5,7 +5,7 @@ import { GalleonError, describe } from '../errors.js'
 import type { View } from '../engine/engine.js'
 import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
-import { VolumeState, type Volume } from '../types.js'
+import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import { looksLikeId, namespaceOf, type SnapshotRecord, type VolumeRecord } from '../volumes/catalog.js'
 
 /** What another node needs to create its copy of a volume. */
@@ -16,7 +16,16 @@ export function withoutQoS (spec: VolumeSpec): VolumeSpec {
 
 /** A volume record as the cluster records it (see VolumeSpec). */
 export function specOf (record: VolumeRecord): VolumeSpec {
-  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, ...(record.pool === undefined ? {} : { pool: record.pool }), ...(record.qos === undefined ? {} : { qos: record.qos }) }
+  return { id: record.id, name: record.name, namespace: namespaceOf(record), type: record.type, sizeBytes: record.sizeBytes, blockSize: record.blockSize, storageClass: record.storageClass, replicas: record.replicas, accessModes: [...record.accessModes], labels: { ...record.labels }, encrypted: record.encrypted === true, ...(record.pool === undefined ? {} : { pool: record.pool }), ...(record.qos === undefined ? {} : { qos: record.qos }) }
+}
+
+/**
+ * Whether this node's copy of a volume is encrypted: when the volume is (its record says so), or
+ * when this node's class of its name encrypts (a copy encrypted where the volume is not leaks
+ * nothing; the reverse would store its plaintext here).
+ */
+export function copyEncrypted (spec: VolumeSpec, localClass: StorageClass): boolean {
+  return spec.encrypted === true || localClass.parameters.encryption === 'true'
 }
 
 /** A volume record as callers see it. */

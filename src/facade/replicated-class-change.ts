@@ -130,7 +130,8 @@ export class ReplicatedClassChanges {
       if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
       if (storageClass.parameters.encryption === 'true') await this.#host.keys.provider()
       const placement = pool === undefined ? classPlacement(storageClass) : poolPlacement(pool, classPlacement(storageClass))
-      const change = { storageClass: storageClass.name, replicas, ...(poolName === undefined ? {} : { pool: poolName }) }
+      // The class's encryption here is the volume's from now on: every copy follows it (see VolumeSpec.encrypted).
+      const change = { storageClass: storageClass.name, replicas, encrypted: storageClass.parameters.encryption === 'true', ...(poolName === undefined ? {} : { pool: poolName }) }
       const before = resume ? undefined : await replication.reshape(record.id, { ...change, keep: this.#host.cluster?.nodeId }, placement)
       const blocks = Math.ceil(record.sizeBytes / record.blockSize)
       const failures = new Map<string, number>()

@@ -13,7 +13,7 @@ import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
 import { callOf, callRef, keptTokens, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
-import { toVolume, viewOf } from './records.js'
+import { copyEncrypted, toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
 import type { VolumeLifecycle } from './volumes.js'
@@ -161,7 +161,8 @@ export class ReplicationBridge {
           const storageClass = this.#host.catalog.storageClass(spec.storageClass)
           if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} uses; create it on every node`)
           if (spec.blockSize !== this.#host.engine.blockSize) throw new GalleonError('INVALID_ARGUMENT', `volume ${spec.name} has ${spec.blockSize}-byte blocks, this node ${this.#host.engine.blockSize}-byte ones; every node of a cluster needs the same block size`)
-          const encrypted = storageClass.parameters.encryption === 'true'
+          // The volume's encryption, not only this node's class of its name (see VolumeSpec.encrypted).
+          const encrypted = copyEncrypted(spec, storageClass)
           if (encrypted) await this.#host.keys.provider()
           const unreserve = this.#host.catalog.reserveName(spec.name, spec.namespace)
           let record: VolumeRecord

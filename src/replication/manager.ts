@@ -331,7 +331,7 @@ export class ReplicationManager {
   }
 
   /** Changes the storage class of a replicated volume in its record; returns the record as it was (see ReplicaSetChanges.reshape). */
-  reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
+  reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, encrypted?: boolean, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
     return this.#changes.reshape(volumeId, change, placement)
   }
 

@@ -24,6 +24,13 @@ export interface VolumeSpec {
   /** The volume's own QoS policy, if any: every node applies it to its copy (it counts where the copy is primary). */
   readonly qos?: import('../qos/policy.js').QoSPolicy
   /**
+   * Whether the volume is encrypted (as its class is on the node that created or last migrated
+   * it): every copy is then encrypted too, whatever its node's class of the same name says, so no
+   * plaintext of it reaches another node's storage. Absent in records of earlier versions: each
+   * node's class of that name decides, as it did then.
+   */
+  readonly encrypted?: boolean
+  /**
    * Data-key rotations of an encrypted volume so far (absent: none): every copy has its own keys,
    * and one whose key is older than this rotates it (see KeyRotations).
    */

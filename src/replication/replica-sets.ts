@@ -163,7 +163,7 @@ export class ReplicaSetChanges {
    * more are placed now (filled by resyncs), fewer drop the copies that are not the primary's,
    * out-of-sync ones first (their nodes delete them). Returns the record as it was before.
    */
-  async reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
+  async reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, encrypted?: boolean, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
     let before: ReplicaSetRecord | undefined
     const members = this.#core.cluster.members.filter((m) => m.healthy)
     const leaving = await leavingNodes(this.#core.coordinator)
@@ -190,7 +190,7 @@ export class ReplicaSetChanges {
       const { placement: _placement, ...rest } = r
       // Copies given up here are listed until their nodes have deleted them (see droppedNodes):
       // one whose node is away meanwhile is named by a deletion of the volume too.
-      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}), ...givingUp(r, r.nodes.filter((n) => !nodes.includes(n))) }
+      return { ...rest, spec: { ...spec, storageClass: change.storageClass, replicas: change.replicas, ...(change.encrypted === undefined ? {} : { encrypted: change.encrypted }), ...(change.pool === undefined ? {} : { pool: change.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(hasPlacement ? { placement } : {}), ...givingUp(r, r.nodes.filter((n) => !nodes.includes(n))) }
     })
     if (written === undefined || before === undefined) throw new GalleonError('VOLUME_NOT_FOUND', `the cluster has no record of volume ${volumeId}`)
     const added = written.record.nodes.filter((n) => !before?.nodes.includes(n))
@@ -208,9 +208,9 @@ export class ReplicaSetChanges {
     await this.#core.update(volumeId, (r) => {
       if (r.spec.storageClass !== change.storageClass || r.spec.replicas !== change.replicas || r.spec.pool !== change.pool) return undefined
       const { placement: _placement, ...rest } = r
-      const { pool: _pool, ...spec } = r.spec
+      const { pool: _pool, encrypted: _encrypted, ...spec } = r.spec
       const nodes = r.nodes.filter((n) => n === r.primary || before.nodes.includes(n))
-      return { ...rest, spec: { ...spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
+      return { ...rest, spec: { ...spec, storageClass: before.spec.storageClass, replicas: before.spec.replicas, ...(before.spec.encrypted === undefined ? {} : { encrypted: before.spec.encrypted }), ...(before.spec.pool === undefined ? {} : { pool: before.spec.pool }) }, nodes, inSync: r.inSync.filter((n) => nodes.includes(n)), ...(before.placement === undefined ? {} : { placement: before.placement }) }
     })
   }
 
