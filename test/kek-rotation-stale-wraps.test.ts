@@ -77,4 +77,34 @@ describe('key-encryption-key rotation to another key provider', () => {
       await g.close()
     }
   })
+
+  it('a compaction that fails leaves the rotation in force, and says so with io:error (review r51)', async () => {
+    const dir = join(root, 'kms-compaction')
+    const oldKey = generateKey()
+    const newKey = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: kms('kms-old', oldKey) })
+    const { ClassicLevel } = await import('classic-level')
+    const compactRange = Object.getOwnPropertyDescriptor(ClassicLevel.prototype, 'compactRange') as PropertyDescriptor
+    try {
+      await g.createVolume({ name: 'a', sizeBytes: '1M', storageClass: 'encrypted-storage', replicas: 1 })
+      await g.writeBlock('a', 0, new Uint8Array(4096).fill(9), WriteConcern.WriteDurable)
+      const errors: Array<{ code: string, message: string }> = []
+      g.on('io:error', (event) => errors.push(event))
+      Object.defineProperty(ClassicLevel.prototype, 'compactRange', { ...compactRange, value: async () => { throw new Error('EIO: compaction failed (injected)') } })
+      const moved = await g.rotateKeyEncryptionKey({ keyProvider: kms('kms-new', newKey) })
+      Object.defineProperty(ClassicLevel.prototype, 'compactRange', compactRange)
+      assert.equal(moved.keyId, 'kms-new')
+      assert.equal(errors.length, 1, `io:error events: ${JSON.stringify(errors)}`)
+      assert.match(errors[0]?.message ?? '', /rotated, but compacting the metadata failed \(EIO: compaction failed \(injected\)\).*kms-old/)
+    } finally {
+      Object.defineProperty(ClassicLevel.prototype, 'compactRange', compactRange)
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: kms('kms-new', newKey) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 0), new Uint8Array(4096).fill(9))
+    } finally {
+      await g.close()
+    }
+  })
 })

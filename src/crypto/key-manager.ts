@@ -353,9 +353,11 @@ export class KeyManager {
 
   /**
    * Re-wraps every DEK and backup key under `next` (no data is rewritten) in one atomic batch, then
-   * makes it the provider. Returns how many keys were re-wrapped.
+   * makes it the provider. Returns how many keys were re-wrapped. `onCompactionFailed` hears why
+   * the superseded records could not be compacted away (see #compactRecords): the rotation stands,
+   * but the old KEK's wraps stay in the metadata's files until the database compacts them.
    */
-  async rewrapAll (next: KeyProvider): Promise<number> {
+  async rewrapAll (next: KeyProvider, onCompactionFailed?: (err: unknown) => void): Promise<number> {
     const current = await this.provider()
     return await this.#serial(async () => {
       const batch: Array<{ type: 'put', key: string, value: VolumeKeyRecord }> = []
@@ -383,7 +385,7 @@ export class KeyManager {
       if (count === 0) await wrapChecked(next, generateKey(), 'key-provider-check')
       if (batch.length > 0) await this.#db.batch(batch, SYNC)
       for (const { value } of batch) this.#records.set(value.volumeId, value)
-      if (batch.length > 0) await this.#compactRecords()
+      if (batch.length > 0) await this.#compactRecords().catch((err: unknown) => { onCompactionFailed?.(err) })
       // Every key is wrapped by it now (each wrap checked): it is this storage's provider.
       this.#provider = next
       this.#checked = next
@@ -395,7 +397,7 @@ export class KeyManager {
    * Drops the superseded key records from the metadata's files, where a log-structured database
    * keeps them until it compacts: after a KEK rotation they hold the keys wrapped by the old KEK,
    * which is meant to open nothing any more. Only a database that can compact a range (classic-level)
-   * does; the re-wrap stands either way, so a failure here is not the rotation's.
+   * does; the re-wrap stands either way, so a failure here is not the rotation's (the caller reports it).
    */
   async #compactRecords (): Promise<void> {
     const root = this.#db.db as unknown as { compactRange?: (start: string, end: string) => Promise<void> }
@@ -403,7 +405,7 @@ export class KeyManager {
     // The sublevel's keys are its prefix and then the volume id: '!keys!' up to '!keys"'.
     const prefix = this.#db.prefix
     const end = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)
-    await root.compactRange(prefix, end).catch(() => {})
+    await root.compactRange(prefix, end)
   }
 
   /** Whether some key is wrapped by a KEK other than the provider's current one (an interrupted rotation). */

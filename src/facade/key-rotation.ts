@@ -304,7 +304,10 @@ export class KeyRotations {
     }
     let rewrapped: number
     try {
-      rewrapped = await this.#host.keys.rewrapAll(next)
+      rewrapped = await this.#host.keys.rewrapAll(next, (err) => {
+        // Stored and in force; only the clean-up of the old wraps did not happen (see KeyManager.rewrapAll).
+        this.#host.emit('io:error', { volumeId: '', volumeName: '', operation: 'flush', code: errorCode(err), message: `the key-encryption key was rotated, but compacting the metadata failed (${(err as Error)?.message ?? String(err)}): its files may still hold the data keys wrapped by the old key (${current.keyId}) until the database compacts them; rotate again once the cause is fixed to compact them now` })
+      })
     } catch (err) {
       // The new salt file is in place already (so that a crash mid-way leaves keys it can open):
       // put the old passphrase back, or say plainly that the new one is now the one that opens.
