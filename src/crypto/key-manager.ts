@@ -415,6 +415,20 @@ export class KeyManager {
     return [...this.#records.values()].some((record) => [record.backup, ...(record.retiredBackups ?? []), ...record.keys].some((key) => key.kekId !== provider.keyId))
   }
 
+  /**
+   * For a key record written before generations were reserved (no `sealedGenerationsBelow`):
+   * persists `below`, where the volume's generations resume at this open (past every version
+   * stored). Until something is sealed no reservation is made, and a trim of the newest versions
+   * first would otherwise let the next open resume below them. Nothing for a record that has one.
+   */
+  async reserveOpeningGenerations (volumeId: string, below: number): Promise<void> {
+    if (this.#records.get(volumeId)?.sealedGenerationsBelow !== undefined) return
+    await this.#serial(async () => {
+      const record = this.#record(volumeId)
+      if (record.sealedGenerationsBelow === undefined) await this.#put({ ...record, sealedGenerationsBelow: below })
+    })
+  }
+
   async #reserve (volumeId: string, version: number, limit: number, generations: number): Promise<void> {
     await this.#serial(async () => {
       const record = this.#record(volumeId)

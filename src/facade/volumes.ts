@@ -96,6 +96,8 @@ export class VolumeLifecycle {
       volume.cipher = await this.#host.keys.attach(record.id, record.storageId)
       // Past every generation sealed before, also those whose versions are gone (see volume-cipher.ts).
       volume.nextGen = volume.cipher.resumeGenerations(volume.nextGen)
+      // A volume an earlier release wrote: where its generations resume now is all there is to go on; kept from here on.
+      await this.#host.keys.reserveOpeningGenerations(record.id, volume.nextGen)
     }
     // Keys still wrapped by a retired KEK (a KEK rotation cut short): re-wrap them now. Best effort:
     // when some key cannot be unwrapped at all, its volume reports why and nothing is re-wrapped.
