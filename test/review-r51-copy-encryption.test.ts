@@ -6,11 +6,14 @@ import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { GalleonFS, WriteConcern } from '../src/index.js'
+import { GalleonFS, WriteConcern, type BlockAddress } from '../src/index.js'
+import { FileBlockStore } from '../backends/file/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { recording } from './support/recording-store.js'
 import { until } from './support/wait.js'
 import { BS, allInSync, diskCluster, type DiskNode } from './support/disk-cluster.js'
 
-const { cluster, track } = diskCluster('galleon-r51-copy-')
+const { cluster, track, tempDir } = diskCluster('galleon-r51-copy-')
 
 const MARKER = 'R51-PLAINTEXT-MARKER-'
 const marked = (n: number): Uint8Array => new Uint8Array(Buffer.from(`${MARKER}${String(n).padStart(3, '0')}`.repeat(BS).slice(0, BS)))
@@ -68,5 +71,68 @@ describe('review r51: the copy of an encrypted volume on a node whose class of t
     for (const node of nodes) await node.g.close()
     const alone = track(await GalleonFS.open({ storagePath: n2.dir }))
     for (let i = 0; i < 4; i++) assert.deepEqual(await alone.readBlock('moved', i), marked(100 + i), `block ${i} of the copy opened alone`)
+  })
+})
+
+describe('review r51: generations of an encrypted volume\'s copy', () => {
+  it('the copy never seals a generation twice for a block: across the stream\'s writes and trims, a restart of its node, a resync and its promotion', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const dirs = { n1: await tempDir('galleon-r51-gen-n1-'), n2: await tempDir('galleon-r51-gen-n2-') }
+    /** Every value n2's block store was given, across its openings. */
+    const puts: Array<{ address: BlockAddress, data: Uint8Array }> = []
+    const start = async (id: 'n1' | 'n2'): Promise<GalleonFS> => {
+      const recorded = recording(new FileBlockStore({ location: join(dirs[id], 'blocks') }))
+      if (id === 'n2') recorded.puts.push = (...items) => puts.push(...items)
+      return track(await GalleonFS.open({
+        storagePath: dirs[id], blockStore: recorded.store,
+        cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
+      }))
+    }
+    let n1 = await start('n1')
+    let n2 = await start('n2')
+    await until('the nodes see each other', () => [n1, n2].every((g) => g.cluster?.members.filter((m) => m.healthy).length === 2))
+    for (const g of [n1, n2]) await g.createStorageClass({ name: 'vault-double', parameters: { replication: '2', encryption: 'true' } })
+    await n1.createVolume({ name: 'gens', sizeBytes: 8 * BS, storageClass: 'vault-double' })
+    await until('both copies are in sync', async () => await allInSync(n1, 'gens', 2), 20_000)
+    const round = async (g: GalleonFS, seed: number, concern = WriteConcern.WriteReplicated): Promise<void> => {
+      // Block 3 first: after a restart, the first generation taken goes to the block whose newest
+      // version (the newest of all) the last trim took.
+      for (const i of [3, 0, 1, 2]) await g.writeBlock('gens', i, marked(seed + i), concern)
+      await g.trim('gens', 5 * BS + 7, 300)
+      await g.write('gens', 100, marked(seed + 9).subarray(0, 2 * BS - 200), concern)
+      await g.writeBlock('gens', 3, marked(seed + 8), concern)
+      // A whole block, last: its newest version goes, and nothing of it is left on either node.
+      await g.trim('gens', 3 * BS, BS)
+    }
+    await round(n1, 1)
+    await until('both copies are in sync', async () => await allInSync(n1, 'gens', 2), 20_000)
+    // n2 restarts: its copy's generations resume past what it sealed.
+    await n2.close()
+    n2 = await start('n2')
+    await until('n2 is in sync again', async () => await allInSync(n1, 'gens', 2), 20_000)
+    await round(n1, 20)
+    await until('both copies are in sync after n2\'s restart', async () => await allInSync(n1, 'gens', 2), 20_000)
+    // n2 misses changes (its node away), comes back and is resynced.
+    await n2.close()
+    await round(n1, 40, WriteConcern.WriteDurable)
+    n2 = await start('n2')
+    await until('n2 is resynced', async () => await allInSync(n1, 'gens', 2), 20_000)
+    // n1 goes away for good: n2's copy is promoted and takes writes itself.
+    await n1.close()
+    await until('n2 is the primary', async () => (await n2.replicationStatus('gens')).role === 'primary', 20_000)
+    await round(n2, 60, WriteConcern.WriteDurable)
+    for (let i = 0; i < 4; i++) await n2.writeBlock('gens', i, marked(80 + i), WriteConcern.WriteAcknowledged)
+    // Every (block, generation) n2 sealed for the volume, once each.
+    const sealed = new Map<string, number>()
+    const copyStorage = puts.filter((p) => p.data.byteLength > BS).map((p) => p.address.volume)
+    for (const p of puts) {
+      if (p.data.byteLength <= BS || p.address.gen === 0) continue
+      const key = `${p.address.volume}/${p.address.index}@${p.address.gen}`
+      sealed.set(key, (sealed.get(key) ?? 0) + 1)
+    }
+    assert.ok(copyStorage.length > 20, `n2 sealed ${copyStorage.length} blocks`)
+    assert.deepEqual([...sealed].filter(([, n]) => n > 1), [], 'generations n2 sealed more than once for a block')
+    n1 = n2 // (closed with the rest after the file)
   })
 })
