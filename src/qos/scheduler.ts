@@ -144,10 +144,21 @@ export class QoSScheduler {
     const state = this.#volumes.get(volumeId)
     if (state !== undefined && state.limited) {
       const now = this.#clock.now()
+      const waiting = state.waiting[kind === 'read' ? 0 : 1]
       // An overdue timer's operations go first: the limits let them in before now, and charging
       // this one at now first would take their turn (and move the buckets past their times).
-      if (state.due <= now) this.#limit(state)
-      const waiting = state.waiting[kind === 'read' ? 0 : 1]
+      if (state.due <= now) {
+        // Its own lane's go first in call order too: they continue only once their promises
+        // settle, so this one, admitted at once, would reach the engine before them, and a write
+        // to a block they write would be applied before theirs and overwritten (a FUSE mount
+        // hands its writes over in the order the kernel sent them).
+        if (waiting.length > 0) {
+          const queued = new Promise<boolean>((resolve) => { waiting.push({ kind, bytes, arrived: now, resolve, rTag: 0, pTag: 0 }) })
+          this.#limit(state)
+          return queued
+        }
+        this.#limit(state)
+      }
       // The other lane's head, if any, arrived first: this one goes only if the limits let it in
       // now and that one is not waiting for a limit the lanes share (see #nextLane).
       if (waiting.length === 0 && limitWait(state, kind, bytes, now) === 0 && !this.#heldBehind(state, kind, now)) {
