@@ -279,8 +279,12 @@ export interface MountDriver {
   mount (volume: MountedVolume): Promise<void>
   /** Refuses (BUSY) while the mount is in use, unless `force`. */
   unmount (path: string, options?: { force?: boolean }): Promise<void>
-  /** Waits until every write the driver acknowledged is in the volume (drivers that buffer writes). */
-  quiesce? (path: string): Promise<void>
+  /**
+   * Waits until every write the driver acknowledged so far is in the volume (drivers that buffer
+   * writes): before a snapshot, and a flush of the volume. With `report`, rejects (IO_ERROR) if one
+   * of those writes failed to reach the volume; without, leaves that to the mount's own writers.
+   */
+  quiesce? (path: string, options?: { report?: boolean }): Promise<void>
   /** Unmounts whatever is left; called by GalleonFS.close(). */
   close? (): Promise<void>
 }

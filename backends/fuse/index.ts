@@ -17,7 +17,7 @@
 // fsync waits for all of them and makes them durable, and a write that failed in the background is
 // reported (EIO) by every later fsync, close and write until the volume is mounted again. Other
 // ways into the volume (the API, NBD) see such writes once they landed: after an fsync or close
-// through the mount; a snapshot waits for them. With the `sync` mount option every write is durable
+// through the mount, or a flush of the volume; a snapshot waits for them. With the `sync` mount option every write is durable
 // before it is acknowledged. There is no kernel page cache (direct_io): a read always asks the
 // volume, so it sees writes made any other way. Unmounting is refused while a process has `data`
 // open, unless forced; after that such a process gets EIO.
@@ -132,9 +132,17 @@ export class FuseMountDriver implements MountDriver {
     servedHere.add(kernelPath)
   }
 
-  /** Waits until every acknowledged write of the mount is in the volume (before a snapshot, say). */
-  async quiesce (path: string): Promise<void> {
-    await this.#mounts.get(path)?.writes.settleAll()
+  /**
+   * Waits until every write the mount acknowledged so far is in the volume (before a snapshot or
+   * a flush). With `report`, one of them that failed is an IO_ERROR (without, the failure is left
+   * to the mount's writers, who hear it at their next fsync, close or write).
+   */
+  async quiesce (path: string, options: { report?: boolean } = {}): Promise<void> {
+    const failed = await this.#mounts.get(path)?.writes.settleAccepted()
+    if (failed !== undefined && options.report === true) {
+      const cause = failed.error
+      throw new GalleonError('IO_ERROR', `a write acknowledged through the mount at ${path} failed to reach the volume (${(cause as Error)?.message ?? String(cause)}); its writers get EIO at their next fsync or close, and the mount keeps failing writes until it is mounted again`, { cause })
+    }
   }
 
   /**

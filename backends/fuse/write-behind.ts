@@ -10,7 +10,7 @@ const WRITE_BEHIND_BYTES = 16 * 1024 * 1024
  * reads wait for the writes they overlap, and a failure is kept for the next drain().
  */
 export class WriteBehind {
-  readonly #pending = new Set<{ start: number, end: number, done: Promise<void> }>()
+  readonly #pending = new Set<{ start: number, end: number, done: Promise<void>, failed?: { error: unknown } }>()
   #bytes = 0
   #failure: unknown
 
@@ -27,8 +27,11 @@ export class WriteBehind {
     if (this.#failure !== undefined) throw this.#failure
     while (this.#bytes >= WRITE_BEHIND_BYTES) await Promise.race([...this.#pending].map(async (entry) => await entry.done))
     const before = storeKeepsOrder ? [] : this.#overlapping(start, start + data.byteLength)
-    const entry = { start, end: start + data.byteLength, done: Promise.resolve() }
-    entry.done = (before.length === 0 ? store(start, data) : Promise.all(before).then(async () => { await store(start, data) })).catch((err: unknown) => { this.#failure ??= err }).finally(() => {
+    const entry: { start: number, end: number, done: Promise<void>, failed?: { error: unknown } } = { start, end: start + data.byteLength, done: Promise.resolve() }
+    entry.done = (before.length === 0 ? store(start, data) : Promise.all(before).then(async () => { await store(start, data) })).catch((err: unknown) => {
+      this.#failure ??= err
+      entry.failed = { error: err }
+    }).finally(() => {
       this.#pending.delete(entry)
       this.#bytes -= data.byteLength
     })
@@ -55,9 +58,15 @@ export class WriteBehind {
   /** What failed in the background, if anything. */
   get failure (): unknown { return this.#failure }
 
-  /** Waits until nothing is pending, without reporting failures (those are the mount's writers' to hear). */
-  async settleAll (): Promise<void> {
-    while (this.#pending.size > 0) await Promise.all([...this.#pending].map(async (entry) => await entry.done))
+  /**
+   * Waits for the writes accepted so far (those accepted meanwhile are not waited for: a process
+   * that keeps writing does not hold up a snapshot or a flush), and returns what one of them
+   * failed with, if one did (undefined otherwise).
+   */
+  async settleAccepted (): Promise<{ error: unknown } | undefined> {
+    const accepted = [...this.#pending]
+    if (accepted.length > 0) await Promise.all(accepted.map(async (entry) => await entry.done))
+    return accepted.find((entry) => entry.failed !== undefined)?.failed
   }
 
   #overlapping (start: number, end: number): Array<Promise<void>> {

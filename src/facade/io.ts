@@ -6,6 +6,7 @@ import { LIVE } from '../engine/block-map.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
 import { MAX_IO_BYTES } from '../engine/io-checks.js'
 import type { View, VolumeBlocks } from '../engine/engine.js'
+import { mountControl } from '../mount/mount-manager.js'
 import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
 import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
 import type { AccessGuard } from './access-guard.js'
@@ -344,6 +345,10 @@ export class VolumeIO {
       if (denied !== undefined) await denied
     }
     const record = vol === undefined ? undefined : host.catalog.resolve(vol)
+    // Writes a mount acknowledged but has not handed to the volume yet (its write-behind) are
+    // flushed too, as sync(1) writes back a file system's dirty pages; one of them that failed
+    // fails the flush (it cannot be made durable).
+    await mountControl(host.mounts).quiesce(record?.id, { report: true })
     if (record !== undefined && host.replication?.forwards(record.id) === true) {
       await this.#bridge.forward(record, { op: 'flush' })
       return

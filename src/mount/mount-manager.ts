@@ -82,9 +82,10 @@ export class MountManager {
           }
         })
       },
-      quiesce: async (volumeId) => {
-        for (const state of this.#ofVolume(volumeId)) {
-          if (!state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path)
+      quiesce: async (volumeId, options) => {
+        const states = volumeId === undefined ? [...this.#mounts.values()] : this.#ofVolume(volumeId)
+        for (const state of states) {
+          if (!state.mount.readOnly) await this.#driver.quiesce?.(state.mount.path, options)
         }
       },
       settled: async () => { await this.#serial(async () => {}) },

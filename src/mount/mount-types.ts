@@ -105,8 +105,12 @@ export interface MountControl {
   snapshotFiles: (of: { snapshotId: string } | { volumeId: string }) => number
   /** Unmounts every mount of a volume (or of one of its snapshots), closing their files, and forgets the files open straight on its snapshots (deletions with force). */
   release: (volumeId: string, snapshotId?: string) => Promise<void>
-  /** Waits until every write acknowledged through the volume's mounts is in the volume (before a snapshot). */
-  quiesce: (volumeId: string) => Promise<void>
+  /**
+   * Waits until every write acknowledged so far through the volume's mounts (every volume's, when
+   * undefined) is in the volume: before a snapshot, and a flush. With `report`, rejects (IO_ERROR)
+   * if one of those writes failed (see MountDriver.quiesce).
+   */
+  quiesce: (volumeId: string | undefined, options?: { report?: boolean }) => Promise<void>
   /** Unmounts everything (at close). */
   close: () => Promise<void>
   /** Resolves once mounts and unmounts already started have finished. */
