@@ -10,13 +10,13 @@ import type { KeyManager } from '../crypto/key-manager.js'
 import type { BackupTarget, BlockStore } from '../drivers.js'
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import type { GalleonFS } from '../galleonfs.js'
-import { GalleonError } from '../errors.js'
 import { MountManager, mountControl } from '../mount/mount-manager.js'
 import { DEFAULT_NAMESPACE, type Catalog, type MetadataDatabase } from '../volumes/catalog.js'
 import { PoolManager } from '../volumes/pools.js'
 import { AccessApi } from './access-api.js'
 import { AccessGuard, type CallContext } from './access-guard.js'
 import { BackupApi } from './backup-api.js'
+import { assertNothingAttached } from './backups.js'
 import { ClusterMembership } from './cluster.js'
 import { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeHost } from './host.js'
@@ -164,14 +164,12 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   const io = new VolumeIO(host, gate, bridge, snapshots, membership)
   catalog.currentNamespace = () => context.getStore()?.principal?.namespace ?? DEFAULT_NAMESPACE
   mounts = new MountManager(parts.mountDriver, new MountBridge(host, gate, instance).mountHost())
-  // A restore claims its volume in `restoring`, then checks that nothing mounted it meanwhile: a
-  // mount checks the claim (see MountBridge), so one of the two is refused, whichever comes first.
+  // A restore claims its volume in `restoring`, then checks that nothing mounted or opened it for
+  // writing meanwhile: those check the claim (see MountBridge), so one of the two is refused,
+  // whichever comes first.
   const backups = new BackupManager(instance, parts.backupTarget, parts.keys, () => clock.now(), metadata, {
     claims: restoring,
-    assertUnmounted: (volumeId) => {
-      const mounted = mountControl(mounts).mountsOf(volumeId)
-      if (mounted.length > 0) throw new GalleonError('BUSY', `volume ${mounted[0]?.volumeName ?? volumeId} was mounted (${mounted.map((m) => m.path).join(', ')}) as the restore began; unmount it before restoring a backup over it`)
-    }
+    assertUnmounted: (volumeId) => { assertNothingAttached(mountControl(mounts), volumeId, recordById(catalog, volumeId)?.name ?? volumeId, 'as the restore began') }
   })
   const scheduler = new BackupScheduler(instance, metadata, clock, parts.timers, (fn) => context.exit(fn))
   return {

@@ -9,7 +9,7 @@ import type { BackupPolicy, BackupPolicyOptions, BackupPolicyRun } from '../back
 import type { Volume } from '../types.js'
 import { checkNamespace } from '../volumes/catalog.js'
 import type { Facade } from './assembly.js'
-import { backupObject, findBackup } from './backups.js'
+import { assertNothingAttached, backupObject, findBackup } from './backups.js'
 import type { VolumeRef } from './refs.js'
 
 /** GalleonFS's calls on backups and backup policies (see their documentation there). */
@@ -76,8 +76,8 @@ export class BackupApi {
       const into = this.#f.gate.refObject(options.volume)
       const denied = this.#f.gate.check('restoreBackup', 'volume:write', into.object, into.label)
       if (denied !== undefined) await denied
-      const mounts = await this.#f.gate.nested(async () => this.#f.catalog.resolve(options.volume)).then((record) => mountControl(this.#f.mounts).mountsOf(record.id), () => [])
-      if (mounts.length > 0) throw new GalleonError('BUSY', `volume ${mounts[0]?.volumeName} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it before restoring a backup over it`)
+      const record = await this.#f.gate.nested(async () => this.#f.catalog.resolve(options.volume)).catch(() => undefined)
+      if (record !== undefined) assertNothingAttached(mountControl(this.#f.mounts), record.id, record.name)
     } else {
       const namespace = options?.namespace ?? this.#f.catalog.currentNamespace()
       checkNamespace(namespace)

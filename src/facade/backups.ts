@@ -3,7 +3,8 @@
 
 import { EVERY_VOLUME, type AccessObject, type Verb } from '../access/access-control.js'
 import type { Backup, BackupManager, BackupTargetRef } from '../backup/manager.js'
-import { errorCode } from '../errors.js'
+import { GalleonError, errorCode } from '../errors.js'
+import type { MountControl } from '../mount/mount-manager.js'
 import type { AccessGuard } from './access-guard.js'
 
 /**
@@ -23,4 +24,19 @@ export async function findBackup (gate: AccessGuard, backups: BackupManager, act
 /** A backup's source volume as an access object (its namespace and name at backup time). */
 export function backupObject (backup: Backup): AccessObject {
   return { namespace: backup.volumeNamespace, volume: backup.volumeName }
+}
+
+/**
+ * BUSY when something other than the restore would see or change a volume a restore is about to
+ * write over: a mount of the volume (read-only too: it would show the volume half restored; a
+ * mount of one of its snapshots does not), or a writer that is not a mount (a writable file open
+ * straight on it, an NBD client connected read-write), as a revert refuses one. `when` says when
+ * it was found (the restore's second check, once it has claimed the volume).
+ */
+export function assertNothingAttached (control: MountControl, volumeId: string, volumeName: string, when = ''): void {
+  const mounted = control.mountsOf(volumeId).filter((mount) => mount.snapshotId === undefined)
+  const at = when === '' ? '' : ` ${when}`
+  if (mounted.length > 0) throw new GalleonError('BUSY', `volume ${volumeName} is mounted (${mounted.map((m) => m.path).join(', ')})${at}; unmount it before restoring a backup over it`)
+  const writers = control.directWriters(volumeId)
+  if (writers > 0) throw new GalleonError('BUSY', `volume ${volumeName} has ${writers} writer(s)${at}: writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before restoring a backup over it`)
 }

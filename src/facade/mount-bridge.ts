@@ -81,6 +81,10 @@ export class MountBridge {
     if (record.state === VolumeState.Deleting || this.#host.goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (snapshot !== undefined && this.#host.goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
     if (snapshot === undefined && this.#host.reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
+    // As during a revert: nothing new mounts or opens the volume (an NBD client is served it
+    // read-only) while a restore writes into it, so nothing shows it half restored or writes into
+    // it meanwhile; the restore, once it has claimed the volume, checks for those that came before.
+    if (snapshot === undefined && this.#host.restoring.has(record.id)) throw new GalleonError('BUSY', `a backup is being restored into volume ${record.name}; mount or open it once the restore has finished`)
     const context = this.#host.context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#host.context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
@@ -115,7 +119,6 @@ export class MountBridge {
       // copies) changes unseen here. Otherwise the volume's own change stamp: a write to another
       // volume leaves it (a mount's read-ahead and data's mtime stay).
       version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : blocks().changed,
-      restoring: () => snapshot === undefined && this.#host.restoring.has(record.id),
       io: {
         read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)),
         write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),

@@ -148,7 +148,6 @@ export class MountManager {
     return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
       const target = this.#host.target(ref)
-      assertNotRestoring(target)
       // A word of the storage class the driver does not apply is refused, as the call's are: the
       // mount would not be what the class says (a class stored by an earlier release may hold any).
       checkClassWordsForMount(target, this.acceptedOptions, this.#driver.name)
@@ -230,8 +229,9 @@ export class MountManager {
       this.#pending.set(mount.id, state)
       try {
         // A restore that claimed the volume meanwhile finds this mount pending and is refused, or
-        // claimed it before: then this mount is (so a mount never shows a volume half restored).
-        assertNotRestoring(this.#host.target(ref))
+        // claimed it before: then this mount is (target() refuses it), so a mount never shows a
+        // volume half restored.
+        this.#host.target(ref)
         await this.#driver.mount(presented)
         this.#add(state)
       } finally {
@@ -439,9 +439,4 @@ export class MountManager {
   async #serial<T> (task: () => Promise<T>): Promise<T> {
     return await this.#queue.run(task)
   }
-}
-
-/** BUSY while a restoreBackup writes into the volume (the README: a mounted volume is not restored over). */
-function assertNotRestoring (target: MountTarget): void {
-  if (target.restoring?.() === true) throw new GalleonError('BUSY', `a backup is being restored into volume ${target.volumeName}; mount it once the restore has finished`)
 }

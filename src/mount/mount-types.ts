@@ -62,8 +62,6 @@ export interface MountTarget {
   readonly size: () => number
   /** See MountedVolume.data.version. */
   readonly version: () => number | undefined
-  /** Whether a restoreBackup is writing into this (live) volume now: it is not mounted meanwhile. */
-  readonly restoring?: () => boolean
   /** Reads, writes and flushes of this target, acting as the caller who resolved it. */
   readonly io: Omit<VolumeFileIo, 'size'>
   readonly readme: () => string

@@ -1,0 +1,191 @@
+// Review r52: a restoreBackup into an existing volume against the other ways into it. A mount is
+// refused while the restore writes, and refuses it (4e909ee); so are writers of the volume that are
+// not mounts (a writable VolumeFile, an NBD client connected read-write, which holds one), as a
+// revert refuses them, and nothing new opens the volume while the restore writes into it.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { GalleonFS } from '../src/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { NbdServer } from '../backends/nbd/index.js'
+import { delegatingTarget } from './support/backup-targets.js'
+
+const exec = promisify(execFile)
+
+let root: string
+before(async () => { root = await mkdtemp(join(tmpdir(), 'r52-restore-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+
+const code = (err: unknown): string => `${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`
+
+/** An instance whose target holds, while `hold` is set, the restore's chunk reads after the first. */
+async function heldRestore (name: string): Promise<{ g: GalleonFS, hold: () => { reached: Promise<void>, release: () => void } }> {
+  const directory = new DirectoryBackupTarget({ path: join(root, `${name}-target`) })
+  let gate: { reached: () => void, held: Promise<void> } | undefined
+  let reads = 0
+  const target = delegatingTarget(directory, 'held', {
+    getChunk: async (id) => {
+      if (gate !== undefined && ++reads === 2) { gate.reached(); await gate.held }
+      return await directory.getChunk(id)
+    }
+  })
+  const g = await GalleonFS.open({ storagePath: join(root, name), backupTarget: target })
+  return {
+    g,
+    hold: () => {
+      let release!: () => void
+      let reached!: () => void
+      const atHold = new Promise<void>((resolve) => { reached = resolve })
+      gate = { reached, held: new Promise((resolve) => { release = resolve }) }
+      reads = 0
+      return { reached: atHold, release: () => { gate = undefined; release() } }
+    }
+  }
+}
+
+/** Bytes of volume v: 16 chunks of a backup, more than a restore reads at once (8). */
+const SIZE = 16 << 20
+
+/** A volume v, backed up full of random bytes, then overwritten with 7s. */
+async function backedUp (g: GalleonFS): Promise<{ id: string, backed: Uint8Array, current: Uint8Array }> {
+  await g.createVolume({ name: 'v', sizeBytes: SIZE })
+  const backed = new Uint8Array(randomBytes(SIZE))
+  await g.write('v', 0, backed)
+  const { id } = await g.createBackup('v', { strategy: 'full' })
+  const current = new Uint8Array(SIZE).fill(7)
+  await g.write('v', 0, current)
+  return { id, backed, current }
+}
+
+describe('r52: restoreBackup into an existing volume and the volume\'s writers that are not mounts', () => {
+  it('a restore into a volume with a writable file open straight on it is refused with BUSY and changes nothing; closed, the restore goes through', async () => {
+    const { g } = await heldRestore('writer')
+    try {
+      const { id, backed, current } = await backedUp(g)
+      const file = await g.mounts.openVolumeFile('v')
+      await assert.rejects(g.restoreBackup(id, { volume: 'v' }), (err) => /^BUSY: .*writer/.test(code(err)))
+      assert.deepEqual(await g.read('v', 0, SIZE), current)
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name).filter((name) => name.startsWith('pre-restore-')), [])
+      await file.close()
+      await g.restoreBackup(id, { volume: 'v' })
+      assert.deepEqual(await g.read('v', 0, SIZE), backed)
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a restore that finds a writable file opened after its first check, once it claims the volume, is refused with BUSY and changes nothing', async () => {
+    const directory = new DirectoryBackupTarget({ path: join(root, 'late-writer-target') })
+    // The restore's own read of the manifest (the second; the first finds the backup, before the
+    // restore's first check) waits while held: the file opens between that check and the claim.
+    let manifestReads = 0
+    let held: Promise<void> | undefined
+    let release!: () => void
+    let reached!: () => void
+    const atHold = new Promise<void>((resolve) => { reached = resolve })
+    const target = delegatingTarget(directory, 'held', {
+      getManifest: async (id) => {
+        if (held !== undefined && ++manifestReads === 2) { reached(); await held }
+        return await directory.getManifest(id)
+      }
+    })
+    const g = await GalleonFS.open({ storagePath: join(root, 'late-writer'), backupTarget: target })
+    try {
+      const { id, current } = await backedUp(g)
+      held = new Promise((resolve) => { release = resolve })
+      const restoring = g.restoreBackup(id, { volume: 'v' }).then(() => 'restored', code)
+      await atHold
+      const file = await g.mounts.openVolumeFile('v')
+      release()
+      assert.match(await restoring, /^BUSY: .*writer/)
+      assert.deepEqual(await g.read('v', 0, SIZE), current, 'the volume with a writer was not restored over')
+      assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name).filter((name) => name.startsWith('pre-restore-')), [])
+      await file.close()
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('while a restore writes into a volume, openVolumeFile of it is refused with BUSY, writable or not, and an NBD client is served it read-only; afterwards both work', async () => {
+    const { g, hold } = await heldRestore('during')
+    const server = await NbdServer.listen(g, { host: '127.0.0.1', port: 0 })
+    let release = (): void => {}
+    try {
+      const { id, backed } = await backedUp(g)
+      const held = hold()
+      release = held.release
+      const reached = held.reached
+      const restoring = g.restoreBackup(id, { volume: 'v' })
+      restoring.catch(() => {})
+      await reached
+      await assert.rejects(g.mounts.openVolumeFile('v'), (err) => /^BUSY: .*restor/.test(code(err)))
+      await assert.rejects(g.mounts.openVolumeFile('v', { readOnly: true }), (err) => /^BUSY: .*restor/.test(code(err)))
+      const during = JSON.parse((await exec('nbdinfo', ['--json', `nbd://127.0.0.1:${server.port}/v`])).stdout) as { exports: Array<{ is_read_only: boolean }> }
+      assert.equal(during.exports[0]?.is_read_only, true, 'an NBD client connecting while the restore writes may not write')
+      release()
+      await restoring
+      assert.deepEqual(await g.read('v', 0, SIZE), backed)
+      const after = JSON.parse((await exec('nbdinfo', ['--json', `nbd://127.0.0.1:${server.port}/v`])).stdout) as { exports: Array<{ is_read_only: boolean }> }
+      assert.equal(after.exports[0]?.is_read_only, false)
+      await (await g.mounts.openVolumeFile('v')).close()
+    } finally {
+      release()
+      await server.close()
+      await g.close()
+    }
+  })
+
+  it('a restore cancelled while it writes releases the volume: it is put back, and mounts and writable files work again', async () => {
+    const { g, hold } = await heldRestore('cancel')
+    let release = (): void => {}
+    try {
+      const { id, current } = await backedUp(g)
+      const held = hold()
+      release = held.release
+      const reached = held.reached
+      const controller = new AbortController()
+      const restoring = g.restoreBackup(id, { volume: 'v', signal: controller.signal }).then(() => 'restored', code)
+      await reached
+      await assert.rejects(g.mounts.mountVolume('v', join(root, 'cancel-m')), (err) => /^BUSY: .*restor/.test(code(err)))
+      controller.abort()
+      release()
+      assert.match(await restoring, /^CANCELLED/)
+      assert.deepEqual(await g.read('v', 0, SIZE), current, 'put back as it was')
+      await g.mounts.mountVolume('v', join(root, 'cancel-m'))
+      await g.mounts.unmountVolume(join(root, 'cancel-m'))
+      await (await g.mounts.openVolumeFile('v')).close()
+    } finally {
+      release()
+      await g.close()
+    }
+  })
+
+  it('a mount of a snapshot of the volume, made before or while the restore writes, does not refuse it (it never shows the volume)', async () => {
+    const { g, hold } = await heldRestore('snapshot-mount')
+    let release = (): void => {}
+    try {
+      const { id, backed } = await backedUp(g)
+      await g.createSnapshot('v', 's1')
+      await g.createSnapshot('v', 's2')
+      await g.mounts.mountVolume({ volume: 'v', snapshot: 's1' }, join(root, 'snapshot-mount-1'))
+      const held = hold()
+      release = held.release
+      const restoring = g.restoreBackup(id, { volume: 'v' })
+      await held.reached
+      await g.mounts.mountVolume({ volume: 'v', snapshot: 's2' }, join(root, 'snapshot-mount-2'))
+      release()
+      await restoring
+      assert.deepEqual(await g.read('v', 0, SIZE), backed)
+      assert.equal(g.mounts.listMounts().length, 2)
+    } finally {
+      release()
+      await g.close()
+    }
+  })
+})
