@@ -188,4 +188,37 @@ describe('r52: restoreBackup into an existing volume and the volume\'s writers t
       await g.close()
     }
   })
+
+  it('a restore that fails after a writable file was tried during it puts the volume back (the file was refused, so nothing keeps the put-back revert from running)', async () => {
+    const directory = new DirectoryBackupTarget({ path: join(root, 'failing-target') })
+    let reads = 0
+    let held: Promise<void> | undefined
+    let release = (): void => {}
+    let reached!: () => void
+    const atHold = new Promise<void>((resolve) => { reached = resolve })
+    // The second chunk read waits while held, then fails: the restore fails half-way.
+    const target = delegatingTarget(directory, 'failing', {
+      getChunk: async (id) => {
+        if (held !== undefined && ++reads === 2) { reached(); await held; throw new Error('injected chunk read failure') }
+        return await directory.getChunk(id)
+      }
+    })
+    const g = await GalleonFS.open({ storagePath: join(root, 'failing'), backupTarget: target })
+    try {
+      const { id, current } = await backedUp(g)
+      held = new Promise((resolve) => { release = resolve })
+      const restoring = g.restoreBackup(id, { volume: 'v' }).then(() => 'restored', code)
+      await atHold
+      const opened = await g.mounts.openVolumeFile('v').then(() => 'opened', code)
+      release()
+      assert.match(await restoring, /injected chunk read failure/)
+      // Before, the file was opened, the put-back revert was refused for its writer, and the
+      // volume was left refusing all I/O as half restored.
+      assert.deepEqual(await g.read('v', 0, SIZE), current, 'put back as it was')
+      assert.match(opened, /^BUSY/)
+    } finally {
+      release()
+      await g.close()
+    }
+  })
 })
