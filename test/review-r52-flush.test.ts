@@ -39,13 +39,14 @@ describe('r52: flush(vol) and the writes a FUSE mount acknowledged', { skip }, (
   it('flush(vol) returns once the writes the mount acknowledged before it are in the volume (here held back by a QoS limit)', async () => {
     const g = await GalleonFS.open({ storagePath: join(root, 'limited'), mount: 'fuse' })
     const mnt = join(root, 'limited-m')
+    let session: ReturnType<typeof pythonSession> | undefined
     try {
       await g.createVolume({ name: 'v', sizeBytes: '1M' })
       // Two writes a second: the writes wait for the limit long after the mount acknowledged them
       // (reads have no limit, so the test's reads do not queue behind them).
       await g.setQoSPolicy('v', { limits: { writeIops: 2 } })
       await g.mounts.mountVolume('v', mnt)
-      const writer = pythonSession(WRITER, join(mnt, 'data'), '6')
+      const writer = session = pythonSession(WRITER, join(mnt, 'data'), '6')
       await writer.next(1)
       await g.flush('v')
       for (let i = 0; i < 6; i++) {
@@ -56,6 +57,8 @@ describe('r52: flush(vol) and the writes a FUSE mount acknowledged', { skip }, (
       await writer.next(2)
       assert.equal(writer.lines[1], 'closed')
     } finally {
+      // Before the instance closes: a writer left with data open would hang on the unserved mount.
+      await session?.kill()
       await g.close()
     }
   })
@@ -65,11 +68,12 @@ describe('r52: flush(vol) and the writes a FUSE mount acknowledged', { skip }, (
     const { store, control } = await slowStore(storage, 50)
     const g = await GalleonFS.open({ storagePath: storage, blockStore: store, mount: 'fuse' })
     const mnt = join(root, 'failing-m')
+    let session: ReturnType<typeof pythonSession> | undefined
     try {
       await g.createVolume({ name: 'v', sizeBytes: '1M' })
       await g.mounts.mountVolume('v', mnt)
       control.failing = true
-      const writer = pythonSession(WRITER, join(mnt, 'data'), '1')
+      const writer = session = pythonSession(WRITER, join(mnt, 'data'), '1')
       await writer.next(1)
       await assert.rejects(g.flush('v'), (err: Error & { code?: string }) => err.code === 'IO_ERROR' && err.message.includes(mnt))
       control.failing = false
@@ -80,6 +84,7 @@ describe('r52: flush(vol) and the writes a FUSE mount acknowledged', { skip }, (
       await g.flush('v')
     } finally {
       control.failing = false
+      await session?.kill()
       await g.close()
     }
   })
@@ -87,11 +92,12 @@ describe('r52: flush(vol) and the writes a FUSE mount acknowledged', { skip }, (
   it('a flush and a snapshot of a volume that a process keeps writing through its mount finish while it writes', async () => {
     const g = await GalleonFS.open({ storagePath: join(root, 'busy'), mount: 'fuse' })
     const mnt = join(root, 'busy-m')
+    let session: ReturnType<typeof pythonSession> | undefined
     try {
       await g.createVolume({ name: 'v', sizeBytes: '16M' })
       await g.mounts.mountVolume('v', mnt)
       // Writes 128 KiB after 128 KiB over the volume, round and round, until told to stop.
-      const writer = pythonSession(`
+      const writer = session = pythonSession(`
 import os, sys, select
 fd = os.open(sys.argv[1], os.O_WRONLY)
 chunk, at, n = b'\\x5a' * 131072, 0, 0
@@ -112,6 +118,8 @@ print('stopped', flush=True)
       await until('the writer stopped', () => writer.lines.at(-1) === 'stopped')
       assert.deepEqual(done.sort(), ['flush', 'snapshot'])
     } finally {
+      // Before the instance closes: a writer left with data open would hang on the unserved mount.
+      await session?.kill()
       await g.close()
     }
   })
