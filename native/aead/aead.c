@@ -11,6 +11,8 @@
 // failed authentication the output of that block is zeroed: unauthenticated plaintext never
 // reaches JavaScript.
 
+#include <errno.h>
+#include <fcntl.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -27,7 +29,7 @@
 #define MAX_ARGS 8
 #define MAX_BUFFERS 64
 // Bumped whenever a function is added or its contract changes (src/crypto/native-aead.ts checks it).
-#define ADDON_VERSION 3
+#define ADDON_VERSION 4
 // Largest plaintext and aad accepted (far above a block; keeps lengths within an int).
 #define MAX_DATA (1u << 30)
 #define MAX_AAD (1u << 20)
@@ -688,6 +690,38 @@ static napi_value call_with_signals_blocked(napi_env env, napi_callback_info inf
   return status == napi_ok ? result : NULL;
 }
 
+/*
+ * setCloseOnExec(fd) -> boolean: sets FD_CLOEXEC on the descriptor and returns whether it was set
+ * already. Not encryption, but the one native piece GalleonFS has: Node offers no fcntl, and
+ * libfuse (opening /dev/fuse) and LevelDB (LOCK, LOG, logs) open descriptors without close-on-exec,
+ * so every child process would inherit them (src/close-on-exec.ts). fd must be an integer from 0 to
+ * INT_MAX (TypeError / RangeError otherwise); a descriptor that is not open throws an Error whose
+ * code is the errno name (EBADF).
+ */
+static napi_value set_close_on_exec(napi_env env, napi_callback_info info) {
+  napi_value argv[MAX_ARGS];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  napi_valuetype type;
+  double number = -1;
+  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_number || napi_get_value_double(env, argv[0], &number) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "the descriptor must be a number");
+    return NULL;
+  }
+  if (!(number >= 0 && number <= 2147483647.0) || number != (double)(int)number) return throw_range(env, "the descriptor must be an integer from 0 to 2147483647");
+  int fd = (int)number;
+  int flags = fcntl(fd, F_GETFD);
+  if (flags == -1 || ((flags & FD_CLOEXEC) == 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == -1)) {
+    int error = errno;
+    char message[128];
+    snprintf(message, sizeof message, "fcntl on descriptor %d failed: %s", fd, strerror(error));
+    napi_throw_error(env, error == EBADF ? "EBADF" : "ERR_GALLEONFS_FCNTL", message);
+    return NULL;
+  }
+  napi_value result;
+  napi_get_boolean(env, (flags & FD_CLOEXEC) != 0, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_property_descriptor properties[] = {
     { "keyHandle", NULL, key_handle, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -697,6 +731,7 @@ NAPI_MODULE_INIT() {
     { "openRefs", NULL, open_refs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "openRefsAsync", NULL, open_refs_async, NULL, NULL, NULL, napi_enumerable, NULL },
     { "callWithSignalsBlocked", NULL, call_with_signals_blocked, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "setCloseOnExec", NULL, set_close_on_exec, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   // The interface version: the loader refuses a build of another one (say, left from an older checkout).

@@ -32,6 +32,8 @@ export interface NativeAeadAddon {
   openRefsAsync: (key: Uint8Array, nonces: Uint8Array, aads: Uint8Array, aadLength: number, blockLength: number, buffers: Uint8Array[], refs: Float64Array, status: Uint8Array, done: (err: Error | null, failures?: number) => void) => void
   /** Calls `fn` with every signal blocked in this thread (threads it creates inherit that); see aead.c. */
   callWithSignalsBlocked: <T> (fn: () => T) => T
+  /** Sets FD_CLOEXEC on a descriptor; returns whether it was set already (see src/close-on-exec.ts). */
+  setCloseOnExec: (fd: number) => boolean
 }
 
 /**
@@ -87,7 +89,7 @@ function load (): { addon: NativeAeadAddon | undefined, reason: string } {
 }
 
 /** The interface version this code speaks (ADDON_VERSION in native/aead/aead.c). */
-export const ADDON_VERSION = 3
+export const ADDON_VERSION = 4
 
 /**
  * Checks the interface version and the functions, then seals and opens a fixed block with the
@@ -96,7 +98,7 @@ export const ADDON_VERSION = 3
 function selfTest (addon: NativeAeadAddon): boolean {
   try {
     if (addon.version !== ADDON_VERSION) return false
-    for (const name of ['keyHandle', 'seal', 'open', 'sealRefs', 'openRefs', 'openRefsAsync', 'callWithSignalsBlocked'] as const) if (typeof addon[name] !== 'function') return false
+    for (const name of ['keyHandle', 'seal', 'open', 'sealRefs', 'openRefs', 'openRefsAsync', 'callWithSignalsBlocked', 'setCloseOnExec'] as const) if (typeof addon[name] !== 'function') return false
     const key = Uint8Array.from({ length: 32 }, (_, i) => i * 7 + 1)
     const nonce = Uint8Array.from({ length: 12 }, (_, i) => 255 - i)
     const aad = Uint8Array.from({ length: 28 }, (_, i) => i)
