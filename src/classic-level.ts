@@ -1,10 +1,11 @@
 // Loads classic-level on first use, so importing galleonfs never needs its native binding; and checks
 // a LevelDB directory before classic-level opens it.
 
-import { readdir, stat } from 'node:fs/promises'
+import { readdir, realpath, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractLevel, AbstractSublevel } from 'abstract-level'
 import type { ClassicLevel } from 'classic-level'
+import { closeOnExecWhere, underDirectory } from './close-on-exec.js'
 import { GalleonError } from './errors.js'
 import { lazyModule } from './lazy-module.js'
 
@@ -55,4 +56,22 @@ export async function assertLevelDirectoryIntact (location: string, what: string
   }
   if (held.length === 0) return
   throw new GalleonError('CORRUPTION', `${what} at ${location} has lost its CURRENT file but holds ${held.length} LevelDB table or log file(s) (${held.slice(0, 3).join(', ')}${held.length > 3 ? ', ...' : ''}); opening it would start an empty database and delete them. Restore the directory from a copy, or rebuild it with ClassicLevel.repair() (which keeps what it can read), then open it again`)
+}
+
+/**
+ * Sets close-on-exec on the descriptors a ClassicLevel GalleonFS opened at `location` holds (LOCK,
+ * LOG, MANIFEST, the log): LevelDB opens them without it, so every child process of the application
+ * would hold them, keeping the space of those LevelDB later deletes for as long as it lives (its
+ * lock is an fcntl lock, which children do not inherit). Call right after
+ * the open. Files LevelDB opens later (the next log, tables) are not covered. Without the native
+ * addon it does nothing (see src/close-on-exec.ts).
+ */
+export async function closeLevelFilesOnExec (location: string): Promise<void> {
+  let directory: string
+  try {
+    directory = await realpath(location)
+  } catch {
+    return // it was just opened; gone meanwhile leaves nothing of it to mark
+  }
+  closeOnExecWhere(underDirectory(directory))
 }

@@ -6,7 +6,7 @@ import { makeDirectoriesDurably, syncDirectory } from './durable-files.js'
 import { join } from 'node:path'
 import { GalleonError, describe } from './errors.js'
 import { lazyModule } from './lazy-module.js'
-import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
+import { assertLevelDirectoryIntact, closeLevelFilesOnExec, loadClassicLevel, type AnyLevelDatabase } from './classic-level.js'
 import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drivers.js'
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
@@ -233,6 +233,8 @@ async function openStorageMetadata (storagePath: string, backend: string, blockS
   } catch (err) {
     throw await metadataOpenError(err, storagePath)
   }
+  // LevelDB opens its files without close-on-exec: every child process would hold them.
+  await closeLevelFilesOnExec(location)
   // LevelDB renames a new CURRENT into place at every open without syncing the directory: until its
   // next manifest sync a power loss brings the old CURRENT back, naming a manifest whose deletion
   // is not durable either, or, in a new database, one whose bytes were never synced (unopenable).

@@ -7,6 +7,7 @@ import { access, constants } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { childEnvironment } from '../../src/child-env.js'
 import { GalleonError } from '../../src/errors.js'
+import { closeOnExecWhere, descriptorsWhere } from '../../src/close-on-exec.js'
 import { nativeAead } from '../../src/crypto/native-aead.js'
 import { fusermount } from './fusermount.js'
 
@@ -75,6 +76,11 @@ const GUARDED = Symbol.for('galleonfs.fuseThreadsGuarded')
  * libuv's SIGCHLD handler took libuv's signal lock with it, and the process never reaped a child
  * again (seen as a test waiting for ever on a python child left a zombie). Without the addon
  * (not built, or GALLEONFS_NATIVE_AEAD=0) the threads start as fuse-native starts them.
+ * The same wrapper sets close-on-exec on the /dev/fuse descriptor the mount opened (libfuse opens
+ * it without): a child process that inherited it would keep the FUSE connection alive after this
+ * process died, so the mount would never be torn down and whatever uses it would hang. Only
+ * descriptors that appeared during the mount call are touched (the call is synchronous; the
+ * application may hold /dev/fuse descriptors of its own).
  * Returns whether the guard is in place.
  */
 export function guardFuseThreads (): boolean {
@@ -83,9 +89,20 @@ export function guardFuseThreads (): boolean {
   const binding = fuseBinding() as { fuse_native_mount: (...args: unknown[]) => unknown, [GUARDED]?: true }
   if (binding[GUARDED] === true) return true
   const mount = binding.fuse_native_mount
-  binding.fuse_native_mount = (...args: unknown[]) => addon.callWithSignalsBlocked(() => mount.apply(binding, args))
+  binding.fuse_native_mount = (...args: unknown[]) => addon.callWithSignalsBlocked(() => {
+    const before = descriptorsWhere(isFuseDevice)
+    try {
+      return mount.apply(binding, args)
+    } finally {
+      closeOnExecWhere(isFuseDevice, before)
+    }
+  })
   binding[GUARDED] = true
   return true
+}
+
+function isFuseDevice (target: string): boolean {
+  return target === '/dev/fuse'
 }
 
 /** fuse-native's own last step of an unmount: stops its thread for `path`. */

@@ -9,7 +9,7 @@ import { latchLevelWrites } from '../../src/level-write-latch.js'
 import { syncLevelDirectoryOnSyncedWrites } from '../../src/level-directory-sync.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes, describe, plainView } from '../../src/errors.js'
-import { assertLevelDirectoryIntact, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
+import { assertLevelDirectoryIntact, closeLevelFilesOnExec, loadClassicLevel, type AnyLevelDatabase } from '../../src/classic-level.js'
 import { makeDirectoriesDurably, syncDirectory } from '../../src/durable-files.js'
 
 /** Any abstract-level database (classic-level, memory-level, a sublevel of either); keys and values are encoded per call. */
@@ -107,6 +107,8 @@ export class LevelBlockStore extends AbstractBlockStore {
         closeDbOnClose ||= db.status === 'closed' || db.status === 'closing'
         await db.open()
       }
+      // LevelDB opens its files without close-on-exec: every child process would hold them.
+      if (this.#givenDb === undefined) await closeLevelFilesOnExec(this.#location as string)
       // LevelDB renames a new CURRENT into place at open without syncing the directory (see open-drivers.ts).
       if (this.#location !== undefined) await syncDirectory(this.#location)
       // The count reads every value: damage in the tables shows here, at open, as CORRUPTION.

@@ -38,7 +38,7 @@ export async function mountsUnder (root: string): Promise<string[]> {
  * process stuck waiting for one goes on or dies) through fusectl, mounted for the purpose if it is
  * not, and detaches the mounts.
  */
-async function abortMountsUnder (root: string): Promise<void> {
+export async function abortMountsUnder (root: string): Promise<void> {
   const mounts = await fuseMountsUnder(root)
   if (mounts.length === 0) return
   const control = '/sys/fs/fuse/connections'
