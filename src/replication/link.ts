@@ -9,6 +9,7 @@ import { LIVE } from '../engine/block-map.js'
 import type { ReplicatedChange } from '../engine/replicator.js'
 import { encodeChanges } from './stream-codec.js'
 import type { ReplicationStatus, SnapshotInfo } from './host.js'
+import type { VolumeSpec } from './records.js'
 import type { Primary } from './primary.js'
 import { APPLY_TIMEOUT_MS, BATCH_MAX_BYTES, DIGEST_BYTES, RESYNC_MESSAGE_BYTES, digestRange, errorText } from './common.js'
 
@@ -334,7 +335,7 @@ export class Link {
     const host = manager.host
     const engine = host.engine
     this.#resyncs++
-    const begin = await this.#call('repl:resync-begin', { spec: primary.setRecord.spec, primary: manager.nodeId })
+    const begin = await this.#call('repl:resync-begin', { spec: specToSend(primary.setRecord.spec, host.blocks(primary.volumeId)), primary: manager.nodeId })
     const theirs = { epoch: begin.header.epoch as number, seq: begin.header.seq as number, snapshots: begin.header.snapshots as string[] }
     const handoff = primary.setRecord.handoff
     const fromStart = this.#fromStart
@@ -490,4 +491,14 @@ export class Link {
       ...(this.#lastError === undefined ? {} : { lastError: this.#lastError })
     }
   }
+}
+
+/**
+ * The spec a new copy is created from: a record written by a release before VolumeSpec.encrypted
+ * lacks the field, and the copy's node would then go by its own class of that name, which may not
+ * encrypt; the primary holds the volume and says it is encrypted, so no plaintext of it reaches
+ * the copy's storage (the record itself is left as it is: nodes of that release rewrite it).
+ */
+function specToSend (spec: VolumeSpec, volume: VolumeBlocks | undefined): VolumeSpec {
+  return spec.encrypted === undefined && volume?.cipher !== undefined ? { ...spec, encrypted: true } : spec
 }

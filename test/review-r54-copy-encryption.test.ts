@@ -1,0 +1,94 @@
+// A copy of an encrypted volume whose cluster record was written by a release before
+// VolumeSpec.encrypted (a rolling upgrade) is encrypted too: the record lacks the field, so the
+// primary, which holds the volume and knows, says so when it creates the copy. In-process nodes
+// on their own disks, a memory network and coordinator.
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern } from '../src/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { parseRecord, recordKey } from '../src/replication/records.js'
+import { until } from './support/wait.js'
+
+const BS = 4096
+const dirs: string[] = []
+const opened: GalleonFS[] = []
+after(async () => {
+  await Promise.allSettled(opened.map(async (g) => await g.close()))
+  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
+})
+
+const MARKER = 'R54-PLAINTEXT-MARKER-'
+const marked = (n: number): Uint8Array => new Uint8Array(Buffer.from(`${MARKER}${String(n).padStart(3, '0')}`.repeat(BS).slice(0, BS)))
+
+async function filesHolding (dir: string, needle: Buffer): Promise<string[]> {
+  const found: string[] = []
+  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue
+    const path = join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name)
+    const bytes = await readFile(path).catch(() => undefined)
+    if (bytes?.includes(needle) === true) found.push(path.slice(dir.length))
+  }
+  return found
+}
+
+interface Node { g: GalleonFS, id: string, dir: string }
+
+async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string): Promise<Node> {
+  const dir = await mkdtemp(join(tmpdir(), `galleon-r54-copy-${id}-`))
+  dirs.push(dir)
+  const g = await GalleonFS.open({
+    storagePath: dir,
+    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, replicaReplacementDelayMs: 1500 }
+  })
+  opened.push(g)
+  return { g, id, dir }
+}
+
+/** Drops `encrypted` from the volume's spec, as a node of a release before the field wrote it. */
+async function asEarlierRelease (coordinators: MemoryCoordinatorCluster, volumeId: string): Promise<void> {
+  const coordinator = coordinators.coordinator()
+  try {
+    const entry = await coordinator.get(recordKey(volumeId))
+    const record = parseRecord(entry?.value ?? '')
+    if (entry === undefined || record === undefined) throw new Error(`volume ${volumeId} has no record`)
+    const { encrypted: _encrypted, ...spec } = record.spec
+    const written = await coordinator.put(recordKey(volumeId), JSON.stringify({ ...record, spec }), { expectRevision: entry.revision })
+    assert.ok(written !== undefined, 'the record changed while the field was dropped')
+  } finally {
+    await coordinator.close()
+  }
+}
+
+describe('review r54: a copy made from a record of an earlier release (no VolumeSpec.encrypted)', () => {
+  it('of an encrypted volume is encrypted, on a node whose class of that name does not encrypt', { timeout: 90_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: Node[] = []
+    for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
+    const n1 = nodes[0] as Node
+    await n1.g.createStorageClass({ name: 'vault-double', parameters: { replication: '2', encryption: 'true' } })
+    for (const node of nodes.slice(1)) await node.g.createStorageClass({ name: 'vault-double', parameters: { replication: '2' } })
+    const volume = await n1.g.createVolume({ name: 'vault', sizeBytes: 16 * BS, storageClass: 'vault-double' })
+    assert.equal(volume.encrypted, true)
+    await until('both copies are in sync', async () => (await n1.g.replicationStatus('vault')).inSync.length === 2, 20_000)
+    await asEarlierRelease(coordinators, volume.id)
+    // The copy's node goes away for good: the leader places a new copy on the third node.
+    const lostId = (await n1.g.replicationStatus('vault')).nodes.find((n) => n !== 'n1') as string
+    await (nodes.find((n) => n.id === lostId) as Node).g.close()
+    const third = nodes.find((n) => n.id !== 'n1' && n.id !== lostId) as Node
+    await until(`a copy on ${third.id} is in sync`, async () => {
+      const s = await n1.g.replicationStatus('vault')
+      return s.inSync.includes(third.id) && s.inSync.length === 2
+    }, 30_000)
+    for (let i = 0; i < 4; i++) await n1.g.writeBlock('vault', i, marked(i), WriteConcern.WriteReplicated)
+    await third.g.flush('vault')
+    const copy = await third.g.getVolume('vault')
+    const leaked = await filesHolding(third.dir, Buffer.from(MARKER))
+    assert.deepEqual({ encrypted: copy.encrypted, leaked }, { encrypted: true, leaked: [] }, `the copy on ${third.id} is stored in the clear`)
+  })
+})
