@@ -92,3 +92,39 @@ describe('review r54: a copy made from a record of an earlier release (no Volume
     assert.deepEqual({ encrypted: copy.encrypted, leaked }, { encrypted: true, leaked: [] }, `the copy on ${third.id} is stored in the clear`)
   })
 })
+
+describe('review r54: a class change recorded by a node of an earlier release (no VolumeSpec.encrypted)', () => {
+  it('leaves an encrypted copy encrypted when its node converts it into a class that does not encrypt there', { timeout: 90_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: Node[] = []
+    for (const id of ['n1', 'n2']) nodes.push(await startNode(network, coordinators, id))
+    await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+    const [n1, n2] = nodes as [Node, Node]
+    for (const name of ['vault-double', 'other-double']) {
+      await n1.g.createStorageClass({ name, parameters: { replication: '2', encryption: 'true' } })
+      await n2.g.createStorageClass({ name, parameters: { replication: '2' } })
+    }
+    const volume = await n1.g.createVolume({ name: 'vault', sizeBytes: 16 * BS, storageClass: 'vault-double' })
+    await until('both copies are in sync', async () => (await n1.g.replicationStatus('vault')).inSync.length === 2, 20_000)
+    assert.equal((await n2.g.getVolume('vault')).encrypted, true)
+    // As a node of the earlier release records a class change: the spec names the class, without the field.
+    const coordinator = coordinators.coordinator()
+    try {
+      const entry = await coordinator.get(recordKey(volume.id))
+      const record = parseRecord(entry?.value ?? '')
+      if (entry === undefined || record === undefined) throw new Error('no record')
+      const { encrypted: _encrypted, ...spec } = record.spec
+      assert.ok(await coordinator.put(recordKey(volume.id), JSON.stringify({ ...record, spec: { ...spec, storageClass: 'other-double' } }), { expectRevision: entry.revision }) !== undefined)
+    } finally {
+      await coordinator.close()
+    }
+    await until('n2\'s copy is in the class', async () => (await n2.g.getVolume('vault')).storageClass === 'other-double', 30_000)
+    await until('both copies are in sync', async () => (await n1.g.replicationStatus('vault')).inSync.length === 2, 20_000)
+    for (let i = 0; i < 4; i++) await n1.g.writeBlock('vault', i, marked(200 + i), WriteConcern.WriteReplicated)
+    await n2.g.flush('vault')
+    const copy = await n2.g.getVolume('vault')
+    const leaked = await filesHolding(n2.dir, Buffer.from(MARKER))
+    assert.deepEqual({ encrypted: copy.encrypted, leaked }, { encrypted: true, leaked: [] }, 'the copy on n2 was converted into the clear')
+  })
+})

@@ -331,7 +331,7 @@ export class ClusterMigrations {
     const storageClass = this.#host.catalog.storageClass(spec.storageClass)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `node ${this.#host.cluster?.nodeId ?? ''} has no storage class ${spec.storageClass}, which volume ${spec.name} moves to; create it on every node of the cluster`)
     const record = this.#host.catalog.resolve(volumeId)
-    const encrypted = copyEncrypted(spec, storageClass)
+    const encrypted = copyEncrypted(spec, storageClass, record.encrypted === true)
     // Like a new copy: counted in this node's pool of the record's name, if it has one.
     const pool = this.#copyPool(record, spec)
     if (encrypted === (record.encrypted === true) && pool === record.pool) {

@@ -22,10 +22,12 @@ export function specOf (record: VolumeRecord): VolumeSpec {
 /**
  * Whether this node's copy of a volume is encrypted: when the volume is (its record says so), or
  * when this node's class of its name encrypts (a copy encrypted where the volume is not leaks
- * nothing; the reverse would store its plaintext here).
+ * nothing; the reverse would store its plaintext here). `current`: whether the copy being
+ * converted is encrypted now; a record that does not say (written by a release before the field)
+ * then keeps it so, since the volume may well be encrypted on its primary.
  */
-export function copyEncrypted (spec: VolumeSpec, localClass: StorageClass): boolean {
-  return spec.encrypted === true || localClass.parameters.encryption === 'true'
+export function copyEncrypted (spec: VolumeSpec, localClass: StorageClass, current = false): boolean {
+  return spec.encrypted === true || localClass.parameters.encryption === 'true' || (spec.encrypted === undefined && current)
 }
 
 /** A volume record as callers see it. */
