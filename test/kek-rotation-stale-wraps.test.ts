@@ -6,11 +6,12 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
+import { filesHolding } from './support/files-holding.js'
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-kek-stale-')) })
@@ -25,16 +26,6 @@ function kms (keyId: string, key: Uint8Array, handedOut: Uint8Array[] = []): Ext
   })
 }
 
-/** Files under `dir` holding `needle`. */
-async function filesHolding (dir: string, needle: Buffer): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (!entry.isFile()) continue
-    const path = join(entry.parentPath ?? (entry as { path?: string }).path ?? dir, entry.name)
-    if ((await readFile(path)).includes(needle)) found.push(path.slice(dir.length))
-  }
-  return found
-}
 
 describe('key-encryption-key rotation to another key provider', () => {
   it('leaves no key wrapped by the old KEK in the storage path\'s files', async () => {

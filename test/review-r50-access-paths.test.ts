@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import { AccessMode, GalleonFS, type BlockStore } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { delegatingTarget } from './support/backup-targets.js'
+import { heldCall } from './support/backup-targets.js'
 import { fuseMissing } from './support/fuse-available.js'
 import { pythonSession } from './support/python-session.js'
 import { until } from './support/wait.js'
@@ -130,20 +130,9 @@ describe('r50: a restore into an existing volume and its mounts', () => {
   })
 
   it('a restore that finds the volume mounted once it claims it (the mount came after its first check) is refused with BUSY, and changes nothing', async () => {
-    const directory = new DirectoryBackupTarget({ path: join(root, 'restore2-target') })
     // The restore's own read of the manifest (the second; the first finds the backup, before the
     // restore checks for mounts) waits while held.
-    let manifestReads = 0
-    let held: Promise<void> | undefined
-    let release!: () => void
-    let reached!: () => void
-    const atHold = new Promise<void>((resolve) => { reached = resolve })
-    const target = delegatingTarget(directory, 'held', {
-      getManifest: async (id) => {
-        if (held !== undefined && ++manifestReads === 2) { reached(); await held }
-        return await directory.getManifest(id)
-      }
-    })
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'restore2-target') }), 'getManifest')
     const g = await GalleonFS.open({ storagePath: join(root, 'restore2'), backupTarget: target })
     try {
       await g.createVolume({ name: 'v', sizeBytes: '4M' })
@@ -151,18 +140,17 @@ describe('r50: a restore into an existing volume and its mounts', () => {
       const backup = await g.createBackup('v', { strategy: 'full' })
       const current = new Uint8Array(1 << 20).fill(7)
       await g.write('v', 0, current)
-      held = new Promise((resolve) => { release = resolve })
+      const held = hold()
       const restoring = g.restoreBackup(backup.id, { volume: 'v' }).then(() => 'restored', (err: Error & { code?: string }) => `${err.code}: ${err.message}`)
-      await atHold
+      await held.reached
       await g.mounts.mountVolume('v', join(root, 'restore2-m'))
-      release()
+      held.release()
       assert.match(await restoring, /^BUSY: .*mounted/)
       assert.deepEqual(await g.read('v', 0, 1 << 20), current, 'the mounted volume was not restored over')
       assert.deepEqual((await g.listSnapshots('v')).map((snapshot) => snapshot.name).filter((name) => name.startsWith('pre-restore-')), [])
       assert.equal(g.mounts.listMounts().length, 1)
       // Unmounted, the same restore goes through.
       await g.mounts.unmountVolume(join(root, 'restore2-m'))
-      held = undefined
       await g.restoreBackup(backup.id, { volume: 'v' })
     } finally {
       await g.close()

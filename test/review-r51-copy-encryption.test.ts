@@ -4,7 +4,6 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type BlockAddress } from '../src/index.js'
 import { FileBlockStore } from '../backends/file/index.js'
@@ -12,23 +11,13 @@ import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../bac
 import { recording } from './support/recording-store.js'
 import { until } from './support/wait.js'
 import { BS, allInSync, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { filesHolding } from './support/files-holding.js'
 
 const { cluster, track, tempDir } = diskCluster('galleon-r51-copy-')
 
 const MARKER = 'R51-PLAINTEXT-MARKER-'
 const marked = (n: number): Uint8Array => new Uint8Array(Buffer.from(`${MARKER}${String(n).padStart(3, '0')}`.repeat(BS).slice(0, BS)))
 
-/** Files under `dir` whose bytes contain `needle`. */
-async function filesHolding (dir: string, needle: Buffer): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (!entry.isFile()) continue
-    const path = join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name)
-    const bytes = await readFile(path).catch(() => undefined)
-    if (bytes?.includes(needle) === true) found.push(path.slice(dir.length))
-  }
-  return found
-}
 
 describe('review r51: the copy of an encrypted volume on a node whose class of that name does not encrypt', () => {
   it('is encrypted too: its node\'s storage never holds the plaintext, and it reads back alone', async () => {

@@ -14,7 +14,7 @@ import { promisify } from 'node:util'
 import { GalleonFS } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { delegatingTarget } from './support/backup-targets.js'
+import { delegatingTarget, heldCall } from './support/backup-targets.js'
 
 const exec = promisify(execFile)
 
@@ -26,27 +26,9 @@ const code = (err: unknown): string => `${(err as { code?: string }).code ?? ''}
 
 /** An instance whose target holds, while `hold` is set, the restore's chunk reads after the first. */
 async function heldRestore (name: string): Promise<{ g: GalleonFS, hold: () => { reached: Promise<void>, release: () => void } }> {
-  const directory = new DirectoryBackupTarget({ path: join(root, `${name}-target`) })
-  let gate: { reached: () => void, held: Promise<void> } | undefined
-  let reads = 0
-  const target = delegatingTarget(directory, 'held', {
-    getChunk: async (id) => {
-      if (gate !== undefined && ++reads === 2) { gate.reached(); await gate.held }
-      return await directory.getChunk(id)
-    }
-  })
+  const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, `${name}-target`) }), 'getChunk')
   const g = await GalleonFS.open({ storagePath: join(root, name), backupTarget: target })
-  return {
-    g,
-    hold: () => {
-      let release!: () => void
-      let reached!: () => void
-      const atHold = new Promise<void>((resolve) => { reached = resolve })
-      gate = { reached, held: new Promise((resolve) => { release = resolve }) }
-      reads = 0
-      return { reached: atHold, release: () => { gate = undefined; release() } }
-    }
-  }
+  return { g, hold }
 }
 
 /** Bytes of volume v: 16 chunks of a backup, more than a restore reads at once (8). */
@@ -81,28 +63,17 @@ describe('r52: restoreBackup into an existing volume and the volume\'s writers t
   })
 
   it('a restore that finds a writable file opened after its first check, once it claims the volume, is refused with BUSY and changes nothing', async () => {
-    const directory = new DirectoryBackupTarget({ path: join(root, 'late-writer-target') })
     // The restore's own read of the manifest (the second; the first finds the backup, before the
     // restore's first check) waits while held: the file opens between that check and the claim.
-    let manifestReads = 0
-    let held: Promise<void> | undefined
-    let release!: () => void
-    let reached!: () => void
-    const atHold = new Promise<void>((resolve) => { reached = resolve })
-    const target = delegatingTarget(directory, 'held', {
-      getManifest: async (id) => {
-        if (held !== undefined && ++manifestReads === 2) { reached(); await held }
-        return await directory.getManifest(id)
-      }
-    })
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'late-writer-target') }), 'getManifest')
     const g = await GalleonFS.open({ storagePath: join(root, 'late-writer'), backupTarget: target })
     try {
       const { id, current } = await backedUp(g)
-      held = new Promise((resolve) => { release = resolve })
+      const held = hold()
       const restoring = g.restoreBackup(id, { volume: 'v' }).then(() => 'restored', code)
-      await atHold
+      await held.reached
       const file = await g.mounts.openVolumeFile('v')
-      release()
+      held.release()
       assert.match(await restoring, /^BUSY: .*writer/)
       assert.deepEqual(await g.read('v', 0, SIZE), current, 'the volume with a writer was not restored over')
       assert.deepEqual((await g.listSnapshots('v')).map((s) => s.name).filter((name) => name.startsWith('pre-restore-')), [])

@@ -5,13 +5,14 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { parseRecord, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
+import { filesHolding } from './support/files-holding.js'
 
 const BS = 4096
 const dirs: string[] = []
@@ -24,16 +25,6 @@ after(async () => {
 const MARKER = 'R54-PLAINTEXT-MARKER-'
 const marked = (n: number): Uint8Array => new Uint8Array(Buffer.from(`${MARKER}${String(n).padStart(3, '0')}`.repeat(BS).slice(0, BS)))
 
-async function filesHolding (dir: string, needle: Buffer): Promise<string[]> {
-  const found: string[] = []
-  for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
-    if (!entry.isFile()) continue
-    const path = join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name)
-    const bytes = await readFile(path).catch(() => undefined)
-    if (bytes?.includes(needle) === true) found.push(path.slice(dir.length))
-  }
-  return found
-}
 
 interface Node { g: GalleonFS, id: string, dir: string }
 

@@ -54,6 +54,34 @@ export function gatedChunks (directory: DirectoryBackupTarget): { target: Backup
   }
 }
 
+/**
+ * A target over `directory` whose `method` call number `nth`, counted from `hold()`, waits until
+ * released: `hold()` arms it and gives the moment that call is reached and its release. (A
+ * restore's second manifest read is its own, after the first check for mounts and writers; its
+ * second chunk read is half-way through its writes.)
+ */
+export function heldCall (directory: DirectoryBackupTarget, method: 'getManifest' | 'getChunk', nth = 2): { target: BackupTarget, hold: () => { reached: Promise<void>, release: () => void } } {
+  let gate: { reached: () => void, held: Promise<void> } | undefined
+  let calls = 0
+  const pass = async (): Promise<void> => {
+    if (gate !== undefined && ++calls === nth) { gate.reached(); await gate.held }
+  }
+  const overrides: Partial<BackupTarget> = method === 'getManifest'
+    ? { getManifest: async (id) => { await pass(); return await directory.getManifest(id) } }
+    : { getChunk: async (id) => { await pass(); return await directory.getChunk(id) } }
+  return {
+    target: delegatingTarget(directory, 'held', overrides),
+    hold: () => {
+      let release!: () => void
+      let reached!: () => void
+      const atHold = new Promise<void>((resolve) => { reached = resolve })
+      gate = { reached, held: new Promise((resolve) => { release = resolve }) }
+      calls = 0
+      return { reached: atHold, release: () => { gate = undefined; release() } }
+    }
+  }
+}
+
 /** The chunks stored on the directory target at `path`. */
 export async function storedChunks (path: string): Promise<Set<string>> {
   const target = new DirectoryBackupTarget({ path })
