@@ -3,41 +3,22 @@
 // primary, which holds the volume and knows, says so when it creates the copy. In-process nodes
 // on their own disks, a memory network and coordinator.
 
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { GalleonFS, WriteConcern } from '../src/index.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { WriteConcern } from '../src/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { parseRecord, recordKey } from '../src/replication/records.js'
 import { until } from './support/wait.js'
 import { filesHolding } from './support/files-holding.js'
+import { diskCluster, type DiskNode } from './support/disk-cluster.js'
 
 const BS = 4096
-const dirs: string[] = []
-const opened: GalleonFS[] = []
-after(async () => {
-  await Promise.allSettled(opened.map(async (g) => await g.close()))
-  await Promise.allSettled(dirs.map(async (dir) => await rm(dir, { recursive: true, force: true })))
-})
 
 const MARKER = 'R54-PLAINTEXT-MARKER-'
 const marked = (n: number): Uint8Array => new Uint8Array(Buffer.from(`${MARKER}${String(n).padStart(3, '0')}`.repeat(BS).slice(0, BS)))
 
 
-interface Node { g: GalleonFS, id: string, dir: string }
-
-async function startNode (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string): Promise<Node> {
-  const dir = await mkdtemp(join(tmpdir(), `galleon-r54-copy-${id}-`))
-  dirs.push(dir)
-  const g = await GalleonFS.open({
-    storagePath: dir,
-    cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, replicaReplacementDelayMs: 1500 }
-  })
-  opened.push(g)
-  return { g, id, dir }
-}
+const { startNode } = diskCluster('galleon-r54-copy-', { replicaReplacementDelayMs: 1500 })
 
 /** Drops `encrypted` from the volume's spec, as a node of a release before the field wrote it. */
 async function asEarlierRelease (coordinators: MemoryCoordinatorCluster, volumeId: string): Promise<void> {
@@ -58,10 +39,10 @@ describe('review r54: a copy made from a record of an earlier release (no Volume
   it('of an encrypted volume is encrypted, on a node whose class of that name does not encrypt', { timeout: 90_000 }, async () => {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()
-    const nodes: Node[] = []
+    const nodes: DiskNode[] = []
     for (const id of ['n1', 'n2', 'n3']) nodes.push(await startNode(network, coordinators, id))
     await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-    const n1 = nodes[0] as Node
+    const n1 = nodes[0] as DiskNode
     await n1.g.createStorageClass({ name: 'vault-double', parameters: { replication: '2', encryption: 'true' } })
     for (const node of nodes.slice(1)) await node.g.createStorageClass({ name: 'vault-double', parameters: { replication: '2' } })
     const volume = await n1.g.createVolume({ name: 'vault', sizeBytes: 16 * BS, storageClass: 'vault-double' })
@@ -70,8 +51,8 @@ describe('review r54: a copy made from a record of an earlier release (no Volume
     await asEarlierRelease(coordinators, volume.id)
     // The copy's node goes away for good: the leader places a new copy on the third node.
     const lostId = (await n1.g.replicationStatus('vault')).nodes.find((n) => n !== 'n1') as string
-    await (nodes.find((n) => n.id === lostId) as Node).g.close()
-    const third = nodes.find((n) => n.id !== 'n1' && n.id !== lostId) as Node
+    await (nodes.find((n) => n.id === lostId) as DiskNode).g.close()
+    const third = nodes.find((n) => n.id !== 'n1' && n.id !== lostId) as DiskNode
     await until(`a copy on ${third.id} is in sync`, async () => {
       const s = await n1.g.replicationStatus('vault')
       return s.inSync.includes(third.id) && s.inSync.length === 2
@@ -88,10 +69,10 @@ describe('review r54: a class change recorded by a node of an earlier release (n
   it('leaves an encrypted copy encrypted when its node converts it into a class that does not encrypt there', { timeout: 90_000 }, async () => {
     const network = new MemoryNetwork()
     const coordinators = new MemoryCoordinatorCluster()
-    const nodes: Node[] = []
+    const nodes: DiskNode[] = []
     for (const id of ['n1', 'n2']) nodes.push(await startNode(network, coordinators, id))
     await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
-    const [n1, n2] = nodes as [Node, Node]
+    const [n1, n2] = nodes as [DiskNode, DiskNode]
     for (const name of ['vault-double', 'other-double']) {
       await n1.g.createStorageClass({ name, parameters: { replication: '2', encryption: 'true' } })
       await n2.g.createStorageClass({ name, parameters: { replication: '2' } })

@@ -7,7 +7,7 @@ import { after } from 'node:test'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS } from '../../src/index.js'
+import { GalleonFS, type ClusterOptions } from '../../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../../backends/memory/index.js'
 import { until } from './wait.js'
 
@@ -29,8 +29,11 @@ export async function allInSync (g: GalleonFS, volume: string, count: number): P
   return s.role === 'primary' && s.inSync.length === count
 }
 
-/** Node helpers for one test file; `prefix` starts the names of its nodes' temp directories. */
-export function diskCluster (prefix: string): {
+/**
+ * Node helpers for one test file; `prefix` starts the names of its nodes' temp directories, and
+ * `options` are cluster options every node gets besides its id, transport and coordinator.
+ */
+export function diskCluster (prefix: string, options: Partial<ClusterOptions> = {}): {
   tempDir: (name: string) => Promise<string>
   startNode: (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, id: string, dir?: string) => Promise<DiskNode>
   cluster: (count: number) => Promise<{ network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodes: DiskNode[] }>
@@ -53,7 +56,7 @@ export function diskCluster (prefix: string): {
     const storagePath = dir ?? await tempDir(`${prefix}${id}-`)
     const g = await GalleonFS.open({
       storagePath,
-      cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 }
+      cluster: { nodeId: id, transport: new MemoryTransport({ network, nodeId: id }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000, ...options }
     })
     opened.push(g)
     for (const event of ['replication:error', 'replication:copy-dropped', 'replication:resynced', 'replication:primary'] as const) {
