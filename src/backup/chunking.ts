@@ -89,6 +89,9 @@ export function isZero (data: Uint8Array): boolean {
   return true
 }
 
-export function checkAborted (signal: AbortSignal | undefined): void {
-  if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the backup was cancelled; nothing was recorded (chunks already stored are reused by the next backup)')
+/** CANCELLED once `signal` is aborted; `restore`: said of a restore (which then cleans up: see restoreBackup). */
+export function checkAborted (signal: AbortSignal | undefined, restore = false): void {
+  if (signal?.aborted !== true) return
+  if (restore) throw new GalleonError('CANCELLED', 'the restore was cancelled; a volume it was creating is removed, and a volume it was writing into is put back as it was (by the next open, if the instance is closing)')
+  throw new GalleonError('CANCELLED', 'the backup was cancelled; nothing was recorded (chunks already stored are reused by the next backup)')
 }

@@ -39,14 +39,19 @@ export class BackupManager {
   readonly #context: BackupContext
 
   /**
-   * `restores`: the set a restore claims its existing volume in (shared with the instance, whose
-   * mounts refuse a claimed volume), and the check, made once the claim is taken, that nothing
-   * mounted the volume meanwhile (it throws BUSY).
+   * `restores`: the set a restore claims its volume in (shared with the instance, whose mounts and
+   * writes refuse a claimed volume), the check, made once the claim is taken, that nothing mounted
+   * the volume meanwhile (it throws BUSY), and the restore's own writes and trims, which the claim
+   * lets through.
    */
-  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase, restores?: { claims: Set<string>, assertUnmounted: (volumeId: string) => void }) {
+  constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase, restores?: RestoreHooks) {
     this.#g = g
     this.#restoringInto = restores?.claims ?? new Set()
     this.#assertUnmounted = restores?.assertUnmounted ?? (() => {})
+    this.#restoreIo = {
+      write: restores?.write ?? (async (volumeId, offset, data) => { await g.write(volumeId, offset, data) }),
+      trim: restores?.trim ?? (async (volumeId, offset, length) => { await g.trim(volumeId, offset, length) })
+    }
     this.#keys = keys
     this.#leftovers = new BackupLeftovers(g, metadata)
     this.#targets = new BackupTargets(defaultTarget)
@@ -185,11 +190,22 @@ export class BackupManager {
       finished: async (volume, safetySnapshot) => { await leftovers.finished(volume.id, volume.name, id, safetySnapshot) },
       // A replicated volume is only reported (see BackupLeftovers.fenceHalfRestored).
       fence: async (volumeId, safetySnapshot, why) => await leftovers.fenceHalfRestored(volumeId, safetySnapshot, why),
-      release: (volumeId) => { claimed.delete(volumeId) }
+      release: (volumeId) => { claimed.delete(volumeId) },
+      write: this.#restoreIo.write,
+      trim: this.#restoreIo.trim
     }))
   }
 
   /** Volumes a restore of this instance is writing into (a second restore into one is refused, and so is a mount). */
   readonly #restoringInto: Set<string>
   readonly #assertUnmounted: (volumeId: string) => void
+  readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim'>>
+}
+
+/** What BackupManager's restores share with the instance (see the constructor). */
+export interface RestoreHooks {
+  readonly claims: Set<string>
+  readonly assertUnmounted: (volumeId: string) => void
+  readonly write?: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
+  readonly trim?: (volumeId: string, offset: number, length: number) => Promise<void>
 }

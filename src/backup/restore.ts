@@ -32,6 +32,12 @@ export interface RestoreTracker {
   /** Fences the volume (see HalfRestoredFence.fence in leftovers.ts); false when it is not fenced (replicated). */
   readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<boolean>
   readonly release: (volumeId: string) => void
+  /**
+   * The restore's own writes and trims of the claimed volume: other writes to it are refused while
+   * the claim holds (see assertNotRestoring in facade/io.ts), these are not.
+   */
+  readonly write: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
+  readonly trim: (volumeId: string, offset: number, length: number) => Promise<void>
 }
 
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
@@ -124,6 +130,8 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   // is: a kill right after the create leaves a record naming it, and the next open removes it (it
   // would otherwise look like a complete volume). A record of a volume never created is dropped then.
   const volumeId = existing?.id ?? randomUUID()
+  const write = tracker?.write ?? (async (volume: string, offset: number, data: Uint8Array) => { await g.write(volume, offset, data) })
+  const trim = tracker?.trim ?? (async (volume: string, offset: number, length: number) => { await g.trim(volume, offset, length) })
   if (create !== undefined) await tracker?.started(volumeId)
   try {
     const volume = create === undefined ? existing as Volume : await g.createVolume({ ...create, [NEW_VOLUME_ID]: volumeId } as CreateVolumeOptions)
@@ -132,7 +140,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       // Discard the old contents (in pieces: one trim call covers at most 256 MiB).
       const piece = 128 * 1024 * 1024
       for (let offset = 0; offset < volume.sizeBytes; offset += piece) {
-        await g.trim(volume.id, offset, Math.min(piece, volume.sizeBytes - offset))
+        await trim(volume.id, offset, Math.min(piece, volume.sizeBytes - offset))
       }
     }
     const byChunk = new Map<string, Array<[number, number]>>()
@@ -149,7 +157,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
     let next = 0
     const worker = async (stop: () => boolean): Promise<void> => {
       while (next < chunks.length && !stop()) {
-        checkAborted(options.signal)
+        checkAborted(options.signal, true)
         const [chunk, list] = chunks[next++] as [string, Array<[number, number]>]
         const owner = chunkOwner.get(chunk) ?? id
         const of = owner === id ? `backup ${id}` : `backup ${owner} (a base of backup ${id})`
@@ -169,7 +177,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
           const count = end - at
           // A manifest naming blocks past the end of its chunk was altered: never write a short run.
           if ((offset + count) * blockSize > data.byteLength) throw new GalleonError('CORRUPTION', `${of} names blocks ${offset}..${offset + count - 1} of chunk ${chunk}, which holds ${data.byteLength / blockSize}; its manifest was altered, so it cannot be restored`)
-          await g.write(volume.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
+          await write(volume.id, index * blockSize, data.subarray(offset * blockSize, (offset + count) * blockSize))
           done += count * blockSize
           at = end
         }

@@ -12,6 +12,7 @@ import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import type { GalleonFS } from '../galleonfs.js'
 import { MountManager, mountControl } from '../mount/mount-manager.js'
 import { DEFAULT_NAMESPACE, type Catalog, type MetadataDatabase } from '../volumes/catalog.js'
+import { WriteConcern } from '../types.js'
 import { PoolManager } from '../volumes/pools.js'
 import { AccessApi } from './access-api.js'
 import { AccessGuard, type CallContext } from './access-guard.js'
@@ -169,7 +170,10 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   // whichever comes first.
   const backups = new BackupManager(instance, parts.backupTarget, parts.keys, () => clock.now(), metadata, {
     claims: restoring,
-    assertUnmounted: (volumeId) => { assertNothingAttached(mountControl(mounts), volumeId, recordById(catalog, volumeId)?.name ?? volumeId, 'as the restore began') }
+    assertUnmounted: (volumeId) => { assertNothingAttached(mountControl(mounts), volumeId, recordById(catalog, volumeId)?.name ?? volumeId, 'as the restore began') },
+    // The restore's own writes (with the same checks, QoS and forwarding as any write) pass its claim.
+    write: async (volumeId, offset, data) => { await io.write(volumeId, offset, data, WriteConcern.WriteAcknowledged, volumeId) },
+    trim: async (volumeId, offset, length) => { await io.trim(volumeId, offset, length, volumeId) }
   })
   const scheduler = new BackupScheduler(instance, metadata, clock, parts.timers, (fn) => context.exit(fn))
   return {

@@ -103,6 +103,17 @@ function blockCharge (index: unknown, blockSize: number, sizeBytes: number): num
 }
 
 /**
+ * BUSY while a restore writes into the volume (BackupManager claims it in `restoring`), unless the
+ * call is one of that restore's own writes (`restoreOf` is the volume's id): a write made meanwhile
+ * would be mixed into the restored data, or lost under it. Checked when the call comes and again
+ * once QoS lets it into the engine, since the restore may have begun while it waited.
+ */
+function assertNotRestoring (host: FacadeHost, record: VolumeRecord, restoreOf: string | undefined): void {
+  if (restoreOf === record.id || !host.restoring.has(record.id)) return
+  throw new GalleonError('BUSY', `a backup is being restored into volume ${record.name}; write to it once the restore has finished (a write now would be mixed with the backup's data, or lost under it)`)
+}
+
+/**
  * A replicated concern on a 1-copy volume of a cluster's node: refused naming the volume (the
  * engine's own refusal speaks of an instance outside any cluster).
  */
@@ -169,8 +180,8 @@ export class VolumeIO {
     return err
   }
 
-  /** GalleonFS.writeBlock. */
-  async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
+  /** GalleonFS.writeBlock; `restoreOf`: see assertNotRestoring. */
+  async writeBlock (vol: VolumeRef, blockIndex: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`, restoreOf?: string): Promise<void> {
     try {
       const host = this.#host
       host.assertOpen()
@@ -180,6 +191,7 @@ export class VolumeIO {
       // before the engine has taken the bytes (which it does before its own waits) waits on a copy.
       let copied = false
       const record = writable(host.catalog, vol)
+      assertNotRestoring(host, record, restoreOf)
       assertBytes(data, 'data')
       const checked = checkConcern(concern)
       const replication = host.replication
@@ -204,6 +216,7 @@ export class VolumeIO {
       if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
+        assertNotRestoring(host, record, restoreOf)
         await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
       } catch (err) {
         if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
@@ -249,8 +262,8 @@ export class VolumeIO {
     }
   }
 
-  /** GalleonFS.write. */
-  async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`): Promise<void> {
+  /** GalleonFS.write; `restoreOf`: see assertNotRestoring. */
+  async write (vol: VolumeRef, offset: number, data: Uint8Array, concern: WriteConcern | `${WriteConcern}`, restoreOf?: string): Promise<void> {
     try {
       const host = this.#host
       host.assertOpen()
@@ -260,6 +273,7 @@ export class VolumeIO {
       // before the engine has taken the bytes (which it does before its own waits) waits on a copy.
       let copied = false
       const record = writable(host.catalog, vol)
+      assertNotRestoring(host, record, restoreOf)
       assertBytes(data, 'data')
       const checked = checkConcern(concern)
       const replication = host.replication
@@ -283,6 +297,7 @@ export class VolumeIO {
       if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
+        assertNotRestoring(host, record, restoreOf)
         await host.engine.write(volume, offset, data, checked, primary)
       } catch (err) {
         if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
@@ -360,14 +375,15 @@ export class VolumeIO {
     } catch (err) { throw record === undefined ? err : ioFailed(host, record, 'flush', err) }
   }
 
-  /** GalleonFS.trim. */
-  async trim (vol: VolumeRef, offset: number, length: number): Promise<void> {
+  /** GalleonFS.trim; `restoreOf`: see assertNotRestoring. */
+  async trim (vol: VolumeRef, offset: number, length: number, restoreOf?: string): Promise<void> {
     try {
       const host = this.#host
       host.assertOpen()
       const denied = this.#gate.refCheck('trim', 'volume:write', vol)
       if (denied !== undefined) await denied
       const record = writable(host.catalog, vol)
+      assertNotRestoring(host, record, restoreOf)
       if (host.replication?.forwards(record.id) === true) {
         await this.#bridge.forward(record, { op: 'trim', offset, length })
         return
@@ -382,6 +398,7 @@ export class VolumeIO {
       const admitted = qos.admit(record.id, 'write', 0)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
+        assertNotRestoring(host, record, restoreOf)
         await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary)
       } catch (err) {
         if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }

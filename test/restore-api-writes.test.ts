@@ -1,0 +1,101 @@
+// A restoreBackup writing into a volume against writes made through the API (write, writeBlock,
+// trim) on the same volume: they are refused with BUSY while the restore writes, as mounts, files
+// and NBD writers are, so the restored volume is exactly the backup.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS } from '../src/index.js'
+import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { heldCall } from './support/backup-targets.js'
+
+let root: string
+before(async () => { root = await mkdtemp(join(tmpdir(), 'restore-api-writes-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+
+const code = (err: unknown): string => `${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`
+
+/** Bytes of volume v: 16 chunks of a backup, more than a restore reads at once. */
+const SIZE = 16 << 20
+
+/** A volume v, backed up full of random bytes, then overwritten with 7s. */
+async function backedUp (g: GalleonFS): Promise<{ id: string, backed: Uint8Array, current: Uint8Array }> {
+  await g.createVolume({ name: 'v', sizeBytes: SIZE })
+  const backed = new Uint8Array(randomBytes(SIZE))
+  await g.write('v', 0, backed)
+  const { id } = await g.createBackup('v', { strategy: 'full' })
+  const current = new Uint8Array(SIZE).fill(7)
+  await g.write('v', 0, current)
+  return { id, backed, current }
+}
+
+describe('restoreBackup and writes through the API', () => {
+  it('write, writeBlock and trim of a volume a restore writes into are refused with BUSY; the restored volume is the backup, and writes work again after it', async () => {
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'existing-target') }), 'getChunk')
+    const g = await GalleonFS.open({ storagePath: join(root, 'existing'), backupTarget: target })
+    let held: ReturnType<typeof hold> | undefined
+    try {
+      const { id, backed } = await backedUp(g)
+      held = hold()
+      const restoring = g.restoreBackup(id, { volume: 'v' })
+      await held.reached
+      const block = new Uint8Array(4096).fill(9)
+      const refusals = await Promise.all([
+        g.write('v', 3 << 20, block).then(() => 'written', code),
+        g.writeBlock('v', 5, block).then(() => 'written', code),
+        g.trim('v', 1 << 20, 1 << 20).then(() => 'trimmed', code)
+      ])
+      for (const refusal of refusals) assert.match(refusal, /^BUSY: .*restor.*v/)
+      held.release()
+      await restoring
+      assert.deepEqual(await g.read('v', 0, SIZE), backed, 'the volume reads exactly as the backup')
+      await g.write('v', 0, block)
+      assert.deepEqual(await g.read('v', 0, 4096), block)
+    } finally {
+      held?.release()
+      await g.close()
+    }
+  })
+
+  it('writes into a new volume a restore is creating are refused with BUSY while it writes', async () => {
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'new-target') }), 'getChunk')
+    const g = await GalleonFS.open({ storagePath: join(root, 'new'), backupTarget: target })
+    let held: ReturnType<typeof hold> | undefined
+    try {
+      const { id, backed } = await backedUp(g)
+      held = hold()
+      const restoring = g.restoreBackup(id, { name: 'copy' })
+      await held.reached
+      assert.match(await g.write('copy', 0, new Uint8Array(4096).fill(9)).then(() => 'written', code), /^BUSY: .*restor.*copy/)
+      held.release()
+      await restoring
+      assert.deepEqual(await g.read('copy', 0, SIZE), backed)
+    } finally {
+      held?.release()
+      await g.close()
+    }
+  })
+
+  it('a restore cancelled through its signal says the restore was cancelled, and puts the volume back', async () => {
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'cancel-target') }), 'getChunk')
+    const g = await GalleonFS.open({ storagePath: join(root, 'cancel'), backupTarget: target })
+    let held: ReturnType<typeof hold> | undefined
+    try {
+      const { id, current } = await backedUp(g)
+      held = hold()
+      const controller = new AbortController()
+      const restoring = g.restoreBackup(id, { volume: 'v', signal: controller.signal }).then(() => 'restored', code)
+      await held.reached
+      controller.abort()
+      held.release()
+      assert.match(await restoring, /^CANCELLED: the restore was cancelled/)
+      assert.deepEqual(await g.read('v', 0, SIZE), current, 'the volume is put back as it was')
+    } finally {
+      held?.release()
+      await g.close()
+    }
+  })
+})
