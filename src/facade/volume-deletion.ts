@@ -65,10 +65,7 @@ export class VolumeDeletion {
         throw new GalleonError('BUSY', `the cluster has no record of replicated volume ${record.name} (nor a mark of its deletion naming node ${replication.nodeId}), so no primary can delete it everywhere; the copy on this node serves no I/O. Pass { force: true } to delete this node's copy (a copy on another node is deleted there the same way)`)
       }
     }
-    const storageClass = this.#host.catalog.storageClass(record.storageClass)
-    if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
-      throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
-    }
+    this.#refuseRetained(record, options)
     const mounts = mountControl(this.#host.mounts).mountsOf(record.id)
     if (mounts.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
@@ -137,6 +134,14 @@ export class VolumeDeletion {
     await this.#host.admin(async () => {})
   }
 
+  /** BUSY unless forced for a volume whose storage class's reclaim policy is Retain. */
+  #refuseRetained (record: VolumeRecord, options: { force?: boolean }): void {
+    const storageClass = this.#host.catalog.storageClass(record.storageClass)
+    if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
+    }
+  }
+
   /**
    * The refusals that look again once no new attachment can come (the volume is going away): a
    * mount that was being set up when the deletion began has finished by now.
@@ -166,6 +171,8 @@ export class VolumeDeletion {
 
   async #deleteChecked (record: VolumeRecord, options: { force?: boolean }): Promise<void> {
     const current = this.#host.catalog.resolve(record.id)
+    // Again: a migration the deletion could no longer cancel may have switched it into a Retain class.
+    this.#refuseRetained(current, options)
     const clones = this.#host.catalog.clonesOf(current.id)
     if (clones.length > 0 && options?.force !== true) {
       throw new GalleonError('BUSY', `volume ${current.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)

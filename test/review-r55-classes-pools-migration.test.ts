@@ -1,0 +1,75 @@
+// Review r55: volume types, storage classes, pools and live migration under hostile inputs and races.
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { MemoryLevel } from 'memory-level'
+import { GalleonFS, type GalleonError } from '../src/index.js'
+import { MemoryBlockStore } from '../backends/memory/index.js'
+
+const MiB = 1 << 20
+const opened: GalleonFS[] = []
+after(async () => {
+  await Promise.allSettled(opened.map(async (g) => await g.close()))
+})
+
+/**
+ * A memory-level database that holds the first batch `matches` picks (resolving `reached`) until
+ * `release()`; every other write passes.
+ */
+class GatedLevel extends MemoryLevel<string, unknown> {
+  #matches: ((operations: Array<{ type: string, key: unknown }>) => boolean) | undefined
+  #gate: Promise<void> | undefined
+  #reached: (() => void) | undefined
+
+  hold (matches: (operations: Array<{ type: string, key: unknown }>) => boolean): { reached: Promise<void>, release: () => void } {
+    let open!: () => void
+    const reached = new Promise<void>((resolve) => { this.#reached = resolve })
+    this.#gate = new Promise<void>((resolve) => { open = resolve })
+    this.#matches = matches
+    return { reached, release: open }
+  }
+
+  async _batch (...args: unknown[]): Promise<void> {
+    const operations = args[0] as Array<{ type: string, key: unknown }>
+    const gate = this.#gate
+    if (gate !== undefined && this.#matches?.(operations) === true) {
+      this.#gate = undefined
+      this.#reached?.()
+      await gate
+    }
+    await (MemoryLevel.prototype as unknown as { _batch: (...a: unknown[]) => Promise<void> })._batch.apply(this, args)
+  }
+}
+
+async function gatedInstance (): Promise<{ g: GalleonFS, metadata: GatedLevel }> {
+  const metadata = new GatedLevel()
+  const g = await GalleonFS.open({ metadata: metadata as never, blockStore: new MemoryBlockStore() })
+  opened.push(g)
+  return { g, metadata }
+}
+
+/** The switch-over's batch: it deletes the volume's migration record. */
+const switchOver = (operations: Array<{ type: string, key: unknown }>): boolean => operations.some((op) => op.type === 'del' && String(op.key).includes('migrations'))
+
+describe('review r55: reclaim policy Retain and live migration', () => {
+  it('a plain deleteVolume racing the switch-over of a migration into a Retain class does not drop the volume: Retain still needs { force: true }', async () => {
+    const { g, metadata } = await gatedInstance()
+    await g.createStorageClass({ name: 'keep', reclaimPolicy: 'Retain' })
+    await g.createVolume({ name: 'v', sizeBytes: MiB })
+    await g.writeBlock('v', 0, new Uint8Array(4096).fill(7))
+
+    const held = metadata.hold(switchOver)
+    const migrating = g.migrateVolume('v', { storageClass: 'keep' })
+    await held.reached
+    // The switch-over is being stored: the volume is (about to be) in the Retain class.
+    const deleting = g.deleteVolume('v')
+    held.release()
+    const [migrated, deleted] = await Promise.allSettled([migrating, deleting])
+    const volumes = await g.listVolumes()
+    assert.equal(migrated.status, 'fulfilled', 'the migration had passed its last cancellation point')
+    assert.equal(deleted.status, 'rejected', `a plain delete of a volume of a Retain class is refused; volumes left: ${volumes.map((v) => `${v.name} (${v.storageClass})`).join(', ') || 'none'}`)
+    assert.equal((deleted.reason as GalleonError).code, 'BUSY')
+    assert.equal((await g.getVolume('v')).storageClass, 'keep')
+    assert.deepEqual([...(await g.readBlock('v', 0)).subarray(0, 4)], [7, 7, 7, 7])
+  })
+})
