@@ -73,3 +73,14 @@ describe('review r55: reclaim policy Retain and live migration', () => {
     assert.deepEqual([...(await g.readBlock('v', 0)).subarray(0, 4)], [7, 7, 7, 7])
   })
 })
+
+describe('review r55: definitions that would be taken other than as written', () => {
+  it('updatePool with a field given twice (camelCase and snake_case) is refused, as createPool refuses it, and changes nothing', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    await g.createPool({ name: 'p', capacityBytes: '8M' })
+    const updated = await g.updatePool('p', { capacityBytes: '16M', capacity_bytes: '1G' } as never).then((p) => `updated to ${p.capacityBytes}`, (err: GalleonError) => err.code)
+    assert.equal(updated, 'INVALID_ARGUMENT')
+    assert.equal((await g.getPool('p')).capacityBytes, 8 * MiB)
+  })
+})

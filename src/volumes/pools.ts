@@ -156,8 +156,13 @@ export function parsePoolUpdate (input: unknown): Partial<Pick<StoragePool, 'cap
     throw invalid(`updatePool() needs an object of changes such as { capacityBytes: '2T' }, got ${describe(input)}`)
   }
   const out: { capacityBytes?: number, overcommitRatio?: number, description?: string, labels?: Record<string, string> } = {}
+  const given = new Set<string>()
   for (const [key, value] of Object.entries(input)) {
-    switch (FIELD_ALIASES[key]) {
+    const field = Object.hasOwn(FIELD_ALIASES, key) ? FIELD_ALIASES[key] : undefined
+    // As in createPool: with both spellings, one would silently win.
+    if (field !== undefined && given.has(field)) throw invalid(`pool field ${JSON.stringify(key)} is given twice (camelCase and snake_case)`)
+    if (field !== undefined) given.add(field)
+    switch (field) {
       case 'capacityBytes': out.capacityBytes = parseCapacity(value); break
       case 'overcommitRatio': out.overcommitRatio = parseOvercommit(value); break
       case 'description': out.description = parseDescription(value); break
