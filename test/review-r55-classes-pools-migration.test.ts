@@ -75,6 +75,19 @@ describe('review r55: reclaim policy Retain and live migration', () => {
 })
 
 describe('review r55: definitions that would be taken other than as written', () => {
+  it('a storage class naming an encryption_algorithm without encryption: "true" is refused, not turned into a class of plain volumes', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    for (const parameters of [{ encryption_algorithm: 'AES-256-GCM' }, { encryption: 'false', encryption_algorithm: 'AES-256-GCM' }]) {
+      const created = await g.createStorageClass({ name: 'cipher', parameters }).then(async (c) => {
+        const volume = await g.createVolume({ name: 'v', sizeBytes: MiB, storageClass: c.name })
+        return `created; its volume encrypted: ${String(volume.encrypted)}`
+      }, (err: GalleonError) => err.code)
+      assert.equal(created, 'INVALID_ARGUMENT', JSON.stringify(parameters))
+    }
+    await g.createStorageClass({ name: 'cipher', parameters: { encryption: 'true', encryption_algorithm: 'AES-256-GCM' } })
+  })
+
   it('updatePool with a field given twice (camelCase and snake_case) is refused, as createPool refuses it, and changes nothing', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     opened.push(g)

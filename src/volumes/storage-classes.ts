@@ -132,6 +132,10 @@ function parseParameters (input: unknown): Record<string, string> {
   if (algorithm !== undefined && !ENCRYPTION_ALGORITHMS.includes(algorithm)) {
     throw invalid(`storage class parameter "encryption_algorithm" must be one of ${ENCRYPTION_ALGORITHMS.join(', ')}, got ${describe(algorithm)}`)
   }
+  // A cipher named for volumes that would be stored in the clear: a weaker class than it reads as.
+  if (algorithm !== undefined && encryption !== 'true') {
+    throw invalid(`storage class parameter "encryption_algorithm" is ${describe(algorithm)} but "encryption" is ${encryption === undefined ? 'not set' : `"${encryption}"`}, so the class's volumes would not be encrypted; set encryption to "true", or leave encryption_algorithm out`)
+  }
   const replication = parameters.replication
   if (replication !== undefined && !(/^[1-9]\d{0,2}$/.test(replication))) {
     throw invalid(`storage class parameter "replication" must be a whole number from 1 to 999, got ${describe(replication)}`)
