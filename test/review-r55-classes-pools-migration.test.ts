@@ -97,3 +97,15 @@ describe('review r55: definitions that would be taken other than as written', ()
     assert.equal((await g.getPool('p')).capacityBytes, 8 * MiB)
   })
 })
+
+describe('review r55: migrateVolume option errors', () => {
+  it('a malformed pool in migrateVolume is INVALID_ARGUMENT naming migrateVolume, not createVolume', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    await g.createVolume({ name: 'v', sizeBytes: MiB })
+    for (const pool of [5, null, '', 'Bad/Name']) {
+      const message = await g.migrateVolume('v', { pool: pool as never }).then(() => 'migrated', (err: GalleonError) => `${err.code}: ${err.message}`)
+      assert.match(message, /^INVALID_ARGUMENT: migrateVolume\(\) option "pool"/, JSON.stringify(pool))
+    }
+  })
+})

@@ -9,7 +9,7 @@ import type { CreateVolumeOptions, StorageClass, Volume, VolumeUsage } from '../
 import { checkNamespace, checkVolumeName, namespaceOf } from '../volumes/catalog.js'
 import type { MigrateControl, MigrateVolumeOptions } from '../volumes/migration.js'
 import { parseStorageClass } from '../volumes/storage-classes.js'
-import type { CreatePoolOptions, StoragePoolStatus, UpdatePoolOptions } from '../volumes/pools.js'
+import { checkPoolName, type CreatePoolOptions, type StoragePoolStatus, type UpdatePoolOptions } from '../volumes/pools.js'
 import type { Facade } from './assembly.js'
 import { volumeUsage } from './metrics.js'
 import { createPool, deletePool, poolStatus, updatePool } from './pools.js'
@@ -142,6 +142,7 @@ export class VolumeApi {
     if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
     if (control.syncTimeoutMs !== undefined && (typeof control.syncTimeoutMs !== 'number' || !Number.isFinite(control.syncTimeoutMs) || control.syncTimeoutMs <= 0)) throw new GalleonError('INVALID_ARGUMENT', `syncTimeoutMs must be a positive number of milliseconds, got ${describe(control.syncTimeoutMs)}`)
     if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
+    if (target.pool !== undefined) checkPoolName(target.pool, 'migrateVolume() option "pool"')
     if (target.node !== undefined && (typeof target.node !== 'string' || target.node.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
     const { object, label } = this.#f.gate.refObject(vol)
     if (target.node !== undefined) {
