@@ -109,3 +109,18 @@ describe('review r55: migrateVolume option errors', () => {
     }
   })
 })
+
+describe('review r55: a pool move of a 1-copy volume of a replicated class', () => {
+  it('a volume of encrypted-storage created with replicas: 1 (as the README advises on one node) moves to another pool, keeping its class, encryption and single copy', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    await g.createPool({ name: 'p', capacityBytes: '8M' })
+    await g.createVolume({ name: 'v', sizeBytes: MiB, storageClass: 'encrypted-storage', replicas: 1 })
+    await g.write('v', 0, new TextEncoder().encode('hello'))
+    await g.createSnapshot('v', 'before')
+    const moved = await g.migrateVolume('v', { pool: 'p' }).then((v) => `${v.storageClass} pool ${String(v.pool)} replicas ${v.replicas} encrypted ${String(v.encrypted)}`, (err: GalleonError) => `${err.code}: ${err.message}`)
+    assert.equal(moved, 'encrypted-storage pool p replicas 1 encrypted true')
+    assert.equal(new TextDecoder().decode(await g.read({ volume: 'v', snapshot: 'before' }, 0, 5)), 'hello')
+    assert.equal((await g.getPool('p')).provisionedBytes, MiB)
+  })
+})

@@ -159,7 +159,10 @@ export class LiveMigrations {
     const className = target.storageClass ?? record.storageClass
     const storageClass = this.#host.catalog.storageClass(className)
     if (storageClass === undefined) throw new GalleonError('STORAGE_CLASS_NOT_FOUND', `no storage class ${quoted(className)}; listStorageClasses() shows the available ones`)
-    if (layout === undefined && classReplicas(storageClass) > 1) throw new GalleonError('BUSY', `storage class ${storageClass.name} keeps copies on other nodes; call migrateVolume again`)
+    // A class named in the call that keeps copies elsewhere was replaced meanwhile (migrateVolume sends
+    // such moves to migrateToReplicated). Without one, the volume keeps its class and its copies: a
+    // 1-copy volume of a replicated class (createVolume's replicas: 1) moves pools as it is.
+    if (layout === undefined && target.storageClass !== undefined && classReplicas(storageClass) > 1) throw new GalleonError('BUSY', `storage class ${storageClass.name} keeps copies on other nodes; call migrateVolume again`)
     assertClassSupported(storageClass, 1)
     const poolName = layout !== undefined ? layout.pool : (this.#host.pools.choose(target.pool, storageClass)?.name ?? record.pool)
     if (storageClass.name === record.storageClass && poolName === record.pool) {
