@@ -5,6 +5,7 @@ import assert from 'node:assert/strict'
 import { MemoryLevel } from 'memory-level'
 import { GalleonFS, type GalleonError } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
+import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
 
 const MiB = 1 << 20
 const opened: GalleonFS[] = []
@@ -41,9 +42,9 @@ class GatedLevel extends MemoryLevel<string, unknown> {
   }
 }
 
-async function gatedInstance (): Promise<{ g: GalleonFS, metadata: GatedLevel }> {
+async function gatedInstance (options: { keyProvider?: ExternalKeyProvider } = {}): Promise<{ g: GalleonFS, metadata: GatedLevel }> {
   const metadata = new GatedLevel()
-  const g = await GalleonFS.open({ metadata: metadata as never, blockStore: new MemoryBlockStore() })
+  const g = await GalleonFS.open({ metadata: metadata as never, blockStore: new MemoryBlockStore(), ...options })
   opened.push(g)
   return { g, metadata }
 }
@@ -70,6 +71,28 @@ describe('review r55: reclaim policy Retain and live migration', () => {
     assert.equal(deleted.status, 'rejected', `a plain delete of a volume of a Retain class is refused; volumes left: ${volumes.map((v) => `${v.name} (${v.storageClass})`).join(', ') || 'none'}`)
     assert.equal((deleted.reason as GalleonError).code, 'BUSY')
     assert.equal((await g.getVolume('v')).storageClass, 'keep')
+    assert.deepEqual([...(await g.readBlock('v', 0)).subarray(0, 4)], [7, 7, 7, 7])
+  })
+})
+
+describe('review r55: a key rotation against a migration that is starting', () => {
+  it('rotateVolumeKey while a migration of the volume records its start is refused with BUSY; the migration then completes with the data intact', async () => {
+    const kek = generateKey()
+    const { g, metadata } = await gatedInstance({ keyProvider: new ExternalKeyProvider({ keyId: 'test-kek', wrap: async (dek, context) => wrapKey(kek, dek, context), unwrap: async (wrapped, context) => unwrapKey(kek, wrapped, context) }) })
+    await g.createStorageClass({ name: 'sealed', parameters: { encryption: 'true' } })
+    await g.createStorageClass({ name: 'sealed-2', parameters: { encryption: 'true' } })
+    await g.createVolume({ name: 'v', sizeBytes: MiB, storageClass: 'sealed' })
+    await g.writeBlock('v', 0, new Uint8Array(4096).fill(7))
+    // The migration's start record (a put under the migrations prefix) is held while stored.
+    const held = metadata.hold((operations) => operations.some((op) => op.type === 'put' && String(op.key).includes('migrations')))
+    const migrating = g.migrateVolume('v', { storageClass: 'sealed-2' })
+    await held.reached
+    const rotated = await g.rotateVolumeKey('v').then(() => 'rotated', (err: GalleonError) => `${err.code}: ${err.message}`)
+    held.release()
+    assert.match(rotated, /^BUSY: .*migrat/)
+    const migrated = await migrating
+    assert.equal(migrated.storageClass, 'sealed-2')
+    assert.equal(migrated.encrypted, true)
     assert.deepEqual([...(await g.readBlock('v', 0)).subarray(0, 4)], [7, 7, 7, 7])
   })
 })

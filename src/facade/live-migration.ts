@@ -177,31 +177,38 @@ export class LiveMigrations {
     if (source.cipher?.unavailable !== undefined) throw source.cipher.unavailable
     if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
     const encrypted = layout?.encrypted ?? storageClass.parameters.encryption === 'true'
-    if (encrypted) await this.#host.keys.provider()
+    // Running from here, before the first wait: a key rotation (or a second migration) checking
+    // meanwhile is refused, instead of starting while this one records itself.
+    const abort = new AbortController()
+    let finish!: () => void
+    const done = new Promise<void>((resolve) => { finish = resolve })
+    this.running.set(record.id, { abort, done, finish })
+    const notRunning = (): void => {
+      if (this.running.get(record.id)?.done === done) this.running.delete(record.id)
+      finish()
+    }
     // The target class cannot be deleted, and the target pool's bytes are held, until the
     // switch-over makes the record count there.
-    const releaseClass = this.#host.catalog.useStorageClass(storageClass)
-    let releasePool: () => void
-    try {
-      releasePool = layout?.copy !== true && poolName !== undefined && poolName !== record.pool ? this.#host.pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
-    } catch (err) {
-      releaseClass()
-      throw err
-    }
-    const release = (): void => { releasePool(); releaseClass() }
+    let release = (): void => {}
     let migration: MigrationRecord | undefined
     try {
+      if (encrypted) await this.#host.keys.provider()
+      const releaseClass = this.#host.catalog.useStorageClass(storageClass)
+      try {
+        const releasePool = layout?.copy !== true && poolName !== undefined && poolName !== record.pool ? this.#host.pools.reserve(poolName, record.sizeBytes, `migrating volume ${record.name}`) : () => {}
+        release = (): void => { releasePool(); releaseClass() }
+      } catch (err) {
+        releaseClass()
+        throw err
+      }
       migration = await this.#host.catalog.beginMigration(record.id, { storageClass: storageClass.name, encrypted, ...(poolName === undefined ? {} : { pool: poolName }) })
       const destination = this.#host.engine.attach(migration.storageId, record.sizeBytes)
       if (encrypted) destination.cipher = await this.#host.keys.create(migrationKeyId(record.id), migration.storageId)
-      const abort = new AbortController()
-      let finish!: () => void
-      const done = new Promise<void>((resolve) => { finish = resolve })
-      this.running.set(record.id, { abort, done, finish })
       const snapshotGens = new Map(this.#host.catalog.snapshots(record.id).map((snapshot) => [snapshot.id, snapshot.gen]))
       return { record, migration, source, destination, release, abort, snapshotGens }
     } catch (err) {
       release()
+      notRunning()
       if (migration !== undefined) {
         const attached = this.#host.engine.volume(migration.storageId)
         if (attached !== undefined) await this.#host.engine.destroy(attached).catch(() => {})
