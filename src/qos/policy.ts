@@ -252,6 +252,12 @@ function mapFields<T> (input: Record<string, unknown>, aliases: Record<string, T
 
 function plainObject (input: unknown, what: string): Record<string, unknown> {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) throw invalid(`${what} must be an object, got ${describe(input)}`)
+  // A Map, a Date or a class instance has no own enumerable fields to read: taken as {}, it
+  // replaced the storage class's policy with none.
+  const prototype = Object.getPrototypeOf(input) as unknown
+  if (prototype !== Object.prototype && prototype !== null) {
+    throw invalid(`${what} must be a plain object such as { limits: { iops: 1000 } }, got ${describe(input)} (a ${(input as object).constructor?.name ?? 'non-plain object'})`)
+  }
   return input as Record<string, unknown>
 }
 
