@@ -74,7 +74,7 @@ export interface QoSPolicy {
   readonly limits?: QoSLimits
   readonly guarantees?: QoSGuarantees
   readonly burstable?: BurstableQoS
-  /** Share of the node's spare I/O relative to other volumes (default 1). */
+  /** Share of the node's spare I/O relative to other volumes (default 1, at most 10000; below 0.0001 it counts as 0.0001). */
   readonly weight?: number
 }
 

@@ -104,7 +104,9 @@ export class QoSScheduler {
     const before = { reservationIops: state.reservationIops, reservationBps: state.reservationBps, weight: state.weight }
     state.reservationIops = policy?.guarantees?.iops ?? 0
     state.reservationBps = (policy?.guarantees?.throughputMBps ?? 0) * 1e6
-    state.weight = policy?.weight ?? 1
+    // The fair-share tags step by 1/weight: a weight such as 1e-300 stepped them past where adding 1
+    // changes a double, and every other volume's tags then tied, the first one taking all the spare I/O.
+    state.weight = Math.max(policy?.weight ?? 1, MIN_WEIGHT)
     if (state.reservationIops !== before.reservationIops || state.reservationBps !== before.reservationBps || state.weight !== before.weight) retag(state, before, this.#vtime)
     state.latencyMs = policy?.limits?.latencyMs ?? 0
     // A changed target keeps the latencies measured so far: they are still what callers saw.
@@ -432,6 +434,9 @@ export class QoSScheduler {
     this.#intervalStart = now
   }
 }
+
+/** Smallest weight the dispatcher uses (the reciprocal of the largest a policy takes); a policy's smaller weight counts as this. */
+const MIN_WEIGHT = 1e-4
 
 /** Longest delay setTimeout takes: Node runs a longer one after 1 ms (and warns). */
 const MAX_TIMER_MS = 2 ** 31 - 1
