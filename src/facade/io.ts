@@ -89,7 +89,9 @@ export function ioFailed (host: FacadeHost, record: VolumeRecord, operation: 're
  * The bytes a read() or write() is charged against throughput limits: its length when the engine
  * will serve it, else 0. A refused call moves nothing, and charging a bogus length (Infinity, 2^40,
  * or a large write past the end) left the volume's limit, or the node's capacity, a debt that held
- * its next calls for as long as the bytes would have taken.
+ * its next calls for as long as the bytes would have taken. A call charged 0 is also left out of
+ * its volume's latency-target figures (`qos.completed`): refused at once, it counts nowhere, and
+ * many of them took a missed target's 99th percentile down to nothing.
  */
 function rangeCharge (offset: unknown, length: unknown, sizeBytes: number): number {
   if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length)) return 0
@@ -212,7 +214,8 @@ export class VolumeIO {
       const qos = host.qos
       const arrivedAt = qos.now()
       // Short data is zero-padded: the whole block is stored, so the whole block is charged.
-      const admitted = qos.admit(record.id, 'write', blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes))
+      const charge = data.byteLength > host.engine.blockSize ? 0 : blockCharge(blockIndex, host.engine.blockSize, record.sizeBytes)
+      const admitted = qos.admit(record.id, 'write', charge)
       if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
@@ -223,7 +226,7 @@ export class VolumeIO {
         throw ioFailed(host, record, 'write', err)
       } finally {
         if (held) qos.release()
-        qos.completed(record.id, 'write', arrivedAt)
+        if (charge > 0) qos.completed(record.id, 'write', arrivedAt)
       }
     } catch (err) {
       throw await this.#refusal(err)
@@ -245,7 +248,8 @@ export class VolumeIO {
       const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
       const qos = host.qos
       const arrivedAt = qos.now()
-      const admitted = qos.admit(record.id, 'read', blockCharge(blockIndex, host.engine.blockSize, snapshot?.sizeBytes ?? record.sizeBytes))
+      const charge = blockCharge(blockIndex, host.engine.blockSize, snapshot?.sizeBytes ?? record.sizeBytes)
+      const admitted = qos.admit(record.id, 'read', charge)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         const volume = ioVolumeOf(host, record)
@@ -255,7 +259,7 @@ export class VolumeIO {
       } finally {
         unpin?.()
         if (held) qos.release()
-        qos.completed(record.id, 'read', arrivedAt)
+        if (charge > 0) qos.completed(record.id, 'read', arrivedAt)
       }
     } catch (err) {
       throw await this.#refusal(err)
@@ -293,7 +297,8 @@ export class VolumeIO {
       const primary = volume.replicator
       const qos = host.qos
       const arrivedAt = qos.now()
-      const admitted = qos.admit(record.id, 'write', rangeCharge(offset, data.byteLength, record.sizeBytes))
+      const charge = rangeCharge(offset, data.byteLength, record.sizeBytes)
+      const admitted = qos.admit(record.id, 'write', charge)
       if (typeof admitted !== 'boolean' && !copied) data = copyBytes(data)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
@@ -304,7 +309,7 @@ export class VolumeIO {
         throw ioFailed(host, record, 'write', err)
       } finally {
         if (held) qos.release()
-        qos.completed(record.id, 'write', arrivedAt)
+        if (charge > 0) qos.completed(record.id, 'write', arrivedAt)
       }
     } catch (err) {
       throw await this.#refusal(err)
@@ -334,7 +339,8 @@ export class VolumeIO {
       const unpin = snapshot === undefined ? undefined : this.#snapshots.pinSnapshot(snapshot)
       const qos = host.qos
       const arrivedAt = qos.now()
-      const admitted = qos.admit(record.id, 'read', rangeCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes))
+      const charge = rangeCharge(offset, length, snapshot?.sizeBytes ?? record.sizeBytes)
+      const admitted = qos.admit(record.id, 'read', charge)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         const volume = ioVolumeOf(host, record)
@@ -344,7 +350,7 @@ export class VolumeIO {
       } finally {
         unpin?.()
         if (held) qos.release()
-        qos.completed(record.id, 'read', arrivedAt)
+        if (charge > 0) qos.completed(record.id, 'read', arrivedAt)
       }
     } catch (err) {
       throw await this.#refusal(err)
@@ -396,6 +402,7 @@ export class VolumeIO {
       const arrivedAt = qos.now()
       // A trim costs an operation, not bandwidth: it frees blocks, it does not move their bytes.
       const admitted = qos.admit(record.id, 'write', 0)
+      const runs = rangeCharge(offset, length, record.sizeBytes) > 0
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         assertNotRestoring(host, record, restoreOf)
@@ -405,7 +412,7 @@ export class VolumeIO {
         throw ioFailed(host, record, 'trim', err)
       } finally {
         if (held) qos.release()
-        qos.completed(record.id, 'write', arrivedAt)
+        if (runs) qos.completed(record.id, 'write', arrivedAt)
       }
     } catch (err) {
       throw await this.#refusal(err)
