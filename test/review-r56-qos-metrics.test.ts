@@ -3,12 +3,42 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { GalleonFS, type BlockStore } from '../src/index.js'
+import { createRequire } from 'node:module'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { BackupStrategy, GalleonFS, type BlockStore } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { parseQoSPolicy } from '../src/qos/policy.js'
 import { QoSScheduler } from '../src/qos/scheduler.js'
 import { ManualClock } from './support/manual-clock.js'
 import { until } from './support/wait.js'
+
+interface ParsedSample { value?: string, labels?: Record<string, string> }
+interface ParsedFamily { name: string, type: string, metrics: ParsedSample[] }
+// The parser ships no types; loaded through require to type it here.
+const parsePrometheusTextFormat = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => ParsedFamily[]
+
+/**
+ * Every counter sample of the text, keyed by name and labels, and the _sum and _count of every
+ * summary: the parser merges a summary's labelled series into one without labels, so those are
+ * read from their lines (their label values hold no '}' here: ids, names, namespaces).
+ */
+function counterSamples (text: string): Map<string, number> {
+  const out = new Map<string, number>()
+  for (const family of parsePrometheusTextFormat(text)) {
+    if (family.type === 'COUNTER') {
+      for (const sample of family.metrics) out.set(`${family.name}${JSON.stringify(Object.entries(sample.labels ?? {}).sort())}`, Number(sample.value))
+    }
+    if (family.type === 'SUMMARY') {
+      for (const [, part, labels, value] of text.matchAll(new RegExp(`^${family.name}_(sum|count)\\{([^}]*)\\} (\\S+)$`, 'gm'))) {
+        out.set(`${family.name}_${part ?? ''}{${labels ?? ''}}`, Number(value))
+      }
+      assert.ok([...out.keys()].some((key) => key.startsWith(`${family.name}_count{`)), `${family.name} has _count lines`)
+    }
+  }
+  return out
+}
 
 /** Runs `depth` workers of one volume until `until` (clock ms), each operation taking 1 ms; counts those admitted. */
 function load (s: QoSScheduler, clock: ManualClock, volumeId: string, depth: number, until: number): { done: number } {
@@ -122,4 +152,70 @@ describe('review r56: QoS policy inputs', () => {
       await g.close()
     }
   })
+})
+
+describe('review r56: the Prometheus text through a volume\'s life', () => {
+  for (const backend of ['file', 'level'] as const) {
+    it(`${backend}: every scrape parses, and no counter series goes back across snapshots, clones, reverts, expansion, a class change, key rotation, a restore, QoS changes, deletes and names used again`, async () => {
+      const storagePath = await mkdtemp(join(tmpdir(), 'galleon-r56-metrics-'))
+      const backupTarget = await mkdtemp(join(tmpdir(), 'galleon-r56-backups-'))
+      const g = await GalleonFS.open({ storagePath, backend, backupTarget })
+      const seen = new Map<string, number>()
+      const scrape = async (step: string): Promise<void> => {
+        const now = counterSamples(await g.metricsText())
+        for (const [key, value] of now) {
+          const before = seen.get(key)
+          assert.ok(before === undefined || value >= before, `after ${step}: ${key} went from ${before} to ${value}`)
+          seen.set(key, value)
+        }
+      }
+      const block = (fill: number): Uint8Array => new Uint8Array(4096).fill(fill)
+      try {
+        await g.createStorageClass({ name: 'secret-local', parameters: { encryption: 'true', replication: '1' } })
+        await g.createVolume({ name: 'db', sizeBytes: '1M', qos: { limits: { iops: 100_000, latencyMs: 1000 } } })
+        for (let i = 0; i < 16; i++) await g.writeBlock('db', i, block(i + 1))
+        await g.read('db', 0, 8192)
+        await g.trim('db', 0, 4096)
+        await assert.rejects(g.readBlock('db', 256), { code: 'OUT_OF_RANGE' })
+        await scrape('writes, a read and a trim')
+        await g.createSnapshot('db', 's1')
+        await g.writeBlock('db', 1, block(99))
+        await scrape('a snapshot')
+        await g.cloneVolume({ volume: 'db', snapshot: 's1' }, 'copy')
+        await g.writeBlock('copy', 0, block(7))
+        await scrape('a clone')
+        await g.deleteVolume('copy')
+        await g.cloneVolume({ volume: 'db', snapshot: 's1' }, 'copy')
+        await scrape('the clone deleted and made again under its name')
+        await g.restoreSnapshot('db', 's1')
+        await g.expandVolume('db', '2M')
+        await scrape('a revert and an expansion')
+        await g.setQoSPolicy('db', null)
+        await g.setQoSPolicy('db', { limits: { iops: 100_000 } })
+        await g.setQoSPolicy('db', {})
+        await scrape('QoS policies cleared and set')
+        await g.deleteVolume('copy')
+        await g.migrateVolume('db', { storageClass: 'secret-local' })
+        await g.writeBlock('db', 2, block(3))
+        await g.rotateVolumeKey('db', { wait: true })
+        await scrape('a change of class (new storage) and a key rotation')
+        const backup = await g.createBackup('db', { strategy: BackupStrategy.Full })
+        await g.restoreBackup(backup.id, { volume: 'db' })
+        await g.scrub('db')
+        await scrape('a backup restored into the volume, and a scrub')
+        const writeOps = (await g.getVolumeMetrics('db')).writeOps
+        await g.deleteVolume('db')
+        const again = await g.createVolume({ name: 'db', sizeBytes: '1M' })
+        await g.writeBlock('db', 0, block(1))
+        await scrape('the volume deleted and made again under its name')
+        assert.ok(writeOps > 1)
+        const text = await g.metricsText()
+        const series = parsePrometheusTextFormat(text).flatMap((f) => f.metrics).filter((m) => m.labels?.volume_name === 'db')
+        assert.ok(series.length > 0 && series.every((m) => m.labels?.volume_id === again.id), 'the name\'s series are the new volume\'s')
+      } finally {
+        await g.close()
+        await Promise.all([storagePath, backupTarget].map(async (dir) => await rm(dir, { recursive: true, force: true })))
+      }
+    })
+  }
 })
