@@ -22,8 +22,11 @@ export interface QoSMetrics {
   /** Most credits the balance can hold. */
   readonly burstCreditCapacity?: { readonly iops?: number, readonly throughputMB?: number }
   /**
-   * The floor and whether the last full second met it: `met` is false only when the volume had
-   * operations queued at the dispatcher all that second and was served less than its floor.
+   * The floor, what the volume was served over the last interval the dispatcher judged, and
+   * whether that met the floor: `met` is false only when the volume had operations queued at the
+   * dispatcher all that interval and was served less than its floor. An interval is a second while
+   * operations queue at the dispatcher; while none do, it runs until metrics are next read (the
+   * figures are then an average since the previous reading, not the last second's).
    */
   readonly guarantee?: { readonly iops?: number, readonly throughputMBps?: number, readonly achievedIops: number, readonly achievedThroughputMBps: number, readonly met: boolean, readonly missedSeconds: number }
   /** The latency target (`limits.latencyMs`), when the policy has one. */

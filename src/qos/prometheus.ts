@@ -13,8 +13,8 @@ const FAMILIES: readonly Family[] = [
   // In bytes, the base unit (a name ending in _megabytes is one Prometheus' linter refuses).
   ['galleonfs_qos_burst_credits_bytes', 'gauge', 'Burst credits of the throughput limit held now, in bytes.', (m) => m.burstCredits?.throughputMB === undefined ? undefined : Math.round(m.burstCredits.throughputMB * 1e6)],
   ['galleonfs_qos_guarantee_iops', 'gauge', 'The IOPS floor of the volume\'s QoS policy.', (m) => m.guarantee?.iops],
-  ['galleonfs_qos_achieved_iops', 'gauge', 'IOPS the dispatcher served the guaranteed volume over the last full second.', (m) => m.guarantee?.achievedIops],
-  ['galleonfs_qos_guarantee_met', 'gauge', '1 when the last full second met the volume\'s QoS floor (or it did not need it), 0 when not.', (m) => m.guarantee === undefined ? undefined : m.guarantee.met ? 1 : 0],
+  ['galleonfs_qos_achieved_iops', 'gauge', 'IOPS the dispatcher served the guaranteed volume over the last interval it judged: a second while operations queue, else the time since metrics were last read.', (m) => m.guarantee?.achievedIops],
+  ['galleonfs_qos_guarantee_met', 'gauge', '1 when the last interval judged met the volume\'s QoS floor (or it did not need it), 0 when not.', (m) => m.guarantee === undefined ? undefined : m.guarantee.met ? 1 : 0],
   ['galleonfs_qos_guarantee_missed_seconds_total', 'counter', 'Seconds the volume had work queued and got less than its QoS floor.', (m) => m.guarantee?.missedSeconds],
   ['galleonfs_qos_latency_target_seconds', 'gauge', 'The latency target of the volume\'s QoS policy.', (m) => m.latencyTargetMs === undefined ? undefined : m.latencyTargetMs / 1000],
   ['galleonfs_qos_latency_p99_seconds', 'gauge', '99th-percentile latency over the metrics window as callers see it, QoS waits included (volumes with a latency target).', (m) => m.latencyP99Ms === undefined ? undefined : m.latencyP99Ms / 1000],
