@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BackupStrategy, GalleonFS, type BlockStore } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
+import { MemoryLevel } from 'memory-level'
 import { parseQoSPolicy } from '../src/qos/policy.js'
 import { QoSScheduler } from '../src/qos/scheduler.js'
 import { ManualClock } from './support/manual-clock.js'
@@ -38,6 +39,26 @@ function counterSamples (text: string): Map<string, number> {
     }
   }
   return out
+}
+
+/** A memory-level database whose writes fail with ENOSPC while `failing` is set (a full disk). */
+class FullDiskLevel extends MemoryLevel<string, unknown> {
+  failing = false
+
+  #check (): void {
+    if (this.failing) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+  }
+
+  // The hooks abstract-level calls for every put and batch of the database and its sublevels.
+  async _batch (...args: unknown[]): Promise<void> {
+    this.#check()
+    await (MemoryLevel.prototype as unknown as { _batch: (...a: unknown[]) => Promise<void> })._batch.apply(this, args)
+  }
+
+  async _put (...args: unknown[]): Promise<void> {
+    this.#check()
+    await (MemoryLevel.prototype as unknown as { _put: (...a: unknown[]) => Promise<void> })._put.apply(this, args)
+  }
 }
 
 /** Runs `depth` workers of one volume until `until` (clock ms), each operation taking 1 ms; counts those admitted. */
@@ -152,7 +173,31 @@ describe('review r56: QoS policy inputs', () => {
       await g.close()
     }
   })
+
+  it('a deleteVolume refused before the deletion began (the metadata disk full) leaves the volume\'s QoS limits enforced', async () => {
+    const clock = new ManualClock()
+    const metadata = new FullDiskLevel()
+    const g = await GalleonFS.open({ metadata: metadata as never, blockStore: new MemoryBlockStore(), qos: { clock } })
+    try {
+      await g.createVolume({ name: 'db', sizeBytes: '1M', qos: { limits: { iops: 1 } } })
+      metadata.failing = true
+      await assert.rejects(g.deleteVolume('db'), { code: 'NO_SPACE' })
+      metadata.failing = false
+      assert.equal((await g.getVolume('db')).state, 'available', 'the volume was not deleted, and stays readable and writable')
+      assert.deepEqual(await g.getQoSPolicy('db'), { policy: { limits: { iops: 1 } }, source: 'volume' })
+      assert.equal((await g.getVolumeMetrics('db')).qos?.source, 'volume', 'the policy the volume reports is the one enforced')
+      // At 1 IOPS, five writes at once cannot all go in before the (manual) clock moves.
+      const writes = Array.from({ length: 5 }, async (_, i) => { await g.writeBlock('db', i, new Uint8Array(4096).fill(i + 1)) })
+      await until('the writes reached the limiter', async () => ((await g.getVolumeMetrics('db')).qos?.throttledQueue ?? 0) > 0 || (await g.getVolumeMetrics('db')).writeOps === 5)
+      assert.ok(((await g.getVolumeMetrics('db')).qos?.throttledQueue ?? 0) >= 4, `writes held by the 1 IOPS limit: ${(await g.getVolumeMetrics('db')).qos?.throttledQueue}, written ${(await g.getVolumeMetrics('db')).writeOps}`)
+      await clock.advance(10_000)
+      await Promise.all(writes)
+    } finally {
+      await g.close()
+    }
+  })
 })
+
 
 describe('review r56: the Prometheus text through a volume\'s life', () => {
   for (const backend of ['file', 'level'] as const) {

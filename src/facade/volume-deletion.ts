@@ -210,8 +210,10 @@ export class VolumeDeletion {
       for (const clone of clones) await this.#flatten(clone)
     }
     this.#host.replication?.forget(record.id)
-    this.#host.qos.forget(record.id)
     const deleting = record.state === VolumeState.Deleting ? record : await this.#host.catalog.updateVolume(record.id, { state: VolumeState.Deleting })
+    // Only once the deletion has begun: refused before (the metadata disk full), the volume stays
+    // in use, and forgotten here its QoS limits went unenforced until the next open.
+    this.#host.qos.forget(record.id)
     if (deleting !== record) this.#host.emit('volume:state', toVolume(deleting), record.state)
     const volume = this.#host.engine.volume(record.storageId) ?? this.#host.engine.attach(record.storageId, record.sizeBytes)
     await this.#host.engine.destroy(volume)
