@@ -61,12 +61,12 @@ class FullDiskLevel extends MemoryLevel<string, unknown> {
   }
 }
 
-/** Runs `depth` workers of one volume until `until` (clock ms), each operation taking 1 ms; counts those admitted. */
-function load (s: QoSScheduler, clock: ManualClock, volumeId: string, depth: number, until: number): { done: number } {
+/** Runs `depth` workers of one volume until `until` (clock ms), each operation (of `bytes`: 0 for a trim) taking 1 ms; counts those admitted. */
+function load (s: QoSScheduler, clock: ManualClock, volumeId: string, depth: number, until: number, bytes = 4096): { done: number } {
   const out = { done: 0 }
   const worker = async (): Promise<void> => {
     while (clock.now() < until) {
-      const admitted = s.admit(volumeId, 'write', 4096)
+      const admitted = s.admit(volumeId, 'write', bytes)
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       if (clock.now() >= until) { if (held) s.release(); return }
       out.done++
@@ -121,6 +121,21 @@ describe('review r56: QoS policy inputs', () => {
       s.close()
       // Equal weights: equal shares (within 10% of what both got), whatever a third volume's weight was.
       assert.ok(Math.abs(b.done - c.done) <= 0.1 * (b.done + c.done), `after a volume of weight ${weight} ran, b got ${b.done} operations and c ${c.done}`)
+    }
+  })
+
+  it('a throughput floor gives no priority to operations that move no bytes (trims): they take their fair share, not the node', async () => {
+    for (const guarantees of [undefined, { throughputMBps: 1 }]) {
+      const clock = new ManualClock()
+      const s = new QoSScheduler({ clock, capacityIops: 1000 })
+      s.setPolicy('trims', 'trims', parseQoSPolicy(guarantees === undefined ? { weight: 1 } : { guarantees }), 'volume')
+      s.setPolicy('writes', 'writes', parseQoSPolicy({ weight: 1 }), 'volume')
+      const trims = load(s, clock, 'trims', 32, 5000, 0)
+      const writes = load(s, clock, 'writes', 32, 5000)
+      await clock.advance(5000)
+      s.close()
+      // Trims owe a throughput floor nothing; every one of them counted as due took the whole node.
+      assert.ok(Math.abs(trims.done - writes.done) <= 0.1 * (trims.done + writes.done), `with guarantees ${JSON.stringify(guarantees)}: trims ${trims.done}, writes of the other volume ${writes.done}`)
     }
   })
 

@@ -21,9 +21,27 @@ const LATENCY_LEAD_OPS = 2
  */
 export const RESERVATION_SLACK_MS = 250
 
-/** Milliseconds between reservation tags of operations of `bytes` under the given floors. */
+/**
+ * Milliseconds between reservation tags of operations of `bytes` under the given floors; Infinity
+ * for an operation the floors owe nothing: one that moves no bytes (a trim) under a throughput
+ * floor alone. Spaced 0 ms apart, every such operation was due at once, and a volume with a floor
+ * of 1 MB/s took the whole node with trims.
+ */
 export function reservationSpacing (iops: number, bytesPerSecond: number, bytes: number): number {
+  if (iops <= 0 && bytes === 0) return Infinity
   return Math.max(iops > 0 ? 1000 / iops : 0, bytesPerSecond > 0 ? bytes / bytesPerSecond * 1000 : 0)
+}
+
+/**
+ * The reservation tag of an operation arriving at `now` after the volume's last tag `rLast`
+ * (Infinity: not served from the reservation), and the volume's last tag afterwards.
+ */
+export function reservationTag (state: VolumeState, bytes: number, now: number, rLast: number): { rTag: number, rLast: number } {
+  if (state.reservationIops <= 0 && state.reservationBps <= 0) return { rTag: Infinity, rLast }
+  const spacing = reservationSpacing(state.reservationIops, state.reservationBps, bytes)
+  if (spacing === Infinity) return { rTag: Infinity, rLast }
+  const rTag = Math.max(rLast + spacing, now - RESERVATION_SLACK_MS)
+  return { rTag, rLast: rTag }
 }
 
 /**
@@ -37,12 +55,9 @@ export function retag (state: VolumeState, before: { reservationIops: number, re
   state.rLast = first.rTag === Infinity ? -Infinity : first.rTag - reservationSpacing(before.reservationIops, before.reservationBps, first.bytes)
   let pTag = Math.max(first.pTag - 1 / before.weight, vtime)
   for (const op of state.queued) {
-    let rTag = Infinity
-    if (state.reservationIops > 0 || state.reservationBps > 0) {
-      rTag = Math.max(state.rLast + reservationSpacing(state.reservationIops, state.reservationBps, op.bytes), op.arrived - RESERVATION_SLACK_MS)
-      state.rLast = rTag
-    }
-    op.rTag = rTag
+    const tagged = reservationTag(state, op.bytes, op.arrived, state.rLast)
+    state.rLast = tagged.rLast
+    op.rTag = tagged.rTag
     pTag += 1 / state.weight
     op.pTag = pTag
   }

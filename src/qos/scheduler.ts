@@ -10,7 +10,7 @@
 import { GalleonError, describe, quoted } from '../errors.js'
 import { MetricsRecorder } from '../metrics/recorder.js'
 import { TokenBucket, realClock, type QoSClock } from './bucket.js'
-import { INTERVAL_MS, RESERVATION_SLACK_MS, closeInterval, pickNext, reservationSpacing, retag } from './mclock.js'
+import { INTERVAL_MS, closeInterval, pickNext, reservationTag, retag } from './mclock.js'
 import { volumeMetrics, type QoSLatencyMissedEvent, type QoSMetrics, type QoSThrottledEvent } from './metrics.js'
 import type { QoSPolicy, QoSPolicySource } from './policy.js'
 import { VolumeState, applyLimits, limitReadyAt, limitWait, takeTokens, tightens, tightestLimit, waitsForShared, type Kind, type Pending } from './volume-state.js'
@@ -358,11 +358,8 @@ export class QoSScheduler {
     // mClock tags: the reservation tag spaces the volume's operations at its guaranteed rate (a
     // tag due now or earlier means the floor is behind; see RESERVATION_SLACK_MS); the proportional tag advances by 1/weight
     // from the fair-share clock, so idle volumes do not bank an advantage.
-    let rTag = Infinity
-    if (state.reservationIops > 0 || state.reservationBps > 0) {
-      rTag = Math.max(state.rLast + reservationSpacing(state.reservationIops, state.reservationBps, bytes), now - RESERVATION_SLACK_MS)
-      state.rLast = rTag
-    }
+    const { rTag, rLast } = reservationTag(state, bytes, now, state.rLast)
+    state.rLast = rLast
     const pTag = Math.max(state.pLast, this.#vtime) + 1 / state.weight
     state.pLast = pTag
     if (state.queued.length === 0) state.backloggedSince = now
