@@ -11,7 +11,7 @@ import { BackupStrategy, GalleonFS, type BlockStore } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
 import { MemoryLevel } from 'memory-level'
 import { parseQoSPolicy } from '../src/qos/policy.js'
-import { QoSScheduler } from '../src/qos/scheduler.js'
+import { QoSScheduler, type QoSGuaranteeMissedEvent } from '../src/qos/scheduler.js'
 import { ManualClock } from './support/manual-clock.js'
 import { until } from './support/wait.js'
 
@@ -137,6 +137,27 @@ describe('review r56: QoS policy inputs', () => {
       // Trims owe a throughput floor nothing; every one of them counted as due took the whole node.
       assert.ok(Math.abs(trims.done - writes.done) <= 0.1 * (trims.done + writes.done), `with guarantees ${JSON.stringify(guarantees)}: trims ${trims.done}, writes of the other volume ${writes.done}`)
     }
+  })
+
+  it('a throughput floor is judged on operations that move bytes: trims alone never miss it, writes the node cannot carry do', async () => {
+    const run = async (bytes: number): Promise<{ missed: QoSGuaranteeMissedEvent[], met: boolean | undefined }> => {
+      const clock = new ManualClock()
+      const missed: QoSGuaranteeMissedEvent[] = []
+      const s = new QoSScheduler({ clock, capacityIops: 1000 }, (event, payload) => { if (event === 'qos:guarantee-missed') missed.push(payload as QoSGuaranteeMissedEvent) })
+      s.setPolicy('v', 'v', parseQoSPolicy({ guarantees: { throughputMBps: 10 } }), 'volume')
+      load(s, clock, 'v', 32, 5000, bytes)
+      await clock.advance(5000)
+      const met = s.metrics('v').guarantee?.met
+      s.close()
+      return { missed, met }
+    }
+    // Alone on the node and served all its capacity in trims, which want no bytes: nothing was missed.
+    const trims = await run(0)
+    assert.deepEqual({ events: trims.missed.length, met: trims.met }, { events: 0, met: true }, 'trims alone')
+    // 4 KiB writes at 1000 IOPS are 4 MB/s against a floor of 10: missed, and said so.
+    const writes = await run(4096)
+    assert.equal(writes.met, false)
+    assert.ok(writes.missed.length >= 3, `${writes.missed.length} qos:guarantee-missed events`)
   })
 
   it('calls refused for their range count nowhere in a latency target\'s figures either: they cannot hide a miss', async () => {

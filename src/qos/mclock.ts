@@ -90,10 +90,11 @@ export function closeInterval (volumes: Iterable<VolumeState>, elapsed: number, 
     state.servedOps = 0
     state.servedBytes = 0
     if (state.reservationIops === 0 && state.reservationBps === 0) continue
-    // Only a volume that wanted more all along can have been denied its floor.
-    const starved = state.backloggedSince !== undefined && state.backloggedSince <= intervalStart
-    const short = (state.reservationIops > 0 && state.achievedIops < state.reservationIops * 0.95) || (state.reservationBps > 0 && state.achievedBps < state.reservationBps * 0.95)
-    state.met = !(starved && short)
+    // Only a volume that wanted more all along can have been denied its floor: operations of any
+    // kind for an IOPS floor, operations that move bytes for a throughput floor.
+    const shortOps = state.reservationIops > 0 && queuedSince(state.backloggedSince, intervalStart) && state.achievedIops < state.reservationIops * 0.95
+    const shortBytes = state.reservationBps > 0 && queuedSince(state.bytesBackloggedSince, intervalStart) && state.achievedBps < state.reservationBps * 0.95
+    state.met = !(shortOps || shortBytes)
     if (!state.met) {
       state.missedSeconds += elapsed / 1000
       emit('qos:guarantee-missed', {
@@ -106,4 +107,9 @@ export function closeInterval (volumes: Iterable<VolumeState>, elapsed: number, 
       } satisfies QoSGuaranteeMissedEvent)
     }
   }
+}
+
+/** Whether work has been queued since `since` (undefined: none is) from `intervalStart` on. */
+function queuedSince (since: number | undefined, intervalStart: number): boolean {
+  return since !== undefined && since <= intervalStart
 }

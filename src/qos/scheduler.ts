@@ -126,6 +126,8 @@ export class QoSScheduler {
     for (const lane of [0, 1] as const) for (const op of state.waiting[lane].splice(0)) op.resolve(false)
     this.#backlog -= state.queued.length
     for (const op of state.queued.splice(0)) op.resolve(false)
+    state.queuedWithBytes = 0
+    state.bytesBackloggedSince = undefined
   }
 
   /**
@@ -363,6 +365,7 @@ export class QoSScheduler {
     const pTag = Math.max(state.pLast, this.#vtime) + 1 / state.weight
     state.pLast = pTag
     if (state.queued.length === 0) state.backloggedSince = now
+    if (bytes > 0 && state.queuedWithBytes++ === 0) state.bytesBackloggedSince = now
     state.queued.push({ kind, bytes, arrived: now, resolve, rTag, pTag })
     this.#backlog++
     this.#pump()
@@ -403,6 +406,7 @@ export class QoSScheduler {
       }
       state.queued.shift()
       this.#backlog--
+      if (op.bytes > 0 && --state.queuedWithBytes === 0) state.bytesBackloggedSince = undefined
       if (state.queued.length === 0) {
         state.backloggedSince = undefined
         // Nothing is lost: without a reservation or latency target its last operation went in

@@ -66,6 +66,12 @@ export class VolumeState {
   rLast = -Infinity
   pLast = 0
   backloggedSince: number | undefined
+  /**
+   * Queued operations that move bytes, and since when one has been queued: a throughput floor is
+   * judged on these alone (trims queued all second wanted no bytes, so got none short of a floor).
+   */
+  queuedWithBytes = 0
+  bytesBackloggedSince: number | undefined
   servedOps = 0
   servedBytes = 0
   achievedIops = 0
