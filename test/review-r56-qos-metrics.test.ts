@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BackupStrategy, GalleonFS, type BlockStore } from '../src/index.js'
 import { MemoryBlockStore } from '../backends/memory/index.js'
-import { MemoryLevel } from 'memory-level'
 import { parseQoSPolicy } from '../src/qos/policy.js'
 import { QoSScheduler, type QoSGuaranteeMissedEvent } from '../src/qos/scheduler.js'
 import { ManualClock } from './support/manual-clock.js'
 import { until } from './support/wait.js'
+import { FullDiskLevel } from './support/full-disk-level.js'
 
 interface ParsedSample { value?: string, labels?: Record<string, string> }
 interface ParsedFamily { name: string, type: string, metrics: ParsedSample[] }
@@ -39,26 +39,6 @@ function counterSamples (text: string): Map<string, number> {
     }
   }
   return out
-}
-
-/** A memory-level database whose writes fail with ENOSPC while `failing` is set (a full disk). */
-class FullDiskLevel extends MemoryLevel<string, unknown> {
-  failing = false
-
-  #check (): void {
-    if (this.failing) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
-  }
-
-  // The hooks abstract-level calls for every put and batch of the database and its sublevels.
-  async _batch (...args: unknown[]): Promise<void> {
-    this.#check()
-    await (MemoryLevel.prototype as unknown as { _batch: (...a: unknown[]) => Promise<void> })._batch.apply(this, args)
-  }
-
-  async _put (...args: unknown[]): Promise<void> {
-    this.#check()
-    await (MemoryLevel.prototype as unknown as { _put: (...a: unknown[]) => Promise<void> })._put.apply(this, args)
-  }
 }
 
 /** Runs `depth` workers of one volume until `until` (clock ms), each operation (of `bytes`: 0 for a trim) taking 1 ms; counts those admitted. */

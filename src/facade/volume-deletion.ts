@@ -94,7 +94,7 @@ export class VolumeDeletion {
       await this.#host.adminAfterMigration(record.id, async () => {
         if (!decided) await this.#refuseLate(record, options)
         await mountControl(this.#host.mounts).release(record.id)
-        if (decided) await this.destroy(this.#host.catalog.resolve(record.id), true)
+        if (decided) await this.destroy(this.#host.catalog.resolve(record.id), true).catch((err: unknown) => { throw copyNotDeleted(record, err) })
         else await this.#deleteChecked(record, options)
       }, 'the volume is being deleted')
       // This node comes off the volume's deletion mark (a deletion that fails before is finished by
@@ -265,4 +265,14 @@ export class VolumeDeletion {
     await this.#host.engine.flatten(this.#host.volumeBlocks(clone), async () => { await this.#host.catalog.updateVolume(clone.id, { source: undefined }) })
     await this.releaseSource(source)
   }
+}
+
+/**
+ * A replicated volume whose record is gone (deleted in the cluster: its other copies go) but whose
+ * copy here could not be deleted: said as it is, not as a refusal that kept the volume.
+ */
+function copyNotDeleted (record: VolumeRecord, err: unknown): GalleonError {
+  const why = err instanceof Error ? err.message : String(err)
+  if (err instanceof GalleonError && why.startsWith(`deleting volume ${record.name} failed`)) return err
+  return new GalleonError(err instanceof GalleonError ? err.code : 'IO_ERROR', `volume ${record.name} is deleted from the cluster (its other copies go), but deleting this node's copy failed: ${why}. The copy serves no I/O; fix the cause and call deleteVolume(${JSON.stringify(record.id)}) again, or reopen the instance, to remove it`, { cause: err })
 }
