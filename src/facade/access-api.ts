@@ -16,13 +16,19 @@ export class AccessApi {
   }
 
   as<T extends object> (instance: T, principal: Principal): T {
-    this.#f.gate.assertApplication('as')
+    this.#f.gate.assertApplication('as', principal)
     const context: CallContext = { principal: checkPrincipal(principal), nested: false }
-    return principalHandle(instance, this.#f.mounts, this.#f.context, context)
+    return principalHandle(instance, this.#f.mounts, this.#f.context, context, this.#f.gate)
   }
 
   async runAs<T> (principal: Principal, task: () => Promise<T>): Promise<T> {
-    this.#f.gate.assertApplication('runAs')
+    try {
+      this.#f.gate.assertApplication('runAs', principal)
+    } catch (err) {
+      // Async: the caller hears of the denial once it is in the audit log (as for checked calls).
+      await (err as { recorded?: Promise<unknown> }).recorded
+      throw err
+    }
     const context: CallContext = { principal: checkPrincipal(principal), nested: false }
     if (typeof task !== 'function') throw new GalleonError('INVALID_ARGUMENT', `runAs() needs a function to run, got ${describe(task)}`)
     return await this.#f.context.run(context, task)

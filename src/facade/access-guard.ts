@@ -54,7 +54,7 @@ function callAs (als: AsyncLocalStorage<CallContext>, context: CallContext, targ
  * The handle `as()` returns: `instance` whose calls (and those of its mount manager) run as `context`'s
  * principal; event methods are refused.
  */
-export function principalHandle<T extends object> (instance: T, mountManager: object, als: AsyncLocalStorage<CallContext>, context: CallContext): T {
+export function principalHandle<T extends object> (instance: T, mountManager: object, als: AsyncLocalStorage<CallContext>, context: CallContext, gate: AccessGuard): T {
   return new Proxy(instance, {
     get: (target, prop) => {
       if (prop === 'principal') return context.principal
@@ -74,7 +74,10 @@ export function principalHandle<T extends object> (instance: T, mountManager: ob
       if (typeof value !== 'function') return value
       // Events are the application's: they carry every namespace's volumes.
       if (typeof prop === 'string' && EVENT_METHODS.has(prop)) {
-        return () => { throw new GalleonError('PERMISSION_DENIED', `${context.principal?.id ?? 'a principal'} may not use ${prop}(): events are instance-wide; listen on the application's GalleonFS object`) }
+        return () => {
+          const principal = context.principal as Principal
+          throw gate.refuse(principal, prop, 'events', new GalleonError('PERMISSION_DENIED', `${principal.id} may not use ${prop}(): events are instance-wide; listen on the application's GalleonFS object`))
+        }
       }
       return (...args: unknown[]) => callAs(als, context, target, value as (...a: unknown[]) => unknown, args)
     }
@@ -98,10 +101,30 @@ export class AccessGuard {
   /** The access policies the checks use. */
   get access (): AccessControl { return this.#access }
 
-  /** Only the application itself may act as principals (a principal must not become another). */
-  assertApplication (call: string): void {
+  /**
+   * Only the application itself may act as principals (a principal must not become another). A
+   * refusal is thrown at once (`as` and `setReplicationHook` are synchronous) and recorded in the
+   * audit log in the background; `recorded` is that write, for an async caller to wait on.
+   * `asPrincipal` is the id the caller tried to become, kept in the entry.
+   */
+  assertApplication (call: string, asPrincipal?: unknown): void {
     const principal = this.#context.getStore()?.principal
-    if (principal !== undefined) throw new GalleonError('PERMISSION_DENIED', `${principal.id} may not call ${call}(): only the application acts as other principals`)
+    if (principal === undefined) return
+    const denial = new GalleonError('PERMISSION_DENIED', `${principal.id} may not call ${call}(): only the application acts as other principals`)
+    throw this.refuse(principal, call, 'instance', denial, typeof asPrincipal === 'object' && asPrincipal !== null ? (asPrincipal as { id?: unknown }).id : undefined)
+  }
+
+  /**
+   * `denial` of `call` to `principal`, once its audit entry is queued: a refusal no grant can lift
+   * (a call only the application makes) is a denial like any other. The error carries the write
+   * in `recorded` (not enumerable), which never rejects: a lost entry is reported there as the
+   * audit log's error, as `auditError` is elsewhere.
+   */
+  refuse (principal: Principal, call: string, label: string, denial: GalleonError, asPrincipal?: unknown): GalleonError {
+    const details = typeof asPrincipal === 'string' ? { asPrincipal: asPrincipal.slice(0, 256) } : undefined
+    const recorded = this.#record(denial, { principal: principal.id, roles: principal.roles, groups: principal.groups, action: call, object: label, result: 'denied', code: 'PERMISSION_DENIED', ...(details === undefined ? {} : { details }) })
+    Object.defineProperty(denial, 'recorded', { value: recorded, enumerable: false, configurable: true })
+    return denial
   }
 
   /**
