@@ -65,6 +65,13 @@ export class NoAnswer extends CliError {
 export const ANSWER_TIMEOUT_SECONDS = 30
 
 /**
+ * The longest --timeout or --wait the CLI takes (23 days): Node's timers hold at most 2^31 - 1 ms
+ * and fire after 1 ms for anything longer, so a larger value (a script's "wait forever") would
+ * report a daemon that answers as hung at once. Leaves room for the stream allowance added to it.
+ */
+export const MAX_WAIT_SECONDS = 2_000_000
+
+/**
  * Sends one API request and resolves when the answer begins; a daemon that is not there, one that
  * does not begin its answer within `timeoutMs` (--timeout), a rejected token or an error status
  * become CliError. Only the wait for the answer's beginning is bounded: a long operation streams

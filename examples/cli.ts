@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { formatSize, parseSize } from '../src/size.js'
 import type { ForgottenNode } from '../src/index.js'
-import { ANSWER_TIMEOUT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, noAnswerInTime, UsageError, type Globals } from './cli-client.js'
+import { ANSWER_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, noAnswerInTime, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
 import { absolute, columns, print, sizeOption, type VolumeView } from './cli-format.js'
 import { addBackupCommands } from './cli-backup.js'
@@ -47,7 +47,7 @@ export function buildCli (): Command {
     .option('--no-progress', 'no progress bars, also on a terminal')
     .option('--timeout <seconds>', `how long to wait for the daemon to begin answering (default ${ANSWER_TIMEOUT_SECONDS}; long operations begin their answer at once and then take as long as they need)`, (v) => {
       const n = Number(v)
-      if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('a number of seconds above 0')
+      if (v.trim() === '' || !Number.isFinite(n) || n <= 0 || n > MAX_WAIT_SECONDS) throw new InvalidArgumentError(`a number of seconds above 0, at most ${MAX_WAIT_SECONDS}`)
       return n
     })
     .version(VERSION, '-V, --version')
@@ -211,7 +211,7 @@ export function buildCli (): Command {
   daemon.command('status').description('show the daemon\'s state')
     .option('--wait <seconds>', 'wait up to this long for the daemon to answer (for scripts that just started it)', (v) => {
       const n = Number(v)
-      if (v.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('a number of seconds')
+      if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > MAX_WAIT_SECONDS) throw new InvalidArgumentError(`a number of seconds from 0 to ${MAX_WAIT_SECONDS}`)
       return n
     })
     .action(async (options: { wait?: number }) => {
