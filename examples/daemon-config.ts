@@ -102,6 +102,9 @@ export interface DaemonConfig {
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug', 'trace'] as const
 export type LogLevel = typeof LOG_LEVELS[number]
 
+/** The persistence levels of the seed's `--persistence-level` (accepted and shown; not used by this release). */
+const PERSISTENCE_LEVELS: readonly string[] = ['basic', 'enhanced', 'high', 'maximum']
+
 export const DEFAULTS: DaemonConfig = {
   storagePath: './galleonfs_storage',
   blockSize: 4096,
@@ -255,8 +258,13 @@ export function check (raw: Record<string, unknown>, where: string, nameOf: Sett
     // `${where}: --ipc-address` or `daemon.toml: ipc_address in [daemon]`, the start of every complaint.
     const bad = `${where}: ${nameOf(key)}`
     switch (key as keyof DaemonConfig) {
-      case 'storagePath':
       case 'persistenceLevel':
+        // The seed's four levels: this release uses none of them (a warning says so), but a typo
+        // ("enhancd") is a bad value like any other, not a level.
+        if (typeof value !== 'string' || !PERSISTENCE_LEVELS.includes(value)) throw new ConfigError(`${bad} must be one of ${PERSISTENCE_LEVELS.join(', ')}, got ${JSON.stringify(value)}`)
+        out.persistenceLevel = value
+        break
+      case 'storagePath':
         if (typeof value !== 'string' || value.length === 0) throw new ConfigError(`${bad} must be a non-empty string, got ${JSON.stringify(value)}`)
         out[key as 'storagePath'] = value
         break
