@@ -9,7 +9,7 @@
 // The public types are in audit-types.ts; how records are keyed, hashed and parsed in audit-records.ts.
 
 import type { AbstractSublevel } from 'abstract-level'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { SerialQueue } from '../serial-queue.js'
@@ -20,6 +20,8 @@ export type { AuditEntry, AuditQuery, AuditRecord, AuditVerification } from './a
 
 type JsonSublevel = AbstractSublevel<MetadataDatabase, any, string, any>
 const SYNC = { sync: true } as unknown as Record<string, never>
+/** The fields of an AuditQuery. */
+const QUERY_FIELDS: readonly string[] = ['from', 'to', 'principal', 'object', 'action', 'result', 'limit']
 /** The action of the entry the instance appends when it found the head record wrong at open. */
 const REOPENED = 'auditLogReopened'
 /** Entries read (or index keys walked) between two turns given to the event loop. */
@@ -222,6 +224,10 @@ export class AuditLog {
   /** Entries matching `query`, oldest first. */
   async query (query: AuditQuery = {}): Promise<AuditEntry[]> {
     if (query === null || typeof query !== 'object') throw new GalleonError('INVALID_ARGUMENT', `queryAuditLog() takes a filter object, got ${describe(query)}`)
+    // A misspelt field would filter nothing and answer every entry as if they were the ones asked for.
+    for (const key of Object.keys(query)) {
+      if (!QUERY_FIELDS.includes(key)) throw new GalleonError('INVALID_ARGUMENT', `queryAuditLog() has no filter ${quoted(key)}; it takes ${QUERY_FIELDS.join(', ')}`)
+    }
     const from = toTime(query.from, 'from')
     const to = toTime(query.to, 'to')
     const limit = query.limit ?? 1000
