@@ -19,7 +19,7 @@ async function daemonMain (argv: string[]): Promise<number> {
     .option('--ipc-address <host:port>', 'address of the CLI API (default 127.0.0.1:8090)')
     .option('--peer-addresses <list>', 'comma-separated peers')
     .option('--replication-strategy <strategy>', 'synchronous or asynchronous (default synchronous)')
-    .option('--persistence-level <level>', 'persistence level (default enhanced)')
+    .option('--persistence-level <level>', 'persistence level: basic, enhanced, high or maximum (default enhanced; not used by this release)')
     .option('--mount-point <dir>', 'mount volumes here through FUSE')
     .option('--nbd-address <host:port>', 'serve NBD exports here')
     .option('--nbd-handshake-timeout-seconds <seconds>', 'seconds an NBD client has to finish its handshake; 0: no limit (default 10)')
