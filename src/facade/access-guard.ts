@@ -111,7 +111,7 @@ export class AccessGuard {
     const principal = this.#context.getStore()?.principal
     if (principal === undefined) return
     const denial = new GalleonError('PERMISSION_DENIED', `${principal.id} may not call ${call}(): only the application acts as other principals`)
-    throw this.refuse(principal, call, 'instance', denial, typeof asPrincipal === 'object' && asPrincipal !== null ? (asPrincipal as { id?: unknown }).id : undefined)
+    throw this.refuse(principal, call, 'instance', denial, idOf(asPrincipal))
   }
 
   /**
@@ -278,6 +278,15 @@ export class AccessGuard {
     } catch (auditError) {
       return withAuditError(failure, auditError)
     }
+  }
+}
+
+/** The `id` of a would-be principal, for the audit entry of its refusal; a getter that throws is read as none. */
+function idOf (principal: unknown): unknown {
+  try {
+    return typeof principal === 'object' && principal !== null ? Reflect.get(principal, 'id') : undefined
+  } catch {
+    return undefined
   }
 }
 
