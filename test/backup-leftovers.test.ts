@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url'
 import { ClassicLevel } from 'classic-level'
 import { GalleonFS, type IoErrorEvent } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
+import { FileBlockStore } from '../backends/file/index.js'
 import { delegatingTarget } from './support/backup-targets.js'
 import { until } from './support/wait.js'
 import { blockPattern } from './support/patterns.js'
@@ -116,28 +117,34 @@ if (CHILD !== undefined) {
 
   /**
    * An instance with a LoggingLevel for metadata, volume `src` (pattern 5) backed up to a new
-   * directory target, and `watch()`, after which the first write or trim checks that the restore's
-   * record of the volume it changes would survive a power loss, by a synced write of its own
-   * (`durableAtFirstChange`).
+   * directory target, and `watch()`, after which the block store's first batch (the restore's
+   * first write or trim) checks that the restore's record of the volume it changes would survive a
+   * power loss, by a synced write of its own (`durableAtFirstChange`).
    */
   async function loggedInstance (): Promise<{ g: GalleonFS, db: LoggingLevel, targetPath: string, backupId: string, watch: () => void, durableAtFirstChange: () => boolean | undefined }> {
     const storagePath = place()
     const targetPath = place()
     const db = new LoggingLevel(join(storagePath, 'metadata'))
-    const g = await GalleonFS.open({ storagePath, metadata: db as never })
+    let watching = false
+    let durable: boolean | undefined
+    const check = (): void => {
+      if (!watching || durable !== undefined) return
+      // The record of the restore under way: the last one put.
+      const key = db.writes.flatMap((write) => write.keys).filter(([key, type]) => type === 'put' && key.startsWith('!restoresInProgress!')).at(-1)?.[0]
+      durable = key !== undefined && db.afterPowerLoss(key) === 'put' && db.syncedItself(key)
+    }
+    const inner = new FileBlockStore({ location: join(storagePath, 'blocks') })
+    const blockStore = new Proxy(inner, {
+      get (target, prop) {
+        if (prop === 'batch') return async (...args: Parameters<typeof inner.batch>) => { check(); return await target.batch(...args) }
+        const value = Reflect.get(target, prop, target)
+        return typeof value === 'function' ? value.bind(target) : value
+      }
+    })
+    const g = await GalleonFS.open({ storagePath, metadata: db as never, blockStore })
     await g.createVolume({ name: 'src', sizeBytes: BLOCKS * BS })
     await g.write('src', 0, pattern(BLOCKS, 5))
     const backup = await g.createBackup('src', { target: targetPath })
-    let watching = false
-    let durable: boolean | undefined
-    const check = (vol: unknown): void => {
-      if (!watching || durable !== undefined) return
-      // restore.ts refers to the volume by id.
-      durable = typeof vol === 'string' && db.afterPowerLoss(`!restoresInProgress!${vol}`) === 'put' && db.syncedItself(`!restoresInProgress!${vol}`)
-    }
-    const [write, trim] = [g.write.bind(g), g.trim.bind(g)]
-    g.write = (async (...args: Parameters<typeof write>) => { check(args[0]); return await write(...args) }) as typeof write
-    g.trim = (async (...args: Parameters<typeof trim>) => { check(args[0]); return await trim(...args) }) as typeof trim
     return { g, db, targetPath, backupId: backup.id, watch: () => { watching = true }, durableAtFirstChange: () => durable }
   }
 
