@@ -51,8 +51,12 @@ export async function deleteBackup (ctx: BackupContext, id: string, options: Del
     }
     const deleted = [...dependents.reverse(), doomed]
     for (const manifest of deleted) {
-      await target.deleteManifest(manifest.id)
+      // Its snapshot first: once the manifest is gone nothing names the snapshot any more (a backup
+      // frees only those of the backups it lists), so a kill in between left it pinning the
+      // volume's old blocks for good. The other way round, a kill leaves the backup listed and
+      // whole (a restore needs no snapshot), for the deletion to be asked again.
       await ctx.leftovers.freeSnapshot(manifest.volume.id, manifest.volume.name, manifest)
+      await target.deleteManifest(manifest.id)
     }
     const kept = manifests.filter((m) => !deleted.includes(m))
     const referenced = new Set<string>()
