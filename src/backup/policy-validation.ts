@@ -17,6 +17,11 @@ export function validatePolicy (options: BackupPolicyOptions, clock: Clock): Bac
   const known = new Set(['name', 'schedule', 'timezone', 'strategy', 'fullEvery', 'retention', 'volumes', 'labels', 'target', 'hooks'])
   for (const key of Object.keys(options)) if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown backup policy field ${quoted(key)}; allowed: ${[...known].join(', ')}`)
   if (typeof options.name !== 'string' || !NAME.test(options.name)) throw new GalleonError('INVALID_ARGUMENT', `backup policy name must be 1-63 letters, digits, '-', '_' or '.', got ${describe(options.name)}`)
+  // A zone name only: croner reads a number as a UTC offset in minutes and an empty string as the
+  // machine's local zone, neither of which the stored policy would say.
+  if (options.timezone !== undefined && options.timezone !== null && (typeof options.timezone !== 'string' || options.timezone.length === 0)) {
+    throw new GalleonError('INVALID_ARGUMENT', `timezone must be an IANA time zone name such as 'Europe/Berlin' (or left out for UTC), got ${describe(options.timezone)}`)
+  }
   const timezone = options.timezone ?? 'UTC'
   if (typeof options.schedule !== 'string') throw new GalleonError('INVALID_ARGUMENT', `schedule must be a cron expression such as '0 2 * * *', got ${describe(options.schedule)}`)
   try {
@@ -49,6 +54,10 @@ export function validatePolicy (options: BackupPolicyOptions, clock: Clock): Bac
     throw new GalleonError('INVALID_ARGUMENT', `a policy's target is a directory path (a stored policy cannot hold a driver object), got ${describe(options.target)}`)
   }
   const now = new Date(clock.now())
+  // A schedule whose time never comes (April 31st, a year gone by) would be stored and never run.
+  if (nextRun({ schedule: options.schedule, timezone }, now) === null) {
+    throw new GalleonError('INVALID_ARGUMENT', `schedule ${JSON.stringify(options.schedule)} never comes after ${now.toISOString()} (a day the month does not have, or a year gone by?), so the policy would take no backup; for example '0 2 * * *' runs at 02:00 every day`)
+  }
   const policy: BackupPolicy = {
     name: options.name,
     schedule: options.schedule,
