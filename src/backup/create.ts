@@ -228,6 +228,7 @@ async function storeBackup (ctx: BackupContext, volume: Volume, target: BackupTa
         throw err
       }
     }
+    await ctx.leftovers.backupStored(id, volume.id, target.location)
     // Extended only when it was used (not found lying about this volume's backups): else rebuilt.
     await writeIndexOrReport(ctx, target, indexUsed ? { manifest, bytes: manifestBytes } : undefined)
     const backup = toBackup(manifest, target)
@@ -236,6 +237,8 @@ async function storeBackup (ctx: BackupContext, volume: Volume, target: BackupTa
     for (const older of ours) {
       if (older.id !== newestFull?.id && snapshots.has(older.snapshot.id)) await ctx.leftovers.freeSnapshot(volume.id, volume.name, older)
     }
+    // And those of this volume's backups on the target that were deleted elsewhere (by another instance).
+    await ctx.leftovers.freeUnlisted(volume.id, volume.name, target.location, new Set([...ours.map((m) => m.id), id]))
     ctx.g.emit('backup:completed', backup)
     if (options.hooks?.post !== undefined) {
       try {

@@ -25,6 +25,14 @@ type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backu
  */
 type LeftSnapshotSublevel = AbstractSublevel<MetadataDatabase, any, string, LeftSnapshotRecord>
 interface LeftSnapshotRecord { volumeId: string, backupId: string, of?: 'backup', name?: string }
+/**
+ * Stored backups whose snapshot the volume may still hold: backup id -> the volume and the target's
+ * location. A backup deleted by another instance (or process) writing the target leaves its
+ * snapshot here, which no manifest names any more: the next backup of the volume to that target
+ * deletes it (see freeUnlisted). Without the target, a snapshot of a backup on another target
+ * could not be told apart.
+ */
+type StoredSublevel = AbstractSublevel<MetadataDatabase, any, string, { volumeId: string, target: string }>
 
 /**
  * classic-level's option to fsync its log before resolving (abstract-level passes it through
@@ -65,6 +73,7 @@ export class BackupLeftovers {
   readonly #pending: PendingSublevel | undefined
   readonly #restoring: RestoringSublevel | undefined
   readonly #leftSnapshots: LeftSnapshotSublevel | undefined
+  readonly #stored: StoredSublevel | undefined
   readonly #metadata: MetadataDatabase | undefined
   /** Snapshots running backups chose as their base (by id, with how many chose each): retryLeftSnapshots leaves them. */
   readonly #basesInUse = new Map<string, number>()
@@ -74,6 +83,7 @@ export class BackupLeftovers {
     this.#pending = metadata?.sublevel('backupsInProgress', { valueEncoding: 'json' }) as PendingSublevel | undefined
     this.#restoring = metadata?.sublevel('restoresInProgress', { valueEncoding: 'json' }) as RestoringSublevel | undefined
     this.#leftSnapshots = metadata?.sublevel('restoreSnapshotsLeft', { valueEncoding: 'json' }) as LeftSnapshotSublevel | undefined
+    this.#stored = metadata?.sublevel('backupSnapshots', { valueEncoding: 'json' }) as StoredSublevel | undefined
     this.#metadata = metadata
   }
 
@@ -296,7 +306,42 @@ export class BackupLeftovers {
     // (a plain volume's, or an encrypted volume's untagged one: this runs before any tag is
     // checked) may name any snapshot of the volume, which is not the backup's to delete.
     const snapshot = (await this.#g.listSnapshots(volumeId).catch(() => [])).find((s) => s.id === id)
-    if (snapshot === undefined || snapshot.name !== `backup-${manifest.id}`) return
+    if (snapshot === undefined || snapshot.name !== `backup-${manifest.id}`) {
+      await this.#stored?.del(manifest.id).catch(() => {})
+      return
+    }
+    await this.#deleteBackupSnapshot(volumeId, volumeName, manifest.id, id, name)
+  }
+
+  /** Records stored backup `id` of `volumeId` on the target at `location` (see StoredSublevel). Never rejects. */
+  async backupStored (id: string, volumeId: string, location: string): Promise<void> {
+    await this.#stored?.put(id, { volumeId, target: location }).catch(() => {})
+  }
+
+  /**
+   * Deletes the snapshots of `volumeId`'s backups stored on the target at `location` whose
+   * manifests are no longer there (`listed`: the backups of the volume a backup to it has just
+   * read, and its own): deleted by another instance or process, which could not reach the
+   * snapshot. Only backups this instance recorded (backupStored) count: a snapshot of a backup on
+   * another target, or of one a replica's node took, is not this one's to judge. Never rejects.
+   */
+  async freeUnlisted (volumeId: string, volumeName: string, location: string, listed: ReadonlySet<string>): Promise<void> {
+    const records = await this.#stored?.iterator().all().catch(() => undefined) ?? []
+    const mine = records.filter(([id, record]) => record.volumeId === volumeId && record.target === location && !listed.has(id))
+    if (mine.length === 0) return
+    const snapshots = await this.#g.listSnapshots(volumeId).catch(() => undefined)
+    if (snapshots === undefined) return
+    for (const [id] of mine) {
+      const snapshot = snapshots.find((s) => s.name === `backup-${id}`)
+      if (snapshot === undefined) await this.#stored?.del(id).catch(() => {})
+      else await this.#deleteBackupSnapshot(volumeId, volumeName, id, snapshot.id, snapshot.name)
+    }
+  }
+
+  /** Deletes snapshot `id` (named `name`) of backup `backupId`; one that cannot be deleted now is recorded and reported. */
+  async #deleteBackupSnapshot (volumeId: string, volumeName: string, backupId: string, id: string, name: string): Promise<void> {
+    // Forgotten first: from here on the snapshot is deleted, or recorded as left to delete.
+    await this.#stored?.del(backupId).catch(() => {})
     try {
       await this.#g.deleteSnapshot(volumeId, id)
     } catch (err) {
@@ -304,11 +349,11 @@ export class BackupLeftovers {
       let next = 'tried again at the next open'
       try {
         if (this.#leftSnapshots === undefined) throw new GalleonError('NOT_OPEN', 'no metadata database to record it in')
-        await this.#leftSnapshots.put(id, { volumeId, backupId: manifest.id, of: 'backup', name }, SYNC)
+        await this.#leftSnapshots.put(id, { volumeId, backupId, of: 'backup', name }, SYNC)
       } catch (cause) {
         next = `not recorded for a later try either (${(cause as Error).message}), so delete it with deleteSnapshot once it can be`
       }
-      this.#report({ volumeId, volumeName, operation: 'write', code: errorCode(err), message: `could not delete ${leftSnapshot(name, volumeName, manifest.id, 'backup')} (${next}): ${(err as Error).message}` })
+      this.#report({ volumeId, volumeName, operation: 'write', code: errorCode(err), message: `could not delete ${leftSnapshot(name, volumeName, backupId, 'backup')} (${next}): ${(err as Error).message}` })
     }
   }
 }
