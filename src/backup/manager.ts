@@ -85,7 +85,7 @@ export class BackupManager {
     this.#leftovers.reportOpening()
   }
 
-  /** Backups and restores under way: close() cancels them and waits for them. */
+  /** Backups and restores under way (close() cancels them and waits for them), deletions and adoptions (close() waits for them). */
   readonly #running = new Set<{ readonly abort: AbortController, readonly done: Promise<unknown> }>()
   #closing = false
 
@@ -105,8 +105,25 @@ export class BackupManager {
   }
 
   /**
+   * Runs a deletion or adoption that close() waits for (not cancelled: it frees the snapshots of
+   * the backups it deletes, which it could no longer reach after close, and would leave for good).
+   */
+  async #awaited<T> (run: () => Promise<T>): Promise<T> {
+    if (this.#closing) throw new GalleonError('NOT_OPEN', 'the instance is closing; no backup deletion or adoption starts now')
+    const done = run()
+    const entry = { abort: new AbortController(), done }
+    this.#running.add(entry)
+    try {
+      return await done
+    } finally {
+      this.#running.delete(entry)
+    }
+  }
+
+  /**
    * At close, while the instance still serves calls: backups and restores under way are cancelled
-   * (CANCELLED, at their next chunk) and clean up after themselves; new ones are refused.
+   * (CANCELLED, at their next chunk) and clean up after themselves; deletions and adoptions under
+   * way are waited for; new ones of all of these are refused.
    */
   async close (): Promise<void> {
     this.#closing = true
@@ -154,11 +171,11 @@ export class BackupManager {
    * the chain checks out. The caller vouches that the manifests were not altered on the target.
    */
   async adopt (id: string, options: { target?: BackupTargetRef } = {}): Promise<BackupAdoption> {
-    return await adoptBackup(this.#context, id, options)
+    return await this.#awaited(async () => await adoptBackup(this.#context, id, options))
   }
 
   async delete (id: string, options: DeleteBackupOptions = {}): Promise<DeleteBackupResult> {
-    return await deleteBackup(this.#context, id, options)
+    return await this.#awaited(async () => await deleteBackup(this.#context, id, options))
   }
 
   async restore (id: string, options: RestoreBackupOptions = {}): Promise<Volume> {
