@@ -22,7 +22,9 @@ const CHUNK_GRACE_SECONDS = 3600
  */
 export function checkDeleteBackupOptions (options: DeleteBackupOptions): number {
   if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `deleteBackup() options must be an object such as { force: true }, got ${describe(options)}`)
-  const graceMs = 1000 * (options.chunkGraceSeconds ?? CHUNK_GRACE_SECONDS)
+  const grace: unknown = options.chunkGraceSeconds ?? CHUNK_GRACE_SECONDS
+  // A number only: a string such as '5' was multiplied into one.
+  const graceMs = typeof grace === 'number' ? 1000 * grace : Number.NaN
   if (!Number.isFinite(graceMs) || graceMs < 0) throw new GalleonError('INVALID_ARGUMENT', `chunkGraceSeconds is a number of seconds >= 0, got ${describe(options.chunkGraceSeconds)}`)
   return graceMs
 }

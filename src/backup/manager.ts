@@ -138,6 +138,10 @@ export class BackupManager {
       throw new GalleonError('INVALID_ARGUMENT', `createBackup() hooks are { pre?: function, post?: function }, got ${describe(hooks)}; no backup was taken`)
     }
     checkListener('createBackup', options.onProgress)
+    // Stored in the manifest and matched by that policy's retention: a name, not any value turned into a string.
+    if (options.policy !== undefined && (typeof options.policy !== 'string' || options.policy.length === 0)) {
+      throw new GalleonError('INVALID_ARGUMENT', `createBackup() policy is the name of the backup policy taking the backup (a non-empty string), got ${describe(options.policy)}; no backup was taken`)
+    }
     return await this.#cancellable(options.signal, async (signal) => await createBackup(this.#context, vol, options, signal))
   }
 
