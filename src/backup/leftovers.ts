@@ -26,8 +26,8 @@ type RestoringSublevel = AbstractSublevel<MetadataDatabase, any, string, { backu
 type LeftSnapshotSublevel = AbstractSublevel<MetadataDatabase, any, string, LeftSnapshotRecord>
 interface LeftSnapshotRecord { volumeId: string, backupId: string, of?: 'backup', name?: string }
 /**
- * Stored backups whose snapshot the volume may still hold: backup id -> the volume and the target's
- * location. A backup deleted by another instance (or process) writing the target leaves its
+ * Stored backups whose snapshot the volume may still hold: `<volume id>!<backup id>` (so that a
+ * backup reads its own volume's records alone) -> the volume and the target's location. A backup deleted by another instance (or process) writing the target leaves its
  * snapshot here, which no manifest names any more: the next backup of the volume to that target
  * deletes it (see freeUnlisted). Without the target, a snapshot of a backup on another target
  * could not be told apart.
@@ -48,6 +48,11 @@ export interface HalfRestoredFence {
   readonly replicated: (volumeId: string) => boolean
   /** Marks it as an unfinished revert to `safetySnapshot`, `why` in the refusal's message (durable). */
   readonly fence: (volumeId: string, safetySnapshot: string, why: string) => Promise<void>
+}
+
+/** The key of a stored backup's record (see StoredSublevel). */
+function storedKey (volumeId: string, backupId: string): string {
+  return `${volumeId}!${backupId}`
 }
 
 /** Whether a deletion failed because what it deletes (or its volume) is gone already. */
@@ -307,7 +312,7 @@ export class BackupLeftovers {
     // checked) may name any snapshot of the volume, which is not the backup's to delete.
     const snapshot = (await this.#g.listSnapshots(volumeId).catch(() => [])).find((s) => s.id === id)
     if (snapshot === undefined || snapshot.name !== `backup-${manifest.id}`) {
-      await this.#stored?.del(manifest.id).catch(() => {})
+      await this.#stored?.del(storedKey(volumeId, manifest.id)).catch(() => {})
       return
     }
     await this.#deleteBackupSnapshot(volumeId, volumeName, manifest.id, id, name)
@@ -315,7 +320,7 @@ export class BackupLeftovers {
 
   /** Records stored backup `id` of `volumeId` on the target at `location` (see StoredSublevel). Never rejects. */
   async backupStored (id: string, volumeId: string, location: string): Promise<void> {
-    await this.#stored?.put(id, { volumeId, target: location }).catch(() => {})
+    await this.#stored?.put(storedKey(volumeId, id), { volumeId, target: location }).catch(() => {})
   }
 
   /**
@@ -326,14 +331,15 @@ export class BackupLeftovers {
    * another target, or of one a replica's node took, is not this one's to judge. Never rejects.
    */
   async freeUnlisted (volumeId: string, volumeName: string, location: string, listed: ReadonlySet<string>): Promise<void> {
-    const records = await this.#stored?.iterator().all().catch(() => undefined) ?? []
-    const mine = records.filter(([id, record]) => record.volumeId === volumeId && record.target === location && !listed.has(id))
+    const prefix = storedKey(volumeId, '')
+    const records = await this.#stored?.iterator({ gte: prefix, lt: `${prefix}\uffff` }).all().catch(() => undefined) ?? []
+    const mine = records.map(([key, record]) => [key.slice(prefix.length), record] as const).filter(([id, record]) => record.target === location && !listed.has(id))
     if (mine.length === 0) return
     const snapshots = await this.#g.listSnapshots(volumeId).catch(() => undefined)
     if (snapshots === undefined) return
     for (const [id] of mine) {
       const snapshot = snapshots.find((s) => s.name === `backup-${id}`)
-      if (snapshot === undefined) await this.#stored?.del(id).catch(() => {})
+      if (snapshot === undefined) await this.#stored?.del(storedKey(volumeId, id)).catch(() => {})
       else await this.#deleteBackupSnapshot(volumeId, volumeName, id, snapshot.id, snapshot.name)
     }
   }
@@ -341,7 +347,7 @@ export class BackupLeftovers {
   /** Deletes snapshot `id` (named `name`) of backup `backupId`; one that cannot be deleted now is recorded and reported. */
   async #deleteBackupSnapshot (volumeId: string, volumeName: string, backupId: string, id: string, name: string): Promise<void> {
     // Forgotten first: from here on the snapshot is deleted, or recorded as left to delete.
-    await this.#stored?.del(backupId).catch(() => {})
+    await this.#stored?.del(storedKey(volumeId, backupId)).catch(() => {})
     try {
       await this.#g.deleteSnapshot(volumeId, id)
     } catch (err) {
