@@ -1,7 +1,7 @@
 // Module-level helpers of the facade: records turned into what callers and other nodes see
 // (Volume, VolumeSpec, engine views) and checks of names and labels.
 
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, describe, quoted } from '../errors.js'
 import type { View } from '../engine/engine.js'
 import type { ReplicationManager } from '../replication/manager.js'
 import type { VolumeSpec } from '../replication/records.js'
@@ -100,6 +100,22 @@ export function checkSnapshotName (name: unknown): asserts name is string {
   // Snapshots are looked up by id first, then by name: a name shaped like an id could name another snapshot.
   if (looksLikeId(name)) {
     throw new GalleonError('INVALID_ARGUMENT', `snapshot name ${JSON.stringify(name)} looks like a snapshot id; pick a name that is not a UUID so lookups by name or id stay unambiguous`)
+  }
+}
+
+/**
+ * Throws INVALID_ARGUMENT unless `options` is undefined or a plain object holding only `known`
+ * keys, each listed in `flags` a boolean when given: a misspelt or mistyped option would otherwise
+ * be ignored, and the call would do something else than asked without saying so.
+ */
+export function checkCallOptions (call: string, options: unknown, known: readonly string[], flags: readonly string[] = []): void {
+  if (options === undefined) return
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new GalleonError('INVALID_ARGUMENT', `${call}() takes its options as an object such as { ${known.map((key) => `${key}: ...`).join(', ')} }, got ${describe(options)}`)
+  }
+  for (const [key, value] of Object.entries(options)) {
+    if (!known.includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown ${call} option ${quoted(key)}; allowed: ${known.join(', ')}`)
+    if (flags.includes(key) && value !== undefined && typeof value !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `${call} option "${key}" must be true or false, got ${describe(value)}`)
   }
 }
 

@@ -4,7 +4,7 @@
 import type { Snapshot, Volume } from '../types.js'
 import { checkNamespace, checkVolumeName } from '../volumes/catalog.js'
 import type { Facade } from './assembly.js'
-import { checkSnapshotName } from './records.js'
+import { checkCallOptions, checkSnapshotName } from './records.js'
 import { isSnapshotObject, isSnapshotRef, readSource, type CloneSource, type ReadSource, type VolumeRef } from './refs.js'
 
 /** GalleonFS's calls on snapshots and clones (see their documentation there). */
@@ -40,6 +40,7 @@ export class SnapshotApi {
 
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean } = {}): Promise<void> {
     this.#f.state.assertOpen()
+    checkCallOptions('deleteSnapshot', options, ['force'], ['force'])
     const { object, label } = this.#f.gate.refObject(vol)
     const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
     await this.#f.gate.guard('deleteSnapshot', 'snapshot:delete', object, `snapshot:${label.slice(7)}@${snapshotName}`, async () => { await this.#f.snapshots.deleteSnapshot(vol, snapshot, options) }, options?.force === true ? { force: true } : undefined)
@@ -55,6 +56,7 @@ export class SnapshotApi {
   async cloneVolume (source: CloneSource, newName: string, options: { labels?: Record<string, string>, namespace?: string } = {}): Promise<Volume> {
     this.#f.state.assertOpen()
     checkVolumeName(newName)
+    checkCallOptions('cloneVolume', options, ['labels', 'namespace'])
     const from = this.#f.gate.refObject(source)
     const fromSnapshot = isSnapshotObject(source) || (typeof source === 'object' && source !== null && 'snapshot' in source)
     const namespace = options?.namespace ?? from.object.namespace
@@ -74,6 +76,7 @@ export class SnapshotApi {
 
   async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
     this.#f.state.assertOpen()
+    checkCallOptions('listChangedBlocks', options, ['from', 'to'])
     const { object, label } = this.#f.gate.refObject(vol)
     await this.#f.gate.check('listChangedBlocks', 'snapshot:read', object, label)
     return this.#f.io.changedBlocks(vol, options)

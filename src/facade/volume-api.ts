@@ -14,7 +14,7 @@ import type { Facade } from './assembly.js'
 import { volumeUsage } from './metrics.js'
 import { createPool, deletePool, poolStatus, updatePool } from './pools.js'
 import { effectiveQoS, setVolumeQoS } from './qos.js'
-import { checkVolumeSize, volumeView } from './records.js'
+import { checkCallOptions, checkVolumeSize, volumeView } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { callIn } from './forwarded-calls.js'
 import { createStorageClass, deleteStorageClass } from './storage-classes.js'
@@ -76,6 +76,7 @@ export class VolumeApi {
 
   async deleteVolume (vol: VolumeRef, options: { force?: boolean } = {}): Promise<void> {
     this.#f.state.assertOpen()
+    checkCallOptions('deleteVolume', options, ['force'], ['force'])
     const { object, label } = this.#f.gate.refObject(vol)
     let source: string | undefined
     try { source = this.#f.catalog.resolve(vol).source?.volumeId } catch {}
