@@ -215,7 +215,7 @@ async function verify (storagePath: string, backend: 'file' | 'level', model: Mo
 
 for (const backend of ['file', 'level'] as const) {
   describe(`clone chain crash test (review r60): ${backend}`, () => {
-    it(`${TRIALS} SIGKILL trials with clones of clones, expansions, trims, reverts and forced deletions under durable writes`, async () => {
+    it(`${TRIALS} SIGKILL trials with clones of clones, expansions, trims, reverts and forced deletions under durable writes`, async (t) => {
       const storagePath = await mkdtemp(join(tmpdir(), `galleon-r60crash-${backend}-`))
       const seed = BASE_SEED ^ (backend === 'file' ? 0 : 0x5bd1e995)
       const random = seededRandom(seed)
@@ -243,7 +243,7 @@ for (const backend of ['file', 'level'] as const) {
           assert.deepEqual(problems.slice(0, 20), [], `${context}: ${problems.length} problems`)
           model = next
         }
-        if (process.env.R60_STATS === "1") console.log(JSON.stringify(seen))
+        t.diagnostic(`operations issued: ${JSON.stringify(seen)}`)
         assert.ok(seen.expansions > 0 && seen.chains > 0 && seen.middleDeletes > 0 && seen.reverts > 0 && seen.trims > 0, `the workload did not do everything it is meant to: ${JSON.stringify(seen)}`)
       } finally {
         await rm(storagePath, { recursive: true, force: true })
