@@ -1,5 +1,5 @@
 // A restoreBackup writing into a volume against writes made through the API (write, writeBlock,
-// trim) on the same volume: they are refused with BUSY while the restore writes, as mounts, files
+// trim, restoreSnapshot) on the same volume: they are refused with BUSY while the restore writes, as mounts, files
 // and NBD writers are, so the restored volume is exactly the backup.
 
 import { after, before, describe, it } from 'node:test'
@@ -73,6 +73,28 @@ describe('restoreBackup and writes through the API', () => {
       held.release()
       await restoring
       assert.deepEqual(await g.read('copy', 0, SIZE), backed)
+    } finally {
+      held?.release()
+      await g.close()
+    }
+  })
+
+  it('restoreSnapshot of a volume a restore writes into is refused with BUSY; the restored volume is the backup', async () => {
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'revert-target') }), 'getChunk')
+    const g = await GalleonFS.open({ storagePath: join(root, 'revert'), backupTarget: target })
+    let held: ReturnType<typeof hold> | undefined
+    try {
+      const { id, backed } = await backedUp(g)
+      await g.createSnapshot('v', 'sevens')
+      held = hold()
+      const restoring = g.restoreBackup(id, { volume: 'v' })
+      await held.reached
+      assert.match(await g.restoreSnapshot('v', 'sevens').then(() => 'reverted', code), /^BUSY: .*restor.*v/)
+      held.release()
+      await restoring
+      assert.deepEqual(await g.read('v', 0, SIZE), backed, 'the volume reads exactly as the backup')
+      await g.restoreSnapshot('v', 'sevens')
+      assert.deepEqual(await g.read('v', 0, 4096), new Uint8Array(4096).fill(7), 'reverts work again after it')
     } finally {
       held?.release()
       await g.close()

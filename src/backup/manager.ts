@@ -41,8 +41,8 @@ export class BackupManager {
   /**
    * `restores`: the set a restore claims its volume in (shared with the instance, whose mounts and
    * writes refuse a claimed volume), the check, made once the claim is taken, that nothing mounted
-   * the volume meanwhile (it throws BUSY), and the restore's own writes and trims, which the claim
-   * lets through.
+   * the volume meanwhile (it throws BUSY), and the restore's own writes, trims and put-back, which
+   * the claim lets through.
    */
   constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase, restores?: RestoreHooks) {
     this.#g = g
@@ -50,7 +50,8 @@ export class BackupManager {
     this.#assertUnmounted = restores?.assertUnmounted ?? (() => {})
     this.#restoreIo = {
       write: restores?.write ?? (async (volumeId, offset, data) => { await g.write(volumeId, offset, data) }),
-      trim: restores?.trim ?? (async (volumeId, offset, length) => { await g.trim(volumeId, offset, length) })
+      trim: restores?.trim ?? (async (volumeId, offset, length) => { await g.trim(volumeId, offset, length) }),
+      revert: restores?.revert ?? (async (volumeId, snapshot) => { await g.restoreSnapshot(volumeId, snapshot) })
     }
     this.#keys = keys
     this.#leftovers = new BackupLeftovers(g, metadata)
@@ -213,14 +214,15 @@ export class BackupManager {
       fence: async (volumeId, safetySnapshot, why) => await leftovers.fenceHalfRestored(volumeId, safetySnapshot, why),
       release: (volumeId) => { claimed.delete(volumeId) },
       write: this.#restoreIo.write,
-      trim: this.#restoreIo.trim
+      trim: this.#restoreIo.trim,
+      putBack: this.#restoreIo.revert
     }))
   }
 
   /** Volumes a restore of this instance is writing into (a second restore into one is refused, and so is a mount). */
   readonly #restoringInto: Set<string>
   readonly #assertUnmounted: (volumeId: string) => void
-  readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim'>>
+  readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim' | 'revert'>>
 }
 
 /** What BackupManager's restores share with the instance (see the constructor). */
@@ -229,4 +231,6 @@ export interface RestoreHooks {
   readonly assertUnmounted: (volumeId: string) => void
   readonly write?: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
   readonly trim?: (volumeId: string, offset: number, length: number) => Promise<void>
+  /** Reverts the volume to the restore's safety snapshot (its put-back), past the claim. */
+  readonly revert?: (volumeId: string, snapshot: string) => Promise<void>
 }

@@ -34,10 +34,12 @@ export interface RestoreTracker {
   readonly release: (volumeId: string) => void
   /**
    * The restore's own writes and trims of the claimed volume: other writes to it are refused while
-   * the claim holds (see assertNotRestoring in facade/io.ts), these are not.
+   * the claim holds (see assertNotRestoring in facade/io.ts), and so are reverts, these are not.
    */
   readonly write: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
   readonly trim: (volumeId: string, offset: number, length: number) => Promise<void>
+  /** Reverts the claimed volume to its safety snapshot (the put-back of a failed restore), as `write`. */
+  readonly putBack: (volumeId: string, safetySnapshot: string) => Promise<void>
 }
 
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
@@ -132,6 +134,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
   const volumeId = existing?.id ?? randomUUID()
   const write = tracker?.write ?? (async (volume: string, offset: number, data: Uint8Array) => { await g.write(volume, offset, data) })
   const trim = tracker?.trim ?? (async (volume: string, offset: number, length: number) => { await g.trim(volume, offset, length) })
+  const putBack = tracker?.putBack ?? (async (volume: string, snapshot: string) => { await g.restoreSnapshot(volume, snapshot) })
   if (create !== undefined) await tracker?.started(volumeId)
   try {
     const volume = create === undefined ? existing as Volume : await g.createVolume({ ...create, [NEW_VOLUME_ID]: volumeId } as CreateVolumeOptions)
@@ -203,7 +206,7 @@ export async function restoreBackup (g: GalleonFS, keySource: BackupKeySource, t
       // never taken (nothing changed) or the volume is gone; 'fenced': refuses I/O until put back
       // by hand; 'reported': a replicated volume, left for a revert by hand; 'kept': the fence could
       // not be recorded (the instance is closing), the record stays and the next open deals with it.
-      const outcome = await g.restoreSnapshot(volume.id, snapshot).then(() => 'put back' as const, async (cause: unknown) => {
+      const outcome = await putBack(volume.id, snapshot).then(() => 'put back' as const, async (cause: unknown) => {
         const code = errorCode(cause)
         if (code === 'SNAPSHOT_NOT_FOUND' || code === 'VOLUME_NOT_FOUND') return 'nothing' as const
         // Never put back later over writes made in between (see HalfRestoredFence).

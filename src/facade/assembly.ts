@@ -173,7 +173,9 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     assertUnmounted: (volumeId) => { assertNothingAttached(mountControl(mounts), volumeId, recordById(catalog, volumeId)?.name ?? volumeId, 'as the restore began') },
     // The restore's own writes (with the same checks, QoS and forwarding as any write) pass its claim.
     write: async (volumeId, offset, data) => { await io.write(volumeId, offset, data, WriteConcern.WriteAcknowledged, volumeId) },
-    trim: async (volumeId, offset, length) => { await io.trim(volumeId, offset, length, volumeId) }
+    trim: async (volumeId, offset, length) => { await io.trim(volumeId, offset, length, volumeId) },
+    // Its put-back, which other reverts of the volume may not do while the claim holds.
+    revert: async (volumeId, snapshot) => { await snapshots.restoreSnapshot(volumeId, snapshot, volumeId) }
   })
   const scheduler = new BackupScheduler(instance, metadata, clock, parts.timers, (fn) => context.exit(fn))
   return {

@@ -22,9 +22,14 @@ export class SnapshotReverts {
     this.#calls = calls
   }
 
-  /** The work of GalleonFS.restoreSnapshot, once the caller is checked. */
-  async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
+  /**
+   * The work of GalleonFS.restoreSnapshot, once the caller is checked. `restoreOf`: the volume's id
+   * when the call is the put-back of a restoreBackup writing into it (see #refuseWhileRestoring).
+   */
+  async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, restoreOf?: string): Promise<Volume> {
     const target = this.#host.catalog.resolve(vol)
+    // Before forwarding too: a revert made at the primary comes back into this copy through its stream.
+    this.#refuseWhileRestoring(target, restoreOf)
     // Served for another node: the call's token is kept with the volume once it is reverted, here
     // and on every copy, and a repeat of the call finds it there.
     const call = callIn(vol)
@@ -41,7 +46,7 @@ export class SnapshotReverts {
     this.#refuseRevertWhileWriting(target, this.#host.engine.volume(target.storageId))
     const local = this.#calls.primaryCall(target, call)
     // By id at the next primary, as a forwarded call names it.
-    return await hereOrNext(this.#host, target.id, local, async () => await this.#restoreHere(vol, target, snapshot, call, call ?? local), async (repeat) => await this.#forwardRestore(target, chosen.id, repeat))
+    return await hereOrNext(this.#host, target.id, local, async () => await this.#restoreHere(vol, target, snapshot, call, call ?? local, restoreOf), async (repeat) => await this.#forwardRestore(target, chosen.id, repeat))
   }
 
   /**
@@ -49,7 +54,7 @@ export class SnapshotReverts {
    * forwarded call served (a repeat finds what its earlier attempt did); `sent`: the call whose
    * token goes with the revert, into the stream and the records (`call`, or one made here).
    */
-  async #restoreHere (vol: VolumeRef, target: VolumeRecord, snapshot: string | Pick<Snapshot, 'id'>, call: ForwardedCall | undefined, sent: ForwardedCall | undefined): Promise<Volume> {
+  async #restoreHere (vol: VolumeRef, target: VolumeRecord, snapshot: string | Pick<Snapshot, 'id'>, call: ForwardedCall | undefined, sent: ForwardedCall | undefined, restoreOf?: string): Promise<Volume> {
     const change: RecordedChange = {}
     const restored = await this.#host.adminAfterMigration(target.id, async () => {
       const record = this.#host.catalog.resolve(vol)
@@ -57,6 +62,8 @@ export class SnapshotReverts {
       if (call !== undefined && record.revertTokens?.includes(call.token) === true) return undefined
       const found = this.#host.catalog.resolveSnapshot(record, snapshot)
       if (record.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
+      // Again: a restore may have begun while the revert waited for its turn.
+      this.#refuseWhileRestoring(record, restoreOf)
       const writer = mountControl(this.#host.mounts).mountsOf(record.id).find((m) => !m.readOnly)
       if (writer !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is mounted read-write at ${writer.path}; unmount it before reverting it (a mounted file system would not expect its disk to change under it)`)
       const writers = mountControl(this.#host.mounts).directWriters(record.id)
@@ -155,6 +162,16 @@ export class SnapshotReverts {
     this.#calls.soFar(target, change)
     await this.#calls.confirmed(target, `volume ${target.name} was reverted (by an earlier attempt of the call)`, change)
     return this.#host.volumeView(this.#host.catalog.resolve(target.id))
+  }
+
+  /**
+   * BUSY while a restoreBackup writes into the volume (it is in `restoring`), unless the call is
+   * that restore's own put-back (`restoreOf` is the volume's id): a revert made meanwhile would be
+   * mixed with the restored data, which the restore would then report as complete.
+   */
+  #refuseWhileRestoring (record: VolumeRecord, restoreOf: string | undefined): void {
+    if (restoreOf === record.id || !this.#host.restoring.has(record.id)) return
+    throw new GalleonError('BUSY', `a backup is being restored into volume ${record.name}; revert it once the restore has finished (a revert now would be mixed with the backup's data). Nothing was changed`)
   }
 
   #refuseRevertWhileWriting (record: VolumeRecord, volume: VolumeBlocks | undefined): void {

@@ -188,9 +188,9 @@ export class Snapshots {
     })
   }
 
-  /** The work of GalleonFS.restoreSnapshot, once the caller is checked (see snapshot-revert.ts). */
-  restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
-    return this.#reverts.restoreSnapshot(vol, snapshot)
+  /** The work of GalleonFS.restoreSnapshot, once the caller is checked (see snapshot-revert.ts); `restoreOf`: see SnapshotReverts.restoreSnapshot. */
+  restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, restoreOf?: string): Promise<Volume> {
+    return this.#reverts.restoreSnapshot(vol, snapshot, restoreOf)
   }
 
   /** The work of GalleonFS.cloneVolume, once the caller is checked. */
