@@ -97,6 +97,24 @@ describe('review r55: a key rotation against a migration that is starting', () =
   })
 })
 
+describe('review r63: a migration cancelled while it starts', () => {
+  it('a migration whose signal is aborted while it records its start is cancelled (CANCELLED), and the volume stays in its class', async () => {
+    const { g, metadata } = await gatedInstance()
+    await g.createStorageClass({ name: 'other' })
+    await g.createVolume({ name: 'v', sizeBytes: MiB })
+    await g.writeBlock('v', 0, new Uint8Array(4096).fill(7))
+    const held = metadata.hold((operations) => operations.some((op) => op.type === 'put' && String(op.key).includes('migrations')))
+    const controller = new AbortController()
+    const migrating = g.migrateVolume('v', { storageClass: 'other' }, { signal: controller.signal }).then((v) => `migrated to ${v.storageClass}`, (err: GalleonError) => `${err.code}: ${err.message}`)
+    await held.reached
+    controller.abort()
+    held.release()
+    assert.match(await migrating, /^CANCELLED: /)
+    assert.equal((await g.getVolume('v')).storageClass, 'fast-local-ssd')
+    assert.deepEqual([...(await g.readBlock('v', 0)).subarray(0, 4)], [7, 7, 7, 7])
+  })
+})
+
 describe('review r55: definitions that would be taken other than as written', () => {
   it('a storage class naming an encryption_algorithm without encryption: "true" is refused, not turned into a class of plain volumes', async () => {
     const g = await GalleonFS.open({ inMemory: true })

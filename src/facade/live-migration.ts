@@ -67,6 +67,9 @@ export class LiveMigrations {
     }
     const onAbort = (): void => { abort.abort(signal?.reason) }
     signal?.addEventListener('abort', onAbort, { once: true })
+    // Aborted while it started (#startMigration checks the signal before its waits): an aborted
+    // signal fires no listener added now, and the migration would run to its end.
+    if (signal?.aborted === true) onAbort()
     let lastCut: number | undefined
     let switched = false
     try {
