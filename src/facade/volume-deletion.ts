@@ -274,5 +274,8 @@ export class VolumeDeletion {
 function copyNotDeleted (record: VolumeRecord, err: unknown): GalleonError {
   const why = err instanceof Error ? err.message : String(err)
   if (err instanceof GalleonError && why.startsWith(`deleting volume ${record.name} failed`)) return err
-  return new GalleonError(err instanceof GalleonError ? err.code : 'IO_ERROR', `volume ${record.name} is deleted from the cluster (its other copies go), but deleting this node's copy failed: ${why}. The copy serves no I/O; fix the cause and call deleteVolume(${JSON.stringify(record.id)}) again, or reopen the instance, to remove it`, { cause: err })
+  // A reopen, not deleteVolume again: a failed metadata write (the usual cause) stops the database
+  // taking more until the instance is reopened (see level-write-latch.ts), so a second deleteVolume
+  // fails the same way; the open removes the copies of volumes the cluster no longer has.
+  return new GalleonError(err instanceof GalleonError ? err.code : 'IO_ERROR', `volume ${record.name} is deleted from the cluster (its other copies go), but deleting this node's copy failed: ${why}. The copy serves no I/O; fix the cause, then close and reopen the instance: the open removes the copy`, { cause: err })
 }
