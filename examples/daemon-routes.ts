@@ -153,6 +153,46 @@ function queryFlag (url: URL, name: string): boolean {
   throw invalid(`the query parameter ${name}`, 'true or false', value)
 }
 
+/**
+ * The body fields each route reads. A field a route does not read is refused (400) rather than
+ * ignored: a misspelt `targt` would otherwise back up to the default target, a misspelt `strategy`
+ * take a full backup. Routes whose body the library checks itself (createVolume, QoS policies,
+ * pools, storage classes, backup policies) are not listed, nor are GET and DELETE routes (which
+ * read no body) and unknown routes (answered 404).
+ */
+const BODY_FIELDS: Readonly<Record<string, readonly string[]>> = {
+  'POST /v1/volumes/:/write': ['offset', 'data', 'concern'],
+  'POST /v1/volumes/:/read': ['offset', 'length'],
+  'POST /v1/volumes/:/migrate': ['storageClass', 'pool', 'node'],
+  'POST /v1/volumes/:/expand': ['sizeBytes'],
+  'POST /v1/volumes/:/clone': ['name', 'snapshot'],
+  'POST /v1/volumes/:/mount': ['path', 'options'],
+  'POST /v1/unmount': ['target', 'path', 'force'],
+  'POST /v1/volumes/:/snapshots': ['name'],
+  'POST /v1/backups': ['volume', 'strategy', 'target'],
+  'POST /v1/backups/:/restore': ['name', 'volume', 'pool', 'target'],
+  'POST /v1/backups/:/verify': ['target'],
+  'POST /v1/backups/:/adopt': ['target'],
+  'POST /v1/cluster/:': ['force', 'node', 'address'],
+  'POST /v1/volumes/:/flush': [],
+  'POST /v1/volumes/:/snapshots/:/restore': [],
+  'POST /v1/backup-policies/:/run': [],
+  'POST /v1/shutdown': [],
+  'POST /v1/reload': [],
+  'POST /v1/restart': []
+}
+
+/** 400 naming the first body field `key`'s route does not read. */
+function checkBodyFields (key: string, fields: Record<string, unknown>): void {
+  const known = BODY_FIELDS[key]
+  if (known === undefined) return
+  const unknown = Object.keys(fields).find((field) => !known.includes(field))
+  if (unknown === undefined) return
+  throw new HttpError(400, 'INVALID_ARGUMENT', known.length === 0
+    ? `${key.replace(/:/g, '<name>')} takes no body fields, got ${JSON.stringify(unknown)}`
+    : `unknown field ${JSON.stringify(unknown)} for ${key.replace(/:/g, '<name>')}; it takes ${known.join(', ')}`)
+}
+
 /** The backup target a request names (body or query), if any: a directory path on the daemon's machine. */
 function target (url: URL, fields: Record<string, unknown> = {}): { target?: string } {
   const value = absolutePath(fields.target ?? url.searchParams.get('target') ?? undefined, 'target', 'a backup target directory')
@@ -239,6 +279,7 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
   const ref = parts[2] as string
   const sub = parts[4] as string
   const options = fieldsOf(body)
+  checkBodyFields(key, options)
   switch (key) {
     case 'GET /metrics': return await g.metricsText()
     case 'GET /v1/status': {

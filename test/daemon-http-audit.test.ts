@@ -224,6 +224,25 @@ describe('the daemon HTTP API under attack and misuse', () => {
     assert.equal(logged('request failed').length, failures)
   })
 
+  it('refuses a body field its route does not read with 400 naming it and the fields it takes, changing nothing', async () => {
+    const before = await state()
+    const requests: Array<[string, string, unknown, RegExp]> = [
+      // Before: a clone of the live volume (the misspelt snapshot ignored).
+      ['POST', '/v1/volumes/v1/clone', { name: 'c1', snapshotName: 'first' }, /unknown field "snapshotName" for POST \/v1\/volumes\/<name>\/clone; it takes name, snapshot/],
+      ['POST', '/v1/backups', { volume: 'v1', targt: join(root, 'backups') }, /unknown field "targt" .*it takes volume, strategy, target/],
+      ['POST', '/v1/volumes/v1/snapshots', { name: 'second', labels: { a: 'b' } }, /unknown field "labels"/],
+      ['POST', '/v1/volumes/v1/write', { offset: 0, data: 'QUJD', concen: 'WriteDurable' }, /unknown field "concen"/],
+      ['POST', '/v1/volumes/v1/flush', { force: true }, /takes no body fields, got "force"/]
+    ]
+    for (const [method, path, body, message] of requests) {
+      const answer = await api(method, path, body)
+      assert.equal(answer.status, 400, `${method} ${path} ${JSON.stringify(body)}: ${JSON.stringify(answer.json)}`)
+      assert.equal(answer.json?.error?.code, 'INVALID_ARGUMENT')
+      assert.match(answer.json.error.message as string, message)
+    }
+    assert.equal(await state(), before)
+  })
+
   it('answers a backup to a target that cannot be made (under /proc) instead of hanging in mkdir', { timeout: 30_000, skip: existsSync('/proc/self') ? false : 'no /proc on this machine' }, async () => {
     const before = await state()
     const answer = await api('POST', '/v1/backups', { volume: 'v1', target: '/proc/galleonfs-audit/backups' })
