@@ -120,4 +120,28 @@ describe('restoreBackup and writes through the API', () => {
       await g.close()
     }
   })
+
+  it('the safety snapshot of a restore writing into a volume cannot be deleted (BUSY, also with force) until the restore is over; then it is gone', async () => {
+    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'safety-target') }), 'getChunk')
+    const g = await GalleonFS.open({ storagePath: join(root, 'safety'), backupTarget: target })
+    let held: ReturnType<typeof hold> | undefined
+    try {
+      const { id, backed } = await backedUp(g)
+      held = hold()
+      const restoring = g.restoreBackup(id, { volume: 'v' })
+      await held.reached
+      const safety = (await g.listSnapshots('v')).find((snapshot) => snapshot.name.startsWith('pre-restore-'))
+      assert.ok(safety !== undefined, 'the restore took its safety snapshot')
+      for (const options of [{}, { force: true }]) {
+        assert.match(await g.deleteSnapshot('v', safety.name, options).then(() => 'deleted', code), /^BUSY: snapshot pre-restore-.* puts it back to if it fails/)
+      }
+      held.release()
+      await restoring
+      assert.deepEqual(await g.read('v', 0, SIZE), backed)
+      assert.deepEqual((await g.listSnapshots('v')).filter((snapshot) => snapshot.name.startsWith('pre-restore-')), [], 'the restore deleted its snapshot once over')
+    } finally {
+      held?.release()
+      await g.close()
+    }
+  })
 })

@@ -47,6 +47,7 @@ export class BackupManager {
   constructor (g: GalleonFS, defaultTarget: BackupTargetRef | undefined, keys: BackupKeySource, now: () => number = Date.now, metadata?: MetadataDatabase, restores?: RestoreHooks) {
     this.#g = g
     this.#restoringInto = restores?.claims ?? new Set()
+    this.#safetySnapshots = restores?.safetySnapshots ?? new Map()
     this.#assertUnmounted = restores?.assertUnmounted ?? (() => {})
     this.#restoreIo = {
       write: restores?.write ?? (async (volumeId, offset, data) => { await g.write(volumeId, offset, data) }),
@@ -192,6 +193,7 @@ export class BackupManager {
     const target = await this.#targets.readTarget(options.target, id)
     const leftovers = this.#leftovers
     const claimed = this.#restoringInto
+    const safetySnapshots = this.#safetySnapshots
     return await this.#cancellable(options.signal, async (signal) => await restoreBackup(this.#g, this.#keys, target, id, { ...options, signal }, {
       started: async (volumeId, safetySnapshot) => {
         if (claimed.has(volumeId)) throw new GalleonError('BUSY', `another restore is writing into volume ${describe(options.volume ?? volumeId)}; wait for it to finish (two at once would leave a mix of both backups)`)
@@ -202,6 +204,8 @@ export class BackupManager {
           if (safetySnapshot !== undefined) this.#assertUnmounted(volumeId)
           // Durable before anything is written to the volume (restoreBackup awaits it first).
           await leftovers.restoreStarted(volumeId, id, safetySnapshot)
+          // Its put-back needs it: a deleteSnapshot of it is refused until the restore is over.
+          if (safetySnapshot !== undefined) safetySnapshots.set(volumeId, safetySnapshot)
         } catch (err) {
           claimed.delete(volumeId)
           throw err
@@ -209,10 +213,14 @@ export class BackupManager {
       },
       // Durable before restoreBackup resolves: a record left over would remove the restored volume.
       forget: async (volumeId) => { await leftovers.restoreForgotten(volumeId) },
-      finished: async (volume, safetySnapshot) => { await leftovers.finished(volume.id, volume.name, id, safetySnapshot) },
+      finished: async (volume, safetySnapshot) => {
+        // Nothing puts the volume back any more: the restore deletes its snapshot now.
+        safetySnapshots.delete(volume.id)
+        await leftovers.finished(volume.id, volume.name, id, safetySnapshot)
+      },
       // A replicated volume is only reported (see BackupLeftovers.fenceHalfRestored).
       fence: async (volumeId, safetySnapshot, why) => await leftovers.fenceHalfRestored(volumeId, safetySnapshot, why),
-      release: (volumeId) => { claimed.delete(volumeId) },
+      release: (volumeId) => { claimed.delete(volumeId); safetySnapshots.delete(volumeId) },
       write: this.#restoreIo.write,
       trim: this.#restoreIo.trim,
       putBack: this.#restoreIo.revert
@@ -221,6 +229,7 @@ export class BackupManager {
 
   /** Volumes a restore of this instance is writing into (a second restore into one is refused, and so is a mount). */
   readonly #restoringInto: Set<string>
+  readonly #safetySnapshots: Map<string, string>
   readonly #assertUnmounted: (volumeId: string) => void
   readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim' | 'revert'>>
 }
@@ -228,6 +237,8 @@ export class BackupManager {
 /** What BackupManager's restores share with the instance (see the constructor). */
 export interface RestoreHooks {
   readonly claims: Set<string>
+  /** The safety snapshot of each claimed volume, by volume id, while the restore may still need it. */
+  readonly safetySnapshots?: Map<string, string>
   readonly assertUnmounted: (volumeId: string) => void
   readonly write?: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
   readonly trim?: (volumeId: string, offset: number, length: number) => Promise<void>

@@ -94,6 +94,8 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   const reverting = new Set<string>()
   /** Existing volumes a restore writes into (BackupManager claims them): nothing new may mount them. */
   const restoring = new Set<string>()
+  /** The safety snapshots of those restores, by volume id (see FacadeHost.restoreSnapshots). */
+  const restoreSnapshots = new Map<string, string>()
   /** Why the last revert of a volume failed, when it did. */
   const revertFailures = new Map<string, string>()
   /** Engine state of storages a migration moved away from, by storage id: I/O that still names one is redirected. */
@@ -127,6 +129,7 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     goingAway,
     reverting,
     restoring,
+    restoreSnapshots,
     revertFailures,
     get rotations () { return keyRotations.running },
     get migrations () { return liveMigrations.running },
@@ -170,6 +173,7 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
   // whichever comes first.
   const backups = new BackupManager(instance, parts.backupTarget, parts.keys, () => clock.now(), metadata, {
     claims: restoring,
+    safetySnapshots: restoreSnapshots,
     assertUnmounted: (volumeId) => { assertNothingAttached(mountControl(mounts), volumeId, recordById(catalog, volumeId)?.name ?? volumeId, 'as the restore began') },
     // The restore's own writes (with the same checks, QoS and forwarding as any write) pass its claim.
     write: async (volumeId, offset, data) => { await io.write(volumeId, offset, data, WriteConcern.WriteAcknowledged, volumeId) },

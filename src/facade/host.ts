@@ -62,6 +62,8 @@ export interface FacadeHost {
   readonly reverting: Set<string>
   /** Existing volumes a restoreBackup is writing into now: nothing new may mount them. */
   readonly restoring: Set<string>
+  /** The safety snapshot (its name) of each volume a restoreBackup writes into: not deleted meanwhile. */
+  readonly restoreSnapshots: Map<string, string>
   /** Why the last revert of a volume failed, when it did. */
   readonly revertFailures: Map<string, string>
   /** Data-key rotations running in the background, by volume id. */

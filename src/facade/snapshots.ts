@@ -90,6 +90,8 @@ export class Snapshots {
     const owner = this.#host.catalog.resolve(vol)
     const call = callIn(vol)
     if (this.#host.replication?.forwards(owner.id) === true) {
+      // A restore on this node into a volume whose primary is elsewhere holds its snapshot here.
+      if (this.#host.restoreSnapshots.has(owner.id)) this.#refuseRestoreSnapshot(owner, this.#host.catalog.resolveSnapshot(owner, snapshot))
       await this.#forwardDelete(owner, this.#calls.primarySnapshotRef(owner, snapshot), options, call)
       return
     }
@@ -138,6 +140,16 @@ export class Snapshots {
     }
   }
 
+  /**
+   * BUSY for the safety snapshot of a restore writing into the volume: it puts the volume back if
+   * the restore fails, and without it the volume would be left half restored. The restore deletes
+   * it once it is over.
+   */
+  #refuseRestoreSnapshot (record: VolumeRecord, snapshot: SnapshotRecord): void {
+    if (this.#host.restoreSnapshots.get(record.id) !== snapshot.name) return
+    throw new GalleonError('BUSY', `snapshot ${snapshot.name} of volume ${record.name} is what the backup restore writing into the volume puts it back to if it fails; it is deleted once the restore is over`)
+  }
+
   /** deleteSnapshot on the volume's primary, as one call (see forwarded-calls.ts). */
   async #forwardDelete (owner: VolumeRecord, snapshot: string, options: { force?: boolean }, call: ForwardedCall | undefined): Promise<void> {
     try {
@@ -176,6 +188,9 @@ export class Snapshots {
       if (record.revertTo === found.id) {
         throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert to snapshot ${found.name}; finish it (restoreSnapshot again) or revert to another snapshot before deleting this one, or delete the volume`)
       }
+      // A restore writing into the volume puts it back to this snapshot if it fails; without it the
+      // volume would be left half restored. The restore deletes it once it is over.
+      this.#refuseRestoreSnapshot(record, found)
       const clones = this.#host.catalog.clonesOf(record.id, found.id)
       if (clones.length > 0 && options?.force !== true) {
         throw new GalleonError('BUSY', `snapshot ${found.name} of volume ${record.name} is the source of clones (${names(clones)}); delete them first, or pass { force: true } to give each its own copy of the data`)
