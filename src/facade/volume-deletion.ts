@@ -83,6 +83,8 @@ export class VolumeDeletion {
         // Every refusal before the record goes, never after: a refusal then would leave this copy
         // without a record, a volume the user was told is kept and that a deletion mark takes later.
         await this.#refuseLate(record, options)
+        // Again: a class change into a Retain class may have written the volume's record meanwhile.
+        this.#refuseRetained(this.#host.catalog.resolve(record.id), options)
         const clones = this.#host.catalog.clonesOf(record.id)
         if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
         // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
@@ -134,11 +136,19 @@ export class VolumeDeletion {
     await this.#host.admin(async () => {})
   }
 
-  /** BUSY unless forced for a volume whose storage class's reclaim policy is Retain. */
+  /**
+   * BUSY unless forced for a volume whose storage class's reclaim policy is Retain. A replicated
+   * volume's class is the one its cluster record names: while it changes class, the copy here may
+   * still be in the old one (or already in the new one), so either being Retain refuses.
+   */
   #refuseRetained (record: VolumeRecord, options: { force?: boolean }): void {
-    const storageClass = this.#host.catalog.storageClass(record.storageClass)
-    if (storageClass?.reclaimPolicy === 'Retain' && options?.force !== true) {
-      throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain; pass { force: true } to delete its data anyway`)
+    if (options?.force === true) return
+    const recorded = record.replication === undefined ? undefined : this.#host.replication?.spec(record.id)?.storageClass
+    for (const name of new Set([record.storageClass, recorded ?? record.storageClass])) {
+      const storageClass = this.#host.catalog.storageClass(name)
+      if (storageClass?.reclaimPolicy !== 'Retain') continue
+      const changing = name === record.storageClass ? '' : ` (it is changing to that class from ${record.storageClass}; the copy here has not converted yet)`
+      throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain${changing}; pass { force: true } to delete its data anyway`)
     }
   }
 
