@@ -134,6 +134,8 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     get rotations () { return keyRotations.running },
     get migrations () { return liveMigrations.running },
     get nodeMoves () { return clusterMigrations.nodeMoves },
+    get rotationsStarting () { return keyRotations.starting },
+    changingClass: (volumeId, spec) => clusterMigrations.changingClass(volumeId, spec),
     emit: instance.emit.bind(instance),
     assertOpen: () => { state.assertOpen() },
     admin: (task) => state.admin(task),

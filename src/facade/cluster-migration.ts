@@ -322,6 +322,20 @@ export class ClusterMigrations {
     return spec.pool !== undefined && this.#host.catalog.pool(spec.pool) !== undefined ? spec.pool : record.pool
   }
 
+  /**
+   * The storage class a replicated volume is changing to as this node sees it: that of a class
+   * change started here, of this node's copy converting, or of the cluster's record (`spec`, else
+   * the one last read) where this copy is not laid out by it yet; undefined when none is.
+   */
+  changingClass (volumeId: string, spec?: VolumeSpec): string | undefined {
+    const started = this.#classChanges.runningTo(volumeId) ?? this.copyConversions.get(volumeId)?.storageClass
+    if (started !== undefined) return started
+    const record = this.#host.recordById(volumeId)
+    const recorded = spec ?? this.#host.replication?.spec(volumeId)
+    if (record === undefined || record.replication === undefined || recorded === undefined) return undefined
+    return this.copyMatches(record, recorded) ? undefined : recorded.storageClass
+  }
+
   /** This node's copy is laid out as `spec` says: class, copies and pool. */
   copyMatches (record: VolumeRecord, spec: VolumeSpec): boolean {
     return record.storageClass === spec.storageClass && record.replicas === spec.replicas && this.#copyPool(record, spec) === record.pool

@@ -11,6 +11,7 @@ import type { MountManager } from '../mount/mount-manager.js'
 import type { QoSPolicy, QoSPolicySource } from '../qos/policy.js'
 import type { QoSScheduler } from '../qos/scheduler.js'
 import type { ForwardedRequest, ReplicationManager } from '../replication/manager.js'
+import type { VolumeSpec } from '../replication/records.js'
 import type { Snapshot, Volume, WriteConcern } from '../types.js'
 import type { Catalog, SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
 import type { MigrateControl, MigrateVolumeOptions } from '../volumes/migration.js'
@@ -70,6 +71,14 @@ export interface FacadeHost {
   readonly rotations: ReadonlyMap<string, Promise<void>>
   /** Live migrations running, by volume id. */
   readonly migrations: ReadonlyMap<string, RunningMigration>
+  /** Volumes whose data-key rotation is being recorded (checked, not yet begun): a migration starting meanwhile is refused. */
+  readonly rotationsStarting: ReadonlySet<string>
+  /**
+   * The storage class a replicated volume is changing to as this node sees it (a class change of it
+   * started here, this node's copy converting, or the cluster's record `spec` naming a layout this
+   * copy is not in yet), or undefined (see ClusterMigrations.changingClass).
+   */
+  changingClass: (volumeId: string, spec?: VolumeSpec) => string | undefined
   /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
   readonly nodeMoves: ReadonlyMap<string, { abort: AbortController, done: Promise<unknown> }>
   readonly emit: Emit

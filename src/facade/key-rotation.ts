@@ -23,6 +23,12 @@ export class KeyRotations {
   readonly #host: FacadeHost
   /** Data-key rotations running in the background, by volume id. */
   readonly running = new Map<string, Promise<void>>()
+  /**
+   * Replicated volumes whose rotation passed its checks on this node, their primary, and is being
+   * recorded (the cluster's record counting it, the new key stored) but has not begun yet: a class
+   * change checking meanwhile is refused, as it is once the rotation runs.
+   */
+  readonly starting = new Set<string>()
 
   constructor (host: FacadeHost) {
     this.#host = host
@@ -47,6 +53,7 @@ export class KeyRotations {
     const volume = this.#host.ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
     if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated; rotate its key once the migration ends (a move to an encrypting class gives it a new data key anyway)`)
+    this.#refuseClassChange(record)
     const previous = this.running.get(record.id)
     if (previous !== undefined) {
       if (this.#host.keys.rotation(record.id) !== undefined) {
@@ -58,6 +65,28 @@ export class KeyRotations {
       if (this.running.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
     return volume
+  }
+
+  /**
+   * BUSY while the replicated volume changes storage class (see FacadeHost.changingClass; `spec`:
+   * the cluster's record about to be written): this node's copy could not convert while it
+   * re-encrypts, and the class change would give up with the copies half converted.
+   */
+  #refuseClassChange (record: VolumeRecord, spec?: VolumeSpec): void {
+    if (record.replication === undefined) return
+    const to = this.#host.changingClass(record.id, spec)
+    if (to === undefined) return
+    throw new GalleonError('BUSY', `volume ${record.name} is changing to storage class ${to} (its copy on node ${this.#host.cluster?.nodeId ?? ''} has not converted yet); rotate its key once that is done (migrateVolume to ${to} again finishes a class change that gave up)`)
+  }
+
+  /** Runs `task` (the recording of a rotation's start) with the volume marked as starting a rotation. */
+  async #starting<T> (volumeId: string, task: () => Promise<T>): Promise<T> {
+    this.starting.add(volumeId)
+    try {
+      return await task()
+    } finally {
+      this.starting.delete(volumeId)
+    }
   }
 
   /** Runs the re-encryption that a begun rotation needs; with `wait`, until it is done. */
@@ -130,10 +159,12 @@ export class KeyRotations {
     // In the admin queue, as a copy's rotation from the record is (see applyRotation): this node
     // sees the record it changes too, and must not take the rotation a second time.
     let repeated = false
-    const generation = await this.#host.admin(async () => {
+    const generation = await this.#starting(record.id, async () => await this.#host.admin(async () => {
       const counted = await replication.update(record.id, (r) => {
         if (r.primary !== nodeId) return undefined
         if (token !== undefined && countedRotation(r.spec, token)) { repeated = true; return undefined }
+        // A class change that wrote the record since the check above (from another node, say).
+        this.#refuseClassChange(this.#host.catalog.resolve(record.id), r.spec)
         const tokens = rotationTokens(r.spec, token)
         // keyRotationToken too (the last forwarded rotation's), for nodes of earlier versions.
         const last = tokens[tokens.length - 1]
@@ -146,7 +177,7 @@ export class KeyRotations {
       // done): the cluster counted a new one, which copies take as a new key.
       await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>, generation)
       return generation
-    })
+    }))
     if (generation === undefined) {
       await this.#takeCounted(record.id)
       return await this.#run(record, volume, options)

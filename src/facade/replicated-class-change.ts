@@ -45,6 +45,11 @@ export class ReplicatedClassChanges {
   /** Replicated volumes whose class change this node started and waits for. */
   readonly #reshaping = new Map<string, { storageClass: string, pool: string | undefined, ended: Promise<MigrationOutcome>, joiners: number }>()
 
+  /** The storage class of the class change of `volumeId` this node runs now, if any. */
+  runningTo (volumeId: string): string | undefined {
+    return this.#reshaping.get(volumeId)?.storageClass
+  }
+
   constructor (host: FacadeHost, copyConversions: ReadonlyMap<string, { storageClass: string }>) {
     this.#host = host
     this.#copyConversions = copyConversions
@@ -126,6 +131,11 @@ export class ReplicatedClassChanges {
       } else {
         const converting = this.#copyConversions.get(record.id)
         if (converting !== undefined || this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `the copy of volume ${record.name} on this node is still converting${converting === undefined ? '' : ` to storage class ${converting.storageClass}`}; try again when it is done`)
+        // As a local migration: this node's copy could not convert while it re-encrypts, and the
+        // record would name the new class with the copies half converted.
+        if (this.#host.rotations.has(record.id) || this.#host.rotationsStarting.has(record.id) || this.#host.keys.rotation(record.id) !== undefined) {
+          throw new GalleonError('BUSY', `volume ${record.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then migrate it. Nothing was changed`)
+        }
       }
       if (signal?.aborted === true) throw migrationCancelled(record.name, signal.reason)
       if (storageClass.parameters.encryption === 'true') await this.#host.keys.provider()

@@ -22,7 +22,7 @@ export async function replicatedVolume (nodes: DiskNode[], copies: number): Prom
 export interface WriteHold { arm: (marker: string) => void, held: () => number, release: () => void }
 
 /** Makes the first coordinator handle `coordinators` hands out (n1's, when n1 starts first) hold the write named by `arm`. */
-function holdFirstHandleWrites (coordinators: MemoryCoordinatorCluster): WriteHold {
+export function holdFirstHandleWrites (coordinators: MemoryCoordinatorCluster): WriteHold {
   let marker: string | undefined
   let held = 0
   let release: () => void = () => {}
