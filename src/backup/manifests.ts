@@ -35,6 +35,13 @@ export async function readChain (target: BackupTarget, id: string, cannot: strin
       throw new GalleonError(errorCode(err) === 'BACKUP_NOT_FOUND' ? 'CORRUPTION' : errorCode(err), `backup ${id} builds on backup ${current}, which cannot be read (${(err as Error).message}); this backup ${cannot}`, { cause: err })
     }
   }
+  // A chain never spans volumes (a backup builds only on its own volume's): one that does was
+  // altered on the target, and would mix another volume's blocks into this one's.
+  const first = chain[0] as Manifest
+  const foreign = chain.find((manifest) => manifest.volume.id !== first.volume.id)
+  if (foreign !== undefined) {
+    throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target, and it ${cannot}`)
+  }
   return chain
 }
 

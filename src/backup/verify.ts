@@ -32,7 +32,15 @@ export async function verifyBackup (ctx: BackupContext, id: string, options: { t
       break
     }
   }
+  // What a restore refuses, verify reports: a chain that spans volumes (a backup builds only on
+  // its own volume's), and extents naming blocks past the end of their chunk (checked below).
+  const foreign = chain.find((manifest) => manifest.volume.id !== (chain[0] as Manifest).volume.id)
+  if (foreign !== undefined) {
+    problems.push({ backupId: foreign.id, code: 'CORRUPTION', message: `backup ${id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${(chain[0] as Manifest).volume.id}); a chain never spans volumes, so its manifests were altered on the target` })
+  }
   const checked = new Set<string>()
+  // The bytes each chunk holds once opened, for the extents of every backup that names it.
+  const chunkBytes = new Map<string, number>()
   // Newest first, so each key is opened through its newest wrapping (see backupChunkKeys).
   const opened = new Map<string, ChunkKeys>()
   for (const manifest of chain) {
@@ -49,10 +57,18 @@ export async function verifyBackup (ctx: BackupContext, id: string, options: { t
       try {
         const envelope = await target.getChunk(chunk)
         if (envelope === undefined) throw new GalleonError('CORRUPTION', `chunk ${chunk} is missing from the target`)
-        await decodeChunk(chunk, envelope, keys)
+        chunkBytes.set(chunk, (await decodeChunk(chunk, envelope, keys)).byteLength)
       } catch (err) {
         problems.push({ backupId: manifest.id, chunk, code: errorCode(err), message: (err as Error).message })
       }
+    }
+  }
+  for (const manifest of chain) {
+    const blockSize = manifest.volume.blockSize
+    for (const [, count, chunk, offset] of manifest.extents) {
+      const bytes = chunk === null ? undefined : chunkBytes.get(chunk)
+      if (bytes === undefined || (offset + count) * blockSize <= bytes) continue
+      problems.push({ backupId: manifest.id, chunk: chunk as string, code: 'CORRUPTION', message: `backup ${manifest.id} names blocks ${offset}..${offset + count - 1} of chunk ${chunk}, which holds ${bytes / blockSize}; its manifest was altered on the target, so it cannot be restored` })
     }
   }
   // The index is a summary the next backup or deletion rewrites: a stale one (a crash between a
@@ -89,14 +105,8 @@ export async function adoptBackup (ctx: BackupContext, id: string, options: { ta
 
 /** Checks backup `id`'s chain, then tags its untagged manifests, oldest first. */
 async function adoptChain (ctx: BackupContext, target: BackupTarget, id: string): Promise<BackupAdoption> {
+  // A chain that spans volumes is refused there: adopting it would vouch for another volume's manifests.
   const chain = await readChain(target, id, 'is not adopted')
-  // A chain never spans volumes (a backup builds only on its own volume's): one that does was
-  // altered on the target, and adopting it would vouch for another volume's manifests.
-  const first = chain[0] as Manifest
-  const foreign = chain.find((manifest) => manifest.volume.id !== first.volume.id)
-  if (foreign !== undefined) {
-    throw new GalleonError('CORRUPTION', `backup ${first.id} builds on backup ${foreign.id}, which is of another volume (${foreign.volume.id}, not ${first.volume.id}); a chain never spans volumes, so its manifests were altered on the target; it is not adopted`)
-  }
   const opened = new Map<string, ChunkKeys>()
   const toTag: Array<{ manifest: Manifest, keys: ChunkKeys }> = []
   const unchanged: string[] = []
