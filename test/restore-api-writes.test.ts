@@ -1,16 +1,14 @@
-// A restoreBackup writing into a volume against writes made through the API (write, writeBlock,
-// trim, restoreSnapshot) on the same volume: they are refused with BUSY while the restore writes, as mounts, files
-// and NBD writers are, so the restored volume is exactly the backup.
+// A restoreBackup writing into a volume against calls made through the API on the same volume
+// (write, writeBlock, trim, restoreSnapshot, deleting the restore's own snapshot): they are refused
+// with BUSY while the restore writes, as mounts, files and NBD writers are, so the restored volume
+// is exactly the backup, and a failed restore can always put the volume back.
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { GalleonFS } from '../src/index.js'
-import { DirectoryBackupTarget } from '../backends/directory/index.js'
-import { heldCall } from './support/backup-targets.js'
+import { RESTORE_SIZE as SIZE, backedUp, withHeldRestore } from './support/restore-setup.js'
 
 let root: string
 before(async () => { root = await mkdtemp(join(tmpdir(), 'restore-api-writes-')) })
@@ -18,28 +16,11 @@ after(async () => { await rm(root, { recursive: true, force: true }) })
 
 const code = (err: unknown): string => `${(err as { code?: string }).code ?? ''}: ${(err as Error).message}`
 
-/** Bytes of volume v: 16 chunks of a backup, more than a restore reads at once. */
-const SIZE = 16 << 20
-
-/** A volume v, backed up full of random bytes, then overwritten with 7s. */
-async function backedUp (g: GalleonFS): Promise<{ id: string, backed: Uint8Array, current: Uint8Array }> {
-  await g.createVolume({ name: 'v', sizeBytes: SIZE })
-  const backed = new Uint8Array(randomBytes(SIZE))
-  await g.write('v', 0, backed)
-  const { id } = await g.createBackup('v', { strategy: 'full' })
-  const current = new Uint8Array(SIZE).fill(7)
-  await g.write('v', 0, current)
-  return { id, backed, current }
-}
-
-describe('restoreBackup and writes through the API', () => {
+describe('restoreBackup and calls through the API', () => {
   it('write, writeBlock and trim of a volume a restore writes into are refused with BUSY; the restored volume is the backup, and writes work again after it', async () => {
-    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'existing-target') }), 'getChunk')
-    const g = await GalleonFS.open({ storagePath: join(root, 'existing'), backupTarget: target })
-    let held: ReturnType<typeof hold> | undefined
-    try {
+    await withHeldRestore(root, 'existing', async (g, hold) => {
       const { id, backed } = await backedUp(g)
-      held = hold()
+      const held = hold()
       const restoring = g.restoreBackup(id, { volume: 'v' })
       await held.reached
       const block = new Uint8Array(4096).fill(9)
@@ -54,39 +35,27 @@ describe('restoreBackup and writes through the API', () => {
       assert.deepEqual(await g.read('v', 0, SIZE), backed, 'the volume reads exactly as the backup')
       await g.write('v', 0, block)
       assert.deepEqual(await g.read('v', 0, 4096), block)
-    } finally {
-      held?.release()
-      await g.close()
-    }
+    })
   })
 
   it('writes into a new volume a restore is creating are refused with BUSY while it writes', async () => {
-    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'new-target') }), 'getChunk')
-    const g = await GalleonFS.open({ storagePath: join(root, 'new'), backupTarget: target })
-    let held: ReturnType<typeof hold> | undefined
-    try {
+    await withHeldRestore(root, 'new', async (g, hold) => {
       const { id, backed } = await backedUp(g)
-      held = hold()
+      const held = hold()
       const restoring = g.restoreBackup(id, { name: 'copy' })
       await held.reached
       assert.match(await g.write('copy', 0, new Uint8Array(4096).fill(9)).then(() => 'written', code), /^BUSY: .*restor.*copy/)
       held.release()
       await restoring
       assert.deepEqual(await g.read('copy', 0, SIZE), backed)
-    } finally {
-      held?.release()
-      await g.close()
-    }
+    })
   })
 
   it('restoreSnapshot of a volume a restore writes into is refused with BUSY; the restored volume is the backup', async () => {
-    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'revert-target') }), 'getChunk')
-    const g = await GalleonFS.open({ storagePath: join(root, 'revert'), backupTarget: target })
-    let held: ReturnType<typeof hold> | undefined
-    try {
+    await withHeldRestore(root, 'revert', async (g, hold) => {
       const { id, backed } = await backedUp(g)
       await g.createSnapshot('v', 'sevens')
-      held = hold()
+      const held = hold()
       const restoring = g.restoreBackup(id, { volume: 'v' })
       await held.reached
       assert.match(await g.restoreSnapshot('v', 'sevens').then(() => 'reverted', code), /^BUSY: .*restor.*v/)
@@ -95,19 +64,13 @@ describe('restoreBackup and writes through the API', () => {
       assert.deepEqual(await g.read('v', 0, SIZE), backed, 'the volume reads exactly as the backup')
       await g.restoreSnapshot('v', 'sevens')
       assert.deepEqual(await g.read('v', 0, 4096), new Uint8Array(4096).fill(7), 'reverts work again after it')
-    } finally {
-      held?.release()
-      await g.close()
-    }
+    })
   })
 
   it('a restore cancelled through its signal says the restore was cancelled, and puts the volume back', async () => {
-    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'cancel-target') }), 'getChunk')
-    const g = await GalleonFS.open({ storagePath: join(root, 'cancel'), backupTarget: target })
-    let held: ReturnType<typeof hold> | undefined
-    try {
+    await withHeldRestore(root, 'cancel', async (g, hold) => {
       const { id, current } = await backedUp(g)
-      held = hold()
+      const held = hold()
       const controller = new AbortController()
       const restoring = g.restoreBackup(id, { volume: 'v', signal: controller.signal }).then(() => 'restored', code)
       await held.reached
@@ -115,19 +78,13 @@ describe('restoreBackup and writes through the API', () => {
       held.release()
       assert.match(await restoring, /^CANCELLED: the restore was cancelled/)
       assert.deepEqual(await g.read('v', 0, SIZE), current, 'the volume is put back as it was')
-    } finally {
-      held?.release()
-      await g.close()
-    }
+    })
   })
 
   it('the safety snapshot of a restore writing into a volume cannot be deleted (BUSY, also with force) until the restore is over; then it is gone', async () => {
-    const { target, hold } = heldCall(new DirectoryBackupTarget({ path: join(root, 'safety-target') }), 'getChunk')
-    const g = await GalleonFS.open({ storagePath: join(root, 'safety'), backupTarget: target })
-    let held: ReturnType<typeof hold> | undefined
-    try {
+    await withHeldRestore(root, 'safety', async (g, hold) => {
       const { id, backed } = await backedUp(g)
-      held = hold()
+      const held = hold()
       const restoring = g.restoreBackup(id, { volume: 'v' })
       await held.reached
       const safety = (await g.listSnapshots('v')).find((snapshot) => snapshot.name.startsWith('pre-restore-'))
@@ -139,9 +96,6 @@ describe('restoreBackup and writes through the API', () => {
       await restoring
       assert.deepEqual(await g.read('v', 0, SIZE), backed)
       assert.deepEqual((await g.listSnapshots('v')).filter((snapshot) => snapshot.name.startsWith('pre-restore-')), [], 'the restore deleted its snapshot once over')
-    } finally {
-      held?.release()
-      await g.close()
-    }
+    })
   })
 })

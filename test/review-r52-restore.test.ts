@@ -5,7 +5,6 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { randomBytes } from 'node:crypto'
 import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -15,6 +14,7 @@ import { GalleonFS } from '../src/index.js'
 import { DirectoryBackupTarget } from '../backends/directory/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
 import { delegatingTarget, heldCall } from './support/backup-targets.js'
+import { RESTORE_SIZE as SIZE, backedUp } from './support/restore-setup.js'
 
 const exec = promisify(execFile)
 
@@ -31,19 +31,6 @@ async function heldRestore (name: string): Promise<{ g: GalleonFS, hold: () => {
   return { g, hold }
 }
 
-/** Bytes of volume v: 16 chunks of a backup, more than a restore reads at once (8). */
-const SIZE = 16 << 20
-
-/** A volume v, backed up full of random bytes, then overwritten with 7s. */
-async function backedUp (g: GalleonFS): Promise<{ id: string, backed: Uint8Array, current: Uint8Array }> {
-  await g.createVolume({ name: 'v', sizeBytes: SIZE })
-  const backed = new Uint8Array(randomBytes(SIZE))
-  await g.write('v', 0, backed)
-  const { id } = await g.createBackup('v', { strategy: 'full' })
-  const current = new Uint8Array(SIZE).fill(7)
-  await g.write('v', 0, current)
-  return { id, backed, current }
-}
 
 describe('r52: restoreBackup into an existing volume and the volume\'s writers that are not mounts', () => {
   it('a restore into a volume with a writable file open straight on it is refused with BUSY and changes nothing; closed, the restore goes through', async () => {

@@ -18,7 +18,6 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -26,14 +25,12 @@ import { fileURLToPath } from 'node:url'
 import { GalleonFS } from '../../src/index.js'
 import { blockPayload, decodeBlockAt } from './snapshot-child.js'
 import { BLOCK_BYTES, FIRST_BLOCKS } from './review-r60-child.js'
-import { readChildLines, trialCount } from './support.js'
+import { killAfterReady, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
-import { scriptArgs } from '../support/child-script.js'
 
 const TRIALS = trialCount()
 const BASE_SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
 const CHILD = fileURLToPath(new URL('./review-r60-child.ts', import.meta.url))
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SEQ_STRIDE = 1 << 24
 const CHILD_DEADLINE_MS = 60_000
 
@@ -132,19 +129,8 @@ class Model {
 }
 
 async function runChild (storagePath: string, backend: string, seqBase: number, seed: number, duringOpen: boolean, delayMs: number): Promise<{ lines: string[], killed: boolean, code: number | null, stderr: string }> {
-  const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: string[] = []
-  let killed = false
-  let timer: NodeJS.Timeout | undefined
-  const kill = (): void => { if (!killed && child.exitCode === null) { killed = true; child.kill('SIGKILL') } }
-  const deadline = setTimeout(kill, CHILD_DEADLINE_MS)
-  const exit = await readChildLines(child, (line) => {
-    lines.push(line)
-    if (timer === undefined && line === (duringOpen ? 'opening' : 'ready')) timer = setTimeout(kill, delayMs)
-  })
-  clearTimeout(deadline)
-  if (timer !== undefined) clearTimeout(timer)
-  return { lines, killed, code: exit.code, stderr: exit.stderr }
+  const run = await killAfterReady(CHILD, [storagePath, backend, String(seqBase), String(seed)], delayMs, CHILD_DEADLINE_MS, (line) => line === (duringOpen ? 'opening' : 'ready'))
+  return { lines: run.lines, killed: run.killed, code: run.exit.code, stderr: run.exit.stderr }
 }
 
 function decodeAll (bytes: Uint8Array, label: string, problems: string[]): number[] {

@@ -19,21 +19,18 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GalleonFS } from '../../src/index.js'
 import { BLOCK_BYTES, VOLUME_BLOCKS, blockPayload, decodeBlockAt, sha256 } from './snapshot-child.js'
-import { readChildLines, trialCount } from './support.js'
+import { killAfterReady, trialCount } from './support.js'
 import { seededRandom } from '../conformance/fixtures.js'
-import { scriptArgs } from '../support/child-script.js'
 
 const TRIALS = trialCount()
 const BASE_SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
 const CHILD = fileURLToPath(new URL('./snapshot-child.ts', import.meta.url))
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SEQ_STRIDE = 1 << 24
 const CHILD_DEADLINE_MS = 60_000
 
@@ -110,19 +107,8 @@ class Model {
 type KillFrom = 'opening' | 'ready' | 'snapshot'
 
 async function runChild (storagePath: string, backend: string, seqBase: number, seed: number, from: KillFrom, delayMs: number): Promise<{ lines: string[], killed: boolean, code: number | null, stderr: string }> {
-  const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: string[] = []
-  let killed = false
-  let timer: NodeJS.Timeout | undefined
-  const kill = (): void => { if (!killed && child.exitCode === null) { killed = true; child.kill('SIGKILL') } }
-  const deadline = setTimeout(kill, CHILD_DEADLINE_MS)
-  const exit = await readChildLines(child, (line) => {
-    lines.push(line)
-    if (timer === undefined && (from === 'snapshot' ? line.startsWith('SH ') : line === from)) timer = setTimeout(kill, delayMs)
-  })
-  clearTimeout(deadline)
-  if (timer !== undefined) clearTimeout(timer)
-  return { lines, killed, code: exit.code, stderr: exit.stderr }
+  const run = await killAfterReady(CHILD, [storagePath, backend, String(seqBase), String(seed)], delayMs, CHILD_DEADLINE_MS, (line) => (from === 'snapshot' ? line.startsWith('SH ') : line === from))
+  return { lines: run.lines, killed: run.killed, code: run.exit.code, stderr: run.exit.stderr }
 }
 
 async function verify (storagePath: string, backend: 'file' | 'level', model: Model): Promise<string[]> {

@@ -110,19 +110,20 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export interface KilledRun { killed: boolean, lines: string[], exit: ChildExit }
 
 /**
- * Runs a child script (under tsx) and SIGKILLs it `delayMs` after it reports `ready` (or after
- * `deadlineMs` in any case); resolves once it is gone with every line it wrote.
+ * Runs a child script (under tsx) and SIGKILLs it `delayMs` after the first line `from` picks (by
+ * default the one reporting `ready`), or after `deadlineMs` in any case; resolves once it is gone
+ * with every line it wrote (`killed`: the kill came while it still ran).
  */
-export async function killAfterReady (script: string, args: string[], delayMs: number, deadlineMs = 60_000): Promise<KilledRun> {
+export async function killAfterReady (script: string, args: string[], delayMs: number, deadlineMs = 60_000, from: (line: string) => boolean = (line) => line.startsWith('ready')): Promise<KilledRun> {
   const child = spawn(process.execPath, [...scriptArgs(script), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   let killed = false
   let timer: NodeJS.Timeout | undefined
-  const kill = (): void => { killed = true; child.kill('SIGKILL') }
+  const kill = (): void => { if (!killed && child.exitCode === null) { killed = true; child.kill('SIGKILL') } }
   const deadline = setTimeout(kill, deadlineMs)
   const lines: string[] = []
   const exit = await readChildLines(child, (line) => {
     lines.push(line)
-    if (timer === undefined && line.startsWith('ready')) timer = setTimeout(kill, delayMs)
+    if (timer === undefined && from(line)) timer = setTimeout(kill, delayMs)
   })
   clearTimeout(deadline)
   if (timer !== undefined) clearTimeout(timer)
