@@ -1,11 +1,10 @@
-// Review r60, not fixed yet (a todo, so it is visible in every run without failing it): a segment
-// file of the `file` store that is gone from `blocks/` (no crash does that: compaction deletes a
-// segment only once its live records are copied and synced) is not noticed. Open succeeds, scrub
-// checks only the blocks it still knows of, and every block whose newest version was in that file
-// reads as an older version or as zeros: silent wrong data (here blocks 13-27 of 32 read their
-// previous contents, and scrub reports 0 bad blocks). Detecting it needs a record of which segments
-// must exist (for instance the live segment ids written at each roll, and a record of each
-// segment compaction drops, appended before the unlink).
+// Review r60: a segment file of the `file` store that is gone from `blocks/` (no crash does that:
+// compaction deletes a segment only once its live records are copied and synced) was not noticed.
+// Open succeeded, scrub checked only the blocks it still knew of, and every block whose newest
+// version was in that file read as an older version or as zeros: silent wrong data (here blocks
+// 13-27 of 32 read their previous contents, and scrub reported 0 bad blocks). The store now keeps a
+// segment list (blocks/SEGMENTS, see backends/file/segment-list.ts) and open refuses with CORRUPTION
+// naming the missing file. test/file-segment-list.test.ts checks the store itself.
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -15,7 +14,7 @@ import { join } from 'node:path'
 import { GalleonFS, WriteConcern } from '../src/index.js'
 
 describe('review r60: a missing segment file', () => {
-  it('is reported (CORRUPTION at open naming the segment), not read as older data', { todo: 'the file store keeps no record of which segments must exist' }, async () => {
+  it('is reported (CORRUPTION at open naming the segment), not read as older data', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'galleon-r60-missing-'))
     const options = { storagePath: dir, backend: 'file', backendOptions: { segmentBytes: 64 * 1024, spareSegments: 0 } } as const
     try {
@@ -39,6 +38,7 @@ describe('review r60: a missing segment file', () => {
         assert.fail(`open succeeded with ${victim} gone; scrub found ${scrub.badBlocks.length} bad blocks; blocks reading older data or zeros: ${stale.join(',')}`)
       } catch (err) {
         assert.equal((err as { code?: string }).code, 'CORRUPTION', String(err))
+        assert.match((err as Error).message, new RegExp(victim.replace(/\./g, '\\.')))
       } finally {
         await reopened?.close()
       }

@@ -12,6 +12,7 @@ import { hintPath, isCode, scanSegment, spareFileName, syncDirectory } from './s
 import { COMPACTION_BATCH_BYTES, COMPACTION_RETRY_FIRST_MS, COMPACTION_RETRY_MAX_MS } from './options.js'
 import { maintain, reportBackground } from './maintenance.js'
 import { spareBudget, spareBytes, trimSpares } from './spares.js'
+import { persistSegmentList } from './segment-list.js'
 import { enqueue } from './writer.js'
 import { removeFile, whenReadsDone, type Segment, type Spare, type StoreState } from './store-state.js'
 
@@ -214,6 +215,11 @@ async function compactSegment (state: StoreState, segment: Segment): Promise<Gal
 }
 
 async function dropSegment (state: StoreState, segment: Segment): Promise<void> {
+  // Out of the segment list before its file goes, so that open reports a listed file that is
+  // missing: a crash after this leaves an unlisted file, whose records were all copied forward and
+  // synced above, and which open removes (see segment-list.ts).
+  state.listed.delete(segment.id)
+  await persistSegmentList(state)
   const handle = segment.handle
   // No handle: never picked for compaction again, and any read reaching it would report it.
   segment.handle = undefined

@@ -2,7 +2,7 @@
 // tail of the active segment told from corruption and cut off, and the clean-shutdown marker.
 
 import { open, readFile, readdir, stat, type FileHandle } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { wrapIo } from '../../src/abstract-block-store.js'
 import { Address } from '../../src/drivers.js'
 import { GalleonError } from '../../src/errors.js'
@@ -13,6 +13,7 @@ import {
   syncDirectory, syncedMarkedAfter, syncedMarkedInRuns
 } from './segment.js'
 import { scheduleHint } from './maintenance.js'
+import { SEGMENT_LIST_TEMPORARY_NAME, checkSegmentList, persistSegmentList } from './segment-list.js'
 import { trimSpares } from './spares.js'
 import { Segment, applyRecord, removeFile, type StoreState } from './store-state.js'
 
@@ -58,10 +59,12 @@ export async function recover (state: StoreState): Promise<void> {
   } catch (err) {
     throw wrapIo(err, `could not read the clean-shutdown marker of ${location}`)
   }
-  const segmentIds: number[] = []
+  let segmentIds: number[] = []
   const segmentSalts = new Map<number, number | undefined>()
+  const segmentNames = new Map<number, string>()
   const hintIds = new Set<number>()
   const spares: string[] = []
+  const leftovers: string[] = []
   for (const name of names) {
     if (isSpareFileName(name)) spares.push(name)
     const parsed = parseSegmentFileName(name)
@@ -71,11 +74,21 @@ export async function recover (state: StoreState): Promise<void> {
       }
       segmentIds.push(parsed.id)
       segmentSalts.set(parsed.id, parsed.salt)
+      segmentNames.set(parsed.id, name)
     }
     const hintId = parseHintFileName(name)
     if (hintId !== undefined) hintIds.add(hintId)
-    // A hint or a marker that was being written when the process died.
-    if (name.endsWith('.hint.tmp') || name === CLEAN_MARKER_TEMPORARY_NAME) await removeFile(join(location, name))
+    // A hint, a marker or a segment list that was being written when the process died.
+    if (name.endsWith('.hint.tmp') || name === CLEAN_MARKER_TEMPORARY_NAME || name === SEGMENT_LIST_TEMPORARY_NAME) leftovers.push(name)
+  }
+  // Before anything is changed: a segment file that is gone is refused with the store as it was.
+  const listCheck = await checkSegmentList(location, segmentNames).catch((err: unknown) => { throw wrapIo(err, `could not check the segment list of ${location}`) })
+  for (const name of leftovers) await removeFile(join(location, name))
+  if (listCheck.remove.length > 0) {
+    for (const name of listCheck.remove) await removeFile(join(location, name))
+    const removed = new Set(listCheck.remove)
+    segmentIds = segmentIds.filter((id) => !removed.has(segmentNames.get(id) as string))
+    await syncDirectory(location).catch((err: unknown) => { throw wrapIo(err, `could not sync ${location}`) })
   }
   segmentIds.sort((a, b) => a - b)
   const lastId = segmentIds[segmentIds.length - 1]
@@ -151,6 +164,9 @@ export async function recover (state: StoreState): Promise<void> {
       throw wrapIo(err, `could not create segment ${segment.path}`)
     }
   }
+  for (const segment of state.segments.values()) state.listed.set(segment.id, basename(segment.path))
+  // (A store without segments got its first one above: a list written before would not name it.)
+  if (listCheck.rewrite || lastId === undefined) await persistSegmentList(state).catch((err: unknown) => { throw wrapIo(err, `could not write the segment list of ${location}`) })
   const last = [...state.segments.values()].pop() as Segment
   state.tail = last
   state.current = last

@@ -203,6 +203,13 @@ export class StoreState {
   lastBackgroundError: GalleonError | undefined
   /** A clean-shutdown marker file was found on open and has not been removed yet. */
   cleanMarkerFound = false
+  /**
+   * The segment files the segment list names (id to file name; see segment-list.ts): a segment is
+   * added once its file exists, before its first record, and taken out before its file goes.
+   */
+  listed = new Map<number, string>()
+  /** The last write of the segment list (they run one at a time). */
+  listWrites: Promise<void> = Promise.resolve()
 
   constructor (settings: StoreSettings, maybeScheduleCompaction: () => void) {
     this.location = settings.location
@@ -244,6 +251,8 @@ export function resetState (state: StoreState): void {
   state.compactionWanted = false
   state.closing = false
   state.cleanMarkerFound = false
+  state.listed = new Map()
+  state.listWrites = Promise.resolve()
 }
 
 /**

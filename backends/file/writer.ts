@@ -11,6 +11,7 @@ import { isPreparedSpareFileName, newSegmentSalt, segmentPath, syncDirectory, wr
 import { GROUP_BYTES, MAX_WRITES_IN_FLIGHT, WRITEBACK_SYNC_BYTES } from './options.js'
 import { reportBackground, scheduleHint } from './maintenance.js'
 import { maybePrepareSpare, openSpare, releaseSpares } from './spares.js'
+import { persistSegmentList } from './segment-list.js'
 import { MARK, Segment, applyRecord, noop, removeFile, type BlockLocation, type PendingBatch, type StoreState, type WriteGroup } from './store-state.js'
 
 /**
@@ -397,6 +398,12 @@ async function roll (state: StoreState, nextId: number): Promise<void> {
   }
   next.handle = next.spare === undefined ? await open(next.path, 'wx+') : await openSpare(next)
   await syncDirectory(state.location)
+  // Listed once its file exists (its name is durable) and before its first record: a crash before
+  // the list is written leaves an unlisted file that holds nothing, which open removes (see
+  // segment-list.ts). An earlier release's empty segment, removed below, leaves the list with it.
+  state.listed.set(next.id, basename(next.path))
+  if (old.size === 0) state.listed.delete(old.id)
+  await persistSegmentList(state)
   state.current = next
   state.segmentSyncs = 0
   state.issuedBytes = 0

@@ -2,10 +2,11 @@
 // segment's file (its name holds a random salt), and turning a segment into what a release from
 // before salted segments wrote (unsalted records and marks), to test that such stores still recover.
 
-import { readFile, readdir, rename, writeFile } from 'node:fs/promises'
+import { readFile, readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { HEADER_BYTES, decodeHeader, encodeRecordHeader, recordCrcMatches, type RecordHeader } from '../../backends/file/record.js'
 import { parseSegmentFileName, segmentPath } from '../../backends/file/segment.js'
+import { SEGMENT_LIST_NAME } from '../../backends/file/segment-list.js'
 
 /** The segment files in `location`, by id: their paths and salts (undefined for an unsalted one). */
 export async function segmentFiles (location: string): Promise<Array<{ id: number, salt: number | undefined, path: string }>> {
@@ -27,7 +28,8 @@ export async function segmentFile (location: string, id = 1): Promise<string> {
 /**
  * Rewrites the salted segment at `path` as a release from before salted segments would have written
  * it: every valid record from its start (up to the first that is not) gets the unsalted magic and a
- * crc from 0, nothing else moves, and the file gets its unsalted name. Returns the new path.
+ * crc from 0, nothing else moves, and the file gets its unsalted name; the store's segment list
+ * (which those releases did not keep) is removed. Returns the new path.
  */
 export async function unsaltSegment (path: string): Promise<string> {
   const name = path.slice(path.lastIndexOf('/') + 1)
@@ -43,7 +45,10 @@ export async function unsaltSegment (path: string): Promise<string> {
     position = end
   }
   await writeFile(path, bytes)
-  const unsalted = segmentPath(path.slice(0, path.lastIndexOf('/')), parsed.id)
+  const directory = path.slice(0, path.lastIndexOf('/'))
+  const unsalted = segmentPath(directory, parsed.id)
   await rename(path, unsalted)
+  // Those releases kept no segment list either (the one this release wrote names the salted file).
+  await rm(join(directory, SEGMENT_LIST_NAME), { force: true })
   return unsalted
 }
