@@ -9,6 +9,11 @@
 // segments, so compaction, hint files and segment rolls barely happen there. Here they happen
 // hundreds of times per run, and the check is exact for the store's own contract.
 //
+// Segment list (backends/file/segment-list.ts): every reopen must succeed whatever file a kill left
+// between a roll or a compaction and the list, the list must name exactly the segment files after
+// the clean close that follows, and a copy of the store with one segment file removed must refuse
+// to open with CORRUPTION naming it (review r60: such a store used to open and read older data).
+//
 // Model. The store applies batches in call order and its log is append-only in that order, and
 // compaction only copies current values forward, so after any crash the recovered state must be
 // exactly the state after some prefix of the issued batches (in issue order): this is atomicity
@@ -18,7 +23,7 @@
 // Env: GALLEON_CRASH_TRIALS (default 50, 25 when CI=true), GALLEON_CRASH_SEED (base seed, default random).
 
 import { spawn } from 'node:child_process'
-import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises'
+import { cp, mkdtemp, open, readdir, rm, stat, unlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -26,6 +31,7 @@ import { fileURLToPath } from 'node:url'
 import { FileBlockStore } from '../../backends/file/index.js'
 import { SALTED_RECORD_MAGIC } from '../../backends/file/record.js'
 import { isAppendedSegment, parseSegmentFileName } from '../../backends/file/segment.js'
+import { readSegmentList } from '../../backends/file/segment-list.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
@@ -400,6 +406,42 @@ function checkPrefix (baseline: State, run: ChildRun, recovered: State, violatio
     atAcked.slice(0, 10).map((key) => `${key} holds ${show(recovered.get(key))}, expected ${show(expected.get(key))}`).join('; '))
 }
 
+/** The segment files in `location` that its segment list does not name, and those it names that are missing. */
+async function listMismatch (location: string): Promise<{ unlisted: string[], missing: string[], problem: string | undefined }> {
+  const present = (await readdir(location)).filter((name) => parseSegmentFileName(name) !== undefined)
+  const list = await readSegmentList(location)
+  if (list.kind !== 'listed') return { unlisted: present, missing: [], problem: `the segment list is ${list.kind}` }
+  return { unlisted: present.filter((name) => !list.names.includes(name)), missing: list.names.filter((name) => !present.includes(name)), problem: undefined }
+}
+
+/**
+ * On a copy of the (cleanly closed) store: removes one segment file, picked with `random`, and
+ * checks that open refuses with CORRUPTION naming it, instead of reading older versions of the
+ * blocks it held. Returns the problem, or undefined.
+ */
+async function missingSegmentProblem (location: string, random: () => number): Promise<string | undefined> {
+  const copy = `${location}-copy`
+  await rm(copy, { recursive: true, force: true })
+  await cp(location, copy, { recursive: true })
+  try {
+    const names = (await readdir(copy)).filter((name) => parseSegmentFileName(name) !== undefined).sort()
+    const victim = names[Math.floor(random() * names.length)] as string
+    await unlink(join(copy, victim))
+    const store = new FileBlockStore({ location: copy, ...STORE_OPTIONS })
+    try {
+      await store.open()
+    } catch (err) {
+      const { code, message } = err as { code?: string, message: string }
+      if (code === 'CORRUPTION' && message.includes(victim)) return undefined
+      return `open without ${victim} failed with ${code ?? ''} ${message}, not CORRUPTION naming it`
+    }
+    await store.close()
+    return `open succeeded with segment file ${victim} (of ${names.length}) removed`
+  } finally {
+    await rm(copy, { recursive: true, force: true })
+  }
+}
+
 async function registerTests (): Promise<void> {
   const { describe, it } = await import('node:test')
   const assert: typeof import('node:assert/strict') = (await import('node:assert/strict')).default
@@ -411,7 +453,7 @@ async function registerTests (): Promise<void> {
       const location = await mkdtemp(join(tmpdir(), 'galleon-file-crash-'))
       const random = seededRandom(baseSeed)
       let passed = false
-      const totals = { acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0, preparedSpares: 0, partialPreparedSpares: 0, relocated: 0 }
+      const totals = { unlistedAfterKill: 0, missingChecked: 0, acked: 0, ackedSynced: 0, issued: 0, compactCalls: 0, killedInOpen: 0, killedDuringCompaction: 0, reusedSegments: 0, preparedSpares: 0, partialPreparedSpares: 0, relocated: 0 }
       try {
         let baseline: State = new Map(allKeys().map(({ key }) => [key, undefined]))
         let seqBase = 1
@@ -432,8 +474,19 @@ async function registerTests (): Promise<void> {
             totals.preparedSpares++
             if ((await stat(join(location, name))).size < STORE_OPTIONS.segmentBytes) totals.partialPreparedSpares++
           }
+          // Files between a roll or a compaction and the list (the kill cut one short), which open removes.
+          totals.unlistedAfterKill += (await listMismatch(location)).unlisted.length
           const recovered = await readState(location, violations)
           if (recovered !== undefined) checkPrefix(baseline, run, recovered, violations)
+          // After a clean close the list names exactly the segment files; and one of them gone is reported.
+          const mismatch = await listMismatch(location)
+          if (mismatch.problem !== undefined || mismatch.unlisted.length > 0 || mismatch.missing.length > 0) {
+            violations.push(`after a clean close the segment list does not match the files: ${mismatch.problem ?? ''} unlisted ${mismatch.unlisted.join(',')}; missing ${mismatch.missing.join(',')}`)
+          } else if (recovered !== undefined) {
+            const problem = await missingSegmentProblem(location, random)
+            if (problem !== undefined) violations.push(problem)
+            totals.missingChecked++
+          }
           if (violations.length > 0) {
             assert.fail(`trial ${trial + 1}/${trials} (seed ${baseSeed}, child seed ${seed}, kill plan ${JSON.stringify(plan)}): ` +
               `${violations.length} violation(s), storage kept at ${location}\n  ${violations.slice(0, 20).join('\n  ')}`)
@@ -473,7 +526,7 @@ async function registerTests (): Promise<void> {
         t.diagnostic(`${trials} trials (seed ${baseSeed}): ${totals.issued} operations issued, ${totals.acked} acknowledged batches checked (${totals.ackedSynced} synced), ` +
           `${totals.killedInOpen} kills aimed at open/recovery, ${totals.killedDuringCompaction} kills while compact() was running, ` +
           `${totals.compactCalls} compact() calls completed, ${compactedAway} of ${Math.max(...ids)} segments compacted away, ` +
-          `${totals.relocated} records relocated by reads, ${totals.reusedSegments} segment files found reused, ${totals.preparedSpares} spares made in advance found after a kill (${totals.partialPreparedSpares} half-written) (summed over the trials)`)
+          `${totals.relocated} records relocated by reads, ${totals.unlistedAfterKill} unlisted segment files found after a kill (removed by open), ${totals.missingChecked} copies opened without one segment file (each refused), ${totals.reusedSegments} segment files found reused, ${totals.preparedSpares} spares made in advance found after a kill (${totals.partialPreparedSpares} half-written) (summed over the trials)`)
       } finally {
         if (passed) await rm(location, { recursive: true, force: true })
         else process.stderr.write(`file store crash test storage kept at ${location}\n`)
