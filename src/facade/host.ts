@@ -72,7 +72,7 @@ export interface FacadeHost {
   /** Live migrations running, by volume id. */
   readonly migrations: ReadonlyMap<string, RunningMigration>
   /** Volumes whose data-key rotation is being recorded (checked, not yet begun): a migration starting meanwhile is refused. */
-  readonly rotationsStarting: ReadonlySet<string>
+  readonly rotationsStarting: { has: (volumeId: string) => boolean }
   /**
    * The storage class a replicated volume is changing to as this node sees it (a class change of it
    * started here, this node's copy converting, or the cluster's record `spec` naming a layout this

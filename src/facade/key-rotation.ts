@@ -24,11 +24,13 @@ export class KeyRotations {
   /** Data-key rotations running in the background, by volume id. */
   readonly running = new Map<string, Promise<void>>()
   /**
-   * Replicated volumes whose rotation passed its checks on this node, their primary, and is being
-   * recorded (the cluster's record counting it, the new key stored) but has not begun yet: a class
-   * change checking meanwhile is refused, as it is once the rotation runs.
+   * Volumes whose rotation passed its checks and is being recorded (a replicated volume's cluster
+   * record counting it, the new key stored) but has not begun yet, with how many calls do so: a
+   * migration or class change checking meanwhile is refused, as it is once the rotation runs.
    */
-  readonly starting = new Set<string>()
+  readonly #startingCalls = new Map<string, number>()
+  /** Whether a rotation of the volume is being recorded now (see #startingCalls). */
+  readonly starting = { has: (volumeId: string): boolean => this.#startingCalls.has(volumeId) }
 
   constructor (host: FacadeHost) {
     this.#host = host
@@ -42,9 +44,14 @@ export class KeyRotations {
     const record = this.#host.catalog.resolve(vol)
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
     if (record.replication !== undefined) return await this.#rotateReplicated(record, options)
-    const volume = await this.#begin(record)
-    // A rotation that stopped (an error was reported) is resumed, not started over.
-    if (this.#host.keys.rotation(record.id) === undefined) await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+    // Marked from its checks on: a migration checking while the new key is stored (before the
+    // rotation runs) is refused, instead of starting and replacing the keys under the rotation.
+    const volume = await this.#starting(record.id, async () => {
+      const volume = await this.#begin(record)
+      // A rotation that stopped (an error was reported) is resumed, not started over.
+      if (this.#host.keys.rotation(record.id) === undefined) await this.#host.keys.beginRotation(record.id, volume.cipher as NonNullable<VolumeBlocks['cipher']>)
+      return volume
+    })
     return await this.#run(record, volume, options)
   }
 
@@ -81,11 +88,14 @@ export class KeyRotations {
 
   /** Runs `task` (the recording of a rotation's start) with the volume marked as starting a rotation. */
   async #starting<T> (volumeId: string, task: () => Promise<T>): Promise<T> {
-    this.starting.add(volumeId)
+    // Counted: two calls recording at once (one is refused or repeats later) must not unmark the other.
+    this.#startingCalls.set(volumeId, (this.#startingCalls.get(volumeId) ?? 0) + 1)
     try {
       return await task()
     } finally {
-      this.starting.delete(volumeId)
+      const left = (this.#startingCalls.get(volumeId) ?? 1) - 1
+      if (left > 0) this.#startingCalls.set(volumeId, left)
+      else this.#startingCalls.delete(volumeId)
     }
   }
 

@@ -172,7 +172,7 @@ export class LiveMigrations {
       throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is already in storage class ${record.storageClass}${record.pool === undefined ? '' : ` and pool ${record.pool}`}: nothing to migrate; name another storageClass or pool`)
     }
     if (this.running.has(record.id) || this.#host.catalog.migrations().some((m) => m.volumeId === record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated already; wait for that migration or cancel it`)
-    if (this.#host.rotations.has(record.id) || this.#host.keys.rotation(record.id) !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then migrate it`)
+    if (this.#host.rotations.has(record.id) || this.#host.rotationsStarting.has(record.id) || this.#host.keys.rotation(record.id) !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then migrate it`)
     if (record.revertTo !== undefined) throw new GalleonError('BUSY', `volume ${record.name} has an unfinished revert; finish it (restoreSnapshot) before migrating it`)
     const clones = this.#host.catalog.clonesOf(record.id)
     if (clones.length > 0) throw new GalleonError('BUSY', `volume ${record.name} has clones that read its blocks (${names(clones)}); delete them, or flatten them by deleting the snapshots they came from with { force: true }, then migrate it`)
