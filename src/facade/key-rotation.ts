@@ -83,7 +83,7 @@ export class KeyRotations {
     if (record.replication === undefined) return
     const to = this.#host.changingClass(record.id, spec)
     if (to === undefined) return
-    throw new GalleonError('BUSY', `volume ${record.name} is changing to storage class ${to} (its copy on node ${this.#host.cluster?.nodeId ?? ''} has not converted yet); rotate its key once that is done (migrateVolume to ${to} again finishes a class change that gave up)`)
+    throw new GalleonError('BUSY', `volume ${record.name} is changing to storage class ${to} (its copy on node ${this.#host.cluster?.nodeId ?? ''} has not converted yet); rotate its key once that is done. A class change that gave up is finished by migrateVolume to ${to} again (once its cause is fixed), or undone by migrating the volume back to storage class ${record.storageClass}`)
   }
 
   /** Runs `task` (the recording of a rotation's start) with the volume marked as starting a rotation. */

@@ -1,0 +1,83 @@
+// Review r64: key rotations against class changes started on another node, and after one gave up.
+// Two in-process nodes on their own disks, a memory network and coordinator whose first handle
+// (n1's) can hold one write.
+
+import { describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
+import { WriteConcern } from '../src/index.js'
+import { until } from './support/wait.js'
+import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { holdFirstHandleWrites, type WriteHold } from './support/control-call-cluster.js'
+import { outcomeOf } from './support/assertions.js'
+
+const kit = diskCluster('galleon-r64-')
+
+interface Pair { n1: DiskNode, n2: DiskNode, hold: WriteHold, model: Uint8Array }
+
+/** Two nodes with classes plain2, secret2 (2 copies, encrypted) and secret1 (1 copy, encrypted); volume v of `blocks` blocks in `storageClass` on n1, written whole. */
+async function pair (storageClass: string, blocks: number): Promise<Pair> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const hold = holdFirstHandleWrites(coordinators)
+  const n1 = await kit.startNode(network, coordinators, 'n1')
+  const n2 = await kit.startNode(network, coordinators, 'n2')
+  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+  for (const node of [n1, n2]) {
+    await node.g.createStorageClass({ name: 'plain2', parameters: { replication: '2' } })
+    await node.g.createStorageClass({ name: 'secret2', parameters: { replication: '2', encryption: 'true' } })
+    await node.g.createStorageClass({ name: 'secret1', parameters: { encryption: 'true' } })
+  }
+  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: blocks * BS, storageClass })
+  const model = new Uint8Array(blocks * BS)
+  for (let i = 0; i < blocks; i++) model.set(block(i + 7), i * BS)
+  const replicated = volume.replicas > 1
+  await n1.g.write('v', 0, model, replicated ? WriteConcern.WriteReplicated : WriteConcern.WriteDurable)
+  if (replicated) await until('both copies are in sync', async () => await allInSync(n1.g, 'v', 2), 20_000)
+  return { n1, n2, hold, model }
+}
+
+describe('review r64: a class change started on another node than the primary', () => {
+  it('migrateVolume on n2 while the primary records a key rotation: one of them is refused with BUSY, the other completes; both copies end in one class, reading what was written', async () => {
+    const p = await pair('secret2', 256)
+    p.hold.arm('"keyGeneration":1')
+    const rotated = outcomeOf(p.n1.g.rotateVolumeKey('v', { wait: true }))
+    await until('the rotation is writing the record', () => p.hold.held() === 1)
+    let progressed = false
+    const migrating = outcomeOf(p.n2.g.migrateVolume('v', { storageClass: 'plain2' }, { onProgress: () => { if (!progressed) { progressed = true; p.hold.release() } } }))
+    void migrating.finally(() => { p.hold.release() })
+    const [outcome, rotation] = await Promise.all([migrating, rotated])
+    const classes = await Promise.all([p.n1, p.n2].map(async (n) => `${n.id} ${(await n.g.getVolume('v')).storageClass}`))
+    const state = `class change on n2: ${outcome.code} ${outcome.message}; rotation: ${rotation.code} ${rotation.message}; copies: ${classes.join(', ')}`
+    assert.ok([outcome.code, rotation.code].includes('ok'), state)
+    assert.ok([outcome.code, rotation.code].every((code) => code === 'ok' || code === 'BUSY'), state)
+    const storageClass = outcome.code === 'ok' ? 'plain2' : 'secret2'
+    for (const node of [p.n1, p.n2]) {
+      await until(`the copy on ${node.id} is in ${storageClass}`, async () => (await node.g.getVolume('v')).storageClass === storageClass, 30_000)
+      assert.deepEqual(await node.g.read('v', 0, p.model.byteLength), p.model, `the copy on ${node.id} reads what was written (${state})`)
+    }
+  })
+})
+
+describe('review r64: a key rotation after a class change gave up', () => {
+  it('the primary\'s copy could not convert (its node lacks the class): rotateVolumeKey is refused with BUSY naming both ways out, and migrating the volume back lets it rotate', async () => {
+    const p = await pair('secret2', 64)
+    // Only n2 knows secret2b: the copy on n1 (the primary) cannot convert to it.
+    await p.n2.g.createStorageClass({ name: 'secret2b', parameters: { replication: '2', encryption: 'true' } })
+    const gaveUp = await outcomeOf(p.n2.g.migrateVolume('v', { storageClass: 'secret2b' }))
+    assert.equal(gaveUp.code, 'STORAGE_CLASS_NOT_FOUND', `the class change: ${gaveUp.code} ${gaveUp.message}`)
+    for (const node of [p.n1, p.n2]) {
+      const refused = await outcomeOf(node.g.rotateVolumeKey('v'))
+      assert.equal(refused.code, 'BUSY', `rotateVolumeKey on ${node.id}: ${refused.code} ${refused.message}`)
+      assert.match(refused.message, /secret2b/, `rotateVolumeKey on ${node.id} names the class the record names: ${refused.message}`)
+      assert.match(refused.message, /back to (storage class )?secret2\b/, `rotateVolumeKey on ${node.id} says the volume can be migrated back: ${refused.message}`)
+    }
+    await p.n1.g.migrateVolume('v', { storageClass: 'secret2' })
+    for (const node of [p.n1, p.n2]) {
+      await until(`the copy on ${node.id} is back in secret2`, async () => (await node.g.getVolume('v')).storageClass === 'secret2', 30_000)
+    }
+    const rotated = await outcomeOf(p.n2.g.rotateVolumeKey('v', { wait: true }))
+    assert.equal(rotated.code, 'ok', `rotateVolumeKey after the way back: ${rotated.code} ${rotated.message}`)
+    for (const node of [p.n1, p.n2]) assert.deepEqual(await node.g.read('v', 0, p.model.byteLength), p.model, `the copy on ${node.id} reads what was written`)
+  })
+})
