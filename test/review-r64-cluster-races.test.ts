@@ -81,3 +81,33 @@ describe('review r64: a key rotation after a class change gave up', () => {
     for (const node of [p.n1, p.n2]) assert.deepEqual(await node.g.read('v', 0, p.model.byteLength), p.model, `the copy on ${node.id} reads what was written`)
   })
 })
+
+describe('key rotation against a move of the volume to another node', () => {
+  it('rotateVolumeKey while migrateVolume({ node }) of a 1-copy encrypted volume records the move is refused with BUSY; the move completes with the data intact', async () => {
+    const p = await pair('secret1', 128)
+    // The move's record of the volume in the coordinator (the copy it is about to get on n2).
+    p.hold.arm('"name":"v"')
+    const moving = outcomeOf(p.n1.g.migrateVolume('v', { node: 'n2' }))
+    await until('the move is writing the record', () => p.hold.held() === 1)
+    const rotated = await outcomeOf(p.n1.g.rotateVolumeKey('v', { wait: true }))
+    p.hold.release()
+    assert.equal(rotated.code, 'BUSY', `rotateVolumeKey during the move: ${rotated.code} ${rotated.message}`)
+    assert.match(rotated.message, /moving to another node/)
+    const moved = await moving
+    assert.equal(moved.code, 'ok', `the move: ${moved.code} ${moved.message}`)
+    assert.deepEqual(await p.n2.g.read('v', 0, p.model.byteLength), p.model)
+  })
+
+  it('migrateVolume({ node }) of a 1-copy encrypted volume while its key rotation re-encrypts it is refused with BUSY; once the rotation is done the move works', async () => {
+    const p = await pair('secret1', 2048)
+    const rotating = outcomeOf(p.n1.g.rotateVolumeKey('v', { wait: true }))
+    await until('the rotation re-encrypts', async () => (await p.n1.g.getVolumeEncryption('v')).rotation !== undefined)
+    const moved = await outcomeOf(p.n1.g.migrateVolume('v', { node: 'n2' }))
+    assert.equal(moved.code, 'BUSY', `the move during the rotation: ${moved.code} ${moved.message}`)
+    assert.match(moved.message, /re-encrypting/)
+    assert.equal((await rotating).code, 'ok')
+    assert.equal((await outcomeOf(p.n1.g.migrateVolume('v', { node: 'n2' }))).code, 'ok')
+    assert.deepEqual(await p.n2.g.read('v', 0, p.model.byteLength), p.model)
+  })
+})
+

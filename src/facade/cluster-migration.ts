@@ -10,7 +10,7 @@ import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import { DEFAULT_SYNC_TIMEOUT_MS, tellProgress, type MigrateControl, type MigrateVolumeOptions, type MigrationPhase, type MigrationProgressEvent } from '../volumes/migration.js'
 import { assertClassSupported, classPlacement, classReplicas } from '../volumes/storage-classes.js'
-import type { FacadeHost } from './host.js'
+import type { FacadeHost, NodeMove } from './host.js'
 import { copyEncrypted, specOf } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { FillProgress } from './fill-progress.js'
@@ -26,7 +26,7 @@ export class ClusterMigrations {
   readonly copyConversions = new Map<string, { storageClass: string, abort: AbortController }>()
   readonly copyConversionErrors = new Map<string, { storageClass: string, code: string, message: string }>()
   /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
-  readonly nodeMoves = new Map<string, { abort: AbortController, done: Promise<unknown> }>()
+  readonly nodeMoves = new Map<string, NodeMove>()
   readonly #classChanges: ReplicatedClassChanges
 
   constructor (host: FacadeHost) {
@@ -188,11 +188,29 @@ export class ClusterMigrations {
     if (replication === undefined) throw new GalleonError('INVALID_ARGUMENT', `moving a volume to node ${node} needs a cluster, and this instance is not in one; join one (joinCluster) first`)
     if (signal?.aborted === true) throw new GalleonError('CANCELLED', 'the migration was cancelled before it started')
     let wasLocal = false
+    // Cancelled by the caller's signal, close() or deleteVolume; `done` once the move has settled.
+    const abort = new AbortController()
+    let settled!: () => void
+    const entry: NodeMove = { abort, done: new Promise<void>((resolve) => { settled = resolve }), fromLocal: false }
+    let movingId: string | undefined
     const record = await this.#host.admin(async () => {
       const current = this.#host.catalog.resolve(vol)
       if (current.state === VolumeState.Deleting) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${current.name} is being deleted`)
       if (this.#host.migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
-      if (current.replication !== undefined) return current
+      if (this.nodeMoves.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is moving to another node already; wait for that move, or cancel it`)
+      movingId = current.id
+      if (current.replication !== undefined) {
+        this.nodeMoves.set(current.id, entry)
+        return current
+      }
+      // A 1-copy volume re-encrypts here alone, and the move deletes this copy: the rotation would
+      // end with the volume gone from under it. So they refuse each other (see KeyRotations).
+      if (this.#host.rotations.has(current.id) || this.#host.rotationsStarting.has(current.id) || this.#host.keys.rotation(current.id) !== undefined) {
+        throw new GalleonError('BUSY', `volume ${current.name} is re-encrypting with a new data key; wait for that to finish (getVolumeEncryption shows the progress), then move it`)
+      }
+      // Moving from here, before the first wait: a key rotation checking meanwhile is refused.
+      entry.fromLocal = true
+      this.nodeMoves.set(current.id, entry)
       wasLocal = true
       if (this.#host.catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it, which would stay here; delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
@@ -208,6 +226,10 @@ export class ClusterMigrations {
         throw err
       }
       return await this.#host.catalog.updateVolume(current.id, { convertingFrom: undefined }).catch(() => updated)
+    }).catch((err: unknown) => {
+      if (movingId !== undefined && this.nodeMoves.get(movingId) === entry) this.nodeMoves.delete(movingId)
+      settled()
+      throw err
     })
     const before = this.#host.volumeView(record)
     // Progress: the new copy's fill, as the primary's link to it reports it.
@@ -218,13 +240,12 @@ export class ClusterMigrations {
     }
     const fill = new FillProgress(replication, record.id, this.#blocksPerCopy(record))
     const timer = setInterval(() => { if (fill.sample([node])) report('copy', fill.done, fill.total) }, 100)
-    // Cancelled by the caller's signal, close() or deleteVolume.
-    const abort = new AbortController()
     const onAbort = (): void => { abort.abort(signal?.reason) }
     signal?.addEventListener('abort', onAbort, { once: true })
+    // Aborted while the move was being recorded: an abort before the listener calls no listener.
+    if ((signal as AbortSignal | undefined)?.aborted === true) onAbort()
     const moving = replication.moveCopy(record.id, node, { signal: abort.signal })
-    const entry = { abort, done: moving.catch(() => {}) }
-    this.nodeMoves.set(record.id, entry)
+    moving.then(settled, settled)
     try {
       await moving
     } catch (err) {

@@ -23,6 +23,15 @@ import type { ReadSource, VolumeRef } from './refs.js'
 export type Emit = <T extends EventEmitter.EventNames<GalleonEvents>> (event: T, ...args: EventEmitter.EventArgs<GalleonEvents, T>) => boolean
 
 /** A live migration running: how to cancel it and when it has ended. */
+/** A move of a volume's copy from this node to another (migrateVolume with { node }). */
+export interface NodeMove {
+  readonly abort: AbortController
+  /** Settles once the move has (its copy filled and handed over, or not). */
+  readonly done: Promise<unknown>
+  /** The volume had one copy, here, when the move began (a key rotation is refused meanwhile). */
+  fromLocal: boolean
+}
+
 export interface RunningMigration {
   abort: AbortController
   done: Promise<void>
@@ -80,7 +89,7 @@ export interface FacadeHost {
    */
   changingClass: (volumeId: string, spec?: VolumeSpec) => string | undefined
   /** Moves of this node's copies to other nodes (migrateVolume with `node`), by volume id: how to cancel each. */
-  readonly nodeMoves: ReadonlyMap<string, { abort: AbortController, done: Promise<unknown> }>
+  readonly nodeMoves: ReadonlyMap<string, NodeMove>
   readonly emit: Emit
   assertOpen: () => void
   /** Runs an administrative operation after the ones before it. */

@@ -43,6 +43,9 @@ export class KeyRotations {
   async rotateVolumeKey (vol: VolumeRef, options: { wait?: boolean }): Promise<VolumeEncryption> {
     const record = this.#host.catalog.resolve(vol)
     if (record.encrypted !== true) throw new GalleonError('INVALID_ARGUMENT', `volume ${record.name} is not encrypted, so it has no data key to rotate`)
+    // A move of it from this node (a 1-copy volume turns replicated for it): refused before the
+    // rotation goes to a primary the move may not have recorded yet.
+    this.#refuseNodeMove(record)
     if (record.replication !== undefined) return await this.#rotateReplicated(record, options)
     // Marked from its checks on: a migration checking while the new key is stored (before the
     // rotation runs) is refused, instead of starting and replacing the keys under the rotation.
@@ -60,6 +63,7 @@ export class KeyRotations {
     const volume = this.#host.ioVolume(record)
     if (volume.cipher?.unavailable !== undefined) throw volume.cipher.unavailable
     if (this.#host.migrations.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being migrated; rotate its key once the migration ends (a move to an encrypting class gives it a new data key anyway)`)
+    this.#refuseNodeMove(record)
     this.#refuseClassChange(record)
     const previous = this.running.get(record.id)
     if (previous !== undefined) {
@@ -72,6 +76,14 @@ export class KeyRotations {
       if (this.running.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is already re-encrypting with a new key; wait for it (getVolumeEncryption shows the progress)`)
     }
     return volume
+  }
+
+  /**
+   * BUSY while this node moves a volume that had one copy, here, to another node: the rotation
+   * re-encrypts that copy alone, and the move deletes it (see ClusterMigrations.#migrateToNode).
+   */
+  #refuseNodeMove (record: VolumeRecord): void {
+    if (this.#host.nodeMoves.get(record.id)?.fromLocal === true) throw new GalleonError('BUSY', `volume ${record.name} is moving to another node (migrateVolume with { node }); rotate its key once the move ends`)
   }
 
   /**
