@@ -111,3 +111,28 @@ describe('key rotation against a move of the volume to another node', () => {
   })
 })
 
+describe('a move of a volume to a node that goes away', () => {
+  it('migrateVolume({ node: n2 }) ends with BACKEND_UNAVAILABLE once n2 closes before its copy is in sync (not at the 30-minute deadline); the volume stays on n1, with its one copy and its data', { timeout: 120_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const n1 = await kit.startNode(network, coordinators, 'n1')
+    const n2 = await kit.startNode(network, coordinators, 'n2')
+    await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+    await n1.g.createVolume({ name: 'v', sizeBytes: 64 * BS })
+    const model = new Uint8Array(64 * BS)
+    for (let i = 0; i < 64; i++) model.set(block(i + 3), i * BS)
+    await n1.g.write('v', 0, model, WriteConcern.WriteDurable)
+    // Nothing reaches n2 over the network: its copy never fills (its lease, kept with the coordinator, stays alive).
+    network.drop((m) => m.to === 'n2', { silent: true })
+    const moving = outcomeOf(n1.g.migrateVolume('v', { node: 'n2' }))
+    await until('the move placed a copy on n2', async () => (await n1.g.getVolume('v')).replicas !== undefined && (await n1.g.replicationStatus('v').catch(() => undefined))?.nodes.includes('n2') === true)
+    await n2.g.close()
+    const moved = await moving
+    assert.equal(moved.code, 'BACKEND_UNAVAILABLE', `the move: ${moved.code} ${moved.message}`)
+    assert.match(moved.message, /n2 (left the cluster|stopped renewing its lease)/)
+    network.drop(() => false)
+    await until('the volume has its one copy, on n1, again', async () => JSON.stringify((await n1.g.replicationStatus('v')).nodes) === '["n1"]')
+    assert.deepEqual(await n1.g.read('v', 0, model.byteLength), model)
+  })
+})
+

@@ -249,12 +249,14 @@ export class ReplicaSetChanges {
       const entry = await this.#core.coordinator.get(recordKey(set.volumeId))
       return entry === undefined ? undefined : parseRecord(entry.value)
     }
-    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean): Promise<void> => {
+    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean, gone?: () => GalleonError | undefined): Promise<void> => {
       for (;;) {
         const record = await current()
         if (record === undefined || check(record)) return
         // (A move has its own signal; a leave is stopped by cancelHandOff.)
         if (to === undefined && this.#handOffCancelled !== undefined) throw this.#handOffCancelled
+        const lost = gone?.()
+        if (lost !== undefined) throw lost
         if (performance.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
         await sleep(100)
       }
@@ -290,7 +292,16 @@ export class ReplicaSetChanges {
       }
       if (listed !== undefined) this.#core.host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
       try {
-        await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true)
+        // A move's target that left the cluster, or whose lease ran out, will not fill its copy: the
+        // move ends now rather than at its deadline (30 minutes by default).
+        const targetGone = to === undefined
+          ? undefined
+          : (): GalleonError | undefined => {
+              const member = this.#core.cluster.members.find((m) => m.id === added)
+              if (member !== undefined && member.healthy) return undefined
+              return new GalleonError('BACKEND_UNAVAILABLE', `moving volume ${name} to ${added} stopped: node ${added} ${member === undefined ? 'left the cluster' : 'stopped renewing its lease (it is down or cut off)'} before its copy was in sync; the volume stays on ${self} (move it again once ${added} is back, or to another node)`)
+            }
+        await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true, targetGone)
       } catch (err) {
         await giveUp()
         throw err
