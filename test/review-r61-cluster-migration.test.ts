@@ -5,41 +5,15 @@
 
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
-import { WriteConcern } from '../src/index.js'
 import { until } from './support/wait.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
-import { holdFirstHandleWrites, type WriteHold } from './support/control-call-cluster.js'
+import { diskCluster } from './support/disk-cluster.js'
+import { classPair, type ClassPair } from './support/control-call-cluster.js'
 import { outcomeOf } from './support/assertions.js'
 
 const kit = diskCluster('galleon-r61-')
 
-interface Pair { n1: DiskNode, n2: DiskNode, hold: WriteHold, model: Uint8Array }
-
-/**
- * Two nodes with classes plain2 (2 copies), secret2 (2 copies, encrypted) and keep2 (2 copies,
- * encrypted, reclaim Retain); volume v of `blocks` blocks in class `storageClass` on n1, written
- * whole and in sync on both. n1's coordinator writes can be held (see holdFirstHandleWrites).
- */
-async function pair (storageClass: string, blocks: number): Promise<Pair> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const hold = holdFirstHandleWrites(coordinators)
-  const n1 = await kit.startNode(network, coordinators, 'n1')
-  const n2 = await kit.startNode(network, coordinators, 'n2')
-  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
-  for (const node of [n1, n2]) {
-    await node.g.createStorageClass({ name: 'plain2', parameters: { replication: '2' } })
-    await node.g.createStorageClass({ name: 'secret2', parameters: { replication: '2', encryption: 'true' } })
-    await node.g.createStorageClass({ name: 'keep2', reclaimPolicy: 'Retain', parameters: { replication: '2', encryption: 'true' } })
-  }
-  await n1.g.createVolume({ name: 'v', sizeBytes: blocks * BS, storageClass })
-  const model = new Uint8Array(blocks * BS)
-  for (let i = 0; i < blocks; i++) model.set(block(i + 7), i * BS)
-  await n1.g.write('v', 0, model, WriteConcern.WriteReplicated)
-  await until('both copies are in sync', async () => await allInSync(n1.g, 'v', 2), 20_000)
-  return { n1, n2, hold, model }
-}
+type Pair = ClassPair
+const pair = async (storageClass: string, blocks: number): Promise<Pair> => await classPair(kit, storageClass, blocks)
 
 /** Both copies of v are in `storageClass`, encrypted as `encrypted`, and read `model`. */
 async function bothIn (p: Pair, storageClass: string, encrypted: boolean): Promise<void> {

@@ -7,35 +7,14 @@ import assert from 'node:assert/strict'
 import { MemoryCoordinatorCluster, MemoryNetwork } from '../backends/memory/index.js'
 import { WriteConcern } from '../src/index.js'
 import { until } from './support/wait.js'
-import { BS, allInSync, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
-import { holdFirstHandleWrites, type WriteHold } from './support/control-call-cluster.js'
+import { BS, block, diskCluster } from './support/disk-cluster.js'
+import { classPair, type ClassPair } from './support/control-call-cluster.js'
 import { outcomeOf } from './support/assertions.js'
 
 const kit = diskCluster('galleon-r64-')
 
-interface Pair { n1: DiskNode, n2: DiskNode, hold: WriteHold, model: Uint8Array }
-
-/** Two nodes with classes plain2, secret2 (2 copies, encrypted) and secret1 (1 copy, encrypted); volume v of `blocks` blocks in `storageClass` on n1, written whole. */
-async function pair (storageClass: string, blocks: number): Promise<Pair> {
-  const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
-  const hold = holdFirstHandleWrites(coordinators)
-  const n1 = await kit.startNode(network, coordinators, 'n1')
-  const n2 = await kit.startNode(network, coordinators, 'n2')
-  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
-  for (const node of [n1, n2]) {
-    await node.g.createStorageClass({ name: 'plain2', parameters: { replication: '2' } })
-    await node.g.createStorageClass({ name: 'secret2', parameters: { replication: '2', encryption: 'true' } })
-    await node.g.createStorageClass({ name: 'secret1', parameters: { encryption: 'true' } })
-  }
-  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: blocks * BS, storageClass })
-  const model = new Uint8Array(blocks * BS)
-  for (let i = 0; i < blocks; i++) model.set(block(i + 7), i * BS)
-  const replicated = volume.replicas > 1
-  await n1.g.write('v', 0, model, replicated ? WriteConcern.WriteReplicated : WriteConcern.WriteDurable)
-  if (replicated) await until('both copies are in sync', async () => await allInSync(n1.g, 'v', 2), 20_000)
-  return { n1, n2, hold, model }
-}
+type Pair = ClassPair
+const pair = async (storageClass: string, blocks: number): Promise<Pair> => await classPair(kit, storageClass, blocks)
 
 describe('review r64: a class change started on another node than the primary', () => {
   it('migrateVolume on n2 while the primary records a key rotation: one of them is refused with BUSY, the other completes; both copies end in one class, reading what was written', async () => {

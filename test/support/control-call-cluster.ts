@@ -76,3 +76,35 @@ export async function failOver (c: Pick<PrimaryCluster, 'coordinators' | 'nodes'
   await until('n2 took the role up', async () => (await n2.g.replicationStatus('v')).role === 'primary', 20_000)
   await until('n1 stepped down', async () => (await n1.g.replicationStatus('v')).role !== 'primary', 20_000)
 }
+
+/** Two nodes of a disk cluster, the first one's coordinator writes holdable, and volume v on n1 written whole with `model`. */
+export interface ClassPair { network: MemoryNetwork, n1: DiskNode, n2: DiskNode, hold: WriteHold, model: Uint8Array }
+
+/**
+ * Two nodes with classes plain2 (2 copies), secret2 (2 copies, encrypted), keep2 (2 copies,
+ * encrypted, reclaim Retain) and secret1 (1 copy, encrypted); volume v of `blocks` blocks in
+ * `storageClass` on n1, written whole (and in sync on both nodes when it has two copies). n1's
+ * coordinator writes can be held (see holdFirstHandleWrites).
+ */
+export async function classPair (kit: ReturnType<typeof diskCluster>, storageClass: string, blocks: number): Promise<ClassPair> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const hold = holdFirstHandleWrites(coordinators)
+  const n1 = await kit.startNode(network, coordinators, 'n1')
+  const n2 = await kit.startNode(network, coordinators, 'n2')
+  await until('both nodes see each other', () => [n1, n2].every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 2))
+  for (const node of [n1, n2]) {
+    await node.g.createStorageClass({ name: 'plain2', parameters: { replication: '2' } })
+    await node.g.createStorageClass({ name: 'secret2', parameters: { replication: '2', encryption: 'true' } })
+    await node.g.createStorageClass({ name: 'keep2', reclaimPolicy: 'Retain', parameters: { replication: '2', encryption: 'true' } })
+    await node.g.createStorageClass({ name: 'secret1', parameters: { encryption: 'true' } })
+  }
+  const volume = await n1.g.createVolume({ name: 'v', sizeBytes: blocks * BS, storageClass })
+  const model = new Uint8Array(blocks * BS)
+  for (let i = 0; i < blocks; i++) model.set(block(i + 7), i * BS)
+  const replicated = volume.replicas > 1
+  await n1.g.write('v', 0, model, replicated ? WriteConcern.WriteReplicated : WriteConcern.WriteDurable)
+  if (replicated) await until('both copies are in sync', async () => await allInSync(n1.g, 'v', 2), 20_000)
+  return { network, n1, n2, hold, model }
+}
+
