@@ -191,4 +191,17 @@ describe('review r65: a full disk', () => {
     await checkBlocks(location, 40, (i) => 300 + i)
     assert.deepEqual((await readdir(location)).filter((name) => name.includes('tmp')), [])
   })
+
+  it('an open that cannot write its lock file on a full disk leaves no temporary lock file behind', async (t) => {
+    const mount = await tmpfs('1m', 'galleonfs-r65-tmpfs-')
+    if ('skip' in mount) { t.skip(mount.skip); return }
+    const location = join(mount.dir, 'blocks')
+    await mkdir(location)
+    await fillDisk(mount.dir)
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const store = new FileBlockStore({ location, ...OPTIONS })
+      await assert.rejects(store.open(), (err: { code?: string }) => err.code === 'NO_SPACE')
+    }
+    assert.deepEqual((await readdir(location)).filter((name) => name.startsWith('LOCK')), [], 'files left by the failed opens')
+  })
 })

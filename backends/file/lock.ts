@@ -110,7 +110,9 @@ export async function lockDirectory (directory: string): Promise<DirectoryLock> 
     const directoryId = await stat(directory).then((info) => `${info.dev}:${info.ino}`, () => undefined)
     const content = ownerText({ ...self, directory: directoryId })
     const temporary = join(directory, `LOCK.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
-    await writeFile(temporary, content).catch((err: unknown) => {
+    await writeFile(temporary, content).catch(async (err: unknown) => {
+      // writeFile creates the file before it writes: a full disk leaves it empty, one more per failed open.
+      await unlink(temporary).catch(() => {})
       if (!isCode(err, 'EACCES') && !isCode(err, 'EPERM') && !isCode(err, 'EROFS')) throw err
       const fix = isCode(err, 'EROFS')
         ? 'its file system is mounted read-only, and the store writes when it opens (its lock, recovery): remount it read-write, or copy the store to a writable place'
