@@ -84,6 +84,9 @@ describe('review r61: rotateVolumeKey and a class change of a replicated volume'
     assert.equal(progressed, false, `the refused class change wrote the record first (${outcome.message}); copies: ${classes.join(', ')}`)
     assert.equal(rotation.code, 'ok', `the rotation: ${rotation.message}`)
     await bothIn(p, 'secret2', true)
+    // { wait: true } waits for the primary's copy; the other copy re-encrypts on its own, and a
+    // copy converts only once that is done (a class change made sooner gives up after 3 tries).
+    await until('the copy on n2 has re-encrypted too', async () => (await p.n2.g.getVolumeEncryption('v')).rotation === undefined, 60_000)
     await p.n1.g.migrateVolume('v', { storageClass: 'plain2' })
     await bothIn(p, 'plain2', false)
   })
