@@ -150,7 +150,14 @@ export class BackupManager {
   async list (vol?: VolumeRef, options: { target?: BackupTargetRef } = {}): Promise<Backup[]> {
     const target = await this.#targets.readTarget(options?.target)
     await target.open()
-    let manifests = await readManifests(target)
+    const unreadable: string[] = []
+    let manifests = await readManifests(target, unreadable)
+    // Left out of the list, but said once per instance: a damaged manifest must not pass unseen.
+    const unreported = unreadable.filter((id) => !this.#reportedUnreadable.has(`${target.location}\0${id}`))
+    if (unreported.length > 0) {
+      for (const id of unreported) this.#reportedUnreadable.add(`${target.location}\0${id}`)
+      this.#g.emit('io:error', { volumeId: '', volumeName: '', operation: 'read', code: 'CORRUPTION', message: `backup target ${target.location} holds ${unreported.length} manifest(s) that cannot be read (${unreported.slice(0, 3).join(', ')}${unreported.length > 3 ? ', ...' : ''}), left out of listBackups(); getBackup(id) or verifyBackup(id) says why. Put them back from a copy of the target, or remove their files from it (deleteBackup collects no chunk while they are there)` })
+    }
     if (vol !== undefined) {
       const ref: unknown = typeof vol === 'string' ? vol : (vol as { id?: unknown } | null)?.id
       if (typeof ref !== 'string' || ref.length === 0) throw new GalleonError('INVALID_ARGUMENT', `listBackups() takes a volume id or name (or nothing for every backup), got ${describe(vol)}`)
@@ -229,6 +236,8 @@ export class BackupManager {
 
   /** Volumes a restore of this instance is writing into (a second restore into one is refused, and so is a mount). */
   readonly #restoringInto: Set<string>
+  /** Unreadable manifests listBackups() has reported (target location, NUL, backup id). */
+  readonly #reportedUnreadable = new Set<string>()
   readonly #safetySnapshots: Map<string, string>
   readonly #assertUnmounted: (volumeId: string) => void
   readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim' | 'revert'>>
