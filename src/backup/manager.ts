@@ -49,11 +49,7 @@ export class BackupManager {
     this.#restoringInto = restores?.claims ?? new Set()
     this.#safetySnapshots = restores?.safetySnapshots ?? new Map()
     this.#assertUnmounted = restores?.assertUnmounted ?? (() => {})
-    this.#restoreIo = {
-      write: restores?.write ?? (async (volumeId, offset, data) => { await g.write(volumeId, offset, data) }),
-      trim: restores?.trim ?? (async (volumeId, offset, length) => { await g.trim(volumeId, offset, length) }),
-      revert: restores?.revert ?? (async (volumeId, snapshot) => { await g.restoreSnapshot(volumeId, snapshot) })
-    }
+    this.#restoreIo = { write: restores?.write, trim: restores?.trim, revert: restores?.revert }
     this.#keys = keys
     this.#leftovers = new BackupLeftovers(g, metadata)
     this.#targets = new BackupTargets(defaultTarget)
@@ -240,7 +236,7 @@ export class BackupManager {
   readonly #reportedUnreadable = new Set<string>()
   readonly #safetySnapshots: Map<string, string>
   readonly #assertUnmounted: (volumeId: string) => void
-  readonly #restoreIo: Required<Pick<RestoreHooks, 'write' | 'trim' | 'revert'>>
+  readonly #restoreIo: Pick<RestoreHooks, 'write' | 'trim' | 'revert'>
 }
 
 /** What BackupManager's restores share with the instance (see the constructor). */

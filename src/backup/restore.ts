@@ -35,11 +35,12 @@ export interface RestoreTracker {
   /**
    * The restore's own writes and trims of the claimed volume: other writes to it are refused while
    * the claim holds (see assertNotRestoring in facade/io.ts), and so are reverts, these are not.
+   * Without them, the instance's own calls are used.
    */
-  readonly write: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
-  readonly trim: (volumeId: string, offset: number, length: number) => Promise<void>
+  readonly write?: (volumeId: string, offset: number, data: Uint8Array) => Promise<void>
+  readonly trim?: (volumeId: string, offset: number, length: number) => Promise<void>
   /** Reverts the claimed volume to its safety snapshot (the put-back of a failed restore), as `write`. */
-  readonly putBack: (volumeId: string, safetySnapshot: string) => Promise<void>
+  readonly putBack?: (volumeId: string, safetySnapshot: string) => Promise<void>
 }
 
 /** The body of BackupManager.restore once the options are checked and the target chosen. */
