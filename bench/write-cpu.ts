@@ -1,5 +1,7 @@
 // CPU time per MiB of g.write() of 1 MiB blocks, one call at a time as dd makes them (`file`
-// backend, WriteAcknowledged): the in-process bound of FUSE and NBD sequential writes. CPU time
+// backend, WriteAcknowledged): the in-process bound of FUSE and NBD sequential writes. With
+// BENCH_OP=read, of g.read() of the same blocks after they were written (the bound of sequential
+// reads). CPU time
 // (process.cpuUsage: every thread of the process), not wall time, so a run on a busy machine still
 // compares; A/B a change by running this back to back, alternating the two builds.
 //
@@ -30,27 +32,31 @@ const VOLUME = parseSize(process.env.BENCH_VOLUME ?? '256M')
 const PER_ROUND = Number(process.env.BENCH_MIB ?? 256)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4)
 const PROFILE = process.env.BENCH_PROFILE
+const OP = process.env.BENCH_OP ?? 'write'
+if (OP !== 'write' && OP !== 'read') throw new Error(`BENCH_OP must be write or read, not ${OP}`)
 
 const dir = await mkdtemp(join(process.env.BENCH_DIR ?? tmpdir(), 'galleon-write-cpu-'))
 const g = await GalleonFS.open({ storagePath: join(dir, 'storage') })
 try {
   await g.createVolume({ name: 'seq', sizeBytes: VOLUME })
   const block = new Uint8Array(MIB).fill(0x5a)
+  const into = new Uint8Array(MIB)
   const blocks = VOLUME / MIB
   let next = 0
-  const round = async (mib = PER_ROUND): Promise<{ cpuUs: number, elu: number, mibps: number }> => {
+  const round = async (mib = PER_ROUND, op = OP): Promise<{ cpuUs: number, elu: number, mibps: number }> => {
     const elu = performance.eventLoopUtilization()
     const cpu = process.cpuUsage()
     const started = performance.now()
     for (let i = 0; i < mib; i++) {
-      await g.write('seq', (next % blocks) * MIB, block)
+      if (op === 'write') await g.write('seq', (next % blocks) * MIB, block)
+      else await g.read('seq', (next % blocks) * MIB, MIB, into)
       next++
     }
     const wall = performance.now() - started
     const used = process.cpuUsage(cpu)
     return { cpuUs: (used.user + used.system) / mib, elu: performance.eventLoopUtilization(elu).utilization, mibps: mib / (wall / 1000) }
   }
-  await round(2 * blocks)
+  await round(2 * blocks, 'write')
   // For a profiler attached from outside (perf record -p): the measured rounds start now.
   if (process.env.BENCH_READY_FILE !== undefined) await writeFile(process.env.BENCH_READY_FILE, String(process.pid))
   let session: Session | undefined
