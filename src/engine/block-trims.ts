@@ -17,6 +17,7 @@ import type { WriteConcern } from '../types.js'
 export async function trim (core: EngineCore, streak: LoopStreak, volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary: VolumeReplicator | undefined, background: boolean): Promise<void> {
   checkRange(core, volume, offset, length)
   if (length === 0) return
+  core.assertStorable(volume, concern)
   let next: (() => void) | undefined
   if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) [volume, next] = await core.settleInOrder(volume)
   volume.enter()

@@ -66,6 +66,22 @@ export class EngineCore {
    * concern then fails: the change is stored here and in the replication stream, so it must be
    * what this node reads, now and after a restart (which finds it in the store either way).
    */
+  /**
+   * On a replicated volume's primary, refuses a concern the block store cannot meet (a durable one
+   * on a store that keeps data only in process memory) before the change takes anything: the change
+   * is recorded for the copies before it is committed, so a refusal in commit() would have shipped
+   * a change this node never stored, and sent every copy through a resync to undo it. (Elsewhere
+   * commit() refuses it, after the reasons it checks first.)
+   */
+  assertStorable (volume: VolumeBlocks, concern: WriteConcern): void {
+    if (volume.replicator === undefined || concern === WriteConcern.WriteAcknowledged || this.store.supports.durableSync) return
+    throw this.#unstorable(concern)
+  }
+
+  #unstorable (concern: WriteConcern): GalleonError {
+    return new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
+  }
+
   commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number, applied?: () => void): Promise<unknown> {
     // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
     // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise and the
@@ -82,7 +98,7 @@ export class EngineCore {
     const durable = concern !== WriteConcern.WriteAcknowledged
     if (durable && !this.store.supports.durableSync) {
       if (seq !== undefined) volume.replicator?.failed(seq)
-      throw new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
+      throw this.#unstorable(concern)
     }
     if (seq !== undefined) {
       // A replicated volume: its replicator ships the change and says when the concern is met.

@@ -141,6 +141,7 @@ export class BlockEngine {
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
     }
+    this.#core.assertStorable(volume, concern)
     let next: (() => void) | undefined
     if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) {
       data = copyBytes(data)
@@ -238,6 +239,7 @@ export class BlockEngine {
   async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
     checkRange(this.#core, volume, offset, data.byteLength)
     if (data.byteLength === 0) return
+    this.#core.assertStorable(volume, concern)
     const aligned = offset % this.blockSize === 0 && data.byteLength % this.blockSize === 0
     let next: (() => void) | undefined
     if (volume.gate !== undefined || volume.movedTo !== undefined || volume.gateQueue !== undefined) {
