@@ -44,8 +44,9 @@ describe('review r67: replication', () => {
     await a.g.writeBlock('zones', 3, new Uint8Array(BS).fill(9))
     await until('b is out of sync', async () => !(await a.g.replicationStatus('zones')).inSync.includes('b'))
     await assert.rejects(a.g.writeBlock('zones', 1, new Uint8Array(BS).fill(2), WriteConcern.WriteDistributed), { code: 'WRITE_CONCERN_UNSATISFIED' })
-    // c loses the coordinator (its process goes on, its stream from a too): once its member record
-    // is gone, a no longer knows c's zone; c is still in zone-1, as a is.
+    // c loses the coordinator (its process goes on): once its member record is gone, a no longer
+    // knows c's zone (c is in zone-1, as a is). No defect: the cluster sends nothing to a node
+    // outside the membership, so c leaves the in-sync list rather than count as another zone.
     await c.coordinator.crash()
     await until('c\'s member record is gone on a', () => a.g.cluster?.members.some((m) => m.id === 'c') === false, 20_000)
     assert.ok((await a.g.replicationStatus('zones')).inSync.includes('c'))
@@ -61,7 +62,7 @@ describe('review r67: replication', () => {
     await p.g.createVolume({ name: 'shuffled', sizeBytes: BLOCKS * BS, replicas: 3 })
     await until('3 copies in sync', async () => (await p.g.replicationStatus('shuffled')).inSync.length === 3)
     network.reorder(3)
-    const acked = new Map<number, number>()
+    let acknowledged = 0
     let next = 1
     const writer = async (w: number): Promise<void> => {
       for (let i = 0; i < 40; i++) {
@@ -69,13 +70,14 @@ describe('review r67: replication', () => {
         const value = next++
         if (i % 9 === 8) { await p.g.trim('shuffled', index * BS, BS); continue }
         await p.g.writeBlock('shuffled', index, new Uint8Array(BS).fill(value & 0xff), WriteConcern.WriteReplicated)
-        acked.set(index, value)
+        acknowledged++
       }
     }
     const snapshots = (async () => { for (let i = 0; i < 3; i++) { await new Promise((resolve) => setImmediate(resolve)); await p.g.createSnapshot('shuffled', `s${i}`) } })()
     await Promise.all([writer(0), writer(1), writer(2), writer(3), snapshots])
     await p.g.flush('shuffled')
     network.reorder(0)
+    assert.ok(acknowledged > 100)
     const status = await p.g.replicationStatus('shuffled')
     assert.equal(status.inSync.length, 3, JSON.stringify(status.links))
     for (const n of nodes) {
@@ -83,7 +85,6 @@ describe('review r67: replication', () => {
     }
     const views = async (g: GalleonFS): Promise<Uint8Array[]> => [await g.read('shuffled', 0, BLOCKS * BS), ...await Promise.all(['s0', 's1', 's2'].map(async (snap) => await g.read({ volume: 'shuffled', snapshot: snap }, 0, BLOCKS * BS)))]
     const want = await views(p.g)
-    for (const [index, value] of acked) assert.equal((want[0] as Uint8Array)[index * BS] === (value & 0xff) || true, true)
     await Promise.all(nodes.map(async (n) => await n.g.close()))
     // Each copy's own bytes, its storage opened alone: live and in every snapshot, the primary's.
     for (const n of nodes) {
@@ -95,7 +96,8 @@ describe('review r67: replication', () => {
         await alone.close()
       }
     }
-    console.log('RESYNCS', JSON.stringify(status.links.map((l) => [l.node, l.resyncs, l.batchesAcknowledged])))
+    // Reordering alone needs no resync: early batches wait for the ones before them.
+    assert.deepEqual(status.links.map((l) => l.resyncs), [1, 1])
   })
   it('a durable concern the memory store cannot meet is refused on a replicated primary without sending its copies through a resync', { timeout: 60_000 }, async () => {
     // Defect: the change was recorded and shipped to the copies before commit() refused it, and the
@@ -124,7 +126,7 @@ describe('review r67: replication', () => {
     await a.flush('in-memory')
     const status = await a.replicationStatus('in-memory')
     const link = status.links.find((l) => l.node === 'm2')
-    assert.deepEqual(status.inSync.sort(), ['m1', 'm2'])
+    assert.deepEqual([...status.inSync].sort(), ['m1', 'm2'])
     assert.equal(link?.resyncs, 1, `resyncs of m2: ${JSON.stringify(link)}; events: ${events.join('; ')}`)
     assert.equal(link?.resyncReadBytes, 0)
     assert.deepEqual(events, [])
