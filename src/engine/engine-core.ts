@@ -60,13 +60,6 @@ export class EngineCore {
   }
 
   /**
-   * Appends to the journal, then (for replicated concerns) hands the entry to the replication hook
-   * and resolves only when it has met the concern. Replicated writes are made durable locally first.
-   * `applied` (publishing the new versions) runs once the local append succeeded, also when the
-   * concern then fails: the change is stored here and in the replication stream, so it must be
-   * what this node reads, now and after a restart (which finds it in the store either way).
-   */
-  /**
    * On a replicated volume's primary, refuses a concern the block store cannot meet (a durable one
    * on a store that keeps data only in process memory) before the change takes anything: the change
    * is recorded for the copies before it is committed, so a refusal in commit() would have shipped
@@ -82,6 +75,13 @@ export class EngineCore {
     return new GalleonError('WRITE_CONCERN_UNSATISFIED', `${concern} promises the write survives a crash, but the ${this.store.name} block store keeps data only in process memory; use WriteAcknowledged, or open with storagePath for durable storage. Nothing was written`)
   }
 
+  /**
+   * Appends to the journal, then (for replicated concerns) hands the entry to the replication hook
+   * and resolves only when it has met the concern. Replicated writes are made durable locally first.
+   * `applied` (publishing the new versions) runs once the local append succeeded, also when the
+   * concern then fails: the change is stored here and in the replication stream, so it must be
+   * what this node reads, now and after a restart (which finds it in the store either way).
+   */
   commit (volume: VolumeBlocks, ops: BlockOp[], concern: WriteConcern, seq?: number, applied?: () => void): Promise<unknown> {
     // Not async: every caller awaits it inside a try, where a throw and a rejection are the same,
     // and a WriteAcknowledged/WriteDurable write then waits on the journal's promise and the
