@@ -138,12 +138,15 @@ export class MountManager {
     }
     this.#checkWords(options.options ?? [])
     const where = resolvePath(path)
-    if ((options.ro === true || options.readOnly === true) && (options.rw === true || options.readOnly === false)) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both')
+    // readOnly, ro and rw each say the mode, false as much as true (`rw: false` is read-only).
+    const said = new Set([options.readOnly, options.ro, options.rw === undefined ? undefined : !options.rw].filter((mode) => mode !== undefined))
+    if (said.size > 1) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both: readOnly, ro and rw contradict each other')
+    const callReadOnly: boolean | undefined = [...said][0]
     const own = options.options ?? []
     // Option strings a driver applies (allow_other, ...) are the administrator's to choose.
     if (own.some((o) => !MANAGER_WORDS.includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
     // Checked on what the caller asks for, before anything is looked up (nothing leaks to a caller who may not).
-    const asked = this.#host.isSnapshotRef(ref) || options.readOnly === true || options.ro === true || (own.lastIndexOf('ro') > own.lastIndexOf('rw') && options.rw !== true && options.readOnly !== false)
+    const asked = this.#host.isSnapshotRef(ref) || callReadOnly === true || (callReadOnly === undefined && own.lastIndexOf('ro') > own.lastIndexOf('rw'))
     const mountedBy = this.#host.caller()
     return await this.#host.guard('mountVolume', ref, asked, async () => await this.#serial(async () => {
       this.#assertOpen()
@@ -160,9 +163,7 @@ export class MountManager {
       if (classMode !== undefined && target.snapshotId === undefined) readOnly = classMode === 'ro'
       const ownMode = last(own, 'ro', 'rw')
       if (ownMode !== undefined) readOnly = ownMode === 'ro'
-      if (options.readOnly !== undefined) readOnly = options.readOnly
-      if (options.ro === true) readOnly = true
-      if (options.rw === true) readOnly = false
+      if (callReadOnly !== undefined) readOnly = callReadOnly
       // Checked as a read (what was asked), it turned out read-write (the storage class's options):
       // the caller must be allowed to write too.
       if (!readOnly && asked) await this.#host.requireWrite('mountVolume', ref)

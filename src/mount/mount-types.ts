@@ -28,9 +28,14 @@ export interface Mount {
 
 /** Options of mountVolume. */
 export interface MountOptions {
-  /** Read-only mount (also `ro: true` or the option string `ro`). Snapshots are always read-only. */
+  /**
+   * Read-only mount (true) or read-write (false), over the option strings and the storage class's.
+   * Snapshots are always read-only. Given together, readOnly, ro and rw must agree.
+   */
   readonly readOnly?: boolean
+  /** The same as readOnly. */
   readonly ro?: boolean
+  /** The opposite of readOnly: `rw: false` is a read-only mount. */
   readonly rw?: boolean
   /** Every write WriteDurable (also the option string `sync`). */
   readonly sync?: boolean
