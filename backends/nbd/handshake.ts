@@ -151,7 +151,9 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
           // out. INFO claims and lets go at once, so that it tells what a GO would get (read-only
           // when the writer's place is taken or the caller may not write).
           ;({ export: found, attachment } = await claim(g, await resolveExport(g, name)))
-          if (option === OPT_INFO) await attachment?.close()
+          // Letting the writer's place go flushes the volume, which a full disk (or a failed store)
+          // refuses; the place is let go all the same, and a GO would be served: INFO says so too.
+          if (option === OPT_INFO) await attachment?.close().catch(() => {})
         } catch (err) {
           const code = (err as { code?: string }).code
           error(code === 'PERMISSION_DENIED' ? REP_ERR_POLICY : code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND' || code === 'INVALID_ARGUMENT' ? REP_ERR_UNKNOWN : REP_ERR_INVALID, (err as Error).message)
