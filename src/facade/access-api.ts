@@ -4,7 +4,7 @@
 import { checkPrincipal, parseAccessPolicy, type AccessPolicy, type Principal } from '../access/access-control.js'
 import type { AuditEntry, AuditQuery, AuditVerification } from '../access/audit-log.js'
 import { GalleonError, describe } from '../errors.js'
-import { principalHandle, type CallContext } from './access-guard.js'
+import { namedArgument, principalHandle, type CallContext } from './access-guard.js'
 import type { Facade } from './assembly.js'
 
 /** GalleonFS's calls on access policies and the audit log (see their documentation there). */
@@ -36,7 +36,12 @@ export class AccessApi {
 
   async createAccessPolicy (definition: AccessPolicy): Promise<AccessPolicy> {
     this.#f.state.assertOpen()
-    const policy = parseAccessPolicy(definition)
+    let policy: AccessPolicy
+    try {
+      policy = parseAccessPolicy(definition)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('createAccessPolicy', 'admin', undefined, `access-policy:${namedArgument(() => (definition as { name?: unknown } | null)?.name).label}`, err)
+    }
     return await this.#f.gate.guard('createAccessPolicy', 'admin', undefined, `access-policy:${policy.name}`, async () => {
       await this.#f.access.put(policy)
       return policy

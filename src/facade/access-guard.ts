@@ -5,7 +5,7 @@ import type { AsyncLocalStorage } from 'node:async_hooks'
 import { types } from 'node:util'
 import { EVERY_VOLUME, type AccessControl, type AccessObject, type Principal, type Verb } from '../access/access-control.js'
 import type { AuditLog, AuditRecord } from '../access/audit-log.js'
-import { GalleonError, errorCode } from '../errors.js'
+import { GalleonError, describe, errorCode } from '../errors.js'
 import { isNoSpaceError } from '../abstract-block-store.js'
 import type { Catalog, VolumeRecord } from '../volumes/catalog.js'
 import { looksLikeId, namespaceOf } from '../volumes/catalog.js'
@@ -251,6 +251,30 @@ export class AccessGuard {
   }
 
   /**
+   * The error to throw for a call its arguments refused before its access check, once the refusal
+   * is on the record: every attempt is in the audit log, whatever refused it. `object` is what the
+   * arguments name as far as they can be read (see `namedArgument`); `before` are checks the call
+   * makes ahead of its own (the source of a clone). A principal not allowed one of them is told
+   * PERMISSION_DENIED, recorded as a denial, and not the argument's error: probing with bad
+   * arguments teaches it no more than good ones would. Any other caller gets `err` unchanged, as
+   * before (a permitted caller sees what it saw), recorded as failed with its code when `audited`
+   * (a mutating call; a read's refusal is not logged, as its success is not). Nested calls are part
+   * of a call recorded already.
+   */
+  async refusedArguments (action: string, verb: Verb, object: AccessObject | undefined, label: string, err: unknown, options: { before?: ReadonlyArray<{ verb: Verb, object: AccessObject | undefined, label: string }>, audited?: boolean } = {}): Promise<unknown> {
+    const context = this.#context.getStore()
+    if (context?.nested === true) return err
+    for (const check of [...(options.before ?? []), { verb, object, label }]) {
+      const denied = this.check(action, check.verb, check.object, check.label)
+      if (denied !== undefined) return await denied.then(() => undefined, (denial: unknown) => denial)
+    }
+    if (options.audited === false) return err
+    const principal = context?.principal
+    const who = { principal: principal?.id ?? 'application', ...(principal === undefined ? {} : { roles: principal.roles, groups: principal.groups }) }
+    return await this.#record(err, { ...who, action, verb, object: label, result: 'failed', code: errorCode(err) })
+  }
+
+  /**
    * `check`, then, for a principal allowed the call, its audit entry written before the call runs:
    * for a call that closes the audit log with the instance (close()), whose outcome cannot be
    * recorded afterwards. The entry says so in its details. The application's calls are not audited
@@ -279,6 +303,21 @@ export class AccessGuard {
       return withAuditError(failure, auditError)
     }
   }
+}
+
+/**
+ * A name a call was given, as its audit entry and its access check read it when the call refused
+ * it: a string as it is (cut to 256 characters, the longest a log entry keeps), anything else, or
+ * a getter that throws, as `*` for the check (only a policy covering every name covers it) and
+ * described in the label. `missing` stands for an absent one (a generated name, the caller's
+ * namespace).
+ */
+export function namedArgument (read: () => unknown, missing?: { check: string, label: string }): { check: string, label: string } {
+  let value: unknown
+  try { value = read() } catch { return { check: '*', label: '(unreadable)' } }
+  if (value === undefined && missing !== undefined) return missing
+  if (typeof value === 'string' && value.length > 0) return { check: value.slice(0, 256), label: value.slice(0, 256) }
+  return { check: '*', label: `(${describe(value)})` }
 }
 
 /** The `id` of a would-be principal, for the audit entry of its refusal; a getter that throws is read as none. */

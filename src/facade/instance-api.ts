@@ -97,8 +97,12 @@ export class InstanceApi {
 
   async rotateKeyEncryptionKey (options: { keyProvider?: KeyProvider, passphrase?: string } = {}): Promise<{ keyId: string, provider: string, rewrapped: number }> {
     this.#f.state.assertOpen()
-    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `rotateKeyEncryptionKey() options must be an object, got ${describe(options)}`)
-    if (options.keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+    try {
+      if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `rotateKeyEncryptionKey() options must be an object, got ${describe(options)}`)
+      if (options.keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('rotateKeyEncryptionKey', 'admin', undefined, 'instance', err)
+    }
     return await this.#f.gate.guard('rotateKeyEncryptionKey', 'admin', undefined, 'instance', async () => await this.#f.state.admin(async () => await this.#f.keyRotations.rotateKeyEncryptionKey(options)))
   }
 

@@ -321,12 +321,13 @@ export class VolumeIO {
     try {
       const host = this.#host
       host.assertOpen()
+      // Checked first: a caller who may not read the volume is told so, whatever else it passed.
+      const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
+      if (denied !== undefined) await denied
       if (into !== undefined) {
         assertBytes(into, 'into')
         if (Number.isSafeInteger(length) && into.byteLength < length) throw new GalleonError('INVALID_ARGUMENT', `read() into a buffer of ${into.byteLength} bytes cannot take ${describe(length)} bytes; pass one of at least the length read, or none`)
       }
-      const denied = this.#gate.refCheck('read', isSnapshotRef(source) ? 'snapshot:read' : 'volume:read', source)
-      if (denied !== undefined) await denied
       const { record, snapshot } = readSource(host.catalog, source)
       if (host.replication?.forwards(record.id) === true) {
         const payload = (await this.#bridge.forward(record, { op: 'read', offset, length, ...(snapshot === undefined ? {} : { readSnapshot: snapshot.id }) })).payload ?? new Uint8Array(0)

@@ -52,6 +52,11 @@ export class MountBridge {
         }
         return await this.#gate.guard(action, verbOf(ref, readOnly), object, label, task, readOnly ? { readOnly: true } : undefined)
       },
+      refusedArguments: async (action, ref, readOnly, err) => {
+        const { object, label } = this.#gate.refObject(ref)
+        // Opening a file is a read or write of data: checked, but logged only when denied.
+        return await this.#gate.refusedArguments(action, verbOf(ref, readOnly), object, label, err, { audited: action !== 'openVolumeFile' })
+      },
       caller: () => this.#host.context.getStore()?.principal?.id,
       visible,
       namespaceInUse: (namespace) => this.#host.catalog.volumes().some((record) => namespaceOf(record) === namespace && visible(namespace, record.name)),

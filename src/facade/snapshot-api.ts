@@ -4,6 +4,7 @@
 import type { Snapshot, Volume } from '../types.js'
 import { checkNamespace, checkVolumeName } from '../volumes/catalog.js'
 import type { Facade } from './assembly.js'
+import { namedArgument } from './access-guard.js'
 import { checkCallOptions, checkSnapshotName } from './records.js'
 import { isSnapshotObject, isSnapshotRef, readSource, type CloneSource, type ReadSource, type VolumeRef } from './refs.js'
 
@@ -17,8 +18,12 @@ export class SnapshotApi {
 
   async createSnapshot (vol: VolumeRef, name: string): Promise<Snapshot> {
     this.#f.state.assertOpen()
-    checkSnapshotName(name)
     const { object, label } = this.#f.gate.refObject(vol)
+    try {
+      checkSnapshotName(name)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('createSnapshot', 'snapshot:create', object, `snapshot:${label.slice(7)}@${namedArgument(() => name).label}`, err)
+    }
     return await this.#f.gate.guard('createSnapshot', 'snapshot:create', object, `snapshot:${label.slice(7)}@${name}`, async () => await this.#f.snapshots.createSnapshot(vol, name))
   }
 
@@ -40,9 +45,13 @@ export class SnapshotApi {
 
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean } = {}): Promise<void> {
     this.#f.state.assertOpen()
-    checkCallOptions('deleteSnapshot', options, ['force'], ['force'])
     const { object, label } = this.#f.gate.refObject(vol)
     const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
+    try {
+      checkCallOptions('deleteSnapshot', options, ['force'], ['force'])
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('deleteSnapshot', 'snapshot:delete', object, `snapshot:${label.slice(7)}@${snapshotName}`, err)
+    }
     await this.#f.gate.guard('deleteSnapshot', 'snapshot:delete', object, `snapshot:${label.slice(7)}@${snapshotName}`, async () => { await this.#f.snapshots.deleteSnapshot(vol, snapshot, options) }, options?.force === true ? { force: true } : undefined)
   }
 
@@ -55,13 +64,22 @@ export class SnapshotApi {
 
   async cloneVolume (source: CloneSource, newName: string, options: { labels?: Record<string, string>, namespace?: string } = {}): Promise<Volume> {
     this.#f.state.assertOpen()
-    checkVolumeName(newName)
-    checkCallOptions('cloneVolume', options, ['labels', 'namespace'])
     const from = this.#f.gate.refObject(source)
     const fromSnapshot = isSnapshotObject(source) || (typeof source === 'object' && source !== null && 'snapshot' in source)
-    const namespace = options?.namespace ?? from.object.namespace
-    checkNamespace(namespace)
-    const denied = this.#f.gate.check('cloneVolume', fromSnapshot ? 'snapshot:read' : 'volume:read', from.object, from.label)
+    const readVerb = fromSnapshot ? 'snapshot:read' : 'volume:read'
+    let namespace: string
+    try {
+      checkVolumeName(newName)
+      checkCallOptions('cloneVolume', options, ['labels', 'namespace'])
+      namespace = options?.namespace ?? from.object.namespace
+      checkNamespace(namespace)
+    } catch (err) {
+      // Checked as a valid call is: reading the source, then creating the clone.
+      const ns = namedArgument(() => options?.namespace, { check: from.object.namespace, label: from.object.namespace })
+      const named = namedArgument(() => newName)
+      throw await this.#f.gate.refusedArguments('cloneVolume', 'volume:create', { namespace: ns.check, volume: named.check }, `volume:${ns.label}/${named.label}`, err, { before: [{ verb: readVerb, object: from.object, label: from.label }] })
+    }
+    const denied = this.#f.gate.check('cloneVolume', readVerb, from.object, from.label)
     if (denied !== undefined) await denied
     return await this.#f.gate.guard('cloneVolume', 'volume:create', { namespace, volume: newName }, `volume:${namespace}/${newName}`, async () => await this.#f.snapshots.cloneVolume(source, newName, namespace, options), { source: from.label })
   }
@@ -76,9 +94,10 @@ export class SnapshotApi {
 
   async listChangedBlocks (vol: VolumeRef, options: { from?: string | Pick<Snapshot, 'id'>, to?: string | Pick<Snapshot, 'id'> } = {}): Promise<number[]> {
     this.#f.state.assertOpen()
-    checkCallOptions('listChangedBlocks', options, ['from', 'to'])
     const { object, label } = this.#f.gate.refObject(vol)
+    // Checked first: a caller who may not read the volume is told so, whatever its options.
     await this.#f.gate.check('listChangedBlocks', 'snapshot:read', object, label)
+    checkCallOptions('listChangedBlocks', options, ['from', 'to'])
     return this.#f.io.changedBlocks(vol, options)
   }
 }

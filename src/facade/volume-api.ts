@@ -14,6 +14,7 @@ import type { Facade } from './assembly.js'
 import { volumeUsage } from './metrics.js'
 import { createPool, deletePool, poolStatus, updatePool } from './pools.js'
 import { effectiveQoS, setVolumeQoS } from './qos.js'
+import { namedArgument } from './access-guard.js'
 import { checkCallOptions, checkVolumeSize, volumeView } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { callIn } from './forwarded-calls.js'
@@ -29,17 +30,26 @@ export class VolumeApi {
 
   async createVolume (options: CreateVolumeOptions): Promise<Volume> {
     this.#f.state.assertOpen()
-    if (options === null || typeof options !== 'object') {
-      throw new GalleonError('INVALID_ARGUMENT', `createVolume() needs an options object such as { name: 'data', sizeBytes: '1G' }, got ${describe(options)}`)
+    let namespace: string
+    let name: string
+    try {
+      if (options === null || typeof options !== 'object') {
+        throw new GalleonError('INVALID_ARGUMENT', `createVolume() needs an options object such as { name: 'data', sizeBytes: '1G' }, got ${describe(options)}`)
+      }
+      const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'pool', 'accessModes', 'labels', 'qos'])
+      for (const key of Object.keys(options)) {
+        if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${quoted(key)}; allowed: ${[...known].join(', ')}`)
+      }
+      namespace = options.namespace ?? this.#f.catalog.currentNamespace()
+      checkNamespace(namespace)
+      name = options.name ?? this.#unusedVolumeName(namespace)
+      checkVolumeName(name)
+    } catch (err) {
+      const current = this.#f.catalog.currentNamespace()
+      const ns = namedArgument(() => options?.namespace, { check: current, label: current })
+      const named = namedArgument(() => options?.name, { check: '*', label: '(generated)' })
+      throw await this.#f.gate.refusedArguments('createVolume', 'volume:create', { namespace: ns.check, volume: named.check }, `volume:${ns.label}/${named.label}`, err)
     }
-    const known = new Set(['name', 'namespace', 'type', 'sizeBytes', 'storageClass', 'replicas', 'pool', 'accessModes', 'labels', 'qos'])
-    for (const key of Object.keys(options)) {
-      if (!known.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown createVolume option ${quoted(key)}; allowed: ${[...known].join(', ')}`)
-    }
-    const namespace = options.namespace ?? this.#f.catalog.currentNamespace()
-    checkNamespace(namespace)
-    const name = options.name ?? this.#unusedVolumeName(namespace)
-    checkVolumeName(name)
     // A QoS policy of its own is set as setQoSPolicy sets one: that takes "admin" too.
     if (options.qos !== undefined) await this.#f.gate.check('createVolume', 'admin', { namespace, volume: name }, `volume:${namespace}/${name}`)
     return await this.#f.gate.guard('createVolume', 'volume:create', { namespace, volume: name }, `volume:${namespace}/${name}`, async () => await this.#f.volumes.createVolume(options, name, namespace))
@@ -76,8 +86,12 @@ export class VolumeApi {
 
   async deleteVolume (vol: VolumeRef, options: { force?: boolean } = {}): Promise<void> {
     this.#f.state.assertOpen()
-    checkCallOptions('deleteVolume', options, ['force'], ['force'])
     const { object, label } = this.#f.gate.refObject(vol)
+    try {
+      checkCallOptions('deleteVolume', options, ['force'], ['force'])
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('deleteVolume', 'volume:delete', object, label, err)
+    }
     let source: string | undefined
     try { source = this.#f.catalog.resolve(vol).source?.volumeId } catch {}
     await this.#f.gate.guard('deleteVolume', 'volume:delete', object, label, async () => { await this.#f.volumes.deleteVolume(vol, options) }, options?.force === true ? { force: true } : undefined)
@@ -89,9 +103,14 @@ export class VolumeApi {
 
   async expandVolume (vol: VolumeRef, newSizeBytes: number | string): Promise<Volume> {
     this.#f.state.assertOpen()
-    const sizeBytes = parseSize(newSizeBytes)
-    checkVolumeSize(this.#f.engine.blockSize, sizeBytes)
     const { object, label } = this.#f.gate.refObject(vol)
+    let sizeBytes: number
+    try {
+      sizeBytes = parseSize(newSizeBytes)
+      checkVolumeSize(this.#f.engine.blockSize, sizeBytes)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('expandVolume', 'volume:write', object, label, err)
+    }
     return await this.#f.gate.guard('expandVolume', 'volume:write', object, label, async () => {
       const record = this.#f.catalog.resolve(vol)
       // (A call forwarded by another node carries that call: see ReplicationBridge.serveForwarded.)
@@ -121,7 +140,12 @@ export class VolumeApi {
 
   async createStorageClass (definition: unknown): Promise<StorageClass> {
     this.#f.state.assertOpen()
-    const storageClass = parseStorageClass(definition)
+    let storageClass: StorageClass
+    try {
+      storageClass = parseStorageClass(definition)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('createStorageClass', 'admin', undefined, `storage-class:${namedArgument(() => (definition as { name?: unknown } | null)?.name).label}`, err)
+    }
     return await this.#f.gate.guard('createStorageClass', 'admin', undefined, `storage-class:${storageClass.name}`, async () => await createStorageClass(this.#f.host, storageClass))
   }
 
@@ -132,20 +156,24 @@ export class VolumeApi {
 
   async migrateVolume (vol: VolumeRef, target: MigrateVolumeOptions, control: MigrateControl = {}): Promise<Volume> {
     this.#f.state.assertOpen()
-    if (target === null || typeof target !== 'object' || Array.isArray(target)) {
-      throw new GalleonError('INVALID_ARGUMENT', `migrateVolume() needs a target such as { storageClass: 'encrypted-local' } or { pool: 'big' }, got ${describe(target)}`)
-    }
-    for (const key of Object.keys(target)) {
-      if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${quoted(key)}; allowed: storageClass, pool, node`)
-    }
-    if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress?, syncTimeoutMs? }, got ${describe(control)}`)
-    if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)
-    if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
-    if (control.syncTimeoutMs !== undefined && (typeof control.syncTimeoutMs !== 'number' || !Number.isFinite(control.syncTimeoutMs) || control.syncTimeoutMs <= 0)) throw new GalleonError('INVALID_ARGUMENT', `syncTimeoutMs must be a positive number of milliseconds, got ${describe(control.syncTimeoutMs)}`)
-    if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
-    if (target.pool !== undefined) checkPoolName(target.pool, 'migrateVolume() option "pool"')
-    if (target.node !== undefined && (typeof target.node !== 'string' || target.node.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
     const { object, label } = this.#f.gate.refObject(vol)
+    try {
+      if (target === null || typeof target !== 'object' || Array.isArray(target)) {
+        throw new GalleonError('INVALID_ARGUMENT', `migrateVolume() needs a target such as { storageClass: 'encrypted-local' } or { pool: 'big' }, got ${describe(target)}`)
+      }
+      for (const key of Object.keys(target)) {
+        if (!['storageClass', 'pool', 'node'].includes(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown migrateVolume option ${quoted(key)}; allowed: storageClass, pool, node`)
+      }
+      if (control === null || typeof control !== 'object') throw new GalleonError('INVALID_ARGUMENT', `migrateVolume()'s third argument is { signal?, onProgress?, syncTimeoutMs? }, got ${describe(control)}`)
+      if (control.signal !== undefined && !(control.signal instanceof AbortSignal)) throw new GalleonError('INVALID_ARGUMENT', `signal must be an AbortSignal, got ${describe(control.signal)}`)
+      if (control.onProgress !== undefined && typeof control.onProgress !== 'function') throw new GalleonError('INVALID_ARGUMENT', `onProgress must be a function, got ${describe(control.onProgress)}`)
+      if (control.syncTimeoutMs !== undefined && (typeof control.syncTimeoutMs !== 'number' || !Number.isFinite(control.syncTimeoutMs) || control.syncTimeoutMs <= 0)) throw new GalleonError('INVALID_ARGUMENT', `syncTimeoutMs must be a positive number of milliseconds, got ${describe(control.syncTimeoutMs)}`)
+      if (target.storageClass !== undefined && typeof target.storageClass !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(target.storageClass)}`)
+      if (target.pool !== undefined) checkPoolName(target.pool, 'migrateVolume() option "pool"')
+      if (target.node !== undefined && (typeof target.node !== 'string' || target.node.length === 0)) throw new GalleonError('INVALID_ARGUMENT', `node must be a cluster node id, got ${describe(target.node)}`)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('migrateVolume', 'admin', object, label, err)
+    }
     if (target.node !== undefined) {
       const node = target.node
       return await this.#f.gate.guard('migrateVolume', 'admin', object, label, async () => await this.#f.clusterMigrations.migrateWithNode(vol, target, node, control), { node, ...(target.storageClass === undefined ? {} : { storageClass: target.storageClass }), ...(target.pool === undefined ? {} : { pool: String(target.pool) }) })
@@ -184,9 +212,14 @@ export class VolumeApi {
 
   async setQoSPolicy (vol: VolumeRef, policy: QoSPolicyInput | null): Promise<{ policy?: QoSPolicy, source: QoSPolicySource }> {
     this.#f.state.assertOpen()
-    if (policy === undefined) throw new GalleonError('INVALID_ARGUMENT', 'setQoSPolicy() needs a policy object such as { limits: { iops: 1000 } }, or null to remove the volume\'s own policy')
-    const parsed = policy === null ? undefined : parseQoSPolicy(policy)
     const { object, label } = this.#f.gate.refObject(vol)
+    let parsed: QoSPolicy | undefined
+    try {
+      if (policy === undefined) throw new GalleonError('INVALID_ARGUMENT', 'setQoSPolicy() needs a policy object such as { limits: { iops: 1000 } }, or null to remove the volume\'s own policy')
+      parsed = policy === null ? undefined : parseQoSPolicy(policy)
+    } catch (err) {
+      throw await this.#f.gate.refusedArguments('setQoSPolicy', 'admin', object, label, err)
+    }
     // Limits bound what a tenant may take from the node: changing them is an admin's job.
     return await this.#f.gate.guard(policy === null ? 'clearQoSPolicy' : 'setQoSPolicy', 'admin', object, label, async () => await this.#f.state.admin(() => setVolumeQoS(this.#f.host, vol, parsed)))
   }

@@ -127,21 +127,29 @@ export class MountManager {
    * read-write mount of a ReadOnlyMany volume or of a snapshot with READ_ONLY.
    */
   async mountVolume (ref: unknown, path: string, options: MountOptions = {}): Promise<string> {
-    if (typeof path !== 'string' || path.length === 0) throw new GalleonError('INVALID_ARGUMENT', `a mount point is a non-empty path, got ${describe(path)}`)
-    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `mount options must be an object such as { readOnly: true }, got ${describe(options)}`)
-    for (const key of Object.keys(options)) if (!KNOWN_OPTIONS.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown mount option ${quoted(key)}; allowed: ${[...KNOWN_OPTIONS].join(', ')}`)
-    if (options.options !== undefined && (!Array.isArray(options.options) || !options.options.every((o) => typeof o === 'string' && o.length > 0))) {
-      throw new GalleonError('INVALID_ARGUMENT', `options must be a list of mount option strings such as ['ro', 'sync'], got ${describe(options.options)}`)
+    let callReadOnly: boolean | undefined
+    try {
+      if (typeof path !== 'string' || path.length === 0) throw new GalleonError('INVALID_ARGUMENT', `a mount point is a non-empty path, got ${describe(path)}`)
+      if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `mount options must be an object such as { readOnly: true }, got ${describe(options)}`)
+      for (const key of Object.keys(options)) if (!KNOWN_OPTIONS.has(key)) throw new GalleonError('INVALID_ARGUMENT', `unknown mount option ${quoted(key)}; allowed: ${[...KNOWN_OPTIONS].join(', ')}`)
+      if (options.options !== undefined && (!Array.isArray(options.options) || !options.options.every((o) => typeof o === 'string' && o.length > 0))) {
+        throw new GalleonError('INVALID_ARGUMENT', `options must be a list of mount option strings such as ['ro', 'sync'], got ${describe(options.options)}`)
+      }
+      for (const flag of ['readOnly', 'ro', 'rw', 'sync'] as const) {
+        if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `mount option ${flag} must be true or false, got ${describe(options[flag])}`)
+      }
+      this.#checkWords(options.options ?? [])
+      // readOnly, ro and rw each say the mode, false as much as true (`rw: false` is read-only).
+      const said = new Set([options.readOnly, options.ro, options.rw === undefined ? undefined : !options.rw].filter((mode) => mode !== undefined))
+      if (said.size > 1) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both: readOnly, ro and rw contradict each other')
+      callReadOnly = [...said][0]
+    } catch (err) {
+      // On the record, and told as a denial to a caller who may not mount the volume so.
+      let readOnly = this.#host.isSnapshotRef(ref)
+      try { readOnly ||= options?.readOnly === true || options?.ro === true || options?.rw === false } catch {}
+      throw await this.#host.refusedArguments('mountVolume', ref, readOnly, err)
     }
-    for (const flag of ['readOnly', 'ro', 'rw', 'sync'] as const) {
-      if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `mount option ${flag} must be true or false, got ${describe(options[flag])}`)
-    }
-    this.#checkWords(options.options ?? [])
     const where = resolvePath(path)
-    // readOnly, ro and rw each say the mode, false as much as true (`rw: false` is read-only).
-    const said = new Set([options.readOnly, options.ro, options.rw === undefined ? undefined : !options.rw].filter((mode) => mode !== undefined))
-    if (said.size > 1) throw new GalleonError('INVALID_ARGUMENT', 'a mount is either read-only or read-write, not both: readOnly, ro and rw contradict each other')
-    const callReadOnly: boolean | undefined = [...said][0]
     const own = options.options ?? []
     // Option strings a driver applies (allow_other, ...) are the administrator's to choose.
     if (own.some((o) => !MANAGER_WORDS.includes(o))) await this.#host.requireAdmin('mountVolume', `mount options ${own.join(',')}`)
@@ -275,10 +283,18 @@ export class MountManager {
    */
   async openVolumeFile (pathOrRef: unknown, options: { readOnly?: boolean } = {}): Promise<VolumeFile> {
     this.#assertOpen()
-    if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `openVolumeFile() options must be an object such as { readOnly: true }, got ${describe(options)}`)
-    // A misspelt option (`readonly`) would otherwise open a writable file, and take the writer's place.
-    for (const key of Object.keys(options)) if (key !== 'readOnly') throw new GalleonError('INVALID_ARGUMENT', `unknown openVolumeFile() option ${quoted(key)}; allowed: readOnly`)
-    if (options.readOnly !== undefined && typeof options.readOnly !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `readOnly must be true or false, got ${describe(options.readOnly)}`)
+    try {
+      if (options === null || typeof options !== 'object') throw new GalleonError('INVALID_ARGUMENT', `openVolumeFile() options must be an object such as { readOnly: true }, got ${describe(options)}`)
+      // A misspelt option (`readonly`) would otherwise open a writable file, and take the writer's place.
+      for (const key of Object.keys(options)) if (key !== 'readOnly') throw new GalleonError('INVALID_ARGUMENT', `unknown openVolumeFile() option ${quoted(key)}; allowed: readOnly`)
+      if (options.readOnly !== undefined && typeof options.readOnly !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `readOnly must be true or false, got ${describe(options.readOnly)}`)
+    } catch (err) {
+      // A caller who may not even read the volume it names is told PERMISSION_DENIED (and that is
+      // logged). A mount point names no volume before it is looked up among the mounts the caller
+      // may see: its refusal tells nothing a good call would not.
+      if (typeof pathOrRef === 'string' && /^[/.]/.test(pathOrRef)) throw err
+      throw await this.#host.refusedArguments('openVolumeFile', pathOrRef, true, err)
+    }
     const found = typeof pathOrRef === 'string' ? this.#atPath(resolvePath(pathOrRef)) : undefined
     const mounted = found !== undefined && this.#host.visible(found.mount.namespace, found.mount.volumeName) ? found : undefined
     // No volume name starts with '/' or '.': such a string is a mount point, and nothing (the caller

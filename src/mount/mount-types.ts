@@ -88,6 +88,12 @@ export interface MountHost {
   visible: (namespace: string, volumeName: string) => boolean
   /** Whether a volume the caller may see lives in `namespace`. */
   namespaceInUse: (namespace: string) => boolean
+  /**
+   * The error to throw for a call on `ref` its arguments refused before `guard` could check it,
+   * once the refusal is recorded (see AccessGuard.refusedArguments): PERMISSION_DENIED to a caller
+   * who may not do with `ref` what the call asked (`readOnly`), else `err`.
+   */
+  refusedArguments: (action: string, ref: unknown, readOnly: boolean, err: unknown) => Promise<unknown>
   /** Throws PERMISSION_DENIED (audited) unless the caller may administer the instance. */
   requireAdmin: (action: string, what: string) => Promise<void>
   /** Throws PERMISSION_DENIED (audited) unless the caller may write the volume `ref` names. */
