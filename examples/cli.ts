@@ -8,6 +8,7 @@ import type { ForgottenNode } from '../src/index.js'
 import { ANSWER_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, noAnswerInTime, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
 import { absolute, columns, print, sizeOption, type VolumeView } from './cli-format.js'
+import { addAuditCommands } from './cli-audit.js'
 import { addBackupCommands } from './cli-backup.js'
 import { addResourceCommands } from './cli-resources.js'
 
@@ -272,6 +273,7 @@ export function buildCli (): Command {
   })
 
   addResourceCommands(program, globals)
+  addAuditCommands(program, globals)
   return program
 }
 

@@ -7,6 +7,7 @@ import type { GalleonFS, ProgressListener } from '../src/index.js'
 import type { NbdServer } from '../backends/nbd/index.js'
 import { formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
 import type { SavedMount } from './daemon-mounts.js'
+import { auditQuery, auditRoute } from './daemon-audit.js'
 
 /** Standard base64, padded: what the write endpoint takes. */
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/
@@ -421,6 +422,13 @@ export async function route (g: GalleonFS, config: DaemonConfig, method: string,
       await g.deleteBackupPolicy(ref)
       return undefined
     case 'POST /v1/backup-policies/:/run': return await g.runBackupPolicy(ref)
+    // The audit log: read and checked, never written through the API (the library writes it).
+    case 'GET /v1/audit': return await g.queryAuditLog(auditQuery(url))
+    case 'GET /v1/audit/:': {
+      const answer = await auditRoute(g, ref, url)
+      if (answer === undefined) throw new HttpError(404, 'NOT_FOUND', `no API ${method} ${url.pathname}; the audit log has GET /v1/audit, /v1/audit/verify and /v1/audit/head`)
+      return answer
+    }
     case 'GET /v1/storage-classes': return await g.listStorageClasses()
     case 'POST /v1/storage-classes': return await g.createStorageClass(options)
     case 'DELETE /v1/storage-classes/:':
