@@ -329,6 +329,16 @@ export class ClusterMigrations {
           const message = (err as Error)?.message ?? String(err)
           this.copyConversionErrors.set(volumeId, { storageClass: spec.storageClass, code, message })
           this.#host.emit('replication:error', { volumeId, nodeId: this.#host.cluster?.nodeId ?? '', code, message: `converting the copy to storage class ${spec.storageClass}: ${message}` })
+          // Refused because the copy re-encrypts with a new data key (copyLayout says so meanwhile):
+          // it converts once that is done, without waiting for a class change to ask again.
+          const reencrypting = this.#host.rotations.get(volumeId)
+          if (reencrypting !== undefined) {
+            const again = (): void => {
+              const latest = this.#host.replication?.spec(volumeId)
+              if (latest !== undefined && !this.#host.closed && this.copyConversionErrors.get(volumeId)?.storageClass === latest.storageClass) this.convergeCopy(volumeId, latest, true)
+            }
+            void reencrypting.then(again, again)
+          }
         }
       } finally {
         this.copyConversions.delete(volumeId)

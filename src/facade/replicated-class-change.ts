@@ -165,7 +165,9 @@ export class ReplicatedClassChanges {
             tellProgress(onProgress, event)
           }
           for (const layout of seen.layouts) {
-            if (layout.error === undefined || layout.busy) continue
+            // A copy re-encrypting with a new data key refuses to convert until that is done, then
+            // converts by itself: a wait (bounded by the deadline and the signal), not a failure.
+            if (layout.error === undefined || layout.busy || layout.reencrypting === true) continue
             const count = (failures.get(layout.node) ?? 0) + 1
             failures.set(layout.node, count)
             if (count >= 3) {

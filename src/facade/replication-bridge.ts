@@ -220,14 +220,17 @@ export class ReplicationBridge {
         const failed = this.#copies.copyConversionErrors.get(id)
         const spec = this.#host.replication?.spec(id)
         const held = record === undefined || record.state === VolumeState.Deleting ? undefined : record
+        const reencrypting = this.#host.rotations.has(id) || this.#host.rotationsStarting.has(id)
         const layout = {
           ...(held === undefined ? {} : { storageClass: held.storageClass }),
           busy: this.#copies.copyConversions.has(id),
           ...(spec === undefined ? {} : { spec: { storageClass: spec.storageClass, ...(spec.pool === undefined ? {} : { pool: spec.pool }) } }),
           converged: held !== undefined && spec !== undefined && this.#copies.copyMatches(held, spec),
-          ...(failed === undefined ? {} : { error: { code: failed.code, message: failed.message } })
+          ...(failed === undefined ? {} : { error: { code: failed.code, message: failed.message } }),
+          reencrypting
         }
-        if (retry && failed !== undefined && spec !== undefined) this.#copies.convergeCopy(id, spec, true)
+        // A copy re-encrypting would only refuse again; it converges once that is done (convergeCopy).
+        if (retry && failed !== undefined && spec !== undefined && !reencrypting) this.#copies.convergeCopy(id, spec, true)
         return layout
       },
       applySpec: (id, spec) => {

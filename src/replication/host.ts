@@ -96,6 +96,12 @@ export interface CopyLayout {
   readonly converged: boolean
   /** Why the last conversion failed, if it did. */
   readonly error?: { readonly code: string, readonly message: string }
+  /**
+   * The copy re-encrypts with a new data key now: it cannot convert until that is done (its
+   * `error` says so meanwhile), and converts by itself then. Nodes of earlier releases do not send
+   * it: undefined is read as false, and their refusals count as failures, as they did.
+   */
+  readonly reencrypting?: boolean
 }
 
 /** Events of replication (emitted by GalleonFS). */
