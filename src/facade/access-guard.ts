@@ -307,16 +307,17 @@ export class AccessGuard {
 
 /**
  * A name a call was given, as its audit entry and its access check read it when the call refused
- * it: a string as it is (cut to 256 characters, the longest a log entry keeps), anything else, or
- * a getter that throws, as `*` for the check (only a policy covering every name covers it) and
- * described in the label. `missing` stands for an absent one (a generated name, the caller's
- * namespace).
+ * it: a string as it is (cut to 256 characters in the label, the longest a log entry keeps),
+ * anything else, or a getter that throws, as `*` for the check (only a policy covering every name
+ * covers it) and described in the label. A longer string is checked as `*` too: its first 256
+ * characters are another name, which a pattern (`*-dev`) may cover when the name does not. `missing`
+ * stands for an absent one (a generated name, the caller's namespace).
  */
 export function namedArgument (read: () => unknown, missing?: { check: string, label: string }): { check: string, label: string } {
   let value: unknown
   try { value = read() } catch { return { check: '*', label: '(unreadable)' } }
   if (value === undefined && missing !== undefined) return missing
-  if (typeof value === 'string' && value.length > 0) return { check: value.slice(0, 256), label: value.slice(0, 256) }
+  if (typeof value === 'string' && value.length > 0) return { check: value.length > 256 ? '*' : value, label: value.slice(0, 256) }
   return { check: '*', label: `(${describe(value)})` }
 }
 
