@@ -145,8 +145,16 @@ export class MountManager {
       callReadOnly = [...said][0]
     } catch (err) {
       // On the record, and told as a denial to a caller who may not mount the volume so.
+      // Checked on the mode asked, as a good call is (below): a boolean saying read-only, or, with
+      // none said, the call's last option word `ro`.
       let readOnly = this.#host.isSnapshotRef(ref)
-      try { readOnly ||= options?.readOnly === true || options?.ro === true || options?.rw === false } catch {}
+      try {
+        const booleans = [options?.readOnly, options?.ro, options?.rw]
+        const own: unknown = options?.options
+        const words = Array.isArray(own) ? own : []
+        readOnly ||= options?.readOnly === true || options?.ro === true || options?.rw === false ||
+          (booleans.every((flag) => flag === undefined) && words.lastIndexOf('ro') > words.lastIndexOf('rw'))
+      } catch {}
       throw await this.#host.refusedArguments('mountVolume', ref, readOnly, err)
     }
     const where = resolvePath(path)
