@@ -12,8 +12,23 @@ export function print (globals: Globals, value: unknown, table?: () => string): 
   process.stdout.write(globals.json === true || table === undefined ? JSON.stringify(value, null, 2) + '\n' : table())
 }
 
-/** Rows as aligned columns without borders (cli-table3), headers first. */
+// C0 and C1 control characters (escape sequences start with ESC or CSI), and the bidirectional
+// overrides that reorder what a terminal shows.
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
+const SHORT_ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * `text` with its control characters written as escapes (`\n`, `\u001b`): a cell holds what a
+ * caller passed (an audit entry keeps a refused name as given), and printed raw, a newline would
+ * forge a row and an escape sequence would reach the terminal.
+ */
+export function printable (text: string): string {
+  return text.replace(UNPRINTABLE, (ch) => SHORT_ESCAPES[ch] ?? `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+/** Rows as aligned columns without borders (cli-table3), headers first; cells as `printable` shows them. */
 export function columns (headers: string[], rows: string[][]): string {
+  rows = rows.map((row) => row.map(printable))
   const none = { top: '', 'top-mid': '', 'top-left': '', 'top-right': '', bottom: '', 'bottom-mid': '', 'bottom-left': '', 'bottom-right': '', left: '', 'left-mid': '', mid: '', 'mid-mid': '', right: '', 'right-mid': '', middle: '  ' }
   const table = new Table({ head: headers, chars: none, style: { head: [], border: [], 'padding-left': 0, 'padding-right': 0 } })
   table.push(...rows)
