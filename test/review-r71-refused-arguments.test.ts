@@ -2,7 +2,8 @@
 // characters) was checked against the policies as its first 256 characters, so a policy on a
 // suffix (`*-dev`) covered a name that does not end so, and its principal was told the argument's
 // error (recorded as a failed call on a volume it never named) where any other name outside its
-// policy is PERMISSION_DENIED. Real classic-level metadata on disk.
+// policy is PERMISSION_DENIED. And a reference naming no volume (or a snapshot name) was written
+// into the entry whole, whatever its length. Real classic-level metadata on disk.
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -46,5 +47,21 @@ describe('review r71: a refused name longer than an entry keeps is checked as ev
     // erin may create any volume in tenant-c: a bad name there is hers to fix.
     await g.createAccessPolicy({ name: 'ops-c', principals: ['user:erin'], verbs: ['volume:*'], namespaces: ['tenant-c'] })
     await assert.rejects(g.as({ id: 'erin', namespace: 'tenant-c' }).createVolume({ name: long, sizeBytes: '64K' }), { code: 'INVALID_ARGUMENT' })
+  })
+
+  it('an entry keeps at most 256 characters of a reference that names nothing', async () => {
+    // A refused call on a 5000-character reference wrote it whole (5016 characters of object),
+    // each time: a loop of such calls filled the metadata disk 5 KiB a call.
+    const since = (await g.auditHead()).seq
+    const ref = 'y'.repeat(5000)
+    await assert.rejects(g.deleteVolume(ref, { forse: true } as never), { code: 'INVALID_ARGUMENT' })
+    await assert.rejects(g.deleteSnapshot('tenant-c/db-dev', 's'.repeat(5000), { forse: true } as never), { code: 'INVALID_ARGUMENT' })
+    await assert.rejects(g.deleteVolume(ref), { code: 'VOLUME_NOT_FOUND' })
+    const entries = (await g.queryAuditLog({ limit: 1000 })).filter((e) => e.seq > since)
+    assert.deepEqual(entries.map((e) => [e.action, e.object]), [
+      ['deleteVolume', `volume:default/${'y'.repeat(256)}`],
+      ['deleteSnapshot', `snapshot:tenant-c/db-dev@${'s'.repeat(256)}`],
+      ['deleteVolume', `volume:default/${'y'.repeat(256)}`]
+    ])
   })
 })

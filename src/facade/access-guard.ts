@@ -163,7 +163,8 @@ export class AccessGuard {
       const slash = text.indexOf('/')
       const namespace = slash > 0 ? text.slice(0, slash) : this.#catalog.currentNamespace()
       const volume = slash > 0 ? text.slice(slash + 1) : text
-      return { object: { namespace, volume }, label: `volume:${namespace}/${volume}` }
+      // Checked as given; named in the entry as far as an entry keeps (see entryText).
+      return { object: { namespace, volume }, label: `volume:${entryText(namespace)}/${entryText(volume)}` }
     }
   }
 
@@ -306,6 +307,15 @@ export class AccessGuard {
 }
 
 /**
+ * A name or reference a caller gave, as an audit entry keeps it: its first 256 characters. A
+ * reference that names nothing is the caller's text, of any length: kept whole, every call with a
+ * long one wrote that much into the log, which is never cut.
+ */
+export function entryText (text: string): string {
+  return text.length > 256 ? text.slice(0, 256) : text
+}
+
+/**
  * A name a call was given, as its audit entry and its access check read it when the call refused
  * it: a string as it is (cut to 256 characters in the label, the longest a log entry keeps),
  * anything else, or a getter that throws, as `*` for the check (only a policy covering every name
@@ -317,7 +327,7 @@ export function namedArgument (read: () => unknown, missing?: { check: string, l
   let value: unknown
   try { value = read() } catch { return { check: '*', label: '(unreadable)' } }
   if (value === undefined && missing !== undefined) return missing
-  if (typeof value === 'string' && value.length > 0) return { check: value.length > 256 ? '*' : value, label: value.slice(0, 256) }
+  if (typeof value === 'string' && value.length > 0) return { check: value.length > 256 ? '*' : value, label: entryText(value) }
   return { check: '*', label: `(${describe(value)})` }
 }
 

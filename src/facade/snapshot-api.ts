@@ -4,7 +4,7 @@
 import type { Snapshot, Volume } from '../types.js'
 import { checkNamespace, checkVolumeName } from '../volumes/catalog.js'
 import type { Facade } from './assembly.js'
-import { namedArgument } from './access-guard.js'
+import { entryText, namedArgument } from './access-guard.js'
 import { checkCallOptions, checkSnapshotName } from './records.js'
 import { isSnapshotObject, isSnapshotRef, readSource, type CloneSource, type ReadSource, type VolumeRef } from './refs.js'
 
@@ -46,7 +46,7 @@ export class SnapshotApi {
   async deleteSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>, options: { force?: boolean } = {}): Promise<void> {
     this.#f.state.assertOpen()
     const { object, label } = this.#f.gate.refObject(vol)
-    const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
+    const snapshotName = entryText(typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id))
     try {
       checkCallOptions('deleteSnapshot', options, ['force'], ['force'])
     } catch (err) {
@@ -58,7 +58,7 @@ export class SnapshotApi {
   async restoreSnapshot (vol: VolumeRef, snapshot: string | Pick<Snapshot, 'id'>): Promise<Volume> {
     this.#f.state.assertOpen()
     const { object, label } = this.#f.gate.refObject(vol)
-    const snapshotName = typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id)
+    const snapshotName = entryText(typeof snapshot === 'string' ? snapshot : String((snapshot as { id?: unknown })?.id))
     return await this.#f.gate.guard('restoreSnapshot', 'snapshot:restore', object, `snapshot:${label.slice(7)}@${snapshotName}`, async () => await this.#f.snapshots.restoreSnapshot(vol, snapshot))
   }
 
