@@ -217,7 +217,7 @@ describe('mount manager (virtual driver)', () => {
     }
   })
 
-  it('deleting a volume with a writable file open on it is refused (BUSY) unless forced; a read-only file does not hold it', async () => {
+  it('deleting a volume with a file open on it, writable or read-only, is refused (BUSY) unless forced', async () => {
     const g = await GalleonFS.open({ inMemory: true })
     try {
       await g.createVolume({ name: 'held', sizeBytes: '1M' })
@@ -226,9 +226,11 @@ describe('mount manager (virtual driver)', () => {
       await assert.rejects(g.deleteVolume('held'), (err: Error & { code?: string }) => err.code === 'BUSY' && /1 writer\(s\)/.test(err.message))
       assert.equal((await g.getVolume('held')).name, 'held', 'still there')
       await writer.close()
+      // A read-only file holds it too, as a read-only mount does (review r69).
+      await assert.rejects(g.deleteVolume('held'), (err: Error & { code?: string }) => err.code === 'BUSY' && /1 reader\(s\): files open on it read-only/.test(err.message))
+      await reader.close()
       await g.deleteVolume('held')
       await assert.rejects(g.getVolume('held'), { code: 'VOLUME_NOT_FOUND' })
-      await reader.close().catch(() => {})
       await g.createVolume({ name: 'forced', sizeBytes: '1M' })
       const stuck = await g.mounts.openVolumeFile('forced')
       await g.deleteVolume('forced', { force: true })

@@ -239,19 +239,22 @@ async function resolveExport (g: GalleonFS, name: string): Promise<Export> {
  * ReadWriteMany one too, so the caller's right to write is checked and deleting the volume under a
  * connected writer is refused unless forced. When a mount
  * took the writer's place in the meantime, or the caller may read the volume but not write it, the
- * export is served read-only. A snapshot's export holds a read-only VolumeFile on the snapshot, so
- * deleting the snapshot (or its volume) is refused while a client reads it, unless forced.
+ * export is served read-only. A read-only export holds a read-only VolumeFile on what it serves
+ * (the volume, or the snapshot), so deleting the volume (or the snapshot) is refused while a client
+ * reads it, unless forced, and so is restoring a backup over the volume; the export itself is
+ * refused when such a file is (while the volume is being reverted, or restored into).
  */
 async function claim (g: GalleonFS, found: Export): Promise<{ export: Export, attachment?: Attachment }> {
-  if (typeof found.source !== 'string') return { export: found, attachment: await g.mounts.openVolumeFile(found.source, { readOnly: true }) }
-  if (found.readOnly) return { export: found }
+  if (typeof found.source !== 'string' || found.readOnly) return { export: found, attachment: await g.mounts.openVolumeFile(found.source, { readOnly: true }) }
   try {
     const writer = await g.mounts.openVolumeFile(found.volumeId, {})
     return { export: found, attachment: writer }
   } catch (err) {
     const code = (err as { code?: string }).code
-    if (code === 'BUSY' || code === 'READ_ONLY' || code === 'PERMISSION_DENIED') return { export: { ...found, readOnly: true } }
-    throw err
+    if (code !== 'BUSY' && code !== 'READ_ONLY' && code !== 'PERMISSION_DENIED') throw err
+    // Served read-only, as a reader: refused as a read-only file is (during a restore into the
+    // volume, say), else held until the session ends.
+    return { export: { ...found, readOnly: true }, attachment: await g.mounts.openVolumeFile(found.volumeId, { readOnly: true }) }
   }
 }
 

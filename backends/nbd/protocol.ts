@@ -104,8 +104,9 @@ export interface Export {
 }
 
 /**
- * What a session holds open while it serves an export that counts as an attachment: a writable
- * file for a writable export of a ReadWriteOnce volume, a read-only one for a snapshot's export.
+ * What a session holds open while it serves an export, as an attachment of what it serves: a
+ * writable file for a writable export, a read-only one for a read-only export (of a volume or of
+ * a snapshot).
  */
 export interface Attachment { close: () => Promise<void> }
 

@@ -252,8 +252,21 @@ async function runRequest (g: GalleonFS, exp: Export, type: number, flags: numbe
   } catch (err) {
     const code = (err as { code?: string }).code
     const errno = code === 'READ_ONLY' || code === 'PERMISSION_DENIED' ? EPERM : code === 'OUT_OF_RANGE' ? ENOSPC : code === 'NO_SPACE' ? ENOSPC : code === 'INVALID_ARGUMENT' ? EINVAL : code === 'NOT_OPEN' ? ESHUTDOWN : EIO
-    return { error: errno, message: (err as Error)?.message ?? String(err) }
+    return { error: errno, message: errorMessage(exp, err) }
   }
+}
+
+/**
+ * What a failed request's error chunk says. The export was found when the client connected (and
+ * is asked for by id since): a volume or snapshot not found now was deleted under the session,
+ * which only a forced deletion does. Said so, by the name the client used, not by the id.
+ */
+function errorMessage (exp: Export, err: unknown): string {
+  const code = (err as { code?: string }).code
+  const said = (err as Error)?.message ?? String(err)
+  if (code !== 'VOLUME_NOT_FOUND' && code !== 'SNAPSHOT_NOT_FOUND') return said
+  const deleted = typeof exp.source === 'string' ? 'its volume was deleted (deleteVolume with { force: true })' : 'its snapshot (or the snapshot\'s volume) was deleted (deleteSnapshot or deleteVolume with { force: true })'
+  return `export ${exp.name} is gone: ${deleted} while this client was connected; disconnect (${said})`
 }
 
 /** base:allocation extents of a range: allocated (0) or hole and zero (3). */
@@ -271,7 +284,7 @@ async function blockStatus (g: GalleonFS, exp: Export, negotiated: boolean, flag
     })
     return { error: 0, body }
   } catch (err) {
-    return { error: EIO, message: (err as Error)?.message ?? String(err) }
+    return { error: EIO, message: errorMessage(exp, err) }
   }
 }
 

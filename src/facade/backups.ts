@@ -29,8 +29,9 @@ export function backupObject (backup: Backup): AccessObject {
 /**
  * BUSY when something other than the restore would see or change a volume a restore is about to
  * write over: a mount of the volume (read-only too: it would show the volume half restored; a
- * mount of one of its snapshots does not), or a writer that is not a mount (a writable file open
- * straight on it, an NBD client connected read-write), as a revert refuses one. `when` says when
+ * mount of one of its snapshots does not), a writer that is not a mount (a writable file open
+ * straight on it, an NBD client connected read-write), as a revert refuses one, or a reader that is
+ * not a mount (a read-only file open straight on it, an NBD client connected read-only). `when` says when
  * it was found (the restore's second check, once it has claimed the volume).
  */
 export function assertNothingAttached (control: MountControl, volumeId: string, volumeName: string, when = ''): void {
@@ -39,4 +40,7 @@ export function assertNothingAttached (control: MountControl, volumeId: string, 
   if (mounted.length > 0) throw new GalleonError('BUSY', `volume ${volumeName} is mounted (${mounted.map((m) => m.path).join(', ')})${at}; unmount it before restoring a backup over it`)
   const writers = control.directWriters(volumeId)
   if (writers > 0) throw new GalleonError('BUSY', `volume ${volumeName} has ${writers} writer(s)${at}: writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before restoring a backup over it`)
+  // Readers too, as a read-only mount: they would read the volume half restored.
+  const readers = control.directReaders(volumeId)
+  if (readers > 0) throw new GalleonError('BUSY', `volume ${volumeName} has ${readers} reader(s)${at}: files open on it read-only (openVolumeFile) or NBD clients connected read-only, which would read it half restored; close or disconnect them before restoring a backup over it`)
 }

@@ -86,10 +86,21 @@ export class MountBridge {
     if (record.state === VolumeState.Deleting || this.#host.goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (snapshot !== undefined && this.#host.goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
     if (snapshot === undefined && this.#host.reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
-    // As during a revert: nothing new mounts or opens the volume (an NBD client is served it
-    // read-only) while a restore writes into it, so nothing shows it half restored or writes into
-    // it meanwhile; the restore, once it has claimed the volume, checks for those that came before.
+    // As during a revert: nothing new mounts or opens the volume (nor connects to it over NBD, as
+    // a session holds a file) while a restore writes into it, so nothing shows it half restored or
+    // writes into it meanwhile; the restore, once it has claimed the volume, checks for those that came before.
     if (snapshot === undefined && this.#host.restoring.has(record.id)) throw new GalleonError('BUSY', `a backup is being restored into volume ${record.name}; mount or open it once the restore has finished`)
+    // Deleted under the file or mount (forced): said by name, not as an unknown id it never used.
+    const what = snapshot === undefined ? `volume ${namespaceOf(record)}/${record.name}` : `snapshot ${snapshot.name} of volume ${namespaceOf(record)}/${record.name}`
+    const gone = (err: unknown): never => {
+      const code = (err as { code?: unknown })?.code
+      const current = this.#host.catalog.volumeById(record.id)
+      const deleted = current === undefined || current.state === VolumeState.Deleting || (snapshot !== undefined && this.#host.catalog.snapshotById(snapshot.id) === undefined)
+      if ((code === 'VOLUME_NOT_FOUND' || code === 'SNAPSHOT_NOT_FOUND') && deleted) {
+        throw new GalleonError(code, `${what} was deleted while this file or mount was open on it (${snapshot === undefined ? 'deleteVolume' : 'deleteSnapshot'} with { force: true }); close the file, or unmount`, { cause: err })
+      }
+      throw err
+    }
     const context = this.#host.context.getStore()
     const run = <T>(task: () => Promise<T>): Promise<T> => context === undefined ? task() : this.#host.context.run(context, task)
     const source: ReadSource = snapshot === undefined ? record.id : { volume: record.id, snapshot: snapshot.id }
@@ -125,9 +136,9 @@ export class MountBridge {
       // volume leaves it (a mount's read-ahead and data's mtime stay).
       version: () => snapshot !== undefined ? 0 : this.#host.replication?.forwards(record.id) === true ? undefined : blocks().changed,
       io: {
-        read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)),
-        write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }),
-        flush: async () => await run(async () => { await this.#calls.flush(record.id) })
+        read: async (offset, length, into) => await run(async () => await this.#calls.read(source, offset, length, into)).catch(gone),
+        write: async (offset, data, concern) => await run(async () => { await this.#calls.write(record.id, offset, data, concern) }).catch(gone),
+        flush: async () => await run(async () => { await this.#calls.flush(record.id) }).catch(gone)
       },
       readme: () => renderReadme(facts()),
       metadata: () => JSON.stringify(facts(), null, 2) + '\n'

@@ -164,14 +164,21 @@ export class VolumeDeletion {
   }
 
   /**
-   * BUSY unless forced while the volume has attachments other than mounts: writable files open on
-   * it, NBD clients connected read-write, files or NBD clients reading one of its snapshots.
+   * BUSY unless forced while the volume has attachments other than mounts: files open on it
+   * (writable or read-only), NBD clients connected to it (read-write or read-only), files or NBD
+   * clients reading one of its snapshots.
    */
   #refuseAttachments (record: VolumeRecord, options: { force?: boolean }): void {
     if (options?.force === true) return
     const writers = mountControl(this.#host.mounts).directWriters(record.id)
     if (writers > 0) {
       throw new GalleonError('BUSY', `volume ${record.name} has ${writers} writer(s): writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them first, or pass { force: true } to delete it under them (their next I/O fails)`)
+    }
+    // Readers of the live data go as mounts do: a read-only mount already refuses the deletion,
+    // and a file or NBD client reading it would have its reads fail (EIO to an NBD client).
+    const liveReaders = mountControl(this.#host.mounts).directReaders(record.id)
+    if (liveReaders > 0) {
+      throw new GalleonError('BUSY', `volume ${record.name} has ${liveReaders} reader(s): files open on it read-only (openVolumeFile) or NBD clients connected read-only; close or disconnect them first, or pass { force: true } to delete it under them (their next read fails)`)
     }
     const readers = mountControl(this.#host.mounts).snapshotFiles({ volumeId: record.id })
     if (readers > 0) {

@@ -51,6 +51,8 @@ export class MountManager {
   readonly #directFiles = new Set<VolumeFile>()
   /** Writable VolumeFiles opened straight on a volume (not through a mount), by volume id. */
   readonly #directWriters = new Map<string, Set<VolumeFile>>()
+  /** Read-only VolumeFiles opened straight on a volume's live data (not a snapshot, not through a mount), by volume id. */
+  readonly #directReaders = new Map<string, Set<VolumeFile>>()
   /** VolumeFiles opened straight on a snapshot (not through a mount), with what they read. */
   readonly #snapshotFiles = new Map<VolumeFile, { volumeId: string, snapshotId: string }>()
   /** Mounts the driver is still making. */
@@ -63,6 +65,7 @@ export class MountManager {
     controls.set(this, {
       mountsOf: (volumeId) => [...this.#ofVolume(volumeId), ...[...this.#pending.values()].filter((state) => state.mount.volumeId === volumeId)].map(view),
       directWriters: (volumeId) => this.#directWriters.get(volumeId)?.size ?? 0,
+      directReaders: (volumeId) => this.#directReaders.get(volumeId)?.size ?? 0,
       snapshotMounts: (snapshotId) => [...this.#mounts.values()].filter((state) => state.mount.snapshotId === snapshotId).map(view),
       snapshotFiles: (of) => {
         let count = 0
@@ -74,6 +77,7 @@ export class MountManager {
         for (const [file, entry] of this.#snapshotFiles) {
           if (entry.volumeId === volumeId && (snapshotId === undefined || entry.snapshotId === snapshotId)) this.#snapshotFiles.delete(file)
         }
+        if (snapshotId === undefined) this.#directReaders.delete(volumeId)
         await this.#serial(async () => {
           for (const state of this.#ofVolume(volumeId)) {
             if (snapshotId !== undefined && state.mount.snapshotId !== snapshotId) continue
@@ -344,37 +348,30 @@ export class MountManager {
       }
       if (!target.accessModes.includes(AccessMode.ReadWriteMany)) this.#assertNoWriter(target, true)
     }
+    // A file straight on the live volume counts as its writer, or (read-only) its reader, as a
+    // mount does: deleteVolume and restoreBackup into it refuse while it is open.
+    const holders = target.snapshotId !== undefined ? undefined : readOnly ? this.#directReaders : this.#directWriters
     const file: VolumeFile = new VolumeFile({ ...target.io, size: target.size }, { volumeId: target.volumeId, snapshotId: target.snapshotId, readOnly, sync: false }, () => {
       this.#directFiles.delete(file)
       this.#snapshotFiles.delete(file)
-      if (readOnly) return
-      const writers = this.#directWriters.get(target.volumeId)
-      writers?.delete(file)
-      if (writers?.size === 0) this.#directWriters.delete(target.volumeId)
+      const held = holders?.get(target.volumeId)
+      held?.delete(file)
+      if (held?.size === 0) holders?.delete(target.volumeId)
     })
     this.#directFiles.add(file)
-    if (target.snapshotId !== undefined) {
-      // Counts as an attachment of the snapshot (deleteSnapshot and deleteVolume refuse while it is
-      // open); checked again now that it counts: a deletion that began meanwhile wins.
-      this.#snapshotFiles.set(file, { volumeId: target.volumeId, snapshotId: target.snapshotId })
-      try {
-        this.#host.target(pathOrRef)
-      } catch (err) {
-        await file.close().catch(() => {})
-        throw err
-      }
+    // Counts as an attachment of the snapshot (deleteSnapshot and deleteVolume refuse while it is open).
+    if (target.snapshotId !== undefined) this.#snapshotFiles.set(file, { volumeId: target.volumeId, snapshotId: target.snapshotId })
+    else {
+      let held = holders?.get(target.volumeId)
+      if (held === undefined) holders?.set(target.volumeId, held = new Set())
+      held?.add(file)
     }
-    if (!readOnly) {
-      let writers = this.#directWriters.get(target.volumeId)
-      if (writers === undefined) this.#directWriters.set(target.volumeId, writers = new Set())
-      writers.add(file)
-      // Checked again now that it counts: a revert or deletion that began meanwhile wins.
-      try {
-        this.#host.target(pathOrRef)
-      } catch (err) {
-        await file.close().catch(() => {})
-        throw err
-      }
+    // Checked again now that it counts: a revert, restore or deletion that began meanwhile wins.
+    try {
+      this.#host.target(pathOrRef)
+    } catch (err) {
+      await file.close().catch(() => {})
+      throw err
     }
     return file
   }

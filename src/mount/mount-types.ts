@@ -108,11 +108,13 @@ export interface MountControl {
   mountsOf: (volumeId: string) => Mount[]
   /** Writable files open straight on a volume (openVolumeFile, NBD sessions). */
   directWriters: (volumeId: string) => number
+  /** Read-only files open straight on a volume's live data (openVolumeFile with readOnly, NBD sessions of a read-only export). */
+  directReaders: (volumeId: string) => number
   /** Mounts of one snapshot. */
   snapshotMounts: (snapshotId: string) => Mount[]
   /** Files open straight on a snapshot (openVolumeFile, NBD sessions of `volume@snapshot`): of one snapshot, or of any snapshot of a volume. */
   snapshotFiles: (of: { snapshotId: string } | { volumeId: string }) => number
-  /** Unmounts every mount of a volume (or of one of its snapshots), closing their files, and forgets the files open straight on its snapshots (deletions with force). */
+  /** Unmounts every mount of a volume (or of one of its snapshots), closing their files, and forgets the files open straight on its snapshots (and, when the volume goes, its read-only ones: deletions with force). */
   release: (volumeId: string, snapshotId?: string) => Promise<void>
   /**
    * Waits until every write acknowledged so far through the volume's mounts (every volume's, when
