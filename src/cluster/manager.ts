@@ -378,15 +378,19 @@ export class ClusterManager {
     }
   }
 
+  /** BUSY when this node holds `holds`, volumes with no copy elsewhere: it leaves with them only when forced. */
+  checkLeave (holds: readonly string[]): void {
+    this.#assertRunning()
+    if (holds.length > 0) throw new GalleonError('BUSY', `node ${this.nodeId} holds the only copy of ${holds.join(', ')}; move or replicate them first, or leave with force (their data stays on this node, out of the cluster)`)
+  }
+
   /**
    * Leaves the cluster: gives up the leadership and removes this node's record. `holds` is what
    * this node holds that has no copy elsewhere; leaving with it is refused unless `force`.
    */
   async leave (options: { force?: boolean, holds?: string[] } = {}): Promise<void> {
     this.#assertRunning()
-    if ((options.holds?.length ?? 0) > 0 && options.force !== true) {
-      throw new GalleonError('BUSY', `node ${this.nodeId} holds the only copy of ${options.holds?.join(', ')}; move or replicate them first, or leave with force (their data stays on this node, out of the cluster)`)
-    }
+    if (options.force !== true) this.checkLeave(options.holds ?? [])
     this.#state = 'leaving'
     await this.#stop()
     try {

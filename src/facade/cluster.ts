@@ -6,6 +6,7 @@ import { ClusterManager, type ClusterOptions, type ClusterStatus } from '../clus
 import { ReplicationManager } from '../replication/manager.js'
 import { deletedKey, parseDeleted, recordKey } from '../replication/records.js'
 import type { Coordinator } from '../drivers.js'
+import type { VolumeRecord } from '../volumes/records.js'
 import { DEFAULT_NAMESPACE } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 import type { ReplicationBridge } from './replication-bridge.js'
@@ -154,11 +155,17 @@ export class ClusterMembership {
     const run = this.#clusterChange.then(async () => {
       host.assertOpen()
       if (this.#cluster === undefined) throw new GalleonError('INVALID_ARGUMENT', 'this instance is not in a cluster (joinCluster, or open it with { cluster })')
+      const names = (records: readonly VolumeRecord[]): string[] => records.map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
       // Replicated volumes are handed off first (copies elsewhere, the primary role passed on);
-      // with force they stay here, out of the cluster, and the cluster fails them over.
-      if (options?.force !== true) await this.#replication?.handOff()
-      const holds = host.catalog.volumes().map((record) => `${record.namespace === DEFAULT_NAMESPACE ? '' : `${record.namespace}/`}${record.name}`)
-      await this.#cluster.leave({ force: options?.force === true, holds })
+      // with force they stay here, out of the cluster, and the cluster fails them over. A leave
+      // that local volumes (no copy elsewhere) refuse is refused before anything is handed off:
+      // a refused call must not have moved every replicated volume away.
+      if (options?.force !== true) {
+        this.#cluster.checkLeave(names(host.catalog.volumes().filter((record) => record.replication === undefined)))
+        await this.#replication?.handOff()
+      }
+      // What is still here (a volume created meanwhile, say) is checked again.
+      await this.#cluster.leave({ force: options?.force === true, holds: names(host.catalog.volumes()) })
       this.#cluster = undefined
       await this.#replication?.close()
       this.#replication = undefined

@@ -1,0 +1,38 @@
+// Review r66: cluster membership (leave, placement, health, events) probed for what a storage
+// engineer relies on.
+
+import { after, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { GalleonFS } from '../src/index.js'
+import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { until } from './support/wait.js'
+
+const opened: GalleonFS[] = []
+after(async () => { await Promise.allSettled(opened.map(async (g) => await g.close())) })
+
+async function start (network: MemoryNetwork, coordinators: MemoryCoordinatorCluster, nodeId: string, zone = 'default'): Promise<GalleonFS> {
+  const g = await GalleonFS.open({ inMemory: true, cluster: { nodeId, zone, transport: new MemoryTransport({ network, nodeId }), coordinator: coordinators.coordinator(), leaseTtlMs: 1000 } })
+  opened.push(g)
+  return g
+}
+
+async function threeNodes (): Promise<GalleonFS[]> {
+  const network = new MemoryNetwork()
+  const coordinators = new MemoryCoordinatorCluster()
+  const nodes = [await start(network, coordinators, 'n1'), await start(network, coordinators, 'n2'), await start(network, coordinators, 'n3')]
+  await until('every node sees every other', () => nodes.every((g) => g.cluster?.members.filter((m) => m.healthy).length === 3))
+  return nodes
+}
+
+describe('review r66: leaving', () => {
+  it('a leave refused for a 1-copy volume hands nothing off first: the replicated volume keeps its primary and copy on the node', async () => {
+    const [n1] = await threeNodes() as [GalleonFS, GalleonFS, GalleonFS]
+    await n1.createVolume({ name: 'shared', sizeBytes: '256K', replicas: 2 })
+    await n1.createVolume({ name: 'local', sizeBytes: '256K' })
+    const before = await n1.replicationStatus('shared')
+    await assert.rejects(n1.leaveCluster(), { code: 'BUSY', message: /only copy of local/ })
+    const afterRefusal = await n1.replicationStatus('shared')
+    assert.deepEqual({ primary: afterRefusal.primary, nodes: [...afterRefusal.nodes].sort() }, { primary: before.primary, nodes: [...before.nodes].sort() })
+    assert.deepEqual((await n1.listVolumes()).map((v) => v.name).sort(), ['local', 'shared'])
+  })
+})
