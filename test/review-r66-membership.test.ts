@@ -36,3 +36,18 @@ describe('review r66: leaving', () => {
     assert.deepEqual((await n1.listVolumes()).map((v) => v.name).sort(), ['local', 'shared'])
   })
 })
+
+describe('review r66: spread placement', () => {
+  it('spread sends the copies of new volumes to the nodes holding the fewest, not all to one node', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: GalleonFS[] = []
+    for (const id of ['n1', 'n2', 'n3', 'n4']) nodes.push(await start(network, coordinators, id))
+    await until('every node sees every other', () => nodes.every((g) => g.cluster?.members.filter((m) => m.healthy).length === 4))
+    const n1 = nodes[0] as GalleonFS
+    for (let i = 0; i < 6; i++) await n1.createVolume({ name: `v${i}`, sizeBytes: '64K', replicas: 2 })
+    const copies: Record<string, number> = {}
+    for (let i = 0; i < 6; i++) for (const node of (await n1.replicationStatus(`v${i}`)).nodes) copies[node] = (copies[node] ?? 0) + 1
+    assert.deepEqual(copies, { n1: 6, n2: 2, n3: 2, n4: 2 })
+  })
+})

@@ -3,7 +3,7 @@
 
 import { placeVolume } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
-import { RECORD_PREFIX, givingUp, parseRecord } from './records.js'
+import { RECORD_PREFIX, copiesPerNode, givingUp, parseRecord } from './records.js'
 import type { ManagerCore } from './common.js'
 import { leavingNodes } from './replica-sets.js'
 
@@ -30,7 +30,10 @@ export class FailoverLeader {
       const healthy = new Set(members.filter((m) => m.healthy).map((m) => m.id))
       const now = performance.now()
       for (const node of [...this.#unhealthySince.keys()]) if (healthy.has(node)) this.#unhealthySince.delete(node)
-      for (const entry of await this.#core.coordinator.list(RECORD_PREFIX)) {
+      const entries = await this.#core.coordinator.list(RECORD_PREFIX)
+      // Copies per node, kept up to date as this pass places copies: spread sends them to the least loaded.
+      const load = copiesPerNode(entries)
+      for (const entry of entries) {
         if (this.#core.closed || this.#core.cluster.leadership === undefined) return
         const record = parseRecord(entry.value)
         if (record === undefined) continue
@@ -65,14 +68,17 @@ export class FailoverLeader {
           const eligible = members.filter((m) => m.healthy && !leaving.has(m.id))
           let chosen: readonly string[] = []
           try {
-            chosen = placeVolume(eligible, { ...(record.placement ?? {}), replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary }).nodes
+            chosen = placeVolume(eligible, { ...(record.placement ?? {}), replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary, load }).nodes
           } catch (err) {
             if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
           }
           const added = chosen.filter((n) => !record.nodes.includes(n)).slice(0, record.spec.replicas - record.nodes.length)
           if (added.length === 0) continue
           const written = await this.#core.coordinator.put(entry.key, JSON.stringify({ ...record, nodes: [...record.nodes, ...added] }), { expectRevision: entry.revision })
-          if (written !== undefined) this.#core.host.emit('replication:replica-added', { volumeId, nodes: added })
+          if (written !== undefined) {
+            for (const node of added) load[node] = (load[node] ?? 0) + 1
+            this.#core.host.emit('replication:replica-added', { volumeId, nodes: added })
+          }
         }
       }
     } catch (err) {

@@ -100,6 +100,19 @@ export function offDropped (record: ReplicaSetRecord, node: string): ReplicaSetR
   return left.length === 0 ? rest : { ...rest, droppedNodes: left }
 }
 
+/**
+ * How many copies each node holds by the replica-set records listed (coordinator.list(RECORD_PREFIX)):
+ * the `load` that spread placement sends new copies away from. Without it every copy went to the
+ * same node (ties broken by free space, then id).
+ */
+export function copiesPerNode (entries: ReadonlyArray<{ readonly value: string }>): Record<string, number> {
+  const load: Record<string, number> = {}
+  for (const entry of entries) {
+    for (const node of parseRecord(entry.value)?.nodes ?? []) if (typeof node === 'string') load[node] = (load[node] ?? 0) + 1
+  }
+  return load
+}
+
 export function recordKey (volumeId: string): string {
   return `${RECORD_PREFIX}${volumeId}`
 }

@@ -7,7 +7,7 @@ import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
-import { givingUp, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { RECORD_PREFIX, copiesPerNode, givingUp, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout } from './host.js'
 import { ReplicaSetLifecycle } from './set-lifecycle.js'
@@ -167,6 +167,7 @@ export class ReplicaSetChanges {
     let before: ReplicaSetRecord | undefined
     const members = this.#core.cluster.members.filter((m) => m.healthy)
     const leaving = await leavingNodes(this.#core.coordinator)
+    const load = change.replicas > 1 ? copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX)) : {}
     const written = await this.#core.update(volumeId, (r) => {
       before = r
       let nodes = [...r.nodes]
@@ -178,7 +179,7 @@ export class ReplicaSetChanges {
         nodes = [r.primary, ...rest].slice(0, Math.max(1, change.replicas))
       } else if (change.replicas > nodes.length) {
         try {
-          const chosen = placeVolume(members.filter((m) => !leaving.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary }).nodes
+          const chosen = placeVolume(members.filter((m) => !leaving.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary, load }).nodes
           nodes.push(...chosen.filter((n) => !nodes.includes(n)).slice(0, change.replicas - nodes.length))
         } catch (err) {
           // Fewer eligible nodes than copies: the volume is degraded until nodes join.
@@ -272,7 +273,11 @@ export class ReplicaSetChanges {
       const others = record.nodes.filter((n) => n !== self)
       const leaving = await leavingNodes(this.#core.coordinator)
       const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
-      const added = to ?? this.#surplusCopy(record, others, leaving, members.map((m) => m.id)) ?? placeVolume(members, { ...(record.placement ?? {}), replicas: record.nodes.length, current: others, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
+      const place = async (): Promise<string | undefined> => {
+        const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
+        return placeVolume(members, { ...(record?.placement ?? {}), replicas: record?.nodes.length ?? 1, current: others, load, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
+      }
+      const added = to ?? this.#surplusCopy(record, others, leaving, members.map((m) => m.id)) ?? await place()
       if (added === undefined) {
         throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
       }

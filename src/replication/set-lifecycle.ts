@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
-import { deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
+import { RECORD_PREFIX, copiesPerNode, deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type ManagerCore } from './common.js'
 import { addToDeletionMark, clearDeletionMark } from './cleanup.js'
 
@@ -40,7 +40,10 @@ export class ReplicaSetLifecycle {
     // The creating node holds the primary copy; the others are placed by the class's rules.
     let others: readonly string[] = []
     try {
-      if (spec.replicas > 1) others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId), { ...options, replicas: spec.replicas - 1 }).nodes
+      if (spec.replicas > 1) {
+        const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
+        others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId), { ...options, replicas: spec.replicas - 1, load }).nodes
+      }
     } catch (err) {
       // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
       if ((err as { code?: string })?.code !== 'NO_SPACE') throw err
