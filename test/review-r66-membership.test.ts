@@ -3,7 +3,7 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { GalleonFS } from '../src/index.js'
+import { GalleonFS, placeVolume, type ClusterMember } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { until } from './support/wait.js'
 
@@ -49,5 +49,19 @@ describe('review r66: spread placement', () => {
     const copies: Record<string, number> = {}
     for (let i = 0; i < 6; i++) for (const node of (await n1.replicationStatus(`v${i}`)).nodes) copies[node] = (copies[node] ?? 0) + 1
     assert.deepEqual(copies, { n1: 6, n2: 2, n3: 2, n4: 2 })
+  })
+})
+
+describe('review r66: placement inputs', () => {
+  const member = (id: string, zone: string): ClusterMember => ({ id, address: id, zone, labels: {}, capacityBytes: 100, freeBytes: 100, healthy: true, joinedAt: new Date(0).toISOString() })
+  it('bad members or request fields are refused with INVALID_ARGUMENT, never a TypeError or a silent odd placement', () => {
+    const members = [member('a', 'z1'), member('b', 'z2')]
+    for (const bad of [undefined, null, 'a', [null], [{}]]) {
+      assert.throws(() => placeVolume(bad as never, { replicas: 1 }), { code: 'INVALID_ARGUMENT' }, `members ${JSON.stringify(bad)}`)
+    }
+    for (const bad of [{ current: 'ab' }, { load: { a: Number.NaN } }, { load: 'x' }, { preferredPrimary: 7 }, { affinity: ['ssd'] }]) {
+      assert.throws(() => placeVolume(members, { replicas: 1, ...bad } as never), { code: 'INVALID_ARGUMENT' }, JSON.stringify(bad))
+    }
+    assert.deepEqual(placeVolume(members, { replicas: 1, load: { a: 2, b: 1 } }).nodes, ['b'])
   })
 })

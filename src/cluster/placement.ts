@@ -54,7 +54,11 @@ export interface Placement {
   readonly zones: readonly string[]
 }
 
-function checkRequest (request: PlacementRequest): void {
+function checkRequest (members: readonly ClusterMember[], request: PlacementRequest): void {
+  // members come from the coordinator, or from a caller of this exported function (clusterStatus().members).
+  if (!Array.isArray(members) || !members.every((m: unknown) => m !== null && typeof m === 'object' && typeof (m as { id?: unknown }).id === 'string')) {
+    throw new GalleonError('INVALID_ARGUMENT', `placement needs the cluster's members, a list such as clusterStatus().members, got ${describe(members)}`)
+  }
   if (request === null || typeof request !== 'object') throw new GalleonError('INVALID_ARGUMENT', `a placement request is an object such as { replicas: 3 }, got ${describe(request)}`)
   if (!Number.isSafeInteger(request.replicas) || request.replicas < 1) throw new GalleonError('INVALID_ARGUMENT', `replicas must be a whole number of at least 1, got ${describe(request.replicas)}`)
   if (request.strategy !== undefined && !PLACEMENT_STRATEGIES.includes(request.strategy)) throw new GalleonError('INVALID_ARGUMENT', `placement strategy must be one of ${PLACEMENT_STRATEGIES.join(', ')}, got ${describe(request.strategy)}`)
@@ -63,21 +67,30 @@ function checkRequest (request: PlacementRequest): void {
   }
   for (const key of ['affinity', 'antiAffinity'] as const) {
     const labels = request[key]
-    if (labels !== undefined && (labels === null || typeof labels !== 'object' || !Object.values(labels).every((v) => typeof v === 'string'))) {
+    if (labels !== undefined && (labels === null || typeof labels !== 'object' || Array.isArray(labels) || !Object.values(labels).every((v) => typeof v === 'string'))) {
       throw new GalleonError('INVALID_ARGUMENT', `${key} must be an object of label values such as { disk: 'ssd' }, got ${describe(labels)}`)
     }
   }
   if (request.zones !== undefined && (!Array.isArray(request.zones) || !request.zones.every((z) => typeof z === 'string'))) {
     throw new GalleonError('INVALID_ARGUMENT', `zones must be a list of zone names, got ${describe(request.zones)}`)
   }
-  if (request.nodes !== undefined && (!Array.isArray(request.nodes) || !request.nodes.every((n) => typeof n === 'string'))) {
-    throw new GalleonError('INVALID_ARGUMENT', `nodes must be a list of node ids, got ${describe(request.nodes)}`)
+  for (const key of ['nodes', 'current'] as const) {
+    const ids = request[key]
+    if (ids !== undefined && (!Array.isArray(ids) || !ids.every((n) => typeof n === 'string'))) {
+      throw new GalleonError('INVALID_ARGUMENT', `${key} must be a list of node ids, got ${describe(ids)}`)
+    }
+  }
+  if (request.preferredPrimary !== undefined && typeof request.preferredPrimary !== 'string') throw new GalleonError('INVALID_ARGUMENT', `preferredPrimary must be a node id, got ${describe(request.preferredPrimary)}`)
+  const load = request.load
+  if (load !== undefined && (load === null || typeof load !== 'object' || Array.isArray(load) || !Object.values(load).every((n) => typeof n === 'number' && Number.isFinite(n) && n >= 0))) {
+    // A NaN count would make the ordering inconsistent, so the nodes chosen would depend on the sort.
+    throw new GalleonError('INVALID_ARGUMENT', `load must be an object of volume counts per node such as { n1: 3 }, got ${describe(load)}`)
   }
 }
 
 /** Chooses the nodes of a volume (see the top of this file). */
 export function placeVolume (members: readonly ClusterMember[], request: PlacementRequest): Placement {
-  checkRequest(request)
+  checkRequest(members, request)
   const strategy = request.strategy ?? 'spread'
   const required = request.requiredBytes ?? 0
   const current = new Set(request.current ?? [])
