@@ -5,6 +5,8 @@ import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { GalleonFS, placeVolume, type ClusterMember } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { GalleonError } from '../src/errors.js'
+import type { Coordinator } from '../src/drivers.js'
 import { until } from './support/wait.js'
 
 const opened: GalleonFS[] = []
@@ -63,5 +65,46 @@ describe('review r66: placement inputs', () => {
       assert.throws(() => placeVolume(members, { replicas: 1, ...bad } as never), { code: 'INVALID_ARGUMENT' }, JSON.stringify(bad))
     }
     assert.deepEqual(placeVolume(members, { replicas: 1, load: { a: 2, b: 1 } }).nodes, ['b'])
+  })
+})
+
+describe('review r66: joining', () => {
+  it('a leaseTtlMs the coordinator cannot grant (not whole, over a day) is refused before anything is claimed', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const peek = coordinators.coordinator()
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    try {
+      for (const leaseTtlMs of [1000.5, 86_400_001, 1e12]) {
+        await assert.rejects(g.joinCluster({ nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: coordinators.coordinator(), leaseTtlMs }), { code: 'INVALID_ARGUMENT', message: /leaseTtlMs/ }, String(leaseTtlMs))
+        assert.equal(await peek.get('node-claims/n1'), undefined, `no claim of n1 left by a join with leaseTtlMs ${leaseTtlMs}`)
+      }
+    } finally {
+      await peek.close()
+    }
+  })
+
+  it('a join that fails after claiming its node id gives the id back, so the next join need not wait for the claim to age', async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const peek = coordinators.coordinator()
+    const g = await GalleonFS.open({ inMemory: true })
+    opened.push(g)
+    try {
+      // A coordinator whose join (the member record, after the claim) fails once, as an etcd outage would.
+      const real = coordinators.coordinator()
+      const failing = new Proxy(real, {
+        get (target, key) {
+          if (key === 'join') return async () => { throw new GalleonError('BACKEND_UNAVAILABLE', 'the coordinator did not answer') }
+          const value = Reflect.get(target, key, target) as unknown
+          return typeof value === 'function' ? value.bind(target) : value
+        }
+      }) as Coordinator
+      await assert.rejects(g.joinCluster({ nodeId: 'n1', transport: new MemoryTransport({ network, nodeId: 'n1' }), coordinator: failing, leaseTtlMs: 60_000 }), { code: 'BACKEND_UNAVAILABLE' })
+      assert.equal(await peek.get('node-claims/n1'), undefined, 'the failed join left its claim of n1')
+    } finally {
+      await peek.close()
+    }
   })
 })

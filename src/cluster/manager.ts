@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
 import { NodeIdClaim } from './node-claim.js'
+import { MAX_TTL_MS } from './coordinator-store.js'
 import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, versionFor } from './protocol.js'
 import { NODE_ID, notMemberMessage, staleAddressEnd, startingMessage } from './refusals.js'
 
@@ -108,7 +109,8 @@ function checkOptions (options: ClusterOptions): void {
     throw new GalleonError('INVALID_ARGUMENT', `cluster labels must be an object of strings such as { disk: 'ssd' }, got ${describe(options.labels)}`)
   }
   if (options.replication !== undefined && options.replication !== 'synchronous' && options.replication !== 'asynchronous') throw new GalleonError('INVALID_ARGUMENT', `cluster replication must be synchronous or asynchronous, got ${describe(options.replication)}`)
-  if (options.leaseTtlMs !== undefined && (!Number.isFinite(options.leaseTtlMs) || options.leaseTtlMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster leaseTtlMs must be at least 1000, got ${describe(options.leaseTtlMs)}`)
+  // Whole milliseconds up to what a coordinator grants (MAX_TTL_MS): refused here, before the node id is claimed.
+  if (options.leaseTtlMs !== undefined && (!Number.isSafeInteger(options.leaseTtlMs) || options.leaseTtlMs < 1000 || options.leaseTtlMs > MAX_TTL_MS)) throw new GalleonError('INVALID_ARGUMENT', `cluster leaseTtlMs must be a whole number of milliseconds from 1000 to ${MAX_TTL_MS}, got ${describe(options.leaseTtlMs)}`)
   if (options.failoverWaitMs !== undefined && (!Number.isFinite(options.failoverWaitMs) || options.failoverWaitMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster failoverWaitMs must be at least 1000 (milliseconds a call waits for a primary it can reach), got ${describe(options.failoverWaitMs)}`)
   if (options.replicaReplacementDelayMs !== undefined && (!Number.isFinite(options.replicaReplacementDelayMs) || options.replicaReplacementDelayMs < 1000)) throw new GalleonError('INVALID_ARGUMENT', `cluster replicaReplacementDelayMs must be at least 1000 (milliseconds a dead node's copies wait before being replaced), got ${describe(options.replicaReplacementDelayMs)}`)
 }
@@ -426,11 +428,12 @@ export class ClusterManager {
   /** Stops taking part: the lease is no longer renewed (others see this node expire unless it left). */
   async close (): Promise<void> {
     if (this.#state === 'closed' || this.#state === 'left') return
-    const wasRunning = this.#state === 'running'
+    const wasJoined = this.#state === 'running' || this.#state === 'starting'
     this.#state = 'closed'
     await this.#stop()
-    // A clean stop gives the node id back, so that a restart need not wait for the lease to end.
-    if (wasRunning) await this.#claim.release().catch(() => {})
+    // A clean stop gives the node id back, so that a restart need not wait for the lease to end;
+    // so does a join that failed after it claimed the id (release() leaves another instance's claim alone).
+    if (wasJoined) await this.#claim.release().catch(() => {})
     await this.#closeDrivers()
   }
 
