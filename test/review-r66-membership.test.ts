@@ -108,3 +108,22 @@ describe('review r66: joining', () => {
     }
   })
 })
+
+describe('review r66: two nodes leaving at once', () => {
+  it('two holders of a 3-copy volume leave together with one spare node: one leave completes, the other is refused, the volume keeps 3 copies', { timeout: 120_000 }, async () => {
+    const network = new MemoryNetwork()
+    const coordinators = new MemoryCoordinatorCluster()
+    const nodes: GalleonFS[] = []
+    for (const id of ['n1', 'n2', 'n3', 'n4']) nodes.push(await start(network, coordinators, id))
+    await until('every node sees every other', () => nodes.every((g) => g.cluster?.members.filter((m) => m.healthy).length === 4))
+    const [n1, n2, n3] = nodes as [GalleonFS, GalleonFS, GalleonFS]
+    await n1.createVolume({ name: 'triple', sizeBytes: '256K', replicas: 3 })
+    assert.deepEqual([...(await n1.replicationStatus('triple')).nodes].sort(), ['n1', 'n2', 'n3'])
+    const results = await Promise.allSettled([n1.leaveCluster(), n2.leaveCluster()])
+    const outcome = results.map((r) => r.status === 'fulfilled' ? 'left' : (r.reason as GalleonError).code).sort()
+    for (const r of results) if (r.status === 'rejected') assert.match((r.reason as Error).message, /would lose its in-sync copy/)
+    const status = await n3.replicationStatus('triple')
+    assert.deepEqual({ outcome, copies: status.nodes.length }, { outcome: ['BUSY', 'left'], copies: 3 }, `copies on ${status.nodes.join(', ')}`)
+    await until('all three copies in sync', async () => (await n3.replicationStatus('triple')).inSync.length === 3)
+  })
+})

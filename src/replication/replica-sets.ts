@@ -244,7 +244,7 @@ export class ReplicaSetChanges {
     return staying.find((n) => !record.inSync.includes(n) && healthy.includes(n)) ?? staying.find((n) => record.inSync.includes(n))
   }
 
-  async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal): Promise<void> {
+  async #handOffOne (set: LocalSet, deadline: number, to?: string, signal?: AbortSignal, copiesHad?: number): Promise<void> {
     const self = this.#core.nodeId
     const current = async (): Promise<ReplicaSetRecord | undefined> => {
       const entry = await this.#core.coordinator.get(recordKey(set.volumeId))
@@ -268,6 +268,8 @@ export class ReplicaSetChanges {
       return
     }
     const name = record.spec.name
+    // How many copies the volume had (up to its replicas) when this node's in-sync copy began to go.
+    const had = copiesHad ?? (record.inSync.includes(self) ? Math.min(record.nodes.length, record.spec.replicas) : 0)
     if (to !== undefined && !record.inSync.includes(self)) throw new GalleonError('BUSY', `the copy of volume ${name} on ${self} is not in sync; move the copy of an in-sync node (${record.inSync.join(', ')})`)
     if (record.inSync.includes(self)) {
       const others = record.nodes.filter((n) => n !== self)
@@ -318,7 +320,26 @@ export class ReplicaSetChanges {
     }
     if (set.primary !== undefined) await set.primary.handOver()
     await waitFor(`${self} is no longer the primary of ${name}`, (r) => r.primary !== self)
-    await this.#core.update(set.volumeId, (r) => !r.nodes.includes(self) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== self), inSync: r.inSync.filter((n) => n !== self) })
+    // Two nodes leaving at once may both have counted the same new copy as theirs (the second
+    // found it listed already): the one going last would leave the volume a copy short. It does
+    // not go; it hands off again, placing a copy of its own or refusing with BUSY.
+    let short = false
+    await this.#core.update(set.volumeId, (r) => {
+      short = false
+      if (!r.nodes.includes(self)) return undefined
+      const rest = r.nodes.filter((n) => n !== self)
+      if (to === undefined && rest.length < Math.min(had, r.spec.replicas)) {
+        short = true
+        return undefined
+      }
+      return { ...r, nodes: rest, inSync: r.inSync.filter((n) => n !== self) }
+    })
+    if (short) {
+      // (Its copy may be catching up with a primary that just took over: in sync first, as a hand-off begins.)
+      await waitFor(`the copy of ${name} on ${self} is in sync again`, (r) => r.inSync.includes(self) || !r.nodes.includes(self))
+      await this.#handOffOne(set, deadline, undefined, undefined, had)
+      return
+    }
     await this.#core.dropCopy(set.volumeId)
   }
 }
