@@ -8,15 +8,37 @@ import { columns, print } from './cli-format.js'
 
 const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
 
+/** ISO-8601 as the CLI takes it: a date, optionally a time of day, optionally a zone. */
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,3}))?)?)?(Z|[+-]\d{2}:?\d{2})?$/
+
 /**
- * A time flag: ISO-8601 (`2026-01-31T12:00:00Z`), epoch milliseconds, or a while ago (`30m`, `2h`,
- * `7d`), sent as epoch milliseconds. A malformed one is a usage error (exit 2).
+ * A time flag: ISO-8601 (`2026-01-31T12:00:00Z`; without a zone, a time of this machine's zone, as
+ * `date` shows it), epoch milliseconds, or a while ago (`30m`, `2h`, `7d`). Sent as epoch
+ * milliseconds, so the daemon's time zone plays no part. A malformed one, or a date that does not
+ * exist (February 30th), is a usage error (exit 2).
  */
-function timeOption (value: string): string {
-  const ago = /^(\d+)([smhd])$/.exec(value.trim())
+export function timeOption (value: string): string {
+  const text = value.trim()
+  const ago = /^(\d+)([smhd])$/.exec(text)
   if (ago !== null) return String(Date.now() - Number(ago[1]) * (UNIT_MS[ago[2] as string] as number))
-  if (/^\d+$/.test(value.trim()) || Number.isFinite(Date.parse(value))) return value.trim()
-  throw new InvalidArgumentError('an ISO-8601 time (2026-01-31T12:00:00Z), epoch milliseconds, or a while ago such as 30m, 2h or 7d')
+  if (/^\d+$/.test(text) && Number.isSafeInteger(Number(text))) return text
+  const iso = ISO_TIME.exec(text)
+  if (iso !== null) {
+    const [year, month, day, hour, minute, second] = iso.slice(1, 7).map((part) => Number(part ?? 0)) as [number, number, number, number, number, number]
+    const millis = Number(((iso[7] ?? '') + '00').slice(0, 3))
+    const zone = iso[8]
+    // A field out of range (month 13, February 30th, 25:00) moves the date: such a time does not exist.
+    const utc = new Date(Date.UTC(year, month - 1, day, hour, minute, second, millis))
+    const exists = utc.getUTCFullYear() === year && utc.getUTCMonth() === month - 1 && utc.getUTCDate() === day &&
+      utc.getUTCHours() === hour && utc.getUTCMinutes() === minute && utc.getUTCSeconds() === second
+    const offset = zone === undefined || zone === 'Z' ? '0000' : zone.slice(1).replace(':', '')
+    if (exists && Number(offset.slice(0, 2)) <= 23 && Number(offset.slice(2)) <= 59) {
+      if (zone === undefined) return String(new Date(year, month - 1, day, hour, minute, second, millis).getTime())
+      const minutes = (zone.startsWith('-') ? -1 : 1) * (Number(offset.slice(0, 2)) * 60 + Number(offset.slice(2)))
+      return String(utc.getTime() - minutes * 60_000)
+    }
+  }
+  throw new InvalidArgumentError('an ISO-8601 time (2026-01-31T12:00:00Z; without a zone, this machine\'s local time), epoch milliseconds, or a while ago such as 30m, 2h or 7d')
 }
 
 function limitOption (value: string): number {

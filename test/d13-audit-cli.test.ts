@@ -20,9 +20,9 @@ describe('audit commands', () => {
   it('query filters the log, verify checks it (also against a saved head), head prints what to save', async () => {
     const storage = join(root, 'node')
     const daemon = await startDaemonProcess(['--ipc-address', '127.0.0.1:0', '--storage-path', storage], { cwd: root })
-    const cli = async (args: string[]): Promise<{ code: number, stdout: string, stderr: string }> => await runCli(daemon.address, args, { cwd: root })
-    const ok = async (args: string[]): Promise<string> => {
-      const result = await cli(args)
+    const cli = async (args: string[], env?: Record<string, string>): Promise<{ code: number, stdout: string, stderr: string }> => await runCli(daemon.address, args, { cwd: root, ...(env === undefined ? {} : { env }) })
+    const ok = async (args: string[], env?: Record<string, string>): Promise<string> => {
+      const result = await cli(args, env)
       assert.equal(result.code, 0, `${args.join(' ')}: ${result.stderr}`)
       return result.stdout
     }
@@ -39,7 +39,7 @@ describe('audit commands', () => {
       assert.match(table, /application\s+createSnapshot\s+snapshot:default\/db@nightly\s+ok/)
       assert.match(table, /application\s+expandVolume\s+volume:default\/db\s+failed INVALID_ARGUMENT/)
 
-      const json = async (args: string[]): Promise<Entry[]> => JSON.parse(await ok(['--json', 'audit', 'query', ...args])) as Entry[]
+      const json = async (args: string[], env?: Record<string, string>): Promise<Entry[]> => JSON.parse(await ok(['--json', 'audit', 'query', ...args], env)) as Entry[]
       assert.deepEqual((await json(['--action', 'createVolume'])).map((e) => [e.principal, e.object, e.result]), [['application', 'volume:default/db', 'ok']])
       assert.deepEqual((await json(['--result', 'failed'])).map((e) => [e.action, e.code]), [['expandVolume', 'INVALID_ARGUMENT']])
       assert.deepEqual((await json(['--object', 'snapshot:default/*'])).map((e) => e.action), ['createSnapshot'])
@@ -52,8 +52,18 @@ describe('audit commands', () => {
       assert.deepEqual(await json(['--from', new Date(startedAt - 60_000).toISOString(), '--to', String(Date.now() + 60_000)]), all)
       assert.deepEqual(await json(['--to', String(startedAt - 60_000)]), [])
       assert.equal(await ok(['audit', 'query', '--to', String(startedAt - 60_000)]), 'no audit entries match\n')
+      // A time without a zone is the CLI's local time, whatever the daemon's zone: a minute before
+      // the start as a clock 14 hours ahead of UTC shows it (read as UTC, as the daemon would,
+      // it lies 14 hours in the future and matches nothing).
+      const kiritimati = new Date(startedAt - 60_000 + 14 * 3_600_000).toISOString().slice(0, 19)
+      assert.deepEqual(await json(['--from', kiritimati], { TZ: 'Pacific/Kiritimati' }), all)
+      assert.deepEqual(await json(['--to', kiritimati], { TZ: 'Pacific/Kiritimati' }), [])
       // The command line is checked before anything is sent (exit 2).
       assert.equal((await cli(['audit', 'query', '--from', 'yesterday'])).code, 2)
+      // Not ISO-8601, or no such day: refused here, not read by the daemon's loose date parser.
+      assert.equal((await cli(['audit', 'query', '--from', 'Jan 31 2026'])).code, 2)
+      assert.equal((await cli(['audit', 'query', '--from', '2026-02-30'])).code, 2)
+      assert.equal((await cli(['audit', 'query', '--to', '2026-01-31T24:30'])).code, 2)
       assert.equal((await cli(['audit', 'query', '--limit', '0'])).code, 2)
       assert.equal((await cli(['audit', 'query', '--result', 'maybe'])).code, 2)
       assert.equal((await cli(['audit', 'verify', '--head', 'abc'])).code, 2)
