@@ -389,8 +389,9 @@ export class ClusterManager {
   /**
    * Leaves the cluster: gives up the leadership and removes this node's record. `holds` is what
    * this node holds that has no copy elsewhere; leaving with it is refused unless `force`.
+   * `afterLeft` runs once the node is out of the membership, before the drivers close.
    */
-  async leave (options: { force?: boolean, holds?: string[] } = {}): Promise<void> {
+  async leave (options: { force?: boolean, holds?: string[], afterLeft?: () => Promise<void> } = {}): Promise<void> {
     this.#assertRunning()
     if (options.force !== true) this.checkLeave(options.holds ?? [])
     this.#state = 'leaving'
@@ -407,6 +408,9 @@ export class ClusterManager {
       throw err
     }
     this.#state = 'left'
+    // No longer a member: what the caller keeps in the coordinator until then (a leaving mark) goes
+    // while the coordinator is still open.
+    await options.afterLeft?.().catch(() => {})
     await this.#closeDrivers()
   }
 

@@ -160,12 +160,19 @@ export class ClusterMembership {
       // with force they stay here, out of the cluster, and the cluster fails them over. A leave
       // that local volumes (no copy elsewhere) refuse is refused before anything is handed off:
       // a refused call must not have moved every replicated volume away.
+      const replication = this.#replication
       if (options?.force !== true) {
         this.#cluster.checkLeave(names(host.catalog.volumes().filter((record) => record.replication === undefined)))
-        await this.#replication?.handOff()
+        await replication?.handOff()
       }
-      // What is still here (a volume created meanwhile, say) is checked again.
-      await this.#cluster.leave({ force: options?.force === true, holds: names(host.catalog.volumes()) })
+      // What is still here (a volume created meanwhile, say) is checked again. The leaving mark
+      // (handOff's) stays until the node is out of the membership, or its leave failed.
+      try {
+        await this.#cluster.leave({ force: options?.force === true, holds: names(host.catalog.volumes()), afterLeft: async () => await replication?.releaseLeavingMark() })
+      } catch (err) {
+        await replication?.releaseLeavingMark()
+        throw err
+      }
       this.#cluster = undefined
       await this.#replication?.close()
       this.#replication = undefined

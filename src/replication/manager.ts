@@ -316,6 +316,11 @@ export class ReplicationManager {
     return this.#changes.handOff(options)
   }
 
+  /** The node has left, or its leave failed: its leaving mark goes (see ReplicaSetChanges.releaseLeavingMark). */
+  releaseLeavingMark (): Promise<void> {
+    return this.#changes.releaseLeavingMark()
+  }
+
   /**
    * Stops a hand-off under way (see handOff): it rejects with `err` at its next step. close() calls
    * it before it waits for a leave, which otherwise waits, up to its deadline, for new copies that

@@ -90,6 +90,9 @@ export class ReplicaSetChanges {
    * sync, a copy on another node is added first and waited for (the volume keeps the redundancy it
    * had); where it is the primary, the role goes to an in-sync copy; then it leaves the replica set
    * and the local copy is deleted. BUSY (nothing more is done) when a volume cannot be handed off.
+   * The node's leaving mark stays once the hand-off is done, until `releaseLeavingMark()`: the node
+   * is still a member until it leaves, and no copy may be placed on it meanwhile (by the leader, or
+   * by another node leaving at the same time).
    */
   async handOff (options: { timeoutMs?: number } = {}): Promise<void> {
     // Marked as leaving first: no copy is placed on this node meanwhile (by the leader or another leaver).
@@ -107,11 +110,22 @@ export class ReplicaSetChanges {
         if (this.#handOffCancelled !== undefined) throw this.#handOffCancelled
         await this.#handOffOne(set, performance.now() + (options.timeoutMs ?? 30 * 60_000))
       }
+    } catch (err) {
+      await this.releaseLeavingMark()
+      throw err
     } finally {
-      this.#handingOff = false
       this.#handOffCancelled = undefined
-      await this.#core.coordinator.delete(mark).catch(() => {})
     }
+  }
+
+  /**
+   * Ends what handOff began: the node has left the membership (its mark has nothing left to keep
+   * off), or its leave failed (it stays a member, and copies may be placed on it again). Best
+   * effort: a mark left behind is deleted by clearStaleMark.
+   */
+  async releaseLeavingMark (): Promise<void> {
+    this.#handingOff = false
+    await this.#core.coordinator.delete(`${LEAVING_PREFIX}${this.#core.nodeId}`).catch(() => {})
   }
 
   /**

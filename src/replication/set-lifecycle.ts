@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
+import { leavingNodes } from './replica-sets.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import { RECORD_PREFIX, copiesPerNode, deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type ManagerCore } from './common.js'
@@ -42,7 +43,9 @@ export class ReplicaSetLifecycle {
     try {
       if (spec.replicas > 1) {
         const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
-        others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId), { ...options, replicas: spec.replicas - 1, load }).nodes
+        // Not on a node that is leaving: its copy would go with it (see ReplicaSetChanges.handOff).
+        const leaving = await leavingNodes(this.#core.coordinator)
+        others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId && !leaving.has(m.id)), { ...options, replicas: spec.replicas - 1, load }).nodes
       }
     } catch (err) {
       // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
