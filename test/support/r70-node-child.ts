@@ -1,0 +1,64 @@
+// Child of test/review-r70-replication-kills.test.ts: one GalleonFS node in its own process (so
+// the test can SIGKILL it), over the TCP transport, coordinated by a real etcd. argv: node id,
+// storage path, etcd endpoint, etcd prefix, cluster secret. Runs the parent's calls ({ id, op,
+// args } over IPC; `op` a GalleonFS method or one of the helpers below) and answers { id, value }
+// or { id, error: { code, message } }. SIGTERM closes the instance and exits 0.
+
+import { EtcdCoordinator } from '../../backends/etcd/index.js'
+import { TcpTransport } from '../../backends/tcp/index.js'
+import { GalleonFS, type WriteConcern } from '../../src/index.js'
+import { BS, mismatches, versionBlock } from './r70-blocks.js'
+
+const [nodeId, storagePath, endpoint, prefix, secret] = process.argv.slice(2) as [string, string, string, string, string]
+const coordinator = await EtcdCoordinator.connect({ endpoints: [endpoint], prefix, requestTimeoutMs: 1000 })
+const transport = new TcpTransport({ nodeId, clusterSecret: secret })
+// A copy's node is never replaced while the test has it stopped or killed.
+const g = await GalleonFS.open({ storagePath, cluster: { nodeId, transport, coordinator, leaseTtlMs: 2000, replicaReplacementDelayMs: 3_600_000 } })
+
+type View = string | { volume: string, snapshot: string }
+const CHUNK = 256
+
+async function call (op: string, args: unknown[]): Promise<unknown> {
+  if (op === 'healthyMembers') return g.cluster?.members.filter((m) => m.healthy).length ?? 0
+  if (op === 'writeRange') {
+    // Blocks first .. first+count-1 at `version`, in multi-block writes.
+    const [volume, first, count, version, concern] = args as [string, number, number, number, WriteConcern | undefined]
+    for (let at = first; at < first + count; at += CHUNK) {
+      const n = Math.min(CHUNK, first + count - at)
+      const data = Buffer.alloc(n * BS)
+      for (let k = 0; k < n; k++) versionBlock(at + k, version).copy(data, k * BS)
+      await g.write(volume, at * BS, data, concern)
+    }
+    return undefined
+  }
+  if (op === 'checkView') {
+    // What of the view (read through this node) differs from `versions`.
+    const [view, versions, candidates] = args as [View, number[], number[]]
+    const data = Buffer.alloc(versions.length * BS)
+    for (let at = 0; at < versions.length; at += 1024) {
+      const n = Math.min(1024, versions.length - at)
+      data.set(await g.read(view, at * BS, n * BS), at * BS)
+    }
+    return mismatches(data, versions, candidates)
+  }
+  if (op === 'blockIs') {
+    // Whether block `index` of the volume (read through this node) holds `version`.
+    const [volume, index, version] = args as [string, number, number]
+    return Buffer.from(await g.readBlock(volume, index)).equals(versionBlock(index, version))
+  }
+  if (op === 'snapshotNames') return (await g.listSnapshots(args[0] as string)).map((s) => s.name).sort()
+  const method = (g as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op]
+  if (typeof method !== 'function') throw new Error(`no GalleonFS method ${op}`)
+  return await method.apply(g, args)
+}
+
+process.on('message', (message: { id: number, op: string, args: unknown[] }) => {
+  call(message.op, message.args).then(
+    (value) => { process.send?.({ id: message.id, value }) },
+    (err: { code?: string, message?: string }) => { process.send?.({ id: message.id, error: { code: err?.code ?? 'ERROR', message: err?.message ?? String(err) } }) }
+  )
+})
+process.once('SIGTERM', () => {
+  void g.close().finally(() => { process.exit(0) })
+})
+process.send?.({ ready: true })
