@@ -1,8 +1,9 @@
 // Review r70: replication with real node processes (TCP transport, real etcd) killed with SIGKILL
 // at chosen moments: the primary while a returning copy is resynced (delta), the primary while a
 // snapshot is created, deleted or reverted (with every copy there, and with one away), and a copy
-// while a resync brings back the snapshots it missed. A moment is held by stopping (SIGSTOP) the
-// process whose answer the primary waits for, so the kill lands in it on every run. After each,
+// while a resync brings back the snapshots it missed. A moment is held so that the kill lands in it
+// on every run: mid-resync by stopping (SIGSTOP) the copy being resynced, mid-call by holding the
+// stream batches a copy receives (then handed on, or dropped as if never sent). After each,
 // the volume must serve the model's bytes (live and in every snapshot), its copies must come back
 // in sync, and each copy's storage, opened alone at the end, must hold the model's bytes.
 
@@ -135,5 +136,149 @@ describe('review r70: replication under SIGKILL (node processes, TCP, etcd)', { 
     await a.call('flush', 'v')
     for (const n of [a, b, c]) await nodes.kill(n, 'SIGTERM')
     await checkCopiesAlone([['a', a.dir], ['b', b.dir], ['c', c.dir]], 'v', model, 'each copy alone')
+  })
+
+  type SnapshotOp = { kind: 'create' | 'delete' | 'revert', name: string }
+  /** The calls of the trials, each killed mid-way; the snapshot each names follows from what the cluster kept. */
+  const KINDS: Array<SnapshotOp['kind']> = ['create', 'create', 'delete', 'revert', 'revert', 'delete']
+  /** Trial `k`'s call: a new snapshot, the deletion of the oldest, or a revert to the newest. */
+  function opOn (model: Model, kind: SnapshotOp['kind'], k: number): SnapshotOp {
+    const names = [...model.snapshots.keys()]
+    if (kind === 'create') return { kind, name: `t${k}` }
+    return { kind, name: (kind === 'delete' ? names[0] : names[names.length - 1]) as string }
+  }
+
+  /**
+   * One snapshot call made on `caller` (forwarded to `primary`, or on the primary itself) while
+   * `held` holds the primary's stream batches, so the primary has made it on its own copy and waits
+   * for that copy; then the primary is killed with SIGKILL and `held` takes the held batch (`drop`
+   * false) or never gets it (`drop` true). Returns the model the cluster ended with (the call's
+   * effect is there on every copy, or nowhere) and the call's outcome.
+   */
+  async function killedMidCall (primary: ChildNode, caller: ChildNode, held: ChildNode, others: ChildNode[], model: Model, op: SnapshotOp, drop: boolean): Promise<{ model: Model, outcome: string, next: ChildNode }> {
+    const after = model.clone()
+    if (op.kind === 'create') after.snapshot(op.name)
+    else if (op.kind === 'delete') after.snapshots.delete(op.name)
+    else after.revert(op.name)
+    // A block the revert changes (the made effect is looked for there on the primary).
+    const changed = model.live.findIndex((v, i) => v !== after.live[i])
+    await held.call('holdStream')
+    let outcome: Promise<string>
+    try {
+      const method = { create: 'createSnapshot', delete: 'deleteSnapshot', revert: 'restoreSnapshot' }[op.kind]
+      outcome = caller.call(method, 'v', op.name).then(() => 'resolved', (err: { code?: string, message?: string }) => `rejected ${err.code ?? '?'}: ${err.message ?? ''}`)
+      await until(`the primary ${primary.id} made the ${op.kind} of ${op.name} on its own copy and sent it to ${held.id}`, async () => {
+        if (await held.call<number>('heldBatches') === 0) return false
+        if (op.kind === 'revert') return await primary.call<boolean>('blockIs', 'v', changed, after.live[changed]).catch(() => false)
+        const names = await primary.call<string[]>('snapshotNames', 'v')
+        return names.includes(op.name) === (op.kind === 'create')
+      }, 20_000, 2)
+      // Still waiting for the held copy: the call has not been answered.
+      const early = await Promise.race([outcome, new Promise((resolve) => setTimeout(() => resolve('pending'), 50))])
+      assert.equal(early, 'pending', `the ${op.kind} of ${op.name} waits for the copy ${held.id}`)
+      await nodes.kill(primary)
+    } finally {
+      await held.call('releaseStream', drop)
+    }
+    // A copy that was in sync takes over (the held one or another).
+    const survivors = [held, ...others]
+    let next: ChildNode | undefined
+    await until('a copy takes over', async () => {
+      for (const n of survivors) {
+        const status = await n.call<Status>('replicationStatus', 'v').catch(() => undefined)
+        if (status?.role === 'primary') { next = n; return true }
+      }
+      return false
+    }, 60_000, 50)
+    const result = caller === primary ? 'the caller was killed' : await outcome
+    const names = await (next as ChildNode).call<string[]>('snapshotNames', 'v')
+    let made: boolean
+    if (op.kind === 'revert') {
+      const found = await (next as ChildNode).call<{ count: number, first: unknown[] }>('checkView', 'v', after.live, model.versions())
+      const notFound = found.count === 0 ? undefined : await (next as ChildNode).call<{ count: number, first: unknown[] }>('checkView', 'v', model.live, model.versions())
+      assert.ok(found.count === 0 || notFound?.count === 0, `the live view on ${(next as ChildNode).id} is neither reverted (${found.count} blocks differ, e.g. ${JSON.stringify(found.first)}) nor as before (${notFound?.count ?? 0}, e.g. ${JSON.stringify(notFound?.first)})`)
+      made = found.count === 0
+    } else {
+      made = names.includes(op.name) === (op.kind === 'create')
+    }
+    if (result === 'resolved') assert.ok(made, `the ${op.kind} of ${op.name} resolved but is undone on the new primary ${(next as ChildNode).id}`)
+    return { model: made ? after : model, outcome: `${op.kind} ${op.name} (${drop ? 'dropped' : 'delivered'} to ${held.id}): ${result}, ${made ? 'made' : 'not made'} (new primary ${(next as ChildNode).id})`, next: next as ChildNode }
+  }
+
+  it('the primary killed while a forwarded snapshot create, delete and revert waits for a copy: made on every copy or on none, and a call that resolved is kept', { timeout: 400_000 }, async (t) => {
+    const started = new Map<string, ChildNode>()
+    for (const id of ['a', 'b', 'c']) started.set(id, await nodes.start(id, 'r70-2'))
+    const node = (id: string): ChildNode => started.get(id) as ChildNode
+    await allMembers([...started.values()], 3)
+    let model = new Model(BLOCKS)
+    await node('a').call('createVolume', { name: 'v', sizeBytes: BLOCKS * 4096, replicas: 3 })
+    await inSync(node('a'), 'v', ['a', 'b', 'c'])
+    await write(node('a'), model, 0, BLOCKS)
+    await node('a').call('createSnapshot', 'v', 's0')
+    model.snapshot('s0')
+    await write(node('a'), model, 0, 2000)
+    const outcomes: string[] = []
+    let primary = 'a'
+    for (const [k, kind] of KINDS.entries()) {
+      const op = opOn(model, kind, k)
+      const others = ['a', 'b', 'c'].filter((id) => id !== primary)
+      const caller = node(others[k % 2] as string)
+      const held = node(others[(k + 1) % 2] as string)
+      if (op.kind === 'revert') await write(node(primary), model, 1000, 2000)
+      const ended = await killedMidCall(node(primary), caller, held, [caller], model, op, k % 2 === 1)
+      outcomes.push(ended.outcome)
+      model = ended.model
+      await checkServed(ended.next, 'v', model, ended.outcome)
+      started.set(primary, await nodes.start(primary, 'r70-2', node(primary).dir))
+      primary = ended.next.id
+      await inSync(node(primary), 'v', ['a', 'b', 'c'])
+      for (const id of ['a', 'b', 'c']) await checkServed(node(id), 'v', model, `${ended.outcome}; all back, through ${id}`)
+    }
+    t.diagnostic(outcomes.join('; '))
+    await write(node(primary), model, 4000, 96)
+    await node(primary).call('flush', 'v')
+    for (const n of started.values()) await nodes.kill(n, 'SIGTERM')
+    await checkCopiesAlone([...started.values()].map((n) => [n.id, n.dir]), 'v', model, `each copy alone (${outcomes.join('; ')})`)
+  })
+
+  it('with a copy away, the primary killed during a snapshot create, delete and revert made on it: the other copy takes over, and the copy away comes back with the snapshots as the cluster ended', { timeout: 400_000 }, async (t) => {
+    const started = new Map<string, ChildNode>()
+    for (const id of ['a', 'b', 'c']) started.set(id, await nodes.start(id, 'r70-2b'))
+    const node = (id: string): ChildNode => started.get(id) as ChildNode
+    await allMembers([...started.values()], 3)
+    let model = new Model(BLOCKS)
+    await node('a').call('createVolume', { name: 'v', sizeBytes: BLOCKS * 4096, replicas: 3 })
+    await inSync(node('a'), 'v', ['a', 'b', 'c'])
+    await write(node('a'), model, 0, BLOCKS)
+    await node('a').call('createSnapshot', 'v', 's0')
+    model.snapshot('s0')
+    await nodes.kill(node('c'))
+    await write(node('a'), model, 0, 2000)
+    await until('c is out of sync', async () => !(await node('a').call<Status>('replicationStatus', 'v')).inSync.includes('c'), 30_000, 50)
+    const outcomes: string[] = []
+    let primary = 'a'
+    for (const [k, kind] of KINDS.entries()) {
+      const op = opOn(model, kind, k)
+      const other = primary === 'a' ? 'b' : 'a'
+      if (op.kind === 'revert') await write(node(primary), model, 1000, 2000)
+      // The call is made on the primary itself (the copy away cannot forward it): its caller dies with it.
+      const ended = await killedMidCall(node(primary), node(primary), node(other), [], model, op, k % 2 === 0)
+      outcomes.push(ended.outcome)
+      model = ended.model
+      assert.equal(ended.next.id, other)
+      await checkServed(ended.next, 'v', model, ended.outcome)
+      started.set(primary, await nodes.start(primary, 'r70-2b', node(primary).dir))
+      primary = other
+      await inSync(node(primary), 'v', ['a', 'b'])
+      await checkServed(node(primary === 'a' ? 'b' : 'a'), 'v', model, `${ended.outcome}; back, through the other`)
+    }
+    t.diagnostic(outcomes.join('; '))
+    await write(node(primary), model, 4000, 96)
+    started.set('c', await nodes.start('c', 'r70-2b', node('c').dir))
+    await inSync(node(primary), 'v', ['a', 'b', 'c'])
+    await checkServed(node('c'), 'v', model, `c back (${outcomes.join('; ')})`)
+    await node(primary).call('flush', 'v')
+    for (const n of started.values()) await nodes.kill(n, 'SIGTERM')
+    await checkCopiesAlone([...started.values()].map((n) => [n.id, n.dir]), 'v', model, `each copy alone (${outcomes.join('; ')})`)
   })
 })

@@ -6,12 +6,23 @@
 
 import { EtcdCoordinator } from '../../backends/etcd/index.js'
 import { TcpTransport } from '../../backends/tcp/index.js'
-import { GalleonFS, type WriteConcern } from '../../src/index.js'
+import { GalleonError, GalleonFS, type TransportHandler, type WriteConcern } from '../../src/index.js'
 import { BS, mismatches, versionBlock } from './r70-blocks.js'
 
 const [nodeId, storagePath, endpoint, prefix, secret] = process.argv.slice(2) as [string, string, string, string, string]
 const coordinator = await EtcdCoordinator.connect({ endpoints: [endpoint], prefix, requestTimeoutMs: 1000 })
 const transport = new TcpTransport({ nodeId, clusterSecret: secret })
+// The stream batches this node receives can be held (`holdStream`), then handed on or dropped as if
+// they never arrived (`releaseStream`): a copy the primary waits for, which got its last batch or not.
+let held: Array<{ go: () => void, drop: () => void }> | undefined
+const listen = transport.listen.bind(transport)
+transport.listen = async (handler: TransportHandler): Promise<string> => await listen(async (from, request) => {
+  if (held !== undefined && request.kind === 'repl:apply') {
+    const gate = held
+    await new Promise<void>((resolve, reject) => { gate.push({ go: resolve, drop: () => { reject(new GalleonError('BACKEND_UNAVAILABLE', 'dropped by the test')) } }) })
+  }
+  return await handler(from, request)
+})
 // A copy's node is never replaced while the test has it stopped or killed.
 const g = await GalleonFS.open({ storagePath, cluster: { nodeId, transport, coordinator, leaseTtlMs: 2000, replicaReplacementDelayMs: 3_600_000 } })
 
@@ -45,6 +56,14 @@ async function call (op: string, args: unknown[]): Promise<unknown> {
     // Whether block `index` of the volume (read through this node) holds `version`.
     const [volume, index, version] = args as [string, number, number]
     return Buffer.from(await g.readBlock(volume, index)).equals(versionBlock(index, version))
+  }
+  if (op === 'holdStream') { held = []; return undefined }
+  if (op === 'heldBatches') return held?.length ?? 0
+  if (op === 'releaseStream') {
+    const gate = held ?? []
+    held = undefined
+    for (const batch of gate) args[0] === true ? batch.drop() : batch.go()
+    return gate.length
   }
   if (op === 'snapshotNames') return (await g.listSnapshots(args[0] as string)).map((s) => s.name).sort()
   const method = (g as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op]
