@@ -3,7 +3,9 @@
 // daemon here speaks, as a node of a later release would): the self-check must test replication
 // among the nodes that can hold copies, saying what it found, or fail at once saying why, rather
 // than ask placement for a copy per healthy node, wait 30 s for copies that were never placed and
-// fail with a generic message. Also: its snapshot step must check what it says it does.
+// fail with a generic message; and when a placed copy does not come in sync (its node crashed, its
+// lease not run out yet), the failure must name it and why. Also: its snapshot step must check
+// what it says it does.
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -93,5 +95,20 @@ describe('review r70: galleonfs --test-replication', { skip: SKIP }, () => {
     assert.match(alone.stdout, /# node cli-later is healthy but can hold no copy/)
     assert.match(alone.stderr, /step 1 failed: the daemon is in a cluster with at least 2 healthy nodes that can hold copies \(1: cli-a; 1 more healthy but speaking another inter-node protocol\) \(start more nodes\)/)
     assert.ok(alone.ms < 20_000, `answered in ${alone.ms} ms, not after waiting 30 s for a copy placement never made`)
+  })
+
+  it('with a healthy member that does not answer (a node just crashed, its lease not run out), names the copy not in sync and why', { timeout: 180_000 }, async (t) => {
+    const a = await startNode('dead-a', 'zone-a')
+    await startNode('dead-b', 'zone-b')
+    await until('a sees both nodes healthy', async () => ['dead-a', 'dead-b'].every((id) => healthyMembers(a).then((m) => m.includes(id))), 30_000, 100)
+    const ghost = await EtcdCoordinator.connect({ endpoints: [etcd.endpoint], prefix: '/galleonfs/' })
+    ghosts.push(ghost)
+    await ghost.join({ id: 'dead-c', address: `127.0.0.1:${await freePort()}`, zone: 'zone-c', labels: {}, capacityBytes: 1 << 30, freeBytes: 1 << 30, protocol: { version: 1, oldest: 1 } }, { ttlMs: 170_000 })
+    await until('a sees dead-c healthy', async () => (await healthyMembers(a)).includes('dead-c'), 30_000, 100)
+    const result = await selfTest(a)
+    assert.equal(result.code, 1, `${result.stdout}${result.stderr}`)
+    // Before, only '(in sync: dead-a, dead-b)': which copy, and why, was left to guess.
+    assert.match(result.stderr, /step 2 failed: a 3-copy volume is in sync on dead-a, dead-b, dead-c .*not in sync: dead-c: down, BACKEND_UNAVAILABLE: cannot connect to 127\.0\.0\.1:\d+/)
+    t.diagnostic(`${result.ms} ms: ${result.stdout}${result.stderr}`)
   })
 })
