@@ -104,6 +104,8 @@ export type DriverStatus = 'opening' | 'open' | 'closing' | 'closed'
  *   called with `{ sync: true }`) survives kill -9 and power loss.
  * - Values are opaque bytes of 1 .. `MAX_BLOCK_VALUE_BYTES`; the store never interprets them. A
  *   store may keep and write the caller's buffer of a put: callers do not change it afterwards.
+ *   The other way round, a value `get`/`getMany` returned is the caller's until `releaseValues`
+ *   gives it back: the store does not change it afterwards (the engine's block cache keeps it).
  * - Calls may be issued concurrently; batches are applied in call order.
  */
 export interface BlockStore {

@@ -245,6 +245,24 @@ export function blockStoreSuite (options: BlockStoreSuiteOptions): void {
         }
       })
 
+      storeTest('a value handed out stays as it was through later reads and writes (until released)', [], async ({ store }) => {
+        // Callers keep values (the engine's block cache does): a store that reused the memory of one
+        // for a later read or write would change blocks already served.
+        await store.batch([put(addr(1, 0), bytesOf(4096, 1)), put(addr(1, 1), bytesOf(4096, 2))])
+        const first = await store.get(addr(1, 0))
+        const both = store.getMany === undefined ? undefined : await store.getMany([addr(1, 0), addr(1, 1)])
+        await store.get(addr(1, 1))
+        await store.getMany?.([addr(1, 1), addr(1, 0)])
+        await store.batch([put(addr(1, 0), bytesOf(4096, 3)), put(addr(1, 1), bytesOf(4096, 4))])
+        await store.get(addr(1, 0))
+        await store.getMany?.([addr(1, 1), addr(1, 0)])
+        assertBytes(first, bytesOf(4096, 1), 'a value of get()')
+        if (both !== undefined) {
+          assertBytes(both[0], bytesOf(4096, 1), 'the first value of getMany()')
+          assertBytes(both[1], bytesOf(4096, 2), 'the second value of getMany()')
+        }
+      })
+
       storeTest('a put replaces the value at its address, whatever the sizes', [], async ({ store }) => {
         await store.batch([put(addr(1, 1), bytesOf(4096, 1))])
         await store.batch([put(addr(1, 1), bytesOf(10, 2))])
