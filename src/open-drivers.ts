@@ -11,6 +11,7 @@ import type { BackupTarget, BlockStore, KeyProvider, MountDriver } from './drive
 import type { MetadataDatabase } from './volumes/catalog.js'
 import { checkDriverOptions, checkDriverRef, createDriver, isDriverRef, listDrivers, type DriverContext, type DriverRef } from './registry.js'
 import { isNoSpaceError } from './abstract-block-store.js'
+import { checkedBlockStore } from './checked-block-store.js'
 import { OWNER_FILE, checkStorageDirectory, checkStorageMetadata, lockHolder, type SettingsReader } from './storage-layout.js'
 
 /** Block-store backends that come with GalleonFS; `backend` also takes the name of any registered block store. */
@@ -138,6 +139,7 @@ export async function resolveDrivers (options: OpenOptions, reportBackgroundErro
     throw new GalleonError('INVALID_ARGUMENT', 'GalleonFS.open() needs { storagePath } for durable storage, { inMemory: true } for tests, or both { metadata, blockStore } drivers')
   }
   // Every driver reference is checked before anything is created or touched on disk.
+  const givenStore = options.blockStore === undefined ? undefined : checkedBlockStore(options.blockStore, 'blockStore')
   const { keyProvider, backupTarget, mount } = options
   if (keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
   if (options.passphraseCost !== undefined && options.passphrase === undefined) throw new GalleonError('INVALID_ARGUMENT', 'passphraseCost sets the cost of a passphrase\'s salt: pass it with { passphrase }, or leave it out')
@@ -162,7 +164,7 @@ export async function resolveDrivers (options: OpenOptions, reportBackgroundErro
   const created: Array<() => Promise<void>> = []
   try {
     const chosen = backend ?? (storagePath !== undefined ? 'file' : 'memory')
-    const blockStore = options.blockStore ?? await createDriver('blockStore', chosen, backendOptions ?? {}, context, 'backend')
+    const blockStore = givenStore ?? checkedBlockStore(await createDriver('blockStore', chosen, backendOptions ?? {}, context, 'backend'), `block store '${chosen}'`)
     if (options.blockStore === undefined && storagePath !== undefined && blockStore.supports.persistent !== true) {
       throw new GalleonError('INVALID_ARGUMENT', `block store '${chosen}' is not persistent (supports.persistent is false), so its blocks would be lost while the volume records in storagePath remain; use { inMemory: true } with it, or a persistent block store`)
     }

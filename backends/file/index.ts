@@ -6,6 +6,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { makeDirectoriesDurably } from '../../src/durable-files.js'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
+import { vouchForBlockStore } from '../../src/checked-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreFault, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes } from '../../src/errors.js'
 import { LoopStreak, loopTurn } from '../../src/loop-streak.js'
@@ -75,6 +76,8 @@ export class FileBlockStore extends AbstractBlockStore {
 
   constructor (options: FileBlockStoreOptions) {
     super()
+    // A built-in store: GalleonFS.open() uses it without the guard around users' stores.
+    vouchForBlockStore(this)
     const settings = checkOptions(options)
     this.#syncReadMaxBytes = settings.syncReadMaxBytes
     this.#relocateReads = settings.relocateScatteredReads

@@ -5,6 +5,7 @@ import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { AbstractBatchOperation, AbstractBatchOptions, AbstractLevel } from 'abstract-level'
 import { AbstractBlockStore, addressKey, isNoSpaceError, parseAddressKey } from '../../src/abstract-block-store.js'
+import { vouchForBlockStore } from '../../src/checked-block-store.js'
 import { latchLevelWrites } from '../../src/level-write-latch.js'
 import { syncLevelDirectoryOnSyncedWrites } from '../../src/level-directory-sync.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
@@ -81,6 +82,8 @@ export class LevelBlockStore extends AbstractBlockStore {
   /** Creates a closed store; nothing is touched until `open()`. */
   constructor (options: LevelBlockStoreOptions) {
     super()
+    // A built-in store: GalleonFS.open() uses it without the guard around users' stores.
+    vouchForBlockStore(this)
     if (options === null || typeof options !== 'object') {
       throw new GalleonError('INVALID_ARGUMENT', `the level block store needs { location } or { db }, got ${describe(options)}`)
     }

@@ -1,6 +1,7 @@
 // In-memory block store: the fast backend for unit tests. Nothing survives close().
 
 import { AbstractBlockStore, addressKey, parseAddressKey } from '../../src/abstract-block-store.js'
+import { vouchForBlockStore } from '../../src/checked-block-store.js'
 import type { BlockAddress, BlockOp, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { copyBytes } from '../../src/errors.js'
 
@@ -19,6 +20,8 @@ export class MemoryBlockStore extends AbstractBlockStore {
 
   constructor (_options: MemoryBlockStoreOptions = {}) {
     super()
+    // A built-in store: GalleonFS.open() uses it without the guard around users' stores.
+    vouchForBlockStore(this)
   }
 
   protected async _open (): Promise<void> {}
