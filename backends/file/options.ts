@@ -164,6 +164,11 @@ export function checkOptions (options: FileBlockStoreOptions): StoreSettings {
   if (typeof relocateScatteredReads !== 'boolean') {
     throw new GalleonError('INVALID_ARGUMENT', `relocateScatteredReads must be true or false, got ${describe(relocateScatteredReads)}`)
   }
+  // Checked here, not when the first background error comes: a handler that is not a function
+  // would be found out only then, and the error kept in lastBackgroundError instead.
+  if (options.onBackgroundError !== undefined && typeof options.onBackgroundError !== 'function') {
+    throw new GalleonError('INVALID_ARGUMENT', `onBackgroundError must be a function taking the error of background work, got ${describe(options.onBackgroundError)}`)
+  }
   const clock = options.clock ?? WALL_CLOCK
   if (clock === null || typeof clock !== 'object' || typeof clock.now !== 'function') {
     throw new GalleonError('INVALID_ARGUMENT', `clock must be an object with a now() function returning milliseconds, got ${describe(clock)}`)
