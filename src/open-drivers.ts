@@ -140,6 +140,7 @@ export async function resolveDrivers (options: OpenOptions, reportBackgroundErro
   }
   // Every driver reference is checked before anything is created or touched on disk.
   const givenStore = options.blockStore === undefined ? undefined : checkedBlockStore(options.blockStore, 'blockStore')
+  if (options.metadata !== undefined) checkMetadataDatabase(options.metadata)
   const { keyProvider, backupTarget, mount } = options
   if (keyProvider !== undefined && options.passphrase !== undefined) throw new GalleonError('INVALID_ARGUMENT', 'pass either keyProvider or passphrase, not both')
   if (options.passphraseCost !== undefined && options.passphrase === undefined) throw new GalleonError('INVALID_ARGUMENT', 'passphraseCost sets the cost of a passphrase\'s salt: pass it with { passphrase }, or leave it out')
@@ -206,6 +207,21 @@ async function resolveKeyProvider (keyProvider: OpenOptions['keyProvider'], cont
   if (keyProvider.driver === 'internal' && given.length === 0) return {}
   if (keyProvider.driver === 'passphrase' && given.every((key) => key === 'passphrase')) return { passphrase: keyProvider.options?.passphrase as string }
   return { keyProvider: await createDriver('keyProvider', keyProvider.driver, keyProvider.options ?? {}, context, 'keyProvider') }
+}
+
+/** The abstract-level methods GalleonFS calls on a metadata database. */
+const METADATA_METHODS = ['open', 'close', 'get', 'put', 'del', 'batch', 'iterator', 'sublevel'] as const
+
+/**
+ * Refuses, before anything is opened, a `metadata` that is not an abstract-level database: it
+ * failed later as IO_ERROR "metadata.open is not a function", or as a raw TypeError from close().
+ */
+function checkMetadataDatabase (metadata: unknown): void {
+  const record = metadata as Record<string, unknown> | null
+  const missing = record === null || typeof record !== 'object' ? [] : METADATA_METHODS.filter((method) => typeof record[method] !== 'function')
+  if (record === null || typeof record !== 'object' || missing.length > 0) {
+    throw new GalleonError('INVALID_ARGUMENT', `metadata must be an abstract-level database (a ClassicLevel, a MemoryLevel or a sublevel of one), got ${describe(metadata)}${missing.length > 0 ? ` without ${missing.join(', ')}` : ''}`)
+  }
 }
 
 function isMountDriver (value: unknown): value is MountDriver {

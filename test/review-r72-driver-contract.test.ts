@@ -184,3 +184,17 @@ describe('review r72: a block store that breaks its contract', () => {
     }
   })
 })
+
+describe('review r72: a metadata database that is not one', () => {
+  it('open() refuses it with INVALID_ARGUMENT, before anything is opened, not IO_ERROR or a TypeError', async () => {
+    for (const metadata of [{}, 'metadata', 5, { open: async () => {}, get: 1 }]) {
+      const blockStore = new MemoryBlockStore()
+      await assert.rejects(GalleonFS.open({ metadata: metadata as never, blockStore }), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'INVALID_ARGUMENT', `${JSON.stringify(metadata)}: ${err.name} ${err.message}`)
+        assert.match(err.message, /metadata must be an abstract-level database/)
+        return true
+      })
+      assert.equal(blockStore.status, 'closed')
+    }
+  })
+})
