@@ -12,6 +12,7 @@ import { namespaceOf, type VolumeRecord } from '../volumes/catalog.js'
 import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
+import { attachmentsOf } from './attachments-here.js'
 import { callOf, callRef, keptTokens, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
 import { copyEncrypted, toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
@@ -215,6 +216,7 @@ export class ReplicationBridge {
       },
       applyExpand: async (id, sizeBytes) => { await this.#volumes.applyExpand(id, sizeBytes) },
       applyKeyRotation: async (id, generation) => { await this.#keys.applyRotation(id, generation) },
+      attachments: (id) => attachmentsOf(this.#host, id),
       copyLayout: (id, retry) => {
         const record = this.#host.recordById(id)
         const failed = this.#copies.copyConversionErrors.get(id)

@@ -10,6 +10,7 @@ import { names, toVolume } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { callIn, lostAnswer, newCall, type ForwardedCall } from './forwarded-calls.js'
 import { outcomeUnknown } from '../replication/common.js'
+import { inUseElsewhere } from '../replication/attachments.js'
 
 /** Deletes the instance's volumes (see VolumeLifecycle, which hands deletions here). */
 export class VolumeDeletion {
@@ -58,6 +59,9 @@ export class VolumeDeletion {
     if (replication?.forwards(record.id) === true) {
       if (replication.status(record.id)?.role === 'unknown') orphan = await replication.orphan(record.id)
       if (orphan === undefined) {
+        // What holds the volume here refuses before the call leaves: the primary asks this node
+        // too, but one of an earlier release does not.
+        this.#refuseHere(record, options)
         await this.#forwardDelete(record, options, callIn(vol))
         return
       }
@@ -66,11 +70,7 @@ export class VolumeDeletion {
       }
     }
     this.#refuseRetained(record, options)
-    const mounts = mountControl(this.#host.mounts).mountsOf(record.id)
-    if (mounts.length > 0 && options?.force !== true) {
-      throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
-    }
-    this.#refuseAttachments(record, options)
+    this.#refuseHere(record, options)
     // From here no new mount may attach to it (the unmount below and the deletion take a while).
     this.#host.goingAway.add(record.id)
     // Whether the deletion is decided: a replicated volume's record is gone, so the other copies go,
@@ -87,6 +87,13 @@ export class VolumeDeletion {
         this.#refuseRetained(this.#host.catalog.resolve(record.id), options)
         const clones = this.#host.catalog.clonesOf(record.id)
         if (clones.length > 0 && options?.force !== true) throw new GalleonError('BUSY', `volume ${record.name} has clones that still share its blocks (${names(clones)}); delete them first, or pass { force: true } to give each clone its own copy of the data before the volume goes`)
+        // Then what holds it on the other nodes of its copies (see usersElsewhere): asked last, as
+        // close as can be to the record's removal (something that comes there after its answer is
+        // deleted under, as under a forced deletion).
+        if (options?.force !== true) {
+          const refusal = inUseElsewhere(record.name, await replication.usersElsewhere(record.id))
+          if (refusal !== undefined) throw refusal
+        }
         // A move of it to another node stops (before its hand-over; after it, the copy here goes anyway).
         this.#host.nodeMoves.get(record.id)?.abort.abort(new GalleonError('CANCELLED', 'the volume is being deleted'))
         await replication.unregister(record.id)
@@ -150,6 +157,15 @@ export class VolumeDeletion {
       const changing = name === record.storageClass ? '' : ` (it is changing to that class from ${record.storageClass}; the copy here has not converted yet)`
       throw new GalleonError('BUSY', `volume ${record.name} uses storage class ${storageClass.name} whose reclaim policy is Retain${changing}; pass { force: true } to delete its data anyway`)
     }
+  }
+
+  /** BUSY unless forced while the volume is mounted on this node, or has other attachments here (see #refuseAttachments). */
+  #refuseHere (record: VolumeRecord, options: { force?: boolean }): void {
+    const mounts = mountControl(this.#host.mounts).mountsOf(record.id)
+    if (mounts.length > 0 && options?.force !== true) {
+      throw new GalleonError('BUSY', `volume ${record.name} is mounted (${mounts.map((m) => m.path).join(', ')}); unmount it first, or pass { force: true } to unmount and delete it`)
+    }
+    this.#refuseAttachments(record, options)
   }
 
   /**

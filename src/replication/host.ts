@@ -4,6 +4,7 @@
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
 import type { VolumeSpec } from './records.js'
 import type { LinkState } from './link.js'
+import type { VolumeAttachments } from './attachments.js'
 
 /** A copy's applied position: the primary epoch it follows and the last change applied. */
 export interface ReplicaPosition {
@@ -57,6 +58,8 @@ export interface ReplicationHost {
    * `retry`: start the conversion again if it failed.
    */
   copyLayout: (volumeId: string, retry: boolean) => CopyLayout
+  /** What holds the volume on this node: mounts, files and NBD clients (asked before a plain deleteVolume; see attachments.ts). */
+  attachments: (volumeId: string) => VolumeAttachments
   /**
    * Reverts this node's copy of a volume to its copy of snapshot `snapshotId` (the primary
    * reverted); `token`: the forwarded call's that reverted it, kept with the copy (see revertTokens).

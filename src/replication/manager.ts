@@ -49,6 +49,7 @@ import { LeaseFence } from './lease-fence.js'
 import { RecordUpdates } from './record-updates.js'
 import { forwardToPrimary } from './forward.js'
 import { clearDeletionMark, forgetGoneNode, leaveDeletionMarks, leaveDroppedLists, orphanState, recordDeleted } from './cleanup.js'
+import { usersElsewhere, type UsersElsewhere } from './attachments.js'
 
 export type { ReplicaPosition, SnapshotInfo, ReplicationHost, CopyLayout, ReplicationEvents, ForwardedRequest, ReplicationStatus } from './host.js'
 
@@ -348,6 +349,11 @@ export class ReplicationManager {
   /** How each copy of a volume stands against the class of its record (asks the other nodes). */
   copyLayouts (volumeId: string, retry = false): Promise<{ record: ReplicaSetRecord, layouts: Array<CopyLayout & { node: string, unreachable?: string }> } | undefined> {
     return this.#changes.copyLayouts(volumeId, retry)
+  }
+
+  /** What holds a volume on the other nodes of its record: asked of each (see attachments.ts). */
+  usersElsewhere (volumeId: string): Promise<UsersElsewhere> {
+    return usersElsewhere(this.#core, volumeId)
   }
 
   /** The spec in the record of a volume this node holds a copy of, as last read. */

@@ -11,6 +11,7 @@ import { WriteConcern } from '../types.js'
 import { parseRecord, recordKey, type VolumeSpec } from './records.js'
 import { digestRange, type LocalSet, type ManagerCore } from './common.js'
 import type { ForwardedRequest } from './host.js'
+import { ATTACHMENTS_KIND } from './attachments.js'
 
 /** The refusal of I/O sent to node `nodeId` as to the volume's primary when it holds no copy of it. */
 function noCopyMessage (nodeId: string, volumeId: string): string {
@@ -141,6 +142,13 @@ export class ReplicaSide {
       const volumeId = request.header.volumeId
       if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', 'repl:layout needs a volumeId')
       return { kind: 'layout', header: { ...this.#core.host.copyLayout(volumeId, request.header.retry === true) } }
+    })
+    // Asked of every node, whether it holds a copy or not (one whose copy is being made may have nothing open yet).
+    this.#core.cluster.handle(ATTACHMENTS_KIND, async (_from, request) => {
+      const volumeId = request.header.volumeId
+      if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', `${ATTACHMENTS_KIND} needs a volumeId`)
+      const held = this.#core.host.attachments(volumeId)
+      return { kind: 'attachments', header: { mounts: [...held.mounts], writers: held.writers, readers: held.readers, snapshotReaders: held.snapshotReaders } }
     })
     on('repl:apply', async (set, header, payload) => {
       const epoch = header.epoch as number
