@@ -1,8 +1,10 @@
 // What holds a volume on this node (mounts, files and NBD clients opened straight on it or on its
-// snapshots), for the other nodes' questions (see replication/attachments.ts).
+// snapshots), for the other nodes' questions (see replication/attachments.ts) and for a move of it.
 
+import { GalleonError } from '../errors.js'
 import { mountControl } from '../mount/mount-manager.js'
 import type { VolumeAttachments } from '../replication/attachments.js'
+import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 
 /** What holds a volume on this node (see ReplicationHost.attachments). */
@@ -16,3 +18,16 @@ export function attachmentsOf (host: FacadeHost, volumeId: string): VolumeAttach
   }
 }
 
+/**
+ * BUSY while anything holds the volume on this node, whose copy a move to node `node` deletes:
+ * what held it would fail at its next I/O (this node no longer knows the volume), so the move
+ * waits for it to go, as a plain deleteVolume does.
+ */
+export function refuseMoveHere (host: FacadeHost, record: VolumeRecord, node: string): void {
+  const held = attachmentsOf(host, record.id)
+  const after = `this node's copy goes with the move, so their I/O would fail; open them on node ${node} once the volume has moved`
+  if (held.mounts.length > 0) throw new GalleonError('BUSY', `volume ${record.name} is mounted here (${held.mounts.join(', ')}); unmount it before moving it to node ${node} (${after})`)
+  if (held.writers > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${held.writers} writer(s) here: writable files open on it (openVolumeFile) or NBD clients connected read-write; close or disconnect them before moving it to node ${node} (${after})`)
+  if (held.readers > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${held.readers} reader(s) here: files open on it read-only (openVolumeFile) or NBD clients connected read-only; close or disconnect them before moving it to node ${node} (${after})`)
+  if (held.snapshotReaders > 0) throw new GalleonError('BUSY', `volume ${record.name} has ${held.snapshotReaders} reader(s) of its snapshots here: files open on them (openVolumeFile) or NBD clients of their exports; close or disconnect them before moving it to node ${node} (${after})`)
+}

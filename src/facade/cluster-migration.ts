@@ -14,6 +14,7 @@ import type { FacadeHost, NodeMove } from './host.js'
 import { copyEncrypted, specOf } from './records.js'
 import type { VolumeRef } from './refs.js'
 import { FillProgress } from './fill-progress.js'
+import { refuseMoveHere } from './attachments-here.js'
 import { ReplicatedClassChanges } from './replicated-class-change.js'
 
 /** Migrations across the cluster's nodes, and the conversions of this node's copies (GalleonFS checks the caller first). */
@@ -45,6 +46,8 @@ export class ClusterMigrations {
     // the same call again only moves it.
     await this.#checkNodeTarget(node)
     const record = this.#host.catalog.resolve(vol)
+    // Before the class step too: refused only by the move, the call would leave it converted.
+    refuseMoveHere(this.#host, record, node)
     // Refused up front what the class step would make impossible for the move after it.
     const wanted = target.storageClass === undefined ? undefined : this.#host.catalog.storageClass(target.storageClass)
     if (wanted !== undefined && classReplicas(wanted) > Math.max(1, record.replicas)) {
@@ -191,7 +194,7 @@ export class ClusterMigrations {
     // Cancelled by the caller's signal, close() or deleteVolume; `done` once the move has settled.
     const abort = new AbortController()
     let settled!: () => void
-    const entry: NodeMove = { abort, done: new Promise<void>((resolve) => { settled = resolve }), fromLocal: false }
+    const entry: NodeMove = { abort, done: new Promise<void>((resolve) => { settled = resolve }), fromLocal: false, to: node }
     let movingId: string | undefined
     const record = await this.#host.admin(async () => {
       const current = this.#host.catalog.resolve(vol)
@@ -199,6 +202,10 @@ export class ClusterMigrations {
       if (this.#host.migrations.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is migrating already; wait for that migration, or cancel it`)
       if (this.nodeMoves.has(current.id)) throw new GalleonError('BUSY', `volume ${current.name} is moving to another node already; wait for that move, or cancel it`)
       movingId = current.id
+      // Mounts, files and NBD clients here, of a 1-copy volume or of this node's copy of a
+      // replicated one: the move deletes this copy. Once the move is listed (below, in this same
+      // turn), no new one comes here until it ends (see MountBridge).
+      refuseMoveHere(this.#host, current, node)
       if (current.replication !== undefined) {
         this.nodeMoves.set(current.id, entry)
         return current
@@ -214,7 +221,6 @@ export class ClusterMigrations {
       wasLocal = true
       if (this.#host.catalog.clonesOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} has clones reading from it, which would stay here; delete or flatten them first`)
       if (current.source !== undefined) throw new GalleonError('BUSY', `volume ${current.name} is a clone that still reads from ${current.source.volumeId}; migrate it to a 1-copy class first (that gives it its own copy of every block)`)
-      if (mountControl(this.#host.mounts).mountsOf(current.id).length > 0) throw new GalleonError('BUSY', `volume ${current.name} is mounted here; unmount it before moving it to node ${node}`)
       const storageClass = this.#host.catalog.storageClass(current.storageClass)
       // Marked until the record is written, as when a volume becomes replicated (see convertingFrom).
       const updated = await this.#host.catalog.updateVolume(current.id, { replication: { epoch: 0, seq: 0 }, convertingFrom: { storageClass: current.storageClass, replicas: current.replicas } })

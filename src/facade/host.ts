@@ -30,6 +30,8 @@ export interface NodeMove {
   readonly done: Promise<unknown>
   /** The volume had one copy, here, when the move began (a key rotation is refused meanwhile). */
   fromLocal: boolean
+  /** The node the copy moves to. */
+  readonly to: string
 }
 
 export interface RunningMigration {

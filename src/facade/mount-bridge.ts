@@ -85,6 +85,9 @@ export class MountBridge {
     const { record, snapshot } = readSource(this.#host.catalog, ref)
     if (record.state === VolumeState.Deleting || this.#host.goingAway.has(record.id)) throw new GalleonError('VOLUME_NOT_FOUND', `volume ${record.name} is being deleted`)
     if (snapshot !== undefined && this.#host.goingAway.has(snapshot.id)) throw new GalleonError('SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.name} is being deleted`)
+    // A move of it to another node deletes this node's copy (see refuseMoveHere): nothing new holds it here meanwhile.
+    const move = this.#host.nodeMoves.get(record.id)
+    if (move !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is moving to node ${move.to}; mount or open it there once the move has finished (or cancel the move)`)
     if (snapshot === undefined && this.#host.reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
     // As during a revert: nothing new mounts or opens the volume (nor connects to it over NBD, as
     // a session holds a file) while a restore writes into it, so nothing shows it half restored or
