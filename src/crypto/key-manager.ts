@@ -10,7 +10,7 @@
 
 import type { AbstractSublevel } from 'abstract-level'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
 import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
@@ -348,7 +348,8 @@ export class KeyManager {
       throw new GalleonError('DECRYPTION_FAILED', `the backup is encrypted with a key wrapped by KEK ${stored.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open GalleonFS with the key provider, passphrase or master key file in use when the backup was taken`, { cause: err })
     }
     if (!(key instanceof Uint8Array) || backupKeyFingerprint(key) !== stored.fingerprint) throw new GalleonError('DECRYPTION_FAILED', 'the backup key, unwrapped, does not match its fingerprint: the manifest was altered, or the key provider is not the one in use when the backup was taken (its unwrap gave other bytes)')
-    return key
+    // A copy the provider cannot reach (see unwrapDataKey).
+    return copyBytes(key)
   }
 
   /**

@@ -4,7 +4,7 @@
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe } from '../errors.js'
 import { keySourceFix } from './keys.js'
 import { KEY_BYTES } from './cipher.js'
 
@@ -119,7 +119,9 @@ export async function unwrapDataKey (provider: KeyProvider, volumeId: string, ke
   if (!(dek instanceof Uint8Array) || dek.byteLength !== KEY_BYTES || (key.check !== undefined && dataKeyCheck(dek) !== key.check)) {
     throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the data key (version ${key.version}) of volume ${volumeId} to bytes that are not that key (${dek instanceof Uint8Array && dek.byteLength === KEY_BYTES ? 'its check value does not match' : `got ${describe(dek)}`}): it is not the key-encryption key that wrapped it (key ${key.kekId}), or the provider is faulty. Nothing was read or written with it; ${advice}`)
   }
-  return dek
+  // A copy the provider cannot reach: one that answers every unwrap in the same array (or wipes it
+  // later) would otherwise change this volume's key under it, into another volume's key or zeros.
+  return copyBytes(dek)
 }
 
 /** The backup key of `volumeId` unwrapped by `provider`, checked against its fingerprint (see unwrapDataKey). */
@@ -133,7 +135,7 @@ export async function unwrapBackupKey (provider: KeyProvider, volumeId: string, 
   if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES || backupKeyFingerprint(key) !== backup.fingerprint) {
     throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; ${keySourceFix(provider)}`)
   }
-  return key
+  return copyBytes(key) // see unwrapDataKey
 }
 
 export const unb64 = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, 'base64'))

@@ -18,7 +18,7 @@ import { hkdf } from '@noble/hashes/hkdf.js'
 import { scryptAsync } from '@noble/hashes/scrypt.js'
 import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe } from '../errors.js'
 import { KEY_BYTES, NONCE_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
 
 const WRAP_VERSION = 1
@@ -301,7 +301,8 @@ function checkValue (kek: Uint8Array): string {
 export async function wrapChecked (provider: KeyProvider, key: Uint8Array, context: string): Promise<string> {
   let wrapped: Uint8Array
   try {
-    wrapped = await provider.wrap(key, context)
+    // A copy: a provider may wipe the plaintext key it was given once it has wrapped it.
+    wrapped = await provider.wrap(copyBytes(key), context)
   } catch (err) {
     if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') throw err
     throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${(err as Error)?.message ?? String(err)}`, { cause: err })
@@ -309,9 +310,11 @@ export async function wrapChecked (provider: KeyProvider, key: Uint8Array, conte
   if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) wrapped the key for ${context} into ${describe(wrapped)}, not bytes, so nothing was stored`)
   }
+  // Ours from here on: a provider may reuse the array it answered with (its next answer overwriting it).
+  wrapped = copyBytes(wrapped)
   let back: Uint8Array
   try {
-    back = await provider.unwrap(wrapped, context)
+    back = await provider.unwrap(copyBytes(wrapped), context)
   } catch (err) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${(err as Error)?.message ?? String(err)})`, { cause: err })
   }

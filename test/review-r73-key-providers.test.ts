@@ -1,0 +1,86 @@
+// Review r73: a user's own KeyProvider object that misbehaves in ways a real KMS client or HSM
+// binding does (reuses the array it answers with, wipes the plaintext key it was given, throws
+// things that are not Errors) gets a clear error and loses nothing. Real file store on disk.
+
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { GalleonFS, WriteConcern, type KeyProvider } from '../src/index.js'
+import { generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
+
+let root: string
+let counter = 0
+before(async () => { root = await mkdtemp(join(tmpdir(), 'galleon-r73-')) })
+after(async () => { await rm(root, { recursive: true, force: true }) })
+const fresh = (): string => join(root, `t${++counter}`)
+
+const BLOCK = 4096
+const ENCRYPTED = { storageClass: 'encrypted-storage', replicas: 1 } as const
+const block = (fill: number): Uint8Array => new Uint8Array(BLOCK).fill(fill)
+
+/** An HSM-like provider over `kek`; `hooks` change what its wrap and unwrap do. */
+function hsm (kek: Uint8Array, hooks: { unwrapped?: (key: Uint8Array) => Uint8Array, afterWrap?: (dek: Uint8Array) => void, afterUnwrap?: (wrapped: Uint8Array) => void } = {}): KeyProvider {
+  return {
+    name: 'hsm',
+    keyId: 'hsm-key-1',
+    wrap: async (dek, context) => { const wrapped = wrapKey(kek, dek, context); hooks.afterWrap?.(dek); return wrapped },
+    unwrap: async (wrapped, context) => { const key = unwrapKey(kek, wrapped, context); hooks.afterUnwrap?.(wrapped); return (hooks.unwrapped ?? ((k) => k))(key) }
+  }
+}
+
+describe('a key provider that reuses the array it answers unwrap with', () => {
+  it('does not make one volume seal its writes with another volume\'s data key', async () => {
+    const dir = fresh()
+    const kek = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      for (const [name, fill] of [['a', 1], ['b', 2]] as const) {
+        await g.createVolume({ name, sizeBytes: '1M', ...ENCRYPTED })
+        await g.writeBlock(name, 0, block(fill), WriteConcern.WriteDurable)
+      }
+    } finally {
+      await g.close()
+    }
+    // One output buffer for every answer, as a binding writing into a preallocated buffer does.
+    const scratch = new Uint8Array(32)
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek, { unwrapped: (key) => { scratch.set(key); return scratch } }) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 0), block(1))
+      assert.deepEqual(await g.readBlock('b', 0), block(2))
+      await g.writeBlock('a', 1, block(3), WriteConcern.WriteDurable)
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 1), block(3))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('a key provider that overwrites what it was given (wiping a plaintext key, decrypting in place)', () => {
+  it('creates volumes and rotates their keys as any other provider, and they open again', async () => {
+    const dir = fresh()
+    const kek = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek, { afterWrap: (dek) => dek.fill(0), afterUnwrap: (wrapped) => wrapped.fill(0) }) })
+    try {
+      await g.createVolume({ name: 'a', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock('a', 0, block(4), WriteConcern.WriteDurable)
+      await g.rotateVolumeKey('a', { wait: true })
+      assert.deepEqual(await g.readBlock('a', 0), block(4))
+      assert.equal((await g.getVolumeEncryption('a')).keyVersion, 2)
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 0), block(4))
+    } finally {
+      await g.close()
+    }
+  })
+})
