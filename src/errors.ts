@@ -99,6 +99,21 @@ export function quoted (value: string): string {
   return value.length <= 256 ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, 64))}... (${value.length} characters)`
 }
 
+/**
+ * What went wrong, for a message quoting an error that code we do not own threw (a key provider's,
+ * say): its message, or the thing thrown as text, never throwing itself (String() throws for an
+ * object without a prototype, or one whose toString throws).
+ */
+export function reasonOf (err: unknown): string {
+  try {
+    const message = (err as { message?: unknown } | null | undefined)?.message
+    if (typeof message === 'string') return message
+    return String(err)
+  } catch {
+    return `it threw ${describe(err)} that cannot be shown as text`
+  }
+}
+
 /** Short printable description of a value for error messages. */
 export function describe (value: unknown): string {
   if (value === null) return 'null'

@@ -8,7 +8,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type KeyProvider } from '../src/index.js'
-import { generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
+import { ExternalKeyProvider, generateKey, unwrapKey, wrapKey } from '../src/crypto/keys.js'
+import { expectCode } from './support/assertions.js'
 
 let root: string
 let counter = 0
@@ -79,6 +80,42 @@ describe('a key provider that overwrites what it was given (wiping a plaintext k
     g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
     try {
       assert.deepEqual(await g.readBlock('a', 0), block(4))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('a key provider that throws something that is not an Error and cannot be made text', () => {
+  it('fails the call with the usual code and a message naming the provider', async () => {
+    const dir = fresh()
+    const kek = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      await g.createVolume({ name: 'a', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock('a', 0, block(5), WriteConcern.WriteDurable)
+    } finally {
+      await g.close()
+    }
+    // An object without a prototype: String() of it throws a TypeError.
+    const bare = (): never => { throw Object.create(null) }
+    const raw: KeyProvider = { name: 'hsm', keyId: 'hsm-key-1', wrap: async () => bare(), unwrap: async () => bare() }
+    const external = new ExternalKeyProvider({ keyId: 'hsm-key-1', wrap: async () => bare(), unwrap: async () => bare() })
+    for (const keyProvider of [raw, external]) {
+      g = await GalleonFS.open({ storagePath: dir, keyProvider })
+      try {
+        const read = await expectCode(g.readBlock('a', 0), 'DECRYPTION_FAILED', 'cannot unwrap')
+        assert.doesNotMatch(read.message, /TypeError|Cannot convert/)
+        const created = await expectCode(g.createVolume({ name: 'b', sizeBytes: '1M', ...ENCRYPTED }), 'BACKEND_UNAVAILABLE', 'could not wrap')
+        assert.doesNotMatch(created.message, /TypeError|Cannot convert/)
+      } finally {
+        await g.close()
+      }
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 0), block(5))
+      assert.deepEqual(await g.listVolumes().then((volumes) => volumes.map((volume) => volume.name)), ['a'])
     } finally {
       await g.close()
     }

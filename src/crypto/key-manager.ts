@@ -10,7 +10,7 @@
 
 import type { AbstractSublevel } from 'abstract-level'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, copyBytes, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe, reasonOf } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
 import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
@@ -113,7 +113,7 @@ export class KeyManager {
     // BACKEND_UNAVAILABLE, as for any wrap. One that can holds another key than this storage's.
     await wrapChecked(provider, generateKey(), 'key-provider-check')
     const kekIds = [...new Set([...this.#records.values()].map((record) => record.backup.kekId))].slice(0, 3).join(', ')
-    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) works, but cannot open the keys of this storage's encrypted volumes (wrapped by key ${kekIds}): it is not the key they were created with, so nothing new is wrapped under it; ${keySourceFix(provider)} (${(failure as Error)?.message ?? String(failure)})`, { cause: failure })
+    throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) works, but cannot open the keys of this storage's encrypted volumes (wrapped by key ${kekIds}): it is not the key they were created with, so nothing new is wrapped under it; ${keySourceFix(provider)} (${reasonOf(failure)})`, { cause: failure })
   }
   /** Ids of volumes that have key records. */
   volumeIds (): string[] { return [...this.#records.keys()] }

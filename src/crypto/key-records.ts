@@ -4,7 +4,7 @@
 import { hkdf } from '@noble/hashes/hkdf.js'
 import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, copyBytes, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe, reasonOf } from '../errors.js'
 import { keySourceFix } from './keys.js'
 import { KEY_BYTES } from './cipher.js'
 
@@ -114,7 +114,7 @@ export async function unwrapDataKey (provider: KeyProvider, volumeId: string, ke
   try {
     dek = await provider.unwrap(unb64(key.wrapped), dekContext(volumeId, key.version))
   } catch (err) {
-    throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${advice}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    throw new GalleonError('DECRYPTION_FAILED', `the data key of volume ${volumeId} was wrapped by key ${key.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${advice}: ${reasonOf(err)}`, { cause: err })
   }
   if (!(dek instanceof Uint8Array) || dek.byteLength !== KEY_BYTES || (key.check !== undefined && dataKeyCheck(dek) !== key.check)) {
     throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the data key (version ${key.version}) of volume ${volumeId} to bytes that are not that key (${dek instanceof Uint8Array && dek.byteLength === KEY_BYTES ? 'its check value does not match' : `got ${describe(dek)}`}): it is not the key-encryption key that wrapped it (key ${key.kekId}), or the provider is faulty. Nothing was read or written with it; ${advice}`)
@@ -130,7 +130,7 @@ export async function unwrapBackupKey (provider: KeyProvider, volumeId: string, 
   try {
     key = await provider.unwrap(unb64(backup.wrapped), backupKeyContext(volumeId))
   } catch (err) {
-    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${keySourceFix(provider)}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    throw new GalleonError('DECRYPTION_FAILED', `the backup key of volume ${volumeId} was wrapped by key ${backup.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; ${keySourceFix(provider)}: ${reasonOf(err)}`, { cause: err })
   }
   if (!(key instanceof Uint8Array) || key.byteLength !== KEY_BYTES || backupKeyFingerprint(key) !== backup.fingerprint) {
     throw new GalleonError('DECRYPTION_FAILED', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the backup key of volume ${volumeId} to bytes that are not that key (its fingerprint does not match): it is not the key-encryption key that wrapped it (key ${backup.kekId}), or the provider is faulty; ${keySourceFix(provider)}`)

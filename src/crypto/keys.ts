@@ -18,7 +18,7 @@ import { hkdf } from '@noble/hashes/hkdf.js'
 import { scryptAsync } from '@noble/hashes/scrypt.js'
 import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
-import { GalleonError, copyBytes, describe } from '../errors.js'
+import { GalleonError, copyBytes, describe, reasonOf } from '../errors.js'
 import { KEY_BYTES, NONCE_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
 
 const WRAP_VERSION = 1
@@ -305,7 +305,7 @@ export async function wrapChecked (provider: KeyProvider, key: Uint8Array, conte
     wrapped = await provider.wrap(copyBytes(key), context)
   } catch (err) {
     if (err instanceof GalleonError && err.code === 'BACKEND_UNAVAILABLE') throw err
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) could not wrap the key for ${context}, so nothing was stored: ${reasonOf(err)}`, { cause: err })
   }
   if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) wrapped the key for ${context} into ${describe(wrapped)}, not bytes, so nothing was stored`)
@@ -316,7 +316,7 @@ export async function wrapChecked (provider: KeyProvider, key: Uint8Array, conte
   try {
     back = await provider.unwrap(copyBytes(wrapped), context)
   } catch (err) {
-    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${(err as Error)?.message ?? String(err)})`, { cause: err })
+    throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap the key it just wrapped for ${context}, so nothing was stored: check that it may decrypt as well as encrypt (${reasonOf(err)})`, { cause: err })
   }
   if (!(back instanceof Uint8Array) || back.byteLength !== key.byteLength || !timingSafeEqual(back, key)) {
     throw new GalleonError('BACKEND_UNAVAILABLE', `the ${provider.name} key provider (key ${provider.keyId}) unwrapped the key it just wrapped for ${context} to other bytes, so nothing was stored; its wrap and unwrap do not match`)
@@ -387,7 +387,7 @@ export class ExternalKeyProvider implements KeyProvider {
     try {
       wrapped = await this.#within(async () => await this.#wrap(dek, context))
     } catch (err) {
-      throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider could not wrap the key of ${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+      throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider could not wrap the key of ${context}: ${reasonOf(err)}`, { cause: err })
     }
     if (!(wrapped instanceof Uint8Array) || wrapped.byteLength === 0) throw new GalleonError('BACKEND_UNAVAILABLE', `the external key provider's wrap() returned ${describe(wrapped)} for ${context}, not bytes`)
     return wrapped
@@ -398,7 +398,7 @@ export class ExternalKeyProvider implements KeyProvider {
     try {
       dek = await this.#within(async () => await this.#unwrap(wrapped, context))
     } catch (err) {
-      throw new GalleonError('DECRYPTION_FAILED', `the external key provider could not unwrap the key of ${context}: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+      throw new GalleonError('DECRYPTION_FAILED', `the external key provider could not unwrap the key of ${context}: ${reasonOf(err)}`, { cause: err })
     }
     if (!(dek instanceof Uint8Array) || dek.byteLength !== KEY_BYTES) throw new GalleonError('DECRYPTION_FAILED', `the external key provider returned ${describe(dek)} for ${context}, not a ${KEY_BYTES}-byte key`)
     return dek
