@@ -121,3 +121,78 @@ describe('a key provider that throws something that is not an Error and cannot b
     }
   })
 })
+
+describe('a key provider that stops answering', () => {
+  it('costs an open one time limit, not one per encrypted volume; the volumes open again once it answers', async () => {
+    const dir = fresh()
+    const kek = generateKey()
+    let hung = false
+    let unwraps = 0
+    const provider = new ExternalKeyProvider({
+      keyId: 'kms-key-1',
+      timeoutMs: 200,
+      wrap: async (dek, context) => wrapKey(kek, dek, context),
+      unwrap: async (wrapped, context) => { unwraps++; return hung ? await new Promise<Uint8Array>(() => {}) : unwrapKey(kek, wrapped, context) }
+    })
+    const names = ['v0', 'v1', 'v2', 'v3', 'v4', 'v5']
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: provider })
+    try {
+      for (const [i, name] of names.entries()) {
+        await g.createVolume({ name, sizeBytes: '1M', ...ENCRYPTED })
+        await g.writeBlock(name, 0, block(10 + i), WriteConcern.WriteDurable)
+      }
+    } finally {
+      await g.close()
+    }
+    hung = true
+    unwraps = 0
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: provider })
+    try {
+      assert.equal(unwraps, 1, 'the KMS is asked once at open, not once per volume')
+      for (const name of names) await expectCode(g.readBlock(name, 0), 'DECRYPTION_FAILED', 'did not answer')
+    } finally {
+      await g.close()
+    }
+    hung = false
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: provider })
+    try {
+      for (const [i, name] of names.entries()) assert.deepEqual(await g.readBlock(name, 0), block(10 + i))
+    } finally {
+      await g.close()
+    }
+  })
+
+  it('a KeyProvider object of the application\'s own that never answers: open resolves after 30 s, its volume says why', async () => {
+    const dir = fresh()
+    const kek = generateKey()
+    let g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      await g.createVolume({ name: 'a', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock('a', 0, block(6), WriteConcern.WriteDurable)
+      await g.createVolume({ name: 'plain', sizeBytes: '1M' })
+      await g.writeBlock('plain', 0, block(7), WriteConcern.WriteDurable)
+    } finally {
+      await g.close()
+    }
+    const silent: KeyProvider = { name: 'hsm', keyId: 'hsm-key-1', wrap: async () => await new Promise<Uint8Array>(() => {}), unwrap: async () => await new Promise<Uint8Array>(() => {}) }
+    // Not a time limit on GalleonFS: a guard, so that a hang fails this test instead of the run.
+    let guard: NodeJS.Timeout | undefined
+    const opened = await Promise.race([
+      GalleonFS.open({ storagePath: dir, keyProvider: silent }),
+      new Promise<never>((_resolve, reject) => { guard = setTimeout(() => { reject(new Error('open() had not resolved after 120 s')) }, 120_000) })
+    ]).finally(() => { clearTimeout(guard) })
+    g = opened
+    try {
+      await expectCode(g.readBlock('a', 0), 'DECRYPTION_FAILED', 'did not answer within 30000 ms')
+      assert.deepEqual(await g.readBlock('plain', 0), block(7))
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
+    try {
+      assert.deepEqual(await g.readBlock('a', 0), block(6))
+    } finally {
+      await g.close()
+    }
+  })
+})

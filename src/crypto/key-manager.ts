@@ -14,7 +14,8 @@ import { GalleonError, copyBytes, describe, reasonOf } from '../errors.js'
 import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
 import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
-import { openKeyProvider, type KeySource } from './key-source.js'
+import { openKeyProvider, timedKeyProvider, type KeySource } from './key-source.js'
+import { timedOut } from './provider-timeout.js'
 import { GENERATION_RESERVATION, NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
 
@@ -36,6 +37,8 @@ export class KeyManager {
   #opening: Promise<KeyProvider> | undefined
   /** The provider that proved it opens this storage's keys (see #check); only it wraps. */
   #checked: KeyProvider | undefined
+  /** Why the key provider did not answer in time while the volumes were attached (see attach). */
+  #unanswered: GalleonError | undefined
   /** Record writes one at a time (nonce reservations and rotations update the same records). */
   readonly #queue = new SerialQueue()
 
@@ -50,7 +53,7 @@ export class KeyManager {
     if (passphrase !== undefined && source.storagePath === undefined) {
       throw new GalleonError('INVALID_ARGUMENT', 'a passphrase needs storagePath (its salt is kept there); with other drivers pass a keyProvider')
     }
-    this.#provider = keyProvider
+    this.#provider = keyProvider === undefined ? undefined : timedKeyProvider(keyProvider)
   }
 
   /** Loads the key records; with a passphrase, checks it now (a wrong one fails open). */
@@ -155,12 +158,18 @@ export class KeyManager {
       if (record === undefined) throw new GalleonError('CORRUPTION', `the keys of encrypted volume ${volumeId} are missing from the metadata`)
       cipher.restoreGenerations(record.sealedGenerationsBelow ?? 0)
       const provider = await this.#opened()
+      if (this.#unanswered !== undefined) {
+        throw new GalleonError('DECRYPTION_FAILED', `the keys of volume ${volumeId} were not unwrapped: the ${provider.name} key provider (key ${provider.keyId}) did not answer for another volume's keys at this open (${this.#unanswered.message}), so it was not asked again; open GalleonFS again once it answers`, { cause: this.#unanswered })
+      }
       for (const key of record.keys) {
         const dek = await unwrapDataKey(provider, volumeId, key)
         cipher.addKey(key.version, dek, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
       }
     } catch (err) {
       cipher.unavailable = err instanceof GalleonError ? err : new GalleonError('DECRYPTION_FAILED', String(err))
+      // One time limit per open, not one per volume: a hung KMS would otherwise hold open() for
+      // the limit times the number of encrypted volumes.
+      if (timedOut(err)) this.#unanswered ??= cipher.unavailable
     }
     return cipher
   }

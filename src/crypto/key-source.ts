@@ -5,7 +5,8 @@ import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { KeyProvider } from '../drivers.js'
 import { GalleonError } from '../errors.js'
-import { InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
+import { ExternalKeyProvider, InternalKeyProvider, PassphraseKeyProvider, generateKey, unwrapKey, wrapKey } from './keys.js'
+import { PROVIDER_TIMEOUT_MS, withinTimeout } from './provider-timeout.js'
 import { backupKeyFingerprint } from './key-records.js'
 
 /** How the instance gets its key provider. */
@@ -59,4 +60,34 @@ class MemoryKeyProvider implements KeyProvider {
 
   async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> { return wrapKey(this.#kek, dek, context) }
   async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> { return unwrapKey(this.#kek, wrapped, context) }
+}
+
+/**
+ * `provider` with a time limit on each wrap and unwrap: a KeyProvider object of the application's
+ * own (an HSM binding, a KMS client) that never answers would hang open() or createVolume() for
+ * good. Our own providers are returned as they are (an ExternalKeyProvider has its own limit).
+ */
+export function timedKeyProvider (provider: KeyProvider): KeyProvider {
+  if (provider instanceof ExternalKeyProvider || provider instanceof InternalKeyProvider || provider instanceof PassphraseKeyProvider || provider instanceof TimedKeyProvider) return provider
+  return new TimedKeyProvider(provider)
+}
+
+class TimedKeyProvider implements KeyProvider {
+  readonly #inner: KeyProvider
+
+  constructor (inner: KeyProvider) {
+    this.#inner = inner
+  }
+
+  // Read through: a provider may change its keyId when it rotates its key.
+  get name (): string { return this.#inner.name }
+  get keyId (): string { return this.#inner.keyId }
+
+  async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> {
+    return await withinTimeout(async () => await this.#inner.wrap(dek, context), PROVIDER_TIMEOUT_MS)
+  }
+
+  async unwrap (wrapped: Uint8Array, context: string): Promise<Uint8Array> {
+    return await withinTimeout(async () => await this.#inner.unwrap(wrapped, context), PROVIDER_TIMEOUT_MS)
+  }
 }

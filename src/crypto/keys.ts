@@ -20,6 +20,7 @@ import { sha256 } from '@noble/hashes/sha2.js'
 import type { KeyProvider } from '../drivers.js'
 import { GalleonError, copyBytes, describe, reasonOf } from '../errors.js'
 import { KEY_BYTES, NONCE_BYTES, defaultCipher, type AeadCipher } from './cipher.js'
+import { MAX_TIMER_MS, PROVIDER_TIMEOUT_MS, withinTimeout } from './provider-timeout.js'
 
 const WRAP_VERSION = 1
 const WRAPPED_BYTES = 1 + NONCE_BYTES + KEY_BYTES + 16
@@ -340,9 +341,8 @@ export function keySourceFix (provider: KeyProvider): string {
 }
 
 /** How long an ExternalKeyProvider's wrap or unwrap may take by default. */
-export const EXTERNAL_TIMEOUT_MS = 30_000
-/** The longest delay Node's timers take (a longer one fires after 1 ms). */
-export const MAX_TIMER_MS = 2 ** 31 - 1
+export const EXTERNAL_TIMEOUT_MS = PROVIDER_TIMEOUT_MS
+export { MAX_TIMER_MS }
 
 /** Key provider whose wrap and unwrap are functions the application supplies (a KMS, an HSM). */
 export class ExternalKeyProvider implements KeyProvider {
@@ -371,15 +371,7 @@ export class ExternalKeyProvider implements KeyProvider {
 
   /** `call`'s result, or a rejection once `timeoutMs` passed without one. */
   async #within<T> (call: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
-    try {
-      return await Promise.race([
-        call(),
-        new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`it did not answer within ${this.#timeoutMs} ms`)) }, this.#timeoutMs) })
-      ])
-    } finally {
-      clearTimeout(timer)
-    }
+    return await withinTimeout(call, this.#timeoutMs)
   }
 
   async wrap (dek: Uint8Array, context: string): Promise<Uint8Array> {

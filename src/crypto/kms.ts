@@ -16,6 +16,7 @@ import { childEnvironment } from '../child-env.js'
 import { GalleonError, describe } from '../errors.js'
 import { runOffLoop } from '../off-loop-command.js'
 import { ExternalKeyProvider, MAX_TIMER_MS } from './keys.js'
+import { KeyProviderTimeout } from './provider-timeout.js'
 
 type Operation = 'wrap' | 'unwrap'
 
@@ -112,7 +113,7 @@ export function commandKeyProvider (options: CommandKeyProviderOptions): Externa
       ? `did not answer within ${timeoutMs} ms and was killed`
       : ran.killed === 'output' ? `wrote more than ${MAX_OUTPUT_BYTES} bytes and was killed` : ran.signal !== null ? `was killed by ${ran.signal}` : `exited with status ${ran.code}`
     const stderr = ran.stderr.trim().slice(0, 500)
-    throw new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`)
+    throw new GalleonError('BACKEND_UNAVAILABLE', `${source} ${why}${stderr === '' ? '' : `: ${stderr}`}`, ran.killed === 'timeout' ? { cause: new KeyProviderTimeout(timeoutMs, source) } : {})
   }
   return new ExternalKeyProvider({
     keyId,
@@ -157,7 +158,7 @@ export function httpKeyProvider (options: HttpKeyProviderOptions): ExternalKeyPr
     } catch (err) {
       const cause = (err as { cause?: { code?: string, message?: string } })?.cause
       const why = (err as Error)?.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : cause?.code ?? cause?.message ?? (err as Error)?.name ?? 'request failed'
-      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer: ${why}`, { cause: err })
+      throw new GalleonError('BACKEND_UNAVAILABLE', `${source} did not answer: ${why}`, { cause: (err as Error)?.name === 'TimeoutError' ? new KeyProviderTimeout(timeoutMs, source) : err })
     }
     const text = await readLimited(response)
     if (text === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `${source} answered ${response.status} with more than ${MAX_OUTPUT_BYTES} bytes`)

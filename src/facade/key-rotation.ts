@@ -5,6 +5,7 @@ import { GalleonError, describe, errorCode } from '../errors.js'
 import type { KeyProvider } from '../drivers.js'
 import type { VolumeEncryption } from '../crypto/key-manager.js'
 import { InternalKeyProvider, PassphraseKeyProvider } from '../crypto/keys.js'
+import { timedKeyProvider } from '../crypto/key-source.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { replicatorFor } from '../engine/replicator.js'
 import { VolumeState, WriteConcern } from '../types.js'
@@ -346,7 +347,7 @@ export class KeyRotations {
       if (provider === null || typeof provider !== 'object' || typeof provider.wrap !== 'function' || typeof provider.unwrap !== 'function' || typeof provider.keyId !== 'string' || typeof provider.name !== 'string') {
         throw new GalleonError('INVALID_ARGUMENT', `keyProvider must implement { name, keyId, wrap(dek, context), unwrap(wrapped, context) }, got ${describe(provider)}`)
       }
-      next = provider
+      next = timedKeyProvider(provider)
     } else if (options.passphrase !== undefined) {
       if (!(current instanceof PassphraseKeyProvider)) throw new GalleonError('INVALID_ARGUMENT', `this instance uses the ${current.name} key provider, not a passphrase; pass { keyProvider } to move its keys elsewhere`)
       next = await current.change(options.passphrase)
