@@ -4,7 +4,7 @@
 
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { GalleonFS, WriteConcern, type KeyProvider } from '../src/index.js'
@@ -191,6 +191,43 @@ describe('a key provider that stops answering', () => {
     g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
     try {
       assert.deepEqual(await g.readBlock('a', 0), block(6))
+    } finally {
+      await g.close()
+    }
+  })
+})
+
+describe('a backup taken before the keys moved to a KMS, its volume deleted since', () => {
+  it('restores in a storage path of its own holding a copy of master.key, and the refusal here says so', async () => {
+    const dir = fresh()
+    const targetPath = fresh()
+    const kek = generateKey()
+    const kms = new ExternalKeyProvider({ keyId: 'kms-key-1', wrap: async (dek, context) => wrapKey(kek, dek, context), unwrap: async (wrapped, context) => unwrapKey(kek, wrapped, context) })
+    let g = await GalleonFS.open({ storagePath: dir, backupTarget: targetPath })
+    let backupId: string
+    try {
+      await g.createVolume({ name: 'a', sizeBytes: '1M', ...ENCRYPTED })
+      await g.writeBlock('a', 0, block(8), WriteConcern.WriteDurable)
+      backupId = (await g.createBackup('a', { strategy: 'full' })).id
+      await g.rotateKeyEncryptionKey()
+      await g.rotateKeyEncryptionKey({ keyProvider: kms })
+      await g.deleteVolume('a', { force: true })
+    } finally {
+      await g.close()
+    }
+    g = await GalleonFS.open({ storagePath: dir, keyProvider: kms, backupTarget: targetPath })
+    try {
+      await expectCode(g.restoreBackup(backupId, { name: 'back' }), 'DECRYPTION_FAILED', 'storage path of its own', 'master.key')
+    } finally {
+      await g.close()
+    }
+    const elsewhere = fresh()
+    await mkdir(elsewhere)
+    await copyFile(join(dir, 'master.key'), join(elsewhere, 'master.key'))
+    g = await GalleonFS.open({ storagePath: elsewhere, backupTarget: targetPath })
+    try {
+      await g.restoreBackup(backupId, { name: 'back' })
+      assert.deepEqual(await g.readBlock('back', 0), block(8))
     } finally {
       await g.close()
     }

@@ -354,7 +354,7 @@ export class KeyManager {
     try {
       key = await provider.unwrap(unb64(stored.wrapped), backupKeyContext(volumeId))
     } catch (err) {
-      throw new GalleonError('DECRYPTION_FAILED', `the backup is encrypted with a key wrapped by KEK ${stored.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open GalleonFS with the key provider, passphrase or master key file in use when the backup was taken`, { cause: err })
+      throw new GalleonError('DECRYPTION_FAILED', `the backup is encrypted with a key wrapped by KEK ${stored.kekId}, which the ${provider.name} key provider (key ${provider.keyId}) cannot unwrap; open GalleonFS with the key provider, passphrase or master key file in use when the backup was taken (if this storage's keys have moved to another provider since, on a storage path of its own: for the internal provider, an empty one holding a copy of that master.key)`, { cause: err })
     }
     if (!(key instanceof Uint8Array) || backupKeyFingerprint(key) !== stored.fingerprint) throw new GalleonError('DECRYPTION_FAILED', 'the backup key, unwrapped, does not match its fingerprint: the manifest was altered, or the key provider is not the one in use when the backup was taken (its unwrap gave other bytes)')
     // A copy the provider cannot reach (see unwrapDataKey).
