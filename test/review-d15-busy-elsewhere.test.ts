@@ -11,9 +11,9 @@ import assert from 'node:assert/strict'
 import { GalleonFS } from '../src/index.js'
 import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
 import { NbdServer } from '../backends/nbd/index.js'
-import { BS, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { BS, block, closeAll, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { replicatedVolume } from './support/control-call-cluster.js'
-import { CMD_READ, NbdClient } from './support/nbd-client.js'
+import { CMD_READ, goClient } from './support/nbd-client.js'
 import { until } from './support/wait.js'
 
 const kit = diskCluster('galleon-d15-')
@@ -23,18 +23,6 @@ async function outcome (call: Promise<unknown>): Promise<string> {
   return await call.then(() => 'resolved', (err: Error & { code?: string }) => `${err.code ?? ''}: ${err.message}`)
 }
 
-async function closeAll (nodes: DiskNode[]): Promise<void> {
-  await Promise.allSettled(nodes.map(async (n) => await n.g.close()))
-}
-
-/** An NBD client of export `name` on `server`, past NBD_OPT_GO (structured replies on). */
-async function nbdClient (server: NbdServer, name: string): Promise<NbdClient> {
-  const client = await NbdClient.connect(server.port, { closeTimeoutMs: 3_000 })
-  await client.hello()
-  await client.structuredReplies()
-  await client.go(name)
-  return client
-}
 
 /** A node of an earlier release: its cluster answers a repl:attachments question as such a node's does (it has no handler for it). */
 class EarlierReleaseTransport extends MemoryTransport {
@@ -91,7 +79,7 @@ describe('a replicated volume in use on another node and deleteVolume', () => {
     try {
       await replicatedVolume(nodes, 3)
       await n3.g.mounts.mountVolume('v', dir, { readOnly: true })
-      const client = await nbdClient(server, 'v')
+      const client = await goClient(server.port, 'v')
       const refused = await outcome(n2.g.deleteVolume('v'))
       assert.match(refused, /^BUSY: volume v is in use on another node of the cluster: on node n3, mounted \(/, refused)
       assert.match(refused, /1 writer\(s\)/, refused)

@@ -7,9 +7,9 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { NbdServer } from '../backends/nbd/index.js'
-import { BS, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { BS, block, closeAll, diskCluster, type DiskNode } from './support/disk-cluster.js'
 import { replicatedVolume } from './support/control-call-cluster.js'
-import { CMD_READ, NbdClient } from './support/nbd-client.js'
+import { CMD_READ, goClient } from './support/nbd-client.js'
 import { until } from './support/wait.js'
 
 const kit = diskCluster('galleon-d15-move-')
@@ -19,18 +19,6 @@ async function outcome (call: Promise<unknown>): Promise<string> {
   return await call.then(() => 'resolved', (err: Error & { code?: string }) => `${err.code ?? ''}: ${err.message}`)
 }
 
-async function closeAll (nodes: DiskNode[]): Promise<void> {
-  await Promise.allSettled(nodes.map(async (n) => await n.g.close()))
-}
-
-/** An NBD client of export `name` on `server`, past NBD_OPT_GO (structured replies on). */
-async function nbdClient (server: NbdServer, name: string): Promise<NbdClient> {
-  const client = await NbdClient.connect(server.port, { closeTimeoutMs: 3_000 })
-  await client.hello()
-  await client.structuredReplies()
-  await client.go(name)
-  return client
-}
 
 describe('migrateVolume with { node } and what holds the volume on the node giving its copy up', () => {
   it('a writable file open on a 1-copy volume refuses its move (BUSY naming it); the file goes on, the volume stays; closed, the move goes on', async () => {
@@ -60,7 +48,7 @@ describe('migrateVolume with { node } and what holds the volume on the node givi
     const server = await NbdServer.listen(n1.g, { host: '127.0.0.1', port: 0 })
     try {
       await n1.g.createVolume({ name: 'm', sizeBytes: 16 * BS })
-      const client = await nbdClient(server, 'm')
+      const client = await goClient(server.port, 'm')
       const refused = await outcome(n1.g.migrateVolume('m', { node: 'n2' }))
       assert.match(refused, /^BUSY: volume m has 1 writer\(s\) here/, refused)
       client.request(CMD_READ, 6, 0, BS)

@@ -20,7 +20,7 @@ import { WriteConcern } from '../../src/index.js'
 import { parseRecord, recordKey, type ReplicaSetRecord } from '../../src/replication/records.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from '../support/etcd.js'
 import { BS, block } from '../support/disk-cluster.js'
-import { procCluster, type ProcNode } from '../support/r68-procs.js'
+import { procCluster, servedBy, type ProcNode } from '../support/r68-procs.js'
 import { until, within } from '../support/wait.js'
 
 const skip = etcdSkipReason()
@@ -29,18 +29,6 @@ const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
 const digest = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex')
 const outcome = async (call: Promise<unknown>): Promise<string> => await call.then(() => 'ok', (err: { code?: string, message?: string }) => `${err.code ?? '?'} ${err.message ?? ''}`)
 
-/** Waits until one of `nodes` is the volume's primary with at least `min` copies in sync (and, when `whole`, every one its record lists); returns it. */
-async function servedBy (nodes: ProcNode[], min: number, what: string, whole = true): Promise<ProcNode> {
-  let primary: ProcNode | undefined
-  await until(what, async () => {
-    for (const node of nodes) {
-      const status = await node.call('replicationStatus', 'v').catch(() => undefined) as { role?: string, inSync?: string[], nodes?: string[] } | undefined
-      if (status?.role === 'primary' && (status.inSync?.length ?? 0) >= min && (!whole || status.inSync?.length === status.nodes?.length)) { primary = node; return true }
-    }
-    return false
-  }, 90_000, 100)
-  return primary as ProcNode
-}
 
 describe('a move of a replicated volume to another node with a node killed (SIGKILL)', { skip }, () => {
   let etcd: EtcdServer

@@ -19,7 +19,7 @@ import { WriteConcern } from '../../src/index.js'
 import { parseRecord, recordKey } from '../../src/replication/records.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from '../support/etcd.js'
 import { BS, block } from '../support/disk-cluster.js'
-import { procCluster, type ProcNode } from '../support/r68-procs.js'
+import { procCluster, servedBy, type ProcNode } from '../support/r68-procs.js'
 import type { KillPoint } from '../support/r68-node-child.js'
 import { until, within } from '../support/wait.js'
 
@@ -28,18 +28,6 @@ const BLOCKS = 2048
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64')
 const digest = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex')
 
-/** Waits until one of `nodes` is the volume's primary with `count` copies in sync; returns it. */
-async function servedBy (nodes: ProcNode[], count: number, what: string): Promise<ProcNode> {
-  let primary: ProcNode | undefined
-  await until(what, async () => {
-    for (const node of nodes) {
-      const status = await node.call('replicationStatus', 'v').catch(() => undefined) as { role?: string, inSync?: string[] } | undefined
-      if (status?.role === 'primary' && status.inSync?.length === count) { primary = node; return true }
-    }
-    return false
-  }, 90_000, 100)
-  return primary as ProcNode
-}
 
 describe('a replicated class change with a node killed (SIGKILL)', { skip }, () => {
   let etcd: EtcdServer
@@ -137,7 +125,7 @@ describe('a replicated class change with a node killed (SIGKILL)', { skip }, () 
         const other = primary === nodes.n1 ? nodes.n2 : nodes.n1
         primary.child.kill('SIGKILL')
         await primary.exited
-        await servedBy([other], 1, `${other.id} took the volume over`)
+        await servedBy([other], 1, `${other.id} took the volume over`, false)
         assert.equal(await other.call('digest', 'v'), digest(model), `the copy on ${other.id} reads every write`)
         const view = await other.call('getVolume', 'v') as { storageClass: string, encrypted?: boolean }
         assert.deepEqual([view.storageClass, view.encrypted], ['secret2', true])

@@ -75,3 +75,8 @@ export function diskCluster (prefix: string, options: Partial<ClusterOptions> = 
   const track = (g: GalleonFS): GalleonFS => { opened.push(g); return g }
   return { tempDir, startNode, cluster, track }
 }
+
+/** Closes every node's instance, whatever becomes of the others. */
+export async function closeAll (nodes: DiskNode[]): Promise<void> {
+  await Promise.allSettled(nodes.map(async (n) => await n.g.close()))
+}

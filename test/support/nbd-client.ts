@@ -288,3 +288,12 @@ export class NbdClient {
     return { handle: Number(head.readBigUInt64BE(8)), type, error: type === REPLY_TYPE_ERROR ? body.readUInt32BE(0) : 0, body }
   }
 }
+
+/** A client of export `name` on the server at `port`, past NBD_OPT_GO, with structured replies on. */
+export async function goClient (port: number, name: string): Promise<NbdClient> {
+  const client = await NbdClient.connect(port, { closeTimeoutMs: 3_000 })
+  await client.hello()
+  await client.structuredReplies()
+  await client.go(name)
+  return client
+}

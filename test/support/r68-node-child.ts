@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto'
 import { EtcdCoordinator } from '../../backends/etcd/index.js'
 import { TcpTransport } from '../../backends/tcp/index.js'
 import { GalleonFS } from '../../src/index.js'
+import { NOT_OWN, serveParentCalls } from './node-child-calls.js'
 
 /** A migration progress event, as far as the kill points look at it. */
 interface Progress { phase: string, blocksDone: number, blocksTotal: number }
@@ -49,30 +50,14 @@ async function main (): Promise<void> {
       process.send?.({ event, payload })
     })
   }
-  const call = async (op: string, args: unknown[]): Promise<unknown> => {
-    if (op === 'healthyMembers') return g.cluster?.members.filter((m) => m.healthy).length ?? 0
+  serveParentCalls(g, async (op, args) => {
     if (op === 'armKill') { armed = { point: args[0] as KillPoint, blocks: args[1] as number }; return null }
-    if (op === 'writeBlock') return await g.writeBlock(args[0] as string, args[1] as number, Buffer.from(args[2] as string, 'base64'), args[3] as never)
-    if (op === 'readBlock') return Buffer.from(await g.readBlock(args[0] as string, args[1] as number)).toString('base64')
-    if (op === 'write') return await g.write(args[0] as string, args[1] as number, Buffer.from(args[2] as string, 'base64'), args[3] as never)
     if (op === 'digest') {
       const volume = await g.getVolume(args[0] as string)
       return createHash('sha256').update(await g.read(volume.name, 0, volume.sizeBytes)).digest('hex')
     }
-    const method = (g as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op]
-    if (typeof method !== 'function') throw new Error(`no GalleonFS method ${op}`)
-    return await method.apply(g, args)
-  }
-  process.on('message', (message: { id: number, op: string, args: unknown[] }) => {
-    call(message.op, message.args).then(
-      (value) => { process.send?.({ id: message.id, value }) },
-      (err: { code?: string, message?: string }) => { process.send?.({ id: message.id, error: { code: err?.code ?? 'ERROR', message: err?.message ?? String(err) } }) }
-    )
+    return NOT_OWN
   })
-  process.once('SIGTERM', () => {
-    void g.close().finally(() => { process.exit(0) })
-  })
-  process.send?.({ ready: true })
 }
 
 await main()

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { childExit, scriptArgs } from './child-script.js'
 import type { KillPoint } from './r68-node-child.js'
+import { until } from './wait.js'
 
 const CHILD = fileURLToPath(new URL('./r68-node-child.ts', import.meta.url))
 
@@ -68,4 +69,17 @@ export function procCluster (root: string, endpoint: string, prefix: string): { 
     await Promise.all(running.map(async (child) => await childExit(child)))
   }
   return { start, stopAll }
+}
+
+/** Waits until one of `nodes` is volume v's primary with at least `min` copies in sync (and, when `whole`, every one its record lists); returns it. */
+export async function servedBy (nodes: ProcNode[], min: number, what: string, whole = true): Promise<ProcNode> {
+  let primary: ProcNode | undefined
+  await until(what, async () => {
+    for (const node of nodes) {
+      const status = await node.call('replicationStatus', 'v').catch(() => undefined) as { role?: string, inSync?: string[], nodes?: string[] } | undefined
+      if (status?.role === 'primary' && (status.inSync?.length ?? 0) >= min && (!whole || status.inSync?.length === status.nodes?.length)) { primary = node; return true }
+    }
+    return false
+  }, 90_000, 100)
+  return primary as ProcNode
 }

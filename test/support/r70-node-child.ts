@@ -8,6 +8,7 @@ import { EtcdCoordinator } from '../../backends/etcd/index.js'
 import { TcpTransport } from '../../backends/tcp/index.js'
 import { GalleonError, GalleonFS, type TransportHandler, type WriteConcern } from '../../src/index.js'
 import { BS, mismatches, versionBlock } from './r70-blocks.js'
+import { NOT_OWN, serveParentCalls } from './node-child-calls.js'
 
 const [nodeId, storagePath, endpoint, prefix, secret] = process.argv.slice(2) as [string, string, string, string, string]
 const coordinator = await EtcdCoordinator.connect({ endpoints: [endpoint], prefix, requestTimeoutMs: 1000 })
@@ -29,8 +30,7 @@ const g = await GalleonFS.open({ storagePath, cluster: { nodeId, transport, coor
 type View = string | { volume: string, snapshot: string }
 const CHUNK = 256
 
-async function call (op: string, args: unknown[]): Promise<unknown> {
-  if (op === 'healthyMembers') return g.cluster?.members.filter((m) => m.healthy).length ?? 0
+async function own (op: string, args: unknown[]): Promise<unknown> {
   if (op === 'writeRange') {
     // Blocks first .. first+count-1 at `version`, in multi-block writes.
     const [volume, first, count, version, concern] = args as [string, number, number, number, WriteConcern | undefined]
@@ -66,18 +66,7 @@ async function call (op: string, args: unknown[]): Promise<unknown> {
     return gate.length
   }
   if (op === 'snapshotNames') return (await g.listSnapshots(args[0] as string)).map((s) => s.name).sort()
-  const method = (g as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op]
-  if (typeof method !== 'function') throw new Error(`no GalleonFS method ${op}`)
-  return await method.apply(g, args)
+  return NOT_OWN
 }
 
-process.on('message', (message: { id: number, op: string, args: unknown[] }) => {
-  call(message.op, message.args).then(
-    (value) => { process.send?.({ id: message.id, value }) },
-    (err: { code?: string, message?: string }) => { process.send?.({ id: message.id, error: { code: err?.code ?? 'ERROR', message: err?.message ?? String(err) } }) }
-  )
-})
-process.once('SIGTERM', () => {
-  void g.close().finally(() => { process.exit(0) })
-})
-process.send?.({ ready: true })
+serveParentCalls(g, own)
