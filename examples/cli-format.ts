@@ -50,6 +50,15 @@ export function sizeOption (value: string): number {
   return bytes
 }
 
+/**
+ * A volume size checked as sizeOption checks it, but kept as written, so that the daemon's refusal
+ * of one that is not a whole number of blocks knows whether it had a unit (`2K` did not lose one).
+ */
+export function sizeText (value: string): string {
+  sizeOption(value)
+  return value.trim()
+}
+
 /** `key=value,key=value` as an object; a usage error (exit 2) naming the option otherwise. */
 export function keyValues (text: string, option: string): Record<string, string> {
   return Object.fromEntries(text.split(',').map((pair) => pair.trim()).filter((pair) => pair.length > 0).map((pair) => {

@@ -96,7 +96,7 @@ export function addResourceCommands (program: Command, globals: () => Globals): 
     print(globals(), found, () => columns(['FIELD', 'VALUE'], Object.entries(found).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])))
   })
   pool.command('create').argument('<name>').description('create a storage pool')
-    .requiredOption('-s, --capacity <size>', 'capacity with suffix K/M/G/T', sizeOption)
+    .requiredOption('-s, --capacity <size>', 'capacity with suffix K/M/G/T/P', sizeOption)
     .option('--overcommit <ratio>', 'how far provisioned sizes may exceed the capacity (thin provisioning; default 1)', overcommit)
     .option('--nodes <ids>', 'comma-separated cluster node ids the pool\'s volumes may be placed on')
     .option('--node-labels <labels>', 'comma-separated key=value labels a node needs')
@@ -120,7 +120,7 @@ export function addResourceCommands (program: Command, globals: () => Globals): 
       print(globals(), created, () => `created storage pool ${created.name}: ${formatSize(created.capacityBytes)}${created.overcommitRatio === 1 ? '' : ` (up to ${formatSize(created.limitBytes)} provisioned)`}\n`)
     })
   pool.command('update').argument('<name>').description('resize a storage pool or change its description (not below what its volumes provision)')
-    .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T', sizeOption)
+    .option('-s, --capacity <size>', 'new capacity with suffix K/M/G/T/P', sizeOption)
     .option('--overcommit <ratio>', 'new overcommit ratio (at least 1)', overcommit)
     .option('--description <text>', 'new description')
     .action(async (name: string, options: { capacity?: number, overcommit?: number, description?: string }) => {

@@ -3,11 +3,11 @@
 
 import { readFileSync } from 'node:fs'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
-import { formatSize, parseSize } from '../src/size.js'
+import { formatSize } from '../src/size.js'
 import type { ForgottenNode } from '../src/index.js'
 import { ANSWER_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, call, callLong, CliError, daemonEndpoint, NoAnswer, noAnswerInTime, UsageError, type Globals } from './cli-client.js'
 import { ConfigError, parseAddress } from './daemon-config.js'
-import { absolute, columns, print, sizeOption, type VolumeView } from './cli-format.js'
+import { absolute, columns, print, sizeText, type VolumeView } from './cli-format.js'
 import { addAuditCommands } from './cli-audit.js'
 import { addBackupCommands } from './cli-backup.js'
 import { addResourceCommands } from './cli-resources.js'
@@ -70,7 +70,7 @@ export function buildCli (): Command {
   volume.command('create').description('create a volume')
     .option('-n, --name <name>', 'volume name (generated when omitted)')
     .addOption(new Option('-t, --volume-type <type>', 'volume type').choices(['ephemeral', 'persistent', 'shared']).default('persistent'))
-    .addOption(new Option('-s, --size <size>', 'size with suffix K/M/G/T').argParser(sizeOption).default(parseSize('1G'), '1G'))
+    .addOption(new Option('-s, --size <size>', 'size with suffix K/M/G/T/P').argParser(sizeText).default('1G', '1G'))
     .option('-c, --storage-class <class>', 'storage class', 'encrypted-storage')
     .option('-r, --replicas <count>', 'replicas (overrides the storage class)', (v) => {
       const n = Number(v)
@@ -78,7 +78,7 @@ export function buildCli (): Command {
       return n
     })
     .option('-p, --pool <pool>', 'storage pool (default: the storage class\'s, if it names one)')
-    .action(async (options: { name?: string, volumeType: string, size: number, storageClass: string, replicas?: number, pool?: string }) => {
+    .action(async (options: { name?: string, volumeType: string, size: string, storageClass: string, replicas?: number, pool?: string }) => {
       const created = await call(globals(), 'POST', '/v1/volumes', { name: options.name, type: options.volumeType, sizeBytes: options.size, storageClass: options.storageClass, ...(options.replicas === undefined ? {} : { replicas: options.replicas }), ...(options.pool === undefined ? {} : { pool: options.pool }) }) as VolumeView
       print(globals(), created, () => `created volume ${created.name} (${created.id}), ${created.sizeBytes} bytes, class ${created.storageClass}${created.pool === undefined ? '' : `, pool ${created.pool}`}\n`)
     })
@@ -108,8 +108,8 @@ export function buildCli (): Command {
       return head + columns(['NODE', 'ROLE', 'IN SYNC', 'LINK', 'LAG (CHANGES, AGE)', 'SHIPPED', 'RESYNC'], rows)
     })
   })
-  volume.command('expand').description('grow a volume online').argument('<volume>').argument('<size>', 'new size with suffix K/M/G/T', sizeOption)
-    .action(async (ref: string, size: number) => {
+  volume.command('expand').description('grow a volume online').argument('<volume>').argument('<size>', 'new size with suffix K/M/G/T/P', sizeText)
+    .action(async (ref: string, size: string) => {
       const grown = await call(globals(), 'POST', `/v1/volumes/${encodeURIComponent(ref)}/expand`, { sizeBytes: size }) as VolumeView
       print(globals(), grown, () => `volume ${grown.name} is now ${grown.sizeBytes} bytes\n`)
     })

@@ -60,4 +60,27 @@ describe('a volume size that lost its unit', () => {
       await g.close()
     }
   })
+
+  it('a size given with its unit is not said to lack one ("2K" is not "2048 GiB" gone wrong)', async () => {
+    const g = await GalleonFS.open({ inMemory: true })
+    try {
+      const message = async (call: Promise<unknown>): Promise<string> => {
+        let caught: unknown
+        await assert.rejects(call, (err: unknown) => { caught = err; return rejectsWithCode('INVALID_ARGUMENT')(err) })
+        return (caught as Error).message
+      }
+      for (const size of ['2K', '0.5K', '2KiB']) {
+        const text = await message(g.createVolume({ name: 'a', sizeBytes: size }))
+        assert.ok(text.includes('try 4096') && !text.includes('without a unit'), `createVolume ${size}: ${text}`)
+      }
+      await g.createVolume({ name: 'b', sizeBytes: '8K' })
+      const expanded = await message(g.expandVolume('b', '10K'))
+      assert.ok(expanded.includes('try 12288') && !expanded.includes('without a unit'), `expandVolume 10K: ${expanded}`)
+      // Without a unit the hint stays, in a string as in a number.
+      assert.ok((await message(g.createVolume({ name: 'c', sizeBytes: '2048B' }))).includes('for 2048 GiB write "2048G"'))
+      assert.deepEqual((await g.listVolumes()).map((v) => v.name), ['b'])
+    } finally {
+      await g.close()
+    }
+  })
 })

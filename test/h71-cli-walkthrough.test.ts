@@ -148,6 +148,17 @@ describe('h71: a first walk through the daemon and the CLI', () => {
     await expectRefusal(['backup', 'policy', 'run', 'orphan'], /replace the policy \(`galleonfs backup policy delete`, then `galleonfs backup policy create`\)/, /deleteBackupPolicy|createBackupPolicy/)
     assert.equal((await cli(['backup', 'policy', 'delete', 'orphan'])).code, 0)
   })
+
+  it('a size written with its unit but not whole blocks is not said to have lost its unit', async () => {
+    // The CLI sent the parsed bytes, so --size 2K came back as 'for 2048 GiB write "2048G"'.
+    const withUnit = await cli(['volume', 'create', '--name', 'odd', '--size', '2K', '--storage-class', 'fast-local-ssd'])
+    assert.equal(withUnit.code, 1, withUnit.stderr)
+    assert.match(withUnit.stderr, /INVALID_ARGUMENT: .*try 4096/)
+    assert.doesNotMatch(withUnit.stderr, /without a unit/, withUnit.stderr)
+    const bare = await cli(['volume', 'create', '--name', 'odd', '--size', '10', '--storage-class', 'fast-local-ssd'])
+    assert.equal(bare.code, 1, bare.stderr)
+    assert.match(bare.stderr, /for 10 GiB write "10G"/)
+  })
 })
 
 describe('h71: daemon settings refused naming the flag', () => {

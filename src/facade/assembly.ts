@@ -147,7 +147,7 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     volumeView: (record) => volumeView(host, record),
     applyQoS: (record) => applyQoS(host, record),
     ioFailed: (record, operation, err) => ioFailed(host, record, operation, err),
-    checkVolumeSize: (sizeBytes) => { checkVolumeSize(engine.blockSize, sizeBytes) },
+    checkVolumeSize: (sizeBytes, given) => { checkVolumeSize(engine.blockSize, sizeBytes, given) },
     poolPlacement: (pool, placement) => poolPlacement(host, pool, placement),
     forward: (record, request, payload) => bridge.forward(record, request, payload),
     newVolume: (fields, link) => volumes.newVolume(fields, link),

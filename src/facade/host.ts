@@ -107,7 +107,7 @@ export interface FacadeHost {
   /** Hands a volume's policy in force to the I/O path; returns it. */
   applyQoS: (record: VolumeRecord) => { policy?: QoSPolicy, source: QoSPolicySource }
   ioFailed: (record: VolumeRecord, operation: 'read' | 'write' | 'trim' | 'flush', err: unknown) => unknown
-  checkVolumeSize: (sizeBytes: number) => void
+  checkVolumeSize: (sizeBytes: number, given?: number | string) => void
   poolPlacement: (pool: StoragePool, placement: Omit<PoolPlacement, 'nodes'>) => PoolPlacement
   /** Sends an I/O call on a replicated volume to its primary. */
   forward: (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array) => Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }>

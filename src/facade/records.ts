@@ -61,14 +61,18 @@ export function volumeView (host: { readonly replication: ReplicationManager | u
   return status === undefined || status.degraded ? { ...volume, state: VolumeState.Degraded } : volume
 }
 
-/** Throws INVALID_ARGUMENT unless `sizeBytes` is a positive multiple of the block size. */
-export function checkVolumeSize (blockSize: number, sizeBytes: number): void {
+/**
+ * Throws INVALID_ARGUMENT unless `sizeBytes` is a positive multiple of the block size. `given` is
+ * the size as the caller wrote it, so that one written with a unit ("2K") is not said to lack one.
+ */
+export function checkVolumeSize (blockSize: number, sizeBytes: number, given: number | string = sizeBytes): void {
   if (sizeBytes === 0 || sizeBytes % blockSize !== 0) {
     // Rounded up, unless that passes the largest safe integer (the suggestion must itself be accepted).
     const up = Math.ceil(sizeBytes / blockSize) * blockSize
     const suggested = Math.max(blockSize, up <= Number.MAX_SAFE_INTEGER ? up : Math.floor(sizeBytes / blockSize) * blockSize)
     // A size below one block most likely lost its unit ("10" meant as 10 GiB): say so.
-    const unit = sizeBytes > 0 && sizeBytes < blockSize && Number.isInteger(sizeBytes) ? ` (a size without a unit counts bytes: for ${sizeBytes} GiB write "${sizeBytes}G", for ${sizeBytes} MiB "${sizeBytes}M")` : ''
+    const unitless = typeof given === 'number' || /^\s*\d+\s*b?\s*$/i.test(given)
+    const unit = unitless && sizeBytes > 0 && sizeBytes < blockSize && Number.isInteger(sizeBytes) ? ` (a size without a unit counts bytes: for ${sizeBytes} GiB write "${sizeBytes}G", for ${sizeBytes} MiB "${sizeBytes}M")` : ''
     throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${suggested}${unit}`)
   }
 }

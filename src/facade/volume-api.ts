@@ -107,7 +107,7 @@ export class VolumeApi {
     let sizeBytes: number
     try {
       sizeBytes = parseSize(newSizeBytes)
-      checkVolumeSize(this.#f.engine.blockSize, sizeBytes)
+      checkVolumeSize(this.#f.engine.blockSize, sizeBytes, newSizeBytes)
     } catch (err) {
       throw await this.#f.gate.refusedArguments('expandVolume', 'volume:write', object, label, err)
     }

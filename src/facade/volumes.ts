@@ -114,7 +114,7 @@ export class VolumeLifecycle {
     if (!VOLUME_TYPES.has(type)) throw new GalleonError('INVALID_ARGUMENT', `volume type must be one of ${[...VOLUME_TYPES].join(', ')}, got ${describe(type)}`)
     if (options.sizeBytes === undefined) throw new GalleonError('INVALID_ARGUMENT', 'createVolume() needs sizeBytes (bytes, or a string like "100M" or "1G")')
     const sizeBytes = parseSize(options.sizeBytes)
-    this.#host.checkVolumeSize(sizeBytes)
+    this.#host.checkVolumeSize(sizeBytes, options.sizeBytes)
     const className = options.storageClass ?? DEFAULT_STORAGE_CLASS
     if (typeof className !== 'string') throw new GalleonError('INVALID_ARGUMENT', `storageClass must be a class name, got ${describe(className)}`)
     const storageClass = this.#host.catalog.storageClass(className)
