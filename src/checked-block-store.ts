@@ -10,9 +10,13 @@ import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockReadO
 /** Block stores of GalleonFS's own backends, which keep the contract and are used as they are. */
 const vouched = new WeakSet<object>()
 
-/** Marks a block store of a built-in backend: open() uses it without the guard (and its copies). */
-export function vouchForBlockStore (store: BlockStore): void {
-  vouched.add(store)
+/**
+ * Marks a block store of a built-in backend, made by `builtIn`'s own constructor: open() uses it
+ * without the guard (and its copies). An instance of a subclass is not marked: its overrides are
+ * the application's code, which the guard is for.
+ */
+export function vouchForBlockStore (store: BlockStore, builtIn: abstract new (...args: never[]) => BlockStore): void {
+  if (Object.getPrototypeOf(store) === builtIn.prototype) vouched.add(store)
 }
 
 const METHODS = ['open', 'close', 'get', 'batch', 'sync', 'addresses', 'deleteVolume', 'stats'] as const

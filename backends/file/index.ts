@@ -76,8 +76,9 @@ export class FileBlockStore extends AbstractBlockStore {
 
   constructor (options: FileBlockStoreOptions) {
     super()
-    // A built-in store: GalleonFS.open() uses it without the guard around users' stores.
-    vouchForBlockStore(this)
+    // A built-in store: GalleonFS.open() uses it without the guard around users' stores (a
+    // subclass's overrides are a user's code, and get the guard).
+    vouchForBlockStore(this, FileBlockStore)
     const settings = checkOptions(options)
     this.#syncReadMaxBytes = settings.syncReadMaxBytes
     this.#relocateReads = settings.relocateScatteredReads

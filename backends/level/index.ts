@@ -82,8 +82,9 @@ export class LevelBlockStore extends AbstractBlockStore {
   /** Creates a closed store; nothing is touched until `open()`. */
   constructor (options: LevelBlockStoreOptions) {
     super()
-    // A built-in store: GalleonFS.open() uses it without the guard around users' stores.
-    vouchForBlockStore(this)
+    // A built-in store: GalleonFS.open() uses it without the guard around users' stores (a
+    // subclass's overrides are a user's code, and get the guard).
+    vouchForBlockStore(this, LevelBlockStore)
     if (options === null || typeof options !== 'object') {
       throw new GalleonError('INVALID_ARGUMENT', `the level block store needs { location } or { db }, got ${describe(options)}`)
     }
