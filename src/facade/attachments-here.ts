@@ -1,9 +1,10 @@
 // What holds a volume on this node (mounts, files and NBD clients opened straight on it or on its
-// snapshots), for the other nodes' questions (see replication/attachments.ts) and for a move of it.
+// snapshots), for the other nodes' questions (see replication/attachments.ts), for a move of it
+// and for a leave of the cluster.
 
 import { GalleonError } from '../errors.js'
 import { mountControl } from '../mount/mount-manager.js'
-import type { VolumeAttachments } from '../replication/attachments.js'
+import { describeAttachments, type VolumeAttachments } from '../replication/attachments.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
 
@@ -15,6 +16,21 @@ export function attachmentsOf (host: FacadeHost, volumeId: string): VolumeAttach
     writers: mounts.directWriters(volumeId),
     readers: mounts.directReaders(volumeId),
     snapshotReaders: mounts.snapshotFiles({ volumeId })
+  }
+}
+
+/**
+ * BUSY while anything holds one of `records` (replicated volumes) on this node, whose copies a
+ * leave hands off and deletes (see refuseMoveHere).
+ */
+export function refuseLeaveHere (host: FacadeHost, records: readonly VolumeRecord[]): void {
+  const held: string[] = []
+  for (const record of records) {
+    const what = describeAttachments(attachmentsOf(host, record.id))
+    if (what !== undefined) held.push(`volume ${record.name}: ${what}`)
+  }
+  if (held.length > 0) {
+    throw new GalleonError('BUSY', `this node's copies go with the leave, and something holds them here (${held.join('; ')}); unmount, close or disconnect them first (their I/O would fail), then leave, or leave with { force: true } to keep the volumes here out of the cluster`)
   }
 }
 

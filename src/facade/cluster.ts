@@ -9,6 +9,7 @@ import type { Coordinator } from '../drivers.js'
 import type { VolumeRecord } from '../volumes/records.js'
 import { DEFAULT_NAMESPACE } from '../volumes/catalog.js'
 import type { FacadeHost } from './host.js'
+import { refuseLeaveHere } from './attachments-here.js'
 import type { ReplicationBridge } from './replication-bridge.js'
 
 /** What GalleonFS.forgetClusterNode did. */
@@ -163,6 +164,9 @@ export class ClusterMembership {
       const replication = this.#replication
       if (options?.force !== true) {
         this.#cluster.checkLeave(names(host.catalog.volumes().filter((record) => record.replication === undefined)))
+        // The hand-off deletes this node's copies: refused while anything holds one here. From
+        // handOff's first step (this same turn) nothing new attaches here (see MountBridge).
+        refuseLeaveHere(host, host.catalog.volumes().filter((record) => record.replication !== undefined))
         await replication?.handOff()
       }
       // What is still here (a volume created meanwhile, say) is checked again. The leaving mark

@@ -88,6 +88,8 @@ export class MountBridge {
     // A move of it to another node deletes this node's copy (see refuseMoveHere): nothing new holds it here meanwhile.
     const move = this.#host.nodeMoves.get(record.id)
     if (move !== undefined) throw new GalleonError('BUSY', `volume ${record.name} is moving to node ${move.to}; mount or open it there once the move has finished (or cancel the move)`)
+    // A leave of the cluster hands this node's copies off and deletes them (see refuseLeaveHere).
+    if (record.replication !== undefined && this.#host.replication?.leaving === true) throw new GalleonError('BUSY', `volume ${record.name} is replicated and this node is leaving the cluster (its copy here goes); mount or open it on another node of the cluster`)
     if (snapshot === undefined && this.#host.reverting.has(record.id)) throw new GalleonError('BUSY', `volume ${record.name} is being reverted to a snapshot; mount or open it when that has finished`)
     // As during a revert: nothing new mounts or opens the volume (nor connects to it over NBD, as
     // a session holds a file) while a restore writes into it, so nothing shows it half restored or

@@ -312,6 +312,11 @@ export class ReplicationManager {
 
   // ------------------------------------------------------------------ leaving, moving, reshaping
 
+  /** Whether this node is handing its copies off to leave the cluster (from handOff until releaseLeavingMark). */
+  get leaving (): boolean {
+    return this.#changes.handingOff
+  }
+
   /** Before this node leaves the cluster: every copy it holds is handed off (see ReplicaSetChanges.handOff). */
   handOff (options: { timeoutMs?: number } = {}): Promise<void> {
     return this.#changes.handOff(options)
