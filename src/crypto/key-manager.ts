@@ -15,7 +15,7 @@ import type { MetadataDatabase } from '../volumes/catalog.js'
 import { InternalKeyProvider, PassphraseKeyProvider, generateKey, keySourceFix, wrapChecked } from './keys.js'
 import { backupKeyContext, backupKeyFingerprint, dataKeyCheck, dekContext, unb64, unwrapBackupKey, unwrapDataKey, type BackupKey, type BackupKeyRecord, type DataKeyRecord, type VolumeEncryption, type VolumeKeyRecord } from './key-records.js'
 import { openKeyProvider, timedKeyProvider, type KeySource } from './key-source.js'
-import { timedOut } from './provider-timeout.js'
+import { providerTimeout, timedOut } from './provider-timeout.js'
 import { GENERATION_RESERVATION, NONCE_RESERVATION, VolumeCipher } from './volume-cipher.js'
 import { SerialQueue } from '../serial-queue.js'
 
@@ -162,7 +162,7 @@ export class KeyManager {
         throw new GalleonError('DECRYPTION_FAILED', `the keys of volume ${volumeId} were not unwrapped: the ${provider.name} key provider (key ${provider.keyId}) did not answer for another volume's keys at this open (${this.#unanswered.message}), so it was not asked again; open GalleonFS again once it answers`, { cause: this.#unanswered })
       }
       for (const key of record.keys) {
-        const dek = await unwrapDataKey(provider, volumeId, key)
+        const dek = await this.#unwrapAtOpen(provider, volumeId, key)
         cipher.addKey(key.version, dek, { next: key.reservedUpTo, limit: key.reservedUpTo }, key.version === record.current)
       }
     } catch (err) {
@@ -172,6 +172,20 @@ export class KeyManager {
       if (timedOut(err)) this.#unanswered ??= cipher.unavailable
     }
     return cipher
+  }
+
+  /**
+   * unwrapDataKey at open, where a call that timed out gets one more time limit to answer late: a
+   * KMS that is slow once (a cold start, a lost packet) answers, and the key is asked for again;
+   * only one that does not is taken for hung, and not asked for the other volumes' keys (see attach).
+   */
+  async #unwrapAtOpen (provider: KeyProvider, volumeId: string, key: DataKeyRecord): Promise<Uint8Array> {
+    try {
+      return await unwrapDataKey(provider, volumeId, key)
+    } catch (err) {
+      if (await providerTimeout(err)?.answersLate() !== true) throw err
+      return await unwrapDataKey(provider, volumeId, key)
+    }
   }
 
   /**
