@@ -162,7 +162,7 @@ describe('a key provider that stops answering', () => {
     }
   })
 
-  it('a KeyProvider object of the application\'s own that never answers: open resolves after 30 s, its volume says why', async () => {
+  it('a KeyProvider object of the application\'s own that never answers: open resolves once its time limit (30 s) has passed twice (one late answer is waited for), its volume says why', async () => {
     const dir = fresh()
     const kek = generateKey()
     let g = await GalleonFS.open({ storagePath: dir, keyProvider: hsm(kek) })
