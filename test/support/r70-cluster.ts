@@ -57,10 +57,15 @@ export class Model {
   }
 }
 
-/** Nodes for one test file: one etcd, temp directories, every child killed and removed after. */
-export function childCluster (): {
+/**
+ * Nodes for one test file: one etcd (its client URL from `endpoint()`), temp directories, every
+ * child killed and removed after. `script`: the child to run (another with r70-node-child.ts's
+ * arguments and call protocol).
+ */
+export function childCluster (script = CHILD): {
   start: (id: string, prefix: string, dir?: string) => Promise<ChildNode>
   kill: (node: ChildNode, signal?: NodeJS.Signals) => Promise<void>
+  endpoint: () => string
 } {
   let root: string | undefined
   let etcd: EtcdServer | undefined
@@ -80,7 +85,7 @@ export function childCluster (): {
   })
   const start = async (id: string, prefix: string, dir?: string): Promise<ChildNode> => {
     const storage = dir ?? join(root as string, `${prefix}-${id}`)
-    const child = spawn(process.execPath, [...scriptArgs(CHILD), id, storage, (etcd as EtcdServer).endpoint, `/${prefix}`, 'r70-cluster-secret'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
+    const child = spawn(process.execPath, [...scriptArgs(script), id, storage, (etcd as EtcdServer).endpoint, `/${prefix}`, 'r70-cluster-secret'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
     children.add(child)
     child.once('exit', () => { children.delete(child) })
     let stderr = ''
@@ -121,7 +126,7 @@ export function childCluster (): {
     node.child.kill(signal)
     await exited
   }
-  return { start, kill }
+  return { start, kill, endpoint: () => (etcd as EtcdServer).endpoint }
 }
 
 /** Waits until every node sees `count` healthy members. */
