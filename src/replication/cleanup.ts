@@ -4,7 +4,7 @@
 
 import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
-import { RECORD_PREFIX, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord } from './records.js'
+import { RECORD_PREFIX, deletedAgainst, deletedKey, offDropped, parseDeleted, parseRecord, recordKey, type ReplicaSetRecord } from './records.js'
 import type { ManagerCore } from './common.js'
 import type { Roles } from './roles.js'
 
@@ -20,9 +20,11 @@ export async function clearDeletionMark (coordinator: Coordinator, volumeId: str
     const entry = await coordinator.get(deletedKey(volumeId))
     if (entry === undefined) return
     const left = (parseDeleted(entry.value) ?? []).filter((node) => !gone.includes(node))
+    // (The record revision it names stays: see deletedAgainst.)
+    const revision = deletedAgainst(entry.value)
     const done = left.length === 0
       ? await coordinator.delete(deletedKey(volumeId), { expectRevision: entry.revision })
-      : await coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: left }), { expectRevision: entry.revision }) !== undefined
+      : await coordinator.put(deletedKey(volumeId), JSON.stringify({ nodes: left, ...(revision === undefined ? {} : { revision }) }), { expectRevision: entry.revision }) !== undefined
     if (done) return
   }
 }
@@ -61,10 +63,33 @@ export async function recordDeleted (core: ManagerCore, roles: Roles, volumeId: 
   return true
 }
 
-/** Takes this node off the deletion marks that name it while it holds no copy of their volume. */
+/**
+ * Deletes the marks of deletions that never removed their record: written against a revision of
+ * the record (see deletedAgainst), and the record is there at another. Their primary was killed
+ * between the two (or its deletion failed without taking the mark back): the volume was kept, and
+ * the mark would name the copies of a volume that exists, for good. A deletion still under way
+ * that reads the record's new revision marks again before it removes the record (and the delete
+ * here is at the mark's revision), so it never loses its mark. Best effort: looked at again later.
+ */
+export async function dropStaleDeletionMarks (core: ManagerCore, marks: ReadonlyArray<{ key: string, value: string, revision: number }>): Promise<void> {
+  for (const entry of marks) {
+    const against = deletedAgainst(entry.value)
+    if (against === undefined || core.closed) continue
+    const record = await core.coordinator.get(recordKey(entry.key.slice(DELETED_PREFIX.length))).catch(() => null)
+    if (record === null || record === undefined || record.revision === against) continue
+    await core.coordinator.delete(entry.key, { expectRevision: entry.revision }).catch(() => false)
+  }
+}
+
+/**
+ * Takes this node off the deletion marks that name it while it holds no copy of their volume,
+ * and deletes the marks of deletions that never removed their record (see dropStaleDeletionMarks).
+ */
 export async function leaveDeletionMarks (core: ManagerCore): Promise<void> {
   try {
-    for (const entry of await core.coordinator.list(DELETED_PREFIX)) {
+    const marks = await core.coordinator.list(DELETED_PREFIX)
+    await dropStaleDeletionMarks(core, marks)
+    for (const entry of marks) {
       const volumeId = entry.key.slice(DELETED_PREFIX.length)
       if (core.closed) return
       if (!(parseDeleted(entry.value) ?? []).includes(core.nodeId) || core.sets.has(volumeId) || core.deleting.has(volumeId) || core.host.blocks(volumeId) !== undefined) continue

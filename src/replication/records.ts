@@ -129,6 +129,21 @@ export function deletedKey (volumeId: string): string {
   return `replication/deleted/${volumeId}`
 }
 
+/**
+ * The revision of the volume's record a deletion mark was written against (see
+ * ReplicaSetLifecycle.unregister), if it says. A mark whose record is still there at another
+ * revision is left from a deletion that never removed the record (its primary killed in between,
+ * and the record changed since, so that deletion can no longer remove it): see dropStaleDeletionMarks.
+ */
+export function deletedAgainst (value: string): number | undefined {
+  try {
+    const revision = (JSON.parse(value) as { revision?: unknown } | null)?.revision
+    return typeof revision === 'number' && Number.isSafeInteger(revision) && revision > 0 ? revision : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** The nodes a deletion mark lists (see deletedKey); undefined for anything that is not one. */
 export function parseDeleted (value: string): string[] | undefined {
   try {

@@ -148,6 +148,7 @@ export class ReplicaSetLifecycle {
     const coordinator = this.#core.coordinator
     let nodes: string[] = []
     let marked = false
+    let markedRevision = 0
     let retired = false
     const retire = (): void => {
       if (retired) return
@@ -184,11 +185,15 @@ export class ReplicaSetLifecycle {
       // too: one coming back after the deletion finds no record, and goes by the mark.
       const found = parseRecord(entry.value)
       const listed = [...new Set([...(found?.nodes ?? []), ...(found?.droppedNodes ?? []), self])]
-      if (!marked || listed.join() !== nodes.join()) {
+      // The mark says which revision of the record it goes with: one left while the record is
+      // there at another (this node killed before the delete below, the record changed since) is
+      // stale, and goes (see dropStaleDeletionMarks); so each try that reads a new revision marks again.
+      if (!marked || listed.join() !== nodes.join() || markedRevision !== entry.revision) {
         // (Perhaps written with the answer lost: keep removes it.)
         marked = true
-        await coordinator.put(markKey, JSON.stringify({ nodes: listed })).catch(keep)
+        await coordinator.put(markKey, JSON.stringify({ nodes: listed, revision: entry.revision })).catch(keep)
         nodes = listed
+        markedRevision = entry.revision
       }
       retire()
       let deleted: boolean
