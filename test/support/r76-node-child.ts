@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto'
 import { EtcdCoordinator } from '../../backends/etcd/index.js'
 import { TcpTransport } from '../../backends/tcp/index.js'
 import { GalleonFS, WriteConcern, type TransportHandler } from '../../src/index.js'
+import { NOT_OWN, serveParentCalls } from './node-child-calls.js'
 
 /**
  * Where armKill kills this node. `coordinator`: a put, delete or leave whose key contains `key`
@@ -67,8 +68,7 @@ for (const name of ['replication:replica-added', 'replication:demoted', 'replica
   g.on(name, () => { if (armed?.kind === 'event' && armed.name === name) die() })
 }
 
-async function call (op: string, args: unknown[]): Promise<unknown> {
-  if (op === 'healthyMembers') return g.cluster?.members.filter((m) => m.healthy).length ?? 0
+async function own (op: string, args: unknown[]): Promise<unknown> {
   if (op === 'armKill') { armed = args[0] as KillArm; requestsSeen = 0; return undefined }
   if (op === 'fill') {
     // The volume's whole content: each 4 KiB block `seed` and its index.
@@ -83,18 +83,7 @@ async function call (op: string, args: unknown[]): Promise<unknown> {
     return createHash('sha256').update(await g.read(volume.id, 0, volume.sizeBytes)).digest('hex')
   }
   if (op === 'volumeNames') return (await g.listVolumes()).map((v) => v.name).sort()
-  const method = (g as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op]
-  if (typeof method !== 'function') throw new Error(`no GalleonFS method ${op}`)
-  return await method.apply(g, args)
+  return NOT_OWN
 }
 
-process.on('message', (message: { id: number, op: string, args: unknown[] }) => {
-  call(message.op, message.args).then(
-    (value) => { process.send?.({ id: message.id, value }) },
-    (err: { code?: string, message?: string }) => { process.send?.({ id: message.id, error: { code: err?.code ?? 'ERROR', message: err?.message ?? String(err) } }) }
-  )
-})
-process.once('SIGTERM', () => {
-  void g.close().finally(() => { process.exit(0) })
-})
-process.send?.({ ready: true })
+serveParentCalls(g, own)
