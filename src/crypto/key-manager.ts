@@ -39,6 +39,8 @@ export class KeyManager {
   #checked: KeyProvider | undefined
   /** Why the key provider did not answer in time while the volumes were attached (see attach). */
   #unanswered: GalleonError | undefined
+  /** A call that timed out at open has had its one more time limit to answer late (see #unwrapAtOpen). */
+  #lateAnswerWaited = false
   /** Record writes one at a time (nonce reservations and rotations update the same records). */
   readonly #queue = new SerialQueue()
 
@@ -175,15 +177,20 @@ export class KeyManager {
   }
 
   /**
-   * unwrapDataKey at open, where a call that timed out gets one more time limit to answer late: a
-   * KMS that is slow once (a cold start, a lost packet) answers, and the key is asked for again;
-   * only one that does not is taken for hung, and not asked for the other volumes' keys (see attach).
+   * unwrapDataKey at open, where the first call that timed out gets one more time limit to answer
+   * late: a KMS that is slow once (a cold start, a lost packet) answers, and the key is asked for
+   * again; only one that does not is taken for hung, and not asked for the other volumes' keys (see
+   * attach). Once per open: given to every call, a KMS slow at each key's first unwrap (a cache in
+   * front of a slow one) would cost the open up to two limits per encrypted volume.
    */
   async #unwrapAtOpen (provider: KeyProvider, volumeId: string, key: DataKeyRecord): Promise<Uint8Array> {
     try {
       return await unwrapDataKey(provider, volumeId, key)
     } catch (err) {
-      if (await providerTimeout(err)?.answersLate() !== true) throw err
+      const timeout = providerTimeout(err)
+      if (timeout === undefined || this.#lateAnswerWaited) throw err
+      this.#lateAnswerWaited = true
+      if (!await timeout.answersLate()) throw err
       return await unwrapDataKey(provider, volumeId, key)
     }
   }
