@@ -71,7 +71,8 @@ export function checkVolumeSize (blockSize: number, sizeBytes: number, given: nu
     const up = Math.ceil(sizeBytes / blockSize) * blockSize
     const suggested = Math.max(blockSize, up <= Number.MAX_SAFE_INTEGER ? up : Math.floor(sizeBytes / blockSize) * blockSize)
     // A size below one block most likely lost its unit ("10" meant as 10 GiB): say so.
-    const unitless = typeof given === 'number' || /^\s*\d+\s*b?\s*$/i.test(given)
+    // (Any size parseSize took without a unit letter: "10", "10B", "10.0" alike.)
+    const unitless = typeof given === 'number' || !/[kmgtp]/i.test(given)
     const unit = unitless && sizeBytes > 0 && sizeBytes < blockSize && Number.isInteger(sizeBytes) ? ` (a size without a unit counts bytes: for ${sizeBytes} GiB write "${sizeBytes}G", for ${sizeBytes} MiB "${sizeBytes}M")` : ''
     throw new GalleonError('INVALID_ARGUMENT', `volume size must be a positive multiple of the block size (${blockSize} bytes), got ${sizeBytes}; try ${suggested}${unit}`)
   }
