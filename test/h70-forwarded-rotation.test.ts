@@ -14,7 +14,7 @@
 
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -25,7 +25,8 @@ import { until } from './support/wait.js'
 import { namePrimary, recordOf } from './support/replica-records.js'
 import { encryptedVolume, holdStream } from './support/rotation-cluster.js'
 import { BS, block, diskCluster, type DiskNode } from './support/disk-cluster.js'
-import { childExit, scriptArgs } from './support/child-script.js'
+import { childExit } from './support/child-script.js'
+import { spawnNodeChild } from './support/node-child-calls.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
 
 const kit = diskCluster('galleon-h70-')
@@ -128,34 +129,11 @@ describe('h70 with real processes: TCP transport, etcd, the primary closed by SI
   })
 
   async function startChild (id: string): Promise<ChildNode> {
-    const child = spawn(process.execPath, [...scriptArgs(CHILD), id, join(root as string, id), (etcd as EtcdServer).endpoint, '/h70', 'h70-cluster-secret'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
-    children.add(child)
-    child.once('exit', () => { children.delete(child) })
-    let stderr = ''
-    child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    const waiting = new Map<number, { resolve: (value: unknown) => void, reject: (err: unknown) => void }>()
-    let ready: () => void = () => {}
-    const started = new Promise<void>((resolve, reject) => {
-      ready = resolve
-      child.once('exit', (code, signal) => { reject(new Error(`node ${id} exited (${code ?? signal}) before it was ready: ${stderr}`)) })
-    })
-    child.on('message', (message: { ready?: boolean, id?: number, value?: unknown, error?: { code: string, message: string } }) => {
-      if (message.ready === true) return ready()
-      const call = waiting.get(message.id as number)
-      waiting.delete(message.id as number)
-      if (message.error !== undefined) call?.reject(Object.assign(new Error(message.error.message), { code: message.error.code }))
-      else call?.resolve(message.value)
-    })
-    child.once('exit', (code, signal) => {
-      for (const call of waiting.values()) call.reject(new Error(`node ${id} exited (${code ?? signal}) before it answered`))
-      waiting.clear()
-    })
-    await started
-    let next = 0
-    const call = async (op: string, ...args: unknown[]): Promise<unknown> => await new Promise((resolve, reject) => {
-      const id = ++next
-      waiting.set(id, { resolve, reject })
-      child.send({ id, op, args })
+    const { child, call } = await spawnNodeChild(CHILD, [id, join(root as string, id), (etcd as EtcdServer).endpoint, '/h70', 'h70-cluster-secret'], id, {
+      onSpawn: (spawned) => {
+        children.add(spawned)
+        spawned.once('exit', () => { children.delete(spawned) })
+      }
     })
     return { id, child, call }
   }

@@ -2,10 +2,11 @@
 // node is started on a storage path, called over IPC, its events kept, killed with SIGKILL and
 // started again on the same path. Every child still running is killed by `stopAll`.
 
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { childExit, scriptArgs } from './child-script.js'
+import { childExit } from './child-script.js'
+import { spawnNodeChild } from './node-child-calls.js'
 import type { KillPoint } from './r68-node-child.js'
 import { until } from './wait.js'
 
@@ -29,37 +30,14 @@ export interface ProcNode {
 export function procCluster (root: string, endpoint: string, prefix: string): { start: (id: string) => Promise<ProcNode>, stopAll: () => Promise<void> } {
   const children = new Set<ChildProcess>()
   const start = async (id: string): Promise<ProcNode> => {
-    const child = spawn(process.execPath, [...scriptArgs(CHILD), id, join(root, id), endpoint, prefix, 'r68-cluster-secret'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
-    children.add(child)
-    const exited = childExit(child).then(() => { children.delete(child) })
-    let stderr = ''
-    child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    const waiting = new Map<number, { resolve: (value: unknown) => void, reject: (err: unknown) => void }>()
     const events: string[] = []
-    let ready: () => void = () => {}
-    const started = new Promise<void>((resolve, reject) => {
-      ready = resolve
-      child.once('exit', (code, signal) => { reject(new Error(`node ${id} exited (${code ?? signal}) before it was ready: ${stderr}`)) })
-    })
-    child.on('message', (message: { ready?: boolean, event?: string, payload?: unknown, id?: number, value?: unknown, error?: { code: string, message: string } }) => {
-      if (message.ready === true) return ready()
-      if (message.event !== undefined) { events.push(`${message.event} ${JSON.stringify(message.payload)}`); return }
-      const call = waiting.get(message.id as number)
-      waiting.delete(message.id as number)
-      if (message.error !== undefined) call?.reject(Object.assign(new Error(message.error.message), { code: message.error.code }))
-      else call?.resolve(message.value)
-    })
-    child.once('exit', (code, signal) => {
-      for (const call of waiting.values()) call.reject(Object.assign(new Error(`node ${id} exited (${code ?? signal}) before it answered`), { code: 'EXITED' }))
-      waiting.clear()
-    })
-    await started
-    let next = 0
-    const call = async (op: string, ...args: unknown[]): Promise<unknown> => await new Promise((resolve, reject) => {
-      if (child.exitCode !== null || child.signalCode !== null) { reject(Object.assign(new Error(`node ${id} has exited`), { code: 'EXITED' })); return }
-      const callId = ++next
-      waiting.set(callId, { resolve, reject })
-      child.send({ id: callId, op, args })
+    let exited: Promise<void> = Promise.resolve()
+    const { child, call } = await spawnNodeChild(CHILD, [id, join(root, id), endpoint, prefix, 'r68-cluster-secret'], id, {
+      onSpawn: (spawned) => {
+        children.add(spawned)
+        exited = childExit(spawned).then(() => { children.delete(spawned) })
+      },
+      onEvent: (event, payload) => { events.push(`${event} ${JSON.stringify(payload)}`) }
     })
     return { id, child, call, events, exited, armKill: async (point, blocks) => { await call('armKill', point, blocks) } }
   }

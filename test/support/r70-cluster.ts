@@ -4,13 +4,14 @@
 
 import { after, before } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { GalleonFS } from '../../src/index.js'
-import { childExit, scriptArgs } from './child-script.js'
+import { childExit } from './child-script.js'
+import { spawnNodeChild } from './node-child-calls.js'
 import { startEtcd, type EtcdServer } from './etcd.js'
 import { BS, mismatches } from './r70-blocks.js'
 import { until } from './wait.js'
@@ -85,39 +86,11 @@ export function childCluster (script = CHILD): {
   })
   const start = async (id: string, prefix: string, dir?: string): Promise<ChildNode> => {
     const storage = dir ?? join(root as string, `${prefix}-${id}`)
-    const child = spawn(process.execPath, [...scriptArgs(script), id, storage, (etcd as EtcdServer).endpoint, `/${prefix}`, 'r70-cluster-secret'], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
-    children.add(child)
-    child.once('exit', () => { children.delete(child) })
-    let stderr = ''
-    child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-    const waiting = new Map<number, { resolve: (value: unknown) => void, reject: (err: unknown) => void }>()
-    let ready: () => void = () => {}
-    const started = new Promise<void>((resolve, reject) => {
-      ready = resolve
-      child.once('exit', (code, signal) => { reject(new Error(`node ${id} exited (${code ?? signal}) before it was ready: ${stderr}`)) })
-    })
-    child.on('message', (message: { ready?: boolean, id?: number, value?: unknown, error?: { code: string, message: string } }) => {
-      if (message.ready === true) return ready()
-      const call = waiting.get(message.id as number)
-      waiting.delete(message.id as number)
-      if (message.error !== undefined) call?.reject(Object.assign(new Error(message.error.message), { code: message.error.code }))
-      else call?.resolve(message.value)
-    })
-    child.once('exit', (code, signal) => {
-      for (const call of waiting.values()) call.reject(Object.assign(new Error(`node ${id} exited (${code ?? signal}) before it answered`), { code: 'EXITED' }))
-      waiting.clear()
-    })
-    await started
-    let next = 0
-    const call = async <T>(op: string, ...args: unknown[]): Promise<T> => await new Promise((resolve, reject) => {
-      if (child.exitCode !== null || child.signalCode !== null) return reject(Object.assign(new Error(`node ${id} is not running`), { code: 'EXITED' }))
-      const callId = ++next
-      waiting.set(callId, { resolve: resolve as (value: unknown) => void, reject })
-      child.send({ id: callId, op, args }, (err) => {
-        if (err === null) return
-        waiting.delete(callId)
-        reject(Object.assign(err, { code: 'EXITED' }))
-      })
+    const { child, call } = await spawnNodeChild(script, [id, storage, (etcd as EtcdServer).endpoint, `/${prefix}`, 'r70-cluster-secret'], id, {
+      onSpawn: (spawned) => {
+        children.add(spawned)
+        spawned.once('exit', () => { children.delete(spawned) })
+      }
     })
     return { id, dir: storage, child, call }
   }
