@@ -93,17 +93,22 @@ describe('migrateVolume with { node } and what holds the volume on the node givi
     try {
       await n3.g.createStorageClass({ name: 'rep', parameters: { replication: '2' } })
       await replicatedVolume([n1, n2], 2)
-      const mountId = await n2.g.mounts.mountVolume('v', dir, { readOnly: true })
-      const mounted = await outcome(n2.g.migrateVolume('v', { node: 'n3' }))
+      // The second copy is on n2 or n3 (placement breaks the tie by free space): that node gives it
+      // up, to the third.
+      const holderId = (await n1.g.replicationStatus('v')).nodes.find((id) => id !== 'n1') as string
+      const holder = holderId === 'n2' ? n2 : n3
+      const target = holderId === 'n2' ? 'n3' : 'n2'
+      const mountId = await holder.g.mounts.mountVolume('v', dir, { readOnly: true })
+      const mounted = await outcome(holder.g.migrateVolume('v', { node: target }))
       assert.match(mounted, /^BUSY: volume v is mounted here \(/, mounted)
-      await n2.g.mounts.unmountVolume(mountId)
-      const file = await n2.g.mounts.openVolumeFile('v', { readOnly: true })
-      const reading = await outcome(n2.g.migrateVolume('v', { node: 'n3' }))
+      await holder.g.mounts.unmountVolume(mountId)
+      const file = await holder.g.mounts.openVolumeFile('v', { readOnly: true })
+      const reading = await outcome(holder.g.migrateVolume('v', { node: target }))
       assert.match(reading, /^BUSY: volume v has 1 reader\(s\) here/, reading)
-      assert.deepEqual([...(await n1.g.replicationStatus('v')).nodes].sort(), ['n1', 'n2'])
+      assert.deepEqual([...(await n1.g.replicationStatus('v')).nodes].sort(), ['n1', holderId])
       await file.close()
-      await n2.g.migrateVolume('v', { node: 'n3' })
-      await until('n3 holds the copy', async () => (await n1.g.replicationStatus('v')).nodes.includes('n3'), 20_000)
+      await holder.g.migrateVolume('v', { node: target })
+      await until(`${target} holds the copy`, async () => (await n1.g.replicationStatus('v')).nodes.includes(target), 20_000)
     } finally {
       await closeAll(nodes)
     }

@@ -32,17 +32,28 @@ describe('review r76: leaveCluster with a node SIGKILLed (processes, TCP, etcd)'
     for (const node of spawned.splice(0)) await cluster.kill(node)
   }
 
-  /** Three nodes, volumes va (created on n1), vb (n2), vc (n3), each filled; their digests by name. */
+  /**
+   * Three nodes, volumes va (created on n1), vb and vc, each filled; their digests by name. n1 is
+   * va's primary and holds a copy of vc: va's second copy goes to X (n2 or n3: placement breaks a
+   * tie between equally loaded nodes by free space), vb is created on X (its copy goes to Y, the
+   * node holding none), vc on Y (its copy to n1, which holds fewer copies than X).
+   */
   async function setUp (prefix: string): Promise<{ nodes: Record<string, ChildNode>, keys: ClusterKeys, digests: Record<string, string> }> {
     const started = await Promise.all(IDS.map(async (id) => await start(id, prefix)))
     const nodes = Object.fromEntries(started.map((n) => [n.id, n]))
     await allMembers(started, 3)
     const keys = await ClusterKeys.open(cluster.endpoint(), prefix)
     const digests: Record<string, string> = {}
-    for (const [name, id, seed] of [['va', 'n1', 1], ['vb', 'n2', 2], ['vc', 'n3', 3]] as const) {
+    const create = async (name: string, id: string, seed: number): Promise<void> => {
       await nodes[id]?.call('createVolume', { name, sizeBytes: BLOCKS * 4096, replicas: 2 })
       digests[name] = await nodes[id]?.call<string>('fill', name, BLOCKS, seed) as string
     }
+    await create('va', 'n1', 1)
+    const x = (await keys.records()).va?.nodes.find((id) => id !== 'n1') as string
+    const y = IDS.find((id) => id !== 'n1' && id !== x) as string
+    await create('vb', x, 2)
+    await create('vc', y, 3)
+    assert.deepEqual(Object.entries(await keys.records()).filter(([, r]) => r.nodes.includes('n1')).map(([name]) => name).sort(), ['va', 'vc'], 'n1 holds va and vc')
     for (const name of Object.keys(digests)) await settled(keys, nodes, name, 2)
     return { nodes, keys, digests }
   }
