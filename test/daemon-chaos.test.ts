@@ -26,7 +26,7 @@ import { RECORD_PREFIX, parseRecord, type ReplicaSetRecord } from '../src/replic
 import { EtcdCoordinator } from '../backends/etcd/index.js'
 import { startDaemonProcess, type RunningDaemon } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { freePort } from './support/net.js'
+import { restartablePort } from './support/net.js'
 import { BS, checkRegister, checkWritten, decode, patterned, type WriteOp } from './support/chaos-register.js'
 
 const SKIP = etcdSkipReason()
@@ -420,7 +420,7 @@ class ChaosRun {
   async run (): Promise<void> {
     await this.watchRecords()
     for (const [k, id] of NODE_IDS.entries()) {
-      const node: Node = { id, zone: `zone-${k + 1}`, dir: join(root, `${this.seed}-${id}`), bind: `127.0.0.1:${await freePort()}`, daemon: undefined, token: '', paused: false, left: false, leaving: false, logs: [] }
+      const node: Node = { id, zone: `zone-${k + 1}`, dir: join(root, `${this.seed}-${id}`), bind: `127.0.0.1:${await restartablePort()}`, daemon: undefined, token: '', paused: false, left: false, leaving: false, logs: [] }
       this.nodes.push(node)
       await this.start(node)
     }

@@ -15,6 +15,26 @@ export async function freePort (): Promise<number> {
 }
 
 /**
+ * A free TCP port on 127.0.0.1 below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+ * 32768-60999 by default), for a server a test stops and starts again on the same port (a daemon
+ * SIGKILLed and restarted): while it is down, the port cannot be taken as the local end of some
+ * outgoing connection, as a port from freePort() can (a restart then failed with the address in use).
+ */
+export async function restartablePort (): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * 22_000)
+    const free = await new Promise<boolean>((resolve) => {
+      const probe = createServer()
+      probe.unref()
+      probe.once('error', () => { resolve(false) })
+      probe.listen(port, '127.0.0.1', () => { probe.close(() => { resolve(true) }) })
+    })
+    if (free) return port
+    if (attempt >= 100) throw new Error('no free port found between 10000 and 32000')
+  }
+}
+
+/**
  * The plumbing of a relay's connection pair: both sockets tracked in `sockets` while open, their
  * errors ignored (the relay's tests look at what the ends see), and either closing closes the other.
  */
