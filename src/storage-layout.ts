@@ -21,6 +21,16 @@ async function namesIn (directory: string): Promise<string[] | undefined> {
   }
 }
 
+/**
+ * Setting (key of the metadata's settings) recorded once a storage's `file` block store, in its
+ * default place, has a segment list (`blocks/SEGMENTS`, see backends/file/segment-list.ts). A file
+ * store without a list looks like one of a release from before lists, which the store takes as it
+ * is; with this setting a missing list is a list that was lost (perhaps with a segment file).
+ */
+export const FILE_SEGMENT_LIST_SETTING = 'fileSegmentList'
+/** File name of the file store's segment list (backends/file/segment-list.ts). */
+const SEGMENT_LIST_FILE = 'SEGMENTS'
+
 /** What a built-in block store directory holds: nothing, a store (possibly empty), or a store with data. */
 async function blockStoreState (storagePath: string, backend: string): Promise<'absent' | 'empty' | 'data'> {
   const directory = join(storagePath, BLOCK_DIRECTORIES[backend] as string)
@@ -110,6 +120,28 @@ export async function checkStorageMetadata (storagePath: string, backend: string
   if (blocks === 'absent') {
     throw new GalleonError('CORRUPTION', `the storage at ${storagePath} has metadata but its '${backend}' block store ${blocksPath} is missing, so every volume would read as zeros; restore ${blocksPath} from the copy taken with the metadata (or, if the storage keeps its blocks in another backend, open it with that backend), then open again`)
   }
+  if (backend === 'file' && await db.get(`!settings!${FILE_SEGMENT_LIST_SETTING}`) !== undefined) await checkSegmentListPresent(blocksPath)
+}
+
+/**
+ * Refuses a file store whose segment list is gone, once the metadata says the storage has one:
+ * without it the store would take the segment files present as they are, as it takes a store of a
+ * release from before lists, and a segment file lost with the list would go unnoticed (its blocks
+ * reading older versions or zeros). An operator who accepts that loss writes `rebuild` into the
+ * list's place (the file store's own way to open anyway, see backends/file/segment-list.ts).
+ */
+async function checkSegmentListPresent (blocksPath: string): Promise<void> {
+  const listPath = join(blocksPath, SEGMENT_LIST_FILE)
+  try {
+    await stat(listPath)
+    return
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return // unreadable: the store's own open reports it
+  }
+  throw new GalleonError('CORRUPTION', `the segment list ${listPath} of the file block store is missing, though this storage keeps one (its metadata says so): ` +
+    'without it open cannot tell whether a segment file went with it, and the blocks whose newest version was in such a file would read older versions or zeros, so the storage does not open (nothing was changed). ' +
+    `Put the list back (from wherever it went, or a copy of the storage taken with these blocks), or restore the volumes from a backup. To open it anyway, write a file ${listPath} holding the word rebuild (echo rebuild > ${listPath}): ` +
+    'the store then takes the segment files present as they are and starts a new list; then scrub the volumes and restore what is wrong from a backup')
 }
 
 /** A settings value (JSON); text that is not JSON stands for itself, so a message can show it. */

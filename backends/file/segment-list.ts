@@ -21,11 +21,28 @@ export const SEGMENT_LIST_TEMPORARY_NAME = 'SEGMENTS.tmp'
 const FIRST_LINE = 'galleonfs segments 1'
 const CRC_LINE = /^crc32 ([0-9a-f]{8})$/
 
-/** What reading the list found: absent (a store of an earlier release, or a new one), damaged, or the file names it lists. */
+/**
+ * What an operator writes into the list file to have the next open take the segment files present as
+ * they are and write the list anew (see rebuildAdvice): the way to open a store that open refuses
+ * because of its list, once the loss it reports is accepted.
+ */
+export const SEGMENT_LIST_REBUILD = 'rebuild'
+
+/**
+ * What reading the list found: absent (a store of an earlier release, or a new one), damaged, the
+ * file names it lists, or an operator's request to rebuild it from the files present.
+ */
 export type SegmentListFile =
   | { kind: 'absent' }
   | { kind: 'damaged', why: string }
   | { kind: 'listed', names: string[] }
+  | { kind: 'rebuild' }
+
+/** The sentence of an open refused because of the list at `listPath` that says how to open anyway. */
+export function rebuildAdvice (listPath: string): string {
+  return `To open it anyway, replace ${listPath} with a file holding the word ${SEGMENT_LIST_REBUILD} (echo ${SEGMENT_LIST_REBUILD} > ${listPath}): ` +
+    'the store then takes the segment files present as they are, and starts a new list'
+}
 
 /** Reads the list in `directory`. */
 export async function readSegmentList (directory: string): Promise<SegmentListFile> {
@@ -36,6 +53,7 @@ export async function readSegmentList (directory: string): Promise<SegmentListFi
     if (isCode(err, 'ENOENT')) return { kind: 'absent' }
     throw err
   }
+  if (text.trim() === SEGMENT_LIST_REBUILD) return { kind: 'rebuild' }
   const crcAt = text.lastIndexOf('crc32 ')
   const crcLine = CRC_LINE.exec(text.slice(crcAt).replace(/\n$/, ''))
   if (crcAt === -1 || crcLine === null) return { kind: 'damaged', why: 'it has no checksum line' }
@@ -87,15 +105,17 @@ export interface ListCheck {
  * was lost after the fact, and its blocks would read older versions or zeros: CORRUPTION.
  *
  * No list: a store of an earlier release (or a new store before its first list was written); every
- * file is taken as it is and the list written. A file newer than every listed one that holds a
+ * file is taken as it is and the list written. (GalleonFS.open() refuses a storage whose metadata
+ * says its file store has a list before the store opens, see src/storage-layout.ts.) A list holding
+ * just the word `rebuild` (written by an operator, see rebuildAdvice) is treated the same way. A file newer than every listed one that holds a
  * valid record was written by an earlier release that keeps no list (it opened the store since):
  * the list is out of date, so it is not trusted this once and written anew.
  */
 export async function checkSegmentList (directory: string, files: ReadonlyMap<number, string>): Promise<ListCheck> {
   const listPath = join(directory, SEGMENT_LIST_NAME)
   const list = await readSegmentList(directory)
-  if (list.kind === 'absent') return { remove: [], rewrite: true }
-  const openAnyway = `To open it anyway, remove ${listPath}: the store then takes the segment files present as they are, and starts a new list`
+  if (list.kind === 'absent' || list.kind === 'rebuild') return { remove: [], rewrite: true }
+  const openAnyway = rebuildAdvice(listPath)
   if (list.kind === 'damaged') {
     throw new GalleonError('CORRUPTION', `the segment list ${listPath} of the file block store is damaged (${list.why}), so open cannot tell whether a segment file is missing. ` +
       `Restore the list from a copy of the storage, or restore the volumes from a backup. ${openAnyway} (a segment file lost meanwhile then goes unnoticed)`)
@@ -122,7 +142,7 @@ export async function checkSegmentList (directory: string, files: ReadonlyMap<nu
       'the blocks whose newest version was there would read older versions or zeros, so the store does not open. ' +
       `Put the file back (from wherever it went, or a copy of the storage), or restore the volumes from a backup. ${openAnyway}; ` +
       'then every block the missing file held reads an older version or zeros: scrub the volumes and restore what is wrong from a backup. ' +
-      '(A release of GalleonFS from before segment lists that opened this store and compacted it also leaves this; removing the list is then right)')
+      '(A release of GalleonFS from before segment lists that opened this store and compacted it also leaves this; rebuilding the list is then right)')
   }
   return { remove: unlisted.map(([, name]) => name), rewrite: false }
 }

@@ -12,7 +12,7 @@ import { isNoSpaceError } from '../abstract-block-store.js'
 import { latchLevelWrites } from '../level-write-latch.js'
 import { syncLevelDirectoryOnSyncedWrites } from '../level-directory-sync.js'
 import { ensureReserve, releaseReserve } from '../space-reserve.js'
-import { recordHolder } from '../storage-layout.js'
+import { FILE_SEGMENT_LIST_SETTING, recordHolder } from '../storage-layout.js'
 import { GalleonError, describe, errorCode } from '../errors.js'
 import type { GalleonEvents } from '../events.js'
 import { mountControl } from '../mount/mount-manager.js'
@@ -123,6 +123,9 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     await blockStore.open()
     const catalog = new Catalog(metadata)
     await catalog.load(blockSize)
+    // The file store in its default place has its segment list now (its open writes one): from here
+    // on a missing list is a lost one, which the next open refuses (storage-layout.ts).
+    if (ownsDefaultFileStore(options)) await catalog.recordSetting(FILE_SEGMENT_LIST_SETTING, true)
     // The storage is this instance's now (checked, locked, its databases open): it gets a reserve
     // if it has none, before anything starts in the background.
     // And the next process refused it learns who holds it (storage-layout.ts, OWNER_FILE).
@@ -165,6 +168,15 @@ async function openOnce<I extends EventEmitter<GalleonEvents>> (options: OpenOpt
     await mountDriver.close?.().catch(() => {})
     throw err
   }
+}
+
+/**
+ * Whether open() made the storage's built-in file block store in `<storagePath>/blocks` and its
+ * metadata database itself: the layout whose checks (storage-layout.ts) read the settings.
+ */
+function ownsDefaultFileStore (options: OpenOptions): boolean {
+  return typeof options.storagePath === 'string' && options.inMemory !== true && options.blockStore === undefined && options.metadata === undefined &&
+    (options.backend ?? 'file') === 'file' && options.backendOptions?.location === undefined
 }
 
 /** What close() takes down, besides the host's parts. */

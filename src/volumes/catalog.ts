@@ -50,6 +50,8 @@ export class Catalog {
   /** Namespace that bare volume names are looked up and reserved in (the caller's). */
   currentNamespace: () => string = () => DEFAULT_NAMESPACE
   #blockSize = 0
+  /** The settings as load() found them (keys of the settings sublevel). */
+  #settings = new Map<string, unknown>()
 
   constructor (db: MetadataDatabase) {
     this.#db = db
@@ -64,11 +66,23 @@ export class Catalog {
   get blockSize (): number { return this.#blockSize }
 
   /**
+   * Stores a setting of the storage durably unless load() found it with this value already (a fact
+   * about the storage that later opens check before anything else, see storage-layout.ts).
+   * Releases that do not know the key ignore it.
+   */
+  async recordSetting (key: string, value: unknown): Promise<void> {
+    if (this.#settings.get(key) === value) return
+    await storedMetadata(this.#settingsDb.put(key, value, SYNC))
+    this.#settings.set(key, value)
+  }
+
+  /**
    * Loads everything into memory. On a fresh database, records `blockSize`; on an existing one,
    * checks it matches (a different block size would misread every volume).
    */
   async load (blockSize: number | undefined): Promise<void> {
     const settings = new Map<string, unknown>(await this.#settingsDb.iterator().all())
+    this.#settings = settings
     const storedFormat = settings.get('format')
     if (storedFormat !== undefined && storedFormat !== CATALOG_FORMAT) {
       throw new GalleonError('CORRUPTION', `metadata format ${String(storedFormat)} is not supported by this version (expects ${CATALOG_FORMAT}); use the GalleonFS version that wrote it`)
