@@ -79,6 +79,20 @@ export interface BlockStoreFault {
   readonly retryAt: string | null
 }
 
+/**
+ * A problem with a file a block store keeps, found by `BlockStore.checkFiles` (scrub reports it):
+ * e.g. a segment file its list names that is gone, or one in its directory that it does not list.
+ */
+export interface BlockStoreFileProblem {
+  /** The file (a path). */
+  readonly file: string
+  /** The error code that stands for it (`CORRUPTION`, `IO_ERROR`) and what it means and what to do. */
+  readonly code: string
+  readonly message: string
+  /** The block versions (of the volume asked about) kept in that file that it makes unreadable or lost. */
+  readonly blocks: readonly BlockAddress[]
+}
+
 /** Options of a block store read. */
 export interface BlockReadOptions {
   /**
@@ -146,6 +160,12 @@ export interface BlockStore {
   deleteVolume (volume: number): Promise<void>
   /** Space accounting. */
   stats (): Promise<BlockStoreStats>
+  /**
+   * Optional: checks the files the store keeps as they are now (scrub calls it): e.g. the file
+   * store's segment list against its directory. `volume`: the block versions listed in each problem
+   * are that volume's only. Resolves to no problems when all is well.
+   */
+  checkFiles? (options?: { volume?: number }): Promise<readonly BlockStoreFileProblem[]>
 }
 
 /** Largest value a block store must accept (engine header + a 1 MiB block + room for future framing). */

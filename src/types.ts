@@ -149,8 +149,18 @@ export interface CreateVolumeOptions {
 export interface ScrubReport {
   readonly volumeId: string
   readonly blocksChecked: number
-  /** Blocks whose stored checksum did not match, or that could not be read. */
+  /**
+   * Blocks whose stored checksum did not match, or that could not be read, or whose stored version
+   * is in a file that `storeProblems` reports gone or damaged.
+   */
   readonly badBlocks: ReadonlyArray<{ readonly index: number, readonly generation: number, readonly code: string, readonly message: string }>
+  /**
+   * Problems with the files of the block store the volume is in, found as the scrub ends (the file
+   * store's segment list against its directory: a listed segment file gone, replaced or cut short,
+   * a segment file not listed, the list gone or damaged). They concern the whole store, not just
+   * this volume. Empty when all is well, or when the store does not check its files.
+   */
+  readonly storeProblems: ReadonlyArray<{ readonly file: string, readonly code: string, readonly message: string }>
 }
 
 /** Space used by a volume. */

@@ -111,3 +111,41 @@ describe('h89: a segment list deleted together with a segment file', () => {
     }
   })
 })
+
+describe('h89: scrub checks the segment list against the directory', () => {
+  it('reports a listed segment file removed while open (its blocks as bad), a segment file not listed, and a list removed while open', async () => {
+    const storagePath = await mkdtemp(join(tmpdir(), 'galleonfs-h89-scrub-'))
+    const blocks = join(storagePath, 'blocks')
+    try {
+      await fill(storagePath, 'a')
+      const g = await GalleonFS.open({ storagePath, ...BACKEND })
+      try {
+        const clean = await g.scrub('a')
+        assert.deepEqual([clean.badBlocks, clean.storeProblems ?? []], [[], []], 'nothing to report before')
+        const segments = await segmentNames(blocks)
+        const victim = segments[segments.length - 2] as string
+        await unlink(join(blocks, victim))
+        // A segment file of an id the store does not use, as a stray copy would leave.
+        const stray = victim.replace(/^seg-[0-9a-f]{16}/, 'seg-00000000000000f0')
+        await writeFile(join(blocks, stray), '')
+        await unlink(join(blocks, SEGMENT_LIST_NAME))
+        const report = await g.scrub('a')
+        const problems = report.storeProblems ?? []
+        const about = (name: string): string[] => problems.filter((p) => p.file === join(blocks, name)).map((p) => `${p.code} ${p.message}`)
+        assert.equal(about(victim).length, 1, `the removed segment file is reported: ${JSON.stringify(report)}`)
+        assert.match(about(victim)[0] as string, /^CORRUPTION .*is gone/)
+        assert.equal(about(stray).length, 1, `the unlisted file is reported: ${JSON.stringify(problems)}`)
+        assert.match(about(stray)[0] as string, /not in its segment list/)
+        assert.equal(about(SEGMENT_LIST_NAME).length, 1, `the removed list is reported: ${JSON.stringify(problems)}`)
+        // The removed file held the newest version of some blocks: they are bad, the others not.
+        const bad = report.badBlocks.map((b) => b.index)
+        assert.ok(bad.length > 0 && bad.length < BLOCKS, `some blocks are reported bad: ${bad.join(',')}`)
+        for (const b of report.badBlocks) assert.equal(b.code, 'CORRUPTION')
+      } finally {
+        await g.close()
+      }
+    } finally {
+      await rm(storagePath, { recursive: true, force: true })
+    }
+  })
+})

@@ -7,7 +7,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { makeDirectoriesDurably } from '../../src/durable-files.js'
 import { AbstractBlockStore, addressKey, wrapIo } from '../../src/abstract-block-store.js'
 import { vouchForBlockStore } from '../../src/checked-block-store.js'
-import type { BlockAddress, BlockOp, BlockStoreFault, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
+import type { BlockAddress, BlockOp, BlockStoreFault, BlockStoreFileProblem, BlockStoreStats, BlockStoreSupports } from '../../src/drivers.js'
 import { GalleonError, copyBytes } from '../../src/errors.js'
 import { LoopStreak, loopTurn } from '../../src/loop-streak.js'
 import { lockDirectory, type DirectoryLock } from './lock.js'
@@ -25,6 +25,7 @@ import { markCleanClose, recover } from './recovery.js'
 import { enqueue, whenWriterIdle } from './writer.js'
 import { compactPass, maybeScheduleCompaction } from './compaction.js'
 import { maintain } from './maintenance.js'
+import { checkFiles } from './file-check.js'
 import { RELOCATE_MIN_RECORDS, RelocationArena, Relocator } from './relocation.js'
 
 export type { FileBlockStoreOptions } from './options.js'
@@ -471,6 +472,16 @@ export class FileBlockStore extends AbstractBlockStore {
     for (const address of this.#state.index.addresses(volume)) {
       if (this.#state.index.has(address)) yield address
     }
+  }
+
+  /**
+   * The segment list against the directory, now (see BlockStore.checkFiles and file-check.ts): a
+   * listed segment file gone, replaced or cut short from outside, with the blocks it held; a segment
+   * file not listed; the list gone, damaged or not naming the segments.
+   */
+  async checkFiles (options?: { volume?: number }): Promise<BlockStoreFileProblem[]> {
+    this.assertOpen()
+    return await checkFiles(this.#state, options?.volume)
   }
 
   protected async _stats (): Promise<BlockStoreStats> {

@@ -429,9 +429,28 @@ export class VolumeIO {
     const record = host.catalog.resolve(vol)
     // close() ends a scrub under way: the store going away is not damage to report.
     const closing = (): Error | undefined => host.closing === undefined ? undefined : new GalleonError('NOT_OPEN', 'the instance closed while the volume was scrubbed; scrub it again once it is open')
-    const { checked, bad } = await host.engine.scrub(ioVolume(host, record), closing)
+    const volume = ioVolume(host, record)
+    const { checked, bad } = await host.engine.scrub(volume, closing)
+    // Reads go through files the store holds open: a file removed or replaced from outside still
+    // reads until the store closes, so the store's own check of its files tells.
+    const storeProblems = await host.engine.store.checkFiles?.({ volume: volume.storageId }) ?? []
+    const stopped = closing()
+    if (stopped !== undefined) throw stopped
+    const reported = new Set(bad.map(({ index, gen }) => `${index}:${gen}`))
+    for (const problem of storeProblems) {
+      for (const { index, gen } of problem.blocks) {
+        if (!volume.map.versions(index).includes(gen) || reported.has(`${index}:${gen}`)) continue
+        reported.add(`${index}:${gen}`)
+        bad.push({ index, gen, code: problem.code, message: problem.message })
+      }
+    }
     host.emit('scrub:completed', { volumeId: record.id, blocksChecked: checked, badBlocks: bad.length })
-    return { volumeId: record.id, blocksChecked: checked, badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })) }
+    return {
+      volumeId: record.id,
+      blocksChecked: checked,
+      badBlocks: bad.map(({ index, gen, code, message }) => ({ index, generation: gen, code, message })),
+      storeProblems: storeProblems.map(({ file, code, message }) => ({ file, code, message }))
+    }
   }
 
   /** The work of GalleonFS.getAllocation, once the caller is checked. */
