@@ -78,6 +78,16 @@ export async function listenOn (server: Server, host: string, port: number): Pro
 }
 
 /**
+ * Listens on host:port and closes again at once: whether the daemon could listen there (it fails as
+ * server.listen() does), for an address it listens on only later. No connection is served.
+ */
+export async function probeListen (host: string, port: number): Promise<void> {
+  const server = createServer()
+  await listenOn(server, host, port)
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+}
+
+/**
  * A port held for a server that cannot start before the storage is open (the NBD server serves the
  * instance's volumes): it listens, keeping the port, until handOver() gives its listening server to
  * that one, with the connections that came meanwhile (or release() frees it). Those count as in

@@ -21,7 +21,7 @@ import { driverOptions, keyOptions } from './daemon-drivers.js'
 import {
   answerClusterInfo, clusterOptions, clusterSecret, clusterTransport, discoverCluster, NO_SECRET, readSavedCluster, writeSavedCluster, type ClusterSettings, type EarlyTcpTransport, type PeerWaitReason
 } from './daemon-cluster.js'
-import { bindAddress, HeldPort, listenOn, ownPortClash, type DaemonAddress } from './daemon-listen.js'
+import { bindAddress, HeldPort, listenOn, ownPortClash, probeListen, type DaemonAddress } from './daemon-listen.js'
 import { discardBody, type ReloadReport } from './daemon-routes.js'
 import { applyReload, checkMountPoint, type ReloadContext } from './daemon-reload.js'
 import { createClusterControl, waitingFor } from './daemon-cluster-control.js'
@@ -271,6 +271,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       // A bind address on this daemon's own IPC or NBD port fails now, not after the wait for peers.
       const clash = bindEntry === undefined ? undefined : ownPortClash(bindEntry, bound)
       if (clash !== undefined) throw clash
+      // So does one another process holds (or that is not of this machine): listened on a moment
+      // and closed, as the daemon listens there only once the peers have answered (below). A process
+      // that takes it during the wait is found then, when the daemon listens there.
+      if (bindEntry !== undefined && bindEntry.port !== 0) await bindAddress(bindEntry, [...bound], async () => { await probeListen(bindEntry.host, bindEntry.port) })
       const { saved } = askPeers
       const onWait = waitingFor(log)
       try {
