@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError, describe } from '../errors.js'
 import type { ClusterMember, Coordinator, Leadership, Transport, TransportHandler, TransportMessage } from '../drivers.js'
 import { NodeIdClaim } from './node-claim.js'
+import { clearClosedMark, closedNodes, markClosed } from './closed-nodes.js'
 import { MAX_TTL_MS } from './coordinator-store.js'
 import { PROTOCOL_FIELD, THIS_PROTOCOL, checkRequestVersion, incompatibility, versionFor } from './protocol.js'
 import { NODE_ID, notMemberMessage, staleAddressEnd, startingMessage } from './refusals.js'
@@ -167,6 +168,9 @@ export class ClusterManager {
     await this.#claim.take()
     await coordinator.join(await this.#record(), { ttlMs: this.#ttlMs })
     this.#members = await coordinator.members()
+    // The mark of this node's last clean close no longer applies (it names that membership only:
+    // removed here so that marks do not pile up).
+    await clearClosedMark(coordinator, this.nodeId).catch((err: unknown) => { this.#reportError('removing the mark of this node\'s last close', err) })
     this.#startWatching()
     this.#state = 'running'
     this.#startRefresh()
@@ -357,6 +361,11 @@ export class ClusterManager {
   /** Members as last seen (refreshed by the coordinator's watch). */
   get members (): readonly ClusterMember[] { return this.#members }
 
+  /** The members that closed cleanly (see closed-nodes.ts): nothing holds a volume there, though their lease runs on. */
+  async closedMembers (): Promise<Set<string>> {
+    return await closedNodes(this.#options.coordinator, this.#members)
+  }
+
   async status (): Promise<ClusterStatus> {
     this.#assertRunning()
     const [members, leader] = await Promise.all([this.#options.coordinator.members(), this.#options.coordinator.leader(CLUSTER_ELECTION)])
@@ -433,8 +442,12 @@ export class ClusterManager {
   async close (): Promise<void> {
     if (this.#state === 'closed' || this.#state === 'left') return
     const wasJoined = this.#state === 'running' || this.#state === 'starting'
+    // The instance closes this last, after its mounts, files and NBD clients: nothing holds a
+    // volume here now, which the node says to the others (they need not wait for its lease).
+    const membership = this.#state === 'running' ? this.#members.find((m) => m.id === this.nodeId) : undefined
     this.#state = 'closed'
     await this.#stop()
+    if (membership !== undefined) await markClosed(this.#options.coordinator, this.nodeId, membership.joinedAt).catch((err: unknown) => { this.#reportError('marking this node closed in the coordinator (the others wait for its lease to lapse instead)', err) })
     // A clean stop gives the node id back, so that a restart need not wait for the lease to end;
     // so does a join that failed after it claimed the id (release() leaves another instance's claim alone).
     if (wasJoined) await this.#claim.release().catch(() => {})

@@ -5,6 +5,7 @@
 import { GalleonError, errorCode } from '../errors.js'
 import { mountControl } from '../mount/mount-manager.js'
 import type { ReplicationManager } from '../replication/manager.js'
+import { closedTarget } from '../cluster/closed-nodes.js'
 import type { VolumeSpec } from '../replication/records.js'
 import { VolumeState, type StorageClass, type Volume } from '../types.js'
 import type { VolumeRecord } from '../volumes/catalog.js'
@@ -70,6 +71,7 @@ export class ClusterMigrations {
     if (node === cluster.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume is on ${node} already: nothing to move; name another node`)
     const member = cluster.members.find((m) => m.id === node)
     if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${node} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+    if ((await cluster.closedMembers()).has(node)) throw closedTarget(node)
   }
 
   /**

@@ -54,6 +54,8 @@ export interface UsersElsewhere {
  * lease) is left out: every I/O of a copy that is not the primary goes through the primary, which
  * it cannot reach, so nothing there works on the volume now; its copy goes when it comes back, as
  * the deletion mark says, and whatever holds it there then fails with the volume named as deleted.
+ * So is one that closed cleanly (its mark, see closed-nodes.ts), though its lease still runs: it
+ * closed what held the volume there before it closed.
  */
 export async function usersElsewhere (core: ManagerCore, volumeId: string): Promise<UsersElsewhere> {
   const entry = await core.coordinator.get(recordKey(volumeId))
@@ -61,6 +63,9 @@ export async function usersElsewhere (core: ManagerCore, volumeId: string): Prom
   const held: UsersElsewhere['held'] = []
   const unknown: UsersElsewhere['unknown'] = []
   const others = (record?.nodes ?? []).filter((node) => node !== core.nodeId)
+  // Read once, and only when a node does not answer. Unreadable, none counts as closed.
+  let closed: Promise<Set<string>> | undefined
+  const closedCleanly = async (node: string): Promise<boolean> => (await (closed ??= core.cluster.closedMembers().catch(() => new Set<string>()))).has(node)
   await Promise.all(others.map(async (node) => {
     try {
       const reply = await core.cluster.request(node, { kind: ATTACHMENTS_KIND, header: { volumeId } }, { timeoutMs: APPLY_TIMEOUT_MS })
@@ -73,6 +78,7 @@ export async function usersElsewhere (core: ManagerCore, volumeId: string): Prom
         return
       }
       if (core.cluster.members.find((m) => m.id === node)?.healthy !== true) return
+      if (await closedCleanly(node)) return
       unknown.push({ node, why: `node ${node} did not answer whether anything holds it there (${errorText(err)}); retry once it answers (a node down past its lease is not waited for)` })
     }
   }))

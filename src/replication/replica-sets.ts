@@ -7,6 +7,7 @@ import { GalleonError } from '../errors.js'
 import type { Coordinator } from '../drivers.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
+import { closedTarget } from '../cluster/closed-nodes.js'
 import { RECORD_PREFIX, copiesPerNode, givingUp, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout } from './host.js'
@@ -153,6 +154,8 @@ export class ReplicaSetChanges {
     if (to === this.#core.nodeId) throw new GalleonError('INVALID_ARGUMENT', `the volume's copy is on ${to} already: nothing to move`)
     const member = (await this.#core.coordinator.members()).find((m) => m.id === to)
     if (member === undefined || !member.healthy) throw new GalleonError('INVALID_ARGUMENT', `node ${to} is ${member === undefined ? 'not a member of the cluster' : 'not healthy'}; clusterStatus() lists the nodes`)
+    // Closed, it is listed healthy until its lease lapses, but would never fill the copy.
+    if ((await this.#core.cluster.closedMembers()).has(to)) throw closedTarget(to)
     // A node this one cannot talk to could never be sent the copy (see protocol.ts): refused now, not at the move's deadline.
     const why = incompatibility(member)
     if (why !== undefined) throw new GalleonError('IO_ERROR', `node ${to} cannot take a copy of volume ${volumeId}: ${why}`)
@@ -288,7 +291,9 @@ export class ReplicaSetChanges {
     if (record.inSync.includes(self)) {
       const others = record.nodes.filter((n) => n !== self)
       const leaving = await leavingNodes(this.#core.coordinator)
-      const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id))
+      // Not a node that closed (listed healthy until its lease lapses): it would never fill the copy.
+      const closed = await this.#core.cluster.closedMembers()
+      const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id) && !closed.has(m.id))
       const place = async (): Promise<string | undefined> => {
         const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
         return placeVolume(members, { ...(record?.placement ?? {}), replicas: record?.nodes.length ?? 1, current: others, load, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
