@@ -8,13 +8,13 @@ import { readPayload } from './block-reads.js'
 import { encodeRecorded } from './block-sealing.js'
 import type { EngineCore } from './engine-core.js'
 import { checkRange } from './io-checks.js'
-import { replicatorFor, type VolumeReplicator } from './replicator.js'
+import { replicatorFor, type VolumeReplicator, type WriterId } from './replicator.js'
 import type { BlockClaim, VolumeBlocks } from './volume-blocks.js'
 import { loopTurn, type LoopStreak } from '../loop-streak.js'
 import type { WriteConcern } from '../types.js'
 
 /** The body of BlockEngine.trim (documented there); `streak` is the engine's (see LoopStreak). */
-export async function trim (core: EngineCore, streak: LoopStreak, volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary: VolumeReplicator | undefined, background: boolean): Promise<void> {
+export async function trim (core: EngineCore, streak: LoopStreak, volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary: VolumeReplicator | undefined, background: boolean, writer?: WriterId): Promise<void> {
   checkRange(core, volume, offset, length)
   if (length === 0) return
   core.assertStorable(volume, concern)
@@ -46,7 +46,7 @@ export async function trim (core: EngineCore, streak: LoopStreak, volume: Volume
     // other writes may take generations while this one waits.
     while (volume.cipher !== undefined && !volume.cipher.ready(edges.size, volume.nextGen + edges.size)) await volume.cipher.reserve(edges.size, volume.nextGen + edges.size)
     ticket = volume.ticket()
-    const seq = replicatorFor(volume, primary)?.record({ type: 'trim', offset, length })
+    const seq = replicatorFor(volume, primary)?.record(writer === undefined ? { type: 'trim', offset, length } : { type: 'trim', offset, length, writer })
     const ops: BlockOp[] = []
     const apply: Array<() => void> = []
     for (const [index, merged] of edges) {

@@ -9,7 +9,7 @@ import type { BlockCache } from './block-cache.js'
 import { LIVE } from './block-map.js'
 import { batchMinBlocks } from '../crypto/cipher-pool.js'
 import type { ReplicationHook, WriteJournal } from './journal.js'
-import { replicatorFor, type VolumeReplicator } from './replicator.js'
+import { replicatorFor, type VolumeReplicator, type WriterId } from './replicator.js'
 import { WriteConcern } from '../types.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
 import * as allocation from './allocation-runs.js'
@@ -134,9 +134,10 @@ export class BlockEngine {
   /**
    * Writes one block. `data` shorter than the block size is zero-padded (the block's remaining bytes
    * become zeros); longer is refused. `primary`: see replicatorFor. `background`: a copy applying
-   * its primary's changes, not a client's write: left out of the volume's I/O metrics.
+   * its primary's changes, not a client's write: left out of the volume's I/O metrics. `writer`:
+   * the forwarded write this is (recorded with the change; see WriterId).
    */
-  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
+  async writeBlock (volume: VolumeBlocks, index: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false, writer?: WriterId): Promise<void> {
     checkIndex(this.#core, volume, index)
     if (data.byteLength > this.blockSize) {
       throw new GalleonError('INVALID_ARGUMENT', `block data is ${data.byteLength} bytes but the block size is ${this.blockSize}; use write() for byte ranges that span blocks`)
@@ -172,7 +173,7 @@ export class BlockEngine {
       volume.tickets.add(claim)
       ticketed = true
       // record() copies what it keeps: `data` may be the caller's buffer.
-      const seq = replicatorFor(volume, primary)?.record({ type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) })
+      const seq = replicatorFor(volume, primary)?.record(writer === undefined ? { type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize) } : { type: 'write', offset: index * this.blockSize, data: padTo(data, this.blockSize), writer })
       const address: BlockAddress = new Address(volume.storageId, index, gen)
       await this.#core.commit(volume, [{ type: 'put', address, data: encodeRecorded(this.#core, volume, address, data, seq) }], concern, seq, () => { this.#core.publish(volume, index, gen) })
       ok = true
@@ -234,9 +235,9 @@ export class BlockEngine {
   /**
    * Writes a byte range atomically (one journal entry): whole blocks are replaced, partial blocks at
    * the edges are read, patched and rewritten under the block's lock. `primary`: see replicatorFor.
-   * `background`: as for writeBlock.
+   * `background`, `writer`: as for writeBlock.
    */
-  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
+  async write (volume: VolumeBlocks, offset: number, data: Uint8Array, concern: WriteConcern, primary?: VolumeReplicator, background = false, writer?: WriterId): Promise<void> {
     checkRange(this.#core, volume, offset, data.byteLength)
     if (data.byteLength === 0) return
     this.#core.assertStorable(volume, concern)
@@ -278,7 +279,7 @@ export class BlockEngine {
       ticket = volume.ticket()
       // Recorded as the generations are taken, so the replication order agrees with snapshot cuts.
       // record() copies what it keeps: `data` may be the caller's buffer.
-      const seq = replicatorFor(volume, primary)?.record({ type: 'write', offset, data })
+      const seq = replicatorFor(volume, primary)?.record(writer === undefined ? { type: 'write', offset, data } : { type: 'write', offset, data, writer })
       const batchFrom = volume.cipher === undefined ? undefined : batchMinBlocks(volume.cipher.cipher)
       if (batchFrom !== undefined && last - first + 1 >= batchFrom) {
         // A multi-block encrypted write: blocks are sealed in native batch calls, or on this thread
@@ -322,10 +323,10 @@ export class BlockEngine {
   /**
    * Discards a byte range: whole blocks are unmapped (their space freed unless a snapshot keeps
    * them; they read as zeros), partial blocks at the edges are zero-filled. `primary`: see replicatorFor.
-   * `background`: as for writeBlock.
+   * `background`, `writer`: as for writeBlock.
    */
-  trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false): Promise<void> {
-    return blockTrims.trim(this.#core, this.#streak, volume, offset, length, concern, primary, background)
+  trim (volume: VolumeBlocks, offset: number, length: number, concern: WriteConcern, primary?: VolumeReplicator, background = false, writer?: WriterId): Promise<void> {
+    return blockTrims.trim(this.#core, this.#streak, volume, offset, length, concern, primary, background, writer)
   }
 
   /** Makes every write acknowledged so far durable (one shared sync). */

@@ -5,10 +5,26 @@
 import { GalleonError } from '../errors.js'
 import type { WriteConcern } from '../types.js'
 
-/** A change to a volume as replicas replay it (logical: each replica seals and stores it itself). */
+/**
+ * Names one write (or trim) forwarded to a replicated volume's primary, the same in every attempt of
+ * it: the sending node's writer (`origin`, new at each start of the node) and the write's number
+ * there (`n`), with the lowest number of that writer's writes not yet answered or given up on
+ * (`low`): a primary that holds the change answers a repeat without writing again, and refuses an
+ * attempt below `low` (see replication/forwarded-writes.ts).
+ */
+export interface WriterId {
+  readonly origin: string
+  readonly n: number
+  readonly low: number
+}
+
+/**
+ * A change to a volume as replicas replay it (logical: each replica seals and stores it itself).
+ * `writer`: the forwarded write's it is (see WriterId), kept with it on every copy.
+ */
 export type ReplicatedChange =
-  | { readonly type: 'write', readonly offset: number, readonly data: Uint8Array }
-  | { readonly type: 'trim', readonly offset: number, readonly length: number }
+  | { readonly type: 'write', readonly offset: number, readonly data: Uint8Array, readonly writer?: WriterId }
+  | { readonly type: 'trim', readonly offset: number, readonly length: number, readonly writer?: WriterId }
   /** `token`: the forwarded createSnapshot call's that took it (see ForwardedRequest.token). */
   | { readonly type: 'snapshot', readonly id: string, readonly name: string, readonly token?: string }
   | { readonly type: 'delete-snapshot', readonly id: string }

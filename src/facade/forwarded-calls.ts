@@ -12,6 +12,7 @@ import { outcomeUnknown } from '../replication/common.js'
 import type { ForwardedRequest } from '../replication/manager.js'
 import type { FacadeHost } from './host.js'
 import type { VolumeRef } from './refs.js'
+import type { WriterId } from '../engine/replicator.js'
 
 /** One forwarded control call as the node serving it sees it. */
 export interface ForwardedCall {
@@ -63,6 +64,22 @@ export function callRef (volumeId: string, call: ForwardedCall | undefined): Vol
 /** The forwarded call a volume reference carries (see callRef), if any. */
 export function callIn (vol: VolumeRef): ForwardedCall | undefined {
   return typeof vol === 'object' && vol !== null ? (vol as { [CALL]?: ForwardedCall })[CALL] : undefined
+}
+
+/** Where a served forwarded write's identity rides on the volume reference (see writerRef). */
+const WRITER = Symbol('forwarded writer')
+
+/**
+ * The volume reference a served forwarded write (or trim) passes to the public method that runs it:
+ * the volume's id, with the write's identity for the engine to record with the change (see WriterId).
+ */
+export function writerRef (volumeId: string, writer: WriterId | undefined): VolumeRef {
+  return writer === undefined ? volumeId : { id: volumeId, [WRITER]: writer } as unknown as VolumeRef
+}
+
+/** The forwarded write's identity a volume reference carries (see writerRef), if any. */
+export function writerIn (vol: VolumeRef): WriterId | undefined {
+  return typeof vol === 'object' && vol !== null ? (vol as { [WRITER]?: WriterId })[WRITER] : undefined
 }
 
 /** `tokens` with `token` added last, the newest CALL_TOKENS_KEPT of each kind kept (see keptTokens). */

@@ -6,6 +6,7 @@ import { LIVE } from '../engine/block-map.js'
 import { LoopStreak, loopTurn } from '../loop-streak.js'
 import { MAX_IO_BYTES } from '../engine/io-checks.js'
 import type { View, VolumeBlocks } from '../engine/engine.js'
+import type { WriterId } from '../engine/replicator.js'
 import { mountControl } from '../mount/mount-manager.js'
 import { VolumeState, WriteConcern, type ScrubReport, type Snapshot } from '../types.js'
 import type { SnapshotRecord, VolumeRecord } from '../volumes/catalog.js'
@@ -15,7 +16,14 @@ import type { FacadeHost } from './host.js'
 import { viewOf } from './records.js'
 import { isSnapshotRef, readSource, writable, type ReadSource, type VolumeRef } from './refs.js'
 import type { ReplicationBridge } from './replication-bridge.js'
+import { writerIn } from './forwarded-calls.js'
 import type { Snapshots } from './snapshots.js'
+
+/** The identity of the forwarded write `vol` carries, as a forwarded request's field (empty: none). */
+function writerOf (vol: VolumeRef): { writer?: WriterId } {
+  const writer = writerIn(vol)
+  return writer === undefined ? {} : { writer }
+}
 
 const WRITE_CONCERNS = new Set<string>(Object.values(WriteConcern))
 
@@ -195,6 +203,8 @@ export class VolumeIO {
       const record = writable(host.catalog, vol)
       assertNotRestoring(host, record, restoreOf)
       assertBytes(data, 'data')
+      // A forwarded write served here and sent on keeps its identity (see WriterId).
+      const passOn = writerOf(vol)
       const checked = checkConcern(concern)
       const replication = host.replication
       if (record.replication !== undefined && replication !== undefined) {
@@ -202,7 +212,7 @@ export class VolumeIO {
         data = copyBytes(data)
         copied = true
         if (replication.forwards(record.id)) {
-          await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data)
+          await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked, ...passOn }, data)
           return
         }
         this.#bridge.assertCopyHeld(record)
@@ -220,9 +230,9 @@ export class VolumeIO {
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         assertNotRestoring(host, record, restoreOf)
-        await host.engine.writeBlock(volume, blockIndex, data, checked, primary)
+        await host.engine.writeBlock(volume, blockIndex, data, checked, primary, false, passOn.writer)
       } catch (err) {
-        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked }, data); return }
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'writeBlock', index: blockIndex, concern: checked, ...passOn }, data); return }
         throw ioFailed(host, record, 'write', err)
       } finally {
         if (held) qos.release()
@@ -279,6 +289,8 @@ export class VolumeIO {
       const record = writable(host.catalog, vol)
       assertNotRestoring(host, record, restoreOf)
       assertBytes(data, 'data')
+      // A forwarded write served here and sent on keeps its identity (see WriterId).
+      const passOn = writerOf(vol)
       const checked = checkConcern(concern)
       const replication = host.replication
       if (record.replication !== undefined && replication !== undefined) {
@@ -286,7 +298,7 @@ export class VolumeIO {
         data = copyBytes(data)
         copied = true
         if (replication.forwards(record.id)) {
-          await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data)
+          await this.#bridge.forward(record, { op: 'write', offset, concern: checked, ...passOn }, data)
           return
         }
         this.#bridge.assertCopyHeld(record)
@@ -303,9 +315,9 @@ export class VolumeIO {
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         assertNotRestoring(host, record, restoreOf)
-        await host.engine.write(volume, offset, data, checked, primary)
+        await host.engine.write(volume, offset, data, checked, primary, false, passOn.writer)
       } catch (err) {
-        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked }, data); return }
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'write', offset, concern: checked, ...passOn }, data); return }
         throw ioFailed(host, record, 'write', err)
       } finally {
         if (held) qos.release()
@@ -391,8 +403,10 @@ export class VolumeIO {
       if (denied !== undefined) await denied
       const record = writable(host.catalog, vol)
       assertNotRestoring(host, record, restoreOf)
+      // A forwarded trim served here and sent on keeps its identity (see WriterId).
+      const passOn = writerOf(vol)
       if (host.replication?.forwards(record.id) === true) {
-        await this.#bridge.forward(record, { op: 'trim', offset, length })
+        await this.#bridge.forward(record, { op: 'trim', offset, length, ...passOn })
         return
       }
       this.#bridge.assertCopyHeld(record)
@@ -407,9 +421,9 @@ export class VolumeIO {
       const held = typeof admitted === 'boolean' ? admitted : await admitted
       try {
         assertNotRestoring(host, record, restoreOf)
-        await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary)
+        await host.engine.trim(volume, offset, length, WriteConcern.WriteAcknowledged, primary, false, passOn.writer)
       } catch (err) {
-        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length }); return }
+        if (this.#bridge.handedOver(record, err)) { await this.#bridge.forward(record, { op: 'trim', offset, length, ...passOn }); return }
         throw ioFailed(host, record, 'trim', err)
       } finally {
         if (held) qos.release()

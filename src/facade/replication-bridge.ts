@@ -13,7 +13,8 @@ import type { ClusterMigrations } from './cluster-migration.js'
 import type { FacadeCalls, FacadeHost } from './host.js'
 import type { KeyRotations } from './key-rotation.js'
 import { attachmentsOf } from './attachments-here.js'
-import { callOf, callRef, keptTokens, servePrimaryStep, withToken, type ForwardedCall } from './forwarded-calls.js'
+import { callOf, callRef, keptTokens, servePrimaryStep, withToken, writerRef, type ForwardedCall } from './forwarded-calls.js'
+import { writerOf, type WriterId } from '../replication/forwarded-writes.js'
 import { copyEncrypted, toVolume, viewOf } from './records.js'
 import type { ReadSource } from './refs.js'
 import type { Snapshots } from './snapshots.js'
@@ -25,6 +26,9 @@ import type { VolumeLifecycle } from './volumes.js'
  * answer is a few hundred bytes.
  */
 const SERVED_ANSWERS_KEPT = 256
+
+/** Forwarded calls that write: each carries its identity (see WriterId), so that a repeat does not write again. */
+const WRITE_OPS = new Set<ForwardedRequest['op']>(['write', 'writeBlock', 'trim'])
 
 /** What replication uses of the instance, and the forwarding of I/O to a volume's primary. */
 export class ReplicationBridge {
@@ -64,6 +68,10 @@ export class ReplicationBridge {
   async forward (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array): Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now`)
+    // A write made here gets its identity (one served here for another node keeps that node's):
+    // every attempt of it carries it, also the one run here if this node becomes the primary.
+    const own = WRITE_OPS.has(request.op) && request.writer === undefined ? replication.beginWrite() : undefined
+    if (own !== undefined) request = { ...request, writer: own }
     try {
       return await replication.forward(record.id, request, payload)
     } catch (err) {
@@ -73,6 +81,8 @@ export class ReplicationBridge {
         return await this.serveForwarded(record.id, outcomeUnknown(err) === undefined ? request : { ...request, repeat: true }, payload)
       }
       throw this.#host.ioFailed(record, request.op === 'read' || request.op === 'readBlock' ? 'read' : request.op === 'trim' ? 'trim' : request.op === 'flush' ? 'flush' : 'write', err)
+    } finally {
+      if (own !== undefined) replication.writeDone(own)
     }
   }
 
@@ -91,10 +101,12 @@ export class ReplicationBridge {
       const source = (): ReadSource => request.readSnapshot === undefined ? volumeId : { volume: volumeId, snapshot: { id: request.readSnapshot } }
       const data = payload ?? new Uint8Array(0)
       const concern = (request.concern ?? WriteConcern.WriteAcknowledged) as WriteConcern
+      const writer = WRITE_OPS.has(request.op) ? writerOf(request.writer) : undefined
+      const written = writerRef(volumeId, writer)
       switch (request.op) {
-        case 'write': await this.#calls.write(volumeId, request.offset as number, data, concern); return { header: {} }
-        case 'writeBlock': await this.#calls.writeBlock(volumeId, request.index as number, data, concern); return { header: {} }
-        case 'trim': await this.#calls.trim(volumeId, request.offset as number, request.length as number); return { header: {} }
+        case 'write': await this.#writeOnce(volumeId, writer, concern, async () => { await this.#calls.write(written, request.offset as number, data, concern) }); return { header: {} }
+        case 'writeBlock': await this.#writeOnce(volumeId, writer, concern, async () => { await this.#calls.writeBlock(written, request.index as number, data, concern) }); return { header: {} }
+        case 'trim': await this.#writeOnce(volumeId, writer, concern, async () => { await this.#calls.trim(written, request.offset as number, request.length as number) }); return { header: {} }
         case 'read': return { header: {}, payload: await this.#calls.read(source(), request.offset as number, request.length as number) }
         case 'readBlock': return { header: {}, payload: await this.#calls.readBlock(source(), request.index as number) }
         case 'flush': await this.#calls.flush(volumeId); return { header: {} }
@@ -110,6 +122,36 @@ export class ReplicationBridge {
         default: throw new GalleonError('INVALID_ARGUMENT', `unknown forwarded operation ${JSON.stringify((request as { op?: unknown }).op)}`)
       }
     })
+  }
+
+  /** Forwarded writes (see WriterId) this node runs as the primary now, by volume, writer and number. */
+  readonly #writing = new Map<string, Promise<void>>()
+
+  /**
+   * Runs a forwarded write (or trim) as the volume's primary, once: a repeat of one this node runs
+   * now gets that attempt's answer, and one its copy holds already (it ran here, or reached this
+   * node in the stream of a former primary) is answered once that meets its concern, without
+   * writing again: written again, it would overwrite a later write to its blocks that resolved
+   * meanwhile. An attempt its node gave up on before it came is refused (its caller was told the
+   * write failed). A node that is not the primary (or a write without an identity, from a node of
+   * an earlier version) runs it as it is: it goes on to the primary, with its identity.
+   */
+  async #writeOnce (volumeId: string, writer: WriterId | undefined, concern: WriteConcern, run: () => Promise<void>): Promise<void> {
+    const replication = this.#host.replication
+    const ledger = writer === undefined ? undefined : replication?.writeLedger(volumeId)
+    if (writer === undefined || ledger === undefined || replication === undefined || replication.forwards(volumeId)) return await run()
+    if (ledger.stale(writer)) throw new GalleonError('BACKEND_UNAVAILABLE', `a write forwarded by ${writer.origin} to volume ${volumeId} arrived after that node gave up on it (its caller was told it failed), so it was not written`)
+    const key = `${volumeId}/${writer.origin}/${writer.n}`
+    const earlier = this.#writing.get(key)
+    if (earlier !== undefined) return await earlier
+    if (ledger.holds(writer)) return await replication.settleRepeat(volumeId, concern)
+    const attempt = run()
+    this.#writing.set(key, attempt)
+    try {
+      await attempt
+    } finally {
+      if (this.#writing.get(key) === attempt) this.#writing.delete(key)
+    }
   }
 
   /**

@@ -10,6 +10,7 @@ import { LIVE } from '../engine/block-map.js'
 import type { ReplicaSetRecord } from './records.js'
 import type { ReplicaPosition, ReplicationHost } from './host.js'
 import type { Primary } from './primary.js'
+import { WriteLedger, type OutgoingWrites } from './forwarded-writes.js'
 
 /** How long a copy has to apply a stream batch (or another message of the stream) and answer. */
 export const APPLY_TIMEOUT_MS = 5000
@@ -100,6 +101,8 @@ export interface LocalSet {
    * failed the volume over, so this node's primary (if any) serves no I/O and records no change.
    */
   fenced: boolean
+  /** The forwarded writes this copy holds (see forwarded-writes.ts): a repeat of one is not written again. */
+  readonly writes: WriteLedger
 }
 
 /** A new LocalSet, whose `record` setter tells `primaryWatchers` when the primary it names changes. */
@@ -127,7 +130,8 @@ export function newLocalSet (volumeId: string, position: ReplicaPosition): Local
     saveTimer: undefined,
     unrecorded: false,
     primaryWatchers,
-    fenced: false
+    fenced: false,
+    writes: new WriteLedger()
   }
 }
 
@@ -140,6 +144,8 @@ export interface ManagerCore {
   readonly nodeId: string
   /** How long a call forwarded to the primary waits for one it can reach (ClusterOptions.failoverWaitMs). */
   readonly failoverWaitMs: number
+  /** The writes this node forwards to primaries, numbered (see forwarded-writes.ts). */
+  readonly outgoing: OutgoingWrites
   readonly host: ReplicationHost
   readonly cluster: ClusterManager
   readonly coordinator: Coordinator

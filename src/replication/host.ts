@@ -2,6 +2,7 @@
 // positions, snapshots, copy layouts, events, forwarded I/O and status.
 
 import type { BlockEngine, VolumeBlocks } from '../engine/engine.js'
+import type { WriterId } from '../engine/replicator.js'
 import type { VolumeSpec } from './records.js'
 import type { LinkState } from './link.js'
 import type { VolumeAttachments } from './attachments.js'
@@ -156,6 +157,11 @@ export interface ForwardedRequest {
    * volume at least that large for the one it made.
    */
   readonly repeat?: boolean
+  /**
+   * Names one forwarded write or trim, the same in every attempt of it (see WriterId): the primary
+   * that holds it already (a repeat whose earlier attempt took effect) does not write it again.
+   */
+  readonly writer?: WriterId
 }
 
 /** How replication of a volume stands, as the node asked sees it. */

@@ -31,6 +31,7 @@
 // handing off, moving and reshaping replica sets), cleanup.ts (deletion marks, forgotten nodes),
 // failover.ts (the cluster leader's passes).
 
+import { GalleonError } from '../errors.js'
 import type { Coordinator, TransportMessage } from '../drivers.js'
 import type { ClusterManager } from '../cluster/manager.js'
 import type { PlacementRequest } from '../cluster/placement.js'
@@ -48,6 +49,7 @@ import { Roles } from './roles.js'
 import { LeaseFence } from './lease-fence.js'
 import { RecordUpdates } from './record-updates.js'
 import { forwardToPrimary } from './forward.js'
+import { OutgoingWrites, type WriteLedger, type WriterId } from './forwarded-writes.js'
 import { clearDeletionMark, forgetGoneNode, leaveDeletionMarks, leaveDroppedLists, orphanState, recordDeleted } from './cleanup.js'
 import { usersElsewhere, type UsersElsewhere } from './attachments.js'
 
@@ -89,6 +91,7 @@ export class ReplicationManager {
     this.#core = {
       nodeId: cluster.nodeId,
       failoverWaitMs,
+      outgoing: new OutgoingWrites(cluster.nodeId),
       host,
       cluster,
       coordinator,
@@ -423,6 +426,36 @@ export class ReplicationManager {
    */
   forward (volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
     return forwardToPrimary(this.#core, volumeId, request, payload)
+  }
+
+  /** A new identity for a write this node forwards (see OutgoingWrites.begin); writeDone() once its caller has its answer. */
+  beginWrite (): WriterId {
+    return this.#core.outgoing.begin()
+  }
+
+  writeDone (writer: WriterId): void {
+    this.#core.outgoing.end(writer)
+  }
+
+  /** The forwarded writes this node's copy of a volume holds (undefined: it holds no copy). */
+  writeLedger (volumeId: string): WriteLedger | undefined {
+    return this.#sets.get(volumeId)?.writes
+  }
+
+  /**
+   * Answers a repeat of a forwarded write this node (the volume's primary) holds already, made by
+   * an earlier attempt here or at a former primary: once what it holds meets `concern` (synced
+   * here; on the in-sync copies for the replicated ones, which hold all this primary recorded so
+   * far or was resynced from). Rejects with NOT_LEADER when this node is not the primary.
+   */
+  async settleRepeat (volumeId: string, concern: WriteConcern): Promise<void> {
+    const primary = this.#sets.get(volumeId)?.primary
+    if (primary === undefined || primary.stopped) throw new GalleonError('NOT_LEADER', `node ${this.nodeId} is not the primary of volume ${volumeId} now; ask its primary`)
+    if (concern !== WriteConcern.WriteAcknowledged) await this.#host.engine.flush()
+    if (concern !== WriteConcern.WriteReplicated && concern !== WriteConcern.WriteDistributed) return
+    const why = primary.possible(concern)
+    if (why !== undefined) throw unsatisfied(`${why}. The write is stored on this node but not acknowledged as ${concern}`)
+    if (primary.seq > 0) await primary.committed(primary.seq, concern)
   }
 
   // ------------------------------------------------------------------ status

@@ -112,14 +112,18 @@ export class Primary implements VolumeReplicator {
     if (change.type === 'write' && change.data.byteLength > BATCH_MAX_BYTES) {
       // A large write travels as consecutive pieces, each within a message's size; its concern is
       // met when the last one is (copies acknowledge in order).
+      // A forwarded write's identity goes with the last piece: a copy holds the write once it has all of it.
       let seq = 0
       for (let at = 0; at < change.data.byteLength; at += BATCH_MAX_BYTES) {
-        seq = this.record({ type: 'write', offset: change.offset + at, data: change.data.subarray(at, Math.min(at + BATCH_MAX_BYTES, change.data.byteLength)) })
+        const end = Math.min(at + BATCH_MAX_BYTES, change.data.byteLength)
+        const piece = { type: 'write', offset: change.offset + at, data: change.data.subarray(at, end) } as const
+        seq = this.record(end === change.data.byteLength && change.writer !== undefined ? { ...piece, writer: change.writer } : piece)
       }
       return seq
     }
     const seq = ++this.#seq
     this.clock.recorded(seq)
+    if ((change.type === 'write' || change.type === 'trim') && change.writer !== undefined) this.#set.writes.note(change.writer)
     const bs = this.#manager.host.engine.blockSize
     if (change.type === 'write' || change.type === 'trim') {
       const length = change.type === 'write' ? change.data.byteLength : change.length
@@ -133,7 +137,7 @@ export class Primary implements VolumeReplicator {
     let kept: ReplicatedChange | undefined
     for (const link of this.#links.values()) {
       if (!link.takes) continue
-      kept ??= change.type === 'write' ? { type: 'write', offset: change.offset, data: this.#arena.copy(change.data, change.data.byteLength, seq) } : change
+      kept ??= change.type === 'write' ? { ...change, data: this.#arena.copy(change.data, change.data.byteLength, seq) } : change
       link.offer(seq, kept)
     }
     return seq

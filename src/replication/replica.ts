@@ -335,6 +335,8 @@ export class ReplicaSide {
     // Background: the primary's changes (stream or resync), not client I/O of this copy. Counted
     // here too, a volume's writes summed over its nodes came out once per copy.
     for (const change of changes) {
+      // Issued in order, as the primary recorded it: a repeat of the forwarded write is not written again (see forwarded-writes.ts).
+      if ((change.type === 'write' || change.type === 'trim') && change.writer !== undefined) set.writes.note(change.writer)
       if (change.type === 'write') {
         // One whole block (the usual change) takes the engine's one-block path, which does less per write.
         pending.push(change.data.byteLength === bs && change.offset % bs === 0

@@ -15,7 +15,8 @@
 // for a while (release()), so an idle volume holds none.
 
 import { GalleonError } from '../errors.js'
-import type { ReplicatedChange } from '../engine/replicator.js'
+import type { ReplicatedChange, WriterId } from '../engine/replicator.js'
+import { writerOf } from './forwarded-writes.js'
 
 /** Bytes per arena chunk. */
 export const CHUNK_BYTES = 1024 * 1024
@@ -95,6 +96,11 @@ export class ChangeArena {
   }
 }
 
+/** `wr`, a forwarded write's identity (see WriterId), left out when there is none; nodes of earlier versions ignore it. */
+function wireWriter (writer: WriterId | undefined): { wr?: WriterId } {
+  return writer === undefined ? {} : { wr: writer }
+}
+
 /**
  * Encodes changes as a message: headers in JSON, write data in the payload, in order. When the
  * writes' bytes lie side by side in one buffer (the arena's usual case), the payload is a view of
@@ -115,10 +121,10 @@ export function encodeChanges (changes: ReadonlyArray<{ seq: number, change: Rep
           adjacent = false
         }
         bytes += data.byteLength
-        list.push({ t: 'w', o: change.offset, n: data.byteLength })
+        list.push({ t: 'w', o: change.offset, n: data.byteLength, ...wireWriter(change.writer) })
         break
       }
-      case 'trim': list.push({ t: 't', o: change.offset, n: change.length }); break
+      case 'trim': list.push({ t: 't', o: change.offset, n: change.length, ...wireWriter(change.writer) }); break
       // `tk`, a call's token, is left out when there is none; nodes of earlier versions ignore it.
       case 'snapshot': list.push({ t: 's', id: change.id, name: change.name, ...(change.token === undefined ? {} : { tk: change.token }) }); break
       case 'delete-snapshot': list.push({ t: 'd', id: change.id }); break
@@ -154,10 +160,12 @@ export function decodeChanges (list: unknown, payload: Uint8Array | undefined): 
     if (item.t === 'w') {
       const n = item.n as number
       if (payload === undefined || at + n > payload.byteLength) throw new GalleonError('INVALID_ARGUMENT', 'a replication batch is shorter than its changes say')
-      out.push({ type: 'write', offset: item.o as number, data: payload.subarray(at, at + n) })
+      const writer = writerOf(item.wr)
+      out.push({ type: 'write', offset: item.o as number, data: payload.subarray(at, at + n), ...(writer === undefined ? {} : { writer }) })
       at += n
     } else if (item.t === 't') {
-      out.push({ type: 'trim', offset: item.o as number, length: item.n as number })
+      const writer = writerOf(item.wr)
+      out.push({ type: 'trim', offset: item.o as number, length: item.n as number, ...(writer === undefined ? {} : { writer }) })
     } else if (item.t === 's') {
       out.push({ type: 'snapshot', id: String(item.id), name: String(item.name), ...(typeof item.tk === 'string' ? { token: item.tk } : {}) })
     } else if (item.t === 'd') {
