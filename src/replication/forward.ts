@@ -15,15 +15,33 @@ const CONTROL_OPS = new Set<ForwardedRequest['op']>(['createSnapshot', 'deleteSn
 /** Those of them that done twice differ from done once: sent again only with a token. */
 const ONCE_OPS = new Set<ForwardedRequest['op']>(['createSnapshot', 'deleteSnapshot', 'deleteVolume', 'restoreSnapshot'])
 /**
- * How long one forwarded call may take on the primary: it runs there as the primary's own, which
- * may wait for QoS admission and for its copies (COMMIT_WAIT_MS, 60 s), so a shorter limit cut off
- * calls the primary was still working on, and sent them again.
+ * How long one attempt of a forwarded call may take on the primary (within the call's failover
+ * wait, which ends it first when shorter): it runs there as the primary's own, which may wait for
+ * QoS admission and for its copies (COMMIT_WAIT_MS, 60 s), so a shorter limit cut off calls the
+ * primary was still working on, and sent them again.
  */
 const FORWARD_ANSWER_MS = 75_000
 
-/** Sends a call to the volume's primary on behalf of this node (see ReplicationManager.forward). */
+/** Forwarded calls that change the volume: one that failed after an attempt reached a primary unanswered may have taken effect. */
+const CHANGING_OPS = new Set<ForwardedRequest['op']>([...CONTROL_OPS, 'write', 'writeBlock', 'trim'])
+
+/**
+ * Sends a call to the volume's primary on behalf of this node (see ReplicationManager.forward).
+ * The failover wait bounds the whole call: an attempt still under way when it ends (a primary that
+ * does not answer, or a connection cut off without a reset) is given up on then, and the caller
+ * told whether the call may have taken effect.
+ */
 export async function forwardToPrimary (core: ManagerCore, volumeId: string, request: ForwardedRequest, payload?: Uint8Array): Promise<TransportMessage> {
-  const deadline = performance.now() + core.failoverWaitMs
+  const callEnds = new AbortController()
+  const timer = setTimeout(() => { callEnds.abort() }, core.failoverWaitMs)
+  try {
+    return await attempts(core, volumeId, request, payload, performance.now() + core.failoverWaitMs, callEnds.signal)
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+async function attempts (core: ManagerCore, volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined, deadline: number, callEnds: AbortSignal): Promise<TransportMessage> {
   let lastError: unknown
   // Such a call without a token (made by a caller that does not give one) is not sent again once
   // it may have reached the primary: it could happen twice.
@@ -31,7 +49,7 @@ export async function forwardToPrimary (core: ManagerCore, volumeId: string, req
   const repeatable = !ONCE_OPS.has(request.op) || typeof request.token === 'string'
   /** The primary an earlier attempt reached that did not answer it: the call may have taken effect there. */
   let unanswered: string | undefined
-  const failed = (err: unknown): unknown => unanswered === undefined || !control ? err : markOutcomeUnknown(err, unanswered)
+  const failed = (err: unknown): unknown => unanswered === undefined || !CHANGING_OPS.has(request.op) ? err : markOutcomeUnknown(err, unanswered)
   for (let attempt = 0; ; attempt++) {
     const set = core.sets.get(volumeId)
     if (set === undefined) throw failed(new GalleonError('VOLUME_NOT_FOUND', `volume ${volumeId} is no longer replicated here`))
@@ -51,7 +69,7 @@ export async function forwardToPrimary (core: ManagerCore, volumeId: string, req
       if (watch !== undefined) set.primaryWatchers.add(watch)
       try {
         const header = { volumeId, ...request, ...(unanswered !== undefined && control ? { repeat: true } : {}) }
-        return await core.cluster.request(primary, { kind: 'repl:io', header, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: failedOver.signal })
+        return await core.cluster.request(primary, { kind: 'repl:io', header, ...(payload === undefined ? {} : { payload }) }, { timeoutMs: FORWARD_ANSWER_MS, signal: AbortSignal.any([failedOver.signal, callEnds]) })
       } catch (err) {
         const code = (err as { code?: string })?.code
         // Refused before it ran (the primary is starting, has not taken the role up yet, or was
@@ -60,10 +78,17 @@ export async function forwardToPrimary (core: ManagerCore, volumeId: string, req
         // attempt did nothing there, so it neither makes the next one a repeat nor the call's
         // error "may have taken effect".
         const notRun = isNotSent(err) || refusedBeforeRunning(err, primary, 'repl:io') || ioRefusedBeforeRunning(err, primary, volumeId)
-        if (failedOver.signal.aborted && !core.closed && performance.now() < deadline + FORWARD_ANSWER_MS) {
+        if (callEnds.aborted) {
+          // The failover wait is over with this attempt under way: whatever its answer, it comes
+          // too late. One that was never sent says what the attempts before it found.
+          if (notRun) throw failed(noPrimary(volumeId, primary, lastError ?? err))
+          unanswered = primary
+          throw failed(new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId}: its primary ${primary} did not answer within the failover wait (${core.failoverWaitMs} ms): ${errorText(err)}; retry once the cluster has failed over, or give the call longer (the cluster option failoverWaitMs)`))
+        }
+        if (failedOver.signal.aborted && !core.closed) {
           lastError = err
           if (!notRun) unanswered = primary
-          continue // the new primary is tried, even just past the failover deadline (not for ever: a record whose primary keeps changing)
+          continue // the new primary is tried, within the failover wait
         }
         if (code !== 'NOT_LEADER' && (code !== 'BACKEND_UNAVAILABLE' || !repeatable)) throw failed(err)
         lastError = err
@@ -74,9 +99,14 @@ export async function forwardToPrimary (core: ManagerCore, volumeId: string, req
       }
     }
     if (performance.now() >= deadline || core.closed) {
-      throw failed(new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`))
+      throw failed(noPrimary(volumeId, primary, lastError))
     }
-    await sleep(Math.min(100 * (attempt + 1), 500))
+    await sleep(Math.max(0, Math.min(100 * (attempt + 1), 500, deadline - performance.now())))
     await core.refresh(set)
   }
+}
+
+/** The error of a forwarded call whose failover wait ended without a primary that took it (`primary`: the last one known). */
+function noPrimary (volumeId: string, primary: string | undefined, lastError: unknown): GalleonError {
+  return new GalleonError('BACKEND_UNAVAILABLE', `volume ${volumeId} has no reachable primary (last known: ${primary ?? 'none'}): ${lastError === undefined ? 'no record' : errorText(lastError)}; retry once the cluster has failed over`)
 }
