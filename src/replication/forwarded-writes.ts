@@ -52,6 +52,13 @@ export function writerOf (value: unknown): WriterId | undefined {
   return { origin: w.origin, n: w.n as number, low: w.low as number }
 }
 
+/** A ledger's writes of one writer as a resync sends them (see WriteLedger.entries). */
+export interface LedgerEntry {
+  readonly origin: string
+  readonly low: number
+  readonly held: readonly number[]
+}
+
 /**
  * The forwarded writes one copy of a volume holds (recorded as its primary, or applied from the
  * stream), by writer: the numbers at or above the lowest that writer still has under way. Below
@@ -77,6 +84,32 @@ export class WriteLedger {
    */
   stale (writer: WriterId): boolean {
     return writer.n < this.#entry(writer).low
+  }
+
+  /**
+   * What this ledger holds, for a resync to hand to the copy it rebuilds (see replace): the copy
+   * gets the changes up to the cut as blocks, which carry no identities.
+   */
+  entries (): LedgerEntry[] {
+    return [...this.#origins].map(([origin, entry]) => ({ origin, low: entry.low, held: [...entry.held].filter((n) => n >= entry.low) }))
+  }
+
+  /**
+   * Holds exactly `entries` (a primary's at a resync's cut), checked: a copy rebuilt by a resync
+   * holds the primary's history up to the cut, and no longer any write of its own that the resync
+   * undid (a repeat of one must be written). Malformed entries (a peer's bug) are left out.
+   */
+  replace (entries: unknown): void {
+    this.#origins.clear()
+    if (!Array.isArray(entries)) return
+    for (const item of entries.slice(-ORIGINS_KEPT)) {
+      const e = item as Partial<LedgerEntry> | null
+      if (e === null || typeof e !== 'object' || typeof e.origin !== 'string' || e.origin === '' || !Number.isSafeInteger(e.low) || (e.low as number) < 0 || !Array.isArray(e.held)) continue
+      const low = e.low as number
+      const held = new Set(e.held.filter((n): n is number => Number.isSafeInteger(n) && n >= Math.max(1, low)))
+      this.#origins.delete(e.origin)
+      this.#origins.set(e.origin, { low, held, pruneAt: Math.max(64, held.size * 2) })
+    }
   }
 
   /** Follows `writer`'s lowest write under way, and forgets the writes below it. */

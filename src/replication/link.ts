@@ -7,6 +7,7 @@ import type { TransportMessage } from '../drivers.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import { LIVE } from '../engine/block-map.js'
 import type { ReplicatedChange } from '../engine/replicator.js'
+import type { LedgerEntry } from './forwarded-writes.js'
 import { encodeChanges } from './stream-codec.js'
 import type { ReplicationStatus, SnapshotInfo } from './host.js'
 import type { VolumeSpec } from './records.js'
@@ -364,6 +365,7 @@ export class Link {
     let cut = 0
     let snapshots: SnapshotInfo[] = []
     let revertTokens: readonly string[] = []
+    let writes: LedgerEntry[] = []
     // The storage read from, fixed for the whole resync (the primary's copy may move meanwhile: then
     // reads at the cut fail, and the resync starts over on the new storage).
     const source = primary.blocks
@@ -375,9 +377,11 @@ export class Link {
       cut = primary.seq
       snapshots = host.snapshots(primary.volumeId)
       revertTokens = host.revertTokens(primary.volumeId)
+      // The forwarded writes held at the cut: the copy gets their changes as blocks, without identities.
+      writes = primary.writes.entries()
     }))
     try {
-      await this.#resyncFrom(theirs, cut, snapshots, revertTokens, pin, pinSize)
+      await this.#resyncFrom(theirs, cut, snapshots, revertTokens, writes, pin, pinSize)
     } finally {
       await engine.dropSnapshot(source, pin).catch(() => {})
     }
@@ -385,9 +389,10 @@ export class Link {
 
   /**
    * The resync after its cut: the views the copy lacks, block by block, then the cut as its
-   * position, with the tokens of the reverts the volume had then (see ReplicationHost.revertTokens).
+   * position, with the tokens of the reverts the volume had then (see ReplicationHost.revertTokens)
+   * and the forwarded writes it held then (see WriteLedger.entries).
    */
-  async #resyncFrom (theirs: { epoch: number, seq: number, snapshots: string[] }, cut: number, snapshots: SnapshotInfo[], revertTokens: readonly string[], pin: number, pinSize: number): Promise<void> {
+  async #resyncFrom (theirs: { epoch: number, seq: number, snapshots: string[] }, cut: number, snapshots: SnapshotInfo[], revertTokens: readonly string[], writes: LedgerEntry[], pin: number, pinSize: number): Promise<void> {
     const primary = this.#primary
     const host = primary.manager.host
     const engine = host.engine
@@ -444,7 +449,7 @@ export class Link {
       this.#abort = undefined
       throw new GalleonError('BUSY', why)
     }
-    await this.#call('repl:resync-end', { seq: cut, revertTokens })
+    await this.#call('repl:resync-end', { seq: cut, revertTokens, writes })
     this.acked = cut
     // Still collecting: changes keep being queued until the stream takes over (see #run).
     this.#progress = undefined

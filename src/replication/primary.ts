@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import type { VolumeBlocks } from '../engine/engine.js'
 import type { ReplicatedChange, VolumeReplicator } from '../engine/replicator.js'
+import type { WriteLedger } from './forwarded-writes.js'
 import { WriteConcern } from '../types.js'
 import { RecordClock } from './record-clock.js'
 import { ChangeArena } from './stream-codec.js'
@@ -78,6 +79,8 @@ export class Primary implements VolumeReplicator {
     for (const link of this.#links.values()) if (link.state === 'resyncing') link.restart('the primary\'s copy moved to new storage', true)
   }
   get setRecord (): ReplicaSetRecord { return this.#record }
+  /** The forwarded writes this copy holds (see forwarded-writes.ts), which a resync hands on. */
+  get writes (): WriteLedger { return this.#set.writes }
   get manager (): ReplicationManager { return this.#manager }
   get stopped (): boolean { return this.#stopped !== undefined }
 

@@ -247,6 +247,8 @@ export class ReplicaSide {
       // hand-over's copy, which followed the same stream, or a primary of an earlier version.
       const reverts = header.revertTokens
       if (Array.isArray(reverts)) await this.#core.host.keepRevertTokens(set.volumeId, reverts.filter((t): t is string => typeof t === 'string'))
+      // Likewise the forwarded writes it holds (the resync's blocks carry no identities); absent: as above.
+      if (header.writes !== undefined) set.writes.replace(header.writes)
       set.position = { epoch: header.epoch as number, seq: header.seq as number }
       set.durable = set.position
       set.nextFrom = set.position.seq + 1
