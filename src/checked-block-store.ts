@@ -5,7 +5,7 @@
 
 import { GalleonError, copyBytes, describe } from './errors.js'
 import { isNoSpaceError } from './abstract-block-store.js'
-import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockReadOptions, type BlockStore, type BlockStoreStats, type BlockStoreSupports, type DriverStatus } from './drivers.js'
+import { MAX_BLOCK_VALUE_BYTES, type BlockAddress, type BlockOp, type BlockReadOptions, type BlockStore, type BlockStoreFileProblem, type BlockStoreStats, type BlockStoreSupports, type DriverStatus } from './drivers.js'
 
 /** Block stores of GalleonFS's own backends, which keep the contract and are used as they are. */
 const vouched = new WeakSet<object>()
@@ -56,6 +56,30 @@ class CheckedBlockStore implements BlockStore {
     // Read once: the engine decides on them per write, and a store may not change its mind later.
     this.supports = Object.freeze({ persistent: store.supports.persistent, durableSync: store.supports.durableSync, atomicBatch: store.supports.atomicBatch, reclaimsSpace: store.supports.reclaimsSpace })
     this.#label = `the block store '${store.name}'`
+    // Optional (scrub asks it when present): passed on only for a store that has it, so that a
+    // guarded subclass of the file store is still asked about its files.
+    if (typeof store.checkFiles === 'function') this.checkFiles = async (options) => await this.#checkFiles(options)
+  }
+
+  readonly checkFiles?: (options?: { volume?: number }) => Promise<readonly BlockStoreFileProblem[]>
+
+  async #checkFiles (options?: { volume?: number }): Promise<readonly BlockStoreFileProblem[]> {
+    return await this.#call('checkFiles', async () => {
+      const problems = await this.#store.checkFiles?.(options) as unknown
+      if (!Array.isArray(problems)) throw this.#broken(`checkFiles() must resolve to an array of problems, got ${describe(problems)}`)
+      return problems.map((problem: unknown) => {
+        const p = problem as Record<string, unknown> | null
+        if (p === null || typeof p !== 'object' || typeof p.file !== 'string' || typeof p.code !== 'string' || typeof p.message !== 'string' || !Array.isArray(p.blocks)) {
+          throw this.#broken(`checkFiles() must give each problem as { file, code, message } strings and blocks (an array of addresses), got ${describe(problem)}`)
+        }
+        const blocks = (p.blocks as unknown[]).map((address) => {
+          const a = address as Record<string, unknown> | null
+          if (a === null || typeof a !== 'object' || !isUint(a.volume) || !isUint(a.index) || !isUint(a.gen)) throw this.#broken(`checkFiles() must give blocks as { volume, index, gen } of non-negative integers, got ${describe(address)}`)
+          return { volume: a.volume, index: a.index, gen: a.gen }
+        })
+        return { file: p.file, code: p.code, message: p.message, blocks }
+      })
+    })
   }
 
   get status (): DriverStatus { return this.#store.status }
