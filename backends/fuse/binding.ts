@@ -112,6 +112,29 @@ export function stopNativeThread (path: string, fuse: FuseInstance): void {
 }
 
 /**
+ * Lets go of a mount's operations once its thread is stopped (or its mount failed). fuse-native
+ * 2.2.6 never deletes the references its native mount call makes to the Fuse object and to its
+ * handlers, so every Fuse object stays in memory for good, and with it `fuse.ops` (the mount's
+ * operations, which hold the mounted volume's state and, through its data accessors, the whole
+ * GalleonFS instance, closed or not) and the `_fuseOptions` set on it. Those are replaced by
+ * stubs answering EIO (no request comes after the unmount, but a late one must not find a missing
+ * operation): what stays behind per mount is fuse-native's own small object only.
+ */
+export function detachOperations (fuse: FuseInstance, eio: number): void {
+  const held = fuse as unknown as { ops?: Record<string, unknown>, _fuseOptions?: unknown }
+  const stubs: Record<string, unknown> = {}
+  for (const name of Object.keys(held.ops ?? {})) {
+    stubs[name] = (...args: unknown[]): void => {
+      const callback = args[args.length - 1]
+      if (typeof callback === 'function') (callback as (code: number) => void)(eio)
+    }
+  }
+  held.ops = stubs
+  // The wrapper mount() set holds the volume's options: the prototype's goes back.
+  if (Object.hasOwn(held, '_fuseOptions')) delete held._fuseOptions
+}
+
+/**
  * fuse-native 2.2.6's per-thread request record (fuse_thread_locals_t in fuse-native.c), as built
  * on 64-bit little-endian Linux (x64, arm64): its size, and the byte offsets of the operation's
  * number and of a utimens request's two times (milliseconds, 64-bit unsigned integers). Checked

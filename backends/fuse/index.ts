@@ -40,7 +40,7 @@ import type { MountDriver, MountedVolume } from '../../src/drivers.js'
 import { ReadAhead } from './read-ahead.js'
 import { fusermount } from './fusermount.js'
 import { BUILT_IN_DRIVER_WORDS } from '../../src/mount/mount-words.js'
-import { loadFuse, passUtimensMtime, stopNativeThread, type FuseClass, type FuseInstance } from './binding.js'
+import { detachOperations, loadFuse, passUtimensMtime, stopNativeThread, type FuseClass, type FuseInstance } from './binding.js'
 import { isMountPoint, ownFilesOpenUnder, removeMadeDirectories, servedHere } from './mount-points.js'
 import { fuseOperations, type MountState } from './operations.js'
 import { WriteBehind } from './write-behind.js'
@@ -124,6 +124,7 @@ export class FuseMountDriver implements MountDriver {
       return own === '' ? `-o${extra}` : `${own},${extra}`
     }
     await new Promise<void>((resolve, reject) => fuse.mount((err) => err === null || err === undefined ? resolve() : reject(err))).catch(async (err: Error) => {
+      detachOperations(fuse, this.#Fuse.EIO)
       await removeMadeDirectories(path, madeFrom)
       throw new GalleonError('IO_ERROR', `could not mount FUSE at ${path}: ${err.message}`, { cause: err })
     })
@@ -179,6 +180,8 @@ export class FuseMountDriver implements MountDriver {
       state.active = true
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
+    // fuse-native keeps the Fuse object for good: it must not keep the volume (and the instance) too.
+    detachOperations(fuse, this.#Fuse.EIO)
     this.#mounts.delete(path)
     const kernelPath = this.#kernelPaths.get(path)
     this.#kernelPaths.delete(path)
