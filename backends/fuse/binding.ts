@@ -111,22 +111,28 @@ export function stopNativeThread (path: string, fuse: FuseInstance): void {
   binding.fuse_native_unmount(path, (fuse as unknown as { _thread: unknown })._thread)
 }
 
+/** Operations of a descriptor going away: answered with success once the mount's operations are gone. */
+const CLOSING_OPERATIONS = new Set(['flush', 'release', 'releasedir'])
+
 /**
  * Lets go of a mount's operations once its thread is stopped (or its mount failed). fuse-native
  * 2.2.6 never deletes the references its native mount call makes to the Fuse object and to its
  * handlers, so every Fuse object stays in memory for good, and with it `fuse.ops` (the mount's
  * operations, which hold the mounted volume's state and, through its data accessors, the whole
  * GalleonFS instance, closed or not) and the `_fuseOptions` set on it. Those are replaced by
- * stubs answering EIO (no request comes after the unmount, but a late one must not find a missing
- * operation): what stays behind per mount is fuse-native's own small object only.
+ * stubs answering EIO (a descriptor left open across a forced unmount still sends requests; its
+ * close succeeds): what stays behind per mount is fuse-native's own small object only.
  */
 export function detachOperations (fuse: FuseInstance, eio: number): void {
   const held = fuse as unknown as { ops?: Record<string, unknown>, _fuseOptions?: unknown }
   const stubs: Record<string, unknown> = {}
   for (const name of Object.keys(held.ops ?? {})) {
+    // Closing a descriptor left open across a forced unmount succeeds, as it did before the
+    // operations went: nothing is held for it any more (its writes since fail with EIO).
+    const code = CLOSING_OPERATIONS.has(name) ? 0 : eio
     stubs[name] = (...args: unknown[]): void => {
       const callback = args[args.length - 1]
-      if (typeof callback === 'function') (callback as (code: number) => void)(eio)
+      if (typeof callback === 'function') (callback as (code: number) => void)(code)
     }
   }
   held.ops = stubs
