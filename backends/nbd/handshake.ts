@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError } from '../../src/errors.js'
-import { BASE_ALLOCATION, BASE_ALLOCATION_ID, IHAVEOPT, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_STARTTLS, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_TLS_REQD, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
+import { BASE_ALLOCATION, BASE_ALLOCATION_ID, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, INFO_BLOCK_SIZE, INFO_DESCRIPTION, INFO_EXPORT, INFO_NAME, MAX_OPTION_BYTES, MAX_REQUEST_BYTES, OPTION_REPLY_MAGIC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_LIST_META_CONTEXT, OPT_STARTTLS, OPT_SET_META_CONTEXT, OPT_STRUCTURED_REPLY, ProtocolError, REP_ACK, REP_ERR_INVALID, REP_ERR_POLICY, REP_ERR_SHUTDOWN, REP_ERR_TLS_REQD, REP_ERR_UNKNOWN, REP_ERR_UNSUP, REP_INFO, REP_META_CONTEXT, REP_SERVER, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_READ_ONLY, TFLAG_SEND_DF, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES, type Export, type Attachment } from './protocol.js'
 import { SocketReader, repliesBelow } from './socket.js'
 import { established, startTls, type NbdTls } from './tls.js'
 
@@ -37,8 +37,39 @@ export interface Session {
   secured: boolean
 }
 
-/** Option haggling; resolves to the export to serve, or undefined when the client left. */
-export async function negotiate (g: GalleonFS, session: Session, noZeroes: boolean, fixed = true): Promise<{ export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined> {
+/** What negotiate() resolves to: the export a session serves and what it negotiated. */
+export type Negotiated = { export: Export, attachment?: Attachment, structured: boolean, allocation: boolean } | undefined
+
+/**
+ * Why the server takes no new session now (it is starting, or stopping), asked at each option;
+ * undefined: it serves.
+ */
+export type Refusal = () => string | undefined
+
+/**
+ * The greeting, the client's flags and the option haggling: the export to serve, or undefined.
+ * Without `g` (a server that cannot serve yet) every option is refused as `refusal` says.
+ */
+export async function greet (g: GalleonFS | undefined, session: Session, refusal?: Refusal): Promise<Negotiated> {
+  const { socket, reader } = session
+  const hello = Buffer.alloc(18)
+  hello.writeBigUInt64BE(NBDMAGIC, 0)
+  hello.writeBigUInt64BE(IHAVEOPT, 8)
+  hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
+  socket.write(hello)
+  const clientFlags = await reader.read(4)
+  if (clientFlags === undefined) return undefined
+  const flags = clientFlags.readUInt32BE(0)
+  if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
+  return await negotiate(g, session, (flags & FLAG_NO_ZEROES) !== 0, (flags & FLAG_FIXED_NEWSTYLE) !== 0, refusal)
+}
+
+/**
+ * Option haggling; resolves to the export to serve, or undefined when the client left. While
+ * `refusal` gives a reason (and always without `g`), every option but NBD_OPT_ABORT and
+ * NBD_OPT_STARTTLS is answered NBD_REP_ERR_SHUTDOWN with that reason.
+ */
+export async function negotiate (g: GalleonFS | undefined, session: Session, noZeroes: boolean, fixed = true, refusal?: Refusal): Promise<Negotiated> {
   let structured = false
   // base:allocation as chosen by the last NBD_OPT_SET_META_CONTEXT, for the export it named.
   let allocation: Export | undefined
@@ -78,30 +109,45 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
       error(REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first (e.g. an nbds:// URI, or qemu\'s tls-creds)')
       continue
     }
+    if (option === OPT_STARTTLS) {
+      // Also while refusing: a client that wants TLS gets the refusal over TLS, not an error in clear.
+      if (session.tls === undefined) { error(REP_ERR_UNSUP, 'this server was started without TLS (NbdServer.listen(g, { tls }), or the daemon\'s --nbd-tls-* options)'); continue }
+      if (session.secured) { error(REP_ERR_INVALID, 'TLS is already negotiated on this connection'); continue }
+      const tls = session.credentials() ?? session.tls
+      if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'); continue }
+      // A client must wait for this reply before its TLS handshake: bytes it sent after the
+      // option, before the reply, are not TLS the server could take over.
+      if (reader.detach() > 0) throw new ProtocolError('data sent after NBD_OPT_STARTTLS before its reply')
+      // The reply goes out in clear, all of it, before TLS takes the socket over; what the client
+      // sends meanwhile (its TLS hello) waits in the paused socket, and TLS takes it from there.
+      socket.pause()
+      const sent = await new Promise<boolean>((resolve) => { reply(REP_ACK, undefined, (err?: Error | null) => { resolve(err === undefined || err === null) }) })
+      if (!sent || socket.destroyed) return undefined
+      const secured = startTls(socket, tls)
+      secured.on('error', () => {}) // a failed handshake closes the session; the server goes on
+      // The session's socket from now on (the handshake limit and close() end this one), but
+      // nothing is read from it before the handshake is done and the client's certificate checked.
+      session.socket = secured
+      if (!await established(secured, tls)) return undefined
+      session.reader = new SocketReader(secured)
+      session.secured = true
+      continue
+    }
+    if (option === OPT_ABORT) {
+      reply(REP_ACK)
+      socket.end()
+      return undefined
+    }
+    const refused = refusal?.()
+    if (g === undefined || refused !== undefined) {
+      // proto.md: a server being shut down SHOULD error every further option but NBD_OPT_ABORT
+      // with NBD_REP_ERR_SHUTDOWN, and the client MUST then disconnect; NBD_OPT_EXPORT_NAME
+      // cannot be answered with an error, so that session ends (a hard disconnect).
+      if (option === OPT_EXPORT_NAME) return undefined
+      error(REP_ERR_SHUTDOWN, fitted(refused ?? 'this NBD server serves no exports yet: retry in a moment'))
+      continue
+    }
     switch (option) {
-      case OPT_STARTTLS: {
-        if (session.tls === undefined) { error(REP_ERR_UNSUP, 'this server was started without TLS (NbdServer.listen(g, { tls }), or the daemon\'s --nbd-tls-* options)'); break }
-        if (session.secured) { error(REP_ERR_INVALID, 'TLS is already negotiated on this connection'); break }
-        const tls = session.credentials() ?? session.tls
-        if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data'); break }
-        // A client must wait for this reply before its TLS handshake: bytes it sent after the
-        // option, before the reply, are not TLS the server could take over.
-        if (reader.detach() > 0) throw new ProtocolError('data sent after NBD_OPT_STARTTLS before its reply')
-        // The reply goes out in clear, all of it, before TLS takes the socket over; what the client
-        // sends meanwhile (its TLS hello) waits in the paused socket, and TLS takes it from there.
-        socket.pause()
-        const sent = await new Promise<boolean>((resolve) => { reply(REP_ACK, undefined, (err?: Error | null) => { resolve(err === undefined || err === null) }) })
-        if (!sent || socket.destroyed) return undefined
-        const secured = startTls(socket, tls)
-        secured.on('error', () => {}) // a failed handshake closes the session; the server goes on
-        // The session's socket from now on (the handshake limit and close() end this one), but
-        // nothing is read from it before the handshake is done and the client's certificate checked.
-        session.socket = secured
-        if (!await established(secured, tls)) return undefined
-        session.reader = new SocketReader(secured)
-        session.secured = true
-        break
-      }
       case OPT_EXPORT_NAME: {
         // No way to report an error here: an unknown export ends the connection.
         const claimed = await resolveExport(g, data.toString('utf8')).then(async (found) => await claim(g, found)).catch(() => undefined)
@@ -112,10 +158,6 @@ export async function negotiate (g: GalleonFS, session: Session, noZeroes: boole
         socket.write(out)
         return { ...claimed, structured, allocation: contextsFor(claimed.export) }
       }
-      case OPT_ABORT:
-        reply(REP_ACK)
-        socket.end()
-        return undefined
       case OPT_LIST: {
         if (length !== 0) { error(REP_ERR_INVALID, 'NBD_OPT_LIST takes no data'); break }
         for (const volume of await g.listVolumes().catch(() => [])) {
@@ -292,4 +334,15 @@ function parseMetaContextOption (data: Buffer): { exportName: string, queries: s
     at += 4 + length
   }
   return at === data.byteLength ? { exportName, queries } : undefined
+}
+
+/** Longest string an option reply may carry (proto.md: a string MUST be at most 4096 bytes). */
+const MAX_STRING_BYTES = 4096
+
+/** `text` cut to what an option reply may carry, at a character boundary. */
+function fitted (text: string): string {
+  if (Buffer.byteLength(text) <= MAX_STRING_BYTES) return text
+  let cut = text.slice(0, MAX_STRING_BYTES)
+  while (Buffer.byteLength(cut) > MAX_STRING_BYTES) cut = cut.slice(0, -1)
+  return cut
 }

@@ -24,19 +24,21 @@
 // answered; other clients are not affected. A client that has not finished the handshake after
 // `handshakeTimeoutMs` (10 s, as qemu-nbd's --handshake-limit) is disconnected. At most
 // `maxPendingConnections` (64) connections may be in their handshake at once, and
-// `maxPendingConnectionsPerAddress` (32) from one address: one more is closed at once.
+// `maxPendingConnectionsPerAddress` (32) from one address: one more is closed at once. After
+// refuseNewSessions() (and in close()) a client in its handshake gets NBD_REP_ERR_SHUTDOWN, with
+// the reason, to each option; NbdStandIn (stand-in.ts) answers so before a server can start.
 
 import { createServer, Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
 import { GalleonError, describe } from '../../src/errors.js'
 import { PendingConnections, pendingLimitOption, type PendingSlot } from '../../src/pending-connections.js'
-import { negotiate, type Session } from './handshake.js'
-import { FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT, NBDMAGIC, ProtocolError } from './protocol.js'
+import { greet, type Negotiated, type Session } from './handshake.js'
 import { SocketReader, finish } from './socket.js'
 import { transmit } from './transmission.js'
 import { checkTlsOptions, type NbdTls, type NbdTlsOptions } from './tls.js'
 
 export { parsePskFile, type NbdTlsOptions } from './tls.js'
+export { NbdStandIn, type NbdStandInOptions } from './stand-in.js'
 
 /** Options of NbdServer.listen. */
 export interface NbdServerOptions {
@@ -127,6 +129,9 @@ export class NbdServer {
   #port = 0
   #closing: Promise<void> | undefined
   #lastError: GalleonError | undefined
+  /** Set by refuseNewSessions() (or close()): why clients in their handshake get no export. */
+  #refusing: string | undefined
+  readonly #refusal = (): string | undefined => this.#refusing
 
   private constructor (g: GalleonFS, server: Server, host: string, timeouts: { handshakeMs: number, closeMs: number }, onError: ((err: GalleonError) => void) | undefined, tls: NbdTls | undefined, pending: PendingConnections) {
     this.#g = g
@@ -227,6 +232,20 @@ export class NbdServer {
     }
   }
 
+  /**
+   * From now on, no new session starts: every option of a client in its handshake (those connected
+   * already and those to come) but NBD_OPT_ABORT and NBD_OPT_STARTTLS is answered
+   * NBD_REP_ERR_SHUTDOWN with `reason` (a message for the user: qemu prints it as "server
+   * reported: ...", libnbd tools with LIBNBD_DEBUG=1), as the NBD protocol asks of a server being
+   * shut down, so a client fails at once and can retry elsewhere or later; NBD_OPT_EXPORT_NAME,
+   * which cannot be refused, ends its connection. Sessions being served go on. For a program
+   * about to stop (it then calls close(), which refuses so too). A later call replaces the reason.
+   */
+  refuseNewSessions (reason: string): void {
+    if (typeof reason !== 'string' || reason.length === 0) throw new GalleonError('INVALID_ARGUMENT', `refuseNewSessions() needs the reason to tell clients, as text, got ${describe(reason)}`)
+    this.#refusing = reason
+  }
+
   /** The last error of the listening socket not taken by `onError`, if any. */
   get lastError (): GalleonError | undefined { return this.#lastError }
 
@@ -236,6 +255,7 @@ export class NbdServer {
    * and this resolves (requests still waiting in the library go on in the background).
    */
   async close (): Promise<void> {
+    this.#refusing ??= 'the NBD server is closing: connect again once it serves again'
     this.#closing ??= (async () => {
       const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()))
       let expired: () => void = () => {}
@@ -298,10 +318,10 @@ export class NbdServer {
     const limit = this.#handshakeTimeoutMs
     const tcp = session.socket
     const expiry = limit > 0 ? setTimeout(() => { cutOff(session, tcp) }, limit).unref() : undefined
-    let chosen: Awaited<ReturnType<typeof negotiate>>
+    let chosen: Negotiated
     this.#negotiating.set(session, tcp)
     try {
-      chosen = await this.#handshake(session)
+      chosen = await greet(this.#g, session, this.#refusal)
     } finally {
       this.#negotiating.delete(session)
       slot.release()
@@ -321,20 +341,6 @@ export class NbdServer {
     }
   }
 
-  /** The greeting, the client's flags and the option haggling: the export to serve, or undefined. */
-  async #handshake (session: Session): ReturnType<typeof negotiate> {
-    const { socket, reader } = session
-    const hello = Buffer.alloc(18)
-    hello.writeBigUInt64BE(NBDMAGIC, 0)
-    hello.writeBigUInt64BE(IHAVEOPT, 8)
-    hello.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16)
-    socket.write(hello)
-    const clientFlags = await reader.read(4)
-    if (clientFlags === undefined) return undefined
-    const flags = clientFlags.readUInt32BE(0)
-    if ((flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)) !== 0) throw new ProtocolError('unknown client flags')
-    return await negotiate(this.#g, session, (flags & FLAG_NO_ZEROES) !== 0, (flags & FLAG_FIXED_NEWSTYLE) !== 0)
-  }
 }
 
 /** A timeout option in milliseconds: 0 (no limit) to the longest timer, or its default when absent. */

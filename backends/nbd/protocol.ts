@@ -30,6 +30,8 @@ export const REP_ERR_POLICY = 0x80000002
 export const REP_ERR_INVALID = 0x80000003
 export const REP_ERR_TLS_REQD = 0x80000005
 export const REP_ERR_UNKNOWN = 0x80000006
+/** The server will not negotiate: it is shutting down (here also: not serving yet). */
+export const REP_ERR_SHUTDOWN = 0x80000007
 
 export const INFO_EXPORT = 0
 export const INFO_NAME = 1
