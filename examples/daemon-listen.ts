@@ -88,43 +88,82 @@ export async function probeListen (host: string, port: number): Promise<void> {
 }
 
 /**
+ * How long a client of a held port waits for the server to start before the stand-in answers it
+ * that the server is not serving yet: long enough for a start that opens quickly to serve it, short
+ * enough that the client does not seem hung (NBD clients wait for the greeting without a limit).
+ */
+export const HELD_CLIENT_WAIT_MS = 5_000
+
+/** Who answers, on a held port, the clients that should not wait for the server to start. */
+export interface StandIn {
+  /** Answers the client on `socket` (that never reaches the server), asking `reason()` what to say; resolves once it is gone. */
+  answer: (socket: Socket, reason: () => string) => Promise<void>
+  /**
+   * Why the server does not serve yet, and whether a client is answered so at once (`now`: the
+   * wait can be long, such as a wait for peers) or only after HELD_CLIENT_WAIT_MS.
+   */
+  notReady: () => { reason: string, now: boolean }
+}
+
+/**
  * A port held for a server that cannot start before the storage is open (the NBD server serves the
  * instance's volumes): it listens, keeping the port, until handOver() gives its listening server to
  * that one, with the connections that came meanwhile (or release() frees it). Those count as in
  * their handshake: past `maxPending` of them (or `maxPendingPerAddress` from one address), as that
  * server's own caps, a connection is closed on arrival, so that connections made while the storage
- * opens cannot take every file descriptor the opening needs.
+ * opens cannot take every file descriptor the opening needs. With a `standIn`, a connection is
+ * held for HELD_CLIENT_WAIT_MS at most (not at all while it says `now`), then given to the stand-in,
+ * which tells its client why it is not served (and keeps its place among the pending ones).
  */
 export class HeldPort {
   readonly #server: Server
-  readonly #early = new Set<Socket>()
+  /** Connections held for the server, with the timer that gives each to the stand-in. */
+  readonly #early = new Map<Socket, NodeJS.Timeout | undefined>()
+  /** Connections the stand-in answers. */
+  readonly #answered = new Set<Socket>()
+  readonly #standIn: StandIn | undefined
 
-  private constructor (server: Server, pending: PendingConnections) {
+  private constructor (server: Server, pending: PendingConnections, standIn: StandIn | undefined) {
     this.#server = server
+    this.#standIn = standIn
     server.on('connection', (socket: Socket) => {
       socket.on('error', () => {})
       if (typeof pending.admit(socket) === 'string') {
         socket.destroy()
         return
       }
-      this.#early.add(socket)
-      socket.once('close', () => this.#early.delete(socket))
+      if (standIn?.notReady().now === true) { this.#answer(socket); return }
+      const timer = standIn === undefined
+        ? undefined
+        : setTimeout(() => { if (this.#early.delete(socket)) this.#answer(socket) }, HELD_CLIENT_WAIT_MS)
+      this.#early.set(socket, timer)
+      socket.once('close', () => {
+        clearTimeout(timer)
+        this.#early.delete(socket)
+      })
     })
     // An accept that fails (EMFILE, say) loses that connection only.
     server.on('error', () => {})
   }
 
   /** Listens on host:port (0: a free port); fails as server.listen() does (EADDRINUSE, ...). */
-  static async listen (host: string, port: number, caps: { maxPending: number, maxPendingPerAddress: number }): Promise<HeldPort> {
+  static async listen (host: string, port: number, caps: { maxPending: number, maxPendingPerAddress: number }, standIn?: StandIn): Promise<HeldPort> {
     // As NbdServer wants the server it is given.
     const server = createServer({ allowHalfOpen: true, noDelay: true })
     await listenOn(server, host, port)
-    return new HeldPort(server, new PendingConnections(caps.maxPending, caps.maxPendingPerAddress))
+    return new HeldPort(server, new PendingConnections(caps.maxPending, caps.maxPendingPerAddress), standIn)
+  }
+
+  #answer (socket: Socket): void {
+    const standIn = this.#standIn as StandIn
+    this.#answered.add(socket)
+    void standIn.answer(socket, () => standIn.notReady().reason).catch(() => { socket.destroy() }).finally(() => this.#answered.delete(socket))
   }
 
   /**
    * Gives the listening server to `take` (which serves its connections from then on, and closes it),
-   * then the connections that came meanwhile. When `take` fails, the port is released.
+   * then the connections held meanwhile (those the stand-in answers stay with it until they end).
+   * When `take` fails, the port is released.
    */
   async handOver<T> (take: (server: Server) => Promise<T>): Promise<T> {
     this.#server.removeAllListeners('connection')
@@ -135,14 +174,22 @@ export class HeldPort {
       this.release()
       throw err
     }
-    for (const socket of this.#early) this.#server.emit('connection', socket)
+    for (const [socket, timer] of this.#early) {
+      clearTimeout(timer)
+      this.#server.emit('connection', socket)
+    }
     this.#early.clear()
     return taken
   }
 
   /** Frees the port (its socket is closed when this returns) and ends the connections that came meanwhile. */
   release (): void {
-    for (const socket of this.#early) socket.destroy()
+    for (const [socket, timer] of this.#early) {
+      clearTimeout(timer)
+      socket.destroy()
+    }
+    this.#early.clear()
+    for (const socket of this.#answered) socket.destroy()
     if (this.#server.listening) this.#server.close()
   }
 }

@@ -10,7 +10,7 @@ import type { Socket } from 'node:net'
 import { rm, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { GalleonFS, GalleonError } from '../src/index.js'
-import { DEFAULT_MAX_PENDING_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS, NbdServer } from '../backends/nbd/index.js'
+import { DEFAULT_MAX_PENDING_CONNECTIONS, DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS, NbdServer, NbdStandIn } from '../backends/nbd/index.js'
 import { ipcTlsOptions, nbdTlsOptions } from './daemon-tls.js'
 import { createServer as createHttpsServer } from 'node:https'
 import { ConfigError, formatAddress, parseAddress, type DaemonConfig } from './daemon-config.js'
@@ -95,6 +95,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   // While the daemon asks its peers, the API answers every request that it is starting (there is no
   // storage, nor token, yet); undefined once they have answered.
   let peerWait: (() => string) | undefined
+  // The same, shorter, for NBD clients (whose tools print it on one line).
+  let nbdPeerWait: () => string = () => 'it asks its peers (--peer-addresses) where its cluster\'s coordinator is, and opens its storage once one has told'
   // Opened once the daemon listens (the closures below run only after that).
   let g!: GalleonFS
   let clusterSettings: ClusterSettings | undefined
@@ -131,6 +133,12 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     stopping ??= (async () => {
       log('info', 'shutting down: no new requests, finishing the ones in flight, flushing, unmounting')
       stopBegun.abort(new GalleonError('CANCELLED', 'the daemon is stopping'))
+      // NBD clients that connect from now on are told so (proto.md: NBD_REP_ERR_SHUTDOWN), rather
+      // than served until the NBD server closes, after the API's requests in flight.
+      const nbdStopping = restartAfterStop
+        ? 'the GalleonFS daemon is restarting: it takes no new NBD sessions until it has; retry in a moment'
+        : 'the GalleonFS daemon is stopping: it takes no new NBD sessions; connect again once it runs again'
+      nbd?.refuseNewSessions(nbdStopping)
       const closed = new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
       // Once closed, the server no longer times out slow requests (headersTimeout, requestTimeout),
       // so a client that sent part of a request, or nothing, would hold the stop until it went
@@ -146,6 +154,8 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       clearTimeout(grace)
       // A reload in progress finishes first (it may be moving the NBD listener); none starts now.
       await reloading
+      // A reload that was under way may have moved the NBD server (a new one).
+      nbd?.refuseNewSessions(nbdStopping)
       await nbd?.close()
       await g.close()
       if (tokenFile !== undefined) await rm(tokenFile, { force: true })
@@ -265,7 +275,14 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     await bindAddress({ address: config.ipcAddress, what: 'IPC address', setting: '--ipc-address (ipc_address in [daemon])', ...ipc }, bound, async () => { await listenOn(server as Server, ipc.host, ipc.port) })
     // The NBD server's own caps on connections in their handshake (its defaults) hold meanwhile.
     const caps = { maxPending: DEFAULT_MAX_PENDING_CONNECTIONS, maxPendingPerAddress: DEFAULT_MAX_PENDING_CONNECTIONS_PER_ADDRESS }
-    if (nbdAddress !== undefined) heldNbd = await bindAddress(nbdAddress, bound, async () => await HeldPort.listen(nbdAddress.host, nbdAddress.port, caps))
+    // NBD clients that come meanwhile are told the daemon is starting (an error to each option, with
+    // the reason): at once while it waits for its peers (that can last --peer-wait-seconds), else
+    // once they have waited HELD_CLIENT_WAIT_MS for the storage to open (a quick open serves them).
+    const standIn = new NbdStandIn({ tls: nbdTls, handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000) })
+    const notReady = (): { reason: string, now: boolean } => peerWait !== undefined
+      ? { reason: `the GalleonFS daemon is starting: ${nbdPeerWait()}; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`, now: true }
+      : { reason: 'the GalleonFS daemon is starting: it is opening its storage (a journal to replay after a crash takes a while); retry in a moment (`galleonfs daemon status --wait <seconds>` waits for it)', now: false }
+    if (nbdAddress !== undefined) heldNbd = await bindAddress(nbdAddress, bound, async () => await HeldPort.listen(nbdAddress.host, nbdAddress.port, caps, { answer: async (socket, reason) => { await standIn.answer(socket, reason) }, notReady }))
     const bindEntry: DaemonAddress | undefined = transport === undefined ? undefined : { address: config.bindAddress, what: 'bind address (the cluster\'s)', setting: '--bind-address (bind_address in [daemon])', ...parseAddress(config.bindAddress, 'bind address') }
     if (askPeers !== undefined) {
       // A bind address on this daemon's own IPC or NBD port fails now, not after the wait for peers.
@@ -294,6 +311,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
                 const endsAt = waitBegan + waitMs
                 const which = reasons.size === 2 ? 'still starting or not listening yet' : reason === 'starting' ? 'still starting' : 'not listening yet'
                 peerWait = () => `the daemon is starting: it waits for peers that are ${which}, for at most ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s more (--peer-wait-seconds ${waitMs / 1000}), to tell where its cluster's coordinator is, and opens its storage after that; retry once it has started (\`galleonfs daemon status --wait <seconds>\` waits for it)`
+                nbdPeerWait = () => `it waits for peers that are ${which}, for at most ${Math.max(0, Math.ceil((endsAt - performance.now()) / 1000))} s more (--peer-wait-seconds ${waitMs / 1000}), and opens its storage after that`
                 onWait(peers, waitMs, reason)
               },
               ...(stopAsked === undefined ? {} : { signal: stopAsked })
