@@ -19,9 +19,13 @@ import type { StoreState } from './store-state.js'
 export async function checkFiles (state: StoreState, volume: number | undefined): Promise<BlockStoreFileProblem[]> {
   const location = state.location
   const listPath = join(location, SEGMENT_LIST_NAME)
-  // The list on disk reflects every change made before this, once the writes under way are done.
-  await state.listWrites.catch(() => {})
-  const writes = state.listWrites
+  // The list on disk reflects every change made before this, once the writes under way are done;
+  // one that began while the last was waited for (a roll, a compaction) is waited for too.
+  let writes: Promise<void>
+  do {
+    writes = state.listWrites
+    await writes.catch(() => {})
+  } while (state.listWrites !== writes)
   const listed = new Map(state.listed)
   const problems: BlockStoreFileProblem[] = []
   const reopen = 'the next open refuses the store'
@@ -48,6 +52,9 @@ export async function checkFiles (state: StoreState, volume: number | undefined)
     if (segment === undefined || handle === undefined || basename(segment.path) !== name) continue // being rolled to, or deleted
     const path = join(location, name)
     const held = (): BlockAddress[] => blocksIn(state, id, volume, 0)
+    // What the store had written to it before the file is looked at: writes go on meanwhile (a
+    // rotation's re-seal, compaction), and the bytes written after the stat are not in its size.
+    const written = segment.sealed ? segment.size : segment.acknowledgedBytes
     let onDisk: { ino: number, dev: number, size: number }
     try {
       onDisk = await stat(path)
@@ -65,7 +72,6 @@ export async function checkFiles (state: StoreState, volume: number | undefined)
         'its blocks read from the store\'s own file until it closes, and then from the replacement. Put the store\'s file back, or restore the volumes from a backup' })
       continue
     }
-    const written = segment.sealed ? segment.size : segment.acknowledgedBytes
     if (onDisk.size < written) {
       problems.push({ file: path, code: 'CORRUPTION', blocks: blocksIn(state, id, volume, onDisk.size), message: `segment file ${path} is ${onDisk.size} bytes, shorter than the ${written} bytes of records the store wrote to it (cut short from outside); ` +
         'the blocks past its end cannot be read. Restore the file from a copy of the storage, or the volumes from a backup' })
