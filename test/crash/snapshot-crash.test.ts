@@ -150,7 +150,7 @@ async function verify (storagePath: string, backend: 'file' | 'level', model: Mo
           if (found.kind === 'garbage') problems.push(`${key} block ${i}: ${found.reason}`)
           const a = bytes.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES)
           const b = live.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES)
-          if (!changed.has(i) && !Buffer.from(a).equals(Buffer.from(b))) problems.push(`${volume.name} block ${i} differs from ${snapshot.name} but is not listed as changed`)
+          if (!changed.has(i) && Buffer.compare(a, b) !== 0) problems.push(`${volume.name} block ${i} differs from ${snapshot.name} but is not listed as changed`)
         }
       }
       const revert = model.reverted.get(volume.name)
