@@ -20,7 +20,7 @@ import { GalleonFS } from '../../src/index.js'
 import { seededRandom } from '../conformance/fixtures.js'
 import { BLOCK_BYTES, VOLUME, VOLUME_BLOCKS } from './backup-child.js'
 import { readChildLines, trialCount } from './support.js'
-import { scriptArgs } from '../support/child-script.js'
+import { bundledScriptArgs } from '../support/child-bundle.js'
 
 const TRIALS = Math.max(5, Math.ceil(trialCount() / 5))
 const SEED = process.env.GALLEON_CRASH_SEED !== undefined ? Number(process.env.GALLEON_CRASH_SEED) : Math.floor(Math.random() * 0x7fffffff)
@@ -43,7 +43,7 @@ describe('backup crash test', () => {
         // always reached what this test is about, however slow a loaded machine makes the child.
         const afterBackup = random() < 0.5
         const delay = afterBackup ? Math.floor(random() * 1000) : 150 + Math.floor(random() * 1500)
-        const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, 'file', String((trial + 1) * 1_000_000), String(Math.floor(random() * 0x7fffffff)), target], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+        const child = spawn(process.execPath, [...await bundledScriptArgs(CHILD), storagePath, 'file', String((trial + 1) * 1_000_000), String(Math.floor(random() * 0x7fffffff)), target], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
         const lines: string[] = []
         let timer: NodeJS.Timeout | undefined
         const exit = await readChildLines(child, (line) => {

@@ -38,7 +38,7 @@ import {
   decodeSector, seededRandom, volumeTag, type DecodedSector
 } from './crash-child.js'
 import { readChildLines, trialCount } from './support.js'
-import { scriptArgs } from '../support/child-script.js'
+import { bundledScriptArgs } from '../support/child-bundle.js'
 
 const BACKENDS = ['file', 'level'] as const
 type Backend = typeof BACKENDS[number]
@@ -72,7 +72,7 @@ interface ChildRun {
 }
 
 async function runChild (storagePath: string, backend: Backend, seqBase: number, seed: number, killPhase: 'open' | 'writes', killDelayMs: number): Promise<ChildRun> {
-  const child = spawn(process.execPath, [...scriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], {
+  const child = spawn(process.execPath, [...await bundledScriptArgs(CHILD), storagePath, backend, String(seqBase), String(seed)], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe']
   })

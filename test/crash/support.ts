@@ -6,7 +6,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { writeSync } from 'node:fs'
 import type { Readable } from 'node:stream'
-import { scriptArgs } from '../support/child-script.js'
+import { bundledScriptArgs } from '../support/child-bundle.js'
 
 const waitCell = new Int32Array(new SharedArrayBuffer(4))
 
@@ -110,12 +110,12 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export interface KilledRun { killed: boolean, lines: string[], exit: ChildExit }
 
 /**
- * Runs a child script (under tsx) and SIGKILLs it `delayMs` after the first line `from` picks (by
+ * Runs a child script (from its bundle: child-bundle.ts) and SIGKILLs it `delayMs` after the first line `from` picks (by
  * default the one reporting `ready`), or after `deadlineMs` in any case; resolves once it is gone
  * with every line it wrote (`killed`: the kill came while it still ran).
  */
 export async function killAfterReady (script: string, args: string[], delayMs: number, deadlineMs = 60_000, from: (line: string) => boolean = (line) => line.startsWith('ready')): Promise<KilledRun> {
-  const child = spawn(process.execPath, [...scriptArgs(script), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...await bundledScriptArgs(script), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   let killed = false
   let timer: NodeJS.Timeout | undefined
   const kill = (): void => { if (!killed && child.exitCode === null) { killed = true; child.kill('SIGKILL') } }

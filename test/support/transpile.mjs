@@ -163,12 +163,17 @@ function walk (dir, outputs) {
   }
 }
 
-/** Removes the outputs under `dir` that no source makes any more (other processes' temporary files stay). */
+/**
+ * Removes the outputs under `dir` that no source makes any more (other processes' temporary files
+ * stay, and so do child bundles, `*.bundle.js`, which child-bundle.ts keeps current itself).
+ */
 function prune (dir, outputs) {
   for (const entry of entriesOf(dir)) {
     const path = join(dir, entry.name)
     if (entry.isDirectory()) {
       prune(path, outputs)
+    } else if (entry.name.endsWith('.bundle.js')) {
+      continue
     } else if (((entry.name.endsWith('.js') || entry.name.endsWith('.mjs')) && !outputs.has(path)) || (entry.name.endsWith('.js.map') && !outputs.has(path.slice(0, -'.map'.length)))) {
       try { unlinkSync(path) } catch (err) {
         if (err.code !== 'ENOENT') throw err
