@@ -35,7 +35,7 @@ import { readSegmentList } from '../../backends/file/segment-list.js'
 import type { BlockAddress, BlockOp } from '../../src/drivers.js'
 import { mix32, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
-import { bundledScriptArgs } from '../support/child-bundle.js'
+import { scriptArgs } from '../support/child-script.js'
 
 const STORE_OPTIONS = { segmentBytes: 64 * 1024, compactionThreshold: 0.5, relocateScatteredReads: true }
 /**
@@ -226,7 +226,7 @@ type KillPlan = { phase: 'open', delayMs: number } | { phase: 'writes', delayMs:
 
 async function runChild (location: string, seqBase: number, seed: number, plan: KillPlan): Promise<ChildRun> {
   const self = fileURLToPath(import.meta.url)
-  const child = spawn(process.execPath, [...await bundledScriptArgs(self), location, String(seqBase), String(seed)], {
+  const child = spawn(process.execPath, [...scriptArgs(self), location, String(seqBase), String(seed)], {
     cwd: fileURLToPath(new URL('../..', import.meta.url)),
     env: { ...process.env, GALLEON_FILE_CRASH_CHILD: '1' },
     stdio: ['ignore', 'pipe', 'pipe']

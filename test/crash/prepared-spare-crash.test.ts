@@ -18,7 +18,7 @@ import { FileBlockStore } from '../../backends/file/index.js'
 import { isAppendedSegment, parseSegmentFileName } from '../../backends/file/segment.js'
 import { addr, assertBytes, bytesOf, put, seededRandom } from '../conformance/fixtures.js'
 import { childOrTests, readChildLines, reportLine, trialCount } from './support.js'
-import { bundledScriptArgs } from '../support/child-bundle.js'
+import { scriptArgs } from '../support/child-script.js'
 
 const SEGMENT_BYTES = 16 * 1024 * 1024
 const STORE_OPTIONS = { segmentBytes: SEGMENT_BYTES, compactionThreshold: 0 }
@@ -58,7 +58,7 @@ interface Run { filled: boolean, spareSeen: boolean, issued: number, acked: numb
 
 /** Runs the child until it has begun a spare and `delayMs` more have passed, then kills it. */
 async function runChild (location: string, delayMs: number): Promise<Run> {
-  const child = spawn(process.execPath, [...await bundledScriptArgs(fileURLToPath(import.meta.url)), location], {
+  const child = spawn(process.execPath, [...scriptArgs(fileURLToPath(import.meta.url)), location], {
     cwd: fileURLToPath(new URL('../..', import.meta.url)),
     env: { ...process.env, GALLEON_SPARE_CRASH_CHILD: '1' },
     stdio: ['ignore', 'pipe', 'pipe']
