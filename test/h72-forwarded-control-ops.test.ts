@@ -15,34 +15,16 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
-import type { MemoryNetwork } from '../backends/memory/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
 import { namePrimary } from './support/replica-records.js'
 import { holdStream } from './support/rotation-cluster.js'
 import { replicatedVolume } from './support/control-call-cluster.js'
 import { block, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { loseAnswer } from './support/forwarded-answers.js'
 import { decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
 
 const kit = diskCluster('galleon-h72-')
-
-/**
- * The first answer a primary sends `caller` to a forwarded call is lost (as a connection reset:
- * the caller sees BACKEND_UNAVAILABLE at once); with `hold`, the caller's forwarded calls after it
- * (its repeats) are lost on the way too until `release()`.
- */
-function loseAnswer (network: MemoryNetwork, caller: string, hold = false): { lost: () => number, repeats: () => number, release: () => void } {
-  let lost = 0
-  let repeats = 0
-  let holding = hold
-  network.drop((m) => {
-    if (m.kind !== 'repl:io') return false
-    if (m.type === 'reply' && m.to === caller && lost === 0) { lost++; return true }
-    if (m.type === 'request' && m.from === caller && lost > 0) { repeats++; return holding }
-    return false
-  })
-  return { lost: () => lost, repeats: () => repeats, release: () => { holding = false } }
-}
 
 /** The node of `nodes` that is the volume's primary now, once one of `among` is and has taken up the role. */
 async function newPrimary (nodes: DiskNode[], among: string[]): Promise<DiskNode> {

@@ -13,54 +13,23 @@
 import { describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
-import type { MemoryNetwork } from '../backends/memory/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
 import { replicatedVolume } from './support/control-call-cluster.js'
 import { namePrimary } from './support/replica-records.js'
-import { BS, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { loseAnswer, stamped, stampOf as writerOf } from './support/forwarded-answers.js'
 import { decodeChanges, encodeChanges } from '../src/replication/stream-codec.js'
 import { OutgoingWrites, WriteLedger } from '../src/replication/forwarded-writes.js'
 
 const kit = diskCluster('galleon-h90-')
-
-/** A block whose bytes say which writer wrote it, with which of its writes. */
-function stamped (writer: string, seq: number): Uint8Array {
-  const out = new Uint8Array(BS)
-  out.set(new TextEncoder().encode(`${writer}#${seq};`.repeat(BS / 8).slice(0, BS)))
-  return out
-}
-
-/** Whose write a block read back holds ("n2#1"), or "zeros". */
-function writerOf (bytes: Uint8Array): string {
-  if (bytes.every((b) => b === 0)) return 'zeros'
-  return new TextDecoder().decode(bytes.subarray(0, 16)).split(';')[0] as string
-}
-
-/**
- * The first answer a primary sends `caller` to a forwarded call is lost (as a connection reset:
- * the caller sees BACKEND_UNAVAILABLE at once); the caller's forwarded calls after it (its
- * repeats) are lost on the way too until `release()`.
- */
-function loseAnswer (network: MemoryNetwork, caller: string): { lost: () => number, repeats: () => number, release: () => void } {
-  let lost = 0
-  let repeats = 0
-  let holding = true
-  network.drop((m) => {
-    if (m.kind !== 'repl:io') return false
-    if (m.type === 'reply' && m.to === caller && lost === 0) { lost++; return true }
-    if (m.type === 'request' && m.from === caller && lost > 0) { repeats++; return holding }
-    return false
-  })
-  return { lost: () => lost, repeats: () => repeats, release: () => { holding = false } }
-}
 
 describe('h90: a forwarded write whose answer was lost, sent again after a later write to its block resolved', () => {
   it('to the same primary: the later write stands (the first one took effect once)', { timeout: 60_000 }, async () => {
     const { network, nodes } = await kit.cluster(3)
     const [n1, n2, n3] = nodes as [DiskNode, DiskNode, DiskNode]
     await replicatedVolume(nodes, 3)
-    const faults = loseAnswer(network, 'n2')
+    const faults = loseAnswer(network, 'n2', true)
     const first = observed(n2.g.writeBlock('v', 5, stamped('n2', 1), WriteConcern.WriteReplicated))
     await until('the primary answered the first attempt (the answer lost)', () => faults.lost() > 0, 20_000)
     const seen = [writerOf(await n1.g.readBlock('v', 5))]
@@ -79,7 +48,7 @@ describe('h90: a forwarded write whose answer was lost, sent again after a later
     const { network, coordinators, nodes } = await kit.cluster(3)
     const [n1, n2, n3] = nodes as [DiskNode, DiskNode, DiskNode]
     const volumeId = await replicatedVolume(nodes, 3)
-    const faults = loseAnswer(network, 'n2')
+    const faults = loseAnswer(network, 'n2', true)
     // WriteReplicated: answered once the copies had applied it, so the next primary holds it.
     const first = observed(n2.g.writeBlock('v', 5, stamped('n2', 1), WriteConcern.WriteReplicated))
     await until('the primary answered the first attempt (the answer lost)', () => faults.lost() > 0, 20_000)

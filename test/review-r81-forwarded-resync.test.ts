@@ -14,22 +14,10 @@ import { until } from './support/wait.js'
 import { replicatedVolume } from './support/control-call-cluster.js'
 import { namePrimary } from './support/replica-records.js'
 import { WriteLedger } from '../src/replication/forwarded-writes.js'
-import { BS, allInSync, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { allInSync, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { loseAnswer, stamped, stampOf as writerOf } from './support/forwarded-answers.js'
 
 const kit = diskCluster('galleon-r81-resync-')
-
-/** A block whose bytes say which writer wrote it, with which of its writes. */
-function stamped (writer: string, seq: number): Uint8Array {
-  const out = new Uint8Array(BS)
-  out.set(new TextEncoder().encode(`${writer}#${seq};`.repeat(BS / 8).slice(0, BS)))
-  return out
-}
-
-/** Whose write a block read back holds ("n2#1"), or "zeros". */
-function writerOf (bytes: Uint8Array): string {
-  if (bytes.every((b) => b === 0)) return 'zeros'
-  return new TextDecoder().decode(bytes.subarray(0, 16)).split(';')[0] as string
-}
 
 describe('review r81: a forwarded write a copy got by a resync, sent again after a failover to that copy', () => {
   it('is not written again over a later write to its block', { timeout: 90_000 }, async () => {
@@ -38,21 +26,16 @@ describe('review r81: a forwarded write a copy got by a resync, sent again after
     const volumeId = await replicatedVolume(nodes, 3)
     assert.equal((await n1.g.replicationStatus('v')).role, 'primary')
     let streamCut = true
-    let lost = 0
-    let repeats = 0
-    let holding = true
     let resyncs = 0
+    const answer = loseAnswer(network, 'n2', true, false)
     network.drop((m) => {
       if (m.kind === 'repl:resync-end' && m.type === 'request' && m.to === 'n3') resyncs++
       // n1's stream to n3: its batches fail while cut (the link goes down, and comes back by a resync).
       if (m.kind === 'repl:apply' && m.type === 'request' && m.to === 'n3') return streamCut
-      if (m.kind !== 'repl:io') return false
-      if (m.type === 'reply' && m.to === 'n2' && lost === 0) { lost++; return true }
-      if (m.type === 'request' && m.from === 'n2' && lost > 0) { repeats++; return holding }
-      return false
+      return answer.drops(m)
     })
     const first = observed(n2.g.writeBlock('v', 5, stamped('n2', 1), WriteConcern.WriteAcknowledged))
-    await until('the primary answered the first attempt (the answer lost)', () => lost > 0, 20_000)
+    await until('the primary answered the first attempt (the answer lost)', () => answer.lost() > 0, 20_000)
     assert.equal(writerOf(await n1.g.readBlock('v', 5)), 'n2#1')
     streamCut = false
     await until('n3 is back in sync (by a resync)', async () => await allInSync(n1.g, 'v', 3), 30_000)
@@ -62,9 +45,9 @@ describe('review r81: a forwarded write a copy got by a resync, sent again after
     await until('n3 took up the primary role', async () => (await n3.g.replicationStatus('v')).role === 'primary', 20_000)
     await n3.g.writeBlock('v', 5, stamped('n3', 1), WriteConcern.WriteDurable)
     assert.equal(writerOf(await n3.g.readBlock('v', 5)), 'n3#1')
-    const repeatsBefore = repeats
-    await until('n2 sent its write again (to n3)', () => repeats > repeatsBefore, 20_000)
-    holding = false
+    const repeatsBefore = answer.repeats()
+    await until('n2 sent its write again (to n3)', () => answer.repeats() > repeatsBefore, 20_000)
+    answer.release()
     await first
     network.drop(0)
     assert.equal(writerOf(await n3.g.readBlock('v', 5)), 'n3#1', 'n3 held n2#1 already (by its resync): its repeat must not write it again over n3#1')
