@@ -5,7 +5,7 @@ import { placeVolume } from '../cluster/placement.js'
 import { incompatibility } from '../cluster/protocol.js'
 import { RECORD_PREFIX, copiesPerNode, givingUp, parseRecord } from './records.js'
 import type { ManagerCore } from './common.js'
-import { leavingNodes } from './replica-sets.js'
+import { takingNoCopies } from './replica-sets.js'
 
 /** The cluster leader's passes over every replica-set record (a pass does nothing on other nodes). */
 export class FailoverLeader {
@@ -28,6 +28,12 @@ export class FailoverLeader {
     try {
       const members = await this.#core.coordinator.members()
       const healthy = new Set(members.filter((m) => m.healthy).map((m) => m.id))
+      // Read once a pass, when a record needs it: nodes that closed cleanly (listed healthy until
+      // their lease lapses) are neither promoted nor given new copies; leaving ones get no copies.
+      let excludedNow: Promise<Set<string>> | undefined
+      const excluded = async (): Promise<Set<string>> => await (excludedNow ??= takingNoCopies(this.#core))
+      let closedNow: Promise<Set<string>> | undefined
+      const closed = async (): Promise<Set<string>> => await (closedNow ??= this.#core.cluster.closedMembers())
       const now = performance.now()
       for (const node of [...this.#unhealthySince.keys()]) if (healthy.has(node)) this.#unhealthySince.delete(node)
       const entries = await this.#core.coordinator.list(RECORD_PREFIX)
@@ -44,7 +50,9 @@ export class FailoverLeader {
           // the volume waits for its primary's node, as a 1-copy volume does.
           if (record.spec.replicas <= 1) continue
           // A copy on a node this one can talk to first: one it cannot could stream to none of them.
-          const promotable = record.inSync.filter((n) => n !== record.primary && healthy.has(n))
+          // Not one that closed: it would serve nothing until it starts again (as a copy then).
+          const gone = await closed()
+          const promotable = record.inSync.filter((n) => n !== record.primary && healthy.has(n) && !gone.has(n))
           const speaks = (n: string): boolean => { const m = members.find((member) => member.id === n); return m !== undefined && incompatibility(m) === undefined }
           const candidate = promotable.find(speaks) ?? promotable[0]
           if (candidate === undefined) continue
@@ -64,8 +72,8 @@ export class FailoverLeader {
           continue
         }
         if (record.nodes.length < record.spec.replicas) {
-          const leaving = await leavingNodes(this.#core.coordinator)
-          const eligible = members.filter((m) => m.healthy && !leaving.has(m.id))
+          const notHere = await excluded()
+          const eligible = members.filter((m) => m.healthy && !notHere.has(m.id))
           let chosen: readonly string[] = []
           try {
             chosen = placeVolume(eligible, { ...(record.placement ?? {}), replicas: record.spec.replicas, current: record.nodes, preferredPrimary: record.primary, load }).nodes

@@ -23,6 +23,15 @@ export async function leavingNodes (coordinator: Coordinator): Promise<Set<strin
   return new Set((await coordinator.list(LEAVING_PREFIX)).map((entry) => entry.key.slice(LEAVING_PREFIX.length)))
 }
 
+/**
+ * Nodes no new copy is placed on: those leaving (their copies would go with them) and those that
+ * closed cleanly (listed healthy until their lease lapses, they would never fill one; see closed-nodes.ts).
+ */
+export async function takingNoCopies (core: ManagerCore): Promise<Set<string>> {
+  const [leaving, closed] = await Promise.all([leavingNodes(core.coordinator), core.cluster.closedMembers()])
+  return new Set([...leaving, ...closed])
+}
+
 /** The replica-set changes a ReplicationManager makes (see its register, handOff, moveCopy, reshape...). */
 export class ReplicaSetChanges {
   readonly #core: ManagerCore
@@ -183,7 +192,8 @@ export class ReplicaSetChanges {
   async reshape (volumeId: string, change: { storageClass: string, replicas: number, pool?: string, encrypted?: boolean, keep?: string }, placement: Omit<PlacementRequest, 'replicas' | 'preferredPrimary' | 'current'>): Promise<ReplicaSetRecord> {
     let before: ReplicaSetRecord | undefined
     const members = this.#core.cluster.members.filter((m) => m.healthy)
-    const leaving = await leavingNodes(this.#core.coordinator)
+    // Not a node that is leaving or closed (see takingNoCopies).
+    const excluded = await takingNoCopies(this.#core)
     const load = change.replicas > 1 ? copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX)) : {}
     const written = await this.#core.update(volumeId, (r) => {
       before = r
@@ -196,7 +206,7 @@ export class ReplicaSetChanges {
         nodes = [r.primary, ...rest].slice(0, Math.max(1, change.replicas))
       } else if (change.replicas > nodes.length) {
         try {
-          const chosen = placeVolume(members.filter((m) => !leaving.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary, load }).nodes
+          const chosen = placeVolume(members.filter((m) => !excluded.has(m.id)), { ...placement, replicas: change.replicas, current: nodes, preferredPrimary: r.primary, load }).nodes
           nodes.push(...chosen.filter((n) => !nodes.includes(n)).slice(0, change.replicas - nodes.length))
         } catch (err) {
           // Fewer eligible nodes than copies: the volume is degraded until nodes join.
@@ -267,13 +277,13 @@ export class ReplicaSetChanges {
       const entry = await this.#core.coordinator.get(recordKey(set.volumeId))
       return entry === undefined ? undefined : parseRecord(entry.value)
     }
-    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean, gone?: () => GalleonError | undefined): Promise<void> => {
+    const waitFor = async (what: string, check: (record: ReplicaSetRecord) => boolean, gone?: () => Promise<GalleonError | undefined>): Promise<void> => {
       for (;;) {
         const record = await current()
         if (record === undefined || check(record)) return
         // (A move has its own signal; a leave is stopped by cancelHandOff.)
         if (to === undefined && this.#handOffCancelled !== undefined) throw this.#handOffCancelled
-        const lost = gone?.()
+        const lost = await gone?.()
         if (lost !== undefined) throw lost
         if (performance.now() > deadline) throw new GalleonError('BUSY', to === undefined ? `leaving: timed out waiting until ${what}; the node is still a member, try again` : `moving the copy to ${to}: timed out waiting until ${what}; try again`)
         await sleep(100)
@@ -292,8 +302,8 @@ export class ReplicaSetChanges {
       const others = record.nodes.filter((n) => n !== self)
       const leaving = await leavingNodes(this.#core.coordinator)
       // Not a node that closed (listed healthy until its lease lapses): it would never fill the copy.
-      const closed = await this.#core.cluster.closedMembers()
-      const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !leaving.has(m.id) && !closed.has(m.id))
+      const excluded = await takingNoCopies(this.#core)
+      const members = (await this.#core.coordinator.members()).filter((m) => m.healthy && m.id !== self && !excluded.has(m.id))
       const place = async (): Promise<string | undefined> => {
         const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
         return placeVolume(members, { ...(record?.placement ?? {}), replicas: record?.nodes.length ?? 1, current: others, load, ...(others[0] === undefined ? {} : { preferredPrimary: others[0] }) }).nodes.find((n) => !record?.nodes.includes(n))
@@ -303,10 +313,13 @@ export class ReplicaSetChanges {
         throw new GalleonError('BUSY', `volume ${name} would lose its in-sync copy on ${self}: no other healthy node can take a copy (copies on ${record.nodes.join(', ')}); add a node first, or leave with force`)
       }
       // A move that is cancelled or fails before the primary role moved gives the new copy up
-      // (its node deletes it), and everything stays as it was.
-      const giveUp = async (): Promise<void> => {
-        if (to === undefined) return
-        await this.#core.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) }).catch(() => undefined)
+      // (its node deletes it), and everything stays as it was. So does a leave whose new copy's
+      // node went away (`always`); otherwise a leave keeps it, to find it as a surplus copy when
+      // called again.
+      const giveUp = async (always = false): Promise<void> => {
+        if (to === undefined && !always) return
+        // (A leave's copy that came in sync meanwhile is kept: the volume wants it.)
+        await this.#core.update(set.volumeId, (r) => !r.nodes.includes(added) || r.primary === added || (to === undefined && r.inSync.includes(added)) ? undefined : { ...r, nodes: r.nodes.filter((n) => n !== added), inSync: r.inSync.filter((n) => n !== added) }).catch(() => undefined)
       }
       let listed: unknown
       try {
@@ -317,19 +330,30 @@ export class ReplicaSetChanges {
         throw err
       }
       if (listed !== undefined) this.#core.host.emit('replication:replica-added', { volumeId: set.volumeId, nodes: [added] })
+      let targetLost = false
       try {
-        // A move's target that left the cluster, or whose lease ran out, will not fill its copy: the
-        // move ends now rather than at its deadline (30 minutes by default).
-        const targetGone = to === undefined
-          ? undefined
-          : (): GalleonError | undefined => {
-              const member = this.#core.cluster.members.find((m) => m.id === added)
-              if (member !== undefined && member.healthy) return undefined
-              return new GalleonError('BACKEND_UNAVAILABLE', `moving volume ${name} to ${added} stopped: node ${added} ${member === undefined ? 'left the cluster' : 'stopped renewing its lease (it is down or cut off)'} before its copy was in sync; the volume stays on ${self} (move it again once ${added} is back, or to another node)`)
-            }
+        // The node of the new copy (a move's target, or the one a leave placed) that left the
+        // cluster, whose lease ran out, or that closed, will not fill its copy: the move or leave
+        // ends now rather than at its deadline (30 minutes by default).
+        // (The closed marks are read once a second at most: the wait polls ten times as often.)
+        let closedRead = -Infinity
+        let closedNow = false
+        const targetGone = async (): Promise<GalleonError | undefined> => {
+          const member = this.#core.cluster.members.find((m) => m.id === added)
+          if (member?.healthy === true && performance.now() - closedRead >= 1000) {
+            closedRead = performance.now()
+            closedNow = (await this.#core.cluster.closedMembers().catch(() => new Set<string>())).has(added)
+          }
+          const closed = member?.healthy === true && closedNow
+          if (member !== undefined && member.healthy && !closed) return undefined
+          targetLost = true
+          const why = `node ${added} ${member === undefined ? 'left the cluster' : closed ? 'was closed' : 'stopped renewing its lease (it is down or cut off)'} before its copy was in sync`
+          if (to !== undefined) return new GalleonError('BACKEND_UNAVAILABLE', `moving volume ${name} to ${added} stopped: ${why}; the volume stays on ${self} (move it again once ${added} is back, or to another node)`)
+          return new GalleonError('BACKEND_UNAVAILABLE', `leaving: the new copy of volume ${name} on ${added} was given up: ${why}; node ${self} is still a member and keeps its copies (leave again: another node is chosen, or add one first)`)
+        }
         await waitFor(`the new copy of ${name} on ${added} is in sync`, (r) => r.inSync.includes(added) || signal?.aborted === true, targetGone)
       } catch (err) {
-        await giveUp()
+        await giveUp(targetLost)
         throw err
       }
       if (signal?.aborted === true) {

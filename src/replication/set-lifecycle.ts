@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { GalleonError } from '../errors.js'
 import { placeVolume, type PlacementRequest } from '../cluster/placement.js'
-import { leavingNodes } from './replica-sets.js'
+import { takingNoCopies } from './replica-sets.js'
 import { settleLostPut, type SettledPut } from '../cluster/lost-write.js'
 import { RECORD_PREFIX, copiesPerNode, deletedKey, parseRecord, recordKey, type ReplicaSetRecord, type VolumeSpec } from './records.js'
 import { APPLY_TIMEOUT_MS, type ManagerCore } from './common.js'
@@ -43,9 +43,10 @@ export class ReplicaSetLifecycle {
     try {
       if (spec.replicas > 1) {
         const load = copiesPerNode(await this.#core.coordinator.list(RECORD_PREFIX))
-        // Not on a node that is leaving: its copy would go with it (see ReplicaSetChanges.handOff).
-        const leaving = await leavingNodes(this.#core.coordinator)
-        others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId && !leaving.has(m.id)), { ...options, replicas: spec.replicas - 1, load }).nodes
+        // Not on a node that is leaving (its copy would go with it, see ReplicaSetChanges.handOff)
+        // or that closed (it would never fill the copy): see takingNoCopies.
+        const excluded = await takingNoCopies(this.#core)
+        others = placeVolume(members.filter((m) => m.id !== this.#core.nodeId && !excluded.has(m.id)), { ...options, replicas: spec.replicas - 1, load }).nodes
       }
     } catch (err) {
       // No other node is eligible now: the volume starts degraded, and gets copies as nodes join.
