@@ -187,6 +187,9 @@ export class ClusterManager {
 
   get #ttlMs (): number { return this.#options.leaseTtlMs ?? 10_000 }
 
+  /** How long this node's lease lasts unrenewed (ClusterOptions.leaseTtlMs). */
+  get leaseTtlMs (): number { return this.#ttlMs }
+
   #startWatching (): void {
     this.#stopWatching = this.#options.coordinator.watchMembers((members) => { this.#membersChanged(members) })
     this.#campaignAbort = new AbortController()
@@ -438,13 +441,28 @@ export class ClusterManager {
     await Promise.allSettled([this.#options.transport.close(), this.#options.coordinator.close()])
   }
 
+  /**
+   * The instance is closing, its mounts, files and NBD clients closed: nothing holds a volume here
+   * now, which the node says to the others (they need not wait for its lease; see closed-nodes.ts).
+   * Said before the node hands its primary roles over (the others then place no copy here, and a
+   * hand-over of another closing node does not pick this one), else by close(). Once.
+   */
+  async markClosing (): Promise<void> {
+    const membership = this.#state === 'running' ? this.#members.find((m) => m.id === this.nodeId) : undefined
+    if (membership === undefined || this.#markedClosed) return
+    this.#markedClosed = true
+    await markClosed(this.#options.coordinator, this.nodeId, membership.joinedAt).catch((err: unknown) => { this.#reportError('marking this node closed in the coordinator (the others wait for its lease to lapse instead)', err) })
+  }
+
+  /** markClosing ran (its mark written, or its failure reported). */
+  #markedClosed = false
+
   /** Stops taking part: the lease is no longer renewed (others see this node expire unless it left). */
   async close (): Promise<void> {
     if (this.#state === 'closed' || this.#state === 'left') return
     const wasJoined = this.#state === 'running' || this.#state === 'starting'
-    // The instance closes this last, after its mounts, files and NBD clients: nothing holds a
-    // volume here now, which the node says to the others (they need not wait for its lease).
-    const membership = this.#state === 'running' ? this.#members.find((m) => m.id === this.nodeId) : undefined
+    // The instance closes this last, after its mounts, files and NBD clients (see markClosing).
+    const membership = this.#state === 'running' && !this.#markedClosed ? this.#members.find((m) => m.id === this.nodeId) : undefined
     this.#state = 'closed'
     await this.#stop()
     if (membership !== undefined) await markClosed(this.#options.coordinator, this.nodeId, membership.joinedAt).catch((err: unknown) => { this.#reportError('marking this node closed in the coordinator (the others wait for its lease to lapse instead)', err) })

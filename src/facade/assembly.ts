@@ -138,7 +138,7 @@ export function assembleFacade (parts: InstanceParts, instance: GalleonFS, conte
     changingClass: (volumeId, spec) => clusterMigrations.changingClass(volumeId, spec),
     emit: instance.emit.bind(instance),
     assertOpen: () => { state.assertOpen() },
-    admin: (task) => state.admin(task),
+    admin: (task, whileClosing) => state.admin(task, whileClosing),
     adminAfterMigration: (volumeId, task, cancel) => liveMigrations.adminAfterMigration(volumeId, task, cancel),
     volumeBlocks: (record) => volumeBlocks(host, record),
     ioVolume: (vol) => ioVolume(host, vol),

@@ -94,8 +94,8 @@ export interface FacadeHost {
   readonly nodeMoves: ReadonlyMap<string, NodeMove>
   readonly emit: Emit
   assertOpen: () => void
-  /** Runs an administrative operation after the ones before it. */
-  admin: <T> (task: () => Promise<T>) => Promise<T>
+  /** Runs an administrative operation after the ones before it (`whileClosing`: also as a step of close(); see InstanceState.admin). */
+  admin: <T> (task: () => Promise<T>, whileClosing?: boolean) => Promise<T>
   /** `admin(task)` once no migration of the volume runs (see LiveMigrations.adminAfterMigration). */
   adminAfterMigration: <T> (volumeId: string, task: () => Promise<T>, cancel?: false | string) => Promise<T>
   volumeBlocks: (record: VolumeRecord) => VolumeBlocks

@@ -218,6 +218,11 @@ export async function closeInstance (parts: ClosingInstance): Promise<void> {
     // longer fills: it stops now (the node stays a member, and a later leave goes on from there).
     parts.membership.replication?.cancelHandOff(new GalleonError('NOT_OPEN', 'the instance was closed while it was leaving the cluster; it is still a member: open it and leave again'))
     await parts.membership.change
+    // Before this node's lease lapses: the primary roles it holds go to in-sync copies now, and
+    // their volumes are served on by other nodes at once (see close-handover.ts). Marked closed
+    // first, so that no other node closing meanwhile hands a role here.
+    await parts.membership.cluster?.markClosing()
+    await parts.membership.replication?.handOverAtClose()
     await parts.membership.replication?.close()
     await parts.membership.cluster?.close()
     parts.scheduler.stop()
@@ -249,10 +254,13 @@ export class InstanceState {
     if (this.closed) throw new GalleonError('NOT_OPEN', 'this GalleonFS instance is closed; open a new one with GalleonFS.open()')
   }
 
-  /** Runs an administrative operation after the ones before it. */
-  async admin<T> (task: () => Promise<T>): Promise<T> {
+  /**
+   * Runs an administrative operation after the ones before it; `whileClosing`: also once close()
+   * has begun (a step of the close itself, such as handing a primary role over).
+   */
+  async admin<T> (task: () => Promise<T>, whileClosing = false): Promise<T> {
     const run = this.adminQueue.catch(() => {}).then(async () => {
-      this.assertOpen()
+      if (!whileClosing || this.closing === undefined) this.assertOpen()
       return await task()
     })
     this.adminQueue = run

@@ -318,7 +318,8 @@ export class ReplicationBridge {
         this.#host.revertFailures.delete(id)
         return true
       },
-      exclusive: async (task) => await this.#host.admin(task),
+      exclusive: async (task, whileClosing) => await this.#host.admin(task, whileClosing),
+      closing: () => { try { this.#host.assertOpen(); return false } catch { return true } },
       serveForwarded: async (id, request, payload) => await this.serveForwarded(id, request, payload),
       emit: (event, payload) => { (this.#host.emit as (event: string, ...args: unknown[]) => boolean)(event, payload) }
     }

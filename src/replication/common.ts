@@ -155,6 +155,8 @@ export interface ManagerCore {
   readonly deleting: ReadonlySet<string>
   /** The manager is closing. */
   readonly closed: boolean
+  /** The instance is closing: the manager hands its primary roles over, or has closed (see handOverAtClose). */
+  readonly closing: boolean
   /** The local set of a volume, made (at `position`) if there is none. */
   setOf: (volumeId: string, position?: ReplicaPosition) => LocalSet
   /** Forgets a local copy that was deleted here. */

@@ -81,8 +81,13 @@ export interface ReplicationHost {
    * reverted copy is rebuilt before it serves anything). True when there was one.
    */
   dropUnfinishedRevert: (volumeId: string) => Promise<boolean>
-  /** Runs `task` while no snapshot of any volume is being taken or deleted. */
-  exclusive: <T>(task: () => Promise<T>) => Promise<T>
+  /**
+   * Runs `task` while no snapshot of any volume is being taken or deleted; `whileClosing`: also
+   * once the instance is closing (a step of its close), when other calls are refused.
+   */
+  exclusive: <T>(task: () => Promise<T>, whileClosing?: boolean) => Promise<T>
+  /** Whether the instance has begun to close (it takes no calls, forwarded ones included). */
+  closing: () => boolean
   /** Runs an I/O request forwarded from another node, on this node (the primary). */
   serveForwarded: (volumeId: string, request: ForwardedRequest, payload: Uint8Array | undefined) => Promise<{ header: Record<string, unknown>, payload?: Uint8Array }>
   emit: (event: string, payload: unknown) => void

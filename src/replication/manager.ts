@@ -52,6 +52,7 @@ import { forwardToPrimary } from './forward.js'
 import { OutgoingWrites, type WriteLedger, type WriterId } from './forwarded-writes.js'
 import { clearDeletionMark, forgetGoneNode, leaveDeletionMarks, leaveDroppedLists, orphanState, recordDeleted } from './cleanup.js'
 import { usersElsewhere, type UsersElsewhere } from './attachments.js'
+import { handOverAtClose } from './close-handover.js'
 
 export type { ReplicaPosition, SnapshotInfo, ReplicationHost, CopyLayout, ReplicationEvents, ForwardedRequest, ReplicationStatus } from './host.js'
 
@@ -73,6 +74,8 @@ export class ReplicationManager {
   #stopWatch: (() => void) | undefined
   #leaderTimer: NodeJS.Timeout | undefined
   #closed = false
+  /** The instance is closing (see handOverAtClose): this node takes no new copy and no resync. */
+  #closing = false
   /** What the parts below reach of this manager. */
   readonly #core: ManagerCore
   readonly #replica: ReplicaSide
@@ -98,6 +101,7 @@ export class ReplicationManager {
       sets: this.#sets,
       deleting: this.#deleting,
       get closed () { return manager.#closed },
+      get closing () { return manager.#closing || manager.#closed },
       setOf: (volumeId, position) => this.#setOf(volumeId, position),
       forget: (volumeId) => { this.forget(volumeId) },
       dropCopy: (volumeId) => this.#dropCopy(volumeId),
@@ -481,6 +485,16 @@ export class ReplicationManager {
   /** Every replicated volume this node holds, for metrics. */
   statuses (): ReplicationStatus[] {
     return [...this.#sets.keys()].map((id) => this.status(id)).filter((s): s is ReplicationStatus => s !== undefined)
+  }
+
+  /**
+   * The instance is closing (its mounts, files and NBD clients closed): this node takes no new copy
+   * or resync from now on, and hands the primary roles it holds to in-sync copies (see
+   * close-handover.ts). Never throws.
+   */
+  async handOverAtClose (): Promise<void> {
+    this.#closing = true
+    await handOverAtClose(this.#core)
   }
 
   async close (): Promise<void> {

@@ -338,27 +338,38 @@ export class Primary implements VolumeReplicator {
    * Hands the primary role to an in-sync copy: new changes are refused, those under way finish and
    * reach every in-sync copy, then the record names the other node (epoch + 1) with a hand-off
    * marker so that the copies stay in sync.
+   * At a clean close (`atClose`): the new primary is a copy `atClose.eligible` allows (one that can
+   * serve: not closed, leaving or unreachable), and once `atClose.settleAt` has passed, the copies
+   * that have every change are enough: those that have not (a copy whose node just went away, not
+   * yet taken out) leave the in-sync list and are resynced by the new primary. Until `atClose.deadline`.
    */
-  async handOver (): Promise<void> {
+  async handOver (atClose?: { eligible: (node: string) => boolean, settleAt: number, deadline: number }): Promise<void> {
     const host = this.#manager.host
+    const self = this.#manager.nodeId
+    const eligible = atClose?.eligible ?? (() => true)
     await host.exclusive(async () => {
       this.frozen = true
       try {
         await this.#blocks.drainTickets()
-        const deadline = performance.now() + 60_000
+        const deadline = atClose?.deadline ?? performance.now() + 60_000
+        const hasAll = (n: string): boolean => (this.#links.get(n)?.acked ?? -1) >= this.#seq
         for (;;) {
-          const others = this.#record.inSync.filter((n) => n !== this.#manager.nodeId)
+          const others = this.#record.inSync.filter((n) => n !== self)
           if (others.length === 0) throw new GalleonError('BUSY', `volume ${this.#record.spec.name} has no in-sync copy to hand the primary role to`)
-          if (others.every((n) => (this.#links.get(n)?.acked ?? -1) >= this.#seq)) break
-          if (performance.now() > deadline || this.#stopped !== undefined) throw new GalleonError('BUSY', `the copies of volume ${this.#record.spec.name} did not catch up within a minute; the primary role was not handed over`)
+          const ready = others.filter(hasAll)
+          if (ready.length === others.length && ready.some(eligible)) break
+          if (atClose !== undefined && performance.now() >= atClose.settleAt && ready.some(eligible)) break
+          if (performance.now() > deadline || this.#stopped !== undefined) throw new GalleonError('BUSY', `the copies of volume ${this.#record.spec.name} did not catch up ${atClose === undefined ? 'within a minute' : 'in time'}; the primary role was not handed over`)
           await sleep(10)
         }
         const seq = this.#seq
         const written = await this.#manager.update(this.volumeId, (record) => {
-          if (record.primary !== this.#manager.nodeId || record.epoch !== this.epoch) return undefined
-          const target = record.inSync.find((n) => n !== this.#manager.nodeId)
+          if (record.primary !== self || record.epoch !== this.epoch) return undefined
+          const target = record.inSync.find((n) => n !== self && eligible(n) && (atClose === undefined || hasAll(n)))
           if (target === undefined) return undefined
-          return { ...record, primary: target, epoch: record.epoch + 1, inSync: record.inSync.filter((n) => n !== this.#manager.nodeId), handoff: { epoch: this.epoch, seq } }
+          // (Frozen and drained: no change comes after seq, so a copy that has it has everything.)
+          const inSync = record.inSync.filter((n) => n !== self && (atClose === undefined || hasAll(n)))
+          return { ...record, primary: target, epoch: record.epoch + 1, inSync: [target, ...inSync.filter((n) => n !== target)], handoff: { epoch: this.epoch, seq } }
         })
         if (written === undefined) throw new GalleonError('BUSY', `the record of volume ${this.#record.spec.name} changed meanwhile; the primary role was not handed over`)
       } catch (err) {
@@ -372,7 +383,7 @@ export class Primary implements VolumeReplicator {
         this.frozen = false
         throw err
       }
-    })
+    }, atClose !== undefined)
   }
 
   /** After a hand-off whose record write is unsettled: unfreezes once it is settled and this node is still the primary. */

@@ -19,6 +19,15 @@ function noCopyMessage (nodeId: string, volumeId: string): string {
 }
 
 /**
+ * The refusal of I/O sent to node `nodeId`, the volume's primary, once its instance has begun to
+ * close: the call goes to the next primary (the one the close hands the role to, or the one a
+ * failover names), where it runs instead of failing with NOT_OPEN.
+ */
+function closingMessage (nodeId: string, volumeId: string): string {
+  return `node ${nodeId} is closing: it serves no I/O of volume ${volumeId} any more (it goes to the next primary)`
+}
+
+/**
  * The refusal of I/O sent to node `nodeId` as to the volume's primary while it does not hold the
  * role: the sender's record is old, or the record names this node but it has not taken the role up
  * yet (it is starting: see ReplicationManager.start, which reclaims it after its handlers are in place).
@@ -36,7 +45,7 @@ function notPrimaryMessage (nodeId: string, volumeId: string, primary: string): 
  */
 export function ioRefusedBeforeRunning (err: unknown, nodeId: string, volumeId: string): boolean {
   if (!(err instanceof GalleonError) || err.code !== 'NOT_LEADER') return false
-  if (err.message === noCopyMessage(nodeId, volumeId)) return true
+  if (err.message === noCopyMessage(nodeId, volumeId) || err.message === closingMessage(nodeId, volumeId)) return true
   const start = notPrimaryMessage(nodeId, volumeId, '')
   const open = start.slice(0, -1) // "node X is not the primary of volume V (it is "
   return err.message.startsWith(open) && err.message.endsWith(')') && /^[^\s()]+$/.test(err.message.slice(open.length, -1))
@@ -59,6 +68,9 @@ export class ReplicaSide {
         const volumeId = request.header.volumeId
         if (typeof volumeId !== 'string') throw new GalleonError('INVALID_ARGUMENT', `${kind} needs a volumeId`)
         if (kind === 'repl:resync-begin') {
+          // A closing node would take a copy into the in-sync list only to leave it at once (writes
+          // then wait for it until its primary takes it out): it is brought in line when it starts again.
+          if (this.#core.closing) throw new GalleonError('BUSY', `node ${this.#core.nodeId} is closing: it takes no resync of volume ${volumeId} now (it is resynced when it starts again)`)
           if (this.#core.sets.has(volumeId) && this.#core.host.blocks(volumeId) === undefined) {
             // Left over from a copy deleted here (every deletion forgets the set first; a message
             // could make one again meanwhile): this is a new copy like any other.
@@ -261,6 +273,7 @@ export class ReplicaSide {
       return { kind: 'ok', header: {} }
     })
     on('repl:io', async (set, header, payload) => {
+      if (this.#core.host.closing()) throw new GalleonError('NOT_LEADER', closingMessage(this.#core.nodeId, set.volumeId))
       if (set.primary === undefined) {
         throw new GalleonError('NOT_LEADER', notPrimaryMessage(this.#core.nodeId, set.volumeId, set.record?.primary ?? 'unknown'))
       }
