@@ -121,15 +121,18 @@ const CLOSING_OPERATIONS = new Set(['flush', 'release', 'releasedir'])
  * operations, which hold the mounted volume's state and, through its data accessors, the whole
  * GalleonFS instance, closed or not) and the `_fuseOptions` set on it. Those are replaced by
  * stubs answering EIO (a descriptor left open across a forced unmount still sends requests; its
- * close succeeds): what stays behind per mount is fuse-native's own small object only.
+ * close succeeds, unless `writesFailed`: a write the mount acknowledged never reached the volume,
+ * which close(2) must still report, as the mount's own flush did): what stays behind per mount is
+ * fuse-native's own small object only.
  */
-export function detachOperations (fuse: FuseInstance, eio: number): void {
+export function detachOperations (fuse: FuseInstance, eio: number, writesFailed = false): void {
   const held = fuse as unknown as { ops?: Record<string, unknown>, _fuseOptions?: unknown }
   const stubs: Record<string, unknown> = {}
   for (const name of Object.keys(held.ops ?? {})) {
     // Closing a descriptor left open across a forced unmount succeeds, as it did before the
-    // operations went: nothing is held for it any more (its writes since fail with EIO).
-    const code = CLOSING_OPERATIONS.has(name) ? 0 : eio
+    // operations went: nothing is held for it any more (its writes since fail with EIO). But its
+    // flush (close(2)) still reports a background write failure, as the mount's flush did.
+    const code = name === 'flush' && writesFailed ? eio : CLOSING_OPERATIONS.has(name) ? 0 : eio
     stubs[name] = (...args: unknown[]): void => {
       const callback = args[args.length - 1]
       if (typeof callback === 'function') (callback as (code: number) => void)(code)

@@ -181,7 +181,8 @@ export class FuseMountDriver implements MountDriver {
       throw new GalleonError('BUSY', `could not unmount ${path}: ${err.message}; a process may still use it (fuser -m ${path})`, { cause: err })
     })
     // fuse-native keeps the Fuse object for good: it must not keep the volume (and the instance) too.
-    detachOperations(fuse, this.#Fuse.EIO)
+    // A background write failure stays an EIO at the close of a descriptor kept open past the unmount.
+    detachOperations(fuse, this.#Fuse.EIO, failure !== undefined)
     this.#mounts.delete(path)
     const kernelPath = this.#kernelPaths.get(path)
     this.#kernelPaths.delete(path)
