@@ -40,6 +40,11 @@ export interface ReloadContext {
   readonly server: () => Server | undefined
   readonly nbd: () => NbdServer | undefined
   readonly setNbd: (nbd: NbdServer | undefined) => void
+  /**
+   * The NBD server a reload listens with before it replaces `nbd` (undefined once it has, or has
+   * closed it): a stop that begins meanwhile has it refuse new sessions too.
+   */
+  readonly setMovingNbd: (nbd: NbdServer | undefined) => void
   readonly nbdTls: () => NbdTlsOptions | undefined
   readonly setNbdTls: (tls: NbdTlsOptions | undefined) => void
   readonly ipcTlsInEffect: () => IpcTls
@@ -73,8 +78,11 @@ export async function applyReload (daemon: ReloadContext): Promise<ReloadReport>
   const nextIpcTls = ipcTls === undefined ? undefined : namedIpcTls
   let moved: NbdServer | undefined
   if (changed.includes('nbdAddress') && next.nbdAddress !== undefined) moved = await NbdServer.listen(daemon.g(), { ...parseAddress(next.nbdAddress, 'nbd address'), handshakeTimeoutMs: Math.round(config.nbdHandshakeTimeoutSeconds * 1000), onError: daemon.nbdError, tls: nextTls })
+  // Serving already: a stop that begins before it replaces the old server must reach it too.
+  daemon.setMovingNbd(moved)
   if (daemon.stopping()) {
     await moved?.close()
+    daemon.setMovingNbd(undefined)
     throw new HttpError(409, 'BUSY', 'the daemon is stopping')
   }
   // New connections to a server that stays where it is get the new credentials (or none).
@@ -97,6 +105,7 @@ export async function applyReload (daemon: ReloadContext): Promise<ReloadReport>
       // Sessions on the old address end (their requests in flight are answered first).
       await daemon.nbd()?.close()
       daemon.setNbd(moved)
+      daemon.setMovingNbd(undefined)
       if (moved !== undefined) log('info', 'serving NBD exports', { nbdAddress: formatAddress(moved.host, moved.port) })
     }
     Object.assign(config, { [key]: next[key] })

@@ -115,6 +115,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
   const startedAt = Date.now()
   let server: Server | undefined
   let nbd: NbdServer | undefined
+  // The NBD server a reload is moving to (listening, not yet `nbd`), and, once a stop has begun,
+  // what every NBD server tells new clients: a server made or moved to during the stop refuses too.
+  let nbdMoving: NbdServer | undefined
+  let nbdStopping: string | undefined
   // The NBD server keeps listening when an accept fails (too many open files, say): logged here.
   const nbdError = (err: Error): void => { log('error', 'the NBD server could not accept a connection', { error: err.message }) }
   let tokenFile: string | undefined
@@ -135,10 +139,12 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       stopBegun.abort(new GalleonError('CANCELLED', 'the daemon is stopping'))
       // NBD clients that connect from now on are told so (proto.md: NBD_REP_ERR_SHUTDOWN), rather
       // than served until the NBD server closes, after the API's requests in flight.
-      const nbdStopping = restartAfterStop
+      nbdStopping = restartAfterStop
         ? 'the GalleonFS daemon is restarting: it takes no new NBD sessions until it has; retry in a moment'
         : 'the GalleonFS daemon is stopping: it takes no new NBD sessions; connect again once it runs again'
       nbd?.refuseNewSessions(nbdStopping)
+      // A reload under way may be listening on a new NBD address already, closing the old one.
+      nbdMoving?.refuseNewSessions(nbdStopping)
       const closed = new Promise<void>((resolve) => server === undefined ? resolve() : server.close(() => resolve()))
       // Once closed, the server no longer times out slow requests (headersTimeout, requestTimeout),
       // so a client that sent part of a request, or nothing, would hold the stop until it went
@@ -154,7 +160,7 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
       clearTimeout(grace)
       // A reload in progress finishes first (it may be moving the NBD listener); none starts now.
       await reloading
-      // A reload that was under way may have moved the NBD server (a new one).
+      // A reload that was under way may have moved the NBD server (refused already, as nbdMoving).
       nbd?.refuseNewSessions(nbdStopping)
       await nbd?.close()
       await g.close()
@@ -181,6 +187,10 @@ export async function startDaemon (initial: DaemonConfig, log: Logger = createLo
     server: () => server,
     nbd: () => nbd,
     setNbd: (next) => { nbd = next },
+    setMovingNbd: (next) => {
+      nbdMoving = next
+      if (nbdStopping !== undefined) next?.refuseNewSessions(nbdStopping)
+    },
     nbdTls: () => nbdTls,
     setNbdTls: (next) => { nbdTls = next },
     ipcTlsInEffect: () => ipcTlsInEffect,
