@@ -24,7 +24,7 @@ import type { CallContext } from './facade/access-guard.js'
 import { assembleFacade, facadeApi, type Facade, type FacadeApi } from './facade/assembly.js'
 import type { ForgottenNode } from './facade/cluster.js'
 import { reportChecksumFailure, type VolumeIO } from './facade/io.js'
-import { closeFacade, openInstance, startInstance, type InstanceParts } from './facade/open.js'
+import { closeFacade, openInstance, startInstance, type CloseOptions, type InstanceParts } from './facade/open.js'
 import type { CloneSource, ReadSource, VolumeRef } from './facade/refs.js'
 
 export type { VolumeRef, SnapshotRef, ReadSource, CloneSource } from './facade/refs.js'
@@ -118,9 +118,10 @@ export class GalleonFS extends GuardedEmitter<GalleonEvents> {
 
   /**
    * Flushes every acknowledged write, deletes ephemeral volumes, and closes the drivers.
-   * Idempotent; further calls on the instance fail with NOT_OPEN.
+   * Idempotent; further calls on the instance fail with NOT_OPEN. A node of a cluster first hands
+   * the primary roles it holds to in-sync copies, unless `{ handOver: false }` (see CloseOptions).
    */
-  close (): Promise<void> { return closeFacade(this.#f) }
+  close (options?: CloseOptions): Promise<void> { return closeFacade(this.#f, options) }
 
   // ---------------------------------------------------------------- volumes
   /** Creates a volume. Sizes are bytes or strings like `100M`; the size must be a multiple of the block size. */

@@ -8,6 +8,7 @@ export {
   type ReclaimPolicy, type VolumeBindingMode
 } from './types.js'
 export type { OpenOptions, BuiltInBackend } from './open-drivers.js'
+export type { CloseOptions } from './facade/open.js'
 export {
   registerDriver, unregisterDriver, listDrivers, getDriver, createDriver, checkDriverOptions, DRIVER_KINDS,
   type DriverKind, type DriverTypes, type DriverDescriptor, type DriverOption, type DriverOptionType, type DriverContext, type DriverRef, type RegisteredDriver

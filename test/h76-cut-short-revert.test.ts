@@ -92,9 +92,9 @@ async function assertReads (g: GalleonFS, expected: Uint8Array[], where: string)
   expected.forEach((want, i) => { assert.ok(Buffer.compare(bytes.subarray(i * BS, (i + 1) * BS), want) === 0, `block ${i} ${where}`) })
 }
 
-/** Reopens n1 on its storage (the usual drivers); resolves once it leads the volume again (it was its recorded primary). */
+/** Reopens n1 on its storage (the usual drivers); resolves once it leads the volume again (it was its recorded primary: closed keeping its roles). */
 async function reopenN1 (c: Cluster): Promise<GalleonFS> {
-  await c.n1.g.close()
+  await c.n1.g.close({ handOver: false })
   const g = kit.track(await GalleonFS.open({ storagePath: c.n1.dir, cluster: { nodeId: 'n1', transport: new MemoryTransport({ network: c.network, nodeId: 'n1' }), coordinator: c.coordinators.coordinator(), leaseTtlMs: 1000 } }))
   await until('the reopened n1 leads the volume', async () => (await g.replicationStatus('v')).role === 'primary', 30_000)
   return g

@@ -73,7 +73,7 @@ async function cluster (count: number): Promise<Cluster> {
   await n1.g.writeBlock('v', 0, block(1), WriteConcern.WriteReplicated)
   await until('every copy is in sync', async () => await allInSync(n1.g, 'v', count), 20_000)
   const restartHeld: Cluster['restartHeld'] = async (hold) => {
-    await n1.g.close()
+    await n1.g.close({ handOver: false })
     const transport = new RecordingTransport({ network, nodeId: 'n1' })
     const coordinator: MemoryCoordinator = coordinators.coordinator()
     let release: () => void = () => {}

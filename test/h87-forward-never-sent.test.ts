@@ -240,7 +240,7 @@ describe('h87: a control call forwarded while the primary\'s address refuses con
     assert.deepEqual(await outcomeOf(n2.g.expandVolume('v', 8 * BS)), SHRINK)
 
     // n1 closes: nothing listens at its address; its lease (and so its primary role in the record) lasts.
-    await n1.g.close()
+    await n1.g.close({ handOver: false })
     t2.ioFailures.length = 0
     t3.ioFailures.length = 0
     const deleted = outcomeOf(n2.g.deleteSnapshot('v', 'never-taken'))

@@ -116,6 +116,29 @@ describe('h92: a clean close hands the node\'s primary roles over', { timeout: 2
       await closeAll(nodes)
     }
   })
+
+  it('close({ handOver: false }) keeps the roles: n1 stays the recorded primary and leads again when it starts; bad options are refused', async () => {
+    const { network, coordinators, nodes } = await clusterOf(['n1', 'n2', 'n3'])
+    const [n1, n2] = nodes as [DiskNode, DiskNode, DiskNode]
+    try {
+      await n1.g.createVolume({ name: 'kept', sizeBytes: 16 * BS, replicas: 3 })
+      await until('3 copies in sync', async () => (await n1.g.replicationStatus('kept')).inSync.length === 3, 20_000)
+      await n1.g.writeBlock('kept', 0, block(1), WriteConcern.WriteReplicated)
+      for (const bad of [null, 'no', [], { handOver: 'yes' }, { handOver: 1 }] as unknown[]) {
+        assert.match(await outcome(n1.g.close(bad as { handOver?: boolean })), /^INVALID_ARGUMENT: close\(\) /, `close(${JSON.stringify(bad)})`)
+      }
+      assert.equal((await n1.g.replicationStatus('kept')).role, 'primary', 'a refused close() closed nothing')
+      await n1.g.close({ handOver: false })
+      const status = await n2.g.replicationStatus('kept')
+      assert.equal(status.primary, 'n1', 'the role stays with n1 (its lease runs a minute)')
+      const back = await kit.startNode(network, coordinators, 'n1', n1.dir)
+      nodes[0] = back
+      await until('n1 leads again', async () => (await back.g.replicationStatus('kept')).role === 'primary', 20_000)
+      assert.deepEqual(await back.g.readBlock('kept', 0), block(1))
+    } finally {
+      await closeAll(nodes)
+    }
+  })
 })
 
 describe('h92: no copy is placed on a node that just closed', { timeout: 240_000 }, () => {

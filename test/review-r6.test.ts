@@ -116,7 +116,7 @@ describe('review r6: inter-node protocol version', () => {
       const volumeId = 'review-r6-failover'
       const spec = { id: volumeId, name: 'promoted', namespace: 'default', type: 'persistent', sizeBytes: 1 << 20, blockSize: 4096, storageClass: 'fast-local-ssd', replicas: 3, accessModes: ['ReadWriteOnce'], labels: {} }
       await store.put(recordKey(volumeId), JSON.stringify({ spec, primary: 'gone', epoch: 4, nodes: ['gone', 'future', 'n2'], inSync: ['gone', 'future', 'n2'] }))
-      const core = { nodeId: 'leader', closed: false, cluster: { leadership: { epoch: 1 } }, coordinator: store, host: { emit: () => {} } } as unknown as ManagerCore
+      const core = { nodeId: 'leader', closed: false, cluster: { leadership: { epoch: 1 }, closedMembers: async () => new Set<string>() }, coordinator: store, host: { emit: () => {} } } as unknown as ManagerCore
       await new FailoverLeader(core, 600_000).pass()
       const entry = await store.get(recordKey(volumeId))
       const record = entry === undefined ? undefined : parseRecord(entry.value)

@@ -193,6 +193,28 @@ export interface ClosingInstance {
   readonly ownedBackupTarget: BackupTarget | undefined
   /** From here on the instance refuses calls (NOT_OPEN). */
   readonly markClosed: () => void
+  /** Whether the primary roles this node holds go to in-sync copies first (see CloseOptions). */
+  readonly handOver: boolean
+}
+
+/** Options of GalleonFS.close(). */
+export interface CloseOptions {
+  /**
+   * A node of a cluster hands the primary roles it holds to in-sync copies before it closes, so
+   * other nodes serve those volumes on at once (default true). `false` keeps the roles: the volumes
+   * wait for this node to come back (a quick restart, no role moving twice), or fail over once its
+   * lease lapses.
+   */
+  readonly handOver?: boolean
+}
+
+/** Checks close()'s options: returns whether to hand the primary roles over. */
+export function closeHandsOver (options: unknown): boolean {
+  if (options === undefined) return true
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw new GalleonError('INVALID_ARGUMENT', `close() options must be an object such as { handOver: false }, got ${describe(options)}`)
+  const handOver = (options as CloseOptions).handOver
+  if (handOver !== undefined && typeof handOver !== 'boolean') throw new GalleonError('INVALID_ARGUMENT', `close() option handOver must be true or false, got ${describe(handOver)}`)
+  return handOver ?? true
 }
 
 /** The work of GalleonFS.close(), run once. */
@@ -222,7 +244,7 @@ export async function closeInstance (parts: ClosingInstance): Promise<void> {
     // their volumes are served on by other nodes at once (see close-handover.ts). Marked closed
     // first, so that no other node closing meanwhile hands a role here.
     await parts.membership.cluster?.markClosing()
-    await parts.membership.replication?.handOverAtClose()
+    if (parts.handOver) await parts.membership.replication?.handOverAtClose()
     await parts.membership.replication?.close()
     await parts.membership.cluster?.close()
     parts.scheduler.stop()
@@ -297,7 +319,8 @@ export async function startInstance (f: Facade, options: OpenOptions, recovered:
 }
 
 /** GalleonFS.close(): audited when a principal closes the instance, and run once (see closeInstance). */
-export async function closeFacade (f: Facade): Promise<void> {
+export async function closeFacade (f: Facade, options?: CloseOptions): Promise<void> {
+  const handOver = closeHandsOver(options)
   const state = f.state
   if (state.closing !== undefined) {
     // Closing already: a principal still needs admin, but the audit log may be closed.
@@ -312,7 +335,7 @@ export async function closeFacade (f: Facade): Promise<void> {
   if (state.closing !== undefined) return await state.closing
   state.closing = closeInstance({
     host: f.host, volumes: f.volumes, membership: f.membership, scheduler: f.scheduler, backups: f.backups, adminQueue: () => state.adminQueue,
-    store: f.store, metadata: f.metadata, ownedBackupTarget: f.ownedBackupTarget, markClosed: () => { state.closed = true }
+    store: f.store, metadata: f.metadata, ownedBackupTarget: f.ownedBackupTarget, markClosed: () => { state.closed = true }, handOver
   })
   return await state.closing
 }
