@@ -25,8 +25,9 @@
 // `handshakeTimeoutMs` (10 s, as qemu-nbd's --handshake-limit) is disconnected. At most
 // `maxPendingConnections` (64) connections may be in their handshake at once, and
 // `maxPendingConnectionsPerAddress` (32) from one address: one more is closed at once. After
-// refuseNewSessions() (and in close()) a client in its handshake gets NBD_REP_ERR_SHUTDOWN, with
-// the reason, to each option; NbdStandIn (stand-in.ts) answers so before a server can start.
+// refuseNewSessions() a client in its handshake gets NBD_REP_ERR_SHUTDOWN, with the reason, to each
+// option (close() disconnects such clients instead: call refuseNewSessions() first to tell them
+// why); NbdStandIn (stand-in.ts) answers so before a server can start.
 
 import { createServer, Server, type Socket } from 'node:net'
 import type { GalleonFS } from '../../src/galleonfs.js'
@@ -239,7 +240,8 @@ export class NbdServer {
    * reported: ...", libnbd tools with LIBNBD_DEBUG=1), as the NBD protocol asks of a server being
    * shut down, so a client fails at once and can retry elsewhere or later; NBD_OPT_EXPORT_NAME,
    * which cannot be refused, ends its connection. Sessions being served go on. For a program
-   * about to stop (it then calls close(), which refuses so too). A later call replaces the reason.
+   * about to stop: call it a while before close(), which disconnects the clients still in their
+   * handshake (an option it is already answering gets the refusal). A later call replaces the reason.
    */
   refuseNewSessions (reason: string): void {
     if (typeof reason !== 'string' || reason.length === 0) throw new GalleonError('INVALID_ARGUMENT', `refuseNewSessions() needs the reason to tell clients, as text, got ${describe(reason)}`)
