@@ -117,7 +117,7 @@ describe('review r76: leaveCluster with a node SIGKILLed (processes, TCP, etcd)'
     })
   }
 
-  it('the node receiving a copy killed as it begins to fill: the leave finishes once it is back, no volume loses a copy', { timeout: 120_000 }, async () => {
+  it('the node receiving a copy killed as it begins to fill: the leave stops keeping everything or finishes once it is back, and asked again finishes; no volume loses a copy', { timeout: 180_000 }, async () => {
     const prefix = 'r76-leave-receiver'
     const { nodes, keys, digests } = await setUp(prefix)
     try {
@@ -126,10 +126,19 @@ describe('review r76: leaveCluster with a node SIGKILLed (processes, TCP, etcd)'
       const first = Object.values(records).find((r) => r.nodes.includes('n1'))
       const receiver = nodes[IDS.find((id) => id !== 'n1' && first?.nodes.includes(id) !== true) as string] as ChildNode
       await armKill(receiver, { kind: 'request', name: 'repl:resync-begin', when: 'after' })
-      const leave = nodes.n1?.call('leaveCluster').then(() => 'resolved', (err: { code?: string, message?: string }) => `${err.code} ${err.message}`) as Promise<string>
+      const leaveOf = (n1: ChildNode): Promise<string> => n1.call('leaveCluster').then(() => 'resolved', (err: { code?: string, message?: string }) => `${err.code} ${err.message}`)
+      const leave = leaveOf(nodes.n1 as ChildNode)
       await within(`${receiver.id} is killed as its copy begins to fill`, killed(receiver), 60_000)
       nodes[receiver.id] = await start(receiver.id, prefix, receiver.dir)
-      assert.equal(await within('the leave', leave, 90_000), 'resolved')
+      let outcome = await within('the leave', leave, 90_000)
+      if (outcome !== 'resolved') {
+        // A leave whose new copy's node went away (its lease lapsed) stops there, keeping every copy
+        // (1d21a10): the operator leaves again once the node is back.
+        assert.match(outcome, /^BACKEND_UNAVAILABLE leaving: the new copy of volume \S+ on \S+ was given up: .*still a member and keeps its copies/)
+        await allMembers(Object.values(nodes), 3)
+        outcome = await within('the leave asked again', leaveOf(nodes.n1 as ChildNode), 90_000)
+      }
+      assert.equal(outcome, 'resolved')
       assert.deepEqual(await nodes.n1?.call('volumeNames'), [], 'the node that left holds no volume')
       delete nodes.n1
       await allMembers(Object.values(nodes), 2)
