@@ -12,12 +12,11 @@ import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
 import { request as httpRequest } from 'node:http'
-import { createServer, type Server } from 'node:net'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { runCli } from './support/daemon.js'
 import { etcdSkipReason } from './support/etcd.js'
-import { heldPeerForSuite, present, type GatedDaemon, launchDaemon, type LaunchedDaemon } from './support/gated-daemon.js'
+import { type GatedDaemon, heldPeerForSuite, launchDaemon, type LaunchedDaemon, logEntries, portHolder, present } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -32,17 +31,7 @@ const launch = (args: string[], cwd: string): Launched => launchDaemon(args, cwd
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
 
-/** The log's JSON lines. */
-function entries (log: string): Array<{ level: string, message: string, [key: string]: unknown }> {
-  return log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: string, message: string })
-}
 
-/** A listener of this process on a free port of 127.0.0.1 (another program holding it). */
-async function holder (): Promise<{ server: Server, port: number }> {
-  const server = createServer()
-  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', () => resolve()) })
-  return { server, port: (server.address() as { port: number }).port }
-}
 
 /** A request without a token: its status, the daemon's header and the JSON body. */
 async function ask (address: string, method: string, path: string, body?: unknown): Promise<{ status: number, daemon: boolean, retryAfter: string | undefined, body: { error?: { code: string, message: string } } }> {
@@ -77,7 +66,7 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
 
   for (const [which, setting] of [['IPC', '--ipc-address (ipc_address in [daemon])'], ['NBD', '--nbd-address (nbd_address in [daemon])']] as const) {
     it(`a busy ${which} address fails the start at once with BUSY naming ${setting.split(' ')[0]}, while the peer is still starting, and nothing is created`, async () => {
-      const { server, port } = await holder()
+      const { server, port } = await portHolder()
       const name = `busy-${which.toLowerCase()}`
       try {
         const busy = `127.0.0.1:${port}`
@@ -88,7 +77,7 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
         // It exited while the peer still says it is starting: it did not wait for it.
         await peerStillHeld()
         assert.equal(code, 1, daemon.log())
-        const failure = entries(daemon.log()).find((entry) => entry.message.startsWith('the daemon could not start'))
+        const failure = logEntries(daemon.log()).find((entry) => entry.message.startsWith('the daemon could not start'))
         assert.deepEqual(failure && { message: failure.message, code: failure.code }, {
           message: `the daemon could not start: the ${which} address ${busy} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another ${setting}`,
           code: 'BUSY'
@@ -133,7 +122,7 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
       assert.equal(await present(storage), false, 'nothing is created while it waits')
 
       // `daemon status --wait` takes STARTING as "not yet": it asks again until the daemon has started.
-      const answered503 = (): number => entries(daemon.log()).filter((entry) => entry.message === 'request' && entry.status === 503).length
+      const answered503 = (): number => logEntries(daemon.log()).filter((entry) => entry.message === 'request' && entry.status === 503).length
       const before503 = answered503()
       assert.equal(before503, 4, daemon.log())
       const waited = runCli(address, ['daemon', 'status', '--wait', '90'], { cwd: dir })
@@ -143,7 +132,7 @@ describe('h86: a daemon waiting for a peer that is still starting', { skip: etcd
       const done = await within('`daemon status --wait` answers once the daemon has started', waited, 100_000)
       assert.equal(done.code, 0, `${done.stderr}\n${daemon.log()}`)
       assert.match(done.stdout, /state\s+running/)
-      assert.ok(entries(daemon.log()).some((entry) => entry.message === 'joined the cluster'), daemon.log())
+      assert.ok(logEntries(daemon.log()).some((entry) => entry.message === 'joined the cluster'), daemon.log())
       // Once the peers have told, requests wait for the storage to open as before: no more 503.
       const after = await runCli(address, ['daemon', 'status'], { cwd: dir })
       assert.equal(after.code, 0, after.stderr)

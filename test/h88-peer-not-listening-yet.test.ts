@@ -19,7 +19,7 @@ import { TcpTransport } from '../backends/tcp/index.js'
 import { notThereYet } from '../examples/daemon-cluster.js'
 import { runCli } from './support/daemon.js'
 import { etcdSkipReason, startEtcd, type EtcdServer } from './support/etcd.js'
-import { launchDaemon, present, tryListen, type LaunchedDaemon } from './support/gated-daemon.js'
+import { launchDaemon, type LaunchedDaemon, logEntries, present, tryListen } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { until, within } from './support/wait.js'
@@ -33,10 +33,6 @@ const children = new Set<ChildProcess>()
 const launch = (args: string[], cwd: string): LaunchedDaemon => launchDaemon(args, cwd, { env, children })
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-/** The log's JSON lines. */
-function entries (log: string): Array<{ level: string, message: string, [key: string]: unknown }> {
-  return log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: string, message: string })
-}
 
 /** Resolves once `daemon` logged that it waits for peers that are not listening yet (fails if it exits first). */
 async function waitingForAbsent (daemon: LaunchedDaemon): Promise<void> {
@@ -65,7 +61,7 @@ describe('h88: a first join through a peer that is not listening yet', { skip: e
     try {
       // Before h88 the joiner exited here, 1: "cannot connect to <firstBind>: connect ECONNREFUSED".
       await waitingForAbsent(joiner)
-      const waitLine = entries(joiner.log()).find((entry) => entry.message === NOT_LISTENING)
+      const waitLine = logEntries(joiner.log()).find((entry) => entry.message === NOT_LISTENING)
       assert.deepEqual(waitLine && { peers: waitLine.peers, waitSeconds: waitLine.waitSeconds }, { peers: [firstBind], waitSeconds: 300 }, joiner.log())
       // Its API says what it waits for.
       const status = await within('daemon status is answered', runCli(ipc, ['daemon', 'status'], { cwd: dir }), 30_000)
@@ -78,7 +74,7 @@ describe('h88: a first join through a peer that is not listening yet', { skip: e
       const address = await within('the joiner is ready', joiner.ready, 90_000)
       assert.equal(joiner.child.exitCode, null, 'the joiner was never restarted: the same process')
       assert.equal(joiner.log().split(NOT_LISTENING).length, 2, 'the wait was logged once')
-      assert.ok(entries(joiner.log()).some((entry) => entry.message === 'joined the cluster'), joiner.log())
+      assert.ok(logEntries(joiner.log()).some((entry) => entry.message === 'joined the cluster'), joiner.log())
       await until('the joiner sees both nodes as members', async () => {
         const members = await runCli(address, ['--json', 'cluster', 'status'], { cwd: dir })
         const ids = members.code === 0 ? (JSON.parse(members.stdout) as { members: Array<{ id: string }> }).members.map((m) => m.id) : []
@@ -97,7 +93,7 @@ describe('h88: a first join through a peer that is not listening yet', { skip: e
     const daemon = launch([...await joinArgs('nowhere', nowhere), '--ipc-address', `127.0.0.1:${ipcPort}`, '--peer-wait-seconds', '2'], dir)
     const code = await within('the daemon exits', daemon.exited, 60_000)
     assert.equal(code, 1, daemon.log())
-    const lines = entries(daemon.log())
+    const lines = logEntries(daemon.log())
     const waitAt = lines.findIndex((entry) => entry.message === NOT_LISTENING)
     const failureAt = lines.findIndex((entry) => entry.message.startsWith('the daemon could not start'))
     assert.ok(waitAt >= 0 && waitAt < failureAt, `it logged that it waits, then failed: ${daemon.log()}`)

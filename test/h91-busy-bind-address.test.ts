@@ -10,9 +10,8 @@
 import { after, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import type { ChildProcess } from 'node:child_process'
-import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
-import { launchDaemon, present, tryListen, type LaunchedDaemon } from './support/gated-daemon.js'
+import { launchDaemon, type LaunchedDaemon, logEntries, portHolder, present, tryListen } from './support/gated-daemon.js'
 import { freePort } from './support/net.js'
 import { tempDirs } from './support/temp-dir.js'
 import { within } from './support/wait.js'
@@ -24,22 +23,12 @@ const children = new Set<ChildProcess>()
 const launch = (args: string[], cwd: string): LaunchedDaemon => launchDaemon(args, cwd, { env, children })
 after(() => { for (const child of children) child.kill('SIGKILL') })
 
-/** The log's JSON lines. */
-function entries (log: string): Array<{ level: string, message: string, [key: string]: unknown }> {
-  return log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: string, message: string })
-}
 
-/** A listener of this process on a free port of 127.0.0.1 (another program holding it). */
-async function holder (): Promise<{ server: Server, port: number }> {
-  const server = createServer()
-  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', () => resolve()) })
-  return { server, port: (server.address() as { port: number }).port }
-}
 
 describe('h91: a busy --bind-address of a node joining through --peer-addresses', { timeout: 120_000 }, () => {
   it('fails the start at once with BUSY naming --bind-address, before the peers are asked; its ports are freed, nothing is created', async () => {
     const dir = await newDir()
-    const { server, port } = await holder()
+    const { server, port } = await portHolder()
     const ipcPort = await freePort()
     const nbdPort = await freePort()
     const busy = `127.0.0.1:${port}`
@@ -48,7 +37,7 @@ describe('h91: a busy --bind-address of a node joining through --peer-addresses'
       // with this one, not up yet) for --peer-wait-seconds before anything else.
       const daemon = launch(['--storage-path', join(dir, 'storage'), '--node-id', 'n-busy', '--bind-address', busy, '--ipc-address', `127.0.0.1:${ipcPort}`, '--nbd-address', `127.0.0.1:${nbdPort}`, '--peer-addresses', `127.0.0.1:${await freePort()}`, '--peer-wait-seconds', '5'], dir)
       const code = await within('the daemon exits', daemon.exited, 100_000)
-      const failure = entries(daemon.log()).find((entry) => entry.message.startsWith('the daemon could not start'))
+      const failure = logEntries(daemon.log()).find((entry) => entry.message.startsWith('the daemon could not start'))
       assert.deepEqual(failure && { message: failure.message, code: failure.code }, {
         message: `the daemon could not start: the bind address (the cluster's) ${busy} is in use by another process (another galleonfs daemon?); stop that one, or give this daemon another --bind-address (bind_address in [daemon])`,
         code: 'BUSY'

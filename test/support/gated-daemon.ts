@@ -19,6 +19,18 @@ const GATED_STORE = join(import.meta.dirname, 'h77-gated-store.ts')
 
 export const present = async (path: string): Promise<boolean> => await stat(path).then(() => true, () => false)
 
+/** The JSON lines of a daemon's log. */
+export function logEntries (log: string): Array<{ level: string, message: string, [key: string]: unknown }> {
+  return log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: string, message: string })
+}
+
+/** A listener of this process on a free port of 127.0.0.1 (another program holding it). */
+export async function portHolder (): Promise<{ server: Server, port: number }> {
+  const server = createServer()
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', () => resolve()) })
+  return { server, port: (server.address() as { port: number }).port }
+}
+
 /** What listening on 127.0.0.1:port from this process gives: "listening" (then closed again) or the error code. */
 export async function tryListen (port: number): Promise<string> {
   const server: Server = createServer()
