@@ -176,6 +176,9 @@ describe('replication meets the other features of a volume', () => {
     network.drop(0)
     const incremental = await backup
     assert.equal(incremental.strategy, BackupStrategy.Incremental)
+    // The backup needed n2's copy to hold its snapshot, not to be back in the in-sync list: a
+    // replicated write waits for that (it would be refused meanwhile, as a CI run showed).
+    await until('n2 is in sync again', async () => await allInSync(n1.g, 'lagging', 2), 20_000)
     await writeAll(n1.g, 'lagging', live, [[4, 204]])
     const restored = await n1.g.restoreBackup(incremental.id, { name: 'lagging-restored', target })
     assert.deepEqual(await n1.g.read(restored.id, 0, blocks * BS), expected.bytes)
