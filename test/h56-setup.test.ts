@@ -1,6 +1,6 @@
 // README "Set-up" and "Requirements": what `npm start` opens, what `npm test`'s output ends with,
 // and what an install does when the native AES-GCM addon cannot be built. Each runs the real program
-// (examples/quickstart.ts, node --test with package.json's reporters, scripts/build-native.mjs on a
+// (examples/quickstart.ts, package.json's test runner and reporters, scripts/build-native.mjs on a
 // copy of the native sources) in a temporary directory.
 
 import { after, before, describe, it } from 'node:test'
@@ -47,42 +47,55 @@ describe('README Set-up: npm start (examples/quickstart.ts)', () => {
 })
 
 // "The output is TAP; its last lines are a `# failure summary` block naming each failed test with
-// its file, line and error". Run with the reporters of package.json's test script on three files that
-// fail three common ways: an assertion, a module that throws as it loads (a missing export, a
-// syntax error), a process that exits under the test (a crash).
+// its file, line and error". Run as package.json's test script runs the suite (its bundler,
+// test-bundles.mjs, with its node flags and reporters) on files that fail common ways: an
+// assertion, a module that throws as it loads (a missing export, a syntax error), a process that
+// exits under the test (a crash), and an assertion in a TypeScript test of the repository, which
+// runs from its bundle and must still be named by its own file and line.
 describe('README Set-up: npm test ends with a failure summary', () => {
   let output = ''
   let summary = ''
   const entries = new Map<string, string>()
+  // Bundles must lie in the repository (they find node_modules there), and so must the files bundled.
+  const inRepository = join(ROOT, '.test-js', `h56-${process.pid}-${Date.now()}`)
+  const bundled = join(inRepository, 'bundled.test.ts')
 
   before(async () => {
     const script = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.test as string
-    const command = script.search(/node --import \S+ --test /)
-    assert.ok(command >= 0, `package.json's test script runs no node --test: ${script}`)
-    const words = script.slice(command).split(/\s+/)
-    // package.json's own flags (concurrency, reporters and their destinations), paths made absolute.
-    const flags = words.filter((word) => word.startsWith('--test-')).map((word) => {
+    const words = script.split(/\s+/)
+    const bundler = words.indexOf('test/support/test-bundles.mjs')
+    const split = words.indexOf('--', bundler)
+    assert.ok(bundler > 0 && words[bundler - 1] === 'node' && split > bundler, `package.json's test script does not run node test/support/test-bundles.mjs <files> -- <node flags>: ${script}`)
+    // package.json's own node flags (loader, concurrency, reporters and their destinations), paths made absolute.
+    const flags = words.slice(split + 1).map((word) => {
       const [flag, value] = word.split('=') as [string, string | undefined]
-      return flag === '--test-reporter' && value !== undefined && value.startsWith('.') ? `${flag}=${join(ROOT, value)}` : word
+      if (value !== undefined && value.startsWith('.') && (flag === '--test-reporter' || flag === '--import')) return `${flag}=${join(ROOT, value)}`
+      return word.startsWith('./') ? join(ROOT, word) : word
     })
+    assert.ok(flags.includes('--test'), `package.json's test script runs no node --test: ${script}`)
     assert.ok(flags.some((flag) => flag.includes('failure-summary-reporter')), `package.json's test script has no failure summary reporter: ${script}`)
     const cwd = join(dir, 'summary')
     await mkdir(cwd)
+    await mkdir(inRepository, { recursive: true })
     await writeFile(join(cwd, 'assertion.test.mjs'), "import { it } from 'node:test'\nimport assert from 'node:assert/strict'\nit('passes', () => {})\nit('compares (seed 42)', () => { assert.equal(1, 2) })\n")
     await writeFile(join(cwd, 'import.test.mjs'), "import { it } from 'node:test'\nthrow new Error('the module is broken: H56-IMPORT')\n")
     await writeFile(join(cwd, 'exit.test.mjs'), "import { it } from 'node:test'\nit('exits', async () => { await new Promise((resolve) => setTimeout(resolve, 20)); process.exit(3) })\n")
-    const ran = await run(process.execPath, ['--test', ...flags, 'assertion.test.mjs', 'import.test.mjs', 'exit.test.mjs'], { cwd })
+    await writeFile(bundled, "import { it } from 'node:test'\nimport assert from 'node:assert/strict'\n\nconst two: number = 2\nit('a bundled test fails', () => {\n  assert.equal(two, 3)\n})\n")
+    const files = ['assertion.test.mjs', 'import.test.mjs', 'exit.test.mjs', bundled]
+    const ran = await run(process.execPath, [join(ROOT, 'test', 'support', 'test-bundles.mjs'), `--outdir=${join(inRepository, 'out')}`, ...files, '--', ...flags], { cwd })
     assert.notEqual(ran.code, 0)
     output = ran.stdout
     const start = output.lastIndexOf('# failure summary')
-    assert.ok(start >= 0, `no failure summary in:\n${output}`)
+    assert.ok(start >= 0, `no failure summary in:\n${output}\n${ran.stderr}`)
     summary = output.slice(start)
     // Entries: "# n. name" then "#    at file:line" and the error's lines.
     for (const entry of summary.split(/\n(?=# \d+\. )/).slice(1)) entries.set(entry.split('\n')[0]?.replace(/^# \d+\. /, '') ?? '', entry)
   })
 
+  after(async () => { await rm(inRepository, { recursive: true, force: true }) })
+
   it('the summary is the last lines of the output, counts the failures and names each with its file and line', () => {
-    assert.match(summary, /^# failure summary: 3 failed\n/)
+    assert.match(summary, /^# failure summary: 4 failed\n/)
     assert.ok(summary.trimEnd().split('\n').every((line) => line.startsWith('#')), `output after the summary:\n${summary}`)
     assert.ok(output.indexOf('# duration_ms') < output.lastIndexOf('# failure summary'), 'TAP totals after the summary')
     const assertion = entries.get('compares (seed 42)')
@@ -91,6 +104,13 @@ describe('README Set-up: npm test ends with a failure summary', () => {
     assert.match(assertion, /1 !== 2/)
     assert.ok([...entries.keys()].some((name) => name.endsWith('import.test.mjs')), summary)
     assert.ok([...entries.keys()].some((name) => name.endsWith('exit.test.mjs')), summary)
+  })
+
+  it('a TypeScript test run from its bundle is named by its own file and line', () => {
+    const entry = entries.get('a bundled test fails')
+    assert.ok(entry !== undefined, `no entry for the bundled test in:\n${summary}`)
+    assert.ok(entry.includes(`at ${bundled}:5\n`), `the entry does not name ${bundled}:5:\n${entry}`)
+    assert.match(entry, /2 !== 3/)
   })
 
   it('a file that throws while it loads is named with its error, not just "test failed"', () => {

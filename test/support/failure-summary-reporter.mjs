@@ -3,6 +3,11 @@
 // `npm test` runs it after the TAP reporter, so the last lines of a long run (all that a CI log
 // may keep) still say what failed. Plain JavaScript: reporters are loaded without tsx.
 
+import { readFileSync } from 'node:fs'
+import { SourceMap } from 'node:module'
+import { dirname, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
 const MAX_ERROR_LINES = 40
 
 /** The error a failed test threw, without node:test's wrapper. */
@@ -37,6 +42,30 @@ function processText (error, stderr) {
   return stderr === undefined || stderr.length === 0 ? `${ended} (it printed nothing on stderr)` : `${ended}; the end of its stderr:\n${stderr.join('\n')}`
 }
 
+const sourceMaps = new Map()
+
+/**
+ * Where a test is, as `file:line` of its source: a test run from its bundle (test-bundles.mjs, in
+ * .test-js/) is placed in the bundle, so the bundle's source map names the TypeScript file and line.
+ */
+function whereOf (file, line, column) {
+  if (file === undefined) return undefined
+  const path = file.startsWith('file:') ? fileURLToPath(file) : file
+  if (line !== undefined && /[\\/]\.test-js[\\/]/.test(path)) {
+    let map = sourceMaps.get(path)
+    if (map === undefined) {
+      try { map = new SourceMap(JSON.parse(readFileSync(`${path}.map`, 'utf8'))) } catch { map = null }
+      sourceMaps.set(path, map)
+    }
+    const entry = map?.findEntry(line - 1, (column ?? 1) - 1)
+    if (entry?.originalSource !== undefined) {
+      const source = entry.originalSource.startsWith('file:') ? fileURLToPath(entry.originalSource) : resolve(dirname(path), entry.originalSource)
+      return `${source}:${entry.originalLine + 1}`
+    }
+  }
+  return `${path}${line === undefined ? '' : `:${line}`}`
+}
+
 export default async function * failureSummary (source) {
   const failures = []
   const known = []
@@ -50,15 +79,16 @@ export default async function * failureSummary (source) {
       continue
     }
     if (event.type !== 'test:fail') continue
-    const { name, file, line, details, todo } = event.data
+    const { name, file, line, column, details, todo } = event.data
+    const where = whereOf(file, line, column)
     if (onlyForSubtests(details?.error)) continue
     // A known limitation (a `todo` test, which fails without failing the run): named, not counted.
     if (todo !== undefined && todo !== false) {
-      known.push(`# - ${name} (${file === undefined ? 'unknown file' : `${file}${line === undefined ? '' : `:${line}`}`}): ${todo === true ? 'todo' : todo}`)
+      known.push(`# - ${name} (${where ?? 'unknown file'}): ${todo === true ? 'todo' : todo}`)
       continue
     }
     const error = processText(details?.error, stderr.get(file)) ?? errorText(details?.error)
-    failures.push({ name, where: file === undefined ? '(unknown file)' : `${file}${line === undefined ? '' : `:${line}`}`, error })
+    failures.push({ name, where: where ?? '(unknown file)', error })
   }
   if (known.length > 0) yield `\n# known limitations (todo tests that still fail):\n${known.join('\n')}\n`
   if (failures.length === 0) {
