@@ -7,7 +7,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { GalleonFS } from '../../src/index.js'
-import { scriptArgs } from './child-script.js'
+import { bundledScriptArgs } from './child-bundle.js'
 
 /** What a child's own handler answers for an op that is not one of its own. */
 export const NOT_OWN: unique symbol = Symbol('not one of the child\'s own calls')
@@ -59,7 +59,7 @@ export interface NodeChild {
  * the start hangs); `onEvent` hears its { event, payload } messages.
  */
 export async function spawnNodeChild (script: string, argv: string[], id: string, options: { onSpawn?: (child: ChildProcess) => void, onEvent?: (event: string, payload: unknown) => void } = {}): Promise<NodeChild> {
-  const child = spawn(process.execPath, [...scriptArgs(script), ...argv], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
+  const child = spawn(process.execPath, [...await bundledScriptArgs(script), ...argv], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
   options.onSpawn?.(child)
   let stderr = ''
   child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
