@@ -6,7 +6,8 @@
 // Sealed form: ciphertext followed by the 16-byte authentication tag.
 
 import { createCipheriv, createDecipheriv, createSecretKey, getCiphers, type KeyObject } from 'node:crypto'
-import { gcm } from '@noble/ciphers/aes.js'
+import { createRequire } from 'node:module'
+import type { gcm as NobleGcm } from '@noble/ciphers/aes.js'
 import { GalleonError } from '../errors.js'
 import { PerKey } from './per-key.js'
 import { keyHandle, nativeAead, nativeAeadStatus, type NativeAeadAddon } from './native-aead.js'
@@ -85,6 +86,16 @@ export const nodeCipher: AeadCipher = {
       throw failed(err)
     }
   }
+}
+
+// @noble/ciphers is loaded on first use: its AES module builds its tables as it loads (about 15 ms
+// of CPU), and node:crypto or the addon does the work wherever Node.js has AES-256-GCM, so every
+// process (a daemon, each CLI call) would pay that for nothing. `require` of this ES module is
+// synchronous on the Node.js versions we support (20.19 and newer).
+let nobleGcm: typeof NobleGcm | undefined
+function gcm (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array): ReturnType<typeof NobleGcm> {
+  nobleGcm ??= (createRequire(import.meta.url)('@noble/ciphers/aes.js') as { gcm: typeof NobleGcm }).gcm
+  return nobleGcm(key, nonce, aad)
 }
 
 export const nobleCipher: AeadCipher = {
