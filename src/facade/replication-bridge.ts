@@ -68,6 +68,13 @@ export class ReplicationBridge {
   async forward (record: VolumeRecord, request: ForwardedRequest, payload?: Uint8Array): Promise<{ header: Readonly<Record<string, unknown>>, payload?: Uint8Array }> {
     const replication = this.#host.replication
     if (replication === undefined) throw new GalleonError('BACKEND_UNAVAILABLE', `volume ${record.name} is replicated, but this instance is not in a cluster now`)
+    // A write another node forwarded here, which this node does not run as the primary (it is
+    // fenced, hands the role over, or lost it while the write waited), goes back to that node, which
+    // asks the primary itself for as long as its caller waits. Sent on from here, it could arrive
+    // long after that node had its answer (this node stopped meanwhile, or the primary refused it as
+    // stale and was asked again until a restart emptied its ledger: daemon-chaos seed 5, h94) and
+    // write its old data over a later write to its blocks.
+    if (request.writer !== undefined && !replication.ownsWriter(request.writer)) throw replication.notServing(record.id)
     // A write made here gets its identity (one served here for another node keeps that node's):
     // every attempt of it carries it, also the one run here if this node becomes the primary.
     const own = WRITE_OPS.has(request.op) && request.writer === undefined ? replication.beginWrite() : undefined
@@ -133,8 +140,8 @@ export class ReplicationBridge {
    * node in the stream of a former primary) is answered once that meets its concern, without
    * writing again: written again, it would overwrite a later write to its blocks that resolved
    * meanwhile. An attempt its node gave up on before it came is refused (its caller was told the
-   * write failed). A node that is not the primary (or a write without an identity, from a node of
-   * an earlier version) runs it as it is: it goes on to the primary, with its identity.
+   * write failed). A node that is not the primary refuses it (see forward: its node asks the
+   * primary itself); a write without an identity, from a node of an earlier version, runs as it is.
    */
   async #writeOnce (volumeId: string, writer: WriterId | undefined, concern: WriteConcern, run: () => Promise<void>): Promise<void> {
     const replication = this.#host.replication

@@ -42,7 +42,7 @@ import { RECORD_PREFIX, type ReplicaSetRecord, type VolumeSpec } from './records
 import { newLocalSet, unsatisfied, type LocalSet, type ManagerCore } from './common.js'
 import type { CopyLayout, ForwardedRequest, ReplicaPosition, ReplicationHost, ReplicationStatus } from './host.js'
 import { Primary } from './primary.js'
-import { ReplicaSide } from './replica.js'
+import { ReplicaSide, notServingRefusal } from './replica.js'
 import { ReplicaSetChanges } from './replica-sets.js'
 import { FailoverLeader } from './failover.js'
 import { Roles } from './roles.js'
@@ -439,6 +439,16 @@ export class ReplicationManager {
 
   writeDone (writer: WriterId): void {
     this.#core.outgoing.end(writer)
+  }
+
+  /** Whether `writer` is this node's own (see OutgoingWrites): a forwarded write served here carries its sending node's. */
+  ownsWriter (writer: WriterId): boolean {
+    return writer.origin === this.#core.outgoing.origin
+  }
+
+  /** The refusal of a write another node forwarded here that this node does not run as the volume's primary (see notServingRefusal). */
+  notServing (volumeId: string): GalleonError {
+    return notServingRefusal(this.nodeId, volumeId, this.#sets.get(volumeId)?.record?.primary)
   }
 
   /** The forwarded writes this node's copy of a volume holds (undefined: it holds no copy). */

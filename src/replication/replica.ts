@@ -37,6 +37,17 @@ function notPrimaryMessage (nodeId: string, volumeId: string, primary: string): 
 }
 
 /**
+ * The refusal of a write another node forwarded to `nodeId` as to the volume's primary, which this
+ * node does not run as the primary (fenced, handing the role over, or no longer it when the write
+ * got its turn): refused before it ran, in the words of notPrimaryMessage, so that the sending node
+ * asks the primary itself (see ReplicationBridge.forward). `primary` is the one this node knows of
+ * (undefined: none, or this node itself).
+ */
+export function notServingRefusal (nodeId: string, volumeId: string, primary: string | undefined): GalleonError {
+  return new GalleonError('NOT_LEADER', notPrimaryMessage(nodeId, volumeId, primary === undefined || primary === nodeId ? 'unknown' : primary))
+}
+
+/**
  * Whether `err`, the failure of I/O (a repl:io message) on volume `volumeId` sent to node `nodeId`,
  * is one of the refusals above: the node answered before it ran anything (unlike the NOT_LEADER of
  * a primary that lost the role under the call, which may have taken effect). Errors cross the
