@@ -89,7 +89,8 @@ class ChaosRun {
   readonly nodes: Node[] = []
   readonly writes: WriteOp[] = []
   readonly log: string[] = []
-  readonly started = Date.now()
+  /** When the run started: the step log and every write's and read's times count from it (one clock, so the two can be set side by side). */
+  readonly started = performance.now()
   readonly unexpected: string[] = []
   readonly violations: string[] = []
   readonly records = new Map<string, ReplicaSetRecord>()
@@ -108,8 +109,13 @@ class ChaosRun {
     this.random = seededRandom(seed)
   }
 
+  /** Milliseconds since the run started (monotonic). */
+  now (): number {
+    return performance.now() - this.started
+  }
+
   note (line: string): void {
-    this.log.push(`${String(Date.now() - this.started).padStart(6)} ms  ${line}`)
+    this.log.push(`${String(Math.round(this.now())).padStart(6)} ms  ${line}`)
   }
 
   node (id: string): Node { return this.nodes.find((n) => n.id === id) as Node }
@@ -207,7 +213,7 @@ class ChaosRun {
       const block = Math.floor(random() * BLOCKS)
       const concern = CONCERNS[Math.floor(random() * CONCERNS.length)] as string
       let target = Math.floor(random() * NODE_IDS.length)
-      const op: WriteOp = { writer: w, seq: ++seq, vol, block, concern, start: performance.now(), end: Infinity, outcome: 'pending', errors: [] }
+      const op: WriteOp = { writer: w, seq: ++seq, vol, block, concern, start: this.now(), end: Infinity, outcome: 'pending', errors: [] }
       this.writes.push(op)
       const data = patterned(vol, block, w, op.seq).toString('base64')
       const volume = VOLUMES[vol]?.name as string
@@ -218,7 +224,7 @@ class ChaosRun {
         try {
           await this.api(node, 'POST', `/v1/volumes/${volume}/write`, { offset: block * BS, data, concern }, ATTEMPT_TIMEOUT_MS)
           op.outcome = 'ok'
-          op.end = performance.now()
+          op.end = this.now()
           op.via = node.id
         } catch (err) {
           const code = err instanceof ApiError ? err.code : `NETWORK (${(err as Error).name}: ${String((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message)})`
@@ -228,7 +234,7 @@ class ChaosRun {
           // stopping, or holds no copy (it left the cluster). Anything else is noted as unexpected.
           const retry = !(err instanceof ApiError) || ['NOT_LEADER', 'WRITE_CONCERN_UNSATISFIED', 'BACKEND_UNAVAILABLE', 'BUSY', 'VOLUME_NOT_FOUND', 'DOWN', 'NOT_OPEN'].includes(err.code)
           if (!retry) this.unexpected.push(`writer ${w}'s write ${op.seq} (${concern}) of ${volume} block ${block} through ${node.id}: ${(err as Error).message}`)
-          if (performance.now() - op.start > WRITE_GIVE_UP_MS) op.outcome = 'failed'
+          if (this.now() - op.start > WRITE_GIVE_UP_MS) op.outcome = 'failed'
           else await sleep(30 + Math.floor(random() * 70))
         }
       }
@@ -248,7 +254,7 @@ class ChaosRun {
       const node = this.nodes[Math.floor(random() * this.nodes.length)] as Node
       if (node.daemon === undefined) continue
       const volume = VOLUMES[vol]?.name as string
-      const sent = performance.now()
+      const sent = this.now()
       const bytes = await this.read(node, volume).catch(() => undefined)
       if (bytes === undefined) continue
       this.reads++
@@ -263,7 +269,7 @@ class ChaosRun {
   /** Reads volume `vol` through `node` and checks it against the WriteReplicated writes acknowledged before (see reader). */
   async probe (node: Node, vol: number, why: string): Promise<void> {
     const volume = VOLUMES[vol]?.name as string
-    const sent = performance.now()
+    const sent = this.now()
     const bytes = await this.read(node, volume).catch((err: Error) => { this.note(`  ${why}: a read of ${volume} failed: ${err.message}`) })
     if (bytes === undefined) return
     this.reads++

@@ -41,7 +41,7 @@ export interface WriteOp {
   readonly vol: number
   readonly block: number
   readonly concern: string
-  /** performance.now() when the first attempt was sent, and when the answer that acknowledged it came (Infinity until then). */
+  /** When the first attempt was sent, and when the answer that acknowledged it came (Infinity until then), in ms on the run's clock (the step log's). */
   readonly start: number
   end: number
   outcome: 'pending' | 'ok' | 'failed'
