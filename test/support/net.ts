@@ -2,25 +2,15 @@
 
 import { createServer, type Socket } from 'node:net'
 
-export async function freePort (): Promise<number> {
-  return await new Promise<number>((resolve, reject) => {
-    const probe = createServer()
-    probe.unref()
-    probe.once('error', reject)
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address()
-      probe.close(() => { typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port')) })
-    })
-  })
-}
-
 /**
  * A free TCP port on 127.0.0.1 below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
- * 32768-60999 by default), for a server a test stops and starts again on the same port (a daemon
- * SIGKILLed and restarted): while it is down, the port cannot be taken as the local end of some
- * outgoing connection, as a port from freePort() can (a restart then failed with the address in use).
+ * 32768-60999 by default). A port the kernel picks (listen on port 0, then close) lies in that
+ * range, and until the server the test starts binds it, any process may take it as the local end
+ * of an outgoing connection: a clean-clone CI run had a daemon fail with its --ipc-address "in use
+ * by another process" (h88), and a daemon SIGKILLed and restarted on its port met the same. Below
+ * the range only another explicit pick can take it, and the probe sees those that listen.
  */
-export async function restartablePort (): Promise<number> {
+export async function freePort (): Promise<number> {
   for (let attempt = 0; ; attempt++) {
     const port = 10_000 + Math.floor(Math.random() * 22_000)
     const free = await new Promise<boolean>((resolve) => {
@@ -33,6 +23,9 @@ export async function restartablePort (): Promise<number> {
     if (attempt >= 100) throw new Error('no free port found between 10000 and 32000')
   }
 }
+
+/** A port for a server a test stops and starts again on it (a daemon SIGKILLed and restarted): see freePort. */
+export const restartablePort = freePort
 
 /**
  * The plumbing of a relay's connection pair: both sockets tracked in `sockets` while open, their
