@@ -13,12 +13,12 @@ import { it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
 import type { TransportMessage } from '../src/drivers.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { MemoryCoordinatorCluster, MemoryTransport } from '../backends/memory/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
-import { replicatedVolume } from './support/control-call-cluster.js'
+import { onFirstHandle, primaryCluster } from './support/control-call-cluster.js'
 import { namePrimary } from './support/replica-records.js'
-import { diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { diskCluster } from './support/disk-cluster.js'
 import { stamped, stampOf } from './support/forwarded-answers.js'
 
 const kit = diskCluster('galleon-h94-', { failoverWaitMs: 120_000 })
@@ -26,17 +26,10 @@ const kit = diskCluster('galleon-h94-', { failoverWaitMs: 120_000 })
 /** Makes the first coordinator handle of `coordinators` (n1's, when n1 starts first) report its lease changes to the test: `tell(false)` is n1's lease ending. */
 function leaseOfFirstHandle (coordinators: MemoryCoordinatorCluster): { tell: (held: boolean) => void } {
   const listeners: Array<(held: boolean) => void> = []
-  const make = coordinators.coordinator.bind(coordinators)
-  let first = true
-  coordinators.coordinator = ((options?: Parameters<typeof make>[0]) => {
-    const handle = make(options)
-    if (first) {
-      first = false
-      const on = handle.onLeaseChange.bind(handle)
-      handle.onLeaseChange = (listener) => { listeners.push(listener); return on(listener) }
-    }
-    return handle
-  }) as typeof coordinators.coordinator
+  onFirstHandle(coordinators, (handle) => {
+    const on = handle.onLeaseChange.bind(handle)
+    handle.onLeaseChange = (listener) => { listeners.push(listener); return on(listener) }
+  })
   return { tell: (held) => { for (const listener of listeners) listener(held) } }
 }
 
@@ -61,15 +54,11 @@ function holdAtN1 (index: number): { held: () => boolean, release: () => void, d
 }
 
 it('a forwarded write a fenced primary gets late is not sent on after its node moved on: a later write to its block stands', { timeout: 180_000 }, async () => {
-  const network = new MemoryNetwork()
   const coordinators = new MemoryCoordinatorCluster()
   const lease = leaseOfFirstHandle(coordinators)
-  const nodes: DiskNode[] = []
-  for (const id of ['n1', 'n2', 'n3']) nodes.push(await kit.startNode(network, coordinators, id))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-  const [n1, n2] = nodes as [DiskNode, DiskNode, DiskNode]
-  let n3 = nodes[2] as DiskNode
-  const volumeId = await replicatedVolume(nodes, 3)
+  const { network, nodes, volumeId } = await primaryCluster(kit, coordinators)
+  const [n1, n2] = nodes
+  let n3 = nodes[2]
   assert.equal((await n1.g.replicationStatus('v')).role, 'primary')
 
   // n3's links to the other copies stay down (so that only n3 is in sync and a restart of n3 fails

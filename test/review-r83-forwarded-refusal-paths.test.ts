@@ -10,12 +10,12 @@ import { it } from 'node:test'
 import assert from 'node:assert/strict'
 import { WriteConcern } from '../src/index.js'
 import type { TransportMessage } from '../src/drivers.js'
-import { MemoryCoordinatorCluster, MemoryNetwork, MemoryTransport } from '../backends/memory/index.js'
+import { MemoryCoordinatorCluster, MemoryTransport } from '../backends/memory/index.js'
 import { observed } from './support/observed.js'
 import { until } from './support/wait.js'
-import { replicatedVolume } from './support/control-call-cluster.js'
+import { onFirstHandle, primaryCluster } from './support/control-call-cluster.js'
 import { namePrimary } from './support/replica-records.js'
-import { BS, diskCluster, type DiskNode } from './support/disk-cluster.js'
+import { BS, diskCluster } from './support/disk-cluster.js'
 import { stamped, stampOf } from './support/forwarded-answers.js'
 
 const kit = diskCluster('galleon-r83-', { failoverWaitMs: 120_000 })
@@ -28,20 +28,13 @@ const kit = diskCluster('galleon-r83-', { failoverWaitMs: 120_000 })
 function leaseOfFirstHandle (coordinators: MemoryCoordinatorCluster): { end: () => void } {
   const listeners: Array<(held: boolean) => void> = []
   let ended = false
-  const make = coordinators.coordinator.bind(coordinators)
-  let first = true
-  coordinators.coordinator = ((options?: Parameters<typeof make>[0]) => {
-    const handle = make(options)
-    if (first) {
-      first = false
-      const on = handle.onLeaseChange.bind(handle)
-      handle.onLeaseChange = (listener) => {
-        listeners.push(listener)
-        return on((held) => { if (!ended) listener(held) })
-      }
+  onFirstHandle(coordinators, (handle) => {
+    const on = handle.onLeaseChange.bind(handle)
+    handle.onLeaseChange = (listener) => {
+      listeners.push(listener)
+      return on((held) => { if (!ended) listener(held) })
     }
-    return handle
-  }) as typeof coordinators.coordinator
+  })
   return { end: () => { ended = true; for (const listener of listeners) listener(false) } }
 }
 
@@ -66,14 +59,10 @@ function answersAtN1 (): { arrived: (op: string) => number, answers: (op: string
 }
 
 it('forwarded writes held in the QoS throttle of a primary whose lease ends are refused there, not sent on, and resolve through the next primary', { timeout: 180_000 }, async () => {
-  const network = new MemoryNetwork()
   const coordinators = new MemoryCoordinatorCluster()
   const lease = leaseOfFirstHandle(coordinators)
-  const nodes: DiskNode[] = []
-  for (const id of ['n1', 'n2', 'n3']) nodes.push(await kit.startNode(network, coordinators, id))
-  await until('every node sees every other', () => nodes.every((n) => n.g.cluster?.members.filter((m) => m.healthy).length === 3))
-  const [n1, n2, n3] = nodes as [DiskNode, DiskNode, DiskNode]
-  const volumeId = await replicatedVolume(nodes, 3)
+  const { network, nodes, volumeId } = await primaryCluster(kit, coordinators)
+  const [n1, n2, n3] = nodes
   assert.equal((await n1.g.replicationStatus('v')).role, 'primary')
 
   let relayed = 0

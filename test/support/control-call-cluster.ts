@@ -21,30 +21,40 @@ export async function replicatedVolume (nodes: DiskNode[], copies: number): Prom
 /** Holds the next write of n1's coordinator handle whose value contains `marker` (once armed) until released; `held` counts the writes held. */
 export interface WriteHold { arm: (marker: string) => void, held: () => number, release: () => void }
 
-/** Makes the first coordinator handle `coordinators` hands out (n1's, when n1 starts first) hold the write named by `arm`. */
-export function holdFirstHandleWrites (coordinators: MemoryCoordinatorCluster): WriteHold {
-  let marker: string | undefined
-  let held = 0
-  let release: () => void = () => {}
-  const gate = new Promise<void>((resolve) => { release = resolve })
+/** A coordinator handle of a MemoryCoordinatorCluster. */
+export type CoordinatorHandle = ReturnType<MemoryCoordinatorCluster['coordinator']>
+
+/** Calls `wrap` on the first coordinator handle `coordinators` hands out (n1's, when n1 starts first), before anyone uses it. */
+export function onFirstHandle (coordinators: MemoryCoordinatorCluster, wrap: (handle: CoordinatorHandle) => void): void {
   const make = coordinators.coordinator.bind(coordinators)
   let first = true
   coordinators.coordinator = ((options?: Parameters<typeof make>[0]) => {
     const handle = make(options)
     if (first) {
       first = false
-      const put = handle.put.bind(handle)
-      handle.put = async (key, value, putOptions) => {
-        if (marker !== undefined && value.includes(marker)) {
-          marker = undefined
-          held++
-          await gate
-        }
-        return await put(key, value, putOptions)
-      }
+      wrap(handle)
     }
     return handle
   }) as typeof coordinators.coordinator
+}
+
+/** Makes the first coordinator handle `coordinators` hands out (n1's, when n1 starts first) hold the write named by `arm`. */
+export function holdFirstHandleWrites (coordinators: MemoryCoordinatorCluster): WriteHold {
+  let marker: string | undefined
+  let held = 0
+  let release: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  onFirstHandle(coordinators, (handle) => {
+    const put = handle.put.bind(handle)
+    handle.put = async (key, value, putOptions) => {
+      if (marker !== undefined && value.includes(marker)) {
+        marker = undefined
+        held++
+        await gate
+      }
+      return await put(key, value, putOptions)
+    }
+  })
   return { arm: (m) => { marker = m }, held: () => held, release: () => { release() } }
 }
 
@@ -57,10 +67,12 @@ export interface PrimaryCluster {
   hold: WriteHold
 }
 
-/** Three nodes of `kit` (n1, n2, n3), volume `v` (3 copies) on n1, block 0 written, every copy in sync. */
-export async function primaryCluster (kit: ReturnType<typeof diskCluster>): Promise<PrimaryCluster> {
+/**
+ * Three nodes of `kit` (n1, n2, n3), volume `v` (3 copies) on n1, block 0 written, every copy in
+ * sync. `coordinators`: a coordinator cluster the test prepared (its first handle is n1's).
+ */
+export async function primaryCluster (kit: ReturnType<typeof diskCluster>, coordinators = new MemoryCoordinatorCluster()): Promise<PrimaryCluster> {
   const network = new MemoryNetwork()
-  const coordinators = new MemoryCoordinatorCluster()
   const hold = holdFirstHandleWrites(coordinators)
   const nodes: DiskNode[] = []
   for (const id of ['n1', 'n2', 'n3']) nodes.push(await kit.startNode(network, coordinators, id))
