@@ -16,8 +16,8 @@ import { createHash } from 'node:crypto'
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { dirname, isAbsolute, join, relative } from 'node:path'
-import { pathToFileURL } from 'node:url'
 import { ROOT, scriptArgs } from './child-script.js'
+import { importMetaPlugin } from './import-meta-plugin.mjs'
 import { inTrees, outputOf } from './transpile.mjs'
 
 const STAMP_PREFIX = '\n//# child-bundle='
@@ -74,26 +74,13 @@ async function currentBundle (script: string): Promise<string> {
     write: false,
     outfile: output,
     tsconfigRaw,
-    // Every source is read here, so the stamp is of exactly the text compiled.
-    plugins: [{
-      name: 'tree-import-meta',
-      setup (build: { onLoad: (filter: object, load: (args: { path: string }) => Promise<object>) => void }) {
-        build.onLoad({ filter: /\.(ts|mjs|js)$/ }, async ({ path }) => {
-          const text = await readFile(path, 'utf8')
-          inputs.set(relative(ROOT, path), text)
-          const loader = path.endsWith('.ts') ? 'ts' : 'js'
-          if (path === script) return { contents: text, loader, resolveDir: dirname(path) }
-          const copy = outputOf(path)
-          const define = {
-            'import.meta.url': JSON.stringify(pathToFileURL(copy).href),
-            'import.meta.filename': JSON.stringify(copy),
-            'import.meta.dirname': JSON.stringify(dirname(copy))
-          }
-          const { code } = await esbuild.transform(text, { loader, format: 'esm', target: 'es2022', define, tsconfigRaw, sourcefile: path })
-          return { contents: code, loader: 'js', resolveDir: dirname(path) }
-        })
-      }
-    }]
+    // Every source is read here, so the stamp is of exactly the text compiled. The script keeps its
+    // own import.meta (the bundle's); every other module sees its transpiled copy's.
+    plugins: [importMetaPlugin(esbuild, {
+      tsconfigRaw,
+      metaPathOf: (path) => path === script ? undefined : outputOf(path),
+      onRead: (path, text) => { inputs.set(relative(ROOT, path), text) }
+    })]
   })
   const code = result.outputFiles[0]?.text
   if (code === undefined) throw new Error(`esbuild made no bundle of ${script}`)

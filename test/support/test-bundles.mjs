@@ -21,8 +21,9 @@
 import { spawn } from 'node:child_process'
 import { readFile, rm } from 'node:fs/promises'
 import { createRequire } from 'node:module'
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
+import { isAbsolute, join, relative, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
+import { importMetaPlugin } from './import-meta-plugin.mjs'
 import { ROOT, JS_ROOT } from './transpile.mjs'
 
 const esbuild = createRequire(import.meta.url)('esbuild')
@@ -60,22 +61,8 @@ export async function buildTestBundles (files, outdir = join(JS_ROOT, 'bundles')
     sourcesContent: false,
     logLevel: 'warning',
     tsconfigRaw,
-    plugins: [{
-      name: 'source-import-meta',
-      setup (build) {
-        build.onLoad({ filter: /\.(ts|mjs|js)$/ }, async ({ path }) => {
-          const text = await readFile(path, 'utf8')
-          const define = {
-            'import.meta.url': JSON.stringify(pathToFileURL(path).href),
-            'import.meta.filename': JSON.stringify(path),
-            'import.meta.dirname': JSON.stringify(dirname(path))
-          }
-          const loader = path.endsWith('.ts') ? 'ts' : 'js'
-          const { code } = await esbuild.transform(text, { loader, format: 'esm', target: 'es2022', define, tsconfigRaw, sourcefile: path, sourcemap: 'inline', sourcesContent: false })
-          return { contents: code, loader: 'js', resolveDir: dirname(path) }
-        })
-      }
-    }]
+    // Every module keeps its source's import.meta, as under the loader.
+    plugins: [importMetaPlugin(esbuild, { tsconfigRaw, metaPathOf: (path) => path, sourcemap: true })]
   })
   return paths.map((path) => inRepository(path) ? join(out, relative(ROOT, path)).replace(/\.[cm]?ts$/, '.js') : path)
 }
